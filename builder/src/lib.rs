@@ -1,0 +1,6 @@
+//! kiln-builder: from typed Dockerfile instructions to an image.
+//!
+//! Owns stages, ARG/ENV scoping, the step graph (a DAG planned before anything
+//! runs), cache keys, the scheduler, image config assembly, and the
+//! explain/check analyses. It speaks no HTTP and calls no mount/unshare: the
+//! registry client, the layer store and the runtime do that on its behalf.

@@ -1,0 +1,4 @@
+//! One module per group of commands. Each owns its clap arguments and turns
+//! them into calls on the library crates; no build logic lives here.
+
+pub mod parse;

@@ -1,0 +1,36 @@
+//! Settings every command shares, resolved once from flags and environment.
+
+use std::path::PathBuf;
+
+/// Where the store lives and how chatty kiln is.
+#[derive(Debug, Clone)]
+pub struct GlobalSettings {
+    /// The store root (`--root`, `KILN_ROOT`).
+    pub root: PathBuf,
+    /// `-v` count: 1 shows step commands and cache decisions.
+    pub verbose: u8,
+}
+
+impl GlobalSettings {
+    pub fn resolve(root: Option<PathBuf>, verbose: u8) -> Self {
+        GlobalSettings {
+            root: root.unwrap_or_else(default_root),
+            verbose,
+        }
+    }
+}
+
+/// `/var/lib/kiln` for root; `$XDG_DATA_HOME/kiln` (or `~/.local/share/kiln`) otherwise.
+fn default_root() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/kiln");
+    }
+    if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(data).join("kiln");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/kiln"),
+        None => PathBuf::from(".kiln"),
+    }
+}
