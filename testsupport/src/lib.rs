@@ -1,0 +1,1 @@
+//! kiln-testsupport: real services for kiln's tests.

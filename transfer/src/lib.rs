@@ -1,0 +1,1 @@
+//! kiln-transfer: moves images between a registry and the local store.
