@@ -4,3 +4,5 @@
 //! runs), cache keys, the scheduler, image config assembly, and the
 //! explain/check analyses. It speaks no HTTP and calls no mount/unshare: the
 //! registry client, the layer store and the runtime do that on its behalf.
+
+pub mod dockerignore;

@@ -1,0 +1,48 @@
+//! Shared helpers for the data-driven tests under `testdata/builder/`.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// `testdata/builder/<area>` in the repository.
+pub fn area_dir(area: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/builder")
+        .join(area)
+}
+
+/// The case directories of an area, sorted.
+pub fn cases(area: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(area_dir(area))
+        .unwrap_or_else(|e| panic!("reading testdata area {area}: {e}"))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    out.sort();
+    assert!(!out.is_empty(), "no cases in testdata area {area}");
+    out
+}
+
+/// Compares `actual` with the golden file `case/name`; with `KILN_BLESS=1`
+/// writes it instead. Returns a description of the mismatch, if any.
+pub fn check_golden(case: &Path, name: &str, actual: &str) -> Option<String> {
+    let path = case.join(name);
+    if std::env::var_os("KILN_BLESS").is_some_and(|v| v == "1") {
+        std::fs::write(&path, actual).unwrap();
+        return None;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with KILN_BLESS=1 to create)", path.display()));
+    (expected != actual).then(|| {
+        format!(
+            "{}: golden mismatch\n--- expected\n{expected}--- actual\n{actual}",
+            path.display()
+        )
+    })
+}
+
+/// Runs `check` on every case of `area` and fails with all mismatches.
+pub fn run_area(area: &str, check: impl Fn(&Path) -> Option<String>) {
+    let failures: Vec<String> = cases(area).iter().filter_map(|c| check(c)).collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
