@@ -5,4 +5,5 @@
 //! explain/check analyses. It speaks no HTTP and calls no mount/unshare: the
 //! registry client, the layer store and the runtime do that on its behalf.
 
+pub mod context;
 pub mod dockerignore;

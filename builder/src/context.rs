@@ -1,0 +1,543 @@
+//! The build context: the files under the context directory that survive
+//! `.dockerignore`, with a content digest for each.
+//!
+//! The walk follows BuildKit's context transfer (fsutil's filtered walk):
+//! entries come in lexical order, symlinks are not followed, an excluded
+//! directory is skipped whole unless a `!` exception could re-include
+//! something below it, and an excluded directory that has an included
+//! descendant is still part of the context (as its parent). Owners are
+//! reset to 0:0 as the docker CLI does when it sends a context.
+//!
+//! Hashing reads each regular file once; a [`StatCache`] persisted under the
+//! store's `cache/` directory remembers `(path, size, mtime, inode) → sha256`
+//! so that an unchanged context is not read again.
+//!
+//! ```no_run
+//! use kiln_builder::{context::{BuildContext, StatCache}, dockerignore};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = std::path::Path::new("app");
+//! let ignore = dockerignore::load_for_build(dir, None)?;
+//! let mut cache = StatCache::open(std::path::Path::new("/var/lib/kiln"))?;
+//! let ctx = BuildContext::load(dir, &ignore, Some(&mut cache))?;
+//! cache.save()?;
+//! println!("{} entries, {} files read", ctx.entries().len(), ctx.stats().files_read);
+//! # Ok(()) }
+//! ```
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::dockerignore::{MatchInfo, PatternMatcher};
+
+/// Failure while reading the context or the stat cache.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("build context {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("build context {0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("context stat cache {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ContextError + '_ {
+    move |source| ContextError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What kind of filesystem object an entry is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    File,
+    Dir,
+    /// A symlink and its target, never followed.
+    Symlink(String),
+    Fifo,
+    Socket,
+    /// Character or block device, with its `st_rdev`.
+    Device {
+        block: bool,
+        rdev: u64,
+    },
+}
+
+/// One included path of the context.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContextEntry {
+    /// Slash-separated path relative to the context root (no leading `/`).
+    pub path: String,
+    pub kind: EntryKind,
+    /// Permission and special bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Owner as COPY sees it: always 0, as the docker CLI resets it.
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// Modification time, seconds and nanoseconds since the epoch.
+    pub mtime: (i64, i64),
+    /// `sha256:<hex>` of the file's bytes (regular files only).
+    pub content_digest: Option<String>,
+    /// `sha256:<hex>` over everything COPY carries: kind, mode, owner, link
+    /// target, content. mtime is left out, as BuildKit's content hash does.
+    pub digest: String,
+}
+
+/// How much work hashing did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HashStats {
+    /// Regular files whose bytes were read.
+    pub files_read: usize,
+    /// Regular files whose digest came from the stat cache.
+    pub files_cached: usize,
+    pub bytes_read: u64,
+}
+
+/// The filtered, hashed build context.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    root: PathBuf,
+    entries: BTreeMap<String, ContextEntry>,
+    stats: HashStats,
+}
+
+impl BuildContext {
+    /// Walks `root`, keeping what `ignore` does not exclude, and hashes it.
+    pub fn load(
+        root: &Path,
+        ignore: &PatternMatcher,
+        mut cache: Option<&mut StatCache>,
+    ) -> Result<Self, ContextError> {
+        let meta = std::fs::metadata(root).map_err(io_err(root))?;
+        if !meta.is_dir() {
+            return Err(ContextError::NotADirectory(root.to_path_buf()));
+        }
+        let mut ctx = BuildContext {
+            root: root.to_path_buf(),
+            entries: BTreeMap::new(),
+            stats: HashStats::default(),
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let mut pending_parents: Vec<(String, std::fs::Metadata)> = Vec::new();
+        ctx.walk_dir(
+            "",
+            ignore,
+            &MatchInfo::default(),
+            &mut pending_parents,
+            &mut cache,
+            now,
+        )?;
+        if let Some(cache) = cache {
+            cache.forget_missing_under(root, &ctx);
+        }
+        Ok(ctx)
+    }
+
+    fn walk_dir(
+        &mut self,
+        rel_dir: &str,
+        ignore: &PatternMatcher,
+        parent_info: &MatchInfo,
+        pending_parents: &mut Vec<(String, std::fs::Metadata)>,
+        cache: &mut Option<&mut StatCache>,
+        now: i64,
+    ) -> Result<(), ContextError> {
+        let host_dir = self.host_path(rel_dir);
+        let mut names: Vec<String> = Vec::new();
+        for entry in std::fs::read_dir(&host_dir).map_err(io_err(&host_dir))? {
+            let entry = entry.map_err(io_err(&host_dir))?;
+            // Non-UTF-8 names cannot be named in a Dockerfile; keep them
+            // losslessly enough to be copied by directory.
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        for name in names {
+            let rel = if rel_dir.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel_dir}/{name}")
+            };
+            let host = self.host_path(&rel);
+            let meta = std::fs::symlink_metadata(&host).map_err(io_err(&host))?;
+            let (excluded, info) = ignore.matches_using_parent_results(&rel, parent_info);
+            if excluded {
+                if meta.is_dir() && !ignore.can_skip_excluded_dir(&rel) {
+                    pending_parents.push((rel.clone(), meta));
+                    self.walk_dir(&rel, ignore, &info, pending_parents, cache, now)?;
+                    // Still pending means nothing below was included.
+                    if pending_parents.last().is_some_and(|(p, _)| *p == rel) {
+                        pending_parents.pop();
+                    }
+                }
+                continue;
+            }
+            // An included path brings in its excluded ancestors.
+            for (parent_rel, parent_meta) in pending_parents.drain(..) {
+                let entry = self.make_entry(&parent_rel, &parent_meta, cache, now)?;
+                self.entries.insert(parent_rel, entry);
+            }
+            let entry = self.make_entry(&rel, &meta, cache, now)?;
+            self.entries.insert(rel.clone(), entry);
+            if meta.is_dir() {
+                self.walk_dir(&rel, ignore, &info, pending_parents, cache, now)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn make_entry(
+        &mut self,
+        rel: &str,
+        meta: &std::fs::Metadata,
+        cache: &mut Option<&mut StatCache>,
+        now: i64,
+    ) -> Result<ContextEntry, ContextError> {
+        let host = self.host_path(rel);
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&host).map_err(io_err(&host))?;
+            EntryKind::Symlink(target.to_string_lossy().into_owned())
+        } else if ft.is_file() {
+            EntryKind::File
+        } else if ft.is_fifo() {
+            EntryKind::Fifo
+        } else if ft.is_socket() {
+            EntryKind::Socket
+        } else {
+            EntryKind::Device {
+                block: ft.is_block_device(),
+                rdev: meta.rdev(),
+            }
+        };
+        let mtime = (meta.mtime(), meta.mtime_nsec());
+        let content_digest = if kind == EntryKind::File {
+            let key = StatKey {
+                size: meta.len(),
+                mtime_sec: mtime.0,
+                mtime_nsec: mtime.1,
+                ino: meta.ino(),
+            };
+            let abs = host.to_string_lossy().into_owned();
+            let cached = cache.as_ref().and_then(|c| c.lookup(&abs, &key));
+            let digest = match cached {
+                Some(d) => {
+                    self.stats.files_cached += 1;
+                    d
+                }
+                None => {
+                    let (d, n) = sha256_file(&host)?;
+                    self.stats.files_read += 1;
+                    self.stats.bytes_read += n;
+                    // A file modified within the last seconds could change
+                    // again without its mtime moving: don't trust that stat.
+                    if let Some(c) = cache.as_mut() {
+                        if mtime.0 < now - 2 {
+                            c.insert(abs, key, d.clone());
+                        }
+                    }
+                    d
+                }
+            };
+            Some(format!("sha256:{digest}"))
+        } else {
+            None
+        };
+        let mut entry = ContextEntry {
+            path: rel.to_string(),
+            kind,
+            mode: meta.mode() & 0o7777,
+            uid: 0,
+            gid: 0,
+            size: if ft.is_file() { meta.len() } else { 0 },
+            mtime,
+            content_digest,
+            digest: String::new(),
+        };
+        entry.digest = entry_digest(&entry);
+        Ok(entry)
+    }
+
+    /// The context directory on the host.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a context path lives on the host.
+    pub fn host_path(&self, rel: &str) -> PathBuf {
+        let rel = rel.trim_start_matches('/');
+        if rel.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        }
+    }
+
+    /// All included entries, by path.
+    pub fn entries(&self) -> &BTreeMap<String, ContextEntry> {
+        &self.entries
+    }
+
+    /// One entry (`""` or `"."` is the root, which is always included and has
+    /// no entry).
+    pub fn get(&self, rel: &str) -> Option<&ContextEntry> {
+        self.entries.get(rel.trim_start_matches('/'))
+    }
+
+    /// Whether a context path is part of the (filtered) context.
+    pub fn contains(&self, rel: &str) -> bool {
+        let rel = rel.trim_matches('/');
+        rel.is_empty() || rel == "." || self.entries.contains_key(rel)
+    }
+
+    /// The included children names of a directory, sorted.
+    pub fn children(&self, rel_dir: &str) -> Vec<&str> {
+        let dir = rel_dir.trim_matches('/');
+        let dir = if dir == "." { "" } else { dir };
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        self.entries
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter_map(|(k, _)| {
+                let rest = &k[prefix.len()..];
+                (!rest.is_empty() && !rest.contains('/')).then_some(rest)
+            })
+            .collect()
+    }
+
+    /// A digest of a path and everything included below it: what a COPY of
+    /// that path depends on. `None` when the path is not in the context.
+    pub fn tree_digest(&self, rel: &str) -> Option<String> {
+        let rel = rel.trim_matches('/');
+        let rel = if rel == "." { "" } else { rel };
+        let mut hasher = Sha256::new();
+        if rel.is_empty() {
+            hasher.update(b"root\0");
+        } else {
+            let entry = self.entries.get(rel)?;
+            hasher.update(b"self\0");
+            hasher.update(entry.digest.as_bytes());
+            hasher.update(b"\0");
+        }
+        let prefix = if rel.is_empty() {
+            String::new()
+        } else {
+            format!("{rel}/")
+        };
+        for (path, entry) in self
+            .entries
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+        {
+            hasher.update(&path.as_bytes()[prefix.len()..]);
+            hasher.update(b"\0");
+            hasher.update(entry.digest.as_bytes());
+            hasher.update(b"\0");
+        }
+        Some(format!("sha256:{}", hex(&hasher.finalize())))
+    }
+
+    /// What hashing cost.
+    pub fn stats(&self) -> HashStats {
+        self.stats
+    }
+}
+
+fn entry_digest(e: &ContextEntry) -> String {
+    let mut h = Sha256::new();
+    let kind = match &e.kind {
+        EntryKind::File => "file".to_string(),
+        EntryKind::Dir => "dir".to_string(),
+        EntryKind::Symlink(t) => format!("symlink:{t}"),
+        EntryKind::Fifo => "fifo".to_string(),
+        EntryKind::Socket => "socket".to_string(),
+        EntryKind::Device { block, rdev } => format!("dev:{block}:{rdev}"),
+    };
+    h.update(
+        format!(
+            "{kind}\0{:o}\0{}\0{}\0{}\0",
+            e.mode,
+            e.uid,
+            e.gid,
+            e.content_digest.as_deref().unwrap_or("")
+        )
+        .as_bytes(),
+    );
+    format!("sha256:{}", hex(&h.finalize()))
+}
+
+/// Hex digest and length of a file's bytes.
+pub fn sha256_file(path: &Path) -> Result<(String, u64), ContextError> {
+    let mut file = File::open(path).map_err(io_err(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((hex(&hasher.finalize()), total))
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StatKey {
+    size: u64,
+    mtime_sec: i64,
+    mtime_nsec: i64,
+    ino: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CachedDigest {
+    #[serde(flatten)]
+    key: StatKey,
+    sha256: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CacheFile {
+    version: u32,
+    entries: HashMap<String, CachedDigest>,
+}
+
+const CACHE_VERSION: u32 = 1;
+
+/// `(absolute path, size, mtime, inode) → sha256` of context files, kept in
+/// `<store>/cache/context-stats.json` between builds.
+#[derive(Debug)]
+pub struct StatCache {
+    file: PathBuf,
+    entries: HashMap<String, CachedDigest>,
+    dirty: bool,
+}
+
+impl StatCache {
+    /// Opens the cache of the store at `store_root`; a missing or unreadable
+    /// (e.g. older format) cache starts empty.
+    pub fn open(store_root: &Path) -> Result<Self, ContextError> {
+        let file = store_root.join("cache").join("context-stats.json");
+        let entries = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice::<CacheFile>(&bytes)
+                .ok()
+                .filter(|c| c.version == CACHE_VERSION)
+                .map(|c| c.entries)
+                .unwrap_or_default(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(source) => return Err(ContextError::Cache { path: file, source }),
+        };
+        Ok(StatCache {
+            file,
+            entries,
+            dirty: false,
+        })
+    }
+
+    /// An in-memory cache that `save` does not persist anywhere useful.
+    pub fn in_memory() -> Self {
+        StatCache {
+            file: PathBuf::new(),
+            entries: HashMap::new(),
+            dirty: false,
+        }
+    }
+
+    fn lookup(&self, abs: &str, key: &StatKey) -> Option<String> {
+        self.entries
+            .get(abs)
+            .filter(|c| c.key == *key)
+            .map(|c| c.sha256.clone())
+    }
+
+    fn insert(&mut self, abs: String, key: StatKey, sha256: String) {
+        self.entries.insert(abs, CachedDigest { key, sha256 });
+        self.dirty = true;
+    }
+
+    fn forget_missing_under(&mut self, root: &Path, ctx: &BuildContext) {
+        let prefix = format!("{}/", root.to_string_lossy().trim_end_matches('/'));
+        let present: HashSet<String> = ctx.entries.keys().map(|k| format!("{prefix}{k}")).collect();
+        let before = self.entries.len();
+        self.entries
+            .retain(|k, _| !k.starts_with(&prefix) || present.contains(k));
+        if self.entries.len() != before {
+            self.dirty = true;
+        }
+    }
+
+    /// Number of remembered files.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Writes the cache atomically (temp file + rename) if it changed.
+    pub fn save(&mut self) -> Result<(), ContextError> {
+        if !self.dirty || self.file.as_os_str().is_empty() {
+            return Ok(());
+        }
+        let err = |source| ContextError::Cache {
+            path: self.file.clone(),
+            source,
+        };
+        let dir = self.file.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let body = CacheFile {
+            version: CACHE_VERSION,
+            entries: std::mem::take(&mut self.entries),
+        };
+        let bytes = serde_json::to_vec(&body);
+        self.entries = body.entries;
+        let bytes = bytes.map_err(|e| err(std::io::Error::other(e)))?;
+        let tmp = self
+            .file
+            .with_extension(format!("json.tmp{}", std::process::id()));
+        std::fs::write(&tmp, bytes).map_err(err)?;
+        std::fs::rename(&tmp, &self.file).map_err(err)?;
+        self.dirty = false;
+        Ok(())
+    }
+}
