@@ -4,3 +4,28 @@
 //! credential helpers), pulling and pushing manifests and blobs, cross-repository
 //! mounts and retries. It streams bytes to and from its caller and never touches
 //! the store's files.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), kiln_registry::Error> {
+//! use kiln_registry::{Client, ClientConfig, Reference};
+//! let client = Client::new(ClientConfig::default())?;
+//! let image = Reference::parse("localhost:5000/app:v1")?;
+//! let manifest = client.fetch_manifest(&image).await?;
+//! let mut config = Vec::new();
+//! # let config_digest: kiln_registry::Digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000".parse()?;
+//! client.fetch_blob(&image.repository, &config_digest, None, &mut config).await?;
+//! # let _ = manifest; Ok(()) }
+//! ```
+
+pub mod auth;
+mod client;
+mod error;
+pub mod reference;
+
+pub use auth::{Challenge, Credential, CredentialError, CredentialSource, DockerConfig};
+pub use client::{
+    BlobSource, Client, ClientConfig, Manifest, MemoryBlob, PushOutcome, RetryPolicy,
+    MANIFEST_ACCEPT, MAX_MANIFEST_BYTES,
+};
+pub use error::Error;
+pub use reference::{Digest, Reference, ReferenceError, Repository};

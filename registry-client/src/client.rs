@@ -1,0 +1,1165 @@
+//! The HTTP side: endpoint discovery (`/v2/` ping, https or plain http),
+//! authentication, retries, and the pull/push operations.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::{Method, StatusCode, Url};
+use sha2::{Digest as _, Sha256};
+
+use crate::auth::{Challenge, Credential, CredentialSource};
+use crate::error::Error;
+use crate::reference::{api_host, is_loopback_registry, Digest, Reference, Repository};
+
+/// Media types kiln asks for when fetching a manifest: both the Docker and OCI families.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
+/// Manifests larger than this are refused (distribution's own limit is 4 MiB).
+pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// How often and how patiently to retry 5xx, 429 and connection errors.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Delay before the first retry; doubles each time.
+    pub initial_backoff: Duration,
+    /// Longest delay between attempts from backoff.
+    pub max_backoff: Duration,
+    /// Longest `Retry-After` kiln is willing to wait.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 5,
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(8),
+            max_retry_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn backoff(&self, retry: u32) -> Duration {
+        let factor = 1u32.checked_shl(retry.min(16)).unwrap_or(u32::MAX);
+        self.initial_backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+}
+
+/// Settings for a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Registries (as named in references, or their API host) allowed over
+    /// plain HTTP and, over HTTPS, with unverified certificates.
+    pub insecure_registries: Vec<String>,
+    /// Extra PEM files of CA certificates to trust besides the system roots.
+    pub ca_certs: Vec<PathBuf>,
+    /// Where credentials come from.
+    pub credentials: CredentialSource,
+    pub retry: RetryPolicy,
+    /// Upload blobs in PATCH chunks of this many bytes; `None` uploads each
+    /// blob in one PUT.
+    pub chunk_size: Option<u64>,
+    pub user_agent: String,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            insecure_registries: Vec::new(),
+            ca_certs: Vec::new(),
+            credentials: CredentialSource::default(),
+            retry: RetryPolicy::default(),
+            chunk_size: None,
+            user_agent: format!("kiln/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// A manifest (or index) as the registry sent it; the bytes are never re-serialized.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// `Content-Type` of the response, without parameters.
+    pub media_type: String,
+    /// sha256 of `bytes`.
+    pub digest: Digest,
+    pub bytes: Vec<u8>,
+}
+
+/// Bytes to upload, opened afresh for each attempt.
+pub trait BlobSource: Send + Sync {
+    /// Total length in bytes.
+    fn size(&self) -> u64;
+    /// A reader positioned `offset` bytes into the blob.
+    fn open(&self, offset: u64) -> std::io::Result<Box<dyn Read + Send>>;
+}
+
+/// A blob held in memory (configs, small layers, tests).
+#[derive(Debug, Clone)]
+pub struct MemoryBlob(pub Bytes);
+
+impl BlobSource for MemoryBlob {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn open(&self, offset: u64) -> std::io::Result<Box<dyn Read + Send>> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(self.0.len());
+        Ok(Box::new(std::io::Cursor::new(self.0.slice(start..))))
+    }
+}
+
+/// What [`Client::push_blob`] had to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// The registry already had the blob in this repository.
+    Exists,
+    /// Mounted from another repository of the same registry.
+    Mounted,
+    /// Uploaded.
+    Uploaded,
+}
+
+#[derive(Debug, Clone)]
+struct Endpoint {
+    base: Url,
+    challenge: Option<Challenge>,
+}
+
+/// Names what a request concerns, for error messages.
+struct Ctx<'a> {
+    registry: &'a str,
+    repository: &'a str,
+    what: String,
+}
+
+/// A registry client shared by all concurrent operations of one command.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), kiln_registry::Error> {
+/// use kiln_registry::{Client, ClientConfig, Reference};
+/// let client = Client::new(ClientConfig::default())?;
+/// let reference = Reference::parse("localhost:5000/app:v1")?;
+/// let manifest = client.fetch_manifest(&reference).await?;
+/// println!("{} {}", manifest.media_type, manifest.digest);
+/// # Ok(()) }
+/// ```
+pub struct Client {
+    http: reqwest::Client,
+    /// For `--insecure-registry` hosts served over HTTPS with untrusted certificates.
+    http_unverified: reqwest::Client,
+    config: ClientConfig,
+    endpoints: Mutex<HashMap<String, Endpoint>>,
+    tokens: Mutex<HashMap<String, String>>,
+    credentials: Mutex<HashMap<String, Option<Credential>>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        let inner_text = inner.to_string();
+        if !text.contains(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        source = inner.source();
+    }
+    text
+}
+
+fn build_http(config: &ClientConfig, accept_invalid_certs: bool) -> Result<reqwest::Client, Error> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .user_agent(config.user_agent.clone())
+        .connect_timeout(Duration::from_secs(30))
+        .read_timeout(Duration::from_secs(120))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .danger_accept_invalid_certs(accept_invalid_certs);
+    for path in &config.ca_certs {
+        let pem = std::fs::read(path).map_err(|e| Error::CaCert {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::CaCert {
+            path: path.display().to_string(),
+            detail: error_chain(&e),
+        })?;
+        if certs.is_empty() {
+            return Err(Error::CaCert {
+                path: path.display().to_string(),
+                detail: "no PEM certificate in the file".into(),
+            });
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| Error::ClientSetup(error_chain(&e)))
+}
+
+/// Extracts `CODE: message` pairs from a distribution error body.
+fn registry_message(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Errors {
+        errors: Vec<ErrorEntry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorEntry {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    match serde_json::from_slice::<Errors>(body) {
+        Ok(errors) => errors
+            .errors
+            .iter()
+            .map(|e| format!("{} {}", e.code, e.message).trim().to_string())
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(_) => {
+            let text = String::from_utf8_lossy(body);
+            let text = text.trim();
+            text.chars().take(200).collect()
+        }
+    }
+}
+
+fn retry_after(headers: &HeaderMap, cap: Duration) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
+    let seconds: u64 = value.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds).min(cap))
+}
+
+fn scope_pull(repository: &str) -> String {
+    format!("repository:{repository}:pull")
+}
+
+fn scope_push(repository: &str) -> String {
+    format!("repository:{repository}:pull,push")
+}
+
+/// Feeds `source` (from `offset`, `len` bytes) into a request body without
+/// blocking the runtime.
+fn reader_body(source: Arc<dyn BlobSource>, offset: u64, len: u64) -> reqwest::Body {
+    const CHUNK: u64 = 1024 * 1024;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut reader = match source.open(offset) {
+            Ok(reader) => reader,
+            Err(err) => {
+                let _ = tx.blocking_send(Err(err));
+                return;
+            }
+        };
+        let mut remaining = len;
+        while remaining > 0 {
+            let mut buf = vec![0u8; remaining.min(CHUNK) as usize];
+            match reader.read(&mut buf) {
+                Ok(0) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("blob source ended {remaining} bytes early"),
+                    )));
+                    return;
+                }
+                Ok(n) => {
+                    buf.truncate(n);
+                    remaining -= n as u64;
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        return;
+                    }
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    let _ = tx.blocking_send(Err(err));
+                    return;
+                }
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    reqwest::Body::wrap_stream(stream)
+}
+
+impl Client {
+    /// Builds a client: system roots plus `SSL_CERT_FILE` (read by the
+    /// native-roots loader) and `config.ca_certs`.
+    pub fn new(config: ClientConfig) -> Result<Client, Error> {
+        Ok(Client {
+            http: build_http(&config, false)?,
+            http_unverified: build_http(&config, true)?,
+            config,
+            endpoints: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+            credentials: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    fn is_insecure(&self, registry: &str) -> bool {
+        let host = api_host(registry);
+        self.config
+            .insecure_registries
+            .iter()
+            .any(|h| h == registry || h == host)
+    }
+
+    fn http_for(&self, registry: &str) -> &reqwest::Client {
+        if self.is_insecure(registry) {
+            &self.http_unverified
+        } else {
+            &self.http
+        }
+    }
+
+    /// GET `/v2/` once (plus retries on 5xx/429): `Ok(challenge)` when the
+    /// server speaks the registry API.
+    async fn ping(&self, registry: &str, base: &Url) -> Result<Option<Challenge>, String> {
+        let url = base.join("v2/").map_err(|e| e.to_string())?;
+        let mut retry = 0;
+        loop {
+            let response = self
+                .http_for(registry)
+                .get(url.clone())
+                .send()
+                .await
+                .map_err(|e| error_chain(&e))?;
+            let status = response.status();
+            if (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
+                && retry < self.config.retry.max_retries
+            {
+                let delay = retry_after(response.headers(), self.config.retry.max_retry_after)
+                    .unwrap_or_else(|| self.config.retry.backoff(retry));
+                retry += 1;
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            return match status {
+                s if s.is_success() => Ok(None),
+                StatusCode::UNAUTHORIZED => {
+                    let challenges: Vec<Challenge> = response
+                        .headers()
+                        .get_all(WWW_AUTHENTICATE)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .filter_map(Challenge::parse)
+                        .collect();
+                    // Prefer bearer, as Docker does.
+                    let bearer = challenges
+                        .iter()
+                        .find(|c| matches!(c, Challenge::Bearer { .. }))
+                        .or(challenges.first());
+                    match bearer {
+                        Some(challenge) => Ok(Some(challenge.clone())),
+                        None => Err("401 without a usable WWW-Authenticate challenge".into()),
+                    }
+                }
+                other => Err(format!("{url} answered {other}; is this a registry?")),
+            };
+        }
+    }
+
+    /// Finds how to talk to `registry`: HTTPS, or plain HTTP for loopback
+    /// and `--insecure-registry` hosts when HTTPS fails; and its auth challenge.
+    async fn endpoint(&self, registry: &str) -> Result<Endpoint, Error> {
+        if let Some(endpoint) = self.lock_endpoints().get(registry) {
+            return Ok(endpoint.clone());
+        }
+        let host = api_host(registry);
+        let plain_allowed = is_loopback_registry(registry) || self.is_insecure(registry);
+        let unreachable = |detail: String| Error::Unreachable {
+            registry: registry.to_string(),
+            detail,
+        };
+        let https = Url::parse(&format!("https://{host}/")).map_err(|e| unreachable(e.to_string()))?;
+        let endpoint = match self.ping(registry, &https).await {
+            Ok(challenge) => Endpoint {
+                base: https,
+                challenge,
+            },
+            Err(https_err) if plain_allowed => {
+                let http = Url::parse(&format!("http://{host}/")).map_err(|e| unreachable(e.to_string()))?;
+                match self.ping(registry, &http).await {
+                    Ok(challenge) => Endpoint {
+                        base: http,
+                        challenge,
+                    },
+                    Err(http_err) => {
+                        return Err(unreachable(format!("https: {https_err}; http: {http_err}")))
+                    }
+                }
+            }
+            Err(https_err) => return Err(unreachable(https_err)),
+        };
+        tracing::debug!(registry, base = %endpoint.base, challenge = ?endpoint.challenge, "registry endpoint");
+        self.lock_endpoints().insert(registry.to_string(), endpoint.clone());
+        Ok(endpoint)
+    }
+
+    fn lock_endpoints(&self) -> std::sync::MutexGuard<'_, HashMap<String, Endpoint>> {
+        self.endpoints.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_tokens(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.tokens.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn credential(&self, registry: &str) -> Result<Option<Credential>, Error> {
+        if let Some(found) = self
+            .credentials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(registry)
+        {
+            return Ok(found.clone());
+        }
+        let source = self.config.credentials.clone();
+        let name = registry.to_string();
+        // Credential helpers are external processes: keep them off the runtime threads.
+        let found = tokio::task::spawn_blocking(move || source.lookup(&name))
+            .await
+            .map_err(|e| Error::ClientSetup(format!("credential lookup task: {e}")))?
+            .map_err(|source| Error::Credentials {
+                registry: registry.to_string(),
+                source,
+            })?;
+        self.credentials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(registry.to_string(), found.clone());
+        Ok(found)
+    }
+
+    fn token_key(registry: &str, scopes: &BTreeSet<String>) -> String {
+        let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+        format!("{registry} {}", scopes.join(" "))
+    }
+
+    /// Asks the token server at `realm` for a bearer token covering `scopes`.
+    async fn fetch_token(
+        &self,
+        registry: &str,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &BTreeSet<String>,
+    ) -> Result<String, Error> {
+        let token_err = |detail: String| Error::Token {
+            registry: registry.to_string(),
+            realm: realm.to_string(),
+            detail,
+        };
+        let mut url = Url::parse(realm).map_err(|e| token_err(format!("invalid realm URL: {e}")))?;
+        let credential = self.credential(registry).await?;
+        let http = self.http_for(registry);
+        let request = match &credential {
+            Some(Credential::IdentityToken(refresh)) => {
+                let mut form: Vec<(&str, &str)> = vec![
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", refresh),
+                    ("client_id", "kiln"),
+                ];
+                if let Some(service) = service {
+                    form.push(("service", service));
+                }
+                let scope = scopes.iter().cloned().collect::<Vec<_>>().join(" ");
+                if !scope.is_empty() {
+                    form.push(("scope", &scope));
+                }
+                let body = form
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", urlencode(v)))
+                    .collect::<Vec<_>>()
+                    .join("&");
+                http.post(url)
+                    .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(body)
+            }
+            other => {
+                {
+                    let mut query = url.query_pairs_mut();
+                    if let Some(service) = service {
+                        query.append_pair("service", service);
+                    }
+                    for scope in scopes {
+                        query.append_pair("scope", scope);
+                    }
+                    if let Some(Credential::UsernamePassword { username, .. }) = other {
+                        query.append_pair("account", username);
+                    }
+                }
+                let mut request = http.get(url);
+                if let Some(basic) = other.as_ref().and_then(Credential::basic_header) {
+                    request = request.header(AUTHORIZATION, basic);
+                }
+                request
+            }
+        };
+        let response = request.send().await.map_err(|e| token_err(error_chain(&e)))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| token_err(error_chain(&e)))?;
+        if !status.is_success() {
+            return Err(token_err(format!(
+                "answered {status}: {}",
+                registry_message(&body)
+            )));
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenResponse {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let parsed: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| token_err(format!("invalid token response: {e}")))?;
+        parsed
+            .token
+            .or(parsed.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| token_err("the response has no token".into()))
+    }
+
+    /// The `Authorization` header for a request needing `scopes`, if the registry wants one.
+    async fn authorization(
+        &self,
+        registry: &str,
+        endpoint: &Endpoint,
+        scopes: &BTreeSet<String>,
+    ) -> Result<Option<String>, Error> {
+        match &endpoint.challenge {
+            None => Ok(None),
+            Some(Challenge::Basic { .. }) => {
+                Ok(self.credential(registry).await?.and_then(|c| c.basic_header()))
+            }
+            Some(Challenge::Bearer { realm, service, .. }) => {
+                let key = Self::token_key(registry, scopes);
+                if let Some(token) = self.lock_tokens().get(&key) {
+                    return Ok(Some(format!("Bearer {token}")));
+                }
+                let token = self
+                    .fetch_token(registry, realm, service.as_deref(), scopes)
+                    .await?;
+                self.lock_tokens().insert(key, token.clone());
+                Ok(Some(format!("Bearer {token}")))
+            }
+        }
+    }
+
+    /// Sends the request `build` makes (called afresh for each attempt),
+    /// authenticating on 401 and, when `retry`, retrying connection errors,
+    /// 5xx and 429 with backoff. Returns the first response that is not
+    /// retried; the caller judges its status.
+    async fn send(
+        &self,
+        ctx: &Ctx<'_>,
+        scopes: &[String],
+        retry: bool,
+        build: &(dyn Fn(&reqwest::Client, &Url) -> reqwest::RequestBuilder + Sync),
+    ) -> Result<reqwest::Response, Error> {
+        let mut scopes: BTreeSet<String> = scopes.iter().cloned().collect();
+        let mut reauthenticated = false;
+        let mut retries = 0;
+        loop {
+            let endpoint = self.endpoint(ctx.registry).await?;
+            let mut request = build(self.http_for(ctx.registry), &endpoint.base);
+            if let Some(auth) = self.authorization(ctx.registry, &endpoint, &scopes).await? {
+                request = request.header(AUTHORIZATION, auth);
+            }
+            let response = match request.send().await {
+                Ok(response) => response,
+                Err(err) => {
+                    let transient = !err.is_builder() && !err.is_redirect();
+                    if retry && transient && retries < self.config.retry.max_retries {
+                        tracing::debug!(what = %ctx.what, error = %error_chain(&err), "retrying");
+                        tokio::time::sleep(self.config.retry.backoff(retries)).await;
+                        retries += 1;
+                        continue;
+                    }
+                    return Err(Error::Connection {
+                        registry: ctx.registry.to_string(),
+                        repository: ctx.repository.to_string(),
+                        what: ctx.what.clone(),
+                        detail: error_chain(&err),
+                    });
+                }
+            };
+            let status = response.status();
+            if status == StatusCode::UNAUTHORIZED && !reauthenticated {
+                reauthenticated = true;
+                let challenge = response
+                    .headers()
+                    .get_all(WWW_AUTHENTICATE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .filter_map(Challenge::parse)
+                    .next();
+                if let Some(challenge) = challenge {
+                    if let Challenge::Bearer {
+                        scope: Some(extra), ..
+                    } = &challenge
+                    {
+                        scopes.extend(extra.split(' ').filter(|s| !s.is_empty()).map(str::to_string));
+                    }
+                    let key = Self::token_key(ctx.registry, &scopes);
+                    self.lock_tokens().remove(&key);
+                    if let Some(endpoint) = self.lock_endpoints().get_mut(ctx.registry) {
+                        endpoint.challenge = Some(challenge);
+                    }
+                    continue;
+                }
+            }
+            let transient = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+            if retry && transient && retries < self.config.retry.max_retries {
+                let delay = retry_after(response.headers(), self.config.retry.max_retry_after)
+                    .unwrap_or_else(|| self.config.retry.backoff(retries));
+                tracing::debug!(what = %ctx.what, %status, ?delay, "retrying");
+                tokio::time::sleep(delay).await;
+                retries += 1;
+                continue;
+            }
+            return Ok(response);
+        }
+    }
+
+    /// Turns an unexpected response into an error carrying the registry's message.
+    async fn status_error(ctx: &Ctx<'_>, response: reqwest::Response) -> Error {
+        let status = response.status();
+        let body = response.bytes().await.unwrap_or_default();
+        let message = registry_message(&body);
+        let registry = ctx.registry.to_string();
+        let repository = ctx.repository.to_string();
+        let what = ctx.what.clone();
+        match status {
+            StatusCode::NOT_FOUND => Error::NotFound {
+                registry,
+                repository,
+                what,
+                message,
+            },
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Error::Denied {
+                registry,
+                repository,
+                what,
+                status: status.as_u16(),
+                message,
+            },
+            _ => Error::Status {
+                registry,
+                repository,
+                what,
+                status: status.as_u16(),
+                message,
+            },
+        }
+    }
+
+    /// Checks that the registry accepts the credentials configured for it
+    /// (what `kiln login` does before storing them).
+    pub async fn check_login(&self, registry: &str) -> Result<(), Error> {
+        let endpoint = self.endpoint(registry).await?;
+        let ctx = Ctx {
+            registry,
+            repository: "",
+            what: "login".into(),
+        };
+        match &endpoint.challenge {
+            None => Ok(()),
+            Some(Challenge::Basic { .. }) => {
+                let response = self
+                    .send(&ctx, &[], true, &|http, base| http.get(base.join("v2/").unwrap_or_else(|_| base.clone())))
+                    .await?;
+                if response.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(Self::status_error(&ctx, response).await)
+                }
+            }
+            Some(Challenge::Bearer { realm, service, .. }) => {
+                self.fetch_token(registry, realm, service.as_deref(), &BTreeSet::new())
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+
+    /// Fetches the manifest or index `reference` names. When the reference
+    /// has a digest, the bytes are checked against it.
+    pub async fn fetch_manifest(&self, reference: &Reference) -> Result<Manifest, Error> {
+        let repository = &reference.repository;
+        let wanted = reference.manifest_reference();
+        let ctx = Ctx {
+            registry: &repository.registry,
+            repository: &repository.name,
+            what: format!("manifest {wanted}"),
+        };
+        let path = format!("v2/{}/manifests/{}", repository.name, wanted);
+        let response = self
+            .send(&ctx, &[scope_pull(&repository.name)], true, &|http, base| {
+                http.get(join(base, &path)).header(ACCEPT, MANIFEST_ACCEPT)
+            })
+            .await?;
+        if !response.status().is_success() {
+            return Err(Self::status_error(&ctx, response).await);
+        }
+        let media_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
+            .unwrap_or_default();
+        let header_digest = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut bytes = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| Error::Connection {
+                registry: repository.registry.clone(),
+                repository: repository.name.clone(),
+                what: ctx.what.clone(),
+                detail: error_chain(&e),
+            })?;
+            if bytes.len() + chunk.len() > MAX_MANIFEST_BYTES {
+                return Err(Error::ManifestTooLarge {
+                    registry: repository.registry.clone(),
+                    repository: repository.name.clone(),
+                    reference: wanted,
+                    limit: MAX_MANIFEST_BYTES,
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let digest = Digest::of(&bytes);
+        let expected = match (&reference.digest, header_digest) {
+            (Some(d), _) => Some(d.to_string()),
+            (None, Some(header)) if header.starts_with("sha256:") => Some(header),
+            _ => None,
+        };
+        if let Some(expected) = expected {
+            if expected != digest.to_string() {
+                return Err(Error::DigestMismatch {
+                    registry: repository.registry.clone(),
+                    repository: repository.name.clone(),
+                    digest: expected,
+                    actual: digest.to_string(),
+                });
+            }
+        }
+        Ok(Manifest {
+            media_type,
+            digest,
+            bytes,
+        })
+    }
+
+    /// Streams blob `digest` into `sink`, hashing as bytes arrive. A dropped
+    /// connection is resumed with `Range` from the last byte written; 5xx and
+    /// 429 are retried. Returns the byte count once size and digest check out.
+    /// On error, the bytes already written are not to be trusted.
+    pub async fn fetch_blob(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+        expected_size: Option<u64>,
+        sink: &mut (dyn Write + Send),
+    ) -> Result<u64, Error> {
+        let ctx = Ctx {
+            registry: &repository.registry,
+            repository: &repository.name,
+            what: format!("blob {digest}"),
+        };
+        let path = format!("v2/{}/blobs/{}", repository.name, digest);
+        let mut hasher = Sha256::new();
+        let mut received: u64 = 0;
+        let mut interruptions = 0;
+        let size_error = |actual: u64, expected: u64| Error::SizeMismatch {
+            registry: repository.registry.clone(),
+            repository: repository.name.clone(),
+            digest: digest.to_string(),
+            expected,
+            actual,
+        };
+        loop {
+            let offset = received;
+            let response = self
+                .send(&ctx, &[scope_pull(&repository.name)], true, &|http, base| {
+                    let request = http.get(join(base, &path));
+                    if offset > 0 {
+                        request.header(RANGE, format!("bytes={offset}-"))
+                    } else {
+                        request
+                    }
+                })
+                .await?;
+            // Bytes to drop from the front: the server may ignore Range and send it all.
+            let mut skip = match response.status() {
+                StatusCode::OK => offset,
+                StatusCode::PARTIAL_CONTENT => {
+                    let start = response
+                        .headers()
+                        .get(CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("bytes "))
+                        .and_then(|v| v.split('-').next())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    match start {
+                        Some(start) if start == offset => 0,
+                        _ => {
+                            let value = response
+                                .headers()
+                                .get(CONTENT_RANGE)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string();
+                            return Err(Error::BadHeader {
+                                registry: repository.registry.clone(),
+                                repository: repository.name.clone(),
+                                what: ctx.what.clone(),
+                                header: "Content-Range",
+                                value,
+                            });
+                        }
+                    }
+                }
+                _ => return Err(Self::status_error(&ctx, response).await),
+            };
+            let mut stream = response.bytes_stream();
+            let mut interrupted = None;
+            while let Some(chunk) = stream.next().await {
+                let chunk = match chunk {
+                    Ok(chunk) => chunk,
+                    Err(err) => {
+                        interrupted = Some(error_chain(&err));
+                        break;
+                    }
+                };
+                let mut data = &chunk[..];
+                if skip > 0 {
+                    let n = skip.min(data.len() as u64) as usize;
+                    data = &data[n..];
+                    skip -= n as u64;
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                if let Some(expected) = expected_size {
+                    if received + data.len() as u64 > expected {
+                        return Err(size_error(received + data.len() as u64, expected));
+                    }
+                }
+                hasher.update(data);
+                sink.write_all(data).map_err(|source| Error::Sink {
+                    registry: repository.registry.clone(),
+                    repository: repository.name.clone(),
+                    digest: digest.to_string(),
+                    source,
+                })?;
+                received += data.len() as u64;
+            }
+            if interrupted.is_none() {
+                match expected_size {
+                    Some(expected) if received < expected => {
+                        interrupted = Some(format!("connection closed after {received} of {expected} bytes"));
+                    }
+                    _ => break,
+                }
+            }
+            if let Some(detail) = interrupted {
+                if interruptions >= self.config.retry.max_retries {
+                    return Err(Error::Connection {
+                        registry: repository.registry.clone(),
+                        repository: repository.name.clone(),
+                        what: ctx.what.clone(),
+                        detail,
+                    });
+                }
+                tracing::debug!(%digest, received, %detail, "blob download interrupted; resuming");
+                tokio::time::sleep(self.config.retry.backoff(interruptions)).await;
+                interruptions += 1;
+            }
+        }
+        if let Some(expected) = expected_size {
+            if received != expected {
+                return Err(size_error(received, expected));
+            }
+        }
+        let actual = Digest::from_hasher(hasher);
+        if actual != *digest {
+            return Err(Error::DigestMismatch {
+                registry: repository.registry.clone(),
+                repository: repository.name.clone(),
+                digest: digest.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        Ok(received)
+    }
+
+    /// The size of blob `digest` in `repository`, or `None` if the registry lacks it.
+    pub async fn blob_exists(&self, repository: &Repository, digest: &Digest) -> Result<Option<u64>, Error> {
+        let ctx = Ctx {
+            registry: &repository.registry,
+            repository: &repository.name,
+            what: format!("blob {digest}"),
+        };
+        let path = format!("v2/{}/blobs/{}", repository.name, digest);
+        let response = self
+            .send(&ctx, &[scope_push(&repository.name)], true, &|http, base| {
+                http.head(join(base, &path))
+            })
+            .await?;
+        match response.status() {
+            s if s.is_success() => Ok(Some(
+                response
+                    .headers()
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            )),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(Self::status_error(&ctx, response).await),
+        }
+    }
+
+    /// Location of a new upload session (after POST or a refused mount).
+    fn upload_location(&self, ctx: &Ctx<'_>, base: &Url, response: &reqwest::Response) -> Result<Url, Error> {
+        let value = response
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        base.join(value).map_err(|_| Error::BadHeader {
+            registry: ctx.registry.to_string(),
+            repository: ctx.repository.to_string(),
+            what: ctx.what.clone(),
+            header: "Location",
+            value: value.to_string(),
+        })
+    }
+
+    /// Uploads blob `digest` unless the repository has it; tries a
+    /// cross-repository mount from `mount_from` first (same registry only).
+    pub async fn push_blob(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+        source: Arc<dyn BlobSource>,
+        mount_from: Option<&Repository>,
+    ) -> Result<PushOutcome, Error> {
+        if self.blob_exists(repository, digest).await?.is_some() {
+            return Ok(PushOutcome::Exists);
+        }
+        let ctx = Ctx {
+            registry: &repository.registry,
+            repository: &repository.name,
+            what: format!("blob {digest}"),
+        };
+        let base = self.endpoint(&repository.registry).await?.base;
+        let uploads = format!("v2/{}/blobs/uploads/", repository.name);
+        let mut attempts = 0;
+        loop {
+            let mut session = None;
+            if let Some(from) = mount_from.filter(|f| f.registry == repository.registry && f.name != repository.name) {
+                let scopes = [scope_push(&repository.name), scope_pull(&from.name)];
+                let response = self
+                    .send(&ctx, &scopes, true, &|http, base| {
+                        let mut url = join(base, &uploads);
+                        url.query_pairs_mut()
+                            .append_pair("mount", &digest.to_string())
+                            .append_pair("from", &from.name);
+                        http.post(url).header(CONTENT_LENGTH, "0")
+                    })
+                    .await?;
+                match response.status() {
+                    StatusCode::CREATED => return Ok(PushOutcome::Mounted),
+                    // The registry could not mount and opened an upload session instead.
+                    StatusCode::ACCEPTED => session = Some(self.upload_location(&ctx, &base, &response)?),
+                    _ => return Err(Self::status_error(&ctx, response).await),
+                }
+            }
+            let location = match session {
+                Some(location) => location,
+                None => {
+                    let response = self
+                        .send(&ctx, &[scope_push(&repository.name)], true, &|http, base| {
+                            http.post(join(base, &uploads)).header(CONTENT_LENGTH, "0")
+                        })
+                        .await?;
+                    if response.status() != StatusCode::ACCEPTED {
+                        return Err(Self::status_error(&ctx, response).await);
+                    }
+                    self.upload_location(&ctx, &base, &response)?
+                }
+            };
+            match self.upload(&ctx, repository, digest, &source, location).await {
+                Ok(()) => return Ok(PushOutcome::Uploaded),
+                // A failed upload session may hold partial bytes: start a new one.
+                Err(err) if err.is_transient() && attempts < self.config.retry.max_retries => {
+                    tracing::debug!(%digest, error = %err, "upload failed; starting a new session");
+                    tokio::time::sleep(self.config.retry.backoff(attempts)).await;
+                    attempts += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    async fn upload(
+        &self,
+        ctx: &Ctx<'_>,
+        repository: &Repository,
+        digest: &Digest,
+        source: &Arc<dyn BlobSource>,
+        mut location: Url,
+    ) -> Result<(), Error> {
+        let size = source.size();
+        let scopes = [scope_push(&repository.name)];
+        let base = self.endpoint(&repository.registry).await?.base;
+        let put_body = match self.config.chunk_size {
+            Some(chunk) if chunk > 0 => {
+                let mut offset = 0;
+                while offset < size {
+                    let len = chunk.min(size - offset);
+                    let url = location.clone();
+                    let response = self
+                        .send(ctx, &scopes, false, &|http, _| {
+                            http.patch(url.clone())
+                                .header(CONTENT_TYPE, "application/octet-stream")
+                                .header(CONTENT_RANGE, format!("{}-{}", offset, offset + len - 1))
+                                .header(CONTENT_LENGTH, len)
+                                .body(reader_body(source.clone(), offset, len))
+                        })
+                        .await?;
+                    if response.status() != StatusCode::ACCEPTED {
+                        return Err(Self::status_error(ctx, response).await);
+                    }
+                    location = self.upload_location(ctx, &base, &response)?;
+                    offset += len;
+                }
+                false
+            }
+            _ => true,
+        };
+        let mut url = location;
+        url.query_pairs_mut().append_pair("digest", &digest.to_string());
+        let response = self
+            .send(ctx, &scopes, false, &|http, _| {
+                let request = http
+                    .put(url.clone())
+                    .header(CONTENT_TYPE, "application/octet-stream");
+                if put_body {
+                    request
+                        .header(CONTENT_LENGTH, size)
+                        .body(reader_body(source.clone(), 0, size))
+                } else {
+                    request.header(CONTENT_LENGTH, 0)
+                }
+            })
+            .await?;
+        if response.status() != StatusCode::CREATED {
+            return Err(Self::status_error(ctx, response).await);
+        }
+        Ok(())
+    }
+
+    /// Uploads a manifest under `tag_or_digest`; returns its digest.
+    pub async fn put_manifest(
+        &self,
+        repository: &Repository,
+        tag_or_digest: &str,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<Digest, Error> {
+        let ctx = Ctx {
+            registry: &repository.registry,
+            repository: &repository.name,
+            what: format!("manifest {tag_or_digest}"),
+        };
+        let path = format!("v2/{}/manifests/{}", repository.name, tag_or_digest);
+        let response = self
+            .send(&ctx, &[scope_push(&repository.name)], true, &|http, base| {
+                http.request(Method::PUT, join(base, &path))
+                    .header(CONTENT_TYPE, media_type)
+                    .body(bytes.clone())
+            })
+            .await?;
+        if response.status() != StatusCode::CREATED {
+            return Err(Self::status_error(&ctx, response).await);
+        }
+        Ok(Digest::of(&bytes))
+    }
+}
+
+fn join(base: &Url, path: &str) -> Url {
+    // `path` is built from validated repository names, tags and digests.
+    base.join(path).unwrap_or_else(|_| base.clone())
+}
+
+fn urlencode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let policy = RetryPolicy {
+            max_retries: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            max_retry_after: Duration::from_secs(5),
+        };
+        assert_eq!(policy.backoff(0), Duration::from_millis(100));
+        assert_eq!(policy.backoff(2), Duration::from_millis(400));
+        assert_eq!(policy.backoff(30), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn registry_messages_are_extracted() {
+        let body = br#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry","detail":"x"}]}"#;
+        assert_eq!(registry_message(body), "BLOB_UNKNOWN blob unknown to registry");
+        assert_eq!(registry_message(b"plain text"), "plain text");
+    }
+
+    #[test]
+    fn memory_blob_opens_at_offset() {
+        let blob = MemoryBlob(Bytes::from_static(b"hello world"));
+        let mut text = String::new();
+        blob.open(6).unwrap().read_to_string(&mut text).unwrap();
+        assert_eq!(text, "world");
+    }
+}

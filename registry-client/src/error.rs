@@ -1,0 +1,139 @@
+//! The registry client's errors. Each names the registry and repository,
+//! and the digest or tag concerned.
+
+use crate::auth::CredentialError;
+
+/// What went wrong talking to a registry.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Reference(#[from] crate::reference::ReferenceError),
+
+    #[error("{registry}: cannot reach the registry: {detail}")]
+    Unreachable { registry: String, detail: String },
+
+    #[error("{registry}/{repository}: {what}: {detail}")]
+    Connection {
+        registry: String,
+        repository: String,
+        what: String,
+        detail: String,
+    },
+
+    #[error("{registry}/{repository}: {what}: registry answered {status}{}", registry_message(.message))]
+    Status {
+        registry: String,
+        repository: String,
+        what: String,
+        status: u16,
+        message: String,
+    },
+
+    #[error("{registry}/{repository}: {what} not found{}", registry_message(.message))]
+    NotFound {
+        registry: String,
+        repository: String,
+        what: String,
+        message: String,
+    },
+
+    #[error("{registry}/{repository}: {what}: access denied ({status}){}", registry_message(.message))]
+    Denied {
+        registry: String,
+        repository: String,
+        what: String,
+        status: u16,
+        message: String,
+    },
+
+    #[error("{registry}: getting a token from {realm}: {detail}")]
+    Token {
+        registry: String,
+        realm: String,
+        detail: String,
+    },
+
+    #[error("{registry}: unsupported authentication challenge {challenge:?}")]
+    Challenge { registry: String, challenge: String },
+
+    #[error("{registry}: {source}")]
+    Credentials {
+        registry: String,
+        source: CredentialError,
+    },
+
+    #[error("{registry}/{repository}: {digest}: bytes received hash to {actual}; not storing them")]
+    DigestMismatch {
+        registry: String,
+        repository: String,
+        digest: String,
+        actual: String,
+    },
+
+    #[error("{registry}/{repository}: {digest}: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        registry: String,
+        repository: String,
+        digest: String,
+        expected: u64,
+        actual: u64,
+    },
+
+    #[error("{registry}/{repository}: manifest {reference} is larger than {limit} bytes")]
+    ManifestTooLarge {
+        registry: String,
+        repository: String,
+        reference: String,
+        limit: usize,
+    },
+
+    #[error("{registry}/{repository}: {digest}: writing the received bytes: {source}")]
+    Sink {
+        registry: String,
+        repository: String,
+        digest: String,
+        source: std::io::Error,
+    },
+
+    #[error("{registry}/{repository}: {digest}: reading the bytes to upload: {source}")]
+    Source {
+        registry: String,
+        repository: String,
+        digest: String,
+        source: std::io::Error,
+    },
+
+    #[error("{registry}/{repository}: {what}: registry sent an invalid {header} header {value:?}")]
+    BadHeader {
+        registry: String,
+        repository: String,
+        what: String,
+        header: &'static str,
+        value: String,
+    },
+
+    #[error("reading CA certificates from {path}: {detail}")]
+    CaCert { path: String, detail: String },
+
+    #[error("building the HTTP client: {0}")]
+    ClientSetup(String),
+}
+
+fn registry_message(message: &str) -> String {
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
+    }
+}
+
+impl Error {
+    /// True when retrying later could succeed (used by callers that loop).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connection { .. } | Error::Unreachable { .. } => true,
+            Error::Status { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
