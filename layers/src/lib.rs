@@ -4,3 +4,43 @@
 //! snapshots (each layer unpacked once as an overlay lower dir), diffs of an
 //! overlay upper dir into tar layers, compression, and OCI layout /
 //! docker-archive import and export. It knows nothing of Dockerfile syntax.
+//!
+//! ```no_run
+//! use std::io::Write;
+//! use kiln_layers::{Descriptor, Digest, Store, Reference, media};
+//!
+//! # fn main() -> Result<(), kiln_layers::Error> {
+//! let store = Store::open("/var/lib/kiln")?;
+//! let _lease = store.lease()?; // keeps `prune` away until the image is tagged
+//! let bytes = b"{}";
+//! let expected = Descriptor::new(media::OCI_CONFIG, Digest::of(bytes), 2);
+//! let mut w = store.ingest(Some(expected))?;
+//! w.write_all(bytes).expect("write");
+//! let desc = w.commit()?; // verified, renamed into blobs/sha256/, fsynced
+//! assert!(store.has_blob(&desc.digest));
+//! # Ok(()) }
+//! ```
+
+pub mod archive;
+pub mod canonical;
+pub mod changes;
+pub mod compress;
+pub mod diff;
+pub mod digest;
+pub mod error;
+pub mod import;
+pub mod oci;
+pub mod progress;
+pub mod reference;
+pub mod snapshot;
+pub mod store;
+pub mod unpack;
+
+pub use canonical::to_canonical_json;
+pub use compress::Compression;
+pub use digest::{chain_ids, Digest};
+pub use error::{Error, Result};
+pub use oci::{media, Descriptor, ImageConfig, Index, Manifest, ManifestKind, Platform};
+pub use progress::{NoProgress, Outcome, Reporter};
+pub use reference::Reference;
+pub use store::{Image, IngestWriter, Lease, Store};

@@ -1,0 +1,446 @@
+//! Turning a directory (an overlay upper dir) into a layer: a deterministic
+//! tar, its diff id, and the compressed blob in the store.
+//!
+//! Entries are sorted by path bytes; headers are normalized (ustar, numeric
+//! uid/gid, no user or group names, permission bits only, mtimes clamped to
+//! `SOURCE_DATE_EPOCH` when given); PAX records carry long names, large ids
+//! and xattrs; files sharing an inode become hardlinks to the first path.
+//! Overlay whiteouts (0/0 character devices) become `.wh.NAME` entries and
+//! opaque directories get a `.wh..wh..opq` entry. Overlay's own xattrs are
+//! never copied; a `metacopy` or `redirect` upper dir is refused (mount the
+//! overlay with `metacopy=off,redirect_dir=off`).
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::compress::{Compression, Compressor};
+use crate::digest::{Digest, HashingWriter};
+use crate::error::{io_at, Error, Result};
+use crate::oci::Descriptor;
+use crate::progress::{Outcome, Reporter};
+use crate::store::Store;
+
+/// How to write the tar.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiffOptions {
+    /// Clamp every mtime to at most this (seconds since the epoch).
+    pub source_date_epoch: Option<i64>,
+    /// Translate overlay whiteouts and opaque dirs (true for an upper dir).
+    pub overlay_whiteouts: bool,
+}
+
+impl DiffOptions {
+    /// Overlay translation on, `SOURCE_DATE_EPOCH` from the environment.
+    pub fn from_env() -> DiffOptions {
+        DiffOptions {
+            source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
+                .ok()
+                .and_then(|v| v.trim().parse().ok()),
+            overlay_whiteouts: true,
+        }
+    }
+}
+
+/// A layer written to the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerBlob {
+    /// The compressed blob.
+    pub descriptor: Descriptor,
+    /// sha256 of the uncompressed tar (what the config's `rootfs` lists).
+    pub diff_id: Digest,
+}
+
+/// Writes `dir` as a tar to `out`; returns `out`. See the module docs for
+/// the format.
+pub fn write_tar<W: Write>(dir: &Path, out: W, options: &DiffOptions) -> Result<W> {
+    let mut entries = Vec::new();
+    collect(dir, PathBuf::new(), &mut entries)?;
+    entries.sort_by(|a, b| a.0.as_os_str().as_bytes().cmp(b.0.as_os_str().as_bytes()));
+    let mut writer = TarWriter {
+        builder: tar::Builder::new(out),
+        options: *options,
+        seen_inodes: HashMap::new(),
+        root: dir.to_path_buf(),
+    };
+    for (rel, meta) in entries {
+        writer.entry(&rel, &meta)?;
+    }
+    writer
+        .builder
+        .into_inner()
+        .map_err(io_at("finish tar of", dir))
+}
+
+/// Diffs `dir` into a compressed layer blob in `store`, returning its
+/// descriptor (with the OCI layer media type) and diff id.
+pub fn write_layer(
+    store: &Store,
+    dir: &Path,
+    compression: Compression,
+    options: &DiffOptions,
+    reporter: &dyn Reporter,
+) -> Result<LayerBlob> {
+    let id = format!("diff {}", dir.display());
+    reporter.start(&id, "packing", None);
+    let result = (|| -> Result<LayerBlob> {
+        let ingest = store.ingest(None)?;
+        let compressor = Compressor::new(compression, ingest).map_err(io_at("compress", dir))?;
+        let hashing = HashingWriter::new(compressor);
+        let hashing = write_tar(dir, hashing, options)?;
+        let (diff_id, _, compressor) = hashing.into_parts();
+        let ingest = compressor.finish().map_err(io_at("compress", dir))?;
+        let mut descriptor = ingest.commit()?;
+        descriptor.media_type = compression.oci_layer_media_type().to_string();
+        Ok(LayerBlob {
+            descriptor,
+            diff_id,
+        })
+    })();
+    match &result {
+        Ok(_) => reporter.done(&id, Outcome::Done),
+        Err(e) => reporter.done(&id, Outcome::Failed(e.to_string())),
+    }
+    result
+}
+
+fn collect(root: &Path, rel: PathBuf, out: &mut Vec<(PathBuf, fs::Metadata)>) -> Result<()> {
+    let dir = root.join(&rel);
+    let mut names = Vec::new();
+    for entry in fs::read_dir(&dir).map_err(io_at("list", &dir))? {
+        names.push(entry.map_err(io_at("list", &dir))?.file_name());
+    }
+    for name in names {
+        let child_rel = rel.join(&name);
+        let path = root.join(&child_rel);
+        let meta = fs::symlink_metadata(&path).map_err(io_at("stat", &path))?;
+        let is_dir = meta.is_dir();
+        out.push((child_rel.clone(), meta));
+        if is_dir {
+            collect(root, child_rel, out)?;
+        }
+    }
+    Ok(())
+}
+
+struct TarWriter<W: Write> {
+    builder: tar::Builder<W>,
+    options: DiffOptions,
+    seen_inodes: HashMap<(u64, u64), PathBuf>,
+    root: PathBuf,
+}
+
+/// xattrs of `path` (not following symlinks), sorted by name.
+fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut names = vec![0u8; 4096];
+    let len = loop {
+        match rustix::fs::llistxattr(path, &mut names[..]) {
+            Ok(n) => break n,
+            Err(rustix::io::Errno::RANGE) => names.resize(names.len() * 4, 0),
+            Err(rustix::io::Errno::OPNOTSUPP) => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("list xattrs", path, e.into())),
+        }
+    };
+    let mut out = Vec::new();
+    for name in names[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = String::from_utf8_lossy(name).into_owned();
+        let mut value = vec![0u8; 256];
+        let n = loop {
+            match rustix::fs::lgetxattr(path, name.as_str(), &mut value[..]) {
+                Ok(n) => break n,
+                Err(rustix::io::Errno::RANGE) => value.resize(value.len() * 4, 0),
+                Err(rustix::io::Errno::NODATA) => break usize::MAX,
+                Err(e) => return Err(Error::io("read xattr", path, e.into())),
+            }
+        };
+        if n != usize::MAX {
+            value.truncate(n);
+            out.push((name, value));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    // "<len> <key>=<value>\n" where len counts the whole record, itself included.
+    let body = key.len() + value.len() + 3;
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
+    }
+    let mut rec = format!("{len} {key}=").into_bytes();
+    rec.extend_from_slice(value);
+    rec.push(b'\n');
+    rec
+}
+
+/// Largest value an 8-byte octal ustar field holds.
+const USTAR_ID_MAX: u64 = 0o7777777;
+const USTAR_SIZE_MAX: u64 = 0o77777777777;
+
+impl<W: Write> TarWriter<W> {
+    fn clamp(&self, mtime: i64) -> u64 {
+        let t = match self.options.source_date_epoch {
+            Some(epoch) => mtime.min(epoch),
+            None => mtime,
+        };
+        t.max(0) as u64
+    }
+
+    fn entry(&mut self, rel: &Path, meta: &fs::Metadata) -> Result<()> {
+        let path = self.root.join(rel);
+        let name = rel.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+        let parent = rel.parent().map(|p| p.as_os_str().as_bytes()).unwrap_or_default();
+        let joined = |file: &[u8]| -> Vec<u8> {
+            let mut v = parent.to_vec();
+            if !v.is_empty() {
+                v.push(b'/');
+            }
+            v.extend_from_slice(file);
+            v
+        };
+        let ft = meta.file_type();
+        let mtime = self.clamp(meta.mtime());
+        let xattrs = if ft.is_symlink() { Vec::new() } else { read_xattrs(&path)? };
+        let mut overlay_opaque = false;
+        let mut kept_xattrs = Vec::new();
+        for (k, v) in xattrs {
+            if let Some(what) = k.strip_prefix("trusted.overlay.") {
+                match what {
+                    "opaque" => overlay_opaque = v == b"y",
+                    "metacopy" | "redirect" => {
+                        return Err(Error::Diff {
+                            path,
+                            reason: format!("overlay {what} xattr: mount the overlay with metacopy=off,redirect_dir=off"),
+                        })
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            kept_xattrs.push((k, v));
+        }
+
+        if self.options.overlay_whiteouts && ft.is_char_device() && meta.rdev() == 0 {
+            let mut wh = b".wh.".to_vec();
+            wh.extend_from_slice(name);
+            let mut header = self.header(tar::EntryType::Regular, 0o600, 0, 0, mtime);
+            header.set_size(0);
+            return self.append(&joined(&wh), None, header, Vec::new(), io::empty());
+        }
+
+        let mode = meta.mode() & 0o7777;
+        let (uid, gid) = (meta.uid() as u64, meta.gid() as u64);
+        let mut pax: Vec<(String, Vec<u8>)> = kept_xattrs
+            .into_iter()
+            .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v))
+            .collect();
+        let rel_bytes = rel.as_os_str().as_bytes().to_vec();
+
+        if ft.is_dir() {
+            let mut dir_name = rel_bytes.clone();
+            dir_name.push(b'/');
+            let mut header = self.header(tar::EntryType::Directory, mode, uid, gid, mtime);
+            header.set_size(0);
+            self.append(&dir_name, None, header, pax, io::empty())?;
+            if self.options.overlay_whiteouts && overlay_opaque {
+                let mut marker = rel_bytes;
+                marker.extend_from_slice(b"/.wh..wh..opq");
+                let mut header = self.header(tar::EntryType::Regular, 0o600, 0, 0, mtime);
+                header.set_size(0);
+                self.append(&marker, None, header, Vec::new(), io::empty())?;
+            }
+            return Ok(());
+        }
+        if ft.is_symlink() {
+            let target = fs::read_link(&path).map_err(io_at("read link", &path))?;
+            let mut header = self.header(tar::EntryType::Symlink, mode, uid, gid, mtime);
+            header.set_size(0);
+            return self.append(&rel_bytes, Some(target.as_os_str().as_bytes()), header, pax, io::empty());
+        }
+        if ft.is_file() {
+            if meta.nlink() > 1 {
+                let key = (meta.dev(), meta.ino());
+                if let Some(first) = self.seen_inodes.get(&key) {
+                    let first = first.as_os_str().as_bytes().to_vec();
+                    let mut header = self.header(tar::EntryType::Link, mode, uid, gid, mtime);
+                    header.set_size(0);
+                    return self.append(&rel_bytes, Some(&first), header, pax, io::empty());
+                }
+                self.seen_inodes.insert(key, rel.to_path_buf());
+            }
+            let size = meta.len();
+            let mut header = self.header(tar::EntryType::Regular, mode, uid, gid, mtime);
+            if size > USTAR_SIZE_MAX {
+                pax.push(("size".into(), size.to_string().into_bytes()));
+                header.set_size(0);
+            } else {
+                header.set_size(size);
+            }
+            let file = File::open(&path).map_err(io_at("open", &path))?;
+            // A file that changes size while we read would corrupt the tar;
+            // `take` plus the length check below turns that into an error.
+            let mut reader = io::Read::take(file, size);
+            return self.append_checked(&rel_bytes, header, pax, &mut reader, size, &path);
+        }
+        let kind = if ft.is_char_device() {
+            tar::EntryType::Char
+        } else if ft.is_block_device() {
+            tar::EntryType::Block
+        } else if ft.is_fifo() {
+            tar::EntryType::Fifo
+        } else {
+            // Sockets have no tar form; Docker skips them too.
+            tracing::debug!(path = %path.display(), "skipping socket");
+            return Ok(());
+        };
+        let mut header = self.header(kind, mode, uid, gid, mtime);
+        header.set_size(0);
+        let rdev = meta.rdev();
+        let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+        header
+            .set_device_major(major)
+            .and_then(|()| header.set_device_minor(minor))
+            .map_err(io_at("device numbers of", &path))?;
+        self.append(&rel_bytes, None, header, pax, io::empty())
+    }
+
+    fn header(&self, kind: tar::EntryType, mode: u32, uid: u64, gid: u64, mtime: u64) -> tar::Header {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(uid.min(USTAR_ID_MAX));
+        h.set_gid(gid.min(USTAR_ID_MAX));
+        h.set_mtime(mtime.min(USTAR_SIZE_MAX));
+        h
+    }
+
+    fn append(
+        &mut self,
+        name: &[u8],
+        link: Option<&[u8]>,
+        header: tar::Header,
+        pax: Vec<(String, Vec<u8>)>,
+        data: impl io::Read,
+    ) -> Result<()> {
+        let mut header = header;
+        let mut pax = pax;
+        self.fill_names(&mut header, name, link, &mut pax)?;
+        self.write_pax(name, &pax, &header)?;
+        header.set_cksum();
+        self.builder
+            .append(&header, data)
+            .map_err(|e| Error::io("write tar entry", PathBuf::from(String::from_utf8_lossy(name).into_owned()), e))
+    }
+
+    fn append_checked(
+        &mut self,
+        name: &[u8],
+        header: tar::Header,
+        pax: Vec<(String, Vec<u8>)>,
+        reader: &mut io::Take<File>,
+        size: u64,
+        path: &Path,
+    ) -> Result<()> {
+        let mut header = header;
+        let mut pax = pax;
+        self.fill_names(&mut header, name, None, &mut pax)?;
+        self.write_pax(name, &pax, &header)?;
+        header.set_cksum();
+        let mut counted = CountingReader { inner: reader, count: 0 };
+        self.builder
+            .append(&header, &mut counted)
+            .map_err(io_at("write tar entry for", path))?;
+        if counted.count != size {
+            return Err(Error::Diff {
+                path: path.to_path_buf(),
+                reason: format!("file shrank while being read ({} of {size} bytes)", counted.count),
+            });
+        }
+        Ok(())
+    }
+
+    /// Puts `name`/`link` in the header, or in PAX records when too long.
+    fn fill_names(
+        &self,
+        header: &mut tar::Header,
+        name: &[u8],
+        link: Option<&[u8]>,
+        pax: &mut Vec<(String, Vec<u8>)>,
+    ) -> Result<()> {
+        let old = header.as_old_mut();
+        if name.len() <= 100 {
+            old.name[..name.len()].copy_from_slice(name);
+        } else {
+            pax.push(("path".into(), name.to_vec()));
+            old.name.copy_from_slice(&name[..100]);
+        }
+        if let Some(link) = link {
+            if link.len() <= 100 {
+                old.linkname[..link.len()].copy_from_slice(link);
+            } else {
+                pax.push(("linkpath".into(), link.to_vec()));
+                old.linkname.copy_from_slice(&link[..100]);
+            }
+        }
+        Ok(())
+    }
+
+    fn write_pax(&mut self, name: &[u8], pax: &[(String, Vec<u8>)], header: &tar::Header) -> Result<()> {
+        if pax.is_empty() {
+            return Ok(());
+        }
+        let mut records = pax.to_vec();
+        records.sort();
+        let mut body = Vec::new();
+        for (k, v) in &records {
+            body.extend_from_slice(&pax_record(k, v));
+        }
+        let mut pax_header = tar::Header::new_ustar();
+        pax_header.set_entry_type(tar::EntryType::XHeader);
+        pax_header.set_mode(0o644);
+        pax_header.set_mtime(header.mtime().unwrap_or(0));
+        pax_header.set_size(body.len() as u64);
+        // Name it like Go's archive/tar does ("PaxHeaders.0/<base>"), cut to fit.
+        let base = name.rsplit(|b| *b == b'/').find(|s| !s.is_empty()).unwrap_or(b"x");
+        let mut pax_name = b"PaxHeaders.0/".to_vec();
+        pax_name.extend_from_slice(&base[..base.len().min(80)]);
+        pax_header.as_old_mut().name[..pax_name.len()].copy_from_slice(&pax_name);
+        pax_header.set_cksum();
+        self.builder
+            .append(&pax_header, body.as_slice())
+            .map_err(|e| Error::io("write tar entry", PathBuf::from(String::from_utf8_lossy(name).into_owned()), e))
+    }
+}
+
+struct CountingReader<'a, R> {
+    inner: &'a mut R,
+    count: u64,
+}
+
+impl<R: io::Read> io::Read for CountingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_record_length_counts_itself() {
+        for value_len in [0, 1, 5, 6, 7, 90, 95, 96, 97, 99, 100, 995, 996, 997] {
+            let value = vec![b'a'; value_len];
+            let rec = pax_record("path", &value);
+            let (len, _) = std::str::from_utf8(&rec).unwrap().split_once(' ').unwrap();
+            assert_eq!(len.parse::<usize>().unwrap(), rec.len(), "value length {value_len}");
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The crate's error type: every variant names the file, blob, image or tar
+//! entry it concerns.
+
+use std::path::PathBuf;
+
+use crate::digest::Digest;
+
+/// Everything that can go wrong in the store, snapshots, diffs and archives.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid digest {0:?}: expected sha256:<64 lowercase hex digits>")]
+    InvalidDigest(String),
+    #[error("blob {expected}: content has digest {actual}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("blob {digest}: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("blob {0} is not in the store")]
+    BlobNotFound(Digest),
+    #[error("{what}: invalid JSON: {source}")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{what}: {reason}")]
+    InvalidManifest { what: String, reason: String },
+    #[error("{what}: unsupported media type {media_type:?}")]
+    UnsupportedMediaType { what: String, media_type: String },
+    #[error("image {image}: no manifest for platform {platform} (available: {available})")]
+    NoMatchingPlatform {
+        image: String,
+        platform: String,
+        available: String,
+    },
+    #[error("invalid platform {0:?}: expected os/arch[/variant]")]
+    InvalidPlatform(String),
+    #[error("invalid reference {reference:?}: {reason}")]
+    InvalidReference { reference: String, reason: String },
+    #[error("image {0} not found in the store")]
+    ImageNotFound(String),
+    #[error("{query:?} matches more than one image: {matches}")]
+    AmbiguousImage { query: String, matches: String },
+    #[error("layer {layer}: entry {entry:?}: {reason}")]
+    UnsafeEntry {
+        layer: String,
+        entry: String,
+        reason: String,
+    },
+    #[error("layer {layer}: {reason}")]
+    BadLayer { layer: String, reason: String },
+    #[error("layer {layer}: reading tar: {source}")]
+    Tar {
+        layer: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: cannot turn into a layer: {reason}")]
+    Diff { path: PathBuf, reason: String },
+    #[error("--change {change:?}: {reason}")]
+    InvalidChange { change: String, reason: String },
+    #[error("archive {path}: {reason}")]
+    Archive { path: PathBuf, reason: String },
+}
+
+/// Shorthand for the crate's results.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An I/O error on `path` while doing `op` (a verb: "open", "rename", …).
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// `.map_err(io_at("open", &path))` in one short call.
+pub(crate) fn io_at<'a>(
+    op: &'static str,
+    path: &'a std::path::Path,
+) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::io(op, path, source)
+}

@@ -1,0 +1,566 @@
+//! Image types shared by the OCI and Docker v2 schema 2 formats: descriptors,
+//! manifests, indexes / manifest lists, image configs, platforms.
+//!
+//! Unknown fields are kept (`extra`) so that a config read and written again
+//! loses nothing; kiln serializes these with [`crate::to_canonical_json`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::digest::Digest;
+use crate::error::Error;
+
+/// Media type strings.
+pub mod media {
+    pub const OCI_LAYOUT_VERSION: &str = "1.0.0";
+    pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+    pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+    pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+    pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+    pub const OCI_LAYER_ND: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar";
+    pub const OCI_LAYER_ND_GZIP: &str =
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+    pub const OCI_LAYER_ND_ZSTD: &str =
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd";
+    pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    pub const DOCKER_MANIFEST_LIST: &str =
+        "application/vnd.docker.distribution.manifest.list.v2+json";
+    pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+    pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+    pub const DOCKER_LAYER_ZSTD: &str = "application/vnd.docker.image.rootfs.diff.tar.zstd";
+    pub const DOCKER_LAYER_FOREIGN: &str =
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+    pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+    pub const DOCKER_SCHEMA1_SIGNED: &str =
+        "application/vnd.docker.distribution.manifest.v1+prettyjws";
+
+    /// The `Accept` header value a registry client sends for manifests.
+    pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+    /// True for image manifests of either family.
+    pub fn is_manifest(media_type: &str) -> bool {
+        media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST
+    }
+
+    /// True for OCI indexes and Docker manifest lists.
+    pub fn is_index(media_type: &str) -> bool {
+        media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST
+    }
+
+    /// True for layer media types kiln can unpack.
+    pub fn is_layer(media_type: &str) -> bool {
+        matches!(
+            media_type,
+            OCI_LAYER
+                | OCI_LAYER_GZIP
+                | OCI_LAYER_ZSTD
+                | OCI_LAYER_ND
+                | OCI_LAYER_ND_GZIP
+                | OCI_LAYER_ND_ZSTD
+                | DOCKER_LAYER_GZIP
+                | DOCKER_LAYER_ZSTD
+                | DOCKER_LAYER_FOREIGN
+        )
+    }
+}
+
+/// The `org.opencontainers.image.ref.name` annotation.
+pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// containerd's (and `docker save`'s) full image name annotation.
+pub const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
+
+/// Points at a blob by media type, digest and size.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Descriptor {
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urls: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+    #[serde(
+        rename = "artifactType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub artifact_type: Option<String>,
+}
+
+impl Descriptor {
+    pub fn new(media_type: impl Into<String>, digest: Digest, size: u64) -> Self {
+        Descriptor {
+            media_type: media_type.into(),
+            digest,
+            size,
+            urls: None,
+            annotations: BTreeMap::new(),
+            platform: None,
+            artifact_type: None,
+        }
+    }
+}
+
+/// An operating system and CPU an image runs on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Platform {
+    pub architecture: String,
+    pub os: String,
+    #[serde(rename = "os.version", default, skip_serializing_if = "Option::is_none")]
+    pub os_version: Option<String>,
+    #[serde(
+        rename = "os.features",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub os_features: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// The platform kiln runs on (`linux/amd64`, `linux/arm64/v8`, …).
+    pub fn host() -> Platform {
+        let (arch, variant) = match std::env::consts::ARCH {
+            "x86_64" => ("amd64", None),
+            "x86" => ("386", None),
+            "aarch64" => ("arm64", Some("v8")),
+            "arm" => ("arm", Some("v7")),
+            "powerpc64" => ("ppc64le", None),
+            "s390x" => ("s390x", None),
+            "riscv64" => ("riscv64", None),
+            other => (other, None),
+        };
+        Platform {
+            architecture: arch.to_string(),
+            os: std::env::consts::OS.to_string(),
+            os_version: None,
+            os_features: None,
+            variant: variant.map(str::to_string),
+        }
+    }
+
+    /// Parses `os/arch[/variant]` (Docker's `--platform` syntax), normalizing
+    /// architecture aliases (`x86_64` → `amd64`, `aarch64` → `arm64`).
+    pub fn parse(s: &str) -> Result<Platform, Error> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let bad = || Error::InvalidPlatform(s.to_string());
+        if parts.len() < 2 || parts.len() > 3 || parts.iter().any(|p| p.is_empty()) {
+            return Err(bad());
+        }
+        let (arch, default_variant) = normalize_arch(&parts[1].to_ascii_lowercase());
+        let variant = match parts.get(2) {
+            Some(v) => Some(v.to_ascii_lowercase()),
+            None => default_variant.map(str::to_string),
+        };
+        Ok(Platform {
+            architecture: arch,
+            os: parts[0].to_ascii_lowercase(),
+            os_version: None,
+            os_features: None,
+            variant,
+        })
+    }
+
+    /// Whether an image built for `candidate` runs here when `self` is wanted.
+    /// An arm/v7 host also runs v6 and v5; an absent variant matches the
+    /// architecture's default one.
+    pub fn compatible_rank(&self, candidate: &Platform) -> Option<u32> {
+        if !self.os.eq_ignore_ascii_case(&candidate.os) {
+            return None;
+        }
+        let (want_arch, want_default) = normalize_arch(&self.architecture);
+        let (cand_arch, cand_default) = normalize_arch(&candidate.architecture);
+        if want_arch != cand_arch {
+            return None;
+        }
+        let want_variant = self.variant.as_deref().or(want_default);
+        let cand_variant = candidate.variant.as_deref().or(cand_default);
+        match (want_variant, cand_variant) {
+            (None, None) => Some(0),
+            (Some(w), Some(c)) if w == c => Some(0),
+            (None, Some(_)) => Some(1),
+            (Some(_), None) => Some(1),
+            (Some(w), Some(c)) if want_arch == "arm" => {
+                // Older ARM variants run on newer cores: v7 runs v6 and v5.
+                let level = |v: &str| v.trim_start_matches('v').parse::<u32>().ok();
+                match (level(w), level(c)) {
+                    (Some(w), Some(c)) if c < w => Some(1 + w - c),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+fn normalize_arch(arch: &str) -> (String, Option<&'static str>) {
+    match arch {
+        "x86_64" | "x86-64" | "amd64" => ("amd64".into(), None),
+        "aarch64" | "arm64" => ("arm64".into(), Some("v8")),
+        "armhf" | "armel" | "arm" => ("arm".into(), Some("v7")),
+        "i386" | "i686" | "386" => ("386".into(), None),
+        other => (other.to_string(), None),
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// An image manifest (OCI or Docker v2 schema 2: the same shape).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    #[serde(rename = "mediaType", default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    #[serde(
+        rename = "artifactType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub artifact_type: Option<String>,
+    pub config: Descriptor,
+    #[serde(default)]
+    pub layers: Vec<Descriptor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Descriptor>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// An OCI index or a Docker manifest list.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Index {
+    #[serde(rename = "schemaVersion")]
+    pub schema_version: u32,
+    #[serde(rename = "mediaType", default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    #[serde(default)]
+    pub manifests: Vec<Descriptor>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Index {
+    /// An empty OCI index (what a fresh `index.json` holds).
+    pub fn empty() -> Index {
+        Index {
+            schema_version: 2,
+            media_type: Some(media::OCI_INDEX.to_string()),
+            manifests: Vec::new(),
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    /// The manifest for `want`: an exact match first, then a compatible one
+    /// (ARM variants), else `None`. Entries without a platform are skipped
+    /// unless they are the only entry.
+    pub fn select_platform(&self, want: &Platform) -> Option<&Descriptor> {
+        let mut best: Option<(u32, &Descriptor)> = None;
+        for desc in &self.manifests {
+            let rank = match &desc.platform {
+                Some(p) => want.compatible_rank(p),
+                None if self.manifests.len() == 1 => Some(u32::MAX),
+                None => None,
+            };
+            if let Some(rank) = rank {
+                if best.is_none_or(|(r, _)| rank < r) {
+                    best = Some((rank, desc));
+                }
+            }
+        }
+        best.map(|(_, d)| d)
+    }
+}
+
+/// A manifest blob, whichever kind it turned out to be.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ManifestKind {
+    Image(Manifest),
+    Index(Index),
+}
+
+/// Parses manifest bytes. `media_type` is the descriptor's (or the
+/// Content-Type header's); when empty, the document's own `mediaType` or its
+/// shape decides. `what` names the blob in errors.
+pub fn parse_manifest(bytes: &[u8], media_type: &str, what: &str) -> Result<ManifestKind, Error> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|source| Error::Json {
+        what: what.to_string(),
+        source,
+    })?;
+    let own = value.get("mediaType").and_then(Value::as_str).unwrap_or("");
+    let kind = if !media_type.is_empty() && media_type != "application/json" {
+        media_type
+    } else if !own.is_empty() {
+        own
+    } else if value.get("manifests").is_some() {
+        media::OCI_INDEX
+    } else if value.get("config").is_some() {
+        media::OCI_MANIFEST
+    } else {
+        ""
+    };
+    if kind == media::DOCKER_SCHEMA1 || kind == media::DOCKER_SCHEMA1_SIGNED {
+        return Err(Error::UnsupportedMediaType {
+            what: format!("{what} (Docker schema 1 manifests are not supported)"),
+            media_type: kind.to_string(),
+        });
+    }
+    let json_err = |source| Error::Json {
+        what: what.to_string(),
+        source,
+    };
+    if media::is_manifest(kind) {
+        let m: Manifest = serde_json::from_value(value).map_err(json_err)?;
+        if m.schema_version != 2 {
+            return Err(Error::InvalidManifest {
+                what: what.to_string(),
+                reason: format!("schemaVersion {} (expected 2)", m.schema_version),
+            });
+        }
+        Ok(ManifestKind::Image(m))
+    } else if media::is_index(kind) {
+        let i: Index = serde_json::from_value(value).map_err(json_err)?;
+        Ok(ManifestKind::Index(i))
+    } else {
+        Err(Error::UnsupportedMediaType {
+            what: what.to_string(),
+            media_type: kind.to_string(),
+        })
+    }
+}
+
+/// An image configuration (the `config` blob). Fields kiln does not model
+/// are kept in `extra`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    #[serde(rename = "os.version", default, skip_serializing_if = "Option::is_none")]
+    pub os_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ContainerConfig>,
+    #[serde(default)]
+    pub rootfs: RootFs,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<History>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+/// What a container started from the image runs with.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposed_ports: Option<BTreeMap<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<BTreeMap<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args_escaped: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_build: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<Vec<String>>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+/// The layers of an image, as uncompressed-content digests, bottom first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RootFs {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub diff_ids: Vec<Digest>,
+}
+
+impl Default for RootFs {
+    fn default() -> Self {
+        RootFs {
+            kind: "layers".to_string(),
+            diff_ids: Vec::new(),
+        }
+    }
+}
+
+/// One step of how the image was made.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_layer: Option<bool>,
+}
+
+/// Formats seconds since the epoch as RFC 3339 UTC (`2024-01-02T03:04:05Z`).
+pub fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Parses the RFC 3339 timestamps found in configs (fractions and offsets
+/// allowed) into seconds since the epoch.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" | "" => 0,
+        _ => {
+            let sign = match rest.as_bytes()[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let oh: i64 = rest.get(1..3)?.parse().ok()?;
+            let om: i64 = rest.get(4..6)?.parse().ok()?;
+            sign * (oh * 3600 + om * 60)
+        }
+    };
+    Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se - offset)
+}
+
+// Howard Hinnant's civil-calendar algorithms.
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip() {
+        for secs in [0, 951_782_400, 1_700_000_000, 4_102_444_800] {
+            assert_eq!(parse_rfc3339(&rfc3339(secs)), Some(secs));
+        }
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            parse_rfc3339("2024-02-29T12:00:00.123456789+01:00"),
+            parse_rfc3339("2024-02-29T11:00:00Z")
+        );
+    }
+
+    #[test]
+    fn platform_selection_prefers_exact_then_compatible_variants() {
+        let idx: Index = serde_json::from_str(
+            r#"{"schemaVersion":2,"manifests":[
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","size":1,"platform":{"architecture":"arm","os":"linux","variant":"v6"}},
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:2222222222222222222222222222222222222222222222222222222222222222","size":1,"platform":{"architecture":"amd64","os":"linux"}},
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:3333333333333333333333333333333333333333333333333333333333333333","size":1,"platform":{"architecture":"arm64","os":"linux","variant":"v8"}}]}"#,
+        )
+        .unwrap();
+        let pick = |p: &str| {
+            idx.select_platform(&Platform::parse(p).unwrap())
+                .map(|d| d.digest.hex()[..1].to_string())
+        };
+        assert_eq!(pick("linux/amd64").as_deref(), Some("2"));
+        assert_eq!(pick("linux/arm64").as_deref(), Some("3"));
+        assert_eq!(pick("linux/aarch64").as_deref(), Some("3"));
+        assert_eq!(pick("linux/arm/v7").as_deref(), Some("1"));
+        assert_eq!(pick("linux/arm/v5"), None);
+        assert_eq!(pick("windows/amd64"), None);
+    }
+
+    #[test]
+    fn config_keeps_unknown_fields() {
+        let text = r#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{"Cmd":["sh"],"Domainname":""},"container_config":{"Hostname":"x"}}"#;
+        let cfg: ImageConfig = serde_json::from_str(text).unwrap();
+        assert!(cfg.extra.contains_key("container_config"));
+        let again: Value =
+            serde_json::from_slice(&crate::to_canonical_json(&cfg).unwrap()).unwrap();
+        assert_eq!(again, serde_json::from_str::<Value>(text).unwrap());
+    }
+
+    #[test]
+    fn schema1_and_unknown_types_are_refused() {
+        let err = parse_manifest(b"{\"schemaVersion\":1}", media::DOCKER_SCHEMA1, "m").unwrap_err();
+        assert!(err.to_string().contains("schema 1"), "{err}");
+        let err = parse_manifest(b"{}", "text/plain", "m").unwrap_err();
+        assert!(err.to_string().contains("text/plain"), "{err}");
+        let err = parse_manifest(b"{", "", "m").unwrap_err();
+        assert!(err.to_string().contains("invalid JSON"), "{err}");
+    }
+}

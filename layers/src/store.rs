@@ -1,0 +1,883 @@
+//! The content store: an OCI image layout plus `ingest/`, `snapshots/` and
+//! `cache/`.
+//!
+//! Blobs are written to a uniquely named file in `ingest/`, hashed as bytes
+//! arrive, verified (size and sha256) and renamed into `blobs/sha256/`, then
+//! the directory is fsynced: a blob's name always matches its bytes, and two
+//! processes writing the same blob both succeed (the rename is atomic and
+//! the contents equal). `index.json` is rewritten under `index.lock` with
+//! write-temp + rename. `prune` takes `gc.lock` exclusively; every writer
+//! holds it shared (a [`Lease`]) so nothing in flight is collected.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::canonical::to_canonical_json;
+use crate::digest::{chain_ids, Digest};
+use crate::error::{io_at, Error, Result};
+use crate::oci::{
+    media, parse_manifest, Descriptor, ImageConfig, Index, Manifest, ManifestKind, Platform,
+    ANNOTATION_REF_NAME,
+};
+use crate::reference::Reference;
+
+const OCI_LAYOUT_FILE: &str = "oci-layout";
+const INDEX_FILE: &str = "index.json";
+
+/// Largest manifest or config kiln reads into memory.
+pub const MAX_JSON_BLOB: u64 = 16 << 20;
+
+/// A store rooted at a directory.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// A shared hold on the store that keeps `prune` from running; take one for
+/// the whole of a pull or build (blobs committed but not yet tagged are
+/// otherwise unreferenced). Released on drop.
+#[derive(Debug)]
+pub struct Lease {
+    _file: File,
+}
+
+/// An image resolved to its manifest and config.
+#[derive(Clone, Debug)]
+pub struct Image {
+    /// The manifest's descriptor (after platform selection, if the tag
+    /// pointed at an index).
+    pub manifest_descriptor: Descriptor,
+    pub manifest: Manifest,
+    pub config: ImageConfig,
+}
+
+impl Image {
+    /// The image id Docker shows: the config digest.
+    pub fn id(&self) -> &Digest {
+        &self.manifest.config.digest
+    }
+
+    /// Layer descriptors paired with their diff ids, bottom first.
+    pub fn layers(&self) -> Result<Vec<(Descriptor, Digest)>> {
+        if self.manifest.layers.len() != self.config.rootfs.diff_ids.len() {
+            return Err(Error::InvalidManifest {
+                what: format!("image {}", self.manifest_descriptor.digest),
+                reason: format!(
+                    "{} layers but {} diff ids in the config",
+                    self.manifest.layers.len(),
+                    self.config.rootfs.diff_ids.len()
+                ),
+            });
+        }
+        Ok(self
+            .manifest
+            .layers
+            .iter()
+            .cloned()
+            .zip(self.config.rootfs.diff_ids.iter().cloned())
+            .collect())
+    }
+
+    /// Chain ids of the layers, bottom first.
+    pub fn chain_ids(&self) -> Vec<Digest> {
+        chain_ids(&self.config.rootfs.diff_ids)
+    }
+
+    /// Sum of the layer and config blob sizes (what the store holds).
+    pub fn content_size(&self) -> u64 {
+        self.manifest.layers.iter().map(|l| l.size).sum::<u64>() + self.manifest.config.size
+    }
+}
+
+/// A tag in `index.json`.
+#[derive(Clone, Debug)]
+pub struct TaggedImage {
+    /// The full reference (`docker.io/library/busybox:latest`) or the raw
+    /// annotation when it does not parse as one.
+    pub name: String,
+    pub reference: Option<Reference>,
+    pub descriptor: Descriptor,
+}
+
+/// What the build cache keeps alive: blobs and snapshots named by a record
+/// survive `prune` unless the cache itself is pruned.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CacheRecord {
+    #[serde(default)]
+    pub blobs: Vec<Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_id: Option<Digest>,
+    /// Whatever the builder wants to remember (diff id, config changes, …).
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+/// What `prune` may remove besides unreferenced blobs and snapshots.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PruneOptions {
+    /// Also drop every build cache record first.
+    pub build_cache: bool,
+}
+
+/// What `prune` removed.
+#[derive(Clone, Debug, Default)]
+pub struct PruneReport {
+    pub blobs: Vec<Digest>,
+    pub bytes: u64,
+    pub ingest_files: usize,
+    pub snapshots: Vec<String>,
+    pub cache_records: usize,
+}
+
+static UNIQUE: AtomicU64 = AtomicU64::new(0);
+
+/// A name no other process or thread uses: pid, time and a counter.
+pub(crate) fn unique_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        nanos,
+        UNIQUE.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_at("fsync", dir))
+}
+
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync dir.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", unique_suffix()));
+    let result = (|| {
+        let mut f = File::create(&tmp).map_err(io_at("create", &tmp))?;
+        f.write_all(bytes).map_err(io_at("write", &tmp))?;
+        f.sync_all().map_err(io_at("fsync", &tmp))?;
+        fs::rename(&tmp, path).map_err(io_at("rename into place", path))?;
+        fsync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn lock(path: &Path, exclusive: bool) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_at("open lock file", path))?;
+    let op = if exclusive {
+        rustix::fs::FlockOperation::LockExclusive
+    } else {
+        rustix::fs::FlockOperation::LockShared
+    };
+    rustix::fs::flock(&file, op).map_err(|e| Error::io("lock", path, e.into()))?;
+    Ok(file)
+}
+
+impl Store {
+    /// Opens the store at `root`, creating the layout if it is missing.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
+        let store = Store { root: root.into() };
+        for dir in [
+            store.root.clone(),
+            store.root.join("blobs/sha256"),
+            store.root.join("ingest"),
+            store.root.join("snapshots"),
+            store.root.join("cache"),
+        ] {
+            fs::create_dir_all(&dir).map_err(io_at("create directory", &dir))?;
+        }
+        let layout = store.root.join(OCI_LAYOUT_FILE);
+        if !layout.exists() {
+            write_atomic(
+                &layout,
+                format!("{{\"imageLayoutVersion\":\"{}\"}}", media::OCI_LAYOUT_VERSION).as_bytes(),
+            )?;
+        }
+        let index = store.root.join(INDEX_FILE);
+        if !index.exists() {
+            let _guard = store.lock_index()?;
+            if !index.exists() {
+                store.write_index(&Index::empty())?;
+            }
+        }
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a blob lives (whether or not it is there).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Size of a stored blob, `None` when absent.
+    pub fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let path = self.blob_path(digest);
+        match fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("stat", path, e)),
+        }
+    }
+
+    pub fn open_blob(&self, digest: &Digest) -> Result<File> {
+        let path = self.blob_path(digest);
+        File::open(&path).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Error::BlobNotFound(digest.clone())
+            } else {
+                Error::io("open", path, e)
+            }
+        })
+    }
+
+    /// Reads a small blob (manifest, config) whole; refuses more than 16 MiB.
+    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let path = self.blob_path(digest);
+        let file = self.open_blob(digest)?;
+        let mut bytes = Vec::new();
+        file.take(MAX_JSON_BLOB + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_at("read", &path))?;
+        if bytes.len() as u64 > MAX_JSON_BLOB {
+            return Err(Error::InvalidManifest {
+                what: format!("blob {digest}"),
+                reason: "larger than 16 MiB; not a manifest or config".into(),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// A shared hold that keeps `prune` away until dropped.
+    pub fn lease(&self) -> Result<Lease> {
+        Ok(Lease {
+            _file: lock(&self.root.join("gc.lock"), false)?,
+        })
+    }
+
+    /// Starts writing a blob. With `expected`, the writer refuses bytes past
+    /// its size and `commit` checks size and digest; without, the digest is
+    /// whatever arrives.
+    pub fn ingest(&self, expected: Option<Descriptor>) -> Result<IngestWriter> {
+        let lease = self.lease()?;
+        let label = expected
+            .as_ref()
+            .map_or("unknown".to_string(), |d| d.digest.hex().to_string());
+        let path = self
+            .root
+            .join("ingest")
+            .join(format!("{label}-{}", unique_suffix()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_at("create", &path))?;
+        Ok(IngestWriter {
+            file: Some(file),
+            path,
+            blobs_dir: self.root.join("blobs/sha256"),
+            expected,
+            hasher: Sha256::new(),
+            written: 0,
+            _lease: lease,
+        })
+    }
+
+    /// Stores `bytes` as a blob of `media_type`.
+    pub fn put_blob(&self, media_type: &str, bytes: &[u8]) -> Result<Descriptor> {
+        let digest = Digest::of(bytes);
+        let desc = Descriptor::new(media_type, digest.clone(), bytes.len() as u64);
+        if self.blob_size(&digest)? == Some(bytes.len() as u64) {
+            return Ok(desc);
+        }
+        let mut w = self.ingest(Some(desc))?;
+        w.write_all(bytes).map_err(io_at("write", &w.path))?;
+        w.commit()
+    }
+
+    /// Serializes `value` canonically and stores it.
+    pub fn put_json<T: Serialize>(&self, media_type: &str, value: &T) -> Result<Descriptor> {
+        let bytes = to_canonical_json(value).map_err(|source| Error::Json {
+            what: format!("serializing {media_type}"),
+            source,
+        })?;
+        self.put_blob(media_type, &bytes)
+    }
+
+    /// Writes `config` and an OCI manifest over `layers`; returns the
+    /// manifest's descriptor (tag it with [`Store::tag`]).
+    pub fn write_image(&self, config: &ImageConfig, layers: &[Descriptor]) -> Result<Descriptor> {
+        if config.rootfs.diff_ids.len() != layers.len() {
+            return Err(Error::InvalidManifest {
+                what: "new image".into(),
+                reason: format!(
+                    "{} layers but {} diff ids",
+                    layers.len(),
+                    config.rootfs.diff_ids.len()
+                ),
+            });
+        }
+        let config_desc = self.put_json(media::OCI_CONFIG, config)?;
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(media::OCI_MANIFEST.into()),
+            artifact_type: None,
+            config: config_desc,
+            layers: layers.to_vec(),
+            subject: None,
+            annotations: BTreeMap::new(),
+        };
+        let mut desc = self.put_json(media::OCI_MANIFEST, &manifest)?;
+        desc.platform = Some(Platform {
+            architecture: config.architecture.clone(),
+            os: config.os.clone(),
+            os_version: config.os_version.clone(),
+            os_features: None,
+            variant: config.variant.clone(),
+        });
+        Ok(desc)
+    }
+
+    /// Parses a manifest or index blob.
+    pub fn read_manifest(&self, desc: &Descriptor) -> Result<ManifestKind> {
+        let bytes = self.read_blob(&desc.digest)?;
+        parse_manifest(&bytes, &desc.media_type, &format!("manifest {}", desc.digest))
+    }
+
+    pub fn read_config(&self, desc: &Descriptor) -> Result<ImageConfig> {
+        let bytes = self.read_blob(&desc.digest)?;
+        serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+            what: format!("config {}", desc.digest),
+            source,
+        })
+    }
+
+    /// Follows `desc` (a manifest, or an index from which `platform` picks
+    /// one) to the image's manifest and config.
+    pub fn read_image(&self, desc: &Descriptor, platform: &Platform) -> Result<Image> {
+        let mut current = desc.clone();
+        // Nested indexes are legal; a loop bound keeps a hostile cycle finite.
+        for _ in 0..8 {
+            match self.read_manifest(&current)? {
+                ManifestKind::Image(manifest) => {
+                    let config = self.read_config(&manifest.config)?;
+                    return Ok(Image {
+                        manifest_descriptor: current,
+                        manifest,
+                        config,
+                    });
+                }
+                ManifestKind::Index(index) => {
+                    let picked = index.select_platform(platform).ok_or_else(|| {
+                        Error::NoMatchingPlatform {
+                            image: desc.digest.to_string(),
+                            platform: platform.to_string(),
+                            available: index
+                                .manifests
+                                .iter()
+                                .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                        }
+                    })?;
+                    current = picked.clone();
+                }
+            }
+        }
+        Err(Error::InvalidManifest {
+            what: format!("manifest {}", desc.digest),
+            reason: "indexes nested more than 8 deep".into(),
+        })
+    }
+
+    // ----- index.json -----
+
+    fn lock_index(&self) -> Result<File> {
+        lock(&self.root.join("index.lock"), true)
+    }
+
+    /// Reads `index.json`.
+    pub fn read_index(&self) -> Result<Index> {
+        let path = self.root.join(INDEX_FILE);
+        let bytes = fs::read(&path).map_err(io_at("read", &path))?;
+        serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+            what: path.display().to_string(),
+            source,
+        })
+    }
+
+    fn write_index(&self, index: &Index) -> Result<()> {
+        let bytes = to_canonical_json(index).map_err(|source| Error::Json {
+            what: "index.json".into(),
+            source,
+        })?;
+        write_atomic(&self.root.join(INDEX_FILE), &bytes)
+    }
+
+    /// Changes `index.json` under its lock.
+    fn update_index<T>(&self, change: impl FnOnce(&mut Index) -> T) -> Result<T> {
+        let _guard = self.lock_index()?;
+        let mut index = self.read_index()?;
+        let out = change(&mut index);
+        self.write_index(&index)?;
+        Ok(out)
+    }
+
+    /// Points `reference` at `desc` (replacing what it named before).
+    pub fn tag(&self, reference: &Reference, desc: &Descriptor) -> Result<()> {
+        let name = reference.to_string();
+        let mut entry = desc.clone();
+        entry
+            .annotations
+            .insert(ANNOTATION_REF_NAME.to_string(), name.clone());
+        self.update_index(|index| {
+            index
+                .manifests
+                .retain(|d| d.annotations.get(ANNOTATION_REF_NAME) != Some(&name));
+            index.manifests.push(entry);
+            index.manifests.sort_by(|a, b| {
+                a.annotations
+                    .get(ANNOTATION_REF_NAME)
+                    .cmp(&b.annotations.get(ANNOTATION_REF_NAME))
+            });
+        })
+    }
+
+    /// Removes the tag; returns what it pointed at.
+    pub fn untag(&self, reference: &Reference) -> Result<Option<Descriptor>> {
+        let name = reference.to_string();
+        self.update_index(|index| {
+            let found = index
+                .manifests
+                .iter()
+                .position(|d| d.annotations.get(ANNOTATION_REF_NAME) == Some(&name));
+            found.map(|i| index.manifests.remove(i))
+        })
+    }
+
+    /// What `reference` points at, if tagged.
+    pub fn resolve(&self, reference: &Reference) -> Result<Option<Descriptor>> {
+        let name = reference.to_string();
+        let index = self.read_index()?;
+        Ok(index
+            .manifests
+            .into_iter()
+            .find(|d| d.annotations.get(ANNOTATION_REF_NAME) == Some(&name)))
+    }
+
+    /// Every tag, sorted by name.
+    pub fn list(&self) -> Result<Vec<TaggedImage>> {
+        let index = self.read_index()?;
+        Ok(index
+            .manifests
+            .into_iter()
+            .map(|d| {
+                let name = d
+                    .annotations
+                    .get(ANNOTATION_REF_NAME)
+                    .cloned()
+                    .unwrap_or_default();
+                TaggedImage {
+                    reference: Reference::parse(&name).ok(),
+                    name,
+                    descriptor: d,
+                }
+            })
+            .collect())
+    }
+
+    /// Finds an image the way `docker inspect`/`rmi` do: a reference first,
+    /// else an image id (config digest) or manifest digest, or a unique
+    /// prefix of at least 4 hex digits. Returns the matching tags' entries.
+    pub fn find(&self, query: &str, platform: &Platform) -> Result<Vec<TaggedImage>> {
+        if let Ok(reference) = Reference::parse(query) {
+            if let Some(desc) = self.resolve(&reference)? {
+                return Ok(vec![TaggedImage {
+                    name: reference.to_string(),
+                    reference: Some(reference),
+                    descriptor: desc,
+                }]);
+            }
+        }
+        let hex = query.strip_prefix("sha256:").unwrap_or(query);
+        if hex.len() < 4 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::ImageNotFound(query.to_string()));
+        }
+        let hex = hex.to_ascii_lowercase();
+        let mut by_image: BTreeMap<Digest, Vec<TaggedImage>> = BTreeMap::new();
+        for tagged in self.list()? {
+            let manifest_match = tagged.descriptor.digest.hex().starts_with(&hex);
+            let id = self
+                .read_image(&tagged.descriptor, platform)
+                .ok()
+                .map(|img| img.id().clone());
+            let id_match = id.as_ref().is_some_and(|d| d.hex().starts_with(&hex));
+            if manifest_match || id_match {
+                let key = id.unwrap_or_else(|| tagged.descriptor.digest.clone());
+                by_image.entry(key).or_default().push(tagged);
+            }
+        }
+        match by_image.len() {
+            0 => Err(Error::ImageNotFound(query.to_string())),
+            1 => Ok(by_image.into_values().next().unwrap_or_default()),
+            _ => Err(Error::AmbiguousImage {
+                query: query.to_string(),
+                matches: by_image
+                    .keys()
+                    .map(|d| d.short().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+
+    // ----- build cache records -----
+
+    fn cache_path(&self, key: &Digest) -> PathBuf {
+        self.root.join("cache").join(format!("{}.json", key.hex()))
+    }
+
+    /// Stores a build cache record under `key` (the step's cache key).
+    pub fn cache_put(&self, key: &Digest, record: &CacheRecord) -> Result<()> {
+        let bytes = to_canonical_json(record).map_err(|source| Error::Json {
+            what: format!("cache record {key}"),
+            source,
+        })?;
+        write_atomic(&self.cache_path(key), &bytes)
+    }
+
+    /// The record under `key`, if any and if every blob it names is present.
+    pub fn cache_get(&self, key: &Digest) -> Result<Option<CacheRecord>> {
+        let path = self.cache_path(key);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("read", path, e)),
+        };
+        let record: CacheRecord = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+            what: path.display().to_string(),
+            source,
+        })?;
+        if record.blobs.iter().all(|d| self.has_blob(d)) {
+            Ok(Some(record))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn cache_records(&self) -> Result<Vec<(PathBuf, Option<CacheRecord>)>> {
+        let dir = self.root.join("cache");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_at("list", &dir))? {
+            let entry = entry.map_err(io_at("list", &dir))?;
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let record = fs::read(&path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
+                out.push((path, record));
+            }
+        }
+        Ok(out)
+    }
+
+    // ----- garbage collection -----
+
+    /// Blobs and chain ids reachable from `index.json` and the cache.
+    fn reachable(&self) -> Result<(BTreeSet<Digest>, BTreeSet<Digest>)> {
+        let mut blobs = BTreeSet::new();
+        let mut chains = BTreeSet::new();
+        let mut queue: Vec<Descriptor> = self.read_index()?.manifests;
+        for (_, record) in self.cache_records()? {
+            if let Some(record) = record {
+                blobs.extend(record.blobs);
+                chains.extend(record.chain_id);
+            }
+        }
+        while let Some(desc) = queue.pop() {
+            if !blobs.insert(desc.digest.clone()) || !self.has_blob(&desc.digest) {
+                continue;
+            }
+            // Anything that is not a manifest we understand is kept as is.
+            match self.read_manifest(&desc) {
+                Ok(ManifestKind::Index(index)) => queue.extend(index.manifests),
+                Ok(ManifestKind::Image(manifest)) => {
+                    blobs.insert(manifest.config.digest.clone());
+                    blobs.extend(manifest.layers.iter().map(|l| l.digest.clone()));
+                    if let Ok(config) = self.read_config(&manifest.config) {
+                        chains.extend(chain_ids(&config.rootfs.diff_ids));
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        Ok((blobs, chains))
+    }
+
+    /// Removes unreferenced blobs, everything in `ingest/` and unreferenced
+    /// snapshots. Waits for every [`Lease`] to be released first. Never
+    /// removes a blob reachable from `index.json` or a cache record.
+    pub fn prune(&self, options: PruneOptions) -> Result<PruneReport> {
+        let _gc = lock(&self.root.join("gc.lock"), true)?;
+        let mut report = PruneReport::default();
+        if options.build_cache {
+            for (path, _) in self.cache_records()? {
+                fs::remove_file(&path).map_err(io_at("remove", &path))?;
+                report.cache_records += 1;
+            }
+        }
+        let (keep_blobs, keep_chains) = self.reachable()?;
+        let blobs_dir = self.root.join("blobs/sha256");
+        for entry in fs::read_dir(&blobs_dir).map_err(io_at("list", &blobs_dir))? {
+            let entry = entry.map_err(io_at("list", &blobs_dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let keep = Digest::parse(&format!("sha256:{name}"))
+                .map(|d| keep_blobs.contains(&d))
+                .unwrap_or(false);
+            if !keep {
+                let path = entry.path();
+                let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                fs::remove_file(&path).map_err(io_at("remove", &path))?;
+                if let Ok(d) = Digest::parse(&format!("sha256:{name}")) {
+                    report.blobs.push(d);
+                }
+                report.bytes += size;
+            }
+        }
+        let ingest = self.root.join("ingest");
+        for entry in fs::read_dir(&ingest).map_err(io_at("list", &ingest))? {
+            let path = entry.map_err(io_at("list", &ingest))?.path();
+            remove_any(&path)?;
+            report.ingest_files += 1;
+        }
+        report.snapshots = self.remove_snapshots_except(&keep_chains)?;
+        fsync_dir(&blobs_dir)?;
+        Ok(report)
+    }
+
+    /// Untags `reference` and removes the blobs and snapshots of what it
+    /// pointed at that nothing else references (`docker rmi`).
+    pub fn remove_image(&self, reference: &Reference) -> Result<Option<(Descriptor, Vec<Digest>)>> {
+        let Some(desc) = self.untag(reference)? else {
+            return Ok(None);
+        };
+        let _gc = lock(&self.root.join("gc.lock"), true)?;
+        let mut candidates = vec![desc.digest.clone()];
+        let mut queue = vec![desc.clone()];
+        while let Some(d) = queue.pop() {
+            match self.read_manifest(&d) {
+                Ok(ManifestKind::Index(i)) => {
+                    candidates.extend(i.manifests.iter().map(|m| m.digest.clone()));
+                    queue.extend(i.manifests);
+                }
+                Ok(ManifestKind::Image(m)) => {
+                    candidates.push(m.config.digest.clone());
+                    candidates.extend(m.layers.iter().map(|l| l.digest.clone()));
+                }
+                Err(_) => {}
+            }
+        }
+        let (keep_blobs, keep_chains) = self.reachable()?;
+        let mut removed = Vec::new();
+        for digest in candidates {
+            if keep_blobs.contains(&digest) || removed.contains(&digest) {
+                continue;
+            }
+            let path = self.blob_path(&digest);
+            match fs::remove_file(&path) {
+                Ok(()) => removed.push(digest),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove", path, e)),
+            }
+        }
+        self.remove_snapshots_except(&keep_chains)?;
+        Ok(Some((desc, removed)))
+    }
+
+    fn remove_snapshots_except(&self, keep: &BTreeSet<Digest>) -> Result<Vec<String>> {
+        let dir = self.root.join("snapshots");
+        let mut removed = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_at("list", &dir))? {
+            let entry = entry.map_err(io_at("list", &dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let wanted = Digest::parse(&format!("sha256:{name}"))
+                .map(|d| keep.contains(&d))
+                .unwrap_or(false);
+            if !wanted {
+                remove_any(&entry.path())?;
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn remove_any(path: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(path).map_err(io_at("stat", path))?;
+    if meta.is_dir() {
+        fs::remove_dir_all(path).map_err(io_at("remove", path))
+    } else {
+        fs::remove_file(path).map_err(io_at("remove", path))
+    }
+}
+
+/// A blob being written. Implements [`Write`]; hashes as bytes arrive.
+/// Dropped without [`commit`](IngestWriter::commit), it removes its file.
+pub struct IngestWriter {
+    file: Option<File>,
+    path: PathBuf,
+    blobs_dir: PathBuf,
+    expected: Option<Descriptor>,
+    hasher: Sha256,
+    written: u64,
+    _lease: Lease,
+}
+
+impl IngestWriter {
+    /// Bytes received so far: where a resumed download continues from
+    /// (`Range: bytes=<offset>-`).
+    pub fn offset(&self) -> u64 {
+        self.written
+    }
+
+    /// Drops what was written and starts over (a server that ignored Range).
+    pub fn reset(&mut self) -> Result<()> {
+        if let Some(f) = self.file.as_mut() {
+            f.set_len(0).map_err(io_at("truncate", &self.path))?;
+            io::Seek::seek(f, io::SeekFrom::Start(0)).map_err(io_at("seek", &self.path))?;
+        }
+        self.hasher = Sha256::new();
+        self.written = 0;
+        Ok(())
+    }
+
+    /// The descriptor this writer was started with.
+    pub fn expected(&self) -> Option<&Descriptor> {
+        self.expected.as_ref()
+    }
+
+    /// Verifies size and digest, moves the bytes into `blobs/sha256/` and
+    /// fsyncs. On a mismatch nothing is stored and the error names the
+    /// digest.
+    pub fn commit(mut self) -> Result<Descriptor> {
+        let Some(mut file) = self.file.take() else {
+            return Err(Error::io(
+                "commit",
+                &self.path,
+                io::Error::other("already committed"),
+            ));
+        };
+        let result = (|| {
+            file.flush().map_err(io_at("flush", &self.path))?;
+            file.sync_all().map_err(io_at("fsync", &self.path))?;
+            drop(file);
+            let hasher = std::mem::take(&mut self.hasher);
+            let digest = Digest::from_hash(hasher.finalize().as_slice());
+            let desc = match &self.expected {
+                Some(exp) => {
+                    if exp.size != self.written {
+                        return Err(Error::SizeMismatch {
+                            digest: exp.digest.clone(),
+                            expected: exp.size,
+                            actual: self.written,
+                        });
+                    }
+                    if exp.digest != digest {
+                        return Err(Error::DigestMismatch {
+                            expected: exp.digest.clone(),
+                            actual: digest,
+                        });
+                    }
+                    exp.clone()
+                }
+                None => Descriptor::new("application/octet-stream", digest, self.written),
+            };
+            let target = self.blobs_dir.join(desc.digest.hex());
+            // Same name means same bytes: another writer may already have
+            // put it there, and renaming over it is harmless either way.
+            fs::rename(&self.path, &target).map_err(io_at("rename into place", &target))?;
+            fsync_dir(&self.blobs_dir)?;
+            Ok(desc)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&self.path);
+        }
+        result
+    }
+}
+
+impl Write for IngestWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let Some(file) = self.file.as_mut() else {
+            return Err(io::Error::other("write after commit"));
+        };
+        if let Some(exp) = &self.expected {
+            if self.written + buf.len() as u64 > exp.size {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "blob {}: more than the expected {} bytes",
+                        exp.digest, exp.size
+                    ),
+                ));
+            }
+        }
+        let n = file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.file.as_mut() {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for IngestWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl std::fmt::Debug for IngestWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestWriter")
+            .field("path", &self.path)
+            .field("expected", &self.expected)
+            .field("written", &self.written)
+            .finish()
+    }
+}
