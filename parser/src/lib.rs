@@ -1,6 +1,45 @@
 //! kiln-parser: Dockerfile syntax, typed instructions and word expansion.
 //!
 //! The parser does no I/O and knows nothing of images or filesystems: it turns
-//! bytes into an AST with line/column spans, the AST into typed instructions
-//! grouped by stage, and offers word expansion (BuildKit's shell-lexer rules)
-//! as a pure function that the builder calls.
+//! text into an AST with line/column spans ([`parse`] → [`ast::Dockerfile`]),
+//! the AST into typed instructions grouped by stage
+//! ([`instructions::from_ast`]), and offers word expansion (BuildKit's
+//! shell-lexer rules) as a pure function that the builder calls
+//! ([`expand::expand_word`], [`expand::expand_words`]).
+//!
+//! The behaviour to match is BuildKit's Dockerfile frontend: which comments
+//! are parser directives, how continuation lines join, when arguments are
+//! exec (JSON) form, how heredocs are found. [`dump_buildkit`] prints the AST
+//! in BuildKit's own test-dump format so the two can be compared byte for byte.
+//!
+//! ```
+//! let df = kiln_parser::parse("FROM alpine AS base\nRUN echo hi\n", "Dockerfile").unwrap();
+//! assert_eq!(kiln_parser::dump_buildkit(&df), "(from \"alpine\" \"AS\" \"base\")\n(run \"echo hi\")\n");
+//!
+//! let typed = kiln_parser::instructions::from_ast(&df).unwrap();
+//! assert_eq!(typed.stages[0].name.as_deref(), Some("base"));
+//! ```
+//!
+//! Errors ([`ParseError`]) carry `file:line:column`, the source line and a
+//! caret, and suggest the nearest instruction or flag for a misspelt one.
+
+pub mod ast;
+mod error;
+pub mod expand;
+pub mod instructions;
+mod json;
+mod parser;
+mod quote;
+mod suggest;
+
+pub use ast::dump_buildkit;
+pub use error::{ErrorKind, ParseError};
+pub use parser::parse;
+pub use quote::go_quote;
+
+/// Parses raw bytes: a UTF-8 byte-order mark is dropped and invalid UTF-8
+/// sequences become U+FFFD (BuildKit keeps the raw bytes; kiln works on text).
+pub fn parse_bytes(source: &[u8], file_name: &str) -> Result<ast::Dockerfile, ParseError> {
+    let text = String::from_utf8_lossy(source);
+    parse(&text, file_name)
+}

@@ -1,0 +1,197 @@
+//! Located parse errors: `file:line:column: message`, the source line and a
+//! caret under the offending text.
+
+use std::fmt;
+
+use crate::expand::ExpandError;
+use crate::quote::go_quote;
+
+/// What went wrong. Messages follow BuildKit's wording where BuildKit has
+/// one, so users can search for them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ErrorKind {
+    #[error("file with no instructions")]
+    NoInstructions,
+    #[error("invalid escape token '{0}' does not match ` or \\")]
+    InvalidEscapeToken(String),
+    #[error("only one {0} parser directive can be used")]
+    DuplicateDirective(String),
+    #[error("{0} must have two arguments")]
+    MissingValue(String),
+    #[error("Syntax error - can't find = in {}. Must be of the form: name=value", go_quote(.0))]
+    MissingEquals(String),
+    #[error("when using JSON array syntax, arrays must be comprised of strings only")]
+    NotStringArray,
+    #[error("unterminated heredoc")]
+    UnterminatedHeredoc,
+    #[error("{0}")]
+    HeredocWord(ExpandError),
+    #[error("internal lexing of heredoc produced inconsistent results: {0}")]
+    InconsistentHeredoc(String),
+    #[error("unknown instruction: {instruction}{}", suggestion_suffix(.suggestion))]
+    UnknownInstruction {
+        instruction: String,
+        suggestion: Option<String>,
+    },
+    #[error("unknown flag: {flag}{}", suggestion_suffix(.suggestion))]
+    UnknownFlag {
+        flag: String,
+        suggestion: Option<String>,
+    },
+    #[error("arg should start with -- : {0}")]
+    FlagWithoutDashes(String),
+    #[error("duplicate flag specified: {0}")]
+    DuplicateFlag(String),
+    #[error("missing a value on flag: {0}")]
+    MissingFlagValue(String),
+    #[error("expecting boolean value for flag {flag}, not: {value}")]
+    NotBoolean { flag: String, value: String },
+    /// Any other rule of an instruction (argument counts and the like).
+    #[error("{0}")]
+    Instruction(String),
+}
+
+fn suggestion_suffix(suggestion: &Option<String>) -> String {
+    match suggestion {
+        Some(s) => format!(" (did you mean {s}?)"),
+        None => String::new(),
+    }
+}
+
+/// A parse error with its location in the Dockerfile.
+///
+/// `Display` gives `file:line:column: message`, then the source line and a
+/// caret (as long as the offending text) under it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ParseError {
+    /// The file name given to [`crate::parse`].
+    pub file: String,
+    /// 1-based line where the problem is.
+    pub line: usize,
+    /// 1-based column (in characters) on that line.
+    pub column: usize,
+    /// Last line of the instruction concerned (equal to `line` for one line).
+    pub end_line: usize,
+    /// The text of `line` (without its newline), if the file has that line.
+    pub source_line: Option<String>,
+    /// How many characters the caret underlines (at least 1).
+    pub width: usize,
+    pub kind: ErrorKind,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.kind
+        )?;
+        if let Some(source) = self.source_line.as_ref().filter(|s| !s.trim().is_empty()) {
+            let number = self.line.to_string();
+            let pad = " ".repeat(number.len());
+            // Tabs stay tabs so the caret lines up in a terminal.
+            let lead: String = source
+                .chars()
+                .take(self.column.saturating_sub(1))
+                .map(|c| if c == '\t' { '\t' } else { ' ' })
+                .collect();
+            write!(
+                f,
+                "\n {number} | {source}\n {pad} | {lead}{}",
+                "^".repeat(self.width.max(1))
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds errors for one source text.
+pub(crate) struct Locator<'a> {
+    pub file: &'a str,
+    pub source: &'a str,
+    /// Byte offset where each line starts.
+    pub line_starts: Vec<usize>,
+}
+
+impl<'a> Locator<'a> {
+    pub fn new(file: &'a str, source: &'a str) -> Self {
+        let mut line_starts = vec![0];
+        line_starts.extend(source.match_indices('\n').map(|(i, _)| i + 1));
+        Locator {
+            file,
+            source,
+            line_starts,
+        }
+    }
+
+    /// The text of 1-based `line` without its line ending.
+    pub fn line_text(&self, line: usize) -> Option<&'a str> {
+        let start = *self.line_starts.get(line.checked_sub(1)?)?;
+        if start >= self.source.len() && line > 1 {
+            return None;
+        }
+        let end = self
+            .line_starts
+            .get(line)
+            .map(|e| e - 1)
+            .unwrap_or(self.source.len());
+        Some(self.source[start..end].trim_end_matches(['\r', '\n']))
+    }
+
+    pub fn error(
+        &self,
+        kind: ErrorKind,
+        line: usize,
+        column: usize,
+        end_line: usize,
+        width: usize,
+    ) -> ParseError {
+        let line = line.max(1);
+        ParseError {
+            file: self.file.to_string(),
+            line,
+            column: column.max(1),
+            end_line: end_line.max(line),
+            source_line: self.line_text(line).map(str::to_string),
+            width,
+            kind,
+        }
+    }
+
+    /// An error pointing at `needle` in lines `start..=end` (first
+    /// occurrence), or at the instruction's first non-blank character.
+    pub fn error_at_text(
+        &self,
+        kind: ErrorKind,
+        start: usize,
+        end: usize,
+        needle: &str,
+    ) -> ParseError {
+        if !needle.is_empty() {
+            for line in start..=end {
+                if let Some(text) = self.line_text(line) {
+                    if let Some(idx) = text.find(needle) {
+                        let column = text[..idx].chars().count() + 1;
+                        return self.error(kind, line, column, end, needle.chars().count());
+                    }
+                }
+            }
+        }
+        let (column, width) = self
+            .line_text(start)
+            .map(first_word_column)
+            .unwrap_or((1, 1));
+        self.error(kind, start, column, end, width)
+    }
+}
+
+/// Column and width of the first word of a line.
+pub(crate) fn first_word_column(text: &str) -> (usize, usize) {
+    let lead = text.chars().take_while(|c| c.is_whitespace()).count();
+    let width = text
+        .chars()
+        .skip(lead)
+        .take_while(|c| !c.is_whitespace())
+        .count();
+    (lead + 1, width.max(1))
+}

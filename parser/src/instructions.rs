@@ -1,0 +1,1193 @@
+//! Typed instructions built from the AST: stages (with names and indices),
+//! meta ARGs (those before the first FROM), one type per instruction.
+//!
+//! Nothing is expanded here: values are as written (quotes and all, for
+//! ENV/LABEL/ARG), because expansion depends on build arguments and the
+//! stage's environment, which only the builder knows. Flags are checked
+//! (unknown, duplicate, missing value, wrong boolean) the way BuildKit checks
+//! them, and their values are kept typed.
+//!
+//! ```
+//! use kiln_parser::instructions::{from_ast, Instruction, CommandLine};
+//! let df = kiln_parser::parse("ARG V=1\nFROM a:$V AS b\nRUN --network=none make\n", "Dockerfile").unwrap();
+//! let typed = from_ast(&df).unwrap();
+//! assert_eq!(typed.meta_args[0].args[0].key, "V");
+//! let Instruction::Run(run) = &typed.stages[0].instructions[0] else { panic!() };
+//! assert_eq!(run.network.as_deref(), Some("none"));
+//! assert_eq!(run.command, CommandLine::Shell("make".into()));
+//! ```
+
+use serde::Serialize;
+
+use crate::ast::{self, Args, Directive, Heredoc, Node, Span};
+use crate::error::{ErrorKind, Locator, ParseError};
+use crate::parser::parse_heredoc_word;
+use crate::suggest::suggest;
+
+/// All instruction keywords, upper case.
+pub const INSTRUCTION_NAMES: &[&str] = &[
+    "ADD",
+    "ARG",
+    "CMD",
+    "COPY",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "FROM",
+    "HEALTHCHECK",
+    "LABEL",
+    "MAINTAINER",
+    "ONBUILD",
+    "RUN",
+    "SHELL",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
+];
+
+/// A Dockerfile as stages of typed instructions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Dockerfile {
+    pub directives: Vec<Directive>,
+    /// The escape character in effect (needed to expand words later).
+    pub escape: char,
+    /// ARG instructions before the first FROM (usable in FROM lines).
+    pub meta_args: Vec<Arg>,
+    pub stages: Vec<Stage>,
+}
+
+/// What every instruction carries: where it is and how it was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Meta {
+    /// The keyword as written (`run`, `Run`, `RUN`).
+    pub keyword: String,
+    pub span: Span,
+    /// The exact source text, all physical lines.
+    pub source: String,
+    /// The logical line (continuations joined, heredoc bodies excluded).
+    pub original: String,
+    /// Flags as written (quotes removed), e.g. `--from=build`.
+    pub flags: Vec<String>,
+    /// Comment lines right above the instruction.
+    pub comments: Vec<String>,
+}
+
+/// One build stage: a FROM and the instructions after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Stage {
+    /// 0-based position among the stages.
+    pub index: usize,
+    /// The stage name from `AS name`, lower-cased; `None` if unnamed.
+    pub name: Option<String>,
+    /// The name exactly as written (for casing lints).
+    pub name_as_written: Option<String>,
+    /// The `AS` keyword as written.
+    pub as_keyword: Option<String>,
+    /// The base: an image reference or an earlier stage's name (unexpanded).
+    pub base: String,
+    /// `--platform` (unexpanded).
+    pub platform: Option<String>,
+    /// The FROM instruction itself.
+    pub from: Meta,
+    pub instructions: Vec<Instruction>,
+}
+
+/// One instruction inside a stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "instruction", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Instruction {
+    Add(Add),
+    Arg(Arg),
+    Cmd(Cmd),
+    Copy(Copy),
+    Entrypoint(Entrypoint),
+    Env(Env),
+    Expose(Expose),
+    Healthcheck(Healthcheck),
+    Label(Label),
+    Maintainer(Maintainer),
+    Onbuild(Onbuild),
+    Run(Run),
+    Shell(Shell),
+    Stopsignal(StopSignal),
+    User(User),
+    Volume(Volume),
+    Workdir(Workdir),
+}
+
+impl Instruction {
+    pub fn meta(&self) -> &Meta {
+        match self {
+            Instruction::Add(i) => &i.meta,
+            Instruction::Arg(i) => &i.meta,
+            Instruction::Cmd(i) => &i.meta,
+            Instruction::Copy(i) => &i.meta,
+            Instruction::Entrypoint(i) => &i.meta,
+            Instruction::Env(i) => &i.meta,
+            Instruction::Expose(i) => &i.meta,
+            Instruction::Healthcheck(i) => &i.meta,
+            Instruction::Label(i) => &i.meta,
+            Instruction::Maintainer(i) => &i.meta,
+            Instruction::Onbuild(i) => &i.meta,
+            Instruction::Run(i) => &i.meta,
+            Instruction::Shell(i) => &i.meta,
+            Instruction::Stopsignal(i) => &i.meta,
+            Instruction::User(i) => &i.meta,
+            Instruction::Volume(i) => &i.meta,
+            Instruction::Workdir(i) => &i.meta,
+        }
+    }
+}
+
+/// A command in shell form (run through the stage's SHELL) or exec form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "form", content = "value", rename_all = "snake_case")]
+pub enum CommandLine {
+    /// The text after continuation joining, one string.
+    Shell(String),
+    /// The JSON array's strings.
+    Exec(Vec<String>),
+}
+
+impl CommandLine {
+    pub fn is_empty(&self) -> bool {
+        match self {
+            CommandLine::Shell(s) => s.is_empty(),
+            CommandLine::Exec(v) => v.is_empty(),
+        }
+    }
+}
+
+/// `key=value` as written (ENV, LABEL).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: String,
+    /// Legacy `ENV key value` form (no `=`).
+    pub legacy: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Env {
+    pub meta: Meta,
+    pub pairs: Vec<KeyValue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Label {
+    pub meta: Meta,
+    pub pairs: Vec<KeyValue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Maintainer {
+    pub meta: Meta,
+    pub name: String,
+}
+
+/// One name of an ARG instruction, with its default if it has one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ArgDefinition {
+    pub key: String,
+    /// The default, unexpanded; `None` for `ARG NAME` (no `=`).
+    pub value: Option<String>,
+    /// A `# NAME description` comment right above the ARG.
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Arg {
+    pub meta: Meta,
+    pub args: Vec<ArgDefinition>,
+}
+
+/// Sources given inline by a heredoc (`COPY <<EOF /dest`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InlineSource {
+    /// The heredoc delimiter, used as the file name.
+    pub name: String,
+    /// The body, leading tabs removed for `<<-`.
+    pub data: String,
+    /// Whether variables in `data` are to be expanded.
+    pub expand: bool,
+}
+
+/// What ADD and COPY share: sources and destination, unexpanded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SourcesAndDest {
+    pub sources: Vec<String>,
+    pub inline_sources: Vec<InlineSource>,
+    pub dest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Add {
+    pub meta: Meta,
+    pub json: bool,
+    #[serde(flatten)]
+    pub paths: SourcesAndDest,
+    pub chown: Option<String>,
+    pub chmod: Option<String>,
+    pub link: bool,
+    /// `--keep-git-dir`; `None` when not given.
+    pub keep_git_dir: Option<bool>,
+    pub checksum: Option<String>,
+    /// `--unpack`; `None` when not given.
+    pub unpack: Option<bool>,
+    pub exclude: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Copy {
+    pub meta: Meta,
+    pub json: bool,
+    #[serde(flatten)]
+    pub paths: SourcesAndDest,
+    /// `--from`: a stage name or index, or an image.
+    pub from: Option<String>,
+    pub chown: Option<String>,
+    pub chmod: Option<String>,
+    pub link: bool,
+    pub parents: bool,
+    pub exclude: Vec<String>,
+}
+
+/// A heredoc attached to RUN (a file for the shell, or its standard input).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InlineFile {
+    pub name: String,
+    /// The raw body (see `chomp`).
+    pub data: String,
+    /// `<<-`: strip leading tabs from each line.
+    pub chomp: bool,
+    pub expand: bool,
+    pub file_descriptor: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Run {
+    pub meta: Meta,
+    pub command: CommandLine,
+    pub heredocs: Vec<InlineFile>,
+    /// `--mount` specs as written (CSV, unexpanded), in order.
+    pub mounts: Vec<String>,
+    /// `--network` (`default`, `none` or `host`); `None` when not given.
+    pub network: Option<String>,
+    /// `--security` (`sandbox` or `insecure`); `None` when not given.
+    pub security: Option<String>,
+    /// `--device` specs as written.
+    pub devices: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cmd {
+    pub meta: Meta,
+    pub command: CommandLine,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entrypoint {
+    pub meta: Meta,
+    pub command: CommandLine,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Shell {
+    pub meta: Meta,
+    pub shell: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Expose {
+    pub meta: Meta,
+    /// Ports as written (`80`, `53/udp`, `$PORT`), in the order written.
+    pub ports: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct User {
+    pub meta: Meta,
+    pub user: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Workdir {
+    pub meta: Meta,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Volume {
+    pub meta: Meta,
+    pub json: bool,
+    pub volumes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StopSignal {
+    pub meta: Meta,
+    pub signal: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Onbuild {
+    pub meta: Meta,
+    /// The trigger as text, heredoc bodies appended (what goes in the image
+    /// config, as BuildKit writes it).
+    pub expression: String,
+    /// The trigger, parsed.
+    pub trigger: Box<Instruction>,
+}
+
+/// HEALTHCHECK NONE, or a command with its options.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Healthcheck {
+    pub meta: Meta,
+    /// `["NONE"]`, `["CMD", args…]` (exec form) or `["CMD-SHELL", command]`,
+    /// as in the image config.
+    pub test: Vec<String>,
+    /// Durations in nanoseconds; `None` when not given (or 0).
+    pub interval_ns: Option<u64>,
+    pub timeout_ns: Option<u64>,
+    pub start_period_ns: Option<u64>,
+    pub start_interval_ns: Option<u64>,
+    pub retries: Option<u32>,
+}
+
+/// Builds the typed view. Errors carry the instruction's location.
+pub fn from_ast(ast: &ast::Dockerfile) -> Result<Dockerfile, ParseError> {
+    let source = join_sources(ast);
+    let loc = Locator::new(&ast.file_name, &source);
+    let mut meta_args = Vec::new();
+    let mut stages: Vec<Stage> = Vec::new();
+    for node in &ast.nodes {
+        let ctx = Ctx { node, loc: &loc };
+        if node.name() == "from" {
+            let index = stages.len();
+            stages.push(ctx.stage(index)?);
+            continue;
+        }
+        let instruction = ctx.instruction()?;
+        match stages.last_mut() {
+            Some(stage) => stage.instructions.push(instruction),
+            None => match instruction {
+                Instruction::Arg(arg) => meta_args.push(arg),
+                _ => {
+                    return Err(ctx.error(
+                        ErrorKind::Instruction("no build stage in current context".into()),
+                        "",
+                    ))
+                }
+            },
+        }
+    }
+    Ok(Dockerfile {
+        directives: ast.directives.clone(),
+        escape: ast.escape,
+        meta_args,
+        stages,
+    })
+}
+
+/// The source text rebuilt from the nodes' line ranges, so error snippets
+/// can show lines without the parser keeping the whole file.
+fn join_sources(ast: &ast::Dockerfile) -> String {
+    let mut out = String::new();
+    let mut line = 1;
+    for node in &ast.nodes {
+        while line < node.span.start.line {
+            out.push('\n');
+            line += 1;
+        }
+        // The first line of `source` may start before the keyword column; it
+        // is the whole physical line.
+        out.push_str(&node.source);
+        out.push('\n');
+        line = node.span.end.line + 1;
+    }
+    out
+}
+
+struct Ctx<'a> {
+    node: &'a Node,
+    loc: &'a Locator<'a>,
+}
+
+/// The kinds of flag BuildKit knows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FlagKind {
+    Bool,
+    String,
+    Strings,
+}
+
+/// Values of the flags of one instruction, after checking.
+#[derive(Default)]
+struct Flags {
+    values: Vec<(&'static str, Vec<String>)>,
+}
+
+impl Flags {
+    fn string(&self, name: &str) -> Option<String> {
+        self.values
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.last().cloned())
+    }
+
+    fn strings(&self, name: &str) -> Vec<String> {
+        self.values
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .flat_map(|(_, v)| v.iter().cloned())
+            .collect()
+    }
+
+    /// `Some(true/false)` when given, `None` when not.
+    fn bool(&self, name: &str) -> Option<bool> {
+        self.string(name).map(|v| v == "true")
+    }
+}
+
+impl Ctx<'_> {
+    fn meta(&self) -> Meta {
+        Meta {
+            keyword: self.node.keyword.clone(),
+            span: self.node.span,
+            source: self.node.source.clone(),
+            original: self.node.original.clone(),
+            flags: self.node.flags.clone(),
+            comments: self.node.comments.clone(),
+        }
+    }
+
+    fn error(&self, kind: ErrorKind, needle: &str) -> ParseError {
+        self.loc.error_at_text(
+            kind,
+            self.node.span.start.line,
+            self.node.span.end.line,
+            needle,
+        )
+    }
+
+    fn message(&self, message: impl Into<String>) -> ParseError {
+        self.error(ErrorKind::Instruction(message.into()), "")
+    }
+
+    fn args(&self) -> Vec<String> {
+        self.node.arg_strings()
+    }
+
+    /// BuildKit's `BFlags.Parse`.
+    fn flags(&self, known: &[(&'static str, FlagKind)]) -> Result<Flags, ParseError> {
+        let mut flags = Flags::default();
+        for written in &self.node.flags {
+            if written == "--" {
+                break;
+            }
+            let Some(body) = written.strip_prefix("--") else {
+                return Err(self.error(ErrorKind::FlagWithoutDashes(written.clone()), written));
+            };
+            let (name, value) = match body.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (body, None),
+            };
+            let flag_name = format!("--{name}");
+            let Some((known_name, kind)) = known.iter().find(|(n, _)| *n == name).copied() else {
+                let names: Vec<&str> = known.iter().map(|(n, _)| *n).collect();
+                return Err(self.error(
+                    ErrorKind::UnknownFlag {
+                        flag: flag_name,
+                        suggestion: suggest(name, &names, true),
+                    },
+                    written,
+                ));
+            };
+            if kind != FlagKind::Strings && flags.values.iter().any(|(n, _)| *n == known_name) {
+                return Err(self.error(ErrorKind::DuplicateFlag(flag_name), written));
+            }
+            let value = match kind {
+                FlagKind::Bool => match value {
+                    Some("") => {
+                        return Err(self.error(ErrorKind::MissingFlagValue(flag_name), written))
+                    }
+                    None => "true".to_string(),
+                    Some(v) => match v.to_lowercase().as_str() {
+                        "true" => "true".to_string(),
+                        "false" => "false".to_string(),
+                        _ => {
+                            return Err(self.error(
+                                ErrorKind::NotBoolean {
+                                    flag: flag_name,
+                                    value: v.to_string(),
+                                },
+                                written,
+                            ))
+                        }
+                    },
+                },
+                FlagKind::String | FlagKind::Strings => match value {
+                    Some(v) => v.to_string(),
+                    None => return Err(self.error(ErrorKind::MissingFlagValue(flag_name), written)),
+                },
+            };
+            flags.values.push((known_name, vec![value]));
+        }
+        Ok(flags)
+    }
+
+    fn stage(&self, index: usize) -> Result<Stage, ParseError> {
+        let args = self.args();
+        let (name, name_as_written, as_keyword) = match args.as_slice() {
+            [_, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => {
+                let lower = name.to_lowercase();
+                if !valid_stage_name(&lower) {
+                    return Err(self.error(
+                        ErrorKind::Instruction(format!(
+                            "invalid name for build stage: {}, name can't start with a number or contain symbols",
+                            crate::go_quote(name)
+                        )),
+                        name,
+                    ));
+                }
+                (Some(lower), Some(name.clone()), Some(as_kw.clone()))
+            }
+            [_] => (None, None, None),
+            _ => return Err(self.message("FROM requires either one or three arguments")),
+        };
+        let flags = self.flags(&[("platform", FlagKind::String)])?;
+        Ok(Stage {
+            index,
+            name,
+            name_as_written,
+            as_keyword,
+            base: args[0].clone(),
+            platform: flags.string("platform"),
+            from: self.meta(),
+            instructions: Vec::new(),
+        })
+    }
+
+    fn instruction(&self) -> Result<Instruction, ParseError> {
+        let name = self.node.name();
+        let meta = self.meta();
+        let args = self.args();
+        Ok(match name.as_str() {
+            "env" | "label" => {
+                self.flags(&[])?;
+                let upper = name.to_uppercase();
+                let Args::KeyValues(kvs) = &self.node.args else {
+                    return Err(self.message(format!("{upper} requires at least one argument")));
+                };
+                let mut pairs = Vec::new();
+                for kv in kvs {
+                    if kv.key.is_empty() {
+                        return Err(self.message(format!("{upper} names can not be blank")));
+                    }
+                    pairs.push(KeyValue {
+                        key: kv.key.clone(),
+                        value: kv.value.clone(),
+                        legacy: !kv.equals,
+                    });
+                }
+                if pairs.is_empty() {
+                    return Err(self.message(format!("{upper} requires at least one argument")));
+                }
+                if name == "env" {
+                    Instruction::Env(Env { meta, pairs })
+                } else {
+                    Instruction::Label(Label { meta, pairs })
+                }
+            }
+            "maintainer" => {
+                let [who] = args.as_slice() else {
+                    return Err(self.message("MAINTAINER requires exactly one argument"));
+                };
+                self.flags(&[])?;
+                Instruction::Maintainer(Maintainer {
+                    meta,
+                    name: who.clone(),
+                })
+            }
+            "add" => {
+                if args.len() < 2 {
+                    return Err(self.message(no_destination("ADD")));
+                }
+                let flags = self.flags(&[
+                    ("chown", FlagKind::String),
+                    ("chmod", FlagKind::String),
+                    ("link", FlagKind::Bool),
+                    ("keep-git-dir", FlagKind::Bool),
+                    ("checksum", FlagKind::String),
+                    ("unpack", FlagKind::Bool),
+                    ("exclude", FlagKind::Strings),
+                ])?;
+                let paths = self.sources_and_dest(&args, "ADD")?;
+                Instruction::Add(Add {
+                    meta,
+                    json: self.node.json,
+                    paths,
+                    chown: flags.string("chown"),
+                    chmod: flags.string("chmod"),
+                    link: flags.bool("link").unwrap_or(false),
+                    keep_git_dir: flags.bool("keep-git-dir"),
+                    checksum: flags.string("checksum"),
+                    unpack: flags.bool("unpack"),
+                    exclude: flags.strings("exclude"),
+                })
+            }
+            "copy" => {
+                if args.len() < 2 {
+                    return Err(self.message(no_destination("COPY")));
+                }
+                let flags = self.flags(&[
+                    ("chown", FlagKind::String),
+                    ("from", FlagKind::String),
+                    ("chmod", FlagKind::String),
+                    ("link", FlagKind::Bool),
+                    ("exclude", FlagKind::Strings),
+                    ("parents", FlagKind::Bool),
+                ])?;
+                let paths = self.sources_and_dest(&args, "COPY")?;
+                Instruction::Copy(Copy {
+                    meta,
+                    json: self.node.json,
+                    paths,
+                    from: flags.string("from"),
+                    chown: flags.string("chown"),
+                    chmod: flags.string("chmod"),
+                    link: flags.bool("link").unwrap_or(false),
+                    parents: flags.bool("parents").unwrap_or(false),
+                    exclude: flags.strings("exclude"),
+                })
+            }
+            "onbuild" => {
+                if args.is_empty() {
+                    return Err(self.message("ONBUILD requires at least one argument"));
+                }
+                self.flags(&[])?;
+                let Args::Onbuild(child) = &self.node.args else {
+                    return Err(self.message("ONBUILD requires at least one argument"));
+                };
+                let trigger = child.keyword.trim().to_uppercase();
+                match trigger.as_str() {
+                    "ONBUILD" => {
+                        return Err(self.error(
+                            ErrorKind::Instruction(
+                                "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed".into(),
+                            ),
+                            &child.keyword,
+                        ))
+                    }
+                    "MAINTAINER" | "FROM" => {
+                        return Err(self.error(
+                            ErrorKind::Instruction(format!(
+                                "{trigger} isn't allowed as an ONBUILD trigger"
+                            )),
+                            &child.keyword,
+                        ))
+                    }
+                    _ => {}
+                }
+                let inner = Ctx {
+                    node: child,
+                    loc: self.loc,
+                };
+                let parsed = inner.instruction()?;
+                Instruction::Onbuild(Onbuild {
+                    meta,
+                    expression: onbuild_expression(self.node),
+                    trigger: Box::new(parsed),
+                })
+            }
+            "workdir" => {
+                let [path] = args.as_slice() else {
+                    return Err(self.message("WORKDIR requires exactly one argument"));
+                };
+                self.flags(&[])?;
+                Instruction::Workdir(Workdir {
+                    meta,
+                    path: path.clone(),
+                })
+            }
+            "run" => {
+                let flags = self.flags(&[
+                    ("mount", FlagKind::Strings),
+                    ("network", FlagKind::String),
+                    ("security", FlagKind::String),
+                    ("device", FlagKind::Strings),
+                ])?;
+                let network = flags.string("network");
+                if let Some(n) = &network {
+                    if !matches!(n.as_str(), "default" | "none" | "host") {
+                        return Err(self.error(
+                            ErrorKind::Instruction(format!(
+                                "invalid network mode {}",
+                                crate::go_quote(n)
+                            )),
+                            "--network",
+                        ));
+                    }
+                }
+                let security = flags.string("security");
+                if let Some(s) = &security {
+                    if !matches!(s.as_str(), "sandbox" | "insecure") {
+                        return Err(self.error(
+                            ErrorKind::Instruction(format!(
+                                "security {} is not valid",
+                                crate::go_quote(s)
+                            )),
+                            "--security",
+                        ));
+                    }
+                }
+                let heredocs = self
+                    .node
+                    .heredocs
+                    .iter()
+                    .map(|h| InlineFile {
+                        name: h.name.clone(),
+                        data: h.content.clone(),
+                        chomp: h.chomp,
+                        expand: h.expand,
+                        file_descriptor: h.file_descriptor,
+                    })
+                    .collect();
+                Instruction::Run(Run {
+                    meta,
+                    command: self.command_line(&args),
+                    heredocs,
+                    mounts: flags.strings("mount"),
+                    network,
+                    security,
+                    devices: flags.strings("device"),
+                })
+            }
+            "cmd" => {
+                self.flags(&[])?;
+                Instruction::Cmd(Cmd {
+                    meta,
+                    command: self.command_line(&args),
+                })
+            }
+            "entrypoint" => {
+                self.flags(&[])?;
+                Instruction::Entrypoint(Entrypoint {
+                    meta,
+                    command: self.command_line(&args),
+                })
+            }
+            "healthcheck" => self.healthcheck(meta, &args)?,
+            "expose" => {
+                if args.is_empty() {
+                    return Err(self.message("EXPOSE requires at least one argument"));
+                }
+                self.flags(&[])?;
+                Instruction::Expose(Expose { meta, ports: args })
+            }
+            "user" => {
+                let [user] = args.as_slice() else {
+                    return Err(self.message("USER requires exactly one argument"));
+                };
+                self.flags(&[])?;
+                Instruction::User(User {
+                    meta,
+                    user: user.clone(),
+                })
+            }
+            "volume" => {
+                if args.is_empty() {
+                    return Err(self.message("VOLUME requires at least one argument"));
+                }
+                self.flags(&[])?;
+                let mut volumes = Vec::new();
+                for v in &args {
+                    let v = v.trim_matches(char::is_whitespace);
+                    if v.is_empty() {
+                        return Err(self.message("VOLUME specified can not be an empty string"));
+                    }
+                    volumes.push(v.to_string());
+                }
+                Instruction::Volume(Volume {
+                    meta,
+                    json: self.node.json,
+                    volumes,
+                })
+            }
+            "stopsignal" => {
+                let [signal] = args.as_slice() else {
+                    return Err(self.message("STOPSIGNAL requires exactly one argument"));
+                };
+                Instruction::Stopsignal(StopSignal {
+                    meta,
+                    signal: signal.clone(),
+                })
+            }
+            "arg" => {
+                if args.is_empty() {
+                    return Err(self.message("ARG requires at least one argument"));
+                }
+                let mut defs = Vec::new();
+                for arg in &args {
+                    let (key, value) = match arg.split_once('=') {
+                        Some(("", _)) => return Err(self.message("ARG names can not be blank")),
+                        Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                        None => (arg.clone(), None),
+                    };
+                    let description = doc_comment(&self.node.comments, &key);
+                    defs.push(ArgDefinition {
+                        key,
+                        value,
+                        description,
+                    });
+                }
+                Instruction::Arg(Arg { meta, args: defs })
+            }
+            "shell" => {
+                self.flags(&[])?;
+                if args.is_empty() {
+                    return Err(self.message("SHELL requires at least one argument"));
+                }
+                if !self.node.json {
+                    return Err(self.message(format!(
+                        "SHELL requires the arguments to be in JSON form (e.g. SHELL [\"executable\", \"parameter\"]), got: {}",
+                        self.node.original.trim()
+                    )));
+                }
+                Instruction::Shell(Shell { meta, shell: args })
+            }
+            _ => {
+                return Err(self.error(
+                    ErrorKind::UnknownInstruction {
+                        instruction: self.node.keyword.clone(),
+                        suggestion: suggest(&self.node.keyword, INSTRUCTION_NAMES, false),
+                    },
+                    &self.node.keyword,
+                ))
+            }
+        })
+    }
+
+    /// Shell form joins the arguments with spaces (it has one); exec form
+    /// keeps the array.
+    fn command_line(&self, args: &[String]) -> CommandLine {
+        if self.node.json {
+            CommandLine::Exec(args.to_vec())
+        } else {
+            CommandLine::Shell(args.join(" "))
+        }
+    }
+
+    fn sources_and_dest(
+        &self,
+        args: &[String],
+        instruction: &str,
+    ) -> Result<SourcesAndDest, ParseError> {
+        let (dest, sources) = match args.split_last() {
+            Some(split) => split,
+            None => return Err(self.message(no_destination(instruction))),
+        };
+        if matches!(parse_heredoc_word(dest), Ok(Some(_))) {
+            return Err(self.error(
+                ErrorKind::Instruction(format!(
+                    "{instruction} cannot accept a heredoc as a destination"
+                )),
+                dest,
+            ));
+        }
+        let mut paths = Vec::new();
+        let mut inline_sources = Vec::new();
+        for src in sources {
+            match parse_heredoc_word(src) {
+                Ok(Some(doc)) => {
+                    let body = self
+                        .node
+                        .heredocs
+                        .iter()
+                        .rev()
+                        .find(|h| h.name == doc.name)
+                        .map(|h: &Heredoc| {
+                            Heredoc {
+                                chomp: doc.chomp,
+                                ..h.clone()
+                            }
+                            .chomped_content()
+                        })
+                        .unwrap_or_default();
+                    inline_sources.push(InlineSource {
+                        name: doc.name,
+                        data: body,
+                        expand: doc.expand,
+                    });
+                }
+                _ => paths.push(src.clone()),
+            }
+        }
+        Ok(SourcesAndDest {
+            sources: paths,
+            inline_sources,
+            dest: dest.clone(),
+        })
+    }
+
+    fn healthcheck(&self, meta: Meta, args: &[String]) -> Result<Instruction, ParseError> {
+        let Some((typ, rest)) = args.split_first() else {
+            return Err(self.message("HEALTHCHECK requires at least one argument"));
+        };
+        let typ = typ.to_uppercase();
+        if typ == "NONE" {
+            if !rest.is_empty() {
+                return Err(self.message("HEALTHCHECK NONE takes no arguments"));
+            }
+            return Ok(Instruction::Healthcheck(Healthcheck {
+                meta,
+                test: vec![typ],
+                interval_ns: None,
+                timeout_ns: None,
+                start_period_ns: None,
+                start_interval_ns: None,
+                retries: None,
+            }));
+        }
+        let flags = self.flags(&[
+            ("interval", FlagKind::String),
+            ("timeout", FlagKind::String),
+            ("start-period", FlagKind::String),
+            ("start-interval", FlagKind::String),
+            ("retries", FlagKind::String),
+        ])?;
+        if typ != "CMD" {
+            return Err(self.message(format!(
+                "Unknown type {} in HEALTHCHECK (try CMD)",
+                crate::go_quote(&typ)
+            )));
+        }
+        if rest.is_empty() {
+            return Err(self.message("Missing command after HEALTHCHECK CMD"));
+        }
+        let test = if self.node.json {
+            std::iter::once("CMD".to_string())
+                .chain(rest.iter().cloned())
+                .collect()
+        } else {
+            vec!["CMD-SHELL".to_string(), rest.join(" ")]
+        };
+        let duration = |name: &'static str| -> Result<Option<u64>, ParseError> {
+            let Some(text) = flags.string(name) else {
+                return Ok(None);
+            };
+            if text.is_empty() {
+                return Ok(None);
+            }
+            let ns = parse_go_duration(&text)
+                .map_err(|m| self.error(ErrorKind::Instruction(m), &format!("--{name}")))?;
+            if ns == 0 {
+                return Ok(None);
+            }
+            if ns < 1_000_000 {
+                return Err(self.error(
+                    ErrorKind::Instruction(format!(
+                        "Interval {} cannot be less than 1ms",
+                        crate::go_quote(name)
+                    )),
+                    &format!("--{name}"),
+                ));
+            }
+            Ok(Some(ns as u64))
+        };
+        let interval_ns = duration("interval")?;
+        let timeout_ns = duration("timeout")?;
+        let start_period_ns = duration("start-period")?;
+        let start_interval_ns = duration("start-interval")?;
+        let retries = match flags.string("retries") {
+            None => None,
+            Some(text) if text.is_empty() => None,
+            Some(text) => {
+                let value: i64 = text
+                    .parse()
+                    .ok()
+                    .filter(|v| i32::try_from(*v).is_ok())
+                    .ok_or_else(|| {
+                        self.error(
+                            ErrorKind::Instruction(format!(
+                                "strconv.ParseInt: parsing {}: invalid syntax",
+                                crate::go_quote(&text)
+                            )),
+                            "--retries",
+                        )
+                    })?;
+                if value < 0 {
+                    return Err(self.error(
+                        ErrorKind::Instruction(format!("--retries cannot be negative ({value})")),
+                        "--retries",
+                    ));
+                }
+                Some(value as u32)
+            }
+        };
+        Ok(Instruction::Healthcheck(Healthcheck {
+            meta,
+            test,
+            interval_ns,
+            timeout_ns,
+            start_period_ns,
+            start_interval_ns,
+            retries,
+        }))
+    }
+}
+
+fn no_destination(instruction: &str) -> String {
+    format!("{instruction} requires at least two arguments, but only one was provided. Destination could not be determined")
+}
+
+/// BuildKit's stage-name rule: `^[a-z][a-z0-9-_.]*$` (after lower-casing).
+fn valid_stage_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+}
+
+/// `# NAME description` in the comments above an ARG.
+fn doc_comment(comments: &[String], name: &str) -> Option<String> {
+    if name.is_empty() {
+        return None;
+    }
+    let prefix = format!("{name} ");
+    comments
+        .iter()
+        .find_map(|c| c.strip_prefix(&prefix).map(str::to_string))
+}
+
+/// The ONBUILD trigger text: the logical line without `ONBUILD`, and each
+/// heredoc body and delimiter appended, as BuildKit stores it.
+fn onbuild_expression(node: &Node) -> String {
+    let original = node.original.trim_start_matches(char::is_whitespace);
+    let without_keyword = if original.len() >= 7 && original[..7].eq_ignore_ascii_case("onbuild") {
+        original[7..].trim_start_matches(char::is_whitespace)
+    } else {
+        original
+    };
+    let mut out = without_keyword.to_string();
+    for heredoc in &node.heredocs {
+        out.push('\n');
+        out.push_str(&heredoc.content);
+        out.push_str(&heredoc.name);
+    }
+    out
+}
+
+/// Go's `time.ParseDuration`, in nanoseconds.
+pub fn parse_go_duration(text: &str) -> Result<i128, String> {
+    let invalid = || format!("time: invalid duration {}", crate::go_quote(text));
+    let mut s = text;
+    let negative = match s.chars().next() {
+        Some('-') => {
+            s = &s[1..];
+            true
+        }
+        Some('+') => {
+            s = &s[1..];
+            false
+        }
+        _ => false,
+    };
+    if s == "0" {
+        return Ok(0);
+    }
+    if s.is_empty() {
+        return Err(invalid());
+    }
+    let mut total: i128 = 0;
+    while !s.is_empty() {
+        let int_len = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let int_part = &s[..int_len];
+        s = &s[int_len..];
+        let mut frac_part = "";
+        if let Some(rest) = s.strip_prefix('.') {
+            let frac_len = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            frac_part = &rest[..frac_len];
+            s = &rest[frac_len..];
+        }
+        if int_part.is_empty() && frac_part.is_empty() {
+            return Err(invalid());
+        }
+        let unit_len = s
+            .find(|c: char| c == '.' || c.is_ascii_digit())
+            .unwrap_or(s.len());
+        let unit = &s[..unit_len];
+        s = &s[unit_len..];
+        let scale: i128 = match unit {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "" => {
+                return Err(format!(
+                    "time: missing unit in duration {}",
+                    crate::go_quote(text)
+                ))
+            }
+            _ => {
+                return Err(format!(
+                    "time: unknown unit {} in duration {}",
+                    crate::go_quote(unit),
+                    crate::go_quote(text)
+                ))
+            }
+        };
+        let whole: i128 = if int_part.is_empty() {
+            0
+        } else {
+            int_part.parse().map_err(|_| invalid())?
+        };
+        let mut value = whole.checked_mul(scale).ok_or_else(invalid)?;
+        if !frac_part.is_empty() {
+            let mut frac_scale = scale;
+            for d in frac_part.chars().take(30) {
+                frac_scale /= 10;
+                value += i128::from(d.to_digit(10).unwrap_or(0) as u8) * frac_scale;
+            }
+        }
+        total = total.checked_add(value).ok_or_else(invalid)?;
+        if total > i128::from(i64::MAX) {
+            return Err(invalid());
+        }
+    }
+    Ok(if negative { -total } else { total })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_go_duration("5s"), Ok(5_000_000_000));
+        assert_eq!(parse_go_duration("1m30.5s"), Ok(90_500_000_000));
+        assert_eq!(parse_go_duration("0"), Ok(0));
+        assert_eq!(
+            parse_go_duration("10"),
+            Err("time: missing unit in duration \"10\"".into())
+        );
+        assert_eq!(
+            parse_go_duration("3x"),
+            Err("time: unknown unit \"x\" in duration \"3x\"".into())
+        );
+        assert!(parse_go_duration("").is_err());
+    }
+
+    #[test]
+    fn stage_names() {
+        assert!(valid_stage_name("build-1.x_y"));
+        assert!(!valid_stage_name("1build"));
+        assert!(!valid_stage_name("a/b"));
+    }
+}

@@ -1,0 +1,860 @@
+//! Source text → [`Dockerfile`] AST, following BuildKit's
+//! `frontend/dockerfile/parser` rules line for line.
+//!
+//! Every step is linear in the input: physical lines are visited once,
+//! continuation lines are appended to one buffer, and heredoc bodies are
+//! copied once.
+
+use crate::ast::{
+    go_trim_space, Args, Directive, Dockerfile, Heredoc, KeyValue, Node, Position, Span, Warning,
+};
+use crate::error::{ErrorKind, Locator, ParseError};
+use crate::expand::{ExpandError, Lexer};
+use crate::json::{parse_string_array, JsonArray};
+
+const DEFAULT_ESCAPE: char = '\\';
+
+/// Splits text into lines that keep their `\n` (BuildKit's scanner keeps
+/// line endings so heredoc bodies are exact).
+struct Lines<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+impl<'a> Lines<'a> {
+    /// Returns (byte offset, line with its ending).
+    fn next_line(&mut self) -> Option<(usize, &'a str)> {
+        if self.pos >= self.text.len() {
+            return None;
+        }
+        let start = self.pos;
+        let end = match self.text[start..].find('\n') {
+            Some(i) => start + i + 1,
+            None => self.text.len(),
+        };
+        self.pos = end;
+        Some((start, &self.text[start..end]))
+    }
+}
+
+/// Go's `unicode.IsSpace`.
+fn is_space(c: char) -> bool {
+    c.is_whitespace()
+}
+
+/// BuildKit's `reWhitespace`: `[\t\v\f\r ]`.
+fn is_split_space(c: char) -> bool {
+    matches!(c, '\t' | '\u{b}' | '\u{c}' | '\r' | ' ')
+}
+
+fn trim_newline(s: &str) -> &str {
+    s.trim_end_matches(['\r', '\n'])
+}
+
+fn trim_leading_whitespace(s: &str) -> &str {
+    s.trim_start_matches(is_space)
+}
+
+fn is_comment(line: &str) -> bool {
+    trim_leading_whitespace(line).starts_with('#')
+}
+
+fn is_empty_continuation_line(line: &str) -> bool {
+    trim_leading_whitespace(trim_newline(line)).is_empty()
+}
+
+/// Removes a trailing escape character (and spaces/tabs after it) that
+/// continues the line. An escape preceded by another escape does not
+/// continue the line. Returns the text and whether the line ends here.
+fn trim_continuation(line: &str, escape: char) -> (&str, bool) {
+    let trimmed = line.trim_end_matches([' ', '\t']);
+    let Some(before) = trimmed.strip_suffix(escape) else {
+        return (line, true);
+    };
+    if before.is_empty() {
+        return ("", false);
+    }
+    if before.ends_with(escape) {
+        return (line, true);
+    }
+    (before, false)
+}
+
+/// BuildKit's `reWhitespace.Split(s, n)` for n = 2.
+fn split_ws_once(s: &str) -> (&str, Option<&str>) {
+    match s.find(is_split_space) {
+        Some(i) => {
+            let rest = s[i..].trim_start_matches(is_split_space);
+            (&s[..i], Some(rest))
+        }
+        None => (s, None),
+    }
+}
+
+/// The parser-directive state: directives are recognised only on the first
+/// lines, while every line so far has been a directive.
+struct Directives {
+    done: bool,
+    escape: char,
+    found: Vec<Directive>,
+}
+
+impl Directives {
+    /// Looks at a line (newline and leading space already trimmed).
+    /// Returns whether it was a directive.
+    fn parse_line(
+        &mut self,
+        line: &str,
+        line_no: usize,
+        loc: &Locator,
+    ) -> Result<bool, ParseError> {
+        if self.done {
+            return Ok(false);
+        }
+        let Some(body) = line.strip_prefix('#') else {
+            self.done = true;
+            return Ok(false);
+        };
+        let body = body.trim_start_matches(is_space);
+        let Some((name, value)) = match_directive(body) else {
+            self.done = true;
+            return Ok(false);
+        };
+        let key = name.to_ascii_lowercase();
+        if !matches!(key.as_str(), "syntax" | "escape" | "check") {
+            self.done = true;
+            return Ok(false);
+        }
+        let line_text = loc.line_text(line_no).unwrap_or("");
+        let column = line_text
+            .find(value)
+            .map_or(1, |i| line_text[..i].chars().count() + 1);
+        if self.found.iter().any(|d| d.name == key) {
+            let name_column = line_text
+                .find(name)
+                .map_or(1, |i| line_text[..i].chars().count() + 1);
+            return Err(loc.error(
+                ErrorKind::DuplicateDirective(key),
+                line_no,
+                name_column,
+                line_no,
+                name.chars().count(),
+            ));
+        }
+        if key == "escape" {
+            let mut chars = value.chars();
+            match (chars.next(), chars.next()) {
+                (Some(c @ ('\\' | '`')), None) => self.escape = c,
+                _ => {
+                    return Err(loc.error(
+                        ErrorKind::InvalidEscapeToken(value.to_string()),
+                        line_no,
+                        column,
+                        line_no,
+                        value.chars().count(),
+                    ))
+                }
+            }
+        }
+        let end_column = line_text.chars().count() + 1;
+        self.found.push(Directive {
+            name: key,
+            value: value.to_string(),
+            span: Span {
+                start: Position {
+                    line: line_no,
+                    column: 1,
+                },
+                end: Position {
+                    line: line_no,
+                    column: end_column,
+                },
+            },
+        });
+        Ok(true)
+    }
+}
+
+/// BuildKit's directive regex `^([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$`.
+fn match_directive(body: &str) -> Option<(&str, &str)> {
+    let is_re_space = |c: char| matches!(c, '\t' | '\n' | '\u{c}' | '\r' | ' ');
+    let mut chars = body.char_indices();
+    let (_, first) = chars.next()?;
+    if !first.is_ascii_alphabetic() {
+        return None;
+    }
+    let name_end = body
+        .char_indices()
+        .find(|(_, c)| !c.is_ascii_alphanumeric())
+        .map_or(body.len(), |(i, _)| i);
+    let name = &body[..name_end];
+    let after_name = body[name_end..].trim_start_matches(is_re_space);
+    let after_eq = after_name.strip_prefix('=')?;
+    let value_start = after_eq.trim_start_matches(is_re_space);
+    if value_start.is_empty() {
+        // `\s*` gives back its last character so `.+?` can match one.
+        let last = after_eq.chars().last()?;
+        return Some((name, &after_eq[after_eq.len() - last.len_utf8()..]));
+    }
+    Some((name, value_start.trim_end_matches(is_re_space)))
+}
+
+/// Parses a Dockerfile. `file_name` is used in error messages only.
+pub fn parse(source: &str, file_name: &str) -> Result<Dockerfile, ParseError> {
+    let source = source.strip_prefix('\u{feff}').unwrap_or(source);
+    let loc = Locator::new(file_name, source);
+    let mut lines = Lines {
+        text: source,
+        pos: 0,
+    };
+    let mut directives = Directives {
+        done: false,
+        escape: DEFAULT_ESCAPE,
+        found: Vec::new(),
+    };
+    let mut current_line = 0usize;
+    let mut comments: Vec<String> = Vec::new();
+    let mut nodes = Vec::new();
+    let mut warnings = Vec::new();
+    let mut buf = String::new();
+
+    while let Some((start_offset, raw)) = lines.next_line() {
+        if is_comment(raw) {
+            let mut chars = raw.chars();
+            chars.next();
+            let comment = go_trim_space(chars.as_str());
+            if comment.is_empty() {
+                comments.clear();
+            } else {
+                comments.push(comment.to_string());
+            }
+        }
+        let processed = trim_leading_whitespace(trim_newline(raw));
+        if directives.parse_line(processed, current_line + 1, &loc)? {
+            comments.pop();
+        }
+        let processed = if is_comment(processed) { "" } else { processed };
+        current_line += 1;
+        let start_line = current_line;
+        let (text, mut end_of_line) = trim_continuation(processed, directives.escape);
+        if end_of_line && text.is_empty() {
+            continue;
+        }
+        buf.clear();
+        buf.push_str(text);
+        let mut empty_continuation_lines = Vec::new();
+        while !end_of_line {
+            let Some((_, raw)) = lines.next_line() else {
+                break;
+            };
+            let processed = trim_newline(raw);
+            directives.parse_line(processed, current_line + 1, &loc)?;
+            current_line += 1;
+            if is_comment(raw) {
+                continue;
+            }
+            if is_empty_continuation_line(processed) {
+                empty_continuation_lines.push(current_line);
+                continue;
+            }
+            let (text, eol) = trim_continuation(processed, directives.escape);
+            end_of_line = eol;
+            buf.push_str(text);
+        }
+        let line = buf.as_str();
+        if !empty_continuation_lines.is_empty() {
+            warnings.push(Warning {
+                rule: "NoEmptyContinuation".to_string(),
+                message: format!("Empty continuation line found in: {line}"),
+                line: current_line,
+            });
+        }
+
+        let first_line_text = loc.line_text(start_line).unwrap_or("");
+        let keyword_column = first_line_text.chars().take_while(|c| is_space(*c)).count() + 1;
+        let line_error = |kind: ErrorKind, needle: &str, end: usize| -> ParseError {
+            loc.error_at_text(kind, start_line, end, needle)
+        };
+
+        let mut node = new_node_from_line(line, directives.escape)
+            .map_err(|(kind, needle)| line_error(kind, &needle, current_line))?;
+
+        let mut heredocs = Vec::new();
+        if can_contain_heredoc(&node) && line.contains("<<") {
+            let words = heredocs_from_line(line)
+                .map_err(|(kind, needle)| line_error(kind, &needle, current_line))?;
+            for mut heredoc in words {
+                let body_start = current_line + 1;
+                let mut content = String::new();
+                let mut terminated = false;
+                while let Some((_, raw)) = lines.next_line() {
+                    current_line += 1;
+                    let mut candidate = trim_newline(raw);
+                    if heredoc.chomp {
+                        candidate = candidate.trim_start_matches('\t');
+                    }
+                    if candidate == heredoc.name {
+                        terminated = true;
+                        break;
+                    }
+                    content.push_str(raw);
+                }
+                if !terminated {
+                    let (column, width) = first_line_text
+                        .find("<<")
+                        .map(|i| (first_line_text[..i].chars().count() + 1, 2))
+                        .unwrap_or((keyword_column, 1));
+                    return Err(loc.error(
+                        ErrorKind::UnterminatedHeredoc,
+                        start_line,
+                        column,
+                        current_line,
+                        width,
+                    ));
+                }
+                heredoc.content = content;
+                heredoc.span = Span {
+                    start: Position {
+                        line: body_start,
+                        column: 1,
+                    },
+                    end: Position {
+                        line: current_line,
+                        column: loc
+                            .line_text(current_line)
+                            .map_or(1, |t| t.chars().count() + 1),
+                    },
+                };
+                heredocs.push(heredoc);
+            }
+        }
+
+        let end_offset = lines.pos;
+        let source_text = trim_newline_once(&source[start_offset..end_offset]).to_string();
+        let end_column = loc
+            .line_text(current_line)
+            .map_or(1, |t| t.chars().count() + 1);
+        let span = Span {
+            start: Position {
+                line: start_line,
+                column: keyword_column,
+            },
+            end: Position {
+                line: current_line,
+                column: end_column,
+            },
+        };
+        node.heredocs = heredocs;
+        node.source = source_text;
+        node.span = span;
+        node.comments = std::mem::take(&mut comments);
+        node.empty_continuation_lines = empty_continuation_lines;
+        if let Args::Onbuild(child) = &mut node.args {
+            child.span = span;
+            child.source = node.source.clone();
+            // BuildKit attaches heredocs to the ONBUILD node; the trigger
+            // gets a copy so it is complete on its own.
+            child.heredocs = node.heredocs.clone();
+        }
+        nodes.push(node);
+    }
+
+    if nodes.is_empty() {
+        let line = current_line.max(1);
+        return Err(loc.error(ErrorKind::NoInstructions, line, 1, line, 1));
+    }
+    Ok(Dockerfile {
+        file_name: file_name.to_string(),
+        directives: directives.found,
+        escape: directives.escape,
+        nodes,
+        warnings,
+    })
+}
+
+fn trim_newline_once(s: &str) -> &str {
+    let s = s.strip_suffix('\n').unwrap_or(s);
+    s.strip_suffix('\r').unwrap_or(s)
+}
+
+/// An error from a line parser, with the text to point the caret at.
+type LineError = (ErrorKind, String);
+
+fn new_node_from_line(line: &str, escape: char) -> Result<Node, LineError> {
+    let trimmed = go_trim_space(line);
+    let (keyword, rest) = split_ws_once(trimmed);
+    let (rest, flags) = match rest {
+        Some(rest) => {
+            let (args, flags) = extract_builder_flags(rest, escape);
+            (go_trim_space(args), flags)
+        }
+        None => ("", Vec::new()),
+    };
+    let (args, json) = match keyword.to_lowercase().as_str() {
+        "add" | "copy" | "volume" => parse_maybe_json_to_list(rest)?,
+        "arg" => (Args::Words(parse_words(rest, escape)), false),
+        "cmd" | "entrypoint" | "run" | "shell" => parse_maybe_json(rest)?,
+        "env" => (parse_name_val(rest, "ENV", escape)?, false),
+        "label" => (parse_name_val(rest, "LABEL", escape)?, false),
+        "expose" | "from" => (Args::Words(split_whitespace_delimited(rest)), false),
+        "healthcheck" => parse_health_config(rest)?,
+        "maintainer" | "stopsignal" | "user" | "workdir" => (
+            Args::Words(if rest.is_empty() {
+                vec![]
+            } else {
+                vec![rest.to_string()]
+            }),
+            false,
+        ),
+        "onbuild" => {
+            if rest.is_empty() {
+                (Args::Words(vec![]), false)
+            } else {
+                (
+                    Args::Onbuild(Box::new(new_node_from_line(rest, escape)?)),
+                    false,
+                )
+            }
+        }
+        // Unknown instructions parse (BuildKit keeps one empty argument);
+        // the typed-instruction step rejects them with a suggestion.
+        _ => (Args::Words(vec![String::new()]), false),
+    };
+    let zero = Position { line: 0, column: 0 };
+    Ok(Node {
+        keyword: keyword.to_string(),
+        flags,
+        args,
+        json,
+        heredocs: Vec::new(),
+        original: line.to_string(),
+        rest: rest.to_string(),
+        source: String::new(),
+        span: Span {
+            start: zero,
+            end: zero,
+        },
+        comments: Vec::new(),
+        empty_continuation_lines: Vec::new(),
+    })
+}
+
+fn can_contain_heredoc(node: &Node) -> bool {
+    let node = match &node.args {
+        Args::Onbuild(child) if node.keyword.eq_ignore_ascii_case("onbuild") => child,
+        _ => node,
+    };
+    matches!(node.keyword.to_lowercase().as_str(), "add" | "copy" | "run") && !node.json
+}
+
+/// Takes `--flag` words off the front of `line`; returns the rest and the
+/// flags with quotes and escapes removed. A `--` word ends the flags.
+fn extract_builder_flags(line: &str, escape: char) -> (&str, Vec<String>) {
+    #[derive(PartialEq)]
+    enum Phase {
+        Spaces,
+        Word,
+        Quote(char),
+    }
+    let mut words = Vec::new();
+    let mut phase = Phase::Spaces;
+    let mut word = String::new();
+    let mut blank_ok = false;
+    let mut iter = line.char_indices().peekable();
+    while let Some((pos, ch)) = iter.next() {
+        if phase == Phase::Spaces {
+            if is_space(ch) {
+                continue;
+            }
+            if ch != '-' || !line[pos + 1..].starts_with('-') {
+                return (&line[pos..], words);
+            }
+            phase = Phase::Word;
+        }
+        match phase {
+            Phase::Word => {
+                if is_space(ch) {
+                    phase = Phase::Spaces;
+                    if word == "--" {
+                        return (&line[pos..], words);
+                    }
+                    if blank_ok || !word.is_empty() {
+                        words.push(std::mem::take(&mut word));
+                    }
+                    word.clear();
+                    blank_ok = false;
+                    continue;
+                }
+                if ch == '\'' || ch == '"' {
+                    phase = Phase::Quote(ch);
+                    blank_ok = true;
+                    continue;
+                }
+                if ch == escape {
+                    match iter.next() {
+                        Some((_, next)) => word.push(next),
+                        None => continue,
+                    }
+                    continue;
+                }
+                word.push(ch);
+            }
+            Phase::Quote(quote) => {
+                if ch == quote {
+                    phase = Phase::Word;
+                    continue;
+                }
+                if ch == escape {
+                    match iter.next() {
+                        Some((_, next)) => word.push(next),
+                        None => phase = Phase::Word,
+                    }
+                    continue;
+                }
+                word.push(ch);
+            }
+            Phase::Spaces => {}
+        }
+    }
+    if phase != Phase::Spaces && word != "--" && (blank_ok || !word.is_empty()) {
+        words.push(word);
+    }
+    ("", words)
+}
+
+/// Splits on unquoted whitespace, keeping quotes and escapes in the words
+/// (ENV, LABEL, ARG).
+fn parse_words(rest: &str, escape: char) -> Vec<String> {
+    #[derive(PartialEq)]
+    enum Phase {
+        Spaces,
+        Word,
+        Quote(char),
+    }
+    let mut words = Vec::new();
+    let mut phase = Phase::Spaces;
+    let mut word = String::new();
+    let mut blank_ok = false;
+    let mut iter = rest.chars().peekable();
+    while let Some(ch) = iter.next() {
+        if phase == Phase::Spaces {
+            if is_space(ch) {
+                continue;
+            }
+            phase = Phase::Word;
+        }
+        match phase {
+            Phase::Word => {
+                if is_space(ch) {
+                    phase = Phase::Spaces;
+                    if blank_ok || !word.is_empty() {
+                        words.push(std::mem::take(&mut word));
+                    }
+                    blank_ok = false;
+                    continue;
+                }
+                if ch == '\'' || ch == '"' {
+                    phase = Phase::Quote(ch);
+                    blank_ok = true;
+                }
+                if ch == escape {
+                    match iter.next() {
+                        // An escape keeps itself and the next character, even a quote.
+                        Some(next) => {
+                            word.push(ch);
+                            word.push(next);
+                        }
+                        None => {}
+                    }
+                    continue;
+                }
+                word.push(ch);
+            }
+            Phase::Quote(quote) => {
+                if ch == quote {
+                    phase = Phase::Word;
+                }
+                if ch == escape && quote != '\'' {
+                    match iter.next() {
+                        Some(next) => {
+                            word.push(ch);
+                            word.push(next);
+                        }
+                        None => phase = Phase::Word,
+                    }
+                    continue;
+                }
+                word.push(ch);
+            }
+            Phase::Spaces => {}
+        }
+    }
+    if phase != Phase::Spaces && (blank_ok || !word.is_empty()) {
+        words.push(word);
+    }
+    words
+}
+
+fn parse_name_val(rest: &str, key: &str, escape: char) -> Result<Args, LineError> {
+    let words = parse_words(rest, escape);
+    let Some(first) = words.first() else {
+        return Ok(Args::Words(vec![]));
+    };
+    if !first.contains('=') {
+        // Legacy form: `ENV key value…` (the value is the rest, as written).
+        let (name, value) = split_ws_once(rest);
+        let Some(value) = value else {
+            return Err((ErrorKind::MissingValue(key.to_string()), rest.to_string()));
+        };
+        return Ok(Args::KeyValues(vec![KeyValue {
+            key: name.to_string(),
+            value: value.to_string(),
+            equals: false,
+        }]));
+    }
+    let mut pairs = Vec::with_capacity(words.len());
+    for word in words {
+        let Some((k, v)) = word.split_once('=') else {
+            return Err((ErrorKind::MissingEquals(word.clone()), word));
+        };
+        pairs.push(KeyValue {
+            key: k.to_string(),
+            value: v.to_string(),
+            equals: true,
+        });
+    }
+    Ok(Args::KeyValues(pairs))
+}
+
+fn split_whitespace_delimited(rest: &str) -> Vec<String> {
+    if rest.is_empty() {
+        return Vec::new();
+    }
+    rest.split(is_split_space)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `Ok(Some(words))` for exec form, `Ok(None)` for shell form.
+fn parse_json(rest: &str) -> Result<Option<Vec<String>>, LineError> {
+    let rest = rest.trim_start_matches(is_space);
+    if !rest.starts_with('[') {
+        return Ok(None);
+    }
+    match parse_string_array(rest) {
+        JsonArray::Strings(words) => Ok(Some(words)),
+        JsonArray::NotStrings => Err((ErrorKind::NotStringArray, "[".to_string())),
+        JsonArray::Invalid => Ok(None),
+    }
+}
+
+fn parse_maybe_json(rest: &str) -> Result<(Args, bool), LineError> {
+    if rest.is_empty() {
+        return Ok((Args::Words(vec![]), false));
+    }
+    Ok(match parse_json(rest)? {
+        Some(words) => (Args::Words(words), true),
+        None => (Args::Words(vec![rest.to_string()]), false),
+    })
+}
+
+fn parse_maybe_json_to_list(rest: &str) -> Result<(Args, bool), LineError> {
+    Ok(match parse_json(rest)? {
+        Some(words) => (Args::Words(words), true),
+        None => (Args::Words(split_whitespace_delimited(rest)), false),
+    })
+}
+
+fn parse_health_config(rest: &str) -> Result<(Args, bool), LineError> {
+    let sep = rest.find(is_space).unwrap_or(rest.len());
+    if sep == 0 {
+        return Ok((Args::Words(vec![]), false));
+    }
+    let typ = &rest[..sep];
+    let cmd = rest[sep..].trim_start_matches(is_space);
+    let (args, json) = parse_maybe_json(cmd)?;
+    let mut words = vec![typ.to_string()];
+    if let Args::Words(more) = args {
+        words.extend(more);
+    }
+    Ok((Args::Words(words), json))
+}
+
+/// Finds the heredoc words of an instruction line (`<<EOF`, `<<-EOF`,
+/// `<<"EOF"`, `3<<EOF`, anywhere on the line, in order).
+fn heredocs_from_line(line: &str) -> Result<Vec<Heredoc>, LineError> {
+    let lexer = Lexer {
+        raw_quotes: true,
+        raw_escapes: true,
+        skip_unset_env: true,
+        ..Lexer::new('\\')
+    };
+    let no_env = |_: &str| -> Option<String> { None };
+    // A line the lexer cannot split has no heredocs (as in BuildKit).
+    let words = lexer
+        .expand(line, &no_env)
+        .map(|e| e.words)
+        .unwrap_or_default();
+    let mut docs = Vec::new();
+    for word in words {
+        if let Some(doc) = parse_heredoc_word(&word).map_err(|e| (e, word.clone()))? {
+            docs.push(doc);
+        }
+    }
+    Ok(docs)
+}
+
+/// BuildKit's `ParseHeredoc`: matches `^(\d*)<<(-?)\s*([^<]*)$` and reads the
+/// delimiter; a delimiter with any quoting disables expansion of the body.
+pub(crate) fn parse_heredoc_word(word: &str) -> Result<Option<Heredoc>, ErrorKind> {
+    let digits_end = word
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(word.len());
+    let (digits, after) = word.split_at(digits_end);
+    let Some(after) = after.strip_prefix("<<") else {
+        return Ok(None);
+    };
+    let (chomp, after) = match after.strip_prefix('-') {
+        Some(a) => (true, a),
+        None => (false, after),
+    };
+    let rest = after.trim_start_matches(['\t', '\n', '\u{c}', '\r', ' ']);
+    if rest.contains('<') || rest.is_empty() {
+        return Ok(None);
+    }
+    let file_descriptor = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().unwrap_or(u64::MAX)
+    };
+    let no_env = |_: &str| -> Option<String> { None };
+    let mut lexer = Lexer {
+        skip_unset_env: true,
+        ..Lexer::new('\\')
+    };
+    let words = lexer.expand(rest, &no_env).map_err(heredoc_error)?.words;
+    if words.len() != 1 {
+        return Ok(None);
+    }
+    lexer.raw_quotes = true;
+    let raw_words = lexer.expand(rest, &no_env).map_err(heredoc_error)?.words;
+    if raw_words.len() != words.len() {
+        return Err(ErrorKind::InconsistentHeredoc(rest.to_string()));
+    }
+    let quotes = |s: &str| s.chars().filter(|c| *c == '\'' || *c == '"').count();
+    let expand = quotes(&words[0]) == quotes(&raw_words[0]);
+    let zero = Position { line: 0, column: 0 };
+    Ok(Some(Heredoc {
+        name: words[0].clone(),
+        file_descriptor,
+        expand,
+        chomp,
+        content: String::new(),
+        span: Span {
+            start: zero,
+            end: zero,
+        },
+    }))
+}
+
+fn heredoc_error(err: ExpandError) -> ErrorKind {
+    ErrorKind::HeredocWord(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continuation_rules() {
+        assert_eq!(trim_continuation("a \\", '\\'), ("a ", false));
+        assert_eq!(trim_continuation("a\\ \t", '\\'), ("a", false));
+        assert_eq!(trim_continuation("\\", '\\'), ("", false));
+        assert_eq!(trim_continuation("a\\\\", '\\'), ("a\\\\", true));
+        assert_eq!(trim_continuation("a`", '`'), ("a", false));
+        assert_eq!(trim_continuation("a\\", '`'), ("a\\", true));
+    }
+
+    #[test]
+    fn directive_regex() {
+        assert_eq!(match_directive("escape=`"), Some(("escape", "`")));
+        assert_eq!(match_directive("syntax = a b  "), Some(("syntax", "a b")));
+        assert_eq!(match_directive("escape= "), Some(("escape", " ")));
+        assert_eq!(match_directive("escape="), None);
+        assert_eq!(match_directive("1a=b"), None);
+        assert_eq!(match_directive("es cape=b"), None);
+    }
+
+    #[test]
+    fn builder_flags() {
+        assert_eq!(
+            extract_builder_flags("--a=1 --b x y", '\\'),
+            ("x y", vec!["--a=1".into(), "--b".into()])
+        );
+        assert_eq!(
+            extract_builder_flags("--a -- --b", '\\'),
+            (" --b", vec!["--a".to_string()])
+        );
+        assert_eq!(
+            extract_builder_flags("--m=\"a b\" c", '\\'),
+            ("c", vec!["--m=a b".to_string()])
+        );
+        assert_eq!(
+            extract_builder_flags("--x", '\\'),
+            ("", vec!["--x".to_string()])
+        );
+        assert_eq!(extract_builder_flags("--", '\\'), ("", vec![]));
+        assert_eq!(extract_builder_flags("-x", '\\'), ("-x", vec![]));
+    }
+
+    #[test]
+    fn words_keep_quotes() {
+        assert_eq!(
+            parse_words("a 'b c' \"d\\\" e\" f\\ g", '\\'),
+            ["a", "'b c'", "\"d\\\" e\"", "f\\ g"]
+        );
+        assert_eq!(parse_words("x=''", '\\'), ["x=''"]);
+    }
+
+    #[test]
+    fn heredoc_words() {
+        let doc = parse_heredoc_word("<<EOF").unwrap().unwrap();
+        assert_eq!(
+            (
+                doc.name.as_str(),
+                doc.expand,
+                doc.chomp,
+                doc.file_descriptor
+            ),
+            ("EOF", true, false, 0)
+        );
+        let doc = parse_heredoc_word("3<<-'EOF'").unwrap().unwrap();
+        assert_eq!(
+            (
+                doc.name.as_str(),
+                doc.expand,
+                doc.chomp,
+                doc.file_descriptor
+            ),
+            ("EOF", false, true, 3)
+        );
+        let doc = parse_heredoc_word("<<E\"O\"F").unwrap().unwrap();
+        assert_eq!((doc.name.as_str(), doc.expand), ("EOF", false));
+        assert!(parse_heredoc_word("<<").unwrap().is_none());
+        assert!(parse_heredoc_word("a<<EOF").unwrap().is_none());
+        assert!(parse_heredoc_word("<<EOF<").unwrap().is_none());
+    }
+
+    #[test]
+    fn continuation_is_linear() {
+        // 200k continuation lines must not take quadratic time or memory.
+        let mut src = String::from("RUN a \\\n");
+        for _ in 0..200_000 {
+            src.push_str(" b \\\n");
+        }
+        src.push_str(" c\n");
+        let df = parse(&src, "Dockerfile").unwrap();
+        assert_eq!(df.nodes[0].span.end.line, 200_002);
+    }
+}
