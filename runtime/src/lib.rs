@@ -4,3 +4,57 @@
 //! resolv.conf, users and groups, capabilities, rlimits and the exit status.
 //! It is never called from inside a multi-threaded process: the kiln binary
 //! re-executes itself as a helper before any thread exists.
+//!
+//! # How a run goes
+//!
+//! [`run`] (in the caller, which may have threads) prepares a state dir,
+//! starts the helper — `HelperCommand::program` with its args, i.e. kiln's
+//! hidden subcommand, whose entry point calls [`helper_main`] — and sends it
+//! the container's configuration as JSON on a pipe. The helper (a fresh,
+//! single-threaded exec) creates a user namespace when kiln is not root (the
+//! caller then writes the id maps, through newuidmap/newgidmap when the user
+//! has subordinate ids), new PID, UTS, IPC and (for [`Network::None`])
+//! network namespaces, and forks the container's init, PID 1, which creates
+//! its own mount namespace, mounts the overlay root and the rest (see
+//! [`init`]), pivots into it, drops privileges and execs the command. The
+//! helper waits for it and reports its exit status, which [`run`] returns
+//! (death by signal N gives 128+N).
+//!
+//! Mount points the image lacks (/proc, /etc/hosts, volume targets…) come
+//! from a bottom lower layer kiln writes in the state dir, so bind mounts
+//! never leave empty files in the upper dir. The working directory, when
+//! missing, is created in the upper dir, as BuildKit does for RUN.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use kiln_runtime::{run, HelperCommand, RunSpec, UpperDir};
+//! # fn main() -> Result<(), kiln_runtime::RuntimeError> {
+//! let mut spec = RunSpec::new(
+//!     vec!["/var/lib/kiln/snapshots/sha256-abc".into()],
+//!     "/var/lib/kiln/containers/1234".into(),
+//!     vec!["/bin/sh".into(), "-c".into(), "echo hi > /greeting".into()],
+//! );
+//! spec.upper = UpperDir::Keep("/var/lib/kiln/containers-upper/1234".into());
+//! // The kiln binary's hidden subcommand calls kiln_runtime::helper_main().
+//! let status = run(spec, &HelperCommand::current_exe(&["__runtime-helper"]))?;
+//! assert_eq!(status.code(), 0);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod error;
+pub mod helper;
+pub mod idmap;
+pub mod init;
+pub mod parent;
+pub mod protocol;
+pub mod security;
+pub mod spec;
+pub mod sys;
+pub mod user;
+
+pub use error::RuntimeError;
+pub use helper::helper_main;
+pub use parent::run;
+pub use spec::{BindMount, ExitStatus, HelperCommand, Network, RunSpec, Streams, UpperDir};

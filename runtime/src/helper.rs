@@ -1,0 +1,191 @@
+//! The helper process: a fresh exec of the kiln binary, single-threaded, that
+//! creates the namespaces, forks the container's init (PID 1 of the new PID
+//! namespace) and waits for it.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, RawFd};
+use std::path::Path;
+
+use crate::init::container_init;
+use crate::protocol::{send, ContainerConfig, Failure, Report, FDS_ENV};
+use crate::spec::{ExitStatus, Network};
+use crate::sys::{RealSyscalls, Syscalls};
+
+fn parse_fds(value: &str) -> Option<(RawFd, RawFd, RawFd)> {
+    let mut parts = value.split(',').map(|p| p.parse::<RawFd>().ok());
+    let fds = (parts.next()??, parts.next()??, parts.next()??);
+    (fds.0 > 2 && fds.1 > 2 && fds.2 > 2 && parts.next().is_none()).then_some(fds)
+}
+
+fn set_cloexec(fd: RawFd) {
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+}
+
+/// The entry point of the hidden helper subcommand. Call it before any thread
+/// exists (namespaces cannot be unshared by a multi-threaded process) and exit
+/// with the code it returns. The descriptors it talks over are named by the
+/// `KILN_RUNTIME_FDS` environment variable that [`crate::run`] sets; started
+/// any other way it returns 2 with a message on stderr.
+pub fn helper_main() -> i32 {
+    let Some((config_fd, report_fd, sync_fd)) =
+        std::env::var(FDS_ENV).ok().as_deref().and_then(parse_fds)
+    else {
+        eprintln!("kiln: the runtime helper is started by kiln itself, not by hand");
+        return 2;
+    };
+    // The container must not inherit any of them.
+    for fd in [config_fd, report_fd, sync_fd] {
+        set_cloexec(fd);
+    }
+    // SAFETY: the caller passed these descriptors to us and nothing else in
+    // this process uses them.
+    let (mut config_pipe, mut report, mut sync) = unsafe {
+        (
+            File::from_raw_fd(config_fd),
+            File::from_raw_fd(report_fd),
+            File::from_raw_fd(sync_fd),
+        )
+    };
+    let mut bytes = Vec::new();
+    let config: ContainerConfig = match config_pipe
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())
+        .and_then(|_| serde_json::from_slice(&bytes).map_err(|e| e.to_string()))
+    {
+        Ok(config) => config,
+        Err(reason) => return fail(&mut report, "read configuration", reason),
+    };
+    drop(config_pipe);
+    // Ctrl-C reaches the whole foreground process group: the helper must
+    // survive it (kiln forwards it to the container); the container's init
+    // resets these before exec.
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        // SAFETY: setting a disposition to SIG_IGN has no preconditions.
+        unsafe { libc::signal(signal, libc::SIG_IGN) };
+    }
+    let mut sys = RealSyscalls;
+    if config.rootless {
+        if let Err(err) = sys.unshare(libc::CLONE_NEWUSER) {
+            return fail(&mut report, "new user namespace", err.to_string());
+        }
+        send(&mut report, &Report::UsernsReady);
+        let mut go = [0u8; 1];
+        if !matches!(sync.read(&mut go), Ok(1)) {
+            // The caller could not write the id maps; it says why.
+            return 1;
+        }
+    }
+    drop(sync);
+    let mut flags = libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    if config.network == Network::None {
+        flags |= libc::CLONE_NEWNET;
+    }
+    if let Err(err) = sys.unshare(flags) {
+        return fail(&mut report, "new namespaces", err.to_string());
+    }
+    // SAFETY: this process is single-threaded (a fresh exec), so the child
+    // may do anything after fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        let err = std::io::Error::last_os_error();
+        return fail(&mut report, "fork", err.to_string());
+    }
+    if pid == 0 {
+        let mut child_report = report;
+        let failure = container_init(&mut sys, &config, &mut |r| send(&mut child_report, &r));
+        let code = match &failure {
+            Failure::Exec { code, .. } => *code,
+            _ => 1,
+        };
+        send(&mut child_report, &Report::Failed(failure));
+        // SAFETY: leaving the forked child without running the parent's
+        // atexit handlers or flushing its copies of buffers.
+        unsafe { libc::_exit(code) };
+    }
+    send(&mut report, &Report::Started { pid });
+    let status = wait_for(pid);
+    // Inside a user namespace the container's files may belong to ids only
+    // this namespace can remove.
+    for path in &config.remove_after_exit {
+        remove_tree(path);
+    }
+    send(&mut report, &Report::Exited(status));
+    let _ = report.flush();
+    0
+}
+
+fn fail(report: &mut File, step: &str, reason: String) -> i32 {
+    send(
+        report,
+        &Report::Failed(Failure::Setup {
+            step: step.to_string(),
+            reason,
+        }),
+    );
+    1
+}
+
+fn wait_for(pid: libc::pid_t) -> ExitStatus {
+    loop {
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc == pid {
+            if libc::WIFEXITED(status) {
+                return ExitStatus::exited(libc::WEXITSTATUS(status));
+            }
+            if libc::WIFSIGNALED(status) {
+                return ExitStatus::signaled(libc::WTERMSIG(status));
+            }
+            continue;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            // ECHILD: nothing left to wait for; report a generic failure.
+            return ExitStatus::exited(255);
+        }
+    }
+}
+
+/// Removes a tree, making directories writable first when plain removal is
+/// refused (overlay's work dir holds a mode-000 directory).
+pub(crate) fn remove_tree(path: &Path) {
+    if std::fs::remove_dir_all(path).is_ok() || !path.exists() {
+        return;
+    }
+    make_writable(path);
+    if let Err(err) = std::fs::remove_dir_all(path) {
+        tracing::warn!("removing {}: {err}", path.display());
+    }
+}
+
+fn make_writable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    if meta.is_dir() {
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
+        if let Ok(entries) = std::fs::read_dir(path) {
+            for entry in entries.flatten() {
+                make_writable(&entry.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_fds;
+
+    #[test]
+    fn fds_env_is_three_descriptors_above_stdio() {
+        assert_eq!(parse_fds("3,4,5"), Some((3, 4, 5)));
+        assert_eq!(parse_fds("3,4"), None);
+        assert_eq!(parse_fds("3,4,5,6"), None);
+        assert_eq!(parse_fds("1,4,5"), None);
+        assert_eq!(parse_fds("a,4,5"), None);
+    }
+}

@@ -1,0 +1,129 @@
+//! User-namespace id maps for rootless runs: uid/gid 0 inside is the calling
+//! user; the user's /etc/subuid and /etc/subgid ranges follow from 1 on,
+//! written by the setuid helpers newuidmap/newgidmap when they are installed.
+//! Without them (or without a range) only 0 is mapped, written directly.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::error::RuntimeError;
+
+/// One `name:start:count` line of /etc/subuid or /etc/subgid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubIdRange {
+    pub start: u64,
+    pub count: u64,
+}
+
+/// The first range for `user` (by name or numeric id) in a subid file's text.
+pub fn find_subid_range(text: &str, name: Option<&str>, id: u32) -> Option<SubIdRange> {
+    text.lines().find_map(|line| {
+        let mut fields = line.trim().split(':');
+        let owner = fields.next()?;
+        let start = fields.next()?.parse().ok()?;
+        let count = fields.next()?.parse().ok()?;
+        let matches = Some(owner) == name || owner.parse::<u32>().ok() == Some(id);
+        (matches && count > 0).then_some(SubIdRange { start, count })
+    })
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() > 2 && fields[2].parse::<u32>().ok() == Some(uid))
+            .then(|| fields[0].to_string())
+    })
+}
+
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/bin", "/usr/sbin", "/bin", "/sbin"])
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file());
+    found
+}
+
+fn map_with_helper(
+    program: &Path,
+    pid: libc::pid_t,
+    id: u32,
+    range: SubIdRange,
+) -> Result<(), RuntimeError> {
+    let output = Command::new(program)
+        .arg(pid.to_string())
+        .args(["0", &id.to_string(), "1"])
+        .args(["1", &range.start.to_string(), &range.count.to_string()])
+        .output()
+        .map_err(|e| RuntimeError::IdMap(format!("{}: {e}", program.display())))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(RuntimeError::IdMap(format!(
+            "{} failed ({}): {}",
+            program.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}
+
+fn write_proc(pid: libc::pid_t, file: &str, content: &str) -> Result<(), RuntimeError> {
+    let path = format!("/proc/{pid}/{file}");
+    std::fs::write(&path, content).map_err(|e| RuntimeError::IdMap(format!("{path}: {e}")))
+}
+
+/// Writes the uid and gid maps of the user namespace that process `pid` has
+/// just created.
+pub fn write_id_maps(pid: libc::pid_t) -> Result<(), RuntimeError> {
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let name = user_name(uid);
+    let range = |file: &str, id: u32| {
+        std::fs::read_to_string(file)
+            .ok()
+            .and_then(|text| find_subid_range(&text, name.as_deref(), id))
+    };
+
+    match (range("/etc/subuid", uid), find_program("newuidmap")) {
+        (Some(r), Some(program)) => map_with_helper(&program, pid, uid, r)?,
+        _ => write_proc(pid, "uid_map", &format!("0 {uid} 1\n"))?,
+    }
+    match (range("/etc/subgid", gid), find_program("newgidmap")) {
+        (Some(r), Some(program)) => map_with_helper(&program, pid, gid, r)?,
+        _ => {
+            // An unprivileged gid map requires giving up setgroups first.
+            write_proc(pid, "setgroups", "deny\n")?;
+            write_proc(pid, "gid_map", &format!("0 {gid} 1\n"))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subid_range_by_name_or_id() {
+        let text = "alice:100000:65536\n1001:200000:1000\nbob:300000:0\n";
+        assert_eq!(
+            find_subid_range(text, Some("alice"), 1000),
+            Some(SubIdRange {
+                start: 100000,
+                count: 65536
+            })
+        );
+        assert_eq!(
+            find_subid_range(text, Some("carol"), 1001),
+            Some(SubIdRange {
+                start: 200000,
+                count: 1000
+            })
+        );
+        assert_eq!(find_subid_range(text, Some("bob"), 1002), None);
+        assert_eq!(find_subid_range("garbage\n", None, 0), None);
+    }
+}

@@ -1,0 +1,478 @@
+//! The container's init: runs in the process that becomes PID 1 of the new
+//! PID namespace, from fork to execve. Every kernel call goes through
+//! [`Syscalls`], so the whole sequence is a unit-tested plan.
+//!
+//! Order, and why:
+//! 1. signals to default, own session (and controlling terminal with `-t`);
+//! 2. a new mount namespace with every mount private, so nothing propagates
+//!    back to the host;
+//! 3. the overlay root, then /proc, /sys (read-only), /dev (tmpfs with the
+//!    standard devices, devpts, shm, mqueue, std* links), the bind mounts
+//!    (hosts, resolv.conf, hostname, volumes) and Docker's masked and
+//!    read-only /proc and /sys paths;
+//! 4. pivot_root into it and detach the old root: host files are gone;
+//! 5. hostname, `lo` up, the user from the image's own /etc/passwd, the
+//!    working directory (created as root when missing), the executable from
+//!    the container's `PATH`;
+//! 6. rlimits, the bounding set, groups/gid/uid, the default capabilities,
+//!    parent-death signal, no_new_privs, umask, seccomp last, then execve.
+
+use std::convert::Infallible;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::protocol::{ContainerConfig, Failure, Report};
+use crate::security::{default_seccomp_filters, dropped_capabilities, DEFAULT_CAPABILITIES};
+use crate::spec::Network;
+use crate::sys::Syscalls;
+use crate::user::{resolve_user, ResolvedUser};
+
+/// Docker's PATH when the image sets none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Character devices in /dev: name, major, minor.
+const DEVICES: &[(&str, u32, u32)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+const DEV_LINKS: &[(&str, &str)] = &[
+    ("ptmx", "pts/ptmx"),
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("core", "/proc/kcore"),
+];
+
+/// Docker's masked paths: hidden behind /dev/null or an empty read-only tmpfs.
+const MASKED_PATHS: &[&str] = &[
+    "proc/acpi",
+    "proc/asound",
+    "proc/interrupts",
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/sched_debug",
+    "proc/scsi",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "sys/devices/virtual/powercap",
+    "sys/firmware",
+];
+
+/// Docker's read-only paths.
+const READONLY_PATHS: &[&str] = &[
+    "proc/bus",
+    "proc/fs",
+    "proc/irq",
+    "proc/sys",
+    "proc/sysrq-trigger",
+];
+
+/// The files kiln writes and bind-mounts over /etc, so they never land in a layer.
+pub const ETC_FILES: &[&str] = &["hosts", "resolv.conf", "hostname"];
+
+fn step<T>(name: impl Into<String>, result: io::Result<T>) -> Result<T, Failure> {
+    result.map_err(|err| Failure::Setup {
+        step: name.into(),
+        reason: err.to_string(),
+    })
+}
+
+/// Runs the whole init sequence; returns only when something failed (on
+/// success the process has become the container's command).
+pub fn container_init(
+    sys: &mut dyn Syscalls,
+    cfg: &ContainerConfig,
+    report: &mut dyn FnMut(Report),
+) -> Failure {
+    match init(sys, cfg, report) {
+        Err(failure) => failure,
+        Ok(never) => match never {},
+    }
+}
+
+fn init(
+    sys: &mut dyn Syscalls,
+    cfg: &ContainerConfig,
+    report: &mut dyn FnMut(Report),
+) -> Result<Infallible, Failure> {
+    if cfg.argv.is_empty() {
+        return Err(Failure::Setup {
+            step: "command".into(),
+            reason: "no command specified".into(),
+        });
+    }
+    sys.umask(0);
+    step("reset signals", sys.reset_signals())?;
+    step("setsid", sys.setsid())?;
+    if cfg.terminal {
+        step("controlling terminal", sys.set_controlling_terminal(0))?;
+    }
+    step("new mount namespace", sys.unshare(libc::CLONE_NEWNS))?;
+    prepare_rootfs(sys, cfg, report)?;
+    enter_rootfs(sys, &cfg.rootfs)?;
+    step("sethostname", sys.sethostname(&cfg.hostname))?;
+    if cfg.network == Network::None {
+        step("bring lo up", sys.loopback_up())?;
+    }
+
+    let user = lookup_user(sys, cfg)?;
+    let cwd = if cfg.cwd.is_empty() {
+        "/"
+    } else {
+        cfg.cwd.as_str()
+    };
+    let cwd = Path::new(cwd);
+    step(
+        format!("create working directory {}", cwd.display()),
+        sys.mkdir_all(cwd, 0o755),
+    )?;
+    step(format!("chdir {}", cwd.display()), sys.chdir(cwd))?;
+    let env = finalize_env(&cfg.env, &user);
+    let program = find_executable(sys, &cfg.argv[0], &env)?;
+
+    let (soft, hard) = cfg.nofile;
+    step("rlimit nofile", sys.set_nofile_limit(soft, hard))?;
+    for cap in dropped_capabilities() {
+        match sys.drop_bounding_cap(cap) {
+            // A capability this kernel does not have is already not there.
+            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {}
+            other => step(format!("drop {cap} from the bounding set"), other)?,
+        }
+    }
+    // Without setgroups (a user namespace whose gid map was written without
+    // privileges) the image's supplementary groups cannot be set.
+    if sys.setgroups_allowed() {
+        step("setgroups", sys.setgroups(&user.groups))?;
+    }
+    step("keep capabilities", sys.set_keep_caps(true))?;
+    step(format!("setgid {}", user.gid), sys.setresgid(user.gid))?;
+    step(format!("setuid {}", user.uid), sys.setresuid(user.uid))?;
+    step("keep capabilities", sys.set_keep_caps(false))?;
+    step("capabilities", sys.set_caps(DEFAULT_CAPABILITIES))?;
+    // Set after the uid change, which clears it.
+    step(
+        "parent death signal",
+        sys.set_parent_death_signal(libc::SIGKILL),
+    )?;
+    step("no_new_privs", sys.set_no_new_privs())?;
+    sys.umask(0o022);
+    if cfg.seccomp {
+        let filters = default_seccomp_filters().map_err(|err| Failure::Setup {
+            step: "seccomp".into(),
+            reason: err.to_string(),
+        })?;
+        step("seccomp", sys.apply_seccomp(&filters))?;
+    }
+    let err = sys.exec(&program, &cfg.argv, &env);
+    Err(exec_failure(&cfg.argv[0], &err))
+}
+
+fn exec_failure(program: &str, err: &io::Error) -> Failure {
+    let (reason, code) = match err.raw_os_error() {
+        Some(libc::ENOENT) => ("no such file or directory".to_string(), 127),
+        Some(libc::EACCES) => ("permission denied".to_string(), 126),
+        Some(libc::ENOEXEC) => ("exec format error".to_string(), 126),
+        Some(libc::ENOTDIR) => ("not a directory".to_string(), 127),
+        _ => (err.to_string(), 126),
+    };
+    Failure::Exec {
+        program: program.to_string(),
+        reason,
+        code,
+    }
+}
+
+fn lookup_user(sys: &mut dyn Syscalls, cfg: &ContainerConfig) -> Result<ResolvedUser, Failure> {
+    let passwd = step("read /etc/passwd", sys.read_file(Path::new("/etc/passwd")))?;
+    let group = step("read /etc/group", sys.read_file(Path::new("/etc/group")))?;
+    resolve_user(&cfg.user, passwd.as_deref(), group.as_deref()).map_err(|err| {
+        Failure::UnknownUser {
+            user: cfg.user.clone(),
+            reason: err.to_string(),
+        }
+    })
+}
+
+/// The environment the process gets: the caller's, plus Docker's `PATH` and
+/// the user's `HOME` when they are missing.
+pub fn finalize_env(env: &[String], user: &ResolvedUser) -> Vec<String> {
+    let mut out = env.to_vec();
+    let has = |key: &str| env.iter().any(|e| e.split('=').next() == Some(key));
+    if !has("PATH") {
+        out.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if !has("HOME") {
+        out.push(format!("HOME={}", user.home));
+    }
+    out
+}
+
+/// A command without '/' is looked up in the container's `PATH`, like Go's
+/// `exec.LookPath` in runc: the first regular file with an execute bit.
+fn find_executable(
+    sys: &mut dyn Syscalls,
+    program: &str,
+    env: &[String],
+) -> Result<PathBuf, Failure> {
+    if program.contains('/') {
+        return Ok(PathBuf::from(program));
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    if !program.is_empty() {
+        for dir in path.split(':') {
+            let dir = if dir.is_empty() { "." } else { dir };
+            let candidate = Path::new(dir).join(program);
+            if let Ok(Some(mode)) = sys.stat_mode(&candidate) {
+                if mode & libc::S_IFMT == libc::S_IFREG && mode & 0o111 != 0 {
+                    return Ok(candidate);
+                }
+            }
+        }
+    }
+    Err(Failure::Exec {
+        program: program.to_string(),
+        reason: "executable file not found in $PATH".to_string(),
+        code: 127,
+    })
+}
+
+/// Makes sure a mount point exists. The caller put every mount point in a
+/// bottom lower layer, so normally it does and nothing lands in the upper
+/// dir; when the image hides it (a whiteout), it is created and reported so
+/// the caller can remove it from the upper dir afterwards.
+fn ensure_mount_point(
+    sys: &mut dyn Syscalls,
+    root: &Path,
+    rel: &Path,
+    dir: bool,
+    report: &mut dyn FnMut(Report),
+) -> Result<PathBuf, Failure> {
+    let target = root.join(rel);
+    let exists = step(format!("stat {}", target.display()), sys.stat_mode(&target))?;
+    if exists.is_none() {
+        if dir {
+            step(
+                format!("mkdir {}", target.display()),
+                sys.mkdir_all(&target, 0o755),
+            )?;
+        } else {
+            if let Some(parent) = target.parent() {
+                step(
+                    format!("mkdir {}", parent.display()),
+                    sys.mkdir_all(parent, 0o755),
+                )?;
+            }
+            step(
+                format!("create {}", target.display()),
+                sys.create_file(&target, 0o644),
+            )?;
+        }
+        report(Report::StubCreated {
+            path: rel.to_path_buf(),
+        });
+    }
+    Ok(target)
+}
+
+fn mount(
+    sys: &mut dyn Syscalls,
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> Result<(), Failure> {
+    step(
+        format!(
+            "mount {} on {}",
+            if source.is_empty() { fstype } else { source },
+            target.display()
+        ),
+        sys.mount(source, target, fstype, flags, data),
+    )
+}
+
+fn remount_read_only(sys: &mut dyn Syscalls, target: &Path) -> Result<(), Failure> {
+    // Flags the mount already has must be repeated: inside a user namespace
+    // nosuid/nodev/noexec are locked and a remount without them is refused.
+    let kept = step(
+        format!("statvfs {}", target.display()),
+        sys.mount_flags(target),
+    )?;
+    mount(
+        sys,
+        "",
+        target,
+        "",
+        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | kept,
+        "",
+    )
+}
+
+fn prepare_rootfs(
+    sys: &mut dyn Syscalls,
+    cfg: &ContainerConfig,
+    report: &mut dyn FnMut(Report),
+) -> Result<(), Failure> {
+    let root = cfg.rootfs.as_path();
+    mount(
+        sys,
+        "",
+        Path::new("/"),
+        "",
+        libc::MS_REC | libc::MS_PRIVATE,
+        "",
+    )?;
+    mount(sys, "overlay", root, "overlay", 0, &cfg.overlay_options)?;
+
+    let proc_dir = ensure_mount_point(sys, root, Path::new("proc"), true, report)?;
+    let no_sde = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mount(sys, "proc", &proc_dir, "proc", no_sde, "")?;
+
+    let sys_dir = ensure_mount_point(sys, root, Path::new("sys"), true, report)?;
+    if cfg.rootless && cfg.network == Network::Host {
+        // sysfs can only be mounted by the owner of the network namespace;
+        // in a user namespace sharing the host's network, bind the host's.
+        mount(sys, "/sys", &sys_dir, "", libc::MS_BIND | libc::MS_REC, "")?;
+        remount_read_only(sys, &sys_dir)?;
+    } else {
+        mount(
+            sys,
+            "sysfs",
+            &sys_dir,
+            "sysfs",
+            no_sde | libc::MS_RDONLY,
+            "",
+        )?;
+    }
+
+    let dev = ensure_mount_point(sys, root, Path::new("dev"), true, report)?;
+    mount(
+        sys,
+        "tmpfs",
+        &dev,
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_STRICTATIME,
+        "mode=755,size=65536k",
+    )?;
+    for (name, major, minor) in DEVICES {
+        let path = dev.join(name);
+        if cfg.rootless {
+            // mknod is refused in a user namespace: bind the host's node.
+            step(
+                format!("create {}", path.display()),
+                sys.create_file(&path, 0o666),
+            )?;
+            let host = format!("/dev/{name}");
+            mount(sys, &host, &path, "", libc::MS_BIND, "")?;
+        } else {
+            step(
+                format!("mknod {}", path.display()),
+                sys.mknod_char(&path, 0o666, *major, *minor),
+            )?;
+        }
+    }
+    let pts = dev.join("pts");
+    step("mkdir /dev/pts", sys.mkdir_all(&pts, 0o755))?;
+    // gid 5 (tty) may not be mapped in a user namespace.
+    let pts_options = if cfg.rootless {
+        "newinstance,ptmxmode=0666,mode=0620"
+    } else {
+        "newinstance,ptmxmode=0666,mode=0620,gid=5"
+    };
+    mount(
+        sys,
+        "devpts",
+        &pts,
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        pts_options,
+    )?;
+    let shm = dev.join("shm");
+    step("mkdir /dev/shm", sys.mkdir_all(&shm, 0o755))?;
+    mount(sys, "shm", &shm, "tmpfs", no_sde, "mode=1777,size=65536k")?;
+    let mqueue = dev.join("mqueue");
+    step("mkdir /dev/mqueue", sys.mkdir_all(&mqueue, 0o755))?;
+    mount(sys, "mqueue", &mqueue, "mqueue", no_sde, "")?;
+    for (name, target) in DEV_LINKS {
+        step(
+            format!("symlink /dev/{name}"),
+            sys.symlink(target, &dev.join(name)),
+        )?;
+    }
+
+    for name in ETC_FILES {
+        let rel = Path::new("etc").join(name);
+        let target = ensure_mount_point(sys, root, &rel, false, report)?;
+        let source = cfg.etc_dir.join(name);
+        mount(
+            sys,
+            &source.to_string_lossy(),
+            &target,
+            "",
+            libc::MS_BIND,
+            "",
+        )?;
+    }
+    for volume in &cfg.mounts {
+        let rel = volume.target.strip_prefix("/").unwrap_or(&volume.target);
+        let is_dir = step(
+            format!("stat {}", volume.source.display()),
+            sys.stat_mode(&volume.source),
+        )?
+        .is_none_or(|mode| mode & libc::S_IFMT == libc::S_IFDIR);
+        let target = ensure_mount_point(sys, root, rel, is_dir, report)?;
+        let source = volume.source.to_string_lossy();
+        mount(sys, &source, &target, "", libc::MS_BIND | libc::MS_REC, "")?;
+        if volume.read_only {
+            remount_read_only(sys, &target)?;
+        }
+    }
+
+    let null = dev.join("null");
+    for rel in MASKED_PATHS {
+        let target = root.join(rel);
+        match step(format!("stat {}", target.display()), sys.stat_mode(&target))? {
+            Some(mode) if mode & libc::S_IFMT == libc::S_IFDIR => {
+                mount(sys, "tmpfs", &target, "tmpfs", libc::MS_RDONLY, "size=0")?
+            }
+            Some(_) => mount(sys, &null.to_string_lossy(), &target, "", libc::MS_BIND, "")?,
+            None => {}
+        }
+    }
+    for rel in READONLY_PATHS {
+        let target = root.join(rel);
+        if step(format!("stat {}", target.display()), sys.stat_mode(&target))?.is_some() {
+            let source = target.to_string_lossy().into_owned();
+            mount(sys, &source, &target, "", libc::MS_BIND | libc::MS_REC, "")?;
+            remount_read_only(sys, &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// pivot_root(".", ".") then detaching the old root, which stays stacked
+/// under the new one until then (runc's way: no put_old directory needed).
+fn enter_rootfs(sys: &mut dyn Syscalls, root: &Path) -> Result<(), Failure> {
+    step("chdir to rootfs", sys.chdir(root))?;
+    step("pivot_root", sys.pivot_root(Path::new("."), Path::new(".")))?;
+    step(
+        "detach old root",
+        sys.umount(Path::new("."), libc::MNT_DETACH),
+    )?;
+    step("chdir /", sys.chdir(Path::new("/")))
+}
+
+#[cfg(test)]
+mod tests;

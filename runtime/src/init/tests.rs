@@ -1,0 +1,257 @@
+//! The init sequence against the recording fake: each case's exact list of
+//! kernel calls is kept in `runtime/testdata/plans/<case>.txt`
+//! (`KILN_BLESS=1` rewrites them; review the diff).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use super::*;
+use crate::spec::BindMount;
+use crate::sys::RecordingSyscalls;
+
+const DIR: u32 = libc::S_IFDIR | 0o755;
+const FILE: u32 = libc::S_IFREG | 0o644;
+const EXE: u32 = libc::S_IFREG | 0o755;
+
+fn config() -> ContainerConfig {
+    ContainerConfig {
+        rootless: false,
+        rootfs: PathBuf::from("/state/rootfs"),
+        overlay_options:
+            "lowerdir=/l1:/state/mountpoints,upperdir=/state/upper,workdir=/state/work".into(),
+        etc_dir: PathBuf::from("/state/etc"),
+        image: "busybox".into(),
+        argv: vec!["sh".into(), "-c".into(), "id".into()],
+        env: vec!["FOO=bar".into()],
+        cwd: "/work".into(),
+        user: "app".into(),
+        hostname: "box".into(),
+        network: Network::None,
+        mounts: vec![],
+        terminal: false,
+        seccomp: true,
+        nofile: (1024, 4096),
+        remove_after_exit: vec![],
+    }
+}
+
+fn fake() -> RecordingSyscalls {
+    let mut sys = RecordingSyscalls::default();
+    let modes: HashMap<PathBuf, u32> = [
+        ("/state/rootfs/proc", DIR),
+        ("/state/rootfs/sys", DIR),
+        ("/state/rootfs/dev", DIR),
+        ("/state/rootfs/etc/resolv.conf", FILE),
+        ("/state/rootfs/etc/hostname", FILE),
+        ("/state/rootfs/proc/kcore", FILE),
+        ("/state/rootfs/proc/acpi", DIR),
+        ("/state/rootfs/sys/firmware", DIR),
+        ("/state/rootfs/proc/sys", DIR),
+        ("/state/rootfs/proc/sysrq-trigger", FILE),
+        ("/host/data", DIR),
+        ("/host/file.txt", FILE),
+        ("/state/rootfs/data", DIR),
+        ("/state/rootfs/config.txt", FILE),
+        ("/usr/bin/sh", FILE),
+        ("/bin/sh", EXE),
+    ]
+    .into_iter()
+    .map(|(p, m)| (PathBuf::from(p), m))
+    .collect();
+    sys.modes = modes;
+    sys.files.insert(
+        PathBuf::from("/etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n".into(),
+    );
+    sys.files.insert(
+        PathBuf::from("/etc/group"),
+        "root:x:0:\nwheel:x:10:app\n".into(),
+    );
+    sys
+}
+
+/// Runs the init on the fake; returns the failure and the transcript (the
+/// calls, then the reports, then the failure).
+fn transcript(sys: &mut RecordingSyscalls, cfg: &ContainerConfig) -> (Failure, String) {
+    let mut reports = Vec::new();
+    let failure = container_init(sys, cfg, &mut |r| reports.push(r));
+    let mut text = sys.calls.join("\n");
+    for report in &reports {
+        text.push_str(&format!("\nreport {report:?}"));
+    }
+    text.push_str(&format!("\nresult {failure:?}\n"));
+    (failure, text)
+}
+
+fn check_golden(case: &str, actual: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/plans")
+        .join(format!("{case}.txt"));
+    if std::env::var_os("KILN_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (KILN_BLESS=1 writes it)", path.display()));
+    assert_eq!(
+        expected,
+        actual,
+        "plan {case} changed; KILN_BLESS=1 rewrites {}",
+        path.display()
+    );
+}
+
+#[test]
+fn root_with_volumes_and_no_network() {
+    let mut cfg = config();
+    cfg.mounts = vec![
+        BindMount {
+            source: "/host/data".into(),
+            target: "/data".into(),
+            read_only: false,
+        },
+        BindMount {
+            source: "/host/file.txt".into(),
+            target: "/config.txt".into(),
+            read_only: true,
+        },
+    ];
+    let mut sys = fake();
+    let (failure, text) = transcript(&mut sys, &cfg);
+    // The fake cannot exec: the sequence ran to the end.
+    assert!(
+        text.contains("\nexec /bin/sh [\"sh\", \"-c\", \"id\"]"),
+        "{text}"
+    );
+    assert!(matches!(failure, Failure::Exec { code: 126, .. }));
+    // /etc/hosts was missing from the image (and the mount-point layer).
+    assert!(text.contains("report StubCreated { path: \"etc/hosts\" }"));
+    check_golden("root_network_none", &text);
+}
+
+#[test]
+fn rootless_host_network_terminal_without_seccomp() {
+    let mut cfg = config();
+    cfg.rootless = true;
+    cfg.network = Network::Host;
+    cfg.terminal = true;
+    cfg.seccomp = false;
+    cfg.user = String::new();
+    cfg.cwd = String::new();
+    cfg.argv = vec!["/bin/true".into()];
+    let mut sys = fake();
+    sys.modes
+        .insert(PathBuf::from("/state/rootfs/etc/hosts"), FILE);
+    sys.setgroups_denied = true;
+    let (_, text) = transcript(&mut sys, &cfg);
+    assert!(!text.contains("loopback_up"));
+    assert!(!text.contains("mknod"));
+    assert!(!text.contains("setgroups"));
+    assert!(!text.contains("seccomp"));
+    assert!(!text.contains("StubCreated"));
+    check_golden("rootless_network_host", &text);
+}
+
+#[test]
+fn command_not_in_path_fails_before_dropping_privileges() {
+    let mut cfg = config();
+    cfg.argv = vec!["nosuch".into()];
+    let mut sys = fake();
+    let (failure, text) = transcript(&mut sys, &cfg);
+    assert_eq!(
+        failure,
+        Failure::Exec {
+            program: "nosuch".into(),
+            reason: "executable file not found in $PATH".into(),
+            code: 127
+        }
+    );
+    assert!(!text.contains("setresuid"), "{text}");
+    assert!(!text.contains("exec "), "{text}");
+}
+
+#[test]
+fn exec_errors_map_to_docker_codes() {
+    for (errno, code, reason) in [
+        (libc::ENOENT, 127, "no such file or directory"),
+        (libc::EACCES, 126, "permission denied"),
+        (libc::ENOEXEC, 126, "exec format error"),
+    ] {
+        let mut cfg = config();
+        cfg.argv = vec!["/x".into()];
+        let mut sys = fake();
+        sys.fail_on("exec ", errno);
+        let (failure, _) = transcript(&mut sys, &cfg);
+        assert_eq!(
+            failure,
+            Failure::Exec {
+                program: "/x".into(),
+                reason: reason.into(),
+                code
+            }
+        );
+    }
+}
+
+#[test]
+fn unknown_user_is_reported_with_its_name() {
+    let mut cfg = config();
+    cfg.user = "ghost".into();
+    let mut sys = fake();
+    let (failure, text) = transcript(&mut sys, &cfg);
+    assert_eq!(
+        failure,
+        Failure::UnknownUser {
+            user: "ghost".into(),
+            reason: "no user \"ghost\" in /etc/passwd".into()
+        }
+    );
+    // Resolved after pivot_root: from the image's files, not the host's.
+    assert!(text.contains("pivot_root . ."));
+    assert!(!text.contains("mkdir_all /work"));
+}
+
+#[test]
+fn failing_mount_names_the_step_and_stops() {
+    let cfg = config();
+    let mut sys = fake();
+    sys.fail_on("mount overlay", libc::EINVAL);
+    let (failure, text) = transcript(&mut sys, &cfg);
+    assert_eq!(
+        failure,
+        Failure::Setup {
+            step: "mount overlay on /state/rootfs".into(),
+            reason: io::Error::from_raw_os_error(libc::EINVAL).to_string(),
+        }
+    );
+    assert!(text
+        .trim_end()
+        .lines()
+        .rev()
+        .nth(1)
+        .unwrap()
+        .starts_with("mount overlay"));
+}
+
+#[test]
+fn env_gets_default_path_and_home() {
+    let user = ResolvedUser {
+        uid: 1,
+        gid: 1,
+        groups: vec![],
+        home: "/home/x".into(),
+    };
+    assert_eq!(
+        finalize_env(&["A=1".into()], &user),
+        vec![
+            "A=1".to_string(),
+            format!("PATH={DEFAULT_PATH}"),
+            "HOME=/home/x".to_string()
+        ]
+    );
+    assert_eq!(
+        finalize_env(&["PATH=/x".into(), "HOME=/h".into()], &user),
+        vec!["PATH=/x".to_string(), "HOME=/h".to_string()]
+    );
+}

@@ -1,0 +1,855 @@
+//! The caller's side of a run: prepares the state dir, starts the helper,
+//! writes the user-namespace id maps, forwards signals, relays the terminal,
+//! enforces the timeout and turns the helper's reports into a result.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Instant;
+
+use crate::error::RuntimeError;
+use crate::helper::remove_tree;
+use crate::idmap;
+use crate::init::ETC_FILES;
+use crate::protocol::{ContainerConfig, Failure, Report, FDS_ENV};
+use crate::spec::{ExitStatus, HelperCommand, Network, RunSpec, Streams, UpperDir};
+
+fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    move |source| RuntimeError::Io { what, source }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two-element array we own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io_err("pipe")(std::io::Error::last_os_error()));
+    }
+    // SAFETY: both descriptors are new and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The layout of a run's state dir.
+struct StateDir {
+    root: PathBuf,
+    rootfs: PathBuf,
+    work: PathBuf,
+    upper: PathBuf,
+    mount_points: PathBuf,
+    etc: PathBuf,
+}
+
+impl StateDir {
+    fn new(root: &Path, upper: &UpperDir) -> Self {
+        StateDir {
+            root: root.to_path_buf(),
+            rootfs: root.join("rootfs"),
+            work: root.join("work"),
+            upper: match upper {
+                UpperDir::Keep(path) => path.clone(),
+                UpperDir::Discard => root.join("upper"),
+            },
+            mount_points: root.join("mountpoints"),
+            etc: root.join("etc"),
+        }
+    }
+
+    fn create(&self, spec: &RunSpec) -> Result<(), RuntimeError> {
+        let err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| RuntimeError::StateDir { path, source }
+        };
+        if std::fs::read_dir(&self.root).is_ok_and(|mut d| d.next().is_some()) {
+            return Err(RuntimeError::StateDir {
+                path: self.root.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "not empty"),
+            });
+        }
+        for dir in [&self.root, &self.rootfs, &self.work, &self.upper, &self.etc] {
+            std::fs::create_dir_all(dir).map_err(err(dir))?;
+        }
+        // The bottom lower layer: every mount point, so that mounting over a
+        // path the image lacks never creates it in the upper dir (a layer).
+        for dir in ["proc", "sys", "dev", "etc"] {
+            let path = self.mount_points.join(dir);
+            std::fs::create_dir_all(&path).map_err(err(&path))?;
+        }
+        for name in ETC_FILES {
+            let path = self.mount_points.join("etc").join(name);
+            File::create(&path).map_err(err(&path))?;
+        }
+        for volume in &spec.mounts {
+            let rel = volume.target.strip_prefix("/").unwrap_or(&volume.target);
+            let path = self.mount_points.join(rel);
+            if volume.source.is_dir() {
+                std::fs::create_dir_all(&path).map_err(err(&path))?;
+            } else {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(err(parent))?;
+                }
+                File::create(&path).map_err(err(&path))?;
+            }
+        }
+        let files = [
+            ("hostname", format!("{}\n", spec.hostname)),
+            ("hosts", hosts_file(&spec.hostname, spec.network)),
+            ("resolv.conf", resolv_conf()),
+        ];
+        for (name, content) in files {
+            let path = self.etc.join(name);
+            std::fs::write(&path, content).map_err(err(&path))?;
+        }
+        Ok(())
+    }
+
+    fn overlay_options(
+        &self,
+        lower_dirs: &[PathBuf],
+        rootless: bool,
+    ) -> Result<String, RuntimeError> {
+        let mut lowers: Vec<&Path> = lower_dirs.iter().rev().map(PathBuf::as_path).collect();
+        lowers.push(&self.mount_points);
+        let all = lowers
+            .iter()
+            .copied()
+            .chain([self.upper.as_path(), self.work.as_path()]);
+        for path in all {
+            let text = path.to_string_lossy();
+            if text.contains([',', ':', '\\']) {
+                return Err(RuntimeError::InvalidSpec(format!(
+                    "overlay path {text:?} contains ',', ':' or '\\'"
+                )));
+            }
+        }
+        let lowers: Vec<String> = lowers
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        let mut options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowers.join(":"),
+            self.upper.display(),
+            self.work.display()
+        );
+        if rootless {
+            // Unprivileged overlay keeps its whiteout/opaque marks in user.* xattrs.
+            options.push_str(",userxattr");
+        }
+        // The kernel takes mount options up to one page.
+        if options.len() >= 4096 {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "{} lower dirs make overlay options longer than a page",
+                lower_dirs.len()
+            )));
+        }
+        Ok(options)
+    }
+}
+
+/// /etc/hosts: localhost and the container's own name, plus the host's
+/// entries when it shares the host's network.
+fn hosts_file(hostname: &str, network: Network) -> String {
+    let mut hosts =
+        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    if network == Network::Host {
+        if let Ok(host) = std::fs::read_to_string("/etc/hosts") {
+            hosts.push_str(&host);
+        }
+    }
+    hosts
+}
+
+/// The host's resolv.conf, or Docker's fallback when it has none.
+fn resolv_conf() -> String {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_else(|_| "nameserver 8.8.8.8\nnameserver 8.8.4.4\n".to_string())
+}
+
+fn validate(spec: &RunSpec) -> Result<(), RuntimeError> {
+    if spec.argv.is_empty() {
+        return Err(RuntimeError::InvalidSpec("no command specified".into()));
+    }
+    if !spec.cwd.is_empty() && !spec.cwd.starts_with('/') {
+        return Err(RuntimeError::InvalidSpec(format!(
+            "the working directory {:?} is invalid, it needs to be an absolute path",
+            spec.cwd
+        )));
+    }
+    if spec.hostname.is_empty() || spec.hostname.len() > 64 {
+        return Err(RuntimeError::InvalidSpec(format!(
+            "invalid hostname {:?}",
+            spec.hostname
+        )));
+    }
+    for lower in &spec.lower_dirs {
+        std::fs::read_dir(lower).map_err(|source| RuntimeError::LowerDir {
+            path: lower.clone(),
+            source,
+        })?;
+    }
+    for volume in &spec.mounts {
+        std::fs::metadata(&volume.source).map_err(|source| RuntimeError::VolumeSource {
+            path: volume.source.clone(),
+            source,
+        })?;
+        if !volume.target.is_absolute() || volume.target.components().any(|c| c.as_os_str() == "..")
+        {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "volume target {} must be an absolute path without '..'",
+                volume.target.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `spec` and waits for it. See the crate documentation.
+pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeError> {
+    validate(&spec)?;
+    // SAFETY: geteuid cannot fail.
+    let rootless = unsafe { libc::geteuid() } != 0;
+    let state = StateDir::new(&spec.state_dir, &spec.upper);
+    let created = state.create(&spec);
+    let result = created.and_then(|()| launch(spec_config(&spec, &state, rootless)?, spec, helper));
+    let (result, stubs, upper_kept) = match result {
+        Ok((status, stubs, upper)) => (Ok(status), stubs, upper),
+        Err(err) => (Err(err), Vec::new(), None),
+    };
+    if let Some(upper) = upper_kept {
+        remove_stubs(&upper, &stubs);
+    }
+    remove_tree(&state.root);
+    result
+}
+
+fn spec_config(
+    spec: &RunSpec,
+    state: &StateDir,
+    rootless: bool,
+) -> Result<ContainerConfig, RuntimeError> {
+    let mut nofile = (spec.nofile, spec.nofile);
+    if rootless {
+        // Raising the hard limit needs privileges in the initial namespace.
+        let mut current = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit fills the struct we own.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) } == 0 {
+            let cap = current.rlim_max as u64;
+            nofile = (spec.nofile.min(cap), spec.nofile.min(cap));
+        }
+    }
+    let mut remove_after_exit = vec![state.work.clone()];
+    if spec.upper == UpperDir::Discard {
+        remove_after_exit.push(state.upper.clone());
+    }
+    Ok(ContainerConfig {
+        rootless,
+        rootfs: state.rootfs.clone(),
+        overlay_options: state.overlay_options(&spec.lower_dirs, rootless)?,
+        etc_dir: state.etc.clone(),
+        image: spec.image.clone(),
+        argv: spec.argv.clone(),
+        env: spec.env.clone(),
+        cwd: spec.cwd.clone(),
+        user: spec.user.clone(),
+        hostname: spec.hostname.clone(),
+        network: spec.network,
+        mounts: spec
+            .mounts
+            .iter()
+            .map(|m| {
+                let mut m = m.clone();
+                m.source = std::fs::canonicalize(&m.source).unwrap_or(m.source);
+                m
+            })
+            .collect(),
+        terminal: matches!(spec.streams, Streams::Terminal { .. }),
+        seccomp: spec.seccomp,
+        nofile,
+        remove_after_exit,
+    })
+}
+
+/// Removes mount points the init had to create in a kept upper dir, when
+/// they are still what it created (an empty file or directory).
+fn remove_stubs(upper: &Path, stubs: &[PathBuf]) {
+    for rel in stubs.iter().rev() {
+        let path = upper.join(rel);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() && meta.len() == 0 => {
+                let _ = std::fs::remove_file(&path);
+            }
+            Ok(meta) if meta.is_dir() => {
+                let _ = std::fs::remove_dir(&path);
+            }
+            _ => {}
+        }
+    }
+}
+
+type LaunchResult = (ExitStatus, Vec<PathBuf>, Option<PathBuf>);
+
+fn launch(
+    config: ContainerConfig,
+    spec: RunSpec,
+    helper: &HelperCommand,
+) -> Result<LaunchResult, RuntimeError> {
+    let (config_read, config_write) = pipe()?;
+    let (report_read, report_write) = pipe()?;
+    let (sync_read, sync_write) = pipe()?;
+    let child_fds = [
+        config_read.as_raw_fd(),
+        report_write.as_raw_fd(),
+        sync_read.as_raw_fd(),
+    ];
+
+    let mut command = Command::new(&helper.program);
+    command.args(&helper.args).env(
+        FDS_ENV,
+        format!("{},{},{}", child_fds[0], child_fds[1], child_fds[2]),
+    );
+    let mut terminal = None;
+    match spec.streams {
+        Streams::Stdio {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            command.stdin(stdin).stdout(stdout).stderr(stderr);
+        }
+        Streams::Terminal { forward_stdin } => {
+            let pty = Pty::open()?;
+            let slave = |pty: &Pty| -> Result<Stdio, RuntimeError> {
+                Ok(Stdio::from(pty.slave.try_clone().map_err(io_err("pty"))?))
+            };
+            command
+                .stdin(slave(&pty)?)
+                .stdout(slave(&pty)?)
+                .stderr(slave(&pty)?);
+            terminal = Some((pty, forward_stdin));
+        }
+    }
+    // SAFETY: the closure only makes async-signal-safe calls (fcntl, prctl).
+    unsafe {
+        command.pre_exec(move || {
+            for fd in child_fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // If kiln dies, the helper dies, and with it the container.
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            Ok(())
+        });
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|source| RuntimeError::SpawnHelper {
+            program: helper.program.clone(),
+            source,
+        })?;
+    drop(command);
+    drop((config_read, report_write, sync_read));
+    let mut terminal = terminal.map(|(pty, forward_stdin)| {
+        let Pty { master, slave } = pty;
+        drop(slave);
+        TerminalRelay::new(master, forward_stdin)
+    });
+
+    let config_bytes = serde_json::to_vec(&config).map_err(|e| RuntimeError::Io {
+        what: "encode configuration",
+        source: e.into(),
+    })?;
+    let mut config_pipe = File::from(config_write);
+    // The helper reads it all before anything else; a failure to write means
+    // it died, which its exit status tells below.
+    let _ = config_pipe.write_all(&config_bytes);
+    drop(config_pipe);
+
+    let forwarder = if spec.forward_signals {
+        Some(SignalForwarder::install()?)
+    } else {
+        None
+    };
+    let mut watch = Watch {
+        report: File::from(report_read),
+        sync: Some(File::from(sync_write)),
+        buffer: Vec::new(),
+        container_pid: None,
+        helper_pid: child.id() as libc::pid_t,
+        failure: None,
+        exit: None,
+        stubs: Vec::new(),
+        timed_out: false,
+    };
+    let deadline = spec.timeout.map(|t| Instant::now() + t);
+    let loop_result = watch.run(deadline, forwarder.as_ref(), terminal.as_mut());
+    if loop_result.is_err() {
+        let _ = child.kill();
+    }
+    let helper_status = child.wait().map_err(io_err("wait for helper"));
+    if let Some(relay) = terminal.as_mut() {
+        relay.drain();
+    }
+    drop(terminal);
+    drop(forwarder);
+    loop_result?;
+    let helper_status = helper_status?;
+
+    let upper_kept = match &spec.upper {
+        UpperDir::Keep(path) => Some(path.clone()),
+        UpperDir::Discard => None,
+    };
+    if let Some(failure) = watch.failure {
+        return Err(match failure {
+            Failure::UnknownUser { user, reason } => RuntimeError::UnknownUser {
+                user,
+                image: spec.image.clone(),
+                reason,
+            },
+            Failure::Exec {
+                program,
+                reason,
+                code,
+            } => RuntimeError::Exec {
+                program,
+                reason,
+                exit_code: code,
+            },
+            Failure::Setup { step, reason } => RuntimeError::Setup { step, reason },
+        });
+    }
+    if watch.timed_out {
+        if let Some(timeout) = spec.timeout {
+            return Err(RuntimeError::Timeout(timeout));
+        }
+    }
+    match watch.exit {
+        Some(status) => Ok((status, watch.stubs, upper_kept)),
+        None => Err(RuntimeError::HelperDied(helper_status.to_string())),
+    }
+}
+
+/// Reads the helper's reports and reacts to them until the pipe closes.
+struct Watch {
+    report: File,
+    sync: Option<File>,
+    buffer: Vec<u8>,
+    container_pid: Option<libc::pid_t>,
+    helper_pid: libc::pid_t,
+    failure: Option<Failure>,
+    exit: Option<ExitStatus>,
+    stubs: Vec<PathBuf>,
+    timed_out: bool,
+}
+
+impl Watch {
+    fn run(
+        &mut self,
+        deadline: Option<Instant>,
+        signals: Option<&SignalForwarder>,
+        mut terminal: Option<&mut TerminalRelay>,
+    ) -> Result<(), RuntimeError> {
+        loop {
+            let mut fds = vec![pollfd(self.report.as_raw_fd())];
+            if let Some(forwarder) = signals {
+                fds.push(pollfd(forwarder.read_fd()));
+            }
+            let relay_fds = terminal.as_ref().map_or(Vec::new(), |t| t.poll_fds());
+            fds.extend(relay_fds.iter().map(|fd| pollfd(*fd)));
+            let timeout_ms = match deadline {
+                Some(_) if self.timed_out => -1,
+                Some(at) => at
+                    .saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .min(i32::MAX as u128) as i32,
+                None => -1,
+            };
+            // SAFETY: fds is a valid array of pollfd of the given length.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(io_err("poll")(err));
+            }
+            if n == 0 {
+                self.time_out();
+                continue;
+            }
+            if let Some(forwarder) = signals {
+                if fds[1].revents != 0 {
+                    for signal in forwarder.take() {
+                        self.signal(signal);
+                    }
+                }
+            }
+            if let Some(relay) = terminal.as_deref_mut() {
+                let offset = if signals.is_some() { 2 } else { 1 };
+                for (i, fd) in relay_fds.iter().enumerate() {
+                    if fds[offset + i].revents != 0 {
+                        relay.ready(*fd);
+                    }
+                }
+            }
+            if fds[0].revents != 0 && !self.read_reports()? {
+                return Ok(());
+            }
+        }
+    }
+
+    fn time_out(&mut self) {
+        if !self.timed_out {
+            self.timed_out = true;
+            // Killing PID 1 kills the whole PID namespace; before it exists,
+            // killing the helper takes everything down.
+            let target = self.container_pid.unwrap_or(self.helper_pid);
+            // SAFETY: kill with a pid we started.
+            unsafe { libc::kill(target, libc::SIGKILL) };
+        }
+    }
+
+    fn signal(&mut self, signal: libc::c_int) {
+        if let Some(pid) = self.container_pid {
+            // SAFETY: kill with the pid of the container's init.
+            unsafe { libc::kill(pid, signal) };
+        }
+    }
+
+    /// Returns false at end of file.
+    fn read_reports(&mut self) -> Result<bool, RuntimeError> {
+        let mut chunk = [0u8; 4096];
+        let n = match self.report.read(&mut chunk) {
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => return Ok(true),
+            Err(err) => return Err(io_err("read helper report")(err)),
+        };
+        if n == 0 {
+            return Ok(false);
+        }
+        self.buffer.extend_from_slice(&chunk[..n]);
+        while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buffer.drain(..=end).collect();
+            let report: Report = serde_json::from_slice(&line).map_err(|e| {
+                RuntimeError::HelperDied(format!("unreadable report from the helper: {e}"))
+            })?;
+            self.handle(report)?;
+        }
+        Ok(true)
+    }
+
+    fn handle(&mut self, report: Report) -> Result<(), RuntimeError> {
+        match report {
+            Report::UsernsReady => {
+                let result = idmap::write_id_maps(self.helper_pid);
+                if let Err(err) = result {
+                    // Closing the sync pipe without a byte stops the helper.
+                    self.sync = None;
+                    return Err(err);
+                }
+                if let Some(mut sync) = self.sync.take() {
+                    let _ = sync.write_all(&[1]);
+                }
+            }
+            Report::Started { pid } => {
+                self.container_pid = Some(pid);
+                if self.timed_out {
+                    // SAFETY: kill with the pid of the container's init.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            Report::StubCreated { path } => self.stubs.push(path),
+            Report::Failed(failure) => {
+                self.failure.get_or_insert(failure);
+            }
+            Report::Exited(status) => self.exit = Some(status),
+        }
+        Ok(())
+    }
+}
+
+fn pollfd(fd: RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(signal: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let byte = signal as u8;
+        // SAFETY: write(2) is async-signal-safe; the pipe is non-blocking.
+        unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
+    }
+}
+
+/// SIGINT and SIGTERM handlers that hand the signal to the wait loop through
+/// a pipe; the previous handlers come back on drop.
+struct SignalForwarder {
+    read: OwnedFd,
+    _write: OwnedFd,
+    previous: Vec<(libc::c_int, libc::sigaction)>,
+}
+
+const FORWARDED_SIGNALS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
+
+impl SignalForwarder {
+    fn install() -> Result<Self, RuntimeError> {
+        let (read, write) = pipe()?;
+        for fd in [read.as_raw_fd(), write.as_raw_fd()] {
+            // SAFETY: fcntl on descriptors we own.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFL);
+                libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            }
+        }
+        SIGNAL_PIPE.store(write.as_raw_fd(), Ordering::Relaxed);
+        let mut previous = Vec::new();
+        for signal in FORWARDED_SIGNALS {
+            // SAFETY: installing a handler that only calls write(2).
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_signal as *const () as usize;
+                action.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(signal, &action, &mut old) == 0 {
+                    previous.push((signal, old));
+                }
+            }
+        }
+        Ok(SignalForwarder {
+            read,
+            _write: write,
+            previous,
+        })
+    }
+
+    fn read_fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+
+    fn take(&self) -> Vec<libc::c_int> {
+        let mut buf = [0u8; 64];
+        // SAFETY: reading into a buffer we own from a non-blocking pipe.
+        let n = unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        buf[..n.max(0) as usize]
+            .iter()
+            .map(|b| *b as libc::c_int)
+            .collect()
+    }
+}
+
+impl Drop for SignalForwarder {
+    fn drop(&mut self) {
+        for (signal, old) in &self.previous {
+            // SAFETY: restoring the disposition saved at install.
+            unsafe { libc::sigaction(*signal, old, std::ptr::null_mut()) };
+        }
+        SIGNAL_PIPE.store(-1, Ordering::Relaxed);
+    }
+}
+
+/// A new pseudo-terminal pair.
+struct Pty {
+    master: OwnedFd,
+    slave: OwnedFd,
+}
+
+impl Pty {
+    fn open() -> Result<Self, RuntimeError> {
+        let err = || io_err("open a pseudo-terminal")(std::io::Error::last_os_error());
+        // SAFETY: standard posix_openpt/grantpt/unlockpt/ptsname_r sequence
+        // on descriptors and buffers we own.
+        unsafe {
+            let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+            if master < 0 {
+                return Err(err());
+            }
+            let master = OwnedFd::from_raw_fd(master);
+            if libc::grantpt(master.as_raw_fd()) != 0 || libc::unlockpt(master.as_raw_fd()) != 0 {
+                return Err(err());
+            }
+            let mut name = [0 as libc::c_char; 128];
+            if libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len()) != 0 {
+                return Err(err());
+            }
+            let slave = libc::open(
+                name.as_ptr(),
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            );
+            if slave < 0 {
+                return Err(err());
+            }
+            let slave = OwnedFd::from_raw_fd(slave);
+            // The container's terminal starts with kiln's window size.
+            let mut size: libc::winsize = std::mem::zeroed();
+            if libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) == 0 {
+                libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size);
+            }
+            Ok(Pty { master, slave })
+        }
+    }
+}
+
+/// Copies the pty to kiln's stdout and, with `-i`, kiln's stdin to the pty.
+struct TerminalRelay {
+    master: OwnedFd,
+    master_open: bool,
+    forward_stdin: bool,
+    saved_termios: Option<libc::termios>,
+}
+
+impl TerminalRelay {
+    fn new(master: OwnedFd, forward_stdin: bool) -> Self {
+        let mut saved_termios = None;
+        // SAFETY: termios calls on stdin with structs we own.
+        unsafe {
+            if forward_stdin && libc::isatty(libc::STDIN_FILENO) == 1 {
+                let mut termios: libc::termios = std::mem::zeroed();
+                if libc::tcgetattr(libc::STDIN_FILENO, &mut termios) == 0 {
+                    saved_termios = Some(termios);
+                    let mut raw = termios;
+                    libc::cfmakeraw(&mut raw);
+                    libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw);
+                }
+            }
+        }
+        TerminalRelay {
+            master,
+            master_open: true,
+            forward_stdin,
+            saved_termios,
+        }
+    }
+
+    fn poll_fds(&self) -> Vec<RawFd> {
+        let mut fds = Vec::new();
+        if self.master_open {
+            fds.push(self.master.as_raw_fd());
+        }
+        if self.forward_stdin {
+            fds.push(libc::STDIN_FILENO);
+        }
+        fds
+    }
+
+    fn ready(&mut self, fd: RawFd) {
+        let mut buf = [0u8; 8192];
+        // SAFETY: reading into a buffer we own.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if fd == libc::STDIN_FILENO {
+            if n <= 0 {
+                self.forward_stdin = false;
+            } else {
+                write_all(self.master.as_raw_fd(), &buf[..n as usize]);
+            }
+        } else if n <= 0 {
+            // EIO: every slave descriptor is closed.
+            self.master_open = false;
+        } else {
+            write_all(libc::STDOUT_FILENO, &buf[..n as usize]);
+        }
+    }
+
+    /// Copies what the container wrote just before it exited.
+    fn drain(&mut self) {
+        let fd = self.master.as_raw_fd();
+        // SAFETY: fcntl on our descriptor.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+        while self.master_open {
+            self.ready(fd);
+        }
+    }
+}
+
+impl Drop for TerminalRelay {
+    fn drop(&mut self) {
+        if let Some(termios) = self.saved_termios {
+            // SAFETY: restoring the attributes saved in `new`.
+            unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &termios) };
+        }
+    }
+}
+
+fn write_all(fd: RawFd, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: writing from a buffer we own.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return;
+        }
+        bytes = &bytes[n as usize..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_options_put_top_layer_first_and_mount_points_last() {
+        let state = StateDir::new(Path::new("/s"), &UpperDir::Discard);
+        let lowers = vec![PathBuf::from("/l/base"), PathBuf::from("/l/top")];
+        assert_eq!(
+            state.overlay_options(&lowers, false).unwrap(),
+            "lowerdir=/l/top:/l/base:/s/mountpoints,upperdir=/s/upper,workdir=/s/work"
+        );
+        let state = StateDir::new(Path::new("/s"), &UpperDir::Keep(PathBuf::from("/u")));
+        assert_eq!(
+            state.overlay_options(&[], true).unwrap(),
+            "lowerdir=/s/mountpoints,upperdir=/u,workdir=/s/work,userxattr"
+        );
+        assert!(state
+            .overlay_options(&[PathBuf::from("/a:b")], false)
+            .is_err());
+    }
+
+    #[test]
+    fn hosts_file_names_the_container() {
+        let hosts = hosts_file("box", Network::None);
+        assert!(hosts.starts_with("127.0.0.1\tlocalhost box\n"), "{hosts}");
+    }
+
+    #[test]
+    fn spec_validation_rejects_relative_cwd_and_missing_volume() {
+        let mut spec = RunSpec::new(vec![], PathBuf::from("/nonexistent"), vec!["true".into()]);
+        spec.cwd = "relative".into();
+        assert!(matches!(validate(&spec), Err(RuntimeError::InvalidSpec(_))));
+        spec.cwd = "/ok".into();
+        spec.mounts.push(crate::BindMount {
+            source: PathBuf::from("/definitely/not/here"),
+            target: PathBuf::from("/data"),
+            read_only: false,
+        });
+        assert!(matches!(
+            validate(&spec),
+            Err(RuntimeError::VolumeSource { .. })
+        ));
+        let mut spec = RunSpec::new(vec![], PathBuf::from("/x"), vec![]);
+        spec.hostname = "h".into();
+        assert!(matches!(validate(&spec), Err(RuntimeError::InvalidSpec(_))));
+    }
+}

@@ -1,0 +1,85 @@
+//! What the caller and the helper tell each other: the container's
+//! configuration (JSON, caller → helper, on a pipe) and reports (JSON lines,
+//! helper and container init → caller, on another pipe).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{BindMount, ExitStatus, Network};
+
+/// The environment variable naming the helper's descriptors:
+/// `config,report,sync` (see [`crate::helper_main`]).
+pub const FDS_ENV: &str = "KILN_RUNTIME_FDS";
+
+/// Everything the helper and the container's init need, resolved by the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerConfig {
+    /// Run in a new user namespace (kiln is not root).
+    pub rootless: bool,
+    /// Overlay mount point (host path, under the state dir).
+    pub rootfs: PathBuf,
+    /// overlay mount options: lowerdir, upperdir, workdir (and userxattr).
+    pub overlay_options: String,
+    /// Host directory holding `hosts`, `resolv.conf` and `hostname`.
+    pub etc_dir: PathBuf,
+    pub image: String,
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
+    pub hostname: String,
+    pub network: Network,
+    pub mounts: Vec<BindMount>,
+    pub terminal: bool,
+    pub seccomp: bool,
+    pub nofile: (u64, u64),
+    /// Removed by the helper once the container is gone (a discarded upper
+    /// dir, overlay's work dir), from inside the user namespace if any.
+    pub remove_after_exit: Vec<PathBuf>,
+}
+
+/// Why a container did not start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Failure {
+    /// The user or group is not in the image.
+    UnknownUser { user: String, reason: String },
+    /// The executable could not be started: `code` is Docker's (127 not
+    /// found, 126 not executable).
+    Exec {
+        program: String,
+        reason: String,
+        code: i32,
+    },
+    /// A setup step failed (mount, namespace, credentials…).
+    Setup { step: String, reason: String },
+}
+
+/// One line on the report pipe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Report {
+    /// The helper has its user namespace; the caller writes the id maps and
+    /// then one byte on the sync pipe.
+    UsernsReady,
+    /// The container's init process exists, with this pid on the host.
+    Started {
+        pid: i32,
+    },
+    /// The container's init had to create this mount point (a path relative
+    /// to the root) in the upper dir; the caller removes it afterwards.
+    StubCreated {
+        path: PathBuf,
+    },
+    Failed(Failure),
+    Exited(ExitStatus),
+}
+
+/// Writes one report as one `write(2)` so lines from two processes never mix.
+pub fn send(out: &mut impl Write, report: &Report) {
+    if let Ok(mut line) = serde_json::to_vec(report) {
+        line.push(b'\n');
+        // Nobody to tell if the caller is gone: it then tears everything down.
+        let _ = out.write_all(&line);
+    }
+}

@@ -1,0 +1,200 @@
+//! What the caller asks for: [`RunSpec`], and how to re-execute the kiln
+//! binary as the helper: [`HelperCommand`].
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What happens to the overlay's upper dir (the container's writes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpperDir {
+    /// Writes land in this directory, which is kept afterwards (the builder
+    /// turns it into a layer). Created when missing; it must be on the same
+    /// filesystem as [`RunSpec::state_dir`], which holds overlay's work dir.
+    Keep(PathBuf),
+    /// Writes go to a directory under the state dir, removed afterwards.
+    Discard,
+}
+
+/// The container's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Network {
+    /// The host's network namespace.
+    Host,
+    /// A new network namespace with only `lo`, up.
+    None,
+}
+
+/// A host path bind-mounted into the container (`-v HOST:CTR[:ro]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    /// Host path; must exist.
+    pub source: PathBuf,
+    /// Absolute path inside the container.
+    pub target: PathBuf,
+    pub read_only: bool,
+}
+
+/// The container's standard streams.
+#[derive(Debug)]
+pub enum Streams {
+    /// Each stream as given: inherited, null, or one end of a pipe/file the
+    /// caller owns (to capture a RUN step's log, pass a pipe's write end).
+    Stdio {
+        stdin: Stdio,
+        stdout: Stdio,
+        stderr: Stdio,
+    },
+    /// A new pseudo-terminal is the container's stdin, stdout and stderr and
+    /// its controlling terminal; kiln copies it to its own stdout, and its
+    /// own stdin to it when `forward_stdin` (`-i`). When kiln's stdin is a
+    /// terminal it is put in raw mode meanwhile.
+    Terminal { forward_stdin: bool },
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Streams::Stdio {
+            stdin: Stdio::null(),
+            stdout: Stdio::inherit(),
+            stderr: Stdio::inherit(),
+        }
+    }
+}
+
+/// Everything needed to run one process in a container.
+#[derive(Debug)]
+pub struct RunSpec {
+    /// The image's layers, bottom (base layer) first, as overlay lower dirs.
+    /// May be empty (`FROM scratch`).
+    pub lower_dirs: Vec<PathBuf>,
+    /// Where the container's writes go.
+    pub upper: UpperDir,
+    /// A directory for this run's state (the overlay mount point, work dir,
+    /// the hosts/resolv.conf/hostname files, …). Created if missing, must be
+    /// empty, and is removed when the run ends. In the store this is
+    /// `<root>/containers/<id>`.
+    pub state_dir: PathBuf,
+    /// The image's name, for error messages ("no user x in image busybox").
+    pub image: String,
+    /// The command, as Docker computes it from Entrypoint and Cmd. A first
+    /// word without '/' is looked up in the container's `PATH`.
+    pub argv: Vec<String>,
+    /// `KEY=value` pairs. `PATH` and `HOME` get Docker's defaults when absent.
+    pub env: Vec<String>,
+    /// Working directory inside the container; created (as root, mode 0755,
+    /// in the upper dir) when missing. Empty means "/".
+    pub cwd: String,
+    /// `USER`: "" (root), `name`, `uid`, `name:group`, `uid:gid`…, resolved
+    /// in the image's /etc/passwd and /etc/group.
+    pub user: String,
+    pub hostname: String,
+    pub network: Network,
+    pub mounts: Vec<BindMount>,
+    pub streams: Streams,
+    /// Killed (SIGKILL) when it runs longer; the run then fails with
+    /// [`crate::RuntimeError::Timeout`].
+    pub timeout: Option<Duration>,
+    /// Install the default seccomp profile (Docker's `--security-opt
+    /// seccomp=unconfined` is `false`).
+    pub seccomp: bool,
+    /// RLIMIT_NOFILE (soft and hard). Without privileges it is capped to
+    /// kiln's own hard limit.
+    pub nofile: u64,
+    /// Forward SIGINT and SIGTERM received by this process to the container
+    /// while it runs (installs process-wide handlers for the duration: meant
+    /// for `kiln run`, not for a multi-threaded builder).
+    pub forward_signals: bool,
+}
+
+impl RunSpec {
+    /// A spec with Docker's defaults: root, "/", network none, seccomp on,
+    /// nofile 1048576, discarded upper dir, stdin null, output inherited.
+    pub fn new(lower_dirs: Vec<PathBuf>, state_dir: PathBuf, argv: Vec<String>) -> Self {
+        RunSpec {
+            lower_dirs,
+            upper: UpperDir::Discard,
+            state_dir,
+            image: String::new(),
+            argv,
+            env: Vec::new(),
+            cwd: String::new(),
+            user: String::new(),
+            hostname: "kiln".to_string(),
+            network: Network::None,
+            mounts: Vec::new(),
+            streams: Streams::default(),
+            timeout: None,
+            seccomp: true,
+            nofile: 1_048_576,
+            forward_signals: false,
+        }
+    }
+}
+
+/// How to start the helper: the kiln binary (or any binary whose entry point
+/// calls [`crate::helper_main`] for these arguments, before any thread exists).
+#[derive(Debug, Clone)]
+pub struct HelperCommand {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+}
+
+impl HelperCommand {
+    /// The running executable (`/proc/self/exe`) with `args`, e.g. the
+    /// hidden subcommand's name.
+    pub fn current_exe(args: &[&str]) -> Self {
+        HelperCommand {
+            program: PathBuf::from("/proc/self/exe"),
+            args: args.iter().map(OsString::from).collect(),
+        }
+    }
+}
+
+/// How the container's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    code: i32,
+    signal: Option<i32>,
+}
+
+impl ExitStatus {
+    /// Exited with `code`.
+    pub fn exited(code: i32) -> Self {
+        ExitStatus { code, signal: None }
+    }
+
+    /// Killed by `signal`: the code is 128 + signal, as in a shell or Docker.
+    pub fn signaled(signal: i32) -> Self {
+        ExitStatus {
+            code: 128 + signal,
+            signal: Some(signal),
+        }
+    }
+
+    /// The exit code; 128 + N for death by signal N.
+    pub fn code(&self) -> i32 {
+        self.code
+    }
+
+    /// The signal that killed it, if one did.
+    pub fn signal(&self) -> Option<i32> {
+        self.signal
+    }
+
+    pub fn success(&self) -> bool {
+        self.code == 0 && self.signal.is_none()
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.signal {
+            Some(signal) => write!(f, "killed by signal {signal} (exit code {})", self.code),
+            None => write!(f, "exit code {}", self.code),
+        }
+    }
+}
