@@ -5,12 +5,6 @@
 //! explain/check analyses. It speaks no HTTP and calls no mount/unshare: the
 //! registry client, the layer store and the runtime do that on its behalf.
 
-pub mod archive;
 pub mod context;
-pub mod copy;
-pub mod gomatch;
-pub mod modes;
-pub mod rootfs;
-pub mod users;
 pub mod dockerignore;
 pub mod run_argv;
