@@ -5,6 +5,12 @@
 //! explain/check analyses. It speaks no HTTP and calls no mount/unshare: the
 //! registry client, the layer store and the runtime do that on its behalf.
 
+pub mod archive;
 pub mod context;
+pub mod copy;
 pub mod dockerignore;
+pub mod gomatch;
+pub mod modes;
+pub mod rootfs;
 pub mod run_argv;
+pub mod users;

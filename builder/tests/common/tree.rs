@@ -1,13 +1,21 @@
 //! Builds a directory tree from a small text spec, one entry a line:
 //! `d PATH [MODE]`, `f PATH [MODE] [CONTENT...]`, `l PATH TARGET`,
-//! `p PATH` (fifo). Modes are octal; defaults 755 for dirs, 644 for files.
-//! Every mtime is set to a fixed past instant so results do not depend on
-//! when the test ran.
+//! `h PATH EXISTING` (hard link), `p PATH` (fifo), `w PATH` (overlay whiteout), `o PATH [MODE]` (opaque
+//! dir). MODE is octal, optionally `MODE:UID:GID`; defaults 755 for dirs,
+//! 644 for files, owner 0:0. `\n` in CONTENT is a newline. Every mtime is
+//! set to a fixed past instant so results do not depend on when tests ran.
 
-use std::os::unix::fs::PermissionsExt;
+#![allow(dead_code)]
+
+use std::ffi::CString;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 pub const FIXED_MTIME: i64 = 1_600_000_000;
+
+fn cpath(path: &Path) -> CString {
+    CString::new(path.to_str().unwrap()).unwrap()
+}
 
 pub fn build(root: &Path, spec: &str) {
     let mut dirs = Vec::new();
@@ -28,26 +36,34 @@ pub fn build(root: &Path, spec: &str) {
             std::fs::create_dir_all(parent).unwrap();
         }
         match kind {
-            "d" => {
+            "d" | "o" => {
                 std::fs::create_dir_all(&path).unwrap();
-                let mode =
-                    u32::from_str_radix(if rest.is_empty() { "755" } else { rest }, 8).unwrap();
+                let (mode, uid, gid) = mode_owner(if rest.is_empty() { "755" } else { rest });
+                chown(&path, uid, gid);
+                if kind == "o" {
+                    let rc = unsafe {
+                        libc::lsetxattr(
+                            cpath(&path).as_ptr(),
+                            c"trusted.overlay.opaque".as_ptr(),
+                            b"y".as_ptr().cast(),
+                            1,
+                            0,
+                        )
+                    };
+                    assert_eq!(rc, 0, "set opaque on {}", path.display());
+                }
                 dirs.push((path.clone(), mode));
             }
             "f" => {
                 let (mode, content) = match rest.split_once(' ') {
-                    Some((m, c)) if m.chars().all(|c| c.is_ascii_digit()) => (m, c.to_string()),
-                    _ if rest.chars().all(|c| c.is_ascii_digit()) && !rest.is_empty() => {
-                        (rest, String::new())
-                    }
+                    Some((m, c)) if is_mode(m) => (m, c.to_string()),
+                    _ if is_mode(rest) => (rest, String::new()),
                     _ => ("644", rest.to_string()),
                 };
                 std::fs::write(&path, content.replace("\\n", "\n")).unwrap();
-                std::fs::set_permissions(
-                    &path,
-                    std::fs::Permissions::from_mode(u32::from_str_radix(mode, 8).unwrap()),
-                )
-                .unwrap();
+                let (mode, uid, gid) = mode_owner(mode);
+                chown(&path, uid, gid);
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
                 set_mtime(&path);
             }
             "l" => {
@@ -55,9 +71,17 @@ pub fn build(root: &Path, spec: &str) {
                 set_mtime(&path);
             }
             "p" => {
-                let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-                assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+                assert_eq!(unsafe { libc::mkfifo(cpath(&path).as_ptr(), 0o644) }, 0);
                 set_mtime(&path);
+            }
+            "h" => {
+                std::fs::hard_link(root.join(rest), &path).unwrap();
+            }
+            "w" => {
+                assert_eq!(
+                    unsafe { libc::mknod(cpath(&path).as_ptr(), libc::S_IFCHR, 0) },
+                    0
+                );
             }
             other => panic!("bad tree entry kind {other:?} in {line:?}"),
         }
@@ -69,8 +93,23 @@ pub fn build(root: &Path, spec: &str) {
     }
 }
 
+fn is_mode(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == ':')
+}
+
+fn mode_owner(s: &str) -> (u32, u32, u32) {
+    let mut parts = s.split(':');
+    let mode = u32::from_str_radix(parts.next().unwrap(), 8).unwrap();
+    let uid = parts.next().map(|p| p.parse().unwrap()).unwrap_or(0);
+    let gid = parts.next().map(|p| p.parse().unwrap()).unwrap_or(0);
+    (mode, uid, gid)
+}
+
+fn chown(path: &Path, uid: u32, gid: u32) {
+    assert_eq!(unsafe { libc::lchown(cpath(path).as_ptr(), uid, gid) }, 0);
+}
+
 pub fn set_mtime(path: &Path) {
-    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
     let ts = [
         libc::timespec {
             tv_sec: FIXED_MTIME,
@@ -84,10 +123,115 @@ pub fn set_mtime(path: &Path) {
     let rc = unsafe {
         libc::utimensat(
             libc::AT_FDCWD,
-            c.as_ptr(),
+            cpath(path).as_ptr(),
             ts.as_ptr(),
             libc::AT_SYMLINK_NOFOLLOW,
         )
     };
     assert_eq!(rc, 0, "utimensat {}", path.display());
+}
+
+/// Copies the files of `from` (a directory in testdata, e.g. archives) into
+/// `root`, mode 0644 and the fixed mtime.
+pub fn copy_files(from: &Path, root: &Path) {
+    if !from.is_dir() {
+        return;
+    }
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = root.join(entry.file_name());
+        std::fs::copy(entry.path(), &dest).unwrap();
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o644)).unwrap();
+        set_mtime(&dest);
+    }
+}
+
+/// A listing of a directory tree for golden files: kind, path, mode,
+/// owner, content (short text) or size, link target, and the mtime: the
+/// fixed test instant (`t=src`), another past instant (`t=<secs>`) or
+/// recent (`t=now`). Whiteouts show as `w`, opaque dirs are marked.
+pub fn listing(root: &Path) -> String {
+    let mut all = Vec::new();
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = if rel.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&rel)
+        };
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            let child = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            if std::fs::symlink_metadata(root.join(&child))
+                .unwrap()
+                .is_dir()
+            {
+                stack.push(child.clone());
+            }
+            all.push(child);
+        }
+    }
+    all.sort();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut out = String::new();
+    for rel in all {
+        let p = root.join(&rel);
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let ft = m.file_type();
+        let t = if m.mtime() == FIXED_MTIME {
+            "t=src".to_string()
+        } else if m.mtime() < now - 86400 {
+            format!("t={}", m.mtime())
+        } else {
+            "t=now".to_string()
+        };
+        let own = format!("{}:{}", m.uid(), m.gid());
+        let mode = m.mode() & 0o7777;
+        let line = if ft.is_dir() {
+            let mut v = [0u8; 2];
+            let n = unsafe {
+                libc::lgetxattr(
+                    cpath(&p).as_ptr(),
+                    c"trusted.overlay.opaque".as_ptr(),
+                    v.as_mut_ptr().cast(),
+                    2,
+                )
+            };
+            let opaque = if n == 1 { " opaque" } else { "" };
+            format!("d {rel} {mode:o} {own} {t}{opaque}")
+        } else if ft.is_symlink() {
+            format!(
+                "l {rel} -> {} {own} {t}",
+                std::fs::read_link(&p).unwrap().display()
+            )
+        } else if ft.is_file() {
+            let bytes = std::fs::read(&p).unwrap();
+            let shown = match std::str::from_utf8(&bytes) {
+                Ok(text) if bytes.len() <= 40 => format!("{text:?}"),
+                _ => format!("{} bytes", bytes.len()),
+            };
+            let links = if m.nlink() > 1 {
+                format!(" nlink={}", m.nlink())
+            } else {
+                String::new()
+            };
+            format!("f {rel} {mode:o} {own} {shown} {t}{links}")
+        } else if ft.is_char_device() && m.rdev() == 0 {
+            format!("w {rel}")
+        } else if ft.is_fifo() {
+            format!("p {rel} {mode:o} {own}")
+        } else {
+            format!("? {rel}")
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
 }

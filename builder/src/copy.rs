@@ -1,0 +1,821 @@
+//! COPY and ADD as BuildKit's file op executes them (fsutil's `copy`
+//! package), writing into a step's upper dir over the image's lower dirs.
+//!
+//! The Dockerfile frontend maps `COPY src... dest` to one copy action per
+//! source with [`CopyOptions::dockerfile_copy`]: wildcards allowed (and
+//! allowed to match nothing), the source path's own symlinks followed, a
+//! directory's *contents* copied, destination parents created. What happens
+//! then, per matched source:
+//! - the destination's parent is created (the destination itself when it ends
+//!   in `/` or `/.`), 0755 (or a numeric `--chmod`), owned by `--chown` or root;
+//! - the destination path is resolved through symlinks inside the rootfs;
+//! - if the destination is an existing directory, a file (or, without
+//!   contents semantics, a directory) goes inside it under its base name;
+//! - files keep their mode (or take `--chmod`), owner (or `--chown`), mtime
+//!   and atime; symlinks are copied as symlinks; hard links stay linked;
+//! - a directory copied onto an existing one merges into it, keeping the
+//!   existing one's owner and mode but taking the source's mtime.
+//!
+//! ADD additionally extracts local tar archives (see [`crate::archive`]) and
+//! fetches URLs through a caller-provided [`UrlFetcher`].
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::Digest as _;
+
+use crate::context::EntryKind;
+use crate::dockerignore::{MatchInfo, PatternMatcher};
+use crate::gomatch::{contains_wildcards, go_match};
+use crate::modes::Chmod;
+use crate::rootfs::{
+    clean_rel, join, make_node, resolve, set_mode, set_owner, set_times, set_xattr, LayeredRootfs,
+    RootfsError, SourceMeta, SourceTree,
+};
+use crate::users::Owner;
+
+/// Why a COPY/ADD failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("{0}: not found")]
+    SourceNotFound(String),
+    #[error("no source files were specified: {0} matched nothing")]
+    NoMatch(String),
+    #[error("bad source pattern {0:?}")]
+    BadPattern(String),
+    #[error("cannot replace to directory {0} with file")]
+    FileOverDirectory(String),
+    #[error("cannot copy to non-directory: {0}")]
+    DirectoryOverFile(String),
+    #[error("failed to stat {0}: parent of the destination does not exist")]
+    MissingDestParent(String),
+    #[error("archive {archive}: entry {entry:?} would be extracted outside {dest}")]
+    ArchiveBreakout {
+        archive: String,
+        entry: String,
+        dest: String,
+    },
+    #[error("archive {archive}: {message}")]
+    Archive { archive: String, message: String },
+    #[error("fetching {url}: {message}")]
+    Fetch { url: String, message: String },
+    #[error("checksum of {url}: expected {expected}, got {actual}")]
+    ChecksumMismatch {
+        url: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("unsupported checksum {0:?} (want sha256:<hex>, sha384:<hex> or sha512:<hex>)")]
+    BadChecksum(String),
+    #[error(transparent)]
+    Fs(#[from] RootfsError),
+}
+
+/// The knobs of one copy action (BuildKit's `FileActionCopy`).
+#[derive(Debug, Clone, Default)]
+pub struct CopyOptions {
+    /// Expand `*?[` in the source path (Go `filepath.Match` per level).
+    pub allow_wildcard: bool,
+    /// A wildcard matching nothing is not an error.
+    pub allow_empty_wildcard: bool,
+    /// Follow symlinks in the source path itself (its last component too).
+    pub follow_symlinks: bool,
+    /// `COPY dir /dst` copies dir's contents, not dir.
+    pub copy_dir_contents: bool,
+    /// Create missing destination parents (else their absence is an error).
+    pub create_dest_path: bool,
+    /// `--chown`, resolved.
+    pub chown: Option<Owner>,
+    /// `--chmod`.
+    pub chmod: Option<Chmod>,
+    /// Fixed (seconds, nanoseconds) for every copied object, instead of
+    /// each source's own times.
+    pub utime: Option<(i64, i64)>,
+    /// ADD: extract a local source that is a tar archive.
+    pub attempt_unpack: bool,
+    /// `COPY --exclude` patterns, relative to each copied source.
+    pub exclude_patterns: Vec<String>,
+}
+
+impl CopyOptions {
+    /// What `COPY`/`ADD` of a local (context or stage) path uses.
+    pub fn dockerfile_copy(is_add: bool) -> Self {
+        CopyOptions {
+            allow_wildcard: true,
+            allow_empty_wildcard: true,
+            follow_symlinks: true,
+            copy_dir_contents: true,
+            create_dest_path: true,
+            attempt_unpack: is_add,
+            ..Default::default()
+        }
+    }
+
+    /// What a heredoc source or a downloaded URL uses.
+    pub fn single_file() -> Self {
+        CopyOptions {
+            create_dest_path: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// What one copy wrote, as paths in the rootfs (no leading `/`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CopyReport {
+    pub written: Vec<String>,
+    /// Archives that were extracted instead of copied.
+    pub unpacked: Vec<String>,
+}
+
+/// The destination of COPY/ADD as the frontend computes it: relative paths
+/// join the working directory; a trailing `/` (or `/.`, or a bare `.`) is
+/// kept, because it makes the destination a directory.
+pub fn dest_path(workdir: &str, dest: &str) -> String {
+    let dest = if dest.is_empty() || dest == "." {
+        "./"
+    } else {
+        dest
+    };
+    let mut p = crate::dockerignore::go_clean(dest);
+    if !p.starts_with('/') {
+        let wd = if workdir.is_empty() { "/" } else { workdir };
+        p = crate::dockerignore::go_clean(&format!("/{wd}/{p}"));
+    }
+    if dest.ends_with('/') && !p.ends_with('/') {
+        p.push('/');
+    } else if dest.ends_with("/.") {
+        if p != "/" {
+            p.push('/');
+        }
+        p.push('.');
+    }
+    p
+}
+
+/// Copies `src_path` (as written in the Dockerfile, relative to the source
+/// tree's root) to `dest_path` (from [`dest_path`]) in `dest`.
+pub fn copy(
+    src: &dyn SourceTree,
+    src_path: &str,
+    dest: &LayeredRootfs,
+    dest_path: &str,
+    opts: &CopyOptions,
+) -> Result<CopyReport, CopyError> {
+    let mut report = CopyReport::default();
+    if !opts.create_dest_path {
+        let resolved = resolve(dest, &parent_of(&clean_rel(dest_path)), true)?;
+        if dest.stat(&resolved)?.is_none() {
+            return Err(CopyError::MissingDestParent(dest_path.to_string()));
+        }
+    }
+    let matches = if opts.allow_wildcard {
+        let found = resolve_wildcards(src, src_path, opts.follow_symlinks)?;
+        if found.is_empty() {
+            if opts.allow_empty_wildcard {
+                return Ok(report);
+            }
+            return Err(CopyError::NoMatch(src_path.to_string()));
+        }
+        found
+    } else {
+        vec![clean_rel(src_path)]
+    };
+    let excludes = if opts.exclude_patterns.is_empty() {
+        None
+    } else {
+        Some(
+            PatternMatcher::new(&opts.exclude_patterns)
+                .map_err(|e| CopyError::BadPattern(e.to_string()))?,
+        )
+    };
+    for m in matches {
+        if opts.attempt_unpack {
+            let followed = resolve(src, &m, true)?;
+            if let Some(meta) = src.stat(&followed)? {
+                if meta.kind == EntryKind::File {
+                    let host = src.host_file(&followed)?;
+                    if crate::archive::is_archive(&host) {
+                        crate::archive::unpack(&host, dest, dest_path, opts.chown)?;
+                        report.unpacked.push(m.clone());
+                        continue;
+                    }
+                }
+            }
+        }
+        let mut copier = Copier {
+            src,
+            dest,
+            opts,
+            excludes: excludes.as_ref(),
+            inodes: HashMap::new(),
+            pending_parents: Vec::new(),
+            report: &mut report,
+        };
+        copier.copy_one(&m, dest_path)?;
+    }
+    Ok(report)
+}
+
+fn parent_of(rel: &str) -> String {
+    match rel.rfind('/') {
+        Some(i) => rel[..i].to_string(),
+        None => String::new(),
+    }
+}
+
+fn base_of(rel: &str) -> &str {
+    match rel.rfind('/') {
+        Some(i) => &rel[i + 1..],
+        None => rel,
+    }
+}
+
+/// BuildKit's `ResolveWildcards`: the path is split at the first component
+/// with a wildcard; below the fixed part every path (lexical order, dirs not
+/// descended once matched) whose remainder matches is taken.
+pub fn resolve_wildcards(
+    tree: &dyn SourceTree,
+    src_path: &str,
+    follow_links: bool,
+) -> Result<Vec<String>, CopyError> {
+    let cleaned = clean_rel(src_path);
+    let parts: Vec<&str> = if cleaned.is_empty() {
+        Vec::new()
+    } else {
+        cleaned.split('/').collect()
+    };
+    let Some(first_wild) = parts.iter().position(|p| contains_wildcards(p)) else {
+        return Ok(vec![cleaned]);
+    };
+    let fixed = parts[..first_wild].join("/");
+    let pattern = parts[first_wild..].join("/");
+    let base = if follow_links {
+        resolve(tree, &fixed, true)?
+    } else {
+        resolve(tree, &fixed, false)?
+    };
+    let Some(base_meta) = tree.stat(&base)? else {
+        return Err(CopyError::SourceNotFound(format!("/{fixed}")));
+    };
+    go_match(&pattern, "").map_err(|_| CopyError::BadPattern(src_path.to_string()))?;
+    let mut out = Vec::new();
+    if base_meta.is_dir() {
+        walk_matches(tree, &base, "", &pattern, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn walk_matches(
+    tree: &dyn SourceTree,
+    base: &str,
+    rel: &str,
+    pattern: &str,
+    out: &mut Vec<String>,
+) -> Result<(), CopyError> {
+    for name in tree.list(&join(base, rel))? {
+        let child_rel = join(rel, &name);
+        let full = join(base, &child_rel);
+        let Some(meta) = tree.stat(&full)? else {
+            continue;
+        };
+        let matched = go_match(pattern, &child_rel).unwrap_or(false);
+        if matched {
+            out.push(full.clone());
+        }
+        if meta.is_dir() && !matched {
+            walk_matches(tree, base, &child_rel, pattern, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates `rel` and missing parents in the merged view, as fsutil's
+/// `MkdirAll`: new directories get `mode`, `owner` (else stay root's) and
+/// `utime` (else now). Returns the directories created.
+pub fn mkdir_all(
+    dest: &LayeredRootfs,
+    rel: &str,
+    mode: u32,
+    owner: Option<Owner>,
+    utime: Option<(i64, i64)>,
+) -> Result<Vec<String>, CopyError> {
+    let rel = resolve(dest, rel, true)?;
+    let mut created = Vec::new();
+    if rel.is_empty() {
+        return Ok(created);
+    }
+    let parts: Vec<&str> = rel.split('/').collect();
+    for depth in 1..=parts.len() {
+        let prefix = parts[..depth].join("/");
+        match dest.stat(&prefix)? {
+            Some(meta) if meta.is_dir() => continue,
+            Some(_) => return Err(RootfsError::NotADirectory(format!("/{prefix}")).into()),
+            None => {
+                dest.copy_up_parents(&prefix)?;
+                let host = dest.upper_path(&prefix);
+                std::fs::create_dir(&host).map_err(RootfsError::io(host.display()))?;
+                set_mode(&host, mode)?;
+                if let Some(o) = owner {
+                    set_owner(&host, o.uid, o.gid)?;
+                }
+                if let Some(t) = utime {
+                    set_times(&host, t, t)?;
+                }
+                created.push(prefix);
+            }
+        }
+    }
+    Ok(created)
+}
+
+struct PendingParent {
+    src: String,
+    dst: String,
+    copied: bool,
+}
+
+struct Copier<'a> {
+    src: &'a dyn SourceTree,
+    dest: &'a LayeredRootfs,
+    opts: &'a CopyOptions,
+    excludes: Option<&'a PatternMatcher>,
+    /// Source (device, inode) → destination path of its first copy.
+    inodes: HashMap<(u64, u64), String>,
+    /// Directories entered but not yet created (excluded by a pattern
+    /// that an exception may still re-include below).
+    pending_parents: Vec<PendingParent>,
+    report: &'a mut CopyReport,
+}
+
+impl Copier<'_> {
+    fn dir_mode(&self) -> u32 {
+        self.opts
+            .chmod
+            .as_ref()
+            .and_then(Chmod::octal)
+            .unwrap_or(0o755)
+    }
+
+    /// fsutil's `Copy` for one (already wildcard-resolved) source.
+    fn copy_one(&mut self, src_rel: &str, dest_path: &str) -> Result<(), CopyError> {
+        // The directory that must exist first: the destination itself when
+        // it is spelled as a directory, else its parent.
+        let spelled_dir = dest_path.ends_with('/') || dest_path.ends_with("/.") || dest_path == ".";
+        let ensure = if spelled_dir {
+            clean_rel(dest_path)
+        } else {
+            parent_of(&clean_rel(dest_path))
+        };
+        mkdir_all(
+            self.dest,
+            &ensure,
+            self.dir_mode(),
+            self.opts.chown,
+            self.opts.utime,
+        )?;
+        let dst = resolve(self.dest, dest_path, true)?;
+
+        let followed = resolve(self.src, src_rel, self.opts.follow_symlinks)?;
+        let src_meta = self
+            .src
+            .stat(&followed)?
+            .ok_or_else(|| CopyError::SourceNotFound(format!("/{src_rel}")))?;
+        // prepareTargetDir: os.Stat follows a symlink at the destination.
+        let dest_resolved = resolve(self.dest, &dst, true)?;
+        let dest_meta = self.dest.stat(&dest_resolved)?;
+        let mut target = dst.clone();
+        if let Some(dm) = &dest_meta {
+            if (!self.opts.copy_dir_contents && src_meta.is_dir())
+                || (!src_meta.is_dir() && dm.is_dir())
+            {
+                target = join(&dest_resolved, base_of(src_rel));
+            }
+        }
+        let target_parent =
+            if self.opts.copy_dir_contents && src_meta.is_dir() && dest_meta.is_none() {
+                target.clone()
+            } else {
+                parent_of(&target)
+            };
+        mkdir_all(
+            self.dest,
+            &target_parent,
+            self.dir_mode(),
+            self.opts.chown,
+            self.opts.utime,
+        )?;
+        // The parent may sit behind a symlink; land inside the rootfs.
+        let target = join(
+            &resolve(self.dest, &parent_of(&target), true)?,
+            base_of(&target),
+        );
+        self.copy_entry(&followed, "", &target, false, &MatchInfo::default())
+    }
+
+    fn copy_entry(
+        &mut self,
+        src: &str,
+        components: &str,
+        target: &str,
+        overwrite_meta: bool,
+        parent_excl: &MatchInfo,
+    ) -> Result<(), CopyError> {
+        let mut include = true;
+        let mut excluded = false;
+        let mut excl_info = MatchInfo::default();
+        if !components.is_empty() {
+            if let Some(ex) = self.excludes {
+                let (m, info) = ex.matches_using_parent_results(components, parent_excl);
+                excl_info = info;
+                if m {
+                    include = false;
+                    excluded = true;
+                    if !ex.has_exclusions() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        let meta = self
+            .src
+            .stat(src)?
+            .ok_or_else(|| CopyError::SourceNotFound(format!("/{src}")))?;
+        if !include && !meta.is_dir() {
+            return Ok(());
+        }
+        let target_meta = self.dest.stat(target)?;
+        if include {
+            self.create_pending_parents(overwrite_meta)?;
+        }
+        if !meta.is_dir() {
+            // ensureEmptyFileTarget (a whiteout in the upper dir goes too).
+            if target_meta.as_ref().is_some_and(SourceMeta::is_dir) {
+                return Err(CopyError::FileOverDirectory(format!("/{target}")));
+            }
+            let upper = self.dest.upper_path(target);
+            if std::fs::symlink_metadata(&upper).is_ok() {
+                std::fs::remove_file(&upper).map_err(RootfsError::io(upper.display()))?;
+            }
+        }
+        let mut copy_info = include;
+        let mut restore_time = false;
+        match &meta.kind {
+            EntryKind::Dir => {
+                let created = self.copy_directory(
+                    src,
+                    components,
+                    target,
+                    &meta,
+                    overwrite_meta,
+                    include,
+                    excluded,
+                    &excl_info,
+                )?;
+                if !overwrite_meta {
+                    copy_info = created;
+                    restore_time = !created;
+                }
+            }
+            EntryKind::File => {
+                self.dest.copy_up_parents(target)?;
+                let upper = self.dest.upper_path(target);
+                let key = (meta.inode.0, meta.inode.1);
+                let linked = match self.inodes.get(&key) {
+                    Some(first) if meta.inode.2 > 1 => {
+                        let first_upper = self.dest.upper_path(first);
+                        std::fs::hard_link(&first_upper, &upper).is_ok()
+                    }
+                    _ => false,
+                };
+                if !linked {
+                    let host = self.src.host_file(src)?;
+                    std::fs::copy(&host, &upper).map_err(RootfsError::io(upper.display()))?;
+                    if meta.inode.2 > 1 {
+                        self.inodes.insert(key, target.to_string());
+                    }
+                }
+                self.report.written.push(target.to_string());
+            }
+            EntryKind::Symlink(link) => {
+                self.dest.copy_up_parents(target)?;
+                let upper = self.dest.upper_path(target);
+                std::os::unix::fs::symlink(link, &upper)
+                    .map_err(RootfsError::io(upper.display()))?;
+                self.report.written.push(target.to_string());
+            }
+            kind => {
+                self.dest.copy_up_parents(target)?;
+                let upper = self.dest.upper_path(target);
+                make_node(&upper, kind, meta.mode)?;
+                self.report.written.push(target.to_string());
+            }
+        }
+        if copy_info {
+            self.copy_file_info(&meta, src, target)?;
+        } else if restore_time && target_meta.is_some() {
+            let upper = self.dest.upper_path(target);
+            let (a, m) = self.times(&meta);
+            set_times(&upper, a, m)?;
+        }
+        Ok(())
+    }
+
+    fn times(&self, meta: &SourceMeta) -> ((i64, i64), (i64, i64)) {
+        match self.opts.utime {
+            Some(t) => (t, t),
+            None => (meta.atime, meta.mtime),
+        }
+    }
+
+    fn copy_file_info(&self, meta: &SourceMeta, src: &str, target: &str) -> Result<(), CopyError> {
+        let upper = self.dest.upper_path(target);
+        let owner = self.opts.chown.unwrap_or(Owner {
+            uid: meta.uid,
+            gid: meta.gid,
+        });
+        set_owner(&upper, owner.uid, owner.gid)?;
+        if !matches!(meta.kind, EntryKind::Symlink(_)) {
+            let mode = match &self.opts.chmod {
+                Some(c) => c.apply(meta.mode, meta.is_dir()),
+                None => meta.mode,
+            };
+            set_mode(&upper, mode)?;
+        }
+        for (name, value) in self.src.xattrs(src) {
+            set_xattr(&upper, &name, &value);
+        }
+        let (a, m) = self.times(meta);
+        set_times(&upper, a, m)?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy_directory(
+        &mut self,
+        src: &str,
+        components: &str,
+        target: &str,
+        meta: &SourceMeta,
+        overwrite_meta: bool,
+        include: bool,
+        excluded: bool,
+        excl_info: &MatchInfo,
+    ) -> Result<bool, CopyError> {
+        let mut created = false;
+        let mut pending = PendingParent {
+            src: src.to_string(),
+            dst: target.to_string(),
+            copied: false,
+        };
+        if include {
+            created = self.copy_directory_only(target, meta, overwrite_meta)?;
+            pending.copied = true;
+        }
+        self.pending_parents.push(pending);
+        let result = (|| {
+            if excluded && !self.excludes.is_some_and(|e| e.has_exclusions()) {
+                return Ok(());
+            }
+            for name in self.src.list(src)? {
+                self.copy_entry(
+                    &join(src, &name),
+                    &join(components, &name),
+                    &join(target, &name),
+                    true,
+                    excl_info,
+                )?;
+            }
+            Ok(())
+        })();
+        self.pending_parents.pop();
+        result.map(|()| created)
+    }
+
+    /// Creates the directory itself; true if it did not exist.
+    fn copy_directory_only(
+        &mut self,
+        target: &str,
+        meta: &SourceMeta,
+        overwrite_meta: bool,
+    ) -> Result<bool, CopyError> {
+        match self.dest.stat(target)? {
+            None => {
+                self.dest.copy_up_parents(target)?;
+                let upper = self.dest.upper_path(target);
+                // A whiteout in the upper dir goes; the new directory must
+                // then hide what the lower layers had there (opaque).
+                let replaced_whiteout = std::fs::symlink_metadata(&upper).is_ok();
+                if replaced_whiteout {
+                    std::fs::remove_file(&upper).map_err(RootfsError::io(upper.display()))?;
+                }
+                std::fs::create_dir(&upper).map_err(RootfsError::io(upper.display()))?;
+                if replaced_whiteout {
+                    set_xattr(&upper, b"trusted.overlay.opaque", b"y");
+                }
+                set_mode(&upper, meta.mode)?;
+                self.report.written.push(target.to_string());
+                Ok(true)
+            }
+            Some(existing) if !existing.is_dir() => {
+                Err(CopyError::DirectoryOverFile(format!("/{target}")))
+            }
+            Some(_) => {
+                // Bring the directory itself into the upper dir so that its
+                // metadata can change and children can be written.
+                self.dest.copy_up_parents(&join(target, "x"))?;
+                if overwrite_meta {
+                    set_mode(&self.dest.upper_path(target), meta.mode)?;
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    fn create_pending_parents(&mut self, overwrite_meta: bool) -> Result<(), CopyError> {
+        for i in 0..self.pending_parents.len() {
+            if self.pending_parents[i].copied {
+                continue;
+            }
+            let src = self.pending_parents[i].src.clone();
+            let dst = self.pending_parents[i].dst.clone();
+            let meta = self
+                .src
+                .stat(&src)?
+                .ok_or_else(|| CopyError::SourceNotFound(format!("/{src}")))?;
+            let created = self.copy_directory_only(&dst, &meta, overwrite_meta)?;
+            if created {
+                self.copy_file_info(&meta, &src, &dst)?;
+            }
+            self.pending_parents[i].copied = true;
+        }
+        Ok(())
+    }
+}
+
+/// Where the bytes of a URL come from: the caller's HTTP client (the
+/// builder speaks no HTTP).
+pub trait UrlFetcher {
+    /// Streams the body of `url` into `out`.
+    fn fetch(&self, url: &str, out: &mut dyn Write) -> Result<FetchInfo, String>;
+}
+
+/// What the fetcher learned besides the body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FetchInfo {
+    /// `Last-Modified`, as seconds since the epoch; it becomes the mtime.
+    pub last_modified: Option<i64>,
+}
+
+/// The file name ADD gives a URL's content: the last path segment, or
+/// `__unnamed__`.
+pub fn url_file_name(url: &str) -> String {
+    let without_query = url.split(['?', '#']).next().unwrap_or(url);
+    let path = without_query
+        .split_once("://")
+        .map(|(_, rest)| rest.find('/').map(|i| &rest[i..]).unwrap_or(""))
+        .unwrap_or("");
+    let cleaned = crate::dockerignore::go_clean(if path.is_empty() { "/" } else { path });
+    match cleaned.rsplit('/').next() {
+        Some(base) if !base.is_empty() && base != "." => base.to_string(),
+        _ => "__unnamed__".to_string(),
+    }
+}
+
+/// Downloads `url` into `dir/<name>` (mode 0600, mtime from Last-Modified),
+/// verifying `checksum` when given. Returns the file's name in `dir`.
+pub fn fetch_url(
+    fetcher: &dyn UrlFetcher,
+    url: &str,
+    checksum: Option<&str>,
+    dir: &Path,
+) -> Result<String, CopyError> {
+    let name = url_file_name(url);
+    let path = dir.join(&name);
+    let fetch_err = |message: String| CopyError::Fetch {
+        url: url.to_string(),
+        message,
+    };
+    let mut file = std::fs::File::create(&path).map_err(|e| fetch_err(e.to_string()))?;
+    let mut hashing = HashingWriter::new(&mut file, checksum)?;
+    let info = fetcher.fetch(url, &mut hashing).map_err(fetch_err)?;
+    let actual = hashing.finish();
+    file.flush().map_err(|e| fetch_err(e.to_string()))?;
+    drop(file);
+    if let (Some(expected), Some(actual)) = (checksum, actual) {
+        if expected != actual {
+            return Err(CopyError::ChecksumMismatch {
+                url: url.to_string(),
+                expected: expected.to_string(),
+                actual,
+            });
+        }
+    }
+    set_mode(&path, 0o600)?;
+    if let Some(t) = info.last_modified {
+        set_times(&path, (t, 0), (t, 0))?;
+    }
+    Ok(name)
+}
+
+enum Hasher {
+    None,
+    Sha256(sha2::Sha256),
+    Sha384(sha2::Sha384),
+    Sha512(sha2::Sha512),
+}
+
+struct HashingWriter<'a> {
+    inner: &'a mut dyn Write,
+    hasher: Hasher,
+    algorithm: &'static str,
+}
+
+impl<'a> HashingWriter<'a> {
+    fn new(inner: &'a mut dyn Write, checksum: Option<&str>) -> Result<Self, CopyError> {
+        let (hasher, algorithm) = match checksum.map(|c| c.split_once(':')) {
+            None => (Hasher::None, ""),
+            Some(Some(("sha256", hex))) if hex.len() == 64 => {
+                (Hasher::Sha256(sha2::Sha256::new()), "sha256")
+            }
+            Some(Some(("sha384", hex))) if hex.len() == 96 => {
+                (Hasher::Sha384(sha2::Sha384::new()), "sha384")
+            }
+            Some(Some(("sha512", hex))) if hex.len() == 128 => {
+                (Hasher::Sha512(sha2::Sha512::new()), "sha512")
+            }
+            Some(_) => return Err(CopyError::BadChecksum(checksum.unwrap_or("").to_string())),
+        };
+        Ok(HashingWriter {
+            inner,
+            hasher,
+            algorithm,
+        })
+    }
+
+    fn finish(self) -> Option<String> {
+        let hex = match self.hasher {
+            Hasher::None => return None,
+            Hasher::Sha256(h) => crate::context::hex(&h.finalize()),
+            Hasher::Sha384(h) => crate::context::hex(&h.finalize()),
+            Hasher::Sha512(h) => crate::context::hex(&h.finalize()),
+        };
+        Some(format!("{}:{hex}", self.algorithm))
+    }
+}
+
+impl Write for HashingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        match &mut self.hasher {
+            Hasher::None => {}
+            Hasher::Sha256(h) => h.update(&buf[..n]),
+            Hasher::Sha384(h) => h.update(&buf[..n]),
+            Hasher::Sha512(h) => h.update(&buf[..n]),
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes a heredoc source as BuildKit's inline-document step does (a
+/// 0644 file named after the heredoc) into `dir`; returns its path.
+pub fn write_heredoc(dir: &Path, name: &str, content: &str) -> Result<PathBuf, CopyError> {
+    let rel = clean_rel(name);
+    let path = dir.join(if rel.is_empty() { "__heredoc__" } else { &rel });
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(RootfsError::io(parent.display()))?;
+    }
+    std::fs::write(&path, content).map_err(RootfsError::io(path.display()))?;
+    set_mode(&path, 0o644)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dest_paths_follow_the_frontend() {
+        assert_eq!(dest_path("/", "/x"), "/x");
+        assert_eq!(dest_path("/app", "x"), "/app/x");
+        assert_eq!(dest_path("/app", "x/"), "/app/x/");
+        assert_eq!(dest_path("/app", "."), "/app/");
+        assert_eq!(dest_path("/app", ""), "/app/");
+        assert_eq!(dest_path("/", "."), "/");
+        assert_eq!(dest_path("/app", "/x/."), "/x/.");
+        assert_eq!(dest_path("/app", "../y//z/"), "/y/z/");
+    }
+
+    #[test]
+    fn url_names() {
+        assert_eq!(url_file_name("https://h/a/b.tar.gz?x=1"), "b.tar.gz");
+        assert_eq!(url_file_name("https://h/"), "__unnamed__");
+        assert_eq!(url_file_name("https://h"), "__unnamed__");
+        assert_eq!(url_file_name("http://h/dir/"), "dir");
+    }
+}

@@ -1,0 +1,780 @@
+//! Filesystem views COPY/ADD read from and write to, as plain file
+//! operations (no mounts), so that they are testable anywhere.
+//!
+//! - [`SourceTree`]: something COPY reads: the build context
+//!   ([`crate::context::BuildContext`]), a plain directory ([`DirTree`]) or a
+//!   stage's root filesystem ([`LayeredRootfs`]).
+//! - [`LayeredRootfs`]: overlay lower dirs (top-most first) plus the step's
+//!   upper dir, merged the way overlayfs merges them: a character device
+//!   0:0 is a whiteout, a directory with `trusted.overlay.opaque=y` hides
+//!   what lies below it, a non-directory hides everything below it. Writes go
+//!   to the upper dir, copying parent directories up first as overlayfs would.
+//! - [`resolve`]: symlink resolution confined to a root (continuity's
+//!   `RootPath`): absolute targets restart at the root and `..` stops there.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::context::{BuildContext, EntryKind};
+
+/// A failed filesystem operation on a view.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: too many levels of symbolic links")]
+    TooManyLinks(String),
+    #[error("{0}: not a directory")]
+    NotADirectory(String),
+    #[error("{0}: not found")]
+    NotFound(String),
+}
+
+impl RootfsError {
+    pub(crate) fn io(path: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> RootfsError {
+        let path = path.to_string();
+        move |source| RootfsError::Io { path, source }
+    }
+}
+
+/// What COPY needs to know about a source object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceMeta {
+    pub kind: EntryKind,
+    /// Permission and special bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub atime: (i64, i64),
+    pub mtime: (i64, i64),
+    /// (device, inode, link count), to keep hard links together.
+    pub inode: (u64, u64, u64),
+}
+
+impl SourceMeta {
+    pub fn is_dir(&self) -> bool {
+        self.kind == EntryKind::Dir
+    }
+
+    pub(crate) fn from_host(path: &Path, meta: &std::fs::Metadata) -> Result<Self, RootfsError> {
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(path).map_err(RootfsError::io(path.display()))?;
+            EntryKind::Symlink(target.to_string_lossy().into_owned())
+        } else if ft.is_file() {
+            EntryKind::File
+        } else if ft.is_fifo() {
+            EntryKind::Fifo
+        } else if ft.is_socket() {
+            EntryKind::Socket
+        } else {
+            EntryKind::Device {
+                block: ft.is_block_device(),
+                rdev: meta.rdev(),
+            }
+        };
+        Ok(SourceMeta {
+            kind,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            size: meta.len(),
+            atime: (meta.atime(), meta.atime_nsec()),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            inode: (meta.dev(), meta.ino(), meta.nlink()),
+        })
+    }
+}
+
+/// A read-only tree COPY can take sources from. Paths are clean,
+/// slash-separated and relative to the tree's root (`""` is the root).
+pub trait SourceTree {
+    /// `lstat`: the object itself, symlinks not followed; `None` if absent.
+    fn stat(&self, rel: &str) -> Result<Option<SourceMeta>, RootfsError>;
+    /// Names in a directory, sorted.
+    fn list(&self, rel: &str) -> Result<Vec<String>, RootfsError>;
+    /// Where the bytes of a regular file can be read.
+    fn host_file(&self, rel: &str) -> Result<PathBuf, RootfsError>;
+    /// Extended attributes to carry over (name, value); none by default.
+    fn xattrs(&self, _rel: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+        Vec::new()
+    }
+}
+
+/// Joins a clean relative directory and a name.
+pub fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else if name.is_empty() {
+        dir.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// Cleans a path given inside a root into the relative form used by the
+/// views: `/a/./b/../c/` → `a/c`; `..` never climbs above the root.
+pub fn clean_rel(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
+}
+
+const MAX_SYMLINKS: usize = 255;
+
+/// Resolves symlinks in `rel` inside `tree`, never leaving its root. With
+/// `follow_last` false the last component is left as it is (only its
+/// directory is resolved). Missing components are kept literally, as
+/// continuity's `RootPath` does.
+pub fn resolve(tree: &dyn SourceTree, rel: &str, follow_last: bool) -> Result<String, RootfsError> {
+    resolve_under(tree, "", rel, follow_last)
+}
+
+/// Like [`resolve`], but with the directory `base` acting as the root (as
+/// a chroot into it would): `rel` is relative to `base`, absolute link
+/// targets restart at `base`, `..` stops there. Returns a path relative to
+/// the tree's root, always inside `base`.
+pub fn resolve_under(
+    tree: &dyn SourceTree,
+    base: &str,
+    rel: &str,
+    follow_last: bool,
+) -> Result<String, RootfsError> {
+    let base = clean_rel(base);
+    let cleaned = clean_rel(rel);
+    if cleaned.is_empty() {
+        return Ok(base);
+    }
+    if !follow_last {
+        let (dir, name) = match cleaned.rfind('/') {
+            Some(i) => (&cleaned[..i], &cleaned[i + 1..]),
+            None => ("", cleaned.as_str()),
+        };
+        let dir = resolve_under(tree, &base, dir, true)?;
+        return Ok(join(&dir, name));
+    }
+    let root: Vec<String> = if base.is_empty() {
+        Vec::new()
+    } else {
+        base.split('/').map(str::to_string).collect()
+    };
+    let mut pending: Vec<String> = cleaned.split('/').rev().map(str::to_string).collect();
+    let mut current: Vec<String> = root.clone();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        match part.as_str() {
+            "" | "." => continue,
+            ".." => {
+                if current.len() > root.len() {
+                    current.pop();
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let candidate = join(&current.join("/"), &part);
+        match tree.stat(&candidate)? {
+            Some(SourceMeta {
+                kind: EntryKind::Symlink(target),
+                ..
+            }) => {
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(RootfsError::TooManyLinks(rel.to_string()));
+                }
+                if target.starts_with('/') {
+                    current.truncate(root.len());
+                }
+                for piece in target.split('/').rev() {
+                    pending.push(piece.to_string());
+                }
+            }
+            Some(_) => current.push(part),
+            None => {
+                // The rest does not exist: keep it literally.
+                current.push(part);
+                while let Some(rest) = pending.pop() {
+                    match rest.as_str() {
+                        "" | "." => {}
+                        ".." => {
+                            if current.len() > root.len() {
+                                current.pop();
+                            }
+                        }
+                        _ => current.push(rest),
+                    }
+                }
+            }
+        }
+    }
+    Ok(current.join("/"))
+}
+
+/// A plain directory on the host as a source tree.
+#[derive(Debug, Clone)]
+pub struct DirTree {
+    root: PathBuf,
+}
+
+impl DirTree {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DirTree { root: root.into() }
+    }
+
+    fn host(&self, rel: &str) -> PathBuf {
+        if rel.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        }
+    }
+}
+
+fn lstat_opt(path: &Path) -> Result<Option<std::fs::Metadata>, RootfsError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => Ok(Some(m)),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ENOTDIR) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(RootfsError::Io {
+            path: path.display().to_string(),
+            source: e,
+        }),
+    }
+}
+
+fn sorted_names(path: &Path) -> Result<Vec<String>, RootfsError> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(RootfsError::io(path.display()))? {
+        let entry = entry.map_err(RootfsError::io(path.display()))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Extended attributes of a host path worth carrying into an image
+/// (`user.*`, `security.*` such as file capabilities, `trusted.*` minus
+/// overlayfs' own).
+pub fn host_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+        return Vec::new();
+    };
+    let mut names = vec![0u8; 4096];
+    // SAFETY: the buffer pointer and length describe a live Vec.
+    let len = unsafe { libc::llistxattr(c_path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if len <= 0 {
+        return Vec::new();
+    }
+    names.truncate(len as usize);
+    let mut out = Vec::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let wanted = (name.starts_with(b"user.")
+            || name.starts_with(b"security.")
+            || name.starts_with(b"trusted."))
+            && !name.starts_with(b"trusted.overlay.")
+            && !name.starts_with(b"user.overlay.");
+        if !wanted {
+            continue;
+        }
+        let Ok(c_name) = CString::new(name) else {
+            continue;
+        };
+        let mut value = vec![0u8; 65536];
+        // SAFETY: as above.
+        let n = unsafe {
+            libc::lgetxattr(
+                c_path.as_ptr(),
+                c_name.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if n >= 0 {
+            value.truncate(n as usize);
+            out.push((name.to_vec(), value));
+        }
+    }
+    out
+}
+
+impl SourceTree for DirTree {
+    fn stat(&self, rel: &str) -> Result<Option<SourceMeta>, RootfsError> {
+        let host = self.host(rel);
+        match lstat_opt(&host)? {
+            Some(m) => Ok(Some(SourceMeta::from_host(&host, &m)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn list(&self, rel: &str) -> Result<Vec<String>, RootfsError> {
+        sorted_names(&self.host(rel))
+    }
+
+    fn host_file(&self, rel: &str) -> Result<PathBuf, RootfsError> {
+        Ok(self.host(rel))
+    }
+
+    fn xattrs(&self, rel: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+        host_xattrs(&self.host(rel))
+    }
+}
+
+impl SourceTree for BuildContext {
+    fn stat(&self, rel: &str) -> Result<Option<SourceMeta>, RootfsError> {
+        if !self.contains(rel) {
+            return Ok(None);
+        }
+        let host = self.host_path(rel);
+        match lstat_opt(&host)? {
+            Some(m) => {
+                let mut meta = SourceMeta::from_host(&host, &m)?;
+                // The docker CLI sends the context with owners reset to 0.
+                meta.uid = 0;
+                meta.gid = 0;
+                Ok(Some(meta))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn list(&self, rel: &str) -> Result<Vec<String>, RootfsError> {
+        Ok(self.children(rel).into_iter().map(str::to_string).collect())
+    }
+
+    fn host_file(&self, rel: &str) -> Result<PathBuf, RootfsError> {
+        Ok(self.host_path(rel))
+    }
+}
+
+/// Overlay lower dirs plus an upper dir; see the module docs.
+#[derive(Debug, Clone)]
+pub struct LayeredRootfs {
+    upper: PathBuf,
+    /// Top-most first, as in overlayfs' `lowerdir=`.
+    lowers: Vec<PathBuf>,
+}
+
+/// Where the visible version of a path lives.
+#[derive(Debug, Clone)]
+struct Located {
+    host: PathBuf,
+    in_upper: bool,
+    meta: std::fs::Metadata,
+}
+
+fn is_whiteout(meta: &std::fs::Metadata) -> bool {
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+fn is_opaque(path: &Path) -> bool {
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    for name in [c"trusted.overlay.opaque", c"user.overlay.opaque"] {
+        let mut value = [0u8; 4];
+        // SAFETY: the buffer pointer and length describe a live array.
+        let n = unsafe {
+            libc::lgetxattr(
+                c_path.as_ptr(),
+                name.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if n == 1 && value[0] == b'y' {
+            return true;
+        }
+    }
+    false
+}
+
+impl LayeredRootfs {
+    /// `lowers` top-most first; `upper` receives every write.
+    pub fn new(upper: impl Into<PathBuf>, lowers: Vec<PathBuf>) -> Self {
+        LayeredRootfs {
+            upper: upper.into(),
+            lowers,
+        }
+    }
+
+    /// The upper dir.
+    pub fn upper(&self) -> &Path {
+        &self.upper
+    }
+
+    /// The lower dirs, top-most first.
+    pub fn lowers(&self) -> &[PathBuf] {
+        &self.lowers
+    }
+
+    fn layers(&self) -> impl Iterator<Item = &Path> {
+        std::iter::once(self.upper.as_path()).chain(self.lowers.iter().map(PathBuf::as_path))
+    }
+
+    fn host_in(layer: &Path, rel: &str) -> PathBuf {
+        if rel.is_empty() {
+            layer.to_path_buf()
+        } else {
+            layer.join(rel)
+        }
+    }
+
+    /// Finds the layer whose version of `rel` is visible (no symlink
+    /// following). `rel` must be clean.
+    fn locate(&self, rel: &str) -> Result<Option<Located>, RootfsError> {
+        let parts: Vec<&str> = if rel.is_empty() {
+            Vec::new()
+        } else {
+            rel.split('/').collect()
+        };
+        'layers: for (index, layer) in self.layers().enumerate() {
+            // Walk the ancestors in this layer: a whiteout or non-directory
+            // ancestor hides the path in this and all lower layers; an opaque
+            // ancestor hides it in the lower layers.
+            let mut opaque_below = false;
+            for depth in 0..parts.len() {
+                let prefix = parts[..depth].join("/");
+                let host = Self::host_in(layer, &prefix);
+                match lstat_opt(&host)? {
+                    None if opaque_below => return Ok(None),
+                    None => continue 'layers,
+                    Some(m) if is_whiteout(&m) => return Ok(None),
+                    Some(m) if !m.is_dir() => return Ok(None),
+                    Some(_) => {
+                        if depth > 0 && is_opaque(&host) {
+                            opaque_below = true;
+                        }
+                    }
+                }
+            }
+            let host = Self::host_in(layer, rel);
+            match lstat_opt(&host)? {
+                Some(m) if is_whiteout(&m) => return Ok(None),
+                Some(meta) => {
+                    return Ok(Some(Located {
+                        host,
+                        in_upper: index == 0,
+                        meta,
+                    }))
+                }
+                None if opaque_below => return Ok(None),
+                None => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// Names visible in a directory: the union of the layers down to the
+    /// first opaque one, less whiteouts.
+    fn merged_list(&self, rel: &str) -> Result<Vec<String>, RootfsError> {
+        let mut seen = std::collections::BTreeMap::<String, bool>::new();
+        let parts: Vec<&str> = if rel.is_empty() {
+            Vec::new()
+        } else {
+            rel.split('/').collect()
+        };
+        'layers: for layer in self.layers() {
+            let mut stop_after = false;
+            for depth in 0..=parts.len() {
+                let prefix = parts[..depth].join("/");
+                let host = Self::host_in(layer, &prefix);
+                match lstat_opt(&host)? {
+                    None if stop_after => break 'layers,
+                    None => continue 'layers,
+                    Some(m) if is_whiteout(&m) || !m.is_dir() => break 'layers,
+                    Some(_) => {
+                        if depth > 0 && is_opaque(&host) {
+                            stop_after = true;
+                        }
+                    }
+                }
+            }
+            let host = Self::host_in(layer, rel);
+            for name in sorted_names(&host)? {
+                if seen.contains_key(&name) {
+                    continue;
+                }
+                let meta = lstat_opt(&host.join(&name))?;
+                let visible = meta.is_some_and(|m| !is_whiteout(&m));
+                seen.insert(name, visible);
+            }
+            if stop_after {
+                break;
+            }
+        }
+        Ok(seen
+            .into_iter()
+            .filter_map(|(name, visible)| visible.then_some(name))
+            .collect())
+    }
+
+    /// Reads a file through the merged view, following symlinks inside the
+    /// root. `None` when it does not exist or is not a regular file.
+    pub fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, RootfsError> {
+        let rel = resolve(self, path, true)?;
+        match self.locate(&rel)? {
+            Some(found) if found.meta.is_file() => std::fs::read(&found.host)
+                .map(Some)
+                .map_err(RootfsError::io(found.host.display())),
+            _ => Ok(None),
+        }
+    }
+
+    /// The host path of `rel` in the upper dir.
+    pub fn upper_path(&self, rel: &str) -> PathBuf {
+        Self::host_in(&self.upper, rel)
+    }
+
+    /// Makes sure every ancestor directory of `rel` exists in the upper dir,
+    /// copying each up (mode, owner, times) from the layer it is visible in.
+    /// Ancestors must already exist in the merged view as directories.
+    pub fn copy_up_parents(&self, rel: &str) -> Result<(), RootfsError> {
+        let parts: Vec<&str> = if rel.is_empty() {
+            Vec::new()
+        } else {
+            rel.split('/').collect()
+        };
+        for depth in 1..parts.len() {
+            let prefix = parts[..depth].join("/");
+            self.copy_up_dir(&prefix)?;
+        }
+        Ok(())
+    }
+
+    /// Copies one visible directory up into the upper dir (no-op if there).
+    fn copy_up_dir(&self, rel: &str) -> Result<(), RootfsError> {
+        let upper = self.upper_path(rel);
+        if let Some(m) = lstat_opt(&upper)? {
+            if m.is_dir() {
+                return Ok(());
+            }
+        }
+        let found = self
+            .locate(rel)?
+            .ok_or_else(|| RootfsError::NotFound(format!("/{rel}")))?;
+        if !found.meta.is_dir() {
+            return Err(RootfsError::NotADirectory(format!("/{rel}")));
+        }
+        std::fs::create_dir(&upper).map_err(RootfsError::io(upper.display()))?;
+        let meta = SourceMeta::from_host(&found.host, &found.meta)?;
+        set_owner(&upper, meta.uid, meta.gid)?;
+        set_mode(&upper, meta.mode)?;
+        set_times(&upper, meta.atime, meta.mtime)?;
+        Ok(())
+    }
+
+    /// Removes a path from the merged view: deleted from the upper dir, and
+    /// hidden with a whiteout when a lower layer still has it.
+    pub fn remove(&self, rel: &str) -> Result<(), RootfsError> {
+        let upper = self.upper_path(rel);
+        if let Some(m) = lstat_opt(&upper)? {
+            if m.is_dir() {
+                std::fs::remove_dir_all(&upper)
+            } else {
+                std::fs::remove_file(&upper)
+            }
+            .map_err(RootfsError::io(upper.display()))?;
+        }
+        if self.locate(rel)?.is_some() {
+            self.copy_up_parents(rel)?;
+            let c_path = CString::new(upper.as_os_str().as_bytes())
+                .map_err(|e| RootfsError::io(upper.display())(std::io::Error::other(e)))?;
+            // SAFETY: c_path is a valid NUL-terminated path.
+            let rc = unsafe { libc::mknod(c_path.as_ptr(), libc::S_IFCHR, 0) };
+            if rc != 0 {
+                return Err(RootfsError::io(upper.display())(
+                    std::io::Error::last_os_error(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SourceTree for LayeredRootfs {
+    fn stat(&self, rel: &str) -> Result<Option<SourceMeta>, RootfsError> {
+        match self.locate(rel)? {
+            Some(found) => Ok(Some(SourceMeta::from_host(&found.host, &found.meta)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn list(&self, rel: &str) -> Result<Vec<String>, RootfsError> {
+        self.merged_list(rel)
+    }
+
+    fn host_file(&self, rel: &str) -> Result<PathBuf, RootfsError> {
+        self.locate(rel)?
+            .map(|f| f.host)
+            .ok_or_else(|| RootfsError::NotFound(format!("/{rel}")))
+    }
+
+    fn xattrs(&self, rel: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+        match self.locate(rel) {
+            Ok(Some(found)) => host_xattrs(&found.host),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl LayeredRootfs {
+    /// Whether the visible version of `rel` lives in the upper dir.
+    pub fn is_in_upper(&self, rel: &str) -> Result<bool, RootfsError> {
+        Ok(self.locate(rel)?.is_some_and(|f| f.in_upper))
+    }
+}
+
+fn c_path(path: &Path) -> Result<CString, RootfsError> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| RootfsError::io(path.display())(std::io::Error::other(e)))
+}
+
+/// `lchown`.
+pub fn set_owner(path: &Path, uid: u32, gid: u32) -> Result<(), RootfsError> {
+    let c = c_path(path)?;
+    // SAFETY: c is a valid NUL-terminated path.
+    if unsafe { libc::lchown(c.as_ptr(), uid, gid) } != 0 {
+        return Err(RootfsError::io(path.display())(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// `chmod` with special bits (never on a symlink).
+pub fn set_mode(path: &Path, mode: u32) -> Result<(), RootfsError> {
+    let c = c_path(path)?;
+    // SAFETY: c is a valid NUL-terminated path.
+    if unsafe { libc::chmod(c.as_ptr(), mode as libc::mode_t) } != 0 {
+        return Err(RootfsError::io(path.display())(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// `utimensat(AT_SYMLINK_NOFOLLOW)` with (seconds, nanoseconds) pairs.
+pub fn set_times(path: &Path, atime: (i64, i64), mtime: (i64, i64)) -> Result<(), RootfsError> {
+    let c = c_path(path)?;
+    let ts = [
+        libc::timespec {
+            tv_sec: atime.0 as libc::time_t,
+            tv_nsec: atime.1 as _,
+        },
+        libc::timespec {
+            tv_sec: mtime.0 as libc::time_t,
+            tv_nsec: mtime.1 as _,
+        },
+    ];
+    // SAFETY: c is a valid path and ts holds two timespecs.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(RootfsError::io(path.display())(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// `lsetxattr`, ignoring failures the target filesystem may not support.
+pub fn set_xattr(path: &Path, name: &[u8], value: &[u8]) {
+    let (Ok(c), Ok(n)) = (c_path(path), CString::new(name)) else {
+        return;
+    };
+    // SAFETY: valid path, name and value buffer.
+    unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        );
+    }
+}
+
+/// `mknod` for fifos and devices.
+pub fn make_node(path: &Path, kind: &EntryKind, mode: u32) -> Result<(), RootfsError> {
+    let c = c_path(path)?;
+    let (fmt, rdev) = match kind {
+        EntryKind::Fifo => (libc::S_IFIFO, 0),
+        EntryKind::Socket => (libc::S_IFSOCK, 0),
+        EntryKind::Device { block: true, rdev } => (libc::S_IFBLK, *rdev),
+        EntryKind::Device { block: false, rdev } => (libc::S_IFCHR, *rdev),
+        _ => return Err(RootfsError::NotFound(path.display().to_string())),
+    };
+    // SAFETY: c is a valid NUL-terminated path.
+    let rc = unsafe {
+        libc::mknod(
+            c.as_ptr(),
+            fmt | (mode & 0o7777) as libc::mode_t,
+            rdev as libc::dev_t,
+        )
+    };
+    if rc != 0 {
+        return Err(RootfsError::io(path.display())(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_rel_never_climbs() {
+        assert_eq!(clean_rel("/a/./b/../c/"), "a/c");
+        assert_eq!(clean_rel("../../x"), "x");
+        assert_eq!(clean_rel("/"), "");
+    }
+
+    #[test]
+    fn resolve_stays_inside_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("real/sub")).unwrap();
+        std::os::unix::fs::symlink("/real", root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../../../real/sub", root.join("real/up")).unwrap();
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("escape")).unwrap();
+        let tree = DirTree::new(root);
+        assert_eq!(resolve(&tree, "/abs/sub", true).unwrap(), "real/sub");
+        assert_eq!(resolve(&tree, "real/up/x/y", true).unwrap(), "real/sub/x/y");
+        assert_eq!(resolve(&tree, "abs", false).unwrap(), "abs");
+        assert_eq!(resolve(&tree, "escape", true).unwrap(), "etc/passwd");
+        assert!(matches!(
+            resolve(&tree, "loop", true),
+            Err(RootfsError::TooManyLinks(_))
+        ));
+    }
+}

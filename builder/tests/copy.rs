@@ -1,0 +1,146 @@
+//! Data-driven COPY/ADD tests: `testdata/builder/copy/<case>/` holds
+//! - `context`: tree spec of the build context (tests/common/tree.rs), plus
+//!   optional `context-files/` copied in as-is (archives) and `dockerignore`;
+//! - `lower`: tree spec of the image's layers, top-most first, separated by
+//!   `---` lines (optional);
+//! - `stage`: tree spec of another stage's rootfs for `--from=stage`;
+//! - `ops`: `WORKDIR dir`, `COPY|ADD [--chown=..] [--chmod=..]
+//!   [--exclude=..] [--from=stage] SRC... DEST`, `HEREDOC NAME DEST TEXT`;
+//! - `expected`: the listing of the upper dir afterwards, with errors.
+//!
+//! Regenerate with `KILN_BLESS=1`.
+
+mod common;
+#[path = "common/tree.rs"]
+mod tree;
+
+use std::path::{Path, PathBuf};
+
+use kiln_builder::context::BuildContext;
+use kiln_builder::copy::{self, CopyOptions};
+use kiln_builder::dockerignore::{parse_ignore_file, PatternMatcher};
+use kiln_builder::modes::Chmod;
+use kiln_builder::rootfs::{DirTree, LayeredRootfs, SourceTree};
+use kiln_builder::users::ChownSpec;
+
+fn run_ops(case: &Path, work: &Path) -> String {
+    let ctx_dir = work.join("context");
+    std::fs::create_dir_all(&ctx_dir).unwrap();
+    tree::copy_files(&case.join("context-files"), &ctx_dir);
+    if let Ok(spec) = std::fs::read_to_string(case.join("context")) {
+        tree::build(&ctx_dir, &spec);
+    }
+    tree::set_mtime(&ctx_dir);
+    let ignore = match std::fs::read_to_string(case.join("dockerignore")) {
+        Ok(text) => PatternMatcher::from_lines("dockerignore", &parse_ignore_file(&text)).unwrap(),
+        Err(_) => PatternMatcher::new(Vec::<String>::new()).unwrap(),
+    };
+    let context = BuildContext::load(&ctx_dir, &ignore, None).unwrap();
+
+    let mut lowers: Vec<PathBuf> = Vec::new();
+    if let Ok(spec) = std::fs::read_to_string(case.join("lower")) {
+        for (i, layer) in spec.split("\n---\n").enumerate() {
+            let dir = work.join(format!("lower{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            tree::build(&dir, layer);
+            lowers.push(dir);
+        }
+    }
+    let stage_dir = work.join("stage");
+    std::fs::create_dir_all(&stage_dir).unwrap();
+    if let Ok(spec) = std::fs::read_to_string(case.join("stage")) {
+        tree::build(&stage_dir, &spec);
+    }
+    let stage = DirTree::new(&stage_dir);
+    let upper = work.join("upper");
+    std::fs::create_dir_all(&upper).unwrap();
+    let rootfs = LayeredRootfs::new(&upper, lowers);
+
+    let mut log = String::new();
+    let mut workdir = "/".to_string();
+    let ops = std::fs::read_to_string(case.join("ops")).unwrap();
+    for (n, line) in ops
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#'))
+    {
+        let mut words: Vec<&str> = line.split_whitespace().collect();
+        let verb = words.remove(0);
+        let result: Result<(), String> = match verb {
+            "WORKDIR" => {
+                workdir = copy::dest_path(&workdir, words[0])
+                    .trim_end_matches('/')
+                    .to_string();
+                if workdir.is_empty() {
+                    workdir = "/".into();
+                }
+                Ok(())
+            }
+            "HEREDOC" => {
+                let (name, dest) = (words[0], words[1]);
+                let text = words[2..].join(" ").replace("\\n", "\n");
+                let tmp = work.join(format!("heredoc{n}"));
+                std::fs::create_dir_all(&tmp).unwrap();
+                copy::write_heredoc(&tmp, name, &text).unwrap();
+                copy::copy(
+                    &DirTree::new(&tmp),
+                    name,
+                    &rootfs,
+                    &copy::dest_path(&workdir, dest),
+                    &CopyOptions::single_file(),
+                )
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+            }
+            "COPY" | "ADD" => {
+                let mut opts = CopyOptions::dockerfile_copy(verb == "ADD");
+                let mut from_stage = false;
+                let mut chown = None;
+                while words.first().is_some_and(|w| w.starts_with("--")) {
+                    let flag = words.remove(0);
+                    let (k, v) = flag.split_once('=').unwrap();
+                    match k {
+                        "--chown" => chown = Some(ChownSpec::parse(v)),
+                        "--chmod" => opts.chmod = Some(Chmod::parse(v).unwrap()),
+                        "--exclude" => opts.exclude_patterns.push(v.to_string()),
+                        "--from" => from_stage = true,
+                        other => panic!("unknown flag {other}"),
+                    }
+                }
+                let dest = words.pop().unwrap();
+                let src_tree: &dyn SourceTree = if from_stage { &stage } else { &context };
+                (|| {
+                    if let Some(spec) = chown {
+                        opts.chown = Some(spec.resolve(&rootfs).map_err(|e| e.to_string())?);
+                    }
+                    for src in &words {
+                        copy::copy(
+                            src_tree,
+                            src,
+                            &rootfs,
+                            &copy::dest_path(&workdir, dest),
+                            &opts,
+                        )
+                        .map_err(|e| e.to_string())?;
+                    }
+                    Ok(())
+                })()
+            }
+            other => panic!("unknown op {other}"),
+        };
+        if let Err(e) = result {
+            log.push_str(&format!("# line {}: {line}\n#   error: {e}\n", n + 1));
+        }
+    }
+    let work_str = work.display().to_string();
+    format!("{}{log}", tree::listing(&upper)).replace(&work_str, "<work>")
+}
+
+#[test]
+fn copy_cases() {
+    common::run_area("copy", |case| {
+        let work = tempfile::tempdir().unwrap();
+        let actual = run_ops(case, work.path());
+        common::check_golden(case, "expected", &actual)
+    });
+}
