@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod progress;
 mod settings;
 
 use settings::GlobalSettings;
@@ -30,6 +31,10 @@ struct Cli {
 enum Command {
     #[command(flatten)]
     Parse(cmd::parse::ParseCommand),
+    #[command(flatten)]
+    Image(cmd::image::ImageCommand),
+    #[command(flatten)]
+    Run(cmd::run::RunCommand),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +43,8 @@ fn main() -> ExitCode {
     let settings = GlobalSettings::resolve(cli.root, cli.verbose);
     let result = match cli.command {
         Command::Parse(c) => c.run(&settings),
+        Command::Image(c) => c.run(&settings),
+        Command::Run(c) => c.run(&settings),
     };
     match result {
         Ok(code) => code,

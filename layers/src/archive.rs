@@ -1,0 +1,502 @@
+//! `save` and `load`: OCI image layouts (directory or tar) and
+//! docker-archive tars (`docker save` / `docker load`).
+//!
+//! A docker-format tar written here is also an OCI layout (like Docker 25's
+//! `docker save`): `oci-layout`, `index.json`, `blobs/sha256/…`, plus
+//! `manifest.json` and `repositories`. Layers are stored as they are in the
+//! store (`docker load` decompresses them).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::canonical::to_canonical_json;
+use crate::compress::{decompress, Compression};
+use crate::digest::Digest;
+use crate::error::{io_at, Error, Result};
+use crate::oci::{
+    media, parse_manifest, Descriptor, Index, Manifest, ManifestKind, ANNOTATION_CONTAINERD_NAME,
+    ANNOTATION_REF_NAME,
+};
+use crate::progress::{Outcome, ProgressReader, Reporter};
+use crate::reference::Reference;
+use crate::store::{Image, Store};
+
+/// Archive formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// An OCI image layout.
+    Oci,
+    /// docker-archive (also a valid OCI layout).
+    Docker,
+}
+
+/// One image to save: the name to record and the resolved image.
+#[derive(Clone, Debug)]
+pub struct SaveItem {
+    pub reference: Reference,
+    pub image: Image,
+}
+
+/// docker-archive's `manifest.json` entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DockerArchiveEntry {
+    #[serde(rename = "Config")]
+    pub config: String,
+    #[serde(rename = "RepoTags", default)]
+    pub repo_tags: Option<Vec<String>>,
+    #[serde(rename = "Layers", default)]
+    pub layers: Vec<String>,
+}
+
+/// Where archive files go: a directory or a tar stream.
+trait Sink {
+    fn file(&mut self, name: &str, bytes: &[u8]) -> Result<()>;
+    fn blob(&mut self, store: &Store, digest: &Digest, size: u64) -> Result<()>;
+}
+
+struct DirSink {
+    root: PathBuf,
+}
+
+impl Sink for DirSink {
+    fn file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.root.join(name);
+        fs::write(&path, bytes).map_err(io_at("write", &path))
+    }
+    fn blob(&mut self, store: &Store, digest: &Digest, _size: u64) -> Result<()> {
+        let to = self.root.join("blobs/sha256").join(digest.hex());
+        if to.exists() {
+            return Ok(());
+        }
+        let from = store.blob_path(digest);
+        fs::copy(&from, &to).map_err(io_at("copy blob to", &to))?;
+        Ok(())
+    }
+}
+
+struct TarSink<W: Write> {
+    builder: tar::Builder<W>,
+    written: std::collections::HashSet<String>,
+    label: PathBuf,
+}
+
+fn archive_header(size: u64, dir: bool) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(if dir {
+        tar::EntryType::Directory
+    } else {
+        tar::EntryType::Regular
+    });
+    h.set_mode(if dir { 0o755 } else { 0o644 });
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(size);
+    h
+}
+
+impl<W: Write> TarSink<W> {
+    fn dir(&mut self, name: &str) -> Result<()> {
+        let mut h = archive_header(0, true);
+        self.builder
+            .append_data(&mut h, name, io::empty())
+            .map_err(io_at("write archive", &self.label))
+    }
+}
+
+impl<W: Write> Sink for TarSink<W> {
+    fn file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let mut h = archive_header(bytes.len() as u64, false);
+        self.builder
+            .append_data(&mut h, name, bytes)
+            .map_err(io_at("write archive", &self.label))
+    }
+    fn blob(&mut self, store: &Store, digest: &Digest, size: u64) -> Result<()> {
+        let name = format!("blobs/sha256/{}", digest.hex());
+        if !self.written.insert(name.clone()) {
+            return Ok(());
+        }
+        let file = store.open_blob(digest)?;
+        let mut h = archive_header(size, false);
+        self.builder
+            .append_data(&mut h, &name, file.take(size))
+            .map_err(io_at("write archive", &self.label))
+    }
+}
+
+/// Saves `items` to `out`: a directory for `Format::Oci` unless `out` ends
+/// in `.tar`, always a tar for `Format::Docker`; `-` writes a tar to stdout.
+pub fn save(store: &Store, items: &[SaveItem], format: Format, out: &Path) -> Result<()> {
+    let as_tar = format == Format::Docker
+        || out.as_os_str() == "-"
+        || out.extension().is_some_and(|e| e == "tar");
+    if !as_tar {
+        fs::create_dir_all(out.join("blobs/sha256")).map_err(io_at("create directory", out))?;
+        let mut sink = DirSink {
+            root: out.to_path_buf(),
+        };
+        return write_layout(store, items, format, &mut sink);
+    }
+    if out.as_os_str() == "-" {
+        let stdout = io::stdout().lock();
+        return save_tar(store, items, format, io::BufWriter::new(stdout), out);
+    }
+    // Write next to the target and rename, so a failed save leaves no half tar.
+    let tmp = out.with_extension(format!("tmp-{}", crate::store::unique_suffix()));
+    let file = File::create(&tmp).map_err(io_at("create", &tmp))?;
+    let result = save_tar(store, items, format, io::BufWriter::new(file), out)
+        .and_then(|()| fs::rename(&tmp, out).map_err(io_at("rename into place", out)));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn save_tar<W: Write>(store: &Store, items: &[SaveItem], format: Format, w: W, label: &Path) -> Result<()> {
+    let mut sink = TarSink {
+        builder: tar::Builder::new(w),
+        written: Default::default(),
+        label: label.to_path_buf(),
+    };
+    sink.dir("blobs/")?;
+    sink.dir("blobs/sha256/")?;
+    write_layout(store, items, format, &mut sink)?;
+    let mut w = sink
+        .builder
+        .into_inner()
+        .map_err(io_at("write archive", label))?;
+    w.flush().map_err(io_at("write archive", label))
+}
+
+fn write_layout(store: &Store, items: &[SaveItem], format: Format, sink: &mut dyn Sink) -> Result<()> {
+    let mut index = Index::empty();
+    let mut docker_manifest = Vec::new();
+    let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for item in items {
+        let image = &item.image;
+        for layer in &image.manifest.layers {
+            sink.blob(store, &layer.digest, layer.size)?;
+        }
+        sink.blob(store, &image.manifest.config.digest, image.manifest.config.size)?;
+        let md = &image.manifest_descriptor;
+        sink.blob(store, &md.digest, md.size)?;
+        let mut entry = Descriptor::new(md.media_type.clone(), md.digest.clone(), md.size);
+        entry.platform = md.platform.clone();
+        let full = item.reference.to_string();
+        entry
+            .annotations
+            .insert(ANNOTATION_CONTAINERD_NAME.into(), full.clone());
+        // As `docker save` does: the OCI ref name is the tag alone.
+        let tag = item.reference.tag.clone().unwrap_or_else(|| "latest".into());
+        entry.annotations.insert(ANNOTATION_REF_NAME.into(), tag.clone());
+        index.manifests.push(entry);
+        if format == Format::Docker {
+            let familiar = item.reference.familiar();
+            let existing = docker_manifest
+                .iter_mut()
+                .find(|e: &&mut DockerArchiveEntry| e.config.ends_with(image.id().hex()));
+            match existing {
+                Some(e) => e.repo_tags.get_or_insert_with(Vec::new).push(familiar),
+                None => docker_manifest.push(DockerArchiveEntry {
+                    config: format!("blobs/sha256/{}", image.id().hex()),
+                    repo_tags: Some(vec![familiar]),
+                    layers: image
+                        .manifest
+                        .layers
+                        .iter()
+                        .map(|l| format!("blobs/sha256/{}", l.digest.hex()))
+                        .collect(),
+                }),
+            }
+            if let (Some(t), Some(top)) = (&item.reference.tag, image.manifest.layers.last()) {
+                repositories
+                    .entry(item.reference.familiar_name())
+                    .or_default()
+                    .insert(t.clone(), top.digest.hex().to_string());
+            }
+        }
+    }
+    sink.file(
+        "oci-layout",
+        format!("{{\"imageLayoutVersion\":\"{}\"}}", media::OCI_LAYOUT_VERSION).as_bytes(),
+    )?;
+    sink.file("index.json", &json("index.json", &index)?)?;
+    if format == Format::Docker {
+        sink.file("manifest.json", &json("manifest.json", &docker_manifest)?)?;
+        sink.file("repositories", &json("repositories", &repositories)?)?;
+    }
+    Ok(())
+}
+
+fn json<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
+    to_canonical_json(value).map_err(|source| Error::Json {
+        what: what.to_string(),
+        source,
+    })
+}
+
+/// What `load` stored.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    /// The tags given to the image (empty when the archive named none).
+    pub references: Vec<Reference>,
+    pub manifest: Descriptor,
+}
+
+/// Files of an archive: small metadata in memory, everything else in the store.
+#[derive(Default)]
+struct ArchiveFiles {
+    small: HashMap<String, Vec<u8>>,
+    stored: HashMap<String, Descriptor>,
+}
+
+const SMALL_FILE: u64 = 16 << 20;
+
+fn normalize_name(name: &str) -> String {
+    let parts: Vec<&str> = name
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    parts.join("/")
+}
+
+fn is_metadata(name: &str) -> bool {
+    name.ends_with(".json") || name == "repositories" || name == "oci-layout"
+}
+
+/// Loads an OCI layout (directory or tar) or a docker-archive tar (gzip or
+/// zstd compressed tars too) into `store`, tagging what it names.
+pub fn load(store: &Store, path: &Path, reporter: &dyn Reporter) -> Result<Vec<Loaded>> {
+    let _lease = store.lease()?;
+    let files = if path.is_dir() {
+        read_dir_archive(path)?
+    } else {
+        let file = File::open(path).map_err(io_at("open", path))?;
+        read_tar_archive(store, file, path, reporter)?
+    };
+    if files.small.contains_key("index.json") {
+        load_oci(store, &files, path)
+    } else if files.small.contains_key("manifest.json") {
+        load_docker(store, &files, path)
+    } else {
+        Err(Error::Archive {
+            path: path.to_path_buf(),
+            reason: "neither index.json (OCI layout) nor manifest.json (docker-archive) found".into(),
+        })
+    }
+}
+
+fn ingest_verified(store: &Store, name: &str, reader: impl Read, size: u64, path: &Path) -> Result<Descriptor> {
+    let expected = name
+        .strip_prefix("blobs/sha256/")
+        .and_then(|hex| Digest::parse(&format!("sha256:{hex}")).ok());
+    let desc = expected.map(|d| Descriptor::new("application/octet-stream", d, size));
+    if let Some(d) = &desc {
+        if store.blob_size(&d.digest)? == Some(size) {
+            return Ok(d.clone());
+        }
+    }
+    let mut w = store.ingest(desc)?;
+    let mut reader = reader;
+    io::copy(&mut reader, &mut w).map_err(|e| Error::Archive {
+        path: path.to_path_buf(),
+        reason: format!("{name}: {e}"),
+    })?;
+    w.commit()
+}
+
+fn read_tar_archive(store: &Store, file: File, path: &Path, reporter: &dyn Reporter) -> Result<ArchiveFiles> {
+    let tar_err = |source: io::Error| Error::Tar {
+        layer: path.display().to_string(),
+        source,
+    };
+    let reader = decompress(io::BufReader::new(file)).map_err(tar_err)?;
+    let mut archive = tar::Archive::new(reader);
+    let mut files = ArchiveFiles::default();
+    for entry in archive.entries().map_err(tar_err)? {
+        let mut entry = entry.map_err(tar_err)?;
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        let raw = entry.path_bytes().into_owned();
+        let name = normalize_name(&String::from_utf8_lossy(&raw));
+        let size = entry.size();
+        if is_metadata(&name) && !name.starts_with("blobs/") && size <= SMALL_FILE {
+            let mut bytes = Vec::with_capacity(size as usize);
+            entry.read_to_end(&mut bytes).map_err(tar_err)?;
+            files.small.insert(name, bytes);
+        } else {
+            let id = match name.strip_prefix("blobs/sha256/") {
+                Some(hex) => format!("sha256:{hex}"),
+                None => name.clone(),
+            };
+            reporter.start(&id, "loading", Some(size));
+            let counted = ProgressReader::new(&mut entry, reporter, id.clone());
+            match ingest_verified(store, &name, counted, size, path) {
+                Ok(desc) => {
+                    reporter.done(&id, Outcome::Done);
+                    files.stored.insert(name, desc);
+                }
+                Err(e) => {
+                    reporter.done(&id, Outcome::Failed(e.to_string()));
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(files)
+}
+
+fn read_dir_archive(dir: &Path) -> Result<ArchiveFiles> {
+    let mut files = ArchiveFiles::default();
+    for name in ["index.json", "manifest.json", "oci-layout", "repositories"] {
+        let p = dir.join(name);
+        if p.is_file() {
+            files.small.insert(name.to_string(), fs::read(&p).map_err(io_at("read", &p))?);
+        }
+    }
+    // Blobs are copied lazily: only those the manifests reach.
+    Ok(files)
+}
+
+fn blob_from_layout(store: &Store, layout_dir: Option<&Path>, digest: &Digest, size: u64, archive: &Path) -> Result<()> {
+    if store.blob_size(digest)? == Some(size) {
+        return Ok(());
+    }
+    let Some(dir) = layout_dir else {
+        return Err(Error::Archive {
+            path: archive.to_path_buf(),
+            reason: format!("blob {digest} is missing"),
+        });
+    };
+    let p = dir.join("blobs/sha256").join(digest.hex());
+    let f = File::open(&p).map_err(|e| Error::Archive {
+        path: archive.to_path_buf(),
+        reason: format!("blob {digest}: {e}"),
+    })?;
+    ingest_verified(store, &format!("blobs/sha256/{}", digest.hex()), f, size, archive)?;
+    Ok(())
+}
+
+fn load_oci(store: &Store, files: &ArchiveFiles, path: &Path) -> Result<Vec<Loaded>> {
+    let index_bytes = &files.small["index.json"];
+    let index: Index = serde_json::from_slice(index_bytes).map_err(|source| Error::Json {
+        what: format!("{}: index.json", path.display()),
+        source,
+    })?;
+    let layout_dir = if path.is_dir() { Some(path) } else { None };
+    let mut out = Vec::new();
+    for desc in &index.manifests {
+        // Everything the manifest reaches must be present and match.
+        let mut queue = vec![desc.clone()];
+        while let Some(d) = queue.pop() {
+            blob_from_layout(store, layout_dir, &d.digest, d.size, path)?;
+            let bytes = store.read_blob(&d.digest)?;
+            match parse_manifest(&bytes, &d.media_type, &format!("manifest {}", d.digest))? {
+                ManifestKind::Index(i) => queue.extend(i.manifests),
+                ManifestKind::Image(m) => {
+                    for blob in std::iter::once(&m.config).chain(&m.layers) {
+                        blob_from_layout(store, layout_dir, &blob.digest, blob.size, path)?;
+                    }
+                }
+            }
+        }
+        let name = desc
+            .annotations
+            .get(ANNOTATION_CONTAINERD_NAME)
+            .or_else(|| desc.annotations.get(ANNOTATION_REF_NAME).filter(|n| n.contains('/') || n.contains(':')));
+        let mut entry = desc.clone();
+        entry.annotations.clear();
+        let references = match name.map(|n| Reference::parse(n)) {
+            Some(Ok(r)) => {
+                store.tag(&r, &entry)?;
+                vec![r]
+            }
+            _ => {
+                store.add_untagged(&entry)?;
+                Vec::new()
+            }
+        };
+        out.push(Loaded {
+            references,
+            manifest: entry,
+        });
+    }
+    Ok(out)
+}
+
+fn load_docker(store: &Store, files: &ArchiveFiles, path: &Path) -> Result<Vec<Loaded>> {
+    let bad = |reason: String| Error::Archive {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let entries: Vec<DockerArchiveEntry> =
+        serde_json::from_slice(&files.small["manifest.json"]).map_err(|source| Error::Json {
+            what: format!("{}: manifest.json", path.display()),
+            source,
+        })?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let config_name = normalize_name(&entry.config);
+        let config_desc = match (files.small.get(&config_name), files.stored.get(&config_name)) {
+            (Some(bytes), _) => store.put_blob(media::OCI_CONFIG, bytes)?,
+            (None, Some(d)) => Descriptor::new(media::OCI_CONFIG, d.digest.clone(), d.size),
+            (None, None) => return Err(bad(format!("config {config_name} is missing"))),
+        };
+        let config = store.read_config(&config_desc)?;
+        if config.rootfs.diff_ids.len() != entry.layers.len() {
+            return Err(bad(format!(
+                "{config_name}: {} diff ids but {} layers",
+                config.rootfs.diff_ids.len(),
+                entry.layers.len()
+            )));
+        }
+        let mut layers = Vec::new();
+        for layer_name in &entry.layers {
+            let name = normalize_name(layer_name);
+            let d = files
+                .stored
+                .get(&name)
+                .ok_or_else(|| bad(format!("layer {name} is missing")))?;
+            let mut head = [0u8; 4];
+            let n = store.open_blob(&d.digest)?.read(&mut head).map_err(io_at("read", &store.blob_path(&d.digest)))?;
+            let kind = Compression::sniff(&head[..n]);
+            layers.push(Descriptor::new(kind.oci_layer_media_type(), d.digest.clone(), d.size));
+        }
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(media::OCI_MANIFEST.into()),
+            artifact_type: None,
+            config: config_desc,
+            layers,
+            subject: None,
+            annotations: BTreeMap::new(),
+        };
+        let mut desc = store.put_json(media::OCI_MANIFEST, &manifest)?;
+        desc.platform = Some(crate::oci::Platform {
+            architecture: config.architecture.clone(),
+            os: config.os.clone(),
+            os_version: None,
+            os_features: None,
+            variant: config.variant.clone(),
+        });
+        let mut references = Vec::new();
+        for tag in entry.repo_tags.unwrap_or_default() {
+            let r = Reference::parse(&tag)?;
+            store.tag(&r, &desc)?;
+            references.push(r);
+        }
+        if references.is_empty() {
+            store.add_untagged(&desc)?;
+        }
+        out.push(Loaded {
+            references,
+            manifest: desc,
+        });
+    }
+    Ok(out)
+}

@@ -7,7 +7,7 @@
 //! copy is dropped). Leftover `.tmp-` dirs are removed by `prune`.
 
 use std::fs;
-use std::io::{self, Read};
+use std::io::Read;
 use std::path::PathBuf;
 
 use crate::compress::decompress;
@@ -115,6 +115,3 @@ impl Store {
         result.map(|()| final_path)
     }
 }
-
-#[allow(dead_code)]
-fn _assert_io(_: io::Error) {}

@@ -471,6 +471,21 @@ impl Store {
         })
     }
 
+    /// Records an image without a name (`<none>` in `kiln images`), so it is
+    /// kept until removed by digest.
+    pub fn add_untagged(&self, desc: &Descriptor) -> Result<()> {
+        let mut entry = desc.clone();
+        entry.annotations.remove(ANNOTATION_REF_NAME);
+        self.update_index(|index| {
+            let present = index.manifests.iter().any(|d| {
+                d.digest == entry.digest && !d.annotations.contains_key(ANNOTATION_REF_NAME)
+            });
+            if !present {
+                index.manifests.push(entry);
+            }
+        })
+    }
+
     /// Removes the tag; returns what it pointed at.
     pub fn untag(&self, reference: &Reference) -> Result<Option<Descriptor>> {
         let name = reference.to_string();
@@ -684,11 +699,37 @@ impl Store {
     }
 
     /// Untags `reference` and removes the blobs and snapshots of what it
-    /// pointed at that nothing else references (`docker rmi`).
+    /// pointed at that nothing else references (`docker rmi`). Returns the
+    /// descriptor it pointed at and the blobs removed.
     pub fn remove_image(&self, reference: &Reference) -> Result<Option<(Descriptor, Vec<Digest>)>> {
         let Some(desc) = self.untag(reference)? else {
             return Ok(None);
         };
+        self.collect_image(desc).map(Some)
+    }
+
+    /// Removes every `index.json` entry (tagged or not) for the manifest
+    /// `digest`, then its unreferenced blobs and snapshots.
+    pub fn remove_image_digest(&self, digest: &Digest) -> Result<Option<(Descriptor, Vec<Digest>)>> {
+        let removed = self.update_index(|index| {
+            let mut found = None;
+            index.manifests.retain(|d| {
+                if &d.digest == digest {
+                    found = Some(d.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            found
+        })?;
+        match removed {
+            Some(desc) => self.collect_image(desc).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn collect_image(&self, desc: Descriptor) -> Result<(Descriptor, Vec<Digest>)> {
         let _gc = lock(&self.root.join("gc.lock"), true)?;
         let mut candidates = vec![desc.digest.clone()];
         let mut queue = vec![desc.clone()];
@@ -719,7 +760,7 @@ impl Store {
             }
         }
         self.remove_snapshots_except(&keep_chains)?;
-        Ok(Some((desc, removed)))
+        Ok((desc, removed))
     }
 
     fn remove_snapshots_except(&self, keep: &BTreeSet<Digest>) -> Result<Vec<String>> {

@@ -1,4 +1,6 @@
 //! One module per group of commands. Each owns its clap arguments and turns
 //! them into calls on the library crates; no build logic lives here.
 
+pub mod image;
 pub mod parse;
+pub mod run;

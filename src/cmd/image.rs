@@ -1,0 +1,405 @@
+//! Local image commands: `images`, `tag`, `inspect`, `rmi`, `prune`,
+//! `save`, `load`, `import`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Subcommand, ValueEnum};
+use kiln_layers::archive::{self, Format, SaveItem};
+use kiln_layers::import::{import_rootfs, ImportOptions};
+use kiln_layers::oci::parse_rfc3339;
+use kiln_layers::store::{PruneOptions, TaggedImage};
+use kiln_layers::{Compression, Platform, Reference, Store};
+
+use crate::progress::{human_bytes, ProgressArgs};
+use crate::settings::GlobalSettings;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum SaveFormat {
+    Oci,
+    Docker,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ListFormat {
+    Table,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LayerCompression {
+    Gzip,
+    Zstd,
+    None,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// List images in the store.
+    Images {
+        /// Only image ids.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// Give an image another name.
+    Tag {
+        /// Existing image (reference, id or digest).
+        source: String,
+        /// New reference.
+        target: String,
+    },
+    /// Show an image's manifest and config as JSON.
+    Inspect {
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// Platform to pick from a multi-platform image (os/arch[/variant]).
+        #[arg(long)]
+        platform: Option<String>,
+    },
+    /// Remove images (their tags, then blobs nothing else uses).
+    Rmi {
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// Remove an image id even if several tags name it.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Remove unreferenced blobs and snapshots and leftovers of killed writes.
+    Prune {
+        /// Also drop the build cache.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Write images to an OCI layout (dir or .tar) or a docker-archive tar.
+    Save {
+        #[arg(long, value_enum, default_value_t = SaveFormat::Docker)]
+        format: SaveFormat,
+        /// Output path (`-` for stdout).
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(required = true)]
+        images: Vec<String>,
+        #[arg(long)]
+        platform: Option<String>,
+    },
+    /// Load images from an OCI layout (dir or tar) or a docker-archive tar.
+    Load {
+        #[arg(short, long)]
+        input: PathBuf,
+        #[command(flatten)]
+        progress: ProgressArgs,
+    },
+    /// Create a one-layer image from a root filesystem tar (`-` for stdin).
+    Import {
+        rootfs: PathBuf,
+        reference: String,
+        /// Dockerfile instruction applied to the config (CMD, ENTRYPOINT,
+        /// ENV, EXPOSE, LABEL, ONBUILD, STOPSIGNAL, USER, VOLUME, WORKDIR).
+        #[arg(short, long)]
+        change: Vec<String>,
+        /// Platform recorded in the config (default: this machine's).
+        #[arg(long)]
+        platform: Option<String>,
+        #[arg(long, value_enum, default_value_t = LayerCompression::Gzip)]
+        compression: LayerCompression,
+        #[command(flatten)]
+        progress: ProgressArgs,
+    },
+}
+
+fn platform(arg: &Option<String>) -> anyhow::Result<Platform> {
+    Ok(match arg {
+        Some(p) => Platform::parse(p)?,
+        None => Platform::host(),
+    })
+}
+
+impl ImageCommand {
+    pub fn run(self, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
+        let store = Store::open(&settings.root)
+            .with_context(|| format!("opening the store at {}", settings.root.display()))?;
+        match self {
+            ImageCommand::Images { quiet, format } => images(&store, quiet, format),
+            ImageCommand::Tag { source, target } => {
+                let found = store.find(&source, &Platform::host())?;
+                let Some(first) = found.first() else {
+                    bail!("image {source} not found");
+                };
+                let target = Reference::parse(&target)?;
+                let mut desc = first.descriptor.clone();
+                desc.annotations.clear();
+                store.tag(&target, &desc)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            ImageCommand::Inspect { images, platform: p } => {
+                let platform = platform(&p)?;
+                let mut out = Vec::new();
+                for query in &images {
+                    out.push(inspect(&store, query, &platform)?);
+                }
+                let mut stdout = std::io::stdout().lock();
+                serde_json::to_writer_pretty(&mut stdout, &out)?;
+                writeln!(stdout)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            ImageCommand::Rmi { images, force } => rmi(&store, &images, force),
+            ImageCommand::Prune { all } => {
+                let report = store.prune(PruneOptions { build_cache: all })?;
+                for d in &report.blobs {
+                    println!("deleted: {d}");
+                }
+                println!(
+                    "Total reclaimed space: {} ({} blobs, {} snapshots, {} partial writes, {} cache records)",
+                    human_bytes(report.bytes),
+                    report.blobs.len(),
+                    report.snapshots.len(),
+                    report.ingest_files,
+                    report.cache_records
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            ImageCommand::Save { format, output, images, platform: p } => {
+                let platform = platform(&p)?;
+                let mut items = Vec::new();
+                for query in &images {
+                    let found = store.find(query, &platform)?;
+                    for tagged in found {
+                        let image = store.read_image(&tagged.descriptor, &platform)?;
+                        let reference = match tagged.reference {
+                            Some(r) => r,
+                            None => bail!("{query}: an untagged image cannot be saved by id yet; tag it first"),
+                        };
+                        items.push(SaveItem { reference, image });
+                    }
+                }
+                let format = match format {
+                    SaveFormat::Oci => Format::Oci,
+                    SaveFormat::Docker => Format::Docker,
+                };
+                archive::save(&store, &items, format, &output)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            ImageCommand::Load { input, progress } => {
+                let reporter = progress.reporter();
+                let loaded = archive::load(&store, &input, &reporter)?;
+                for l in loaded {
+                    if l.references.is_empty() {
+                        println!("Loaded image ID: {}", l.manifest.digest);
+                    }
+                    for r in l.references {
+                        println!("Loaded image: {}", r.familiar());
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            ImageCommand::Import { rootfs, reference, change, platform: p, compression, progress } => {
+                let reference = Reference::parse(&reference)?;
+                let reporter = progress.reporter();
+                let mut options = ImportOptions::new(rootfs.display().to_string());
+                options.changes = change;
+                options.platform = platform(&p)?;
+                options.compression = match compression {
+                    LayerCompression::Gzip => Compression::Gzip,
+                    LayerCompression::Zstd => Compression::Zstd,
+                    LayerCompression::None => Compression::None,
+                };
+                let _lease = store.lease()?;
+                let desc = if rootfs.as_os_str() == "-" {
+                    options.source = "-".into();
+                    import_rootfs(&store, std::io::stdin(), &options, &reporter)?
+                } else {
+                    let file = std::fs::File::open(&rootfs)
+                        .with_context(|| format!("opening {}", rootfs.display()))?;
+                    import_rootfs(&store, file, &options, &reporter)?
+                };
+                store.tag(&reference, &desc)?;
+                let image = store.read_image(&desc, &options.platform)?;
+                println!("{}", image.id());
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    }
+}
+
+fn ago(created: Option<&str>) -> String {
+    let Some(secs) = created.and_then(parse_rfc3339) else {
+        return "N/A".into();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let d = (now - secs).max(0);
+    let (n, unit) = match d {
+        0..=59 => (d, "second"),
+        60..=3599 => (d / 60, "minute"),
+        3600..=86_399 => (d / 3600, "hour"),
+        86_400..=1_209_599 => (d / 86_400, "day"),
+        1_209_600..=5_183_999 => (d / 604_800, "week"),
+        5_184_000..=31_535_999 => (d / 2_592_000, "month"),
+        _ => (d / 31_536_000, "year"),
+    };
+    if n == 1 {
+        format!("1 {unit} ago")
+    } else {
+        format!("{n} {unit}s ago")
+    }
+}
+
+fn images(store: &Store, quiet: bool, format: ListFormat) -> anyhow::Result<ExitCode> {
+    let platform = Platform::host();
+    let mut rows = Vec::new();
+    for tagged in store.list()? {
+        let (repo, tag) = match &tagged.reference {
+            Some(r) => (r.familiar_name(), r.tag.clone().unwrap_or_else(|| "<none>".into())),
+            None => ("<none>".to_string(), "<none>".to_string()),
+        };
+        match store.read_image(&tagged.descriptor, &platform) {
+            Ok(image) => rows.push((repo, tag, Some(image), tagged)),
+            Err(e) => {
+                tracing::warn!(image = %tagged.name, error = %e, "cannot read image");
+                rows.push((repo, tag, None, tagged));
+            }
+        }
+    }
+    let mut stdout = std::io::stdout().lock();
+    if quiet {
+        for (_, _, image, tagged) in &rows {
+            let id = image.as_ref().map(|i| i.id()).unwrap_or(&tagged.descriptor.digest);
+            writeln!(stdout, "{}", id.short())?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let ListFormat::Json = format {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|(repo, tag, image, tagged)| {
+                serde_json::json!({
+                    "Name": tagged.name,
+                    "Repository": repo,
+                    "Tag": tag,
+                    "ID": image.as_ref().map(|i| i.id().to_string()),
+                    "Digest": tagged.descriptor.digest,
+                    "Created": image.as_ref().and_then(|i| i.config.created.clone()),
+                    "Size": image.as_ref().map(|i| i.content_size()),
+                })
+            })
+            .collect();
+        serde_json::to_writer_pretty(&mut stdout, &list)?;
+        writeln!(stdout)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let table: Vec<[String; 5]> = rows
+        .iter()
+        .map(|(repo, tag, image, tagged)| match image {
+            Some(i) => [
+                repo.clone(),
+                tag.clone(),
+                i.id().short().to_string(),
+                ago(i.config.created.as_deref()),
+                human_bytes(i.content_size()),
+            ],
+            None => [
+                repo.clone(),
+                tag.clone(),
+                tagged.descriptor.digest.short().to_string(),
+                "N/A".into(),
+                "N/A".into(),
+            ],
+        })
+        .collect();
+    let header = ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"];
+    let mut widths = header.map(str::len);
+    for row in &table {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i == 4 {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}   "));
+            }
+        }
+        s
+    };
+    writeln!(stdout, "{}", line(header))?;
+    for row in &table {
+        writeln!(stdout, "{}", line([&row[0], &row[1], &row[2], &row[3], &row[4]]))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inspect(store: &Store, query: &str, platform: &Platform) -> anyhow::Result<serde_json::Value> {
+    let found = store.find(query, platform)?;
+    let Some(first) = found.first() else {
+        bail!("image {query} not found");
+    };
+    let image = store.read_image(&first.descriptor, platform)?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&store.read_blob(&image.manifest_descriptor.digest)?)?;
+    let config: serde_json::Value = serde_json::from_slice(&store.read_blob(image.id())?)?;
+    let tags: Vec<String> = found
+        .iter()
+        .filter_map(|t| t.reference.as_ref().map(|r| r.familiar()))
+        .collect();
+    Ok(serde_json::json!({
+        "Id": image.id(),
+        "RepoTags": tags,
+        "Digest": image.manifest_descriptor.digest,
+        "MediaType": image.manifest_descriptor.media_type,
+        "Created": image.config.created,
+        "Architecture": image.config.architecture,
+        "Os": image.config.os,
+        "Size": image.content_size(),
+        "Manifest": manifest,
+        "Config": config,
+    }))
+}
+
+fn rmi(store: &Store, queries: &[String], force: bool) -> anyhow::Result<ExitCode> {
+    let mut failed = false;
+    for query in queries {
+        let result = (|| -> anyhow::Result<()> {
+            let found: Vec<TaggedImage> = store.find(query, &Platform::host())?;
+            let by_reference = Reference::parse(query)
+                .ok()
+                .filter(|r| found.len() == 1 && found[0].reference.as_ref() == Some(r));
+            if by_reference.is_none() && found.len() > 1 && !force {
+                bail!(
+                    "{query} is referenced by {} tags ({}); remove them by name or use --force",
+                    found.len(),
+                    found.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+                );
+            }
+            for tagged in found {
+                let removed = match &tagged.reference {
+                    Some(r) => store.remove_image(r)?,
+                    None => store.remove_image_digest(&tagged.descriptor.digest)?,
+                };
+                if let Some(r) = &tagged.reference {
+                    println!("Untagged: {}", r.familiar());
+                }
+                if let Some((_, blobs)) = removed {
+                    for d in blobs {
+                        println!("Deleted: {d}");
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            eprintln!("error: {e:#}");
+            failed = true;
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
