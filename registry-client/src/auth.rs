@@ -17,7 +17,9 @@ pub const DOCKER_HUB_CONFIG_KEY: &str = "https://index.docker.io/v1/";
 /// What a registry asked for in `WWW-Authenticate`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
-    Basic { realm: Option<String> },
+    Basic {
+        realm: Option<String>,
+    },
     Bearer {
         realm: String,
         service: Option<String>,
@@ -29,7 +31,9 @@ impl Challenge {
     /// Parses one `WWW-Authenticate` header value. Unknown schemes give `None`.
     pub fn parse(header: &str) -> Option<Challenge> {
         let header = header.trim();
-        let (scheme, rest) = header.split_once(char::is_whitespace).unwrap_or((header, ""));
+        let (scheme, rest) = header
+            .split_once(char::is_whitespace)
+            .unwrap_or((header, ""));
         let params = parse_auth_params(rest);
         match scheme.to_ascii_lowercase().as_str() {
             "basic" => Some(Challenge::Basic {
@@ -98,7 +102,10 @@ fn parse_auth_params(input: &str) -> BTreeMap<String, String> {
 /// A credential for one registry.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credential {
-    UsernamePassword { username: String, password: String },
+    UsernamePassword {
+        username: String,
+        password: String,
+    },
     /// An OAuth2 refresh token (`identitytoken` in `config.json`).
     IdentityToken(String),
 }
@@ -172,7 +179,8 @@ pub fn default_config_dir() -> Option<PathBuf> {
 
 /// The key under which `registry`'s credentials live in `config.json`.
 pub fn config_key(registry: &str) -> &str {
-    if registry == DOCKER_HUB || registry == "index.docker.io" || registry == "registry-1.docker.io" {
+    if registry == DOCKER_HUB || registry == "index.docker.io" || registry == "registry-1.docker.io"
+    {
         DOCKER_HUB_CONFIG_KEY
     } else {
         registry
@@ -255,7 +263,10 @@ impl DockerConfig {
     }
 
     /// Writes atomically with mode 0600, keeping every other setting.
-    fn save(&self, config: &serde_json::Map<String, serde_json::Value>) -> Result<(), CredentialError> {
+    fn save(
+        &self,
+        config: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), CredentialError> {
         use std::os::unix::fs::OpenOptionsExt as _;
         let path = self.path();
         let write_err = |source| CredentialError::Write {
@@ -263,7 +274,9 @@ impl DockerConfig {
             source,
         };
         std::fs::create_dir_all(&self.dir).map_err(write_err)?;
-        let tmp = self.dir.join(format!(".config.json.{}.tmp", std::process::id()));
+        let tmp = self
+            .dir
+            .join(format!(".config.json.{}.tmp", std::process::id()));
         let mut bytes = serde_json::to_vec_pretty(config).map_err(|e| write_err(e.into()))?;
         bytes.push(b'\n');
         let mut file = std::fs::OpenOptions::new()
@@ -280,22 +293,38 @@ impl DockerConfig {
     }
 
     /// The helper configured for `key` (`credHelpers`, then `credsStore`).
-    fn helper_for(config: &serde_json::Map<String, serde_json::Value>, key: &str) -> Option<String> {
-        let helpers = config.get("credHelpers").and_then(|h| h.get(key)).and_then(|h| h.as_str());
+    fn helper_for(
+        config: &serde_json::Map<String, serde_json::Value>,
+        key: &str,
+    ) -> Option<String> {
+        let helpers = config
+            .get("credHelpers")
+            .and_then(|h| h.get(key))
+            .and_then(|h| h.as_str());
         let store = config.get("credsStore").and_then(|s| s.as_str());
-        helpers.or(store).filter(|h| !h.is_empty()).map(str::to_string)
+        helpers
+            .or(store)
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
     }
 
     /// Stores `username`/`password` for `registry`, through its credential
     /// helper when one is configured, else in `auths` of `config.json`.
-    pub fn store(&self, registry: &str, username: &str, password: &str) -> Result<(), CredentialError> {
+    pub fn store(
+        &self,
+        registry: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<(), CredentialError> {
         let key = config_key(registry);
         let mut config = self.load()?;
         if let Some(helper) = Self::helper_for(&config, key) {
-            let input = serde_json::json!({"ServerURL": key, "Username": username, "Secret": password});
+            let input =
+                serde_json::json!({"ServerURL": key, "Username": username, "Secret": password});
             return run_helper(&helper, "store", &input.to_string(), registry);
         }
-        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+        let auth =
+            base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
         let auths = config
             .entry("auths")
             .or_insert_with(|| serde_json::Value::Object(Default::default()));
@@ -328,7 +357,12 @@ impl DockerConfig {
     }
 }
 
-fn run_helper(helper: &str, verb: &str, input: &str, registry: &str) -> Result<(), CredentialError> {
+fn run_helper(
+    helper: &str,
+    verb: &str,
+    input: &str,
+    registry: &str,
+) -> Result<(), CredentialError> {
     let err = |reason: String| CredentialError::Helper {
         helper: helper.to_string(),
         registry: registry.to_string(),

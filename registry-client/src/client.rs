@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::header::{
+    HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE,
+    RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use reqwest::{Method, StatusCode, Url};
 use sha2::{Digest as _, Sha256};
 
@@ -53,7 +56,9 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     fn backoff(&self, retry: u32) -> Duration {
         let factor = 1u32.checked_shl(retry.min(16)).unwrap_or(u32::MAX);
-        self.initial_backoff.saturating_mul(factor).min(self.max_backoff)
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
     }
 }
 
@@ -114,7 +119,9 @@ impl BlobSource for MemoryBlob {
         self.0.len() as u64
     }
     fn open(&self, offset: u64) -> std::io::Result<Box<dyn Read + Send>> {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(self.0.len());
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.0.len());
         Ok(Box::new(std::io::Cursor::new(self.0.slice(start..))))
     }
 }
@@ -166,7 +173,9 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -211,7 +220,9 @@ fn build_http(config: &ClientConfig, accept_invalid_certs: bool) -> Result<reqwe
             builder = builder.add_root_certificate(cert);
         }
     }
-    builder.build().map_err(|e| Error::ClientSetup(error_chain(&e)))
+    builder
+        .build()
+        .map_err(|e| Error::ClientSetup(error_chain(&e)))
 }
 
 /// Extracts `CODE: message` pairs from a distribution error body.
@@ -394,14 +405,16 @@ impl Client {
             registry: registry.to_string(),
             detail,
         };
-        let https = Url::parse(&format!("https://{host}/")).map_err(|e| unreachable(e.to_string()))?;
+        let https =
+            Url::parse(&format!("https://{host}/")).map_err(|e| unreachable(e.to_string()))?;
         let endpoint = match self.ping(registry, &https).await {
             Ok(challenge) => Endpoint {
                 base: https,
                 challenge,
             },
             Err(https_err) if plain_allowed => {
-                let http = Url::parse(&format!("http://{host}/")).map_err(|e| unreachable(e.to_string()))?;
+                let http = Url::parse(&format!("http://{host}/"))
+                    .map_err(|e| unreachable(e.to_string()))?;
                 match self.ping(registry, &http).await {
                     Ok(challenge) => Endpoint {
                         base: http,
@@ -415,16 +428,21 @@ impl Client {
             Err(https_err) => return Err(unreachable(https_err)),
         };
         tracing::debug!(registry, base = %endpoint.base, challenge = ?endpoint.challenge, "registry endpoint");
-        self.lock_endpoints().insert(registry.to_string(), endpoint.clone());
+        self.lock_endpoints()
+            .insert(registry.to_string(), endpoint.clone());
         Ok(endpoint)
     }
 
     fn lock_endpoints(&self) -> std::sync::MutexGuard<'_, HashMap<String, Endpoint>> {
-        self.endpoints.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn lock_tokens(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        self.tokens.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.tokens
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn credential(&self, registry: &str) -> Result<Option<Credential>, Error> {
@@ -471,7 +489,8 @@ impl Client {
             realm: realm.to_string(),
             detail,
         };
-        let mut url = Url::parse(realm).map_err(|e| token_err(format!("invalid realm URL: {e}")))?;
+        let mut url =
+            Url::parse(realm).map_err(|e| token_err(format!("invalid realm URL: {e}")))?;
         let credential = self.credential(registry).await?;
         let http = self.http_for(registry);
         let request = match &credential {
@@ -517,9 +536,15 @@ impl Client {
                 request
             }
         };
-        let response = request.send().await.map_err(|e| token_err(error_chain(&e)))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| token_err(error_chain(&e)))?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| token_err(error_chain(&e)))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| token_err(error_chain(&e)))?;
         if !status.is_success() {
             return Err(token_err(format!(
                 "answered {status}: {}",
@@ -549,9 +574,10 @@ impl Client {
     ) -> Result<Option<String>, Error> {
         match &endpoint.challenge {
             None => Ok(None),
-            Some(Challenge::Basic { .. }) => {
-                Ok(self.credential(registry).await?.and_then(|c| c.basic_header()))
-            }
+            Some(Challenge::Basic { .. }) => Ok(self
+                .credential(registry)
+                .await?
+                .and_then(|c| c.basic_header())),
             Some(Challenge::Bearer { realm, service, .. }) => {
                 let key = Self::token_key(registry, scopes);
                 if let Some(token) = self.lock_tokens().get(&key) {
@@ -619,7 +645,12 @@ impl Client {
                         scope: Some(extra), ..
                     } = &challenge
                     {
-                        scopes.extend(extra.split(' ').filter(|s| !s.is_empty()).map(str::to_string));
+                        scopes.extend(
+                            extra
+                                .split(' ')
+                                .filter(|s| !s.is_empty())
+                                .map(str::to_string),
+                        );
                     }
                     let key = Self::token_key(ctx.registry, &scopes);
                     self.lock_tokens().remove(&key);
@@ -687,7 +718,9 @@ impl Client {
             None => Ok(()),
             Some(Challenge::Basic { .. }) => {
                 let response = self
-                    .send(&ctx, &[], true, &|http, base| http.get(base.join("v2/").unwrap_or_else(|_| base.clone())))
+                    .send(&ctx, &[], true, &|http, base| {
+                        http.get(base.join("v2/").unwrap_or_else(|_| base.clone()))
+                    })
                     .await?;
                 if response.status().is_success() {
                     Ok(())
@@ -695,11 +728,10 @@ impl Client {
                     Err(Self::status_error(&ctx, response).await)
                 }
             }
-            Some(Challenge::Bearer { realm, service, .. }) => {
-                self.fetch_token(registry, realm, service.as_deref(), &BTreeSet::new())
-                    .await
-                    .map(|_| ())
-            }
+            Some(Challenge::Bearer { realm, service, .. }) => self
+                .fetch_token(registry, realm, service.as_deref(), &BTreeSet::new())
+                .await
+                .map(|_| ()),
         }
     }
 
@@ -715,9 +747,12 @@ impl Client {
         };
         let path = format!("v2/{}/manifests/{}", repository.name, wanted);
         let response = self
-            .send(&ctx, &[scope_pull(&repository.name)], true, &|http, base| {
-                http.get(join(base, &path)).header(ACCEPT, MANIFEST_ACCEPT)
-            })
+            .send(
+                &ctx,
+                &[scope_pull(&repository.name)],
+                true,
+                &|http, base| http.get(join(base, &path)).header(ACCEPT, MANIFEST_ACCEPT),
+            )
             .await?;
         if !response.status().is_success() {
             return Err(Self::status_error(&ctx, response).await);
@@ -805,14 +840,19 @@ impl Client {
         loop {
             let offset = received;
             let response = self
-                .send(&ctx, &[scope_pull(&repository.name)], true, &|http, base| {
-                    let request = http.get(join(base, &path));
-                    if offset > 0 {
-                        request.header(RANGE, format!("bytes={offset}-"))
-                    } else {
-                        request
-                    }
-                })
+                .send(
+                    &ctx,
+                    &[scope_pull(&repository.name)],
+                    true,
+                    &|http, base| {
+                        let request = http.get(join(base, &path));
+                        if offset > 0 {
+                            request.header(RANGE, format!("bytes={offset}-"))
+                        } else {
+                            request
+                        }
+                    },
+                )
                 .await?;
             // Bytes to drop from the front: the server may ignore Range and send it all.
             let mut skip = match response.status() {
@@ -882,7 +922,9 @@ impl Client {
             if interrupted.is_none() {
                 match expected_size {
                     Some(expected) if received < expected => {
-                        interrupted = Some(format!("connection closed after {received} of {expected} bytes"));
+                        interrupted = Some(format!(
+                            "connection closed after {received} of {expected} bytes"
+                        ));
                     }
                     _ => break,
                 }
@@ -919,7 +961,11 @@ impl Client {
     }
 
     /// The size of blob `digest` in `repository`, or `None` if the registry lacks it.
-    pub async fn blob_exists(&self, repository: &Repository, digest: &Digest) -> Result<Option<u64>, Error> {
+    pub async fn blob_exists(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> Result<Option<u64>, Error> {
         let ctx = Ctx {
             registry: &repository.registry,
             repository: &repository.name,
@@ -927,9 +973,12 @@ impl Client {
         };
         let path = format!("v2/{}/blobs/{}", repository.name, digest);
         let response = self
-            .send(&ctx, &[scope_push(&repository.name)], true, &|http, base| {
-                http.head(join(base, &path))
-            })
+            .send(
+                &ctx,
+                &[scope_push(&repository.name)],
+                true,
+                &|http, base| http.head(join(base, &path)),
+            )
             .await?;
         match response.status() {
             s if s.is_success() => Ok(Some(
@@ -946,7 +995,12 @@ impl Client {
     }
 
     /// Location of a new upload session (after POST or a refused mount).
-    fn upload_location(&self, ctx: &Ctx<'_>, base: &Url, response: &reqwest::Response) -> Result<Url, Error> {
+    fn upload_location(
+        &self,
+        ctx: &Ctx<'_>,
+        base: &Url,
+        response: &reqwest::Response,
+    ) -> Result<Url, Error> {
         let value = response
             .headers()
             .get(LOCATION)
@@ -983,7 +1037,9 @@ impl Client {
         let mut attempts = 0;
         loop {
             let mut session = None;
-            if let Some(from) = mount_from.filter(|f| f.registry == repository.registry && f.name != repository.name) {
+            if let Some(from) = mount_from
+                .filter(|f| f.registry == repository.registry && f.name != repository.name)
+            {
                 let scopes = [scope_push(&repository.name), scope_pull(&from.name)];
                 let response = self
                     .send(&ctx, &scopes, true, &|http, base| {
@@ -997,7 +1053,9 @@ impl Client {
                 match response.status() {
                     StatusCode::CREATED => return Ok(PushOutcome::Mounted),
                     // The registry could not mount and opened an upload session instead.
-                    StatusCode::ACCEPTED => session = Some(self.upload_location(&ctx, &base, &response)?),
+                    StatusCode::ACCEPTED => {
+                        session = Some(self.upload_location(&ctx, &base, &response)?)
+                    }
                     _ => return Err(Self::status_error(&ctx, response).await),
                 }
             }
@@ -1005,9 +1063,14 @@ impl Client {
                 Some(location) => location,
                 None => {
                     let response = self
-                        .send(&ctx, &[scope_push(&repository.name)], true, &|http, base| {
-                            http.post(join(base, &uploads)).header(CONTENT_LENGTH, "0")
-                        })
+                        .send(
+                            &ctx,
+                            &[scope_push(&repository.name)],
+                            true,
+                            &|http, base| {
+                                http.post(join(base, &uploads)).header(CONTENT_LENGTH, "0")
+                            },
+                        )
                         .await?;
                     if response.status() != StatusCode::ACCEPTED {
                         return Err(Self::status_error(&ctx, response).await);
@@ -1015,7 +1078,10 @@ impl Client {
                     self.upload_location(&ctx, &base, &response)?
                 }
             };
-            match self.upload(&ctx, repository, digest, &source, location).await {
+            match self
+                .upload(&ctx, repository, digest, &source, location)
+                .await
+            {
                 Ok(()) => return Ok(PushOutcome::Uploaded),
                 // A failed upload session may hold partial bytes: start a new one.
                 Err(err) if err.is_transient() && attempts < self.config.retry.max_retries => {
@@ -1065,7 +1131,8 @@ impl Client {
             _ => true,
         };
         let mut url = location;
-        url.query_pairs_mut().append_pair("digest", &digest.to_string());
+        url.query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
         let response = self
             .send(ctx, &scopes, false, &|http, _| {
                 let request = http
@@ -1101,11 +1168,16 @@ impl Client {
         };
         let path = format!("v2/{}/manifests/{}", repository.name, tag_or_digest);
         let response = self
-            .send(&ctx, &[scope_push(&repository.name)], true, &|http, base| {
-                http.request(Method::PUT, join(base, &path))
-                    .header(CONTENT_TYPE, media_type)
-                    .body(bytes.clone())
-            })
+            .send(
+                &ctx,
+                &[scope_push(&repository.name)],
+                true,
+                &|http, base| {
+                    http.request(Method::PUT, join(base, &path))
+                        .header(CONTENT_TYPE, media_type)
+                        .body(bytes.clone())
+                },
+            )
             .await?;
         if response.status() != StatusCode::CREATED {
             return Err(Self::status_error(&ctx, response).await);
@@ -1151,7 +1223,10 @@ mod tests {
     #[test]
     fn registry_messages_are_extracted() {
         let body = br#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry","detail":"x"}]}"#;
-        assert_eq!(registry_message(body), "BLOB_UNKNOWN blob unknown to registry");
+        assert_eq!(
+            registry_message(body),
+            "BLOB_UNKNOWN blob unknown to registry"
+        );
         assert_eq!(registry_message(b"plain text"), "plain text");
     }
 

@@ -62,7 +62,9 @@ pub enum Error {
         source: CredentialError,
     },
 
-    #[error("{registry}/{repository}: {digest}: bytes received hash to {actual}; not storing them")]
+    #[error(
+        "{registry}/{repository}: {digest}: bytes received hash to {actual}; not storing them"
+    )]
     DigestMismatch {
         registry: String,
         repository: String,

@@ -68,7 +68,11 @@ impl FromStr for Digest {
         if algorithm != "sha256" {
             return Err(err("only sha256 digests are supported"));
         }
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(err("a sha256 digest is 64 lowercase hex characters"));
         }
         Ok(Digest {
@@ -265,7 +269,8 @@ fn valid_tag(tag: &str) -> bool {
         Some(b) if b.is_ascii_alphanumeric() || b == b'_' => {}
         _ => return false,
     }
-    tag.len() <= 128 && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+    tag.len() <= 128
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
 }
 
 fn valid_registry(registry: &str) -> bool {
@@ -311,7 +316,11 @@ pub fn is_loopback_registry(registry: &str) -> bool {
     if host == "localhost" {
         return true;
     }
-    match host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
+    match host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    {
         Ok(ip) => ip.is_loopback(),
         Err(_) => false,
     }
@@ -344,13 +353,19 @@ mod tests {
         assert_eq!(full("alpine"), "docker.io/library/alpine:latest");
         assert_eq!(full("alpine:3.19"), "docker.io/library/alpine:3.19");
         assert_eq!(full("user/app"), "docker.io/user/app:latest");
-        assert_eq!(full("index.docker.io/alpine"), "docker.io/library/alpine:latest");
+        assert_eq!(
+            full("index.docker.io/alpine"),
+            "docker.io/library/alpine:latest"
+        );
         assert_eq!(full("localhost/app"), "localhost/app:latest");
         assert_eq!(full("localhost:5000/a/b:v1"), "localhost:5000/a/b:v1");
         assert_eq!(full("127.0.0.1:5000/x"), "127.0.0.1:5000/x:latest");
         assert_eq!(full("ghcr.io/o/r:t"), "ghcr.io/o/r:t");
         let digest = format!("sha256:{}", "a".repeat(64));
-        assert_eq!(full(&format!("alpine@{digest}")), format!("docker.io/library/alpine@{digest}"));
+        assert_eq!(
+            full(&format!("alpine@{digest}")),
+            format!("docker.io/library/alpine@{digest}")
+        );
         assert_eq!(
             full(&format!("h:1/x:t@{digest}")),
             format!("h:1/x:t@{digest}")

@@ -1,0 +1,348 @@
+//! A fault-injecting HTTP proxy in front of a real registry: it forwards
+//! each request on its own upstream connection (forcing `Connection: close`)
+//! and, as planned, cuts a blob download midway, flips a byte in one, or
+//! answers an error status instead of forwarding.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crate::{Result, TestSupportError};
+
+/// Answer `status` (with `Retry-After: retry_after` if set) instead of
+/// forwarding, `times` times, to GET/HEAD requests whose path contains `path_contains`.
+#[derive(Debug, Clone)]
+pub struct StatusFault {
+    pub status: u16,
+    pub times: u32,
+    pub retry_after: Option<u32>,
+    pub path_contains: String,
+}
+
+/// The faults to inject. Blob faults apply to GET `/v2/.../blobs/sha256:...` responses with a body.
+#[derive(Debug, Clone, Default)]
+pub struct FaultPlan {
+    /// Close the connection after this many body bytes, on the first `drop_times` blob downloads
+    /// that are longer than that.
+    pub drop_blob_after: Option<u64>,
+    pub drop_times: u32,
+    /// Flip (xor 0xff) the body byte at this offset on every blob download longer than that.
+    pub flip_blob_byte_at: Option<u64>,
+    pub status_faults: Vec<StatusFault>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Counters {
+    drops: u32,
+    flips: u32,
+    statuses: u32,
+    requests: Vec<String>,
+}
+
+struct Shared {
+    plan: Mutex<FaultPlan>,
+    counters: Mutex<Counters>,
+}
+
+/// A proxy on 127.0.0.1 in front of `upstream`; stops on drop.
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    /// `127.0.0.1:PORT`, to use as the registry in references.
+    pub host: String,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy forwarding to the plain-HTTP `upstream`.
+    pub fn start(upstream: SocketAddr, plan: FaultPlan) -> Result<FaultProxy> {
+        let listener =
+            TcpListener::bind("127.0.0.1:0").map_err(TestSupportError::io("binding the proxy"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(TestSupportError::io("proxy address"))?;
+        let shared = Arc::new(Shared {
+            plan: Mutex::new(plan),
+            counters: Mutex::new(Counters::default()),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (shared, stop) = (shared.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(client) = stream else { continue };
+                    let shared = shared.clone();
+                    std::thread::spawn(move || {
+                        let _ = handle(client, upstream, &shared);
+                    });
+                }
+            })
+        };
+        Ok(FaultProxy {
+            addr,
+            host: addr.to_string(),
+            shared,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Replaces the plan (counters are kept).
+    pub fn set_plan(&self, plan: FaultPlan) {
+        *self.shared.plan.lock().unwrap_or_else(|p| p.into_inner()) = plan;
+    }
+
+    fn counters(&self) -> Counters {
+        self.shared
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Blob downloads cut so far.
+    pub fn drops_injected(&self) -> u32 {
+        self.counters().drops
+    }
+
+    /// Blob downloads corrupted so far.
+    pub fn flips_injected(&self) -> u32 {
+        self.counters().flips
+    }
+
+    /// Error statuses answered so far.
+    pub fn statuses_injected(&self) -> u32 {
+        self.counters().statuses
+    }
+
+    /// `METHOD path [Range]` of every request seen, in order.
+    pub fn requests(&self) -> Vec<String> {
+        self.counters().requests
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Reads up to the end of the HTTP head; returns (head, bytes read past it).
+fn read_head(stream: &mut TcpStream) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(end + 4);
+            return Ok((buf, rest));
+        }
+        if buf.len() > 256 * 1024 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "head too long",
+            ));
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before the head ended",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn header_value(head: &str, name: &str) -> Option<String> {
+    head.lines().skip(1).find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| value.trim().to_string())
+    })
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+fn handle(
+    mut client: TcpStream,
+    upstream_addr: SocketAddr,
+    shared: &Shared,
+) -> std::io::Result<()> {
+    // A TLS ClientHello (clients probing HTTPS first): answer as Go's
+    // servers do, so the client falls back to plain HTTP at once.
+    let mut first = [0u8; 1];
+    if client.peek(&mut first)? == 1 && first[0] == 0x16 {
+        client.write_all(
+            b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n",
+        )?;
+        let _ = client.shutdown(Shutdown::Both);
+        return Ok(());
+    }
+    let (head, early_body) = read_head(&mut client)?;
+    let head_text = String::from_utf8_lossy(&head).into_owned();
+    let mut request_line = head_text.lines().next().unwrap_or("").split_whitespace();
+    let method = request_line.next().unwrap_or("").to_string();
+    let path = request_line.next().unwrap_or("").to_string();
+    let range = header_value(&head_text, "range");
+    {
+        let mut counters = shared.counters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut line = format!("{method} {path}");
+        if let Some(range) = &range {
+            line.push_str(&format!(" Range: {range}"));
+        }
+        counters.requests.push(line);
+    }
+
+    // Error statuses instead of forwarding.
+    if method == "GET" || method == "HEAD" {
+        let mut plan = shared.plan.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(fault) = plan
+            .status_faults
+            .iter_mut()
+            .find(|f| f.times > 0 && path.contains(&f.path_contains))
+        {
+            fault.times -= 1;
+            let retry_after = fault
+                .retry_after
+                .map(|s| format!("Retry-After: {s}\r\n"))
+                .unwrap_or_default();
+            let response = format!(
+                "HTTP/1.1 {} {}\r\nContent-Length: 0\r\nConnection: close\r\n{retry_after}\r\n",
+                fault.status,
+                reason(fault.status)
+            );
+            drop(plan);
+            shared
+                .counters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .statuses += 1;
+            client.write_all(response.as_bytes())?;
+            let _ = client.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+    }
+
+    // Forward, one request per upstream connection.
+    let mut upstream = TcpStream::connect(upstream_addr)?;
+    let mut forwarded = String::new();
+    for (i, line) in head_text.split("\r\n").enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        if i > 0
+            && line
+                .split(':')
+                .next()
+                .is_some_and(|k| k.trim().eq_ignore_ascii_case("connection"))
+        {
+            continue;
+        }
+        forwarded.push_str(line);
+        forwarded.push_str("\r\n");
+    }
+    forwarded.push_str("Connection: close\r\n\r\n");
+    upstream.write_all(forwarded.as_bytes())?;
+    upstream.write_all(&early_body)?;
+    let body_copier = {
+        let mut from_client = client.try_clone()?;
+        let mut to_upstream = upstream.try_clone()?;
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from_client, &mut to_upstream);
+        })
+    };
+
+    let (response_head, mut response_body) = read_head(&mut upstream)?;
+    let status_ok =
+        response_head.starts_with(b"HTTP/1.1 200") || response_head.starts_with(b"HTTP/1.1 206");
+    let is_blob_get = method == "GET" && path.contains("/blobs/sha256:");
+    let content_length: u64 =
+        header_value(&String::from_utf8_lossy(&response_head), "content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+    let (mut cut_at, mut flip_at) = (None, None);
+    if is_blob_get && status_ok {
+        let mut plan = shared.plan.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(limit) = plan.drop_blob_after {
+            if plan.drop_times > 0 && content_length > limit {
+                plan.drop_times -= 1;
+                cut_at = Some(limit);
+            }
+        }
+        if let Some(at) = plan.flip_blob_byte_at {
+            if content_length > at {
+                flip_at = Some(at);
+            }
+        }
+    }
+    client.write_all(&response_head)?;
+    let mut sent: u64 = 0;
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut flipped = false;
+    loop {
+        let mut data = if response_body.is_empty() {
+            let n = upstream.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            chunk[..n].to_vec()
+        } else {
+            std::mem::take(&mut response_body)
+        };
+        if let Some(at) = flip_at {
+            if at >= sent && at < sent + data.len() as u64 {
+                data[(at - sent) as usize] ^= 0xff;
+                flipped = true;
+            }
+        }
+        if let Some(limit) = cut_at {
+            if sent + data.len() as u64 >= limit {
+                let keep = (limit - sent) as usize;
+                client.write_all(&data[..keep])?;
+                client.flush()?;
+                shared
+                    .counters
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .drops += 1;
+                let _ = client.shutdown(Shutdown::Both);
+                let _ = upstream.shutdown(Shutdown::Both);
+                let _ = body_copier.join();
+                return Ok(());
+            }
+        }
+        client.write_all(&data)?;
+        sent += data.len() as u64;
+    }
+    if flipped {
+        shared
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .flips += 1;
+    }
+    client.flush()?;
+    let _ = client.shutdown(Shutdown::Both);
+    let _ = upstream.shutdown(Shutdown::Both);
+    let _ = body_copier.join();
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! The distribution registry (`docker-registry`), started for one test.
+
+use std::io::Read as _;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::process::run;
+use crate::tls::TestCa;
+use crate::token::{TokenServer, ISSUER, SERVICE};
+use crate::{free_port, Result, TestSupportError};
+
+/// The program the Debian package `docker-registry` installs.
+pub const REGISTRY_PROGRAM: &str = "docker-registry";
+
+/// How clients authenticate.
+enum Mode {
+    Plain,
+    TlsBasic { username: String, password: String },
+    Token { username: String, password: String },
+}
+
+/// A running registry on 127.0.0.1; killed (and waited for) on drop.
+pub struct RegistryServer {
+    pub addr: SocketAddr,
+    /// `127.0.0.1:PORT`, the registry part of image references.
+    pub host: String,
+    /// The CA to trust, in TLS mode.
+    pub ca_cert: Option<PathBuf>,
+    /// Username and password, in basic and token modes.
+    pub credentials: Option<(String, String)>,
+    /// The token server, in token mode.
+    pub token_server: Option<TokenServer>,
+    child: Child,
+    dir: TempDir,
+}
+
+impl RegistryServer {
+    /// Plain HTTP, no authentication.
+    pub fn start_plain() -> Result<RegistryServer> {
+        Self::start(Mode::Plain)
+    }
+
+    /// HTTPS with a certificate from a CA made for this registry
+    /// ([`RegistryServer::ca_cert`]), and htpasswd basic auth.
+    pub fn start_tls_basic(username: &str, password: &str) -> Result<RegistryServer> {
+        Self::start(Mode::TlsBasic {
+            username: username.into(),
+            password: password.into(),
+        })
+    }
+
+    /// Plain HTTP with token auth: anonymous clients may pull, `username` may push.
+    pub fn start_token(username: &str, password: &str) -> Result<RegistryServer> {
+        Self::start(Mode::Token {
+            username: username.into(),
+            password: password.into(),
+        })
+    }
+
+    /// The registry's storage directory (`docker/registry/v2/...` lives here).
+    pub fn storage_dir(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// What the registry logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// `scheme://host` of the API.
+    pub fn url(&self) -> String {
+        let scheme = if self.ca_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.host)
+    }
+
+    fn start(mode: Mode) -> Result<RegistryServer> {
+        // A port freed by `free_port` can be taken by someone else before the
+        // registry binds it: try a few ports.
+        let mut last = None;
+        for _ in 0..3 {
+            match Self::start_once(&mode) {
+                Ok(server) => return Ok(server),
+                Err(TestSupportError::RegistryStart { reason, log })
+                    if log.contains("address already in use") =>
+                {
+                    last = Some(TestSupportError::RegistryStart { reason, log });
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Err(last.unwrap_or_else(|| TestSupportError::RegistryStart {
+            reason: "no free port".into(),
+            log: String::new(),
+        }))
+    }
+
+    fn start_once(mode: &Mode) -> Result<RegistryServer> {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-registry-")
+            .tempdir()
+            .map_err(TestSupportError::io("creating the registry directory"))?;
+        let port = free_port()?;
+        let host = format!("127.0.0.1:{port}");
+        let storage = dir.path().join("storage");
+        std::fs::create_dir_all(&storage)
+            .map_err(TestSupportError::io("creating registry storage"))?;
+        let mut config = format!(
+            "version: 0.1\n\
+             log:\n  level: info\n  accesslog:\n    disabled: false\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\n\
+             http:\n  addr: {host}\n  secret: kiln-test-secret\n",
+            storage.display()
+        );
+        let mut ca_cert = None;
+        let mut credentials = None;
+        let mut token_server = None;
+        match mode {
+            Mode::Plain => {}
+            Mode::TlsBasic { username, password } => {
+                let ca = TestCa::create(dir.path(), "kiln test registry CA")?;
+                let cert = ca.issue(dir.path(), "registry", &["127.0.0.1", "localhost"])?;
+                config.push_str(&format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    cert.cert_pem.display(),
+                    cert.key_pem.display()
+                ));
+                let htpasswd = dir.path().join("htpasswd");
+                let line = run(Command::new("htpasswd").args(["-Bbn", username, password]))?;
+                std::fs::write(&htpasswd, line)
+                    .map_err(TestSupportError::io("writing htpasswd"))?;
+                config.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
+                    htpasswd.display()
+                ));
+                ca_cert = Some(ca.ca_cert);
+                credentials = Some((username.clone(), password.clone()));
+            }
+            Mode::Token { username, password } => {
+                let tokens_dir = dir.path().join("token");
+                std::fs::create_dir_all(&tokens_dir)
+                    .map_err(TestSupportError::io("creating the token dir"))?;
+                let server = TokenServer::start(
+                    &tokens_dir,
+                    &[(username.as_str(), password.as_str())],
+                    &["pull"],
+                )?;
+                config.push_str(&format!(
+                    "auth:\n  token:\n    realm: {}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+                    server.realm(),
+                    server.root_cert_bundle.display()
+                ));
+                credentials = Some((username.clone(), password.clone()));
+                token_server = Some(server);
+            }
+        }
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, &config)
+            .map_err(TestSupportError::io("writing the registry config"))?;
+        let log_path = dir.path().join("registry.log");
+        let log = std::fs::File::create(&log_path)
+            .map_err(TestSupportError::io("creating the registry log"))?;
+        let log_err = log
+            .try_clone()
+            .map_err(TestSupportError::io("cloning the log handle"))?;
+        let child = Command::new(REGISTRY_PROGRAM)
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|source| TestSupportError::MissingProgram {
+                program: REGISTRY_PROGRAM.into(),
+                source,
+            })?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut server = RegistryServer {
+            addr,
+            host,
+            ca_cert,
+            credentials,
+            token_server,
+            child,
+            dir,
+        };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(TestSupportError::RegistryStart {
+                    reason: format!("exited with {status}"),
+                    log: self.log(),
+                });
+            }
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(TestSupportError::RegistryStart {
+                    reason: format!("nothing listening on {} after 30 s", self.addr),
+                    log: self.log(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Files under the storage directory whose path contains `needle` (debugging aid).
+    pub fn storage_files(&self, needle: &str) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        collect(&self.storage_dir(), needle, &mut found);
+        found
+    }
+}
+
+fn collect(dir: &Path, needle: &str, found: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect(&path, needle, found);
+        } else if path.to_string_lossy().contains(needle) {
+            found.push(path);
+        }
+    }
+}
+
+impl Drop for RegistryServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::env::var_os("KILN_TEST_REGISTRY_LOG").is_some() {
+            let mut text = String::new();
+            if let Ok(mut file) = std::fs::File::open(self.dir.path().join("registry.log")) {
+                let _ = file.read_to_string(&mut text);
+            }
+            eprintln!("--- registry {} log ---\n{text}", self.host);
+        }
+    }
+}
