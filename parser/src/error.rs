@@ -61,44 +61,71 @@ fn suggestion_suffix(suggestion: &Option<String>) -> String {
 /// A parse error with its location in the Dockerfile.
 ///
 /// `Display` gives `file:line:column: message`, then the source line and a
-/// caret (as long as the offending text) under it.
+/// caret (as long as the offending text) under it. The details are boxed so
+/// `Result<_, ParseError>` stays small.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ParseError {
+pub struct ParseError(Box<Details>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Details {
+    file: String,
+    line: usize,
+    column: usize,
+    end_line: usize,
+    source_line: Option<String>,
+    width: usize,
+    kind: ErrorKind,
+}
+
+impl ParseError {
     /// The file name given to [`crate::parse`].
-    pub file: String,
+    pub fn file(&self) -> &str {
+        &self.0.file
+    }
+
     /// 1-based line where the problem is.
-    pub line: usize,
+    pub fn line(&self) -> usize {
+        self.0.line
+    }
+
     /// 1-based column (in characters) on that line.
-    pub column: usize,
-    /// Last line of the instruction concerned (equal to `line` for one line).
-    pub end_line: usize,
-    /// The text of `line` (without its newline), if the file has that line.
-    pub source_line: Option<String>,
-    /// How many characters the caret underlines (at least 1).
-    pub width: usize,
-    pub kind: ErrorKind,
+    pub fn column(&self) -> usize {
+        self.0.column
+    }
+
+    /// Last line of the instruction concerned (equal to `line()` for one line).
+    pub fn end_line(&self) -> usize {
+        self.0.end_line
+    }
+
+    /// The text of `line()` without its newline, if the file has that line.
+    pub fn source_line(&self) -> Option<&str> {
+        self.0.source_line.as_deref()
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.0.kind
+    }
 }
 
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file, self.line, self.column, self.kind
-        )?;
-        if let Some(source) = self.source_line.as_ref().filter(|s| !s.trim().is_empty()) {
-            let number = self.line.to_string();
+        let d = &self.0;
+        write!(f, "{}:{}:{}: {}", d.file, d.line, d.column, d.kind)?;
+        if let Some(source) = d.source_line.as_ref().filter(|s| !s.trim().is_empty()) {
+            let number = d.line.to_string();
             let pad = " ".repeat(number.len());
             // Tabs stay tabs so the caret lines up in a terminal.
             let lead: String = source
                 .chars()
-                .take(self.column.saturating_sub(1))
+                .take(d.column.saturating_sub(1))
                 .map(|c| if c == '\t' { '\t' } else { ' ' })
                 .collect();
             write!(
                 f,
                 "\n {number} | {source}\n {pad} | {lead}{}",
-                "^".repeat(self.width.max(1))
+                "^".repeat(d.width.max(1))
             )?;
         }
         Ok(())
@@ -147,7 +174,7 @@ impl<'a> Locator<'a> {
         width: usize,
     ) -> ParseError {
         let line = line.max(1);
-        ParseError {
+        ParseError(Box::new(Details {
             file: self.file.to_string(),
             line,
             column: column.max(1),
@@ -155,7 +182,7 @@ impl<'a> Locator<'a> {
             source_line: self.line_text(line).map(str::to_string),
             width,
             kind,
-        }
+        }))
     }
 
     /// An error pointing at `needle` in lines `start..=end` (first

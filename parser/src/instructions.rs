@@ -1066,10 +1066,11 @@ fn doc_comment(comments: &[String], name: &str) -> Option<String> {
 /// heredoc body and delimiter appended, as BuildKit stores it.
 fn onbuild_expression(node: &Node) -> String {
     let original = node.original.trim_start_matches(char::is_whitespace);
-    let without_keyword = if original.len() >= 7 && original[..7].eq_ignore_ascii_case("onbuild") {
-        original[7..].trim_start_matches(char::is_whitespace)
-    } else {
-        original
+    let without_keyword = match original.get(..7) {
+        Some(keyword) if keyword.eq_ignore_ascii_case("onbuild") => {
+            original[7..].trim_start_matches(char::is_whitespace)
+        }
+        _ => original,
     };
     let mut out = without_keyword.to_string();
     for heredoc in &node.heredocs {

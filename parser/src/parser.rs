@@ -558,13 +558,11 @@ fn parse_words(rest: &str, escape: char) -> Vec<String> {
                     blank_ok = true;
                 }
                 if ch == escape {
-                    match iter.next() {
-                        // An escape keeps itself and the next character, even a quote.
-                        Some(next) => {
-                            word.push(ch);
-                            word.push(next);
-                        }
-                        None => {}
+                    // An escape keeps itself and the next character, even a
+                    // quote; at the very end it is dropped.
+                    if let Some(next) = iter.next() {
+                        word.push(ch);
+                        word.push(next);
                     }
                     continue;
                 }

@@ -63,7 +63,11 @@ fn case_dirs(root: &Path) -> Vec<PathBuf> {
 #[test]
 fn parser_cases() {
     let dirs = case_dirs(&testdata());
-    assert!(dirs.len() >= 60, "expected the parser cases, found {}", dirs.len());
+    assert!(
+        dirs.len() >= 60,
+        "expected the parser cases, found {}",
+        dirs.len()
+    );
     let mut failures = Vec::new();
     for dir in &dirs {
         let bytes = fs::read(dir.join("Dockerfile")).unwrap();
@@ -98,12 +102,29 @@ fn parser_cases() {
                 }
             }
         }
-        check(&dir.join("buildkit.txt"), buildkit.as_deref(), &mut failures);
-        check(&dir.join("instructions.json"), json.as_deref(), &mut failures);
-        check(&dir.join("warnings.txt"), warnings.as_deref(), &mut failures);
+        check(
+            &dir.join("buildkit.txt"),
+            buildkit.as_deref(),
+            &mut failures,
+        );
+        check(
+            &dir.join("instructions.json"),
+            json.as_deref(),
+            &mut failures,
+        );
+        check(
+            &dir.join("warnings.txt"),
+            warnings.as_deref(),
+            &mut failures,
+        );
         check(&dir.join("error.txt"), error.as_deref(), &mut failures);
     }
-    assert!(failures.is_empty(), "{} mismatches (KILN_BLESS=1 regenerates):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches (KILN_BLESS=1 regenerates):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 fn expand_report(words: &str, env: &[(String, String)], escape: char) -> String {
@@ -114,7 +135,8 @@ fn expand_report(words: &str, env: &[(String, String)], escape: char) -> String 
         match lexer.expand(word, &env.to_vec()) {
             Ok(e) => {
                 writeln!(out, "  value: {}", kiln_parser::go_quote(&e.value)).unwrap();
-                let quoted: Vec<String> = e.words.iter().map(|w| kiln_parser::go_quote(w)).collect();
+                let quoted: Vec<String> =
+                    e.words.iter().map(|w| kiln_parser::go_quote(w)).collect();
                 writeln!(out, "  words: [{}]", quoted.join(", ")).unwrap();
                 if !e.referenced.is_empty() {
                     writeln!(out, "  referenced: {:?}", e.referenced).unwrap();
@@ -138,7 +160,11 @@ fn expansion_cases() {
         .filter(|p| p.join("words").is_file())
         .collect();
     groups.sort();
-    assert!(groups.len() >= 5, "expected the expansion groups, found {}", groups.len());
+    assert!(
+        groups.len() >= 5,
+        "expected the expansion groups, found {}",
+        groups.len()
+    );
     let mut failures = Vec::new();
     for group in &groups {
         let words = fs::read_to_string(group.join("words")).unwrap();
@@ -157,5 +183,10 @@ fn expansion_cases() {
         let report = expand_report(&words, &env, escape);
         check(&group.join("expected"), Some(&report), &mut failures);
     }
-    assert!(failures.is_empty(), "{} mismatches (KILN_BLESS=1 regenerates):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches (KILN_BLESS=1 regenerates):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
