@@ -491,14 +491,16 @@ impl Unpacker<'_> {
                     tar::EntryType::Block => FileType::BlockDevice,
                     _ => FileType::Fifo,
                 };
-                let major = header
-                    .device_major()
-                    .map_err(|e| self.tar_err(&shown, e))?
-                    .unwrap_or(0);
-                let minor = header
-                    .device_minor()
-                    .map_err(|e| self.tar_err(&shown, e))?
-                    .unwrap_or(0);
+                // FIFOs carry no device numbers (and some writers leave the
+                // fields empty).
+                let (major, minor) = if file_type == FileType::Fifo {
+                    (0, 0)
+                } else {
+                    (
+                        header.device_major().map_err(|e| self.tar_err(&shown, e))?.unwrap_or(0),
+                        header.device_minor().map_err(|e| self.tar_err(&shown, e))?.unwrap_or(0),
+                    )
+                };
                 self.clear(&parent, name, false, &shown)?;
                 rustix::fs::mknodat(
                     &parent,
@@ -580,7 +582,10 @@ impl Unpacker<'_> {
         dirs.sort_by_key(|(c, _)| std::cmp::Reverse(c.len()));
         for (comps, mtime) in dirs {
             let shown = display(&comps);
-            let dir = self.open_dir(&comps, false, &shown)?;
+            // A later entry may have replaced the directory with a file.
+            let Ok(dir) = self.open_dir(&comps, false, &shown) else {
+                continue;
+            };
             // An O_PATH fd cannot be futimens()ed; its /proc link can.
             rustix::fs::utimensat(rustix::fs::CWD, proc_fd_path(&dir), &times(mtime), AtFlags::empty())
                 .map_err(|e| self.io("set mtime", &shown, e))?;

@@ -1,0 +1,284 @@
+//! Helpers shared by kiln-layers' integration tests: a raw tar writer that
+//! can produce hostile archives (names with `..`, absolute names — what a
+//! careful tar library refuses to write), a tiny spec language for layers,
+//! and a deterministic listing of a directory tree.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+/// One tar entry, described by a spec line.
+#[derive(Clone, Debug, Default)]
+pub struct EntrySpec {
+    pub kind: String,
+    pub path: String,
+    pub content: Vec<u8>,
+    pub link: String,
+    pub mode: Option<u32>,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: u64,
+    pub major: u32,
+    pub minor: u32,
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+/// A parsed `spec.txt`: layers of entries and an optional expected error.
+#[derive(Clone, Debug, Default)]
+pub struct Spec {
+    pub layers: Vec<Vec<EntrySpec>>,
+    pub error: Option<String>,
+}
+
+fn parse_value(v: &str) -> Vec<u8> {
+    match v.strip_prefix("0x") {
+        Some(hex) => (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect(),
+        None => v.as_bytes().to_vec(),
+    }
+}
+
+/// Spec lines: `layer` starts a new layer; `error TEXT` expects unpacking
+/// to fail with TEXT; entries are
+/// `file PATH [= CONTENT] [mode=0644] [uid=N] [gid=N] [mtime=N] [xattr:NAME=VALUE]`,
+/// `dir PATH …`, `symlink PATH -> TARGET …`, `hardlink PATH -> TARGET`,
+/// `char|block PATH MAJOR MINOR …`, `fifo PATH …`.
+pub fn parse_spec(text: &str) -> Spec {
+    let mut spec = Spec {
+        layers: vec![Vec::new()],
+        error: None,
+    };
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line == "layer" {
+            spec.layers.push(Vec::new());
+            continue;
+        }
+        if let Some(e) = line.strip_prefix("error ") {
+            spec.error = Some(e.to_string());
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let kind = words.next().unwrap().to_string();
+        let path = words.next().unwrap().to_string();
+        let mut entry = EntrySpec {
+            kind: kind.clone(),
+            path,
+            ..EntrySpec::default()
+        };
+        let rest: Vec<&str> = words.collect();
+        let mut i = 0;
+        while i < rest.len() {
+            let w = rest[i];
+            if w == "=" {
+                // Content: the next word unless it is an attribute or absent.
+                if let Some(next) = rest.get(i + 1).filter(|n| !n.contains('=')) {
+                    entry.content = next.as_bytes().to_vec();
+                    i += 1;
+                }
+            } else if w == "->" {
+                entry.link = rest[i + 1].to_string();
+                i += 1;
+            } else if let Some(x) = w.strip_prefix("xattr:") {
+                let (k, v) = x.split_once('=').unwrap();
+                entry.xattrs.push((k.to_string(), parse_value(v)));
+            } else if let Some((k, v)) = w.split_once('=') {
+                match k {
+                    "mode" => entry.mode = Some(u32::from_str_radix(v, 8).unwrap()),
+                    "uid" => entry.uid = v.parse().unwrap(),
+                    "gid" => entry.gid = v.parse().unwrap(),
+                    "mtime" => entry.mtime = v.parse().unwrap(),
+                    other => panic!("unknown attribute {other} in {line:?}"),
+                }
+            } else if (kind == "char" || kind == "block") && entry.major == 0 && entry.minor == 0 {
+                entry.major = w.parse().unwrap();
+                entry.minor = rest[i + 1].parse().unwrap();
+                i += 1;
+            } else {
+                panic!("cannot parse {w:?} in {line:?}");
+            }
+            i += 1;
+        }
+        spec.layers.last_mut().unwrap().push(entry);
+    }
+    spec
+}
+
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body = key.len() + value.len() + 3;
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
+    }
+    let mut rec = format!("{len} {key}=").into_bytes();
+    rec.extend_from_slice(value);
+    rec.push(b'\n');
+    rec
+}
+
+/// Writes entries as a tar without any validation of names.
+pub fn raw_tar(entries: &[EntrySpec]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let (kind, default_mode) = match e.kind.as_str() {
+            "file" => (tar::EntryType::Regular, 0o644),
+            "dir" => (tar::EntryType::Directory, 0o755),
+            "symlink" => (tar::EntryType::Symlink, 0o777),
+            "hardlink" => (tar::EntryType::Link, 0o644),
+            "char" => (tar::EntryType::Char, 0o600),
+            "block" => (tar::EntryType::Block, 0o600),
+            "fifo" => (tar::EntryType::Fifo, 0o644),
+            other => panic!("unknown entry kind {other}"),
+        };
+        let mut pax = Vec::new();
+        for (k, v) in &e.xattrs {
+            pax.extend_from_slice(&pax_record(&format!("SCHILY.xattr.{k}"), v));
+        }
+        let name = e.path.as_bytes();
+        if name.len() > 100 {
+            pax.extend_from_slice(&pax_record("path", name));
+        }
+        if !pax.is_empty() {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(tar::EntryType::XHeader);
+            h.set_size(pax.len() as u64);
+            h.set_mode(0o644);
+            h.as_old_mut().name[..9].copy_from_slice(b"PaxHeader");
+            h.set_cksum();
+            b.append(&h, pax.as_slice()).unwrap();
+        }
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        let n = name.len().min(100);
+        h.as_old_mut().name[..n].copy_from_slice(&name[..n]);
+        if !e.link.is_empty() {
+            h.as_old_mut().linkname[..e.link.len()].copy_from_slice(e.link.as_bytes());
+        }
+        h.set_mode(e.mode.unwrap_or(default_mode));
+        h.set_uid(e.uid);
+        h.set_gid(e.gid);
+        h.set_mtime(e.mtime);
+        if kind == tar::EntryType::Char || kind == tar::EntryType::Block {
+            h.set_device_major(e.major).unwrap();
+            h.set_device_minor(e.minor).unwrap();
+        }
+        let data: &[u8] = if kind == tar::EntryType::Regular { &e.content } else { &[] };
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn xattrs_of(path: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut names = vec![0u8; 65536];
+    let Ok(n) = rustix::fs::llistxattr(path, &mut names[..]) else {
+        return out;
+    };
+    for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = String::from_utf8_lossy(name).into_owned();
+        let mut value = vec![0u8; 65536];
+        if let Ok(len) = rustix::fs::lgetxattr(path, name.as_str(), &mut value[..]) {
+            value.truncate(len);
+            out.insert(name, value);
+        }
+    }
+    out
+}
+
+fn show_value(v: &[u8]) -> String {
+    if v.iter().all(|b| b.is_ascii_graphic()) {
+        String::from_utf8_lossy(v).into_owned()
+    } else {
+        let mut s = String::from("0x");
+        for b in v {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+}
+
+/// One line per entry under `root` (sorted): type, mode, owner, size or
+/// target, mtime (`now` for times set by the clock), link count for files,
+/// xattrs. Directory times are shown only when the layer set them (< 10^9).
+pub fn listing(root: &Path) -> String {
+    let mut lines = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let meta = fs::symlink_metadata(&p).unwrap();
+        let rel = p.strip_prefix(root).unwrap();
+        let name = if rel.as_os_str().is_empty() {
+            "/".to_string()
+        } else {
+            String::from_utf8_lossy(rel.as_os_str().as_bytes()).into_owned()
+        };
+        let ft = meta.file_type();
+        let mtime = if meta.mtime() < 1_000_000_000 {
+            meta.mtime().to_string()
+        } else {
+            "now".into()
+        };
+        let perms = format!("{:04o}", meta.mode() & 0o7777);
+        let owner = format!("{}:{}", meta.uid(), meta.gid());
+        let mut line = if ft.is_dir() {
+            let mut children: Vec<_> = fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()).collect();
+            children.sort();
+            children.reverse();
+            stack.extend(children);
+            format!("{name} dir {perms} {owner} mtime={mtime}")
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&p).unwrap();
+            format!("{name} symlink -> {} {owner} mtime={mtime}", target.display())
+        } else if ft.is_file() {
+            let content = fs::read(&p).unwrap();
+            format!(
+                "{name} file {perms} {owner} content={:?} links={} mtime={mtime}",
+                String::from_utf8_lossy(&content),
+                meta.nlink()
+            )
+        } else if ft.is_char_device() && meta.rdev() == 0 {
+            format!("{name} whiteout")
+        } else if ft.is_char_device() || ft.is_block_device() {
+            let kind = if ft.is_char_device() { "char" } else { "block" };
+            format!(
+                "{name} {kind} {},{} {perms} {owner} mtime={mtime}",
+                libc::major(meta.rdev()),
+                libc::minor(meta.rdev())
+            )
+        } else if ft.is_fifo() {
+            format!("{name} fifo {perms} {owner} mtime={mtime}")
+        } else {
+            format!("{name} other")
+        };
+        for (k, v) in xattrs_of(&p) {
+            // SELinux labels depend on the machine, not the layer.
+            if k != "security.selinux" {
+                line.push_str(&format!(" xattr:{k}={}", show_value(&v)));
+            }
+        }
+        lines.push(line);
+    }
+    lines.join("\n") + "\n"
+}
+
+/// Compares `actual` with the file at `path`, or rewrites it when
+/// `KILN_BLESS=1`.
+pub fn check_golden(path: &Path, actual: &str) {
+    if std::env::var("KILN_BLESS").as_deref() == Ok("1") {
+        fs::write(path, actual).unwrap();
+        return;
+    }
+    let expected = fs::read_to_string(path)
+        .unwrap_or_else(|_| panic!("{} is missing; run with KILN_BLESS=1 to create it", path.display()));
+    assert_eq!(actual, expected, "{} differs (KILN_BLESS=1 regenerates)", path.display());
+}
