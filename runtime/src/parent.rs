@@ -230,19 +230,7 @@ fn spec_config(
     state: &StateDir,
     rootless: bool,
 ) -> Result<ContainerConfig, RuntimeError> {
-    let mut nofile = (spec.nofile, spec.nofile);
-    if rootless {
-        // Raising the hard limit needs privileges in the initial namespace.
-        let mut current = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit fills the struct we own.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) } == 0 {
-            let cap = current.rlim_max as u64;
-            nofile = (spec.nofile.min(cap), spec.nofile.min(cap));
-        }
-    }
+    let nofile = nofile_limit(spec.nofile, rootless);
     let mut remove_after_exit = vec![state.work.clone()];
     if spec.upper == UpperDir::Discard {
         remove_after_exit.push(state.upper.clone());
@@ -273,6 +261,37 @@ fn spec_config(
         nofile,
         remove_after_exit,
     })
+}
+
+/// RLIMIT_NOFILE for the container: what was asked, capped to the kernel's
+/// `nr_open`, and to kiln's own hard limit when it cannot raise it (rootless,
+/// or no CAP_SYS_RESOURCE, as in some sandboxes).
+fn nofile_limit(requested: u64, rootless: bool) -> (u64, u64) {
+    let mut limit = requested;
+    if let Some(nr_open) = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+    {
+        limit = limit.min(nr_open);
+    }
+    let can_raise = !rootless
+        && caps::has_cap(
+            None,
+            caps::CapSet::Effective,
+            caps::Capability::CAP_SYS_RESOURCE,
+        )
+        .unwrap_or(false);
+    if !can_raise {
+        let mut current = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit fills the struct we own.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) } == 0 {
+            limit = limit.min(current.rlim_max as u64);
+        }
+    }
+    (limit, limit)
 }
 
 /// Removes mount points the init had to create in a kept upper dir, when

@@ -76,7 +76,8 @@ pub trait Syscalls {
     fn set_keep_caps(&mut self, keep: bool) -> io::Result<()>;
     /// prctl(PR_CAPBSET_DROP).
     fn drop_bounding_cap(&mut self, cap: Capability) -> io::Result<()>;
-    /// Sets the effective, permitted and inheritable sets to exactly `caps`.
+    /// Sets the effective and permitted sets to exactly `caps`, and empties
+    /// the inheritable set.
     fn set_caps(&mut self, caps: &[Capability]) -> io::Result<()>;
     /// prctl(PR_SET_NO_NEW_PRIVS).
     fn set_no_new_privs(&mut self) -> io::Result<()>;
@@ -329,11 +330,12 @@ impl Syscalls for RealSyscalls {
 
     fn set_caps(&mut self, wanted: &[Capability]) -> io::Result<()> {
         let set: CapsHashSet = wanted.iter().copied().collect();
+        let err = |e: caps::errors::CapsError| io::Error::other(e.to_string());
         // Effective first: it must stay a subset of permitted at every step.
-        for cset in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
-            caps::set(None, cset, &set).map_err(|e| io::Error::other(e.to_string()))?;
-        }
-        Ok(())
+        caps::set(None, CapSet::Effective, &set).map_err(err)?;
+        caps::set(None, CapSet::Permitted, &set).map_err(err)?;
+        // Empty, as Docker has since CVE-2022-24769.
+        caps::clear(None, CapSet::Inheritable).map_err(err)
     }
 
     fn set_no_new_privs(&mut self) -> io::Result<()> {

@@ -1,0 +1,478 @@
+//! The runtime for real, as root: namespaces, overlay, mounts, credentials.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{busybox_rootfs, run_captured, sh, spec};
+use kiln_runtime::{BindMount, Network, RuntimeError, UpperDir};
+
+#[test]
+fn command_is_pid_1() {
+    require_root!();
+    assert_eq!(sh("echo $$"), (0, "1\n".to_string()));
+}
+
+#[test]
+fn container_has_its_own_hostname() {
+    require_root!();
+    let (code, out) = sh("hostname; cat /etc/hostname; grep -c kiln-test /etc/hosts");
+    assert_eq!((code, out.as_str()), (0, "kiln-test\nkiln-test\n1\n"));
+}
+
+#[test]
+fn proc_lists_only_the_containers_processes() {
+    require_root!();
+    // sh (PID 1) and the ls it runs: nothing of the host.
+    let (code, out) = sh("ls /proc | grep '^[0-9]*$' | tr '\\n' ' '");
+    assert_eq!(code, 0);
+    let pids: Vec<u32> = out.split_whitespace().map(|p| p.parse().unwrap()).collect();
+    assert!(pids.contains(&1), "{out}");
+    assert!(pids.len() <= 4 && pids.iter().all(|p| *p < 20), "{out}");
+}
+
+#[test]
+fn host_files_are_unreachable() {
+    require_root!();
+    let marker_dir = tempfile::tempdir().unwrap();
+    let marker = marker_dir.path().join("host-only-marker");
+    fs::write(&marker, "secret").unwrap();
+    let script = format!(
+        "test -e {m} && echo visible; cat {m} 2>/dev/null; ls /proc/1/root/ | tr '\\n' ' '",
+        m = marker.display()
+    );
+    let (code, out) = sh(&script);
+    assert_eq!(code, 0);
+    assert!(!out.contains("visible") && !out.contains("secret"), "{out}");
+    // The root is the image: its directories and the runtime's mount points.
+    assert_eq!(out.trim(), "bin dev etc home proc sys tmp", "{out}");
+}
+
+#[test]
+fn exit_code_comes_back() {
+    require_root!();
+    assert_eq!(sh("exit 7").0, 7);
+    assert_eq!(sh("true").0, 0);
+}
+
+#[test]
+fn death_by_signal_is_128_plus_n() {
+    require_root!();
+    // PID 1 ignores signals it has no handler for, except SIGKILL from the
+    // parent namespace: the test finds the container's process from the
+    // host by its unique command line and kills it.
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let token = format!("{}.25", std::process::id() % 100000 + 100000);
+    let mut child = std::process::Command::new(common::HELPER_BIN)
+        .args(["run", "--state"])
+        .arg(tmp.path().join("state"))
+        .arg("--lower")
+        .arg(&rootfs)
+        .args(["--", "sleep", &token])
+        .spawn()
+        .unwrap();
+    // Find the container's PID 1 from the host by its unique command line.
+    let wanted = format!("sleep\0{token}\0");
+    let pid = loop {
+        let found = fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+            let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+            (cmdline == wanted.as_bytes()).then(|| e.file_name().to_string_lossy().into_owned())
+        });
+        if let Some(pid) = found {
+            break pid.parse::<i32>().unwrap();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("container ended early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // SAFETY: signalling the container process found above.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + 9));
+}
+
+#[test]
+fn deleting_a_file_inside_leaves_the_image_alone() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let upper = tmp.path().join("upper");
+    let mut s = spec(
+        tmp.path(),
+        &rootfs,
+        &["sh", "-c", "rm /etc/motd && test ! -e /etc/motd"],
+    );
+    s.upper = UpperDir::Keep(upper.clone());
+    let (result, _, err) = run_captured(tmp.path(), s);
+    assert_eq!(result.unwrap().code(), 0, "{err}");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/motd")).unwrap(),
+        "welcome\n"
+    );
+    // The deletion is a whiteout in the kept upper dir: a 0/0 char device.
+    let whiteout = fs::symlink_metadata(upper.join("etc/motd")).unwrap();
+    assert!(whiteout.file_type().is_char_device());
+    assert_eq!(whiteout.rdev(), 0);
+}
+
+#[test]
+fn discarded_upper_dir_and_state_are_removed() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let s = spec(tmp.path(), &rootfs, &["sh", "-c", "echo x > /new-file"]);
+    let (result, _, err) = run_captured(tmp.path(), s);
+    assert_eq!(result.unwrap().code(), 0, "{err}");
+    assert!(!tmp.path().join("state").exists());
+    assert!(!rootfs.join("new-file").exists());
+}
+
+#[test]
+fn mount_inside_fails() {
+    require_root!();
+    let (code, _) = sh("mkdir -p /mnt && mount -t tmpfs none /mnt");
+    assert_ne!(code, 0);
+    // Without seccomp too: CAP_SYS_ADMIN is not in the bounding set.
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let mut s = spec(
+        tmp.path(),
+        &rootfs,
+        &["sh", "-c", "mkdir -p /mnt && mount -t tmpfs none /mnt"],
+    );
+    s.seccomp = false;
+    let (result, _, _) = run_captured(tmp.path(), s);
+    assert_ne!(result.unwrap().code(), 0);
+}
+
+#[test]
+fn network_none_has_only_loopback_and_it_is_up() {
+    require_root!();
+    let (code, out) = sh("ls /sys/class/net; cat /sys/class/net/lo/flags");
+    assert_eq!(code, 0);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("lo"));
+    let flags = u32::from_str_radix(lines.next().unwrap().trim_start_matches("0x"), 16).unwrap();
+    assert_eq!(flags & libc::IFF_UP as u32, libc::IFF_UP as u32, "{out}");
+    assert_eq!(lines.next(), None, "{out}");
+}
+
+#[test]
+fn network_host_sees_the_hosts_interfaces() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let mut s = spec(tmp.path(), &rootfs, &["ls", "/sys/class/net"]);
+    s.network = Network::Host;
+    let (result, out, err) = run_captured(tmp.path(), s);
+    assert_eq!(result.unwrap().code(), 0, "{err}");
+    let mut host: Vec<String> = fs::read_dir("/sys/class/net")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    host.sort();
+    let inside: Vec<&str> = out.lines().collect();
+    assert_eq!(inside, host);
+}
+
+#[test]
+fn user_from_image_passwd_owns_its_files() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let upper = tmp.path().join("upper");
+    let mut s = spec(
+        tmp.path(),
+        &rootfs,
+        &[
+            "sh",
+            "-c",
+            "touch /tmp/f && stat -c %u:%g /tmp/f && id -G && echo $HOME",
+        ],
+    );
+    s.user = "app".into();
+    s.upper = UpperDir::Keep(upper.clone());
+    let (result, out, err) = run_captured(tmp.path(), s);
+    assert_eq!(result.unwrap().code(), 0, "{err}");
+    assert_eq!(out, "1000:1000\n1000 10\n/home/app\n");
+    let meta = fs::metadata(upper.join("tmp/f")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+}
+
+#[test]
+fn numeric_user_and_group() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let mut s = spec(tmp.path(), &rootfs, &["sh", "-c", "id -u; id -g; id -G"]);
+    s.user = "4242:77".into();
+    let (result, out, err) = run_captured(tmp.path(), s);
+    assert_eq!(result.unwrap().code(), 0, "{err}");
+    assert_eq!(out, "4242\n77\n77\n");
+}
+
+#[test]
+fn unknown_user_names_user_and_image() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let mut s = spec(tmp.path(), &rootfs, &["true"]);
+    s.user = "ghost".into();
+    let (result, _, _) = run_captured(tmp.path(), s);
+    let err = result.unwrap_err();
+    assert!(matches!(err, RuntimeError::UnknownUser { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("ghost") && message.contains("busybox-test"),
+        "{message}"
+    );
+}
+
+#[test]
+fn missing_executable_is_127_with_dockers_message() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let (result, _, _) = run_captured(tmp.path(), spec(tmp.path(), &rootfs, &["/x"]));
+    let err = result.unwrap_err();
+    assert_eq!(err.to_string(), "exec: \"/x\": no such file or directory");
+    assert_eq!(err.exit_code(), Some(127));
+
+    let (result, _, _) = run_captured(tmp.path(), spec(tmp.path(), &rootfs, &["nosuchcmd"]));
+    let err = result.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "exec: \"nosuchcmd\": executable file not found in $PATH"
+    );
+    assert_eq!(err.exit_code(), Some(127));
+}
+
+#[test]
+fn non_executable_file_is_126() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let (result, _, _) = run_captured(
+        tmp.path(),
+        spec(tmp.path(), &rootfs, &["/bin/not-executable"]),
+    );
+    let err = result.unwrap_err();
+    assert_eq!(err.exit_code(), Some(126), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "exec: \"/bin/not-executable\": permission denied"
+    );
+}
+
+#[test]
+fn default_capabilities_no_new_privs_and_seccomp() {
+    require_root!();
+    let (code, out) = sh("grep -E '^(CapEff|CapBnd|CapInh|NoNewPrivs|Seccomp):' /proc/self/status");
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        "CapInh:\t0000000000000000\nCapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\n\
+         NoNewPrivs:\t1\nSeccomp:\t2\n"
+    );
+}
+
+#[test]
+fn seccomp_denies_unshare_and_can_be_turned_off() {
+    require_root!();
+    // unshare -U needs no capability: only seccomp stops it.
+    let (code, _) = sh("unshare -U true");
+    assert_ne!(code, 0);
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let mut s = spec(
+        tmp.path(),
+        &rootfs,
+        &["sh", "-c", "grep '^Seccomp:' /proc/self/status"],
+    );
+    s.seccomp = false;
+    let (result, out, _) = run_captured(tmp.path(), s);
+    assert_eq!(result.unwrap().code(), 0);
+    assert_eq!(out, "Seccomp:\t0\n");
+}
+
+#[test]
+fn threads_still_work_under_seccomp() {
+    require_root!();
+    // Pipelines and command substitution fork; busybox is static, so this
+    // is clone(2), which the profile must allow without namespace flags.
+    let (code, out) = sh("echo $(echo a | tr a b)");
+    assert_eq!((code, out.as_str()), (0, "b\n"));
+}
+
+#[test]
+fn dev_proc_sys_are_set_up() {
+    require_root!();
+    let script = "ls /dev | tr '\\n' ' '; echo; readlink /dev/ptmx; \
+                  echo hi > /dev/null && head -c 4 /dev/zero | wc -c; \
+                  grep -E ' /sys | /dev/pts | /dev/shm ' /proc/mounts | cut -d' ' -f2,3,4 | cut -d, -f1";
+    let (code, out) = sh(script);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out,
+        "core fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero \n\
+         pts/ptmx\n4\n/sys sysfs ro\n/dev/pts devpts rw\n/dev/shm tmpfs rw\n"
+    );
+}
+
+#[test]
+fn etc_files_and_mount_points_never_land_in_the_upper_dir() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let upper = tmp.path().join("upper");
+    let mut s = spec(
+        tmp.path(),
+        &rootfs,
+        &[
+            "sh",
+            "-c",
+            "cat /etc/hosts >/dev/null; ls /proc/self >/dev/null",
+        ],
+    );
+    s.upper = UpperDir::Keep(upper.clone());
+    let (result, _, err) = run_captured(tmp.path(), s);
+    assert_eq!(result.unwrap().code(), 0, "{err}");
+    let left: Vec<_> = fs::read_dir(&upper)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "upper dir has {left:?}");
+}
+
+#[test]
+fn missing_working_dir_is_created_in_the_layer() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let upper = tmp.path().join("upper");
+    let mut s = spec(tmp.path(), &rootfs, &["pwd"]);
+    s.cwd = "/work/dir".into();
+    s.upper = UpperDir::Keep(upper.clone());
+    let (result, out, err) = run_captured(tmp.path(), s);
+    assert_eq!(result.unwrap().code(), 0, "{err}");
+    assert_eq!(out, "/work/dir\n");
+    assert!(upper.join("work/dir").is_dir());
+}
+
+#[test]
+fn environment_defaults() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let mut s = spec(tmp.path(), &rootfs, &["env"]);
+    s.env = vec!["FOO=bar baz".into()];
+    let (result, out, _) = run_captured(tmp.path(), s);
+    assert_eq!(result.unwrap().code(), 0);
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "FOO=bar baz",
+            "HOME=/root",
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        ]
+    );
+}
+
+#[test]
+fn volumes_read_write_and_read_only() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let shared = tmp.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    let config = tmp.path().join("config.txt");
+    fs::write(&config, "cfg\n").unwrap();
+    let mut s = spec(
+        tmp.path(),
+        &rootfs,
+        &["sh", "-c", "echo out > /data/result; cat /opt/config.txt; echo x > /opt/config.txt || echo refused"],
+    );
+    s.mounts = vec![
+        BindMount {
+            source: shared.clone(),
+            target: PathBuf::from("/data"),
+            read_only: false,
+        },
+        BindMount {
+            source: config.clone(),
+            target: PathBuf::from("/opt/config.txt"),
+            read_only: true,
+        },
+    ];
+    let (result, out, _) = run_captured(tmp.path(), s);
+    assert_eq!(result.unwrap().code(), 0);
+    assert_eq!(out, "cfg\nrefused\n");
+    assert_eq!(fs::read_to_string(shared.join("result")).unwrap(), "out\n");
+    assert_eq!(fs::read_to_string(&config).unwrap(), "cfg\n");
+}
+
+#[test]
+fn missing_volume_source_fails_before_starting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = tmp.path().join("rootfs");
+    fs::create_dir(&rootfs).unwrap();
+    let mut s = spec(tmp.path(), &rootfs, &["true"]);
+    s.mounts = vec![BindMount {
+        source: tmp.path().join("absent"),
+        target: PathBuf::from("/data"),
+        read_only: false,
+    }];
+    let (result, _, _) = run_captured(tmp.path(), s);
+    assert!(matches!(result, Err(RuntimeError::VolumeSource { .. })));
+    assert!(!tmp.path().join("state").exists());
+}
+
+#[test]
+fn timeout_kills_the_container() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let mut s = spec(tmp.path(), &rootfs, &["sleep", "600"]);
+    s.timeout = Some(Duration::from_millis(300));
+    let (result, _, _) = run_captured(tmp.path(), s);
+    assert!(
+        matches!(result, Err(RuntimeError::Timeout(_))),
+        "{result:?}"
+    );
+    assert!(!tmp.path().join("state").exists());
+}
+
+#[test]
+fn nofile_limit_is_applied() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let mut s = spec(tmp.path(), &rootfs, &["sh", "-c", "ulimit -n"]);
+    s.nofile = 1000;
+    let (result, out, _) = run_captured(tmp.path(), s);
+    assert_eq!(result.unwrap().code(), 0);
+    assert_eq!(out, "1000\n");
+}
+
+#[test]
+fn layers_stack_top_first() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let top = tmp.path().join("top");
+    fs::create_dir_all(top.join("etc")).unwrap();
+    fs::write(top.join("etc/motd"), "from the top layer\n").unwrap();
+    let mut s = spec(tmp.path(), &rootfs, &["cat", "/etc/motd"]);
+    s.lower_dirs.push(top);
+    let (result, out, _) = run_captured(tmp.path(), s);
+    assert_eq!(result.unwrap().code(), 0);
+    assert_eq!(out, "from the top layer\n");
+}
