@@ -1,0 +1,162 @@
+//! Rootless: a user the test creates (with subordinate id ranges) runs
+//! busybox through the runtime inside a user namespace, overlay included.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use common::{busybox_rootfs, HELPER_BIN};
+
+const USER: &str = "kiln-rootless";
+const SUBID_START: u32 = 300_000;
+const SUBID_COUNT: u32 = 65_536;
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Creates the test user once, with subuid/subgid ranges; returns uid, gid.
+fn ensure_user() -> (u32, u32) {
+    let exists = Command::new("id").arg("-u").arg(USER).output().unwrap();
+    if !exists.status.success() {
+        // Two tests may race to create it: a failure is fine if it exists after.
+        let _ = Command::new("useradd")
+            .args(["--no-create-home", "--shell", "/bin/sh", USER])
+            .output();
+    }
+    let uid: u32 = run(Command::new("id").arg("-u").arg(USER))
+        .trim()
+        .parse()
+        .unwrap();
+    let gid: u32 = run(Command::new("id").arg("-g").arg(USER))
+        .trim()
+        .parse()
+        .unwrap();
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let text = fs::read_to_string(file).unwrap_or_default();
+        if !text.lines().any(|l| l.starts_with(&format!("{USER}:"))) {
+            let flag = if file.ends_with("subuid") {
+                "--add-subuids"
+            } else {
+                "--add-subgids"
+            };
+            let range = format!("{}-{}", SUBID_START, SUBID_START + SUBID_COUNT - 1);
+            run(Command::new("usermod").args([flag, &range, USER]));
+        }
+    }
+    (uid, gid)
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
+    if fs::symlink_metadata(path).unwrap().is_dir() {
+        for entry in fs::read_dir(path).unwrap() {
+            chown_tree(&entry.unwrap().path(), uid, gid);
+        }
+    }
+}
+
+fn subid_range(file: &str) -> (u32, u32) {
+    let text = fs::read_to_string(file).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{USER}:")))
+        .unwrap_or_else(|| panic!("{USER} missing from {file}"));
+    let fields: Vec<&str> = line.split(':').collect();
+    (fields[1].parse().unwrap(), fields[2].parse().unwrap())
+}
+
+#[test]
+fn unprivileged_user_runs_busybox_in_a_user_namespace() {
+    require_root!();
+    for tool in ["newuidmap", "newgidmap", "setpriv", "useradd", "usermod"] {
+        assert!(
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .unwrap()
+                .status
+                .success(),
+            "{tool} is missing: scripts/setup installs it"
+        );
+    }
+    let (uid, gid) = ensure_user();
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    // A rootless store belongs to its user: root inside the namespace.
+    chown_tree(&rootfs, uid, gid);
+    let (subuid, _) = subid_range("/etc/subuid");
+    // app (1000 inside) owns its home: host id subuid + 999.
+    std::os::unix::fs::chown(
+        rootfs.join("home/app"),
+        Some(subuid + 999),
+        Some(subuid + 999),
+    )
+    .ok();
+    let bin = tmp.path().join("kiln-runtime-helper");
+    fs::copy(HELPER_BIN, &bin).unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    let work = tmp.path().join("work");
+    fs::create_dir(&work).unwrap();
+    chown_tree(&work, uid, gid);
+
+    let as_user = |state: &str, extra: &[&str], script: &str| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+        ])
+        .arg(&bin)
+        .args(["run", "--state"])
+        .arg(work.join(state))
+        .arg("--lower")
+        .arg(&rootfs)
+        .args(extra)
+        .args(["--", "sh", "-c", script]);
+        run(&mut cmd)
+    };
+
+    // Root inside is the user outside; the subordinate range follows.
+    let out = as_user(
+        "s1",
+        &[],
+        "id -u; echo $$; hostname; cat /proc/self/uid_map | tr -s ' ' | sed 's/^ //'; \
+         echo hi > /tmp/made-inside && cat /tmp/made-inside; rm /etc/motd; ls /sys/class/net",
+    );
+    assert_eq!(
+        out,
+        format!("0\n1\nkiln\n0 {uid} 1\n1 {subuid} {SUBID_COUNT}\nhi\nlo\n")
+    );
+    // The image was not touched.
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/motd")).unwrap(),
+        "welcome\n"
+    );
+
+    // A user of the image, mapped through the subordinate range.
+    let out = as_user(
+        "s2",
+        &["--user", "app", "--network", "host"],
+        "id -u; touch $HOME/f && stat -c %u $HOME/f",
+    );
+    assert_eq!(out, "1000\n1000\n");
+    // Everything the run created is gone, files of mapped ids included.
+    let left: Vec<_> = fs::read_dir(&work)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
