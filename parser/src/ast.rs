@@ -42,6 +42,77 @@ pub struct Directive {
     pub span: Span,
 }
 
+impl Directive {
+    /// For a `check` directive: its options (which lint rules to skip,
+    /// whether warnings are errors), parsed as BuildKit parses them.
+    pub fn check_options(&self) -> Result<CheckOptions, CheckOptionsError> {
+        CheckOptions::parse(&self.value)
+    }
+}
+
+/// The options of `# check=skip=Rule1,Rule2;error=true;experimental=all`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CheckOptions {
+    pub skip: Vec<String>,
+    pub skip_all: bool,
+    pub experimental: Vec<String>,
+    pub experimental_all: bool,
+    /// `error=true`: lint warnings fail the build.
+    pub error: bool,
+}
+
+/// A `check` directive BuildKit would reject.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CheckOptionsError(String);
+
+impl CheckOptions {
+    pub fn parse(value: &str) -> Result<Self, CheckOptionsError> {
+        let mut options = CheckOptions::default();
+        let value = value.trim();
+        if value.is_empty() {
+            return Ok(options);
+        }
+        let list = |v: &str| {
+            v.split(',')
+                .map(|r| r.trim().to_string())
+                .collect::<Vec<_>>()
+        };
+        for part in value.splitn(3, ';') {
+            let Some((key, v)) = part.split_once('=') else {
+                return Err(CheckOptionsError(format!(
+                    "invalid check option {}",
+                    go_quote(part)
+                )));
+            };
+            let v = v.trim();
+            match key.trim() {
+                "skip" if v == "all" => options.skip_all = true,
+                "skip" => options.skip = list(v),
+                "experimental" if v == "all" => options.experimental_all = true,
+                "experimental" => options.experimental = list(v),
+                "error" => {
+                    options.error = match v {
+                        "1" | "t" | "T" | "TRUE" | "true" | "True" => true,
+                        "0" | "f" | "F" | "FALSE" | "false" | "False" => false,
+                        _ => {
+                            return Err(CheckOptionsError(format!(
+                                "failed to parse check option {}: strconv.ParseBool: parsing {}: invalid syntax",
+                                go_quote(part),
+                                go_quote(v)
+                            )))
+                        }
+                    }
+                }
+                other => {
+                    return Err(CheckOptionsError(format!("invalid check option {}", go_quote(other))))
+                }
+            }
+        }
+        Ok(options)
+    }
+}
+
 /// A parsed Dockerfile.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Dockerfile {
@@ -162,6 +233,12 @@ impl Node {
         self.keyword.to_lowercase()
     }
 
+    /// Whether the keyword is written in neither all upper nor all lower
+    /// case (what a `ConsistentInstructionCasing` lint looks at).
+    pub fn keyword_is_mixed_case(&self) -> bool {
+        self.keyword != self.keyword.to_lowercase() && self.keyword != self.keyword.to_uppercase()
+    }
+
     /// The arguments as strings, as BuildKit's `nodeArgs` lists them (ENV
     /// and LABEL give key, value, separator triples; ONBUILD gives the
     /// trigger keyword then its arguments).
@@ -240,4 +317,51 @@ pub fn dump_buildkit(dockerfile: &Dockerfile) -> String {
 /// Go's `strings.TrimSpace` (Unicode white space).
 pub(crate) fn go_trim_space(s: &str) -> &str {
     s.trim_matches(char::is_whitespace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_directive_options() {
+        let o =
+            CheckOptions::parse("skip=JSONArgsRecommended, StageNameCasing;error=true").unwrap();
+        assert_eq!(o.skip, ["JSONArgsRecommended", "StageNameCasing"]);
+        assert!(o.error && !o.skip_all);
+        assert!(
+            CheckOptions::parse("skip=all;experimental=all")
+                .unwrap()
+                .skip_all
+        );
+        assert_eq!(CheckOptions::parse("").unwrap(), CheckOptions::default());
+        assert_eq!(
+            CheckOptions::parse("error=maybe").unwrap_err().to_string(),
+            "failed to parse check option \"error=maybe\": strconv.ParseBool: parsing \"maybe\": invalid syntax"
+        );
+        assert_eq!(
+            CheckOptions::parse("nope").unwrap_err().to_string(),
+            "invalid check option \"nope\""
+        );
+        assert_eq!(
+            CheckOptions::parse("foo=1").unwrap_err().to_string(),
+            "invalid check option \"foo\""
+        );
+    }
+
+    #[test]
+    fn chomp_strips_leading_tabs_per_line() {
+        let doc = Heredoc {
+            name: "EOF".into(),
+            file_descriptor: 0,
+            expand: true,
+            chomp: true,
+            content: "\t\ta\n\tb\tc\nd\n".into(),
+            span: Span {
+                start: Position { line: 1, column: 1 },
+                end: Position { line: 1, column: 1 },
+            },
+        };
+        assert_eq!(doc.chomped_content(), "a\nb\tc\nd\n");
+    }
 }

@@ -142,6 +142,7 @@ impl Lexer {
             raw_escapes: self.raw_escapes,
             referenced: BTreeSet::new(),
             unset: BTreeSet::new(),
+            depth: 0,
         };
         match shell.process_stop_on(None, self.raw_escapes) {
             Ok((value, words)) => Ok(Expansion {
@@ -166,7 +167,14 @@ struct ShellWord<'a> {
     raw_escapes: bool,
     referenced: BTreeSet<String>,
     unset: BTreeSet<String>,
+    /// How many `${…}` we are inside (bounded, so hostile input cannot
+    /// exhaust the stack).
+    depth: usize,
 }
+
+/// The deepest `${…}` nesting accepted. Go's growable stacks have no such
+/// limit; no real Dockerfile comes near it.
+pub const MAX_NESTING: usize = 100;
 
 /// Accumulates words: unquoted whitespace ends a word, quoted text never does.
 #[derive(Default)]
@@ -383,6 +391,16 @@ impl ShellWord<'_> {
     }
 
     fn process_dollar(&mut self) -> Result<String, String> {
+        if self.depth >= MAX_NESTING {
+            return Err(format!("substitutions nested more than {MAX_NESTING} deep"));
+        }
+        self.depth += 1;
+        let result = self.process_dollar_inner();
+        self.depth -= 1;
+        result
+    }
+
+    fn process_dollar_inner(&mut self) -> Result<String, String> {
         self.next();
         if self.peek() != Some('{') {
             let name = self.process_name();
@@ -881,6 +899,14 @@ mod tests {
             expand_words("hello${X:-a}b c", &env(), '\\').unwrap(),
             ["helloab", "c"]
         );
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let deep = "${A:-".repeat(100_000) + &"}".repeat(100_000);
+        assert!(err(&deep).ends_with("substitutions nested more than 100 deep"));
+        let fine = "${A:-".repeat(50) + "x" + &"}".repeat(50);
+        assert_eq!(ok(&fine), "x");
     }
 
     #[test]

@@ -743,6 +743,11 @@ impl Ctx<'_> {
                         ));
                     }
                 }
+                let mounts = flags.strings("mount");
+                for spec in &mounts {
+                    crate::mount::check_mount_spec(spec)
+                        .map_err(|e| self.error(ErrorKind::Instruction(e.to_string()), spec))?;
+                }
                 let heredocs = self
                     .node
                     .heredocs
@@ -759,7 +764,7 @@ impl Ctx<'_> {
                     meta,
                     command: self.command_line(&args),
                     heredocs,
-                    mounts: flags.strings("mount"),
+                    mounts,
                     network,
                     security,
                     devices: flags.strings("device"),

@@ -28,6 +28,7 @@ mod error;
 pub mod expand;
 pub mod instructions;
 mod json;
+pub mod mount;
 mod parser;
 mod quote;
 mod suggest;

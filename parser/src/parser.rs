@@ -380,7 +380,15 @@ fn trim_newline_once(s: &str) -> &str {
 /// An error from a line parser, with the text to point the caret at.
 type LineError = (ErrorKind, String);
 
+/// ONBUILD inside ONBUILD is parsed (and rejected later, as BuildKit does),
+/// but only this deep, so hostile input cannot exhaust the stack.
+const MAX_ONBUILD_NESTING: usize = 16;
+
 fn new_node_from_line(line: &str, escape: char) -> Result<Node, LineError> {
+    new_node_at_depth(line, escape, 0)
+}
+
+fn new_node_at_depth(line: &str, escape: char, depth: usize) -> Result<Node, LineError> {
     let trimmed = go_trim_space(line);
     let (keyword, rest) = split_ws_once(trimmed);
     let (rest, flags) = match rest {
@@ -409,9 +417,16 @@ fn new_node_from_line(line: &str, escape: char) -> Result<Node, LineError> {
         "onbuild" => {
             if rest.is_empty() {
                 (Args::Words(vec![]), false)
+            } else if depth >= MAX_ONBUILD_NESTING {
+                return Err((
+                    ErrorKind::Instruction(format!(
+                        "ONBUILD nested more than {MAX_ONBUILD_NESTING} deep"
+                    )),
+                    rest.to_string(),
+                ));
             } else {
                 (
-                    Args::Onbuild(Box::new(new_node_from_line(rest, escape)?)),
+                    Args::Onbuild(Box::new(new_node_at_depth(rest, escape, depth + 1)?)),
                     false,
                 )
             }
@@ -842,6 +857,31 @@ mod tests {
         assert!(parse_heredoc_word("<<").unwrap().is_none());
         assert!(parse_heredoc_word("a<<EOF").unwrap().is_none());
         assert!(parse_heredoc_word("<<EOF<").unwrap().is_none());
+    }
+
+    #[test]
+    fn deep_onbuild_is_an_error_not_a_crash() {
+        let src = format!("FROM a\n{}RUN x\n", "ONBUILD ".repeat(100_000));
+        let err = parse(&src, "Dockerfile").unwrap_err();
+        assert!(
+            err.to_string().contains("ONBUILD nested more than 16 deep"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn heredoc_scanning_is_linear() {
+        let mut src = String::from("FROM a\nRUN <<A <<B\n");
+        for _ in 0..100_000 {
+            src.push_str("body line\n");
+        }
+        src.push_str("A\nB\nRUN <<EOF\n");
+        for _ in 0..100_000 {
+            src.push_str("\tno terminator\n");
+        }
+        let err = parse(&src, "Dockerfile").unwrap_err();
+        assert_eq!(err.kind(), &ErrorKind::UnterminatedHeredoc);
+        assert_eq!((err.line(), err.end_line()), (100_005, 200_005));
     }
 
     #[test]

@@ -1,0 +1,520 @@
+//! `RUN --mount=…` specs, typed, with BuildKit's rules.
+//!
+//! The parser keeps each spec as written ([`crate::instructions::Run::mounts`]);
+//! the builder calls [`parse_mount`] with its word expander once the stage's
+//! variables are known.
+//!
+//! ```
+//! use kiln_parser::mount::{parse_mount, MountType};
+//! let m = parse_mount("type=cache,target=/root/.cache,sharing=locked", &mut |w| Ok(w.to_string())).unwrap();
+//! assert_eq!(m.mount_type, MountType::Cache);
+//! assert_eq!(m.target, "/root/.cache");
+//! assert!(!m.read_only);
+//! ```
+
+use serde::Serialize;
+
+use crate::suggest::suggest;
+
+/// The kinds of mount RUN supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountType {
+    Bind,
+    Cache,
+    Tmpfs,
+    Secret,
+    Ssh,
+}
+
+impl MountType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MountType::Bind => "bind",
+            MountType::Cache => "cache",
+            MountType::Tmpfs => "tmpfs",
+            MountType::Secret => "secret",
+            MountType::Ssh => "ssh",
+        }
+    }
+}
+
+/// How a cache mount is shared between concurrent builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sharing {
+    Shared,
+    Private,
+    Locked,
+}
+
+/// One `--mount`, its values expanded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Mount {
+    pub mount_type: MountType,
+    /// `from=`: a stage or image to take the source from.
+    pub from: Option<String>,
+    pub source: Option<String>,
+    pub target: String,
+    pub read_only: bool,
+    /// tmpfs `size=` in bytes.
+    pub size_limit: Option<u64>,
+    /// `id=` (cache or secret id).
+    pub id: Option<String>,
+    pub sharing: Option<Sharing>,
+    /// secret/ssh `required=`.
+    pub required: bool,
+    /// secret `env=`: expose the secret as this environment variable.
+    pub env: Option<String>,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+/// Why a mount spec was rejected; messages follow BuildKit's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MountError {
+    #[error("failed to parse csv mounts: {0}")]
+    Csv(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Expand(#[from] crate::expand::ExpandError),
+}
+
+const ALL_KEYS: &[&str] = &[
+    "type",
+    "from",
+    "source",
+    "target",
+    "readonly",
+    "id",
+    "sharing",
+    "required",
+    "size",
+    "mode",
+    "uid",
+    "gid",
+    "src",
+    "dst",
+    "destination",
+    "ro",
+    "rw",
+    "readwrite",
+    "env",
+];
+
+fn invalid(message: String) -> MountError {
+    MountError::Invalid(message)
+}
+
+fn with_suggestion(message: String, value: &str, options: &[&str]) -> MountError {
+    match suggest(value, options, true) {
+        Some(s) => invalid(format!("{message} (did you mean {s}?)")),
+        None => invalid(message),
+    }
+}
+
+/// Checks done when the Dockerfile is read (BuildKit does them before any
+/// expansion): the CSV must parse, and `from=` cannot use variables.
+pub fn check_mount_spec(spec: &str) -> Result<(), MountError> {
+    for field in csv_fields(spec)? {
+        if let Some((key, value)) = field.split_once('=') {
+            if key.eq_ignore_ascii_case("from") {
+                if let Some(i) = value.find('$') {
+                    if i != value.len() - 1 {
+                        return Err(invalid(
+                            "'from' doesn't support variable expansion, define alias stage instead"
+                                .to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses one spec, expanding each value with `expand` (pass the identity
+/// for specs without variables).
+pub fn parse_mount(
+    spec: &str,
+    expand: &mut dyn FnMut(&str) -> Result<String, crate::expand::ExpandError>,
+) -> Result<Mount, MountError> {
+    let mut m = Mount {
+        mount_type: MountType::Bind,
+        from: None,
+        source: None,
+        target: String::new(),
+        read_only: false,
+        size_limit: None,
+        id: None,
+        sharing: None,
+        required: false,
+        env: None,
+        mode: None,
+        uid: None,
+        gid: None,
+    };
+    let mut read_only_auto = true;
+    for field in csv_fields(spec)? {
+        let (key, value) = match field.split_once('=') {
+            Some((k, v)) => (k.to_lowercase(), Some(v)),
+            None => (field.to_lowercase(), None),
+        };
+        let Some(value) = value else {
+            match key.as_str() {
+                "readonly" | "ro" => {
+                    m.read_only = true;
+                    read_only_auto = false;
+                }
+                "readwrite" | "rw" => {
+                    m.read_only = false;
+                    read_only_auto = false;
+                }
+                "required" if matches!(m.mount_type, MountType::Secret | MountType::Ssh) => {
+                    m.required = true;
+                }
+                "required" => {
+                    return Err(invalid(format!(
+                        "unexpected key '{key}' for mount type '{}'",
+                        m.mount_type.as_str()
+                    )))
+                }
+                _ => {
+                    return Err(invalid(format!(
+                        "invalid field '{field}' must be a key=value pair"
+                    )))
+                }
+            }
+            continue;
+        };
+        let value = expand(value)?;
+        let bad_value = || invalid(format!("invalid value for {key}: {value}"));
+        match key.as_str() {
+            "type" => {
+                m.mount_type = match value.to_lowercase().as_str() {
+                    "bind" => MountType::Bind,
+                    "cache" => MountType::Cache,
+                    "tmpfs" => MountType::Tmpfs,
+                    "secret" => MountType::Secret,
+                    "ssh" => MountType::Ssh,
+                    _ => {
+                        return Err(with_suggestion(
+                            format!("unsupported mount type {}", crate::go_quote(&value)),
+                            &value,
+                            &["bind", "cache", "tmpfs", "secret", "ssh"],
+                        ))
+                    }
+                }
+            }
+            "from" => m.from = Some(value),
+            "source" | "src" => m.source = Some(value),
+            "target" | "dst" | "destination" => m.target = value,
+            "readonly" | "ro" => {
+                m.read_only = parse_go_bool(&value).ok_or_else(bad_value)?;
+                read_only_auto = false;
+            }
+            "readwrite" | "rw" => {
+                m.read_only = !parse_go_bool(&value).ok_or_else(bad_value)?;
+                read_only_auto = false;
+            }
+            "required" => {
+                if !matches!(m.mount_type, MountType::Secret | MountType::Ssh) {
+                    return Err(invalid(format!(
+                        "unexpected key '{key}' for mount type '{}'",
+                        m.mount_type.as_str()
+                    )));
+                }
+                m.required = parse_go_bool(&value).ok_or_else(bad_value)?;
+            }
+            "size" => {
+                if m.mount_type != MountType::Tmpfs {
+                    return Err(invalid(format!(
+                        "unexpected key '{key}' for mount type '{}'",
+                        m.mount_type.as_str()
+                    )));
+                }
+                m.size_limit = Some(ram_in_bytes(&value).ok_or_else(bad_value)?);
+            }
+            "id" => m.id = Some(value),
+            "sharing" => {
+                m.sharing = Some(match value.to_lowercase().as_str() {
+                    "shared" => Sharing::Shared,
+                    "private" => Sharing::Private,
+                    "locked" => Sharing::Locked,
+                    _ => {
+                        return Err(with_suggestion(
+                            format!("unsupported sharing value {}", crate::go_quote(&value)),
+                            &value,
+                            &["shared", "private", "locked"],
+                        ))
+                    }
+                })
+            }
+            "mode" => {
+                m.mode = Some(
+                    u32::from_str_radix(&value, 8)
+                        .map_err(|_| invalid(format!("invalid value {value} for mode")))?,
+                )
+            }
+            "uid" => {
+                m.uid = Some(
+                    value
+                        .parse()
+                        .map_err(|_| invalid(format!("invalid value {value} for uid")))?,
+                )
+            }
+            "gid" => {
+                m.gid = Some(
+                    value
+                        .parse()
+                        .map_err(|_| invalid(format!("invalid value {value} for gid")))?,
+                )
+            }
+            "env" => m.env = Some(value),
+            _ => {
+                return Err(with_suggestion(
+                    format!("unexpected key '{key}' in '{field}'"),
+                    &key,
+                    ALL_KEYS,
+                ))
+            }
+        }
+    }
+    let type_name = m.mount_type.as_str();
+    if !matches!(
+        m.mount_type,
+        MountType::Secret | MountType::Ssh | MountType::Cache
+    ) {
+        for (present, what) in [
+            (m.mode.is_some(), "mode"),
+            (m.uid.is_some(), "uid"),
+            (m.gid.is_some(), "gid"),
+        ] {
+            if present {
+                return Err(invalid(format!(
+                    "{what} not allowed for \"{type_name}\" type mounts"
+                )));
+            }
+        }
+    }
+    if read_only_auto {
+        m.read_only = !matches!(m.mount_type, MountType::Cache | MountType::Tmpfs);
+    }
+    if m.mount_type == MountType::Secret {
+        if m.from.as_deref().is_some_and(|f| !f.is_empty()) {
+            return Err(invalid("secret mount should not have a from".into()));
+        }
+        if m.sharing.is_some() {
+            return Err(invalid("secret mount should not define sharing".into()));
+        }
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+        if !set(&m.source) && m.target.is_empty() && !set(&m.id) {
+            return Err(invalid(
+                "invalid secret mount. one of source, target required".into(),
+            ));
+        }
+        if set(&m.source) && set(&m.id) {
+            return Err(invalid("both source and id can't be set".into()));
+        }
+    }
+    if m.sharing.is_some() && m.mount_type != MountType::Cache {
+        return Err(invalid(format!(
+            "invalid cache sharing set for {type_name} mount"
+        )));
+    }
+    Ok(m)
+}
+
+/// Go's `strconv.ParseBool`.
+fn parse_go_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// docker/go-units `RAMInBytes`: `64m`, `1.5GiB`, `1024` (binary units).
+fn ram_in_bytes(s: &str) -> Option<u64> {
+    let number_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, mut suffix) = s.split_at(number_end);
+    if number.is_empty()
+        || !number.starts_with(|c: char| c.is_ascii_digit())
+        || number.ends_with('.')
+    {
+        return None;
+    }
+    let value: f64 = number.parse().ok()?;
+    suffix = suffix.strip_prefix(' ').unwrap_or(suffix);
+    let mut chars = suffix.chars();
+    let multiplier: f64 = match chars.next() {
+        None => 1.0,
+        Some(c) => {
+            let m = match c.to_ascii_lowercase() {
+                'k' => 1024f64,
+                'm' => 1024f64.powi(2),
+                'g' => 1024f64.powi(3),
+                't' => 1024f64.powi(4),
+                'p' => 1024f64.powi(5),
+                'b' if chars.as_str().is_empty() => return Some(value as u64),
+                _ => return None,
+            };
+            let rest = chars.as_str().to_ascii_lowercase();
+            if !matches!(rest.as_str(), "" | "b" | "i" | "ib") {
+                return None;
+            }
+            m
+        }
+    };
+    Some((value * multiplier) as u64)
+}
+
+/// One CSV record (Go's `encoding/csv` rules, no lazy quotes): fields split
+/// on `,`, `"…"` quotes a field, `""` inside quotes is a quote.
+fn csv_fields(s: &str) -> Result<Vec<String>, MountError> {
+    let mut fields = Vec::new();
+    if s.is_empty() {
+        return Ok(fields);
+    }
+    let mut chars = s.chars().peekable();
+    let mut column = 0usize;
+    loop {
+        let mut field = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            column += 1;
+            loop {
+                match chars.next() {
+                    None => {
+                        return Err(MountError::Csv(format!(
+                            "parse error on line 1, column {}: extraneous or missing \" in quoted-field",
+                            column + 1
+                        )))
+                    }
+                    Some('"') => {
+                        column += 1;
+                        match chars.peek() {
+                            Some('"') => {
+                                chars.next();
+                                column += 1;
+                                field.push('"');
+                            }
+                            Some(',') | None => break,
+                            Some(_) => {
+                                return Err(MountError::Csv(format!(
+                                    "parse error on line 1, column {}: extraneous or missing \" in quoted-field",
+                                    column + 1
+                                )))
+                            }
+                        }
+                    }
+                    Some(c) => {
+                        column += 1;
+                        field.push(c);
+                    }
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                chars.next();
+                column += 1;
+                if c == '"' {
+                    return Err(MountError::Csv(format!(
+                        "parse error on line 1, column {column}: bare \" in non-quoted-field"
+                    )));
+                }
+                field.push(c);
+            }
+        }
+        fields.push(field);
+        match chars.next() {
+            Some(',') => column += 1,
+            _ => break,
+        }
+    }
+    Ok(fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(spec: &str) -> Result<Mount, MountError> {
+        parse_mount(spec, &mut |w| Ok(w.to_string()))
+    }
+
+    #[test]
+    fn defaults_and_read_only() {
+        let bind = parse("target=/x").unwrap();
+        assert_eq!((bind.mount_type, bind.read_only), (MountType::Bind, true));
+        let bind_rw = parse("type=bind,target=/x,rw").unwrap();
+        assert!(!bind_rw.read_only);
+        let cache = parse("type=cache,target=/c,id=go,sharing=locked,mode=0755,uid=1000").unwrap();
+        assert_eq!(
+            (cache.read_only, cache.sharing, cache.mode, cache.uid),
+            (false, Some(Sharing::Locked), Some(0o755), Some(1000))
+        );
+        let tmpfs = parse("type=tmpfs,target=/t,size=64m").unwrap();
+        assert_eq!(tmpfs.size_limit, Some(64 * 1024 * 1024));
+        let secret = parse("type=secret,id=token,env=TOKEN,required").unwrap();
+        assert_eq!(
+            (secret.required, secret.env.as_deref()),
+            (true, Some("TOKEN"))
+        );
+    }
+
+    #[test]
+    fn errors_like_buildkit() {
+        let msg = |s: &str| parse(s).unwrap_err().to_string();
+        assert_eq!(
+            msg("type=cahce,target=/x"),
+            "unsupported mount type \"cahce\" (did you mean cache?)"
+        );
+        assert_eq!(
+            msg("type=bind,target=/x,mode=0644"),
+            "mode not allowed for \"bind\" type mounts"
+        );
+        assert_eq!(
+            msg("type=secret"),
+            "invalid secret mount. one of source, target required"
+        );
+        assert_eq!(
+            msg("type=bind,sharing=locked"),
+            "invalid cache sharing set for bind mount"
+        );
+        assert_eq!(
+            msg("target"),
+            "invalid field 'target' must be a key=value pair"
+        );
+        assert_eq!(
+            msg("targte=/x"),
+            "unexpected key 'targte' in 'targte=/x' (did you mean target?)"
+        );
+        assert_eq!(
+            msg("type=bind,required"),
+            "unexpected key 'required' for mount type 'bind'"
+        );
+        assert_eq!(msg("a\"b"), "failed to parse csv mounts: parse error on line 1, column 2: bare \" in non-quoted-field");
+    }
+
+    #[test]
+    fn csv_quotes() {
+        assert_eq!(csv_fields("\"a,b\",c").unwrap(), ["a,b", "c"]);
+        assert_eq!(csv_fields("\"a\"\"b\"").unwrap(), ["a\"b"]);
+        assert!(csv_fields("").unwrap().is_empty());
+        assert_eq!(csv_fields("a,").unwrap(), ["a", ""]);
+    }
+
+    #[test]
+    fn from_cannot_use_variables() {
+        assert!(check_mount_spec("type=bind,from=$STAGE,target=/x").is_err());
+        assert!(check_mount_spec("type=bind,from=stage$,target=/x").is_ok());
+    }
+}
