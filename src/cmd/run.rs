@@ -1,0 +1,322 @@
+//! `kiln run`: a command in a new container from an image in the local store;
+//! and the hidden subcommand kiln re-executes itself into to set up a
+//! container (the runtime's helper, which must start before any thread).
+//!
+//! Container state lives in `<root>/containers/<id>/` while the container
+//! runs and is always removed when it exits: kiln keeps no stopped
+//! containers, so `--rm` is accepted and changes nothing.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use kiln_builder::run_argv::docker_run_command;
+use kiln_layers::{NoProgress, Platform, Store};
+use kiln_runtime::{BindMount, HelperCommand, Network, RunSpec, Streams};
+
+use crate::settings::GlobalSettings;
+
+/// The hidden subcommand the runtime re-executes kiln into.
+pub const HELPER_SUBCOMMAND: &str = "__runtime-helper";
+
+/// Docker's exit code when the container could not be created or started.
+const EXIT_RUN_FAILED: u8 = 125;
+
+#[derive(Debug, Subcommand)]
+pub enum RunCommand {
+    /// Run a command in a new container from a local image.
+    Run(RunArgs),
+    /// Internal: the runtime's helper process (started by kiln itself).
+    #[command(name = HELPER_SUBCOMMAND, hide = true)]
+    RuntimeHelper,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkMode {
+    /// The host's network.
+    Host,
+    /// A network namespace with only the loopback interface.
+    None,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Remove the container when it exits (always done: kiln keeps no
+    /// stopped containers).
+    #[arg(long)]
+    rm: bool,
+    /// Set an environment variable; `K` alone passes kiln's own value of K.
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// Working directory inside the container (created when missing).
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    workdir: Option<String>,
+    /// User: name, uid, name:group or uid:gid, from the image's /etc/passwd.
+    #[arg(short = 'u', long = "user", value_name = "USER")]
+    user: Option<String>,
+    /// Override the image's ENTRYPOINT (one word; "" resets it).
+    #[arg(long, value_name = "CMD")]
+    entrypoint: Option<String>,
+    /// Network: the host's, or none (only loopback).
+    #[arg(long, value_enum, default_value_t = NetworkMode::Host)]
+    network: NetworkMode,
+    /// Bind-mount a host path: HOST:CONTAINER[:ro|rw] (HOST absolute, existing).
+    /// Long form only: kiln's global `-v` means verbose.
+    #[arg(long = "volume", value_name = "HOST:CTR[:ro]")]
+    volumes: Vec<String>,
+    /// Container host name (default: the first 12 digits of its id, or the
+    /// host's name with --network host).
+    #[arg(long, value_name = "NAME")]
+    hostname: Option<String>,
+    /// Keep standard input open (pass it to the container).
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Allocate a pseudo-terminal.
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Kill the container after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<u64>,
+    /// Security options; `seccomp=unconfined` turns the default seccomp
+    /// profile off.
+    #[arg(long = "security-opt", value_name = "OPT")]
+    security_opt: Vec<String>,
+    /// The image: a tag in the local store, or an image id (prefix).
+    #[arg(value_name = "IMAGE")]
+    image: String,
+    /// The command and its arguments (replace the image's CMD).
+    #[arg(
+        value_name = "ARGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        num_args = 0..
+    )]
+    args: Vec<String>,
+}
+
+impl RunCommand {
+    pub fn run(self, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
+        match self {
+            RunCommand::RuntimeHelper => {
+                let code = kiln_runtime::helper_main();
+                std::process::exit(code)
+            }
+            RunCommand::Run(args) => Ok(match run_container(args, settings) {
+                Ok(code) => code,
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    let code = err
+                        .downcast_ref::<kiln_runtime::RuntimeError>()
+                        .and_then(|e| e.exit_code())
+                        .and_then(|c| u8::try_from(c).ok())
+                        .unwrap_or(EXIT_RUN_FAILED);
+                    ExitCode::from(code)
+                }
+            }),
+        }
+    }
+}
+
+/// Parses `-v HOST:CTR[:ro|rw]`.
+pub fn parse_volume(spec: &str) -> anyhow::Result<BindMount> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (host, target, read_only) = match parts.as_slice() {
+        [host, target] => (*host, *target, false),
+        [host, target, "ro"] => (*host, *target, true),
+        [host, target, "rw"] => (*host, *target, false),
+        [_, _, mode] => bail!("volume {spec:?}: unknown mode {mode:?} (ro or rw)"),
+        _ => bail!("volume {spec:?}: expected HOST:CONTAINER[:ro|rw]"),
+    };
+    if !host.starts_with('/') {
+        bail!("volume {spec:?}: the host path must be absolute (named volumes are not supported)");
+    }
+    if !target.starts_with('/') {
+        bail!("volume {spec:?}: the container path must be absolute");
+    }
+    let source = PathBuf::from(host);
+    if !source.exists() {
+        bail!("volume {spec:?}: host path {host} does not exist");
+    }
+    Ok(BindMount {
+        source,
+        target: PathBuf::from(target),
+        read_only,
+    })
+}
+
+/// Docker's container environment: PATH, HOSTNAME (and TERM with a tty)
+/// first, then the image's and the user's variables replacing or appending.
+pub fn container_env(
+    image_env: &[String],
+    user_env: &[String],
+    hostname: &str,
+    tty: bool,
+) -> Vec<String> {
+    let mut env = vec![
+        format!("PATH={}", kiln_runtime::init::DEFAULT_PATH),
+        format!("HOSTNAME={hostname}"),
+    ];
+    if tty {
+        env.push("TERM=xterm".to_string());
+    }
+    let key = |entry: &str| entry.split('=').next().unwrap_or("").to_string();
+    for entry in image_env.iter().chain(user_env) {
+        let k = key(entry);
+        match env.iter_mut().find(|e| key(e) == k) {
+            Some(existing) => *existing = entry.clone(),
+            None => env.push(entry.clone()),
+        }
+    }
+    env
+}
+
+/// `-e K=V` as given; `-e K` takes kiln's own K, or is dropped when unset.
+fn user_env(flags: &[String]) -> Vec<String> {
+    flags
+        .iter()
+        .filter_map(|flag| {
+            if flag.contains('=') {
+                Some(flag.clone())
+            } else {
+                std::env::var(flag).ok().map(|value| format!("{flag}={value}"))
+            }
+        })
+        .collect()
+}
+
+fn new_container_id() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom for a container id")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".to_string())
+}
+
+fn run_container(args: RunArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
+    let volumes = args
+        .volumes
+        .iter()
+        .map(|v| parse_volume(v))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut seccomp = true;
+    for opt in &args.security_opt {
+        match opt.as_str() {
+            "seccomp=unconfined" | "seccomp:unconfined" => seccomp = false,
+            other => bail!("unsupported --security-opt {other:?} (only seccomp=unconfined)"),
+        }
+    }
+
+    let store = Store::open(&settings.root)
+        .with_context(|| format!("opening the store at {}", settings.root.display()))?;
+    let _lease = store.lease()?;
+    let platform = Platform::host();
+    let tagged = store
+        .find(&args.image, &platform)
+        .with_context(|| format!("unable to find image {:?} locally", args.image))?;
+    let Some(tagged) = tagged.into_iter().next() else {
+        bail!("unable to find image {:?} locally", args.image);
+    };
+    let image = store.read_image(&tagged.descriptor, &platform)?;
+    let lower_dirs = store.prepare_snapshots(&image, &NoProgress)?;
+    let config = image.config.config.clone().unwrap_or_default();
+
+    let command = docker_run_command(
+        config.entrypoint.as_deref(),
+        config.cmd.as_deref(),
+        args.entrypoint.as_deref(),
+        &args.args,
+    )
+    .with_context(|| format!("image {}", tagged.name))?;
+
+    let id = new_container_id()?;
+    let hostname = match (&args.hostname, args.network) {
+        (Some(name), _) => name.clone(),
+        (None, NetworkMode::Host) => host_name(),
+        (None, NetworkMode::None) => id[..12].to_string(),
+    };
+    let containers = settings.root.join("containers");
+    std::fs::create_dir_all(&containers)
+        .with_context(|| format!("creating {}", containers.display()))?;
+
+    let mut spec = RunSpec::new(lower_dirs, containers.join(&id), command.argv());
+    spec.image = tagged.name.clone();
+    spec.env = container_env(
+        config.env.as_deref().unwrap_or_default(),
+        &user_env(&args.env),
+        &hostname,
+        args.tty,
+    );
+    spec.cwd = args
+        .workdir
+        .clone()
+        .or(config.working_dir.clone())
+        .unwrap_or_default();
+    spec.user = args.user.clone().or(config.user.clone()).unwrap_or_default();
+    spec.hostname = hostname;
+    spec.network = match args.network {
+        NetworkMode::Host => Network::Host,
+        NetworkMode::None => Network::None,
+    };
+    spec.mounts = volumes;
+    spec.streams = if args.tty {
+        Streams::Terminal {
+            forward_stdin: args.interactive,
+        }
+    } else {
+        Streams::Stdio {
+            stdin: if args.interactive {
+                std::process::Stdio::inherit()
+            } else {
+                std::process::Stdio::null()
+            },
+            stdout: std::process::Stdio::inherit(),
+            stderr: std::process::Stdio::inherit(),
+        }
+    };
+    spec.timeout = args.timeout.map(Duration::from_secs);
+    spec.seccomp = seccomp;
+    spec.forward_signals = true;
+
+    tracing::info!(image = %spec.image, argv = ?spec.argv, "running");
+    let status = kiln_runtime::run(spec, &HelperCommand::current_exe(&[HELPER_SUBCOMMAND]))?;
+    Ok(ExitCode::from((status.code() & 0xff) as u8))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_specs() {
+        let tmp = std::env::temp_dir();
+        let host = tmp.to_string_lossy();
+        let m = parse_volume(&format!("{host}:/data:ro")).unwrap();
+        assert_eq!((m.target, m.read_only), (PathBuf::from("/data"), true));
+        assert!(!parse_volume(&format!("{host}:/data")).unwrap().read_only);
+        assert!(parse_volume("rel:/data").is_err());
+        assert!(parse_volume(&format!("{host}:rel")).is_err());
+        assert!(parse_volume(&format!("{host}:/d:xx")).is_err());
+        let err = parse_volume("/no/such/dir/kiln:/d").unwrap_err().to_string();
+        assert!(err.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn env_order_follows_docker() {
+        let env = container_env(
+            &["PATH=/img".into(), "A=1".into()],
+            &["A=2".into(), "B=3".into()],
+            "h",
+            true,
+        );
+        assert_eq!(env, ["PATH=/img", "HOSTNAME=h", "TERM=xterm", "A=2", "B=3"]);
+    }
+}
