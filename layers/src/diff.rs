@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -59,7 +59,20 @@ pub struct LayerBlob {
 pub fn write_tar<W: Write>(dir: &Path, out: W, options: &DiffOptions) -> Result<W> {
     let mut entries = Vec::new();
     collect(dir, PathBuf::new(), &mut entries)?;
-    entries.sort_by(|a, b| a.0.as_os_str().as_bytes().cmp(b.0.as_os_str().as_bytes()));
+    // Sorted by the name each entry gets in the tar (a whiteout's is
+    // `.wh.NAME`), so the order is a function of the names alone.
+    let key = |(rel, meta): &(PathBuf, fs::Metadata)| -> Vec<u8> {
+        let whiteout = options.overlay_whiteouts && meta.file_type().is_char_device() && meta.rdev() == 0;
+        match (whiteout, rel.parent(), rel.file_name()) {
+            (true, Some(parent), Some(name)) => {
+                let mut wh = std::ffi::OsString::from(".wh.");
+                wh.push(name);
+                parent.join(wh).into_os_string().into_vec()
+            }
+            _ => rel.as_os_str().as_bytes().to_vec(),
+        }
+    };
+    entries.sort_by_cached_key(key);
     let mut writer = TarWriter {
         builder: tar::Builder::new(out),
         options: *options,
