@@ -22,6 +22,36 @@
 //!
 //! Errors ([`ParseError`]) carry `file:line:column`, the source line and a
 //! caret, and suggest the nearest instruction or flag for a misspelt one.
+//!
+//! # The API in short
+//! - [`parse`] / [`parse_bytes`] → [`ast::Dockerfile`]: directives, escape
+//!   character, one [`ast::Node`] per instruction (keyword as written, flags,
+//!   [`ast::Args`], exec form or not, heredocs, logical line, exact source
+//!   text, [`ast::Span`], comments above, empty continuation lines) and
+//!   warnings (`NoEmptyContinuation`).
+//! - [`dump_buildkit`]: BuildKit's AST dump (`(run "echo hi")` per line).
+//! - [`instructions::from_ast`] → [`instructions::Dockerfile`]: meta ARGs and
+//!   [`instructions::Stage`]s of [`instructions::Instruction`]s, flags typed
+//!   and checked, nothing expanded.
+//! - [`expand::expand_word`] / [`expand::expand_words`] (or
+//!   [`expand::Lexer`] for BuildKit's lexer options): expansion through an
+//!   [`expand::Env`] lookup, reporting referenced and unset names.
+//! - [`mount::parse_mount`]: a `RUN --mount` spec, typed, after expansion.
+//! - [`ast::CheckOptions`]: the `# check=` directive's options.
+//!
+//! # Where kiln differs from BuildKit, on purpose
+//! - Flags and the HEALTHCHECK type word are split on characters, not bytes:
+//!   BuildKit reads those byte by byte, which garbles non-ASCII text there.
+//! - No 64 KiB limit on a physical line.
+//! - In word splitting, a nested `${VAR:-…}` keeps the text before it in the
+//!   same word (BuildKit's lexer shares one buffer across nesting levels since
+//!   2024 and drops it).
+//! - `${…}` nesting deeper than [`expand::MAX_NESTING`] and ONBUILD nesting
+//!   deeper than 16 are errors (Go's growable stacks need no limit).
+//! - "Did you mean" counts swapping two neighbouring letters as one edit, so
+//!   `RNU` suggests `RUN` (BuildKit's pick among equally near names varies).
+//! - The dump's notion of a printable character (for `\u` escapes) follows
+//!   Go's `unicode.IsPrint` except for unassigned code points.
 
 pub mod ast;
 mod error;
