@@ -276,8 +276,8 @@ pub struct Run {
     pub network: Option<String>,
     /// `--security` (`sandbox` or `insecure`); `None` when not given.
     pub security: Option<String>,
-    /// `--device` specs as written.
-    pub devices: Vec<String>,
+    /// `--device` specs, parsed.
+    pub devices: Vec<crate::mount::Device>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -719,6 +719,21 @@ impl Ctx<'_> {
                     ("security", FlagKind::String),
                     ("device", FlagKind::Strings),
                 ])?;
+                // BuildKit's RUN checks run in this order: devices, mounts,
+                // network, security.
+                let mut devices = Vec::new();
+                for spec in flags.strings("device") {
+                    devices.push(
+                        crate::mount::parse_device(&spec).map_err(|e| {
+                            self.error(ErrorKind::Instruction(e.to_string()), &spec)
+                        })?,
+                    );
+                }
+                let mounts = flags.strings("mount");
+                for spec in &mounts {
+                    crate::mount::check_mount_spec(spec)
+                        .map_err(|e| self.error(ErrorKind::Instruction(e.to_string()), spec))?;
+                }
                 let network = flags.string("network");
                 if let Some(n) = &network {
                     if !matches!(n.as_str(), "default" | "none" | "host") {
@@ -743,11 +758,6 @@ impl Ctx<'_> {
                         ));
                     }
                 }
-                let mounts = flags.strings("mount");
-                for spec in &mounts {
-                    crate::mount::check_mount_spec(spec)
-                        .map_err(|e| self.error(ErrorKind::Instruction(e.to_string()), spec))?;
-                }
                 let heredocs = self
                     .node
                     .heredocs
@@ -767,7 +777,7 @@ impl Ctx<'_> {
                     mounts,
                     network,
                     security,
-                    devices: flags.strings("device"),
+                    devices,
                 })
             }
             "cmd" => {

@@ -518,3 +518,92 @@ mod tests {
         assert!(check_mount_spec("type=bind,from=stage$,target=/x").is_ok());
     }
 }
+
+/// One `RUN --device=…` (CDI device), parsed when the Dockerfile is read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Device {
+    pub name: String,
+    pub required: bool,
+}
+
+/// Parses a device spec: `name=vendor.com/gpu=all,required` or just a name.
+pub fn parse_device(spec: &str) -> Result<Device, MountError> {
+    let fields = csv_fields(spec).map_err(|e| match e {
+        MountError::Csv(m) => MountError::Invalid(format!("failed to parse csv devices: {m}")),
+        other => other,
+    })?;
+    let mut device = Device {
+        name: String::new(),
+        required: false,
+    };
+    for field in fields {
+        let Some((key, value)) = field.split_once('=') else {
+            if field.eq_ignore_ascii_case("required") {
+                device.required = true;
+            } else if device.name.is_empty() {
+                device.name = field;
+            } else {
+                return Err(invalid(format!(
+                    "invalid field '{field}' must be a key=value pair"
+                )));
+            }
+            continue;
+        };
+        let key = key.to_lowercase();
+        match key.as_str() {
+            "name" => {
+                if !device.name.is_empty() {
+                    return Err(invalid(format!(
+                        "device name already set to {}",
+                        device.name
+                    )));
+                }
+                device.name = value.to_string();
+            }
+            "required" => {
+                device.required = parse_go_bool(value)
+                    .ok_or_else(|| invalid(format!("invalid value for {key}: {value}")))?;
+            }
+            _ if device.name.is_empty() => device.name = field.clone(),
+            _ => {
+                return Err(with_suggestion(
+                    format!("unexpected key '{key}' in '{field}'"),
+                    &key,
+                    &["name", "required"],
+                ))
+            }
+        }
+    }
+    Ok(device)
+}
+
+#[cfg(test)]
+mod device_tests {
+    use super::*;
+
+    #[test]
+    fn devices() {
+        assert_eq!(
+            parse_device("vendor.com/gpu=all,required").unwrap(),
+            Device {
+                name: "vendor.com/gpu=all".into(),
+                required: true
+            }
+        );
+        assert_eq!(
+            parse_device("name=gpu0,required=false").unwrap(),
+            Device {
+                name: "gpu0".into(),
+                required: false
+            }
+        );
+        assert_eq!(
+            parse_device("a,name=b").unwrap_err().to_string(),
+            "device name already set to a"
+        );
+        assert_eq!(
+            parse_device("a,b").unwrap_err().to_string(),
+            "invalid field 'b' must be a key=value pair"
+        );
+    }
+}
