@@ -12,10 +12,13 @@ use crate::protocol::{send, ContainerConfig, Failure, Report, FDS_ENV};
 use crate::spec::{ExitStatus, Network};
 use crate::sys::{RealSyscalls, Syscalls};
 
-fn parse_fds(value: &str) -> Option<(RawFd, RawFd, RawFd)> {
-    let mut parts = value.split(',').map(|p| p.parse::<RawFd>().ok());
-    let fds = (parts.next()??, parts.next()??, parts.next()??);
-    (fds.0 > 2 && fds.1 > 2 && fds.2 > 2 && parts.next().is_none()).then_some(fds)
+/// `config,report,sync[,console]`: descriptors above stdio.
+fn parse_fds(value: &str) -> Option<Vec<RawFd>> {
+    let fds: Vec<RawFd> = value
+        .split(',')
+        .map(|p| p.parse::<RawFd>().ok())
+        .collect::<Option<_>>()?;
+    (matches!(fds.len(), 3 | 4) && fds.iter().all(|fd| *fd > 2)).then_some(fds)
 }
 
 fn set_cloexec(fd: RawFd) {
@@ -29,16 +32,15 @@ fn set_cloexec(fd: RawFd) {
 /// `KILN_RUNTIME_FDS` environment variable that [`crate::run`] sets; started
 /// any other way it returns 2 with a message on stderr.
 pub fn helper_main() -> i32 {
-    let Some((config_fd, report_fd, sync_fd)) =
-        std::env::var(FDS_ENV).ok().as_deref().and_then(parse_fds)
-    else {
+    let Some(fds) = std::env::var(FDS_ENV).ok().as_deref().and_then(parse_fds) else {
         eprintln!("kiln: the runtime helper is started by kiln itself, not by hand");
         return 2;
     };
     // The container must not inherit any of them.
-    for fd in [config_fd, report_fd, sync_fd] {
-        set_cloexec(fd);
+    for fd in &fds {
+        set_cloexec(*fd);
     }
+    let (config_fd, report_fd, sync_fd) = (fds[0], fds[1], fds[2]);
     // SAFETY: the caller passed these descriptors to us and nothing else in
     // this process uses them.
     let (mut config_pipe, mut report, mut sync) = unsafe {
@@ -181,10 +183,11 @@ mod tests {
     use super::parse_fds;
 
     #[test]
-    fn fds_env_is_three_descriptors_above_stdio() {
-        assert_eq!(parse_fds("3,4,5"), Some((3, 4, 5)));
+    fn fds_env_is_three_or_four_descriptors_above_stdio() {
+        assert_eq!(parse_fds("3,4,5"), Some(vec![3, 4, 5]));
+        assert_eq!(parse_fds("3,4,5,9"), Some(vec![3, 4, 5, 9]));
         assert_eq!(parse_fds("3,4"), None);
-        assert_eq!(parse_fds("3,4,5,6"), None);
+        assert_eq!(parse_fds("3,4,5,6,7"), None);
         assert_eq!(parse_fds("1,4,5"), None);
         assert_eq!(parse_fds("a,4,5"), None);
     }

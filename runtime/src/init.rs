@@ -3,7 +3,7 @@
 //! [`Syscalls`], so the whole sequence is a unit-tested plan.
 //!
 //! Order, and why:
-//! 1. signals to default, own session (and controlling terminal with `-t`);
+//! 1. signals to default, own session;
 //! 2. a new mount namespace with every mount private, so nothing propagates
 //!    back to the host;
 //! 3. the overlay root, then /proc, /sys (read-only), /dev (tmpfs with the
@@ -13,7 +13,7 @@
 //! 4. pivot_root into it and detach the old root: host files are gone;
 //! 5. hostname, `lo` up, the user from the image's own /etc/passwd, the
 //!    working directory (created as root when missing), the executable from
-//!    the container's `PATH`;
+//!    the container's `PATH`; with `-t`, a pty from the container's devpts;
 //! 6. rlimits, the bounding set, groups/gid/uid, the default capabilities,
 //!    parent-death signal, no_new_privs, umask, seccomp last, then execve.
 
@@ -111,9 +111,6 @@ fn init(
     sys.umask(0);
     step("reset signals", sys.reset_signals())?;
     step("setsid", sys.setsid())?;
-    if cfg.terminal {
-        step("controlling terminal", sys.set_controlling_terminal(0))?;
-    }
     step("new mount namespace", sys.unshare(libc::CLONE_NEWNS))?;
     prepare_rootfs(sys, cfg, report)?;
     enter_rootfs(sys, &cfg.rootfs)?;
@@ -134,6 +131,10 @@ fn init(
         sys.mkdir_all(cwd, 0o755),
     )?;
     step(format!("chdir {}", cwd.display()), sys.chdir(cwd))?;
+    if let (true, Some(console)) = (cfg.terminal, cfg.console_fd) {
+        // From the container's own devpts, so `tty` names a path inside.
+        step("terminal", sys.open_terminal(console, user.uid))?;
+    }
     let env = finalize_env(&cfg.env, &user);
     let program = find_executable(sys, &cfg.argv[0], &env)?;
 

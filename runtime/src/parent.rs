@@ -257,6 +257,7 @@ fn spec_config(
             })
             .collect(),
         terminal: matches!(spec.streams, Streams::Terminal { .. }),
+        console_fd: None,
         seccomp: spec.seccomp,
         nofile,
         remove_after_exit,
@@ -288,7 +289,7 @@ fn nofile_limit(requested: u64, rootless: bool) -> (u64, u64) {
         };
         // SAFETY: getrlimit fills the struct we own.
         if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) } == 0 {
-            limit = limit.min(current.rlim_max as u64);
+            limit = limit.min(current.rlim_max);
         }
     }
     (limit, limit)
@@ -314,25 +315,23 @@ fn remove_stubs(upper: &Path, stubs: &[PathBuf]) {
 type LaunchResult = (ExitStatus, Vec<PathBuf>, Option<PathBuf>);
 
 fn launch(
-    config: ContainerConfig,
+    mut config: ContainerConfig,
     spec: RunSpec,
     helper: &HelperCommand,
 ) -> Result<LaunchResult, RuntimeError> {
     let (config_read, config_write) = pipe()?;
     let (report_read, report_write) = pipe()?;
     let (sync_read, sync_write) = pipe()?;
-    let child_fds = [
+    let mut child_fds = vec![
         config_read.as_raw_fd(),
         report_write.as_raw_fd(),
         sync_read.as_raw_fd(),
     ];
 
     let mut command = Command::new(&helper.program);
-    command.args(&helper.args).env(
-        FDS_ENV,
-        format!("{},{},{}", child_fds[0], child_fds[1], child_fds[2]),
-    );
-    let mut terminal = None;
+    command.args(&helper.args);
+    let mut terminal = TerminalState::None;
+    let mut console_child = None;
     match spec.streams {
         Streams::Stdio {
             stdin,
@@ -342,21 +341,26 @@ fn launch(
             command.stdin(stdin).stdout(stdout).stderr(stderr);
         }
         Streams::Terminal { forward_stdin } => {
-            let pty = Pty::open()?;
-            let slave = |pty: &Pty| -> Result<Stdio, RuntimeError> {
-                Ok(Stdio::from(pty.slave.try_clone().map_err(io_err("pty"))?))
+            // The init opens the pty inside the container and sends its
+            // master back on this socket.
+            let (ours, theirs) = socketpair()?;
+            child_fds.push(theirs.as_raw_fd());
+            config.console_fd = Some(theirs.as_raw_fd());
+            console_child = Some(theirs);
+            command.stdin(Stdio::null());
+            terminal = TerminalState::Waiting {
+                socket: ours,
+                forward_stdin,
             };
-            command
-                .stdin(slave(&pty)?)
-                .stdout(slave(&pty)?)
-                .stderr(slave(&pty)?);
-            terminal = Some((pty, forward_stdin));
         }
     }
+    let fds_text: Vec<String> = child_fds.iter().map(|fd| fd.to_string()).collect();
+    command.env(FDS_ENV, fds_text.join(","));
     // SAFETY: the closure only makes async-signal-safe calls (fcntl, prctl).
     unsafe {
+        let child_fds = child_fds.clone();
         command.pre_exec(move || {
-            for fd in child_fds {
+            for &fd in &child_fds {
                 if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -379,12 +383,7 @@ fn launch(
             source,
         })?;
     drop(command);
-    drop((config_read, report_write, sync_read));
-    let mut terminal = terminal.map(|(pty, forward_stdin)| {
-        let Pty { master, slave } = pty;
-        drop(slave);
-        TerminalRelay::new(master, forward_stdin)
-    });
+    drop((config_read, report_write, sync_read, console_child));
 
     let config_bytes = serde_json::to_vec(&config).map_err(|e| RuntimeError::Io {
         what: "encode configuration",
@@ -413,12 +412,12 @@ fn launch(
         timed_out: false,
     };
     let deadline = spec.timeout.map(|t| Instant::now() + t);
-    let loop_result = watch.run(deadline, forwarder.as_ref(), terminal.as_mut());
+    let loop_result = watch.run(deadline, forwarder.as_ref(), &mut terminal);
     if loop_result.is_err() {
         let _ = child.kill();
     }
     let helper_status = child.wait().map_err(io_err("wait for helper"));
-    if let Some(relay) = terminal.as_mut() {
+    if let TerminalState::Relay(relay) = &mut terminal {
         relay.drain();
     }
     drop(terminal);
@@ -478,14 +477,14 @@ impl Watch {
         &mut self,
         deadline: Option<Instant>,
         signals: Option<&SignalForwarder>,
-        mut terminal: Option<&mut TerminalRelay>,
+        terminal: &mut TerminalState,
     ) -> Result<(), RuntimeError> {
         loop {
             let mut fds = vec![pollfd(self.report.as_raw_fd())];
             if let Some(forwarder) = signals {
                 fds.push(pollfd(forwarder.read_fd()));
             }
-            let relay_fds = terminal.as_ref().map_or(Vec::new(), |t| t.poll_fds());
+            let relay_fds = terminal.poll_fds();
             fds.extend(relay_fds.iter().map(|fd| pollfd(*fd)));
             let timeout_ms = match deadline {
                 Some(_) if self.timed_out => -1,
@@ -515,12 +514,10 @@ impl Watch {
                     }
                 }
             }
-            if let Some(relay) = terminal.as_deref_mut() {
-                let offset = if signals.is_some() { 2 } else { 1 };
-                for (i, fd) in relay_fds.iter().enumerate() {
-                    if fds[offset + i].revents != 0 {
-                        relay.ready(*fd);
-                    }
+            let offset = if signals.is_some() { 2 } else { 1 };
+            for (i, fd) in relay_fds.iter().enumerate() {
+                if fds[offset + i].revents != 0 {
+                    terminal.ready(*fd);
                 }
             }
             if fds[0].revents != 0 && !self.read_reports()? {
@@ -685,44 +682,72 @@ impl Drop for SignalForwarder {
     }
 }
 
-/// A new pseudo-terminal pair.
-struct Pty {
-    master: OwnedFd,
-    slave: OwnedFd,
+fn socketpair() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair fills the two-element array we own.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if rc < 0 {
+        return Err(io_err("socketpair")(std::io::Error::last_os_error()));
+    }
+    // SAFETY: both descriptors are new and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-impl Pty {
-    fn open() -> Result<Self, RuntimeError> {
-        let err = || io_err("open a pseudo-terminal")(std::io::Error::last_os_error());
-        // SAFETY: standard posix_openpt/grantpt/unlockpt/ptsname_r sequence
-        // on descriptors and buffers we own.
-        unsafe {
-            let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
-            if master < 0 {
-                return Err(err());
+/// The terminal side of a run with `-t`.
+enum TerminalState {
+    None,
+    /// Waiting for the init to send the pty master.
+    Waiting {
+        socket: OwnedFd,
+        forward_stdin: bool,
+    },
+    Relay(TerminalRelay),
+}
+
+impl TerminalState {
+    fn poll_fds(&self) -> Vec<RawFd> {
+        match self {
+            TerminalState::None => Vec::new(),
+            TerminalState::Waiting { socket, .. } => vec![socket.as_raw_fd()],
+            TerminalState::Relay(relay) => relay.poll_fds(),
+        }
+    }
+
+    fn ready(&mut self, fd: RawFd) {
+        match self {
+            TerminalState::None => {}
+            TerminalState::Waiting {
+                socket,
+                forward_stdin,
+            } => {
+                *self = match crate::sys::recv_fd(socket.as_raw_fd()) {
+                    Ok(Some(master)) => {
+                        copy_window_size(master.as_raw_fd());
+                        TerminalState::Relay(TerminalRelay::new(master, *forward_stdin))
+                    }
+                    // The init failed before sending it: its report says why.
+                    _ => TerminalState::None,
+                };
             }
-            let master = OwnedFd::from_raw_fd(master);
-            if libc::grantpt(master.as_raw_fd()) != 0 || libc::unlockpt(master.as_raw_fd()) != 0 {
-                return Err(err());
-            }
-            let mut name = [0 as libc::c_char; 128];
-            if libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len()) != 0 {
-                return Err(err());
-            }
-            let slave = libc::open(
-                name.as_ptr(),
-                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-            );
-            if slave < 0 {
-                return Err(err());
-            }
-            let slave = OwnedFd::from_raw_fd(slave);
-            // The container's terminal starts with kiln's window size.
-            let mut size: libc::winsize = std::mem::zeroed();
-            if libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) == 0 {
-                libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size);
-            }
-            Ok(Pty { master, slave })
+            TerminalState::Relay(relay) => relay.ready(fd),
+        }
+    }
+}
+
+/// The container's terminal starts with the size of kiln's.
+fn copy_window_size(master: RawFd) {
+    // SAFETY: TIOCGWINSZ/TIOCSWINSZ with a winsize we own.
+    unsafe {
+        let mut size: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) == 0 {
+            libc::ioctl(master, libc::TIOCSWINSZ, &size);
         }
     }
 }

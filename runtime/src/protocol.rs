@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::spec::{BindMount, ExitStatus, Network};
 
 /// The environment variable naming the helper's descriptors:
-/// `config,report,sync` (see [`crate::helper_main`]).
+/// `config,report,sync[,console]` (see [`crate::helper_main`]).
 pub const FDS_ENV: &str = "KILN_RUNTIME_FDS";
 
 /// Everything the helper and the container's init need, resolved by the caller.
@@ -33,6 +33,9 @@ pub struct ContainerConfig {
     pub network: Network,
     pub mounts: Vec<BindMount>,
     pub terminal: bool,
+    /// With a terminal: the unix socket (a descriptor inherited by the
+    /// helper) on which the init sends the pty master to kiln.
+    pub console_fd: Option<i32>,
     pub seccomp: bool,
     pub nofile: (u64, u64),
     /// Removed by the helper once the container is gone (a discarded upper

@@ -62,8 +62,11 @@ pub trait Syscalls {
     fn reset_signals(&mut self) -> io::Result<()>;
     /// setsid(2).
     fn setsid(&mut self) -> io::Result<()>;
-    /// ioctl(fd, TIOCSCTTY): makes the terminal on `fd` the controlling one.
-    fn set_controlling_terminal(&mut self, fd: libc::c_int) -> io::Result<()>;
+    /// Opens a pseudo-terminal from the container's /dev/ptmx, gives its
+    /// slave to `uid`, makes it stdin/stdout/stderr and the controlling
+    /// terminal, and sends the master over the unix socket `console` (then
+    /// closed) to kiln, which relays it.
+    fn open_terminal(&mut self, console: libc::c_int, uid: u32) -> io::Result<()>;
     /// Whether setgroups(2) may be called (`/proc/self/setgroups` is not "deny").
     fn setgroups_allowed(&mut self) -> bool;
     /// setgroups(2).
@@ -295,9 +298,39 @@ impl Syscalls for RealSyscalls {
         check(unsafe { libc::setsid() })
     }
 
-    fn set_controlling_terminal(&mut self, fd: libc::c_int) -> io::Result<()> {
-        // SAFETY: TIOCSCTTY takes an int argument.
-        check(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) })
+    fn open_terminal(&mut self, console: libc::c_int, uid: u32) -> io::Result<()> {
+        // SAFETY: plain descriptor calls on descriptors this function opens
+        // (closed on every path) and the console socket it was given.
+        unsafe {
+            let master = libc::open(
+                c"/dev/ptmx".as_ptr(),
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            );
+            if master < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let result = (|| {
+                let unlock: libc::c_int = 0;
+                check(libc::ioctl(master, libc::TIOCSPTLCK, &unlock))?;
+                let slave = libc::ioctl(master, libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY);
+                if slave < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let result = (|| {
+                    check(libc::fchown(slave, uid, u32::MAX))?;
+                    for fd in 0..3 {
+                        check(libc::dup2(slave, fd))?;
+                    }
+                    check(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
+                    send_fd(console, master)
+                })();
+                libc::close(slave);
+                result
+            })();
+            libc::close(master);
+            libc::close(console);
+            result
+        }
     }
 
     fn setgroups_allowed(&mut self) -> bool {
@@ -379,6 +412,68 @@ impl Syscalls for RealSyscalls {
         // SAFETY: NULL-terminated arrays of valid C strings that outlive the call.
         unsafe { libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr()) };
         io::Error::last_os_error()
+    }
+}
+
+/// Sends descriptor `fd` over the unix socket `socket` (SCM_RIGHTS).
+pub fn send_fd(socket: libc::c_int, fd: libc::c_int) -> io::Result<()> {
+    // SAFETY: the control buffer is sized with CMSG_SPACE for one int and
+    // aligned for cmsghdr; every pointer refers to locals that outlive sendmsg.
+    unsafe {
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let space = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize;
+        let mut control = vec![0u64; space.div_ceil(8)];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
+        if libc::sendmsg(socket, &msg, 0) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// Receives one descriptor sent with [`send_fd`]; `None` at end of file.
+pub fn recv_fd(socket: libc::c_int) -> io::Result<Option<std::os::fd::OwnedFd>> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: as in send_fd; a received descriptor is new and ours.
+    unsafe {
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let space = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize;
+        let mut control = vec![0u64; space.div_ceil(8)];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        let n = libc::recvmsg(socket, &mut msg, libc::MSG_CMSG_CLOEXEC);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if n == 0 || cmsg.is_null() {
+            return Ok(None);
+        }
+        if (*cmsg).cmsg_level != libc::SOL_SOCKET || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
+            return Ok(None);
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+        Ok(Some(std::os::fd::OwnedFd::from_raw_fd(fd)))
     }
 }
 
@@ -568,8 +663,8 @@ impl Syscalls for RecordingSyscalls {
         self.record("setsid".to_string())
     }
 
-    fn set_controlling_terminal(&mut self, fd: libc::c_int) -> io::Result<()> {
-        self.record(format!("set_controlling_terminal {fd}"))
+    fn open_terminal(&mut self, console: libc::c_int, uid: u32) -> io::Result<()> {
+        self.record(format!("open_terminal console={console} uid={uid}"))
     }
 
     fn setgroups_allowed(&mut self) -> bool {

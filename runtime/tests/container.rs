@@ -476,3 +476,34 @@ fn layers_stack_top_first() {
     assert_eq!(result.unwrap().code(), 0);
     assert_eq!(out, "from the top layer\n");
 }
+
+#[test]
+fn terminal_comes_from_the_containers_devpts() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let out = std::process::Command::new(common::HELPER_BIN)
+        .args(["run", "--tty", "--user", "app", "--state"])
+        .arg(tmp.path().join("state"))
+        .arg("--lower")
+        .arg(&rootfs)
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "tty; stat -c %u $(tty); test -t 0 && test -t 1 && echo both",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The pty turns "\n" into "\r\n".
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "/dev/pts/0\r\n1000\r\nboth\r\n"
+    );
+}

@@ -29,6 +29,7 @@ fn config() -> ContainerConfig {
         network: Network::None,
         mounts: vec![],
         terminal: false,
+        console_fd: None,
         seccomp: true,
         nofile: (1024, 4096),
         remove_after_exit: vec![],
@@ -136,6 +137,7 @@ fn rootless_host_network_terminal_without_seccomp() {
     cfg.rootless = true;
     cfg.network = Network::Host;
     cfg.terminal = true;
+    cfg.console_fd = Some(7);
     cfg.seccomp = false;
     cfg.user = String::new();
     cfg.cwd = String::new();
