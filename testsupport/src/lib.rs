@@ -22,7 +22,7 @@ pub mod registry;
 pub mod tls;
 pub mod token;
 
-pub use proxy::{FaultPlan, FaultProxy};
+pub use proxy::{CannedResponse, FaultPlan, FaultProxy, StatusFault};
 pub use registry::RegistryServer;
 pub use tls::TestCa;
 pub use token::TokenServer;

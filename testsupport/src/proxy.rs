@@ -21,6 +21,16 @@ pub struct StatusFault {
     pub path_contains: String,
 }
 
+/// Answer GET/HEAD requests whose path contains `path_contains` with this
+/// response instead of forwarding (e.g. a malformed manifest).
+#[derive(Debug, Clone)]
+pub struct CannedResponse {
+    pub path_contains: String,
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
 /// The faults to inject. Blob faults apply to GET `/v2/.../blobs/sha256:...` responses with a body.
 #[derive(Debug, Clone, Default)]
 pub struct FaultPlan {
@@ -31,6 +41,7 @@ pub struct FaultPlan {
     /// Flip (xor 0xff) the body byte at this offset on every blob download longer than that.
     pub flip_blob_byte_at: Option<u64>,
     pub status_faults: Vec<StatusFault>,
+    pub canned: Vec<CannedResponse>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -38,6 +49,7 @@ struct Counters {
     drops: u32,
     flips: u32,
     statuses: u32,
+    canned: u32,
     requests: Vec<String>,
 }
 
@@ -119,6 +131,11 @@ impl FaultProxy {
     /// Error statuses answered so far.
     pub fn statuses_injected(&self) -> u32 {
         self.counters().statuses
+    }
+
+    /// Canned responses served so far.
+    pub fn canned_served(&self) -> u32 {
+        self.counters().canned
     }
 
     /// `METHOD path [Range]` of every request seen, in order.
@@ -240,6 +257,32 @@ fn handle(
             let _ = client.shutdown(Shutdown::Both);
             return Ok(());
         }
+        if let Some(canned) = plan
+            .canned
+            .iter()
+            .find(|c| path.contains(&c.path_contains))
+            .cloned()
+        {
+            drop(plan);
+            shared
+                .counters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .canned += 1;
+            let head = format!(
+                "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                canned.status,
+                if canned.status == 200 { "OK" } else { reason(canned.status) },
+                canned.content_type,
+                canned.body.len()
+            );
+            client.write_all(head.as_bytes())?;
+            if method == "GET" {
+                client.write_all(&canned.body)?;
+            }
+            let _ = client.shutdown(Shutdown::Both);
+            return Ok(());
+        }
     }
 
     // Forward, one request per upstream connection.
@@ -297,7 +340,6 @@ fn handle(
     client.write_all(&response_head)?;
     let mut sent: u64 = 0;
     let mut chunk = vec![0u8; 64 * 1024];
-    let mut flipped = false;
     loop {
         let mut data = if response_body.is_empty() {
             let n = upstream.read(&mut chunk)?;
@@ -311,7 +353,12 @@ fn handle(
         if let Some(at) = flip_at {
             if at >= sent && at < sent + data.len() as u64 {
                 data[(at - sent) as usize] ^= 0xff;
-                flipped = true;
+                // Counted before the bytes go out, so a test never reads a stale count.
+                shared
+                    .counters
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .flips += 1;
             }
         }
         if let Some(limit) = cut_at {
@@ -332,13 +379,6 @@ fn handle(
         }
         client.write_all(&data)?;
         sent += data.len() as u64;
-    }
-    if flipped {
-        shared
-            .counters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .flips += 1;
     }
     client.flush()?;
     let _ = client.shutdown(Shutdown::Both);

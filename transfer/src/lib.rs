@@ -1,1 +1,59 @@
 //! kiln-transfer: moves images between a registry and the local store.
+//!
+//! [`pull`] resolves a tag (following an index to the platform asked for),
+//! fetches the config and layers in parallel (bounded) into the store's
+//! ingest, where each blob is verified before it gets its name, and tags the
+//! image. [`push`] uploads every blob (skipping those the registry has) and
+//! then the manifest, under each name given. Progress goes through the
+//! store's [`Reporter`]; the bytes pulled are stored exactly as received.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use kiln_layers::{NoProgress, Platform, Store};
+//! use kiln_registry::{Client, ClientConfig, Reference};
+//! let client = Arc::new(Client::new(ClientConfig::default())?);
+//! let store = Store::open("/var/lib/kiln")?;
+//! let image = Reference::parse("localhost:5000/app:v1")?;
+//! let options = kiln_transfer::PullOptions::new(Platform::host());
+//! let pulled = kiln_transfer::pull(&client, &store, &image, &options, Arc::new(NoProgress)).await?;
+//! println!("{} {}", pulled.reference, pulled.manifest.digest);
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod pull;
+mod push;
+
+pub use error::TransferError;
+pub use pull::{pull, PullOptions, Pulled};
+pub use push::{push, push_descriptor, PushOptions, Pushed};
+
+use kiln_layers::Digest as StoreDigest;
+use kiln_registry::Digest as RegistryDigest;
+
+/// The same digest in the store's type.
+pub(crate) fn store_digest(digest: &RegistryDigest) -> Result<StoreDigest, TransferError> {
+    StoreDigest::parse(&digest.to_string()).map_err(|source| TransferError::Store {
+        context: format!("digest {digest}"),
+        source: Box::new(source),
+    })
+}
+
+/// The same digest in the registry client's type.
+pub(crate) fn registry_digest(digest: &StoreDigest) -> Result<RegistryDigest, TransferError> {
+    digest
+        .as_str()
+        .parse()
+        .map_err(|e: kiln_registry::ReferenceError| TransferError::Registry(e.into()))
+}
+
+/// The store's name for a registry reference (the same normalized string).
+pub fn store_reference(
+    reference: &kiln_registry::Reference,
+) -> Result<kiln_layers::Reference, TransferError> {
+    kiln_layers::Reference::parse(&reference.to_string()).map_err(|source| TransferError::Store {
+        context: format!("naming {reference} in the store"),
+        source: Box::new(source),
+    })
+}

@@ -1,0 +1,62 @@
+//! Errors of pull and push: each names the image, registry and digest concerned.
+
+/// Why a pull or push failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The registry said no, or the bytes did not match (the message names
+    /// registry, repository and digest).
+    #[error(transparent)]
+    Registry(#[from] kiln_registry::Error),
+
+    #[error("{context}: {source}")]
+    Store {
+        context: String,
+        #[source]
+        source: Box<kiln_layers::Error>,
+    },
+
+    #[error("{image}: manifest {digest} is malformed: {source}")]
+    MalformedManifest {
+        image: String,
+        digest: String,
+        #[source]
+        source: Box<kiln_layers::Error>,
+    },
+
+    #[error("{image}: manifest {manifest} lists {role} {digest} with unsupported media type {media_type:?}")]
+    UnknownMediaType {
+        image: String,
+        manifest: String,
+        role: &'static str,
+        digest: String,
+        media_type: String,
+    },
+
+    #[error("{image}: manifest {manifest} names {role} {digest}, which {registry} does not have")]
+    MissingBlob {
+        image: String,
+        manifest: String,
+        role: &'static str,
+        digest: String,
+        registry: String,
+    },
+
+    #[error("{image}: no manifest for platform {platform} (available: {available})")]
+    NoMatchingPlatform {
+        image: String,
+        platform: String,
+        available: String,
+    },
+
+    #[error("{image}: indexes nested more than {limit} deep")]
+    NestingTooDeep { image: String, limit: usize },
+
+    #[error("image {0} is not in the store")]
+    NotInStore(String),
+
+    #[error("{image}: blob {digest} is not in the store; the image is incomplete")]
+    IncompleteImage { image: String, digest: String },
+
+    #[error("{what}: background task failed: {detail}")]
+    Task { what: String, detail: String },
+}
