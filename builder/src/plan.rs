@@ -1,0 +1,1538 @@
+//! The front half of a build: typed instructions → a plan, with nothing
+//! executed. It does what BuildKit's `dockerfile2llb` does before solving:
+//!
+//! - build arguments: predefined platform args, meta ARGs (before the first
+//!   FROM, usable in FROM, redeclared inside a stage to be used there),
+//!   defaults, `--build-arg` overrides, ENV/ARG shadowing in one ordered
+//!   environment, undeclared build args reported;
+//! - stages: target resolution, which stages the target needs (through
+//!   FROM <stage>, COPY --from, RUN --mount=from), ONBUILD triggers of the
+//!   base;
+//! - every instruction applied to the image config exactly as BuildKit does,
+//!   with the history entries it writes (`created_by`, `empty_layer`,
+//!   `comment`);
+//! - the filesystem steps (RUN, COPY/ADD, WORKDIR's mkdir) with everything
+//!   they need expanded, ready for the solver; and, given the build context,
+//!   a content-addressed cache key per step ([`compute_cache_keys`]).
+//!
+//! `kiln build --dry-run` and `kiln explain` stop here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kiln_layers::oci::{ContainerConfig, ImageConfig, Platform};
+use kiln_parser::expand::{expand_word, expand_words};
+use kiln_parser::instructions::{self as ins, CommandLine, Dockerfile, Instruction};
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::context::{hex, BuildContext};
+use crate::copy::{dest_path, resolve_wildcards};
+use crate::image::{
+    default_shell, empty_image, get_env, go_list, go_quote_list, healthcheck_history, history,
+    parse_ports, set_env, valid_signal, DEFAULT_PATH,
+};
+use crate::rootfs::resolve;
+
+/// Why a Dockerfile cannot be planned. Lines are 1-based Dockerfile lines.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("target stage {0:?} could not be found")]
+    UnknownTarget(String),
+    #[error("dockerfile contains no stages to build")]
+    NoStages,
+    #[error("line {line}: base name ({base}) should not be blank")]
+    BlankBase { line: usize, base: String },
+    #[error("line {line}: {message}")]
+    Expand { line: usize, message: String },
+    #[error("line {line}: {message}")]
+    Invalid { line: usize, message: String },
+    #[error("line {line}: cannot copy from stage {from:?}, it needs to be defined before current stage {stage:?}")]
+    ForwardReference {
+        line: usize,
+        from: String,
+        stage: String,
+    },
+    #[error("line {line}: circular dependency detected on stage: {stage}")]
+    Circular { line: usize, stage: String },
+    #[error("line {line}: base image {reference}: {message}")]
+    Resolve {
+        line: usize,
+        reference: String,
+        message: String,
+    },
+    #[error("COPY source {path:?} (line {line}): {message}")]
+    CopySource {
+        line: usize,
+        path: String,
+        message: String,
+    },
+}
+
+/// What the caller knows about the build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// `--target`; the last stage when `None`.
+    pub target: Option<String>,
+    /// `--build-arg NAME=value`.
+    pub build_args: BTreeMap<String, String>,
+    pub target_platform: Platform,
+    pub build_platform: Platform,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            target: None,
+            build_args: BTreeMap::new(),
+            target_platform: Platform::host(),
+            build_platform: Platform::host(),
+        }
+    }
+}
+
+/// A base image as the registry or the store knows it.
+#[derive(Debug, Clone)]
+pub struct ResolvedImage {
+    /// The normalized reference (e.g. `docker.io/library/alpine:3.20`).
+    pub reference: String,
+    /// The manifest digest, when known.
+    pub digest: Option<String>,
+    pub config: ImageConfig,
+}
+
+/// Looks base images up (config only); the builder speaks no HTTP itself.
+pub trait ImageResolver {
+    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String>;
+}
+
+/// A resolver for offline analysis: every image is unknown and empty.
+#[derive(Debug, Default)]
+pub struct OfflineResolver;
+
+impl ImageResolver for OfflineResolver {
+    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
+        Ok(ResolvedImage {
+            reference: reference.to_string(),
+            digest: None,
+            config: ImageConfig {
+                architecture: platform.architecture.clone(),
+                os: platform.os.clone(),
+                variant: platform.variant.clone(),
+                ..Default::default()
+            },
+        })
+    }
+}
+
+/// Where a stage starts from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BaseSource {
+    Scratch,
+    Image {
+        reference: String,
+        digest: Option<String>,
+    },
+    Stage(usize),
+}
+
+/// Where a COPY takes its files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyFrom {
+    Context,
+    Stage(usize),
+    Image(String),
+}
+
+/// A source written inline (heredoc), expanded if it asked to be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InlineFile {
+    pub name: String,
+    pub data: String,
+}
+
+/// A RUN, ready for the runtime.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunStep {
+    pub argv: Vec<String>,
+    /// The process environment: the stage's env (image ENV and ARGs in
+    /// scope), then proxy build args (both cases).
+    pub env: Vec<String>,
+    pub user: String,
+    pub workdir: String,
+    pub network: Option<String>,
+    pub security: Option<String>,
+    /// `--mount` specs, expanded, as written.
+    pub mounts: Vec<String>,
+    /// Stages that `--mount=from=` names.
+    pub mount_stages: Vec<usize>,
+    /// A heredoc with a shebang becomes a script file (mode 0755).
+    pub script: Option<InlineFile>,
+}
+
+/// A COPY or ADD, ready for [`crate::copy`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CopyStep {
+    pub is_add: bool,
+    pub from: CopyFrom,
+    /// Source paths (or URLs), expanded.
+    pub sources: Vec<String>,
+    pub inline: Vec<InlineFile>,
+    /// The destination, relative paths joined to the workdir, trailing `/`
+    /// kept.
+    pub dest: String,
+    /// The destination as written, expanded (what history shows).
+    pub dest_as_written: String,
+    pub chown: Option<String>,
+    pub chmod: Option<String>,
+    pub link: bool,
+    pub exclude: Vec<String>,
+    pub checksum: Option<String>,
+    pub unpack: Option<bool>,
+}
+
+/// WORKDIR creates its directory (owned by the current USER).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkdirStep {
+    pub path: String,
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum StepKind {
+    Run(RunStep),
+    Copy(CopyStep),
+    Workdir(WorkdirStep),
+}
+
+/// One filesystem-changing step (a layer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    pub stage: usize,
+    /// The Dockerfile line.
+    pub line: usize,
+    /// The instruction as written (logical line).
+    pub instruction: String,
+    #[serde(flatten)]
+    pub kind: StepKind,
+    /// Index of this step's entry in the stage's `image.history`.
+    pub history_index: usize,
+    /// Set by [`compute_cache_keys`].
+    pub cache_key: Option<String>,
+}
+
+/// Where a config value came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Set by the Dockerfile line.
+    Line(usize),
+    /// Inherited from the base image.
+    BaseImage(String),
+    /// Inherited from an earlier stage.
+    Stage(String),
+    /// BuildKit's default (PATH, the working directory of scratch).
+    Default,
+}
+
+/// A non-fatal finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlanWarning {
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// One stage after dispatch.
+#[derive(Debug, Clone, Serialize)]
+pub struct StagePlan {
+    pub index: usize,
+    pub name: Option<String>,
+    pub base: BaseSource,
+    pub line: usize,
+    /// Whether the target needs this stage.
+    pub needed: bool,
+    /// The config after every instruction (history included; the base's
+    /// `rootfs.diff_ids` as they were).
+    pub image: ImageConfig,
+    /// How many history entries the base brought.
+    pub base_history: usize,
+    pub steps: Vec<Step>,
+    /// Stages this one needs first.
+    pub deps: BTreeSet<usize>,
+    /// Config field (`Cmd`, `Entrypoint`, `Env.NAME`, …) → where it came from.
+    pub provenance: BTreeMap<String, Origin>,
+}
+
+/// The whole plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub stages: Vec<StagePlan>,
+    pub target: usize,
+    /// Needed stages in the order they are dispatched (dependencies first).
+    pub order: Vec<usize>,
+    /// Meta ARGs and predefined args as FROM lines see them.
+    pub global_args: Vec<(String, String)>,
+    pub warnings: Vec<PlanWarning>,
+}
+
+/// Build args that need no ARG declaration and never reach history.
+pub const PROXY_ARGS: &[&str] = &[
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+fn platform_string(p: &Platform) -> String {
+    match &p.variant {
+        Some(v) if !v.is_empty() => format!("{}/{}/{v}", p.os, p.architecture),
+        _ => format!("{}/{}", p.os, p.architecture),
+    }
+}
+
+/// The predefined args, as `defaultArgs` builds them (build args override).
+pub fn predefined_args(opts: &BuildOptions, target_stage: &str) -> Vec<(String, String)> {
+    let b = &opts.build_platform;
+    let t = &opts.target_platform;
+    let pairs = [
+        ("BUILDPLATFORM", platform_string(b)),
+        ("BUILDOS", b.os.clone()),
+        ("BUILDOSVERSION", b.os_version.clone().unwrap_or_default()),
+        ("BUILDARCH", b.architecture.clone()),
+        ("BUILDVARIANT", b.variant.clone().unwrap_or_default()),
+        ("TARGETPLATFORM", platform_string(t)),
+        ("TARGETOS", t.os.clone()),
+        ("TARGETOSVERSION", t.os_version.clone().unwrap_or_default()),
+        ("TARGETARCH", t.architecture.clone()),
+        ("TARGETVARIANT", t.variant.clone().unwrap_or_default()),
+        (
+            "TARGETSTAGE",
+            if target_stage.is_empty() {
+                "default".to_string()
+            } else {
+                target_stage.to_string()
+            },
+        ),
+    ];
+    pairs
+        .into_iter()
+        .map(|(k, v)| {
+            let v = opts.build_args.get(k).cloned().unwrap_or(v);
+            (k.to_string(), v)
+        })
+        .collect()
+}
+
+/// An ordered environment where setting a name replaces it in place.
+fn env_set(env: &mut Vec<(String, String)>, key: &str, value: &str) {
+    match env.iter_mut().find(|(k, _)| k == key) {
+        Some(slot) => slot.1 = value.to_string(),
+        None => env.push((key.to_string(), value.to_string())),
+    }
+}
+
+fn env_get<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// Per-stage dispatch state (BuildKit's `dispatchState`).
+#[derive(Clone)]
+struct State {
+    image: ImageConfig,
+    /// The LLB state's env: image ENV and ARG values, in order.
+    env: Vec<(String, String)>,
+    /// ARGs declared (for RUN's history prefix), inherited from a base stage.
+    build_args: Vec<(String, Option<String>)>,
+    cmd_set: bool,
+    provenance: BTreeMap<String, Origin>,
+}
+
+impl State {
+    fn config(&mut self) -> &mut ContainerConfig {
+        self.image
+            .config
+            .get_or_insert_with(ContainerConfig::default)
+    }
+
+    fn workdir(&self) -> String {
+        self.image
+            .config
+            .as_ref()
+            .and_then(|c| c.working_dir.clone())
+            .unwrap_or_default()
+    }
+
+    fn user(&self) -> String {
+        self.image
+            .config
+            .as_ref()
+            .and_then(|c| c.user.clone())
+            .unwrap_or_default()
+    }
+
+    fn shell(&self) -> Vec<String> {
+        match self.image.config.as_ref().and_then(|c| c.shell.clone()) {
+            Some(s) if !s.is_empty() => s,
+            _ => default_shell(),
+        }
+    }
+}
+
+struct Planner<'a> {
+    df: &'a Dockerfile,
+    opts: &'a BuildOptions,
+    resolver: &'a dyn ImageResolver,
+    global: Vec<(String, String)>,
+    /// Build-arg names some ARG consumed.
+    used_args: BTreeSet<String>,
+    warnings: Vec<PlanWarning>,
+}
+
+fn line_of(meta: &ins::Meta) -> usize {
+    meta.span.start_line()
+}
+
+fn stage_by_name(df: &Dockerfile, name: &str) -> Option<usize> {
+    let lower = name.to_ascii_lowercase();
+    df.stages
+        .iter()
+        .find(|s| s.name.as_deref() == Some(lower.as_str()))
+        .map(|s| s.index)
+}
+
+/// `--mount=...,from=X,...` → X.
+fn mount_from(spec: &str) -> Option<String> {
+    spec.split(',').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k.trim().eq_ignore_ascii_case("from")).then(|| v.trim().trim_matches('"').to_string())
+    })
+}
+
+/// Plans a Dockerfile.
+pub fn plan(
+    df: &Dockerfile,
+    opts: &BuildOptions,
+    resolver: &dyn ImageResolver,
+) -> Result<Plan, PlanError> {
+    if df.stages.is_empty() {
+        return Err(PlanError::NoStages);
+    }
+    let target = match &opts.target {
+        None => df.stages.len() - 1,
+        Some(t) => stage_by_name(df, t).ok_or_else(|| PlanError::UnknownTarget(t.clone()))?,
+    };
+    let target_name = df.stages[target].name.clone().unwrap_or_default();
+    let mut planner = Planner {
+        df,
+        opts,
+        resolver,
+        global: predefined_args(opts, &target_name),
+        used_args: BTreeSet::new(),
+        warnings: Vec::new(),
+    };
+    planner.meta_args()?;
+
+    // Bases and FROM-level dependencies.
+    let mut bases = Vec::new();
+    for stage in &df.stages {
+        let line = line_of(&stage.from);
+        let base = planner.expand_global(&stage.base, line)?;
+        if base.is_empty() {
+            return Err(PlanError::BlankBase {
+                line,
+                base: stage.base.clone(),
+            });
+        }
+        let source = match stage_by_name(df, &base) {
+            Some(i) if i < stage.index => BaseSource::Stage(i),
+            _ if base.eq_ignore_ascii_case("scratch") => BaseSource::Scratch,
+            _ => BaseSource::Image {
+                reference: base,
+                digest: None,
+            },
+        };
+        bases.push(source);
+    }
+
+    // Dependencies through COPY --from and RUN --mount=from (and the base).
+    let mut deps: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); df.stages.len()];
+    for stage in &df.stages {
+        if let BaseSource::Stage(i) = bases[stage.index] {
+            deps[stage.index].insert(i);
+        }
+        for instruction in &stage.instructions {
+            for dep in instruction_stage_refs(df, instruction) {
+                if dep == stage.index {
+                    return Err(PlanError::Circular {
+                        line: line_of(instruction.meta()),
+                        stage: stage
+                            .name
+                            .clone()
+                            .unwrap_or_else(|| format!("stage-{}", stage.index)),
+                    });
+                }
+                deps[stage.index].insert(dep);
+            }
+        }
+    }
+    let mut needed = BTreeSet::new();
+    let mut stack = vec![target];
+    while let Some(s) = stack.pop() {
+        if needed.insert(s) {
+            stack.extend(deps[s].iter().copied());
+        }
+    }
+
+    // Dispatch every needed stage in file order (a dependency always comes
+    // first; a forward one is an error, as in BuildKit).
+    let mut stages: Vec<StagePlan> = Vec::new();
+    let mut finals: Vec<Option<State>> = vec![None; df.stages.len()];
+    for stage in &df.stages {
+        let is_needed = needed.contains(&stage.index);
+        let mut sp = StagePlan {
+            index: stage.index,
+            name: stage.name.clone(),
+            base: bases[stage.index].clone(),
+            line: line_of(&stage.from),
+            needed: is_needed,
+            image: ImageConfig::default(),
+            base_history: 0,
+            steps: Vec::new(),
+            deps: deps[stage.index].clone(),
+            provenance: BTreeMap::new(),
+        };
+        if is_needed {
+            let state = planner.dispatch_stage(stage, &mut sp, &finals)?;
+            sp.image = state.image.clone();
+            sp.provenance = state.provenance.clone();
+            finals[stage.index] = Some(state);
+        }
+        stages.push(sp);
+    }
+
+    // Build args nobody declared.
+    for key in opts.build_args.keys() {
+        let predefined = planner.global.iter().any(|(k, _)| k == key);
+        if !planner.used_args.contains(key) && !PROXY_ARGS.contains(&key.as_str()) && !predefined {
+            planner.warnings.push(PlanWarning {
+                line: None,
+                message: format!("build argument {key:?} was not consumed by any ARG"),
+            });
+        }
+    }
+    let order: Vec<usize> = needed.iter().copied().collect();
+    Ok(Plan {
+        stages,
+        target,
+        order,
+        global_args: planner.global,
+        warnings: planner.warnings,
+    })
+}
+
+/// Stages an instruction refers to (COPY --from, RUN --mount=from).
+fn instruction_stage_refs(df: &Dockerfile, instruction: &Instruction) -> Vec<usize> {
+    let lookup = |name: &str| -> Option<usize> {
+        match name.parse::<usize>() {
+            Ok(i) if i < df.stages.len() => Some(i),
+            Ok(_) => None,
+            Err(_) => stage_by_name(df, name),
+        }
+    };
+    match instruction {
+        Instruction::Copy(c) => c.from.as_deref().and_then(lookup).into_iter().collect(),
+        Instruction::Run(r) => r
+            .mounts
+            .iter()
+            .filter_map(|m| mount_from(m))
+            .filter_map(|n| lookup(&n))
+            .collect(),
+        Instruction::Onbuild(o) => instruction_stage_refs(df, &o.trigger),
+        _ => Vec::new(),
+    }
+}
+
+impl Planner<'_> {
+    fn escape(&self) -> char {
+        self.df.escape
+    }
+
+    fn expand_global(&self, word: &str, line: usize) -> Result<String, PlanError> {
+        expand_word(word, &self.global, self.escape())
+            .map(|e| e.value)
+            .map_err(|e| PlanError::Expand {
+                line,
+                message: e.to_string(),
+            })
+    }
+
+    /// `buildMetaArgs`: each meta ARG takes its build-arg value or its
+    /// expanded default and joins the global args (when it has a value).
+    fn meta_args(&mut self) -> Result<(), PlanError> {
+        for arg in &self.df.meta_args {
+            let line = line_of(&arg.meta);
+            for def in &arg.args {
+                let value = match self.opts.build_args.get(&def.key) {
+                    Some(v) => {
+                        self.used_args.insert(def.key.clone());
+                        Some(v.clone())
+                    }
+                    None => match &def.value {
+                        Some(d) => Some(self.expand_global(d, line)?),
+                        None => None,
+                    },
+                };
+                if let Some(v) = value {
+                    env_set(&mut self.global, &def.key, &v);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn expand(
+        &self,
+        word: &str,
+        env: &[(String, String)],
+        line: usize,
+    ) -> Result<String, PlanError> {
+        let env: Vec<(String, String)> = env.to_vec();
+        expand_word(word, &env, self.escape())
+            .map(|e| e.value)
+            .map_err(|e| PlanError::Expand {
+                line,
+                message: e.to_string(),
+            })
+    }
+
+    fn expand_all(
+        &self,
+        word: &str,
+        env: &[(String, String)],
+        line: usize,
+    ) -> Result<Vec<String>, PlanError> {
+        let env: Vec<(String, String)> = env.to_vec();
+        expand_words(word, &env, self.escape()).map_err(|e| PlanError::Expand {
+            line,
+            message: e.to_string(),
+        })
+    }
+
+    fn initial_state(
+        &mut self,
+        stage: &ins::Stage,
+        sp: &mut StagePlan,
+        finals: &[Option<State>],
+    ) -> Result<(State, Vec<String>), PlanError> {
+        let line = sp.line;
+        let platform = match &stage.platform {
+            Some(p) => {
+                let text = self.expand_global(p, line)?;
+                Platform::parse(&text).map_err(|e| PlanError::Invalid {
+                    line,
+                    message: format!("failed to parse platform {text}: {e}"),
+                })?
+            }
+            None => self.opts.target_platform.clone(),
+        };
+        let mut onbuild: Vec<String> = Vec::new();
+        let mut state = match &sp.base {
+            BaseSource::Scratch => {
+                let mut s = State {
+                    image: empty_image(
+                        &platform.architecture,
+                        &platform.os,
+                        platform.variant.as_deref(),
+                    ),
+                    env: Vec::new(),
+                    build_args: Vec::new(),
+                    cmd_set: false,
+                    provenance: BTreeMap::new(),
+                };
+                s.provenance.insert("WorkingDir".into(), Origin::Default);
+                s
+            }
+            BaseSource::Stage(i) => {
+                let base = finals[*i].clone().ok_or_else(|| PlanError::Invalid {
+                    line,
+                    message: format!("stage {i} was not dispatched"),
+                })?;
+                let base_name = self.df.stages[*i]
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| i.to_string());
+                if let Some(ins) = self.df.stages.get(*i) {
+                    for instruction in &ins.instructions {
+                        if let Instruction::Onbuild(o) = instruction {
+                            onbuild.push(o.expression.clone());
+                        }
+                    }
+                }
+                let mut image = base.image.clone();
+                if let Some(c) = image.config.as_mut() {
+                    c.on_build = None;
+                }
+                State {
+                    image,
+                    env: base.env.clone(),
+                    build_args: base.build_args.clone(),
+                    cmd_set: false,
+                    provenance: base
+                        .provenance
+                        .keys()
+                        .map(|k| (k.clone(), Origin::Stage(base_name.clone())))
+                        .collect(),
+                }
+            }
+            BaseSource::Image { reference, .. } => {
+                let resolved = self
+                    .resolver
+                    .resolve(reference, &platform)
+                    .map_err(|message| PlanError::Resolve {
+                        line,
+                        reference: reference.clone(),
+                        message,
+                    })?;
+                sp.base = BaseSource::Image {
+                    reference: resolved.reference.clone(),
+                    digest: resolved.digest.clone(),
+                };
+                let mut image = resolved.config;
+                image.created = None;
+                if let Some(c) = image.config.as_mut() {
+                    onbuild = c.on_build.take().unwrap_or_default();
+                }
+                let mut provenance = BTreeMap::new();
+                if let Some(c) = &image.config {
+                    let origin = Origin::BaseImage(resolved.reference.clone());
+                    for (field, set) in [
+                        ("Cmd", c.cmd.is_some()),
+                        ("Entrypoint", c.entrypoint.is_some()),
+                        ("Shell", c.shell.is_some()),
+                        ("User", c.user.as_deref().is_some_and(|u| !u.is_empty())),
+                        (
+                            "WorkingDir",
+                            c.working_dir.as_deref().is_some_and(|w| !w.is_empty()),
+                        ),
+                        ("Healthcheck", c.healthcheck.is_some()),
+                        ("StopSignal", c.stop_signal.is_some()),
+                    ] {
+                        if set {
+                            provenance.insert(field.to_string(), origin.clone());
+                        }
+                    }
+                    for e in c.env.iter().flatten() {
+                        provenance.insert(
+                            format!("Env.{}", crate::image::split_env(e).0),
+                            origin.clone(),
+                        );
+                    }
+                }
+                State {
+                    image,
+                    env: Vec::new(),
+                    build_args: Vec::new(),
+                    cmd_set: false,
+                    provenance,
+                }
+            }
+        };
+        sp.base_history = state.image.history.len();
+        if !matches!(sp.base, BaseSource::Stage(_)) {
+            // The stage's env starts from the image's ENV, with a PATH.
+            let mut env = state.config().env.clone().unwrap_or_default();
+            if get_env(&env, "PATH").is_none() {
+                env.push(format!("PATH={DEFAULT_PATH}"));
+                state.provenance.insert("Env.PATH".into(), Origin::Default);
+            }
+            state.config().env = Some(env.clone());
+            state.env = env
+                .iter()
+                .map(|e| {
+                    let (k, v) = crate::image::split_env(e);
+                    (k.to_string(), v.to_string())
+                })
+                .collect();
+        }
+        Ok((state, onbuild))
+    }
+
+    fn dispatch_stage(
+        &mut self,
+        stage: &ins::Stage,
+        sp: &mut StagePlan,
+        finals: &[Option<State>],
+    ) -> Result<State, PlanError> {
+        let (mut state, onbuild) = self.initial_state(stage, sp, finals)?;
+        // ONBUILD triggers of the base run first, located at the FROM line.
+        let mut instructions: Vec<(Instruction, bool)> = Vec::new();
+        for trigger in &onbuild {
+            let text = format!("FROM scratch\n{trigger}\n");
+            let parsed = kiln_parser::parse(&text, "ONBUILD")
+                .and_then(|ast| ins::from_ast(&ast))
+                .map_err(|e| PlanError::Invalid {
+                    line: sp.line,
+                    message: format!("ONBUILD {trigger}: {e}"),
+                })?;
+            match parsed.stages.first().map(|s| s.instructions.as_slice()) {
+                Some([one]) => instructions.push((one.clone(), true)),
+                _ => {
+                    return Err(PlanError::Invalid {
+                        line: sp.line,
+                        message: "onbuild trigger should be a single expression".into(),
+                    })
+                }
+            }
+        }
+        for i in &stage.instructions {
+            instructions.push((i.clone(), false));
+        }
+        for (instruction, from_onbuild) in &instructions {
+            let line = if *from_onbuild {
+                sp.line
+            } else {
+                line_of(instruction.meta())
+            };
+            self.dispatch(instruction, line, &mut state, sp)?;
+        }
+        Ok(state)
+    }
+
+    fn stage_ref(
+        &self,
+        name: &str,
+        current: usize,
+        line: usize,
+    ) -> Result<Option<usize>, PlanError> {
+        let found = match name.parse::<usize>() {
+            Ok(i) => {
+                if i >= self.df.stages.len() {
+                    return Err(PlanError::Invalid {
+                        line,
+                        message: format!("invalid stage index {i}"),
+                    });
+                }
+                Some(i)
+            }
+            Err(_) => stage_by_name(self.df, name),
+        };
+        if let Some(i) = found {
+            if i >= current {
+                return Err(PlanError::ForwardReference {
+                    line,
+                    from: name.to_string(),
+                    stage: self.df.stages[current]
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| format!("stage-{current}")),
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    fn commit(
+        &self,
+        state: &mut State,
+        created_by: String,
+        with_layer: bool,
+        buildkit: bool,
+    ) -> usize {
+        state
+            .image
+            .history
+            .push(history(&created_by, with_layer, buildkit, None));
+        state.image.history.len() - 1
+    }
+
+    fn dispatch(
+        &mut self,
+        instruction: &Instruction,
+        line: usize,
+        state: &mut State,
+        sp: &mut StagePlan,
+    ) -> Result<(), PlanError> {
+        let meta = instruction.meta();
+        let origin = Origin::Line(line);
+        let invalid = |message: String| PlanError::Invalid { line, message };
+        match instruction {
+            Instruction::Maintainer(m) => {
+                state.image.author = Some(m.name.clone());
+                self.commit(state, format!("MAINTAINER {}", m.name), false, false);
+            }
+            Instruction::Env(e) => {
+                let mut msg = String::from("ENV");
+                for kv in &e.pairs {
+                    let key = self.expand(&kv.key, &state.env, line)?;
+                    let value = self.expand(&kv.value, &state.env, line)?;
+                    msg.push_str(&format!(" {key}={value}"));
+                    env_set(&mut state.env, &key, &value);
+                    let config = state.config();
+                    let mut list = config.env.take().unwrap_or_default();
+                    set_env(&mut list, &key, &value);
+                    config.env = Some(list);
+                    state
+                        .provenance
+                        .insert(format!("Env.{key}"), origin.clone());
+                }
+                self.commit(state, msg, false, false);
+            }
+            Instruction::Label(l) => {
+                let mut msg = String::from("LABEL");
+                for kv in &l.pairs {
+                    let key = self.expand(&kv.key, &state.env, line)?;
+                    let value = self.expand(&kv.value, &state.env, line)?;
+                    msg.push_str(&format!(" {key}={value}"));
+                    state
+                        .config()
+                        .labels
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(key.clone(), value);
+                    state
+                        .provenance
+                        .insert(format!("Labels.{key}"), origin.clone());
+                }
+                self.commit(state, msg, false, false);
+            }
+            Instruction::Arg(a) => {
+                let mut parts = Vec::new();
+                for def in &a.args {
+                    let has_build_value = self.opts.build_args.contains_key(&def.key);
+                    let mut value: Option<String> = None;
+                    if def.value.is_none() && !has_build_value {
+                        value = env_get(&self.global, &def.key).map(str::to_string);
+                    }
+                    if has_build_value {
+                        self.used_args.insert(def.key.clone());
+                        value = self.opts.build_args.get(&def.key).cloned();
+                    } else if let Some(d) = &def.value {
+                        value = Some(self.expand(d, &state.env, line)?);
+                    }
+                    if let Some(v) = &value {
+                        env_set(&mut state.env, &def.key, v);
+                    }
+                    state.build_args.push((def.key.clone(), value.clone()));
+                    parts.push(match &value {
+                        Some(v) => format!("{}={v}", def.key),
+                        None => def.key.clone(),
+                    });
+                }
+                self.commit(state, format!("ARG {}", parts.join(" ")), false, false);
+            }
+            Instruction::Workdir(w) => {
+                let path = self.expand(&w.path, &state.env, line)?;
+                let wd = normalize_workdir(&state.workdir(), &path);
+                state.config().working_dir = Some(wd.clone());
+                state.provenance.insert("WorkingDir".into(), origin.clone());
+                let with_layer = wd != "/";
+                let index = self.commit(state, format!("WORKDIR {wd}"), with_layer, false);
+                if with_layer {
+                    let user = state.user();
+                    sp.steps.push(Step {
+                        stage: sp.index,
+                        line,
+                        instruction: meta.original.clone(),
+                        kind: StepKind::Workdir(WorkdirStep {
+                            path: wd,
+                            user: (!user.is_empty()).then_some(user),
+                        }),
+                        history_index: index,
+                        cache_key: None,
+                    });
+                }
+            }
+            Instruction::User(u) => {
+                let user = self.expand(&u.user, &state.env, line)?;
+                state.config().user = Some(user.clone());
+                state.provenance.insert("User".into(), origin.clone());
+                self.commit(state, format!("USER {user}"), false, false);
+            }
+            Instruction::Expose(e) => {
+                let mut words = Vec::new();
+                for p in &e.ports {
+                    words.extend(self.expand_all(p, &state.env, line)?);
+                }
+                let ports = parse_ports(&words).map_err(|e| invalid(e.to_string()))?;
+                let map = state
+                    .config()
+                    .exposed_ports
+                    .get_or_insert_with(BTreeMap::new);
+                for p in &ports {
+                    map.insert(p.clone(), serde_json::json!({}));
+                }
+                for p in &ports {
+                    state
+                        .provenance
+                        .insert(format!("ExposedPorts.{p}"), origin.clone());
+                }
+                self.commit(state, format!("EXPOSE {}", go_list(&ports)), false, false);
+            }
+            Instruction::Volume(v) => {
+                let mut vols = Vec::new();
+                for raw in &v.volumes {
+                    let vol = self.expand(raw, &state.env, line)?;
+                    if vol.is_empty() {
+                        return Err(invalid(
+                            "VOLUME specified can not be an empty string".into(),
+                        ));
+                    }
+                    vols.push(vol);
+                }
+                let map = state.config().volumes.get_or_insert_with(BTreeMap::new);
+                for vol in &vols {
+                    map.insert(vol.clone(), serde_json::json!({}));
+                }
+                for vol in &vols {
+                    state
+                        .provenance
+                        .insert(format!("Volumes.{vol}"), origin.clone());
+                }
+                self.commit(state, format!("VOLUME {}", go_list(&vols)), false, false);
+            }
+            Instruction::Stopsignal(s) => {
+                let signal = self.expand(&s.signal, &state.env, line)?;
+                if !valid_signal(&signal) {
+                    return Err(invalid(format!("Invalid signal: {signal}")));
+                }
+                state.config().stop_signal = Some(signal.clone());
+                state.provenance.insert("StopSignal".into(), origin.clone());
+                self.commit(state, format!("STOPSIGNAL {signal}"), false, false);
+            }
+            Instruction::Shell(s) => {
+                state.config().shell = Some(s.shell.clone());
+                state.provenance.insert("Shell".into(), origin.clone());
+                self.commit(state, format!("SHELL {}", go_list(&s.shell)), false, false);
+            }
+            Instruction::Onbuild(o) => {
+                state
+                    .config()
+                    .on_build
+                    .get_or_insert_with(Vec::new)
+                    .push(o.expression.clone());
+                state.provenance.insert("OnBuild".into(), origin.clone());
+            }
+            Instruction::Cmd(c) => {
+                let args = match &c.command {
+                    CommandLine::Exec(v) => v.clone(),
+                    CommandLine::Shell(s) => with_shell(state.shell(), s),
+                };
+                let config = state.config();
+                config.cmd = Some(args.clone());
+                config.args_escaped = Some(true);
+                state.cmd_set = true;
+                state.provenance.insert("Cmd".into(), origin.clone());
+                self.commit(state, format!("CMD {}", go_quote_list(&args)), false, false);
+            }
+            Instruction::Entrypoint(e) => {
+                let args = match &e.command {
+                    CommandLine::Exec(v) => v.clone(),
+                    CommandLine::Shell(s) => with_shell(state.shell(), s),
+                };
+                let cmd_set = state.cmd_set;
+                let config = state.config();
+                config.entrypoint = Some(args.clone());
+                if !cmd_set {
+                    config.cmd = None;
+                    state.provenance.remove("Cmd");
+                }
+                state.provenance.insert("Entrypoint".into(), origin.clone());
+                self.commit(
+                    state,
+                    format!("ENTRYPOINT {}", go_quote_list(&args)),
+                    false,
+                    false,
+                );
+            }
+            Instruction::Healthcheck(h) => {
+                let mut value = serde_json::Map::new();
+                value.insert("Test".into(), serde_json::json!(h.test));
+                for (key, v) in [
+                    ("Interval", h.interval_ns),
+                    ("Timeout", h.timeout_ns),
+                    ("StartPeriod", h.start_period_ns),
+                    ("StartInterval", h.start_interval_ns),
+                ] {
+                    if let Some(ns) = v.filter(|n| *n > 0) {
+                        value.insert(key.into(), serde_json::json!(ns));
+                    }
+                }
+                if let Some(r) = h.retries.filter(|r| *r > 0) {
+                    value.insert("Retries".into(), serde_json::json!(r));
+                }
+                state.config().healthcheck = Some(serde_json::Value::Object(value));
+                state
+                    .provenance
+                    .insert("Healthcheck".into(), origin.clone());
+                let text = healthcheck_history(
+                    &h.test,
+                    h.interval_ns.unwrap_or(0),
+                    h.timeout_ns.unwrap_or(0),
+                    h.start_period_ns.unwrap_or(0),
+                    h.start_interval_ns.unwrap_or(0),
+                    h.retries.unwrap_or(0),
+                );
+                self.commit(state, text, false, false);
+            }
+            Instruction::Run(r) => {
+                let step = self.run_step(r, line, state, sp.index)?;
+                let text = run_history(&step.argv, &state.build_args, &state.env);
+                let index = self.commit(state, format!("RUN {text}"), true, true);
+                sp.steps.push(Step {
+                    stage: sp.index,
+                    line,
+                    instruction: meta.original.clone(),
+                    kind: StepKind::Run(step),
+                    history_index: index,
+                    cache_key: None,
+                });
+            }
+            Instruction::Copy(c) => {
+                let from = match &c.from {
+                    None => CopyFrom::Context,
+                    Some(name) => match self.stage_ref(name, sp.index, line)? {
+                        Some(i) => CopyFrom::Stage(i),
+                        None => CopyFrom::Image(name.clone()),
+                    },
+                };
+                let step = self.copy_step(
+                    false,
+                    from,
+                    &c.paths,
+                    c.chown.as_deref(),
+                    c.chmod.as_deref(),
+                    None,
+                    line,
+                    state,
+                )?;
+                let step = CopyStep {
+                    link: c.link,
+                    exclude: c.exclude.clone(),
+                    ..step
+                };
+                let msg = copy_history("COPY", c.parents, &step);
+                let index = self.commit(state, msg, true, true);
+                sp.steps.push(Step {
+                    stage: sp.index,
+                    line,
+                    instruction: meta.original.clone(),
+                    kind: StepKind::Copy(step),
+                    history_index: index,
+                    cache_key: None,
+                });
+            }
+            Instruction::Add(a) => {
+                let step = self.copy_step(
+                    true,
+                    CopyFrom::Context,
+                    &a.paths,
+                    a.chown.as_deref(),
+                    a.chmod.as_deref(),
+                    a.checksum.as_deref(),
+                    line,
+                    state,
+                )?;
+                if step.checksum.is_some() {
+                    let all_urls = step.sources.len() == 1
+                        && (step.sources[0].starts_with("http://")
+                            || step.sources[0].starts_with("https://"));
+                    if !all_urls {
+                        return Err(invalid("checksum requires HTTP(S) or Git sources".into()));
+                    }
+                }
+                let step = CopyStep {
+                    link: a.link,
+                    exclude: a.exclude.clone(),
+                    unpack: a.unpack,
+                    ..step
+                };
+                let msg = copy_history("ADD", false, &step);
+                let index = self.commit(state, msg, true, true);
+                sp.steps.push(Step {
+                    stage: sp.index,
+                    line,
+                    instruction: meta.original.clone(),
+                    kind: StepKind::Copy(step),
+                    history_index: index,
+                    cache_key: None,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn run_step(
+        &self,
+        r: &ins::Run,
+        line: usize,
+        state: &State,
+        current: usize,
+    ) -> Result<RunStep, PlanError> {
+        let mut script = None;
+        let argv = match &r.command {
+            CommandLine::Exec(v) => v.clone(),
+            CommandLine::Shell(s) => {
+                let mut cmdline = s.clone();
+                if let [doc] = r.heredocs.as_slice() {
+                    // A single heredoc: a shebang makes it a script, else
+                    // its body is the shell command.
+                    let data = if doc.chomp {
+                        doc.data
+                            .lines()
+                            .map(|l| l.trim_start_matches('\t'))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                            + if doc.data.ends_with('\n') { "\n" } else { "" }
+                    } else {
+                        doc.data.clone()
+                    };
+                    if cmdline.trim_start().starts_with("<<")
+                        && cmdline.split_whitespace().count() == 1
+                    {
+                        if data.starts_with("#!") {
+                            script = Some(InlineFile {
+                                name: doc.name.clone(),
+                                data,
+                            });
+                            return Ok(RunStep {
+                                argv: vec![format!("/dev/pipes/{}", doc.name)],
+                                ..self.run_common(r, line, state, current, script)?
+                            });
+                        }
+                        return Ok(RunStep {
+                            argv: with_shell(state.shell(), &data),
+                            ..self.run_common(r, line, state, current, None)?
+                        });
+                    }
+                }
+                for doc in &r.heredocs {
+                    cmdline.push('\n');
+                    cmdline.push_str(&doc.data);
+                    cmdline.push_str(&doc.name);
+                }
+                with_shell(state.shell(), &cmdline)
+            }
+        };
+        Ok(RunStep {
+            argv,
+            ..self.run_common(r, line, state, current, script)?
+        })
+    }
+
+    fn run_common(
+        &self,
+        r: &ins::Run,
+        line: usize,
+        state: &State,
+        current: usize,
+        script: Option<InlineFile>,
+    ) -> Result<RunStep, PlanError> {
+        let mut env: Vec<String> = state.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // Proxy build args reach RUN without an ARG, in both spellings.
+        for (k, v) in &self.opts.build_args {
+            let lower = k.to_ascii_lowercase();
+            if PROXY_ARGS.contains(&k.as_str()) {
+                for name in [lower.to_ascii_uppercase(), lower.clone()] {
+                    if !env.iter().any(|e| crate::image::split_env(e).0 == name) {
+                        env.push(format!("{name}={v}"));
+                    }
+                }
+            }
+        }
+        let mut mounts = Vec::new();
+        let mut mount_stages = Vec::new();
+        for m in &r.mounts {
+            let expanded = self.expand(m, &state.env, line)?;
+            if let Some(from) = mount_from(&expanded) {
+                if let Some(i) = self.stage_ref(&from, current, line)? {
+                    mount_stages.push(i);
+                }
+            }
+            mounts.push(expanded);
+        }
+        Ok(RunStep {
+            argv: Vec::new(),
+            env,
+            user: state.user(),
+            workdir: {
+                let w = state.workdir();
+                if w.is_empty() {
+                    "/".to_string()
+                } else {
+                    w
+                }
+            },
+            network: r.network.clone(),
+            security: r.security.clone(),
+            mounts,
+            mount_stages,
+            script,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy_step(
+        &self,
+        is_add: bool,
+        from: CopyFrom,
+        paths: &ins::SourcesAndDest,
+        chown: Option<&str>,
+        chmod: Option<&str>,
+        checksum: Option<&str>,
+        line: usize,
+        state: &State,
+    ) -> Result<CopyStep, PlanError> {
+        let env = &state.env;
+        let mut sources = Vec::new();
+        for s in &paths.sources {
+            sources.push(self.expand(s, env, line)?);
+        }
+        let mut inline = Vec::new();
+        for doc in &paths.inline_sources {
+            let data = if doc.expand {
+                // Raw expansion: quotes are data in a heredoc body.
+                let lexer = kiln_parser::expand::Lexer {
+                    skip_process_quotes: true,
+                    ..kiln_parser::expand::Lexer::new('\\')
+                };
+                let env: Vec<(String, String)> = env.to_vec();
+                lexer
+                    .expand(&doc.data, &env)
+                    .map(|e| e.value)
+                    .map_err(|e| PlanError::Expand {
+                        line,
+                        message: e.to_string(),
+                    })?
+            } else {
+                doc.data.clone()
+            };
+            inline.push(InlineFile {
+                name: doc.name.clone(),
+                data,
+            });
+        }
+        let dest_raw = self.expand(&paths.dest, env, line)?;
+        let dest = dest_path(&state.workdir(), &dest_raw);
+        let opt = |v: Option<&str>| -> Result<Option<String>, PlanError> {
+            match v {
+                None => Ok(None),
+                Some(v) => {
+                    let e = self.expand(v, env, line)?;
+                    Ok((!e.is_empty()).then_some(e))
+                }
+            }
+        };
+        let chmod = opt(chmod)?;
+        if let Some(c) = &chmod {
+            crate::modes::Chmod::parse(c).map_err(|e| PlanError::Invalid {
+                line,
+                message: e.to_string(),
+            })?;
+        }
+        Ok(CopyStep {
+            is_add,
+            from,
+            sources,
+            inline,
+            dest,
+            dest_as_written: dest_raw,
+            chown: opt(chown)?,
+            chmod,
+            link: false,
+            exclude: Vec::new(),
+            checksum: opt(checksum)?,
+            unpack: None,
+        })
+    }
+}
+
+/// `withShell`: the shell words plus the command line as one argument.
+fn with_shell(mut shell: Vec<String>, cmdline: &str) -> Vec<String> {
+    shell.push(cmdline.to_string());
+    shell
+}
+
+/// `runCommandString`: `|N K=V ... argv...` when ARGs are in scope.
+pub fn run_history_from(
+    argv: &[String],
+    args: &[(String, Option<String>)],
+    env: &[(String, String)],
+) -> String {
+    run_history(argv, args, env)
+}
+
+fn run_history(
+    argv: &[String],
+    args: &[(String, Option<String>)],
+    env: &[(String, String)],
+) -> String {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for (key, value) in args {
+        let v = env_get(env, key)
+            .map(str::to_string)
+            .unwrap_or_else(|| value.clone().unwrap_or_default());
+        match pairs.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = v,
+            None => pairs.push((key.clone(), v)),
+        }
+    }
+    let mut words: Vec<String> = Vec::new();
+    if !pairs.is_empty() {
+        words.push(format!("|{}", pairs.len()));
+        words.extend(pairs.into_iter().map(|(k, v)| format!("{k}={v}")));
+    }
+    words.extend(argv.iter().cloned());
+    words.join(" ")
+}
+
+fn copy_history(verb: &str, parents: bool, step: &CopyStep) -> String {
+    let mut msg = verb.to_string();
+    if parents {
+        msg.push_str(" --parents");
+    }
+    if let Some(c) = &step.chown {
+        msg.push_str(&format!(" --chown={c}"));
+    }
+    if let Some(c) = &step.chmod {
+        msg.push_str(&format!(" --chmod={c}"));
+    }
+    for s in &step.sources {
+        msg.push(' ');
+        msg.push_str(s);
+    }
+    for doc in &step.inline {
+        msg.push_str(&format!(" <<{}", doc.name));
+    }
+    msg.push(' ');
+    msg.push_str(&step.dest_as_written);
+    msg
+}
+
+/// `NormalizeWorkdir`: relative paths join the current one; the result is
+/// clean and absolute.
+pub fn normalize_workdir(current: &str, path: &str) -> String {
+    let joined = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        let base = if current.is_empty() { "/" } else { current };
+        format!("{base}/{path}")
+    };
+    let cleaned = crate::dockerignore::go_clean(&joined);
+    if cleaned.starts_with('/') {
+        cleaned
+    } else {
+        format!("/{cleaned}")
+    }
+}
+
+/// Computes each needed step's cache key: a digest over the parent's key
+/// (or the base's identity), the expanded instruction, the environment
+/// and args reaching it, and for COPY/ADD the content selected in the
+/// context (or the source stage's key).
+pub fn compute_cache_keys(
+    plan: &mut Plan,
+    context: Option<&BuildContext>,
+) -> Result<(), PlanError> {
+    let mut finals: BTreeMap<usize, String> = BTreeMap::new();
+    let order = plan.order.clone();
+    for &index in &order {
+        let base_key = {
+            let sp = &plan.stages[index];
+            match &sp.base {
+                BaseSource::Scratch => format!("scratch/{}", plan_platform(&sp.image)),
+                BaseSource::Image { reference, digest } => {
+                    format!(
+                        "image/{}/{}",
+                        digest.as_deref().unwrap_or(reference),
+                        plan_platform(&sp.image)
+                    )
+                }
+                BaseSource::Stage(i) => finals.get(i).cloned().unwrap_or_default(),
+            }
+        };
+        let mut parent = base_key;
+        let steps_len = plan.stages[index].steps.len();
+        for n in 0..steps_len {
+            let step = plan.stages[index].steps[n].clone();
+            let mut h = Sha256::new();
+            h.update(b"kiln-step-v1\0");
+            h.update(parent.as_bytes());
+            h.update(b"\0");
+            let body = serde_json::to_string(&step.kind).unwrap_or_default();
+            h.update(body.as_bytes());
+            h.update(b"\0");
+            match &step.kind {
+                StepKind::Copy(c) => match &c.from {
+                    CopyFrom::Context => {
+                        for src in &c.sources {
+                            if src.starts_with("http://") || src.starts_with("https://") {
+                                h.update(format!("url:{src}\0").as_bytes());
+                                continue;
+                            }
+                            h.update(context_selection(context, src, step.line)?.as_bytes());
+                        }
+                    }
+                    CopyFrom::Stage(i) => {
+                        h.update(finals.get(i).map(String::as_str).unwrap_or("").as_bytes());
+                    }
+                    CopyFrom::Image(r) => h.update(format!("image:{r}\0").as_bytes()),
+                },
+                StepKind::Run(r) => {
+                    for i in &r.mount_stages {
+                        h.update(finals.get(i).map(String::as_str).unwrap_or("").as_bytes());
+                    }
+                }
+                StepKind::Workdir(_) => {}
+            }
+            let key = format!("sha256:{}", hex(&h.finalize()));
+            plan.stages[index].steps[n].cache_key = Some(key.clone());
+            parent = key;
+        }
+        finals.insert(index, parent);
+    }
+    Ok(())
+}
+
+fn plan_platform(image: &ImageConfig) -> String {
+    format!("{}/{}", image.os, image.architecture)
+}
+
+/// What a COPY source selects in the context, as a digest string.
+fn context_selection(
+    context: Option<&BuildContext>,
+    src: &str,
+    line: usize,
+) -> Result<String, PlanError> {
+    let Some(ctx) = context else {
+        return Ok(format!("unhashed:{src}\0"));
+    };
+    let matches = resolve_wildcards(ctx, src, true).map_err(|e| PlanError::CopySource {
+        line,
+        path: src.to_string(),
+        message: e.to_string(),
+    })?;
+    let mut out = String::new();
+    for m in matches {
+        let followed = resolve(ctx, &m, true).map_err(|e| PlanError::CopySource {
+            line,
+            path: src.to_string(),
+            message: e.to_string(),
+        })?;
+        let digest = ctx
+            .tree_digest(&followed)
+            .ok_or_else(|| PlanError::CopySource {
+                line,
+                path: src.to_string(),
+                message: format!("\"/{m}\": not found"),
+            })?;
+        out.push_str(&format!("{m}={digest}\0"));
+    }
+    Ok(out)
+}

@@ -1,0 +1,211 @@
+//! Data-driven plan tests: `testdata/builder/plan/<case>/` holds a
+//! `Dockerfile`, optional `options` (`build-arg K=V`, `target NAME` lines),
+//! optional `images.json` (base image configs by reference; the busybox-like
+//! default below otherwise) and `expected`, a JSON dump of every needed
+//! stage: its base, steps (expanded, ready to run) and final config and
+//! history. Regenerate with `KILN_BLESS=1`.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use kiln_builder::plan::{plan, BuildOptions, ImageResolver, ResolvedImage};
+use kiln_layers::oci::{ImageConfig, Platform};
+
+struct TestImages(BTreeMap<String, ImageConfig>);
+
+impl ImageResolver for TestImages {
+    fn resolve(&self, reference: &str, _platform: &Platform) -> Result<ResolvedImage, String> {
+        let config = self
+            .0
+            .get(reference)
+            .cloned()
+            .ok_or_else(|| format!("{reference}: not found"))?;
+        Ok(ResolvedImage {
+            reference: reference.to_string(),
+            digest: Some(format!("sha256:{:0>64}", reference.len())),
+            config,
+        })
+    }
+}
+
+const DEFAULT_IMAGES: &str = r#"{
+  "busybox": {"architecture": "amd64", "os": "linux",
+    "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
+    "rootfs": {"type": "layers", "diff_ids": ["sha256:1111111111111111111111111111111111111111111111111111111111111111"]},
+    "history": [{"created_by": "base image"}]}
+}"#;
+
+fn run(case: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(case.join("Dockerfile")).unwrap();
+    let images: BTreeMap<String, ImageConfig> = serde_json::from_str(
+        &std::fs::read_to_string(case.join("images.json"))
+            .unwrap_or_else(|_| DEFAULT_IMAGES.to_string()),
+    )
+    .unwrap();
+    let mut opts = BuildOptions {
+        target_platform: Platform::parse("linux/amd64").unwrap(),
+        build_platform: Platform::parse("linux/amd64").unwrap(),
+        ..Default::default()
+    };
+    for line in std::fs::read_to_string(case.join("options"))
+        .unwrap_or_default()
+        .lines()
+    {
+        match line.split_once(' ') {
+            Some(("build-arg", kv)) => {
+                let (k, v) = kv.split_once('=').unwrap();
+                opts.build_args.insert(k.into(), v.into());
+            }
+            Some(("target", t)) => opts.target = Some(t.into()),
+            _ if line.trim().is_empty() => {}
+            _ => panic!("bad options line {line:?}"),
+        }
+    }
+    let ast = match kiln_parser::parse(&text, "Dockerfile") {
+        Ok(a) => a,
+        Err(e) => return format!("parse error: {e}\n"),
+    };
+    let typed = match kiln_parser::instructions::from_ast(&ast) {
+        Ok(t) => t,
+        Err(e) => return format!("parse error: {e}\n"),
+    };
+    let planned = match plan(&typed, &opts, &TestImages(images)) {
+        Ok(p) => p,
+        Err(e) => return format!("error: {e}\n"),
+    };
+    let mut out = serde_json::json!({
+        "target": planned.target,
+        "order": planned.order,
+        "warnings": planned.warnings,
+        "skipped": planned.stages.iter().filter(|s| !s.needed).map(|s| s.index).collect::<Vec<_>>(),
+        "stages": planned.stages.iter().filter(|s| s.needed).map(|s| serde_json::json!({
+            "index": s.index,
+            "name": s.name,
+            "base": s.base,
+            "deps": s.deps,
+            "steps": s.steps,
+            "config": s.image.config,
+            "history": s.image.history,
+            "provenance": s.provenance,
+        })).collect::<Vec<_>>(),
+    });
+    // Steps carry no cache key without a context; keep the dump stable.
+    if let Some(stages) = out["stages"].as_array_mut() {
+        for s in stages {
+            for step in s["steps"].as_array_mut().into_iter().flatten() {
+                step.as_object_mut().unwrap().remove("cache_key");
+            }
+        }
+    }
+    serde_json::to_string_pretty(&out).unwrap() + "\n"
+}
+
+#[test]
+fn plan_cases() {
+    common::run_area("plan", |case| {
+        common::check_golden(case, "expected", &run(case))
+    });
+}
+
+mod cache_keys {
+    use super::*;
+    use kiln_builder::context::BuildContext;
+    use kiln_builder::dockerignore::PatternMatcher;
+    use kiln_builder::plan::compute_cache_keys;
+
+    const DOCKERFILE: &str =
+        "FROM busybox\nRUN echo one\nCOPY app/ /app/\nRUN echo two\nCOPY other.txt /\n";
+
+    fn keys(ctx_dir: &std::path::Path, dockerfile: &str, args: &[(&str, &str)]) -> Vec<String> {
+        let typed = kiln_parser::instructions::from_ast(
+            &kiln_parser::parse(dockerfile, "Dockerfile").unwrap(),
+        )
+        .unwrap();
+        let images: BTreeMap<String, ImageConfig> = serde_json::from_str(DEFAULT_IMAGES).unwrap();
+        let mut opts = BuildOptions {
+            target_platform: Platform::parse("linux/amd64").unwrap(),
+            build_platform: Platform::parse("linux/amd64").unwrap(),
+            ..Default::default()
+        };
+        for (k, v) in args {
+            opts.build_args.insert(k.to_string(), v.to_string());
+        }
+        let mut p = plan(&typed, &opts, &TestImages(images)).unwrap();
+        let ctx = BuildContext::load(
+            ctx_dir,
+            &PatternMatcher::new(Vec::<String>::new()).unwrap(),
+            None,
+        )
+        .unwrap();
+        compute_cache_keys(&mut p, Some(&ctx)).unwrap();
+        p.stages[p.target]
+            .steps
+            .iter()
+            .map(|s| s.cache_key.clone().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn keys_follow_content_and_parents() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("app")).unwrap();
+        std::fs::write(dir.path().join("app/main.py"), "print(1)").unwrap();
+        std::fs::write(dir.path().join("other.txt"), "x").unwrap();
+        let first = keys(dir.path(), DOCKERFILE, &[]);
+        assert_eq!(first.len(), 4);
+        assert_eq!(
+            first,
+            keys(dir.path(), DOCKERFILE, &[]),
+            "keys are deterministic"
+        );
+
+        // Changing a file under app/ changes the COPY of app/ and all after.
+        std::fs::write(dir.path().join("app/main.py"), "print(2)").unwrap();
+        let changed = keys(dir.path(), DOCKERFILE, &[]);
+        assert_eq!(first[0], changed[0]);
+        assert_ne!(first[1], changed[1]);
+        assert_ne!(first[2], changed[2]);
+        assert_ne!(first[3], changed[3]);
+
+        // A different RUN command changes its key and what follows only.
+        let edited = keys(dir.path(), &DOCKERFILE.replace("echo two", "echo 2"), &[]);
+        assert_eq!(changed[..2], edited[..2]);
+        assert_ne!(changed[2], edited[2]);
+        assert_ne!(changed[3], edited[3]);
+    }
+
+    #[test]
+    fn args_reaching_a_run_change_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let df = "FROM busybox\nRUN echo before\nARG V=1\nRUN echo $V\n";
+        let a = keys(dir.path(), df, &[]);
+        let b = keys(dir.path(), df, &[("V", "2")]);
+        assert_eq!(a[0], b[0], "the arg does not reach the first RUN");
+        assert_ne!(a[1], b[1]);
+        // An unused build arg changes nothing.
+        let c = keys(dir.path(), df, &[("UNUSED", "x")]);
+        assert_eq!(a, c);
+    }
+
+    #[test]
+    fn missing_copy_source_is_an_error_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let typed = kiln_parser::instructions::from_ast(
+            &kiln_parser::parse("FROM busybox\n\nCOPY nope.txt /\n", "Dockerfile").unwrap(),
+        )
+        .unwrap();
+        let images: BTreeMap<String, ImageConfig> = serde_json::from_str(DEFAULT_IMAGES).unwrap();
+        let mut p = plan(&typed, &BuildOptions::default(), &TestImages(images)).unwrap();
+        let ctx = BuildContext::load(
+            dir.path(),
+            &PatternMatcher::new(Vec::<String>::new()).unwrap(),
+            None,
+        )
+        .unwrap();
+        let err = compute_cache_keys(&mut p, Some(&ctx))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope.txt") && err.contains("line 3"), "{err}");
+    }
+}
