@@ -181,7 +181,9 @@ fn user_env(flags: &[String]) -> Vec<String> {
             if flag.contains('=') {
                 Some(flag.clone())
             } else {
-                std::env::var(flag).ok().map(|value| format!("{flag}={value}"))
+                std::env::var(flag)
+                    .ok()
+                    .map(|value| format!("{flag}={value}"))
             }
         })
         .collect()
@@ -260,7 +262,11 @@ fn run_container(args: RunArgs, settings: &GlobalSettings) -> anyhow::Result<Exi
         .clone()
         .or(config.working_dir.clone())
         .unwrap_or_default();
-    spec.user = args.user.clone().or(config.user.clone()).unwrap_or_default();
+    spec.user = args
+        .user
+        .clone()
+        .or(config.user.clone())
+        .unwrap_or_default();
     spec.hostname = hostname;
     spec.network = match args.network {
         NetworkMode::Host => Network::Host,
@@ -305,7 +311,9 @@ mod tests {
         assert!(parse_volume("rel:/data").is_err());
         assert!(parse_volume(&format!("{host}:rel")).is_err());
         assert!(parse_volume(&format!("{host}:/d:xx")).is_err());
-        let err = parse_volume("/no/such/dir/kiln:/d").unwrap_err().to_string();
+        let err = parse_volume("/no/such/dir/kiln:/d")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("does not exist"), "{err}");
     }
 

@@ -1,0 +1,360 @@
+//! `kiln run` end to end, as root: a busybox image imported into a fresh
+//! store with `kiln import`, then run in real namespaces.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("SKIPPED: needs root (real namespaces and overlay mounts)");
+            return;
+        }
+    };
+}
+
+/// A store holding `busybox:test` (static busybox, /etc/passwd with app =
+/// 1000, /etc/motd) imported with the given `--change` lines.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new(changes: &[&str]) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rootfs");
+        for sub in ["bin", "etc", "tmp", "home/app"] {
+            fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+        std::os::unix::fs::chown(root.join("home/app"), Some(1000), Some(1000)).unwrap();
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file())
+            .expect("busybox is missing: scripts/setup installs busybox-static");
+        fs::copy(busybox, root.join("bin/busybox")).unwrap();
+        let list = Command::new(busybox).arg("--list").output().unwrap();
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if applet != "busybox" && !applet.contains('/') {
+                std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+            }
+        }
+        fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+        fs::write(root.join("etc/motd"), "welcome\n").unwrap();
+        fs::write(root.join("bin/not-executable"), "data\n").unwrap();
+        let tar = dir.path().join("rootfs.tar");
+        let status = Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let fixture = Fixture { dir };
+        let mut import = fixture.kiln();
+        import.arg("import");
+        for change in changes {
+            import.args(["--change", change]);
+        }
+        import.arg(&tar).arg("busybox:test");
+        let out = import.output().unwrap();
+        assert!(
+            out.status.success(),
+            "import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fixture
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    fn kiln(&self) -> Command {
+        let mut cmd = Command::new(KILN);
+        cmd.arg("--root").arg(self.store()).stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.kiln().arg("run").args(args).output().unwrap()
+    }
+
+    /// No container state is left in the store.
+    fn assert_no_containers(&self) {
+        let dir = self.store().join("containers");
+        let left: Vec<_> = fs::read_dir(&dir)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "left in {}: {left:?}", dir.display());
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn pid_1_hostname_and_exit_code() {
+    require_root!();
+    let f = Fixture::new(&[]);
+    let out = f.run(&[
+        "--hostname",
+        "box",
+        "busybox:test",
+        "sh",
+        "-c",
+        "echo $$; hostname; exit 7",
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "1\nbox\n");
+    f.assert_no_containers();
+}
+
+#[test]
+fn proc_shows_only_the_container_and_host_files_are_out_of_reach() {
+    require_root!();
+    let f = Fixture::new(&[]);
+    let marker = f.dir.path().join("host-marker");
+    fs::write(&marker, "secret").unwrap();
+    let script = format!(
+        "ls /proc | grep -c '^[0-9]*$'; cat {} 2>/dev/null || echo unreachable",
+        marker.display()
+    );
+    let out = f.run(&["busybox:test", "sh", "-c", &script]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    let count: usize = lines.next().unwrap().parse().unwrap();
+    assert!(count <= 4, "{text}");
+    assert_eq!(lines.next(), Some("unreachable"));
+}
+
+#[test]
+fn image_cmd_entrypoint_and_overrides() {
+    require_root!();
+    let f = Fixture::new(&[r#"ENTRYPOINT ["echo", "ep"]"#, r#"CMD ["default"]"#]);
+    assert_eq!(stdout(&f.run(&["busybox:test"])), "ep default\n");
+    assert_eq!(stdout(&f.run(&["busybox:test", "a", "b"])), "ep a b\n");
+    assert_eq!(
+        stdout(&f.run(&["--entrypoint", "echo", "busybox:test", "x"])),
+        "x\n"
+    );
+    let out = f.run(&["--entrypoint", "", "busybox:test", "echo", "reset"]);
+    assert_eq!(stdout(&out), "reset\n", "{}", stderr(&out));
+    // --entrypoint "" drops the image's CMD too: nothing to run.
+    let out = f.run(&["--entrypoint", "", "busybox:test"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("no command specified"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn image_env_workdir_user_and_their_flags() {
+    require_root!();
+    let f = Fixture::new(&["ENV FOO=from-image", "WORKDIR /srv/app", "USER app"]);
+    let script = "echo $FOO; pwd; id -u; echo $HOME; echo $HOSTNAME | wc -c";
+    let out = f.run(&["--network", "none", "busybox:test", "sh", "-c", script]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Hostname: 12 hex digits of the container id (and a newline).
+    assert_eq!(stdout(&out), "from-image\n/srv/app\n1000\n/home/app\n13\n");
+    let out = f.run(&[
+        "-e",
+        "FOO=flag",
+        "-w",
+        "/tmp",
+        "-u",
+        "0:0",
+        "busybox:test",
+        "sh",
+        "-c",
+        "echo $FOO; pwd; id -u",
+    ]);
+    assert_eq!(stdout(&out), "flag\n/tmp\n0\n", "{}", stderr(&out));
+}
+
+#[test]
+fn network_none_shows_only_loopback() {
+    require_root!();
+    let f = Fixture::new(&[]);
+    let out = f.run(&["--network", "none", "busybox:test", "ls", "/sys/class/net"]);
+    assert_eq!(stdout(&out), "lo\n", "{}", stderr(&out));
+}
+
+#[test]
+fn deleting_inside_does_not_change_the_image() {
+    require_root!();
+    let f = Fixture::new(&[]);
+    let out = f.run(&["busybox:test", "rm", "/etc/motd"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = f.run(&["busybox:test", "cat", "/etc/motd"]);
+    assert_eq!(stdout(&out), "welcome\n", "{}", stderr(&out));
+}
+
+#[test]
+fn mounting_inside_fails() {
+    require_root!();
+    let f = Fixture::new(&[]);
+    let out = f.run(&[
+        "busybox:test",
+        "sh",
+        "-c",
+        "mkdir -p /mnt; mount -t tmpfs none /mnt",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    let out = f.run(&[
+        "--security-opt",
+        "seccomp=unconfined",
+        "busybox:test",
+        "sh",
+        "-c",
+        "mkdir -p /mnt; mount -t tmpfs none /mnt",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+}
+
+#[test]
+fn image_user_owns_the_files_it_creates() {
+    require_root!();
+    let f = Fixture::new(&[]);
+    let shared = f.dir.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+    let volume = format!("{}:/out", shared.display());
+    let out = f.run(&[
+        "-u",
+        "app",
+        "--volume",
+        &volume,
+        "busybox:test",
+        "touch",
+        "/out/made",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let meta = fs::metadata(shared.join("made")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+}
+
+#[test]
+fn exec_failures_have_dockers_codes_and_messages() {
+    require_root!();
+    let f = Fixture::new(&[]);
+    let out = f.run(&["busybox:test", "/x"]);
+    assert_eq!(out.status.code(), Some(127));
+    assert!(
+        stderr(&out).contains(r#"exec: "/x": no such file or directory"#),
+        "{}",
+        stderr(&out)
+    );
+    let out = f.run(&["busybox:test", "/bin/not-executable"]);
+    assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
+    let out = f.run(&["-u", "ghost", "busybox:test", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    let message = stderr(&out);
+    assert!(
+        message.contains("ghost") && message.contains("busybox:test"),
+        "{message}"
+    );
+    f.assert_no_containers();
+}
+
+#[test]
+fn missing_volume_source_is_refused_before_anything_starts() {
+    require_root!();
+    let f = Fixture::new(&[]);
+    let out = f.run(&[
+        "--volume",
+        "/no/such/kiln/path:/data",
+        "busybox:test",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("/no/such/kiln/path"),
+        "{}",
+        stderr(&out)
+    );
+    f.assert_no_containers();
+}
+
+#[test]
+fn sigterm_reaches_the_container() {
+    require_root!();
+    let f = Fixture::new(&[]);
+    let mut child = f
+        .kiln()
+        .args(["run", "busybox:test", "sh", "-c"])
+        .arg("trap 'exit 42' TERM; echo ready; while true; do sleep 0.1; done")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    // SAFETY: signalling the kiln process this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(42));
+    f.assert_no_containers();
+}
+
+#[test]
+fn timeout_kills_the_container() {
+    require_root!();
+    let f = Fixture::new(&[]);
+    let out = f.run(&["--timeout", "1", "busybox:test", "sleep", "600"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("timed out"), "{}", stderr(&out));
+    f.assert_no_containers();
+}
+
+#[test]
+fn stdin_only_with_interactive_and_a_terminal_with_tty() {
+    require_root!();
+    let f = Fixture::new(&[]);
+    let mut child = f
+        .kiln()
+        .args(["run", "-i", "busybox:test", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"piped in\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(stdout(&out), "piped in\n");
+    // Without -i the container's stdin is empty.
+    let out = f.run(&["busybox:test", "cat"]);
+    assert_eq!((out.status.code(), stdout(&out).as_str()), (Some(0), ""));
+    let out = f.run(&["-t", "busybox:test", "tty"]);
+    assert_eq!(stdout(&out), "/dev/pts/0\r\n", "{}", stderr(&out));
+}
