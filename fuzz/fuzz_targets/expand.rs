@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
         raw_escapes: options & 4 != 0,
         skip_process_quotes: options & 8 != 0,
         skip_unset_env: options & 16 != 0,
+        shared_word_buffer: options & 32 != 0,
     };
     let env: Vec<(String, String)> = vec![
         ("A".into(), "a b*c".into()),

@@ -114,6 +114,14 @@ pub struct Lexer {
     pub skip_process_quotes: bool,
     /// Leave references to unset variables as written (`$X`, `${X:-w}`).
     pub skip_unset_env: bool,
+    /// Reproduce BuildKit's word splitting exactly: its lexer shares one
+    /// word buffer across `${…}` nesting levels, so text of the current
+    /// word before a `${VAR:-…}`-style substitution (one with a nested
+    /// word) is dropped from the split words (`a${X:-b}c` splits as `bc`).
+    /// Only [`Expansion::words`] is affected, never [`Expansion::value`].
+    /// On by default because BuildKit's behaviour is the specification;
+    /// turn it off for shell-like splitting.
+    pub shared_word_buffer: bool,
 }
 
 impl Lexer {
@@ -124,6 +132,7 @@ impl Lexer {
             raw_escapes: false,
             skip_process_quotes: false,
             skip_unset_env: false,
+            shared_word_buffer: true,
         }
     }
 
@@ -143,6 +152,7 @@ impl Lexer {
             referenced: BTreeSet::new(),
             unset: BTreeSet::new(),
             depth: 0,
+            nested_words: 0,
         };
         match shell.process_stop_on(None, self.raw_escapes) {
             Ok((value, words)) => Ok(Expansion {
@@ -170,6 +180,8 @@ struct ShellWord<'a> {
     /// How many `${…}` we are inside (bounded, so hostile input cannot
     /// exhaust the stack).
     depth: usize,
+    /// How many times a nested word was processed (for `shared_word_buffer`).
+    nested_words: usize,
 }
 
 /// The deepest `${…}` nesting accepted. Go's growable stacks have no such
@@ -243,6 +255,7 @@ impl ShellWord<'_> {
         stop: Option<char>,
         raw_escapes: bool,
     ) -> Result<(String, Vec<String>), String> {
+        self.nested_words += 1;
         let saved_raw_escapes = self.raw_escapes;
         self.raw_escapes = raw_escapes;
         let result = self.process_stop_on_inner(stop);
@@ -261,6 +274,7 @@ impl ShellWord<'_> {
                 self.next();
                 return Ok((result, words.finish()));
             }
+            let nested_before = self.nested_words;
             let special = match ch {
                 '$' => Some(self.process_dollar()?),
                 '<' => Some(self.process_possible_heredoc()),
@@ -268,6 +282,10 @@ impl ShellWord<'_> {
                 '"' if !self.lex.skip_process_quotes => Some(self.process_double_quote()?),
                 _ => None,
             };
+            if self.lex.shared_word_buffer && self.nested_words != nested_before {
+                // A nested word reset BuildKit's shared buffer and left it empty.
+                words.buf.clear();
+            }
             if let Some(text) = special {
                 result.push_str(&text);
                 if ch == '$' {
@@ -892,11 +910,21 @@ mod tests {
     }
 
     #[test]
-    fn nested_default_keeps_word_prefix() {
-        // BuildKit (since a 2024 buffer-sharing change) drops "hello" here;
-        // kiln keeps it, as BuildKit did before and as a shell does.
+    fn nested_substitution_and_the_shared_word_buffer() {
+        // BuildKit drops "hello" from the split word (its lexer shares one
+        // buffer across nesting levels); the value keeps it.
+        let out = expand_word("hello${X:-a}b c", &env(), '\\').unwrap();
+        assert_eq!(out.value, "helloab c");
+        assert_eq!(out.words, ["ab", "c"]);
+        assert_eq!(expand_words("x\"${X:-a}\"", &env(), '\\').unwrap(), ["a"]);
+        // Plain `$X`/`${X}` have no nested word and keep the prefix.
+        assert_eq!(expand_words("p$PWD", &env(), '\\').unwrap(), ["p/home"]);
+        let shell_like = Lexer {
+            shared_word_buffer: false,
+            ..Lexer::new('\\')
+        };
         assert_eq!(
-            expand_words("hello${X:-a}b c", &env(), '\\').unwrap(),
+            shell_like.expand("hello${X:-a}b c", &env()).unwrap().words,
             ["helloab", "c"]
         );
     }

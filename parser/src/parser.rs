@@ -42,6 +42,13 @@ fn is_space(c: char) -> bool {
     c.is_whitespace()
 }
 
+/// Go's `unicode.IsSpace` applied to single bytes, as BuildKit's flag and
+/// HEALTHCHECK scanners do: on text this means ASCII white space only (a
+/// non-ASCII character never separates there).
+fn is_byte_space(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\u{b}' | '\u{c}' | '\r' | ' ')
+}
+
 /// BuildKit's `reWhitespace`: `[\t\v\f\r ]`.
 fn is_split_space(c: char) -> bool {
     matches!(c, '\t' | '\u{b}' | '\u{c}' | '\r' | ' ')
@@ -478,7 +485,7 @@ fn extract_builder_flags(line: &str, escape: char) -> (&str, Vec<String>) {
     let mut iter = line.char_indices().peekable();
     while let Some((pos, ch)) = iter.next() {
         if phase == Phase::Spaces {
-            if is_space(ch) {
+            if is_byte_space(ch) {
                 continue;
             }
             if ch != '-' || !line[pos + 1..].starts_with('-') {
@@ -488,7 +495,7 @@ fn extract_builder_flags(line: &str, escape: char) -> (&str, Vec<String>) {
         }
         match phase {
             Phase::Word => {
-                if is_space(ch) {
+                if is_byte_space(ch) {
                     phase = Phase::Spaces;
                     if word == "--" {
                         return (&line[pos..], words);
@@ -680,12 +687,12 @@ fn parse_maybe_json_to_list(rest: &str) -> Result<(Args, bool), LineError> {
 }
 
 fn parse_health_config(rest: &str) -> Result<(Args, bool), LineError> {
-    let sep = rest.find(is_space).unwrap_or(rest.len());
+    let sep = rest.find(is_byte_space).unwrap_or(rest.len());
     if sep == 0 {
         return Ok((Args::Words(vec![]), false));
     }
     let typ = &rest[..sep];
-    let cmd = rest[sep..].trim_start_matches(is_space);
+    let cmd = rest[sep..].trim_start_matches(is_byte_space);
     let (args, json) = parse_maybe_json(cmd)?;
     let mut words = vec![typ.to_string()];
     if let Args::Words(more) = args {

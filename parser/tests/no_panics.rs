@@ -103,7 +103,7 @@ proptest! {
     }
 
     #[test]
-    fn expansion_never_panics(word in word_text(), raw_quotes: bool, raw_escapes: bool, skip_quotes: bool, skip_unset: bool, backtick: bool) {
+    fn expansion_never_panics(word in word_text(), raw_quotes: bool, raw_escapes: bool, skip_quotes: bool, skip_unset: bool, backtick: bool, shared_buffer: bool) {
         let env: Vec<(String, String)> = vec![
             ("A".into(), "a b*c".into()),
             ("EMPTY".into(), String::new()),
@@ -115,6 +115,7 @@ proptest! {
             raw_escapes,
             skip_process_quotes: skip_quotes,
             skip_unset_env: skip_unset,
+            shared_word_buffer: shared_buffer,
         };
         if let Ok(expansion) = lexer.expand(&word, &env) {
             // Splitting never yields empty words (empty quotes vanish).
