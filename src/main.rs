@@ -35,6 +35,8 @@ enum Command {
     Image(cmd::image::ImageCommand),
     #[command(flatten)]
     Run(cmd::run::RunCommand),
+    #[command(flatten)]
+    Registry(cmd::registry::RegistryCommand),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
         Command::Parse(c) => c.run(&settings),
         Command::Image(c) => c.run(&settings),
         Command::Run(c) => c.run(&settings),
+        Command::Registry(c) => c.run(&settings),
     };
     match result {
         Ok(code) => code,

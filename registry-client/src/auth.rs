@@ -138,20 +138,20 @@ impl Credential {
 /// Failures reading or writing Docker's credential configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{path} is not valid JSON: {source}")]
+    #[error("{path} is not valid JSON: {cause}")]
     Parse {
         path: PathBuf,
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}: {cause}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("credentials for {registry} in {path}: {reason}")]
     Lookup {
@@ -219,7 +219,7 @@ impl DockerConfig {
         let file = match std::fs::File::open(&path) {
             Ok(file) => file,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(CredentialError::Read { path, source }),
+            Err(cause) => return Err(CredentialError::Read { path, cause }),
         };
         let key = config_key(registry);
         match docker_credential::get_credential_from_reader(std::io::BufReader::new(file), key) {
@@ -255,10 +255,10 @@ impl DockerConfig {
                     path,
                     reason: "top level is not a JSON object".into(),
                 }),
-                Err(source) => Err(CredentialError::Parse { path, source }),
+                Err(cause) => Err(CredentialError::Parse { path, cause }),
             },
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
-            Err(source) => Err(CredentialError::Read { path, source }),
+            Err(cause) => Err(CredentialError::Read { path, cause }),
         }
     }
 
@@ -269,9 +269,9 @@ impl DockerConfig {
     ) -> Result<(), CredentialError> {
         use std::os::unix::fs::OpenOptionsExt as _;
         let path = self.path();
-        let write_err = |source| CredentialError::Write {
+        let write_err = |cause| CredentialError::Write {
             path: path.clone(),
-            source,
+            cause,
         };
         std::fs::create_dir_all(&self.dir).map_err(write_err)?;
         let tmp = self

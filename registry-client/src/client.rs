@@ -460,9 +460,9 @@ impl Client {
         let found = tokio::task::spawn_blocking(move || source.lookup(&name))
             .await
             .map_err(|e| Error::ClientSetup(format!("credential lookup task: {e}")))?
-            .map_err(|source| Error::Credentials {
+            .map_err(|cause| Error::Credentials {
                 registry: registry.to_string(),
-                source,
+                cause,
             })?;
         self.credentials
             .lock()
@@ -911,11 +911,11 @@ impl Client {
                     }
                 }
                 hasher.update(data);
-                sink.write_all(data).map_err(|source| Error::Sink {
+                sink.write_all(data).map_err(|cause| Error::Sink {
                     registry: repository.registry.clone(),
                     repository: repository.name.clone(),
                     digest: digest.to_string(),
-                    source,
+                    cause,
                 })?;
                 received += data.len() as u64;
             }

@@ -56,10 +56,10 @@ pub enum Error {
     #[error("{registry}: unsupported authentication challenge {challenge:?}")]
     Challenge { registry: String, challenge: String },
 
-    #[error("{registry}: {source}")]
+    #[error("{registry}: {cause}")]
     Credentials {
         registry: String,
-        source: CredentialError,
+        cause: CredentialError,
     },
 
     #[error(
@@ -89,20 +89,20 @@ pub enum Error {
         limit: usize,
     },
 
-    #[error("{registry}/{repository}: {digest}: writing the received bytes: {source}")]
+    #[error("{registry}/{repository}: {digest}: writing the received bytes: {cause}")]
     Sink {
         registry: String,
         repository: String,
         digest: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
-    #[error("{registry}/{repository}: {digest}: reading the bytes to upload: {source}")]
+    #[error("{registry}/{repository}: {digest}: reading the bytes to upload: {cause}")]
     Source {
         registry: String,
         repository: String,
         digest: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     #[error("{registry}/{repository}: {what}: registry sent an invalid {header} header {value:?}")]

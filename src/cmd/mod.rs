@@ -3,4 +3,5 @@
 
 pub mod image;
 pub mod parse;
+pub mod registry;
 pub mod run;

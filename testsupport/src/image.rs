@@ -24,6 +24,20 @@ impl TestFile {
             contents: contents.into(),
         }
     }
+
+    /// `len` bytes that gzip cannot shrink (xorshift from `seed`), for large blobs.
+    pub fn incompressible(path: &str, len: usize, seed: u64) -> TestFile {
+        let mut state = seed | 1;
+        let mut contents = Vec::with_capacity(len + 8);
+        while contents.len() < len {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            contents.extend_from_slice(&state.to_le_bytes());
+        }
+        contents.truncate(len);
+        TestFile::new(path, contents)
+    }
 }
 
 /// A blob written into the layout.

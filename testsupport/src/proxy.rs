@@ -42,6 +42,8 @@ pub struct FaultPlan {
     pub flip_blob_byte_at: Option<u64>,
     pub status_faults: Vec<StatusFault>,
     pub canned: Vec<CannedResponse>,
+    /// Sleep this long after each 64 KiB of a blob download (slow registry).
+    pub blob_chunk_delay: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -337,6 +339,15 @@ fn handle(
             }
         }
     }
+    let chunk_delay = if is_blob_get && status_ok {
+        shared
+            .plan
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .blob_chunk_delay
+    } else {
+        None
+    };
     client.write_all(&response_head)?;
     let mut sent: u64 = 0;
     let mut chunk = vec![0u8; 64 * 1024];
@@ -379,6 +390,9 @@ fn handle(
         }
         client.write_all(&data)?;
         sent += data.len() as u64;
+        if let Some(delay) = chunk_delay {
+            std::thread::sleep(delay);
+        }
     }
     client.flush()?;
     let _ = client.shutdown(Shutdown::Both);

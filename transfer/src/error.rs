@@ -8,19 +8,17 @@ pub enum TransferError {
     #[error(transparent)]
     Registry(#[from] kiln_registry::Error),
 
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Store {
         context: String,
-        #[source]
-        source: Box<kiln_layers::Error>,
+        cause: Box<kiln_layers::Error>,
     },
 
-    #[error("{image}: manifest {digest} is malformed: {source}")]
+    #[error("{image}: manifest {digest} is malformed: {cause}")]
     MalformedManifest {
         image: String,
         digest: String,
-        #[source]
-        source: Box<kiln_layers::Error>,
+        cause: Box<kiln_layers::Error>,
     },
 
     #[error("{image}: manifest {manifest} lists {role} {digest} with unsupported media type {media_type:?}")]

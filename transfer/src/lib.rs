@@ -36,7 +36,7 @@ use kiln_registry::Digest as RegistryDigest;
 pub(crate) fn store_digest(digest: &RegistryDigest) -> Result<StoreDigest, TransferError> {
     StoreDigest::parse(&digest.to_string()).map_err(|source| TransferError::Store {
         context: format!("digest {digest}"),
-        source: Box::new(source),
+        cause: Box::new(source),
     })
 }
 
@@ -54,6 +54,6 @@ pub fn store_reference(
 ) -> Result<kiln_layers::Reference, TransferError> {
     kiln_layers::Reference::parse(&reference.to_string()).map_err(|source| TransferError::Store {
         context: format!("naming {reference} in the store"),
-        source: Box::new(source),
+        cause: Box::new(source),
     })
 }

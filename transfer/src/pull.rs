@@ -89,7 +89,7 @@ pub async fn pull(
     // Keeps `kiln prune` from collecting blobs committed before the tag exists.
     let _lease = store.lease().map_err(|source| TransferError::Store {
         context: format!("pulling {image}"),
-        source: Box::new(source),
+        cause: Box::new(source),
     })?;
     let top = client.fetch_manifest(reference).await?;
     let resolved_digest = top.digest.to_string();
@@ -116,7 +116,7 @@ pub async fn pull(
             source => TransferError::MalformedManifest {
                 image: image.clone(),
                 digest: digest.clone(),
-                source: Box::new(source),
+                cause: Box::new(source),
             },
         })?;
         let media_type = match (&kind, current.media_type.as_str()) {
@@ -134,7 +134,7 @@ pub async fn pull(
             .put_blob(&media_type, &current.bytes)
             .map_err(|source| TransferError::Store {
                 context: format!("{image}: storing manifest {digest}"),
-                source: Box::new(source),
+                cause: Box::new(source),
             })?;
         match kind {
             ManifestKind::Image(manifest) => break manifest,
@@ -263,7 +263,7 @@ pub async fn pull(
             .tag(&name, &manifest_desc)
             .map_err(|source| TransferError::Store {
                 context: format!("tagging {image}"),
-                source: Box::new(source),
+                cause: Box::new(source),
             })?;
     }
     Ok(Pulled {
@@ -311,7 +311,7 @@ async fn fetch_blob(
     let id = desc.digest.to_string();
     let store_err = |source: kiln_layers::Error| TransferError::Store {
         context: format!("{image}: {role} {id}"),
-        source: Box::new(source),
+        cause: Box::new(source),
     };
     if store.blob_size(&desc.digest).map_err(store_err)? == Some(desc.size) {
         reporter.start(&id, role, Some(desc.size));

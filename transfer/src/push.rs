@@ -105,7 +105,7 @@ pub async fn push(
         .resolve(&local)
         .map_err(|source| TransferError::Store {
             context: format!("looking up {reference}"),
-            source: Box::new(source),
+            cause: Box::new(source),
         })?
         .ok_or_else(|| TransferError::NotInStore(reference.to_string()))?;
     push_descriptor(client, store, &desc, reference, options, reporter).await
@@ -180,7 +180,7 @@ async fn push_manifest_tree(
             },
             source => TransferError::Store {
                 context: format!("{image}: reading manifest {}", desc.digest),
-                source: Box::new(source),
+                cause: Box::new(source),
             },
         })?;
     let kind = parse_manifest(
@@ -191,7 +191,7 @@ async fn push_manifest_tree(
     .map_err(|source| TransferError::MalformedManifest {
         image: image.to_string(),
         digest: desc.digest.to_string(),
-        source: Box::new(source),
+        cause: Box::new(source),
     })?;
     match kind {
         ManifestKind::Index(index) => {
@@ -221,7 +221,7 @@ async fn push_manifest_tree(
                         .blob_size(&blob.digest)
                         .map_err(|source| TransferError::Store {
                             context: format!("{image}: blob {}", blob.digest),
-                            source: Box::new(source),
+                            cause: Box::new(source),
                         })?;
                 if present.is_none() {
                     return Err(TransferError::IncompleteImage {

@@ -1,0 +1,251 @@
+//! Registry commands: `pull`, `push`, `login`, `logout`.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use kiln_layers::{Platform, Reporter, Store};
+use kiln_registry::{Client, ClientConfig, Credential, DockerConfig, Reference};
+use kiln_transfer::{PullOptions, PushOptions};
+
+use crate::progress::{human_bytes, ProgressArgs};
+use crate::settings::GlobalSettings;
+
+/// How to reach registries: TLS trust and plain-HTTP exceptions.
+#[derive(Clone, Debug, Default, Args)]
+pub struct RegistryArgs {
+    /// Allow plain HTTP, and HTTPS without certificate checks, for this
+    /// registry (host[:port]; repeatable). Loopback registries need no flag.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    pub insecure_registries: Vec<String>,
+    /// Also trust the CA certificates in this PEM file (repeatable).
+    /// `SSL_CERT_FILE` replaces the system roots as usual.
+    #[arg(long = "ca-cert", value_name = "FILE")]
+    pub ca_certs: Vec<PathBuf>,
+}
+
+impl RegistryArgs {
+    fn client_config(&self) -> ClientConfig {
+        ClientConfig {
+            insecure_registries: self.insecure_registries.clone(),
+            ca_certs: self.ca_certs.clone(),
+            ..ClientConfig::default()
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Download an image from a registry into the store.
+    Pull {
+        /// Platform to pick from a multi-platform image (default: this machine's).
+        #[arg(long)]
+        platform: Option<String>,
+        /// Blobs downloaded at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[command(flatten)]
+        progress: ProgressArgs,
+    },
+    /// Upload images from the store to the registries their names point at.
+    Push {
+        #[arg(required = true)]
+        references: Vec<String>,
+        /// Blobs uploaded at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Ask the registry to mount blobs from this repository of the same
+        /// registry before uploading them.
+        #[arg(long, value_name = "REPOSITORY")]
+        mount_from: Option<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[command(flatten)]
+        progress: ProgressArgs,
+    },
+    /// Check credentials with a registry and store them in Docker's config.json.
+    Login {
+        #[arg(short, long)]
+        username: Option<String>,
+        /// Password (prefer --password-stdin: command lines are visible to others).
+        #[arg(short, long, conflicts_with = "password_stdin")]
+        password: Option<String>,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Registry host[:port] (default: docker.io).
+        host: Option<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Remove a registry's credentials from Docker's config.json.
+    Logout {
+        /// Registry host[:port] (default: docker.io).
+        host: Option<String>,
+    },
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// `https://host:5000/v1/` or `host:5000` → `host:5000`; Docker Hub's names → `docker.io`.
+fn registry_host(host: Option<&str>) -> anyhow::Result<String> {
+    let Some(host) = host else {
+        return Ok(kiln_registry::reference::DOCKER_HUB.to_string());
+    };
+    let bare = host
+        .strip_prefix("https://")
+        .or_else(|| host.strip_prefix("http://"))
+        .unwrap_or(host);
+    let bare = bare.split('/').next().unwrap_or(bare);
+    if bare.is_empty() {
+        bail!("invalid registry host {host:?}");
+    }
+    Ok(match bare {
+        "index.docker.io" | "registry-1.docker.io" | "docker.io" => {
+            kiln_registry::reference::DOCKER_HUB.to_string()
+        }
+        other => other.to_string(),
+    })
+}
+
+impl RegistryCommand {
+    pub fn run(self, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
+        match self {
+            RegistryCommand::Pull {
+                platform,
+                concurrency,
+                reference,
+                registry,
+                progress,
+            } => {
+                let reference = Reference::parse(&reference)?;
+                let platform = match platform {
+                    Some(p) => Platform::parse(&p)?,
+                    None => Platform::host(),
+                };
+                let store = Store::open(&settings.root)?;
+                let client = Arc::new(Client::new(registry.client_config())?);
+                let reporter = Arc::new(progress.reporter());
+                reporter.println(&format!("Pulling {reference}"));
+                let mut options = PullOptions::new(platform);
+                options.concurrency = concurrency;
+                let shared: Arc<dyn Reporter> = reporter.clone();
+                let pulled = runtime()?.block_on(kiln_transfer::pull(
+                    &client, &store, &reference, &options, shared,
+                ))?;
+                reporter.println(&format!(
+                    "Digest: {} ({} blobs, {} downloaded)",
+                    pulled.resolved_digest,
+                    pulled.blobs_fetched,
+                    human_bytes(pulled.bytes_fetched)
+                ));
+                println!("{reference}");
+                Ok(ExitCode::SUCCESS)
+            }
+            RegistryCommand::Push {
+                references,
+                concurrency,
+                mount_from,
+                registry,
+                progress,
+            } => {
+                let references = references
+                    .iter()
+                    .map(|r| Reference::parse(r))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let store = Store::open(&settings.root)?;
+                let client = Arc::new(Client::new(registry.client_config())?);
+                let reporter = Arc::new(progress.reporter());
+                let runtime = runtime()?;
+                for reference in &references {
+                    let mount_from = match &mount_from {
+                        Some(repo) => Some(
+                            Reference::parse(&format!("{}/{repo}", reference.registry()))
+                                .or_else(|_| Reference::parse(repo))
+                                .with_context(|| format!("--mount-from {repo}"))?
+                                .repository,
+                        ),
+                        None => None,
+                    };
+                    let options = PushOptions {
+                        concurrency,
+                        mount_from,
+                    };
+                    let shared: Arc<dyn Reporter> = reporter.clone();
+                    let pushed = runtime.block_on(kiln_transfer::push(
+                        &client, &store, reference, &options, shared,
+                    ))?;
+                    println!(
+                        "{reference}: digest: {} size: {}",
+                        pushed.digest, pushed.size
+                    );
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            RegistryCommand::Login {
+                username,
+                password,
+                password_stdin,
+                host,
+                registry,
+            } => {
+                let host = registry_host(host.as_deref())?;
+                let Some(username) = username else {
+                    bail!("kiln login needs -u USERNAME");
+                };
+                let password = match (password, password_stdin) {
+                    (Some(p), _) => {
+                        eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
+                        p
+                    }
+                    (None, true) => {
+                        let mut text = String::new();
+                        std::io::stdin()
+                            .read_to_string(&mut text)
+                            .context("reading the password from standard input")?;
+                        text.trim_end_matches(['\n', '\r']).to_string()
+                    }
+                    (None, false) => bail!("give the password with --password-stdin (or -p)"),
+                };
+                if password.is_empty() {
+                    bail!("the password is empty");
+                }
+                let mut config = registry.client_config();
+                config.credentials.explicit.insert(
+                    host.clone(),
+                    Credential::UsernamePassword {
+                        username: username.clone(),
+                        password: password.clone(),
+                    },
+                );
+                let client = Client::new(config)?;
+                runtime()?
+                    .block_on(client.check_login(&host))
+                    .with_context(|| format!("logging in to {host} as {username}"))?;
+                DockerConfig::from_env()?.store(&host, &username, &password)?;
+                println!("Login Succeeded");
+                Ok(ExitCode::SUCCESS)
+            }
+            RegistryCommand::Logout { host } => {
+                let host = registry_host(host.as_deref())?;
+                if DockerConfig::from_env()?.erase(&host)? {
+                    println!("Removing login credentials for {host}");
+                } else {
+                    println!("Not logged in to {host}");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    }
+}

@@ -1,0 +1,449 @@
+//! `kiln pull`, `push`, `login` and `logout` end to end: the kiln binary
+//! against the real distribution registry, with skopeo as the independent
+//! writer and reader.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use kiln_testsupport::image::{
+    digest_of, host_platform, skopeo_copy, skopeo_raw_manifest, write_oci_layout, TestFile,
+    TestImage,
+};
+use kiln_testsupport::{FaultPlan, FaultProxy, RegistryServer};
+
+/// A kiln invocation with its own store and Docker config directory.
+struct Kiln {
+    root: PathBuf,
+    docker_config: PathBuf,
+    extra_path: Option<PathBuf>,
+}
+
+impl Kiln {
+    fn new(dir: &Path) -> Kiln {
+        let docker_config = dir.join("docker-config");
+        std::fs::create_dir_all(&docker_config).unwrap();
+        Kiln {
+            root: dir.join("store"),
+            docker_config,
+            extra_path: None,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        command
+            .arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .env("DOCKER_CONFIG", &self.docker_config)
+            .env("KILN_PROGRESS", "plain")
+            .env_remove("KILN_ROOT");
+        if let Some(extra) = &self.extra_path {
+            let path = format!(
+                "{}:{}",
+                extra.display(),
+                std::env::var("PATH").unwrap_or_default()
+            );
+            command.env("PATH", path);
+        }
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "kiln {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Every blob in the store hashes to its name; returns their digests.
+fn store_blobs(root: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(root.join("blobs/sha256")) else {
+        return found;
+    };
+    for entry in entries {
+        let entry = entry.unwrap();
+        let name = format!("sha256:{}", entry.file_name().to_string_lossy());
+        let bytes = std::fs::read(entry.path()).unwrap();
+        assert_eq!(
+            digest_of(&bytes),
+            name,
+            "a blob in the store does not match its name"
+        );
+        found.push(name);
+    }
+    found
+}
+
+fn seed(
+    registry: &RegistryServer,
+    work: &Path,
+    repo: &str,
+    layers: &[Vec<TestFile>],
+    creds: Option<(&str, &str)>,
+    ca_dir: Option<&Path>,
+) -> (TestImage, String) {
+    let image = write_oci_layout(
+        &work.join(repo.replace('/', "_")),
+        "v1",
+        &[&host_platform()],
+        layers,
+    )
+    .unwrap();
+    let target = format!("{}/{repo}:v1", registry.host);
+    skopeo_copy(
+        &format!("oci:{}:v1", image.layout.display()),
+        &format!("docker://{target}"),
+        creds,
+        ca_dir,
+    )
+    .unwrap();
+    (image, target)
+}
+
+fn small_layers() -> Vec<Vec<TestFile>> {
+    vec![
+        vec![TestFile::new("etc/os-release", "NAME=kiln-test\n")],
+        vec![TestFile::new("usr/share/data", vec![3u8; 30_000])],
+    ]
+}
+
+/// skopeo wants a directory of `*.crt` files.
+fn skopeo_cert_dir(registry: &RegistryServer, work: &Path) -> PathBuf {
+    let dir = work.join("skopeo-certs");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(registry.ca_cert.as_ref().unwrap(), dir.join("ca.crt")).unwrap();
+    dir
+}
+
+#[test]
+fn pull_then_push_under_new_names_and_skopeo_reads_the_same_digest() {
+    let registry = RegistryServer::start_plain().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (image, source) = seed(
+        &registry,
+        work.path(),
+        "kiln/e2e-source",
+        &small_layers(),
+        None,
+        None,
+    );
+    let kiln = Kiln::new(work.path());
+
+    let stdout = kiln.ok(&["pull", &source]);
+    assert!(stdout.contains(&source), "{stdout}");
+    let blobs = store_blobs(&kiln.root);
+    for digest in image.all_digests() {
+        assert!(blobs.contains(&digest), "{digest} pulled");
+    }
+
+    let copy = format!("{}/kiln/e2e-copy:v2", registry.host);
+    let also = format!("{}/kiln/e2e-copy:also", registry.host);
+    kiln.ok(&["tag", &source, &copy]);
+    kiln.ok(&["tag", &source, &also]);
+    let stdout = kiln.ok(&["push", &copy, &also]);
+    assert!(
+        stdout.contains(&format!("{copy}: digest: {}", image.digest)),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{also}: digest: {}", image.digest)),
+        "{stdout}"
+    );
+    for target in [&copy, &also] {
+        let raw = skopeo_raw_manifest(&format!("docker://{target}"), None, None).unwrap();
+        assert_eq!(digest_of(&raw), image.digest, "{target}");
+    }
+
+    // Pushing a name the store lacks says so.
+    let out = kiln.run(&["push", &format!("{}/kiln/absent:v1", registry.host)]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not in the store"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn login_logout_against_tls_registry_with_basic_auth() {
+    let registry = RegistryServer::start_tls_basic("alice", "wonderland").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let certs = skopeo_cert_dir(&registry, work.path());
+    let (image, source) = seed(
+        &registry,
+        work.path(),
+        "kiln/private",
+        &small_layers(),
+        Some(("alice", "wonderland")),
+        Some(&certs),
+    );
+    let kiln = Kiln::new(work.path());
+    let ca = registry.ca_cert.clone().unwrap();
+    let ca = ca.to_str().unwrap();
+
+    // Without credentials: refused, and the error names the registry.
+    let out = kiln.run(&["pull", "--ca-cert", ca, &source]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(&registry.host), "{}", stderr(&out));
+
+    // A wrong password is refused and nothing is written.
+    let out = kiln.run_with_stdin(
+        &[
+            "login",
+            "-u",
+            "alice",
+            "--password-stdin",
+            "--ca-cert",
+            ca,
+            &registry.host,
+        ],
+        "nope\n",
+    );
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(!kiln.docker_config.join("config.json").exists());
+
+    // Without trusting the CA, login fails on the certificate.
+    let out = kiln.run_with_stdin(
+        &["login", "-u", "alice", "--password-stdin", &registry.host],
+        "wonderland\n",
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).to_lowercase().contains("certificate"),
+        "{}",
+        stderr(&out)
+    );
+
+    let stdout = String::from_utf8_lossy(
+        &kiln
+            .run_with_stdin(
+                &[
+                    "login",
+                    "-u",
+                    "alice",
+                    "--password-stdin",
+                    "--ca-cert",
+                    ca,
+                    &registry.host,
+                ],
+                "wonderland\n",
+            )
+            .stdout,
+    )
+    .into_owned();
+    assert!(stdout.contains("Login Succeeded"), "{stdout}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(kiln.docker_config.join("config.json")).unwrap())
+            .unwrap();
+    assert!(
+        config["auths"][&registry.host]["auth"].is_string(),
+        "{config}"
+    );
+
+    // Stored credentials are used by pull.
+    kiln.ok(&["pull", "--ca-cert", ca, &source]);
+    assert!(store_blobs(&kiln.root).contains(&image.digest));
+
+    // SSL_CERT_FILE works as well as --ca-cert.
+    let other = Kiln::new(&work.path().join("other"));
+    std::fs::copy(
+        kiln.docker_config.join("config.json"),
+        other.docker_config.join("config.json"),
+    )
+    .unwrap();
+    let out = other
+        .command(&["pull", &source])
+        .env("SSL_CERT_FILE", ca)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let stdout = kiln.ok(&["logout", &registry.host]);
+    assert!(stdout.contains("Removing login credentials"), "{stdout}");
+    let out = kiln.run(&["pull", "--ca-cert", ca, &source]);
+    assert!(!out.status.success(), "credentials are gone");
+    let stdout = kiln.ok(&["logout", &registry.host]);
+    assert!(stdout.contains("Not logged in"), "{stdout}");
+}
+
+/// A `docker-credential-<name>` helper keeping credentials in `store_file`.
+fn write_credential_helper(dir: &Path, name: &str) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let store_file = dir.join("helper-store.json");
+    let script = format!(
+        "#!/bin/sh\nset -e\ncase \"$1\" in\n\
+         store) cat > '{store}' ;;\n\
+         get) read server || true; if [ -f '{store}' ]; then cat '{store}'; else echo 'credentials not found in native keychain'; exit 1; fi ;;\n\
+         erase) rm -f '{store}' ;;\n\
+         *) exit 1 ;;\nesac\n",
+        store = store_file.display()
+    );
+    let helper = bin.join(format!("docker-credential-{name}"));
+    std::fs::write(&helper, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+#[test]
+fn token_auth_registry_with_a_credential_helper() {
+    let registry = RegistryServer::start_token("bob", "builder").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (image, source) = seed(
+        &registry,
+        work.path(),
+        "kiln/tokened",
+        &small_layers(),
+        Some(("bob", "builder")),
+        None,
+    );
+    let mut kiln = Kiln::new(work.path());
+    kiln.extra_path = Some(write_credential_helper(work.path(), "kilntest"));
+    std::fs::write(
+        kiln.docker_config.join("config.json"),
+        r#"{"credsStore": "kilntest"}"#,
+    )
+    .unwrap();
+
+    // Anonymous pull is allowed by the token server.
+    kiln.ok(&["pull", &source]);
+    assert!(store_blobs(&kiln.root).contains(&image.digest));
+
+    // Push needs credentials: refused first, then login stores them through the helper.
+    let target = format!("{}/kiln/tokened-copy:v1", registry.host);
+    kiln.ok(&["tag", &source, &target]);
+    let out = kiln.run(&["push", &target]);
+    assert!(!out.status.success(), "anonymous push must fail");
+    let out = kiln.run_with_stdin(
+        &["login", "-u", "bob", "--password-stdin", &registry.host],
+        "builder\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stored = std::fs::read_to_string(work.path().join("helper-store.json")).unwrap();
+    assert!(
+        stored.contains("\"Username\":\"bob\"") && stored.contains(&registry.host),
+        "{stored}"
+    );
+    let config = std::fs::read_to_string(kiln.docker_config.join("config.json")).unwrap();
+    assert!(
+        !config.contains("auths"),
+        "the helper holds the secret, not config.json: {config}"
+    );
+
+    let stdout = kiln.ok(&["push", &target]);
+    assert!(stdout.contains(&image.digest), "{stdout}");
+    let raw = skopeo_raw_manifest(
+        &format!("docker://{target}"),
+        Some(("bob", "builder")),
+        None,
+    )
+    .unwrap();
+    assert_eq!(digest_of(&raw), image.digest);
+    let tokens = registry.token_server.as_ref().unwrap();
+    assert!(tokens.tokens_issued() > 0);
+
+    kiln.ok(&["logout", &registry.host]);
+    assert!(!work.path().join("helper-store.json").exists());
+}
+
+#[test]
+fn pull_killed_midway_then_pulled_again_completes_with_sound_blobs() {
+    let registry = RegistryServer::start_plain().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let layers = vec![
+        vec![TestFile::incompressible("big/one", 3_000_000, 11)],
+        vec![TestFile::incompressible("big/two", 3_000_000, 22)],
+        vec![TestFile::incompressible("big/three", 3_000_000, 33)],
+    ];
+    let (image, _) = seed(&registry, work.path(), "kiln/killed", &layers, None, None);
+    // Slow the downloads so the kill lands in the middle of one.
+    let proxy = FaultProxy::start(
+        registry.addr,
+        FaultPlan {
+            blob_chunk_delay: Some(Duration::from_millis(20)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let reference = format!("{}/kiln/killed:v1", proxy.host);
+    let kiln = Kiln::new(work.path());
+    let mut child = kiln
+        .command(&["pull", &reference])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until a blob is being written into ingest/, then kill -9.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ingest = kiln.root.join("ingest");
+    loop {
+        let busy = std::fs::read_dir(&ingest)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.metadata().map(|m| m.len() > 100_000).unwrap_or(false))
+            })
+            .unwrap_or(false);
+        if busy {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "pull ended before it could be killed"
+        );
+        assert!(Instant::now() < deadline, "no download started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial = store_blobs(&kiln.root);
+    let all = image.all_digests();
+    assert!(
+        all.iter().any(|d| !partial.contains(d)),
+        "the pull was cut short"
+    );
+
+    proxy.set_plan(FaultPlan::default());
+    kiln.ok(&["pull", &reference]);
+    let blobs = store_blobs(&kiln.root);
+    for digest in &all {
+        assert!(
+            blobs.contains(digest),
+            "{digest} present after the second pull"
+        );
+    }
+}
