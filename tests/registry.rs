@@ -447,3 +447,32 @@ fn pull_killed_midway_then_pulled_again_completes_with_sound_blobs() {
         );
     }
 }
+
+#[test]
+fn two_pulls_at_once_into_one_store_both_succeed() {
+    let registry = RegistryServer::start_plain().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let layers = vec![
+        vec![TestFile::incompressible("a", 1_000_000, 5)],
+        vec![TestFile::incompressible("b", 1_000_000, 6)],
+    ];
+    let (image, source) = seed(&registry, work.path(), "kiln/twice", &layers, None, None);
+    let kiln = Kiln::new(work.path());
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            kiln.command(&["pull", &source])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let blobs = store_blobs(&kiln.root);
+    for digest in image.all_digests() {
+        assert!(blobs.contains(&digest), "{digest}");
+    }
+}

@@ -462,6 +462,12 @@ async fn server_errors_and_rate_limits_are_retried() {
                 path_contains: "/blobs/".into(),
             },
             StatusFault {
+                status: 500,
+                times: 1,
+                retry_after: None,
+                path_contains: "/blobs/".into(),
+            },
+            StatusFault {
                 status: 429,
                 times: 1,
                 retry_after: Some(1),
@@ -483,7 +489,7 @@ async fn server_errors_and_rate_limits_are_retried() {
         .await
         .unwrap();
     assert_eq!(sink, blob);
-    assert_eq!(proxy.statuses_injected(), 3);
+    assert_eq!(proxy.statuses_injected(), 4);
 
     // More failures than retries: the error names the status and blob.
     proxy.set_plan(FaultPlan {

@@ -322,7 +322,8 @@ async fn fetch_blob(
     let writer = store.ingest(Some(desc.clone())).map_err(store_err)?;
     let digest = registry_digest(&desc.digest)?;
     let mut sink = ProgressWriter {
-        inner: writer,
+        // Network chunks are small; write the ingest file in large pieces.
+        inner: std::io::BufWriter::with_capacity(1 << 20, writer),
         reporter,
         id: id.clone(),
         written: 0,
@@ -350,7 +351,16 @@ async fn fetch_blob(
         }
     };
     reporter.progress(&id, bytes);
-    match sink.inner.commit() {
+    let writer = match sink.inner.into_inner() {
+        Ok(writer) => writer,
+        Err(err) => {
+            let cause =
+                kiln_layers::Error::io("write", format!("ingest of {id}"), err.into_error());
+            reporter.done(&id, Outcome::Failed(cause.to_string()));
+            return Err(store_err(cause));
+        }
+    };
+    match writer.commit() {
         Ok(_) => {
             reporter.done(&id, Outcome::Done);
             Ok(Some(bytes))
