@@ -83,13 +83,11 @@ fn parse(format: ParseFormat, file: &PathBuf) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
+    for warning in &dockerfile.warnings {
+        eprintln!("warning: {}:{}: {}", name, warning.line, warning.message);
+    }
     match format {
-        ParseFormat::Buildkit => {
-            print!("{}", kiln_parser::dump_buildkit(&dockerfile));
-            for warning in &dockerfile.warnings {
-                eprintln!("warning: {}:{}: {}", name, warning.line, warning.message);
-            }
-        }
+        ParseFormat::Buildkit => print!("{}", kiln_parser::dump_buildkit(&dockerfile)),
         ParseFormat::Json => {
             let typed = match kiln_parser::instructions::from_ast(&dockerfile) {
                 Ok(typed) => typed,
