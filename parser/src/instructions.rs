@@ -71,6 +71,9 @@ pub struct Meta {
     pub flags: Vec<String>,
     /// Comment lines right above the instruction.
     pub comments: Vec<String>,
+    /// Lines of empty continuation lines inside the instruction (for the
+    /// `NoEmptyContinuation` lint).
+    pub empty_continuation_lines: Vec<usize>,
 }
 
 /// One build stage: a FROM and the instructions after it.
@@ -460,6 +463,7 @@ impl Ctx<'_> {
             original: self.node.original.clone(),
             flags: self.node.flags.clone(),
             comments: self.node.comments.clone(),
+            empty_continuation_lines: self.node.empty_continuation_lines.clone(),
         }
     }
 
