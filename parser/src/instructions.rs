@@ -682,7 +682,8 @@ impl Ctx<'_> {
                             ErrorKind::Instruction(
                                 "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed".into(),
                             ),
-                            &child.keyword,
+                            // The trigger text starts at the second ONBUILD.
+                            &child.original,
                         ))
                     }
                     "MAINTAINER" | "FROM" => {
