@@ -443,7 +443,7 @@ struct CacheFile {
 const CACHE_VERSION: u32 = 1;
 
 /// `(absolute path, size, mtime, inode) → sha256` of context files, kept in
-/// `<store>/cache/context-stats.json` between builds.
+/// `<store>/cache/context-stats.v1` between builds.
 #[derive(Debug)]
 pub struct StatCache {
     file: PathBuf,
@@ -455,7 +455,7 @@ impl StatCache {
     /// Opens the cache of the store at `store_root`; a missing or unreadable
     /// (e.g. older format) cache starts empty.
     pub fn open(store_root: &Path) -> Result<Self, ContextError> {
-        let file = store_root.join("cache").join("context-stats.json");
+        let file = store_root.join("cache").join("context-stats.v1");
         let entries = match std::fs::read(&file) {
             Ok(bytes) => serde_json::from_slice::<CacheFile>(&bytes)
                 .ok()

@@ -15,4 +15,5 @@ pub mod modes;
 pub mod plan;
 pub mod rootfs;
 pub mod run_argv;
+pub mod solve;
 pub mod users;

@@ -68,7 +68,7 @@ fn stat_cache_skips_unchanged_files_and_persists() {
     let first = BuildContext::load(ctx_dir.path(), &none, Some(&mut cache)).unwrap();
     assert_eq!(first.stats().files_read, 5);
     cache.save().unwrap();
-    assert!(store.path().join("cache/context-stats.json").is_file());
+    assert!(store.path().join("cache/context-stats.v1").is_file());
 
     // A new process: the cache comes back from disk.
     let mut cache = StatCache::open(store.path()).unwrap();

@@ -1,0 +1,770 @@
+//! The back half of a build: executing a [`Plan`] against the store.
+//!
+//! Stages whose dependencies are done run in parallel (one thread each);
+//! inside a stage the steps run in order. Each step gets an empty upper dir
+//! over its parent's snapshots: RUN runs in the embedded runtime on that
+//! overlay, COPY/ADD and WORKDIR write into it with [`crate::copy`]. The
+//! upper dir is then diffed into a layer blob (overlay whiteouts become OCI
+//! ones) and kept as the next snapshot, named by its chain id. A step whose
+//! cache key has a record in the store reuses that layer and snapshot
+//! without running anything; an upper dir left empty makes no layer (its
+//! history entry says `empty_layer`, as BuildKit's exporter does).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use kiln_layers::diff::{write_layer, DiffOptions};
+use kiln_layers::oci::{rfc3339, Descriptor, ImageConfig, Platform};
+use kiln_layers::store::{CacheRecord, Image};
+use kiln_layers::{Compression, Digest, Reference, Reporter, Store};
+use kiln_runtime::{BindMount, HelperCommand, Network, RunSpec, UpperDir};
+
+use crate::context::BuildContext;
+use crate::copy::{self, CopyOptions, UrlFetcher};
+use crate::modes::Chmod;
+use crate::plan::{
+    BaseSource, CopyFrom, CopyStep, ImageResolver, Plan, ResolvedImage, RunStep, Step, StepKind,
+};
+use crate::rootfs::{DirTree, LayeredRootfs, SourceTree};
+use crate::users::ChownSpec;
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SolveError {
+    #[error("line {line}: {instruction}: process exited with code {code}")]
+    RunFailed {
+        line: usize,
+        instruction: String,
+        code: i32,
+    },
+    #[error("line {line}: {instruction}: {message}")]
+    Step {
+        line: usize,
+        instruction: String,
+        message: String,
+    },
+    #[error("store: {0}")]
+    Store(#[from] kiln_layers::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("base image {0} was not resolved")]
+    Unresolved(String),
+    #[error("stage {0} failed before it finished")]
+    StageMissing(usize),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SolveError + '_ {
+    move |source| SolveError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Pulls an image the store lacks; returns its manifest (or index)
+/// descriptor. The CLI provides it (the builder speaks no HTTP).
+pub type PullFn<'a> = dyn Fn(&Reference, &Platform) -> Result<Descriptor, String> + Sync + 'a;
+
+/// Resolves base images from the store, pulling what is missing.
+pub struct StoreResolver<'a> {
+    store: &'a Store,
+    pull: Option<&'a PullFn<'a>>,
+    images: Mutex<BTreeMap<String, Image>>,
+}
+
+impl<'a> StoreResolver<'a> {
+    pub fn new(store: &'a Store, pull: Option<&'a PullFn<'a>>) -> Self {
+        StoreResolver {
+            store,
+            pull,
+            images: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn image(&self, reference: &str) -> Option<Image> {
+        self.images.lock().ok()?.get(reference).cloned()
+    }
+}
+
+impl ImageResolver for StoreResolver<'_> {
+    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
+        let parsed = Reference::parse(reference).map_err(|e| e.to_string())?;
+        let desc = match self.store.resolve(&parsed).map_err(|e| e.to_string())? {
+            Some(d) => d,
+            None => match self.pull {
+                Some(pull) => pull(&parsed, platform)?,
+                None => return Err(format!("{parsed} is not in the local store")),
+            },
+        };
+        let image = self
+            .store
+            .read_image(&desc, platform)
+            .map_err(|e| e.to_string())?;
+        let name = parsed.to_string();
+        let resolved = ResolvedImage {
+            reference: name.clone(),
+            digest: Some(image.manifest_descriptor.digest.to_string()),
+            config: image.config.clone(),
+        };
+        if let Ok(mut images) = self.images.lock() {
+            images.insert(name, image);
+        }
+        Ok(resolved)
+    }
+}
+
+/// Build progress, for the CLI to draw.
+pub trait BuildEvents: Sync {
+    /// A step starts (`number` of `total` in its stage).
+    fn step_started(&self, stage: &str, number: usize, total: usize, instruction: &str);
+    /// A step ended: `cached` when its layer came from the build cache.
+    fn step_done(&self, stage: &str, instruction: &str, cached: bool, seconds: f64);
+}
+
+/// Prints nothing.
+pub struct NoEvents;
+
+impl BuildEvents for NoEvents {
+    fn step_started(&self, _: &str, _: usize, _: usize, _: &str) {}
+    fn step_done(&self, _: &str, _: &str, _: bool, _: f64) {}
+}
+
+/// How to build.
+pub struct SolveOptions<'a> {
+    /// Ignore the build cache (results are still recorded).
+    pub no_cache: bool,
+    pub compression: Compression,
+    /// Clamps file mtimes in layers and sets every `created` time.
+    pub source_date_epoch: Option<i64>,
+    /// RUN's network unless it says `--network=none|host`.
+    pub network: Network,
+    /// How the runtime re-executes kiln as its helper.
+    pub helper: HelperCommand,
+    /// Fetches ADD URLs.
+    pub fetcher: Option<&'a (dyn UrlFetcher + Sync)>,
+    pub events: &'a dyn BuildEvents,
+    pub reporter: &'a dyn Reporter,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct BuiltImage {
+    /// The manifest written to the store (not tagged).
+    pub manifest: Descriptor,
+    pub config: ImageConfig,
+    pub layers: Vec<Descriptor>,
+    /// The target stage's snapshots, bottom first (its root filesystem).
+    pub snapshots: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+struct StageOutput {
+    layers: Vec<(Descriptor, Digest)>,
+    /// Bottom first.
+    snapshots: Vec<PathBuf>,
+    /// History with `created` and `empty_layer` settled.
+    history: Vec<kiln_layers::oci::History>,
+}
+
+impl StageOutput {
+    fn chain(&self) -> Option<Digest> {
+        let diff_ids: Vec<Digest> = self.layers.iter().map(|(_, d)| d.clone()).collect();
+        kiln_layers::chain_ids(&diff_ids).pop()
+    }
+
+    fn lowers_top_first(&self) -> Vec<PathBuf> {
+        self.snapshots.iter().rev().cloned().collect()
+    }
+}
+
+static UNIQUE: AtomicU64 = AtomicU64::new(0);
+
+fn unique_name(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs the plan's needed stages and writes the target's image to the
+/// store (untagged: the caller tags it). Cache keys must have been computed
+/// ([`crate::plan::compute_cache_keys`]).
+pub fn solve(
+    store: &Store,
+    plan: &Plan,
+    context: &BuildContext,
+    resolver: &StoreResolver<'_>,
+    opts: &SolveOptions<'_>,
+) -> Result<BuiltImage, SolveError> {
+    let _lease = store.lease()?;
+    let work = store.root().join("builds").join(unique_name("build"));
+    std::fs::create_dir_all(&work).map_err(io_err(&work))?;
+    let result = solve_in(store, plan, context, resolver, opts, &work);
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn solve_in(
+    store: &Store,
+    plan: &Plan,
+    context: &BuildContext,
+    resolver: &StoreResolver<'_>,
+    opts: &SolveOptions<'_>,
+    work: &Path,
+) -> Result<BuiltImage, SolveError> {
+    let outputs: Mutex<BTreeMap<usize, StageOutput>> = Mutex::new(BTreeMap::new());
+    let mut remaining: Vec<usize> = plan.order.clone();
+    while !remaining.is_empty() {
+        let done: Vec<usize> = outputs
+            .lock()
+            .map(|o| o.keys().copied().collect())
+            .unwrap_or_default();
+        let (ready, waiting): (Vec<usize>, Vec<usize>) = remaining
+            .iter()
+            .partition(|s| plan.stages[**s].deps.iter().all(|d| done.contains(d)));
+        if ready.is_empty() {
+            return Err(SolveError::StageMissing(waiting[0]));
+        }
+        let results: Vec<Result<(), SolveError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ready
+                .iter()
+                .map(|&index| {
+                    let outputs = &outputs;
+                    scope.spawn(move || {
+                        let deps: BTreeMap<usize, StageOutput> =
+                            outputs.lock().map(|o| o.clone()).unwrap_or_default();
+                        let out =
+                            run_stage(store, plan, index, context, resolver, opts, work, &deps)?;
+                        if let Ok(mut o) = outputs.lock() {
+                            o.insert(index, out);
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(SolveError::Step {
+                            line: 0,
+                            instruction: String::new(),
+                            message: "a build thread panicked".into(),
+                        })
+                    })
+                })
+                .collect()
+        });
+        for r in results {
+            r?;
+        }
+        remaining = waiting;
+    }
+    let outputs = outputs.into_inner().unwrap_or_default();
+    let target = outputs
+        .get(&plan.target)
+        .ok_or(SolveError::StageMissing(plan.target))?;
+    let sp = &plan.stages[plan.target];
+    let mut config = sp.image.clone();
+    config.rootfs.diff_ids = target.layers.iter().map(|(_, d)| d.clone()).collect();
+    config.history = target.history.clone();
+    config.created = Some(rfc3339(opts.source_date_epoch.unwrap_or_else(now_secs)));
+    let layers: Vec<Descriptor> = target.layers.iter().map(|(d, _)| d.clone()).collect();
+    let manifest = store.write_image(&config, &layers)?;
+    Ok(BuiltImage {
+        manifest,
+        config,
+        layers,
+        snapshots: target.snapshots.clone(),
+    })
+}
+
+fn stage_label(plan: &Plan, index: usize) -> String {
+    let sp = &plan.stages[index];
+    match &sp.name {
+        Some(n) => n.clone(),
+        None => format!("stage-{index}"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_stage(
+    store: &Store,
+    plan: &Plan,
+    index: usize,
+    context: &BuildContext,
+    resolver: &StoreResolver<'_>,
+    opts: &SolveOptions<'_>,
+    work: &Path,
+    deps: &BTreeMap<usize, StageOutput>,
+) -> Result<StageOutput, SolveError> {
+    let sp = &plan.stages[index];
+    let label = stage_label(plan, index);
+    let created = rfc3339(opts.source_date_epoch.unwrap_or_else(now_secs));
+    let mut out = match &sp.base {
+        BaseSource::Scratch => StageOutput {
+            layers: Vec::new(),
+            snapshots: Vec::new(),
+            history: Vec::new(),
+        },
+        BaseSource::Stage(i) => deps.get(i).cloned().ok_or(SolveError::StageMissing(*i))?,
+        BaseSource::Image { reference, .. } => {
+            let image = resolver
+                .image(reference)
+                .ok_or_else(|| SolveError::Unresolved(reference.clone()))?;
+            let snapshots = store.prepare_snapshots(&image, opts.reporter)?;
+            StageOutput {
+                layers: image.layers()?,
+                snapshots,
+                history: image.config.history.clone(),
+            }
+        }
+    };
+    // The plan's history from here on: entries after the base's.
+    let planned_history = &sp.image.history;
+    let mut history = out.history.clone();
+    history.truncate(sp.base_history);
+    let mut empty_steps: Vec<usize> = Vec::new();
+    let total = sp.steps.len();
+    for (n, step) in sp.steps.iter().enumerate() {
+        opts.events
+            .step_started(&label, n + 1, total, &step.instruction);
+        let started = Instant::now();
+        let cached = run_step(
+            store,
+            plan,
+            step,
+            context,
+            resolver,
+            opts,
+            work,
+            deps,
+            &mut out,
+            &mut empty_steps,
+        )?;
+        opts.events.step_done(
+            &label,
+            &step.instruction,
+            cached,
+            started.elapsed().as_secs_f64(),
+        );
+    }
+    for (i, entry) in planned_history.iter().enumerate().skip(sp.base_history) {
+        let mut entry = entry.clone();
+        if entry.created.is_none() {
+            entry.created = Some(created.clone());
+        }
+        if empty_steps.contains(&i) {
+            entry.empty_layer = Some(true);
+        }
+        history.push(entry);
+    }
+    out.history = history;
+    Ok(out)
+}
+
+/// Runs (or reuses) one step; returns whether it came from the cache.
+#[allow(clippy::too_many_arguments)]
+fn run_step(
+    store: &Store,
+    plan: &Plan,
+    step: &Step,
+    context: &BuildContext,
+    resolver: &StoreResolver<'_>,
+    opts: &SolveOptions<'_>,
+    work: &Path,
+    deps: &BTreeMap<usize, StageOutput>,
+    out: &mut StageOutput,
+    empty_steps: &mut Vec<usize>,
+) -> Result<bool, SolveError> {
+    let step_err = |message: String| SolveError::Step {
+        line: step.line,
+        instruction: step.instruction.clone(),
+        message,
+    };
+    let key = match &step.cache_key {
+        Some(k) => Some(Digest::parse(k).map_err(|e| step_err(e.to_string()))?),
+        None => None,
+    };
+    if let (Some(key), false) = (&key, opts.no_cache) {
+        if let Some(record) = store.cache_get(key)? {
+            if reuse(store, &record, out, opts, step.history_index, empty_steps)? {
+                tracing::info!("line {}: CACHED {}", step.line, step.instruction);
+                return Ok(true);
+            }
+        }
+    }
+    let dir = work.join(unique_name("step"));
+    let upper = dir.join("upper");
+    std::fs::create_dir_all(&upper).map_err(io_err(&upper))?;
+    let rootfs = LayeredRootfs::new(&upper, out.lowers_top_first());
+    match &step.kind {
+        StepKind::Run(r) => execute_run(store, step, r, &rootfs, context, opts, &dir)?,
+        StepKind::Copy(c) => execute_copy(
+            store, plan, step, c, &rootfs, context, resolver, opts, &dir, deps,
+        )?,
+        StepKind::Workdir(w) => {
+            let owner = match &w.user {
+                Some(u) => Some(
+                    ChownSpec::parse(u)
+                        .resolve(&rootfs)
+                        .map_err(|e| step_err(e.to_string()))?,
+                ),
+                None => None,
+            };
+            copy::mkdir_all(&rootfs, &w.path, 0o755, owner, None)
+                .map_err(|e| step_err(e.to_string()))?;
+        }
+    }
+    let is_empty = std::fs::read_dir(&upper)
+        .map_err(io_err(&upper))?
+        .next()
+        .is_none();
+    let record = if is_empty {
+        empty_steps.push(step.history_index);
+        CacheRecord {
+            blobs: Vec::new(),
+            chain_id: out.chain(),
+            data: serde_json::json!({ "empty": true }),
+        }
+    } else {
+        let diff_options = DiffOptions {
+            source_date_epoch: opts.source_date_epoch,
+            overlay_whiteouts: true,
+        };
+        let blob = write_layer(
+            store,
+            &upper,
+            opts.compression,
+            &diff_options,
+            opts.reporter,
+        )?;
+        let chain = match out.chain() {
+            None => blob.diff_id.clone(),
+            Some(parent) => Digest::of(format!("{parent} {}", blob.diff_id).as_bytes()),
+        };
+        let snapshot = store.snapshot_path(&chain);
+        if !snapshot.is_dir() {
+            // The upper dir already has overlay whiteouts: it is the snapshot.
+            if let Some(parent) = snapshot.parent() {
+                std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+            }
+            if std::fs::rename(&upper, &snapshot).is_err() && !snapshot.is_dir() {
+                store.unpack_snapshot(
+                    &blob.descriptor,
+                    &blob.diff_id,
+                    &chain,
+                    out.lowers_top_first(),
+                    opts.reporter,
+                )?;
+            }
+        }
+        out.layers
+            .push((blob.descriptor.clone(), blob.diff_id.clone()));
+        out.snapshots.push(snapshot);
+        CacheRecord {
+            blobs: vec![blob.descriptor.digest.clone()],
+            chain_id: Some(chain),
+            data: serde_json::json!({
+                "diff_id": blob.diff_id.to_string(),
+                "media_type": blob.descriptor.media_type,
+                "size": blob.descriptor.size,
+            }),
+        }
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(key) = key {
+        store.cache_put(&key, &record)?;
+    }
+    Ok(false)
+}
+
+/// Applies a cache record; false if it cannot be used (then the step runs).
+fn reuse(
+    store: &Store,
+    record: &CacheRecord,
+    out: &mut StageOutput,
+    opts: &SolveOptions<'_>,
+    history_index: usize,
+    empty_steps: &mut Vec<usize>,
+) -> Result<bool, SolveError> {
+    if record.data.get("empty").and_then(|v| v.as_bool()) == Some(true) {
+        empty_steps.push(history_index);
+        return Ok(true);
+    }
+    let (Some(layer), Some(diff_id), Some(media_type), Some(size)) = (
+        record.blobs.first(),
+        record.data.get("diff_id").and_then(|v| v.as_str()),
+        record.data.get("media_type").and_then(|v| v.as_str()),
+        record.data.get("size").and_then(|v| v.as_u64()),
+    ) else {
+        return Ok(false);
+    };
+    let Ok(diff_id) = Digest::parse(diff_id) else {
+        return Ok(false);
+    };
+    let descriptor = Descriptor::new(media_type, layer.clone(), size);
+    let chain = match out.chain() {
+        None => diff_id.clone(),
+        Some(parent) => Digest::of(format!("{parent} {diff_id}").as_bytes()),
+    };
+    let snapshot = store.snapshot_path(&chain);
+    if !snapshot.is_dir() {
+        store.unpack_snapshot(
+            &descriptor,
+            &diff_id,
+            &chain,
+            out.lowers_top_first(),
+            opts.reporter,
+        )?;
+    }
+    out.layers.push((descriptor, diff_id));
+    out.snapshots.push(snapshot);
+    Ok(true)
+}
+
+fn execute_run(
+    store: &Store,
+    step: &Step,
+    r: &RunStep,
+    rootfs: &LayeredRootfs,
+    context: &BuildContext,
+    opts: &SolveOptions<'_>,
+    dir: &Path,
+) -> Result<(), SolveError> {
+    let step_err = |message: String| SolveError::Step {
+        line: step.line,
+        instruction: step.instruction.clone(),
+        message,
+    };
+    let mut mounts = Vec::new();
+    if let Some(script) = &r.script {
+        let pipes = dir.join("pipes");
+        std::fs::create_dir_all(&pipes).map_err(io_err(&pipes))?;
+        let path = pipes.join(&script.name);
+        std::fs::write(&path, &script.data).map_err(io_err(&path))?;
+        crate::rootfs::set_mode(&path, 0o755).map_err(|e| step_err(e.to_string()))?;
+        mounts.push(BindMount {
+            source: path,
+            target: PathBuf::from(format!("/dev/pipes/{}", script.name)),
+            read_only: true,
+        });
+    }
+    for spec in &r.mounts {
+        mounts.push(run_mount(store, spec, context, &r.workdir).map_err(step_err)?);
+    }
+    let network = match r.network.as_deref() {
+        Some("none") => Network::None,
+        Some("host") => Network::Host,
+        _ => opts.network,
+    };
+    let mut spec = RunSpec::new(
+        rootfs.lowers().iter().rev().cloned().collect(),
+        dir.join("state"),
+        r.argv.clone(),
+    );
+    spec.upper = UpperDir::Keep(rootfs.upper().to_path_buf());
+    spec.env = r.env.clone();
+    spec.cwd = r.workdir.clone();
+    spec.user = r.user.clone();
+    spec.hostname = "buildkitsandbox".to_string();
+    spec.network = network;
+    spec.mounts = mounts;
+    spec.image = format!("stage {}", step.stage);
+    let status = kiln_runtime::run(spec, &opts.helper).map_err(|e| step_err(e.to_string()))?;
+    if !status.success() {
+        return Err(SolveError::RunFailed {
+            line: step.line,
+            instruction: step.instruction.clone(),
+            code: status.code(),
+        });
+    }
+    Ok(())
+}
+
+/// `RUN --mount=...`: `type=cache` (a persistent directory in the store)
+/// and `type=bind` from the build context are supported.
+fn run_mount(
+    store: &Store,
+    spec: &str,
+    context: &BuildContext,
+    workdir: &str,
+) -> Result<BindMount, String> {
+    let mut fields: BTreeMap<String, String> = BTreeMap::new();
+    for part in spec.split(',') {
+        match part.split_once('=') {
+            Some((k, v)) => fields.insert(k.trim().to_ascii_lowercase(), v.trim().to_string()),
+            None => fields.insert(part.trim().to_ascii_lowercase(), "true".to_string()),
+        };
+    }
+    let kind = fields.get("type").map(String::as_str).unwrap_or("bind");
+    let target = fields
+        .get("target")
+        .or_else(|| fields.get("dst"))
+        .or_else(|| fields.get("destination"))
+        .ok_or_else(|| format!("--mount={spec}: no target"))?;
+    let target = crate::plan::normalize_workdir(workdir, target);
+    let flag = |name: &str| {
+        fields
+            .get(name)
+            .is_some_and(|v| v == "true" || v.is_empty())
+    };
+    match kind {
+        "cache" => {
+            let id = fields.get("id").cloned().unwrap_or_else(|| target.clone());
+            let name = crate::context::hex(&<sha2::Sha256 as sha2::Digest>::digest(id.as_bytes()));
+            let source = store.root().join("cache-mounts").join(name);
+            std::fs::create_dir_all(&source).map_err(|e| format!("{}: {e}", source.display()))?;
+            Ok(BindMount {
+                source,
+                target: PathBuf::from(target),
+                read_only: flag("ro") || flag("readonly"),
+            })
+        }
+        "bind" if !fields.contains_key("from") => {
+            let source = fields
+                .get("source")
+                .or_else(|| fields.get("src"))
+                .cloned()
+                .unwrap_or_default();
+            let rel = crate::rootfs::clean_rel(&source);
+            let resolved =
+                crate::rootfs::resolve(context, &rel, true).map_err(|e| e.to_string())?;
+            if !context.contains(&resolved) {
+                return Err(format!(
+                    "--mount={spec}: {source} is not in the build context"
+                ));
+            }
+            Ok(BindMount {
+                source: context.host_path(&resolved),
+                target: PathBuf::from(target),
+                read_only: !(flag("rw") || flag("readwrite")),
+            })
+        }
+        other => Err(format!(
+            "--mount type={other}{} is not supported by kiln yet",
+            if fields.contains_key("from") {
+                " with from="
+            } else {
+                ""
+            }
+        )),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn execute_copy(
+    store: &Store,
+    plan: &Plan,
+    step: &Step,
+    c: &CopyStep,
+    rootfs: &LayeredRootfs,
+    context: &BuildContext,
+    resolver: &StoreResolver<'_>,
+    opts: &SolveOptions<'_>,
+    dir: &Path,
+    deps: &BTreeMap<usize, StageOutput>,
+) -> Result<(), SolveError> {
+    let step_err = |message: String| SolveError::Step {
+        line: step.line,
+        instruction: step.instruction.clone(),
+        message,
+    };
+    let _ = plan;
+    let chown = match &c.chown {
+        Some(spec) => Some(
+            ChownSpec::parse(spec)
+                .resolve(rootfs)
+                .map_err(|e| step_err(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let chmod = match &c.chmod {
+        Some(text) => Some(Chmod::parse(text).map_err(|e| step_err(e.to_string()))?),
+        None => None,
+    };
+    let empty_upper = dir.join("source-upper");
+    std::fs::create_dir_all(&empty_upper).map_err(io_err(&empty_upper))?;
+    let stage_tree;
+    let image_tree;
+    let source: &dyn SourceTree = match &c.from {
+        CopyFrom::Context => context,
+        CopyFrom::Stage(i) => {
+            let output = deps.get(i).ok_or(SolveError::StageMissing(*i))?;
+            stage_tree = LayeredRootfs::new(&empty_upper, output.lowers_top_first());
+            &stage_tree
+        }
+        CopyFrom::Image(reference) => {
+            let platform = Platform {
+                architecture: plan.stages[step.stage].image.architecture.clone(),
+                os: plan.stages[step.stage].image.os.clone(),
+                os_version: None,
+                os_features: None,
+                variant: plan.stages[step.stage].image.variant.clone(),
+            };
+            let resolved = resolver.resolve(reference, &platform).map_err(step_err)?;
+            let image = resolver
+                .image(&resolved.reference)
+                .ok_or_else(|| SolveError::Unresolved(reference.clone()))?;
+            let snapshots = store.prepare_snapshots(&image, opts.reporter)?;
+            image_tree = LayeredRootfs::new(&empty_upper, snapshots.into_iter().rev().collect());
+            &image_tree
+        }
+    };
+    for (n, src) in c.sources.iter().enumerate() {
+        if src.starts_with("http://") || src.starts_with("https://") {
+            if !c.is_add {
+                return Err(step_err("source can't be a URL for COPY".into()));
+            }
+            let fetcher = opts
+                .fetcher
+                .ok_or_else(|| step_err(format!("{src}: no URL fetcher configured")))?;
+            let fetch_dir = dir.join(format!("url-{n}"));
+            std::fs::create_dir_all(&fetch_dir).map_err(io_err(&fetch_dir))?;
+            let name = copy::fetch_url(fetcher, src, c.checksum.as_deref(), &fetch_dir)
+                .map_err(|e| step_err(e.to_string()))?;
+            let mut o = CopyOptions::single_file();
+            o.chown = chown;
+            o.chmod = chmod.clone();
+            o.attempt_unpack = c.unpack.unwrap_or(false);
+            copy::copy(&DirTree::new(&fetch_dir), &name, rootfs, &c.dest, &o)
+                .map_err(|e| step_err(e.to_string()))?;
+            continue;
+        }
+        let mut o = CopyOptions::dockerfile_copy(c.is_add);
+        o.attempt_unpack = c.is_add && c.unpack.unwrap_or(true);
+        o.chown = chown;
+        o.chmod = chmod.clone();
+        o.exclude_patterns = c.exclude.clone();
+        copy::copy(source, src, rootfs, &c.dest, &o).map_err(|e| step_err(e.to_string()))?;
+    }
+    for (n, doc) in c.inline.iter().enumerate() {
+        let doc_dir = dir.join(format!("heredoc-{n}"));
+        std::fs::create_dir_all(&doc_dir).map_err(io_err(&doc_dir))?;
+        copy::write_heredoc(&doc_dir, &doc.name, &doc.data).map_err(|e| step_err(e.to_string()))?;
+        let mut o = CopyOptions::single_file();
+        o.chown = chown;
+        o.chmod = chmod.clone();
+        copy::copy(&DirTree::new(&doc_dir), &doc.name, rootfs, &c.dest, &o)
+            .map_err(|e| step_err(e.to_string()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,282 @@
+//! End-to-end builds with the real runtime (namespaces, overlay) and a real
+//! store: a busybox base image imported into a temp store, Dockerfiles
+//! built, layers read back from the store and checked. Needs root and
+//! busybox-static (scripts/setup installs it).
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use kiln_builder::context::BuildContext;
+use kiln_builder::dockerignore::PatternMatcher;
+use kiln_builder::plan::{compute_cache_keys, plan, BuildOptions};
+use kiln_builder::solve::{
+    solve, BuildEvents, BuiltImage, SolveError, SolveOptions, StoreResolver,
+};
+use kiln_layers::import::{import_rootfs, ImportOptions};
+use kiln_layers::{Compression, NoProgress, Platform, Reference, Store};
+use kiln_runtime::{HelperCommand, Network};
+
+fn busybox() -> PathBuf {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .expect("busybox-static is needed (scripts/setup installs it)")
+}
+
+/// A store with `busybox:test`: static busybox, its applets, /etc files.
+fn store_with_busybox(dir: &Path) -> Store {
+    let root = dir.join("rootfs");
+    for d in ["bin", "etc", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(busybox(), root.join("bin/busybox")).unwrap();
+    std::fs::set_permissions(
+        root.join("bin/busybox"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let list = std::process::Command::new(root.join("bin/busybox"))
+        .arg("--list")
+        .output()
+        .unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" && !applet.contains('/') {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+    std::fs::write(root.join("etc/motd"), "welcome\n").unwrap();
+    let options = kiln_layers::diff::DiffOptions {
+        source_date_epoch: Some(1_600_000_000),
+        overlay_whiteouts: false,
+    };
+    let tar = kiln_layers::diff::write_tar(&root, Vec::new(), &options).unwrap();
+    let store = Store::open(dir.join("store")).unwrap();
+    let mut import = ImportOptions::new("busybox-test");
+    import.platform = Platform::parse("linux/amd64").unwrap();
+    import.created = 1_600_000_000;
+    import.changes = vec![
+        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        "CMD [\"sh\"]".into(),
+    ];
+    let desc = import_rootfs(&store, &tar[..], &import, &NoProgress).unwrap();
+    store
+        .tag(&Reference::parse("busybox:test").unwrap(), &desc)
+        .unwrap();
+    store
+}
+
+#[derive(Default)]
+struct Events(Mutex<Vec<(String, bool)>>);
+
+impl BuildEvents for Events {
+    fn step_started(&self, _: &str, _: usize, _: usize, _: &str) {}
+    fn step_done(&self, _: &str, instruction: &str, cached: bool, _: f64) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((instruction.to_string(), cached));
+    }
+}
+
+fn build(
+    store: &Store,
+    context: &Path,
+    dockerfile: &str,
+    events: &Events,
+) -> Result<BuiltImage, SolveError> {
+    let typed =
+        kiln_parser::instructions::from_ast(&kiln_parser::parse(dockerfile, "Dockerfile").unwrap())
+            .unwrap();
+    let opts = BuildOptions {
+        target_platform: Platform::parse("linux/amd64").unwrap(),
+        build_platform: Platform::parse("linux/amd64").unwrap(),
+        ..Default::default()
+    };
+    let resolver = StoreResolver::new(store, None);
+    let mut p = plan(&typed, &opts, &resolver).unwrap();
+    let ctx = BuildContext::load(
+        context,
+        &PatternMatcher::new(Vec::<String>::new()).unwrap(),
+        None,
+    )
+    .unwrap();
+    compute_cache_keys(&mut p, Some(&ctx)).unwrap();
+    let solve_opts = SolveOptions {
+        no_cache: false,
+        compression: Compression::Gzip,
+        source_date_epoch: Some(1_700_000_000),
+        network: Network::None,
+        helper: HelperCommand {
+            program: PathBuf::from(env!("CARGO_BIN_EXE_kiln-builder-test-helper")),
+            args: vec!["__runtime-helper".into()],
+        },
+        fetcher: None,
+        events,
+        reporter: &NoProgress,
+    };
+    solve(store, &p, &ctx, &resolver, &solve_opts)
+}
+
+/// Each layer's entries: path → (kind char, content for small files).
+fn layer_entries(store: &Store, image: &BuiltImage, index: usize) -> Vec<(String, char, String)> {
+    let blob = store.open_blob(&image.layers[index].digest).unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(blob));
+    let mut out = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().display().to_string();
+        let kind = match entry.header().entry_type() {
+            tar::EntryType::Directory => 'd',
+            tar::EntryType::Symlink => 'l',
+            tar::EntryType::Link => 'h',
+            _ => 'f',
+        };
+        let mut content = String::new();
+        if kind == 'f' && entry.size() < 100 {
+            entry.read_to_string(&mut content).unwrap();
+        }
+        out.push((path, kind, content));
+    }
+    out
+}
+
+const DOCKERFILE: &str = r#"FROM busybox:test AS base
+RUN echo built > /built.txt && rm /etc/motd
+
+FROM base
+WORKDIR /app
+COPY hello.txt ./
+ARG GREETING=hi
+RUN echo "$GREETING $(cat hello.txt)" > out.txt
+ENV K=v
+CMD ["cat", "/app/out.txt"]
+"#;
+
+#[test]
+fn multi_stage_build_layers_cache_and_reproducibility() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_busybox(dir.path());
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("hello.txt"), "hello").unwrap();
+
+    let events = Events::default();
+    let image = build(&store, &ctx, DOCKERFILE, &events).unwrap();
+    let config = image.config.config.clone().unwrap();
+    assert_eq!(
+        config.cmd,
+        Some(vec!["cat".to_string(), "/app/out.txt".to_string()])
+    );
+    assert_eq!(config.working_dir.as_deref(), Some("/app"));
+    assert!(config.env.unwrap().contains(&"K=v".to_string()));
+    // base + RUN + WORKDIR + COPY + RUN
+    assert_eq!(image.layers.len(), 5);
+    assert_eq!(image.config.rootfs.diff_ids.len(), 5);
+    let non_empty = image
+        .config
+        .history
+        .iter()
+        .filter(|h| h.empty_layer != Some(true))
+        .count();
+    assert_eq!(non_empty, 5, "{:#?}", image.config.history);
+    assert!(events.0.lock().unwrap().iter().all(|(_, cached)| !cached));
+
+    let run1 = layer_entries(&store, &image, 1);
+    assert!(
+        run1.contains(&("built.txt".into(), 'f', "built\n".into())),
+        "{run1:?}"
+    );
+    assert!(run1.iter().any(|(p, _, _)| p == "etc/.wh.motd"), "{run1:?}");
+    let copy = layer_entries(&store, &image, 3);
+    assert!(
+        copy.contains(&("app/hello.txt".into(), 'f', "hello".into())),
+        "{copy:?}"
+    );
+    let run2 = layer_entries(&store, &image, 4);
+    assert!(
+        run2.contains(&("app/out.txt".into(), 'f', "hi hello\n".into())),
+        "{run2:?}"
+    );
+
+    // Nothing changed: every step is a cache hit and the image is identical.
+    let events = Events::default();
+    let again = build(&store, &ctx, DOCKERFILE, &events).unwrap();
+    assert!(
+        events.0.lock().unwrap().iter().all(|(_, cached)| *cached),
+        "{:?}",
+        events.0.lock().unwrap()
+    );
+    assert_eq!(again.manifest.digest, image.manifest.digest);
+
+    // One context file changed: the COPY and what follows run again.
+    std::fs::write(ctx.join("hello.txt"), "HELLO").unwrap();
+    let events = Events::default();
+    let changed = build(&store, &ctx, DOCKERFILE, &events).unwrap();
+    let cached: Vec<bool> = events.0.lock().unwrap().iter().map(|(_, c)| *c).collect();
+    assert_eq!(cached, [true, true, false, false]);
+    let run2 = layer_entries(&store, &changed, 4);
+    assert!(
+        run2.contains(&("app/out.txt".into(), 'f', "hi HELLO\n".into())),
+        "{run2:?}"
+    );
+
+    // Another store, same inputs, SOURCE_DATE_EPOCH set: the same image.
+    let dir2 = tempfile::tempdir().unwrap();
+    let store2 = store_with_busybox(dir2.path());
+    let elsewhere = build(&store2, &ctx, DOCKERFILE, &Events::default()).unwrap();
+    assert_eq!(elsewhere.manifest.digest, changed.manifest.digest);
+}
+
+#[test]
+fn failing_run_names_line_and_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_busybox(dir.path());
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let err = build(
+        &store,
+        &ctx,
+        "FROM busybox:test\nRUN echo before\nRUN exit 3\nRUN echo never\n",
+        &Events::default(),
+    )
+    .unwrap_err();
+    match err {
+        SolveError::RunFailed { line, code, .. } => assert_eq!((line, code), (3, 3)),
+        other => panic!("unexpected {other}"),
+    }
+}
+
+#[test]
+fn empty_steps_make_no_layer_and_parallel_stages_meet() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_busybox(dir.path());
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let df = "FROM busybox:test AS a\nRUN echo a > /a\n\
+              FROM busybox:test AS b\nRUN echo b > /b\n\
+              FROM busybox:test\nWORKDIR /\nWORKDIR /tmp\nCOPY --from=a /a /\nCOPY --from=b /b /\nRUN cat /a /b > /ab\n";
+    let image = build(&store, &ctx, df, &Events::default()).unwrap();
+    // WORKDIR / makes no step; WORKDIR /tmp exists already: empty, dropped.
+    assert_eq!(image.layers.len(), 4, "{:#?}", image.config.history);
+    let workdir = image
+        .config
+        .history
+        .iter()
+        .find(|h| h.created_by.as_deref() == Some("WORKDIR /tmp"))
+        .unwrap();
+    assert_eq!(workdir.empty_layer, Some(true));
+    let last = layer_entries(&store, &image, 3);
+    assert!(
+        last.contains(&("ab".into(), 'f', "a\nb\n".into())),
+        "{last:?}"
+    );
+}
