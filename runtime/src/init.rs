@@ -248,10 +248,12 @@ fn find_executable(
     })
 }
 
-/// Makes sure a mount point exists. The caller put every mount point in a
-/// bottom lower layer, so normally it does and nothing lands in the upper
-/// dir; when the image hides it (a whiteout), it is created and reported so
-/// the caller can remove it from the upper dir afterwards.
+/// Makes sure a mount point exists and returns it resolved inside the root
+/// (an image's symlink cannot send a mount, or a created file, to the host).
+/// The caller put every mount point in a bottom lower layer, so normally it
+/// exists and nothing lands in the upper dir; when the image hides it (a
+/// whiteout), it is created and reported so the caller can remove it from the
+/// upper dir afterwards.
 fn ensure_mount_point(
     sys: &mut dyn Syscalls,
     root: &Path,
@@ -259,31 +261,44 @@ fn ensure_mount_point(
     dir: bool,
     report: &mut dyn FnMut(Report),
 ) -> Result<PathBuf, Failure> {
-    let target = root.join(rel);
-    let exists = step(format!("stat {}", target.display()), sys.stat_mode(&target))?;
-    if exists.is_none() {
-        if dir {
+    let resolve = |sys: &mut dyn Syscalls, prefix: &Path| {
+        step(
+            format!("resolve /{} in the root", prefix.display()),
+            sys.resolve_in_root(root, prefix),
+        )
+    };
+    if let Some(target) = resolve(sys, rel)? {
+        return Ok(target);
+    }
+    // Create what is missing one component at a time, each under the
+    // resolved path of its parent.
+    let mut resolved = root.to_path_buf();
+    let mut prefix = PathBuf::new();
+    let components: Vec<_> = rel.components().collect();
+    for (i, component) in components.iter().enumerate() {
+        prefix.push(component);
+        if let Some(existing) = resolve(sys, &prefix)? {
+            resolved = existing;
+            continue;
+        }
+        let path = resolved.join(component);
+        if i + 1 == components.len() && !dir {
             step(
-                format!("mkdir {}", target.display()),
-                sys.mkdir_all(&target, 0o755),
+                format!("create {}", path.display()),
+                sys.create_file(&path, 0o644),
             )?;
         } else {
-            if let Some(parent) = target.parent() {
-                step(
-                    format!("mkdir {}", parent.display()),
-                    sys.mkdir_all(parent, 0o755),
-                )?;
-            }
             step(
-                format!("create {}", target.display()),
-                sys.create_file(&target, 0o644),
+                format!("mkdir {}", path.display()),
+                sys.mkdir_all(&path, 0o755),
             )?;
         }
-        report(Report::StubCreated {
-            path: rel.to_path_buf(),
-        });
+        resolved = path;
     }
-    Ok(target)
+    report(Report::StubCreated {
+        path: rel.to_path_buf(),
+    });
+    Ok(resolved)
 }
 
 fn mount(

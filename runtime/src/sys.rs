@@ -39,12 +39,17 @@ pub trait Syscalls {
     fn chdir(&mut self, dir: &Path) -> io::Result<()>;
     /// mkdir -p with `mode` for the directories it creates.
     fn mkdir_all(&mut self, dir: &Path, mode: u32) -> io::Result<()>;
-    /// Creates an empty regular file (a mount point) unless it exists.
+    /// Creates an empty regular file (a mount point); fails if anything,
+    /// even a dangling symlink, is there.
     fn create_file(&mut self, path: &Path, mode: u32) -> io::Result<()>;
     /// mknod(2) of a character device.
     fn mknod_char(&mut self, path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()>;
     /// symlink(2).
     fn symlink(&mut self, target: &str, link: &Path) -> io::Result<()>;
+    /// Resolves `rel` inside `root` as if `root` were `/` (openat2 with
+    /// RESOLVE_IN_ROOT: symlinks in the image cannot point out of it);
+    /// `None` when it does not exist.
+    fn resolve_in_root(&mut self, root: &Path, rel: &Path) -> io::Result<Option<PathBuf>>;
     /// stat(2): the mode, or `None` when nothing is there.
     fn stat_mode(&mut self, path: &Path) -> io::Result<Option<Mode>>;
     /// The `MS_*` flags of the mount holding `path` that a remount must keep
@@ -179,10 +184,12 @@ impl Syscalls for RealSyscalls {
 
     fn create_file(&mut self, path: &Path, mode: u32) -> io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
+        // Never through a symlink: a dangling one in an image would
+        // otherwise create its target, outside the root.
         std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(false)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .mode(mode)
             .open(path)
             .map(drop)
@@ -202,6 +209,45 @@ impl Syscalls for RealSyscalls {
 
     fn symlink(&mut self, target: &str, link: &Path) -> io::Result<()> {
         std::os::unix::fs::symlink(target, link)
+    }
+
+    fn resolve_in_root(&mut self, root: &Path, rel: &Path) -> io::Result<Option<PathBuf>> {
+        let root_c = cpath(root)?;
+        let rel_c = cpath(rel)?;
+        // SAFETY: open/openat2/close on descriptors this function owns; the
+        // open_how struct is zeroed then filled.
+        unsafe {
+            let root_fd = libc::open(
+                root_c.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            );
+            if root_fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut how: libc::open_how = std::mem::zeroed();
+            how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+            how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+            let fd = libc::syscall(
+                libc::SYS_openat2,
+                root_fd,
+                rel_c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            ) as libc::c_int;
+            let result = if fd < 0 {
+                let err = io::Error::last_os_error();
+                match err.raw_os_error() {
+                    Some(libc::ENOENT) | Some(libc::ENOTDIR) => Ok(None),
+                    _ => Err(err),
+                }
+            } else {
+                let resolved = std::fs::read_link(format!("/proc/self/fd/{fd}"));
+                libc::close(fd);
+                resolved.map(Some)
+            };
+            libc::close(root_fd);
+            result
+        }
     }
 
     fn stat_mode(&mut self, path: &Path) -> io::Result<Option<Mode>> {
@@ -629,6 +675,11 @@ impl Syscalls for RecordingSyscalls {
 
     fn symlink(&mut self, target: &str, link: &Path) -> io::Result<()> {
         self.record(format!("symlink {} -> {target}", link.display()))
+    }
+
+    fn resolve_in_root(&mut self, root: &Path, rel: &Path) -> io::Result<Option<PathBuf>> {
+        let path = root.join(rel);
+        Ok(self.modes.contains_key(&path).then_some(path))
     }
 
     fn stat_mode(&mut self, path: &Path) -> io::Result<Option<Mode>> {

@@ -507,3 +507,43 @@ fn terminal_comes_from_the_containers_devpts() {
         "/dev/pts/0\r\n1000\r\nboth\r\n"
     );
 }
+
+#[test]
+fn image_symlinks_cannot_aim_mounts_at_the_host() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let host_dir = tempfile::tempdir().unwrap();
+    let existing = host_dir.path().join("existing");
+    fs::write(&existing, "host file\n").unwrap();
+    let absent = host_dir.path().join("absent");
+    // /etc/hosts points at a host file; /etc/resolv.conf at a host path that
+    // does not exist; /data (a volume target) at the host dir.
+    std::os::unix::fs::symlink(&existing, rootfs.join("etc/hosts")).unwrap();
+    std::os::unix::fs::symlink(&absent, rootfs.join("etc/resolv.conf")).unwrap();
+    std::os::unix::fs::symlink(host_dir.path(), rootfs.join("data")).unwrap();
+    let volume = tmp.path().join("volume");
+    fs::create_dir(&volume).unwrap();
+    let mut s = spec(
+        tmp.path(),
+        &rootfs,
+        &["sh", "-c", "echo changed > /etc/hosts"],
+    );
+    s.mounts = vec![BindMount {
+        source: volume,
+        target: PathBuf::from("/data"),
+        read_only: false,
+    }];
+    let (result, _, _) = run_captured(tmp.path(), s);
+    // Whether the run is refused or goes ahead inside the root, the host
+    // files stay as they were and nothing is created next to them.
+    eprintln!("run with hostile symlinks: {result:?}");
+    assert_eq!(fs::read_to_string(&existing).unwrap(), "host file\n");
+    assert!(!absent.exists());
+    let names: Vec<_> = fs::read_dir(host_dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names, ["existing"]);
+}
