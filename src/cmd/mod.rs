@@ -1,6 +1,7 @@
 //! One module per group of commands. Each owns its clap arguments and turns
 //! them into calls on the library crates; no build logic lives here.
 
+pub mod build;
 pub mod image;
 pub mod parse;
 pub mod registry;

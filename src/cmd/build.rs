@@ -1,0 +1,608 @@
+//! `kiln build`: a Dockerfile and its context into an image in the store
+//! (and optionally a registry, an OCI layout, a docker-archive or a
+//! directory). The build logic lives in kiln-builder; this turns flags into
+//! its calls and draws progress.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use kiln_builder::context::{BuildContext, StatCache};
+use kiln_builder::copy::{CopyOptions, FetchInfo, UrlFetcher};
+use kiln_builder::dockerignore;
+use kiln_builder::plan::{compute_cache_keys, plan, BuildOptions, Plan, StepKind};
+use kiln_builder::rootfs::LayeredRootfs;
+use kiln_builder::solve::{solve, BuildEvents, SolveOptions, StoreResolver};
+use kiln_layers::archive::{self, Format, SaveItem};
+use kiln_layers::{Compression, Descriptor, Digest, Platform, Reference, Reporter, Store};
+use kiln_registry::{Client, ClientConfig};
+use kiln_runtime::{HelperCommand, Network};
+
+use crate::cmd::run::HELPER_SUBCOMMAND;
+use crate::progress::{ProgressArgs, ProgressMode};
+use crate::settings::GlobalSettings;
+
+#[derive(Debug, Subcommand)]
+pub enum BuildCommand {
+    /// Build an image from a Dockerfile.
+    Build(BuildArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkArg {
+    Host,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompressionArg {
+    Gzip,
+    Zstd,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The build context directory.
+    #[arg(value_name = "CONTEXT", default_value = ".")]
+    context: PathBuf,
+    /// The Dockerfile (default: CONTEXT/Dockerfile; `-` reads stdin).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Name the image (repeatable).
+    #[arg(short = 't', long = "tag", value_name = "REF")]
+    tags: Vec<String>,
+    /// Build this stage (default: the last).
+    #[arg(long)]
+    target: Option<String>,
+    /// A build argument: K=V, or K to take the value of the environment variable K.
+    #[arg(long = "build-arg", value_name = "K=V")]
+    build_args: Vec<String>,
+    /// Target platform (default: this machine's).
+    #[arg(long)]
+    platform: Option<String>,
+    /// Do not use the build cache (results are still cached).
+    #[arg(long)]
+    no_cache: bool,
+    /// Show the plan (stages, steps, cache hits, what runs in parallel) and stop.
+    #[arg(long)]
+    dry_run: bool,
+    /// Format of --dry-run output.
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+    format: PlanFormat,
+    /// RUN's network (a RUN --network flag wins).
+    #[arg(long, value_enum, default_value_t = NetworkArg::Host)]
+    network: NetworkArg,
+    /// Layer compression.
+    #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
+    compression: CompressionArg,
+    /// Write the image id (config digest) to this file.
+    #[arg(long, value_name = "FILE")]
+    iidfile: Option<PathBuf>,
+    /// Write JSON with the image, manifest and config digests to this file.
+    #[arg(long, value_name = "FILE")]
+    metadata_file: Option<PathBuf>,
+    /// Also export: type=oci,dest=DIR|FILE.tar, type=docker,dest=FILE.tar or type=local,dest=DIR.
+    #[arg(short = 'o', long = "output", value_name = "SPEC")]
+    outputs: Vec<String>,
+    /// Push every tag to its registry after the build.
+    #[arg(long)]
+    push: bool,
+    /// Print only the image id.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Allow plain HTTP (and unverified HTTPS) for this registry (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    insecure_registries: Vec<String>,
+    /// Also trust the CA certificates in this PEM file (repeatable).
+    #[arg(long = "ca-cert", value_name = "FILE")]
+    ca_certs: Vec<PathBuf>,
+    #[command(flatten)]
+    progress: ProgressArgs,
+}
+
+impl BuildCommand {
+    pub fn run(self, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
+        match self {
+            BuildCommand::Build(args) => build(args, settings),
+        }
+    }
+}
+
+/// Prints steps like BuildKit's plain progress.
+struct StepPrinter {
+    mode: ProgressMode,
+    started: Instant,
+}
+
+impl BuildEvents for StepPrinter {
+    fn step_started(&self, stage: &str, number: usize, total: usize, instruction: &str) {
+        match self.mode {
+            ProgressMode::Quiet => {}
+            ProgressMode::Json => eprintln!(
+                "{}",
+                serde_json::json!({"event": "step", "stage": stage, "number": number, "total": total, "instruction": instruction})
+            ),
+            _ => eprintln!("#  [{stage} {number}/{total}] {instruction}"),
+        }
+    }
+
+    fn step_done(&self, stage: &str, instruction: &str, cached: bool, seconds: f64) {
+        match self.mode {
+            ProgressMode::Quiet => {}
+            ProgressMode::Json => eprintln!(
+                "{}",
+                serde_json::json!({"event": "step_done", "stage": stage, "instruction": instruction, "cached": cached, "seconds": seconds})
+            ),
+            _ if cached => eprintln!("#  CACHED {instruction}"),
+            _ => eprintln!(
+                "#  DONE {seconds:.1}s ({:.1}s total)",
+                self.started.elapsed().as_secs_f64()
+            ),
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Fetches ADD URLs over HTTP(S) on the async runtime (the builder itself
+/// speaks no HTTP).
+struct HttpFetcher {
+    runtime: Arc<tokio::runtime::Runtime>,
+    client: reqwest::Client,
+}
+
+impl UrlFetcher for HttpFetcher {
+    fn fetch(&self, url: &str, out: &mut dyn std::io::Write) -> Result<FetchInfo, String> {
+        self.runtime.block_on(async {
+            let mut response = self
+                .client
+                .get(url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if !response.status().is_success() {
+                return Err(format!("HTTP {}", response.status()));
+            }
+            let last_modified = response
+                .headers()
+                .get(reqwest::header::LAST_MODIFIED)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_http_date);
+            while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+                out.write_all(&chunk).map_err(|e| e.to_string())?;
+            }
+            Ok(FetchInfo { last_modified })
+        })
+    }
+}
+
+/// `Wed, 21 Oct 2015 07:28:00 GMT` → seconds since the epoch.
+fn parse_http_date(text: &str) -> Option<i64> {
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    let [_, day, month, year, time, _] = parts.as_slice() else {
+        return None;
+    };
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| m == month)? + 1;
+    let day: u32 = day.parse().ok()?;
+    kiln_layers::oci::parse_rfc3339(&format!("{year}-{month:02}-{day:02}T{time}Z"))
+}
+
+fn parse_build_args(raw: &[String]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for item in raw {
+        match item.split_once('=') {
+            Some((k, v)) => {
+                out.insert(k.to_string(), v.to_string());
+            }
+            None => {
+                if let Ok(v) = std::env::var(item) {
+                    out.insert(item.clone(), v);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn read_dockerfile(args: &BuildArgs) -> anyhow::Result<(String, Option<PathBuf>)> {
+    match &args.file {
+        Some(p) if p.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading the Dockerfile from stdin")?;
+            Ok((text, None))
+        }
+        Some(p) => Ok((
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            Some(p.clone()),
+        )),
+        None => {
+            let p = args.context.join("Dockerfile");
+            Ok((
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
+                Some(p),
+            ))
+        }
+    }
+}
+
+fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let (text, dockerfile_path) = read_dockerfile(&args)?;
+    let name = dockerfile_path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "Dockerfile".into());
+    let ast = kiln_parser::parse(&text, &name)?;
+    let typed = kiln_parser::instructions::from_ast(&ast)?;
+    let platform = match &args.platform {
+        Some(p) => Platform::parse(p)?,
+        None => Platform::host(),
+    };
+    let options = BuildOptions {
+        target: args.target.clone(),
+        build_args: parse_build_args(&args.build_args),
+        target_platform: platform.clone(),
+        build_platform: Platform::host(),
+    };
+    let source_date_epoch = options
+        .build_args
+        .get("SOURCE_DATE_EPOCH")
+        .cloned()
+        .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok())
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    let tags: Vec<Reference> = args
+        .tags
+        .iter()
+        .map(|t| Reference::parse(t).with_context(|| format!("-t {t}")))
+        .collect::<anyhow::Result<_>>()?;
+
+    let store = Store::open(&settings.root)?;
+    let progress = args.progress.reporter();
+    let mode = if args.quiet {
+        ProgressMode::Quiet
+    } else {
+        progress.mode()
+    };
+    let reporter: Arc<dyn Reporter> = Arc::new(progress);
+    let async_runtime = Arc::new(runtime()?);
+    let client_config = ClientConfig {
+        insecure_registries: args.insecure_registries.clone(),
+        ca_certs: args.ca_certs.clone(),
+        ..ClientConfig::default()
+    };
+    let client = Arc::new(Client::new(client_config)?);
+    let pull = {
+        let client = client.clone();
+        let store = &store;
+        let reporter = reporter.clone();
+        let rt = async_runtime.clone();
+        move |reference: &Reference, platform: &Platform| -> Result<Descriptor, String> {
+            let registry_ref = kiln_registry::Reference::parse(&reference.to_string())
+                .map_err(|e| e.to_string())?;
+            let options = kiln_transfer::PullOptions::new(platform.clone());
+            let pulled = rt
+                .block_on(kiln_transfer::pull(
+                    &client,
+                    store,
+                    &registry_ref,
+                    &options,
+                    reporter.clone(),
+                ))
+                .map_err(|e| format!("pulling {reference}: {e}"))?;
+            Ok(pulled.manifest)
+        }
+    };
+    let resolver = StoreResolver::new(&store, Some(&pull));
+    let mut planned = plan(&typed, &options, &resolver)?;
+    for w in &planned.warnings {
+        if mode != ProgressMode::Quiet {
+            match w.line {
+                Some(l) => eprintln!("WARNING: {name}:{l}: {}", w.message),
+                None => eprintln!("WARNING: {}", w.message),
+            }
+        }
+    }
+
+    let ignore = dockerignore::load_for_build(&args.context, dockerfile_path.as_deref())?;
+    let mut stat_cache = StatCache::open(store.root())?;
+    let context = BuildContext::load(&args.context, &ignore, Some(&mut stat_cache))?;
+    if let Err(e) = stat_cache.save() {
+        tracing::warn!("{e}");
+    }
+    compute_cache_keys(&mut planned, Some(&context))?;
+
+    if args.dry_run {
+        print_plan(&planned, &store, args.format)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let printer = StepPrinter { mode, started };
+    let fetcher = HttpFetcher {
+        runtime: async_runtime.clone(),
+        client: reqwest::Client::new(),
+    };
+    let solve_options = SolveOptions {
+        no_cache: args.no_cache,
+        compression: match args.compression {
+            CompressionArg::Gzip => Compression::Gzip,
+            CompressionArg::Zstd => Compression::Zstd,
+        },
+        source_date_epoch,
+        network: match args.network {
+            NetworkArg::Host => Network::Host,
+            NetworkArg::None => Network::None,
+        },
+        helper: HelperCommand::current_exe(&[HELPER_SUBCOMMAND]),
+        fetcher: Some(&fetcher),
+        events: &printer,
+        reporter: reporter.as_ref(),
+    };
+    let built = solve(&store, &planned, &context, &resolver, &solve_options)?;
+    let image = store.read_image(&built.manifest, &platform_of(&built))?;
+    let image_id = image.id().clone();
+    if tags.is_empty() {
+        store.add_untagged(&built.manifest)?;
+    }
+    for t in &tags {
+        store.tag(t, &built.manifest)?;
+    }
+    for spec in &args.outputs {
+        export(&store, spec, &tags, &image, &built)?;
+    }
+    if args.push {
+        if tags.is_empty() {
+            bail!("--push needs at least one -t");
+        }
+        for t in &tags {
+            let registry_ref = kiln_registry::Reference::parse(&t.to_string())?;
+            let options = kiln_transfer::PushOptions {
+                concurrency: 4,
+                mount_from: None,
+            };
+            let pushed = async_runtime.block_on(kiln_transfer::push(
+                &client,
+                &store,
+                &registry_ref,
+                &options,
+                reporter.clone(),
+            ))?;
+            if mode != ProgressMode::Quiet {
+                eprintln!("pushed {t}: {}", pushed.digest);
+            }
+        }
+    }
+    if let Some(path) = &args.iidfile {
+        std::fs::write(path, image_id.to_string())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.metadata_file {
+        let meta = serde_json::json!({
+            "containerimage.digest": built.manifest.digest.to_string(),
+            "containerimage.config.digest": image_id.to_string(),
+            "containerimage.descriptor": {
+                "mediaType": built.manifest.media_type,
+                "digest": built.manifest.digest.to_string(),
+                "size": built.manifest.size,
+            },
+            "image.name": args.tags.join(","),
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&meta)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if args.quiet {
+        println!("{image_id}");
+    } else {
+        eprintln!(
+            "#  built {} in {:.1}s{}",
+            image_id,
+            started.elapsed().as_secs_f64(),
+            if tags.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", tagged {}",
+                    tags.iter()
+                        .map(|t| t.familiar())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
+        if !std::io::stdout().is_terminal() {
+            println!("{image_id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn platform_of(built: &kiln_builder::solve::BuiltImage) -> Platform {
+    Platform {
+        architecture: built.config.architecture.clone(),
+        os: built.config.os.clone(),
+        os_version: built.config.os_version.clone(),
+        os_features: None,
+        variant: built.config.variant.clone(),
+    }
+}
+
+fn export(
+    store: &Store,
+    spec: &str,
+    tags: &[Reference],
+    image: &kiln_layers::store::Image,
+    built: &kiln_builder::solve::BuiltImage,
+) -> anyhow::Result<()> {
+    let fields: BTreeMap<String, String> = spec
+        .split(',')
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect();
+    let kind = fields.get("type").map(String::as_str).unwrap_or("local");
+    let dest = fields
+        .get("dest")
+        .map(PathBuf::from)
+        .with_context(|| format!("--output {spec}: dest= is required"))?;
+    let reference = match tags.first() {
+        Some(t) => t.clone(),
+        None => Reference::parse("kiln-build:latest")?,
+    };
+    match kind {
+        "oci" | "docker" => {
+            let format = if kind == "oci" {
+                Format::Oci
+            } else {
+                Format::Docker
+            };
+            let item = SaveItem {
+                reference,
+                image: image.clone(),
+            };
+            archive::save(store, &[item], format, &dest)?;
+        }
+        "local" => export_local(&built.snapshots, &dest)?,
+        other => bail!("--output type={other} is not supported (oci, docker, local)"),
+    }
+    Ok(())
+}
+
+/// The final root filesystem, merged from the snapshots, into `dest`.
+fn export_local(snapshots_bottom_first: &[PathBuf], dest: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+    // The source view needs an (empty) upper dir of its own.
+    let scratch = std::env::temp_dir().join(format!("kiln-export-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let source = LayeredRootfs::new(
+        &scratch,
+        snapshots_bottom_first.iter().rev().cloned().collect(),
+    );
+    let target = LayeredRootfs::new(dest, Vec::new());
+    let mut options = CopyOptions::dockerfile_copy(false);
+    options.allow_wildcard = false;
+    let result = kiln_builder::copy::copy(&source, "/", &target, "/", &options);
+    let _ = std::fs::remove_dir(&scratch);
+    result?;
+    Ok(())
+}
+
+fn print_plan(planned: &Plan, store: &Store, format: PlanFormat) -> anyhow::Result<()> {
+    let hit = |key: &Option<String>| -> bool {
+        key.as_deref()
+            .and_then(|k| Digest::parse(k).ok())
+            .and_then(|d| store.cache_get(&d).ok().flatten())
+            .is_some()
+    };
+    // Stages in waves: each wave's stages can run in parallel.
+    let mut waves: Vec<Vec<usize>> = Vec::new();
+    let mut done: Vec<usize> = Vec::new();
+    let mut remaining = planned.order.clone();
+    while !remaining.is_empty() {
+        let (ready, rest): (Vec<usize>, Vec<usize>) = remaining
+            .iter()
+            .partition(|s| planned.stages[**s].deps.iter().all(|d| done.contains(d)));
+        if ready.is_empty() {
+            break;
+        }
+        done.extend(&ready);
+        waves.push(ready);
+        remaining = rest;
+    }
+    match format {
+        PlanFormat::Json => {
+            let stages: Vec<serde_json::Value> = planned
+                .stages
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "index": s.index,
+                        "name": s.name,
+                        "needed": s.needed,
+                        "base": s.base,
+                        "deps": s.deps,
+                        "steps": s.steps.iter().map(|st| serde_json::json!({
+                            "line": st.line,
+                            "instruction": st.instruction,
+                            "cache_key": st.cache_key,
+                            "cached": hit(&st.cache_key),
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            let out = serde_json::json!({
+                "target": planned.target,
+                "stages": stages,
+                "parallel": waves,
+                "warnings": planned.warnings,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        PlanFormat::Text => {
+            for s in &planned.stages {
+                let label = s
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("stage-{}", s.index));
+                if !s.needed {
+                    println!(
+                        "stage {} ({label}): skipped, the target does not need it",
+                        s.index
+                    );
+                    continue;
+                }
+                let base = match &s.base {
+                    kiln_builder::plan::BaseSource::Scratch => "scratch".to_string(),
+                    kiln_builder::plan::BaseSource::Image { reference, .. } => reference.clone(),
+                    kiln_builder::plan::BaseSource::Stage(i) => format!("stage {i}"),
+                };
+                println!("stage {} ({label}) FROM {base}", s.index);
+                for st in &s.steps {
+                    let kind = match &st.kind {
+                        StepKind::Run(_) => "run",
+                        StepKind::Copy(_) => "copy",
+                        StepKind::Workdir(_) => "mkdir",
+                    };
+                    println!(
+                        "  line {:>3} {:<5} {:<6} {}",
+                        st.line,
+                        kind,
+                        if hit(&st.cache_key) { "CACHED" } else { "" },
+                        st.instruction
+                    );
+                }
+            }
+            for (i, wave) in waves.iter().enumerate() {
+                println!(
+                    "wave {}: {}",
+                    i + 1,
+                    wave.iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+    }
+    Ok(())
+}
