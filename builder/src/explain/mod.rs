@@ -1,0 +1,731 @@
+//! `kiln explain`: what an image built from a Dockerfile will run, and why,
+//! without building it.
+//!
+//! The target stage's config comes from the builder's own plan
+//! ([`crate::plan::plan`]: the same ARG/ENV scoping and config assembly a
+//! build uses, stages built FROM earlier stages inheriting their config),
+//! with base images read through an [`ImageResolver`] (the local store:
+//! [`StoreImages`]). On top of it, explain adds:
+//! - `argv`: what `docker run [--entrypoint E] IMAGE [ARGS...]` executes,
+//!   from [`crate::run_argv::docker_run_command`] (the function `kiln run`
+//!   uses); `None` when docker run would fail with "no command specified";
+//! - where each value came from (a Dockerfile line, a base image, a stage,
+//!   a default);
+//! - warnings about the usual CMD/ENTRYPOINT mistakes, with lines;
+//! - which cell of the Dockerfile reference's CMD × ENTRYPOINT table the
+//!   image is in ([`render::text`] draws it).
+//!
+//! ```
+//! use kiln_builder::explain::{explain, ExplainOptions};
+//! use kiln_builder::plan::OfflineResolver;
+//! let df = kiln_parser::parse("FROM scratch\nENTRYPOINT [\"/app\"]\nCMD [\"--help\"]\n", "Dockerfile").unwrap();
+//! let df = kiln_parser::instructions::from_ast(&df).unwrap();
+//! let mut options = ExplainOptions::default();
+//! options.args = vec!["serve".into()];
+//! let e = explain(&df, &options, &OfflineResolver).unwrap();
+//! assert_eq!(e.argv.unwrap(), ["/app", "serve"]);
+//! assert_eq!(e.sources["cmd"].line, Some(3));
+//! ```
+
+pub mod render;
+mod store;
+
+pub use store::StoreImages;
+
+use std::collections::BTreeMap;
+
+use kiln_layers::oci::{ContainerConfig, Platform};
+use kiln_parser::instructions::{self as ins, CommandLine, Instruction};
+use serde::Serialize;
+
+use crate::image::default_shell;
+use crate::plan::{
+    plan, BaseSource, BuildOptions, ImageResolver, OfflineResolver, Origin, PlanError,
+    ResolvedImage, StagePlan,
+};
+use crate::run_argv::{docker_run_command, RunCommand};
+
+/// Why explain could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    /// A base image is neither in the store nor reachable (without --offline).
+    #[error("line {line}: base image {image} is not in the local store (pull it first, or use --offline to treat it as empty): {message}")]
+    UnknownBase {
+        line: usize,
+        image: String,
+        message: String,
+    },
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+}
+
+/// What to explain: the build (target, build args, platform) and the
+/// `docker run` invocation (`--entrypoint`, arguments).
+#[derive(Debug, Clone, Default)]
+pub struct ExplainOptions {
+    pub build: BuildOptions,
+    /// `docker run --entrypoint E` (`Some("")` resets it).
+    pub entrypoint: Option<String>,
+    /// The arguments after the image name.
+    pub args: Vec<String>,
+    /// Treat base images the resolver does not know as empty.
+    pub offline: bool,
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Source {
+    /// `line` (a Dockerfile instruction), `base_image`, `default` (BuildKit's
+    /// default: PATH, `/` as the working directory of scratch, the shell),
+    /// or `reset` (cleared by the instruction on `line`).
+    pub from: &'static str,
+    pub line: Option<usize>,
+    /// The instruction as written, for `line` and `reset`.
+    pub instruction: Option<String>,
+    /// The stage the line is in, when it is not the target stage.
+    pub stage: Option<String>,
+    /// The base image, for `base_image`.
+    pub image: Option<String>,
+}
+
+/// A warning about what the image runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Warning {
+    pub code: &'static str,
+    pub message: String,
+    pub line: Option<usize>,
+}
+
+/// How a command was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Form {
+    /// Absent or empty.
+    None,
+    Exec,
+    Shell,
+}
+
+/// What `docker run` runs for the usual invocations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunExamples {
+    /// `docker run IMAGE`.
+    pub plain: Option<Vec<String>>,
+    /// `docker run IMAGE ARGS...` (the given arguments, else `ARGS`).
+    pub with_args: Option<Vec<String>>,
+    pub example_args: Vec<String>,
+    /// `docker run --entrypoint X IMAGE` (the given entrypoint, else `X`).
+    pub with_entrypoint: Option<Vec<String>>,
+    pub example_entrypoint: String,
+}
+
+/// The answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explanation {
+    /// The target stage: its name, or `stage-N`.
+    pub target: String,
+    /// What the target stage is built on (image reference, `scratch`, or
+    /// `stage NAME`).
+    pub base: String,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    /// What `docker run [--entrypoint E] IMAGE [ARGS...]` executes with the
+    /// given `--entrypoint` and arguments; `None`: "no command specified".
+    pub argv: Option<Vec<String>>,
+    /// The shell shell-form instructions use (SHELL, else `/bin/sh -c`).
+    pub shell: Vec<String>,
+    /// `Config.User` (`None`/empty: root).
+    pub user: Option<String>,
+    /// `Config.WorkingDir` (`None`/empty: `/`).
+    pub workdir: Option<String>,
+    pub env: Vec<String>,
+    pub exposed_ports: Vec<String>,
+    pub volumes: Vec<String>,
+    pub healthcheck: Option<serde_json::Value>,
+    pub stop_signal: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Field (`entrypoint`, `cmd`, `shell`, `user`, `workdir`, `env.NAME`,
+    /// `exposed_ports.P`, `volumes.V`, `healthcheck`, `stop_signal`,
+    /// `labels.K`) → where it came from. Unset fields have no entry.
+    pub sources: BTreeMap<String, Source>,
+    pub warnings: Vec<Warning>,
+    pub entrypoint_form: Form,
+    pub cmd_form: Form,
+    pub run: RunExamples,
+}
+
+/// Builds the explanation for `options.build.target` (the last stage when
+/// unset).
+pub fn explain(
+    df: &ins::Dockerfile,
+    options: &ExplainOptions,
+    images: &dyn ImageResolver,
+) -> Result<Explanation, ExplainError> {
+    let resolver = Recording {
+        inner: images,
+        offline: options.offline,
+        missing: std::cell::RefCell::new(Vec::new()),
+    };
+    let planned = plan(df, &options.build, &resolver).map_err(|e| match e {
+        PlanError::Resolve {
+            line,
+            reference,
+            message,
+        } => ExplainError::UnknownBase {
+            line,
+            image: reference,
+            message,
+        },
+        other => ExplainError::Plan(other),
+    })?;
+    let target = &planned.stages[planned.target];
+    let config = target.image.config.clone().unwrap_or_default();
+
+    // The chain of stages the target is built on, root first.
+    let mut chain = vec![planned.target];
+    while let Some(&first) = chain.first() {
+        match planned.stages[first].base {
+            BaseSource::Stage(i) => chain.insert(0, i),
+            _ => break,
+        }
+    }
+    let root = &planned.stages[chain[0]];
+    let base_config = match &root.base {
+        BaseSource::Image { reference, .. } => resolver
+            .resolve(reference, &options.build.target_platform)
+            .ok()
+            .and_then(|r| r.config.config),
+        _ => None,
+    };
+    let base_label = |sp: &StagePlan| match &sp.base {
+        BaseSource::Scratch => "scratch".to_string(),
+        BaseSource::Image { reference, .. } => reference.clone(),
+        BaseSource::Stage(i) => format!("stage {}", stage_label(df, *i)),
+    };
+
+    let mut warnings = Vec::new();
+    for image in resolver.missing.borrow().iter() {
+        let line = planned.stages.iter().find_map(|s| match &s.base {
+            BaseSource::Image { reference, .. } if reference == image => Some(s.line),
+            _ => None,
+        });
+        warnings.push(Warning {
+            code: "BaseImageUnknown",
+            message: format!(
+                "base image {image} is not in the local store; --offline treats it as empty, so whatever it sets (CMD, ENTRYPOINT, ENV, USER, …) is missing here"
+            ),
+            line,
+        });
+    }
+
+    let history = command_history(df, &chain, &planned.stages, base_config.as_ref());
+    let shell = match config.shell.clone() {
+        Some(s) if !s.is_empty() => s,
+        _ => default_shell(),
+    };
+    let entrypoint = config.entrypoint.clone().filter(|v| !v.is_empty());
+    let cmd = config.cmd.clone().filter(|v| !v.is_empty());
+    let entrypoint_form = form_of(entrypoint.as_deref(), history.entrypoint.as_ref(), &shell);
+    let cmd_form = form_of(cmd.as_deref(), history.cmd.as_ref(), &shell);
+
+    let mut sources = BTreeMap::new();
+    for (key, origin) in &target.provenance {
+        let field = field_name(key);
+        sources.insert(
+            field,
+            resolve_origin(df, &planned.stages, key, origin, planned.target, 0),
+        );
+    }
+    if let Some(reset) = &history.cmd_reset {
+        if cmd.is_none() {
+            sources.insert(
+                "cmd".to_string(),
+                Source {
+                    from: "reset",
+                    line: Some(reset.line),
+                    instruction: Some(reset.text.clone()),
+                    stage: other_stage(df, reset.stage, planned.target),
+                    image: None,
+                },
+            );
+        }
+    }
+    if config.shell.as_ref().is_none_or(Vec::is_empty) {
+        sources.insert("shell".to_string(), default_source());
+    }
+    // Values nothing claims came with the stage's starting config (scratch's
+    // PATH and working directory).
+    for entry in config.env.iter().flatten() {
+        let key = format!("env.{}", crate::image::split_env(entry).0);
+        sources.entry(key).or_insert_with(default_source);
+    }
+    if config.working_dir.as_deref().is_some_and(|w| !w.is_empty()) {
+        sources
+            .entry("workdir".to_string())
+            .or_insert_with(default_source);
+    }
+
+    let run_with = |ep: Option<&str>, args: &[String]| -> Option<RunCommand> {
+        docker_run_command(entrypoint.as_deref(), cmd.as_deref(), ep, args).ok()
+    };
+    let argv = run_with(options.entrypoint.as_deref(), &options.args).map(|r| r.argv());
+    let example_args = if options.args.is_empty() {
+        vec!["ARGS".to_string()]
+    } else {
+        options.args.clone()
+    };
+    let example_entrypoint = options
+        .entrypoint
+        .clone()
+        .unwrap_or_else(|| "X".to_string());
+    let run = RunExamples {
+        plain: run_with(None, &[]).map(|r| r.argv()),
+        with_args: run_with(None, &example_args).map(|r| r.argv()),
+        example_args,
+        with_entrypoint: run_with(Some(&example_entrypoint), &[]).map(|r| r.argv()),
+        example_entrypoint,
+    };
+
+    command_warnings(
+        &mut warnings,
+        &history,
+        &shell,
+        entrypoint_form,
+        cmd_form,
+        &sources,
+    );
+    if argv.is_none() {
+        let message = if entrypoint.is_none() && cmd.is_none() {
+            "the image has neither ENTRYPOINT nor CMD: `docker run IMAGE` fails with \"no command specified\" unless a command is given".to_string()
+        } else {
+            "with this --entrypoint and no arguments, docker run has no command and fails with \"no command specified\"".to_string()
+        };
+        warnings.push(Warning {
+            code: "NoCommand",
+            message,
+            line: None,
+        });
+    }
+    for w in &planned.warnings {
+        warnings.push(Warning {
+            code: "UnusedBuildArg",
+            message: w.message.clone(),
+            line: w.line,
+        });
+    }
+
+    Ok(Explanation {
+        target: stage_label(df, planned.target),
+        base: base_label(target),
+        entrypoint,
+        cmd,
+        argv,
+        shell,
+        user: config.user.clone(),
+        workdir: config.working_dir.clone(),
+        env: config.env.clone().unwrap_or_default(),
+        exposed_ports: config
+            .exposed_ports
+            .as_ref()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default(),
+        volumes: config
+            .volumes
+            .as_ref()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default(),
+        healthcheck: config.healthcheck.clone(),
+        stop_signal: config.stop_signal.clone(),
+        labels: config.labels.clone().unwrap_or_default(),
+        sources,
+        warnings,
+        entrypoint_form,
+        cmd_form,
+        run,
+    })
+}
+
+/// The resolver explain hands to the planner: unknown images fail, or with
+/// `--offline` become empty and are remembered for a warning.
+struct Recording<'a> {
+    inner: &'a dyn ImageResolver,
+    offline: bool,
+    /// Images treated as empty under `--offline`.
+    missing: std::cell::RefCell<Vec<String>>,
+}
+
+impl ImageResolver for Recording<'_> {
+    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
+        match self.inner.resolve(reference, platform) {
+            Ok(found) => Ok(found),
+            Err(message) if !self.offline => Err(message),
+            Err(_) => {
+                let mut missing = self.missing.borrow_mut();
+                if !missing.iter().any(|r| r == reference) {
+                    missing.push(reference.to_string());
+                }
+                OfflineResolver.resolve(reference, platform)
+            }
+        }
+    }
+}
+
+fn stage_label(df: &ins::Dockerfile, index: usize) -> String {
+    df.stages
+        .get(index)
+        .and_then(|s| s.name.clone())
+        .unwrap_or_else(|| format!("stage-{index}"))
+}
+
+fn other_stage(df: &ins::Dockerfile, stage: usize, target: usize) -> Option<String> {
+    (stage != target).then(|| stage_label(df, stage))
+}
+
+fn default_source() -> Source {
+    Source {
+        from: "default",
+        line: None,
+        instruction: None,
+        stage: None,
+        image: None,
+    }
+}
+
+/// The plan's provenance key (`Cmd`, `Env.PATH`, …) as explain names it.
+fn field_name(key: &str) -> String {
+    let (head, rest) = match key.split_once('.') {
+        Some((h, r)) => (h, Some(r)),
+        None => (key, None),
+    };
+    let head = match head {
+        "Cmd" => "cmd",
+        "Entrypoint" => "entrypoint",
+        "Shell" => "shell",
+        "User" => "user",
+        "WorkingDir" => "workdir",
+        "Env" => "env",
+        "ExposedPorts" => "exposed_ports",
+        "Volumes" => "volumes",
+        "Healthcheck" => "healthcheck",
+        "StopSignal" => "stop_signal",
+        "Labels" => "labels",
+        "OnBuild" => "onbuild",
+        other => other,
+    };
+    match rest {
+        Some(r) => format!("{head}.{r}"),
+        None => head.to_string(),
+    }
+}
+
+/// Follows `Stage` origins back to the line (or image) that set the value.
+fn resolve_origin(
+    df: &ins::Dockerfile,
+    stages: &[StagePlan],
+    key: &str,
+    origin: &Origin,
+    target: usize,
+    depth: usize,
+) -> Source {
+    match origin {
+        Origin::Line(line) => Source {
+            from: "line",
+            line: Some(*line),
+            instruction: instruction_at(df, *line),
+            stage: stage_of_line(df, *line).and_then(|s| other_stage(df, s, target)),
+            image: None,
+        },
+        Origin::BaseImage(image) => Source {
+            from: "base_image",
+            line: None,
+            instruction: None,
+            stage: None,
+            image: Some(image.clone()),
+        },
+        Origin::Default => default_source(),
+        Origin::Stage(name) => {
+            let found = stages
+                .iter()
+                .find(|s| s.name.as_deref() == Some(name.as_str()) || s.index.to_string() == *name);
+            match found.and_then(|s| s.provenance.get(key)) {
+                Some(inner) if depth < stages.len() => {
+                    resolve_origin(df, stages, key, inner, target, depth + 1)
+                }
+                _ => Source {
+                    from: "stage",
+                    line: None,
+                    instruction: None,
+                    stage: Some(name.clone()),
+                    image: None,
+                },
+            }
+        }
+    }
+}
+
+fn all_instructions(df: &ins::Dockerfile) -> impl Iterator<Item = (usize, &ins::Meta)> {
+    df.stages.iter().flat_map(|s| {
+        std::iter::once((s.index, &s.from))
+            .chain(s.instructions.iter().map(move |i| (s.index, i.meta())))
+    })
+}
+
+fn instruction_at(df: &ins::Dockerfile, line: usize) -> Option<String> {
+    all_instructions(df)
+        .find(|(_, m)| m.span.start.line == line)
+        .map(|(_, m)| m.original.trim().to_string())
+}
+
+fn stage_of_line(df: &ins::Dockerfile, line: usize) -> Option<usize> {
+    all_instructions(df)
+        .find(|(_, m)| m.span.start.line == line)
+        .map(|(s, _)| s)
+}
+
+/// A CMD or ENTRYPOINT instruction in the target's stage chain.
+#[derive(Debug, Clone)]
+struct CommandSite {
+    stage: usize,
+    line: usize,
+    text: String,
+    form: Form,
+    /// Exec-form words that contain `$` (not expanded by anything).
+    literal_variables: Vec<String>,
+}
+
+/// What the instructions of the stage chain did to CMD and ENTRYPOINT.
+#[derive(Debug, Default)]
+struct CommandHistory {
+    /// The instruction that set the final value (None: inherited from the
+    /// base image, or never set).
+    entrypoint: Option<CommandSite>,
+    cmd: Option<CommandSite>,
+    /// The ENTRYPOINT that cleared a non-empty inherited CMD, when nothing
+    /// set CMD after it; with the CMD it dropped.
+    cmd_reset: Option<CommandSite>,
+    dropped_cmd: Vec<String>,
+    /// Instructions overridden by a later one of the same kind in the same stage.
+    overridden: Vec<(CommandSite, CommandSite, &'static str)>,
+}
+
+fn command_history(
+    df: &ins::Dockerfile,
+    chain: &[usize],
+    stages: &[StagePlan],
+    base: Option<&ContainerConfig>,
+) -> CommandHistory {
+    let mut h = CommandHistory::default();
+    for (position, &index) in chain.iter().enumerate() {
+        let Some(stage) = df.stages.get(index) else {
+            continue;
+        };
+        // The CMD this stage starts with: the base image's, or the previous
+        // stage's final one.
+        let incoming: Vec<String> = match position {
+            0 => base.and_then(|c| c.cmd.clone()),
+            _ => stages
+                .get(chain[position - 1])
+                .and_then(|s| s.image.config.as_ref())
+                .and_then(|c| c.cmd.clone()),
+        }
+        .unwrap_or_default();
+        let mut cmd_in_stage: Option<CommandSite> = None;
+        let mut entrypoint_in_stage: Option<CommandSite> = None;
+        for instruction in &stage.instructions {
+            let (command, is_cmd) = match instruction {
+                Instruction::Cmd(c) => (&c.command, true),
+                Instruction::Entrypoint(e) => (&e.command, false),
+                _ => continue,
+            };
+            let meta = instruction.meta();
+            let site = CommandSite {
+                stage: index,
+                line: meta.span.start.line,
+                text: meta.original.trim().to_string(),
+                form: match command {
+                    CommandLine::Exec(v) if v.is_empty() => Form::None,
+                    CommandLine::Exec(_) => Form::Exec,
+                    CommandLine::Shell(s) if s.is_empty() => Form::None,
+                    CommandLine::Shell(_) => Form::Shell,
+                },
+                literal_variables: match command {
+                    CommandLine::Exec(v) => v.iter().filter(|w| w.contains('$')).cloned().collect(),
+                    CommandLine::Shell(_) => Vec::new(),
+                },
+            };
+            if is_cmd {
+                if let Some(prev) = cmd_in_stage.replace(site.clone()) {
+                    h.overridden.push((prev, site.clone(), "MultipleCmd"));
+                }
+                h.cmd = Some(site);
+                h.cmd_reset = None;
+            } else {
+                if let Some(prev) = entrypoint_in_stage.replace(site.clone()) {
+                    h.overridden
+                        .push((prev, site.clone(), "MultipleEntrypoint"));
+                }
+                h.entrypoint = Some(site.clone());
+                // BuildKit: an ENTRYPOINT clears Cmd unless this stage set one.
+                if cmd_in_stage.is_none() {
+                    h.cmd = None;
+                    if incoming.is_empty() {
+                        h.cmd_reset = None;
+                    } else {
+                        h.cmd_reset = Some(site);
+                        h.dropped_cmd = incoming.clone();
+                    }
+                }
+            }
+        }
+    }
+    h
+}
+
+/// The form of a final command: from the instruction that set it, else
+/// (inherited from an image) recognized by its shell prefix.
+fn form_of(value: Option<&[String]>, site: Option<&CommandSite>, shell: &[String]) -> Form {
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        return Form::None;
+    };
+    if let Some(site) = site {
+        return site.form;
+    }
+    let default = default_shell();
+    let shell_prefixed =
+        |prefix: &[String]| value.len() == prefix.len() + 1 && value.starts_with(prefix);
+    if shell_prefixed(shell) || shell_prefixed(&default) {
+        Form::Shell
+    } else {
+        Form::Exec
+    }
+}
+
+fn command_warnings(
+    warnings: &mut Vec<Warning>,
+    h: &CommandHistory,
+    shell: &[String],
+    entrypoint_form: Form,
+    cmd_form: Form,
+    sources: &BTreeMap<String, Source>,
+) {
+    let line_of = |field: &str| sources.get(field).and_then(|s| s.line);
+    for (prev, next, code) in &h.overridden {
+        let kind = if *code == "MultipleCmd" {
+            "CMD"
+        } else {
+            "ENTRYPOINT"
+        };
+        warnings.push(Warning {
+            code,
+            message: format!(
+                "{kind} on line {} is overridden by the {kind} on line {}: only the last {kind} of a stage counts",
+                prev.line, next.line
+            ),
+            line: Some(prev.line),
+        });
+    }
+    if let Some(reset) = &h.cmd_reset {
+        if cmd_form == Form::None {
+            warnings.push(Warning {
+                code: "EntrypointResetsCmd",
+                message: format!(
+                    "ENTRYPOINT on line {} resets the inherited CMD {}: the image has no CMD unless a CMD follows the ENTRYPOINT",
+                    reset.line,
+                    json_list(&h.dropped_cmd)
+                ),
+                line: Some(reset.line),
+            });
+        }
+    }
+    for (field, site) in [("ENTRYPOINT", &h.entrypoint), ("CMD", &h.cmd)] {
+        let Some(site) = site else { continue };
+        if site.literal_variables.is_empty() {
+            continue;
+        }
+        warnings.push(Warning {
+            code: "ExecFormVariables",
+            message: format!(
+                "{field} is in exec form, which no shell runs: {} reach the process literally, unexpanded (use shell form, or [\"sh\", \"-c\", \"…\"])",
+                site.literal_variables
+                    .iter()
+                    .map(|w| format!("{w:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            line: Some(site.line),
+        });
+    }
+    let shell_text = shell.join(" ");
+    if entrypoint_form == Form::Shell {
+        warnings.push(Warning {
+            code: "ShellEntrypointIgnoresArgs",
+            message: format!(
+                "ENTRYPOINT is in shell form: `{shell_text} '…'` ignores CMD and docker run arguments (they only become $0, $1, … of the shell)"
+            ),
+            line: line_of("entrypoint"),
+        });
+    }
+    let pid1 = match (entrypoint_form, cmd_form) {
+        (Form::Shell, _) => Some("entrypoint"),
+        (Form::None, Form::Shell) => Some("cmd"),
+        _ => None,
+    };
+    if let Some(field) = pid1 {
+        let program = shell.first().cloned().unwrap_or_default();
+        warnings.push(Warning {
+            code: "ShellFormSignals",
+            message: format!(
+                "{} is in shell form: {program} runs as PID 1 and does not forward SIGTERM, so docker stop waits for its timeout and then kills (use exec form, or `exec` the command)",
+                field.to_uppercase()
+            ),
+            line: line_of(field),
+        });
+    }
+}
+
+fn json_list(items: &[String]) -> String {
+    serde_json::to_string(items).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn explain_text(source: &str, options: &ExplainOptions) -> Explanation {
+        let df = kiln_parser::parse(source, "Dockerfile").unwrap();
+        let df = ins::from_ast(&df).unwrap();
+        explain(&df, options, &OfflineResolver).unwrap()
+    }
+
+    #[test]
+    fn inherited_cmd_reset_by_entrypoint() {
+        let e = explain_text(
+            "FROM scratch AS base\nCMD [\"sh\"]\nFROM base\nENTRYPOINT [\"/app\"]\n",
+            &ExplainOptions::default(),
+        );
+        assert_eq!(e.cmd, None);
+        assert_eq!(e.argv.unwrap(), ["/app"]);
+        assert_eq!(e.sources["cmd"].from, "reset");
+        assert!(e
+            .warnings
+            .iter()
+            .any(|w| w.code == "EntrypointResetsCmd" && w.line == Some(4)));
+    }
+
+    #[test]
+    fn cmd_before_entrypoint_in_same_stage_is_kept() {
+        let e = explain_text(
+            "FROM scratch\nCMD [\"-x\"]\nENTRYPOINT [\"/app\"]\n",
+            &ExplainOptions::default(),
+        );
+        assert_eq!(e.argv.unwrap(), ["/app", "-x"]);
+        assert!(e.warnings.iter().all(|w| w.code != "EntrypointResetsCmd"));
+    }
+
+    #[test]
+    fn nothing_to_run() {
+        let e = explain_text("FROM scratch\n", &ExplainOptions::default());
+        assert_eq!(e.argv, None);
+        assert!(e.warnings.iter().any(|w| w.code == "NoCommand"));
+    }
+}

@@ -1,0 +1,267 @@
+//! `kiln check` (lint a Dockerfile) and `kiln explain` (what the image will
+//! run, and why): both read the Dockerfile and stop before building.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use kiln_builder::dockerignore::load_for_build;
+use kiln_builder::explain::{explain, render, ExplainOptions, StoreImages};
+use kiln_builder::lint::{check, LintOptions, Report};
+use kiln_builder::plan::BuildOptions;
+
+use crate::settings::GlobalSettings;
+
+#[derive(Debug, Subcommand)]
+pub enum CheckCommand {
+    /// Lint a Dockerfile: BuildKit's build checks and common RUN mistakes.
+    ///
+    /// Exits 1 when the Dockerfile does not parse, when an error-level rule
+    /// fires, or when any rule fires under `# check=error=true`.
+    Check(CheckArgs),
+    /// Show what an image built from a Dockerfile will run (ENTRYPOINT, CMD,
+    /// the argv of docker run, SHELL, USER, WORKDIR, ENV, …) and which line
+    /// set each value, without building anything.
+    ///
+    /// Exits 1 when docker run would fail for lack of a command.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The Dockerfile (default: CONTEXT/Dockerfile; `-` for standard input).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    format: OutputFormat,
+    /// A build argument (changes what FROM lines name); `K` alone takes
+    /// kiln's own environment variable K.
+    #[arg(long = "build-arg", value_name = "K=V")]
+    build_args: Vec<String>,
+    /// The build context (its .dockerignore is checked against COPY/ADD).
+    #[arg(value_name = "CONTEXT", default_value = ".")]
+    context: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The Dockerfile (default: CONTEXT/Dockerfile; `-` for standard input).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// The stage to explain (default: the last one).
+    #[arg(long, value_name = "STAGE")]
+    target: Option<String>,
+    /// A build argument; `K` alone takes kiln's own environment variable K.
+    #[arg(long = "build-arg", value_name = "K=V")]
+    build_args: Vec<String>,
+    /// Explain `docker run --entrypoint E` ("" resets the entrypoint).
+    #[arg(long, value_name = "E")]
+    entrypoint: Option<String>,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    format: OutputFormat,
+    /// Base images missing from the local store are treated as empty
+    /// (instead of an error).
+    #[arg(long)]
+    offline: bool,
+    /// The build context (only locates the default Dockerfile: nothing is read from it).
+    #[arg(value_name = "CONTEXT", default_value = ".")]
+    context: PathBuf,
+    /// Arguments after the image in `docker run IMAGE ARGS...` (after `--`).
+    #[arg(value_name = "ARGS", last = true)]
+    args: Vec<String>,
+}
+
+impl CheckCommand {
+    pub fn run(self, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
+        match self {
+            CheckCommand::Check(args) => run_check(args, settings),
+            CheckCommand::Explain(args) => run_explain(args, settings),
+        }
+    }
+}
+
+/// The Dockerfile's text and the name to show for it.
+fn read_dockerfile(file: Option<&Path>, context: &Path) -> anyhow::Result<(String, String)> {
+    let path = file
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| context.join("Dockerfile"));
+    if path.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("reading the Dockerfile from standard input")?;
+        return Ok((
+            String::from_utf8_lossy(&bytes).into_owned(),
+            "-".to_string(),
+        ));
+    }
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text).to_string();
+    let shown = path.strip_prefix(".").unwrap_or(&path);
+    Ok((text, shown.display().to_string()))
+}
+
+/// Prints to standard output; a closed pipe (`| head`) is not an error.
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other.context("writing to standard output")?),
+    }
+}
+
+/// `--build-arg K=V`, or `K` from kiln's environment (dropped when unset), as
+/// the docker CLI does.
+fn build_args(flags: &[String]) -> BTreeMap<String, String> {
+    flags
+        .iter()
+        .filter_map(|flag| match flag.split_once('=') {
+            Some((k, v)) => Some((k.to_string(), v.to_string())),
+            None => std::env::var(flag).ok().map(|v| (flag.clone(), v)),
+        })
+        .collect()
+}
+
+fn run_check(args: CheckArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
+    let (text, name) = read_dockerfile(args.file.as_deref(), &args.context)?;
+    let dockerfile_path = args.file.clone().filter(|f| f.as_os_str() != "-");
+    let dockerignore = load_for_build(&args.context, dockerfile_path.as_deref())
+        .context("reading .dockerignore")?;
+    let images = StoreImages::open_existing(&settings.root)
+        .with_context(|| format!("opening the store at {}", settings.root.display()))?;
+    let options = LintOptions {
+        build_args: build_args(&args.build_args),
+        dockerignore: Some(dockerignore),
+        images: Some(&images),
+        ..LintOptions::default()
+    };
+    let report = check(&text, &name, &options);
+    match args.format {
+        OutputFormat::Json => {
+            let mut value = serde_json::to_value(&report)?;
+            if let Some(map) = value.as_object_mut() {
+                map.insert("fails".into(), serde_json::Value::Bool(report.fails()));
+            }
+            write_stdout(&(serde_json::to_string_pretty(&value)? + "\n"))?;
+        }
+        OutputFormat::Text => write_stdout(&check_text(&report))?,
+    }
+    Ok(if report.fails() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `file:line:column: severity: Rule: message`, one finding a line.
+fn check_text(report: &Report) -> String {
+    let mut out = String::new();
+    if let Some(error) = &report.error {
+        match (error.line, error.column) {
+            // Parser errors already start with file:line:column.
+            _ if error.message.starts_with(&format!("{}:", report.file)) => {
+                out.push_str(&format!("error: {}\n", error.message))
+            }
+            (Some(line), Some(column)) => out.push_str(&format!(
+                "{}:{line}:{column}: error: {}\n",
+                report.file, error.message
+            )),
+            _ => out.push_str(&format!("error: {}\n", error.message)),
+        }
+    }
+    for f in &report.findings {
+        out.push_str(&format!(
+            "{}:{}:{}: {}: {}: {}\n",
+            report.file,
+            f.line,
+            f.column,
+            f.severity.as_str(),
+            f.rule,
+            f.message
+        ));
+    }
+    for note in &report.notes {
+        out.push_str(&format!("note: {note}\n"));
+    }
+    let count = |s: kiln_builder::lint::rules::Severity| {
+        report.findings.iter().filter(|f| f.severity == s).count()
+    };
+    use kiln_builder::lint::rules::Severity;
+    if report.findings.is_empty() && report.error.is_none() {
+        out.push_str("no problems found\n");
+    } else {
+        out.push_str(&format!(
+            "{} error(s), {} warning(s), {} info\n",
+            count(Severity::Error),
+            count(Severity::Warning),
+            count(Severity::Info)
+        ));
+    }
+    if report.error_on_warning && !report.findings.is_empty() {
+        out.push_str("check=error=true: every finding fails the check\n");
+    }
+    out
+}
+
+fn run_explain(args: ExplainArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
+    let (text, name) = read_dockerfile(args.file.as_deref(), &args.context)?;
+    let ast = kiln_parser::parse(&text, &name)?;
+    let df = kiln_parser::instructions::from_ast(&ast)?;
+    let images = StoreImages::open_existing(&settings.root)
+        .with_context(|| format!("opening the store at {}", settings.root.display()))?;
+    let options = ExplainOptions {
+        build: BuildOptions {
+            target: args.target.clone(),
+            build_args: build_args(&args.build_args),
+            ..BuildOptions::default()
+        },
+        entrypoint: args.entrypoint.clone(),
+        args: args.args.clone(),
+        offline: args.offline,
+    };
+    let explanation = explain(&df, &options, &images)?;
+    match args.format {
+        OutputFormat::Json => write_stdout(&(serde_json::to_string_pretty(&explanation)? + "\n"))?,
+        OutputFormat::Text => {
+            let mut invocation = String::from("docker run");
+            if let Some(e) = &args.entrypoint {
+                invocation.push_str(&format!(" --entrypoint {}", shell_word(e)));
+            }
+            invocation.push_str(" IMAGE");
+            for a in &args.args {
+                invocation.push(' ');
+                invocation.push_str(&shell_word(a));
+            }
+            write_stdout(&render::text(&explanation, &invocation))?;
+        }
+    }
+    Ok(if explanation.argv.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A word quoted for a POSIX shell when it needs it.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
