@@ -36,6 +36,8 @@ enum Command {
     #[command(flatten)]
     Run(cmd::run::RunCommand),
     #[command(flatten)]
+    Check(cmd::check::CheckCommand),
+    #[command(flatten)]
     Build(cmd::build::BuildCommand),
     #[command(flatten)]
     Registry(cmd::registry::RegistryCommand),
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Command::Parse(c) => c.run(&settings),
         Command::Image(c) => c.run(&settings),
         Command::Run(c) => c.run(&settings),
+        Command::Check(c) => c.run(&settings),
         Command::Build(c) => c.run(&settings),
         Command::Registry(c) => c.run(&settings),
     };

@@ -2,6 +2,7 @@
 //! them into calls on the library crates; no build logic lives here.
 
 pub mod build;
+pub mod check;
 pub mod image;
 pub mod parse;
 pub mod registry;

@@ -1,0 +1,216 @@
+//! `kiln check` and `kiln explain` against the data-driven cases in
+//! `testdata/check/<case>/` and `testdata/explain/<case>/`.
+//!
+//! check: each case has a `Dockerfile` (and maybe `.dockerignore`, and an
+//! `args` file with extra arguments, one a line); `expected.txt` holds the
+//! output followed by `exit: N`. A case named `<Rule>-fires` must report
+//! the rule, a case named `<Rule>-quiet…` must not.
+//!
+//! explain: each case has a `Dockerfile` and one or more `<name>.args`
+//! files (arguments to `kiln explain`, one a line, `--` included); for each
+//! `<name>.json` is the JSON output and `<name>.txt` the text output, both
+//! followed by `exit: N`.
+//!
+//! `KILN_BLESS=1 cargo test --test explain` rewrites the expected files.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+fn testdata(area: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(area)
+}
+
+fn bless() -> bool {
+    std::env::var_os("KILN_BLESS").is_some_and(|v| v == "1")
+}
+
+fn case_dirs(area: &str) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = fs::read_dir(testdata(area))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert!(!dirs.is_empty(), "no cases in testdata/{area}");
+    dirs
+}
+
+fn read_args(path: &Path) -> Vec<String> {
+    match fs::read_to_string(path) {
+        Ok(text) => text.lines().map(str::to_string).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Runs kiln in `dir` with the store `store`; stdout, then standard error
+/// (each line prefixed `stderr: `), then `exit: N`.
+fn run_kiln(dir: &Path, store: &Path, args: &[String]) -> String {
+    let out = Command::new(KILN)
+        .current_dir(dir)
+        .env("KILN_ROOT", store)
+        .env_remove("KILN_LOG")
+        .args(args)
+        .output()
+        .unwrap();
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        text.push_str(&format!("stderr: {line}\n"));
+    }
+    text.push_str(&format!("exit: {}\n", out.status.code().unwrap_or(-1)));
+    text
+}
+
+/// A store for one explain case: empty, or (when the case has an `image`
+/// file: a reference, then `--change` lines) holding an image with an empty
+/// root filesystem and that config, imported with `kiln import`.
+fn case_store(dir: &Path) -> tempfile::TempDir {
+    let store = tempfile::tempdir().unwrap();
+    let Ok(spec) = fs::read_to_string(dir.join("image")) else {
+        return store;
+    };
+    let mut lines = spec.lines();
+    let reference = lines.next().unwrap();
+    let rootfs = store.path().join("rootfs");
+    fs::create_dir_all(rootfs.join("etc")).unwrap();
+    fs::write(rootfs.join("etc/motd"), "explain test image\n").unwrap();
+    let tar = store.path().join("rootfs.tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success(), "tar failed");
+    let mut import = Command::new(KILN);
+    import
+        .env("KILN_ROOT", store.path().join("root"))
+        .arg("import");
+    for change in lines {
+        import.args(["--change", change]);
+    }
+    let out = import.arg(&tar).arg(reference).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}: kiln import: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    store
+}
+
+/// Compares (or with KILN_BLESS=1 writes) one expected file; returns a
+/// description of the mismatch.
+fn compare(expected_path: &Path, actual: &str) -> Option<String> {
+    if bless() {
+        fs::write(expected_path, actual).unwrap();
+        return None;
+    }
+    let expected = fs::read_to_string(expected_path).unwrap_or_default();
+    (expected != actual).then(|| {
+        format!(
+            "{}:\n--- expected\n{expected}\n--- actual\n{actual}",
+            expected_path.display()
+        )
+    })
+}
+
+#[test]
+fn check_cases() {
+    let store = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for dir in case_dirs("check") {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let mut args = vec![
+            "check".to_string(),
+            "-f".to_string(),
+            "Dockerfile".to_string(),
+        ];
+        args.extend(read_args(&dir.join("args")));
+        let actual = run_kiln(&dir, store.path(), &args);
+        if let Some(rule) = name.strip_suffix("-fires") {
+            if !actual.contains(&format!(": {rule}: ")) {
+                failures.push(format!("{name}: {rule} did not fire:\n{actual}"));
+            }
+        }
+        if let Some((rule, _)) = name.split_once("-quiet") {
+            if actual.contains(&format!(": {rule}: ")) {
+                failures.push(format!("{name}: {rule} fired:\n{actual}"));
+            }
+        }
+        failures.extend(compare(&dir.join("expected.txt"), &actual));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Every rule kiln documents has a case that fires it and one that does not.
+#[test]
+fn every_rule_has_both_cases() {
+    let names: Vec<String> = case_dirs("check")
+        .iter()
+        .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for rule in kiln_builder::lint::rules::ALL {
+        assert!(
+            names.contains(&format!("{}-fires", rule.name)),
+            "no testdata/check/{}-fires",
+            rule.name
+        );
+        assert!(
+            names
+                .iter()
+                .any(|n| n.starts_with(&format!("{}-quiet", rule.name))),
+            "no testdata/check/{}-quiet",
+            rule.name
+        );
+    }
+}
+
+#[test]
+fn explain_cases() {
+    let mut failures = Vec::new();
+    let mut count = 0;
+    for dir in case_dirs("explain") {
+        let store = case_store(&dir);
+        let root = store.path().join("root");
+        let mut arg_files: Vec<PathBuf> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "args"))
+            .collect();
+        arg_files.sort();
+        assert!(!arg_files.is_empty(), "{}: no .args file", dir.display());
+        for file in arg_files {
+            count += 1;
+            let (before, after) = split_args(&read_args(&file));
+            for (format, ext) in [("json", "json"), ("text", "txt")] {
+                let mut args = vec![
+                    "explain".to_string(),
+                    "-f".to_string(),
+                    "Dockerfile".to_string(),
+                ];
+                args.extend(before.iter().cloned());
+                args.extend(["--format".to_string(), format.to_string()]);
+                args.extend(after.iter().cloned());
+                let actual = run_kiln(&dir, &root, &args);
+                failures.extend(compare(&file.with_extension(ext), &actual));
+            }
+        }
+    }
+    assert!(count > 0);
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Splits at `--` (kept with the run arguments).
+fn split_args(args: &[String]) -> (Vec<String>, Vec<String>) {
+    match args.iter().position(|a| a == "--") {
+        Some(i) => (args[..i].to_vec(), args[i..].to_vec()),
+        None => (args.to_vec(), Vec::new()),
+    }
+}
