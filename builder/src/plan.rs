@@ -518,15 +518,24 @@ pub fn plan(
         stages.push(sp);
     }
 
-    // Build args nobody declared.
-    for key in opts.build_args.keys() {
-        let predefined = planner.global.iter().any(|(k, _)| k == key);
-        if !planner.used_args.contains(key) && !PROXY_ARGS.contains(&key.as_str()) && !predefined {
-            planner.warnings.push(PlanWarning {
-                line: None,
-                message: format!("build argument {key:?} was not consumed by any ARG"),
-            });
-        }
+    // Build args nobody declared (one warning, as docker prints it).
+    let unused: Vec<&str> = opts
+        .build_args
+        .keys()
+        .filter(|key| {
+            let predefined = planner.global.iter().any(|(k, _)| k == *key);
+            !planner.used_args.contains(*key) && !PROXY_ARGS.contains(&key.as_str()) && !predefined
+        })
+        .map(String::as_str)
+        .collect();
+    if !unused.is_empty() {
+        planner.warnings.push(PlanWarning {
+            line: None,
+            message: format!(
+                "One or more build-args [{}] were not consumed",
+                unused.join(" ")
+            ),
+        });
     }
     let order: Vec<usize> = needed.iter().copied().collect();
     Ok(Plan {

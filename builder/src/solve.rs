@@ -34,11 +34,16 @@ use crate::users::ChownSpec;
 /// Why a build failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SolveError {
-    #[error("line {line}: {instruction}: process exited with code {code}")]
+    #[error(
+        "line {line}: {instruction}: process exited with code {code}{}",
+        tail(last_lines)
+    )]
     RunFailed {
         line: usize,
         instruction: String,
         code: i32,
+        /// The last lines the process printed.
+        last_lines: Vec<String>,
     },
     #[error("line {line}: {instruction}: {message}")]
     Step {
@@ -59,6 +64,16 @@ pub enum SolveError {
     #[error("stage {0} failed before it finished")]
     StageMissing(usize),
 }
+
+fn tail(lines: &[String]) -> String {
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!("\nlast output:\n  {}", lines.join("\n  "))
+}
+
+/// How many output lines a failed RUN reports.
+const TAIL_LINES: usize = 10;
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SolveError + '_ {
     move |source| SolveError::Io {
@@ -125,6 +140,10 @@ pub trait BuildEvents: Sync {
     fn step_started(&self, stage: &str, number: usize, total: usize, instruction: &str);
     /// A step ended: `cached` when its layer came from the build cache.
     fn step_done(&self, stage: &str, instruction: &str, cached: bool, seconds: f64);
+    /// A line a RUN step printed (stdout and stderr, interleaved).
+    fn step_output(&self, _stage: &str, line: &str) {
+        eprintln!("{line}");
+    }
 }
 
 /// Prints nothing.
@@ -133,6 +152,7 @@ pub struct NoEvents;
 impl BuildEvents for NoEvents {
     fn step_started(&self, _: &str, _: usize, _: usize, _: &str) {}
     fn step_done(&self, _: &str, _: &str, _: bool, _: f64) {}
+    fn step_output(&self, _: &str, _: &str) {}
 }
 
 /// How to build.
@@ -417,7 +437,16 @@ fn run_step(
     std::fs::create_dir_all(&upper).map_err(io_err(&upper))?;
     let rootfs = LayeredRootfs::new(&upper, out.lowers_top_first());
     match &step.kind {
-        StepKind::Run(r) => execute_run(store, step, r, &rootfs, context, opts, &dir)?,
+        StepKind::Run(r) => execute_run(
+            store,
+            &stage_label(plan, step.stage),
+            step,
+            r,
+            &rootfs,
+            context,
+            opts,
+            &dir,
+        )?,
         StepKind::Copy(c) => execute_copy(
             store, plan, step, c, &rootfs, context, resolver, opts, &dir, deps,
         )?,
@@ -541,8 +570,10 @@ fn reuse(
     Ok(true)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn execute_run(
     store: &Store,
+    label: &str,
     step: &Step,
     r: &RunStep,
     rootfs: &LayeredRootfs,
@@ -589,15 +620,63 @@ fn execute_run(
     spec.network = network;
     spec.mounts = mounts;
     spec.image = format!("stage {}", step.stage);
-    let status = kiln_runtime::run(spec, &opts.helper).map_err(|e| step_err(e.to_string()))?;
+    // Output goes through a pipe: shown as it comes, its tail kept for the
+    // error message.
+    let (reader, writer) = output_pipe().map_err(|e| step_err(format!("creating a pipe: {e}")))?;
+    let writer_err = writer
+        .try_clone()
+        .map_err(|e| step_err(format!("creating a pipe: {e}")))?;
+    spec.streams = kiln_runtime::Streams::Stdio {
+        stdin: std::process::Stdio::null(),
+        stdout: std::process::Stdio::from(writer),
+        stderr: std::process::Stdio::from(writer_err),
+    };
+    let (status, last_lines) = std::thread::scope(|scope| {
+        let collector = scope.spawn(|| {
+            use std::io::BufRead;
+            let mut last: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+            for line in std::io::BufReader::new(reader).lines() {
+                let Ok(line) = line else { break };
+                opts.events.step_output(label, &line);
+                if last.len() == TAIL_LINES {
+                    last.pop_front();
+                }
+                last.push_back(line);
+            }
+            last.into_iter().collect::<Vec<String>>()
+        });
+        // `spec` owns the write ends; they close when run() returns.
+        let status = kiln_runtime::run(spec, &opts.helper);
+        let last = collector.join().unwrap_or_default();
+        (status, last)
+    });
+    let status = status.map_err(|e| step_err(e.to_string()))?;
     if !status.success() {
         return Err(SolveError::RunFailed {
             line: step.line,
             instruction: step.instruction.clone(),
             code: status.code(),
+            last_lines,
         });
     }
     Ok(())
+}
+
+/// A pipe for a RUN's output: (read end, write end).
+fn output_pipe() -> std::io::Result<(std::fs::File, std::fs::File)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned by nothing else.
+    Ok(unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    })
 }
 
 /// `RUN --mount=...`: `type=cache` (a persistent directory in the store)

@@ -38,7 +38,9 @@ fn store_with_busybox(dir: &Path) -> Store {
         std::fs::Permissions::from_mode(0o755),
     )
     .unwrap();
-    let list = std::process::Command::new(root.join("bin/busybox"))
+    // The host's copy: exec'ing the fresh one can race with another test
+    // thread's fork holding it open for writing (ETXTBSY).
+    let list = std::process::Command::new(busybox())
         .arg("--list")
         .output()
         .unwrap();
@@ -85,6 +87,7 @@ impl BuildEvents for Events {
             .unwrap()
             .push((instruction.to_string(), cached));
     }
+    fn step_output(&self, _: &str, _: &str) {}
 }
 
 fn build(
@@ -245,12 +248,25 @@ fn failing_run_names_line_and_code() {
     let err = build(
         &store,
         &ctx,
-        "FROM busybox:test\nRUN echo before\nRUN exit 3\nRUN echo never\n",
+        "FROM busybox:test\nRUN echo before\nRUN echo going down; echo to stderr >&2; exit 3\nRUN echo never\n",
         &Events::default(),
     )
     .unwrap_err();
+    let message = err.to_string();
     match err {
-        SolveError::RunFailed { line, code, .. } => assert_eq!((line, code), (3, 3)),
+        SolveError::RunFailed {
+            line,
+            code,
+            last_lines,
+            ..
+        } => {
+            assert_eq!((line, code), (3, 3));
+            assert_eq!(last_lines, ["going down", "to stderr"]);
+            assert!(
+                message.contains("line 3") && message.contains("to stderr"),
+                "{message}"
+            );
+        }
         other => panic!("unexpected {other}"),
     }
 }

@@ -151,6 +151,17 @@ impl BuildEvents for StepPrinter {
             ),
         }
     }
+
+    fn step_output(&self, stage: &str, line: &str) {
+        match self.mode {
+            ProgressMode::Quiet => {}
+            ProgressMode::Json => eprintln!(
+                "{}",
+                serde_json::json!({"event": "output", "stage": stage, "line": line})
+            ),
+            _ => eprintln!("   {line}"),
+        }
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
