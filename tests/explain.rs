@@ -214,3 +214,255 @@ fn split_args(args: &[String]) -> (Vec<String>, Vec<String>) {
         None => (args.to_vec(), Vec::new()),
     }
 }
+
+/// The `--target`/`--build-arg` flags of an args file (what a build takes).
+fn build_flags(args: &[String]) -> Option<Vec<String>> {
+    let mut flags = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--target" | "--build-arg" => {
+                flags.push(arg.clone());
+                flags.push(iter.next()?.clone());
+            }
+            // Run-time flags do not change the image.
+            "--entrypoint" => {
+                iter.next()?;
+            }
+            "--" => break,
+            _ => return None,
+        }
+    }
+    Some(flags)
+}
+
+fn json_output(text: &str) -> Option<serde_json::Value> {
+    let body: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("stderr: ") && !l.starts_with("exit: "))
+        .collect();
+    serde_json::from_str(&body.join("\n")).ok()
+}
+
+/// An empty list and no list are the same to docker run.
+fn command_value(v: &serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Array(a) if a.is_empty() => serde_json::Value::Null,
+        other => other.clone(),
+    }
+}
+
+/// For every explain case that builds, the entrypoint and cmd explain
+/// reports are those of the image `kiln build` produces.
+#[test]
+fn explain_matches_built_config() {
+    let mut failures = Vec::new();
+    let mut built = 0;
+    for dir in case_dirs("explain") {
+        let store = case_store(&dir);
+        let root = store.path().join("root");
+        for entry in fs::read_dir(&dir).unwrap() {
+            let file = entry.unwrap().path();
+            if file.extension().is_none_or(|e| e != "args") {
+                continue;
+            }
+            let args = read_args(&file);
+            let Some(flags) = build_flags(&args) else {
+                continue;
+            };
+            let mut explain_args: Vec<String> =
+                vec!["explain".into(), "-f".into(), "Dockerfile".into()];
+            explain_args.extend(flags.iter().cloned());
+            explain_args.extend(["--format".into(), "json".into()]);
+            let Some(explained) = json_output(&run_kiln(&dir, &root, &explain_args)) else {
+                // explain refused (an unknown base image): nothing to build either.
+                continue;
+            };
+            if explained["warnings"]
+                .as_array()
+                .is_some_and(|w| w.iter().any(|w| w["code"] == "BaseImageUnknown"))
+            {
+                continue;
+            }
+            let tag = format!("explain-check:{}", built);
+            let mut build_args: Vec<String> = vec![
+                "build".into(),
+                "-f".into(),
+                "Dockerfile".into(),
+                "-t".into(),
+                tag.clone(),
+            ];
+            build_args.extend(flags.iter().cloned());
+            build_args.push(".".into());
+            let out = run_kiln(&dir, &root, &build_args);
+            if !out.ends_with("exit: 0\n") {
+                failures.push(format!("{}: kiln build failed:\n{out}", file.display()));
+                continue;
+            }
+            built += 1;
+            let inspect = run_kiln(&dir, &root, &["inspect".into(), tag.clone()]);
+            let Some(image) = json_output(&inspect) else {
+                failures.push(format!("{}: kiln inspect: {inspect}", file.display()));
+                continue;
+            };
+            let config = &image[0]["Config"]["config"];
+            for (ours, theirs) in [("entrypoint", "Entrypoint"), ("cmd", "Cmd")] {
+                let want = command_value(&config[theirs]);
+                let got = command_value(&explained[ours]);
+                if want != got {
+                    failures.push(format!(
+                        "{}: {ours}: explain says {got}, the built image has {want}",
+                        file.display()
+                    ));
+                }
+            }
+        }
+    }
+    eprintln!("{built} images built and compared");
+    assert!(built >= 10, "only {built} cases built");
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `explain`'s argv is what `kiln run` executes: for images built on a
+/// busybox base, the container's output equals the output of running the
+/// same argv on the host (`/bin/sh` and `/bin/echo` exist on both).
+#[test]
+fn explain_argv_is_what_kiln_run_runs() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root (kiln run uses real namespaces)");
+        return;
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .expect("busybox is missing: scripts/setup installs busybox-static");
+    let work = tempfile::tempdir().unwrap();
+    let rootfs = work.path().join("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+    for applet in ["sh", "echo"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    let tar = work.path().join("rootfs.tar");
+    assert!(Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .args(["-cf"])
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    let root = work.path().join("store");
+    let kiln = |dir: &Path, args: &[&str]| -> std::process::Output {
+        Command::new(KILN)
+            .current_dir(dir)
+            .env("KILN_ROOT", &root)
+            .env_remove("KILN_LOG")
+            .stdin(std::process::Stdio::null())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = kiln(
+        work.path(),
+        &["import", tar.to_str().unwrap(), "busybox:explain"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // (Dockerfile body after FROM, --entrypoint, run arguments)
+    let cases: &[(&str, Option<&str>, &[&str])] = &[
+        (
+            "ENTRYPOINT [\"/bin/echo\", \"entry\"]\nCMD [\"default\"]\n",
+            None,
+            &[],
+        ),
+        (
+            "ENTRYPOINT [\"/bin/echo\", \"entry\"]\nCMD [\"default\"]\n",
+            None,
+            &["x", "y"],
+        ),
+        (
+            "ENTRYPOINT [\"/bin/echo\", \"entry\"]\nCMD [\"default\"]\n",
+            Some("/bin/echo"),
+            &["z"],
+        ),
+        (
+            "ENTRYPOINT echo shell entry\nCMD [\"ignored\"]\n",
+            None,
+            &["also-ignored"],
+        ),
+        ("CMD echo shell cmd\n", None, &[]),
+        ("CMD [\"/bin/echo\", \"exec\", \"$HOME\"]\n", None, &[]),
+        (
+            "SHELL [\"/bin/sh\", \"-c\", \"echo custom shell: \\\"$0\\\"\"]\nCMD ran\n",
+            None,
+            &[],
+        ),
+    ];
+    for (i, (body, entrypoint, args)) in cases.iter().enumerate() {
+        let dir = work.path().join(format!("case{i}"));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("Dockerfile"),
+            format!("FROM busybox:explain\n{body}"),
+        )
+        .unwrap();
+        let tag = format!("explain-run:{i}");
+        let out = kiln(&dir, &["build", "-t", &tag, "."]);
+        assert!(
+            out.status.success(),
+            "case {i}: build: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let mut explain_args = vec!["explain", "--format", "json"];
+        let mut run_args = vec!["run", "--network", "none"];
+        if let Some(e) = entrypoint {
+            explain_args.extend(["--entrypoint", e]);
+            run_args.extend(["--entrypoint", e]);
+        }
+        explain_args.push("--");
+        explain_args.extend(args.iter());
+        run_args.push(&tag);
+        run_args.extend(args.iter());
+        let out = kiln(&dir, &explain_args);
+        assert!(
+            out.status.success(),
+            "case {i}: explain: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let explained: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let argv: Vec<String> = serde_json::from_value(explained["argv"].clone()).unwrap();
+
+        let host = Command::new(&argv[0])
+            .args(&argv[1..])
+            .env_clear()
+            .output()
+            .unwrap();
+        let container = kiln(&dir, &run_args);
+        assert!(
+            container.status.success(),
+            "case {i}: kiln run: {}",
+            String::from_utf8_lossy(&container.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&container.stdout),
+            String::from_utf8_lossy(&host.stdout),
+            "case {i}: argv {argv:?}"
+        );
+        assert!(
+            !host.stdout.is_empty(),
+            "case {i}: argv {argv:?} printed nothing"
+        );
+    }
+}

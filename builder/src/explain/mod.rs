@@ -49,7 +49,7 @@ use crate::run_argv::{docker_run_command, RunCommand};
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
     /// A base image is neither in the store nor reachable (without --offline).
-    #[error("line {line}: base image {image} is not in the local store (pull it first, or use --offline to treat it as empty): {message}")]
+    #[error("line {line}: base image {image}: {message} (pull it first, or use --offline to treat it as empty)")]
     UnknownBase {
         line: usize,
         image: String,

@@ -30,7 +30,7 @@ impl StoreImages {
 impl ImageResolver for StoreImages {
     fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
         let parsed = Reference::parse(reference).map_err(|e| e.to_string())?;
-        let not_found = || format!("{parsed} not found in the local store");
+        let not_found = || "not found in the local store".to_string();
         let Some(store) = &self.store else {
             return Err(not_found());
         };
