@@ -153,6 +153,7 @@ impl Lexer {
             unset: BTreeSet::new(),
             depth: 0,
             nested_words: 0,
+            max_len: MAX_EXPANSION_LEN.max(word.len().saturating_mul(2)),
         };
         match shell.process_stop_on(None, self.raw_escapes) {
             Ok((value, words)) => Ok(Expansion {
@@ -182,7 +183,19 @@ struct ShellWord<'a> {
     depth: usize,
     /// How many times a nested word was processed (for `shared_word_buffer`).
     nested_words: usize,
+    /// The longest result allowed (see [`MAX_EXPANSION_LEN`]).
+    max_len: usize,
 }
+
+/// The longest expansion result (in bytes) accepted, unless the word itself
+/// is longer (then twice its length). `${VAR//p/r}` can multiply lengths,
+/// and nesting it would grow results exponentially; BuildKit would run out
+/// of memory, kiln reports an error instead.
+pub const MAX_EXPANSION_LEN: usize = 4 << 20;
+
+/// The most pattern-matching work (pattern length × value length) one
+/// `${VAR#p}`, `${VAR%p}` or `${VAR/p/r}` may take.
+pub const MAX_MATCH_WORK: usize = 16 << 20;
 
 /// The deepest `${…}` nesting accepted. Go's growable stacks have no such
 /// limit; no real Dockerfile comes near it.
@@ -288,6 +301,7 @@ impl ShellWord<'_> {
             }
             if let Some(text) = special {
                 result.push_str(&text);
+                self.check_len(&result)?;
                 if ch == '$' {
                     words.add_string(&text);
                 } else {
@@ -373,6 +387,7 @@ impl ShellWord<'_> {
                 Some('$') => {
                     let value = self.process_dollar()?;
                     result.push_str(&value);
+                    self.check_len(&result)?;
                 }
                 Some(_) => {
                     let Some(mut ch) = self.next() else { continue };
@@ -393,6 +408,13 @@ impl ShellWord<'_> {
                 }
             }
         }
+    }
+
+    fn check_len(&self, text: &str) -> Result<(), String> {
+        if text.len() > self.max_len {
+            return Err(format!("expansion longer than {} bytes", self.max_len));
+        }
+        Ok(())
     }
 
     fn get_env(&mut self, name: &str) -> Option<String> {
@@ -543,11 +565,13 @@ impl ShellWord<'_> {
                 let tokens = compile_pattern(&pattern, true)
                     .map_err(|e| format!("invalid pattern ({pattern}) in substitution: {e}"))?;
                 let value: Vec<char> = value.chars().collect();
-                Ok(if replace_all {
-                    replace_all_matches(&tokens, &value, &replacement)
+                let replaced = if replace_all {
+                    replace_all_matches(&tokens, &value, &replacement, self.max_len)?
                 } else {
-                    replace_first_match(&tokens, &value, &replacement)
-                })
+                    replace_first_match(&tokens, &value, &replacement)?
+                };
+                self.check_len(&replaced)?;
+                Ok(replaced)
             }
             _ => Err(format!("unsupported modifier ({modifier}) in substitution")),
         }
@@ -656,8 +680,19 @@ fn compile_pattern(pattern: &str, _greedy: bool) -> Result<Vec<PatternToken>, St
 /// regex engine chooses it: each `*` prefers the fewest characters when
 /// `greedy` is false and the most when it is true. Like Go's `.`, wildcards
 /// do not match a newline. Runs in O(len(tokens) × len(value)).
-fn match_ends(tokens: &[PatternToken], value: &[char], greedy: bool) -> Vec<Option<usize>> {
+fn match_ends(
+    tokens: &[PatternToken],
+    value: &[char],
+    greedy: bool,
+) -> Result<Vec<Option<usize>>, String> {
     let n = value.len();
+    if tokens.len().saturating_mul(n + 1) > MAX_MATCH_WORK {
+        return Err(format!(
+            "pattern of {} characters is too long to match against {} characters",
+            tokens.len(),
+            n
+        ));
+    }
     // Row for "all tokens consumed": the match ends where we are.
     let mut next: Vec<Option<usize>> = (0..=n).map(Some).collect();
     let mut cur = vec![None; n + 1];
@@ -691,14 +726,14 @@ fn match_ends(tokens: &[PatternToken], value: &[char], greedy: bool) -> Vec<Opti
         }
         std::mem::swap(&mut next, &mut cur);
     }
-    next
+    Ok(next)
 }
 
 fn trim_prefix(pattern: &str, value: &str, greedy: bool) -> Result<String, String> {
     let tokens = compile_pattern(pattern, greedy)
         .map_err(|e| format!("invalid pattern ({pattern}) in substitution: {e}"))?;
     let chars: Vec<char> = value.chars().collect();
-    let ends = match_ends(&tokens, &chars, greedy);
+    let ends = match_ends(&tokens, &chars, greedy)?;
     Ok(match ends[0] {
         Some(end) => chars[end..].iter().collect(),
         None => value.to_string(),
@@ -732,25 +767,36 @@ fn trim_suffix(pattern: &str, value: &str, greedy: bool) -> Result<String, Strin
     Ok(trimmed.chars().rev().collect())
 }
 
-fn replace_first_match(tokens: &[PatternToken], value: &[char], replacement: &str) -> String {
-    let ends = match_ends(tokens, value, true);
-    match ends.iter().enumerate().find_map(|(s, e)| e.map(|e| (s, e))) {
-        Some((start, end)) => {
-            let mut out: String = value[..start].iter().collect();
-            out.push_str(replacement);
-            out.extend(&value[end..]);
-            out
-        }
-        None => value.iter().collect(),
-    }
+fn replace_first_match(
+    tokens: &[PatternToken],
+    value: &[char],
+    replacement: &str,
+) -> Result<String, String> {
+    let ends = match_ends(tokens, value, true)?;
+    Ok(
+        match ends.iter().enumerate().find_map(|(s, e)| e.map(|e| (s, e))) {
+            Some((start, end)) => {
+                let mut out: String = value[..start].iter().collect();
+                out.push_str(replacement);
+                out.extend(&value[end..]);
+                out
+            }
+            None => value.iter().collect(),
+        },
+    )
 }
 
 /// Go's `Regexp.ReplaceAllString`: successive non-overlapping matches, an
 /// empty match right after a match is skipped, and `$0`/`${0}` in the
 /// replacement stand for the match (other `$name`s for nothing, `$$` for `$`).
-fn replace_all_matches(tokens: &[PatternToken], value: &[char], template: &str) -> String {
+fn replace_all_matches(
+    tokens: &[PatternToken],
+    value: &[char],
+    template: &str,
+    max_len: usize,
+) -> Result<String, String> {
     let n = value.len();
-    let ends = match_ends(tokens, value, true);
+    let ends = match_ends(tokens, value, true)?;
     let mut out = String::new();
     let mut search = 0usize;
     let mut last_end = 0usize;
@@ -768,6 +814,9 @@ fn replace_all_matches(tokens: &[PatternToken], value: &[char], template: &str) 
         if end > last_end || start == 0 {
             expand_template(&mut out, template, &value[start..end]);
         }
+        if out.len() > max_len {
+            return Err(format!("expansion longer than {max_len} bytes"));
+        }
         last_end = end;
         let width = usize::from(search < n);
         if search + width > end {
@@ -779,7 +828,7 @@ fn replace_all_matches(tokens: &[PatternToken], value: &[char], template: &str) 
         }
     }
     out.extend(&value[last_end.min(n)..]);
-    out
+    Ok(out)
 }
 
 fn expand_template(out: &mut String, template: &str, matched: &[char]) {
@@ -927,6 +976,25 @@ mod tests {
             shell_like.expand("hello${X:-a}b c", &env()).unwrap().words,
             ["helloab", "c"]
         );
+    }
+
+    #[test]
+    fn exponential_growth_is_an_error_not_a_hang() {
+        // Each level inserts the inner result between all 14 characters of P.
+        let mut word = "x".to_string();
+        for _ in 0..12 {
+            word = format!("${{P///{word}}}");
+        }
+        assert!(
+            err(&word).ends_with("expansion longer than 4194304 bytes"),
+            "{}",
+            err(&word)
+        );
+        let long = "a".repeat(5000);
+        let env = vec![("L".to_string(), long.clone())];
+        let pattern = "?".repeat(5000);
+        let e = expand_word(&format!("${{L#{pattern}}}"), &env, '\\').unwrap_err();
+        assert!(e.message.contains("too long to match"), "{e}");
     }
 
     #[test]

@@ -684,7 +684,7 @@ impl Ctx<'_> {
                             ),
                             // The trigger text starts at the second ONBUILD.
                             &child.original,
-                        ))
+                        ));
                     }
                     "MAINTAINER" | "FROM" => {
                         return Err(self.error(
