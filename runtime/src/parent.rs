@@ -32,9 +32,15 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// The layout of a run's state dir.
+/// The layout of a run's state. The overlay's work dir (and a discarded
+/// upper dir) live in the caller's state dir, on the upper dir's filesystem;
+/// the small per-run files (mount point, mount-point layer, /etc files) go to
+/// `scratch`, a tmpfs when one is available: on a slow disk, creating and
+/// removing them was most of the cost of a short run.
 struct StateDir {
     root: PathBuf,
+    /// A directory of its own on a tmpfs, or `root`.
+    scratch: PathBuf,
     rootfs: PathBuf,
     work: PathBuf,
     upper: PathBuf,
@@ -42,18 +48,81 @@ struct StateDir {
     etc: PathBuf,
 }
 
+/// Statfs magic of tmpfs.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+fn is_tmpfs(path: &Path) -> bool {
+    let Ok(cpath) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs fills the zeroed struct we own.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(cpath.as_ptr(), &mut st) == 0 && st.f_type as i64 == TMPFS_MAGIC
+    }
+}
+
+/// A new private directory on a tmpfs for one run's small files: under
+/// /run/kiln (root), $XDG_RUNTIME_DIR/kiln, or /dev/shm/kiln-<uid>, the
+/// first that is a tmpfs and ours. `None` when there is none.
+fn tmpfs_scratch() -> Option<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let mut bases = Vec::new();
+    if euid == 0 {
+        bases.push((PathBuf::from("/run"), PathBuf::from("/run/kiln")));
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir);
+        bases.push((dir.clone(), dir.join("kiln")));
+    }
+    bases.push((
+        PathBuf::from("/dev/shm"),
+        PathBuf::from(format!("/dev/shm/kiln-{euid}")),
+    ));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let unique = format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    for (mount, base) in bases {
+        if !is_tmpfs(&mount) {
+            continue;
+        }
+        let _ = std::fs::DirBuilder::new().mode(0o700).create(&base);
+        // In a shared directory someone else could have made it first.
+        let ours = std::fs::symlink_metadata(&base)
+            .is_ok_and(|m| m.is_dir() && m.uid() == euid && m.mode() & 0o077 == 0);
+        if !ours {
+            continue;
+        }
+        let dir = base.join(&unique);
+        if std::fs::create_dir(&dir).is_ok() {
+            return Some(dir);
+        }
+    }
+    None
+}
+
 impl StateDir {
-    fn new(root: &Path, upper: &UpperDir) -> Self {
+    fn new(root: &Path, upper: &UpperDir, scratch: Option<PathBuf>) -> Self {
+        let scratch = scratch.unwrap_or_else(|| root.to_path_buf());
         StateDir {
             root: root.to_path_buf(),
-            rootfs: root.join("rootfs"),
+            rootfs: scratch.join("rootfs"),
             work: root.join("work"),
             upper: match upper {
                 UpperDir::Keep(path) => path.clone(),
                 UpperDir::Discard => root.join("upper"),
             },
-            mount_points: root.join("mountpoints"),
-            etc: root.join("etc"),
+            mount_points: scratch.join("mountpoints"),
+            etc: scratch.join("etc"),
+            scratch,
         }
     }
 
@@ -62,12 +131,6 @@ impl StateDir {
             let path = path.to_path_buf();
             move |source| RuntimeError::StateDir { path, source }
         };
-        if std::fs::read_dir(&self.root).is_ok_and(|mut d| d.next().is_some()) {
-            return Err(RuntimeError::StateDir {
-                path: self.root.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "not empty"),
-            });
-        }
         for dir in [&self.root, &self.rootfs, &self.work, &self.upper, &self.etc] {
             std::fs::create_dir_all(dir).map_err(err(dir))?;
         }
@@ -109,6 +172,7 @@ impl StateDir {
         &self,
         lower_dirs: &[PathBuf],
         rootless: bool,
+        volatile: bool,
     ) -> Result<String, RuntimeError> {
         let mut lowers: Vec<&Path> = lower_dirs.iter().rev().map(PathBuf::as_path).collect();
         lowers.push(&self.mount_points);
@@ -134,6 +198,14 @@ impl StateDir {
             self.upper.display(),
             self.work.display()
         );
+        // A kept upper dir is read back at once by the builder, which fsyncs
+        // the layer it makes: no need for overlay to syncfs the whole upper
+        // filesystem at unmount. (A discarded one skips it too, but pays two
+        // extra directories per run on slow-metadata disks, more than a
+        // syncfs with nothing to flush costs a short run.)
+        if volatile {
+            options.push_str(",volatile");
+        }
         if rootless {
             // Unprivileged overlay keeps its whiteout/opaque marks in user.* xattrs.
             options.push_str(",userxattr");
@@ -211,7 +283,17 @@ pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeE
     validate(&spec)?;
     // SAFETY: geteuid cannot fail.
     let rootless = unsafe { libc::geteuid() } != 0;
-    let state = StateDir::new(&spec.state_dir, &spec.upper);
+    let state = StateDir::new(&spec.state_dir, &spec.upper, tmpfs_scratch());
+    if std::fs::read_dir(&state.root).is_ok_and(|mut d| d.next().is_some()) {
+        // Someone else's: leave it alone.
+        if state.scratch != state.root {
+            remove_tree(&state.scratch);
+        }
+        return Err(RuntimeError::StateDir {
+            path: state.root.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "not empty"),
+        });
+    }
     let created = state.create(&spec);
     let result = created.and_then(|()| launch(spec_config(&spec, &state, rootless)?, spec, helper));
     let (result, stubs, upper_kept) = match result {
@@ -222,6 +304,9 @@ pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeE
         remove_stubs(&upper, &stubs);
     }
     remove_tree(&state.root);
+    if state.scratch != state.root {
+        remove_tree(&state.scratch);
+    }
     result
 }
 
@@ -238,7 +323,11 @@ fn spec_config(
     Ok(ContainerConfig {
         rootless,
         rootfs: state.rootfs.clone(),
-        overlay_options: state.overlay_options(&spec.lower_dirs, rootless)?,
+        overlay_options: state.overlay_options(
+            &spec.lower_dirs,
+            rootless,
+            matches!(spec.upper, UpperDir::Keep(_)),
+        )?,
         etc_dir: state.etc.clone(),
         image: spec.image.clone(),
         argv: spec.argv.clone(),
@@ -855,19 +944,19 @@ mod tests {
 
     #[test]
     fn overlay_options_put_top_layer_first_and_mount_points_last() {
-        let state = StateDir::new(Path::new("/s"), &UpperDir::Discard);
+        let state = StateDir::new(Path::new("/s"), &UpperDir::Discard, None);
         let lowers = vec![PathBuf::from("/l/base"), PathBuf::from("/l/top")];
         assert_eq!(
-            state.overlay_options(&lowers, false).unwrap(),
+            state.overlay_options(&lowers, false, false).unwrap(),
             "lowerdir=/l/top:/l/base:/s/mountpoints,upperdir=/s/upper,workdir=/s/work"
         );
-        let state = StateDir::new(Path::new("/s"), &UpperDir::Keep(PathBuf::from("/u")));
+        let state = StateDir::new(Path::new("/s"), &UpperDir::Keep(PathBuf::from("/u")), None);
         assert_eq!(
-            state.overlay_options(&[], true).unwrap(),
-            "lowerdir=/s/mountpoints,upperdir=/u,workdir=/s/work,userxattr"
+            state.overlay_options(&[], true, true).unwrap(),
+            "lowerdir=/s/mountpoints,upperdir=/u,workdir=/s/work,volatile,userxattr"
         );
         assert!(state
-            .overlay_options(&[PathBuf::from("/a:b")], false)
+            .overlay_options(&[PathBuf::from("/a:b")], false, false)
             .is_err());
     }
 

@@ -547,3 +547,19 @@ fn image_symlinks_cannot_aim_mounts_at_the_host() {
         .collect();
     assert_eq!(names, ["existing"]);
 }
+
+#[test]
+fn a_state_dir_in_use_is_refused_and_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = tmp.path().join("rootfs");
+    fs::create_dir(&rootfs).unwrap();
+    let state = tmp.path().join("state");
+    fs::create_dir(&state).unwrap();
+    fs::write(state.join("keep-me"), "x").unwrap();
+    let (result, _, _) = run_captured(tmp.path(), spec(tmp.path(), &rootfs, &["true"]));
+    assert!(
+        matches!(result, Err(RuntimeError::StateDir { .. })),
+        "{result:?}"
+    );
+    assert!(state.join("keep-me").exists());
+}
