@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use kiln_layers::diff::{write_layer, DiffOptions};
-use kiln_layers::oci::{rfc3339, Descriptor, ImageConfig, Platform};
+use kiln_layers::oci::{parse_rfc3339, rfc3339, Descriptor, ImageConfig, Platform};
 use kiln_layers::store::{CacheRecord, Image};
 use kiln_layers::{Compression, Digest, Reference, Reporter, Store};
 use kiln_runtime::{BindMount, HelperCommand, Network, RunSpec, UpperDir};
@@ -306,7 +306,14 @@ fn solve_in(
     let mut config = sp.image.clone();
     config.rootfs.diff_ids = target.layers.iter().map(|(_, d)| d.clone()).collect();
     config.history = target.history.clone();
-    config.created = Some(rfc3339(opts.source_date_epoch.unwrap_or_else(now_secs)));
+    config.created = Some(match opts.source_date_epoch {
+        Some(epoch) => rfc3339(epoch),
+        None => config
+            .history
+            .last()
+            .and_then(|h| h.created.clone())
+            .unwrap_or_else(|| rfc3339(now_secs())),
+    });
     let layers: Vec<Descriptor> = target.layers.iter().map(|(d, _)| d.clone()).collect();
     let manifest = store.write_image(&config, &layers)?;
     Ok(BuiltImage {
@@ -338,7 +345,6 @@ fn run_stage(
 ) -> Result<StageOutput, SolveError> {
     let sp = &plan.stages[index];
     let label = stage_label(plan, index);
-    let created = rfc3339(opts.source_date_epoch.unwrap_or_else(now_secs));
     let mut out = match &sp.base {
         BaseSource::Scratch => StageOutput {
             layers: Vec::new(),
@@ -363,6 +369,7 @@ fn run_stage(
     let mut history = out.history.clone();
     history.truncate(sp.base_history);
     let mut empty_steps: Vec<usize> = Vec::new();
+    let mut step_times: BTreeMap<usize, i64> = BTreeMap::new();
     let total = sp.steps.len();
     for (n, step) in sp.steps.iter().enumerate() {
         opts.events
@@ -379,6 +386,7 @@ fn run_stage(
             deps,
             &mut out,
             &mut empty_steps,
+            &mut step_times,
         )?;
         opts.events.step_done(
             &label,
@@ -387,10 +395,27 @@ fn run_stage(
             started.elapsed().as_secs_f64(),
         );
     }
+    // Times come from when each layer was first made (kept in the cache
+    // record), so a fully cached rebuild gives the same config and image
+    // id; an entry without a layer takes the time of the step before it
+    // (or, before any step, the first step's; else the base's).
+    let base_time = history
+        .iter()
+        .rev()
+        .find_map(|h| h.created.as_deref().and_then(parse_rfc3339));
+    let mut current = step_times
+        .values()
+        .next()
+        .copied()
+        .or(base_time)
+        .unwrap_or_else(now_secs);
     for (i, entry) in planned_history.iter().enumerate().skip(sp.base_history) {
         let mut entry = entry.clone();
+        if let Some(t) = step_times.get(&i) {
+            current = *t;
+        }
         if entry.created.is_none() {
-            entry.created = Some(created.clone());
+            entry.created = Some(rfc3339(opts.source_date_epoch.unwrap_or(current)));
         }
         if empty_steps.contains(&i) {
             entry.empty_layer = Some(true);
@@ -414,6 +439,7 @@ fn run_step(
     deps: &BTreeMap<usize, StageOutput>,
     out: &mut StageOutput,
     empty_steps: &mut Vec<usize>,
+    step_times: &mut BTreeMap<usize, i64>,
 ) -> Result<bool, SolveError> {
     let step_err = |message: String| SolveError::Step {
         line: step.line,
@@ -427,6 +453,12 @@ fn run_step(
     if let (Some(key), false) = (&key, opts.no_cache) {
         if let Some(record) = store.cache_get(key)? {
             if reuse(store, &record, out, opts, step.history_index, empty_steps)? {
+                let created = record
+                    .data
+                    .get("created")
+                    .and_then(|v| v.as_i64())
+                    .unwrap_or_else(now_secs);
+                step_times.insert(step.history_index, created);
                 tracing::info!("line {}: CACHED {}", step.line, step.instruction);
                 return Ok(true);
             }
@@ -463,6 +495,8 @@ fn run_step(
                 .map_err(|e| step_err(e.to_string()))?;
         }
     }
+    let now = now_secs();
+    step_times.insert(step.history_index, now);
     let is_empty = std::fs::read_dir(&upper)
         .map_err(io_err(&upper))?
         .next()
@@ -472,7 +506,7 @@ fn run_step(
         CacheRecord {
             blobs: Vec::new(),
             chain_id: out.chain(),
-            data: serde_json::json!({ "empty": true }),
+            data: serde_json::json!({ "empty": true, "created": now }),
         }
     } else {
         let diff_options = DiffOptions {
@@ -513,6 +547,7 @@ fn run_step(
             blobs: vec![blob.descriptor.digest.clone()],
             chain_id: Some(chain),
             data: serde_json::json!({
+                "created": now,
                 "diff_id": blob.diff_id.to_string(),
                 "media_type": blob.descriptor.media_type,
                 "size": blob.descriptor.size,

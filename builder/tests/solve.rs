@@ -96,6 +96,16 @@ fn build(
     dockerfile: &str,
     events: &Events,
 ) -> Result<BuiltImage, SolveError> {
+    build_with(store, context, dockerfile, events, Some(1_700_000_000))
+}
+
+fn build_with(
+    store: &Store,
+    context: &Path,
+    dockerfile: &str,
+    events: &Events,
+    source_date_epoch: Option<i64>,
+) -> Result<BuiltImage, SolveError> {
     let typed =
         kiln_parser::instructions::from_ast(&kiln_parser::parse(dockerfile, "Dockerfile").unwrap())
             .unwrap();
@@ -116,7 +126,7 @@ fn build(
     let solve_opts = SolveOptions {
         no_cache: false,
         compression: Compression::Gzip,
-        source_date_epoch: Some(1_700_000_000),
+        source_date_epoch,
         network: Network::None,
         helper: HelperCommand {
             program: PathBuf::from(env!("CARGO_BIN_EXE_kiln-builder-test-helper")),
@@ -295,4 +305,27 @@ fn empty_steps_make_no_layer_and_parallel_stages_meet() {
         last.contains(&("ab".into(), 'f', "a\nb\n".into())),
         "{last:?}"
     );
+}
+
+#[test]
+fn cached_rebuild_without_epoch_keeps_the_image_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_busybox(dir.path());
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let df = "FROM busybox:test\nENV A=1\nRUN echo x > /x\nLABEL l=v\n";
+    let first = build_with(&store, &ctx, df, &Events::default(), None).unwrap();
+    // A second later the times would differ if they were "now".
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let events = Events::default();
+    let second = build_with(&store, &ctx, df, &events, None).unwrap();
+    assert!(events.0.lock().unwrap().iter().all(|(_, c)| *c));
+    assert_eq!(first.manifest.digest, second.manifest.digest);
+    let created: Vec<_> = second
+        .config
+        .history
+        .iter()
+        .map(|h| h.created.clone())
+        .collect();
+    assert!(created.iter().all(|c| c.is_some()), "{created:?}");
 }

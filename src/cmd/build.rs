@@ -421,7 +421,7 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         std::fs::write(path, serde_json::to_vec_pretty(&meta)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    if args.quiet {
+    if args.quiet || mode == ProgressMode::Quiet {
         println!("{image_id}");
     } else {
         eprintln!(
