@@ -466,3 +466,101 @@ fn explain_argv_is_what_kiln_run_runs() {
         );
     }
 }
+
+/// A base image that is only in a registry: explain fetches its manifest
+/// and config (no layers, nothing stored); `--offline` treats it as empty;
+/// a tag the registry lacks is an error naming the image.
+#[test]
+fn explain_reads_base_config_from_the_registry() {
+    let registry = kiln_testsupport::registry::RegistryServer::start_plain().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let publisher = work.path().join("publisher");
+    let reader = work.path().join("reader");
+    let rootfs = work.path().join("rootfs");
+    fs::create_dir_all(rootfs.join("etc")).unwrap();
+    fs::write(rootfs.join("etc/motd"), "hi\n").unwrap();
+    let tar = work.path().join("rootfs.tar");
+    assert!(Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    let image = format!("{}/explain/base:1", registry.host);
+    let kiln = |root: &Path, args: &[&str]| {
+        Command::new(KILN)
+            .current_dir(work.path())
+            .env("KILN_ROOT", root)
+            .env_remove("KILN_LOG")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = kiln(
+        &publisher,
+        &[
+            "import",
+            "--change",
+            "CMD [\"/bin/sh\"]",
+            "--change",
+            "USER app",
+            tar.to_str().unwrap(),
+            &image,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kiln(&publisher, &["push", &image]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    fs::write(
+        work.path().join("Dockerfile"),
+        format!("FROM {image}\nENTRYPOINT [\"/app\"]\n"),
+    )
+    .unwrap();
+    let out = kiln(&reader, &["explain", "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["user"], "app");
+    assert_eq!(e["sources"]["user"]["from"], "base_image");
+    assert_eq!(e["argv"], serde_json::json!(["/app"]));
+    let reset = e["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["code"] == "EntrypointResetsCmd")
+        .expect("the base image's CMD is reset");
+    assert!(reset["message"].as_str().unwrap().contains("[\"/bin/sh\"]"));
+    assert!(!reader.exists(), "explain wrote to the store");
+
+    let out = kiln(&reader, &["explain", "--offline", "--format", "json"]);
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["user"], serde_json::Value::Null);
+    assert!(e["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w["code"] == "BaseImageUnknown"));
+
+    let missing = format!("{}/explain/missing:1", registry.host);
+    fs::write(work.path().join("Dockerfile"), format!("FROM {missing}\n")).unwrap();
+    let out = kiln(&reader, &["explain"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&missing), "{stderr}");
+    assert!(!reader.exists(), "explain wrote to the store");
+}

@@ -11,8 +11,11 @@ use clap::{Args, Subcommand, ValueEnum};
 use kiln_builder::dockerignore::load_for_build;
 use kiln_builder::explain::{explain, render, ExplainOptions, StoreImages};
 use kiln_builder::lint::{check, LintOptions, Report};
-use kiln_builder::plan::BuildOptions;
+use kiln_builder::plan::{BuildOptions, ImageResolver, ResolvedImage};
+use kiln_layers::oci::{parse_manifest, ImageConfig, ManifestKind, Platform};
+use kiln_registry::{Client, ClientConfig};
 
+use crate::cmd::registry::RegistryArgs;
 use crate::settings::GlobalSettings;
 
 #[derive(Debug, Subcommand)]
@@ -68,10 +71,13 @@ pub struct ExplainArgs {
     entrypoint: Option<String>,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     format: OutputFormat,
-    /// Base images missing from the local store are treated as empty
-    /// (instead of an error).
+    /// Base images missing from the local store are treated as empty,
+    /// instead of having their config (only the config) fetched from the
+    /// registry.
     #[arg(long)]
     offline: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// The build context (only locates the default Dockerfile: nothing is read from it).
     #[arg(value_name = "CONTEXT", default_value = ".")]
     context: PathBuf,
@@ -218,8 +224,17 @@ fn run_explain(args: ExplainArgs, settings: &GlobalSettings) -> anyhow::Result<E
     let (text, name) = read_dockerfile(args.file.as_deref(), &args.context)?;
     let ast = kiln_parser::parse(&text, &name)?;
     let df = kiln_parser::instructions::from_ast(&ast)?;
-    let images = StoreImages::open_existing(&settings.root)
+    let store = StoreImages::open_existing(&settings.root)
         .with_context(|| format!("opening the store at {}", settings.root.display()))?;
+    let registry = if args.offline {
+        None
+    } else {
+        Some(RegistryConfigs::new(&args.registry)?)
+    };
+    let images = StoreThenRegistry {
+        store: &store,
+        registry: registry.as_ref(),
+    };
     let options = ExplainOptions {
         build: BuildOptions {
             target: args.target.clone(),
@@ -251,6 +266,122 @@ fn run_explain(args: ExplainArgs, settings: &GlobalSettings) -> anyhow::Result<E
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Base images from the store, else (not under `--offline`) their config
+/// from the registry.
+struct StoreThenRegistry<'a> {
+    store: &'a StoreImages,
+    registry: Option<&'a RegistryConfigs>,
+}
+
+impl ImageResolver for StoreThenRegistry<'_> {
+    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
+        match (self.store.resolve(reference, platform), self.registry) {
+            (Ok(found), _) => Ok(found),
+            (Err(_), Some(registry)) => registry.resolve(reference, platform),
+            (Err(e), None) => Err(e),
+        }
+    }
+}
+
+/// Fetches an image's manifest (through an index, for the platform) and
+/// config blob from its registry; no layer is downloaded and nothing is
+/// stored.
+struct RegistryConfigs {
+    client: Client,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl RegistryConfigs {
+    fn new(args: &RegistryArgs) -> anyhow::Result<RegistryConfigs> {
+        let client = Client::new(ClientConfig {
+            insecure_registries: args.insecure_registries.clone(),
+            ca_certs: args.ca_certs.clone(),
+            ..ClientConfig::default()
+        })?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        Ok(RegistryConfigs { client, runtime })
+    }
+
+    async fn fetch(
+        &self,
+        reference: &kiln_registry::Reference,
+        platform: &Platform,
+    ) -> Result<(String, ImageConfig), String> {
+        let top = self
+            .client
+            .fetch_manifest(reference)
+            .await
+            .map_err(|e| e.to_string())?;
+        let resolved_digest = top.digest.to_string();
+        let mut current = top;
+        // Nested indexes are legal; the bound keeps a hostile cycle finite.
+        for _ in 0..8 {
+            let what = format!("manifest {}", current.digest);
+            match parse_manifest(&current.bytes, &current.media_type, &what)
+                .map_err(|e| e.to_string())?
+            {
+                ManifestKind::Image(manifest) => {
+                    let digest: kiln_registry::Digest = manifest
+                        .config
+                        .digest
+                        .to_string()
+                        .parse()
+                        .map_err(|e: kiln_registry::ReferenceError| e.to_string())?;
+                    let mut bytes = Vec::new();
+                    self.client
+                        .fetch_blob(
+                            &reference.repository,
+                            &digest,
+                            Some(manifest.config.size),
+                            &mut bytes,
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let config: ImageConfig = serde_json::from_slice(&bytes)
+                        .map_err(|e| format!("config {digest}: {e}"))?;
+                    return Ok((resolved_digest, config));
+                }
+                ManifestKind::Index(index) => {
+                    let picked = index
+                        .select_platform(platform)
+                        .ok_or_else(|| format!("{what}: no image for platform {platform}"))?;
+                    let digest: kiln_registry::Digest = picked
+                        .digest
+                        .to_string()
+                        .parse()
+                        .map_err(|e: kiln_registry::ReferenceError| e.to_string())?;
+                    current = self
+                        .client
+                        .fetch_manifest(&reference.with_digest(digest))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Err(format!("{reference}: indexes nested more than 8 deep"))
+    }
+}
+
+impl ImageResolver for RegistryConfigs {
+    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
+        let parsed = kiln_registry::Reference::parse(reference).map_err(|e| e.to_string())?;
+        let (digest, config) = self
+            .runtime
+            .block_on(self.fetch(&parsed, platform))
+            .map_err(|e| {
+                format!("not in the local store, and its config could not be fetched: {e}")
+            })?;
+        Ok(ResolvedImage {
+            reference: parsed.to_string(),
+            digest: Some(digest),
+            config,
+        })
+    }
 }
 
 /// A word quoted for a POSIX shell when it needs it.
