@@ -263,7 +263,7 @@ mod tests {
         for bad in ["RUN echo", "EXPOSE 99999", "EXPOSE 80/xyz", "ENV A=\"open", "USER", "ENV =x"] {
             let mut c = ContainerConfig::default();
             let err = apply_change(&mut c, bad).unwrap_err().to_string();
-            assert!(err.contains(bad), "{bad}: {err}");
+            assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
         }
     }
 }

@@ -139,21 +139,26 @@ impl<W: Write> Write for Compressor<W> {
 mod tests {
     use super::*;
 
-    fn sample() -> Vec<u8> {
-        // Compressible but not trivial: several MiB so zstd splits work
-        // across its jobs.
-        let mut data = Vec::new();
+    /// Compressible but not trivial bytes.
+    fn sample(len: usize) -> Vec<u8> {
+        let mut data = Vec::with_capacity(len);
         let mut x: u32 = 1;
-        while data.len() < 9 << 20 {
+        while data.len() < len {
             x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            data.extend_from_slice(format!("line {} {}\n", x % 1000, x >> 20).as_bytes());
+            let word = b"layer tar gzip zstd blob ";
+            let start = (x >> 16) as usize % word.len();
+            data.extend_from_slice(&word[start..]);
+            data.push(b'0' + (x % 10) as u8);
         }
+        data.truncate(len);
         data
     }
 
     #[test]
     fn zstd_output_does_not_depend_on_worker_count() {
-        let data = sample();
+        // Larger than one zstd job (4 × the 2 MiB window at level 3), so
+        // several workers really split it.
+        let data = sample(9 << 20);
         let compress = |workers| {
             let mut enc = zstd_encoder(Vec::new(), workers).unwrap();
             enc.write_all(&data).unwrap();
@@ -166,7 +171,7 @@ mod tests {
 
     #[test]
     fn every_format_round_trips_through_sniffing() {
-        let data = sample();
+        let data = sample(1 << 20);
         for kind in [Compression::None, Compression::Gzip, Compression::Zstd] {
             let mut c = Compressor::new(kind, Vec::new()).unwrap();
             c.write_all(&data).unwrap();
@@ -183,7 +188,7 @@ mod tests {
 
     #[test]
     fn gzip_is_deterministic() {
-        let data = sample();
+        let data = sample(1 << 20);
         let gz = || {
             let mut c = Compressor::new(Compression::Gzip, Vec::new()).unwrap();
             c.write_all(&data).unwrap();
