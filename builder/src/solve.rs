@@ -170,6 +170,9 @@ pub struct SolveOptions<'a> {
     pub fetcher: Option<&'a (dyn UrlFetcher + Sync)>,
     pub events: &'a dyn BuildEvents,
     pub reporter: &'a dyn Reporter,
+    /// Docker media types (schema 2) instead of OCI ones, for registries
+    /// and tools that need them.
+    pub docker_media_types: bool,
 }
 
 /// What a build produced.
@@ -314,14 +317,67 @@ fn solve_in(
             .and_then(|h| h.created.clone())
             .unwrap_or_else(|| rfc3339(now_secs())),
     });
-    let layers: Vec<Descriptor> = target.layers.iter().map(|(d, _)| d.clone()).collect();
-    let manifest = store.write_image(&config, &layers)?;
+    // Every layer gets the family's media type (a base image pulled with
+    // the other family's types included), as BuildKit's exporter does.
+    let layers: Vec<Descriptor> = target
+        .layers
+        .iter()
+        .map(|(d, _)| {
+            let mut d = d.clone();
+            d.media_type = layer_media_type(&d.media_type, opts.docker_media_types).to_string();
+            d
+        })
+        .collect();
+    let manifest = if opts.docker_media_types {
+        write_docker_image(store, &config, &layers)?
+    } else {
+        store.write_image(&config, &layers)?
+    };
     Ok(BuiltImage {
         manifest,
         config,
         layers,
         snapshots: target.snapshots.clone(),
     })
+}
+
+fn layer_media_type(current: &str, docker: bool) -> &str {
+    use kiln_layers::media::*;
+    match (current, docker) {
+        (OCI_LAYER_GZIP, true) => DOCKER_LAYER_GZIP,
+        (OCI_LAYER_ZSTD, true) => DOCKER_LAYER_ZSTD,
+        (DOCKER_LAYER_GZIP, false) => OCI_LAYER_GZIP,
+        (DOCKER_LAYER_ZSTD, false) => OCI_LAYER_ZSTD,
+        (other, _) => other,
+    }
+}
+
+/// A Docker schema 2 manifest and config for the image.
+fn write_docker_image(
+    store: &Store,
+    config: &ImageConfig,
+    layers: &[Descriptor],
+) -> Result<Descriptor, SolveError> {
+    use kiln_layers::media::{DOCKER_CONFIG, DOCKER_MANIFEST};
+    let config_desc = store.put_json(DOCKER_CONFIG, config)?;
+    let manifest = kiln_layers::Manifest {
+        schema_version: 2,
+        media_type: Some(DOCKER_MANIFEST.to_string()),
+        artifact_type: None,
+        config: config_desc,
+        layers: layers.to_vec(),
+        subject: None,
+        annotations: BTreeMap::new(),
+    };
+    let mut desc = store.put_json(DOCKER_MANIFEST, &manifest)?;
+    desc.platform = Some(Platform {
+        architecture: config.architecture.clone(),
+        os: config.os.clone(),
+        os_version: config.os_version.clone(),
+        os_features: None,
+        variant: config.variant.clone(),
+    });
+    Ok(desc)
 }
 
 fn stage_label(plan: &Plan, index: usize) -> String {

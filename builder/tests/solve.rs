@@ -106,6 +106,17 @@ fn build_with(
     events: &Events,
     source_date_epoch: Option<i64>,
 ) -> Result<BuiltImage, SolveError> {
+    build_full(store, context, dockerfile, events, source_date_epoch, false)
+}
+
+fn build_full(
+    store: &Store,
+    context: &Path,
+    dockerfile: &str,
+    events: &Events,
+    source_date_epoch: Option<i64>,
+    docker_media_types: bool,
+) -> Result<BuiltImage, SolveError> {
     let typed =
         kiln_parser::instructions::from_ast(&kiln_parser::parse(dockerfile, "Dockerfile").unwrap())
             .unwrap();
@@ -135,6 +146,7 @@ fn build_with(
         fetcher: None,
         events,
         reporter: &NoProgress,
+        docker_media_types,
     };
     solve(store, &p, &ctx, &resolver, &solve_opts)
 }
@@ -328,4 +340,31 @@ fn cached_rebuild_without_epoch_keeps_the_image_id() {
         .map(|h| h.created.clone())
         .collect();
     assert!(created.iter().all(|c| c.is_some()), "{created:?}");
+}
+
+#[test]
+fn docker_media_types_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_busybox(dir.path());
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let df = "FROM busybox:test\nRUN echo x > /x\n";
+    let image = build_full(&store, &ctx, df, &Events::default(), Some(1), true).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&store.read_blob(&image.manifest.digest).unwrap()).unwrap();
+    assert_eq!(manifest["mediaType"], kiln_layers::media::DOCKER_MANIFEST);
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        kiln_layers::media::DOCKER_CONFIG
+    );
+    for layer in manifest["layers"].as_array().unwrap() {
+        assert_eq!(layer["mediaType"], kiln_layers::media::DOCKER_LAYER_GZIP);
+    }
+    let oci = build_full(&store, &ctx, df, &Events::default(), Some(1), false).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&store.read_blob(&oci.manifest.digest).unwrap()).unwrap();
+    assert_eq!(manifest["mediaType"], kiln_layers::media::OCI_MANIFEST);
+    for layer in manifest["layers"].as_array().unwrap() {
+        assert_eq!(layer["mediaType"], kiln_layers::media::OCI_LAYER_GZIP);
+    }
 }

@@ -98,6 +98,9 @@ pub struct BuildArgs {
     /// Push every tag to its registry after the build.
     #[arg(long)]
     push: bool,
+    /// Write Docker (schema 2) media types instead of OCI ones.
+    #[arg(long, env = "KILN_DOCKER_MEDIATYPES")]
+    docker_mediatypes: bool,
     /// Print only the image id.
     #[arg(short = 'q', long)]
     quiet: bool,
@@ -368,6 +371,7 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         fetcher: Some(&fetcher),
         events: &printer,
         reporter: reporter.as_ref(),
+        docker_media_types: args.docker_mediatypes,
     };
     let built = solve(&store, &planned, &context, &resolver, &solve_options)?;
     let image = store.read_image(&built.manifest, &platform_of(&built))?;
