@@ -665,6 +665,15 @@ fn command_warnings(
             line: line_of("entrypoint"),
         });
     }
+    if entrypoint_form == Form::Exec && cmd_form == Form::Shell {
+        warnings.push(Warning {
+            code: "ShellCmdAsEntrypointArgs",
+            message: format!(
+                "CMD is in shell form, so the exec-form ENTRYPOINT gets `{shell_text} '…'` as its arguments; write CMD in exec form to pass plain arguments"
+            ),
+            line: line_of("cmd"),
+        });
+    }
     let pid1 = match (entrypoint_form, cmd_form) {
         (Form::Shell, _) => Some("entrypoint"),
         (Form::None, Form::Shell) => Some("cmd"),
