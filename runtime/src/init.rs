@@ -74,6 +74,9 @@ const READONLY_PATHS: &[&str] = &[
     "proc/sysrq-trigger",
 ];
 
+/// mount(2) copies its options into one page (including the final NUL).
+const OVERLAY_OPTIONS_MAX: usize = 4096;
+
 /// The files kiln writes and bind-mounts over /etc, so they never land in a layer.
 pub const ETC_FILES: &[&str] = &["hosts", "resolv.conf", "hostname"];
 
@@ -350,7 +353,15 @@ fn prepare_rootfs(
         libc::MS_REC | libc::MS_PRIVATE,
         "",
     )?;
-    mount(sys, "overlay", root, "overlay", 0, &cfg.overlay_options)?;
+    if cfg.overlay_options.len() < OVERLAY_OPTIONS_MAX {
+        mount(sys, "overlay", root, "overlay", 0, &cfg.overlay_options)?;
+    } else {
+        // Many layers: mount(2) takes options up to one page only.
+        step(
+            format!("mount overlay on {}", root.display()),
+            sys.mount_overlay_fsconfig(root, &cfg.overlay_options),
+        )?;
+    }
 
     let proc_dir = ensure_mount_point(sys, root, Path::new("proc"), true, report)?;
     let no_sde = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;

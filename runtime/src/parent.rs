@@ -210,11 +210,11 @@ impl StateDir {
             // Unprivileged overlay keeps its whiteout/opaque marks in user.* xattrs.
             options.push_str(",userxattr");
         }
-        // The kernel takes mount options up to one page.
-        if options.len() >= 4096 {
+        // Overlay stacks at most 500 lower layers.
+        if lowers.len() > 500 {
             return Err(RuntimeError::InvalidSpec(format!(
-                "{} lower dirs make overlay options longer than a page",
-                lower_dirs.len()
+                "{} lower dirs: overlay stacks at most 500",
+                lowers.len()
             )));
         }
         Ok(options)

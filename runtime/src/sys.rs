@@ -31,6 +31,11 @@ pub trait Syscalls {
         flags: libc::c_ulong,
         data: &str,
     ) -> io::Result<()>;
+    /// Mounts overlay on `target` through the new mount API (fsopen,
+    /// fsconfig with one `lowerdir+` per layer, fsmount, move_mount), for
+    /// option strings longer than the page mount(2) accepts. `options` is
+    /// what mount(2) would take.
+    fn mount_overlay_fsconfig(&mut self, target: &Path, options: &str) -> io::Result<()>;
     /// umount2(2).
     fn umount(&mut self, target: &Path, flags: libc::c_int) -> io::Result<()>;
     /// pivot_root(2).
@@ -154,6 +159,73 @@ impl Syscalls for RealSyscalls {
                 ptr(&data).cast(),
             )
         })
+    }
+
+    fn mount_overlay_fsconfig(&mut self, target: &Path, options: &str) -> io::Result<()> {
+        const FSOPEN_CLOEXEC: libc::c_uint = 1;
+        const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+        const FSCONFIG_SET_STRING: libc::c_uint = 1;
+        const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+        const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+        const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+        let target = cpath(target)?;
+        // SAFETY: raw syscalls with valid C strings that outlive each call,
+        // on descriptors this function opens and closes.
+        unsafe {
+            let fs =
+                libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), FSOPEN_CLOEXEC) as libc::c_int;
+            if fs < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let set = |key: &str, value: Option<&str>| -> io::Result<()> {
+                let key = cstring(key.as_bytes())?;
+                let value = value.map(|v| cstring(v.as_bytes())).transpose()?;
+                let (cmd, value_ptr) = match &value {
+                    Some(v) => (FSCONFIG_SET_STRING, v.as_ptr()),
+                    None => (FSCONFIG_SET_FLAG, std::ptr::null()),
+                };
+                let rc = libc::syscall(libc::SYS_fsconfig, fs, cmd, key.as_ptr(), value_ptr, 0);
+                check(rc as libc::c_int)
+            };
+            let result = (|| {
+                for option in options.split(',') {
+                    match option.split_once('=') {
+                        Some(("lowerdir", layers)) => {
+                            for layer in layers.split(':') {
+                                set("lowerdir+", Some(layer))?;
+                            }
+                        }
+                        Some((key, value)) => set(key, Some(value))?,
+                        None => set(option, None)?,
+                    }
+                }
+                let rc = libc::syscall(
+                    libc::SYS_fsconfig,
+                    fs,
+                    FSCONFIG_CMD_CREATE,
+                    std::ptr::null::<libc::c_char>(),
+                    std::ptr::null::<libc::c_char>(),
+                    0,
+                );
+                check(rc as libc::c_int)?;
+                let mnt = libc::syscall(libc::SYS_fsmount, fs, FSMOUNT_CLOEXEC, 0) as libc::c_int;
+                if mnt < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let rc = libc::syscall(
+                    libc::SYS_move_mount,
+                    mnt,
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    target.as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH,
+                );
+                libc::close(mnt);
+                check(rc as libc::c_int)
+            })();
+            libc::close(fs);
+            result
+        }
     }
 
     fn umount(&mut self, target: &Path, flags: libc::c_int) -> io::Result<()> {
@@ -635,6 +707,17 @@ impl Syscalls for RecordingSyscalls {
             line.push_str(data);
         }
         self.record(line)
+    }
+
+    fn mount_overlay_fsconfig(&mut self, target: &Path, options: &str) -> io::Result<()> {
+        let layers = options
+            .split(',')
+            .find_map(|o| o.strip_prefix("lowerdir="))
+            .map_or(0, |l| l.split(':').count());
+        self.record(format!(
+            "mount_overlay_fsconfig {} ({layers} lower dirs)",
+            target.display()
+        ))
     }
 
     fn umount(&mut self, target: &Path, flags: libc::c_int) -> io::Result<()> {

@@ -563,3 +563,53 @@ fn a_state_dir_in_use_is_refused_and_left_alone() {
     );
     assert!(state.join("keep-me").exists());
 }
+
+#[test]
+fn many_layers_beyond_one_page_of_mount_options() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let mut s = spec(tmp.path(), &rootfs, &["sh", "-c", "cat /layers/*"]);
+    // 80 layers with 70-character names: over 5000 bytes of lowerdir.
+    for i in 0..80 {
+        let layer = tmp.path().join(format!("layer-{i:064}"));
+        fs::create_dir_all(layer.join("layers")).unwrap();
+        fs::write(
+            layer.join("layers").join(format!("{i:02}")),
+            format!("{i} "),
+        )
+        .unwrap();
+        s.lower_dirs.push(layer);
+    }
+    let (result, out, err) = run_captured(tmp.path(), s);
+    assert_eq!(result.unwrap().code(), 0, "{err}");
+    let expected: String = (0..80).map(|i| format!("{i} ")).collect();
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn a_mount_point_hidden_by_a_whiteout_is_removed_from_the_kept_upper_dir() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    // A top layer that deleted /etc/hostname: a 0/0 character device, which
+    // also hides the runtime's mount-point layer below.
+    let top = tmp.path().join("top");
+    fs::create_dir_all(top.join("etc")).unwrap();
+    let whiteout = std::ffi::CString::new(top.join("etc/hostname").to_str().unwrap()).unwrap();
+    // SAFETY: mknod with a valid path.
+    assert_eq!(
+        unsafe { libc::mknod(whiteout.as_ptr(), libc::S_IFCHR, 0) },
+        0
+    );
+    let upper = tmp.path().join("upper");
+    let mut s = spec(tmp.path(), &rootfs, &["cat", "/etc/hostname"]);
+    s.lower_dirs.push(top);
+    s.upper = UpperDir::Keep(upper.clone());
+    let (result, out, err) = run_captured(tmp.path(), s);
+    assert_eq!(result.unwrap().code(), 0, "{err}");
+    assert_eq!(out, "kiln-test\n");
+    // The stub the runtime had to create is gone again; /etc itself stays
+    // (overlay copied it up), as BuildKit leaves it.
+    assert!(fs::symlink_metadata(upper.join("etc/hostname")).is_err());
+}

@@ -257,3 +257,23 @@ fn env_gets_default_path_and_home() {
         vec!["PATH=/x".to_string(), "HOME=/h".to_string()]
     );
 }
+
+#[test]
+fn long_overlay_options_go_through_the_new_mount_api() {
+    let mut cfg = config();
+    let lowers: Vec<String> = (0..100)
+        .map(|i| format!("/store/snapshots/{i:064}"))
+        .collect();
+    cfg.overlay_options = format!(
+        "lowerdir={},upperdir=/state/upper,workdir=/state/work",
+        lowers.join(":")
+    );
+    assert!(cfg.overlay_options.len() > 4096);
+    let mut sys = fake();
+    let (_, text) = transcript(&mut sys, &cfg);
+    assert!(
+        text.contains("\nmount_overlay_fsconfig /state/rootfs (100 lower dirs)\n"),
+        "{text}"
+    );
+    assert!(!text.contains("mount overlay"));
+}
