@@ -76,37 +76,68 @@ fn parse(format: ParseFormat, file: &PathBuf) -> anyhow::Result<ExitCode> {
         let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
         (bytes, file.display().to_string())
     };
-    let dockerfile = match kiln_parser::parse_bytes(&bytes, &name) {
-        Ok(df) => df,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    for warning in &dockerfile.warnings {
-        eprintln!("warning: {}:{}: {}", name, warning.line, warning.message);
-    }
-    match format {
-        ParseFormat::Buildkit => print!("{}", kiln_parser::dump_buildkit(&dockerfile)),
-        ParseFormat::Json => {
-            let typed = match kiln_parser::instructions::from_ast(&dockerfile) {
-                Ok(typed) => typed,
-                Err(err) => {
-                    eprintln!("error: {err}");
-                    return Ok(ExitCode::FAILURE);
-                }
-            };
-            println!("{}", serde_json::to_string_pretty(&typed)?);
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(emit(render_parse(format, &bytes, &name)?))
 }
 
 fn expand(env: &[String], words: bool, escape: char, word: &str) -> anyhow::Result<ExitCode> {
+    Ok(emit(render_expand(env, words, escape, word)?))
+}
+
+/// What a command prints: standard output, standard error lines, success.
+#[derive(Debug)]
+struct Output {
+    stdout: String,
+    stderr: Vec<String>,
+    success: bool,
+}
+
+fn emit(output: Output) -> ExitCode {
+    print!("{}", output.stdout);
+    for line in &output.stderr {
+        eprintln!("{line}");
+    }
+    if output.success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn render_parse(format: ParseFormat, bytes: &[u8], name: &str) -> anyhow::Result<Output> {
+    let failure = |err: &dyn std::fmt::Display| Output {
+        stdout: String::new(),
+        stderr: vec![format!("error: {err}")],
+        success: false,
+    };
+    let dockerfile = match kiln_parser::parse_bytes(bytes, name) {
+        Ok(df) => df,
+        Err(err) => return Ok(failure(&err)),
+    };
+    let stderr: Vec<String> = dockerfile
+        .warnings
+        .iter()
+        .map(|w| format!("warning: {}:{}: {}", name, w.line, w.message))
+        .collect();
+    let stdout = match format {
+        ParseFormat::Buildkit => kiln_parser::dump_buildkit(&dockerfile),
+        ParseFormat::Json => match kiln_parser::instructions::from_ast(&dockerfile) {
+            Ok(typed) => serde_json::to_string_pretty(&typed)? + "\n",
+            Err(err) => return Ok(failure(&err)),
+        },
+    };
+    Ok(Output {
+        stdout,
+        stderr,
+        success: true,
+    })
+}
+
+fn render_expand(env: &[String], words: bool, escape: char, word: &str) -> anyhow::Result<Output> {
     anyhow::ensure!(
         escape == '\\' || escape == '`',
         "the escape character must be \\ or `"
     );
+    // `K=V`; a bare `K` is set to the empty string (as BuildKit reads env lists).
     let env: Vec<(String, String)> = env
         .iter()
         .map(|kv| match kv.split_once('=') {
@@ -114,20 +145,97 @@ fn expand(env: &[String], words: bool, escape: char, word: &str) -> anyhow::Resu
             None => (kv.clone(), String::new()),
         })
         .collect();
-    match kiln_parser::expand::expand_word(word, &env, escape) {
+    Ok(match kiln_parser::expand::expand_word(word, &env, escape) {
         Ok(expansion) => {
-            if words {
-                for w in &expansion.words {
-                    println!("{w}");
-                }
+            let stdout = if words {
+                expansion.words.iter().map(|w| format!("{w}\n")).collect()
             } else {
-                println!("{}", expansion.value);
+                format!("{}\n", expansion.value)
+            };
+            Output {
+                stdout,
+                stderr: Vec::new(),
+                success: true,
             }
-            Ok(ExitCode::SUCCESS)
         }
-        Err(err) => {
-            eprintln!("error: {err}");
-            Ok(ExitCode::FAILURE)
-        }
+        Err(err) => Output {
+            stdout: String::new(),
+            stderr: vec![format!("error: {err}")],
+            success: false,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_prints_buildkit_dump_and_warnings() {
+        let out = render_parse(
+            ParseFormat::Buildkit,
+            b"FROM a\nRUN x \\\n\n y\n",
+            "Dockerfile",
+        )
+        .unwrap();
+        assert!(out.success);
+        assert_eq!(out.stdout, "(from \"a\")\n(run \"x  y\")\n");
+        assert_eq!(
+            out.stderr,
+            ["warning: Dockerfile:4: Empty continuation line found in: RUN x  y"]
+        );
+    }
+
+    #[test]
+    fn parse_prints_typed_json() {
+        let out = render_parse(
+            ParseFormat::Json,
+            b"FROM a AS b\nCMD [\"x\"]\n",
+            "Dockerfile",
+        )
+        .unwrap();
+        assert!(out.success);
+        let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(json["stages"][0]["name"], "b");
+        assert_eq!(
+            json["stages"][0]["instructions"][0]["command"]["form"],
+            "exec"
+        );
+    }
+
+    #[test]
+    fn parse_errors_are_located_and_fail() {
+        let out = render_parse(ParseFormat::Buildkit, b"FROM a\nENV PATH\n", "df").unwrap();
+        assert!(!out.success);
+        assert_eq!(
+            out.stderr[0],
+            "error: df:2:5: ENV must have two arguments\n 2 | ENV PATH\n   |     ^^^^"
+        );
+        // A file BuildKit parses but whose instructions are wrong: only json fails.
+        let src = b"FROM a\nRNU x\n";
+        assert!(
+            render_parse(ParseFormat::Buildkit, src, "df")
+                .unwrap()
+                .success
+        );
+        let out = render_parse(ParseFormat::Json, src, "df").unwrap();
+        assert!(!out.success);
+        assert!(out.stderr[0].contains("unknown instruction: RNU (did you mean RUN?)"));
+    }
+
+    #[test]
+    fn expand_prints_value_or_words() {
+        let env = ["A=1 2".to_string(), "EMPTY".to_string()];
+        let out = render_expand(&env, false, '\\', "x${A}y${EMPTY:-z}").unwrap();
+        assert_eq!((out.stdout.as_str(), out.success), ("x1 2yz\n", true));
+        let out = render_expand(&env, true, '\\', "$A '3 4'").unwrap();
+        assert_eq!(out.stdout, "1\n2\n3 4\n");
+        let out = render_expand(&env, false, '\\', "${B?required}").unwrap();
+        assert!(!out.success);
+        assert_eq!(
+            out.stderr,
+            ["error: failed to process \"${B?required}\": B: required"]
+        );
+        assert!(render_expand(&env, false, 'x', "a").is_err());
     }
 }
