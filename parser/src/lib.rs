@@ -54,6 +54,12 @@
 //!   parser found no other difference in dumps, line numbers, exec-form
 //!   flags, logical lines or heredocs.
 //! - No 64 KiB limit on a physical line.
+//! - An ONBUILD trigger must itself be a valid instruction when the
+//!   Dockerfile is read (`ONBUILD FOO` or `ONBUILD COPY a` is an error);
+//!   BuildKit stores the text and fails only when a child image runs it.
+//! - Expansion results longer than [`expand::MAX_EXPANSION_LEN`] and pattern
+//!   matches costlier than [`expand::MAX_MATCH_WORK`] are errors (nested
+//!   `${VAR//p/r}` can grow exponentially; BuildKit runs out of memory).
 //! - `${…}` nesting deeper than [`expand::MAX_NESTING`] and ONBUILD nesting
 //!   deeper than 16 are errors (Go's growable stacks need no limit).
 //! - "Did you mean" counts swapping two neighbouring letters as one edit, so
