@@ -484,8 +484,7 @@ impl ShellWord<'_> {
                 }
                 let word = match self.process_stop_on(Some('}'), raw_escapes) {
                     Ok((word, _)) => word,
-                    Err(err) if self.peek().is_none() => {
-                        let _ = err;
+                    Err(_) if self.peek().is_none() => {
                         return Err("syntax error: missing '}'".to_string());
                     }
                     Err(err) => return Err(err),
@@ -562,7 +561,7 @@ impl ShellWord<'_> {
                     return Ok(format!("${{{name}/{pattern}/{replacement}}}"));
                 }
                 let value = value.unwrap_or_default();
-                let tokens = compile_pattern(&pattern, true)
+                let tokens = compile_pattern(&pattern)
                     .map_err(|e| format!("invalid pattern ({pattern}) in substitution: {e}"))?;
                 let value: Vec<char> = value.chars().collect();
                 let replaced = if replace_all {
@@ -650,7 +649,7 @@ enum PatternToken {
 
 /// Turns a `${VAR#pattern}` pattern into tokens, rejecting escapes other
 /// than `\*`, `\?`, `\\` (and dropping `\` before `}` or `/`).
-fn compile_pattern(pattern: &str, _greedy: bool) -> Result<Vec<PatternToken>, String> {
+fn compile_pattern(pattern: &str) -> Result<Vec<PatternToken>, String> {
     let mut chars = pattern.chars().peekable();
     if chars.peek() == Some(&'\u{feff}') {
         chars.next();
@@ -730,7 +729,7 @@ fn match_ends(
 }
 
 fn trim_prefix(pattern: &str, value: &str, greedy: bool) -> Result<String, String> {
-    let tokens = compile_pattern(pattern, greedy)
+    let tokens = compile_pattern(pattern)
         .map_err(|e| format!("invalid pattern ({pattern}) in substitution: {e}"))?;
     let chars: Vec<char> = value.chars().collect();
     let ends = match_ends(&tokens, &chars, greedy)?;
