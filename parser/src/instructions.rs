@@ -358,6 +358,29 @@ pub struct Healthcheck {
     pub retries: Option<u32>,
 }
 
+impl Dockerfile {
+    /// The stage a `--from`/`FROM` reference names: a stage name (names are
+    /// compared lower-cased, as BuildKit stores them) or a stage index.
+    /// `None` means the reference is an image.
+    pub fn find_stage(&self, reference: &str) -> Option<&Stage> {
+        let lower = reference.to_lowercase();
+        if let Some(stage) = self
+            .stages
+            .iter()
+            .find(|s| s.name.as_deref() == Some(lower.as_str()))
+        {
+            return Some(stage);
+        }
+        if !reference.is_empty() && reference.bytes().all(|b| b.is_ascii_digit()) {
+            return reference
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| self.stages.get(i));
+        }
+        None
+    }
+}
+
 /// Builds the typed view. Errors carry the instruction's location.
 pub fn from_ast(ast: &ast::Dockerfile) -> Result<Dockerfile, ParseError> {
     let source = join_sources(ast);
@@ -1203,6 +1226,19 @@ mod tests {
             Err("time: unknown unit \"x\" in duration \"3x\"".into())
         );
         assert!(parse_go_duration("").is_err());
+    }
+
+    #[test]
+    fn finds_stages_by_name_or_index() {
+        let ast = crate::parse("FROM a AS Build\nFROM b\nFROM c AS x\n", "Dockerfile").unwrap();
+        let df = from_ast(&ast).unwrap();
+        assert_eq!(df.find_stage("build").map(|s| s.index), Some(0));
+        assert_eq!(df.find_stage("BUILD").map(|s| s.index), Some(0));
+        assert_eq!(df.find_stage("1").map(|s| s.base.as_str()), Some("b"));
+        assert_eq!(df.find_stage("x").map(|s| s.index), Some(2));
+        assert!(df.find_stage("3").is_none());
+        assert!(df.find_stage("alpine:3").is_none());
+        assert!(df.find_stage("").is_none());
     }
 
     #[test]
