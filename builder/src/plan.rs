@@ -165,8 +165,8 @@ pub struct RunStep {
     pub security: Option<String>,
     /// `--mount` specs, expanded, as written.
     pub mounts: Vec<String>,
-    /// Stages that `--mount=from=` names.
-    pub mount_stages: Vec<usize>,
+    /// For each mount, the stage its `from=` names, if any.
+    pub mount_stages: Vec<Option<usize>>,
     /// A heredoc with a shebang becomes a script file (mode 0755).
     pub script: Option<InlineFile>,
 }
@@ -1259,11 +1259,11 @@ impl Planner<'_> {
         let mut mount_stages = Vec::new();
         for m in &r.mounts {
             let expanded = self.expand(m, &state.env, line)?;
-            if let Some(from) = mount_from(&expanded) {
-                if let Some(i) = self.stage_ref(&from, current, line)? {
-                    mount_stages.push(i);
-                }
-            }
+            let stage = match mount_from(&expanded) {
+                Some(from) => self.stage_ref(&from, current, line)?,
+                None => None,
+            };
+            mount_stages.push(stage);
             mounts.push(expanded);
         }
         Ok(RunStep {
@@ -1494,7 +1494,7 @@ pub fn compute_cache_keys(
                     CopyFrom::Image(r) => h.update(format!("image:{r}\0").as_bytes()),
                 },
                 StepKind::Run(r) => {
-                    for i in &r.mount_stages {
+                    for i in r.mount_stages.iter().flatten() {
                         h.update(finals.get(i).map(String::as_str).unwrap_or("").as_bytes());
                     }
                 }

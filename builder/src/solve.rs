@@ -173,6 +173,9 @@ pub struct SolveOptions<'a> {
     /// Docker media types (schema 2) instead of OCI ones, for registries
     /// and tools that need them.
     pub docker_media_types: bool,
+    /// `--secret id=ID,src=FILE`: files `RUN --mount=type=secret` can mount.
+    /// Never part of a cache key.
+    pub secrets: BTreeMap<String, PathBuf>,
 }
 
 /// What a build produced.
@@ -534,6 +537,7 @@ fn run_step(
             context,
             opts,
             &dir,
+            deps,
         )?,
         StepKind::Copy(c) => execute_copy(
             store, plan, step, c, &rootfs, context, resolver, opts, &dir, deps,
@@ -671,6 +675,7 @@ fn execute_run(
     context: &BuildContext,
     opts: &SolveOptions<'_>,
     dir: &Path,
+    deps: &BTreeMap<usize, StageOutput>,
 ) -> Result<(), SolveError> {
     let step_err = |message: String| SolveError::Step {
         line: step.line,
@@ -690,8 +695,23 @@ fn execute_run(
             read_only: true,
         });
     }
-    for spec in &r.mounts {
-        mounts.push(run_mount(store, spec, context, &r.workdir).map_err(step_err)?);
+    for (n, spec) in r.mounts.iter().enumerate() {
+        let stage = match r.mount_stages.get(n).copied().flatten() {
+            Some(i) => Some(deps.get(&i).ok_or(SolveError::StageMissing(i))?),
+            None => None,
+        };
+        let scratch = dir.join(format!("mount-{n}"));
+        let mount = run_mount(
+            store,
+            spec,
+            context,
+            &r.workdir,
+            stage,
+            &scratch,
+            &opts.secrets,
+        )
+        .map_err(step_err)?;
+        mounts.extend(mount);
     }
     let network = match r.network.as_deref() {
         Some("none") => Network::None,
@@ -770,14 +790,20 @@ fn output_pipe() -> std::io::Result<(std::fs::File, std::fs::File)> {
     })
 }
 
-/// `RUN --mount=...`: `type=cache` (a persistent directory in the store)
-/// and `type=bind` from the build context are supported.
+/// `RUN --mount=...`. Supported: `type=cache` (a persistent directory in
+/// the store), `type=bind` from the context or from a stage, `type=tmpfs`
+/// (an empty scratch directory), `type=secret` (a file given with
+/// `--secret`). `None` for an optional secret that was not given.
+#[allow(clippy::too_many_arguments)]
 fn run_mount(
     store: &Store,
     spec: &str,
     context: &BuildContext,
     workdir: &str,
-) -> Result<BindMount, String> {
+    stage: Option<&StageOutput>,
+    scratch: &Path,
+    secrets: &BTreeMap<String, PathBuf>,
+) -> Result<Option<BindMount>, String> {
     let mut fields: BTreeMap<String, String> = BTreeMap::new();
     for part in spec.split(',') {
         match part.split_once('=') {
@@ -786,57 +812,126 @@ fn run_mount(
         };
     }
     let kind = fields.get("type").map(String::as_str).unwrap_or("bind");
-    let target = fields
-        .get("target")
-        .or_else(|| fields.get("dst"))
-        .or_else(|| fields.get("destination"))
-        .ok_or_else(|| format!("--mount={spec}: no target"))?;
-    let target = crate::plan::normalize_workdir(workdir, target);
     let flag = |name: &str| {
         fields
             .get(name)
             .is_some_and(|v| v == "true" || v.is_empty())
     };
+    let given_target = fields
+        .get("target")
+        .or_else(|| fields.get("dst"))
+        .or_else(|| fields.get("destination"))
+        .cloned();
+    if kind == "secret" {
+        let id = fields
+            .get("id")
+            .cloned()
+            .or_else(|| {
+                given_target
+                    .as_deref()
+                    .map(|t| t.rsplit('/').next().unwrap_or(t).to_string())
+            })
+            .ok_or_else(|| format!("--mount={spec}: a secret needs an id or a target"))?;
+        let target = given_target.unwrap_or_else(|| format!("/run/secrets/{id}"));
+        return match secrets.get(&id) {
+            Some(source) => Ok(Some(BindMount {
+                source: source.clone(),
+                target: PathBuf::from(crate::plan::normalize_workdir(workdir, &target)),
+                read_only: true,
+            })),
+            None if flag("required") => Err(format!(
+                "secret {id} is required but was not given (--secret id={id},src=FILE)"
+            )),
+            None => Ok(None),
+        };
+    }
+    let target = given_target.ok_or_else(|| format!("--mount={spec}: no target"))?;
+    let target = PathBuf::from(crate::plan::normalize_workdir(workdir, &target));
+    let mkdir =
+        |path: &Path| std::fs::create_dir_all(path).map_err(|e| format!("{}: {e}", path.display()));
     match kind {
-        "cache" => {
-            let id = fields.get("id").cloned().unwrap_or_else(|| target.clone());
+        "cache" if !fields.contains_key("from") => {
+            let id = fields
+                .get("id")
+                .cloned()
+                .unwrap_or_else(|| target.display().to_string());
             let name = crate::context::hex(&<sha2::Sha256 as sha2::Digest>::digest(id.as_bytes()));
             let source = store.root().join("cache-mounts").join(name);
-            std::fs::create_dir_all(&source).map_err(|e| format!("{}: {e}", source.display()))?;
-            Ok(BindMount {
+            mkdir(&source)?;
+            Ok(Some(BindMount {
                 source,
-                target: PathBuf::from(target),
+                target,
                 read_only: flag("ro") || flag("readonly"),
-            })
+            }))
         }
-        "bind" if !fields.contains_key("from") => {
+        "tmpfs" => {
+            mkdir(scratch)?;
+            Ok(Some(BindMount {
+                source: scratch.to_path_buf(),
+                target,
+                read_only: false,
+            }))
+        }
+        "bind" => {
             let source = fields
                 .get("source")
                 .or_else(|| fields.get("src"))
                 .cloned()
                 .unwrap_or_default();
             let rel = crate::rootfs::clean_rel(&source);
-            let resolved =
-                crate::rootfs::resolve(context, &rel, true).map_err(|e| e.to_string())?;
-            if !context.contains(&resolved) {
-                return Err(format!(
-                    "--mount={spec}: {source} is not in the build context"
-                ));
+            let read_only = !(flag("rw") || flag("readwrite"));
+            match (stage, fields.contains_key("from")) {
+                (None, false) => {
+                    let resolved =
+                        crate::rootfs::resolve(context, &rel, true).map_err(|e| e.to_string())?;
+                    if !context.contains(&resolved) {
+                        return Err(format!(
+                            "--mount={spec}: {source} is not in the build context"
+                        ));
+                    }
+                    Ok(Some(BindMount {
+                        source: context.host_path(&resolved),
+                        target,
+                        read_only,
+                    }))
+                }
+                (Some(stage), _) => {
+                    // A stage is a stack of snapshots: a file can be bound
+                    // where it lies, a directory is merged into a copy.
+                    mkdir(scratch)?;
+                    let empty = scratch.join("upper");
+                    mkdir(&empty)?;
+                    let view = LayeredRootfs::new(&empty, stage.lowers_top_first());
+                    let resolved =
+                        crate::rootfs::resolve(&view, &rel, true).map_err(|e| e.to_string())?;
+                    let meta = view
+                        .stat(&resolved)
+                        .map_err(|e| e.to_string())?
+                        .ok_or_else(|| format!("--mount={spec}: /{rel} not found in the stage"))?;
+                    let source = if meta.is_dir() {
+                        let merged = scratch.join("merged");
+                        mkdir(&merged)?;
+                        let target_view = LayeredRootfs::new(&merged, Vec::new());
+                        let mut o = CopyOptions::dockerfile_copy(false);
+                        o.allow_wildcard = false;
+                        copy::copy(&view, &resolved, &target_view, "/", &o)
+                            .map_err(|e| e.to_string())?;
+                        merged
+                    } else {
+                        view.host_file(&resolved).map_err(|e| e.to_string())?
+                    };
+                    Ok(Some(BindMount {
+                        source,
+                        target,
+                        read_only,
+                    }))
+                }
+                (None, true) => Err(format!(
+                    "--mount={spec}: from= an image is not supported by kiln yet"
+                )),
             }
-            Ok(BindMount {
-                source: context.host_path(&resolved),
-                target: PathBuf::from(target),
-                read_only: !(flag("rw") || flag("readwrite")),
-            })
         }
-        other => Err(format!(
-            "--mount type={other}{} is not supported by kiln yet",
-            if fields.contains_key("from") {
-                " with from="
-            } else {
-                ""
-            }
-        )),
+        other => Err(format!("--mount type={other} is not supported by kiln yet")),
     }
 }
 

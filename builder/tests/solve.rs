@@ -106,7 +106,15 @@ fn build_with(
     events: &Events,
     source_date_epoch: Option<i64>,
 ) -> Result<BuiltImage, SolveError> {
-    build_full(store, context, dockerfile, events, source_date_epoch, false)
+    build_full(
+        store,
+        context,
+        dockerfile,
+        events,
+        source_date_epoch,
+        false,
+        &[],
+    )
 }
 
 fn build_full(
@@ -116,6 +124,7 @@ fn build_full(
     events: &Events,
     source_date_epoch: Option<i64>,
     docker_media_types: bool,
+    secrets: &[(&str, &Path)],
 ) -> Result<BuiltImage, SolveError> {
     let typed =
         kiln_parser::instructions::from_ast(&kiln_parser::parse(dockerfile, "Dockerfile").unwrap())
@@ -147,6 +156,10 @@ fn build_full(
         events,
         reporter: &NoProgress,
         docker_media_types,
+        secrets: secrets
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_path_buf()))
+            .collect(),
     };
     solve(store, &p, &ctx, &resolver, &solve_opts)
 }
@@ -349,7 +362,7 @@ fn docker_media_types_on_request() {
     let ctx = dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     let df = "FROM busybox:test\nRUN echo x > /x\n";
-    let image = build_full(&store, &ctx, df, &Events::default(), Some(1), true).unwrap();
+    let image = build_full(&store, &ctx, df, &Events::default(), Some(1), true, &[]).unwrap();
     let manifest: serde_json::Value =
         serde_json::from_slice(&store.read_blob(&image.manifest.digest).unwrap()).unwrap();
     assert_eq!(manifest["mediaType"], kiln_layers::media::DOCKER_MANIFEST);
@@ -360,11 +373,90 @@ fn docker_media_types_on_request() {
     for layer in manifest["layers"].as_array().unwrap() {
         assert_eq!(layer["mediaType"], kiln_layers::media::DOCKER_LAYER_GZIP);
     }
-    let oci = build_full(&store, &ctx, df, &Events::default(), Some(1), false).unwrap();
+    let oci = build_full(&store, &ctx, df, &Events::default(), Some(1), false, &[]).unwrap();
     let manifest: serde_json::Value =
         serde_json::from_slice(&store.read_blob(&oci.manifest.digest).unwrap()).unwrap();
     assert_eq!(manifest["mediaType"], kiln_layers::media::OCI_MANIFEST);
     for layer in manifest["layers"].as_array().unwrap() {
         assert_eq!(layer["mediaType"], kiln_layers::media::OCI_LAYER_GZIP);
     }
+}
+
+#[test]
+fn run_mounts_bind_tmpfs_secret_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_busybox(dir.path());
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("ctxdir")).unwrap();
+    std::fs::write(ctx.join("ctxdir/c.txt"), "ctx\n").unwrap();
+    let secret = dir.path().join("token");
+    std::fs::write(&secret, "s3cret").unwrap();
+    let df = "FROM busybox:test AS src\n\
+              RUN mkdir -p /data/sub && echo from-stage > /data/sub/f\n\
+              FROM busybox:test\n\
+              RUN --mount=type=bind,source=ctxdir,target=/ctx cat /ctx/c.txt > /from-ctx\n\
+              RUN --mount=type=bind,from=src,source=/data,target=/st cat /st/sub/f > /from-stage\n\
+              RUN --mount=type=tmpfs,target=/scratch echo temp > /scratch/t && ls /scratch > /tmp-list\n\
+              RUN --mount=type=secret,id=tok cat /run/secrets/tok > /secret-copy\n\
+              RUN --mount=type=cache,target=/cache echo once >> /cache/log && cat /cache/log > /cache-seen\n";
+    let image = build_full(
+        &store,
+        &ctx,
+        df,
+        &Events::default(),
+        Some(1),
+        false,
+        &[("tok", &secret)],
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    for i in 1..image.layers.len() {
+        all.extend(layer_entries(&store, &image, i));
+    }
+    for (path, content) in [
+        ("from-ctx", "ctx\n"),
+        ("from-stage", "from-stage\n"),
+        ("tmp-list", "t\n"),
+        ("secret-copy", "s3cret"),
+        ("cache-seen", "once\n"),
+    ] {
+        assert!(
+            all.contains(&(path.to_string(), 'f', content.to_string())),
+            "{path}: {all:?}"
+        );
+    }
+    for (path, _, _) in &all {
+        for mounted in ["ctx/", "st/", "scratch/", "run/secrets/tok", "cache/"] {
+            assert!(
+                !path.starts_with(mounted),
+                "{path} leaked into a layer: {all:?}"
+            );
+        }
+    }
+    // The cache mount outlives the build: a changed RUN sees the old log.
+    let df2 = df.replace(
+        "cat /cache/log > /cache-seen",
+        "cat /cache/log > /cache-seen2",
+    );
+    let again = build_full(
+        &store,
+        &ctx,
+        &df2,
+        &Events::default(),
+        Some(1),
+        false,
+        &[("tok", &secret)],
+    )
+    .unwrap();
+    let last = layer_entries(&store, &again, again.layers.len() - 1);
+    assert!(
+        last.contains(&("cache-seen2".into(), 'f', "once\nonce\n".into())),
+        "{last:?}"
+    );
+    // A required secret that is missing fails the step.
+    let df3 = "FROM busybox:test\nRUN --mount=type=secret,id=nope,required=true true\n";
+    let err = build(&store, &ctx, df3, &Events::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("secret nope is required"), "{err}");
 }

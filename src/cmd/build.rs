@@ -98,6 +98,9 @@ pub struct BuildArgs {
     /// Push every tag to its registry after the build.
     #[arg(long)]
     push: bool,
+    /// A secret for RUN --mount=type=secret: id=ID,src=FILE (or env=VAR).
+    #[arg(long = "secret", value_name = "id=ID,src=FILE")]
+    secrets: Vec<String>,
     /// Write Docker (schema 2) media types instead of OCI ones.
     #[arg(long, env = "KILN_DOCKER_MEDIATYPES")]
     docker_mediatypes: bool,
@@ -237,6 +240,69 @@ fn parse_build_args(raw: &[String]) -> BTreeMap<String, String> {
     out
 }
 
+/// `--secret id=ID,src=FILE` or `id=ID,env=VAR`. An env secret is written
+/// to a private file that [`SecretFiles`] removes when dropped.
+fn parse_secrets(
+    raw: &[String],
+    temps: &mut SecretFiles,
+) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    let mut out = BTreeMap::new();
+    for item in raw {
+        let fields: BTreeMap<&str, &str> = item
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        let id = fields
+            .get("id")
+            .with_context(|| format!("--secret {item}: id= is required"))?;
+        let path = match (
+            fields.get("src").or_else(|| fields.get("source")),
+            fields.get("env"),
+        ) {
+            (Some(src), _) => PathBuf::from(src),
+            (None, Some(var)) => {
+                let value = std::env::var(var)
+                    .with_context(|| format!("--secret {item}: ${var} is not set"))?;
+                let path =
+                    std::env::temp_dir().join(format!("kiln-secret-{}-{id}", std::process::id()));
+                {
+                    use std::io::Write;
+                    use std::os::unix::fs::OpenOptionsExt;
+                    // Private from the start: mode 0600 at creation.
+                    let mut file = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&path)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    temps.0.push(path.clone());
+                    file.write_all(value.as_bytes())
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+                path
+            }
+            (None, None) => bail!("--secret {item}: src= or env= is required"),
+        };
+        if !path.is_file() {
+            bail!("--secret {item}: {} is not a file", path.display());
+        }
+        out.insert(id.to_string(), path);
+    }
+    Ok(out)
+}
+
+/// Temporary secret files, removed on drop (also when the build fails).
+#[derive(Default)]
+struct SecretFiles(Vec<PathBuf>);
+
+impl Drop for SecretFiles {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 fn read_dockerfile(args: &BuildArgs) -> anyhow::Result<(String, Option<PathBuf>)> {
     match &args.file {
         Some(p) if p.as_os_str() == "-" => {
@@ -351,6 +417,7 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         return Ok(ExitCode::SUCCESS);
     }
 
+    let mut secret_files = SecretFiles::default();
     let printer = StepPrinter { mode, started };
     let fetcher = HttpFetcher {
         runtime: async_runtime.clone(),
@@ -372,6 +439,7 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         events: &printer,
         reporter: reporter.as_ref(),
         docker_media_types: args.docker_mediatypes,
+        secrets: parse_secrets(&args.secrets, &mut secret_files)?,
     };
     let built = solve(&store, &planned, &context, &resolver, &solve_options)?;
     let image = store.read_image(&built.manifest, &platform_of(&built))?;
