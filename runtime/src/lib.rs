@@ -25,6 +25,21 @@
 //! never leave empty files in the upper dir. The working directory, when
 //! missing, is created in the upper dir, as BuildKit does for RUN.
 //!
+//! # Where things go
+//!
+//! - `RunSpec::state_dir` (caller's, e.g. `<root>/containers/<id>`): overlay's
+//!   work dir and, with [`UpperDir::Discard`], the upper dir. Created, and
+//!   removed when the run ends (a non-empty one is refused, left as it is).
+//! - A private directory on a tmpfs (`/run/kiln`, `$XDG_RUNTIME_DIR/kiln` or
+//!   `/dev/shm/kiln-<uid>`, else the state dir): the overlay mount point, the
+//!   mount-point layer and the hosts/resolv.conf/hostname files. Creating
+//!   and deleting these on a slow disk was most of the cost of a short run.
+//! - A kept upper dir is mounted `volatile` (no syncfs at unmount: the
+//!   builder reads it back at once and fsyncs the layer it makes).
+//!
+//! More layers than fit one page of mount options go through the new mount
+//! API (`fsconfig` `lowerdir+`, Linux 6.8+); overlay's limit is 500.
+//!
 //! # Example
 //!
 //! ```no_run

@@ -28,7 +28,7 @@ const EXIT_RUN_FAILED: u8 = 125;
 #[derive(Debug, Subcommand)]
 pub enum RunCommand {
     /// Run a command in a new container from a local image.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Internal: the runtime's helper process (started by kiln itself).
     #[command(name = HELPER_SUBCOMMAND, hide = true)]
     RuntimeHelper,
@@ -104,7 +104,7 @@ impl RunCommand {
                 let code = kiln_runtime::helper_main();
                 std::process::exit(code)
             }
-            RunCommand::Run(args) => Ok(match run_container(args, settings) {
+            RunCommand::Run(args) => Ok(match run_container(*args, settings) {
                 Ok(code) => code,
                 Err(err) => {
                     eprintln!("error: {err:#}");
