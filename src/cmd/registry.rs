@@ -249,3 +249,30 @@ impl RegistryCommand {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::registry_host;
+
+    #[test]
+    fn login_hosts_are_normalized() {
+        assert_eq!(registry_host(None).unwrap(), "docker.io");
+        assert_eq!(
+            registry_host(Some("https://index.docker.io/v1/")).unwrap(),
+            "docker.io"
+        );
+        assert_eq!(
+            registry_host(Some("registry-1.docker.io")).unwrap(),
+            "docker.io"
+        );
+        assert_eq!(
+            registry_host(Some("localhost:5000")).unwrap(),
+            "localhost:5000"
+        );
+        assert_eq!(
+            registry_host(Some("http://127.0.0.1:5000/path")).unwrap(),
+            "127.0.0.1:5000"
+        );
+        assert!(registry_host(Some("https://")).is_err());
+    }
+}

@@ -329,8 +329,10 @@ async fn fetch_blob(
         written: 0,
         reported: 0,
     };
+    // The ingest writer hashes every byte and refuses a mismatch at commit;
+    // the client need not hash them a second time.
     let result = client
-        .fetch_blob(repository, &digest, Some(desc.size), &mut sink)
+        .fetch_blob_sink_verifies(repository, &digest, desc.size, &mut sink)
         .await;
     let bytes = match result {
         Ok(bytes) => bytes,
@@ -364,6 +366,17 @@ async fn fetch_blob(
         Ok(_) => {
             reporter.done(&id, Outcome::Done);
             Ok(Some(bytes))
+        }
+        Err(kiln_layers::Error::DigestMismatch { actual, .. }) => {
+            // Bytes from the registry that do not match their name: say where they came from.
+            let err = kiln_registry::Error::DigestMismatch {
+                registry: repository.registry.clone(),
+                repository: repository.name.clone(),
+                digest: id.clone(),
+                actual: actual.to_string(),
+            };
+            reporter.done(&id, Outcome::Failed(err.to_string()));
+            Err(TransferError::Registry(err))
         }
         Err(source) => {
             reporter.done(&id, Outcome::Failed(source.to_string()));
