@@ -358,3 +358,98 @@ fn stdin_only_with_interactive_and_a_terminal_with_tty() {
     let out = f.run(&["-t", "busybox:test", "tty"]);
     assert_eq!(stdout(&out), "/dev/pts/0\r\n", "{}", stderr(&out));
 }
+
+/// Creates `kiln-rootless` once (useradd gives it subuid/subgid ranges, or
+/// the test adds one); returns its uid and gid.
+fn rootless_user() -> (u32, u32) {
+    const USER: &str = "kiln-rootless";
+    let id = |flag: &str| Command::new("id").args([flag, USER]).output().unwrap();
+    if !id("-u").status.success() {
+        // A concurrent test may create it first: checked again below.
+        let _ = Command::new("useradd")
+            .args(["--no-create-home", "--shell", "/bin/sh", USER])
+            .output();
+    }
+    let parse = |out: Output| -> u32 {
+        assert!(out.status.success(), "user {USER} is missing");
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let (uid, gid) = (parse(id("-u")), parse(id("-g")));
+    for (file, flag) in [
+        ("/etc/subuid", "--add-subuids"),
+        ("/etc/subgid", "--add-subgids"),
+    ] {
+        let text = fs::read_to_string(file).unwrap_or_default();
+        if !text.lines().any(|l| l.starts_with(&format!("{USER}:"))) {
+            let out = Command::new("usermod")
+                .args([flag, "300000-365535", USER])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "usermod: {}", stderr(&out));
+        }
+    }
+    (uid, gid)
+}
+
+#[test]
+fn rootless_user_runs_busybox_through_kiln() {
+    require_root!();
+    let (uid, gid) = rootless_user();
+    // The image tar from a root fixture, readable by the user.
+    let f = Fixture::new(&[]);
+    let home = tempfile::tempdir().unwrap();
+    fs::set_permissions(home.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let kiln = home.path().join("kiln");
+    fs::copy(KILN, &kiln).unwrap();
+    let tar = home.path().join("rootfs.tar");
+    fs::copy(f.dir.path().join("rootfs.tar"), &tar).unwrap();
+    fs::set_permissions(&tar, fs::Permissions::from_mode(0o644)).unwrap();
+    let user_home = home.path().join("home");
+    fs::create_dir(&user_home).unwrap();
+    std::os::unix::fs::chown(&user_home, Some(uid), Some(gid)).unwrap();
+    let as_user = |args: &[&str]| -> Output {
+        Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--clear-groups",
+            ])
+            .arg("env")
+            .arg(format!("HOME={}", user_home.display()))
+            .arg("XDG_RUNTIME_DIR=")
+            .arg(&kiln)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = as_user(&["import", tar.to_str().unwrap(), "busybox:rootless"]);
+    assert!(out.status.success(), "import: {}", stderr(&out));
+    // Root inside is the user outside: the first line of the uid map.
+    let out = as_user(&[
+        "run",
+        "busybox:rootless",
+        "sh",
+        "-c",
+        "id -u; head -1 /proc/self/uid_map",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("0"));
+    let map: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(map, ["0", &uid.to_string(), "1"]);
+    // An image user through the subordinate range, in its own network.
+    let out = as_user(&[
+        "run",
+        "-u",
+        "app",
+        "--network",
+        "none",
+        "busybox:rootless",
+        "sh",
+        "-c",
+        "id -u; touch /tmp/x && stat -c %u /tmp/x; ls /sys/class/net",
+    ]);
+    assert_eq!(stdout(&out), "1000\n1000\nlo\n", "{}", stderr(&out));
+}
