@@ -96,6 +96,9 @@ pub struct CopyOptions {
     pub attempt_unpack: bool,
     /// `COPY --exclude` patterns, relative to each copied source.
     pub exclude_patterns: Vec<String>,
+    /// Only paths matching one of these (relative to each copied source)
+    /// are copied, with the directories leading to them (`COPY --parents`).
+    pub include_patterns: Vec<String>,
 }
 
 impl CopyOptions {
@@ -182,6 +185,14 @@ pub fn copy(
     } else {
         vec![clean_rel(src_path)]
     };
+    let includes = if opts.include_patterns.is_empty() {
+        None
+    } else {
+        Some(
+            PatternMatcher::new(&opts.include_patterns)
+                .map_err(|e| CopyError::BadPattern(e.to_string()))?,
+        )
+    };
     let excludes = if opts.exclude_patterns.is_empty() {
         None
     } else {
@@ -209,6 +220,7 @@ pub fn copy(
             dest,
             opts,
             excludes: excludes.as_ref(),
+            includes: includes.as_ref(),
             inodes: HashMap::new(),
             pending_parents: Vec::new(),
             report: &mut report,
@@ -230,6 +242,48 @@ fn base_of(rel: &str) -> &str {
         Some(i) => &rel[i + 1..],
         None => rel,
     }
+}
+
+/// `COPY --parents SRC`: the directory copied and the include pattern
+/// below it. `a/./b/*` pivots at `a` (the pattern is `b/*`); without a
+/// `/./` the whole source root is copied and SRC is the pattern.
+pub fn split_parents(src: &str) -> (String, String) {
+    let (base, pattern) = match src.split_once("/./") {
+        Some((base, pattern)) => (base.to_string(), pattern.to_string()),
+        None => ("/".to_string(), src.to_string()),
+    };
+    let pattern = crate::dockerignore::go_clean(&format!("/{pattern}"));
+    (base, pattern.trim_start_matches('/').to_string())
+}
+
+/// Copies with `COPY --parents` semantics: the matched paths keep their
+/// directories (relative to the pivot) under the destination. A source
+/// without wildcards must exist.
+pub fn copy_parents(
+    src: &dyn SourceTree,
+    src_path: &str,
+    dest: &LayeredRootfs,
+    dest_path: &str,
+    opts: &CopyOptions,
+) -> Result<CopyReport, CopyError> {
+    let (base, pattern) = split_parents(src_path);
+    if !contains_wildcards(&base) && !contains_wildcards(&pattern) {
+        let required = resolve(
+            src,
+            &join(&clean_rel(&base), &pattern),
+            opts.follow_symlinks,
+        )?;
+        if src.stat(&required)?.is_none() {
+            return Err(CopyError::SourceNotFound(format!(
+                "/{}",
+                join(&clean_rel(&base), &pattern)
+            )));
+        }
+    }
+    let mut o = opts.clone();
+    o.include_patterns = vec![pattern];
+    o.copy_dir_contents = true;
+    copy(src, &base, dest, dest_path, &o)
 }
 
 /// BuildKit's `ResolveWildcards`: the path is split at the first component
@@ -341,6 +395,7 @@ struct Copier<'a> {
     dest: &'a LayeredRootfs,
     opts: &'a CopyOptions,
     excludes: Option<&'a PatternMatcher>,
+    includes: Option<&'a PatternMatcher>,
     /// Source (device, inode) → destination path of its first copy.
     inodes: HashMap<(u64, u64), String>,
     /// Directories entered but not yet created (excluded by a pattern
@@ -411,7 +466,14 @@ impl Copier<'_> {
             &resolve(self.dest, &parent_of(&target), true)?,
             base_of(&target),
         );
-        self.copy_entry(&followed, "", &target, false, &MatchInfo::default())
+        self.copy_entry(
+            &followed,
+            "",
+            &target,
+            false,
+            &MatchInfo::default(),
+            &MatchInfo::default(),
+        )
     }
 
     fn copy_entry(
@@ -421,18 +483,25 @@ impl Copier<'_> {
         target: &str,
         overwrite_meta: bool,
         parent_excl: &MatchInfo,
+        parent_incl: &MatchInfo,
     ) -> Result<(), CopyError> {
         let mut include = true;
         let mut excluded = false;
         let mut excl_info = MatchInfo::default();
+        let mut incl_info = MatchInfo::default();
         if !components.is_empty() {
+            if let Some(inc) = self.includes {
+                let (m, info) = inc.matches_using_parent_results(components, parent_incl);
+                incl_info = info;
+                include = m;
+            }
             if let Some(ex) = self.excludes {
                 let (m, info) = ex.matches_using_parent_results(components, parent_excl);
                 excl_info = info;
                 if m {
                     include = false;
                     excluded = true;
-                    if !ex.has_exclusions() {
+                    if !ex.has_exclusions() && self.includes.is_none() {
                         return Ok(());
                     }
                 }
@@ -472,6 +541,7 @@ impl Copier<'_> {
                     include,
                     excluded,
                     &excl_info,
+                    &incl_info,
                 )?;
                 if !overwrite_meta {
                     copy_info = created;
@@ -562,6 +632,7 @@ impl Copier<'_> {
         include: bool,
         excluded: bool,
         excl_info: &MatchInfo,
+        incl_info: &MatchInfo,
     ) -> Result<bool, CopyError> {
         let mut created = false;
         let mut pending = PendingParent {
@@ -585,6 +656,7 @@ impl Copier<'_> {
                     &join(target, &name),
                     true,
                     excl_info,
+                    incl_info,
                 )?;
             }
             Ok(())

@@ -190,6 +190,8 @@ pub struct CopyStep {
     pub exclude: Vec<String>,
     pub checksum: Option<String>,
     pub unpack: Option<bool>,
+    /// `COPY --parents`: keep the sources' directories.
+    pub parents: bool,
 }
 
 /// WORKDIR creates its directory (owned by the current USER).
@@ -1124,6 +1126,7 @@ impl Planner<'_> {
                 let step = CopyStep {
                     link: c.link,
                     exclude: c.exclude.clone(),
+                    parents: c.parents,
                     ..step
                 };
                 let msg = copy_history("COPY", c.parents, &step);
@@ -1358,6 +1361,7 @@ impl Planner<'_> {
             exclude: Vec::new(),
             checksum: opt(checksum)?,
             unpack: None,
+            parents: false,
         })
     }
 }

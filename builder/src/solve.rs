@@ -1019,7 +1019,12 @@ fn execute_copy(
         o.chown = chown;
         o.chmod = chmod.clone();
         o.exclude_patterns = c.exclude.clone();
-        copy::copy(source, src, rootfs, &c.dest, &o).map_err(|e| step_err(e.to_string()))?;
+        let copied = if c.parents {
+            copy::copy_parents(source, src, rootfs, &c.dest, &o)
+        } else {
+            copy::copy(source, src, rootfs, &c.dest, &o)
+        };
+        copied.map_err(|e| step_err(e.to_string()))?;
     }
     for (n, doc) in c.inline.iter().enumerate() {
         let doc_dir = dir.join(format!("heredoc-{n}"));

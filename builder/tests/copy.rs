@@ -95,15 +95,17 @@ fn run_ops(case: &Path, work: &Path) -> String {
             "COPY" | "ADD" => {
                 let mut opts = CopyOptions::dockerfile_copy(verb == "ADD");
                 let mut from_stage = false;
+                let mut parents = false;
                 let mut chown = None;
                 while words.first().is_some_and(|w| w.starts_with("--")) {
                     let flag = words.remove(0);
-                    let (k, v) = flag.split_once('=').unwrap();
+                    let (k, v) = flag.split_once('=').unwrap_or((flag, ""));
                     match k {
                         "--chown" => chown = Some(ChownSpec::parse(v)),
                         "--chmod" => opts.chmod = Some(Chmod::parse(v).unwrap()),
                         "--exclude" => opts.exclude_patterns.push(v.to_string()),
                         "--from" => from_stage = true,
+                        "--parents" => parents = true,
                         other => panic!("unknown flag {other}"),
                     }
                 }
@@ -114,7 +116,12 @@ fn run_ops(case: &Path, work: &Path) -> String {
                         opts.chown = Some(spec.resolve(&rootfs).map_err(|e| e.to_string())?);
                     }
                     for src in &words {
-                        copy::copy(
+                        let run = if parents {
+                            copy::copy_parents
+                        } else {
+                            copy::copy
+                        };
+                        run(
                             src_tree,
                             src,
                             &rootfs,
