@@ -93,7 +93,9 @@ impl CliReporter {
     pub fn println(&self, line: &str) {
         match (&self.multi, self.mode) {
             (_, ProgressMode::Quiet) => {}
-            (_, ProgressMode::Json) => self.json(&serde_json::json!({"event": "message", "message": line})),
+            (_, ProgressMode::Json) => {
+                self.json(&serde_json::json!({"event": "message", "message": line}))
+            }
             (Some(multi), _) => {
                 let _ = multi.println(line);
             }
@@ -123,8 +125,10 @@ impl CliReporter {
             None => {
                 let bar = ProgressBar::new_spinner();
                 bar.set_style(
-                    ProgressStyle::with_template("{prefix:.bold} {msg:<11} {spinner} {bytes} {bytes_per_sec}")
-                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    ProgressStyle::with_template(
+                        "{prefix:.bold} {msg:<11} {spinner} {bytes} {bytes_per_sec}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                 );
                 bar.enable_steady_tick(Duration::from_millis(120));
                 bar
@@ -178,7 +182,11 @@ impl Reporter for CliReporter {
     }
 
     fn done(&self, id: &str, outcome: Outcome) {
-        let item = self.items.lock().ok().and_then(|mut items| items.remove(id));
+        let item = self
+            .items
+            .lock()
+            .ok()
+            .and_then(|mut items| items.remove(id));
         let (elapsed, label, bytes) = item
             .as_ref()
             .map(|i| (i.started.elapsed(), i.label.clone(), i.bytes))
@@ -229,7 +237,13 @@ pub fn human_bytes(n: u64) -> String {
         format!("{n}B")
     } else {
         // Three significant digits, like docker's units.HumanSize.
-        let decimals = if value >= 100.0 { 0 } else if value >= 10.0 { 1 } else { 2 };
+        let decimals = if value >= 100.0 {
+            0
+        } else if value >= 10.0 {
+            1
+        } else {
+            2
+        };
         format!("{value:.decimals$}{}", UNITS[unit])
     }
 }

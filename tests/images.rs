@@ -38,7 +38,10 @@ fn import_busybox(root: &Path, tmp: &Path, reference: &str) -> String {
         ],
     );
     let id = out.trim().to_string();
-    assert!(id.starts_with("sha256:") && id.len() == 71, "import printed {out:?}");
+    assert!(
+        id.starts_with("sha256:") && id.len() == 71,
+        "import printed {out:?}"
+    );
     id
 }
 
@@ -53,7 +56,11 @@ fn assert_blobs_match_names(root: &Path) {
     for entry in fs::read_dir(root.join("blobs/sha256")).unwrap() {
         let entry = entry.unwrap();
         let digest = kiln_layers::Digest::of(&fs::read(entry.path()).unwrap());
-        assert_eq!(digest.hex(), entry.file_name().to_string_lossy(), "blob does not match its name");
+        assert_eq!(
+            digest.hex(),
+            entry.file_name().to_string_lossy(),
+            "blob does not match its name"
+        );
     }
 }
 
@@ -72,8 +79,13 @@ fn import_save_load_round_trip_with_skopeo_and_umoci() {
     }
     let row = lines.next().expect("one image row");
     let cells: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(&cells[..3], &["busybox", "e2e", &id["sha256:".len().."sha256:".len() + 12]], "{row}");
-    let listed: Value = serde_json::from_str(&kiln_ok(&root, &["images", "--format", "json"])).unwrap();
+    assert_eq!(
+        &cells[..3],
+        &["busybox", "e2e", &id["sha256:".len().."sha256:".len() + 12]],
+        "{row}"
+    );
+    let listed: Value =
+        serde_json::from_str(&kiln_ok(&root, &["images", "--format", "json"])).unwrap();
     assert_eq!(listed[0]["Name"], "docker.io/library/busybox:e2e");
     assert_eq!(listed[0]["ID"], id.as_str());
 
@@ -81,14 +93,26 @@ fn import_save_load_round_trip_with_skopeo_and_umoci() {
     let image = inspect(&root, "busybox:e2e");
     assert_eq!(image["Id"], id.as_str());
     let config = &image["Config"];
-    assert_eq!(config["config"]["Cmd"], serde_json::json!(["sh", "-c", "echo hello"]));
-    assert_eq!(config["config"]["Env"], serde_json::json!(["FOO=bar", "GREETING=hello world"]));
+    assert_eq!(
+        config["config"]["Cmd"],
+        serde_json::json!(["sh", "-c", "echo hello"])
+    );
+    assert_eq!(
+        config["config"]["Env"],
+        serde_json::json!(["FOO=bar", "GREETING=hello world"])
+    );
     assert_eq!(config["config"]["WorkingDir"], "/srv");
-    assert_eq!(config["config"]["ExposedPorts"], serde_json::json!({"8080/tcp": {}}));
+    assert_eq!(
+        config["config"]["ExposedPorts"],
+        serde_json::json!({"8080/tcp": {}})
+    );
     assert_eq!(config["config"]["Labels"]["org.example.kind"], "test");
     assert_eq!(config["os"], "linux");
     assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 1);
-    assert_eq!(image["Manifest"]["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(
+        image["Manifest"]["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
     // inspect by short id finds the same image.
     assert_eq!(inspect(&root, &id[7..19])["Id"], id.as_str());
     let manifest_digest = image["Digest"].as_str().unwrap().to_string();
@@ -98,17 +122,23 @@ fn import_save_load_round_trip_with_skopeo_and_umoci() {
     run_ok(
         Command::new("skopeo")
             .arg("copy")
-            .arg(format!("oci:{}:docker.io/library/busybox:e2e", root.display()))
+            .arg(format!(
+                "oci:{}:docker.io/library/busybox:e2e",
+                root.display()
+            ))
             .arg(format!("oci:{}:copied", copied.display())),
     );
-    let skopeo_inspect: Value = serde_json::from_str(&run_ok(
-        Command::new("skopeo")
-            .arg("inspect")
-            .arg(format!("oci:{}:docker.io/library/busybox:e2e", root.display())),
-    ))
-    .unwrap();
+    let skopeo_inspect: Value =
+        serde_json::from_str(&run_ok(Command::new("skopeo").arg("inspect").arg(format!(
+            "oci:{}:docker.io/library/busybox:e2e",
+            root.display()
+        ))))
+        .unwrap();
     assert_eq!(skopeo_inspect["Digest"], manifest_digest.as_str());
-    assert_eq!(skopeo_inspect["Env"], serde_json::json!(["FOO=bar", "GREETING=hello world"]));
+    assert_eq!(
+        skopeo_inspect["Env"],
+        serde_json::json!(["FOO=bar", "GREETING=hello world"])
+    );
     // ...and writes into: kiln sees what skopeo added, its own tag intact.
     run_ok(
         Command::new("skopeo")
@@ -116,20 +146,37 @@ fn import_save_load_round_trip_with_skopeo_and_umoci() {
             .arg(format!("oci:{}:copied", copied.display()))
             .arg(format!("oci:{}:docker.io/library/other:1", root.display())),
     );
-    let names: Vec<String> = serde_json::from_str::<Value>(&kiln_ok(&root, &["images", "--format", "json"]))
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["Name"].as_str().unwrap().to_string())
-        .collect();
-    assert!(names.contains(&"docker.io/library/other:1".to_string()), "{names:?}");
-    assert!(names.contains(&"docker.io/library/busybox:e2e".to_string()), "{names:?}");
+    let names: Vec<String> =
+        serde_json::from_str::<Value>(&kiln_ok(&root, &["images", "--format", "json"]))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["Name"].as_str().unwrap().to_string())
+            .collect();
+    assert!(
+        names.contains(&"docker.io/library/other:1".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"docker.io/library/busybox:e2e".to_string()),
+        "{names:?}"
+    );
     assert_eq!(inspect(&root, "other:1")["Id"], id.as_str());
 
     // save --format oci (a directory) passes umoci ls and umoci unpack.
     let oci_dir = tmp.path().join("out-oci");
-    kiln_ok(&root, &["save", "--format", "oci", "-o", oci_dir.to_str().unwrap(), "busybox:e2e"]);
+    kiln_ok(
+        &root,
+        &[
+            "save",
+            "--format",
+            "oci",
+            "-o",
+            oci_dir.to_str().unwrap(),
+            "busybox:e2e",
+        ],
+    );
     let refs = run_ok(Command::new("umoci").args(["ls", "--layout"]).arg(&oci_dir));
     assert_eq!(refs.trim(), "e2e");
     let bundle = tmp.path().join("bundle");
@@ -143,30 +190,79 @@ fn import_save_load_round_trip_with_skopeo_and_umoci() {
         fs::read(bundle.join("rootfs/bin/busybox")).unwrap(),
         fs::read(busybox_path()).unwrap()
     );
-    assert_eq!(fs::read_link(bundle.join("rootfs/bin/sh")).unwrap(), Path::new("busybox"));
-    let runtime_config: Value = serde_json::from_slice(&fs::read(bundle.join("config.json")).unwrap()).unwrap();
-    assert_eq!(runtime_config["process"]["args"], serde_json::json!(["sh", "-c", "echo hello"]));
+    assert_eq!(
+        fs::read_link(bundle.join("rootfs/bin/sh")).unwrap(),
+        Path::new("busybox")
+    );
+    let runtime_config: Value =
+        serde_json::from_slice(&fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        runtime_config["process"]["args"],
+        serde_json::json!(["sh", "-c", "echo hello"])
+    );
     assert_eq!(runtime_config["process"]["cwd"], "/srv");
 
     // save --format oci to a .tar: an OCI layout in a tar.
     let oci_tar = tmp.path().join("out-oci.tar");
-    kiln_ok(&root, &["save", "--format", "oci", "-o", oci_tar.to_str().unwrap(), "busybox:e2e"]);
+    kiln_ok(
+        &root,
+        &[
+            "save",
+            "--format",
+            "oci",
+            "-o",
+            oci_tar.to_str().unwrap(),
+            "busybox:e2e",
+        ],
+    );
     let listing = run_ok(Command::new("tar").arg("tf").arg(&oci_tar));
-    assert!(listing.lines().any(|l| l == "index.json") && listing.lines().any(|l| l == "oci-layout"), "{listing}");
+    assert!(
+        listing.lines().any(|l| l == "index.json") && listing.lines().any(|l| l == "oci-layout"),
+        "{listing}"
+    );
 
     // save --format docker: docker-archive's structure, readable by skopeo.
     let docker_tar = tmp.path().join("out-docker.tar");
-    kiln_ok(&root, &["save", "--format", "docker", "-o", docker_tar.to_str().unwrap(), "busybox:e2e"]);
+    kiln_ok(
+        &root,
+        &[
+            "save",
+            "--format",
+            "docker",
+            "-o",
+            docker_tar.to_str().unwrap(),
+            "busybox:e2e",
+        ],
+    );
     let listing = run_ok(Command::new("tar").arg("tf").arg(&docker_tar));
     for want in ["manifest.json", "repositories"] {
-        assert!(listing.lines().any(|l| l == want), "{want} missing from {listing}");
+        assert!(
+            listing.lines().any(|l| l == want),
+            "{want} missing from {listing}"
+        );
     }
-    let manifest_json: Value =
-        serde_json::from_str(&run_ok(Command::new("tar").arg("xOf").arg(&docker_tar).arg("manifest.json"))).unwrap();
-    assert_eq!(manifest_json[0]["RepoTags"], serde_json::json!(["busybox:e2e"]));
-    assert_eq!(manifest_json[0]["Config"], format!("blobs/sha256/{}", &id[7..]));
-    let repositories: Value =
-        serde_json::from_str(&run_ok(Command::new("tar").arg("xOf").arg(&docker_tar).arg("repositories"))).unwrap();
+    let manifest_json: Value = serde_json::from_str(&run_ok(
+        Command::new("tar")
+            .arg("xOf")
+            .arg(&docker_tar)
+            .arg("manifest.json"),
+    ))
+    .unwrap();
+    assert_eq!(
+        manifest_json[0]["RepoTags"],
+        serde_json::json!(["busybox:e2e"])
+    );
+    assert_eq!(
+        manifest_json[0]["Config"],
+        format!("blobs/sha256/{}", &id[7..])
+    );
+    let repositories: Value = serde_json::from_str(&run_ok(
+        Command::new("tar")
+            .arg("xOf")
+            .arg(&docker_tar)
+            .arg("repositories"),
+    ))
+    .unwrap();
     assert!(repositories["busybox"]["e2e"].is_string(), "{repositories}");
     let from_archive = tmp.path().join("from-docker-archive");
     run_ok(
@@ -185,10 +281,17 @@ fn import_save_load_round_trip_with_skopeo_and_umoci() {
     let out = kiln_ok(&root3, &["load", "-i", oci_dir.to_str().unwrap()]);
     assert_eq!(out.trim(), "Loaded image: busybox:e2e");
     let loaded = inspect(&root3, "busybox:e2e");
-    assert_eq!(loaded["Digest"], manifest_digest.as_str(), "an OCI load keeps the manifest bytes");
+    assert_eq!(
+        loaded["Digest"],
+        manifest_digest.as_str(),
+        "an OCI load keeps the manifest bytes"
+    );
     let root4 = tmp.path().join("store4");
     kiln_ok(&root4, &["load", "-i", oci_tar.to_str().unwrap()]);
-    assert_eq!(inspect(&root4, "busybox:e2e")["Digest"], manifest_digest.as_str());
+    assert_eq!(
+        inspect(&root4, "busybox:e2e")["Digest"],
+        manifest_digest.as_str()
+    );
     for r in [&root, &root2, &root3, &root4] {
         assert_blobs_match_names(r);
     }
@@ -199,9 +302,15 @@ fn tag_rmi_and_prune() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
     let id = import_busybox(&root, tmp.path(), "busybox:one");
-    kiln_ok(&root, &["tag", "busybox:one", "localhost:5000/team/busybox:two"]);
+    kiln_ok(
+        &root,
+        &["tag", "busybox:one", "localhost:5000/team/busybox:two"],
+    );
     let table = kiln_ok(&root, &["images"]);
-    assert!(table.contains("localhost:5000/team/busybox") && table.contains("two"), "{table}");
+    assert!(
+        table.contains("localhost:5000/team/busybox") && table.contains("two"),
+        "{table}"
+    );
 
     // By id with two tags: refused without --force.
     let out = kiln(&root, &["rmi", &id[7..19]]);
@@ -209,22 +318,40 @@ fn tag_rmi_and_prune() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
 
     let out = kiln_ok(&root, &["rmi", "busybox:one"]);
-    assert_eq!(out.trim(), "Untagged: busybox:one", "still tagged elsewhere: nothing deleted");
+    assert_eq!(
+        out.trim(),
+        "Untagged: busybox:one",
+        "still tagged elsewhere: nothing deleted"
+    );
     let blobs_before = fs::read_dir(root.join("blobs/sha256")).unwrap().count();
     assert_eq!(blobs_before, 3, "manifest, config, layer");
 
     // A loose blob and a killed write's leftovers: prune takes them, keeps the image.
-    fs::write(root.join("blobs/sha256").join(kiln_layers::Digest::of(b"loose").hex()), b"loose").unwrap();
+    fs::write(
+        root.join("blobs/sha256")
+            .join(kiln_layers::Digest::of(b"loose").hex()),
+        b"loose",
+    )
+    .unwrap();
     fs::write(root.join("ingest/leftover-123"), b"partial").unwrap();
     let out = kiln_ok(&root, &["prune"]);
-    assert!(out.contains(kiln_layers::Digest::of(b"loose").as_str()), "{out}");
+    assert!(
+        out.contains(kiln_layers::Digest::of(b"loose").as_str()),
+        "{out}"
+    );
     assert!(out.contains("1 partial writes"), "{out}");
     assert_eq!(fs::read_dir(root.join("blobs/sha256")).unwrap().count(), 3);
     assert_eq!(fs::read_dir(root.join("ingest")).unwrap().count(), 0);
-    assert_eq!(inspect(&root, "localhost:5000/team/busybox:two")["Id"], id.as_str());
+    assert_eq!(
+        inspect(&root, "localhost:5000/team/busybox:two")["Id"],
+        id.as_str()
+    );
 
     let out = kiln_ok(&root, &["rmi", "localhost:5000/team/busybox:two"]);
-    assert!(out.contains("Untagged: localhost:5000/team/busybox:two"), "{out}");
+    assert!(
+        out.contains("Untagged: localhost:5000/team/busybox:two"),
+        "{out}"
+    );
     assert_eq!(out.matches("Deleted: sha256:").count(), 3, "{out}");
     assert_eq!(fs::read_dir(root.join("blobs/sha256")).unwrap().count(), 0);
     assert_eq!(kiln_ok(&root, &["images", "-q"]).trim(), "");
@@ -246,10 +373,22 @@ fn bad_input_is_refused_and_stores_nothing() {
 
     let tar = tmp.path().join("rootfs.tar");
     busybox_rootfs_tar(&tar).unwrap();
-    let out = kiln(&root, &["import", tar.to_str().unwrap(), "x:1", "--change", "RUN rm -rf /"]);
+    let out = kiln(
+        &root,
+        &[
+            "import",
+            tar.to_str().unwrap(),
+            "x:1",
+            "--change",
+            "RUN rm -rf /",
+        ],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("RUN rm -rf /") && err.contains("unsupported instruction RUN"), "{err}");
+    assert!(
+        err.contains("RUN rm -rf /") && err.contains("unsupported instruction RUN"),
+        "{err}"
+    );
     let out = kiln(&root, &["import", tar.to_str().unwrap(), "Not/Valid:1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("Not/Valid:1"));
@@ -261,8 +400,16 @@ fn bad_input_is_refused_and_stores_nothing() {
         let staging = tmp.path().join("bad");
         fs::create_dir_all(staging.join("blobs/sha256")).unwrap();
         let claimed = kiln_layers::Digest::of(b"the real bytes");
-        fs::write(staging.join("blobs/sha256").join(claimed.hex()), b"tampered bytes").unwrap();
-        fs::write(staging.join("index.json"), r#"{"schemaVersion":2,"manifests":[]}"#).unwrap();
+        fs::write(
+            staging.join("blobs/sha256").join(claimed.hex()),
+            b"tampered bytes",
+        )
+        .unwrap();
+        fs::write(
+            staging.join("index.json"),
+            r#"{"schemaVersion":2,"manifests":[]}"#,
+        )
+        .unwrap();
         run_ok(b.arg("cf").arg(&bad).arg("-C").arg(&staging).arg("."));
         let out = kiln(&root, &["load", "-i", bad.to_str().unwrap()]);
         assert!(!out.status.success());
@@ -270,7 +417,11 @@ fn bad_input_is_refused_and_stores_nothing() {
         assert!(err.contains(claimed.as_str()), "{err}");
         assert!(!root.join("blobs/sha256").join(claimed.hex()).exists());
     }
-    assert_eq!(fs::read_dir(root.join("blobs/sha256")).unwrap().count(), 0, "nothing stored");
+    assert_eq!(
+        fs::read_dir(root.join("blobs/sha256")).unwrap().count(),
+        0,
+        "nothing stored"
+    );
     assert_eq!(fs::read_dir(root.join("ingest")).unwrap().count(), 0);
     assert_eq!(kiln_ok(&root, &["images", "-q"]).trim(), "");
 }
@@ -287,7 +438,15 @@ fn kill_9_during_import_leaves_only_garbage() {
     let mut child = Command::new(common::kiln_bin())
         .arg("--root")
         .arg(&root)
-        .args(["import", "-", "victim:1", "--compression", "none", "--progress", "quiet"])
+        .args([
+            "import",
+            "-",
+            "victim:1",
+            "--compression",
+            "none",
+            "--progress",
+            "quiet",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -299,7 +458,11 @@ fn kill_9_during_import_leaves_only_garbage() {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let written: u64 = fs::read_dir(root.join("ingest"))
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.metadata().map(|m| m.len()).unwrap_or(0)).sum())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+                    .sum()
+            })
             .unwrap_or(0);
         if written > 0 {
             break;
@@ -312,7 +475,11 @@ fn kill_9_during_import_leaves_only_garbage() {
     child.wait().unwrap();
     drop(stdin);
 
-    assert_eq!(fs::read_dir(root.join("blobs/sha256")).unwrap().count(), 0, "no blob from a killed import");
+    assert_eq!(
+        fs::read_dir(root.join("blobs/sha256")).unwrap().count(),
+        0,
+        "no blob from a killed import"
+    );
     assert!(fs::read_dir(root.join("ingest")).unwrap().count() > 0);
     assert_eq!(kiln_ok(&root, &["images", "-q"]).trim(), "");
 
@@ -331,15 +498,24 @@ fn progress_json_reports_start_and_done() {
     let root = tmp.path().join("store");
     let tar = tmp.path().join("rootfs.tar");
     busybox_rootfs_tar(&tar).unwrap();
-    let out = common::kiln(&root, &["import", tar.to_str().unwrap(), "p:1", "--progress", "json"]);
+    let out = common::kiln(
+        &root,
+        &["import", tar.to_str().unwrap(), "p:1", "--progress", "json"],
+    );
     assert!(out.status.success());
     let events: Vec<Value> = String::from_utf8_lossy(&out.stderr)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
         .collect();
-    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds.first(), Some(&"start"), "{kinds:?}");
     assert_eq!(kinds.last(), Some(&"done"), "{kinds:?}");
     assert_eq!(events.last().unwrap()["status"], "done");
-    assert_eq!(events.last().unwrap()["bytes"], fs::metadata(&tar).unwrap().len());
+    assert_eq!(
+        events.last().unwrap()["bytes"],
+        fs::metadata(&tar).unwrap().len()
+    );
 }

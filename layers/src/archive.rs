@@ -156,7 +156,13 @@ pub fn save(store: &Store, items: &[SaveItem], format: Format, out: &Path) -> Re
     result
 }
 
-fn save_tar<W: Write>(store: &Store, items: &[SaveItem], format: Format, w: W, label: &Path) -> Result<()> {
+fn save_tar<W: Write>(
+    store: &Store,
+    items: &[SaveItem],
+    format: Format,
+    w: W,
+    label: &Path,
+) -> Result<()> {
     let mut sink = TarSink {
         builder: tar::Builder::new(w),
         written: Default::default(),
@@ -172,7 +178,12 @@ fn save_tar<W: Write>(store: &Store, items: &[SaveItem], format: Format, w: W, l
     w.flush().map_err(io_at("write archive", label))
 }
 
-fn write_layout(store: &Store, items: &[SaveItem], format: Format, sink: &mut dyn Sink) -> Result<()> {
+fn write_layout(
+    store: &Store,
+    items: &[SaveItem],
+    format: Format,
+    sink: &mut dyn Sink,
+) -> Result<()> {
     let mut index = Index::empty();
     let mut docker_manifest = Vec::new();
     let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
@@ -181,7 +192,11 @@ fn write_layout(store: &Store, items: &[SaveItem], format: Format, sink: &mut dy
         for layer in &image.manifest.layers {
             sink.blob(store, &layer.digest, layer.size)?;
         }
-        sink.blob(store, &image.manifest.config.digest, image.manifest.config.size)?;
+        sink.blob(
+            store,
+            &image.manifest.config.digest,
+            image.manifest.config.size,
+        )?;
         let md = &image.manifest_descriptor;
         sink.blob(store, &md.digest, md.size)?;
         let mut entry = Descriptor::new(md.media_type.clone(), md.digest.clone(), md.size);
@@ -191,8 +206,14 @@ fn write_layout(store: &Store, items: &[SaveItem], format: Format, sink: &mut dy
             .annotations
             .insert(ANNOTATION_CONTAINERD_NAME.into(), full.clone());
         // As `docker save` does: the OCI ref name is the tag alone.
-        let tag = item.reference.tag.clone().unwrap_or_else(|| "latest".into());
-        entry.annotations.insert(ANNOTATION_REF_NAME.into(), tag.clone());
+        let tag = item
+            .reference
+            .tag
+            .clone()
+            .unwrap_or_else(|| "latest".into());
+        entry
+            .annotations
+            .insert(ANNOTATION_REF_NAME.into(), tag.clone());
         index.manifests.push(entry);
         if format == Format::Docker {
             let familiar = item.reference.familiar();
@@ -222,7 +243,11 @@ fn write_layout(store: &Store, items: &[SaveItem], format: Format, sink: &mut dy
     }
     sink.file(
         "oci-layout",
-        format!("{{\"imageLayoutVersion\":\"{}\"}}", media::OCI_LAYOUT_VERSION).as_bytes(),
+        format!(
+            "{{\"imageLayoutVersion\":\"{}\"}}",
+            media::OCI_LAYOUT_VERSION
+        )
+        .as_bytes(),
     )?;
     sink.file("index.json", &json("index.json", &index)?)?;
     if format == Format::Docker {
@@ -285,12 +310,19 @@ pub fn load(store: &Store, path: &Path, reporter: &dyn Reporter) -> Result<Vec<L
     } else {
         Err(Error::Archive {
             path: path.to_path_buf(),
-            reason: "neither index.json (OCI layout) nor manifest.json (docker-archive) found".into(),
+            reason: "neither index.json (OCI layout) nor manifest.json (docker-archive) found"
+                .into(),
         })
     }
 }
 
-fn ingest_verified(store: &Store, name: &str, reader: impl Read, size: u64, path: &Path) -> Result<Descriptor> {
+fn ingest_verified(
+    store: &Store,
+    name: &str,
+    reader: impl Read,
+    size: u64,
+    path: &Path,
+) -> Result<Descriptor> {
     let expected = name
         .strip_prefix("blobs/sha256/")
         .and_then(|hex| Digest::parse(&format!("sha256:{hex}")).ok());
@@ -309,7 +341,12 @@ fn ingest_verified(store: &Store, name: &str, reader: impl Read, size: u64, path
     w.commit()
 }
 
-fn read_tar_archive(store: &Store, file: File, path: &Path, reporter: &dyn Reporter) -> Result<ArchiveFiles> {
+fn read_tar_archive(
+    store: &Store,
+    file: File,
+    path: &Path,
+    reporter: &dyn Reporter,
+) -> Result<ArchiveFiles> {
     let tar_err = |source: io::Error| Error::Tar {
         layer: path.display().to_string(),
         source,
@@ -356,14 +393,22 @@ fn read_dir_archive(dir: &Path) -> Result<ArchiveFiles> {
     for name in ["index.json", "manifest.json", "oci-layout", "repositories"] {
         let p = dir.join(name);
         if p.is_file() {
-            files.small.insert(name.to_string(), fs::read(&p).map_err(io_at("read", &p))?);
+            files
+                .small
+                .insert(name.to_string(), fs::read(&p).map_err(io_at("read", &p))?);
         }
     }
     // Blobs are copied lazily: only those the manifests reach.
     Ok(files)
 }
 
-fn blob_from_layout(store: &Store, layout_dir: Option<&Path>, digest: &Digest, size: u64, archive: &Path) -> Result<()> {
+fn blob_from_layout(
+    store: &Store,
+    layout_dir: Option<&Path>,
+    digest: &Digest,
+    size: u64,
+    archive: &Path,
+) -> Result<()> {
     if store.blob_size(digest)? == Some(size) {
         return Ok(());
     }
@@ -378,7 +423,13 @@ fn blob_from_layout(store: &Store, layout_dir: Option<&Path>, digest: &Digest, s
         path: archive.to_path_buf(),
         reason: format!("blob {digest}: {e}"),
     })?;
-    ingest_verified(store, &format!("blobs/sha256/{}", digest.hex()), f, size, archive)?;
+    ingest_verified(
+        store,
+        &format!("blobs/sha256/{}", digest.hex()),
+        f,
+        size,
+        archive,
+    )?;
     Ok(())
 }
 
@@ -408,7 +459,11 @@ fn load_oci(store: &Store, files: &ArchiveFiles, path: &Path) -> Result<Vec<Load
         let name = desc
             .annotations
             .get(ANNOTATION_CONTAINERD_NAME)
-            .or_else(|| desc.annotations.get(ANNOTATION_REF_NAME).filter(|n| n.contains('/') || n.contains(':')));
+            .or_else(|| {
+                desc.annotations
+                    .get(ANNOTATION_REF_NAME)
+                    .filter(|n| n.contains('/') || n.contains(':'))
+            });
         let mut entry = desc.clone();
         entry.annotations.clear();
         let references = match name.map(|n| Reference::parse(n)) {
@@ -434,15 +489,18 @@ fn load_docker(store: &Store, files: &ArchiveFiles, path: &Path) -> Result<Vec<L
         path: path.to_path_buf(),
         reason,
     };
-    let entries: Vec<DockerArchiveEntry> =
-        serde_json::from_slice(&files.small["manifest.json"]).map_err(|source| Error::Json {
+    let entries: Vec<DockerArchiveEntry> = serde_json::from_slice(&files.small["manifest.json"])
+        .map_err(|source| Error::Json {
             what: format!("{}: manifest.json", path.display()),
             source,
         })?;
     let mut out = Vec::new();
     for entry in entries {
         let config_name = normalize_name(&entry.config);
-        let config_desc = match (files.small.get(&config_name), files.stored.get(&config_name)) {
+        let config_desc = match (
+            files.small.get(&config_name),
+            files.stored.get(&config_name),
+        ) {
             (Some(bytes), _) => store.put_blob(media::OCI_CONFIG, bytes)?,
             (None, Some(d)) => Descriptor::new(media::OCI_CONFIG, d.digest.clone(), d.size),
             (None, None) => return Err(bad(format!("config {config_name} is missing"))),
@@ -463,9 +521,16 @@ fn load_docker(store: &Store, files: &ArchiveFiles, path: &Path) -> Result<Vec<L
                 .get(&name)
                 .ok_or_else(|| bad(format!("layer {name} is missing")))?;
             let mut head = [0u8; 4];
-            let n = store.open_blob(&d.digest)?.read(&mut head).map_err(io_at("read", &store.blob_path(&d.digest)))?;
+            let n = store
+                .open_blob(&d.digest)?
+                .read(&mut head)
+                .map_err(io_at("read", &store.blob_path(&d.digest)))?;
             let kind = Compression::sniff(&head[..n]);
-            layers.push(Descriptor::new(kind.oci_layer_media_type(), d.digest.clone(), d.size));
+            layers.push(Descriptor::new(
+                kind.oci_layer_media_type(),
+                d.digest.clone(),
+                d.size,
+            ));
         }
         let manifest = Manifest {
             schema_version: 2,

@@ -224,9 +224,15 @@ mod tests {
 
     #[test]
     fn exec_and_shell_forms() {
-        let c = applied(&[r#"CMD ["/bin/sh", "-c", "echo hi"]"#, "ENTRYPOINT echo hello world"]);
+        let c = applied(&[
+            r#"CMD ["/bin/sh", "-c", "echo hi"]"#,
+            "ENTRYPOINT echo hello world",
+        ]);
         assert_eq!(c.cmd.unwrap(), vec!["/bin/sh", "-c", "echo hi"]);
-        assert_eq!(c.entrypoint.unwrap(), vec!["/bin/sh", "-c", "echo hello world"]);
+        assert_eq!(
+            c.entrypoint.unwrap(),
+            vec!["/bin/sh", "-c", "echo hello world"]
+        );
         // Not valid JSON: shell form, as Docker does.
         let c = applied(&["cmd [not json"]);
         assert_eq!(c.cmd.unwrap(), vec!["/bin/sh", "-c", "[not json"]);
@@ -246,7 +252,10 @@ mod tests {
             "VOLUME [\"/data\"]",
             "STOPSIGNAL SIGTERM",
         ]);
-        assert_eq!(c.env.unwrap(), vec!["A=3", "B=two words", "C=legacy form value"]);
+        assert_eq!(
+            c.env.unwrap(),
+            vec!["A=3", "B=two words", "C=legacy form value"]
+        );
         let labels = c.labels.unwrap();
         assert_eq!(labels["org.x"], "y");
         assert_eq!(labels["quoted key"], "z");
@@ -260,7 +269,14 @@ mod tests {
 
     #[test]
     fn bad_changes_name_the_change() {
-        for bad in ["RUN echo", "EXPOSE 99999", "EXPOSE 80/xyz", "ENV A=\"open", "USER", "ENV =x"] {
+        for bad in [
+            "RUN echo",
+            "EXPOSE 99999",
+            "EXPOSE 80/xyz",
+            "ENV A=\"open",
+            "USER",
+            "ENV =x",
+        ] {
             let mut c = ContainerConfig::default();
             let err = apply_change(&mut c, bad).unwrap_err().to_string();
             assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");

@@ -62,7 +62,8 @@ pub fn write_tar<W: Write>(dir: &Path, out: W, options: &DiffOptions) -> Result<
     // Sorted by the name each entry gets in the tar (a whiteout's is
     // `.wh.NAME`), so the order is a function of the names alone.
     let key = |(rel, meta): &(PathBuf, fs::Metadata)| -> Vec<u8> {
-        let whiteout = options.overlay_whiteouts && meta.file_type().is_char_device() && meta.rdev() == 0;
+        let whiteout =
+            options.overlay_whiteouts && meta.file_type().is_char_device() && meta.rdev() == 0;
         match (whiteout, rel.parent(), rel.file_name()) {
             (true, Some(parent), Some(name)) => {
                 let mut wh = std::ffi::OsString::from(".wh.");
@@ -207,7 +208,10 @@ impl<W: Write> TarWriter<W> {
     fn entry(&mut self, rel: &Path, meta: &fs::Metadata) -> Result<()> {
         let path = self.root.join(rel);
         let name = rel.file_name().map(|n| n.as_bytes()).unwrap_or_default();
-        let parent = rel.parent().map(|p| p.as_os_str().as_bytes()).unwrap_or_default();
+        let parent = rel
+            .parent()
+            .map(|p| p.as_os_str().as_bytes())
+            .unwrap_or_default();
         let joined = |file: &[u8]| -> Vec<u8> {
             let mut v = parent.to_vec();
             if !v.is_empty() {
@@ -218,7 +222,11 @@ impl<W: Write> TarWriter<W> {
         };
         let ft = meta.file_type();
         let mtime = self.clamp(meta.mtime());
-        let xattrs = if ft.is_symlink() { Vec::new() } else { read_xattrs(&path)? };
+        let xattrs = if ft.is_symlink() {
+            Vec::new()
+        } else {
+            read_xattrs(&path)?
+        };
         let mut overlay_opaque = false;
         let mut kept_xattrs = Vec::new();
         for (k, v) in xattrs {
@@ -273,7 +281,13 @@ impl<W: Write> TarWriter<W> {
             let target = fs::read_link(&path).map_err(io_at("read link", &path))?;
             let mut header = self.header(tar::EntryType::Symlink, mode, uid, gid, mtime);
             header.set_size(0);
-            return self.append(&rel_bytes, Some(target.as_os_str().as_bytes()), header, pax, io::empty());
+            return self.append(
+                &rel_bytes,
+                Some(target.as_os_str().as_bytes()),
+                header,
+                pax,
+                io::empty(),
+            );
         }
         if ft.is_file() {
             if meta.nlink() > 1 {
@@ -322,7 +336,14 @@ impl<W: Write> TarWriter<W> {
         self.append(&rel_bytes, None, header, pax, io::empty())
     }
 
-    fn header(&self, kind: tar::EntryType, mode: u32, uid: u64, gid: u64, mtime: u64) -> tar::Header {
+    fn header(
+        &self,
+        kind: tar::EntryType,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+        mtime: u64,
+    ) -> tar::Header {
         let mut h = tar::Header::new_ustar();
         h.set_entry_type(kind);
         h.set_mode(mode);
@@ -345,9 +366,13 @@ impl<W: Write> TarWriter<W> {
         self.fill_names(&mut header, name, link, &mut pax)?;
         self.write_pax(name, &pax, &header)?;
         header.set_cksum();
-        self.builder
-            .append(&header, data)
-            .map_err(|e| Error::io("write tar entry", PathBuf::from(String::from_utf8_lossy(name).into_owned()), e))
+        self.builder.append(&header, data).map_err(|e| {
+            Error::io(
+                "write tar entry",
+                PathBuf::from(String::from_utf8_lossy(name).into_owned()),
+                e,
+            )
+        })
     }
 
     fn append_checked(
@@ -364,14 +389,20 @@ impl<W: Write> TarWriter<W> {
         self.fill_names(&mut header, name, None, &mut pax)?;
         self.write_pax(name, &pax, &header)?;
         header.set_cksum();
-        let mut counted = CountingReader { inner: reader, count: 0 };
+        let mut counted = CountingReader {
+            inner: reader,
+            count: 0,
+        };
         self.builder
             .append(&header, &mut counted)
             .map_err(io_at("write tar entry for", path))?;
         if counted.count != size {
             return Err(Error::Diff {
                 path: path.to_path_buf(),
-                reason: format!("file shrank while being read ({} of {size} bytes)", counted.count),
+                reason: format!(
+                    "file shrank while being read ({} of {size} bytes)",
+                    counted.count
+                ),
             });
         }
         Ok(())
@@ -403,7 +434,12 @@ impl<W: Write> TarWriter<W> {
         Ok(())
     }
 
-    fn write_pax(&mut self, name: &[u8], pax: &[(String, Vec<u8>)], header: &tar::Header) -> Result<()> {
+    fn write_pax(
+        &mut self,
+        name: &[u8],
+        pax: &[(String, Vec<u8>)],
+        header: &tar::Header,
+    ) -> Result<()> {
         if pax.is_empty() {
             return Ok(());
         }
@@ -419,14 +455,23 @@ impl<W: Write> TarWriter<W> {
         pax_header.set_mtime(header.mtime().unwrap_or(0));
         pax_header.set_size(body.len() as u64);
         // Name it like Go's archive/tar does ("PaxHeaders.0/<base>"), cut to fit.
-        let base = name.rsplit(|b| *b == b'/').find(|s| !s.is_empty()).unwrap_or(b"x");
+        let base = name
+            .rsplit(|b| *b == b'/')
+            .find(|s| !s.is_empty())
+            .unwrap_or(b"x");
         let mut pax_name = b"PaxHeaders.0/".to_vec();
         pax_name.extend_from_slice(&base[..base.len().min(80)]);
         pax_header.as_old_mut().name[..pax_name.len()].copy_from_slice(&pax_name);
         pax_header.set_cksum();
         self.builder
             .append(&pax_header, body.as_slice())
-            .map_err(|e| Error::io("write tar entry", PathBuf::from(String::from_utf8_lossy(name).into_owned()), e))
+            .map_err(|e| {
+                Error::io(
+                    "write tar entry",
+                    PathBuf::from(String::from_utf8_lossy(name).into_owned()),
+                    e,
+                )
+            })
     }
 }
 
@@ -453,7 +498,11 @@ mod tests {
             let value = vec![b'a'; value_len];
             let rec = pax_record("path", &value);
             let (len, _) = std::str::from_utf8(&rec).unwrap().split_once(' ').unwrap();
-            assert_eq!(len.parse::<usize>().unwrap(), rec.len(), "value length {value_len}");
+            assert_eq!(
+                len.parse::<usize>().unwrap(),
+                rec.len(),
+                "value length {value_len}"
+            );
         }
     }
 }

@@ -123,7 +123,10 @@ impl<W: Write> HashingWriter<W> {
 
     /// The digest and size of what was written (without finishing `inner`).
     pub fn finish(self) -> (Digest, u64) {
-        (Digest::from_hash(self.hasher.finalize().as_slice()), self.count)
+        (
+            Digest::from_hash(self.hasher.finalize().as_slice()),
+            self.count,
+        )
     }
 
     /// The digest, size and the inner writer.
@@ -173,7 +176,10 @@ impl<R: Read> HashingReader<R> {
     /// then returns the digest and size of the whole stream.
     pub fn drain_and_finish(mut self) -> io::Result<(Digest, u64)> {
         io::copy(&mut self, &mut io::sink())?;
-        Ok((Digest::from_hash(self.hasher.finalize().as_slice()), self.count))
+        Ok((
+            Digest::from_hash(self.hasher.finalize().as_slice()),
+            self.count,
+        ))
     }
 }
 
@@ -212,7 +218,13 @@ mod tests {
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         assert_eq!(Digest::parse(d.as_str()).unwrap(), d);
-        for bad in ["", "sha256:", "sha256:E3B0", "sha512:00", &d.as_str().to_uppercase()] {
+        for bad in [
+            "",
+            "sha256:",
+            "sha256:E3B0",
+            "sha512:00",
+            &d.as_str().to_uppercase(),
+        ] {
             assert!(Digest::parse(bad).is_err(), "{bad}");
         }
     }

@@ -206,7 +206,11 @@ mod tests {
         let d = Digest::of(b"x");
         let cases = [
             ("alpine", "docker.io/library/alpine:latest", "alpine:latest"),
-            ("alpine:3.19", "docker.io/library/alpine:3.19", "alpine:3.19"),
+            (
+                "alpine:3.19",
+                "docker.io/library/alpine:3.19",
+                "alpine:3.19",
+            ),
             ("org/app:1", "docker.io/org/app:1", "org/app:1"),
             (
                 "localhost:5000/x/y",
@@ -223,7 +227,11 @@ mod tests {
                 "docker.io/library/busybox:latest",
                 "busybox:latest",
             ),
-            ("localhost/app", "localhost/app:latest", "localhost/app:latest"),
+            (
+                "localhost/app",
+                "localhost/app:latest",
+                "localhost/app:latest",
+            ),
         ];
         for (input, full, familiar) in cases {
             let r = Reference::parse(input).unwrap();
@@ -237,7 +245,18 @@ mod tests {
 
     #[test]
     fn rejects_bad_names() {
-        for bad in ["", "UPPER", "a//b", "a:", "a:-x", "-a", "a@sha256:zz", "a b", "a/b_/c", "a..b"] {
+        for bad in [
+            "",
+            "UPPER",
+            "a//b",
+            "a:",
+            "a:-x",
+            "-a",
+            "a@sha256:zz",
+            "a b",
+            "a/b_/c",
+            "a..b",
+        ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?} was accepted");
         }
     }

@@ -37,7 +37,11 @@ impl Store {
     /// Unpacks every layer of `image` that has no snapshot yet and returns
     /// all of its snapshot dirs, bottom first. Hold a [`crate::Lease`]
     /// while using them.
-    pub fn prepare_snapshots(&self, image: &Image, reporter: &dyn Reporter) -> Result<Vec<PathBuf>> {
+    pub fn prepare_snapshots(
+        &self,
+        image: &Image,
+        reporter: &dyn Reporter,
+    ) -> Result<Vec<PathBuf>> {
         let layers = image.layers()?;
         let chains = image.chain_ids();
         let mut paths: Vec<PathBuf> = Vec::with_capacity(layers.len());
@@ -92,13 +96,21 @@ impl Store {
             if &actual != diff_id {
                 return Err(Error::BadLayer {
                     layer: layer.digest.to_string(),
-                    reason: format!("uncompressed content has digest {actual}, config says {diff_id}"),
+                    reason: format!(
+                        "uncompressed content has digest {actual}, config says {diff_id}"
+                    ),
                 });
             }
             match fs::rename(&tmp, &final_path) {
                 Ok(()) => Ok(()),
                 // Another process finished the same snapshot first.
-                Err(e) if final_path.is_dir() && matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
+                Err(e)
+                    if final_path.is_dir()
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(libc::ENOTEMPTY) | Some(libc::EEXIST)
+                        ) =>
+                {
                     let _ = fs::remove_dir_all(&tmp);
                     Ok(())
                 }

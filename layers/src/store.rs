@@ -212,7 +212,11 @@ impl Store {
         if !layout.exists() {
             write_atomic(
                 &layout,
-                format!("{{\"imageLayoutVersion\":\"{}\"}}", media::OCI_LAYOUT_VERSION).as_bytes(),
+                format!(
+                    "{{\"imageLayoutVersion\":\"{}\"}}",
+                    media::OCI_LAYOUT_VERSION
+                )
+                .as_bytes(),
             )?;
         }
         let index = store.root.join(INDEX_FILE);
@@ -369,7 +373,11 @@ impl Store {
     /// Parses a manifest or index blob.
     pub fn read_manifest(&self, desc: &Descriptor) -> Result<ManifestKind> {
         let bytes = self.read_blob(&desc.digest)?;
-        parse_manifest(&bytes, &desc.media_type, &format!("manifest {}", desc.digest))
+        parse_manifest(
+            &bytes,
+            &desc.media_type,
+            &format!("manifest {}", desc.digest),
+        )
     }
 
     pub fn read_config(&self, desc: &Descriptor) -> Result<ImageConfig> {
@@ -710,7 +718,10 @@ impl Store {
 
     /// Removes every `index.json` entry (tagged or not) for the manifest
     /// `digest`, then its unreferenced blobs and snapshots.
-    pub fn remove_image_digest(&self, digest: &Digest) -> Result<Option<(Descriptor, Vec<Digest>)>> {
+    pub fn remove_image_digest(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<(Descriptor, Vec<Digest>)>> {
         let removed = self.update_index(|index| {
             let mut found = None;
             index.manifests.retain(|d| {

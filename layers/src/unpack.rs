@@ -177,15 +177,13 @@ impl Unpacker<'_> {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) if create => {
                     let mode = match self.lower_kind(&comps[..=i]) {
-                        Lower::Symlink => {
-                            return Err(self.unsafe_entry(
-                                entry,
-                                format!(
-                                    "{} is a symlink in a lower layer; refusing to write through it",
-                                    display(&comps[..=i])
-                                ),
-                            ))
-                        }
+                        Lower::Symlink => return Err(self.unsafe_entry(
+                            entry,
+                            format!(
+                                "{} is a symlink in a lower layer; refusing to write through it",
+                                display(&comps[..=i])
+                            ),
+                        )),
                         Lower::Dir { mode, uid, gid } => Some((mode, uid, gid)),
                         Lower::Missing | Lower::Other => None,
                     };
@@ -219,10 +217,9 @@ impl Unpacker<'_> {
                         Ok(_) => "is not a directory",
                         Err(_) => "does not exist",
                     };
-                    return Err(self.unsafe_entry(
-                        entry,
-                        format!("{} {what}", display(&comps[..=i])),
-                    ));
+                    return Err(
+                        self.unsafe_entry(entry, format!("{} {what}", display(&comps[..=i])))
+                    );
                 }
                 Err(e) => return Err(self.io("open", &display(&comps[..=i]), e)),
             };
@@ -393,7 +390,11 @@ impl Unpacker<'_> {
                 let fd = rustix::fs::openat(
                     &parent,
                     name.as_os_str(),
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(|e| self.io("create", &shown, e))?;
@@ -402,7 +403,12 @@ impl Unpacker<'_> {
                 self.stats.bytes += n;
                 self.set_owner_mode_fd(file.as_fd(), uid, gid, mode, &shown)?;
                 for (k, v) in &xattrs {
-                    set_xattr_checked(self, rustix::fs::fsetxattr(&file, k.as_str(), v, XattrFlags::empty()), k, &shown)?;
+                    set_xattr_checked(
+                        self,
+                        rustix::fs::fsetxattr(&file, k.as_str(), v, XattrFlags::empty()),
+                        k,
+                        &shown,
+                    )?;
                 }
                 rustix::fs::futimens(&file, &times(mtime))
                     .map_err(|e| self.io("set mtime", &shown, e))?;
@@ -421,7 +427,12 @@ impl Unpacker<'_> {
                 .map_err(|e| self.io("open", &shown, e))?;
                 self.set_owner_mode_fd(&dir, uid, gid, mode, &shown)?;
                 for (k, v) in &xattrs {
-                    set_xattr_checked(self, rustix::fs::fsetxattr(&dir, k.as_str(), v, XattrFlags::empty()), k, &shown)?;
+                    set_xattr_checked(
+                        self,
+                        rustix::fs::fsetxattr(&dir, k.as_str(), v, XattrFlags::empty()),
+                        k,
+                        &shown,
+                    )?;
                 }
                 self.dir_times.push((comps.clone(), mtime));
             }
@@ -437,17 +448,21 @@ impl Unpacker<'_> {
                     chown_at_nofollow(&parent, name, uid, gid)
                         .map_err(|e| self.io("chown", &shown, e))?;
                 }
-                rustix::fs::utimensat(&parent, name.as_os_str(), &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| self.io("set mtime", &shown, e))?;
+                rustix::fs::utimensat(
+                    &parent,
+                    name.as_os_str(),
+                    &times(mtime),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| self.io("set mtime", &shown, e))?;
             }
             tar::EntryType::Link => {
                 let target = entry
                     .link_name_bytes()
                     .ok_or_else(|| self.unsafe_entry(&shown, "hardlink without a target"))?
                     .into_owned();
-                let target_comps = clean_components(&target).map_err(|why| {
-                    self.unsafe_entry(&shown, format!("hardlink target: {why}"))
-                })?;
+                let target_comps = clean_components(&target)
+                    .map_err(|why| self.unsafe_entry(&shown, format!("hardlink target: {why}")))?;
                 let Some((target_name, target_parent)) = target_comps.split_last() else {
                     return Err(self.unsafe_entry(&shown, "hardlink to the layer root"));
                 };
@@ -463,7 +478,11 @@ impl Unpacker<'_> {
                         ),
                     )
                 })?;
-                match rustix::fs::statat(&target_dir, target_name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                match rustix::fs::statat(
+                    &target_dir,
+                    target_name.as_os_str(),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                ) {
                     Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::Directory => {}
                     _ => {
                         return Err(self.unsafe_entry(
@@ -497,8 +516,14 @@ impl Unpacker<'_> {
                     (0, 0)
                 } else {
                     (
-                        header.device_major().map_err(|e| self.tar_err(&shown, e))?.unwrap_or(0),
-                        header.device_minor().map_err(|e| self.tar_err(&shown, e))?.unwrap_or(0),
+                        header
+                            .device_major()
+                            .map_err(|e| self.tar_err(&shown, e))?
+                            .unwrap_or(0),
+                        header
+                            .device_minor()
+                            .map_err(|e| self.tar_err(&shown, e))?
+                            .unwrap_or(0),
                     )
                 };
                 self.clear(&parent, name, false, &shown)?;
@@ -515,14 +540,29 @@ impl Unpacker<'_> {
                         .map_err(|e| self.io("chown", &shown, e))?;
                 }
                 // mknod applies the umask; set the exact mode afterwards.
-                rustix::fs::chmodat(&parent, name.as_os_str(), Mode::from_raw_mode(mode), AtFlags::empty())
-                    .map_err(|e| self.io("chmod", &shown, e))?;
+                rustix::fs::chmodat(
+                    &parent,
+                    name.as_os_str(),
+                    Mode::from_raw_mode(mode),
+                    AtFlags::empty(),
+                )
+                .map_err(|e| self.io("chmod", &shown, e))?;
                 let path = proc_path(&parent, name);
                 for (k, v) in &xattrs {
-                    set_xattr_checked(self, rustix::fs::lsetxattr(&path, k.as_str(), v, XattrFlags::empty()), k, &shown)?;
+                    set_xattr_checked(
+                        self,
+                        rustix::fs::lsetxattr(&path, k.as_str(), v, XattrFlags::empty()),
+                        k,
+                        &shown,
+                    )?;
                 }
-                rustix::fs::utimensat(&parent, name.as_os_str(), &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| self.io("set mtime", &shown, e))?;
+                rustix::fs::utimensat(
+                    &parent,
+                    name.as_os_str(),
+                    &times(mtime),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| self.io("set mtime", &shown, e))?;
             }
             other => {
                 return Err(Error::BadLayer {
@@ -541,7 +581,11 @@ impl Unpacker<'_> {
         }
     }
 
-    fn xattrs<R: Read>(&self, entry: &mut tar::Entry<'_, R>, shown: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    fn xattrs<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        shown: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
         let mut out = Vec::new();
         let Some(exts) = entry.pax_extensions().map_err(|e| self.tar_err(shown, e))? else {
             return Ok(out);
@@ -562,7 +606,14 @@ impl Unpacker<'_> {
         Ok(out)
     }
 
-    fn set_owner_mode_fd(&self, fd: impl AsFd, uid: u32, gid: u32, mode: u32, shown: &str) -> Result<()> {
+    fn set_owner_mode_fd(
+        &self,
+        fd: impl AsFd,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+        shown: &str,
+    ) -> Result<()> {
         if self.options.preserve_owners {
             rustix::fs::fchown(
                 &fd,
@@ -572,8 +623,7 @@ impl Unpacker<'_> {
             .map_err(|e| self.io("chown", shown, e))?;
         }
         // After chown, which clears set-id bits.
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
-            .map_err(|e| self.io("chmod", shown, e))
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(|e| self.io("chmod", shown, e))
     }
 
     fn finish(&mut self) -> Result<()> {
@@ -587,20 +637,34 @@ impl Unpacker<'_> {
                 continue;
             };
             // An O_PATH fd cannot be futimens()ed; its /proc link can.
-            rustix::fs::utimensat(rustix::fs::CWD, proc_fd_path(&dir), &times(mtime), AtFlags::empty())
-                .map_err(|e| self.io("set mtime", &shown, e))?;
+            rustix::fs::utimensat(
+                rustix::fs::CWD,
+                proc_fd_path(&dir),
+                &times(mtime),
+                AtFlags::empty(),
+            )
+            .map_err(|e| self.io("set mtime", &shown, e))?;
         }
         Ok(())
     }
 }
 
-fn set_xattr_checked(u: &Unpacker<'_>, r: rustix::io::Result<()>, name: &str, shown: &str) -> Result<()> {
+fn set_xattr_checked(
+    u: &Unpacker<'_>,
+    r: rustix::io::Result<()>,
+    name: &str,
+    shown: &str,
+) -> Result<()> {
     match r {
         Ok(()) => Ok(()),
         // A filesystem without xattr support (or this namespace of them):
         // Docker warns and goes on too.
         Err(Errno::OPNOTSUPP) => {
-            tracing::warn!(entry = shown, xattr = name, "xattr not supported here; skipped");
+            tracing::warn!(
+                entry = shown,
+                xattr = name,
+                "xattr not supported here; skipped"
+            );
             Ok(())
         }
         Err(e) => Err(u.io("set xattr", shown, errno_io(e))),

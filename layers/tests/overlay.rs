@@ -40,7 +40,11 @@ impl Drop for Mount {
 fn mount_overlay(lowerdir: &str, upper_work: Option<(&Path, &Path)>, target: &Path) -> Mount {
     let mut opts = format!("lowerdir={lowerdir}");
     if let Some((upper, work)) = upper_work {
-        opts.push_str(&format!(",upperdir={},workdir={}", upper.display(), work.display()));
+        opts.push_str(&format!(
+            ",upperdir={},workdir={}",
+            upper.display(),
+            work.display()
+        ));
     }
     let status = Command::new("mount")
         .args(["-t", "overlay", "overlay", "-o", &opts])
@@ -85,8 +89,11 @@ fn tar_entries(tar: &[u8]) -> Vec<(String, tar::EntryType, u64, Vec<String>)> {
 #[test]
 fn overlay_changes_round_trip_through_a_layer() {
     let tmp = tempfile::tempdir().unwrap();
-    let [base, upper, work, merged, snap1, view] =
-        <[PathBuf; 6]>::try_from(dirs(tmp.path(), &["base", "upper", "work", "merged", "snap1", "view"])).unwrap();
+    let [base, upper, work, merged, snap1, view] = <[PathBuf; 6]>::try_from(dirs(
+        tmp.path(),
+        &["base", "upper", "work", "merged", "snap1", "view"],
+    ))
+    .unwrap();
     let base_tar = support::raw_tar(&support::parse_spec(BASE).layers[0]);
     unpack(base_tar.as_slice(), &base, &UnpackOptions::default()).unwrap();
 
@@ -103,7 +110,13 @@ fn overlay_changes_round_trip_through_a_layer() {
         fs::hard_link(merged.join("data/x"), merged.join("data/x2")).unwrap();
         std::os::unix::fs::symlink("etc/passwd", merged.join("link")).unwrap();
         fs::set_permissions(merged.join("keep/k"), fs::Permissions::from_mode(0o600)).unwrap();
-        rustix::fs::setxattr(merged.join("data/x"), "user.kiln", b"yes", rustix::fs::XattrFlags::empty()).unwrap();
+        rustix::fs::setxattr(
+            merged.join("data/x"),
+            "user.kiln",
+            b"yes",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
         support::listing(&merged)
     };
 
@@ -114,17 +127,32 @@ fn overlay_changes_round_trip_through_a_layer() {
     let tar = write_tar(&upper, Vec::new(), &options).unwrap();
     let entries = tar_entries(&tar);
     let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
-    assert!(!names.contains(&"rm-me"), "a deleted file is not in the layer: {names:?}");
-    assert!(!names.contains(&"opt/app/a"), "an opaque dir drops the lower's files: {names:?}");
+    assert!(
+        !names.contains(&"rm-me"),
+        "a deleted file is not in the layer: {names:?}"
+    );
+    assert!(
+        !names.contains(&"opt/app/a"),
+        "an opaque dir drops the lower's files: {names:?}"
+    );
     assert!(names.contains(&".wh.rm-me"), "no whiteout entry: {names:?}");
-    assert!(names.contains(&"opt/app/.wh..wh..opq"), "no opaque marker: {names:?}");
+    assert!(
+        names.contains(&"opt/app/.wh..wh..opq"),
+        "no opaque marker: {names:?}"
+    );
     assert!(names.contains(&"opt/app/new"), "{names:?}");
     let link = entries.iter().find(|e| e.0 == "data/x2").unwrap();
-    assert_eq!(link.1, tar::EntryType::Link, "second name of an inode is a hardlink");
+    assert_eq!(
+        link.1,
+        tar::EntryType::Link,
+        "second name of an inode is a hardlink"
+    );
     let x = entries.iter().find(|e| e.0 == "data/x").unwrap();
     assert_eq!(x.3, vec!["SCHILY.xattr.user.kiln".to_string()]);
     assert!(
-        entries.iter().all(|e| e.3.iter().all(|k| !k.contains("trusted.overlay"))),
+        entries
+            .iter()
+            .all(|e| e.3.iter().all(|k| !k.contains("trusted.overlay"))),
         "overlay xattrs leaked into the layer"
     );
     let trimmed: Vec<&str> = names.iter().map(|n| n.trim_end_matches('/')).collect();
@@ -158,18 +186,28 @@ fn overlay_changes_round_trip_through_a_layer() {
     )
     .unwrap();
     {
-        let _m = mount_overlay(&overlay_lowerdir(&[base.clone(), snap1.clone()]), None, &view);
+        let _m = mount_overlay(
+            &overlay_lowerdir(&[base.clone(), snap1.clone()]),
+            None,
+            &view,
+        );
         assert_eq!(support::listing(&view), expected_view);
     }
 
     // The same through the store: compressed blob, verified diff id.
     for compression in [Compression::Gzip, Compression::Zstd] {
         let store = Store::open(tmp.path().join(format!("store-{compression:?}"))).unwrap();
-        let base_blob = store.put_blob(kiln_layers::media::OCI_LAYER, &base_tar).unwrap();
+        let base_blob = store
+            .put_blob(kiln_layers::media::OCI_LAYER, &base_tar)
+            .unwrap();
         let layer = write_layer(&store, &upper, compression, &options, &NoProgress).unwrap();
         assert_eq!(layer.diff_id, Digest::of(&tar));
         let mut head = [0u8; 4];
-        store.open_blob(&layer.descriptor.digest).unwrap().read_exact(&mut head).unwrap();
+        store
+            .open_blob(&layer.descriptor.digest)
+            .unwrap()
+            .read_exact(&mut head)
+            .unwrap();
         assert_eq!(Compression::sniff(&head), compression);
         let diffs = [Digest::of(&base_tar), layer.diff_id.clone()];
         let chains = chain_ids(&diffs);
@@ -177,7 +215,13 @@ fn overlay_changes_round_trip_through_a_layer() {
             .unpack_snapshot(&base_blob, &diffs[0], &chains[0], vec![], &NoProgress)
             .unwrap();
         let s1 = store
-            .unpack_snapshot(&layer.descriptor, &diffs[1], &chains[1], vec![s0.clone()], &NoProgress)
+            .unpack_snapshot(
+                &layer.descriptor,
+                &diffs[1],
+                &chains[1],
+                vec![s0.clone()],
+                &NoProgress,
+            )
             .unwrap();
         let target = tmp.path().join(format!("view-{compression:?}"));
         fs::create_dir(&target).unwrap();
@@ -197,7 +241,14 @@ fn a_layer_whose_content_does_not_match_its_diff_id_is_refused() {
         .unpack_snapshot(&blob, &wrong, &wrong, vec![], &NoProgress)
         .unwrap_err()
         .to_string();
-    assert!(err.contains(blob.digest.as_str()) && err.contains(wrong.as_str()), "{err}");
+    assert!(
+        err.contains(blob.digest.as_str()) && err.contains(wrong.as_str()),
+        "{err}"
+    );
     assert!(!store.snapshot_path(&wrong).exists());
-    assert_eq!(fs::read_dir(tmp.path().join("snapshots")).unwrap().count(), 0, "temp dir left behind");
+    assert_eq!(
+        fs::read_dir(tmp.path().join("snapshots")).unwrap().count(),
+        0,
+        "temp dir left behind"
+    );
 }

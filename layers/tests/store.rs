@@ -12,7 +12,9 @@ use kiln_layers::store::{CacheRecord, PruneOptions};
 use kiln_layers::{media, Descriptor, Digest, Error, Platform, Reference, Store};
 
 fn blob_data(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 fn ingest_entries(store: &Store) -> usize {
@@ -58,7 +60,11 @@ fn ingest_verifies_size_and_digest() {
     let err = w.write_all(b"extra").unwrap_err().to_string();
     assert!(err.contains(desc.digest.as_str()), "{err}");
     drop(w);
-    assert_eq!(ingest_entries(&store), 0, "a dropped writer removes its file");
+    assert_eq!(
+        ingest_entries(&store),
+        0,
+        "a dropped writer removes its file"
+    );
 
     // A resumed write: continue from offset(); reset() starts over.
     let mut w = store.ingest(Some(desc.clone())).unwrap();
@@ -141,7 +147,10 @@ fn spawn_child(root: &Path, id: &str, hang: bool) -> std::process::Child {
 fn two_processes_ingesting_and_tagging_both_succeed() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(tmp.path()).unwrap();
-    let children: Vec<_> = ["a", "b"].iter().map(|id| spawn_child(tmp.path(), id, false)).collect();
+    let children: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|id| spawn_child(tmp.path(), id, false))
+        .collect();
     for mut c in children {
         assert!(c.wait().unwrap().success(), "a child process failed");
     }
@@ -191,7 +200,9 @@ fn kill_9_mid_ingest_leaves_only_garbage_in_ingest() {
     let mut w = store.ingest(Some(desc.clone())).unwrap();
     w.write_all(&data).unwrap();
     w.commit().unwrap();
-    store.tag(&Reference::parse("survivor").unwrap(), &desc).unwrap();
+    store
+        .tag(&Reference::parse("survivor").unwrap(), &desc)
+        .unwrap();
     let report = store.prune(PruneOptions::default()).unwrap();
     assert_eq!(report.ingest_files, 1);
     assert_eq!(ingest_entries(&store), 0);
@@ -211,7 +222,7 @@ fn small_image(store: &Store, seed: u8) -> (Descriptor, Vec<Digest>) {
         },
         ..ImageConfig::default()
     };
-    let manifest = store.write_image(&config, &[layer_desc.clone()]).unwrap();
+    let manifest = store.write_image(&config, std::slice::from_ref(&layer_desc)).unwrap();
     let image = store.read_image(&manifest, &Platform::host()).unwrap();
     (
         manifest.clone(),
@@ -226,7 +237,9 @@ fn prune_removes_only_what_nothing_references() {
     let (kept, kept_blobs) = small_image(&store, 1);
     let (_, loose_blobs) = small_image(&store, 2);
     let (cached, cached_blobs) = small_image(&store, 3);
-    store.tag(&Reference::parse("kept:1").unwrap(), &kept).unwrap();
+    store
+        .tag(&Reference::parse("kept:1").unwrap(), &kept)
+        .unwrap();
     store
         .cache_put(
             &Digest::of(b"step"),
@@ -296,12 +309,22 @@ fn find_by_reference_id_and_prefix() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(tmp.path()).unwrap();
     let (img, blobs) = small_image(&store, 5);
-    store.tag(&Reference::parse("x/y:z").unwrap(), &img).unwrap();
+    store
+        .tag(&Reference::parse("x/y:z").unwrap(), &img)
+        .unwrap();
     let host = Platform::host();
     assert_eq!(store.find("x/y:z", &host).unwrap().len(), 1);
     let id = &blobs[1];
-    assert_eq!(store.find(&id.hex()[..8], &host).unwrap()[0].descriptor.digest, img.digest);
-    assert_eq!(store.find(id.as_str(), &host).unwrap()[0].descriptor.digest, img.digest);
+    assert_eq!(
+        store.find(&id.hex()[..8], &host).unwrap()[0]
+            .descriptor
+            .digest,
+        img.digest
+    );
+    assert_eq!(
+        store.find(id.as_str(), &host).unwrap()[0].descriptor.digest,
+        img.digest
+    );
     let err = store.find("nothere:1", &host).unwrap_err().to_string();
     assert!(err.contains("nothere:1"), "{err}");
 }
@@ -320,15 +343,22 @@ fn index_platform_selection_and_canonical_writes() {
         ..Index::empty()
     };
     let index_desc = store.put_json(media::OCI_INDEX, &index).unwrap();
-    let picked = store.read_image(&index_desc, &Platform::parse("linux/amd64").unwrap()).unwrap();
+    let picked = store
+        .read_image(&index_desc, &Platform::parse("linux/amd64").unwrap())
+        .unwrap();
     assert_eq!(picked.manifest_descriptor.digest, amd.digest);
-    let picked = store.read_image(&index_desc, &Platform::parse("linux/arm64/v8").unwrap()).unwrap();
+    let picked = store
+        .read_image(&index_desc, &Platform::parse("linux/arm64/v8").unwrap())
+        .unwrap();
     assert_eq!(picked.manifest_descriptor.digest, arm.digest);
     let err = store
         .read_image(&index_desc, &Platform::parse("linux/s390x").unwrap())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("linux/s390x") && err.contains("linux/arm64"), "{err}");
+    assert!(
+        err.contains("linux/s390x") && err.contains("linux/arm64"),
+        "{err}"
+    );
     // The store's own files are canonical JSON.
     let raw = fs::read_to_string(store.root().join("index.json")).unwrap();
     assert!(raw.starts_with("{\"manifests\":"), "{raw}");

@@ -54,7 +54,10 @@ fn run_case(dir: &Path) -> Result<(), String> {
     if names != allowed {
         return Err(format!("sandbox has {names:?}, expected {allowed:?}"));
     }
-    let outside_names: Vec<_> = fs::read_dir(&outside).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let outside_names: Vec<_> = fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     if outside_names.len() != 1 || fs::read_to_string(outside.join("victim")).unwrap() != "victim" {
         return Err(format!("outside/ was modified: {outside_names:?}"));
     }
@@ -64,8 +67,12 @@ fn run_case(dir: &Path) -> Result<(), String> {
 
     match (&spec.error, error) {
         (Some(want), Some(got)) if got.contains(want.as_str()) => Ok(()),
-        (Some(want), Some(got)) => Err(format!("expected an error containing {want:?}, got {got:?}")),
-        (Some(want), None) => Err(format!("expected an error containing {want:?}, unpacking succeeded")),
+        (Some(want), Some(got)) => Err(format!(
+            "expected an error containing {want:?}, got {got:?}"
+        )),
+        (Some(want), None) => Err(format!(
+            "expected an error containing {want:?}, unpacking succeeded"
+        )),
         (None, Some(got)) => Err(format!("unexpected error: {got}")),
         (None, None) => {
             let mut actual = String::new();
@@ -83,14 +90,29 @@ fn run_case(dir: &Path) -> Result<(), String> {
 fn unpack_cases() {
     let mut failures = Vec::new();
     let mut count = 0;
-    let mut dirs: Vec<_> = fs::read_dir(cases_dir()).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut dirs: Vec<_> = fs::read_dir(cases_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     dirs.sort();
     for dir in dirs {
         count += 1;
         if let Err(e) = run_case(&dir) {
-            failures.push(format!("{}: {e}", dir.file_name().unwrap().to_string_lossy()));
+            failures.push(format!(
+                "{}: {e}",
+                dir.file_name().unwrap().to_string_lossy()
+            ));
         }
     }
-    assert!(count >= 10, "only {count} cases found in {}", cases_dir().display());
-    assert!(failures.is_empty(), "{} of {count} cases failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        count >= 10,
+        "only {count} cases found in {}",
+        cases_dir().display()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {count} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

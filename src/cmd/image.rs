@@ -136,7 +136,10 @@ impl ImageCommand {
                 store.tag(&target, &desc)?;
                 Ok(ExitCode::SUCCESS)
             }
-            ImageCommand::Inspect { images, platform: p } => {
+            ImageCommand::Inspect {
+                images,
+                platform: p,
+            } => {
                 let platform = platform(&p)?;
                 let mut out = Vec::new();
                 for query in &images {
@@ -163,7 +166,12 @@ impl ImageCommand {
                 );
                 Ok(ExitCode::SUCCESS)
             }
-            ImageCommand::Save { format, output, images, platform: p } => {
+            ImageCommand::Save {
+                format,
+                output,
+                images,
+                platform: p,
+            } => {
                 let platform = platform(&p)?;
                 let mut items = Vec::new();
                 for query in &images {
@@ -197,7 +205,14 @@ impl ImageCommand {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            ImageCommand::Import { rootfs, reference, change, platform: p, compression, progress } => {
+            ImageCommand::Import {
+                rootfs,
+                reference,
+                change,
+                platform: p,
+                compression,
+                progress,
+            } => {
                 let reference = Reference::parse(&reference)?;
                 let reporter = progress.reporter();
                 let mut options = ImportOptions::new(rootfs.display().to_string());
@@ -256,7 +271,10 @@ fn images(store: &Store, quiet: bool, format: ListFormat) -> anyhow::Result<Exit
     let mut rows = Vec::new();
     for tagged in store.list()? {
         let (repo, tag) = match &tagged.reference {
-            Some(r) => (r.familiar_name(), r.tag.clone().unwrap_or_else(|| "<none>".into())),
+            Some(r) => (
+                r.familiar_name(),
+                r.tag.clone().unwrap_or_else(|| "<none>".into()),
+            ),
             None => ("<none>".to_string(), "<none>".to_string()),
         };
         match store.read_image(&tagged.descriptor, &platform) {
@@ -270,7 +288,10 @@ fn images(store: &Store, quiet: bool, format: ListFormat) -> anyhow::Result<Exit
     let mut stdout = std::io::stdout().lock();
     if quiet {
         for (_, _, image, tagged) in &rows {
-            let id = image.as_ref().map(|i| i.id()).unwrap_or(&tagged.descriptor.digest);
+            let id = image
+                .as_ref()
+                .map(|i| i.id())
+                .unwrap_or(&tagged.descriptor.digest);
             writeln!(stdout, "{}", id.short())?;
         }
         return Ok(ExitCode::SUCCESS);
@@ -333,7 +354,11 @@ fn images(store: &Store, quiet: bool, format: ListFormat) -> anyhow::Result<Exit
     };
     writeln!(stdout, "{}", line(header))?;
     for row in &table {
-        writeln!(stdout, "{}", line([&row[0], &row[1], &row[2], &row[3], &row[4]]))?;
+        writeln!(
+            stdout,
+            "{}",
+            line([&row[0], &row[1], &row[2], &row[3], &row[4]])
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -377,7 +402,11 @@ fn rmi(store: &Store, queries: &[String], force: bool) -> anyhow::Result<ExitCod
                 bail!(
                     "{query} is referenced by {} tags ({}); remove them by name or use --force",
                     found.len(),
-                    found.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+                    found
+                        .iter()
+                        .map(|t| t.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
             for tagged in found {
@@ -401,5 +430,9 @@ fn rmi(store: &Store, queries: &[String], force: bool) -> anyhow::Result<ExitCod
             failed = true;
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -171,7 +171,11 @@ pub fn raw_tar(entries: &[EntrySpec]) -> Vec<u8> {
             h.set_device_major(e.major).unwrap();
             h.set_device_minor(e.minor).unwrap();
         }
-        let data: &[u8] = if kind == tar::EntryType::Regular { &e.content } else { &[] };
+        let data: &[u8] = if kind == tar::EntryType::Regular {
+            &e.content
+        } else {
+            &[]
+        };
         h.set_size(data.len() as u64);
         h.set_cksum();
         b.append(&h, data).unwrap();
@@ -231,14 +235,20 @@ pub fn listing(root: &Path) -> String {
         let perms = format!("{:04o}", meta.mode() & 0o7777);
         let owner = format!("{}:{}", meta.uid(), meta.gid());
         let mut line = if ft.is_dir() {
-            let mut children: Vec<_> = fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()).collect();
+            let mut children: Vec<_> = fs::read_dir(&p)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
             children.sort();
             children.reverse();
             stack.extend(children);
             format!("{name} dir {perms} {owner} mtime={mtime}")
         } else if ft.is_symlink() {
             let target = fs::read_link(&p).unwrap();
-            format!("{name} symlink -> {} {owner} mtime={mtime}", target.display())
+            format!(
+                "{name} symlink -> {} {owner} mtime={mtime}",
+                target.display()
+            )
         } else if ft.is_file() {
             let content = fs::read(&p).unwrap();
             format!(
@@ -278,7 +288,16 @@ pub fn check_golden(path: &Path, actual: &str) {
         fs::write(path, actual).unwrap();
         return;
     }
-    let expected = fs::read_to_string(path)
-        .unwrap_or_else(|_| panic!("{} is missing; run with KILN_BLESS=1 to create it", path.display()));
-    assert_eq!(actual, expected, "{} differs (KILN_BLESS=1 regenerates)", path.display());
+    let expected = fs::read_to_string(path).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing; run with KILN_BLESS=1 to create it",
+            path.display()
+        )
+    });
+    assert_eq!(
+        actual,
+        expected,
+        "{} differs (KILN_BLESS=1 regenerates)",
+        path.display()
+    );
 }
