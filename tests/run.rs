@@ -399,8 +399,13 @@ fn rootless_user_runs_busybox_through_kiln() {
     let f = Fixture::new(&[]);
     let home = tempfile::tempdir().unwrap();
     fs::set_permissions(home.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    // The binary where the user can reach it. A hard link, not a copy: a
+    // copy's write descriptor, inherited by a concurrent test's fork, could
+    // make running it fail with ETXTBSY.
     let kiln = home.path().join("kiln");
-    fs::copy(KILN, &kiln).unwrap();
+    if fs::hard_link(KILN, &kiln).is_err() {
+        fs::copy(KILN, &kiln).unwrap();
+    }
     let tar = home.path().join("rootfs.tar");
     fs::copy(f.dir.path().join("rootfs.tar"), &tar).unwrap();
     fs::set_permissions(&tar, fs::Permissions::from_mode(0o644)).unwrap();

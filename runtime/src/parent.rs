@@ -599,7 +599,13 @@ impl Watch {
             if let Some(forwarder) = signals {
                 if fds[1].revents != 0 {
                     for signal in forwarder.take() {
-                        self.signal(signal);
+                        if signal == libc::SIGWINCH {
+                            // The kernel tells the container's foreground
+                            // process group when its terminal's size changes.
+                            terminal.resize();
+                        } else {
+                            self.signal(signal);
+                        }
                     }
                 }
             }
@@ -704,7 +710,7 @@ extern "C" fn on_signal(signal: libc::c_int) {
     }
 }
 
-/// SIGINT and SIGTERM handlers that hand the signal to the wait loop through
+/// SIGINT, SIGTERM and SIGWINCH handlers that hand the signal to the wait loop through
 /// a pipe; the previous handlers come back on drop.
 struct SignalForwarder {
     read: OwnedFd,
@@ -712,7 +718,8 @@ struct SignalForwarder {
     previous: Vec<(libc::c_int, libc::sigaction)>,
 }
 
-const FORWARDED_SIGNALS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
+/// SIGINT and SIGTERM go to the container; SIGWINCH resizes its terminal.
+const FORWARDED_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGWINCH];
 
 impl SignalForwarder {
     fn install() -> Result<Self, RuntimeError> {
@@ -806,6 +813,12 @@ impl TerminalState {
             TerminalState::None => Vec::new(),
             TerminalState::Waiting { socket, .. } => vec![socket.as_raw_fd()],
             TerminalState::Relay(relay) => relay.poll_fds(),
+        }
+    }
+
+    fn resize(&self) {
+        if let TerminalState::Relay(relay) = self {
+            copy_window_size(relay.master.as_raw_fd());
         }
     }
 

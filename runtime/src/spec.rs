@@ -105,8 +105,9 @@ pub struct RunSpec {
     /// kiln's own hard limit.
     pub nofile: u64,
     /// Forward SIGINT and SIGTERM received by this process to the container
-    /// while it runs (installs process-wide handlers for the duration: meant
-    /// for `kiln run`, not for a multi-threaded builder).
+    /// while it runs, and follow SIGWINCH with a terminal (installs
+    /// process-wide handlers for the duration: meant for `kiln run`, not for
+    /// a multi-threaded builder).
     pub forward_signals: bool,
 }
 

@@ -52,7 +52,9 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     let busybox = root.join("bin/busybox");
     fs::copy(busybox_path(), &busybox).unwrap();
     fs::set_permissions(&busybox, fs::Permissions::from_mode(0o755)).unwrap();
-    let list = std::process::Command::new(&busybox)
+    // The host's copy: running the fresh one could fail with ETXTBSY while
+    // another test thread's fork still holds it open for writing.
+    let list = std::process::Command::new(busybox_path())
         .arg("--list")
         .output()
         .unwrap();
