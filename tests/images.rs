@@ -519,3 +519,92 @@ fn progress_json_reports_start_and_done() {
         fs::metadata(&tar).unwrap().len()
     );
 }
+
+#[test]
+fn load_accepts_the_classic_docker_archive_layout() {
+    // The layout older `docker save` wrote: <id>.json config, <dir>/layer.tar
+    // (uncompressed), manifest.json naming them; here gzip-compressed whole,
+    // as `docker save | gzip` gives.
+    let tmp = tempfile::tempdir().unwrap();
+    let staging = tmp.path().join("classic");
+    let rootfs = tmp.path().join("rootfs.tar");
+    busybox_rootfs_tar(&rootfs).unwrap();
+    let layer = fs::read(&rootfs).unwrap();
+    let diff_id = kiln_layers::Digest::of(&layer);
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"]},
+        "container_config": {"Hostname": "kept-as-is"},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id.as_str()]},
+    });
+    let config_bytes = serde_json::to_vec_pretty(&config).unwrap();
+    let config_id = kiln_layers::Digest::of(&config_bytes);
+    fs::create_dir_all(staging.join("0123abcd")).unwrap();
+    fs::write(staging.join("0123abcd/layer.tar"), &layer).unwrap();
+    fs::write(
+        staging.join(format!("{}.json", config_id.hex())),
+        &config_bytes,
+    )
+    .unwrap();
+    let manifest = serde_json::json!([{
+        "Config": format!("{}.json", config_id.hex()),
+        "RepoTags": ["classic/image:v1"],
+        "Layers": ["0123abcd/layer.tar"],
+    }]);
+    fs::write(
+        staging.join("manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    let archive = tmp.path().join("classic.tar.gz");
+    run_ok(
+        Command::new("tar")
+            .arg("czf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&staging)
+            .arg("."),
+    );
+
+    let root = tmp.path().join("store");
+    let out = kiln_ok(&root, &["load", "-i", archive.to_str().unwrap()]);
+    assert_eq!(out.trim(), "Loaded image: classic/image:v1");
+    let image = inspect(&root, "classic/image:v1");
+    assert_eq!(
+        image["Id"],
+        config_id.as_str(),
+        "the config bytes are kept as they came"
+    );
+    assert_eq!(
+        image["Config"]["container_config"]["Hostname"],
+        "kept-as-is"
+    );
+    let layer_desc = &image["Manifest"]["layers"][0];
+    assert_eq!(
+        layer_desc["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar"
+    );
+    assert_eq!(layer_desc["digest"], diff_id.as_str());
+    // And it is usable: umoci unpacks what kiln saves from it.
+    let oci_dir = tmp.path().join("out");
+    kiln_ok(
+        &root,
+        &[
+            "save",
+            "--format",
+            "oci",
+            "-o",
+            oci_dir.to_str().unwrap(),
+            "classic/image:v1",
+        ],
+    );
+    let bundle = tmp.path().join("bundle");
+    run_ok(
+        Command::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:v1", oci_dir.display()))
+            .arg(&bundle),
+    );
+    assert!(bundle.join("rootfs/bin/busybox").is_file());
+}

@@ -177,13 +177,15 @@ impl Unpacker<'_> {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) if create => {
                     let mode = match self.lower_kind(&comps[..=i]) {
-                        Lower::Symlink => return Err(self.unsafe_entry(
-                            entry,
-                            format!(
+                        Lower::Symlink => {
+                            return Err(self.unsafe_entry(
+                                entry,
+                                format!(
                                 "{} is a symlink in a lower layer; refusing to write through it",
                                 display(&comps[..=i])
                             ),
-                        )),
+                            ))
+                        }
                         Lower::Dir { mode, uid, gid } => Some((mode, uid, gid)),
                         Lower::Missing | Lower::Other => None,
                     };
@@ -320,14 +322,15 @@ impl Unpacker<'_> {
         if matches!(kind, tar::EntryType::XGlobalHeader) {
             return Ok(());
         }
-        let uid = header.uid().map_err(|e| self.tar_err(&shown, e))?;
-        let gid = header.gid().map_err(|e| self.tar_err(&shown, e))?;
+        let old = header.as_old();
+        let uid = lenient(header.uid(), &old.uid).map_err(|e| self.tar_err(&shown, e))?;
+        let gid = lenient(header.gid(), &old.gid).map_err(|e| self.tar_err(&shown, e))?;
         let (uid, gid) = match (u32::try_from(uid), u32::try_from(gid)) {
             (Ok(u), Ok(g)) if u != u32::MAX && g != u32::MAX => (u, g),
             _ => return Err(self.unsafe_entry(&shown, "uid or gid out of range")),
         };
-        let mode = header.mode().map_err(|e| self.tar_err(&shown, e))? & 0o7777;
-        let mtime = header.mtime().map_err(|e| self.tar_err(&shown, e))?;
+        let mode = lenient(header.mode(), &old.mode).map_err(|e| self.tar_err(&shown, e))? & 0o7777;
+        let mtime = lenient(header.mtime(), &old.mtime).map_err(|e| self.tar_err(&shown, e))?;
         let xattrs = self.xattrs(entry, &shown)?;
         self.stats.entries += 1;
 
@@ -646,6 +649,15 @@ impl Unpacker<'_> {
             .map_err(|e| self.io("set mtime", &shown, e))?;
         }
         Ok(())
+    }
+}
+
+/// A numeric header field left empty (all NUL or spaces) reads as 0, as in
+/// Go's archive/tar, which wrote many of the layers out there.
+fn lenient<T: Default>(parsed: io::Result<T>, raw: &[u8]) -> io::Result<T> {
+    match parsed {
+        Err(_) if raw.iter().all(|b| *b == 0 || *b == b' ') => Ok(T::default()),
+        other => other,
     }
 }
 

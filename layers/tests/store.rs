@@ -222,7 +222,9 @@ fn small_image(store: &Store, seed: u8) -> (Descriptor, Vec<Digest>) {
         },
         ..ImageConfig::default()
     };
-    let manifest = store.write_image(&config, std::slice::from_ref(&layer_desc)).unwrap();
+    let manifest = store
+        .write_image(&config, std::slice::from_ref(&layer_desc))
+        .unwrap();
     let image = store.read_image(&manifest, &Platform::host()).unwrap();
     (
         manifest.clone(),
@@ -362,4 +364,75 @@ fn index_platform_selection_and_canonical_writes() {
     // The store's own files are canonical JSON.
     let raw = fs::read_to_string(store.root().join("index.json")).unwrap();
     assert!(raw.starts_with("{\"manifests\":"), "{raw}");
+}
+
+#[test]
+fn threads_preparing_the_same_snapshots_all_succeed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    // Two real layers: a file, then a change on top.
+    let layer_tar = |name: &str, body: &[u8]| {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, body).unwrap();
+        b.into_inner().unwrap()
+    };
+    let tars = [layer_tar("a", b"one"), layer_tar("b", b"two")];
+    let layers: Vec<Descriptor> = tars
+        .iter()
+        .map(|t| store.put_blob(media::OCI_LAYER, t).unwrap())
+        .collect();
+    let config = ImageConfig {
+        architecture: "amd64".into(),
+        os: "linux".into(),
+        rootfs: RootFs {
+            kind: "layers".into(),
+            diff_ids: tars.iter().map(|t| Digest::of(t)).collect(),
+        },
+        ..ImageConfig::default()
+    };
+    let manifest = store.write_image(&config, &layers).unwrap();
+    let image = store.read_image(&manifest, &Platform::host()).unwrap();
+    let results: Vec<Vec<std::path::PathBuf>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    store
+                        .prepare_snapshots(&image, &kiln_layers::NoProgress)
+                        .unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in &results {
+        assert_eq!(r, &results[0]);
+    }
+    assert_eq!(fs::read_to_string(results[0][0].join("a")).unwrap(), "one");
+    assert_eq!(fs::read_to_string(results[0][1].join("b")).unwrap(), "two");
+    let entries: Vec<String> = fs::read_dir(tmp.path().join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(entries.len(), 2, "no temp dirs left: {entries:?}");
+    // Snapshots of a tagged image survive prune; untagged, they go.
+    store
+        .tag(&Reference::parse("snap:1").unwrap(), &manifest)
+        .unwrap();
+    assert!(store
+        .prune(PruneOptions::default())
+        .unwrap()
+        .snapshots
+        .is_empty());
+    store.untag(&Reference::parse("snap:1").unwrap()).unwrap();
+    assert_eq!(
+        store
+            .prune(PruneOptions::default())
+            .unwrap()
+            .snapshots
+            .len(),
+        2
+    );
 }
