@@ -75,9 +75,10 @@ pub struct ExplainOptions {
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Source {
-    /// `line` (a Dockerfile instruction), `base_image`, `default` (BuildKit's
-    /// default: PATH, `/` as the working directory of scratch, the shell),
-    /// or `reset` (cleared by the instruction on `line`).
+    /// `line` (a Dockerfile instruction), `onbuild` (an ONBUILD trigger of
+    /// the base, run at the FROM on `line`), `base_image`, `default`
+    /// (BuildKit's default: PATH, `/` as the working directory of scratch,
+    /// the shell), or `reset` (cleared by the instruction on `line`).
     pub from: &'static str,
     pub line: Option<usize>,
     /// The instruction as written, for `line` and `reset`.
@@ -289,6 +290,8 @@ pub fn explain(
     command_warnings(
         &mut warnings,
         &history,
+        entrypoint.as_ref(),
+        cmd.as_ref(),
         &shell,
         entrypoint_form,
         cmd_form,
@@ -429,7 +432,12 @@ fn resolve_origin(
 ) -> Source {
     match origin {
         Origin::Line(line) => Source {
-            from: "line",
+            // The planner places the base's ONBUILD triggers at the FROM line.
+            from: if df.stages.iter().any(|s| s.from.span.start.line == *line) {
+                "onbuild"
+            } else {
+                "line"
+            },
             line: Some(*line),
             instruction: instruction_at(df, *line),
             stage: stage_of_line(df, *line).and_then(|s| other_stage(df, s, target)),
@@ -600,9 +608,12 @@ fn form_of(value: Option<&[String]>, site: Option<&CommandSite>, shell: &[String
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn command_warnings(
     warnings: &mut Vec<Warning>,
     h: &CommandHistory,
+    entrypoint: Option<&Vec<String>>,
+    cmd: Option<&Vec<String>>,
     shell: &[String],
     entrypoint_form: Form,
     cmd_form: Form,
@@ -679,6 +690,19 @@ fn command_warnings(
         (Form::None, Form::Shell) => Some("cmd"),
         _ => None,
     };
+    // `exec cmd` in shell form replaces the shell: the command is PID 1.
+    let execs = |value: Option<&Vec<String>>| {
+        value
+            .and_then(|v| v.last())
+            .is_some_and(|text| text.trim_start().starts_with("exec "))
+    };
+    let pid1 = pid1.filter(|field| {
+        !execs(if *field == "entrypoint" {
+            entrypoint
+        } else {
+            cmd
+        })
+    });
     if let Some(field) = pid1 {
         let program = shell.first().cloned().unwrap_or_default();
         warnings.push(Warning {

@@ -34,6 +34,11 @@ fn describe(source: Option<&Source>) -> String {
             s.line.unwrap_or(0),
             s.instruction.as_deref().unwrap_or("")
         ),
+        "onbuild" => format!(
+            "ONBUILD trigger of the base, run at line {}{stage}: {}",
+            s.line.unwrap_or(0),
+            s.instruction.as_deref().unwrap_or("")
+        ),
         "base_image" => format!("base image {}", s.image.as_deref().unwrap_or("?")),
         "stage" => format!("stage {}", s.stage.as_deref().unwrap_or("?")),
         _ => "default".to_string(),
