@@ -305,7 +305,7 @@ impl Store {
             .open(&path)
             .map_err(io_at("create", &path))?;
         Ok(IngestWriter {
-            file: Some(file),
+            file: Some(io::BufWriter::with_capacity(256 * 1024, file)),
             path,
             blobs_dir: self.root.join("blobs/sha256"),
             expected,
@@ -804,7 +804,8 @@ fn remove_any(path: &Path) -> Result<()> {
 /// A blob being written. Implements [`Write`]; hashes as bytes arrive.
 /// Dropped without [`commit`](IngestWriter::commit), it removes its file.
 pub struct IngestWriter {
-    file: Option<File>,
+    // Buffered: tar headers and compressor output arrive in small pieces.
+    file: Option<io::BufWriter<File>>,
     path: PathBuf,
     blobs_dir: PathBuf,
     expected: Option<Descriptor>,
@@ -823,8 +824,12 @@ impl IngestWriter {
     /// Drops what was written and starts over (a server that ignored Range).
     pub fn reset(&mut self) -> Result<()> {
         if let Some(f) = self.file.as_mut() {
-            f.set_len(0).map_err(io_at("truncate", &self.path))?;
-            io::Seek::seek(f, io::SeekFrom::Start(0)).map_err(io_at("seek", &self.path))?;
+            f.flush().map_err(io_at("write", &self.path))?;
+            f.get_ref()
+                .set_len(0)
+                .map_err(io_at("truncate", &self.path))?;
+            io::Seek::seek(f.get_mut(), io::SeekFrom::Start(0))
+                .map_err(io_at("seek", &self.path))?;
         }
         self.hasher = Sha256::new();
         self.written = 0;
@@ -840,7 +845,7 @@ impl IngestWriter {
     /// fsyncs. On a mismatch nothing is stored and the error names the
     /// digest.
     pub fn commit(mut self) -> Result<Descriptor> {
-        let Some(mut file) = self.file.take() else {
+        let Some(file) = self.file.take() else {
             return Err(Error::io(
                 "commit",
                 &self.path,
@@ -848,7 +853,9 @@ impl IngestWriter {
             ));
         };
         let result = (|| {
-            file.flush().map_err(io_at("flush", &self.path))?;
+            let file = file
+                .into_inner()
+                .map_err(|e| Error::io("write", &self.path, e.into_error()))?;
             file.sync_all().map_err(io_at("fsync", &self.path))?;
             drop(file);
             let hasher = std::mem::take(&mut self.hasher);
