@@ -1,15 +1,17 @@
 //! `kiln check` and `kiln explain` against the data-driven cases in
 //! `testdata/check/<case>/` and `testdata/explain/<case>/`.
 //!
-//! check: each case has a `Dockerfile` (and maybe `.dockerignore`, and an
-//! `args` file with extra arguments, one a line); `expected.txt` holds the
-//! output followed by `exit: N`. A case named `<Rule>-fires` must report
-//! the rule, a case named `<Rule>-quiet…` must not.
+//! check: each case has a `Dockerfile` (and maybe `.dockerignore`, an `image`
+//! file as below, and an `args` file with extra arguments, one a line);
+//! `expected.txt` holds the output followed by `exit: N`. A case named
+//! `<Rule>-fires…` must report the rule, a case named `<Rule>-quiet…` must
+//! not.
 //!
 //! explain: each case has a `Dockerfile` and one or more `<name>.args`
 //! files (arguments to `kiln explain`, one a line, `--` included); for each
 //! `<name>.json` is the JSON output and `<name>.txt` the text output, both
-//! followed by `exit: N`.
+//! followed by `exit: N`. An `image` file (a reference, then `--change`
+//! lines) puts a base image with that config in the case's store.
 //!
 //! `KILN_BLESS=1 cargo test --test explain` rewrites the expected files.
 
@@ -123,9 +125,10 @@ fn compare(expected_path: &Path, actual: &str) -> Option<String> {
 
 #[test]
 fn check_cases() {
-    let store = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
     for dir in case_dirs("check") {
+        let store = case_store(&dir);
+        let root = store.path().join("root");
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         let mut args = vec![
             "check".to_string(),
@@ -133,8 +136,8 @@ fn check_cases() {
             "Dockerfile".to_string(),
         ];
         args.extend(read_args(&dir.join("args")));
-        let actual = run_kiln(&dir, store.path(), &args);
-        if let Some(rule) = name.strip_suffix("-fires") {
+        let actual = run_kiln(&dir, &root, &args);
+        if let Some((rule, _)) = name.split_once("-fires") {
             if !actual.contains(&format!(": {rule}: ")) {
                 failures.push(format!("{name}: {rule} did not fire:\n{actual}"));
             }
