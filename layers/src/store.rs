@@ -130,6 +130,8 @@ pub struct PruneOptions {
 pub struct PruneReport {
     pub blobs: Vec<Digest>,
     pub bytes: u64,
+    /// Partial writes removed: files in `ingest/` and temp files of
+    /// interrupted atomic writes.
     pub ingest_files: usize,
     pub snapshots: Vec<String>,
     pub cache_records: usize,
@@ -702,6 +704,20 @@ impl Store {
             report.ingest_files += 1;
         }
         report.snapshots = self.remove_snapshots_except(&keep_chains)?;
+        // Temp files of atomic writes (index.json, cache records) that a
+        // killed process left behind; the index lock keeps a concurrent
+        // tag's temp file safe.
+        let _index = self.lock_index()?;
+        for dir in [self.root.clone(), self.root.join("cache")] {
+            for entry in fs::read_dir(&dir).map_err(io_at("list", &dir))? {
+                let entry = entry.map_err(io_at("list", &dir))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') && name.contains(".tmp-") {
+                    remove_any(&entry.path())?;
+                    report.ingest_files += 1;
+                }
+            }
+        }
         fsync_dir(&blobs_dir)?;
         Ok(report)
     }

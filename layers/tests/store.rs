@@ -254,6 +254,7 @@ fn prune_removes_only_what_nothing_references() {
         .unwrap();
     let _ = cached;
     fs::write(store.root().join("ingest/leftover"), b"junk").unwrap();
+    fs::write(store.root().join(".index.json.tmp-1-2-3"), b"{").unwrap();
     fs::create_dir(store.root().join("snapshots/.tmp-leftover")).unwrap();
 
     let report = store.prune(PruneOptions::default()).unwrap();
@@ -271,7 +272,8 @@ fn prune_removes_only_what_nothing_references() {
     let mut loose = loose_blobs.clone();
     loose.sort();
     assert_eq!(removed, loose);
-    assert_eq!(report.ingest_files, 1);
+    assert_eq!(report.ingest_files, 2);
+    assert!(!store.root().join(".index.json.tmp-1-2-3").exists());
     assert_eq!(report.snapshots, vec![".tmp-leftover".to_string()]);
 
     // Dropping the build cache lets its blobs go.
