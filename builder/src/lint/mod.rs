@@ -503,8 +503,10 @@ impl Walk<'_> {
         let mut from_words = vec![stage.base.clone()];
         from_words.extend(stage.platform.clone());
         let mut base = String::new();
+        // `Env` is implemented for the owned list.
+        let global_env: Vec<(String, String)> = global.to_vec();
         for (i, word) in from_words.iter().enumerate() {
-            let expansion = expand_word(word, &global.to_vec(), escape)
+            let expansion = expand_word(word, &global_env, escape)
                 .map_err(|e| check_error(&stage.from, e.to_string()))?;
             let known: Vec<String> = meta_keys
                 .iter()
@@ -541,11 +543,9 @@ impl Walk<'_> {
             .find(|s| s.name.as_deref() == Some(base.as_str()))
             .map(|s| s.index);
         let mut state = match earlier {
-            Some(i) => {
-                let mut s = finals[i].clone();
-                s.declared = finals[i].declared.clone();
-                s
-            }
+            // A stage built on an earlier one continues its state (env,
+            // declared ARGs, workdir, shell), as BuildKit's `init` does.
+            Some(i) => finals[i].clone(),
             None => {
                 self.unpinned_base(stage, &base);
                 self.base_state(&base)
