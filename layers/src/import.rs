@@ -21,6 +21,8 @@ pub struct ImportOptions {
     pub created: i64,
     /// Where the tar came from, for the history comment.
     pub source: String,
+    /// The tar's size when known (for progress).
+    pub size: Option<u64>,
 }
 
 impl ImportOptions {
@@ -39,6 +41,7 @@ impl ImportOptions {
             compression: Compression::Gzip,
             created,
             source: source.into(),
+            size: None,
         }
     }
 }
@@ -77,7 +80,7 @@ pub fn import_rootfs(
         layer: what.clone(),
         source,
     };
-    reporter.start(&options.source, "importing", None);
+    reporter.start(&options.source, "importing", options.size);
     let result = (|| -> Result<Descriptor> {
         let counted = ProgressReader::new(rootfs, reporter, options.source.clone());
         let plain = decompress(counted).map_err(tar_err)?;

@@ -230,6 +230,7 @@ impl ImageCommand {
                 } else {
                     let file = std::fs::File::open(&rootfs)
                         .with_context(|| format!("opening {}", rootfs.display()))?;
+                    options.size = file.metadata().ok().map(|m| m.len());
                     import_rootfs(&store, file, &options, &reporter)?
                 };
                 store.tag(&reference, &desc)?;
