@@ -5,6 +5,26 @@
 //! overlay upper dir into tar layers, compression, and OCI layout /
 //! docker-archive import and export. It knows nothing of Dockerfile syntax.
 //!
+//! Where to start:
+//! - [`Store`] (`store`): `open`, `ingest` → [`IngestWriter`] (`Write`,
+//!   `offset`/`reset` for resumed downloads, `commit` verifies and renames),
+//!   `put_blob`/`put_json` (canonical JSON), `has_blob`/`open_blob`/
+//!   `read_blob`, `tag`/`untag`/`resolve`/`list`/`find`, `read_manifest`,
+//!   `read_image` (platform selection), `write_image`, `lease` (hold one
+//!   while a pull or build is in flight), `prune`, `remove_image`,
+//!   `cache_put`/`cache_get`.
+//! - Snapshots (`snapshot`): `Store::prepare_snapshots` unpacks an image's
+//!   layers once per chain id and returns the lower dirs, bottom first;
+//!   `overlay_lowerdir` formats them for mount.
+//! - Layers: `diff::write_layer` (upper dir → compressed blob + diff id),
+//!   `diff::write_tar`, `unpack::unpack` (safe, whiteout-aware),
+//!   `compress` (gzip, zstd, sniffing).
+//! - Archives: `archive::save` / `archive::load` (OCI layout dir or tar,
+//!   docker-archive), `import::import_rootfs`, `changes::apply_change`.
+//! - Types: `oci` (descriptors, manifests, indexes, configs, platforms,
+//!   media types), [`Reference`] (Docker's normalization), [`Digest`].
+//! - Progress: [`Reporter`] (`start` → `progress` → `done`).
+//!
 //! ```no_run
 //! use std::io::Write;
 //! use kiln_layers::{Descriptor, Digest, Store, Reference, media};
