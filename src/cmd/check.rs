@@ -209,7 +209,8 @@ fn check_text(report: &Report) -> String {
     } else {
         out.push_str(&format!(
             "{} error(s), {} warning(s), {} info\n",
-            count(Severity::Error),
+            // A Dockerfile that does not parse counts as an error.
+            count(Severity::Error) + usize::from(report.error.is_some()),
             count(Severity::Warning),
             count(Severity::Info)
         ));
