@@ -613,3 +613,20 @@ fn a_mount_point_hidden_by_a_whiteout_is_removed_from_the_kept_upper_dir() {
     // (overlay copied it up), as BuildKit leaves it.
     assert!(fs::symlink_metadata(upper.join("etc/hostname")).is_err());
 }
+
+#[test]
+fn a_non_root_user_keeps_only_the_bounding_set() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let mut s = spec(tmp.path(), &rootfs, &["grep", "^Cap", "/proc/self/status"]);
+    s.user = "app".into();
+    let (result, out, err) = run_captured(tmp.path(), s);
+    assert_eq!(result.unwrap().code(), 0, "{err}");
+    // As with Docker: no capabilities after exec as uid 1000.
+    assert_eq!(
+        out,
+        "CapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\n\
+         CapBnd:\t00000000a80425fb\nCapAmb:\t0000000000000000\n"
+    );
+}
