@@ -73,8 +73,8 @@ pub trait Syscalls {
     /// setsid(2).
     fn setsid(&mut self) -> io::Result<()>;
     /// Opens a pseudo-terminal from the container's /dev/ptmx, gives its
-    /// slave to `uid`, makes it stdin/stdout/stderr and the controlling
-    /// terminal, and sends the master over the unix socket `console` (then
+    /// slave to `uid`, binds it on /dev/console, makes it stdin/stdout/stderr
+    /// and the controlling terminal, and sends the master over the unix socket `console` (then
     /// closed) to kiln, which relays it.
     fn open_terminal(&mut self, console: libc::c_int, uid: u32) -> io::Result<()>;
     /// Whether setgroups(2) may be called (`/proc/self/setgroups` is not "deny").
@@ -436,6 +436,29 @@ impl Syscalls for RealSyscalls {
                 }
                 let result = (|| {
                     check(libc::fchown(slave, uid, u32::MAX))?;
+                    // /dev/console is the terminal too, as with Docker's -t.
+                    let console_path = c"/dev/console";
+                    let file = libc::open(
+                        console_path.as_ptr(),
+                        libc::O_WRONLY
+                            | libc::O_CREAT
+                            | libc::O_EXCL
+                            | libc::O_NOFOLLOW
+                            | libc::O_CLOEXEC,
+                        0o600,
+                    );
+                    if file < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    libc::close(file);
+                    let source = cstring(format!("/proc/self/fd/{slave}").as_bytes())?;
+                    check(libc::mount(
+                        source.as_ptr(),
+                        console_path.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ))?;
                     for fd in 0..3 {
                         check(libc::dup2(slave, fd))?;
                     }

@@ -491,7 +491,7 @@ fn terminal_comes_from_the_containers_devpts() {
             "--",
             "sh",
             "-c",
-            "tty; stat -c %u $(tty); test -t 0 && test -t 1 && echo both",
+            "tty; stat -c %u $(tty); test -t 0 && test -t 1 && echo both; stat -c %t,%T /dev/console",
         ])
         .output()
         .unwrap();
@@ -504,7 +504,7 @@ fn terminal_comes_from_the_containers_devpts() {
     // The pty turns "\n" into "\r\n".
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "/dev/pts/0\r\n1000\r\nboth\r\n"
+        "/dev/pts/0\r\n1000\r\nboth\r\n88,0\r\n"
     );
 }
 
