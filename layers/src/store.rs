@@ -313,8 +313,75 @@ impl Store {
             expected,
             hasher: Sha256::new(),
             written: 0,
+            keep_on_drop: false,
             _lease: lease,
         })
+    }
+
+    /// Like [`Store::ingest`], but continues what an earlier, interrupted
+    /// writer of the same blob left in `ingest/<hex>.partial` (even one in
+    /// a killed process): [`IngestWriter::offset`] says how many bytes are
+    /// already there (send `Range: bytes=<offset>-`). The partial file is
+    /// kept when the writer is dropped uncommitted, so a later attempt can
+    /// resume; a digest mismatch at commit removes it. When another writer
+    /// holds the partial file, this falls back to a fresh [`Store::ingest`].
+    pub fn ingest_resumable(&self, expected: Descriptor) -> Result<IngestWriter> {
+        let lease = self.lease()?;
+        let path = self
+            .root
+            .join("ingest")
+            .join(format!("{}.partial", expected.digest.hex()));
+        // The lock-file dance: lock, then make sure the path still names the
+        // inode we locked (a committing writer renames it away).
+        for _ in 0..8 {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(io_at("open", &path))?;
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::WOULDBLOCK) => return self.ingest(Some(expected)),
+                Err(e) => return Err(Error::io("lock", &path, e.into())),
+            }
+            let locked = file.metadata().map_err(io_at("stat", &path))?;
+            match fs::metadata(&path) {
+                Ok(now)
+                    if std::os::unix::fs::MetadataExt::ino(&now)
+                        == std::os::unix::fs::MetadataExt::ino(&locked) => {}
+                _ => continue,
+            }
+            let mut len = locked.len();
+            if len > expected.size {
+                file.set_len(0).map_err(io_at("truncate", &path))?;
+                len = 0;
+            }
+            let mut hasher = Sha256::new();
+            let mut reader = io::BufReader::new(&mut file).take(len);
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = reader.read(&mut buf).map_err(io_at("read", &path))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+            drop(reader);
+            io::Seek::seek(&mut file, io::SeekFrom::Start(len)).map_err(io_at("seek", &path))?;
+            return Ok(IngestWriter {
+                file: Some(io::BufWriter::with_capacity(256 * 1024, file)),
+                path,
+                blobs_dir: self.root.join("blobs/sha256"),
+                expected: Some(expected),
+                hasher,
+                written: len,
+                keep_on_drop: true,
+                _lease: lease,
+            });
+        }
+        self.ingest(Some(expected))
     }
 
     /// Stores `bytes` as a blob of `media_type`.
@@ -827,6 +894,8 @@ pub struct IngestWriter {
     expected: Option<Descriptor>,
     hasher: Sha256,
     written: u64,
+    /// Resumable writers leave their partial file for the next attempt.
+    keep_on_drop: bool,
     _lease: Lease,
 }
 
@@ -941,8 +1010,12 @@ impl Write for IngestWriter {
 
 impl Drop for IngestWriter {
     fn drop(&mut self) {
-        if self.file.take().is_some() {
-            let _ = fs::remove_file(&self.path);
+        if let Some(file) = self.file.take() {
+            if self.keep_on_drop {
+                drop(file); // flushes what was received
+            } else {
+                let _ = fs::remove_file(&self.path);
+            }
         }
     }
 }

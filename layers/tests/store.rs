@@ -438,3 +438,48 @@ fn threads_preparing_the_same_snapshots_all_succeed() {
         2
     );
 }
+
+#[test]
+fn resumable_ingest_continues_where_the_last_attempt_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    let data = blob_data(2 << 20, 3);
+    let desc = Descriptor::new(media::OCI_LAYER, Digest::of(&data), data.len() as u64);
+
+    // First attempt: a connection drops after 700 kB; the writer is dropped.
+    let mut w = store.ingest_resumable(desc.clone()).unwrap();
+    assert_eq!(w.offset(), 0);
+    w.write_all(&data[..700_000]).unwrap();
+    // Meanwhile a second writer of the same blob cannot take the partial
+    // file and starts its own.
+    let other = store.ingest_resumable(desc.clone()).unwrap();
+    assert_eq!(other.offset(), 0);
+    drop(other);
+    drop(w);
+    assert!(!store.has_blob(&desc.digest));
+
+    // Second attempt resumes at 700 kB and completes.
+    let mut w = store.ingest_resumable(desc.clone()).unwrap();
+    assert_eq!(w.offset(), 700_000);
+    w.write_all(&data[700_000..]).unwrap();
+    assert_eq!(w.commit().unwrap(), desc);
+    assert_eq!(fs::read(store.blob_path(&desc.digest)).unwrap(), data);
+    assert_eq!(ingest_entries(&store), 0);
+
+    // A partial file with wrong bytes is caught at commit and removed.
+    let data2 = blob_data(100_000, 4);
+    let desc2 = Descriptor::new(media::OCI_LAYER, Digest::of(&data2), data2.len() as u64);
+    let mut w = store.ingest_resumable(desc2.clone()).unwrap();
+    w.write_all(&blob_data(50_000, 99)).unwrap();
+    drop(w);
+    let mut w = store.ingest_resumable(desc2.clone()).unwrap();
+    assert_eq!(w.offset(), 50_000);
+    w.write_all(&data2[50_000..]).unwrap();
+    let err = w.commit().unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+    assert_eq!(ingest_entries(&store), 0);
+    let mut w = store.ingest_resumable(desc2.clone()).unwrap();
+    assert_eq!(w.offset(), 0);
+    w.write_all(&data2).unwrap();
+    w.commit().unwrap();
+}
