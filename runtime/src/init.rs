@@ -285,16 +285,24 @@ fn ensure_mount_point(
             continue;
         }
         let path = resolved.join(component);
-        if i + 1 == components.len() && !dir {
-            step(
-                format!("create {}", path.display()),
-                sys.create_file(&path, 0o644),
-            )?;
+        let created = if i + 1 == components.len() && !dir {
+            sys.create_file(&path, 0o644)
         } else {
-            step(
-                format!("mkdir {}", path.display()),
-                sys.mkdir_all(&path, 0o755),
-            )?;
+            sys.mkdir_all(&path, 0o755)
+        };
+        match created {
+            // Nothing resolved there, yet something is: a symlink leading
+            // out of the image (or nowhere), which is not followed.
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(Failure::Setup {
+                    step: format!("mount point /{}", rel.display()),
+                    reason: format!(
+                        "/{} is a symlink that does not resolve inside the image",
+                        prefix.display()
+                    ),
+                })
+            }
+            other => step(format!("create {}", path.display()), other)?,
         }
         resolved = path;
     }
