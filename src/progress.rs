@@ -60,9 +60,9 @@ struct Item {
 
 /// `sha256:0123456789abcdef…` → `0123456789ab`; anything else unchanged.
 fn short_id(id: &str) -> &str {
-    match id.strip_prefix("sha256:") {
-        Some(hex) if hex.len() >= 12 => &hex[..12],
-        _ => id,
+    match id.strip_prefix("sha256:").and_then(|hex| hex.get(..12)) {
+        Some(short) => short,
+        None => id,
     }
 }
 
