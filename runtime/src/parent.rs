@@ -193,11 +193,15 @@ impl StateDir {
             .map(|p| p.to_string_lossy().into_owned())
             .collect();
         let mut options = format!(
-            "lowerdir={},upperdir={},workdir={}",
+            "lowerdir={},upperdir={},workdir={},index=off,redirect_dir=nofollow,metacopy=off",
             lowers.join(":"),
             self.upper.display(),
             self.work.display()
         );
+        // Whatever the kernel's defaults: an upper dir must hold whole files
+        // and plain renames (a renamed lower directory is copied, not
+        // redirected), so that it reads back as an ordinary layer diff.
+        // (`nofollow` rather than `off`: `userxattr` accepts only that.)
         // A kept upper dir is read back at once by the builder, which fsyncs
         // the layer it makes: no need for overlay to syncfs the whole upper
         // filesystem at unmount. (A discarded one skips it too, but pays two
@@ -961,12 +965,14 @@ mod tests {
         let lowers = vec![PathBuf::from("/l/base"), PathBuf::from("/l/top")];
         assert_eq!(
             state.overlay_options(&lowers, false, false).unwrap(),
-            "lowerdir=/l/top:/l/base:/s/mountpoints,upperdir=/s/upper,workdir=/s/work"
+            "lowerdir=/l/top:/l/base:/s/mountpoints,upperdir=/s/upper,workdir=/s/work,\
+             index=off,redirect_dir=nofollow,metacopy=off"
         );
         let state = StateDir::new(Path::new("/s"), &UpperDir::Keep(PathBuf::from("/u")), None);
         assert_eq!(
             state.overlay_options(&[], true, true).unwrap(),
-            "lowerdir=/s/mountpoints,upperdir=/u,workdir=/s/work,volatile,userxattr"
+            "lowerdir=/s/mountpoints,upperdir=/u,workdir=/s/work,\
+             index=off,redirect_dir=nofollow,metacopy=off,volatile,userxattr"
         );
         assert!(state
             .overlay_options(&[PathBuf::from("/a:b")], false, false)

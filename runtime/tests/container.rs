@@ -638,3 +638,26 @@ fn a_non_root_user_keeps_only_the_bounding_set() {
          CapBnd:\t00000000a80425fb\nCapAmb:\t0000000000000000\n"
     );
 }
+
+#[test]
+fn renaming_a_lower_directory_copies_it_into_the_upper_dir() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    fs::create_dir_all(rootfs.join("srv/old")).unwrap();
+    fs::write(rootfs.join("srv/old/file"), "data\n").unwrap();
+    let upper = tmp.path().join("upper");
+    let mut s = spec(tmp.path(), &rootfs, &["mv", "/srv/old", "/srv/new"]);
+    s.upper = UpperDir::Keep(upper.clone());
+    let (result, _, err) = run_captured(tmp.path(), s);
+    assert_eq!(result.unwrap().code(), 0, "{err}");
+    // No overlay redirect: the new directory holds the file itself.
+    assert_eq!(
+        fs::read_to_string(upper.join("srv/new/file")).unwrap(),
+        "data\n"
+    );
+    assert!(fs::symlink_metadata(upper.join("srv/old"))
+        .unwrap()
+        .file_type()
+        .is_char_device());
+}
