@@ -164,6 +164,21 @@ fn import_save_load_round_trip_with_skopeo_and_umoci() {
     );
     assert_eq!(inspect(&root, "other:1")["Id"], id.as_str());
 
+    // umoci reads the store directly too.
+    let refs = run_ok(Command::new("umoci").args(["ls", "--layout"]).arg(&root));
+    assert!(
+        refs.lines().any(|l| l == "docker.io/library/busybox:e2e"),
+        "{refs}"
+    );
+    let store_bundle = tmp.path().join("store-bundle");
+    run_ok(
+        Command::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:docker.io/library/busybox:e2e", root.display()))
+            .arg(&store_bundle),
+    );
+    assert!(store_bundle.join("rootfs/bin/busybox").is_file());
+
     // save --format oci (a directory) passes umoci ls and umoci unpack.
     let oci_dir = tmp.path().join("out-oci");
     kiln_ok(
