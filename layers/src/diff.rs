@@ -260,6 +260,13 @@ impl<W: Write> TarWriter<W> {
             .into_iter()
             .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v))
             .collect();
+        // Ids past the 7-digit octal field go in PAX records (the header
+        // keeps the clamped value, as Go's archive/tar does).
+        for (key, id) in [("uid", uid), ("gid", gid)] {
+            if id > USTAR_ID_MAX {
+                pax.push((key.to_string(), id.to_string().into_bytes()));
+            }
+        }
         let rel_bytes = rel.as_os_str().as_bytes().to_vec();
 
         if ft.is_dir() {

@@ -67,6 +67,14 @@ fn build_tree(root: &Path, reverse: bool) {
                 Some(rustix::fs::Gid::from_raw(100)),
             )
             .unwrap();
+            // An id too large for the ustar field (user namespaces).
+            fs::write(root.join("home/user/big-ids"), "ids").unwrap();
+            rustix::fs::chown(
+                root.join("home/user/big-ids"),
+                Some(rustix::fs::Uid::from_raw(100_000_000)),
+                Some(rustix::fs::Gid::from_raw(100_000_001)),
+            )
+            .unwrap();
             rustix::fs::setxattr(
                 root.join("home/user/notes"),
                 "user.origin",
