@@ -66,6 +66,10 @@ pub struct ExplainArgs {
     /// A build argument; `K` alone takes kiln's own environment variable K.
     #[arg(long = "build-arg", value_name = "K=V")]
     build_args: Vec<String>,
+    /// Target platform (default: this machine's): picks the base image's
+    /// manifest and sets TARGETPLATFORM/TARGETOS/TARGETARCH.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    platform: Option<String>,
     /// Explain `docker run --entrypoint E` ("" resets the entrypoint).
     #[arg(long, value_name = "E")]
     entrypoint: Option<String>,
@@ -240,7 +244,11 @@ fn run_explain(args: ExplainArgs, settings: &GlobalSettings) -> anyhow::Result<E
         build: BuildOptions {
             target: args.target.clone(),
             build_args: build_args(&args.build_args),
-            ..BuildOptions::default()
+            target_platform: match &args.platform {
+                Some(p) => Platform::parse(p).with_context(|| format!("--platform {p}"))?,
+                None => Platform::host(),
+            },
+            build_platform: Platform::host(),
         },
         entrypoint: args.entrypoint.clone(),
         args: args.args.clone(),
