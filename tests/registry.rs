@@ -170,6 +170,11 @@ fn pull_then_push_under_new_names_and_skopeo_reads_the_same_digest() {
         assert!(blobs.contains(&digest), "{digest} pulled");
     }
 
+    // By digest too.
+    let by_digest = format!("{}/kiln/e2e-source@{}", registry.host, image.digest);
+    let stdout = kiln.ok(&["pull", &by_digest]);
+    assert!(stdout.contains(&image.digest), "{stdout}");
+
     let copy = format!("{}/kiln/e2e-copy:v2", registry.host);
     let also = format!("{}/kiln/e2e-copy:also", registry.host);
     kiln.ok(&["tag", &source, &copy]);
