@@ -1,6 +1,6 @@
 //! `--change` instructions for `kiln import` (Docker's `docker import
-//! --change` syntax): CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, ONBUILD,
-//! STOPSIGNAL, USER, VOLUME, WORKDIR, in JSON (exec) or shell form. A small
+//! --change` syntax): CMD, ENTRYPOINT, ENV, EXPOSE, HEALTHCHECK, LABEL,
+//! ONBUILD, STOPSIGNAL, USER, VOLUME, WORKDIR, in JSON (exec) or shell form. A small
 //! local reader: no variable expansion, no line continuations.
 
 use std::collections::BTreeMap;
@@ -79,13 +79,94 @@ pub fn apply_change(config: &mut ContainerConfig, change: &str) -> Result<()> {
         "USER" => config.user = Some(unquote(rest).map_err(|r| bad(&r))?),
         "STOPSIGNAL" => config.stop_signal = Some(unquote(rest).map_err(|r| bad(&r))?),
         "ONBUILD" => config.on_build.get_or_insert_with(Vec::new).push(rest.to_string()),
+        "HEALTHCHECK" => config.healthcheck = Some(healthcheck(rest).map_err(|r| bad(&r))?),
         other => {
             return Err(bad(&format!(
-                "unsupported instruction {other} (CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, ONBUILD, STOPSIGNAL, USER, VOLUME, WORKDIR)"
+                "unsupported instruction {other} (CMD, ENTRYPOINT, ENV, EXPOSE, HEALTHCHECK, LABEL, ONBUILD, STOPSIGNAL, USER, VOLUME, WORKDIR)"
             )))
         }
     }
     Ok(())
+}
+
+/// `NONE`, or `[--interval=D] [--timeout=D] [--start-period=D]
+/// [--start-interval=D] [--retries=N] CMD …` as Docker stores it (durations
+/// in nanoseconds, zero values left out).
+fn healthcheck(rest: &str) -> std::result::Result<Value, String> {
+    if rest.eq_ignore_ascii_case("NONE") {
+        return Ok(serde_json::json!({"Test": ["NONE"]}));
+    }
+    let mut out = serde_json::Map::new();
+    let mut remaining = rest.trim_start();
+    while let Some(flag) = remaining.strip_prefix("--") {
+        let end = flag.find(char::is_whitespace).unwrap_or(flag.len());
+        let (name, value) = flag[..end]
+            .split_once('=')
+            .ok_or_else(|| format!("flag --{} needs a value", &flag[..end]))?;
+        let key = match name {
+            "interval" => "Interval",
+            "timeout" => "Timeout",
+            "start-period" => "StartPeriod",
+            "start-interval" => "StartInterval",
+            "retries" => "Retries",
+            other => return Err(format!("unknown HEALTHCHECK flag --{other}")),
+        };
+        let number = if key == "Retries" {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("--retries={value} is not a number"))?
+        } else {
+            go_duration_nanos(value).ok_or_else(|| format!("--{name}={value} is not a duration"))?
+        };
+        if number > 0 {
+            out.insert(key.to_string(), Value::from(number));
+        }
+        remaining = flag[end..].trim_start();
+    }
+    let (keyword, command) = match remaining.find(char::is_whitespace) {
+        Some(i) => (&remaining[..i], remaining[i..].trim()),
+        None => (remaining, ""),
+    };
+    if !keyword.eq_ignore_ascii_case("CMD") || command.is_empty() {
+        return Err("expected NONE or [flags] CMD command".into());
+    }
+    let test = match json_array(command) {
+        Some(args) => std::iter::once("CMD".to_string()).chain(args).collect(),
+        None => vec!["CMD-SHELL".to_string(), command.to_string()],
+    };
+    out.insert("Test".into(), Value::from(test));
+    Ok(Value::Object(out))
+}
+
+/// Go's `time.ParseDuration` for the units Docker accepts (`1m30s`, `500ms`).
+fn go_duration_nanos(s: &str) -> Option<u64> {
+    let mut total: f64 = 0.0;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        total += number * scale;
+        rest = &rest[unit_len..];
+    }
+    (total.is_finite() && total < u64::MAX as f64).then_some(total.round() as u64)
 }
 
 /// JSON form if it parses as an array of strings, else `/bin/sh -c` form.
@@ -265,6 +346,38 @@ mod tests {
         assert_eq!(c.user.unwrap(), "1000:1000");
         assert!(c.volumes.unwrap().contains_key("/data"));
         assert_eq!(c.stop_signal.unwrap(), "SIGTERM");
+    }
+
+    #[test]
+    fn healthcheck_forms() {
+        let c =
+            applied(&["HEALTHCHECK --interval=1m30s --retries=3 CMD curl -f http://localhost/"]);
+        assert_eq!(
+            c.healthcheck.unwrap(),
+            serde_json::json!({
+                "Test": ["CMD-SHELL", "curl -f http://localhost/"],
+                "Interval": 90_000_000_000u64,
+                "Retries": 3
+            })
+        );
+        let c = applied(&[r#"HEALTHCHECK --timeout=500ms CMD ["/bin/check", "-q"]"#]);
+        assert_eq!(
+            c.healthcheck.unwrap(),
+            serde_json::json!({"Test": ["CMD", "/bin/check", "-q"], "Timeout": 500_000_000u64})
+        );
+        let c = applied(&["HEALTHCHECK NONE"]);
+        assert_eq!(
+            c.healthcheck.unwrap(),
+            serde_json::json!({"Test": ["NONE"]})
+        );
+        for bad in [
+            "HEALTHCHECK --interval=soon CMD x",
+            "HEALTHCHECK --bogus=1 CMD x",
+            "HEALTHCHECK echo",
+        ] {
+            let mut c = ContainerConfig::default();
+            assert!(apply_change(&mut c, bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -99,7 +99,8 @@ pub enum ImageCommand {
         rootfs: PathBuf,
         reference: String,
         /// Dockerfile instruction applied to the config (CMD, ENTRYPOINT,
-        /// ENV, EXPOSE, LABEL, ONBUILD, STOPSIGNAL, USER, VOLUME, WORKDIR).
+        /// ENV, EXPOSE, HEALTHCHECK, LABEL, ONBUILD, STOPSIGNAL, USER, VOLUME,
+        /// WORKDIR).
         #[arg(short, long)]
         change: Vec<String>,
         /// Platform recorded in the config (default: this machine's).
