@@ -22,10 +22,12 @@
 //! ```
 
 mod error;
+mod origins;
 mod pull;
 mod push;
 
 pub use error::TransferError;
+pub use origins::BlobOrigins;
 pub use pull::{pull, PullOptions, Pulled};
 pub use push::{push, push_descriptor, PushOptions, Pushed};
 

@@ -12,7 +12,7 @@ use kiln_registry::{Client, Reference};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::{registry_digest, store_digest, store_reference, TransferError};
+use crate::{registry_digest, store_digest, store_reference, BlobOrigins, TransferError};
 
 /// How to pull.
 #[derive(Debug, Clone)]
@@ -313,7 +313,9 @@ async fn fetch_blob(
         context: format!("{image}: {role} {id}"),
         cause: Box::new(source),
     };
+    let origins = BlobOrigins::new(store);
     if store.blob_size(&desc.digest).map_err(store_err)? == Some(desc.size) {
+        origins.record(&desc.digest, repository);
         reporter.start(&id, role, Some(desc.size));
         reporter.done(&id, Outcome::Skipped("already in the store".into()));
         return Ok(None);
@@ -364,6 +366,7 @@ async fn fetch_blob(
     };
     match writer.commit() {
         Ok(_) => {
+            origins.record(&desc.digest, repository);
             reporter.done(&id, Outcome::Done);
             Ok(Some(bytes))
         }

@@ -11,15 +11,16 @@ use kiln_registry::{BlobSource, Client, PushOutcome, Reference, Repository};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::{registry_digest, store_reference, TransferError};
+use crate::{registry_digest, store_reference, BlobOrigins, TransferError};
 
 /// How to push.
 #[derive(Debug, Clone)]
 pub struct PushOptions {
     /// Blobs uploaded at once.
     pub concurrency: usize,
-    /// Repositories of the same registry that may already hold the blobs:
-    /// the registry is asked to mount from the first before uploading.
+    /// A repository of the same registry that holds the blobs: the registry
+    /// is asked to mount from it before uploading. Without it, kiln mounts
+    /// from where each blob was pulled from or pushed to ([`BlobOrigins`]).
     pub mount_from: Option<Repository>,
 }
 
@@ -231,6 +232,7 @@ async fn push_manifest_tree(
                 }
             }
             let semaphore = Arc::new(Semaphore::new(options.concurrency.max(1)));
+            let origins = BlobOrigins::new(store);
             let mut tasks = JoinSet::new();
             for (role, blob) in blobs {
                 let (client, store, reporter, semaphore) = (
@@ -240,7 +242,12 @@ async fn push_manifest_tree(
                     semaphore.clone(),
                 );
                 let repository = target.repository.clone();
-                let mount_from = options.mount_from.clone();
+                // Mount from where the blob was pulled, unless told otherwise.
+                let mount_from = options
+                    .mount_from
+                    .clone()
+                    .or_else(|| origins.mount_source(&blob.digest, &repository));
+                let origins = origins.clone();
                 tasks.spawn(async move {
                     let _permit = semaphore.acquire_owned().await;
                     let id = blob.digest.to_string();
@@ -257,6 +264,7 @@ async fn push_manifest_tree(
                         .await
                     {
                         Ok(outcome) => {
+                            origins.record(&blob.digest, &repository);
                             reporter.done(
                                 &id,
                                 match outcome {

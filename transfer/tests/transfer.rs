@@ -172,11 +172,12 @@ async fn pull_what_skopeo_pushed_push_it_back_and_skopeo_agrees() {
     .unwrap();
     assert_eq!(again.blobs_fetched, 0);
 
-    // Push under two new names (the second finds every blob present).
-    let store_name = kiln_transfer::store_reference(&reference).unwrap();
+    // Push to another registry under two names: the first uploads every
+    // blob, the second finds them all present.
+    let elsewhere = RegistryServer::start_plain().unwrap();
     let targets = [
-        format!("{}/kiln/copy:v2", registry.host),
-        format!("{}/kiln/copy:also", registry.host),
+        format!("{}/kiln/copy:v2", elsewhere.host),
+        format!("{}/kiln/copy:also", elsewhere.host),
     ];
     for (i, target) in targets.iter().enumerate() {
         let target_ref = Reference::parse(target).unwrap();
@@ -197,7 +198,7 @@ async fn pull_what_skopeo_pushed_push_it_back_and_skopeo_agrees() {
         .unwrap();
         assert_eq!(pushed.digest, image.digest);
         if i == 0 {
-            assert_eq!(pushed.blobs_uploaded, 4);
+            assert_eq!((pushed.blobs_uploaded, pushed.blobs_mounted), (4, 0));
         } else {
             assert_eq!(pushed.blobs_skipped, 4);
         }
@@ -214,9 +215,29 @@ async fn pull_what_skopeo_pushed_push_it_back_and_skopeo_agrees() {
         None,
     )
     .unwrap();
-    drop(store_name);
 
-    // Mounting from the source repository instead of uploading.
+    // Within the source registry, blobs are mounted from where they were pulled.
+    let same_registry = Reference::parse(&format!("{}/kiln/sibling:v1", registry.host)).unwrap();
+    store
+        .tag(
+            &kiln_transfer::store_reference(&same_registry).unwrap(),
+            &tagged,
+        )
+        .unwrap();
+    let pushed = push(
+        &client,
+        &store,
+        &same_registry,
+        &PushOptions::default(),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
+    assert_eq!((pushed.blobs_mounted, pushed.blobs_uploaded), (4, 0));
+    let raw = skopeo_raw_manifest(&format!("docker://{same_registry}"), None, None).unwrap();
+    assert_eq!(digest_of(&raw), image.digest);
+
+    // An explicit --mount-from works too.
     let mounted_ref = Reference::parse(&format!("{}/kiln/mounted:v1", registry.host)).unwrap();
     store
         .tag(
