@@ -326,6 +326,48 @@ fn explain_matches_built_config() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// Imports a static busybox (every applet linked) into the store at `root`
+/// as `reference`.
+fn import_busybox(work: &Path, root: &Path, reference: &str) {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .expect("busybox is missing: scripts/setup installs busybox-static");
+    let rootfs = work.join("busybox-rootfs");
+    fs::create_dir_all(rootfs.join("bin")).unwrap();
+    fs::create_dir_all(rootfs.join("tmp")).unwrap();
+    fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+    let list = Command::new(busybox).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" && !applet.contains('/') {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+    }
+    let tar = work.join("busybox-rootfs.tar");
+    assert!(Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    let out = Command::new(KILN)
+        .env("KILN_ROOT", root)
+        .env_remove("KILN_LOG")
+        .arg("import")
+        .arg(&tar)
+        .arg(reference)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() == 0 }
@@ -340,28 +382,9 @@ fn explain_argv_is_what_kiln_run_runs() {
         eprintln!("SKIPPED: needs root (kiln run uses real namespaces)");
         return;
     }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).is_file())
-        .expect("busybox is missing: scripts/setup installs busybox-static");
     let work = tempfile::tempdir().unwrap();
-    let rootfs = work.path().join("rootfs");
-    fs::create_dir_all(rootfs.join("bin")).unwrap();
-    fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
-    for applet in ["sh", "echo"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-    }
-    let tar = work.path().join("rootfs.tar");
-    assert!(Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .args(["-cf"])
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success());
     let root = work.path().join("store");
+    import_busybox(work.path(), &root, "busybox:explain");
     let kiln = |dir: &Path, args: &[&str]| -> std::process::Output {
         Command::new(KILN)
             .current_dir(dir)
@@ -372,15 +395,6 @@ fn explain_argv_is_what_kiln_run_runs() {
             .output()
             .unwrap()
     };
-    let out = kiln(
-        work.path(),
-        &["import", tar.to_str().unwrap(), "busybox:explain"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 
     // (Dockerfile body after FROM, --entrypoint, run arguments)
     let cases: &[(&str, Option<&str>, &[&str])] = &[
@@ -566,4 +580,85 @@ fn explain_reads_base_config_from_the_registry() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&missing), "{stderr}");
     assert!(!reader.exists(), "explain wrote to the store");
+}
+
+/// The other Dockerfiles in testdata (the builder's cases, the example),
+/// built on a busybox imported as `busybox:latest`: for each one that
+/// builds, explain's entrypoint and cmd are the built image's.
+#[test]
+fn explain_matches_build_for_other_testdata() {
+    if !is_root() {
+        eprintln!("SKIPPED: needs root (RUN steps run in namespaces)");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("store");
+    import_busybox(work.path(), &root, "busybox:latest");
+    // Every directory under testdata holding a Dockerfile, but for the
+    // parser's syntax cases and this file's own cases.
+    let mut dirs = Vec::new();
+    let mut pending = vec![testdata("")];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_dir()
+                && !(dir == testdata("") && ["parser", "check", "explain"].contains(&name.as_str()))
+            {
+                pending.push(path);
+            } else if name == "Dockerfile" {
+                dirs.push(dir.clone());
+            }
+        }
+    }
+    dirs.sort();
+    let mut compared = 0;
+    let mut failures = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        if !dir.join("Dockerfile").is_file() {
+            continue;
+        }
+        let tag = format!("explain-other:{i}");
+        let built = run_kiln(
+            dir,
+            &root,
+            &["build".into(), "-t".into(), tag.clone(), ".".into()],
+        );
+        if !built.ends_with("exit: 0\n") {
+            // Some cases exist to fail, or need a context they do not carry.
+            continue;
+        }
+        let explained = run_kiln(
+            dir,
+            &root,
+            &["explain".into(), "--format".into(), "json".into()],
+        );
+        let inspect = run_kiln(dir, &root, &["inspect".into(), tag.clone()]);
+        let (Some(explained), Some(image)) = (json_output(&explained), json_output(&inspect))
+        else {
+            failures.push(format!(
+                "{}: explain or inspect failed:\n{explained}\n{inspect}",
+                dir.display()
+            ));
+            continue;
+        };
+        compared += 1;
+        let config = &image[0]["Config"]["config"];
+        for (ours, theirs) in [("entrypoint", "Entrypoint"), ("cmd", "Cmd")] {
+            let want = command_value(&config[theirs]);
+            let got = command_value(&explained[ours]);
+            if want != got {
+                failures.push(format!(
+                    "{}: {ours}: explain says {got}, the built image has {want}",
+                    dir.display()
+                ));
+            }
+        }
+    }
+    eprintln!("{compared} testdata Dockerfiles built and compared");
+    assert!(compared >= 3, "only {compared} Dockerfiles built");
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
