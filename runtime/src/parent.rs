@@ -503,6 +503,7 @@ fn launch(
         exit: None,
         stubs: Vec::new(),
         timed_out: false,
+        pending_signals: Vec::new(),
     };
     let deadline = spec.timeout.map(|t| Instant::now() + t);
     let loop_result = watch.run(deadline, forwarder.as_ref(), &mut terminal);
@@ -563,6 +564,8 @@ struct Watch {
     exit: Option<ExitStatus>,
     stubs: Vec<PathBuf>,
     timed_out: bool,
+    /// Signals received before the container's init existed.
+    pending_signals: Vec<libc::c_int>,
 }
 
 impl Watch {
@@ -637,9 +640,13 @@ impl Watch {
     }
 
     fn signal(&mut self, signal: libc::c_int) {
-        if let Some(pid) = self.container_pid {
+        match self.container_pid {
             // SAFETY: kill with the pid of the container's init.
-            unsafe { libc::kill(pid, signal) };
+            Some(pid) => unsafe {
+                libc::kill(pid, signal);
+            },
+            // Delivered once the container exists.
+            None => self.pending_signals.push(signal),
         }
     }
 
@@ -683,6 +690,9 @@ impl Watch {
                 if self.timed_out {
                     // SAFETY: kill with the pid of the container's init.
                     unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                for signal in std::mem::take(&mut self.pending_signals) {
+                    self.signal(signal);
                 }
             }
             Report::StubCreated { path } => self.stubs.push(path),
