@@ -539,3 +539,50 @@ async fn corrupted_blob_is_a_digest_mismatch() {
     );
     assert_eq!(proxy.flips_injected(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_uploads_start_a_new_session() {
+    let registry = RegistryServer::start_plain().unwrap();
+    let proxy = FaultProxy::start(
+        registry.addr,
+        FaultPlan {
+            drop_upload_after: Some(100_000),
+            drop_upload_times: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let blob = blob_bytes(11, 700_000);
+    let digest = Digest::of(&blob);
+    for chunk_size in [None, Some(256 * 1024)] {
+        let client = Client::new(ClientConfig {
+            chunk_size,
+            ..config()
+        })
+        .unwrap();
+        let repo = Reference::parse(&format!(
+            "{}/kiln/uploads-{}:v1",
+            proxy.host,
+            chunk_size.unwrap_or(0)
+        ))
+        .unwrap()
+        .repository;
+        let outcome = client
+            .push_blob(&repo, &digest, Arc::new(MemoryBlob(blob.clone())), None)
+            .await
+            .unwrap();
+        assert_eq!(outcome, PushOutcome::Uploaded);
+        let mut sink = Vec::new();
+        client
+            .fetch_blob(&repo, &digest, Some(blob.len() as u64), &mut sink)
+            .await
+            .unwrap();
+        assert_eq!(sink, blob);
+        proxy.set_plan(FaultPlan {
+            drop_upload_after: Some(100_000),
+            drop_upload_times: 1,
+            ..Default::default()
+        });
+    }
+    assert_eq!(proxy.drops_injected(), 3);
+}

@@ -44,6 +44,10 @@ pub struct FaultPlan {
     pub canned: Vec<CannedResponse>,
     /// Sleep this long after each 64 KiB of a blob download (slow registry).
     pub blob_chunk_delay: Option<std::time::Duration>,
+    /// Close the connection after forwarding this many request-body bytes,
+    /// on the first `drop_upload_times` blob uploads (PUT/PATCH) longer than that.
+    pub drop_upload_after: Option<u64>,
+    pub drop_upload_times: u32,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -306,7 +310,47 @@ fn handle(
         forwarded.push_str("\r\n");
     }
     forwarded.push_str("Connection: close\r\n\r\n");
+    let request_length: u64 = header_value(&head_text, "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let cut_upload = if (method == "PUT" || method == "PATCH") && path.contains("/blobs/uploads/") {
+        let mut plan = shared.plan.lock().unwrap_or_else(|p| p.into_inner());
+        match plan.drop_upload_after {
+            Some(limit) if plan.drop_upload_times > 0 && request_length > limit => {
+                plan.drop_upload_times -= 1;
+                Some(limit)
+            }
+            _ => None,
+        }
+    } else {
+        None
+    };
     upstream.write_all(forwarded.as_bytes())?;
+    if let Some(limit) = cut_upload {
+        // Forward `limit` body bytes, then hang up on both sides.
+        let mut remaining = limit;
+        let first = early_body.len().min(remaining as usize);
+        upstream.write_all(&early_body[..first])?;
+        remaining -= first as u64;
+        let mut chunk = vec![0u8; 64 * 1024];
+        while remaining > 0 {
+            let want = chunk.len().min(remaining as usize);
+            let n = client.read(&mut chunk[..want])?;
+            if n == 0 {
+                break;
+            }
+            upstream.write_all(&chunk[..n])?;
+            remaining -= n as u64;
+        }
+        shared
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drops += 1;
+        let _ = client.shutdown(Shutdown::Both);
+        let _ = upstream.shutdown(Shutdown::Both);
+        return Ok(());
+    }
     upstream.write_all(&early_body)?;
     let body_copier = {
         let mut from_client = client.try_clone()?;
