@@ -528,6 +528,8 @@ impl Walk<'_> {
             }
             if i == 0 {
                 base = expansion.value;
+            } else {
+                self.platform_rules(stage, word, &expansion, &global_env);
             }
         }
         if base.is_empty() {
@@ -682,6 +684,50 @@ impl Walk<'_> {
             };
         }
         Ok(state)
+    }
+
+    /// RedundantTargetPlatform and FromPlatformFlagConstDisallowed, on the
+    /// `--platform` of a FROM (`written`, and its expansion).
+    fn platform_rules(
+        &mut self,
+        stage: &ins::Stage,
+        written: &str,
+        expansion: &kiln_parser::expand::Expansion,
+        global: &[(String, String)],
+    ) {
+        let target = global
+            .iter()
+            .find(|(k, _)| k == "TARGETPLATFORM")
+            .map(|(_, v)| v.as_str());
+        if expansion.referenced.len() == 1
+            && expansion.unset.is_empty()
+            && expansion.referenced.contains("TARGETPLATFORM")
+            && target == Some(expansion.value.as_str())
+        {
+            self.linter.fire(
+                &rules::REDUNDANT_TARGET_PLATFORM,
+                &stage.from,
+                format!("Setting platform to predefined {written} in FROM is redundant as this is the default behavior"),
+            );
+        }
+        if !expansion.referenced.is_empty() || !expansion.unset.is_empty() {
+            return;
+        }
+        let Ok(platform) = Platform::parse(&expansion.value) else {
+            return;
+        };
+        let name = stage.name.as_deref().unwrap_or("");
+        if name.contains(&platform.os) || name.contains(&platform.architecture) {
+            return;
+        }
+        self.linter.fire(
+            &rules::FROM_PLATFORM_FLAG_CONST_DISALLOWED,
+            &stage.from,
+            format!(
+                "FROM --platform flag should not use constant value {:?}",
+                expansion.value
+            ),
+        );
     }
 
     /// A stage's starting state from a base image (or scratch).

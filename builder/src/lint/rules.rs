@@ -156,6 +156,18 @@ buildkit!(
 );
 buildkit!(EXPOSE_INVALID_FORMAT, "ExposeInvalidFormat", "expose-invalid-format", "IP address and host-port mapping should not be used in EXPOSE instruction. This will become an error in a future release");
 buildkit!(
+    REDUNDANT_TARGET_PLATFORM,
+    "RedundantTargetPlatform",
+    "redundant-target-platform",
+    "Setting platform to predefined $TARGETPLATFORM in FROM is redundant as this is the default behavior"
+);
+buildkit!(
+    FROM_PLATFORM_FLAG_CONST_DISALLOWED,
+    "FromPlatformFlagConstDisallowed",
+    "from-platform-flag-const-disallowed",
+    "FROM --platform flag should not use a constant value"
+);
+buildkit!(
     COPY_IGNORED_FILE,
     "CopyIgnoredFile",
     "copy-ignored-file",
@@ -232,6 +244,8 @@ pub const ALL: &[Rule] = &[
     EXPOSE_PROTO_CASING,
     EXPOSE_INVALID_FORMAT,
     COPY_IGNORED_FILE,
+    REDUNDANT_TARGET_PLATFORM,
+    FROM_PLATFORM_FLAG_CONST_DISALLOWED,
     UNPINNED_BASE_IMAGE,
     APT_NO_INSTALL_RECOMMENDS,
     APT_LISTS_NOT_CLEANED,
