@@ -230,7 +230,12 @@ impl<W: Write> TarWriter<W> {
         let mut overlay_opaque = false;
         let mut kept_xattrs = Vec::new();
         for (k, v) in xattrs {
-            if let Some(what) = k.strip_prefix("trusted.overlay.") {
+            // `user.overlay.*` is what a rootless overlay (mounted with
+            // `userxattr` inside a user namespace) writes instead.
+            let overlay_attr = k
+                .strip_prefix("trusted.overlay.")
+                .or_else(|| k.strip_prefix("user.overlay."));
+            if let Some(what) = overlay_attr {
                 match what {
                     "opaque" => overlay_opaque = v == b"y",
                     "metacopy" | "redirect" => {

@@ -166,3 +166,38 @@ fn same_tree_same_digest_and_it_unpacks_back() {
     let skip_root = |s: &str| s.lines().skip(1).collect::<Vec<_>>().join("\n");
     assert_eq!(skip_root(&actual), skip_root(&expected));
 }
+
+/// A rootless overlay (mounted with `userxattr`) marks opaque directories with
+/// `user.overlay.opaque`; the diff treats it like `trusted.overlay.opaque` and
+/// keeps neither xattr in the layer.
+#[test]
+fn user_overlay_opaque_marks_an_opaque_dir() {
+    let upper = tempfile::tempdir().unwrap();
+    fs::create_dir(upper.path().join("data")).unwrap();
+    fs::write(upper.path().join("data/new"), "new").unwrap();
+    rustix::fs::setxattr(
+        upper.path().join("data"),
+        "user.overlay.opaque",
+        b"y",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let options = DiffOptions {
+        source_date_epoch: None,
+        overlay_whiteouts: true,
+    };
+    let tar = write_tar(upper.path(), Vec::new(), &options).unwrap();
+    let mut archive = tar::Archive::new(tar.as_slice());
+    let mut names = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        names.push(String::from_utf8_lossy(&entry.path_bytes()).into_owned());
+        if let Some(pax) = entry.pax_extensions().unwrap() {
+            for ext in pax {
+                let key = ext.unwrap().key().unwrap().to_string();
+                assert!(!key.contains("overlay"), "overlay xattr kept: {key}");
+            }
+        }
+    }
+    assert_eq!(names, ["data/", "data/.wh..wh..opq", "data/new"]);
+}
