@@ -67,9 +67,10 @@ fn run_kiln(dir: &Path, store: &Path, args: &[String]) -> String {
     text
 }
 
-/// A store for one explain case: empty, or (when the case has an `image`
-/// file: a reference, then `--change` lines) holding an image with an empty
-/// root filesystem and that config, imported with `kiln import`.
+/// A store for one case: empty, or (when the case has an `image` file: a
+/// reference, then `--change` lines or a `--platform=P` line) holding an
+/// image with a one-file root filesystem and that config, imported with
+/// `kiln import`.
 fn case_store(dir: &Path) -> tempfile::TempDir {
     let store = tempfile::tempdir().unwrap();
     let Ok(spec) = fs::read_to_string(dir.join("image")) else {
@@ -94,8 +95,12 @@ fn case_store(dir: &Path) -> tempfile::TempDir {
     import
         .env("KILN_ROOT", store.path().join("root"))
         .arg("import");
-    for change in lines {
-        import.args(["--change", change]);
+    for line in lines {
+        if line.starts_with("--platform=") {
+            import.arg(line);
+        } else {
+            import.args(["--change", line]);
+        }
     }
     let out = import.arg(&tar).arg(reference).output().unwrap();
     assert!(

@@ -550,7 +550,13 @@ impl Walk<'_> {
             Some(i) => finals[i].clone(),
             None => {
                 self.unpinned_base(stage, &base);
-                self.base_state(&base)
+                let platform = stage
+                    .platform
+                    .as_ref()
+                    .and_then(|p| expand_word(p, &global_env, escape).ok())
+                    .and_then(|p| Platform::parse(&p.value).ok())
+                    .unwrap_or_else(|| self.options.platform.clone());
+                self.base_state(stage, &base, &platform)
             }
         };
 
@@ -731,7 +737,7 @@ impl Walk<'_> {
     }
 
     /// A stage's starting state from a base image (or scratch).
-    fn base_state(&mut self, base: &str) -> StageState {
+    fn base_state(&mut self, stage: &ins::Stage, base: &str, platform: &Platform) -> StageState {
         let default_path = ("PATH".to_string(), crate::image::DEFAULT_PATH.to_string());
         if base.eq_ignore_ascii_case("scratch") {
             return StageState {
@@ -743,9 +749,26 @@ impl Walk<'_> {
         let resolved = self
             .options
             .images
-            .map(|images| images.resolve(base, &self.options.platform));
+            .map(|images| images.resolve(base, platform));
         match resolved {
             Some(Ok(image)) => {
+                let actual = Platform {
+                    os: image.config.os.clone(),
+                    architecture: image.config.architecture.clone(),
+                    variant: image.config.variant.clone(),
+                    ..platform.clone()
+                };
+                if actual.os != platform.os || actual.architecture != platform.architecture {
+                    self.linter.fire(
+                        &rules::INVALID_BASE_IMAGE_PLATFORM,
+                        &stage.from,
+                        format!(
+                            "Base image {base} was pulled with platform {:?}, expected {:?} for current build",
+                            normalized(&actual).to_string(),
+                            normalized(platform).to_string()
+                        ),
+                    );
+                }
                 let config = image.config.config.unwrap_or_default();
                 let mut env: Vec<(String, String)> = config
                     .env
@@ -1099,6 +1122,19 @@ fn shell_has_pipefail(shell: &[String]) -> bool {
         "sh" | "bash" | "ash" | "dash" | "zsh" | "ksh" | "mksh"
     );
     !posix || shell.iter().any(|w| w.contains("pipefail"))
+}
+
+/// containerd's `platforms.Normalize` for the variants that have a default.
+fn normalized(platform: &Platform) -> Platform {
+    let mut p = platform.clone();
+    if p.variant.is_none() {
+        p.variant = match p.architecture.as_str() {
+            "arm64" => Some("v8".into()),
+            "arm" => Some("v7".into()),
+            _ => None,
+        };
+    }
+    p
 }
 
 fn is_remote(src: &str) -> bool {

@@ -168,6 +168,12 @@ buildkit!(
     "FROM --platform flag should not use a constant value"
 );
 buildkit!(
+    INVALID_BASE_IMAGE_PLATFORM,
+    "InvalidBaseImagePlatform",
+    "invalid-base-image-platform",
+    "Base image platform does not match expected target platform"
+);
+buildkit!(
     COPY_IGNORED_FILE,
     "CopyIgnoredFile",
     "copy-ignored-file",
@@ -246,6 +252,7 @@ pub const ALL: &[Rule] = &[
     COPY_IGNORED_FILE,
     REDUNDANT_TARGET_PLATFORM,
     FROM_PLATFORM_FLAG_CONST_DISALLOWED,
+    INVALID_BASE_IMAGE_PLATFORM,
     UNPINNED_BASE_IMAGE,
     APT_NO_INSTALL_RECOMMENDS,
     APT_LISTS_NOT_CLEANED,
