@@ -1151,6 +1151,11 @@ impl Planner<'_> {
                     line,
                     state,
                 )?;
+                if let Some(git) = step.sources.iter().find(|s| is_git_source(s)) {
+                    return Err(invalid(format!(
+                        "ADD of a Git repository ({git}) is not supported by kiln yet"
+                    )));
+                }
                 if step.checksum.is_some() {
                     let all_urls = step.sources.len() == 1
                         && (step.sources[0].starts_with("http://")
@@ -1364,6 +1369,17 @@ impl Planner<'_> {
             parents: false,
         })
     }
+}
+
+/// Whether an ADD source names a Git repository (BuildKit clones those;
+/// kiln does not yet).
+fn is_git_source(src: &str) -> bool {
+    let without_fragment = src.split('#').next().unwrap_or(src);
+    src.starts_with("git@")
+        || src.starts_with("git://")
+        || src.starts_with("ssh://")
+        || ((src.starts_with("https://") || src.starts_with("http://"))
+            && without_fragment.ends_with(".git"))
 }
 
 /// `withShell`: the shell words plus the command line as one argument.

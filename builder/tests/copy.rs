@@ -151,3 +151,64 @@ fn copy_cases() {
         common::check_golden(case, "expected", &actual)
     });
 }
+
+mod url_sources {
+    use std::os::unix::fs::MetadataExt;
+
+    use kiln_builder::copy::{fetch_url, CopyError, FetchInfo, UrlFetcher};
+
+    struct Fixed(&'static [u8]);
+
+    impl UrlFetcher for Fixed {
+        fn fetch(&self, _url: &str, out: &mut dyn std::io::Write) -> Result<FetchInfo, String> {
+            out.write_all(self.0).map_err(|e| e.to_string())?;
+            Ok(FetchInfo {
+                last_modified: Some(1_234_567_890),
+            })
+        }
+    }
+
+    const SHA256_HELLO: &str =
+        "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+
+    #[test]
+    fn fetched_file_is_0600_with_last_modified_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = fetch_url(
+            &Fixed(b"hello"),
+            "https://example.invalid/a/file.txt?x=1",
+            Some(SHA256_HELLO),
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(name, "file.txt");
+        let meta = std::fs::metadata(dir.path().join("file.txt")).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o600);
+        assert_eq!(meta.mtime(), 1_234_567_890);
+        assert_eq!(
+            std::fs::read(dir.path().join("file.txt")).unwrap(),
+            b"hello"
+        );
+    }
+
+    #[test]
+    fn checksum_mismatch_and_bad_checksums_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = fetch_url(
+            &Fixed(b"HELLO"),
+            "https://example.invalid/f",
+            Some(SHA256_HELLO),
+            dir.path(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, CopyError::ChecksumMismatch { .. }), "{err}");
+        let err = fetch_url(
+            &Fixed(b"hello"),
+            "https://example.invalid/f",
+            Some("md5:abc"),
+            dir.path(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, CopyError::BadChecksum(_)), "{err}");
+    }
+}
