@@ -481,3 +481,51 @@ fn two_pulls_at_once_into_one_store_both_succeed() {
         assert!(blobs.contains(&digest), "{digest}");
     }
 }
+
+#[test]
+fn identity_token_in_docker_config_is_exchanged_for_a_bearer_token() {
+    let registry = RegistryServer::start_token("carol", "secret").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (image, source) = seed(
+        &registry,
+        work.path(),
+        "kiln/refresh",
+        &small_layers(),
+        Some(("carol", "secret")),
+        None,
+    );
+    let kiln = Kiln::new(work.path());
+    kiln.ok(&["pull", &source]);
+    let target = format!("{}/kiln/refresh-copy:v1", registry.host);
+    kiln.ok(&["tag", &source, &target]);
+    let tokens = registry.token_server.as_ref().unwrap();
+
+    // A wrong refresh token is refused by the token server.
+    let config = |token: &str| {
+        serde_json::json!({"auths": {registry.host.clone(): {"identitytoken": token}}}).to_string()
+    };
+    std::fs::write(
+        kiln.docker_config.join("config.json"),
+        config("kiln-test-refresh-mallory"),
+    )
+    .unwrap();
+    let refused_before = tokens.requests_refused();
+    let out = kiln.run(&["push", &target]);
+    assert!(!out.status.success());
+    assert!(tokens.requests_refused() > refused_before);
+
+    std::fs::write(
+        kiln.docker_config.join("config.json"),
+        config(&tokens.refresh_token("carol")),
+    )
+    .unwrap();
+    let stdout = kiln.ok(&["push", &target]);
+    assert!(stdout.contains(&image.digest), "{stdout}");
+    let raw = skopeo_raw_manifest(
+        &format!("docker://{target}"),
+        Some(("carol", "secret")),
+        None,
+    )
+    .unwrap();
+    assert_eq!(digest_of(&raw), image.digest);
+}

@@ -22,6 +22,8 @@ use crate::{Result, TestSupportError};
 pub const ISSUER: &str = "kiln-test-token-issuer";
 /// The service name the registry announces in its challenge.
 pub const SERVICE: &str = "kiln-test-registry";
+/// Refresh tokens (Docker's `identitytoken`) are this prefix plus the user name.
+pub const REFRESH_TOKEN_PREFIX: &str = "kiln-test-refresh-";
 
 struct Policy {
     users: BTreeMap<String, String>,
@@ -114,6 +116,11 @@ impl TokenServer {
         format!("http://{}/token", self.addr)
     }
 
+    /// The refresh token (`identitytoken` in config.json) this server accepts for `user`.
+    pub fn refresh_token(&self, user: &str) -> String {
+        format!("{REFRESH_TOKEN_PREFIX}{user}")
+    }
+
     /// Tokens handed out so far.
     pub fn tokens_issued(&self) -> usize {
         self.issued.load(Ordering::SeqCst)
@@ -183,6 +190,7 @@ fn serve(
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     let mut authorization = None;
+    let mut content_length = 0usize;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
@@ -192,19 +200,60 @@ fn serve(
             if name.trim().eq_ignore_ascii_case("authorization") {
                 authorization = Some(value.trim().to_string());
             }
+            if name.trim().eq_ignore_ascii_case("content-length") {
+                content_length = value.trim().parse().unwrap_or(0);
+            }
         }
     }
-    let target = request_line.split_whitespace().nth(1).unwrap_or("/");
-    let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or("GET");
+    let target = parts.next().unwrap_or("/");
+    // GET carries the parameters in the query; the OAuth2 POST (refresh
+    // token grant) in a form body.
+    let params = if method == "POST" {
+        let mut body = vec![0u8; content_length.min(64 * 1024)];
+        std::io::Read::read_exact(&mut reader, &mut body)?;
+        String::from_utf8_lossy(&body).into_owned()
+    } else {
+        target
+            .split_once('?')
+            .map(|(_, q)| q)
+            .unwrap_or("")
+            .to_string()
+    };
     let mut scopes = Vec::new();
     let mut service = String::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
+    let mut refresh_token = None;
+    for pair in params.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
             "scope" => scopes.push(percent_decode(value)),
             "service" => service = percent_decode(value),
+            "refresh_token" => refresh_token = Some(percent_decode(value)),
             _ => {}
         }
+    }
+    if method == "POST" {
+        let user = refresh_token
+            .as_deref()
+            .and_then(|t| t.strip_prefix(REFRESH_TOKEN_PREFIX))
+            .filter(|user| policy.users.contains_key(*user));
+        let Some(user) = user else {
+            refused.fetch_add(1, Ordering::SeqCst);
+            return respond(
+                &mut stream,
+                "401 Unauthorized",
+                "",
+                r#"{"error":"invalid_grant"}"#,
+            );
+        };
+        authorization = Some(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!(
+                "{user}:{}",
+                policy.users.get(user).map(String::as_str).unwrap_or("")
+            ))
+        ));
     }
     let subject = match authorization
         .as_deref()
