@@ -90,6 +90,8 @@ pub type PullFn<'a> = dyn Fn(&Reference, &Platform) -> Result<Descriptor, String
 pub struct StoreResolver<'a> {
     store: &'a Store,
     pull: Option<&'a PullFn<'a>>,
+    /// Pull even when the store has the tag (`--pull`).
+    always_pull: bool,
     images: Mutex<BTreeMap<String, Image>>,
 }
 
@@ -98,8 +100,15 @@ impl<'a> StoreResolver<'a> {
         StoreResolver {
             store,
             pull,
+            always_pull: false,
             images: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Pull base images even when the store has them (a tag may have moved).
+    pub fn always_pull(mut self, yes: bool) -> Self {
+        self.always_pull = yes;
+        self
     }
 
     fn image(&self, reference: &str) -> Option<Image> {
@@ -110,7 +119,20 @@ impl<'a> StoreResolver<'a> {
 impl ImageResolver for StoreResolver<'_> {
     fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
         let parsed = Reference::parse(reference).map_err(|e| e.to_string())?;
-        let desc = match self.store.resolve(&parsed).map_err(|e| e.to_string())? {
+        if let Some(image) = self.image(&parsed.to_string()) {
+            // Already resolved in this build (another stage, COPY --from).
+            return Ok(ResolvedImage {
+                reference: parsed.to_string(),
+                digest: Some(image.manifest_descriptor.digest.to_string()),
+                config: image.config,
+            });
+        }
+        let local = if self.always_pull && self.pull.is_some() {
+            None
+        } else {
+            self.store.resolve(&parsed).map_err(|e| e.to_string())?
+        };
+        let desc = match local {
             Some(d) => d,
             None => match self.pull {
                 Some(pull) => pull(&parsed, platform)?,
@@ -573,12 +595,13 @@ fn run_step(
             source_date_epoch: opts.source_date_epoch,
             overlay_whiteouts: true,
         };
+        // Packing is part of the step's own progress line: no separate item.
         let blob = write_layer(
             store,
             &upper,
             opts.compression,
             &diff_options,
-            opts.reporter,
+            &kiln_layers::NoProgress,
         )?;
         let chain = match out.chain() {
             None => blob.diff_id.clone(),

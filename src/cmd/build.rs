@@ -71,6 +71,9 @@ pub struct BuildArgs {
     /// Target platform (default: this machine's).
     #[arg(long)]
     platform: Option<String>,
+    /// Pull base images even when the store has them.
+    #[arg(long)]
+    pull: bool,
     /// Do not use the build cache (results are still cached).
     #[arg(long)]
     no_cache: bool,
@@ -393,7 +396,7 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
             Ok(pulled.manifest)
         }
     };
-    let resolver = StoreResolver::new(&store, Some(&pull));
+    let resolver = StoreResolver::new(&store, Some(&pull)).always_pull(args.pull);
     let mut planned = plan(&typed, &options, &resolver)?;
     for w in &planned.warnings {
         if mode != ProgressMode::Quiet {
