@@ -170,6 +170,14 @@ fn pull_then_push_under_new_names_and_skopeo_reads_the_same_digest() {
         assert!(blobs.contains(&digest), "{digest} pulled");
     }
 
+    // Again: nothing to download.
+    let out = kiln.run(&["pull", &source]);
+    assert!(
+        stderr(&out).contains("Image is up to date"),
+        "{}",
+        stderr(&out)
+    );
+
     // By digest too.
     let by_digest = format!("{}/kiln/e2e-source@{}", registry.host, image.digest);
     let stdout = kiln.ok(&["pull", &by_digest]);

@@ -144,12 +144,16 @@ impl RegistryCommand {
                 let pulled = runtime()?.block_on(kiln_transfer::pull(
                     &client, &store, &reference, &options, shared,
                 ))?;
-                reporter.println(&format!(
-                    "Digest: {} ({} blobs, {} downloaded)",
-                    pulled.resolved_digest,
-                    pulled.blobs_fetched,
-                    human_bytes(pulled.bytes_fetched)
-                ));
+                reporter.println(&format!("Digest: {}", pulled.resolved_digest));
+                reporter.println(&if pulled.blobs_fetched == 0 {
+                    format!("Status: Image is up to date for {reference}")
+                } else {
+                    format!(
+                        "Status: Downloaded newer image for {reference} ({} blobs, {})",
+                        pulled.blobs_fetched,
+                        human_bytes(pulled.bytes_fetched)
+                    )
+                });
                 println!("{reference}");
                 Ok(ExitCode::SUCCESS)
             }
