@@ -408,7 +408,7 @@ fn pull_killed_midway_then_pulled_again_completes_with_sound_blobs() {
     let proxy = FaultProxy::start(
         registry.addr,
         FaultPlan {
-            blob_chunk_delay: Some(Duration::from_millis(20)),
+            blob_chunk_delay: Some(Duration::from_millis(50)),
             ..Default::default()
         },
     )
