@@ -364,7 +364,16 @@ async fn fetch_blob(
             return Err(store_err(cause));
         }
     };
-    match writer.commit() {
+    // Commit fsyncs: let the runtime move other downloads off this thread meanwhile.
+    // (block_in_place exists only on the multi-threaded runtime.)
+    let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread;
+    let committed = if multi_thread {
+        tokio::task::block_in_place(|| writer.commit())
+    } else {
+        writer.commit()
+    };
+    match committed {
         Ok(_) => {
             origins.record(&desc.digest, repository);
             reporter.done(&id, Outcome::Done);

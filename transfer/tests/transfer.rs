@@ -527,3 +527,39 @@ async fn dropped_connections_during_a_pull_are_resumed() {
         .any(|r| r.contains("Range: bytes=1000-")));
     assert_eq!(check_blobs_match_names(&store_dir), 5);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn pull_works_on_a_single_threaded_runtime() {
+    let registry = RegistryServer::start_plain().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (image, source) = seed(
+        &registry,
+        work.path(),
+        "kiln/single",
+        &[&kiln_testsupport::image::host_platform()],
+    );
+    let store = Store::open(work.path().join("store")).unwrap();
+    let reference = Reference::parse(&source).unwrap();
+    let pulled = pull(
+        &client(),
+        &store,
+        &reference,
+        &PullOptions::new(Platform::host()),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
+    assert_eq!(pulled.manifest.digest.to_string(), image.digest);
+    let pushed = push(
+        &client(),
+        &store,
+        &reference.with_tag("again"),
+        &PushOptions::default(),
+        Arc::new(NoProgress),
+    )
+    .await;
+    assert!(
+        matches!(pushed, Err(TransferError::NotInStore(_))),
+        "{pushed:?}"
+    );
+}
