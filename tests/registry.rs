@@ -187,7 +187,7 @@ fn pull_then_push_under_new_names_and_skopeo_reads_the_same_digest() {
     let also = format!("{}/kiln/e2e-copy:also", registry.host);
     kiln.ok(&["tag", &source, &copy]);
     kiln.ok(&["tag", &source, &also]);
-    let stdout = kiln.ok(&["push", &copy, &also]);
+    let stdout = kiln.ok(&["push", "--chunk-size", "10000", &copy, &also]);
     assert!(
         stdout.contains(&format!("{copy}: digest: {}", image.digest)),
         "{stdout}"

@@ -64,6 +64,9 @@ pub enum RegistryCommand {
         /// registry before uploading them.
         #[arg(long, value_name = "REPOSITORY")]
         mount_from: Option<String>,
+        /// Upload blobs in PATCH chunks of this many bytes instead of one PUT each.
+        #[arg(long, value_name = "BYTES")]
+        chunk_size: Option<u64>,
         #[command(flatten)]
         registry: RegistryArgs,
         #[command(flatten)]
@@ -161,6 +164,7 @@ impl RegistryCommand {
                 references,
                 concurrency,
                 mount_from,
+                chunk_size,
                 registry,
                 progress,
             } => {
@@ -169,7 +173,9 @@ impl RegistryCommand {
                     .map(|r| Reference::parse(r))
                     .collect::<Result<Vec<_>, _>>()?;
                 let store = Store::open(&settings.root)?;
-                let client = Arc::new(Client::new(registry.client_config())?);
+                let mut config = registry.client_config();
+                config.chunk_size = chunk_size.filter(|&n| n > 0);
+                let client = Arc::new(Client::new(config)?);
                 let reporter = Arc::new(progress.reporter());
                 let runtime = runtime()?;
                 for reference in &references {
