@@ -105,7 +105,11 @@ pub struct BuildArgs {
     #[arg(long = "secret", value_name = "id=ID,src=FILE")]
     secrets: Vec<String>,
     /// Write Docker (schema 2) media types instead of OCI ones.
-    #[arg(long, env = "KILN_DOCKER_MEDIATYPES")]
+    #[arg(
+        long,
+        env = "KILN_DOCKER_MEDIATYPES",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
     docker_mediatypes: bool,
     /// Print only the image id.
     #[arg(short = 'q', long)]
