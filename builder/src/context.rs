@@ -129,8 +129,11 @@ impl BuildContext {
         if !meta.is_dir() {
             return Err(ContextError::NotADirectory(root.to_path_buf()));
         }
+        // Absolute, so that the stat cache's keys name one file whatever
+        // the working directory was.
+        let root = std::fs::canonicalize(root).map_err(io_err(root))?;
         let mut ctx = BuildContext {
-            root: root.to_path_buf(),
+            root: root.clone(),
             entries: BTreeMap::new(),
             stats: HashStats::default(),
         };
@@ -148,7 +151,7 @@ impl BuildContext {
             now,
         )?;
         if let Some(cache) = cache {
-            cache.forget_missing_under(root, &ctx);
+            cache.forget_missing_under(&root, &ctx);
         }
         Ok(ctx)
     }
