@@ -192,6 +192,8 @@ pub struct CopyStep {
     pub unpack: Option<bool>,
     /// `COPY --parents`: keep the sources' directories.
     pub parents: bool,
+    /// For `--from=<image>`: the image's manifest digest, when known.
+    pub from_digest: Option<String>,
 }
 
 /// WORKDIR creates its directory (owned by the current USER).
@@ -1123,10 +1125,26 @@ impl Planner<'_> {
                     line,
                     state,
                 )?;
+                // An image source is resolved now, so that its digest is part
+                // of the step's cache key (a moved tag invalidates it).
+                let from_digest = match &step.from {
+                    CopyFrom::Image(reference) => {
+                        self.resolver
+                            .resolve(reference, &self.opts.target_platform)
+                            .map_err(|message| PlanError::Resolve {
+                                line,
+                                reference: reference.clone(),
+                                message,
+                            })?
+                            .digest
+                    }
+                    _ => None,
+                };
                 let step = CopyStep {
                     link: c.link,
                     exclude: c.exclude.clone(),
                     parents: c.parents,
+                    from_digest,
                     ..step
                 };
                 let msg = copy_history("COPY", c.parents, &step);
@@ -1367,6 +1385,7 @@ impl Planner<'_> {
             checksum: opt(checksum)?,
             unpack: None,
             parents: false,
+            from_digest: None,
         })
     }
 }

@@ -183,8 +183,9 @@ fn run(case: &Path) -> String {
             }
         ));
     }
-    // Layer 0 is the base image.
-    for (i, layer) in built.layers.iter().enumerate().skip(1) {
+    // The base image's layers are not this build's.
+    let base_layers = planned.stages[planned.target].image.rootfs.diff_ids.len();
+    for (i, layer) in built.layers.iter().enumerate().skip(base_layers) {
         out.push_str(&format!("layer {i}:\n"));
         for line in layer_listing(&store, &layer.digest) {
             out.push_str(&format!("  {line}\n"));
