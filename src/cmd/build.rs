@@ -37,6 +37,10 @@ pub enum BuildCommand {
 pub enum PlanFormat {
     Text,
     Json,
+    /// Graphviz: stages as clusters, steps as nodes, dependencies as edges.
+    Dot,
+    /// A Mermaid flowchart of the same graph.
+    Mermaid,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -597,6 +601,77 @@ fn export_local(snapshots_bottom_first: &[PathBuf], dest: &Path) -> anyhow::Resu
     Ok(())
 }
 
+/// The step graph as Graphviz or Mermaid text: each needed stage's steps in
+/// order, from its base (image, scratch or stage), with COPY --from and RUN
+/// --mount=from edges between stages.
+fn plan_graph(planned: &Plan, dot: bool, hit: &dyn Fn(&Option<String>) -> bool) -> String {
+    use kiln_builder::plan::{BaseSource, CopyFrom};
+    let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut nodes: Vec<(String, String)> = Vec::new();
+    let mut edges: Vec<(String, String)> = Vec::new();
+    let stage_out = |i: usize| -> String {
+        let s = &planned.stages[i];
+        match s.steps.last() {
+            Some(_) => format!("s{}_{}", i, s.steps.len() - 1),
+            None => format!("s{i}_base"),
+        }
+    };
+    for &i in &planned.order {
+        let s = &planned.stages[i];
+        let base_id = format!("s{i}_base");
+        let base_label = match &s.base {
+            BaseSource::Scratch => "FROM scratch".to_string(),
+            BaseSource::Image { reference, .. } => format!("FROM {reference}"),
+            BaseSource::Stage(j) => format!("FROM stage {j}"),
+        };
+        nodes.push((base_id.clone(), base_label));
+        if let BaseSource::Stage(j) = s.base {
+            edges.push((stage_out(j), base_id.clone()));
+        }
+        let mut prev = base_id;
+        for (n, st) in s.steps.iter().enumerate() {
+            let id = format!("s{i}_{n}");
+            let mark = if hit(&st.cache_key) { " (cached)" } else { "" };
+            nodes.push((id.clone(), format!("{}: {}{mark}", st.line, st.instruction)));
+            edges.push((prev.clone(), id.clone()));
+            match &st.kind {
+                StepKind::Copy(c) => {
+                    if let CopyFrom::Stage(j) = c.from {
+                        edges.push((stage_out(j), id.clone()));
+                    }
+                }
+                StepKind::Run(r) => {
+                    for j in r.mount_stages.iter().flatten() {
+                        edges.push((stage_out(*j), id.clone()));
+                    }
+                }
+                StepKind::Workdir(_) => {}
+            }
+            prev = id;
+        }
+    }
+    let mut out = String::new();
+    if dot {
+        out.push_str("digraph plan {\n  rankdir=TB;\n  node [shape=box];\n");
+        for (id, label) in &nodes {
+            out.push_str(&format!("  {id} [label=\"{}\"];\n", quote(label)));
+        }
+        for (a, b) in &edges {
+            out.push_str(&format!("  {a} -> {b};\n"));
+        }
+        out.push_str("}\n");
+    } else {
+        out.push_str("flowchart TD\n");
+        for (id, label) in &nodes {
+            out.push_str(&format!("  {id}[\"{}\"]\n", label.replace('"', "#quot;")));
+        }
+        for (a, b) in &edges {
+            out.push_str(&format!("  {a} --> {b}\n"));
+        }
+    }
+    out
+}
+
 fn print_plan(planned: &Plan, store: &Store, format: PlanFormat) -> anyhow::Result<()> {
     let hit = |key: &Option<String>| -> bool {
         key.as_deref()
@@ -647,6 +722,9 @@ fn print_plan(planned: &Plan, store: &Store, format: PlanFormat) -> anyhow::Resu
                 "warnings": planned.warnings,
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        PlanFormat::Dot | PlanFormat::Mermaid => {
+            print!("{}", plan_graph(planned, format == PlanFormat::Dot, &hit));
         }
         PlanFormat::Text => {
             for s in &planned.stages {
