@@ -487,11 +487,56 @@ pub fn plan(
             }
         }
     }
-    let mut needed = BTreeSet::new();
-    let mut stack = vec![target];
-    while let Some(s) = stack.pop() {
-        if needed.insert(s) {
-            stack.extend(deps[s].iter().copied());
+    // The stages the target needs; a base image's ONBUILD triggers may name
+    // more (COPY --from), so look at those and repeat until nothing new.
+    let mut needed;
+    let mut triggers_seen: BTreeSet<usize> = BTreeSet::new();
+    loop {
+        needed = BTreeSet::new();
+        let mut stack = vec![target];
+        while let Some(s) = stack.pop() {
+            if needed.insert(s) {
+                stack.extend(deps[s].iter().copied());
+            }
+        }
+        let mut grew = false;
+        for &s in &needed {
+            let BaseSource::Image { reference, .. } = &bases[s] else {
+                continue;
+            };
+            if !triggers_seen.insert(s) {
+                continue;
+            }
+            let stage = &df.stages[s];
+            let line = line_of(&stage.from);
+            let platform = planner.stage_platform(stage)?;
+            let resolved =
+                resolver
+                    .resolve(reference, &platform)
+                    .map_err(|message| PlanError::Resolve {
+                        line,
+                        reference: reference.clone(),
+                        message,
+                    })?;
+            let triggers = resolved
+                .config
+                .config
+                .as_ref()
+                .and_then(|c| c.on_build.clone())
+                .unwrap_or_default();
+            for trigger in triggers {
+                let Ok(instruction) = parse_trigger(&trigger) else {
+                    continue; // reported when the stage is dispatched
+                };
+                for dep in instruction_stage_refs(df, &instruction) {
+                    if dep < s && deps[s].insert(dep) {
+                        grew = true;
+                    }
+                }
+            }
+        }
+        if !grew {
+            break;
         }
     }
 
@@ -551,6 +596,18 @@ pub fn plan(
     })
 }
 
+/// Parses an ONBUILD trigger (one instruction) on its own.
+fn parse_trigger(trigger: &str) -> Result<Instruction, String> {
+    let text = format!("FROM scratch\n{trigger}\n");
+    let parsed = kiln_parser::parse(&text, "ONBUILD")
+        .and_then(|ast| ins::from_ast(&ast))
+        .map_err(|e| e.to_string())?;
+    match parsed.stages.first().map(|s| s.instructions.as_slice()) {
+        Some([one]) => Ok(one.clone()),
+        _ => Err("onbuild trigger should be a single expression".into()),
+    }
+}
+
 /// Stages an instruction refers to (COPY --from, RUN --mount=from).
 fn instruction_stage_refs(df: &Dockerfile, instruction: &Instruction) -> Vec<usize> {
     let lookup = |name: &str| -> Option<usize> {
@@ -576,6 +633,21 @@ fn instruction_stage_refs(df: &Dockerfile, instruction: &Instruction) -> Vec<usi
 impl Planner<'_> {
     fn escape(&self) -> char {
         self.df.escape
+    }
+
+    /// The stage's `--platform`, expanded, or the target platform.
+    fn stage_platform(&self, stage: &ins::Stage) -> Result<Platform, PlanError> {
+        let line = line_of(&stage.from);
+        match &stage.platform {
+            Some(p) => {
+                let text = self.expand_global(p, line)?;
+                Platform::parse(&text).map_err(|e| PlanError::Invalid {
+                    line,
+                    message: format!("failed to parse platform {text}: {e}"),
+                })
+            }
+            None => Ok(self.opts.target_platform.clone()),
+        }
     }
 
     fn expand_global(&self, word: &str, line: usize) -> Result<String, PlanError> {
@@ -646,16 +718,7 @@ impl Planner<'_> {
         finals: &[Option<State>],
     ) -> Result<(State, Vec<String>), PlanError> {
         let line = sp.line;
-        let platform = match &stage.platform {
-            Some(p) => {
-                let text = self.expand_global(p, line)?;
-                Platform::parse(&text).map_err(|e| PlanError::Invalid {
-                    line,
-                    message: format!("failed to parse platform {text}: {e}"),
-                })?
-            }
-            None => self.opts.target_platform.clone(),
-        };
+        let platform = self.stage_platform(stage)?;
         let mut onbuild: Vec<String> = Vec::new();
         let mut state = match &sp.base {
             BaseSource::Scratch => {
@@ -788,22 +851,11 @@ impl Planner<'_> {
         // ONBUILD triggers of the base run first, located at the FROM line.
         let mut instructions: Vec<(Instruction, bool)> = Vec::new();
         for trigger in &onbuild {
-            let text = format!("FROM scratch\n{trigger}\n");
-            let parsed = kiln_parser::parse(&text, "ONBUILD")
-                .and_then(|ast| ins::from_ast(&ast))
-                .map_err(|e| PlanError::Invalid {
-                    line: sp.line,
-                    message: format!("ONBUILD {trigger}: {e}"),
-                })?;
-            match parsed.stages.first().map(|s| s.instructions.as_slice()) {
-                Some([one]) => instructions.push((one.clone(), true)),
-                _ => {
-                    return Err(PlanError::Invalid {
-                        line: sp.line,
-                        message: "onbuild trigger should be a single expression".into(),
-                    })
-                }
-            }
+            let one = parse_trigger(trigger).map_err(|message| PlanError::Invalid {
+                line: sp.line,
+                message: format!("ONBUILD {trigger}: {message}"),
+            })?;
+            instructions.push((one, true));
         }
         for i in &stage.instructions {
             instructions.push((i.clone(), false));
