@@ -45,7 +45,7 @@ pub enum RegistryCommand {
         #[arg(long)]
         platform: Option<String>,
         /// Blobs downloaded at once.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 6)]
         concurrency: usize,
         reference: String,
         #[command(flatten)]
@@ -58,7 +58,7 @@ pub enum RegistryCommand {
         #[arg(required = true)]
         references: Vec<String>,
         /// Blobs uploaded at once.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 6)]
         concurrency: usize,
         /// Ask the registry to mount blobs from this repository of the same
         /// registry before uploading them.

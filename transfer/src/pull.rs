@@ -19,7 +19,7 @@ use crate::{registry_digest, store_digest, store_reference, BlobOrigins, Transfe
 pub struct PullOptions {
     /// The platform picked from an index (`--platform`, default the host's).
     pub platform: Platform,
-    /// Blobs fetched at once.
+    /// Blobs fetched at once (6, as skopeo).
     pub concurrency: usize,
     /// Tag the image in the store under the reference pulled.
     pub tag: bool,
@@ -29,7 +29,7 @@ impl PullOptions {
     pub fn new(platform: Platform) -> PullOptions {
         PullOptions {
             platform,
-            concurrency: 4,
+            concurrency: 6,
             tag: true,
         }
     }

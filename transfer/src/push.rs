@@ -27,7 +27,7 @@ pub struct PushOptions {
 impl Default for PushOptions {
     fn default() -> Self {
         PushOptions {
-            concurrency: 4,
+            concurrency: 6,
             mount_from: None,
         }
     }
