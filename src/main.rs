@@ -46,7 +46,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let settings = GlobalSettings::resolve(cli.root, cli.verbose);
+    let settings = GlobalSettings::resolve(cli.root);
     let result = match cli.command {
         Command::Parse(c) => c.run(&settings),
         Command::Image(c) => c.run(&settings),
@@ -77,4 +77,42 @@ fn init_logging(verbose: u8) {
         .with_writer(std::io::stderr)
         .without_time()
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::{Cli, Command};
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// `kiln run -v` is a volume, as in `docker run`; `--verbose` still
+    /// reaches the global setting there, and `-v` means verbose elsewhere.
+    #[test]
+    fn run_takes_v_as_a_volume() {
+        let cli = Cli::try_parse_from([
+            "kiln",
+            "run",
+            "-v",
+            "/a:/b",
+            "--verbose",
+            "--verbose",
+            "img",
+        ])
+        .unwrap();
+        assert_eq!(cli.verbose, 2);
+        let Command::Run(run) = cli.command else {
+            panic!("not run: {:?}", cli.command);
+        };
+        assert!(format!("{run:?}").contains("\"/a:/b\""), "{run:?}");
+
+        let cli = Cli::try_parse_from(["kiln", "-v", "run", "img"]).unwrap();
+        assert_eq!(cli.verbose, 1);
+        let cli = Cli::try_parse_from(["kiln", "images", "-vv"]).unwrap();
+        assert_eq!(cli.verbose, 2);
+    }
 }

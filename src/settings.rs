@@ -2,20 +2,17 @@
 
 use std::path::PathBuf;
 
-/// Where the store lives and how chatty kiln is.
+/// Where the store lives. (`-v` is applied once, to logging, in `main`.)
 #[derive(Debug, Clone)]
 pub struct GlobalSettings {
     /// The store root (`--root`, `KILN_ROOT`).
     pub root: PathBuf,
-    /// `-v` count: 1 shows step commands and cache decisions.
-    pub verbose: u8,
 }
 
 impl GlobalSettings {
-    pub fn resolve(root: Option<PathBuf>, verbose: u8) -> Self {
+    pub fn resolve(root: Option<PathBuf>) -> Self {
         GlobalSettings {
             root: root.unwrap_or_else(default_root),
-            verbose,
         }
     }
 }

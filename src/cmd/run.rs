@@ -64,9 +64,13 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = NetworkMode::Host)]
     network: NetworkMode,
     /// Bind-mount a host path: HOST:CONTAINER[:ro|rw] (HOST absolute, existing).
-    /// Long form only: kiln's global `-v` means verbose.
-    #[arg(long = "volume", value_name = "HOST:CTR[:ro]")]
+    #[arg(short = 'v', long = "volume", value_name = "HOST:CTR[:ro]")]
     volumes: Vec<String>,
+    /// More output. Here only `--verbose`: as in `docker run`, `-v` is a volume.
+    // Same id as the global flag, so clap does not propagate the global
+    // `-v` into `run` and the value still reaches the global settings.
+    #[arg(long = "verbose", id = "verbose", action = clap::ArgAction::Count)]
+    verbose: u8,
     /// Container host name (default: the first 12 digits of its id, or the
     /// host's name with --network host).
     #[arg(long, value_name = "NAME")]
