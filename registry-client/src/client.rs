@@ -162,7 +162,7 @@ struct Ctx<'a> {
 /// # Ok(()) }
 /// ```
 pub struct Client {
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     /// For `--insecure-registry` hosts served over HTTPS with untrusted certificates.
     http_unverified: reqwest::Client,
     config: ClientConfig,
@@ -179,7 +179,7 @@ impl std::fmt::Debug for Client {
     }
 }
 
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(inner) = source {

@@ -119,6 +119,9 @@ pub enum Error {
 
     #[error("building the HTTP client: {0}")]
     ClientSetup(String),
+
+    #[error("downloading {url}: {detail}")]
+    Download { url: String, detail: String },
 }
 
 fn registry_message(message: &str) -> String {

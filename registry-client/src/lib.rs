@@ -2,7 +2,7 @@
 //!
 //! Owns authentication (anonymous, bearer, basic; docker config.json and
 //! credential helpers), pulling and pushing manifests and blobs, cross-repository
-//! mounts and retries. It streams bytes to and from its caller and never touches
+//! mounts and retries, and plain downloads for `ADD <url>`. It streams bytes to and from its caller and never touches
 //! the store's files.
 //!
 //! ```no_run
@@ -19,6 +19,7 @@
 
 pub mod auth;
 mod client;
+mod download;
 mod error;
 pub mod reference;
 
@@ -27,5 +28,6 @@ pub use client::{
     BlobSource, Client, ClientConfig, Manifest, MemoryBlob, PushOutcome, RetryPolicy,
     MANIFEST_ACCEPT, MAX_MANIFEST_BYTES,
 };
+pub use download::{parse_http_date, Downloaded};
 pub use error::Error;
 pub use reference::{Digest, Reference, ReferenceError, Repository};

@@ -586,3 +586,35 @@ async fn dropped_uploads_start_a_new_session() {
     }
     assert_eq!(proxy.drops_injected(), 3);
 }
+
+/// `ADD <url>` downloads: the body streams to the caller; a non-2xx answer is
+/// an error naming the URL. The registry serves as the plain HTTP server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_a_url_and_names_it_on_failure() {
+    let registry = RegistryServer::start_plain().unwrap();
+    let client = Client::new(config()).unwrap();
+    let reference = Reference::parse(&format!("{}/kiln/download:v1", registry.host)).unwrap();
+    let layer = blob_bytes(7, 70_000);
+    let (layer_digest, _, _) = push_small_image(&client, &reference, layer.clone()).await;
+
+    let url = format!(
+        "http://{}/v2/kiln/download/blobs/{layer_digest}",
+        registry.host
+    );
+    let mut body = Vec::new();
+    let got = client.download(&url, &mut body).await.unwrap();
+    assert_eq!(body, layer);
+    assert_eq!(got.size, layer.len() as u64);
+
+    let missing = format!(
+        "http://{}/v2/kiln/download/blobs/sha256:{}",
+        registry.host,
+        "0".repeat(64)
+    );
+    let err = client
+        .download(&missing, &mut Vec::new())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains(&missing) && text.contains("404"), "{text}");
+}
