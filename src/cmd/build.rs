@@ -188,50 +188,23 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// Fetches ADD URLs over HTTP(S) on the async runtime (the builder itself
-/// speaks no HTTP).
+/// Fetches ADD URLs through the registry client on the async runtime (the
+/// builder itself speaks no HTTP).
 struct HttpFetcher {
     runtime: Arc<tokio::runtime::Runtime>,
-    client: reqwest::Client,
+    client: Arc<Client>,
 }
 
 impl UrlFetcher for HttpFetcher {
     fn fetch(&self, url: &str, out: &mut dyn std::io::Write) -> Result<FetchInfo, String> {
-        self.runtime.block_on(async {
-            let mut response = self
-                .client
-                .get(url)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            if !response.status().is_success() {
-                return Err(format!("HTTP {}", response.status()));
-            }
-            let last_modified = response
-                .headers()
-                .get(reqwest::header::LAST_MODIFIED)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_http_date);
-            while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
-                out.write_all(&chunk).map_err(|e| e.to_string())?;
-            }
-            Ok(FetchInfo { last_modified })
+        let downloaded = self
+            .runtime
+            .block_on(self.client.download(url, out))
+            .map_err(|e| e.to_string())?;
+        Ok(FetchInfo {
+            last_modified: downloaded.last_modified,
         })
     }
-}
-
-/// `Wed, 21 Oct 2015 07:28:00 GMT` → seconds since the epoch.
-fn parse_http_date(text: &str) -> Option<i64> {
-    let parts: Vec<&str> = text.split_whitespace().collect();
-    let [_, day, month, year, time, _] = parts.as_slice() else {
-        return None;
-    };
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let month = MONTHS.iter().position(|m| m == month)? + 1;
-    let day: u32 = day.parse().ok()?;
-    kiln_layers::oci::parse_rfc3339(&format!("{year}-{month:02}-{day:02}T{time}Z"))
 }
 
 fn parse_build_args(raw: &[String]) -> BTreeMap<String, String> {
@@ -432,7 +405,7 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
     let printer = StepPrinter { mode, started };
     let fetcher = HttpFetcher {
         runtime: async_runtime.clone(),
-        client: reqwest::Client::new(),
+        client: client.clone(),
     };
     let solve_options = SolveOptions {
         no_cache: args.no_cache,
