@@ -11,7 +11,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+use kiln_builder::solve::{BuildEvents, StepEvent, StepOutcome};
 use kiln_layers::{Outcome, Reporter};
 
 /// `--progress` values.
@@ -168,15 +169,18 @@ impl Reporter for CliReporter {
     }
 
     fn progress(&self, id: &str, bytes: u64) {
+        let mut known = false;
         if let Ok(mut items) = self.items.lock() {
             if let Some(item) = items.get_mut(id) {
+                known = true;
                 item.bytes = bytes;
                 if let Some(bar) = &item.bar {
                     bar.set_position(bytes);
                 }
             }
         }
-        if self.mode == ProgressMode::Json {
+        // An item never started here (filtered out by a wrapper) stays silent.
+        if known && self.mode == ProgressMode::Json {
             self.json(&serde_json::json!({"event": "progress", "id": id, "bytes": bytes}));
         }
     }
@@ -187,6 +191,9 @@ impl Reporter for CliReporter {
             .lock()
             .ok()
             .and_then(|mut items| items.remove(id));
+        if item.is_none() {
+            return;
+        }
         let (elapsed, label, bytes) = item
             .as_ref()
             .map(|i| (i.started.elapsed(), i.label.clone(), i.bytes))
@@ -221,6 +228,318 @@ impl Reporter for CliReporter {
             }
             ProgressMode::Quiet | ProgressMode::Auto => {}
         }
+    }
+}
+
+/// A build's steps drawn as BuildKit draws its vertices: numbered `#N`
+/// lines (plain), a live view redrawn in place (tty), one JSON object per
+/// event (json), or nothing (quiet). Writes to stderr, or to the writer
+/// given to [`BuildProgress::with_writer`] (plain and json modes).
+pub struct BuildProgress {
+    mode: ProgressMode,
+    state: Mutex<BuildState>,
+    multi: Option<MultiProgress>,
+    header: Option<ProgressBar>,
+    out: Mutex<Box<dyn Write + Send>>,
+}
+
+#[derive(Default)]
+struct BuildState {
+    next_id: usize,
+    /// Vertices by (stage index, step number).
+    vertices: HashMap<(usize, usize), Vertex>,
+    /// The vertex the last plain line was about (BuildKit repeats a
+    /// vertex's header, after a blank line, when output switches to it).
+    last_printed: Option<usize>,
+    started: usize,
+    finished: usize,
+}
+
+struct Vertex {
+    id: usize,
+    name: String,
+    started: Instant,
+    bar: Option<ProgressBar>,
+    /// Tty only: the running step's last output lines, drawn under it.
+    log_bars: Vec<ProgressBar>,
+    last_lines: std::collections::VecDeque<String>,
+}
+
+/// How many output lines the tty view keeps under a running step.
+const TTY_LOG_LINES: usize = 6;
+
+impl BuildProgress {
+    /// `mode` as resolved by [`CliReporter::mode`] (never `Auto`).
+    pub fn new(mode: ProgressMode) -> Self {
+        let multi = (mode == ProgressMode::Tty)
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        let header = multi.as_ref().map(|m| {
+            let bar = m.add(ProgressBar::new_spinner());
+            bar.set_style(
+                ProgressStyle::with_template("[+] Building {secs} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner())
+                    .with_key(
+                        "secs",
+                        |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                            let _ = write!(w, "{:.1}s", state.elapsed().as_secs_f64());
+                        },
+                    ),
+            );
+            bar.enable_steady_tick(Duration::from_millis(100));
+            bar
+        });
+        BuildProgress {
+            mode,
+            state: Mutex::new(BuildState {
+                next_id: 1,
+                ..BuildState::default()
+            }),
+            multi,
+            header,
+            out: Mutex::new(Box::new(std::io::stderr())),
+        }
+    }
+
+    /// Plain or json output into `out` instead of stderr (for tests).
+    #[allow(dead_code)]
+    pub fn with_writer(mode: ProgressMode, out: Box<dyn Write + Send>) -> Self {
+        let mut progress = BuildProgress::new(mode);
+        progress.out = Mutex::new(out);
+        progress
+    }
+
+    fn write_line(&self, line: &str) {
+        if let Ok(mut out) = self.out.lock() {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+
+    fn json(&self, value: serde_json::Value) {
+        self.write_line(&value.to_string());
+    }
+
+    /// Plain: the blank line and header that precede a vertex's lines when
+    /// the previous line was about another vertex.
+    fn switch_to(&self, state: &mut BuildState, id: usize, name: &str) {
+        if state.last_printed == Some(id) {
+            return;
+        }
+        if state.last_printed.is_some() {
+            self.write_line("");
+        }
+        self.write_line(&format!("#{id} {name}"));
+        state.last_printed = Some(id);
+    }
+
+    fn update_header(&self, state: &BuildState) {
+        if let Some(header) = &self.header {
+            header.set_message(format!("({}/{})", state.finished, state.started));
+        }
+    }
+
+    /// A vertex with no Dockerfile step behind it (`exporting to image`),
+    /// with its detail lines and time: printed at once.
+    pub fn vertex(&self, name: &str, lines: &[String], seconds: f64) {
+        let mut state = match self.state.lock() {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        let id = state.next_id;
+        state.next_id += 1;
+        match self.mode {
+            ProgressMode::Plain => {
+                self.switch_to(&mut state, id, name);
+                for line in lines {
+                    self.write_line(&format!("#{id} {line}"));
+                }
+                self.write_line(&format!("#{id} DONE {seconds:.1}s"));
+            }
+            ProgressMode::Json => self.json(serde_json::json!({
+                "event": "vertex", "id": id, "name": name, "lines": lines, "seconds": seconds
+            })),
+            ProgressMode::Tty => {
+                if let Some(multi) = &self.multi {
+                    let bar = multi.add(ProgressBar::new_spinner());
+                    bar.set_style(finished_style());
+                    bar.finish_with_message(format!("{name:<60} {seconds:>5.1}s"));
+                    for line in lines {
+                        let detail = multi.add(ProgressBar::new_spinner());
+                        detail.set_style(finished_style());
+                        detail.finish_with_message(format!("=> {line}"));
+                    }
+                }
+            }
+            ProgressMode::Quiet | ProgressMode::Auto => {}
+        }
+    }
+
+    /// The whole build's end: stops the live view's timer.
+    pub fn finish(&self) {
+        if let Some(header) = &self.header {
+            header.finish();
+        }
+        if let Ok(mut out) = self.out.lock() {
+            let _ = out.flush();
+        }
+    }
+}
+
+fn finished_style() -> ProgressStyle {
+    ProgressStyle::with_template(" => {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner())
+}
+
+impl BuildEvents for BuildProgress {
+    fn step_started(&self, step: &StepEvent<'_>) {
+        let mut state = match self.state.lock() {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        let id = state.next_id;
+        state.next_id += 1;
+        state.started += 1;
+        let name = format!("{} {}", step.prefix(), step.instruction);
+        let bar = self.multi.as_ref().map(|multi| {
+            let bar = multi.add(ProgressBar::new_spinner());
+            bar.set_style(
+                ProgressStyle::with_template(" => {msg:<60} {secs:>6}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner())
+                    .with_key(
+                        "secs",
+                        |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                            let _ = write!(w, "{:.1}s", state.elapsed().as_secs_f64());
+                        },
+                    ),
+            );
+            bar.set_message(name.clone());
+            bar.enable_steady_tick(Duration::from_millis(100));
+            bar
+        });
+        match self.mode {
+            ProgressMode::Plain => self.switch_to(&mut state, id, &name),
+            ProgressMode::Json => self.json(serde_json::json!({
+                "event": "step_started", "id": id, "stage": step.stage,
+                "number": step.number, "total": step.total, "line": step.line,
+                "instruction": step.instruction,
+            })),
+            _ => {}
+        }
+        state.vertices.insert(
+            (step.stage_index, step.number),
+            Vertex {
+                id,
+                name,
+                started: Instant::now(),
+                bar,
+                log_bars: Vec::new(),
+                last_lines: Default::default(),
+            },
+        );
+        self.update_header(&state);
+    }
+
+    fn step_output(&self, step: &StepEvent<'_>, line: &str) {
+        let mut state = match self.state.lock() {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        let Some(vertex) = state.vertices.get_mut(&(step.stage_index, step.number)) else {
+            return;
+        };
+        let (id, name, seconds) = (
+            vertex.id,
+            vertex.name.clone(),
+            vertex.started.elapsed().as_secs_f64(),
+        );
+        match self.mode {
+            ProgressMode::Plain => {
+                self.switch_to(&mut state, id, &name);
+                self.write_line(&format!("#{id} {seconds:.3} {line}"));
+            }
+            ProgressMode::Json => self.json(serde_json::json!({
+                "event": "output", "id": id, "seconds": seconds, "line": line,
+            })),
+            ProgressMode::Tty => {
+                if vertex.last_lines.len() == TTY_LOG_LINES {
+                    vertex.last_lines.pop_front();
+                }
+                vertex.last_lines.push_back(line.to_string());
+                if let (Some(multi), Some(bar)) = (&self.multi, &vertex.bar) {
+                    while vertex.log_bars.len() < vertex.last_lines.len() {
+                        let after = vertex.log_bars.last().unwrap_or(bar).clone();
+                        let log = multi.insert_after(&after, ProgressBar::new_spinner());
+                        log.set_style(
+                            ProgressStyle::with_template(" => => # {wide_msg}")
+                                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                        );
+                        vertex.log_bars.push(log);
+                    }
+                    for (log, text) in vertex.log_bars.iter().zip(&vertex.last_lines) {
+                        log.set_message(text.clone());
+                    }
+                }
+            }
+            ProgressMode::Quiet | ProgressMode::Auto => {}
+        }
+    }
+
+    fn step_done(&self, step: &StepEvent<'_>, outcome: &StepOutcome) {
+        let mut state = match self.state.lock() {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        state.finished += 1;
+        let Some(vertex) = state.vertices.remove(&(step.stage_index, step.number)) else {
+            return;
+        };
+        let seconds = vertex.started.elapsed().as_secs_f64();
+        let id = vertex.id;
+        match self.mode {
+            ProgressMode::Plain => {
+                self.switch_to(&mut state, id, &vertex.name);
+                match outcome {
+                    StepOutcome::Cached => self.write_line(&format!("#{id} CACHED")),
+                    StepOutcome::Done => self.write_line(&format!("#{id} DONE {seconds:.1}s")),
+                    StepOutcome::Failed(message) => {
+                        self.write_line(&format!("#{id} ERROR: {message}"))
+                    }
+                }
+            }
+            ProgressMode::Json => {
+                let (status, message) = match outcome {
+                    StepOutcome::Cached => ("cached", None),
+                    StepOutcome::Done => ("done", None),
+                    StepOutcome::Failed(m) => ("error", Some(m.clone())),
+                };
+                self.json(serde_json::json!({
+                    "event": "step_done", "id": id, "status": status,
+                    "message": message, "seconds": seconds,
+                }));
+            }
+            ProgressMode::Tty => {
+                for log in &vertex.log_bars {
+                    // A failed step keeps its last lines on screen.
+                    if matches!(outcome, StepOutcome::Failed(_)) {
+                        log.finish();
+                    } else {
+                        log.finish_and_clear();
+                    }
+                }
+                if let Some(bar) = &vertex.bar {
+                    bar.set_style(finished_style());
+                    let (mark, seconds) = match outcome {
+                        StepOutcome::Cached => ("CACHED ", 0.0),
+                        StepOutcome::Done => ("", seconds),
+                        StepOutcome::Failed(_) => ("ERROR ", seconds),
+                    };
+                    bar.finish_with_message(format!(
+                        "{:<60} {seconds:>5.1}s",
+                        format!("{mark}{}", vertex.name)
+                    ));
+                }
+            }
+            ProgressMode::Quiet | ProgressMode::Auto => {}
+        }
+        self.update_header(&state);
     }
 }
 

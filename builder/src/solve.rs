@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use kiln_layers::diff::{write_layer, DiffOptions};
 use kiln_layers::oci::{parse_rfc3339, rfc3339, Descriptor, ImageConfig, Platform};
@@ -156,14 +156,54 @@ impl ImageResolver for StoreResolver<'_> {
     }
 }
 
-/// Build progress, for the CLI to draw.
+/// One step of a build as progress shows it: BuildKit's `[stage n/total]`
+/// prefix. `number` counts the stage's FROM as 1 (BuildKit's numbering), so
+/// a stage's first RUN/COPY/WORKDIR is 2.
+#[derive(Debug, Clone)]
+pub struct StepEvent<'a> {
+    /// Index of the stage in the Dockerfile.
+    pub stage_index: usize,
+    /// The stage's name, `stage-N` for an unnamed stage of a multi-stage
+    /// Dockerfile, empty for a single unnamed stage (BuildKit prints `[2/3]`).
+    pub stage: &'a str,
+    pub number: usize,
+    pub total: usize,
+    /// The Dockerfile line (1-based), 0 for none.
+    pub line: usize,
+    pub instruction: &'a str,
+}
+
+impl StepEvent<'_> {
+    /// `[build 2/3]` or `[2/3]`, with the index padded to the total's width
+    /// as BuildKit does (`[ 2/12]`).
+    pub fn prefix(&self) -> String {
+        let width = self.total.to_string().len();
+        if self.stage.is_empty() {
+            format!("[{:>width$}/{}]", self.number, self.total)
+        } else {
+            format!("[{} {:>width$}/{}]", self.stage, self.number, self.total)
+        }
+    }
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// Ran (or, for FROM, prepared) now.
+    Done,
+    /// Reused from the build cache (for FROM: already unpacked).
+    Cached,
+    /// Failed with this message.
+    Failed(String),
+}
+
+/// Build progress, for the CLI to draw. Steps of different stages may
+/// interleave (stages run in parallel); within a stage they are in order.
 pub trait BuildEvents: Sync {
-    /// A step starts (`number` of `total` in its stage).
-    fn step_started(&self, stage: &str, number: usize, total: usize, instruction: &str);
-    /// A step ended: `cached` when its layer came from the build cache.
-    fn step_done(&self, stage: &str, instruction: &str, cached: bool, seconds: f64);
+    fn step_started(&self, step: &StepEvent<'_>);
+    fn step_done(&self, step: &StepEvent<'_>, outcome: &StepOutcome);
     /// A line a RUN step printed (stdout and stderr, interleaved).
-    fn step_output(&self, _stage: &str, line: &str) {
+    fn step_output(&self, _step: &StepEvent<'_>, line: &str) {
         eprintln!("{line}");
     }
 }
@@ -172,9 +212,9 @@ pub trait BuildEvents: Sync {
 pub struct NoEvents;
 
 impl BuildEvents for NoEvents {
-    fn step_started(&self, _: &str, _: usize, _: usize, _: &str) {}
-    fn step_done(&self, _: &str, _: &str, _: bool, _: f64) {}
-    fn step_output(&self, _: &str, _: &str) {}
+    fn step_started(&self, _: &StepEvent<'_>) {}
+    fn step_done(&self, _: &StepEvent<'_>, _: &StepOutcome) {}
+    fn step_output(&self, _: &StepEvent<'_>, _: &str) {}
 }
 
 /// How to build.
@@ -405,11 +445,14 @@ fn write_docker_image(
     Ok(desc)
 }
 
+/// The stage's name in progress lines, as BuildKit prints it: its `AS`
+/// name, `stage-N` when unnamed in a multi-stage Dockerfile, else nothing.
 fn stage_label(plan: &Plan, index: usize) -> String {
     let sp = &plan.stages[index];
     match &sp.name {
         Some(n) => n.clone(),
-        None => format!("stage-{index}"),
+        None if plan.stages.len() > 1 => format!("stage-{index}"),
+        None => String::new(),
     }
 }
 
@@ -426,6 +469,8 @@ fn run_stage(
 ) -> Result<StageOutput, SolveError> {
     let sp = &plan.stages[index];
     let label = stage_label(plan, index);
+    // BuildKit counts FROM as the stage's first command.
+    let total = sp.steps.len() + 1;
     let mut out = match &sp.base {
         BaseSource::Scratch => StageOutput {
             layers: Vec::new(),
@@ -437,9 +482,37 @@ fn run_stage(
             let image = resolver
                 .image(reference)
                 .ok_or_else(|| SolveError::Unresolved(reference.clone()))?;
-            let snapshots = store.prepare_snapshots(&image, opts.reporter)?;
+            let instruction = format!("FROM {reference}@{}", image.manifest_descriptor.digest);
+            let event = StepEvent {
+                stage_index: index,
+                stage: &label,
+                number: 1,
+                total,
+                line: sp.line,
+                instruction: &instruction,
+            };
+            opts.events.step_started(&event);
+            let layers = image.layers()?;
+            let diff_ids: Vec<Digest> = layers.iter().map(|(_, d)| d.clone()).collect();
+            let unpacked = kiln_layers::chain_ids(&diff_ids)
+                .iter()
+                .all(|c| store.snapshot_path(c).is_dir());
+            let snapshots = match store.prepare_snapshots(&image, opts.reporter) {
+                Ok(s) => s,
+                Err(e) => {
+                    opts.events
+                        .step_done(&event, &StepOutcome::Failed(e.to_string()));
+                    return Err(e.into());
+                }
+            };
+            let outcome = if unpacked {
+                StepOutcome::Cached
+            } else {
+                StepOutcome::Done
+            };
+            opts.events.step_done(&event, &outcome);
             StageOutput {
-                layers: image.layers()?,
+                layers,
                 snapshots,
                 history: image.config.history.clone(),
             }
@@ -451,15 +524,21 @@ fn run_stage(
     history.truncate(sp.base_history);
     let mut empty_steps: Vec<usize> = Vec::new();
     let mut step_times: BTreeMap<usize, i64> = BTreeMap::new();
-    let total = sp.steps.len();
     for (n, step) in sp.steps.iter().enumerate() {
-        opts.events
-            .step_started(&label, n + 1, total, &step.instruction);
-        let started = Instant::now();
-        let cached = run_step(
+        let event = StepEvent {
+            stage_index: index,
+            stage: &label,
+            number: n + 2,
+            total,
+            line: step.line,
+            instruction: &step.instruction,
+        };
+        opts.events.step_started(&event);
+        let result = run_step(
             store,
             plan,
             step,
+            &event,
             context,
             resolver,
             opts,
@@ -468,13 +547,23 @@ fn run_stage(
             &mut out,
             &mut empty_steps,
             &mut step_times,
-        )?;
-        opts.events.step_done(
-            &label,
-            &step.instruction,
-            cached,
-            started.elapsed().as_secs_f64(),
         );
+        let outcome = match &result {
+            Ok(true) => StepOutcome::Cached,
+            Ok(false) => StepOutcome::Done,
+            Err(SolveError::RunFailed { code, .. }) => {
+                let command = match &step.kind {
+                    StepKind::Run(r) => r.argv.join(" "),
+                    _ => step.instruction.clone(),
+                };
+                StepOutcome::Failed(format!(
+                    "process \"{command}\" did not complete successfully: exit code: {code}"
+                ))
+            }
+            Err(e) => StepOutcome::Failed(e.to_string()),
+        };
+        opts.events.step_done(&event, &outcome);
+        result?;
     }
     // Times come from when each layer was first made (kept in the cache
     // record), so a fully cached rebuild gives the same config and image
@@ -513,6 +602,7 @@ fn run_step(
     store: &Store,
     plan: &Plan,
     step: &Step,
+    event: &StepEvent<'_>,
     context: &BuildContext,
     resolver: &StoreResolver<'_>,
     opts: &SolveOptions<'_>,
@@ -550,17 +640,7 @@ fn run_step(
     std::fs::create_dir_all(&upper).map_err(io_err(&upper))?;
     let rootfs = LayeredRootfs::new(&upper, out.lowers_top_first());
     match &step.kind {
-        StepKind::Run(r) => execute_run(
-            store,
-            &stage_label(plan, step.stage),
-            step,
-            r,
-            &rootfs,
-            context,
-            opts,
-            &dir,
-            deps,
-        )?,
+        StepKind::Run(r) => execute_run(store, event, step, r, &rootfs, context, opts, &dir, deps)?,
         StepKind::Copy(c) => execute_copy(
             store, plan, step, c, &rootfs, context, resolver, opts, &dir, deps,
         )?,
@@ -691,7 +771,7 @@ fn reuse(
 #[allow(clippy::too_many_arguments)]
 fn execute_run(
     store: &Store,
-    label: &str,
+    event: &StepEvent<'_>,
     step: &Step,
     r: &RunStep,
     rootfs: &LayeredRootfs,
@@ -771,7 +851,7 @@ fn execute_run(
             let mut last: std::collections::VecDeque<String> = std::collections::VecDeque::new();
             for line in std::io::BufReader::new(reader).lines() {
                 let Ok(line) = line else { break };
-                opts.events.step_output(label, &line);
+                opts.events.step_output(event, &line);
                 if last.len() == TAIL_LINES {
                     last.pop_front();
                 }

@@ -12,7 +12,7 @@ use kiln_builder::context::BuildContext;
 use kiln_builder::dockerignore::PatternMatcher;
 use kiln_builder::plan::{compute_cache_keys, plan, BuildOptions};
 use kiln_builder::solve::{
-    solve, BuildEvents, BuiltImage, SolveError, SolveOptions, StoreResolver,
+    solve, BuildEvents, BuiltImage, SolveError, SolveOptions, StepEvent, StepOutcome, StoreResolver,
 };
 use kiln_layers::import::{import_rootfs, ImportOptions};
 use kiln_layers::{Compression, NoProgress, Platform, Reference, Store};
@@ -80,14 +80,17 @@ fn store_with_busybox(dir: &Path) -> Store {
 struct Events(Mutex<Vec<(String, bool)>>);
 
 impl BuildEvents for Events {
-    fn step_started(&self, _: &str, _: usize, _: usize, _: &str) {}
-    fn step_done(&self, _: &str, instruction: &str, cached: bool, _: f64) {
-        self.0
-            .lock()
-            .unwrap()
-            .push((instruction.to_string(), cached));
+    fn step_started(&self, _: &StepEvent<'_>) {}
+    fn step_done(&self, step: &StepEvent<'_>, outcome: &StepOutcome) {
+        // The FROM vertex (step 1) is not a cached/built step of its own.
+        if step.number > 1 {
+            self.0.lock().unwrap().push((
+                step.instruction.to_string(),
+                *outcome == StepOutcome::Cached,
+            ));
+        }
     }
-    fn step_output(&self, _: &str, _: &str) {}
+    fn step_output(&self, _: &StepEvent<'_>, _: &str) {}
 }
 
 fn build(

@@ -17,14 +17,14 @@ use kiln_builder::copy::{CopyOptions, FetchInfo, UrlFetcher};
 use kiln_builder::dockerignore;
 use kiln_builder::plan::{compute_cache_keys, plan, BuildOptions, Plan, StepKind};
 use kiln_builder::rootfs::LayeredRootfs;
-use kiln_builder::solve::{solve, BuildEvents, SolveOptions, StoreResolver};
+use kiln_builder::solve::{solve, SolveError, SolveOptions, StoreResolver};
 use kiln_layers::archive::{self, Format, SaveItem};
 use kiln_layers::{Compression, Descriptor, Digest, Platform, Reference, Reporter, Store};
 use kiln_registry::{Client, ClientConfig};
 use kiln_runtime::{HelperCommand, Network};
 
 use crate::cmd::run::HELPER_SUBCOMMAND;
-use crate::progress::{ProgressArgs, ProgressMode};
+use crate::progress::{BuildProgress, ProgressArgs, ProgressMode};
 use crate::settings::GlobalSettings;
 
 #[derive(Debug, Subcommand)]
@@ -136,48 +136,33 @@ impl BuildCommand {
     }
 }
 
-/// Prints steps like BuildKit's plain progress.
-struct StepPrinter {
-    mode: ProgressMode,
-    started: Instant,
+/// The layer store's progress during a build: base image pulls are shown;
+/// unpacking and packing layers (internal to steps) only with `-v`.
+struct BuildReporter {
+    inner: crate::progress::CliReporter,
+    verbose: bool,
 }
 
-impl BuildEvents for StepPrinter {
-    fn step_started(&self, stage: &str, number: usize, total: usize, instruction: &str) {
-        match self.mode {
-            ProgressMode::Quiet => {}
-            ProgressMode::Json => eprintln!(
-                "{}",
-                serde_json::json!({"event": "step", "stage": stage, "number": number, "total": total, "instruction": instruction})
-            ),
-            _ => eprintln!("#  [{stage} {number}/{total}] {instruction}"),
+impl BuildReporter {
+    fn shows(&self, label: &str) -> bool {
+        self.verbose || !matches!(label, "unpacking" | "packing")
+    }
+}
+
+impl Reporter for BuildReporter {
+    fn start(&self, id: &str, label: &str, total: Option<u64>) {
+        if self.shows(label) {
+            self.inner.start(id, label, total);
         }
     }
 
-    fn step_done(&self, stage: &str, instruction: &str, cached: bool, seconds: f64) {
-        match self.mode {
-            ProgressMode::Quiet => {}
-            ProgressMode::Json => eprintln!(
-                "{}",
-                serde_json::json!({"event": "step_done", "stage": stage, "instruction": instruction, "cached": cached, "seconds": seconds})
-            ),
-            _ if cached => eprintln!("#  CACHED {instruction}"),
-            _ => eprintln!(
-                "#  DONE {seconds:.1}s ({:.1}s total)",
-                self.started.elapsed().as_secs_f64()
-            ),
-        }
+    fn progress(&self, id: &str, bytes: u64) {
+        // Unknown ids (hidden items) are ignored by the inner reporter.
+        self.inner.progress(id, bytes);
     }
 
-    fn step_output(&self, stage: &str, line: &str) {
-        match self.mode {
-            ProgressMode::Quiet => {}
-            ProgressMode::Json => eprintln!(
-                "{}",
-                serde_json::json!({"event": "output", "stage": stage, "line": line})
-            ),
-            _ => eprintln!("   {line}"),
-        }
+    fn done(&self, id: &str, outcome: kiln_layers::Outcome) {
+        self.inner.done(id, outcome);
     }
 }
 
@@ -348,7 +333,15 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
     } else {
         progress.mode()
     };
-    let reporter: Arc<dyn Reporter> = Arc::new(progress);
+    let reporter: Arc<dyn Reporter> = Arc::new(BuildReporter {
+        inner: if mode == ProgressMode::Quiet {
+            crate::progress::CliReporter::new(ProgressMode::Quiet)
+        } else {
+            progress
+        },
+        // `-v` turns on info logs: it also shows layer packing/unpacking.
+        verbose: tracing::enabled!(tracing::Level::INFO),
+    });
     let async_runtime = Arc::new(runtime()?);
     let client_config = ClientConfig {
         insecure_registries: args.insecure_registries.clone(),
@@ -402,7 +395,7 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
     }
 
     let mut secret_files = SecretFiles::default();
-    let printer = StepPrinter { mode, started };
+    let printer = BuildProgress::new(mode);
     let fetcher = HttpFetcher {
         runtime: async_runtime.clone(),
         client: client.clone(),
@@ -425,7 +418,24 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         docker_media_types: args.docker_mediatypes,
         secrets: parse_secrets(&args.secrets, &mut secret_files)?,
     };
-    let built = solve(&store, &planned, &context, &resolver, &solve_options)?;
+    let built = match solve(&store, &planned, &context, &resolver, &solve_options) {
+        Ok(built) => built,
+        Err(e) => {
+            printer.finish();
+            if mode != ProgressMode::Quiet {
+                if let Some(line) = failed_line(&e) {
+                    let short = dockerfile_path
+                        .as_deref()
+                        .and_then(|p| p.file_name())
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "Dockerfile".into());
+                    eprint!("{}", dockerfile_excerpt(&short, &text, line));
+                }
+            }
+            return Err(e.into());
+        }
+    };
+    let exporting = Instant::now();
     let image = store.read_image(&built.manifest, &platform_of(&built))?;
     let image_id = image.id().clone();
     if tags.is_empty() {
@@ -434,6 +444,16 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
     for t in &tags {
         store.tag(t, &built.manifest)?;
     }
+    let mut export_lines = vec![
+        format!("writing image {image_id} done"),
+        format!("writing manifest {} done", built.manifest.digest),
+    ];
+    export_lines.extend(tags.iter().map(|t| format!("naming to {t} done")));
+    printer.vertex(
+        "exporting to image",
+        &export_lines,
+        exporting.elapsed().as_secs_f64(),
+    );
     for spec in &args.outputs {
         export(&store, spec, &tags, &image, &built)?;
     }
@@ -477,12 +497,10 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         std::fs::write(path, serde_json::to_vec_pretty(&meta)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    if args.quiet || mode == ProgressMode::Quiet {
-        println!("{image_id}");
-    } else {
+    printer.finish();
+    if mode != ProgressMode::Quiet && mode != ProgressMode::Json {
         eprintln!(
-            "#  built {} in {:.1}s{}",
-            image_id,
+            "built {image_id} in {:.1}s{}",
             started.elapsed().as_secs_f64(),
             if tags.is_empty() {
                 String::new()
@@ -496,11 +514,48 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
                 )
             }
         );
-        if !std::io::stdout().is_terminal() {
-            println!("{image_id}");
-        }
+    }
+    // The id on stdout for scripts (`id=$(kiln build -q .)`); on a terminal
+    // the line above already said it.
+    if args.quiet || mode == ProgressMode::Quiet || !std::io::stdout().is_terminal() {
+        println!("{image_id}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The Dockerfile line a build error is about, if any.
+fn failed_line(error: &SolveError) -> Option<usize> {
+    match error {
+        SolveError::RunFailed { line, .. } | SolveError::Step { line, .. } if *line > 0 => {
+            Some(*line)
+        }
+        _ => None,
+    }
+}
+
+/// BuildKit's error context: the failing line, marked, between its
+/// neighbours.
+///
+/// ```text
+/// Dockerfile:3
+/// --------------------
+///    2 |     WORKDIR /src
+///    3 | >>> RUN make
+///    4 |     CMD ["app"]
+/// --------------------
+/// ```
+fn dockerfile_excerpt(name: &str, text: &str, line: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let first = line.saturating_sub(2).max(1);
+    let last = (line + 2).min(lines.len());
+    let mut out = format!("{name}:{line}\n--------------------\n");
+    for n in first..=last {
+        let marker = if n == line { ">>>" } else { "   " };
+        let content = lines.get(n - 1).copied().unwrap_or("");
+        out.push_str(&format!(" {n:>3} | {marker} {content}\n"));
+    }
+    out.push_str("--------------------\n");
+    out
 }
 
 fn platform_of(built: &kiln_builder::solve::BuiltImage) -> Platform {
