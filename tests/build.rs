@@ -222,3 +222,506 @@ fn normalize_blanks_times_and_digests() {
     );
     assert_eq!(normalize("#3 line 0\n"), "#3 line 0\n");
 }
+
+/// Writes `files` (path, contents) under a new temp dir; returns it.
+fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, contents) in files {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+    }
+    dir
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "build failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn failed(out: &Output) -> String {
+    assert!(!out.status.success(), "build should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `kiln inspect REF` → the image config (the `Config` member).
+fn config_of(root: &Path, reference: &str) -> serde_json::Value {
+    let out = kiln_ok(root, &["inspect", reference]);
+    let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+    value[0]["Config"].clone()
+}
+
+fn tar_names(path: &Path) -> Vec<String> {
+    let out = common::run_ok(std::process::Command::new("tar").arg("-tf").arg(path));
+    out.lines()
+        .map(|l| l.trim_start_matches("./").to_string())
+        .collect()
+}
+
+#[test]
+fn outputs_tags_iidfile_and_metadata_file() {
+    let fixture = Fixture::new();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nRUN echo built > /built.txt\nCOPY data.txt /data/\nCMD [\"cat\", \"/built.txt\"]\n",
+        ),
+        ("data.txt", "data\n"),
+    ]);
+    let out = tempfile::tempdir().unwrap();
+    let o = |name: &str| out.path().join(name).to_str().unwrap().to_string();
+    let args = [
+        "-t".to_string(),
+        "out:one".into(),
+        "-t".into(),
+        "out:two".into(),
+        "--iidfile".into(),
+        o("iid"),
+        "--metadata-file".into(),
+        o("meta.json"),
+        "-o".into(),
+        format!("type=oci,dest={}", o("oci-dir")),
+        "-o".into(),
+        format!("type=oci,dest={}", o("oci.tar")),
+        "-o".into(),
+        format!("type=docker,dest={}", o("docker.tar")),
+        "-o".into(),
+        format!("type=local,dest={}", o("rootfs")),
+        ctx.path().to_str().unwrap().to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let id = ok(&fixture.build(&args));
+    assert!(id.starts_with("sha256:"), "{id}");
+    assert_eq!(std::fs::read_to_string(out.path().join("iid")).unwrap(), id);
+
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["containerimage.config.digest"], id.as_str());
+    let manifest = meta["containerimage.digest"].as_str().unwrap();
+    assert!(manifest.starts_with("sha256:"));
+    assert_eq!(meta["containerimage.descriptor"]["digest"], manifest);
+
+    // Both tags name the same image.
+    let images = kiln_ok(&fixture.root(), &["images"]);
+    assert!(
+        images.contains("out") && images.contains("one") && images.contains("two"),
+        "{images}"
+    );
+    assert_eq!(
+        config_of(&fixture.root(), "out:one"),
+        config_of(&fixture.root(), "out:two")
+    );
+
+    // OCI layout directory and tar, docker-archive tar.
+    let oci_dir = out.path().join("oci-dir");
+    assert!(oci_dir.join("oci-layout").is_file());
+    let index = std::fs::read_to_string(oci_dir.join("index.json")).unwrap();
+    assert!(index.contains(manifest), "{index}");
+    let manifest_hex = manifest.trim_start_matches("sha256:");
+    assert!(oci_dir.join("blobs/sha256").join(manifest_hex).is_file());
+    let oci_tar = tar_names(&out.path().join("oci.tar"));
+    assert!(oci_tar.iter().any(|n| n == "index.json"), "{oci_tar:?}");
+    assert!(
+        oci_tar.iter().any(|n| n.ends_with(manifest_hex)),
+        "{oci_tar:?}"
+    );
+    let docker_tar = tar_names(&out.path().join("docker.tar"));
+    assert!(
+        docker_tar.iter().any(|n| n == "manifest.json"),
+        "{docker_tar:?}"
+    );
+
+    // type=local: the final root filesystem.
+    let rootfs = out.path().join("rootfs");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("built.txt")).unwrap(),
+        "built\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("data/data.txt")).unwrap(),
+        "data\n"
+    );
+    assert!(rootfs.join("bin/busybox").is_file());
+}
+
+#[test]
+fn source_date_epoch_gives_the_same_image_in_two_roots() {
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nRUN echo hi > /hi && mkdir /d\nCOPY f.txt /d/\nENV X=1\n",
+        ),
+        ("f.txt", "same\n"),
+    ]);
+    // One base tar: its path goes into the imported image's history.
+    let base = tempfile::tempdir().unwrap();
+    let tar = base.path().join("busybox.tar");
+    busybox_rootfs_tar(&tar).unwrap();
+    let ids: Vec<String> = (0..2)
+        .map(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("store");
+            let run = |args: &[&str]| {
+                std::process::Command::new(common::kiln_bin())
+                    .arg("--root")
+                    .arg(&root)
+                    .args(args)
+                    .env("SOURCE_DATE_EPOCH", "1700000000")
+                    .env("KILN_PROGRESS", "plain")
+                    .output()
+                    .unwrap()
+            };
+            ok(&run(&["import", tar.to_str().unwrap(), "busybox:latest"]));
+            let out = dir.path().join("meta.json");
+            ok(&run(&[
+                "build",
+                "--metadata-file",
+                out.to_str().unwrap(),
+                ctx.path().to_str().unwrap(),
+            ]));
+            let meta: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+            meta["containerimage.digest"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert!(ids[0].starts_with("sha256:"));
+    assert_eq!(ids[0], ids[1]);
+}
+
+#[test]
+fn target_builds_only_the_stages_it_needs_and_no_cache_reruns() {
+    let fixture = Fixture::new();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox AS base\nRUN echo base > /base\n\
+         FROM busybox AS broken\nRUN exit 1\n\
+         FROM base AS wanted\nCOPY --from=0 /base /copied\n\
+         FROM broken\n",
+    )]);
+    let dir = ctx.path().to_str().unwrap();
+    // The last stage needs `broken`, which fails.
+    failed(&fixture.build(&[dir]));
+    let first = fixture.build(&["--target", "wanted", "-t", "wanted:1", dir]);
+    ok(&first);
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(!stderr.contains("exit 1"), "{stderr}");
+    assert!(
+        stderr.contains("[wanted 2/2] COPY --from=0 /base /copied"),
+        "{stderr}"
+    );
+    // Cache across processes, and --no-cache runs the steps again.
+    let again = fixture.build(&["--target", "wanted", dir]);
+    let again = String::from_utf8_lossy(&again.stderr);
+    // FROM, RUN and COPY all hit the cache.
+    assert_eq!(again.matches("CACHED").count(), 3, "{again}");
+    assert!(!again.contains("#2 DONE"), "{again}");
+    let fresh = fixture.build(&["--target", "wanted", "--no-cache", dir]);
+    let fresh = String::from_utf8_lossy(&fresh.stderr);
+    assert!(fresh.contains("#2 DONE"), "{fresh}");
+}
+
+#[test]
+fn network_none_leaves_only_loopback() {
+    let fixture = Fixture::new();
+    // /proc/net/dev: two header lines, then one line per interface.
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN test \"$(wc -l < /proc/net/dev)\" -eq 3 && grep -q lo: /proc/net/dev\n",
+    )]);
+    let dir = ctx.path().to_str().unwrap();
+    ok(&fixture.build(&["--network", "none", dir]));
+    let host_interfaces = std::fs::read_to_string("/proc/net/dev")
+        .unwrap()
+        .lines()
+        .count();
+    if host_interfaces > 3 {
+        // Host networking (the default) sees the host's other interfaces.
+        failed(&fixture.build(&["--no-cache", dir]));
+    }
+}
+
+/// Serves `body` for every request on 127.0.0.1 until the test ends.
+fn serve_file(body: &'static [u8]) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(body);
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn add_url_with_checksum() {
+    let fixture = Fixture::new();
+    let url = serve_file(b"hello");
+    let good = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM busybox\nADD --checksum={good} {url}/files/hello.txt /fetched/\n"),
+    )]);
+    let out = tempfile::tempdir().unwrap();
+    let dest = format!("type=local,dest={}", out.path().display());
+    ok(&fixture.build(&["-o", &dest, ctx.path().to_str().unwrap()]));
+    let fetched = out.path().join("fetched/hello.txt");
+    assert_eq!(std::fs::read(&fetched).unwrap(), b"hello");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&fetched).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    assert_eq!(meta.mtime(), 1_445_412_480);
+
+    let bad = format!("sha256:{}", "0".repeat(64));
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM busybox\nADD --checksum={bad} {url}/files/hello.txt /fetched/\n"),
+    )]);
+    let stderr = failed(&fixture.build(&[ctx.path().to_str().unwrap()]));
+    assert!(stderr.contains("Dockerfile:2"), "{stderr}");
+    assert!(stderr.to_lowercase().contains("checksum"), "{stderr}");
+}
+
+#[test]
+fn dockerfile_specific_dockerignore_wins() {
+    let fixture = Fixture::new();
+    let ctx = context(&[
+        ("app.Dockerfile", "FROM busybox\nCOPY . /ctx/\n"),
+        ("app.Dockerfile.dockerignore", "secret.txt\n"),
+        (".dockerignore", "other.txt\n"),
+        ("secret.txt", "s\n"),
+        ("other.txt", "o\n"),
+        ("kept.txt", "k\n"),
+    ]);
+    let out = tempfile::tempdir().unwrap();
+    let dest = format!("type=local,dest={}", out.path().display());
+    let file = ctx.path().join("app.Dockerfile");
+    ok(&fixture.build(&[
+        "-f",
+        file.to_str().unwrap(),
+        "-o",
+        &dest,
+        ctx.path().to_str().unwrap(),
+    ]));
+    let ctx_copy = out.path().join("ctx");
+    assert!(ctx_copy.join("kept.txt").is_file());
+    assert!(!ctx_copy.join("secret.txt").exists());
+    // Only the Dockerfile's own ignore file applies.
+    assert!(ctx_copy.join("other.txt").is_file());
+}
+
+#[test]
+fn missing_copy_source_and_unused_build_args_are_reported() {
+    let fixture = Fixture::new();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN true\nCOPY nothere.txt /x\n",
+    )]);
+    let stderr = failed(&fixture.build(&[
+        "--build-arg",
+        "NOT_DECLARED=1",
+        ctx.path().to_str().unwrap(),
+    ]));
+    assert!(
+        stderr.contains("One or more build-args [NOT_DECLARED] were not consumed"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothere.txt"), "{stderr}");
+    assert!(
+        stderr.contains("line 3") || stderr.contains("Dockerfile:3"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn instructions_reach_the_image_config_and_filesystem() {
+    let fixture = Fixture::new();
+    let ctx = context(&[(
+        "Dockerfile",
+        r#"FROM busybox AS first
+RUN echo first > /first
+FROM busybox
+MAINTAINER someone <a@b.c>
+ARG TARGETARCH
+ARG BUILDPLATFORM
+ARG DIR=app
+ARG SHADOWED=from-arg
+ENV SHADOWED=from-env
+RUN echo "$TARGETARCH $BUILDPLATFORM $SHADOWED" > /predefined
+RUN ["/bin/sh", "-c", "echo exec-form > /exec"]
+SHELL ["/bin/sh", "-ec"]
+RUN echo "$0" > /shell-name
+COPY --from=0 /first /from-index
+WORKDIR /srv/$DIR
+WORKDIR sub
+RUN pwd > /workdir
+USER nobody
+RUN id -u > /tmp/uid
+CMD ["inherited"]
+ENTRYPOINT ["/bin/echo"]
+STOPSIGNAL SIGINT
+HEALTHCHECK --interval=1m30s --timeout=500ms CMD true
+"#,
+    )]);
+    let out = tempfile::tempdir().unwrap();
+    let dest = format!("type=local,dest={}", out.path().display());
+    ok(&fixture.build(&["-t", "instr:1", "-o", &dest, ctx.path().to_str().unwrap()]));
+    let read = |p: &str| std::fs::read_to_string(out.path().join(p)).unwrap();
+    let arch = kiln_testsupport::image::host_platform();
+    let arch = arch.split('/').nth(1).unwrap().to_string();
+    let predefined = read("predefined");
+    assert!(
+        predefined.starts_with(&format!("{arch} linux/{arch}")),
+        "{predefined}"
+    );
+    assert!(predefined.ends_with(" from-env\n"), "{predefined}");
+    assert_eq!(read("exec"), "exec-form\n");
+    assert_eq!(read("shell-name"), "/bin/sh\n");
+    assert_eq!(read("from-index"), "first\n");
+    assert_eq!(read("workdir"), "/srv/app/sub\n");
+    assert_eq!(read("tmp/uid"), "65534\n");
+
+    let config = config_of(&fixture.root(), "instr:1");
+    assert_eq!(config["author"], "someone <a@b.c>");
+    let c = &config["config"];
+    assert_eq!(c["Entrypoint"], serde_json::json!(["/bin/echo"]));
+    // ENTRYPOINT after CMD in the same stage keeps it; the base's CMD ["sh"]
+    // was replaced by the stage's own.
+    assert_eq!(c["Cmd"], serde_json::json!(["inherited"]));
+    assert_eq!(c["WorkingDir"], "/srv/app/sub");
+    assert_eq!(c["User"], "nobody");
+    assert_eq!(c["StopSignal"], "SIGINT");
+    assert_eq!(c["Healthcheck"]["Interval"], 90_000_000_000u64);
+    assert_eq!(c["Healthcheck"]["Timeout"], 500_000_000u64);
+    let env = c["Env"].as_array().unwrap();
+    assert!(env.iter().any(|e| e == "SHADOWED=from-env"));
+    assert!(!env.iter().any(|e| e.as_str().unwrap().starts_with("DIR=")));
+    // Metadata-only steps are empty layers in the history.
+    let history = config["history"].as_array().unwrap();
+    let empty = |created_by: &str| {
+        history
+            .iter()
+            .find(|h| h["created_by"].as_str().unwrap_or("").contains(created_by))
+            .unwrap_or_else(|| panic!("no history entry for {created_by}: {history:?}"))
+            ["empty_layer"]
+            == true
+    };
+    assert!(empty("STOPSIGNAL"));
+    assert!(!empty("echo exec-form"));
+    let layers = history.iter().filter(|h| h["empty_layer"] != true).count();
+    assert_eq!(
+        config["rootfs"]["diff_ids"].as_array().unwrap().len(),
+        layers
+    );
+}
+
+#[test]
+fn entrypoint_resets_an_inherited_cmd() {
+    let fixture = Fixture::new();
+    // busybox:latest has CMD ["sh"]; a stage that only sets ENTRYPOINT drops it.
+    let ctx = context(&[("Dockerfile", "FROM busybox\nENTRYPOINT [\"/bin/true\"]\n")]);
+    ok(&fixture.build(&["-t", "ep:1", ctx.path().to_str().unwrap()]));
+    let config = config_of(&fixture.root(), "ep:1");
+    assert!(config["config"]["Cmd"].is_null(), "{config}");
+    assert_eq!(
+        config["config"]["Entrypoint"],
+        serde_json::json!(["/bin/true"])
+    );
+}
+
+#[test]
+fn push_to_a_registry() {
+    let registry = kiln_testsupport::RegistryServer::start_plain().unwrap();
+    let fixture = Fixture::new();
+    let ctx = context(&[("Dockerfile", "FROM busybox\nRUN echo pushed > /p\n")]);
+    let reference = format!("{}/test/pushed:1", registry.host);
+    let id = ok(&fixture.build(&[
+        "--push",
+        "--insecure-registry",
+        &registry.host,
+        "-t",
+        &reference,
+        ctx.path().to_str().unwrap(),
+    ]));
+    // Pulled back into a fresh store: the same image.
+    let other = tempfile::tempdir().unwrap();
+    kiln_ok(
+        other.path(),
+        &["pull", "--insecure-registry", &registry.host, &reference],
+    );
+    let pulled = config_of(other.path(), &reference);
+    let built = config_of(&fixture.root(), &reference);
+    assert_eq!(pulled, built);
+    assert!(id.starts_with("sha256:"));
+}
+
+#[test]
+fn independent_stages_run_at_the_same_time() {
+    let fixture = Fixture::new();
+    // Each stage announces itself in a shared cache mount and waits (up to
+    // 60 s) for the other: run one after the other, the first would give up
+    // and fail.
+    let wait = |me: &str, other: &str| {
+        format!(
+            "RUN --mount=type=cache,id=rendezvous,target=/meet touch /meet/{me} && \
+             i=0; while [ ! -e /meet/{other} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; \
+             test -e /meet/{other} && echo {me} > /{me}\n"
+        )
+    };
+    let dockerfile = format!(
+        "FROM busybox AS a\n{}FROM busybox AS b\n{}FROM busybox\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n",
+        wait("a", "b"),
+        wait("b", "a")
+    );
+    let ctx = context(&[("Dockerfile", &dockerfile)]);
+    ok(&fixture.build(&[ctx.path().to_str().unwrap()]));
+}
+
+#[test]
+fn progress_tty_draws_a_live_view() {
+    let fixture = Fixture::new();
+    let ctx = context(&[("Dockerfile", "FROM busybox\nRUN echo live-output-line\n")]);
+    // `script` gives kiln a terminal; the view is drawn on it.
+    let command = format!(
+        "{} --root {} build --progress tty {}",
+        common::kiln_bin().display(),
+        fixture.root().display(),
+        ctx.path().display()
+    );
+    let log = fixture.dir.path().join("tty.log");
+    let status = std::process::Command::new("script")
+        .args(["-qec", &command])
+        .arg(&log)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("script (util-linux) runs");
+    assert!(status.success());
+    let screen = std::fs::read_to_string(&log).unwrap();
+    assert!(screen.contains("[+] Building"), "{screen}");
+    assert!(
+        screen.contains("=> [1/2] FROM docker.io/library/busybox"),
+        "{screen}"
+    );
+    // The running step's output, drawn under it.
+    assert!(screen.contains("=> => # live-output-line"), "{screen}");
+    assert!(
+        screen.contains("=> [2/2] RUN echo live-output-line"),
+        "{screen}"
+    );
+    assert!(screen.contains("=> exporting to image"), "{screen}");
+    // Plain mode's numbered lines are not used on a terminal.
+    assert!(!screen.contains("#2 DONE"), "{screen}");
+}
