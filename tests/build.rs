@@ -725,3 +725,94 @@ fn progress_tty_draws_a_live_view() {
     // Plain mode's numbered lines are not used on a terminal.
     assert!(!screen.contains("#2 DONE"), "{screen}");
 }
+
+/// The host directory of `RUN --mount=type=cache,id=ID`.
+fn cache_mount_dir(root: &Path, id: &str) -> PathBuf {
+    let digest = kiln_layers::Digest::of(id.as_bytes());
+    root.join("cache-mounts").join(digest.hex())
+}
+
+#[test]
+fn prune_removes_killed_builds_leftovers_and_cache_mounts_with_all() {
+    let fixture = Fixture::new();
+    let root = fixture.root();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN --mount=type=cache,id=pkgs,target=/cache echo kept > /cache/f\n",
+    )]);
+    ok(&fixture.build(&[ctx.path().to_str().unwrap()]));
+    let mount = cache_mount_dir(&root, "pkgs");
+    assert_eq!(std::fs::read_to_string(mount.join("f")).unwrap(), "kept\n");
+    // What a killed build leaves: its work dir with a step's upper dir.
+    let leftover = root.join("builds/build-999999-0-0");
+    std::fs::create_dir_all(leftover.join("step-1/upper/etc")).unwrap();
+    std::fs::write(leftover.join("step-1/upper/etc/x"), "x").unwrap();
+
+    let report = kiln_ok(&root, &["prune"]);
+    assert!(
+        report.contains("1 leftover build dirs, 0 cache mounts"),
+        "{report}"
+    );
+    assert!(!leftover.exists());
+    assert!(
+        mount.join("f").is_file(),
+        "cache mounts survive a plain prune"
+    );
+
+    let report = kiln_ok(&root, &["prune", "--all"]);
+    assert!(
+        report.contains("0 leftover build dirs, 1 cache mounts"),
+        "{report}"
+    );
+    assert!(!mount.exists());
+    // The image still builds (from scratch, cache records were dropped).
+    ok(&fixture.build(&[ctx.path().to_str().unwrap()]));
+}
+
+#[test]
+fn prune_waits_for_a_running_build() {
+    let fixture = Fixture::new();
+    let root = fixture.root();
+    // The RUN says it started, then waits (up to 60 s) for the test's go.
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nRUN --mount=type=cache,id=sync,target=/sync touch /sync/started && \
+         i=0; while [ ! -e /sync/go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; \
+         echo done > /result\n",
+    )]);
+    let sync = cache_mount_dir(&root, "sync");
+    let build = std::process::Command::new(common::kiln_bin())
+        .arg("--root")
+        .arg(&root)
+        .args(["build", "--progress", "plain", "-t", "busy:1"])
+        .arg(ctx.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = sync.join("started");
+    let mut waited = 0;
+    while !started.exists() && waited < 600 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        waited += 1;
+    }
+    assert!(started.exists(), "the build's RUN never started");
+    // A prune now must not take the running build's work dir: it waits.
+    let prune = std::process::Command::new(common::kiln_bin())
+        .arg("--root")
+        .arg(&root)
+        .arg("prune")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::fs::write(sync.join("go"), "").unwrap();
+    let build = build.wait_with_output().unwrap();
+    ok(&build);
+    let prune = prune.wait_with_output().unwrap();
+    assert!(prune.status.success());
+    let report = String::from_utf8_lossy(&prune.stdout);
+    assert!(report.contains("0 leftover build dirs"), "{report}");
+    let config = config_of(&root, "busy:1");
+    assert_eq!(config["history"].as_array().unwrap().len(), 2);
+}

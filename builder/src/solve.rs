@@ -293,8 +293,9 @@ fn now_secs() -> i64 {
 }
 
 /// Runs the plan's needed stages and writes the target's image to the
-/// store (untagged: the caller tags it). Cache keys must have been computed
-/// ([`crate::plan::compute_cache_keys`]).
+/// store (untagged: the caller tags it, holding a [`Store::lease`] from
+/// before this call until then, or a `prune` may collect the new manifest).
+/// Cache keys must have been computed ([`crate::plan::compute_cache_keys`]).
 pub fn solve(
     store: &Store,
     plan: &Plan,

@@ -121,7 +121,9 @@ pub struct CacheRecord {
 /// What `prune` may remove besides unreferenced blobs and snapshots.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PruneOptions {
-    /// Also drop every build cache record first.
+    /// Also drop every build cache record first, and the contents of
+    /// `RUN --mount=type=cache` mounts (`cache-mounts/`), which BuildKit
+    /// likewise keeps until the build cache is pruned.
     pub build_cache: bool,
 }
 
@@ -135,6 +137,10 @@ pub struct PruneReport {
     pub ingest_files: usize,
     pub snapshots: Vec<String>,
     pub cache_records: usize,
+    /// Work directories that killed builds left in `builds/`.
+    pub build_dirs: usize,
+    /// Cache mounts removed (only with [`PruneOptions::build_cache`]).
+    pub cache_mounts: usize,
 }
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
@@ -771,6 +777,15 @@ impl Store {
             report.ingest_files += 1;
         }
         report.snapshots = self.remove_snapshots_except(&keep_chains)?;
+        // A build holds a lease while its work dir under `builds/` (and the
+        // cache mounts its RUN steps use) exist; with the exclusive lock
+        // held here no build is running, so whatever is left there belongs
+        // to a build that was killed. Cache mounts are kept unless the
+        // build cache goes too.
+        report.build_dirs = self.remove_children(&self.root.join("builds"))?;
+        if options.build_cache {
+            report.cache_mounts = self.remove_children(&self.root.join("cache-mounts"))?;
+        }
         // Temp files of atomic writes (index.json, cache records) that a
         // killed process left behind; the index lock keeps a concurrent
         // tag's temp file safe.
@@ -870,6 +885,25 @@ impl Store {
                 remove_any(&entry.path())?;
                 removed.push(name);
             }
+        }
+        Ok(removed)
+    }
+}
+
+impl Store {
+    /// Removes everything in `dir` (absent is empty); returns how many
+    /// entries it held.
+    fn remove_children(&self, dir: &Path) -> Result<usize> {
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io("list", dir.to_path_buf(), e)),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let path = entry.map_err(io_at("list", dir))?.path();
+            remove_any(&path)?;
+            removed += 1;
         }
         Ok(removed)
     }

@@ -327,6 +327,10 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         .collect::<anyhow::Result<_>>()?;
 
     let store = Store::open(&settings.root)?;
+    // Held until the image is tagged and exported: solve's own lease ends
+    // when it returns, and a `kiln prune` waiting for it would otherwise
+    // remove the new, not yet tagged manifest and config.
+    let _lease = store.lease()?;
     let progress = args.progress.reporter();
     let mode = if args.quiet {
         ProgressMode::Quiet

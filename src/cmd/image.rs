@@ -69,9 +69,9 @@ pub enum ImageCommand {
         #[arg(short, long)]
         force: bool,
     },
-    /// Remove unreferenced blobs and snapshots and leftovers of killed writes.
+    /// Remove unreferenced blobs and snapshots and leftovers of killed writes and builds.
     Prune {
-        /// Also drop the build cache.
+        /// Also drop the build cache and the contents of RUN cache mounts.
         #[arg(short, long)]
         all: bool,
     },
@@ -158,12 +158,14 @@ impl ImageCommand {
                     println!("deleted: {d}");
                 }
                 println!(
-                    "Total reclaimed space: {} ({} blobs, {} snapshots, {} partial writes, {} cache records)",
+                    "Total reclaimed space: {} ({} blobs, {} snapshots, {} partial writes, {} cache records, {} leftover build dirs, {} cache mounts)",
                     human_bytes(report.bytes),
                     report.blobs.len(),
                     report.snapshots.len(),
                     report.ingest_files,
-                    report.cache_records
+                    report.cache_records,
+                    report.build_dirs,
+                    report.cache_mounts
                 );
                 Ok(ExitCode::SUCCESS)
             }
