@@ -99,42 +99,113 @@ fn class_char(p: &[char]) -> Option<(char, usize)> {
     }
 }
 
-fn match_from(p: &[char], n: &[char]) -> bool {
-    let Some(&first) = p.first() else {
-        return n.is_empty();
-    };
-    match first {
-        '*' => {
-            let mut rest = p;
-            while rest.first() == Some(&'*') {
-                rest = &rest[1..];
+/// Go's algorithm: the pattern is a sequence of chunks, each after an
+/// optional run of stars; a chunk is matched at the leftmost place a star
+/// allows (stars never cross `/`). Chunks have a fixed length, so leftmost
+/// is always right and no backtracking beyond the current star is needed:
+/// linear in the pattern times the name, never exponential.
+fn match_from(mut p: &[char], mut n: &[char]) -> bool {
+    'pattern: while !p.is_empty() {
+        let (star, chunk, rest) = scan_chunk(p);
+        p = rest;
+        if star && chunk.is_empty() {
+            // A trailing star matches the rest unless it has a `/`.
+            return !n.contains(&'/');
+        }
+        if let Some(t) = match_chunk(chunk, n) {
+            // The last chunk must also exhaust the name.
+            if t.is_empty() || !p.is_empty() {
+                n = t;
+                continue;
             }
+        }
+        if star {
             let mut i = 0;
-            loop {
-                if match_from(rest, &n[i..]) {
-                    return true;
-                }
-                if i >= n.len() || n[i] == '/' {
-                    return false;
+            while i < n.len() && n[i] != '/' {
+                if let Some(t) = match_chunk(chunk, &n[i + 1..]) {
+                    if p.is_empty() && !t.is_empty() {
+                        i += 1;
+                        continue;
+                    }
+                    n = t;
+                    continue 'pattern;
                 }
                 i += 1;
             }
         }
-        '?' => !n.is_empty() && n[0] != '/' && match_from(&p[1..], &n[1..]),
-        '[' => match parse_class(&p[1..]) {
-            Some((class, used)) => {
-                !n.is_empty() && class.contains(n[0]) && match_from(&p[1 + used..], &n[1..])
-            }
-            None => false,
-        },
-        '\\' => p.len() > 1 && !n.is_empty() && n[0] == p[1] && match_from(&p[2..], &n[1..]),
-        c => !n.is_empty() && n[0] == c && match_from(&p[1..], &n[1..]),
+        return false;
     }
+    n.is_empty()
+}
+
+/// Splits off leading stars and the chunk up to the next star outside a
+/// class: `(saw a star, chunk, rest)`.
+fn scan_chunk(mut p: &[char]) -> (bool, &[char], &[char]) {
+    let mut star = false;
+    while p.first() == Some(&'*') {
+        p = &p[1..];
+        star = true;
+    }
+    let mut in_class = false;
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            '\\' if i + 1 < p.len() => i += 1,
+            '[' => in_class = true,
+            ']' => in_class = false,
+            '*' if !in_class => break,
+            _ => {}
+        }
+        i += 1;
+    }
+    (star, &p[..i], &p[i..])
+}
+
+/// Matches a star-free chunk at the start of `n`; returns what is left.
+fn match_chunk<'n>(mut chunk: &[char], mut n: &'n [char]) -> Option<&'n [char]> {
+    #[cfg(test)]
+    tests::CHUNK_MATCHES.with(|c| c.set(c.get() + 1));
+    while let Some(&c) = chunk.first() {
+        let (&first, rest) = n.split_first()?;
+        match c {
+            '?' => {
+                if first == '/' {
+                    return None;
+                }
+                chunk = &chunk[1..];
+            }
+            '[' => {
+                let (class, used) = parse_class(&chunk[1..])?;
+                if !class.contains(first) {
+                    return None;
+                }
+                chunk = &chunk[1 + used..];
+            }
+            '\\' => {
+                if chunk.get(1) != Some(&first) {
+                    return None;
+                }
+                chunk = &chunk[2..];
+            }
+            literal => {
+                if literal != first {
+                    return None;
+                }
+                chunk = &chunk[1..];
+            }
+        }
+        n = rest;
+    }
+    Some(n)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        pub(super) static CHUNK_MATCHES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
 
     #[test]
     fn behaves_like_go_filepath_match() {
@@ -170,6 +241,13 @@ mod tests {
             ("*x", "xxx", true),
             ("*.txt", "a.txt", true),
             ("*.txt", "dir/a.txt", false),
+            ("*a*b", "aab", true),
+            ("*a*b", "aaba", false),
+            ("a*b*", "abxb", true),
+            ("*/b", "a/b", true),
+            ("*", "", true),
+            ("", "", true),
+            ("", "a", false),
         ];
         for &(p, n, want) in cases {
             assert_eq!(go_match(p, n), Ok(want), "match({p:?}, {n:?})");
@@ -179,6 +257,20 @@ mod tests {
         ] {
             assert!(go_match(bad, "x").is_err(), "{bad} should be bad");
         }
+    }
+
+    /// Many stars against a long name that almost matches: Go's chunk
+    /// algorithm tries each chunk at most once per name position; a naive
+    /// backtracker tries exponentially many splits.
+    #[test]
+    fn many_stars_stay_polynomial() {
+        let pattern = "*a".repeat(12) + "*b";
+        let name = "a".repeat(4000);
+        CHUNK_MATCHES.with(|c| c.set(0));
+        assert_eq!(go_match(&pattern, &name), Ok(false));
+        assert_eq!(go_match(&pattern, &(name.clone() + "b")), Ok(true));
+        let tried = CHUNK_MATCHES.with(|c| c.get());
+        assert!(tried <= 2 * 13 * 4001, "{tried} chunk matches");
     }
 
     #[test]
