@@ -67,13 +67,23 @@ impl Sink for DirSink {
         let path = self.root.join(name);
         fs::write(&path, bytes).map_err(io_at("write", &path))
     }
-    fn blob(&mut self, store: &Store, digest: &Digest, _size: u64) -> Result<()> {
-        let to = self.root.join("blobs/sha256").join(digest.hex());
-        if to.exists() {
+    fn blob(&mut self, store: &Store, digest: &Digest, size: u64) -> Result<()> {
+        let dir = self.root.join("blobs/sha256");
+        let to = dir.join(digest.hex());
+        // A blob of the right size is one an earlier save wrote whole: it
+        // only ever appears under its name after the rename below.
+        if fs::metadata(&to).is_ok_and(|m| m.len() == size) {
             return Ok(());
         }
+        let partial = dir.join(format!(".{}.partial-{}", digest.hex(), std::process::id()));
         let from = store.blob_path(digest);
-        fs::copy(&from, &to).map_err(io_at("copy blob to", &to))?;
+        let copied = fs::copy(&from, &partial)
+            .and_then(|_| fs::File::open(&partial)?.sync_all())
+            .and_then(|_| fs::rename(&partial, &to));
+        if let Err(e) = copied {
+            let _ = fs::remove_file(&partial);
+            return Err(io_at("copy blob to", &to)(e));
+        }
         Ok(())
     }
 }

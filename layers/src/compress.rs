@@ -2,7 +2,7 @@
 //! output that does not depend on the number of threads), and reading any of
 //! gzip, zstd or plain tar by sniffing the first bytes.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 
 use crate::oci::media;
 
@@ -47,23 +47,29 @@ impl Compression {
     }
 }
 
-/// Wraps `reader` in the right decompressor after peeking at its magic bytes.
-pub fn decompress<'a, R: Read + Send + 'a>(reader: R) -> io::Result<Box<dyn Read + Send + 'a>> {
-    let mut buffered = BufReader::with_capacity(256 * 1024, reader);
-    let kind = Compression::sniff(peek(&mut buffered, 4)?.as_slice());
+/// Wraps `reader` in the right decompressor after reading its magic bytes
+/// (which are then put back in front of the stream).
+pub fn decompress<'a, R: Read + Send + 'a>(mut reader: R) -> io::Result<Box<dyn Read + Send + 'a>> {
+    // A reader may hand out fewer bytes than asked (a pipe, a socket):
+    // keep reading until there are four or the stream ends.
+    let mut head = [0u8; 4];
+    let mut got = 0;
+    while got < head.len() {
+        match reader.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let kind = Compression::sniff(&head[..got]);
+    let whole = io::Cursor::new(head[..got].to_vec()).chain(reader);
+    let buffered = BufReader::with_capacity(256 * 1024, whole);
     Ok(match kind {
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(buffered)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
         Compression::None => Box::new(buffered),
     })
-}
-
-fn peek<R: Read>(reader: &mut BufReader<R>, n: usize) -> io::Result<Vec<u8>> {
-    // fill_buf may return fewer bytes than asked on a short first read; one
-    // buffer's worth is enough for four magic bytes in practice, but loop
-    // until we have them or the stream ends without consuming anything.
-    let buf = reader.fill_buf()?;
-    Ok(buf[..buf.len().min(n)].to_vec())
 }
 
 /// zstd level kiln uses (zstd's default).
@@ -138,6 +144,45 @@ impl<W: Write> Write for Compressor<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hands out one byte per read, like a slow pipe.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match (self.0.split_first(), buf.first_mut()) {
+                (Some((&b, rest)), Some(slot)) => {
+                    *slot = b;
+                    self.0 = rest;
+                    Ok(1)
+                }
+                _ => Ok(0),
+            }
+        }
+    }
+
+    #[test]
+    fn sniffs_magic_bytes_across_short_reads() {
+        let data = sample(10_000);
+        for kind in [Compression::Gzip, Compression::Zstd, Compression::None] {
+            let mut c = Compressor::new(kind, Vec::new()).unwrap();
+            c.write_all(&data).unwrap();
+            let packed = c.finish().unwrap();
+            let mut out = Vec::new();
+            decompress(Trickle(&packed))
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
+            assert!(out == data, "{kind:?} round trip through one-byte reads");
+        }
+        // Shorter than the magic: passed through as it is.
+        let mut out = Vec::new();
+        decompress(Trickle(b"ab"))
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, b"ab");
+    }
 
     /// Compressible but not trivial bytes.
     fn sample(len: usize) -> Vec<u8> {
