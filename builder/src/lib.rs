@@ -6,6 +6,7 @@
 //! registry client, the layer store and the runtime do that on its behalf.
 
 pub mod archive;
+pub mod changes;
 pub mod context;
 pub mod copy;
 pub mod dockerignore;
