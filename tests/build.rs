@@ -816,3 +816,43 @@ fn prune_waits_for_a_running_build() {
     let config = config_of(&root, "busy:1");
     assert_eq!(config["history"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn copy_link_does_not_follow_symlinks_of_the_base() {
+    let fixture = Fixture::new();
+    let dockerfile = |link: &str| {
+        format!(
+            "FROM busybox\nRUN mkdir -p /opt/real && ln -s /opt/real /opt/link && mkdir -m 700 /private\n\
+             COPY {link} a.txt /opt/link/\nCOPY {link} a.txt /private/sub/\n"
+        )
+    };
+    let build = |link: &str| {
+        let ctx = context(&[("Dockerfile", &dockerfile(link)), ("a.txt", "a\n")]);
+        let out = tempfile::tempdir().unwrap();
+        let dest = format!("type=local,dest={}", out.path().display());
+        ok(&fixture.build(&["-o", &dest, ctx.path().to_str().unwrap()]));
+        out
+    };
+    use std::os::unix::fs::PermissionsExt;
+    // Plain COPY writes through the symlink.
+    let plain = build("");
+    assert!(plain.path().join("opt/real/a.txt").is_file());
+    assert!(std::fs::symlink_metadata(plain.path().join("opt/link"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // --link: the destination is a real directory; the base's target is untouched.
+    let linked = build("--link");
+    let link = std::fs::symlink_metadata(linked.path().join("opt/link")).unwrap();
+    assert!(link.is_dir(), "{link:?}");
+    assert_eq!(
+        std::fs::read_to_string(linked.path().join("opt/link/a.txt")).unwrap(),
+        "a\n"
+    );
+    assert!(!linked.path().join("opt/real/a.txt").exists());
+    assert!(linked.path().join("private/sub/a.txt").is_file());
+    // The layer carries its own 0755 copy of the parent directories, which
+    // wins over the base's 0700 /private, as with BuildKit's --link layers.
+    let private = std::fs::metadata(linked.path().join("private")).unwrap();
+    assert_eq!(private.permissions().mode() & 0o777, 0o755);
+}

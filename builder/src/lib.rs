@@ -4,6 +4,18 @@
 //! runs), cache keys, the scheduler, image config assembly, and the
 //! explain/check analyses. It speaks no HTTP and calls no mount/unshare: the
 //! registry client, the layer store and the runtime do that on its behalf.
+//!
+//! ## `COPY --link`
+//!
+//! The files are copied onto an empty directory, as BuildKit does, so the
+//! layer stands alone: a symlink on the destination path in the base is not
+//! followed (`COPY --link a /opt/link/` makes a directory `/opt/link`), and
+//! the parent directories the copy creates are fresh (0755, root) and come
+//! out over the base's. `--chown` names are still resolved in the base's
+//! `/etc/passwd` and `/etc/group`. One difference remains: BuildKit's cache
+//! key of a `--link` step does not depend on the steps before it (the
+//! layer is rebased onto a changed base without re-running); kiln's key
+//! includes its parent, so a changed base copies again (same layer bytes).
 
 pub mod archive;
 pub mod changes;

@@ -1066,6 +1066,17 @@ fn execute_copy(
         ),
         None => None,
     };
+    // COPY --link copies onto an empty directory, as BuildKit does: the
+    // layer stands alone, so nothing of the base (a symlink on the
+    // destination path, say) is seen or followed. Owners named in --chown
+    // still come from the base's /etc/passwd and /etc/group.
+    let linked;
+    let rootfs: &LayeredRootfs = if c.link {
+        linked = LayeredRootfs::new(rootfs.upper(), Vec::new());
+        &linked
+    } else {
+        rootfs
+    };
     let chmod = match &c.chmod {
         Some(text) => Some(Chmod::parse(text).map_err(|e| step_err(e.to_string()))?),
         None => None,
