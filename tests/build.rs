@@ -539,9 +539,14 @@ fn missing_copy_source_and_unused_build_args_are_reported() {
         stderr.contains("One or more build-args [NOT_DECLARED] were not consumed"),
         "{stderr}"
     );
-    assert!(stderr.contains("nothere.txt"), "{stderr}");
     assert!(
-        stderr.contains("line 3") || stderr.contains("Dockerfile:3"),
+        stderr.contains("COPY source \"nothere.txt\" (line 3)"),
+        "{stderr}"
+    );
+    // The Dockerfile around it, the line marked.
+    assert!(stderr.contains("Dockerfile:3\n"), "{stderr}");
+    assert!(
+        stderr.contains("   3 | >>> COPY nothere.txt /x\n"),
         "{stderr}"
     );
 }

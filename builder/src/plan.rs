@@ -68,6 +68,22 @@ pub enum PlanError {
     },
 }
 
+impl PlanError {
+    /// The Dockerfile line (1-based) the error is about, if any.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            PlanError::UnknownTarget(_) | PlanError::NoStages => None,
+            PlanError::BlankBase { line, .. }
+            | PlanError::Expand { line, .. }
+            | PlanError::Invalid { line, .. }
+            | PlanError::ForwardReference { line, .. }
+            | PlanError::Circular { line, .. }
+            | PlanError::Resolve { line, .. }
+            | PlanError::CopySource { line, .. } => (*line > 0).then_some(*line),
+        }
+    }
+}
+
 /// What the caller knows about the build.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {

@@ -375,7 +375,18 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         }
     };
     let resolver = StoreResolver::new(&store, Some(&pull)).always_pull(args.pull);
-    let mut planned = plan(&typed, &options, &resolver)?;
+    // BuildKit shows the Dockerfile around the line an error is about.
+    let show_line = |line: Option<usize>| {
+        if let (Some(line), false) = (line, mode == ProgressMode::Quiet) {
+            let short = dockerfile_path
+                .as_deref()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "Dockerfile".into());
+            eprint!("{}", dockerfile_excerpt(&short, &text, line));
+        }
+    };
+    let mut planned = plan(&typed, &options, &resolver).inspect_err(|e| show_line(e.line()))?;
     for w in &planned.warnings {
         if mode != ProgressMode::Quiet {
             match w.line {
@@ -391,7 +402,7 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
     if let Err(e) = stat_cache.save() {
         tracing::warn!("{e}");
     }
-    compute_cache_keys(&mut planned, Some(&context))?;
+    compute_cache_keys(&mut planned, Some(&context)).inspect_err(|e| show_line(e.line()))?;
 
     if args.dry_run {
         print_plan(&planned, &store, args.format)?;
@@ -426,16 +437,7 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         Ok(built) => built,
         Err(e) => {
             printer.finish();
-            if mode != ProgressMode::Quiet {
-                if let Some(line) = failed_line(&e) {
-                    let short = dockerfile_path
-                        .as_deref()
-                        .and_then(|p| p.file_name())
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_else(|| "Dockerfile".into());
-                    eprint!("{}", dockerfile_excerpt(&short, &text, line));
-                }
-            }
+            show_line(failed_line(&e));
             return Err(e.into());
         }
     };
