@@ -253,6 +253,9 @@ struct BuildState {
     last_printed: Option<usize>,
     started: usize,
     finished: usize,
+    /// The first step that failed: its `[stage n/t] INSTRUCTION` name and
+    /// message, for the error summary.
+    failure: Option<(String, String)>,
 }
 
 struct Vertex {
@@ -371,6 +374,11 @@ impl BuildProgress {
             }
             ProgressMode::Quiet | ProgressMode::Auto => {}
         }
+    }
+
+    /// The first failed step's name (`[stage n/t] INSTRUCTION`) and message.
+    pub fn failure(&self) -> Option<(String, String)> {
+        self.state.lock().ok()?.failure.clone()
     }
 
     /// The whole build's end: stops the live view's timer.
@@ -493,6 +501,9 @@ impl BuildEvents for BuildProgress {
         };
         let seconds = vertex.started.elapsed().as_secs_f64();
         let id = vertex.id;
+        if let (StepOutcome::Failed(message), None) = (outcome, &state.failure) {
+            state.failure = Some((vertex.name.clone(), message.clone()));
+        }
         match self.mode {
             ProgressMode::Plain => {
                 self.switch_to(&mut state, id, &vertex.name);

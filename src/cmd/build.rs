@@ -377,7 +377,8 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
     let resolver = StoreResolver::new(&store, Some(&pull)).always_pull(args.pull);
     // BuildKit shows the Dockerfile around the line an error is about.
     let show_line = |line: Option<usize>| {
-        if let (Some(line), false) = (line, mode == ProgressMode::Quiet) {
+        let shown = !matches!(mode, ProgressMode::Quiet | ProgressMode::Json);
+        if let (Some(line), true) = (line, shown) {
             let short = dockerfile_path
                 .as_deref()
                 .and_then(|p| p.file_name())
@@ -437,6 +438,22 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         Ok(built) => built,
         Err(e) => {
             printer.finish();
+            if let (SolveError::RunFailed { last_lines, .. }, Some((step, message)), false) = (
+                &e,
+                printer.failure(),
+                matches!(mode, ProgressMode::Quiet | ProgressMode::Json),
+            ) {
+                // BuildKit's summary: the step's last output, the
+                // Dockerfile around it, then the error without repeating
+                // the output.
+                eprintln!("------\n > {step}:");
+                for line in last_lines {
+                    eprintln!("{line}");
+                }
+                eprintln!("------");
+                show_line(failed_line(&e));
+                bail!("failed to solve: {message}");
+            }
             show_line(failed_line(&e));
             return Err(e.into());
         }
