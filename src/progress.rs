@@ -304,7 +304,7 @@ impl BuildProgress {
     }
 
     /// Plain or json output into `out` instead of stderr (for tests).
-    #[allow(dead_code)]
+    #[cfg(test)]
     pub fn with_writer(mode: ProgressMode, out: Box<dyn Write + Send>) -> Self {
         let mut progress = BuildProgress::new(mode);
         progress.out = Mutex::new(out);
@@ -589,6 +589,74 @@ mod tests {
         assert_eq!(human_bytes(4_260_000), "4.26MB");
         assert_eq!(human_bytes(12_345_678), "12.3MB");
         assert_eq!(human_bytes(123_456_789_012), "123GB");
+    }
+
+    /// A writer tests can read back.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn step<'a>(
+        stage_index: usize,
+        stage: &'a str,
+        number: usize,
+        instruction: &'a str,
+    ) -> StepEvent<'a> {
+        StepEvent {
+            stage_index,
+            stage,
+            number,
+            total: 12,
+            line: 1,
+            instruction,
+        }
+    }
+
+    #[test]
+    fn plain_lines_repeat_the_header_when_parallel_steps_interleave() {
+        let out = Shared::default();
+        let progress = BuildProgress::with_writer(ProgressMode::Plain, Box::new(out.clone()));
+        let a = step(0, "a", 2, "RUN one");
+        let b = step(1, "b", 10, "RUN two");
+        progress.step_started(&a);
+        progress.step_started(&b);
+        progress.step_output(&a, "from a");
+        progress.step_done(&b, &StepOutcome::Cached);
+        progress.step_done(&a, &StepOutcome::Failed("boom".into()));
+        progress.vertex("exporting to image", &["writing image x done".into()], 0.0);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let text: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("#1 0.") {
+                Some(_) => "#1 T from a".to_string(),
+                None => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(
+            text,
+            "#1 [a  2/12] RUN one\n\n#2 [b 10/12] RUN two\n\n#1 [a  2/12] RUN one\n#1 T from a\n\n\
+             #2 [b 10/12] RUN two\n#2 CACHED\n\n#1 [a  2/12] RUN one\n#1 ERROR: boom\n\n\
+             #3 exporting to image\n#3 writing image x done\n#3 DONE 0.0s"
+        );
+        assert_eq!(
+            progress.failure(),
+            Some(("[a  2/12] RUN one".to_string(), "boom".to_string()))
+        );
+    }
+
+    #[test]
+    fn single_unnamed_stage_has_no_stage_name() {
+        assert_eq!(step(0, "", 3, "COPY . .").prefix(), "[ 3/12]");
     }
 
     #[test]
