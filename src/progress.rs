@@ -83,6 +83,11 @@ impl CliReporter {
         }
     }
 
+    /// The live view bars are drawn in (tty mode only).
+    pub fn multi(&self) -> Option<MultiProgress> {
+        self.multi.clone()
+    }
+
     /// The mode after resolving `auto`.
     #[allow(dead_code)] // for pull/push/build
     pub fn mode(&self) -> ProgressMode {
@@ -272,10 +277,13 @@ struct Vertex {
 const TTY_LOG_LINES: usize = 6;
 
 impl BuildProgress {
-    /// `mode` as resolved by [`CliReporter::mode`] (never `Auto`).
-    pub fn new(mode: ProgressMode) -> Self {
-        let multi = (mode == ProgressMode::Tty)
-            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+    /// `mode` as resolved by [`CliReporter::mode`] (never `Auto`). In tty
+    /// mode, `shared` is the view to draw into (the [`CliReporter`]'s, so
+    /// layer progress and steps share the screen), else a new one.
+    pub fn new(mode: ProgressMode, shared: Option<MultiProgress>) -> Self {
+        let multi = (mode == ProgressMode::Tty).then(|| {
+            shared.unwrap_or_else(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+        });
         let header = multi.as_ref().map(|m| {
             let bar = m.add(ProgressBar::new_spinner());
             bar.set_style(
@@ -306,7 +314,7 @@ impl BuildProgress {
     /// Plain or json output into `out` instead of stderr (for tests).
     #[cfg(test)]
     pub fn with_writer(mode: ProgressMode, out: Box<dyn Write + Send>) -> Self {
-        let mut progress = BuildProgress::new(mode);
+        let mut progress = BuildProgress::new(mode, None);
         progress.out = Mutex::new(out);
         progress
     }

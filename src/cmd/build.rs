@@ -332,6 +332,7 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
     // remove the new, not yet tagged manifest and config.
     let _lease = store.lease()?;
     let progress = args.progress.reporter();
+    let shared_view = progress.multi();
     let mode = if args.quiet {
         ProgressMode::Quiet
     } else {
@@ -411,7 +412,7 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
     }
 
     let mut secret_files = SecretFiles::default();
-    let printer = BuildProgress::new(mode);
+    let printer = BuildProgress::new(mode, shared_view);
     let fetcher = HttpFetcher {
         runtime: async_runtime.clone(),
         client: client.clone(),
