@@ -861,3 +861,47 @@ fn copy_link_does_not_follow_symlinks_of_the_base() {
     let private = std::fs::metadata(linked.path().join("private")).unwrap();
     assert_eq!(private.permissions().mode() & 0o777, 0o755);
 }
+
+#[test]
+fn onbuild_triggers_of_a_base_image_and_docker_media_types() {
+    let fixture = Fixture::new();
+    let parent = context(&[(
+        "Dockerfile",
+        "FROM busybox\nONBUILD RUN echo triggered > /trig\nONBUILD ENV FROM_TRIGGER=yes\n",
+    )]);
+    ok(&fixture.build(&["-t", "parent:1", parent.path().to_str().unwrap()]));
+    let parent_config = config_of(&fixture.root(), "parent:1");
+    assert_eq!(
+        parent_config["config"]["OnBuild"],
+        serde_json::json!(["RUN echo triggered > /trig", "ENV FROM_TRIGGER=yes"])
+    );
+
+    let child = context(&[("Dockerfile", "FROM parent:1\nRUN cat /trig > /seen\n")]);
+    let out = tempfile::tempdir().unwrap();
+    let dest = format!("type=local,dest={}", out.path().join("fs").display());
+    let meta = out.path().join("meta.json");
+    ok(&fixture.build(&[
+        "--docker-mediatypes",
+        "--metadata-file",
+        meta.to_str().unwrap(),
+        "-t",
+        "child:1",
+        "-o",
+        &dest,
+        child.path().to_str().unwrap(),
+    ]));
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("fs/seen")).unwrap(),
+        "triggered\n"
+    );
+    let config = config_of(&fixture.root(), "child:1");
+    // Triggers run once: the child image does not carry them on.
+    assert!(config["config"]["OnBuild"].is_null(), "{config}");
+    let env = config["config"]["Env"].as_array().unwrap();
+    assert!(env.iter().any(|e| e == "FROM_TRIGGER=yes"), "{env:?}");
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    assert_eq!(
+        meta["containerimage.descriptor"]["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+}
