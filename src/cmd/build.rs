@@ -338,6 +338,30 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
     } else {
         progress.mode()
     };
+    // --dry-run prints the plan and nothing of a build's progress.
+    let printer = BuildProgress::new(
+        if args.dry_run {
+            ProgressMode::Quiet
+        } else {
+            mode
+        },
+        shared_view,
+    );
+    printer.vertex(
+        &format!(
+            "[internal] load build definition from {}",
+            dockerfile_path
+                .as_deref()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "Dockerfile".into())
+        ),
+        &[format!(
+            "transferring dockerfile: {} done",
+            crate::progress::human_bytes(text.len() as u64)
+        )],
+        started.elapsed().as_secs_f64(),
+    );
     let reporter: Arc<dyn Reporter> = Arc::new(BuildReporter {
         inner: if mode == ProgressMode::Quiet {
             crate::progress::CliReporter::new(ProgressMode::Quiet)
@@ -398,9 +422,24 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         }
     }
 
+    let loading_context = Instant::now();
     let ignore = dockerignore::load_for_build(&args.context, dockerfile_path.as_deref())?;
     let mut stat_cache = StatCache::open(store.root())?;
     let context = BuildContext::load(&args.context, &ignore, Some(&mut stat_cache))?;
+    let context_bytes: u64 = context
+        .entries()
+        .values()
+        .filter(|e| matches!(e.kind, kiln_builder::context::EntryKind::File))
+        .map(|e| e.size)
+        .sum();
+    printer.vertex(
+        "[internal] load build context",
+        &[format!(
+            "transferring context: {} done",
+            crate::progress::human_bytes(context_bytes)
+        )],
+        loading_context.elapsed().as_secs_f64(),
+    );
     if let Err(e) = stat_cache.save() {
         tracing::warn!("{e}");
     }
@@ -412,7 +451,6 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
     }
 
     let mut secret_files = SecretFiles::default();
-    let printer = BuildProgress::new(mode, shared_view);
     let fetcher = HttpFetcher {
         runtime: async_runtime.clone(),
         client: client.clone(),
