@@ -376,9 +376,13 @@ fn run_helper(
         .spawn()
         .map_err(|e| err(format!("cannot run: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(input.as_bytes())
-            .map_err(|e| err(format!("writing to it: {e}")))?;
+        match stdin.write_all(input.as_bytes()) {
+            // A helper may exit without reading its input (an `erase` that
+            // needs none): its exit status says whether it worked.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            Err(e) => return Err(err(format!("writing to it: {e}"))),
+            Ok(()) => {}
+        }
     }
     let output = child
         .wait_with_output()

@@ -163,10 +163,16 @@ struct Ctx<'a> {
 /// ```
 pub struct Client {
     pub(crate) http: reqwest::Client,
-    /// For `--insecure-registry` hosts served over HTTPS with untrusted certificates.
-    http_unverified: reqwest::Client,
+    /// For `--insecure-registry` hosts served over HTTPS with untrusted
+    /// certificates; built only when there are such hosts (loading the
+    /// system roots twice costs every command time).
+    http_unverified: Option<reqwest::Client>,
     config: ClientConfig,
     endpoints: Mutex<HashMap<String, Endpoint>>,
+    /// Held while a registry is probed, so that concurrent first requests
+    /// (one per blob) wait for one probe instead of each opening its own
+    /// HTTPS and HTTP connections.
+    probing: tokio::sync::Mutex<()>,
     tokens: Mutex<HashMap<String, String>>,
     credentials: Mutex<HashMap<String, Option<Credential>>>,
 }
@@ -318,9 +324,14 @@ impl Client {
     pub fn new(config: ClientConfig) -> Result<Client, Error> {
         Ok(Client {
             http: build_http(&config, false)?,
-            http_unverified: build_http(&config, true)?,
+            http_unverified: if config.insecure_registries.is_empty() {
+                None
+            } else {
+                Some(build_http(&config, true)?)
+            },
             config,
             endpoints: Mutex::new(HashMap::new()),
+            probing: tokio::sync::Mutex::new(()),
             tokens: Mutex::new(HashMap::new()),
             credentials: Mutex::new(HashMap::new()),
         })
@@ -339,10 +350,9 @@ impl Client {
     }
 
     fn http_for(&self, registry: &str) -> &reqwest::Client {
-        if self.is_insecure(registry) {
-            &self.http_unverified
-        } else {
-            &self.http
+        match &self.http_unverified {
+            Some(unverified) if self.is_insecure(registry) => unverified,
+            _ => &self.http,
         }
     }
 
@@ -396,6 +406,11 @@ impl Client {
     /// Finds how to talk to `registry`: HTTPS, or plain HTTP for loopback
     /// and `--insecure-registry` hosts when HTTPS fails; and its auth challenge.
     async fn endpoint(&self, registry: &str) -> Result<Endpoint, Error> {
+        if let Some(endpoint) = self.lock_endpoints().get(registry) {
+            return Ok(endpoint.clone());
+        }
+        let _probing = self.probing.lock().await;
+        // Another task may have probed it while this one waited.
         if let Some(endpoint) = self.lock_endpoints().get(registry) {
             return Ok(endpoint.clone());
         }
