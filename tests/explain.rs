@@ -21,6 +21,17 @@ use std::process::Command;
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
+/// `kiln` with `DOCKER_CONFIG` at an empty directory (the host's
+/// `~/.docker/config.json` and its credential helpers take no part) and no
+/// `KILN_LOG` from the environment.
+fn kiln_command() -> Command {
+    let mut command = Command::new(KILN);
+    command
+        .env("DOCKER_CONFIG", kiln_testsupport::empty_docker_config())
+        .env_remove("KILN_LOG");
+    command
+}
+
 fn testdata(area: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("testdata")
@@ -52,7 +63,7 @@ fn read_args(path: &Path) -> Vec<String> {
 /// Runs kiln in `dir` with the store `store`; stdout, then standard error
 /// (each line prefixed `stderr: `), then `exit: N`.
 fn run_kiln(dir: &Path, store: &Path, args: &[String]) -> String {
-    let out = Command::new(KILN)
+    let out = kiln_command()
         .current_dir(dir)
         .env("KILN_ROOT", store)
         .env_remove("KILN_LOG")
@@ -91,7 +102,7 @@ fn case_store(dir: &Path) -> tempfile::TempDir {
         .status()
         .unwrap();
     assert!(status.success(), "tar failed");
-    let mut import = Command::new(KILN);
+    let mut import = kiln_command();
     import
         .env("KILN_ROOT", store.path().join("root"))
         .arg("import");
@@ -331,51 +342,28 @@ fn explain_matches_built_config() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-/// Imports a static busybox (every applet linked) into the store at `root`
-/// as `reference`.
-fn import_busybox(work: &Path, root: &Path, reference: &str) {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).is_file())
-        .expect("busybox is missing: scripts/setup installs busybox-static");
-    let rootfs = work.join("busybox-rootfs");
-    fs::create_dir_all(rootfs.join("bin")).unwrap();
-    fs::create_dir_all(rootfs.join("tmp")).unwrap();
-    fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
-    let list = Command::new(busybox).arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" && !applet.contains('/') {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-        }
-    }
+/// Imports kiln-testsupport's busybox root filesystem into the store at
+/// `root` under each of `references`, with the `--change` lines `changes`.
+fn import_busybox(work: &Path, root: &Path, references: &[&str], changes: &[&str]) {
     let tar = work.join("busybox-rootfs.tar");
-    assert!(Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success());
-    let out = Command::new(KILN)
-        .env("KILN_ROOT", root)
-        .env_remove("KILN_LOG")
-        .arg("import")
-        .arg(&tar)
-        .arg(reference)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "import: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    if !tar.exists() {
+        kiln_testsupport::BusyboxRootfs::default()
+            .write_tar(&tar)
+            .unwrap();
+    }
+    for reference in references {
+        let mut import = kiln_command();
+        import.env("KILN_ROOT", root).arg("import");
+        for change in changes {
+            import.args(["--change", change]);
+        }
+        let out = import.arg(&tar).arg(reference).output().unwrap();
+        assert!(
+            out.status.success(),
+            "import {reference}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// `explain`'s argv is what `kiln run` executes: for images built on a
@@ -383,15 +371,12 @@ fn is_root() -> bool {
 /// same argv on the host (`/bin/sh` and `/bin/echo` exist on both).
 #[test]
 fn explain_argv_is_what_kiln_run_runs() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root (kiln run uses real namespaces)");
-        return;
-    }
+    kiln_testsupport::require_root!("kiln run uses real namespaces");
     let work = tempfile::tempdir().unwrap();
     let root = work.path().join("store");
-    import_busybox(work.path(), &root, "busybox:explain");
+    import_busybox(work.path(), &root, &["busybox:explain"], &[]);
     let kiln = |dir: &Path, args: &[&str]| -> std::process::Output {
-        Command::new(KILN)
+        kiln_command()
             .current_dir(dir)
             .env("KILN_ROOT", &root)
             .env_remove("KILN_LOG")
@@ -513,7 +498,7 @@ fn explain_reads_base_config_from_the_registry() {
         .success());
     let image = format!("{}/explain/base:1", registry.host);
     let kiln = |root: &Path, args: &[&str]| {
-        Command::new(KILN)
+        kiln_command()
             .current_dir(work.path())
             .env("KILN_ROOT", root)
             .env_remove("KILN_LOG")
@@ -587,83 +572,345 @@ fn explain_reads_base_config_from_the_registry() {
     assert!(!reader.exists(), "explain wrote to the store");
 }
 
-/// The other Dockerfiles in testdata (the builder's cases, the example),
-/// built on a busybox imported as `busybox:latest`: for each one that
-/// builds, explain's entrypoint and cmd are the built image's.
+/// Dockerfiles under testdata (relative to it) that are expected not to
+/// build, why, and a piece of the error their build must report (so the
+/// list cannot go stale). Every other one must build and be compared.
+const NOT_BUILDABLE: &[(&str, &str, &str)] = &[
+    (
+        "builder/plan/errors-add-git",
+        "ADD of a Git repository is not supported; the case checks that error",
+        "is not supported",
+    ),
+    (
+        "builder/plan/errors-forward-copy",
+        "COPY --from names a later stage; the case checks that error",
+        "it needs to be defined before current stage",
+    ),
+    (
+        "builder/progress/run-fails",
+        "its RUN exits 7 on purpose; the case checks the failure's progress output",
+        "did not complete successfully: exit code: 7",
+    ),
+    (
+        "website",
+        "its base is a debootstrapped Debian (scripts/example-website makes it), not in this store",
+        "kiln-example/bookworm:minbase",
+    ),
+];
+
+/// Files that a case's Dockerfile COPYs but testdata does not carry (its
+/// planner test or scripts/bench-build supplies them): the test puts them,
+/// with a line of text, beside a copy of the case directory as its context.
+const MADE_CONTEXT_FILES: &[(&str, &[&str])] = &[
+    ("bench/stages", &["stamp"]),
+    ("bench/steps", &["stamp"]),
+    ("builder/plan/scratch-and-platform-args", &["file"]),
+    ("builder/plan/workdir-user", &["owned.txt"]),
+];
+
+/// Accepts connections on a loopback port and closes them at once,
+/// counting them: set as every proxy variable, it gives any attempt to
+/// reach a registry (or anything else over HTTP) a fast failure, and the
+/// count shows whether one was made.
+struct ProxyTrap {
+    addr: std::net::SocketAddr,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ProxyTrap {
+    fn start() -> ProxyTrap {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = connections.clone();
+        // The thread ends with the test process.
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(conn);
+            }
+        });
+        ProxyTrap { addr, connections }
+    }
+
+    fn count(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Every proxy variable at the trap, no exceptions.
+    fn apply(&self, command: &mut Command) {
+        let url = format!("http://{}", self.addr);
+        for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+            command.env(var, &url).env(var.to_lowercase(), &url);
+        }
+        command.env_remove("NO_PROXY").env_remove("no_proxy");
+    }
+}
+
+/// Lays out a build context from a tree spec (as builder/tests/common/tree.rs
+/// reads it; only the `d`, `f` and `l` lines the build cases use):
+/// `d PATH [MODE]`, `f PATH [MODE] [CONTENT]` (`\n` is a newline),
+/// `l PATH TARGET`.
+fn context_from_spec(root: &Path, spec: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let is_mode =
+        |s: &str| !s.is_empty() && s.split(':').next().unwrap().chars().all(|c| c.is_digit(8));
+    let mode_of = |s: &str| u32::from_str_radix(s.split(':').next().unwrap(), 8).unwrap();
+    let mut dirs = Vec::new();
+    for line in spec
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let mut parts = line.splitn(3, ' ');
+        let kind = parts.next().unwrap();
+        let path = root.join(
+            parts
+                .next()
+                .unwrap_or_else(|| panic!("bad tree line {line:?}")),
+        );
+        let rest = parts.next().unwrap_or("");
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        match kind {
+            "d" => {
+                fs::create_dir_all(&path).unwrap();
+                dirs.push((
+                    path,
+                    if rest.is_empty() {
+                        0o755
+                    } else {
+                        mode_of(rest)
+                    },
+                ));
+            }
+            "f" => {
+                let (mode, content) = match rest.split_once(' ') {
+                    Some((m, c)) if is_mode(m) => (mode_of(m), c),
+                    _ if is_mode(rest) => (mode_of(rest), ""),
+                    _ => (0o644, rest),
+                };
+                fs::write(&path, content.replace("\\n", "\n")).unwrap();
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            }
+            "l" => std::os::unix::fs::symlink(rest, &path).unwrap(),
+            other => panic!("tree line kind {other:?} is not supported here: {line:?}"),
+        }
+    }
+    // Modes last, so a read-only directory does not block its own entries.
+    for (dir, mode) in dirs.into_iter().rev() {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Every other Dockerfile in testdata (the builder's cases, the benchmarks,
+/// the example), built on the bases they name, all imported into the store
+/// beforehand (`busybox`, `busybox:test`, `onbuild-base`): explain's
+/// entrypoint and cmd must be the built image's. A case's `context` spec or
+/// `context-files/` becomes its build context, and its `options`
+/// (`build-arg K=V`, `target NAME`) apply to both commands. Every kiln here
+/// has its proxies at a loopback trap, so no registry is ever reached; no
+/// build that succeeds may have connected to it.
 #[test]
 fn explain_matches_build_for_other_testdata() {
-    if !is_root() {
-        eprintln!("SKIPPED: needs root (RUN steps run in namespaces)");
-        return;
-    }
+    kiln_testsupport::require_root!("RUN steps run in namespaces");
     let work = tempfile::tempdir().unwrap();
     let root = work.path().join("store");
-    import_busybox(work.path(), &root, "busybox:latest");
+    import_busybox(work.path(), &root, &["busybox:latest", "busybox:test"], &[]);
+    // testdata/builder/plan/onbuild-image-copy-from/images.json's base.
+    import_busybox(
+        work.path(),
+        &root,
+        &["onbuild-base"],
+        &["ONBUILD COPY --from=helper /h /h"],
+    );
+    let trap = ProxyTrap::start();
+    let kiln = |dir: &Path, args: &[String]| -> String {
+        let mut command = kiln_command();
+        command
+            .current_dir(dir)
+            .env("KILN_ROOT", &root)
+            .env("KILN_PROGRESS", "plain")
+            .stdin(std::process::Stdio::null())
+            .args(args);
+        trap.apply(&mut command);
+        let out = command.output().unwrap();
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        for line in String::from_utf8_lossy(&out.stderr).lines() {
+            text.push_str(&format!("stderr: {line}\n"));
+        }
+        text.push_str(&format!("exit: {}\n", out.status.code().unwrap_or(-1)));
+        text
+    };
+
     // Every directory under testdata holding a Dockerfile, but for the
     // parser's syntax cases and this file's own cases.
     let mut dirs = Vec::new();
     let mut pending = vec![testdata("")];
     while let Some(dir) = pending.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
+        for entry in fs::read_dir(&dir).unwrap().flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            if path.is_dir()
-                && !(dir == testdata("") && ["parser", "check", "explain"].contains(&name.as_str()))
-            {
-                pending.push(path);
+            if path.is_dir() {
+                if !(dir == testdata("") && ["parser", "check", "explain"].contains(&name.as_str()))
+                {
+                    pending.push(path);
+                }
             } else if name == "Dockerfile" {
                 dirs.push(dir.clone());
             }
         }
     }
     dirs.sort();
-    let mut compared = 0;
+    let relative = |dir: &Path| {
+        dir.strip_prefix(testdata(""))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let listed = NOT_BUILDABLE
+        .iter()
+        .map(|(n, _, _)| n)
+        .chain(MADE_CONTEXT_FILES.iter().map(|(n, _)| n));
+    for listed in listed {
+        assert!(
+            dirs.iter().any(|d| relative(d) == *listed),
+            "{listed} is listed but has no Dockerfile"
+        );
+    }
+
+    let mut compared = Vec::new();
     let mut failures = Vec::new();
     for (i, dir) in dirs.iter().enumerate() {
-        if !dir.join("Dockerfile").is_file() {
-            continue;
-        }
+        let name = relative(dir);
+        let expected_failure = NOT_BUILDABLE.iter().find(|(n, _, _)| *n == name);
         let tag = format!("explain-other:{i}");
-        let built = run_kiln(
-            dir,
-            &root,
-            &["build".into(), "-t".into(), tag.clone(), ".".into()],
-        );
-        if !built.ends_with("exit: 0\n") {
-            // Some cases exist to fail, or need a context they do not carry.
-            continue;
+        let context = work.path().join(format!("context-{i}"));
+        let context = if let Ok(spec) = fs::read_to_string(dir.join("context")) {
+            context_from_spec(&context, &spec);
+            context
+        } else if dir.join("context-files").is_dir() {
+            copy_tree(&dir.join("context-files"), &context);
+            context
+        } else if let Some((_, files)) = MADE_CONTEXT_FILES.iter().find(|(n, _)| *n == name) {
+            copy_tree(dir, &context);
+            for file in *files {
+                fs::write(context.join(file), "made by tests/explain.rs\n").unwrap();
+            }
+            context
+        } else {
+            dir.clone()
+        };
+        let mut options = Vec::new();
+        for line in fs::read_to_string(dir.join("options"))
+            .unwrap_or_default()
+            .lines()
+        {
+            match line.split_once(' ') {
+                Some(("build-arg", kv)) => options.extend(["--build-arg".to_string(), kv.into()]),
+                Some(("target", stage)) => options.extend(["--target".to_string(), stage.into()]),
+                _ if line.trim().is_empty() => {}
+                _ => panic!("{name}/options: unknown line {line:?}"),
+            }
         }
-        let explained = run_kiln(
-            dir,
-            &root,
-            &["explain".into(), "--format".into(), "json".into()],
-        );
-        let inspect = run_kiln(dir, &root, &["inspect".into(), tag.clone()]);
+        let mut build: Vec<String> = vec!["build".into(), "-t".into(), tag.clone()];
+        build.extend(options.iter().cloned());
+        build.extend([
+            "-f".into(),
+            dir.join("Dockerfile").display().to_string(),
+            context.display().to_string(),
+        ]);
+        let connections_before = trap.count();
+        let built = kiln(dir, &build);
+        let succeeded = built.ends_with("exit: 0\n");
+        // A case that fails on purpose may do so looking up an image it
+        // names (the trap then fails it fast); one that builds must not
+        // have needed the network.
+        if expected_failure.is_none() && trap.count() != connections_before {
+            failures.push(format!(
+                "{name}: kiln build tried to reach the network (through the proxy trap):\n{built}"
+            ));
+        }
+        match (expected_failure, succeeded) {
+            (Some((_, why, _)), true) => {
+                failures.push(format!(
+                    "{name}: built, but NOT_BUILDABLE says it cannot ({why}): update the list"
+                ));
+                continue;
+            }
+            (Some((_, why, error)), false) => {
+                if !built.contains(error) {
+                    failures.push(format!(
+                        "{name}: failed, but not as NOT_BUILDABLE says ({why}; \
+                         expected {error:?} in the output):\n{built}"
+                    ));
+                }
+                continue;
+            }
+            (None, false) => {
+                failures.push(format!("{name}: kiln build failed:\n{built}"));
+                continue;
+            }
+            (None, true) => {}
+        }
+        let mut explain: Vec<String> = vec!["explain".into(), "--format".into(), "json".into()];
+        explain.extend(options.iter().cloned());
+        let explained = kiln(dir, &explain);
+        let inspect = kiln(dir, &["inspect".into(), tag.clone()]);
         let (Some(explained), Some(image)) = (json_output(&explained), json_output(&inspect))
         else {
             failures.push(format!(
-                "{}: explain or inspect failed:\n{explained}\n{inspect}",
-                dir.display()
+                "{name}: explain or inspect failed:\n{explained}\n{inspect}"
             ));
             continue;
         };
-        compared += 1;
+        compared.push(name.clone());
         let config = &image[0]["Config"]["config"];
         for (ours, theirs) in [("entrypoint", "Entrypoint"), ("cmd", "Cmd")] {
             let want = command_value(&config[theirs]);
             let got = command_value(&explained[ours]);
             if want != got {
                 failures.push(format!(
-                    "{}: {ours}: explain says {got}, the built image has {want}",
-                    dir.display()
+                    "{name}: {ours}: explain says {got}, the built image has {want}"
                 ));
             }
         }
     }
-    eprintln!("{compared} testdata Dockerfiles built and compared");
-    assert!(compared >= 3, "only {compared} Dockerfiles built");
+    eprintln!(
+        "{} of {} testdata Dockerfiles built and compared ({} expected not to build)",
+        compared.len(),
+        dirs.len(),
+        NOT_BUILDABLE.len()
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    assert_eq!(compared.len() + NOT_BUILDABLE.len(), dirs.len());
+
+    // The trap works: a base in no store is looked up through it, and the
+    // build fails at once, naming the image.
+    let unknown = work.path().join("unknown-base");
+    fs::create_dir_all(&unknown).unwrap();
+    fs::write(
+        unknown.join("Dockerfile"),
+        "FROM kiln-explain-test/not-in-the-store:1\nRUN true\n",
+    )
+    .unwrap();
+    let connections_before = trap.count();
+    let out = kiln(&unknown, &["build".into(), ".".into()]);
+    assert!(!out.ends_with("exit: 0\n"), "{out}");
+    assert!(out.contains("kiln-explain-test/not-in-the-store"), "{out}");
+    assert!(
+        trap.count() > connections_before,
+        "the lookup did not go through the trap: {out}"
+    );
 }

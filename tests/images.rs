@@ -450,23 +450,24 @@ fn kill_9_during_import_leaves_only_garbage() {
     let tar = fs::read(&tar_path).unwrap();
 
     // Feed half the tar on stdin, wait until bytes reach ingest/, kill -9.
-    let mut child = Command::new(common::kiln_bin())
-        .arg("--root")
-        .arg(&root)
-        .args([
-            "import",
-            "-",
-            "victim:1",
-            "--compression",
-            "none",
-            "--progress",
-            "quiet",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = kiln_testsupport::ChildGuard::spawn(
+        common::kiln_command()
+            .arg("--root")
+            .arg(&root)
+            .args([
+                "import",
+                "-",
+                "victim:1",
+                "--compression",
+                "none",
+                "--progress",
+                "quiet",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(&tar[..tar.len() / 2]).unwrap();
     stdin.flush().unwrap();
@@ -486,8 +487,7 @@ fn kill_9_during_import_leaves_only_garbage() {
         assert!(child.try_wait().unwrap().is_none(), "import exited early");
         std::thread::sleep(Duration::from_millis(20));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill_and_reap();
     drop(stdin);
 
     assert_eq!(

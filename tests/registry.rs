@@ -415,12 +415,12 @@ fn pull_killed_midway_then_pulled_again_completes_with_sound_blobs() {
     .unwrap();
     let reference = format!("{}/kiln/killed:v1", proxy.host);
     let kiln = Kiln::new(work.path());
-    let mut child = kiln
-        .command(&["pull", &reference])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = kiln_testsupport::ChildGuard::spawn(
+        kiln.command(&["pull", &reference])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
     // Wait until a blob is being written into ingest/, then kill -9.
     let deadline = Instant::now() + Duration::from_secs(60);
     let ingest = kiln.root.join("ingest");
@@ -441,8 +441,7 @@ fn pull_killed_midway_then_pulled_again_completes_with_sound_blobs() {
         assert!(Instant::now() < deadline, "no download started");
         std::thread::sleep(Duration::from_millis(10));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill_and_reap();
     let partial = store_blobs(&kiln.root);
     let all = image.all_digests();
     assert!(
@@ -473,15 +472,19 @@ fn two_pulls_at_once_into_one_store_both_succeed() {
     let kiln = Kiln::new(work.path());
     let children: Vec<_> = (0..2)
         .map(|_| {
-            kiln.command(&["pull", &source])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+            kiln_testsupport::ChildGuard::spawn(
+                kiln.command(&["pull", &source])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped()),
+            )
+            .unwrap()
         })
         .collect();
     for child in children {
-        let out = child.wait_with_output().unwrap();
+        // A hang guard, not a timing assertion: a stuck pull fails the test.
+        let out = child
+            .wait_with_output_timeout(Duration::from_secs(300))
+            .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let blobs = store_blobs(&kiln.root);

@@ -4,27 +4,21 @@
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 macro_rules! require_root {
     () => {
-        if !is_root() {
-            eprintln!("SKIPPED: needs root (real namespaces and overlay mounts)");
-            return;
-        }
+        kiln_testsupport::require_root!("real namespaces and overlay mounts")
     };
 }
 
-/// A store holding `busybox:test` (static busybox, /etc/passwd with app =
-/// 1000, /etc/motd) imported with the given `--change` lines.
+/// A store holding `busybox:test` (kiln-testsupport's busybox root
+/// filesystem: static busybox, /etc/passwd with app = 1000, /etc/motd)
+/// imported with the given `--change` lines.
 struct Fixture {
     dir: tempfile::TempDir,
 }
@@ -32,41 +26,10 @@ struct Fixture {
 impl Fixture {
     fn new(changes: &[&str]) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("rootfs");
-        for sub in ["bin", "etc", "tmp", "home/app"] {
-            fs::create_dir_all(root.join(sub)).unwrap();
-        }
-        fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
-        std::os::unix::fs::chown(root.join("home/app"), Some(1000), Some(1000)).unwrap();
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .find(|p| Path::new(p).is_file())
-            .expect("busybox is missing: scripts/setup installs busybox-static");
-        fs::copy(busybox, root.join("bin/busybox")).unwrap();
-        let list = Command::new(busybox).arg("--list").output().unwrap();
-        for applet in String::from_utf8_lossy(&list.stdout).lines() {
-            if applet != "busybox" && !applet.contains('/') {
-                std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-            }
-        }
-        fs::write(
-            root.join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
-        )
-        .unwrap();
-        fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
-        fs::write(root.join("etc/motd"), "welcome\n").unwrap();
-        fs::write(root.join("bin/not-executable"), "data\n").unwrap();
         let tar = dir.path().join("rootfs.tar");
-        let status = Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
+        kiln_testsupport::BusyboxRootfs::default()
+            .write_tar(&tar)
             .unwrap();
-        assert!(status.success());
         let fixture = Fixture { dir };
         let mut import = fixture.kiln();
         import.arg("import");
@@ -89,7 +52,11 @@ impl Fixture {
 
     fn kiln(&self) -> Command {
         let mut cmd = Command::new(KILN);
-        cmd.arg("--root").arg(self.store()).stdin(Stdio::null());
+        cmd.arg("--root")
+            .arg(self.store())
+            .stdin(Stdio::null())
+            .env("DOCKER_CONFIG", kiln_testsupport::empty_docker_config())
+            .env_remove("KILN_LOG");
         cmd
     }
 
@@ -305,13 +272,14 @@ fn missing_volume_source_is_refused_before_anything_starts() {
 fn sigterm_reaches_the_container() {
     require_root!();
     let f = Fixture::new(&[]);
-    let mut child = f
-        .kiln()
-        .args(["run", "busybox:test", "sh", "-c"])
-        .arg("trap 'exit 42' TERM; echo ready; while true; do sleep 0.1; done")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Killed and reaped if the test fails before kiln exits.
+    let mut child = kiln_testsupport::ChildGuard::spawn(
+        f.kiln()
+            .args(["run", "busybox:test", "sh", "-c"])
+            .arg("trap 'exit 42' TERM; echo ready; while true; do sleep 0.1; done")
+            .stdout(Stdio::piped()),
+    )
+    .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -319,7 +287,12 @@ fn sigterm_reaches_the_container() {
     assert_eq!(line, "ready\n");
     // SAFETY: signalling the kiln process this test started.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert_eq!(child.wait().unwrap().code(), Some(42));
+    // A hang guard, not a timing assertion: if SIGTERM is not forwarded
+    // the container loops forever, so kiln is killed and the test fails.
+    let status = child
+        .wait_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("SIGTERM did not end kiln run: {e}"));
+    assert_eq!(status.code(), Some(42));
     f.assert_no_containers();
 }
 
@@ -337,20 +310,22 @@ fn timeout_kills_the_container() {
 fn stdin_only_with_interactive_and_a_terminal_with_tty() {
     require_root!();
     let f = Fixture::new(&[]);
-    let mut child = f
-        .kiln()
-        .args(["run", "-i", "busybox:test", "cat"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = kiln_testsupport::ChildGuard::spawn(
+        f.kiln()
+            .args(["run", "-i", "busybox:test", "cat"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    )
+    .unwrap();
     child
         .stdin
         .take()
         .unwrap()
         .write_all(b"piped in\n")
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = child
+        .wait_with_output_timeout(Duration::from_secs(60))
+        .unwrap();
     assert_eq!(stdout(&out), "piped in\n");
     // Without -i the container's stdin is empty.
     let out = f.run(&["busybox:test", "cat"]);
@@ -359,42 +334,10 @@ fn stdin_only_with_interactive_and_a_terminal_with_tty() {
     assert_eq!(stdout(&out), "/dev/pts/0\r\n", "{}", stderr(&out));
 }
 
-/// Creates `kiln-rootless` once (useradd gives it subuid/subgid ranges, or
-/// the test adds one); returns its uid and gid.
-fn rootless_user() -> (u32, u32) {
-    const USER: &str = "kiln-rootless";
-    let id = |flag: &str| Command::new("id").args([flag, USER]).output().unwrap();
-    if !id("-u").status.success() {
-        // A concurrent test may create it first: checked again below.
-        let _ = Command::new("useradd")
-            .args(["--no-create-home", "--shell", "/bin/sh", USER])
-            .output();
-    }
-    let parse = |out: Output| -> u32 {
-        assert!(out.status.success(), "user {USER} is missing");
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-    };
-    let (uid, gid) = (parse(id("-u")), parse(id("-g")));
-    for (file, flag) in [
-        ("/etc/subuid", "--add-subuids"),
-        ("/etc/subgid", "--add-subgids"),
-    ] {
-        let text = fs::read_to_string(file).unwrap_or_default();
-        if !text.lines().any(|l| l.starts_with(&format!("{USER}:"))) {
-            let out = Command::new("usermod")
-                .args([flag, "300000-365535", USER])
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "usermod: {}", stderr(&out));
-        }
-    }
-    (uid, gid)
-}
-
 #[test]
 fn rootless_user_runs_busybox_through_kiln() {
     require_root!();
-    let (uid, gid) = rootless_user();
+    let (uid, gid) = kiln_testsupport::rootless_user().unwrap();
     // The image tar from a root fixture, readable by the user.
     let f = Fixture::new(&[]);
     let home = tempfile::tempdir().unwrap();

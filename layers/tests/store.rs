@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use kiln_layers::oci::{ImageConfig, Index, RootFs};
 use kiln_layers::store::{CacheRecord, PruneOptions};
 use kiln_layers::{media, Descriptor, Digest, Error, Platform, Reference, Store};
+use kiln_testsupport::ChildGuard;
 
 fn blob_data(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -131,7 +132,8 @@ fn child_process() {
     }
 }
 
-fn spawn_child(root: &Path, id: &str, hang: bool) -> std::process::Child {
+/// The child runs under a guard: killed and reaped if the test fails first.
+fn spawn_child(root: &Path, id: &str, hang: bool) -> ChildGuard {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args(["--ignored", "--exact", "child_process", "--test-threads=1"])
         .env(CHILD_ROOT, root)
@@ -140,7 +142,7 @@ fn spawn_child(root: &Path, id: &str, hang: bool) -> std::process::Child {
     if hang {
         cmd.env(CHILD_HANG, "1");
     }
-    cmd.spawn().unwrap()
+    ChildGuard::spawn(&mut cmd).unwrap()
 }
 
 #[test]
@@ -152,7 +154,9 @@ fn two_processes_ingesting_and_tagging_both_succeed() {
         .map(|id| spawn_child(tmp.path(), id, false))
         .collect();
     for mut c in children {
-        assert!(c.wait().unwrap().success(), "a child process failed");
+        // A hang guard, not a timing assertion.
+        let status = c.wait_timeout(Duration::from_secs(120)).unwrap();
+        assert!(status.success(), "a child process failed");
     }
     let data = blob_data(4 << 20, 42);
     assert_eq!(fs::read(store.blob_path(&Digest::of(&data))).unwrap(), data);
@@ -187,8 +191,7 @@ fn kill_9_mid_ingest_leaves_only_garbage_in_ingest() {
         assert!(child.try_wait().unwrap().is_none(), "child exited early");
         std::thread::sleep(Duration::from_millis(20));
     }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child.kill_and_reap(); // SIGKILL
     let data = blob_data(4 << 20, 42);
     let digest = Digest::of(&data);
     assert!(!store.has_blob(&digest), "a partial blob became visible");

@@ -48,7 +48,7 @@ fn host_files_are_unreachable() {
     assert_eq!(code, 0);
     assert!(!out.contains("visible") && !out.contains("secret"), "{out}");
     // The root is the image: its directories and the runtime's mount points.
-    assert_eq!(out.trim(), "bin dev etc home proc sys tmp", "{out}");
+    assert_eq!(out.trim(), "bin dev etc home proc root sys tmp", "{out}");
 }
 
 #[test]
@@ -67,15 +67,19 @@ fn death_by_signal_is_128_plus_n() {
     let tmp = tempfile::tempdir().unwrap();
     let rootfs = busybox_rootfs(tmp.path());
     let token = format!("{}.25", std::process::id() % 100000 + 100000);
-    let mut child = std::process::Command::new(common::HELPER_BIN)
-        .args(["run", "--state"])
-        .arg(tmp.path().join("state"))
-        .arg("--lower")
-        .arg(&rootfs)
-        .args(["--", "sleep", &token])
-        .spawn()
-        .unwrap();
+    // Killed and reaped if the test fails before the container ends.
+    let mut child = kiln_testsupport::ChildGuard::spawn(
+        std::process::Command::new(common::HELPER_BIN)
+            .args(["run", "--state"])
+            .arg(tmp.path().join("state"))
+            .arg("--lower")
+            .arg(&rootfs)
+            .args(["--", "sleep", &token]),
+    )
+    .unwrap();
     // Find the container's PID 1 from the host by its unique command line.
+    // The deadline is a hang guard, not a timing assertion.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let wanted = format!("sleep\0{token}\0");
     let pid = loop {
         let found = fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
@@ -88,11 +92,15 @@ fn death_by_signal_is_128_plus_n() {
         if let Some(status) = child.try_wait().unwrap() {
             panic!("container ended early: {status}");
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no process with command line `sleep {token}` appeared within 60 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     // SAFETY: signalling the container process found above.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    let status = child.wait().unwrap();
+    let status = child.wait_timeout(Duration::from_secs(60)).unwrap();
     assert_eq!(status.code(), Some(128 + 9));
 }
 

@@ -10,10 +10,6 @@ use std::process::Command;
 
 use common::{busybox_rootfs, HELPER_BIN};
 
-const USER: &str = "kiln-rootless";
-const SUBID_START: u32 = 300_000;
-const SUBID_COUNT: u32 = 65_536;
-
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
@@ -25,38 +21,6 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Creates the test user once, with subuid/subgid ranges; returns uid, gid.
-fn ensure_user() -> (u32, u32) {
-    let exists = Command::new("id").arg("-u").arg(USER).output().unwrap();
-    if !exists.status.success() {
-        // Two tests may race to create it: a failure is fine if it exists after.
-        let _ = Command::new("useradd")
-            .args(["--no-create-home", "--shell", "/bin/sh", USER])
-            .output();
-    }
-    let uid: u32 = run(Command::new("id").arg("-u").arg(USER))
-        .trim()
-        .parse()
-        .unwrap();
-    let gid: u32 = run(Command::new("id").arg("-g").arg(USER))
-        .trim()
-        .parse()
-        .unwrap();
-    for file in ["/etc/subuid", "/etc/subgid"] {
-        let text = fs::read_to_string(file).unwrap_or_default();
-        if !text.lines().any(|l| l.starts_with(&format!("{USER}:"))) {
-            let flag = if file.ends_with("subuid") {
-                "--add-subuids"
-            } else {
-                "--add-subgids"
-            };
-            let range = format!("{}-{}", SUBID_START, SUBID_START + SUBID_COUNT - 1);
-            run(Command::new("usermod").args([flag, &range, USER]));
-        }
-    }
-    (uid, gid)
-}
-
 fn chown_tree(path: &Path, uid: u32, gid: u32) {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
     if fs::symlink_metadata(path).unwrap().is_dir() {
@@ -64,16 +28,6 @@ fn chown_tree(path: &Path, uid: u32, gid: u32) {
             chown_tree(&entry.unwrap().path(), uid, gid);
         }
     }
-}
-
-fn subid_range(file: &str) -> (u32, u32) {
-    let text = fs::read_to_string(file).unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with(&format!("{USER}:")))
-        .unwrap_or_else(|| panic!("{USER} missing from {file}"));
-    let fields: Vec<&str> = line.split(':').collect();
-    (fields[1].parse().unwrap(), fields[2].parse().unwrap())
 }
 
 #[test]
@@ -90,13 +44,15 @@ fn unprivileged_user_runs_busybox_in_a_user_namespace() {
             "{tool} is missing: scripts/setup installs it"
         );
     }
-    let (uid, gid) = ensure_user();
+    let (uid, gid) = kiln_testsupport::rootless_user().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let rootfs = busybox_rootfs(tmp.path());
     // A rootless store belongs to its user: root inside the namespace.
     chown_tree(&rootfs, uid, gid);
-    let (subuid, _) = subid_range("/etc/subuid");
+    let (subuid, subuid_count) = kiln_testsupport::users::subid_range("/etc/subuid")
+        .unwrap()
+        .expect("rootless_user gave the user a subordinate uid range");
     // app (1000 inside) owns its home: host id subuid + 999.
     std::os::unix::fs::chown(
         rootfs.join("home/app"),
@@ -141,7 +97,7 @@ fn unprivileged_user_runs_busybox_in_a_user_namespace() {
     );
     assert_eq!(
         out,
-        format!("0\n1\nkiln\n0 {uid} 1\n1 {subuid} {SUBID_COUNT}\nhi\nlo\n")
+        format!("0\n1\nkiln\n0 {uid} 1\n1 {subuid} {subuid_count}\nhi\nlo\n")
     );
     // The image was not touched.
     assert_eq!(

@@ -1,11 +1,10 @@
-//! Helpers for the end-to-end tests: the `kiln` binary, running it, and a
-//! busybox root filesystem tar built from the host's static busybox
-//! (`busybox-static`, installed by scripts/setup).
+//! Helpers for the end-to-end tests: the `kiln` binary, running it (with
+//! the host's docker configuration kept out), and a busybox root filesystem
+//! tar built from the host's static busybox (`busybox-static`, installed by
+//! scripts/setup) by kiln-testsupport.
 
 #![allow(dead_code)]
 
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -14,9 +13,21 @@ pub fn kiln_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kiln"))
 }
 
-/// `kiln --root ROOT ARGS…`, with progress as plain lines.
+/// `kiln ARGS…` with `DOCKER_CONFIG` pointing at an empty directory (the
+/// host's `~/.docker/config.json` and its credential helpers take no part),
+/// and no `KILN_ROOT` or `KILN_LOG` from the environment.
+pub fn kiln_command() -> Command {
+    let mut command = Command::new(kiln_bin());
+    command
+        .env("DOCKER_CONFIG", kiln_testsupport::empty_docker_config())
+        .env_remove("KILN_ROOT")
+        .env_remove("KILN_LOG");
+    command
+}
+
+/// `kiln --root ROOT ARGS…`, with progress as plain lines (see [`kiln_command`]).
 pub fn kiln(root: &Path, args: &[&str]) -> Output {
-    Command::new(kiln_bin())
+    kiln_command()
         .arg("--root")
         .arg(root)
         .args(args)
@@ -51,67 +62,17 @@ pub fn run_ok(cmd: &mut Command) -> String {
 
 /// Where the static busybox lives on this machine.
 pub fn busybox_path() -> PathBuf {
-    for p in ["/bin/busybox", "/usr/bin/busybox"] {
-        if Path::new(p).is_file() {
-            return PathBuf::from(p);
-        }
-    }
-    panic!("busybox not found: run scripts/setup (Debian package busybox-static)");
+    kiln_testsupport::busybox_path().unwrap()
 }
 
-/// Lays out a minimal busybox root filesystem in `dir`: `/bin/busybox` with
-/// a symlink per applet, `/etc/passwd`, `/etc/group`, `/tmp`, `/root`, and
-/// empty `/proc`, `/sys`, `/dev`.
-pub fn busybox_rootfs_dir(dir: &Path) -> std::io::Result<()> {
-    let mkdir = |rel: &str, mode: u32| -> std::io::Result<()> {
-        let p = dir.join(rel);
-        fs::create_dir_all(&p)?;
-        fs::set_permissions(&p, fs::Permissions::from_mode(mode))
-    };
-    for (rel, mode) in [
-        ("bin", 0o755),
-        ("etc", 0o755),
-        ("tmp", 0o1777),
-        ("root", 0o700),
-        ("proc", 0o755),
-        ("sys", 0o755),
-        ("dev", 0o755),
-        ("usr/bin", 0o755),
-    ] {
-        mkdir(rel, mode)?;
-    }
-    let busybox = busybox_path();
-    fs::copy(&busybox, dir.join("bin/busybox"))?;
-    fs::set_permissions(dir.join("bin/busybox"), fs::Permissions::from_mode(0o755))?;
-    let list = Command::new(&busybox).arg("--list").output()?;
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        let applet = applet.trim();
-        if applet.is_empty() || applet == "busybox" || applet.contains('/') {
-            continue;
-        }
-        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet))?;
-    }
-    fs::write(
-        dir.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
-    )?;
-    fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
-    Ok(())
+/// Lays out the busybox root filesystem of [`kiln_testsupport::BusyboxRootfs`]
+/// in `dir`, with empty `/proc`, `/sys`, `/dev` and `/usr/bin`.
+pub fn busybox_rootfs_dir(dir: &Path) -> Result<(), kiln_testsupport::TestSupportError> {
+    kiln_testsupport::BusyboxRootfs::with_mount_points().create_dir(dir)
 }
 
-/// Writes a busybox root filesystem tar (see [`busybox_rootfs_dir`]) to
-/// `path`, deterministically (sorted entries, mtimes clamped to 0).
-pub fn busybox_rootfs_tar(path: &Path) -> std::io::Result<()> {
-    let staging = tempfile::tempdir()?;
-    busybox_rootfs_dir(staging.path())?;
-    let out = fs::File::create(path)?;
-    let options = kiln_layers::diff::DiffOptions {
-        source_date_epoch: Some(0),
-        overlay_whiteouts: false,
-    };
-    kiln_layers::diff::write_tar(staging.path(), std::io::BufWriter::new(out), &options)
-        .map_err(std::io::Error::other)?
-        .into_inner()
-        .map_err(|e| e.into_error())?
-        .sync_all()
+/// Writes that root filesystem as a tar to `path`, deterministically
+/// (sorted entries, mtimes 0).
+pub fn busybox_rootfs_tar(path: &Path) -> Result<(), kiln_testsupport::TestSupportError> {
+    kiln_testsupport::BusyboxRootfs::with_mount_points().write_tar(path)
 }

@@ -7,6 +7,14 @@
 //! - [`FaultProxy`]: a TCP proxy in front of a registry that drops a blob
 //!   download midway, flips a byte, or answers 503/429 a few times.
 //! - [`image`]: small OCI layouts built by hand, and `skopeo` helpers.
+//! - [`BusyboxRootfs`]: a busybox root filesystem (directory or tar) from
+//!   the host's static busybox.
+//! - [`ChildGuard`]: a child process killed and reaped on drop, with a
+//!   bounded wait.
+//! - [`users`]: `require_root!` (root-only tests fail unless
+//!   `KILN_TEST_ALLOW_SKIP=1`) and the rootless test user.
+//! - [`empty_docker_config`]: a `DOCKER_CONFIG` that keeps the host's
+//!   `~/.docker` out of tests.
 //!
 //! ```no_run
 //! use kiln_testsupport::RegistryServer;
@@ -19,8 +27,14 @@ pub mod image;
 mod process;
 pub mod proxy;
 pub mod registry;
+pub mod rootfs;
 pub mod tls;
 pub mod token;
+pub mod users;
+
+pub use process::ChildGuard;
+pub use rootfs::{busybox_path, BusyboxRootfs};
+pub use users::{is_root, require_root, rootless_user};
 
 pub use proxy::{CannedResponse, FaultPlan, FaultProxy, StatusFault};
 pub use registry::RegistryServer;
@@ -52,6 +66,11 @@ pub enum TestSupportError {
     Certificate(String),
     #[error("signing a token: {0}")]
     Signing(String),
+    #[error("{what} did not finish within {after:?} (killed)")]
+    Timeout {
+        what: String,
+        after: std::time::Duration,
+    },
 }
 
 impl TestSupportError {
@@ -72,4 +91,40 @@ pub fn free_port() -> Result<u16> {
         .map_err(TestSupportError::io("reading the bound address"))?
         .port();
     Ok(port)
+}
+
+/// An empty directory to use as `DOCKER_CONFIG` for every kiln a test runs,
+/// so the host's `~/.docker/config.json` (and any credential helper it
+/// names) takes no part. One directory per user, reused across runs; it
+/// must stay empty (kiln only reads it unless a test logs in, and a test
+/// that logs in needs a directory of its own).
+///
+/// Panics if the directory cannot be made or has something in it.
+pub fn empty_docker_config() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!(
+            "kiln-test-empty-docker-config-{}",
+            rustix::process::geteuid().as_raw()
+        ));
+        if let Err(e) = std::fs::create_dir(&dir) {
+            assert!(
+                e.kind() == std::io::ErrorKind::AlreadyExists,
+                "creating {}: {e}",
+                dir.display()
+            );
+        }
+        dir
+    });
+    let entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        entries.is_empty(),
+        "{} must stay empty (it is the tests' DOCKER_CONFIG) but holds {entries:?}",
+        dir.display()
+    );
+    dir
 }

@@ -82,10 +82,11 @@ impl RegistryServer {
     }
 
     fn start(mode: Mode) -> Result<RegistryServer> {
-        // A port freed by `free_port` can be taken by someone else before the
-        // registry binds it: try a few ports.
+        // A port freed by `free_port` can be taken by someone else (another
+        // test's registry, say) before the registry binds it: the registry
+        // then exits with "address already in use", and we try a new port.
         let mut last = None;
-        for _ in 0..3 {
+        for _ in 0..5 {
             match Self::start_once(&mode) {
                 Ok(server) => return Ok(server),
                 Err(TestSupportError::RegistryStart { reason, log })
@@ -195,8 +196,16 @@ impl RegistryServer {
         Ok(server)
     }
 
+    /// Ready means: our registry logged that it bound the port (so a
+    /// listener someone else started on a reused port cannot pass for it),
+    /// and `GET /v2/` there is answered by a distribution registry (the
+    /// `Docker-Distribution-Api-Version` header; in TLS mode, Go's answer
+    /// to plain HTTP on an HTTPS port, since this probe speaks no TLS).
     fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        const LIMIT: Duration = Duration::from_secs(30);
+        let deadline = Instant::now() + LIMIT;
+        let listening = format!("listening on {}", self.host);
+        let mut last_probe = String::from("no answer yet");
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(TestSupportError::RegistryStart {
@@ -204,12 +213,18 @@ impl RegistryServer {
                     log: self.log(),
                 });
             }
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
-                return Ok(());
+            if self.log().contains(&listening) {
+                match probe_v2(self.addr, self.ca_cert.is_some()) {
+                    Ok(()) => return Ok(()),
+                    Err(why) => last_probe = why,
+                }
             }
             if Instant::now() > deadline {
                 return Err(TestSupportError::RegistryStart {
-                    reason: format!("nothing listening on {} after 30 s", self.addr),
+                    reason: format!(
+                        "not serving the registry API on {} after {LIMIT:?}: {last_probe}",
+                        self.addr
+                    ),
                     log: self.log(),
                 });
             }
@@ -222,6 +237,44 @@ impl RegistryServer {
         let mut found = Vec::new();
         collect(&self.storage_dir(), needle, &mut found);
         found
+    }
+}
+
+/// One plain-HTTP `GET /v2/` to `addr`; Ok when a registry answered.
+fn probe_v2(addr: SocketAddr, tls: bool) -> std::result::Result<(), String> {
+    use std::io::Write as _;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("connect: {e}"))?;
+    let timeout = Some(Duration::from_secs(5));
+    stream
+        .set_read_timeout(timeout)
+        .and_then(|()| stream.set_write_timeout(timeout))
+        .map_err(|e| format!("socket timeouts: {e}"))?;
+    let request = format!("GET /v2/ HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    // An HTTPS server answers and closes after the first bytes: a failed
+    // write still leaves its answer to read.
+    let written = stream.write_all(request.as_bytes());
+    let mut answer = Vec::new();
+    // A read error after some bytes (a reset once the answer is sent) still
+    // leaves the answer to look at.
+    let read = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    let is_registry = if tls {
+        text.contains("HTTP request to an HTTPS server")
+    } else {
+        head.lines().any(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("docker-distribution-api-version:")
+        })
+    };
+    if is_registry {
+        Ok(())
+    } else {
+        Err(format!(
+            "GET /v2/ answered {:?} (write: {written:?}, read: {read:?})",
+            head.chars().take(200).collect::<String>()
+        ))
     }
 }
 
@@ -250,5 +303,40 @@ impl Drop for RegistryServer {
             }
             eprintln!("--- registry {} log ---\n{text}", self.host);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    #[test]
+    fn probe_refuses_a_listener_that_is_not_a_registry() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                .unwrap();
+        });
+        let err = probe_v2(addr, false).unwrap_err();
+        assert!(err.contains("200 OK"), "{err}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn started_registries_answer_the_probe_in_every_mode() {
+        let plain = RegistryServer::start_plain().unwrap();
+        probe_v2(plain.addr, false).unwrap();
+        let tls = RegistryServer::start_tls_basic("user", "secret").unwrap();
+        probe_v2(tls.addr, true).unwrap();
+        // A TLS registry is not mistaken for a plain one, nor the reverse.
+        assert!(probe_v2(tls.addr, false).is_err());
+        assert!(probe_v2(plain.addr, true).is_err());
+        let token = RegistryServer::start_token("user", "secret").unwrap();
+        probe_v2(token.addr, false).unwrap();
     }
 }

@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -12,69 +11,25 @@ use kiln_runtime::{ExitStatus, HelperCommand, RunSpec, RuntimeError, Streams};
 
 pub const HELPER_BIN: &str = env!("CARGO_BIN_EXE_kiln-runtime-helper");
 
-pub fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Root is a prerequisite of these tests (namespaces, overlay, mknod):
-/// without it they say so and pass trivially.
+/// without it they fail, unless `KILN_TEST_ALLOW_SKIP=1` lets them skip.
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if !common::is_root() {
-            eprintln!("SKIPPED: needs root (real namespaces and overlay mounts)");
-            return;
-        }
+        kiln_testsupport::require_root!("real namespaces and overlay mounts")
     };
 }
 
-pub fn busybox_path() -> PathBuf {
-    for candidate in ["/bin/busybox", "/usr/bin/busybox"] {
-        if Path::new(candidate).is_file() {
-            return PathBuf::from(candidate);
-        }
-    }
-    panic!("busybox is missing: scripts/setup installs busybox-static");
-}
-
-/// A root filesystem: static busybox with a link per applet, /etc/passwd
-/// and /etc/group with root and app (1000), /tmp (1777), /etc/motd. No
-/// /etc/hosts, /proc, /sys or /dev: the runtime must provide them.
+/// The busybox root filesystem of [`kiln_testsupport::BusyboxRootfs`] in
+/// `dir/rootfs`: static busybox with a link per applet, /etc/passwd and
+/// /etc/group with root, app (1000, in wheel) and nobody, /etc/motd,
+/// /tmp (1777), /root, /home/app, /bin/not-executable. No /etc/hosts,
+/// /proc, /sys or /dev: the runtime must provide them.
 pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     let root = dir.join("rootfs");
-    fs::create_dir_all(root.join("bin")).unwrap();
-    fs::create_dir_all(root.join("etc")).unwrap();
-    fs::create_dir_all(root.join("tmp")).unwrap();
-    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
-    fs::create_dir_all(root.join("home/app")).unwrap();
-    std::os::unix::fs::chown(root.join("home/app"), Some(1000), Some(1000)).ok();
-    let busybox = root.join("bin/busybox");
-    fs::copy(busybox_path(), &busybox).unwrap();
-    fs::set_permissions(&busybox, fs::Permissions::from_mode(0o755)).unwrap();
-    // The host's copy: running the fresh one could fail with ETXTBSY while
-    // another test thread's fork still holds it open for writing.
-    let list = std::process::Command::new(busybox_path())
-        .arg("--list")
-        .output()
+    kiln_testsupport::BusyboxRootfs::default()
+        .create_dir(&root)
         .unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" && !applet.contains('/') {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
-    fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
-    )
-    .unwrap();
-    fs::write(
-        root.join("etc/group"),
-        "root:x:0:\nwheel:x:10:app\napp:x:1000:\n",
-    )
-    .unwrap();
-    fs::write(root.join("etc/motd"), "welcome\n").unwrap();
-    fs::write(root.join("bin/not-executable"), "#!/bin/sh\necho no\n").unwrap();
     root
 }
 

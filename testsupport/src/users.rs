@@ -1,0 +1,107 @@
+//! The unprivileged user the rootless tests run kiln as, and the root
+//! requirement of the tests that need real namespaces.
+
+use std::process::Command;
+
+use crate::process::run;
+use crate::{Result, TestSupportError};
+
+/// The user [`rootless_user`] creates.
+pub const ROOTLESS_USER: &str = "kiln-rootless";
+/// First subordinate uid and gid given to [`ROOTLESS_USER`].
+pub const SUBID_START: u32 = 300_000;
+/// How many subordinate ids [`ROOTLESS_USER`] gets.
+pub const SUBID_COUNT: u32 = 65_536;
+
+/// The environment variable that lets root-only tests skip (with a
+/// `SKIPPED` line) when not run as root; without it they fail.
+pub const ALLOW_SKIP_VAR: &str = "KILN_TEST_ALLOW_SKIP";
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// For tests that need root (namespaces, overlay mounts, mknod): true when
+/// root. Otherwise panics saying why, unless `KILN_TEST_ALLOW_SKIP=1`, in
+/// which case it prints `SKIPPED: …` and returns false (the test returns).
+/// CI runs as root, so there these tests always run.
+pub fn require_root(why: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var_os(ALLOW_SKIP_VAR).is_some_and(|v| v == "1") {
+        eprintln!("SKIPPED: needs root ({why}); {ALLOW_SKIP_VAR}=1 allows the skip");
+        return false;
+    }
+    panic!(
+        "this test needs root ({why}): run it as root (CI does), \
+         or set {ALLOW_SKIP_VAR}=1 to skip it"
+    );
+}
+
+/// `require_root!("why")` returns from the test when it must skip (see
+/// [`require_root`]).
+#[macro_export]
+macro_rules! require_root {
+    ($why:expr) => {
+        if !$crate::users::require_root($why) {
+            return;
+        }
+    };
+}
+
+/// Creates [`ROOTLESS_USER`] if missing (no home, shell /bin/sh) and gives
+/// it subordinate uid and gid ranges ([`SUBID_START`], [`SUBID_COUNT`]) if
+/// it has none; returns its uid and gid. Safe to call from concurrent tests:
+/// a lost `useradd` race is fine as long as the user exists afterwards.
+/// Needs root.
+pub fn rootless_user() -> Result<(u32, u32)> {
+    let user = ROOTLESS_USER;
+    if run(Command::new("id").args(["-u", user])).is_err() {
+        let _ = Command::new("useradd")
+            .args(["--no-create-home", "--shell", "/bin/sh", user])
+            .output();
+    }
+    let id = |flag: &str| -> Result<u32> {
+        let out = run(Command::new("id").args([flag, user]))?;
+        let text = String::from_utf8_lossy(&out).trim().to_string();
+        text.parse().map_err(|_| TestSupportError::Command {
+            command: format!("id {flag} {user}"),
+            status: "0".into(),
+            stderr: format!("not a number: {text:?}"),
+        })
+    };
+    let (uid, gid) = (id("-u")?, id("-g")?);
+    for (file, flag) in [
+        ("/etc/subuid", "--add-subuids"),
+        ("/etc/subgid", "--add-subgids"),
+    ] {
+        if subid_range(file)?.is_none() {
+            let range = format!("{SUBID_START}-{}", SUBID_START + SUBID_COUNT - 1);
+            if let Err(e) = run(Command::new("usermod").args([flag, &range, user])) {
+                // A concurrent test may have added the range meanwhile.
+                if subid_range(file)?.is_none() {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok((uid, gid))
+}
+
+/// [`ROOTLESS_USER`]'s first range in `/etc/subuid` or `/etc/subgid`:
+/// (start, count).
+pub fn subid_range(file: &str) -> Result<Option<(u32, u32)>> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(TestSupportError::io(format!("reading {file}"))(e)),
+    };
+    let prefix = format!("{ROOTLESS_USER}:");
+    Ok(text.lines().find_map(|line| {
+        let rest = line.strip_prefix(&prefix)?;
+        let (start, count) = rest.split_once(':')?;
+        Some((start.trim().parse().ok()?, count.trim().parse().ok()?))
+    }))
+}
