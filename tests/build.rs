@@ -367,7 +367,7 @@ fn source_date_epoch_gives_the_same_image_in_two_roots() {
             let dir = tempfile::tempdir().unwrap();
             let root = dir.path().join("store");
             let run = |args: &[&str]| {
-                std::process::Command::new(common::kiln_bin())
+                common::kiln_command()
                     .arg("--root")
                     .arg(&root)
                     .args(args)
@@ -808,7 +808,7 @@ fn prune_waits_for_a_running_build() {
          echo done > /result\n",
     )]);
     let sync = cache_mount_dir(&root, "sync");
-    let build = std::process::Command::new(common::kiln_bin())
+    let build = common::kiln_command()
         .arg("--root")
         .arg(&root)
         .args(["build", "--progress", "plain", "-t", "busy:1"])
@@ -825,7 +825,7 @@ fn prune_waits_for_a_running_build() {
     }
     assert!(started.exists(), "the build's RUN never started");
     // A prune now must not take the running build's work dir: it waits.
-    let prune = std::process::Command::new(common::kiln_bin())
+    let prune = common::kiln_command()
         .arg("--root")
         .arg(&root)
         .arg("prune")
