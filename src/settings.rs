@@ -31,3 +31,11 @@ fn default_root() -> PathBuf {
         None => PathBuf::from(".kiln"),
     }
 }
+
+/// `SOURCE_DATE_EPOCH` from the environment: the time reproducible outputs
+/// are stamped with (seconds since the epoch).
+pub fn source_date_epoch() -> Option<i64> {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+}

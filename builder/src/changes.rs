@@ -15,7 +15,7 @@
 use kiln_layers::oci::{ContainerConfig, ImageConfig, Platform};
 use kiln_parser::instructions::{self, Instruction};
 
-use crate::plan::{plan, BuildOptions, ImageResolver, ResolvedImage};
+use crate::plan::{plan, BuildOptions, ImageResolver, Origin, ResolvedImage};
 
 /// The instructions `docker import --change` accepts.
 pub const ALLOWED: &[&str] = &[
@@ -64,11 +64,20 @@ pub fn apply_changes(
     });
     let planned =
         plan(&typed, &BuildOptions::default(), &base).map_err(|e| all_at_once(e.to_string()))?;
-    Ok(planned.stages[planned.target]
-        .image
-        .config
-        .clone()
-        .unwrap_or_default())
+    let stage = &planned.stages[planned.target];
+    let mut config = stage.image.config.clone().unwrap_or_default();
+    // FROM gives a stage the default PATH when its image has none; docker
+    // import runs no FROM, so that entry goes (one a change set stays).
+    // Changes still see it while they expand, unlike docker's.
+    if stage.provenance.get("Env.PATH") == Some(&Origin::Default) {
+        if let Some(env) = config.env.as_mut() {
+            env.retain(|e| !e.starts_with("PATH="));
+        }
+        if config.env.as_ref().is_some_and(|e| e.is_empty()) {
+            config.env = None;
+        }
+    }
+    Ok(config)
 }
 
 /// Parses one change on its own so an error names the line at fault.
@@ -91,7 +100,7 @@ fn check_change(change: &str) -> Result<(), ChangeError> {
                 Ok(())
             } else {
                 Err(bad(format!(
-                    "{keyword} is not allowed; a change is one of {}",
+                    "{keyword} is not a valid change command (one of {})",
                     ALLOWED.join(", ")
                 )))
             }
@@ -197,10 +206,20 @@ mod tests {
     }
 
     #[test]
+    fn no_default_path_without_a_from() {
+        let c = apply(&["ENV HOME=/root", "CMD [\"sh\"]"]).unwrap();
+        assert_eq!(c.env, Some(vec!["HOME=/root".to_string()]));
+        let c = apply(&["CMD [\"sh\"]"]).unwrap();
+        assert_eq!(c.env, None);
+        let c = apply(&["ENV PATH=/opt/bin"]).unwrap();
+        assert_eq!(c.env, Some(vec!["PATH=/opt/bin".to_string()]));
+    }
+
+    #[test]
     fn bad_changes_are_named() {
         for (change, reason) in [
-            ("RUN echo hi", "RUN is not allowed"),
-            ("COPY a b", "COPY is not allowed"),
+            ("RUN echo hi", "RUN is not a valid change command"),
+            ("COPY a b", "COPY is not a valid change command"),
             ("FROM other", "expected one instruction"),
             ("BOGUS x", "unknown instruction"),
             ("CMD [\"a\"]\nRUN x", "a change is one line"),

@@ -60,10 +60,13 @@ fn store_with_busybox(dir: &Path) -> Store {
     let mut import = ImportOptions::new("busybox-test");
     import.platform = Platform::parse("linux/amd64").unwrap();
     import.created = 1_600_000_000;
-    import.changes = vec![
-        "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        "CMD [\"sh\"]".into(),
-    ];
+    import.config = kiln_layers::oci::ContainerConfig {
+        env: Some(vec![
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ]),
+        cmd: Some(vec!["sh".into()]),
+        ..Default::default()
+    };
     let desc = import_rootfs(&store, &tar[..], &import, &NoProgress).unwrap();
     store
         .tag(&Reference::parse("busybox:test").unwrap(), &desc)

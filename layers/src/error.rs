@@ -67,8 +67,6 @@ pub enum Error {
     },
     #[error("{path}: cannot turn into a layer: {reason}")]
     Diff { path: PathBuf, reason: String },
-    #[error("--change {change:?}: {reason}")]
-    InvalidChange { change: String, reason: String },
     #[error("archive {path}: {reason}")]
     Archive { path: PathBuf, reason: String },
 }

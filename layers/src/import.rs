@@ -2,7 +2,6 @@
 
 use std::io::{self, Read, Write};
 
-use crate::changes::apply_change;
 use crate::compress::{decompress, Compression, Compressor};
 use crate::digest::HashingWriter;
 use crate::error::{Error, Result};
@@ -13,11 +12,12 @@ use crate::store::Store;
 /// How to import.
 #[derive(Clone, Debug)]
 pub struct ImportOptions {
-    /// `--change` lines, applied in order.
-    pub changes: Vec<String>,
+    /// The container config (`--change` lines are applied by the caller:
+    /// the store knows no Dockerfile syntax).
+    pub config: ContainerConfig,
     pub platform: Platform,
     pub compression: Compression,
-    /// The config's `created` (seconds); `SOURCE_DATE_EPOCH` or now by default.
+    /// The config's `created` (seconds); now by default.
     pub created: i64,
     /// Where the tar came from, for the history comment.
     pub source: String,
@@ -31,15 +31,11 @@ impl ImportOptions {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        let created = std::env::var("SOURCE_DATE_EPOCH")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(now);
         ImportOptions {
-            changes: Vec::new(),
+            config: ContainerConfig::default(),
             platform: Platform::host(),
             compression: Compression::Gzip,
-            created,
+            created: now,
             source: source.into(),
             size: None,
         }
@@ -70,10 +66,7 @@ pub fn import_rootfs(
     options: &ImportOptions,
     reporter: &dyn Reporter,
 ) -> Result<Descriptor> {
-    let mut config = ContainerConfig::default();
-    for change in &options.changes {
-        apply_change(&mut config, change)?;
-    }
+    let config = options.config.clone();
     let _lease = store.lease()?;
     let what = options.source.clone();
     let tar_err = |source: io::Error| Error::Tar {

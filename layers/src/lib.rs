@@ -20,7 +20,7 @@
 //!   `diff::write_tar`, `unpack::unpack` (safe, whiteout-aware),
 //!   `compress` (gzip, zstd, sniffing).
 //! - Archives: `archive::save` / `archive::load` (OCI layout dir or tar,
-//!   docker-archive), `import::import_rootfs`, `changes::apply_change`.
+//!   docker-archive), `import::import_rootfs`.
 //! - Types: `oci` (descriptors, manifests, indexes, configs, platforms,
 //!   media types), [`Reference`] (Docker's normalization), [`Digest`].
 //! - Progress: [`Reporter`] (`start` → `progress` → `done`).
@@ -43,7 +43,6 @@
 
 pub mod archive;
 pub mod canonical;
-pub mod changes;
 pub mod compress;
 pub mod diff;
 pub mod digest;

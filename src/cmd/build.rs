@@ -317,9 +317,8 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
     let source_date_epoch = options
         .build_args
         .get("SOURCE_DATE_EPOCH")
-        .cloned()
-        .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok())
-        .and_then(|v| v.trim().parse::<i64>().ok());
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .or_else(crate::settings::source_date_epoch);
     let tags: Vec<Reference> = args
         .tags
         .iter()

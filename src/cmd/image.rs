@@ -219,7 +219,10 @@ impl ImageCommand {
                 let reference = Reference::parse(&reference)?;
                 let reporter = progress.reporter();
                 let mut options = ImportOptions::new(rootfs.display().to_string());
-                options.changes = change;
+                options.config = kiln_builder::changes::apply_changes(Default::default(), &change)?;
+                if let Some(epoch) = crate::settings::source_date_epoch() {
+                    options.created = epoch;
+                }
                 options.platform = platform(&p)?;
                 options.compression = match compression {
                     LayerCompression::Gzip => Compression::Gzip,
