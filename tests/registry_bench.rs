@@ -19,10 +19,12 @@
 //!   (the run checks the kiln target's log: every blob was uploaded, none
 //!   mounted);
 //! - the order alternates between rounds, so neither tool always runs on
-//!   the warmer machine;
-//! - `curl` fetching the same blobs, and uploading them to a fresh registry
-//!   (6 at once, like both tools), is timed too: the registry's own speed,
-//!   the floor of any pull or push.
+//!   the warmer machine, and `sync` runs (untimed) before each timed step,
+//!   so none pays for the writeback of the one before;
+//! - `curl` fetching the same blobs into files (then fsynced, as both tools
+//!   do), and uploading them to a fresh registry (6 at once, like both
+//!   tools), is timed too: the registry's and the disk's own speed, the
+//!   floor of any pull or push.
 
 use std::path::Path;
 use std::process::Command;
@@ -54,18 +56,30 @@ fn kiln(root: &Path, args: &[&str]) -> Duration {
     elapsed
 }
 
+/// Flushes every dirty page on the machine (untimed), so that no timed step
+/// pays for the writeback of the one before it (a registry writes 500 MB
+/// without fsync on each push).
+fn settle() {
+    let status = Command::new("sync").status().unwrap();
+    assert!(status.success(), "sync failed");
+}
+
 fn timed(f: impl FnOnce()) -> Duration {
     let start = Instant::now();
     f();
     start.elapsed()
 }
 
-/// Fetches every blob URL at once to /dev/null; `None` without curl.
-fn curl_all(urls: &[String]) -> Option<Duration> {
+/// Fetches every blob URL at once into files in `dir`, then fsyncs them
+/// (as both tools do); `None` without curl. Returns the time to download,
+/// and to download and make durable.
+fn curl_all(urls: &[String], dir: &Path) -> Option<(Duration, Duration)> {
+    std::fs::create_dir(dir).unwrap();
+    let files: Vec<_> = (0..urls.len()).map(|i| dir.join(i.to_string())).collect();
     let mut command = Command::new("curl");
     command.args(["--silent", "--fail", "--parallel", "--parallel-max", "6"]);
-    for url in urls {
-        command.args(["--output", "/dev/null", url]);
+    for (url, file) in urls.iter().zip(&files) {
+        command.arg("--output").arg(file).arg(url);
     }
     let start = Instant::now();
     let status = command
@@ -73,9 +87,12 @@ fn curl_all(urls: &[String]) -> Option<Duration> {
         .stderr(std::process::Stdio::null())
         .status()
         .ok()?;
-    let elapsed = start.elapsed();
+    let downloaded = start.elapsed();
     assert!(status.success(), "curl of the blobs failed");
-    Some(elapsed)
+    // coreutils' sync with file operands fsyncs just those files.
+    let synced = Command::new("sync").args(&files).status().unwrap();
+    assert!(synced.success(), "sync of the downloaded blobs failed");
+    Some((downloaded, start.elapsed()))
 }
 
 /// Uploads every blob file to `registry` at once (POST, then a streamed
@@ -222,7 +239,7 @@ fn pull_and_push_against_skopeo() {
 
     let (mut kiln_pulls, mut skopeo_pulls, mut kiln_pushes, mut skopeo_pushes) =
         (vec![], vec![], vec![], vec![]);
-    let (mut curl_pulls, mut curl_pushes) = (vec![], vec![]);
+    let (mut curl_pulls, mut curl_durable_pulls, mut curl_pushes) = (vec![], vec![], vec![]);
     for round in 0..rounds {
         let dir = work.path().join(format!("round{round}"));
         std::fs::create_dir(&dir).unwrap();
@@ -243,27 +260,45 @@ fn pull_and_push_against_skopeo() {
             }))
         };
         if kiln_first {
+            settle();
             kiln_pull();
+            settle();
             skopeo_pull();
         } else {
+            settle();
             skopeo_pull();
+            settle();
             kiln_pull();
         }
-        if let Some(took) = curl_all(&blob_urls) {
-            curl_pulls.push(took);
+        settle();
+        if let Some((downloaded, durable)) = curl_all(&blob_urls, &dir.join("curl-pulled")) {
+            curl_pulls.push(downloaded);
+            curl_durable_pulls.push(durable);
         }
 
-        // Push: each to a fresh registry that has none of the blobs.
-        let skopeo_target = RegistryServer::start_plain().unwrap();
-        let kiln_target = RegistryServer::start_plain().unwrap();
-        let kiln_ref = format!("{}/bench/image:v1", kiln_target.host);
-        kiln(&store, &["tag", &source_ref, &kiln_ref]);
-        let mut kiln_push = || kiln_pushes.push(kiln(&store, &["push", &kiln_ref]));
+        // Push: each to a fresh registry that has none of the blobs, removed
+        // (with its unflushed files) right after.
+        let mut kiln_push = || {
+            let target = RegistryServer::start_plain().unwrap();
+            let kiln_ref = format!("{}/bench/image:v1", target.host);
+            kiln(&store, &["tag", &source_ref, &kiln_ref]);
+            settle();
+            kiln_pushes.push(kiln(&store, &["push", &kiln_ref]));
+            let raw = skopeo_raw_manifest(&format!("docker://{kiln_ref}"), None, None).unwrap();
+            assert_eq!(digest_of(&raw), image.digest);
+            // Every blob uploaded by kiln, none mounted: the same work skopeo did.
+            assert_eq!(log_lines(&target, &["mount="]), 0, "kiln mounted a blob");
+            // Access-log lines (`"PUT /v2/... HTTP/1.1" 201`): one per finished upload.
+            let uploads = log_lines(&target, &["\"PUT ", "/blobs/uploads/", "digest="]);
+            assert_eq!(uploads, blob_count, "kiln uploaded {uploads} blobs");
+        };
         let mut skopeo_push = || {
+            let target = RegistryServer::start_plain().unwrap();
+            settle();
             skopeo_pushes.push(timed(|| {
                 skopeo_copy(
                     &layout,
-                    &format!("docker://{}/bench/image:v1", skopeo_target.host),
+                    &format!("docker://{}/bench/image:v1", target.host),
                     None,
                     None,
                 )
@@ -277,19 +312,8 @@ fn pull_and_push_against_skopeo() {
             skopeo_push();
             kiln_push();
         }
-        let raw = skopeo_raw_manifest(&format!("docker://{kiln_ref}"), None, None).unwrap();
-        assert_eq!(digest_of(&raw), image.digest);
-        // Every blob uploaded by kiln, none mounted: the same work skopeo did.
-        assert_eq!(
-            log_lines(&kiln_target, &["mount="]),
-            0,
-            "kiln mounted a blob"
-        );
-        // Access-log lines (`"PUT /v2/... HTTP/1.1" 201`): one per finished upload.
-        let uploads = log_lines(&kiln_target, &["\"PUT ", "/blobs/uploads/", "digest="]);
-        assert_eq!(uploads, blob_count, "kiln uploaded {uploads} blobs");
-        drop((skopeo_target, kiln_target));
         let curl_target = RegistryServer::start_plain().unwrap();
+        settle();
         if let Some(took) = curl_upload_all(&curl_target, &blob_files) {
             curl_pushes.push(took);
         }
@@ -305,7 +329,11 @@ fn pull_and_push_against_skopeo() {
     println!("push s, per round: kiln {}", secs(&kiln_pushes));
     println!("push s, per round: skopeo {}", secs(&skopeo_pushes));
     for (what, times) in [
-        ("pull floor (curl, 6 at once, to /dev/null)", curl_pulls),
+        ("pull floor (curl, 6 at once, into files)", curl_pulls),
+        (
+            "durable pull floor (the same, then fsync)",
+            curl_durable_pulls,
+        ),
         ("push floor (curl, 6 at once, POST + PUT)", curl_pushes),
     ] {
         if !times.is_empty() {
