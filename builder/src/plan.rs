@@ -297,6 +297,32 @@ pub struct Plan {
     pub warnings: Vec<PlanWarning>,
 }
 
+impl Plan {
+    /// The needed stages grouped by dependency depth, in dispatch order
+    /// within a group: every stage of a wave depends only on stages of
+    /// earlier waves, so a wave's stages can run in parallel. (The solver
+    /// does not wait for a whole wave: a stage starts as soon as its own
+    /// dependencies are done.) Stages whose dependencies never become ready
+    /// are left out.
+    pub fn waves(&self) -> Vec<Vec<usize>> {
+        let mut waves: Vec<Vec<usize>> = Vec::new();
+        let mut done: BTreeSet<usize> = BTreeSet::new();
+        let mut remaining = self.order.clone();
+        while !remaining.is_empty() {
+            let (ready, rest): (Vec<usize>, Vec<usize>) = remaining
+                .iter()
+                .partition(|s| self.stages[**s].deps.iter().all(|d| done.contains(d)));
+            if ready.is_empty() {
+                break;
+            }
+            done.extend(&ready);
+            waves.push(ready);
+            remaining = rest;
+        }
+        waves
+    }
+}
+
 /// Build args that need no ARG declaration and never reach history.
 pub const PROXY_ARGS: &[&str] = &[
     "HTTP_PROXY",

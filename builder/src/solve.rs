@@ -1,6 +1,7 @@
 //! The back half of a build: executing a [`Plan`] against the store.
 //!
-//! Stages whose dependencies are done run in parallel (one thread each);
+//! Each stage starts, on a thread of its own, as soon as the stages it
+//! depends on are done (no waiting for unrelated stages);
 //! inside a stage the steps run in order. Each step gets an empty upper dir
 //! over its parent's snapshots: RUN runs in the embedded runtime on that
 //! overlay, COPY/ADD and WORKDIR write into it with [`crate::copy`]. The
@@ -10,10 +11,11 @@
 //! without running anything; an upper dir left empty makes no layer (its
 //! history entry says `empty_layer`, as BuildKit's exporter does).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{mpsc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use kiln_layers::diff::{write_layer, DiffOptions};
@@ -86,9 +88,13 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SolveError + '_ {
 /// descriptor. The CLI provides it (the builder speaks no HTTP).
 pub type PullFn<'a> = dyn Fn(&Reference, &Platform) -> Result<Descriptor, String> + Sync + 'a;
 
-/// Resolves base images from the store, pulling what is missing.
+/// Resolves base images to their config through the store's tags
+/// (`index.json`), following an index to the platform's manifest, and
+/// (given a [`PullFn`]) pulling what is missing. Images resolved once are
+/// remembered for the rest of the build.
 pub struct StoreResolver<'a> {
-    store: &'a Store,
+    /// None: no store exists (see [`StoreResolver::open_existing`]).
+    store: Option<Store>,
     pull: Option<&'a PullFn<'a>>,
     /// Pull even when the store has the tag (`--pull`).
     always_pull: bool,
@@ -96,13 +102,30 @@ pub struct StoreResolver<'a> {
 }
 
 impl<'a> StoreResolver<'a> {
-    pub fn new(store: &'a Store, pull: Option<&'a PullFn<'a>>) -> Self {
+    pub fn new(store: &Store, pull: Option<&'a PullFn<'a>>) -> Self {
         StoreResolver {
-            store,
+            store: Some(store.clone()),
             pull,
             always_pull: false,
             images: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Reads the store at `root`, if one exists there, and never pulls;
+    /// without a store every image is unknown, and nothing is created
+    /// (explain and check write nothing).
+    pub fn open_existing(root: &Path) -> Result<StoreResolver<'static>, kiln_layers::Error> {
+        let store = if root.join("index.json").is_file() {
+            Some(Store::open(root)?)
+        } else {
+            None
+        };
+        Ok(StoreResolver {
+            store,
+            pull: None,
+            always_pull: false,
+            images: Mutex::new(BTreeMap::new()),
+        })
     }
 
     /// Pull base images even when the store has them (a tag may have moved).
@@ -127,10 +150,13 @@ impl ImageResolver for StoreResolver<'_> {
                 config: image.config,
             });
         }
+        let Some(store) = &self.store else {
+            return Err(format!("{parsed} is not in the local store"));
+        };
         let local = if self.always_pull && self.pull.is_some() {
             None
         } else {
-            self.store.resolve(&parsed).map_err(|e| e.to_string())?
+            store.resolve(&parsed).map_err(|e| e.to_string())?
         };
         let desc = match local {
             Some(d) => d,
@@ -139,8 +165,7 @@ impl ImageResolver for StoreResolver<'_> {
                 None => return Err(format!("{parsed} is not in the local store")),
             },
         };
-        let image = self
-            .store
+        let image = store
             .read_image(&desc, platform)
             .map_err(|e| e.to_string())?;
         let name = parsed.to_string();
@@ -202,10 +227,9 @@ pub enum StepOutcome {
 pub trait BuildEvents: Sync {
     fn step_started(&self, step: &StepEvent<'_>);
     fn step_done(&self, step: &StepEvent<'_>, outcome: &StepOutcome);
-    /// A line a RUN step printed (stdout and stderr, interleaved).
-    fn step_output(&self, _step: &StepEvent<'_>, line: &str) {
-        eprintln!("{line}");
-    }
+    /// A line a RUN step printed (stdout and stderr, interleaved). Ignored
+    /// unless the implementor draws it: the library itself never prints.
+    fn step_output(&self, _step: &StepEvent<'_>, _line: &str) {}
 }
 
 /// Prints nothing.
@@ -311,6 +335,71 @@ pub fn solve(
     result
 }
 
+/// Runs `run` for each of the plan's needed stages, on its own thread, as
+/// soon as every stage it depends on has finished (a ready queue: a stage
+/// never waits for unrelated slower ones). After the first failure no new
+/// stage starts; the ones running are waited for and that error returned.
+fn run_stages_when_ready<F>(plan: &Plan, run: F) -> Result<(), SolveError>
+where
+    F: Fn(usize) -> Result<(), SolveError> + Sync,
+{
+    let (finished_tx, finished_rx) = mpsc::channel::<(usize, Result<(), SolveError>)>();
+    let mut pending: Vec<usize> = plan.order.clone();
+    let mut done: BTreeSet<usize> = BTreeSet::new();
+    let mut running = 0usize;
+    let mut first_error: Option<SolveError> = None;
+    std::thread::scope(|scope| {
+        loop {
+            if first_error.is_none() {
+                let (ready, waiting): (Vec<usize>, Vec<usize>) = pending
+                    .iter()
+                    .partition(|s| plan.stages[**s].deps.iter().all(|d| done.contains(d)));
+                pending = waiting;
+                for index in ready {
+                    running += 1;
+                    let finished_tx = finished_tx.clone();
+                    let run = &run;
+                    scope.spawn(move || {
+                        // A panic must still report, or the loop below would
+                        // wait for this stage forever.
+                        let result = std::panic::catch_unwind(AssertUnwindSafe(|| run(index)))
+                            .unwrap_or_else(|_| {
+                                Err(SolveError::Step {
+                                    line: plan.stages[index].line,
+                                    instruction: String::new(),
+                                    message: "a build thread panicked".into(),
+                                })
+                            });
+                        let _ = finished_tx.send((index, result));
+                    });
+                }
+            }
+            if running == 0 {
+                break;
+            }
+            let Ok((index, result)) = finished_rx.recv() else {
+                break;
+            };
+            running -= 1;
+            match result {
+                Ok(()) => {
+                    done.insert(index);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+    });
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    match pending.first() {
+        Some(&stuck) => Err(SolveError::StageMissing(stuck)),
+        None => Ok(()),
+    }
+}
+
 fn solve_in(
     store: &Store,
     plan: &Plan,
@@ -320,53 +409,15 @@ fn solve_in(
     work: &Path,
 ) -> Result<BuiltImage, SolveError> {
     let outputs: Mutex<BTreeMap<usize, StageOutput>> = Mutex::new(BTreeMap::new());
-    let mut remaining: Vec<usize> = plan.order.clone();
-    while !remaining.is_empty() {
-        let done: Vec<usize> = outputs
-            .lock()
-            .map(|o| o.keys().copied().collect())
-            .unwrap_or_default();
-        let (ready, waiting): (Vec<usize>, Vec<usize>) = remaining
-            .iter()
-            .partition(|s| plan.stages[**s].deps.iter().all(|d| done.contains(d)));
-        if ready.is_empty() {
-            return Err(SolveError::StageMissing(waiting[0]));
+    run_stages_when_ready(plan, |index| {
+        let deps: BTreeMap<usize, StageOutput> =
+            outputs.lock().map(|o| o.clone()).unwrap_or_default();
+        let out = run_stage(store, plan, index, context, resolver, opts, work, &deps)?;
+        if let Ok(mut o) = outputs.lock() {
+            o.insert(index, out);
         }
-        let results: Vec<Result<(), SolveError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = ready
-                .iter()
-                .map(|&index| {
-                    let outputs = &outputs;
-                    scope.spawn(move || {
-                        let deps: BTreeMap<usize, StageOutput> =
-                            outputs.lock().map(|o| o.clone()).unwrap_or_default();
-                        let out =
-                            run_stage(store, plan, index, context, resolver, opts, work, &deps)?;
-                        if let Ok(mut o) = outputs.lock() {
-                            o.insert(index, out);
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(SolveError::Step {
-                            line: 0,
-                            instruction: String::new(),
-                            message: "a build thread panicked".into(),
-                        })
-                    })
-                })
-                .collect()
-        });
-        for r in results {
-            r?;
-        }
-        remaining = waiting;
-    }
+        Ok(())
+    })?;
     let outputs = outputs.into_inner().unwrap_or_default();
     let target = outputs
         .get(&plan.target)
@@ -1152,4 +1203,79 @@ fn execute_copy(
             .map_err(|e| step_err(e.to_string()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod scheduler_tests {
+    use super::*;
+    use crate::plan::{plan, BuildOptions, OfflineResolver};
+    use std::time::Duration;
+
+    fn plan_of(dockerfile: &str) -> Plan {
+        let ast = kiln_parser::parse(dockerfile, "Dockerfile").unwrap();
+        let typed = kiln_parser::instructions::from_ast(&ast).unwrap();
+        plan(&typed, &BuildOptions::default(), &OfflineResolver).unwrap()
+    }
+
+    // `slow` and `quick` have no dependencies; `after` needs only `quick`.
+    const DOCKERFILE: &str = "FROM scratch AS slow\n\
+        FROM scratch AS quick\n\
+        FROM scratch AS after\n\
+        COPY --from=quick / /\n\
+        FROM scratch\n\
+        COPY --from=slow / /\n\
+        COPY --from=after / /\n";
+
+    #[test]
+    fn waves_group_stages_by_dependency_depth() {
+        let planned = plan_of(DOCKERFILE);
+        assert_eq!(planned.waves(), vec![vec![0, 1], vec![2], vec![3]]);
+    }
+
+    /// `slow` finishes only once `after` has started: a scheduler that waits
+    /// for the whole first wave (`slow` and `quick`) before starting `after`
+    /// can never finish `slow`, which then reports a failure.
+    #[test]
+    fn a_stage_starts_when_its_own_dependencies_are_done() {
+        let planned = plan_of(DOCKERFILE);
+        let (after_started_tx, after_started_rx) = mpsc::channel::<()>();
+        let after_started_rx = Mutex::new(after_started_rx);
+        let started = Mutex::new(Vec::new());
+        run_stages_when_ready(&planned, |index| {
+            started.lock().unwrap().push(index);
+            match index {
+                0 => after_started_rx
+                    .lock()
+                    .unwrap()
+                    // A hang guard, not a timing assertion.
+                    .recv_timeout(Duration::from_secs(120))
+                    .map_err(|_| SolveError::StageMissing(2)),
+                2 => {
+                    after_started_tx.send(()).unwrap();
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        })
+        .unwrap();
+        let started = started.into_inner().unwrap();
+        assert_eq!(started.len(), 4);
+        assert_eq!(started.last(), Some(&3), "the target starts last");
+    }
+
+    #[test]
+    fn the_first_failure_stops_later_stages() {
+        let planned = plan_of(DOCKERFILE);
+        let started = Mutex::new(Vec::new());
+        let result = run_stages_when_ready(&planned, |index| {
+            started.lock().unwrap().push(index);
+            if index == 1 {
+                return Err(SolveError::StageMissing(1));
+            }
+            Ok(())
+        });
+        assert!(matches!(result, Err(SolveError::StageMissing(1))));
+        let started = started.into_inner().unwrap();
+        assert!(!started.contains(&2) && !started.contains(&3));
+    }
 }

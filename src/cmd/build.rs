@@ -769,20 +769,7 @@ fn print_plan(planned: &Plan, store: &Store, format: PlanFormat) -> anyhow::Resu
             .is_some()
     };
     // Stages in waves: each wave's stages can run in parallel.
-    let mut waves: Vec<Vec<usize>> = Vec::new();
-    let mut done: Vec<usize> = Vec::new();
-    let mut remaining = planned.order.clone();
-    while !remaining.is_empty() {
-        let (ready, rest): (Vec<usize>, Vec<usize>) = remaining
-            .iter()
-            .partition(|s| planned.stages[**s].deps.iter().all(|d| done.contains(d)));
-        if ready.is_empty() {
-            break;
-        }
-        done.extend(&ready);
-        waves.push(ready);
-        remaining = rest;
-    }
+    let waves = planned.waves();
     match format {
         PlanFormat::Json => {
             let stages: Vec<serde_json::Value> = planned
