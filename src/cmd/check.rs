@@ -9,9 +9,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use kiln_builder::dockerignore::load_for_build;
-use kiln_builder::explain::{explain, render, ExplainOptions, StoreImages};
+use kiln_builder::explain::{explain, render, ExplainOptions};
 use kiln_builder::lint::{check, LintOptions, Report};
 use kiln_builder::plan::{BuildOptions, ImageResolver, ResolvedImage};
+use kiln_builder::solve::StoreResolver;
 use kiln_layers::oci::{parse_manifest, ImageConfig, ManifestKind, Platform};
 use kiln_registry::{Client, ClientConfig};
 
@@ -148,7 +149,7 @@ fn run_check(args: CheckArgs, settings: &GlobalSettings) -> anyhow::Result<ExitC
     let dockerfile_path = args.file.clone().filter(|f| f.as_os_str() != "-");
     let dockerignore = load_for_build(&args.context, dockerfile_path.as_deref())
         .context("reading .dockerignore")?;
-    let images = StoreImages::open_existing(&settings.root)
+    let images = StoreResolver::open_existing(&settings.root)
         .with_context(|| format!("opening the store at {}", settings.root.display()))?;
     let options = LintOptions {
         build_args: build_args(&args.build_args),
@@ -229,7 +230,7 @@ fn run_explain(args: ExplainArgs, settings: &GlobalSettings) -> anyhow::Result<E
     let (text, name) = read_dockerfile(args.file.as_deref(), &args.context)?;
     let ast = kiln_parser::parse(&text, &name)?;
     let df = kiln_parser::instructions::from_ast(&ast)?;
-    let store = StoreImages::open_existing(&settings.root)
+    let store = StoreResolver::open_existing(&settings.root)
         .with_context(|| format!("opening the store at {}", settings.root.display()))?;
     let registry = if args.offline {
         None
@@ -280,7 +281,7 @@ fn run_explain(args: ExplainArgs, settings: &GlobalSettings) -> anyhow::Result<E
 /// Base images from the store, else (not under `--offline`) their config
 /// from the registry.
 struct StoreThenRegistry<'a> {
-    store: &'a StoreImages,
+    store: &'a StoreResolver<'a>,
     registry: Option<&'a RegistryConfigs>,
 }
 

@@ -5,7 +5,7 @@
 //! ([`crate::plan::plan`]: the same ARG/ENV scoping and config assembly a
 //! build uses, stages built FROM earlier stages inheriting their config),
 //! with base images read through an [`ImageResolver`] (the local store:
-//! [`StoreImages`]). On top of it, explain adds:
+//! [`crate::solve::StoreResolver::open_existing`]). On top of it, explain adds:
 //! - `argv`: what `docker run [--entrypoint E] IMAGE [ARGS...]` executes,
 //!   from [`crate::run_argv::docker_run_command`] (the function `kiln run`
 //!   uses); `None` when docker run would fail with "no command specified";
@@ -28,10 +28,6 @@
 //! ```
 
 pub mod render;
-mod store;
-
-pub use store::StoreImages;
-
 use std::collections::BTreeMap;
 
 use kiln_layers::oci::{ContainerConfig, Platform};
