@@ -4,7 +4,7 @@
 //! its calls and draws progress.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Read};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -23,6 +23,7 @@ use kiln_layers::{Compression, Descriptor, Digest, Platform, Reference, Reporter
 use kiln_registry::{Client, ClientConfig};
 use kiln_runtime::{HelperCommand, Network};
 
+use crate::cmd::parse::DockerfileSource;
 use crate::cmd::run::HELPER_SUBCOMMAND;
 use crate::progress::{BuildProgress, ProgressArgs, ProgressMode};
 use crate::settings::GlobalSettings;
@@ -192,21 +193,16 @@ impl UrlFetcher for HttpFetcher {
     }
 }
 
-fn parse_build_args(raw: &[String]) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for item in raw {
-        match item.split_once('=') {
-            Some((k, v)) => {
-                out.insert(k.to_string(), v.to_string());
-            }
-            None => {
-                if let Ok(v) = std::env::var(item) {
-                    out.insert(item.clone(), v);
-                }
-            }
-        }
-    }
-    out
+/// `--build-arg K=V`, or `K` from kiln's environment (dropped when unset), as
+/// the docker CLI does.
+pub(crate) fn parse_build_args(flags: &[String]) -> BTreeMap<String, String> {
+    flags
+        .iter()
+        .filter_map(|flag| match flag.split_once('=') {
+            Some((k, v)) => Some((k.to_string(), v.to_string())),
+            None => std::env::var(flag).ok().map(|v| (flag.clone(), v)),
+        })
+        .collect()
 }
 
 /// `--secret id=ID,src=FILE` or `id=ID,env=VAR`. An env secret is written
@@ -272,37 +268,13 @@ impl Drop for SecretFiles {
     }
 }
 
-fn read_dockerfile(args: &BuildArgs) -> anyhow::Result<(String, Option<PathBuf>)> {
-    match &args.file {
-        Some(p) if p.as_os_str() == "-" => {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .context("reading the Dockerfile from stdin")?;
-            Ok((text, None))
-        }
-        Some(p) => Ok((
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
-            Some(p.clone()),
-        )),
-        None => {
-            let p = args.context.join("Dockerfile");
-            Ok((
-                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
-                Some(p),
-            ))
-        }
-    }
-}
-
 fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let (text, dockerfile_path) = read_dockerfile(&args)?;
-    let name = dockerfile_path
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "Dockerfile".into());
-    let ast = kiln_parser::parse(&text, &name)?;
+    let source = DockerfileSource::read_or_default(args.file.as_deref(), &args.context)?;
+    let text = source.text();
+    let name = &source.name;
+    let dockerfile_path = source.path.clone();
+    let ast = source.parse()?;
     let typed = kiln_parser::instructions::from_ast(&ast)?;
     let platform = match &args.platform {
         Some(p) => Platform::parse(p)?,
@@ -357,7 +329,7 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         ),
         &[format!(
             "transferring dockerfile: {} done",
-            crate::progress::human_bytes(text.len() as u64)
+            crate::progress::human_bytes(source.bytes.len() as u64)
         )],
         started.elapsed().as_secs_f64(),
     );

@@ -1,9 +1,7 @@
 //! `kiln check` (lint a Dockerfile) and `kiln explain` (what the image will
 //! run, and why): both read the Dockerfile and stop before building.
 
-use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -16,6 +14,8 @@ use kiln_builder::solve::StoreResolver;
 use kiln_layers::oci::{parse_manifest, ImageConfig, ManifestKind, Platform};
 use kiln_registry::{Client, ClientConfig};
 
+use crate::cmd::build::parse_build_args;
+use crate::cmd::parse::DockerfileSource;
 use crate::cmd::registry::RegistryArgs;
 use crate::settings::GlobalSettings;
 
@@ -100,28 +100,6 @@ impl CheckCommand {
     }
 }
 
-/// The Dockerfile's text and the name to show for it.
-fn read_dockerfile(file: Option<&Path>, context: &Path) -> anyhow::Result<(String, String)> {
-    let path = file
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| context.join("Dockerfile"));
-    if path.as_os_str() == "-" {
-        let mut bytes = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut bytes)
-            .context("reading the Dockerfile from standard input")?;
-        return Ok((
-            String::from_utf8_lossy(&bytes).into_owned(),
-            "-".to_string(),
-        ));
-    }
-    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let text = String::from_utf8_lossy(&bytes);
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text).to_string();
-    let shown = path.strip_prefix(".").unwrap_or(&path);
-    Ok((text, shown.display().to_string()))
-}
-
 /// Prints to standard output; a closed pipe (`| head`) is not an error.
 fn write_stdout(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
@@ -132,27 +110,16 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
     }
 }
 
-/// `--build-arg K=V`, or `K` from kiln's environment (dropped when unset), as
-/// the docker CLI does.
-fn build_args(flags: &[String]) -> BTreeMap<String, String> {
-    flags
-        .iter()
-        .filter_map(|flag| match flag.split_once('=') {
-            Some((k, v)) => Some((k.to_string(), v.to_string())),
-            None => std::env::var(flag).ok().map(|v| (flag.clone(), v)),
-        })
-        .collect()
-}
-
 fn run_check(args: CheckArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
-    let (text, name) = read_dockerfile(args.file.as_deref(), &args.context)?;
+    let source = DockerfileSource::read_or_default(args.file.as_deref(), &args.context)?;
+    let (text, name) = (source.text(), source.name);
     let dockerfile_path = args.file.clone().filter(|f| f.as_os_str() != "-");
     let dockerignore = load_for_build(&args.context, dockerfile_path.as_deref())
         .context("reading .dockerignore")?;
     let images = StoreResolver::open_existing(&settings.root)
         .with_context(|| format!("opening the store at {}", settings.root.display()))?;
     let options = LintOptions {
-        build_args: build_args(&args.build_args),
+        build_args: parse_build_args(&args.build_args),
         dockerignore: Some(dockerignore),
         images: Some(&images),
         ..LintOptions::default()
@@ -227,8 +194,8 @@ fn check_text(report: &Report) -> String {
 }
 
 fn run_explain(args: ExplainArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
-    let (text, name) = read_dockerfile(args.file.as_deref(), &args.context)?;
-    let ast = kiln_parser::parse(&text, &name)?;
+    let source = DockerfileSource::read_or_default(args.file.as_deref(), &args.context)?;
+    let ast = source.parse()?;
     let df = kiln_parser::instructions::from_ast(&ast)?;
     let store = StoreResolver::open_existing(&settings.root)
         .with_context(|| format!("opening the store at {}", settings.root.display()))?;
@@ -244,7 +211,7 @@ fn run_explain(args: ExplainArgs, settings: &GlobalSettings) -> anyhow::Result<E
     let options = ExplainOptions {
         build: BuildOptions {
             target: args.target.clone(),
-            build_args: build_args(&args.build_args),
+            build_args: parse_build_args(&args.build_args),
             target_platform: match &args.platform {
                 Some(p) => Platform::parse(p).with_context(|| format!("--platform {p}"))?,
                 None => Platform::host(),

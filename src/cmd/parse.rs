@@ -1,7 +1,7 @@
 //! `kiln parse` and `kiln debug`: the parser's views of a Dockerfile.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -65,18 +65,67 @@ impl ParseCommand {
     }
 }
 
-fn parse(format: ParseFormat, file: &PathBuf) -> anyhow::Result<ExitCode> {
-    let (bytes, name) = if file.as_os_str() == "-" {
-        let mut buf = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut buf)
-            .context("reading the Dockerfile from standard input")?;
-        (buf, "-".to_string())
-    } else {
-        let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-        (bytes, file.display().to_string())
-    };
-    Ok(emit(render_parse(format, &bytes, &name)?))
+fn parse(format: ParseFormat, file: &Path) -> anyhow::Result<ExitCode> {
+    let source = DockerfileSource::read(file)?;
+    Ok(emit(render_parse(format, &source.bytes, &source.name)?))
+}
+
+/// A Dockerfile as every command reads it (build, check, explain, parse).
+pub(crate) struct DockerfileSource {
+    /// The raw bytes (BuildKit's "transferring dockerfile" counts these).
+    pub bytes: Vec<u8>,
+    /// The name errors and warnings show: the path as given (without a
+    /// leading `./`), or `-` for standard input.
+    pub name: String,
+    /// The file read; None for standard input.
+    pub path: Option<PathBuf>,
+}
+
+impl DockerfileSource {
+    /// Reads `path`, or standard input for `-`.
+    pub fn read(path: &Path) -> anyhow::Result<DockerfileSource> {
+        if path.as_os_str() == "-" {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .context("reading the Dockerfile from standard input")?;
+            return Ok(DockerfileSource {
+                bytes,
+                name: "-".to_string(),
+                path: None,
+            });
+        }
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let shown = path.strip_prefix(".").unwrap_or(path);
+        Ok(DockerfileSource {
+            bytes,
+            name: shown.display().to_string(),
+            path: Some(path.to_path_buf()),
+        })
+    }
+
+    /// `file`, else `context/Dockerfile` (the `-f` default).
+    pub fn read_or_default(
+        file: Option<&Path>,
+        context: &Path,
+    ) -> anyhow::Result<DockerfileSource> {
+        match file {
+            Some(file) => DockerfileSource::read(file),
+            None => DockerfileSource::read(&context.join("Dockerfile")),
+        }
+    }
+
+    /// The text as [`kiln_parser::parse_bytes`] sees it: a byte-order mark
+    /// dropped, invalid UTF-8 as U+FFFD.
+    pub fn text(&self) -> String {
+        let text = String::from_utf8_lossy(&self.bytes);
+        text.strip_prefix('\u{feff}').unwrap_or(&text).to_string()
+    }
+
+    /// The syntax tree; errors name the file, line and column.
+    pub fn parse(&self) -> Result<kiln_parser::ast::Dockerfile, kiln_parser::ParseError> {
+        kiln_parser::parse_bytes(&self.bytes, &self.name)
+    }
 }
 
 fn expand(env: &[String], words: bool, escape: char, word: &str) -> anyhow::Result<ExitCode> {
@@ -169,6 +218,21 @@ fn render_expand(env: &[String], words: bool, escape: char, word: &str) -> anyho
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dockerfile_source_drops_the_bom_and_keeps_invalid_utf8_as_replacement() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Dockerfile");
+        std::fs::write(&path, b"\xef\xbb\xbfFROM scratch\nLABEL a=\xff\n").unwrap();
+        let source = DockerfileSource::read_or_default(None, dir.path()).unwrap();
+        assert_eq!(source.text(), "FROM scratch\nLABEL a=\u{fffd}\n");
+        assert_eq!(source.path.as_deref(), Some(path.as_path()));
+        assert_eq!(source.parse().unwrap().nodes.len(), 2);
+        let missing = DockerfileSource::read(&dir.path().join("nope"))
+            .err()
+            .unwrap();
+        assert!(format!("{missing:#}").contains("nope"), "{missing:#}");
+    }
 
     #[test]
     fn parse_prints_buildkit_dump_and_warnings() {
