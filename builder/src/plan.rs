@@ -60,6 +60,8 @@ pub enum PlanError {
         reference: String,
         message: String,
     },
+    #[error("line {line}: computing the step's cache key: {message}")]
+    CacheKey { line: usize, message: String },
     #[error("COPY source {path:?} (line {line}): {message}")]
     CopySource {
         line: usize,
@@ -79,6 +81,7 @@ impl PlanError {
             | PlanError::ForwardReference { line, .. }
             | PlanError::Circular { line, .. }
             | PlanError::Resolve { line, .. }
+            | PlanError::CacheKey { line, .. }
             | PlanError::CopySource { line, .. } => (*line > 0).then_some(*line),
         }
     }
@@ -1502,14 +1505,6 @@ fn with_shell(mut shell: Vec<String>, cmdline: &str) -> Vec<String> {
 }
 
 /// `runCommandString`: `|N K=V ... argv...` when ARGs are in scope.
-pub fn run_history_from(
-    argv: &[String],
-    args: &[(String, Option<String>)],
-    env: &[(String, String)],
-) -> String {
-    run_history(argv, args, env)
-}
-
 fn run_history(
     argv: &[String],
     args: &[(String, Option<String>)],
@@ -1607,7 +1602,10 @@ pub fn compute_cache_keys(
             h.update(b"kiln-step-v1\0");
             h.update(parent.as_bytes());
             h.update(b"\0");
-            let body = serde_json::to_string(&step.kind).unwrap_or_default();
+            let body = serde_json::to_string(&step.kind).map_err(|e| PlanError::CacheKey {
+                line: step.line,
+                message: e.to_string(),
+            })?;
             h.update(body.as_bytes());
             h.update(b"\0");
             match &step.kind {

@@ -496,10 +496,7 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         }
         for t in &tags {
             let registry_ref = kiln_registry::Reference::parse(&t.to_string())?;
-            let options = kiln_transfer::PushOptions {
-                concurrency: 4,
-                mount_from: None,
-            };
+            let options = kiln_transfer::PushOptions::default();
             let pushed = async_runtime.block_on(kiln_transfer::push(
                 &client,
                 &store,
