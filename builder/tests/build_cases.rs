@@ -3,9 +3,11 @@
 //! a temp store), `context` (a tree spec, see tests/common/tree.rs),
 //! optional `options` (`build-arg K=V`, `target NAME`) and `expected`: the
 //! image's config, its history and every layer the build added, entry by
-//! entry (type, mode, owner, content or link target). The cases were
-//! checked against BuildKit with the conformance differ; regenerate with
-//! `KILN_BLESS=1`. Needs root and busybox-static, like tests/solve.rs.
+//! entry (type, mode, owner, content or link target). The goldens are
+//! kiln's own output (regression goldens, regenerated with `KILN_BLESS=1`);
+//! the cases were compared with BuildKit by hand, using a differential
+//! harness, when they were written. Needs root and busybox-static, like
+//! tests/solve.rs.
 
 mod common;
 #[path = "common/tree.rs"]
