@@ -729,7 +729,16 @@ fn progress_tty_draws_a_live_view() {
         ctx.path().display()
     );
     let log = fixture.dir.path().join("tty.log");
-    let status = std::process::Command::new("script")
+    let mut script = std::process::Command::new("script");
+    // The same hermetic environment kiln_command() gives kiln (script
+    // passes its environment on).
+    for (key, value) in common::kiln_command().get_envs() {
+        match value {
+            Some(value) => script.env(key, value),
+            None => script.env_remove(key),
+        };
+    }
+    let status = script
         .args(["-qec", &command])
         .arg(&log)
         .stdout(std::process::Stdio::null())
