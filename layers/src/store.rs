@@ -1096,3 +1096,67 @@ impl std::fmt::Debug for IngestWriter {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod ingest_writeback_tests {
+    use super::*;
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 4093) as u8).collect()
+    }
+
+    fn descriptor(bytes: &[u8]) -> Descriptor {
+        Descriptor::new(
+            "application/octet-stream",
+            Digest::from_hash(Sha256::digest(bytes).as_slice()),
+            bytes.len() as u64,
+        )
+    }
+
+    fn stored(store: &Store, desc: &Descriptor) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        store
+            .open_blob(&desc.digest)
+            .unwrap()
+            .read_to_end(&mut bytes)
+            .unwrap();
+        bytes
+    }
+
+    /// Writes spanning several writeback steps, in pieces that straddle the
+    /// steps and the write buffer, are stored exactly.
+    #[test]
+    fn blob_larger_than_several_writeback_steps_is_stored_exactly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let bytes = data(3 * WRITEBACK_STEP as usize + 12_345);
+        let desc = descriptor(&bytes);
+        let mut writer = store.ingest(Some(desc.clone())).unwrap();
+        for piece in bytes.chunks(1_000_003) {
+            writer.write_all(piece).unwrap();
+        }
+        assert_eq!(writer.writeback_from % 1_000_003, 0);
+        assert!(writer.writeback_from >= 2 * WRITEBACK_STEP);
+        writer.commit().unwrap();
+        assert!(stored(&store, &desc) == bytes);
+    }
+
+    /// A resumed writer starts writeback where the partial file ends.
+    #[test]
+    fn resumed_blob_past_a_writeback_step_is_stored_exactly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let bytes = data(2 * WRITEBACK_STEP as usize + 777);
+        let desc = descriptor(&bytes);
+        let split = WRITEBACK_STEP as usize + 5;
+        let mut first = store.ingest_resumable(desc.clone()).unwrap();
+        first.write_all(&bytes[..split]).unwrap();
+        drop(first);
+        let mut resumed = store.ingest_resumable(desc.clone()).unwrap();
+        assert_eq!(resumed.offset(), split as u64);
+        assert_eq!(resumed.writeback_from, split as u64);
+        resumed.write_all(&bytes[split..]).unwrap();
+        resumed.commit().unwrap();
+        assert!(stored(&store, &desc) == bytes);
+    }
+}
