@@ -4,8 +4,10 @@
 //! extracted into the destination directory, never outside it.
 
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
 
 use crate::context::EntryKind;
 use crate::copy::{mkdir_all, CopyError};
@@ -40,8 +42,8 @@ pub fn detect(head: &[u8]) -> Compression {
     }
 }
 
-/// Opens a file decompressed. xz has no streaming reader in the pure-Rust
-/// decoder used here, so it is decoded into an anonymous temporary file.
+/// Opens a file decompressed, as a stream: only what is read gets decoded
+/// (sniffing a tar header decodes a few blocks, not the whole archive).
 fn open_decompressed(path: &Path) -> std::io::Result<Box<dyn Read>> {
     let mut file = File::open(path)?;
     let mut head = [0u8; 6];
@@ -52,15 +54,87 @@ fn open_decompressed(path: &Path) -> std::io::Result<Box<dyn Read>> {
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file))),
         Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(BufReader::new(file))),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(file)?),
-        Compression::Xz => {
-            let mut out = tempfile::tempfile()?;
-            lzma_rs::xz_decompress(&mut BufReader::new(file), &mut out).map_err(|e| {
-                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e:?}"))
-            })?;
-            out.seek(SeekFrom::Start(0))?;
-            Box::new(BufReader::new(out))
-        }
+        Compression::Xz => Box::new(XzReader::spawn(file)),
     })
+}
+
+/// Chunks of decoded xz in flight between the decoder thread and the reader
+/// (each up to [`XZ_CHUNK`] bytes): bounds the memory a read-ahead takes.
+const XZ_CHUNKS_IN_FLIGHT: usize = 4;
+const XZ_CHUNK: usize = 64 * 1024;
+
+/// xz decoded on a thread of its own: the pure-Rust decoder only writes
+/// into a `Write`, so its output is handed over in chunks. Dropping the
+/// reader early stops the decoder at its next write.
+struct XzReader {
+    chunks: Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    position: usize,
+    decoder: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl XzReader {
+    fn spawn(file: File) -> XzReader {
+        let (sender, chunks) = sync_channel(XZ_CHUNKS_IN_FLIGHT);
+        let decoder = std::thread::spawn(move || {
+            let mut out = BufWriter::with_capacity(XZ_CHUNK, ChunkWriter(sender));
+            lzma_rs::xz_decompress(&mut BufReader::new(file), &mut out).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("xz: {e:?}"))
+            })?;
+            out.flush()
+        });
+        XzReader {
+            chunks,
+            current: Vec::new(),
+            position: 0,
+            decoder: Some(decoder),
+        }
+    }
+}
+
+impl Read for XzReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        while self.position == self.current.len() {
+            match self.chunks.recv() {
+                Ok(chunk) => {
+                    self.current = chunk;
+                    self.position = 0;
+                }
+                // The decoder is done: the end, or why it stopped.
+                Err(_) => {
+                    if let Some(decoder) = self.decoder.take() {
+                        decoder
+                            .join()
+                            .map_err(|_| std::io::Error::other("the xz decoder panicked"))??;
+                    }
+                    return Ok(0);
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.position);
+        buf[..n].copy_from_slice(&self.current[self.position..self.position + n]);
+        self.position += n;
+        Ok(n)
+    }
+}
+
+/// Sends what is written to an [`XzReader`]; fails once the reader is gone.
+struct ChunkWriter(SyncSender<Vec<u8>>);
+
+impl Write for ChunkWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .send(buf.to_vec())
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "reader gone"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -265,4 +339,70 @@ pub fn unpack(
         set_times(&dest.upper_path(dir), *mtime, *mtime)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod xz_tests {
+    use super::*;
+
+    fn tar_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, content) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(content.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder
+                .append_data(&mut header, name, &content[..])
+                .unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    fn xz(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        lzma_rs::xz_compress(&mut &bytes[..], &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn xz_streams_back_exactly_what_was_compressed() {
+        // Several chunks' worth, so the hand-over between threads is used.
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let tar = tar_of(&[("a.txt", b"hello\n".to_vec()), ("big.bin", big)]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.tar.xz");
+        std::fs::write(&path, xz(&tar)).unwrap();
+        assert!(is_archive(&path));
+        let mut decoded = Vec::new();
+        open_decompressed(&path)
+            .unwrap()
+            .read_to_end(&mut decoded)
+            .unwrap();
+        assert_eq!(decoded, tar);
+    }
+
+    #[test]
+    fn a_truncated_xz_is_an_error_not_a_short_read() {
+        let tar = tar_of(&[("a.txt", vec![b'x'; 200_000])]);
+        let compressed = xz(&tar);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cut.tar.xz");
+        std::fs::write(&path, &compressed[..compressed.len() - 20]).unwrap();
+        let mut decoded = Vec::new();
+        let result = open_decompressed(&path).unwrap().read_to_end(&mut decoded);
+        assert!(
+            result.is_err(),
+            "read {} bytes without error",
+            decoded.len()
+        );
+    }
+
+    #[test]
+    fn xz_of_something_else_is_not_an_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.xz");
+        std::fs::write(&path, xz(&[b'n'; 4096])).unwrap();
+        assert!(!is_archive(&path));
+    }
 }
