@@ -488,6 +488,50 @@ fn serve_file(body: &'static [u8]) -> String {
     format!("http://{addr}")
 }
 
+/// Serves whatever `body` holds at the time of each request.
+fn serve_changing_file(body: std::sync::Arc<std::sync::Mutex<Vec<u8>>>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let body = body.lock().unwrap().clone();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(&body);
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Without --checksum, ADD of a URL is keyed on what the URL serves now,
+/// as BuildKit does: new content at the same URL is not a cache hit.
+#[test]
+fn add_url_without_checksum_rebuilds_when_the_content_changes() {
+    let fixture = Fixture::new();
+    let body = std::sync::Arc::new(std::sync::Mutex::new(b"first".to_vec()));
+    let url = serve_changing_file(body.clone());
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM busybox\nADD {url}/files/data.txt /fetched/\n"),
+    )]);
+    let export = |dir: &Path| {
+        let dest = format!("type=local,dest={}", dir.display());
+        ok(&fixture.build(&["-o", &dest, ctx.path().to_str().unwrap()]));
+        std::fs::read(dir.join("fetched/data.txt")).unwrap()
+    };
+    let out = tempfile::tempdir().unwrap();
+    assert_eq!(export(&out.path().join("1")), b"first");
+    *body.lock().unwrap() = b"second".to_vec();
+    assert_eq!(export(&out.path().join("2")), b"second");
+}
+
 #[test]
 fn add_url_with_checksum() {
     let fixture = Fixture::new();

@@ -26,7 +26,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::context::{hex, BuildContext};
-use crate::copy::{dest_path, resolve_wildcards};
+use crate::copy::{dest_path, resolve_wildcards, UrlFetcher};
 use crate::image::{
     default_shell, empty_image, get_env, go_list, go_quote_list, healthcheck_history, history,
     parse_ports, set_env, valid_signal, DEFAULT_PATH,
@@ -60,6 +60,12 @@ pub enum PlanError {
         reference: String,
         message: String,
     },
+    #[error("line {line}: fetching {url}: {message}")]
+    UrlFetch {
+        line: usize,
+        url: String,
+        message: String,
+    },
     #[error("line {line}: computing the step's cache key: {message}")]
     CacheKey { line: usize, message: String },
     #[error("COPY source {path:?} (line {line}): {message}")]
@@ -82,6 +88,7 @@ impl PlanError {
             | PlanError::Circular { line, .. }
             | PlanError::Resolve { line, .. }
             | PlanError::CacheKey { line, .. }
+            | PlanError::UrlFetch { line, .. }
             | PlanError::CopySource { line, .. } => (*line > 0).then_some(*line),
         }
     }
@@ -1572,11 +1579,25 @@ pub fn normalize_workdir(current: &str, path: &str) -> String {
 /// Computes each needed step's cache key: a digest over the parent's key
 /// (or the base's identity), the expanded instruction, the environment
 /// and args reaching it, and for COPY/ADD the content selected in the
-/// context (or the source stage's key).
+/// context (or the source stage's key). An ADD URL is keyed by the URL and
+/// its `--checksum` only: without one, use [`compute_cache_keys_fetching`].
 pub fn compute_cache_keys(
     plan: &mut Plan,
     context: Option<&BuildContext>,
 ) -> Result<(), PlanError> {
+    compute_cache_keys_fetching(plan, context, None)
+}
+
+/// [`compute_cache_keys`], with an ADD URL that has no `--checksum` keyed
+/// on what `fetcher` downloads now (its content digest and Last-Modified),
+/// as BuildKit keys on content: a changed file at the same URL misses the
+/// cache. (The solver downloads it again to build the step.)
+pub fn compute_cache_keys_fetching(
+    plan: &mut Plan,
+    context: Option<&BuildContext>,
+    fetcher: Option<&dyn UrlFetcher>,
+) -> Result<(), PlanError> {
+    let mut url_keys: BTreeMap<String, String> = BTreeMap::new();
     let mut finals: BTreeMap<usize, String> = BTreeMap::new();
     let order = plan.order.clone();
     for &index in &order {
@@ -1614,6 +1635,17 @@ pub fn compute_cache_keys(
                         for src in &c.sources {
                             if src.starts_with("http://") || src.starts_with("https://") {
                                 h.update(format!("url:{src}\0").as_bytes());
+                                if let (None, Some(fetcher)) = (&c.checksum, fetcher) {
+                                    let key = match url_keys.get(src) {
+                                        Some(key) => key.clone(),
+                                        None => {
+                                            let key = url_content_key(fetcher, src, step.line)?;
+                                            url_keys.insert(src.clone(), key.clone());
+                                            key
+                                        }
+                                    };
+                                    h.update(key.as_bytes());
+                                }
                                 continue;
                             }
                             h.update(context_selection(context, src, step.line)?.as_bytes());
@@ -1638,6 +1670,34 @@ pub fn compute_cache_keys(
         finals.insert(index, parent);
     }
     Ok(())
+}
+
+/// What an ADD URL's cache key takes from the download: the content's
+/// digest and the Last-Modified time (it becomes the file's mtime).
+fn url_content_key(fetcher: &dyn UrlFetcher, url: &str, line: usize) -> Result<String, PlanError> {
+    struct HashOnly(Sha256);
+    impl std::io::Write for HashOnly {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut sink = HashOnly(Sha256::new());
+    let info = fetcher
+        .fetch(url, &mut sink)
+        .map_err(|message| PlanError::UrlFetch {
+            line,
+            url: url.to_string(),
+            message,
+        })?;
+    Ok(format!(
+        "content:sha256:{}\0mtime:{:?}\0",
+        hex(&sink.0.finalize()),
+        info.last_modified
+    ))
 }
 
 fn plan_platform(image: &ImageConfig) -> String {

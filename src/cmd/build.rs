@@ -15,7 +15,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use kiln_builder::context::{BuildContext, StatCache};
 use kiln_builder::copy::{CopyOptions, FetchInfo, UrlFetcher};
 use kiln_builder::dockerignore;
-use kiln_builder::plan::{compute_cache_keys, plan, BuildOptions, Plan, StepKind};
+use kiln_builder::plan::{compute_cache_keys_fetching, plan, BuildOptions, Plan, StepKind};
 use kiln_builder::rootfs::LayeredRootfs;
 use kiln_builder::solve::{solve, SolveError, SolveOptions, StoreResolver};
 use kiln_layers::archive::{self, Format, SaveItem};
@@ -414,7 +414,12 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
     if let Err(e) = stat_cache.save() {
         tracing::warn!("{e}");
     }
-    compute_cache_keys(&mut planned, Some(&context)).inspect_err(|e| show_line(e.line()))?;
+    let fetcher = HttpFetcher {
+        runtime: async_runtime.clone(),
+        client: client.clone(),
+    };
+    compute_cache_keys_fetching(&mut planned, Some(&context), Some(&fetcher))
+        .inspect_err(|e| show_line(e.line()))?;
 
     if args.dry_run {
         print_plan(&planned, &store, args.format)?;
@@ -422,10 +427,6 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
     }
 
     let mut secret_files = SecretFiles::default();
-    let fetcher = HttpFetcher {
-        runtime: async_runtime.clone(),
-        client: client.clone(),
-    };
     let solve_options = SolveOptions {
         no_cache: args.no_cache,
         compression: match args.compression {
