@@ -685,8 +685,15 @@ fn run_step(
                 tracing::info!("line {}: CACHED {}", step.line, step.instruction);
                 return Ok(true);
             }
+            tracing::info!("line {}: cache record unusable, running", step.line);
         }
     }
+    let why = match (&key, opts.no_cache) {
+        (None, _) => "no cache key".to_string(),
+        (Some(_), true) => "--no-cache".to_string(),
+        (Some(key), false) => format!("cache miss {key}"),
+    };
+    tracing::info!("line {}: {why}: {}", step.line, step.instruction);
     let dir = work.join(unique_name("step"));
     let upper = dir.join("upper");
     std::fs::create_dir_all(&upper).map_err(io_err(&upper))?;
@@ -709,6 +716,7 @@ fn run_step(
                 .map_err(|e| step_err(e.to_string()))?;
         }
     }
+    tracing::debug!("line {}: step finished, packing its layer", step.line);
     let now = now_secs();
     step_times.insert(step.history_index, now);
     let is_empty = std::fs::read_dir(&upper)
