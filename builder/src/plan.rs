@@ -193,8 +193,22 @@ pub struct RunStep {
     pub mounts: Vec<String>,
     /// For each mount, the stage its `from=` names, if any.
     pub mount_stages: Vec<Option<usize>>,
+    /// Mounts whose `from=` names an image (not a stage), by mount index:
+    /// resolved while planning, so the manifest digest is part of the
+    /// step's cache key (a moved tag runs the step again).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub mount_images: BTreeMap<usize, MountImage>,
     /// A heredoc with a shebang becomes a script file (mode 0755).
     pub script: Option<InlineFile>,
+}
+
+/// An image a `RUN --mount=...,from=<image>` names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MountImage {
+    /// As written in `from=` (expanded); what the solver resolves again.
+    pub reference: String,
+    /// The manifest digest, when the resolver knows it.
+    pub digest: Option<String>,
 }
 
 /// A COPY or ADD, ready for [`crate::copy`].
@@ -1387,10 +1401,32 @@ impl Planner<'_> {
         }
         let mut mounts = Vec::new();
         let mut mount_stages = Vec::new();
+        let mut mount_images = BTreeMap::new();
         for m in &r.mounts {
             let expanded = self.expand(m, &state.env, line)?;
             let stage = match mount_from(&expanded) {
-                Some(from) => self.stage_ref(&from, current, line)?,
+                Some(from) => {
+                    let stage = self.stage_ref(&from, current, line)?;
+                    if stage.is_none() {
+                        // Not a stage: an image, as BuildKit takes it.
+                        let resolved = self
+                            .resolver
+                            .resolve(&from, &self.opts.target_platform)
+                            .map_err(|message| PlanError::Resolve {
+                                line,
+                                reference: from.clone(),
+                                message,
+                            })?;
+                        mount_images.insert(
+                            mounts.len(),
+                            MountImage {
+                                reference: from,
+                                digest: resolved.digest,
+                            },
+                        );
+                    }
+                    stage
+                }
                 None => None,
             };
             mount_stages.push(stage);
@@ -1412,6 +1448,7 @@ impl Planner<'_> {
             security: r.security.clone(),
             mounts,
             mount_stages,
+            mount_images,
             script,
         })
     }

@@ -28,7 +28,8 @@ use crate::context::BuildContext;
 use crate::copy::{self, CopyOptions, UrlFetcher};
 use crate::modes::Chmod;
 use crate::plan::{
-    BaseSource, CopyFrom, CopyStep, ImageResolver, Plan, ResolvedImage, RunStep, Step, StepKind,
+    BaseSource, CopyFrom, CopyStep, ImageResolver, MountImage, Plan, ResolvedImage, RunStep, Step,
+    StepKind,
 };
 use crate::rootfs::{DirTree, LayeredRootfs, SourceTree};
 use crate::users::ChownSpec;
@@ -700,7 +701,9 @@ fn run_step(
     std::fs::create_dir_all(&upper).map_err(io_err(&upper))?;
     let rootfs = LayeredRootfs::new(&upper, out.lowers_top_first());
     match &step.kind {
-        StepKind::Run(r) => execute_run(store, event, step, r, &rootfs, context, opts, &dir, deps)?,
+        StepKind::Run(r) => execute_run(
+            store, plan, resolver, event, step, r, &rootfs, context, opts, &dir, deps,
+        )?,
         StepKind::Copy(c) => execute_copy(
             store, plan, step, c, &rootfs, context, resolver, opts, &dir, deps,
         )?,
@@ -885,6 +888,8 @@ fn reuse(
 #[allow(clippy::too_many_arguments)]
 fn execute_run(
     store: &Store,
+    plan: &Plan,
+    resolver: &StoreResolver<'_>,
     event: &StepEvent<'_>,
     step: &Step,
     r: &RunStep,
@@ -913,9 +918,24 @@ fn execute_run(
         });
     }
     for (n, spec) in r.mounts.iter().enumerate() {
-        let stage = match r.mount_stages.get(n).copied().flatten() {
-            Some(i) => Some(deps.get(&i).ok_or(SolveError::StageMissing(i))?),
-            None => None,
+        let from = match (
+            r.mount_stages.get(n).copied().flatten(),
+            r.mount_images.get(&n),
+        ) {
+            (Some(i), _) => {
+                let stage = deps.get(&i).ok_or(SolveError::StageMissing(i))?;
+                Some(MountFrom {
+                    lowers: stage.lowers_top_first(),
+                    identity: stage
+                        .chain()
+                        .map(|d| d.to_string())
+                        .unwrap_or_else(|| "scratch".to_string()),
+                })
+            }
+            (None, Some(image)) => Some(mount_image_layers(
+                store, plan, step, image, resolver, opts,
+            )?),
+            (None, None) => None,
         };
         let scratch = dir.join(format!("mount-{n}"));
         let mount = run_mount(
@@ -923,7 +943,7 @@ fn execute_run(
             spec,
             context,
             &r.workdir,
-            stage,
+            from.as_ref(),
             &scratch,
             &opts.secrets,
         )
@@ -1007,17 +1027,63 @@ fn output_pipe() -> std::io::Result<(std::fs::File, std::fs::File)> {
     })
 }
 
+/// The filesystem a mount's `from=` names: a stage's or an image's layers.
+struct MountFrom {
+    /// Snapshot dirs, top first.
+    lowers: Vec<PathBuf>,
+    /// What identifies that content (a chain id, a manifest digest): a
+    /// cache mount seeded from it is kept apart from one seeded from other
+    /// content, as BuildKit keys a cache dir on its base.
+    identity: String,
+}
+
+/// The layers of the image a `RUN --mount=...,from=<image>` names,
+/// resolved (and pulled when missing) like `COPY --from=<image>`.
+fn mount_image_layers(
+    store: &Store,
+    plan: &Plan,
+    step: &Step,
+    image: &MountImage,
+    resolver: &StoreResolver<'_>,
+    opts: &SolveOptions<'_>,
+) -> Result<MountFrom, SolveError> {
+    let step_err = |message: String| SolveError::Step {
+        line: step.line,
+        instruction: step.instruction.clone(),
+        message,
+    };
+    let config = &plan.stages[step.stage].image;
+    let platform = Platform {
+        architecture: config.architecture.clone(),
+        os: config.os.clone(),
+        os_version: None,
+        os_features: None,
+        variant: config.variant.clone(),
+    };
+    let resolved = resolver
+        .resolve(&image.reference, &platform)
+        .map_err(|e| step_err(format!("mount from image {}: {e}", image.reference)))?;
+    let found = resolver
+        .image(&resolved.reference)
+        .ok_or_else(|| SolveError::Unresolved(image.reference.clone()))?;
+    let snapshots = store.prepare_snapshots(&found, opts.reporter)?;
+    Ok(MountFrom {
+        lowers: snapshots.into_iter().rev().collect(),
+        identity: found.manifest_descriptor.digest.to_string(),
+    })
+}
+
 /// `RUN --mount=...`. Supported: `type=cache` (a persistent directory in
-/// the store), `type=bind` from the context or from a stage, `type=tmpfs`
-/// (an empty scratch directory), `type=secret` (a file given with
-/// `--secret`). `None` for an optional secret that was not given.
-#[allow(clippy::too_many_arguments)]
+/// the store, seeded from `from=` when given), `type=bind` from the
+/// context, a stage or an image, `type=tmpfs` (an empty scratch
+/// directory), `type=secret` (a file given with `--secret`). `None` for an
+/// optional secret that was not given.
 fn run_mount(
     store: &Store,
     spec: &str,
     context: &BuildContext,
     workdir: &str,
-    stage: Option<&StageOutput>,
+    from: Option<&MountFrom>,
     scratch: &Path,
     secrets: &BTreeMap<String, PathBuf>,
 ) -> Result<Option<BindMount>, String> {
@@ -1066,14 +1132,35 @@ fn run_mount(
     let target = PathBuf::from(crate::plan::normalize_workdir(workdir, &target));
     let mkdir =
         |path: &Path| std::fs::create_dir_all(path).map_err(|e| format!("{}: {e}", path.display()));
+    let source = fields
+        .get("source")
+        .or_else(|| fields.get("src"))
+        .cloned()
+        .unwrap_or_default();
+    let rel = crate::rootfs::clean_rel(&source);
     match kind {
-        "cache" if !fields.contains_key("from") => {
+        "cache" => {
             let id = fields
                 .get("id")
                 .cloned()
                 .unwrap_or_else(|| target.display().to_string());
-            let name = crate::context::hex(&<sha2::Sha256 as sha2::Digest>::digest(id.as_bytes()));
-            let source = store.root().join("cache-mounts").join(name);
+            // A cache seeded from `from=` is its own dir per seed content;
+            // a plain one keeps the name it always had.
+            let key = match from {
+                None => id,
+                Some(from) => format!("{id}\0{}", from.identity),
+            };
+            let name = crate::context::hex(&<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes()));
+            let dir = store.root().join("cache-mounts").join(name);
+            if let (Some(from), false) = (from, dir.is_dir()) {
+                seed_cache_dir(&dir, from, scratch)?;
+            }
+            mkdir(&dir)?;
+            // `source=` picks a subdirectory of the cache (of the seed),
+            // its symlinks resolved inside the cache dir.
+            let inside = crate::rootfs::resolve(&DirTree::new(&dir), &rel, true)
+                .map_err(|e| e.to_string())?;
+            let source = dir.join(inside);
             mkdir(&source)?;
             Ok(Some(BindMount {
                 source,
@@ -1090,15 +1177,9 @@ fn run_mount(
             }))
         }
         "bind" => {
-            let source = fields
-                .get("source")
-                .or_else(|| fields.get("src"))
-                .cloned()
-                .unwrap_or_default();
-            let rel = crate::rootfs::clean_rel(&source);
             let read_only = !(flag("rw") || flag("readwrite"));
-            match (stage, fields.contains_key("from")) {
-                (None, false) => {
+            match from {
+                None => {
                     let resolved =
                         crate::rootfs::resolve(context, &rel, true).map_err(|e| e.to_string())?;
                     if !context.contains(&resolved) {
@@ -1112,19 +1193,20 @@ fn run_mount(
                         read_only,
                     }))
                 }
-                (Some(stage), _) => {
-                    // A stage is a stack of snapshots: a file can be bound
-                    // where it lies, a directory is merged into a copy.
+                Some(from) => {
+                    // A stage or image is a stack of snapshots: a file can
+                    // be bound where it lies, a directory is merged into a
+                    // copy.
                     mkdir(scratch)?;
                     let empty = scratch.join("upper");
                     mkdir(&empty)?;
-                    let view = LayeredRootfs::new(&empty, stage.lowers_top_first());
+                    let view = LayeredRootfs::new(&empty, from.lowers.clone());
                     let resolved =
                         crate::rootfs::resolve(&view, &rel, true).map_err(|e| e.to_string())?;
                     let meta = view
                         .stat(&resolved)
                         .map_err(|e| e.to_string())?
-                        .ok_or_else(|| format!("--mount={spec}: /{rel} not found in the stage"))?;
+                        .ok_or_else(|| format!("--mount={spec}: /{rel} not found"))?;
                     let source = if meta.is_dir() {
                         let merged = scratch.join("merged");
                         mkdir(&merged)?;
@@ -1143,13 +1225,42 @@ fn run_mount(
                         read_only,
                     }))
                 }
-                (None, true) => Err(format!(
-                    "--mount={spec}: from= an image is not supported by kiln yet"
-                )),
             }
         }
         other => Err(format!("--mount type={other} is not supported by kiln yet")),
     }
+}
+
+/// Fills a new cache mount dir with the root filesystem of its `from=`
+/// (BuildKit's cache mount starts as a copy of its base). Written beside
+/// the dir and renamed into place, so a concurrent build sees it whole or
+/// not at all.
+fn seed_cache_dir(dir: &Path, from: &MountFrom, scratch: &Path) -> Result<(), String> {
+    let mkdir =
+        |path: &Path| std::fs::create_dir_all(path).map_err(|e| format!("{}: {e}", path.display()));
+    let parent = dir
+        .parent()
+        .ok_or_else(|| format!("{}: no parent directory", dir.display()))?;
+    mkdir(parent)?;
+    let seeding = parent.join(unique_name("seeding"));
+    mkdir(&seeding)?;
+    let empty = scratch.join("seed-upper");
+    mkdir(&empty)?;
+    let view = LayeredRootfs::new(&empty, from.lowers.clone());
+    let target_view = LayeredRootfs::new(&seeding, Vec::new());
+    let mut o = CopyOptions::dockerfile_copy(false);
+    o.allow_wildcard = false;
+    let copied = copy::copy(&view, "", &target_view, "/", &o).map_err(|e| e.to_string());
+    let placed = copied.and_then(|_| match std::fs::rename(&seeding, dir) {
+        Ok(()) => Ok(()),
+        // Another build seeded it first: theirs is as good.
+        Err(_) if dir.is_dir() => Ok(()),
+        Err(e) => Err(format!("{}: {e}", dir.display())),
+    });
+    if seeding.exists() {
+        let _ = std::fs::remove_dir_all(&seeding);
+    }
+    placed
 }
 
 #[allow(clippy::too_many_arguments)]

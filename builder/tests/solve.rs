@@ -466,3 +466,128 @@ fn run_mounts_bind_tmpfs_secret_cache() {
         .to_string();
     assert!(err.contains("secret nope is required"), "{err}");
 }
+
+/// Imports a one-layer image with the given files (path, content) as `tag`.
+fn import_files_image(store: &Store, dir: &Path, tag: &str, files: &[(&str, &str)]) {
+    let root = dir.join(format!("rootfs-{}", tag.replace([':', '/'], "-")));
+    for (path, content) in files {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    let options = kiln_layers::diff::DiffOptions {
+        source_date_epoch: Some(1_600_000_000),
+        overlay_whiteouts: false,
+    };
+    let tar = kiln_layers::diff::write_tar(&root, Vec::new(), &options).unwrap();
+    let mut import = ImportOptions::new(tag);
+    import.platform = Platform::parse("linux/amd64").unwrap();
+    import.created = 1_600_000_000;
+    let desc = import_rootfs(store, &tar[..], &import, &NoProgress).unwrap();
+    store.tag(&Reference::parse(tag).unwrap(), &desc).unwrap();
+}
+
+/// All files of the image's layers after the base: path → content.
+fn added_files(store: &Store, image: &BuiltImage) -> Vec<(String, char, String)> {
+    let mut all = Vec::new();
+    for i in 1..image.layers.len() {
+        all.extend(layer_entries(store, image, i));
+    }
+    all
+}
+
+#[test]
+fn run_mounts_from_an_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_busybox(dir.path());
+    import_files_image(
+        &store,
+        dir.path(),
+        "tools:test",
+        &[("data/tool.txt", "tool v1\n"), ("data/sub/deep", "deep\n")],
+    );
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let df = "FROM busybox:test AS src\n\
+              RUN mkdir /seed && echo from-stage > /seed/s\n\
+              FROM busybox:test\n\
+              RUN --mount=type=bind,from=tools:test,source=/data,target=/t cat /t/tool.txt /t/sub/deep > /from-image\n\
+              RUN --mount=from=tools:test,source=data/tool.txt,target=/f.txt cat /f.txt > /from-image-file\n\
+              RUN --mount=type=cache,id=seeded,from=tools:test,source=/data,target=/c cat /c/tool.txt > /cache-first && echo more >> /c/tool.txt\n\
+              RUN --mount=type=cache,id=seeded,from=tools:test,source=/data,target=/c cat /c/tool.txt > /cache-second\n\
+              RUN --mount=type=cache,id=stage-seeded,from=src,source=/seed,target=/c cat /c/s > /cache-from-stage\n";
+    let image = build_full(&store, &ctx, df, &Events::default(), Some(1), false, &[]).unwrap();
+    let all = added_files(&store, &image);
+    for (path, content) in [
+        ("from-image", "tool v1\ndeep\n"),
+        ("from-image-file", "tool v1\n"),
+        ("cache-first", "tool v1\n"),
+        ("cache-second", "tool v1\nmore\n"),
+        ("cache-from-stage", "from-stage\n"),
+    ] {
+        assert!(
+            all.contains(&(path.to_string(), 'f', content.to_string())),
+            "{path}: {all:?}"
+        );
+    }
+    for (path, _, _) in &all {
+        for mounted in ["t/", "f.txt", "c/", "data/"] {
+            assert!(
+                !path.starts_with(mounted),
+                "{path} leaked into a layer: {all:?}"
+            );
+        }
+    }
+
+    // The image's digest is part of the cache key: the tag moved to other
+    // content, so the bind step runs again and sees the new file; a cache
+    // mount seeded from the new image starts from the new content.
+    import_files_image(
+        &store,
+        dir.path(),
+        "tools:test",
+        &[
+            ("data/tool.txt", "tool v2\n"),
+            ("data/sub/deep", "deeper\n"),
+        ],
+    );
+    let events = Events::default();
+    let again = build_full(&store, &ctx, df, &events, Some(1), false, &[]).unwrap();
+    let all = added_files(&store, &again);
+    for (path, content) in [
+        ("from-image", "tool v2\ndeeper\n"),
+        ("cache-first", "tool v2\n"),
+    ] {
+        assert!(
+            all.contains(&(path.to_string(), 'f', content.to_string())),
+            "{path}: {all:?}"
+        );
+    }
+    let ran: Vec<bool> = events.0.lock().unwrap().iter().map(|(_, c)| *c).collect();
+    assert!(ran.contains(&false), "nothing ran again: {ran:?}");
+
+    // An unchanged image: every step is a cache hit.
+    let events = Events::default();
+    build_full(&store, &ctx, df, &events, Some(1), false, &[]).unwrap();
+    let steps = events.0.lock().unwrap().clone();
+    assert!(steps.iter().all(|(_, cached)| *cached), "{steps:?}");
+
+    // An image that is not there fails while planning, naming the line.
+    let typed = kiln_parser::instructions::from_ast(
+        &kiln_parser::parse(
+            "FROM busybox:test\nRUN --mount=from=absent:1,target=/x true\n",
+            "Dockerfile",
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let opts = BuildOptions {
+        target_platform: Platform::parse("linux/amd64").unwrap(),
+        build_platform: Platform::parse("linux/amd64").unwrap(),
+        ..Default::default()
+    };
+    let err = plan(&typed, &opts, &StoreResolver::new(&store, None))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("line 2") && err.contains("absent:1"), "{err}");
+}
