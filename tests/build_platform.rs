@@ -320,7 +320,7 @@ impl Fixture {
 
     /// How many API requests the registry has logged so far.
     fn registry_requests(&self) -> usize {
-        self.registry.log().matches("GET /v2/").count()
+        self.registry.log().matches("/v2/").count()
     }
 }
 
@@ -685,4 +685,93 @@ fn pull_fetches_a_moved_tag_and_without_it_the_stored_base_is_used() {
         later_meta["containerimage.config.digest"],
         fresh_meta["containerimage.config.digest"]
     );
+}
+
+/// `FROM name@<index digest>` with `--platform` picks that platform's
+/// manifest from the index too; a platform the index lacks fails naming
+/// the image, the platform wanted, what the index has, and the line.
+#[test]
+fn platform_from_an_index_digest_and_a_platform_the_index_lacks() {
+    let fixture = Fixture::new();
+    let pushed = push_multi_platform(&fixture, "test/multi:latest");
+    let arm64 = pushed.platform("linux/arm64");
+    let by_digest = format!("{}@{}", fixture.reference("test/multi"), pushed.digest);
+    let ctx = context(&[("Dockerfile", &format!("FROM {by_digest}\nENV X=1\n"))]);
+    ok(&fixture.build(&[
+        "--platform",
+        "linux/arm64",
+        "-t",
+        "out:digest",
+        ctx.path().to_str().unwrap(),
+    ]));
+    let (config, _) = inspect(&fixture.root(), "out:digest");
+    assert_eq!(config["architecture"], "arm64", "{config}");
+    assert_eq!(diff_ids(&config), arm64.diff_ids);
+
+    let other = tempfile::tempdir().unwrap();
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!(
+            "# the base\nFROM {}\nENV X=1\n",
+            fixture.reference("test/multi:latest")
+        ),
+    )]);
+    let out = kiln(
+        &other.path().join("store"),
+        &[
+            "build",
+            "--insecure-registry",
+            &fixture.registry.host,
+            "--platform",
+            "linux/s390x",
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("no manifest for platform linux/s390x")
+            && stderr.contains("linux/amd64")
+            && stderr.contains("linux/arm64")
+            && stderr.contains("test/multi:latest"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(" >>> FROM "), "{stderr}");
+}
+
+/// A scratch stage takes the target platform, normalized as BuildKit does:
+/// arm64's default variant is dropped, arm's is kept.
+#[test]
+fn scratch_stage_takes_the_normalized_target_platform() {
+    let fixture = Fixture::new();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM scratch\n\
+             ARG TARGETPLATFORM\n\
+             ARG TARGETVARIANT\n\
+             COPY f /f\n\
+             LABEL platform=$TARGETPLATFORM variant=v:$TARGETVARIANT\n",
+        ),
+        ("f", "f\n"),
+    ]);
+    for (flag, arch, variant, platform) in [
+        ("linux/arm64/v8", "arm64", None, "linux/arm64"),
+        ("linux/aarch64", "arm64", None, "linux/arm64"),
+        ("linux/arm/v7", "arm", Some("v7"), "linux/arm/v7"),
+        ("linux/arm", "arm", Some("v7"), "linux/arm/v7"),
+    ] {
+        let tag = format!("out:{}", flag.replace('/', "-"));
+        ok(&fixture.build(&["--platform", flag, "-t", &tag, ctx.path().to_str().unwrap()]));
+        let (config, _) = inspect(&fixture.root(), &tag);
+        assert_eq!(config["architecture"], arch, "{flag}: {config}");
+        assert_eq!(config["os"], "linux", "{flag}: {config}");
+        assert_eq!(config["variant"].as_str(), variant, "{flag}: {config}");
+        assert_eq!(
+            config["config"]["Labels"],
+            json!({"platform": platform, "variant": format!("v:{}", variant.unwrap_or(""))}),
+            "{flag}"
+        );
+    }
 }
