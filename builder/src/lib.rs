@@ -23,6 +23,7 @@ pub mod context;
 pub mod copy;
 pub mod dockerignore;
 pub mod explain;
+pub mod git;
 pub mod gomatch;
 pub mod image;
 pub mod lint;

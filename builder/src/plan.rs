@@ -68,6 +68,12 @@ pub enum PlanError {
     },
     #[error("line {line}: computing the step's cache key: {message}")]
     CacheKey { line: usize, message: String },
+    #[error("line {line}: {source}")]
+    Git {
+        line: usize,
+        #[source]
+        source: crate::git::GitError,
+    },
     #[error("COPY source {path:?} (line {line}): {message}")]
     CopySource {
         line: usize,
@@ -88,6 +94,7 @@ impl PlanError {
             | PlanError::Circular { line, .. }
             | PlanError::Resolve { line, .. }
             | PlanError::CacheKey { line, .. }
+            | PlanError::Git { line, .. }
             | PlanError::UrlFetch { line, .. }
             | PlanError::CopySource { line, .. } => (*line > 0).then_some(*line),
         }
@@ -234,6 +241,13 @@ pub struct CopyStep {
     pub parents: bool,
     /// For `--from=<image>`: the image's manifest digest, when known.
     pub from_digest: Option<String>,
+    /// `ADD --keep-git-dir` (a Git source's `?keep-git-dir=` wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_git_dir: Option<bool>,
+    /// Git sources, by source index: the commit their ref resolved to when
+    /// the cache key was computed (the solver checks out that commit).
+    #[serde(skip)]
+    pub git_commits: BTreeMap<usize, crate::git::ResolvedCommit>,
 }
 
 /// WORKDIR creates its directory (owned by the current USER).
@@ -1265,6 +1279,18 @@ impl Planner<'_> {
                     line,
                     state,
                 )?;
+                if step.from == CopyFrom::Context {
+                    for src in &step.sources {
+                        let git = crate::git::parse_git_source(src)
+                            .map_err(|source| PlanError::Git { line, source })?;
+                        if git.is_some() {
+                            return Err(PlanError::Invalid {
+                                line,
+                                message: "source can't be a git ref for COPY".into(),
+                            });
+                        }
+                    }
+                }
                 // An image source is resolved now, so that its digest is part
                 // of the step's cache key (a moved tag invalidates it).
                 let from_digest = match &step.from {
@@ -1309,16 +1335,34 @@ impl Planner<'_> {
                     line,
                     state,
                 )?;
-                if let Some(git) = step.sources.iter().find(|s| is_git_source(s)) {
-                    return Err(invalid(format!(
-                        "ADD of a Git repository ({git}) is not supported by kiln yet"
-                    )));
+                let mut any_git = false;
+                for src in &step.sources {
+                    let git = crate::git::parse_git_source(src)
+                        .map_err(|source| PlanError::Git { line, source })?;
+                    let Some(git) = git else { continue };
+                    any_git = true;
+                    if let (Some(flag), Some(query)) = (a.keep_git_dir, git.keep_git_dir) {
+                        if flag != query {
+                            return Err(invalid("inconsistent keep-git-dir configuration".into()));
+                        }
+                    }
+                    if let (Some(flag), Some(query)) = (&step.checksum, &git.checksum) {
+                        if flag != query {
+                            return Err(invalid(format!(
+                                "checksum mismatch {flag:?} != {query:?}"
+                            )));
+                        }
+                    }
                 }
                 if step.checksum.is_some() {
-                    let all_urls = step.sources.len() == 1
-                        && (step.sources[0].starts_with("http://")
-                            || step.sources[0].starts_with("https://"));
-                    if !all_urls {
+                    if step.sources.len() != 1 {
+                        return Err(invalid(
+                            "checksum can't be specified for multiple sources".into(),
+                        ));
+                    }
+                    let url = step.sources[0].starts_with("http://")
+                        || step.sources[0].starts_with("https://");
+                    if !url && !any_git {
                         return Err(invalid("checksum requires HTTP(S) or Git sources".into()));
                     }
                 }
@@ -1326,6 +1370,7 @@ impl Planner<'_> {
                     link: a.link,
                     exclude: a.exclude.clone(),
                     unpack: a.unpack,
+                    keep_git_dir: if any_git { a.keep_git_dir } else { None },
                     ..step
                 };
                 let msg = copy_history("ADD", false, &step);
@@ -1549,19 +1594,10 @@ impl Planner<'_> {
             unpack: None,
             parents: false,
             from_digest: None,
+            keep_git_dir: None,
+            git_commits: BTreeMap::new(),
         })
     }
-}
-
-/// Whether an ADD source names a Git repository (BuildKit clones those;
-/// kiln does not yet).
-fn is_git_source(src: &str) -> bool {
-    let without_fragment = src.split('#').next().unwrap_or(src);
-    src.starts_with("git@")
-        || src.starts_with("git://")
-        || src.starts_with("ssh://")
-        || ((src.starts_with("https://") || src.starts_with("http://"))
-            && without_fragment.ends_with(".git"))
 }
 
 /// `withShell`: the shell words plus the command line as one argument.
@@ -1657,6 +1693,7 @@ pub fn compute_cache_keys_fetching(
     fetcher: Option<&dyn UrlFetcher>,
 ) -> Result<(), PlanError> {
     let mut url_keys: BTreeMap<String, String> = BTreeMap::new();
+    let mut git_commits: BTreeMap<String, crate::git::ResolvedCommit> = BTreeMap::new();
     let mut finals: BTreeMap<usize, String> = BTreeMap::new();
     let order = plan.order.clone();
     for &index in &order {
@@ -1688,10 +1725,42 @@ pub fn compute_cache_keys_fetching(
             })?;
             h.update(body.as_bytes());
             h.update(b"\0");
+            let mut resolved_git = BTreeMap::new();
             match &step.kind {
                 StepKind::Copy(c) => match &c.from {
                     CopyFrom::Context => {
-                        for src in &c.sources {
+                        for (source_index, src) in c.sources.iter().enumerate() {
+                            let git = match c.is_add {
+                                true => crate::git::parse_git_source(src).map_err(|source| {
+                                    PlanError::Git {
+                                        line: step.line,
+                                        source,
+                                    }
+                                })?,
+                                false => None,
+                            };
+                            if let Some(git) = git {
+                                let git = git.with_checksum_flag(c.checksum.as_deref());
+                                // Keyed on the commit the ref names now (the
+                                // URL, ref and subdir are in the body).
+                                let resolved = match git_commits.get(src) {
+                                    Some(r) => r.clone(),
+                                    None => {
+                                        let r =
+                                            crate::git::resolve_commit(&git).map_err(|source| {
+                                                PlanError::Git {
+                                                    line: step.line,
+                                                    source,
+                                                }
+                                            })?;
+                                        git_commits.insert(src.clone(), r.clone());
+                                        r
+                                    }
+                                };
+                                h.update(format!("git:{}\0", resolved.commit).as_bytes());
+                                resolved_git.insert(source_index, resolved);
+                                continue;
+                            }
                             if src.starts_with("http://") || src.starts_with("https://") {
                                 h.update(format!("url:{src}\0").as_bytes());
                                 if let (None, Some(fetcher)) = (&c.checksum, fetcher) {
@@ -1723,6 +1792,11 @@ pub fn compute_cache_keys_fetching(
                 StepKind::Workdir(_) => {}
             }
             let key = format!("sha256:{}", hex(&h.finalize()));
+            if let StepKind::Copy(c) = &mut plan.stages[index].steps[n].kind {
+                if !resolved_git.is_empty() {
+                    c.git_commits = resolved_git;
+                }
+            }
             plan.stages[index].steps[n].cache_key = Some(key.clone());
             parent = key;
         }

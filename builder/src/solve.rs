@@ -1334,6 +1334,29 @@ fn execute_copy(
         }
     };
     for (n, src) in c.sources.iter().enumerate() {
+        let git = match (c.is_add, &c.from) {
+            (true, CopyFrom::Context) => {
+                crate::git::parse_git_source(src).map_err(|e| step_err(e.to_string()))?
+            }
+            _ => None,
+        };
+        if let Some(git) = git {
+            let git = git.with_checksum_flag(c.checksum.as_deref());
+            // BuildKit copies the checkout's root (or subdir) like a
+            // directory source: its contents into the destination, never
+            // unpacked.
+            let work = dir.join(format!("git-{n}"));
+            let tree = crate::git::fetch_tree(&git, c.git_commits.get(&n), c.keep_git_dir, &work)
+                .map_err(|e| step_err(e.to_string()))?;
+            let mut o = CopyOptions::dockerfile_copy(false);
+            o.allow_wildcard = false;
+            o.chown = chown;
+            o.chmod = chmod.clone();
+            o.exclude_patterns = c.exclude.clone();
+            copy::copy(&DirTree::new(&tree), "", rootfs, &c.dest, &o)
+                .map_err(|e| step_err(e.to_string()))?;
+            continue;
+        }
         if src.starts_with("http://") || src.starts_with("https://") {
             if !c.is_add {
                 return Err(step_err("source can't be a URL for COPY".into()));

@@ -591,3 +591,193 @@ fn run_mounts_from_an_image() {
         .to_string();
     assert!(err.contains("line 2") && err.contains("absent:1"), "{err}");
 }
+
+/// Runs git in `dir` (a test fixture: panics on failure).
+fn git_in(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=kiln",
+            "-c",
+            "user.email=kiln@example.invalid",
+        ])
+        .args(args)
+        .output()
+        .expect("git is needed (scripts/setup installs it)");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Serves the repositories under `base` over git:// on a free loopback
+/// port: each connection is handed to `git daemon --inetd` (no port race,
+/// nothing left running once the test process ends). Returns the port.
+fn serve_git(base: &Path) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let base = base.to_path_buf();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let Ok(reader) = stream.try_clone() else {
+                continue;
+            };
+            let child = std::process::Command::new("git")
+                .arg("daemon")
+                .arg("--inetd")
+                .arg("--export-all")
+                .arg(format!("--base-path={}", base.display()))
+                .arg(&base)
+                .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                    reader,
+                )))
+                .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+                    stream,
+                )))
+                .stderr(std::process::Stdio::null())
+                .spawn();
+            if let Ok(mut child) = child {
+                std::thread::spawn(move || child.wait());
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn add_git_repository() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_busybox(dir.path());
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    // A repository with a main branch, an annotated tag and a dev branch.
+    let served = dir.path().join("served");
+    let repo = served.join("repo.git");
+    std::fs::create_dir_all(repo.join("docs")).unwrap();
+    git_in(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("README"), "v1\n").unwrap();
+    std::fs::write(repo.join("docs/guide.txt"), "guide v1\n").unwrap();
+    std::os::unix::fs::symlink("README", repo.join("link")).unwrap();
+    git_in(&repo, &["add", "-A"]);
+    git_in(&repo, &["commit", "-q", "-m", "one"]);
+    git_in(&repo, &["tag", "-a", "v1", "-m", "release 1"]);
+    let v1_commit = git_in(&repo, &["rev-parse", "HEAD"]);
+    git_in(&repo, &["checkout", "-q", "-b", "dev"]);
+    std::fs::write(repo.join("dev.txt"), "dev\n").unwrap();
+    git_in(&repo, &["add", "-A"]);
+    git_in(&repo, &["commit", "-q", "-m", "dev"]);
+    git_in(&repo, &["checkout", "-q", "main"]);
+    std::fs::write(repo.join("docs/guide.txt"), "guide v2\n").unwrap();
+    git_in(&repo, &["commit", "-q", "-am", "two"]);
+    let port = serve_git(&served);
+    let url = format!("git://127.0.0.1:{port}/repo.git");
+
+    let df = format!(
+        "FROM busybox:test\n\
+         ADD {url} /src\n\
+         ADD {url}#v1:docs /docs-v1\n\
+         ADD --keep-git-dir=true {url}#dev /kept\n\
+         ADD --checksum={short} {url}?tag=v1&subdir=docs /checked/\n",
+        short = &v1_commit[..12]
+    );
+    let image = build_full(&store, &ctx, &df, &Events::default(), Some(1), false, &[]).unwrap();
+    let src = layer_entries(&store, &image, 1);
+    assert!(
+        src.contains(&("src/README".into(), 'f', "v1\n".into())),
+        "{src:?}"
+    );
+    assert!(src.contains(&("src/docs/guide.txt".into(), 'f', "guide v2\n".into())));
+    assert!(src.iter().any(|(p, k, _)| p == "src/link" && *k == 'l'));
+    assert!(
+        !src.iter().any(|(p, _, _)| p.starts_with("src/.git")),
+        "the .git dir is dropped by default: {src:?}"
+    );
+    assert!(!src.iter().any(|(p, _, _)| p.starts_with("src/dev.txt")));
+    let docs = layer_entries(&store, &image, 2);
+    let docs_files: Vec<&str> = docs
+        .iter()
+        .filter(|(_, k, _)| *k == 'f')
+        .map(|(p, _, _)| p.as_str())
+        .collect();
+    assert_eq!(docs_files, vec!["docs-v1/guide.txt"], "{docs:?}");
+    assert!(docs.contains(&("docs-v1/guide.txt".into(), 'f', "guide v1\n".into())));
+    // (.git holds binary files: read paths and contents as bytes.)
+    let kept: Vec<(String, Vec<u8>)> = {
+        let blob = store.open_blob(&image.layers[3].digest).unwrap();
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(blob));
+        let mut out = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            out.push((entry.path().unwrap().display().to_string(), data));
+        }
+        out
+    };
+    assert!(kept.contains(&("kept/dev.txt".into(), b"dev\n".to_vec())));
+    assert!(
+        kept.contains(&("kept/.git/HEAD".into(), b"ref: refs/heads/dev\n".to_vec())),
+        "--keep-git-dir keeps .git, on the branch: {:?}",
+        kept.iter().map(|(p, _)| p).collect::<Vec<_>>()
+    );
+    let checked = layer_entries(&store, &image, 4);
+    assert!(checked.contains(&("checked/guide.txt".into(), 'f', "guide v1\n".into())));
+
+    // Unchanged refs: every step is a cache hit (no clone).
+    let events = Events::default();
+    build_full(&store, &ctx, &df, &events, Some(1), false, &[]).unwrap();
+    let steps = events.0.lock().unwrap().clone();
+    assert!(steps.iter().all(|(_, cached)| *cached), "{steps:?}");
+
+    // A new commit on main: the key is the commit, so the first ADD runs
+    // again and sees it.
+    std::fs::write(repo.join("README"), "v3\n").unwrap();
+    git_in(&repo, &["commit", "-q", "-am", "three"]);
+    let events = Events::default();
+    let again = build_full(&store, &ctx, &df, &events, Some(1), false, &[]).unwrap();
+    let steps = events.0.lock().unwrap().clone();
+    assert!(!steps[0].1, "the moved branch was a cache hit: {steps:?}");
+    let src = layer_entries(&store, &again, 1);
+    assert!(src.contains(&("src/README".into(), 'f', "v3\n".into())));
+
+    // A checksum that is not the commit, and a ref that does not exist,
+    // fail before anything runs, naming the line.
+    let plan_error = |dockerfile: &str| -> String {
+        let typed = kiln_parser::instructions::from_ast(
+            &kiln_parser::parse(dockerfile, "Dockerfile").unwrap(),
+        )
+        .unwrap();
+        let opts = BuildOptions {
+            target_platform: Platform::parse("linux/amd64").unwrap(),
+            build_platform: Platform::parse("linux/amd64").unwrap(),
+            ..Default::default()
+        };
+        let mut p = plan(&typed, &opts, &StoreResolver::new(&store, None)).unwrap();
+        let context = BuildContext::load(
+            &ctx,
+            &PatternMatcher::new(Vec::<String>::new()).unwrap(),
+            None,
+        )
+        .unwrap();
+        compute_cache_keys(&mut p, Some(&context))
+            .unwrap_err()
+            .to_string()
+    };
+    let err = plan_error(&format!(
+        "FROM busybox:test\nADD --checksum=0123abcd {url}#v1 /x\n"
+    ));
+    assert!(
+        err.contains("line 2") && err.contains("expected checksum to match 0123abcd"),
+        "{err}"
+    );
+    let err = plan_error(&format!("FROM busybox:test\n\nADD {url}#nope /x\n"));
+    assert!(
+        err.contains("line 3") && err.contains("does not contain ref nope"),
+        "{err}"
+    );
+}
