@@ -32,4 +32,5 @@ pub mod plan;
 pub mod rootfs;
 pub mod run_argv;
 pub mod solve;
+pub mod ssh;
 pub mod users;

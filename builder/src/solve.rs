@@ -263,6 +263,9 @@ pub struct SolveOptions<'a> {
     /// `--secret id=ID,src=FILE`: files `RUN --mount=type=secret` can mount.
     /// Never part of a cache key.
     pub secrets: BTreeMap<String, PathBuf>,
+    /// `--ssh ID[=...]`: the agent sockets `RUN --mount=type=ssh` can reach
+    /// (see [`crate::ssh`]). Never part of a cache key.
+    pub ssh: crate::ssh::SshAgents,
 }
 
 /// What a build produced.
@@ -917,7 +920,37 @@ fn execute_run(
             read_only: true,
         });
     }
+    // Relays for ssh mounts: they serve until the RUN is over (dropped
+    // when this function returns).
+    let mut ssh_relays = Vec::new();
+    let mut first_ssh_target = None;
     for (n, spec) in r.mounts.iter().enumerate() {
+        if mount_type(spec) == "ssh" {
+            let mount = crate::ssh::SshMount::parse(spec, ssh_relays.len())
+                .map_err(|e| step_err(e.to_string()))?;
+            let target = crate::plan::normalize_workdir(&r.workdir, &mount.target);
+            first_ssh_target.get_or_insert_with(|| target.clone());
+            match opts.ssh.get(&mount.id) {
+                Some(agent) => {
+                    let relay = crate::ssh::AgentRelay::start(agent, &mount)
+                        .map_err(|e| step_err(e.to_string()))?;
+                    mounts.push(BindMount {
+                        source: relay.socket().to_path_buf(),
+                        target: PathBuf::from(target),
+                        read_only: false,
+                    });
+                    ssh_relays.push(Some(relay));
+                }
+                None if mount.required => {
+                    return Err(step_err(
+                        crate::ssh::SshError::Required { id: mount.id }.to_string(),
+                    ))
+                }
+                // Not forwarded and not required: skipped, as BuildKit does.
+                None => ssh_relays.push(None),
+            }
+            continue;
+        }
         let from = match (
             r.mount_stages.get(n).copied().flatten(),
             r.mount_images.get(&n),
@@ -962,6 +995,13 @@ fn execute_run(
     );
     spec.upper = UpperDir::Keep(rootfs.upper().to_path_buf());
     spec.env = r.env.clone();
+    if let Some(target) = first_ssh_target {
+        // BuildKit points SSH_AUTH_SOCK at the first ssh mount unless the
+        // environment already sets it.
+        if !spec.env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+            spec.env.push(format!("SSH_AUTH_SOCK={target}"));
+        }
+    }
     spec.cwd = r.workdir.clone();
     spec.user = r.user.clone();
     spec.hostname = "buildkitsandbox".to_string();
@@ -1229,6 +1269,18 @@ fn run_mount(
         }
         other => Err(format!("--mount type={other} is not supported by kiln yet")),
     }
+}
+
+/// A mount spec's `type=` (lowercase), `bind` when not given.
+fn mount_type(spec: &str) -> String {
+    spec.split(',')
+        .find_map(|part| {
+            let (key, value) = part.split_once('=')?;
+            key.trim()
+                .eq_ignore_ascii_case("type")
+                .then(|| value.trim().to_ascii_lowercase())
+        })
+        .unwrap_or_else(|| "bind".to_string())
 }
 
 /// Fills a new cache mount dir with the root filesystem of its `from=`

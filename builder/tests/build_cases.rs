@@ -168,6 +168,7 @@ fn run(case: &Path) -> String {
         reporter: &NoProgress,
         docker_media_types: false,
         secrets: Default::default(),
+        ssh: Default::default(),
     };
     let built = match solve(&store, &planned, &context, &resolver, &solve_opts) {
         Ok(b) => b,

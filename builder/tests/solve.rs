@@ -166,6 +166,7 @@ fn build_full(
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_path_buf()))
             .collect(),
+        ssh: Default::default(),
     };
     solve(store, &p, &ctx, &resolver, &solve_opts)
 }
@@ -778,6 +779,171 @@ fn add_git_repository() {
     let err = plan_error(&format!("FROM busybox:test\n\nADD {url}#nope /x\n"));
     assert!(
         err.contains("line 3") && err.contains("does not contain ref nope"),
+        "{err}"
+    );
+}
+
+/// [`build_full`] with agents for `RUN --mount=type=ssh`.
+fn build_with_ssh(
+    store: &Store,
+    context: &Path,
+    dockerfile: &str,
+    ssh: &kiln_builder::ssh::SshAgents,
+) -> Result<BuiltImage, SolveError> {
+    let typed =
+        kiln_parser::instructions::from_ast(&kiln_parser::parse(dockerfile, "Dockerfile").unwrap())
+            .unwrap();
+    let opts = BuildOptions {
+        target_platform: Platform::parse("linux/amd64").unwrap(),
+        build_platform: Platform::parse("linux/amd64").unwrap(),
+        ..Default::default()
+    };
+    let resolver = StoreResolver::new(store, None);
+    let mut p = plan(&typed, &opts, &resolver).unwrap();
+    let ctx = BuildContext::load(
+        context,
+        &PatternMatcher::new(Vec::<String>::new()).unwrap(),
+        None,
+    )
+    .unwrap();
+    compute_cache_keys(&mut p, Some(&ctx)).unwrap();
+    let events = Events::default();
+    let solve_opts = SolveOptions {
+        no_cache: false,
+        compression: Compression::Gzip,
+        source_date_epoch: Some(1),
+        network: Network::None,
+        helper: HelperCommand {
+            program: PathBuf::from(env!("CARGO_BIN_EXE_kiln-builder-test-helper")),
+            args: vec!["__runtime-helper".into()],
+        },
+        fetcher: None,
+        events: &events,
+        reporter: &NoProgress,
+        docker_media_types: false,
+        secrets: Default::default(),
+        ssh: ssh.clone(),
+    };
+    solve(store, &p, &ctx, &resolver, &solve_opts)
+}
+
+/// Puts the host's `ssh-add` and the shared libraries it loads (as `ldd`
+/// lists them) under `root`, at their own paths.
+fn host_ssh_add_into(root: &Path) {
+    let ssh_add = PathBuf::from("/usr/bin/ssh-add");
+    let ldd = std::process::Command::new("ldd")
+        .arg(&ssh_add)
+        .output()
+        .unwrap();
+    let mut files = vec![ssh_add];
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(path) = path.filter(|p| p.starts_with('/')) {
+            files.push(PathBuf::from(path));
+        }
+    }
+    for file in files {
+        let dest = root.join(file.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &dest).unwrap();
+    }
+}
+
+/// A fresh ed25519 key in `dir`; returns (private key path, the line
+/// `ssh-add -l` shows for it).
+fn ssh_key(dir: &Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(name);
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen is needed (openssh-client; scripts/setup installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(key.with_extension("pub"))
+        .output()
+        .unwrap();
+    (key, String::from_utf8_lossy(&listed.stdout).into_owned())
+}
+
+#[test]
+fn run_mount_ssh_reaches_the_forwarded_agent() {
+    use kiln_builder::ssh::parse_ssh_flag;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_busybox(dir.path());
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    host_ssh_add_into(&ctx);
+    let keys = dir.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (key_default, listed_default) = ssh_key(&keys, "default-key");
+    let (key_other, listed_other) = ssh_key(&keys, "other-key");
+    assert_ne!(listed_default, listed_other);
+
+    // Real ssh-agents, started from key files as `--ssh ID=KEY` does; the
+    // second is then forwarded by its socket, as `--ssh ID=SOCKET` is.
+    let (default_id, default_agent) =
+        parse_ssh_flag(&format!("default={}", key_default.display()), None).unwrap();
+    let (_, other_agent) = parse_ssh_flag(&format!("x={}", key_other.display()), None).unwrap();
+    let (other_id, other_socket) =
+        parse_ssh_flag(&format!("other={}", other_agent.socket().display()), None).unwrap();
+    let agents: kiln_builder::ssh::SshAgents = [
+        (default_id, default_agent.socket().to_path_buf()),
+        (other_id, other_socket.socket().to_path_buf()),
+    ]
+    .into_iter()
+    .collect();
+
+    let df = "FROM busybox:test\n\
+              COPY . /\n\
+              ENV LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu\n\
+              RUN --mount=type=ssh ssh-add -l > /keys-default && echo \"$SSH_AUTH_SOCK\" > /sock-env && stat -c '%u %g %a %F' \"$SSH_AUTH_SOCK\" > /sock-stat\n\
+              RUN --mount=type=ssh,id=other,target=/tmp/o.sock,required=true,uid=1000,gid=1000,mode=0660 ssh-add -l > /keys-other && echo \"$SSH_AUTH_SOCK\" > /sock-env2 && stat -c '%u %g %a' /tmp/o.sock > /sock-stat2\n\
+              RUN --mount=type=ssh,id=absent sh -c 'test -e /run/buildkit/ssh_agent.0 && echo present || echo skipped' > /absent\n\
+              USER app\n\
+              RUN --mount=type=ssh,uid=1000 ssh-add -l\n";
+    let image = build_with_ssh(&store, &ctx, df, &agents).unwrap();
+    let all = added_files(&store, &image);
+    for (path, content) in [
+        ("keys-default", listed_default.as_str()),
+        ("keys-other", listed_other.as_str()),
+        ("sock-env", "/run/buildkit/ssh_agent.0\n"),
+        ("sock-stat", "0 0 600 socket\n"),
+        ("sock-env2", "/tmp/o.sock\n"),
+        ("sock-stat2", "1000 1000 660\n"),
+        ("absent", "skipped\n"),
+    ] {
+        assert!(
+            all.contains(&(path.to_string(), 'f', content.to_string())),
+            "{path}: {:?}",
+            all.iter()
+                .filter(|(p, _, _)| !p.contains("lib") && !p.starts_with("usr"))
+                .collect::<Vec<_>>()
+        );
+    }
+    for (path, _, _) in &all {
+        assert!(
+            !path.starts_with("run/buildkit/ssh_agent") && path != "tmp/o.sock",
+            "{path}: a socket mount leaked into a layer"
+        );
+    }
+
+    // A required agent that was not forwarded fails the step, naming the
+    // line and the id; without `required` the mount is skipped (above).
+    let df = "FROM busybox:test\n\nRUN --mount=type=ssh,id=deploy,required true\n";
+    let err = build_with_ssh(&store, &ctx, df, &agents)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 3") && err.contains("\"deploy\" is required"),
         "{err}"
     );
 }

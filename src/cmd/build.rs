@@ -109,6 +109,10 @@ pub struct BuildArgs {
     /// A secret for RUN --mount=type=secret: id=ID,src=FILE (or env=VAR).
     #[arg(long = "secret", value_name = "id=ID,src=FILE")]
     secrets: Vec<String>,
+    /// Forward an SSH agent to RUN --mount=type=ssh: `default` ($SSH_AUTH_SOCK),
+    /// ID=SOCKET, or ID=KEY[,KEY] (loaded into an ssh-agent kiln starts).
+    #[arg(long = "ssh", value_name = "default|ID[=SOCKET|KEY[,KEY]]")]
+    ssh: Vec<String>,
     /// Write Docker (schema 2) media types instead of OCI ones.
     #[arg(
         long,
@@ -366,7 +370,15 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
                     &options,
                     reporter.clone(),
                 ))
-                .map_err(|e| format!("pulling {reference}: {e}"))?;
+                .map_err(|e| {
+                    // The caller's message names the image already
+                    // ("base image X: …"); transfer errors start with it too.
+                    let text = e.to_string();
+                    match text.strip_prefix(&format!("{registry_ref}: ")) {
+                        Some(rest) => rest.to_string(),
+                        None => text,
+                    }
+                })?;
             Ok(pulled.manifest)
         }
     };
@@ -427,6 +439,15 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
     }
 
     let mut secret_files = SecretFiles::default();
+    // Agents started for key files live until the build is over.
+    let mut ssh_agents = Vec::new();
+    let mut ssh = BTreeMap::new();
+    let auth_sock = std::env::var("SSH_AUTH_SOCK").ok();
+    for spec in &args.ssh {
+        let (id, agent) = kiln_builder::ssh::parse_ssh_flag(spec, auth_sock.as_deref())?;
+        ssh.insert(id, agent.socket().to_path_buf());
+        ssh_agents.push(agent);
+    }
     let solve_options = SolveOptions {
         no_cache: args.no_cache,
         compression: match args.compression {
@@ -444,6 +465,7 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         reporter: reporter.as_ref(),
         docker_media_types: args.docker_mediatypes,
         secrets: parse_secrets(&args.secrets, &mut secret_files)?,
+        ssh,
     };
     let built = match solve(&store, &planned, &context, &resolver, &solve_options) {
         Ok(built) => built,
