@@ -980,3 +980,157 @@ fn onbuild_triggers_of_a_base_image_and_docker_media_types() {
         "application/vnd.docker.distribution.manifest.v2+json"
     );
 }
+
+/// Puts the host's `ssh-add` and the shared libraries `ldd` lists for it
+/// under `root`, at their own paths (a busybox image has no ssh client).
+fn host_ssh_add_into(root: &Path) {
+    let ssh_add = PathBuf::from("/usr/bin/ssh-add");
+    let ldd = common::run_ok(std::process::Command::new("ldd").arg(&ssh_add));
+    let mut files = vec![ssh_add];
+    for line in ldd.lines() {
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(path) = path.filter(|p| p.starts_with('/')) {
+            files.push(PathBuf::from(path));
+        }
+    }
+    for file in files {
+        let dest = root.join(file.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &dest).unwrap();
+    }
+}
+
+/// An `ssh-agent -D` on a socket in `dir`, killed when dropped.
+struct TestAgent {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl TestAgent {
+    fn start(dir: &Path) -> TestAgent {
+        let socket = dir.join("agent.sock");
+        let child = std::process::Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("ssh-agent is needed (openssh-client; scripts/setup installs it)");
+        let agent = TestAgent { child, socket };
+        // Waits for the agent to listen (a hang guard, not a timing check).
+        for _ in 0..3000 {
+            if std::os::unix::net::UnixStream::connect(&agent.socket).is_ok() {
+                return agent;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("ssh-agent never listened on {}", agent.socket.display());
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn ssh_flag_forwards_agents_to_run_mounts() {
+    let fixture = Fixture::new();
+    let work = tempfile::tempdir().unwrap();
+    let ctx = work.path().join("ctx");
+    host_ssh_add_into(&ctx);
+    let mut keys = Vec::new();
+    for name in ["agent-key", "file-key"] {
+        let key = work.path().join(name);
+        common::run_ok(
+            std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+                .arg(&key),
+        );
+        let listed = common::run_ok(
+            std::process::Command::new("ssh-keygen")
+                .arg("-lf")
+                .arg(key.with_extension("pub")),
+        );
+        keys.push((key, listed));
+    }
+    // A real agent holding the first key, forwarded as `--ssh default`
+    // through SSH_AUTH_SOCK; the second key forwarded as a key file.
+    let agent = TestAgent::start(work.path());
+    common::run_ok(
+        std::process::Command::new("ssh-add")
+            .arg(&keys[0].0)
+            .env("SSH_AUTH_SOCK", &agent.socket),
+    );
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\n\
+         COPY usr /usr\n\
+         COPY lib /lib\n\
+         COPY lib64 /lib64\n\
+         ENV LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu\n\
+         RUN --mount=type=ssh,required ssh-add -l > /default-keys && test -S /run/buildkit/ssh_agent.0\n\
+         RUN --mount=type=ssh,id=deploy,required ssh-add -l > /deploy-keys\n",
+    )
+    .unwrap();
+    let rootfs = work.path().join("rootfs");
+    let out = kiln_command_with_ssh(&fixture.root(), Some(&agent.socket))
+        .args(["build", "--ssh", "default"])
+        .arg("--ssh")
+        .arg(format!("deploy={}", keys[1].0.display()))
+        .arg("--output")
+        .arg(format!("type=local,dest={}", rootfs.display()))
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    ok(&out);
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("default-keys")).unwrap(),
+        keys[0].1
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("deploy-keys")).unwrap(),
+        keys[1].1
+    );
+
+    // No --ssh for a required mount: the build fails naming the id and
+    // showing the Dockerfile line.
+    let out = kiln_command_with_ssh(&fixture.root(), None)
+        .args(["build", "--no-cache"])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let stderr = failed(&out);
+    assert!(
+        stderr.contains("no SSH key \"default\" forwarded") && stderr.contains("line 6"),
+        "{stderr}"
+    );
+    // `--ssh default` with no SSH_AUTH_SOCK is refused up front.
+    let out = kiln_command_with_ssh(&fixture.root(), None)
+        .args(["build", "--ssh", "default"])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let stderr = failed(&out);
+    assert!(stderr.contains("SSH_AUTH_SOCK"), "{stderr}");
+}
+
+/// `kiln --root ROOT` with plain progress and SSH_AUTH_SOCK set as given
+/// (removed for `None`).
+fn kiln_command_with_ssh(root: &Path, auth_sock: Option<&Path>) -> std::process::Command {
+    let mut command = common::kiln_command();
+    command
+        .arg("--root")
+        .arg(root)
+        .env("KILN_PROGRESS", "plain");
+    match auth_sock {
+        Some(sock) => command.env("SSH_AUTH_SOCK", sock),
+        None => command.env_remove("SSH_AUTH_SOCK"),
+    };
+    command
+}

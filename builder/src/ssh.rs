@@ -32,9 +32,7 @@ use std::sync::Arc;
 pub enum SshError {
     #[error("--mount={spec}: {message}")]
     Mount { spec: String, message: String },
-    #[error(
-        "ssh agent {id:?} is required but was not forwarded (kiln build --ssh {id}[=SOCKET|KEY])"
-    )]
+    #[error("no SSH key {id:?} forwarded from the client (kiln build --ssh {id}[=SOCKET|KEY])")]
     Required { id: String },
     #[error("--ssh {spec}: {message}")]
     Flag { spec: String, message: String },
@@ -144,7 +142,7 @@ impl AgentRelay {
         let listener = UnixListener::bind(&socket).map_err(io_err(&socket))?;
         std::os::unix::fs::chown(&socket, Some(mount.uid), Some(mount.gid))
             .map_err(io_err(&socket))?;
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(mount.mode))
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(mount.mode & 0o777))
             .map_err(io_err(&socket))?;
         let stop = Arc::new(AtomicBool::new(false));
         let accepter = {

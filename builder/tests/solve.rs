@@ -943,7 +943,7 @@ fn run_mount_ssh_reaches_the_forwarded_agent() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("line 3") && err.contains("\"deploy\" is required"),
+        err.contains("line 3") && err.contains("no SSH key \"deploy\" forwarded"),
         "{err}"
     );
 }
