@@ -5,7 +5,8 @@
 //! a source is a Git repository when it is `git://…` or `ssh://…`, an
 //! scp-like `user@host:path`, or an `http(s)://` URL whose path ends in
 //! `.git`. The fragment is `#ref[:subdir]`; the query may say `ref`, `tag`,
-//! `branch`, `subdir`, `checksum`/`commit`, `keep-git-dir`, `submodules`.
+//! `branch`, `subdir`, `checksum`/`commit`, `keep-git-dir`, `submodules`,
+//! `mtime` (`checkout` or `commit`), `fetch-by-commit`.
 //! `github.com/…` without a scheme, `./x` and `../x` are local paths.
 //! There is no `file://` (BuildKit has none either).
 //!
@@ -74,6 +75,12 @@ pub struct GitSource {
     pub keep_git_dir: Option<bool>,
     /// `?submodules=`; submodules are checked out unless false.
     pub submodules: Option<bool>,
+    /// `?mtime=commit`: every file gets the commit's time instead of the
+    /// checkout's (`?mtime=checkout`, the default).
+    pub mtime_commit: bool,
+    /// `?fetch-by-commit`: trust the checksum (a full commit id) as the
+    /// commit and fetch it directly, without asking the remote for refs.
+    pub fetch_by_commit: bool,
 }
 
 impl GitSource {
@@ -152,6 +159,8 @@ pub fn parse_git_source(src: &str) -> Result<Option<GitSource>, GitError> {
         checksum: None,
         keep_git_dir: None,
         submodules: None,
+        mtime_commit: false,
+        fetch_by_commit: false,
     };
     let (mut tag, mut branch) = (String::new(), String::new());
     let mut seen: Vec<String> = Vec::new();
@@ -170,7 +179,12 @@ pub fn parse_git_source(src: &str) -> Result<Option<GitSource>, GitError> {
                 v => parse_go_bool(v).ok_or_else(|| invalid(format!("invalid {key} value: {v:?}"))),
             }
         };
-        if value.is_empty() && !matches!(key.as_str(), "submodules" | "keep-git-dir") {
+        if value.is_empty()
+            && !matches!(
+                key.as_str(),
+                "submodules" | "keep-git-dir" | "fetch-by-commit"
+            )
+        {
             return Err(invalid(format!("query {key:?} has no value")));
         }
         match key.as_str() {
@@ -196,6 +210,16 @@ pub fn parse_git_source(src: &str) -> Result<Option<GitSource>, GitError> {
             "checksum" | "commit" => source.checksum = Some(value),
             "keep-git-dir" => source.keep_git_dir = Some(boolean(&value)?),
             "submodules" => source.submodules = Some(boolean(&value)?),
+            "fetch-by-commit" => source.fetch_by_commit = boolean(&value)?,
+            "mtime" => match value.as_str() {
+                "checkout" => source.mtime_commit = false,
+                "commit" => source.mtime_commit = true,
+                v => {
+                    return Err(invalid(format!(
+                        "invalid mtime value: {v:?} (must be \"checkout\" or \"commit\")"
+                    )))
+                }
+            },
             other => return Err(invalid(format!("unexpected query {other:?}"))),
         }
     }
@@ -357,6 +381,31 @@ pub fn resolve_commit(source: &GitSource) -> Result<ResolvedCommit, GitError> {
             _ => Ok(()),
         }
     };
+    if source.fetch_by_commit {
+        let commit = match &source.checksum {
+            Some(sum) if is_commit_sha(sum) => sum.clone(),
+            Some(sum) => {
+                return Err(GitError::Invalid {
+                    url: remote.clone(),
+                    message: format!(
+                        "fetch-by-commit requires a full commit SHA checksum, got {sum:?}"
+                    ),
+                })
+            }
+            None if is_commit_sha(&source.reference) => source.reference.clone(),
+            None => {
+                return Err(GitError::Invalid {
+                    url: remote.clone(),
+                    message: "fetch-by-commit requires a checksum or a commit SHA ref".into(),
+                })
+            }
+        };
+        check(&commit, "")?;
+        return Ok(ResolvedCommit {
+            used_ref: commit.clone(),
+            commit,
+        });
+    }
     if is_commit_sha(&source.reference) {
         check(&source.reference, "")?;
         return Ok(ResolvedCommit {
@@ -522,12 +571,25 @@ pub fn checkout(
             &["submodule", "update", "--init", "--recursive", "--depth=1"],
         )?;
     }
+    let commit_time = match source.mtime_commit {
+        true => {
+            let out = git(remote, Some(&tree), &["log", "-1", "--format=%ct", &commit])?;
+            Some(out.trim().parse::<i64>().map_err(|_| GitError::Invalid {
+                url: remote.to_string(),
+                message: format!("commit time {:?} is not a number", out.trim()),
+            })?)
+        }
+        false => None,
+    };
     if !keep_git_dir {
         let dot_git = tree.join(".git");
         std::fs::remove_dir_all(&dot_git).map_err(|e| GitError::Io {
             path: dot_git,
             source: e,
         })?;
+    }
+    if let Some(secs) = commit_time {
+        set_mtimes(&tree, secs)?;
     }
     if source.subdir.is_empty() {
         return Ok(tree);
@@ -564,6 +626,57 @@ pub fn fetch_tree(
     };
     let keep = source.keep_git_dir.or(keep_git_dir_flag).unwrap_or(false);
     checkout(source, &resolved, keep, work)
+}
+
+/// Sets the access and modification times of `dir` and everything under
+/// it (symlinks themselves, not their targets) to `secs`.
+fn set_mtimes(dir: &Path, secs: i64) -> Result<(), GitError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| GitError::Io { path, source }
+    };
+    let mut stack = vec![dir.to_path_buf()];
+    let mut all = Vec::new();
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).map_err(io(&d))? {
+            let entry = entry.map_err(io(&d))?;
+            let path = entry.path();
+            if entry.file_type().map_err(io(&path))?.is_dir() {
+                stack.push(path.clone());
+            }
+            all.push(path);
+        }
+        all.push(d);
+    }
+    let time = libc::timespec {
+        tv_sec: secs as libc::time_t,
+        tv_nsec: 0,
+    };
+    let times = [time, time];
+    for path in all {
+        use std::os::unix::ffi::OsStrExt;
+        let c_path =
+            std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| GitError::Io {
+                path: path.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+            })?;
+        // SAFETY: c_path is a valid C string and times has two entries.
+        let rc = unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c_path.as_ptr(),
+                times.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if rc != 0 {
+            return Err(GitError::Io {
+                path,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -637,6 +750,77 @@ mod tests {
             let err = parse_git_source(src).unwrap_err().to_string();
             assert!(err.contains(wanted), "{src}: {err}");
         }
+    }
+
+    /// Runs git in `dir` for a fixture (panics on failure).
+    fn fixture_git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args([
+                "-c",
+                "user.name=kiln",
+                "-c",
+                "user.email=kiln@example.invalid",
+            ])
+            .args(args)
+            .env("GIT_COMMITTER_DATE", "2001-02-03T04:05:06Z")
+            .env("GIT_AUTHOR_DATE", "2001-02-03T04:05:06Z")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// A local path is no URL BuildKit accepts, but git takes it: enough
+    /// to check out a commit by id with the commit's time on the files.
+    #[test]
+    fn fetch_by_commit_with_commit_mtime() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        std::fs::create_dir_all(repo.join("d")).unwrap();
+        fixture_git(&repo, &["init", "-q", "-b", "main"]);
+        std::fs::write(repo.join("d/f"), "x").unwrap();
+        fixture_git(&repo, &["add", "-A"]);
+        fixture_git(&repo, &["commit", "-q", "-m", "one"]);
+        let commit = fixture_git(&repo, &["rev-parse", "HEAD"]);
+        let mut source = parse_git_source(&format!(
+            "git://unused/r.git?fetch-by-commit&checksum={commit}&mtime=commit"
+        ))
+        .unwrap()
+        .unwrap();
+        assert!(source.fetch_by_commit && source.mtime_commit);
+        source.remote = repo.display().to_string();
+        let resolved = resolve_commit(&source).unwrap();
+        assert_eq!(resolved.commit, commit);
+        let tree = checkout(&source, &resolved, false, &dir.path().join("work")).unwrap();
+        assert_eq!(std::fs::read_to_string(tree.join("d/f")).unwrap(), "x");
+        assert!(!tree.join(".git").exists());
+        for path in [tree.join("d/f"), tree.join("d")] {
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().mtime(),
+                981173106,
+                "{path:?}"
+            );
+        }
+        // fetch-by-commit needs the full commit.
+        let short = parse_git_source(&format!(
+            "git://h/r.git?fetch-by-commit&checksum={}",
+            &commit[..8]
+        ))
+        .unwrap()
+        .unwrap();
+        let err = resolve_commit(&short).unwrap_err().to_string();
+        assert!(err.contains("full commit SHA"), "{err}");
+        let err = parse_git_source("git://h/r.git?mtime=never")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid mtime value"), "{err}");
     }
 
     #[test]

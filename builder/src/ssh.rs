@@ -108,7 +108,15 @@ impl SshMount {
                 "mode" => mount.mode = number(8)?,
                 "uid" => mount.uid = number(10)?,
                 "gid" => mount.gid = number(10)?,
-                other => return Err(bad(format!("unexpected key '{other}' for ssh mount"))),
+                // Accepted for any mount type by BuildKit's parser, and
+                // meaningless for an agent socket.
+                "from" | "source" | "src" | "readonly" | "ro" | "readwrite" | "rw" | "env" => {}
+                "sharing" => return Err(bad("invalid cache sharing set for ssh mount".into())),
+                other => {
+                    return Err(bad(format!(
+                        "unexpected key '{other}' for mount type 'ssh'"
+                    )))
+                }
             }
         }
         Ok(mount)
@@ -380,11 +388,17 @@ mod tests {
                 .unwrap()
                 .required
         );
+        // Keys BuildKit accepts on any mount are ignored.
+        assert_eq!(
+            SshMount::parse("type=ssh,ro,source=/x,from=y", 2).unwrap(),
+            SshMount::parse("type=ssh", 2).unwrap()
+        );
         for bad in [
             "type=ssh,mode=9",
             "type=ssh,uid=x",
             "type=ssh,required=maybe",
-            "type=ssh,source=/x",
+            "type=ssh,size=1m",
+            "type=ssh,sharing=locked",
         ] {
             assert!(SshMount::parse(bad, 0).is_err(), "{bad}");
         }
