@@ -114,7 +114,7 @@ pub fn parse_git_source(src: &str) -> Result<Option<GitSource>, GitError> {
         return Ok(None);
     }
     let invalid = |message: String| GitError::Invalid {
-        url: src.to_string(),
+        url: redact(src),
         message,
     };
     let (remote, query, fragment) = if let Some(scheme) = url_scheme(src) {
@@ -317,6 +317,28 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `scheme://user:password@host/…` with the password replaced by `xxxxx`
+/// (BuildKit's `RedactCredentials`), for messages.
+pub fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!(
+                "{}{user}:xxxxx@{host}{}",
+                &url[..scheme_end + 3],
+                &rest[authority_end..]
+            )
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// A full SHA-1 or SHA-256 commit id.
 fn is_commit_sha(text: &str) -> bool {
     (text.len() == 40 || text.len() == 64) && text.chars().all(|c| c.is_ascii_hexdigit())
@@ -333,15 +355,15 @@ fn git(remote: &str, dir: Option<&Path>, args: &[&str]) -> Result<String, GitErr
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .stdin(std::process::Stdio::null());
-    let shown = args.join(" ");
+    let shown = args.iter().map(|a| redact(a)).collect::<Vec<_>>().join(" ");
     let output = command.output().map_err(|e| GitError::Command {
-        remote: remote.to_string(),
+        remote: redact(remote),
         args: shown.clone(),
         message: format!("{e} (is git installed?)"),
     })?;
     if !output.status.success() {
         return Err(GitError::Command {
-            remote: remote.to_string(),
+            remote: redact(remote),
             args: shown,
             message: String::from_utf8_lossy(&output.stderr).trim().to_string(),
         });
@@ -359,7 +381,7 @@ pub fn resolve_commit(source: &GitSource) -> Result<ResolvedCommit, GitError> {
     if let Some(checksum) = &source.checksum {
         if checksum.is_empty() || !checksum.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(GitError::Invalid {
-                url: remote.clone(),
+                url: redact(remote),
                 message: format!(
                     "invalid checksum {checksum} for Git URL, expected hex commit hash"
                 ),
@@ -373,7 +395,7 @@ pub fn resolve_commit(source: &GitSource) -> Result<ResolvedCommit, GitError> {
                     && (peeled.is_empty() || !peeled.starts_with(sum.as_str())) =>
             {
                 Err(GitError::Checksum {
-                    remote: remote.clone(),
+                    remote: redact(remote),
                     expected: sum.clone(),
                     got: commit.to_string(),
                 })
@@ -386,7 +408,7 @@ pub fn resolve_commit(source: &GitSource) -> Result<ResolvedCommit, GitError> {
             Some(sum) if is_commit_sha(sum) => sum.clone(),
             Some(sum) => {
                 return Err(GitError::Invalid {
-                    url: remote.clone(),
+                    url: redact(remote),
                     message: format!(
                         "fetch-by-commit requires a full commit SHA checksum, got {sum:?}"
                     ),
@@ -395,7 +417,7 @@ pub fn resolve_commit(source: &GitSource) -> Result<ResolvedCommit, GitError> {
             None if is_commit_sha(&source.reference) => source.reference.clone(),
             None => {
                 return Err(GitError::Invalid {
-                    url: remote.clone(),
+                    url: redact(remote),
                     message: "fetch-by-commit requires a checksum or a commit SHA ref".into(),
                 })
             }
@@ -424,7 +446,7 @@ pub fn resolve_commit(source: &GitSource) -> Result<ResolvedCommit, GitError> {
                     .map(str::to_string)
             })
             .ok_or_else(|| GitError::MissingRef {
-                remote: remote.clone(),
+                remote: redact(remote),
                 reference: "HEAD".into(),
             })?;
     }
@@ -470,13 +492,13 @@ pub fn resolve_commit(source: &GitSource) -> Result<ResolvedCommit, GitError> {
         (tag_sha, tag, peeled_sha)
     } else {
         return Err(GitError::MissingRef {
-            remote: remote.clone(),
+            remote: redact(remote),
             reference,
         });
     };
     if !is_commit_sha(&commit) {
         return Err(GitError::Invalid {
-            url: remote.clone(),
+            url: redact(remote),
             message: format!("invalid commit sha {commit:?}"),
         });
     }
@@ -542,7 +564,7 @@ pub fn checkout(
                 &["fetch", "-q", "--no-tags", "origin", &resolved.commit],
             )
             .map_err(|_| GitError::Command {
-                remote: remote.to_string(),
+                remote: redact(remote),
                 args: format!("fetch {}", resolved.used_ref),
                 message: format!(
                     "{} moved from {} to {} during the build",
@@ -575,7 +597,7 @@ pub fn checkout(
         true => {
             let out = git(remote, Some(&tree), &["log", "-1", "--format=%ct", &commit])?;
             Some(out.trim().parse::<i64>().map_err(|_| GitError::Invalid {
-                url: remote.to_string(),
+                url: redact(remote),
                 message: format!("commit time {:?} is not a number", out.trim()),
             })?)
         }
@@ -596,13 +618,13 @@ pub fn checkout(
     }
     let inside = crate::rootfs::resolve(&crate::rootfs::DirTree::new(&tree), &source.subdir, true)
         .map_err(|e| GitError::Invalid {
-            url: remote.to_string(),
+            url: redact(remote),
             message: e.to_string(),
         })?;
     let dir = tree.join(inside);
     if !dir.is_dir() {
         return Err(GitError::MissingSubdir {
-            remote: remote.to_string(),
+            remote: redact(remote),
             subdir: source.subdir.clone(),
             commit: resolved.commit.clone(),
         });
@@ -821,6 +843,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("invalid mtime value"), "{err}");
+    }
+
+    #[test]
+    fn credentials_are_redacted_in_messages() {
+        assert_eq!(
+            redact("https://me:t0ken@host/r.git#main"),
+            "https://me:xxxxx@host/r.git#main"
+        );
+        assert_eq!(redact("https://me@host/r.git"), "https://me@host/r.git");
+        assert_eq!(redact("git@host:r.git"), "git@host:r.git");
+        let err = parse_git_source("https://me:t0ken@host/r.git?bad=1")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("t0ken"), "{err}");
     }
 
     #[test]
