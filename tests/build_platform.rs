@@ -496,7 +496,6 @@ fn build_platform_stage_and_target_stage_in_one_build() {
 /// One reference used at two platforms in one build: each stage must get
 /// its own platform's manifest.
 #[test]
-#[ignore = "known bug: kiln-builder's StoreResolver remembers a resolved image by reference only, so the second stage gets the first stage's platform"]
 fn one_reference_at_two_platforms_in_one_build() {
     let fixture = Fixture::new();
     let pushed = push_multi_platform(&fixture, "test/multi:latest");
@@ -532,7 +531,6 @@ fn one_reference_at_two_platforms_in_one_build() {
 /// (BuildKit in moby checks the local image's platform and pulls when it
 /// does not match).
 #[test]
-#[ignore = "known bug: kiln-builder's StoreResolver uses the stored manifest whatever its platform"]
 fn stored_base_of_another_platform_is_not_used() {
     let fixture = Fixture::new();
     let pushed = push_multi_platform(&fixture, "test/multi:latest");
@@ -545,6 +543,9 @@ fn stored_base_of_another_platform_is_not_used() {
         "out:arm64",
         ctx.path().to_str().unwrap(),
     ]));
+    // The arm64 base under a name the registry lacks, for the end.
+    let absent = fixture.reference("test/absent:latest");
+    kiln_ok(&fixture.root(), &["tag", &base, &absent]);
     ok(&fixture.build(&["-t", "out:host", ctx.path().to_str().unwrap()]));
     let (config, _) = inspect(&fixture.root(), "out:host");
     assert_eq!(config["architecture"], "amd64", "{config}");
@@ -554,6 +555,25 @@ fn stored_base_of_another_platform_is_not_used() {
     );
     let (arm, _) = inspect(&fixture.root(), "out:arm64");
     assert_eq!(arm["architecture"], "arm64");
+
+    // Stored for arm64 only and not in the registry: the build fails,
+    // saying why the stored one was not used.
+    let ctx = context(&[("Dockerfile", &format!("FROM {absent}\nENV X=1\n"))]);
+    let out = fixture.build(&["-t", "out:absent", ctx.path().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let host = kiln_testsupport::image::host_platform();
+    assert!(
+        stderr.contains(&format!(
+            "(the local store has it for platform linux/arm64, not {host})"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("base image {absent}: ")),
+        "{stderr}"
+    );
 }
 
 /// A RUN in an arm64 stage on this amd64 machine: the arm64 `/bin/sh`
@@ -738,6 +758,58 @@ fn platform_from_an_index_digest_and_a_platform_the_index_lacks() {
         "{stderr}"
     );
     assert!(stderr.contains(" >>> FROM "), "{stderr}");
+    // The error names the image once (the excerpt above it shows the line).
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line in {stderr}"));
+    assert_eq!(error.matches("test/multi").count(), 1, "{error}");
+}
+
+/// `kiln pull --platform` takes every spelling of a platform (containerd's
+/// normalization): `linux/arm64`, `linux/arm64/v8` and `linux/aarch64` pick
+/// the index's arm64 entry (whose platform has no variant), and `linux/arm`
+/// means `linux/arm/v7`.
+#[test]
+fn pull_platform_spellings_pick_the_same_manifest() {
+    let fixture = Fixture::new();
+    let pushed = push_multi_platform(&fixture, "test/multi:latest");
+    let base = fixture.reference("test/multi:latest");
+    let pull = |platform: &str| {
+        kiln(
+            &fixture.root(),
+            &[
+                "pull",
+                "--insecure-registry",
+                &fixture.registry.host,
+                "--platform",
+                platform,
+                &base,
+            ],
+        )
+    };
+    for spelling in ["linux/arm64", "linux/arm64/v8", "linux/aarch64"] {
+        ok(&pull("linux/amd64"));
+        assert_eq!(
+            fixture.stored_tag(&base)["digest"],
+            pushed.platform("linux/amd64").digest.as_str()
+        );
+        ok(&pull(spelling));
+        assert_eq!(
+            fixture.stored_tag(&base)["digest"],
+            pushed.platform("linux/arm64").digest.as_str(),
+            "{spelling}"
+        );
+        let (config, _) = inspect(&fixture.root(), &base);
+        assert_eq!(config["architecture"], "arm64", "{spelling}");
+    }
+    let out = pull("linux/arm");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no manifest for platform linux/arm/v7"),
+        "{stderr}"
+    );
 }
 
 /// A scratch stage takes the target platform, normalized as BuildKit does:

@@ -375,26 +375,6 @@ pub const PROXY_ARGS: &[&str] = &[
     "all_proxy",
 ];
 
-/// `p` as BuildKit's `platforms.Normalize` leaves it: arm64's default
-/// variant (`v8`) and amd64's (`v1`) are dropped, so `--platform
-/// linux/arm64` gives `TARGETPLATFORM=linux/arm64`, an empty TARGETVARIANT
-/// and no variant in the image config.
-fn normalized_platform(p: &Platform) -> Platform {
-    let default_variant = match p.architecture.as_str() {
-        "arm64" => ["8", "v8", "v8.0"].as_slice(),
-        "amd64" => ["v1"].as_slice(),
-        _ => [].as_slice(),
-    };
-    let mut p = p.clone();
-    if p.variant
-        .as_deref()
-        .is_some_and(|v| v.is_empty() || default_variant.contains(&v))
-    {
-        p.variant = None;
-    }
-    p
-}
-
 fn platform_string(p: &Platform) -> String {
     match &p.variant {
         Some(v) if !v.is_empty() => format!("{}/{}/{v}", p.os, p.architecture),
@@ -404,8 +384,10 @@ fn platform_string(p: &Platform) -> String {
 
 /// The predefined args, as `defaultArgs` builds them (build args override).
 pub fn predefined_args(opts: &BuildOptions, target_stage: &str) -> Vec<(String, String)> {
-    let b = &normalized_platform(&opts.build_platform);
-    let t = &normalized_platform(&opts.target_platform);
+    // Normalized as BuildKit does: `--platform linux/arm64/v8` gives
+    // TARGETPLATFORM=linux/arm64 and an empty TARGETVARIANT.
+    let b = &opts.build_platform.normalized();
+    let t = &opts.target_platform.normalized();
     let pairs = [
         ("BUILDPLATFORM", platform_string(b)),
         ("BUILDOS", b.os.clone()),
@@ -534,6 +516,13 @@ pub fn plan(
         Some(t) => stage_by_name(df, t).ok_or_else(|| PlanError::UnknownTarget(t.clone()))?,
     };
     let target_name = df.stages[target].name.clone().unwrap_or_default();
+    // Every image is resolved, and every scratch stage configured, for the
+    // normalized platform (one spelling per platform).
+    let opts = &BuildOptions {
+        target_platform: opts.target_platform.normalized(),
+        build_platform: opts.build_platform.normalized(),
+        ..opts.clone()
+    };
     let mut planner = Planner {
         df,
         opts,
@@ -741,14 +730,12 @@ impl Planner<'_> {
         match &stage.platform {
             Some(p) => {
                 let text = self.expand_global(p, line)?;
-                Platform::parse(&text)
-                    .map(|p| normalized_platform(&p))
-                    .map_err(|e| PlanError::Invalid {
-                        line,
-                        message: format!("failed to parse platform {text}: {e}"),
-                    })
+                Platform::parse(&text).map_err(|e| PlanError::Invalid {
+                    line,
+                    message: format!("failed to parse platform {text}: {e}"),
+                })
             }
-            None => Ok(normalized_platform(&self.opts.target_platform)),
+            None => Ok(self.opts.target_platform.clone()),
         }
     }
 

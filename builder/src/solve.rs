@@ -91,15 +91,24 @@ pub type PullFn<'a> = dyn Fn(&Reference, &Platform) -> Result<Descriptor, String
 
 /// Resolves base images to their config through the store's tags
 /// (`index.json`), following an index to the platform's manifest, and
-/// (given a [`PullFn`]) pulling what is missing. Images resolved once are
-/// remembered for the rest of the build.
+/// (given a [`PullFn`]) pulling what is missing. A stored image of another
+/// platform than the one wanted is not used: it is pulled for that platform
+/// (moby's builder checks the local image's platform the same way), or
+/// refused when nothing can be pulled. Images resolved once are remembered
+/// for the rest of the build, per reference and platform; the solver finds
+/// them again by the manifest digest the plan recorded.
 pub struct StoreResolver<'a> {
     /// None: no store exists (see [`StoreResolver::open_existing`]).
     store: Option<Store>,
     pull: Option<&'a PullFn<'a>>,
     /// Pull even when the store has the tag (`--pull`).
     always_pull: bool,
-    images: Mutex<BTreeMap<String, Image>>,
+    /// Use a stored image whatever its platform (analysis only: explain
+    /// and check report what the store has, and the
+    /// InvalidBaseImagePlatform lint says when it is another platform).
+    any_stored_platform: bool,
+    /// (reference, normalized platform) → image.
+    images: Mutex<BTreeMap<(String, String), Image>>,
 }
 
 impl<'a> StoreResolver<'a> {
@@ -108,13 +117,15 @@ impl<'a> StoreResolver<'a> {
             store: Some(store.clone()),
             pull,
             always_pull: false,
+            any_stored_platform: false,
             images: Mutex::new(BTreeMap::new()),
         }
     }
 
     /// Reads the store at `root`, if one exists there, and never pulls;
     /// without a store every image is unknown, and nothing is created
-    /// (explain and check write nothing).
+    /// (explain and check write nothing). A stored image is used whatever
+    /// its platform.
     pub fn open_existing(root: &Path) -> Result<StoreResolver<'static>, kiln_layers::Error> {
         let store = if root.join("index.json").is_file() {
             Some(Store::open(root)?)
@@ -125,6 +136,7 @@ impl<'a> StoreResolver<'a> {
             store,
             pull: None,
             always_pull: false,
+            any_stored_platform: true,
             images: Mutex::new(BTreeMap::new()),
         })
     }
@@ -135,50 +147,108 @@ impl<'a> StoreResolver<'a> {
         self
     }
 
-    fn image(&self, reference: &str) -> Option<Image> {
-        self.images.lock().ok()?.get(reference).cloned()
+    /// The image this resolver resolved to the manifest `digest` (what the
+    /// plan recorded for a FROM, `COPY --from` or `RUN --mount from=`).
+    fn resolved(&self, reference: &str, digest: Option<&str>) -> Result<Image, SolveError> {
+        let unresolved = || SolveError::Unresolved(reference.to_string());
+        let digest = digest.ok_or_else(unresolved)?;
+        let images = self.images.lock().map_err(|_| unresolved())?;
+        images
+            .values()
+            .find(|image| image.manifest_descriptor.digest.to_string() == digest)
+            .cloned()
+            .ok_or_else(unresolved)
+    }
+
+    /// The stored image `reference` names, for `platform`: `Ok(None)` when
+    /// the store lacks it or (unless [`Self::any_stored_platform`]) has it
+    /// for another platform only, with the reason in `mismatch`.
+    fn stored(
+        &self,
+        store: &Store,
+        reference: &Reference,
+        platform: &Platform,
+        mismatch: &mut Option<String>,
+    ) -> Result<Option<Image>, String> {
+        let Some(desc) = store.resolve(reference).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let image = match store.read_image(&desc, platform) {
+            Ok(image) => image,
+            Err(e @ kiln_layers::Error::NoMatchingPlatform { .. }) if !self.any_stored_platform => {
+                *mismatch = Some(e.to_string());
+                return Ok(None);
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let config = &image.config;
+        let stored = Platform {
+            architecture: config.architecture.clone(),
+            os: config.os.clone(),
+            os_version: None,
+            os_features: None,
+            variant: config.variant.clone(),
+        };
+        // A config without an architecture says nothing to check against.
+        let matches = config.architecture.is_empty() || platform.compatible_rank(&stored).is_some();
+        if matches || self.any_stored_platform {
+            return Ok(Some(image));
+        }
+        *mismatch = Some(format!(
+            "the local store has it for platform {}, not {platform}",
+            stored.normalized()
+        ));
+        Ok(None)
     }
 }
 
 impl ImageResolver for StoreResolver<'_> {
+    /// Errors leave the reference out: the caller's message names it.
     fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
         let parsed = Reference::parse(reference).map_err(|e| e.to_string())?;
-        if let Some(image) = self.image(&parsed.to_string()) {
-            // Already resolved in this build (another stage, COPY --from).
-            return Ok(ResolvedImage {
-                reference: parsed.to_string(),
-                digest: Some(image.manifest_descriptor.digest.to_string()),
-                config: image.config,
-            });
-        }
-        let Some(store) = &self.store else {
-            return Err(format!("{parsed} is not in the local store"));
-        };
-        let local = if self.always_pull && self.pull.is_some() {
-            None
-        } else {
-            store.resolve(&parsed).map_err(|e| e.to_string())?
-        };
-        let desc = match local {
-            Some(d) => d,
-            None => match self.pull {
-                Some(pull) => pull(&parsed, platform)?,
-                None => return Err(format!("{parsed} is not in the local store")),
-            },
-        };
-        let image = store
-            .read_image(&desc, platform)
-            .map_err(|e| e.to_string())?;
         let name = parsed.to_string();
-        let resolved = ResolvedImage {
-            reference: name.clone(),
-            digest: Some(image.manifest_descriptor.digest.to_string()),
-            config: image.config.clone(),
+        let platform = platform.normalized();
+        let key = (name.clone(), platform.to_string());
+        let remembered = self.images.lock().ok().and_then(|m| m.get(&key).cloned());
+        let image = match remembered {
+            // Already resolved in this build (another stage, COPY --from).
+            Some(image) => image,
+            None => {
+                let Some(store) = &self.store else {
+                    return Err("not in the local store".into());
+                };
+                let mut mismatch = None;
+                let local = if self.always_pull && self.pull.is_some() {
+                    None
+                } else {
+                    self.stored(store, &parsed, &platform, &mut mismatch)?
+                };
+                let image = match (local, self.pull) {
+                    (Some(image), _) => image,
+                    (None, Some(pull)) => {
+                        let desc = pull(&parsed, &platform).map_err(|e| match &mismatch {
+                            Some(stored) => format!("{e} ({stored})"),
+                            None => e,
+                        })?;
+                        store
+                            .read_image(&desc, &platform)
+                            .map_err(|e| e.to_string())?
+                    }
+                    (None, None) => {
+                        return Err(mismatch.unwrap_or_else(|| "not in the local store".into()))
+                    }
+                };
+                if let Ok(mut images) = self.images.lock() {
+                    images.insert(key, image.clone());
+                }
+                image
+            }
         };
-        if let Ok(mut images) = self.images.lock() {
-            images.insert(name, image);
-        }
-        Ok(resolved)
+        Ok(ResolvedImage {
+            reference: name,
+            digest: Some(image.manifest_descriptor.digest.to_string()),
+            config: image.config,
+        })
     }
 }
 
@@ -535,10 +605,8 @@ fn run_stage(
             history: Vec::new(),
         },
         BaseSource::Stage(i) => deps.get(i).cloned().ok_or(SolveError::StageMissing(*i))?,
-        BaseSource::Image { reference, .. } => {
-            let image = resolver
-                .image(reference)
-                .ok_or_else(|| SolveError::Unresolved(reference.clone()))?;
+        BaseSource::Image { reference, digest } => {
+            let image = resolver.resolved(reference, digest.as_deref())?;
             let instruction = format!("FROM {reference}@{}", image.manifest_descriptor.digest);
             let event = StepEvent {
                 stage_index: index,
@@ -593,7 +661,6 @@ fn run_stage(
         opts.events.step_started(&event);
         let result = run_step(
             store,
-            plan,
             step,
             &event,
             context,
@@ -657,7 +724,6 @@ fn run_stage(
 #[allow(clippy::too_many_arguments)]
 fn run_step(
     store: &Store,
-    plan: &Plan,
     step: &Step,
     event: &StepEvent<'_>,
     context: &BuildContext,
@@ -705,11 +771,11 @@ fn run_step(
     let rootfs = LayeredRootfs::new(&upper, out.lowers_top_first());
     match &step.kind {
         StepKind::Run(r) => execute_run(
-            store, plan, resolver, event, step, r, &rootfs, context, opts, &dir, deps,
+            store, resolver, event, step, r, &rootfs, context, opts, &dir, deps,
         )?,
-        StepKind::Copy(c) => execute_copy(
-            store, plan, step, c, &rootfs, context, resolver, opts, &dir, deps,
-        )?,
+        StepKind::Copy(c) => {
+            execute_copy(store, step, c, &rootfs, context, resolver, opts, &dir, deps)?
+        }
         StepKind::Workdir(w) => {
             let owner = match &w.user {
                 Some(u) => Some(
@@ -891,7 +957,6 @@ fn reuse(
 #[allow(clippy::too_many_arguments)]
 fn execute_run(
     store: &Store,
-    plan: &Plan,
     resolver: &StoreResolver<'_>,
     event: &StepEvent<'_>,
     step: &Step,
@@ -965,9 +1030,7 @@ fn execute_run(
                         .unwrap_or_else(|| "scratch".to_string()),
                 })
             }
-            (None, Some(image)) => Some(mount_image_layers(
-                store, plan, step, image, resolver, opts,
-            )?),
+            (None, Some(image)) => Some(mount_image_layers(store, image, resolver, opts)?),
             (None, None) => None,
         };
         let scratch = dir.join(format!("mount-{n}"));
@@ -1077,35 +1140,16 @@ struct MountFrom {
     identity: String,
 }
 
-/// The layers of the image a `RUN --mount=...,from=<image>` names,
-/// resolved (and pulled when missing) like `COPY --from=<image>`.
+/// The layers of the image a `RUN --mount=...,from=<image>` names: the
+/// manifest the plan resolved (and pulled when missing) for the build's
+/// target platform, as for `COPY --from=<image>`.
 fn mount_image_layers(
     store: &Store,
-    plan: &Plan,
-    step: &Step,
     image: &MountImage,
     resolver: &StoreResolver<'_>,
     opts: &SolveOptions<'_>,
 ) -> Result<MountFrom, SolveError> {
-    let step_err = |message: String| SolveError::Step {
-        line: step.line,
-        instruction: step.instruction.clone(),
-        message,
-    };
-    let config = &plan.stages[step.stage].image;
-    let platform = Platform {
-        architecture: config.architecture.clone(),
-        os: config.os.clone(),
-        os_version: None,
-        os_features: None,
-        variant: config.variant.clone(),
-    };
-    let resolved = resolver
-        .resolve(&image.reference, &platform)
-        .map_err(|e| step_err(format!("mount from image {}: {e}", image.reference)))?;
-    let found = resolver
-        .image(&resolved.reference)
-        .ok_or_else(|| SolveError::Unresolved(image.reference.clone()))?;
+    let found = resolver.resolved(&image.reference, image.digest.as_deref())?;
     let snapshots = store.prepare_snapshots(&found, opts.reporter)?;
     Ok(MountFrom {
         lowers: snapshots.into_iter().rev().collect(),
@@ -1318,7 +1362,6 @@ fn seed_cache_dir(dir: &Path, from: &MountFrom, scratch: &Path) -> Result<(), St
 #[allow(clippy::too_many_arguments)]
 fn execute_copy(
     store: &Store,
-    plan: &Plan,
     step: &Step,
     c: &CopyStep,
     rootfs: &LayeredRootfs,
@@ -1333,7 +1376,6 @@ fn execute_copy(
         instruction: step.instruction.clone(),
         message,
     };
-    let _ = plan;
     let chown = match &c.chown {
         Some(spec) => Some(
             ChownSpec::parse(spec)
@@ -1369,17 +1411,8 @@ fn execute_copy(
             &stage_tree
         }
         CopyFrom::Image(reference) => {
-            let platform = Platform {
-                architecture: plan.stages[step.stage].image.architecture.clone(),
-                os: plan.stages[step.stage].image.os.clone(),
-                os_version: None,
-                os_features: None,
-                variant: plan.stages[step.stage].image.variant.clone(),
-            };
-            let resolved = resolver.resolve(reference, &platform).map_err(step_err)?;
-            let image = resolver
-                .image(&resolved.reference)
-                .ok_or_else(|| SolveError::Unresolved(reference.clone()))?;
+            // The manifest the plan resolved for the build's target platform.
+            let image = resolver.resolved(reference, c.from_digest.as_deref())?;
             let snapshots = store.prepare_snapshots(&image, opts.reporter)?;
             image_tree = LayeredRootfs::new(&empty_upper, snapshots.into_iter().rev().collect());
             &image_tree

@@ -131,64 +131,74 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// The platform kiln runs on (`linux/amd64`, `linux/arm64/v8`, …).
+    /// The platform kiln runs on (`linux/amd64`, `linux/arm64`, `linux/arm/v7`,
+    /// …), normalized as [`Platform::normalized`] says.
     pub fn host() -> Platform {
-        let (arch, variant) = match std::env::consts::ARCH {
-            "x86_64" => ("amd64", None),
-            "x86" => ("386", None),
-            "aarch64" => ("arm64", Some("v8")),
-            "arm" => ("arm", Some("v7")),
-            "powerpc64" => ("ppc64le", None),
-            "s390x" => ("s390x", None),
-            "riscv64" => ("riscv64", None),
-            other => (other, None),
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "x86" => "386",
+            "aarch64" => "arm64",
+            "powerpc64" => "ppc64le",
+            other => other,
         };
         Platform {
             architecture: arch.to_string(),
             os: std::env::consts::OS.to_string(),
             os_version: None,
             os_features: None,
-            variant: variant.map(str::to_string),
+            variant: None,
         }
+        .normalized()
     }
 
-    /// Parses `os/arch[/variant]` (Docker's `--platform` syntax), normalizing
-    /// architecture aliases (`x86_64` → `amd64`, `aarch64` → `arm64`).
+    /// Parses `os/arch[/variant]` (Docker's `--platform` syntax) into its
+    /// [`Platform::normalized`] form: `linux/aarch64` and `linux/arm64/v8`
+    /// give `linux/arm64`, `linux/arm` gives `linux/arm/v7`.
     pub fn parse(s: &str) -> Result<Platform, Error> {
         let parts: Vec<&str> = s.split('/').collect();
         let bad = || Error::InvalidPlatform(s.to_string());
         if parts.len() < 2 || parts.len() > 3 || parts.iter().any(|p| p.is_empty()) {
             return Err(bad());
         }
-        let (arch, default_variant) = normalize_arch(&parts[1].to_ascii_lowercase());
-        let variant = match parts.get(2) {
-            Some(v) => Some(v.to_ascii_lowercase()),
-            None => default_variant.map(str::to_string),
-        };
         Ok(Platform {
-            architecture: arch,
+            architecture: parts[1].to_string(),
             os: parts[0].to_ascii_lowercase(),
             os_version: None,
             os_features: None,
+            variant: parts.get(2).map(|v| v.to_string()),
+        }
+        .normalized())
+    }
+
+    /// The platform as containerd's `platforms.Normalize` (and so BuildKit)
+    /// leaves it: architecture aliases resolved (`x86_64` → `amd64`,
+    /// `aarch64` → `arm64`, `armhf` → `arm/v7`), default variants dropped
+    /// where the spec says they are implied (`arm64/v8`, `amd64/v1`) and
+    /// made explicit where it does not (`arm` → `arm/v7`). Two spellings of
+    /// one platform compare equal only in this form.
+    pub fn normalized(&self) -> Platform {
+        let (architecture, variant) = normalize_arch(&self.architecture, self.variant.as_deref());
+        Platform {
+            architecture,
+            os: self.os.to_ascii_lowercase(),
             variant,
-        })
+            ..self.clone()
+        }
     }
 
     /// Whether an image built for `candidate` runs here when `self` is wanted.
-    /// An arm/v7 host also runs v6 and v5; an absent variant matches the
-    /// architecture's default one.
+    /// An arm/v7 host also runs v6 and v5; an absent variant matches any.
     pub fn compatible_rank(&self, candidate: &Platform) -> Option<u32> {
         if !self.os.eq_ignore_ascii_case(&candidate.os) {
             return None;
         }
-        let (want_arch, want_default) = normalize_arch(&self.architecture);
-        let (cand_arch, cand_default) = normalize_arch(&candidate.architecture);
+        let (want_arch, want_variant) = normalize_arch(&self.architecture, self.variant.as_deref());
+        let (cand_arch, cand_variant) =
+            normalize_arch(&candidate.architecture, candidate.variant.as_deref());
         if want_arch != cand_arch {
             return None;
         }
-        let want_variant = self.variant.as_deref().or(want_default);
-        let cand_variant = candidate.variant.as_deref().or(cand_default);
-        match (want_variant, cand_variant) {
+        match (want_variant.as_deref(), cand_variant.as_deref()) {
             (None, None) => Some(0),
             (Some(w), Some(c)) if w == c => Some(0),
             (None, Some(_)) => Some(1),
@@ -206,14 +216,31 @@ impl Platform {
     }
 }
 
-fn normalize_arch(arch: &str) -> (String, Option<&'static str>) {
-    match arch {
-        "x86_64" | "x86-64" | "amd64" => ("amd64".into(), None),
-        "aarch64" | "arm64" => ("arm64".into(), Some("v8")),
-        "armhf" | "armel" | "arm" => ("arm".into(), Some("v7")),
-        "i386" | "i686" | "386" => ("386".into(), None),
-        other => (other.to_string(), None),
-    }
+/// containerd's `normalizeArch`: (architecture, variant) lowercased, aliases
+/// resolved, implied default variants dropped (arm64's v8, amd64's v1) and
+/// arm's made explicit (v7).
+fn normalize_arch(arch: &str, variant: Option<&str>) -> (String, Option<String>) {
+    let arch = arch.to_ascii_lowercase();
+    let variant = variant
+        .map(str::to_ascii_lowercase)
+        .filter(|v| !v.is_empty());
+    let (arch, variant) = match arch.as_str() {
+        "i386" | "i686" => ("386", None),
+        "x86_64" | "x86-64" | "amd64" => ("amd64", variant.filter(|v| v != "v1")),
+        "aarch64" | "arm64" => ("arm64", variant.filter(|v| v != "8" && v != "v8")),
+        "armhf" => ("arm", Some("v7".to_string())),
+        "armel" => ("arm", Some("v6".to_string())),
+        "arm" => {
+            let variant = match variant.as_deref() {
+                None | Some("7") => "v7".to_string(),
+                Some(v @ ("5" | "6" | "8")) => format!("v{v}"),
+                Some(v) => v.to_string(),
+            };
+            ("arm", Some(variant))
+        }
+        other => (other, variant),
+    };
+    (arch.to_string(), variant)
 }
 
 impl fmt::Display for Platform {
@@ -552,6 +579,43 @@ mod tests {
         assert_eq!(pick("linux/arm/v7").as_deref(), Some("1"));
         assert_eq!(pick("linux/arm/v5"), None);
         assert_eq!(pick("windows/amd64"), None);
+    }
+
+    #[test]
+    fn platforms_are_normalized_as_containerd_does() {
+        let norm = |s: &str| Platform::parse(s).unwrap().to_string();
+        for (given, want) in [
+            ("linux/arm64", "linux/arm64"),
+            ("linux/arm64/v8", "linux/arm64"),
+            ("linux/aarch64", "linux/arm64"),
+            ("Linux/AArch64/8", "linux/arm64"),
+            ("linux/arm64/v9", "linux/arm64/v9"),
+            ("linux/arm", "linux/arm/v7"),
+            ("linux/arm/7", "linux/arm/v7"),
+            ("linux/arm/v6", "linux/arm/v6"),
+            ("linux/arm/5", "linux/arm/v5"),
+            ("linux/armhf", "linux/arm/v7"),
+            ("linux/armel", "linux/arm/v6"),
+            ("linux/x86_64", "linux/amd64"),
+            ("linux/amd64/v1", "linux/amd64"),
+            ("linux/amd64/v3", "linux/amd64/v3"),
+            ("linux/i386", "linux/386"),
+            ("linux/s390x", "linux/s390x"),
+        ] {
+            assert_eq!(norm(given), want, "{given}");
+        }
+        assert!(Platform::parse("linux").is_err());
+        assert!(Platform::parse("linux//v8").is_err());
+        // A config's spelling (arm64 + v8) is the same platform.
+        let config = Platform {
+            architecture: "arm64".into(),
+            os: "linux".into(),
+            os_version: None,
+            os_features: None,
+            variant: Some("v8".into()),
+        };
+        assert_eq!(config.normalized(), Platform::parse("linux/arm64").unwrap());
+        assert_eq!(Platform::host(), Platform::host().normalized());
     }
 
     #[test]
