@@ -510,7 +510,8 @@ pub fn resolve_commit(source: &GitSource) -> Result<ResolvedCommit, GitError> {
 /// 1, plus submodules unless `?submodules=false`) and returns the
 /// directory ADD copies from: the tree, or its `subdir`. The `.git`
 /// directory is removed unless `keep_git_dir`; kept, it has `origin` set
-/// to the remote and the branch checked out when the ref was one.
+/// to the remote, HEAD detached at the commit and the ref (branch or tag)
+/// pointing at it, as BuildKit leaves it.
 pub fn checkout(
     source: &GitSource,
     resolved: &ResolvedCommit,
@@ -582,8 +583,34 @@ pub fn checkout(
         &["-c", "advice.detachedHead=false", "checkout", "-q", &commit],
     )?;
     if keep_git_dir {
-        if let Some(branch) = resolved.used_ref.strip_prefix("refs/heads/") {
-            git(remote, Some(&tree), &["checkout", "-q", "-B", branch])?;
+        // As BuildKit leaves it: HEAD detached at the commit, the ref
+        // (branch or tag) present locally, origin without credentials, no
+        // reflog or FETCH_HEAD.
+        if resolved.used_ref.starts_with("refs/") {
+            git(
+                remote,
+                Some(&tree),
+                &["update-ref", &resolved.used_ref, &resolved.commit],
+            )?;
+        }
+        git(
+            remote,
+            Some(&tree),
+            &["remote", "set-url", "origin", &redact(remote)],
+        )?;
+        git(
+            remote,
+            Some(&tree),
+            &["reflog", "expire", "--all", "--expire=now"],
+        )?;
+        let fetch_head = tree.join(".git").join("FETCH_HEAD");
+        if let Err(e) = std::fs::remove_file(&fetch_head) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(GitError::Io {
+                    path: fetch_head,
+                    source: e,
+                });
+            }
         }
     }
     if source.submodules != Some(false) && tree.join(".gitmodules").is_file() {

@@ -250,15 +250,16 @@ impl AgentProcess {
             socket,
             _dir: dir,
         };
-        // The agent creates its socket once it is listening; ssh-add needs it.
+        // ssh-add needs the agent listening: its socket file appears at
+        // bind(), a moment before listen(), so wait until a connect works.
         let mut waited = 0;
-        while !is_socket(&agent.socket) {
+        while UnixStream::connect(&agent.socket).is_err() {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 return Err(flag_err(format!("ssh-agent exited: {status}")));
             }
             if waited > 1000 {
                 return Err(flag_err(
-                    "ssh-agent did not create its socket in 10 s".into(),
+                    "ssh-agent did not listen on its socket within 10 s".into(),
                 ));
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
