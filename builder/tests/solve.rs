@@ -970,3 +970,58 @@ fn run_mount_ssh_reaches_the_forwarded_agent() {
         "{err}"
     );
 }
+
+#[test]
+fn add_git_repository_with_submodules() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_busybox(dir.path());
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let served = dir.path().join("served");
+    let port = serve_git(&served);
+    let sub = served.join("sub.git");
+    std::fs::create_dir_all(&sub).unwrap();
+    git_in(&sub, &["init", "-q", "-b", "main"]);
+    std::fs::write(sub.join("s.txt"), "from the submodule\n").unwrap();
+    git_in(&sub, &["add", "-A"]);
+    git_in(&sub, &["commit", "-q", "-m", "sub"]);
+    let top = served.join("top.git");
+    std::fs::create_dir_all(&top).unwrap();
+    git_in(&top, &["init", "-q", "-b", "main"]);
+    std::fs::write(top.join("t.txt"), "top\n").unwrap();
+    git_in(
+        &top,
+        &[
+            "submodule",
+            "add",
+            "-q",
+            &format!("git://127.0.0.1:{port}/sub.git"),
+            "vendor/sub",
+        ],
+    );
+    git_in(&top, &["add", "-A"]);
+    git_in(&top, &["commit", "-q", "-m", "top"]);
+
+    let url = format!("git://127.0.0.1:{port}/top.git");
+    let df = format!(
+        "FROM busybox:test\n\
+         ADD {url} /with/\n\
+         ADD {url}?submodules=false /without/\n"
+    );
+    let image = build_full(&store, &ctx, &df, &Events::default(), Some(1), false, &[]).unwrap();
+    let with: Vec<String> = layer_bytes(&store, &image, 1)
+        .into_iter()
+        .filter(|(p, data)| p == "with/vendor/sub/s.txt" && data == b"from the submodule\n")
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(with.len(), 1, "the submodule is checked out");
+    let without = layer_bytes(&store, &image, 2);
+    assert!(without.iter().any(|(p, _)| p == "without/t.txt"));
+    assert!(
+        !without
+            .iter()
+            .any(|(p, _)| p.starts_with("without/vendor/sub/s.txt")),
+        "?submodules=false leaves it out: {:?}",
+        without.iter().map(|(p, _)| p).collect::<Vec<_>>()
+    );
+}
