@@ -148,8 +148,15 @@ impl AgentRelay {
             .map_err(io_err(&std::env::temp_dir()))?;
         let socket = dir.path().join("agent.sock");
         let listener = UnixListener::bind(&socket).map_err(io_err(&socket))?;
-        std::os::unix::fs::chown(&socket, Some(mount.uid), Some(mount.gid))
-            .map_err(io_err(&socket))?;
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&socket, Some(mount.uid), Some(mount.gid))
+                .map_err(io_err(&socket))?;
+        } else {
+            // Rootless: the user's files are root's in the RUN's user
+            // namespace, and another owner cannot be given.
+            tracing::debug!("ssh mount: not root, the socket keeps its owner");
+        }
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(mount.mode & 0o777))
             .map_err(io_err(&socket))?;
         let stop = Arc::new(AtomicBool::new(false));
