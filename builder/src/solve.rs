@@ -1262,54 +1262,62 @@ fn run_mount(
         }
         "bind" => {
             let read_only = !(flag("rw") || flag("readwrite"));
-            match from {
-                None => {
-                    let resolved =
-                        crate::rootfs::resolve(context, &rel, true).map_err(|e| e.to_string())?;
-                    if !context.contains(&resolved) {
-                        return Err(format!(
-                            "--mount={spec}: {source} is not in the build context"
-                        ));
-                    }
-                    Ok(Some(BindMount {
-                        source: context.host_path(&resolved),
-                        target,
-                        read_only,
-                    }))
-                }
+            // The source tree: the context, or a stage's or an image's
+            // snapshots seen through an empty upper dir.
+            mkdir(scratch)?;
+            let layered;
+            let tree: &dyn SourceTree = match from {
+                None => context,
                 Some(from) => {
-                    // A stage or image is a stack of snapshots: a file can
-                    // be bound where it lies, a directory is merged into a
-                    // copy.
-                    mkdir(scratch)?;
                     let empty = scratch.join("upper");
                     mkdir(&empty)?;
-                    let view = LayeredRootfs::new(&empty, from.lowers.clone());
-                    let resolved =
-                        crate::rootfs::resolve(&view, &rel, true).map_err(|e| e.to_string())?;
-                    let meta = view
-                        .stat(&resolved)
-                        .map_err(|e| e.to_string())?
-                        .ok_or_else(|| format!("--mount={spec}: /{rel} not found"))?;
-                    let source = if meta.is_dir() {
-                        let merged = scratch.join("merged");
-                        mkdir(&merged)?;
-                        let target_view = LayeredRootfs::new(&merged, Vec::new());
-                        let mut o = CopyOptions::dockerfile_copy(false);
-                        o.allow_wildcard = false;
-                        copy::copy(&view, &resolved, &target_view, "/", &o)
-                            .map_err(|e| e.to_string())?;
-                        merged
-                    } else {
-                        view.host_file(&resolved).map_err(|e| e.to_string())?
-                    };
-                    Ok(Some(BindMount {
-                        source,
-                        target,
-                        read_only,
-                    }))
+                    layered = LayeredRootfs::new(&empty, from.lowers.clone());
+                    &layered
                 }
+            };
+            let resolved = crate::rootfs::resolve(tree, &rel, true).map_err(|e| e.to_string())?;
+            if from.is_none() && !context.contains(&resolved) {
+                return Err(format!(
+                    "--mount={spec}: {source} is not in the build context"
+                ));
             }
+            let meta = tree
+                .stat(&resolved)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("--mount={spec}: /{rel} not found"))?;
+            // Bound where it lies only when read-only (a context dir, any
+            // file). A stack of snapshots is merged into a copy, and a
+            // writable mount is a copy whose writes are dropped, as in
+            // BuildKit: neither the context nor a snapshot may change.
+            let copy_of = |dest: &Path| -> Result<(), String> {
+                mkdir(dest)?;
+                let target_view = LayeredRootfs::new(dest, Vec::new());
+                let mut o = CopyOptions::dockerfile_copy(false);
+                o.allow_wildcard = false;
+                copy::copy(tree, &resolved, &target_view, "/", &o)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
+            let source = match (meta.is_dir(), read_only) {
+                (true, true) if from.is_none() => context.host_path(&resolved),
+                (false, true) => tree.host_file(&resolved).map_err(|e| e.to_string())?,
+                (true, _) => {
+                    let merged = scratch.join("merged");
+                    copy_of(&merged)?;
+                    merged
+                }
+                (false, false) => {
+                    let dir = scratch.join("file");
+                    copy_of(&dir)?;
+                    let name = resolved.rsplit('/').next().unwrap_or(&resolved);
+                    dir.join(name)
+                }
+            };
+            Ok(Some(BindMount {
+                source,
+                target,
+                read_only,
+            }))
         }
         other => Err(format!("--mount type={other} is not supported by kiln yet")),
     }

@@ -1025,3 +1025,50 @@ fn add_git_repository_with_submodules() {
         without.iter().map(|(p, _)| p).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn writable_bind_mounts_change_neither_the_context_nor_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with_busybox(dir.path());
+    import_files_image(
+        &store,
+        dir.path(),
+        "tools:test",
+        &[("data/tool.txt", "tool\n")],
+    );
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("d")).unwrap();
+    std::fs::write(ctx.join("f.txt"), "context file\n").unwrap();
+    std::fs::write(ctx.join("d/g.txt"), "context dir\n").unwrap();
+    // Each RUN writes through its rw mount and reads its write back; the
+    // last RUN reads the image's file again through a read-only mount.
+    let df = "FROM busybox:test\n\
+              RUN --mount=type=bind,source=f.txt,target=/f.txt,rw echo changed > /f.txt && cat /f.txt > /seen-file\n\
+              RUN --mount=type=bind,source=d,target=/d,rw echo changed > /d/g.txt && touch /d/new && ls /d > /seen-dir\n\
+              RUN --mount=type=bind,from=tools:test,source=data/tool.txt,target=/t.txt,readwrite echo changed > /t.txt\n\
+              RUN --mount=type=bind,from=tools:test,source=data/tool.txt,target=/t.txt cat /t.txt > /image-after\n";
+    let image = build_full(&store, &ctx, df, &Events::default(), Some(1), false, &[]).unwrap();
+    let all: Vec<(String, Vec<u8>)> = (1..image.layers.len())
+        .flat_map(|i| layer_bytes(&store, &image, i))
+        .collect();
+    for (path, content) in [
+        ("seen-file", "changed\n"),
+        ("seen-dir", "g.txt\nnew\n"),
+        ("image-after", "tool\n"),
+    ] {
+        assert!(
+            all.contains(&(path.to_string(), content.as_bytes().to_vec())),
+            "{path}: {:?}",
+            all.iter().map(|(p, _)| p).collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(ctx.join("f.txt")).unwrap(),
+        "context file\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ctx.join("d/g.txt")).unwrap(),
+        "context dir\n"
+    );
+    assert!(!ctx.join("d/new").exists());
+}
