@@ -1663,6 +1663,9 @@ pub fn normalize_workdir(current: &str, path: &str) -> String {
 /// and args reaching it, and for COPY/ADD the content selected in the
 /// context (or the source stage's key). An ADD URL is keyed by the URL and
 /// its `--checksum` only: without one, use [`compute_cache_keys_fetching`].
+/// An ADD of a Git repository is keyed by the commit its ref names now
+/// (`git ls-remote`, see [`crate::git`]); the commit is kept in the step
+/// for the solver to check out.
 pub fn compute_cache_keys(
     plan: &mut Plan,
     context: Option<&BuildContext>,
