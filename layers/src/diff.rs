@@ -102,6 +102,17 @@ pub fn write_layer(
     reporter.start(&id, "packing", None);
     let result = (|| -> Result<LayerBlob> {
         let ingest = store.ingest(None)?;
+        if compression == Compression::None {
+            // The blob is the tar itself: the store's digest is the diff id,
+            // so the bytes are hashed once.
+            let ingest = write_tar(dir, ingest, options)?;
+            let mut descriptor = ingest.commit()?;
+            descriptor.media_type = compression.oci_layer_media_type().to_string();
+            return Ok(LayerBlob {
+                diff_id: descriptor.digest.clone(),
+                descriptor,
+            });
+        }
         let compressor = Compressor::new(compression, ingest).map_err(io_at("compress", dir))?;
         let hashing = HashingWriter::new(compressor);
         let hashing = write_tar(dir, hashing, options)?;

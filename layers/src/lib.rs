@@ -18,7 +18,8 @@
 //!   `overlay_lowerdir` formats them for mount.
 //! - Layers: `diff::write_layer` (upper dir → compressed blob + diff id),
 //!   `diff::write_tar`, `unpack::unpack` (safe, whiteout-aware),
-//!   `compress` (gzip, zstd, sniffing).
+//!   `compress` (gzip, zstd, sniffing), `compressed::compressed_image`
+//!   (a built image's plain layers compressed on their way out, once).
 //! - Archives: `archive::save` / `archive::load` (OCI layout dir or tar,
 //!   docker-archive), `import::import_rootfs`.
 //! - Types: `oci` (descriptors, manifests, indexes, configs, platforms,
@@ -44,6 +45,7 @@
 pub mod archive;
 pub mod canonical;
 pub mod compress;
+pub mod compressed;
 pub mod diff;
 pub mod digest;
 pub mod error;

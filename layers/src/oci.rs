@@ -31,6 +31,7 @@ pub mod media {
     pub const DOCKER_MANIFEST_LIST: &str =
         "application/vnd.docker.distribution.manifest.list.v2+json";
     pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+    pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
     pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
     pub const DOCKER_LAYER_ZSTD: &str = "application/vnd.docker.image.rootfs.diff.tar.zstd";
     pub const DOCKER_LAYER_FOREIGN: &str =
@@ -62,6 +63,7 @@ pub mod media {
                 | OCI_LAYER_ND
                 | OCI_LAYER_ND_GZIP
                 | OCI_LAYER_ND_ZSTD
+                | DOCKER_LAYER
                 | DOCKER_LAYER_GZIP
                 | DOCKER_LAYER_ZSTD
                 | DOCKER_LAYER_FOREIGN

@@ -772,6 +772,7 @@ impl Store {
                 report.bytes += size;
             }
         }
+        crate::compressed::remove_stale_variants(self)?;
         let ingest = self.root.join("ingest");
         for entry in fs::read_dir(&ingest).map_err(io_at("list", &ingest))? {
             let path = entry.map_err(io_at("list", &ingest))?.path();

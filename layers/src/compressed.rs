@@ -1,0 +1,282 @@
+//! Layers are compressed when they leave the store, not when they are made.
+//!
+//! A build stores each layer as a plain tar (as Docker's image store and
+//! BuildKit's snapshots keep them): the blob digest is then the diff id, and
+//! no build step waits on gzip. What sends an image elsewhere (a push, an
+//! OCI output) asks [`compressed_image`] for a form whose plain layers are
+//! compressed. Each plain layer is compressed once per algorithm; the result
+//! is remembered under `variants/<algorithm>/<plain layer hex>` (the
+//! compressed blob's digest and size), so pushing the same image again, or
+//! another image sharing the layer, reuses it. Compression is
+//! deterministic (see [`crate::compress`]), so two stores — or one store
+//! after `prune` dropped a variant — give the same compressed bytes and the
+//! same manifest digest.
+//!
+//! ```no_run
+//! # fn main() -> kiln_layers::Result<()> {
+//! use kiln_layers::{compressed::compressed_image, Compression, NoProgress, Reference, Store};
+//! let store = Store::open("/var/lib/kiln")?;
+//! let local = store.resolve(&Reference::parse("app:latest")?)?.expect("tagged");
+//! let to_push = compressed_image(&store, &local, Compression::Gzip, &NoProgress)?;
+//! # let _ = to_push; Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+
+use crate::compress::{Compression, Compressor};
+use crate::digest::Digest;
+use crate::error::{io_at, Error, Result};
+use crate::oci::{media, Descriptor, ManifestKind};
+use crate::progress::{Outcome, ProgressReader, Reporter};
+use crate::store::{write_atomic, Store};
+
+/// The media type of `plain` (an uncompressed layer type) compressed with
+/// `compression`; `None` when `plain` is not an uncompressed layer.
+pub fn compressed_media_type(plain: &str, compression: Compression) -> Option<&'static str> {
+    let (gzip, zstd) = match plain {
+        media::OCI_LAYER => (media::OCI_LAYER_GZIP, media::OCI_LAYER_ZSTD),
+        media::OCI_LAYER_ND => (media::OCI_LAYER_ND_GZIP, media::OCI_LAYER_ND_ZSTD),
+        media::DOCKER_LAYER => (media::DOCKER_LAYER_GZIP, media::DOCKER_LAYER_ZSTD),
+        _ => return None,
+    };
+    match compression {
+        Compression::None => None,
+        Compression::Gzip => Some(gzip),
+        Compression::Zstd => Some(zstd),
+    }
+}
+
+fn algorithm_name(compression: Compression) -> &'static str {
+    match compression {
+        Compression::None => "none",
+        Compression::Gzip => "gzip",
+        Compression::Zstd => "zstd",
+    }
+}
+
+/// The manifest (or index) `desc` with every plain layer replaced by its
+/// `compression` form, written to the store. Returns `desc` itself when
+/// nothing needed compressing (an image pulled from a registry, or
+/// `Compression::None`), so bytes that came from elsewhere are never
+/// re-serialized.
+pub fn compressed_image(
+    store: &Store,
+    desc: &Descriptor,
+    compression: Compression,
+    reporter: &dyn Reporter,
+) -> Result<Descriptor> {
+    if compression == Compression::None {
+        return Ok(desc.clone());
+    }
+    match store.read_manifest(desc)? {
+        ManifestKind::Index(mut index) => {
+            let mut changed = false;
+            for child in &mut index.manifests {
+                let new = compressed_image(store, child, compression, reporter)?;
+                if new.digest != child.digest {
+                    child.media_type = new.media_type;
+                    child.digest = new.digest;
+                    child.size = new.size;
+                    changed = true;
+                }
+            }
+            if !changed {
+                return Ok(desc.clone());
+            }
+            let media_type = index
+                .media_type
+                .clone()
+                .unwrap_or_else(|| desc.media_type.clone());
+            let mut new = store.put_json(&media_type, &index)?;
+            new.platform = desc.platform.clone();
+            new.annotations = desc.annotations.clone();
+            Ok(new)
+        }
+        ManifestKind::Image(mut manifest) => {
+            let plain: Vec<Descriptor> = manifest
+                .layers
+                .iter()
+                .filter(|l| compressed_media_type(&l.media_type, compression).is_some())
+                .cloned()
+                .collect();
+            if plain.is_empty() {
+                return Ok(desc.clone());
+            }
+            let variants = compress_layers(store, &plain, compression, reporter)?;
+            for layer in &mut manifest.layers {
+                if let Some(media_type) = compressed_media_type(&layer.media_type, compression) {
+                    if let Some((digest, size)) = variants.get(&layer.digest) {
+                        layer.media_type = media_type.to_string();
+                        layer.digest = digest.clone();
+                        layer.size = *size;
+                    }
+                }
+            }
+            let media_type = manifest
+                .media_type
+                .clone()
+                .unwrap_or_else(|| desc.media_type.clone());
+            let mut new = store.put_json(&media_type, &manifest)?;
+            new.platform = desc.platform.clone();
+            new.annotations = desc.annotations.clone();
+            Ok(new)
+        }
+    }
+}
+
+/// Compressed (digest, size) of each plain layer, by plain digest; distinct
+/// layers are compressed on parallel threads.
+fn compress_layers(
+    store: &Store,
+    layers: &[Descriptor],
+    compression: Compression,
+    reporter: &dyn Reporter,
+) -> Result<BTreeMap<Digest, (Digest, u64)>> {
+    let mut todo: Vec<&Descriptor> = Vec::new();
+    let mut done = BTreeMap::new();
+    for layer in layers {
+        if done.contains_key(&layer.digest) || todo.iter().any(|l| l.digest == layer.digest) {
+            continue;
+        }
+        match recorded_variant(store, &layer.digest, compression)? {
+            Some(found) => {
+                done.insert(layer.digest.clone(), found);
+            }
+            None => todo.push(layer),
+        }
+    }
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(todo.len())
+        .max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(layer) = todo.get(i) else { break };
+                let result = compress_one(store, layer, compression, reporter);
+                if let Ok(mut r) = results.lock() {
+                    r.push((layer.digest.clone(), result));
+                }
+            });
+        }
+    });
+    let results = results.into_inner().unwrap_or_default();
+    for (plain, result) in results {
+        done.insert(plain, result?);
+    }
+    Ok(done)
+}
+
+fn variant_path(store: &Store, plain: &Digest, compression: Compression) -> std::path::PathBuf {
+    store
+        .root()
+        .join("variants")
+        .join(algorithm_name(compression))
+        .join(plain.hex())
+}
+
+/// A remembered variant whose blob is still in the store.
+fn recorded_variant(
+    store: &Store,
+    plain: &Digest,
+    compression: Compression,
+) -> Result<Option<(Digest, u64)>> {
+    let path = variant_path(store, plain, compression);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read", path, e)),
+    };
+    let parsed = text.split_once(' ').and_then(|(digest, size)| {
+        Some((
+            Digest::parse(digest).ok()?,
+            size.trim().parse::<u64>().ok()?,
+        ))
+    });
+    match parsed {
+        Some((digest, size)) if store.blob_size(&digest)? == Some(size) => Ok(Some((digest, size))),
+        // A record pointing at a pruned blob, or a damaged one: made again.
+        _ => Ok(None),
+    }
+}
+
+fn compress_one(
+    store: &Store,
+    layer: &Descriptor,
+    compression: Compression,
+    reporter: &dyn Reporter,
+) -> Result<(Digest, u64)> {
+    let id = format!("compress {}", layer.digest);
+    reporter.start(&id, "compressing", Some(layer.size));
+    let result = (|| {
+        let blob = store.open_blob(&layer.digest)?;
+        let ingest = store.ingest(None)?;
+        let path = store.blob_path(&layer.digest);
+        let mut compressor =
+            Compressor::new(compression, ingest).map_err(io_at("compress", &path))?;
+        let mut reader = ProgressReader::new(io::Read::take(blob, layer.size), reporter, &id);
+        let copied = io::copy(&mut reader, &mut compressor).map_err(io_at("compress", &path))?;
+        if copied != layer.size {
+            return Err(Error::SizeMismatch {
+                digest: layer.digest.clone(),
+                expected: layer.size,
+                actual: copied,
+            });
+        }
+        let ingest = compressor.finish().map_err(io_at("compress", &path))?;
+        let stored = ingest.commit()?;
+        let record = variant_path(store, &layer.digest, compression);
+        if let Some(dir) = record.parent() {
+            fs::create_dir_all(dir).map_err(io_at("create directory", dir))?;
+        }
+        write_atomic(
+            &record,
+            format!("{} {}\n", stored.digest, stored.size).as_bytes(),
+        )?;
+        Ok((stored.digest, stored.size))
+    })();
+    match &result {
+        Ok(_) => reporter.done(&id, Outcome::Done),
+        Err(e) => reporter.done(&id, Outcome::Failed(e.to_string())),
+    }
+    result
+}
+
+/// Removes variant records whose compressed blob is gone (after a prune).
+pub(crate) fn remove_stale_variants(store: &Store) -> Result<()> {
+    let root = store.root().join("variants");
+    let algorithms = match fs::read_dir(&root) {
+        Ok(a) => a,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("list", root, e)),
+    };
+    for algorithm in algorithms {
+        let dir = algorithm.map_err(io_at("list", &root))?.path();
+        let Some(compression) = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(Compression::parse)
+        else {
+            continue;
+        };
+        for entry in fs::read_dir(&dir).map_err(io_at("list", &dir))? {
+            let entry = entry.map_err(io_at("list", &dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let live = match Digest::parse(&format!("sha256:{name}")) {
+                Ok(plain) => recorded_variant(store, &plain, compression)?.is_some(),
+                Err(_) => false,
+            };
+            if !live {
+                let path = entry.path();
+                fs::remove_file(&path).map_err(io_at("remove", &path))?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! Plain layers compressed on their way out of the store: media types per
+//! family, bytes that decompress to the plain layer, one compression per
+//! layer and algorithm, the same digests in two stores and after a prune.
+
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+
+use kiln_layers::compressed::compressed_image;
+use kiln_layers::diff::{write_layer, DiffOptions};
+use kiln_layers::oci::{ImageConfig, Index, Manifest, ManifestKind, RootFs};
+use kiln_layers::store::PruneOptions;
+use kiln_layers::{media, Compression, Descriptor, NoProgress, Reference, Store};
+
+fn blob_count(store: &Store) -> usize {
+    fs::read_dir(store.root().join("blobs/sha256"))
+        .unwrap()
+        .count()
+}
+
+fn manifest(store: &Store, desc: &Descriptor) -> Manifest {
+    match store.read_manifest(desc).unwrap() {
+        ManifestKind::Image(m) => m,
+        ManifestKind::Index(_) => panic!("{} is an index", desc.digest),
+    }
+}
+
+fn decompressed(store: &Store, desc: &Descriptor) -> Vec<u8> {
+    let blob = store.open_blob(&desc.digest).unwrap();
+    let mut out = Vec::new();
+    kiln_layers::compress::decompress(blob)
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+/// An image of two plain layers made from directories, as a build makes them.
+fn plain_image(store: &Store, work: &Path) -> (Descriptor, Vec<Descriptor>) {
+    let mut layers = Vec::new();
+    let mut diff_ids = Vec::new();
+    for (i, content) in ["first layer\n", "second layer, another file\n"]
+        .iter()
+        .enumerate()
+    {
+        let dir = work.join(format!("layer{i}"));
+        fs::create_dir_all(dir.join("etc")).unwrap();
+        fs::write(
+            dir.join("etc").join(format!("file{i}")),
+            content.repeat(5000),
+        )
+        .unwrap();
+        let options = DiffOptions {
+            source_date_epoch: Some(0),
+            overlay_whiteouts: true,
+        };
+        let blob = write_layer(store, &dir, Compression::None, &options, &NoProgress).unwrap();
+        assert_eq!(blob.descriptor.media_type, media::OCI_LAYER);
+        assert_eq!(
+            blob.descriptor.digest, blob.diff_id,
+            "a plain layer's digest is its diff id"
+        );
+        layers.push(blob.descriptor);
+        diff_ids.push(blob.diff_id);
+    }
+    let config = ImageConfig {
+        architecture: "amd64".into(),
+        os: "linux".into(),
+        rootfs: RootFs {
+            kind: "layers".into(),
+            diff_ids,
+        },
+        ..Default::default()
+    };
+    let desc = store.write_image(&config, &layers).unwrap();
+    (desc, layers)
+}
+
+#[test]
+fn plain_layers_leave_gzip_or_zstd_once_and_alike_in_two_stores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let (plain_desc, plain_layers) = plain_image(&store, tmp.path());
+
+    for (compression, media_type) in [
+        (Compression::Gzip, media::OCI_LAYER_GZIP),
+        (Compression::Zstd, media::OCI_LAYER_ZSTD),
+    ] {
+        let out = compressed_image(&store, &plain_desc, compression, &NoProgress).unwrap();
+        assert_ne!(out.digest, plain_desc.digest);
+        assert_eq!(out.media_type, media::OCI_MANIFEST);
+        assert_eq!(out.platform, plain_desc.platform);
+        let m = manifest(&store, &out);
+        assert_eq!(
+            m.config,
+            manifest(&store, &plain_desc).config,
+            "config unchanged"
+        );
+        assert_eq!(m.layers.len(), 2);
+        for (layer, plain) in m.layers.iter().zip(&plain_layers) {
+            assert_eq!(layer.media_type, media_type);
+            assert!(
+                layer.size < plain.size,
+                "{compression:?} of repeated text is smaller"
+            );
+            let bytes = decompressed(&store, layer);
+            assert_eq!(bytes, fs::read(store.blob_path(&plain.digest)).unwrap());
+        }
+        // Asked again: the remembered variants, no new blob, same manifest.
+        let blobs = blob_count(&store);
+        let again = compressed_image(&store, &plain_desc, compression, &NoProgress).unwrap();
+        assert_eq!(again.digest, out.digest);
+        assert_eq!(blob_count(&store), blobs);
+    }
+
+    // The same layers in another store compress to the same bytes.
+    let other = Store::open(tmp.path().join("other")).unwrap();
+    let work2 = tmp.path().join("work2");
+    let (plain2, _) = plain_image(&other, &work2);
+    assert_eq!(plain2.digest, plain_desc.digest);
+    let a = compressed_image(&store, &plain_desc, Compression::Gzip, &NoProgress).unwrap();
+    let b = compressed_image(&other, &plain2, Compression::Gzip, &NoProgress).unwrap();
+    assert_eq!(a.digest, b.digest);
+}
+
+#[test]
+fn prune_drops_variants_which_come_back_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let (plain_desc, _) = plain_image(&store, tmp.path());
+    store
+        .tag(&Reference::parse("app:plain").unwrap(), &plain_desc)
+        .unwrap();
+    let gz = compressed_image(&store, &plain_desc, Compression::Gzip, &NoProgress).unwrap();
+    let gz_layers = manifest(&store, &gz).layers;
+    assert!(store.has_blob(&gz_layers[0].digest));
+    let records = |s: &Store| {
+        fs::read_dir(s.root().join("variants/gzip"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(records(&store), 2);
+
+    // Nothing tags the compressed form: prune removes its blobs and records,
+    // keeps the plain image whole.
+    store.prune(PruneOptions::default()).unwrap();
+    assert!(!store.has_blob(&gz.digest));
+    assert!(!store.has_blob(&gz_layers[0].digest));
+    assert_eq!(records(&store), 0);
+    let plain = manifest(&store, &plain_desc);
+    assert!(plain.layers.iter().all(|l| store.has_blob(&l.digest)));
+
+    let again = compressed_image(&store, &plain_desc, Compression::Gzip, &NoProgress).unwrap();
+    assert_eq!(again.digest, gz.digest);
+    assert_eq!(records(&store), 2);
+}
+
+#[test]
+fn docker_types_indexes_and_compressed_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let (plain_desc, plain_layers) = plain_image(&store, tmp.path());
+
+    // A Docker-typed manifest over the same plain layers stays Docker-typed.
+    let mut docker = manifest(&store, &plain_desc);
+    docker.media_type = Some(media::DOCKER_MANIFEST.into());
+    for l in &mut docker.layers {
+        l.media_type = media::DOCKER_LAYER.into();
+    }
+    let docker_desc = store.put_json(media::DOCKER_MANIFEST, &docker).unwrap();
+    let out = compressed_image(&store, &docker_desc, Compression::Gzip, &NoProgress).unwrap();
+    assert_eq!(out.media_type, media::DOCKER_MANIFEST);
+    let m = manifest(&store, &out);
+    assert_eq!(m.media_type.as_deref(), Some(media::DOCKER_MANIFEST));
+    assert!(m
+        .layers
+        .iter()
+        .all(|l| l.media_type == media::DOCKER_LAYER_GZIP));
+
+    // An index: its plain child is replaced, the index rewritten.
+    let mut index = Index::empty();
+    index.manifests.push(plain_desc.clone());
+    let index_desc = store.put_json(media::OCI_INDEX, &index).unwrap();
+    let out = compressed_image(&store, &index_desc, Compression::Gzip, &NoProgress).unwrap();
+    assert_ne!(out.digest, index_desc.digest);
+    let child = match store.read_manifest(&out).unwrap() {
+        ManifestKind::Index(i) => i.manifests[0].clone(),
+        ManifestKind::Image(_) => panic!("expected an index"),
+    };
+    let direct = compressed_image(&store, &plain_desc, Compression::Gzip, &NoProgress).unwrap();
+    assert_eq!(child.digest, direct.digest);
+
+    // Already compressed, or no compression asked: the same descriptor back,
+    // bytes untouched.
+    let again = compressed_image(&store, &direct, Compression::Gzip, &NoProgress).unwrap();
+    assert_eq!(again, direct);
+    let none = compressed_image(&store, &plain_desc, Compression::None, &NoProgress).unwrap();
+    assert_eq!(none, plain_desc);
+    assert_eq!(manifest(&store, &plain_desc).layers, plain_layers);
+}
