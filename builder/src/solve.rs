@@ -316,7 +316,6 @@ impl BuildEvents for NoEvents {
 pub struct SolveOptions<'a> {
     /// Ignore the build cache (results are still recorded).
     pub no_cache: bool,
-    pub compression: Compression,
     /// Clamps file mtimes in layers and sets every `created` time.
     pub source_date_epoch: Option<i64>,
     /// RUN's network unless it says `--network=none|host`.
@@ -536,8 +535,10 @@ fn solve_in(
 fn layer_media_type(current: &str, docker: bool) -> &str {
     use kiln_layers::media::*;
     match (current, docker) {
+        (OCI_LAYER, true) => DOCKER_LAYER,
         (OCI_LAYER_GZIP, true) => DOCKER_LAYER_GZIP,
         (OCI_LAYER_ZSTD, true) => DOCKER_LAYER_ZSTD,
+        (DOCKER_LAYER, false) => OCI_LAYER,
         (DOCKER_LAYER_GZIP, false) => OCI_LAYER_GZIP,
         (DOCKER_LAYER_ZSTD, false) => OCI_LAYER_ZSTD,
         (other, _) => other,
@@ -809,10 +810,12 @@ fn run_step(
             overlay_whiteouts: true,
         };
         // Packing is part of the step's own progress line: no separate item.
+        // Layers are stored as plain tar (the digest is the diff id); they
+        // are compressed when they leave the store (`kiln_layers::compressed`).
         let blob = write_layer(
             store,
             &upper,
-            opts.compression,
+            Compression::None,
             &diff_options,
             &kiln_layers::NoProgress,
         )?;

@@ -22,7 +22,7 @@ use kiln_builder::dockerignore;
 use kiln_builder::plan::{compute_cache_keys, plan, BuildOptions};
 use kiln_builder::solve::{solve, NoEvents, SolveOptions, StoreResolver};
 use kiln_layers::import::{import_rootfs, ImportOptions};
-use kiln_layers::{Compression, NoProgress, Platform, Reference, Store};
+use kiln_layers::{NoProgress, Platform, Reference, Store};
 use kiln_runtime::{HelperCommand, Network};
 
 fn store_with_busybox(dir: &Path) -> Store {
@@ -78,7 +78,7 @@ fn store_with_busybox(dir: &Path) -> Store {
 
 fn layer_listing(store: &Store, digest: &kiln_layers::Digest) -> Vec<String> {
     let blob = store.open_blob(digest).unwrap();
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(blob));
+    let mut archive = tar::Archive::new(kiln_layers::compress::decompress(blob).unwrap());
     let mut out = Vec::new();
     for entry in archive.entries().unwrap() {
         let mut entry = entry.unwrap();
@@ -156,7 +156,6 @@ fn run(case: &Path) -> String {
     }
     let solve_opts = SolveOptions {
         no_cache: false,
-        compression: Compression::Gzip,
         source_date_epoch: Some(1_700_000_000),
         network: Network::None,
         helper: HelperCommand {

@@ -15,7 +15,7 @@ use kiln_builder::solve::{
     solve, BuildEvents, BuiltImage, SolveError, SolveOptions, StepEvent, StepOutcome, StoreResolver,
 };
 use kiln_layers::import::{import_rootfs, ImportOptions};
-use kiln_layers::{Compression, NoProgress, Platform, Reference, Store};
+use kiln_layers::{NoProgress, Platform, Reference, Store};
 use kiln_runtime::{HelperCommand, Network};
 
 fn busybox() -> PathBuf {
@@ -151,7 +151,6 @@ fn build_full(
     compute_cache_keys(&mut p, Some(&ctx)).unwrap();
     let solve_opts = SolveOptions {
         no_cache: false,
-        compression: Compression::Gzip,
         source_date_epoch,
         network: Network::None,
         helper: HelperCommand {
@@ -174,7 +173,7 @@ fn build_full(
 /// Each layer's entries: path → (kind char, content for small files).
 fn layer_entries(store: &Store, image: &BuiltImage, index: usize) -> Vec<(String, char, String)> {
     let blob = store.open_blob(&image.layers[index].digest).unwrap();
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(blob));
+    let mut archive = tar::Archive::new(kiln_layers::compress::decompress(blob).unwrap());
     let mut out = Vec::new();
     for entry in archive.entries().unwrap() {
         let mut entry = entry.unwrap();
@@ -377,16 +376,28 @@ fn docker_media_types_on_request() {
         manifest["config"]["mediaType"],
         kiln_layers::media::DOCKER_CONFIG
     );
-    for layer in manifest["layers"].as_array().unwrap() {
+    // The base's layers as pulled, the built one plain (compressed on push).
+    let layers = manifest["layers"].as_array().unwrap();
+    for layer in &layers[..layers.len() - 1] {
         assert_eq!(layer["mediaType"], kiln_layers::media::DOCKER_LAYER_GZIP);
     }
+    assert_eq!(
+        layers[layers.len() - 1]["mediaType"],
+        kiln_layers::media::DOCKER_LAYER
+    );
     let oci = build_full(&store, &ctx, df, &Events::default(), Some(1), false, &[]).unwrap();
     let manifest: serde_json::Value =
         serde_json::from_slice(&store.read_blob(&oci.manifest.digest).unwrap()).unwrap();
     assert_eq!(manifest["mediaType"], kiln_layers::media::OCI_MANIFEST);
-    for layer in manifest["layers"].as_array().unwrap() {
+    // The base's layers as pulled, the built one plain (compressed on push).
+    let layers = manifest["layers"].as_array().unwrap();
+    for layer in &layers[..layers.len() - 1] {
         assert_eq!(layer["mediaType"], kiln_layers::media::OCI_LAYER_GZIP);
     }
+    assert_eq!(
+        layers[layers.len() - 1]["mediaType"],
+        kiln_layers::media::OCI_LAYER
+    );
 }
 
 #[test]
@@ -833,7 +844,6 @@ fn build_with_ssh(
     let events = Events::default();
     let solve_opts = SolveOptions {
         no_cache: false,
-        compression: Compression::Gzip,
         source_date_epoch: Some(1),
         network: Network::None,
         helper: HelperCommand {

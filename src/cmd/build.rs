@@ -19,6 +19,7 @@ use kiln_builder::plan::{compute_cache_keys_fetching, plan, BuildOptions, Plan, 
 use kiln_builder::rootfs::LayeredRootfs;
 use kiln_builder::solve::{solve, SolveError, SolveOptions, StoreResolver};
 use kiln_layers::archive::{self, Format, SaveItem};
+use kiln_layers::compressed::compressed_image;
 use kiln_layers::{Compression, Descriptor, Digest, Platform, Reference, Reporter, Store};
 use kiln_registry::{Client, ClientConfig};
 use kiln_runtime::{HelperCommand, Network};
@@ -91,7 +92,9 @@ pub struct BuildArgs {
     /// RUN's network (a RUN --network flag wins).
     #[arg(long, value_enum, default_value_t = NetworkArg::Host)]
     network: NetworkArg,
-    /// Layer compression.
+    /// How the layers the build made are compressed when they leave the
+    /// store (--push, --output type=oci|docker); the store keeps them as
+    /// plain tar, as Docker's image store does.
     #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
     compression: CompressionArg,
     /// Write the image id (config digest) to this file.
@@ -448,12 +451,12 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         ssh.insert(id, agent.socket().to_path_buf());
         ssh_agents.push(agent);
     }
+    let compression = match args.compression {
+        CompressionArg::Gzip => Compression::Gzip,
+        CompressionArg::Zstd => Compression::Zstd,
+    };
     let solve_options = SolveOptions {
         no_cache: args.no_cache,
-        compression: match args.compression {
-            CompressionArg::Gzip => Compression::Gzip,
-            CompressionArg::Zstd => Compression::Zstd,
-        },
         source_date_epoch,
         network: match args.network {
             NetworkArg::Host => Network::Host,
@@ -510,8 +513,15 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         &export_lines,
         exporting.elapsed().as_secs_f64(),
     );
+    // What the metadata file names: the manifest that left the store (its
+    // layers compressed; a push and an oci or docker output make the same
+    // one) when one did, as BuildKit reports; else the local one.
+    let mut reported = built.manifest.clone();
     for spec in &args.outputs {
-        export(&store, spec, &tags, &image, &built)?;
+        if let Some(exported) = export(&store, spec, &tags, &built, compression, reporter.as_ref())?
+        {
+            reported = exported;
+        }
     }
     if args.push {
         if tags.is_empty() {
@@ -519,7 +529,10 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         }
         for t in &tags {
             let registry_ref = kiln_registry::Reference::parse(&t.to_string())?;
-            let options = kiln_transfer::PushOptions::default();
+            let options = kiln_transfer::PushOptions {
+                compression,
+                ..Default::default()
+            };
             let pushed = async_runtime.block_on(kiln_transfer::push(
                 &client,
                 &store,
@@ -530,6 +543,8 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
             if mode != ProgressMode::Quiet {
                 eprintln!("pushed {t}: {}", pushed.digest);
             }
+            reported.digest = Digest::parse(&pushed.digest)?;
+            reported.size = pushed.size;
         }
     }
     if let Some(path) = &args.iidfile {
@@ -538,12 +553,12 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
     }
     if let Some(path) = &args.metadata_file {
         let meta = serde_json::json!({
-            "containerimage.digest": built.manifest.digest.to_string(),
+            "containerimage.digest": reported.digest.to_string(),
             "containerimage.config.digest": image_id.to_string(),
             "containerimage.descriptor": {
-                "mediaType": built.manifest.media_type,
-                "digest": built.manifest.digest.to_string(),
-                "size": built.manifest.size,
+                "mediaType": reported.media_type,
+                "digest": reported.digest.to_string(),
+                "size": reported.size,
             },
             "image.name": args.tags.join(","),
         });
@@ -625,9 +640,10 @@ fn export(
     store: &Store,
     spec: &str,
     tags: &[Reference],
-    image: &kiln_layers::store::Image,
     built: &kiln_builder::solve::BuiltImage,
-) -> anyhow::Result<()> {
+    compression: Compression,
+    reporter: &dyn Reporter,
+) -> anyhow::Result<Option<Descriptor>> {
     let fields: BTreeMap<String, String> = spec
         .split(',')
         .filter_map(|kv| {
@@ -651,16 +667,21 @@ fn export(
             } else {
                 Format::Docker
             };
+            // As BuildKit's oci and docker exporters: layers compressed.
+            let manifest = compressed_image(store, &built.manifest, compression, reporter)?;
             let item = SaveItem {
                 reference,
-                image: image.clone(),
+                image: store.read_image(&manifest, &platform_of(built))?,
             };
             archive::save(store, &[item], format, &dest)?;
+            Ok(Some(manifest))
         }
-        "local" => export_local(&built.snapshots, &dest)?,
+        "local" => {
+            export_local(&built.snapshots, &dest)?;
+            Ok(None)
+        }
         other => bail!("--output type={other} is not supported (oci, docker, local)"),
     }
-    Ok(())
 }
 
 /// The final root filesystem, merged from the snapshots, into `dest`.

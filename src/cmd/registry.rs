@@ -191,6 +191,7 @@ impl RegistryCommand {
                     let options = PushOptions {
                         concurrency,
                         mount_from,
+                        ..PushOptions::default()
                     };
                     let shared: Arc<dyn Reporter> = reporter.clone();
                     let pushed = runtime.block_on(kiln_transfer::push(

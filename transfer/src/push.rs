@@ -5,8 +5,9 @@ use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use kiln_layers::compressed::compressed_image;
 use kiln_layers::oci::{parse_manifest, Descriptor, ManifestKind};
-use kiln_layers::{Digest as StoreDigest, Outcome, Reporter, Store};
+use kiln_layers::{Compression, Digest as StoreDigest, Outcome, Reporter, Store};
 use kiln_registry::{BlobSource, Client, PushOutcome, Reference, Repository};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -22,6 +23,9 @@ pub struct PushOptions {
     /// is asked to mount from it before uploading. Without it, kiln mounts
     /// from where each blob was pulled from or pushed to ([`BlobOrigins`]).
     pub mount_from: Option<Repository>,
+    /// How the image's plain (uncompressed) layers, which builds store, are
+    /// compressed on the way out; compressed layers go as they are.
+    pub compression: Compression,
 }
 
 impl Default for PushOptions {
@@ -29,6 +33,7 @@ impl Default for PushOptions {
         PushOptions {
             concurrency: 6,
             mount_from: None,
+            compression: Compression::Gzip,
         }
     }
 }
@@ -123,6 +128,27 @@ pub async fn push_descriptor(
     reporter: Arc<dyn Reporter>,
 ) -> Result<Pushed, TransferError> {
     let image = target.to_string();
+    let desc = {
+        let (store, desc, reporter) = (store.clone(), desc.clone(), reporter.clone());
+        let compression = options.compression;
+        tokio::task::spawn_blocking(move || {
+            compressed_image(&store, &desc, compression, reporter.as_ref())
+        })
+        .await
+        .map_err(|e| TransferError::Store {
+            context: format!("compressing the layers of {image}"),
+            cause: Box::new(kiln_layers::Error::io(
+                "compress",
+                std::path::Path::new("layers"),
+                std::io::Error::other(e.to_string()),
+            )),
+        })?
+        .map_err(|source| TransferError::Store {
+            context: format!("compressing the layers of {image}"),
+            cause: Box::new(source),
+        })?
+    };
+    let desc = &desc;
     let mut pushed = Pushed {
         reference: target.clone(),
         digest: desc.digest.to_string(),
