@@ -30,8 +30,8 @@ use crate::dockerignore::{MatchInfo, PatternMatcher};
 use crate::gomatch::{contains_wildcards, go_match};
 use crate::modes::Chmod;
 use crate::rootfs::{
-    clean_rel, join, make_node, resolve, set_mode, set_owner, set_times, set_xattr, LayeredRootfs,
-    RootfsError, SourceMeta, SourceTree,
+    clean_rel, create_file_copy, join, make_node, resolve, set_mode, set_owner, set_times,
+    set_xattr, LayeredRootfs, NewFileInfo, RootfsError, SourceMeta, SourceTree,
 };
 use crate::users::Owner;
 
@@ -473,9 +473,14 @@ impl Copier<'_> {
             false,
             &MatchInfo::default(),
             &MatchInfo::default(),
+            false,
         )
     }
 
+    /// `in_new_dir`: the target's parent was created by this copy (it was
+    /// in no layer), so the target exists nowhere and its parents are in
+    /// the upper dir: no lookups through the layers are needed.
+    #[allow(clippy::too_many_arguments)]
     fn copy_entry(
         &mut self,
         src: &str,
@@ -484,6 +489,7 @@ impl Copier<'_> {
         overwrite_meta: bool,
         parent_excl: &MatchInfo,
         parent_incl: &MatchInfo,
+        in_new_dir: bool,
     ) -> Result<(), CopyError> {
         let mut include = true;
         let mut excluded = false;
@@ -514,11 +520,15 @@ impl Copier<'_> {
         if !include && !meta.is_dir() {
             return Ok(());
         }
-        let target_meta = self.dest.stat(target)?;
+        let target_meta = if in_new_dir {
+            None
+        } else {
+            self.dest.stat(target)?
+        };
         if include {
             self.create_pending_parents(overwrite_meta)?;
         }
-        if !meta.is_dir() {
+        if !meta.is_dir() && !in_new_dir {
             // ensureEmptyFileTarget (a whiteout in the upper dir goes too).
             if target_meta.as_ref().is_some_and(SourceMeta::is_dir) {
                 return Err(CopyError::FileOverDirectory(format!("/{target}")));
@@ -542,6 +552,7 @@ impl Copier<'_> {
                     excluded,
                     &excl_info,
                     &incl_info,
+                    in_new_dir,
                 )?;
                 if !overwrite_meta {
                     copy_info = created;
@@ -549,7 +560,9 @@ impl Copier<'_> {
                 }
             }
             EntryKind::File => {
-                self.dest.copy_up_parents(target)?;
+                if !in_new_dir {
+                    self.dest.copy_up_parents(target)?;
+                }
                 let upper = self.dest.upper_path(target);
                 let key = (meta.inode.0, meta.inode.1);
                 let linked = match self.inodes.get(&key) {
@@ -559,6 +572,28 @@ impl Copier<'_> {
                     }
                     _ => false,
                 };
+                if !linked && in_new_dir && copy_info {
+                    // The common case, with everything set through the
+                    // new file's descriptor.
+                    let host = self.src.host_file(src)?;
+                    let owner = self.owner_of(&meta);
+                    let (atime, mtime) = self.times(&meta);
+                    let xattrs = self.src.xattrs(src);
+                    let info = NewFileInfo {
+                        uid: owner.uid,
+                        gid: owner.gid,
+                        mode: self.mode_of(&meta),
+                        xattrs: &xattrs,
+                        atime,
+                        mtime,
+                    };
+                    create_file_copy(&host, &upper, &info)?;
+                    if meta.inode.2 > 1 {
+                        self.inodes.insert(key, target.to_string());
+                    }
+                    self.report.written.push(target.to_string());
+                    return Ok(());
+                }
                 if !linked {
                     let host = self.src.host_file(src)?;
                     std::fs::copy(&host, &upper).map_err(RootfsError::io(upper.display()))?;
@@ -599,19 +634,26 @@ impl Copier<'_> {
         }
     }
 
-    fn copy_file_info(&self, meta: &SourceMeta, src: &str, target: &str) -> Result<(), CopyError> {
-        let upper = self.dest.upper_path(target);
-        let owner = self.opts.chown.unwrap_or(Owner {
+    fn owner_of(&self, meta: &SourceMeta) -> Owner {
+        self.opts.chown.unwrap_or(Owner {
             uid: meta.uid,
             gid: meta.gid,
-        });
+        })
+    }
+
+    fn mode_of(&self, meta: &SourceMeta) -> u32 {
+        match &self.opts.chmod {
+            Some(c) => c.apply(meta.mode, meta.is_dir()),
+            None => meta.mode,
+        }
+    }
+
+    fn copy_file_info(&self, meta: &SourceMeta, src: &str, target: &str) -> Result<(), CopyError> {
+        let upper = self.dest.upper_path(target);
+        let owner = self.owner_of(meta);
         set_owner(&upper, owner.uid, owner.gid)?;
         if !matches!(meta.kind, EntryKind::Symlink(_)) {
-            let mode = match &self.opts.chmod {
-                Some(c) => c.apply(meta.mode, meta.is_dir()),
-                None => meta.mode,
-            };
-            set_mode(&upper, mode)?;
+            set_mode(&upper, self.mode_of(meta))?;
         }
         for (name, value) in self.src.xattrs(src) {
             set_xattr(&upper, &name, &value);
@@ -633,6 +675,7 @@ impl Copier<'_> {
         excluded: bool,
         excl_info: &MatchInfo,
         incl_info: &MatchInfo,
+        in_new_dir: bool,
     ) -> Result<bool, CopyError> {
         let mut created = false;
         let mut pending = PendingParent {
@@ -641,7 +684,7 @@ impl Copier<'_> {
             copied: false,
         };
         if include {
-            created = self.copy_directory_only(target, meta, overwrite_meta)?;
+            created = self.copy_directory_only(target, meta, overwrite_meta, in_new_dir)?;
             pending.copied = true;
         }
         self.pending_parents.push(pending);
@@ -657,6 +700,7 @@ impl Copier<'_> {
                     true,
                     excl_info,
                     incl_info,
+                    created,
                 )?;
             }
             Ok(())
@@ -671,7 +715,15 @@ impl Copier<'_> {
         target: &str,
         meta: &SourceMeta,
         overwrite_meta: bool,
+        in_new_dir: bool,
     ) -> Result<bool, CopyError> {
+        if in_new_dir {
+            let upper = self.dest.upper_path(target);
+            std::fs::create_dir(&upper).map_err(RootfsError::io(upper.display()))?;
+            set_mode(&upper, meta.mode)?;
+            self.report.written.push(target.to_string());
+            return Ok(true);
+        }
         match self.dest.stat(target)? {
             None => {
                 self.dest.copy_up_parents(target)?;
@@ -716,7 +768,7 @@ impl Copier<'_> {
                 .src
                 .stat(&src)?
                 .ok_or_else(|| CopyError::SourceNotFound(format!("/{src}")))?;
-            let created = self.copy_directory_only(&dst, &meta, overwrite_meta)?;
+            let created = self.copy_directory_only(&dst, &meta, overwrite_meta, false)?;
             if created {
                 self.copy_file_info(&meta, &src, &dst)?;
             }
