@@ -853,37 +853,39 @@ fn run_step(
             }),
         }
     };
-    discard_step_dir(store, &dir, &upper);
+    let layer_bytes = record.data.get("size").and_then(|v| v.as_u64());
+    discard_step_dir(store, &dir, &upper, layer_bytes.unwrap_or(0));
     if let Some(key) = key {
         store.cache_put(&key, &record)?;
     }
     Ok(false)
 }
 
-/// How long a duplicate upper dir stays in the store's trash (see
-/// [`discard_step_dir`]) before a build's end removes it.
-const TRASH_AGE_SECS: i64 = 600;
+/// How many bytes of duplicate upper dirs the store's trash (see
+/// [`discard_step_dir`]) keeps; a build's end removes the oldest beyond it.
+const TRASH_KEEP_BYTES: u64 = 1 << 30;
 const TRASH_PREFIX: &str = "trash-";
 
 /// Removes a step's work dir. An upper dir still there is a duplicate of a
 /// snapshot that already existed (a `--no-cache` rerun that produced the
-/// same chain id): it is renamed into `builds/trash-<secs>-…` instead of
-/// being deleted now. Deleting a 20,000-file tree frees 20,000 inodes at
-/// once, and on ext4 without a journal every file created in the next
-/// minutes then skips the recently freed inodes one by one
-/// (`recently_deleted()`): a rerun of a 20,000-file COPY went from 4.6 s to
-/// 12 s and more, growing with each rerun. The trash is removed once older
-/// than [`TRASH_AGE_SECS`] at the end of a build, or by `kiln prune` (it
-/// lives under `builds/`).
-fn discard_step_dir(store: &Store, dir: &Path, upper: &Path) {
+/// same chain id): it is renamed into `builds/trash-<secs>-<bytes>-…`
+/// instead of being deleted now. Deleting a 20,000-file tree frees 20,000
+/// inodes at once, and on ext4 without a journal every file created while
+/// their inode table blocks stay cached then skips the freed inodes one by
+/// one (`recently_deleted()`): a rerun of a 20,000-file COPY went from 4.6 s
+/// to 12 s and more, growing with each rerun. So, like BuildKit's cache GC
+/// with its keep-storage limit, kiln keeps the trash until it exceeds
+/// [`TRASH_KEEP_BYTES`] (checked at the end of a build) or `kiln prune`
+/// runs (it lives under `builds/`). `bytes` is the layer's tar size.
+fn discard_step_dir(store: &Store, dir: &Path, upper: &Path, bytes: u64) {
     let leftover = std::fs::read_dir(upper)
         .map(|mut entries| entries.next().is_some())
         .unwrap_or(false);
     if leftover {
-        let trash = store
-            .root()
-            .join("builds")
-            .join(unique_name(&format!("{TRASH_PREFIX}{}", now_secs())));
+        let trash = store.root().join("builds").join(unique_name(&format!(
+            "{TRASH_PREFIX}{}-{bytes}",
+            now_secs()
+        )));
         if let Err(e) = std::fs::rename(upper, &trash) {
             tracing::debug!("parking {} in the trash: {e}", upper.display());
         }
@@ -891,24 +893,31 @@ fn discard_step_dir(store: &Store, dir: &Path, upper: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Removes trash entries (see [`discard_step_dir`]) older than
-/// [`TRASH_AGE_SECS`]; entries whose name carries no time are left to
-/// `kiln prune`.
+/// Removes the oldest trash entries (see [`discard_step_dir`]) until the
+/// rest holds at most [`TRASH_KEEP_BYTES`]; entries whose name carries no
+/// time and size are left to `kiln prune`.
 fn empty_old_trash(store: &Store) {
     let builds = store.root().join("builds");
     let Ok(entries) = std::fs::read_dir(&builds) else {
         return;
     };
-    let oldest_kept = now_secs() - TRASH_AGE_SECS;
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let parked_at = name
-            .strip_prefix(TRASH_PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|secs| secs.parse::<i64>().ok());
-        if parked_at.is_some_and(|secs| secs < oldest_kept) {
+    let mut parked: Vec<(i64, u64, PathBuf)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let mut fields = name.strip_prefix(TRASH_PREFIX)?.split('-');
+            let secs = fields.next()?.parse::<i64>().ok()?;
+            let bytes = fields.next()?.parse::<u64>().ok()?;
+            Some((secs, bytes, entry.path()))
+        })
+        .collect();
+    parked.sort_by_key(|p| std::cmp::Reverse(p.0));
+    let mut kept: u64 = 0;
+    for (_, bytes, path) in parked {
+        kept = kept.saturating_add(bytes);
+        if kept > TRASH_KEEP_BYTES {
             // A concurrent build may be removing the same entry: ignore.
-            let _ = std::fs::remove_dir_all(entry.path());
+            let _ = std::fs::remove_dir_all(path);
         }
     }
 }
@@ -1577,7 +1586,7 @@ mod trash_tests {
     use super::*;
 
     #[test]
-    fn a_duplicate_upper_is_parked_then_removed_once_old() {
+    fn duplicate_uppers_are_parked_then_the_oldest_beyond_the_budget_removed() {
         let root = tempfile::tempdir().unwrap();
         let store = Store::open(root.path()).unwrap();
         let builds = root.path().join("builds");
@@ -1586,7 +1595,7 @@ mod trash_tests {
         let upper = dir.join("upper");
         std::fs::create_dir_all(upper.join("ctx")).unwrap();
         std::fs::write(upper.join("ctx/f"), "data").unwrap();
-        discard_step_dir(&store, &dir, &upper);
+        discard_step_dir(&store, &dir, &upper, 4);
         assert!(!dir.exists());
         let parked: Vec<PathBuf> = std::fs::read_dir(&builds)
             .unwrap()
@@ -1604,19 +1613,29 @@ mod trash_tests {
             "data"
         );
 
-        // Young trash stays; trash older than the age limit goes; other
-        // entries (a running build's work dir) are never touched.
-        let old = builds.join(format!(
-            "{TRASH_PREFIX}{}-1-2-3",
-            now_secs() - TRASH_AGE_SECS - 5
-        ));
-        std::fs::create_dir_all(old.join("d")).unwrap();
-        let other = builds.join("build-2");
-        std::fs::create_dir_all(&other).unwrap();
+        // Within the budget everything stays. Beyond it the oldest go
+        // first, whatever the order of the names; other entries (a running
+        // build's work dir, a name without a size) are never touched.
+        let now = now_secs();
+        let half = TRASH_KEEP_BYTES / 2;
+        let entry = |age: i64, bytes: u64| {
+            let p = builds.join(format!("{TRASH_PREFIX}{}-{bytes}-1-2", now - age));
+            std::fs::create_dir_all(p.join("d")).unwrap();
+            p
+        };
+        let older = entry(100, half);
         empty_old_trash(&store);
-        assert!(parked[0].is_dir());
-        assert!(!old.exists());
-        assert!(other.is_dir());
+        assert!(parked[0].is_dir() && older.is_dir());
+        let oldest = entry(900, half);
+        let middle = entry(500, half);
+        let other = builds.join("build-2");
+        let no_size = builds.join(format!("{TRASH_PREFIX}{}", now - 1000));
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::create_dir_all(&no_size).unwrap();
+        empty_old_trash(&store);
+        assert!(parked[0].is_dir() && older.is_dir());
+        assert!(!middle.exists() && !oldest.exists());
+        assert!(other.is_dir() && no_size.is_dir());
     }
 
     #[test]
@@ -1627,10 +1646,10 @@ mod trash_tests {
         let dir = builds.join("build-1").join("step-1");
         let upper = dir.join("upper");
         std::fs::create_dir_all(&upper).unwrap();
-        discard_step_dir(&store, &dir, &upper);
+        discard_step_dir(&store, &dir, &upper, 0);
         let dir2 = builds.join("build-1").join("step-2");
         std::fs::create_dir_all(&dir2).unwrap();
-        discard_step_dir(&store, &dir2, &dir2.join("upper"));
+        discard_step_dir(&store, &dir2, &dir2.join("upper"), 0);
         assert!(!dir.exists() && !dir2.exists());
         let names: Vec<String> = std::fs::read_dir(&builds)
             .unwrap()
