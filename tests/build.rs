@@ -737,6 +737,58 @@ fn push_to_a_registry() {
     let built = config_of(&fixture.root(), &reference);
     assert_eq!(pulled, built);
     assert!(id.starts_with("sha256:"));
+
+    // The store keeps the built layer as plain tar; what was pushed has it
+    // compressed (gzip by default, zstd on request), and the metadata file
+    // names the pushed manifest.
+    let layer_types = |root: &Path, reference: &str| -> (String, Vec<String>) {
+        let store = kiln_layers::Store::open(root).unwrap();
+        let desc = store
+            .resolve(&kiln_layers::Reference::parse(reference).unwrap())
+            .unwrap()
+            .unwrap();
+        let manifest = match store.read_manifest(&desc).unwrap() {
+            kiln_layers::ManifestKind::Image(m) => m,
+            kiln_layers::ManifestKind::Index(_) => panic!("an index for {reference}"),
+        };
+        let types = manifest
+            .layers
+            .iter()
+            .map(|l| l.media_type.clone())
+            .collect();
+        (desc.digest.to_string(), types)
+    };
+    let (_, local) = layer_types(&fixture.root(), &reference);
+    assert_eq!(local.last().unwrap(), kiln_layers::media::OCI_LAYER);
+    let (pushed_digest, pushed) = layer_types(other.path(), &reference);
+    assert_eq!(
+        pushed,
+        vec![kiln_layers::media::OCI_LAYER_GZIP.to_string(); local.len()]
+    );
+    let zstd_ref = format!("{}/test/pushed:zstd", registry.host);
+    let meta = fixture.dir.path().join("meta.json");
+    ok(&fixture.build(&[
+        "--push",
+        "--compression",
+        "zstd",
+        "--metadata-file",
+        meta.to_str().unwrap(),
+        "--insecure-registry",
+        &registry.host,
+        "-t",
+        &zstd_ref,
+        ctx.path().to_str().unwrap(),
+    ]));
+    kiln_ok(
+        other.path(),
+        &["pull", "--insecure-registry", &registry.host, &zstd_ref],
+    );
+    let (zstd_digest, zstd) = layer_types(other.path(), &zstd_ref);
+    assert_eq!(zstd.last().unwrap(), kiln_layers::media::OCI_LAYER_ZSTD);
+    assert_ne!(zstd_digest, pushed_digest);
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    assert_eq!(meta["containerimage.digest"], zstd_digest.as_str());
+    assert_eq!(config_of(other.path(), &zstd_ref), built);
 }
 
 #[test]
