@@ -17,21 +17,21 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = std::path::Path::new("app");
 //! let ignore = dockerignore::load_for_build(dir, None)?;
-//! let mut cache = StatCache::open(std::path::Path::new("/var/lib/kiln"))?;
+//! let mut cache = StatCache::open(std::path::Path::new("/var/lib/kiln"), dir)?;
 //! let ctx = BuildContext::load(dir, &ignore, Some(&mut cache))?;
 //! cache.save()?;
 //! println!("{} entries, {} files read", ctx.entries().len(), ctx.stats().files_read);
 //! # Ok(()) }
 //! ```
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::dockerignore::{MatchInfo, PatternMatcher};
@@ -141,6 +141,9 @@ impl BuildContext {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
+        if let Some(cache) = cache.as_mut() {
+            cache.begin_walk();
+        }
         let mut pending_parents: Vec<(String, std::fs::Metadata)> = Vec::new();
         ctx.walk_dir(
             "",
@@ -150,9 +153,6 @@ impl BuildContext {
             &mut cache,
             now,
         )?;
-        if let Some(cache) = cache {
-            cache.forget_missing_under(&root, &ctx);
-        }
         Ok(ctx)
     }
 
@@ -166,22 +166,23 @@ impl BuildContext {
         now: i64,
     ) -> Result<(), ContextError> {
         let host_dir = self.host_path(rel_dir);
-        let mut names: Vec<String> = Vec::new();
+        let mut children: Vec<(String, std::fs::Metadata)> = Vec::new();
         for entry in std::fs::read_dir(&host_dir).map_err(io_err(&host_dir))? {
             let entry = entry.map_err(io_err(&host_dir))?;
+            // Stat relative to the open directory (as lstat): no walk of
+            // the whole path for each of thousands of files.
+            let meta = entry.metadata().map_err(io_err(&entry.path()))?;
             // Non-UTF-8 names cannot be named in a Dockerfile; keep them
             // losslessly enough to be copied by directory.
-            names.push(entry.file_name().to_string_lossy().into_owned());
+            children.push((entry.file_name().to_string_lossy().into_owned(), meta));
         }
-        names.sort();
-        for name in names {
+        children.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, meta) in children {
             let rel = if rel_dir.is_empty() {
                 name.clone()
             } else {
                 format!("{rel_dir}/{name}")
             };
-            let host = self.host_path(&rel);
-            let meta = std::fs::symlink_metadata(&host).map_err(io_err(&host))?;
             let (excluded, info) = ignore.matches_using_parent_results(&rel, parent_info);
             if excluded {
                 if meta.is_dir() && !ignore.can_skip_excluded_dir(&rel) {
@@ -215,11 +216,11 @@ impl BuildContext {
         cache: &mut Option<&mut StatCache>,
         now: i64,
     ) -> Result<ContextEntry, ContextError> {
-        let host = self.host_path(rel);
         let ft = meta.file_type();
         let kind = if ft.is_dir() {
             EntryKind::Dir
         } else if ft.is_symlink() {
+            let host = self.host_path(rel);
             let target = std::fs::read_link(&host).map_err(io_err(&host))?;
             EntryKind::Symlink(target.to_string_lossy().into_owned())
         } else if ft.is_file() {
@@ -242,22 +243,21 @@ impl BuildContext {
                 mtime_nsec: mtime.1,
                 ino: meta.ino(),
             };
-            let abs = host.to_string_lossy().into_owned();
-            let cached = cache.as_ref().and_then(|c| c.lookup(&abs, &key));
+            let cached = cache.as_mut().and_then(|c| c.lookup(rel, &key));
             let digest = match cached {
                 Some(d) => {
                     self.stats.files_cached += 1;
                     d
                 }
                 None => {
-                    let (d, n) = sha256_file(&host)?;
+                    let (d, n) = sha256_file(&self.host_path(rel))?;
                     self.stats.files_read += 1;
                     self.stats.bytes_read += n;
                     // A file modified within the last seconds could change
                     // again without its mtime moving: don't trust that stat.
                     if let Some(c) = cache.as_mut() {
                         if mtime.0 < now - 2 {
-                            c.insert(abs, key, d.clone());
+                            c.insert(rel, key, d.clone());
                         }
                     }
                     d
@@ -398,7 +398,8 @@ fn entry_digest(e: &ContextEntry) -> String {
 pub fn sha256_file(path: &Path) -> Result<(String, u64), ContextError> {
     let mut file = File::open(path).map_err(io_err(path))?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
+    // Below malloc's mmap threshold: one buffer per file stays cheap.
+    let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
     loop {
         let n = file.read(&mut buf).map_err(io_err(path))?;
@@ -422,7 +423,7 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct StatKey {
     size: u64,
     mtime_sec: i64,
@@ -430,48 +431,47 @@ struct StatKey {
     ino: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 struct CachedDigest {
-    #[serde(flatten)]
     key: StatKey,
     sha256: String,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct CacheFile {
-    version: u32,
-    entries: HashMap<String, CachedDigest>,
-}
-
-const CACHE_VERSION: u32 = 1;
-
-/// `(absolute path, size, mtime, inode) → sha256` of context files, kept in
-/// `<store>/cache/context-stats.v1` between builds.
+/// `(path, size, mtime, inode) → sha256` of one context directory's files,
+/// kept between builds in `<store>/cache/context-stats/<hash of the
+/// context's absolute path>`, one line a file:
+/// `<sha256> <size> <mtime sec> <mtime nsec> <inode> <path>`. One file per
+/// context, so a build reads only what its own context needs; written back
+/// (temp file + rename) only when something changed, with only the files
+/// this walk saw.
 #[derive(Debug)]
 pub struct StatCache {
     file: PathBuf,
-    entries: HashMap<String, CachedDigest>,
-    dirty: bool,
+    loaded: HashMap<String, CachedDigest>,
+    seen: Vec<(String, CachedDigest)>,
+    changed: bool,
 }
 
 impl StatCache {
-    /// Opens the cache of the store at `store_root`; a missing or unreadable
-    /// (e.g. older format) cache starts empty.
-    pub fn open(store_root: &Path) -> Result<Self, ContextError> {
-        let file = store_root.join("cache").join("context-stats.v1");
-        let entries = match std::fs::read(&file) {
-            Ok(bytes) => serde_json::from_slice::<CacheFile>(&bytes)
-                .ok()
-                .filter(|c| c.version == CACHE_VERSION)
-                .map(|c| c.entries)
-                .unwrap_or_default(),
+    /// Opens the cache of the context directory `context` in the store at
+    /// `store_root`; a missing or unreadable cache starts empty.
+    pub fn open(store_root: &Path, context: &Path) -> Result<Self, ContextError> {
+        let context = std::fs::canonicalize(context).unwrap_or_else(|_| context.to_path_buf());
+        let name = hex(&Sha256::digest(context.as_os_str().as_encoded_bytes()));
+        let file = store_root
+            .join("cache")
+            .join("context-stats")
+            .join(&name[..32]);
+        let loaded = match std::fs::read(&file) {
+            Ok(bytes) => parse_stat_cache(&bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
             Err(source) => return Err(ContextError::Cache { path: file, source }),
         };
         Ok(StatCache {
             file,
-            entries,
-            dirty: false,
+            loaded,
+            seen: Vec::new(),
+            changed: false,
         })
     }
 
@@ -479,47 +479,53 @@ impl StatCache {
     pub fn in_memory() -> Self {
         StatCache {
             file: PathBuf::new(),
-            entries: HashMap::new(),
-            dirty: false,
+            loaded: HashMap::new(),
+            seen: Vec::new(),
+            changed: false,
         }
     }
 
-    fn lookup(&self, abs: &str, key: &StatKey) -> Option<String> {
-        self.entries
-            .get(abs)
-            .filter(|c| c.key == *key)
-            .map(|c| c.sha256.clone())
+    /// Starts a walk: what an earlier walk with this cache saw is known.
+    fn begin_walk(&mut self) {
+        let seen: Vec<_> = self.seen.drain(..).collect();
+        self.loaded.extend(seen);
     }
 
-    fn insert(&mut self, abs: String, key: StatKey, sha256: String) {
-        self.entries.insert(abs, CachedDigest { key, sha256 });
-        self.dirty = true;
+    fn lookup(&mut self, rel: &str, key: &StatKey) -> Option<String> {
+        let found = self.loaded.get(rel).filter(|c| c.key == *key)?.clone();
+        let sha256 = found.sha256.clone();
+        self.seen.push((rel.to_string(), found));
+        Some(sha256)
     }
 
-    fn forget_missing_under(&mut self, root: &Path, ctx: &BuildContext) {
-        let prefix = format!("{}/", root.to_string_lossy().trim_end_matches('/'));
-        let present: HashSet<String> = ctx.entries.keys().map(|k| format!("{prefix}{k}")).collect();
-        let before = self.entries.len();
-        self.entries
-            .retain(|k, _| !k.starts_with(&prefix) || present.contains(k));
-        if self.entries.len() != before {
-            self.dirty = true;
+    fn insert(&mut self, rel: &str, key: StatKey, sha256: String) {
+        // A newline would end the record early: such a file is not cached.
+        if !rel.contains('\n') {
+            self.seen
+                .push((rel.to_string(), CachedDigest { key, sha256 }));
+            self.changed = true;
         }
     }
 
     /// Number of remembered files.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        if self.seen.is_empty() {
+            self.loaded.len()
+        } else {
+            self.seen.len()
+        }
     }
 
     /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
-    /// Writes the cache atomically (temp file + rename) if it changed.
+    /// Writes the cache atomically (temp file + rename) if it changed: a
+    /// file was hashed, or one it had is gone.
     pub fn save(&mut self) -> Result<(), ContextError> {
-        if !self.dirty || self.file.as_os_str().is_empty() {
+        let unchanged = !self.changed && self.seen.len() == self.loaded.len();
+        if unchanged || self.file.as_os_str().is_empty() {
             return Ok(());
         }
         let err = |source| ContextError::Cache {
@@ -528,19 +534,53 @@ impl StatCache {
         };
         let dir = self.file.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(err)?;
-        let body = CacheFile {
-            version: CACHE_VERSION,
-            entries: std::mem::take(&mut self.entries),
-        };
-        let bytes = serde_json::to_vec(&body);
-        self.entries = body.entries;
-        let bytes = bytes.map_err(|e| err(std::io::Error::other(e)))?;
+        let mut text = String::with_capacity(self.seen.len() * 120);
+        for (rel, c) in &self.seen {
+            let k = &c.key;
+            text.push_str(&format!(
+                "{} {} {} {} {} {rel}\n",
+                c.sha256, k.size, k.mtime_sec, k.mtime_nsec, k.ino
+            ));
+        }
         let tmp = self
             .file
-            .with_extension(format!("json.tmp{}", std::process::id()));
-        std::fs::write(&tmp, bytes).map_err(err)?;
+            .with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, text).map_err(err)?;
         std::fs::rename(&tmp, &self.file).map_err(err)?;
-        self.dirty = false;
+        self.loaded = self.seen.drain(..).collect();
+        self.changed = false;
         Ok(())
     }
+}
+
+/// Lines of a stat cache file; a malformed line is skipped (its file is
+/// then hashed again).
+fn parse_stat_cache(bytes: &[u8]) -> HashMap<String, CachedDigest> {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let mut fields = line.splitn(6, ' ');
+        let parsed = (|| {
+            let sha256 = fields.next()?;
+            let size = fields.next()?.parse().ok()?;
+            let mtime_sec = fields.next()?.parse().ok()?;
+            let mtime_nsec = fields.next()?.parse().ok()?;
+            let ino = fields.next()?.parse().ok()?;
+            let rel = fields.next()?;
+            (sha256.len() == 64).then(|| {
+                let key = StatKey {
+                    size,
+                    mtime_sec,
+                    mtime_nsec,
+                    ino,
+                };
+                let sha256 = sha256.to_string();
+                (rel.to_string(), CachedDigest { key, sha256 })
+            })
+        })();
+        if let Some((rel, cached)) = parsed {
+            out.insert(rel, cached);
+        }
+    }
+    out
 }

@@ -64,14 +64,30 @@ fn stat_cache_skips_unchanged_files_and_persists() {
     }
     let none = PatternMatcher::new(Vec::<String>::new()).unwrap();
 
-    let mut cache = StatCache::open(store.path()).unwrap();
+    let mut cache = StatCache::open(store.path(), ctx_dir.path()).unwrap();
     let first = BuildContext::load(ctx_dir.path(), &none, Some(&mut cache)).unwrap();
     assert_eq!(first.stats().files_read, 5);
     cache.save().unwrap();
-    assert!(store.path().join("cache/context-stats.v1").is_file());
+    let files = || {
+        std::fs::read_dir(store.path().join("cache/context-stats"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(files(), 1);
+
+    // Another context has a cache of its own.
+    let other_dir = tempfile::tempdir().unwrap();
+    write_old(&other_dir.path().join("g"), "other");
+    let mut other = StatCache::open(store.path(), other_dir.path()).unwrap();
+    assert!(other.is_empty());
+    let loaded = BuildContext::load(other_dir.path(), &none, Some(&mut other)).unwrap();
+    assert_eq!(loaded.stats().files_read, 1);
+    other.save().unwrap();
+    assert_eq!(files(), 2);
 
     // A new process: the cache comes back from disk.
-    let mut cache = StatCache::open(store.path()).unwrap();
+    let mut cache = StatCache::open(store.path(), ctx_dir.path()).unwrap();
+    assert_eq!(cache.len(), 5);
     let second = BuildContext::load(ctx_dir.path(), &none, Some(&mut cache)).unwrap();
     assert_eq!(second.stats().files_read, 0);
     assert_eq!(second.stats().files_cached, 5);
@@ -95,6 +111,14 @@ fn stat_cache_skips_unchanged_files_and_persists() {
     assert_eq!(fourth.stats().files_read, 1);
     assert_eq!(fourth.stats().files_cached, 4);
     assert_ne!(fourth.tree_digest(""), first.tree_digest(""));
+
+    // A removed file leaves the cache when it is saved.
+    std::fs::remove_file(ctx_dir.path().join("f4")).unwrap();
+    BuildContext::load(ctx_dir.path(), &none, Some(&mut cache)).unwrap();
+    cache.save().unwrap();
+    let reopened = StatCache::open(store.path(), ctx_dir.path()).unwrap();
+    assert_eq!(reopened.len(), 4);
+    write_old(&ctx_dir.path().join("f4"), "content 4");
 
     // Without a cache every file is read.
     let uncached = BuildContext::load(ctx_dir.path(), &none, None).unwrap();
