@@ -181,18 +181,48 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// Fetches ADD URLs through the registry client on the async runtime (the
-/// builder itself speaks no HTTP).
-struct HttpFetcher {
-    runtime: Arc<tokio::runtime::Runtime>,
-    client: Arc<Client>,
+/// The registry client and its async runtime, made on first use: a build
+/// whose base images are all in the store and that adds no URL needs
+/// neither, and loading the system's CA certificates alone took a good part
+/// of a fully cached rebuild.
+struct LazyClient {
+    config: ClientConfig,
+    made: std::sync::OnceLock<(Arc<tokio::runtime::Runtime>, Arc<Client>)>,
 }
 
-impl UrlFetcher for HttpFetcher {
+impl LazyClient {
+    fn new(config: ClientConfig) -> Self {
+        LazyClient {
+            config,
+            made: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn get(&self) -> anyhow::Result<(&tokio::runtime::Runtime, &Arc<Client>)> {
+        if self.made.get().is_none() {
+            let made = (
+                Arc::new(runtime()?),
+                Arc::new(Client::new(self.config.clone())?),
+            );
+            // Another thread may have made one meanwhile: either will do.
+            let _ = self.made.set(made);
+        }
+        let (runtime, client) = self.made.get().context("registry client not initialized")?;
+        Ok((runtime.as_ref(), client))
+    }
+}
+
+/// Fetches ADD URLs through the registry client on the async runtime (the
+/// builder itself speaks no HTTP).
+struct HttpFetcher<'a> {
+    network: &'a LazyClient,
+}
+
+impl UrlFetcher for HttpFetcher<'_> {
     fn fetch(&self, url: &str, out: &mut dyn std::io::Write) -> Result<FetchInfo, String> {
-        let downloaded = self
-            .runtime
-            .block_on(self.client.download(url, out))
+        let (runtime, client) = self.network.get().map_err(|e| format!("{e:#}"))?;
+        let downloaded = runtime
+            .block_on(client.download(url, out))
             .map_err(|e| e.to_string())?;
         Ok(FetchInfo {
             last_modified: downloaded.last_modified,
@@ -349,25 +379,23 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         // `-v` turns on info logs: it also shows layer packing/unpacking.
         verbose: tracing::enabled!(tracing::Level::INFO),
     });
-    let async_runtime = Arc::new(runtime()?);
-    let client_config = ClientConfig {
+    let network = LazyClient::new(ClientConfig {
         insecure_registries: args.insecure_registries.clone(),
         ca_certs: args.ca_certs.clone(),
         ..ClientConfig::default()
-    };
-    let client = Arc::new(Client::new(client_config)?);
+    });
     let pull = {
-        let client = client.clone();
+        let network = &network;
         let store = &store;
         let reporter = reporter.clone();
-        let rt = async_runtime.clone();
         move |reference: &Reference, platform: &Platform| -> Result<Descriptor, String> {
             let registry_ref = kiln_registry::Reference::parse(&reference.to_string())
                 .map_err(|e| e.to_string())?;
             let options = kiln_transfer::PullOptions::new(platform.clone());
+            let (rt, client) = network.get().map_err(|e| format!("{e:#}"))?;
             let pulled = rt
                 .block_on(kiln_transfer::pull(
-                    &client,
+                    client,
                     store,
                     &registry_ref,
                     &options,
@@ -410,7 +438,7 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
 
     let loading_context = Instant::now();
     let ignore = dockerignore::load_for_build(&args.context, dockerfile_path.as_deref())?;
-    let mut stat_cache = StatCache::open(store.root())?;
+    let mut stat_cache = StatCache::open(store.root(), &args.context)?;
     let context = BuildContext::load(&args.context, &ignore, Some(&mut stat_cache))?;
     let context_bytes: u64 = context
         .entries()
@@ -429,10 +457,7 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
     if let Err(e) = stat_cache.save() {
         tracing::warn!("{e}");
     }
-    let fetcher = HttpFetcher {
-        runtime: async_runtime.clone(),
-        client: client.clone(),
-    };
+    let fetcher = HttpFetcher { network: &network };
     compute_cache_keys_fetching(&mut planned, Some(&context), Some(&fetcher))
         .inspect_err(|e| show_line(e.line()))?;
 
@@ -533,8 +558,9 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
                 compression,
                 ..Default::default()
             };
-            let pushed = async_runtime.block_on(kiln_transfer::push(
-                &client,
+            let (rt, client) = network.get()?;
+            let pushed = rt.block_on(kiln_transfer::push(
+                client,
                 &store,
                 &registry_ref,
                 &options,
