@@ -561,6 +561,150 @@ fn add_url_with_checksum() {
     assert!(stderr.to_lowercase().contains("checksum"), "{stderr}");
 }
 
+/// Serves `/first.txt` and `/second.txt` (Last-Modified set) on
+/// 127.0.0.1, counting each `METHOD /path` it is asked for.
+fn serve_counting() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>,
+) {
+    use std::io::{Read, Write};
+    let counts = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = counts.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            // The request line and headers arrive before the client waits
+            // for an answer: read up to the blank line.
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let request = String::from_utf8_lossy(&request).into_owned();
+            let mut words = request.split(' ');
+            let method = words.next().unwrap_or("").to_string();
+            let path = words.next().unwrap_or("").to_string();
+            *seen
+                .lock()
+                .unwrap()
+                .entry(format!("{method} {path}"))
+                .or_insert(0) += 1;
+            let body: &[u8] = match path.as_str() {
+                "/first.txt" => b"first file",
+                "/second.txt" => b"second file",
+                _ => {
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                    continue;
+                }
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(body);
+        }
+    });
+    (format!("http://{addr}"), counts)
+}
+
+/// A build fetches each ADD URL once: the download its cache key was
+/// computed on (no --checksum) is the one the step copies, and a URL added
+/// twice is fetched once. A rebuild served from the cache fetches the URL
+/// without a checksum once, to compare its content, and the other not at
+/// all.
+#[test]
+fn add_url_is_downloaded_once_per_build() {
+    let fixture = Fixture::new();
+    let (url, counts) = serve_counting();
+    let second_sha = "sha256:54811cbc6c86311729b0a33e26c89087881b36b9ca3217d15cb5196e35f9a7e3";
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!(
+            "FROM busybox\n\
+             ADD {url}/first.txt /fetched/\n\
+             ADD --checksum={second_sha} {url}/second.txt /fetched/\n\
+             ADD {url}/first.txt /again/\n"
+        ),
+    )]);
+    let steps = [
+        format!("[2/4] ADD {url}/first.txt /fetched/"),
+        format!("[3/4] ADD --checksum={second_sha} {url}/second.txt /fetched/"),
+        format!("[4/4] ADD {url}/first.txt /again/"),
+    ];
+    let out = tempfile::tempdir().unwrap();
+    let build = |name: &str| {
+        let dest = format!("type=local,dest={}", out.path().join(name).display());
+        let output = fixture.build(&[
+            "--progress",
+            "plain",
+            "-o",
+            &dest,
+            ctx.path().to_str().unwrap(),
+        ]);
+        ok(&output);
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let get_counts = || {
+        let counts = counts.lock().unwrap();
+        (
+            counts.get("GET /first.txt").copied().unwrap_or(0),
+            counts.get("GET /second.txt").copied().unwrap_or(0),
+            counts.values().sum::<usize>(),
+        )
+    };
+    let check_files = |name: &str| {
+        use std::os::unix::fs::MetadataExt;
+        for (path, body) in [
+            ("fetched/first.txt", &b"first file"[..]),
+            ("fetched/second.txt", b"second file"),
+            ("again/first.txt", b"first file"),
+        ] {
+            let file = out.path().join(name).join(path);
+            assert_eq!(std::fs::read(&file).unwrap(), body, "{path}");
+            let meta = std::fs::metadata(&file).unwrap();
+            assert_eq!(meta.mode() & 0o7777, 0o600, "{path}");
+            assert_eq!(meta.mtime(), 1_445_412_480, "{path}");
+        }
+    };
+
+    let first = build("1");
+    for step in &steps {
+        assert_eq!(step_outcome(&first, step), "DONE", "{first}");
+    }
+    check_files("1");
+    // One GET per URL, and nothing else asked.
+    assert_eq!(get_counts(), (1, 1, 2), "{:?}", counts.lock().unwrap());
+
+    let again = build("2");
+    for step in &steps {
+        assert_eq!(step_outcome(&again, step), "CACHED", "{again}");
+    }
+    check_files("2");
+    // The URL without a checksum fetched once more to compare its content;
+    // the one with a checksum not at all.
+    assert_eq!(get_counts(), (2, 1, 3), "{:?}", counts.lock().unwrap());
+
+    // The downloads are the build's own and gone after it.
+    let builds = fixture.root().join("builds");
+    let left: Vec<String> = std::fs::read_dir(&builds)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("urls-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 #[test]
 fn dockerfile_specific_dockerignore_wins() {
     let fixture = Fixture::new();

@@ -17,7 +17,8 @@
 //!   existing one's owner and mode but taking the source's mtime.
 //!
 //! ADD additionally extracts local tar archives (see [`crate::archive`]) and
-//! fetches URLs through a caller-provided [`UrlFetcher`].
+//! fetches URLs through a caller-provided [`UrlFetcher`], each once per
+//! build ([`UrlDownloads`]).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -817,17 +818,9 @@ pub fn fetch_url(
 ) -> Result<String, CopyError> {
     let name = url_file_name(url);
     let path = dir.join(&name);
-    let fetch_err = |message: String| CopyError::Fetch {
-        url: url.to_string(),
-        message,
-    };
-    let mut file = std::fs::File::create(&path).map_err(|e| fetch_err(e.to_string()))?;
-    let mut hashing = HashingWriter::new(&mut file, checksum)?;
-    let info = fetcher.fetch(url, &mut hashing).map_err(fetch_err)?;
-    let actual = hashing.finish();
-    file.flush().map_err(|e| fetch_err(e.to_string()))?;
-    drop(file);
-    if let (Some(expected), Some(actual)) = (checksum, actual) {
+    let mut hashing = ContentHasher::for_checksum(checksum)?;
+    download(fetcher, url, &path, &mut hashing)?;
+    if let (Some(expected), Some(actual)) = (checksum, hashing.finish()) {
         if expected != actual {
             return Err(CopyError::ChecksumMismatch {
                 url: url.to_string(),
@@ -836,11 +829,191 @@ pub fn fetch_url(
             });
         }
     }
-    set_mode(&path, 0o600)?;
-    if let Some(t) = info.last_modified {
-        set_times(&path, (t, 0), (t, 0))?;
-    }
     Ok(name)
+}
+
+/// Streams `url` into a new file at `path`, through `hashing`, then gives
+/// the file ADD's mode (0600) and the Last-Modified time as its mtime.
+fn download(
+    fetcher: &dyn UrlFetcher,
+    url: &str,
+    path: &Path,
+    hashing: &mut ContentHasher,
+) -> Result<FetchInfo, CopyError> {
+    let fetch_err = |message: String| CopyError::Fetch {
+        url: url.to_string(),
+        message,
+    };
+    let file = std::fs::File::create(path)
+        .map_err(|e| fetch_err(format!("creating {}: {e}", path.display())))?;
+    let mut writer = std::io::BufWriter::with_capacity(128 * 1024, file);
+    let info = {
+        let mut tee = Tee {
+            out: &mut writer,
+            hashing,
+        };
+        fetcher.fetch(url, &mut tee).map_err(fetch_err)?
+    };
+    writer
+        .flush()
+        .map_err(|e| fetch_err(format!("writing {}: {e}", path.display())))?;
+    drop(writer);
+    set_mode(path, 0o600)?;
+    if let Some(t) = info.last_modified {
+        set_times(path, (t, 0), (t, 0))?;
+    }
+    Ok(info)
+}
+
+/// The ADD URLs of one build, each downloaded once: the cache keys are
+/// computed on the content ([`UrlDownloads::get`] on a URL without
+/// `--checksum`), and the step that adds it, when it runs, copies the same
+/// file instead of fetching the URL again.
+///
+/// Each URL gets its own directory `dir/<n>/` holding one file named as
+/// ADD names it ([`url_file_name`]), mode 0600, its mtime the
+/// Last-Modified time. `dir` is the build's own: created on the first
+/// download and removed, with everything in it, when this is dropped.
+///
+/// ```no_run
+/// # use kiln_builder::copy::{UrlDownloads, UrlFetcher};
+/// # fn demo(fetcher: &(dyn UrlFetcher + Sync)) -> Result<(), kiln_builder::copy::CopyError> {
+/// let downloads = UrlDownloads::new(fetcher, "/var/lib/kiln/builds/urls-1".into());
+/// let first = downloads.get("https://example.com/app.tar.gz")?;
+/// let again = downloads.get("https://example.com/app.tar.gz")?; // no request
+/// assert_eq!(first.path(), again.path());
+/// # Ok(()) }
+/// ```
+pub struct UrlDownloads<'a> {
+    fetcher: &'a (dyn UrlFetcher + Sync),
+    dir: PathBuf,
+    /// One slot per URL, locked while it downloads so that two stages
+    /// adding the same URL at the same moment wait for one download.
+    slots: std::sync::Mutex<HashMap<String, DownloadSlot>>,
+    next_dir: std::sync::atomic::AtomicU64,
+}
+
+type DownloadSlot = std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<DownloadedUrl>>>>;
+
+/// A URL's content as [`UrlDownloads`] holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadedUrl {
+    pub url: String,
+    /// The directory holding only [`DownloadedUrl::name`].
+    pub dir: PathBuf,
+    /// The file's name, as ADD names it: [`url_file_name`].
+    pub name: String,
+    /// `sha256:<hex>` of the content.
+    pub digest: String,
+    /// `Last-Modified`, as seconds since the epoch (the file's mtime).
+    pub last_modified: Option<i64>,
+}
+
+impl DownloadedUrl {
+    /// The downloaded file.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(&self.name)
+    }
+
+    /// Checks the content against ADD's `--checksum` (`sha256:`, `sha384:`
+    /// or `sha512:` and the hex digest); sha256 is known already, the
+    /// others are computed from the file.
+    pub fn verify(&self, checksum: &str) -> Result<(), CopyError> {
+        let mut hashing = ContentHasher::for_checksum(Some(checksum))?;
+        let actual = if hashing.algorithm == "sha256" {
+            self.digest.clone()
+        } else {
+            let path = self.path();
+            let mut file = std::fs::File::open(&path).map_err(|e| CopyError::Fetch {
+                url: self.url.clone(),
+                message: format!("reading {}: {e}", path.display()),
+            })?;
+            std::io::copy(&mut file, &mut hashing).map_err(|e| CopyError::Fetch {
+                url: self.url.clone(),
+                message: format!("reading {}: {e}", path.display()),
+            })?;
+            hashing.finish().unwrap_or_default()
+        };
+        if actual != checksum {
+            return Err(CopyError::ChecksumMismatch {
+                url: self.url.clone(),
+                expected: checksum.to_string(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl<'a> UrlDownloads<'a> {
+    /// Downloads through `fetcher` into `dir` (see the type's docs).
+    pub fn new(fetcher: &'a (dyn UrlFetcher + Sync), dir: PathBuf) -> Self {
+        UrlDownloads {
+            fetcher,
+            dir,
+            slots: std::sync::Mutex::new(HashMap::new()),
+            next_dir: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `url`'s content: downloaded now the first time it is asked for,
+    /// the same file afterwards. A failed download is not remembered.
+    pub fn get(&self, url: &str) -> Result<std::sync::Arc<DownloadedUrl>, CopyError> {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots.entry(url.to_string()).or_default().clone()
+        };
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(done) = slot.as_ref() {
+            return Ok(done.clone());
+        }
+        // A directory per download keeps two URLs that end in the same
+        // name apart.
+        let number = self
+            .next_dir
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = self.dir.join(number.to_string());
+        std::fs::create_dir_all(&dir).map_err(|e| CopyError::Fetch {
+            url: url.to_string(),
+            message: format!("creating {}: {e}", dir.display()),
+        })?;
+        let name = url_file_name(url);
+        let mut hashing = ContentHasher::sha256();
+        let info = download(self.fetcher, url, &dir.join(&name), &mut hashing)?;
+        let done = std::sync::Arc::new(DownloadedUrl {
+            url: url.to_string(),
+            dir,
+            name,
+            digest: hashing.finish().unwrap_or_default(),
+            last_modified: info.last_modified,
+        });
+        *slot = Some(done.clone());
+        Ok(done)
+    }
+}
+
+impl Drop for UrlDownloads<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Writes to `out` and hashes what was written.
+struct Tee<'a> {
+    out: &'a mut dyn Write,
+    hashing: &'a mut ContentHasher,
+}
+
+impl Write for Tee<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.hashing.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }
 
 enum Hasher {
@@ -850,14 +1023,14 @@ enum Hasher {
     Sha512(sha2::Sha512),
 }
 
-struct HashingWriter<'a> {
-    inner: &'a mut dyn Write,
+/// Hashes content with the algorithm a `--checksum` names (or none).
+struct ContentHasher {
     hasher: Hasher,
     algorithm: &'static str,
 }
 
-impl<'a> HashingWriter<'a> {
-    fn new(inner: &'a mut dyn Write, checksum: Option<&str>) -> Result<Self, CopyError> {
+impl ContentHasher {
+    fn for_checksum(checksum: Option<&str>) -> Result<Self, CopyError> {
         let (hasher, algorithm) = match checksum.map(|c| c.split_once(':')) {
             None => (Hasher::None, ""),
             Some(Some(("sha256", hex))) if hex.len() == 64 => {
@@ -871,13 +1044,26 @@ impl<'a> HashingWriter<'a> {
             }
             Some(_) => return Err(CopyError::BadChecksum(checksum.unwrap_or("").to_string())),
         };
-        Ok(HashingWriter {
-            inner,
-            hasher,
-            algorithm,
-        })
+        Ok(ContentHasher { hasher, algorithm })
     }
 
+    fn sha256() -> Self {
+        ContentHasher {
+            hasher: Hasher::Sha256(sha2::Sha256::new()),
+            algorithm: "sha256",
+        }
+    }
+
+    fn update(&mut self, buf: &[u8]) {
+        match &mut self.hasher {
+            Hasher::None => {}
+            Hasher::Sha256(h) => h.update(buf),
+            Hasher::Sha384(h) => h.update(buf),
+            Hasher::Sha512(h) => h.update(buf),
+        }
+    }
+
+    /// `<algorithm>:<hex>`, or None without an algorithm.
     fn finish(self) -> Option<String> {
         let hex = match self.hasher {
             Hasher::None => return None,
@@ -889,20 +1075,14 @@ impl<'a> HashingWriter<'a> {
     }
 }
 
-impl Write for HashingWriter<'_> {
+impl Write for ContentHasher {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        match &mut self.hasher {
-            Hasher::None => {}
-            Hasher::Sha256(h) => h.update(&buf[..n]),
-            Hasher::Sha384(h) => h.update(&buf[..n]),
-            Hasher::Sha512(h) => h.update(&buf[..n]),
-        }
-        Ok(n)
+        self.update(buf);
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
+        Ok(())
     }
 }
 

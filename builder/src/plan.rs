@@ -26,7 +26,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::context::{hex, BuildContext};
-use crate::copy::{dest_path, resolve_wildcards, UrlFetcher};
+use crate::copy::{dest_path, resolve_wildcards, UrlDownloads};
 use crate::image::{
     default_shell, empty_image, get_env, go_list, go_quote_list, healthcheck_history, history,
     parse_ports, set_env, valid_signal, DEFAULT_PATH,
@@ -1674,15 +1674,16 @@ pub fn compute_cache_keys(
 }
 
 /// [`compute_cache_keys`], with an ADD URL that has no `--checksum` keyed
-/// on what `fetcher` downloads now (its content digest and Last-Modified),
-/// as BuildKit keys on content: a changed file at the same URL misses the
-/// cache. (The solver downloads it again to build the step.)
+/// on its content as `downloads` has it now (the content digest and
+/// Last-Modified), as BuildKit keys on content: a changed file at the same
+/// URL misses the cache. The download stays in `downloads` for the solver
+/// ([`crate::solve::SolveOptions::downloads`]), so a build fetches each URL
+/// once.
 pub fn compute_cache_keys_fetching(
     plan: &mut Plan,
     context: Option<&BuildContext>,
-    fetcher: Option<&dyn UrlFetcher>,
+    downloads: Option<&UrlDownloads<'_>>,
 ) -> Result<(), PlanError> {
-    let mut url_keys: BTreeMap<String, String> = BTreeMap::new();
     let mut git_commits: BTreeMap<String, crate::git::ResolvedCommit> = BTreeMap::new();
     let mut finals: BTreeMap<usize, String> = BTreeMap::new();
     let order = plan.order.clone();
@@ -1753,16 +1754,10 @@ pub fn compute_cache_keys_fetching(
                             }
                             if src.starts_with("http://") || src.starts_with("https://") {
                                 h.update(format!("url:{src}\0").as_bytes());
-                                if let (None, Some(fetcher)) = (&c.checksum, fetcher) {
-                                    let key = match url_keys.get(src) {
-                                        Some(key) => key.clone(),
-                                        None => {
-                                            let key = url_content_key(fetcher, src, step.line)?;
-                                            url_keys.insert(src.clone(), key.clone());
-                                            key
-                                        }
-                                    };
-                                    h.update(key.as_bytes());
+                                if let (None, Some(downloads)) = (&c.checksum, downloads) {
+                                    h.update(
+                                        url_content_key(downloads, src, step.line)?.as_bytes(),
+                                    );
                                 }
                                 continue;
                             }
@@ -1797,29 +1792,22 @@ pub fn compute_cache_keys_fetching(
 
 /// What an ADD URL's cache key takes from the download: the content's
 /// digest and the Last-Modified time (it becomes the file's mtime).
-fn url_content_key(fetcher: &dyn UrlFetcher, url: &str, line: usize) -> Result<String, PlanError> {
-    struct HashOnly(Sha256);
-    impl std::io::Write for HashOnly {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.update(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut sink = HashOnly(Sha256::new());
-    let info = fetcher
-        .fetch(url, &mut sink)
-        .map_err(|message| PlanError::UrlFetch {
-            line,
-            url: url.to_string(),
-            message,
-        })?;
+fn url_content_key(
+    downloads: &UrlDownloads<'_>,
+    url: &str,
+    line: usize,
+) -> Result<String, PlanError> {
+    let downloaded = downloads.get(url).map_err(|e| PlanError::UrlFetch {
+        line,
+        url: url.to_string(),
+        message: match e {
+            crate::copy::CopyError::Fetch { message, .. } => message,
+            other => other.to_string(),
+        },
+    })?;
     Ok(format!(
-        "content:sha256:{}\0mtime:{:?}\0",
-        hex(&sink.0.finalize()),
-        info.last_modified
+        "content:{}\0mtime:{:?}\0",
+        downloaded.digest, downloaded.last_modified
     ))
 }
 

@@ -25,7 +25,7 @@ use kiln_layers::{Compression, Digest, Reference, Reporter, Store};
 use kiln_runtime::{BindMount, HelperCommand, Network, RunSpec, UpperDir};
 
 use crate::context::BuildContext;
-use crate::copy::{self, CopyOptions, UrlFetcher};
+use crate::copy::{self, CopyOptions, UrlDownloads};
 use crate::modes::Chmod;
 use crate::plan::{
     BaseSource, CopyFrom, CopyStep, ImageResolver, MountImage, Plan, ResolvedImage, RunStep, Step,
@@ -322,8 +322,12 @@ pub struct SolveOptions<'a> {
     pub network: Network,
     /// How the runtime re-executes kiln as its helper.
     pub helper: HelperCommand,
-    /// Fetches ADD URLs.
-    pub fetcher: Option<&'a (dyn UrlFetcher + Sync)>,
+    /// Where ADD URLs come from: the build's downloads, the same the cache
+    /// keys were computed with
+    /// ([`crate::plan::compute_cache_keys_fetching`]), so a URL fetched for
+    /// its key is not fetched again. A step served from the cache fetches
+    /// nothing.
+    pub downloads: Option<&'a UrlDownloads<'a>>,
     pub events: &'a dyn BuildEvents,
     pub reporter: &'a dyn Reporter,
     /// Docker media types (schema 2) instead of OCI ones, for registries
@@ -1466,19 +1470,30 @@ fn execute_copy(
             if !c.is_add {
                 return Err(step_err("source can't be a URL for COPY".into()));
             }
-            let fetcher = opts
-                .fetcher
+            let downloads = opts
+                .downloads
                 .ok_or_else(|| step_err(format!("{src}: no URL fetcher configured")))?;
-            let fetch_dir = dir.join(format!("url-{n}"));
-            std::fs::create_dir_all(&fetch_dir).map_err(io_err(&fetch_dir))?;
-            let name = copy::fetch_url(fetcher, src, c.checksum.as_deref(), &fetch_dir)
-                .map_err(|e| step_err(e.to_string()))?;
+            // Copied from the build's download (the one its cache key was
+            // computed on, if it has no --checksum): read only, so a second
+            // ADD of the same URL copies the same file.
+            let downloaded = downloads.get(src).map_err(|e| step_err(e.to_string()))?;
+            if let Some(checksum) = &c.checksum {
+                downloaded
+                    .verify(checksum)
+                    .map_err(|e| step_err(e.to_string()))?;
+            }
             let mut o = CopyOptions::single_file();
             o.chown = chown;
             o.chmod = chmod.clone();
             o.attempt_unpack = c.unpack.unwrap_or(false);
-            copy::copy(&DirTree::new(&fetch_dir), &name, rootfs, &c.dest, &o)
-                .map_err(|e| step_err(e.to_string()))?;
+            copy::copy(
+                &DirTree::new(&downloaded.dir),
+                &downloaded.name,
+                rootfs,
+                &c.dest,
+                &o,
+            )
+            .map_err(|e| step_err(e.to_string()))?;
             continue;
         }
         let mut o = CopyOptions::dockerfile_copy(c.is_add);

@@ -162,7 +162,7 @@ fn run(case: &Path) -> String {
             program: PathBuf::from(env!("CARGO_BIN_EXE_kiln-builder-test-helper")),
             args: vec!["__runtime-helper".into()],
         },
-        fetcher: None,
+        downloads: None,
         events: &NoEvents,
         reporter: &NoProgress,
         docker_media_types: false,

@@ -155,7 +155,7 @@ fn copy_cases() {
 mod url_sources {
     use std::os::unix::fs::MetadataExt;
 
-    use kiln_builder::copy::{fetch_url, CopyError, FetchInfo, UrlFetcher};
+    use kiln_builder::copy::{fetch_url, CopyError, FetchInfo, UrlDownloads, UrlFetcher};
 
     struct Fixed(&'static [u8]);
 
@@ -189,6 +189,78 @@ mod url_sources {
             std::fs::read(dir.path().join("file.txt")).unwrap(),
             b"hello"
         );
+    }
+
+    /// Serves `/<name>` as the name's bytes, counting requests per URL.
+    #[derive(Default)]
+    struct Counting(std::sync::Mutex<std::collections::BTreeMap<String, usize>>);
+
+    impl UrlFetcher for Counting {
+        fn fetch(&self, url: &str, out: &mut dyn std::io::Write) -> Result<FetchInfo, String> {
+            *self.0.lock().unwrap().entry(url.to_string()).or_default() += 1;
+            let body = url.rsplit('/').next().unwrap_or("");
+            out.write_all(body.as_bytes()).map_err(|e| e.to_string())?;
+            Ok(FetchInfo {
+                last_modified: Some(1_234_567_890),
+            })
+        }
+    }
+
+    #[test]
+    fn a_build_downloads_each_url_once_and_removes_the_files_when_done() {
+        let work = tempfile::tempdir().unwrap();
+        let dir = work.path().join("urls");
+        let fetcher = Counting::default();
+        let first_path = {
+            let downloads = UrlDownloads::new(&fetcher, dir.clone());
+            let first = downloads.get("https://a.invalid/x/hello").unwrap();
+            let again = downloads.get("https://a.invalid/x/hello").unwrap();
+            // The same name from another URL is another file.
+            let other = downloads.get("https://b.invalid/y/hello").unwrap();
+            assert_eq!(first, again);
+            assert_ne!(first.path(), other.path());
+            assert_eq!(first.name, "hello");
+            assert_eq!(first.digest, SHA256_HELLO);
+            assert_eq!(first.last_modified, Some(1_234_567_890));
+            let meta = std::fs::metadata(first.path()).unwrap();
+            assert_eq!(meta.mode() & 0o7777, 0o600);
+            assert_eq!(meta.mtime(), 1_234_567_890);
+            assert_eq!(std::fs::read(other.path()).unwrap(), b"hello");
+            first.path()
+        };
+        let counts = fetcher.0.lock().unwrap().clone();
+        assert_eq!(counts.get("https://a.invalid/x/hello"), Some(&1));
+        assert_eq!(counts.get("https://b.invalid/y/hello"), Some(&1));
+        assert!(!first_path.exists());
+        assert!(!dir.exists());
+    }
+
+    #[test]
+    fn a_download_is_verified_against_each_checksum_algorithm() {
+        let work = tempfile::tempdir().unwrap();
+        let fetcher = Counting::default();
+        let downloads = UrlDownloads::new(&fetcher, work.path().join("urls"));
+        let hello = downloads.get("https://a.invalid/hello").unwrap();
+        hello.verify(SHA256_HELLO).unwrap();
+        hello
+            .verify(
+                "sha512:9b71d224bd62f3785d96d46ad3ea3d73319bfbc2890caadae2dff72519673ca7\
+                 2323c3d99ba5c11d7c7acc6e14b8c5da0c4663475c2e5c3adef46f73bcdec043",
+            )
+            .unwrap();
+        let err = hello
+            .verify(&format!("sha384:{}", "0".repeat(96)))
+            .unwrap_err();
+        assert!(matches!(err, CopyError::ChecksumMismatch { .. }), "{err}");
+        let err = hello
+            .verify(&format!("sha256:{}", "0".repeat(64)))
+            .unwrap_err();
+        assert!(err.to_string().contains("https://a.invalid/hello"), "{err}");
+        assert!(matches!(
+            hello.verify("md5:abc").unwrap_err(),
+            CopyError::BadChecksum(_)
+        ));
+        assert_eq!(fetcher.0.lock().unwrap().values().sum::<usize>(), 1);
     }
 
     #[test]

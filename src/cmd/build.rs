@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use kiln_builder::context::{BuildContext, StatCache};
-use kiln_builder::copy::{CopyOptions, FetchInfo, UrlFetcher};
+use kiln_builder::copy::{CopyOptions, FetchInfo, UrlDownloads, UrlFetcher};
 use kiln_builder::dockerignore;
 use kiln_builder::plan::{compute_cache_keys_fetching, plan, BuildOptions, Plan, StepKind};
 use kiln_builder::rootfs::LayeredRootfs;
@@ -458,7 +458,21 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         tracing::warn!("{e}");
     }
     let fetcher = HttpFetcher { network: &network };
-    compute_cache_keys_fetching(&mut planned, Some(&context), Some(&fetcher))
+    // Each ADD URL is downloaded once: for its cache key, or by the step
+    // that adds it. The files live under builds/ (the lease above keeps a
+    // `kiln prune` off them) until the build is over.
+    let downloads = UrlDownloads::new(
+        &fetcher,
+        store.root().join("builds").join(format!(
+            "urls-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        )),
+    );
+    compute_cache_keys_fetching(&mut planned, Some(&context), Some(&downloads))
         .inspect_err(|e| show_line(e.line()))?;
 
     if args.dry_run {
@@ -488,7 +502,7 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
             NetworkArg::None => Network::None,
         },
         helper: HelperCommand::current_exe(&[HELPER_SUBCOMMAND]),
-        fetcher: Some(&fetcher),
+        downloads: Some(&downloads),
         events: &printer,
         reporter: reporter.as_ref(),
         docker_media_types: args.docker_mediatypes,
