@@ -1,104 +1,12 @@
-//! sha256 digests: the names of blobs, diff ids and chain ids.
+//! sha256 digests: the names of blobs, diff ids and chain ids. The
+//! [`Digest`] type itself is kiln-reference's, shared with the registry
+//! client; here are the hashing readers and writers and chain ids.
 
-use std::fmt;
 use std::io::{self, Read, Write};
-use std::str::FromStr;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest as _, Sha256};
 
-use crate::error::Error;
-
-/// A validated `sha256:<64 lowercase hex>` digest.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest(String);
-
-impl Digest {
-    /// Parses `sha256:<hex>`; other algorithms are refused (the store names
-    /// blobs by sha256 only).
-    pub fn parse(s: &str) -> Result<Digest, Error> {
-        let hex = s
-            .strip_prefix("sha256:")
-            .ok_or_else(|| Error::InvalidDigest(s.to_string()))?;
-        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(Error::InvalidDigest(s.to_string()));
-        }
-        Ok(Digest(s.to_string()))
-    }
-
-    /// The digest of `bytes`.
-    pub fn of(bytes: &[u8]) -> Digest {
-        Digest::from_hash(Sha256::digest(bytes).as_slice())
-    }
-
-    /// Builds a digest from 32 raw sha256 bytes.
-    pub fn from_hash(raw: &[u8]) -> Digest {
-        Digest(format!("sha256:{}", hex_encode(raw)))
-    }
-
-    /// The digest of everything `reader` yields.
-    pub fn of_reader(mut reader: impl Read) -> io::Result<(Digest, u64)> {
-        let mut hashing = HashingWriter::new(io::sink());
-        io::copy(&mut reader, &mut hashing)?;
-        Ok(hashing.finish())
-    }
-
-    /// The 64 hex digits.
-    pub fn hex(&self) -> &str {
-        &self.0["sha256:".len()..]
-    }
-
-    /// The first 12 hex digits, as `docker images` shows image ids.
-    pub fn short(&self) -> &str {
-        &self.hex()[..12]
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-pub(crate) fn hex_encode(raw: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(raw.len() * 2);
-    for b in raw {
-        out.push(HEX[(b >> 4) as usize] as char);
-        out.push(HEX[(b & 15) as usize] as char);
-    }
-    out
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl FromStr for Digest {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Digest::parse(s)
-    }
-}
-
-impl Serialize for Digest {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Digest {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Digest::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
+pub use kiln_reference::Digest;
 
 /// A writer that hashes and counts what passes through it.
 pub struct HashingWriter<W> {
@@ -209,25 +117,6 @@ pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_and_rejects() {
-        let d = Digest::of(b"");
-        assert_eq!(
-            d.as_str(),
-            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
-        assert_eq!(Digest::parse(d.as_str()).unwrap(), d);
-        for bad in [
-            "",
-            "sha256:",
-            "sha256:E3B0",
-            "sha512:00",
-            &d.as_str().to_uppercase(),
-        ] {
-            assert!(Digest::parse(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn chain_ids_follow_the_oci_definition() {

@@ -15,8 +15,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid digest {0:?}: expected sha256:<64 lowercase hex digits>")]
-    InvalidDigest(String),
+    /// A reference or digest string that does not parse (it names the string).
+    #[error(transparent)]
+    Reference(#[from] kiln_reference::ReferenceError),
     #[error("blob {expected}: content has digest {actual}")]
     DigestMismatch { expected: Digest, actual: Digest },
     #[error("blob {digest}: expected {expected} bytes, got {actual}")]
@@ -45,8 +46,6 @@ pub enum Error {
     },
     #[error("invalid platform {0:?}: expected os/arch[/variant]")]
     InvalidPlatform(String),
-    #[error("invalid reference {reference:?}: {reason}")]
-    InvalidReference { reference: String, reason: String },
     #[error("image {0} not found in the store")]
     ImageNotFound(String),
     #[error("{query:?} matches more than one image: {matches}")]

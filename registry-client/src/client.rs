@@ -995,7 +995,7 @@ impl Client {
         if !hash {
             return Ok(received);
         }
-        let actual = Digest::from_hasher(hasher);
+        let actual = Digest::from_hash(hasher.finalize().as_slice());
         if actual != *digest {
             return Err(Error::DigestMismatch {
                 registry: repository.registry.clone(),

@@ -389,15 +389,13 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         let store = &store;
         let reporter = reporter.clone();
         move |reference: &Reference, platform: &Platform| -> Result<Descriptor, String> {
-            let registry_ref = kiln_registry::Reference::parse(&reference.to_string())
-                .map_err(|e| e.to_string())?;
             let options = kiln_transfer::PullOptions::new(platform.clone());
             let (rt, client) = network.get().map_err(|e| format!("{e:#}"))?;
             let pulled = rt
                 .block_on(kiln_transfer::pull(
                     client,
                     store,
-                    &registry_ref,
+                    reference,
                     &options,
                     reporter.clone(),
                 ))
@@ -405,7 +403,7 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
                     // The caller's message names the image already
                     // ("base image X: …"); transfer errors start with it too.
                     let text = e.to_string();
-                    match text.strip_prefix(&format!("{registry_ref}: ")) {
+                    match text.strip_prefix(&format!("{reference}: ")) {
                         Some(rest) => rest.to_string(),
                         None => text,
                     }
@@ -567,7 +565,6 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
             bail!("--push needs at least one -t");
         }
         for t in &tags {
-            let registry_ref = kiln_registry::Reference::parse(&t.to_string())?;
             let options = kiln_transfer::PushOptions {
                 compression,
                 ..Default::default()
@@ -576,14 +573,14 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
             let pushed = rt.block_on(kiln_transfer::push(
                 client,
                 &store,
-                &registry_ref,
+                t,
                 &options,
                 reporter.clone(),
             ))?;
             if mode != ProgressMode::Quiet {
                 eprintln!("pushed {t}: {}", pushed.digest);
             }
-            reported.digest = Digest::parse(&pushed.digest)?;
+            reported.digest = pushed.digest;
             reported.size = pushed.size;
         }
     }

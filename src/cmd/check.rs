@@ -303,17 +303,12 @@ impl RegistryConfigs {
                 .map_err(|e| e.to_string())?
             {
                 ManifestKind::Image(manifest) => {
-                    let digest: kiln_registry::Digest = manifest
-                        .config
-                        .digest
-                        .to_string()
-                        .parse()
-                        .map_err(|e: kiln_registry::ReferenceError| e.to_string())?;
+                    let digest = &manifest.config.digest;
                     let mut bytes = Vec::new();
                     self.client
                         .fetch_blob(
                             &reference.repository,
-                            &digest,
+                            digest,
                             Some(manifest.config.size),
                             &mut bytes,
                         )
@@ -327,14 +322,9 @@ impl RegistryConfigs {
                     let picked = index
                         .select_platform(platform)
                         .ok_or_else(|| format!("{what}: no image for platform {platform}"))?;
-                    let digest: kiln_registry::Digest = picked
-                        .digest
-                        .to_string()
-                        .parse()
-                        .map_err(|e: kiln_registry::ReferenceError| e.to_string())?;
                     current = self
                         .client
-                        .fetch_manifest(&reference.with_digest(digest))
+                        .fetch_manifest(&reference.with_digest(picked.digest.clone()))
                         .await
                         .map_err(|e| e.to_string())?;
                 }

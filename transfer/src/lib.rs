@@ -30,32 +30,3 @@ pub use error::TransferError;
 pub use origins::BlobOrigins;
 pub use pull::{pull, PullOptions, Pulled};
 pub use push::{push, push_descriptor, PushOptions, Pushed};
-
-use kiln_layers::Digest as StoreDigest;
-use kiln_registry::Digest as RegistryDigest;
-
-/// The same digest in the store's type.
-pub(crate) fn store_digest(digest: &RegistryDigest) -> Result<StoreDigest, TransferError> {
-    StoreDigest::parse(&digest.to_string()).map_err(|source| TransferError::Store {
-        context: format!("digest {digest}"),
-        cause: Box::new(source),
-    })
-}
-
-/// The same digest in the registry client's type.
-pub(crate) fn registry_digest(digest: &StoreDigest) -> Result<RegistryDigest, TransferError> {
-    digest
-        .as_str()
-        .parse()
-        .map_err(|e: kiln_registry::ReferenceError| TransferError::Registry(e.into()))
-}
-
-/// The store's name for a registry reference (the same normalized string).
-pub fn store_reference(
-    reference: &kiln_registry::Reference,
-) -> Result<kiln_layers::Reference, TransferError> {
-    kiln_layers::Reference::parse(&reference.to_string()).map_err(|source| TransferError::Store {
-        context: format!("naming {reference} in the store"),
-        cause: Box::new(source),
-    })
-}

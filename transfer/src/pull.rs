@@ -7,12 +7,12 @@ use std::sync::Arc;
 use kiln_layers::oci::{
     media, parse_manifest, Descriptor, Index, Manifest, ManifestKind, Platform,
 };
-use kiln_layers::{Outcome, Reporter, Store};
+use kiln_layers::{Digest, Outcome, Reporter, Store};
 use kiln_registry::{Client, Reference};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::{registry_digest, store_digest, store_reference, BlobOrigins, TransferError};
+use crate::{BlobOrigins, TransferError};
 
 /// How to pull.
 #[derive(Debug, Clone)]
@@ -42,7 +42,7 @@ pub struct Pulled {
     /// The image manifest stored and tagged (after platform selection).
     pub manifest: Descriptor,
     /// The digest the reference resolved to at the registry (an index's, for multi-platform images).
-    pub resolved_digest: String,
+    pub resolved_digest: Digest,
     pub config: Descriptor,
     pub layers: Vec<Descriptor>,
     /// Blobs downloaded (the others were already in the store).
@@ -92,7 +92,7 @@ pub async fn pull(
         cause: Box::new(source),
     })?;
     let top = client.fetch_manifest(reference).await?;
-    let resolved_digest = top.digest.to_string();
+    let resolved_digest = top.digest.clone();
     let mut current = top;
     let mut platform_of_choice = None;
     let mut depth = 0;
@@ -147,9 +147,10 @@ pub async fn pull(
                     });
                 }
                 let chosen = select(&index, &options.platform, &image)?;
-                let child = registry_digest(&chosen.digest)?;
                 platform_of_choice = chosen.platform.clone();
-                current = client.fetch_manifest(&reference.with_digest(child)).await?;
+                current = client
+                    .fetch_manifest(&reference.with_digest(chosen.digest.clone()))
+                    .await?;
             }
         }
     };
@@ -163,7 +164,7 @@ pub async fn pull(
                 .clone()
                 .unwrap_or_else(|| media::OCI_MANIFEST.into())
         },
-        store_digest(&current.digest)?,
+        current.digest.clone(),
         current.bytes.len() as u64,
     );
 
@@ -258,9 +259,8 @@ pub async fn pull(
             })
     });
     if options.tag {
-        let name = store_reference(reference)?;
         store
-            .tag(&name, &manifest_desc)
+            .tag(reference, &manifest_desc)
             .map_err(|source| TransferError::Store {
                 context: format!("tagging {image}"),
                 cause: Box::new(source),
@@ -322,7 +322,6 @@ async fn fetch_blob(
     }
     reporter.start(&id, role, Some(desc.size));
     let writer = store.ingest(Some(desc.clone())).map_err(store_err)?;
-    let digest = registry_digest(&desc.digest)?;
     let mut sink = ProgressWriter {
         // Network chunks are small; write the ingest file in large pieces.
         inner: std::io::BufWriter::with_capacity(1 << 20, writer),
@@ -334,7 +333,7 @@ async fn fetch_blob(
     // The ingest writer hashes every byte and refuses a mismatch at commit;
     // the client need not hash them a second time.
     let result = client
-        .fetch_blob_sink_verifies(repository, &digest, desc.size, &mut sink)
+        .fetch_blob_sink_verifies(repository, &desc.digest, desc.size, &mut sink)
         .await;
     let bytes = match result {
         Ok(bytes) => bytes,

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use kiln_layers::compressed::compressed_image;
 use kiln_layers::oci::{parse_manifest, Descriptor, ManifestKind};
-use kiln_layers::{Compression, Digest as StoreDigest, Outcome, Reporter, Store};
+use kiln_layers::{Compression, Digest, Outcome, Reporter, Store};
 use kiln_registry::{BlobSource, Client, PushOutcome, Reference, Repository};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::{registry_digest, store_reference, BlobOrigins, TransferError};
+use crate::{BlobOrigins, TransferError};
 
 /// How to push.
 #[derive(Debug, Clone)]
@@ -43,7 +43,7 @@ impl Default for PushOptions {
 pub struct Pushed {
     pub reference: Reference,
     /// Digest and size of the manifest (or index) the tag now names.
-    pub digest: String,
+    pub digest: Digest,
     pub size: u64,
     pub blobs_uploaded: usize,
     pub blobs_mounted: usize,
@@ -53,7 +53,7 @@ pub struct Pushed {
 /// A blob in the store, opened afresh for each upload attempt.
 struct StoreBlob {
     store: Store,
-    digest: StoreDigest,
+    digest: Digest,
     size: u64,
     reporter: Arc<dyn Reporter>,
 }
@@ -106,9 +106,8 @@ pub async fn push(
     options: &PushOptions,
     reporter: Arc<dyn Reporter>,
 ) -> Result<Pushed, TransferError> {
-    let local = store_reference(reference)?;
     let desc = store
-        .resolve(&local)
+        .resolve(reference)
         .map_err(|source| TransferError::Store {
             context: format!("looking up {reference}"),
             cause: Box::new(source),
@@ -151,7 +150,7 @@ pub async fn push_descriptor(
     let desc = &desc;
     let mut pushed = Pushed {
         reference: target.clone(),
-        digest: desc.digest.to_string(),
+        digest: desc.digest.clone(),
         size: desc.size,
         blobs_uploaded: 0,
         blobs_mounted: 0,
@@ -278,7 +277,6 @@ async fn push_manifest_tree(
                     let _permit = semaphore.acquire_owned().await;
                     let id = blob.digest.to_string();
                     reporter.start(&id, role, Some(blob.size));
-                    let digest = registry_digest(&blob.digest)?;
                     let source = Arc::new(StoreBlob {
                         store,
                         digest: blob.digest.clone(),
@@ -286,7 +284,7 @@ async fn push_manifest_tree(
                         reporter: reporter.clone(),
                     });
                     match client
-                        .push_blob(&repository, &digest, source, mount_from.as_ref())
+                        .push_blob(&repository, &blob.digest, source, mount_from.as_ref())
                         .await
                     {
                         Ok(outcome) => {

@@ -140,10 +140,7 @@ async fn pull_what_skopeo_pushed_push_it_back_and_skopeo_agrees() {
     .unwrap();
     assert_eq!(pulled.manifest.digest.to_string(), image.digest);
     assert_eq!(pulled.blobs_fetched, 4, "config and three layers");
-    let tagged = store
-        .resolve(&kiln_transfer::store_reference(&reference).unwrap())
-        .unwrap()
-        .unwrap();
+    let tagged = store.resolve(&reference).unwrap().unwrap();
     assert_eq!(tagged.digest.to_string(), image.digest);
     for digest in image.all_digests() {
         assert!(store.has_blob(&digest.parse().unwrap()), "{digest} stored");
@@ -181,12 +178,7 @@ async fn pull_what_skopeo_pushed_push_it_back_and_skopeo_agrees() {
     ];
     for (i, target) in targets.iter().enumerate() {
         let target_ref = Reference::parse(target).unwrap();
-        store
-            .tag(
-                &kiln_transfer::store_reference(&target_ref).unwrap(),
-                &tagged,
-            )
-            .unwrap();
+        store.tag(&target_ref, &tagged).unwrap();
         let pushed = push(
             &client,
             &store,
@@ -196,7 +188,7 @@ async fn pull_what_skopeo_pushed_push_it_back_and_skopeo_agrees() {
         )
         .await
         .unwrap();
-        assert_eq!(pushed.digest, image.digest);
+        assert_eq!(pushed.digest.as_str(), image.digest);
         if i == 0 {
             assert_eq!((pushed.blobs_uploaded, pushed.blobs_mounted), (4, 0));
         } else {
@@ -218,12 +210,7 @@ async fn pull_what_skopeo_pushed_push_it_back_and_skopeo_agrees() {
 
     // Within the source registry, blobs are mounted from where they were pulled.
     let same_registry = Reference::parse(&format!("{}/kiln/sibling:v1", registry.host)).unwrap();
-    store
-        .tag(
-            &kiln_transfer::store_reference(&same_registry).unwrap(),
-            &tagged,
-        )
-        .unwrap();
+    store.tag(&same_registry, &tagged).unwrap();
     let pushed = push(
         &client,
         &store,
@@ -239,12 +226,7 @@ async fn pull_what_skopeo_pushed_push_it_back_and_skopeo_agrees() {
 
     // An explicit --mount-from works too.
     let mounted_ref = Reference::parse(&format!("{}/kiln/mounted:v1", registry.host)).unwrap();
-    store
-        .tag(
-            &kiln_transfer::store_reference(&mounted_ref).unwrap(),
-            &tagged,
-        )
-        .unwrap();
+    store.tag(&mounted_ref, &tagged).unwrap();
     let pushed = push(
         &client,
         &store,
@@ -290,7 +272,7 @@ async fn pull_selects_the_platform_from_an_index() {
         .find(|p| p.platform == "linux/arm64")
         .unwrap();
     assert_eq!(arm.manifest.digest.to_string(), arm_image.manifest.digest);
-    assert_eq!(arm.resolved_digest, image.digest);
+    assert_eq!(arm.resolved_digest.as_str(), image.digest);
     let amd_image = image
         .platforms
         .iter()
@@ -376,10 +358,7 @@ async fn corrupted_blob_is_refused_and_nothing_is_stored() {
     }
     check_blobs_match_names(&store_dir);
     assert!(ingest_is_empty(&store_dir), "no partial files left");
-    assert!(store
-        .resolve(&kiln_transfer::store_reference(&reference).unwrap())
-        .unwrap()
-        .is_none());
+    assert!(store.resolve(&reference).unwrap().is_none());
 }
 
 /// Serves `manifest` for the tag through a proxy and pulls it.
@@ -420,10 +399,7 @@ async fn pull_canned(
     .await
     .unwrap_err();
     assert_eq!(proxy.canned_served(), 1);
-    assert!(store
-        .resolve(&kiln_transfer::store_reference(&reference).unwrap())
-        .unwrap()
-        .is_none());
+    assert!(store.resolve(&reference).unwrap().is_none());
     (err, store, work)
 }
 
