@@ -3,7 +3,8 @@
 //! Owns authentication (anonymous, bearer, basic; docker config.json and
 //! credential helpers), pulling and pushing manifests and blobs, cross-repository
 //! mounts and retries, and plain downloads for `ADD <url>`. It streams bytes to and from its caller and never touches
-//! the store's files.
+//! the store's files. [`Reference`] and [`Digest`] are kiln-reference's, the
+//! same types the store (kiln-layers) names images and blobs with.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), kiln_registry::Error> {
