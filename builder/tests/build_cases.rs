@@ -14,67 +14,14 @@ mod common;
 mod tree;
 
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use kiln_builder::context::BuildContext;
 use kiln_builder::dockerignore;
 use kiln_builder::plan::{compute_cache_keys, plan, BuildOptions};
 use kiln_builder::solve::{solve, NoEvents, SolveOptions, StoreResolver};
-use kiln_layers::import::{import_rootfs, ImportOptions};
-use kiln_layers::{NoProgress, Platform, Reference, Store};
+use kiln_layers::{NoProgress, Platform, Store};
 use kiln_runtime::{HelperCommand, Network};
-
-fn store_with_busybox(dir: &Path) -> Store {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .expect("busybox-static is needed (scripts/setup installs it)");
-    let root = dir.join("rootfs");
-    for d in ["bin", "etc", "tmp", "root", "usr/bin", "var"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    std::fs::copy(&busybox, root.join("bin/busybox")).unwrap();
-    std::fs::set_permissions(
-        root.join("bin/busybox"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
-    let list = std::process::Command::new(&busybox)
-        .arg("--list")
-        .output()
-        .unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" && !applet.contains('/') {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
-    let options = kiln_layers::diff::DiffOptions {
-        source_date_epoch: Some(1_600_000_000),
-        overlay_whiteouts: false,
-    };
-    let tar = kiln_layers::diff::write_tar(&root, Vec::new(), &options).unwrap();
-    let store = Store::open(dir.join("store")).unwrap();
-    let mut import = ImportOptions::new("busybox-test");
-    import.platform = Platform::parse("linux/amd64").unwrap();
-    import.created = 1_600_000_000;
-    import.config = kiln_layers::oci::ContainerConfig {
-        env: Some(vec![
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        ]),
-        cmd: Some(vec!["sh".into()]),
-        ..Default::default()
-    };
-    let desc = import_rootfs(&store, &tar[..], &import, &NoProgress).unwrap();
-    store
-        .tag(&Reference::parse("busybox:test").unwrap(), &desc)
-        .unwrap();
-    store
-}
 
 fn layer_listing(store: &Store, digest: &kiln_layers::Digest) -> Vec<String> {
     let blob = store.open_blob(digest).unwrap();
@@ -114,7 +61,7 @@ fn layer_listing(store: &Store, digest: &kiln_layers::Digest) -> Vec<String> {
 
 fn run(case: &Path) -> String {
     let work = tempfile::tempdir().unwrap();
-    let store = store_with_busybox(work.path());
+    let store = common::store_with_busybox(work.path());
     let ctx = work.path().join("context");
     std::fs::create_dir_all(&ctx).unwrap();
     tree::copy_files(&case.join("context-files"), &ctx);

@@ -3,8 +3,9 @@
 //! built, layers read back from the store and checked. Needs root and
 //! busybox-static (scripts/setup installs it).
 
+mod common;
+
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -17,67 +18,6 @@ use kiln_builder::solve::{
 use kiln_layers::import::{import_rootfs, ImportOptions};
 use kiln_layers::{NoProgress, Platform, Reference, Store};
 use kiln_runtime::{HelperCommand, Network};
-
-fn busybox() -> PathBuf {
-    ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .expect("busybox-static is needed (scripts/setup installs it)")
-}
-
-/// A store with `busybox:test`: static busybox, its applets, /etc files.
-fn store_with_busybox(dir: &Path) -> Store {
-    let root = dir.join("rootfs");
-    for d in ["bin", "etc", "tmp"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy(busybox(), root.join("bin/busybox")).unwrap();
-    std::fs::set_permissions(
-        root.join("bin/busybox"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
-    // The host's copy: exec'ing the fresh one can race with another test
-    // thread's fork holding it open for writing (ETXTBSY).
-    let list = std::process::Command::new(busybox())
-        .arg("--list")
-        .output()
-        .unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" && !applet.contains('/') {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
-    std::fs::write(root.join("etc/motd"), "welcome\n").unwrap();
-    let options = kiln_layers::diff::DiffOptions {
-        source_date_epoch: Some(1_600_000_000),
-        overlay_whiteouts: false,
-    };
-    let tar = kiln_layers::diff::write_tar(&root, Vec::new(), &options).unwrap();
-    let store = Store::open(dir.join("store")).unwrap();
-    let mut import = ImportOptions::new("busybox-test");
-    import.platform = Platform::parse("linux/amd64").unwrap();
-    import.created = 1_600_000_000;
-    import.config = kiln_layers::oci::ContainerConfig {
-        env: Some(vec![
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        ]),
-        cmd: Some(vec!["sh".into()]),
-        ..Default::default()
-    };
-    let desc = import_rootfs(&store, &tar[..], &import, &NoProgress).unwrap();
-    store
-        .tag(&Reference::parse("busybox:test").unwrap(), &desc)
-        .unwrap();
-    store
-}
 
 #[derive(Default)]
 struct Events(Mutex<Vec<(String, bool)>>);
@@ -208,7 +148,7 @@ CMD ["cat", "/app/out.txt"]
 #[test]
 fn multi_stage_build_layers_cache_and_reproducibility() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store_with_busybox(dir.path());
+    let store = common::store_with_busybox(dir.path());
     let ctx = dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::write(ctx.join("hello.txt"), "hello").unwrap();
@@ -275,7 +215,7 @@ fn multi_stage_build_layers_cache_and_reproducibility() {
 
     // Another store, same inputs, SOURCE_DATE_EPOCH set: the same image.
     let dir2 = tempfile::tempdir().unwrap();
-    let store2 = store_with_busybox(dir2.path());
+    let store2 = common::store_with_busybox(dir2.path());
     let elsewhere = build(&store2, &ctx, DOCKERFILE, &Events::default()).unwrap();
     assert_eq!(elsewhere.manifest.digest, changed.manifest.digest);
 }
@@ -283,7 +223,7 @@ fn multi_stage_build_layers_cache_and_reproducibility() {
 #[test]
 fn failing_run_names_line_and_code() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store_with_busybox(dir.path());
+    let store = common::store_with_busybox(dir.path());
     let ctx = dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     let err = build(
@@ -315,7 +255,7 @@ fn failing_run_names_line_and_code() {
 #[test]
 fn empty_steps_make_no_layer_and_parallel_stages_meet() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store_with_busybox(dir.path());
+    let store = common::store_with_busybox(dir.path());
     let ctx = dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     let df = "FROM busybox:test AS a\nRUN echo a > /a\n\
@@ -341,7 +281,7 @@ fn empty_steps_make_no_layer_and_parallel_stages_meet() {
 #[test]
 fn cached_rebuild_without_epoch_keeps_the_image_id() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store_with_busybox(dir.path());
+    let store = common::store_with_busybox(dir.path());
     let ctx = dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     let df = "FROM busybox:test\nENV A=1\nRUN echo x > /x\nLABEL l=v\n";
@@ -364,7 +304,7 @@ fn cached_rebuild_without_epoch_keeps_the_image_id() {
 #[test]
 fn docker_media_types_on_request() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store_with_busybox(dir.path());
+    let store = common::store_with_busybox(dir.path());
     let ctx = dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     let df = "FROM busybox:test\nRUN echo x > /x\n";
@@ -403,7 +343,7 @@ fn docker_media_types_on_request() {
 #[test]
 fn run_mounts_bind_tmpfs_secret_cache() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store_with_busybox(dir.path());
+    let store = common::store_with_busybox(dir.path());
     let ctx = dir.path().join("ctx");
     std::fs::create_dir_all(ctx.join("ctxdir")).unwrap();
     std::fs::write(ctx.join("ctxdir/c.txt"), "ctx\n").unwrap();
@@ -511,7 +451,7 @@ fn added_files(store: &Store, image: &BuiltImage) -> Vec<(String, char, String)>
 #[test]
 fn run_mounts_from_an_image() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store_with_busybox(dir.path());
+    let store = common::store_with_busybox(dir.path());
     import_files_image(
         &store,
         dir.path(),
@@ -689,7 +629,7 @@ fn serve_git(base: &Path) -> u16 {
 #[test]
 fn add_git_repository() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store_with_busybox(dir.path());
+    let store = common::store_with_busybox(dir.path());
     let ctx = dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     // A repository with a main branch, an annotated tag and a dev branch.
@@ -911,7 +851,7 @@ fn ssh_key(dir: &Path, name: &str) -> (PathBuf, String) {
 fn run_mount_ssh_reaches_the_forwarded_agent() {
     use kiln_builder::ssh::parse_ssh_flag;
     let dir = tempfile::tempdir().unwrap();
-    let store = store_with_busybox(dir.path());
+    let store = common::store_with_busybox(dir.path());
     let ctx = dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     host_ssh_add_into(&ctx);
@@ -984,7 +924,7 @@ fn run_mount_ssh_reaches_the_forwarded_agent() {
 #[test]
 fn add_git_repository_with_submodules() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store_with_busybox(dir.path());
+    let store = common::store_with_busybox(dir.path());
     let ctx = dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     let served = dir.path().join("served");
@@ -1039,7 +979,7 @@ fn add_git_repository_with_submodules() {
 #[test]
 fn writable_bind_mounts_change_neither_the_context_nor_a_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store_with_busybox(dir.path());
+    let store = common::store_with_busybox(dir.path());
     import_files_image(
         &store,
         dir.path(),
