@@ -1,7 +1,9 @@
 //! The content store: an OCI image layout plus `ingest/`, `snapshots/` and
 //! `cache/`.
 //!
-//! Blobs are written to a uniquely named file in `ingest/`, hashed as bytes
+//! Blobs are written to a uniquely named file in `ingest/` (or, for a
+//! download that may be resumed after a kill, `ingest/<hex>.partial` under
+//! an exclusive lock), hashed as bytes
 //! arrive, verified (size and sha256) and renamed into `blobs/sha256/`, then
 //! the directory is fsynced: a blob's name always matches its bytes, and two
 //! processes writing the same blob both succeed (the rename is atomic and
@@ -330,8 +332,15 @@ impl Store {
     /// a killed process): [`IngestWriter::offset`] says how many bytes are
     /// already there (send `Range: bytes=<offset>-`). The partial file is
     /// kept when the writer is dropped uncommitted, so a later attempt can
-    /// resume; a digest mismatch at commit removes it. When another writer
-    /// holds the partial file, this falls back to a fresh [`Store::ingest`].
+    /// resume; a digest mismatch at commit removes it. The bytes already
+    /// there are hashed on opening, so commit verifies size and sha256 over
+    /// the whole blob, not just the part this writer received.
+    ///
+    /// The partial file is held under an exclusive `flock` from opening
+    /// until commit has renamed or removed it (or the writer is dropped):
+    /// when another writer, in this process or another, holds it, this
+    /// falls back to a fresh, uniquely named [`Store::ingest`], so two pulls
+    /// of one blob never write into the same file.
     pub fn ingest_resumable(&self, expected: Descriptor) -> Result<IngestWriter> {
         let lease = self.lease()?;
         let path = self
@@ -996,12 +1005,17 @@ impl IngestWriter {
                 io::Error::other("already committed"),
             ));
         };
+        // The file stays open (a resumable writer's lock held) until the
+        // bytes are renamed into place or removed: a resuming writer that
+        // took the lock in between would otherwise write into, or truncate,
+        // what has just become a blob.
+        let mut held = None;
         let result = (|| {
-            let file = file
-                .into_inner()
-                .map_err(|e| Error::io("write", &self.path, e.into_error()))?;
+            let file = held.insert(
+                file.into_inner()
+                    .map_err(|e| Error::io("write", &self.path, e.into_error()))?,
+            );
             file.sync_all().map_err(io_at("fsync", &self.path))?;
-            drop(file);
             let hasher = std::mem::take(&mut self.hasher);
             let digest = Digest::from_hash(hasher.finalize().as_slice());
             let desc = match &self.expected {
@@ -1033,6 +1047,7 @@ impl IngestWriter {
         if result.is_err() {
             let _ = fs::remove_file(&self.path);
         }
+        drop(held);
         result
     }
 }

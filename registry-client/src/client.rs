@@ -836,7 +836,7 @@ impl Client {
         expected_size: Option<u64>,
         sink: &mut (dyn Write + Send),
     ) -> Result<u64, Error> {
-        self.fetch_blob_inner(repository, digest, expected_size, sink, true)
+        self.fetch_blob_inner(repository, digest, expected_size, 0, sink, true)
             .await
     }
 
@@ -844,14 +844,36 @@ impl Client {
     /// for callers whose sink hashes anyway (the store's ingest writer
     /// does, and refuses to name a blob whose bytes do not match): hashing
     /// twice is most of a pull's CPU time. The size is still enforced.
+    ///
+    /// `resume_from` is how many of the blob's first bytes the sink already
+    /// holds (a partial file an earlier, killed pull left): only the rest
+    /// is requested, with `Range: bytes=<resume_from>-`, exactly as a
+    /// dropped connection is resumed (a server that ignores Range has the
+    /// bytes before it skipped). Returns the blob's whole size; only the
+    /// sink can tell whether those earlier bytes were right.
     pub async fn fetch_blob_sink_verifies(
         &self,
         repository: &Repository,
         digest: &Digest,
         size: u64,
+        resume_from: u64,
         sink: &mut (dyn Write + Send),
     ) -> Result<u64, Error> {
-        self.fetch_blob_inner(repository, digest, Some(size), sink, false)
+        if resume_from > size {
+            return Err(Error::SizeMismatch {
+                registry: repository.registry.clone(),
+                repository: repository.name.clone(),
+                digest: digest.to_string(),
+                expected: size,
+                actual: resume_from,
+            });
+        }
+        if resume_from == size {
+            // Everything is there already; a `bytes=<size>-` request would be
+            // answered 416.
+            return Ok(size);
+        }
+        self.fetch_blob_inner(repository, digest, Some(size), resume_from, sink, false)
             .await
     }
 
@@ -860,9 +882,12 @@ impl Client {
         repository: &Repository,
         digest: &Digest,
         expected_size: Option<u64>,
+        resume_from: u64,
         sink: &mut (dyn Write + Send),
         hash: bool,
     ) -> Result<u64, Error> {
+        // The hash would miss the bytes before the offset.
+        debug_assert!(!hash || resume_from == 0);
         let ctx = Ctx {
             registry: &repository.registry,
             repository: &repository.name,
@@ -870,7 +895,7 @@ impl Client {
         };
         let path = format!("v2/{}/blobs/{}", repository.name, digest);
         let mut hasher = Sha256::new();
-        let mut received: u64 = 0;
+        let mut received: u64 = resume_from;
         let mut interruptions = 0;
         let size_error = |actual: u64, expected: u64| Error::SizeMismatch {
             registry: repository.registry.clone(),

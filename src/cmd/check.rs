@@ -11,7 +11,7 @@ use kiln_builder::explain::{explain, render, ExplainOptions};
 use kiln_builder::lint::{check, LintOptions, Report};
 use kiln_builder::plan::{BuildOptions, ImageResolver, ResolvedImage};
 use kiln_builder::solve::StoreResolver;
-use kiln_layers::oci::{parse_manifest, ImageConfig, ManifestKind, Platform};
+use kiln_layers::oci::Platform;
 use kiln_registry::{Client, ClientConfig};
 
 use crate::cmd::build::parse_build_args;
@@ -262,9 +262,8 @@ impl ImageResolver for StoreThenRegistry<'_> {
     }
 }
 
-/// Fetches an image's manifest (through an index, for the platform) and
-/// config blob from its registry; no layer is downloaded and nothing is
-/// stored.
+/// An image's config from its registry ([`kiln_transfer::fetch_config`]):
+/// no layer is downloaded and nothing is stored.
 struct RegistryConfigs {
     client: Client,
     runtime: tokio::runtime::Runtime,
@@ -283,70 +282,22 @@ impl RegistryConfigs {
             .context("starting the async runtime")?;
         Ok(RegistryConfigs { client, runtime })
     }
-
-    async fn fetch(
-        &self,
-        reference: &kiln_registry::Reference,
-        platform: &Platform,
-    ) -> Result<(String, ImageConfig), String> {
-        let top = self
-            .client
-            .fetch_manifest(reference)
-            .await
-            .map_err(|e| e.to_string())?;
-        let resolved_digest = top.digest.to_string();
-        let mut current = top;
-        // Nested indexes are legal; the bound keeps a hostile cycle finite.
-        for _ in 0..8 {
-            let what = format!("manifest {}", current.digest);
-            match parse_manifest(&current.bytes, &current.media_type, &what)
-                .map_err(|e| e.to_string())?
-            {
-                ManifestKind::Image(manifest) => {
-                    let digest = &manifest.config.digest;
-                    let mut bytes = Vec::new();
-                    self.client
-                        .fetch_blob(
-                            &reference.repository,
-                            digest,
-                            Some(manifest.config.size),
-                            &mut bytes,
-                        )
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let config: ImageConfig = serde_json::from_slice(&bytes)
-                        .map_err(|e| format!("config {digest}: {e}"))?;
-                    return Ok((resolved_digest, config));
-                }
-                ManifestKind::Index(index) => {
-                    let picked = index
-                        .select_platform(platform)
-                        .ok_or_else(|| format!("{what}: no image for platform {platform}"))?;
-                    current = self
-                        .client
-                        .fetch_manifest(&reference.with_digest(picked.digest.clone()))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-            }
-        }
-        Err(format!("{reference}: indexes nested more than 8 deep"))
-    }
 }
 
 impl ImageResolver for RegistryConfigs {
     fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
         let parsed = kiln_registry::Reference::parse(reference).map_err(|e| e.to_string())?;
-        let (digest, config) = self
+        let fetched = self
             .runtime
-            .block_on(self.fetch(&parsed, platform))
+            .block_on(kiln_transfer::fetch_config(&self.client, &parsed, platform))
             .map_err(|e| {
                 format!("not in the local store, and its config could not be fetched: {e}")
             })?;
         Ok(ResolvedImage {
             reference: parsed.to_string(),
-            digest: Some(digest),
-            config,
+            // The platform's manifest, as the store resolver gives it.
+            digest: Some(fetched.manifest.digest.to_string()),
+            config: fetched.config,
         })
     }
 }

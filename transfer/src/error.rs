@@ -21,6 +21,13 @@ pub enum TransferError {
         cause: Box<kiln_layers::Error>,
     },
 
+    #[error("{image}: config {digest} is unusable: {reason}")]
+    MalformedConfig {
+        image: String,
+        digest: String,
+        reason: String,
+    },
+
     #[error("{image}: manifest {manifest} lists {role} {digest} with unsupported media type {media_type:?}")]
     UnknownMediaType {
         image: String,

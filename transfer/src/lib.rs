@@ -3,9 +3,13 @@
 //! [`pull`] resolves a tag (following an index to the platform asked for),
 //! fetches the config and layers in parallel (bounded) into the store's
 //! ingest, where each blob is verified before it gets its name, and tags the
-//! image. [`push`] uploads every blob (skipping those the registry has) and
-//! then the manifest, under each name given. Progress goes through the
-//! store's [`Reporter`]; the bytes pulled are stored exactly as received.
+//! image. A download that a killed pull left in `ingest/` is continued with
+//! a Range request and verified whole (a partial file with wrong bytes is
+//! caught then, and the blob fetched again from byte 0). [`fetch_config`]
+//! gets only an image's config: no layers, nothing stored. [`push`] uploads
+//! every blob (skipping those the registry has) and then the manifest,
+//! under each name given. Progress goes through the store's [`Reporter`];
+//! the bytes pulled are stored exactly as received.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -21,11 +25,13 @@
 //! # Ok(()) }
 //! ```
 
+mod config;
 mod error;
 mod origins;
 mod pull;
 mod push;
 
+pub use config::{fetch_config, FetchedConfig};
 pub use error::TransferError;
 pub use origins::BlobOrigins;
 pub use pull::{pull, PullOptions, Pulled};

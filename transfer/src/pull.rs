@@ -5,7 +5,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use kiln_layers::oci::{
-    media, parse_manifest, Descriptor, Index, Manifest, ManifestKind, Platform,
+    media, parse_manifest, Descriptor, ImageConfig, Index, Manifest, ManifestKind, Platform,
 };
 use kiln_layers::{Digest, Outcome, Reporter, Store};
 use kiln_registry::{Client, Reference};
@@ -91,95 +91,29 @@ pub async fn pull(
         context: format!("pulling {image}"),
         cause: Box::new(source),
     })?;
-    let top = client.fetch_manifest(reference).await?;
-    let resolved_digest = top.digest.clone();
-    let mut current = top;
-    let mut platform_of_choice = None;
-    let mut depth = 0;
-    let manifest: Manifest = loop {
-        let digest = current.digest.to_string();
-        let kind = parse_manifest(
-            &current.bytes,
-            &current.media_type,
-            &format!("manifest {digest}"),
-        )
-        .map_err(|source| match source {
-            kiln_layers::Error::UnsupportedMediaType { media_type, .. } => {
-                TransferError::UnknownMediaType {
-                    image: image.clone(),
-                    manifest: digest.clone(),
-                    role: "manifest",
-                    digest: digest.clone(),
-                    media_type,
-                }
-            }
-            source => TransferError::MalformedManifest {
-                image: image.clone(),
-                digest: digest.clone(),
-                cause: Box::new(source),
-            },
-        })?;
-        let media_type = match (&kind, current.media_type.as_str()) {
-            (_, m) if media::is_manifest(m) || media::is_index(m) => m.to_string(),
-            (ManifestKind::Image(m), _) => m
-                .media_type
-                .clone()
-                .unwrap_or_else(|| media::OCI_MANIFEST.into()),
-            (ManifestKind::Index(i), _) => i
-                .media_type
-                .clone()
-                .unwrap_or_else(|| media::OCI_INDEX.into()),
-        };
-        store
-            .put_blob(&media_type, &current.bytes)
-            .map_err(|source| TransferError::Store {
-                context: format!("{image}: storing manifest {digest}"),
-                cause: Box::new(source),
-            })?;
-        match kind {
-            ManifestKind::Image(manifest) => break manifest,
-            ManifestKind::Index(index) => {
-                depth += 1;
-                if depth > MAX_INDEX_DEPTH {
-                    return Err(TransferError::NestingTooDeep {
-                        image,
-                        limit: MAX_INDEX_DEPTH,
-                    });
-                }
-                let chosen = select(&index, &options.platform, &image)?;
-                platform_of_choice = chosen.platform.clone();
-                current = client
-                    .fetch_manifest(&reference.with_digest(chosen.digest.clone()))
-                    .await?;
-            }
-        }
-    };
-    let manifest_digest = current.digest.to_string();
-    let mut manifest_desc = Descriptor::new(
-        if media::is_manifest(&current.media_type) {
-            current.media_type.clone()
-        } else {
-            manifest
-                .media_type
-                .clone()
-                .unwrap_or_else(|| media::OCI_MANIFEST.into())
+    let Resolved {
+        resolved_digest,
+        manifest,
+        manifest_descriptor: mut manifest_desc,
+    } = resolve_manifest(
+        client,
+        reference,
+        &options.platform,
+        |media_type, fetched| {
+            store
+                .put_blob(media_type, &fetched.bytes)
+                .map(|_| ())
+                .map_err(|source| TransferError::Store {
+                    context: format!("{image}: storing manifest {}", fetched.digest),
+                    cause: Box::new(source),
+                })
         },
-        current.digest.clone(),
-        current.bytes.len() as u64,
-    );
+    )
+    .await?;
+    let manifest_digest = manifest_desc.digest.to_string();
 
     // Refuse what kiln cannot use before downloading anything.
-    if manifest.config.media_type != media::OCI_CONFIG
-        && manifest.config.media_type != media::DOCKER_CONFIG
-    {
-        return Err(TransferError::UnknownMediaType {
-            image,
-            manifest: manifest_digest,
-            role: "config",
-            digest: manifest.config.digest.to_string(),
-            media_type: manifest.config.media_type.clone(),
-        });
-    }
+    check_config_media_type(&manifest, &image, &manifest_digest)?;
     for layer in &manifest.layers {
         if !media::is_layer(&layer.media_type) {
             return Err(TransferError::UnknownMediaType {
@@ -246,18 +180,12 @@ pub async fn pull(
         return Err(err);
     }
 
-    manifest_desc.platform = platform_of_choice.or_else(|| {
-        store
+    if manifest_desc.platform.is_none() {
+        manifest_desc.platform = store
             .read_config(&manifest.config)
             .ok()
-            .map(|config| Platform {
-                architecture: config.architecture,
-                os: config.os,
-                os_version: config.os_version,
-                os_features: None,
-                variant: config.variant,
-            })
-    });
+            .map(|config| platform_of(&config));
+    }
     if options.tag {
         store
             .tag(reference, &manifest_desc)
@@ -275,6 +203,138 @@ pub async fn pull(
         blobs_fetched,
         bytes_fetched,
     })
+}
+
+/// What a reference resolves to for one platform.
+pub(crate) struct Resolved {
+    /// The digest the reference named at the registry (an index's, for
+    /// multi-platform images).
+    pub resolved_digest: Digest,
+    pub manifest: Manifest,
+    /// The image manifest's descriptor, with the platform the index gave it
+    /// (`None` when the reference named a manifest directly).
+    pub manifest_descriptor: Descriptor,
+}
+
+/// Fetches the manifest `reference` names and follows indexes to the one
+/// for `platform`; each manifest or index fetched (its digest checked by
+/// the client) is passed to `visit` with its media type before it is
+/// followed.
+pub(crate) async fn resolve_manifest(
+    client: &Client,
+    reference: &Reference,
+    platform: &Platform,
+    mut visit: impl FnMut(&str, &kiln_registry::Manifest) -> Result<(), TransferError>,
+) -> Result<Resolved, TransferError> {
+    let image = reference.to_string();
+    let top = client.fetch_manifest(reference).await?;
+    let resolved_digest = top.digest.clone();
+    let mut current = top;
+    let mut platform_of_choice = None;
+    let mut depth = 0;
+    let manifest: Manifest = loop {
+        let digest = current.digest.to_string();
+        let kind = parse_manifest(
+            &current.bytes,
+            &current.media_type,
+            &format!("manifest {digest}"),
+        )
+        .map_err(|source| match source {
+            kiln_layers::Error::UnsupportedMediaType { media_type, .. } => {
+                TransferError::UnknownMediaType {
+                    image: image.clone(),
+                    manifest: digest.clone(),
+                    role: "manifest",
+                    digest: digest.clone(),
+                    media_type,
+                }
+            }
+            source => TransferError::MalformedManifest {
+                image: image.clone(),
+                digest: digest.clone(),
+                cause: Box::new(source),
+            },
+        })?;
+        let media_type = match (&kind, current.media_type.as_str()) {
+            (_, m) if media::is_manifest(m) || media::is_index(m) => m.to_string(),
+            (ManifestKind::Image(m), _) => m
+                .media_type
+                .clone()
+                .unwrap_or_else(|| media::OCI_MANIFEST.into()),
+            (ManifestKind::Index(i), _) => i
+                .media_type
+                .clone()
+                .unwrap_or_else(|| media::OCI_INDEX.into()),
+        };
+        visit(&media_type, &current)?;
+        match kind {
+            ManifestKind::Image(manifest) => break manifest,
+            ManifestKind::Index(index) => {
+                depth += 1;
+                // Nested indexes are legal; the bound keeps a hostile cycle finite.
+                if depth > MAX_INDEX_DEPTH {
+                    return Err(TransferError::NestingTooDeep {
+                        image,
+                        limit: MAX_INDEX_DEPTH,
+                    });
+                }
+                let chosen = select(&index, platform, &image)?;
+                platform_of_choice = chosen.platform.clone();
+                current = client
+                    .fetch_manifest(&reference.with_digest(chosen.digest.clone()))
+                    .await?;
+            }
+        }
+    };
+    let mut manifest_descriptor = Descriptor::new(
+        if media::is_manifest(&current.media_type) {
+            current.media_type.clone()
+        } else {
+            manifest
+                .media_type
+                .clone()
+                .unwrap_or_else(|| media::OCI_MANIFEST.into())
+        },
+        current.digest.clone(),
+        current.bytes.len() as u64,
+    );
+    manifest_descriptor.platform = platform_of_choice;
+    Ok(Resolved {
+        resolved_digest,
+        manifest,
+        manifest_descriptor,
+    })
+}
+
+/// Refuses a config kiln cannot read.
+pub(crate) fn check_config_media_type(
+    manifest: &Manifest,
+    image: &str,
+    manifest_digest: &str,
+) -> Result<(), TransferError> {
+    if manifest.config.media_type != media::OCI_CONFIG
+        && manifest.config.media_type != media::DOCKER_CONFIG
+    {
+        return Err(TransferError::UnknownMediaType {
+            image: image.to_string(),
+            manifest: manifest_digest.to_string(),
+            role: "config",
+            digest: manifest.config.digest.to_string(),
+            media_type: manifest.config.media_type.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// The platform an image config describes.
+pub(crate) fn platform_of(config: &ImageConfig) -> Platform {
+    Platform {
+        architecture: config.architecture.clone(),
+        os: config.os.clone(),
+        os_version: config.os_version.clone(),
+        os_features: None,
+        variant: config.variant.clone(),
+    }
 }
 
 fn select<'i>(
@@ -296,7 +356,8 @@ fn select<'i>(
         })
 }
 
-/// Fetches one blob into the store unless it is there; `Some(bytes)` when downloaded.
+/// Fetches one blob into the store unless it is there; `Some(bytes)` when
+/// downloaded (not counting bytes an earlier pull left to resume from).
 #[allow(clippy::too_many_arguments)]
 async fn fetch_blob(
     client: &Client,
@@ -309,89 +370,208 @@ async fn fetch_blob(
     reporter: &dyn Reporter,
 ) -> Result<Option<u64>, TransferError> {
     let id = desc.digest.to_string();
-    let store_err = |source: kiln_layers::Error| TransferError::Store {
-        context: format!("{image}: {role} {id}"),
-        cause: Box::new(source),
-    };
     let origins = BlobOrigins::new(store);
-    if store.blob_size(&desc.digest).map_err(store_err)? == Some(desc.size) {
+    let present = store
+        .blob_size(&desc.digest)
+        .map_err(|source| TransferError::Store {
+            context: format!("{image}: {role} {id}"),
+            cause: Box::new(source),
+        })?;
+    reporter.start(&id, role, Some(desc.size));
+    if present == Some(desc.size) {
         origins.record(&desc.digest, repository);
-        reporter.start(&id, role, Some(desc.size));
         reporter.done(&id, Outcome::Skipped("already in the store".into()));
         return Ok(None);
     }
-    reporter.start(&id, role, Some(desc.size));
-    let writer = store.ingest(Some(desc.clone())).map_err(store_err)?;
-    let mut sink = ProgressWriter {
-        // Network chunks are small; write the ingest file in large pieces.
-        inner: std::io::BufWriter::with_capacity(1 << 20, writer),
+    let blob = BlobFetch {
+        client,
+        store,
+        repository,
+        role,
+        desc,
+        image,
+        manifest_digest,
         reporter,
-        id: id.clone(),
-        written: 0,
-        reported: 0,
     };
-    // The ingest writer hashes every byte and refuses a mismatch at commit;
-    // the client need not hash them a second time.
-    let result = client
-        .fetch_blob_sink_verifies(repository, &desc.digest, desc.size, &mut sink)
-        .await;
-    let bytes = match result {
-        Ok(bytes) => bytes,
-        Err(err) => {
-            let message = err.to_string();
-            reporter.done(&id, Outcome::Failed(message));
-            // Dropping the ingest writer removes its partial file.
+    let mut from_zero = false;
+    // Bytes downloaded by an attempt whose result was thrown away count too.
+    let mut wasted = 0;
+    loop {
+        match blob.attempt(from_zero).await {
+            Ok(bytes) => {
+                origins.record(&desc.digest, repository);
+                reporter.done(&id, Outcome::Done);
+                return Ok(Some(wasted + bytes));
+            }
+            Err(Attempt::ResumedBadly {
+                resumed_from,
+                downloaded,
+                why,
+            }) if !from_zero => {
+                // The bytes an earlier pull left were wrong (a torn write,
+                // a disk that lost pages), or the registry cannot serve a
+                // range: the partial file is gone; fetch the whole blob.
+                tracing::warn!(
+                    digest = %id,
+                    resumed_from,
+                    %why,
+                    "resumed download refused; downloading the blob again from the start"
+                );
+                from_zero = true;
+                wasted += downloaded;
+            }
+            Err(Attempt::ResumedBadly { why, .. }) | Err(Attempt::Failed(why)) => {
+                reporter.done(&id, Outcome::Failed(why.to_string()));
+                return Err(why);
+            }
+        }
+    }
+}
+
+/// How one download attempt failed.
+enum Attempt {
+    /// It continued a partial file and the whole did not verify (or the
+    /// registry answered the range request badly): worth one more attempt
+    /// from byte 0.
+    ResumedBadly {
+        resumed_from: u64,
+        /// Bytes this attempt received.
+        downloaded: u64,
+        why: TransferError,
+    },
+    Failed(TransferError),
+}
+
+/// One blob being pulled, for [`BlobFetch::attempt`].
+struct BlobFetch<'a> {
+    client: &'a Client,
+    store: &'a Store,
+    repository: &'a kiln_registry::Repository,
+    role: &'static str,
+    desc: &'a Descriptor,
+    image: &'a str,
+    manifest_digest: &'a str,
+    reporter: &'a dyn Reporter,
+}
+
+/// Runs blocking file work (hashing a partial file, fsync at commit) off
+/// the runtime's other tasks where the runtime allows it
+/// (`block_in_place` exists only on the multi-threaded runtime).
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
+}
+
+impl BlobFetch<'_> {
+    fn store_error(&self, source: kiln_layers::Error) -> TransferError {
+        TransferError::Store {
+            context: format!("{}: {} {}", self.image, self.role, self.desc.digest),
+            cause: Box::new(source),
+        }
+    }
+
+    /// Downloads the blob into `ingest/<hex>.partial`, continuing what a
+    /// killed pull left there unless `from_zero`, and commits it; returns
+    /// the bytes downloaded.
+    async fn attempt(&self, from_zero: bool) -> Result<u64, Attempt> {
+        let desc = self.desc;
+        let id = desc.digest.to_string();
+        let failed = |e| Attempt::Failed(e);
+        // Opening hashes the bytes already in the partial file.
+        let mut writer = blocking(|| self.store.ingest_resumable(desc.clone()))
+            .map_err(|e| failed(self.store_error(e)))?;
+        if from_zero && writer.offset() > 0 {
+            writer.reset().map_err(|e| failed(self.store_error(e)))?;
+        }
+        let resumed_from = writer.offset();
+        if resumed_from > 0 {
+            tracing::debug!(digest = %id, resumed_from, "resuming a partial download");
+            self.reporter.progress(&id, resumed_from);
+        }
+        let mut sink = ProgressWriter {
+            // Network chunks are small; write the ingest file in large pieces.
+            inner: std::io::BufWriter::with_capacity(1 << 20, writer),
+            reporter: self.reporter,
+            id: id.clone(),
+            written: resumed_from,
+            reported: resumed_from,
+        };
+        // The ingest writer hashes every byte (those already in the file
+        // included) and refuses a mismatch at commit; the client need not
+        // hash them a second time.
+        let result = self
+            .client
+            .fetch_blob_sink_verifies(
+                self.repository,
+                &desc.digest,
+                desc.size,
+                resumed_from,
+                &mut sink,
+            )
+            .await;
+        if let Err(err) = result {
+            // Dropping the ingest writer keeps its partial file (flushed),
+            // for the next pull to resume from.
             return Err(match err {
-                kiln_registry::Error::NotFound { registry, .. } => TransferError::MissingBlob {
-                    image: image.to_string(),
-                    manifest: manifest_digest.to_string(),
-                    role,
-                    digest: id,
-                    registry,
-                },
-                other => TransferError::Registry(other),
+                kiln_registry::Error::NotFound { registry, .. } => {
+                    failed(TransferError::MissingBlob {
+                        image: self.image.to_string(),
+                        manifest: self.manifest_digest.to_string(),
+                        role: self.role,
+                        digest: id,
+                        registry,
+                    })
+                }
+                // A registry that mishandles the range: the next attempt
+                // starts the partial file over.
+                err @ (kiln_registry::Error::BadHeader { .. }
+                | kiln_registry::Error::Status { status: 416, .. })
+                    if resumed_from > 0 =>
+                {
+                    Attempt::ResumedBadly {
+                        resumed_from,
+                        downloaded: sink.written - resumed_from,
+                        why: TransferError::Registry(err),
+                    }
+                }
+                other => failed(TransferError::Registry(other)),
             });
         }
-    };
-    reporter.progress(&id, bytes);
-    let writer = match sink.inner.into_inner() {
-        Ok(writer) => writer,
-        Err(err) => {
-            let cause =
-                kiln_layers::Error::io("write", format!("ingest of {id}"), err.into_error());
-            reporter.done(&id, Outcome::Failed(cause.to_string()));
-            return Err(store_err(cause));
-        }
-    };
-    // Commit fsyncs: let the runtime move other downloads off this thread meanwhile.
-    // (block_in_place exists only on the multi-threaded runtime.)
-    let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
-        == tokio::runtime::RuntimeFlavor::MultiThread;
-    let committed = if multi_thread {
-        tokio::task::block_in_place(|| writer.commit())
-    } else {
-        writer.commit()
-    };
-    match committed {
-        Ok(_) => {
-            origins.record(&desc.digest, repository);
-            reporter.done(&id, Outcome::Done);
-            Ok(Some(bytes))
-        }
-        Err(kiln_layers::Error::DigestMismatch { actual, .. }) => {
-            // Bytes from the registry that do not match their name: say where they came from.
-            let err = kiln_registry::Error::DigestMismatch {
-                registry: repository.registry.clone(),
-                repository: repository.name.clone(),
-                digest: id.clone(),
-                actual: actual.to_string(),
-            };
-            reporter.done(&id, Outcome::Failed(err.to_string()));
-            Err(TransferError::Registry(err))
-        }
-        Err(source) => {
-            reporter.done(&id, Outcome::Failed(source.to_string()));
-            Err(store_err(source))
+        self.reporter.progress(&id, desc.size);
+        let writer = sink.inner.into_inner().map_err(|err| {
+            failed(self.store_error(kiln_layers::Error::io(
+                "write",
+                format!("ingest of {id}"),
+                err.into_error(),
+            )))
+        })?;
+        // Commit verifies size and sha256 over the whole file and fsyncs.
+        match blocking(|| writer.commit()) {
+            Ok(_) => Ok(desc.size - resumed_from),
+            Err(kiln_layers::Error::DigestMismatch { actual, .. }) => {
+                // Bytes that do not match their name: say where they came from.
+                let err = TransferError::Registry(kiln_registry::Error::DigestMismatch {
+                    registry: self.repository.registry.clone(),
+                    repository: self.repository.name.clone(),
+                    digest: id,
+                    actual: actual.to_string(),
+                });
+                Err(if resumed_from > 0 {
+                    Attempt::ResumedBadly {
+                        resumed_from,
+                        downloaded: desc.size - resumed_from,
+                        why: err,
+                    }
+                } else {
+                    failed(err)
+                })
+            }
+            Err(source) => Err(failed(self.store_error(source))),
         }
     }
 }

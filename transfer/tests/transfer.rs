@@ -357,7 +357,20 @@ async fn corrupted_blob_is_refused_and_nothing_is_stored() {
         );
     }
     check_blobs_match_names(&store_dir);
-    assert!(ingest_is_empty(&store_dir), "no partial files left");
+    // A blob whose bytes were refused leaves nothing in ingest/ (downloads
+    // the failure cut short keep their partial files, for the next pull
+    // to resume and verify).
+    let refused = match &err {
+        TransferError::Registry(kiln_registry::Error::DigestMismatch { digest, .. }) => {
+            digest.clone()
+        }
+        other => panic!("a digest mismatch, not {other}"),
+    };
+    let hex = refused.strip_prefix("sha256:").unwrap();
+    for entry in std::fs::read_dir(store_dir.join("ingest")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!name.contains(hex), "{name} left in ingest/");
+    }
     assert!(store.resolve(&reference).unwrap().is_none());
 }
 
@@ -538,4 +551,392 @@ async fn pull_works_on_a_single_threaded_runtime() {
         matches!(pushed, Err(TransferError::NotInStore(_))),
         "{pushed:?}"
     );
+}
+
+/// The proxy's log lines for blob `digest`.
+fn blob_requests(proxy: &FaultProxy, digest: &str) -> Vec<String> {
+    proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.contains(&format!("/blobs/{digest}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_config_follows_an_index_and_requests_no_layer() {
+    let registry = RegistryServer::start_plain().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (image, _) = seed(
+        &registry,
+        work.path(),
+        "kiln/configs",
+        &["linux/amd64", "linux/arm64"],
+    );
+    let proxy = FaultProxy::start(registry.addr, FaultPlan::default()).unwrap();
+    let reference = Reference::parse(&format!("{}/kiln/configs:v1", proxy.host)).unwrap();
+    let client = client();
+    for wanted in ["linux/arm64", "linux/amd64"] {
+        let fetched =
+            kiln_transfer::fetch_config(&client, &reference, &Platform::parse(wanted).unwrap())
+                .await
+                .unwrap();
+        let expected = image
+            .platforms
+            .iter()
+            .find(|p| p.platform == wanted)
+            .unwrap();
+        assert_eq!(fetched.resolved_digest.as_str(), image.digest);
+        assert_eq!(
+            fetched.manifest.digest.as_str(),
+            expected.manifest.digest,
+            "{wanted}"
+        );
+        assert_eq!(
+            fetched.manifest.platform.as_ref().unwrap().to_string(),
+            wanted
+        );
+        assert_eq!(
+            fetched.config_descriptor.digest.as_str(),
+            expected.config.digest
+        );
+        assert_eq!(fetched.config.os, "linux");
+        assert_eq!(
+            fetched.config.architecture,
+            wanted.split_once('/').unwrap().1
+        );
+        assert_eq!(
+            fetched.config.config.as_ref().unwrap().cmd,
+            Some(vec!["/bin/sh".to_string()])
+        );
+    }
+    // Two configs and nothing else were fetched as blobs.
+    let blob_gets: Vec<String> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.contains("/blobs/"))
+        .collect();
+    assert_eq!(blob_gets.len(), 2, "{blob_gets:?}");
+    for platform in &image.platforms {
+        for layer in &platform.layers {
+            assert!(
+                blob_requests(&proxy, &layer.digest).is_empty(),
+                "layer {} was requested",
+                layer.digest
+            );
+        }
+        assert_eq!(blob_requests(&proxy, &platform.config.digest).len(), 1);
+    }
+
+    // A platform the index lacks is an error naming the ones it has.
+    let err = kiln_transfer::fetch_config(
+        &client,
+        &reference,
+        &Platform::parse("linux/s390x").unwrap(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, TransferError::NoMatchingPlatform { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("linux/arm64"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_config_of_a_single_manifest() {
+    let registry = RegistryServer::start_plain().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (image, _) = seed(
+        &registry,
+        work.path(),
+        "kiln/single-config",
+        &["linux/arm64"],
+    );
+    let proxy = FaultProxy::start(registry.addr, FaultPlan::default()).unwrap();
+    let reference = Reference::parse(&format!("{}/kiln/single-config:v1", proxy.host)).unwrap();
+    // The reference names a manifest, not an index: the platform asked for
+    // does not filter (as pull: the image is what it is).
+    let fetched = kiln_transfer::fetch_config(&client(), &reference, &Platform::host())
+        .await
+        .unwrap();
+    assert_eq!(fetched.manifest.digest.as_str(), image.digest);
+    assert_eq!(fetched.resolved_digest.as_str(), image.digest);
+    assert_eq!(
+        fetched.manifest.platform.as_ref().unwrap().to_string(),
+        "linux/arm64",
+        "the platform comes from the config"
+    );
+    assert_eq!(
+        fetched.config_descriptor.digest.as_str(),
+        image.platforms[0].config.digest
+    );
+    assert_eq!(fetched.config.architecture, "arm64");
+    for layer in &image.platforms[0].layers {
+        assert!(blob_requests(&proxy, &layer.digest).is_empty());
+    }
+    assert_eq!(
+        proxy
+            .requests()
+            .iter()
+            .filter(|r| r.contains("/blobs/"))
+            .count(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_config_refuses_a_corrupted_config() {
+    let registry = RegistryServer::start_plain().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (image, _) = seed(
+        &registry,
+        work.path(),
+        "kiln/bad-config",
+        &[&kiln_testsupport::image::host_platform()],
+    );
+    let proxy = FaultProxy::start(
+        registry.addr,
+        FaultPlan {
+            flip_blob_byte_at: Some(20),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let reference = Reference::parse(&format!("{}/kiln/bad-config:v1", proxy.host)).unwrap();
+    let err = kiln_transfer::fetch_config(&client(), &reference, &Platform::host())
+        .await
+        .unwrap_err();
+    assert_eq!(proxy.flips_injected(), 1);
+    assert!(
+        matches!(
+            err,
+            TransferError::Registry(kiln_registry::Error::DigestMismatch { .. })
+        ),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(&image.platforms[0].config.digest),
+        "names the config's digest: {text}"
+    );
+    assert!(text.contains(&proxy.host), "names the registry: {text}");
+}
+
+/// An image with one large, incompressible layer (so that half of it is a
+/// lot of bytes), pushed by skopeo; returns the large layer's descriptor
+/// and bytes too.
+fn seed_large(
+    registry: &RegistryServer,
+    work: &Path,
+    repo: &str,
+) -> (TestImage, kiln_layers::Descriptor, Vec<u8>) {
+    let layers = vec![
+        vec![TestFile::new("etc/hostname", "kiln\n")],
+        vec![TestFile::incompressible("big/blob", 1_500_000, 7)],
+    ];
+    let image = write_oci_layout(
+        &work.join(repo.replace('/', "_")),
+        "v1",
+        &[&kiln_testsupport::image::host_platform()],
+        &layers,
+    )
+    .unwrap();
+    skopeo_copy(
+        &format!("oci:{}:v1", image.layout.display()),
+        &format!("docker://{}/{repo}:v1", registry.host),
+        None,
+        None,
+    )
+    .unwrap();
+    let big = image.platforms[0]
+        .layers
+        .iter()
+        .max_by_key(|l| l.size)
+        .unwrap()
+        .clone();
+    let bytes = std::fs::read(
+        image
+            .layout
+            .join("blobs/sha256")
+            .join(big.digest.strip_prefix("sha256:").unwrap()),
+    )
+    .unwrap();
+    assert!(bytes.len() > 1_000_000);
+    let desc = kiln_layers::Descriptor::new(
+        big.media_type.clone(),
+        big.digest.parse().unwrap(),
+        big.size,
+    );
+    (image, desc, bytes)
+}
+
+/// What a pull killed mid-blob leaves: `prefix` in the blob's partial file.
+fn leave_partial(store: &Store, desc: &kiln_layers::Descriptor, prefix: &[u8]) {
+    use std::io::Write as _;
+    let mut writer = store.ingest_resumable(desc.clone()).unwrap();
+    assert_eq!(writer.offset(), 0);
+    writer.write_all(prefix).unwrap();
+    drop(writer);
+    assert!(!store.has_blob(&desc.digest));
+}
+
+fn total_size(image: &TestImage) -> u64 {
+    let p = &image.platforms[0];
+    p.config.size + p.layers.iter().map(|l| l.size).sum::<u64>()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_continues_a_partial_blob_with_a_range_request() {
+    let registry = RegistryServer::start_plain().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (image, big, bytes) = seed_large(&registry, work.path(), "kiln/resume");
+    let proxy = FaultProxy::start(registry.addr, FaultPlan::default()).unwrap();
+    let store_dir = work.path().join("store");
+    let store = Store::open(&store_dir).unwrap();
+    let half = bytes.len() / 2;
+    leave_partial(&store, &big, &bytes[..half]);
+
+    let reference = Reference::parse(&format!("{}/kiln/resume:v1", proxy.host)).unwrap();
+    let pulled = pull(
+        &client(),
+        &store,
+        &reference,
+        &PullOptions::new(Platform::host()),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
+    assert_eq!(pulled.manifest.digest.as_str(), image.digest);
+    // Only the second half of the large blob came over the wire.
+    assert_eq!(
+        blob_requests(&proxy, big.digest.as_str()),
+        vec![format!(
+            "GET /v2/kiln/resume/blobs/{} Range: bytes={half}-",
+            big.digest
+        )]
+    );
+    assert_eq!(pulled.bytes_fetched, total_size(&image) - half as u64);
+    assert!(std::fs::read(store.blob_path(&big.digest)).unwrap() == bytes);
+    assert_eq!(check_blobs_match_names(&store_dir), 4);
+    assert!(ingest_is_empty(&store_dir));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_blob_with_wrong_bytes_is_discarded_and_fetched_again_whole() {
+    let registry = RegistryServer::start_plain().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (image, big, bytes) = seed_large(&registry, work.path(), "kiln/torn");
+    let proxy = FaultProxy::start(registry.addr, FaultPlan::default()).unwrap();
+    let store_dir = work.path().join("store");
+    let store = Store::open(&store_dir).unwrap();
+    let half = bytes.len() / 2;
+    // Right length, wrong content (as a disk that lost pages leaves it).
+    let mut torn = bytes[..half].to_vec();
+    torn[1234] ^= 0x01;
+    leave_partial(&store, &big, &torn);
+
+    let reference = Reference::parse(&format!("{}/kiln/torn:v1", proxy.host)).unwrap();
+    let pulled = pull(
+        &client(),
+        &store,
+        &reference,
+        &PullOptions::new(Platform::host()),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
+    assert_eq!(pulled.manifest.digest.as_str(), image.digest);
+    // The rest was fetched, the whole failed to verify, and the blob was
+    // fetched again from byte 0 within the same pull.
+    assert_eq!(
+        blob_requests(&proxy, big.digest.as_str()),
+        vec![
+            format!(
+                "GET /v2/kiln/torn/blobs/{} Range: bytes={half}-",
+                big.digest
+            ),
+            format!("GET /v2/kiln/torn/blobs/{}", big.digest),
+        ]
+    );
+    assert_eq!(
+        pulled.bytes_fetched,
+        total_size(&image) - half as u64 + big.size
+    );
+    assert!(std::fs::read(store.blob_path(&big.digest)).unwrap() == bytes);
+    assert_eq!(check_blobs_match_names(&store_dir), 4);
+    assert!(ingest_is_empty(&store_dir));
+}
+
+/// Two pulls of the same image at once, with a partial file to resume:
+/// one of them continues it (holding its lock), the other downloads into a
+/// file of its own or finds the blob stored; neither corrupts the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pulls_of_a_partial_blob_at_once_both_succeed() {
+    let registry = RegistryServer::start_plain().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (image, big, bytes) = seed_large(&registry, work.path(), "kiln/both");
+    // Slow enough that the two downloads overlap.
+    let proxy = FaultProxy::start(
+        registry.addr,
+        FaultPlan {
+            blob_chunk_delay: Some(Duration::from_millis(5)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let store_dir = work.path().join("store");
+    let store = Store::open(&store_dir).unwrap();
+    let half = bytes.len() / 2;
+    leave_partial(&store, &big, &bytes[..half]);
+
+    let reference = Reference::parse(&format!("{}/kiln/both:v1", proxy.host)).unwrap();
+    let client = client();
+    let options = PullOptions::new(Platform::host());
+    let (first, second) = tokio::join!(
+        pull(&client, &store, &reference, &options, Arc::new(NoProgress)),
+        pull(&client, &store, &reference, &options, Arc::new(NoProgress)),
+    );
+    assert_eq!(first.unwrap().manifest.digest.as_str(), image.digest);
+    assert_eq!(second.unwrap().manifest.digest.as_str(), image.digest);
+    let requests = blob_requests(&proxy, big.digest.as_str());
+    let ranged = requests
+        .iter()
+        .filter(|r| r.ends_with(&format!("Range: bytes={half}-")))
+        .count();
+    assert_eq!(ranged, 1, "the partial file was resumed once: {requests:?}");
+    assert!(requests.len() <= 2, "{requests:?}");
+    assert!(std::fs::read(store.blob_path(&big.digest)).unwrap() == bytes);
+    assert_eq!(check_blobs_match_names(&store_dir), 4);
+    assert!(ingest_is_empty(&store_dir));
+}
+
+/// A pull killed after the last byte was written but before the commit
+/// left the whole blob in its partial file: the next pull requests nothing
+/// of it and verifies and stores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_partial_blob_is_committed_without_a_request() {
+    let registry = RegistryServer::start_plain().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (image, big, bytes) = seed_large(&registry, work.path(), "kiln/complete");
+    let proxy = FaultProxy::start(registry.addr, FaultPlan::default()).unwrap();
+    let store_dir = work.path().join("store");
+    let store = Store::open(&store_dir).unwrap();
+    leave_partial(&store, &big, &bytes);
+
+    let reference = Reference::parse(&format!("{}/kiln/complete:v1", proxy.host)).unwrap();
+    let pulled = pull(
+        &client(),
+        &store,
+        &reference,
+        &PullOptions::new(Platform::host()),
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
+    assert_eq!(pulled.manifest.digest.as_str(), image.digest);
+    assert!(blob_requests(&proxy, big.digest.as_str()).is_empty());
+    assert_eq!(pulled.bytes_fetched, total_size(&image) - big.size);
+    assert!(std::fs::read(store.blob_path(&big.digest)).unwrap() == bytes);
+    assert_eq!(check_blobs_match_names(&store_dir), 4);
+    assert!(ingest_is_empty(&store_dir));
 }
