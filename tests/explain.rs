@@ -530,9 +530,14 @@ fn explain_reads_base_config_from_the_registry() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // The reader goes through a proxy that logs every request it forwards.
+    let proxy =
+        kiln_testsupport::FaultProxy::start(registry.addr, kiln_testsupport::FaultPlan::default())
+            .unwrap();
+    let proxied = format!("{}/explain/base:1", proxy.host);
     fs::write(
         work.path().join("Dockerfile"),
-        format!("FROM {image}\nENTRYPOINT [\"/app\"]\n"),
+        format!("FROM {proxied}\nENTRYPOINT [\"/app\"]\n"),
     )
     .unwrap();
     let out = kiln(&reader, &["explain", "--format", "json"]);
@@ -541,6 +546,14 @@ fn explain_reads_base_config_from_the_registry() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Manifests and the config blob, no layer.
+    let blob_requests: Vec<String> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.contains("/blobs/"))
+        .collect();
+    assert_eq!(blob_requests.len(), 1, "only the config: {blob_requests:?}");
+    assert!(blob_requests[0].starts_with("GET /v2/explain/base/blobs/sha256:"));
     let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(e["user"], "app");
     assert_eq!(e["sources"]["user"]["from"], "base_image");
@@ -562,6 +575,29 @@ fn explain_reads_base_config_from_the_registry() {
         .unwrap()
         .iter()
         .any(|w| w["code"] == "BaseImageUnknown"));
+
+    // A config whose bytes do not match its digest is refused, named.
+    let config_digest = blob_requests[0]
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    proxy.set_plan(kiln_testsupport::FaultPlan {
+        flip_blob_byte_at: Some(10),
+        ..Default::default()
+    });
+    let out = kiln(&reader, &["explain"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&config_digest) && stderr.contains(&proxied),
+        "{stderr}"
+    );
+    assert_eq!(proxy.flips_injected(), 1);
+    assert!(!reader.exists(), "explain wrote to the store");
 
     let missing = format!("{}/explain/missing:1", registry.host);
     fs::write(work.path().join("Dockerfile"), format!("FROM {missing}\n")).unwrap();

@@ -449,7 +449,24 @@ fn pull_killed_midway_then_pulled_again_completes_with_sound_blobs() {
         "the pull was cut short"
     );
 
+    // What the killed pull was writing is left in ingest/<hex>.partial.
+    let partials: Vec<(String, u64)> = std::fs::read_dir(&ingest)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let hex = name.strip_suffix(".partial")?.to_string();
+            Some((hex, e.metadata().unwrap().len()))
+        })
+        .filter(|(_, len)| *len > 0)
+        .collect();
+    assert!(
+        partials.iter().any(|(_, len)| *len > 100_000),
+        "a partial file of the blob being written: {partials:?}"
+    );
+
     proxy.set_plan(FaultPlan::default());
+    let before = proxy.requests().len();
     kiln.ok(&["pull", &reference]);
     let blobs = store_blobs(&kiln.root);
     for digest in &all {
@@ -458,6 +475,36 @@ fn pull_killed_midway_then_pulled_again_completes_with_sound_blobs() {
             "{digest} present after the second pull"
         );
     }
+    // Each partial blob was continued where the killed pull stopped: one
+    // Range request for the rest, never the whole blob again.
+    let requests = proxy.requests()[before..].to_vec();
+    let sizes: std::collections::HashMap<String, u64> = image.platforms[0]
+        .layers
+        .iter()
+        .chain([&image.platforms[0].config])
+        .map(|b| (b.digest.clone(), b.size))
+        .collect();
+    for (hex, len) in &partials {
+        let digest = format!("sha256:{hex}");
+        let size = sizes[&digest];
+        let of_blob: Vec<&String> = requests
+            .iter()
+            .filter(|r| r.contains(&format!("/blobs/{digest}")))
+            .collect();
+        if *len == size {
+            assert!(of_blob.is_empty(), "{digest}: {of_blob:?}");
+        } else {
+            assert_eq!(of_blob.len(), 1, "{digest}: {of_blob:?}");
+            assert!(
+                of_blob[0].ends_with(&format!("Range: bytes={len}-")),
+                "{digest} resumed at {len}: {of_blob:?}"
+            );
+        }
+    }
+    assert!(
+        std::fs::read_dir(&ingest).unwrap().next().is_none(),
+        "ingest/ is empty after the pull"
+    );
 }
 
 #[test]

@@ -618,3 +618,60 @@ async fn downloads_a_url_and_names_it_on_failure() {
     let text = err.to_string();
     assert!(text.contains(&missing) && text.contains("404"), "{text}");
 }
+
+/// `fetch_blob_sink_verifies` with `resume_from`: only the rest of the
+/// blob is requested (a Range request) and written; a sink already holding
+/// the whole blob causes no request; an offset past the end is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_fetch_resumes_from_an_offset_the_caller_holds() {
+    let registry = RegistryServer::start_plain().unwrap();
+    let proxy = FaultProxy::start(registry.addr, FaultPlan::default()).unwrap();
+    let client = Client::new(config()).unwrap();
+    let repo = Reference::parse(&format!("{}/kiln/resume:v1", proxy.host))
+        .unwrap()
+        .repository;
+    let blob = blob_bytes(5, 300_000);
+    let digest = Digest::of(&blob);
+    client
+        .push_blob(&repo, &digest, Arc::new(MemoryBlob(blob.clone())), None)
+        .await
+        .unwrap();
+    let size = blob.len() as u64;
+    let blob_gets = || {
+        proxy
+            .requests()
+            .into_iter()
+            .filter(|r| r.starts_with(&format!("GET /v2/kiln/resume/blobs/{digest}")))
+            .collect::<Vec<_>>()
+    };
+
+    let mut sink = blob[..123_456].to_vec();
+    let total = client
+        .fetch_blob_sink_verifies(&repo, &digest, size, 123_456, &mut sink)
+        .await
+        .unwrap();
+    assert_eq!(total, size);
+    assert!(sink == blob, "the rest was appended");
+    assert_eq!(
+        blob_gets(),
+        vec![format!(
+            "GET /v2/kiln/resume/blobs/{digest} Range: bytes=123456-"
+        )]
+    );
+
+    let mut whole = blob.to_vec();
+    let total = client
+        .fetch_blob_sink_verifies(&repo, &digest, size, size, &mut whole)
+        .await
+        .unwrap();
+    assert_eq!(total, size);
+    assert!(whole == blob);
+    assert_eq!(blob_gets().len(), 1, "nothing requested for a whole blob");
+
+    let err = client
+        .fetch_blob_sink_verifies(&repo, &digest, size, size + 1, &mut Vec::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::SizeMismatch { .. }), "{err}");
+    assert!(err.to_string().contains(&digest.to_string()), "{err}");
+}

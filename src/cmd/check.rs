@@ -267,6 +267,9 @@ impl ImageResolver for StoreThenRegistry<'_> {
 struct RegistryConfigs {
     client: Client,
     runtime: tokio::runtime::Runtime,
+    /// Explain asks for a base image more than once (each stage, ONBUILD,
+    /// the run argv); the registry is asked once per image and platform.
+    fetched: std::sync::Mutex<std::collections::HashMap<(String, String), ResolvedImage>>,
 }
 
 impl RegistryConfigs {
@@ -280,25 +283,37 @@ impl RegistryConfigs {
             .enable_all()
             .build()
             .context("starting the async runtime")?;
-        Ok(RegistryConfigs { client, runtime })
+        Ok(RegistryConfigs {
+            client,
+            runtime,
+            fetched: Default::default(),
+        })
     }
 }
 
 impl ImageResolver for RegistryConfigs {
     fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
         let parsed = kiln_registry::Reference::parse(reference).map_err(|e| e.to_string())?;
+        let key = (parsed.to_string(), platform.normalized().to_string());
+        if let Some(known) = self.fetched.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(known);
+        }
         let fetched = self
             .runtime
             .block_on(kiln_transfer::fetch_config(&self.client, &parsed, platform))
             .map_err(|e| {
                 format!("not in the local store, and its config could not be fetched: {e}")
             })?;
-        Ok(ResolvedImage {
+        let resolved = ResolvedImage {
             reference: parsed.to_string(),
             // The platform's manifest, as the store resolver gives it.
             digest: Some(fetched.manifest.digest.to_string()),
             config: fetched.config,
-        })
+        };
+        if let Ok(mut known) = self.fetched.lock() {
+            known.insert(key, resolved.clone());
+        }
+        Ok(resolved)
     }
 }
 
