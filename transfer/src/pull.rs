@@ -47,6 +47,9 @@ pub struct Pulled {
     pub layers: Vec<Descriptor>,
     /// Blobs downloaded (the others were already in the store).
     pub blobs_fetched: usize,
+    /// Bytes received from the registry: a blob resumed from a partial
+    /// file counts only the rest; one fetched again after its partial file
+    /// proved wrong counts both downloads.
     pub bytes_fetched: u64,
 }
 
