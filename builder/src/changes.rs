@@ -13,9 +13,10 @@
 //! ```
 
 use kiln_layers::oci::{ContainerConfig, ImageConfig, Platform};
+use kiln_layers::Reference;
 use kiln_parser::instructions::{self, Instruction};
 
-use crate::plan::{plan, BuildOptions, ImageResolver, Origin, ResolvedImage};
+use crate::plan::{plan, BuildOptions, FoundImage, ImageLookup, Origin};
 
 /// The instructions `docker import --change` accepts.
 pub const ALLOWED: &[&str] = &[
@@ -115,13 +116,13 @@ fn check_change(change: &str) -> Result<(), ChangeError> {
 /// Every base reference resolves to the image being imported.
 struct FixedBase(ImageConfig);
 
-impl ImageResolver for FixedBase {
-    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
+impl ImageLookup for FixedBase {
+    fn lookup(&self, reference: &Reference, platform: &Platform) -> Result<FoundImage, String> {
         let mut config = self.0.clone();
         config.architecture = platform.architecture.clone();
         config.os = platform.os.clone();
-        Ok(ResolvedImage {
-            reference: reference.to_string(),
+        Ok(FoundImage {
+            reference: reference.clone(),
             digest: None,
             config,
         })

@@ -20,12 +20,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kiln_layers::oci::{ContainerConfig, ImageConfig, Platform};
+use kiln_layers::reference::ReferenceError;
+use kiln_layers::{Digest, Reference};
 use kiln_parser::expand::{expand_word, expand_words};
 use kiln_parser::instructions::{self as ins, CommandLine, Dockerfile, Instruction};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::context::{hex, BuildContext};
+use crate::context::BuildContext;
 use crate::copy::{dest_path, resolve_wildcards, UrlDownloads};
 use crate::image::{
     default_shell, empty_image, get_env, go_list, go_quote_list, healthcheck_history, history,
@@ -54,6 +56,10 @@ pub enum PlanError {
     },
     #[error("line {line}: circular dependency detected on stage: {stage}")]
     Circular { line: usize, stage: String },
+    /// An image name (FROM, `COPY --from`, `RUN --mount from=`) that is no
+    /// reference; the reason names the expanded text.
+    #[error("line {line}: {reason}")]
+    InvalidReference { line: usize, reason: ReferenceError },
     #[error("line {line}: base image {reference}: {message}")]
     Resolve {
         line: usize,
@@ -93,6 +99,7 @@ impl PlanError {
             | PlanError::ForwardReference { line, .. }
             | PlanError::Circular { line, .. }
             | PlanError::Resolve { line, .. }
+            | PlanError::InvalidReference { line, .. }
             | PlanError::CacheKey { line, .. }
             | PlanError::Git { line, .. }
             | PlanError::UrlFetch { line, .. }
@@ -125,6 +132,26 @@ impl Default for BuildOptions {
 
 /// A base image as the registry or the store knows it.
 #[derive(Debug, Clone)]
+pub struct FoundImage {
+    /// The reference it was found by (normalized, e.g.
+    /// `docker.io/library/alpine:3.20`).
+    pub reference: Reference,
+    /// The manifest digest, when known.
+    pub digest: Option<Digest>,
+    pub config: ImageConfig,
+}
+
+/// Looks base images up (config only) by their parsed reference; the
+/// builder speaks no HTTP itself. The planner parses every image name once,
+/// where its Dockerfile line is expanded, and hands the typed value here.
+pub trait ImageLookup {
+    /// Errors leave the reference out: the caller's message names it.
+    fn lookup(&self, reference: &Reference, platform: &Platform) -> Result<FoundImage, String>;
+}
+
+/// [`FoundImage`] in string form, for resolvers written before names were
+/// typed ([`ImageResolver`]).
+#[derive(Debug, Clone)]
 pub struct ResolvedImage {
     /// The normalized reference (e.g. `docker.io/library/alpine:3.20`).
     pub reference: String,
@@ -133,19 +160,42 @@ pub struct ResolvedImage {
     pub config: ImageConfig,
 }
 
-/// Looks base images up (config only); the builder speaks no HTTP itself.
+/// The string form of [`ImageLookup`], kept for callers not yet converted
+/// (the CLI's `kiln check` resolvers); [`Untyped`] adapts one for the
+/// planner. New code implements [`ImageLookup`].
 pub trait ImageResolver {
     fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String>;
+}
+
+/// An [`ImageResolver`] used as an [`ImageLookup`]: the reference goes in
+/// as its normalized string, and the digest that comes back is checked.
+pub struct Untyped<'a>(pub &'a dyn ImageResolver);
+
+impl ImageLookup for Untyped<'_> {
+    fn lookup(&self, reference: &Reference, platform: &Platform) -> Result<FoundImage, String> {
+        let found = self.0.resolve(&reference.to_string(), platform)?;
+        let digest = found
+            .digest
+            .as_deref()
+            .map(Digest::parse)
+            .transpose()
+            .map_err(|e| format!("the resolver answered with {e}"))?;
+        Ok(FoundImage {
+            reference: reference.clone(),
+            digest,
+            config: found.config,
+        })
+    }
 }
 
 /// A resolver for offline analysis: every image is unknown and empty.
 #[derive(Debug, Default)]
 pub struct OfflineResolver;
 
-impl ImageResolver for OfflineResolver {
-    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
-        Ok(ResolvedImage {
-            reference: reference.to_string(),
+impl ImageLookup for OfflineResolver {
+    fn lookup(&self, reference: &Reference, platform: &Platform) -> Result<FoundImage, String> {
+        Ok(FoundImage {
+            reference: reference.clone(),
             digest: None,
             config: ImageConfig {
                 architecture: platform.architecture.clone(),
@@ -157,14 +207,70 @@ impl ImageResolver for OfflineResolver {
     }
 }
 
+impl ImageResolver for OfflineResolver {
+    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
+        let parsed = Reference::parse(reference).map_err(|e| e.to_string())?;
+        let found = self.lookup(&parsed, platform)?;
+        Ok(ResolvedImage {
+            reference: reference.to_string(),
+            digest: None,
+            config: found.config,
+        })
+    }
+}
+
+/// An image a Dockerfile names (FROM, `COPY --from`, `RUN --mount from=`),
+/// parsed once where its line was expanded. Plans (JSON, progress,
+/// history) show it as [`ImageName::shown`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageName {
+    /// The parsed, normalized reference: what resolvers and the solver get.
+    pub reference: Reference,
+    /// How the plan shows it: the expanded text as written (`busybox`);
+    /// a resolved FROM shows the normalized name it was found by.
+    pub shown: String,
+}
+
+impl ImageName {
+    /// Parses the expanded text `written` of Dockerfile line `line`.
+    pub fn parse(written: &str, line: usize) -> Result<ImageName, PlanError> {
+        let reference = Reference::parse(written)
+            .map_err(|reason| PlanError::InvalidReference { line, reason })?;
+        Ok(ImageName {
+            reference,
+            shown: written.to_string(),
+        })
+    }
+
+    /// The name of an image a resolver found: shown normalized.
+    pub fn found(reference: Reference) -> ImageName {
+        ImageName {
+            shown: reference.to_string(),
+            reference,
+        }
+    }
+}
+
+impl std::fmt::Display for ImageName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl Serialize for ImageName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.shown)
+    }
+}
+
 /// Where a stage starts from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BaseSource {
     Scratch,
     Image {
-        reference: String,
-        digest: Option<String>,
+        reference: ImageName,
+        digest: Option<Digest>,
     },
     Stage(usize),
 }
@@ -175,7 +281,7 @@ pub enum BaseSource {
 pub enum CopyFrom {
     Context,
     Stage(usize),
-    Image(String),
+    Image(ImageName),
 }
 
 /// A source written inline (heredoc), expanded if it asked to be.
@@ -212,10 +318,10 @@ pub struct RunStep {
 /// An image a `RUN --mount=...,from=<image>` names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MountImage {
-    /// As written in `from=` (expanded); what the solver resolves again.
-    pub reference: String,
+    /// As written in `from=` (expanded), parsed.
+    pub reference: ImageName,
     /// The manifest digest, when the resolver knows it.
-    pub digest: Option<String>,
+    pub digest: Option<Digest>,
 }
 
 /// A COPY or ADD, ready for [`crate::copy`].
@@ -240,7 +346,7 @@ pub struct CopyStep {
     /// `COPY --parents`: keep the sources' directories.
     pub parents: bool,
     /// For `--from=<image>`: the image's manifest digest, when known.
-    pub from_digest: Option<String>,
+    pub from_digest: Option<Digest>,
     /// `ADD --keep-git-dir` (a Git source's `?keep-git-dir=` wins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_git_dir: Option<bool>,
@@ -278,7 +384,7 @@ pub struct Step {
     /// Index of this step's entry in the stage's `image.history`.
     pub history_index: usize,
     /// Set by [`compute_cache_keys`].
-    pub cache_key: Option<String>,
+    pub cache_key: Option<Digest>,
 }
 
 /// Where a config value came from.
@@ -475,7 +581,7 @@ impl State {
 struct Planner<'a> {
     df: &'a Dockerfile,
     opts: &'a BuildOptions,
-    resolver: &'a dyn ImageResolver,
+    resolver: &'a dyn ImageLookup,
     global: Vec<(String, String)>,
     /// Build-arg names some ARG consumed.
     used_args: BTreeSet<String>,
@@ -494,6 +600,23 @@ fn stage_by_name(df: &Dockerfile, name: &str) -> Option<usize> {
         .map(|s| s.index)
 }
 
+/// Looks the image `name` (on Dockerfile line `line`) up; a failure names
+/// the image as written.
+fn look_up(
+    resolver: &dyn ImageLookup,
+    name: &ImageName,
+    platform: &Platform,
+    line: usize,
+) -> Result<FoundImage, PlanError> {
+    resolver
+        .lookup(&name.reference, platform)
+        .map_err(|message| PlanError::Resolve {
+            line,
+            reference: name.shown.clone(),
+            message,
+        })
+}
+
 /// `--mount=...,from=X,...` → X.
 fn mount_from(spec: &str) -> Option<String> {
     spec.split(',').find_map(|kv| {
@@ -506,7 +629,7 @@ fn mount_from(spec: &str) -> Option<String> {
 pub fn plan(
     df: &Dockerfile,
     opts: &BuildOptions,
-    resolver: &dyn ImageResolver,
+    resolver: &dyn ImageLookup,
 ) -> Result<Plan, PlanError> {
     if df.stages.is_empty() {
         return Err(PlanError::NoStages);
@@ -548,7 +671,7 @@ pub fn plan(
             Some(i) if i < stage.index => BaseSource::Stage(i),
             _ if base.eq_ignore_ascii_case("scratch") => BaseSource::Scratch,
             _ => BaseSource::Image {
-                reference: base,
+                reference: ImageName::parse(&base, line)?,
                 digest: None,
             },
         };
@@ -599,14 +722,7 @@ pub fn plan(
             let stage = &df.stages[s];
             let line = line_of(&stage.from);
             let platform = planner.stage_platform(stage)?;
-            let resolved =
-                resolver
-                    .resolve(reference, &platform)
-                    .map_err(|message| PlanError::Resolve {
-                        line,
-                        reference: reference.clone(),
-                        message,
-                    })?;
+            let resolved = look_up(resolver, reference, &platform, line)?;
             let triggers = resolved
                 .config
                 .config
@@ -858,16 +974,9 @@ impl Planner<'_> {
                 }
             }
             BaseSource::Image { reference, .. } => {
-                let resolved = self
-                    .resolver
-                    .resolve(reference, &platform)
-                    .map_err(|message| PlanError::Resolve {
-                        line,
-                        reference: reference.clone(),
-                        message,
-                    })?;
+                let resolved = look_up(self.resolver, reference, &platform, line)?;
                 sp.base = BaseSource::Image {
-                    reference: resolved.reference.clone(),
+                    reference: ImageName::found(resolved.reference.clone()),
                     digest: resolved.digest.clone(),
                 };
                 let mut image = resolved.config;
@@ -877,7 +986,7 @@ impl Planner<'_> {
                 }
                 let mut provenance = BTreeMap::new();
                 if let Some(c) = &image.config {
-                    let origin = Origin::BaseImage(resolved.reference.clone());
+                    let origin = Origin::BaseImage(resolved.reference.to_string());
                     for (field, set) in [
                         ("Cmd", c.cmd.is_some()),
                         ("Entrypoint", c.entrypoint.is_some()),
@@ -1253,7 +1362,7 @@ impl Planner<'_> {
                     None => CopyFrom::Context,
                     Some(name) => match self.stage_ref(name, sp.index, line)? {
                         Some(i) => CopyFrom::Stage(i),
-                        None => CopyFrom::Image(name.clone()),
+                        None => CopyFrom::Image(ImageName::parse(name, line)?),
                     },
                 };
                 let step = self.copy_step(
@@ -1282,14 +1391,7 @@ impl Planner<'_> {
                 // of the step's cache key (a moved tag invalidates it).
                 let from_digest = match &step.from {
                     CopyFrom::Image(reference) => {
-                        self.resolver
-                            .resolve(reference, &self.opts.target_platform)
-                            .map_err(|message| PlanError::Resolve {
-                                line,
-                                reference: reference.clone(),
-                                message,
-                            })?
-                            .digest
+                        look_up(self.resolver, reference, &self.opts.target_platform, line)?.digest
                     }
                     _ => None,
                 };
@@ -1463,18 +1565,13 @@ impl Planner<'_> {
                     let stage = self.stage_ref(&from, current, line)?;
                     if stage.is_none() {
                         // Not a stage: an image, as BuildKit takes it.
-                        let resolved = self
-                            .resolver
-                            .resolve(&from, &self.opts.target_platform)
-                            .map_err(|message| PlanError::Resolve {
-                                line,
-                                reference: from.clone(),
-                                message,
-                            })?;
+                        let reference = ImageName::parse(&from, line)?;
+                        let resolved =
+                            look_up(self.resolver, &reference, &self.opts.target_platform, line)?;
                         mount_images.insert(
                             mounts.len(),
                             MountImage {
-                                reference: from,
+                                reference,
                                 digest: resolved.digest,
                             },
                         );
@@ -1695,7 +1792,9 @@ pub fn compute_cache_keys_fetching(
                 BaseSource::Image { reference, digest } => {
                     format!(
                         "image/{}/{}",
-                        digest.as_deref().unwrap_or(reference),
+                        digest
+                            .as_ref()
+                            .map_or(reference.shown.as_str(), Digest::as_str),
                         plan_platform(&sp.image)
                     )
                 }
@@ -1776,14 +1875,14 @@ pub fn compute_cache_keys_fetching(
                 }
                 StepKind::Workdir(_) => {}
             }
-            let key = format!("sha256:{}", hex(&h.finalize()));
+            let key = Digest::from_hash(&h.finalize());
             if let StepKind::Copy(c) = &mut plan.stages[index].steps[n].kind {
                 if !resolved_git.is_empty() {
                     c.git_commits = resolved_git;
                 }
             }
-            plan.stages[index].steps[n].cache_key = Some(key.clone());
-            parent = key;
+            parent = key.to_string();
+            plan.stages[index].steps[n].cache_key = Some(key);
         }
         finals.insert(index, parent);
     }

@@ -11,7 +11,7 @@
 //! without running anything; an upper dir left empty makes no layer (its
 //! history entry says `empty_layer`, as BuildKit's exporter does).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,8 +28,8 @@ use crate::context::BuildContext;
 use crate::copy::{self, CopyOptions, UrlDownloads};
 use crate::modes::Chmod;
 use crate::plan::{
-    BaseSource, CopyFrom, CopyStep, ImageResolver, MountImage, Plan, ResolvedImage, RunStep, Step,
-    StepKind,
+    BaseSource, CopyFrom, CopyStep, FoundImage, ImageLookup, ImageName, ImageResolver, MountImage,
+    Plan, ResolvedImage, RunStep, Step, StepKind,
 };
 use crate::rootfs::{DirTree, LayeredRootfs, SourceTree};
 use crate::users::ChownSpec;
@@ -108,7 +108,7 @@ pub struct StoreResolver<'a> {
     /// InvalidBaseImagePlatform lint says when it is another platform).
     any_stored_platform: bool,
     /// (reference, normalized platform) → image.
-    images: Mutex<BTreeMap<(String, String), Image>>,
+    images: Mutex<HashMap<(Reference, String), Image>>,
 }
 
 impl<'a> StoreResolver<'a> {
@@ -118,7 +118,7 @@ impl<'a> StoreResolver<'a> {
             pull,
             always_pull: false,
             any_stored_platform: false,
-            images: Mutex::new(BTreeMap::new()),
+            images: Mutex::new(HashMap::new()),
         }
     }
 
@@ -137,7 +137,7 @@ impl<'a> StoreResolver<'a> {
             pull: None,
             always_pull: false,
             any_stored_platform: true,
-            images: Mutex::new(BTreeMap::new()),
+            images: Mutex::new(HashMap::new()),
         })
     }
 
@@ -149,13 +149,13 @@ impl<'a> StoreResolver<'a> {
 
     /// The image this resolver resolved to the manifest `digest` (what the
     /// plan recorded for a FROM, `COPY --from` or `RUN --mount from=`).
-    fn resolved(&self, reference: &str, digest: Option<&str>) -> Result<Image, SolveError> {
-        let unresolved = || SolveError::Unresolved(reference.to_string());
+    fn resolved(&self, name: &ImageName, digest: Option<&Digest>) -> Result<Image, SolveError> {
+        let unresolved = || SolveError::Unresolved(name.to_string());
         let digest = digest.ok_or_else(unresolved)?;
         let images = self.images.lock().map_err(|_| unresolved())?;
         images
             .values()
-            .find(|image| image.manifest_descriptor.digest.to_string() == digest)
+            .find(|image| &image.manifest_descriptor.digest == digest)
             .cloned()
             .ok_or_else(unresolved)
     }
@@ -203,12 +203,23 @@ impl<'a> StoreResolver<'a> {
 }
 
 impl ImageResolver for StoreResolver<'_> {
-    /// Errors leave the reference out: the caller's message names it.
+    /// The string form, for callers not yet converted to [`ImageLookup`].
     fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
         let parsed = Reference::parse(reference).map_err(|e| e.to_string())?;
-        let name = parsed.to_string();
+        let found = self.lookup(&parsed, platform)?;
+        Ok(ResolvedImage {
+            reference: found.reference.to_string(),
+            digest: found.digest.map(|d| d.to_string()),
+            config: found.config,
+        })
+    }
+}
+
+impl ImageLookup for StoreResolver<'_> {
+    /// Errors leave the reference out: the caller's message names it.
+    fn lookup(&self, parsed: &Reference, platform: &Platform) -> Result<FoundImage, String> {
         let platform = platform.normalized();
-        let key = (name.clone(), platform.to_string());
+        let key = (parsed.clone(), platform.to_string());
         let remembered = self.images.lock().ok().and_then(|m| m.get(&key).cloned());
         let image = match remembered {
             // Already resolved in this build (another stage, COPY --from).
@@ -221,12 +232,12 @@ impl ImageResolver for StoreResolver<'_> {
                 let local = if self.always_pull && self.pull.is_some() {
                     None
                 } else {
-                    self.stored(store, &parsed, &platform, &mut mismatch)?
+                    self.stored(store, parsed, &platform, &mut mismatch)?
                 };
                 let image = match (local, self.pull) {
                     (Some(image), _) => image,
                     (None, Some(pull)) => {
-                        let desc = pull(&parsed, &platform).map_err(|e| match &mismatch {
+                        let desc = pull(parsed, &platform).map_err(|e| match &mismatch {
                             Some(stored) => format!("{e} ({stored})"),
                             None => e,
                         })?;
@@ -244,9 +255,9 @@ impl ImageResolver for StoreResolver<'_> {
                 image
             }
         };
-        Ok(ResolvedImage {
-            reference: name,
-            digest: Some(image.manifest_descriptor.digest.to_string()),
+        Ok(FoundImage {
+            reference: parsed.clone(),
+            digest: Some(image.manifest_descriptor.digest),
             config: image.config,
         })
     }
@@ -611,7 +622,7 @@ fn run_stage(
         },
         BaseSource::Stage(i) => deps.get(i).cloned().ok_or(SolveError::StageMissing(*i))?,
         BaseSource::Image { reference, digest } => {
-            let image = resolver.resolved(reference, digest.as_deref())?;
+            let image = resolver.resolved(reference, digest.as_ref())?;
             let instruction = format!("FROM {reference}@{}", image.manifest_descriptor.digest);
             let event = StepEvent {
                 stage_index: index,
@@ -745,10 +756,7 @@ fn run_step(
         instruction: step.instruction.clone(),
         message,
     };
-    let key = match &step.cache_key {
-        Some(k) => Some(Digest::parse(k).map_err(|e| step_err(e.to_string()))?),
-        None => None,
-    };
+    let key = step.cache_key.clone();
     if let (Some(key), false) = (&key, opts.no_cache) {
         if let Some(record) = store.cache_get(key)? {
             if reuse(store, &record, out, opts, step.history_index, empty_steps)? {
@@ -1165,7 +1173,7 @@ fn mount_image_layers(
     resolver: &StoreResolver<'_>,
     opts: &SolveOptions<'_>,
 ) -> Result<MountFrom, SolveError> {
-    let found = resolver.resolved(&image.reference, image.digest.as_deref())?;
+    let found = resolver.resolved(&image.reference, image.digest.as_ref())?;
     let snapshots = store.prepare_snapshots(&found, opts.reporter)?;
     Ok(MountFrom {
         lowers: snapshots.into_iter().rev().collect(),
@@ -1436,7 +1444,7 @@ fn execute_copy(
         }
         CopyFrom::Image(reference) => {
             // The manifest the plan resolved for the build's target platform.
-            let image = resolver.resolved(reference, c.from_digest.as_deref())?;
+            let image = resolver.resolved(reference, c.from_digest.as_ref())?;
             let snapshots = store.prepare_snapshots(&image, opts.reporter)?;
             image_tree = LayeredRootfs::new(&empty_upper, snapshots.into_iter().rev().collect());
             &image_tree

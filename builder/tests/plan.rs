@@ -9,22 +9,26 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use kiln_builder::plan::{plan, BuildOptions, ImageResolver, ResolvedImage};
+use kiln_builder::plan::{plan, BuildOptions, FoundImage, ImageLookup};
 use kiln_layers::oci::{ImageConfig, Platform};
+use kiln_layers::{Digest, Reference};
 
+/// Base image configs by reference as `images.json` writes them; a key
+/// names the image the Dockerfile's reference normalizes to.
 struct TestImages(BTreeMap<String, ImageConfig>);
 
-impl ImageResolver for TestImages {
-    fn resolve(&self, reference: &str, _platform: &Platform) -> Result<ResolvedImage, String> {
-        let config = self
+impl ImageLookup for TestImages {
+    fn lookup(&self, reference: &Reference, _platform: &Platform) -> Result<FoundImage, String> {
+        let (key, config) = self
             .0
-            .get(reference)
-            .cloned()
+            .iter()
+            .find(|(key, _)| Reference::parse(key).as_ref() == Ok(reference))
             .ok_or_else(|| format!("{reference}: not found"))?;
-        Ok(ResolvedImage {
-            reference: reference.to_string(),
-            digest: Some(format!("sha256:{:0>64}", reference.len())),
-            config,
+        Ok(FoundImage {
+            reference: reference.clone(),
+            // A made-up manifest digest, distinct per image.
+            digest: Some(Digest::parse(&format!("sha256:{:0>64}", key.len())).unwrap()),
+            config: config.clone(),
         })
     }
 }
@@ -108,6 +112,54 @@ fn plan_cases() {
     });
 }
 
+/// An image name is parsed where its line is expanded: an invalid one
+/// (after ARG expansion) in FROM, `COPY --from` or `RUN --mount from=` is
+/// an error naming that line and the expanded text, before any image is
+/// looked up.
+#[test]
+fn invalid_image_names_name_their_line() {
+    let cases = [
+        (
+            "ARG BASE=Busybox\nFROM ${BASE}\nRUN true\n",
+            2,
+            r#"invalid reference "Busybox": repository name (library/Busybox) must be lowercase"#,
+        ),
+        (
+            "FROM busybox\nRUN true\nCOPY --from=registry.example.com/team/App:1 /x /x\n",
+            3,
+            r#"invalid reference "registry.example.com/team/App:1""#,
+        ),
+        (
+            "FROM busybox\n\nRUN --mount=type=bind,from=tools:bad@tag,target=/t true\n",
+            3,
+            r#"invalid reference "tools:bad@tag": invalid digest "tag""#,
+        ),
+    ];
+    let images: BTreeMap<String, ImageConfig> = serde_json::from_str(DEFAULT_IMAGES).unwrap();
+    for (dockerfile, line, message) in cases {
+        let typed = kiln_parser::instructions::from_ast(
+            &kiln_parser::parse(dockerfile, "Dockerfile").unwrap(),
+        )
+        .unwrap();
+        let err = plan(
+            &typed,
+            &BuildOptions::default(),
+            &TestImages(images.clone()),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, kiln_builder::plan::PlanError::InvalidReference { .. }),
+            "{dockerfile}: {err:?}"
+        );
+        assert_eq!(err.line(), Some(line), "{dockerfile}: {err}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("line {line}: {message}")),
+            "{dockerfile}: {text}"
+        );
+    }
+}
+
 mod cache_keys {
     use super::*;
     use kiln_builder::context::BuildContext;
@@ -142,7 +194,7 @@ mod cache_keys {
         p.stages[p.target]
             .steps
             .iter()
-            .map(|s| s.cache_key.clone().unwrap())
+            .map(|s| s.cache_key.as_ref().unwrap().to_string())
             .collect()
     }
 

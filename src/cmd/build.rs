@@ -743,7 +743,7 @@ fn export_local(snapshots_bottom_first: &[PathBuf], dest: &Path) -> anyhow::Resu
 /// The step graph as Graphviz or Mermaid text: each needed stage's steps in
 /// order, from its base (image, scratch or stage), with COPY --from and RUN
 /// --mount=from edges between stages.
-fn plan_graph(planned: &Plan, dot: bool, hit: &dyn Fn(&Option<String>) -> bool) -> String {
+fn plan_graph(planned: &Plan, dot: bool, hit: &dyn Fn(&Option<Digest>) -> bool) -> String {
     use kiln_builder::plan::{BaseSource, CopyFrom};
     let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
     let mut nodes: Vec<(String, String)> = Vec::new();
@@ -812,10 +812,9 @@ fn plan_graph(planned: &Plan, dot: bool, hit: &dyn Fn(&Option<String>) -> bool) 
 }
 
 fn print_plan(planned: &Plan, store: &Store, format: PlanFormat) -> anyhow::Result<()> {
-    let hit = |key: &Option<String>| -> bool {
-        key.as_deref()
-            .and_then(|k| Digest::parse(k).ok())
-            .and_then(|d| store.cache_get(&d).ok().flatten())
+    let hit = |key: &Option<Digest>| -> bool {
+        key.as_ref()
+            .and_then(|d| store.cache_get(d).ok().flatten())
             .is_some()
     };
     // Stages in waves: each wave's stages can run in parallel.
@@ -867,7 +866,9 @@ fn print_plan(planned: &Plan, store: &Store, format: PlanFormat) -> anyhow::Resu
                 }
                 let base = match &s.base {
                     kiln_builder::plan::BaseSource::Scratch => "scratch".to_string(),
-                    kiln_builder::plan::BaseSource::Image { reference, .. } => reference.clone(),
+                    kiln_builder::plan::BaseSource::Image { reference, .. } => {
+                        reference.to_string()
+                    }
                     kiln_builder::plan::BaseSource::Stage(i) => format!("stage {i}"),
                 };
                 println!("stage {} ({label}) FROM {base}", s.index);

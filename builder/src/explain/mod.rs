@@ -31,13 +31,14 @@ pub mod render;
 use std::collections::BTreeMap;
 
 use kiln_layers::oci::{ContainerConfig, Platform};
+use kiln_layers::Reference;
 use kiln_parser::instructions::{self as ins, CommandLine, Instruction};
 use serde::Serialize;
 
 use crate::image::default_shell;
 use crate::plan::{
-    plan, BaseSource, BuildOptions, ImageResolver, OfflineResolver, Origin, PlanError,
-    ResolvedImage, StagePlan,
+    plan, BaseSource, BuildOptions, FoundImage, ImageLookup, ImageResolver, OfflineResolver,
+    Origin, PlanError, StagePlan, Untyped,
 };
 use crate::run_argv::{docker_run_command, RunCommand};
 
@@ -159,7 +160,7 @@ pub fn explain(
     images: &dyn ImageResolver,
 ) -> Result<Explanation, ExplainError> {
     let resolver = Recording {
-        inner: images,
+        inner: Untyped(images),
         offline: options.offline,
         missing: std::cell::RefCell::new(Vec::new()),
     };
@@ -189,21 +190,21 @@ pub fn explain(
     let root = &planned.stages[chain[0]];
     let base_config = match &root.base {
         BaseSource::Image { reference, .. } => resolver
-            .resolve(reference, &options.build.target_platform)
+            .lookup(&reference.reference, &options.build.target_platform)
             .ok()
             .and_then(|r| r.config.config),
         _ => None,
     };
     let base_label = |sp: &StagePlan| match &sp.base {
         BaseSource::Scratch => "scratch".to_string(),
-        BaseSource::Image { reference, .. } => reference.clone(),
+        BaseSource::Image { reference, .. } => reference.to_string(),
         BaseSource::Stage(i) => format!("stage {}", stage_label(df, *i)),
     };
 
     let mut warnings = Vec::new();
     for image in resolver.missing.borrow().iter() {
         let line = planned.stages.iter().find_map(|s| match &s.base {
-            BaseSource::Image { reference, .. } if reference == image => Some(s.line),
+            BaseSource::Image { reference, .. } if &reference.reference == image => Some(s.line),
             _ => None,
         });
         warnings.push(Warning {
@@ -347,23 +348,23 @@ pub fn explain(
 /// The resolver explain hands to the planner: unknown images fail, or with
 /// `--offline` become empty and are remembered for a warning.
 struct Recording<'a> {
-    inner: &'a dyn ImageResolver,
+    inner: Untyped<'a>,
     offline: bool,
     /// Images treated as empty under `--offline`.
-    missing: std::cell::RefCell<Vec<String>>,
+    missing: std::cell::RefCell<Vec<Reference>>,
 }
 
-impl ImageResolver for Recording<'_> {
-    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
-        match self.inner.resolve(reference, platform) {
+impl ImageLookup for Recording<'_> {
+    fn lookup(&self, reference: &Reference, platform: &Platform) -> Result<FoundImage, String> {
+        match self.inner.lookup(reference, platform) {
             Ok(found) => Ok(found),
             Err(message) if !self.offline => Err(message),
             Err(_) => {
                 let mut missing = self.missing.borrow_mut();
-                if !missing.iter().any(|r| r == reference) {
-                    missing.push(reference.to_string());
+                if !missing.contains(reference) {
+                    missing.push(reference.clone());
                 }
-                OfflineResolver.resolve(reference, platform)
+                OfflineResolver.lookup(reference, platform)
             }
         }
     }
