@@ -1330,3 +1330,80 @@ fn kiln_command_with_ssh(root: &Path, auth_sock: Option<&Path>) -> std::process:
     };
     command
 }
+
+/// Serves `body of <path>` at every path on a free loopback port, with the
+/// `Content-Disposition` header `dispositions` gives for that path (none for
+/// others).
+fn serve_with_dispositions(dispositions: &'static [(&'static str, &'static str)]) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let request = String::from_utf8_lossy(&request).into_owned();
+            let path = request.split(' ').nth(1).unwrap_or("").to_string();
+            let body = format!("body of {path}");
+            let header = dispositions
+                .iter()
+                .find(|(p, _)| *p == path)
+                .map(|(_, value)| format!("Content-Disposition: {value}\r\n"))
+                .unwrap_or_default();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{header}Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// `ADD <url>` names the file from the URL's path whatever the response's
+/// Content-Disposition says: BuildKit's Dockerfile frontend always passes
+/// that name to its HTTP source (`llb.Filename`), which then never reads the
+/// header (frontend/dockerfile/dockerfile2llb/convert_copy.go,
+/// source/http getFileName). A named, a path-carrying and an unparsable
+/// header all leave the URL's name.
+#[test]
+fn add_url_names_the_file_from_the_url_not_content_disposition() {
+    let fixture = Fixture::new();
+    let url = serve_with_dispositions(&[
+        ("/dl/named", "attachment; filename=\"renamed.txt\""),
+        (
+            "/dl/with-path",
+            "attachment; filename=\"../../etc/evil.txt\"",
+        ),
+        ("/dl/unparsable", "attachment; filename=\"unterminated"),
+    ]);
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!(
+            "FROM busybox\n\
+             ADD {url}/dl/named {url}/dl/with-path {url}/dl/unparsable {url}/dl/plain /fetched/\n\
+             RUN ls /fetched > /listing\n"
+        ),
+    )]);
+    let out = tempfile::tempdir().unwrap();
+    let dest = format!("type=local,dest={}", out.path().display());
+    ok(&fixture.build(&["-o", &dest, ctx.path().to_str().unwrap()]));
+    let listing = std::fs::read_to_string(out.path().join("listing")).unwrap();
+    assert_eq!(
+        listing.lines().collect::<Vec<_>>(),
+        ["named", "plain", "unparsable", "with-path"],
+        "{listing}"
+    );
+    for name in ["named", "plain", "unparsable", "with-path"] {
+        let body = std::fs::read_to_string(out.path().join("fetched").join(name)).unwrap();
+        assert_eq!(body, format!("body of /dl/{name}"));
+    }
+    assert!(!out.path().join("etc/evil.txt").exists());
+}
