@@ -794,7 +794,9 @@ pub struct FetchInfo {
 }
 
 /// The file name ADD gives a URL's content: the last path segment, or
-/// `__unnamed__`.
+/// `__unnamed__`. Never the response's Content-Disposition: BuildKit's
+/// Dockerfile frontend computes this name from the URL and passes it to its
+/// HTTP source, which reads that header only when no name was given.
 pub fn url_file_name(url: &str) -> String {
     let without_query = url.split(['?', '#']).next().unwrap_or(url);
     let path = without_query
