@@ -149,45 +149,6 @@ pub trait ImageLookup {
     fn lookup(&self, reference: &Reference, platform: &Platform) -> Result<FoundImage, String>;
 }
 
-/// [`FoundImage`] in string form, for resolvers written before names were
-/// typed ([`ImageResolver`]).
-#[derive(Debug, Clone)]
-pub struct ResolvedImage {
-    /// The normalized reference (e.g. `docker.io/library/alpine:3.20`).
-    pub reference: String,
-    /// The manifest digest, when known.
-    pub digest: Option<String>,
-    pub config: ImageConfig,
-}
-
-/// The string form of [`ImageLookup`], kept for callers not yet converted
-/// (the CLI's `kiln check` resolvers); [`Untyped`] adapts one for the
-/// planner. New code implements [`ImageLookup`].
-pub trait ImageResolver {
-    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String>;
-}
-
-/// An [`ImageResolver`] used as an [`ImageLookup`]: the reference goes in
-/// as its normalized string, and the digest that comes back is checked.
-pub struct Untyped<'a>(pub &'a dyn ImageResolver);
-
-impl ImageLookup for Untyped<'_> {
-    fn lookup(&self, reference: &Reference, platform: &Platform) -> Result<FoundImage, String> {
-        let found = self.0.resolve(&reference.to_string(), platform)?;
-        let digest = found
-            .digest
-            .as_deref()
-            .map(Digest::parse)
-            .transpose()
-            .map_err(|e| format!("the resolver answered with {e}"))?;
-        Ok(FoundImage {
-            reference: reference.clone(),
-            digest,
-            config: found.config,
-        })
-    }
-}
-
 /// A resolver for offline analysis: every image is unknown and empty.
 #[derive(Debug, Default)]
 pub struct OfflineResolver;
@@ -203,18 +164,6 @@ impl ImageLookup for OfflineResolver {
                 variant: platform.variant.clone(),
                 ..Default::default()
             },
-        })
-    }
-}
-
-impl ImageResolver for OfflineResolver {
-    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
-        let parsed = Reference::parse(reference).map_err(|e| e.to_string())?;
-        let found = self.lookup(&parsed, platform)?;
-        Ok(ResolvedImage {
-            reference: reference.to_string(),
-            digest: None,
-            config: found.config,
         })
     }
 }

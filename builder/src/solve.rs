@@ -28,8 +28,8 @@ use crate::context::BuildContext;
 use crate::copy::{self, CopyOptions, UrlDownloads};
 use crate::modes::Chmod;
 use crate::plan::{
-    BaseSource, CopyFrom, CopyStep, FoundImage, ImageLookup, ImageName, ImageResolver, MountImage,
-    Plan, ResolvedImage, RunStep, Step, StepKind,
+    BaseSource, CopyFrom, CopyStep, FoundImage, ImageLookup, ImageName, MountImage, Plan, RunStep,
+    Step, StepKind,
 };
 use crate::rootfs::{DirTree, LayeredRootfs, SourceTree};
 use crate::users::ChownSpec;
@@ -199,19 +199,6 @@ impl<'a> StoreResolver<'a> {
             stored.normalized()
         ));
         Ok(None)
-    }
-}
-
-impl ImageResolver for StoreResolver<'_> {
-    /// The string form, for callers not yet converted to [`ImageLookup`].
-    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
-        let parsed = Reference::parse(reference).map_err(|e| e.to_string())?;
-        let found = self.lookup(&parsed, platform)?;
-        Ok(ResolvedImage {
-            reference: found.reference.to_string(),
-            digest: found.digest.map(|d| d.to_string()),
-            config: found.config,
-        })
     }
 }
 

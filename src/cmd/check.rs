@@ -9,9 +9,10 @@ use clap::{Args, Subcommand, ValueEnum};
 use kiln_builder::dockerignore::load_for_build;
 use kiln_builder::explain::{explain, render, ExplainOptions};
 use kiln_builder::lint::{check, LintOptions, Report};
-use kiln_builder::plan::{BuildOptions, ImageResolver, ResolvedImage};
+use kiln_builder::plan::{BuildOptions, FoundImage, ImageLookup};
 use kiln_builder::solve::StoreResolver;
 use kiln_layers::oci::Platform;
+use kiln_layers::Reference;
 use kiln_registry::{Client, ClientConfig};
 
 use crate::cmd::build::parse_build_args;
@@ -252,11 +253,11 @@ struct StoreThenRegistry<'a> {
     registry: Option<&'a RegistryConfigs>,
 }
 
-impl ImageResolver for StoreThenRegistry<'_> {
-    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
-        match (self.store.resolve(reference, platform), self.registry) {
+impl ImageLookup for StoreThenRegistry<'_> {
+    fn lookup(&self, reference: &Reference, platform: &Platform) -> Result<FoundImage, String> {
+        match (self.store.lookup(reference, platform), self.registry) {
             (Ok(found), _) => Ok(found),
-            (Err(_), Some(registry)) => registry.resolve(reference, platform),
+            (Err(_), Some(registry)) => registry.lookup(reference, platform),
             (Err(e), None) => Err(e),
         }
     }
@@ -269,7 +270,7 @@ struct RegistryConfigs {
     runtime: tokio::runtime::Runtime,
     /// Explain asks for a base image more than once (each stage, ONBUILD,
     /// the run argv); the registry is asked once per image and platform.
-    fetched: std::sync::Mutex<std::collections::HashMap<(String, String), ResolvedImage>>,
+    fetched: std::sync::Mutex<std::collections::HashMap<(Reference, String), FoundImage>>,
 }
 
 impl RegistryConfigs {
@@ -291,23 +292,26 @@ impl RegistryConfigs {
     }
 }
 
-impl ImageResolver for RegistryConfigs {
-    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
-        let parsed = kiln_registry::Reference::parse(reference).map_err(|e| e.to_string())?;
-        let key = (parsed.to_string(), platform.normalized().to_string());
+impl ImageLookup for RegistryConfigs {
+    fn lookup(&self, reference: &Reference, platform: &Platform) -> Result<FoundImage, String> {
+        let key = (reference.clone(), platform.normalized().to_string());
         if let Some(known) = self.fetched.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(known);
         }
         let fetched = self
             .runtime
-            .block_on(kiln_transfer::fetch_config(&self.client, &parsed, platform))
+            .block_on(kiln_transfer::fetch_config(
+                &self.client,
+                reference,
+                platform,
+            ))
             .map_err(|e| {
                 format!("not in the local store, and its config could not be fetched: {e}")
             })?;
-        let resolved = ResolvedImage {
-            reference: parsed.to_string(),
+        let resolved = FoundImage {
+            reference: reference.clone(),
             // The platform's manifest, as the store resolver gives it.
-            digest: Some(fetched.manifest.digest.to_string()),
+            digest: Some(fetched.manifest.digest),
             config: fetched.config,
         };
         if let Ok(mut known) = self.fetched.lock() {

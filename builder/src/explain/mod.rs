@@ -4,7 +4,7 @@
 //! The target stage's config comes from the builder's own plan
 //! ([`crate::plan::plan`]: the same ARG/ENV scoping and config assembly a
 //! build uses, stages built FROM earlier stages inheriting their config),
-//! with base images read through an [`ImageResolver`] (the local store:
+//! with base images read through an [`ImageLookup`] (the local store:
 //! [`crate::solve::StoreResolver::open_existing`]). On top of it, explain adds:
 //! - `argv`: what `docker run [--entrypoint E] IMAGE [ARGS...]` executes,
 //!   from [`crate::run_argv::docker_run_command`] (the function `kiln run`
@@ -37,8 +37,8 @@ use serde::Serialize;
 
 use crate::image::default_shell;
 use crate::plan::{
-    plan, BaseSource, BuildOptions, FoundImage, ImageLookup, ImageResolver, OfflineResolver,
-    Origin, PlanError, StagePlan, Untyped,
+    plan, BaseSource, BuildOptions, FoundImage, ImageLookup, OfflineResolver, Origin, PlanError,
+    StagePlan,
 };
 use crate::run_argv::{docker_run_command, RunCommand};
 
@@ -157,10 +157,10 @@ pub struct Explanation {
 pub fn explain(
     df: &ins::Dockerfile,
     options: &ExplainOptions,
-    images: &dyn ImageResolver,
+    images: &dyn ImageLookup,
 ) -> Result<Explanation, ExplainError> {
     let resolver = Recording {
-        inner: Untyped(images),
+        inner: images,
         offline: options.offline,
         missing: std::cell::RefCell::new(Vec::new()),
     };
@@ -348,7 +348,7 @@ pub fn explain(
 /// The resolver explain hands to the planner: unknown images fail, or with
 /// `--offline` become empty and are remembered for a warning.
 struct Recording<'a> {
-    inner: Untyped<'a>,
+    inner: &'a dyn ImageLookup,
     offline: bool,
     /// Images treated as empty under `--offline`.
     missing: std::cell::RefCell<Vec<Reference>>,

@@ -37,7 +37,7 @@ use kiln_parser::instructions::{self as ins, CommandLine, Instruction};
 use serde::Serialize;
 
 use crate::dockerignore::{go_clean, PatternMatcher};
-use crate::plan::{predefined_args, BuildOptions, ImageResolver};
+use crate::plan::{predefined_args, BuildOptions, ImageLookup};
 use rules::{Rule, RuleOrigin, Severity};
 
 /// One rule firing at one place.
@@ -103,7 +103,7 @@ pub struct LintOptions<'a> {
     /// Base image configs (their ENV matters to UndefinedVar). An image the
     /// resolver does not know disables UndefinedVar in stages built on it,
     /// rather than report variables the image may well define.
-    pub images: Option<&'a dyn ImageResolver>,
+    pub images: Option<&'a dyn ImageLookup>,
     pub platform: Platform,
 }
 
@@ -746,10 +746,13 @@ impl Walk<'_> {
                 ..Default::default()
             };
         }
-        let resolved = self
-            .options
-            .images
-            .map(|images| images.resolve(base, platform));
+        let resolved = self.options.images.map(|images| {
+            // A name that does not parse is an unknown base here; the
+            // build reports it with its line.
+            kiln_layers::Reference::parse(base)
+                .map_err(|e| e.to_string())
+                .and_then(|reference| images.lookup(&reference, platform))
+        });
         match resolved {
             Some(Ok(image)) => {
                 let actual = Platform {
