@@ -25,6 +25,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 
+use sha2::{Digest as _, Sha256};
+
 use crate::compress::{Compression, Compressor};
 use crate::digest::Digest;
 use crate::error::{io_at, Error, Result};
@@ -34,11 +36,15 @@ use crate::store::{write_atomic, Store};
 
 /// The media type of `plain` (an uncompressed layer type) compressed with
 /// `compression`; `None` when `plain` is not an uncompressed layer.
+///
+/// Docker's schema 2 has no zstd layer type: a Docker plain layer becomes an
+/// OCI zstd layer (and [`compressed_image`] makes the whole manifest OCI, as
+/// BuildKit forces OCI media types for zstd).
 pub fn compressed_media_type(plain: &str, compression: Compression) -> Option<&'static str> {
     let (gzip, zstd) = match plain {
         media::OCI_LAYER => (media::OCI_LAYER_GZIP, media::OCI_LAYER_ZSTD),
         media::OCI_LAYER_ND => (media::OCI_LAYER_ND_GZIP, media::OCI_LAYER_ND_ZSTD),
-        media::DOCKER_LAYER => (media::DOCKER_LAYER_GZIP, media::DOCKER_LAYER_ZSTD),
+        media::DOCKER_LAYER => (media::DOCKER_LAYER_GZIP, media::OCI_LAYER_ZSTD),
         _ => return None,
     };
     match compression {
@@ -70,6 +76,10 @@ pub fn compressed_image(
     if compression == Compression::None {
         return Ok(desc.clone());
     }
+    // Nothing that is written here is referenced from index.json yet: keep
+    // `kiln prune` away until the manifest is (the caller holds its own
+    // lease for the upload that follows).
+    let _lease = store.lease()?;
     match store.read_manifest(desc)? {
         ManifestKind::Index(mut index) => {
             let mut changed = false;
@@ -85,10 +95,14 @@ pub fn compressed_image(
             if !changed {
                 return Ok(desc.clone());
             }
-            let media_type = index
+            let mut media_type = index
                 .media_type
                 .clone()
                 .unwrap_or_else(|| desc.media_type.clone());
+            if compression == Compression::Zstd && media_type == media::DOCKER_MANIFEST_LIST {
+                media_type = media::OCI_INDEX.to_string();
+                index.media_type = Some(media_type.clone());
+            }
             let mut new = store.put_json(&media_type, &index)?;
             new.platform = desc.platform.clone();
             new.annotations = desc.annotations.clone();
@@ -114,15 +128,38 @@ pub fn compressed_image(
                     }
                 }
             }
-            let media_type = manifest
+            let mut media_type = manifest
                 .media_type
                 .clone()
                 .unwrap_or_else(|| desc.media_type.clone());
+            if compression == Compression::Zstd && media_type == media::DOCKER_MANIFEST {
+                to_oci_types(&mut manifest);
+                media_type = media::OCI_MANIFEST.to_string();
+            }
             let mut new = store.put_json(&media_type, &manifest)?;
             new.platform = desc.platform.clone();
             new.annotations = desc.annotations.clone();
             Ok(new)
         }
+    }
+}
+
+/// A Docker schema 2 manifest's types as OCI ones (the config and layer
+/// bytes are the same).
+fn to_oci_types(manifest: &mut crate::oci::Manifest) {
+    manifest.media_type = Some(media::OCI_MANIFEST.to_string());
+    if manifest.config.media_type == media::DOCKER_CONFIG {
+        manifest.config.media_type = media::OCI_CONFIG.to_string();
+    }
+    for layer in &mut manifest.layers {
+        let oci = match layer.media_type.as_str() {
+            media::DOCKER_LAYER => media::OCI_LAYER,
+            media::DOCKER_LAYER_GZIP => media::OCI_LAYER_GZIP,
+            media::DOCKER_LAYER_ZSTD => media::OCI_LAYER_ZSTD,
+            media::DOCKER_LAYER_FOREIGN => media::OCI_LAYER_ND_GZIP,
+            _ => continue,
+        };
+        layer.media_type = oci.to_string();
     }
 }
 
@@ -220,13 +257,25 @@ fn compress_one(
         let path = store.blob_path(&layer.digest);
         let mut compressor =
             Compressor::new(compression, ingest).map_err(io_at("compress", &path))?;
-        let mut reader = ProgressReader::new(io::Read::take(blob, layer.size), reporter, &id);
+        // The stored bytes are checked against their name on the way: a
+        // damaged plain layer must not be published under a fresh digest.
+        let mut reader = HashingReader {
+            inner: ProgressReader::new(io::Read::take(blob, layer.size), reporter, &id),
+            hasher: Sha256::new(),
+        };
         let copied = io::copy(&mut reader, &mut compressor).map_err(io_at("compress", &path))?;
         if copied != layer.size {
             return Err(Error::SizeMismatch {
                 digest: layer.digest.clone(),
                 expected: layer.size,
                 actual: copied,
+            });
+        }
+        let actual = Digest::from_hash(&reader.hasher.finalize());
+        if actual != layer.digest {
+            return Err(Error::DigestMismatch {
+                expected: layer.digest.clone(),
+                actual,
             });
         }
         let ingest = compressor.finish().map_err(io_at("compress", &path))?;
@@ -246,6 +295,19 @@ fn compress_one(
         Err(e) => reporter.done(&id, Outcome::Failed(e.to_string())),
     }
     result
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: io::Read> io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// Removes variant records whose compressed blob is gone (after a prune).

@@ -177,6 +177,19 @@ fn docker_types_indexes_and_compressed_images() {
         .iter()
         .all(|l| l.media_type == media::DOCKER_LAYER_GZIP));
 
+    // zstd has no Docker layer type: the manifest becomes OCI, as BuildKit
+    // forces OCI media types for zstd; the config bytes stay the same.
+    let out = compressed_image(&store, &docker_desc, Compression::Zstd, &NoProgress).unwrap();
+    assert_eq!(out.media_type, media::OCI_MANIFEST);
+    let m = manifest(&store, &out);
+    assert_eq!(m.media_type.as_deref(), Some(media::OCI_MANIFEST));
+    assert_eq!(m.config.media_type, media::OCI_CONFIG);
+    assert_eq!(m.config.digest, docker.config.digest);
+    assert!(m
+        .layers
+        .iter()
+        .all(|l| l.media_type == media::OCI_LAYER_ZSTD));
+
     // An index: its plain child is replaced, the index rewritten.
     let mut index = Index::empty();
     index.manifests.push(plain_desc.clone());
@@ -197,4 +210,30 @@ fn docker_types_indexes_and_compressed_images() {
     let none = compressed_image(&store, &plain_desc, Compression::None, &NoProgress).unwrap();
     assert_eq!(none, plain_desc);
     assert_eq!(manifest(&store, &plain_desc).layers, plain_layers);
+}
+
+#[test]
+fn a_damaged_plain_layer_is_not_published() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let (plain_desc, plain_layers) = plain_image(&store, tmp.path());
+    // One byte of the stored layer flipped, as a disk error would.
+    let path = store.blob_path(&plain_layers[1].digest);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[700] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    let blobs = blob_count(&store);
+    let err = compressed_image(&store, &plain_desc, Compression::Gzip, &NoProgress).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(&plain_layers[1].digest.to_string()),
+        "the error names the damaged layer: {text}"
+    );
+    // The good layer may have been compressed; the damaged one left nothing.
+    assert!(!store
+        .root()
+        .join("variants/gzip")
+        .join(plain_layers[1].digest.hex())
+        .exists());
+    assert!(blob_count(&store) <= blobs + 1);
 }

@@ -127,6 +127,12 @@ pub async fn push_descriptor(
     reporter: Arc<dyn Reporter>,
 ) -> Result<Pushed, TransferError> {
     let image = target.to_string();
+    // The compressed layers and manifest are referenced by nothing in the
+    // store: the lease keeps `kiln prune` away until they are uploaded.
+    let _lease = store.lease().map_err(|source| TransferError::Store {
+        context: format!("pushing {image}"),
+        cause: Box::new(source),
+    })?;
     let desc = {
         let (store, desc, reporter) = (store.clone(), desc.clone(), reporter.clone());
         let compression = options.compression;
