@@ -558,7 +558,8 @@ impl StatCache {
 fn parse_stat_cache(bytes: &[u8]) -> HashMap<String, CachedDigest> {
     let text = String::from_utf8_lossy(bytes);
     let mut out = HashMap::new();
-    for line in text.lines() {
+    // Records end at '\n' only: a name may end in '\r'.
+    for line in text.split('\n').filter(|l| !l.is_empty()) {
         let mut fields = line.splitn(6, ' ');
         let parsed = (|| {
             let sha256 = fields.next()?;

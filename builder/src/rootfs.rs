@@ -808,6 +808,12 @@ fn copy_bytes(from: &mut std::fs::File, to: &mut std::fs::File) -> std::io::Resu
             )
         };
         match n {
+            // Some filesystems (procfs, some FUSE) answer 0 at once for a
+            // file that has bytes: read it the plain way then.
+            0 if copied == 0 => {
+                std::io::copy(from, to)?;
+                return Ok(());
+            }
             0 => return Ok(()),
             n if n > 0 => copied += n as u64,
             _ => {

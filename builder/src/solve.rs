@@ -796,6 +796,9 @@ fn run_step(
         .map_err(io_err(&upper))?
         .next()
         .is_none();
+    // What a duplicate of this step's upper dir would hold on disk if it is
+    // parked: the tar's bytes plus a block and an inode's worth an entry.
+    let mut parked_bytes = 0;
     let record = if is_empty {
         empty_steps.push(step.history_index);
         CacheRecord {
@@ -818,6 +821,10 @@ fn run_step(
             &diff_options,
             &kiln_layers::NoProgress,
         )?;
+        parked_bytes = blob
+            .descriptor
+            .size
+            .saturating_add(blob.entries.saturating_mul(4096));
         let chain = match out.chain() {
             None => blob.diff_id.clone(),
             Some(parent) => Digest::of(format!("{parent} {}", blob.diff_id).as_bytes()),
@@ -852,8 +859,7 @@ fn run_step(
             }),
         }
     };
-    let layer_bytes = record.data.get("size").and_then(|v| v.as_u64());
-    discard_step_dir(store, &dir, &upper, layer_bytes.unwrap_or(0));
+    discard_step_dir(store, &dir, &upper, parked_bytes);
     if let Some(key) = key {
         store.cache_put(&key, &record)?;
     }
@@ -875,7 +881,8 @@ const TRASH_PREFIX: &str = "trash-";
 /// to 12 s and more, growing with each rerun. So, like BuildKit's cache GC
 /// with its keep-storage limit, kiln keeps the trash until it exceeds
 /// [`TRASH_KEEP_BYTES`] (checked at the end of a build) or `kiln prune`
-/// runs (it lives under `builds/`). `bytes` is the layer's tar size.
+/// runs (it lives under `builds/`). `bytes` estimates its disk use, so
+/// that many small files count for their blocks and inodes.
 fn discard_step_dir(store: &Store, dir: &Path, upper: &Path, bytes: u64) {
     let leftover = std::fs::read_dir(upper)
         .map(|mut entries| entries.next().is_some())
@@ -900,21 +907,33 @@ fn empty_old_trash(store: &Store) {
     let Ok(entries) = std::fs::read_dir(&builds) else {
         return;
     };
-    let mut parked: Vec<(i64, u64, PathBuf)> = entries
+    let mut parked: Vec<(i64, Option<u64>, PathBuf)> = entries
         .flatten()
         .filter_map(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let mut fields = name.strip_prefix(TRASH_PREFIX)?.split('-');
-            let secs = fields.next()?.parse::<i64>().ok()?;
-            let bytes = fields.next()?.parse::<u64>().ok()?;
+            let fields: Vec<&str> = name.strip_prefix(TRASH_PREFIX)?.split('-').collect();
+            let secs = fields.first()?.parse::<i64>().ok()?;
+            // `<secs>-<bytes>-<pid>-<n>-<nanos>`; an older kiln's names had
+            // no size (`<secs>-<pid>-<n>-<nanos>`): those just go.
+            let bytes = match fields.len() {
+                5 => Some(fields[1].parse::<u64>().ok()?),
+                4 => None,
+                _ => return None,
+            };
             Some((secs, bytes, entry.path()))
         })
         .collect();
     parked.sort_by_key(|p| std::cmp::Reverse(p.0));
     let mut kept: u64 = 0;
     for (_, bytes, path) in parked {
-        kept = kept.saturating_add(bytes);
-        if kept > TRASH_KEEP_BYTES {
+        let over = match bytes {
+            Some(bytes) => {
+                kept = kept.saturating_add(bytes);
+                kept > TRASH_KEEP_BYTES
+            }
+            None => true,
+        };
+        if over {
             // A concurrent build may be removing the same entry: ignore.
             let _ = std::fs::remove_dir_all(path);
         }
@@ -1629,7 +1648,7 @@ mod trash_tests {
         let now = now_secs();
         let half = TRASH_KEEP_BYTES / 2;
         let entry = |age: i64, bytes: u64| {
-            let p = builds.join(format!("{TRASH_PREFIX}{}-{bytes}-1-2", now - age));
+            let p = builds.join(format!("{TRASH_PREFIX}{}-{bytes}-1-2-3", now - age));
             std::fs::create_dir_all(p.join("d")).unwrap();
             p
         };
@@ -1640,12 +1659,16 @@ mod trash_tests {
         let middle = entry(500, half);
         let other = builds.join("build-2");
         let no_size = builds.join(format!("{TRASH_PREFIX}{}", now - 1000));
+        // An older kiln's name (no size): removed first.
+        let older_kiln = builds.join(format!("{TRASH_PREFIX}{}-77-1-2", now - 1));
         std::fs::create_dir_all(&other).unwrap();
         std::fs::create_dir_all(&no_size).unwrap();
+        std::fs::create_dir_all(&older_kiln).unwrap();
         empty_old_trash(&store);
         assert!(parked[0].is_dir() && older.is_dir());
         assert!(!middle.exists() && !oldest.exists());
         assert!(other.is_dir() && no_size.is_dir());
+        assert!(!older_kiln.exists());
     }
 
     #[test]

@@ -175,3 +175,20 @@ fn tree_digest_covers_metadata_and_selection() {
     assert_ne!(before.tree_digest("a"), filtered.tree_digest("a"));
     assert_eq!(filtered.children("a"), ["x"]);
 }
+
+#[test]
+fn stat_cache_keeps_names_ending_in_carriage_return() {
+    let ctx_dir = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().unwrap();
+    write_old(&ctx_dir.path().join("name\r"), "a");
+    write_old(&ctx_dir.path().join("with space"), "b");
+    let none = PatternMatcher::new(Vec::<String>::new()).unwrap();
+    let mut cache = StatCache::open(store.path(), ctx_dir.path()).unwrap();
+    let first = BuildContext::load(ctx_dir.path(), &none, Some(&mut cache)).unwrap();
+    assert_eq!(first.stats().files_read, 2);
+    cache.save().unwrap();
+    let mut cache = StatCache::open(store.path(), ctx_dir.path()).unwrap();
+    let second = BuildContext::load(ctx_dir.path(), &none, Some(&mut cache)).unwrap();
+    assert_eq!(second.stats().files_read, 0);
+    assert_eq!(second.stats().files_cached, 2);
+}

@@ -52,11 +52,18 @@ pub struct LayerBlob {
     pub descriptor: Descriptor,
     /// sha256 of the uncompressed tar (what the config's `rootfs` lists).
     pub diff_id: Digest,
+    /// Entries (files, directories, links, whiteouts) in the layer.
+    pub entries: u64,
 }
 
 /// Writes `dir` as a tar to `out`; returns `out`. See the module docs for
 /// the format.
 pub fn write_tar<W: Write>(dir: &Path, out: W, options: &DiffOptions) -> Result<W> {
+    write_tar_counted(dir, out, options).map(|(out, _)| out)
+}
+
+/// [`write_tar`], also returning the number of entries written.
+fn write_tar_counted<W: Write>(dir: &Path, out: W, options: &DiffOptions) -> Result<(W, u64)> {
     let mut entries = Vec::new();
     collect(dir, PathBuf::new(), &mut entries)?;
     // Sorted by the name each entry gets in the tar (a whiteout's is
@@ -80,13 +87,15 @@ pub fn write_tar<W: Write>(dir: &Path, out: W, options: &DiffOptions) -> Result<
         seen_inodes: HashMap::new(),
         root: dir.to_path_buf(),
     };
+    let count = entries.len() as u64;
     for (rel, meta) in entries {
         writer.entry(&rel, &meta)?;
     }
-    writer
+    let out = writer
         .builder
         .into_inner()
-        .map_err(io_at("finish tar of", dir))
+        .map_err(io_at("finish tar of", dir))?;
+    Ok((out, count))
 }
 
 /// Diffs `dir` into a compressed layer blob in `store`, returning its
@@ -105,17 +114,18 @@ pub fn write_layer(
         if compression == Compression::None {
             // The blob is the tar itself: the store's digest is the diff id,
             // so the bytes are hashed once.
-            let ingest = write_tar(dir, ingest, options)?;
+            let (ingest, entries) = write_tar_counted(dir, ingest, options)?;
             let mut descriptor = ingest.commit()?;
             descriptor.media_type = compression.oci_layer_media_type().to_string();
             return Ok(LayerBlob {
                 diff_id: descriptor.digest.clone(),
                 descriptor,
+                entries,
             });
         }
         let compressor = Compressor::new(compression, ingest).map_err(io_at("compress", dir))?;
         let hashing = HashingWriter::new(compressor);
-        let hashing = write_tar(dir, hashing, options)?;
+        let (hashing, entries) = write_tar_counted(dir, hashing, options)?;
         let (diff_id, _, compressor) = hashing.into_parts();
         let ingest = compressor.finish().map_err(io_at("compress", dir))?;
         let mut descriptor = ingest.commit()?;
@@ -123,6 +133,7 @@ pub fn write_layer(
         Ok(LayerBlob {
             descriptor,
             diff_id,
+            entries,
         })
     })();
     match &result {

@@ -379,6 +379,11 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         // `-v` turns on info logs: it also shows layer packing/unpacking.
         verbose: tracing::enabled!(tracing::Level::INFO),
     });
+    // The client is made on first use; a CA file that cannot be read is
+    // still an error of every build, as it is of kiln pull.
+    for ca in &args.ca_certs {
+        std::fs::File::open(ca).with_context(|| format!("--ca-cert {}", ca.display()))?;
+    }
     let network = LazyClient::new(ClientConfig {
         insecure_registries: args.insecure_registries.clone(),
         ca_certs: args.ca_certs.clone(),
