@@ -674,10 +674,10 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<(), RootfsError> {
     Ok(())
 }
 
-/// `utimensat(AT_SYMLINK_NOFOLLOW)` with (seconds, nanoseconds) pairs.
-pub fn set_times(path: &Path, atime: (i64, i64), mtime: (i64, i64)) -> Result<(), RootfsError> {
-    let c = c_path(path)?;
-    let ts = [
+/// (seconds, nanoseconds) access and modification times as `utimensat`
+/// and `futimens` take them.
+fn timespecs(atime: (i64, i64), mtime: (i64, i64)) -> [libc::timespec; 2] {
+    [
         libc::timespec {
             tv_sec: atime.0 as libc::time_t,
             tv_nsec: atime.1 as _,
@@ -686,7 +686,13 @@ pub fn set_times(path: &Path, atime: (i64, i64), mtime: (i64, i64)) -> Result<()
             tv_sec: mtime.0 as libc::time_t,
             tv_nsec: mtime.1 as _,
         },
-    ];
+    ]
+}
+
+/// `utimensat(AT_SYMLINK_NOFOLLOW)` with (seconds, nanoseconds) pairs.
+pub fn set_times(path: &Path, atime: (i64, i64), mtime: (i64, i64)) -> Result<(), RootfsError> {
+    let c = c_path(path)?;
+    let ts = timespecs(atime, mtime);
     // SAFETY: c is a valid path and ts holds two timespecs.
     let rc = unsafe {
         libc::utimensat(
@@ -772,16 +778,7 @@ pub fn create_file_copy(
             );
         }
     }
-    let ts = [
-        libc::timespec {
-            tv_sec: info.atime.0 as libc::time_t,
-            tv_nsec: info.atime.1 as _,
-        },
-        libc::timespec {
-            tv_sec: info.mtime.0 as libc::time_t,
-            tv_nsec: info.mtime.1 as _,
-        },
-    ];
+    let ts = timespecs(info.atime, info.mtime);
     // SAFETY: an open fd and two timespecs.
     if unsafe { libc::futimens(to.as_raw_fd(), ts.as_ptr()) } != 0 {
         return Err(err(dest)(std::io::Error::last_os_error()));

@@ -25,10 +25,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 
-use sha2::{Digest as _, Sha256};
-
 use crate::compress::{Compression, Compressor};
-use crate::digest::Digest;
+use crate::digest::{Digest, HashingReader};
 use crate::error::{io_at, Error, Result};
 use crate::oci::{media, Descriptor, ManifestKind};
 use crate::progress::{Outcome, ProgressReader, Reporter};
@@ -259,10 +257,11 @@ fn compress_one(
             Compressor::new(compression, ingest).map_err(io_at("compress", &path))?;
         // The stored bytes are checked against their name on the way: a
         // damaged plain layer must not be published under a fresh digest.
-        let mut reader = HashingReader {
-            inner: ProgressReader::new(io::Read::take(blob, layer.size), reporter, &id),
-            hasher: Sha256::new(),
-        };
+        let mut reader = HashingReader::new(ProgressReader::new(
+            io::Read::take(blob, layer.size),
+            reporter,
+            &id,
+        ));
         let copied = io::copy(&mut reader, &mut compressor).map_err(io_at("compress", &path))?;
         if copied != layer.size {
             return Err(Error::SizeMismatch {
@@ -271,7 +270,9 @@ fn compress_one(
                 actual: copied,
             });
         }
-        let actual = Digest::from_hash(&reader.hasher.finalize());
+        let (actual, _) = reader
+            .drain_and_finish()
+            .map_err(io_at("compress", &path))?;
         if actual != layer.digest {
             return Err(Error::DigestMismatch {
                 expected: layer.digest.clone(),
@@ -295,19 +296,6 @@ fn compress_one(
         Err(e) => reporter.done(&id, Outcome::Failed(e.to_string())),
     }
     result
-}
-
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R: io::Read> io::Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
 }
 
 /// Removes variant records whose compressed blob is gone (after a prune).
