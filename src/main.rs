@@ -44,6 +44,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // No descriptor kiln's caller left open reaches anything kiln starts
+    // (git, ssh, newuidmap, the runtime helper and through it a container):
+    // the runtime closes them again before a container's exec, this covers
+    // every other child. Best effort: nothing here depends on it succeeding.
+    let _ = kiln_runtime::sys::cloexec_from(3);
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let settings = GlobalSettings::resolve(cli.root);

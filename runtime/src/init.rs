@@ -167,6 +167,8 @@ fn init(
     )?;
     step("no_new_privs", sys.set_no_new_privs())?;
     sys.umask(0o022);
+    // Before seccomp, which may not allow close_range.
+    step("close inherited descriptors", sys.close_fds_on_exec())?;
     if cfg.seccomp {
         let filters = default_seccomp_filters().map_err(|err| Failure::Setup {
             step: "seccomp".into(),

@@ -449,10 +449,14 @@ fn launch(
     }
     let fds_text: Vec<String> = child_fds.iter().map(|fd| fd.to_string()).collect();
     command.env(FDS_ENV, fds_text.join(","));
-    // SAFETY: the closure only makes async-signal-safe calls (fcntl, prctl).
+    // SAFETY: the closure only makes async-signal-safe calls (close_range,
+    // fcntl, prctl).
     unsafe {
         let child_fds = child_fds.clone();
         command.pre_exec(move || {
+            // The helper gets exactly stdio and the descriptors named in
+            // FDS_ENV, whatever kiln inherited or opened without O_CLOEXEC.
+            crate::sys::cloexec_from(3)?;
             for &fd in &child_fds {
                 if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                     return Err(std::io::Error::last_os_error());

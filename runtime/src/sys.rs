@@ -100,8 +100,52 @@ pub trait Syscalls {
     fn set_parent_death_signal(&mut self, signal: libc::c_int) -> io::Result<()>;
     /// Installs seccomp filters, in order.
     fn apply_seccomp(&mut self, filters: &[BpfProgram]) -> io::Result<()>;
+    /// Marks every descriptor above stderr close-on-exec, so that the
+    /// command inherits none that kiln or kiln's caller had open.
+    fn close_fds_on_exec(&mut self) -> io::Result<()>;
     /// execve(2); returns only on failure.
     fn exec(&mut self, path: &Path, argv: &[String], env: &[String]) -> io::Error;
+}
+
+/// Marks every open descriptor from `first` up close-on-exec:
+/// `close_range(first, ~0, CLOSE_RANGE_CLOEXEC)` (Linux 5.11+), else one
+/// `fcntl` per descriptor number below the `RLIMIT_NOFILE` hard limit.
+///
+/// Async-signal-safe (no allocation, no lock), so it may run between fork
+/// and exec of a multi-threaded process. A descriptor kiln's own caller left
+/// open (`exec 7</dir; kiln …`) would otherwise reach every process kiln
+/// starts, a container's command included: through `/proc/self/fd/7` it
+/// could walk the host's filesystem.
+pub fn cloexec_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range takes only integers; with CLOSE_RANGE_CLOEXEC it
+    // closes nothing, it only sets the flag.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if !matches!(err.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) {
+        return Err(err);
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we own.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })?;
+    let last = libc::c_int::try_from(limit.rlim_max).unwrap_or(libc::c_int::MAX);
+    for fd in first.min(libc::c_int::MAX as u32) as libc::c_int..last {
+        // SAFETY: fcntl on a descriptor number; EBADF for one not open.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
 }
 
 fn cstring(bytes: &[u8]) -> io::Result<CString> {
@@ -538,6 +582,10 @@ impl Syscalls for RealSyscalls {
         Ok(())
     }
 
+    fn close_fds_on_exec(&mut self) -> io::Result<()> {
+        cloexec_from(3)
+    }
+
     fn exec(&mut self, path: &Path, argv: &[String], env: &[String]) -> io::Error {
         let to_c = |items: &[String]| -> io::Result<Vec<CString>> {
             items.iter().map(|s| cstring(s.as_bytes())).collect()
@@ -867,6 +915,10 @@ impl Syscalls for RecordingSyscalls {
 
     fn apply_seccomp(&mut self, filters: &[BpfProgram]) -> io::Result<()> {
         self.record(format!("seccomp {} filters", filters.len()))
+    }
+
+    fn close_fds_on_exec(&mut self) -> io::Result<()> {
+        self.record("cloexec fds 3..".to_string())
     }
 
     fn exec(&mut self, path: &Path, argv: &[String], env: &[String]) -> io::Error {
