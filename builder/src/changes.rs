@@ -16,7 +16,7 @@ use kiln_layers::oci::{ContainerConfig, ImageConfig, Platform};
 use kiln_layers::Reference;
 use kiln_parser::instructions::{self, Instruction};
 
-use crate::plan::{plan, BuildOptions, FoundImage, ImageLookup, Origin};
+use crate::plan::{plan, BuildOptions, FoundImage, ImageLookup, LookupError, Origin};
 
 /// The instructions `docker import --change` accepts.
 pub const ALLOWED: &[&str] = &[
@@ -117,7 +117,11 @@ fn check_change(change: &str) -> Result<(), ChangeError> {
 struct FixedBase(ImageConfig);
 
 impl ImageLookup for FixedBase {
-    fn lookup(&self, reference: &Reference, platform: &Platform) -> Result<FoundImage, String> {
+    fn lookup(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+    ) -> Result<FoundImage, LookupError> {
         let mut config = self.0.clone();
         config.architecture = platform.architecture.clone();
         config.os = platform.os.clone();

@@ -28,11 +28,12 @@ use crate::context::BuildContext;
 use crate::copy::{self, CopyOptions, UrlDownloads};
 use crate::modes::Chmod;
 use crate::plan::{
-    BaseSource, CopyFrom, CopyStep, FoundImage, ImageLookup, ImageName, MountImage, Plan, RunStep,
-    Step, StepKind,
+    BaseSource, CopyFrom, CopyStep, FoundImage, ImageLookup, ImageName, LookupError, MountImage,
+    MountSource, Plan, RunMount, RunStep, Step, StepKind,
 };
 use crate::rootfs::{DirTree, LayeredRootfs, SourceTree};
 use crate::users::ChownSpec;
+use kiln_parser::mount::MountType;
 
 /// Why a build failed.
 #[derive(Debug, thiserror::Error)]
@@ -169,8 +170,8 @@ impl<'a> StoreResolver<'a> {
         reference: &Reference,
         platform: &Platform,
         mismatch: &mut Option<String>,
-    ) -> Result<Option<Image>, String> {
-        let Some(desc) = store.resolve(reference).map_err(|e| e.to_string())? else {
+    ) -> Result<Option<Image>, LookupError> {
+        let Some(desc) = store.resolve(reference).map_err(LookupError::failed)? else {
             return Ok(None);
         };
         let image = match store.read_image(&desc, platform) {
@@ -179,7 +180,7 @@ impl<'a> StoreResolver<'a> {
                 *mismatch = Some(e.to_string());
                 return Ok(None);
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(LookupError::failed(e)),
         };
         let config = &image.config;
         let stored = Platform {
@@ -204,7 +205,7 @@ impl<'a> StoreResolver<'a> {
 
 impl ImageLookup for StoreResolver<'_> {
     /// Errors leave the reference out: the caller's message names it.
-    fn lookup(&self, parsed: &Reference, platform: &Platform) -> Result<FoundImage, String> {
+    fn lookup(&self, parsed: &Reference, platform: &Platform) -> Result<FoundImage, LookupError> {
         let platform = platform.normalized();
         let key = (parsed.clone(), platform.to_string());
         let remembered = self.images.lock().ok().and_then(|m| m.get(&key).cloned());
@@ -213,7 +214,7 @@ impl ImageLookup for StoreResolver<'_> {
             Some(image) => image,
             None => {
                 let Some(store) = &self.store else {
-                    return Err("not in the local store".into());
+                    return Err(LookupError::NotFound("not in the local store".into()));
                 };
                 let mut mismatch = None;
                 let local = if self.always_pull && self.pull.is_some() {
@@ -224,16 +225,20 @@ impl ImageLookup for StoreResolver<'_> {
                 let image = match (local, self.pull) {
                     (Some(image), _) => image,
                     (None, Some(pull)) => {
-                        let desc = pull(parsed, &platform).map_err(|e| match &mismatch {
-                            Some(stored) => format!("{e} ({stored})"),
-                            None => e,
+                        let desc = pull(parsed, &platform).map_err(|e| {
+                            LookupError::failed(match &mismatch {
+                                Some(stored) => format!("{e} ({stored})"),
+                                None => e,
+                            })
                         })?;
                         store
                             .read_image(&desc, &platform)
-                            .map_err(|e| e.to_string())?
+                            .map_err(LookupError::failed)?
                     }
                     (None, None) => {
-                        return Err(mismatch.unwrap_or_else(|| "not in the local store".into()))
+                        return Err(LookupError::NotFound(
+                            mismatch.unwrap_or_else(|| "not in the local store".into()),
+                        ))
                     }
                 };
                 if let Ok(mut images) = self.images.lock() {
@@ -1019,39 +1024,38 @@ fn execute_run(
     // when this function returns).
     let mut ssh_relays = Vec::new();
     let mut first_ssh_target = None;
-    for (n, spec) in r.mounts.iter().enumerate() {
-        if mount_type(spec) == "ssh" {
-            let mount = crate::ssh::SshMount::parse(spec, ssh_relays.len())
+    let mut ssh_index = 0;
+    for (n, mount) in r.mounts.iter().enumerate() {
+        if mount.spec.mount_type == MountType::Ssh {
+            let ssh = crate::ssh::SshMount::new(&mount.spec, ssh_index)
                 .map_err(|e| step_err(e.to_string()))?;
-            let target = crate::plan::normalize_workdir(&r.workdir, &mount.target);
+            ssh_index += 1;
+            let target = crate::plan::normalize_workdir(&r.workdir, &ssh.target);
             first_ssh_target.get_or_insert_with(|| target.clone());
-            match opts.ssh.get(&mount.id) {
+            match opts.ssh.get(&ssh.id) {
                 Some(agent) => {
-                    let relay = crate::ssh::AgentRelay::start(agent, &mount)
+                    let relay = crate::ssh::AgentRelay::start(agent, &ssh)
                         .map_err(|e| step_err(e.to_string()))?;
                     mounts.push(BindMount {
                         source: relay.socket().to_path_buf(),
                         target: PathBuf::from(target),
                         read_only: false,
                     });
-                    ssh_relays.push(Some(relay));
+                    ssh_relays.push(relay);
                 }
-                None if mount.required => {
+                None if ssh.required => {
                     return Err(step_err(
-                        crate::ssh::SshError::Required { id: mount.id }.to_string(),
+                        crate::ssh::SshError::Required { id: ssh.id }.to_string(),
                     ))
                 }
                 // Not forwarded and not required: skipped, as BuildKit does.
-                None => ssh_relays.push(None),
+                None => {}
             }
             continue;
         }
-        let from = match (
-            r.mount_stages.get(n).copied().flatten(),
-            r.mount_images.get(&n),
-        ) {
-            (Some(i), _) => {
-                let stage = deps.get(&i).ok_or(SolveError::StageMissing(i))?;
+        let from = match &mount.from_resolved {
+            Some(MountSource::Stage(i)) => {
+                let stage = deps.get(i).ok_or(SolveError::StageMissing(*i))?;
                 Some(MountFrom {
                     lowers: stage.lowers_top_first(),
                     identity: stage
@@ -1060,13 +1064,15 @@ fn execute_run(
                         .unwrap_or_else(|| "scratch".to_string()),
                 })
             }
-            (None, Some(image)) => Some(mount_image_layers(store, image, resolver, opts)?),
-            (None, None) => None,
+            Some(MountSource::Image(image)) => {
+                Some(mount_image_layers(store, image, resolver, opts)?)
+            }
+            None => None,
         };
         let scratch = dir.join(format!("mount-{n}"));
-        let mount = run_mount(
+        let bind = run_mount(
             store,
-            spec,
+            mount,
             context,
             &r.workdir,
             from.as_ref(),
@@ -1074,7 +1080,7 @@ fn execute_run(
             &opts.secrets,
         )
         .map_err(step_err)?;
-        mounts.extend(mount);
+        mounts.extend(bind);
     }
     let network = match r.network.as_deref() {
         Some("none") => Network::None,
@@ -1191,73 +1197,58 @@ fn mount_image_layers(
 /// the store, seeded from `from=` when given), `type=bind` from the
 /// context, a stage or an image, `type=tmpfs` (an empty scratch
 /// directory), `type=secret` (a file given with `--secret`). `None` for an
-/// optional secret that was not given.
+/// optional secret that was not given. The target is relative to the
+/// working directory, as BuildKit joins it; `/` itself cannot be mounted on.
 fn run_mount(
     store: &Store,
-    spec: &str,
+    mount: &RunMount,
     context: &BuildContext,
     workdir: &str,
     from: Option<&MountFrom>,
     scratch: &Path,
     secrets: &BTreeMap<String, PathBuf>,
 ) -> Result<Option<BindMount>, String> {
-    let mut fields: BTreeMap<String, String> = BTreeMap::new();
-    for part in spec.split(',') {
-        match part.split_once('=') {
-            Some((k, v)) => fields.insert(k.trim().to_ascii_lowercase(), v.trim().to_string()),
-            None => fields.insert(part.trim().to_ascii_lowercase(), "true".to_string()),
+    let spec = &mount.spec;
+    let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+    if spec.mount_type == MountType::Secret {
+        // BuildKit's dispatchSecret: the id is `source=`, `id=`, or the
+        // target's base name; the target defaults to /run/secrets/<id>.
+        let base_name = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
+        let id = set(&spec.source)
+            .or_else(|| set(&spec.id))
+            .or_else(|| (!spec.target.is_empty()).then(|| base_name(&spec.target)))
+            .ok_or_else(|| "one of source, target required".to_string())?;
+        let target = if spec.target.is_empty() {
+            format!("/run/secrets/{}", base_name(&id))
+        } else {
+            spec.target.clone()
         };
-    }
-    let kind = fields.get("type").map(String::as_str).unwrap_or("bind");
-    let flag = |name: &str| {
-        fields
-            .get(name)
-            .is_some_and(|v| v == "true" || v.is_empty())
-    };
-    let given_target = fields
-        .get("target")
-        .or_else(|| fields.get("dst"))
-        .or_else(|| fields.get("destination"))
-        .cloned();
-    if kind == "secret" {
-        let id = fields
-            .get("id")
-            .cloned()
-            .or_else(|| {
-                given_target
-                    .as_deref()
-                    .map(|t| t.rsplit('/').next().unwrap_or(t).to_string())
-            })
-            .ok_or_else(|| format!("--mount={spec}: a secret needs an id or a target"))?;
-        let target = given_target.unwrap_or_else(|| format!("/run/secrets/{id}"));
         return match secrets.get(&id) {
             Some(source) => Ok(Some(BindMount {
                 source: source.clone(),
                 target: PathBuf::from(crate::plan::normalize_workdir(workdir, &target)),
                 read_only: true,
             })),
-            None if flag("required") => Err(format!(
+            None if spec.required => Err(format!(
                 "secret {id} is required but was not given (--secret id={id},src=FILE)"
             )),
             None => Ok(None),
         };
     }
-    let target = given_target.ok_or_else(|| format!("--mount={spec}: no target"))?;
-    let target = PathBuf::from(crate::plan::normalize_workdir(workdir, &target));
+    let target = crate::plan::normalize_workdir(workdir, &spec.target);
+    if target == "/" {
+        return Err(format!("invalid mount target {target:?}"));
+    }
+    let target = PathBuf::from(target);
     let mkdir =
         |path: &Path| std::fs::create_dir_all(path).map_err(|e| format!("{}: {e}", path.display()));
-    let source = fields
-        .get("source")
-        .or_else(|| fields.get("src"))
-        .cloned()
-        .unwrap_or_default();
+    let source = spec.source.clone().unwrap_or_default();
     let rel = crate::rootfs::clean_rel(&source);
-    match kind {
-        "cache" => {
-            let id = fields
-                .get("id")
-                .cloned()
-                .unwrap_or_else(|| target.display().to_string());
+    let read_only = spec.read_only;
+    match spec.mount_type {
+        MountType::Cache => {
+            // BuildKit's default id: the target as written, cleaned.
+            let id = set(&spec.id).unwrap_or_else(|| crate::dockerignore::go_clean(&spec.target));
             // A cache seeded from `from=` is its own dir per seed content;
             // a plain one keeps the name it always had.
             let key = match from {
@@ -1279,10 +1270,10 @@ fn run_mount(
             Ok(Some(BindMount {
                 source,
                 target,
-                read_only: flag("ro") || flag("readonly"),
+                read_only,
             }))
         }
-        "tmpfs" => {
+        MountType::Tmpfs => {
             mkdir(scratch)?;
             Ok(Some(BindMount {
                 source: scratch.to_path_buf(),
@@ -1290,79 +1281,78 @@ fn run_mount(
                 read_only: false,
             }))
         }
-        "bind" => {
-            let read_only = !(flag("rw") || flag("readwrite"));
-            // The source tree: the context, or a stage's or an image's
-            // snapshots seen through an empty upper dir.
-            mkdir(scratch)?;
-            let layered;
-            let tree: &dyn SourceTree = match from {
-                None => context,
-                Some(from) => {
-                    let empty = scratch.join("upper");
-                    mkdir(&empty)?;
-                    layered = LayeredRootfs::new(&empty, from.lowers.clone());
-                    &layered
-                }
-            };
-            let resolved = crate::rootfs::resolve(tree, &rel, true).map_err(|e| e.to_string())?;
-            if from.is_none() && !context.contains(&resolved) {
-                return Err(format!(
-                    "--mount={spec}: {source} is not in the build context"
-                ));
-            }
-            let meta = tree
-                .stat(&resolved)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("--mount={spec}: /{rel} not found"))?;
-            // Bound where it lies only when read-only (a context dir, any
-            // file). A stack of snapshots is merged into a copy, and a
-            // writable mount is a copy whose writes are dropped, as in
-            // BuildKit: neither the context nor a snapshot may change.
-            let copy_of = |dest: &Path| -> Result<(), String> {
-                mkdir(dest)?;
-                let target_view = LayeredRootfs::new(dest, Vec::new());
-                let mut o = CopyOptions::dockerfile_copy(false);
-                o.allow_wildcard = false;
-                copy::copy(tree, &resolved, &target_view, "/", &o)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            };
-            let source = match (meta.is_dir(), read_only) {
-                (true, true) if from.is_none() => context.host_path(&resolved),
-                (false, true) => tree.host_file(&resolved).map_err(|e| e.to_string())?,
-                (true, _) => {
-                    let merged = scratch.join("merged");
-                    copy_of(&merged)?;
-                    merged
-                }
-                (false, false) => {
-                    let dir = scratch.join("file");
-                    copy_of(&dir)?;
-                    let name = resolved.rsplit('/').next().unwrap_or(&resolved);
-                    dir.join(name)
-                }
-            };
-            Ok(Some(BindMount {
-                source,
-                target,
-                read_only,
-            }))
-        }
-        other => Err(format!("--mount type={other} is not supported by kiln yet")),
+        MountType::Bind => bind_mount(context, &rel, target, read_only, from, scratch).map(Some),
+        MountType::Secret | MountType::Ssh => Err(format!(
+            "--mount type={} is handled elsewhere",
+            spec.mount_type.as_str()
+        )),
     }
 }
 
-/// A mount spec's `type=` (lowercase), `bind` when not given.
-fn mount_type(spec: &str) -> String {
-    spec.split(',')
-        .find_map(|part| {
-            let (key, value) = part.split_once('=')?;
-            key.trim()
-                .eq_ignore_ascii_case("type")
-                .then(|| value.trim().to_ascii_lowercase())
-        })
-        .unwrap_or_else(|| "bind".to_string())
+/// `type=bind`: the source tree is the context, or a stage's or an
+/// image's snapshots seen through an empty upper dir.
+fn bind_mount(
+    context: &BuildContext,
+    rel: &str,
+    target: PathBuf,
+    read_only: bool,
+    from: Option<&MountFrom>,
+    scratch: &Path,
+) -> Result<BindMount, String> {
+    let mkdir =
+        |path: &Path| std::fs::create_dir_all(path).map_err(|e| format!("{}: {e}", path.display()));
+    mkdir(scratch)?;
+    let layered;
+    let tree: &dyn SourceTree = match from {
+        None => context,
+        Some(from) => {
+            let empty = scratch.join("upper");
+            mkdir(&empty)?;
+            layered = LayeredRootfs::new(&empty, from.lowers.clone());
+            &layered
+        }
+    };
+    let resolved = crate::rootfs::resolve(tree, rel, true).map_err(|e| e.to_string())?;
+    if from.is_none() && !context.contains(&resolved) {
+        return Err(format!("/{rel} is not in the build context"));
+    }
+    let meta = tree
+        .stat(&resolved)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("/{rel} not found"))?;
+    // Bound where it lies only when read-only (a context dir, any file). A
+    // stack of snapshots is merged into a copy, and a writable mount is a
+    // copy whose writes are dropped, as in BuildKit: neither the context
+    // nor a snapshot may change.
+    let copy_of = |dest: &Path| -> Result<(), String> {
+        mkdir(dest)?;
+        let target_view = LayeredRootfs::new(dest, Vec::new());
+        let mut o = CopyOptions::dockerfile_copy(false);
+        o.allow_wildcard = false;
+        copy::copy(tree, &resolved, &target_view, "/", &o)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let source = match (meta.is_dir(), read_only) {
+        (true, true) if from.is_none() => context.host_path(&resolved),
+        (false, true) => tree.host_file(&resolved).map_err(|e| e.to_string())?,
+        (true, _) => {
+            let merged = scratch.join("merged");
+            copy_of(&merged)?;
+            merged
+        }
+        (false, false) => {
+            let dir = scratch.join("file");
+            copy_of(&dir)?;
+            let name = resolved.rsplit('/').next().unwrap_or(&resolved);
+            dir.join(name)
+        }
+    };
+    Ok(BindMount {
+        source,
+        target,
+        read_only,
+    })
 }
 
 /// Fills a new cache mount dir with the root filesystem of its `from=`

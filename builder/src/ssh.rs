@@ -14,12 +14,16 @@
 //!
 //! ```
 //! use kiln_builder::ssh::SshMount;
-//! let m = SshMount::parse("type=ssh,id=deploy,mode=0440,uid=1000", 0).unwrap();
+//! use kiln_parser::mount::parse_mount;
+//! let parse = |spec: &str| parse_mount(spec, &mut |w| Ok(w.to_string())).unwrap();
+//! let m = SshMount::new(&parse("type=ssh,id=deploy,mode=0440,uid=1000"), 0).unwrap();
 //! assert_eq!((m.id.as_str(), m.mode, m.uid), ("deploy", 0o440, 1000));
-//! assert_eq!(SshMount::parse("type=ssh", 1).unwrap().target, "/run/buildkit/ssh_agent.1");
+//! assert_eq!(SshMount::new(&parse("type=ssh"), 1).unwrap().target, "/run/buildkit/ssh_agent.1");
 //! ```
 
 use std::collections::BTreeMap;
+
+use kiln_parser::mount::Mount;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -66,60 +70,31 @@ pub struct SshMount {
 }
 
 impl SshMount {
-    /// Parses a mount spec of type ssh; `index` is its place among the
-    /// RUN's ssh mounts.
-    pub fn parse(spec: &str, index: usize) -> Result<SshMount, SshError> {
-        let bad = |message: String| SshError::Mount {
-            spec: spec.to_string(),
-            message,
-        };
-        let mut mount = SshMount {
-            id: "default".into(),
-            target: format!("/run/buildkit/ssh_agent.{index}"),
-            required: false,
-            mode: 0o600,
-            uid: 0,
-            gid: 0,
-        };
-        for part in spec.split(',') {
-            let (key, value) = match part.split_once('=') {
-                Some((k, v)) => (k.trim().to_ascii_lowercase(), v.trim()),
-                None => (part.trim().to_ascii_lowercase(), ""),
-            };
-            let number = |radix: u32| {
-                u32::from_str_radix(value, radix)
-                    .map_err(|_| bad(format!("invalid value {value:?} for {key}")))
-            };
-            match key.as_str() {
-                "type" => {}
-                "id" if !value.is_empty() => mount.id = value.to_string(),
-                "id" => {}
-                "target" | "dst" | "destination" if !value.is_empty() => {
-                    mount.target = value.to_string()
-                }
-                "target" | "dst" | "destination" => {}
-                "required" => {
-                    mount.required = match value {
-                        "" => true,
-                        v => crate::git::parse_go_bool(v)
-                            .ok_or_else(|| bad(format!("invalid value {v:?} for required")))?,
-                    }
-                }
-                "mode" => mount.mode = number(8)?,
-                "uid" => mount.uid = number(10)?,
-                "gid" => mount.gid = number(10)?,
-                // Accepted for any mount type by BuildKit's parser, and
-                // meaningless for an agent socket.
-                "from" | "source" | "src" | "readonly" | "ro" | "readwrite" | "rw" | "env" => {}
-                "sharing" => return Err(bad("invalid cache sharing set for ssh mount".into())),
-                other => {
-                    return Err(bad(format!(
-                        "unexpected key '{other}' for mount type 'ssh'"
-                    )))
-                }
-            }
+    /// The ssh mount a typed `--mount` spec describes, with BuildKit's
+    /// defaults; `index` is its place among the RUN's ssh mounts.
+    pub fn new(spec: &Mount, index: usize) -> Result<SshMount, SshError> {
+        if spec.source.as_deref().is_some_and(|s| !s.is_empty()) {
+            return Err(SshError::Mount {
+                spec: "type=ssh".into(),
+                message: "ssh does not support source".into(),
+            });
         }
-        Ok(mount)
+        Ok(SshMount {
+            id: spec
+                .id
+                .clone()
+                .filter(|id| !id.is_empty())
+                .unwrap_or_else(|| "default".into()),
+            target: if spec.target.is_empty() {
+                format!("/run/buildkit/ssh_agent.{index}")
+            } else {
+                spec.target.clone()
+            },
+            required: spec.required,
+            mode: spec.mode.unwrap_or(0o600),
+            uid: spec.uid.unwrap_or(0),
+            gid: spec.gid.unwrap_or(0),
+        })
     }
 }
 
@@ -373,9 +348,15 @@ pub fn parse_ssh_flag(
 mod tests {
     use super::*;
 
+    fn ssh(spec: &str, index: usize) -> Result<SshMount, String> {
+        let mount = kiln_parser::mount::parse_mount(spec, &mut |w| Ok(w.to_string()))
+            .map_err(|e| e.to_string())?;
+        SshMount::new(&mount, index).map_err(|e| e.to_string())
+    }
+
     #[test]
     fn mount_defaults_and_options() {
-        let m = SshMount::parse("type=ssh", 0).unwrap();
+        let m = ssh("type=ssh", 0).unwrap();
         assert_eq!(
             m,
             SshMount {
@@ -387,28 +368,24 @@ mod tests {
                 gid: 0,
             }
         );
-        let m = SshMount::parse("type=ssh,id=gh,target=/a.sock,required,gid=5", 3).unwrap();
+        let m = ssh("type=ssh,id=gh,target=/a.sock,required,gid=5", 3).unwrap();
         assert_eq!((m.id.as_str(), m.target.as_str()), ("gh", "/a.sock"));
         assert!(m.required);
         assert_eq!(m.gid, 5);
-        assert!(
-            !SshMount::parse("type=ssh,required=false", 0)
-                .unwrap()
-                .required
-        );
-        // Keys BuildKit accepts on any mount are ignored.
-        assert_eq!(
-            SshMount::parse("type=ssh,ro,source=/x,from=y", 2).unwrap(),
-            SshMount::parse("type=ssh", 2).unwrap()
-        );
+        assert!(!ssh("type=ssh,required=false", 0).unwrap().required);
+        // Keys BuildKit's parser accepts on any mount and its ssh dispatch
+        // ignores.
+        assert_eq!(ssh("type=ssh,ro,from=y", 2), ssh("type=ssh", 2));
         for bad in [
             "type=ssh,mode=9",
             "type=ssh,uid=x",
             "type=ssh,required=maybe",
             "type=ssh,size=1m",
             "type=ssh,sharing=locked",
+            // BuildKit: "ssh does not support source".
+            "type=ssh,source=/x",
         ] {
-            assert!(SshMount::parse(bad, 0).is_err(), "{bad}");
+            assert!(ssh(bad, 0).is_err(), "{bad}");
         }
     }
 

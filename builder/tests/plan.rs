@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use kiln_builder::plan::{plan, BuildOptions, FoundImage, ImageLookup};
+use kiln_builder::plan::{plan, BuildOptions, FoundImage, ImageLookup, LookupError};
 use kiln_layers::oci::{ImageConfig, Platform};
 use kiln_layers::{Digest, Reference};
 
@@ -18,12 +18,16 @@ use kiln_layers::{Digest, Reference};
 struct TestImages(BTreeMap<String, ImageConfig>);
 
 impl ImageLookup for TestImages {
-    fn lookup(&self, reference: &Reference, _platform: &Platform) -> Result<FoundImage, String> {
+    fn lookup(
+        &self,
+        reference: &Reference,
+        _platform: &Platform,
+    ) -> Result<FoundImage, LookupError> {
         let (key, config) = self
             .0
             .iter()
             .find(|(key, _)| Reference::parse(key).as_ref() == Ok(reference))
-            .ok_or_else(|| format!("{reference}: not found"))?;
+            .ok_or_else(|| LookupError::NotFound(format!("{reference}: not found")))?;
         Ok(FoundImage {
             reference: reference.clone(),
             // A made-up manifest digest, distinct per image.
@@ -148,7 +152,10 @@ fn invalid_image_names_name_their_line() {
         )
         .unwrap_err();
         assert!(
-            matches!(err, kiln_builder::plan::PlanError::InvalidReference { .. }),
+            matches!(
+                err.kind,
+                kiln_builder::plan::PlanErrorKind::InvalidReference(_)
+            ),
             "{dockerfile}: {err:?}"
         );
         assert_eq!(err.line(), Some(line), "{dockerfile}: {err}");

@@ -75,7 +75,7 @@ mod json;
 pub mod mount;
 mod parser;
 mod quote;
-mod suggest;
+pub mod suggest;
 
 pub use ast::dump_buildkit;
 pub use error::{ErrorKind, ParseError};

@@ -135,6 +135,16 @@ pub fn check_mount_spec(spec: &str) -> Result<(), MountError> {
     Ok(())
 }
 
+/// The `from=` value of a spec, as written: what the planner needs to know
+/// which stages a RUN depends on before anything is expanded (`from=` holds
+/// no variables; [`check_mount_spec`] refuses them).
+pub fn from_field(spec: &str) -> Result<Option<String>, MountError> {
+    Ok(csv_fields(spec)?.into_iter().find_map(|field| {
+        let (key, value) = field.split_once('=')?;
+        key.eq_ignore_ascii_case("from").then(|| value.to_string())
+    }))
+}
+
 /// Parses one spec, expanding each value with `expand` (pass the identity
 /// for specs without variables).
 pub fn parse_mount(

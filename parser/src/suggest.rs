@@ -3,7 +3,7 @@
 /// The nearest of `options` to `value` (edit distance below 3), as BuildKit's
 /// `suggest.Search` picks it; `None` for an exact match or nothing close.
 /// Case-insensitive search returns the option in the case style of `value`.
-pub(crate) fn suggest(value: &str, options: &[&str], case_sensitive: bool) -> Option<String> {
+pub fn suggest(value: &str, options: &[&str], case_sensitive: bool) -> Option<String> {
     let needle = if case_sensitive {
         value.to_string()
     } else {

@@ -113,7 +113,7 @@ pub struct BuildArgs {
     #[arg(long = "secret", value_name = "id=ID,src=FILE")]
     secrets: Vec<String>,
     /// Forward an SSH agent to RUN --mount=type=ssh: `default` ($SSH_AUTH_SOCK),
-    /// ID=SOCKET, or ID=KEY[,KEY] (loaded into an ssh-agent kiln starts).
+    /// ID=SOCKET, or ID=KEYFILE,... (key files loaded into an ssh-agent kiln starts).
     #[arg(long = "ssh", value_name = "default|ID[=SOCKET|KEY[,KEY]]")]
     ssh: Vec<String>,
     /// Write Docker (schema 2) media types instead of OCI ones.
@@ -785,8 +785,8 @@ fn plan_graph(planned: &Plan, dot: bool, hit: &dyn Fn(&Option<Digest>) -> bool) 
                     }
                 }
                 StepKind::Run(r) => {
-                    for j in r.mount_stages.iter().flatten() {
-                        edges.push((stage_out(*j), id.clone()));
+                    for j in r.mount_stages() {
+                        edges.push((stage_out(j), id.clone()));
                     }
                 }
                 StepKind::Workdir(_) => {}

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use kiln_builder::dockerignore::load_for_build;
 use kiln_builder::explain::{explain, render, ExplainOptions};
 use kiln_builder::lint::{check, LintOptions, Report};
-use kiln_builder::plan::{BuildOptions, FoundImage, ImageLookup};
+use kiln_builder::plan::{BuildOptions, FoundImage, ImageLookup, LookupError};
 use kiln_builder::solve::StoreResolver;
 use kiln_layers::oci::Platform;
 use kiln_layers::Reference;
@@ -254,11 +254,16 @@ struct StoreThenRegistry<'a> {
 }
 
 impl ImageLookup for StoreThenRegistry<'_> {
-    fn lookup(&self, reference: &Reference, platform: &Platform) -> Result<FoundImage, String> {
+    /// The registry is asked only when the store does not have the image:
+    /// a store that fails to answer (a damaged index, say) is an error.
+    fn lookup(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+    ) -> Result<FoundImage, LookupError> {
         match (self.store.lookup(reference, platform), self.registry) {
-            (Ok(found), _) => Ok(found),
-            (Err(_), Some(registry)) => registry.lookup(reference, platform),
-            (Err(e), None) => Err(e),
+            (Err(e), Some(registry)) if e.is_not_found() => registry.lookup(reference, platform),
+            (result, _) => result,
         }
     }
 }
@@ -293,7 +298,11 @@ impl RegistryConfigs {
 }
 
 impl ImageLookup for RegistryConfigs {
-    fn lookup(&self, reference: &Reference, platform: &Platform) -> Result<FoundImage, String> {
+    fn lookup(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+    ) -> Result<FoundImage, LookupError> {
         let key = (reference.clone(), platform.normalized().to_string());
         if let Some(known) = self.fetched.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(known);
@@ -306,7 +315,14 @@ impl ImageLookup for RegistryConfigs {
                 platform,
             ))
             .map_err(|e| {
-                format!("not in the local store, and its config could not be fetched: {e}")
+                let message =
+                    format!("not in the local store, and its config could not be fetched: {e}");
+                match e {
+                    kiln_transfer::TransferError::Registry(kiln_registry::Error::NotFound {
+                        ..
+                    }) => LookupError::NotFound(message),
+                    _ => LookupError::failed(message),
+                }
             })?;
         let resolved = FoundImage {
             reference: reference.clone(),

@@ -18,7 +18,7 @@ use crate::settings::GlobalSettings;
 #[derive(Clone, Debug, Default, Args)]
 pub struct RegistryArgs {
     /// Allow plain HTTP, and HTTPS without certificate checks, for this
-    /// registry (host[:port]; repeatable). Loopback registries need no flag.
+    /// registry (HOST or HOST:PORT; repeatable). Loopback registries need no flag.
     #[arg(long = "insecure-registry", value_name = "HOST")]
     pub insecure_registries: Vec<String>,
     /// Also trust the CA certificates in this PEM file (repeatable).
@@ -82,14 +82,14 @@ pub enum RegistryCommand {
         /// Read the password from standard input.
         #[arg(long)]
         password_stdin: bool,
-        /// Registry host[:port] (default: docker.io).
+        /// Registry HOST or HOST:PORT (default: docker.io).
         host: Option<String>,
         #[command(flatten)]
         registry: RegistryArgs,
     },
     /// Remove a registry's credentials from Docker's config.json.
     Logout {
-        /// Registry host[:port] (default: docker.io).
+        /// Registry HOST or HOST:PORT (default: docker.io).
         host: Option<String>,
     },
 }

@@ -30,15 +30,14 @@
 pub mod render;
 use std::collections::BTreeMap;
 
-use kiln_layers::oci::{ContainerConfig, Platform};
-use kiln_layers::Reference;
+use kiln_layers::oci::ContainerConfig;
 use kiln_parser::instructions::{self as ins, CommandLine, Instruction};
 use serde::Serialize;
 
 use crate::image::default_shell;
 use crate::plan::{
-    plan, BaseSource, BuildOptions, FoundImage, ImageLookup, OfflineResolver, Origin, PlanError,
-    StagePlan,
+    plan_with, BaseSource, BuildOptions, ImageLookup, NoObserver, Origin, PlanError, PlanErrorKind,
+    StagePlan, WalkOptions,
 };
 use crate::run_argv::{docker_run_command, RunCommand};
 
@@ -159,23 +158,22 @@ pub fn explain(
     options: &ExplainOptions,
     images: &dyn ImageLookup,
 ) -> Result<Explanation, ExplainError> {
-    let resolver = Recording {
-        inner: images,
-        offline: options.offline,
-        missing: std::cell::RefCell::new(Vec::new()),
+    let walk = WalkOptions {
+        all_stages: false,
+        unknown_images_empty: options.offline,
     };
-    let planned = plan(df, &options.build, &resolver).map_err(|e| match e {
-        PlanError::Resolve {
-            line,
-            reference,
-            message,
-        } => ExplainError::UnknownBase {
-            line,
-            image: reference,
-            message,
-        },
-        other => ExplainError::Plan(other),
-    })?;
+    let planned =
+        plan_with(df, &options.build, images, walk, &mut NoObserver).map_err(|e| match e {
+            PlanError {
+                line: Some(line),
+                kind: PlanErrorKind::Resolve { reference, source },
+            } if source.is_not_found() => ExplainError::UnknownBase {
+                line,
+                image: reference,
+                message: source.to_string(),
+            },
+            other => ExplainError::Plan(other),
+        })?;
     let target = &planned.stages[planned.target];
     let config = target.image.config.clone().unwrap_or_default();
 
@@ -189,7 +187,7 @@ pub fn explain(
     }
     let root = &planned.stages[chain[0]];
     let base_config = match &root.base {
-        BaseSource::Image { reference, .. } => resolver
+        BaseSource::Image { reference, .. } => images
             .lookup(&reference.reference, &options.build.target_platform)
             .ok()
             .and_then(|r| r.config.config),
@@ -202,11 +200,8 @@ pub fn explain(
     };
 
     let mut warnings = Vec::new();
-    for image in resolver.missing.borrow().iter() {
-        let line = planned.stages.iter().find_map(|s| match &s.base {
-            BaseSource::Image { reference, .. } if &reference.reference == image => Some(s.line),
-            _ => None,
-        });
+    for (image, line) in &planned.unknown_images {
+        let line = Some(*line);
         warnings.push(Warning {
             code: "BaseImageUnknown",
             message: format!(
@@ -343,31 +338,6 @@ pub fn explain(
         cmd_form,
         run,
     })
-}
-
-/// The resolver explain hands to the planner: unknown images fail, or with
-/// `--offline` become empty and are remembered for a warning.
-struct Recording<'a> {
-    inner: &'a dyn ImageLookup,
-    offline: bool,
-    /// Images treated as empty under `--offline`.
-    missing: std::cell::RefCell<Vec<Reference>>,
-}
-
-impl ImageLookup for Recording<'_> {
-    fn lookup(&self, reference: &Reference, platform: &Platform) -> Result<FoundImage, String> {
-        match self.inner.lookup(reference, platform) {
-            Ok(found) => Ok(found),
-            Err(message) if !self.offline => Err(message),
-            Err(_) => {
-                let mut missing = self.missing.borrow_mut();
-                if !missing.contains(reference) {
-                    missing.push(reference.clone());
-                }
-                OfflineResolver.lookup(reference, platform)
-            }
-        }
-    }
 }
 
 fn stage_label(df: &ins::Dockerfile, index: usize) -> String {
@@ -720,6 +690,7 @@ fn json_list(items: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::OfflineResolver;
 
     fn explain_text(source: &str, options: &ExplainOptions) -> Explanation {
         let df = kiln_parser::parse(source, "Dockerfile").unwrap();
