@@ -327,7 +327,7 @@ pub struct SolveOptions<'a> {
     pub helper: HelperCommand,
     /// Where ADD URLs come from: the build's downloads, the same the cache
     /// keys were computed with
-    /// ([`crate::plan::compute_cache_keys_fetching`]), so a URL fetched for
+    /// ([`crate::plan::compute_cache_keys`] with [`crate::plan::RemoteSources`]), so a URL fetched for
     /// its key is not fetched again. A step served from the cache fetches
     /// nothing.
     pub downloads: Option<&'a UrlDownloads<'a>>,

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_builder::context::BuildContext;
 use kiln_builder::dockerignore;
-use kiln_builder::plan::{compute_cache_keys, plan, BuildOptions};
+use kiln_builder::plan::{compute_cache_keys, plan, BuildOptions, RemoteSources};
 use kiln_builder::solve::{solve, NoEvents, SolveOptions, StoreResolver};
 use kiln_layers::{NoProgress, Platform, Store};
 use kiln_runtime::{HelperCommand, Network};
@@ -98,7 +98,7 @@ fn run(case: &Path) -> String {
     };
     let ignore = dockerignore::load_for_build(&ctx, None).unwrap();
     let context = BuildContext::load(&ctx, &ignore, None).unwrap();
-    if let Err(e) = compute_cache_keys(&mut planned, Some(&context)) {
+    if let Err(e) = compute_cache_keys(&mut planned, Some(&context), &RemoteSources::default()) {
         return format!("plan error: {e}\n");
     }
     let solve_opts = SolveOptions {

@@ -171,7 +171,99 @@ mod cache_keys {
     use super::*;
     use kiln_builder::context::BuildContext;
     use kiln_builder::dockerignore::PatternMatcher;
-    use kiln_builder::plan::compute_cache_keys;
+    use kiln_builder::git::{GitError, GitSource, ResolvedCommit};
+    use kiln_builder::plan::keys::UrlContent;
+    use kiln_builder::plan::{compute_cache_keys, KeySources, RemoteSources};
+
+    /// Key sources with fixed answers: every Git ref names commit 1111…,
+    /// every URL holds content 2222….
+    struct FixedSources;
+
+    impl KeySources for FixedSources {
+        fn git_commit(&self, _: &GitSource) -> Result<ResolvedCommit, GitError> {
+            Ok(ResolvedCommit {
+                commit: "1".repeat(40),
+                used_ref: "refs/tags/v1".into(),
+            })
+        }
+
+        fn url_content(&self, _: &str) -> Result<Option<UrlContent>, String> {
+            Ok(Some(UrlContent {
+                digest: format!("sha256:{}", "2".repeat(64)),
+                last_modified: Some(1_600_000_000),
+            }))
+        }
+    }
+
+    /// `stage line key` for every needed step of `dockerfile` over the
+    /// context in `ctx_dir`.
+    fn key_lines(ctx_dir: &std::path::Path, dockerfile: &str) -> String {
+        let typed = kiln_parser::instructions::from_ast(
+            &kiln_parser::parse(dockerfile, "Dockerfile").unwrap(),
+        )
+        .unwrap();
+        let images: BTreeMap<String, ImageConfig> = serde_json::from_str(DEFAULT_IMAGES).unwrap();
+        let opts = BuildOptions {
+            target_platform: Platform::parse("linux/amd64").unwrap(),
+            build_platform: Platform::parse("linux/amd64").unwrap(),
+            ..Default::default()
+        };
+        let mut p = plan(&typed, &opts, &TestImages(images)).unwrap();
+        let ctx = BuildContext::load(
+            ctx_dir,
+            &PatternMatcher::new(Vec::<String>::new()).unwrap(),
+            None,
+        )
+        .unwrap();
+        compute_cache_keys(&mut p, Some(&ctx), &FixedSources).unwrap();
+        let mut out = String::new();
+        for &i in &p.order {
+            for step in &p.stages[i].steps {
+                out.push_str(&format!(
+                    "{} {} {}\n",
+                    i,
+                    step.line,
+                    step.cache_key.as_ref().unwrap()
+                ));
+            }
+        }
+        out
+    }
+
+    /// The keys of a fixed Dockerfile and context are pinned: a change of
+    /// the encoding shows here (and then needs a new KEY_VERSION).
+    #[test]
+    fn keys_are_pinned_by_a_golden_file() {
+        common::run_area("keys", |case| {
+            let dockerfile = std::fs::read_to_string(case.join("Dockerfile")).unwrap();
+            common::check_golden(case, "expected", &key_lines(case, &dockerfile))
+        });
+    }
+
+    /// Two checkouts of the same files — another path, other mtimes and
+    /// inode numbers — give the same keys (what lets the cache travel
+    /// between machines).
+    #[test]
+    fn keys_do_not_depend_on_where_or_when_the_context_was_written() {
+        let golden = common::area_dir("keys").join("all-step-kinds");
+        let dockerfile = std::fs::read_to_string(golden.join("Dockerfile")).unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        let other = copy.path().join("elsewhere/ctx");
+        std::fs::create_dir_all(other.join("app")).unwrap();
+        // Written in another order, a second apart: new inodes, new mtimes.
+        for name in ["app/main.py", "app/data.txt"] {
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+            std::fs::copy(golden.join(name), other.join(name)).unwrap();
+        }
+        use std::os::unix::fs::MetadataExt;
+        let a = std::fs::metadata(golden.join("app/main.py")).unwrap();
+        let b = std::fs::metadata(other.join("app/main.py")).unwrap();
+        assert_ne!((a.ino(), a.mtime()), (b.ino(), b.mtime()));
+        assert_eq!(
+            key_lines(&golden, &dockerfile),
+            key_lines(&other, &dockerfile)
+        );
+    }
 
     const DOCKERFILE: &str =
         "FROM busybox\nRUN echo one\nCOPY app/ /app/\nRUN echo two\nCOPY other.txt /\n";
@@ -197,7 +289,7 @@ mod cache_keys {
             None,
         )
         .unwrap();
-        compute_cache_keys(&mut p, Some(&ctx)).unwrap();
+        compute_cache_keys(&mut p, Some(&ctx), &RemoteSources::default()).unwrap();
         p.stages[p.target]
             .steps
             .iter()
@@ -262,7 +354,7 @@ mod cache_keys {
             None,
         )
         .unwrap();
-        let err = compute_cache_keys(&mut p, Some(&ctx))
+        let err = compute_cache_keys(&mut p, Some(&ctx), &RemoteSources::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains("nope.txt") && err.contains("line 3"), "{err}");

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use kiln_builder::context::BuildContext;
 use kiln_builder::dockerignore::PatternMatcher;
-use kiln_builder::plan::{compute_cache_keys, plan, BuildOptions};
+use kiln_builder::plan::{compute_cache_keys, plan, BuildOptions, RemoteSources};
 use kiln_builder::solve::{
     solve, BuildEvents, BuiltImage, SolveError, SolveOptions, StepEvent, StepOutcome, StoreResolver,
 };
@@ -88,7 +88,7 @@ fn build_full(
         None,
     )
     .unwrap();
-    compute_cache_keys(&mut p, Some(&ctx)).unwrap();
+    compute_cache_keys(&mut p, Some(&ctx), &RemoteSources::default()).unwrap();
     let solve_opts = SolveOptions {
         no_cache: false,
         source_date_epoch,
@@ -739,7 +739,7 @@ fn add_git_repository() {
             None,
         )
         .unwrap();
-        compute_cache_keys(&mut p, Some(&context))
+        compute_cache_keys(&mut p, Some(&context), &RemoteSources::default())
             .unwrap_err()
             .to_string()
     };
@@ -780,7 +780,7 @@ fn build_with_ssh(
         None,
     )
     .unwrap();
-    compute_cache_keys(&mut p, Some(&ctx)).unwrap();
+    compute_cache_keys(&mut p, Some(&ctx), &RemoteSources::default()).unwrap();
     let events = Events::default();
     let solve_opts = SolveOptions {
         no_cache: false,

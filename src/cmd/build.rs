@@ -15,7 +15,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use kiln_builder::context::{BuildContext, StatCache};
 use kiln_builder::copy::{CopyOptions, FetchInfo, UrlDownloads, UrlFetcher};
 use kiln_builder::dockerignore;
-use kiln_builder::plan::{compute_cache_keys_fetching, plan, BuildOptions, Plan, StepKind};
+use kiln_builder::plan::{compute_cache_keys, plan, BuildOptions, Plan, RemoteSources, StepKind};
 use kiln_builder::rootfs::LayeredRootfs;
 use kiln_builder::solve::{solve, SolveError, SolveOptions, StoreResolver};
 use kiln_layers::archive::{self, Format, SaveItem};
@@ -475,7 +475,10 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
                 .unwrap_or(0)
         )),
     );
-    compute_cache_keys_fetching(&mut planned, Some(&context), Some(&downloads))
+    let sources = RemoteSources {
+        downloads: Some(&downloads),
+    };
+    compute_cache_keys(&mut planned, Some(&context), &sources)
         .inspect_err(|e| show_line(e.line()))?;
 
     if args.dry_run {

@@ -2,6 +2,20 @@
 //! (or the base's identity), the step as planned, and the content it reads
 //! (the context's files, a source stage's key, a URL's or a Git ref's
 //! content).
+//!
+//! The encoding is written out field by field (`KeyWriter`), under a
+//! version ([`KEY_VERSION`]): renaming a Rust field changes no key, and a
+//! change of what a key covers is a new version, on purpose. Nothing in a
+//! key depends on the machine: no path of the store or the context, no
+//! mtime or inode (the context's digests are of content, mode and link
+//! targets), so two machines with the same inputs compute the same keys.
+//! A golden test (`testdata/builder/keys`) pins the keys of a fixed
+//! Dockerfile and context.
+//!
+//! What a key needs from outside the Dockerfile and the context — the
+//! commit a Git ref names now, the content at a URL — comes through
+//! [`KeySources`]: the planner itself does no I/O; a build passes
+//! [`RemoteSources`] (`git ls-remote`, the build's downloads).
 
 use std::collections::BTreeMap;
 
@@ -9,160 +23,337 @@ use kiln_layers::oci::ImageConfig;
 use kiln_layers::Digest;
 use sha2::{Digest as _, Sha256};
 
-use super::{BaseSource, CopyFrom, Plan, PlanError, PlanErrorKind, StepKind};
+use super::{
+    BaseSource, CopyFrom, CopyStep, MountSource, Plan, PlanError, PlanErrorKind, RunStep, Step,
+    StepKind, WorkdirStep,
+};
 use crate::context::BuildContext;
 use crate::copy::{resolve_wildcards, UrlDownloads};
+use crate::git::{GitError, GitSource, ResolvedCommit};
 use crate::rootfs::resolve;
 
-/// Computes each needed step's cache key: a digest over the parent's key
-/// (or the base's identity), the expanded instruction, the environment
-/// and args reaching it, and for COPY/ADD the content selected in the
-/// context (or the source stage's key). An ADD URL is keyed by the URL and
-/// its `--checksum` only: without one, use [`compute_cache_keys_fetching`].
-/// An ADD of a Git repository is keyed by the commit its ref names now
-/// (`git ls-remote`, see [`crate::git`]); the commit is kept in the step
-/// for the solver to check out.
+/// The version of the key encoding: changing what a key covers or how it
+/// is written means a new version (every key changes with it).
+pub const KEY_VERSION: &str = "kiln-step-v2";
+
+/// What an ADD URL's key takes from its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlContent {
+    /// `sha256:<hex>` of the content.
+    pub digest: String,
+    /// `Last-Modified` in seconds since the epoch (it becomes the mtime).
+    pub last_modified: Option<i64>,
+}
+
+/// The I/O a key needs, behind one seam.
+pub trait KeySources {
+    /// The commit a Git source's ref names now.
+    fn git_commit(&self, source: &GitSource) -> Result<ResolvedCommit, GitError>;
+    /// The content at `url` for an ADD without `--checksum`; `None` keys
+    /// the URL by its text only.
+    fn url_content(&self, url: &str) -> Result<Option<UrlContent>, String>;
+}
+
+/// The real sources: `git ls-remote` for Git refs, and the build's
+/// downloads for URLs (a URL is fetched once per build: the solver copies
+/// the same download). Without downloads, URLs are keyed by their text.
+#[derive(Default)]
+pub struct RemoteSources<'a> {
+    pub downloads: Option<&'a UrlDownloads<'a>>,
+}
+
+impl KeySources for RemoteSources<'_> {
+    fn git_commit(&self, source: &GitSource) -> Result<ResolvedCommit, GitError> {
+        crate::git::resolve_commit(source)
+    }
+
+    fn url_content(&self, url: &str) -> Result<Option<UrlContent>, String> {
+        let Some(downloads) = self.downloads else {
+            return Ok(None);
+        };
+        let downloaded = downloads.get(url).map_err(|e| match e {
+            crate::copy::CopyError::Fetch { message, .. } => message,
+            other => other.to_string(),
+        })?;
+        Ok(Some(UrlContent {
+            digest: downloaded.digest.clone(),
+            last_modified: downloaded.last_modified,
+        }))
+    }
+}
+
+/// Writes named, length-prefixed fields into a hash, so that no two
+/// different steps encode to the same bytes.
+struct KeyWriter(Sha256);
+
+impl KeyWriter {
+    fn new() -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(KEY_VERSION.as_bytes());
+        hasher.update([0]);
+        KeyWriter(hasher)
+    }
+
+    fn field(&mut self, name: &str, value: &str) {
+        self.0.update(name.as_bytes());
+        self.0.update([0]);
+        self.0.update((value.len() as u64).to_le_bytes());
+        self.0.update(value.as_bytes());
+    }
+
+    fn opt(&mut self, name: &str, value: Option<&str>) {
+        match value {
+            Some(v) => self.field(name, v),
+            None => self.field(name, "\u{0}none"),
+        }
+    }
+
+    fn list(&mut self, name: &str, items: &[String]) {
+        self.field(name, &items.len().to_string());
+        for item in items {
+            self.field(name, item);
+        }
+    }
+
+    fn flag(&mut self, name: &str, value: bool) {
+        self.field(name, if value { "true" } else { "false" });
+    }
+
+    fn finish(self) -> Digest {
+        Digest::from_hash(&self.0.finalize())
+    }
+}
+
+/// Computes each needed step's cache key (see the module docs). An ADD of
+/// a Git repository is keyed by the commit its ref names now; the commit is
+/// kept in the step for the solver to check out.
 pub fn compute_cache_keys(
     plan: &mut Plan,
     context: Option<&BuildContext>,
+    sources: &dyn KeySources,
 ) -> Result<(), PlanError> {
-    compute_cache_keys_fetching(plan, context, None)
-}
-
-/// [`compute_cache_keys`], with an ADD URL that has no `--checksum` keyed
-/// on its content as `downloads` has it now (the content digest and
-/// Last-Modified), as BuildKit keys on content: a changed file at the same
-/// URL misses the cache. The download stays in `downloads` for the solver
-/// ([`crate::solve::SolveOptions::downloads`]), so a build fetches each URL
-/// once.
-pub fn compute_cache_keys_fetching(
-    plan: &mut Plan,
-    context: Option<&BuildContext>,
-    downloads: Option<&UrlDownloads<'_>>,
-) -> Result<(), PlanError> {
-    let mut git_commits: BTreeMap<String, crate::git::ResolvedCommit> = BTreeMap::new();
+    let mut git_commits: BTreeMap<String, ResolvedCommit> = BTreeMap::new();
     let mut finals: BTreeMap<usize, String> = BTreeMap::new();
-    let order = plan.order.clone();
-    for &index in &order {
-        let base_key = {
-            let sp = &plan.stages[index];
-            match &sp.base {
-                BaseSource::Scratch => format!("scratch/{}", plan_platform(&sp.image)),
-                BaseSource::Image { reference, digest } => {
-                    format!(
-                        "image/{}/{}",
-                        digest
-                            .as_ref()
-                            .map_or(reference.shown.as_str(), Digest::as_str),
-                        plan_platform(&sp.image)
-                    )
-                }
-                BaseSource::Stage(i) => finals.get(i).cloned().unwrap_or_default(),
-            }
+    for index in plan.order.clone() {
+        let mut parent = match &plan.stages[index].base {
+            BaseSource::Scratch => format!("scratch/{}", plan_platform(&plan.stages[index].image)),
+            BaseSource::Image { reference, digest } => format!(
+                "image/{}/{}",
+                digest
+                    .as_ref()
+                    .map_or(reference.shown.as_str(), Digest::as_str),
+                plan_platform(&plan.stages[index].image)
+            ),
+            BaseSource::Stage(i) => finals.get(i).cloned().unwrap_or_default(),
         };
-        let mut parent = base_key;
-        let steps_len = plan.stages[index].steps.len();
-        for n in 0..steps_len {
-            let step = plan.stages[index].steps[n].clone();
-            let mut h = Sha256::new();
-            h.update(b"kiln-step-v1\0");
-            h.update(parent.as_bytes());
-            h.update(b"\0");
-            let body = serde_json::to_string(&step.kind)
-                .map_err(|e| PlanError::at(step.line, PlanErrorKind::CacheKey(e.to_string())))?;
-            h.update(body.as_bytes());
-            h.update(b"\0");
-            let mut resolved_git = BTreeMap::new();
-            match &step.kind {
-                StepKind::Copy(c) => match &c.from {
-                    CopyFrom::Context => {
-                        for (source_index, src) in c.sources.iter().enumerate() {
-                            let git = match c.is_add {
-                                true => crate::git::parse_git_source(src).map_err(|source| {
-                                    PlanError::at(step.line, PlanErrorKind::Git(source))
-                                })?,
-                                false => None,
-                            };
-                            if let Some(git) = git {
-                                let git = git.with_checksum_flag(c.checksum.as_deref());
-                                // Keyed on the commit the ref names now (the
-                                // URL, ref and subdir are in the body).
-                                let resolved = match git_commits.get(src) {
-                                    Some(r) => r.clone(),
-                                    None => {
-                                        let r =
-                                            crate::git::resolve_commit(&git).map_err(|source| {
-                                                PlanError::at(step.line, PlanErrorKind::Git(source))
-                                            })?;
-                                        git_commits.insert(src.clone(), r.clone());
-                                        r
-                                    }
-                                };
-                                h.update(format!("git:{}\0", resolved.commit).as_bytes());
-                                resolved_git.insert(source_index, resolved);
-                                continue;
-                            }
-                            if src.starts_with("http://") || src.starts_with("https://") {
-                                h.update(format!("url:{src}\0").as_bytes());
-                                if let (None, Some(downloads)) = (&c.checksum, downloads) {
-                                    h.update(
-                                        url_content_key(downloads, src, step.line)?.as_bytes(),
-                                    );
-                                }
-                                continue;
-                            }
-                            h.update(context_selection(context, src, step.line)?.as_bytes());
-                        }
-                    }
-                    CopyFrom::Stage(i) => {
-                        h.update(finals.get(i).map(String::as_str).unwrap_or("").as_bytes());
-                    }
-                    CopyFrom::Image(r) => h.update(format!("image:{r}\0").as_bytes()),
-                },
-                StepKind::Run(r) => {
-                    for i in r.mount_stages() {
-                        h.update(finals.get(&i).map(String::as_str).unwrap_or("").as_bytes());
-                    }
-                }
-                StepKind::Workdir(_) => {}
-            }
-            let key = Digest::from_hash(&h.finalize());
-            if let StepKind::Copy(c) = &mut plan.stages[index].steps[n].kind {
+        for n in 0..plan.stages[index].steps.len() {
+            let step = &plan.stages[index].steps[n];
+            let mut key = KeyWriter::new();
+            key.field("parent", &parent);
+            let mut inputs = StepInputs {
+                context,
+                sources,
+                finals: &finals,
+                git_commits: &mut git_commits,
+                resolved_git: BTreeMap::new(),
+            };
+            inputs.write(&mut key, step)?;
+            let resolved_git = inputs.resolved_git;
+            let digest = key.finish();
+            let step = &mut plan.stages[index].steps[n];
+            if let StepKind::Copy(c) = &mut step.kind {
                 if !resolved_git.is_empty() {
                     c.git_commits = resolved_git;
                 }
             }
-            parent = key.to_string();
-            plan.stages[index].steps[n].cache_key = Some(key);
+            parent = digest.to_string();
+            step.cache_key = Some(digest);
         }
         finals.insert(index, parent);
     }
     Ok(())
 }
 
-/// What an ADD URL's cache key takes from the download: the content's
-/// digest and the Last-Modified time (it becomes the file's mtime).
-fn url_content_key(
-    downloads: &UrlDownloads<'_>,
-    url: &str,
-    line: usize,
-) -> Result<String, PlanError> {
-    let downloaded = downloads.get(url).map_err(|e| {
-        PlanError::at(
-            line,
-            PlanErrorKind::UrlFetch {
-                url: url.to_string(),
-                message: match e {
-                    crate::copy::CopyError::Fetch { message, .. } => message,
-                    other => other.to_string(),
-                },
-            },
-        )
-    })?;
-    Ok(format!(
-        "content:{}\0mtime:{:?}\0",
-        downloaded.digest, downloaded.last_modified
-    ))
+/// What one step's key reads beyond the step itself.
+struct StepInputs<'a> {
+    context: Option<&'a BuildContext>,
+    sources: &'a dyn KeySources,
+    /// Each finished stage's last key.
+    finals: &'a BTreeMap<usize, String>,
+    /// Git sources resolved so far in this build (one ls-remote each).
+    git_commits: &'a mut BTreeMap<String, ResolvedCommit>,
+    /// This step's Git sources, by source index.
+    resolved_git: BTreeMap<usize, ResolvedCommit>,
+}
+
+impl StepInputs<'_> {
+    fn write(&mut self, key: &mut KeyWriter, step: &Step) -> Result<(), PlanError> {
+        match &step.kind {
+            StepKind::Run(r) => {
+                self.run(key, r);
+                Ok(())
+            }
+            StepKind::Copy(c) => self.copy(key, c, step.line),
+            StepKind::Workdir(w) => {
+                workdir(key, w);
+                Ok(())
+            }
+        }
+    }
+
+    fn stage_key(&self, index: usize) -> &str {
+        self.finals.get(&index).map(String::as_str).unwrap_or("")
+    }
+
+    fn run(&mut self, key: &mut KeyWriter, r: &RunStep) {
+        key.field("op", "run");
+        key.list("argv", &r.argv);
+        key.list("env", &r.env);
+        key.field("user", &r.user);
+        key.field("workdir", &r.workdir);
+        key.opt("network", r.network.as_deref());
+        key.opt("security", r.security.as_deref());
+        key.field("mounts", &r.mounts.len().to_string());
+        for m in &r.mounts {
+            let s = &m.spec;
+            key.field("mount.type", s.mount_type.as_str());
+            key.opt("mount.from", s.from.as_deref());
+            key.opt("mount.source", s.source.as_deref());
+            key.field("mount.target", &s.target);
+            key.flag("mount.readonly", s.read_only);
+            key.opt("mount.id", s.id.as_deref());
+            key.opt(
+                "mount.sharing",
+                s.sharing.map(|sharing| match sharing {
+                    kiln_parser::mount::Sharing::Shared => "shared",
+                    kiln_parser::mount::Sharing::Private => "private",
+                    kiln_parser::mount::Sharing::Locked => "locked",
+                }),
+            );
+            key.flag("mount.required", s.required);
+            key.opt("mount.env", s.env.as_deref());
+            key.opt("mount.mode", s.mode.map(|v| format!("{v:o}")).as_deref());
+            key.opt("mount.uid", s.uid.map(|v| v.to_string()).as_deref());
+            key.opt("mount.gid", s.gid.map(|v| v.to_string()).as_deref());
+            key.opt("mount.size", s.size_limit.map(|v| v.to_string()).as_deref());
+            match &m.from_resolved {
+                None => key.field("mount.content", ""),
+                Some(MountSource::Stage(i)) => key.field("mount.content", self.stage_key(*i)),
+                Some(MountSource::Image(image)) => key.field(
+                    "mount.content",
+                    image
+                        .digest
+                        .as_ref()
+                        .map_or(image.reference.shown.as_str(), Digest::as_str),
+                ),
+            }
+        }
+        match &r.script {
+            Some(script) => {
+                key.field("script.name", &script.name);
+                key.field("script.data", &script.data);
+            }
+            None => key.field("script", ""),
+        }
+    }
+
+    fn copy(&mut self, key: &mut KeyWriter, c: &CopyStep, line: usize) -> Result<(), PlanError> {
+        key.field("op", if c.is_add { "add" } else { "copy" });
+        match &c.from {
+            CopyFrom::Context => key.field("from", "context"),
+            CopyFrom::Stage(i) => key.field("from.stage", self.stage_key(*i)),
+            CopyFrom::Image(name) => {
+                key.field("from.image", &name.shown);
+                key.opt("from.digest", c.from_digest.as_ref().map(Digest::as_str));
+            }
+        }
+        key.list("sources", &c.sources);
+        key.field("inline", &c.inline.len().to_string());
+        for doc in &c.inline {
+            key.field("inline.name", &doc.name);
+            key.field("inline.data", &doc.data);
+        }
+        key.field("dest", &c.dest);
+        key.opt("chown", c.chown.as_deref());
+        key.opt("chmod", c.chmod.as_deref());
+        key.flag("link", c.link);
+        key.list("exclude", &c.exclude);
+        key.opt("checksum", c.checksum.as_deref());
+        key.opt("unpack", c.unpack.map(|u| if u { "true" } else { "false" }));
+        key.flag("parents", c.parents);
+        key.opt(
+            "keep_git_dir",
+            c.keep_git_dir.map(|k| if k { "true" } else { "false" }),
+        );
+        if c.from != CopyFrom::Context {
+            return Ok(());
+        }
+        for (source_index, src) in c.sources.iter().enumerate() {
+            self.source_content(key, c, source_index, src, line)?;
+        }
+        Ok(())
+    }
+
+    /// The content a context source selects: a Git ref's commit, a URL's
+    /// content, or the context files it matches.
+    fn source_content(
+        &mut self,
+        key: &mut KeyWriter,
+        c: &CopyStep,
+        source_index: usize,
+        src: &str,
+        line: usize,
+    ) -> Result<(), PlanError> {
+        let git_error = |source| PlanError::at(line, PlanErrorKind::Git(source));
+        let git = match c.is_add {
+            true => crate::git::parse_git_source(src).map_err(git_error)?,
+            false => None,
+        };
+        if let Some(git) = git {
+            let git = git.with_checksum_flag(c.checksum.as_deref());
+            let resolved = match self.git_commits.get(src) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = self.sources.git_commit(&git).map_err(git_error)?;
+                    self.git_commits.insert(src.to_string(), r.clone());
+                    r
+                }
+            };
+            key.field("git.commit", &resolved.commit);
+            self.resolved_git.insert(source_index, resolved);
+            return Ok(());
+        }
+        if src.starts_with("http://") || src.starts_with("https://") {
+            key.field("url", src);
+            if c.checksum.is_none() {
+                let content = self.sources.url_content(src).map_err(|message| {
+                    PlanError::at(
+                        line,
+                        PlanErrorKind::UrlFetch {
+                            url: src.to_string(),
+                            message,
+                        },
+                    )
+                })?;
+                if let Some(content) = content {
+                    key.field("url.content", &content.digest);
+                    key.opt(
+                        "url.mtime",
+                        content.last_modified.map(|t| t.to_string()).as_deref(),
+                    );
+                }
+            }
+            return Ok(());
+        }
+        key.field("context", &context_selection(self.context, src, line)?);
+        Ok(())
+    }
+}
+
+fn workdir(key: &mut KeyWriter, w: &WorkdirStep) {
+    key.field("op", "workdir");
+    key.field("path", &w.path);
+    key.opt("user", w.user.as_deref());
 }
 
 fn plan_platform(image: &ImageConfig) -> String {
@@ -176,37 +367,24 @@ fn context_selection(
     line: usize,
 ) -> Result<String, PlanError> {
     let Some(ctx) = context else {
-        return Ok(format!("unhashed:{src}\0"));
+        return Ok(format!("unhashed:{src}"));
     };
-    let matches = resolve_wildcards(ctx, src, true).map_err(|e| {
+    let source_error = |message: String| {
         PlanError::at(
             line,
             PlanErrorKind::CopySource {
                 path: src.to_string(),
-                message: e.to_string(),
+                message,
             },
         )
-    })?;
+    };
+    let matches = resolve_wildcards(ctx, src, true).map_err(|e| source_error(e.to_string()))?;
     let mut out = String::new();
     for m in matches {
-        let followed = resolve(ctx, &m, true).map_err(|e| {
-            PlanError::at(
-                line,
-                PlanErrorKind::CopySource {
-                    path: src.to_string(),
-                    message: e.to_string(),
-                },
-            )
-        })?;
-        let digest = ctx.tree_digest(&followed).ok_or_else(|| {
-            PlanError::at(
-                line,
-                PlanErrorKind::CopySource {
-                    path: src.to_string(),
-                    message: format!("\"/{m}\": not found"),
-                },
-            )
-        })?;
+        let followed = resolve(ctx, &m, true).map_err(|e| source_error(e.to_string()))?;
+        let digest = ctx
+            .tree_digest(&followed)
+            .ok_or_else(|| source_error(format!("\"/{m}\": not found")))?;
         out.push_str(&format!("{m}={digest}\0"));
     }
     Ok(out)
