@@ -3,11 +3,11 @@
 //! the one place that knows their names: other code asks [`Store`] for
 //! the paths.
 //!
-//! The root is made private (mode 0700) when created, and tightened on
-//! open when it is looser: images hold setuid binaries and device nodes,
-//! which no other user may reach through the store's paths. A group that
-//! may only traverse (0710, as Docker's data root with user namespaces) is
-//! kept.
+//! The root is made private (mode 0700) when created, and tightened to
+//! 0700 on open when it is looser: images hold setuid binaries and device
+//! nodes, which no other user may reach through the store's paths. A root
+//! that gives a group only the right to traverse (0710, as Docker's data
+//! root with user namespaces) is kept as it is.
 //!
 //! Blobs are written to a uniquely named file in `ingest/` (or, for a
 //! download that may be resumed after a kill, `ingest/<hex>.partial` under
@@ -264,8 +264,13 @@ fn make_private_root(root: &Path) -> Result<()> {
     }
     let meta = fs::metadata(root).map_err(io_at("stat", root))?;
     let mode = meta.permissions().mode() & 0o7777;
-    // Every right of the group and others goes, but a group's traverse.
-    let wanted = mode & !(0o077 & !ROOT_GROUP_TRAVERSE);
+    // A root that gives the group or others more than a group's traverse
+    // (0710, set on purpose) loses every right of theirs.
+    let wanted = if mode & 0o077 & !ROOT_GROUP_TRAVERSE != 0 {
+        mode & !0o077
+    } else {
+        mode
+    };
     if mode != wanted {
         // Only the owner (or root) can; anyone else gets a warning, since
         // refusing would protect nothing.
