@@ -1026,7 +1026,7 @@ fn prune_removes_killed_builds_leftovers_and_cache_mounts_with_all() {
 
     let report = kiln_ok(&root, &["prune"]);
     assert!(
-        report.contains("1 leftover build dirs, 0 cache mounts"),
+        report.contains("leftover build dirs: 1,") && report.contains("cache mounts: 0,"),
         "{report}"
     );
     assert!(!leftover.exists());
@@ -1037,7 +1037,7 @@ fn prune_removes_killed_builds_leftovers_and_cache_mounts_with_all() {
 
     let report = kiln_ok(&root, &["prune", "--all"]);
     assert!(
-        report.contains("0 leftover build dirs, 1 cache mounts"),
+        report.contains("leftover build dirs: 0,") && report.contains("cache mounts: 1,"),
         "{report}"
     );
     assert!(!mount.exists());
@@ -1088,7 +1088,7 @@ fn prune_waits_for_a_running_build() {
     let prune = prune.wait_with_output().unwrap();
     assert!(prune.status.success());
     let report = String::from_utf8_lossy(&prune.stdout);
-    assert!(report.contains("0 leftover build dirs"), "{report}");
+    assert!(report.contains("leftover build dirs: 0,"), "{report}");
     let config = config_of(&root, "busy:1");
     assert_eq!(config["history"].as_array().unwrap().len(), 2);
 }

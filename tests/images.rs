@@ -354,7 +354,7 @@ fn tag_rmi_and_prune() {
         out.contains(kiln_layers::Digest::of(b"loose").as_str()),
         "{out}"
     );
-    assert!(out.contains("1 partial writes"), "{out}");
+    assert!(out.contains("partial writes: 1,"), "{out}");
     assert_eq!(fs::read_dir(root.join("blobs/sha256")).unwrap().count(), 3);
     assert_eq!(fs::read_dir(root.join("ingest")).unwrap().count(), 0);
     assert_eq!(
@@ -501,7 +501,7 @@ fn kill_9_during_import_leaves_only_garbage() {
     // The next import completes; prune clears the garbage and keeps the image.
     kiln_ok(&root, &["import", tar_path.to_str().unwrap(), "victim:1"]);
     let out = kiln_ok(&root, &["prune"]);
-    assert!(out.contains("1 partial writes"), "{out}");
+    assert!(out.contains("partial writes: 1,"), "{out}");
     assert_eq!(fs::read_dir(root.join("ingest")).unwrap().count(), 0);
     assert_blobs_match_names(&root);
     assert_eq!(kiln_ok(&root, &["images", "-q"]).lines().count(), 1);

@@ -408,11 +408,23 @@ pub fn solve(
     opts: &SolveOptions<'_>,
 ) -> Result<BuiltImage, SolveError> {
     let _lease = store.lease()?;
-    let work = store.root().join("builds").join(unique_name("build"));
-    std::fs::create_dir_all(&work).map_err(io_err(&work))?;
-    let result = solve_in(store, plan, context, resolver, opts, &work);
-    let _ = std::fs::remove_dir_all(&work);
+    // What killed builds left (their scratch, partial blobs, unfinished
+    // snapshots) goes to the trash now, and the trash is emptied while
+    // this build runs; a concurrent build's scratch is left alone.
+    match store.remove_dead_scratch() {
+        Ok(freed) if freed.entries > 0 => tracing::info!(
+            "moved {} leftovers of killed builds to the trash",
+            freed.entries
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("removing leftovers of killed builds: {e}"),
+    }
+    let emptying = store.empty_trash_in_background();
+    let work = store.scratch_dir("build")?;
+    let result = solve_in(store, plan, context, resolver, opts, work.path());
+    drop(work);
     empty_old_trash(store);
+    let _ = emptying.join();
     result
 }
 
@@ -629,7 +641,7 @@ fn run_stage(
             let diff_ids: Vec<Digest> = layers.iter().map(|(_, d)| d.clone()).collect();
             let unpacked = kiln_layers::chain_ids(&diff_ids)
                 .iter()
-                .all(|c| store.snapshot_path(c).is_dir());
+                .all(|c| store.has_snapshot(c));
             let snapshots = match store.prepare_snapshots(&image, opts.reporter) {
                 Ok(s) => s,
                 Err(e) => {
@@ -835,12 +847,11 @@ fn run_step(
             Some(parent) => Digest::of(format!("{parent} {}", blob.diff_id).as_bytes()),
         };
         let snapshot = store.snapshot_path(&chain);
-        if !snapshot.is_dir() {
-            // The upper dir already has overlay whiteouts: it is the snapshot.
-            if let Some(parent) = snapshot.parent() {
-                std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-            }
-            if std::fs::rename(&upper, &snapshot).is_err() && !snapshot.is_dir() {
+        if !store.has_snapshot(&chain) {
+            // The upper dir already has overlay whiteouts: it is the
+            // snapshot. Should moving it fail, the layer is unpacked.
+            if let Err(e) = store.adopt_snapshot(&upper, &chain) {
+                tracing::debug!("{}: {e}; unpacking the layer instead", upper.display());
                 store.unpack_snapshot(
                     &blob.descriptor,
                     &blob.diff_id,
@@ -893,7 +904,7 @@ fn discard_step_dir(store: &Store, dir: &Path, upper: &Path, bytes: u64) {
         .map(|mut entries| entries.next().is_some())
         .unwrap_or(false);
     if leftover {
-        let trash = store.root().join("builds").join(unique_name(&format!(
+        let trash = store.builds_dir().join(unique_name(&format!(
             "{TRASH_PREFIX}{}-{bytes}",
             now_secs()
         )));
@@ -908,7 +919,7 @@ fn discard_step_dir(store: &Store, dir: &Path, upper: &Path, bytes: u64) {
 /// rest holds at most [`TRASH_KEEP_BYTES`]; entries whose name carries no
 /// time and size are left to `kiln prune`.
 fn empty_old_trash(store: &Store) {
-    let builds = store.root().join("builds");
+    let builds = store.builds_dir();
     let Ok(entries) = std::fs::read_dir(&builds) else {
         return;
     };
@@ -975,7 +986,7 @@ fn reuse(
         Some(parent) => Digest::of(format!("{parent} {diff_id}").as_bytes()),
     };
     let snapshot = store.snapshot_path(&chain);
-    if !snapshot.is_dir() {
+    if !store.has_snapshot(&chain) {
         store.unpack_snapshot(
             &descriptor,
             &diff_id,
@@ -1256,9 +1267,9 @@ fn run_mount(
                 Some(from) => format!("{id}\0{}", from.identity),
             };
             let name = crate::context::hex(&<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes()));
-            let dir = store.root().join("cache-mounts").join(name);
+            let dir = store.cache_mounts_dir().join(name);
             if let (Some(from), false) = (from, dir.is_dir()) {
-                seed_cache_dir(&dir, from, scratch)?;
+                seed_cache_dir(store, &dir, from, scratch)?;
             }
             mkdir(&dir)?;
             // `source=` picks a subdirectory of the cache (of the seed),
@@ -1359,14 +1370,21 @@ fn bind_mount(
 /// (BuildKit's cache mount starts as a copy of its base). Written beside
 /// the dir and renamed into place, so a concurrent build sees it whole or
 /// not at all.
-fn seed_cache_dir(dir: &Path, from: &MountFrom, scratch: &Path) -> Result<(), String> {
+fn seed_cache_dir(
+    store: &Store,
+    dir: &Path,
+    from: &MountFrom,
+    scratch: &Path,
+) -> Result<(), String> {
     let mkdir =
         |path: &Path| std::fs::create_dir_all(path).map_err(|e| format!("{}: {e}", path.display()));
     let parent = dir
         .parent()
         .ok_or_else(|| format!("{}: no parent directory", dir.display()))?;
     mkdir(parent)?;
-    let seeding = parent.join(unique_name("seeding"));
+    // Named with its owner: a killed build's half-seeded copy is removed
+    // by the next build (`Store::remove_dead_scratch`).
+    let seeding = parent.join(format!("seeding-{}", kiln_layers::store::unique_suffix()));
     mkdir(&seeding)?;
     let empty = scratch.join("seed-upper");
     mkdir(&empty)?;
@@ -1382,7 +1400,7 @@ fn seed_cache_dir(dir: &Path, from: &MountFrom, scratch: &Path) -> Result<(), St
         Err(e) => Err(format!("{}: {e}", dir.display())),
     });
     if seeding.exists() {
-        let _ = std::fs::remove_dir_all(&seeding);
+        let _ = store.discard(&seeding, "cache-mount");
     }
     placed
 }

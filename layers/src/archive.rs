@@ -23,7 +23,7 @@ use crate::oci::{
 };
 use crate::progress::{Outcome, ProgressReader, Reporter};
 use crate::reference::Reference;
-use crate::store::{Image, Store};
+use crate::store::{Image, Store, MAX_JSON_BLOB};
 
 /// Archive formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -460,6 +460,18 @@ fn load_oci(store: &Store, files: &ArchiveFiles, path: &Path) -> Result<Vec<Load
             match parse_manifest(&bytes, &d.media_type, &format!("manifest {}", d.digest))? {
                 ManifestKind::Index(i) => queue.extend(i.manifests),
                 ManifestKind::Image(m) => {
+                    // Refused here, as a build or pull would refuse it,
+                    // rather than tagged for `images`, `inspect` and `run`
+                    // to fail on.
+                    if m.config.size > MAX_JSON_BLOB {
+                        return Err(Error::InvalidManifest {
+                            what: format!("config {} of manifest {}", m.config.digest, d.digest),
+                            reason: format!(
+                                "{} bytes, more than the 16 MiB kiln reads",
+                                m.config.size
+                            ),
+                        });
+                    }
                     for blob in std::iter::once(&m.config).chain(&m.layers) {
                         blob_from_layout(store, layout_dir, &blob.digest, blob.size, path)?;
                     }

@@ -210,8 +210,7 @@ fn compress_layers(
 
 fn variant_path(store: &Store, plain: &Digest, compression: Compression) -> std::path::PathBuf {
     store
-        .root()
-        .join("variants")
+        .variants_dir()
         .join(algorithm_name(compression))
         .join(plain.hex())
 }
@@ -299,15 +298,13 @@ fn compress_one(
 }
 
 /// Removes variant records whose compressed blob is gone (after a prune).
-pub(crate) fn remove_stale_variants(store: &Store) -> Result<()> {
-    let root = store.root().join("variants");
-    let algorithms = match fs::read_dir(&root) {
-        Ok(a) => a,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io("list", root, e)),
-    };
-    for algorithm in algorithms {
-        let dir = algorithm.map_err(io_at("list", &root))?.path();
+pub(crate) fn remove_stale_variants(
+    store: &Store,
+    meter: &mut crate::cleanup::Meter,
+) -> Result<crate::cleanup::Freed> {
+    let mut freed = crate::cleanup::Freed::default();
+    let root = store.variants_dir();
+    for dir in store.list_dir(&root)? {
         let Some(compression) = dir
             .file_name()
             .and_then(|n| n.to_str())
@@ -315,18 +312,20 @@ pub(crate) fn remove_stale_variants(store: &Store) -> Result<()> {
         else {
             continue;
         };
-        for entry in fs::read_dir(&dir).map_err(io_at("list", &dir))? {
-            let entry = entry.map_err(io_at("list", &dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+        for path in store.list_dir(&dir)? {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let live = match Digest::parse(&format!("sha256:{name}")) {
                 Ok(plain) => recorded_variant(store, &plain, compression)?.is_some(),
                 Err(_) => false,
             };
             if !live {
-                let path = entry.path();
-                fs::remove_file(&path).map_err(io_at("remove", &path))?;
+                freed.entries += 1;
+                freed.bytes += crate::cleanup::remove_tree(&path, meter)?;
             }
         }
     }
-    Ok(())
+    Ok(freed)
 }

@@ -14,8 +14,14 @@
 //!   while a pull or build is in flight), `prune`, `remove_image`,
 //!   `cache_put`/`cache_get`.
 //! - Snapshots (`snapshot`): `Store::prepare_snapshots` unpacks an image's
-//!   layers once per chain id and returns the lower dirs, bottom first;
-//!   `overlay_lowerdir` formats them for mount.
+//!   layers once per chain id and returns the lower dirs, bottom first
+//!   (a snapshot counts only when its completion marker says so;
+//!   `has_snapshot`, `adopt_snapshot`); `overlay_lowerdir` formats them
+//!   for mount.
+//! - Deleting and leftovers (`cleanup`, `owner`): directories are renamed
+//!   into `trash/` before they are deleted; `Store::scratch_dir` names a
+//!   build's scratch with its owner process, `remove_dead_scratch` takes
+//!   what dead processes left.
 //! - Layers: `diff::write_layer` (upper dir → compressed blob + diff id),
 //!   `diff::write_tar`, `unpack::unpack` (safe, whiteout-aware),
 //!   `compress` (gzip, zstd, sniffing), `compressed::compressed_image`
@@ -44,6 +50,7 @@
 
 pub mod archive;
 pub mod canonical;
+pub mod cleanup;
 pub mod compress;
 pub mod compressed;
 pub mod diff;
@@ -51,6 +58,7 @@ pub mod digest;
 pub mod error;
 pub mod import;
 pub mod oci;
+pub mod owner;
 pub mod progress;
 pub mod reference;
 pub mod snapshot;

@@ -1,21 +1,34 @@
-//! Snapshots: each layer unpacked once, under `snapshots/<chain-id hex>/`,
-//! ready to be an overlay lower dir.
+//! Snapshots: each layer unpacked once, ready to be an overlay lower dir.
 //!
-//! A snapshot is unpacked into `snapshots/.tmp-…` and renamed into place
-//! when complete (and its diff id verified), so a present snapshot is always
-//! whole; two processes preparing the same one both succeed (the loser's
-//! copy is dropped). Leftover `.tmp-` dirs are removed by `prune`.
+//! A snapshot is `snapshots/<chain-id hex>/`, holding `fs/` (the lower dir)
+//! and `complete`, a marker naming the chain id, written and fsynced after
+//! `fs/` is whole. Both are made in `snapshots/.tmp-<owner>-…/` and the
+//! directory is renamed into place (never over an existing one), so a
+//! snapshot appears whole, marker included, or not at all; deletion renames
+//! it into the trash first (`crate::cleanup`), so it vanishes at once.
+//! A snapshot is used only when its marker says it is complete: a directory
+//! without one (a snapshot of an older kiln, half deleted by one) is moved
+//! to the trash and unpacked again. Two processes preparing the same
+//! snapshot both succeed (the loser's copy is dropped). Leftover `.tmp-`
+//! dirs are removed by `prune`, or by the next build once their owner is
+//! gone.
 
-use std::fs;
-use std::io::Read;
-use std::path::PathBuf;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 
+use crate::cleanup::{remove_tree, Meter};
 use crate::compress::decompress;
 use crate::digest::{Digest, HashingReader};
 use crate::error::{io_at, Error, Result};
 use crate::progress::{Outcome, ProgressReader, Reporter};
-use crate::store::{unique_suffix, Image, Store};
+use crate::store::{fsync_dir, unique_suffix, Image, Store};
 use crate::unpack::{unpack, UnpackOptions, Whiteouts};
+
+/// The lower dir inside a snapshot's directory.
+const FS_DIR: &str = "fs";
+/// The marker written last.
+const COMPLETE: &str = "complete";
 
 /// Overlay's `lowerdir=` value for snapshots given bottom first (overlay
 /// wants the top first, separated by ':').
@@ -28,15 +41,127 @@ pub fn overlay_lowerdir(snapshots_bottom_first: &[PathBuf]) -> String {
         .join(":")
 }
 
+/// Renames `from` to `to` unless `to` exists (even as an empty directory,
+/// which a plain rename would replace).
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        from,
+        rustix::fs::CWD,
+        to,
+        rustix::fs::RenameFlags::NOREPLACE,
+    )
+    .map_err(std::io::Error::from)
+}
+
 impl Store {
-    /// Where the snapshot for `chain_id` lives (whether or not it is there).
-    pub fn snapshot_path(&self, chain_id: &Digest) -> PathBuf {
-        self.root().join("snapshots").join(chain_id.hex())
+    /// The directory of the snapshot for `chain_id`: its `fs/` and marker.
+    fn snapshot_dir(&self, chain_id: &Digest) -> PathBuf {
+        self.snapshots_dir().join(chain_id.hex())
     }
 
-    /// Unpacks every layer of `image` that has no snapshot yet and returns
-    /// all of its snapshot dirs, bottom first. Hold a [`crate::Lease`]
-    /// while using them.
+    /// The lower dir of the snapshot for `chain_id` (whether or not it is
+    /// there; see [`Store::has_snapshot`]).
+    pub fn snapshot_path(&self, chain_id: &Digest) -> PathBuf {
+        self.snapshot_dir(chain_id).join(FS_DIR)
+    }
+
+    /// Whether the snapshot for `chain_id` is there and complete: its
+    /// marker, written last, names it.
+    pub fn has_snapshot(&self, chain_id: &Digest) -> bool {
+        let marker = self.snapshot_dir(chain_id).join(COMPLETE);
+        let mut text = String::new();
+        let read = File::open(&marker)
+            .and_then(|f| f.take(200).read_to_string(&mut text))
+            .is_ok();
+        read && text.trim_end() == chain_id.as_str() && self.snapshot_path(chain_id).is_dir()
+    }
+
+    /// Moves what is at the snapshot's place to the trash, unless it is
+    /// complete. Under `snapshots.lock`, so that two processes never both
+    /// find it incomplete and one then trashes what the other has just
+    /// put in its place (which another process may already be using).
+    fn discard_incomplete_snapshot(&self, chain_id: &Digest) -> Result<()> {
+        let dir = self.snapshot_dir(chain_id);
+        if fs::symlink_metadata(&dir).is_err() {
+            return Ok(());
+        }
+        let _lock = crate::store::lock(&self.root().join("snapshots.lock"), true)?;
+        if self.has_snapshot(chain_id) {
+            return Ok(());
+        }
+        tracing::warn!(
+            "{}: incomplete snapshot (no completion marker); unpacking it again",
+            dir.display()
+        );
+        if let Some(trashed) = self.move_to_trash(&dir, "snapshot")? {
+            remove_tree(&trashed, &mut Meter::default())?;
+        }
+        Ok(())
+    }
+
+    /// Writes the marker into `tmp` (a snapshot being made), fsyncs it and
+    /// renames `tmp` into place. `Ok(false)`: a complete snapshot was
+    /// already there (`tmp` is left to the caller).
+    fn place_snapshot(&self, tmp: &Path, chain_id: &Digest) -> Result<bool> {
+        let marker = tmp.join(COMPLETE);
+        let mut file = File::create(&marker).map_err(io_at("create", &marker))?;
+        file.write_all(format!("{chain_id}\n").as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(io_at("write", &marker))?;
+        fsync_dir(tmp)?;
+        let final_dir = self.snapshot_dir(chain_id);
+        for _ in 0..3 {
+            match rename_noreplace(tmp, &final_dir) {
+                Ok(()) => {
+                    fsync_dir(&self.snapshots_dir())?;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if self.has_snapshot(chain_id) {
+                        // Another process finished the same snapshot first.
+                        return Ok(false);
+                    }
+                    self.discard_incomplete_snapshot(chain_id)?;
+                }
+                Err(e) => return Err(Error::io("rename into place", &final_dir, e)),
+            }
+        }
+        Err(Error::io(
+            "rename into place",
+            &final_dir,
+            std::io::Error::other("an incomplete snapshot keeps reappearing there"),
+        ))
+    }
+
+    /// Makes the directory `dir` (on the store's filesystem, e.g. a build
+    /// step's upper dir with overlay whiteouts) the snapshot for
+    /// `chain_id`, by renaming it. When a complete snapshot is already
+    /// there, `dir` is left as it is and `Ok(false)` returned. Whether or
+    /// not this fails, `dir` is either left as it was or gone.
+    pub fn adopt_snapshot(&self, dir: &Path, chain_id: &Digest) -> Result<bool> {
+        if self.has_snapshot(chain_id) {
+            return Ok(false);
+        }
+        let tmp = self
+            .snapshots_dir()
+            .join(format!(".tmp-{}", unique_suffix()));
+        fs::create_dir(&tmp).map_err(io_at("create directory", &tmp))?;
+        let fs_dir = tmp.join(FS_DIR);
+        if let Err(e) = fs::rename(dir, &fs_dir) {
+            let _ = fs::remove_dir(&tmp);
+            return Err(Error::io("rename", dir, e));
+        }
+        let placed = self.place_snapshot(&tmp, chain_id);
+        if !matches!(placed, Ok(true)) {
+            let _ = self.discard(&tmp, "snapshot");
+        }
+        placed.map(|_| true)
+    }
+
+    /// Unpacks every layer of `image` that has no complete snapshot yet and
+    /// returns all of its snapshot dirs, bottom first. Hold a
+    /// [`crate::Lease`] while using them.
     pub fn prepare_snapshots(
         &self,
         image: &Image,
@@ -46,18 +171,19 @@ impl Store {
         let chains = image.chain_ids();
         let mut paths: Vec<PathBuf> = Vec::with_capacity(layers.len());
         for ((layer, diff_id), chain) in layers.iter().zip(&chains) {
-            let path = self.snapshot_path(chain);
-            if !path.is_dir() {
+            if !self.has_snapshot(chain) {
                 let lowers: Vec<PathBuf> = paths.iter().rev().cloned().collect();
                 self.unpack_snapshot(layer, diff_id, chain, lowers, reporter)?;
             }
-            paths.push(path);
+            paths.push(self.snapshot_path(chain));
         }
         Ok(paths)
     }
 
     /// Unpacks one layer blob as the snapshot `chain_id` on top of `lowers`
     /// (top first), checking that its uncompressed bytes hash to `diff_id`.
+    /// An incomplete snapshot in its place is replaced. Returns the lower
+    /// dir.
     pub fn unpack_snapshot(
         &self,
         layer: &crate::oci::Descriptor,
@@ -67,11 +193,12 @@ impl Store {
         reporter: &dyn Reporter,
     ) -> Result<PathBuf> {
         let final_path = self.snapshot_path(chain_id);
+        self.discard_incomplete_snapshot(chain_id)?;
         let tmp = self
-            .root()
-            .join("snapshots")
+            .snapshots_dir()
             .join(format!(".tmp-{}", unique_suffix()));
-        fs::create_dir(&tmp).map_err(io_at("create directory", &tmp))?;
+        let fs_dir = tmp.join(FS_DIR);
+        fs::create_dir_all(&fs_dir).map_err(io_at("create directory", &fs_dir))?;
         let id = layer.digest.to_string();
         reporter.start(&id, "unpacking", Some(layer.size));
         let result = (|| {
@@ -88,7 +215,7 @@ impl Store {
                 label: format!("layer {}", layer.digest),
                 ..UnpackOptions::default()
             };
-            unpack(&mut hashing as &mut dyn Read, &tmp, &options)?;
+            unpack(&mut hashing as &mut dyn Read, &fs_dir, &options)?;
             let (actual, _) = hashing.drain_and_finish().map_err(|source| Error::Tar {
                 layer: layer.digest.to_string(),
                 source,
@@ -101,29 +228,19 @@ impl Store {
                     ),
                 });
             }
-            match fs::rename(&tmp, &final_path) {
-                Ok(()) => Ok(()),
-                // Another process finished the same snapshot first.
-                Err(e)
-                    if final_path.is_dir()
-                        && matches!(
-                            e.raw_os_error(),
-                            Some(libc::ENOTEMPTY) | Some(libc::EEXIST)
-                        ) =>
-                {
-                    let _ = fs::remove_dir_all(&tmp);
-                    Ok(())
-                }
-                Err(e) => Err(Error::io("rename into place", &final_path, e)),
-            }
+            self.place_snapshot(&tmp, chain_id)
         })();
         match &result {
-            Ok(()) => reporter.done(&id, Outcome::Done),
+            Ok(true) => reporter.done(&id, Outcome::Done),
+            Ok(false) => {
+                let _ = self.discard(&tmp, "snapshot");
+                reporter.done(&id, Outcome::Done);
+            }
             Err(e) => {
-                let _ = fs::remove_dir_all(&tmp);
+                let _ = self.discard(&tmp, "snapshot");
                 reporter.done(&id, Outcome::Failed(e.to_string()));
             }
         }
-        result.map(|()| final_path)
+        result.map(|_| final_path)
     }
 }

@@ -1,5 +1,13 @@
-//! The content store: an OCI image layout plus `ingest/`, `snapshots/` and
-//! `cache/`.
+//! The content store: an OCI image layout plus `ingest/`, `snapshots/`,
+//! `cache/` and the rest of the folders ARCHITECTURE.md lists. This file is
+//! the one place that knows their names: other code asks [`Store`] for
+//! the paths.
+//!
+//! The root is made private (mode 0700) when created, and tightened to
+//! 0700 on open when it is looser: images hold setuid binaries and device
+//! nodes, which no other user may reach through the store's paths. A root
+//! that gives a group only the right to traverse (0710, as Docker's data
+//! root with user namespaces) is kept as it is.
 //!
 //! Blobs are written to a uniquely named file in `ingest/` (or, for a
 //! download that may be resumed after a kill, `ingest/<hex>.partial` under
@@ -21,12 +29,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::canonical::to_canonical_json;
+use crate::cleanup::{remove_tree, Meter};
 use crate::digest::{chain_ids, Digest};
 use crate::error::{io_at, Error, Result};
 use crate::oci::{
     media, parse_manifest, Descriptor, ImageConfig, Index, Manifest, ManifestKind, Platform,
     ANNOTATION_REF_NAME,
 };
+use crate::owner::Owner;
 use crate::reference::Reference;
 
 const OCI_LAYOUT_FILE: &str = "oci-layout";
@@ -129,33 +139,64 @@ pub struct PruneOptions {
     pub build_cache: bool,
 }
 
-/// What `prune` removed.
+/// What `prune` removed, and the disk space each kind freed (blocks, as
+/// `du` counts them; a file with several links counts once all are gone).
 #[derive(Clone, Debug, Default)]
 pub struct PruneReport {
     pub blobs: Vec<Digest>,
-    pub bytes: u64,
+    pub blob_bytes: u64,
     /// Partial writes removed: files in `ingest/` and temp files of
     /// interrupted atomic writes.
     pub ingest_files: usize,
+    pub ingest_bytes: u64,
     pub snapshots: Vec<String>,
+    pub snapshot_bytes: u64,
     pub cache_records: usize,
-    /// Work directories that killed builds left in `builds/`.
+    pub cache_record_bytes: u64,
+    /// Work directories that killed builds left in `builds/` (and the
+    /// trash of `--no-cache` reruns parked there), and state directories
+    /// of killed `kiln run`s in `containers/`.
     pub build_dirs: usize,
+    pub build_bytes: u64,
     /// Cache mounts removed (only with [`PruneOptions::build_cache`]).
     pub cache_mounts: usize,
+    pub cache_mount_bytes: u64,
+    /// What killed deletions left in `trash/`.
+    pub trash_entries: usize,
+    pub trash_bytes: u64,
+    /// Records of compressed variants whose blob is gone.
+    pub variants: usize,
+    pub variant_bytes: u64,
+}
+
+impl PruneReport {
+    /// Everything freed, in bytes.
+    pub fn total_bytes(&self) -> u64 {
+        self.blob_bytes
+            + self.ingest_bytes
+            + self.snapshot_bytes
+            + self.cache_record_bytes
+            + self.build_bytes
+            + self.cache_mount_bytes
+            + self.trash_bytes
+            + self.variant_bytes
+    }
 }
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
 
-/// A name no other process or thread uses: pid, time and a counter.
-pub(crate) fn unique_suffix() -> String {
+/// A name no other process or thread uses, `<pid>.<start>-<nanos>-<n>`:
+/// the owner token of this process ([`Owner::token`]), the time and a
+/// counter. Scratch named `<kind>-<suffix>` can be told to be a dead
+/// process's leftover with [`Owner::of_name`].
+pub fn unique_suffix() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     format!(
         "{}-{}-{}",
-        std::process::id(),
+        Owner::current().token(),
         nanos,
         UNIQUE.fetch_add(1, Ordering::Relaxed)
     )
@@ -188,7 +229,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
-fn lock(path: &Path, exclusive: bool) -> Result<File> {
+pub(crate) fn lock(path: &Path, exclusive: bool) -> Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -205,16 +246,56 @@ fn lock(path: &Path, exclusive: bool) -> Result<File> {
     Ok(file)
 }
 
+/// The root's mode when kiln creates it, and the most it keeps on open:
+/// owner only, plus a group's right to traverse when it was given one.
+const ROOT_MODE: u32 = 0o700;
+const ROOT_GROUP_TRAVERSE: u32 = 0o010;
+
+/// Creates the store's root private, or makes an existing one so.
+fn make_private_root(root: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(io_at("create directory", parent))?;
+    }
+    match fs::DirBuilder::new().mode(ROOT_MODE).create(root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::io("create directory", root, e)),
+    }
+    let meta = fs::metadata(root).map_err(io_at("stat", root))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    // A root that gives the group or others more than a group's traverse
+    // (0710, set on purpose) loses every right of theirs.
+    let wanted = if mode & 0o077 & !ROOT_GROUP_TRAVERSE != 0 {
+        mode & !0o077
+    } else {
+        mode
+    };
+    if mode != wanted {
+        // Only the owner (or root) can; anyone else gets a warning, since
+        // refusing would protect nothing.
+        if let Err(e) = fs::set_permissions(root, fs::Permissions::from_mode(wanted)) {
+            tracing::warn!(
+                "{}: the store is mode {mode:04o}; cannot make it {wanted:04o}: {e}",
+                root.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 impl Store {
-    /// Opens the store at `root`, creating the layout if it is missing.
+    /// Opens the store at `root`, creating the layout if it is missing, and
+    /// makes the root private (mode 0700; 0710 is kept) if it is not.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let store = Store { root: root.into() };
+        make_private_root(&store.root)?;
         for dir in [
-            store.root.clone(),
-            store.root.join("blobs/sha256"),
-            store.root.join("ingest"),
-            store.root.join("snapshots"),
+            store.blobs_dir(),
+            store.ingest_dir(),
+            store.snapshots_dir(),
             store.root.join("cache"),
+            store.trash_dir(),
         ] {
             fs::create_dir_all(&dir).map_err(io_at("create directory", &dir))?;
         }
@@ -243,9 +324,55 @@ impl Store {
         &self.root
     }
 
+    // ----- folder names -----
+
+    pub(crate) fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs/sha256")
+    }
+
+    pub(crate) fn ingest_dir(&self) -> PathBuf {
+        self.root.join("ingest")
+    }
+
+    pub(crate) fn snapshots_dir(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+
+    /// Where deletions happen: a directory is renamed in here (same
+    /// filesystem, atomic) before it is deleted, so that a killed deletion
+    /// never leaves a half-deleted directory in its place.
+    pub(crate) fn trash_dir(&self) -> PathBuf {
+        self.root.join("trash")
+    }
+
+    pub(crate) fn variants_dir(&self) -> PathBuf {
+        self.root.join("variants")
+    }
+
+    /// Per-build scratch ([`Store::scratch_dir`]) and the builder's parked
+    /// duplicate upper dirs (`trash-*`).
+    pub fn builds_dir(&self) -> PathBuf {
+        self.root.join("builds")
+    }
+
+    /// The contents of `RUN --mount=type=cache` mounts, one dir per `name`.
+    pub fn cache_mounts_dir(&self) -> PathBuf {
+        self.root.join("cache-mounts")
+    }
+
+    /// State directories of running `kiln run` containers.
+    pub fn containers_dir(&self) -> PathBuf {
+        self.root.join("containers")
+    }
+
+    /// Records of the repositories blobs were pulled from.
+    pub fn origins_dir(&self) -> PathBuf {
+        self.root.join("origins")
+    }
+
     /// Where a blob lives (whether or not it is there).
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("blobs/sha256").join(digest.hex())
+        self.blobs_dir().join(digest.hex())
     }
 
     pub fn has_blob(&self, digest: &Digest) -> bool {
@@ -306,8 +433,7 @@ impl Store {
             .as_ref()
             .map_or("unknown".to_string(), |d| d.digest.hex().to_string());
         let path = self
-            .root
-            .join("ingest")
+            .ingest_dir()
             .join(format!("{label}-{}", unique_suffix()));
         let file = OpenOptions::new()
             .write(true)
@@ -317,7 +443,7 @@ impl Store {
         Ok(IngestWriter {
             file: Some(io::BufWriter::with_capacity(256 * 1024, file)),
             path,
-            blobs_dir: self.root.join("blobs/sha256"),
+            blobs_dir: self.blobs_dir(),
             expected,
             hasher: Sha256::new(),
             written: 0,
@@ -344,8 +470,7 @@ impl Store {
     pub fn ingest_resumable(&self, expected: Descriptor) -> Result<IngestWriter> {
         let lease = self.lease()?;
         let path = self
-            .root
-            .join("ingest")
+            .ingest_dir()
             .join(format!("{}.partial", expected.digest.hex()));
         // The lock-file dance: lock, then make sure the path still names the
         // inode we locked (a committing writer renames it away).
@@ -389,7 +514,7 @@ impl Store {
             return Ok(IngestWriter {
                 file: Some(io::BufWriter::with_capacity(256 * 1024, file)),
                 path,
-                blobs_dir: self.root.join("blobs/sha256"),
+                blobs_dir: self.blobs_dir(),
                 expected: Some(expected),
                 hasher,
                 written: len,
@@ -751,63 +876,87 @@ impl Store {
         Ok((blobs, chains))
     }
 
-    /// Removes unreferenced blobs, everything in `ingest/` and unreferenced
-    /// snapshots. Waits for every [`Lease`] to be released first. Never
-    /// removes a blob reachable from `index.json` or a cache record.
+    /// Removes unreferenced blobs, everything in `ingest/`, unreferenced
+    /// snapshots, leftovers of killed builds, runs and deletions, and (with
+    /// [`PruneOptions::build_cache`]) the build cache and cache mounts.
+    /// Waits for every [`Lease`] to be released first. Never removes a blob
+    /// reachable from `index.json` or a cache record. Directories go
+    /// through the trash (`crate::cleanup`): a kill leaves nothing
+    /// half-deleted in place. The report says what each kind freed.
     pub fn prune(&self, options: PruneOptions) -> Result<PruneReport> {
         let _gc = lock(&self.root.join("gc.lock"), true)?;
         let mut report = PruneReport::default();
+        let mut meter = Meter::default();
+        // What killed deletions left: theirs, not this prune's.
+        let earlier_trash = self.empty_trash(&mut meter, false)?;
+        report.trash_entries = earlier_trash.entries;
+        report.trash_bytes = earlier_trash.bytes;
         if options.build_cache {
             for (path, _) in self.cache_records()? {
-                fs::remove_file(&path).map_err(io_at("remove", &path))?;
+                report.cache_record_bytes += remove_tree(&path, &mut meter)?;
                 report.cache_records += 1;
             }
         }
         let (keep_blobs, keep_chains) = self.reachable()?;
-        let blobs_dir = self.root.join("blobs/sha256");
-        for entry in fs::read_dir(&blobs_dir).map_err(io_at("list", &blobs_dir))? {
-            let entry = entry.map_err(io_at("list", &blobs_dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let keep = Digest::parse(&format!("sha256:{name}"))
-                .map(|d| keep_blobs.contains(&d))
-                .unwrap_or(false);
-            if !keep {
-                let path = entry.path();
-                let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-                fs::remove_file(&path).map_err(io_at("remove", &path))?;
-                if let Ok(d) = Digest::parse(&format!("sha256:{name}")) {
-                    report.blobs.push(d);
-                }
-                report.bytes += size;
+        let blobs_dir = self.blobs_dir();
+        for path in self.list_dir(&blobs_dir)? {
+            let name = file_name(&path);
+            let digest = Digest::parse(&format!("sha256:{name}")).ok();
+            if digest.as_ref().is_some_and(|d| keep_blobs.contains(d)) {
+                continue;
             }
+            report.blob_bytes += remove_tree(&path, &mut meter)?;
+            report.blobs.extend(digest);
         }
-        crate::compressed::remove_stale_variants(self)?;
-        let ingest = self.root.join("ingest");
-        for entry in fs::read_dir(&ingest).map_err(io_at("list", &ingest))? {
-            let path = entry.map_err(io_at("list", &ingest))?.path();
-            remove_any(&path)?;
+        let variants = crate::compressed::remove_stale_variants(self, &mut meter)?;
+        report.variants = variants.entries;
+        report.variant_bytes = variants.bytes;
+        for path in self.list_dir(&self.ingest_dir())? {
+            report.ingest_bytes += remove_tree(&path, &mut meter)?;
             report.ingest_files += 1;
         }
-        report.snapshots = self.remove_snapshots_except(&keep_chains)?;
+        // Each directory leaves its place at once (renamed into the
+        // trash); only then are the trashed trees deleted.
+        let snapshots = self.trash_snapshots_except(&keep_chains)?;
         // A build holds a lease while its work dir under `builds/` (and the
-        // cache mounts its RUN steps use) exist; with the exclusive lock
-        // held here no build is running, so whatever is left there belongs
-        // to a build that was killed. Cache mounts are kept unless the
-        // build cache goes too.
-        report.build_dirs = self.remove_children(&self.root.join("builds"))?;
-        if options.build_cache {
-            report.cache_mounts = self.remove_children(&self.root.join("cache-mounts"))?;
+        // cache mounts its RUN steps use) exist, and so does a `kiln run`
+        // for its state dir under `containers/`; with the exclusive lock
+        // held here none is running, so whatever is left there belongs to
+        // a killed one. Cache mounts are kept unless the build cache goes
+        // too.
+        let mut builds = Vec::new();
+        for dir in [self.builds_dir(), self.containers_dir()] {
+            for path in self.list_dir(&dir)? {
+                builds.extend(self.move_to_trash(&path, "build")?);
+            }
         }
+        let mut mounts = Vec::new();
+        if options.build_cache {
+            for path in self.list_dir(&self.cache_mounts_dir())? {
+                mounts.extend(self.move_to_trash(&path, "cache-mount")?);
+            }
+        }
+        for (name, trashed) in snapshots {
+            report.snapshot_bytes += remove_tree(&trashed, &mut meter)?;
+            report.snapshots.push(name);
+        }
+        for trashed in &builds {
+            report.build_bytes += remove_tree(trashed, &mut meter)?;
+        }
+        report.build_dirs = builds.len();
+        for trashed in &mounts {
+            report.cache_mount_bytes += remove_tree(trashed, &mut meter)?;
+        }
+        report.cache_mounts = mounts.len();
         // Temp files of atomic writes (index.json, cache records) that a
         // killed process left behind; the index lock keeps a concurrent
         // tag's temp file safe.
         let _index = self.lock_index()?;
         for dir in [self.root.clone(), self.root.join("cache")] {
-            for entry in fs::read_dir(&dir).map_err(io_at("list", &dir))? {
-                let entry = entry.map_err(io_at("list", &dir))?;
-                let name = entry.file_name().to_string_lossy().into_owned();
+            for path in self.list_dir(&dir)? {
+                let name = file_name(&path);
                 if name.starts_with('.') && name.contains(".tmp-") {
-                    remove_any(&entry.path())?;
+                    report.ingest_bytes += remove_tree(&path, &mut meter)?;
                     report.ingest_files += 1;
                 }
             }
@@ -880,54 +1029,37 @@ impl Store {
                 Err(e) => return Err(Error::io("remove", path, e)),
             }
         }
-        self.remove_snapshots_except(&keep_chains)?;
+        fsync_dir(&self.blobs_dir())?;
+        self.trash_snapshots_except(&keep_chains)?;
+        // This image's snapshots, and what earlier killed deletions left.
+        self.empty_trash(&mut Meter::default(), false)?;
         Ok((desc, removed))
     }
 
-    fn remove_snapshots_except(&self, keep: &BTreeSet<Digest>) -> Result<Vec<String>> {
-        let dir = self.root.join("snapshots");
-        let mut removed = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(io_at("list", &dir))? {
-            let entry = entry.map_err(io_at("list", &dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+    /// Moves every snapshot (finished or not) but those of `keep` into the
+    /// trash; returns their names and where they went.
+    fn trash_snapshots_except(&self, keep: &BTreeSet<Digest>) -> Result<Vec<(String, PathBuf)>> {
+        let mut trashed = Vec::new();
+        for path in self.list_dir(&self.snapshots_dir())? {
+            let name = file_name(&path);
             let wanted = Digest::parse(&format!("sha256:{name}"))
                 .map(|d| keep.contains(&d))
                 .unwrap_or(false);
             if !wanted {
-                remove_any(&entry.path())?;
-                removed.push(name);
+                if let Some(to) = self.move_to_trash(&path, "snapshot")? {
+                    trashed.push((name, to));
+                }
             }
         }
-        Ok(removed)
+        fsync_dir(&self.snapshots_dir())?;
+        Ok(trashed)
     }
 }
 
-impl Store {
-    /// Removes everything in `dir` (absent is empty); returns how many
-    /// entries it held.
-    fn remove_children(&self, dir: &Path) -> Result<usize> {
-        let entries = match fs::read_dir(dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(Error::io("list", dir.to_path_buf(), e)),
-        };
-        let mut removed = 0;
-        for entry in entries {
-            let path = entry.map_err(io_at("list", dir))?.path();
-            remove_any(&path)?;
-            removed += 1;
-        }
-        Ok(removed)
-    }
-}
-
-fn remove_any(path: &Path) -> Result<()> {
-    let meta = fs::symlink_metadata(path).map_err(io_at("stat", path))?;
-    if meta.is_dir() {
-        fs::remove_dir_all(path).map_err(io_at("remove", path))
-    } else {
-        fs::remove_file(path).map_err(io_at("remove", path))
-    }
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// A blob being written. Implements [`Write`]; hashes as bytes arrive.

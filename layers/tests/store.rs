@@ -442,6 +442,109 @@ fn threads_preparing_the_same_snapshots_all_succeed() {
     );
 }
 
+/// An image of `n` files (`f0`…) in one layer.
+fn many_file_image(store: &Store, n: usize) -> kiln_layers::Image {
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..n {
+        let body = format!("file {i}\n");
+        let mut h = tar::Header::new_ustar();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, format!("f{i}"), body.as_bytes())
+            .unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let layer = store.put_blob(media::OCI_LAYER, &tar).unwrap();
+    let config = ImageConfig {
+        architecture: "amd64".into(),
+        os: "linux".into(),
+        rootfs: RootFs {
+            kind: "layers".into(),
+            diff_ids: vec![Digest::of(&tar)],
+        },
+        ..ImageConfig::default()
+    };
+    let manifest = store.write_image(&config, &[layer]).unwrap();
+    store.read_image(&manifest, &Platform::host()).unwrap()
+}
+
+#[test]
+fn a_snapshot_without_its_completion_marker_is_unpacked_again_not_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    let image = many_file_image(&store, 50);
+    let chain = image.chain_ids()[0].clone();
+    let lower = store
+        .prepare_snapshots(&image, &kiln_layers::NoProgress)
+        .unwrap()
+        .remove(0);
+    assert!(store.has_snapshot(&chain));
+    let snapshot_dir = lower.parent().unwrap().to_path_buf();
+    let marker = snapshot_dir.join("complete");
+    assert_eq!(
+        fs::read_to_string(&marker).unwrap(),
+        format!("{chain}\n"),
+        "the marker names the chain id"
+    );
+    assert_eq!(fs::read_dir(&lower).unwrap().count(), 50);
+
+    // Half deleted, marker first (as a killed older kiln could leave it).
+    fs::remove_file(&marker).unwrap();
+    for i in 0..25 {
+        fs::remove_file(lower.join(format!("f{i}"))).unwrap();
+    }
+    assert!(!store.has_snapshot(&chain));
+    let again = store
+        .prepare_snapshots(&image, &kiln_layers::NoProgress)
+        .unwrap();
+    assert_eq!(again, vec![lower.clone()]);
+    assert!(store.has_snapshot(&chain));
+    assert_eq!(fs::read_dir(&lower).unwrap().count(), 50);
+    assert_eq!(fs::read_to_string(lower.join("f3")).unwrap(), "file 3\n");
+
+    // A marker naming another chain does not count; nor does a snapshot
+    // of the older layout (the tree where `fs/` now is, no marker).
+    fs::write(&marker, format!("{}\n", Digest::of(b"other"))).unwrap();
+    assert!(!store.has_snapshot(&chain));
+    fs::remove_dir_all(&snapshot_dir).unwrap();
+    fs::create_dir_all(&snapshot_dir).unwrap();
+    fs::write(snapshot_dir.join("f0"), "old layout").unwrap();
+    assert!(!store.has_snapshot(&chain));
+    store
+        .prepare_snapshots(&image, &kiln_layers::NoProgress)
+        .unwrap();
+    assert_eq!(fs::read_dir(&lower).unwrap().count(), 50);
+    assert!(!snapshot_dir.join("f0").exists());
+    // What was replaced went through the trash, which is empty again.
+    assert_eq!(fs::read_dir(tmp.path().join("trash")).unwrap().count(), 0);
+}
+
+#[test]
+fn adopting_a_directory_as_a_snapshot_keeps_a_complete_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    let chain = Digest::of(b"chain");
+    let upper = tmp.path().join("builds/upper");
+    fs::create_dir_all(&upper).unwrap();
+    fs::write(upper.join("x"), "x").unwrap();
+    assert!(store.adopt_snapshot(&upper, &chain).unwrap());
+    assert!(!upper.exists());
+    assert!(store.has_snapshot(&chain));
+    assert_eq!(
+        fs::read_to_string(store.snapshot_path(&chain).join("x")).unwrap(),
+        "x"
+    );
+    // A second copy of the same snapshot is left where it is.
+    fs::create_dir_all(&upper).unwrap();
+    fs::write(upper.join("x"), "y").unwrap();
+    assert!(!store.adopt_snapshot(&upper, &chain).unwrap());
+    assert!(upper.join("x").is_file());
+    assert_eq!(
+        fs::read_to_string(store.snapshot_path(&chain).join("x")).unwrap(),
+        "x"
+    );
+}
+
 #[test]
 fn resumable_ingest_continues_where_the_last_attempt_stopped() {
     let tmp = tempfile::tempdir().unwrap();

@@ -34,6 +34,8 @@
 //!   `/dev/shm/kiln-<uid>`, else the state dir): the overlay mount point, the
 //!   mount-point layer and the hosts/resolv.conf/hostname files. Creating
 //!   and deleting these on a slow disk was most of the cost of a short run.
+//!   Named with the owning process; [`remove_dead_scratch`] removes those
+//!   of killed runs.
 //! - A kept upper dir is mounted `volatile` (no syncfs at unmount: the
 //!   builder reads it back at once and fsyncs the layer it makes).
 //!
@@ -64,6 +66,7 @@ pub mod idmap;
 pub mod init;
 pub mod parent;
 pub mod protocol;
+pub mod scratch;
 pub mod security;
 pub mod spec;
 pub mod sys;
@@ -71,5 +74,6 @@ pub mod user;
 
 pub use error::RuntimeError;
 pub use helper::helper_main;
-pub use parent::run;
+pub use parent::{run, MAX_LOWER_DIRS};
+pub use scratch::{remove_dead_scratch, RemovedScratch};
 pub use spec::{BindMount, ExitStatus, HelperCommand, Network, RunSpec, Streams, UpperDir};

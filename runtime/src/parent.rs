@@ -48,6 +48,10 @@ struct StateDir {
     etc: PathBuf,
 }
 
+/// Most lower dirs overlay stacks; a run adds one of its own (the mount
+/// points) to the image's layers.
+pub const MAX_LOWER_DIRS: usize = 500;
+
 /// Statfs magic of tmpfs.
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 
@@ -64,45 +68,30 @@ fn is_tmpfs(path: &Path) -> bool {
 
 /// A new private directory on a tmpfs for one run's small files: under
 /// /run/kiln (root), $XDG_RUNTIME_DIR/kiln, or /dev/shm/kiln-<uid>, the
-/// first that is a tmpfs and ours. `None` when there is none.
+/// first that is a tmpfs and ours (see [`crate::scratch`]). `None` when
+/// there is none.
 fn tmpfs_scratch() -> Option<PathBuf> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    use std::os::unix::fs::DirBuilderExt;
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    let mut bases = Vec::new();
-    if euid == 0 {
-        bases.push((PathBuf::from("/run"), PathBuf::from("/run/kiln")));
-    }
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        let dir = PathBuf::from(dir);
-        bases.push((dir.clone(), dir.join("kiln")));
-    }
-    bases.push((
-        PathBuf::from("/dev/shm"),
-        PathBuf::from(format!("/dev/shm/kiln-{euid}")),
-    ));
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let unique = format!(
         "{}-{nanos}-{}",
-        std::process::id(),
+        crate::scratch::owner_token(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     );
-    for (mount, base) in bases {
+    for (mount, base) in crate::scratch::scratch_bases() {
         if !is_tmpfs(&mount) {
             continue;
         }
         let _ = std::fs::DirBuilder::new().mode(0o700).create(&base);
         // In a shared directory someone else could have made it first.
-        let ours = std::fs::symlink_metadata(&base)
-            .is_ok_and(|m| m.is_dir() && m.uid() == euid && m.mode() & 0o077 == 0);
-        if !ours {
+        if !crate::scratch::private_base(&base) {
             continue;
         }
         let dir = base.join(&unique);
-        if std::fs::create_dir(&dir).is_ok() {
+        if std::fs::DirBuilder::new().mode(0o700).create(&dir).is_ok() {
             return Some(dir);
         }
     }
@@ -214,10 +203,9 @@ impl StateDir {
             // Unprivileged overlay keeps its whiteout/opaque marks in user.* xattrs.
             options.push_str(",userxattr");
         }
-        // Overlay stacks at most 500 lower layers.
-        if lowers.len() > 500 {
+        if lowers.len() > MAX_LOWER_DIRS {
             return Err(RuntimeError::InvalidSpec(format!(
-                "{} lower dirs: overlay stacks at most 500",
+                "{} lower dirs: overlay stacks at most {MAX_LOWER_DIRS}",
                 lowers.len()
             )));
         }

@@ -462,19 +462,11 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
     }
     let fetcher = HttpFetcher { network: &network };
     // Each ADD URL is downloaded once: for its cache key, or by the step
-    // that adds it. The files live under builds/ (the lease above keeps a
-    // `kiln prune` off them) until the build is over.
-    let downloads = UrlDownloads::new(
-        &fetcher,
-        store.root().join("builds").join(format!(
-            "urls-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        )),
-    );
+    // that adds it. The files live in a scratch dir under builds/ (the
+    // lease above keeps a `kiln prune` off them, its name tells a later
+    // build when this one was killed) until the build is over.
+    let urls_scratch = store.scratch_dir("urls")?;
+    let downloads = UrlDownloads::new(&fetcher, urls_scratch.path().join("downloads"));
     let sources = RemoteSources {
         downloads: Some(&downloads),
     };

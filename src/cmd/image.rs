@@ -154,19 +154,38 @@ impl ImageCommand {
             ImageCommand::Rmi { images, force } => rmi(&store, &images, force),
             ImageCommand::Prune { all } => {
                 let report = store.prune(PruneOptions { build_cache: all })?;
+                // Scratch of killed runs on a tmpfs (outside the store):
+                // those whose owner process is gone.
+                let runs = kiln_runtime::remove_dead_scratch();
                 for d in &report.blobs {
                     println!("deleted: {d}");
                 }
+                let line = |what: &str, count: usize, bytes: u64| {
+                    println!("  {what}: {count}, {} ({bytes} bytes)", human_bytes(bytes));
+                };
+                let total = report.total_bytes() + runs.bytes;
                 println!(
-                    "Total reclaimed space: {} ({} blobs, {} snapshots, {} partial writes, {} cache records, {} leftover build dirs, {} cache mounts)",
-                    human_bytes(report.bytes),
-                    report.blobs.len(),
-                    report.snapshots.len(),
-                    report.ingest_files,
-                    report.cache_records,
-                    report.build_dirs,
-                    report.cache_mounts
+                    "Total reclaimed space: {} ({total} bytes; in the store {} bytes)",
+                    human_bytes(total),
+                    report.total_bytes()
                 );
+                line("blobs", report.blobs.len(), report.blob_bytes);
+                line("snapshots", report.snapshots.len(), report.snapshot_bytes);
+                line("partial writes", report.ingest_files, report.ingest_bytes);
+                line(
+                    "cache records",
+                    report.cache_records,
+                    report.cache_record_bytes,
+                );
+                line("leftover build dirs", report.build_dirs, report.build_bytes);
+                line(
+                    "cache mounts",
+                    report.cache_mounts,
+                    report.cache_mount_bytes,
+                );
+                line("trash entries", report.trash_entries, report.trash_bytes);
+                line("variant records", report.variants, report.variant_bytes);
+                line("dead run dirs", runs.dirs, runs.bytes);
                 Ok(ExitCode::SUCCESS)
             }
             ImageCommand::Save {

@@ -232,6 +232,18 @@ fn run_container(args: RunArgs, settings: &GlobalSettings) -> anyhow::Result<Exi
         bail!("unable to find image {:?} locally", args.image);
     };
     let image = store.read_image(&tagged.descriptor, &platform)?;
+    // Refused before anything is unpacked: each layer is a lower dir, and
+    // the runtime adds one of its own (the mount points).
+    let layers = image.manifest.layers.len();
+    if layers + 1 > kiln_runtime::MAX_LOWER_DIRS {
+        bail!(
+            "image {} has {layers} layers: overlay stacks at most {} lower dirs and the \
+             runtime adds one, so at most {} layers can run",
+            tagged.name,
+            kiln_runtime::MAX_LOWER_DIRS,
+            kiln_runtime::MAX_LOWER_DIRS - 1
+        );
+    }
     let lower_dirs = store.prepare_snapshots(&image, &NoProgress)?;
     let config = image.config.config.clone().unwrap_or_default();
 
@@ -249,7 +261,7 @@ fn run_container(args: RunArgs, settings: &GlobalSettings) -> anyhow::Result<Exi
         (None, NetworkMode::Host) => host_name(),
         (None, NetworkMode::None) => id[..12].to_string(),
     };
-    let containers = settings.root.join("containers");
+    let containers = store.containers_dir();
     std::fs::create_dir_all(&containers)
         .with_context(|| format!("creating {}", containers.display()))?;
 

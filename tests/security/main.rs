@@ -6,6 +6,10 @@
 mod common;
 
 mod fds;
+mod kill_removal;
+mod leftovers;
+mod limits;
+mod store_modes;
 
 use std::path::PathBuf;
 use std::process::Output;
@@ -27,7 +31,13 @@ pub(crate) struct Fixture {
 
 impl Fixture {
     pub(crate) fn new() -> Fixture {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Fixture::new_in(&std::env::temp_dir())
+    }
+
+    /// Like [`Fixture::new`], with the store and scratch under `parent`
+    /// (e.g. a tmpfs, where creating and deleting many files is fast).
+    pub(crate) fn new_in(parent: &std::path::Path) -> Fixture {
+        let dir = tempfile::tempdir_in(parent).expect("tempdir");
         let tar = dir.path().join("busybox.tar");
         busybox_rootfs_tar(&tar).expect("busybox tar");
         let fixture = Fixture { dir };

@@ -24,7 +24,7 @@ pub struct BlobOrigins {
 impl BlobOrigins {
     pub fn new(store: &Store) -> BlobOrigins {
         BlobOrigins {
-            dir: store.root().join("origins"),
+            dir: store.origins_dir(),
         }
     }
 

@@ -1,0 +1,385 @@
+//! Deleting from the store so that a kill at any moment leaves nothing
+//! half-deleted in its place, and finding what killed processes left.
+//!
+//! A directory whose presence means something (a snapshot, a cache mount,
+//! a build's scratch) is renamed into `trash/<kind>-<suffix>` first — one
+//! atomic rename on the same filesystem — and only then deleted. A kill
+//! during the deletion leaves a partial tree in `trash/` and nowhere else;
+//! the next `prune` or `rmi`, or the next build, deletes it.
+//!
+//! Scratch is named with an owner token ([`crate::store::unique_suffix`]):
+//! [`Store::remove_dead_scratch`] moves to the trash what processes that
+//! are gone left in `builds/`, `ingest/`, `snapshots/.tmp-*` and the cache
+//! mounts being seeded, and never touches a live process's.
+//!
+//! [`Meter`] measures what a deletion frees the way `du` does: allocated
+//! blocks, each inode once, a file with more links only once all of them
+//! are deleted.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{io_at, Error, Result};
+use crate::owner::Owner;
+use crate::store::{unique_suffix, Store};
+
+/// Disk space freed by deletions, counted as `du` counts it.
+#[derive(Debug, Default)]
+pub struct Meter {
+    /// Files with several links: links deleted so far.
+    links: HashMap<(u64, u64), u64>,
+}
+
+impl Meter {
+    /// Notes that the entry `meta` describes is deleted; returns the bytes
+    /// that frees (0 for a file whose other links remain).
+    fn deleted(&mut self, meta: &fs::Metadata) -> u64 {
+        let bytes = meta.blocks().saturating_mul(512);
+        if meta.is_dir() || meta.nlink() <= 1 {
+            return bytes;
+        }
+        let seen = self.links.entry((meta.dev(), meta.ino())).or_insert(0);
+        *seen += 1;
+        if *seen == meta.nlink() {
+            bytes
+        } else {
+            0
+        }
+    }
+}
+
+/// What a cleanup removed: how many entries and how many bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Freed {
+    pub entries: usize,
+    pub bytes: u64,
+}
+
+impl Freed {
+    fn add(&mut self, bytes: u64) {
+        self.entries += 1;
+        self.bytes += bytes;
+    }
+}
+
+fn not_found(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound
+}
+
+/// Deletes `path` (a file or a whole tree), measuring it with `meter`;
+/// returns the bytes freed. Directories without the owner's rights (an
+/// overlay work dir, an image's read-only dirs, seen by a rootless kiln)
+/// are made writable on the way. Entries that vanish meanwhile (another
+/// process deleting the same trash) are not errors.
+pub(crate) fn remove_tree(path: &Path, meter: &mut Meter) -> Result<u64> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if not_found(&e) => return Ok(0),
+        Err(e) => return Err(Error::io("stat", path, e)),
+    };
+    if !meta.is_dir() {
+        return match fs::remove_file(path) {
+            Ok(()) => Ok(meter.deleted(&meta)),
+            Err(e) if not_found(&e) => Ok(0),
+            Err(e) => Err(Error::io("remove", path, e)),
+        };
+    }
+    if meta.mode() & 0o700 != 0o700 {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
+    }
+    let mut bytes = 0;
+    let entries = match fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if not_found(&e) => return Ok(0),
+        Err(e) => return Err(Error::io("list", path, e)),
+    };
+    for entry in entries {
+        match entry {
+            Ok(entry) => bytes += remove_tree(&entry.path(), meter)?,
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(Error::io("list", path, e)),
+        }
+    }
+    match fs::remove_dir(path) {
+        Ok(()) => Ok(bytes + meter.deleted(&meta)),
+        Err(e) if not_found(&e) => Ok(bytes),
+        Err(e) => Err(Error::io("remove", path, e)),
+    }
+}
+
+/// A build's scratch directory under `builds/`, named with this process's
+/// owner token, so that a later build can tell it from a live one once
+/// this process is killed. Dropped, it goes through the trash.
+#[derive(Debug)]
+pub struct ScratchDir {
+    store: Store,
+    path: PathBuf,
+}
+
+impl ScratchDir {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if let Err(e) = self.store.discard(&self.path, "build") {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+impl Store {
+    /// Renames `path` (anything inside the store) into `trash/`; returns
+    /// where it went, `None` when it is not there. `kind` starts the trash
+    /// entry's name.
+    pub(crate) fn move_to_trash(&self, path: &Path, kind: &str) -> Result<Option<PathBuf>> {
+        let trash = self.trash_dir();
+        let target = trash.join(format!("{kind}-{}", unique_suffix()));
+        match fs::rename(path, &target) {
+            Ok(()) => Ok(Some(target)),
+            Err(e) if not_found(&e) && fs::symlink_metadata(path).is_err() => {
+                // Either `path` is gone (nothing to do) or `trash/` is
+                // (a store from before it existed): made, and tried again.
+                if trash.is_dir() {
+                    return Ok(None);
+                }
+                fs::create_dir_all(&trash).map_err(io_at("create directory", &trash))?;
+                match fs::rename(path, &target) {
+                    Ok(()) => Ok(Some(target)),
+                    Err(e) if not_found(&e) => Ok(None),
+                    Err(e) => Err(Error::io("move to the trash", path, e)),
+                }
+            }
+            Err(e) => Err(Error::io("move to the trash", path, e)),
+        }
+    }
+
+    /// Deletes `path` through the trash (see the module docs); returns the
+    /// bytes freed.
+    pub fn discard(&self, path: &Path, kind: &str) -> Result<u64> {
+        match self.move_to_trash(path, kind)? {
+            Some(trashed) => remove_tree(&trashed, &mut Meter::default()),
+            None => Ok(0),
+        }
+    }
+
+    /// A new scratch directory `builds/<kind>-<owner>-…` (see
+    /// [`ScratchDir`]).
+    pub fn scratch_dir(&self, kind: &str) -> Result<ScratchDir> {
+        let path = self
+            .builds_dir()
+            .join(format!("{kind}-{}", unique_suffix()));
+        fs::create_dir_all(&path).map_err(io_at("create directory", &path))?;
+        Ok(ScratchDir {
+            store: self.clone(),
+            path,
+        })
+    }
+
+    /// Deletes what is in `trash/`. With `only_unowned`, entries that a
+    /// live process other than this one moved there are left to it (it is
+    /// deleting them); hold a [`crate::Lease`] then. Without, hold the
+    /// collector's exclusive lock.
+    pub(crate) fn empty_trash(&self, meter: &mut Meter, only_unowned: bool) -> Result<Freed> {
+        let mut freed = Freed::default();
+        for path in self.list_dir(&self.trash_dir())? {
+            if only_unowned {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                let owner = name.as_deref().and_then(Owner::of_name);
+                if owner.is_some_and(|o| o != Owner::current() && o.is_alive()) {
+                    continue;
+                }
+            }
+            freed.add(remove_tree(&path, meter)?);
+        }
+        Ok(freed)
+    }
+
+    /// Deletes the trash of killed deletions on a thread of its own, off
+    /// the caller's critical path; join the handle before exiting to let
+    /// it finish (a process that exits first just leaves the rest).
+    pub fn empty_trash_in_background(&self) -> std::thread::JoinHandle<()> {
+        let store = self.clone();
+        std::thread::spawn(
+            move || match store.empty_trash(&mut Meter::default(), true) {
+                Ok(f) if f.entries > 0 => tracing::info!(
+                    "deleted {} entries ({} bytes) from {}",
+                    f.entries,
+                    f.bytes,
+                    store.trash_dir().display()
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("emptying the trash: {e}"),
+            },
+        )
+    }
+
+    /// Moves to the trash (or, for single files, deletes) the scratch that
+    /// processes which are no longer running left behind: build dirs in
+    /// `builds/`, partial blobs in `ingest/` (not the resumable
+    /// `<hex>.partial` downloads, kept for the next pull), unfinished
+    /// snapshots and cache mounts being seeded. Scratch of a live process,
+    /// and anything whose name carries no owner (from an older kiln; `kiln
+    /// prune` removes it), is left alone. Cheap: renames and unlinks;
+    /// follow with [`Store::empty_trash_in_background`].
+    pub fn remove_dead_scratch(&self) -> Result<Freed> {
+        let dead = |path: &Path, prefix: &str| {
+            path.file_name()
+                .map(|n| n.to_string_lossy())
+                .filter(|n| n.starts_with(prefix))
+                .and_then(|n| Owner::of_name(&n))
+                .is_some_and(|o| !o.is_alive())
+        };
+        let mut freed = Freed::default();
+        for path in self.list_dir(&self.builds_dir())? {
+            if dead(&path, "") && self.move_to_trash(&path, "build")?.is_some() {
+                freed.entries += 1;
+            }
+        }
+        for path in self.list_dir(&self.snapshots_dir())? {
+            if dead(&path, ".tmp-") && self.move_to_trash(&path, "snapshot")?.is_some() {
+                freed.entries += 1;
+            }
+        }
+        for path in self.list_dir(&self.cache_mounts_dir())? {
+            if dead(&path, "seeding-") && self.move_to_trash(&path, "cache-mount")?.is_some() {
+                freed.entries += 1;
+            }
+        }
+        let mut meter = Meter::default();
+        for path in self.list_dir(&self.ingest_dir())? {
+            if dead(&path, "") {
+                freed.add(remove_tree(&path, &mut meter)?);
+            }
+        }
+        Ok(freed)
+    }
+
+    /// The entries of `dir`; none when it does not exist.
+    pub(crate) fn list_dir(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if not_found(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("list", dir, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            match entry {
+                Ok(entry) => out.push(entry.path()),
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(Error::io("list", dir, e)),
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn du(path: &Path) -> u64 {
+        let out = std::process::Command::new("du")
+            .args(["-s", "-B1"])
+            .arg(path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_removed_tree_frees_what_du_counted_and_shared_links_count_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tree = tmp.path().join("tree");
+        fs::create_dir_all(tree.join("a/b")).unwrap();
+        fs::write(tree.join("a/f"), vec![7u8; 10_000]).unwrap();
+        fs::write(tree.join("a/b/g"), vec![1u8; 100_000]).unwrap();
+        fs::hard_link(tree.join("a/b/g"), tree.join("link")).unwrap();
+        std::os::unix::fs::symlink("a/f", tree.join("sym")).unwrap();
+        let measured = du(&tree);
+        let freed = remove_tree(&tree, &mut Meter::default()).unwrap();
+        assert_eq!(freed, measured);
+        assert!(!tree.exists());
+
+        // A file linked from outside the tree frees nothing.
+        fs::create_dir_all(tree.join("d")).unwrap();
+        fs::write(tree.join("d/h"), vec![2u8; 50_000]).unwrap();
+        fs::hard_link(tree.join("d/h"), tmp.path().join("outside")).unwrap();
+        let dirs_only = du(&tree) - du(&tmp.path().join("outside"));
+        let freed = remove_tree(&tree, &mut Meter::default()).unwrap();
+        assert_eq!(freed, dirs_only);
+        assert!(tmp.path().join("outside").is_file());
+    }
+
+    #[test]
+    fn a_discarded_dir_leaves_its_place_at_once_and_the_trash_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let dir = store.cache_mounts_dir().join("m");
+        fs::create_dir_all(dir.join("x")).unwrap();
+        fs::write(dir.join("x/f"), "f").unwrap();
+        let trashed = store.move_to_trash(&dir, "cache-mount").unwrap().unwrap();
+        assert!(!dir.exists());
+        assert!(trashed.join("x/f").is_file());
+        assert_eq!(store.move_to_trash(&dir, "cache-mount").unwrap(), None);
+        let freed = store.empty_trash(&mut Meter::default(), false).unwrap();
+        assert_eq!(freed.entries, 1);
+        assert!(freed.bytes > 0);
+        assert_eq!(fs::read_dir(store.trash_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn dead_scratch_goes_and_live_scratch_stays() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        // A process that has exited: its pid and start time.
+        let mut child = std::process::Command::new("sleep")
+            .arg("0")
+            .spawn()
+            .unwrap();
+        let text = fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+        child.wait().unwrap();
+        let start: u64 = text[text.rfind(')').unwrap() + 1..]
+            .split_whitespace()
+            .nth(19)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1);
+        let dead = format!("{}.{start}-1-2", child.id());
+        let live = store.scratch_dir("build").unwrap();
+        fs::write(live.path().join("f"), "live").unwrap();
+        let dead_build = store.builds_dir().join(format!("build-{dead}"));
+        fs::create_dir_all(dead_build.join("step/upper")).unwrap();
+        let parked = store.builds_dir().join("trash-1700000000-4096-1-2-3");
+        fs::create_dir_all(&parked).unwrap();
+        let dead_ingest = store.ingest_dir().join(format!("abc-{dead}"));
+        fs::write(&dead_ingest, "partial").unwrap();
+        let partial = store.ingest_dir().join("abc.partial");
+        fs::write(&partial, "resumable").unwrap();
+        let dead_unpack = store.snapshots_dir().join(format!(".tmp-{dead}"));
+        fs::create_dir_all(&dead_unpack).unwrap();
+        let freed = store.remove_dead_scratch().unwrap();
+        assert_eq!(freed.entries, 3);
+        assert!(!dead_build.exists() && !dead_ingest.exists() && !dead_unpack.exists());
+        assert!(live.path().join("f").is_file(), "a live build's scratch");
+        assert!(parked.is_dir() && partial.is_file());
+        assert_eq!(fs::read_dir(store.trash_dir()).unwrap().count(), 2);
+        store.empty_trash_in_background().join().unwrap();
+        assert_eq!(fs::read_dir(store.trash_dir()).unwrap().count(), 0);
+        let path = live.path().to_path_buf();
+        drop(live);
+        assert!(!path.exists());
+        assert_eq!(fs::read_dir(store.trash_dir()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,338 @@
+//! Issue: leftovers of killed processes stayed, and prune did not say what
+//! it freed. `/dev/shm/kiln-<uid>/<pid>-…` of killed runs was never
+//! removed; `prune` reported only blob bytes ("10.2kB" after removing
+//! 635 MB of build dirs and ingest files); after a killed build, `builds/`
+//! kept 504 MB and `ingest/` 131 MB until a manual prune.
+//!
+//! Prune's report is compared with what `du` measured before and after;
+//! the run scratch of a dead process is removed by prune and a live one's
+//! kept; a killed build's scratch is removed when the next build starts,
+//! while a concurrent build that is still running keeps its own.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{kiln_command, kiln_ok};
+use crate::{require_root, text, Fixture};
+
+/// `du -s -B1` of `paths`, together (an inode counted once).
+fn du(paths: &[&Path]) -> u64 {
+    let out = std::process::Command::new("du")
+        .args(["-s", "-c", "-B1"])
+        .args(paths)
+        .output()
+        .expect("run du");
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let total = stdout.lines().last().expect("du total");
+    total
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("du said {stdout}"))
+}
+
+/// The number after `label` in prune's report: `  label: N, 1.2kB (BYTES bytes)`
+/// gives (N, BYTES).
+fn reported(report: &str, label: &str) -> (u64, u64) {
+    let line = report
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{label}:")))
+        .unwrap_or_else(|| panic!("no {label} in\n{report}"));
+    let count = line
+        .split(':')
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    let bytes = line
+        .rsplit('(')
+        .next()
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    (count, bytes)
+}
+
+/// An owner token, `<pid>.<start>`, of a process that has exited.
+fn dead_owner() -> String {
+    let mut child = std::process::Command::new("true")
+        .spawn()
+        .expect("spawn true");
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).expect("stat");
+    child.wait().expect("wait");
+    let start = stat[stat.rfind(')').expect("stat") + 1..]
+        .split_whitespace()
+        .nth(19)
+        .expect("start time")
+        .to_string();
+    format!("{}.{start}", child.id())
+}
+
+/// This test process's owner token.
+fn own_owner() -> String {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("stat");
+    let start = stat[stat.rfind(')').expect("stat") + 1..]
+        .split_whitespace()
+        .nth(19)
+        .expect("start time")
+        .to_string();
+    format!("{}.{start}", std::process::id())
+}
+
+fn fill(dir: &Path, files: usize, size: usize) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    for i in 0..files {
+        std::fs::write(dir.join(format!("f{i}")), vec![b'x'; size]).expect("write");
+    }
+}
+
+#[test]
+fn prune_reports_what_it_freed_as_du_measures_it_and_removes_dead_run_scratch() {
+    require_root!();
+    let fixture = Fixture::new();
+    let root = fixture.root();
+    // Something of every kind prune removes.
+    let ctx = fixture.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=cache,id=c,target=/c \
+             dd if=/dev/zero of=/c/big bs=1k count=300 && mkdir /d && echo d > /d/f\n",
+        )],
+    );
+    kiln_ok(
+        &root,
+        &["build", "-t", "gone:1", ctx.to_str().expect("utf-8")],
+    );
+    kiln_ok(&root, &["rmi", "gone:1"]);
+    let dead = dead_owner();
+    fill(
+        &root.join(format!("builds/build-{dead}-1-2/step/upper")),
+        40,
+        5000,
+    );
+    fill(&root.join("containers/0123abcd/work"), 3, 100);
+    std::fs::write(
+        root.join(format!("ingest/abc-{dead}-1-2")),
+        vec![1u8; 70_000],
+    )
+    .expect("ingest");
+    std::fs::write(root.join("ingest/def.partial"), vec![2u8; 9000]).expect("ingest");
+    fill(
+        &root.join(format!("trash/snapshot-{dead}-1-2/fs/x")),
+        20,
+        3000,
+    );
+    std::fs::write(
+        root.join("blobs/sha256")
+            .join(kiln_layers::Digest::of(b"loose").hex()),
+        b"loose",
+    )
+    .expect("loose blob");
+    // Run scratch on a tmpfs (the runtime dir this test points kiln at):
+    // a dead process's, and a live one's (this test's own).
+    let xdg = tempfile::Builder::new()
+        .prefix("kiln-xdg-")
+        .tempdir_in("/dev/shm")
+        .expect("tempdir on /dev/shm");
+    let base = xdg.path().join("kiln");
+    std::fs::create_dir_all(&base).expect("mkdir");
+    std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .expect("chmod");
+    let dead_run = base.join(format!("{dead}-5-6"));
+    fill(&dead_run.join("etc"), 5, 2000);
+    let live_run = base.join(format!("{}-5-6", own_owner()));
+    fill(&live_run.join("etc"), 1, 10);
+
+    kiln_ok(&root, &["images", "-q"]);
+    let before = du(&[&root]);
+    let run_before = du(&[&dead_run]);
+    let out = kiln_command()
+        .arg("--root")
+        .arg(&root)
+        .args(["prune", "--all"])
+        .env("XDG_RUNTIME_DIR", xdg.path())
+        .output()
+        .expect("run kiln prune");
+    assert!(out.status.success(), "{}", text(&out));
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let after = du(&[&root]);
+
+    let total_line = report
+        .lines()
+        .find(|l| l.starts_with("Total reclaimed space:"))
+        .unwrap_or_else(|| panic!("{report}"));
+    let in_store: u64 = Some(total_line)
+        .and_then(|l| l.split("in the store ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(in_store, before - after, "du measured otherwise:\n{report}");
+    let kinds = [
+        "blobs",
+        "snapshots",
+        "partial writes",
+        "cache records",
+        "leftover build dirs",
+        "cache mounts",
+        "trash entries",
+        "variant records",
+    ];
+    let sum: u64 = kinds.iter().map(|k| reported(&report, k).1).sum();
+    assert_eq!(sum, in_store, "{report}");
+    for (kind, at_least) in [
+        ("blobs", 1),
+        ("snapshots", 1),
+        ("partial writes", 2),
+        ("cache records", 1),
+        ("leftover build dirs", 2),
+        ("cache mounts", 1),
+        ("trash entries", 1),
+    ] {
+        let (count, bytes) = reported(&report, kind);
+        assert!(count >= at_least && bytes > 0, "{kind}:\n{report}");
+    }
+    // The cache mount held 300 kB, the dead build 40 files of 5000 bytes.
+    assert!(
+        reported(&report, "cache mounts").1 >= 300 * 1024,
+        "{report}"
+    );
+    assert!(
+        reported(&report, "leftover build dirs").1 >= 40 * 5000,
+        "{report}"
+    );
+    let (runs, run_bytes) = reported(&report, "dead run dirs");
+    assert!(runs >= 1 && run_bytes >= run_before, "{report}");
+    assert!(!dead_run.exists(), "a dead run's scratch is removed");
+    assert!(live_run.join("etc/f0").is_file(), "a live run's is kept");
+    let total: u64 = Some(total_line)
+        .and_then(|l| l.split('(').nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(total, in_store + run_bytes, "{report}");
+    assert_eq!(kiln_ok(&root, &["images", "-q"]).lines().count(), 1);
+}
+
+/// The host directory of `RUN --mount=type=cache,id=ID`.
+fn cache_mount_dir(root: &Path, id: &str) -> PathBuf {
+    root.join("cache-mounts")
+        .join(kiln_layers::Digest::of(id.as_bytes()).hex())
+}
+
+/// Starts `kiln build` of a Dockerfile whose RUN touches `/sync/<name>`
+/// (a cache mount shared with the test), writes `files` files, and waits
+/// (up to 60 s) for `/sync/go-<name>`.
+fn start_waiting_build(fixture: &Fixture, name: &str, files: usize) -> Child {
+    let dockerfile = format!(
+        "FROM busybox\nRUN --mount=type=cache,id=sync,target=/sync \
+         mkdir /many && i=0; while [ $i -lt {files} ]; do echo $i > /many/f$i; i=$((i+1)); done; \
+         touch /sync/{name}; i=0; while [ ! -e /sync/go-{name} ] && [ $i -lt 600 ]; \
+         do sleep 0.1; i=$((i+1)); done; echo {name} > /result\n"
+    );
+    let ctx = fixture.context(&format!("ctx-{name}"), &[("Dockerfile", &dockerfile)]);
+    kiln_command()
+        .arg("--root")
+        .arg(fixture.root())
+        .args(["build", "--progress", "plain", "-t", &format!("{name}:1")])
+        .arg(ctx)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kiln build")
+}
+
+fn wait_for(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The build scratch dirs of process `pid` under `builds/`.
+fn scratch_of(root: &Path, pid: u32) -> Vec<PathBuf> {
+    let prefix = format!("{pid}.");
+    std::fs::read_dir(root.join("builds"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.split_once('-')
+                        .is_some_and(|(_, rest)| rest.starts_with(&prefix))
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_killed_builds_scratch_goes_at_the_next_build_start_and_a_live_ones_stays() {
+    require_root!();
+    let fixture = Fixture::new();
+    let root = fixture.root();
+    let sync = cache_mount_dir(&root, "sync");
+    // A build that is killed in the middle of its RUN.
+    let mut killed = start_waiting_build(&fixture, "killed", 2000);
+    wait_for(&sync.join("killed"));
+    let killed_scratch = scratch_of(&root, killed.id());
+    assert!(!killed_scratch.is_empty(), "the build has scratch");
+    killed.kill().expect("kill -9");
+    killed.wait().expect("reap");
+    assert!(killed_scratch.iter().all(|p| p.exists()), "left behind");
+    // A build that is running (waiting in its RUN) when the next starts.
+    let live = start_waiting_build(&fixture, "live", 10);
+    wait_for(&sync.join("live"));
+    let live_scratch = scratch_of(&root, live.id());
+    assert!(!live_scratch.is_empty());
+
+    // The next build starts, and finishes.
+    let ctx = fixture.context("ctx-next", &[("Dockerfile", "FROM busybox\nRUN true\n")]);
+    kiln_ok(
+        &root,
+        &["build", "-t", "next:1", ctx.to_str().expect("utf-8")],
+    );
+    for path in &killed_scratch {
+        assert!(!path.exists(), "{} of the killed build", path.display());
+    }
+    assert!(
+        live_scratch.iter().all(|p| p.exists()),
+        "the live build's scratch"
+    );
+    // Deleted by whichever build moved it to the trash: this one, or the
+    // live one, if it started after the kill (then on its own thread).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left: Vec<_> = std::fs::read_dir(root.join("trash"))
+            .expect("trash")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "what the killed build left is still in the trash: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The live build goes on undisturbed.
+    std::fs::write(sync.join("go-live"), "").expect("go");
+    let out = live.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", text(&out));
+    let out = kiln_ok(&root, &["run", "live:1", "cat", "/result"]);
+    assert_eq!(out, "live\n");
+    assert!(
+        live_scratch.iter().all(|p| !p.exists()),
+        "removed at its end"
+    );
+}
