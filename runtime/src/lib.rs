@@ -58,6 +58,8 @@
 //! # }
 //! ```
 
+pub mod cgroup;
+pub mod devices;
 pub mod error;
 pub mod helper;
 pub mod idmap;
@@ -72,4 +74,6 @@ pub mod user;
 pub use error::RuntimeError;
 pub use helper::helper_main;
 pub use parent::run;
-pub use spec::{BindMount, ExitStatus, HelperCommand, Network, RunSpec, Streams, UpperDir};
+pub use spec::{
+    BindMount, ExitStatus, HelperCommand, Limit, Limits, Network, RunSpec, Streams, UpperDir,
+};
