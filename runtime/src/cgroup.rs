@@ -725,21 +725,30 @@ pub fn setup(
             Err(RuntimeError::Cgroup(why))
         }
         Err(why) => {
+            let mut request = request;
+            request.notes.push(format!("no default limits: {why}"));
+            // The limits may be what failed (v2 controllers that cannot be
+            // enabled): keep the device cgroup if it can be had alone.
+            if request.pids.is_some() || request.memory.is_some() {
+                let devices_only = Request {
+                    pids: None,
+                    memory: None,
+                    ..request.clone()
+                };
+                if let Ok(cgroups) = create(&layout, &devices_only) {
+                    tracing::debug!("running without default limits: {why}");
+                    return Ok((cgroups, devices_only));
+                }
+            }
             // Rootless without a delegated subtree gets here on every run.
             if rootless {
                 tracing::debug!("running without cgroups: {why}");
             } else {
                 tracing::warn!("running without cgroup limits (devices: nodev mounts): {why}");
             }
-            let mut request = Request {
-                pids: None,
-                memory: None,
-                devices: DeviceRestriction::NodevOnly,
-                notes: request.notes,
-            };
-            request
-                .notes
-                .push(format!("cgroups could not be set up: {why}"));
+            request.pids = None;
+            request.memory = None;
+            request.devices = DeviceRestriction::NodevOnly;
             Ok((None, request))
         }
     }
@@ -765,7 +774,19 @@ fn create(layout: &Layout, request: &Request) -> Result<Option<RunCgroups>, Stri
     };
     let mut cgroups = cgroups;
     for op in &plan.ops {
-        apply(op).map_err(|err| format!("{op}: {err}"))?;
+        apply(op).map_err(|err| {
+            let hint = match op {
+                Op::Write { path, .. }
+                    if path.ends_with("cgroup.subtree_control")
+                        && err.raw_os_error() == Some(libc::EBUSY) =>
+                {
+                    " (cgroup v2 gives no controller to the children of a cgroup that holds \
+                     processes, and kiln's own cgroup holds kiln)"
+                }
+                _ => "",
+            };
+            format!("{op}: {err}{hint}")
+        })?;
         if let Op::Mkdir(dir) = op {
             cgroups.plan.dirs.push(dir.clone());
         }
@@ -887,7 +908,7 @@ pub fn capabilities(rootless: bool) -> Capabilities {
         request
             .notes
             .iter()
-            .find(|n| n.contains(controller) || n.starts_with("cgroups could not"))
+            .find(|n| n.contains(controller) || n.starts_with("no default limits"))
             .cloned()
             .unwrap_or_else(|| "not available".to_string())
     };
@@ -896,7 +917,7 @@ pub fn capabilities(rootless: bool) -> Capabilities {
             available: true,
             default: Some(v),
             detail: format!(
-                "{} (cgroup {controller} controller); default {}",
+                "cgroup {} {controller} controller; default {}",
                 match layout.version() {
                     Some(CgroupVersion::V2) => "v2",
                     _ => "v1",
