@@ -722,7 +722,21 @@ pub fn setup(
         Err(why)
             if limits.pids.is_explicit() || limits.memory.is_explicit() || forced.is_some() =>
         {
-            Err(RuntimeError::Cgroup(why))
+            let asked: Vec<String> = [(limits.pids, "--pids-limit"), (limits.memory, "--memory")]
+                .iter()
+                .filter(|(limit, _)| limit.is_explicit())
+                .map(|(_, flag)| flag.to_string())
+                .chain(forced.map(|_| DEVICE_RESTRICTION_ENV.to_string()))
+                .collect();
+            Err(RuntimeError::Cgroup(format!(
+                "{} asked for, but kiln cannot set up its cgroups here{}: {why}",
+                asked.join(" and "),
+                if rootless {
+                    " (rootless kiln needs a cgroup subtree delegated to its user)"
+                } else {
+                    ""
+                }
+            )))
         }
         Err(why) => {
             let mut request = request;

@@ -5,7 +5,9 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod devices;
 mod fds;
+mod limits;
 
 use std::path::PathBuf;
 use std::process::Output;
