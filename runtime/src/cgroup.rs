@@ -640,8 +640,8 @@ pub fn remove_cgroup(dir: &Path, patience: Duration) -> io::Result<()> {
     }
 }
 
-/// Removes `kiln-<pid>-<n>` cgroups in `parent` whose kiln process is gone
-/// (a kiln killed before it could remove its own).
+/// Removes empty `kiln-<pid>-<n>` cgroups in `parent` whose kiln process is
+/// gone (a kiln killed before it could remove its own).
 fn sweep_stale(parent: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
@@ -656,8 +656,13 @@ fn sweep_stale(parent: &Path) {
         else {
             continue;
         };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = remove_cgroup(&entry.path(), Duration::from_secs(1));
+        // Only an empty one: its container died with its kiln (parent-death
+        // signals); anything still running belongs to someone this process
+        // cannot see (a kiln in another PID namespace) and is left alone.
+        let empty = std::fs::read_to_string(entry.path().join("cgroup.procs"))
+            .is_ok_and(|procs| procs.trim().is_empty());
+        if empty && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir(entry.path());
         }
     }
 }
