@@ -3,8 +3,8 @@
 //! [`Syscalls`], so the whole sequence is a unit-tested plan.
 //!
 //! Order, and why:
-//! 1. signals to default, own session, into the run's cgroups (limits and
-//!    the device restriction hold from here on);
+//! 1. signals to default, own session, parent-death signal, into the
+//!    run's cgroups (limits and the device restriction hold from here on);
 //! 2. a new mount namespace with every mount private, so nothing propagates
 //!    back to the host;
 //! 3. the overlay root (`nodev` when no device cgroup restricts the
@@ -116,6 +116,12 @@ fn init(
     sys.umask(0);
     step("reset signals", sys.reset_signals())?;
     step("setsid", sys.setsid())?;
+    // Dies with the helper (so with kiln) from here on, not only once the
+    // command runs: set again after the uid change, which clears it.
+    step(
+        "parent death signal",
+        sys.set_parent_death_signal(libc::SIGKILL),
+    )?;
     for procs in &cfg.cgroups {
         step(
             format!("join cgroup {}", procs.display()),

@@ -208,11 +208,12 @@ fn cgroups_are_joined_first() {
     let (_, text) = transcript(&mut sys, &cfg);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
-        &lines[..5],
+        &lines[..6],
         [
             "umask 000",
             "reset_signals",
             "setsid",
+            "pdeathsig 9",
             "join_cgroup /cg/a/cgroup.procs",
             "join_cgroup /cg/b/cgroup.procs"
         ]
