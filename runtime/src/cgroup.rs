@@ -28,10 +28,20 @@
 //!   and a quarter of the machine stays for everything else; a build that
 //!   truly needs more than 3/4 of the machine raises it with `--memory`.
 //!
+//! The limits are per run: the parallel RUN steps of a build each get their
+//! own.
+//!
 //! Where cgroups cannot be used (rootless without a delegated subtree, no
 //! cgroup filesystem), the defaults are left out and a limit asked for
 //! explicitly fails the run. Devices then fall back to `nodev` mounts
 //! ([`DeviceRestriction::NodevOnly`]).
+//!
+//! On cgroup v2 the limits need the pids and memory controllers enabled in
+//! kiln's own cgroup's `cgroup.subtree_control`, which the kernel refuses
+//! while that cgroup holds processes (kiln itself) unless it is the root:
+//! kiln does not move itself into a leaf to get round that, so on a v2
+//! host the default limits apply only where that works, and the device
+//! program (which needs no controller) applies everywhere.
 
 use std::collections::BTreeMap;
 use std::io;
