@@ -41,6 +41,8 @@ enum Command {
     Build(cmd::build::BuildCommand),
     #[command(flatten)]
     Registry(cmd::registry::RegistryCommand),
+    #[command(flatten)]
+    Info(cmd::info::InfoCommand),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         Command::Check(c) => c.run(&settings),
         Command::Build(c) => c.run(&settings),
         Command::Registry(c) => c.run(&settings),
+        Command::Info(c) => c.run(&settings),
     };
     match result {
         Ok(code) => code,

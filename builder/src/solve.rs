@@ -342,6 +342,9 @@ pub struct SolveOptions<'a> {
     /// `--ssh ID[=...]`: the agent sockets `RUN --mount=type=ssh` can reach
     /// (see [`crate::ssh`]). Never part of a cache key.
     pub ssh: crate::ssh::SshAgents,
+    /// Every RUN's pids and memory limits (`--pids-limit`, `--memory`).
+    /// Never part of a cache key.
+    pub limits: kiln_runtime::Limits,
 }
 
 /// What a build produced.
@@ -1118,6 +1121,7 @@ fn execute_run(
     spec.network = network;
     spec.mounts = mounts;
     spec.image = format!("stage {}", step.stage);
+    spec.limits = opts.limits;
     // Output goes through a pipe: shown as it comes, its tail kept for the
     // error message.
     let (reader, writer) = output_pipe().map_err(|e| step_err(format!("creating a pipe: {e}")))?;
@@ -1148,7 +1152,9 @@ fn execute_run(
         let last = collector.join().unwrap_or_default();
         (status, last)
     });
-    let status = status.map_err(|e| step_err(e.to_string()))?;
+    // A step that failed at a limit is an error that names it; its output
+    // still tells what was running.
+    let status = status.map_err(|e| step_err(format!("{e}{}", tail(&last_lines))))?;
     if !status.success() {
         return Err(SolveError::RunFailed {
             line: step.line,

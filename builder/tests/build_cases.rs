@@ -115,6 +115,7 @@ fn run(case: &Path) -> String {
         docker_media_types: false,
         secrets: Default::default(),
         ssh: Default::default(),
+        limits: Default::default(),
     };
     let built = match solve(&store, &planned, &context, &resolver, &solve_opts) {
         Ok(b) => b,

@@ -106,6 +106,7 @@ fn build_full(
             .map(|(k, v)| (k.to_string(), v.to_path_buf()))
             .collect(),
         ssh: Default::default(),
+        limits: Default::default(),
     };
     solve(store, &p, &ctx, &resolver, &solve_opts)
 }
@@ -796,6 +797,7 @@ fn build_with_ssh(
         docker_media_types: false,
         secrets: Default::default(),
         ssh: ssh.clone(),
+        limits: Default::default(),
     };
     solve(store, &p, &ctx, &resolver, &solve_opts)
 }

@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::cgroup::{human_bytes, PIDS_KILL_AFTER};
+use crate::spec::ExitStatus;
+
 /// Why a run failed (the container's own non-zero exit is not an error: it is
 /// an [`crate::ExitStatus`]).
 #[derive(Debug, thiserror::Error)]
@@ -54,14 +57,47 @@ pub enum RuntimeError {
     Timeout(Duration),
     #[error("the runtime helper died without reporting ({0})")]
     HelperDied(String),
+    #[error("cgroups: {0}")]
+    Cgroup(String),
+    /// The container reached its pids limit and failed (or, when forks kept
+    /// being refused, kiln killed it).
+    #[error(
+        "the container hit its pids limit of {limit} processes (--pids-limit){}; {status}",
+        if *killed {
+            format!(" and kiln killed it after forks kept failing for {}s", PIDS_KILL_AFTER.as_secs())
+        } else {
+            String::new()
+        }
+    )]
+    PidsLimit {
+        limit: u64,
+        status: ExitStatus,
+        killed: bool,
+    },
+    /// The kernel's OOM killer killed a process of the container at its
+    /// memory limit, and the container failed.
+    #[error(
+        "the container was OOM-killed at its memory limit of {} (--memory): {oom_kills} process(es) killed; {status}",
+        human_bytes(*limit)
+    )]
+    MemoryLimit {
+        limit: u64,
+        oom_kills: u64,
+        status: ExitStatus,
+    },
 }
 
 impl RuntimeError {
     /// The exit code Docker gives for this failure, where it defines one
-    /// (127: executable not found, 126: not executable).
+    /// (127: executable not found, 126: not executable), or the container's
+    /// own code when it failed at a limit (137 for a process the OOM killer
+    /// or kiln killed).
     pub fn exit_code(&self) -> Option<i32> {
         match self {
             RuntimeError::Exec { exit_code, .. } => Some(*exit_code),
+            RuntimeError::PidsLimit { status, .. } | RuntimeError::MemoryLimit { status, .. } => {
+                Some(status.code())
+            }
             _ => None,
         }
     }

@@ -3,10 +3,12 @@
 //! [`Syscalls`], so the whole sequence is a unit-tested plan.
 //!
 //! Order, and why:
-//! 1. signals to default, own session;
+//! 1. signals to default, own session, parent-death signal, into the
+//!    run's cgroups (limits and the device restriction hold from here on);
 //! 2. a new mount namespace with every mount private, so nothing propagates
 //!    back to the host;
-//! 3. the overlay root, then /proc, /sys (read-only), /dev (tmpfs with the
+//! 3. the overlay root (`nodev` when no device cgroup restricts the
+//!    container), then /proc, /sys (read-only), /dev (tmpfs with the
 //!    standard devices, devpts, shm, mqueue, std* links), the bind mounts
 //!    (hosts, resolv.conf, hostname, volumes) and Docker's masked and
 //!    read-only /proc and /sys paths;
@@ -114,6 +116,18 @@ fn init(
     sys.umask(0);
     step("reset signals", sys.reset_signals())?;
     step("setsid", sys.setsid())?;
+    // Dies with the helper (so with kiln) from here on, not only once the
+    // command runs: set again after the uid change, which clears it.
+    step(
+        "parent death signal",
+        sys.set_parent_death_signal(libc::SIGKILL),
+    )?;
+    for procs in &cfg.cgroups {
+        step(
+            format!("join cgroup {}", procs.display()),
+            sys.join_cgroup(procs),
+        )?;
+    }
     step("new mount namespace", sys.unshare(libc::CLONE_NEWNS))?;
     prepare_rootfs(sys, cfg, report)?;
     enter_rootfs(sys, &cfg.rootfs)?;
@@ -332,7 +346,7 @@ fn mount(
     )
 }
 
-fn remount_read_only(sys: &mut dyn Syscalls, target: &Path) -> Result<(), Failure> {
+fn remount_read_only(sys: &mut dyn Syscalls, target: &Path, nodev: bool) -> Result<(), Failure> {
     // Flags the mount already has must be repeated: inside a user namespace
     // nosuid/nodev/noexec are locked and a remount without them is refused.
     let kept = step(
@@ -344,7 +358,11 @@ fn remount_read_only(sys: &mut dyn Syscalls, target: &Path) -> Result<(), Failur
         "",
         target,
         "",
-        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | kept,
+        libc::MS_BIND
+            | libc::MS_REMOUNT
+            | libc::MS_RDONLY
+            | kept
+            | if nodev { libc::MS_NODEV } else { 0 },
         "",
     )
 }
@@ -363,14 +381,28 @@ fn prepare_rootfs(
         libc::MS_REC | libc::MS_PRIVATE,
         "",
     )?;
+    // Without a device cgroup, device nodes (made with mknod, or unpacked
+    // from an image) must not be openable: nodev everywhere but the
+    // standard nodes bound from the host.
+    let nodev = if cfg.nodev { libc::MS_NODEV } else { 0 };
     if cfg.overlay_options.len() < OVERLAY_OPTIONS_MAX {
-        mount(sys, "overlay", root, "overlay", 0, &cfg.overlay_options)?;
+        mount(sys, "overlay", root, "overlay", nodev, &cfg.overlay_options)?;
     } else {
         // Many layers: mount(2) takes options up to one page only.
         step(
             format!("mount overlay on {}", root.display()),
             sys.mount_overlay_fsconfig(root, &cfg.overlay_options),
         )?;
+        if cfg.nodev {
+            mount(
+                sys,
+                "",
+                root,
+                "",
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NODEV,
+                "",
+            )?;
+        }
     }
 
     let proc_dir = ensure_mount_point(sys, root, Path::new("proc"), true, report)?;
@@ -382,7 +414,7 @@ fn prepare_rootfs(
         // sysfs can only be mounted by the owner of the network namespace;
         // in a user namespace sharing the host's network, bind the host's.
         mount(sys, "/sys", &sys_dir, "", libc::MS_BIND | libc::MS_REC, "")?;
-        remount_read_only(sys, &sys_dir)?;
+        remount_read_only(sys, &sys_dir, false)?;
     } else {
         mount(
             sys,
@@ -400,13 +432,14 @@ fn prepare_rootfs(
         "tmpfs",
         &dev,
         "tmpfs",
-        libc::MS_NOSUID | libc::MS_STRICTATIME,
+        libc::MS_NOSUID | libc::MS_STRICTATIME | nodev,
         "mode=755,size=65536k",
     )?;
     for (name, major, minor) in DEVICES {
         let path = dev.join(name);
-        if cfg.rootless {
-            // mknod is refused in a user namespace: bind the host's node.
+        if cfg.rootless || cfg.nodev {
+            // mknod is refused in a user namespace, and a node made on a
+            // nodev /dev could not be opened: bind the host's node.
             step(
                 format!("create {}", path.display()),
                 sys.create_file(&path, 0o666),
@@ -473,7 +506,20 @@ fn prepare_rootfs(
         let source = volume.source.to_string_lossy();
         mount(sys, &source, &target, "", libc::MS_BIND | libc::MS_REC, "")?;
         if volume.read_only {
-            remount_read_only(sys, &target)?;
+            remount_read_only(sys, &target, cfg.nodev)?;
+        } else if cfg.nodev {
+            let kept = step(
+                format!("statvfs {}", target.display()),
+                sys.mount_flags(&target),
+            )?;
+            mount(
+                sys,
+                "",
+                &target,
+                "",
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NODEV | kept,
+                "",
+            )?;
         }
     }
 
@@ -493,7 +539,7 @@ fn prepare_rootfs(
         if step(format!("stat {}", target.display()), sys.stat_mode(&target))?.is_some() {
             let source = target.to_string_lossy().into_owned();
             mount(sys, &source, &target, "", libc::MS_BIND | libc::MS_REC, "")?;
-            remount_read_only(sys, &target)?;
+            remount_read_only(sys, &target, false)?;
         }
     }
     Ok(())

@@ -1,24 +1,29 @@
 //! kiln-runtime: run one process in an isolated root filesystem.
 //!
 //! Owns namespaces, the overlay root, pivot_root, /proc /dev /sys, hosts and
-//! resolv.conf, users and groups, capabilities, rlimits and the exit status.
+//! resolv.conf, users and groups, capabilities, rlimits, the run's cgroups
+//! (pids and memory limits, the device allow list: [`cgroup`], [`devices`])
+//! and the exit status.
 //! It is never called from inside a multi-threaded process: the kiln binary
 //! re-executes itself as a helper before any thread exists.
 //!
 //! # How a run goes
 //!
-//! [`run`] (in the caller, which may have threads) prepares a state dir,
-//! starts the helper — `HelperCommand::program` with its args, i.e. kiln's
-//! hidden subcommand, whose entry point calls [`helper_main`] — and sends it
-//! the container's configuration as JSON on a pipe. The helper (a fresh,
-//! single-threaded exec) creates a user namespace when kiln is not root (the
-//! caller then writes the id maps, through newuidmap/newgidmap when the user
-//! has subordinate ids), new PID, UTS, IPC and (for [`Network::None`])
-//! network namespaces, and forks the container's init, PID 1, which creates
-//! its own mount namespace, mounts the overlay root and the rest (see
-//! [`init`]), pivots into it, drops privileges and execs the command. The
-//! helper waits for it and reports its exit status, which [`run`] returns
-//! (death by signal N gives 128+N).
+//! [`run`] (in the caller, which may have threads) makes the run's cgroups
+//! ([`cgroup::setup`]), prepares a state dir, starts the helper —
+//! `HelperCommand::program` with its args, i.e. kiln's hidden subcommand,
+//! whose entry point calls [`helper_main`] — and sends it the container's
+//! configuration as JSON on a pipe. The helper (a fresh, single-threaded
+//! exec) creates a user namespace when kiln is not root (the caller then
+//! writes the id maps, through newuidmap/newgidmap when the user has
+//! subordinate ids), new PID, UTS, IPC and (for [`Network::None`]) network
+//! namespaces, and forks the container's init, PID 1, which joins the run's
+//! cgroups, creates its own mount namespace, mounts the overlay root and the
+//! rest (see [`init`]), pivots into it, drops privileges and execs the
+//! command. The helper waits for it and reports its exit status, which
+//! [`run`] returns (death by signal N gives 128+N; a failure at a pids or
+//! memory limit is an error naming the limit). The cgroups are removed
+//! afterwards.
 //!
 //! Mount points the image lacks (/proc, /etc/hosts, volume targets…) come
 //! from a bottom lower layer kiln writes in the state dir, so bind mounts
@@ -60,6 +65,8 @@
 //! # }
 //! ```
 
+pub mod cgroup;
+pub mod devices;
 pub mod error;
 pub mod helper;
 pub mod idmap;
@@ -76,4 +83,6 @@ pub use error::RuntimeError;
 pub use helper::helper_main;
 pub use parent::{run, MAX_LOWER_DIRS};
 pub use scratch::{remove_dead_scratch, RemovedScratch};
-pub use spec::{BindMount, ExitStatus, HelperCommand, Network, RunSpec, Streams, UpperDir};
+pub use spec::{
+    BindMount, ExitStatus, HelperCommand, Limit, Limits, Network, RunSpec, Streams, UpperDir,
+};

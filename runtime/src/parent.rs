@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Instant;
 
+use crate::cgroup::{Counter, PidsWatch, RunCgroups, PIDS_CHECK_INTERVAL};
 use crate::error::RuntimeError;
 use crate::helper::remove_tree;
 use crate::idmap;
@@ -275,6 +276,8 @@ pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeE
     validate(&spec)?;
     // SAFETY: geteuid cannot fail.
     let rootless = unsafe { libc::geteuid() } != 0;
+    // Removed (whatever is still in them killed) when dropped, on every path.
+    let (cgroups, request) = crate::cgroup::setup(&spec.limits, rootless)?;
     let state = StateDir::new(&spec.state_dir, &spec.upper, tmpfs_scratch());
     if std::fs::read_dir(&state.root).is_ok_and(|mut d| d.next().is_some()) {
         // Someone else's: leave it alone.
@@ -287,7 +290,16 @@ pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeE
         });
     }
     let created = state.create(&spec);
-    let result = created.and_then(|()| launch(spec_config(&spec, &state, rootless)?, spec, helper));
+    let result = created.and_then(|()| {
+        let mut config = spec_config(&spec, &state, rootless)?;
+        config.cgroups = cgroups
+            .as_ref()
+            .map(|c| c.procs().to_vec())
+            .unwrap_or_default();
+        config.nodev = request.devices.nodev();
+        launch(config, spec, helper, cgroups.as_ref())
+    });
+    drop(cgroups);
     let (result, stubs, upper_kept) = match result {
         Ok((status, stubs, upper)) => (Ok(status), stubs, upper),
         Err(err) => (Err(err), Vec::new(), None),
@@ -342,6 +354,8 @@ fn spec_config(
         seccomp: spec.seccomp,
         nofile,
         remove_after_exit,
+        cgroups: Vec::new(),
+        nodev: false,
     })
 }
 
@@ -399,6 +413,7 @@ fn launch(
     mut config: ContainerConfig,
     spec: RunSpec,
     helper: &HelperCommand,
+    cgroups: Option<&RunCgroups>,
 ) -> Result<LaunchResult, RuntimeError> {
     let (config_read, config_write) = pipe()?;
     let (report_read, report_write) = pipe()?;
@@ -496,6 +511,13 @@ fn launch(
         stubs: Vec::new(),
         timed_out: false,
         pending_signals: Vec::new(),
+        pids: cgroups.and_then(|c| {
+            let counter = c.plan.pids_refused.clone()?;
+            let watch = PidsWatch::new(counter.read());
+            Some((counter, watch))
+        }),
+        next_pids_check: Instant::now(),
+        killed_at_pids_limit: false,
     };
     let deadline = spec.timeout.map(|t| Instant::now() + t);
     let loop_result = watch.run(deadline, forwarder.as_ref(), &mut terminal);
@@ -540,9 +562,49 @@ fn launch(
         }
     }
     match watch.exit {
-        Some(status) => Ok((status, watch.stubs, upper_kept)),
+        Some(status) => {
+            if let Some(err) = limit_error(status, cgroups, watch.killed_at_pids_limit) {
+                return Err(err);
+            }
+            Ok((status, watch.stubs, upper_kept))
+        }
         None => Err(RuntimeError::HelperDied(helper_status.to_string())),
     }
+}
+
+/// A failed run that hit a limit on its way: which one (kiln's kill at the
+/// pids limit, else an OOM kill, else a refused fork).
+fn limit_error(
+    status: ExitStatus,
+    cgroups: Option<&RunCgroups>,
+    killed_at_pids_limit: bool,
+) -> Option<RuntimeError> {
+    let cgroups = cgroups?;
+    if status.success() {
+        return None;
+    }
+    let pids_error = |killed| {
+        cgroups.request.pids.map(|limit| RuntimeError::PidsLimit {
+            limit,
+            status,
+            killed,
+        })
+    };
+    if killed_at_pids_limit {
+        return pids_error(true);
+    }
+    let oom_kills = cgroups.oom_kills();
+    if let (true, Some(limit)) = (oom_kills > 0, cgroups.request.memory) {
+        return Some(RuntimeError::MemoryLimit {
+            limit,
+            oom_kills,
+            status,
+        });
+    }
+    if cgroups.pids_refused() > 0 {
+        return pids_error(false);
+    }
+    None
 }
 
 /// Reads the helper's reports and reacts to them until the pipe closes.
@@ -558,6 +620,11 @@ struct Watch {
     timed_out: bool,
     /// Signals received before the container's init existed.
     pending_signals: Vec<libc::c_int>,
+    /// The run's refused-fork counter, when it has a pids limit.
+    pids: Option<(Counter, PidsWatch)>,
+    next_pids_check: Instant,
+    /// kiln killed the container because forks kept being refused.
+    killed_at_pids_limit: bool,
 }
 
 impl Watch {
@@ -574,14 +641,18 @@ impl Watch {
             }
             let relay_fds = terminal.poll_fds();
             fds.extend(relay_fds.iter().map(|fd| pollfd(*fd)));
-            let timeout_ms = match deadline {
-                Some(_) if self.timed_out => -1,
-                Some(at) => at
-                    .saturating_duration_since(Instant::now())
-                    .as_millis()
-                    .min(i32::MAX as u128) as i32,
-                None => -1,
+            let mut wait = match deadline {
+                Some(_) if self.timed_out => None,
+                Some(at) => Some(at.saturating_duration_since(Instant::now())),
+                None => None,
             };
+            if self.pids.is_some() {
+                let tick = self
+                    .next_pids_check
+                    .saturating_duration_since(Instant::now());
+                wait = Some(wait.map_or(tick, |w| w.min(tick)));
+            }
+            let timeout_ms = wait.map_or(-1, |w| w.as_millis().min(i32::MAX as u128) as i32);
             // SAFETY: fds is a valid array of pollfd of the given length.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
             if n < 0 {
@@ -591,8 +662,11 @@ impl Watch {
                 }
                 return Err(io_err("poll")(err));
             }
+            self.check_pids();
             if n == 0 {
-                self.time_out();
+                if deadline.is_some_and(|at| Instant::now() >= at) {
+                    self.time_out();
+                }
                 continue;
             }
             if let Some(forwarder) = signals {
@@ -617,6 +691,25 @@ impl Watch {
             if fds[0].revents != 0 && !self.read_reports()? {
                 return Ok(());
             }
+        }
+    }
+
+    /// Kills the container when its forks have kept failing at the pids
+    /// limit (a fork bomb never ends by itself).
+    fn check_pids(&mut self) {
+        let now = Instant::now();
+        let Some((counter, watch)) = &mut self.pids else {
+            return;
+        };
+        if now < self.next_pids_check {
+            return;
+        }
+        self.next_pids_check = now + PIDS_CHECK_INTERVAL;
+        if watch.observe(counter.read(), now) && !self.killed_at_pids_limit {
+            self.killed_at_pids_limit = true;
+            let target = self.container_pid.unwrap_or(self.helper_pid);
+            // SAFETY: kill with a pid we started.
+            unsafe { libc::kill(target, libc::SIGKILL) };
         }
     }
 

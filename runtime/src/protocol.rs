@@ -41,6 +41,14 @@ pub struct ContainerConfig {
     /// Removed by the helper once the container is gone (a discarded upper
     /// dir, overlay's work dir), from inside the user namespace if any.
     pub remove_after_exit: Vec<PathBuf>,
+    /// `cgroup.procs` files the init writes itself into first, so that the
+    /// run's limits and device restriction hold for everything it does.
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
+    /// No device cgroup restricts the container: mount its root, volumes
+    /// and /dev `nodev` (the standard nodes are then bound from the host).
+    #[serde(default)]
+    pub nodev: bool,
 }
 
 /// Why a container did not start.

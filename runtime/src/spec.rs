@@ -65,6 +65,38 @@ impl Default for Streams {
     }
 }
 
+/// One resource limit of a run, as the caller asked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Limit {
+    /// kiln's default (see [`crate::cgroup::DEFAULT_PIDS_LIMIT`] and
+    /// [`crate::cgroup::default_memory_limit`]): applied where cgroups
+    /// allow, left out (and said so by `kiln info`) where they do not.
+    #[default]
+    Default,
+    /// No limit.
+    Unlimited,
+    /// This value (processes, or bytes); the run fails when it cannot be
+    /// enforced.
+    Max(u64),
+}
+
+impl Limit {
+    /// Whether the caller named a value (a limit that must be enforced).
+    pub fn is_explicit(&self) -> bool {
+        matches!(self, Limit::Max(_))
+    }
+}
+
+/// The cgroup limits of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Limits {
+    /// Processes and threads in the container (`pids.max`).
+    pub pids: Limit,
+    /// Memory in bytes (`memory.limit_in_bytes` / `memory.max`); swap is
+    /// not allowed on top of it.
+    pub memory: Limit,
+}
+
 /// Everything needed to run one process in a container.
 #[derive(Debug)]
 pub struct RunSpec {
@@ -109,11 +141,15 @@ pub struct RunSpec {
     /// process-wide handlers for the duration: meant for `kiln run`, not for
     /// a multi-threaded builder).
     pub forward_signals: bool,
+    /// pids and memory limits, enforced through cgroups (see
+    /// [`crate::cgroup`]).
+    pub limits: Limits,
 }
 
 impl RunSpec {
     /// A spec with Docker's defaults: root, "/", network none, seccomp on,
-    /// nofile 1048576, discarded upper dir, stdin null, output inherited.
+    /// nofile 1048576, discarded upper dir, stdin null, output inherited,
+    /// kiln's default pids and memory limits.
     pub fn new(lower_dirs: Vec<PathBuf>, state_dir: PathBuf, argv: Vec<String>) -> Self {
         RunSpec {
             lower_dirs,
@@ -132,6 +168,7 @@ impl RunSpec {
             seccomp: true,
             nofile: 1_048_576,
             forward_signals: false,
+            limits: Limits::default(),
         }
     }
 }

@@ -36,6 +36,9 @@ pub trait Syscalls {
     /// option strings longer than the page mount(2) accepts. `options` is
     /// what mount(2) would take.
     fn mount_overlay_fsconfig(&mut self, target: &Path, options: &str) -> io::Result<()>;
+    /// Moves the calling process into a cgroup: writes `0` to its
+    /// `cgroup.procs` file `procs`.
+    fn join_cgroup(&mut self, procs: &Path) -> io::Result<()>;
     /// umount2(2).
     fn umount(&mut self, target: &Path, flags: libc::c_int) -> io::Result<()>;
     /// pivot_root(2).
@@ -270,6 +273,14 @@ impl Syscalls for RealSyscalls {
             libc::close(fs);
             result
         }
+    }
+
+    fn join_cgroup(&mut self, procs: &Path) -> io::Result<()> {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(procs)?
+            .write_all(b"0")
     }
 
     fn umount(&mut self, target: &Path, flags: libc::c_int) -> io::Result<()> {
@@ -789,6 +800,10 @@ impl Syscalls for RecordingSyscalls {
             "mount_overlay_fsconfig {} ({layers} lower dirs)",
             target.display()
         ))
+    }
+
+    fn join_cgroup(&mut self, procs: &Path) -> io::Result<()> {
+        self.record(format!("join_cgroup {}", procs.display()))
     }
 
     fn umount(&mut self, target: &Path, flags: libc::c_int) -> io::Result<()> {

@@ -24,6 +24,7 @@ use kiln_layers::{Compression, Descriptor, Digest, Platform, Reference, Reporter
 use kiln_registry::{Client, ClientConfig};
 use kiln_runtime::{HelperCommand, Network};
 
+use crate::cmd::limits::LimitArgs;
 use crate::cmd::parse::DockerfileSource;
 use crate::cmd::run::HELPER_SUBCOMMAND;
 use crate::progress::{BuildProgress, ProgressArgs, ProgressMode};
@@ -132,6 +133,8 @@ pub struct BuildArgs {
     /// Also trust the CA certificates in this PEM file (repeatable).
     #[arg(long = "ca-cert", value_name = "FILE")]
     ca_certs: Vec<PathBuf>,
+    #[command(flatten)]
+    limits: LimitArgs,
     #[command(flatten)]
     progress: ProgressArgs,
 }
@@ -506,6 +509,7 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         docker_media_types: args.docker_mediatypes,
         secrets: parse_secrets(&args.secrets, &mut secret_files)?,
         ssh,
+        limits: args.limits.limits(),
     };
     let built = match solve(&store, &planned, &context, &resolver, &solve_options) {
         Ok(built) => built,

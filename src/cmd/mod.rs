@@ -4,6 +4,8 @@
 pub mod build;
 pub mod check;
 pub mod image;
+pub mod info;
+pub mod limits;
 pub mod parse;
 pub mod registry;
 pub mod run;

@@ -17,6 +17,7 @@ use kiln_builder::run_argv::docker_run_command;
 use kiln_layers::{NoProgress, Platform, Store};
 use kiln_runtime::{BindMount, HelperCommand, Network, RunSpec, Streams};
 
+use crate::cmd::limits::LimitArgs;
 use crate::settings::GlobalSettings;
 
 /// The hidden subcommand the runtime re-executes kiln into.
@@ -88,6 +89,8 @@ pub struct RunArgs {
     /// profile off.
     #[arg(long = "security-opt", value_name = "OPT")]
     security_opt: Vec<String>,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// The image: a tag in the local store, or an image id (prefix).
     #[arg(value_name = "IMAGE")]
     image: String,
@@ -307,6 +310,7 @@ fn run_container(args: RunArgs, settings: &GlobalSettings) -> anyhow::Result<Exi
     spec.timeout = args.timeout.map(Duration::from_secs);
     spec.seccomp = seccomp;
     spec.forward_signals = true;
+    spec.limits = args.limits.limits();
 
     tracing::info!(image = %spec.image, argv = ?spec.argv, "running");
     let status = kiln_runtime::run(spec, &HelperCommand::current_exe(&[HELPER_SUBCOMMAND]))?;

@@ -5,7 +5,9 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod devices;
 mod fds;
+mod image_limits;
 mod kill_removal;
 mod leftovers;
 mod limits;

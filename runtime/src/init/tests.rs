@@ -33,6 +33,8 @@ fn config() -> ContainerConfig {
         seccomp: true,
         nofile: (1024, 4096),
         remove_after_exit: vec![],
+        cgroups: vec![],
+        nodev: false,
     }
 }
 
@@ -118,6 +120,10 @@ fn root_with_volumes_and_no_network() {
             read_only: true,
         },
     ];
+    cfg.cgroups = vec![
+        "/sys/fs/cgroup/pids/kiln-1-0/cgroup.procs".into(),
+        "/sys/fs/cgroup/devices/kiln-1-0/cgroup.procs".into(),
+    ];
     let mut sys = fake();
     let (failure, text) = transcript(&mut sys, &cfg);
     // The fake cannot exec: the sequence ran to the end.
@@ -142,6 +148,8 @@ fn rootless_host_network_terminal_without_seccomp() {
     cfg.user = String::new();
     cfg.cwd = String::new();
     cfg.argv = vec!["/bin/true".into()];
+    // Rootless without a delegated subtree: no cgroups, nodev mounts.
+    cfg.nodev = true;
     let mut sys = fake();
     sys.modes
         .insert(PathBuf::from("/state/rootfs/etc/hosts"), FILE);
@@ -153,6 +161,71 @@ fn rootless_host_network_terminal_without_seccomp() {
     assert!(!text.contains("seccomp"));
     assert!(!text.contains("StubCreated"));
     check_golden("rootless_network_host", &text);
+}
+
+/// Root without a device cgroup: the root, /dev and writable volumes are
+/// nodev, and the standard nodes are bound from the host, not made.
+#[test]
+fn root_without_device_cgroup_mounts_nodev() {
+    let mut cfg = config();
+    cfg.nodev = true;
+    cfg.mounts = vec![
+        BindMount {
+            source: "/host/data".into(),
+            target: "/data".into(),
+            read_only: false,
+        },
+        BindMount {
+            source: "/host/file.txt".into(),
+            target: "/config.txt".into(),
+            read_only: true,
+        },
+    ];
+    let mut sys = fake();
+    let (_, text) = transcript(&mut sys, &cfg);
+    assert!(!text.contains("mknod"), "{text}");
+    assert!(
+        text.contains("mount overlay /state/rootfs overlay NODEV lowerdir="),
+        "{text}"
+    );
+    assert!(
+        text.contains("mount tmpfs /state/rootfs/dev tmpfs NOSUID|NODEV|STRICTATIME"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mount /dev/null /state/rootfs/dev/null - BIND"),
+        "{text}"
+    );
+    check_golden("root_nodev", &text);
+}
+
+/// The init joins the run's cgroups before anything else it does.
+#[test]
+fn cgroups_are_joined_first() {
+    let mut cfg = config();
+    cfg.cgroups = vec!["/cg/a/cgroup.procs".into(), "/cg/b/cgroup.procs".into()];
+    let mut sys = fake();
+    let (_, text) = transcript(&mut sys, &cfg);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        &lines[..6],
+        [
+            "umask 000",
+            "reset_signals",
+            "setsid",
+            "pdeathsig 9",
+            "join_cgroup /cg/a/cgroup.procs",
+            "join_cgroup /cg/b/cgroup.procs"
+        ]
+    );
+    // A cgroup that cannot be joined stops the run.
+    let mut sys = fake();
+    sys.fail_on("join_cgroup /cg/b", libc::EACCES);
+    let (failure, _) = transcript(&mut sys, &cfg);
+    assert!(
+        matches!(&failure, Failure::Setup { step, .. } if step == "join cgroup /cg/b/cgroup.procs"),
+        "{failure:?}"
+    );
 }
 
 #[test]
