@@ -17,7 +17,7 @@
 //!
 //! `kiln build --dry-run` and `kiln explain` stop here.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use kiln_layers::oci::{ContainerConfig, ImageConfig, Platform};
 use kiln_layers::reference::ReferenceError;
@@ -31,7 +31,7 @@ use crate::context::BuildContext;
 use crate::copy::{dest_path, resolve_wildcards, UrlDownloads};
 use crate::image::{
     default_shell, empty_image, get_env, go_list, go_quote_list, healthcheck_history, history,
-    parse_ports, set_env, valid_signal, DEFAULT_PATH,
+    parse_ports, valid_signal, DEFAULT_PATH,
 };
 use crate::rootfs::resolve;
 
@@ -484,12 +484,104 @@ fn env_get<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
     env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
+/// A stage's environment (BuildKit's LLB state env): `NAME=value` pairs in
+/// order, with each name's position indexed, so that a Dockerfile of N ENV
+/// lines is planned in O(N), not O(N²). It behaves as the plain list it
+/// replaces: [`OrderedEnv::set`] replaces a name's first pair in place (or
+/// appends one), a lookup finds its last pair (a base image's env may name
+/// a variable twice).
+#[derive(Clone, Default)]
+struct OrderedEnv {
+    pairs: Vec<(String, String)>,
+    /// Name → positions of its first and last pair in `pairs`.
+    at: HashMap<String, (usize, usize)>,
+}
+
+impl OrderedEnv {
+    fn from_pairs(pairs: Vec<(String, String)>) -> Self {
+        let mut at: HashMap<String, (usize, usize)> = HashMap::with_capacity(pairs.len());
+        for (i, (key, _)) in pairs.iter().enumerate() {
+            at.entry(key.clone())
+                .and_modify(|(_, last)| *last = i)
+                .or_insert((i, i));
+        }
+        OrderedEnv { pairs, at }
+    }
+
+    fn set(&mut self, key: &str, value: &str) {
+        match self.at.get(key) {
+            Some(&(first, _)) => self.pairs[first].1 = value.to_string(),
+            None => {
+                let i = self.pairs.len();
+                self.pairs.push((key.to_string(), value.to_string()));
+                self.at.insert(key.to_string(), (i, i));
+            }
+        }
+    }
+
+    /// The value of `key`'s last pair (what expansion sees).
+    fn get(&self, key: &str) -> Option<&str> {
+        self.at
+            .get(key)
+            .map(|&(_, last)| self.pairs[last].1.as_str())
+    }
+
+    /// The value of `key`'s first pair (the one [`OrderedEnv::set`] replaces).
+    fn first(&self, key: &str) -> Option<&str> {
+        self.at
+            .get(key)
+            .map(|&(first, _)| self.pairs[first].1.as_str())
+    }
+
+    fn pairs(&self) -> &[(String, String)] {
+        &self.pairs
+    }
+}
+
+impl kiln_parser::expand::Env for OrderedEnv {
+    fn lookup(&self, name: &str) -> Option<String> {
+        self.get(name).map(str::to_string)
+    }
+}
+
+/// The image config's `Env` list with each name's first entry indexed:
+/// [`ConfigEnv::set`] is `set_env` (replace the first `NAME=` entry, else
+/// append) in O(1).
+#[derive(Clone, Default)]
+struct ConfigEnv {
+    at: HashMap<String, usize>,
+}
+
+impl ConfigEnv {
+    fn index(list: &[String]) -> Self {
+        let mut at = HashMap::with_capacity(list.len());
+        for (i, entry) in list.iter().enumerate() {
+            at.entry(crate::image::split_env(entry).0.to_string())
+                .or_insert(i);
+        }
+        ConfigEnv { at }
+    }
+
+    fn set(&mut self, list: &mut Vec<String>, key: &str, value: &str) {
+        let entry = format!("{key}={value}");
+        match self.at.get(key) {
+            Some(&i) => list[i] = entry,
+            None => {
+                self.at.insert(key.to_string(), list.len());
+                list.push(entry);
+            }
+        }
+    }
+}
+
 /// Per-stage dispatch state (BuildKit's `dispatchState`).
 #[derive(Clone)]
 struct State {
     image: ImageConfig,
     /// The LLB state's env: image ENV and ARG values, in order.
-    env: Vec<(String, String)>,
+    env: OrderedEnv,
+    /// Where each name is in `image.config.env` (kept in step with it).
+    config_env: ConfigEnv,
     /// ARGs declared (for RUN's history prefix), inherited from a base stage.
     build_args: Vec<(String, Option<String>)>,
     cmd_set: bool,
@@ -837,14 +929,8 @@ impl Planner<'_> {
         Ok(())
     }
 
-    fn expand(
-        &self,
-        word: &str,
-        env: &[(String, String)],
-        line: usize,
-    ) -> Result<String, PlanError> {
-        let env: Vec<(String, String)> = env.to_vec();
-        expand_word(word, &env, self.escape())
+    fn expand(&self, word: &str, env: &OrderedEnv, line: usize) -> Result<String, PlanError> {
+        expand_word(word, env, self.escape())
             .map(|e| e.value)
             .map_err(|e| PlanError::Expand {
                 line,
@@ -855,11 +941,10 @@ impl Planner<'_> {
     fn expand_all(
         &self,
         word: &str,
-        env: &[(String, String)],
+        env: &OrderedEnv,
         line: usize,
     ) -> Result<Vec<String>, PlanError> {
-        let env: Vec<(String, String)> = env.to_vec();
-        expand_words(word, &env, self.escape()).map_err(|e| PlanError::Expand {
+        expand_words(word, env, self.escape()).map_err(|e| PlanError::Expand {
             line,
             message: e.to_string(),
         })
@@ -882,7 +967,8 @@ impl Planner<'_> {
                         &platform.os,
                         platform.variant.as_deref(),
                     ),
-                    env: Vec::new(),
+                    env: OrderedEnv::default(),
+                    config_env: ConfigEnv::default(),
                     build_args: Vec::new(),
                     cmd_set: false,
                     provenance: BTreeMap::new(),
@@ -913,6 +999,7 @@ impl Planner<'_> {
                 State {
                     image,
                     env: base.env.clone(),
+                    config_env: ConfigEnv::default(),
                     build_args: base.build_args.clone(),
                     cmd_set: false,
                     provenance: base
@@ -961,7 +1048,8 @@ impl Planner<'_> {
                 }
                 State {
                     image,
-                    env: Vec::new(),
+                    env: OrderedEnv::default(),
+                    config_env: ConfigEnv::default(),
                     build_args: Vec::new(),
                     cmd_set: false,
                     provenance,
@@ -977,14 +1065,23 @@ impl Planner<'_> {
                 state.provenance.insert("Env.PATH".into(), Origin::Default);
             }
             state.config().env = Some(env.clone());
-            state.env = env
-                .iter()
-                .map(|e| {
-                    let (k, v) = crate::image::split_env(e);
-                    (k.to_string(), v.to_string())
-                })
-                .collect();
+            state.env = OrderedEnv::from_pairs(
+                env.iter()
+                    .map(|e| {
+                        let (k, v) = crate::image::split_env(e);
+                        (k.to_string(), v.to_string())
+                    })
+                    .collect(),
+            );
         }
+        state.config_env = ConfigEnv::index(
+            state
+                .image
+                .config
+                .as_ref()
+                .and_then(|c| c.env.as_deref())
+                .unwrap_or_default(),
+        );
         Ok((state, onbuild))
     }
 
@@ -1086,11 +1183,10 @@ impl Planner<'_> {
                     let key = self.expand(&kv.key, &state.env, line)?;
                     let value = self.expand(&kv.value, &state.env, line)?;
                     msg.push_str(&format!(" {key}={value}"));
-                    env_set(&mut state.env, &key, &value);
-                    let config = state.config();
-                    let mut list = config.env.take().unwrap_or_default();
-                    set_env(&mut list, &key, &value);
-                    config.env = Some(list);
+                    state.env.set(&key, &value);
+                    let mut list = state.config().env.take().unwrap_or_default();
+                    state.config_env.set(&mut list, &key, &value);
+                    state.config().env = Some(list);
                     state
                         .provenance
                         .insert(format!("Env.{key}"), origin.clone());
@@ -1129,7 +1225,7 @@ impl Planner<'_> {
                         value = Some(self.expand(d, &state.env, line)?);
                     }
                     if let Some(v) = &value {
-                        env_set(&mut state.env, &def.key, v);
+                        state.env.set(&def.key, v);
                     }
                     state.build_args.push((def.key.clone(), value.clone()));
                     parts.push(match &value {
@@ -1492,7 +1588,12 @@ impl Planner<'_> {
         current: usize,
         script: Option<InlineFile>,
     ) -> Result<RunStep, PlanError> {
-        let mut env: Vec<String> = state.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut env: Vec<String> = state
+            .env
+            .pairs()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         // Proxy build args reach RUN without an ARG, in both spellings.
         for (k, v) in &self.opts.build_args {
             let lower = k.to_ascii_lowercase();
@@ -1578,9 +1679,8 @@ impl Planner<'_> {
                     skip_process_quotes: true,
                     ..kiln_parser::expand::Lexer::new('\\')
                 };
-                let env: Vec<(String, String)> = env.to_vec();
                 lexer
-                    .expand(&doc.data, &env)
+                    .expand(&doc.data, env)
                     .map(|e| e.value)
                     .map_err(|e| PlanError::Expand {
                         line,
@@ -1640,14 +1740,11 @@ fn with_shell(mut shell: Vec<String>, cmdline: &str) -> Vec<String> {
 }
 
 /// `runCommandString`: `|N K=V ... argv...` when ARGs are in scope.
-fn run_history(
-    argv: &[String],
-    args: &[(String, Option<String>)],
-    env: &[(String, String)],
-) -> String {
+fn run_history(argv: &[String], args: &[(String, Option<String>)], env: &OrderedEnv) -> String {
     let mut pairs: Vec<(String, String)> = Vec::new();
     for (key, value) in args {
-        let v = env_get(env, key)
+        let v = env
+            .first(key)
             .map(str::to_string)
             .unwrap_or_else(|| value.clone().unwrap_or_default());
         match pairs.iter_mut().find(|(k, _)| k == key) {
