@@ -1,5 +1,9 @@
 //! The `kiln` command line.
 
+// The doc comments on clap's arguments are the `--help` text: `host[:port]`
+// there is meant literally, not as a rustdoc link.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -239,7 +239,7 @@ impl Reporter for CliReporter {
 /// A build's steps drawn as BuildKit draws its vertices: numbered `#N`
 /// lines (plain), a live view redrawn in place (tty), one JSON object per
 /// event (json), or nothing (quiet). Writes to stderr, or to the writer
-/// given to [`BuildProgress::with_writer`] (plain and json modes).
+/// given to `BuildProgress::with_writer` (plain and json modes; tests).
 pub struct BuildProgress {
     mode: ProgressMode,
     state: Mutex<BuildState>,

@@ -6,7 +6,7 @@
 //!   defaults, `--build-arg` overrides, ENV/ARG shadowing in one ordered
 //!   environment, undeclared build args reported;
 //! - stages: target resolution, which stages the target needs (through
-//!   FROM <stage>, COPY --from, RUN --mount=from), ONBUILD triggers of the
+//!   `FROM <stage>`, COPY --from, RUN --mount=from), ONBUILD triggers of the
 //!   base;
 //! - every instruction applied to the image config exactly as BuildKit does,
 //!   with the history entries it writes (`created_by`, `empty_layer`,

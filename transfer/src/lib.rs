@@ -8,7 +8,7 @@
 //! caught then, and the blob fetched again from byte 0). [`fetch_config`]
 //! gets only an image's config: no layers, nothing stored. [`push`] uploads
 //! every blob (skipping those the registry has) and then the manifest,
-//! under each name given. Progress goes through the store's [`Reporter`];
+//! under each name given. Progress goes through the store's [`Reporter`](kiln_layers::Reporter);
 //! the bytes pulled are stored exactly as received.
 //!
 //! ```no_run
