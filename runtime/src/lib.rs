@@ -34,6 +34,10 @@
 //!   `/dev/shm/kiln-<uid>`, else the state dir): the overlay mount point, the
 //!   mount-point layer and the hosts/resolv.conf/hostname files. Creating
 //!   and deleting these on a slow disk was most of the cost of a short run.
+//! - [`MemoryFile`]s (build secrets): written by the container's init to a
+//!   tmpfs it mounts in its own mount namespace (on an empty directory of
+//!   the scratch dir, which the host sees empty), then bound read-only on
+//!   their targets. They exist nowhere else and go with the container.
 //! - A kept upper dir is mounted `volatile` (no syncfs at unmount: the
 //!   builder reads it back at once and fsyncs the layer it makes).
 //!
@@ -72,4 +76,6 @@ pub mod user;
 pub use error::RuntimeError;
 pub use helper::helper_main;
 pub use parent::run;
-pub use spec::{BindMount, ExitStatus, HelperCommand, Network, RunSpec, Streams, UpperDir};
+pub use spec::{
+    BindMount, ExitStatus, HelperCommand, MemoryFile, Network, RunSpec, Streams, UpperDir,
+};
