@@ -22,7 +22,7 @@ use kiln_layers::diff::{write_layer, DiffOptions};
 use kiln_layers::oci::{parse_rfc3339, rfc3339, Descriptor, ImageConfig, Platform};
 use kiln_layers::store::{CacheRecord, Image};
 use kiln_layers::{Compression, Digest, Reference, Reporter, Store};
-use kiln_runtime::{BindMount, HelperCommand, Network, RunSpec, UpperDir};
+use kiln_runtime::{BindMount, HelperCommand, MemoryFile, Network, RunSpec, UpperDir};
 
 use crate::context::BuildContext;
 use crate::copy::{self, CopyOptions, UrlDownloads};
@@ -32,6 +32,7 @@ use crate::plan::{
     Step, StepKind,
 };
 use crate::rootfs::{DirTree, LayeredRootfs, SourceTree};
+use crate::secrets::{Secret, SecretMount};
 use crate::users::ChownSpec;
 
 /// Why a build failed.
@@ -331,9 +332,9 @@ pub struct SolveOptions<'a> {
     /// Docker media types (schema 2) instead of OCI ones, for registries
     /// and tools that need them.
     pub docker_media_types: bool,
-    /// `--secret id=ID,src=FILE`: files `RUN --mount=type=secret` can mount.
-    /// Never part of a cache key.
-    pub secrets: BTreeMap<String, PathBuf>,
+    /// `--secret id=ID,src=FILE|env=VAR`: what `RUN --mount=type=secret`
+    /// can mount, by id (see [`crate::secrets`]). Never part of a cache key.
+    pub secrets: BTreeMap<String, Secret>,
     /// `--ssh ID[=...]`: the agent sockets `RUN --mount=type=ssh` can reach
     /// (see [`crate::ssh`]). Never part of a cache key.
     pub ssh: crate::ssh::SshAgents,
@@ -1003,6 +1004,7 @@ fn execute_run(
         message,
     };
     let mut mounts = Vec::new();
+    let mut memory_files = Vec::new();
     if let Some(script) = &r.script {
         let pipes = dir.join("pipes");
         std::fs::create_dir_all(&pipes).map_err(io_err(&pipes))?;
@@ -1064,7 +1066,7 @@ fn execute_run(
             (None, None) => None,
         };
         let scratch = dir.join(format!("mount-{n}"));
-        let mount = run_mount(
+        match run_mount(
             store,
             spec,
             context,
@@ -1073,8 +1075,12 @@ fn execute_run(
             &scratch,
             &opts.secrets,
         )
-        .map_err(step_err)?;
-        mounts.extend(mount);
+        .map_err(step_err)?
+        {
+            Some(StepMount::Bind(bind)) => mounts.push(bind),
+            Some(StepMount::Memory(file)) => memory_files.push(file),
+            None => {}
+        }
     }
     let network = match r.network.as_deref() {
         Some("none") => Network::None,
@@ -1100,6 +1106,7 @@ fn execute_run(
     spec.hostname = "buildkitsandbox".to_string();
     spec.network = network;
     spec.mounts = mounts;
+    spec.memory_files = memory_files;
     spec.image = format!("stage {}", step.stage);
     // Output goes through a pipe: shown as it comes, its tail kept for the
     // error message.
@@ -1187,10 +1194,29 @@ fn mount_image_layers(
     })
 }
 
+/// What one `RUN --mount` gives the runtime.
+enum StepMount {
+    Bind(BindMount),
+    Memory(MemoryFile),
+}
+
+/// A `--mount` spec's `key=value` fields, keys lowercased; a bare word is
+/// `word=true`.
+fn mount_fields(spec: &str) -> BTreeMap<String, String> {
+    let mut fields: BTreeMap<String, String> = BTreeMap::new();
+    for part in spec.split(',') {
+        match part.split_once('=') {
+            Some((k, v)) => fields.insert(k.trim().to_ascii_lowercase(), v.trim().to_string()),
+            None => fields.insert(part.trim().to_ascii_lowercase(), "true".to_string()),
+        };
+    }
+    fields
+}
+
 /// `RUN --mount=...`. Supported: `type=cache` (a persistent directory in
 /// the store, seeded from `from=` when given), `type=bind` from the
 /// context, a stage or an image, `type=tmpfs` (an empty scratch
-/// directory), `type=secret` (a file given with `--secret`). `None` for an
+/// directory), `type=secret` (given with `--secret`). `None` for an
 /// optional secret that was not given.
 fn run_mount(
     store: &Store,
@@ -1199,15 +1225,9 @@ fn run_mount(
     workdir: &str,
     from: Option<&MountFrom>,
     scratch: &Path,
-    secrets: &BTreeMap<String, PathBuf>,
-) -> Result<Option<BindMount>, String> {
-    let mut fields: BTreeMap<String, String> = BTreeMap::new();
-    for part in spec.split(',') {
-        match part.split_once('=') {
-            Some((k, v)) => fields.insert(k.trim().to_ascii_lowercase(), v.trim().to_string()),
-            None => fields.insert(part.trim().to_ascii_lowercase(), "true".to_string()),
-        };
-    }
+    secrets: &BTreeMap<String, Secret>,
+) -> Result<Option<StepMount>, String> {
+    let fields = mount_fields(spec);
     let kind = fields.get("type").map(String::as_str).unwrap_or("bind");
     let flag = |name: &str| {
         fields
@@ -1230,11 +1250,11 @@ fn run_mount(
             })
             .ok_or_else(|| format!("--mount={spec}: a secret needs an id or a target"))?;
         let target = given_target.unwrap_or_else(|| format!("/run/secrets/{id}"));
+        let target = PathBuf::from(crate::plan::normalize_workdir(workdir, &target));
         return match secrets.get(&id) {
-            Some(source) => Ok(Some(BindMount {
-                source: source.clone(),
-                target: PathBuf::from(crate::plan::normalize_workdir(workdir, &target)),
-                read_only: true,
+            Some(secret) => Ok(Some(match secret.mount_at(target) {
+                SecretMount::Bind(bind) => StepMount::Bind(bind),
+                SecretMount::Memory(file) => StepMount::Memory(file),
             })),
             None if flag("required") => Err(format!(
                 "secret {id} is required but was not given (--secret id={id},src=FILE)"
@@ -1276,19 +1296,19 @@ fn run_mount(
                 .map_err(|e| e.to_string())?;
             let source = dir.join(inside);
             mkdir(&source)?;
-            Ok(Some(BindMount {
+            Ok(Some(StepMount::Bind(BindMount {
                 source,
                 target,
                 read_only: flag("ro") || flag("readonly"),
-            }))
+            })))
         }
         "tmpfs" => {
             mkdir(scratch)?;
-            Ok(Some(BindMount {
+            Ok(Some(StepMount::Bind(BindMount {
                 source: scratch.to_path_buf(),
                 target,
                 read_only: false,
-            }))
+            })))
         }
         "bind" => {
             let read_only = !(flag("rw") || flag("readwrite"));
@@ -1343,11 +1363,11 @@ fn run_mount(
                     dir.join(name)
                 }
             };
-            Ok(Some(BindMount {
+            Ok(Some(StepMount::Bind(BindMount {
                 source,
                 target,
                 read_only,
-            }))
+            })))
         }
         other => Err(format!("--mount type={other} is not supported by kiln yet")),
     }

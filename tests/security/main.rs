@@ -6,6 +6,7 @@
 mod common;
 
 mod fds;
+mod secrets;
 
 use std::path::PathBuf;
 use std::process::Output;
