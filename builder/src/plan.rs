@@ -66,7 +66,11 @@ pub enum PlanError {
         reference: String,
         message: String,
     },
-    #[error("line {line}: fetching {url}: {message}")]
+    #[error(
+        "line {line}: fetching {}: {}",
+        kiln_reference::redact_credentials(url),
+        kiln_reference::redact_credentials(message)
+    )]
     UrlFetch {
         line: usize,
         url: String,
@@ -326,7 +330,8 @@ pub struct Step {
     pub stage: usize,
     /// The Dockerfile line.
     pub line: usize,
-    /// The instruction as written (logical line).
+    /// The instruction as written (logical line), as it may be shown: an
+    /// ADD's URL credentials masked ([`kiln_reference::redact_credentials`]).
     pub instruction: String,
     #[serde(flatten)]
     pub kind: StepKind,
@@ -1507,12 +1512,15 @@ impl Planner<'_> {
                     keep_git_dir: if any_git { a.keep_git_dir } else { None },
                     ..step
                 };
-                let msg = copy_history("ADD", false, &step);
+                // A URL's credentials are masked in what is shown and
+                // recorded (BuildKit masks them in provenance only; its
+                // history and progress show them).
+                let msg = kiln_reference::redact_credentials(&copy_history("ADD", false, &step));
                 let index = self.commit(state, msg, true, true);
                 sp.steps.push(Step {
                     stage: sp.index,
                     line,
-                    instruction: meta.original.clone(),
+                    instruction: kiln_reference::redact_credentials(&meta.original),
                     kind: StepKind::Copy(step),
                     history_index: index,
                     cache_key: None,

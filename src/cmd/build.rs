@@ -635,7 +635,8 @@ fn dockerfile_excerpt(name: &str, text: &str, line: usize) -> String {
     let mut out = format!("{name}:{line}\n--------------------\n");
     for n in first..=last {
         let marker = if n == line { ">>>" } else { "   " };
-        let content = lines.get(n - 1).copied().unwrap_or("");
+        // As the step names show them: URL credentials masked.
+        let content = kiln_reference::redact_credentials(lines.get(n - 1).copied().unwrap_or(""));
         out.push_str(&format!(" {n:>3} | {marker} {content}\n"));
     }
     out.push_str("--------------------\n");

@@ -7,6 +7,7 @@ mod common;
 
 mod fds;
 mod secrets;
+mod url_credentials;
 
 use std::path::PathBuf;
 use std::process::Output;
