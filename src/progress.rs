@@ -413,7 +413,12 @@ impl BuildEvents for BuildProgress {
         let id = state.next_id;
         state.next_id += 1;
         state.started += 1;
-        let name = format!("{} {}", step.prefix(), step.instruction);
+        // A very long instruction (a 10 MB RUN line) is not echoed whole.
+        let name = format!(
+            "{} {}",
+            step.prefix(),
+            kiln_parser::shorten(step.instruction)
+        );
         let bar = self.multi.as_ref().map(|multi| {
             let bar = multi.add(ProgressBar::new_spinner());
             bar.set_style(

@@ -22,6 +22,7 @@ use kiln_layers::diff::{write_layer, DiffOptions};
 use kiln_layers::oci::{parse_rfc3339, rfc3339, Descriptor, ImageConfig, Platform};
 use kiln_layers::store::{CacheRecord, Image};
 use kiln_layers::{Compression, Digest, Reference, Reporter, Store};
+use kiln_parser::shorten;
 use kiln_runtime::{BindMount, HelperCommand, MemoryFile, Network, RunSpec, UpperDir};
 
 use crate::context::BuildContext;
@@ -39,7 +40,8 @@ use crate::users::ChownSpec;
 #[derive(Debug, thiserror::Error)]
 pub enum SolveError {
     #[error(
-        "line {line}: {instruction}: process exited with code {code}{}",
+        "line {line}: {}: process exited with code {code}{}",
+        shorten(instruction),
         tail(last_lines)
     )]
     RunFailed {
@@ -49,7 +51,8 @@ pub enum SolveError {
         /// The last lines the process printed.
         last_lines: Vec<String>,
     },
-    #[error("line {line}: {instruction}: {message}")]
+    /// The instruction is shown cut when very long ([`shorten`]).
+    #[error("line {line}: {}: {message}", shorten(instruction))]
     Step {
         line: usize,
         instruction: String,
@@ -685,7 +688,8 @@ fn run_stage(
                     _ => step.instruction.clone(),
                 };
                 StepOutcome::Failed(format!(
-                    "process \"{command}\" did not complete successfully: exit code: {code}"
+                    "process \"{}\" did not complete successfully: exit code: {code}",
+                    shorten(&command)
                 ))
             }
             Err(e) => StepOutcome::Failed(e.to_string()),
@@ -754,7 +758,7 @@ fn run_step(
                     .and_then(|v| v.as_i64())
                     .unwrap_or_else(now_secs);
                 step_times.insert(step.history_index, created);
-                tracing::info!("line {}: CACHED {}", step.line, step.instruction);
+                tracing::info!("line {}: CACHED {}", step.line, shorten(&step.instruction));
                 return Ok(true);
             }
             tracing::info!("line {}: cache record unusable, running", step.line);
@@ -765,7 +769,7 @@ fn run_step(
         (Some(_), true) => "--no-cache".to_string(),
         (Some(key), false) => format!("cache miss {key}"),
     };
-    tracing::info!("line {}: {why}: {}", step.line, step.instruction);
+    tracing::info!("line {}: {why}: {}", step.line, shorten(&step.instruction));
     let dir = work.join(unique_name("step"));
     let upper = dir.join("upper");
     std::fs::create_dir_all(&upper).map_err(io_err(&upper))?;

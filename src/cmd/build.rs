@@ -635,8 +635,10 @@ fn dockerfile_excerpt(name: &str, text: &str, line: usize) -> String {
     let mut out = format!("{name}:{line}\n--------------------\n");
     for n in first..=last {
         let marker = if n == line { ">>>" } else { "   " };
-        // As the step names show them: URL credentials masked.
+        // As the step names show them: URL credentials masked, a very
+        // long line cut, control characters escaped.
         let content = kiln_reference::redact_credentials(lines.get(n - 1).copied().unwrap_or(""));
+        let content = kiln_parser::escape_control(&kiln_parser::shorten(&content)).into_owned();
         out.push_str(&format!(" {n:>3} | {marker} {content}\n"));
     }
     out.push_str("--------------------\n");
