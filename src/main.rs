@@ -67,10 +67,27 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_text(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, `a: b: c`, as `{:#}` joins them,
+/// but a cause whose text the line already ends with is not repeated
+/// (errors whose message includes their source's: `write F: No space left
+/// on device` caused by `No space left on device`). Control characters
+/// (from a Dockerfile, a file name, a container's output) are escaped.
+fn error_text(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.ends_with(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    kiln_parser::escape_control(&text).into_owned()
 }
 
 fn init_logging(verbose: u8) {
@@ -94,6 +111,40 @@ mod tests {
     use clap::{CommandFactory, Parser};
 
     use super::{Cli, Command};
+
+    #[test]
+    fn an_error_shows_each_cause_once_and_no_control_character() {
+        /// `{prefix}{source}`, with `source` as its source too: the shape
+        /// that repeated text.
+        #[derive(Debug)]
+        struct Wraps(&'static str, Box<dyn std::error::Error + Send + Sync>);
+        impl std::fmt::Display for Wraps {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}{}", self.0, self.1)
+            }
+        }
+        impl std::error::Error for Wraps {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(self.1.as_ref())
+            }
+        }
+        let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let layer = Wraps("layer sha256:1: write ./bin/x: ", Box::new(enospc));
+        let err =
+            anyhow::Error::new(Wraps("store: ", Box::new(layer))).context("building \u{1b}[2J");
+        assert_eq!(
+            super::error_text(&err),
+            "building \\x1b[2J: store: layer sha256:1: write ./bin/x: \
+             No space left on device (os error 28)"
+        );
+        // A cause not already said is kept.
+        let err = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::EACCES))
+            .context("opening /x");
+        assert_eq!(
+            super::error_text(&err),
+            "opening /x: Permission denied (os error 13)"
+        );
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

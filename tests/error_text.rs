@@ -1,11 +1,12 @@
 //! What kiln says when things fail, end to end through the binary (as
-//! root): a RUN line too long for the kernel shown cut with its length, a
-//! Dockerfile's control characters escaped in parse errors.
+//! root): an OS error said once and as what it is (ENOSPC while unpacking
+//! a layer), a RUN line too long for the kernel shown cut with its length,
+//! a Dockerfile's control characters escaped in parse errors.
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 
 use common::{busybox_rootfs_tar, kiln, kiln_ok};
 
@@ -59,6 +60,81 @@ fn error_line(out: &Output) -> String {
         .find(|l| l.starts_with("error: "))
         .unwrap_or_else(|| panic!("no error line:\n{}", text(out)))
         .to_string()
+}
+
+/// A tmpfs mounted by the test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: PathBuf, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(&dir).unwrap();
+        common::run_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={size}"))
+                .arg("tmpfs")
+                .arg(&dir),
+        );
+        Tmpfs(dir)
+    }
+
+    fn resize(&self, bytes: u64) {
+        common::run_ok(
+            Command::new("mount")
+                .arg("-o")
+                .arg(format!("remount,size={bytes}"))
+                .arg(&self.0),
+        );
+    }
+
+    /// Bytes in use.
+    fn used(&self) -> u64 {
+        let path = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: statvfs fills the zeroed struct we own.
+        let st = unsafe {
+            let mut st: libc::statvfs = std::mem::zeroed();
+            assert_eq!(libc::statvfs(path.as_ptr(), &mut st), 0);
+            st
+        };
+        (st.f_blocks - st.f_bfree) * st.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A store filled up: unpacking the base image's layer for a build runs
+/// out of space. The error names the file and says ENOSPC once, not
+/// "reading tar", not "layer layer".
+#[test]
+fn no_space_left_while_unpacking_is_said_once_as_a_write_error() {
+    kiln_testsupport::require_root!("mounts a tmpfs");
+    let scratch = Scratch::new();
+    let fs = Tmpfs::mount(scratch.path("small"), "64m");
+    let root = fs.0.join("store");
+    scratch.store(&root);
+    // Room for what the store holds now, and half the layer's size more:
+    // its unpacked files (the static busybox) do not fit.
+    let tar_size = std::fs::metadata(scratch.path("busybox.tar"))
+        .unwrap()
+        .len();
+    fs.resize(fs.used() + tar_size / 2);
+    let ctx = scratch.context("ctx", b"FROM busybox\nRUN true\n");
+    let out = kiln(&root, &["build", ctx.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let line = error_line(&out);
+    assert_eq!(
+        line.matches("No space left on device (os error 28)")
+            .count(),
+        1,
+        "{line}"
+    );
+    assert!(line.contains("write sha256:"), "{line}");
+    assert!(!line.contains("reading tar"), "{line}");
+    assert!(!line.contains("layer layer"), "{line}");
 }
 
 /// A RUN line longer than the kernel takes in one argument (E2BIG): the
