@@ -53,6 +53,7 @@ fn main() -> ExitCode {
     // the runtime closes them again before a container's exec, this covers
     // every other child. Best effort: nothing here depends on it succeeding.
     let _ = kiln_runtime::sys::cloexec_from(3);
+    quiet_when_stdout_closes();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let settings = GlobalSettings::resolve(cli.root);
@@ -66,11 +67,67 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(err) if is_broken_pipe(&err) && stdout_is_closed() => die_of_sigpipe(),
         Err(err) => {
             eprintln!("error: {}", error_text(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `kiln images | head -1`: once the reader of kiln's stdout is gone, kiln
+/// ends as a C program with the default SIGPIPE action does, killed by
+/// SIGPIPE (status 141 in a shell), saying nothing: the reader stopped
+/// reading on purpose. Rust ignores SIGPIPE (a write then fails with EPIPE,
+/// which kiln needs for its sockets and pipes to helpers), so the end is
+/// played here: for an error caused by EPIPE while stdout is a pipe with no
+/// reader, and for `println!`'s panic in that case. (git does the same.)
+fn quiet_when_stdout_closes() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && stdout_is_closed() {
+            die_of_sigpipe();
+        }
+        default_hook(info);
+    }));
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Whether stdout is a pipe (or socket) whose reading end is closed.
+fn stdout_is_closed() -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one pollfd we own, a zero timeout.
+    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+    ready == 1 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
+/// Ends the process by SIGPIPE, as the default action would have.
+fn die_of_sigpipe() -> ! {
+    // SAFETY: setting a signal's action to the default and raising it take
+    // no pointers; the default action of SIGPIPE ends the process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    // Only if SIGPIPE is blocked in this thread.
+    std::process::exit(128 + libc::SIGPIPE)
 }
 
 /// An error and its causes on one line, `a: b: c`, as `{:#}` joins them,

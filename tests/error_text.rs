@@ -1,14 +1,16 @@
 //! What kiln says when things fail, end to end through the binary (as
 //! root): an OS error said once and as what it is (ENOSPC while unpacking
-//! a layer), a RUN line too long for the kernel shown cut with its length,
-//! a Dockerfile's control characters escaped in parse errors.
+//! a layer), nothing at all when stdout's reader is gone (EPIPE), a RUN
+//! line too long for the kernel shown cut with its length, a Dockerfile's
+//! control characters escaped in parse errors.
 
 mod common;
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
-use common::{busybox_rootfs_tar, kiln, kiln_ok};
+use common::{busybox_rootfs_tar, kiln, kiln_command, kiln_ok};
 
 /// A scratch directory with the busybox root filesystem tar in it.
 struct Scratch {
@@ -135,6 +137,61 @@ fn no_space_left_while_unpacking_is_said_once_as_a_write_error() {
     assert!(line.contains("write sha256:"), "{line}");
     assert!(!line.contains("reading tar"), "{line}");
     assert!(!line.contains("layer layer"), "{line}");
+}
+
+/// The writing end of a pipe whose reading end is closed already.
+fn closed_pipe() -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors are new and owned by nothing else.
+    let (reader, writer) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    drop(reader);
+    writer
+}
+
+/// `kiln … | head -c0`: stdout is a pipe nobody reads. kiln says nothing
+/// and ends by SIGPIPE, as `ls`, `cat` or git do (a shell says 141): for a
+/// write that fails with EPIPE (`kiln images`) and for `println!`
+/// (`kiln build --dry-run`).
+#[test]
+fn a_closed_stdout_ends_kiln_quietly_by_sigpipe() {
+    kiln_testsupport::require_root!("imports an image");
+    let scratch = Scratch::new();
+    let root = scratch.path("store");
+    scratch.store(&root);
+    let ctx = scratch.context("ctx", b"FROM busybox\nRUN true\n");
+    for args in [
+        vec!["images"],
+        vec!["build", "--dry-run", ctx.to_str().unwrap()],
+    ] {
+        let writer = closed_pipe();
+        let out = kiln_command()
+            .arg("--root")
+            .arg(&root)
+            .args(&args)
+            .stdout(Stdio::from(writer))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {}",
+            text(&out)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{args:?}");
+    }
+    // With a reader, the same commands print and succeed.
+    let listed = kiln(&root, &["images"]);
+    assert!(listed.status.success(), "{}", text(&listed));
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("busybox"));
 }
 
 /// A RUN line longer than the kernel takes in one argument (E2BIG): the
