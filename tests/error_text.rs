@@ -2,7 +2,9 @@
 //! root): an OS error said once and as what it is (ENOSPC while unpacking
 //! a layer), nothing at all when stdout's reader is gone (EPIPE), a RUN
 //! line too long for the kernel shown cut with its length, a Dockerfile's
-//! control characters escaped in parse errors.
+//! control characters escaped in parse errors. (The heredoc whose `#!`
+//! interpreter is missing is a progress snapshot:
+//! `testdata/builder/progress/run-heredoc-no-interpreter`.)
 
 mod common;
 

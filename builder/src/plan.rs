@@ -242,6 +242,10 @@ pub enum CopyFrom {
 pub struct InlineFile {
     pub name: String,
     pub data: String,
+    /// The Dockerfile line where the body starts, for error messages (not
+    /// part of the cache key); 0 when unknown.
+    #[serde(skip)]
+    pub line: usize,
 }
 
 /// A RUN, ready for the runtime.
@@ -1562,6 +1566,13 @@ impl Planner<'_> {
                             script = Some(InlineFile {
                                 name: doc.name.clone(),
                                 data,
+                                // An ONBUILD trigger's lines are not the
+                                // Dockerfile's: its RUN's (the FROM) line.
+                                line: if r.meta.span.start_line() == line {
+                                    doc.line
+                                } else {
+                                    line
+                                },
                             });
                             return Ok(RunStep {
                                 argv: vec![format!("/dev/pipes/{}", doc.name)],
@@ -1700,6 +1711,7 @@ impl Planner<'_> {
             inline.push(InlineFile {
                 name: doc.name.clone(),
                 data,
+                line: 0,
             });
         }
         let dest_raw = self.expand(&paths.dest, env, line)?;

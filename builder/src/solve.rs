@@ -1142,7 +1142,19 @@ fn execute_run(
         let last = collector.join().unwrap_or_default();
         (status, last)
     });
-    let status = status.map_err(|e| step_err(e.to_string()))?;
+    let status = status.map_err(|e| {
+        step_err(match (&r.script, &e) {
+            (
+                Some(script),
+                kiln_runtime::RuntimeError::Exec {
+                    program, reason, ..
+                },
+            ) if *program == format!("/dev/pipes/{}", script.name) => {
+                script_exec_error(script, reason)
+            }
+            _ => e.to_string(),
+        })
+    })?;
     if !status.success() {
         return Err(SolveError::RunFailed {
             line: step.line,
@@ -1152,6 +1164,28 @@ fn execute_run(
         });
     }
     Ok(())
+}
+
+/// Why a heredoc script (`RUN <<EOF` whose body starts with `#!`) did not
+/// start. kiln mounted the script itself, so the kernel's error is about the
+/// interpreter its `#!` line names: the message names it and that line,
+/// not the script's path (`/dev/pipes/EOF`).
+fn script_exec_error(script: &crate::plan::InlineFile, reason: &str) -> String {
+    let shebang = script.data.lines().next().unwrap_or("");
+    let interpreter = shebang
+        .trim_start_matches("#!")
+        .trim_start_matches([' ', '\t'])
+        .split([' ', '\t'])
+        .next()
+        .unwrap_or("");
+    let line = match script.line {
+        0 => String::new(),
+        n => format!(" (line {n})"),
+    };
+    format!(
+        "heredoc {}: its #! line{line} names the interpreter {interpreter:?}: {reason}",
+        script.name
+    )
 }
 
 /// A pipe for a RUN's output: (read end, write end).
