@@ -1,5 +1,9 @@
 //! The `kiln` command line.
 
+// The doc comments on clap's arguments are the `--help` text: `host[:port]`
+// there is meant literally, not as a rustdoc link.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
     // the runtime closes them again before a container's exec, this covers
     // every other child. Best effort: nothing here depends on it succeeding.
     let _ = kiln_runtime::sys::cloexec_from(3);
+    quiet_when_stdout_closes();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let settings = GlobalSettings::resolve(cli.root);
@@ -65,6 +70,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(err) if is_broken_pipe(&err) && stdout_is_closed() => die_of_sigpipe(),
         Err(err) => {
             eprintln!("error: {}", error_text(&err));
             ExitCode::FAILURE
@@ -72,19 +78,76 @@ fn main() -> ExitCode {
     }
 }
 
-/// An error and its causes on one line, as `{:#}` prints them, without a
-/// cause whose text the message already holds (many errors say what their
-/// cause says, and also return it as their `source()`).
+/// `kiln images | head -1`: once the reader of kiln's stdout is gone, kiln
+/// ends as a C program with the default SIGPIPE action does, killed by
+/// SIGPIPE (status 141 in a shell), saying nothing: the reader stopped
+/// reading on purpose. Rust ignores SIGPIPE (a write then fails with EPIPE,
+/// which kiln needs for its sockets and pipes to helpers), so the end is
+/// played here: for an error caused by EPIPE while stdout is a pipe with no
+/// reader, and for `println!`'s panic in that case. (git does the same.)
+fn quiet_when_stdout_closes() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && stdout_is_closed() {
+            die_of_sigpipe();
+        }
+        default_hook(info);
+    }));
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Whether stdout is a pipe (or socket) whose reading end is closed.
+fn stdout_is_closed() -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one pollfd we own, a zero timeout.
+    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+    ready == 1 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
+/// Ends the process by SIGPIPE, as the default action would have.
+fn die_of_sigpipe() -> ! {
+    // SAFETY: setting a signal's action to the default and raising it take
+    // no pointers; the default action of SIGPIPE ends the process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    // Only if SIGPIPE is blocked in this thread.
+    std::process::exit(128 + libc::SIGPIPE)
+}
+
+/// An error and its causes on one line, `a: b: c`, as `{:#}` joins them,
+/// but a cause whose text the line already ends with is not repeated
+/// (errors whose message includes their source's: `write F: No space left
+/// on device` caused by `No space left on device`). Control characters
+/// (from a Dockerfile, a file name, a container's output) are escaped.
 fn error_text(err: &anyhow::Error) -> String {
     let mut text = err.to_string();
     for cause in err.chain().skip(1) {
         let cause = cause.to_string();
-        if !text.contains(&cause) {
+        if !text.ends_with(&cause) {
             text.push_str(": ");
             text.push_str(&cause);
         }
     }
-    text
+    kiln_parser::escape_control(&text).into_owned()
 }
 
 fn init_logging(verbose: u8) {
@@ -108,6 +171,40 @@ mod tests {
     use clap::{CommandFactory, Parser};
 
     use super::{Cli, Command};
+
+    #[test]
+    fn an_error_shows_each_cause_once_and_no_control_character() {
+        /// `{prefix}{source}`, with `source` as its source too: the shape
+        /// that repeated text.
+        #[derive(Debug)]
+        struct Wraps(&'static str, Box<dyn std::error::Error + Send + Sync>);
+        impl std::fmt::Display for Wraps {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}{}", self.0, self.1)
+            }
+        }
+        impl std::error::Error for Wraps {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(self.1.as_ref())
+            }
+        }
+        let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let layer = Wraps("layer sha256:1: write ./bin/x: ", Box::new(enospc));
+        let err =
+            anyhow::Error::new(Wraps("store: ", Box::new(layer))).context("building \u{1b}[2J");
+        assert_eq!(
+            super::error_text(&err),
+            "building \\x1b[2J: store: layer sha256:1: write ./bin/x: \
+             No space left on device (os error 28)"
+        );
+        // A cause not already said is kept.
+        let err = anyhow::Error::new(std::io::Error::from_raw_os_error(libc::EACCES))
+            .context("opening /x");
+        assert_eq!(
+            super::error_text(&err),
+            "opening /x: Permission denied (os error 13)"
+        );
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

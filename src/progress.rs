@@ -239,7 +239,7 @@ impl Reporter for CliReporter {
 /// A build's steps drawn as BuildKit draws its vertices: numbered `#N`
 /// lines (plain), a live view redrawn in place (tty), one JSON object per
 /// event (json), or nothing (quiet). Writes to stderr, or to the writer
-/// given to `BuildProgress::with_writer` (tests; plain and json modes).
+/// given to `BuildProgress::with_writer` (plain and json modes; tests).
 pub struct BuildProgress {
     mode: ProgressMode,
     state: Mutex<BuildState>,
@@ -413,7 +413,12 @@ impl BuildEvents for BuildProgress {
         let id = state.next_id;
         state.next_id += 1;
         state.started += 1;
-        let name = format!("{} {}", step.prefix(), step.instruction);
+        // A very long instruction (a 10 MB RUN line) is not echoed whole.
+        let name = format!(
+            "{} {}",
+            step.prefix(),
+            kiln_parser::shorten(step.instruction)
+        );
         let bar = self.multi.as_ref().map(|multi| {
             let bar = multi.add(ProgressBar::new_spinner());
             bar.set_style(

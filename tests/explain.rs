@@ -633,6 +633,11 @@ const NOT_BUILDABLE: &[(&str, &str, &str)] = &[
         "did not complete successfully: exit code: 7",
     ),
     (
+        "builder/progress/run-heredoc-no-interpreter",
+        "its heredoc's #! names a missing interpreter; the case checks the error",
+        "names the interpreter \"/nonexistent/interp\"",
+    ),
+    (
         "website",
         "its base is a debootstrapped Debian (scripts/example-website makes it), not in this store",
         "kiln-example/bookworm:minbase",

@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use kiln_reference::redact_credentials;
 use sha2::Digest as _;
 
 use crate::context::EntryKind;
@@ -59,9 +60,16 @@ pub enum CopyError {
     },
     #[error("archive {archive}: {message}")]
     Archive { archive: String, message: String },
-    #[error("fetching {url}: {message}")]
+    #[error(
+        "fetching {}: {}",
+        redact_credentials(url),
+        redact_credentials(message)
+    )]
     Fetch { url: String, message: String },
-    #[error("checksum of {url}: expected {expected}, got {actual}")]
+    #[error(
+        "checksum of {}: expected {expected}, got {actual}",
+        redact_credentials(url)
+    )]
     ChecksumMismatch {
         url: String,
         expected: String,

@@ -25,6 +25,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+// Every URL in a message or a repository's config is masked.
+use kiln_reference::redact_credentials as redact;
+
 /// Why a Git source could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
@@ -317,28 +320,6 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `scheme://user:password@host/…` with the password replaced by `xxxxx`
-/// (BuildKit's `RedactCredentials`), for messages.
-pub fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) if userinfo.contains(':') => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!(
-                "{}{user}:xxxxx@{host}{}",
-                &url[..scheme_end + 3],
-                &rest[authority_end..]
-            )
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// A full SHA-1 or SHA-256 commit id.
 fn is_commit_sha(text: &str) -> bool {
     (text.len() == 40 || text.len() == 64) && text.chars().all(|c| c.is_ascii_hexdigit())
@@ -365,7 +346,7 @@ fn git(remote: &str, dir: Option<&Path>, args: &[&str]) -> Result<String, GitErr
         return Err(GitError::Command {
             remote: redact(remote),
             args: shown,
-            message: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            message: redact(String::from_utf8_lossy(&output.stderr).trim()),
         });
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
@@ -876,9 +857,12 @@ mod tests {
     fn credentials_are_redacted_in_messages() {
         assert_eq!(
             redact("https://me:t0ken@host/r.git#main"),
-            "https://me:xxxxx@host/r.git#main"
+            "https://xxxxx:xxxxx@host/r.git#main"
         );
-        assert_eq!(redact("https://me@host/r.git"), "https://me@host/r.git");
+        assert_eq!(
+            redact("https://t0ken@host/r.git"),
+            "https://xxxxx@host/r.git"
+        );
         assert_eq!(redact("git@host:r.git"), "git@host:r.git");
         let err = parse_git_source("https://me:t0ken@host/r.git?bad=1")
             .unwrap_err()

@@ -31,6 +31,7 @@ pub mod modes;
 pub mod plan;
 pub mod rootfs;
 pub mod run_argv;
+pub mod secrets;
 pub mod solve;
 pub mod ssh;
 pub mod users;

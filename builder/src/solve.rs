@@ -22,7 +22,8 @@ use kiln_layers::diff::{write_layer, DiffOptions};
 use kiln_layers::oci::{parse_rfc3339, rfc3339, Descriptor, ImageConfig, Platform};
 use kiln_layers::store::{CacheRecord, Image};
 use kiln_layers::{Compression, Digest, Reference, Reporter, Store};
-use kiln_runtime::{BindMount, HelperCommand, Network, RunSpec, UpperDir};
+use kiln_parser::shorten;
+use kiln_runtime::{BindMount, HelperCommand, MemoryFile, Network, RunSpec, UpperDir};
 
 use crate::context::BuildContext;
 use crate::copy::{self, CopyOptions, UrlDownloads};
@@ -32,6 +33,7 @@ use crate::plan::{
     MountSource, Plan, RunMount, RunStep, Step, StepKind,
 };
 use crate::rootfs::{DirTree, LayeredRootfs, SourceTree};
+use crate::secrets::{Secret, SecretMount};
 use crate::users::ChownSpec;
 use kiln_parser::mount::MountType;
 
@@ -39,7 +41,8 @@ use kiln_parser::mount::MountType;
 #[derive(Debug, thiserror::Error)]
 pub enum SolveError {
     #[error(
-        "line {line}: {instruction}: process exited with code {code}{}",
+        "line {line}: {}: process exited with code {code}{}",
+        shorten(instruction),
         tail(last_lines)
     )]
     RunFailed {
@@ -49,7 +52,8 @@ pub enum SolveError {
         /// The last lines the process printed.
         last_lines: Vec<String>,
     },
-    #[error("line {line}: {instruction}: {message}")]
+    /// The instruction is shown cut when very long ([`shorten`]).
+    #[error("line {line}: {}: {message}", shorten(instruction))]
     Step {
         line: usize,
         instruction: String,
@@ -336,9 +340,9 @@ pub struct SolveOptions<'a> {
     /// Docker media types (schema 2) instead of OCI ones, for registries
     /// and tools that need them.
     pub docker_media_types: bool,
-    /// `--secret id=ID,src=FILE`: files `RUN --mount=type=secret` can mount.
-    /// Never part of a cache key.
-    pub secrets: BTreeMap<String, PathBuf>,
+    /// `--secret id=ID,src=FILE|env=VAR`: what `RUN --mount=type=secret`
+    /// can mount, by id (see [`crate::secrets`]). Never part of a cache key.
+    pub secrets: BTreeMap<String, Secret>,
     /// `--ssh ID[=...]`: the agent sockets `RUN --mount=type=ssh` can reach
     /// (see [`crate::ssh`]). Never part of a cache key.
     pub ssh: crate::ssh::SshAgents,
@@ -704,7 +708,8 @@ fn run_stage(
                     _ => step.instruction.clone(),
                 };
                 StepOutcome::Failed(format!(
-                    "process \"{command}\" did not complete successfully: exit code: {code}"
+                    "process \"{}\" did not complete successfully: exit code: {code}",
+                    shorten(&command)
                 ))
             }
             Err(e) => StepOutcome::Failed(e.to_string()),
@@ -773,7 +778,7 @@ fn run_step(
                     .and_then(|v| v.as_i64())
                     .unwrap_or_else(now_secs);
                 step_times.insert(step.history_index, created);
-                tracing::info!("line {}: CACHED {}", step.line, step.instruction);
+                tracing::info!("line {}: CACHED {}", step.line, shorten(&step.instruction));
                 return Ok(true);
             }
             tracing::info!("line {}: cache record unusable, running", step.line);
@@ -784,7 +789,7 @@ fn run_step(
         (Some(_), true) => "--no-cache".to_string(),
         (Some(key), false) => format!("cache miss {key}"),
     };
-    tracing::info!("line {}: {why}: {}", step.line, step.instruction);
+    tracing::info!("line {}: {why}: {}", step.line, shorten(&step.instruction));
     let dir = work.join(unique_name("step"));
     let upper = dir.join("upper");
     std::fs::create_dir_all(&upper).map_err(io_err(&upper))?;
@@ -1022,6 +1027,7 @@ fn execute_run(
         message,
     };
     let mut mounts = Vec::new();
+    let mut memory_files = Vec::new();
     if let Some(script) = &r.script {
         let pipes = dir.join("pipes");
         std::fs::create_dir_all(&pipes).map_err(io_err(&pipes))?;
@@ -1084,7 +1090,7 @@ fn execute_run(
             None => None,
         };
         let scratch = dir.join(format!("mount-{n}"));
-        let bind = run_mount(
+        match run_mount(
             store,
             mount,
             context,
@@ -1093,8 +1099,12 @@ fn execute_run(
             &scratch,
             &opts.secrets,
         )
-        .map_err(step_err)?;
-        mounts.extend(bind);
+        .map_err(step_err)?
+        {
+            Some(StepMount::Bind(bind)) => mounts.push(bind),
+            Some(StepMount::Memory(file)) => memory_files.push(file),
+            None => {}
+        }
     }
     let network = match r.network.as_deref() {
         Some("none") => Network::None,
@@ -1120,6 +1130,7 @@ fn execute_run(
     spec.hostname = "buildkitsandbox".to_string();
     spec.network = network;
     spec.mounts = mounts;
+    spec.memory_files = memory_files;
     spec.image = format!("stage {}", step.stage);
     spec.limits = opts.limits;
     // Output goes through a pipe: shown as it comes, its tail kept for the
@@ -1153,8 +1164,21 @@ fn execute_run(
         (status, last)
     });
     // A step that failed at a limit is an error that names it; its output
-    // still tells what was running.
-    let status = status.map_err(|e| step_err(format!("{e}{}", tail(&last_lines))))?;
+    // still tells what was running. A heredoc script whose interpreter is
+    // missing names it and its line.
+    let status = status.map_err(|e| {
+        step_err(match (&r.script, &e) {
+            (
+                Some(script),
+                kiln_runtime::RuntimeError::Exec {
+                    program, reason, ..
+                },
+            ) if *program == format!("/dev/pipes/{}", script.name) => {
+                script_exec_error(script, reason)
+            }
+            _ => format!("{e}{}", tail(&last_lines)),
+        })
+    })?;
     if !status.success() {
         return Err(SolveError::RunFailed {
             line: step.line,
@@ -1164,6 +1188,28 @@ fn execute_run(
         });
     }
     Ok(())
+}
+
+/// Why a heredoc script (`RUN <<EOF` whose body starts with `#!`) did not
+/// start. kiln mounted the script itself, so the kernel's error is about the
+/// interpreter its `#!` line names: the message names it and that line,
+/// not the script's path (`/dev/pipes/EOF`).
+fn script_exec_error(script: &crate::plan::InlineFile, reason: &str) -> String {
+    let shebang = script.data.lines().next().unwrap_or("");
+    let interpreter = shebang
+        .trim_start_matches("#!")
+        .trim_start_matches([' ', '\t'])
+        .split([' ', '\t'])
+        .next()
+        .unwrap_or("");
+    let line = match script.line {
+        0 => String::new(),
+        n => format!(" (line {n})"),
+    };
+    format!(
+        "heredoc {}: its #! line{line} names the interpreter {interpreter:?}: {reason}",
+        script.name
+    )
 }
 
 /// A pipe for a RUN's output: (read end, write end).
@@ -1210,10 +1256,16 @@ fn mount_image_layers(
     })
 }
 
+/// What one `RUN --mount` gives the runtime.
+enum StepMount {
+    Bind(BindMount),
+    Memory(MemoryFile),
+}
+
 /// `RUN --mount=...`. Supported: `type=cache` (a persistent directory in
 /// the store, seeded from `from=` when given), `type=bind` from the
 /// context, a stage or an image, `type=tmpfs` (an empty scratch
-/// directory), `type=secret` (a file given with `--secret`). `None` for an
+/// directory), `type=secret` (given with `--secret`). `None` for an
 /// optional secret that was not given. The target is relative to the
 /// working directory, as BuildKit joins it; `/` itself cannot be mounted on.
 fn run_mount(
@@ -1223,8 +1275,8 @@ fn run_mount(
     workdir: &str,
     from: Option<&MountFrom>,
     scratch: &Path,
-    secrets: &BTreeMap<String, PathBuf>,
-) -> Result<Option<BindMount>, String> {
+    secrets: &BTreeMap<String, Secret>,
+) -> Result<Option<StepMount>, String> {
     let spec = &mount.spec;
     let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
     if spec.mount_type == MountType::Secret {
@@ -1240,11 +1292,11 @@ fn run_mount(
         } else {
             spec.target.clone()
         };
+        let target = PathBuf::from(crate::plan::normalize_workdir(workdir, &target));
         return match secrets.get(&id) {
-            Some(source) => Ok(Some(BindMount {
-                source: source.clone(),
-                target: PathBuf::from(crate::plan::normalize_workdir(workdir, &target)),
-                read_only: true,
+            Some(secret) => Ok(Some(match secret.mount_at(target) {
+                SecretMount::Bind(bind) => StepMount::Bind(bind),
+                SecretMount::Memory(file) => StepMount::Memory(file),
             })),
             None if spec.required => Err(format!(
                 "secret {id} is required but was not given (--secret id={id},src=FILE)"
@@ -1284,21 +1336,22 @@ fn run_mount(
                 .map_err(|e| e.to_string())?;
             let source = dir.join(inside);
             mkdir(&source)?;
-            Ok(Some(BindMount {
+            Ok(Some(StepMount::Bind(BindMount {
                 source,
                 target,
                 read_only,
-            }))
+            })))
         }
         MountType::Tmpfs => {
             mkdir(scratch)?;
-            Ok(Some(BindMount {
+            Ok(Some(StepMount::Bind(BindMount {
                 source: scratch.to_path_buf(),
                 target,
                 read_only: false,
-            }))
+            })))
         }
-        MountType::Bind => bind_mount(context, &rel, target, read_only, from, scratch).map(Some),
+        MountType::Bind => bind_mount(context, &rel, target, read_only, from, scratch)
+            .map(|bind| Some(StepMount::Bind(bind))),
         MountType::Secret | MountType::Ssh => Err(format!(
             "--mount type={} is handled elsewhere",
             spec.mount_type.as_str()

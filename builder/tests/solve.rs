@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use kiln_builder::context::BuildContext;
 use kiln_builder::dockerignore::PatternMatcher;
 use kiln_builder::plan::{compute_cache_keys, plan, BuildOptions, RemoteSources};
+use kiln_builder::secrets::Secret;
 use kiln_builder::solve::{
     solve, BuildEvents, BuiltImage, SolveError, SolveOptions, StepEvent, StepOutcome, StoreResolver,
 };
@@ -103,7 +104,8 @@ fn build_full(
         docker_media_types,
         secrets: secrets
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_path_buf()))
+            .map(|(k, v)| (k.to_string(), Secret::file(*v)))
+            .chain([("mem".to_string(), Secret::from_bytes("in-memory"))])
             .collect(),
         ssh: Default::default(),
         limits: Default::default(),
@@ -357,6 +359,7 @@ fn run_mounts_bind_tmpfs_secret_cache() {
               RUN --mount=type=bind,from=src,source=/data,target=/st cat /st/sub/f > /from-stage\n\
               RUN --mount=type=tmpfs,target=/scratch echo temp > /scratch/t && ls /scratch > /tmp-list\n\
               RUN --mount=type=secret,id=tok cat /run/secrets/tok > /secret-copy\n\
+              RUN --mount=type=secret,id=mem,target=/m cat /m > /mem-copy\n\
               RUN --mount=type=cache,target=/cache echo once >> /cache/log && cat /cache/log > /cache-seen\n";
     let image = build_full(
         &store,
@@ -377,6 +380,7 @@ fn run_mounts_bind_tmpfs_secret_cache() {
         ("from-stage", "from-stage\n"),
         ("tmp-list", "t\n"),
         ("secret-copy", "s3cret"),
+        ("mem-copy", "in-memory"),
         ("cache-seen", "once\n"),
     ] {
         assert!(
@@ -385,6 +389,7 @@ fn run_mounts_bind_tmpfs_secret_cache() {
         );
     }
     for (path, _, _) in &all {
+        assert_ne!(path, "m", "the secret's mount point leaked into a layer");
         for mounted in ["ctx/", "st/", "scratch/", "run/secrets/tok", "cache/"] {
             assert!(
                 !path.starts_with(mounted),

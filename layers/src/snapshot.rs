@@ -212,7 +212,8 @@ impl Store {
             let options = UnpackOptions {
                 whiteouts: Whiteouts::Overlay,
                 lowers,
-                label: format!("layer {}", layer.digest),
+                // The errors say "layer <label>" themselves.
+                label: layer.digest.to_string(),
                 ..UnpackOptions::default()
             };
             unpack(&mut hashing as &mut dyn Read, &fs_dir, &options)?;

@@ -14,7 +14,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -138,6 +138,28 @@ enum Lower {
     Dir { mode: u32, uid: u32, gid: u32 },
     Symlink,
     Other,
+}
+
+/// Which side of a copy failed.
+enum Failed {
+    Reading(io::Error),
+    Writing(io::Error),
+}
+
+/// `io::copy` that tells a failed read of `from` from a failed write to `to`.
+fn copy_entry(from: &mut impl Read, to: &mut impl Write) -> std::result::Result<u64, Failed> {
+    let mut buf = [0u8; 8192];
+    let mut copied = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(copied),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Failed::Reading(e)),
+        };
+        to.write_all(&buf[..n]).map_err(Failed::Writing)?;
+        copied += n as u64;
+    }
 }
 
 fn errno_io(e: Errno) -> io::Error {
@@ -402,7 +424,12 @@ impl Unpacker<'_> {
                 )
                 .map_err(|e| self.io("create", &shown, e))?;
                 let mut file = File::from(fd);
-                let n = io::copy(entry, &mut file).map_err(|e| self.tar_err(&shown, e))?;
+                // A failed write (ENOSPC, EDQUOT) is the file's, not the
+                // tar's: it is named as such, with the OS error.
+                let n = copy_entry(entry, &mut file).map_err(|e| match e {
+                    Failed::Reading(e) => self.tar_err(&shown, e),
+                    Failed::Writing(e) => self.io("write", &shown, e),
+                })?;
                 self.stats.bytes += n;
                 self.set_owner_mode_fd(file.as_fd(), uid, gid, mode, &shown)?;
                 for (k, v) in &xattrs {

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use crate::display::{escape_control, escaped_width};
 use crate::expand::ExpandError;
 use crate::quote::go_quote;
 
@@ -112,20 +113,42 @@ impl ParseError {
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = &self.0;
-        write!(f, "{}:{}:{}: {}", d.file, d.line, d.column, d.kind)?;
+        // Dockerfile text is echoed with its control characters escaped
+        // (`\x1b`): an escape sequence must not reach the terminal.
+        let message = d.kind.to_string();
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            escape_control(&d.file),
+            d.line,
+            d.column,
+            escape_control(&message)
+        )?;
         if let Some(source) = d.source_line.as_ref().filter(|s| !s.trim().is_empty()) {
             let number = d.line.to_string();
             let pad = " ".repeat(number.len());
-            // Tabs stay tabs so the caret lines up in a terminal.
+            // Tabs stay tabs so the caret lines up in a terminal; an
+            // escaped character is as wide as its escape.
+            let before = d.column.saturating_sub(1);
             let lead: String = source
                 .chars()
-                .take(d.column.saturating_sub(1))
-                .map(|c| if c == '\t' { '\t' } else { ' ' })
+                .take(before)
+                .map(|c| match c {
+                    '\t' => "\t".to_string(),
+                    c => " ".repeat(escaped_width(c)),
+                })
                 .collect();
+            let under: usize = source
+                .chars()
+                .skip(before)
+                .take(d.width.max(1))
+                .map(escaped_width)
+                .sum();
             write!(
                 f,
-                "\n {number} | {source}\n {pad} | {lead}{}",
-                "^".repeat(d.width.max(1))
+                "\n {number} | {}\n {pad} | {lead}{}",
+                escape_control(source),
+                "^".repeat(under.max(d.width.max(1)).max(1))
             )?;
         }
         Ok(())

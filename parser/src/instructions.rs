@@ -266,6 +266,10 @@ pub struct InlineFile {
     pub chomp: bool,
     pub expand: bool,
     pub file_descriptor: u64,
+    /// The Dockerfile line where the body starts (for error messages; not
+    /// part of the JSON view).
+    #[serde(skip)]
+    pub line: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -796,6 +800,7 @@ impl Ctx<'_> {
                         chomp: h.chomp,
                         expand: h.expand,
                         file_descriptor: h.file_descriptor,
+                        line: h.span.start_line(),
                     })
                     .collect();
                 Instruction::Run(Run {

@@ -68,6 +68,7 @@
 //!   Go's `unicode.IsPrint` except for unassigned code points.
 
 pub mod ast;
+mod display;
 mod error;
 pub mod expand;
 pub mod instructions;
@@ -78,6 +79,7 @@ mod quote;
 pub mod suggest;
 
 pub use ast::dump_buildkit;
+pub use display::{escape_control, escaped_width, shorten, SHORTENED_TO, SHORTEN_ABOVE};
 pub use error::{ErrorKind, ParseError};
 pub use parser::parse;
 pub use quote::go_quote;

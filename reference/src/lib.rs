@@ -1,6 +1,6 @@
 //! kiln-reference: the two value types every kiln crate names images and
-//! blobs with, and nothing else (no I/O beyond hashing a reader, no HTTP, no
-//! store).
+//! blobs with, and the one function every crate shows URLs through; nothing
+//! else (no I/O beyond hashing a reader, no HTTP, no store).
 //!
 //! - [`Digest`]: a validated `sha256:<64 lowercase hex>`; blobs, diff ids,
 //!   chain ids and manifest digests alike.
@@ -8,6 +8,8 @@
 //!   rules (distribution/reference's `ParseNormalizedNamed`): `alpine` →
 //!   `docker.io/library/alpine:latest`, `host:5000/x/y:tag`, `name@sha256:…`
 //!   with or without a tag.
+//! - [`redact_credentials`]: a URL (or a text holding URLs) as it may be
+//!   shown or recorded, its `user:password@` masked as BuildKit masks it.
 //!
 //! The store (kiln-layers) and the registry client (kiln-registry) both
 //! depend on this crate, so an image pulled, stored, built and pushed keeps
@@ -24,9 +26,11 @@
 //! ```
 
 mod digest;
+mod redact;
 mod reference;
 
 pub use digest::Digest;
+pub use redact::redact_credentials;
 pub use reference::{Reference, Repository, DEFAULT_TAG, DOCKER_HUB, NAME_TOTAL_LENGTH_MAX};
 
 /// Why a reference or digest string was refused; names the string.

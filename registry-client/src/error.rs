@@ -120,7 +120,12 @@ pub enum Error {
     #[error("building the HTTP client: {0}")]
     ClientSetup(String),
 
-    #[error("downloading {url}: {detail}")]
+    /// `url` keeps its credentials (the caller's); the message masks them.
+    #[error(
+        "downloading {}: {}",
+        kiln_reference::redact_credentials(url),
+        kiln_reference::redact_credentials(detail)
+    )]
     Download { url: String, detail: String },
 }
 

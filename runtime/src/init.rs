@@ -10,7 +10,8 @@
 //! 3. the overlay root (`nodev` when no device cgroup restricts the
 //!    container), then /proc, /sys (read-only), /dev (tmpfs with the
 //!    standard devices, devpts, shm, mqueue, std* links), the bind mounts
-//!    (hosts, resolv.conf, hostname, volumes) and Docker's masked and
+//!    (hosts, resolv.conf, hostname, volumes), files from memory (written to
+//!    a tmpfs only this mount namespace has) and Docker's masked and
 //!    read-only /proc and /sys paths;
 //! 4. pivot_root into it and detach the old root: host files are gone;
 //! 5. hostname, `lo` up, the user from the image's own /etc/passwd, the
@@ -522,6 +523,7 @@ fn prepare_rootfs(
             )?;
         }
     }
+    mount_memory_files(sys, cfg, root, report)?;
 
     let null = dev.join("null");
     for rel in MASKED_PATHS {
@@ -543,6 +545,59 @@ fn prepare_rootfs(
         }
     }
     Ok(())
+}
+
+/// [`ContainerConfig::memory_files`]: a tmpfs mounted on `memory_dir` in
+/// this (private) mount namespace holds them, each bound read-only on its
+/// target; then the tmpfs leaves `memory_dir`, reachable through those
+/// binds only. The host never sees it: it goes with the container.
+fn mount_memory_files(
+    sys: &mut dyn Syscalls,
+    cfg: &ContainerConfig,
+    root: &Path,
+    report: &mut dyn FnMut(Report),
+) -> Result<(), Failure> {
+    if cfg.memory_files.is_empty() {
+        return Ok(());
+    }
+    let dir = cfg.memory_dir.as_path();
+    // Room for every file, a page (of up to 64 KiB) each beyond its bytes.
+    let size = cfg
+        .memory_files
+        .iter()
+        .map(|f| f.content.len() + 65_536)
+        .sum::<usize>()
+        + 65_536;
+    mount(
+        sys,
+        "tmpfs",
+        dir,
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        &format!("mode=0700,size={size}"),
+    )?;
+    for (n, file) in cfg.memory_files.iter().enumerate() {
+        let source = dir.join(n.to_string());
+        step(
+            format!("write {} (for {})", source.display(), file.target.display()),
+            sys.write_file(&source, &file.content, file.mode),
+        )?;
+        let rel = file.target.strip_prefix("/").unwrap_or(&file.target);
+        let target = ensure_mount_point(sys, root, rel, false, report)?;
+        mount(
+            sys,
+            &source.to_string_lossy(),
+            &target,
+            "",
+            libc::MS_BIND,
+            "",
+        )?;
+        remount_read_only(sys, &target, true)?;
+    }
+    step(
+        format!("detach {}", dir.display()),
+        sys.umount(dir, libc::MNT_DETACH),
+    )
 }
 
 /// pivot_root(".", ".") then detaching the old root, which stays stacked

@@ -41,6 +41,10 @@
 //!   and deleting these on a slow disk was most of the cost of a short run.
 //!   Named with the owning process; [`remove_dead_scratch`] removes those
 //!   of killed runs.
+//! - [`MemoryFile`]s (build secrets): written by the container's init to a
+//!   tmpfs it mounts in its own mount namespace (on an empty directory of
+//!   the scratch dir, which the host sees empty), then bound read-only on
+//!   their targets. They exist nowhere else and go with the container.
 //! - A kept upper dir is mounted `volatile` (no syncfs at unmount: the
 //!   builder reads it back at once and fsyncs the layer it makes).
 //!
@@ -84,5 +88,6 @@ pub use helper::helper_main;
 pub use parent::{run, MAX_LOWER_DIRS};
 pub use scratch::{remove_dead_scratch, RemovedScratch};
 pub use spec::{
-    BindMount, ExitStatus, HelperCommand, Limit, Limits, Network, RunSpec, Streams, UpperDir,
+    BindMount, ExitStatus, HelperCommand, Limit, Limits, MemoryFile, Network, RunSpec, Streams,
+    UpperDir,
 };

@@ -47,6 +47,9 @@ struct StateDir {
     upper: PathBuf,
     mount_points: PathBuf,
     etc: PathBuf,
+    /// Where the init mounts the tmpfs holding [`RunSpec::memory_files`]
+    /// (in its own mount namespace: here it stays an empty directory).
+    memory: PathBuf,
 }
 
 /// Most lower dirs overlay stacks; a run adds one of its own (the mount
@@ -112,6 +115,7 @@ impl StateDir {
             },
             mount_points: scratch.join("mountpoints"),
             etc: scratch.join("etc"),
+            memory: scratch.join("memory"),
             scratch,
         }
     }
@@ -145,6 +149,17 @@ impl StateDir {
                 }
                 File::create(&path).map_err(err(&path))?;
             }
+        }
+        if !spec.memory_files.is_empty() {
+            std::fs::create_dir_all(&self.memory).map_err(err(&self.memory))?;
+        }
+        for file in &spec.memory_files {
+            let rel = file.target.strip_prefix("/").unwrap_or(&file.target);
+            let path = self.mount_points.join(rel);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(err(parent))?;
+            }
+            File::create(&path).map_err(err(&path))?;
         }
         let files = [
             ("hostname", format!("{}\n", spec.hostname)),
@@ -268,6 +283,17 @@ fn validate(spec: &RunSpec) -> Result<(), RuntimeError> {
             )));
         }
     }
+    for file in &spec.memory_files {
+        if !file.target.is_absolute()
+            || file.target.components().any(|c| c.as_os_str() == "..")
+            || file.target.parent().is_none()
+        {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "file target {} must be an absolute path without '..'",
+                file.target.display()
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -349,6 +375,8 @@ fn spec_config(
                 m
             })
             .collect(),
+        memory_files: spec.memory_files.clone(),
+        memory_dir: state.memory.clone(),
         terminal: matches!(spec.streams, Streams::Terminal { .. }),
         console_fd: None,
         seccomp: spec.seccomp,

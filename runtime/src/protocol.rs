@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{BindMount, ExitStatus, Network};
+use crate::spec::{BindMount, ExitStatus, MemoryFile, Network};
 
 /// The environment variable naming the helper's descriptors:
 /// `config,report,sync[,console]` (see [`crate::helper_main`]).
@@ -32,6 +32,10 @@ pub struct ContainerConfig {
     pub hostname: String,
     pub network: Network,
     pub mounts: Vec<BindMount>,
+    /// Written to a tmpfs the init mounts on `memory_dir` (an empty host
+    /// directory) in its own mount namespace, then bound on their targets.
+    pub memory_files: Vec<MemoryFile>,
+    pub memory_dir: PathBuf,
     pub terminal: bool,
     /// With a terminal: the unix socket (a descriptor inherited by the
     /// helper) on which the init sends the pty master to kiln.

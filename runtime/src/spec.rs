@@ -38,6 +38,30 @@ pub struct BindMount {
     pub read_only: bool,
 }
 
+/// A read-only file whose content only kiln holds (a build secret). The
+/// container's init writes it to a tmpfs mounted in the container's own
+/// mount namespace, then binds it on `target`: no filesystem the host can
+/// see ever has it, and it is gone with the container, however kiln ends.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryFile {
+    /// Absolute path inside the container.
+    pub target: PathBuf,
+    pub content: Vec<u8>,
+    /// Permission bits (the file belongs to the container's root).
+    pub mode: u32,
+}
+
+impl std::fmt::Debug for MemoryFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the content: specs and configs get logged.
+        f.debug_struct("MemoryFile")
+            .field("target", &self.target)
+            .field("content", &format_args!("<{} bytes>", self.content.len()))
+            .field("mode", &format_args!("{:o}", self.mode))
+            .finish()
+    }
+}
+
 /// The container's standard streams.
 #[derive(Debug)]
 pub enum Streams {
@@ -126,6 +150,8 @@ pub struct RunSpec {
     pub hostname: String,
     pub network: Network,
     pub mounts: Vec<BindMount>,
+    /// Files mounted from memory, after [`RunSpec::mounts`].
+    pub memory_files: Vec<MemoryFile>,
     pub streams: Streams,
     /// Killed (SIGKILL) when it runs longer; the run then fails with
     /// [`crate::RuntimeError::Timeout`].
@@ -163,6 +189,7 @@ impl RunSpec {
             hostname: "kiln".to_string(),
             network: Network::None,
             mounts: Vec::new(),
+            memory_files: Vec::new(),
             streams: Streams::default(),
             timeout: None,
             seccomp: true,

@@ -50,6 +50,9 @@ pub trait Syscalls {
     /// Creates an empty regular file (a mount point); fails if anything,
     /// even a dangling symlink, is there.
     fn create_file(&mut self, path: &Path, mode: u32) -> io::Result<()>;
+    /// Creates a regular file holding `content`; fails if anything, even a
+    /// dangling symlink, is there.
+    fn write_file(&mut self, path: &Path, content: &[u8], mode: u32) -> io::Result<()>;
     /// mknod(2) of a character device.
     fn mknod_char(&mut self, path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()>;
     /// symlink(2).
@@ -320,6 +323,18 @@ impl Syscalls for RealSyscalls {
             .mode(mode)
             .open(path)
             .map(drop)
+    }
+
+    fn write_file(&mut self, path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(mode)
+            .open(path)?
+            .write_all(content)
     }
 
     fn mknod_char(&mut self, path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()> {
@@ -833,6 +848,15 @@ impl Syscalls for RecordingSyscalls {
 
     fn create_file(&mut self, path: &Path, mode: u32) -> io::Result<()> {
         self.record(format!("create_file {} {mode:o}", path.display()))
+    }
+
+    fn write_file(&mut self, path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
+        // The length only: what is written may be a secret.
+        self.record(format!(
+            "write_file {} {mode:o} ({} bytes)",
+            path.display(),
+            content.len()
+        ))
     }
 
     fn mknod_char(&mut self, path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()> {

@@ -17,6 +17,7 @@ use kiln_builder::copy::{CopyOptions, FetchInfo, UrlDownloads, UrlFetcher};
 use kiln_builder::dockerignore;
 use kiln_builder::plan::{compute_cache_keys, plan, BuildOptions, Plan, RemoteSources, StepKind};
 use kiln_builder::rootfs::LayeredRootfs;
+use kiln_builder::secrets::Secret;
 use kiln_builder::solve::{solve, SolveError, SolveOptions, StoreResolver};
 use kiln_layers::archive::{self, Format, SaveItem};
 use kiln_layers::compressed::compressed_image;
@@ -245,12 +246,10 @@ pub(crate) fn parse_build_args(flags: &[String]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// `--secret id=ID,src=FILE` or `id=ID,env=VAR`. An env secret is written
-/// to a private file that [`SecretFiles`] removes when dropped.
-fn parse_secrets(
-    raw: &[String],
-    temps: &mut SecretFiles,
-) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+/// `--secret id=ID,src=FILE` or `id=ID,env=VAR`. An env secret's value
+/// stays in kiln's memory (see [`kiln_builder::secrets`]): no file kiln
+/// writes holds it, so no interruption can leave one behind.
+fn parse_secrets(raw: &[String]) -> anyhow::Result<BTreeMap<String, Secret>> {
     let mut out = BTreeMap::new();
     for item in raw {
         let fields: BTreeMap<&str, &str> = item
@@ -260,52 +259,28 @@ fn parse_secrets(
         let id = fields
             .get("id")
             .with_context(|| format!("--secret {item}: id= is required"))?;
-        let path = match (
+        let secret = match (
             fields.get("src").or_else(|| fields.get("source")),
             fields.get("env"),
         ) {
-            (Some(src), _) => PathBuf::from(src),
-            (None, Some(var)) => {
-                let value = std::env::var(var)
-                    .with_context(|| format!("--secret {item}: ${var} is not set"))?;
-                let path =
-                    std::env::temp_dir().join(format!("kiln-secret-{}-{id}", std::process::id()));
-                {
-                    use std::io::Write;
-                    use std::os::unix::fs::OpenOptionsExt;
-                    // Private from the start: mode 0600 at creation.
-                    let mut file = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .open(&path)
-                        .with_context(|| format!("writing {}", path.display()))?;
-                    temps.0.push(path.clone());
-                    file.write_all(value.as_bytes())
-                        .with_context(|| format!("writing {}", path.display()))?;
+            (Some(src), _) => {
+                let path = PathBuf::from(src);
+                if !path.is_file() {
+                    bail!("--secret {item}: {} is not a file", path.display());
                 }
-                path
+                Secret::file(path)
+            }
+            (None, Some(var)) => {
+                use std::os::unix::ffi::OsStrExt;
+                let value = std::env::var_os(var)
+                    .with_context(|| format!("--secret {item}: ${var} is not set"))?;
+                Secret::from_bytes(value.as_bytes())
             }
             (None, None) => bail!("--secret {item}: src= or env= is required"),
         };
-        if !path.is_file() {
-            bail!("--secret {item}: {} is not a file", path.display());
-        }
-        out.insert(id.to_string(), path);
+        out.insert(id.to_string(), secret);
     }
     Ok(out)
-}
-
-/// Temporary secret files, removed on drop (also when the build fails).
-#[derive(Default)]
-struct SecretFiles(Vec<PathBuf>);
-
-impl Drop for SecretFiles {
-    fn drop(&mut self) {
-        for path in &self.0 {
-            let _ = std::fs::remove_file(path);
-        }
-    }
 }
 
 fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
@@ -481,7 +456,6 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         return Ok(ExitCode::SUCCESS);
     }
 
-    let mut secret_files = SecretFiles::default();
     // Agents started for key files live until the build is over.
     let mut ssh_agents = Vec::new();
     let mut ssh = BTreeMap::new();
@@ -507,7 +481,7 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         events: &printer,
         reporter: reporter.as_ref(),
         docker_media_types: args.docker_mediatypes,
-        secrets: parse_secrets(&args.secrets, &mut secret_files)?,
+        secrets: parse_secrets(&args.secrets)?,
         ssh,
         limits: args.limits.limits(),
     };
@@ -660,7 +634,10 @@ fn dockerfile_excerpt(name: &str, text: &str, line: usize) -> String {
     let mut out = format!("{name}:{line}\n--------------------\n");
     for n in first..=last {
         let marker = if n == line { ">>>" } else { "   " };
-        let content = lines.get(n - 1).copied().unwrap_or("");
+        // As the step names show them: URL credentials masked, a very
+        // long line cut, control characters escaped.
+        let content = kiln_reference::redact_credentials(lines.get(n - 1).copied().unwrap_or(""));
+        let content = kiln_parser::escape_control(&kiln_parser::shorten(&content)).into_owned();
         out.push_str(&format!(" {n:>3} | {marker} {content}\n"));
     }
     out.push_str("--------------------\n");

@@ -11,7 +11,9 @@ mod image_limits;
 mod kill_removal;
 mod leftovers;
 mod limits;
+mod secrets;
 mod store_modes;
+mod url_credentials;
 
 use std::path::PathBuf;
 use std::process::Output;

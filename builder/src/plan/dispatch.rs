@@ -483,12 +483,19 @@ impl<'a> Planner<'a> {
         state.image.history.len() - 1
     }
 
-    /// Records a filesystem step of the stage.
+    /// Records a filesystem step of the stage. An ADD's URL credentials
+    /// are masked in the instruction shown.
     fn push_step(sp: &mut StagePlan, site: &Site<'_>, kind: StepKind, history_index: usize) {
+        let instruction = match &kind {
+            StepKind::Copy(c) if c.is_add => {
+                kiln_reference::redact_credentials(&site.meta.original)
+            }
+            _ => site.meta.original.clone(),
+        };
         sp.steps.push(Step {
             stage: sp.index,
             line: site.line,
-            instruction: site.meta.original.clone(),
+            instruction,
             kind,
             history_index,
             cache_key: None,
@@ -686,7 +693,10 @@ impl<'a> Planner<'a> {
             Instruction::Add(a) => {
                 let step = self.add_instruction(a, site, state)?;
                 self.show(site, instruction, Expanded::Copy(&step), state);
-                let msg = copy_history("ADD", false, &step);
+                // A URL's credentials are masked in what is shown and
+                // recorded (BuildKit masks them in provenance only; its
+                // history and progress show them).
+                let msg = kiln_reference::redact_credentials(&copy_history("ADD", false, &step));
                 let index = Self::commit(state, msg, true, true);
                 Self::push_step(sp, site, StepKind::Copy(step), index);
             }
@@ -754,7 +764,7 @@ impl<'a> Planner<'a> {
         state: &State,
     ) -> Result<RunStep, PlanError> {
         let mounts = self.run_mounts(r, site, state)?;
-        let (argv, script) = run_command(r, state);
+        let (argv, script) = run_command(r, state, site.line);
         let mut env: Vec<String> = state.env.entries();
         // Proxy build args reach RUN without an ARG, in both spellings.
         for (k, v) in &self.opts.build_args {
@@ -955,6 +965,7 @@ impl<'a> Planner<'a> {
             inline.push(InlineFile {
                 name: doc.name.clone(),
                 data,
+                line: 0,
             });
         }
         if let Some(c) = &chmod {
@@ -1049,8 +1060,9 @@ fn dispatch_healthcheck(h: &ins::Healthcheck, state: &mut State, origin: Origin)
 }
 
 /// RUN's argv, and the script file a single heredoc with a shebang
-/// becomes (run as `/dev/pipes/NAME`).
-fn run_command(r: &ins::Run, state: &State) -> (Vec<String>, Option<InlineFile>) {
+/// becomes (run as `/dev/pipes/NAME`). `line` is where the RUN is
+/// dispatched (an ONBUILD trigger's RUN: at its FROM line).
+fn run_command(r: &ins::Run, state: &State, line: usize) -> (Vec<String>, Option<InlineFile>) {
     let cmdline = match &r.command {
         CommandLine::Exec(v) => return (v.clone(), None),
         CommandLine::Shell(s) => s,
@@ -1074,6 +1086,12 @@ fn run_command(r: &ins::Run, state: &State) -> (Vec<String>, Option<InlineFile>)
                 let script = InlineFile {
                     name: doc.name.clone(),
                     data,
+                    // A trigger's lines are not the Dockerfile's: its FROM line.
+                    line: if r.meta.span.start_line() == line {
+                        doc.line
+                    } else {
+                        line
+                    },
                 };
                 return (argv, Some(script));
             }

@@ -123,7 +123,11 @@ pub enum PlanErrorKind {
         #[source]
         source: LookupError,
     },
-    #[error("fetching {url}: {message}")]
+    #[error(
+        "fetching {}: {}",
+        kiln_reference::redact_credentials(url),
+        kiln_reference::redact_credentials(message)
+    )]
     UrlFetch { url: String, message: String },
     #[error("computing the step's cache key: {0}")]
     CacheKey(String),
@@ -197,6 +201,10 @@ pub enum CopyFrom {
 pub struct InlineFile {
     pub name: String,
     pub data: String,
+    /// The Dockerfile line where the body starts, for error messages (not
+    /// part of the cache key); 0 when unknown.
+    #[serde(skip)]
+    pub line: usize,
 }
 
 /// A RUN, ready for the runtime.
@@ -310,7 +318,8 @@ pub struct Step {
     pub stage: usize,
     /// The Dockerfile line.
     pub line: usize,
-    /// The instruction as written (logical line).
+    /// The instruction as written (logical line), as it may be shown: an
+    /// ADD's URL credentials masked ([`kiln_reference::redact_credentials`]).
     pub instruction: String,
     #[serde(flatten)]
     pub kind: StepKind,

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use super::*;
-use crate::spec::BindMount;
+use crate::spec::{BindMount, MemoryFile};
 use crate::sys::RecordingSyscalls;
 
 const DIR: u32 = libc::S_IFDIR | 0o755;
@@ -28,6 +28,8 @@ fn config() -> ContainerConfig {
         hostname: "box".into(),
         network: Network::None,
         mounts: vec![],
+        memory_files: vec![],
+        memory_dir: PathBuf::from("/state/memory"),
         terminal: false,
         console_fd: None,
         seccomp: true,
@@ -135,6 +137,40 @@ fn root_with_volumes_and_no_network() {
     // /etc/hosts was missing from the image (and the mount-point layer).
     assert!(text.contains("report StubCreated { path: \"etc/hosts\" }"));
     check_golden("root_network_none", &text);
+}
+
+#[test]
+fn memory_files_go_to_a_private_tmpfs_then_onto_their_targets() {
+    let mut cfg = config();
+    cfg.memory_files = vec![MemoryFile {
+        target: "/run/secrets/tok".into(),
+        content: b"s3cret-value".to_vec(),
+        mode: 0o600,
+    }];
+    let mut sys = fake();
+    sys.modes
+        .insert(PathBuf::from("/state/rootfs/run/secrets/tok"), FILE);
+    let (_, text) = transcript(&mut sys, &cfg);
+    let expected = [
+        "mount tmpfs /state/memory tmpfs NOSUID|NODEV|NOEXEC mode=0700,size=131084",
+        "write_file /state/memory/0 600 (12 bytes)",
+        "mount /state/memory/0 /state/rootfs/run/secrets/tok - BIND",
+        "mount - /state/rootfs/run/secrets/tok - RDONLY|NOSUID|NODEV|NOEXEC|REMOUNT|BIND",
+        "umount /state/memory DETACH",
+        "pivot_root . .",
+    ];
+    let mut at = 0;
+    for call in expected {
+        let found = text[at..]
+            .find(call)
+            .unwrap_or_else(|| panic!("{call:?} missing, or out of order:\n{text}"));
+        at += found + call.len();
+    }
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(!text.contains("run/secrets/tok\" }"), "{text}");
+    // No memory files: nothing mounted on the memory dir.
+    let (_, plain) = transcript(&mut fake(), &config());
+    assert!(!plain.contains("/state/memory"), "{plain}");
 }
 
 #[test]
