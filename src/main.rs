@@ -9,7 +9,7 @@ mod cmd;
 mod progress;
 mod settings;
 
-use settings::GlobalSettings;
+use settings::{GlobalSettings, TransferArgs};
 
 /// A daemonless image builder and Dockerfile interpreter.
 #[derive(Debug, Parser)]
@@ -22,6 +22,9 @@ struct Cli {
     /// More output: step commands and cache decisions (-vv for debug logs).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+
+    #[command(flatten)]
+    transfer: TransferArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -51,7 +54,7 @@ fn main() -> ExitCode {
     let _ = kiln_runtime::sys::cloexec_from(3);
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let settings = GlobalSettings::resolve(cli.root);
+    let settings = GlobalSettings::resolve(cli.root, &cli.transfer);
     let result = match cli.command {
         Command::Parse(c) => c.run(&settings),
         Command::Image(c) => c.run(&settings),
