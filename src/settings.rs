@@ -99,3 +99,43 @@ pub fn source_date_epoch() -> Option<i64> {
         .ok()
         .and_then(|v| v.trim().parse().ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use super::TransferArgs;
+
+    #[derive(Debug, Parser)]
+    struct Flags {
+        #[command(flatten)]
+        transfer: TransferArgs,
+    }
+
+    fn timeouts(args: &[&str]) -> Result<kiln_registry::Timeouts, clap::Error> {
+        let flags = Flags::try_parse_from(std::iter::once("kiln").chain(args.iter().copied()))?;
+        Ok(flags.transfer.timeouts())
+    }
+
+    #[test]
+    fn the_timeout_scales_the_connect_and_header_waits() {
+        let set = timeouts(&[
+            "--registry-timeout",
+            "8",
+            "--registry-speed-limit",
+            "0",
+            "--registry-speed-time",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(set.total, Duration::from_secs(8));
+        assert_eq!(set.connect, Duration::from_secs(2));
+        assert_eq!(set.response, Duration::from_secs(4));
+        assert_eq!(set.speed_limit, 0);
+        assert_eq!(set.speed_time, Duration::from_secs(5));
+        assert!(timeouts(&["--registry-timeout", "0"]).is_err());
+        assert!(timeouts(&["--registry-speed-time", "0"]).is_err());
+    }
+}

@@ -1704,6 +1704,28 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_is_seconds_or_a_date() {
+        let mut headers = HeaderMap::new();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_400);
+        assert_eq!(retry_after(&headers, now), None);
+        headers.insert(RETRY_AFTER, "100000".parse().unwrap());
+        assert_eq!(
+            retry_after(&headers, now),
+            Some(Duration::from_secs(100_000))
+        );
+        headers.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(80)));
+        // A date in the past: retry now.
+        let later = now + Duration::from_secs(3600);
+        assert_eq!(retry_after(&headers, later), Some(Duration::ZERO));
+        headers.insert(RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&headers, now), None);
+    }
+
+    #[test]
     fn registry_messages_are_extracted() {
         let body = br#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry","detail":"x"}]}"#;
         assert_eq!(
