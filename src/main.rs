@@ -13,7 +13,7 @@ mod cmd;
 mod progress;
 mod settings;
 
-use settings::GlobalSettings;
+use settings::{GlobalSettings, TransferArgs};
 
 /// A daemonless image builder and Dockerfile interpreter.
 #[derive(Debug, Parser)]
@@ -26,6 +26,9 @@ struct Cli {
     /// More output: step commands and cache decisions (-vv for debug logs).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+
+    #[command(flatten)]
+    transfer: TransferArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -58,7 +61,7 @@ fn main() -> ExitCode {
     quiet_when_stdout_closes();
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let settings = GlobalSettings::resolve(cli.root);
+    let settings = GlobalSettings::resolve(cli.root, &cli.transfer);
     let result = match cli.command {
         Command::Parse(c) => c.run(&settings),
         Command::Image(c) => c.run(&settings),

@@ -11,7 +11,7 @@ use kiln_testsupport::image::{
     digest_of, host_platform, skopeo_copy, skopeo_raw_manifest, write_oci_layout, TestFile,
     TestImage,
 };
-use kiln_testsupport::{FaultPlan, FaultProxy, RegistryServer};
+use kiln_testsupport::{FaultPlan, FaultProxy, RegistryServer, Throttle};
 
 /// A kiln invocation with its own store and Docker config directory.
 struct Kiln {
@@ -39,7 +39,10 @@ impl Kiln {
             .args(args)
             .env("DOCKER_CONFIG", &self.docker_config)
             .env("KILN_PROGRESS", "plain")
-            .env_remove("KILN_ROOT");
+            .env_remove("KILN_ROOT")
+            .env_remove("KILN_REGISTRY_TIMEOUT")
+            .env_remove("KILN_REGISTRY_SPEED_LIMIT")
+            .env_remove("KILN_REGISTRY_SPEED_TIME");
         if let Some(extra) = &self.extra_path {
             let path = format!(
                 "{}:{}",
@@ -586,4 +589,161 @@ fn identity_token_in_docker_config_is_exchanged_for_a_bearer_token() {
     )
     .unwrap();
     assert_eq!(digest_of(&raw), image.digest);
+}
+
+/// What a loaded two-core machine may add to a configured limit.
+const STALL_MARGIN: Duration = Duration::from_secs(20);
+
+/// Runs `kiln pull REFERENCE` into a fresh store under `dir` with `env`
+/// and extra `flags`; returns the output and how long it took.
+fn timed_pull(
+    dir: &Path,
+    reference: &str,
+    env: &[(&str, &str)],
+    flags: &[&str],
+) -> (Output, Duration) {
+    let kiln = Kiln::new(dir);
+    let mut command = kiln.command(&["pull"]);
+    command.args(flags).arg(reference).envs(env.iter().copied());
+    let started = Instant::now();
+    let out = command.output().unwrap();
+    (out, started.elapsed())
+}
+
+/// `KILN_REGISTRY_TIMEOUT` (and `--registry-timeout`, which wins) is the
+/// deadline of a manifest: a manifest trickling in at 100 B/s, which takes
+/// some 5 s, fails at a 3 s deadline and arrives within the default one.
+#[test]
+fn registry_timeout_is_the_deadline_of_a_manifest() {
+    let registry = RegistryServer::start_plain().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    seed(
+        &registry,
+        work.path(),
+        "kiln/deadline",
+        &small_layers(),
+        None,
+        None,
+    );
+    let proxy = FaultProxy::start(
+        registry.addr,
+        FaultPlan {
+            manifest_throttle: Some(Throttle {
+                bytes: 10,
+                every: Duration::from_millis(100),
+            }),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let reference = format!("{}/kiln/deadline:v1", proxy.host);
+
+    let (out, took) = timed_pull(
+        &work.path().join("short"),
+        &reference,
+        &[("KILN_REGISTRY_TIMEOUT", "3")],
+        &[],
+    );
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(
+        text.contains(&format!("{}/kiln/deadline: manifest", proxy.host))
+            && text.contains("not received within the 3 s deadline"),
+        "{text}"
+    );
+    assert!(
+        took < Duration::from_secs(3) + STALL_MARGIN,
+        "{took:?}: {text}"
+    );
+    eprintln!("KILN_REGISTRY_TIMEOUT=3 failed after {took:.1?}: {text}");
+
+    // The flag wins over the environment.
+    let (out, _) = timed_pull(
+        &work.path().join("flag"),
+        &reference,
+        &[("KILN_REGISTRY_TIMEOUT", "600")],
+        &["--registry-timeout", "3"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not received within the 3 s deadline"),
+        "{}",
+        stderr(&out)
+    );
+
+    let (out, took) = timed_pull(&work.path().join("default"), &reference, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        took > Duration::from_secs(3),
+        "the manifest was slow: {took:?}"
+    );
+}
+
+/// `KILN_REGISTRY_SPEED_LIMIT` and `KILN_REGISTRY_SPEED_TIME` are the speed
+/// cutoff of blobs: a layer sent at about 20 kB/s fails a 100 kB/s floor
+/// after the 2 s window, passes a 1 kB/s floor, and passes the 100 kB/s
+/// floor too when the window is longer than the whole download.
+#[test]
+fn registry_speed_settings_cut_a_slow_blob() {
+    let registry = RegistryServer::start_plain().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let layers = vec![vec![TestFile::incompressible("big", 100_000, 17)]];
+    let (image, _) = seed(&registry, work.path(), "kiln/slow", &layers, None, None);
+    let proxy = FaultProxy::start(
+        registry.addr,
+        FaultPlan {
+            blob_throttle: Some(Throttle {
+                bytes: 2048,
+                every: Duration::from_millis(100),
+            }),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let reference = format!("{}/kiln/slow:v1", proxy.host);
+    let layer = &image.platforms[0].layers[0].digest;
+
+    let (out, took) = timed_pull(
+        &work.path().join("fast-floor"),
+        &reference,
+        &[
+            ("KILN_REGISTRY_SPEED_LIMIT", "100000"),
+            ("KILN_REGISTRY_SPEED_TIME", "2"),
+        ],
+        &[],
+    );
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(
+        text.contains(&format!("{}/kiln/slow: blob {layer}", proxy.host))
+            && text.contains("transfer below 100000 B/s for 2 s"),
+        "{text}"
+    );
+    assert!(
+        took < Duration::from_secs(2) + STALL_MARGIN,
+        "{took:?}: {text}"
+    );
+    eprintln!("KILN_REGISTRY_SPEED_LIMIT=100000 failed after {took:.1?}: {text}");
+
+    let (out, _) = timed_pull(
+        &work.path().join("slow-floor"),
+        &reference,
+        &[
+            ("KILN_REGISTRY_SPEED_LIMIT", "1000"),
+            ("KILN_REGISTRY_SPEED_TIME", "2"),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let (out, _) = timed_pull(
+        &work.path().join("long-window"),
+        &reference,
+        &[
+            ("KILN_REGISTRY_SPEED_LIMIT", "100000"),
+            ("KILN_REGISTRY_SPEED_TIME", "60"),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
 }

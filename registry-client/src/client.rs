@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -15,9 +15,14 @@ use reqwest::header::{
 };
 use reqwest::{Method, StatusCode, Url};
 use sha2::{Digest as _, Sha256};
+use tokio::time::Instant;
 
 use crate::auth::{Challenge, Credential, CredentialSource};
+use crate::download::parse_http_date;
 use crate::error::Error;
+use crate::limits::{
+    BodyError, BodyReader, Budget, SpeedCheck, Stall, Timeouts, UploadMeter, UPLOAD_PIECE,
+};
 use crate::reference::{api_host, is_loopback_registry, Digest, Reference, Repository};
 
 /// Media types kiln asks for when fetching a manifest: both the Docker and OCI families.
@@ -29,7 +34,16 @@ application/vnd.docker.distribution.manifest.v2+json";
 /// Manifests larger than this are refused (distribution's own limit is 4 MiB).
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
-/// How often and how patiently to retry 5xx, 429 and connection errors.
+/// Token responses larger than this are refused.
+const MAX_TOKEN_BYTES: usize = 1024 * 1024;
+
+/// Of an error response's body, only this much is read (for its message).
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// How often and how patiently to retry 5xx, 429, connection errors and
+/// response headers that did not come. Every retry and wait also has to fit
+/// in the operation's deadline ([`Timeouts::total`]): retries stop when the
+/// next wait would pass it.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     /// Retries after the first attempt.
@@ -38,7 +52,8 @@ pub struct RetryPolicy {
     pub initial_backoff: Duration,
     /// Longest delay between attempts from backoff.
     pub max_backoff: Duration,
-    /// Longest `Retry-After` kiln is willing to wait.
+    /// Longest `Retry-After` kiln is willing to wait: an answer asking for
+    /// longer (or for longer than the deadline leaves) fails at once.
     pub max_retry_after: Duration,
 }
 
@@ -73,6 +88,9 @@ pub struct ClientConfig {
     /// Where credentials come from.
     pub credentials: CredentialSource,
     pub retry: RetryPolicy,
+    /// Deadlines and the low-speed cutoff, for registry traffic and
+    /// [`Client::download`] alike.
+    pub timeouts: Timeouts,
     /// Upload blobs in PATCH chunks of this many bytes; `None` uploads each
     /// blob in one PUT.
     pub chunk_size: Option<u64>,
@@ -86,6 +104,7 @@ impl Default for ClientConfig {
             ca_certs: Vec::new(),
             credentials: CredentialSource::default(),
             retry: RetryPolicy::default(),
+            timeouts: Timeouts::default(),
             chunk_size: None,
             user_agent: format!("kiln/{}", env!("CARGO_PKG_VERSION")),
         }
@@ -203,8 +222,9 @@ fn build_http(config: &ClientConfig, accept_invalid_certs: bool) -> Result<reqwe
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
         .user_agent(config.user_agent.clone())
-        .connect_timeout(Duration::from_secs(30))
-        .read_timeout(Duration::from_secs(120))
+        // Response headers and bodies are timed by the client itself
+        // (`Client::exchange`, `BodyReader`): no read timeout here.
+        .connect_timeout(config.timeouts.connect)
         .pool_idle_timeout(Duration::from_secs(30))
         .danger_accept_invalid_certs(accept_invalid_certs);
     for path in &config.ca_certs {
@@ -259,10 +279,16 @@ fn registry_message(body: &[u8]) -> String {
     }
 }
 
-fn retry_after(headers: &HeaderMap, cap: Duration) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?;
-    let seconds: u64 = value.trim().parse().ok()?;
-    Some(Duration::from_secs(seconds).min(cap))
+/// The wait a `Retry-After` header asks for: seconds, or an HTTP date
+/// (`now` is the clock to measure it from).
+fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = u64::try_from(parse_http_date(value)?).ok()?;
+    let now = now.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs();
+    Some(Duration::from_secs(at.saturating_sub(now)))
 }
 
 fn scope_pull(repository: &str) -> String {
@@ -273,9 +299,47 @@ fn scope_push(repository: &str) -> String {
     format!("repository:{repository}:pull,push")
 }
 
+/// A request body of `len` bytes from `stream`, handed to the connection in
+/// pieces of at most [`UPLOAD_PIECE`] bytes, that reports its progress to
+/// `meter` (reset here: the body is made afresh for each attempt).
+fn metered_body<S>(stream: S, len: u64, meter: Arc<UploadMeter>) -> reqwest::Body
+where
+    S: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
+    meter.reset(len);
+    let stream = futures_util::stream::unfold(
+        (Box::pin(stream), meter, Bytes::new()),
+        |(mut stream, meter, mut pending)| async move {
+            meter.polled();
+            if pending.is_empty() {
+                match stream.next().await {
+                    Some(Ok(chunk)) => pending = chunk,
+                    Some(Err(err)) => {
+                        meter.ended();
+                        return Some((Err(err), (stream, meter, pending)));
+                    }
+                    None => {
+                        meter.ended();
+                        return None;
+                    }
+                }
+            }
+            let piece = pending.split_to(pending.len().min(UPLOAD_PIECE));
+            meter.sent(piece.len() as u64);
+            Some((Ok(piece), (stream, meter, pending)))
+        },
+    );
+    reqwest::Body::wrap_stream(stream)
+}
+
 /// Feeds `source` (from `offset`, `len` bytes) into a request body without
 /// blocking the runtime.
-fn reader_body(source: Arc<dyn BlobSource>, offset: u64, len: u64) -> reqwest::Body {
+fn reader_body(
+    source: Arc<dyn BlobSource>,
+    offset: u64,
+    len: u64,
+    meter: Arc<UploadMeter>,
+) -> reqwest::Body {
     const CHUNK: u64 = 1024 * 1024;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     tokio::task::spawn_blocking(move || {
@@ -315,7 +379,52 @@ fn reader_body(source: Arc<dyn BlobSource>, offset: u64, len: u64) -> reqwest::B
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     });
-    reqwest::Body::wrap_stream(stream)
+    metered_body(stream, len, meter)
+}
+
+/// How a request failed before its response headers came.
+#[derive(Debug)]
+pub(crate) enum Exchange {
+    Stalled(Stall),
+    Failed(reqwest::Error),
+}
+
+impl Exchange {
+    /// The stall behind the failure (a connect timeout is reqwest's own).
+    pub(crate) fn stall(&self, timeouts: &Timeouts) -> Option<Stall> {
+        match self {
+            Exchange::Stalled(stall) => Some(stall.clone()),
+            Exchange::Failed(err) if err.is_connect() && err.is_timeout() => Some(Stall::Connect {
+                limit: timeouts.connect,
+            }),
+            Exchange::Failed(_) => None,
+        }
+    }
+
+    /// The stall, or else reqwest's error chain.
+    pub(crate) fn text(&self, timeouts: &Timeouts) -> String {
+        match (self.stall(timeouts), self) {
+            (Some(stall), _) => stall.to_string(),
+            (None, Exchange::Failed(err)) => error_chain(err),
+            (None, Exchange::Stalled(stall)) => stall.to_string(),
+        }
+    }
+}
+
+/// Why a small document could not be read.
+enum ReadError {
+    Body(BodyError),
+    TooLarge,
+}
+
+fn stalled(ctx: &Ctx<'_>, stall: Stall, attempts: u32) -> Error {
+    Error::Stalled {
+        registry: ctx.registry.to_string(),
+        repository: ctx.repository.to_string(),
+        what: ctx.what.clone(),
+        stall: Box::new(stall),
+        attempts,
+    }
 }
 
 impl Client {
@@ -356,27 +465,185 @@ impl Client {
         }
     }
 
+    /// Sends `request` and waits for its response headers: at most
+    /// [`Timeouts::response`] after the request (its body included) went
+    /// out, and no later than `budget` allows. An `upload` body is held to
+    /// the speed cutoff meanwhile. Also returns how long the upload body
+    /// was moving (time the caller's budget does not count).
+    pub(crate) async fn exchange(
+        &self,
+        request: reqwest::RequestBuilder,
+        budget: &Budget,
+        upload: Option<&UploadMeter>,
+    ) -> (Result<reqwest::Response, Exchange>, Duration) {
+        let timeouts = &self.config.timeouts;
+        let start = Instant::now();
+        let tick = timeouts.tick();
+        let mut speed: Option<SpeedCheck> = None;
+        // Once the upload is handed over: the time its buffered tail may take.
+        let mut drain: Option<Duration> = None;
+        let send = request.send();
+        tokio::pin!(send);
+        loop {
+            let now = Instant::now();
+            let meter = upload.map(UploadMeter::state);
+            let drained = match meter {
+                Some(m) if m.finished.is_some() => *drain.get_or_insert_with(|| {
+                    let rate = speed.as_mut().and_then(|speed| {
+                        speed.record(now, m.sent);
+                        speed.rate(now, m.sent)
+                    });
+                    timeouts.drain_allowance(rate, m.sent)
+                }),
+                _ => Duration::ZERO,
+            };
+            // Not charged to the budget: the body moving, and draining.
+            let streamed = meter.map_or(Duration::ZERO, |m| m.streamed(now)) + drained;
+            let wake = match meter {
+                // The body is going out: the speed cutoff, not the header wait.
+                Some(m) if m.finished.is_none() && m.started.is_some() => {
+                    let speed = speed.get_or_insert_with(|| {
+                        SpeedCheck::new(
+                            timeouts.speed_limit,
+                            timeouts.speed_time,
+                            m.started.unwrap_or(now),
+                        )
+                    });
+                    speed.record(now, m.sent);
+                    if speed.stalled(now, m.sent) {
+                        let stall = Stall::Slow {
+                            upload: true,
+                            limit: timeouts.speed_limit,
+                            time: timeouts.speed_time,
+                            bytes: m.sent,
+                            total: Some(m.len),
+                        };
+                        return (Err(Exchange::Stalled(stall)), streamed);
+                    }
+                    now + tick
+                }
+                _ => {
+                    let from = meter.and_then(|m| m.finished).unwrap_or(start);
+                    let headers_by = from + timeouts.response + drained;
+                    let budget_by = budget.deadline() + streamed;
+                    if now >= headers_by.min(budget_by) {
+                        let stall = if headers_by <= budget_by {
+                            Stall::Headers {
+                                limit: timeouts.response + drained,
+                            }
+                        } else {
+                            Stall::HeadersDeadline {
+                                deadline: budget.limit(),
+                            }
+                        };
+                        return (Err(Exchange::Stalled(stall)), streamed);
+                    }
+                    let by = headers_by.min(budget_by);
+                    // Look again when the body starts moving.
+                    if meter.is_some() {
+                        by.min(now + tick)
+                    } else {
+                        by
+                    }
+                }
+            };
+            if let Ok(result) = tokio::time::timeout_at(wake, &mut send).await {
+                // The time actually spent moving and draining the body.
+                let now = Instant::now();
+                let streamed = upload.map_or(Duration::ZERO, |u| {
+                    let m = u.state();
+                    let draining = m
+                        .finished
+                        .map_or(Duration::ZERO, |f| now.saturating_duration_since(f));
+                    m.streamed(now) + draining.min(drain.unwrap_or_default())
+                });
+                return (result.map_err(Exchange::Failed), streamed);
+            }
+        }
+    }
+
+    /// Reads a small body whole: within `budget`, under the speed cutoff,
+    /// and no more than `max` bytes.
+    async fn read_document(
+        &self,
+        response: reqwest::Response,
+        budget: &Budget,
+        max: usize,
+    ) -> Result<Vec<u8>, ReadError> {
+        let total = response.content_length();
+        let mut body = BodyReader::new(response, &self.config.timeouts, Some(budget), 0, total);
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.next().await.map_err(ReadError::Body)? {
+            if bytes.len() + chunk.len() > max {
+                return Err(ReadError::TooLarge);
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    }
+
+    /// How long to wait before retrying a 429 or 5xx `response`: `None`
+    /// when retries or the budget are used up (the answer stands), a stall
+    /// when the registry asks for a longer wait than kiln gives.
+    fn retry_delay(
+        &self,
+        response: &reqwest::Response,
+        retries: u32,
+        budget: &Budget,
+    ) -> Result<Option<Duration>, Stall> {
+        let policy = &self.config.retry;
+        if retries >= policy.max_retries {
+            return Ok(None);
+        }
+        let status = response.status().as_u16();
+        let left = budget.remaining();
+        match retry_after(response.headers(), SystemTime::now()) {
+            Some(asked) if asked > policy.max_retry_after => Err(Stall::RetryAfter {
+                status,
+                asked,
+                cap: policy.max_retry_after,
+            }),
+            Some(asked) if asked >= left => Err(Stall::RetryAfterDeadline {
+                status,
+                asked,
+                left,
+                deadline: budget.limit(),
+            }),
+            Some(asked) => Ok(Some(asked)),
+            None => {
+                let delay = policy.backoff(retries);
+                Ok((delay < left).then_some(delay))
+            }
+        }
+    }
+
     /// GET `/v2/` once (plus retries on 5xx/429): `Ok(challenge)` when the
     /// server speaks the registry API.
-    async fn ping(&self, registry: &str, base: &Url) -> Result<Option<Challenge>, String> {
+    async fn ping(
+        &self,
+        registry: &str,
+        base: &Url,
+        budget: &Budget,
+    ) -> Result<Option<Challenge>, String> {
         let url = base.join("v2/").map_err(|e| e.to_string())?;
         let mut retry = 0;
         loop {
-            let response = self
-                .http_for(registry)
-                .get(url.clone())
-                .send()
-                .await
-                .map_err(|e| error_chain(&e))?;
+            let request = self.http_for(registry).get(url.clone());
+            let response = match self.exchange(request, budget, None).await {
+                (Ok(response), _) => response,
+                (Err(failure), _) => return Err(failure.text(&self.config.timeouts)),
+            };
             let status = response.status();
-            if (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
-                && retry < self.config.retry.max_retries
-            {
-                let delay = retry_after(response.headers(), self.config.retry.max_retry_after)
-                    .unwrap_or_else(|| self.config.retry.backoff(retry));
-                retry += 1;
-                tokio::time::sleep(delay).await;
-                continue;
+            if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+                match self.retry_delay(&response, retry, budget) {
+                    Ok(Some(delay)) => {
+                        retry += 1;
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(stall) => return Err(stall.to_string()),
+                }
             }
             return match status {
                 s if s.is_success() => Ok(None),
@@ -405,7 +672,7 @@ impl Client {
 
     /// Finds how to talk to `registry`: HTTPS, or plain HTTP for loopback
     /// and `--insecure-registry` hosts when HTTPS fails; and its auth challenge.
-    async fn endpoint(&self, registry: &str) -> Result<Endpoint, Error> {
+    async fn endpoint(&self, registry: &str, budget: &Budget) -> Result<Endpoint, Error> {
         if let Some(endpoint) = self.lock_endpoints().get(registry) {
             return Ok(endpoint.clone());
         }
@@ -422,7 +689,7 @@ impl Client {
         };
         let https =
             Url::parse(&format!("https://{host}/")).map_err(|e| unreachable(e.to_string()))?;
-        let endpoint = match self.ping(registry, &https).await {
+        let endpoint = match self.ping(registry, &https, budget).await {
             Ok(challenge) => Endpoint {
                 base: https,
                 challenge,
@@ -430,7 +697,7 @@ impl Client {
             Err(https_err) if plain_allowed => {
                 let http = Url::parse(&format!("http://{host}/"))
                     .map_err(|e| unreachable(e.to_string()))?;
-                match self.ping(registry, &http).await {
+                match self.ping(registry, &http, budget).await {
                     Ok(challenge) => Endpoint {
                         base: http,
                         challenge,
@@ -498,7 +765,13 @@ impl Client {
         realm: &str,
         service: Option<&str>,
         scopes: &BTreeSet<String>,
+        budget: &Budget,
     ) -> Result<String, Error> {
+        let ctx = Ctx {
+            registry,
+            repository: "",
+            what: format!("token from {realm}"),
+        };
         let token_err = |detail: String| Error::Token {
             registry: registry.to_string(),
             realm: realm.to_string(),
@@ -551,15 +824,28 @@ impl Client {
                 request
             }
         };
-        let response = request
-            .send()
-            .await
-            .map_err(|e| token_err(error_chain(&e)))?;
+        let response = match self.exchange(request, budget, None).await {
+            (Ok(response), _) => response,
+            (Err(failure), _) => {
+                return Err(match failure.stall(&self.config.timeouts) {
+                    Some(stall) => stalled(&ctx, stall, 1),
+                    None => token_err(failure.text(&self.config.timeouts)),
+                })
+            }
+        };
         let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| token_err(error_chain(&e)))?;
+        let body = match self.read_document(response, budget, MAX_TOKEN_BYTES).await {
+            Ok(body) => body,
+            Err(ReadError::Body(BodyError::Stalled(stall))) => return Err(stalled(&ctx, stall, 1)),
+            Err(ReadError::Body(BodyError::Failed(err))) => {
+                return Err(token_err(error_chain(&err)))
+            }
+            Err(ReadError::TooLarge) => {
+                return Err(token_err(format!(
+                    "the response is larger than {MAX_TOKEN_BYTES} bytes"
+                )))
+            }
+        };
         if !status.is_success() {
             return Err(token_err(format!(
                 "answered {status}: {}",
@@ -586,6 +872,7 @@ impl Client {
         registry: &str,
         endpoint: &Endpoint,
         scopes: &BTreeSet<String>,
+        budget: &Budget,
     ) -> Result<Option<String>, Error> {
         match &endpoint.challenge {
             None => Ok(None),
@@ -599,7 +886,7 @@ impl Client {
                     return Ok(Some(format!("Bearer {token}")));
                 }
                 let token = self
-                    .fetch_token(registry, realm, service.as_deref(), scopes)
+                    .fetch_token(registry, realm, service.as_deref(), scopes, budget)
                     .await?;
                 self.lock_tokens().insert(key, token.clone());
                 Ok(Some(format!("Bearer {token}")))
@@ -609,39 +896,67 @@ impl Client {
 
     /// Sends the request `build` makes (called afresh for each attempt),
     /// authenticating on 401 and, when `retry`, retrying connection errors,
-    /// 5xx and 429 with backoff. Returns the first response that is not
+    /// response headers that did not come, 5xx and 429 with backoff, all
+    /// within `budget` (which is charged for the time spent, less the time
+    /// an `upload` body was moving). Returns the first response that is not
     /// retried; the caller judges its status.
     async fn send(
         &self,
         ctx: &Ctx<'_>,
         scopes: &[String],
         retry: bool,
+        budget: &mut Budget,
+        upload: Option<&UploadMeter>,
         build: &(dyn Fn(&reqwest::Client, &Url) -> reqwest::RequestBuilder + Sync),
     ) -> Result<reqwest::Response, Error> {
         let mut scopes: BTreeSet<String> = scopes.iter().cloned().collect();
         let mut reauthenticated = false;
         let mut retries = 0;
+        let mut attempts = 0;
         loop {
-            let endpoint = self.endpoint(ctx.registry).await?;
+            attempts += 1;
+            let endpoint = self.endpoint(ctx.registry, budget).await?;
             let mut request = build(self.http_for(ctx.registry), &endpoint.base);
-            if let Some(auth) = self.authorization(ctx.registry, &endpoint, &scopes).await? {
+            if let Some(auth) = self
+                .authorization(ctx.registry, &endpoint, &scopes, budget)
+                .await?
+            {
                 request = request.header(AUTHORIZATION, auth);
             }
-            let response = match request.send().await {
+            let (result, streamed) = self.exchange(request, budget, upload).await;
+            budget.exclude(streamed);
+            let response = match result {
                 Ok(response) => response,
-                Err(err) => {
-                    let transient = !err.is_builder() && !err.is_redirect();
-                    if retry && transient && retries < self.config.retry.max_retries {
-                        tracing::debug!(what = %ctx.what, error = %error_chain(&err), "retrying");
-                        tokio::time::sleep(self.config.retry.backoff(retries)).await;
+                Err(failure) => {
+                    let stall = failure.stall(&self.config.timeouts);
+                    let transient = match (&stall, &failure) {
+                        // Other stalls: the deadline is gone, or the upload
+                        // was too slow; another attempt would fare no better.
+                        (Some(stall), _) => {
+                            matches!(stall, Stall::Headers { .. } | Stall::Connect { .. })
+                        }
+                        (None, Exchange::Failed(err)) => !err.is_builder() && !err.is_redirect(),
+                        (None, Exchange::Stalled(_)) => false,
+                    };
+                    let delay = self.config.retry.backoff(retries);
+                    if retry
+                        && transient
+                        && retries < self.config.retry.max_retries
+                        && delay < budget.remaining()
+                    {
+                        tracing::debug!(what = %ctx.what, error = %failure.text(&self.config.timeouts), "retrying");
+                        tokio::time::sleep(delay).await;
                         retries += 1;
                         continue;
                     }
-                    return Err(Error::Connection {
-                        registry: ctx.registry.to_string(),
-                        repository: ctx.repository.to_string(),
-                        what: ctx.what.clone(),
-                        detail: error_chain(&err),
+                    return Err(match (stall, failure) {
+                        (Some(stall), _) => stalled(ctx, stall, attempts),
+                        (None, failure) => Error::Connection {
+                            registry: ctx.registry.to_string(),
+                            repository: ctx.repository.to_string(),
+                            what: ctx.what.clone(),
+                            detail: failure.text(&self.config.timeouts),
+                        },
                     });
                 }
             };
@@ -676,22 +991,32 @@ impl Client {
                 }
             }
             let transient = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
-            if retry && transient && retries < self.config.retry.max_retries {
-                let delay = retry_after(response.headers(), self.config.retry.max_retry_after)
-                    .unwrap_or_else(|| self.config.retry.backoff(retries));
-                tracing::debug!(what = %ctx.what, %status, ?delay, "retrying");
-                tokio::time::sleep(delay).await;
-                retries += 1;
-                continue;
+            if retry && transient {
+                match self.retry_delay(&response, retries, budget) {
+                    Ok(Some(delay)) => {
+                        tracing::debug!(what = %ctx.what, %status, ?delay, "retrying");
+                        tokio::time::sleep(delay).await;
+                        retries += 1;
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(stall) => return Err(stalled(ctx, stall, attempts)),
+                }
             }
             return Ok(response);
         }
     }
 
-    /// Turns an unexpected response into an error carrying the registry's message.
-    async fn status_error(ctx: &Ctx<'_>, response: reqwest::Response) -> Error {
+    /// Turns an unexpected response into an error carrying the registry's
+    /// message (read for at most [`Timeouts::response`]; a body that does
+    /// not come in time leaves the message out).
+    async fn status_error(&self, ctx: &Ctx<'_>, response: reqwest::Response) -> Error {
         let status = response.status();
-        let body = response.bytes().await.unwrap_or_default();
+        let budget = Budget::new(self.config.timeouts.response);
+        let body = self
+            .read_document(response, &budget, MAX_ERROR_BODY_BYTES)
+            .await
+            .unwrap_or_default();
         let message = registry_message(&body);
         let registry = ctx.registry.to_string();
         let repository = ctx.repository.to_string();
@@ -723,7 +1048,8 @@ impl Client {
     /// Checks that the registry accepts the credentials configured for it
     /// (what `kiln login` does before storing them).
     pub async fn check_login(&self, registry: &str) -> Result<(), Error> {
-        let endpoint = self.endpoint(registry).await?;
+        let mut budget = Budget::new(self.config.timeouts.total);
+        let endpoint = self.endpoint(registry, &budget).await?;
         let ctx = Ctx {
             registry,
             repository: "",
@@ -733,26 +1059,34 @@ impl Client {
             None => Ok(()),
             Some(Challenge::Basic { .. }) => {
                 let response = self
-                    .send(&ctx, &[], true, &|http, base| {
+                    .send(&ctx, &[], true, &mut budget, None, &|http, base| {
                         http.get(base.join("v2/").unwrap_or_else(|_| base.clone()))
                     })
                     .await?;
                 if response.status().is_success() {
                     Ok(())
                 } else {
-                    Err(Self::status_error(&ctx, response).await)
+                    Err(self.status_error(&ctx, response).await)
                 }
             }
             Some(Challenge::Bearer { realm, service, .. }) => self
-                .fetch_token(registry, realm, service.as_deref(), &BTreeSet::new())
+                .fetch_token(
+                    registry,
+                    realm,
+                    service.as_deref(),
+                    &BTreeSet::new(),
+                    &budget,
+                )
                 .await
                 .map(|_| ()),
         }
     }
 
     /// Fetches the manifest or index `reference` names. When the reference
-    /// has a digest, the bytes are checked against it.
+    /// has a digest, the bytes are checked against it. All of it, retries
+    /// included, must be done within [`Timeouts::total`].
     pub async fn fetch_manifest(&self, reference: &Reference) -> Result<Manifest, Error> {
+        let mut budget = Budget::new(self.config.timeouts.total);
         let repository = &reference.repository;
         let wanted = reference.manifest_reference();
         let ctx = Ctx {
@@ -766,11 +1100,13 @@ impl Client {
                 &ctx,
                 &[scope_pull(&repository.name)],
                 true,
+                &mut budget,
+                None,
                 &|http, base| http.get(join(base, &path)).header(ACCEPT, MANIFEST_ACCEPT),
             )
             .await?;
         if !response.status().is_success() {
-            return Err(Self::status_error(&ctx, response).await);
+            return Err(self.status_error(&ctx, response).await);
         }
         let media_type = response
             .headers()
@@ -783,25 +1119,29 @@ impl Client {
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let mut bytes = Vec::new();
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| Error::Connection {
-                registry: repository.registry.clone(),
-                repository: repository.name.clone(),
-                what: ctx.what.clone(),
-                detail: error_chain(&e),
-            })?;
-            if bytes.len() + chunk.len() > MAX_MANIFEST_BYTES {
+        let bytes = match self
+            .read_document(response, &budget, MAX_MANIFEST_BYTES)
+            .await
+        {
+            Ok(bytes) => bytes,
+            Err(ReadError::Body(BodyError::Stalled(stall))) => return Err(stalled(&ctx, stall, 1)),
+            Err(ReadError::Body(BodyError::Failed(err))) => {
+                return Err(Error::Connection {
+                    registry: repository.registry.clone(),
+                    repository: repository.name.clone(),
+                    what: ctx.what.clone(),
+                    detail: error_chain(&err),
+                })
+            }
+            Err(ReadError::TooLarge) => {
                 return Err(Error::ManifestTooLarge {
                     registry: repository.registry.clone(),
                     repository: repository.name.clone(),
                     reference: wanted,
                     limit: MAX_MANIFEST_BYTES,
-                });
+                })
             }
-            bytes.extend_from_slice(&chunk);
-        }
+        };
         let digest = Digest::of(&bytes);
         let expected = match (&reference.digest, header_digest) {
             (Some(d), _) => Some(d.to_string()),
@@ -829,6 +1169,11 @@ impl Client {
     /// connection is resumed with `Range` from the last byte written; 5xx and
     /// 429 are retried. Returns the byte count once size and digest check out.
     /// On error, the bytes already written are not to be trusted.
+    ///
+    /// The body is held to the speed cutoff ([`Timeouts::speed_limit`]);
+    /// everything else (connecting, headers, retries) to [`Timeouts::total`]
+    /// in all, and the whole of it when `expected_size` is at most
+    /// [`Timeouts::small_document_bytes`]. A stalled body is not retried.
     pub async fn fetch_blob(
         &self,
         repository: &Repository,
@@ -897,6 +1242,10 @@ impl Client {
         let mut hasher = Sha256::new();
         let mut received: u64 = resume_from;
         let mut interruptions = 0;
+        let timeouts = &self.config.timeouts;
+        let mut budget = Budget::new(timeouts.total);
+        // A blob that small is a document (a config): its body counts too.
+        let small = expected_size.is_some_and(|size| size <= timeouts.small_document_bytes());
         let size_error = |actual: u64, expected: u64| Error::SizeMismatch {
             registry: repository.registry.clone(),
             repository: repository.name.clone(),
@@ -911,6 +1260,8 @@ impl Client {
                     &ctx,
                     &[scope_pull(&repository.name)],
                     true,
+                    &mut budget,
+                    None,
                     &|http, base| {
                         let request = http.get(join(base, &path));
                         if offset > 0 {
@@ -951,14 +1302,24 @@ impl Client {
                         }
                     }
                 }
-                _ => return Err(Self::status_error(&ctx, response).await),
+                _ => return Err(self.status_error(&ctx, response).await),
             };
-            let mut stream = response.bytes_stream();
+            let mut body = BodyReader::new(
+                response,
+                timeouts,
+                small.then_some(&budget),
+                offset,
+                expected_size,
+            );
             let mut interrupted = None;
-            while let Some(chunk) = stream.next().await {
-                let chunk = match chunk {
-                    Ok(chunk) => chunk,
-                    Err(err) => {
+            loop {
+                let chunk = match body.next().await {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => break,
+                    Err(BodyError::Stalled(stall)) => {
+                        return Err(stalled(&ctx, stall, interruptions + 1))
+                    }
+                    Err(BodyError::Failed(err)) => {
                         interrupted = Some(error_chain(&err));
                         break;
                     }
@@ -988,6 +1349,9 @@ impl Client {
                 })?;
                 received += data.len() as u64;
             }
+            if !small {
+                budget.exclude(body.elapsed());
+            }
             if interrupted.is_none() {
                 match expected_size {
                     Some(expected) if received < expected => {
@@ -999,7 +1363,8 @@ impl Client {
                 }
             }
             if let Some(detail) = interrupted {
-                if interruptions >= self.config.retry.max_retries {
+                let delay = self.config.retry.backoff(interruptions);
+                if interruptions >= self.config.retry.max_retries || delay >= budget.remaining() {
                     return Err(Error::Connection {
                         registry: repository.registry.clone(),
                         repository: repository.name.clone(),
@@ -1008,7 +1373,7 @@ impl Client {
                     });
                 }
                 tracing::debug!(%digest, received, %detail, "blob download interrupted; resuming");
-                tokio::time::sleep(self.config.retry.backoff(interruptions)).await;
+                tokio::time::sleep(delay).await;
                 interruptions += 1;
             }
         }
@@ -1038,6 +1403,17 @@ impl Client {
         repository: &Repository,
         digest: &Digest,
     ) -> Result<Option<u64>, Error> {
+        let mut budget = Budget::new(self.config.timeouts.total);
+        self.blob_exists_within(repository, digest, &mut budget)
+            .await
+    }
+
+    async fn blob_exists_within(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+        budget: &mut Budget,
+    ) -> Result<Option<u64>, Error> {
         let ctx = Ctx {
             registry: &repository.registry,
             repository: &repository.name,
@@ -1049,6 +1425,8 @@ impl Client {
                 &ctx,
                 &[scope_push(&repository.name)],
                 true,
+                budget,
+                None,
                 &|http, base| http.head(join(base, &path)),
             )
             .await?;
@@ -1062,7 +1440,7 @@ impl Client {
                     .unwrap_or(0),
             )),
             StatusCode::NOT_FOUND => Ok(None),
-            _ => Err(Self::status_error(&ctx, response).await),
+            _ => Err(self.status_error(&ctx, response).await),
         }
     }
 
@@ -1089,6 +1467,11 @@ impl Client {
 
     /// Uploads blob `digest` unless the repository has it; tries a
     /// cross-repository mount from `mount_from` first (same registry only).
+    ///
+    /// The upload body is held to the speed cutoff
+    /// ([`Timeouts::speed_limit`]); everything else (the checks, opening
+    /// sessions, response headers, new sessions after a dropped upload) to
+    /// [`Timeouts::total`] in all.
     pub async fn push_blob(
         &self,
         repository: &Repository,
@@ -1096,7 +1479,12 @@ impl Client {
         source: Arc<dyn BlobSource>,
         mount_from: Option<&Repository>,
     ) -> Result<PushOutcome, Error> {
-        if self.blob_exists(repository, digest).await?.is_some() {
+        let mut budget = Budget::new(self.config.timeouts.total);
+        if self
+            .blob_exists_within(repository, digest, &mut budget)
+            .await?
+            .is_some()
+        {
             return Ok(PushOutcome::Exists);
         }
         let ctx = Ctx {
@@ -1104,7 +1492,7 @@ impl Client {
             repository: &repository.name,
             what: format!("blob {digest}"),
         };
-        let base = self.endpoint(&repository.registry).await?.base;
+        let base = self.endpoint(&repository.registry, &budget).await?.base;
         let uploads = format!("v2/{}/blobs/uploads/", repository.name);
         let mut attempts = 0;
         loop {
@@ -1114,7 +1502,7 @@ impl Client {
             {
                 let scopes = [scope_push(&repository.name), scope_pull(&from.name)];
                 let response = self
-                    .send(&ctx, &scopes, true, &|http, base| {
+                    .send(&ctx, &scopes, true, &mut budget, None, &|http, base| {
                         let mut url = join(base, &uploads);
                         url.query_pairs_mut()
                             .append_pair("mount", &digest.to_string())
@@ -1128,7 +1516,7 @@ impl Client {
                     StatusCode::ACCEPTED => {
                         session = Some(self.upload_location(&ctx, &base, &response)?)
                     }
-                    _ => return Err(Self::status_error(&ctx, response).await),
+                    _ => return Err(self.status_error(&ctx, response).await),
                 }
             }
             let location = match session {
@@ -1139,26 +1527,33 @@ impl Client {
                             &ctx,
                             &[scope_push(&repository.name)],
                             true,
+                            &mut budget,
+                            None,
                             &|http, base| {
                                 http.post(join(base, &uploads)).header(CONTENT_LENGTH, "0")
                             },
                         )
                         .await?;
                     if response.status() != StatusCode::ACCEPTED {
-                        return Err(Self::status_error(&ctx, response).await);
+                        return Err(self.status_error(&ctx, response).await);
                     }
                     self.upload_location(&ctx, &base, &response)?
                 }
             };
+            let delay = self.config.retry.backoff(attempts);
             match self
-                .upload(&ctx, repository, digest, &source, location)
+                .upload(&ctx, repository, digest, &source, location, &mut budget)
                 .await
             {
                 Ok(()) => return Ok(PushOutcome::Uploaded),
                 // A failed upload session may hold partial bytes: start a new one.
-                Err(err) if err.is_transient() && attempts < self.config.retry.max_retries => {
+                Err(err)
+                    if err.is_transient()
+                        && attempts < self.config.retry.max_retries
+                        && delay < budget.remaining() =>
+                {
                     tracing::debug!(%digest, error = %err, "upload failed; starting a new session");
-                    tokio::time::sleep(self.config.retry.backoff(attempts)).await;
+                    tokio::time::sleep(delay).await;
                     attempts += 1;
                 }
                 Err(err) => return Err(err),
@@ -1173,10 +1568,12 @@ impl Client {
         digest: &Digest,
         source: &Arc<dyn BlobSource>,
         mut location: Url,
+        budget: &mut Budget,
     ) -> Result<(), Error> {
         let size = source.size();
         let scopes = [scope_push(&repository.name)];
-        let base = self.endpoint(&repository.registry).await?.base;
+        let base = self.endpoint(&repository.registry, budget).await?.base;
+        let meter = Arc::new(UploadMeter::default());
         let put_body = match self.config.chunk_size {
             Some(chunk) if chunk > 0 => {
                 let mut offset = 0;
@@ -1184,16 +1581,16 @@ impl Client {
                     let len = chunk.min(size - offset);
                     let url = location.clone();
                     let response = self
-                        .send(ctx, &scopes, false, &|http, _| {
+                        .send(ctx, &scopes, false, budget, Some(&meter), &|http, _| {
                             http.patch(url.clone())
                                 .header(CONTENT_TYPE, "application/octet-stream")
                                 .header(CONTENT_RANGE, format!("{}-{}", offset, offset + len - 1))
                                 .header(CONTENT_LENGTH, len)
-                                .body(reader_body(source.clone(), offset, len))
+                                .body(reader_body(source.clone(), offset, len, meter.clone()))
                         })
                         .await?;
                     if response.status() != StatusCode::ACCEPTED {
-                        return Err(Self::status_error(ctx, response).await);
+                        return Err(self.status_error(ctx, response).await);
                     }
                     location = self.upload_location(ctx, &base, &response)?;
                     offset += len;
@@ -1206,21 +1603,31 @@ impl Client {
         url.query_pairs_mut()
             .append_pair("digest", &digest.to_string());
         let response = self
-            .send(ctx, &scopes, false, &|http, _| {
-                let request = http
-                    .put(url.clone())
-                    .header(CONTENT_TYPE, "application/octet-stream");
-                if put_body {
-                    request
-                        .header(CONTENT_LENGTH, size)
-                        .body(reader_body(source.clone(), 0, size))
-                } else {
-                    request.header(CONTENT_LENGTH, 0)
-                }
-            })
+            .send(
+                ctx,
+                &scopes,
+                false,
+                budget,
+                put_body.then_some(&*meter),
+                &|http, _| {
+                    let request = http
+                        .put(url.clone())
+                        .header(CONTENT_TYPE, "application/octet-stream");
+                    if put_body {
+                        request.header(CONTENT_LENGTH, size).body(reader_body(
+                            source.clone(),
+                            0,
+                            size,
+                            meter.clone(),
+                        ))
+                    } else {
+                        request.header(CONTENT_LENGTH, 0)
+                    }
+                },
+            )
             .await?;
         if response.status() != StatusCode::CREATED {
-            return Err(Self::status_error(ctx, response).await);
+            return Err(self.status_error(ctx, response).await);
         }
         Ok(())
     }
@@ -1239,11 +1646,15 @@ impl Client {
             what: format!("manifest {tag_or_digest}"),
         };
         let path = format!("v2/{}/manifests/{}", repository.name, tag_or_digest);
+        // A document: sending it and the answer count against one deadline.
+        let mut budget = Budget::new(self.config.timeouts.total);
         let response = self
             .send(
                 &ctx,
                 &[scope_push(&repository.name)],
                 true,
+                &mut budget,
+                None,
                 &|http, base| {
                     http.request(Method::PUT, join(base, &path))
                         .header(CONTENT_TYPE, media_type)
@@ -1252,7 +1663,7 @@ impl Client {
             )
             .await?;
         if response.status() != StatusCode::CREATED {
-            return Err(Self::status_error(&ctx, response).await);
+            return Err(self.status_error(&ctx, response).await);
         }
         Ok(Digest::of(&bytes))
     }
@@ -1290,6 +1701,28 @@ mod tests {
         assert_eq!(policy.backoff(0), Duration::from_millis(100));
         assert_eq!(policy.backoff(2), Duration::from_millis(400));
         assert_eq!(policy.backoff(30), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_a_date() {
+        let mut headers = HeaderMap::new();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_400);
+        assert_eq!(retry_after(&headers, now), None);
+        headers.insert(RETRY_AFTER, "100000".parse().unwrap());
+        assert_eq!(
+            retry_after(&headers, now),
+            Some(Duration::from_secs(100_000))
+        );
+        headers.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(80)));
+        // A date in the past: retry now.
+        let later = now + Duration::from_secs(3600);
+        assert_eq!(retry_after(&headers, later), Some(Duration::ZERO));
+        headers.insert(RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&headers, now), None);
     }
 
     #[test]

@@ -1,13 +1,15 @@
-//! Plain HTTP(S) downloads: what `ADD <url>` fetches. Same TLS settings as the
-//! registry traffic (system roots, `--ca-cert`), no registry protocol.
+//! Plain HTTP(S) downloads: what `ADD <url>` fetches. Same TLS settings and
+//! the same connect and header timeouts and speed cutoff as the registry
+//! traffic (system roots, `--ca-cert`, [`Timeouts`](crate::Timeouts)), no
+//! registry protocol.
 
 use std::io::Write;
 
-use futures_util::StreamExt as _;
 use reqwest::header::LAST_MODIFIED;
 
 use crate::client::{error_chain, Client};
 use crate::error::Error;
+use crate::limits::{BodyError, BodyReader, Budget};
 
 /// What a download learned besides the body.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -20,18 +22,29 @@ pub struct Downloaded {
 
 impl Client {
     /// Streams the body of `url` into `out`. Anything but a 2xx answer is an
-    /// error naming the URL and the status.
+    /// error naming the URL and the status. Connecting and the response
+    /// headers are timed as registry requests are; the body, of any size,
+    /// is held to the speed cutoff only.
     pub async fn download(&self, url: &str, out: &mut dyn Write) -> Result<Downloaded, Error> {
         let failed = |detail: String| Error::Download {
             url: url.to_string(),
             detail,
         };
-        let response = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| failed(error_chain(&e)))?;
+        let stalled = |stall| Error::DownloadStalled {
+            url: url.to_string(),
+            stall: Box::new(stall),
+        };
+        let timeouts = &self.config().timeouts;
+        let budget = Budget::new(timeouts.total);
+        let response = match self.exchange(self.http.get(url), &budget, None).await {
+            (Ok(response), _) => response,
+            (Err(failure), _) => {
+                return Err(match failure.stall(timeouts) {
+                    Some(stall) => stalled(stall),
+                    None => failed(failure.text(timeouts)),
+                })
+            }
+        };
         let status = response.status();
         if !status.is_success() {
             return Err(failed(format!("server answered {status}")));
@@ -42,9 +55,15 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_http_date);
         let mut size = 0u64;
-        let mut body = response.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| failed(error_chain(&e)))?;
+        let total = response.content_length();
+        let mut body = BodyReader::new(response, timeouts, None, 0, total);
+        loop {
+            let chunk = match body.next().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(BodyError::Stalled(stall)) => return Err(stalled(stall)),
+                Err(BodyError::Failed(err)) => return Err(failed(error_chain(&err))),
+            };
             out.write_all(&chunk)
                 .map_err(|e| failed(format!("writing the body: {e}")))?;
             size += chunk.len() as u64;

@@ -2,6 +2,7 @@
 //! and the digest or tag concerned.
 
 use crate::auth::CredentialError;
+use crate::limits::Stall;
 
 /// What went wrong talking to a registry.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +19,20 @@ pub enum Error {
         repository: String,
         what: String,
         detail: String,
+    },
+
+    /// A request or transfer exceeded one of the [`Timeouts`](crate::Timeouts):
+    /// `stall` says which, with the figures. Not retried by the client.
+    #[error("{}: {what}: {stall}{}", place(.registry, .repository), attempts_note(*.attempts))]
+    Stalled {
+        registry: String,
+        /// Empty for requests that concern no repository (tokens).
+        repository: String,
+        /// What was asked for: `manifest v1`, `blob sha256:…`, `token from URL`.
+        what: String,
+        stall: Box<Stall>,
+        /// Attempts made (retries of header timeouts and connection errors).
+        attempts: u32,
     },
 
     #[error("{registry}/{repository}: {what}: registry answered {status}{}", registry_message(.message))]
@@ -127,6 +142,25 @@ pub enum Error {
         kiln_reference::redact_credentials(detail)
     )]
     Download { url: String, detail: String },
+
+    #[error("downloading {url}: {stall}")]
+    DownloadStalled { url: String, stall: Box<Stall> },
+}
+
+fn place(registry: &str, repository: &str) -> String {
+    if repository.is_empty() {
+        registry.to_string()
+    } else {
+        format!("{registry}/{repository}")
+    }
+}
+
+fn attempts_note(attempts: u32) -> String {
+    if attempts > 1 {
+        format!(" ({attempts} attempts)")
+    } else {
+        String::new()
+    }
 }
 
 fn registry_message(message: &str) -> String {
@@ -138,7 +172,16 @@ fn registry_message(message: &str) -> String {
 }
 
 impl Error {
+    /// What stalled, for [`Error::Stalled`] and [`Error::DownloadStalled`].
+    pub fn stall(&self) -> Option<&Stall> {
+        match self {
+            Error::Stalled { stall, .. } | Error::DownloadStalled { stall, .. } => Some(stall),
+            _ => None,
+        }
+    }
+
     /// True when retrying later could succeed (used by callers that loop).
+    /// A stall is not: the client has used up the time it was given.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Connection { .. } | Error::Unreachable { .. } => true,

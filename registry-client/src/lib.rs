@@ -2,7 +2,8 @@
 //!
 //! Owns authentication (anonymous, bearer, basic; docker config.json and
 //! credential helpers), pulling and pushing manifests and blobs, cross-repository
-//! mounts and retries, and plain downloads for `ADD <url>`. It streams bytes to and from its caller and never touches
+//! mounts and retries, deadlines and the low-speed cutoff ([`Timeouts`],
+//! [`Stall`]), and plain downloads for `ADD <url>`. It streams bytes to and from its caller and never touches
 //! the store's files. [`Reference`] and [`Digest`] are kiln-reference's, the
 //! same types the store (kiln-layers) names images and blobs with.
 //!
@@ -22,6 +23,7 @@ pub mod auth;
 mod client;
 mod download;
 mod error;
+mod limits;
 pub mod reference;
 
 pub use auth::{Challenge, Credential, CredentialError, CredentialSource, DockerConfig};
@@ -31,4 +33,5 @@ pub use client::{
 };
 pub use download::{parse_http_date, Downloaded};
 pub use error::Error;
+pub use limits::{Stall, Timeouts};
 pub use reference::{Digest, Reference, ReferenceError, Repository};

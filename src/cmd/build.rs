@@ -365,6 +365,7 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
     let network = LazyClient::new(ClientConfig {
         insecure_registries: args.insecure_registries.clone(),
         ca_certs: args.ca_certs.clone(),
+        timeouts: settings.timeouts.clone(),
         ..ClientConfig::default()
     });
     let pull = {

@@ -13,7 +13,7 @@ use kiln_builder::plan::{BuildOptions, FoundImage, ImageLookup, LookupError};
 use kiln_builder::solve::StoreResolver;
 use kiln_layers::oci::Platform;
 use kiln_layers::Reference;
-use kiln_registry::{Client, ClientConfig};
+use kiln_registry::Client;
 
 use crate::cmd::build::parse_build_args;
 use crate::cmd::parse::DockerfileSource;
@@ -203,7 +203,7 @@ fn run_explain(args: ExplainArgs, settings: &GlobalSettings) -> anyhow::Result<E
     let registry = if args.offline {
         None
     } else {
-        Some(RegistryConfigs::new(&args.registry)?)
+        Some(RegistryConfigs::new(&args.registry, settings)?)
     };
     let images = StoreThenRegistry {
         store: &store,
@@ -279,12 +279,8 @@ struct RegistryConfigs {
 }
 
 impl RegistryConfigs {
-    fn new(args: &RegistryArgs) -> anyhow::Result<RegistryConfigs> {
-        let client = Client::new(ClientConfig {
-            insecure_registries: args.insecure_registries.clone(),
-            ca_certs: args.ca_certs.clone(),
-            ..ClientConfig::default()
-        })?;
+    fn new(args: &RegistryArgs, settings: &GlobalSettings) -> anyhow::Result<RegistryConfigs> {
+        let client = Client::new(args.client_config(settings))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -28,10 +28,11 @@ pub struct RegistryArgs {
 }
 
 impl RegistryArgs {
-    fn client_config(&self) -> ClientConfig {
+    pub fn client_config(&self, settings: &GlobalSettings) -> ClientConfig {
         ClientConfig {
             insecure_registries: self.insecure_registries.clone(),
             ca_certs: self.ca_certs.clone(),
+            timeouts: settings.timeouts.clone(),
             ..ClientConfig::default()
         }
     }
@@ -138,7 +139,7 @@ impl RegistryCommand {
                     None => Platform::host(),
                 };
                 let store = Store::open(&settings.root)?;
-                let client = Arc::new(Client::new(registry.client_config())?);
+                let client = Arc::new(Client::new(registry.client_config(settings))?);
                 let reporter = Arc::new(progress.reporter());
                 reporter.println(&format!("Pulling {reference}"));
                 let mut options = PullOptions::new(platform);
@@ -173,7 +174,7 @@ impl RegistryCommand {
                     .map(|r| Reference::parse(r))
                     .collect::<Result<Vec<_>, _>>()?;
                 let store = Store::open(&settings.root)?;
-                let mut config = registry.client_config();
+                let mut config = registry.client_config(settings);
                 config.chunk_size = chunk_size.filter(|&n| n > 0);
                 let client = Arc::new(Client::new(config)?);
                 let reporter = Arc::new(progress.reporter());
@@ -232,7 +233,7 @@ impl RegistryCommand {
                 if password.is_empty() {
                     bail!("the password is empty");
                 }
-                let mut config = registry.client_config();
+                let mut config = registry.client_config(settings);
                 config.credentials.explicit.insert(
                     host.clone(),
                     Credential::UsernamePassword {

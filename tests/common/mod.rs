@@ -15,13 +15,16 @@ pub fn kiln_bin() -> PathBuf {
 
 /// `kiln ARGS…` with `DOCKER_CONFIG` pointing at an empty directory (the
 /// host's `~/.docker/config.json` and its credential helpers take no part),
-/// and no `KILN_ROOT` or `KILN_LOG` from the environment.
+/// and no `KILN_ROOT`, `KILN_LOG` or registry timeouts from the environment.
 pub fn kiln_command() -> Command {
     let mut command = Command::new(kiln_bin());
     command
         .env("DOCKER_CONFIG", kiln_testsupport::empty_docker_config())
         .env_remove("KILN_ROOT")
-        .env_remove("KILN_LOG");
+        .env_remove("KILN_LOG")
+        .env_remove("KILN_REGISTRY_TIMEOUT")
+        .env_remove("KILN_REGISTRY_SPEED_LIMIT")
+        .env_remove("KILN_REGISTRY_SPEED_TIME");
     command
 }
 

@@ -5,7 +5,9 @@
 //!   plain HTTP, TLS with htpasswd basic auth, and token auth backed by a
 //!   [`TokenServer`] running in the test process.
 //! - [`FaultProxy`]: a TCP proxy in front of a registry that drops a blob
-//!   download midway, flips a byte, or answers 503/429 a few times.
+//!   download midway, flips a byte, answers 503/429 a few times, sends
+//!   manifests or blobs (or forwards uploads) at a set pace, or leaves
+//!   requests unanswered; [`SilentServer`], a listener that never answers.
 //! - [`image`]: small OCI layouts built by hand, and `skopeo` helpers.
 //! - [`BusyboxRootfs`]: a busybox root filesystem (directory or tar) from
 //!   the host's static busybox.
@@ -36,7 +38,7 @@ pub use process::ChildGuard;
 pub use rootfs::{busybox_path, BusyboxRootfs};
 pub use users::{is_root, require_root, rootless_user};
 
-pub use proxy::{CannedResponse, FaultPlan, FaultProxy, StatusFault};
+pub use proxy::{CannedResponse, FaultPlan, FaultProxy, Hang, SilentServer, StatusFault, Throttle};
 pub use registry::RegistryServer;
 pub use tls::TestCa;
 pub use token::TokenServer;

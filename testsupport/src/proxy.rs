@@ -1,13 +1,16 @@
 //! A fault-injecting HTTP proxy in front of a real registry: it forwards
 //! each request on its own upstream connection (forcing `Connection: close`)
-//! and, as planned, cuts a blob download midway, flips a byte in one, or
-//! answers an error status instead of forwarding.
+//! and, as planned, cuts a blob download midway, flips a byte in one,
+//! answers an error status instead of forwarding, sends manifests or blobs
+//! (or forwards uploads) at a set pace, or never answers. Also
+//! [`SilentServer`], a listener that accepts connections and never answers.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::{Result, TestSupportError};
 
@@ -31,6 +34,32 @@ pub struct CannedResponse {
     pub body: Vec<u8>,
 }
 
+/// A pace: `bytes` at a time, then a pause of `every`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttle {
+    pub bytes: usize,
+    pub every: Duration,
+}
+
+impl Throttle {
+    /// `bytes` every second.
+    pub fn per_second(bytes: usize) -> Throttle {
+        Throttle {
+            bytes,
+            every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Read the request and never answer, `times` times, for requests whose
+/// path contains `path_contains` (the connection stays open until the
+/// client gives up).
+#[derive(Debug, Clone)]
+pub struct Hang {
+    pub times: u32,
+    pub path_contains: String,
+}
+
 /// The faults to inject. Blob faults apply to GET `/v2/.../blobs/sha256:...` responses with a body.
 #[derive(Debug, Clone, Default)]
 pub struct FaultPlan {
@@ -48,6 +77,14 @@ pub struct FaultPlan {
     /// on the first `drop_upload_times` blob uploads (PUT/PATCH) longer than that.
     pub drop_upload_after: Option<u64>,
     pub drop_upload_times: u32,
+    /// Send the bodies of successful manifest GETs (`/manifests/`) at this
+    /// pace (the head goes at once).
+    pub manifest_throttle: Option<Throttle>,
+    /// Send the bodies of successful blob GETs at this pace.
+    pub blob_throttle: Option<Throttle>,
+    /// Forward the bodies of blob uploads (PUT/PATCH) at this pace.
+    pub upload_throttle: Option<Throttle>,
+    pub hangs: Vec<Hang>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -56,6 +93,8 @@ struct Counters {
     flips: u32,
     statuses: u32,
     canned: u32,
+    throttled: u32,
+    hangs: u32,
     requests: Vec<String>,
 }
 
@@ -144,6 +183,16 @@ impl FaultProxy {
         self.counters().canned
     }
 
+    /// Responses (and uploads) sent at a throttled pace so far.
+    pub fn throttled(&self) -> u32 {
+        self.counters().throttled
+    }
+
+    /// Requests left unanswered so far.
+    pub fn hangs_injected(&self) -> u32 {
+        self.counters().hangs
+    }
+
     /// `METHOD path [Range]` of every request seen, in order.
     pub fn requests(&self) -> Vec<String> {
         self.counters().requests
@@ -157,6 +206,101 @@ impl Drop for FaultProxy {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// A listener on 127.0.0.1 that accepts connections, reads nothing and
+/// never answers (a registry that hangs); connections are closed on drop.
+pub struct SilentServer {
+    pub addr: SocketAddr,
+    /// `127.0.0.1:PORT`, to use as the registry in references.
+    pub host: String,
+    accepted: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SilentServer {
+    pub fn start() -> Result<SilentServer> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .map_err(TestSupportError::io("binding the silent server"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(TestSupportError::io("silent server address"))?;
+        let accepted = Arc::new(AtomicU32::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (accepted, stop) = (accepted.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut open = Vec::new();
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if let Ok(stream) = stream {
+                        accepted.fetch_add(1, Ordering::SeqCst);
+                        open.push(stream);
+                    }
+                }
+            })
+        };
+        Ok(SilentServer {
+            addr,
+            host: addr.to_string(),
+            accepted,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u32 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Writes `data` to `out`, at `pace` if set.
+fn write_paced(out: &mut TcpStream, data: &[u8], pace: Option<Throttle>) -> std::io::Result<()> {
+    match pace {
+        None => out.write_all(data),
+        Some(pace) => {
+            for piece in data.chunks(pace.bytes.max(1)) {
+                out.write_all(piece)?;
+                out.flush()?;
+                std::thread::sleep(pace.every);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Copies `from` to `to` until EOF, at `pace` if set.
+fn copy_paced(from: &mut TcpStream, to: &mut TcpStream, pace: Option<Throttle>) {
+    let Some(pace) = pace else {
+        let _ = std::io::copy(from, to);
+        return;
+    };
+    let mut buf = vec![0u8; pace.bytes.max(1)];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+        std::thread::sleep(pace.every);
     }
 }
 
@@ -233,6 +377,32 @@ fn handle(
             line.push_str(&format!(" Range: {range}"));
         }
         counters.requests.push(line);
+    }
+
+    // No answer at all: wait for the client to give up.
+    let hang = {
+        let mut plan = shared.plan.lock().unwrap_or_else(|p| p.into_inner());
+        match plan
+            .hangs
+            .iter_mut()
+            .find(|h| h.times > 0 && path.contains(&h.path_contains))
+        {
+            Some(hang) => {
+                hang.times -= 1;
+                true
+            }
+            None => false,
+        }
+    };
+    if hang {
+        shared
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .hangs += 1;
+        let mut sink = [0u8; 8192];
+        while matches!(client.read(&mut sink), Ok(n) if n > 0) {}
+        return Ok(());
     }
 
     // Error statuses instead of forwarding.
@@ -351,13 +521,28 @@ fn handle(
         let _ = upstream.shutdown(Shutdown::Both);
         return Ok(());
     }
-    upstream.write_all(&early_body)?;
+    let is_upload = (method == "PUT" || method == "PATCH") && path.contains("/blobs/uploads/");
+    let upload_pace = if is_upload {
+        shared
+            .plan
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .upload_throttle
+    } else {
+        None
+    };
+    if upload_pace.is_some() && request_length > 0 {
+        shared
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .throttled += 1;
+    }
+    write_paced(&mut upstream, &early_body, upload_pace)?;
     let body_copier = {
         let mut from_client = client.try_clone()?;
         let mut to_upstream = upstream.try_clone()?;
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut from_client, &mut to_upstream);
-        })
+        std::thread::spawn(move || copy_paced(&mut from_client, &mut to_upstream, upload_pace))
     };
 
     let (response_head, mut response_body) = read_head(&mut upstream)?;
@@ -383,15 +568,26 @@ fn handle(
             }
         }
     }
-    let chunk_delay = if is_blob_get && status_ok {
+    let is_manifest_get = method == "GET" && path.contains("/manifests/");
+    let (chunk_delay, pace) = if status_ok {
+        let plan = shared.plan.lock().unwrap_or_else(|p| p.into_inner());
+        if is_blob_get {
+            (plan.blob_chunk_delay, plan.blob_throttle)
+        } else if is_manifest_get {
+            (None, plan.manifest_throttle)
+        } else {
+            (None, None)
+        }
+    } else {
+        (None, None)
+    };
+    if pace.is_some() {
         shared
-            .plan
+            .counters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .blob_chunk_delay
-    } else {
-        None
-    };
+            .throttled += 1;
+    }
     client.write_all(&response_head)?;
     let mut sent: u64 = 0;
     let mut chunk = vec![0u8; 64 * 1024];
@@ -419,7 +615,7 @@ fn handle(
         if let Some(limit) = cut_at {
             if sent + data.len() as u64 >= limit {
                 let keep = (limit - sent) as usize;
-                client.write_all(&data[..keep])?;
+                write_paced(&mut client, &data[..keep], pace)?;
                 client.flush()?;
                 shared
                     .counters
@@ -432,7 +628,7 @@ fn handle(
                 return Ok(());
             }
         }
-        client.write_all(&data)?;
+        write_paced(&mut client, &data, pace)?;
         sent += data.len() as u64;
         if let Some(delay) = chunk_delay {
             std::thread::sleep(delay);
