@@ -138,7 +138,13 @@ fn the_probe_finds_an_inherited_descriptor_on_the_host() {
     // SAFETY: as in kiln_with_open_fds.
     unsafe {
         command.pre_exec(move || {
-            if libc::dup2(source, 7) < 0 {
+            // dup2 onto itself would leave close-on-exec set: clear it then.
+            let done = if source == 7 {
+                libc::fcntl(7, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(source, 7)
+            };
+            if done < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
