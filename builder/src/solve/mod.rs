@@ -1,0 +1,330 @@
+//! The back half of a build: executing a [`Plan`] against the store.
+//!
+//! Each stage starts, on a thread of its own, as soon as the stages it
+//! depends on are done (no waiting for unrelated stages);
+//! inside a stage the steps run in order. Each step gets an empty upper dir
+//! over its parent's snapshots: RUN runs in the embedded runtime on that
+//! overlay, COPY/ADD and WORKDIR write into it with [`crate::copy`]. The
+//! upper dir is then diffed into a layer blob (overlay whiteouts become OCI
+//! ones) and kept as the next snapshot, named by its chain id. A step whose
+//! cache key has a record in the store reuses that layer and snapshot
+//! without running anything; an upper dir left empty makes no layer (its
+//! history entry says `empty_layer`, as BuildKit's exporter does).
+
+mod copy_step;
+mod events;
+mod mounts;
+mod resolve;
+mod run;
+mod schedule;
+mod stage;
+mod step;
+mod trash;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use kiln_layers::oci::{rfc3339, Descriptor, ImageConfig, Platform};
+use kiln_layers::{Reporter, Store};
+use kiln_parser::shorten;
+use kiln_runtime::{HelperCommand, Network};
+
+use crate::context::BuildContext;
+use crate::copy::UrlDownloads;
+use crate::plan::{Plan, Step};
+use crate::secrets::Secret;
+
+use copy_step::execute_copy;
+pub use events::{BuildEvents, NoEvents, StepEvent, StepOutcome};
+use mounts::{mount_image_layers, run_mount, MountFrom, StepMount};
+pub use resolve::{PullFn, StoreResolver};
+use run::execute_run;
+use schedule::run_stages_when_ready;
+use stage::{run_stage, StageOutput, StageProgress};
+use step::run_step;
+use trash::{discard_step_dir, empty_old_trash};
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SolveError {
+    #[error(
+        "line {line}: {}: process exited with code {code}{}",
+        shorten(instruction),
+        tail(last_lines)
+    )]
+    RunFailed {
+        line: usize,
+        instruction: String,
+        code: i32,
+        /// The last lines the process printed.
+        last_lines: Vec<String>,
+    },
+    /// The instruction is shown cut when very long ([`shorten`]).
+    #[error("line {line}: {}: {message}", shorten(instruction))]
+    Step {
+        line: usize,
+        instruction: String,
+        message: String,
+    },
+    #[error("store: {0}")]
+    Store(#[from] kiln_layers::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("base image {0} was not resolved")]
+    Unresolved(String),
+    #[error("stage {0} failed before it finished")]
+    StageMissing(usize),
+}
+
+fn tail(lines: &[String]) -> String {
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!("\nlast output:\n  {}", lines.join("\n  "))
+}
+
+/// How many output lines a failed RUN reports.
+const TAIL_LINES: usize = 10;
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SolveError + '_ {
+    move |source| SolveError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// How to build.
+pub struct SolveOptions<'a> {
+    /// Ignore the build cache (results are still recorded).
+    pub no_cache: bool,
+    /// Clamps file mtimes in layers and sets every `created` time.
+    pub source_date_epoch: Option<i64>,
+    /// RUN's network unless it says `--network=none|host`.
+    pub network: Network,
+    /// How the runtime re-executes kiln as its helper.
+    pub helper: HelperCommand,
+    /// Where ADD URLs come from: the build's downloads, the same the cache
+    /// keys were computed with
+    /// ([`crate::plan::compute_cache_keys`] with [`crate::plan::RemoteSources`]), so a URL fetched for
+    /// its key is not fetched again. A step served from the cache fetches
+    /// nothing.
+    pub downloads: Option<&'a UrlDownloads<'a>>,
+    pub events: &'a dyn BuildEvents,
+    pub reporter: &'a dyn Reporter,
+    /// Docker media types (schema 2) instead of OCI ones, for registries
+    /// and tools that need them.
+    pub docker_media_types: bool,
+    /// `--secret id=ID,src=FILE|env=VAR`: what `RUN --mount=type=secret`
+    /// can mount, by id (see [`crate::secrets`]). Never part of a cache key.
+    pub secrets: BTreeMap<String, Secret>,
+    /// `--ssh ID[=...]`: the agent sockets `RUN --mount=type=ssh` can reach
+    /// (see [`crate::ssh`]). Never part of a cache key.
+    pub ssh: crate::ssh::SshAgents,
+    /// Every RUN's pids and memory limits (`--pids-limit`, `--memory`).
+    /// Never part of a cache key.
+    pub limits: kiln_runtime::Limits,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct BuiltImage {
+    /// The manifest written to the store (not tagged).
+    pub manifest: Descriptor,
+    pub config: ImageConfig,
+    pub layers: Vec<Descriptor>,
+    /// The target stage's snapshots, bottom first (its root filesystem).
+    pub snapshots: Vec<PathBuf>,
+}
+
+static UNIQUE: AtomicU64 = AtomicU64::new(0);
+
+fn unique_name(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs the plan's needed stages and writes the target's image to the
+/// store (untagged: the caller tags it, holding a [`Store::lease`] from
+/// before this call until then, or a `prune` may collect the new manifest).
+/// Cache keys must have been computed ([`crate::plan::compute_cache_keys`]).
+pub fn solve(
+    store: &Store,
+    plan: &Plan,
+    context: &BuildContext,
+    resolver: &StoreResolver<'_>,
+    opts: &SolveOptions<'_>,
+) -> Result<BuiltImage, SolveError> {
+    let _lease = store.lease()?;
+    // What killed builds left (their scratch, partial blobs, unfinished
+    // snapshots) goes to the trash now, and the trash is emptied while
+    // this build runs; a concurrent build's scratch is left alone.
+    match store.remove_dead_scratch() {
+        Ok(freed) if freed.entries > 0 => tracing::info!(
+            "moved {} leftovers of killed builds to the trash",
+            freed.entries
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("removing leftovers of killed builds: {e}"),
+    }
+    let emptying = store.empty_trash_in_background();
+    let work = store.scratch_dir("build")?;
+    let build = Build {
+        store,
+        plan,
+        context,
+        resolver,
+        opts,
+        work: work.path(),
+    };
+    let result = solve_in(&build);
+    drop(work);
+    empty_old_trash(store);
+    let _ = emptying.join();
+    result
+}
+
+/// What every stage and step of one build runs with.
+struct Build<'a> {
+    store: &'a Store,
+    plan: &'a Plan,
+    context: &'a BuildContext,
+    resolver: &'a StoreResolver<'a>,
+    opts: &'a SolveOptions<'a>,
+    /// The build's scratch directory: each step's work dir is made in it.
+    work: &'a Path,
+}
+
+/// One step being run: the build, the finished stages it may read, the
+/// step, and its progress line.
+struct StepRun<'a> {
+    build: &'a Build<'a>,
+    deps: &'a BTreeMap<usize, StageOutput>,
+    step: &'a Step,
+    event: &'a StepEvent<'a>,
+}
+
+impl StepRun<'_> {
+    /// An error of this step, naming its line and instruction.
+    fn error(&self, message: String) -> SolveError {
+        SolveError::Step {
+            line: self.step.line,
+            instruction: self.step.instruction.clone(),
+            message,
+        }
+    }
+}
+
+/// Runs the stages, then writes the target stage's image.
+fn solve_in(build: &Build<'_>) -> Result<BuiltImage, SolveError> {
+    let (store, plan, opts) = (build.store, build.plan, build.opts);
+    let outputs: Mutex<BTreeMap<usize, StageOutput>> = Mutex::new(BTreeMap::new());
+    run_stages_when_ready(plan, |index| {
+        let deps: BTreeMap<usize, StageOutput> =
+            outputs.lock().map(|o| o.clone()).unwrap_or_default();
+        let out = run_stage(build, index, &deps)?;
+        if let Ok(mut o) = outputs.lock() {
+            o.insert(index, out);
+        }
+        Ok(())
+    })?;
+    let outputs = outputs.into_inner().unwrap_or_default();
+    let target = outputs
+        .get(&plan.target)
+        .ok_or(SolveError::StageMissing(plan.target))?;
+    let sp = &plan.stages[plan.target];
+    let mut config = sp.image.clone();
+    config.rootfs.diff_ids = target.layers.iter().map(|(_, d)| d.clone()).collect();
+    config.history = target.history.clone();
+    config.created = Some(match opts.source_date_epoch {
+        Some(epoch) => rfc3339(epoch),
+        None => config
+            .history
+            .last()
+            .and_then(|h| h.created.clone())
+            .unwrap_or_else(|| rfc3339(now_secs())),
+    });
+    // Every layer gets the family's media type (a base image pulled with
+    // the other family's types included), as BuildKit's exporter does.
+    let layers: Vec<Descriptor> = target
+        .layers
+        .iter()
+        .map(|(d, _)| {
+            let mut d = d.clone();
+            d.media_type = layer_media_type(&d.media_type, opts.docker_media_types).to_string();
+            d
+        })
+        .collect();
+    let manifest = if opts.docker_media_types {
+        write_docker_image(store, &config, &layers)?
+    } else {
+        store.write_image(&config, &layers)?
+    };
+    Ok(BuiltImage {
+        manifest,
+        config,
+        layers,
+        snapshots: target.snapshots.clone(),
+    })
+}
+
+fn layer_media_type(current: &str, docker: bool) -> &str {
+    use kiln_layers::media::*;
+    match (current, docker) {
+        (OCI_LAYER, true) => DOCKER_LAYER,
+        (OCI_LAYER_GZIP, true) => DOCKER_LAYER_GZIP,
+        (OCI_LAYER_ZSTD, true) => DOCKER_LAYER_ZSTD,
+        (DOCKER_LAYER, false) => OCI_LAYER,
+        (DOCKER_LAYER_GZIP, false) => OCI_LAYER_GZIP,
+        (DOCKER_LAYER_ZSTD, false) => OCI_LAYER_ZSTD,
+        (other, _) => other,
+    }
+}
+
+/// A Docker schema 2 manifest and config for the image.
+fn write_docker_image(
+    store: &Store,
+    config: &ImageConfig,
+    layers: &[Descriptor],
+) -> Result<Descriptor, SolveError> {
+    use kiln_layers::media::{DOCKER_CONFIG, DOCKER_MANIFEST};
+    let config_desc = store.put_json(DOCKER_CONFIG, config)?;
+    let manifest = kiln_layers::Manifest {
+        schema_version: 2,
+        media_type: Some(DOCKER_MANIFEST.to_string()),
+        artifact_type: None,
+        config: config_desc,
+        layers: layers.to_vec(),
+        subject: None,
+        annotations: BTreeMap::new(),
+    };
+    let mut desc = store.put_json(DOCKER_MANIFEST, &manifest)?;
+    desc.platform = Some(Platform {
+        architecture: config.architecture.clone(),
+        os: config.os.clone(),
+        os_version: config.os_version.clone(),
+        os_features: None,
+        variant: config.variant.clone(),
+    });
+    Ok(desc)
+}

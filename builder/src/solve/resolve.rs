@@ -1,0 +1,187 @@
+//! Base images for a build: the store's tags, and a pull (through the
+//! caller's [`PullFn`]) of what the store lacks.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use kiln_layers::oci::{Descriptor, Platform};
+use kiln_layers::store::Image;
+use kiln_layers::{Digest, Reference, Store};
+
+use crate::plan::{FoundImage, ImageLookup, ImageName, LookupError};
+
+use super::*;
+
+/// Pulls an image the store lacks; returns its manifest (or index)
+/// descriptor. The CLI provides it (the builder speaks no HTTP).
+pub type PullFn<'a> = dyn Fn(&Reference, &Platform) -> Result<Descriptor, String> + Sync + 'a;
+
+/// Resolves base images to their config through the store's tags
+/// (`index.json`), following an index to the platform's manifest, and
+/// (given a [`PullFn`]) pulling what is missing. A stored image of another
+/// platform than the one wanted is not used: it is pulled for that platform
+/// (moby's builder checks the local image's platform the same way), or
+/// refused when nothing can be pulled. Images resolved once are remembered
+/// for the rest of the build, per reference and platform; the solver finds
+/// them again by the manifest digest the plan recorded.
+pub struct StoreResolver<'a> {
+    /// None: no store exists (see [`StoreResolver::open_existing`]).
+    store: Option<Store>,
+    pull: Option<&'a PullFn<'a>>,
+    /// Pull even when the store has the tag (`--pull`).
+    always_pull: bool,
+    /// Use a stored image whatever its platform (analysis only: explain
+    /// and check report what the store has, and the
+    /// InvalidBaseImagePlatform lint says when it is another platform).
+    any_stored_platform: bool,
+    /// (reference, normalized platform) → image.
+    images: Mutex<HashMap<(Reference, String), Image>>,
+}
+
+impl<'a> StoreResolver<'a> {
+    pub fn new(store: &Store, pull: Option<&'a PullFn<'a>>) -> Self {
+        StoreResolver {
+            store: Some(store.clone()),
+            pull,
+            always_pull: false,
+            any_stored_platform: false,
+            images: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Reads the store at `root`, if one exists there, and never pulls;
+    /// without a store every image is unknown, and nothing is created
+    /// (explain and check write nothing). A stored image is used whatever
+    /// its platform.
+    pub fn open_existing(root: &Path) -> Result<StoreResolver<'static>, kiln_layers::Error> {
+        let store = if root.join("index.json").is_file() {
+            Some(Store::open(root)?)
+        } else {
+            None
+        };
+        Ok(StoreResolver {
+            store,
+            pull: None,
+            always_pull: false,
+            any_stored_platform: true,
+            images: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Pull base images even when the store has them (a tag may have moved).
+    pub fn always_pull(mut self, yes: bool) -> Self {
+        self.always_pull = yes;
+        self
+    }
+
+    /// The image this resolver resolved to the manifest `digest` (what the
+    /// plan recorded for a FROM, `COPY --from` or `RUN --mount from=`).
+    pub(super) fn resolved(
+        &self,
+        name: &ImageName,
+        digest: Option<&Digest>,
+    ) -> Result<Image, SolveError> {
+        let unresolved = || SolveError::Unresolved(name.to_string());
+        let digest = digest.ok_or_else(unresolved)?;
+        let images = self.images.lock().map_err(|_| unresolved())?;
+        images
+            .values()
+            .find(|image| &image.manifest_descriptor.digest == digest)
+            .cloned()
+            .ok_or_else(unresolved)
+    }
+
+    /// The stored image `reference` names, for `platform`: `Ok(None)` when
+    /// the store lacks it or (unless [`Self::any_stored_platform`]) has it
+    /// for another platform only, with the reason in `mismatch`.
+    fn stored(
+        &self,
+        store: &Store,
+        reference: &Reference,
+        platform: &Platform,
+        mismatch: &mut Option<String>,
+    ) -> Result<Option<Image>, LookupError> {
+        let Some(desc) = store.resolve(reference).map_err(LookupError::failed)? else {
+            return Ok(None);
+        };
+        let image = match store.read_image(&desc, platform) {
+            Ok(image) => image,
+            Err(e @ kiln_layers::Error::NoMatchingPlatform { .. }) if !self.any_stored_platform => {
+                *mismatch = Some(e.to_string());
+                return Ok(None);
+            }
+            Err(e) => return Err(LookupError::failed(e)),
+        };
+        let config = &image.config;
+        let stored = Platform {
+            architecture: config.architecture.clone(),
+            os: config.os.clone(),
+            os_version: None,
+            os_features: None,
+            variant: config.variant.clone(),
+        };
+        // A config without an architecture says nothing to check against.
+        let matches = config.architecture.is_empty() || platform.compatible_rank(&stored).is_some();
+        if matches || self.any_stored_platform {
+            return Ok(Some(image));
+        }
+        *mismatch = Some(format!(
+            "the local store has it for platform {}, not {platform}",
+            stored.normalized()
+        ));
+        Ok(None)
+    }
+}
+
+impl ImageLookup for StoreResolver<'_> {
+    /// Errors leave the reference out: the caller's message names it.
+    fn lookup(&self, parsed: &Reference, platform: &Platform) -> Result<FoundImage, LookupError> {
+        let platform = platform.normalized();
+        let key = (parsed.clone(), platform.to_string());
+        let remembered = self.images.lock().ok().and_then(|m| m.get(&key).cloned());
+        let image = match remembered {
+            // Already resolved in this build (another stage, COPY --from).
+            Some(image) => image,
+            None => {
+                let Some(store) = &self.store else {
+                    return Err(LookupError::NotFound("not in the local store".into()));
+                };
+                let mut mismatch = None;
+                let local = if self.always_pull && self.pull.is_some() {
+                    None
+                } else {
+                    self.stored(store, parsed, &platform, &mut mismatch)?
+                };
+                let image = match (local, self.pull) {
+                    (Some(image), _) => image,
+                    (None, Some(pull)) => {
+                        let desc = pull(parsed, &platform).map_err(|e| {
+                            LookupError::failed(match &mismatch {
+                                Some(stored) => format!("{e} ({stored})"),
+                                None => e,
+                            })
+                        })?;
+                        store
+                            .read_image(&desc, &platform)
+                            .map_err(LookupError::failed)?
+                    }
+                    (None, None) => {
+                        return Err(LookupError::NotFound(
+                            mismatch.unwrap_or_else(|| "not in the local store".into()),
+                        ))
+                    }
+                };
+                if let Ok(mut images) = self.images.lock() {
+                    images.insert(key, image.clone());
+                }
+                image
+            }
+        };
+        Ok(FoundImage {
+            reference: parsed.clone(),
+            digest: Some(image.manifest_descriptor.digest),
+            config: image.config,
+        })
+    }
+}

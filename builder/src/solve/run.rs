@@ -1,0 +1,275 @@
+//! RUN: the runtime spec of a step (mounts, environment, limits), its
+//! output relayed as it comes, its failure reported with the output's tail.
+
+use std::path::{Path, PathBuf};
+
+use kiln_parser::mount::MountType;
+use kiln_runtime::{BindMount, MemoryFile, Network, RunSpec, UpperDir};
+
+use crate::plan::{MountSource, RunMount, RunStep};
+use crate::rootfs::LayeredRootfs;
+
+use super::*;
+
+/// Runs a RUN step in the runtime, over `rootfs`, with its work files in
+/// `dir`.
+pub(super) fn execute_run(
+    run: &StepRun<'_>,
+    r: &RunStep,
+    rootfs: &LayeredRootfs,
+    dir: &Path,
+) -> Result<(), SolveError> {
+    // The ssh relays serve until the RUN is over (dropped at the end).
+    let mounts = step_mounts(run, r, dir)?;
+    let spec = run_spec(run, r, rootfs, dir, &mounts)?;
+    let (status, last_lines) = run_with_output(run, spec)?;
+    // A step that failed at a limit is an error that names it; its output
+    // still tells what was running. A heredoc script whose interpreter is
+    // missing names it and its line.
+    let status = status.map_err(|e| {
+        run.error(match (&r.script, &e) {
+            (
+                Some(script),
+                kiln_runtime::RuntimeError::Exec {
+                    program, reason, ..
+                },
+            ) if *program == format!("/dev/pipes/{}", script.name) => {
+                script_exec_error(script, reason)
+            }
+            _ => format!("{e}{}", tail(&last_lines)),
+        })
+    })?;
+    if !status.success() {
+        return Err(SolveError::RunFailed {
+            line: run.step.line,
+            instruction: run.step.instruction.clone(),
+            code: status.code(),
+            last_lines,
+        });
+    }
+    Ok(())
+}
+
+/// What a RUN mounts: binds and files from memory for the runtime, and the
+/// ssh agent relays that must serve while it runs.
+struct StepMounts {
+    binds: Vec<BindMount>,
+    memory: Vec<MemoryFile>,
+    ssh_relays: Vec<crate::ssh::AgentRelay>,
+    /// Where the first ssh mount is (SSH_AUTH_SOCK points there).
+    first_ssh_target: Option<String>,
+}
+
+/// The RUN's heredoc script and its `--mount`s, made real.
+fn step_mounts(run: &StepRun<'_>, r: &RunStep, dir: &Path) -> Result<StepMounts, SolveError> {
+    let mut mounts = StepMounts {
+        binds: Vec::new(),
+        memory: Vec::new(),
+        ssh_relays: Vec::new(),
+        first_ssh_target: None,
+    };
+    if let Some(script) = &r.script {
+        let pipes = dir.join("pipes");
+        std::fs::create_dir_all(&pipes).map_err(io_err(&pipes))?;
+        let path = pipes.join(&script.name);
+        std::fs::write(&path, &script.data).map_err(io_err(&path))?;
+        crate::rootfs::set_mode(&path, 0o755).map_err(|e| run.error(e.to_string()))?;
+        mounts.binds.push(BindMount {
+            source: path,
+            target: PathBuf::from(format!("/dev/pipes/{}", script.name)),
+            read_only: true,
+        });
+    }
+    let mut ssh_index = 0;
+    for (n, mount) in r.mounts.iter().enumerate() {
+        if mount.spec.mount_type == MountType::Ssh {
+            ssh_mount(run, r, mount, ssh_index, &mut mounts)?;
+            ssh_index += 1;
+            continue;
+        }
+        let from = mount_from(run, mount)?;
+        let scratch = dir.join(format!("mount-{n}"));
+        match run_mount(run, mount, &r.workdir, from.as_ref(), &scratch)
+            .map_err(|e| run.error(e))?
+        {
+            Some(StepMount::Bind(bind)) => mounts.binds.push(bind),
+            Some(StepMount::Memory(file)) => mounts.memory.push(file),
+            None => {}
+        }
+    }
+    Ok(mounts)
+}
+
+/// `type=ssh` (the RUN's `index`-th): a relay socket to the agent `--ssh`
+/// forwarded under the mount's id; skipped when not forwarded, unless
+/// required (as BuildKit).
+fn ssh_mount(
+    run: &StepRun<'_>,
+    r: &RunStep,
+    mount: &RunMount,
+    index: usize,
+    mounts: &mut StepMounts,
+) -> Result<(), SolveError> {
+    let ssh =
+        crate::ssh::SshMount::new(&mount.spec, index).map_err(|e| run.error(e.to_string()))?;
+    let target = crate::plan::normalize_workdir(&r.workdir, &ssh.target);
+    mounts
+        .first_ssh_target
+        .get_or_insert_with(|| target.clone());
+    match run.build.opts.ssh.get(&ssh.id) {
+        Some(agent) => {
+            let relay =
+                crate::ssh::AgentRelay::start(agent, &ssh).map_err(|e| run.error(e.to_string()))?;
+            mounts.binds.push(BindMount {
+                source: relay.socket().to_path_buf(),
+                target: PathBuf::from(target),
+                read_only: false,
+            });
+            mounts.ssh_relays.push(relay);
+            Ok(())
+        }
+        None if ssh.required => {
+            Err(run.error(crate::ssh::SshError::Required { id: ssh.id }.to_string()))
+        }
+        None => Ok(()),
+    }
+}
+
+/// The filesystem a mount's `from=` names: a finished stage's snapshots or
+/// an image's.
+fn mount_from(run: &StepRun<'_>, mount: &RunMount) -> Result<Option<MountFrom>, SolveError> {
+    match &mount.from_resolved {
+        Some(MountSource::Stage(i)) => {
+            let stage = run.deps.get(i).ok_or(SolveError::StageMissing(*i))?;
+            Ok(Some(MountFrom {
+                lowers: stage.lowers_top_first(),
+                identity: stage
+                    .chain()
+                    .map(|d| d.to_string())
+                    .unwrap_or_else(|| "scratch".to_string()),
+            }))
+        }
+        Some(MountSource::Image(image)) => Ok(Some(mount_image_layers(run.build, image)?)),
+        None => Ok(None),
+    }
+}
+
+/// The runtime's spec for the step.
+fn run_spec(
+    run: &StepRun<'_>,
+    r: &RunStep,
+    rootfs: &LayeredRootfs,
+    dir: &Path,
+    mounts: &StepMounts,
+) -> Result<RunSpec, SolveError> {
+    let opts = run.build.opts;
+    let mut spec = RunSpec::new(
+        rootfs.lowers().iter().rev().cloned().collect(),
+        dir.join("state"),
+        r.argv.clone(),
+    );
+    spec.upper = UpperDir::Keep(rootfs.upper().to_path_buf());
+    spec.env = r.env.clone();
+    if let Some(target) = &mounts.first_ssh_target {
+        // BuildKit points SSH_AUTH_SOCK at the first ssh mount unless the
+        // environment already sets it.
+        if !spec.env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+            spec.env.push(format!("SSH_AUTH_SOCK={target}"));
+        }
+    }
+    spec.cwd = r.workdir.clone();
+    spec.user = r.user.clone();
+    spec.hostname = "buildkitsandbox".to_string();
+    spec.network = match r.network.as_deref() {
+        Some("none") => Network::None,
+        Some("host") => Network::Host,
+        _ => opts.network,
+    };
+    spec.mounts = mounts.binds.clone();
+    spec.memory_files = mounts.memory.clone();
+    spec.image = format!("stage {}", run.step.stage);
+    spec.limits = opts.limits;
+    Ok(spec)
+}
+
+/// Runs `spec` with its output going through a pipe: shown as it comes,
+/// its last lines kept for the error message.
+fn run_with_output(
+    run: &StepRun<'_>,
+    mut spec: RunSpec,
+) -> Result<
+    (
+        Result<kiln_runtime::ExitStatus, kiln_runtime::RuntimeError>,
+        Vec<String>,
+    ),
+    SolveError,
+> {
+    let opts = run.build.opts;
+    let (reader, writer) = output_pipe().map_err(|e| run.error(format!("creating a pipe: {e}")))?;
+    let writer_err = writer
+        .try_clone()
+        .map_err(|e| run.error(format!("creating a pipe: {e}")))?;
+    spec.streams = kiln_runtime::Streams::Stdio {
+        stdin: std::process::Stdio::null(),
+        stdout: std::process::Stdio::from(writer),
+        stderr: std::process::Stdio::from(writer_err),
+    };
+    Ok(std::thread::scope(|scope| {
+        let collector = scope.spawn(|| {
+            use std::io::BufRead;
+            let mut last: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+            for line in std::io::BufReader::new(reader).lines() {
+                let Ok(line) = line else { break };
+                opts.events.step_output(run.event, &line);
+                if last.len() == TAIL_LINES {
+                    last.pop_front();
+                }
+                last.push_back(line);
+            }
+            last.into_iter().collect::<Vec<String>>()
+        });
+        // `spec` owns the write ends; they close when run() returns.
+        let status = kiln_runtime::run(spec, &opts.helper);
+        let last = collector.join().unwrap_or_default();
+        (status, last)
+    }))
+}
+
+/// Why a heredoc script (`RUN <<EOF` whose body starts with `#!`) did not
+/// start. kiln mounted the script itself, so the kernel's error is about the
+/// interpreter its `#!` line names: the message names it and that line,
+/// not the script's path (`/dev/pipes/EOF`).
+fn script_exec_error(script: &crate::plan::InlineFile, reason: &str) -> String {
+    let shebang = script.data.lines().next().unwrap_or("");
+    let interpreter = shebang
+        .trim_start_matches("#!")
+        .trim_start_matches([' ', '\t'])
+        .split([' ', '\t'])
+        .next()
+        .unwrap_or("");
+    let line = match script.line {
+        0 => String::new(),
+        n => format!(" (line {n})"),
+    };
+    format!(
+        "heredoc {}: its #! line{line} names the interpreter {interpreter:?}: {reason}",
+        script.name
+    )
+}
+
+/// A pipe for a RUN's output: (read end, write end).
+fn output_pipe() -> std::io::Result<(std::fs::File, std::fs::File)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned by nothing else.
+    Ok(unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    })
+}

@@ -1,0 +1,207 @@
+//! One step: reused from the build cache, or run into a fresh upper dir
+//! that becomes its layer and snapshot.
+
+use std::path::Path;
+
+use kiln_layers::diff::{write_layer, DiffOptions};
+use kiln_layers::oci::Descriptor;
+use kiln_layers::store::CacheRecord;
+use kiln_layers::{Compression, Digest};
+use kiln_parser::shorten;
+
+use crate::copy::{self};
+use crate::plan::StepKind;
+use crate::rootfs::LayeredRootfs;
+use crate::users::ChownSpec;
+
+use super::*;
+
+/// Runs (or reuses) one step; returns whether it came from the cache.
+pub(super) fn run_step(
+    run: &StepRun<'_>,
+    progress: &mut StageProgress,
+) -> Result<bool, SolveError> {
+    let (step, opts) = (run.step, run.build.opts);
+    if from_cache(run, progress)? {
+        tracing::info!("line {}: CACHED {}", step.line, shorten(&step.instruction));
+        return Ok(true);
+    }
+    let why = match (&step.cache_key, opts.no_cache) {
+        (None, _) => "no cache key".to_string(),
+        (Some(_), true) => "--no-cache".to_string(),
+        (Some(key), false) => format!("cache miss {key}"),
+    };
+    tracing::info!("line {}: {why}: {}", step.line, shorten(&step.instruction));
+    let dir = run.build.work.join(unique_name("step"));
+    let upper = dir.join("upper");
+    std::fs::create_dir_all(&upper).map_err(io_err(&upper))?;
+    let rootfs = LayeredRootfs::new(&upper, progress.out.lowers_top_first());
+    match &step.kind {
+        StepKind::Run(r) => execute_run(run, r, &rootfs, &dir)?,
+        StepKind::Copy(c) => execute_copy(run, c, &rootfs, &dir)?,
+        StepKind::Workdir(w) => {
+            let owner = match &w.user {
+                Some(u) => Some(
+                    ChownSpec::parse(u)
+                        .resolve(&rootfs)
+                        .map_err(|e| run.error(e.to_string()))?,
+                ),
+                None => None,
+            };
+            copy::mkdir_all(&rootfs, &w.path, 0o755, owner, None)
+                .map_err(|e| run.error(e.to_string()))?;
+        }
+    }
+    tracing::debug!("line {}: step finished, packing its layer", step.line);
+    let (record, parked_bytes) = commit_layer(run, progress, &upper)?;
+    discard_step_dir(run.build.store, &dir, &upper, parked_bytes);
+    if let Some(key) = &step.cache_key {
+        run.build.store.cache_put(key, &record)?;
+    }
+    Ok(false)
+}
+
+/// Reuses the step's cache record when there is a usable one (and no
+/// `--no-cache`).
+fn from_cache(run: &StepRun<'_>, progress: &mut StageProgress) -> Result<bool, SolveError> {
+    let (step, store) = (run.step, run.build.store);
+    let Some(key) = step.cache_key.as_ref().filter(|_| !run.build.opts.no_cache) else {
+        return Ok(false);
+    };
+    let Some(record) = store.cache_get(key)? else {
+        return Ok(false);
+    };
+    if !reuse(run.build, &record, progress, step.history_index)? {
+        tracing::info!("line {}: cache record unusable, running", step.line);
+        return Ok(false);
+    }
+    let created = record
+        .data
+        .get("created")
+        .and_then(|v| v.as_i64())
+        .unwrap_or_else(now_secs);
+    progress.step_times.insert(step.history_index, created);
+    Ok(true)
+}
+
+/// Turns the step's upper dir into its layer and snapshot (none when it is
+/// empty); returns the cache record to keep, and what a duplicate of the
+/// upper dir would hold on disk if it is parked (the tar's bytes plus a
+/// block and an inode's worth an entry).
+fn commit_layer(
+    run: &StepRun<'_>,
+    progress: &mut StageProgress,
+    upper: &Path,
+) -> Result<(CacheRecord, u64), SolveError> {
+    let (store, opts, step) = (run.build.store, run.build.opts, run.step);
+    let now = now_secs();
+    progress.step_times.insert(step.history_index, now);
+    let out = &mut progress.out;
+    let is_empty = std::fs::read_dir(upper)
+        .map_err(io_err(upper))?
+        .next()
+        .is_none();
+    if is_empty {
+        progress.empty_steps.push(step.history_index);
+        let record = CacheRecord {
+            blobs: Vec::new(),
+            chain_id: out.chain(),
+            data: serde_json::json!({ "empty": true, "created": now }),
+        };
+        return Ok((record, 0));
+    }
+    let diff_options = DiffOptions {
+        source_date_epoch: opts.source_date_epoch,
+        overlay_whiteouts: true,
+    };
+    // Packing is part of the step's own progress line: no separate item.
+    // Layers are stored as plain tar (the digest is the diff id); they are
+    // compressed when they leave the store (`kiln_layers::compressed`).
+    let blob = write_layer(
+        store,
+        upper,
+        Compression::None,
+        &diff_options,
+        &kiln_layers::NoProgress,
+    )?;
+    let parked_bytes = blob
+        .descriptor
+        .size
+        .saturating_add(blob.entries.saturating_mul(4096));
+    let chain = match out.chain() {
+        None => blob.diff_id.clone(),
+        Some(parent) => Digest::of(format!("{parent} {}", blob.diff_id).as_bytes()),
+    };
+    let snapshot = store.snapshot_path(&chain);
+    if !store.has_snapshot(&chain) {
+        // The upper dir already has overlay whiteouts: it is the snapshot.
+        // Should moving it fail, the layer is unpacked.
+        if let Err(e) = store.adopt_snapshot(upper, &chain) {
+            tracing::debug!("{}: {e}; unpacking the layer instead", upper.display());
+            store.unpack_snapshot(
+                &blob.descriptor,
+                &blob.diff_id,
+                &chain,
+                out.lowers_top_first(),
+                opts.reporter,
+            )?;
+        }
+    }
+    out.layers
+        .push((blob.descriptor.clone(), blob.diff_id.clone()));
+    out.snapshots.push(snapshot);
+    let record = CacheRecord {
+        blobs: vec![blob.descriptor.digest.clone()],
+        chain_id: Some(chain),
+        data: serde_json::json!({
+            "created": now,
+            "diff_id": blob.diff_id.to_string(),
+            "media_type": blob.descriptor.media_type,
+            "size": blob.descriptor.size,
+        }),
+    };
+    Ok((record, parked_bytes))
+}
+
+/// Applies a cache record; false if it cannot be used (then the step runs).
+fn reuse(
+    build: &Build<'_>,
+    record: &CacheRecord,
+    progress: &mut StageProgress,
+    history_index: usize,
+) -> Result<bool, SolveError> {
+    if record.data.get("empty").and_then(|v| v.as_bool()) == Some(true) {
+        progress.empty_steps.push(history_index);
+        return Ok(true);
+    }
+    let (Some(layer), Some(diff_id), Some(media_type), Some(size)) = (
+        record.blobs.first(),
+        record.data.get("diff_id").and_then(|v| v.as_str()),
+        record.data.get("media_type").and_then(|v| v.as_str()),
+        record.data.get("size").and_then(|v| v.as_u64()),
+    ) else {
+        return Ok(false);
+    };
+    let Ok(diff_id) = Digest::parse(diff_id) else {
+        return Ok(false);
+    };
+    let descriptor = Descriptor::new(media_type, layer.clone(), size);
+    let out = &mut progress.out;
+    let chain = match out.chain() {
+        None => diff_id.clone(),
+        Some(parent) => Digest::of(format!("{parent} {diff_id}").as_bytes()),
+    };
+    let snapshot = build.store.snapshot_path(&chain);
+    if !build.store.has_snapshot(&chain) {
+        build.store.unpack_snapshot(
+            &descriptor,
+            &diff_id,
+            &chain,
+            out.lowers_top_first(),
+            build.opts.reporter,
+        )?;
+    }
+    out.layers.push((descriptor, diff_id));
+    out.snapshots.push(snapshot);
+    Ok(true)
+}
