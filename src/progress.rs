@@ -246,6 +246,8 @@ pub struct BuildProgress {
     multi: Option<MultiProgress>,
     header: Option<ProgressBar>,
     out: Mutex<Box<dyn Write + Send>>,
+    /// Print Dockerfile warnings (`WARNING: Dockerfile:3: …`).
+    show_warnings: bool,
 }
 
 #[derive(Default)]
@@ -308,7 +310,14 @@ impl BuildProgress {
             multi,
             header,
             out: Mutex::new(Box::new(std::io::stderr())),
+            show_warnings: mode != ProgressMode::Quiet,
         }
+    }
+
+    /// Whether Dockerfile warnings are printed (by default, unless quiet).
+    pub fn show_warnings(mut self, show: bool) -> Self {
+        self.show_warnings = show;
+        self
     }
 
     /// Plain or json output into `out` instead of stderr (for tests).
@@ -565,44 +574,27 @@ impl BuildEvents for BuildProgress {
         }
         self.update_header(&state);
     }
+
+    fn internal(&self, name: &str, lines: &[String], seconds: f64) {
+        self.vertex(name, lines, seconds);
+    }
+
+    fn warning(&self, file: &str, warning: &kiln_builder::plan::PlanWarning) {
+        if !self.show_warnings {
+            return;
+        }
+        match warning.line {
+            Some(l) => eprintln!("WARNING: {file}:{l}: {}", warning.message),
+            None => eprintln!("WARNING: {}", warning.message),
+        }
+    }
 }
 
-/// Sizes as the docker CLI prints them (powers of 1000): `4.26MB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n}B")
-    } else {
-        // Three significant digits, like docker's units.HumanSize.
-        let decimals = if value >= 100.0 {
-            0
-        } else if value >= 10.0 {
-            1
-        } else {
-            2
-        };
-        format!("{value:.decimals$}{}", UNITS[unit])
-    }
-}
+pub use kiln_builder::session::human_bytes;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_read_like_docker() {
-        assert_eq!(human_bytes(0), "0B");
-        assert_eq!(human_bytes(999), "999B");
-        assert_eq!(human_bytes(4_260_000), "4.26MB");
-        assert_eq!(human_bytes(12_345_678), "12.3MB");
-        assert_eq!(human_bytes(123_456_789_012), "123GB");
-    }
 
     /// A writer tests can read back.
     #[derive(Clone, Default)]

@@ -5,22 +5,21 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
-use kiln_builder::context::{BuildContext, StatCache};
-use kiln_builder::copy::{CopyOptions, FetchInfo, UrlDownloads, UrlFetcher};
-use kiln_builder::dockerignore;
-use kiln_builder::plan::{compute_cache_keys, plan, BuildOptions, Plan, RemoteSources, StepKind};
-use kiln_builder::rootfs::LayeredRootfs;
+use kiln_builder::copy::{FetchInfo, UrlFetcher};
+use kiln_builder::export::Output;
+use kiln_builder::plan::{BuildOptions, LookupError, Plan, StepKind};
 use kiln_builder::secrets::Secret;
-use kiln_builder::solve::{solve, SolveError, SolveOptions, StoreResolver};
-use kiln_layers::archive::{self, Format, SaveItem};
-use kiln_layers::compressed::compressed_image;
+use kiln_builder::session::{
+    BuildError, BuildSettings, DockerfileInput, Remote, RemoteError, Session,
+};
+use kiln_builder::solve::{ImagePuller, SolveError};
 use kiln_layers::{Compression, Descriptor, Digest, Platform, Reference, Reporter, Store};
 use kiln_registry::{Client, ClientConfig};
 use kiln_runtime::{HelperCommand, Network};
@@ -216,13 +215,41 @@ impl LazyClient {
     }
 }
 
-/// Fetches ADD URLs through the registry client on the async runtime (the
-/// builder itself speaks no HTTP).
-struct HttpFetcher<'a> {
-    network: &'a LazyClient,
+/// The network side of a build: pulls, ADD URLs and pushes through the
+/// registry client (the builder speaks no HTTP).
+struct CliRemote<'a> {
+    network: LazyClient,
+    store: &'a Store,
+    reporter: Arc<dyn Reporter>,
 }
 
-impl UrlFetcher for HttpFetcher<'_> {
+impl ImagePuller for CliRemote<'_> {
+    fn pull(&self, reference: &Reference, platform: &Platform) -> Result<Descriptor, LookupError> {
+        let options = kiln_transfer::PullOptions::new(platform.clone());
+        let (rt, client) = self
+            .network
+            .get()
+            .map_err(|e| LookupError::failed(format!("{e:#}")))?;
+        let pulled = rt
+            .block_on(kiln_transfer::pull(
+                client,
+                self.store,
+                reference,
+                &options,
+                self.reporter.clone(),
+            ))
+            // The caller's message names the image: the detail only.
+            .map_err(|e| match e {
+                kiln_transfer::TransferError::Registry(kiln_registry::Error::NotFound {
+                    ..
+                }) => LookupError::NotFound(e.detail()),
+                other => LookupError::failed(other.detail()),
+            })?;
+        Ok(pulled.manifest)
+    }
+}
+
+impl UrlFetcher for CliRemote<'_> {
     fn fetch(&self, url: &str, out: &mut dyn std::io::Write) -> Result<FetchInfo, String> {
         let (runtime, client) = self.network.get().map_err(|e| format!("{e:#}"))?;
         let downloaded = runtime
@@ -231,6 +258,29 @@ impl UrlFetcher for HttpFetcher<'_> {
         Ok(FetchInfo {
             last_modified: downloaded.last_modified,
         })
+    }
+}
+
+impl Remote for CliRemote<'_> {
+    fn push(
+        &self,
+        store: &Store,
+        reference: &Reference,
+        compression: Compression,
+    ) -> Result<(Digest, u64), RemoteError> {
+        let options = kiln_transfer::PushOptions {
+            compression,
+            ..Default::default()
+        };
+        let (rt, client) = self.network.get().map_err(|e| format!("{e:#}"))?;
+        let pushed = rt.block_on(kiln_transfer::push(
+            client,
+            store,
+            reference,
+            &options,
+            self.reporter.clone(),
+        ))?;
+        Ok((pushed.digest, pushed.size))
     }
 }
 
@@ -283,40 +333,76 @@ fn parse_secrets(raw: &[String]) -> anyhow::Result<BTreeMap<String, Secret>> {
     Ok(out)
 }
 
-fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
-    let started = Instant::now();
+/// The flags as the builder's settings. `ssh_agents` keeps the agents
+/// started for key files alive for the build.
+fn settings_of(
+    args: &BuildArgs,
+    ssh_agents: &mut Vec<kiln_builder::ssh::ForwardedAgent>,
+) -> anyhow::Result<BuildSettings> {
     let source = DockerfileSource::read_or_default(args.file.as_deref(), &args.context)?;
-    let text = source.text();
-    let name = &source.name;
-    let dockerfile_path = source.path.clone();
-    let ast = source.parse()?;
-    let typed = kiln_parser::instructions::from_ast(&ast)?;
     let platform = match &args.platform {
         Some(p) => Platform::parse(p)?,
         None => Platform::host(),
     };
-    let options = BuildOptions {
-        target: args.target.clone(),
-        build_args: parse_build_args(&args.build_args),
-        target_platform: platform.clone(),
-        build_platform: Platform::host(),
-    };
-    let source_date_epoch = options
-        .build_args
-        .get("SOURCE_DATE_EPOCH")
-        .and_then(|v| v.trim().parse::<i64>().ok())
-        .or_else(crate::settings::source_date_epoch);
-    let tags: Vec<Reference> = args
+    let tags = args
         .tags
         .iter()
         .map(|t| Reference::parse(t).with_context(|| format!("-t {t}")))
         .collect::<anyhow::Result<_>>()?;
+    let mut ssh = BTreeMap::new();
+    let auth_sock = std::env::var("SSH_AUTH_SOCK").ok();
+    for spec in &args.ssh {
+        let (id, agent) = kiln_builder::ssh::parse_ssh_flag(spec, auth_sock.as_deref())?;
+        ssh.insert(id, agent.socket().to_path_buf());
+        ssh_agents.push(agent);
+    }
+    let outputs = args
+        .outputs
+        .iter()
+        .map(|spec| Output::parse(spec))
+        .collect::<Result<_, _>>()?;
+    Ok(BuildSettings {
+        context_dir: args.context.clone(),
+        dockerfile: DockerfileInput {
+            bytes: source.bytes,
+            name: source.name,
+            path: source.path,
+        },
+        options: BuildOptions {
+            target: args.target.clone(),
+            build_args: parse_build_args(&args.build_args),
+            target_platform: platform,
+            build_platform: Platform::host(),
+        },
+        tags,
+        pull: args.pull,
+        no_cache: args.no_cache,
+        source_date_epoch: crate::settings::source_date_epoch(),
+        network: match args.network {
+            NetworkArg::Host => Network::Host,
+            NetworkArg::None => Network::None,
+        },
+        compression: match args.compression {
+            CompressionArg::Gzip => Compression::Gzip,
+            CompressionArg::Zstd => Compression::Zstd,
+        },
+        docker_media_types: args.docker_mediatypes,
+        secrets: parse_secrets(&args.secrets)?,
+        ssh,
+        limits: args.limits.limits(),
+        outputs,
+        push: args.push,
+        iidfile: args.iidfile.clone(),
+        metadata_file: args.metadata_file.clone(),
+        helper: HelperCommand::current_exe(&[HELPER_SUBCOMMAND]),
+    })
+}
 
-    let store = Store::open(&settings.root)?;
-    // Held until the image is tagged and exported: solve's own lease ends
-    // when it returns, and a `kiln prune` waiting for it would otherwise
-    // remove the new, not yet tagged manifest and config.
-    let _lease = store.lease()?;
+fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let mut ssh_agents = Vec::new();
+    let settings = settings_of(&args, &mut ssh_agents)?;
+    let store = Store::open(&global.root)?;
     let progress = args.progress.reporter();
     let shared_view = progress.multi();
     let mode = if args.quiet {
@@ -324,7 +410,8 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
     } else {
         progress.mode()
     };
-    // --dry-run prints the plan and nothing of a build's progress.
+    // --dry-run prints the plan and nothing of a build's progress (its
+    // warnings still).
     let printer = BuildProgress::new(
         if args.dry_run {
             ProgressMode::Quiet
@@ -332,22 +419,8 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
             mode
         },
         shared_view,
-    );
-    printer.vertex(
-        &format!(
-            "[internal] load build definition from {}",
-            dockerfile_path
-                .as_deref()
-                .and_then(|p| p.file_name())
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "Dockerfile".into())
-        ),
-        &[format!(
-            "transferring dockerfile: {} done",
-            crate::progress::human_bytes(source.bytes.len() as u64)
-        )],
-        started.elapsed().as_secs_f64(),
-    );
+    )
+    .show_warnings(mode != ProgressMode::Quiet);
     let reporter: Arc<dyn Reporter> = Arc::new(BuildReporter {
         inner: if mode == ProgressMode::Quiet {
             crate::progress::CliReporter::new(ProgressMode::Quiet)
@@ -362,241 +435,55 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
     for ca in &args.ca_certs {
         std::fs::File::open(ca).with_context(|| format!("--ca-cert {}", ca.display()))?;
     }
-    let network = LazyClient::new(ClientConfig {
-        insecure_registries: args.insecure_registries.clone(),
-        ca_certs: args.ca_certs.clone(),
-        timeouts: settings.timeouts.clone(),
-        ..ClientConfig::default()
-    });
-    let pull = {
-        let network = &network;
-        let store = &store;
-        let reporter = reporter.clone();
-        move |reference: &Reference, platform: &Platform| -> Result<Descriptor, String> {
-            let options = kiln_transfer::PullOptions::new(platform.clone());
-            let (rt, client) = network.get().map_err(|e| format!("{e:#}"))?;
-            let pulled = rt
-                .block_on(kiln_transfer::pull(
-                    client,
-                    store,
-                    reference,
-                    &options,
-                    reporter.clone(),
-                ))
-                .map_err(|e| {
-                    // The caller's message names the image already
-                    // ("base image X: …"); transfer errors start with it too.
-                    let text = e.to_string();
-                    match text.strip_prefix(&format!("{reference}: ")) {
-                        Some(rest) => rest.to_string(),
-                        None => text,
-                    }
-                })?;
-            Ok(pulled.manifest)
-        }
+    let remote = CliRemote {
+        network: LazyClient::new(ClientConfig {
+            insecure_registries: args.insecure_registries.clone(),
+            ca_certs: args.ca_certs.clone(),
+            timeouts: global.timeouts.clone(),
+            ..ClientConfig::default()
+        }),
+        store: &store,
+        reporter: reporter.clone(),
     };
-    let resolver = StoreResolver::new(&store, Some(&pull)).always_pull(args.pull);
-    // BuildKit shows the Dockerfile around the line an error is about.
-    let show_line = |line: Option<usize>| {
-        let shown = !matches!(mode, ProgressMode::Quiet | ProgressMode::Json);
-        if let (Some(line), true) = (line, shown) {
-            let short = dockerfile_path
-                .as_deref()
-                .and_then(|p| p.file_name())
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "Dockerfile".into());
-            eprint!("{}", dockerfile_excerpt(&short, &text, line));
-        }
-    };
-    let mut planned = plan(&typed, &options, &resolver).inspect_err(|e| show_line(e.line()))?;
-    for w in &planned.warnings {
-        if mode != ProgressMode::Quiet {
-            match w.line {
-                Some(l) => eprintln!("WARNING: {name}:{l}: {}", w.message),
-                None => eprintln!("WARNING: {}", w.message),
-            }
-        }
-    }
-
-    let loading_context = Instant::now();
-    let ignore = dockerignore::load_for_build(&args.context, dockerfile_path.as_deref())?;
-    let mut stat_cache = StatCache::open(store.root(), &args.context)?;
-    let context = BuildContext::load(&args.context, &ignore, Some(&mut stat_cache))?;
-    let context_bytes: u64 = context
-        .entries()
-        .values()
-        .filter(|e| matches!(e.kind, kiln_builder::context::EntryKind::File))
-        .map(|e| e.size)
-        .sum();
-    printer.vertex(
-        "[internal] load build context",
-        &[format!(
-            "transferring context: {} done",
-            crate::progress::human_bytes(context_bytes)
-        )],
-        loading_context.elapsed().as_secs_f64(),
-    );
-    if let Err(e) = stat_cache.save() {
-        tracing::warn!("{e}");
-    }
-    let fetcher = HttpFetcher { network: &network };
-    // Each ADD URL is downloaded once: for its cache key, or by the step
-    // that adds it. The files live in a scratch dir under builds/ (the
-    // lease above keeps a `kiln prune` off them, its name tells a later
-    // build when this one was killed) until the build is over.
-    let urls_scratch = store.scratch_dir("urls")?;
-    let downloads = UrlDownloads::new(&fetcher, urls_scratch.path().join("downloads"));
-    let sources = RemoteSources {
-        downloads: Some(&downloads),
-    };
-    compute_cache_keys(&mut planned, Some(&context), &sources)
-        .inspect_err(|e| show_line(e.line()))?;
-
-    if args.dry_run {
-        print_plan(&planned, &store, args.format)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-
-    // Agents started for key files live until the build is over.
-    let mut ssh_agents = Vec::new();
-    let mut ssh = BTreeMap::new();
-    let auth_sock = std::env::var("SSH_AUTH_SOCK").ok();
-    for spec in &args.ssh {
-        let (id, agent) = kiln_builder::ssh::parse_ssh_flag(spec, auth_sock.as_deref())?;
-        ssh.insert(id, agent.socket().to_path_buf());
-        ssh_agents.push(agent);
-    }
-    let compression = match args.compression {
-        CompressionArg::Gzip => Compression::Gzip,
-        CompressionArg::Zstd => Compression::Zstd,
-    };
-    let solve_options = SolveOptions {
-        no_cache: args.no_cache,
-        source_date_epoch,
-        network: match args.network {
-            NetworkArg::Host => Network::Host,
-            NetworkArg::None => Network::None,
-        },
-        helper: HelperCommand::current_exe(&[HELPER_SUBCOMMAND]),
-        downloads: Some(&downloads),
+    let session = Session {
+        store: &store,
+        settings: &settings,
+        remote: &remote,
         events: &printer,
         reporter: reporter.as_ref(),
-        docker_media_types: args.docker_mediatypes,
-        secrets: parse_secrets(&args.secrets)?,
-        ssh,
-        limits: args.limits.limits(),
     };
-    let built = match solve(&store, &planned, &context, &resolver, &solve_options) {
-        Ok(built) => built,
+    let shown = !matches!(mode, ProgressMode::Quiet | ProgressMode::Json);
+    let planned = session
+        .plan()
+        .inspect_err(|e| show_line(&settings, shown, e.line()))?;
+    if args.dry_run {
+        print_plan(&planned.plan, &store, args.format)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let result = match session.build(planned) {
+        Ok(result) => result,
         Err(e) => {
             printer.finish();
-            if let (SolveError::RunFailed { last_lines, .. }, Some((step, message)), false) = (
-                &e,
-                printer.failure(),
-                matches!(mode, ProgressMode::Quiet | ProgressMode::Json),
-            ) {
-                // BuildKit's summary: the step's last output, the
-                // Dockerfile around it, then the error without repeating
-                // the output.
-                eprintln!("------\n > {step}:");
-                for line in last_lines {
-                    eprintln!("{line}");
-                }
-                eprintln!("------");
-                show_line(failed_line(&e));
-                bail!("failed to solve: {message}");
-            }
-            show_line(failed_line(&e));
-            return Err(e.into());
+            return Err(build_failure(&settings, &printer, shown, e));
         }
     };
-    let exporting = Instant::now();
-    let image = store.read_image(&built.manifest, &platform_of(&built))?;
-    let image_id = image.id().clone();
-    if tags.is_empty() {
-        store.add_untagged(&built.manifest)?;
-    }
-    for t in &tags {
-        store.tag(t, &built.manifest)?;
-    }
-    let mut export_lines = vec![
-        format!("writing image {image_id} done"),
-        format!("writing manifest {} done", built.manifest.digest),
-    ];
-    export_lines.extend(tags.iter().map(|t| format!("naming to {t} done")));
-    printer.vertex(
-        "exporting to image",
-        &export_lines,
-        exporting.elapsed().as_secs_f64(),
-    );
-    // What the metadata file names: the manifest that left the store (its
-    // layers compressed; a push and an oci or docker output make the same
-    // one) when one did, as BuildKit reports; else the local one.
-    let mut reported = built.manifest.clone();
-    for spec in &args.outputs {
-        if let Some(exported) = export(&store, spec, &tags, &built, compression, reporter.as_ref())?
-        {
-            reported = exported;
-        }
-    }
-    if args.push {
-        if tags.is_empty() {
-            bail!("--push needs at least one -t");
-        }
-        for t in &tags {
-            let options = kiln_transfer::PushOptions {
-                compression,
-                ..Default::default()
-            };
-            let (rt, client) = network.get()?;
-            let pushed = rt.block_on(kiln_transfer::push(
-                client,
-                &store,
-                t,
-                &options,
-                reporter.clone(),
-            ))?;
-            if mode != ProgressMode::Quiet {
-                eprintln!("pushed {t}: {}", pushed.digest);
-            }
-            reported.digest = pushed.digest;
-            reported.size = pushed.size;
-        }
-    }
-    if let Some(path) = &args.iidfile {
-        std::fs::write(path, image_id.to_string())
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if let Some(path) = &args.metadata_file {
-        let meta = serde_json::json!({
-            "containerimage.digest": reported.digest.to_string(),
-            "containerimage.config.digest": image_id.to_string(),
-            "containerimage.descriptor": {
-                "mediaType": reported.media_type,
-                "digest": reported.digest.to_string(),
-                "size": reported.size,
-            },
-            "image.name": args.tags.join(","),
-        });
-        std::fs::write(path, serde_json::to_vec_pretty(&meta)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
     printer.finish();
-    if mode != ProgressMode::Quiet && mode != ProgressMode::Json {
+    if mode != ProgressMode::Quiet {
+        for (reference, digest) in &result.pushed {
+            eprintln!("pushed {reference}: {digest}");
+        }
+    }
+    let image_id = &result.image_id;
+    if shown {
+        let tagged = if settings.tags.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<String> = settings.tags.iter().map(|t| t.familiar()).collect();
+            format!(", tagged {}", names.join(", "))
+        };
         eprintln!(
-            "built {image_id} in {:.1}s{}",
-            started.elapsed().as_secs_f64(),
-            if tags.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    ", tagged {}",
-                    tags.iter()
-                        .map(|t| t.familiar())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            }
+            "built {image_id} in {:.1}s{tagged}",
+            started.elapsed().as_secs_f64()
         );
     }
     // The id on stdout for scripts (`id=$(kiln build -q .)`); on a terminal
@@ -607,14 +494,42 @@ fn build(args: BuildArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-/// The Dockerfile line a build error is about, if any.
-fn failed_line(error: &SolveError) -> Option<usize> {
-    match error {
-        SolveError::RunFailed { line, .. } | SolveError::Step { line, .. } if *line > 0 => {
-            Some(*line)
-        }
-        _ => None,
+/// BuildKit shows the Dockerfile around the line an error is about.
+fn show_line(settings: &BuildSettings, shown: bool, line: Option<usize>) {
+    if let (Some(line), true) = (line, shown) {
+        let dockerfile = &settings.dockerfile;
+        eprint!(
+            "{}",
+            dockerfile_excerpt(&dockerfile.file_name(), &dockerfile.text(), line)
+        );
     }
+}
+
+/// A failed build as BuildKit reports it: for a failed RUN, the step's
+/// last output, the Dockerfile around it, then the error without repeating
+/// the output.
+fn build_failure(
+    settings: &BuildSettings,
+    printer: &BuildProgress,
+    shown: bool,
+    error: BuildError,
+) -> anyhow::Error {
+    if let (
+        BuildError::Solve(SolveError::RunFailed { last_lines, .. }),
+        Some((step, message)),
+        true,
+    ) = (&error, printer.failure(), shown)
+    {
+        eprintln!("------\n > {step}:");
+        for line in last_lines {
+            eprintln!("{line}");
+        }
+        eprintln!("------");
+        show_line(settings, shown, error.line());
+        return anyhow::anyhow!("failed to solve: {message}");
+    }
+    show_line(settings, shown, error.line());
+    error.into()
 }
 
 /// BuildKit's error context: the failing line, marked, between its
@@ -643,83 +558,6 @@ fn dockerfile_excerpt(name: &str, text: &str, line: usize) -> String {
     }
     out.push_str("--------------------\n");
     out
-}
-
-fn platform_of(built: &kiln_builder::solve::BuiltImage) -> Platform {
-    Platform {
-        architecture: built.config.architecture.clone(),
-        os: built.config.os.clone(),
-        os_version: built.config.os_version.clone(),
-        os_features: None,
-        variant: built.config.variant.clone(),
-    }
-}
-
-fn export(
-    store: &Store,
-    spec: &str,
-    tags: &[Reference],
-    built: &kiln_builder::solve::BuiltImage,
-    compression: Compression,
-    reporter: &dyn Reporter,
-) -> anyhow::Result<Option<Descriptor>> {
-    let fields: BTreeMap<String, String> = spec
-        .split(',')
-        .filter_map(|kv| {
-            kv.split_once('=')
-                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        })
-        .collect();
-    let kind = fields.get("type").map(String::as_str).unwrap_or("local");
-    let dest = fields
-        .get("dest")
-        .map(PathBuf::from)
-        .with_context(|| format!("--output {spec}: dest= is required"))?;
-    let reference = match tags.first() {
-        Some(t) => t.clone(),
-        None => Reference::parse("kiln-build:latest")?,
-    };
-    match kind {
-        "oci" | "docker" => {
-            let format = if kind == "oci" {
-                Format::Oci
-            } else {
-                Format::Docker
-            };
-            // As BuildKit's oci and docker exporters: layers compressed.
-            let manifest = compressed_image(store, &built.manifest, compression, reporter)?;
-            let item = SaveItem {
-                reference,
-                image: store.read_image(&manifest, &platform_of(built))?,
-            };
-            archive::save(store, &[item], format, &dest)?;
-            Ok(Some(manifest))
-        }
-        "local" => {
-            export_local(&built.snapshots, &dest)?;
-            Ok(None)
-        }
-        other => bail!("--output type={other} is not supported (oci, docker, local)"),
-    }
-}
-
-/// The final root filesystem, merged from the snapshots, into `dest`.
-fn export_local(snapshots_bottom_first: &[PathBuf], dest: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
-    // The source view needs an (empty) upper dir of its own.
-    let scratch = std::env::temp_dir().join(format!("kiln-export-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
-    let source = LayeredRootfs::new(
-        &scratch,
-        snapshots_bottom_first.iter().rev().cloned().collect(),
-    );
-    let target = LayeredRootfs::new(dest, Vec::new());
-    let mut options = CopyOptions::dockerfile_copy(false);
-    options.allow_wildcard = false;
-    let result = kiln_builder::copy::copy(&source, "/", &target, "/", &options);
-    let _ = std::fs::remove_dir(&scratch);
-    result?;
-    Ok(())
 }
 
 /// The step graph as Graphviz or Mermaid text: each needed stage's steps in

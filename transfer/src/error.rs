@@ -65,3 +65,33 @@ pub enum TransferError {
     #[error("{what}: background task failed: {detail}")]
     Task { what: String, detail: String },
 }
+
+impl TransferError {
+    /// The image the error is about, for the variants whose message starts
+    /// with it (`{image}: …`).
+    pub fn image(&self) -> Option<&str> {
+        match self {
+            TransferError::MalformedManifest { image, .. }
+            | TransferError::MalformedConfig { image, .. }
+            | TransferError::UnknownMediaType { image, .. }
+            | TransferError::MissingBlob { image, .. }
+            | TransferError::NoMatchingPlatform { image, .. }
+            | TransferError::NestingTooDeep { image, .. }
+            | TransferError::IncompleteImage { image, .. } => Some(image),
+            _ => None,
+        }
+    }
+
+    /// The message without its leading image name, for a caller whose own
+    /// message names the image (`base image X: no manifest for …`).
+    pub fn detail(&self) -> String {
+        let text = self.to_string();
+        match self.image() {
+            Some(image) => text
+                .strip_prefix(&format!("{image}: "))
+                .map(str::to_string)
+                .unwrap_or(text),
+            None => text,
+        }
+    }
+}

@@ -50,6 +50,11 @@ pub trait BuildEvents: Sync {
     /// A line a RUN step printed (stdout and stderr, interleaved). Ignored
     /// unless the implementor draws it: the library itself never prints.
     fn step_output(&self, _step: &StepEvent<'_>, _line: &str) {}
+    /// A step of the build's own (BuildKit's `[internal] load build
+    /// context`, `exporting to image`): what it did, and how long it took.
+    fn internal(&self, _name: &str, _lines: &[String], _seconds: f64) {}
+    /// A warning about the Dockerfile `file` (an unused build arg, …).
+    fn warning(&self, _file: &str, _warning: &crate::plan::PlanWarning) {}
 }
 
 /// Prints nothing.

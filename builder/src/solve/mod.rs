@@ -40,7 +40,7 @@ use crate::secrets::Secret;
 use copy_step::execute_copy;
 pub use events::{BuildEvents, NoEvents, StepEvent, StepOutcome};
 use mounts::{mount_image_layers, run_mount, MountFrom, StepMount};
-pub use resolve::{PullFn, StoreResolver};
+pub use resolve::{ImagePuller, StoreResolver};
 use run::execute_run;
 use schedule::run_stages_when_ready;
 use stage::{run_stage, StageOutput, StageProgress};

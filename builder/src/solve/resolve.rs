@@ -1,5 +1,5 @@
 //! Base images for a build: the store's tags, and a pull (through the
-//! caller's [`PullFn`]) of what the store lacks.
+//! caller's [`ImagePuller`]) of what the store lacks.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,13 +13,18 @@ use crate::plan::{FoundImage, ImageLookup, ImageName, LookupError};
 
 use super::*;
 
-/// Pulls an image the store lacks; returns its manifest (or index)
-/// descriptor. The CLI provides it (the builder speaks no HTTP).
-pub type PullFn<'a> = dyn Fn(&Reference, &Platform) -> Result<Descriptor, String> + Sync + 'a;
+/// Pulls an image the store lacks into the store; returns its manifest
+/// (or index) descriptor. The CLI provides it (the builder speaks no
+/// HTTP). An image the registry does not have is
+/// [`LookupError::NotFound`]; its message need not name the image (the
+/// caller's does).
+pub trait ImagePuller: Sync {
+    fn pull(&self, reference: &Reference, platform: &Platform) -> Result<Descriptor, LookupError>;
+}
 
 /// Resolves base images to their config through the store's tags
 /// (`index.json`), following an index to the platform's manifest, and
-/// (given a [`PullFn`]) pulling what is missing. A stored image of another
+/// (given an [`ImagePuller`]) pulling what is missing. A stored image of another
 /// platform than the one wanted is not used: it is pulled for that platform
 /// (moby's builder checks the local image's platform the same way), or
 /// refused when nothing can be pulled. Images resolved once are remembered
@@ -28,7 +33,7 @@ pub type PullFn<'a> = dyn Fn(&Reference, &Platform) -> Result<Descriptor, String
 pub struct StoreResolver<'a> {
     /// None: no store exists (see [`StoreResolver::open_existing`]).
     store: Option<Store>,
-    pull: Option<&'a PullFn<'a>>,
+    pull: Option<&'a dyn ImagePuller>,
     /// Pull even when the store has the tag (`--pull`).
     always_pull: bool,
     /// Use a stored image whatever its platform (analysis only: explain
@@ -40,7 +45,7 @@ pub struct StoreResolver<'a> {
 }
 
 impl<'a> StoreResolver<'a> {
-    pub fn new(store: &Store, pull: Option<&'a PullFn<'a>>) -> Self {
+    pub fn new(store: &Store, pull: Option<&'a dyn ImagePuller>) -> Self {
         StoreResolver {
             store: Some(store.clone()),
             pull,
@@ -155,13 +160,21 @@ impl ImageLookup for StoreResolver<'_> {
                 };
                 let image = match (local, self.pull) {
                     (Some(image), _) => image,
-                    (None, Some(pull)) => {
-                        let desc = pull(parsed, &platform).map_err(|e| {
-                            LookupError::failed(match &mismatch {
-                                Some(stored) => format!("{e} ({stored})"),
+                    (None, Some(puller)) => {
+                        let desc = puller
+                            .pull(parsed, &platform)
+                            .map_err(|e| match &mismatch {
+                                // Say why the stored image was not used.
+                                Some(stored) => match e {
+                                    LookupError::NotFound(text) => {
+                                        LookupError::NotFound(format!("{text} ({stored})"))
+                                    }
+                                    LookupError::Failed(source) => {
+                                        LookupError::failed(format!("{source} ({stored})"))
+                                    }
+                                },
                                 None => e,
-                            })
-                        })?;
+                            })?;
                         store
                             .read_image(&desc, &platform)
                             .map_err(LookupError::failed)?

@@ -1,0 +1,456 @@
+//! A whole build as a library call: a Dockerfile and its context in, an
+//! image in the store (tagged, exported, pushed) out.
+//!
+//! The CLI turns flags into [`BuildSettings`], provides the network side
+//! ([`Remote`]: the builder speaks no HTTP) and draws the
+//! [`BuildEvents`]; everything between is here, in two halves:
+//!
+//! - [`Session::plan`]: parse, plan (base images looked up, pulled when
+//!   missing), load the context, compute the cache keys (ADD URLs fetched
+//!   once). `kiln build --dry-run` stops here and shows the [`Planned`]
+//!   plan.
+//! - [`Session::build`]: solve, tag, write the outputs, push, and write the
+//!   iidfile and the metadata file.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use kiln_layers::cleanup::ScratchDir;
+use kiln_layers::{Compression, Descriptor, Digest, Lease, Reference, Reporter, Store};
+use kiln_runtime::{HelperCommand, Limits, Network};
+
+use crate::context::{BuildContext, ContextError, EntryKind, StatCache};
+use crate::copy::{UrlDownloads, UrlFetcher};
+use crate::dockerignore::IgnoreError;
+use crate::export::{ExportError, Output};
+use crate::plan::{compute_cache_keys, plan, BuildOptions, Plan, PlanError, RemoteSources};
+use crate::secrets::Secret;
+use crate::solve::{
+    solve, BuildEvents, BuiltImage, ImagePuller, SolveError, SolveOptions, StoreResolver,
+};
+use crate::ssh::SshAgents;
+
+/// The Dockerfile as read: its bytes, the name errors give it, and its path
+/// (None for stdin).
+#[derive(Debug, Clone)]
+pub struct DockerfileInput {
+    pub bytes: Vec<u8>,
+    pub name: String,
+    pub path: Option<PathBuf>,
+}
+
+impl DockerfileInput {
+    /// The text as the parser sees it: a byte-order mark dropped, invalid
+    /// UTF-8 as U+FFFD.
+    pub fn text(&self) -> String {
+        let text = String::from_utf8_lossy(&self.bytes);
+        text.strip_prefix('\u{feff}').unwrap_or(&text).to_string()
+    }
+
+    /// The file's own name (`Dockerfile` for stdin), as progress shows it.
+    pub fn file_name(&self) -> String {
+        self.path
+            .as_deref()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "Dockerfile".into())
+    }
+}
+
+/// Everything a build is told.
+#[derive(Debug)]
+pub struct BuildSettings {
+    pub context_dir: PathBuf,
+    pub dockerfile: DockerfileInput,
+    /// Target, build args, platforms.
+    pub options: BuildOptions,
+    /// Names to tag the image with; none leaves it untagged (by id).
+    pub tags: Vec<Reference>,
+    /// Pull base images even when the store has them.
+    pub pull: bool,
+    /// Run every step (results are still cached).
+    pub no_cache: bool,
+    /// SOURCE_DATE_EPOCH from the environment; a `SOURCE_DATE_EPOCH` build
+    /// arg wins over it, as in BuildKit.
+    pub source_date_epoch: Option<i64>,
+    /// RUN's network unless a RUN says otherwise.
+    pub network: Network,
+    /// How layers are compressed when they leave the store.
+    pub compression: Compression,
+    pub docker_media_types: bool,
+    pub secrets: BTreeMap<String, Secret>,
+    pub ssh: SshAgents,
+    pub limits: Limits,
+    pub outputs: Vec<Output>,
+    /// Push every tag to its registry.
+    pub push: bool,
+    pub iidfile: Option<PathBuf>,
+    pub metadata_file: Option<PathBuf>,
+    /// How the runtime re-executes kiln as its helper.
+    pub helper: HelperCommand,
+}
+
+impl BuildSettings {
+    /// The SOURCE_DATE_EPOCH the build uses: the build arg's, else the
+    /// environment's.
+    pub fn source_date_epoch(&self) -> Option<i64> {
+        self.options
+            .build_args
+            .get("SOURCE_DATE_EPOCH")
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .or(self.source_date_epoch)
+    }
+}
+
+/// A failure of the network side, with its cause.
+pub type RemoteError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The network side of a build, which the builder does not speak itself:
+/// pulling base images, fetching ADD URLs, pushing the result.
+pub trait Remote: ImagePuller + UrlFetcher + Sync {
+    /// Pushes the stored image tagged `reference` to its registry, layers
+    /// compressed with `compression`; returns the pushed manifest's digest
+    /// and size.
+    fn push(
+        &self,
+        store: &Store,
+        reference: &Reference,
+        compression: Compression,
+    ) -> Result<(Digest, u64), RemoteError>;
+}
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Parse(#[from] kiln_parser::ParseError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Ignore(#[from] IgnoreError),
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    #[error(transparent)]
+    Solve(#[from] SolveError),
+    #[error(transparent)]
+    Store(#[from] kiln_layers::Error),
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    #[error("push {reference}: {source}")]
+    Push {
+        reference: Reference,
+        #[source]
+        source: RemoteError,
+    },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl BuildError {
+    /// The Dockerfile line the error is about, if any.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            BuildError::Plan(e) => e.line(),
+            BuildError::Solve(
+                SolveError::RunFailed { line, .. } | SolveError::Step { line, .. },
+            ) if *line > 0 => Some(*line),
+            _ => None,
+        }
+    }
+}
+
+/// One build: where it stores, what it was told, and who it tells.
+pub struct Session<'a> {
+    pub store: &'a Store,
+    pub settings: &'a BuildSettings,
+    pub remote: &'a dyn Remote,
+    pub events: &'a dyn BuildEvents,
+    /// Pulls, unpacking and compression.
+    pub reporter: &'a dyn Reporter,
+}
+
+/// The first half of a build: the plan with its cache keys, and what the
+/// second half runs with.
+pub struct Planned<'a> {
+    pub plan: Plan,
+    context: BuildContext,
+    resolver: StoreResolver<'a>,
+    downloads: UrlDownloads<'a>,
+    /// Holds the downloads (under the store's `builds/`) until the build ends.
+    _urls: ScratchDir,
+    /// Keeps a `kiln prune` off what the build makes until it is tagged.
+    _lease: Lease,
+}
+
+/// What a build produced.
+#[derive(Debug)]
+pub struct BuildResult {
+    /// The config digest.
+    pub image_id: Digest,
+    pub built: BuiltImage,
+    /// The manifest that left the store (compressed layers, as an output or
+    /// a push made it) when one did, else the stored one: what the
+    /// metadata file names, as BuildKit reports.
+    pub reported: Descriptor,
+    /// Each tag pushed, with the manifest digest the registry has.
+    pub pushed: Vec<(Reference, Digest)>,
+}
+
+impl BuildResult {
+    /// The `--metadata-file` JSON, with BuildKit's keys.
+    pub fn metadata(&self, tags: &[Reference]) -> serde_json::Value {
+        let names: Vec<String> = tags.iter().map(Reference::to_string).collect();
+        serde_json::json!({
+            "containerimage.digest": self.reported.digest.to_string(),
+            "containerimage.config.digest": self.image_id.to_string(),
+            "containerimage.descriptor": {
+                "mediaType": self.reported.media_type,
+                "digest": self.reported.digest.to_string(),
+                "size": self.reported.size,
+            },
+            "image.name": names.join(","),
+        })
+    }
+}
+
+impl<'a> Session<'a> {
+    /// Parse, plan, load the context and compute the cache keys.
+    pub fn plan(&self) -> Result<Planned<'a>, BuildError> {
+        let settings = self.settings;
+        let started = Instant::now();
+        let dockerfile = &settings.dockerfile;
+        let ast = kiln_parser::parse_bytes(&dockerfile.bytes, &dockerfile.name)?;
+        let typed = kiln_parser::instructions::from_ast(&ast)?;
+        // Held until the image is tagged and exported: solve's own lease
+        // ends when it returns, and a `kiln prune` waiting for it would
+        // otherwise remove the new, not yet tagged manifest and config.
+        let lease = self.store.lease()?;
+        self.events.internal(
+            &format!(
+                "[internal] load build definition from {}",
+                dockerfile.file_name()
+            ),
+            &[format!(
+                "transferring dockerfile: {} done",
+                human_bytes(dockerfile.bytes.len() as u64)
+            )],
+            started.elapsed().as_secs_f64(),
+        );
+        let puller: &'a dyn ImagePuller = self.remote;
+        let resolver = StoreResolver::new(self.store, Some(puller)).always_pull(settings.pull);
+        let mut planned = plan(&typed, &settings.options, &resolver)?;
+        for warning in &planned.warnings {
+            self.events.warning(&dockerfile.name, warning);
+        }
+        let context = self.load_context()?;
+        // Each ADD URL is downloaded once: for its cache key, or by the
+        // step that adds it. The files live in a scratch dir under builds/
+        // (the lease keeps a `kiln prune` off them, its name tells a later
+        // build when this one was killed) until the build is over.
+        let urls = self.store.scratch_dir("urls")?;
+        let fetcher: &'a (dyn UrlFetcher + Sync) = self.remote;
+        let downloads = UrlDownloads::new(fetcher, urls.path().join("downloads"));
+        let sources = RemoteSources {
+            downloads: Some(&downloads),
+        };
+        compute_cache_keys(&mut planned, Some(&context), &sources)?;
+        Ok(Planned {
+            plan: planned,
+            context,
+            resolver,
+            downloads,
+            _urls: urls,
+            _lease: lease,
+        })
+    }
+
+    /// The build context, hashed (through the store's stat cache).
+    fn load_context(&self) -> Result<BuildContext, BuildError> {
+        let started = Instant::now();
+        let settings = self.settings;
+        let ignore = crate::dockerignore::load_for_build(
+            &settings.context_dir,
+            settings.dockerfile.path.as_deref(),
+        )?;
+        let mut stat_cache = StatCache::open(self.store.root(), &settings.context_dir)?;
+        let context = BuildContext::load(&settings.context_dir, &ignore, Some(&mut stat_cache))?;
+        let bytes: u64 = context
+            .entries()
+            .values()
+            .filter(|e| matches!(e.kind, EntryKind::File))
+            .map(|e| e.size)
+            .sum();
+        self.events.internal(
+            "[internal] load build context",
+            &[format!("transferring context: {} done", human_bytes(bytes))],
+            started.elapsed().as_secs_f64(),
+        );
+        if let Err(e) = stat_cache.save() {
+            tracing::warn!("{e}");
+        }
+        Ok(context)
+    }
+
+    /// Runs the plan, then tags, exports and pushes the image.
+    pub fn build(&self, planned: Planned<'a>) -> Result<BuildResult, BuildError> {
+        let settings = self.settings;
+        if settings.push && settings.tags.is_empty() {
+            return Err(BuildError::Invalid("--push needs at least one -t".into()));
+        }
+        let options = SolveOptions {
+            no_cache: settings.no_cache,
+            source_date_epoch: settings.source_date_epoch(),
+            network: settings.network,
+            helper: settings.helper.clone(),
+            downloads: Some(&planned.downloads),
+            events: self.events,
+            reporter: self.reporter,
+            docker_media_types: settings.docker_media_types,
+            secrets: settings.secrets.clone(),
+            ssh: settings.ssh.clone(),
+            limits: settings.limits,
+        };
+        let built = solve(
+            self.store,
+            &planned.plan,
+            &planned.context,
+            &planned.resolver,
+            &options,
+        )?;
+        let image_id = self.tag(&built)?;
+        let mut result = BuildResult {
+            image_id,
+            reported: built.manifest.clone(),
+            built,
+            pushed: Vec::new(),
+        };
+        self.outputs(&mut result)?;
+        self.push(&mut result)?;
+        self.write_files(&result)?;
+        Ok(result)
+    }
+
+    /// Tags the image (or records it untagged); returns its id.
+    fn tag(&self, built: &BuiltImage) -> Result<Digest, BuildError> {
+        let started = Instant::now();
+        let image = self.store.read_image(&built.manifest, &built.platform())?;
+        let image_id = image.id().clone();
+        let tags = &self.settings.tags;
+        if tags.is_empty() {
+            self.store.add_untagged(&built.manifest)?;
+        }
+        for t in tags {
+            self.store.tag(t, &built.manifest)?;
+        }
+        let mut lines = vec![
+            format!("writing image {image_id} done"),
+            format!("writing manifest {} done", built.manifest.digest),
+        ];
+        lines.extend(tags.iter().map(|t| format!("naming to {t} done")));
+        self.events.internal(
+            "exporting to image",
+            &lines,
+            started.elapsed().as_secs_f64(),
+        );
+        Ok(image_id)
+    }
+
+    fn outputs(&self, result: &mut BuildResult) -> Result<(), BuildError> {
+        let settings = self.settings;
+        let name = match settings.tags.first() {
+            Some(t) => t.clone(),
+            None => Reference::parse("kiln-build:latest")
+                .map_err(|e| BuildError::Invalid(e.to_string()))?,
+        };
+        for output in &settings.outputs {
+            let written = output.write(
+                self.store,
+                &result.built,
+                &name,
+                settings.compression,
+                self.reporter,
+            )?;
+            if let Some(manifest) = written {
+                result.reported = manifest;
+            }
+        }
+        Ok(())
+    }
+
+    fn push(&self, result: &mut BuildResult) -> Result<(), BuildError> {
+        let settings = self.settings;
+        if !settings.push {
+            return Ok(());
+        }
+        for reference in &settings.tags {
+            let (digest, size) = self
+                .remote
+                .push(self.store, reference, settings.compression)
+                .map_err(|source| BuildError::Push {
+                    reference: reference.clone(),
+                    source,
+                })?;
+            result.pushed.push((reference.clone(), digest.clone()));
+            result.reported.digest = digest;
+            result.reported.size = size;
+        }
+        Ok(())
+    }
+
+    fn write_files(&self, result: &BuildResult) -> Result<(), BuildError> {
+        let write = |path: &PathBuf, bytes: Vec<u8>| {
+            std::fs::write(path, bytes).map_err(|source| BuildError::Write {
+                path: path.clone(),
+                source,
+            })
+        };
+        if let Some(path) = &self.settings.iidfile {
+            write(path, result.image_id.to_string().into_bytes())?;
+        }
+        if let Some(path) = &self.settings.metadata_file {
+            let meta = result.metadata(&self.settings.tags);
+            let bytes = serde_json::to_vec_pretty(&meta)
+                .map_err(|e| BuildError::Invalid(format!("metadata file: {e}")))?;
+            write(path, bytes)?;
+        }
+        Ok(())
+    }
+}
+
+/// Sizes as BuildKit's progress shows them: decimal units, three
+/// significant digits, like docker's `units.HumanSize` (`12.3MB`).
+///
+/// ```
+/// use kiln_builder::session::human_bytes;
+/// assert_eq!(human_bytes(999), "999B");
+/// assert_eq!(human_bytes(4_260_000), "4.26MB");
+/// assert_eq!(human_bytes(12_345_678), "12.3MB");
+/// assert_eq!(human_bytes(123_456_789_012), "123GB");
+/// ```
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        return format!("{n}B");
+    }
+    let decimals = if value >= 100.0 {
+        0
+    } else if value >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{value:.decimals$}{}", UNITS[unit])
+}
