@@ -42,7 +42,51 @@ pub enum SecretMount {
     Memory(MemoryFile),
 }
 
+/// A `--secret` flag that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("--secret {flag}: {message}")]
+pub struct SecretFlagError {
+    pub flag: String,
+    pub message: String,
+}
+
 impl Secret {
+    /// `--secret id=ID,src=FILE` or `id=ID,env=VAR`: the id and the secret.
+    /// An env secret's value stays in kiln's memory (see the module docs).
+    pub fn parse_flag(flag: &str) -> Result<(String, Secret), SecretFlagError> {
+        let bad = |message: String| SecretFlagError {
+            flag: flag.to_string(),
+            message,
+        };
+        let fields: std::collections::BTreeMap<&str, &str> = flag
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        let id = fields
+            .get("id")
+            .ok_or_else(|| bad("id= is required".into()))?;
+        let secret = match (
+            fields.get("src").or_else(|| fields.get("source")),
+            fields.get("env"),
+        ) {
+            (Some(src), _) => {
+                let path = PathBuf::from(src);
+                if !path.is_file() {
+                    return Err(bad(format!("{} is not a file", path.display())));
+                }
+                Secret::file(path)
+            }
+            (None, Some(var)) => {
+                use std::os::unix::ffi::OsStrExt;
+                let value =
+                    std::env::var_os(var).ok_or_else(|| bad(format!("${var} is not set")))?;
+                Secret::from_bytes(value.as_bytes())
+            }
+            (None, None) => return Err(bad("src= or env= is required".into())),
+        };
+        Ok((id.to_string(), secret))
+    }
+
     /// A secret read from `path` (`--secret id=X,src=PATH`).
     pub fn file(path: impl Into<PathBuf>) -> Secret {
         Secret(Source::File(path.into()))

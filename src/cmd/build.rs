@@ -10,11 +10,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use kiln_builder::copy::{FetchInfo, UrlFetcher};
 use kiln_builder::export::Output;
-use kiln_builder::plan::{BuildOptions, LookupError, Plan, StepKind};
+use kiln_builder::plan::{BuildOptions, LookupError};
 use kiln_builder::secrets::Secret;
 use kiln_builder::session::{
     BuildError, BuildSettings, DockerfileInput, Remote, RemoteError, Session,
@@ -296,43 +296,6 @@ pub(crate) fn parse_build_args(flags: &[String]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// `--secret id=ID,src=FILE` or `id=ID,env=VAR`. An env secret's value
-/// stays in kiln's memory (see [`kiln_builder::secrets`]): no file kiln
-/// writes holds it, so no interruption can leave one behind.
-fn parse_secrets(raw: &[String]) -> anyhow::Result<BTreeMap<String, Secret>> {
-    let mut out = BTreeMap::new();
-    for item in raw {
-        let fields: BTreeMap<&str, &str> = item
-            .split(',')
-            .filter_map(|kv| kv.split_once('='))
-            .collect();
-        let id = fields
-            .get("id")
-            .with_context(|| format!("--secret {item}: id= is required"))?;
-        let secret = match (
-            fields.get("src").or_else(|| fields.get("source")),
-            fields.get("env"),
-        ) {
-            (Some(src), _) => {
-                let path = PathBuf::from(src);
-                if !path.is_file() {
-                    bail!("--secret {item}: {} is not a file", path.display());
-                }
-                Secret::file(path)
-            }
-            (None, Some(var)) => {
-                use std::os::unix::ffi::OsStrExt;
-                let value = std::env::var_os(var)
-                    .with_context(|| format!("--secret {item}: ${var} is not set"))?;
-                Secret::from_bytes(value.as_bytes())
-            }
-            (None, None) => bail!("--secret {item}: src= or env= is required"),
-        };
-        out.insert(id.to_string(), secret);
-    }
-    Ok(out)
-}
-
 /// The flags as the builder's settings. `ssh_agents` keeps the agents
 /// started for key files alive for the build.
 fn settings_of(
@@ -387,7 +350,11 @@ fn settings_of(
             CompressionArg::Zstd => Compression::Zstd,
         },
         docker_media_types: args.docker_mediatypes,
-        secrets: parse_secrets(&args.secrets)?,
+        secrets: args
+            .secrets
+            .iter()
+            .map(|flag| Secret::parse_flag(flag))
+            .collect::<Result<_, _>>()?,
         ssh,
         limits: args.limits.limits(),
         outputs,
@@ -457,7 +424,7 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         .plan()
         .inspect_err(|e| show_line(&settings, shown, e.line()))?;
     if args.dry_run {
-        print_plan(&planned.plan, &store, args.format)?;
+        crate::cmd::plan_view::print_plan(&planned.plan, &store, args.format)?;
         return Ok(ExitCode::SUCCESS);
     }
     let result = match session.build(planned) {
@@ -558,166 +525,4 @@ fn dockerfile_excerpt(name: &str, text: &str, line: usize) -> String {
     }
     out.push_str("--------------------\n");
     out
-}
-
-/// The step graph as Graphviz or Mermaid text: each needed stage's steps in
-/// order, from its base (image, scratch or stage), with COPY --from and RUN
-/// --mount=from edges between stages.
-fn plan_graph(planned: &Plan, dot: bool, hit: &dyn Fn(&Option<Digest>) -> bool) -> String {
-    use kiln_builder::plan::{BaseSource, CopyFrom};
-    let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-    let mut nodes: Vec<(String, String)> = Vec::new();
-    let mut edges: Vec<(String, String)> = Vec::new();
-    let stage_out = |i: usize| -> String {
-        let s = &planned.stages[i];
-        match s.steps.last() {
-            Some(_) => format!("s{}_{}", i, s.steps.len() - 1),
-            None => format!("s{i}_base"),
-        }
-    };
-    for &i in &planned.order {
-        let s = &planned.stages[i];
-        let base_id = format!("s{i}_base");
-        let base_label = match &s.base {
-            BaseSource::Scratch => "FROM scratch".to_string(),
-            BaseSource::Image { reference, .. } => format!("FROM {reference}"),
-            BaseSource::Stage(j) => format!("FROM stage {j}"),
-        };
-        nodes.push((base_id.clone(), base_label));
-        if let BaseSource::Stage(j) = s.base {
-            edges.push((stage_out(j), base_id.clone()));
-        }
-        let mut prev = base_id;
-        for (n, st) in s.steps.iter().enumerate() {
-            let id = format!("s{i}_{n}");
-            let mark = if hit(&st.cache_key) { " (cached)" } else { "" };
-            nodes.push((id.clone(), format!("{}: {}{mark}", st.line, st.instruction)));
-            edges.push((prev.clone(), id.clone()));
-            match &st.kind {
-                StepKind::Copy(c) => {
-                    if let CopyFrom::Stage(j) = c.from {
-                        edges.push((stage_out(j), id.clone()));
-                    }
-                }
-                StepKind::Run(r) => {
-                    for j in r.mount_stages() {
-                        edges.push((stage_out(j), id.clone()));
-                    }
-                }
-                StepKind::Workdir(_) => {}
-            }
-            prev = id;
-        }
-    }
-    let mut out = String::new();
-    if dot {
-        out.push_str("digraph plan {\n  rankdir=TB;\n  node [shape=box];\n");
-        for (id, label) in &nodes {
-            out.push_str(&format!("  {id} [label=\"{}\"];\n", quote(label)));
-        }
-        for (a, b) in &edges {
-            out.push_str(&format!("  {a} -> {b};\n"));
-        }
-        out.push_str("}\n");
-    } else {
-        out.push_str("flowchart TD\n");
-        for (id, label) in &nodes {
-            out.push_str(&format!("  {id}[\"{}\"]\n", label.replace('"', "#quot;")));
-        }
-        for (a, b) in &edges {
-            out.push_str(&format!("  {a} --> {b}\n"));
-        }
-    }
-    out
-}
-
-fn print_plan(planned: &Plan, store: &Store, format: PlanFormat) -> anyhow::Result<()> {
-    let hit = |key: &Option<Digest>| -> bool {
-        key.as_ref()
-            .and_then(|d| store.cache_get(d).ok().flatten())
-            .is_some()
-    };
-    // Stages in waves: each wave's stages can run in parallel.
-    let waves = planned.waves();
-    match format {
-        PlanFormat::Json => {
-            let stages: Vec<serde_json::Value> = planned
-                .stages
-                .iter()
-                .map(|s| {
-                    serde_json::json!({
-                        "index": s.index,
-                        "name": s.name,
-                        "needed": s.needed,
-                        "base": s.base,
-                        "deps": s.deps,
-                        "steps": s.steps.iter().map(|st| serde_json::json!({
-                            "line": st.line,
-                            "instruction": st.instruction,
-                            "cache_key": st.cache_key,
-                            "cached": hit(&st.cache_key),
-                        })).collect::<Vec<_>>(),
-                    })
-                })
-                .collect();
-            let out = serde_json::json!({
-                "target": planned.target,
-                "stages": stages,
-                "parallel": waves,
-                "warnings": planned.warnings,
-            });
-            println!("{}", serde_json::to_string_pretty(&out)?);
-        }
-        PlanFormat::Dot | PlanFormat::Mermaid => {
-            print!("{}", plan_graph(planned, format == PlanFormat::Dot, &hit));
-        }
-        PlanFormat::Text => {
-            for s in &planned.stages {
-                let label = s
-                    .name
-                    .clone()
-                    .unwrap_or_else(|| format!("stage-{}", s.index));
-                if !s.needed {
-                    println!(
-                        "stage {} ({label}): skipped, the target does not need it",
-                        s.index
-                    );
-                    continue;
-                }
-                let base = match &s.base {
-                    kiln_builder::plan::BaseSource::Scratch => "scratch".to_string(),
-                    kiln_builder::plan::BaseSource::Image { reference, .. } => {
-                        reference.to_string()
-                    }
-                    kiln_builder::plan::BaseSource::Stage(i) => format!("stage {i}"),
-                };
-                println!("stage {} ({label}) FROM {base}", s.index);
-                for st in &s.steps {
-                    let kind = match &st.kind {
-                        StepKind::Run(_) => "run",
-                        StepKind::Copy(_) => "copy",
-                        StepKind::Workdir(_) => "mkdir",
-                    };
-                    println!(
-                        "  line {:>3} {:<5} {:<6} {}",
-                        st.line,
-                        kind,
-                        if hit(&st.cache_key) { "CACHED" } else { "" },
-                        st.instruction
-                    );
-                }
-            }
-            for (i, wave) in waves.iter().enumerate() {
-                println!(
-                    "wave {}: {}",
-                    i + 1,
-                    wave.iter()
-                        .map(|s| s.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
-        }
-    }
-    Ok(())
 }

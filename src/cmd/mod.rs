@@ -7,5 +7,6 @@ pub mod image;
 pub mod info;
 pub mod limits;
 pub mod parse;
+pub mod plan_view;
 pub mod registry;
 pub mod run;
