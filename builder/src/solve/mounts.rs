@@ -116,6 +116,10 @@ pub(super) fn run_mount(
                 seed_cache_dir(store, &dir, from, scratch)?;
             }
             mkdir(&dir)?;
+            // Its last use, which the store's collection goes by.
+            if let Err(e) = store.touch(&dir) {
+                tracing::debug!("{e}");
+            }
             // `source=` picks a subdirectory of the cache (of the seed),
             // its symlinks resolved inside the cache dir.
             let inside = crate::rootfs::resolve(&DirTree::new(&dir), &rel, true)
