@@ -50,6 +50,8 @@ enum Command {
     Registry(cmd::registry::RegistryCommand),
     #[command(flatten)]
     Info(cmd::info::InfoCommand),
+    #[command(flatten)]
+    System(cmd::system::SystemCommand),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
         Command::Build(c) => c.run(&settings),
         Command::Registry(c) => c.run(&settings),
         Command::Info(c) => c.run(&settings),
+        Command::System(c) => c.run(&settings),
     };
     match result {
         Ok(code) => code,

@@ -7,9 +7,10 @@
 //! during the deletion leaves a partial tree in `trash/` and nowhere else;
 //! the next `prune` or `rmi`, or the next collection, deletes it.
 //!
-//! What a build no longer needs (its scratch, the leftovers of killed
-//! builds) is renamed into the trash under a name without an owner
-//! ([`Store::abandon`]), for whoever empties the trash next to delete.
+//! A build deletes nothing large itself: what it no longer needs (its
+//! scratch, the leftovers of killed builds) is renamed into the trash
+//! under a name without an owner ([`Store::abandon`]), and the collection
+//! that runs after the build ([`crate::gc`]) deletes it.
 //!
 //! Scratch is named with an owner token ([`crate::store::unique_suffix`]):
 //! [`Store::remove_dead_scratch`] moves to the trash what processes that
@@ -227,25 +228,6 @@ impl Store {
             freed.add(remove_tree(&path, meter)?);
         }
         Ok(freed)
-    }
-
-    /// Deletes the trash of killed deletions on a thread of its own, off
-    /// the caller's critical path; join the handle before exiting to let
-    /// it finish (a process that exits first just leaves the rest).
-    pub fn empty_trash_in_background(&self) -> std::thread::JoinHandle<()> {
-        let store = self.clone();
-        std::thread::spawn(
-            move || match store.empty_trash(&mut Meter::default(), true) {
-                Ok(f) if f.entries > 0 => tracing::info!(
-                    "deleted {} entries ({} bytes) from {}",
-                    f.entries,
-                    f.bytes,
-                    store.trash_dir().display()
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::warn!("emptying the trash: {e}"),
-            },
-        )
     }
 
     /// Moves to the trash (or, for single files, deletes) the scratch that

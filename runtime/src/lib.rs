@@ -86,7 +86,7 @@ pub mod user;
 pub use error::RuntimeError;
 pub use helper::helper_main;
 pub use parent::{run, MAX_LOWER_DIRS};
-pub use scratch::{remove_dead_scratch, RemovedScratch};
+pub use scratch::{dead_scratch, remove_dead_scratch, RemovedScratch};
 pub use spec::{
     BindMount, ExitStatus, HelperCommand, Limit, Limits, MemoryFile, Network, RunSpec, Streams,
     UpperDir,

@@ -27,6 +27,7 @@ use kiln_runtime::{HelperCommand, Network};
 use crate::cmd::limits::LimitArgs;
 use crate::cmd::parse::DockerfileSource;
 use crate::cmd::run::HELPER_SUBCOMMAND;
+use crate::cmd::system::{collect_after, make_room, GcMode};
 use crate::progress::{BuildProgress, ProgressArgs, ProgressMode};
 use crate::settings::GlobalSettings;
 
@@ -369,7 +370,13 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut ssh_agents = Vec::new();
     let settings = settings_of(&args, &mut ssh_agents)?;
+    let gc_mode = GcMode::from_env()?;
     let store = Store::open(&global.root)?;
+    if !args.dry_run {
+        // Reads (and checks) the store's gc.toml; collects first when the
+        // filesystem has less free than its min-free-space.
+        make_room(&store, args.quiet)?;
+    }
     let progress = args.progress.reporter();
     let shared_view = progress.multi();
     let mode = if args.quiet {
@@ -427,14 +434,32 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         crate::cmd::plan_view::print_plan(&planned.plan, &store, args.format)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let result = match session.build(planned) {
+    let built = session.build(planned);
+    printer.finish();
+    // The store's automatic collection, once the build holds nothing of it
+    // any more: detached, unless KILN_GC=foreground.
+    let result = match built {
         Ok(result) => result,
         Err(e) => {
-            printer.finish();
+            collect_after(&global.root, gc_mode);
             return Err(build_failure(&settings, &printer, shown, e));
         }
     };
-    printer.finish();
+    print_built(&result, &settings, mode, started, args.quiet);
+    collect_after(&global.root, gc_mode);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a build says when it is done: pushes, the image id and tags, and
+/// the id on stdout for scripts (`id=$(kiln build -q .)`).
+fn print_built(
+    result: &kiln_builder::session::BuildResult,
+    settings: &BuildSettings,
+    mode: ProgressMode,
+    started: Instant,
+    quiet: bool,
+) {
+    let shown = !matches!(mode, ProgressMode::Quiet | ProgressMode::Json);
     if mode != ProgressMode::Quiet {
         for (reference, digest) in &result.pushed {
             eprintln!("pushed {reference}: {digest}");
@@ -455,10 +480,9 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     }
     // The id on stdout for scripts (`id=$(kiln build -q .)`); on a terminal
     // the line above already said it.
-    if args.quiet || mode == ProgressMode::Quiet || !std::io::stdout().is_terminal() {
+    if quiet || mode == ProgressMode::Quiet || !std::io::stdout().is_terminal() {
         println!("{image_id}");
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// BuildKit shows the Dockerfile around the line an error is about.

@@ -10,3 +10,4 @@ pub mod parse;
 pub mod plan_view;
 pub mod registry;
 pub mod run;
+pub mod system;
