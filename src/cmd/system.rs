@@ -95,15 +95,12 @@ impl SystemCommand {
     }
 }
 
-/// A size flag: `None` when absent or 0.
+/// A size flag (`--keep-storage 0` keeps nothing, as in buildx).
 fn space_flag(flag: &str, value: &Option<String>) -> anyhow::Result<Option<Space>> {
-    match value {
-        None => Ok(None),
-        Some(v) => {
-            let space = Space::parse(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))?;
-            Ok((space != Space::Bytes(0)).then_some(space))
-        }
-    }
+    value
+        .as_deref()
+        .map(|v| Space::parse(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}")))
+        .transpose()
 }
 
 impl PruneArgs {
@@ -123,24 +120,31 @@ impl PruneArgs {
                 _ => bail!("--filter {filter:?}: expected until=DURATION or type=KIND"),
             }
         }
+        if self.all && !types.is_empty() {
+            bail!("--all and --filter type= both choose what is removed: give one");
+        }
         let mut policy = Policy::all_of(types.iter().copied());
-        policy.keep_storage = space_flag("keep-storage", &self.keep_storage)?;
+        let keep_storage = space_flag("keep-storage", &self.keep_storage)?;
         policy.min_free_space = space_flag("min-free-space", &self.min_free_space)?;
         policy.reserved_space = space_flag("reserved-space", &self.reserved_space)?;
-        policy.keep_duration = until;
-        if policy.reserved_space.is_some() && !policy.limits_size() {
+        policy.until = until;
+        // A size limit replaces "keep nothing".
+        if keep_storage.is_some() || policy.min_free_space.is_some() {
+            policy.keep_storage = keep_storage;
+        } else if policy.reserved_space.is_some() {
             bail!("--reserved-space needs --keep-storage or --min-free-space");
         }
         if types.is_empty() {
             policy.types = if self.all {
                 Kind::ALL.into_iter().collect()
-            } else if policy.limits_size() || until.is_some() {
+            } else if self.keep_storage.is_some()
+                || policy.min_free_space.is_some()
+                || until.is_some()
+            {
                 Policy::default_types()
             } else {
                 [Kind::Unreferenced, Kind::Scratch].into_iter().collect()
             };
-        } else if self.all {
-            bail!("--all and --filter type= both choose what is removed: give one");
         }
         Ok(policy)
     }

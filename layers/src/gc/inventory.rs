@@ -29,8 +29,9 @@ pub enum Area {
     /// Blobs that are not layers: manifests, configs, indexes (and the
     /// `blobs/` directories themselves).
     Images,
-    /// Layer blobs (`blobs/sha256/`, named by an image or a cache record as
-    /// a layer).
+    /// Layer blobs: those an image in `index.json` or a cache record names
+    /// as a layer, and the blobs nothing references that are not JSON
+    /// documents.
     Layers,
     /// `snapshots/`.
     Snapshots,
@@ -174,6 +175,16 @@ fn mtime(path: &Path) -> SystemTime {
 fn blocks(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::symlink_metadata(path).map_or(0, |m| m.blocks().saturating_mul(512))
+}
+
+/// Whether the file at `path` starts as a JSON document does (`{`): a
+/// manifest, index or config rather than a layer.
+fn is_json(path: &Path) -> bool {
+    use std::io::Read;
+    let mut first = [0u8; 1];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut first))
+        .is_ok_and(|()| first[0] == b'{')
 }
 
 /// Whether the scratch `name` belongs to another process that is running.
@@ -345,7 +356,9 @@ impl Scan<'_> {
             let bytes = blocks(&path);
             let area = match &digest {
                 Some(d) if self.layers.contains(d) => Area::Layers,
-                _ => Area::Images,
+                Some(d) if self.held_blobs.contains_key(d) => Area::Images,
+                _ if is_json(&path) => Area::Images,
+                _ => Area::Layers,
             };
             self.add(area, bytes);
             let piece = Piece {

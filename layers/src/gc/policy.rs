@@ -197,20 +197,23 @@ impl Disk {
     }
 }
 
-/// What a collection removes: of the kinds in `types`, everything that is
-/// garbage (unreferenced, dead scratch, trash); then, least recently used
-/// first, what the limits allow, as BuildKit's prune does: with no size
-/// limit, every candidate (records unused for `keep_duration`, when set);
-/// with one, candidates only while the collectable bytes exceed
-/// [`Policy::keep_bytes`].
+/// What a collection removes, of the kinds in `types`: everything that is
+/// garbage (unreferenced, left by dead processes, trash); what was last
+/// used longer ago than `keep_duration`; then, least recently used first,
+/// the candidates (last used longer ago than `until`, when set) while the
+/// collectable bytes exceed [`Policy::keep_bytes`], as BuildKit's prune.
+/// Without a size limit nothing more goes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
     pub types: BTreeSet<Kind>,
     /// Keep at most this much collectable data (BuildKit's keepStorage,
-    /// maxUsedSpace).
+    /// maxUsedSpace); `Some(Bytes(0))` keeps nothing.
     pub keep_storage: Option<Space>,
-    /// Only what was last used longer ago than this is a candidate.
+    /// Remove what was last used longer ago than this, whatever the size.
     pub keep_duration: Option<Duration>,
+    /// Only what was last used longer ago than this is a candidate for the
+    /// size limits (`--filter until=`).
+    pub until: Option<Duration>,
     /// Remove until the filesystem has this much free.
     pub min_free_space: Option<Space>,
     /// `min_free_space` never takes the collectable data below this.
@@ -246,46 +249,42 @@ impl Policy {
         .collect()
     }
 
-    /// A policy of `types` without limits: every candidate goes.
+    /// A policy that removes everything of `types` (keeps 0 bytes).
     pub fn all_of(types: impl IntoIterator<Item = Kind>) -> Policy {
         Policy {
             types: types.into_iter().collect(),
-            keep_storage: None,
+            keep_storage: Some(Space::Bytes(0)),
             keep_duration: None,
+            until: None,
             min_free_space: None,
             reserved_space: None,
         }
     }
 
-    /// Whether any size limit is set (otherwise every candidate goes).
+    /// Whether a size limit is set (keep-storage or min-free-space).
     pub fn limits_size(&self) -> bool {
         self.keep_storage.is_some() || self.min_free_space.is_some()
     }
 
     /// How many bytes of collectable data to keep when `usage` bytes are
-    /// collectable, on `disk`; `None` when no size limit is set. BuildKit's
-    /// `calculateKeepBytes`: start from keep-storage, lower it to free
-    /// min-free-space, never below reserved-space. A limit of 0 is none.
+    /// collectable, on `disk`; `None` without a size limit (keep all).
+    /// BuildKit's `calculateKeepBytes`: start from keep-storage, lower it
+    /// to free min-free-space, never below reserved-space.
     pub fn keep_bytes(&self, usage: u64, disk: Disk) -> Option<u64> {
-        let bytes = |s: Option<Space>| s.map_or(0, |s| s.bytes(disk.total));
-        let (max_used, min_free, reserved) = (
-            bytes(self.keep_storage),
-            bytes(self.min_free_space),
-            bytes(self.reserved_space),
-        );
-        if max_used == 0 && min_free == 0 {
-            return None;
+        let bytes = |s: Space| s.bytes(disk.total);
+        let mut keep = self.keep_storage.map(bytes);
+        if let Some(min_free) = self.min_free_space.map(bytes) {
+            let excess = min_free.saturating_sub(disk.free);
+            if excess > 0 {
+                let target = usage.saturating_sub(excess);
+                keep = Some(keep.map_or(target, |k| k.min(target)));
+            } else if keep.is_none() {
+                // Only min-free-space is set, and there is enough free.
+                keep = Some(usage);
+            }
         }
-        let mut keep = max_used;
-        let excess = min_free.saturating_sub(disk.free);
-        if excess > 0 {
-            let target = usage.saturating_sub(excess);
-            keep = if keep == 0 { target } else { keep.min(target) };
-        } else if keep == 0 {
-            // Only min-free-space is set, and there is enough free.
-            keep = usage;
-        }
-        Some(keep.max(reserved))
+        let reserved = self.reserved_space.map_or(0, bytes);
+        keep.map(|k| k.max(reserved))
     }
 }
 
@@ -306,6 +305,7 @@ impl Default for GcConfig {
                 types: Policy::default_types(),
                 keep_storage: Some(DEFAULT_KEEP_STORAGE),
                 keep_duration: None,
+                until: None,
                 min_free_space: Some(DEFAULT_MIN_FREE_SPACE),
                 reserved_space: None,
             },
@@ -507,6 +507,8 @@ mod tests {
             free: 10 * GIB,
         };
         let mut policy = Policy::all_of([Kind::Cache]);
+        assert_eq!(policy.keep_bytes(50 * GIB, disk), Some(0));
+        policy.keep_storage = None;
         assert_eq!(policy.keep_bytes(50 * GIB, disk), None);
         policy.keep_storage = Some(Space::Bytes(20 * GIB));
         assert_eq!(policy.keep_bytes(50 * GIB, disk), Some(20 * GIB));
@@ -519,6 +521,7 @@ mod tests {
         assert_eq!(policy.keep_bytes(22 * GIB, disk), Some(18 * GIB));
         // min-free-space alone keeps everything while there is enough free.
         let only_free = Policy {
+            keep_storage: None,
             min_free_space: Some(Space::Bytes(5 * GIB)),
             ..Policy::all_of([Kind::Cache])
         };

@@ -4,12 +4,13 @@
 //!
 //! The collectable bytes ("usage", what keep-storage limits) are every
 //! item's own files plus the blobs and snapshots items hold that no tagged
-//! image pins. Garbage of the policy's kinds goes first, whatever the
-//! limits. Then the candidates (the other items of those kinds, last used
-//! before now minus keep-duration when it is set) go least recently used
-//! first: all of them when no size limit is set, else while the usage
-//! exceeds [`Policy::keep_bytes`]. Removing an item frees its own files
-//! and each blob or snapshot no remaining item or tagged image holds.
+//! image pins. Of the policy's kinds, garbage goes first, then what was
+//! last used longer ago than keep-duration, whatever the limits. Then the
+//! candidates (the other items, last used before now minus `until` when
+//! that is set) go least recently used first while the usage exceeds
+//! [`Policy::keep_bytes`] (with no size limit, none). Removing an item frees
+//! its own files and each blob or snapshot no remaining item or tagged
+//! image holds.
 
 use std::time::SystemTime;
 
@@ -37,6 +38,7 @@ fn own_bytes(item: &Item) -> u64 {
 struct Selecting<'a> {
     inv: &'a Inventory,
     refs: Vec<usize>,
+    taken: Vec<bool>,
     usage: u64,
     sel: Selection,
 }
@@ -54,6 +56,7 @@ impl Selecting<'_> {
             }
         }
         self.sel.items.push(index);
+        self.taken[index] = true;
     }
 }
 
@@ -76,6 +79,7 @@ pub(crate) fn select(inv: &Inventory, policy: &Policy, now: SystemTime, disk: Di
     let mut s = Selecting {
         inv,
         refs,
+        taken: vec![false; inv.items.len()],
         usage,
         sel: Selection {
             usage_before: usage,
@@ -83,8 +87,11 @@ pub(crate) fn select(inv: &Inventory, policy: &Policy, now: SystemTime, disk: Di
         },
     };
     let wanted = |item: &Item| policy.types.contains(&item.kind);
+    let before = |limit: Option<std::time::Duration>, item: &Item| {
+        limit.is_some_and(|d| now.checked_sub(d).is_some_and(|t| item.last_used < t))
+    };
     for (i, item) in inv.items.iter().enumerate() {
-        if item.garbage && wanted(item) {
+        if wanted(item) && (item.garbage || before(policy.keep_duration, item)) {
             s.take(i);
         }
     }
@@ -93,24 +100,18 @@ pub(crate) fn select(inv: &Inventory, policy: &Policy, now: SystemTime, disk: Di
         ..disk
     };
     let keep = policy.keep_bytes(s.usage, disk);
-    let cutoff = policy
-        .keep_duration
-        .and_then(|d| now.checked_sub(d))
-        .unwrap_or(now);
     let mut candidates: Vec<usize> = (0..inv.items.len())
         .filter(|&i| {
             let item = &inv.items[i];
-            !item.garbage
-                && wanted(item)
-                && (policy.keep_duration.is_none() || item.last_used < cutoff)
+            wanted(item) && !s.taken[i] && (policy.until.is_none() || before(policy.until, item))
         })
         .collect();
     candidates.sort_by_key(|&i| (inv.items[i].last_used, i));
     for i in candidates {
-        if keep.is_some_and(|k| s.usage <= k) {
-            break;
+        match keep {
+            Some(k) if s.usage > k => s.take(i),
+            _ => break,
         }
-        s.take(i);
     }
     s.sel.usage_after = s.usage;
     s.sel.keep = keep;
@@ -199,15 +200,20 @@ mod tests {
     #[test]
     fn kinds_durations_and_no_limits() {
         let inv = store();
-        // No size limit: every candidate of the kinds; the pinned snapshot
-        // stays.
+        // Keep nothing: every item of the kinds; the pinned snapshot stays.
         let sel = select(&inv, &Policy::all_of([Kind::Cache]), now(), DISK);
         assert_eq!(sel.items, vec![0, 1, 2, 3]);
         assert_eq!(sel.freed, vec![0, 1]);
-        // Only what was unused for longer than 350 s.
+        // Candidates only among what was unused for longer than 350 s.
         let mut old = Policy::all_of([Kind::Cache, Kind::CacheMount]);
-        old.keep_duration = Some(Duration::from_secs(350));
+        old.until = Some(Duration::from_secs(350));
         assert_eq!(select(&inv, &old, now(), DISK).items, vec![0, 4, 1]);
+        // No size limit: only garbage and what expired goes.
+        let mut expiring = Policy::all_of(Kind::ALL);
+        expiring.keep_storage = None;
+        assert_eq!(select(&inv, &expiring, now(), DISK).items, vec![5]);
+        expiring.keep_duration = Some(Duration::from_secs(350));
+        assert_eq!(select(&inv, &expiring, now(), DISK).items, vec![0, 1, 4, 5]);
         // Under the limit: garbage only.
         let mut roomy = Policy::all_of(Kind::ALL);
         roomy.keep_storage = Some(Space::Bytes(1 << 30));
@@ -222,6 +228,7 @@ mod tests {
             free: 100,
         };
         let mut policy = Policy::all_of([Kind::Cache]);
+        policy.keep_storage = None;
         policy.min_free_space = Some(Space::Bytes(200));
         // 100 bytes short: record 0 (101) is enough.
         assert_eq!(select(&inv, &policy, now(), disk).items, vec![0]);
