@@ -189,15 +189,6 @@ impl Store {
         }
     }
 
-    /// Deletes `path` through the trash (see the module docs); returns the
-    /// bytes freed.
-    pub fn discard(&self, path: &Path, kind: &str) -> Result<u64> {
-        match self.move_to_trash(path, kind)? {
-            Some(trashed) => remove_tree(&trashed, &mut Meter::default()),
-            None => Ok(0),
-        }
-    }
-
     /// A new scratch directory `builds/<kind>-<owner>-…` (see
     /// [`ScratchDir`]).
     pub fn scratch_dir(&self, kind: &str) -> Result<ScratchDir> {

@@ -249,7 +249,7 @@ fn seed_cache_dir(
         Err(e) => Err(format!("{}: {e}", dir.display())),
     });
     if seeding.exists() {
-        let _ = store.discard(&seeding, "cache-mount");
+        let _ = store.abandon(&seeding, "cache-mount");
     }
     placed
 }
