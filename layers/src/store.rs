@@ -429,6 +429,11 @@ impl Store {
         self.root.join("gc.toml")
     }
 
+    /// What the last automatic collection did (one line, rewritten by each).
+    pub fn gc_log_path(&self) -> PathBuf {
+        self.root.join("gc.log")
+    }
+
     /// Sizes of immutable trees the collection measured (a cache).
     pub(crate) fn gc_sizes_path(&self) -> PathBuf {
         self.root.join("gc-sizes.json")

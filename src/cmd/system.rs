@@ -284,6 +284,9 @@ fn df(store: &Store, format: DfFormat) -> anyhow::Result<ExitCode> {
         human_bytes(total),
         human_bytes(reclaimable)
     )?;
+    if let Ok(last) = std::fs::read_to_string(store.gc_log_path()) {
+        writeln!(out, "Last automatic collection: {}", last.trim_end())?;
+    }
     let show = |s: Option<u64>| s.map_or("none".to_string(), human_bytes);
     writeln!(
         out,
@@ -321,9 +324,12 @@ impl GcMode {
 }
 
 /// Before a build: when the store's filesystem has less free than the
-/// policy's min-free-space, collects by the policy first (waiting up to
-/// 10 s for other kiln processes to release the store) and says so on
-/// stderr. The policy file is read (and checked) here.
+/// policy's min-free-space, collects first (waiting up to 10 s for other
+/// kiln processes to release the store) and says so on stderr. Only what
+/// min-free-space asks for is removed now (garbage, then the least
+/// recently used until there is enough free, never below reserved-space);
+/// keep-storage and keep-duration are left to the collection after the
+/// build, off its path. The policy file is read (and checked) here.
 pub fn make_room(store: &Store, quiet: bool) -> anyhow::Result<()> {
     let config = store.gc_config()?;
     let Some(min_free) = config.policy.min_free_space.filter(|_| config.enabled) else {
@@ -334,11 +340,16 @@ pub fn make_room(store: &Store, quiet: bool) -> anyhow::Result<()> {
     if disk.free >= wanted {
         return Ok(());
     }
+    let policy = Policy {
+        keep_storage: None,
+        keep_duration: None,
+        ..config.policy
+    };
     let options = CollectOptions {
         dry_run: false,
         wait: LockWait::Poll(MAKE_ROOM_WAIT),
     };
-    let report = store.collect(&config.policy, &options)?;
+    let report = store.collect(&policy, &options)?;
     if quiet {
         return Ok(());
     }
@@ -349,12 +360,14 @@ pub fn make_room(store: &Store, quiet: bool) -> anyhow::Result<()> {
     );
     match report {
         Some(r) => eprintln!(
-            "{short}: collected {} first ({} cache records, {} cache mounts, {} blobs, {} snapshots)",
+            "{short}: collected {} first ({} cache records, {} cache mounts, {} blobs, \
+             {} snapshots); {} free now",
             human_bytes(r.total_bytes()),
             r.cache_records,
             r.cache_mounts,
             r.blobs.len(),
-            r.snapshots.len()
+            r.snapshots.len(),
+            human_bytes(Disk::of(store.root())?.free)
         ),
         None => eprintln!("{short}; other kiln processes are using the store: nothing collected"),
     }
@@ -396,29 +409,74 @@ fn spawn_collector(root: &Path) -> anyhow::Result<()> {
 
 /// The automatic collection: the store's policy (`gc.toml`), when
 /// enabled, in its turn (see `Store::gc_turn`), then the run scratch of
-/// dead processes on the tmpfs.
+/// dead processes on the tmpfs. What it did, or its error, is written to
+/// `gc.log` (the detached collection has no stderr) before its turn ends.
 fn auto_collect(store: &Store) -> anyhow::Result<()> {
-    let config: GcConfig = store.gc_config()?;
+    let config: GcConfig = match store.gc_config() {
+        Ok(config) => config,
+        Err(e) => {
+            write_gc_log(store, &format!("failed: {e}"));
+            return Err(e.into());
+        }
+    };
     if !config.enabled {
         return Ok(());
     }
     let Some(_turn) = store.gc_turn()? else {
+        // The waiting collection will see what this one would.
         return Ok(());
     };
+    let result = collect_by_policy(store, &config.policy);
+    match &result {
+        Ok(line) => write_gc_log(store, line),
+        Err(e) => write_gc_log(store, &format!("failed: {e:#}")),
+    }
+    result.map(|_| ())
+}
+
+/// One automatic collection under `policy`; returns what it did, in a line.
+fn collect_by_policy(store: &Store, policy: &Policy) -> anyhow::Result<String> {
     let options = CollectOptions {
         dry_run: false,
         wait: LockWait::Block,
     };
-    if let Some(report) = store.collect(&config.policy, &options)? {
-        tracing::info!(
-            "collected {} bytes; collectable data {} → {} bytes",
-            report.total_bytes(),
-            report.usage_before,
-            report.usage_after
-        );
+    let report = store.collect(policy, &options)?.unwrap_or_default();
+    let runs = if policy.types.contains(&Kind::Scratch) {
+        kiln_runtime::remove_dead_scratch().bytes
+    } else {
+        0
+    };
+    let limit = match report.keep {
+        Some(k) => format!(" (the limits keep {k} bytes)"),
+        None => String::new(),
+    };
+    let line = format!(
+        "collected {} bytes in the store and {runs} bytes of dead runs' scratch; \
+         collectable data {} -> {} bytes{limit}",
+        report.total_bytes(),
+        report.usage_before,
+        report.usage_after,
+    );
+    tracing::info!("{line}");
+    Ok(line)
+}
+
+/// Rewrites `gc.log` with `line`, the time and this process's id (a
+/// failure to write it is only logged: there is no one else to tell).
+fn write_gc_log(store: &Store, line: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let text = format!(
+        "{} automatic collection (pid {}): {line}\n",
+        kiln_layers::oci::rfc3339(now),
+        std::process::id()
+    );
+    // Written aside and renamed, so that `system df` never reads half.
+    let path = store.gc_log_path();
+    let part = path.with_extension(format!("log.{}", std::process::id()));
+    if let Err(e) = std::fs::write(&part, text).and_then(|()| std::fs::rename(&part, &path)) {
+        tracing::warn!("{}: {e}", path.display());
+        let _ = std::fs::remove_file(&part);
     }
-    if config.policy.types.contains(&Kind::Scratch) {
-        kiln_runtime::remove_dead_scratch();
-    }
-    Ok(())
 }

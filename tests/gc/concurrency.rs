@@ -82,6 +82,18 @@ fn a_build_returns_while_its_detached_collection_waits_then_runs() {
     drop(running);
     wait_for_collections(&root);
     assert!(!dead.exists(), "collected once its turn came");
+    // With no stderr, it says what it did in gc.log, which df shows.
+    let log = std::fs::read_to_string(root.join("gc.log")).expect("gc.log");
+    assert!(
+        log.contains("automatic collection (pid ") && log.contains(": collected "),
+        "{log}"
+    );
+    let out = fixture.ok(&["system", "df"]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(&format!("Last automatic collection: {}", log.trim_end())),
+        "{shown}"
+    );
 }
 
 /// A Dockerfile whose first RUN (cached from `base`) is the lower of a RUN

@@ -148,3 +148,61 @@ fn a_policy_file_that_does_not_parse_fails_the_build_naming_file_and_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("KILN_GC=\"sometimes\""));
 }
+
+#[test]
+fn reserved_space_keeps_what_min_free_space_would_take() {
+    crate::require_root!();
+    let fixture = Fixture::new();
+    // Free space no collection can give: everything collectable would go,
+    // but the reserve keeps it.
+    fixture.policy(
+        "[gc]\nkeep-storage = \"0\"\nmin-free-space = \"100%\"\nreserved-space = \"1GB\"\n",
+    );
+    let ctx = fixture.context("ctx", &[("Dockerfile", SERIES)]);
+    series(&fixture, &ctx, 1);
+    series(&fixture, &ctx, 2);
+    assert!(
+        run_cached(&series(&fixture, &ctx, 1)),
+        "kept by the reserve"
+    );
+    // Without the reserve the next build collects first, and says so.
+    fixture.policy("[gc]\nkeep-storage = \"0\"\nmin-free-space = \"100%\"\n");
+    let out = series(&fixture, &ctx, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("less than min-free-space"), "{stderr}");
+    assert!(!run_cached(&out), "{stderr}");
+}
+
+#[test]
+fn the_next_build_removes_what_dead_runs_and_builds_left() {
+    crate::require_root!();
+    let fixture = Fixture::new();
+    let root = fixture.root();
+    let ctx = fixture.context("ctx", &[("Dockerfile", SERIES)]);
+    let dead = dead_owner();
+    let build_dir = root.join(format!("builds/build-{dead}-1-2"));
+    fill(&build_dir.join("step/upper"), 20, 1000);
+    // Run scratch on a tmpfs: the runtime dir kiln is pointed at.
+    let xdg = tempfile::Builder::new()
+        .prefix("kiln-xdg-")
+        .tempdir_in("/dev/shm")
+        .expect("tempdir on /dev/shm");
+    let base = xdg.path().join("kiln");
+    std::fs::create_dir_all(&base).expect("mkdir");
+    std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .expect("chmod");
+    let run_dir = base.join(format!("{dead}-5-6"));
+    fill(&run_dir.join("etc"), 5, 100);
+    let out = fixture
+        .kiln(&["build", "--build-arg", "N=1", ctx.to_str().expect("utf-8")])
+        .env("XDG_RUNTIME_DIR", xdg.path())
+        .output()
+        .expect("run kiln build");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!build_dir.exists(), "a dead build's scratch");
+    assert!(!run_dir.exists(), "a dead run's scratch");
+    let trash: Vec<_> = std::fs::read_dir(root.join("trash"))
+        .expect("trash")
+        .collect();
+    assert!(trash.is_empty(), "{trash:?}");
+}
