@@ -583,6 +583,13 @@ impl BuildEvents for BuildProgress {
         if !self.show_warnings {
             return;
         }
+        if self.mode == ProgressMode::Json {
+            self.json(serde_json::json!({
+                "event": "warning", "file": file, "line": warning.line,
+                "message": warning.message,
+            }));
+            return;
+        }
         match warning.line {
             Some(l) => eprintln!("WARNING: {file}:{l}: {}", warning.message),
             None => eprintln!("WARNING: {}", warning.message),

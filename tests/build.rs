@@ -1407,3 +1407,59 @@ fn add_url_names_the_file_from_the_url_not_content_disposition() {
     }
     assert!(!out.path().join("etc/evil.txt").exists());
 }
+
+/// A build runs BuildKit's checks over its own walk: findings are warnings
+/// in the progress output and the metadata file; `# check=error=true` (or
+/// the `BUILDKIT_DOCKERFILE_CHECK` build arg) fails the build, naming the
+/// rules, before anything runs; `skip=` silences a rule.
+#[test]
+fn build_checks_warn_fail_and_reach_the_metadata_file() {
+    let fixture = Fixture::new();
+    // JSONArgsRecommended (line 3) and a lower-case `as` (FromAsCasing).
+    let dockerfile = "FROM busybox:latest as base\nRUN touch /ran\nCMD echo hi\n";
+    let ctx = context(&[("Dockerfile", dockerfile)]);
+    let dir = ctx.path().to_str().unwrap();
+    let meta = ctx.path().join("meta.json");
+    let out = fixture.build(&["--metadata-file", meta.to_str().unwrap(), dir]);
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Dockerfile:3: JSONArgsRecommended: JSON arguments recommended for CMD"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Dockerfile:1: FromAsCasing"), "{stderr}");
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    let rules: Vec<&str> = meta["buildx.build.warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["FromAsCasing", "JSONArgsRecommended"]);
+
+    // error=true: the build fails before any step runs.
+    let strict = context(&[(
+        "Dockerfile",
+        &format!(
+            "# check=error=true\n{}",
+            dockerfile.replace("/ran", "/strict")
+        ),
+    )]);
+    let out = fixture.build(&[strict.path().to_str().unwrap()]);
+    let stderr = failed(&out);
+    assert!(
+        stderr.contains("lint violation found for rules: FromAsCasing, JSONArgsRecommended"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("[base 2/2]"), "a step ran:\n{stderr}");
+
+    // The build arg wins over the directive; skip= silences rules.
+    let out = fixture.build(&[
+        "--build-arg",
+        "BUILDKIT_DOCKERFILE_CHECK=skip=JSONArgsRecommended,FromAsCasing;error=true",
+        strict.path().to_str().unwrap(),
+    ]);
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("JSONArgsRecommended"), "{stderr}");
+}

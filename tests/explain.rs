@@ -960,3 +960,151 @@ fn explain_matches_build_for_other_testdata() {
         "the lookup did not go through the trap: {out}"
     );
 }
+
+/// The build checks are `kiln check`'s BuildKit rules, seen by the build's
+/// own walk: for every check case, `kiln build --check` (the stages the
+/// last one needs, bases from the store) finds what `kiln check --target`
+/// finds of BuildKit's rules. Every base a case names is in the store (the
+/// busybox root filesystem under that name), so the build resolves it.
+#[test]
+fn build_checks_are_kiln_checks_buildkit_rules() {
+    let mut failures = Vec::new();
+    let mut compared = 0;
+    for dir in case_dirs("check") {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let text = fs::read_to_string(dir.join("Dockerfile")).unwrap();
+        let Ok(ast) = kiln_parser::parse(&text, "Dockerfile") else {
+            continue;
+        };
+        let Ok(df) = kiln_parser::instructions::from_ast(&ast) else {
+            continue;
+        };
+        let store = case_store(&dir);
+        let root = store.path().join("root");
+        let names: Vec<&str> = df.stages.iter().filter_map(|s| s.name.as_deref()).collect();
+        let case_image = fs::read_to_string(dir.join("image")).unwrap_or_default();
+        let case_image = case_image.lines().next().unwrap_or("");
+        let mut imported: Vec<String> = Vec::new();
+        for stage in &df.stages {
+            let base = stage.base.to_ascii_lowercase();
+            let skip = base.contains('$')
+                || base == "scratch"
+                || names.contains(&base.as_str())
+                || stage.base == case_image
+                || imported.contains(&stage.base);
+            if !skip {
+                import_busybox_as(&root, &stage.base);
+                imported.push(stage.base.clone());
+            }
+        }
+        let mut args: Vec<String> = read_args(&dir.join("args"));
+        if args.iter().any(|a| a.starts_with("--format")) {
+            continue;
+        }
+        if let Some(last) = df.stages.last().and_then(|s| s.name.clone()) {
+            args.extend(["--target".to_string(), last]);
+        }
+        let words = |list: &[&str]| -> Vec<String> {
+            list.iter()
+                .map(|w| w.to_string())
+                .chain(args.iter().cloned())
+                .collect()
+        };
+        let check = words(&["check", "--format", "json", "-f", "Dockerfile"]);
+        let mut build = words(&["build", "--check", "--format", "json", "-f", "Dockerfile"]);
+        build.push(".".into());
+        let findings = |out: &str, buildkit_only: bool| -> Option<Vec<(String, u64)>> {
+            let json: String = out
+                .lines()
+                .take_while(|l| !l.starts_with("stderr: ") && !l.starts_with("exit: "))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let value: serde_json::Value = serde_json::from_str(&json).ok()?;
+            Some(
+                value["findings"]
+                    .as_array()?
+                    .iter()
+                    .filter(|f| !buildkit_only || f["origin"] == "buildkit")
+                    .map(|f| {
+                        (
+                            f["rule"].as_str().unwrap_or("").to_string(),
+                            f["line"].as_u64().unwrap_or(0),
+                        )
+                    })
+                    .collect(),
+            )
+        };
+        let checked = run_kiln(&dir, &root, &check);
+        // A base named through an ARG is imported when the build asks for
+        // it (its error names it).
+        let mut built = run_kiln(&dir, &root, &build);
+        for _ in 0..4 {
+            let Some(missing) = missing_base(&built) else {
+                break;
+            };
+            if imported.contains(&missing) || missing == case_image {
+                break;
+            }
+            import_busybox_as(&root, &missing);
+            imported.push(missing);
+            built = run_kiln(&dir, &root, &build);
+        }
+        if missing_base(&built).is_some() {
+            // Not buildable here (a base of another platform only): the
+            // build fails where check, which takes what the store has,
+            // reports on it.
+            continue;
+        }
+        match (findings(&checked, true), findings(&built, false)) {
+            (Some(a), Some(b)) if a == b => compared += 1,
+            (Some(_), None)
+                if built.contains("should not be blank") || built.contains("error:") =>
+            {
+                // A Dockerfile the build refuses while planning: check
+                // reports the same error.
+                if !checked.contains("\"error\": {") {
+                    failures.push(format!(
+                        "{name}: the build refused it, check did not:\n{built}"
+                    ));
+                }
+            }
+            (a, b) => failures.push(format!(
+                "{name}:\ncheck: {a:?}\n{checked}\nbuild --check: {b:?}\n{built}"
+            )),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    assert!(compared > 40, "only {compared} cases compared");
+}
+
+/// The base image a failed build could not find or pull, from its error
+/// (`base image REF: …cannot reach the registry…`).
+fn missing_base(output: &str) -> Option<String> {
+    let line = output
+        .lines()
+        .find(|l| l.contains("base image ") && l.contains("cannot reach the registry"))?;
+    let rest = &line[line.find("base image ")? + "base image ".len()..];
+    rest.split(": ").next().map(str::to_string)
+}
+
+/// Imports the busybox root filesystem into the store at `root` as
+/// `reference`.
+fn import_busybox_as(root: &Path, reference: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("busybox.tar");
+    kiln_testsupport::BusyboxRootfs::default()
+        .write_tar(&tar)
+        .unwrap();
+    let out = kiln_command()
+        .env("KILN_ROOT", root)
+        .arg("import")
+        .arg(&tar)
+        .arg(reference)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "import {reference}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -23,8 +23,13 @@ use kiln_runtime::{HelperCommand, Limits, Network};
 use crate::context::{BuildContext, ContextError, EntryKind, StatCache};
 use crate::copy::{UrlDownloads, UrlFetcher};
 use crate::dockerignore::IgnoreError;
+use crate::dockerignore::PatternMatcher;
 use crate::export::{ExportError, Output};
-use crate::plan::{compute_cache_keys, plan, BuildOptions, Plan, PlanError, RemoteSources};
+use crate::lint::{self, Checker, LintOptions};
+use crate::plan::{
+    compute_cache_keys, plan_with, BuildOptions, Plan, PlanError, PlanWarning, RemoteSources,
+    WalkOptions,
+};
 use crate::secrets::Secret;
 use crate::solve::{
     solve, BuildEvents, BuiltImage, ImagePuller, SolveError, SolveOptions, StoreResolver,
@@ -149,8 +154,26 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    /// The build checks failed it (`# check=error=true`, or a finding of
+    /// severity error), as BuildKit's "lint violation found for rules".
+    #[error("lint violation found for rules: {}", violated_rules(.0))]
+    Checks(Box<lint::Report>),
     #[error("{0}")]
     Invalid(String),
+}
+
+fn violated_rules(report: &lint::Report) -> String {
+    let mut rules: Vec<&str> = report.findings.iter().map(|f| f.rule).collect();
+    rules.dedup();
+    rules.join(", ")
+}
+
+/// A check's finding as a build warning: `Rule: message`.
+fn finding_warning(finding: &lint::Finding) -> PlanWarning {
+    PlanWarning {
+        line: Some(finding.line),
+        message: format!("{}: {}", finding.rule, finding.message),
+    }
 }
 
 impl BuildError {
@@ -158,6 +181,7 @@ impl BuildError {
     pub fn line(&self) -> Option<usize> {
         match self {
             BuildError::Plan(e) => e.line(),
+            BuildError::Checks(report) => report.findings.first().map(|f| f.line),
             BuildError::Solve(
                 SolveError::RunFailed { line, .. } | SolveError::Step { line, .. },
             ) if *line > 0 => Some(*line),
@@ -180,6 +204,8 @@ pub struct Session<'a> {
 /// second half runs with.
 pub struct Planned<'a> {
     pub plan: Plan,
+    /// The build checks' findings (none failed the build).
+    pub checks: lint::Report,
     context: BuildContext,
     resolver: StoreResolver<'a>,
     downloads: UrlDownloads<'a>,
@@ -201,6 +227,8 @@ pub struct BuildResult {
     pub reported: Descriptor,
     /// Each tag pushed, with the manifest digest the registry has.
     pub pushed: Vec<(Reference, Digest)>,
+    /// The build checks' findings.
+    pub checks: Vec<lint::Finding>,
 }
 
 impl BuildResult {
@@ -216,22 +244,39 @@ impl BuildResult {
                 "size": self.reported.size,
             },
             "image.name": names.join(","),
+            "buildx.build.warnings": self.checks.iter().map(|f| serde_json::json!({
+                "rule": f.rule,
+                "detail": f.message,
+                "url": f.url,
+                "line": f.line,
+            })).collect::<Vec<_>>(),
         })
     }
 }
 
+/// The walk over the Dockerfile: its plan and what the build checks found.
+struct Walked<'a> {
+    plan: Plan,
+    checks: lint::Report,
+    resolver: StoreResolver<'a>,
+    ignore: PatternMatcher,
+}
+
 impl<'a> Session<'a> {
-    /// Parse, plan, load the context and compute the cache keys.
-    pub fn plan(&self) -> Result<Planned<'a>, BuildError> {
+    /// Only the build checks (`kiln build --check`, buildx's
+    /// `--call=check`): the walk a build makes, nothing run.
+    pub fn check(&self) -> Result<lint::Report, BuildError> {
+        Ok(self.walk()?.checks)
+    }
+
+    /// Parses the Dockerfile and walks it, the build checks observing;
+    /// their findings and the plan's warnings are reported as warnings.
+    fn walk(&self) -> Result<Walked<'a>, BuildError> {
         let settings = self.settings;
         let started = Instant::now();
         let dockerfile = &settings.dockerfile;
         let ast = kiln_parser::parse_bytes(&dockerfile.bytes, &dockerfile.name)?;
         let typed = kiln_parser::instructions::from_ast(&ast)?;
-        // Held until the image is tagged and exported: solve's own lease
-        // ends when it returns, and a `kiln prune` waiting for it would
-        // otherwise remove the new, not yet tagged manifest and config.
-        let lease = self.store.lease()?;
         self.events.internal(
             &format!(
                 "[internal] load build definition from {}",
@@ -245,11 +290,59 @@ impl<'a> Session<'a> {
         );
         let puller: &'a dyn ImagePuller = self.remote;
         let resolver = StoreResolver::new(self.store, Some(puller)).always_pull(settings.pull);
-        let mut planned = plan(&typed, &settings.options, &resolver)?;
-        for warning in &planned.warnings {
+        let ignore = crate::dockerignore::load_for_build(
+            &settings.context_dir,
+            settings.dockerfile.path.as_deref(),
+        )?;
+        // The build checks observe the build's own walk (BuildKit's lint
+        // runs inside its dispatch): the stages the target needs.
+        let check_config = lint::check_config(&ast, &settings.options.build_args)
+            .map_err(|e| BuildError::Invalid(e.message))?;
+        let lint_options = LintOptions {
+            build_args: settings.options.build_args.clone(),
+            dockerignore: Some(ignore.clone()),
+            images: None,
+            platform: settings.options.target_platform.clone(),
+            target: settings.options.target.clone(),
+            buildkit_only: true,
+        };
+        let mut checker = Checker::new(&ast, &typed, check_config, &lint_options);
+        let plan = plan_with(
+            &typed,
+            &settings.options,
+            &resolver,
+            WalkOptions::default(),
+            checker.observer(),
+        )?;
+        let checks = checker.finish(&dockerfile.name);
+        for warning in &plan.warnings {
             self.events.warning(&dockerfile.name, warning);
         }
-        let context = self.load_context()?;
+        for finding in &checks.findings {
+            self.events
+                .warning(&dockerfile.name, &finding_warning(finding));
+        }
+        Ok(Walked {
+            plan,
+            checks,
+            resolver,
+            ignore,
+        })
+    }
+
+    /// Parse, plan, load the context and compute the cache keys.
+    pub fn plan(&self) -> Result<Planned<'a>, BuildError> {
+        // Held until the image is tagged and exported: solve's own lease
+        // ends when it returns, and a `kiln prune` waiting for it would
+        // otherwise remove the new, not yet tagged manifest and config.
+        let lease = self.store.lease()?;
+        let walked = self.walk()?;
+        let (mut planned, checks, resolver, ignore) =
+            (walked.plan, walked.checks, walked.resolver, walked.ignore);
+        if checks.fails() {
+            return Err(BuildError::Checks(Box::new(checks)));
+        }
+        let context = self.load_context(&ignore)?;
         // Each ADD URL is downloaded once: for its cache key, or by the
         // step that adds it. The files live in a scratch dir under builds/
         // (the lease keeps a `kiln prune` off them, its name tells a later
@@ -263,6 +356,7 @@ impl<'a> Session<'a> {
         compute_cache_keys(&mut planned, Some(&context), &sources)?;
         Ok(Planned {
             plan: planned,
+            checks,
             context,
             resolver,
             downloads,
@@ -272,15 +366,11 @@ impl<'a> Session<'a> {
     }
 
     /// The build context, hashed (through the store's stat cache).
-    fn load_context(&self) -> Result<BuildContext, BuildError> {
+    fn load_context(&self, ignore: &PatternMatcher) -> Result<BuildContext, BuildError> {
         let started = Instant::now();
         let settings = self.settings;
-        let ignore = crate::dockerignore::load_for_build(
-            &settings.context_dir,
-            settings.dockerfile.path.as_deref(),
-        )?;
         let mut stat_cache = StatCache::open(self.store.root(), &settings.context_dir)?;
-        let context = BuildContext::load(&settings.context_dir, &ignore, Some(&mut stat_cache))?;
+        let context = BuildContext::load(&settings.context_dir, ignore, Some(&mut stat_cache))?;
         let bytes: u64 = context
             .entries()
             .values()
@@ -330,6 +420,7 @@ impl<'a> Session<'a> {
             reported: built.manifest.clone(),
             built,
             pushed: Vec::new(),
+            checks: planned.checks.findings.clone(),
         };
         self.outputs(&mut result)?;
         self.push(&mut result)?;

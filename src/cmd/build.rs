@@ -87,6 +87,11 @@ pub struct BuildArgs {
     /// Show the plan (stages, steps, cache hits, what runs in parallel) and stop.
     #[arg(long)]
     dry_run: bool,
+    /// Only run the build checks (BuildKit's rules over the stages the
+    /// target needs, as buildx's `--check`) and print what they found;
+    /// exits 1 when they found anything.
+    #[arg(long, conflicts_with = "dry_run")]
+    check: bool,
     /// Format of --dry-run output.
     #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
     format: PlanFormat,
@@ -380,14 +385,14 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     // --dry-run prints the plan and nothing of a build's progress (its
     // warnings still).
     let printer = BuildProgress::new(
-        if args.dry_run {
+        if args.dry_run || args.check {
             ProgressMode::Quiet
         } else {
             mode
         },
         shared_view,
     )
-    .show_warnings(mode != ProgressMode::Quiet);
+    .show_warnings(mode != ProgressMode::Quiet && !args.check);
     let reporter: Arc<dyn Reporter> = Arc::new(BuildReporter {
         inner: if mode == ProgressMode::Quiet {
             crate::progress::CliReporter::new(ProgressMode::Quiet)
@@ -420,6 +425,22 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         reporter: reporter.as_ref(),
     };
     let shown = !matches!(mode, ProgressMode::Quiet | ProgressMode::Json);
+    if args.check {
+        let report = session
+            .check()
+            .inspect_err(|e| show_line(&settings, shown, e.line()))?;
+        let text = match args.format {
+            PlanFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
+            _ => crate::cmd::check::check_text(&report),
+        };
+        crate::cmd::check::write_stdout(&text)?;
+        let clean = report.findings.is_empty() && report.error.is_none();
+        return Ok(if clean {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let planned = session
         .plan()
         .inspect_err(|e| show_line(&settings, shown, e.line()))?;

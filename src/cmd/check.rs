@@ -52,6 +52,10 @@ pub struct CheckArgs {
     /// kiln's own environment variable K.
     #[arg(long = "build-arg", value_name = "K=V")]
     build_args: Vec<String>,
+    /// Check only the stages this stage needs, as a build of it would
+    /// (default: every stage, as `docker build --check` without a target).
+    #[arg(long, value_name = "STAGE")]
+    target: Option<String>,
     /// The build context (its .dockerignore is checked against COPY/ADD).
     #[arg(value_name = "CONTEXT", default_value = ".")]
     context: PathBuf,
@@ -102,7 +106,7 @@ impl CheckCommand {
 }
 
 /// Prints to standard output; a closed pipe (`| head`) is not an error.
-fn write_stdout(text: &str) -> anyhow::Result<()> {
+pub(crate) fn write_stdout(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
@@ -123,6 +127,7 @@ fn run_check(args: CheckArgs, settings: &GlobalSettings) -> anyhow::Result<ExitC
         build_args: parse_build_args(&args.build_args),
         dockerignore: Some(dockerignore),
         images: Some(&images),
+        target: args.target.clone(),
         ..LintOptions::default()
     };
     let report = check(&text, &name, &options);
@@ -144,7 +149,7 @@ fn run_check(args: CheckArgs, settings: &GlobalSettings) -> anyhow::Result<ExitC
 }
 
 /// `file:line:column: severity: Rule: message`, one finding a line.
-fn check_text(report: &Report) -> String {
+pub(crate) fn check_text(report: &Report) -> String {
     let mut out = String::new();
     if let Some(error) = &report.error {
         match (error.line, error.column) {
