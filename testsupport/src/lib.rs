@@ -15,6 +15,7 @@
 //!   `KILN_TEST_ALLOW_SKIP=1`) and the rootless test user.
 //! - [`empty_docker_config`]: a `DOCKER_CONFIG` that keeps the host's
 //!   `~/.docker` out of tests.
+//! - [`golden`]: golden-file comparison, rewritten with `KILN_BLESS=1`.
 //!
 //! ```no_run
 //! use kiln_testsupport::RegistryServer;
@@ -23,6 +24,7 @@
 //! // stopped (kill + wait) when `registry` drops
 //! ```
 
+pub mod golden;
 pub mod image;
 mod process;
 pub mod proxy;
