@@ -93,10 +93,7 @@ fn build_full(
         no_cache: false,
         source_date_epoch,
         network: Network::None,
-        helper: HelperCommand {
-            program: PathBuf::from(env!("CARGO_BIN_EXE_kiln-builder-test-helper")),
-            args: vec!["__runtime-helper".into()],
-        },
+        helper: HelperCommand::subcommand_of(env!("CARGO_BIN_EXE_kiln-builder-test-helper")),
         downloads: None,
         events,
         reporter: &NoProgress,
@@ -787,10 +784,7 @@ fn build_with_ssh(
         no_cache: false,
         source_date_epoch: Some(1),
         network: Network::None,
-        helper: HelperCommand {
-            program: PathBuf::from(env!("CARGO_BIN_EXE_kiln-builder-test-helper")),
-            args: vec!["__runtime-helper".into()],
-        },
+        helper: HelperCommand::subcommand_of(env!("CARGO_BIN_EXE_kiln-builder-test-helper")),
         downloads: None,
         events: &events,
         reporter: &NoProgress,

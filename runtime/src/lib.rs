@@ -50,7 +50,7 @@
 //! # Example
 //!
 //! ```no_run
-//! use kiln_runtime::{run, HelperCommand, RunSpec, UpperDir};
+//! use kiln_runtime::{run, HelperCommand, RunSpec, UpperDir, HELPER_SUBCOMMAND};
 //! # fn main() -> Result<(), kiln_runtime::RuntimeError> {
 //! let mut spec = RunSpec::new(
 //!     vec!["/var/lib/kiln/snapshots/sha256-abc".into()],
@@ -59,7 +59,7 @@
 //! );
 //! spec.upper = UpperDir::Keep("/var/lib/kiln/containers-upper/1234".into());
 //! // The kiln binary's hidden subcommand calls kiln_runtime::helper_main().
-//! let status = run(spec, &HelperCommand::current_exe(&["__runtime-helper"]))?;
+//! let status = run(spec, &HelperCommand::current_exe(&[HELPER_SUBCOMMAND]))?;
 //! assert_eq!(status.code(), 0);
 //! # Ok(())
 //! # }
@@ -85,4 +85,5 @@ pub use parent::{run, MAX_LOWER_DIRS};
 pub use scratch::{remove_dead_scratch, RemovedScratch};
 pub use spec::{
     BindMount, ExitStatus, HelperCommand, Limit, Limits, Network, RunSpec, Streams, UpperDir,
+    HELPER_SUBCOMMAND,
 };
