@@ -87,3 +87,4 @@ pub use spec::{
     BindMount, ExitStatus, HelperCommand, Limit, Limits, Network, RunSpec, Streams, UpperDir,
     HELPER_SUBCOMMAND,
 };
+pub use sys::pipe;

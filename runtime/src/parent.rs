@@ -24,13 +24,7 @@ fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> RuntimeError {
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills the two-element array we own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io_err("pipe")(std::io::Error::last_os_error()));
-    }
-    // SAFETY: both descriptors are new and ours.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    crate::sys::pipe().map_err(io_err("pipe"))
 }
 
 /// The layout of a run's state. The overlay's work dir (and a discarded
