@@ -29,11 +29,10 @@ pub fn find_subid_range(text: &str, name: Option<&str>, id: u32) -> Option<SubId
 
 fn user_name(uid: u32) -> Option<String> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        (fields.len() > 2 && fields[2].parse::<u32>().ok() == Some(uid))
-            .then(|| fields[0].to_string())
-    })
+    let name = crate::user::passwd_entries(&passwd)
+        .find(|entry| entry.uid == uid)
+        .map(|entry| entry.name.to_string());
+    name
 }
 
 fn find_program(name: &str) -> Option<PathBuf> {
