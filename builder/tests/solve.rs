@@ -542,8 +542,8 @@ fn run_mounts_from_an_image() {
     assert!(err.contains("line 2") && err.contains("absent:1"), "{err}");
 }
 
-/// Each entry of a layer: (path, content bytes). The blob is read as gzip
-/// when it starts with gzip's magic, else as a plain tar.
+/// Each entry of a layer: (path, content bytes). The blob is decompressed
+/// as its magic bytes say.
 fn layer_bytes(store: &Store, image: &BuiltImage, index: usize) -> Vec<(String, Vec<u8>)> {
     let mut blob = Vec::new();
     store
@@ -551,12 +551,7 @@ fn layer_bytes(store: &Store, image: &BuiltImage, index: usize) -> Vec<(String, 
         .unwrap()
         .read_to_end(&mut blob)
         .unwrap();
-    let reader: Box<dyn Read> = if blob.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::read::GzDecoder::new(&blob[..]))
-    } else {
-        Box::new(&blob[..])
-    };
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(kiln_layers::compress::decompress(&blob[..]).unwrap());
     let mut out = Vec::new();
     for entry in archive.entries().unwrap() {
         let mut entry = entry.unwrap();

@@ -24,7 +24,8 @@
 //!   what dead processes left.
 //! - Layers: `diff::write_layer` (upper dir → compressed blob + diff id),
 //!   `diff::write_tar`, `unpack::unpack` (safe, whiteout-aware),
-//!   `compress` (gzip, zstd, sniffing), `compressed::compressed_image`
+//!   `compress` (gzip, zstd; the one sniffer, `Magic`, and the decoders of
+//!   layer blobs and of `ADD` archives), `compressed::compressed_image`
 //!   (a built image's plain layers compressed on their way out, once).
 //! - Archives: `archive::save` / `archive::load` (OCI layout dir or tar,
 //!   docker-archive), `import::import_rootfs`.
