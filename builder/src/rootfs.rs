@@ -584,6 +584,63 @@ impl LayeredRootfs {
         Ok(())
     }
 
+    /// Whether the lower layers alone (the upper dir left out) show a
+    /// directory at `rel`: one made there in the upper dir in place of
+    /// something else must be opaque, or its contents show through.
+    pub fn lower_is_dir(&self, rel: &str) -> bool {
+        let Some((top, rest)) = self.lowers.split_first() else {
+            return false;
+        };
+        let lowers = LayeredRootfs::new(top, rest.to_vec());
+        matches!(lowers.locate(rel), Ok(Some(found)) if found.meta.is_dir())
+    }
+
+    /// Copies the non-directory visible at `rel` up into the upper dir,
+    /// with its owner, mode, times and (for a file) xattrs, as overlayfs
+    /// does before it links or changes a lower file. Returns false when
+    /// nothing, or a directory, is visible there.
+    pub fn copy_up_file(&self, rel: &str) -> Result<bool, RootfsError> {
+        let Some(found) = self.locate(rel)? else {
+            return Ok(false);
+        };
+        if found.meta.is_dir() {
+            return Ok(false);
+        }
+        if found.in_upper {
+            return Ok(true);
+        }
+        self.copy_up_parents(rel)?;
+        let upper = self.upper_path(rel);
+        let meta = SourceMeta::from_host(&found.host, &found.meta)?;
+        match &meta.kind {
+            EntryKind::File => {
+                let xattrs = host_xattrs(&found.host);
+                let info = NewFileInfo {
+                    uid: meta.uid,
+                    gid: meta.gid,
+                    mode: meta.mode,
+                    xattrs: &xattrs,
+                    atime: meta.atime,
+                    mtime: meta.mtime,
+                };
+                create_file_copy(&found.host, &upper, &info)?;
+                return Ok(true);
+            }
+            EntryKind::Symlink(target) => {
+                std::os::unix::fs::symlink(target, &upper)
+                    .map_err(RootfsError::io(upper.display()))?;
+                set_owner(&upper, meta.uid, meta.gid)?;
+            }
+            node => {
+                make_node(&upper, node, meta.mode)?;
+                set_owner(&upper, meta.uid, meta.gid)?;
+                set_mode(&upper, meta.mode)?;
+            }
+        }
+        set_times(&upper, meta.atime, meta.mtime)?;
+        Ok(true)
+    }
+
     /// Removes a path from the merged view: deleted from the upper dir, and
     /// hidden with a whiteout when a lower layer still has it.
     pub fn remove(&self, rel: &str) -> Result<(), RootfsError> {
