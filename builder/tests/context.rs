@@ -69,7 +69,7 @@ fn stat_cache_skips_unchanged_files_and_persists() {
     assert_eq!(first.stats().files_read, 5);
     cache.save().unwrap();
     let files = || {
-        std::fs::read_dir(store.path().join("cache/context-stats"))
+        std::fs::read_dir(kiln_layers::Store::context_stats_dir_in(store.path()))
             .unwrap()
             .count()
     };
