@@ -77,8 +77,10 @@ fn write_proc(pid: libc::pid_t, file: &str, content: &str) -> Result<(), Runtime
 /// Writes the uid and gid maps of the user namespace that process `pid` has
 /// just created.
 pub fn write_id_maps(pid: libc::pid_t) -> Result<(), RuntimeError> {
-    // SAFETY: getuid/getgid cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let (uid, gid) = (
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+    );
     let name = user_name(uid);
     let range = |file: &str, id: u32| {
         std::fs::read_to_string(file)
