@@ -1,5 +1,6 @@
 //! The runtime's helper for kiln-builder's own tests: the solver's RUN steps
 //! re-execute this binary (the `kiln` binary plays this part in real builds).
+#![forbid(unsafe_code)]
 
 use kiln_runtime::HELPER_SUBCOMMAND;
 

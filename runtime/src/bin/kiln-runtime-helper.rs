@@ -9,6 +9,7 @@
 //! ```
 //! Exits with the container's code; on a runtime error prints it and exits
 //! with its Docker code (126/127) or 125.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
