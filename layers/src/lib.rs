@@ -49,6 +49,10 @@
 //! # Ok(()) }
 //! ```
 
+// Unsafe code only where a module says why: store.rs's sync_file_range,
+// which rustix lacks.
+#![deny(unsafe_code)]
+
 pub mod archive;
 pub mod canonical;
 pub mod cleanup;
@@ -63,6 +67,7 @@ pub mod owner;
 pub mod progress;
 pub mod reference;
 pub mod snapshot;
+#[allow(unsafe_code)]
 pub mod store;
 pub mod unpack;
 

@@ -1133,7 +1133,8 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
         return;
     };
     // SAFETY: the descriptor is open for as long as `file` is borrowed;
-    // sync_file_range reads no memory of ours.
+    // sync_file_range reads no memory of ours. (rustix has no
+    // sync_file_range.)
     unsafe {
         libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
     }

@@ -262,8 +262,8 @@ pub fn listing(root: &Path) -> String {
             let kind = if ft.is_char_device() { "char" } else { "block" };
             format!(
                 "{name} {kind} {},{} {perms} {owner} mtime={mtime}",
-                libc::major(meta.rdev()),
-                libc::minor(meta.rdev())
+                rustix::fs::major(meta.rdev()),
+                rustix::fs::minor(meta.rdev())
             )
         } else if ft.is_fifo() {
             format!("{name} fifo {perms} {owner} mtime={mtime}")
