@@ -23,6 +23,8 @@
 //! # Ok::<(), kiln_reference::ReferenceError>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod digest;
 mod reference;
 

@@ -65,17 +65,27 @@
 //! # }
 //! ```
 
+// Unsafe code only in the modules that say why at each block: what rustix
+// has no safe call for (fork, exec, signal dispositions, unshare, bpf,
+// close_range, an interface-flags ioctl, descriptors handed over by
+// number).
+#![deny(unsafe_code)]
+
 pub mod cgroup;
+#[allow(unsafe_code)]
 pub mod devices;
 pub mod error;
+#[allow(unsafe_code)]
 pub mod helper;
 pub mod idmap;
 pub mod init;
+#[allow(unsafe_code)]
 pub mod parent;
 pub mod protocol;
 pub mod scratch;
 pub mod security;
 pub mod spec;
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod user;
 

@@ -24,6 +24,8 @@
 //! // stopped (kill + wait) when `registry` drops
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod golden;
 pub mod image;
 mod process;
