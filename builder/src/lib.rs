@@ -20,6 +20,7 @@
 // Unsafe code only where a module says why; solve.rs's output pipe is the
 // last one (kiln_runtime::pipe replaces it, then this becomes forbid).
 #![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod archive;
 pub mod changes;

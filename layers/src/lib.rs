@@ -52,6 +52,7 @@
 // Unsafe code only where a module says why: store.rs's sync_file_range,
 // which rustix lacks.
 #![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod archive;
 pub mod canonical;

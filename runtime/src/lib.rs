@@ -70,6 +70,7 @@
 // close_range, an interface-flags ioctl, descriptors handed over by
 // number).
 #![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod cgroup;
 #[allow(unsafe_code)]
