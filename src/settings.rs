@@ -79,8 +79,7 @@ impl TransferArgs {
 
 /// `/var/lib/kiln` for root; `$XDG_DATA_HOME/kiln` (or `~/.local/share/kiln`) otherwise.
 fn default_root() -> PathBuf {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if rustix::process::geteuid().is_root() {
         return PathBuf::from("/var/lib/kiln");
     }
     if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {

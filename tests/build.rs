@@ -106,22 +106,6 @@ fn normalize_digests(line: &str) -> String {
     out
 }
 
-/// Compares with the golden file, or writes it with `KILN_BLESS=1`.
-fn check_golden(path: &Path, actual: &str) -> Option<String> {
-    if std::env::var_os("KILN_BLESS").is_some_and(|v| v == "1") {
-        std::fs::write(path, actual).unwrap();
-        return None;
-    }
-    let expected = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with KILN_BLESS=1 to create)", path.display()));
-    (expected != actual).then(|| {
-        format!(
-            "{}: golden mismatch\n--- expected\n{expected}--- actual\n{actual}",
-            path.display()
-        )
-    })
-}
-
 #[test]
 fn progress_plain_snapshots() {
     let fixture = Fixture::new();
@@ -158,7 +142,7 @@ fn progress_plain_snapshots() {
             ),
             ("status", status),
         ] {
-            failures.extend(check_golden(&case.join(name), &actual));
+            failures.extend(kiln_testsupport::golden::compare(&case.join(name), &actual));
         }
         if first.status.success() {
             // Not a terminal: the image id alone on stdout.

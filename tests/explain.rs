@@ -38,10 +38,6 @@ fn testdata(area: &str) -> PathBuf {
         .join(area)
 }
 
-fn bless() -> bool {
-    std::env::var_os("KILN_BLESS").is_some_and(|v| v == "1")
-}
-
 fn case_dirs(area: &str) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = fs::read_dir(testdata(area))
         .unwrap()
@@ -126,17 +122,7 @@ fn case_store(dir: &Path) -> tempfile::TempDir {
 /// Compares (or with KILN_BLESS=1 writes) one expected file; returns a
 /// description of the mismatch.
 fn compare(expected_path: &Path, actual: &str) -> Option<String> {
-    if bless() {
-        fs::write(expected_path, actual).unwrap();
-        return None;
-    }
-    let expected = fs::read_to_string(expected_path).unwrap_or_default();
-    (expected != actual).then(|| {
-        format!(
-            "{}:\n--- expected\n{expected}\n--- actual\n{actual}",
-            expected_path.display()
-        )
-    })
+    kiln_testsupport::golden::compare(expected_path, actual)
 }
 
 #[test]

@@ -60,6 +60,9 @@ pub enum CopyError {
     },
     #[error("archive {archive}: {message}")]
     Archive { archive: String, message: String },
+    /// The extractor refused an archive's entry or failed writing it.
+    #[error(transparent)]
+    Extract(kiln_layers::Error),
     #[error(
         "fetching {}: {}",
         redact_credentials(url),

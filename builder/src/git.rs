@@ -678,33 +678,25 @@ fn set_mtimes(dir: &Path, secs: i64) -> Result<(), GitError> {
         }
         all.push(d);
     }
-    let time = libc::timespec {
-        tv_sec: secs as libc::time_t,
+    let time = rustix::fs::Timespec {
+        tv_sec: secs,
         tv_nsec: 0,
     };
-    let times = [time, time];
+    let times = rustix::fs::Timestamps {
+        last_access: time,
+        last_modification: time,
+    };
     for path in all {
-        use std::os::unix::ffi::OsStrExt;
-        let c_path =
-            std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| GitError::Io {
-                path: path.clone(),
-                source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
-            })?;
-        // SAFETY: c_path is a valid C string and times has two entries.
-        let rc = unsafe {
-            libc::utimensat(
-                libc::AT_FDCWD,
-                c_path.as_ptr(),
-                times.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if rc != 0 {
-            return Err(GitError::Io {
-                path,
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            &path,
+            &times,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| GitError::Io {
+            path: path.clone(),
+            source: e.into(),
+        })?;
     }
     Ok(())
 }

@@ -17,6 +17,10 @@
 //! layer is rebased onto a changed base without re-running); kiln's key
 //! includes its parent, so a changed base copies again (same layer bytes).
 
+// Unsafe code only where a module says why; solve.rs's output pipe is the
+// last one (kiln_runtime::pipe replaces it, then this becomes forbid).
+#![forbid(unsafe_code)]
+
 pub mod archive;
 pub mod changes;
 pub mod context;

@@ -369,7 +369,7 @@ impl<'a> Session<'a> {
     fn load_context(&self, ignore: &PatternMatcher) -> Result<BuildContext, BuildError> {
         let started = Instant::now();
         let settings = self.settings;
-        let mut stat_cache = StatCache::open(self.store.root(), &settings.context_dir)?;
+        let mut stat_cache = StatCache::open_in(self.store, &settings.context_dir)?;
         let context = BuildContext::load(&settings.context_dir, ignore, Some(&mut stat_cache))?;
         let bytes: u64 = context
             .entries()

@@ -2,7 +2,11 @@
 //! number is an id, `root` is 0, a name is looked up in the *target*
 //! filesystem's `/etc/passwd` and `/etc/group` (symlinks resolved inside
 //! it). A user name not found there leaves 0, a group name not found leaves
-//! the user's group, as BuildKit does (kiln logs a warning).
+//! the user's group, as BuildKit does (kiln logs a warning). The files are
+//! parsed by kiln-runtime's [`kiln_runtime::user`] parsers, which `USER`
+//! resolution uses too.
+
+use kiln_runtime::user::{group_entries, passwd_entries};
 
 use crate::rootfs::{resolve, RootfsError, SourceTree};
 
@@ -63,10 +67,11 @@ impl ChownSpec {
             }
             Some(Principal::Name(name)) => {
                 let passwd = read_etc(rootfs, "etc/passwd")?;
-                match lookup(&passwd, name, 2) {
-                    Some(fields) => {
-                        owner.uid = fields.0;
-                        owner.gid = fields.1.unwrap_or(0);
+                let found = passwd_entries(&passwd).find(|entry| entry.name == name);
+                match found {
+                    Some(entry) => {
+                        owner.uid = entry.uid;
+                        owner.gid = entry.gid;
                     }
                     None => {
                         tracing::warn!("--chown: user {name:?} not found in /etc/passwd; using 0")
@@ -79,8 +84,9 @@ impl ChownSpec {
             Some(Principal::Id(id)) => owner.gid = *id,
             Some(Principal::Name(name)) => {
                 let group = read_etc(rootfs, "etc/group")?;
-                match lookup(&group, name, 2) {
-                    Some(fields) => owner.gid = fields.0,
+                let found = group_entries(&group).find(|entry| entry.name == name);
+                match found {
+                    Some(entry) => owner.gid = entry.gid,
                     None => tracing::warn!("--chown: group {name:?} not found in /etc/group"),
                 }
             }
@@ -101,27 +107,6 @@ fn read_etc(rootfs: &dyn SourceTree, path: &str) -> Result<String, RootfsError> 
         // Missing (or not a regular file): the name is simply not found.
         _ => Ok(String::new()),
     }
-}
-
-/// Finds `name` in a colon-separated database; returns the id in field
-/// `id_field` and, for passwd, the primary group in the next field.
-fn lookup(db: &str, name: &str, id_field: usize) -> Option<(u32, Option<u32>)> {
-    for line in db.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let fields: Vec<&str> = line.split(':').collect();
-        if fields.first() != Some(&name) {
-            continue;
-        }
-        let id = fields.get(id_field)?.trim().parse::<u32>().ok()?;
-        let next = fields
-            .get(id_field + 1)
-            .and_then(|f| f.trim().parse::<u32>().ok());
-        return Some((id, next));
-    }
-    None
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ mod common;
 mod tree;
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kiln_builder::context::BuildContext;
 use kiln_builder::dockerignore;
@@ -105,10 +105,7 @@ fn run(case: &Path) -> String {
         no_cache: false,
         source_date_epoch: Some(1_700_000_000),
         network: Network::None,
-        helper: HelperCommand {
-            program: PathBuf::from(env!("CARGO_BIN_EXE_kiln-builder-test-helper")),
-            args: vec!["__runtime-helper".into()],
-        },
+        helper: HelperCommand::subcommand_of(env!("CARGO_BIN_EXE_kiln-builder-test-helper")),
         downloads: None,
         events: &NoEvents,
         reporter: &NoProgress,

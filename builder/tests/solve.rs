@@ -94,10 +94,7 @@ fn build_full(
         no_cache: false,
         source_date_epoch,
         network: Network::None,
-        helper: HelperCommand {
-            program: PathBuf::from(env!("CARGO_BIN_EXE_kiln-builder-test-helper")),
-            args: vec!["__runtime-helper".into()],
-        },
+        helper: HelperCommand::subcommand_of(env!("CARGO_BIN_EXE_kiln-builder-test-helper")),
         downloads: None,
         events,
         reporter: &NoProgress,
@@ -550,8 +547,8 @@ fn run_mounts_from_an_image() {
     assert!(err.contains("line 2") && err.contains("absent:1"), "{err}");
 }
 
-/// Each entry of a layer: (path, content bytes). The blob is read as gzip
-/// when it starts with gzip's magic, else as a plain tar.
+/// Each entry of a layer: (path, content bytes). The blob is decompressed
+/// as its magic bytes say.
 fn layer_bytes(store: &Store, image: &BuiltImage, index: usize) -> Vec<(String, Vec<u8>)> {
     let mut blob = Vec::new();
     store
@@ -559,12 +556,7 @@ fn layer_bytes(store: &Store, image: &BuiltImage, index: usize) -> Vec<(String, 
         .unwrap()
         .read_to_end(&mut blob)
         .unwrap();
-    let reader: Box<dyn Read> = if blob.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::read::GzDecoder::new(&blob[..]))
-    } else {
-        Box::new(&blob[..])
-    };
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(kiln_layers::compress::decompress(&blob[..]).unwrap());
     let mut out = Vec::new();
     for entry in archive.entries().unwrap() {
         let mut entry = entry.unwrap();
@@ -792,10 +784,7 @@ fn build_with_ssh(
         no_cache: false,
         source_date_epoch: Some(1),
         network: Network::None,
-        helper: HelperCommand {
-            program: PathBuf::from(env!("CARGO_BIN_EXE_kiln-builder-test-helper")),
-            args: vec!["__runtime-helper".into()],
-        },
+        helper: HelperCommand::subcommand_of(env!("CARGO_BIN_EXE_kiln-builder-test-helper")),
         downloads: None,
         events: &events,
         reporter: &NoProgress,

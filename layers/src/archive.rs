@@ -542,7 +542,7 @@ fn load_docker(store: &Store, files: &ArchiveFiles, path: &Path) -> Result<Vec<L
                 .stored
                 .get(&name)
                 .ok_or_else(|| bad(format!("layer {name} is missing")))?;
-            let mut head = [0u8; 4];
+            let mut head = [0u8; crate::compress::Magic::LEN];
             let n = store
                 .open_blob(&d.digest)?
                 .read(&mut head)

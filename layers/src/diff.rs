@@ -362,7 +362,7 @@ impl<W: Write> TarWriter<W> {
         let mut header = self.header(kind, mode, uid, gid, mtime);
         header.set_size(0);
         let rdev = meta.rdev();
-        let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+        let (major, minor) = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
         header
             .set_device_major(major)
             .and_then(|()| header.set_device_minor(minor))

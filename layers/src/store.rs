@@ -41,6 +41,7 @@ use crate::reference::Reference;
 
 const OCI_LAYOUT_FILE: &str = "oci-layout";
 const INDEX_FILE: &str = "index.json";
+const CACHE_DIR: &str = "cache";
 
 /// Largest manifest or config kiln reads into memory.
 pub const MAX_JSON_BLOB: u64 = 16 << 20;
@@ -294,7 +295,7 @@ impl Store {
             store.blobs_dir(),
             store.ingest_dir(),
             store.snapshots_dir(),
-            store.root.join("cache"),
+            store.cache_dir(),
             store.trash_dir(),
         ] {
             fs::create_dir_all(&dir).map_err(io_at("create directory", &dir))?;
@@ -370,6 +371,40 @@ impl Store {
         self.root.join("origins")
     }
 
+    /// Build cache records (`<key hex>.json`) and, below, the build
+    /// context's stat caches.
+    pub(crate) fn cache_dir(&self) -> PathBuf {
+        self.root.join(CACHE_DIR)
+    }
+
+    /// The build context's stat caches, one file per context directory.
+    pub fn context_stats_dir(&self) -> PathBuf {
+        self.root.join(CACHE_DIR).join("context-stats")
+    }
+
+    /// Whether a store exists at `root` (its `index.json` is there): what a
+    /// command that never creates one (explain, check) asks before
+    /// [`Store::open`].
+    pub fn exists_at(root: &Path) -> bool {
+        root.join(INDEX_FILE).is_file()
+    }
+
+    /// Held shared by every pull, build and run ([`Store::lease`]) and
+    /// exclusively by prune and rmi.
+    pub(crate) fn gc_lock_path(&self) -> PathBuf {
+        self.root.join("gc.lock")
+    }
+
+    /// Held while `index.json` is rewritten.
+    pub(crate) fn index_lock_path(&self) -> PathBuf {
+        self.root.join("index.lock")
+    }
+
+    /// Held while an incomplete snapshot is replaced.
+    pub(crate) fn snapshots_lock_path(&self) -> PathBuf {
+        self.root.join("snapshots.lock")
+    }
+
     /// Where a blob lives (whether or not it is there).
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.blobs_dir().join(digest.hex())
@@ -420,7 +455,7 @@ impl Store {
     /// A shared hold that keeps `prune` away until dropped.
     pub fn lease(&self) -> Result<Lease> {
         Ok(Lease {
-            _file: lock(&self.root.join("gc.lock"), false)?,
+            _file: lock(&self.gc_lock_path(), false)?,
         })
     }
 
@@ -640,7 +675,7 @@ impl Store {
     // ----- index.json -----
 
     fn lock_index(&self) -> Result<File> {
-        lock(&self.root.join("index.lock"), true)
+        lock(&self.index_lock_path(), true)
     }
 
     /// Reads `index.json`.
@@ -796,7 +831,7 @@ impl Store {
     // ----- build cache records -----
 
     fn cache_path(&self, key: &Digest) -> PathBuf {
-        self.root.join("cache").join(format!("{}.json", key.hex()))
+        self.cache_dir().join(format!("{}.json", key.hex()))
     }
 
     /// Stores a build cache record under `key` (the step's cache key).
@@ -828,7 +863,7 @@ impl Store {
     }
 
     fn cache_records(&self) -> Result<Vec<(PathBuf, Option<CacheRecord>)>> {
-        let dir = self.root.join("cache");
+        let dir = self.cache_dir();
         let mut out = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_at("list", &dir))? {
             let entry = entry.map_err(io_at("list", &dir))?;
@@ -884,7 +919,7 @@ impl Store {
     /// through the trash (`crate::cleanup`): a kill leaves nothing
     /// half-deleted in place. The report says what each kind freed.
     pub fn prune(&self, options: PruneOptions) -> Result<PruneReport> {
-        let _gc = lock(&self.root.join("gc.lock"), true)?;
+        let _gc = lock(&self.gc_lock_path(), true)?;
         let mut report = PruneReport::default();
         let mut meter = Meter::default();
         // What killed deletions left: theirs, not this prune's.
@@ -952,7 +987,7 @@ impl Store {
         // killed process left behind; the index lock keeps a concurrent
         // tag's temp file safe.
         let _index = self.lock_index()?;
-        for dir in [self.root.clone(), self.root.join("cache")] {
+        for dir in [self.root.clone(), self.cache_dir()] {
             for path in self.list_dir(&dir)? {
                 let name = file_name(&path);
                 if name.starts_with('.') && name.contains(".tmp-") {
@@ -1000,7 +1035,7 @@ impl Store {
     }
 
     fn collect_image(&self, desc: Descriptor) -> Result<(Descriptor, Vec<Digest>)> {
-        let _gc = lock(&self.root.join("gc.lock"), true)?;
+        let _gc = lock(&self.gc_lock_path(), true)?;
         let mut candidates = vec![desc.digest.clone()];
         let mut queue = vec![desc.clone()];
         while let Some(d) = queue.pop() {
@@ -1092,7 +1127,8 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
         return;
     };
     // SAFETY: the descriptor is open for as long as `file` is borrowed;
-    // sync_file_range reads no memory of ours.
+    // sync_file_range reads no memory of ours. (rustix has no
+    // sync_file_range.)
     unsafe {
         libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
     }

@@ -25,6 +25,8 @@
 //! # Ok::<(), kiln_reference::ReferenceError>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod digest;
 mod redact;
 mod reference;

@@ -19,6 +19,8 @@
 //! # let _ = manifest; Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod auth;
 mod client;
 mod download;

@@ -54,7 +54,7 @@
 //! # Example
 //!
 //! ```no_run
-//! use kiln_runtime::{run, HelperCommand, RunSpec, UpperDir};
+//! use kiln_runtime::{run, HelperCommand, RunSpec, UpperDir, HELPER_SUBCOMMAND};
 //! # fn main() -> Result<(), kiln_runtime::RuntimeError> {
 //! let mut spec = RunSpec::new(
 //!     vec!["/var/lib/kiln/snapshots/sha256-abc".into()],
@@ -63,23 +63,34 @@
 //! );
 //! spec.upper = UpperDir::Keep("/var/lib/kiln/containers-upper/1234".into());
 //! // The kiln binary's hidden subcommand calls kiln_runtime::helper_main().
-//! let status = run(spec, &HelperCommand::current_exe(&["__runtime-helper"]))?;
+//! let status = run(spec, &HelperCommand::current_exe(&[HELPER_SUBCOMMAND]))?;
 //! assert_eq!(status.code(), 0);
 //! # Ok(())
 //! # }
 //! ```
 
+// Unsafe code only in the modules that say why at each block: what rustix
+// has no safe call for (fork, exec, signal dispositions, unshare, bpf,
+// close_range, an interface-flags ioctl, descriptors handed over by
+// number).
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod cgroup;
+#[allow(unsafe_code)]
 pub mod devices;
 pub mod error;
+#[allow(unsafe_code)]
 pub mod helper;
 pub mod idmap;
 pub mod init;
+#[allow(unsafe_code)]
 pub mod parent;
 pub mod protocol;
 pub mod scratch;
 pub mod security;
 pub mod spec;
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod user;
 
@@ -89,5 +100,6 @@ pub use parent::{run, MAX_LOWER_DIRS};
 pub use scratch::{remove_dead_scratch, RemovedScratch};
 pub use spec::{
     BindMount, ExitStatus, HelperCommand, Limit, Limits, MemoryFile, Network, RunSpec, Streams,
-    UpperDir,
+    UpperDir, HELPER_SUBCOMMAND,
 };
+pub use sys::pipe;

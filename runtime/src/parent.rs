@@ -4,12 +4,14 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Instant;
+
+use rustix::event::{PollFd, PollFlags};
 
 use crate::cgroup::{Counter, PidsWatch, RunCgroups, PIDS_CHECK_INTERVAL};
 use crate::error::RuntimeError;
@@ -24,13 +26,7 @@ fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> RuntimeError {
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills the two-element array we own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io_err("pipe")(std::io::Error::last_os_error()));
-    }
-    // SAFETY: both descriptors are new and ours.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    crate::sys::pipe().map_err(io_err("pipe"))
 }
 
 /// The layout of a run's state. The overlay's work dir (and a discarded
@@ -60,14 +56,9 @@ pub const MAX_LOWER_DIRS: usize = 500;
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 
 fn is_tmpfs(path: &Path) -> bool {
-    let Ok(cpath) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs fills the zeroed struct we own.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        libc::statfs(cpath.as_ptr(), &mut st) == 0 && st.f_type as i64 == TMPFS_MAGIC
-    }
+    // f_type is an i64 on x86_64, not on every architecture.
+    #[allow(clippy::unnecessary_cast)]
+    rustix::fs::statfs(path).is_ok_and(|st| st.f_type as i64 == TMPFS_MAGIC)
 }
 
 /// A new private directory on a tmpfs for one run's small files: under
@@ -300,8 +291,7 @@ fn validate(spec: &RunSpec) -> Result<(), RuntimeError> {
 /// Runs `spec` and waits for it. See the crate documentation.
 pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeError> {
     validate(&spec)?;
-    // SAFETY: geteuid cannot fail.
-    let rootless = unsafe { libc::geteuid() } != 0;
+    let rootless = !rustix::process::geteuid().is_root();
     // Removed (whatever is still in them killed) when dropped, on every path.
     let (cgroups, request) = crate::cgroup::setup(&spec.limits, rootless)?;
     let state = StateDir::new(&spec.state_dir, &spec.upper, tmpfs_scratch());
@@ -406,13 +396,9 @@ fn nofile_limit(requested: u64, rootless: bool) -> (u64, u64) {
         )
         .unwrap_or(false);
     if !can_raise {
-        let mut current = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit fills the struct we own.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) } == 0 {
-            limit = limit.min(current.rlim_max);
+        // None: unlimited.
+        if let Some(max) = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum {
+            limit = limit.min(max);
         }
     }
     (limit, limit)
@@ -446,16 +432,13 @@ fn launch(
     let (config_read, config_write) = pipe()?;
     let (report_read, report_write) = pipe()?;
     let (sync_read, sync_write) = pipe()?;
-    let mut child_fds = vec![
-        config_read.as_raw_fd(),
-        report_write.as_raw_fd(),
-        sync_read.as_raw_fd(),
-    ];
+    // The helper's ends: the command owns them, and closes them (in kiln)
+    // once the helper is started.
+    let mut child_ends = vec![config_read, report_write, sync_read];
 
     let mut command = Command::new(&helper.program);
     command.args(&helper.args);
     let mut terminal = TerminalState::None;
-    let mut console_child = None;
     match spec.streams {
         Streams::Stdio {
             stdin,
@@ -468,9 +451,8 @@ fn launch(
             // The init opens the pty inside the container and sends its
             // master back on this socket.
             let (ours, theirs) = socketpair()?;
-            child_fds.push(theirs.as_raw_fd());
             config.console_fd = Some(theirs.as_raw_fd());
-            console_child = Some(theirs);
+            child_ends.push(theirs);
             command.stdin(Stdio::null());
             terminal = TerminalState::Waiting {
                 socket: ours,
@@ -478,29 +460,26 @@ fn launch(
             };
         }
     }
-    let fds_text: Vec<String> = child_fds.iter().map(|fd| fd.to_string()).collect();
+    let fds_text: Vec<String> = child_ends
+        .iter()
+        .map(|fd| fd.as_raw_fd().to_string())
+        .collect();
     command.env(FDS_ENV, fds_text.join(","));
-    // SAFETY: the closure only makes async-signal-safe calls (close_range,
-    // fcntl, prctl).
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe calls (close_range or fcntl, fcntl, prctl), on
+    // descriptors it owns.
     unsafe {
-        let child_fds = child_fds.clone();
         command.pre_exec(move || {
             // The helper gets exactly stdio and the descriptors named in
             // FDS_ENV, whatever kiln inherited or opened without O_CLOEXEC.
             crate::sys::cloexec_from(3)?;
-            for &fd in &child_fds {
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+            for fd in &child_ends {
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
             }
             // If kiln dies, the helper dies, and with it the container.
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
+            let _ = rustix::process::set_parent_process_death_signal(Some(
+                rustix::process::Signal::KILL,
+            ));
             Ok(())
         });
     }
@@ -510,8 +489,8 @@ fn launch(
             program: helper.program.clone(),
             source,
         })?;
+    // With it go the helper's ends of the pipes.
     drop(command);
-    drop((config_read, report_write, sync_read, console_child));
 
     let config_bytes = serde_json::to_vec(&config).map_err(|e| RuntimeError::Io {
         what: "encode configuration",
@@ -663,12 +642,6 @@ impl Watch {
         terminal: &mut TerminalState,
     ) -> Result<(), RuntimeError> {
         loop {
-            let mut fds = vec![pollfd(self.report.as_raw_fd())];
-            if let Some(forwarder) = signals {
-                fds.push(pollfd(forwarder.read_fd()));
-            }
-            let relay_fds = terminal.poll_fds();
-            fds.extend(relay_fds.iter().map(|fd| pollfd(*fd)));
             let mut wait = match deadline {
                 Some(_) if self.timed_out => None,
                 Some(at) => Some(at.saturating_duration_since(Instant::now())),
@@ -680,16 +653,34 @@ impl Watch {
                     .saturating_duration_since(Instant::now());
                 wait = Some(wait.map_or(tick, |w| w.min(tick)));
             }
-            let timeout_ms = wait.map_or(-1, |w| w.as_millis().min(i32::MAX as u128) as i32);
-            // SAFETY: fds is a valid array of pollfd of the given length.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.raw_os_error() == Some(libc::EINTR) {
-                    continue;
+            let timeout = wait.map(|w| rustix::event::Timespec {
+                tv_sec: w.as_secs().min(i64::MAX as u64) as i64,
+                tv_nsec: i64::from(w.subsec_nanos()),
+            });
+            // Which descriptors are ready: the reports, the signal pipe, the
+            // terminal's (by number, for `ready`).
+            let relay_fds: Vec<RawFd>;
+            let ready: Vec<bool>;
+            let n = {
+                let mut fds = vec![PollFd::new(&self.report, PollFlags::IN)];
+                if let Some(forwarder) = signals {
+                    fds.push(PollFd::new(&forwarder.read, PollFlags::IN));
                 }
-                return Err(io_err("poll")(err));
-            }
+                let relay = terminal.poll_fds();
+                relay_fds = relay.iter().map(|fd| fd.as_raw_fd()).collect();
+                fds.extend(
+                    relay
+                        .into_iter()
+                        .map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN)),
+                );
+                let n = match rustix::event::poll(&mut fds, timeout.as_ref()) {
+                    Ok(n) => n,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(io_err("poll")(e.into())),
+                };
+                ready = fds.iter().map(|fd| !fd.revents().is_empty()).collect();
+                n
+            };
             self.check_pids();
             if n == 0 {
                 if deadline.is_some_and(|at| Instant::now() >= at) {
@@ -698,7 +689,7 @@ impl Watch {
                 continue;
             }
             if let Some(forwarder) = signals {
-                if fds[1].revents != 0 {
+                if ready[1] {
                     for signal in forwarder.take() {
                         if signal == libc::SIGWINCH {
                             // The kernel tells the container's foreground
@@ -712,11 +703,11 @@ impl Watch {
             }
             let offset = if signals.is_some() { 2 } else { 1 };
             for (i, fd) in relay_fds.iter().enumerate() {
-                if fds[offset + i].revents != 0 {
+                if ready[offset + i] {
                     terminal.ready(*fd);
                 }
             }
-            if fds[0].revents != 0 && !self.read_reports()? {
+            if ready[0] && !self.read_reports()? {
                 return Ok(());
             }
         }
@@ -735,9 +726,7 @@ impl Watch {
         self.next_pids_check = now + PIDS_CHECK_INTERVAL;
         if watch.observe(counter.read(), now) && !self.killed_at_pids_limit {
             self.killed_at_pids_limit = true;
-            let target = self.container_pid.unwrap_or(self.helper_pid);
-            // SAFETY: kill with a pid we started.
-            unsafe { libc::kill(target, libc::SIGKILL) };
+            kill(self.container_pid.unwrap_or(self.helper_pid), libc::SIGKILL);
         }
     }
 
@@ -746,18 +735,13 @@ impl Watch {
             self.timed_out = true;
             // Killing PID 1 kills the whole PID namespace; before it exists,
             // killing the helper takes everything down.
-            let target = self.container_pid.unwrap_or(self.helper_pid);
-            // SAFETY: kill with a pid we started.
-            unsafe { libc::kill(target, libc::SIGKILL) };
+            kill(self.container_pid.unwrap_or(self.helper_pid), libc::SIGKILL);
         }
     }
 
     fn signal(&mut self, signal: libc::c_int) {
         match self.container_pid {
-            // SAFETY: kill with the pid of the container's init.
-            Some(pid) => unsafe {
-                libc::kill(pid, signal);
-            },
+            Some(pid) => kill(pid, signal),
             // Delivered once the container exists.
             None => self.pending_signals.push(signal),
         }
@@ -801,8 +785,7 @@ impl Watch {
             Report::Started { pid } => {
                 self.container_pid = Some(pid);
                 if self.timed_out {
-                    // SAFETY: kill with the pid of the container's init.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    kill(pid, libc::SIGKILL);
                 }
                 for signal in std::mem::take(&mut self.pending_signals) {
                     self.signal(signal);
@@ -818,11 +801,14 @@ impl Watch {
     }
 }
 
-fn pollfd(fd: RawFd) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
+/// Sends `signal` to `pid` (a process kiln started), ignoring failure: it
+/// may have exited already.
+fn kill(pid: libc::pid_t, signal: libc::c_int) {
+    if let (Some(pid), Some(signal)) = (
+        rustix::process::Pid::from_raw(pid),
+        rustix::process::Signal::from_named_raw(signal),
+    ) {
+        let _ = rustix::process::kill_process(pid, signal);
     }
 }
 
@@ -832,7 +818,9 @@ extern "C" fn on_signal(signal: libc::c_int) {
     let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
     if fd >= 0 {
         let byte = signal as u8;
-        // SAFETY: write(2) is async-signal-safe; the pipe is non-blocking.
+        // SAFETY: write(2) of one byte we own, on the pipe's write end,
+        // which stays open while the handler is installed; async-signal-safe,
+        // and the pipe is non-blocking. (A handler has only the number.)
         unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
     }
 }
@@ -850,18 +838,15 @@ const FORWARDED_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::
 
 impl SignalForwarder {
     fn install() -> Result<Self, RuntimeError> {
-        let (read, write) = pipe()?;
-        for fd in [read.as_raw_fd(), write.as_raw_fd()] {
-            // SAFETY: fcntl on descriptors we own.
-            unsafe {
-                let flags = libc::fcntl(fd, libc::F_GETFL);
-                libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-            }
-        }
+        let (read, write) = rustix::pipe::pipe_with(
+            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+        )
+        .map_err(|e| io_err("pipe")(e.into()))?;
         SIGNAL_PIPE.store(write.as_raw_fd(), Ordering::Relaxed);
         let mut previous = Vec::new();
         for signal in FORWARDED_SIGNALS {
-            // SAFETY: installing a handler that only calls write(2).
+            // SAFETY: installs a handler that only calls write(2) (see
+            // on_signal), with structs we own; rustix has no safe sigaction.
             unsafe {
                 let mut action: libc::sigaction = std::mem::zeroed();
                 action.sa_sigaction = on_signal as *const () as usize;
@@ -880,25 +865,19 @@ impl SignalForwarder {
         })
     }
 
-    fn read_fd(&self) -> RawFd {
-        self.read.as_raw_fd()
-    }
-
     fn take(&self) -> Vec<libc::c_int> {
         let mut buf = [0u8; 64];
-        // SAFETY: reading into a buffer we own from a non-blocking pipe.
-        let n = unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        buf[..n.max(0) as usize]
-            .iter()
-            .map(|b| *b as libc::c_int)
-            .collect()
+        // Non-blocking: nothing there is EAGAIN.
+        let n = rustix::io::read(&self.read, &mut buf).unwrap_or(0);
+        buf[..n].iter().map(|b| *b as libc::c_int).collect()
     }
 }
 
 impl Drop for SignalForwarder {
     fn drop(&mut self) {
         for (signal, old) in &self.previous {
-            // SAFETY: restoring the disposition saved at install.
+            // SAFETY: restores the disposition saved at install, a struct
+            // the kernel filled.
             unsafe { libc::sigaction(*signal, old, std::ptr::null_mut()) };
         }
         SIGNAL_PIPE.store(-1, Ordering::Relaxed);
@@ -906,21 +885,14 @@ impl Drop for SignalForwarder {
 }
 
 fn socketpair() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair fills the two-element array we own.
-    let rc = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    if rc < 0 {
-        return Err(io_err("socketpair")(std::io::Error::last_os_error()));
-    }
-    // SAFETY: both descriptors are new and ours.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| io_err("socketpair")(e.into()))
 }
 
 /// The terminal side of a run with `-t`.
@@ -935,17 +907,17 @@ enum TerminalState {
 }
 
 impl TerminalState {
-    fn poll_fds(&self) -> Vec<RawFd> {
+    fn poll_fds(&self) -> Vec<BorrowedFd<'_>> {
         match self {
             TerminalState::None => Vec::new(),
-            TerminalState::Waiting { socket, .. } => vec![socket.as_raw_fd()],
+            TerminalState::Waiting { socket, .. } => vec![socket.as_fd()],
             TerminalState::Relay(relay) => relay.poll_fds(),
         }
     }
 
     fn resize(&self) {
         if let TerminalState::Relay(relay) = self {
-            copy_window_size(relay.master.as_raw_fd());
+            copy_window_size(&relay.master);
         }
     }
 
@@ -956,9 +928,9 @@ impl TerminalState {
                 socket,
                 forward_stdin,
             } => {
-                *self = match crate::sys::recv_fd(socket.as_raw_fd()) {
+                *self = match crate::sys::recv_fd(&*socket) {
                     Ok(Some(master)) => {
-                        copy_window_size(master.as_raw_fd());
+                        copy_window_size(&master);
                         TerminalState::Relay(TerminalRelay::new(master, *forward_stdin))
                     }
                     // The init failed before sending it: its report says why.
@@ -971,13 +943,9 @@ impl TerminalState {
 }
 
 /// The container's terminal starts with the size of kiln's.
-fn copy_window_size(master: RawFd) {
-    // SAFETY: TIOCGWINSZ/TIOCSWINSZ with a winsize we own.
-    unsafe {
-        let mut size: libc::winsize = std::mem::zeroed();
-        if libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) == 0 {
-            libc::ioctl(master, libc::TIOCSWINSZ, &size);
-        }
+fn copy_window_size(master: impl AsFd) {
+    if let Ok(size) = rustix::termios::tcgetwinsize(rustix::stdio::stdout()) {
+        let _ = rustix::termios::tcsetwinsize(master, size);
     }
 }
 
@@ -986,22 +954,20 @@ struct TerminalRelay {
     master: OwnedFd,
     master_open: bool,
     forward_stdin: bool,
-    saved_termios: Option<libc::termios>,
+    saved_termios: Option<rustix::termios::Termios>,
 }
 
 impl TerminalRelay {
     fn new(master: OwnedFd, forward_stdin: bool) -> Self {
+        use rustix::termios::{tcgetattr, tcsetattr, OptionalActions};
+        let stdin = rustix::stdio::stdin();
         let mut saved_termios = None;
-        // SAFETY: termios calls on stdin with structs we own.
-        unsafe {
-            if forward_stdin && libc::isatty(libc::STDIN_FILENO) == 1 {
-                let mut termios: libc::termios = std::mem::zeroed();
-                if libc::tcgetattr(libc::STDIN_FILENO, &mut termios) == 0 {
-                    saved_termios = Some(termios);
-                    let mut raw = termios;
-                    libc::cfmakeraw(&mut raw);
-                    libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw);
-                }
+        if forward_stdin && rustix::termios::isatty(stdin) {
+            if let Ok(termios) = tcgetattr(stdin) {
+                let mut raw = termios.clone();
+                raw.make_raw();
+                let _ = tcsetattr(stdin, OptionalActions::Now, &raw);
+                saved_termios = Some(termios);
             }
         }
         TerminalRelay {
@@ -1012,43 +978,40 @@ impl TerminalRelay {
         }
     }
 
-    fn poll_fds(&self) -> Vec<RawFd> {
+    fn poll_fds(&self) -> Vec<BorrowedFd<'_>> {
         let mut fds = Vec::new();
         if self.master_open {
-            fds.push(self.master.as_raw_fd());
+            fds.push(self.master.as_fd());
         }
         if self.forward_stdin {
-            fds.push(libc::STDIN_FILENO);
+            fds.push(rustix::stdio::stdin());
         }
         fds
     }
 
     fn ready(&mut self, fd: RawFd) {
         let mut buf = [0u8; 8192];
-        // SAFETY: reading into a buffer we own.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if fd == libc::STDIN_FILENO {
-            if n <= 0 {
-                self.forward_stdin = false;
-            } else {
-                write_all(self.master.as_raw_fd(), &buf[..n as usize]);
+        let stdin = rustix::stdio::stdin();
+        if fd == stdin.as_raw_fd() {
+            match rustix::io::read(stdin, &mut buf) {
+                Ok(n) if n > 0 => write_all(&self.master, &buf[..n]),
+                Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+                _ => self.forward_stdin = false,
             }
-        } else if n <= 0 {
-            // EIO: every slave descriptor is closed.
-            self.master_open = false;
         } else {
-            write_all(libc::STDOUT_FILENO, &buf[..n as usize]);
+            match rustix::io::read(&self.master, &mut buf) {
+                Ok(n) if n > 0 => write_all(rustix::stdio::stdout(), &buf[..n]),
+                Err(rustix::io::Errno::INTR) => {}
+                // EIO: every slave descriptor is closed (EAGAIN: drained).
+                _ => self.master_open = false,
+            }
         }
     }
 
     /// Copies what the container wrote just before it exited.
     fn drain(&mut self) {
+        let _ = rustix::io::ioctl_fionbio(&self.master, true);
         let fd = self.master.as_raw_fd();
-        // SAFETY: fcntl on our descriptor.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFL);
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
         while self.master_open {
             self.ready(fd);
         }
@@ -1057,24 +1020,23 @@ impl TerminalRelay {
 
 impl Drop for TerminalRelay {
     fn drop(&mut self) {
-        if let Some(termios) = self.saved_termios {
-            // SAFETY: restoring the attributes saved in `new`.
-            unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &termios) };
+        if let Some(termios) = &self.saved_termios {
+            let _ = rustix::termios::tcsetattr(
+                rustix::stdio::stdin(),
+                rustix::termios::OptionalActions::Now,
+                termios,
+            );
         }
     }
 }
 
-fn write_all(fd: RawFd, mut bytes: &[u8]) {
+fn write_all(fd: impl AsFd, mut bytes: &[u8]) {
     while !bytes.is_empty() {
-        // SAFETY: writing from a buffer we own.
-        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-        if n < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return;
+        match rustix::io::write(&fd, bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return,
         }
-        bytes = &bytes[n as usize..];
     }
 }
 

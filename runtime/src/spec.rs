@@ -200,6 +200,11 @@ impl RunSpec {
     }
 }
 
+/// The first argument that makes a binary the runtime's helper: kiln's
+/// hidden subcommand, which the test helper binaries take too. Their entry
+/// point calls [`crate::helper_main`] when they see it.
+pub const HELPER_SUBCOMMAND: &str = "__runtime-helper";
+
 /// How to start the helper: the kiln binary (or any binary whose entry point
 /// calls [`crate::helper_main`] for these arguments, before any thread exists).
 #[derive(Debug, Clone)]
@@ -209,6 +214,14 @@ pub struct HelperCommand {
 }
 
 impl HelperCommand {
+    /// `program` [`HELPER_SUBCOMMAND`].
+    pub fn subcommand_of(program: impl Into<PathBuf>) -> Self {
+        HelperCommand {
+            program: program.into(),
+            args: vec![OsString::from(HELPER_SUBCOMMAND)],
+        }
+    }
+
     /// The running executable (`/proc/self/exe`) with `args`, e.g. the
     /// hidden subcommand's name.
     pub fn current_exe(args: &[&str]) -> Self {

@@ -22,11 +22,10 @@ use kiln_builder::session::{
 use kiln_builder::solve::{ImagePuller, SolveError};
 use kiln_layers::{Compression, Descriptor, Digest, Platform, Reference, Reporter, Store};
 use kiln_registry::{Client, ClientConfig};
-use kiln_runtime::{HelperCommand, Network};
+use kiln_runtime::{HelperCommand, Network, HELPER_SUBCOMMAND};
 
 use crate::cmd::limits::LimitArgs;
 use crate::cmd::parse::DockerfileSource;
-use crate::cmd::run::HELPER_SUBCOMMAND;
 use crate::progress::{BuildProgress, ProgressArgs, ProgressMode};
 use crate::settings::GlobalSettings;
 
@@ -182,13 +181,6 @@ impl Reporter for BuildReporter {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
 /// The registry client and its async runtime, made on first use: a build
 /// whose base images are all in the store and that adds no URL needs
 /// neither, and loading the system's CA certificates alone took a good part
@@ -209,7 +201,7 @@ impl LazyClient {
     fn get(&self) -> anyhow::Result<(&tokio::runtime::Runtime, &Arc<Client>)> {
         if self.made.get().is_none() {
             let made = (
-                Arc::new(runtime()?),
+                Arc::new(crate::cmd::runtime()?),
                 Arc::new(Client::new(self.config.clone())?),
             );
             // Another thread may have made one meanwhile: either will do.

@@ -10,3 +10,14 @@ pub mod parse;
 pub mod plan_view;
 pub mod registry;
 pub mod run;
+
+/// The async runtime for the commands that talk to a registry (pull, push,
+/// login, a build's base images and `ADD <url>`): multi-threaded, I/O and
+/// timers enabled.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context as _;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}

@@ -11,6 +11,7 @@ use kiln_layers::{Platform, Reporter, Store};
 use kiln_registry::{Client, ClientConfig, Credential, DockerConfig, Reference};
 use kiln_transfer::{PullOptions, PushOptions};
 
+use crate::cmd::runtime;
 use crate::progress::{human_bytes, ProgressArgs};
 use crate::settings::GlobalSettings;
 
@@ -93,13 +94,6 @@ pub enum RegistryCommand {
         /// Registry HOST or HOST:PORT (default: docker.io).
         host: Option<String>,
     },
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
 }
 
 /// `https://host:5000/v1/` or `host:5000` → `host:5000`; Docker Hub's names → `docker.io`.

@@ -17,6 +17,7 @@
 //!   `KILN_TEST_ALLOW_SKIP=1`) and the rootless test user.
 //! - [`empty_docker_config`]: a `DOCKER_CONFIG` that keeps the host's
 //!   `~/.docker` out of tests.
+//! - [`golden`]: golden-file comparison, rewritten with `KILN_BLESS=1`.
 //!
 //! ```no_run
 //! use kiln_testsupport::RegistryServer;
@@ -25,6 +26,9 @@
 //! // stopped (kill + wait) when `registry` drops
 //! ```
 
+#![forbid(unsafe_code)]
+
+pub mod golden;
 pub mod image;
 mod process;
 pub mod proxy;

@@ -259,17 +259,6 @@ fn script_exec_error(script: &crate::plan::InlineFile, reason: &str) -> String {
 
 /// A pipe for a RUN's output: (read end, write end).
 fn output_pipe() -> std::io::Result<(std::fs::File, std::fs::File)> {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: fds has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are fresh and owned by nothing else.
-    Ok(unsafe {
-        (
-            std::fs::File::from_raw_fd(fds[0]),
-            std::fs::File::from_raw_fd(fds[1]),
-        )
-    })
+    let (read, write) = kiln_runtime::pipe()?;
+    Ok((std::fs::File::from(read), std::fs::File::from(write)))
 }
