@@ -17,7 +17,7 @@ use kiln_builder::export::Output;
 use kiln_builder::plan::{BuildOptions, LookupError};
 use kiln_builder::secrets::Secret;
 use kiln_builder::session::{
-    BuildError, BuildSettings, DockerfileInput, Remote, RemoteError, Session,
+    BuildError, BuildResult, BuildSettings, DockerfileInput, Remote, RemoteError, Session,
 };
 use kiln_builder::solve::{ImagePuller, SolveError};
 use kiln_layers::{Compression, Descriptor, Digest, Platform, Reference, Reporter, Store};
@@ -362,38 +362,60 @@ fn settings_of(
     })
 }
 
+/// How a build is shown: the progress printer, the layer reporter, and
+/// whether errors come with the Dockerfile around their line.
+struct Display {
+    mode: ProgressMode,
+    printer: BuildProgress,
+    reporter: Arc<dyn Reporter>,
+    /// Plain or tty progress: Dockerfile excerpts and the summary line.
+    shown: bool,
+}
+
+impl Display {
+    fn new(args: &BuildArgs) -> Self {
+        let progress = args.progress.reporter();
+        let shared_view = progress.multi();
+        let mode = if args.quiet {
+            ProgressMode::Quiet
+        } else {
+            progress.mode()
+        };
+        // --dry-run and --check print their answer and nothing of a build's
+        // progress (--dry-run still its warnings).
+        let printer = BuildProgress::new(
+            if args.dry_run || args.check {
+                ProgressMode::Quiet
+            } else {
+                mode
+            },
+            shared_view,
+        )
+        .show_warnings(mode != ProgressMode::Quiet && !args.check);
+        let reporter: Arc<dyn Reporter> = Arc::new(BuildReporter {
+            inner: if mode == ProgressMode::Quiet {
+                crate::progress::CliReporter::new(ProgressMode::Quiet)
+            } else {
+                progress
+            },
+            // `-v` turns on info logs: it also shows layer packing/unpacking.
+            verbose: tracing::enabled!(tracing::Level::INFO),
+        });
+        Display {
+            mode,
+            printer,
+            reporter,
+            shown: !matches!(mode, ProgressMode::Quiet | ProgressMode::Json),
+        }
+    }
+}
+
 fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut ssh_agents = Vec::new();
     let settings = settings_of(&args, &mut ssh_agents)?;
     let store = Store::open(&global.root)?;
-    let progress = args.progress.reporter();
-    let shared_view = progress.multi();
-    let mode = if args.quiet {
-        ProgressMode::Quiet
-    } else {
-        progress.mode()
-    };
-    // --dry-run prints the plan and nothing of a build's progress (its
-    // warnings still).
-    let printer = BuildProgress::new(
-        if args.dry_run || args.check {
-            ProgressMode::Quiet
-        } else {
-            mode
-        },
-        shared_view,
-    )
-    .show_warnings(mode != ProgressMode::Quiet && !args.check);
-    let reporter: Arc<dyn Reporter> = Arc::new(BuildReporter {
-        inner: if mode == ProgressMode::Quiet {
-            crate::progress::CliReporter::new(ProgressMode::Quiet)
-        } else {
-            progress
-        },
-        // `-v` turns on info logs: it also shows layer packing/unpacking.
-        verbose: tracing::enabled!(tracing::Level::INFO),
-    });
+    let display = Display::new(&args);
     // The client is made on first use; a CA file that cannot be read is
     // still an error of every build, as it is of kiln pull.
     for ca in &args.ca_certs {
@@ -407,54 +429,67 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
             ..ClientConfig::default()
         }),
         store: &store,
-        reporter: reporter.clone(),
+        reporter: display.reporter.clone(),
     };
     let session = Session {
         store: &store,
         settings: &settings,
         remote: &remote,
-        events: &printer,
-        reporter: reporter.as_ref(),
+        events: &display.printer,
+        reporter: display.reporter.as_ref(),
     };
-    let shown = !matches!(mode, ProgressMode::Quiet | ProgressMode::Json);
+    let show = |e: &BuildError| show_line(&settings, display.shown, e.line());
     if args.check {
-        let report = session
-            .check()
-            .inspect_err(|e| show_line(&settings, shown, e.line()))?;
-        let text = match args.format {
-            PlanFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
-            _ => crate::cmd::check::check_text(&report),
-        };
-        crate::cmd::check::write_stdout(&text)?;
-        let clean = report.findings.is_empty() && report.error.is_none();
-        return Ok(if clean {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
+        return print_checks(&session.check().inspect_err(show)?, args.format);
     }
-    let planned = session
-        .plan()
-        .inspect_err(|e| show_line(&settings, shown, e.line()))?;
+    let planned = session.plan().inspect_err(show)?;
     if args.dry_run {
         crate::cmd::plan_view::print_plan(&planned.plan, &store, args.format)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let result = match session.build(planned) {
-        Ok(result) => result,
-        Err(e) => {
-            printer.finish();
-            return Err(build_failure(&settings, &printer, shown, e));
-        }
+    let built = session.build(planned);
+    display.printer.finish();
+    let result = built.map_err(|e| build_failure(&settings, &display, e))?;
+    report_built(&args, &settings, &display, &result, started);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--check`: the checks' report, as `kiln check` prints it (or JSON);
+/// failure when they found anything, as buildx's `--check`.
+fn print_checks(
+    report: &kiln_builder::lint::Report,
+    format: PlanFormat,
+) -> anyhow::Result<ExitCode> {
+    let text = match format {
+        PlanFormat::Json => serde_json::to_string_pretty(report)? + "\n",
+        _ => crate::cmd::check::check_text(report),
     };
-    printer.finish();
-    if mode != ProgressMode::Quiet {
+    crate::cmd::check::write_stdout(&text)?;
+    let clean = report.findings.is_empty() && report.error.is_none();
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// What a finished build says: the pushes, the summary line, and the
+/// image id on stdout for scripts (`id=$(kiln build -q .)`; on a terminal
+/// the summary already said it).
+fn report_built(
+    args: &BuildArgs,
+    settings: &BuildSettings,
+    display: &Display,
+    result: &BuildResult,
+    started: Instant,
+) {
+    if display.mode != ProgressMode::Quiet {
         for (reference, digest) in &result.pushed {
             eprintln!("pushed {reference}: {digest}");
         }
     }
     let image_id = &result.image_id;
-    if shown {
+    if display.shown {
         let tagged = if settings.tags.is_empty() {
             String::new()
         } else {
@@ -466,12 +501,9 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
             started.elapsed().as_secs_f64()
         );
     }
-    // The id on stdout for scripts (`id=$(kiln build -q .)`); on a terminal
-    // the line above already said it.
-    if args.quiet || mode == ProgressMode::Quiet || !std::io::stdout().is_terminal() {
+    if args.quiet || display.mode == ProgressMode::Quiet || !std::io::stdout().is_terminal() {
         println!("{image_id}");
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// BuildKit shows the Dockerfile around the line an error is about.
@@ -488,17 +520,13 @@ fn show_line(settings: &BuildSettings, shown: bool, line: Option<usize>) {
 /// A failed build as BuildKit reports it: for a failed RUN, the step's
 /// last output, the Dockerfile around it, then the error without repeating
 /// the output.
-fn build_failure(
-    settings: &BuildSettings,
-    printer: &BuildProgress,
-    shown: bool,
-    error: BuildError,
-) -> anyhow::Error {
+fn build_failure(settings: &BuildSettings, display: &Display, error: BuildError) -> anyhow::Error {
+    let shown = display.shown;
     if let (
         BuildError::Solve(SolveError::RunFailed { last_lines, .. }),
         Some((step, message)),
         true,
-    ) = (&error, printer.failure(), shown)
+    ) = (&error, display.printer.failure(), shown)
     {
         eprintln!("------\n > {step}:");
         for line in last_lines {
