@@ -28,6 +28,7 @@ pub mod copy;
 pub mod dockerignore;
 pub mod explain;
 pub mod export;
+pub mod frontend;
 pub mod git;
 pub mod gomatch;
 pub mod image;

@@ -25,6 +25,7 @@ use crate::copy::{UrlDownloads, UrlFetcher};
 use crate::dockerignore::IgnoreError;
 use crate::dockerignore::PatternMatcher;
 use crate::export::{ExportError, Output};
+use crate::frontend::{Frontend, FrontendError};
 use crate::lint::{self, Checker, LintOptions};
 use crate::plan::{
     compute_cache_keys, plan_with, BuildOptions, Plan, PlanError, PlanWarning, RemoteSources,
@@ -133,6 +134,8 @@ pub enum BuildError {
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error(transparent)]
+    Frontend(#[from] FrontendError),
+    #[error(transparent)]
     Ignore(#[from] IgnoreError),
     #[error(transparent)]
     Context(#[from] ContextError),
@@ -181,6 +184,7 @@ impl BuildError {
     pub fn line(&self) -> Option<usize> {
         match self {
             BuildError::Plan(e) => e.line(),
+            BuildError::Frontend(e) => e.line,
             BuildError::Checks(report) => report.findings.first().map(|f| f.line),
             BuildError::Solve(
                 SolveError::RunFailed { line, .. } | SolveError::Step { line, .. },
@@ -206,6 +210,8 @@ pub struct Planned<'a> {
     pub plan: Plan,
     /// The build checks' findings (none failed the build).
     pub checks: lint::Report,
+    /// The `# syntax` and `BUILDKIT_*` options.
+    pub frontend: Frontend,
     context: BuildContext,
     resolver: StoreResolver<'a>,
     downloads: UrlDownloads<'a>,
@@ -256,6 +262,7 @@ impl BuildResult {
 
 /// The walk over the Dockerfile: its plan and what the build checks found.
 struct Walked<'a> {
+    frontend: Frontend,
     plan: Plan,
     checks: lint::Report,
     resolver: StoreResolver<'a>,
@@ -277,6 +284,7 @@ impl<'a> Session<'a> {
         let dockerfile = &settings.dockerfile;
         let ast = kiln_parser::parse_bytes(&dockerfile.bytes, &dockerfile.name)?;
         let typed = kiln_parser::instructions::from_ast(&ast)?;
+        let frontend = Frontend::from_build(&ast, &settings.options.build_args)?;
         self.events.internal(
             &format!(
                 "[internal] load build definition from {}",
@@ -315,7 +323,7 @@ impl<'a> Session<'a> {
             checker.observer(),
         )?;
         let checks = checker.finish(&dockerfile.name);
-        for warning in &plan.warnings {
+        for warning in frontend.warnings.iter().chain(&plan.warnings) {
             self.events.warning(&dockerfile.name, warning);
         }
         for finding in &checks.findings {
@@ -323,6 +331,7 @@ impl<'a> Session<'a> {
                 .warning(&dockerfile.name, &finding_warning(finding));
         }
         Ok(Walked {
+            frontend,
             plan,
             checks,
             resolver,
@@ -337,8 +346,13 @@ impl<'a> Session<'a> {
         // otherwise remove the new, not yet tagged manifest and config.
         let lease = self.store.lease()?;
         let walked = self.walk()?;
-        let (mut planned, checks, resolver, ignore) =
-            (walked.plan, walked.checks, walked.resolver, walked.ignore);
+        let (mut planned, checks, resolver, ignore, frontend) = (
+            walked.plan,
+            walked.checks,
+            walked.resolver,
+            walked.ignore,
+            walked.frontend,
+        );
         if checks.fails() {
             return Err(BuildError::Checks(Box::new(checks)));
         }
@@ -357,6 +371,7 @@ impl<'a> Session<'a> {
         Ok(Planned {
             plan: planned,
             checks,
+            frontend,
             context,
             resolver,
             downloads,

@@ -101,7 +101,7 @@ fn build_full(
         docker_media_types,
         secrets: secrets
             .iter()
-            .map(|(k, v)| (k.to_string(), Secret::file(*v)))
+            .map(|(k, v)| (k.to_string(), Secret::from_bytes(std::fs::read(v).unwrap())))
             .chain([("mem".to_string(), Secret::from_bytes("in-memory"))])
             .collect(),
         ssh: Default::default(),

@@ -385,7 +385,7 @@ fn ram_in_bytes(s: &str) -> Option<u64> {
 
 /// One CSV record (Go's `encoding/csv` rules, no lazy quotes): fields split
 /// on `,`, `"…"` quotes a field, `""` inside quotes is a quote.
-fn csv_fields(s: &str) -> Result<Vec<String>, MountError> {
+pub fn csv_fields(s: &str) -> Result<Vec<String>, MountError> {
     let mut fields = Vec::new();
     if s.is_empty() {
         return Ok(fields);

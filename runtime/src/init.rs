@@ -582,6 +582,12 @@ fn mount_memory_files(
             format!("write {} (for {})", source.display(), file.target.display()),
             sys.write_file(&source, &file.content, file.mode),
         )?;
+        if (file.uid, file.gid) != (0, 0) {
+            step(
+                format!("chown {} {}:{}", source.display(), file.uid, file.gid),
+                sys.chown(&source, file.uid, file.gid),
+            )?;
+        }
         let rel = file.target.strip_prefix("/").unwrap_or(&file.target);
         let target = ensure_mount_point(sys, root, rel, false, report)?;
         mount(

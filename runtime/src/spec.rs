@@ -47,8 +47,11 @@ pub struct MemoryFile {
     /// Absolute path inside the container.
     pub target: PathBuf,
     pub content: Vec<u8>,
-    /// Permission bits (the file belongs to the container's root).
+    /// Permission bits.
     pub mode: u32,
+    /// Owner (user, group) in the container.
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl std::fmt::Debug for MemoryFile {
@@ -58,6 +61,8 @@ impl std::fmt::Debug for MemoryFile {
             .field("target", &self.target)
             .field("content", &format_args!("<{} bytes>", self.content.len()))
             .field("mode", &format_args!("{:o}", self.mode))
+            .field("uid", &self.uid)
+            .field("gid", &self.gid)
             .finish()
     }
 }

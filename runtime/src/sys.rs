@@ -54,6 +54,8 @@ pub trait Syscalls {
     /// Creates a regular file holding `content`; fails if anything, even a
     /// dangling symlink, is there.
     fn write_file(&mut self, path: &Path, content: &[u8], mode: u32) -> io::Result<()>;
+    /// lchown(2).
+    fn chown(&mut self, path: &Path, uid: u32, gid: u32) -> io::Result<()>;
     /// mknod(2) of a character device.
     fn mknod_char(&mut self, path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()>;
     /// symlink(2).
@@ -321,6 +323,16 @@ impl Syscalls for RealSyscalls {
             .mode(mode)
             .open(path)?
             .write_all(content)
+    }
+
+    fn chown(&mut self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+        Ok(rustix::fs::chownat(
+            rustix::fs::CWD,
+            path,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )?)
     }
 
     fn mknod_char(&mut self, path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()> {
@@ -794,6 +806,10 @@ impl Syscalls for RecordingSyscalls {
             path.display(),
             content.len()
         ))
+    }
+
+    fn chown(&mut self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+        self.record(format!("chown {} {uid}:{gid}", path.display()))
     }
 
     fn mknod_char(&mut self, path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()> {

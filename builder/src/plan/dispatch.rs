@@ -200,7 +200,10 @@ impl<'a> Planner<'a> {
                 let predefined = super::predefined_args(self.opts, "")
                     .iter()
                     .any(|(k, _)| k == *key);
-                !self.used_args.contains(*key) && !PROXY_ARGS.contains(&key.as_str()) && !predefined
+                !self.used_args.contains(*key)
+                    && !PROXY_ARGS.contains(&key.as_str())
+                    && !crate::frontend::FRONTEND_ARGS.contains(&key.as_str())
+                    && !predefined
             })
             .map(String::as_str)
             .collect();
@@ -789,6 +792,8 @@ impl<'a> Planner<'a> {
             },
             network: r.network.clone(),
             security: r.security.clone(),
+            hostname: crate::frontend::hostname(&self.opts.build_args),
+            cache_namespace: crate::frontend::cache_namespace(&self.opts.build_args),
             mounts,
             script,
         })

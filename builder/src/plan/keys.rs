@@ -34,7 +34,7 @@ use crate::rootfs::resolve;
 
 /// The version of the key encoding: changing what a key covers or how it
 /// is written means a new version (every key changes with it).
-pub const KEY_VERSION: &str = "kiln-step-v2";
+pub const KEY_VERSION: &str = "kiln-step-v3";
 
 /// What an ADD URL's key takes from its content.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,6 +213,8 @@ impl StepInputs<'_> {
         key.field("workdir", &r.workdir);
         key.opt("network", r.network.as_deref());
         key.opt("security", r.security.as_deref());
+        key.field("hostname", &r.hostname);
+        key.opt("cache_namespace", r.cache_namespace.as_deref());
         key.field("mounts", &r.mounts.len().to_string());
         for m in &r.mounts {
             let s = &m.spec;

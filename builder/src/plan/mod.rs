@@ -218,6 +218,12 @@ pub struct RunStep {
     pub workdir: String,
     pub network: Option<String>,
     pub security: Option<String>,
+    /// The container's hostname (`buildkitsandbox`, or the
+    /// `BUILDKIT_SANDBOX_HOSTNAME` build arg).
+    pub hostname: String,
+    /// `BUILDKIT_CACHE_MOUNT_NS`: put in front of every cache mount's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_namespace: Option<String>,
     /// `--mount`s, parsed and expanded once, here (CSV first, then each
     /// value expanded, as BuildKit reads them).
     pub mounts: Vec<RunMount>,

@@ -58,6 +58,11 @@ struct StepMounts {
     ssh_relays: Vec<crate::ssh::AgentRelay>,
     /// Where the first ssh mount is (SSH_AUTH_SOCK points there).
     first_ssh_target: Option<String>,
+    /// Secrets as environment variables (`env=`): only this step's process
+    /// sees them.
+    env: Vec<(String, String)>,
+    /// Cache mounts' locks, held while the step runs.
+    locks: Vec<std::fs::File>,
 }
 
 /// The RUN's heredoc script and its `--mount`s, made real.
@@ -67,6 +72,8 @@ fn step_mounts(run: &StepRun<'_>, r: &RunStep, dir: &Path) -> Result<StepMounts,
         memory: Vec::new(),
         ssh_relays: Vec::new(),
         first_ssh_target: None,
+        env: Vec::new(),
+        locks: Vec::new(),
     };
     if let Some(script) = &r.script {
         let pipes = dir.join("pipes");
@@ -89,12 +96,14 @@ fn step_mounts(run: &StepRun<'_>, r: &RunStep, dir: &Path) -> Result<StepMounts,
         }
         let from = mount_from(run, mount)?;
         let scratch = dir.join(format!("mount-{n}"));
-        match run_mount(run, mount, &r.workdir, from.as_ref(), &scratch)
-            .map_err(|e| run.error(e))?
-        {
-            Some(StepMount::Bind(bind)) => mounts.binds.push(bind),
-            Some(StepMount::Memory(file)) => mounts.memory.push(file),
-            None => {}
+        let made = run_mount(run, r, mount, from.as_ref(), &scratch).map_err(|e| run.error(e))?;
+        for step_mount in made {
+            match step_mount {
+                StepMount::Bind(bind) => mounts.binds.push(bind),
+                StepMount::Memory(file) => mounts.memory.push(file),
+                StepMount::Env(name, value) => mounts.env.push((name, value)),
+                StepMount::Lock(lock) => mounts.locks.push(lock),
+            }
         }
     }
     Ok(mounts)
@@ -177,9 +186,14 @@ fn run_spec(
             spec.env.push(format!("SSH_AUTH_SOCK={target}"));
         }
     }
+    for (name, value) in &mounts.env {
+        spec.env
+            .retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != name);
+        spec.env.push(format!("{name}={value}"));
+    }
     spec.cwd = r.workdir.clone();
     spec.user = r.user.clone();
-    spec.hostname = "buildkitsandbox".to_string();
+    spec.hostname = r.hostname.clone();
     spec.network = match r.network.as_deref() {
         Some("none") => Network::None,
         Some("host") => Network::Host,

@@ -133,7 +133,9 @@ fn memory_files_go_to_a_private_tmpfs_then_onto_their_targets() {
     cfg.memory_files = vec![MemoryFile {
         target: "/run/secrets/tok".into(),
         content: b"s3cret-value".to_vec(),
-        mode: 0o600,
+        mode: 0o440,
+        uid: 1000,
+        gid: 1000,
     }];
     let mut sys = fake();
     sys.modes
@@ -141,7 +143,8 @@ fn memory_files_go_to_a_private_tmpfs_then_onto_their_targets() {
     let (_, text) = transcript(&mut sys, &cfg);
     let expected = [
         "mount tmpfs /state/memory tmpfs NOSUID|NODEV|NOEXEC mode=0700,size=131084",
-        "write_file /state/memory/0 600 (12 bytes)",
+        "write_file /state/memory/0 440 (12 bytes)",
+        "chown /state/memory/0 1000:1000",
         "mount /state/memory/0 /state/rootfs/run/secrets/tok - BIND",
         "mount - /state/rootfs/run/secrets/tok - RDONLY|NOSUID|NODEV|NOEXEC|REMOUNT|BIND",
         "umount /state/memory DETACH",
