@@ -397,78 +397,123 @@ fn git(remote: &str, dir: Option<&Path>, args: &[&str]) -> Result<String, GitErr
 /// points at.
 pub fn resolve_commit(source: &GitSource) -> Result<ResolvedCommit, GitError> {
     let remote = &source.remote;
-    if let Some(checksum) = &source.checksum {
-        if checksum.is_empty() || !checksum.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(GitError::Invalid {
-                url: redact(remote),
-                message: format!(
-                    "invalid checksum {checksum} for Git URL, expected hex commit hash"
-                ),
-            });
-        }
-    }
-    let check = |commit: &str, peeled: &str| -> Result<(), GitError> {
-        match &source.checksum {
-            Some(sum)
-                if !commit.starts_with(sum.as_str())
-                    && (peeled.is_empty() || !peeled.starts_with(sum.as_str())) =>
-            {
-                Err(GitError::Checksum {
-                    remote: redact(remote),
-                    expected: sum.clone(),
-                    got: commit.to_string(),
-                })
-            }
-            _ => Ok(()),
-        }
-    };
+    check_checksum_is_hex(source)?;
     if source.fetch_by_commit {
-        let commit = match &source.checksum {
-            Some(sum) if is_commit_sha(sum) => sum.clone(),
-            Some(sum) => {
-                return Err(GitError::Invalid {
-                    url: redact(remote),
-                    message: format!(
-                        "fetch-by-commit requires a full commit SHA checksum, got {sum:?}"
-                    ),
-                })
-            }
-            None if is_commit_sha(&source.reference) => source.reference.clone(),
-            None => {
-                return Err(GitError::Invalid {
-                    url: redact(remote),
-                    message: "fetch-by-commit requires a checksum or a commit SHA ref".into(),
-                })
-            }
-        };
-        check(&commit, "")?;
+        let commit = commit_to_fetch(source)?;
+        check_checksum(source, &commit, "")?;
         return Ok(ResolvedCommit {
             used_ref: commit.clone(),
             commit,
         });
     }
     if is_commit_sha(&source.reference) {
-        check(&source.reference, "")?;
+        check_checksum(source, &source.reference, "")?;
         return Ok(ResolvedCommit {
             commit: source.reference.clone(),
             used_ref: source.reference.clone(),
         });
     }
-    let mut reference = source.reference.clone();
-    if reference.is_empty() {
-        let out = git(remote, None, &["ls-remote", "--symref", remote, "HEAD"])?;
-        reference = out
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("ref: ")
-                    .and_then(|r| r.strip_suffix("\tHEAD"))
-                    .map(str::to_string)
-            })
-            .ok_or_else(|| GitError::MissingRef {
-                remote: redact(remote),
-                reference: "HEAD".into(),
-            })?;
+    let reference = if source.reference.is_empty() {
+        remote_head(remote)?
+    } else {
+        source.reference.clone()
+    };
+    let found = ls_remote_ref(remote, reference)?;
+    if !is_commit_sha(&found.commit) {
+        return Err(GitError::Invalid {
+            url: redact(remote),
+            message: format!("invalid commit sha {:?}", found.commit),
+        });
     }
+    check_checksum(source, &found.commit, &found.peeled)?;
+    Ok(ResolvedCommit {
+        commit: found.commit,
+        used_ref: found.used_ref,
+    })
+}
+
+/// Refuses a `checksum` that is not a hex commit id (prefix).
+fn check_checksum_is_hex(source: &GitSource) -> Result<(), GitError> {
+    match &source.checksum {
+        Some(checksum)
+            if checksum.is_empty() || !checksum.chars().all(|c| c.is_ascii_hexdigit()) =>
+        {
+            Err(GitError::Invalid {
+                url: redact(&source.remote),
+                message: format!(
+                    "invalid checksum {checksum} for Git URL, expected hex commit hash"
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks the `checksum` (if any) against the resolved `commit` or, for an
+/// annotated tag, the commit it points at (`peeled`; empty otherwise).
+fn check_checksum(source: &GitSource, commit: &str, peeled: &str) -> Result<(), GitError> {
+    match &source.checksum {
+        Some(sum)
+            if !commit.starts_with(sum.as_str())
+                && (peeled.is_empty() || !peeled.starts_with(sum.as_str())) =>
+        {
+            Err(GitError::Checksum {
+                remote: redact(&source.remote),
+                expected: sum.clone(),
+                got: commit.to_string(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The commit `?fetch-by-commit` fetches: the checksum, which must then be
+/// a full commit id, or else a ref that is one.
+fn commit_to_fetch(source: &GitSource) -> Result<String, GitError> {
+    let invalid = |message: String| GitError::Invalid {
+        url: redact(&source.remote),
+        message,
+    };
+    match &source.checksum {
+        Some(sum) if is_commit_sha(sum) => Ok(sum.clone()),
+        Some(sum) => Err(invalid(format!(
+            "fetch-by-commit requires a full commit SHA checksum, got {sum:?}"
+        ))),
+        None if is_commit_sha(&source.reference) => Ok(source.reference.clone()),
+        None => Err(invalid(
+            "fetch-by-commit requires a checksum or a commit SHA ref".into(),
+        )),
+    }
+}
+
+/// The branch the remote's HEAD points at (`git ls-remote --symref`).
+fn remote_head(remote: &str) -> Result<String, GitError> {
+    let out = git(remote, None, &["ls-remote", "--symref", remote, "HEAD"])?;
+    out.lines()
+        .find_map(|l| {
+            l.strip_prefix("ref: ")
+                .and_then(|r| r.strip_suffix("\tHEAD"))
+                .map(str::to_string)
+        })
+        .ok_or_else(|| GitError::MissingRef {
+            remote: redact(remote),
+            reference: "HEAD".into(),
+        })
+}
+
+/// What a ref names on the remote.
+struct RemoteRef {
+    /// The commit (or annotated tag object).
+    commit: String,
+    /// The full ref that matched.
+    used_ref: String,
+    /// For a tag: the commit it points at when it is annotated; else empty.
+    peeled: String,
+}
+
+/// Asks the remote (`git ls-remote`) what `reference` names: the exact ref
+/// (`refs/<reference>`), else the branch, else the tag.
+fn ls_remote_ref(remote: &str, reference: String) -> Result<RemoteRef, GitError> {
     let peeled_arg = format!("{reference}^{{}}");
     let out = git(
         remote,
@@ -515,14 +560,11 @@ pub fn resolve_commit(source: &GitSource) -> Result<ResolvedCommit, GitError> {
             reference,
         });
     };
-    if !is_commit_sha(&commit) {
-        return Err(GitError::Invalid {
-            url: redact(remote),
-            message: format!("invalid commit sha {commit:?}"),
-        });
-    }
-    check(&commit, &peeled)?;
-    Ok(ResolvedCommit { commit, used_ref })
+    Ok(RemoteRef {
+        commit,
+        used_ref,
+        peeled,
+    })
 }
 
 /// Checks `resolved` out into `work/tree` (fetching only that ref, depth
