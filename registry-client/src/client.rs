@@ -427,6 +427,139 @@ fn stalled(ctx: &Ctx<'_>, stall: Stall, attempts: u32) -> Error {
     }
 }
 
+/// Which blob [`Client::fetch_blob`] (or its sink-verifies variant) fetches, and how.
+struct BlobRequest<'a> {
+    repository: &'a Repository,
+    digest: &'a Digest,
+    expected_size: Option<u64>,
+    /// How many of the blob's first bytes the sink already holds.
+    resume_from: u64,
+    /// Whether to check the sha256 here (else the sink does).
+    hash: bool,
+}
+
+/// A blob download under way: what has arrived so far, over the attempts
+/// a dropped connection takes, and the deadline they share.
+struct BlobDownload<'a> {
+    request: BlobRequest<'a>,
+    ctx: Ctx<'a>,
+    path: String,
+    hasher: Sha256,
+    /// Bytes the sink holds (`resume_from` included).
+    received: u64,
+    interruptions: u32,
+    budget: Budget,
+    /// A blob that small is a document (a config): its body counts against
+    /// the budget too.
+    small: bool,
+}
+
+impl<'a> BlobDownload<'a> {
+    fn new(request: BlobRequest<'a>, timeouts: &Timeouts) -> BlobDownload<'a> {
+        let repository = request.repository;
+        BlobDownload {
+            ctx: Ctx {
+                registry: &repository.registry,
+                repository: &repository.name,
+                what: format!("blob {}", request.digest),
+            },
+            path: format!("v2/{}/blobs/{}", repository.name, request.digest),
+            hasher: Sha256::new(),
+            received: request.resume_from,
+            interruptions: 0,
+            budget: Budget::new(timeouts.total),
+            small: request
+                .expected_size
+                .is_some_and(|size| size <= timeouts.small_document_bytes()),
+            request,
+        }
+    }
+
+    /// Passes `data` on to `sink` (hashing it when asked to), refusing
+    /// bytes past the expected size.
+    fn write(&mut self, data: &[u8], sink: &mut (dyn Write + Send)) -> Result<(), Error> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let after = self.received + data.len() as u64;
+        if let Some(expected) = self.request.expected_size {
+            if after > expected {
+                return Err(self.size_error(after, expected));
+            }
+        }
+        if self.request.hash {
+            self.hasher.update(data);
+        }
+        sink.write_all(data).map_err(|cause| Error::Sink {
+            registry: self.request.repository.registry.clone(),
+            repository: self.request.repository.name.clone(),
+            digest: self.request.digest.to_string(),
+            cause,
+        })?;
+        self.received = after;
+        Ok(())
+    }
+
+    /// After a body ended (`broken_off` saying why, when it failed): why
+    /// the download is not done yet, or `None` when it is.
+    fn unfinished(&self, broken_off: Option<String>) -> Option<String> {
+        if broken_off.is_some() {
+            return broken_off;
+        }
+        match self.request.expected_size {
+            Some(expected) if self.received < expected => Some(format!(
+                "connection closed after {} of {expected} bytes",
+                self.received
+            )),
+            _ => None,
+        }
+    }
+
+    /// Checks the size and (when hashing here) the digest of what arrived;
+    /// returns the byte count.
+    fn finish(self) -> Result<u64, Error> {
+        if let Some(expected) = self.request.expected_size {
+            if self.received != expected {
+                return Err(self.size_error(self.received, expected));
+            }
+        }
+        if !self.request.hash {
+            return Ok(self.received);
+        }
+        let actual = Digest::from_hash(self.hasher.finalize().as_slice());
+        if actual != *self.request.digest {
+            return Err(Error::DigestMismatch {
+                registry: self.request.repository.registry.clone(),
+                repository: self.request.repository.name.clone(),
+                digest: self.request.digest.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        Ok(self.received)
+    }
+
+    fn size_error(&self, actual: u64, expected: u64) -> Error {
+        Error::SizeMismatch {
+            registry: self.request.repository.registry.clone(),
+            repository: self.request.repository.name.clone(),
+            digest: self.request.digest.to_string(),
+            expected,
+            actual,
+        }
+    }
+}
+
+/// The first byte a 206 response's `Content-Range: bytes <start>-…` names.
+fn content_range_start(response: &reqwest::Response) -> Option<u64> {
+    response
+        .headers()
+        .get(CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes "))
+        .and_then(|v| v.split('-').next())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 impl Client {
     /// Builds a client: system roots plus `SSL_CERT_FILE` (read by the
     /// native-roots loader) and `config.ca_certs`.
@@ -1181,8 +1314,14 @@ impl Client {
         expected_size: Option<u64>,
         sink: &mut (dyn Write + Send),
     ) -> Result<u64, Error> {
-        self.fetch_blob_inner(repository, digest, expected_size, 0, sink, true)
-            .await
+        let request = BlobRequest {
+            repository,
+            digest,
+            expected_size,
+            resume_from: 0,
+            hash: true,
+        };
+        self.fetch_blob_inner(request, sink).await
     }
 
     /// Like [`Client::fetch_blob`] but leaves the sha256 check to `sink`,
@@ -1218,183 +1357,160 @@ impl Client {
             // answered 416.
             return Ok(size);
         }
-        self.fetch_blob_inner(repository, digest, Some(size), resume_from, sink, false)
-            .await
+        let request = BlobRequest {
+            repository,
+            digest,
+            expected_size: Some(size),
+            resume_from,
+            hash: false,
+        };
+        self.fetch_blob_inner(request, sink).await
     }
 
+    /// Downloads the blob `request` names into `sink`: asks for the bytes
+    /// not yet received, writes the body, and resumes (after a backoff)
+    /// when the connection drops, until the whole blob is there.
     async fn fetch_blob_inner(
         &self,
-        repository: &Repository,
-        digest: &Digest,
-        expected_size: Option<u64>,
-        resume_from: u64,
+        request: BlobRequest<'_>,
         sink: &mut (dyn Write + Send),
-        hash: bool,
     ) -> Result<u64, Error> {
         // The hash would miss the bytes before the offset.
-        debug_assert!(!hash || resume_from == 0);
-        let ctx = Ctx {
-            registry: &repository.registry,
-            repository: &repository.name,
-            what: format!("blob {digest}"),
-        };
-        let path = format!("v2/{}/blobs/{}", repository.name, digest);
-        let mut hasher = Sha256::new();
-        let mut received: u64 = resume_from;
-        let mut interruptions = 0;
-        let timeouts = &self.config.timeouts;
-        let mut budget = Budget::new(timeouts.total);
-        // A blob that small is a document (a config): its body counts too.
-        let small = expected_size.is_some_and(|size| size <= timeouts.small_document_bytes());
-        let size_error = |actual: u64, expected: u64| Error::SizeMismatch {
-            registry: repository.registry.clone(),
-            repository: repository.name.clone(),
-            digest: digest.to_string(),
-            expected,
-            actual,
-        };
+        debug_assert!(!request.hash || request.resume_from == 0);
+        let mut download = BlobDownload::new(request, &self.config.timeouts);
         loop {
-            let offset = received;
-            let response = self
-                .send(
-                    &ctx,
-                    &[scope_pull(&repository.name)],
-                    true,
-                    &mut budget,
-                    None,
-                    &|http, base| {
-                        let request = http.get(join(base, &path));
-                        if offset > 0 {
-                            request.header(RANGE, format!("bytes={offset}-"))
-                        } else {
-                            request
-                        }
-                    },
-                )
+            let (response, skip) = self.request_rest_of_blob(&mut download).await?;
+            let broken_off = self
+                .receive_blob_body(&mut download, response, skip, sink)
                 .await?;
-            // Bytes to drop from the front: the server may ignore Range and send it all.
-            let mut skip = match response.status() {
-                StatusCode::OK => offset,
-                StatusCode::PARTIAL_CONTENT => {
-                    let start = response
-                        .headers()
-                        .get(CONTENT_RANGE)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.strip_prefix("bytes "))
-                        .and_then(|v| v.split('-').next())
-                        .and_then(|v| v.parse::<u64>().ok());
-                    match start {
-                        Some(start) if start == offset => 0,
-                        _ => {
-                            let value = response
-                                .headers()
-                                .get(CONTENT_RANGE)
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_string();
-                            return Err(Error::BadHeader {
-                                registry: repository.registry.clone(),
-                                repository: repository.name.clone(),
-                                what: ctx.what.clone(),
-                                header: "Content-Range",
-                                value,
-                            });
-                        }
+            match download.unfinished(broken_off) {
+                None => break,
+                Some(detail) => self.before_resuming(&mut download, detail).await?,
+            }
+        }
+        download.finish()
+    }
+
+    /// Asks for the blob from the first byte not yet received (with `Range`
+    /// past byte 0); returns the response and how many bytes at its front
+    /// to drop (a server may ignore Range and send the whole blob).
+    async fn request_rest_of_blob(
+        &self,
+        download: &mut BlobDownload<'_>,
+    ) -> Result<(reqwest::Response, u64), Error> {
+        let offset = download.received;
+        let path = &download.path;
+        let response = self
+            .send(
+                &download.ctx,
+                &[scope_pull(&download.request.repository.name)],
+                true,
+                &mut download.budget,
+                None,
+                &|http, base| {
+                    let request = http.get(join(base, path));
+                    if offset > 0 {
+                        request.header(RANGE, format!("bytes={offset}-"))
+                    } else {
+                        request
                     }
+                },
+            )
+            .await?;
+        let skip = match response.status() {
+            StatusCode::OK => offset,
+            StatusCode::PARTIAL_CONTENT if content_range_start(&response) == Some(offset) => 0,
+            StatusCode::PARTIAL_CONTENT => {
+                let value = response
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                return Err(Error::BadHeader {
+                    registry: download.ctx.registry.to_string(),
+                    repository: download.ctx.repository.to_string(),
+                    what: download.ctx.what.clone(),
+                    header: "Content-Range",
+                    value,
+                });
+            }
+            _ => return Err(self.status_error(&download.ctx, response).await),
+        };
+        Ok((response, skip))
+    }
+
+    /// Writes the body of `response` to `sink`, less its first `skip`
+    /// bytes; returns why the body broke off, if it did. A stall is an
+    /// error: it is not retried.
+    async fn receive_blob_body(
+        &self,
+        download: &mut BlobDownload<'_>,
+        response: reqwest::Response,
+        mut skip: u64,
+        sink: &mut (dyn Write + Send),
+    ) -> Result<Option<String>, Error> {
+        let mut body = BodyReader::new(
+            response,
+            &self.config.timeouts,
+            download.small.then_some(&download.budget),
+            download.received,
+            download.request.expected_size,
+        );
+        let mut broken_off = None;
+        loop {
+            let chunk = match body.next().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(BodyError::Stalled(stall)) => {
+                    return Err(stalled(&download.ctx, stall, download.interruptions + 1))
                 }
-                _ => return Err(self.status_error(&ctx, response).await),
+                Err(BodyError::Failed(err)) => {
+                    broken_off = Some(error_chain(&err));
+                    break;
+                }
             };
-            let mut body = BodyReader::new(
-                response,
-                timeouts,
-                small.then_some(&budget),
-                offset,
-                expected_size,
-            );
-            let mut interrupted = None;
-            loop {
-                let chunk = match body.next().await {
-                    Ok(Some(chunk)) => chunk,
-                    Ok(None) => break,
-                    Err(BodyError::Stalled(stall)) => {
-                        return Err(stalled(&ctx, stall, interruptions + 1))
-                    }
-                    Err(BodyError::Failed(err)) => {
-                        interrupted = Some(error_chain(&err));
-                        break;
-                    }
-                };
-                let mut data = &chunk[..];
-                if skip > 0 {
-                    let n = skip.min(data.len() as u64) as usize;
-                    data = &data[n..];
-                    skip -= n as u64;
-                }
-                if data.is_empty() {
-                    continue;
-                }
-                if let Some(expected) = expected_size {
-                    if received + data.len() as u64 > expected {
-                        return Err(size_error(received + data.len() as u64, expected));
-                    }
-                }
-                if hash {
-                    hasher.update(data);
-                }
-                sink.write_all(data).map_err(|cause| Error::Sink {
-                    registry: repository.registry.clone(),
-                    repository: repository.name.clone(),
-                    digest: digest.to_string(),
-                    cause,
-                })?;
-                received += data.len() as u64;
+            let mut data = &chunk[..];
+            if skip > 0 {
+                let n = skip.min(data.len() as u64) as usize;
+                data = &data[n..];
+                skip -= n as u64;
             }
-            if !small {
-                budget.exclude(body.elapsed());
-            }
-            if interrupted.is_none() {
-                match expected_size {
-                    Some(expected) if received < expected => {
-                        interrupted = Some(format!(
-                            "connection closed after {received} of {expected} bytes"
-                        ));
-                    }
-                    _ => break,
-                }
-            }
-            if let Some(detail) = interrupted {
-                let delay = self.config.retry.backoff(interruptions);
-                if interruptions >= self.config.retry.max_retries || delay >= budget.remaining() {
-                    return Err(Error::Connection {
-                        registry: repository.registry.clone(),
-                        repository: repository.name.clone(),
-                        what: ctx.what.clone(),
-                        detail,
-                    });
-                }
-                tracing::debug!(%digest, received, %detail, "blob download interrupted; resuming");
-                tokio::time::sleep(delay).await;
-                interruptions += 1;
-            }
+            download.write(data, sink)?;
         }
-        if let Some(expected) = expected_size {
-            if received != expected {
-                return Err(size_error(received, expected));
-            }
+        if !download.small {
+            download.budget.exclude(body.elapsed());
         }
-        if !hash {
-            return Ok(received);
-        }
-        let actual = Digest::from_hash(hasher.finalize().as_slice());
-        if actual != *digest {
-            return Err(Error::DigestMismatch {
-                registry: repository.registry.clone(),
-                repository: repository.name.clone(),
-                digest: digest.to_string(),
-                actual: actual.to_string(),
+        Ok(broken_off)
+    }
+
+    /// Waits before resuming a download whose connection broke off, or
+    /// gives up when the retries or the budget are used up.
+    async fn before_resuming(
+        &self,
+        download: &mut BlobDownload<'_>,
+        detail: String,
+    ) -> Result<(), Error> {
+        let delay = self.config.retry.backoff(download.interruptions);
+        if download.interruptions >= self.config.retry.max_retries
+            || delay >= download.budget.remaining()
+        {
+            return Err(Error::Connection {
+                registry: download.ctx.registry.to_string(),
+                repository: download.ctx.repository.to_string(),
+                what: download.ctx.what.clone(),
+                detail,
             });
         }
-        Ok(received)
+        tracing::debug!(
+            digest = %download.request.digest,
+            received = download.received,
+            %detail,
+            "blob download interrupted; resuming"
+        );
+        tokio::time::sleep(delay).await;
+        download.interruptions += 1;
+        Ok(())
     }
 
     /// The size of blob `digest` in `repository`, or `None` if the registry lacks it.

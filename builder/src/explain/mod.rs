@@ -36,10 +36,10 @@ use serde::Serialize;
 
 use crate::image::default_shell;
 use crate::plan::{
-    plan_with, BaseSource, BuildOptions, ImageLookup, NoObserver, Origin, PlanError, PlanErrorKind,
-    StagePlan, WalkOptions,
+    plan_with, BaseSource, BuildOptions, ImageLookup, NoObserver, Origin, Plan, PlanError,
+    PlanErrorKind, StagePlan, WalkOptions,
 };
-use crate::run_argv::{docker_run_command, RunCommand};
+use crate::run_argv::docker_run_command;
 
 /// Why explain could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -158,86 +158,205 @@ pub fn explain(
     options: &ExplainOptions,
     images: &dyn ImageLookup,
 ) -> Result<Explanation, ExplainError> {
+    let plan = plan_target(df, options, images)?;
+    let target = Target::new(df, &plan, options, images);
+    let sources = sources(&target);
+    let commands = &target.commands;
+    let argv = commands.argv(options.entrypoint.as_deref(), &options.args);
+    let warnings = warnings(&target, &sources, argv.is_none());
+    let run = run_examples(commands, options);
+    let config = &target.config;
+    Ok(Explanation {
+        target: stage_label(df, plan.target),
+        base: base_label(df, &plan.stages[plan.target]),
+        entrypoint: commands.entrypoint.clone(),
+        cmd: commands.cmd.clone(),
+        argv,
+        shell: commands.shell.clone(),
+        user: config.user.clone(),
+        workdir: config.working_dir.clone(),
+        env: config.env.clone().unwrap_or_default(),
+        exposed_ports: config
+            .exposed_ports
+            .as_ref()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default(),
+        volumes: config
+            .volumes
+            .as_ref()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default(),
+        healthcheck: config.healthcheck.clone(),
+        stop_signal: config.stop_signal.clone(),
+        labels: config.labels.clone().unwrap_or_default(),
+        sources,
+        warnings,
+        entrypoint_form: commands.entrypoint_form,
+        cmd_form: commands.cmd_form,
+        run,
+    })
+}
+
+/// Plans the stages the target needs; a base image nothing knows (without
+/// `--offline`) is an [`ExplainError::UnknownBase`].
+fn plan_target(
+    df: &ins::Dockerfile,
+    options: &ExplainOptions,
+    images: &dyn ImageLookup,
+) -> Result<Plan, ExplainError> {
     let walk = WalkOptions {
         all_stages: false,
         unknown_images_empty: options.offline,
     };
-    let planned =
-        plan_with(df, &options.build, images, walk, &mut NoObserver).map_err(|e| match e {
-            PlanError {
-                line: Some(line),
-                kind: PlanErrorKind::Resolve { reference, source },
-            } if source.is_not_found() => ExplainError::UnknownBase {
-                line,
-                image: reference,
-                message: source.to_string(),
-            },
-            other => ExplainError::Plan(other),
-        })?;
-    let target = &planned.stages[planned.target];
-    let config = target.image.config.clone().unwrap_or_default();
+    plan_with(df, &options.build, images, walk, &mut NoObserver).map_err(|e| match e {
+        PlanError {
+            line: Some(line),
+            kind: PlanErrorKind::Resolve { reference, source },
+        } if source.is_not_found() => ExplainError::UnknownBase {
+            line,
+            image: reference,
+            message: source.to_string(),
+        },
+        other => ExplainError::Plan(other),
+    })
+}
 
-    // The chain of stages the target is built on, root first.
-    let mut chain = vec![planned.target];
+/// The target stage as planned: its final config, and what the stages it
+/// is built on did to CMD and ENTRYPOINT.
+struct Target<'a> {
+    df: &'a ins::Dockerfile,
+    plan: &'a Plan,
+    config: ContainerConfig,
+    history: CommandHistory,
+    commands: Commands,
+}
+
+impl<'a> Target<'a> {
+    fn new(
+        df: &'a ins::Dockerfile,
+        plan: &'a Plan,
+        options: &ExplainOptions,
+        images: &dyn ImageLookup,
+    ) -> Target<'a> {
+        let config = plan.stages[plan.target]
+            .image
+            .config
+            .clone()
+            .unwrap_or_default();
+        let chain = stage_chain(plan);
+        let base = base_image_config(&plan.stages[chain[0]], options, images);
+        let history = command_history(df, &chain, &plan.stages, base.as_ref());
+        let commands = Commands::new(&config, &history);
+        Target {
+            df,
+            plan,
+            config,
+            history,
+            commands,
+        }
+    }
+}
+
+/// The chain of stages the target is built on, root first.
+fn stage_chain(plan: &Plan) -> Vec<usize> {
+    let mut chain = vec![plan.target];
     while let Some(&first) = chain.first() {
-        match planned.stages[first].base {
+        match plan.stages[first].base {
             BaseSource::Stage(i) => chain.insert(0, i),
             _ => break,
         }
     }
-    let root = &planned.stages[chain[0]];
-    let base_config = match &root.base {
+    chain
+}
+
+/// The config of the image the `root` stage is built on, when the lookup
+/// knows it.
+fn base_image_config(
+    root: &StagePlan,
+    options: &ExplainOptions,
+    images: &dyn ImageLookup,
+) -> Option<ContainerConfig> {
+    match &root.base {
         BaseSource::Image { reference, .. } => images
             .lookup(&reference.reference, &options.build.target_platform)
             .ok()
             .and_then(|r| r.config.config),
         _ => None,
-    };
-    let base_label = |sp: &StagePlan| match &sp.base {
+    }
+}
+
+/// What a stage is built on: `scratch`, an image reference, `stage NAME`.
+fn base_label(df: &ins::Dockerfile, stage: &StagePlan) -> String {
+    match &stage.base {
         BaseSource::Scratch => "scratch".to_string(),
         BaseSource::Image { reference, .. } => reference.to_string(),
         BaseSource::Stage(i) => format!("stage {}", stage_label(df, *i)),
-    };
+    }
+}
 
-    let mut warnings = Vec::new();
-    for (image, line) in &planned.unknown_images {
-        let line = Some(*line);
-        warnings.push(Warning {
-            code: "BaseImageUnknown",
-            message: format!(
-                "base image {image} is not in the local store; --offline treats it as empty, so whatever it sets (CMD, ENTRYPOINT, ENV, USER, …) is missing here"
-            ),
-            line,
-        });
+/// The final ENTRYPOINT and CMD (empty ones dropped), the shell, and how
+/// each command was written.
+struct Commands {
+    entrypoint: Option<Vec<String>>,
+    cmd: Option<Vec<String>>,
+    shell: Vec<String>,
+    entrypoint_form: Form,
+    cmd_form: Form,
+}
+
+impl Commands {
+    fn new(config: &ContainerConfig, history: &CommandHistory) -> Commands {
+        let shell = match config.shell.clone() {
+            Some(s) if !s.is_empty() => s,
+            _ => default_shell(),
+        };
+        let entrypoint = config.entrypoint.clone().filter(|v| !v.is_empty());
+        let cmd = config.cmd.clone().filter(|v| !v.is_empty());
+        Commands {
+            entrypoint_form: form_of(entrypoint.as_deref(), history.entrypoint.as_ref(), &shell),
+            cmd_form: form_of(cmd.as_deref(), history.cmd.as_ref(), &shell),
+            entrypoint,
+            cmd,
+            shell,
+        }
     }
 
-    let history = command_history(df, &chain, &planned.stages, base_config.as_ref());
-    let shell = match config.shell.clone() {
-        Some(s) if !s.is_empty() => s,
-        _ => default_shell(),
-    };
-    let entrypoint = config.entrypoint.clone().filter(|v| !v.is_empty());
-    let cmd = config.cmd.clone().filter(|v| !v.is_empty());
-    let entrypoint_form = form_of(entrypoint.as_deref(), history.entrypoint.as_ref(), &shell);
-    let cmd_form = form_of(cmd.as_deref(), history.cmd.as_ref(), &shell);
+    /// What `docker run [--entrypoint E] IMAGE [ARGS...]` executes; `None`:
+    /// "no command specified".
+    fn argv(&self, entrypoint: Option<&str>, args: &[String]) -> Option<Vec<String>> {
+        docker_run_command(
+            self.entrypoint.as_deref(),
+            self.cmd.as_deref(),
+            entrypoint,
+            args,
+        )
+        .ok()
+        .map(|r| r.argv())
+    }
+}
 
+/// Where each field came from: the plan's provenance, then what it does
+/// not record (a CMD an ENTRYPOINT reset, the default shell, the values
+/// the stage started with).
+fn sources(target: &Target<'_>) -> BTreeMap<String, Source> {
+    let (df, plan, config) = (target.df, target.plan, &target.config);
     let mut sources = BTreeMap::new();
-    for (key, origin) in &target.provenance {
+    for (key, origin) in &plan.stages[plan.target].provenance {
         let field = field_name(key);
         sources.insert(
             field,
-            resolve_origin(df, &planned.stages, key, origin, planned.target, 0),
+            resolve_origin(df, &plan.stages, key, origin, plan.target, 0),
         );
     }
-    if let Some(reset) = &history.cmd_reset {
-        if cmd.is_none() {
+    if let Some(reset) = &target.history.cmd_reset {
+        if target.commands.cmd.is_none() {
             sources.insert(
                 "cmd".to_string(),
                 Source {
                     from: "reset",
                     line: Some(reset.line),
                     instruction: Some(reset.text.clone()),
-                    stage: other_stage(df, reset.stage, planned.target),
+                    stage: other_stage(df, reset.stage, plan.target),
                     image: None,
                 },
             );
@@ -257,11 +376,12 @@ pub fn explain(
             .entry("workdir".to_string())
             .or_insert_with(default_source);
     }
+    sources
+}
 
-    let run_with = |ep: Option<&str>, args: &[String]| -> Option<RunCommand> {
-        docker_run_command(entrypoint.as_deref(), cmd.as_deref(), ep, args).ok()
-    };
-    let argv = run_with(options.entrypoint.as_deref(), &options.args).map(|r| r.argv());
+/// What `docker run` runs plainly, with arguments (the given ones, else
+/// `ARGS`) and with `--entrypoint` (the given one, else `X`).
+fn run_examples(commands: &Commands, options: &ExplainOptions) -> RunExamples {
     let example_args = if options.args.is_empty() {
         vec!["ARGS".to_string()]
     } else {
@@ -271,26 +391,38 @@ pub fn explain(
         .entrypoint
         .clone()
         .unwrap_or_else(|| "X".to_string());
-    let run = RunExamples {
-        plain: run_with(None, &[]).map(|r| r.argv()),
-        with_args: run_with(None, &example_args).map(|r| r.argv()),
+    RunExamples {
+        plain: commands.argv(None, &[]),
+        with_args: commands.argv(None, &example_args),
         example_args,
-        with_entrypoint: run_with(Some(&example_entrypoint), &[]).map(|r| r.argv()),
+        with_entrypoint: commands.argv(Some(&example_entrypoint), &[]),
         example_entrypoint,
-    };
+    }
+}
 
-    command_warnings(
-        &mut warnings,
-        &history,
-        entrypoint.as_ref(),
-        cmd.as_ref(),
-        &shell,
-        entrypoint_form,
-        cmd_form,
-        &sources,
-    );
-    if argv.is_none() {
-        let message = if entrypoint.is_none() && cmd.is_none() {
+/// Every warning, in order: base images taken as empty, the CMD and
+/// ENTRYPOINT mistakes, no command (when `no_command`), unused build
+/// arguments.
+fn warnings(
+    target: &Target<'_>,
+    sources: &BTreeMap<String, Source>,
+    no_command: bool,
+) -> Vec<Warning> {
+    let mut warnings = Vec::new();
+    for (image, line) in &target.plan.unknown_images {
+        warnings.push(Warning {
+            code: "BaseImageUnknown",
+            message: format!(
+                "base image {image} is not in the local store; --offline treats it as empty, so whatever it sets (CMD, ENTRYPOINT, ENV, USER, …) is missing here"
+            ),
+            line: Some(*line),
+        });
+    }
+    instruction_warnings(&mut warnings, &target.history, target.commands.cmd_form);
+    shell_form_warnings(&mut warnings, &target.commands, sources);
+    if no_command {
+        let commands = &target.commands;
+        let message = if commands.entrypoint.is_none() && commands.cmd.is_none() {
             "the image has neither ENTRYPOINT nor CMD: `docker run IMAGE` fails with \"no command specified\" unless a command is given".to_string()
         } else {
             "with this --entrypoint and no arguments, docker run has no command and fails with \"no command specified\"".to_string()
@@ -301,43 +433,14 @@ pub fn explain(
             line: None,
         });
     }
-    for w in &planned.warnings {
+    for w in &target.plan.warnings {
         warnings.push(Warning {
             code: "UnusedBuildArg",
             message: w.message.clone(),
             line: w.line,
         });
     }
-
-    Ok(Explanation {
-        target: stage_label(df, planned.target),
-        base: base_label(target),
-        entrypoint,
-        cmd,
-        argv,
-        shell,
-        user: config.user.clone(),
-        workdir: config.working_dir.clone(),
-        env: config.env.clone().unwrap_or_default(),
-        exposed_ports: config
-            .exposed_ports
-            .as_ref()
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default(),
-        volumes: config
-            .volumes
-            .as_ref()
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default(),
-        healthcheck: config.healthcheck.clone(),
-        stop_signal: config.stop_signal.clone(),
-        labels: config.labels.clone().unwrap_or_default(),
-        sources,
-        warnings,
-        entrypoint_form,
-        cmd_form,
-        run,
-    })
+    warnings
 }
 
 fn stage_label(df: &ins::Dockerfile, index: usize) -> String {
@@ -575,18 +678,10 @@ fn form_of(value: Option<&[String]>, site: Option<&CommandSite>, shell: &[String
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn command_warnings(
-    warnings: &mut Vec<Warning>,
-    h: &CommandHistory,
-    entrypoint: Option<&Vec<String>>,
-    cmd: Option<&Vec<String>>,
-    shell: &[String],
-    entrypoint_form: Form,
-    cmd_form: Form,
-    sources: &BTreeMap<String, Source>,
-) {
-    let line_of = |field: &str| sources.get(field).and_then(|s| s.line);
+/// The warnings the CMD and ENTRYPOINT instructions earn: overridden in
+/// their stage, a CMD an ENTRYPOINT reset (when no CMD is left, `cmd_form`
+/// none), variables exec form leaves unexpanded.
+fn instruction_warnings(warnings: &mut Vec<Warning>, h: &CommandHistory, cmd_form: Form) {
     for (prev, next, code) in &h.overridden {
         let kind = if *code == "MultipleCmd" {
             "CMD"
@@ -633,6 +728,26 @@ fn command_warnings(
             line: Some(site.line),
         });
     }
+}
+
+/// The warnings about shell forms: an ENTRYPOINT that drops arguments, a
+/// CMD passed to an exec-form ENTRYPOINT as a shell command, a shell as
+/// PID 1 that does not forward signals.
+fn shell_form_warnings(
+    warnings: &mut Vec<Warning>,
+    commands: &Commands,
+    sources: &BTreeMap<String, Source>,
+) {
+    let Commands {
+        entrypoint,
+        cmd,
+        shell,
+        entrypoint_form,
+        cmd_form,
+    } = commands;
+    let (entrypoint, cmd) = (entrypoint.as_ref(), cmd.as_ref());
+    let (entrypoint_form, cmd_form) = (*entrypoint_form, *cmd_form);
+    let line_of = |field: &str| sources.get(field).and_then(|s| s.line);
     let shell_text = shell.join(" ");
     if entrypoint_form == Form::Shell {
         warnings.push(Warning {

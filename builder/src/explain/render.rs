@@ -49,6 +49,21 @@ fn describe(source: Option<&Source>) -> String {
 /// the `argv` answers (e.g. `docker run --entrypoint sh IMAGE -c id`).
 pub fn text(e: &Explanation, invocation: &str) -> String {
     let mut out = String::new();
+    write_answer(&mut out, e, invocation);
+    let _ = writeln!(out);
+    write_settings(&mut out, e);
+    write_collections(&mut out, e);
+    let _ = writeln!(out);
+    write_warnings(&mut out, e);
+    let _ = writeln!(out);
+    out.push_str(&table(e.cmd_form, e.entrypoint_form));
+    let _ = writeln!(out);
+    write_runs(&mut out, e);
+    out
+}
+
+/// The target stage, and what `invocation` runs.
+fn write_answer(out: &mut String, e: &Explanation, invocation: &str) {
     let _ = writeln!(out, "target stage: {} (FROM {})", e.target, e.base);
     let _ = writeln!(out);
     let _ = writeln!(out, "{invocation} runs:");
@@ -63,8 +78,11 @@ pub fn text(e: &Explanation, invocation: &str) -> String {
             );
         }
     }
-    let _ = writeln!(out);
+}
 
+/// One line per single-valued setting (entrypoint, cmd, shell, user,
+/// workdir, stop signal, healthcheck): its value and where it came from.
+fn write_settings(out: &mut String, e: &Explanation) {
     let rows: Vec<(&str, String, String)> = vec![
         (
             "entrypoint",
@@ -123,6 +141,11 @@ pub fn text(e: &Explanation, invocation: &str) -> String {
             source
         );
     }
+}
+
+/// The env, exposed ports, volumes and labels, one line per entry with
+/// where it came from (`-` for an empty collection).
+fn write_collections(out: &mut String, e: &Explanation) {
     let grouped: [(&str, &str, Vec<String>); 4] = [
         (
             "env",
@@ -156,8 +179,10 @@ pub fn text(e: &Explanation, invocation: &str) -> String {
             );
         }
     }
+}
 
-    let _ = writeln!(out);
+/// The warnings, each with its line.
+fn write_warnings(out: &mut String, e: &Explanation) {
     if e.warnings.is_empty() {
         let _ = writeln!(out, "warnings: none");
     } else {
@@ -167,11 +192,10 @@ pub fn text(e: &Explanation, invocation: &str) -> String {
             let _ = writeln!(out, "  {at}{}: {}", w.code, w.message);
         }
     }
+}
 
-    let _ = writeln!(out);
-    out.push_str(&table(e.cmd_form, e.entrypoint_form));
-
-    let _ = writeln!(out);
+/// What the usual `docker run` invocations run.
+fn write_runs(out: &mut String, e: &Explanation) {
     let runs = [
         ("docker run IMAGE".to_string(), &e.run.plain),
         (
@@ -195,7 +219,6 @@ pub fn text(e: &Explanation, invocation: &str) -> String {
         };
         let _ = writeln!(out, "{command:<w$}  -> {result}");
     }
-    out
 }
 
 /// The reference's table, this image's cell marked with `*`.
