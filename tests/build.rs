@@ -919,6 +919,53 @@ fn push_to_a_registry() {
     assert_eq!(config_of(other.path(), &zstd_ref), built);
 }
 
+/// `--output type=registry,name=…` pushes under that name (no `-t`
+/// needed), as does `type=image,name=…,push=true`; what is pulled back is
+/// the image built.
+#[test]
+fn registry_and_image_outputs_push() {
+    let registry = kiln_testsupport::RegistryServer::start_plain().unwrap();
+    let fixture = Fixture::new();
+    let ctx = context(&[("Dockerfile", "FROM busybox\nRUN echo out > /o\n")]);
+    let by_registry = format!("{}/test/out:registry", registry.host);
+    let by_image = format!("{}/test/out:image", registry.host);
+    for output in [
+        format!("type=registry,name={by_registry}"),
+        format!("type=image,name={by_image},push=true"),
+    ] {
+        ok(&fixture.build(&[
+            "--output",
+            &output,
+            "--insecure-registry",
+            &registry.host,
+            ctx.path().to_str().unwrap(),
+        ]));
+    }
+    let other = tempfile::tempdir().unwrap();
+    for reference in [&by_registry, &by_image] {
+        kiln_ok(
+            other.path(),
+            &["pull", "--insecure-registry", &registry.host, reference],
+        );
+        assert_eq!(
+            config_of(other.path(), reference),
+            config_of(&fixture.root(), reference)
+        );
+    }
+    // type=image without push stays in the store: the registry has no such tag.
+    let local_only = format!("{}/test/out:local", registry.host);
+    ok(&fixture.build(&[
+        "--output",
+        &format!("type=image,name={local_only}"),
+        ctx.path().to_str().unwrap(),
+    ]));
+    let out = kiln(
+        other.path(),
+        &["pull", "--insecure-registry", &registry.host, &local_only],
+    );
+    assert!(!out.status.success());
+}
+
 #[test]
 fn independent_stages_run_at_the_same_time() {
     let fixture = Fixture::new();

@@ -445,3 +445,198 @@ fn buildkit_build_args_and_syntax() {
         "{stderr}"
     );
 }
+
+/// `--output`'s forms: `-o DIR` is the root filesystem in DIR; `-o -` and
+/// `type=tar,dest=-` a tar of it on standard output (and nothing else
+/// there); `type=tar,dest=FILE` that tar in a file; `type=image,name=…`
+/// the image in the store under more names.
+#[test]
+fn output_shorthands_tar_and_image_names() {
+    require_root!();
+    let fixture = Fixture::new();
+    let ctx = fixture.context(
+        "outputs",
+        &[("Dockerfile", "FROM busybox\nRUN echo made > /made\n")],
+    );
+    let ctx = ctx.to_str().unwrap();
+
+    let dir = fixture.dir.path().join("out-dir");
+    let out = fixture.build(&["-o", dir.to_str().unwrap(), ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(read(&dir, "/made"), "made\n");
+
+    for spec in ["-", "type=tar,dest=-"] {
+        let out = fixture.build(&["-o", spec, ctx]);
+        assert!(out.status.success(), "{}", text(&out));
+        let names = tar_names(&out.stdout);
+        assert!(names.contains(&"made".to_string()), "{spec}: {names:?}");
+        assert!(
+            names.iter().any(|n| n == "bin/busybox"),
+            "{spec}: {names:?}"
+        );
+    }
+
+    let file = fixture.dir.path().join("rootfs.tar");
+    let spec = format!("type=tar,dest={}", file.display());
+    let out = fixture.build(&["--output", &spec, ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    let names = tar_names(&std::fs::read(&file).unwrap());
+    assert!(names.contains(&"made".to_string()), "{names:?}");
+
+    let out = fixture.build(&[
+        "-t",
+        "first:1",
+        "--output",
+        "type=image,\"name=second:2,third:3\"",
+        ctx,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    // `inspect` shows the manifest and config: the same for every name.
+    let id = |name: &str| {
+        let out = kiln(&fixture.root(), &["inspect", name]);
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).replace(name, "NAME")
+    };
+    assert_eq!(id("first:1"), id("second:2"));
+    assert_eq!(id("first:1"), id("third:3"));
+
+    let out = fixture.build(&["--output", "type=tar", ctx]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let out = fixture.build(&["--output", "type=image,push=true", ctx]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("name"), "{}", text(&out));
+}
+
+/// The member names of a tar (the system's tar reads it), without `./`.
+fn tar_names(tar: &[u8]) -> Vec<String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("tar")
+        .args(["-tf", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let bytes = tar.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&bytes));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success(), "not a tar ({} bytes)", tar.len());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim_start_matches("./").trim_end_matches('/').to_string())
+        .collect()
+}
+
+/// Without `-f`, a context's `Containerfile` is read when it has no
+/// `Dockerfile` (and a `Dockerfile` wins over it); `.containerignore` is
+/// read when there is no `.dockerignore`.
+#[test]
+fn containerfile_and_containerignore_defaults() {
+    require_root!();
+    let fixture = Fixture::new();
+    let dockerfile = "FROM busybox\nCOPY . /ctx/\nRUN echo containerfile > /which\n";
+    let ctx = fixture.context(
+        "containerfile",
+        &[
+            ("Containerfile", dockerfile),
+            (".containerignore", "secret.txt\n"),
+            ("secret.txt", "hidden"),
+            ("kept.txt", "kept"),
+        ],
+    );
+    let out_dir = fixture.dir.path().join("containerfile-out");
+    let out = fixture.build(&["-o", out_dir.to_str().unwrap(), ctx.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(read(&out_dir, "/which"), "containerfile\n");
+    assert_eq!(read(&out_dir, "/ctx/kept.txt"), "kept");
+    assert!(!out_dir.join("ctx/secret.txt").exists());
+
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nRUN echo dockerfile > /which\n",
+    )
+    .unwrap();
+    let out_dir = fixture.dir.path().join("dockerfile-out");
+    let out = fixture.build(&["-o", out_dir.to_str().unwrap(), ctx.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(read(&out_dir, "/which"), "dockerfile\n");
+
+    let empty = fixture.context("no-dockerfile", &[("a.txt", "a")]);
+    let out = fixture.build(&[empty.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Containerfile"), "{}", text(&out));
+}
+
+/// `--no-cache-filter STAGE` runs that stage's steps again (and those of
+/// the stages that copy from it, so they copy the new content) and takes
+/// the other stages from the cache; a name no stage has is an error.
+#[test]
+fn no_cache_filter_reruns_only_the_named_stage() {
+    require_root!();
+    let fixture = Fixture::new();
+    let dockerfile = "FROM busybox AS a\nRUN cat /proc/sys/kernel/random/uuid > /a\n\
+                      FROM busybox AS b\nRUN cat /proc/sys/kernel/random/uuid > /b\n\
+                      FROM busybox\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n";
+    let first = fixture.rootfs("filter-1", dockerfile, &[]);
+    let cached = fixture.rootfs("filter-2", dockerfile, &[]);
+    assert_eq!(read(&first, "/a"), read(&cached, "/a"));
+    assert_eq!(read(&first, "/b"), read(&cached, "/b"));
+
+    let filtered = fixture.rootfs("filter-3", dockerfile, &["--no-cache-filter", "A"]);
+    assert_ne!(read(&first, "/a"), read(&filtered, "/a"));
+    assert_eq!(read(&first, "/b"), read(&filtered, "/b"));
+
+    let ctx = fixture.context("filter-bad", &[("Dockerfile", dockerfile)]);
+    let out = fixture.build(&["--no-cache-filter", "nope", ctx.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("--no-cache-filter nope"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// `--pull=never` builds from what the store has and fails, naming the
+/// image, on a base it lacks; `--pull` (always) goes to the registry even
+/// for a stored base, so with no registry behind the name it fails where
+/// `missing` (the default) builds.
+#[test]
+fn pull_policies() {
+    require_root!();
+    let fixture = Fixture::new();
+    // A base stored under the name of a registry nobody listens on.
+    let tar = fixture.dir.path().join("busybox.tar");
+    kiln_ok(
+        &fixture.root(),
+        &["import", tar.to_str().unwrap(), "127.0.0.1:9/stored/base:1"],
+    );
+    let stored = fixture.context(
+        "pull-stored",
+        &[("Dockerfile", "FROM 127.0.0.1:9/stored/base:1\nRUN true\n")],
+    );
+    let stored = stored.to_str().unwrap();
+    let missing = fixture.context(
+        "pull-missing",
+        &[("Dockerfile", "FROM 127.0.0.1:9/absent/base:1\nRUN true\n")],
+    );
+
+    let out = fixture.build(&["--pull=never", stored]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = fixture.build(&["--pull=missing", stored]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = fixture.build(&["--pull=never", missing.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("127.0.0.1:9/absent/base:1"),
+        "{}",
+        text(&out)
+    );
+
+    for always in ["--pull", "--pull=always"] {
+        let out = fixture.build(&[always, stored]);
+        assert!(!out.status.success(), "{always}: {}", text(&out));
+        assert!(text(&out).contains("127.0.0.1:9"), "{}", text(&out));
+    }
+}

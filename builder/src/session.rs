@@ -73,10 +73,12 @@ pub struct BuildSettings {
     pub options: BuildOptions,
     /// Names to tag the image with; none leaves it untagged (by id).
     pub tags: Vec<Reference>,
-    /// Pull base images even when the store has them.
-    pub pull: bool,
+    /// When base images are pulled.
+    pub pull: PullPolicy,
     /// Run every step (results are still cached).
     pub no_cache: bool,
+    /// Run every step of these stages (`--no-cache-filter`), by name.
+    pub no_cache_stages: Vec<String>,
     /// SOURCE_DATE_EPOCH from the environment; a `SOURCE_DATE_EPOCH` build
     /// arg wins over it, as in BuildKit.
     pub source_date_epoch: Option<i64>,
@@ -98,6 +100,42 @@ pub struct BuildSettings {
 }
 
 impl BuildSettings {
+    /// Every name the image gets: `-t`'s, then those of image outputs.
+    pub fn all_tags(&self) -> Vec<Reference> {
+        let mut tags = self.tags.clone();
+        for output in &self.outputs {
+            if let Output::Image { names, .. } = output {
+                for name in names {
+                    if !tags.contains(name) {
+                        tags.push(name.clone());
+                    }
+                }
+            }
+        }
+        tags
+    }
+
+    /// The names pushed: every `-t` with `--push`, and each image output's
+    /// names (its `-t` names when it has none) when it pushes.
+    pub fn push_targets(&self) -> Vec<Reference> {
+        let mut targets = if self.push {
+            self.tags.clone()
+        } else {
+            Vec::new()
+        };
+        for output in &self.outputs {
+            if let Output::Image { names, push: true } = output {
+                let names = if names.is_empty() { &self.tags } else { names };
+                for name in names {
+                    if !targets.contains(name) {
+                        targets.push(name.clone());
+                    }
+                }
+            }
+        }
+        targets
+    }
+
     /// The SOURCE_DATE_EPOCH the build uses: the build arg's, else the
     /// environment's.
     pub fn source_date_epoch(&self) -> Option<i64> {
@@ -107,6 +145,19 @@ impl BuildSettings {
             .and_then(|v| v.trim().parse::<i64>().ok())
             .or(self.source_date_epoch)
     }
+}
+
+/// When a build pulls its base images (`--pull[=always|missing|never]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PullPolicy {
+    /// Pull every base image, even one the store has (a tag may have moved;
+    /// `--pull`, as docker's).
+    Always,
+    /// Pull what the store lacks (the default, as docker's).
+    #[default]
+    Missing,
+    /// Never pull: a base the store lacks is an error.
+    Never,
 }
 
 /// A failure of the network side, with its cause.
@@ -169,6 +220,43 @@ fn violated_rules(report: &lint::Report) -> String {
     let mut rules: Vec<&str> = report.findings.iter().map(|f| f.rule).collect();
     rules.dedup();
     rules.join(", ")
+}
+
+/// The stages whose steps `--no-cache-filter` runs again, by index: the
+/// named ones (an unknown name is an error), and every stage that uses
+/// one of them. BuildKit keys a `COPY --from` by the content it copies, so
+/// a named stage that makes new content reruns its users; kiln keys by
+/// the source stage's steps, so its users rerun with it, or they would
+/// copy the old content from the cache.
+fn no_cache_stages(
+    plan: &Plan,
+    names: &[String],
+) -> Result<std::collections::BTreeSet<usize>, BuildError> {
+    let mut stages = names
+        .iter()
+        .map(|name| {
+            let lower = name.to_ascii_lowercase();
+            plan.stages
+                .iter()
+                .find(|s| s.name.as_deref() == Some(lower.as_str()))
+                .map(|s| s.index)
+                .ok_or_else(|| {
+                    BuildError::Invalid(format!("--no-cache-filter {name}: no stage is named so"))
+                })
+        })
+        .collect::<Result<std::collections::BTreeSet<usize>, BuildError>>()?;
+    loop {
+        let users: Vec<usize> = plan
+            .stages
+            .iter()
+            .filter(|s| !stages.contains(&s.index) && !s.deps.is_disjoint(&stages))
+            .map(|s| s.index)
+            .collect();
+        if users.is_empty() {
+            return Ok(stages);
+        }
+        stages.extend(users);
+    }
 }
 
 /// A check's finding as a build warning: `Rule: message`.
@@ -297,7 +385,11 @@ impl<'a> Session<'a> {
             started.elapsed().as_secs_f64(),
         );
         let puller: &'a dyn ImagePuller = self.remote;
-        let resolver = StoreResolver::new(self.store, Some(puller)).always_pull(settings.pull);
+        let resolver = match settings.pull {
+            PullPolicy::Never => StoreResolver::new(self.store, None),
+            PullPolicy::Missing => StoreResolver::new(self.store, Some(puller)),
+            PullPolicy::Always => StoreResolver::new(self.store, Some(puller)).always_pull(true),
+        };
         let ignore = crate::dockerignore::load_for_build(
             &settings.context_dir,
             settings.dockerfile.path.as_deref(),
@@ -406,11 +498,25 @@ impl<'a> Session<'a> {
     /// Runs the plan, then tags, exports and pushes the image.
     pub fn build(&self, planned: Planned<'a>) -> Result<BuildResult, BuildError> {
         let settings = self.settings;
-        if settings.push && settings.tags.is_empty() {
-            return Err(BuildError::Invalid("--push needs at least one -t".into()));
+        let pushes = settings.push
+            || settings
+                .outputs
+                .iter()
+                .any(|o| matches!(o, Output::Image { push: true, .. }));
+        if pushes && settings.push_targets().is_empty() {
+            return Err(BuildError::Invalid(
+                "--push (or an output with push=true) needs a name: -t or name=".into(),
+            ));
         }
+        if settings.outputs.iter().filter(|o| o.to_stdout()).count() > 1 {
+            return Err(BuildError::Invalid(
+                "only one output can go to standard output".into(),
+            ));
+        }
+        let no_cache_stages = no_cache_stages(&planned.plan, &settings.no_cache_stages)?;
         let options = SolveOptions {
             no_cache: settings.no_cache,
+            no_cache_stages,
             source_date_epoch: settings.source_date_epoch(),
             network: settings.network,
             helper: settings.helper.clone(),
@@ -448,7 +554,7 @@ impl<'a> Session<'a> {
         let started = Instant::now();
         let image = self.store.read_image(&built.manifest, &built.platform())?;
         let image_id = image.id().clone();
-        let tags = &self.settings.tags;
+        let tags = &self.settings.all_tags();
         if tags.is_empty() {
             self.store.add_untagged(&built.manifest)?;
         }
@@ -470,7 +576,7 @@ impl<'a> Session<'a> {
 
     fn outputs(&self, result: &mut BuildResult) -> Result<(), BuildError> {
         let settings = self.settings;
-        let name = match settings.tags.first() {
+        let name = match settings.all_tags().first() {
             Some(t) => t.clone(),
             None => Reference::parse("kiln-build:latest")
                 .map_err(|e| BuildError::Invalid(e.to_string()))?,
@@ -492,10 +598,7 @@ impl<'a> Session<'a> {
 
     fn push(&self, result: &mut BuildResult) -> Result<(), BuildError> {
         let settings = self.settings;
-        if !settings.push {
-            return Ok(());
-        }
-        for reference in &settings.tags {
+        for reference in &settings.push_targets() {
             let (digest, size) = self
                 .remote
                 .push(self.store, reference, settings.compression)
@@ -521,7 +624,7 @@ impl<'a> Session<'a> {
             write(path, result.image_id.to_string().into_bytes())?;
         }
         if let Some(path) = &self.settings.metadata_file {
-            let meta = result.metadata(&self.settings.tags);
+            let meta = result.metadata(&self.settings.all_tags());
             let bytes = serde_json::to_vec_pretty(&meta)
                 .map_err(|e| BuildError::Invalid(format!("metadata file: {e}")))?;
             write(path, bytes)?;

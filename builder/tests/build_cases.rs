@@ -103,6 +103,7 @@ fn run(case: &Path) -> String {
     }
     let solve_opts = SolveOptions {
         no_cache: false,
+        no_cache_stages: Default::default(),
         source_date_epoch: Some(1_700_000_000),
         network: Network::None,
         helper: HelperCommand::subcommand_of(env!("CARGO_BIN_EXE_kiln-builder-test-helper")),

@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use kiln_builder::copy::{FetchInfo, UrlFetcher};
 use kiln_builder::export::Output;
 use kiln_builder::plan::{BuildOptions, LookupError};
-use kiln_builder::session::{BuildSettings, DockerfileInput, Remote, RemoteError, Session};
+use kiln_builder::session::{
+    BuildSettings, DockerfileInput, PullPolicy, Remote, RemoteError, Session,
+};
 use kiln_builder::solve::{ImagePuller, NoEvents};
 use kiln_layers::{Compression, Descriptor, Digest, NoProgress, Platform, Reference, Store};
 use kiln_runtime::{HelperCommand, Network};
@@ -52,8 +54,9 @@ fn settings(context: PathBuf, dockerfile: &str, out: &std::path::Path) -> BuildS
             ..Default::default()
         },
         tags: vec![Reference::parse("session:test").unwrap()],
-        pull: false,
+        pull: PullPolicy::Missing,
         no_cache: false,
+        no_cache_stages: Default::default(),
         source_date_epoch: Some(1_700_000_000),
         network: Network::None,
         compression: Compression::Gzip,

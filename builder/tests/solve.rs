@@ -92,6 +92,7 @@ fn build_full(
     compute_cache_keys(&mut p, Some(&ctx), &RemoteSources::default()).unwrap();
     let solve_opts = SolveOptions {
         no_cache: false,
+        no_cache_stages: Default::default(),
         source_date_epoch,
         network: Network::None,
         helper: HelperCommand::subcommand_of(env!("CARGO_BIN_EXE_kiln-builder-test-helper")),
@@ -782,6 +783,7 @@ fn build_with_ssh(
     let events = Events::default();
     let solve_opts = SolveOptions {
         no_cache: false,
+        no_cache_stages: Default::default(),
         source_date_epoch: Some(1),
         network: Network::None,
         helper: HelperCommand::subcommand_of(env!("CARGO_BIN_EXE_kiln-builder-test-helper")),

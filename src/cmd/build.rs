@@ -17,7 +17,8 @@ use kiln_builder::export::Output;
 use kiln_builder::plan::{BuildOptions, LookupError};
 use kiln_builder::secrets::Secret;
 use kiln_builder::session::{
-    BuildError, BuildResult, BuildSettings, DockerfileInput, Remote, RemoteError, Session,
+    BuildError, BuildResult, BuildSettings, DockerfileInput, PullPolicy, Remote, RemoteError,
+    Session,
 };
 use kiln_builder::solve::{ImagePuller, SolveError};
 use kiln_layers::{Compression, Descriptor, Digest, Platform, Reference, Reporter, Store};
@@ -51,6 +52,24 @@ pub enum NetworkArg {
     None,
 }
 
+/// `--pull`'s values (see [`PullPolicy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PullArg {
+    Always,
+    Missing,
+    Never,
+}
+
+impl From<PullArg> for PullPolicy {
+    fn from(arg: PullArg) -> PullPolicy {
+        match arg {
+            PullArg::Always => PullPolicy::Always,
+            PullArg::Missing => PullPolicy::Missing,
+            PullArg::Never => PullPolicy::Never,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CompressionArg {
     Gzip,
@@ -62,7 +81,7 @@ pub struct BuildArgs {
     /// The build context directory.
     #[arg(value_name = "CONTEXT", default_value = ".")]
     context: PathBuf,
-    /// The Dockerfile (default: CONTEXT/Dockerfile; `-` reads stdin).
+    /// The Dockerfile (default: CONTEXT/Dockerfile, else CONTEXT/Containerfile; `-` reads stdin).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: Option<PathBuf>,
     /// Name the image (repeatable).
@@ -77,12 +96,26 @@ pub struct BuildArgs {
     /// Target platform (default: this machine's).
     #[arg(long)]
     platform: Option<String>,
-    /// Pull base images even when the store has them.
-    #[arg(long)]
-    pull: bool,
+    /// When to pull base images: `--pull` (or `--pull=always`) pulls even
+    /// those the store has; `missing` (the default) pulls what the store
+    /// lacks; `never` fails on a base the store lacks.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "POLICY",
+        num_args = 0..=1,
+        require_equals = true,
+        default_value_t = PullArg::Missing,
+        default_missing_value = "always"
+    )]
+    pull: PullArg,
     /// Do not use the build cache (results are still cached).
     #[arg(long)]
     no_cache: bool,
+    /// Do not use the build cache for the steps of this stage (by name;
+    /// repeatable); the other stages still use it.
+    #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
+    no_cache_filter: Vec<String>,
     /// Show the plan (stages, steps, cache hits, what runs in parallel) and stop.
     #[arg(long)]
     dry_run: bool,
@@ -108,7 +141,9 @@ pub struct BuildArgs {
     /// Write JSON with the image, manifest and config digests to this file.
     #[arg(long, value_name = "FILE")]
     metadata_file: Option<PathBuf>,
-    /// Also export: type=oci,dest=DIR|FILE.tar, type=docker,dest=FILE.tar or type=local,dest=DIR.
+    /// Also export (repeatable): type=oci,dest=DIR|FILE.tar; type=docker,dest=FILE.tar;
+    /// type=local,dest=DIR (or just DIR); type=tar,dest=FILE|- (or just -, to standard output);
+    /// type=image,name=REF[,push=true]; type=registry,name=REF (pushes).
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     outputs: Vec<String>,
     /// Push every tag to its registry after the build.
@@ -335,8 +370,9 @@ fn settings_of(
             build_platform: Platform::host(),
         },
         tags,
-        pull: args.pull,
+        pull: args.pull.into(),
         no_cache: args.no_cache,
+        no_cache_stages: args.no_cache_filter.clone(),
         source_date_epoch: crate::settings::source_date_epoch(),
         network: match args.network {
             NetworkArg::Host => Network::Host,
@@ -490,10 +526,11 @@ fn report_built(
     }
     let image_id = &result.image_id;
     if display.shown {
-        let tagged = if settings.tags.is_empty() {
+        let tags = settings.all_tags();
+        let tagged = if tags.is_empty() {
             String::new()
         } else {
-            let names: Vec<String> = settings.tags.iter().map(|t| t.familiar()).collect();
+            let names: Vec<String> = tags.iter().map(|t| t.familiar()).collect();
             format!(", tagged {}", names.join(", "))
         };
         eprintln!(
@@ -501,7 +538,11 @@ fn report_built(
             started.elapsed().as_secs_f64()
         );
     }
-    if args.quiet || display.mode == ProgressMode::Quiet || !std::io::stdout().is_terminal() {
+    // Not when an output is the tar on stdout.
+    let stdout_taken = settings.outputs.iter().any(Output::to_stdout);
+    let wanted =
+        args.quiet || display.mode == ProgressMode::Quiet || !std::io::stdout().is_terminal();
+    if wanted && !stdout_taken {
         println!("{image_id}");
     }
 }

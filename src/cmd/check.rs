@@ -43,7 +43,7 @@ pub enum OutputFormat {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// The Dockerfile (default: CONTEXT/Dockerfile; `-` for standard input).
+    /// The Dockerfile (default: CONTEXT/Dockerfile, else CONTEXT/Containerfile; `-` for standard input).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
@@ -63,7 +63,7 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
-    /// The Dockerfile (default: CONTEXT/Dockerfile; `-` for standard input).
+    /// The Dockerfile (default: CONTEXT/Dockerfile, else CONTEXT/Containerfile; `-` for standard input).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: Option<PathBuf>,
     /// The stage to explain (default: the last one).

@@ -104,14 +104,27 @@ impl DockerfileSource {
         })
     }
 
-    /// `file`, else `context/Dockerfile` (the `-f` default).
+    /// `file` (a relative one from the current directory, as the docker
+    /// CLI resolves `-f`), else the context's `Dockerfile`, `dockerfile`
+    /// (the docker CLI's fallback) or `Containerfile` (buildah's and
+    /// podman's name), the first that exists.
     pub fn read_or_default(
         file: Option<&Path>,
         context: &Path,
     ) -> anyhow::Result<DockerfileSource> {
-        match file {
-            Some(file) => DockerfileSource::read(file),
-            None => DockerfileSource::read(&context.join("Dockerfile")),
+        if let Some(file) = file {
+            return DockerfileSource::read(file);
+        }
+        let found = ["Dockerfile", "dockerfile", "Containerfile"]
+            .iter()
+            .map(|name| context.join(name))
+            .find(|path| path.is_file());
+        match found {
+            Some(path) => DockerfileSource::read(&path),
+            None => anyhow::bail!(
+                "no Dockerfile (or Containerfile) in {}: give one with -f",
+                context.display()
+            ),
         }
     }
 

@@ -766,6 +766,7 @@ impl<'a> Planner<'a> {
         site: &mut Site<'_>,
         state: &State,
     ) -> Result<RunStep, PlanError> {
+        refuse_unsupported_run_flags(r, site)?;
         let mounts = self.run_mounts(r, site, state)?;
         let (argv, script) = run_command(r, state, site.line);
         let mut env: Vec<String> = state.env.entries();
@@ -995,6 +996,25 @@ impl<'a> Planner<'a> {
             git_commits: BTreeMap::new(),
         })
     }
+}
+
+/// RUN flags kiln parses but cannot honour yet are refused, naming the
+/// line, rather than accepted and ignored: `--device` (BuildKit's CDI
+/// devices) and `--security=insecure`.
+fn refuse_unsupported_run_flags(r: &ins::Run, site: &Site<'_>) -> Result<(), PlanError> {
+    if let Some(device) = r.devices.first() {
+        return Err(site.invalid(format!(
+            "RUN --device={} is not supported by kiln (no CDI device support): remove the flag",
+            device.name
+        )));
+    }
+    if r.security.as_deref() == Some("insecure") {
+        return Err(site.invalid(
+            "RUN --security=insecure is not supported by kiln: its steps always run sandboxed"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// What a base image's config sets, attributed to the image.

@@ -22,6 +22,7 @@ mod step;
 mod trash;
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -104,6 +105,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SolveError + '_ {
 pub struct SolveOptions<'a> {
     /// Ignore the build cache (results are still recorded).
     pub no_cache: bool,
+    /// Ignore the build cache in these stages only (`--no-cache-filter`).
+    pub no_cache_stages: BTreeSet<usize>,
     /// Clamps file mtimes in layers and sets every `created` time.
     pub source_date_epoch: Option<i64>,
     /// RUN's network unless it says `--network=none|host`.

@@ -26,7 +26,8 @@ pub(super) fn run_step(
         tracing::info!("line {}: CACHED {}", step.line, shorten(&step.instruction));
         return Ok(true);
     }
-    let why = match (&step.cache_key, opts.no_cache) {
+    let no_cache = opts.no_cache || opts.no_cache_stages.contains(&step.stage);
+    let why = match (&step.cache_key, no_cache) {
         (None, _) => "no cache key".to_string(),
         (Some(_), true) => "--no-cache".to_string(),
         (Some(key), false) => format!("cache miss {key}"),
@@ -65,7 +66,9 @@ pub(super) fn run_step(
 /// `--no-cache`).
 fn from_cache(run: &StepRun<'_>, progress: &mut StageProgress) -> Result<bool, SolveError> {
     let (step, store) = (run.step, run.build.store);
-    let Some(key) = step.cache_key.as_ref().filter(|_| !run.build.opts.no_cache) else {
+    let opts = run.build.opts;
+    let no_cache = opts.no_cache || opts.no_cache_stages.contains(&step.stage);
+    let Some(key) = step.cache_key.as_ref().filter(|_| !no_cache) else {
         return Ok(false);
     };
     let Some(record) = store.cache_get(key)? else {
