@@ -324,6 +324,30 @@ fn copy_entry(from: &mut impl Read, to: &mut impl Write) -> std::result::Result<
     }
 }
 
+/// The metadata an entry gets from its header.
+struct Attrs {
+    uid: u32,
+    gid: u32,
+    /// Permission bits.
+    mode: u32,
+    mtime: u64,
+    /// Its PAX xattrs but overlay's own.
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+/// Where an entry goes: its parent directory, opened, and its name there.
+struct Place<'p> {
+    /// The tar's name for the entry, as errors show it.
+    shown: &'p str,
+    parent: &'p OwnedFd,
+    /// The parent's components as the tar names them (a symlink's target
+    /// is taken from there).
+    parent_comps: &'p [OsString],
+    name: &'p OsString,
+    /// The entry's path below the root.
+    path: Vec<OsString>,
+}
+
 /// What [`Unpacker::clear`] found at a name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Cleared {
@@ -636,67 +660,22 @@ impl Unpacker<'_> {
         }
     }
 
+    /// Writes one entry of the tar: a whiteout, the root's metadata, or a
+    /// file, directory, link or node in its parent directory.
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
         let raw_path = self.name_bytes(&entry.path_bytes());
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
-        let header = entry.header().clone();
-        let kind = header.entry_type();
+        let kind = entry.header().entry_type();
         if matches!(kind, tar::EntryType::XGlobalHeader) {
             return Ok(());
         }
-        let comps = match &self.kind {
-            Kind::Layer { .. } => {
-                clean_components(&raw_path).map_err(|why| self.unsafe_entry(&shown, why))?
-            }
-            Kind::Archive { .. } => match archive_components(&[], &raw_path, true) {
-                Ok(comps) => comps,
-                Err(ArchiveName::Climbs) => return Err(self.breakout(&shown)),
-                Err(ArchiveName::Nul) => return Err(self.unsafe_entry(&shown, "NUL byte in name")),
-            },
-        };
-        let old = header.as_old();
-        let owner = match &self.kind {
-            Kind::Archive {
-                owner: Some(owner), ..
-            } => *owner,
-            _ => {
-                let uid = lenient(header.uid(), &old.uid).map_err(|e| self.tar_err(&shown, e))?;
-                let gid = lenient(header.gid(), &old.gid).map_err(|e| self.tar_err(&shown, e))?;
-                match (u32::try_from(uid), u32::try_from(gid)) {
-                    (Ok(u), Ok(g)) if u != u32::MAX && g != u32::MAX => (u, g),
-                    _ => return Err(self.unsafe_entry(&shown, "uid or gid out of range")),
-                }
-            }
-        };
-        let (uid, gid) = owner;
-        let mode = lenient(header.mode(), &old.mode).map_err(|e| self.tar_err(&shown, e))? & 0o7777;
-        let mtime = lenient(header.mtime(), &old.mtime).map_err(|e| self.tar_err(&shown, e))?;
-        let xattrs = self.xattrs(entry, &shown)?;
+        let comps = self.components(&raw_path, &shown)?;
+        let attrs = self.attrs(entry, &shown)?;
         self.stats.entries += 1;
-
         let Some((name, parent_comps)) = comps.split_last() else {
-            if self.is_archive() {
-                // The destination keeps its own metadata, as in Docker and
-                // BuildKit.
-                return Ok(());
-            }
-            // The layer's root ("./"): only its metadata applies.
-            if kind.is_dir() {
-                let root = rustix::fs::openat(
-                    &self.root,
-                    ".",
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|e| self.io("open", ".", e))?;
-                self.set_owner_mode_fd(&root, uid, gid, mode, &shown)?;
-                self.dir_times.push((Vec::new(), mtime));
-                return Ok(());
-            }
-            return Err(self.unsafe_entry(&shown, "names the layer root but is not a directory"));
+            return self.root_entry(kind, &attrs, &shown);
         };
         let name_str = name.to_string_lossy();
-
         let overlay_whiteouts = matches!(
             self.kind,
             Kind::Layer {
@@ -705,247 +684,364 @@ impl Unpacker<'_> {
             }
         );
         if overlay_whiteouts && name_str.starts_with(WHITEOUT_PREFIX) {
-            let parent = self.open_dir(parent_comps, true, &shown)?;
-            self.stats.whiteouts += 1;
-            if name_str == OPAQUE_MARKER {
-                rustix::fs::setxattr(
-                    proc_fd_path(&parent),
-                    OVERLAY_OPAQUE_XATTR,
-                    b"y",
-                    XattrFlags::empty(),
-                )
-                .map_err(|e| self.io("set opaque xattr", &shown, e))?;
-                return Ok(());
-            }
-            if name_str.starts_with(".wh..wh.") {
-                // aufs bookkeeping (.wh..wh.plnk and friends): not content.
-                return Ok(());
-            }
-            let target = &name.as_bytes()[WHITEOUT_PREFIX.len()..];
-            if target.is_empty() || target == b"." || target == b".." {
-                return Err(self.unsafe_entry(&shown, "whiteout of an invalid name"));
-            }
-            let target = OsStr::from_bytes(target);
-            self.clear(&parent, target, false, &shown)?;
-            rustix::fs::mknodat(
-                &parent,
-                target,
-                FileType::CharacterDevice,
-                Mode::empty(),
-                rustix::fs::makedev(0, 0),
-            )
-            .map_err(|e| self.io("create whiteout", &shown, e))?;
-            return Ok(());
+            return self.whiteout(parent_comps, name, &name_str, &shown);
         }
-
         let (parent, parent_path) = self.parent_dir(parent_comps, &shown)?;
         let mut path = parent_path;
         path.push(name.clone());
+        let place = Place {
+            shown: &shown,
+            parent: &parent,
+            parent_comps,
+            name,
+            path,
+        };
         match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                self.clear(&parent, name, false, &shown)?;
-                let fd = rustix::fs::openat(
-                    &parent,
-                    name.as_os_str(),
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .map_err(|e| self.io("create", &shown, e))?;
-                let mut file = File::from(fd);
-                // A failed write (ENOSPC, EDQUOT) is the file's, not the
-                // tar's: it is named as such, with the OS error.
-                let n = copy_entry(entry, &mut file).map_err(|e| match e {
-                    Failed::Reading(e) => self.tar_err(&shown, e),
-                    Failed::Writing(e) => self.io("write", &shown, e),
-                })?;
-                self.stats.bytes += n;
-                self.set_owner_mode_fd(file.as_fd(), uid, gid, mode, &shown)?;
-                for (k, v) in &xattrs {
-                    set_xattr_checked(
-                        self,
-                        rustix::fs::fsetxattr(&file, k.as_str(), v, XattrFlags::empty()),
-                        k,
-                        &shown,
-                    )?;
-                }
-                rustix::fs::futimens(&file, &times(mtime))
-                    .map_err(|e| self.io("set mtime", &shown, e))?;
+                self.write_file(entry, &place, &attrs)
             }
-            tar::EntryType::Directory => {
-                let cleared = self.clear(&parent, name, true, &shown)?;
-                if cleared != Cleared::KeptDir {
-                    rustix::fs::mkdirat(&parent, name.as_os_str(), Mode::from_raw_mode(0o700))
-                        .map_err(|e| self.io("mkdir", &shown, e))?;
-                }
-                let dir = rustix::fs::openat(
-                    &parent,
-                    name.as_os_str(),
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|e| self.io("open", &shown, e))?;
-                if cleared == Cleared::Removed && self.dir_below(&path) {
-                    // It replaced something that hid a lower directory:
-                    // that one stays hidden.
-                    rustix::fs::fsetxattr(&dir, OVERLAY_OPAQUE_XATTR, b"y", XattrFlags::empty())
-                        .map_err(|e| self.io("set opaque xattr", &shown, e))?;
-                }
-                self.set_owner_mode_fd(&dir, uid, gid, mode, &shown)?;
-                for (k, v) in &xattrs {
-                    set_xattr_checked(
-                        self,
-                        rustix::fs::fsetxattr(&dir, k.as_str(), v, XattrFlags::empty()),
-                        k,
-                        &shown,
-                    )?;
-                }
-                self.dir_times.push((path, mtime));
-            }
-            tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| self.unsafe_entry(&shown, "symlink without a target"))?;
-                let target = self.name_bytes(&target);
-                if self.is_archive() {
-                    // moby's check: the target, taken from the link's own
-                    // directory (an absolute one too), stays inside.
-                    let relative = target.strip_prefix(b"/").unwrap_or(&target);
-                    let relative = &relative[relative.iter().take_while(|b| **b == b'/').count()..];
-                    if archive_components(parent_comps, relative, false).is_err() {
-                        return Err(self.breakout(&shown));
-                    }
-                }
-                self.clear(&parent, name, false, &shown)?;
-                rustix::fs::symlinkat(OsStr::from_bytes(&target), &parent, name.as_os_str())
-                    .map_err(|e| self.io("symlink", &shown, e))?;
-                if self.preserve_owners {
-                    chown_at(&parent, name, uid, gid).map_err(|e| self.io("chown", &shown, e))?;
-                }
-                rustix::fs::utimensat(
-                    &parent,
-                    name.as_os_str(),
-                    &times(mtime),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| self.io("set mtime", &shown, e))?;
-            }
-            tar::EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| self.unsafe_entry(&shown, "hardlink without a target"))?;
-                let target = self.name_bytes(&target);
-                let target_comps = self.link_target(&target, &shown)?;
-                let Some((target_name, target_parent)) = target_comps.split_last() else {
-                    return Err(self.unsafe_entry(&shown, "hardlink to the root"));
-                };
-                if target_comps == path {
-                    return Err(self.unsafe_entry(&shown, "hardlink to itself"));
-                }
-                let not_a_file = || {
-                    self.unsafe_entry(
-                        &shown,
-                        format!(
-                            "hardlink target {} is not a file in this {}",
-                            display(&target_comps),
-                            if self.is_archive() {
-                                "archive's destination"
-                            } else {
-                                "layer"
-                            }
-                        ),
-                    )
-                };
-                let target_dir = self
-                    .open_dir(target_parent, false, &shown)
-                    .map_err(|_| not_a_file())?;
-                match rustix::fs::statat(
-                    &target_dir,
-                    target_name.as_os_str(),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                ) {
-                    Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::Directory => {}
-                    _ => return Err(not_a_file()),
-                }
-                self.clear(&parent, name, false, &shown)?;
-                rustix::fs::linkat(
-                    &target_dir,
-                    target_name.as_os_str(),
-                    &parent,
-                    name.as_os_str(),
-                    AtFlags::empty(),
-                )
-                .map_err(|e| self.io("hardlink", &shown, e))?;
-            }
+            tar::EntryType::Directory => self.make_dir(place, &attrs),
+            tar::EntryType::Symlink => self.make_symlink(entry, &place, &attrs),
+            tar::EntryType::Link => self.make_hardlink(entry, &place),
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                let file_type = match kind {
-                    tar::EntryType::Char => FileType::CharacterDevice,
-                    tar::EntryType::Block => FileType::BlockDevice,
-                    _ => FileType::Fifo,
-                };
-                // FIFOs carry no device numbers (and some writers leave the
-                // fields empty).
-                let (major, minor) = if file_type == FileType::Fifo {
-                    (0, 0)
-                } else {
-                    (
-                        header
-                            .device_major()
-                            .map_err(|e| self.tar_err(&shown, e))?
-                            .unwrap_or(0),
-                        header
-                            .device_minor()
-                            .map_err(|e| self.tar_err(&shown, e))?
-                            .unwrap_or(0),
-                    )
-                };
-                self.clear(&parent, name, false, &shown)?;
-                rustix::fs::mknodat(
-                    &parent,
-                    name.as_os_str(),
-                    file_type,
-                    Mode::from_raw_mode(mode),
-                    rustix::fs::makedev(major, minor),
-                )
-                .map_err(|e| self.io("mknod", &shown, e))?;
-                if self.preserve_owners {
-                    chown_at(&parent, name, uid, gid).map_err(|e| self.io("chown", &shown, e))?;
-                }
-                // mknod applies the umask; set the exact mode afterwards.
-                rustix::fs::chmodat(
-                    &parent,
-                    name.as_os_str(),
-                    Mode::from_raw_mode(mode),
-                    AtFlags::empty(),
-                )
-                .map_err(|e| self.io("chmod", &shown, e))?;
-                let node = proc_path(&parent, name);
-                for (k, v) in &xattrs {
-                    set_xattr_checked(
-                        self,
-                        rustix::fs::lsetxattr(&node, k.as_str(), v, XattrFlags::empty()),
-                        k,
-                        &shown,
-                    )?;
-                }
-                rustix::fs::utimensat(
-                    &parent,
-                    name.as_os_str(),
-                    &times(mtime),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| self.io("set mtime", &shown, e))?;
+                self.make_node(entry.header(), &place, &attrs)
             }
-            other => {
-                return Err(
-                    self.unsupported(&shown, format!("unsupported tar entry type {other:?}"))
-                )
+            other => Err(self.unsupported(&shown, format!("unsupported tar entry type {other:?}"))),
+        }
+    }
+
+    /// The components of an entry's name below the root, as this mode
+    /// cleans names (refusing the unsafe ones).
+    fn components(&self, raw_path: &[u8], shown: &str) -> Result<Vec<OsString>> {
+        match &self.kind {
+            Kind::Layer { .. } => {
+                clean_components(raw_path).map_err(|why| self.unsafe_entry(shown, why))
+            }
+            Kind::Archive { .. } => match archive_components(&[], raw_path, true) {
+                Ok(comps) => Ok(comps),
+                Err(ArchiveName::Climbs) => Err(self.breakout(shown)),
+                Err(ArchiveName::Nul) => Err(self.unsafe_entry(shown, "NUL byte in name")),
+            },
+        }
+    }
+
+    /// The owner, mode, mtime and xattrs an entry gets: its header's (an
+    /// empty numeric field reads as 0), or an archive's fixed owner.
+    fn attrs<R: Read>(&self, entry: &mut tar::Entry<'_, R>, shown: &str) -> Result<Attrs> {
+        let header = entry.header();
+        let old = header.as_old();
+        let (uid, gid) = match &self.kind {
+            Kind::Archive {
+                owner: Some(owner), ..
+            } => *owner,
+            _ => {
+                let uid = lenient(header.uid(), &old.uid).map_err(|e| self.tar_err(shown, e))?;
+                let gid = lenient(header.gid(), &old.gid).map_err(|e| self.tar_err(shown, e))?;
+                match (u32::try_from(uid), u32::try_from(gid)) {
+                    (Ok(u), Ok(g)) if u != u32::MAX && g != u32::MAX => (u, g),
+                    _ => return Err(self.unsafe_entry(shown, "uid or gid out of range")),
+                }
+            }
+        };
+        let mode = lenient(header.mode(), &old.mode).map_err(|e| self.tar_err(shown, e))? & 0o7777;
+        let mtime = lenient(header.mtime(), &old.mtime).map_err(|e| self.tar_err(shown, e))?;
+        let xattrs = self.xattrs(entry, shown)?;
+        Ok(Attrs {
+            uid,
+            gid,
+            mode,
+            mtime,
+            xattrs,
+        })
+    }
+
+    /// An entry naming the root (`./`): a layer's, a directory, sets the
+    /// root's metadata; an archive's is skipped, the destination keeping
+    /// its own metadata, as in Docker and BuildKit.
+    fn root_entry(&mut self, kind: tar::EntryType, attrs: &Attrs, shown: &str) -> Result<()> {
+        if self.is_archive() {
+            return Ok(());
+        }
+        if !kind.is_dir() {
+            return Err(self.unsafe_entry(shown, "names the layer root but is not a directory"));
+        }
+        let root = rustix::fs::openat(
+            &self.root,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.io("open", ".", e))?;
+        self.set_owner_mode_fd(&root, attrs.uid, attrs.gid, attrs.mode, shown)?;
+        self.dir_times.push((Vec::new(), attrs.mtime));
+        Ok(())
+    }
+
+    /// An OCI whiteout in a layer unpacked for overlay: the opaque marker
+    /// makes its directory opaque, `.wh.NAME` becomes an overlay whiteout
+    /// (a 0/0 character device) `NAME`, aufs bookkeeping is skipped.
+    fn whiteout(
+        &mut self,
+        parent_comps: &[OsString],
+        name: &OsStr,
+        name_str: &str,
+        shown: &str,
+    ) -> Result<()> {
+        let parent = self.open_dir(parent_comps, true, shown)?;
+        self.stats.whiteouts += 1;
+        if name_str == OPAQUE_MARKER {
+            rustix::fs::setxattr(
+                proc_fd_path(&parent),
+                OVERLAY_OPAQUE_XATTR,
+                b"y",
+                XattrFlags::empty(),
+            )
+            .map_err(|e| self.io("set opaque xattr", shown, e))?;
+            return Ok(());
+        }
+        if name_str.starts_with(".wh..wh.") {
+            // aufs bookkeeping (.wh..wh.plnk and friends): not content.
+            return Ok(());
+        }
+        let target = &name.as_bytes()[WHITEOUT_PREFIX.len()..];
+        if target.is_empty() || target == b"." || target == b".." {
+            return Err(self.unsafe_entry(shown, "whiteout of an invalid name"));
+        }
+        let target = OsStr::from_bytes(target);
+        self.clear(&parent, target, false, shown)?;
+        rustix::fs::mknodat(
+            &parent,
+            target,
+            FileType::CharacterDevice,
+            Mode::empty(),
+            rustix::fs::makedev(0, 0),
+        )
+        .map_err(|e| self.io("create whiteout", shown, e))?;
+        Ok(())
+    }
+
+    /// A regular file: created new (whatever had its name removed), its
+    /// content written, then its owner, mode, xattrs and mtime set.
+    fn write_file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        place: &Place<'_>,
+        attrs: &Attrs,
+    ) -> Result<()> {
+        let (parent, name, shown) = (place.parent, place.name, place.shown);
+        self.clear(parent, name, false, shown)?;
+        let fd = rustix::fs::openat(
+            parent,
+            name.as_os_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| self.io("create", shown, e))?;
+        let mut file = File::from(fd);
+        // A failed write (ENOSPC, EDQUOT) is the file's, not the tar's: it
+        // is named as such, with the OS error.
+        let n = copy_entry(entry, &mut file).map_err(|e| match e {
+            Failed::Reading(e) => self.tar_err(shown, e),
+            Failed::Writing(e) => self.io("write", shown, e),
+        })?;
+        self.stats.bytes += n;
+        self.set_owner_mode_fd(file.as_fd(), attrs.uid, attrs.gid, attrs.mode, shown)?;
+        for (k, v) in &attrs.xattrs {
+            set_xattr_checked(
+                self,
+                rustix::fs::fsetxattr(&file, k.as_str(), v, XattrFlags::empty()),
+                k,
+                shown,
+            )?;
+        }
+        rustix::fs::futimens(&file, &times(attrs.mtime)).map_err(|e| self.io("set mtime", shown, e))
+    }
+
+    /// A directory: made unless one is there (anything else there is
+    /// removed), then its owner, mode and xattrs set; its mtime is set at
+    /// the end.
+    fn make_dir(&mut self, place: Place<'_>, attrs: &Attrs) -> Result<()> {
+        let (parent, name, shown) = (place.parent, place.name, place.shown);
+        let cleared = self.clear(parent, name, true, shown)?;
+        if cleared != Cleared::KeptDir {
+            rustix::fs::mkdirat(parent, name.as_os_str(), Mode::from_raw_mode(0o700))
+                .map_err(|e| self.io("mkdir", shown, e))?;
+        }
+        let dir = rustix::fs::openat(
+            parent,
+            name.as_os_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.io("open", shown, e))?;
+        if cleared == Cleared::Removed && self.dir_below(&place.path) {
+            // It replaced something that hid a lower directory: that one
+            // stays hidden.
+            rustix::fs::fsetxattr(&dir, OVERLAY_OPAQUE_XATTR, b"y", XattrFlags::empty())
+                .map_err(|e| self.io("set opaque xattr", shown, e))?;
+        }
+        self.set_owner_mode_fd(&dir, attrs.uid, attrs.gid, attrs.mode, shown)?;
+        for (k, v) in &attrs.xattrs {
+            set_xattr_checked(
+                self,
+                rustix::fs::fsetxattr(&dir, k.as_str(), v, XattrFlags::empty()),
+                k,
+                shown,
+            )?;
+        }
+        self.dir_times.push((place.path, attrs.mtime));
+        Ok(())
+    }
+
+    /// A symlink (an archive's may not point out of the destination), its
+    /// owner and mtime set.
+    fn make_symlink<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        place: &Place<'_>,
+        attrs: &Attrs,
+    ) -> Result<()> {
+        let (parent, name, shown) = (place.parent, place.name, place.shown);
+        let target = entry
+            .link_name_bytes()
+            .ok_or_else(|| self.unsafe_entry(shown, "symlink without a target"))?;
+        let target = self.name_bytes(&target);
+        if self.is_archive() {
+            // moby's check: the target, taken from the link's own directory
+            // (an absolute one too), stays inside.
+            let relative = target.strip_prefix(b"/").unwrap_or(&target);
+            let relative = &relative[relative.iter().take_while(|b| **b == b'/').count()..];
+            if archive_components(place.parent_comps, relative, false).is_err() {
+                return Err(self.breakout(shown));
             }
         }
-        Ok(())
+        self.clear(parent, name, false, shown)?;
+        rustix::fs::symlinkat(OsStr::from_bytes(&target), parent, name.as_os_str())
+            .map_err(|e| self.io("symlink", shown, e))?;
+        if self.preserve_owners {
+            chown_at(parent, name, attrs.uid, attrs.gid).map_err(|e| self.io("chown", shown, e))?;
+        }
+        rustix::fs::utimensat(
+            parent,
+            name.as_os_str(),
+            &times(attrs.mtime),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.io("set mtime", shown, e))
+    }
+
+    /// A hardlink to a non-directory already in the layer (or, for an
+    /// archive, anywhere in the destination).
+    fn make_hardlink<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        place: &Place<'_>,
+    ) -> Result<()> {
+        let (parent, name, shown) = (place.parent, place.name, place.shown);
+        let target = entry
+            .link_name_bytes()
+            .ok_or_else(|| self.unsafe_entry(shown, "hardlink without a target"))?;
+        let target = self.name_bytes(&target);
+        let target_comps = self.link_target(&target, shown)?;
+        let Some((target_name, target_parent)) = target_comps.split_last() else {
+            return Err(self.unsafe_entry(shown, "hardlink to the root"));
+        };
+        if target_comps == place.path {
+            return Err(self.unsafe_entry(shown, "hardlink to itself"));
+        }
+        let not_a_file = || {
+            self.unsafe_entry(
+                shown,
+                format!(
+                    "hardlink target {} is not a file in this {}",
+                    display(&target_comps),
+                    if self.is_archive() {
+                        "archive's destination"
+                    } else {
+                        "layer"
+                    }
+                ),
+            )
+        };
+        let target_dir = self
+            .open_dir(target_parent, false, shown)
+            .map_err(|_| not_a_file())?;
+        match rustix::fs::statat(
+            &target_dir,
+            target_name.as_os_str(),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::Directory => {}
+            _ => return Err(not_a_file()),
+        }
+        self.clear(parent, name, false, shown)?;
+        rustix::fs::linkat(
+            &target_dir,
+            target_name.as_os_str(),
+            parent,
+            name.as_os_str(),
+            AtFlags::empty(),
+        )
+        .map_err(|e| self.io("hardlink", shown, e))
+    }
+
+    /// A character or block device or a fifo, with its exact mode, owner,
+    /// xattrs and mtime.
+    fn make_node(&mut self, header: &tar::Header, place: &Place<'_>, attrs: &Attrs) -> Result<()> {
+        let (parent, name, shown) = (place.parent, place.name, place.shown);
+        let file_type = match header.entry_type() {
+            tar::EntryType::Char => FileType::CharacterDevice,
+            tar::EntryType::Block => FileType::BlockDevice,
+            _ => FileType::Fifo,
+        };
+        // FIFOs carry no device numbers (and some writers leave the fields
+        // empty).
+        let (major, minor) = if file_type == FileType::Fifo {
+            (0, 0)
+        } else {
+            (
+                header
+                    .device_major()
+                    .map_err(|e| self.tar_err(shown, e))?
+                    .unwrap_or(0),
+                header
+                    .device_minor()
+                    .map_err(|e| self.tar_err(shown, e))?
+                    .unwrap_or(0),
+            )
+        };
+        self.clear(parent, name, false, shown)?;
+        let mode = Mode::from_raw_mode(attrs.mode);
+        rustix::fs::mknodat(
+            parent,
+            name.as_os_str(),
+            file_type,
+            mode,
+            rustix::fs::makedev(major, minor),
+        )
+        .map_err(|e| self.io("mknod", shown, e))?;
+        if self.preserve_owners {
+            chown_at(parent, name, attrs.uid, attrs.gid).map_err(|e| self.io("chown", shown, e))?;
+        }
+        // mknod applies the umask; set the exact mode afterwards.
+        rustix::fs::chmodat(parent, name.as_os_str(), mode, AtFlags::empty())
+            .map_err(|e| self.io("chmod", shown, e))?;
+        let node = proc_path(parent, name);
+        for (k, v) in &attrs.xattrs {
+            set_xattr_checked(
+                self,
+                rustix::fs::lsetxattr(&node, k.as_str(), v, XattrFlags::empty()),
+                k,
+                shown,
+            )?;
+        }
+        rustix::fs::utimensat(
+            parent,
+            name.as_os_str(),
+            &times(attrs.mtime),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.io("set mtime", shown, e))
     }
 
     /// Where a hardlink's target (`raw`, as the tar names it) is, below the

@@ -423,12 +423,70 @@ fn remove_stubs(upper: &Path, stubs: &[PathBuf]) {
 
 type LaunchResult = (ExitStatus, Vec<PathBuf>, Option<PathBuf>);
 
+/// Starts the helper, sends it the configuration, watches the run to its
+/// end, and turns what happened into the run's result.
 fn launch(
     mut config: ContainerConfig,
     spec: RunSpec,
     helper: &HelperCommand,
     cgroups: Option<&RunCgroups>,
 ) -> Result<LaunchResult, RuntimeError> {
+    let Started {
+        mut child,
+        config_pipe,
+        report,
+        sync,
+        mut terminal,
+    } = start_helper(&mut config, spec.streams, helper)?;
+    send_config(config_pipe, &config)?;
+
+    let forwarder = if spec.forward_signals {
+        Some(SignalForwarder::install()?)
+    } else {
+        None
+    };
+    let mut watch = Watch::new(report, sync, child.id() as libc::pid_t, cgroups);
+    let deadline = spec.timeout.map(|t| Instant::now() + t);
+    let loop_result = watch.run(deadline, forwarder.as_ref(), &mut terminal);
+    if loop_result.is_err() {
+        let _ = child.kill();
+    }
+    let helper_status = child.wait().map_err(io_err("wait for helper"));
+    if let TerminalState::Relay(relay) = &mut terminal {
+        relay.drain();
+    }
+    drop(terminal);
+    drop(forwarder);
+    loop_result?;
+    let helper_status = helper_status?;
+    let (status, stubs) = watch.outcome(&spec.image, spec.timeout, cgroups, helper_status)?;
+    let upper_kept = match spec.upper {
+        UpperDir::Keep(path) => Some(path),
+        UpperDir::Discard => None,
+    };
+    Ok((status, stubs, upper_kept))
+}
+
+/// A helper just started, with kiln's ends of its pipes.
+struct Started {
+    child: std::process::Child,
+    /// Where its configuration goes.
+    config_pipe: OwnedFd,
+    /// Where its reports come from.
+    report: OwnedFd,
+    /// Kiln's answer once the id maps are written.
+    sync: OwnedFd,
+    terminal: TerminalState,
+}
+
+/// Starts the helper with its stdio (or, with a terminal, a socket on
+/// which the init sends back the pty master, which `config` is told of)
+/// and exactly the descriptors it is to have.
+fn start_helper(
+    config: &mut ContainerConfig,
+    streams: Streams,
+    helper: &HelperCommand,
+) -> Result<Started, RuntimeError> {
     let (config_read, config_write) = pipe()?;
     let (report_read, report_write) = pipe()?;
     let (sync_read, sync_write) = pipe()?;
@@ -439,7 +497,7 @@ fn launch(
     let mut command = Command::new(&helper.program);
     command.args(&helper.args);
     let mut terminal = TerminalState::None;
-    match spec.streams {
+    match streams {
         Streams::Stdio {
             stdin,
             stdout,
@@ -483,7 +541,7 @@ fn launch(
             Ok(())
         });
     }
-    let mut child = command
+    let child = command
         .spawn()
         .map_err(|source| RuntimeError::SpawnHelper {
             program: helper.program.clone(),
@@ -491,91 +549,46 @@ fn launch(
         })?;
     // With it go the helper's ends of the pipes.
     drop(command);
+    Ok(Started {
+        child,
+        config_pipe: config_write,
+        report: report_read,
+        sync: sync_write,
+        terminal,
+    })
+}
 
-    let config_bytes = serde_json::to_vec(&config).map_err(|e| RuntimeError::Io {
+/// Writes the configuration to the helper and closes the pipe. The helper
+/// reads it all before anything else; a failure to write means it died,
+/// which its exit status tells later.
+fn send_config(pipe: OwnedFd, config: &ContainerConfig) -> Result<(), RuntimeError> {
+    let config_bytes = serde_json::to_vec(config).map_err(|e| RuntimeError::Io {
         what: "encode configuration",
         source: e.into(),
     })?;
-    let mut config_pipe = File::from(config_write);
-    // The helper reads it all before anything else; a failure to write means
-    // it died, which its exit status tells below.
+    let mut config_pipe = File::from(pipe);
     let _ = config_pipe.write_all(&config_bytes);
-    drop(config_pipe);
+    Ok(())
+}
 
-    let forwarder = if spec.forward_signals {
-        Some(SignalForwarder::install()?)
-    } else {
-        None
-    };
-    let mut watch = Watch {
-        report: File::from(report_read),
-        sync: Some(File::from(sync_write)),
-        buffer: Vec::new(),
-        container_pid: None,
-        helper_pid: child.id() as libc::pid_t,
-        failure: None,
-        exit: None,
-        stubs: Vec::new(),
-        timed_out: false,
-        pending_signals: Vec::new(),
-        pids: cgroups.and_then(|c| {
-            let counter = c.plan.pids_refused.clone()?;
-            let watch = PidsWatch::new(counter.read());
-            Some((counter, watch))
-        }),
-        next_pids_check: Instant::now(),
-        killed_at_pids_limit: false,
-    };
-    let deadline = spec.timeout.map(|t| Instant::now() + t);
-    let loop_result = watch.run(deadline, forwarder.as_ref(), &mut terminal);
-    if loop_result.is_err() {
-        let _ = child.kill();
-    }
-    let helper_status = child.wait().map_err(io_err("wait for helper"));
-    if let TerminalState::Relay(relay) = &mut terminal {
-        relay.drain();
-    }
-    drop(terminal);
-    drop(forwarder);
-    loop_result?;
-    let helper_status = helper_status?;
-
-    let upper_kept = match &spec.upper {
-        UpperDir::Keep(path) => Some(path.clone()),
-        UpperDir::Discard => None,
-    };
-    if let Some(failure) = watch.failure {
-        return Err(match failure {
-            Failure::UnknownUser { user, reason } => RuntimeError::UnknownUser {
-                user,
-                image: spec.image.clone(),
-                reason,
-            },
-            Failure::Exec {
-                program,
-                reason,
-                code,
-            } => RuntimeError::Exec {
-                program,
-                reason,
-                exit_code: code,
-            },
-            Failure::Setup { step, reason } => RuntimeError::Setup { step, reason },
-        });
-    }
-    if watch.timed_out {
-        if let Some(timeout) = spec.timeout {
-            return Err(RuntimeError::Timeout(timeout));
-        }
-    }
-    match watch.exit {
-        Some(status) => {
-            if let Some(err) = limit_error(status, cgroups, watch.killed_at_pids_limit) {
-                return Err(err);
-            }
-            Ok((status, watch.stubs, upper_kept))
-        }
-        None => Err(RuntimeError::HelperDied(helper_status.to_string())),
+/// The error the init's reported failure is.
+fn failure_error(failure: Failure, image: &str) -> RuntimeError {
+    match failure {
+        Failure::UnknownUser { user, reason } => RuntimeError::UnknownUser {
+            user,
+            image: image.to_string(),
+            reason,
+        },
+        Failure::Exec {
+            program,
+            reason,
+            code,
+        } => RuntimeError::Exec {
+            program,
+            reason,
+            exit_code: code,
+        },
+        Failure::Setup { step, reason } => RuntimeError::Setup { step, reason },
     }
 }
 
@@ -635,6 +648,65 @@ struct Watch {
 }
 
 impl Watch {
+    /// Watches the helper `helper_pid` through its report pipe (and, with
+    /// a pids limit, the run's refused-fork counter).
+    fn new(
+        report: OwnedFd,
+        sync: OwnedFd,
+        helper_pid: libc::pid_t,
+        cgroups: Option<&RunCgroups>,
+    ) -> Watch {
+        Watch {
+            report: File::from(report),
+            sync: Some(File::from(sync)),
+            buffer: Vec::new(),
+            container_pid: None,
+            helper_pid,
+            failure: None,
+            exit: None,
+            stubs: Vec::new(),
+            timed_out: false,
+            pending_signals: Vec::new(),
+            pids: cgroups.and_then(|c| {
+                let counter = c.plan.pids_refused.clone()?;
+                let watch = PidsWatch::new(counter.read());
+                Some((counter, watch))
+            }),
+            next_pids_check: Instant::now(),
+            killed_at_pids_limit: false,
+        }
+    }
+
+    /// What the run came to, once the helper is gone: the init's failure
+    /// (`image` names the image a user was looked up in), the timeout, a
+    /// limit the run hit, or the container's exit status with the mount
+    /// points the init created.
+    fn outcome(
+        self,
+        image: &str,
+        timeout: Option<std::time::Duration>,
+        cgroups: Option<&RunCgroups>,
+        helper_status: std::process::ExitStatus,
+    ) -> Result<(ExitStatus, Vec<PathBuf>), RuntimeError> {
+        if let Some(failure) = self.failure {
+            return Err(failure_error(failure, image));
+        }
+        if self.timed_out {
+            if let Some(timeout) = timeout {
+                return Err(RuntimeError::Timeout(timeout));
+            }
+        }
+        match self.exit {
+            Some(status) => {
+                if let Some(err) = limit_error(status, cgroups, self.killed_at_pids_limit) {
+                    return Err(err);
+                }
+                Ok((status, self.stubs))
+            }
+            None => Err(RuntimeError::HelperDied(helper_status.to_string())),
+        }
+    }
+
     fn run(
         &mut self,
         deadline: Option<Instant>,
