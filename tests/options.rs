@@ -640,3 +640,133 @@ fn pull_policies() {
         assert!(text(&out).contains("127.0.0.1:9"), "{}", text(&out));
     }
 }
+
+/// `RUN --mount=type=tmpfs`: a real tmpfs (mode 1777, so a non-root USER
+/// writes it), `size=` its limit, nothing of it in the layer.
+#[test]
+fn tmpfs_mount_size_and_mode() {
+    require_root!();
+    let fixture = Fixture::new();
+    let dockerfile = "FROM busybox\nUSER nobody\n\
+        RUN --mount=type=tmpfs,target=/t,size=1m \
+            stat -c %a /t > /tmp/mode && \
+            df -k /t | tail -1 | awk '{print $2}' > /tmp/size && \
+            echo hi > /t/written && \
+            if dd if=/dev/zero of=/t/big bs=1k count=2048 2>/dev/null; \
+            then echo fits > /tmp/over; else echo full > /tmp/over; fi\n";
+    let out = fixture.rootfs("tmpfs", dockerfile, &[]);
+    assert_eq!(read(&out, "/tmp/mode"), "1777\n");
+    assert_eq!(read(&out, "/tmp/size"), "1024\n");
+    assert_eq!(read(&out, "/tmp/over"), "full\n");
+    assert!(!out.join("t/written").exists());
+}
+
+/// `--shm-size`, `--ulimit` and `--add-host` reach every RUN (and are part
+/// of its cache key: the second build runs the step again).
+#[test]
+fn shm_size_ulimit_and_add_host() {
+    require_root!();
+    let fixture = Fixture::new();
+    let dockerfile = "FROM busybox\n\
+        RUN df -k /dev/shm | tail -1 | awk '{print $2}' > /shm && \
+            ulimit -Sn > /nofile-soft && ulimit -Hn > /nofile-hard && ulimit -u > /nproc && \
+            grep -c . /etc/hosts > /host-lines && (grep -w db /etc/hosts || true) > /db\n";
+    let plain = fixture.rootfs("step-defaults", dockerfile, &[]);
+    assert_eq!(read(&plain, "/shm"), "65536\n");
+    assert_eq!(read(&plain, "/db"), "");
+    let set = fixture.rootfs(
+        "step-set",
+        dockerfile,
+        &[
+            "--shm-size",
+            "128m",
+            "--ulimit",
+            "nofile=1024:2048",
+            "--ulimit",
+            "nproc=300",
+            "--add-host",
+            "db:10.1.2.3",
+            "--add-host",
+            "v6=2001:db8::7",
+        ],
+    );
+    assert_eq!(read(&set, "/shm"), "131072\n");
+    assert_eq!(read(&set, "/nofile-soft"), "1024\n");
+    assert_eq!(read(&set, "/nofile-hard"), "2048\n");
+    assert_eq!(read(&set, "/nproc"), "300\n");
+    assert_eq!(read(&set, "/db"), "10.1.2.3\tdb\n");
+    let hosts = read(&set, "/host-lines");
+    let plain_hosts = read(&plain, "/host-lines");
+    let count = |s: &str| s.trim().parse::<usize>().unwrap();
+    assert_eq!(count(&hosts), count(&plain_hosts) + 2);
+
+    let ctx = fixture.context("step-bad", &[("Dockerfile", dockerfile)]);
+    for bad in [
+        ["--ulimit", "files=1"],
+        ["--add-host", "db:host-gateway"],
+        ["--shm-size", "0"],
+    ] {
+        let mut args = bad.to_vec();
+        args.push(ctx.to_str().unwrap());
+        let out = fixture.build(&args);
+        assert!(!out.status.success(), "{bad:?}: {}", text(&out));
+        assert!(text(&out).contains(bad[0]), "{}", text(&out));
+    }
+}
+
+/// BuildKit's entitlements: `RUN --security=insecure` and `RUN
+/// --network=host` fail, naming the line and the `--allow` that grants
+/// them, until the build grants it; insecure then runs with every
+/// capability and no seccomp filter (it can mount), where a plain RUN
+/// cannot.
+#[test]
+fn entitlements_insecure_and_host_network() {
+    require_root!();
+    let fixture = Fixture::new();
+    let insecure = "FROM busybox\n\
+        RUN --security=insecure grep CapEff /proc/self/status > /caps && \
+            mkdir -p /m && mount -t tmpfs none /m && echo mounted > /mounted\n\
+        RUN grep CapEff /proc/self/status > /plain-caps && \
+            (mount -t tmpfs none /mnt 2>/dev/null && echo yes || echo no) > /plain-mount\n";
+    let ctx = fixture.context("insecure", &[("Dockerfile", insecure)]);
+    let out = fixture.build(&[ctx.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let message = text(&out);
+    assert!(message.contains("line 2"), "{message}");
+    assert!(message.contains("--allow security.insecure"), "{message}");
+
+    let root = fixture.rootfs("insecure-ok", insecure, &["--allow", "security.insecure"]);
+    assert_eq!(read(&root, "/mounted"), "mounted\n");
+    assert_eq!(read(&root, "/plain-mount"), "no\n");
+    let caps = |path: &str| {
+        let line = read(&root, path);
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    let (full, plain) = (caps("/caps"), caps("/plain-caps"));
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    assert!(full & CAP_SYS_ADMIN != 0, "{full:x}");
+    assert!(plain & CAP_SYS_ADMIN == 0, "{plain:x}");
+    assert!(
+        full.count_ones() > plain.count_ones() + 10,
+        "{full:x} {plain:x}"
+    );
+
+    let host = "FROM busybox\nRUN --network=host true\n";
+    let ctx = fixture.context("host-net", &[("Dockerfile", host)]);
+    let out = fixture.build(&["--network", "none", ctx.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("--allow network.host"),
+        "{}",
+        text(&out)
+    );
+    for grant in [
+        vec!["--network", "none", "--allow", "network.host"],
+        vec!["--network", "host"],
+    ] {
+        let mut args = grant.clone();
+        args.push(ctx.to_str().unwrap());
+        let out = fixture.build(&args);
+        assert!(out.status.success(), "{grant:?}: {}", text(&out));
+    }
+}

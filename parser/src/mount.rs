@@ -384,8 +384,17 @@ fn parse_go_bool(s: &str) -> Option<bool> {
     }
 }
 
-/// docker/go-units `RAMInBytes`: `64m`, `1.5GiB`, `1024` (binary units).
-fn ram_in_bytes(s: &str) -> Option<u64> {
+/// docker/go-units `RAMInBytes`: `64m`, `1.5GiB`, `1024` (binary units);
+/// the one reader of Docker's size syntax (tmpfs `size=`, `--memory`,
+/// `--shm-size`).
+///
+/// ```
+/// use kiln_parser::mount::ram_in_bytes;
+/// assert_eq!(ram_in_bytes("64m"), Some(64 << 20));
+/// assert_eq!(ram_in_bytes("1.5GiB"), Some(3 << 29));
+/// assert_eq!(ram_in_bytes("12 x"), None);
+/// ```
+pub fn ram_in_bytes(s: &str) -> Option<u64> {
     let number_end = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
@@ -418,7 +427,9 @@ fn ram_in_bytes(s: &str) -> Option<u64> {
             m
         }
     };
-    Some((value * multiplier) as u64)
+    let bytes = value * multiplier;
+    // Too large for a u64 is not a size.
+    (bytes.is_finite() && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 /// One CSV record (Go's `encoding/csv` rules, no lazy quotes): fields split

@@ -797,6 +797,9 @@ impl<'a> Planner<'a> {
             cache_namespace: crate::frontend::cache_namespace(&self.opts.build_args),
             mounts,
             script,
+            extra_hosts: self.opts.run.extra_hosts.clone(),
+            shm_size: self.opts.run.shm_size,
+            ulimits: self.opts.run.ulimits.clone(),
         })
     }
 
@@ -998,21 +1001,14 @@ impl<'a> Planner<'a> {
     }
 }
 
-/// RUN flags kiln parses but cannot honour yet are refused, naming the
-/// line, rather than accepted and ignored: `--device` (BuildKit's CDI
-/// devices) and `--security=insecure`.
+/// RUN flags kiln parses but cannot honour are refused, naming the line,
+/// rather than accepted and ignored: `--device` (BuildKit's CDI devices).
 fn refuse_unsupported_run_flags(r: &ins::Run, site: &Site<'_>) -> Result<(), PlanError> {
     if let Some(device) = r.devices.first() {
         return Err(site.invalid(format!(
             "RUN --device={} is not supported by kiln (no CDI device support): remove the flag",
             device.name
         )));
-    }
-    if r.security.as_deref() == Some("insecure") {
-        return Err(site.invalid(
-            "RUN --security=insecure is not supported by kiln: its steps always run sandboxed"
-                .into(),
-        ));
     }
     Ok(())
 }
