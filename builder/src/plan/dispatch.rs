@@ -369,6 +369,7 @@ impl<'a> Planner<'a> {
                 };
                 let mut image = found.config;
                 image.created = None;
+                drop_unmodelled_fields(&mut image);
                 if let Some(c) = image.config.as_mut() {
                     onbuild = c.on_build.take().unwrap_or_default();
                 }
@@ -1011,6 +1012,19 @@ fn refuse_unsupported_run_flags(r: &ins::Run, site: &Site<'_>) -> Result<(), Pla
         )));
     }
     Ok(())
+}
+
+/// A base image's config fields that BuildKit's image type does not have
+/// do not carry over into the image built on it: what docker's legacy
+/// builder wrote (`container_config`, `docker_version`, `Config.Hostname`,
+/// `Config.Image`, `Config.Attach*`, …). Its type has OCI's fields (with
+/// the platform's `os.features`) and Docker's `Healthcheck`, `OnBuild` and
+/// `Shell`, which kiln models.
+fn drop_unmodelled_fields(image: &mut ImageConfig) {
+    image.extra.retain(|key, _| key == "os.features");
+    if let Some(config) = image.config.as_mut() {
+        config.extra.clear();
+    }
 }
 
 /// What a base image's config sets, attributed to the image.
