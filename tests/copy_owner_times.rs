@@ -1,12 +1,17 @@
-//! COPY's times as BuildKit's current Dockerfile frontend gives them, end
-//! to end (root, real builds exported as a directory), fsutil's
-//! `copy.Copy` over an overlay snapshot: a file keeps its own mtime; a
-//! directory COPY creates for a directory's contents takes the source
-//! directory's (fsutil restores it after copying the contents; Docker
-//! 20.10's older BuildKit left the copy time), as does an existing one the
-//! contents go into; missing parents it creates get the copy time; an
-//! existing directory changes only when an entry is made in it, never its
-//! ancestors (overlayfs copies a directory up with its times).
+//! COPY's times and owners as BuildKit's current Dockerfile frontend gives
+//! them, end to end (root, real builds exported as a directory):
+//!
+//! - times (fsutil's `copy.Copy` over an overlay snapshot): a file keeps
+//!   its own mtime; a directory COPY creates for a directory's contents
+//!   takes the source directory's (fsutil restores it after copying the
+//!   contents; Docker 20.10's older BuildKit left the copy time), as does an
+//!   existing one the contents go into; missing parents it creates get the
+//!   copy time; an existing directory changes only when an entry is made
+//!   in it, never its ancestors (overlayfs copies a directory up with its
+//!   times);
+//! - `--chown` with a name the image lacks: root, as BuildKit resolves it
+//!   (`readUser`: no error there), said in a build warning under the step
+//!   and in the metadata file, never in a log line.
 
 mod common;
 
@@ -25,7 +30,7 @@ macro_rules! require_root {
     };
 }
 
-/// A store with `busybox:latest`.
+/// A store with `busybox:latest` (users root, app = 1000:1000).
 struct Fixture {
     dir: tempfile::TempDir,
 }
@@ -147,4 +152,76 @@ fn copy_times_change_only_what_buildkit_changes() {
     assert_eq!(mtime("srv/data"), 4000);
     assert_eq!(mtime("srv/data/a.conf"), 5000);
     assert_eq!(mtime("srv"), 1000);
+}
+
+#[test]
+fn chown_to_a_user_the_image_lacks_is_root_and_a_build_warning() {
+    require_root!();
+    let fixture = Fixture::new();
+    let dockerfile = "FROM busybox:latest\n\
+        COPY --chown=nosuchuser f /f1\n\
+        COPY --chown=app:nosuchgroup f /f2\n\
+        COPY --chown=app f /f3\n\
+        USER ghost\n\
+        WORKDIR /w\n";
+    let ctx = fixture.context("chown", &[("Dockerfile", dockerfile), ("f", "x\n")]);
+    let meta = fixture.dir.path().join("chown-meta.json");
+    let (rootfs, out) = fixture.build_rootfs(&ctx, &["--metadata-file", meta.to_str().unwrap()]);
+    let owner = |path: &str| {
+        let m = std::fs::symlink_metadata(rootfs.join(path)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner("f1"), (0, 0));
+    assert_eq!(owner("f2"), (1000, 1000));
+    assert_eq!(owner("f3"), (1000, 1000));
+    assert_eq!(owner("w"), (0, 0));
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("kiln_builder"), "a log line:\n{stderr}");
+    let warned = |text: &str| {
+        stderr
+            .lines()
+            .any(|l| l.starts_with('#') && l.contains(" WARN: ") && l.ends_with(text))
+    };
+    assert!(
+        warned(
+            "--chown=nosuchuser: user \"nosuchuser\" is not in /etc/passwd of the image; \
+             owned by 0:0, as BuildKit does"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        warned(
+            "--chown=app:nosuchgroup: group \"nosuchgroup\" is not in /etc/group of the \
+             image; owned by 1000:1000, as BuildKit does"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        warned(
+            "USER ghost: user \"ghost\" is not in /etc/passwd of the image; \
+             owned by 0:0, as BuildKit does"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches(" WARN: ").count(), 3, "{stderr}");
+
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    let warnings: Vec<(u64, String)> = meta["buildx.build.warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["line"].as_u64().unwrap(),
+                w["detail"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let lines: Vec<u64> = warnings.iter().map(|(line, _)| *line).collect();
+    assert_eq!(lines, [2, 3, 6], "{warnings:?}");
+    assert!(
+        warnings[0].1.starts_with("--chown=nosuchuser: user"),
+        "{warnings:?}"
+    );
 }

@@ -385,13 +385,27 @@ impl BuildResult {
                 "size": self.reported.size,
             },
             "image.name": names.join(","),
-            "buildx.build.warnings": self.checks.iter().map(|f| serde_json::json!({
+            "buildx.build.warnings": self.warnings(),
+        })
+    }
+
+    /// The build checks' findings, then what steps warned of as they ran.
+    fn warnings(&self) -> Vec<serde_json::Value> {
+        let checks = self.checks.iter().map(|f| {
+            serde_json::json!({
                 "rule": f.rule,
                 "detail": f.message,
                 "url": f.url,
                 "line": f.line,
-            })).collect::<Vec<_>>(),
-        })
+            })
+        });
+        let steps = self.built.warnings.iter().map(|w| {
+            serde_json::json!({
+                "detail": w.message,
+                "line": w.line,
+            })
+        });
+        checks.chain(steps).collect()
     }
 }
 

@@ -489,7 +489,7 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let built = session.build(planned);
-    display.printer.finish();
+    display.printer.finish(built.is_ok());
     let result = built.map_err(|e| build_failure(&settings, &display, e))?;
     report_built(&args, &settings, &display, &result, started);
     Ok(ExitCode::SUCCESS)

@@ -35,10 +35,10 @@ use kiln_runtime::{HelperCommand, Network};
 
 use crate::context::BuildContext;
 use crate::copy::UrlDownloads;
-use crate::plan::{Plan, Step};
+use crate::plan::{Plan, PlanWarning, Step};
 use crate::secrets::Secret;
 
-use copy_step::execute_copy;
+use copy_step::{execute_copy, execute_workdir};
 pub use events::{BuildEvents, NoEvents, StepEvent, StepOutcome};
 use mounts::{mount_image_layers, run_mount, MountFrom, StepMount};
 pub use resolve::{ImagePuller, StoreResolver};
@@ -144,6 +144,9 @@ pub struct BuiltImage {
     pub layers: Vec<Descriptor>,
     /// The target stage's snapshots, bottom first (its root filesystem).
     pub snapshots: Vec<PathBuf>,
+    /// What the steps that ran warned of, in the order they did (a step
+    /// taken from the cache warns of nothing).
+    pub warnings: Vec<PlanWarning>,
 }
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
@@ -199,6 +202,7 @@ pub fn solve(
         resolver,
         opts,
         work: work.path(),
+        warnings: Mutex::new(Vec::new()),
     };
     let result = solve_in(&build);
     drop(work);
@@ -216,6 +220,8 @@ struct Build<'a> {
     opts: &'a SolveOptions<'a>,
     /// The build's scratch directory: each step's work dir is made in it.
     work: &'a Path,
+    /// The steps' warnings so far ([`StepRun::warn`]).
+    warnings: Mutex<Vec<PlanWarning>>,
 }
 
 /// One step being run: the build, the finished stages it may read, the
@@ -234,6 +240,19 @@ impl StepRun<'_> {
             line: self.step.line,
             instruction: self.step.instruction.clone(),
             message,
+        }
+    }
+
+    /// A warning about this step: shown with its progress, and kept for
+    /// the build's result (the metadata file's `buildx.build.warnings`).
+    fn warn(&self, message: String) {
+        self.build.opts.events.step_warning(self.event, &message);
+        let warning = PlanWarning {
+            line: Some(self.step.line),
+            message,
+        };
+        if let Ok(mut warnings) = self.build.warnings.lock() {
+            warnings.push(warning);
         }
     }
 }
@@ -288,6 +307,7 @@ fn solve_in(build: &Build<'_>) -> Result<BuiltImage, SolveError> {
         config,
         layers,
         snapshots: target.snapshots.clone(),
+        warnings: build.warnings.lock().map(|w| w.clone()).unwrap_or_default(),
     })
 }
 

@@ -125,7 +125,12 @@ fn stage_base(
     };
     let (store, opts) = (build.store, build.opts);
     let image = build.resolver.resolved(reference, digest.as_ref())?;
-    let instruction = format!("FROM {reference}@{}", image.manifest_descriptor.digest);
+    // As BuildKit names it: the reference with the digest it resolved to;
+    // one that names a digest already is shown as it is.
+    let instruction = match &reference.reference.digest {
+        Some(_) => format!("FROM {}", reference.reference),
+        None => format!("FROM {reference}@{}", image.manifest_descriptor.digest),
+    };
     let event = StepEvent {
         instruction: &instruction,
         ..from.clone()

@@ -1,0 +1,199 @@
+//! A build's progress as BuildKit and buildx show it, end to end: the
+//! FROM line of a digest reference, and the tty view on a narrow terminal
+//! (lines cut to its width, times right-aligned).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+
+use common::{busybox_rootfs_tar, kiln, kiln_ok};
+
+macro_rules! require_root {
+    () => {
+        if !kiln_testsupport::require_root("real namespaces and overlay mounts") {
+            return;
+        }
+    };
+}
+
+/// A store with busybox imported as `name`.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = dir.path().join("busybox.tar");
+        busybox_rootfs_tar(&tar).unwrap();
+        let fixture = Fixture { dir };
+        kiln_ok(&fixture.root(), &["import", tar.to_str().unwrap(), name]);
+        fixture
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// A context directory `name` holding only `dockerfile`.
+    fn context(&self, name: &str, dockerfile: &str) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
+        dir
+    }
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_digest_reference_is_shown_with_its_digest_once() {
+    require_root!();
+    let registry = kiln_testsupport::RegistryServer::start_plain().unwrap();
+    let reference = format!("{}/test/bb:1", registry.host);
+    let fixture = Fixture::new(&reference);
+    let pushed = kiln_ok(
+        &fixture.root(),
+        &["push", "--insecure-registry", &registry.host, &reference],
+    );
+    let digest = pushed
+        .split_whitespace()
+        .skip_while(|w| *w != "digest:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no digest in {pushed:?}"))
+        .to_string();
+    let pinned = format!("{}/test/bb@{digest}", registry.host);
+    let ctx = fixture.context("pinned", &format!("FROM {pinned}\nRUN true\n"));
+    let out = kiln(
+        &fixture.root(),
+        &[
+            "build",
+            "--insecure-registry",
+            &registry.host,
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let stderr = stderr_of(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.ends_with(&format!("[1/2] FROM {pinned}"))),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&format!("{digest}@")), "{stderr}");
+}
+
+/// The rows of a terminal `width` columns wide that the live view drew,
+/// from `script`'s log, as of its last redraw (from the last header on).
+/// The view pads every line to the full width and lets the terminal wrap
+/// it, so the text between control sequences cuts into rows of `width`.
+fn last_screen(log: &str, width: usize) -> Vec<String> {
+    let mut text = String::new();
+    let mut chars = log.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            // A CSI sequence: ESC [ parameters, then a final letter.
+            '\u{1b}' => {
+                if chars.next_if_eq(&'[').is_some() {
+                    for p in chars.by_ref() {
+                        if p.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                }
+                text.push('\n');
+            }
+            '\r' | '\n' => text.push('\n'),
+            c => text.push(c),
+        }
+    }
+    let mut rows: Vec<String> = Vec::new();
+    for segment in text.split('\n') {
+        let chars: Vec<char> = segment.chars().collect();
+        for row in chars.chunks(width) {
+            if row.first() == Some(&'[') {
+                rows.clear();
+            }
+            rows.push(row.iter().collect());
+        }
+    }
+    rows
+}
+
+#[test]
+fn tty_lines_are_cut_to_the_terminal_and_times_right_aligned() {
+    require_root!();
+    let fixture = Fixture::new("busybox:latest");
+    let long = "a-long-output-line-that-goes-well-past-the-sixty-columns-of-this-terminal";
+    let ctx = fixture.context(
+        "tty",
+        &format!(
+            "FROM busybox:latest\nRUN echo {long} && sleep 1\n\
+             RUN echo a second step whose command line is wider than the terminal is\n"
+        ),
+    );
+    let command = format!(
+        "stty cols 60 rows 40; {} --root {} build --progress tty {}",
+        common::kiln_bin().display(),
+        fixture.root().display(),
+        ctx.display()
+    );
+    let log = fixture.dir.path().join("tty.log");
+    let mut script = std::process::Command::new("script");
+    // The hermetic environment kiln_command() gives kiln.
+    for (key, value) in common::kiln_command().get_envs() {
+        match value {
+            Some(value) => script.env(key, value),
+            None => script.env_remove(key),
+        };
+    }
+    let status = script
+        .args(["-qec", &command])
+        .arg(&log)
+        .stdout(Stdio::null())
+        .status()
+        .expect("script (util-linux) runs");
+    assert!(status.success());
+    let raw = std::fs::read_to_string(&log).unwrap();
+    // Nothing wider than the terminal was written: the long output line
+    // and the long command were cut, not wrapped.
+    assert!(!raw.contains("sixty-columns-of-this-terminal"), "{raw}");
+    assert!(!raw.contains("wider than the terminal is"), "{raw}");
+    // The running step's output was drawn, cut.
+    assert!(
+        raw.contains(" => => # a-long-output-line-that-goes"),
+        "{raw}"
+    );
+    let screen = last_screen(&raw, 60);
+    let view = screen.join("\n");
+    assert!(
+        screen[0].starts_with("[+] Building ") && screen[0].contains("FINISHED"),
+        "{view}"
+    );
+    let steps: Vec<&String> = screen
+        .iter()
+        .filter(|row| row.starts_with(" => ") && row.contains("/3] "))
+        .collect();
+    assert_eq!(steps.len(), 3, "{view}");
+    for row in steps {
+        // 60 columns: the name cut, one space, the time ending in the
+        // 59th, the last column empty (BuildKit's `width - 1`).
+        assert_eq!(row.chars().count(), 60, "{row:?}");
+        let time = row.trim_end().rsplit(' ').next().unwrap();
+        assert!(
+            time.ends_with('s') && time.trim_end_matches('s').parse::<f64>().is_ok(),
+            "no time at the end of {row:?}"
+        );
+        assert!(row.ends_with(&format!("{time} ")), "{row:?}");
+    }
+    assert!(
+        screen
+            .iter()
+            .any(|r| r.starts_with(" => [2/3] RUN echo a-long-output-line")),
+        "{view}"
+    );
+}
