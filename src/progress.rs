@@ -336,7 +336,7 @@ impl Reporter for CliReporter {
 /// `[+] Building 1.2s (3/5)`, ` => NAME` lines cut to the terminal's width
 /// with the time right-aligned at the end, the last lines of a running
 /// step's output under it (` => => # …`), warnings (` => WARN: …`), and
-/// `CACHED` or `ERROR` before the name of a step that ended so.
+/// `CACHED`, `ERROR` or `CANCELED` before the name of a step that ended so.
 pub struct BuildProgress {
     mode: ProgressMode,
     state: Mutex<BuildState>,
@@ -593,6 +593,7 @@ impl BuildProgress {
             StepOutcome::Cached => ("CACHED ", 0.0),
             StepOutcome::Done => ("", seconds),
             StepOutcome::Failed(_) => ("ERROR ", seconds),
+            StepOutcome::Canceled => ("CANCELED ", seconds),
         };
         bar.set_style(finished_style());
         bar.set_prefix(tty_seconds(seconds));
@@ -607,6 +608,7 @@ impl BuildProgress {
             StepOutcome::Cached => self.write_line(&format!("#{id} CACHED")),
             StepOutcome::Done => self.write_line(&format!("#{id} DONE {seconds:.1}s")),
             StepOutcome::Failed(message) => self.write_line(&format!("#{id} ERROR: {message}")),
+            StepOutcome::Canceled => self.write_line(&format!("#{id} CANCELED")),
         }
     }
 }
@@ -696,6 +698,7 @@ impl BuildEvents for BuildProgress {
                     StepOutcome::Cached => ("cached", None),
                     StepOutcome::Done => ("done", None),
                     StepOutcome::Failed(m) => ("error", Some(m.clone())),
+                    StepOutcome::Canceled => ("canceled", None),
                 };
                 self.json(serde_json::json!({
                     "event": "step_done", "id": vertex.id, "status": status,

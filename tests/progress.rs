@@ -1,11 +1,15 @@
 //! A build's progress as BuildKit and buildx show it, end to end: the
-//! FROM line of a digest reference, and the tty view on a narrow terminal
-//! (lines cut to its width, times right-aligned).
+//! FROM line of a digest reference, the tty view on a narrow terminal
+//! (lines cut to its width, times right-aligned), and an interrupted build
+//! (SIGINT, SIGTERM): running steps `CANCELED`, the build said to be
+//! canceled, exit code 130 as buildx's, nothing left running or in the
+//! store's scratch, and the store usable by the next build.
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Output, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{busybox_rootfs_tar, kiln, kiln_ok};
 
@@ -196,4 +200,102 @@ fn tty_lines_are_cut_to_the_terminal_and_times_right_aligned() {
             .any(|r| r.starts_with(" => [2/3] RUN echo a-long-output-line")),
         "{view}"
     );
+}
+
+/// Starts `kiln build` of `ctx` in plain progress, its stderr into `log`.
+fn spawn_build(root: &Path, ctx: &Path, log: &Path) -> Child {
+    common::kiln_command()
+        .arg("--root")
+        .arg(root)
+        .args(["build", "--progress", "plain"])
+        .arg(ctx)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("start kiln")
+}
+
+/// Waits (bounded, against a hang) until `log` holds `text`.
+fn wait_for_text(log: &Path, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let seen = std::fs::read_to_string(log).unwrap_or_default();
+        if seen.contains(text) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never printed {text:?}:\n{seen}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Processes whose command line holds `word` as an argument.
+fn processes_with_argument(word: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline.split(|b| *b == 0).any(|arg| arg == word.as_bytes()) {
+            found.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
+        }
+    }
+    found
+}
+
+/// What the store's `builds/` holds besides the trash of earlier reruns.
+fn scratch_left(root: &Path) -> Vec<String> {
+    std::fs::read_dir(root.join("builds"))
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| !name.starts_with("trash-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn sigint_and_sigterm_cancel_a_build_and_clean_up() {
+    require_root!();
+    let fixture = Fixture::new("busybox:latest");
+    let root = fixture.root();
+    for (signal, name) in [
+        (rustix::process::Signal::INT, "SIGINT"),
+        (rustix::process::Signal::TERM, "SIGTERM"),
+    ] {
+        // A sleep no other process here has: it must not outlive the build.
+        let seconds = format!("{}", 3000 + std::process::id() % 1000);
+        let ctx = fixture.context(
+            name,
+            &format!(
+                "FROM busybox:latest\nRUN echo sleeping-{name} && sleep {seconds}\nRUN echo never\n"
+            ),
+        );
+        let log = fixture.dir.path().join(format!("{name}.log"));
+        let mut child = spawn_build(&root, &ctx, &log);
+        wait_for_text(&log, &format!("sleeping-{name}"));
+        let pid = rustix::process::Pid::from_child(&child);
+        rustix::process::kill_process(pid, signal).unwrap();
+        let status = child.wait().unwrap();
+        let stderr = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(130), "{name}:\n{stderr}");
+        assert!(stderr.contains("[2/3] RUN echo sleeping"), "{stderr}");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with('#') && l.ends_with(" CANCELED")),
+            "{name}: no step marked CANCELED:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("error: build canceled by {name}")),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("[3/3]"), "a step started after:\n{stderr}");
+        assert_eq!(processes_with_argument(&seconds), Vec::<String>::new());
+        assert_eq!(scratch_left(&root), Vec::<String>::new(), "{name}");
+    }
+    // The store serves the next build.
+    let ctx = fixture.context("after", "FROM busybox:latest\nRUN echo fine > /fine\n");
+    let out = kiln(&root, &["build", ctx.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
 }

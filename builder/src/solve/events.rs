@@ -40,6 +40,9 @@ pub enum StepOutcome {
     Cached,
     /// Failed with this message.
     Failed(String),
+    /// Stopped, or never finished, because kiln was interrupted
+    /// (BuildKit's `CANCELED`).
+    Canceled,
 }
 
 /// Build progress, for the CLI to draw. Steps of different stages may

@@ -82,6 +82,16 @@ pub enum SolveError {
     Unresolved(String),
     #[error("stage {0} failed before it finished")]
     StageMissing(usize),
+    /// kiln was interrupted ([`kiln_runtime::interrupt::cancel_runs`]):
+    /// running containers were killed and no further step started.
+    #[error("build canceled")]
+    Canceled,
+}
+
+/// Whether the build is to stop: kiln was interrupted and its runs
+/// canceled ([`kiln_runtime::interrupt`]).
+fn canceled() -> bool {
+    kiln_runtime::interrupt::runs_canceled()
 }
 
 fn tail(lines: &[String]) -> String {
