@@ -597,6 +597,10 @@ impl<'a> Session<'a> {
             &planned.resolver,
             &options,
         )?;
+        // Interrupted as the last step ended: nothing is tagged or sent.
+        if kiln_runtime::interrupt::runs_canceled() {
+            return Err(SolveError::Canceled.into());
+        }
         let image_id = self.tag(&built)?;
         let mut result = BuildResult {
             image_id,
