@@ -24,6 +24,7 @@
 pub mod archive;
 pub mod changes;
 pub mod context;
+pub mod contexts;
 pub mod copy;
 pub mod dockerignore;
 pub mod explain;

@@ -67,7 +67,13 @@ impl DockerfileInput {
 /// Everything a build is told.
 #[derive(Debug)]
 pub struct BuildSettings {
+    /// The build context's directory: the one named, or the one a remote
+    /// context was fetched into ([`crate::contexts::prepare`]).
     pub context_dir: PathBuf,
+    /// Where a remote context came from (credentials masked; `-` for
+    /// standard input); None for a local directory. A fetched context is
+    /// new each build: it is hashed without the stat cache.
+    pub context_origin: Option<String>,
     pub dockerfile: DockerfileInput,
     /// Target, build args, platforms.
     pub options: BuildOptions,
@@ -476,8 +482,11 @@ impl<'a> Session<'a> {
     fn load_context(&self, ignore: &PatternMatcher) -> Result<BuildContext, BuildError> {
         let started = Instant::now();
         let settings = self.settings;
-        let mut stat_cache = StatCache::open_in(self.store, &settings.context_dir)?;
-        let context = BuildContext::load(&settings.context_dir, ignore, Some(&mut stat_cache))?;
+        let mut stat_cache = match settings.context_origin {
+            None => Some(StatCache::open_in(self.store, &settings.context_dir)?),
+            Some(_) => None,
+        };
+        let context = BuildContext::load(&settings.context_dir, ignore, stat_cache.as_mut())?;
         let bytes: u64 = context
             .entries()
             .values()
@@ -489,7 +498,7 @@ impl<'a> Session<'a> {
             &[format!("transferring context: {} done", human_bytes(bytes))],
             started.elapsed().as_secs_f64(),
         );
-        if let Err(e) = stat_cache.save() {
+        if let Some(Err(e)) = stat_cache.as_mut().map(StatCache::save) {
             tracing::warn!("{e}");
         }
         Ok(context)

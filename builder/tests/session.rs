@@ -43,6 +43,7 @@ impl Remote for Offline {
 fn settings(context: PathBuf, dockerfile: &str, out: &std::path::Path) -> BuildSettings {
     BuildSettings {
         context_dir: context,
+        context_origin: None,
         dockerfile: DockerfileInput {
             bytes: dockerfile.as_bytes().to_vec(),
             name: "Dockerfile".into(),

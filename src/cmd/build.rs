@@ -12,13 +12,13 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
+use kiln_builder::contexts::{ContextSpec, PrepareOptions, PreparedContext};
 use kiln_builder::copy::{FetchInfo, UrlFetcher};
 use kiln_builder::export::Output;
 use kiln_builder::plan::{BuildOptions, LookupError};
 use kiln_builder::secrets::Secret;
 use kiln_builder::session::{
-    BuildError, BuildResult, BuildSettings, DockerfileInput, PullPolicy, Remote, RemoteError,
-    Session,
+    BuildError, BuildResult, BuildSettings, PullPolicy, Remote, RemoteError, Session,
 };
 use kiln_builder::solve::{ImagePuller, SolveError};
 use kiln_layers::{Compression, Descriptor, Digest, Platform, Reference, Reporter, Store};
@@ -26,7 +26,6 @@ use kiln_registry::{Client, ClientConfig};
 use kiln_runtime::{HelperCommand, Network, HELPER_SUBCOMMAND};
 
 use crate::cmd::limits::LimitArgs;
-use crate::cmd::parse::DockerfileSource;
 use crate::progress::{BuildProgress, ProgressArgs, ProgressMode};
 use crate::settings::GlobalSettings;
 
@@ -78,10 +77,13 @@ pub enum CompressionArg {
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// The build context directory.
+    /// The build context: a directory, a Git URL (`https://…/repo.git#ref:subdir`,
+    /// `git://…`, `git@host:repo`), an `http(s)://` tarball (or Dockerfile), or `-`
+    /// (a tar, or a Dockerfile, on standard input).
     #[arg(value_name = "CONTEXT", default_value = ".")]
-    context: PathBuf,
-    /// The Dockerfile (default: CONTEXT/Dockerfile, else CONTEXT/Containerfile; `-` reads stdin).
+    context: String,
+    /// The Dockerfile (default: CONTEXT/Dockerfile, else CONTEXT/Containerfile; `-` reads
+    /// stdin; inside a remote context, a path in it).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: Option<PathBuf>,
     /// Name the image (repeatable).
@@ -332,9 +334,9 @@ pub(crate) fn parse_build_args(flags: &[String]) -> BTreeMap<String, String> {
 /// started for key files alive for the build.
 fn settings_of(
     args: &BuildArgs,
+    context: &PreparedContext,
     ssh_agents: &mut Vec<kiln_builder::ssh::ForwardedAgent>,
 ) -> anyhow::Result<BuildSettings> {
-    let source = DockerfileSource::read_or_default(args.file.as_deref(), &args.context)?;
     let platform = match &args.platform {
         Some(p) => Platform::parse(p)?,
         None => Platform::host(),
@@ -357,12 +359,9 @@ fn settings_of(
         .map(|spec| Output::parse(spec))
         .collect::<Result<_, _>>()?;
     Ok(BuildSettings {
-        context_dir: args.context.clone(),
-        dockerfile: DockerfileInput {
-            bytes: source.bytes,
-            name: source.name,
-            path: source.path,
-        },
+        context_dir: context.dir.clone(),
+        context_origin: context.origin.clone(),
+        dockerfile: context.dockerfile.clone(),
         options: BuildOptions {
             target: args.target.clone(),
             build_args: parse_build_args(&args.build_args),
@@ -448,8 +447,7 @@ impl Display {
 
 fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let mut ssh_agents = Vec::new();
-    let settings = settings_of(&args, &mut ssh_agents)?;
+    let spec = ContextSpec::parse(&args.context)?;
     let store = Store::open(&global.root)?;
     let display = Display::new(&args);
     // The client is made on first use; a CA file that cannot be read is
@@ -467,6 +465,24 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         store: &store,
         reporter: display.reporter.clone(),
     };
+    let build_args = parse_build_args(&args.build_args);
+    let context = kiln_builder::contexts::prepare(
+        &spec,
+        &mut std::io::stdin().lock(),
+        &PrepareOptions {
+            store: &store,
+            fetcher: &remote,
+            events: &display.printer,
+            keep_git_dir: build_args
+                .get("BUILDKIT_CONTEXT_KEEP_GIT_DIR")
+                .is_some_and(|v| kiln_builder::git::parse_go_bool(v) == Some(true)),
+            mtime_commit: build_args.contains_key("SOURCE_DATE_EPOCH")
+                || crate::settings::source_date_epoch().is_some(),
+            file: args.file.as_deref(),
+        },
+    )?;
+    let mut ssh_agents = Vec::new();
+    let settings = settings_of(&args, &context, &mut ssh_agents)?;
     let session = Session {
         store: &store,
         settings: &settings,
