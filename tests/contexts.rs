@@ -287,3 +287,88 @@ fn contexts_from_standard_input() {
         "{stderr}"
     );
 }
+
+/// `--label` over the Dockerfile's LABEL in the config; `--annotation`
+/// in the pushed manifest (as skopeo reads it), on the descriptor (the
+/// OCI layout output's index.json, the metadata file); index annotations
+/// and a platform the build does not make are refused.
+#[test]
+fn labels_and_annotations_go_where_buildkit_puts_them() {
+    kiln_testsupport::require_root!("builds run steps in namespaces");
+    let fixture = Fixture::new();
+    let registry = kiln_testsupport::RegistryServer::start_plain().unwrap();
+    let ctx = fixture.path("ctx");
+    write_files(
+        &ctx,
+        &[(
+            "Dockerfile",
+            "FROM busybox\nLABEL a=from-dockerfile c=kept\nRUN echo > /x\n",
+        )],
+    );
+    let image = format!("{}/annotated:v1", registry.host);
+    let metadata = fixture.path("metadata.json");
+    let layout = fixture.path("layout");
+    let platform = kiln_testsupport::image::host_platform();
+    let out = fixture.build(
+        &[
+            "-t",
+            &image,
+            "--push",
+            "-o",
+            &format!("type=oci,dest={}", layout.display()),
+            "--metadata-file",
+            metadata.to_str().unwrap(),
+            "--label",
+            "a=from-flag",
+            "--label",
+            "b=new",
+            "--annotation",
+            "org.example.plain=1",
+            "--annotation",
+            &format!("manifest[{platform}],manifest-descriptor:org.example.both=2"),
+            "--annotation",
+            "manifest-descriptor:org.example.desc=3",
+            ctx.to_str().unwrap(),
+        ],
+        None,
+    );
+    ok(&out);
+    let config = kiln_ok(&fixture.root(), &["inspect", &image]);
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let labels = &config[0]["Config"]["config"]["Labels"];
+    assert_eq!(labels["a"], "from-flag", "{labels}");
+    assert_eq!(labels["b"], "new");
+    assert_eq!(labels["c"], "kept");
+
+    let raw =
+        kiln_testsupport::image::skopeo_raw_manifest(&format!("docker://{image}"), None, None)
+            .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let in_manifest = &manifest["annotations"];
+    assert_eq!(in_manifest["org.example.plain"], "1", "{manifest}");
+    assert_eq!(in_manifest["org.example.both"], "2");
+    assert!(in_manifest.get("org.example.desc").is_none(), "{manifest}");
+
+    let index: serde_json::Value = serde_json::from_str(&read(&layout.join("index.json"))).unwrap();
+    let entry = &index["manifests"][0]["annotations"];
+    assert_eq!(entry["org.example.both"], "2", "{index}");
+    assert_eq!(entry["org.example.desc"], "3");
+    assert!(entry.get("org.example.plain").is_none(), "{index}");
+    let meta: serde_json::Value = serde_json::from_str(&read(&metadata)).unwrap();
+    let descriptor = &meta["containerimage.descriptor"];
+    assert_eq!(descriptor["annotations"]["org.example.desc"], "3", "{meta}");
+    assert_eq!(
+        descriptor["digest"].as_str().unwrap(),
+        kiln_testsupport::image::digest_of(&raw)
+    );
+
+    for (flag, wanted) in [
+        ("index:k=v", "index annotations not supported"),
+        ("index-descriptor:k=v", "index annotations not supported"),
+        ("manifest[linux/s390x]:k=v", "no platform linux/s390x"),
+        ("bogus:k=v", "unknown annotation type"),
+    ] {
+        let stderr = failed(&fixture.build(&["--annotation", flag, ctx.to_str().unwrap()], None));
+        assert!(stderr.contains(wanted), "{flag}: {stderr}");
+    }
+}

@@ -21,6 +21,7 @@
 // last one (kiln_runtime::pipe replaces it, then this becomes forbid).
 #![forbid(unsafe_code)]
 
+pub mod annotations;
 pub mod archive;
 pub mod changes;
 pub mod context;

@@ -20,6 +20,8 @@ use kiln_layers::cleanup::ScratchDir;
 use kiln_layers::{Compression, Descriptor, Digest, Lease, Reference, Reporter, Store};
 use kiln_runtime::{HelperCommand, Limits, Network};
 
+use crate::annotations::Annotation;
+
 use crate::context::{BuildContext, ContextError, EntryKind, StatCache};
 use crate::copy::{UrlDownloads, UrlFetcher};
 use crate::dockerignore::IgnoreError;
@@ -97,6 +99,12 @@ pub struct BuildSettings {
     pub ssh: SshAgents,
     pub limits: Limits,
     pub outputs: Vec<Output>,
+    /// `--label K=V`: the target image's config labels, over the
+    /// Dockerfile's ([`crate::annotations`]).
+    pub labels: BTreeMap<String, String>,
+    /// `--annotation`: on the manifest or its descriptor
+    /// ([`crate::annotations`]).
+    pub annotations: Vec<Annotation>,
     /// Push every tag to its registry.
     pub push: bool,
     pub iidfile: Option<PathBuf>,
@@ -265,6 +273,23 @@ fn no_cache_stages(
     }
 }
 
+/// `--label`s on the target stage's config, over its LABELs: only the
+/// final image's config changes (no history entry, no cache key).
+fn apply_labels(plan: &mut Plan, labels: &BTreeMap<String, String>) {
+    if labels.is_empty() {
+        return;
+    }
+    let target = plan.target;
+    let config = plan.stages[target]
+        .image
+        .config
+        .get_or_insert_with(Default::default);
+    config
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+}
+
 /// A check's finding as a build warning: `Rule: message`.
 fn finding_warning(finding: &lint::Finding) -> PlanWarning {
     PlanWarning {
@@ -338,11 +363,7 @@ impl BuildResult {
         serde_json::json!({
             "containerimage.digest": self.reported.digest.to_string(),
             "containerimage.config.digest": self.image_id.to_string(),
-            "containerimage.descriptor": {
-                "mediaType": self.reported.media_type,
-                "digest": self.reported.digest.to_string(),
-                "size": self.reported.size,
-            },
+            "containerimage.descriptor": self.reported_descriptor(),
             "image.name": names.join(","),
             "buildx.build.warnings": self.checks.iter().map(|f| serde_json::json!({
                 "rule": f.rule,
@@ -351,6 +372,28 @@ impl BuildResult {
                 "line": f.line,
             })).collect::<Vec<_>>(),
         })
+    }
+}
+
+impl BuildResult {
+    /// The reported manifest's descriptor as the metadata file has it
+    /// (annotations when `--annotation manifest-descriptor:` gave some).
+    fn reported_descriptor(&self) -> serde_json::Value {
+        let mut descriptor = serde_json::json!({
+            "mediaType": self.reported.media_type,
+            "digest": self.reported.digest.to_string(),
+            "size": self.reported.size,
+        });
+        let annotations: BTreeMap<&String, &String> = self
+            .reported
+            .annotations
+            .iter()
+            .filter(|(k, _)| k.as_str() != kiln_layers::oci::ANNOTATION_REF_NAME)
+            .collect();
+        if !annotations.is_empty() {
+            descriptor["annotations"] = serde_json::json!(annotations);
+        }
+        descriptor
     }
 }
 
@@ -454,6 +497,13 @@ impl<'a> Session<'a> {
         if checks.fails() {
             return Err(BuildError::Checks(Box::new(checks)));
         }
+        crate::annotations::check(
+            &self.settings.annotations,
+            &self.settings.options.target_platform,
+            self.settings.docker_media_types,
+        )
+        .map_err(BuildError::Invalid)?;
+        apply_labels(&mut planned, &self.settings.labels);
         let context = self.load_context(&ignore)?;
         // Each ADD URL is downloaded once: for its cache key, or by the
         // step that adds it. The files live in a scratch dir under builds/
@@ -543,6 +593,13 @@ impl<'a> Session<'a> {
             &planned.context,
             &planned.resolver,
             &options,
+        )?;
+        let mut built = built;
+        built.manifest = crate::annotations::annotate(
+            self.store,
+            &built.manifest,
+            &built.platform(),
+            &settings.annotations,
         )?;
         let image_id = self.tag(&built)?;
         let mut result = BuildResult {

@@ -44,6 +44,8 @@ fn settings(context: PathBuf, dockerfile: &str, out: &std::path::Path) -> BuildS
     BuildSettings {
         context_dir: context,
         context_origin: None,
+        labels: Default::default(),
+        annotations: Vec::new(),
         dockerfile: DockerfileInput {
             bytes: dockerfile.as_bytes().to_vec(),
             name: "Dockerfile".into(),

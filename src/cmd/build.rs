@@ -32,7 +32,7 @@ use crate::settings::GlobalSettings;
 #[derive(Debug, Subcommand)]
 pub enum BuildCommand {
     /// Build an image from a Dockerfile.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -151,6 +151,15 @@ pub struct BuildArgs {
     /// Push every tag to its registry after the build.
     #[arg(long)]
     push: bool,
+    /// Set a label on the image (repeatable): K=V, over the Dockerfile's LABEL.
+    #[arg(long = "label", value_name = "K=V")]
+    labels: Vec<String>,
+    /// Add an annotation (repeatable): [TYPE[,TYPE…]:]K=V, TYPE `manifest` (the
+    /// default) or `manifest-descriptor`, each with an optional `[os/arch]`;
+    /// `index` and `index-descriptor` need an image index, which a
+    /// single-platform build does not write (refused).
+    #[arg(long = "annotation", value_name = "[TYPE:]K=V")]
+    annotations: Vec<String>,
     /// A secret for RUN --mount=type=secret: id=ID,src=FILE (or env=VAR).
     #[arg(long = "secret", value_name = "id=ID,src=FILE")]
     secrets: Vec<String>,
@@ -183,7 +192,7 @@ pub struct BuildArgs {
 impl BuildCommand {
     pub fn run(self, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
         match self {
-            BuildCommand::Build(args) => build(args, settings),
+            BuildCommand::Build(args) => build(*args, settings),
         }
     }
 }
@@ -390,6 +399,20 @@ fn settings_of(
         ssh,
         limits: args.limits.limits(),
         outputs,
+        labels: args
+            .labels
+            .iter()
+            .map(|flag| kiln_builder::annotations::parse_label(flag))
+            .collect(),
+        annotations: args
+            .annotations
+            .iter()
+            .map(|flag| kiln_builder::annotations::Annotation::parse(flag))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?
+            .into_iter()
+            .flatten()
+            .collect(),
         push: args.push,
         iidfile: args.iidfile.clone(),
         metadata_file: args.metadata_file.clone(),
