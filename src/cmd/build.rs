@@ -26,6 +26,7 @@ use kiln_registry::{Client, ClientConfig};
 use kiln_runtime::{HelperCommand, Network, HELPER_SUBCOMMAND};
 
 use crate::cmd::limits::LimitArgs;
+use crate::cmd::step_flags::StepArgs;
 use crate::progress::{BuildProgress, ProgressArgs, ProgressMode};
 use crate::settings::GlobalSettings;
 
@@ -185,6 +186,8 @@ pub struct BuildArgs {
     ca_certs: Vec<PathBuf>,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    step: StepArgs,
     #[command(flatten)]
     progress: ProgressArgs,
 }
@@ -376,11 +379,13 @@ fn settings_of(
             build_args: parse_build_args(&args.build_args),
             target_platform: platform,
             build_platform: Platform::host(),
+            run: args.step.run_defaults(),
         },
         tags,
         pull: args.pull.into(),
         no_cache: args.no_cache,
         no_cache_stages: args.no_cache_filter.clone(),
+        allow: args.step.entitlements(args.network == NetworkArg::Host),
         source_date_epoch: crate::settings::source_date_epoch(),
         network: match args.network {
             NetworkArg::Host => Network::Host,
