@@ -372,3 +372,113 @@ fn labels_and_annotations_go_where_buildkit_puts_them() {
         assert!(stderr.contains(wanted), "{flag}: {stderr}");
     }
 }
+
+/// `--build-context` of each kind, reached by `FROM`, `COPY --from` and
+/// `RUN --mount=from`: a directory (its .dockerignore applied), an image
+/// from a real registry replacing a stage of its name, a Git checkout,
+/// an HTTP download (behind basic auth, never shown). A changed file of
+/// a named directory is a new cache key.
+#[test]
+fn build_contexts_of_each_kind() {
+    kiln_testsupport::require_root!("builds run steps in namespaces");
+    let fixture = Fixture::new();
+    let registry = kiln_testsupport::RegistryServer::start_plain().unwrap();
+    let image = format!("{}/named:v1", registry.host);
+    let img_ctx = fixture.path("img-ctx");
+    write_files(
+        &img_ctx,
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY marker /img-marker\n"),
+            ("marker", "from the registry\n"),
+        ],
+    );
+    ok(&fixture.build(&["-t", &image, "--push", img_ctx.to_str().unwrap()], None));
+    kiln_ok(&fixture.root(), &["rmi", &image]);
+
+    let named_dir = fixture.path("named-dir");
+    write_files(
+        &named_dir,
+        &[
+            ("hello.txt", "hello v1\n"),
+            ("secret.txt", "no\n"),
+            (".dockerignore", "secret.txt\n"),
+        ],
+    );
+    let git = served_repo(&fixture);
+    let server = served_files(&fixture);
+    let web = format!("http://{USER}:{PASSWORD}@{}/Dockerfile", server.host);
+    let ctx = fixture.path("main");
+    write_files(
+        &ctx,
+        &[(
+            "Dockerfile",
+            "FROM no.such/image:1 AS img\nRUN false\n\
+             FROM dirctx AS files\n\
+             FROM busybox\n\
+             COPY --from=img /img-marker /img/\n\
+             COPY --from=files hello.txt /from-stage/\n\
+             COPY --from=dirctx . /dir/\n\
+             COPY --from=gitctx top.txt /git/\n\
+             COPY --from=web context /web/Dockerfile\n\
+             RUN --mount=from=dirctx,target=/m cat /m/hello.txt > /mounted.txt\n",
+        )],
+    );
+    let metadata = fixture.path("named-metadata.json");
+    let build = |name: &str| {
+        let out = fixture.path(name);
+        let args = [
+            "-o".to_string(),
+            format!("type=local,dest={}", out.display()),
+            "--metadata-file".into(),
+            metadata.display().to_string(),
+            "--build-context".into(),
+            format!("img=docker-image://{image}"),
+            "--build-context".into(),
+            format!("dirctx={}", named_dir.display()),
+            "--build-context".into(),
+            format!("gitctx={git}#v1"),
+            "--build-context".into(),
+            format!("web={web}"),
+            ctx.display().to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = fixture.build(&args, None);
+        ok(&output);
+        (out, String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let (out, shown) = build("named1");
+    assert_eq!(read(&out.join("img/img-marker")), "from the registry\n");
+    assert_eq!(read(&out.join("from-stage/hello.txt")), "hello v1\n");
+    assert_eq!(read(&out.join("dir/hello.txt")), "hello v1\n");
+    assert!(
+        !out.join("dir/secret.txt").exists(),
+        "the named dir's .dockerignore applies"
+    );
+    assert_eq!(read(&out.join("git/top.txt")), "top\n");
+    assert!(read(&out.join("web/Dockerfile")).contains("echo plain"));
+    assert_eq!(read(&out.join("mounted.txt")), "hello v1\n");
+    assert!(!shown.contains(PASSWORD), "{shown}");
+    assert!(!read(&metadata).contains(PASSWORD));
+
+    // New content in the named directory: the steps that read it run again.
+    write_files(&named_dir, &[("hello.txt", "hello v2\n")]);
+    let (out, _) = build("named2");
+    assert_eq!(read(&out.join("dir/hello.txt")), "hello v2\n");
+    assert_eq!(read(&out.join("mounted.txt")), "hello v2\n");
+    assert_eq!(read(&out.join("from-stage/hello.txt")), "hello v2\n");
+
+    let stderr = failed(&fixture.build(
+        &[
+            "--build-context",
+            "x=oci-layout:///nowhere",
+            ctx.to_str().unwrap(),
+        ],
+        None,
+    ));
+    assert!(stderr.contains("oci-layout"), "{stderr}");
+    let stderr = failed(&fixture.build(
+        &["--build-context", "x=/no/such/dir", ctx.to_str().unwrap()],
+        None,
+    ));
+    assert!(stderr.contains("not a directory"), "{stderr}");
+}

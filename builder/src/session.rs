@@ -76,6 +76,10 @@ pub struct BuildSettings {
     /// standard input); None for a local directory. A fetched context is
     /// new each build: it is hashed without the stat cache.
     pub context_origin: Option<String>,
+    /// `--build-context`s, fetched and hashed
+    /// ([`crate::contexts::NamedContexts::prepare`]); `options.named_contexts`
+    /// holds what the planner sees of them.
+    pub named_contexts: crate::contexts::NamedContexts,
     pub dockerfile: DockerfileInput,
     /// Target, build args, platforms.
     pub options: BuildOptions,
@@ -634,6 +638,7 @@ impl<'a> Session<'a> {
             secrets: settings.secrets.clone(),
             ssh: settings.ssh.clone(),
             limits: settings.limits,
+            named_contexts: Some(&settings.named_contexts),
         };
         let built = solve(
             self.store,

@@ -44,6 +44,7 @@ fn settings(context: PathBuf, dockerfile: &str, out: &std::path::Path) -> BuildS
     BuildSettings {
         context_dir: context,
         context_origin: None,
+        named_contexts: Default::default(),
         labels: Default::default(),
         annotations: Vec::new(),
         dockerfile: DockerfileInput {

@@ -91,6 +91,7 @@ fn build_full(
     .unwrap();
     compute_cache_keys(&mut p, Some(&ctx), &RemoteSources::default()).unwrap();
     let solve_opts = SolveOptions {
+        named_contexts: None,
         no_cache: false,
         no_cache_stages: Default::default(),
         source_date_epoch,
@@ -731,6 +732,7 @@ fn build_with_ssh(
     compute_cache_keys(&mut p, Some(&ctx), &RemoteSources::default()).unwrap();
     let events = Events::default();
     let solve_opts = SolveOptions {
+        named_contexts: None,
         no_cache: false,
         no_cache_stages: Default::default(),
         source_date_epoch: Some(1),

@@ -12,7 +12,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use kiln_builder::contexts::{ContextSpec, PrepareOptions, PreparedContext};
+use kiln_builder::contexts::{
+    ContextSpec, NamedContextSpec, NamedContexts, PrepareOptions, PreparedContext,
+};
 use kiln_builder::copy::{FetchInfo, UrlFetcher};
 use kiln_builder::export::Output;
 use kiln_builder::plan::{BuildOptions, LookupError};
@@ -152,6 +154,12 @@ pub struct BuildArgs {
     /// Push every tag to its registry after the build.
     #[arg(long)]
     push: bool,
+    /// An additional named context (repeatable): NAME=DIR, NAME=docker-image://REF,
+    /// NAME=GIT-URL or NAME=https://… (the file, named `context`); reached by
+    /// `FROM NAME`, `COPY --from=NAME`, `RUN --mount=from=NAME`, and replacing
+    /// a stage or image of that name.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    build_contexts: Vec<String>,
     /// Set a label on the image (repeatable): K=V, over the Dockerfile's LABEL.
     #[arg(long = "label", value_name = "K=V")]
     labels: Vec<String>,
@@ -347,6 +355,7 @@ pub(crate) fn parse_build_args(flags: &[String]) -> BTreeMap<String, String> {
 fn settings_of(
     args: &BuildArgs,
     context: &PreparedContext,
+    named: NamedContexts,
     ssh_agents: &mut Vec<kiln_builder::ssh::ForwardedAgent>,
 ) -> anyhow::Result<BuildSettings> {
     let platform = match &args.platform {
@@ -380,7 +389,9 @@ fn settings_of(
             target_platform: platform,
             build_platform: Platform::host(),
             run: args.step.run_defaults(),
+            named_contexts: named.sources(),
         },
+        named_contexts: named,
         tags,
         pull: args.pull.into(),
         no_cache: args.no_cache,
@@ -476,6 +487,11 @@ impl Display {
 fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let spec = ContextSpec::parse(&args.context)?;
+    let named_specs = args
+        .build_contexts
+        .iter()
+        .map(|flag| NamedContextSpec::parse_flag(flag))
+        .collect::<Result<Vec<_>, _>>()?;
     let store = Store::open(&global.root)?;
     let display = Display::new(&args);
     // The client is made on first use; a CA file that cannot be read is
@@ -494,23 +510,21 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         reporter: display.reporter.clone(),
     };
     let build_args = parse_build_args(&args.build_args);
-    let context = kiln_builder::contexts::prepare(
-        &spec,
-        &mut std::io::stdin().lock(),
-        &PrepareOptions {
-            store: &store,
-            fetcher: &remote,
-            events: &display.printer,
-            keep_git_dir: build_args
-                .get("BUILDKIT_CONTEXT_KEEP_GIT_DIR")
-                .is_some_and(|v| kiln_builder::git::parse_go_bool(v) == Some(true)),
-            mtime_commit: build_args.contains_key("SOURCE_DATE_EPOCH")
-                || crate::settings::source_date_epoch().is_some(),
-            file: args.file.as_deref(),
-        },
-    )?;
+    let prepare = PrepareOptions {
+        store: &store,
+        fetcher: &remote,
+        events: &display.printer,
+        keep_git_dir: build_args
+            .get("BUILDKIT_CONTEXT_KEEP_GIT_DIR")
+            .is_some_and(|v| kiln_builder::git::parse_go_bool(v) == Some(true)),
+        mtime_commit: build_args.contains_key("SOURCE_DATE_EPOCH")
+            || crate::settings::source_date_epoch().is_some(),
+        file: args.file.as_deref(),
+    };
+    let context = kiln_builder::contexts::prepare(&spec, &mut std::io::stdin().lock(), &prepare)?;
+    let named = NamedContexts::prepare(&named_specs, &prepare)?;
     let mut ssh_agents = Vec::new();
-    let settings = settings_of(&args, &context, &mut ssh_agents)?;
+    let settings = settings_of(&args, &context, named, &mut ssh_agents)?;
     let session = Session {
         store: &store,
         settings: &settings,

@@ -27,8 +27,11 @@
 //! this one is killed). Every URL in a message, progress line or file is
 //! masked ([`kiln_reference::redact_credentials`]).
 //!
+//! Named contexts (`--build-context`) are [`named`]'s.
+//!
 
 mod fetch;
+pub mod named;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -42,6 +45,8 @@ use crate::copy::UrlFetcher;
 use crate::git::GitSource;
 use crate::session::DockerfileInput;
 use crate::solve::BuildEvents;
+
+pub use named::{NamedContext, NamedContextSpec, NamedContexts};
 
 /// The names a Dockerfile is looked for under when `-f` gives none, in
 /// order: docker's `Dockerfile`, its lowercase fallback, and buildah's and
