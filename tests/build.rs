@@ -1202,13 +1202,21 @@ fn prune_waits_for_a_running_build() {
     assert_eq!(config["history"].as_array().unwrap().len(), 2);
 }
 
+/// `COPY --link` and `ADD --link`: the layer is made apart from the base,
+/// so a base's symlink on the destination path is replaced, not followed.
 #[test]
 fn copy_link_does_not_follow_symlinks_of_the_base() {
+    for instruction in ["COPY", "ADD"] {
+        link_case(instruction);
+    }
+}
+
+fn link_case(instruction: &str) {
     let fixture = Fixture::new();
     let dockerfile = |link: &str| {
         format!(
             "FROM busybox\nRUN mkdir -p /opt/real && ln -s /opt/real /opt/link && mkdir -m 700 /private\n\
-             COPY {link} a.txt /opt/link/\nCOPY {link} a.txt /private/sub/\n"
+             {instruction} {link} a.txt /opt/link/\n{instruction} {link} a.txt /private/sub/\n"
         )
     };
     let build = |link: &str| {
@@ -1229,7 +1237,7 @@ fn copy_link_does_not_follow_symlinks_of_the_base() {
     // --link: the destination is a real directory; the base's target is untouched.
     let linked = build("--link");
     let link = std::fs::symlink_metadata(linked.path().join("opt/link")).unwrap();
-    assert!(link.is_dir(), "{link:?}");
+    assert!(link.is_dir(), "{instruction}: {link:?}");
     assert_eq!(
         std::fs::read_to_string(linked.path().join("opt/link/a.txt")).unwrap(),
         "a\n"

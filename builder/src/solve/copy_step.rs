@@ -79,6 +79,7 @@ pub(super) fn execute_copy(
     let stage_tree;
     let source: &dyn SourceTree = match &c.from {
         CopyFrom::Context => run.build.context,
+        CopyFrom::NamedContext { name, .. } => named_tree(run, name)?,
         CopyFrom::Stage(i) => {
             let output = run.deps.get(i).ok_or(SolveError::StageMissing(*i))?;
             stage_tree = LayeredRootfs::new(&empty_upper, output.lowers_top_first());
@@ -158,6 +159,18 @@ pub(super) fn execute_workdir(
     };
     copy::mkdir_all(rootfs, &w.path, 0o755, owner, None).map_err(|e| run.error(e.to_string()))?;
     Ok(())
+}
+
+/// The files of the named context `name`.
+pub(super) fn named_tree<'a>(
+    run: &StepRun<'a>,
+    name: &str,
+) -> Result<&'a crate::context::BuildContext, SolveError> {
+    run.build
+        .opts
+        .named_contexts
+        .and_then(|named| named.tree(name))
+        .ok_or_else(|| run.error(format!("named context {name} was not prepared")))
 }
 
 /// ADD of a Git repository: BuildKit copies the checkout's root (or
