@@ -416,13 +416,27 @@ impl BuildResult {
             "containerimage.config.digest": self.image_id.to_string(),
             "containerimage.descriptor": self.reported_descriptor(),
             "image.name": names.join(","),
-            "buildx.build.warnings": self.checks.iter().map(|f| serde_json::json!({
+            "buildx.build.warnings": self.warnings(),
+        })
+    }
+
+    /// The build checks' findings, then what steps warned of as they ran.
+    fn warnings(&self) -> Vec<serde_json::Value> {
+        let checks = self.checks.iter().map(|f| {
+            serde_json::json!({
                 "rule": f.rule,
                 "detail": f.message,
                 "url": f.url,
                 "line": f.line,
-            })).collect::<Vec<_>>(),
-        })
+            })
+        });
+        let steps = self.built.warnings.iter().map(|w| {
+            serde_json::json!({
+                "detail": w.message,
+                "line": w.line,
+            })
+        });
+        checks.chain(steps).collect()
     }
 }
 
@@ -647,6 +661,10 @@ impl<'a> Session<'a> {
             &planned.resolver,
             &options,
         )?;
+        // Interrupted as the last step ended: nothing is tagged or sent.
+        if kiln_runtime::interrupt::runs_canceled() {
+            return Err(SolveError::Canceled.into());
+        }
         let mut built = built;
         built.manifest = crate::annotations::annotate(
             self.store,

@@ -493,6 +493,7 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         .map(|flag| NamedContextSpec::parse_flag(flag))
         .collect::<Result<Vec<_>, _>>()?;
     let store = Store::open(&global.root)?;
+    let interruption = crate::cmd::interrupt::Interruption::watch();
     let display = Display::new(&args);
     // The client is made on first use; a CA file that cannot be read is
     // still an error of every build, as it is of kiln pull.
@@ -536,13 +537,22 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     if args.check {
         return print_checks(&session.check().inspect_err(show)?, args.format);
     }
-    let planned = session.plan().inspect_err(show)?;
+    let planned = session.plan();
+    if let Some(canceled) = interruption.canceled() {
+        return Ok(canceled);
+    }
+    let planned = planned.inspect_err(show)?;
     if args.dry_run {
         crate::cmd::plan_view::print_plan(&planned.plan, &store, args.format)?;
         return Ok(ExitCode::SUCCESS);
     }
     let built = session.build(planned);
-    display.printer.finish();
+    display
+        .printer
+        .finish(built.is_ok() && interruption.signal().is_none());
+    if let Some(canceled) = interruption.canceled() {
+        return Ok(canceled);
+    }
     let result = built.map_err(|e| build_failure(&settings, &display, e))?;
     report_built(&args, &settings, &display, &result, started);
     Ok(ExitCode::SUCCESS)

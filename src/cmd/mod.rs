@@ -5,6 +5,7 @@ pub mod build;
 pub mod check;
 pub mod image;
 pub mod info;
+pub mod interrupt;
 pub mod limits;
 pub mod parse;
 pub mod plan_view;

@@ -27,6 +27,9 @@ pub(super) fn execute_run(
     // still tells what was running. A heredoc script whose interpreter is
     // missing names it and its line.
     let status = status.map_err(|e| {
+        if matches!(e, kiln_runtime::RuntimeError::Canceled) {
+            return SolveError::Canceled;
+        }
         run.error(match (&r.script, &e) {
             (
                 Some(script),
