@@ -279,84 +279,144 @@ fn cache_mount_owner_and_mode() {
     );
 }
 
-/// Starts `kiln build` on a Dockerfile whose RUN prints `holding` and then
-/// sleeps while it has the cache mounted; returns once `holding` showed.
+/// Starts `kiln build` on a Dockerfile whose RUN marks the cache
+/// (`/c/<name>`), prints `holding`, waits (up to 120 s) for the test to
+/// release it (`release-<sharing>` in the cache), and marks it again
+/// (`/c/<name>-done`); returns once `holding` showed.
 fn start_holding_build(fixture: &Fixture, name: &str, sharing: &str) -> std::process::Child {
-    use std::io::BufRead;
     let ctx = fixture.context(
         name,
         &[(
             "Dockerfile",
             &format!(
                 "FROM busybox:latest\nRUN --mount=type=cache,target=/c,id=shared-{sharing},sharing={sharing} \
-                 touch /c/{name} && echo holding && sleep 3\n"
+                 touch /c/{name} && echo holding && \
+                 i=0; while [ ! -e /c/release-{sharing} ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; \
+                 touch /c/{name}-done\n"
             ),
         )],
     );
-    let mut child = common::kiln_command()
+    let mut child = build_child(fixture, &ctx, &[]);
+    wait_for_line(&mut child, |line| line.ends_with(" holding"));
+    child
+}
+
+/// `kiln build --no-cache ARGS CTX` started, its progress (plain) piped.
+fn build_child(fixture: &Fixture, ctx: &Path, args: &[&str]) -> std::process::Child {
+    common::kiln_command()
         .arg("--root")
         .arg(fixture.root())
         .args(["build", "--no-cache"])
-        .arg(&ctx)
+        .args(args)
+        .arg(ctx)
         .env("KILN_PROGRESS", "plain")
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Reads the child's progress until a line matches, then keeps draining
+/// it on a thread (so the build never blocks on a full pipe).
+fn wait_for_line(child: &mut std::process::Child, matches: impl Fn(&str) -> bool) {
+    use std::io::BufRead;
     let stderr = child.stderr.take().unwrap();
     let mut lines = std::io::BufReader::new(stderr).lines();
     for line in lines.by_ref() {
-        if line.unwrap().ends_with(" holding") {
+        if matches(&line.unwrap()) {
             break;
         }
     }
-    // Keep draining so the build never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    child
+}
+
+/// Lets the holding build of `sharing` go on: `release-<sharing>` next to
+/// its mark, in whichever cache directory of the store holds it.
+fn release(fixture: &Fixture, sharing: &str) {
+    let mark = format!("first-{sharing}");
+    let dirs: Vec<PathBuf> = files_named(&fixture.root(), &mark)
+        .iter()
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .collect();
+    assert!(!dirs.is_empty(), "no cache holds {mark}");
+    for dir in dirs {
+        std::fs::write(dir.join(format!("release-{sharing}")), "").unwrap();
+    }
+}
+
+/// Every file called `name` under `dir`.
+fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(path),
+                Ok(_) if entry.file_name() == name => found.push(path),
+                _ => {}
+            }
+        }
+    }
+    found
 }
 
 /// `sharing=`, across processes on one store, while a first build holds
-/// the cache mounted: `shared` (the default) sees its file at once;
-/// `locked` waits until it is done (and then sees the file); `private`
-/// does not wait and gets another instance of the cache, without the file.
+/// the cache mounted: `shared` (the default) sees its mark at once, while
+/// it still holds; `locked` waits until it is done (and then sees both its
+/// marks); `private` does not wait and gets another instance of the cache,
+/// without the marks. Ordered by the test, not by time: a first build held
+/// until the second is done (shared, private) or until the second has
+/// started its step (locked).
 #[test]
 fn cache_mount_sharing_modes_across_processes() {
     require_root!();
     let fixture = Fixture::new();
-    for (sharing, expect_file, expect_waited) in [
+    for (sharing, sees_mark, sees_done) in [
         ("shared", true, false),
         ("locked", true, true),
         ("private", false, false),
     ] {
         let mut first = start_holding_build(&fixture, &format!("first-{sharing}"), sharing);
-        let started = std::time::Instant::now();
-        let second = fixture.rootfs(
+        let ctx = fixture.context(
             &format!("second-{sharing}"),
-            &format!(
-                "FROM busybox:latest\nRUN --mount=type=cache,target=/c,id=shared-{sharing},sharing={sharing} \
-                 ls /c > /seen\n"
-            ),
-            &["--no-cache"],
+            &[(
+                "Dockerfile",
+                &format!(
+                    "FROM busybox:latest\nRUN --mount=type=cache,target=/c,id=shared-{sharing},sharing={sharing} \
+                     ls /c > /seen\n"
+                ),
+            )],
         );
-        let waited = started.elapsed();
+        let out_dir = fixture.dir.path().join(format!("second-{sharing}-out"));
+        let output = format!("type=local,dest={}", out_dir.display());
+        let mut second = build_child(&fixture, &ctx, &["--output", &output]);
+        if sharing == "locked" {
+            // The step has started and waits for the lock: let the first go.
+            wait_for_line(&mut second, |line| line.contains("ls /c"));
+            release(&fixture, sharing);
+        }
+        assert!(
+            second.wait().unwrap().success(),
+            "{sharing}: the second build failed"
+        );
+        release(&fixture, sharing);
         assert!(
             first.wait().unwrap().success(),
             "{sharing}: the first build failed"
         );
-        let seen = read(&second, "/seen");
+        let seen = read(&out_dir, "/seen");
+        let name = format!("first-{sharing}");
+        let marks: Vec<&str> = seen.lines().collect();
         assert_eq!(
-            seen.contains(&format!("first-{sharing}")),
-            expect_file,
+            marks.contains(&name.as_str()),
+            sees_mark,
             "{sharing}: the second build saw {seen:?}"
         );
-        // The first build sleeps 3 s after it said `holding`: a second
-        // build that waited for it took most of that, one that did not
-        // was done well before it. (A generous line between the two; no
-        // timing goal.)
         assert_eq!(
-            waited >= std::time::Duration::from_millis(1500),
-            expect_waited,
-            "{sharing}: the second build took {waited:?}"
+            marks.contains(&format!("{name}-done").as_str()),
+            sees_done,
+            "{sharing}: the second build saw {seen:?}"
         );
     }
 }
@@ -769,4 +829,180 @@ fn entitlements_insecure_and_host_network() {
         let out = fixture.build(&args);
         assert!(out.status.success(), "{grant:?}: {}", text(&out));
     }
+}
+
+/// ADD's flags: `--chmod` sets the mode, `--unpack=false` keeps a local
+/// archive as it is (ADD extracts it by default), `--exclude` leaves out
+/// what its pattern matches, `--chown` owns what it adds.
+#[test]
+fn add_chmod_unpack_exclude_chown() {
+    require_root!();
+    let fixture = Fixture::new();
+    let ctx = fixture.context(
+        "add-flags",
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\n\
+                 ADD --chmod=0640 f.txt /chmod/f.txt\n\
+                 ADD --unpack=false arch.tar /kept/\n\
+                 ADD arch.tar /unpacked/\n\
+                 ADD --exclude=*.log d /excluded/\n\
+                 ADD --chown=1000:1000 f.txt /owned/f.txt\n",
+            ),
+            ("f.txt", "f\n"),
+            ("inner/inner.txt", "inner\n"),
+            ("d/keep.txt", "keep\n"),
+            ("d/skip.log", "skip\n"),
+        ],
+    );
+    common::run_ok(
+        std::process::Command::new("tar")
+            .arg("-cf")
+            .arg(ctx.join("arch.tar"))
+            .arg("-C")
+            .arg(ctx.join("inner"))
+            .arg("inner.txt"),
+    );
+    let out_dir = fixture.dir.path().join("add-flags-out");
+    let out = fixture.build(&["-o", out_dir.to_str().unwrap(), ctx.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    use std::os::unix::fs::MetadataExt;
+    let meta = |p: &str| std::fs::metadata(out_dir.join(p)).unwrap();
+    assert_eq!(meta("chmod/f.txt").mode() & 0o7777, 0o640);
+    assert!(out_dir.join("kept/arch.tar").is_file());
+    assert!(!out_dir.join("kept/inner.txt").exists());
+    assert_eq!(read(&out_dir, "/unpacked/inner.txt"), "inner\n");
+    assert!(!out_dir.join("unpacked/arch.tar").exists());
+    assert_eq!(read(&out_dir, "/excluded/keep.txt"), "keep\n");
+    assert!(!out_dir.join("excluded/skip.log").exists());
+    assert_eq!(
+        (meta("owned/f.txt").uid(), meta("owned/f.txt").gid()),
+        (1000, 1000)
+    );
+}
+
+/// HEALTHCHECK's flags each set their field of the config's Healthcheck
+/// (durations in nanoseconds).
+#[test]
+fn healthcheck_flags_set_the_config() {
+    require_root!();
+    let fixture = Fixture::new();
+    let ctx = fixture.context(
+        "healthcheck",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nHEALTHCHECK --interval=30s --timeout=5s --start-period=1m \
+             --start-interval=2s --retries=7 CMD true\n",
+        )],
+    );
+    let out = fixture.build(&["-t", "health:1", ctx.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let inspect = kiln_ok(&fixture.root(), &["inspect", "health:1"]);
+    let value: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    let health = &value[0]["Config"]["config"]["Healthcheck"];
+    assert_eq!(
+        health["Test"],
+        serde_json::json!(["CMD-SHELL", "true"]),
+        "{health}"
+    );
+    assert_eq!(health["Interval"], 30_000_000_000u64, "{health}");
+    assert_eq!(health["Timeout"], 5_000_000_000u64, "{health}");
+    assert_eq!(health["StartPeriod"], 60_000_000_000u64, "{health}");
+    assert_eq!(health["StartInterval"], 2_000_000_000u64, "{health}");
+    assert_eq!(health["Retries"], 7, "{health}");
+}
+
+/// The mount options' other spellings, as BuildKit reads them: `src` for
+/// `source`, `dst` and `destination` for `target`, `ro` for `readonly`,
+/// `readwrite` and `rw` for writable (a bind mount is read-only by
+/// default).
+#[test]
+fn mount_option_spellings() {
+    require_root!();
+    let fixture = Fixture::new();
+    let ctx = fixture.context(
+        "mount-spellings",
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\n\
+                 RUN --mount=type=bind,src=d,dst=/m1 cat /m1/f > /via-src-dst\n\
+                 RUN --mount=type=bind,source=d,destination=/m2 cat /m2/f > /via-destination\n\
+                 RUN --mount=type=bind,source=d,target=/m3 (touch /m3/new 2>/dev/null && echo rw || echo ro) > /default\n\
+                 RUN --mount=type=bind,source=d,target=/m4,rw (touch /m4/new && echo rw || echo ro) > /rw\n\
+                 RUN --mount=type=bind,source=d,target=/m5,readwrite (touch /m5/new && echo rw || echo ro) > /readwrite\n\
+                 RUN --mount=type=cache,id=spell,target=/m6,ro (touch /m6/new 2>/dev/null && echo rw || echo ro) > /ro\n\
+                 RUN --mount=type=cache,id=spell,target=/m7,readonly (touch /m7/new 2>/dev/null && echo rw || echo ro) > /readonly\n",
+            ),
+            ("d/f", "from-context\n"),
+        ],
+    );
+    let out_dir = fixture.dir.path().join("mount-spellings-out");
+    let out = fixture.build(&["-o", out_dir.to_str().unwrap(), ctx.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(read(&out_dir, "/via-src-dst"), "from-context\n");
+    assert_eq!(read(&out_dir, "/via-destination"), "from-context\n");
+    assert_eq!(read(&out_dir, "/default"), "ro\n");
+    assert_eq!(read(&out_dir, "/rw"), "rw\n");
+    assert_eq!(read(&out_dir, "/readwrite"), "rw\n");
+    assert_eq!(read(&out_dir, "/ro"), "ro\n");
+    assert_eq!(read(&out_dir, "/readonly"), "ro\n");
+    // A writable bind mount's writes stay out of the context.
+    assert!(!ctx.join("d/new").exists());
+}
+
+/// The flags about what a build shows and reads: `--dry-run` prints the
+/// plan (`--format json` as JSON) and builds nothing; `-f` reads a
+/// Dockerfile outside the context; `-q` prints the image id alone; `-v`
+/// adds the cache decisions.
+#[test]
+fn dry_run_format_file_quiet_and_verbose() {
+    require_root!();
+    let fixture = Fixture::new();
+    let ctx = fixture.context(
+        "cli",
+        &[("Dockerfile", "FROM busybox\nRUN echo in-context > /which\n")],
+    );
+    let ctx = ctx.to_str().unwrap();
+
+    let out = fixture.build(&["--dry-run", "-t", "planned:1", ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("echo in-context"), "{}", text(&out));
+    let images = kiln(&fixture.root(), &["inspect", "planned:1"]);
+    assert!(!images.status.success(), "--dry-run tagged an image");
+    let out = fixture.build(&["--dry-run", "--format", "json", ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    let plan: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert!(plan.to_string().contains("echo in-context"), "{plan}");
+
+    let other = fixture.dir.path().join("Other.Dockerfile");
+    std::fs::write(&other, "FROM busybox\nRUN echo from-file > /which\n").unwrap();
+    let out_dir = fixture.dir.path().join("cli-f");
+    let out = fixture.build(&[
+        "-f",
+        other.to_str().unwrap(),
+        "-o",
+        out_dir.to_str().unwrap(),
+        ctx,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(read(&out_dir, "/which"), "from-file\n");
+
+    let out = fixture.build(&["-q", "--no-cache", ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.trim().starts_with("sha256:") && stdout.trim().lines().count() == 1,
+        "{stdout}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{}", text(&out));
+
+    let plain = fixture.build(&["--progress", "plain", "--no-cache", ctx]);
+    let verbose = fixture.build(&["--progress", "plain", "-v", "--no-cache", ctx]);
+    assert!(plain.status.success() && verbose.status.success());
+    let decision = "--no-cache: RUN echo in-context";
+    assert!(!text(&plain).contains(decision), "{}", text(&plain));
+    assert!(text(&verbose).contains(decision), "{}", text(&verbose));
 }

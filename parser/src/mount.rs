@@ -28,6 +28,15 @@ pub enum MountType {
 }
 
 impl MountType {
+    /// Every mount type.
+    pub const ALL: &'static [MountType] = &[
+        MountType::Bind,
+        MountType::Cache,
+        MountType::Tmpfs,
+        MountType::Secret,
+        MountType::Ssh,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             MountType::Bind => "bind",
@@ -82,7 +91,9 @@ pub enum MountError {
     Expand(#[from] crate::expand::ExpandError),
 }
 
-const ALL_KEYS: &[&str] = &[
+/// Every `--mount` option the parser accepts (with its other spellings:
+/// `src`, `dst`, `destination`, `ro`, `rw`, `readwrite`).
+pub const ALL_KEYS: &[&str] = &[
     "type",
     "from",
     "source",

@@ -224,6 +224,7 @@ fn run_explain(args: ExplainArgs, settings: &GlobalSettings) -> anyhow::Result<E
             },
             build_platform: Platform::host(),
             run: Default::default(),
+            named_contexts: Default::default(),
         },
         entrypoint: args.entrypoint.clone(),
         args: args.args.clone(),

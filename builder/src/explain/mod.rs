@@ -291,6 +291,7 @@ fn base_label(df: &ins::Dockerfile, stage: &StagePlan) -> String {
         BaseSource::Scratch => "scratch".to_string(),
         BaseSource::Image { reference, .. } => reference.to_string(),
         BaseSource::Stage(i) => format!("stage {}", stage_label(df, *i)),
+        BaseSource::NamedContext { name, .. } => format!("context {name}"),
     }
 }
 

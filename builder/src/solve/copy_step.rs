@@ -82,6 +82,7 @@ pub(super) fn execute_copy(
     let stage_tree;
     let source: &dyn SourceTree = match &c.from {
         CopyFrom::Context => run.build.context,
+        CopyFrom::NamedContext { name, .. } => named_tree(run, name)?,
         CopyFrom::Stage(i) => {
             let output = run.deps.get(i).ok_or(SolveError::StageMissing(*i))?;
             stage_tree = LayeredRootfs::new(&empty_upper, output.lowers_top_first());
@@ -128,6 +129,18 @@ pub(super) fn execute_copy(
         target.copy(run, &DirTree::new(&doc_dir), &doc.name, &o)?;
     }
     Ok(())
+}
+
+/// The files of the named context `name`.
+pub(super) fn named_tree<'a>(
+    run: &StepRun<'a>,
+    name: &str,
+) -> Result<&'a crate::context::BuildContext, SolveError> {
+    run.build
+        .opts
+        .named_contexts
+        .and_then(|named| named.tree(name))
+        .ok_or_else(|| run.error(format!("named context {name} was not prepared")))
 }
 
 /// ADD of a Git repository: BuildKit copies the checkout's root (or

@@ -130,6 +130,9 @@ pub struct SolveOptions<'a> {
     /// `--ssh ID[=...]`: the agent sockets `RUN --mount=type=ssh` can reach
     /// (see [`crate::ssh`]). Never part of a cache key.
     pub ssh: crate::ssh::SshAgents,
+    /// The files of `--build-context` named contexts (`COPY --from`,
+    /// `RUN --mount=from=`, `FROM`), by name.
+    pub named_contexts: Option<&'a crate::contexts::NamedContexts>,
     /// Every RUN's pids and memory limits (`--pids-limit`, `--memory`).
     /// Never part of a cache key.
     pub limits: kiln_runtime::Limits,

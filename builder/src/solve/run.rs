@@ -162,6 +162,13 @@ fn mount_from(run: &StepRun<'_>, mount: &RunMount) -> Result<Option<MountFrom>, 
             }))
         }
         Some(MountSource::Image(image)) => Ok(Some(mount_image_layers(run.build, image)?)),
+        Some(MountSource::NamedContext { name, digest }) => {
+            let tree = super::copy_step::named_tree(run, name)?;
+            Ok(Some(MountFrom {
+                lowers: vec![tree.host_path("")],
+                identity: digest.clone(),
+            }))
+        }
         None => Ok(None),
     }
 }

@@ -113,7 +113,8 @@ fn stage_base(
     deps: &BTreeMap<usize, StageOutput>,
 ) -> Result<StageOutput, SolveError> {
     let (reference, digest) = match &sp.base {
-        BaseSource::Scratch => {
+        // A named context's files come in through the stage's first step.
+        BaseSource::Scratch | BaseSource::NamedContext { .. } => {
             return Ok(StageOutput {
                 layers: Vec::new(),
                 snapshots: Vec::new(),

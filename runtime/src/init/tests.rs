@@ -92,6 +92,17 @@ fn transcript(sys: &mut RecordingSyscalls, cfg: &ContainerConfig) -> (Failure, S
     (failure, text)
 }
 
+/// Each of `expected` is in `text`, after the one before it.
+fn assert_in_order(text: &str, expected: &[&str]) {
+    let mut at = 0;
+    for call in expected {
+        let found = text[at..]
+            .find(call)
+            .unwrap_or_else(|| panic!("{call:?} missing, or out of order:\n{text}"));
+        at += found + call.len();
+    }
+}
+
 fn check_golden(case: &str, actual: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("testdata/plans")
@@ -154,13 +165,7 @@ fn memory_files_go_to_a_private_tmpfs_then_onto_their_targets() {
         "umount /state/memory DETACH",
         "pivot_root . .",
     ];
-    let mut at = 0;
-    for call in expected {
-        let found = text[at..]
-            .find(call)
-            .unwrap_or_else(|| panic!("{call:?} missing, or out of order:\n{text}"));
-        at += found + call.len();
-    }
+    assert_in_order(&text, &expected);
     assert!(!text.contains("s3cret"), "{text}");
     assert!(!text.contains("run/secrets/tok\" }"), "{text}");
     // No memory files: nothing mounted on the memory dir.
@@ -259,13 +264,7 @@ fn tmpfs_shm_rlimits_and_privileged() {
         "rlimit NOFILE 1024 4096",
         "rlimit NPROC 100 200",
     ];
-    let mut at = 0;
-    for call in expected {
-        let found = text[at..]
-            .find(call)
-            .unwrap_or_else(|| panic!("{call:?} missing, or out of order:\n{text}"));
-        at += found + call.len();
-    }
+    assert_in_order(&text, &expected);
     for absent in ["capbset_drop", "set_caps", "seccomp", "rootfs/proc/kcore"] {
         assert!(!text.contains(absent), "{absent}:\n{text}");
     }
