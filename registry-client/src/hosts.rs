@@ -115,13 +115,6 @@ impl RegistryHosts {
         self.hosts.is_empty()
     }
 
-    /// Every host with a table, in order.
-    pub fn hosts(&self) -> impl Iterator<Item = (&str, &HostSettings)> {
-        self.hosts
-            .iter()
-            .map(|(host, settings)| (host.as_str(), settings))
-    }
-
     /// Where a pull of `repository` asks, in order: each mirror of its
     /// registry, then the registry. Never empty; the registry is last.
     pub fn pull_routes(&self, repository: &Repository) -> Vec<Route> {
