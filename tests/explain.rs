@@ -22,13 +22,14 @@ use std::process::Command;
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
 /// `kiln` with `DOCKER_CONFIG` at an empty directory (the host's
-/// `~/.docker/config.json` and its credential helpers take no part) and no
-/// `KILN_LOG` from the environment.
+/// `~/.docker/config.json` and its credential helpers take no part), no
+/// `KILN_LOG` from the environment and no registry configuration file.
 fn kiln_command() -> Command {
     let mut command = Command::new(KILN);
     command
         .env("DOCKER_CONFIG", kiln_testsupport::empty_docker_config())
-        .env_remove("KILN_LOG");
+        .env_remove("KILN_LOG")
+        .env("KILN_REGISTRY_CONFIG", "");
     command
 }
 

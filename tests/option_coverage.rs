@@ -41,6 +41,7 @@ const BUILD_FLAGS: &[(&str, &[&str], &[&str])] = &[
     ("--pull", &["--pull"], &["tests/options.rs::pull_policies"]),
     ("--push", &["--push"], &["tests/build.rs::push_to_a_registry"]),
     ("--quiet", &["-q", "--quiet"], &["tests/options.rs::dry_run_format_file_quiet_and_verbose"]),
+    ("--registry-config", &["--registry-config", "KILN_REGISTRY_CONFIG"], &["tests/registry_mirrors.rs::pull_and_build_get_their_images_through_the_mirror", "tests/registry_mirrors.rs::unknown_keys_and_missing_files_are_refused_by_name", "tests/registry_mirrors.rs::http_true_reaches_a_plain_http_registry_by_name"]),
     ("--registry-speed-limit", &["--registry-speed-limit", "KILN_REGISTRY_SPEED_LIMIT"], &["tests/registry.rs::registry_speed_settings_cut_a_slow_blob"]),
     ("--registry-speed-time", &["--registry-speed-time", "KILN_REGISTRY_SPEED_TIME"], &["tests/registry.rs::registry_speed_settings_cut_a_slow_blob"]),
     ("--registry-timeout", &["--registry-timeout", "KILN_REGISTRY_TIMEOUT"], &["tests/registry.rs::registry_timeout_is_the_deadline_of_a_manifest"]),

@@ -504,6 +504,7 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         network: LazyClient::new(ClientConfig {
             insecure_registries: args.insecure_registries.clone(),
             ca_certs: args.ca_certs.clone(),
+            hosts: global.registry_hosts()?,
             timeouts: global.timeouts.clone(),
             ..ClientConfig::default()
         }),

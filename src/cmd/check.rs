@@ -287,7 +287,7 @@ struct RegistryConfigs {
 
 impl RegistryConfigs {
     fn new(args: &RegistryArgs, settings: &GlobalSettings) -> anyhow::Result<RegistryConfigs> {
-        let client = Client::new(args.client_config(settings))?;
+        let client = Client::new(args.client_config(settings)?)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
