@@ -17,7 +17,13 @@ use settings::{GlobalSettings, TransferArgs};
 
 /// A daemonless image builder and Dockerfile interpreter.
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, about, propagate_version = true)]
+#[command(
+    name = "kiln",
+    version,
+    about,
+    propagate_version = true,
+    max_term_width = 100
+)]
 struct Cli {
     /// Store root (an OCI image layout plus snapshots and cache).
     #[arg(long, global = true, env = "KILN_ROOT", value_name = "DIR")]

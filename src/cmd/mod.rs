@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod check;
+pub mod explain_image;
 pub mod image;
 pub mod info;
 pub mod limits;

@@ -160,11 +160,29 @@ pub fn explain_image(
             digest: subject.digest.clone(),
             base: subject.base.as_ref().map(|b| b.0.clone()),
             base_history_entries: base_entries,
+            given: given_fields(overrides),
             ..Default::default()
         }),
         overridden: container.overridden,
         pid1: Some(pid1.pid1),
     }
+}
+
+/// The command fields the runtime sets, by the runtime's names.
+fn given_fields(ov: &Overrides) -> Vec<String> {
+    let (entrypoint, cmd) = match ov.kind {
+        "kubernetes" => ("command", "args"),
+        "compose" => ("entrypoint", "command"),
+        _ => ("--entrypoint", "arguments"),
+    };
+    let mut given = Vec::new();
+    if ov.entrypoint.is_some() {
+        given.push(entrypoint.to_string());
+    }
+    if ov.cmd.is_some() {
+        given.push(cmd.to_string());
+    }
+    given
 }
 
 fn keys(map: Option<&BTreeMap<String, serde_json::Value>>) -> Vec<String> {
@@ -426,14 +444,11 @@ impl Container {
         self.sources.insert(field.to_string(), source);
     }
 
-    /// `field` no longer has a value: the runtime's `source` cleared it.
+    /// `field` no longer has a value: the runtime's `by` cleared it.
     fn reset(&mut self, field: &str, by: &Source) {
-        let mut source = by.clone();
-        source.created_by = Some(format!("reset by {}", describe_given(by)));
-        source.from = match by.from {
-            "kubernetes" => "kubernetes",
-            "compose" => "compose",
-            _ => "docker_run",
+        let source = Source {
+            from: "reset",
+            ..by.clone()
         };
         self.sources.insert(field.to_string(), source);
     }
@@ -447,15 +462,6 @@ impl Container {
                 image_source: image.sources.get(field).cloned(),
             },
         );
-    }
-}
-
-/// A runtime source in words (`command: pod.yaml line 9`, `--entrypoint ""`).
-fn describe_given(source: &Source) -> String {
-    let what = source.instruction.clone().unwrap_or_default();
-    match (&source.file, source.line) {
-        (Some(file), Some(line)) => format!("{what}: {file} line {line}"),
-        _ => what,
     }
 }
 

@@ -233,6 +233,9 @@ pub struct Subject {
     /// The line the container or service starts on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub line: Option<usize>,
+    /// The command fields the runtime sets (`command`, `args`; Compose's
+    /// `entrypoint`, `command`; docker run's `--entrypoint`, `arguments`).
+    pub given: Vec<String>,
 }
 
 /// An image value the runtime replaced.
@@ -325,6 +328,8 @@ struct Target<'a> {
     config: ContainerConfig,
     history: CommandHistory,
     commands: Commands,
+    /// The image the chain of stages starts from, and its config.
+    base: Option<(String, ContainerConfig)>,
 }
 
 impl<'a> Target<'a> {
@@ -343,12 +348,14 @@ impl<'a> Target<'a> {
         let base = base_image_config(&plan.stages[chain[0]], options, images);
         let history = command_history(df, &chain, &plan.stages, base.as_ref());
         let commands = Commands::new(&config, &history);
+        let base = base.map(|c| (base_label(df, &plan.stages[chain[0]]), c));
         Target {
             df,
             plan,
             config,
             history,
             commands,
+            base,
         }
     }
 }
@@ -471,7 +478,56 @@ fn sources(target: &Target<'_>) -> BTreeMap<String, Source> {
             .entry("workdir".to_string())
             .or_insert_with(default_source);
     }
+    if let Some((image, base)) = &target.base {
+        inherited_sources(&mut sources, config, base, image);
+    }
     sources
+}
+
+/// Labels, exposed ports and volumes no line set that the base image has:
+/// they came with it (the plan records only the base's commands, user,
+/// workdir and env).
+fn inherited_sources(
+    sources: &mut BTreeMap<String, Source>,
+    config: &ContainerConfig,
+    base: &ContainerConfig,
+    image: &str,
+) {
+    let keys = |m: Option<&BTreeMap<String, serde_json::Value>>| -> Vec<String> {
+        m.map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    };
+    let base_labels: Vec<String> = base.labels.iter().flat_map(|l| l.keys().cloned()).collect();
+    let fields = [
+        (
+            "labels",
+            config
+                .labels
+                .iter()
+                .flat_map(|l| l.keys().cloned())
+                .collect::<Vec<_>>(),
+            base_labels,
+        ),
+        (
+            "exposed_ports",
+            keys(config.exposed_ports.as_ref()),
+            keys(base.exposed_ports.as_ref()),
+        ),
+        (
+            "volumes",
+            keys(config.volumes.as_ref()),
+            keys(base.volumes.as_ref()),
+        ),
+    ];
+    for (field, present, inherited) in fields {
+        for key in present.iter().filter(|k| inherited.contains(k)) {
+            sources
+                .entry(format!("{field}.{key}"))
+                .or_insert_with(|| Source {
+                    image: Some(image.to_string()),
+                    ..Source::new("base_image")
+                });
+        }
+    }
 }
 
 /// What `docker run` runs plainly, with arguments (the given ones, else

@@ -250,10 +250,14 @@ impl Walk<'_, '_> {
             "{program} -c '{script}': the shell is {pid} and runs the command as its child; it does not pass SIGTERM on"
         ));
         let source = field.and_then(|f| self.input.sources.get(f));
+        let name = match source {
+            Some(s) if s.file.is_some() => s.instruction.clone(),
+            _ => field.map(str::to_uppercase),
+        };
         let message = if by_init {
             format!("the command runs through `{program} -c`: the init signals the shell, which dies without passing the signal on; the application is killed without a chance to shut down cleanly (`exec` the command)")
         } else {
-            format!("{} runs through `{program} -c`: {program} is PID 1 and does not forward SIGTERM, so a stop waits for its timeout and then kills (use exec form, or `exec` the command)", field.map(str::to_uppercase).unwrap_or_else(|| "the command".into()))
+            format!("{} runs through `{program} -c`: {program} is PID 1 and does not forward SIGTERM, so a stop waits for its timeout and then kills (use exec form, or `exec` the command)", name.unwrap_or_else(|| "the command".into()))
         };
         self.warnings
             .push(warning("ShellFormSignals", message, source));
@@ -341,7 +345,12 @@ impl Walk<'_, '_> {
         }
         End {
             kind: "shell",
-            application: argv.to_vec(),
+            // What the script runs is (usually) its arguments.
+            application: if argv.len() > 1 {
+                argv[1..].to_vec()
+            } else {
+                argv.to_vec()
+            },
             reaches: if traps { "unknown" } else { "no" },
         }
     }
