@@ -56,6 +56,8 @@ enum Command {
     Registry(cmd::registry::RegistryCommand),
     #[command(flatten)]
     Info(cmd::info::InfoCommand),
+    #[command(flatten)]
+    Layers(cmd::layers::LayersCommand),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
         Command::Build(c) => c.run(&settings),
         Command::Registry(c) => c.run(&settings),
         Command::Info(c) => c.run(&settings),
+        Command::Layers(c) => c.run(&settings),
     };
     match result {
         Ok(code) => code,

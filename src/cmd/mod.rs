@@ -6,6 +6,7 @@ pub mod check;
 pub mod explain_image;
 pub mod image;
 pub mod info;
+pub mod layers;
 pub mod limits;
 pub mod parse;
 pub mod plan_view;
