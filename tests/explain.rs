@@ -1094,3 +1094,80 @@ fn import_busybox_as(root: &Path, reference: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Digests change with every import (the tar's file times): the goldens
+/// show them as `sha256:…`.
+fn without_digests(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("sha256:") {
+        out.push_str(&rest[..at + 7]);
+        let hex = rest[at + 7..]
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit())
+            .count();
+        if hex == 64 {
+            out.push('…');
+        }
+        rest = &rest[at + 7 + hex..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Where an image runs, data-driven: each `testdata/explain-runs/<case>/`
+/// has an `image` (as the explain cases), a `pod.yaml` or `compose.yaml`,
+/// `rule.txt` (the documentation paragraph the expected argv follows from)
+/// and `argv.json` (that argv, written by hand from the paragraph);
+/// `expected.json` and `expected.txt` (at 100 columns) are goldens.
+#[test]
+fn explain_runs_cases() {
+    let mut failures = Vec::new();
+    for dir in case_dirs("explain-runs") {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let rule = fs::read_to_string(dir.join("rule.txt")).unwrap_or_default();
+        assert!(rule.trim().len() > 40, "{name}: rule.txt quotes no rule");
+        let store = case_store(&dir);
+        let root = store.path().join("root");
+        let flag = if dir.join("pod.yaml").exists() {
+            ["--pod".to_string(), "pod.yaml".to_string()]
+        } else {
+            ["--compose".to_string(), "compose.yaml".to_string()]
+        };
+        let mut json_args = vec!["explain".to_string()];
+        json_args.extend(flag.iter().cloned());
+        let mut text_args = json_args.clone();
+        json_args.extend(["--format".into(), "json".into()]);
+        text_args.extend(["--width".into(), "100".into()]);
+        let json = without_digests(&run_kiln(&dir, &root, &json_args));
+        let text = without_digests(&run_kiln(&dir, &root, &text_args));
+        let want: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(dir.join("argv.json")).unwrap()).unwrap();
+        match json_output(&json) {
+            Some(got) if got["argv"] == want => {
+                for field in [
+                    "argv",
+                    "entrypoint",
+                    "cmd",
+                    "user",
+                    "workdir",
+                    "env",
+                    "sources",
+                    "warnings",
+                    "pid1",
+                ] {
+                    if got.get(field).is_none() {
+                        failures.push(format!("{name}: no {field} in the JSON"));
+                    }
+                }
+            }
+            _ => failures.push(format!("{name}: argv should be {want}:\n{json}")),
+        }
+        if let Some(long) = text.lines().find(|l| l.chars().count() > 100) {
+            failures.push(format!("{name}: a line over 100 columns: {long}"));
+        }
+        failures.extend(compare(&dir.join("expected.json"), &json));
+        failures.extend(compare(&dir.join("expected.txt"), &text));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
