@@ -321,11 +321,99 @@ fn explain_matches_built_config() {
                     ));
                 }
             }
+            let by_image = ["explain", "--image", &tag, "--format", "json"].map(String::from);
+            match json_output(&run_kiln(&dir, &root, &by_image)) {
+                Some(image) => failures.extend(compare_image_explain(
+                    &file.display().to_string(),
+                    &explained,
+                    &image,
+                )),
+                None => failures.push(format!(
+                    "{}: kiln explain --image {tag} failed",
+                    file.display()
+                )),
+            }
         }
     }
     eprintln!("{built} images built and compared");
     assert!(built >= 10, "only {built} cases built");
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// The fields that must agree between the explanation of a Dockerfile and
+/// that of the image built from it.
+const SAME_FIELDS: &[&str] = &["argv", "entrypoint", "cmd", "user", "workdir", "env"];
+
+/// What a Dockerfile source kind becomes when read from the built image's
+/// history: a line (or an ONBUILD trigger, or a stage's line) is a history
+/// entry; the rest keep their kind.
+fn history_kind(from: &str) -> &str {
+    match from {
+        "line" | "onbuild" | "stage" => "history",
+        other => other,
+    }
+}
+
+/// Compares `kiln explain --image TAG` with the Dockerfile's explanation:
+/// the same argv, entrypoint, cmd, user, workdir and env, and each of
+/// their sources mapped to the history: a line to the history entry of
+/// the same instruction, a base image's value to the base image.
+fn compare_image_explain(
+    name: &str,
+    explained: &serde_json::Value,
+    image: &serde_json::Value,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    for field in SAME_FIELDS {
+        let (want, got) = (
+            command_value(&explained[field]),
+            command_value(&image[field]),
+        );
+        if want != got {
+            failures.push(format!(
+                "{name}: {field}: the Dockerfile's explain says {want}, the image's {got}"
+            ));
+        }
+    }
+    let Some(sources) = explained["sources"].as_object() else {
+        return vec![format!("{name}: no sources")];
+    };
+    for (key, source) in sources {
+        let compared = ["entrypoint", "cmd", "user", "workdir"].contains(&key.as_str())
+            || key.starts_with("env.");
+        if !compared {
+            continue;
+        }
+        let want = history_kind(source["from"].as_str().unwrap_or(""));
+        let got = &image["sources"][key];
+        // A line of another stage is a base image's when that stage was
+        // built and tagged in the same store (the image starts with it).
+        let other_stage_built = !source["stage"].is_null() && got["from"] == "base_image";
+        if got["from"].as_str() != Some(want) && !other_stage_built {
+            failures.push(format!(
+                "{name}: source of {key}: the Dockerfile's {source}, the image's {got}"
+            ));
+            continue;
+        }
+        // A line's instruction is the history entry's.
+        if source["from"] == "line" && !other_stage_built {
+            let keyword = |v: &serde_json::Value| {
+                v.as_str()
+                    .and_then(|t| t.split_whitespace().next())
+                    .map(str::to_ascii_uppercase)
+            };
+            let (a, b) = (
+                keyword(&source["instruction"]),
+                keyword(&got["instruction"]),
+            );
+            if a != b {
+                failures.push(format!(
+                    "{name}: source of {key}: line {source} but history entry {got}"
+                ));
+            }
+        }
+    }
+    failures
 }
 
 /// Imports kiln-testsupport's busybox root filesystem into the store at
@@ -908,6 +996,12 @@ fn explain_matches_build_for_other_testdata() {
             continue;
         };
         compared.push(name.clone());
+        let mut by_image: Vec<String> = vec!["explain".into(), "--image".into(), tag.clone()];
+        by_image.extend(["--format".into(), "json".into()]);
+        match json_output(&kiln(dir, &by_image)) {
+            Some(image) => failures.extend(compare_image_explain(&name, &explained, &image)),
+            None => failures.push(format!("{name}: kiln explain --image {tag} failed")),
+        }
         let config = &image[0]["Config"]["config"];
         for (ours, theirs) in [("entrypoint", "Entrypoint"), ("cmd", "Cmd")] {
             let want = command_value(&config[theirs]);

@@ -44,9 +44,18 @@ pub struct ImageSubject<'a> {
     pub reference: String,
     pub digest: Option<String>,
     pub config: &'a ImageConfig,
-    /// The image it was built on (see [`find_base`]) and how many of its
-    /// history entries came with it.
-    pub base: Option<(String, usize)>,
+    /// The image it was built on (see [`find_base`]).
+    pub base: Option<BaseImage>,
+}
+
+/// The image an image was built on, as found in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseImage {
+    pub name: String,
+    /// How many history entries came with it.
+    pub history_entries: usize,
+    /// Its CMD (what an ENTRYPOINT after it reset).
+    pub cmd: Option<Vec<String>>,
 }
 
 impl<'a> ImageSubject<'a> {
@@ -65,12 +74,8 @@ impl<'a> ImageSubject<'a> {
 /// the most history entries whose layers and history this image's start
 /// with (and that is not the image itself). Its name, and the number of
 /// history entries it has.
-pub fn find_base(
-    store: &Store,
-    config: &ImageConfig,
-    platform: &Platform,
-) -> Option<(String, usize)> {
-    let mut best: Option<(String, usize)> = None;
+pub fn find_base(store: &Store, config: &ImageConfig, platform: &Platform) -> Option<BaseImage> {
+    let mut best: Option<BaseImage> = None;
     for tagged in store.list().ok()? {
         let Ok(image) = store.read_image(&tagged.descriptor, platform) else {
             continue;
@@ -81,13 +86,19 @@ pub fn find_base(
             && layers.len() <= config.rootfs.diff_ids.len()
             && config.rootfs.diff_ids.starts_with(layers)
             && config.history.starts_with(&base.history);
-        let longer = best.as_ref().is_none_or(|(_, n)| base.history.len() > *n);
+        let longer = best
+            .as_ref()
+            .is_none_or(|b| base.history.len() > b.history_entries);
         if is_prefix && longer && !base.history.is_empty() {
             let name = tagged
                 .reference
                 .map(|r| r.familiar())
                 .unwrap_or(tagged.name);
-            best = Some((name, base.history.len()));
+            best = Some(BaseImage {
+                name,
+                history_entries: base.history.len(),
+                cmd: base.config.as_ref().and_then(|c| c.cmd.clone()),
+            });
         }
     }
     best
@@ -101,7 +112,11 @@ pub fn explain_image(
     files: Option<&dyn ImageFiles>,
 ) -> Explanation {
     let config = subject.config.config.clone().unwrap_or_default();
-    let base_entries = subject.base.as_ref().map(|b| b.1).unwrap_or(0);
+    let base_entries = subject
+        .base
+        .as_ref()
+        .map(|b| b.history_entries)
+        .unwrap_or(0);
     let history = ImageHistory::new(&subject.config.history, base_entries);
     let image = ImageView::new(&config, &history, subject);
     let container = Container::new(&image, overrides);
@@ -132,7 +147,7 @@ pub fn explain_image(
         base: subject
             .base
             .as_ref()
-            .map(|b| b.0.clone())
+            .map(|b| b.name.clone())
             .unwrap_or_else(|| "-".to_string()),
         entrypoint: container.entrypoint.clone(),
         cmd: container.cmd.clone(),
@@ -158,7 +173,7 @@ pub fn explain_image(
             },
             image: subject.reference.clone(),
             digest: subject.digest.clone(),
-            base: subject.base.as_ref().map(|b| b.0.clone()),
+            base: subject.base.as_ref().map(|b| b.name.clone()),
             base_history_entries: base_entries,
             given: given_fields(overrides),
             ..Default::default()
@@ -193,6 +208,7 @@ fn keys(map: Option<&BTreeMap<String, serde_json::Value>>) -> Vec<String> {
 struct ImageView<'a> {
     config: &'a ContainerConfig,
     history: &'a ImageHistory,
+    base: Option<&'a BaseImage>,
     commands: Commands,
     sources: BTreeMap<String, Source>,
 }
@@ -201,14 +217,15 @@ impl<'a> ImageView<'a> {
     fn new(
         config: &'a ContainerConfig,
         history: &'a ImageHistory,
-        subject: &ImageSubject<'_>,
+        subject: &'a ImageSubject<'_>,
     ) -> ImageView<'a> {
         let commands = Commands::new(config, &CommandHistory::default());
-        let base = subject.base.as_ref().map(|b| b.0.as_str());
+        let base = subject.base.as_ref();
         let sources = image_sources(config, history, base, commands.cmd.is_none());
         ImageView {
             config,
             history,
+            base: subject.base.as_ref(),
             commands,
             sources,
         }
@@ -219,16 +236,17 @@ impl<'a> ImageView<'a> {
 fn image_sources(
     config: &ContainerConfig,
     history: &ImageHistory,
-    base: Option<&str>,
+    base_image: Option<&BaseImage>,
     no_cmd: bool,
 ) -> BTreeMap<String, Source> {
+    let base = base_image.map(|b| b.name.as_str());
     let mut fields: Vec<(String, bool)> = Vec::new();
-    let set = |v: Option<&Vec<String>>| v.is_some_and(|v| !v.is_empty());
     let mut push = |name: String, is_default: bool| fields.push((name, is_default));
-    if set(config.entrypoint.as_ref()) {
+    // An empty ENTRYPOINT (`ENTRYPOINT []`) was still set by an entry.
+    if config.entrypoint.is_some() {
         push("entrypoint".into(), false);
     }
-    if set(config.cmd.as_ref()) {
+    if config.cmd.as_ref().is_some_and(|c| !c.is_empty()) {
         push("cmd".into(), false);
     }
     push(
@@ -268,13 +286,37 @@ fn image_sources(
         })
         .collect();
     if no_cmd {
-        if let Some((entry, _)) = history.cmd_reset() {
+        if let Some((entry, _)) = cmd_reset(history, base_image) {
             let mut source = entry_source(history, entry, base);
             source.from = "reset";
             sources.insert("cmd".into(), source);
         }
     }
     sources
+}
+
+/// The ENTRYPOINT entry (after the base) that reset the CMD in effect
+/// before it (the last CMD entry after the base, else the base image's
+/// CMD; with no base known, the last CMD entry), and that CMD.
+fn cmd_reset<'h>(
+    history: &'h ImageHistory,
+    base: Option<&BaseImage>,
+) -> Option<(&'h Entry, Vec<String>)> {
+    let entrypoint = history.setter("entrypoint")?;
+    if history.in_base(entrypoint.index) {
+        return None;
+    }
+    let cmd_entry = history.setter("cmd").filter(|c| c.index < entrypoint.index);
+    let from_entry = |c: &Entry| (entrypoint, c.command().unwrap_or_default());
+    match (cmd_entry, base) {
+        (Some(c), _) if !history.in_base(c.index) => Some(from_entry(c)),
+        (c, None) => c.map(from_entry),
+        (_, Some(b)) => b
+            .cmd
+            .clone()
+            .filter(|c| !c.is_empty())
+            .map(|cmd| (entrypoint, cmd)),
+    }
 }
 
 /// The last history entry that set `field`; else BuildKit's default (for a
@@ -286,6 +328,8 @@ fn field_source(
     is_default: bool,
     base: Option<&str>,
 ) -> Source {
+    // Only the ENTRYPOINT entry clears the CMD: an entry that set neither
+    // is no source of an empty command.
     if let Some(entry) = history.setter(field) {
         return entry_source(history, entry, base);
     }
@@ -362,8 +406,6 @@ impl Container {
             self.cmd = None;
             self.entrypoint_origin = RunOrigin::Unset;
             self.cmd_origin = RunOrigin::Unset;
-            self.sources.remove("entrypoint");
-            self.sources.remove("cmd");
             return;
         };
         self.argv = Some(run.argv());
@@ -471,22 +513,21 @@ fn image_warnings(image: &ImageView<'_>, container: &Container) -> Vec<Warning> 
     let mut warnings = Vec::new();
     let uses_image_cmd = container.cmd_origin == RunOrigin::Image;
     let uses_image_entrypoint = container.entrypoint_origin == RunOrigin::Image;
-    if let (Some((entry, dropped)), true) =
-        (image.history.cmd_reset(), image.commands.cmd.is_none())
-    {
-        if !image.history.in_base(entry.index) || image.history.base_entries == 0 {
-            warnings.push(Warning {
-                code: "EntrypointResetsCmd",
-                message: format!(
-                    "ENTRYPOINT (history entry {}: {}) resets the inherited CMD {}: the image has no CMD unless a CMD follows the ENTRYPOINT",
-                    entry.index,
-                    entry.text,
-                    json_list(&dropped.unwrap_or_default())
-                ),
-                history: Some(entry.index),
-                ..Default::default()
-            });
-        }
+    if let (Some((entry, dropped)), true) = (
+        cmd_reset(image.history, image.base),
+        image.commands.cmd.is_none(),
+    ) {
+        warnings.push(Warning {
+            code: "EntrypointResetsCmd",
+            message: format!(
+                "ENTRYPOINT (history entry {}: {}) resets the inherited CMD {}: the image has no CMD unless a CMD follows the ENTRYPOINT",
+                entry.index,
+                entry.text,
+                json_list(&dropped)
+            ),
+            history: Some(entry.index),
+            ..Default::default()
+        });
     }
     let commands = &image.commands;
     for (field, value, form, used) in [
@@ -607,7 +648,11 @@ mod tests {
             ],
         );
         let mut subject = ImageSubject::new("x", &config);
-        subject.base = Some(("base:1".into(), 2));
+        subject.base = Some(BaseImage {
+            name: "base:1".into(),
+            history_entries: 2,
+            cmd: None,
+        });
         let e = explain_image(&subject, &Overrides::docker_run(), None);
         assert_eq!(e.argv.unwrap(), ["/app"]);
         assert_eq!(e.sources["entrypoint"].history, Some(3));
