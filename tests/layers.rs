@@ -124,7 +124,8 @@ fn wasted_bytes_and_file_lists_are_exact() {
     for (limit, passes) in [
         ("1010".to_string(), true),
         ("1009".to_string(), false),
-        ("1KiB".to_string(), false),
+        ("1kB".to_string(), false),
+        ("1KiB".to_string(), true),
         (format!("{}%", percent + 0.01), true),
         (format!("{}%", percent - 0.01), false),
     ] {

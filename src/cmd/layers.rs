@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Read;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -112,21 +111,14 @@ fn open_image(
     Ok((store, image))
 }
 
-/// The uncompressed size of each layer, bottom first.
+/// The bytes of the files in each layer, bottom first (as `kiln layers`
+/// counts them; Docker shows the size of the layer's directory).
 fn layer_sizes(store: &Store, image: &Image, query: &str) -> anyhow::Result<Vec<u64>> {
-    let mut sizes = Vec::new();
-    for desc in &image.manifest.layers {
-        let plain = !(desc.media_type.contains("gzip") || desc.media_type.contains("zstd"));
-        if plain {
-            sizes.push(desc.size);
-            continue;
-        }
-        let what = || format!("image {query}: layer {}", desc.digest);
-        let blob = store.open_blob(&desc.digest).with_context(what)?;
-        let mut reader = kiln_layers::compress::decompress(blob).with_context(what)?;
-        sizes.push(std::io::copy(&mut reader.by_ref(), &mut std::io::sink()).with_context(what)?);
-    }
-    Ok(sizes)
+    let layers = read_image_layers(store, image, query)?;
+    Ok(layers
+        .iter()
+        .map(|(_, l)| l.entries.iter().map(|e| e.size).sum())
+        .collect())
 }
 
 fn history(args: &HistoryArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
