@@ -1265,3 +1265,176 @@ fn explain_runs_cases() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// `--width` fits the text to its columns (values cut, full in JSON);
+/// without it (and without a terminal) a long CMD makes a long line.
+/// `kiln explain --help` fits 100 columns and shows an example per question.
+#[test]
+fn explain_width_and_help() {
+    let work = tempfile::tempdir().unwrap();
+    let long = "x".repeat(300);
+    fs::write(
+        work.path().join("Dockerfile"),
+        format!("FROM scratch\nLABEL description=\"{long}\"\nCMD [\"/app\", \"{long}\"]\n"),
+    )
+    .unwrap();
+    let root = work.path().join("store");
+    let wide = run_kiln(work.path(), &root, &["explain".into()]);
+    assert!(wide.lines().any(|l| l.chars().count() > 300), "{wide}");
+    let narrow = run_kiln(
+        work.path(),
+        &root,
+        &["explain".into(), "--width".into(), "100".into()],
+    );
+    assert!(narrow.ends_with("exit: 0\n"), "{narrow}");
+    for line in narrow.lines() {
+        assert!(line.chars().count() <= 100, "over 100 columns: {line}");
+    }
+    assert!(narrow.contains('…'), "{narrow}");
+    let json = run_kiln(
+        work.path(),
+        &root,
+        &[
+            "explain".into(),
+            "--width".into(),
+            "100".into(),
+            "--format".into(),
+            "json".into(),
+        ],
+    );
+    let json = json_output(&json).unwrap();
+    assert_eq!(json["cmd"][1].as_str().unwrap(), long);
+
+    let help = kiln_command().args(["explain", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for line in help.lines() {
+        assert!(line.chars().count() <= 100, "help over 100 columns: {line}");
+    }
+    for example in [
+        "kiln explain . --",
+        "--image",
+        "--pod",
+        "--compose",
+        "kiln layers",
+        "kiln history",
+    ] {
+        assert!(help.contains(example), "no {example} example in:\n{help}");
+    }
+}
+
+/// PID 1 in a store image: an entrypoint script that `exec`s its
+/// arguments hands PID 1 to them; one that does not stays PID 1 and earns
+/// a warning; `--init` puts docker-init first. Several containers or
+/// services need `--container`/`--service`.
+#[test]
+fn explain_pid1_and_selection() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("store");
+    import_busybox(work.path(), &root, &["busybox:pid1"], &[]);
+    let kiln = |args: &[&str]| {
+        run_kiln(
+            work.path(),
+            &root,
+            &args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        )
+    };
+    for (tag, script) in [
+        ("execs", "#!/bin/sh\necho start\nexec \"$@\"\n"),
+        ("waits", "#!/bin/sh\necho start\n\"$@\"\n"),
+    ] {
+        let dir = work.path().join(tag);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("entry.sh"), script).unwrap();
+        fs::write(
+            dir.join("Dockerfile"),
+            "FROM busybox:pid1\nCOPY entry.sh /usr/local/bin/entry.sh\nENTRYPOINT [\"entry.sh\"]\nCMD [\"/bin/sleep\", \"100\"]\n",
+        )
+        .unwrap();
+        let out = run_kiln(
+            &dir,
+            &root,
+            &[
+                "build".into(),
+                "-q".into(),
+                "-t".into(),
+                format!("pid1:{tag}"),
+                ".".into(),
+            ],
+        );
+        assert!(out.ends_with("exit: 0\n"), "{out}");
+    }
+    let pid1 = |args: &[&str]| json_output(&kiln(args)).unwrap();
+    let execs = pid1(&["explain", "--image", "pid1:execs", "--format", "json"]);
+    assert_eq!(execs["pid1"]["kind"], "application", "{execs:#}");
+    assert_eq!(execs["pid1"]["signal_reaches_application"], "yes");
+    assert!(execs["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|w| w["code"] != "ScriptDoesNotExec"));
+    let waits = pid1(&["explain", "--image", "pid1:waits", "--format", "json"]);
+    assert_eq!(waits["pid1"]["kind"], "shell", "{waits:#}");
+    assert_eq!(waits["pid1"]["signal_reaches_application"], "no");
+    let warning = waits["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["code"] == "ScriptDoesNotExec")
+        .expect("a warning for the script");
+    assert_eq!(
+        warning["history"],
+        waits["sources"]["entrypoint"]["history"]
+    );
+    let init = pid1(&[
+        "explain",
+        "--image",
+        "pid1:waits",
+        "--init",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(init["pid1"]["kind"], "init");
+    assert_eq!(init["pid1"]["process"][0], "/sbin/docker-init");
+    assert_eq!(waits["pid1"]["process"][0], "entry.sh");
+
+    fs::write(
+        work.path().join("pod.yaml"),
+        "kind: Pod\nmetadata: {name: two}\nspec:\n  containers:\n  - name: a\n    image: pid1:execs\n  - name: b\n    image: pid1:waits\n    args: [\"/bin/true\"]\n",
+    )
+    .unwrap();
+    let out = kiln(&["explain", "--pod", "pod.yaml"]);
+    assert!(
+        out.contains("several containers") && out.ends_with("exit: 1\n"),
+        "{out}"
+    );
+    let b = pid1(&[
+        "explain",
+        "--pod",
+        "pod.yaml",
+        "--container",
+        "b",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(b["argv"], serde_json::json!(["entry.sh", "/bin/true"]));
+    fs::write(
+        work.path().join("compose.yaml"),
+        "services:\n  a:\n    image: pid1:execs\n  b:\n    image: pid1:waits\n    command: /bin/true\n",
+    )
+    .unwrap();
+    let out = kiln(&["explain", "--compose", "compose.yaml"]);
+    assert!(
+        out.contains("several services") && out.ends_with("exit: 1\n"),
+        "{out}"
+    );
+    let b = pid1(&[
+        "explain",
+        "--compose",
+        "compose.yaml",
+        "--service",
+        "b",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(b["argv"], serde_json::json!(["entry.sh", "/bin/true"]));
+}

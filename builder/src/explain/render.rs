@@ -74,7 +74,7 @@ pub fn text(e: &Explanation, invocation: &str) -> String {
 /// JSON has every value in full).
 pub fn text_width(e: &Explanation, invocation: &str, width: Option<usize>) -> String {
     let mut out = String::new();
-    write_answer(&mut out, e, invocation);
+    write_answer(&mut out, e, invocation, width);
     let _ = writeln!(out);
     write_settings(&mut out, e, width);
     write_collections(&mut out, e, width);
@@ -180,12 +180,12 @@ fn write_rows(out: &mut String, rows: &[(String, String, String)], width: Option
 }
 
 /// What was explained, and what `invocation` (or the runtime) runs.
-fn write_answer(out: &mut String, e: &Explanation, invocation: &str) {
+fn write_answer(out: &mut String, e: &Explanation, invocation: &str, width: Option<usize>) {
     let Some(subject) = &e.subject else {
         let _ = writeln!(out, "target stage: {} (FROM {})", e.target, e.base);
         let _ = writeln!(out);
         let _ = writeln!(out, "{invocation} runs:");
-        write_argv(out, e);
+        write_argv(out, e, width);
         return;
     };
     let digest = subject
@@ -234,13 +234,14 @@ fn write_answer(out: &mut String, e: &Explanation, invocation: &str) {
             let _ = writeln!(out, "{invocation} runs:");
         }
     }
-    write_argv(out, e);
+    write_argv(out, e, width);
 }
 
-fn write_argv(out: &mut String, e: &Explanation) {
+fn write_argv(out: &mut String, e: &Explanation, width: Option<usize>) {
     match &e.argv {
         Some(argv) => {
-            let _ = writeln!(out, "  {}", list(Some(argv)));
+            let line = format!("  {}", list(Some(argv)));
+            let _ = writeln!(out, "{}", width.map(|w| cut(&line, w)).unwrap_or(line));
         }
         None => {
             let _ = writeln!(
