@@ -651,7 +651,8 @@ mod tests {
         subject.base = Some(BaseImage {
             name: "base:1".into(),
             history_entries: 2,
-            cmd: None,
+            // The base's CMD, set by its entry 1, is what entry 3 resets.
+            cmd: Some(vec!["sh".into()]),
         });
         let e = explain_image(&subject, &Overrides::docker_run(), None);
         assert_eq!(e.argv.unwrap(), ["/app"]);
