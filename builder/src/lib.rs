@@ -34,6 +34,7 @@ pub mod frontend;
 pub mod git;
 pub mod gomatch;
 pub mod image;
+pub mod image_layers;
 pub mod lint;
 pub mod modes;
 pub mod plan;
