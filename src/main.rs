@@ -1,5 +1,5 @@
 //! The `kiln` command line.
-
+#![forbid(unsafe_code)]
 // The doc comments on clap's arguments are the `--help` text: `host[:port]`
 // there is meant literally, not as a rustdoc link.
 #![allow(rustdoc::broken_intra_doc_links)]
@@ -17,7 +17,13 @@ use settings::{GlobalSettings, TransferArgs};
 
 /// A daemonless image builder and Dockerfile interpreter.
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, about, propagate_version = true)]
+#[command(
+    name = "kiln",
+    version,
+    about,
+    propagate_version = true,
+    max_term_width = 100
+)]
 struct Cli {
     /// Store root (an OCI image layout plus snapshots and cache).
     #[arg(long, global = true, env = "KILN_ROOT", value_name = "DIR")]
@@ -51,6 +57,8 @@ enum Command {
     #[command(flatten)]
     Info(cmd::info::InfoCommand),
     #[command(flatten)]
+    Layers(cmd::layers::LayersCommand),
+    #[command(flatten)]
     System(cmd::system::SystemCommand),
 }
 
@@ -72,11 +80,14 @@ fn main() -> ExitCode {
         Command::Build(c) => c.run(&settings),
         Command::Registry(c) => c.run(&settings),
         Command::Info(c) => c.run(&settings),
+        Command::Layers(c) => c.run(&settings),
         Command::System(c) => c.run(&settings),
     };
     match result {
         Ok(code) => code,
-        Err(err) if is_broken_pipe(&err) && stdout_is_closed() => die_of_sigpipe(),
+        Err(err) if is_broken_pipe(&err) && kiln_runtime::sys::stdout_is_closed() => {
+            kiln_runtime::sys::die_of_sigpipe()
+        }
         Err(err) => {
             eprintln!("error: {}", error_text(&err));
             ExitCode::FAILURE
@@ -100,8 +111,9 @@ fn quiet_when_stdout_closes() {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("");
-        if message.starts_with("failed printing to stdout") && stdout_is_closed() {
-            die_of_sigpipe();
+        if message.starts_with("failed printing to stdout") && kiln_runtime::sys::stdout_is_closed()
+        {
+            kiln_runtime::sys::die_of_sigpipe();
         }
         default_hook(info);
     }));
@@ -113,30 +125,6 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
             .downcast_ref::<std::io::Error>()
             .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
     })
-}
-
-/// Whether stdout is a pipe (or socket) whose reading end is closed.
-fn stdout_is_closed() -> bool {
-    let mut fd = libc::pollfd {
-        fd: libc::STDOUT_FILENO,
-        events: 0,
-        revents: 0,
-    };
-    // SAFETY: one pollfd we own, a zero timeout.
-    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
-    ready == 1 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
-}
-
-/// Ends the process by SIGPIPE, as the default action would have.
-fn die_of_sigpipe() -> ! {
-    // SAFETY: setting a signal's action to the default and raising it take
-    // no pointers; the default action of SIGPIPE ends the process.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        libc::raise(libc::SIGPIPE);
-    }
-    // Only if SIGPIPE is blocked in this thread.
-    std::process::exit(128 + libc::SIGPIPE)
 }
 
 /// An error and its causes on one line, `a: b: c`, as `{:#}` joins them,

@@ -106,22 +106,6 @@ fn normalize_digests(line: &str) -> String {
     out
 }
 
-/// Compares with the golden file, or writes it with `KILN_BLESS=1`.
-fn check_golden(path: &Path, actual: &str) -> Option<String> {
-    if std::env::var_os("KILN_BLESS").is_some_and(|v| v == "1") {
-        std::fs::write(path, actual).unwrap();
-        return None;
-    }
-    let expected = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with KILN_BLESS=1 to create)", path.display()));
-    (expected != actual).then(|| {
-        format!(
-            "{}: golden mismatch\n--- expected\n{expected}--- actual\n{actual}",
-            path.display()
-        )
-    })
-}
-
 #[test]
 fn progress_plain_snapshots() {
     let fixture = Fixture::new();
@@ -158,7 +142,7 @@ fn progress_plain_snapshots() {
             ),
             ("status", status),
         ] {
-            failures.extend(check_golden(&case.join(name), &actual));
+            failures.extend(kiln_testsupport::golden::compare(&case.join(name), &actual));
         }
         if first.status.success() {
             // Not a terminal: the image id alone on stdout.
@@ -935,6 +919,131 @@ fn push_to_a_registry() {
     assert_eq!(config_of(other.path(), &zstd_ref), built);
 }
 
+/// `--output type=registry,name=…` pushes under that name (no `-t`
+/// needed), as does `type=image,name=…,push=true`; what is pulled back is
+/// the image built.
+#[test]
+fn registry_and_image_outputs_push() {
+    let registry = kiln_testsupport::RegistryServer::start_plain().unwrap();
+    let fixture = Fixture::new();
+    let ctx = context(&[("Dockerfile", "FROM busybox\nRUN echo out > /o\n")]);
+    let by_registry = format!("{}/test/out:registry", registry.host);
+    let by_image = format!("{}/test/out:image", registry.host);
+    for output in [
+        format!("type=registry,name={by_registry}"),
+        format!("type=image,name={by_image},push=true"),
+    ] {
+        ok(&fixture.build(&[
+            "--output",
+            &output,
+            "--insecure-registry",
+            &registry.host,
+            ctx.path().to_str().unwrap(),
+        ]));
+    }
+    let other = tempfile::tempdir().unwrap();
+    for reference in [&by_registry, &by_image] {
+        kiln_ok(
+            other.path(),
+            &["pull", "--insecure-registry", &registry.host, reference],
+        );
+        assert_eq!(
+            config_of(other.path(), reference),
+            config_of(&fixture.root(), reference)
+        );
+    }
+    // type=image without push stays in the store: the registry has no such tag.
+    let local_only = format!("{}/test/out:local", registry.host);
+    ok(&fixture.build(&[
+        "--output",
+        &format!("type=image,name={local_only}"),
+        ctx.path().to_str().unwrap(),
+    ]));
+    let out = kiln(
+        other.path(),
+        &["pull", "--insecure-registry", &registry.host, &local_only],
+    );
+    assert!(!out.status.success());
+}
+
+/// A base made by docker's legacy builder carries fields BuildKit's image
+/// type does not have (`container_config`, `docker_version`,
+/// `Config.Hostname`, `Config.Image`, `Config.Attach*`): an image built on
+/// it has none of them, and keeps what BuildKit keeps.
+#[test]
+fn legacy_builder_fields_do_not_carry_over() {
+    let fixture = Fixture::new();
+    let work = fixture.dir.path().join("legacy");
+    std::fs::create_dir_all(&work).unwrap();
+    let layer = fixture.dir.path().join("busybox.tar");
+    std::fs::copy(&layer, work.join("layer.tar")).unwrap();
+    let diff_id = kiln_testsupport::image::digest_of(&std::fs::read(&layer).unwrap());
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "docker_version": "20.10.7",
+        "container": "3f1c0a1b",
+        "container_config": {"Hostname": "3f1c0a1b", "Cmd": ["/bin/sh", "-c", "#(nop) CMD"]},
+        "config": {
+            "Hostname": "3f1c0a1b",
+            "Domainname": "",
+            "User": "",
+            "AttachStdin": false,
+            "AttachStdout": false,
+            "AttachStderr": false,
+            "Tty": false,
+            "OpenStdin": false,
+            "Image": "sha256:0123",
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": ["sh"],
+            "Labels": {"from": "legacy"}
+        },
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created_by": "/bin/sh -c #(nop) ADD file"}]
+    });
+    std::fs::write(work.join("config.json"), config.to_string()).unwrap();
+    let manifest = serde_json::json!([{
+        "Config": "config.json",
+        "RepoTags": ["legacy:1"],
+        "Layers": ["layer.tar"]
+    }]);
+    std::fs::write(work.join("manifest.json"), manifest.to_string()).unwrap();
+    let archive = fixture.dir.path().join("legacy.tar");
+    common::run_ok(
+        std::process::Command::new("tar")
+            .arg("-cf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&work)
+            .args(["manifest.json", "config.json", "layer.tar"]),
+    );
+    kiln_ok(&fixture.root(), &["load", "-i", archive.to_str().unwrap()]);
+    let base = config_of(&fixture.root(), "legacy:1");
+    assert_eq!(base["docker_version"], "20.10.7", "{base}");
+
+    let ctx = context(&[("Dockerfile", "FROM legacy:1\nRUN echo x > /x\n")]);
+    ok(&fixture.build(&["-t", "on-legacy:1", ctx.path().to_str().unwrap()]));
+    let built = config_of(&fixture.root(), "on-legacy:1");
+    for gone in ["docker_version", "container", "container_config"] {
+        assert!(built.get(gone).is_none(), "{gone}: {built}");
+    }
+    let c = &built["config"];
+    for gone in [
+        "Hostname",
+        "Domainname",
+        "AttachStdin",
+        "AttachStdout",
+        "AttachStderr",
+        "Tty",
+        "OpenStdin",
+        "Image",
+    ] {
+        assert!(c.get(gone).is_none(), "{gone}: {c}");
+    }
+    assert_eq!(c["Cmd"], serde_json::json!(["sh"]));
+    assert_eq!(c["Labels"]["from"], "legacy");
+}
+
 #[test]
 fn independent_stages_run_at_the_same_time() {
     let fixture = Fixture::new();
@@ -1093,13 +1202,21 @@ fn prune_waits_for_a_running_build() {
     assert_eq!(config["history"].as_array().unwrap().len(), 2);
 }
 
+/// `COPY --link` and `ADD --link`: the layer is made apart from the base,
+/// so a base's symlink on the destination path is replaced, not followed.
 #[test]
 fn copy_link_does_not_follow_symlinks_of_the_base() {
+    for instruction in ["COPY", "ADD"] {
+        link_case(instruction);
+    }
+}
+
+fn link_case(instruction: &str) {
     let fixture = Fixture::new();
     let dockerfile = |link: &str| {
         format!(
             "FROM busybox\nRUN mkdir -p /opt/real && ln -s /opt/real /opt/link && mkdir -m 700 /private\n\
-             COPY {link} a.txt /opt/link/\nCOPY {link} a.txt /private/sub/\n"
+             {instruction} {link} a.txt /opt/link/\n{instruction} {link} a.txt /private/sub/\n"
         )
     };
     let build = |link: &str| {
@@ -1120,7 +1237,7 @@ fn copy_link_does_not_follow_symlinks_of_the_base() {
     // --link: the destination is a real directory; the base's target is untouched.
     let linked = build("--link");
     let link = std::fs::symlink_metadata(linked.path().join("opt/link")).unwrap();
-    assert!(link.is_dir(), "{link:?}");
+    assert!(link.is_dir(), "{instruction}: {link:?}");
     assert_eq!(
         std::fs::read_to_string(linked.path().join("opt/link/a.txt")).unwrap(),
         "a\n"
@@ -1406,4 +1523,60 @@ fn add_url_names_the_file_from_the_url_not_content_disposition() {
         assert_eq!(body, format!("body of /dl/{name}"));
     }
     assert!(!out.path().join("etc/evil.txt").exists());
+}
+
+/// A build runs BuildKit's checks over its own walk: findings are warnings
+/// in the progress output and the metadata file; `# check=error=true` (or
+/// the `BUILDKIT_DOCKERFILE_CHECK` build arg) fails the build, naming the
+/// rules, before anything runs; `skip=` silences a rule.
+#[test]
+fn build_checks_warn_fail_and_reach_the_metadata_file() {
+    let fixture = Fixture::new();
+    // JSONArgsRecommended (line 3) and a lower-case `as` (FromAsCasing).
+    let dockerfile = "FROM busybox:latest as base\nRUN touch /ran\nCMD echo hi\n";
+    let ctx = context(&[("Dockerfile", dockerfile)]);
+    let dir = ctx.path().to_str().unwrap();
+    let meta = ctx.path().join("meta.json");
+    let out = fixture.build(&["--metadata-file", meta.to_str().unwrap(), dir]);
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Dockerfile:3: JSONArgsRecommended: JSON arguments recommended for CMD"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Dockerfile:1: FromAsCasing"), "{stderr}");
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    let rules: Vec<&str> = meta["buildx.build.warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["FromAsCasing", "JSONArgsRecommended"]);
+
+    // error=true: the build fails before any step runs.
+    let strict = context(&[(
+        "Dockerfile",
+        &format!(
+            "# check=error=true\n{}",
+            dockerfile.replace("/ran", "/strict")
+        ),
+    )]);
+    let out = fixture.build(&[strict.path().to_str().unwrap()]);
+    let stderr = failed(&out);
+    assert!(
+        stderr.contains("lint violation found for rules: FromAsCasing, JSONArgsRecommended"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("[base 2/2]"), "a step ran:\n{stderr}");
+
+    // The build arg wins over the directive; skip= silences rules.
+    let out = fixture.build(&[
+        "--build-arg",
+        "BUILDKIT_DOCKERFILE_CHECK=skip=JSONArgsRecommended,FromAsCasing;error=true",
+        strict.path().to_str().unwrap(),
+    ]);
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("JSONArgsRecommended"), "{stderr}");
 }

@@ -287,8 +287,8 @@ fn sigterm_reaches_the_container() {
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line, "ready\n");
-    // SAFETY: signalling the kiln process this test started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     // A hang guard, not a timing assertion: if SIGTERM is not forwarded
     // the container loops forever, so kiln is killed and the test fails.
     let status = child

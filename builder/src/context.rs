@@ -8,8 +8,8 @@
 //! descendant is still part of the context (as its parent). Owners are
 //! reset to 0:0 as the docker CLI does when it sends a context.
 //!
-//! Hashing reads each regular file once; a [`StatCache`] persisted under the
-//! store's `cache/` directory remembers `(path, size, mtime, inode) → sha256`
+//! Hashing reads each regular file once; a [`StatCache`] persisted in the
+//! store remembers `(path, size, mtime, inode) → sha256`
 //! so that an unchanged context is not read again.
 //!
 //! ```no_run
@@ -17,7 +17,8 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = std::path::Path::new("app");
 //! let ignore = dockerignore::load_for_build(dir, None)?;
-//! let mut cache = StatCache::open(std::path::Path::new("/var/lib/kiln"), dir)?;
+//! let store = kiln_layers::Store::open("/var/lib/kiln")?;
+//! let mut cache = StatCache::open_in(&store, dir)?;
 //! let ctx = BuildContext::load(dir, &ignore, Some(&mut cache))?;
 //! cache.save()?;
 //! println!("{} entries, {} files read", ctx.entries().len(), ctx.stats().files_read);
@@ -438,8 +439,9 @@ struct CachedDigest {
 }
 
 /// `(path, size, mtime, inode) → sha256` of one context directory's files,
-/// kept between builds in `<store>/cache/context-stats/<hash of the
-/// context's absolute path>`, one line a file:
+/// kept between builds in the store's context stats directory
+/// ([`kiln_layers::Store::context_stats_dir`]), one file per context named
+/// with a hash of its absolute path, one line a file:
 /// `<sha256> <size> <mtime sec> <mtime nsec> <inode> <path>`. One file per
 /// context, so a build reads only what its own context needs; written back
 /// (temp file + rename) only when something changed, with only the files
@@ -453,15 +455,17 @@ pub struct StatCache {
 }
 
 impl StatCache {
-    /// Opens the cache of the context directory `context` in the store at
-    /// `store_root`; a missing or unreadable cache starts empty.
-    pub fn open(store_root: &Path, context: &Path) -> Result<Self, ContextError> {
+    /// Opens the cache of the context directory `context` in `store`; a
+    /// missing or unreadable cache starts empty.
+    pub fn open_in(store: &kiln_layers::Store, context: &Path) -> Result<Self, ContextError> {
+        Self::open_at(&store.context_stats_dir(), context)
+    }
+
+    /// Opens the cache of `context` in the store's `stats_dir`.
+    fn open_at(stats_dir: &Path, context: &Path) -> Result<Self, ContextError> {
         let context = std::fs::canonicalize(context).unwrap_or_else(|_| context.to_path_buf());
         let name = hex(&Sha256::digest(context.as_os_str().as_encoded_bytes()));
-        let file = store_root
-            .join("cache")
-            .join("context-stats")
-            .join(&name[..32]);
+        let file = stats_dir.join(&name[..32]);
         let loaded = match std::fs::read(&file) {
             Ok(bytes) => parse_stat_cache(&bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),

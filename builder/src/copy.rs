@@ -16,6 +16,19 @@
 //! - a directory copied onto an existing one merges into it, keeping the
 //!   existing one's owner and mode but taking the source's mtime.
 //!
+//! Times, as fsutil gives them (the frontend sets no fixed time for COPY,
+//! so `utime` is unset; `SOURCE_DATE_EPOCH` only reaches the layer, whose
+//! writer clamps every mtime to it):
+//! - the destination parents COPY creates have the copy's time;
+//! - the directory a directory's contents go into takes the source
+//!   directory's atime and mtime once they are in, whether COPY created it
+//!   or it existed (fsutil's `copyFileTimestamp` since 2022; Docker
+//!   20.10's BuildKit left the copy time on one it created);
+//! - an existing directory otherwise changes only when an entry is made in
+//!   it: its ancestors are copied up with their times kept
+//!   ([`LayeredRootfs::copy_up_parents`], as overlayfs copies up), so
+//!   `COPY tool /usr/local/bin/` changes `/usr/local/bin` only.
+//!
 //! ADD additionally extracts local tar archives (see [`crate::archive`]) and
 //! fetches URLs through a caller-provided [`UrlFetcher`], each once per
 //! build ([`UrlDownloads`]).
@@ -60,6 +73,9 @@ pub enum CopyError {
     },
     #[error("archive {archive}: {message}")]
     Archive { archive: String, message: String },
+    /// The extractor refused an archive's entry or failed writing it.
+    #[error(transparent)]
+    Extract(kiln_layers::Error),
     #[error(
         "fetching {}: {}",
         redact_credentials(url),
@@ -393,6 +409,62 @@ pub fn mkdir_all(
     Ok(created)
 }
 
+/// One entry of a copy as the walk reaches it: the copied source itself,
+/// or something below it.
+struct Entry<'e> {
+    /// Its path in the source tree.
+    src: &'e str,
+    /// Its path below the copied source, which the patterns match (empty
+    /// for the source itself).
+    components: &'e str,
+    /// Its path in the rootfs.
+    target: &'e str,
+    /// An existing directory at the target takes the source's mode (true
+    /// below the copied source).
+    overwrite_meta: bool,
+    /// What the patterns said of its parent.
+    parent: &'e Matches,
+    /// The target's parent was created by this copy (it was in no layer),
+    /// so the target exists nowhere and its parents are in the upper dir:
+    /// no lookups through the layers are needed.
+    in_new_dir: bool,
+}
+
+/// The pattern matchers' results for one path, from which its children's
+/// matching starts.
+#[derive(Default)]
+struct Matches {
+    excl: MatchInfo,
+    incl: MatchInfo,
+}
+
+/// What the patterns decided for one entry.
+struct Selection {
+    /// It is copied (a directory that is not may still have children that
+    /// are).
+    include: bool,
+    /// An exclude pattern matched it.
+    excluded: bool,
+    matches: Matches,
+}
+
+/// fsutil's `ensureEmptyFileTarget`: a file cannot replace a directory;
+/// whatever the upper dir has at `target` (a whiteout too) goes.
+fn ensure_empty_file_target(
+    dest: &LayeredRootfs,
+    target: &str,
+    target_meta: Option<&SourceMeta>,
+) -> Result<(), CopyError> {
+    if target_meta.is_some_and(SourceMeta::is_dir) {
+        return Err(CopyError::FileOverDirectory(format!("/{target}")));
+    }
+    let upper = dest.upper_path(target);
+    if std::fs::symlink_metadata(&upper).is_ok() {
+        std::fs::remove_file(&upper).map_err(RootfsError::io(upper.display()))?;
+    }
+    Ok(())
+}
+
 struct PendingParent {
     src: String,
     dst: String,
@@ -475,142 +547,55 @@ impl Copier<'_> {
             &resolve(self.dest, &parent_of(&target), true)?,
             base_of(&target),
         );
-        self.copy_entry(
-            &followed,
-            "",
-            &target,
-            false,
-            &MatchInfo::default(),
-            &MatchInfo::default(),
-            false,
-        )
+        self.copy_entry(&Entry {
+            src: &followed,
+            components: "",
+            target: &target,
+            overwrite_meta: false,
+            parent: &Matches::default(),
+            in_new_dir: false,
+        })
     }
 
-    /// `in_new_dir`: the target's parent was created by this copy (it was
-    /// in no layer), so the target exists nowhere and its parents are in
-    /// the upper dir: no lookups through the layers are needed.
-    #[allow(clippy::too_many_arguments)]
-    fn copy_entry(
-        &mut self,
-        src: &str,
-        components: &str,
-        target: &str,
-        overwrite_meta: bool,
-        parent_excl: &MatchInfo,
-        parent_incl: &MatchInfo,
-        in_new_dir: bool,
-    ) -> Result<(), CopyError> {
-        let mut include = true;
-        let mut excluded = false;
-        let mut excl_info = MatchInfo::default();
-        let mut incl_info = MatchInfo::default();
-        if !components.is_empty() {
-            if let Some(inc) = self.includes {
-                let (m, info) = inc.matches_using_parent_results(components, parent_incl);
-                incl_info = info;
-                include = m;
-            }
-            if let Some(ex) = self.excludes {
-                let (m, info) = ex.matches_using_parent_results(components, parent_excl);
-                excl_info = info;
-                if m {
-                    include = false;
-                    excluded = true;
-                    if !ex.has_exclusions() && self.includes.is_none() {
-                        return Ok(());
-                    }
-                }
-            }
-        }
+    /// Copies one entry (a directory with everything below it) that the
+    /// patterns select: its content, then its metadata.
+    fn copy_entry(&mut self, entry: &Entry<'_>) -> Result<(), CopyError> {
+        let Some(selection) = self.select(entry) else {
+            return Ok(());
+        };
         let meta = self
             .src
-            .stat(src)?
-            .ok_or_else(|| CopyError::SourceNotFound(format!("/{src}")))?;
-        if !include && !meta.is_dir() {
+            .stat(entry.src)?
+            .ok_or_else(|| CopyError::SourceNotFound(format!("/{}", entry.src)))?;
+        if !selection.include && !meta.is_dir() {
             return Ok(());
         }
-        let target_meta = if in_new_dir {
+        let target = entry.target;
+        let target_meta = if entry.in_new_dir {
             None
         } else {
             self.dest.stat(target)?
         };
-        if include {
-            self.create_pending_parents(overwrite_meta)?;
+        if selection.include {
+            self.create_pending_parents(entry.overwrite_meta)?;
         }
-        if !meta.is_dir() && !in_new_dir {
-            // ensureEmptyFileTarget (a whiteout in the upper dir goes too).
-            if target_meta.as_ref().is_some_and(SourceMeta::is_dir) {
-                return Err(CopyError::FileOverDirectory(format!("/{target}")));
-            }
-            let upper = self.dest.upper_path(target);
-            if std::fs::symlink_metadata(&upper).is_ok() {
-                std::fs::remove_file(&upper).map_err(RootfsError::io(upper.display()))?;
-            }
+        if !meta.is_dir() && !entry.in_new_dir {
+            ensure_empty_file_target(self.dest, target, target_meta.as_ref())?;
         }
-        let mut copy_info = include;
+        let mut copy_info = selection.include;
         let mut restore_time = false;
         match &meta.kind {
             EntryKind::Dir => {
-                let created = self.copy_directory(
-                    src,
-                    components,
-                    target,
-                    &meta,
-                    overwrite_meta,
-                    include,
-                    excluded,
-                    &excl_info,
-                    &incl_info,
-                    in_new_dir,
-                )?;
-                if !overwrite_meta {
+                let created = self.copy_directory(entry, &meta, &selection)?;
+                if !entry.overwrite_meta {
                     copy_info = created;
                     restore_time = !created;
                 }
             }
             EntryKind::File => {
-                if !in_new_dir {
-                    self.dest.copy_up_parents(target)?;
-                }
-                let upper = self.dest.upper_path(target);
-                let key = (meta.inode.0, meta.inode.1);
-                let linked = match self.inodes.get(&key) {
-                    Some(first) if meta.inode.2 > 1 => {
-                        let first_upper = self.dest.upper_path(first);
-                        std::fs::hard_link(&first_upper, &upper).is_ok()
-                    }
-                    _ => false,
-                };
-                if !linked && in_new_dir && copy_info {
-                    // The common case, with everything set through the
-                    // new file's descriptor.
-                    let host = self.src.host_file(src)?;
-                    let owner = self.owner_of(&meta);
-                    let (atime, mtime) = self.times(&meta);
-                    let xattrs = self.src.xattrs(src);
-                    let info = NewFileInfo {
-                        uid: owner.uid,
-                        gid: owner.gid,
-                        mode: self.mode_of(&meta),
-                        xattrs: &xattrs,
-                        atime,
-                        mtime,
-                    };
-                    create_file_copy(&host, &upper, &info)?;
-                    if meta.inode.2 > 1 {
-                        self.inodes.insert(key, target.to_string());
-                    }
-                    self.report.written.push(target.to_string());
+                if self.copy_file(entry, &meta, copy_info)? {
                     return Ok(());
                 }
-                if !linked {
-                    let host = self.src.host_file(src)?;
-                    std::fs::copy(&host, &upper).map_err(RootfsError::io(upper.display()))?;
-                    if meta.inode.2 > 1 {
-                        self.inodes.insert(key, target.to_string());
-                    }
-                }
-                self.report.written.push(target.to_string());
             }
             EntryKind::Symlink(link) => {
                 self.dest.copy_up_parents(target)?;
@@ -627,12 +612,105 @@ impl Copier<'_> {
             }
         }
         if copy_info {
-            self.copy_file_info(&meta, src, target)?;
+            self.copy_file_info(&meta, entry.src, target)?;
         } else if restore_time && target_meta.is_some() {
             let upper = self.dest.upper_path(target);
             let (a, m) = self.times(&meta);
             set_times(&upper, a, m)?;
         }
+        Ok(())
+    }
+
+    /// What `--parents`' include patterns and `--exclude`'s patterns say of
+    /// the entry (the copied source itself is always included); `None` when
+    /// it is excluded with nothing below it that could be copied.
+    fn select(&self, entry: &Entry<'_>) -> Option<Selection> {
+        let mut selection = Selection {
+            include: true,
+            excluded: false,
+            matches: Matches::default(),
+        };
+        if entry.components.is_empty() {
+            return Some(selection);
+        }
+        if let Some(inc) = self.includes {
+            let (m, info) = inc.matches_using_parent_results(entry.components, &entry.parent.incl);
+            selection.matches.incl = info;
+            selection.include = m;
+        }
+        if let Some(ex) = self.excludes {
+            let (m, info) = ex.matches_using_parent_results(entry.components, &entry.parent.excl);
+            selection.matches.excl = info;
+            if m {
+                selection.include = false;
+                selection.excluded = true;
+                if !ex.has_exclusions() && self.includes.is_none() {
+                    return None;
+                }
+            }
+        }
+        Some(selection)
+    }
+
+    /// Copies a regular file's content, or hard-links it to the copy of
+    /// the same source inode made earlier; true when its metadata was set
+    /// with the content (a new file in a new directory).
+    fn copy_file(
+        &mut self,
+        entry: &Entry<'_>,
+        meta: &SourceMeta,
+        copy_info: bool,
+    ) -> Result<bool, CopyError> {
+        let (src, target) = (entry.src, entry.target);
+        if !entry.in_new_dir {
+            self.dest.copy_up_parents(target)?;
+        }
+        let upper = self.dest.upper_path(target);
+        let key = (meta.inode.0, meta.inode.1);
+        let linked = match self.inodes.get(&key) {
+            Some(first) if meta.inode.2 > 1 => {
+                let first_upper = self.dest.upper_path(first);
+                std::fs::hard_link(&first_upper, &upper).is_ok()
+            }
+            _ => false,
+        };
+        if !linked && entry.in_new_dir && copy_info {
+            // The common case, with everything set through the new file's
+            // descriptor.
+            self.create_file(src, &upper, meta)?;
+            if meta.inode.2 > 1 {
+                self.inodes.insert(key, target.to_string());
+            }
+            self.report.written.push(target.to_string());
+            return Ok(true);
+        }
+        if !linked {
+            let host = self.src.host_file(src)?;
+            std::fs::copy(&host, &upper).map_err(RootfsError::io(upper.display()))?;
+            if meta.inode.2 > 1 {
+                self.inodes.insert(key, target.to_string());
+            }
+        }
+        self.report.written.push(target.to_string());
+        Ok(false)
+    }
+
+    /// Creates `upper` as a copy of the source file `src` with its final
+    /// owner, mode, extended attributes and times.
+    fn create_file(&self, src: &str, upper: &Path, meta: &SourceMeta) -> Result<(), CopyError> {
+        let host = self.src.host_file(src)?;
+        let owner = self.owner_of(meta);
+        let (atime, mtime) = self.times(meta);
+        let xattrs = self.src.xattrs(src);
+        let info = NewFileInfo {
+            uid: owner.uid,
+            gid: owner.gid,
+            mode: self.mode_of(meta),
+            xattrs: &xattrs,
+            atime,
+            mtime,
+        };
+        create_file_copy(&host, upper, &info)?;
         Ok(())
     }
 
@@ -672,45 +750,44 @@ impl Copier<'_> {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Creates the directory when it is included, then copies its
+    /// children (unless it is excluded with no exception that could bring
+    /// one back); true if the directory did not exist.
     fn copy_directory(
         &mut self,
-        src: &str,
-        components: &str,
-        target: &str,
+        entry: &Entry<'_>,
         meta: &SourceMeta,
-        overwrite_meta: bool,
-        include: bool,
-        excluded: bool,
-        excl_info: &MatchInfo,
-        incl_info: &MatchInfo,
-        in_new_dir: bool,
+        selection: &Selection,
     ) -> Result<bool, CopyError> {
         let mut created = false;
         let mut pending = PendingParent {
-            src: src.to_string(),
-            dst: target.to_string(),
+            src: entry.src.to_string(),
+            dst: entry.target.to_string(),
             copied: false,
         };
-        if include {
-            created = self.copy_directory_only(target, meta, overwrite_meta, in_new_dir)?;
+        if selection.include {
+            created = self.copy_directory_only(
+                entry.target,
+                meta,
+                entry.overwrite_meta,
+                entry.in_new_dir,
+            )?;
             pending.copied = true;
         }
         self.pending_parents.push(pending);
         let result = (|| {
-            if excluded && !self.excludes.is_some_and(|e| e.has_exclusions()) {
+            if selection.excluded && !self.excludes.is_some_and(|e| e.has_exclusions()) {
                 return Ok(());
             }
-            for name in self.src.list(src)? {
-                self.copy_entry(
-                    &join(src, &name),
-                    &join(components, &name),
-                    &join(target, &name),
-                    true,
-                    excl_info,
-                    incl_info,
-                    created,
-                )?;
+            for name in self.src.list(entry.src)? {
+                self.copy_entry(&Entry {
+                    src: &join(entry.src, &name),
+                    components: &join(entry.components, &name),
+                    target: &join(entry.target, &name),
+                    overwrite_meta: true,
+                    parent: &selection.matches,
+                    in_new_dir: created,
+                })?;
             }
             Ok(())
         })();

@@ -90,7 +90,8 @@ pub fn parse_ignore_file(text: &str) -> Vec<IgnoreLine> {
 }
 
 /// Finds the ignore file BuildKit would use: `<Dockerfile name>.dockerignore`
-/// next to the Dockerfile first, then `.dockerignore` at the context root.
+/// next to the Dockerfile first, then `.dockerignore` at the context root;
+/// then buildah's `.containerignore`, for contexts made for it.
 pub fn find_ignore_file(context_dir: &Path, dockerfile: Option<&Path>) -> Option<PathBuf> {
     if let Some(dockerfile) = dockerfile {
         if let Some(name) = dockerfile.file_name() {
@@ -102,8 +103,10 @@ pub fn find_ignore_file(context_dir: &Path, dockerfile: Option<&Path>) -> Option
             }
         }
     }
-    let default = context_dir.join(".dockerignore");
-    default.is_file().then_some(default)
+    [".dockerignore", ".containerignore"]
+        .iter()
+        .map(|name| context_dir.join(name))
+        .find(|path| path.is_file())
 }
 
 /// Loads the ignore file for a build (see [`find_ignore_file`]) into a

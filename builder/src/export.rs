@@ -1,11 +1,16 @@
-//! Where a built image goes besides the store (`--output`): an OCI layout
-//! (a directory, or a tar), a docker-archive tar, or the final root
-//! filesystem as a plain directory.
+//! Where a built image goes besides the store (`--output`, with buildx's
+//! forms): an OCI layout (a directory, or a tar), a docker-archive tar, the
+//! final root filesystem as a directory (`type=local`, or `-o DIR`) or a
+//! tar (`type=tar`, or `-o -` for standard output), or the image itself
+//! under more names, pushed or not (`type=image,name=…,push=…`;
+//! `type=registry` pushes).
 //!
 //! ```
-//! use kiln_builder::export::Output;
+//! use kiln_builder::export::{Dest, Output};
 //! let out = Output::parse("type=oci,dest=/tmp/image.tar").unwrap();
 //! assert_eq!(out, Output::Oci("/tmp/image.tar".into()));
+//! assert_eq!(Output::parse("out").unwrap(), Output::Local("out".into()));
+//! assert_eq!(Output::parse("-").unwrap(), Output::Tar(Dest::Stdout));
 //! assert!(Output::parse("type=oci").is_err());
 //! ```
 
@@ -27,8 +32,22 @@ pub enum Output {
     Oci(PathBuf),
     /// `type=docker,dest=FILE.tar`: a docker-archive (`docker load` reads it).
     Docker(PathBuf),
-    /// `type=local,dest=DIR`: the final root filesystem.
+    /// `type=local,dest=DIR` (or `-o DIR`): the final root filesystem.
     Local(PathBuf),
+    /// `type=tar,dest=FILE|-` (or `-o -`): the final root filesystem as a
+    /// tar.
+    Tar(Dest),
+    /// `type=image[,name=REF[,REF…]][,push=true]`, `type=registry` (push
+    /// implied): the image in the store under these names too, pushed when
+    /// asked.
+    Image { names: Vec<Reference>, push: bool },
+}
+
+/// A file, or standard output (`-`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dest {
+    File(PathBuf),
+    Stdout,
 }
 
 /// Why an output could not be made.
@@ -47,41 +66,82 @@ pub enum ExportError {
 }
 
 impl Output {
-    /// Parses `type=KIND,dest=PATH` (`type` defaults to `local`).
+    /// Parses `type=KIND,key=value,…` (`type` defaults to `local`), or the
+    /// shorthands `PATH` (`type=local,dest=PATH`) and `-` (a tar of the
+    /// root filesystem to standard output).
     pub fn parse(spec: &str) -> Result<Output, ExportError> {
         let bad = |message: String| ExportError::Spec {
             spec: spec.to_string(),
             message,
         };
-        let fields: BTreeMap<String, String> = spec
-            .split(',')
-            .filter_map(|kv| {
-                kv.split_once('=')
-                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-            })
-            .collect();
-        let dest = fields
-            .get("dest")
-            .map(PathBuf::from)
-            .ok_or_else(|| bad("dest= is required".into()))?;
-        match fields.get("type").map(String::as_str).unwrap_or("local") {
-            "oci" => Ok(Output::Oci(dest)),
-            "docker" => Ok(Output::Docker(dest)),
-            "local" => Ok(Output::Local(dest)),
-            other => Err(bad(format!(
-                "type={other} is not supported (oci, docker, local)"
-            ))),
+        if !spec.contains('=') && !spec.contains(',') {
+            return Ok(match spec {
+                "-" => Output::Tar(Dest::Stdout),
+                "" => return Err(bad("an output needs a destination".into())),
+                path => Output::Local(PathBuf::from(path)),
+            });
         }
+        let fields = kiln_parser::mount::csv_fields(spec).map_err(|e| bad(e.to_string()))?;
+        let mut map: BTreeMap<String, String> = BTreeMap::new();
+        for field in fields {
+            let (key, value) = field
+                .split_once('=')
+                .ok_or_else(|| bad(format!("invalid field '{field}' must be a key=value pair")))?;
+            map.insert(key.trim().to_ascii_lowercase(), value.trim().to_string());
+        }
+        let kind = map.remove("type").unwrap_or_else(|| "local".into());
+        let dest = map.remove("dest");
+        let output = match kind.as_str() {
+            "oci" | "docker" | "local" | "tar" => {
+                let dest = dest.ok_or_else(|| bad("dest= is required".into()))?;
+                match kind.as_str() {
+                    "oci" => Output::Oci(dest.into()),
+                    "docker" => Output::Docker(dest.into()),
+                    "local" => Output::Local(dest.into()),
+                    _ if dest == "-" => Output::Tar(Dest::Stdout),
+                    _ => Output::Tar(Dest::File(dest.into())),
+                }
+            }
+            "image" | "registry" => {
+                if dest.is_some() {
+                    return Err(bad(format!("dest= is not an option of type={kind}")));
+                }
+                let names = match map.remove("name") {
+                    None => Vec::new(),
+                    Some(names) => names
+                        .split(',')
+                        .map(|n| Reference::parse(n.trim()).map_err(|e| bad(e.to_string())))
+                        .collect::<Result<_, _>>()?,
+                };
+                let push = match map.remove("push").as_deref() {
+                    None => kind == "registry",
+                    Some("true") => true,
+                    Some("false") => kind == "registry",
+                    Some(other) => return Err(bad(format!("push={other}: true or false"))),
+                };
+                Output::Image { names, push }
+            }
+            other => {
+                return Err(bad(format!(
+                    "type={other} is not supported (oci, docker, local, tar, image, registry)"
+                )))
+            }
+        };
+        // Every option of a kind is used above: anything left is unknown.
+        if let Some(key) = map.keys().next() {
+            return Err(bad(format!("{key}= is not an option of type={kind}")));
+        }
+        Ok(output)
     }
 
-    fn dest(&self) -> &Path {
-        match self {
-            Output::Oci(p) | Output::Docker(p) | Output::Local(p) => p,
-        }
+    /// Whether the output goes to standard output (nothing else may).
+    pub fn to_stdout(&self) -> bool {
+        matches!(self, Output::Tar(Dest::Stdout))
     }
 
-    /// Writes `built` there. An image output returns the manifest it wrote
-    /// (its layers compressed, as BuildKit's oci and docker exporters do);
+    /// Writes `built` there (an image output is the session's: names and
+    /// pushes). An archive output returns the manifest it wrote (its
+    /// layers compressed, as BuildKit's oci and docker exporters do);
     /// `name` is the reference the archive records.
     pub fn write(
         &self,
@@ -91,18 +151,22 @@ impl Output {
         compression: Compression,
         reporter: &dyn Reporter,
     ) -> Result<Option<Descriptor>, ExportError> {
-        let dest = self.dest().to_path_buf();
+        let (format, dest) = match self {
+            Output::Oci(dest) => (Format::Oci, dest),
+            Output::Docker(dest) => (Format::Docker, dest),
+            Output::Local(dest) => {
+                export_local(store, &built.snapshots, dest)?;
+                return Ok(None);
+            }
+            Output::Tar(dest) => {
+                export_tar(store, &built.snapshots, dest)?;
+                return Ok(None);
+            }
+            Output::Image { .. } => return Ok(None),
+        };
         let store_err = |source| ExportError::Store {
             dest: dest.clone(),
             source,
-        };
-        let format = match self {
-            Output::Oci(_) => Format::Oci,
-            Output::Docker(_) => Format::Docker,
-            Output::Local(_) => {
-                export_local(store, &built.snapshots, &dest)?;
-                return Ok(None);
-            }
         };
         let manifest =
             compressed_image(store, &built.manifest, compression, reporter).map_err(store_err)?;
@@ -112,8 +176,50 @@ impl Output {
                 .read_image(&manifest, &built.platform())
                 .map_err(store_err)?,
         };
-        archive::save(store, &[item], format, &dest).map_err(store_err)?;
+        archive::save(store, &[item], format, dest).map_err(store_err)?;
         Ok(Some(manifest))
+    }
+}
+
+/// The final root filesystem as a tar (its files' times clamped by nothing:
+/// as they are in the image) into `dest`.
+fn export_tar(
+    store: &Store,
+    snapshots_bottom_first: &[PathBuf],
+    dest: &Dest,
+) -> Result<(), ExportError> {
+    let shown = match dest {
+        Dest::File(path) => path.clone(),
+        Dest::Stdout => PathBuf::from("-"),
+    };
+    let failed = |message: String| ExportError::Copy {
+        dest: shown.clone(),
+        message,
+    };
+    let scratch = store
+        .scratch_dir("export")
+        .map_err(|e| failed(e.to_string()))?;
+    let merged = scratch.path().join("rootfs");
+    export_local(store, snapshots_bottom_first, &merged)?;
+    let options = kiln_layers::diff::DiffOptions {
+        source_date_epoch: None,
+        overlay_whiteouts: false,
+    };
+    match dest {
+        Dest::File(path) => {
+            let file = std::fs::File::create(path).map_err(|e| failed(e.to_string()))?;
+            let mut out =
+                kiln_layers::diff::write_tar(&merged, std::io::BufWriter::new(file), &options)
+                    .map_err(|e| failed(e.to_string()))?;
+            std::io::Write::flush(&mut out).map_err(|e| failed(e.to_string()))
+        }
+        Dest::Stdout => {
+            let stdout = std::io::stdout().lock();
+            let mut out =
+                kiln_layers::diff::write_tar(&merged, std::io::BufWriter::new(stdout), &options)
+                    .map_err(|e| failed(e.to_string()))?;
+            std::io::Write::flush(&mut out).map_err(|e| failed(e.to_string()))
+        }
     }
 }
 

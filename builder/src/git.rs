@@ -116,45 +116,13 @@ pub fn parse_git_source(src: &str) -> Result<Option<GitSource>, GitError> {
         // github.com/x/y is Git only for build contexts (deprecated form).
         return Ok(None);
     }
+    let Some((remote, query, fragment)) = split_git_url(src) else {
+        return Ok(None);
+    };
     let invalid = |message: String| GitError::Invalid {
         url: redact(src),
         message,
     };
-    let (remote, query, fragment) = if let Some(scheme) = url_scheme(src) {
-        if !SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()) {
-            return Ok(None);
-        }
-        let (rest, fragment) = match src.split_once('#') {
-            Some((r, f)) => (r, f),
-            None => (src, ""),
-        };
-        let (remote, query) = match rest.split_once('?') {
-            Some((r, q)) => (r, q),
-            None => (rest, ""),
-        };
-        let after_scheme = &remote[scheme.len() + 3..];
-        let path = after_scheme
-            .find('/')
-            .map(|i| &after_scheme[i..])
-            .unwrap_or("");
-        if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") {
-            // An HTTP(S) URL is a repository only with the `.git` suffix.
-            if !percent_decode(path).ends_with(".git") {
-                return Ok(None);
-            }
-        }
-        (remote.to_string(), query, fragment)
-    } else if let Some(parts) = scp_like(src) {
-        parts
-    } else {
-        return Ok(None);
-    };
-    let (mut reference, subdir) = match fragment.split_once(':') {
-        Some((r, s)) => (r.to_string(), s.to_string()),
-        None => (fragment.to_string(), String::new()),
-    };
-    let mut subdir = crate::rootfs::clean_rel(&percent_decode(&subdir));
-    reference = percent_decode(&reference);
     let mut source = GitSource {
         remote,
         reference: String::new(),
@@ -165,7 +133,7 @@ pub fn parse_git_source(src: &str) -> Result<Option<GitSource>, GitError> {
         mtime_commit: false,
         fetch_by_commit: false,
     };
-    let (mut tag, mut branch) = (String::new(), String::new());
+    let mut refs = RefSelection::from_fragment(fragment);
     let mut seen: Vec<String> = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = match pair.split_once('=') {
@@ -176,82 +144,152 @@ pub fn parse_git_source(src: &str) -> Result<Option<GitSource>, GitError> {
             return Err(invalid(format!("query {key:?} has multiple values")));
         }
         seen.push(key.clone());
-        let boolean = |value: &str| -> Result<bool, GitError> {
-            match value {
-                "" => Ok(true),
-                v => parse_go_bool(v).ok_or_else(|| invalid(format!("invalid {key} value: {v:?}"))),
-            }
-        };
-        if value.is_empty()
-            && !matches!(
-                key.as_str(),
-                "submodules" | "keep-git-dir" | "fetch-by-commit"
-            )
-        {
-            return Err(invalid(format!("query {key:?} has no value")));
-        }
-        match key.as_str() {
-            "ref" => {
-                if !reference.is_empty() && reference != value {
-                    return Err(invalid(format!(
-                        "ref conflicts: {reference:?} vs {value:?}"
-                    )));
-                }
-                reference = value;
-            }
-            "tag" => tag = value,
-            "branch" => branch = value,
-            "subdir" => {
-                let value = crate::rootfs::clean_rel(&value);
-                if !subdir.is_empty() && subdir != value {
-                    return Err(invalid(format!(
-                        "subdir conflicts: {subdir:?} vs {value:?}"
-                    )));
-                }
-                subdir = value;
-            }
-            "checksum" | "commit" => source.checksum = Some(value),
-            "keep-git-dir" => source.keep_git_dir = Some(boolean(&value)?),
-            "submodules" => source.submodules = Some(boolean(&value)?),
-            "fetch-by-commit" => source.fetch_by_commit = boolean(&value)?,
-            "mtime" => match value.as_str() {
-                "checkout" => source.mtime_commit = false,
-                "commit" => source.mtime_commit = true,
-                v => {
-                    return Err(invalid(format!(
-                        "invalid mtime value: {v:?} (must be \"checkout\" or \"commit\")"
-                    )))
-                }
-            },
-            other => return Err(invalid(format!("unexpected query {other:?}"))),
-        }
+        apply_query(&mut source, &mut refs, &key, value).map_err(invalid)?;
     }
-    if !tag.is_empty() {
-        if !tag.starts_with("refs/tags/") {
-            tag = format!("refs/tags/{tag}");
-        }
-        if !reference.is_empty() && reference != tag {
-            return Err(invalid(format!("ref conflicts: {reference:?} vs {tag:?}")));
-        }
-        reference = tag.clone();
-    }
-    if !branch.is_empty() {
-        if !tag.is_empty() {
-            return Err(invalid("branch conflicts with tag".into()));
-        }
-        if !branch.starts_with("refs/heads/") {
-            branch = format!("refs/heads/{branch}");
-        }
-        if !reference.is_empty() && reference != branch {
-            return Err(invalid(format!(
-                "ref conflicts: {reference:?} vs {branch:?}"
-            )));
-        }
-        reference = branch;
-    }
-    source.reference = reference;
-    source.subdir = subdir;
+    source.reference = refs.reference().map_err(invalid)?;
+    source.subdir = refs.subdir;
     Ok(Some(source))
+}
+
+/// A Git source's remote (the URL without query and fragment), query and
+/// fragment; `None` when `src` is not Git: another scheme, an HTTP(S) URL
+/// whose path does not end in `.git`, or neither a URL nor scp-like.
+fn split_git_url(src: &str) -> Option<(String, &str, &str)> {
+    let Some(scheme) = url_scheme(src) else {
+        return scp_like(src);
+    };
+    if !SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()) {
+        return None;
+    }
+    let (rest, fragment) = match src.split_once('#') {
+        Some((r, f)) => (r, f),
+        None => (src, ""),
+    };
+    let (remote, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, q),
+        None => (rest, ""),
+    };
+    let after_scheme = &remote[scheme.len() + 3..];
+    let path = after_scheme
+        .find('/')
+        .map(|i| &after_scheme[i..])
+        .unwrap_or("");
+    if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") {
+        // An HTTP(S) URL is a repository only with the `.git` suffix.
+        if !percent_decode(path).ends_with(".git") {
+            return None;
+        }
+    }
+    Some((remote.to_string(), query, fragment))
+}
+
+/// What the fragment (`#ref[:subdir]`) and the query say about the ref and
+/// the subdirectory, gathered before they are checked against each other.
+struct RefSelection {
+    reference: String,
+    subdir: String,
+    /// `?tag=`, `?branch=`: short names or full refs.
+    tag: String,
+    branch: String,
+}
+
+impl RefSelection {
+    fn from_fragment(fragment: &str) -> RefSelection {
+        let (reference, subdir) = match fragment.split_once(':') {
+            Some((r, s)) => (r, s),
+            None => (fragment, ""),
+        };
+        RefSelection {
+            reference: percent_decode(reference),
+            subdir: crate::rootfs::clean_rel(&percent_decode(subdir)),
+            tag: String::new(),
+            branch: String::new(),
+        }
+    }
+
+    /// The ref to check out: `?tag=` as `refs/tags/…`, `?branch=` as
+    /// `refs/heads/…`, else the fragment's or `?ref=`; an error when they
+    /// disagree.
+    fn reference(&self) -> Result<String, String> {
+        let mut reference = self.reference.clone();
+        let mut tag = self.tag.clone();
+        if !tag.is_empty() {
+            if !tag.starts_with("refs/tags/") {
+                tag = format!("refs/tags/{tag}");
+            }
+            if !reference.is_empty() && reference != tag {
+                return Err(format!("ref conflicts: {reference:?} vs {tag:?}"));
+            }
+            reference = tag.clone();
+        }
+        let mut branch = self.branch.clone();
+        if !branch.is_empty() {
+            if !tag.is_empty() {
+                return Err("branch conflicts with tag".into());
+            }
+            if !branch.starts_with("refs/heads/") {
+                branch = format!("refs/heads/{branch}");
+            }
+            if !reference.is_empty() && reference != branch {
+                return Err(format!("ref conflicts: {reference:?} vs {branch:?}"));
+            }
+            reference = branch;
+        }
+        Ok(reference)
+    }
+}
+
+/// Applies one query parameter (`key`, already decoded, seen once) to the
+/// source or to the ref selection; an error message when it is malformed.
+fn apply_query(
+    source: &mut GitSource,
+    refs: &mut RefSelection,
+    key: &str,
+    value: String,
+) -> Result<(), String> {
+    let boolean = |value: &str| -> Result<bool, String> {
+        match value {
+            "" => Ok(true),
+            v => parse_go_bool(v).ok_or_else(|| format!("invalid {key} value: {v:?}")),
+        }
+    };
+    if value.is_empty() && !matches!(key, "submodules" | "keep-git-dir" | "fetch-by-commit") {
+        return Err(format!("query {key:?} has no value"));
+    }
+    match key {
+        "ref" => {
+            if !refs.reference.is_empty() && refs.reference != value {
+                return Err(format!("ref conflicts: {:?} vs {value:?}", refs.reference));
+            }
+            refs.reference = value;
+        }
+        "tag" => refs.tag = value,
+        "branch" => refs.branch = value,
+        "subdir" => {
+            let value = crate::rootfs::clean_rel(&value);
+            if !refs.subdir.is_empty() && refs.subdir != value {
+                return Err(format!("subdir conflicts: {:?} vs {value:?}", refs.subdir));
+            }
+            refs.subdir = value;
+        }
+        "checksum" | "commit" => source.checksum = Some(value),
+        "keep-git-dir" => source.keep_git_dir = Some(boolean(&value)?),
+        "submodules" => source.submodules = Some(boolean(&value)?),
+        "fetch-by-commit" => source.fetch_by_commit = boolean(&value)?,
+        "mtime" => {
+            source.mtime_commit = match value.as_str() {
+                "checkout" => false,
+                "commit" => true,
+                v => {
+                    return Err(format!(
+                        "invalid mtime value: {v:?} (must be \"checkout\" or \"commit\")"
+                    ))
+                }
+            }
+        }
+        other => return Err(format!("unexpected query {other:?}")),
+    }
+    Ok(())
 }
 
 /// `^[a-zA-Z0-9]+://` → the scheme.
@@ -291,7 +329,7 @@ fn scp_like(src: &str) -> Option<(String, &str, &str)> {
 }
 
 /// Go's `strconv.ParseBool`.
-pub(crate) fn parse_go_bool(value: &str) -> Option<bool> {
+pub fn parse_go_bool(value: &str) -> Option<bool> {
     match value {
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
         "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
@@ -359,78 +397,123 @@ fn git(remote: &str, dir: Option<&Path>, args: &[&str]) -> Result<String, GitErr
 /// points at.
 pub fn resolve_commit(source: &GitSource) -> Result<ResolvedCommit, GitError> {
     let remote = &source.remote;
-    if let Some(checksum) = &source.checksum {
-        if checksum.is_empty() || !checksum.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(GitError::Invalid {
-                url: redact(remote),
-                message: format!(
-                    "invalid checksum {checksum} for Git URL, expected hex commit hash"
-                ),
-            });
-        }
-    }
-    let check = |commit: &str, peeled: &str| -> Result<(), GitError> {
-        match &source.checksum {
-            Some(sum)
-                if !commit.starts_with(sum.as_str())
-                    && (peeled.is_empty() || !peeled.starts_with(sum.as_str())) =>
-            {
-                Err(GitError::Checksum {
-                    remote: redact(remote),
-                    expected: sum.clone(),
-                    got: commit.to_string(),
-                })
-            }
-            _ => Ok(()),
-        }
-    };
+    check_checksum_is_hex(source)?;
     if source.fetch_by_commit {
-        let commit = match &source.checksum {
-            Some(sum) if is_commit_sha(sum) => sum.clone(),
-            Some(sum) => {
-                return Err(GitError::Invalid {
-                    url: redact(remote),
-                    message: format!(
-                        "fetch-by-commit requires a full commit SHA checksum, got {sum:?}"
-                    ),
-                })
-            }
-            None if is_commit_sha(&source.reference) => source.reference.clone(),
-            None => {
-                return Err(GitError::Invalid {
-                    url: redact(remote),
-                    message: "fetch-by-commit requires a checksum or a commit SHA ref".into(),
-                })
-            }
-        };
-        check(&commit, "")?;
+        let commit = commit_to_fetch(source)?;
+        check_checksum(source, &commit, "")?;
         return Ok(ResolvedCommit {
             used_ref: commit.clone(),
             commit,
         });
     }
     if is_commit_sha(&source.reference) {
-        check(&source.reference, "")?;
+        check_checksum(source, &source.reference, "")?;
         return Ok(ResolvedCommit {
             commit: source.reference.clone(),
             used_ref: source.reference.clone(),
         });
     }
-    let mut reference = source.reference.clone();
-    if reference.is_empty() {
-        let out = git(remote, None, &["ls-remote", "--symref", remote, "HEAD"])?;
-        reference = out
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("ref: ")
-                    .and_then(|r| r.strip_suffix("\tHEAD"))
-                    .map(str::to_string)
-            })
-            .ok_or_else(|| GitError::MissingRef {
-                remote: redact(remote),
-                reference: "HEAD".into(),
-            })?;
+    let reference = if source.reference.is_empty() {
+        remote_head(remote)?
+    } else {
+        source.reference.clone()
+    };
+    let found = ls_remote_ref(remote, reference)?;
+    if !is_commit_sha(&found.commit) {
+        return Err(GitError::Invalid {
+            url: redact(remote),
+            message: format!("invalid commit sha {:?}", found.commit),
+        });
     }
+    check_checksum(source, &found.commit, &found.peeled)?;
+    Ok(ResolvedCommit {
+        commit: found.commit,
+        used_ref: found.used_ref,
+    })
+}
+
+/// Refuses a `checksum` that is not a hex commit id (prefix).
+fn check_checksum_is_hex(source: &GitSource) -> Result<(), GitError> {
+    match &source.checksum {
+        Some(checksum)
+            if checksum.is_empty() || !checksum.chars().all(|c| c.is_ascii_hexdigit()) =>
+        {
+            Err(GitError::Invalid {
+                url: redact(&source.remote),
+                message: format!(
+                    "invalid checksum {checksum} for Git URL, expected hex commit hash"
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks the `checksum` (if any) against the resolved `commit` or, for an
+/// annotated tag, the commit it points at (`peeled`; empty otherwise).
+fn check_checksum(source: &GitSource, commit: &str, peeled: &str) -> Result<(), GitError> {
+    match &source.checksum {
+        Some(sum)
+            if !commit.starts_with(sum.as_str())
+                && (peeled.is_empty() || !peeled.starts_with(sum.as_str())) =>
+        {
+            Err(GitError::Checksum {
+                remote: redact(&source.remote),
+                expected: sum.clone(),
+                got: commit.to_string(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The commit `?fetch-by-commit` fetches: the checksum, which must then be
+/// a full commit id, or else a ref that is one.
+fn commit_to_fetch(source: &GitSource) -> Result<String, GitError> {
+    let invalid = |message: String| GitError::Invalid {
+        url: redact(&source.remote),
+        message,
+    };
+    match &source.checksum {
+        Some(sum) if is_commit_sha(sum) => Ok(sum.clone()),
+        Some(sum) => Err(invalid(format!(
+            "fetch-by-commit requires a full commit SHA checksum, got {sum:?}"
+        ))),
+        None if is_commit_sha(&source.reference) => Ok(source.reference.clone()),
+        None => Err(invalid(
+            "fetch-by-commit requires a checksum or a commit SHA ref".into(),
+        )),
+    }
+}
+
+/// The branch the remote's HEAD points at (`git ls-remote --symref`).
+fn remote_head(remote: &str) -> Result<String, GitError> {
+    let out = git(remote, None, &["ls-remote", "--symref", remote, "HEAD"])?;
+    out.lines()
+        .find_map(|l| {
+            l.strip_prefix("ref: ")
+                .and_then(|r| r.strip_suffix("\tHEAD"))
+                .map(str::to_string)
+        })
+        .ok_or_else(|| GitError::MissingRef {
+            remote: redact(remote),
+            reference: "HEAD".into(),
+        })
+}
+
+/// What a ref names on the remote.
+struct RemoteRef {
+    /// The commit (or annotated tag object).
+    commit: String,
+    /// The full ref that matched.
+    used_ref: String,
+    /// For a tag: the commit it points at when it is annotated; else empty.
+    peeled: String,
+}
+
+/// Asks the remote (`git ls-remote`) what `reference` names: the exact ref
+/// (`refs/<reference>`), else the branch, else the tag.
+fn ls_remote_ref(remote: &str, reference: String) -> Result<RemoteRef, GitError> {
     let peeled_arg = format!("{reference}^{{}}");
     let out = git(
         remote,
@@ -477,14 +560,11 @@ pub fn resolve_commit(source: &GitSource) -> Result<ResolvedCommit, GitError> {
             reference,
         });
     };
-    if !is_commit_sha(&commit) {
-        return Err(GitError::Invalid {
-            url: redact(remote),
-            message: format!("invalid commit sha {commit:?}"),
-        });
-    }
-    check(&commit, &peeled)?;
-    Ok(ResolvedCommit { commit, used_ref })
+    Ok(RemoteRef {
+        commit,
+        used_ref,
+        peeled,
+    })
 }
 
 /// Checks `resolved` out into `work/tree` (fetching only that ref, depth
@@ -678,33 +758,25 @@ fn set_mtimes(dir: &Path, secs: i64) -> Result<(), GitError> {
         }
         all.push(d);
     }
-    let time = libc::timespec {
-        tv_sec: secs as libc::time_t,
+    let time = rustix::fs::Timespec {
+        tv_sec: secs,
         tv_nsec: 0,
     };
-    let times = [time, time];
+    let times = rustix::fs::Timestamps {
+        last_access: time,
+        last_modification: time,
+    };
     for path in all {
-        use std::os::unix::ffi::OsStrExt;
-        let c_path =
-            std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| GitError::Io {
-                path: path.clone(),
-                source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
-            })?;
-        // SAFETY: c_path is a valid C string and times has two entries.
-        let rc = unsafe {
-            libc::utimensat(
-                libc::AT_FDCWD,
-                c_path.as_ptr(),
-                times.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if rc != 0 {
-            return Err(GitError::Io {
-                path,
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            &path,
+            &times,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| GitError::Io {
+            path: path.clone(),
+            source: e.into(),
+        })?;
     }
     Ok(())
 }

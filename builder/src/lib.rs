@@ -17,16 +17,24 @@
 //! layer is rebased onto a changed base without re-running); kiln's key
 //! includes its parent, so a changed base copies again (same layer bytes).
 
+// Unsafe code only where a module says why; solve.rs's output pipe is the
+// last one (kiln_runtime::pipe replaces it, then this becomes forbid).
+#![forbid(unsafe_code)]
+
+pub mod annotations;
 pub mod archive;
 pub mod changes;
 pub mod context;
+pub mod contexts;
 pub mod copy;
 pub mod dockerignore;
 pub mod explain;
 pub mod export;
+pub mod frontend;
 pub mod git;
 pub mod gomatch;
 pub mod image;
+pub mod image_layers;
 pub mod lint;
 pub mod modes;
 pub mod plan;

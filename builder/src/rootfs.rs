@@ -12,10 +12,10 @@
 //! - [`resolve`]: symlink resolution confined to a root (continuity's
 //!   `RootPath`): absolute targets restart at the root and `..` stops there.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, XattrFlags};
 
 use crate::context::{BuildContext, EntryKind};
 
@@ -252,7 +252,7 @@ fn lstat_opt(path: &Path) -> Result<Option<std::fs::Metadata>, RootfsError> {
         Ok(m) => Ok(Some(m)),
         Err(e)
             if e.kind() == std::io::ErrorKind::NotFound
-                || e.raw_os_error() == Some(libc::ENOTDIR) =>
+                || e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) =>
         {
             Ok(None)
         }
@@ -277,16 +277,11 @@ fn sorted_names(path: &Path) -> Result<Vec<String>, RootfsError> {
 /// (`user.*`, `security.*` such as file capabilities, `trusted.*` minus
 /// overlayfs' own).
 pub fn host_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+    let mut names = vec![0u8; 4096];
+    let Ok(len) = rustix::fs::llistxattr(path, &mut names[..]) else {
         return Vec::new();
     };
-    let mut names = vec![0u8; 4096];
-    // SAFETY: the buffer pointer and length describe a live Vec.
-    let len = unsafe { libc::llistxattr(c_path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    if len <= 0 {
-        return Vec::new();
-    }
-    names.truncate(len as usize);
+    names.truncate(len);
     let mut out = Vec::new();
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
         let wanted = (name.starts_with(b"user.")
@@ -297,21 +292,9 @@ pub fn host_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
         if !wanted {
             continue;
         }
-        let Ok(c_name) = CString::new(name) else {
-            continue;
-        };
         let mut value = vec![0u8; 65536];
-        // SAFETY: as above.
-        let n = unsafe {
-            libc::lgetxattr(
-                c_path.as_ptr(),
-                c_name.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
-        if n >= 0 {
-            value.truncate(n as usize);
+        if let Ok(n) = rustix::fs::lgetxattr(path, name, &mut value[..]) {
+            value.truncate(n);
             out.push((name.to_vec(), value));
         }
     }
@@ -388,25 +371,12 @@ fn is_whiteout(meta: &std::fs::Metadata) -> bool {
 }
 
 fn is_opaque(path: &Path) -> bool {
-    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    for name in [c"trusted.overlay.opaque", c"user.overlay.opaque"] {
-        let mut value = [0u8; 4];
-        // SAFETY: the buffer pointer and length describe a live array.
-        let n = unsafe {
-            libc::lgetxattr(
-                c_path.as_ptr(),
-                name.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
-        if n == 1 && value[0] == b'y' {
-            return true;
-        }
-    }
-    false
+    ["trusted.overlay.opaque", "user.overlay.opaque"]
+        .iter()
+        .any(|name| {
+            let mut value = [0u8; 4];
+            matches!(rustix::fs::lgetxattr(path, *name, &mut value[..]), Ok(1)) && value[0] == b'y'
+        })
 }
 
 impl LayeredRootfs {
@@ -547,8 +517,10 @@ impl LayeredRootfs {
     }
 
     /// Makes sure every ancestor directory of `rel` exists in the upper dir,
-    /// copying each up (mode, owner, times) from the layer it is visible in.
-    /// Ancestors must already exist in the merged view as directories.
+    /// copying each up (mode, owner, times) from the layer it is visible in,
+    /// and, as overlayfs does, without changing the times of the directory
+    /// each is copied into. Ancestors must already exist in the merged view
+    /// as directories.
     pub fn copy_up_parents(&self, rel: &str) -> Result<(), RootfsError> {
         let parts: Vec<&str> = if rel.is_empty() {
             Vec::new()
@@ -576,12 +548,72 @@ impl LayeredRootfs {
         if !found.meta.is_dir() {
             return Err(RootfsError::NotADirectory(format!("/{rel}")));
         }
+        let parent = ParentTimes::keep(self.upper_path(parent_rel(rel)))?;
         std::fs::create_dir(&upper).map_err(RootfsError::io(upper.display()))?;
         let meta = SourceMeta::from_host(&found.host, &found.meta)?;
         set_owner(&upper, meta.uid, meta.gid)?;
         set_mode(&upper, meta.mode)?;
         set_times(&upper, meta.atime, meta.mtime)?;
-        Ok(())
+        parent.restore()
+    }
+
+    /// Whether the lower layers alone (the upper dir left out) show a
+    /// directory at `rel`: one made there in the upper dir in place of
+    /// something else must be opaque, or its contents show through.
+    pub fn lower_is_dir(&self, rel: &str) -> bool {
+        let Some((top, rest)) = self.lowers.split_first() else {
+            return false;
+        };
+        let lowers = LayeredRootfs::new(top, rest.to_vec());
+        matches!(lowers.locate(rel), Ok(Some(found)) if found.meta.is_dir())
+    }
+
+    /// Copies the non-directory visible at `rel` up into the upper dir,
+    /// with its owner, mode, times and (for a file) xattrs, as overlayfs
+    /// does before it links or changes a lower file. Returns false when
+    /// nothing, or a directory, is visible there.
+    pub fn copy_up_file(&self, rel: &str) -> Result<bool, RootfsError> {
+        let Some(found) = self.locate(rel)? else {
+            return Ok(false);
+        };
+        if found.meta.is_dir() {
+            return Ok(false);
+        }
+        if found.in_upper {
+            return Ok(true);
+        }
+        self.copy_up_parents(rel)?;
+        let parent = ParentTimes::keep(self.upper_path(parent_rel(rel)))?;
+        let upper = self.upper_path(rel);
+        let meta = SourceMeta::from_host(&found.host, &found.meta)?;
+        match &meta.kind {
+            EntryKind::File => {
+                let xattrs = host_xattrs(&found.host);
+                let info = NewFileInfo {
+                    uid: meta.uid,
+                    gid: meta.gid,
+                    mode: meta.mode,
+                    xattrs: &xattrs,
+                    atime: meta.atime,
+                    mtime: meta.mtime,
+                };
+                create_file_copy(&found.host, &upper, &info)?;
+            }
+            EntryKind::Symlink(target) => {
+                std::os::unix::fs::symlink(target, &upper)
+                    .map_err(RootfsError::io(upper.display()))?;
+                set_owner(&upper, meta.uid, meta.gid)?;
+                set_times(&upper, meta.atime, meta.mtime)?;
+            }
+            node => {
+                make_node(&upper, node, meta.mode)?;
+                set_owner(&upper, meta.uid, meta.gid)?;
+                set_mode(&upper, meta.mode)?;
+                set_times(&upper, meta.atime, meta.mtime)?;
+            }
+        }
+        parent.restore()?;
+        Ok(true)
     }
 
     /// Removes a path from the merged view: deleted from the upper dir, and
@@ -598,15 +630,15 @@ impl LayeredRootfs {
         }
         if self.locate(rel)?.is_some() {
             self.copy_up_parents(rel)?;
-            let c_path = CString::new(upper.as_os_str().as_bytes())
-                .map_err(|e| RootfsError::io(upper.display())(std::io::Error::other(e)))?;
-            // SAFETY: c_path is a valid NUL-terminated path.
-            let rc = unsafe { libc::mknod(c_path.as_ptr(), libc::S_IFCHR, 0) };
-            if rc != 0 {
-                return Err(RootfsError::io(upper.display())(
-                    std::io::Error::last_os_error(),
-                ));
-            }
+            // The whiteout: a 0/0 character device.
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &upper,
+                FileType::CharacterDevice,
+                Mode::empty(),
+                0,
+            )
+            .map_err(|e| RootfsError::io(upper.display())(e.into()))?;
         }
         Ok(())
     }
@@ -645,86 +677,83 @@ impl LayeredRootfs {
     }
 }
 
-fn c_path(path: &Path) -> Result<CString, RootfsError> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| RootfsError::io(path.display())(std::io::Error::other(e)))
+/// The parent of a clean relative path (`""` for a top-level name).
+fn parent_rel(rel: &str) -> &str {
+    rel.rfind('/').map_or("", |i| &rel[..i])
+}
+
+/// A directory's times, taken before a copy-up puts an entry in it and
+/// put back after: overlayfs copies an entry up without touching its
+/// parent's times (`ovl_copy_up_one` sets them back), so only the
+/// directory a new entry is made in, not its ancestors, shows a change.
+struct ParentTimes {
+    path: PathBuf,
+    atime: (i64, i64),
+    mtime: (i64, i64),
+}
+
+impl ParentTimes {
+    fn keep(path: PathBuf) -> Result<Self, RootfsError> {
+        let meta = std::fs::symlink_metadata(&path).map_err(RootfsError::io(path.display()))?;
+        Ok(ParentTimes {
+            path,
+            atime: (meta.atime(), meta.atime_nsec()),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+        })
+    }
+
+    fn restore(self) -> Result<(), RootfsError> {
+        set_times(&self.path, self.atime, self.mtime)
+    }
 }
 
 /// `lchown`.
 pub fn set_owner(path: &Path, uid: u32, gid: u32) -> Result<(), RootfsError> {
-    let c = c_path(path)?;
-    // SAFETY: c is a valid NUL-terminated path.
-    if unsafe { libc::lchown(c.as_ptr(), uid, gid) } != 0 {
-        return Err(RootfsError::io(path.display())(
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        path,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| RootfsError::io(path.display())(e.into()))
 }
 
 /// `chmod` with special bits (never on a symlink).
 pub fn set_mode(path: &Path, mode: u32) -> Result<(), RootfsError> {
-    let c = c_path(path)?;
-    // SAFETY: c is a valid NUL-terminated path.
-    if unsafe { libc::chmod(c.as_ptr(), mode as libc::mode_t) } != 0 {
-        return Err(RootfsError::io(path.display())(
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    rustix::fs::chmod(path, Mode::from_raw_mode(mode))
+        .map_err(|e| RootfsError::io(path.display())(e.into()))
 }
 
 /// (seconds, nanoseconds) access and modification times as `utimensat`
 /// and `futimens` take them.
-fn timespecs(atime: (i64, i64), mtime: (i64, i64)) -> [libc::timespec; 2] {
-    [
-        libc::timespec {
-            tv_sec: atime.0 as libc::time_t,
+fn timestamps(atime: (i64, i64), mtime: (i64, i64)) -> Timestamps {
+    Timestamps {
+        last_access: Timespec {
+            tv_sec: atime.0,
             tv_nsec: atime.1 as _,
         },
-        libc::timespec {
-            tv_sec: mtime.0 as libc::time_t,
+        last_modification: Timespec {
+            tv_sec: mtime.0,
             tv_nsec: mtime.1 as _,
         },
-    ]
+    }
 }
 
 /// `utimensat(AT_SYMLINK_NOFOLLOW)` with (seconds, nanoseconds) pairs.
 pub fn set_times(path: &Path, atime: (i64, i64), mtime: (i64, i64)) -> Result<(), RootfsError> {
-    let c = c_path(path)?;
-    let ts = timespecs(atime, mtime);
-    // SAFETY: c is a valid path and ts holds two timespecs.
-    let rc = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            ts.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if rc != 0 {
-        return Err(RootfsError::io(path.display())(
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &timestamps(atime, mtime),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| RootfsError::io(path.display())(e.into()))
 }
 
 /// `lsetxattr`, ignoring failures the target filesystem may not support.
 pub fn set_xattr(path: &Path, name: &[u8], value: &[u8]) {
-    let (Ok(c), Ok(n)) = (c_path(path), CString::new(name)) else {
-        return;
-    };
-    // SAFETY: valid path, name and value buffer.
-    unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        );
-    }
+    let _ = rustix::fs::lsetxattr(path, name, value, XattrFlags::empty());
 }
 
 /// What a new regular file gets besides its bytes.
@@ -748,7 +777,6 @@ pub fn create_file_copy(
     dest: &Path,
     info: &NewFileInfo<'_>,
 ) -> Result<(), RootfsError> {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let err = |path: &Path| RootfsError::io(path.display().to_string());
     let mut from = std::fs::File::open(src).map_err(err(src))?;
@@ -756,7 +784,7 @@ pub fn create_file_copy(
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(dest)
         .map_err(err(dest))?;
     copy_bytes(&mut from, &mut to).map_err(err(dest))?;
@@ -764,100 +792,58 @@ pub fn create_file_copy(
     to.set_permissions(std::fs::Permissions::from_mode(info.mode & 0o7777))
         .map_err(err(dest))?;
     for (name, value) in info.xattrs {
-        let Ok(n) = CString::new(name.as_slice()) else {
-            continue;
-        };
-        // SAFETY: an open fd, a NUL-terminated name and a live value buffer.
-        unsafe {
-            libc::fsetxattr(
-                to.as_raw_fd(),
-                n.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                0,
-            );
-        }
+        // Best effort, as with set_xattr.
+        let _ = rustix::fs::fsetxattr(&to, name.as_slice(), value, XattrFlags::empty());
     }
-    let ts = timespecs(info.atime, info.mtime);
-    // SAFETY: an open fd and two timespecs.
-    if unsafe { libc::futimens(to.as_raw_fd(), ts.as_ptr()) } != 0 {
-        return Err(err(dest)(std::io::Error::last_os_error()));
-    }
-    Ok(())
+    rustix::fs::futimens(&to, &timestamps(info.atime, info.mtime)).map_err(|e| err(dest)(e.into()))
 }
 
 /// `copy_file_range` until the source ends (the kernel copies, or shares
 /// extents, without a trip through user space); plain read/write where the
 /// filesystems cannot.
 fn copy_bytes(from: &mut std::fs::File, to: &mut std::fs::File) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
+    use rustix::io::Errno;
     let mut copied: u64 = 0;
     loop {
-        // SAFETY: two open fds; null offsets use and advance the file offsets.
-        let n = unsafe {
-            libc::copy_file_range(
-                from.as_raw_fd(),
-                std::ptr::null_mut(),
-                to.as_raw_fd(),
-                std::ptr::null_mut(),
-                1 << 30,
-                0,
-            )
-        };
-        match n {
+        // No offsets: the file offsets are used and advanced.
+        match rustix::fs::copy_file_range(&*from, None, &*to, None, 1 << 30) {
             // Some filesystems (procfs, some FUSE) answer 0 at once for a
             // file that has bytes: read it the plain way then.
-            0 if copied == 0 => {
+            Ok(0) if copied == 0 => {
                 std::io::copy(from, to)?;
                 return Ok(());
             }
-            0 => return Ok(()),
-            n if n > 0 => copied += n as u64,
-            _ => {
-                let e = std::io::Error::last_os_error();
-                let fallback = matches!(
-                    e.raw_os_error(),
-                    Some(
-                        libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP | libc::EPERM
-                    )
-                );
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                if fallback && copied == 0 {
-                    std::io::copy(from, to)?;
-                    return Ok(());
-                }
-                return Err(e);
+            Ok(0) => return Ok(()),
+            Ok(n) => copied += n as u64,
+            Err(Errno::INTR) => {}
+            Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP | Errno::PERM)
+                if copied == 0 =>
+            {
+                std::io::copy(from, to)?;
+                return Ok(());
             }
+            Err(e) => return Err(e.into()),
         }
     }
 }
 
 /// `mknod` for fifos and devices.
 pub fn make_node(path: &Path, kind: &EntryKind, mode: u32) -> Result<(), RootfsError> {
-    let c = c_path(path)?;
-    let (fmt, rdev) = match kind {
-        EntryKind::Fifo => (libc::S_IFIFO, 0),
-        EntryKind::Socket => (libc::S_IFSOCK, 0),
-        EntryKind::Device { block: true, rdev } => (libc::S_IFBLK, *rdev),
-        EntryKind::Device { block: false, rdev } => (libc::S_IFCHR, *rdev),
+    let (file_type, rdev) = match kind {
+        EntryKind::Fifo => (FileType::Fifo, 0),
+        EntryKind::Socket => (FileType::Socket, 0),
+        EntryKind::Device { block: true, rdev } => (FileType::BlockDevice, *rdev),
+        EntryKind::Device { block: false, rdev } => (FileType::CharacterDevice, *rdev),
         _ => return Err(RootfsError::NotFound(path.display().to_string())),
     };
-    // SAFETY: c is a valid NUL-terminated path.
-    let rc = unsafe {
-        libc::mknod(
-            c.as_ptr(),
-            fmt | (mode & 0o7777) as libc::mode_t,
-            rdev as libc::dev_t,
-        )
-    };
-    if rc != 0 {
-        return Err(RootfsError::io(path.display())(
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        file_type,
+        Mode::from_raw_mode(mode & 0o7777),
+        rdev,
+    )
+    .map_err(|e| RootfsError::io(path.display())(e.into()))
 }
 
 #[cfg(test)]

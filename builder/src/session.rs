@@ -20,11 +20,19 @@ use kiln_layers::cleanup::ScratchDir;
 use kiln_layers::{Compression, Descriptor, Digest, Lease, Reference, Reporter, Store};
 use kiln_runtime::{HelperCommand, Limits, Network};
 
+use crate::annotations::Annotation;
+
 use crate::context::{BuildContext, ContextError, EntryKind, StatCache};
 use crate::copy::{UrlDownloads, UrlFetcher};
 use crate::dockerignore::IgnoreError;
+use crate::dockerignore::PatternMatcher;
 use crate::export::{ExportError, Output};
-use crate::plan::{compute_cache_keys, plan, BuildOptions, Plan, PlanError, RemoteSources};
+use crate::frontend::{Frontend, FrontendError};
+use crate::lint::{self, Checker, LintOptions};
+use crate::plan::{
+    compute_cache_keys, plan_with, BuildOptions, Plan, PlanError, PlanErrorKind, PlanWarning,
+    RemoteSources, WalkOptions,
+};
 use crate::secrets::Secret;
 use crate::solve::{
     solve, BuildEvents, BuiltImage, ImagePuller, SolveError, SolveOptions, StoreResolver,
@@ -61,16 +69,30 @@ impl DockerfileInput {
 /// Everything a build is told.
 #[derive(Debug)]
 pub struct BuildSettings {
+    /// The build context's directory: the one named, or the one a remote
+    /// context was fetched into ([`crate::contexts::prepare`]).
     pub context_dir: PathBuf,
+    /// Where a remote context came from (credentials masked; `-` for
+    /// standard input); None for a local directory. A fetched context is
+    /// new each build: it is hashed without the stat cache.
+    pub context_origin: Option<String>,
+    /// `--build-context`s, fetched and hashed
+    /// ([`crate::contexts::NamedContexts::prepare`]); `options.named_contexts`
+    /// holds what the planner sees of them.
+    pub named_contexts: crate::contexts::NamedContexts,
     pub dockerfile: DockerfileInput,
     /// Target, build args, platforms.
     pub options: BuildOptions,
     /// Names to tag the image with; none leaves it untagged (by id).
     pub tags: Vec<Reference>,
-    /// Pull base images even when the store has them.
-    pub pull: bool,
+    /// When base images are pulled.
+    pub pull: PullPolicy,
     /// Run every step (results are still cached).
     pub no_cache: bool,
+    /// Run every step of these stages (`--no-cache-filter`), by name.
+    pub no_cache_stages: Vec<String>,
+    /// What the Dockerfile may do only when allowed (`--allow`).
+    pub allow: Entitlements,
     /// SOURCE_DATE_EPOCH from the environment; a `SOURCE_DATE_EPOCH` build
     /// arg wins over it, as in BuildKit.
     pub source_date_epoch: Option<i64>,
@@ -83,6 +105,12 @@ pub struct BuildSettings {
     pub ssh: SshAgents,
     pub limits: Limits,
     pub outputs: Vec<Output>,
+    /// `--label K=V`: the target image's config labels, over the
+    /// Dockerfile's ([`crate::annotations`]).
+    pub labels: BTreeMap<String, String>,
+    /// `--annotation`: on the manifest or its descriptor
+    /// ([`crate::annotations`]).
+    pub annotations: Vec<Annotation>,
     /// Push every tag to its registry.
     pub push: bool,
     pub iidfile: Option<PathBuf>,
@@ -92,6 +120,42 @@ pub struct BuildSettings {
 }
 
 impl BuildSettings {
+    /// Every name the image gets: `-t`'s, then those of image outputs.
+    pub fn all_tags(&self) -> Vec<Reference> {
+        let mut tags = self.tags.clone();
+        for output in &self.outputs {
+            if let Output::Image { names, .. } = output {
+                for name in names {
+                    if !tags.contains(name) {
+                        tags.push(name.clone());
+                    }
+                }
+            }
+        }
+        tags
+    }
+
+    /// The names pushed: every `-t` with `--push`, and each image output's
+    /// names (its `-t` names when it has none) when it pushes.
+    pub fn push_targets(&self) -> Vec<Reference> {
+        let mut targets = if self.push {
+            self.tags.clone()
+        } else {
+            Vec::new()
+        };
+        for output in &self.outputs {
+            if let Output::Image { names, push: true } = output {
+                let names = if names.is_empty() { &self.tags } else { names };
+                for name in names {
+                    if !targets.contains(name) {
+                        targets.push(name.clone());
+                    }
+                }
+            }
+        }
+        targets
+    }
+
     /// The SOURCE_DATE_EPOCH the build uses: the build arg's, else the
     /// environment's.
     pub fn source_date_epoch(&self) -> Option<i64> {
@@ -101,6 +165,64 @@ impl BuildSettings {
             .and_then(|v| v.trim().parse::<i64>().ok())
             .or(self.source_date_epoch)
     }
+}
+
+/// BuildKit's entitlements: what a RUN may do only when the build grants
+/// it (`--allow network.host,security.insecure`, as buildx's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Entitlements {
+    /// `RUN --network=host` (granted by `--network host` as well).
+    pub network_host: bool,
+    /// `RUN --security=insecure`: every capability, no seccomp, no masked
+    /// paths.
+    pub security_insecure: bool,
+}
+
+impl Entitlements {
+    /// A RUN of the needed stages that needs an entitlement not granted is
+    /// an error naming its line and the `--allow` that grants it (BuildKit
+    /// fails such a build likewise: "network.host is not allowed").
+    pub fn check(&self, plan: &Plan) -> Result<(), PlanError> {
+        let runs = plan
+            .stages
+            .iter()
+            .filter(|s| s.needed)
+            .flat_map(|s| &s.steps)
+            .filter_map(|step| match &step.kind {
+                crate::plan::StepKind::Run(r) => Some((step.line, r)),
+                _ => None,
+            });
+        for (line, run) in runs {
+            let needs = if run.network.as_deref() == Some("host") && !self.network_host {
+                ("--network=host", "network.host")
+            } else if run.security.as_deref() == Some("insecure") && !self.security_insecure {
+                ("--security=insecure", "security.insecure")
+            } else {
+                continue;
+            };
+            return Err(PlanError::at(
+                line,
+                PlanErrorKind::Invalid(format!(
+                    "RUN {}: {} is not allowed; grant it with --allow {}",
+                    needs.0, needs.1, needs.1
+                )),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// When a build pulls its base images (`--pull[=always|missing|never]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PullPolicy {
+    /// Pull every base image, even one the store has (a tag may have moved;
+    /// `--pull`, as docker's).
+    Always,
+    /// Pull what the store lacks (the default, as docker's).
+    #[default]
+    Missing,
+    /// Never pull: a base the store lacks is an error.
+    Never,
 }
 
 /// A failure of the network side, with its cause.
@@ -128,6 +250,8 @@ pub enum BuildError {
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error(transparent)]
+    Frontend(#[from] FrontendError),
+    #[error(transparent)]
     Ignore(#[from] IgnoreError),
     #[error(transparent)]
     Context(#[from] ContextError),
@@ -149,8 +273,80 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    /// The build checks failed it (`# check=error=true`, or a finding of
+    /// severity error), as BuildKit's "lint violation found for rules".
+    #[error("lint violation found for rules: {}", violated_rules(.0))]
+    Checks(Box<lint::Report>),
     #[error("{0}")]
     Invalid(String),
+}
+
+fn violated_rules(report: &lint::Report) -> String {
+    let mut rules: Vec<&str> = report.findings.iter().map(|f| f.rule).collect();
+    rules.dedup();
+    rules.join(", ")
+}
+
+/// The stages whose steps `--no-cache-filter` runs again, by index: the
+/// named ones (an unknown name is an error), and every stage that uses
+/// one of them. BuildKit keys a `COPY --from` by the content it copies, so
+/// a named stage that makes new content reruns its users; kiln keys by
+/// the source stage's steps, so its users rerun with it, or they would
+/// copy the old content from the cache.
+fn no_cache_stages(
+    plan: &Plan,
+    names: &[String],
+) -> Result<std::collections::BTreeSet<usize>, BuildError> {
+    let mut stages = names
+        .iter()
+        .map(|name| {
+            let lower = name.to_ascii_lowercase();
+            plan.stages
+                .iter()
+                .find(|s| s.name.as_deref() == Some(lower.as_str()))
+                .map(|s| s.index)
+                .ok_or_else(|| {
+                    BuildError::Invalid(format!("--no-cache-filter {name}: no stage is named so"))
+                })
+        })
+        .collect::<Result<std::collections::BTreeSet<usize>, BuildError>>()?;
+    loop {
+        let users: Vec<usize> = plan
+            .stages
+            .iter()
+            .filter(|s| !stages.contains(&s.index) && !s.deps.is_disjoint(&stages))
+            .map(|s| s.index)
+            .collect();
+        if users.is_empty() {
+            return Ok(stages);
+        }
+        stages.extend(users);
+    }
+}
+
+/// `--label`s on the target stage's config, over its LABELs: only the
+/// final image's config changes (no history entry, no cache key).
+fn apply_labels(plan: &mut Plan, labels: &BTreeMap<String, String>) {
+    if labels.is_empty() {
+        return;
+    }
+    let target = plan.target;
+    let config = plan.stages[target]
+        .image
+        .config
+        .get_or_insert_with(Default::default);
+    config
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+}
+
+/// A check's finding as a build warning: `Rule: message`.
+fn finding_warning(finding: &lint::Finding) -> PlanWarning {
+    PlanWarning {
+        line: Some(finding.line),
+        message: format!("{}: {}", finding.rule, finding.message),
+    }
 }
 
 impl BuildError {
@@ -158,6 +354,8 @@ impl BuildError {
     pub fn line(&self) -> Option<usize> {
         match self {
             BuildError::Plan(e) => e.line(),
+            BuildError::Frontend(e) => e.line,
+            BuildError::Checks(report) => report.findings.first().map(|f| f.line),
             BuildError::Solve(
                 SolveError::RunFailed { line, .. } | SolveError::Step { line, .. },
             ) if *line > 0 => Some(*line),
@@ -180,6 +378,10 @@ pub struct Session<'a> {
 /// second half runs with.
 pub struct Planned<'a> {
     pub plan: Plan,
+    /// The build checks' findings (none failed the build).
+    pub checks: lint::Report,
+    /// The `# syntax` and `BUILDKIT_*` options.
+    pub frontend: Frontend,
     context: BuildContext,
     resolver: StoreResolver<'a>,
     downloads: UrlDownloads<'a>,
@@ -201,6 +403,8 @@ pub struct BuildResult {
     pub reported: Descriptor,
     /// Each tag pushed, with the manifest digest the registry has.
     pub pushed: Vec<(Reference, Digest)>,
+    /// The build checks' findings.
+    pub checks: Vec<lint::Finding>,
 }
 
 impl BuildResult {
@@ -210,28 +414,79 @@ impl BuildResult {
         serde_json::json!({
             "containerimage.digest": self.reported.digest.to_string(),
             "containerimage.config.digest": self.image_id.to_string(),
-            "containerimage.descriptor": {
-                "mediaType": self.reported.media_type,
-                "digest": self.reported.digest.to_string(),
-                "size": self.reported.size,
-            },
+            "containerimage.descriptor": self.reported_descriptor(),
             "image.name": names.join(","),
+            "buildx.build.warnings": self.warnings(),
         })
+    }
+
+    /// The build checks' findings, then what steps warned of as they ran.
+    fn warnings(&self) -> Vec<serde_json::Value> {
+        let checks = self.checks.iter().map(|f| {
+            serde_json::json!({
+                "rule": f.rule,
+                "detail": f.message,
+                "url": f.url,
+                "line": f.line,
+            })
+        });
+        let steps = self.built.warnings.iter().map(|w| {
+            serde_json::json!({
+                "detail": w.message,
+                "line": w.line,
+            })
+        });
+        checks.chain(steps).collect()
     }
 }
 
+impl BuildResult {
+    /// The reported manifest's descriptor as the metadata file has it
+    /// (annotations when `--annotation manifest-descriptor:` gave some).
+    fn reported_descriptor(&self) -> serde_json::Value {
+        let mut descriptor = serde_json::json!({
+            "mediaType": self.reported.media_type,
+            "digest": self.reported.digest.to_string(),
+            "size": self.reported.size,
+        });
+        let annotations: BTreeMap<&String, &String> = self
+            .reported
+            .annotations
+            .iter()
+            .filter(|(k, _)| k.as_str() != kiln_layers::oci::ANNOTATION_REF_NAME)
+            .collect();
+        if !annotations.is_empty() {
+            descriptor["annotations"] = serde_json::json!(annotations);
+        }
+        descriptor
+    }
+}
+
+/// The walk over the Dockerfile: its plan and what the build checks found.
+struct Walked<'a> {
+    frontend: Frontend,
+    plan: Plan,
+    checks: lint::Report,
+    resolver: StoreResolver<'a>,
+    ignore: PatternMatcher,
+}
+
 impl<'a> Session<'a> {
-    /// Parse, plan, load the context and compute the cache keys.
-    pub fn plan(&self) -> Result<Planned<'a>, BuildError> {
+    /// Only the build checks (`kiln build --check`, buildx's
+    /// `--call=check`): the walk a build makes, nothing run.
+    pub fn check(&self) -> Result<lint::Report, BuildError> {
+        Ok(self.walk()?.checks)
+    }
+
+    /// Parses the Dockerfile and walks it, the build checks observing;
+    /// their findings and the plan's warnings are reported as warnings.
+    fn walk(&self) -> Result<Walked<'a>, BuildError> {
         let settings = self.settings;
         let started = Instant::now();
         let dockerfile = &settings.dockerfile;
         let ast = kiln_parser::parse_bytes(&dockerfile.bytes, &dockerfile.name)?;
         let typed = kiln_parser::instructions::from_ast(&ast)?;
-        // Held until the image is tagged and exported: solve's own lease
-        // ends when it returns, and a `kiln prune` waiting for it would
-        // otherwise remove the new, not yet tagged manifest and config.
-        let lease = self.store.lease()?;
+        let frontend = Frontend::from_build(&ast, &settings.options.build_args)?;
         self.events.internal(
             &format!(
                 "[internal] load build definition from {}",
@@ -244,12 +499,77 @@ impl<'a> Session<'a> {
             started.elapsed().as_secs_f64(),
         );
         let puller: &'a dyn ImagePuller = self.remote;
-        let resolver = StoreResolver::new(self.store, Some(puller)).always_pull(settings.pull);
-        let mut planned = plan(&typed, &settings.options, &resolver)?;
-        for warning in &planned.warnings {
+        let resolver = match settings.pull {
+            PullPolicy::Never => StoreResolver::new(self.store, None),
+            PullPolicy::Missing => StoreResolver::new(self.store, Some(puller)),
+            PullPolicy::Always => StoreResolver::new(self.store, Some(puller)).always_pull(true),
+        };
+        let ignore = crate::dockerignore::load_for_build(
+            &settings.context_dir,
+            settings.dockerfile.path.as_deref(),
+        )?;
+        // The build checks observe the build's own walk (BuildKit's lint
+        // runs inside its dispatch): the stages the target needs.
+        let check_config = lint::check_config(&ast, &settings.options.build_args)
+            .map_err(|e| BuildError::Invalid(e.message))?;
+        let lint_options = LintOptions {
+            build_args: settings.options.build_args.clone(),
+            dockerignore: Some(ignore.clone()),
+            images: None,
+            platform: settings.options.target_platform.clone(),
+            target: settings.options.target.clone(),
+            buildkit_only: true,
+        };
+        let mut checker = Checker::new(&ast, &typed, check_config, &lint_options);
+        let plan = plan_with(
+            &typed,
+            &settings.options,
+            &resolver,
+            WalkOptions::default(),
+            checker.observer(),
+        )?;
+        let checks = checker.finish(&dockerfile.name);
+        for warning in frontend.warnings.iter().chain(&plan.warnings) {
             self.events.warning(&dockerfile.name, warning);
         }
-        let context = self.load_context()?;
+        for finding in &checks.findings {
+            self.events
+                .warning(&dockerfile.name, &finding_warning(finding));
+        }
+        Ok(Walked {
+            frontend,
+            plan,
+            checks,
+            resolver,
+            ignore,
+        })
+    }
+
+    /// Parse, plan, load the context and compute the cache keys.
+    pub fn plan(&self) -> Result<Planned<'a>, BuildError> {
+        // Held until the image is tagged and exported: solve's own lease
+        // ends when it returns, and a `kiln prune` waiting for it would
+        // otherwise remove the new, not yet tagged manifest and config.
+        let lease = self.store.lease()?;
+        let walked = self.walk()?;
+        let (mut planned, checks, resolver, ignore, frontend) = (
+            walked.plan,
+            walked.checks,
+            walked.resolver,
+            walked.ignore,
+            walked.frontend,
+        );
+        if checks.fails() {
+            return Err(BuildError::Checks(Box::new(checks)));
+        }
+        crate::annotations::check(
+            &self.settings.annotations,
+            &self.settings.options.target_platform,
+            self.settings.docker_media_types,
+        )
+        .map_err(BuildError::Invalid)?;
+        apply_labels(&mut planned, &self.settings.labels);
+        let context = self.load_context(&ignore)?;
         // Each ADD URL is downloaded once: for its cache key, or by the
         // step that adds it. The files live in a scratch dir under builds/
         // (the lease keeps a `kiln prune` off them, its name tells a later
@@ -263,6 +583,8 @@ impl<'a> Session<'a> {
         compute_cache_keys(&mut planned, Some(&context), &sources)?;
         Ok(Planned {
             plan: planned,
+            checks,
+            frontend,
             context,
             resolver,
             downloads,
@@ -272,15 +594,14 @@ impl<'a> Session<'a> {
     }
 
     /// The build context, hashed (through the store's stat cache).
-    fn load_context(&self) -> Result<BuildContext, BuildError> {
+    fn load_context(&self, ignore: &PatternMatcher) -> Result<BuildContext, BuildError> {
         let started = Instant::now();
         let settings = self.settings;
-        let ignore = crate::dockerignore::load_for_build(
-            &settings.context_dir,
-            settings.dockerfile.path.as_deref(),
-        )?;
-        let mut stat_cache = StatCache::open(self.store.root(), &settings.context_dir)?;
-        let context = BuildContext::load(&settings.context_dir, &ignore, Some(&mut stat_cache))?;
+        let mut stat_cache = match settings.context_origin {
+            None => Some(StatCache::open_in(self.store, &settings.context_dir)?),
+            Some(_) => None,
+        };
+        let context = BuildContext::load(&settings.context_dir, ignore, stat_cache.as_mut())?;
         let bytes: u64 = context
             .entries()
             .values()
@@ -292,7 +613,7 @@ impl<'a> Session<'a> {
             &[format!("transferring context: {} done", human_bytes(bytes))],
             started.elapsed().as_secs_f64(),
         );
-        if let Err(e) = stat_cache.save() {
+        if let Some(Err(e)) = stat_cache.as_mut().map(StatCache::save) {
             tracing::warn!("{e}");
         }
         Ok(context)
@@ -301,11 +622,26 @@ impl<'a> Session<'a> {
     /// Runs the plan, then tags, exports and pushes the image.
     pub fn build(&self, planned: Planned<'a>) -> Result<BuildResult, BuildError> {
         let settings = self.settings;
-        if settings.push && settings.tags.is_empty() {
-            return Err(BuildError::Invalid("--push needs at least one -t".into()));
+        let pushes = settings.push
+            || settings
+                .outputs
+                .iter()
+                .any(|o| matches!(o, Output::Image { push: true, .. }));
+        if pushes && settings.push_targets().is_empty() {
+            return Err(BuildError::Invalid(
+                "--push (or an output with push=true) needs a name: -t or name=".into(),
+            ));
         }
+        if settings.outputs.iter().filter(|o| o.to_stdout()).count() > 1 {
+            return Err(BuildError::Invalid(
+                "only one output can go to standard output".into(),
+            ));
+        }
+        settings.allow.check(&planned.plan)?;
+        let no_cache_stages = no_cache_stages(&planned.plan, &settings.no_cache_stages)?;
         let options = SolveOptions {
             no_cache: settings.no_cache,
+            no_cache_stages,
             source_date_epoch: settings.source_date_epoch(),
             network: settings.network,
             helper: settings.helper.clone(),
@@ -316,6 +652,7 @@ impl<'a> Session<'a> {
             secrets: settings.secrets.clone(),
             ssh: settings.ssh.clone(),
             limits: settings.limits,
+            named_contexts: Some(&settings.named_contexts),
         };
         let built = solve(
             self.store,
@@ -324,12 +661,24 @@ impl<'a> Session<'a> {
             &planned.resolver,
             &options,
         )?;
+        // Interrupted as the last step ended: nothing is tagged or sent.
+        if kiln_runtime::interrupt::runs_canceled() {
+            return Err(SolveError::Canceled.into());
+        }
+        let mut built = built;
+        built.manifest = crate::annotations::annotate(
+            self.store,
+            &built.manifest,
+            &built.platform(),
+            &settings.annotations,
+        )?;
         let image_id = self.tag(&built)?;
         let mut result = BuildResult {
             image_id,
             reported: built.manifest.clone(),
             built,
             pushed: Vec::new(),
+            checks: planned.checks.findings.clone(),
         };
         self.outputs(&mut result)?;
         self.push(&mut result)?;
@@ -342,7 +691,7 @@ impl<'a> Session<'a> {
         let started = Instant::now();
         let image = self.store.read_image(&built.manifest, &built.platform())?;
         let image_id = image.id().clone();
-        let tags = &self.settings.tags;
+        let tags = &self.settings.all_tags();
         if tags.is_empty() {
             self.store.add_untagged(&built.manifest)?;
         }
@@ -364,7 +713,7 @@ impl<'a> Session<'a> {
 
     fn outputs(&self, result: &mut BuildResult) -> Result<(), BuildError> {
         let settings = self.settings;
-        let name = match settings.tags.first() {
+        let name = match settings.all_tags().first() {
             Some(t) => t.clone(),
             None => Reference::parse("kiln-build:latest")
                 .map_err(|e| BuildError::Invalid(e.to_string()))?,
@@ -386,10 +735,7 @@ impl<'a> Session<'a> {
 
     fn push(&self, result: &mut BuildResult) -> Result<(), BuildError> {
         let settings = self.settings;
-        if !settings.push {
-            return Ok(());
-        }
-        for reference in &settings.tags {
+        for reference in &settings.push_targets() {
             let (digest, size) = self
                 .remote
                 .push(self.store, reference, settings.compression)
@@ -415,7 +761,7 @@ impl<'a> Session<'a> {
             write(path, result.image_id.to_string().into_bytes())?;
         }
         if let Some(path) = &self.settings.metadata_file {
-            let meta = result.metadata(&self.settings.tags);
+            let meta = result.metadata(&self.settings.all_tags());
             let bytes = serde_json::to_vec_pretty(&meta)
                 .map_err(|e| BuildError::Invalid(format!("metadata file: {e}")))?;
             write(path, bytes)?;

@@ -123,8 +123,7 @@ impl AgentRelay {
             .map_err(io_err(&std::env::temp_dir()))?;
         let socket = dir.path().join("agent.sock");
         let listener = UnixListener::bind(&socket).map_err(io_err(&socket))?;
-        // SAFETY: geteuid cannot fail.
-        if unsafe { libc::geteuid() } == 0 {
+        if rustix::process::geteuid().is_root() {
             std::os::unix::fs::chown(&socket, Some(mount.uid), Some(mount.gid))
                 .map_err(io_err(&socket))?;
         } else {

@@ -14,7 +14,7 @@ mod common;
 mod tree;
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kiln_builder::context::BuildContext;
 use kiln_builder::dockerignore;
@@ -102,13 +102,12 @@ fn run(case: &Path) -> String {
         return format!("plan error: {e}\n");
     }
     let solve_opts = SolveOptions {
+        named_contexts: None,
         no_cache: false,
+        no_cache_stages: Default::default(),
         source_date_epoch: Some(1_700_000_000),
         network: Network::None,
-        helper: HelperCommand {
-            program: PathBuf::from(env!("CARGO_BIN_EXE_kiln-builder-test-helper")),
-            args: vec!["__runtime-helper".into()],
-        },
+        helper: HelperCommand::subcommand_of(env!("CARGO_BIN_EXE_kiln-builder-test-helper")),
         downloads: None,
         events: &NoEvents,
         reporter: &NoProgress,

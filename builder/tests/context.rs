@@ -64,21 +64,33 @@ fn stat_cache_skips_unchanged_files_and_persists() {
     }
     let none = PatternMatcher::new(Vec::<String>::new()).unwrap();
 
-    let mut cache = StatCache::open(store.path(), ctx_dir.path()).unwrap();
+    let mut cache = StatCache::open_in(
+        &kiln_layers::Store::open(store.path()).unwrap(),
+        ctx_dir.path(),
+    )
+    .unwrap();
     let first = BuildContext::load(ctx_dir.path(), &none, Some(&mut cache)).unwrap();
     assert_eq!(first.stats().files_read, 5);
     cache.save().unwrap();
     let files = || {
-        std::fs::read_dir(store.path().join("cache/context-stats"))
-            .unwrap()
-            .count()
+        std::fs::read_dir(
+            kiln_layers::Store::open(store.path())
+                .unwrap()
+                .context_stats_dir(),
+        )
+        .unwrap()
+        .count()
     };
     assert_eq!(files(), 1);
 
     // Another context has a cache of its own.
     let other_dir = tempfile::tempdir().unwrap();
     write_old(&other_dir.path().join("g"), "other");
-    let mut other = StatCache::open(store.path(), other_dir.path()).unwrap();
+    let mut other = StatCache::open_in(
+        &kiln_layers::Store::open(store.path()).unwrap(),
+        other_dir.path(),
+    )
+    .unwrap();
     assert!(other.is_empty());
     let loaded = BuildContext::load(other_dir.path(), &none, Some(&mut other)).unwrap();
     assert_eq!(loaded.stats().files_read, 1);
@@ -86,7 +98,11 @@ fn stat_cache_skips_unchanged_files_and_persists() {
     assert_eq!(files(), 2);
 
     // A new process: the cache comes back from disk.
-    let mut cache = StatCache::open(store.path(), ctx_dir.path()).unwrap();
+    let mut cache = StatCache::open_in(
+        &kiln_layers::Store::open(store.path()).unwrap(),
+        ctx_dir.path(),
+    )
+    .unwrap();
     assert_eq!(cache.len(), 5);
     let second = BuildContext::load(ctx_dir.path(), &none, Some(&mut cache)).unwrap();
     assert_eq!(second.stats().files_read, 0);
@@ -116,7 +132,11 @@ fn stat_cache_skips_unchanged_files_and_persists() {
     std::fs::remove_file(ctx_dir.path().join("f4")).unwrap();
     BuildContext::load(ctx_dir.path(), &none, Some(&mut cache)).unwrap();
     cache.save().unwrap();
-    let reopened = StatCache::open(store.path(), ctx_dir.path()).unwrap();
+    let reopened = StatCache::open_in(
+        &kiln_layers::Store::open(store.path()).unwrap(),
+        ctx_dir.path(),
+    )
+    .unwrap();
     assert_eq!(reopened.len(), 4);
     write_old(&ctx_dir.path().join("f4"), "content 4");
 
@@ -183,11 +203,19 @@ fn stat_cache_keeps_names_ending_in_carriage_return() {
     write_old(&ctx_dir.path().join("name\r"), "a");
     write_old(&ctx_dir.path().join("with space"), "b");
     let none = PatternMatcher::new(Vec::<String>::new()).unwrap();
-    let mut cache = StatCache::open(store.path(), ctx_dir.path()).unwrap();
+    let mut cache = StatCache::open_in(
+        &kiln_layers::Store::open(store.path()).unwrap(),
+        ctx_dir.path(),
+    )
+    .unwrap();
     let first = BuildContext::load(ctx_dir.path(), &none, Some(&mut cache)).unwrap();
     assert_eq!(first.stats().files_read, 2);
     cache.save().unwrap();
-    let mut cache = StatCache::open(store.path(), ctx_dir.path()).unwrap();
+    let mut cache = StatCache::open_in(
+        &kiln_layers::Store::open(store.path()).unwrap(),
+        ctx_dir.path(),
+    )
+    .unwrap();
     let second = BuildContext::load(ctx_dir.path(), &none, Some(&mut cache)).unwrap();
     assert_eq!(second.stats().files_read, 0);
     assert_eq!(second.stats().files_cached, 2);

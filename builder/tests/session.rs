@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use kiln_builder::copy::{FetchInfo, UrlFetcher};
 use kiln_builder::export::Output;
 use kiln_builder::plan::{BuildOptions, LookupError};
-use kiln_builder::session::{BuildSettings, DockerfileInput, Remote, RemoteError, Session};
+use kiln_builder::session::{
+    BuildSettings, DockerfileInput, PullPolicy, Remote, RemoteError, Session,
+};
 use kiln_builder::solve::{ImagePuller, NoEvents};
 use kiln_layers::{Compression, Descriptor, Digest, NoProgress, Platform, Reference, Store};
 use kiln_runtime::{HelperCommand, Network};
@@ -41,6 +43,10 @@ impl Remote for Offline {
 fn settings(context: PathBuf, dockerfile: &str, out: &std::path::Path) -> BuildSettings {
     BuildSettings {
         context_dir: context,
+        context_origin: None,
+        named_contexts: Default::default(),
+        labels: Default::default(),
+        annotations: Vec::new(),
         dockerfile: DockerfileInput {
             bytes: dockerfile.as_bytes().to_vec(),
             name: "Dockerfile".into(),
@@ -52,8 +58,10 @@ fn settings(context: PathBuf, dockerfile: &str, out: &std::path::Path) -> BuildS
             ..Default::default()
         },
         tags: vec![Reference::parse("session:test").unwrap()],
-        pull: false,
+        pull: PullPolicy::Missing,
         no_cache: false,
+        no_cache_stages: Default::default(),
+        allow: Default::default(),
         source_date_epoch: Some(1_700_000_000),
         network: Network::None,
         compression: Compression::Gzip,

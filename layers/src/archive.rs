@@ -211,6 +211,11 @@ fn write_layout(
         sink.blob(store, &md.digest, md.size)?;
         let mut entry = Descriptor::new(md.media_type.clone(), md.digest.clone(), md.size);
         entry.platform = md.platform.clone();
+        // The descriptor's own annotations (`--annotation
+        // manifest-descriptor:`) travel with it; the names are this save's.
+        entry.annotations = md.annotations.clone();
+        entry.annotations.remove(ANNOTATION_REF_NAME);
+        entry.annotations.remove(ANNOTATION_CONTAINERD_NAME);
         let full = item.reference.to_string();
         entry
             .annotations
@@ -542,7 +547,7 @@ fn load_docker(store: &Store, files: &ArchiveFiles, path: &Path) -> Result<Vec<L
                 .stored
                 .get(&name)
                 .ok_or_else(|| bad(format!("layer {name} is missing")))?;
-            let mut head = [0u8; 4];
+            let mut head = [0u8; crate::compress::Magic::LEN];
             let n = store
                 .open_blob(&d.digest)?
                 .read(&mut head)

@@ -1,10 +1,52 @@
-//! Layer compression: gzip (flate2 on zlib-rs) and zstd (multithreaded, with
-//! output that does not depend on the number of threads), and reading any of
-//! gzip, zstd or plain tar by sniffing the first bytes.
+//! Compression: the one sniffer of compressed streams ([`Magic`]: gzip,
+//! bzip2, xz, zstd or plain, by their first bytes), layer compression (gzip
+//! on zlib-rs, zstd multithreaded with output that does not depend on the
+//! number of threads), reading a layer blob ([`decompress`]: gzip, zstd or
+//! plain) and reading an archive `ADD` extracts ([`decompress_archive`]:
+//! any of the five).
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
 
 use crate::oci::media;
+
+/// What a stream's first bytes say it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Magic {
+    /// None of the others: read as it is.
+    Plain,
+    /// `1f 8b 08` (deflate, the only method gzip defines).
+    Gzip,
+    /// `BZh`.
+    Bzip2,
+    /// `fd 37 7a 58 5a 00`.
+    Xz,
+    /// `28 b5 2f fd`.
+    Zstd,
+}
+
+impl Magic {
+    /// How many leading bytes [`Magic::sniff`] looks at (xz's magic is the
+    /// longest).
+    pub const LEN: usize = 6;
+
+    /// Recognizes a stream by its first bytes (fewer than [`Magic::LEN`]
+    /// only when the stream is that short).
+    pub fn sniff(head: &[u8]) -> Magic {
+        if head.starts_with(&[0x1f, 0x8b, 0x08]) {
+            Magic::Gzip
+        } else if head.starts_with(b"BZh") {
+            Magic::Bzip2
+        } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+            Magic::Xz
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Magic::Zstd
+        } else {
+            Magic::Plain
+        }
+    }
+}
 
 /// How a layer blob is compressed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -16,14 +58,13 @@ pub enum Compression {
 }
 
 impl Compression {
-    /// Recognizes gzip (`1f 8b`) and zstd (`28 b5 2f fd`) magic bytes.
+    /// A layer blob's compression from its first bytes ([`Magic::sniff`]);
+    /// anything but gzip and zstd is read as plain.
     pub fn sniff(head: &[u8]) -> Compression {
-        if head.starts_with(&[0x1f, 0x8b]) {
-            Compression::Gzip
-        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Compression::Zstd
-        } else {
-            Compression::None
+        match Magic::sniff(head) {
+            Magic::Gzip => Compression::Gzip,
+            Magic::Zstd => Compression::Zstd,
+            Magic::Plain | Magic::Bzip2 | Magic::Xz => Compression::None,
         }
     }
 
@@ -47,12 +88,16 @@ impl Compression {
     }
 }
 
-/// Wraps `reader` in the right decompressor after reading its magic bytes
-/// (which are then put back in front of the stream).
-pub fn decompress<'a, R: Read + Send + 'a>(mut reader: R) -> io::Result<Box<dyn Read + Send + 'a>> {
+/// A stream whose first bytes were read to sniff it, put back in front.
+type Sniffed<R> = io::Chain<io::Cursor<Vec<u8>>, R>;
+
+/// Reads the first [`Magic::LEN`] bytes of `reader` (fewer if it ends
+/// first) and returns what they say with a reader that yields the whole
+/// stream, those bytes included.
+fn sniff_stream<R: Read>(mut reader: R) -> io::Result<(Magic, Sniffed<R>)> {
     // A reader may hand out fewer bytes than asked (a pipe, a socket):
-    // keep reading until there are four or the stream ends.
-    let mut head = [0u8; 4];
+    // keep reading until there are enough or the stream ends.
+    let mut head = [0u8; Magic::LEN];
     let mut got = 0;
     while got < head.len() {
         match reader.read(&mut head[got..]) {
@@ -62,14 +107,115 @@ pub fn decompress<'a, R: Read + Send + 'a>(mut reader: R) -> io::Result<Box<dyn 
             Err(e) => return Err(e),
         }
     }
-    let kind = Compression::sniff(&head[..got]);
-    let whole = io::Cursor::new(head[..got].to_vec()).chain(reader);
+    let magic = Magic::sniff(&head[..got]);
+    Ok((magic, io::Cursor::new(head[..got].to_vec()).chain(reader)))
+}
+
+/// Wraps a layer blob in the right decompressor after reading its magic
+/// bytes (which are then put back in front of the stream): gzip, zstd, else
+/// plain.
+pub fn decompress<'a, R: Read + Send + 'a>(reader: R) -> io::Result<Box<dyn Read + Send + 'a>> {
+    let (magic, whole) = sniff_stream(reader)?;
     let buffered = BufReader::with_capacity(256 * 1024, whole);
-    Ok(match kind {
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(buffered)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
-        Compression::None => Box::new(buffered),
+    Ok(match magic {
+        Magic::Gzip => Box::new(flate2::read::MultiGzDecoder::new(buffered)),
+        Magic::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
+        Magic::Plain | Magic::Bzip2 | Magic::Xz => Box::new(buffered),
     })
+}
+
+/// Wraps an archive `ADD` may extract in the right decompressor: gzip,
+/// bzip2, xz, zstd, else plain, as Docker's `DecompressStream`. Only what
+/// is read gets decoded (deciding whether a file is a tar archive decodes a
+/// few blocks, not the whole file).
+pub fn decompress_archive<R: Read + Send + 'static>(reader: R) -> io::Result<Box<dyn Read + Send>> {
+    let (magic, whole) = sniff_stream(reader)?;
+    let buffered = BufReader::new(whole);
+    Ok(match magic {
+        Magic::Plain => Box::new(buffered),
+        Magic::Gzip => Box::new(flate2::read::MultiGzDecoder::new(buffered)),
+        Magic::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(buffered)),
+        Magic::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
+        Magic::Xz => Box::new(XzReader::spawn(buffered)),
+    })
+}
+
+/// Chunks of decoded xz in flight between the decoder thread and the reader
+/// (each up to [`XZ_CHUNK`] bytes): bounds the memory a read-ahead takes.
+const XZ_CHUNKS_IN_FLIGHT: usize = 4;
+const XZ_CHUNK: usize = 64 * 1024;
+
+/// xz decoded on a thread of its own: the pure-Rust decoder only writes
+/// into a `Write`, so its output is handed over in chunks. Dropping the
+/// reader early stops the decoder at its next write.
+struct XzReader {
+    chunks: Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    position: usize,
+    decoder: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl XzReader {
+    fn spawn<R: io::BufRead + Send + 'static>(mut input: R) -> XzReader {
+        let (sender, chunks) = sync_channel(XZ_CHUNKS_IN_FLIGHT);
+        let decoder = std::thread::spawn(move || {
+            let mut out = BufWriter::with_capacity(XZ_CHUNK, ChunkWriter(sender));
+            lzma_rs::xz_decompress(&mut input, &mut out)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("xz: {e:?}")))?;
+            out.flush()
+        });
+        XzReader {
+            chunks,
+            current: Vec::new(),
+            position: 0,
+            decoder: Some(decoder),
+        }
+    }
+}
+
+impl Read for XzReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        while self.position == self.current.len() {
+            match self.chunks.recv() {
+                Ok(chunk) => {
+                    self.current = chunk;
+                    self.position = 0;
+                }
+                // The decoder is done: the end, or why it stopped.
+                Err(_) => {
+                    if let Some(decoder) = self.decoder.take() {
+                        decoder
+                            .join()
+                            .map_err(|_| io::Error::other("the xz decoder panicked"))??;
+                    }
+                    return Ok(0);
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.position);
+        buf[..n].copy_from_slice(&self.current[self.position..self.position + n]);
+        self.position += n;
+        Ok(n)
+    }
+}
+
+/// Sends what is written to an [`XzReader`]; fails once the reader is gone.
+struct ChunkWriter(SyncSender<Vec<u8>>);
+
+impl Write for ChunkWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .send(buf.to_vec())
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "reader gone"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// zstd level kiln uses (zstd's default).
@@ -229,6 +375,65 @@ mod tests {
                 .unwrap();
             assert_eq!(back, data, "{kind:?}");
         }
+    }
+
+    #[test]
+    fn magic_bytes_of_every_format() {
+        assert_eq!(Magic::sniff(&[0x1f, 0x8b, 0x08, 0]), Magic::Gzip);
+        // gzip's magic with a method other than deflate is no gzip.
+        assert_eq!(Magic::sniff(&[0x1f, 0x8b, 0x07, 0]), Magic::Plain);
+        assert_eq!(Magic::sniff(b"BZh91AY"), Magic::Bzip2);
+        assert_eq!(
+            Magic::sniff(&[0xfd, b'7', b'z', b'X', b'Z', 0x00, 0]),
+            Magic::Xz
+        );
+        assert_eq!(Magic::sniff(&[0xfd, b'7', b'z', b'X', b'Z']), Magic::Plain);
+        assert_eq!(Magic::sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Magic::Zstd);
+        assert_eq!(Magic::sniff(b""), Magic::Plain);
+        assert_eq!(Compression::sniff(b"BZh91AY"), Compression::None);
+    }
+
+    fn xz(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        lzma_rs::xz_compress(&mut &bytes[..], &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn archives_in_every_format_read_back() {
+        let data = sample(300_000);
+        let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+        bz.write_all(&data).unwrap();
+        let mut packed = vec![xz(&data), bz.finish().unwrap(), data.clone()];
+        for kind in [Compression::Gzip, Compression::Zstd] {
+            let mut c = Compressor::new(kind, Vec::new()).unwrap();
+            c.write_all(&data).unwrap();
+            packed.push(c.finish().unwrap());
+        }
+        for bytes in packed {
+            let magic = Magic::sniff(&bytes);
+            let mut back = Vec::new();
+            decompress_archive(io::Cursor::new(bytes))
+                .unwrap()
+                .read_to_end(&mut back)
+                .unwrap();
+            assert!(back == data, "{magic:?} round trip");
+        }
+    }
+
+    #[test]
+    fn a_truncated_xz_is_an_error_not_a_short_read() {
+        let compressed = xz(&vec![b'x'; 200_000]);
+        let cut = compressed[..compressed.len() - 20].to_vec();
+        let mut decoded = Vec::new();
+        let result = decompress_archive(io::Cursor::new(cut))
+            .unwrap()
+            .read_to_end(&mut decoded);
+        assert!(
+            result.is_err(),
+            "read {} bytes without error",
+            decoded.len()
+        );
     }
 
     #[test]

@@ -169,8 +169,11 @@ struct TarWriter<W: Write> {
     root: PathBuf,
 }
 
+/// Extended attributes: (name, value) pairs.
+type Xattrs = Vec<(String, Vec<u8>)>;
+
 /// xattrs of `path` (not following symlinks), sorted by name.
-fn read_xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
+fn read_xattrs(path: &Path) -> Result<Xattrs> {
     let mut names = vec![0u8; 4096];
     let len = loop {
         match rustix::fs::llistxattr(path, &mut names[..]) {
@@ -218,6 +221,87 @@ fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
 const USTAR_ID_MAX: u64 = 0o7777777;
 const USTAR_SIZE_MAX: u64 = 0o77777777777;
 
+/// A tar header with the given fields and size 0 (the name, link and
+/// checksum are filled in when it is appended).
+fn ustar_header(kind: tar::EntryType, mode: u32, uid: u64, gid: u64, mtime: u64) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(uid.min(USTAR_ID_MAX));
+    h.set_gid(gid.min(USTAR_ID_MAX));
+    h.set_mtime(mtime.min(USTAR_SIZE_MAX));
+    h.set_size(0);
+    h
+}
+
+/// Overlay's own xattrs, taken out of `xattrs`: the rest, and whether the
+/// directory is opaque. A `metacopy` or `redirect` xattr is refused.
+fn split_overlay_xattrs(xattrs: Xattrs, path: &Path) -> Result<(Xattrs, bool)> {
+    let mut overlay_opaque = false;
+    let mut kept_xattrs = Vec::new();
+    for (k, v) in xattrs {
+        // `user.overlay.*` is what a rootless overlay (mounted with
+        // `userxattr` inside a user namespace) writes instead.
+        let overlay_attr = k
+            .strip_prefix("trusted.overlay.")
+            .or_else(|| k.strip_prefix("user.overlay."));
+        if let Some(what) = overlay_attr {
+            match what {
+                "opaque" => overlay_opaque = v == b"y",
+                "metacopy" | "redirect" => {
+                    return Err(Error::Diff {
+                        path: path.to_path_buf(),
+                        reason: format!(
+                            "overlay {what} xattr: mount the overlay with metacopy=off,redirect_dir=off"
+                        ),
+                    })
+                }
+                _ => {}
+            }
+            continue;
+        }
+        kept_xattrs.push((k, v));
+    }
+    Ok((kept_xattrs, overlay_opaque))
+}
+
+/// The PAX records of an entry: its xattrs, then the ids past the 7-digit
+/// octal field (the header keeps the clamped value, as Go's archive/tar
+/// does).
+fn pax_records(xattrs: Xattrs, uid: u64, gid: u64) -> Vec<(String, Vec<u8>)> {
+    let mut pax: Vec<(String, Vec<u8>)> = xattrs
+        .into_iter()
+        .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v))
+        .collect();
+    for (key, id) in [("uid", uid), ("gid", gid)] {
+        if id > USTAR_ID_MAX {
+            pax.push((key.to_string(), id.to_string().into_bytes()));
+        }
+    }
+    pax
+}
+
+/// What every tar entry of one path (but a whiteout) is made of.
+struct Entry<'p> {
+    /// The path on the host.
+    path: &'p Path,
+    /// The name in the tar: the path below the upper dir.
+    name: Vec<u8>,
+    /// Permission bits.
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    /// Clamped to `SOURCE_DATE_EPOCH`.
+    mtime: u64,
+    pax: Vec<(String, Vec<u8>)>,
+}
+
+impl Entry<'_> {
+    fn header(&self, kind: tar::EntryType) -> tar::Header {
+        ustar_header(kind, self.mode, self.uid, self.gid, self.mtime)
+    }
+}
+
 impl<W: Write> TarWriter<W> {
     fn clamp(&self, mtime: i64) -> u64 {
         let t = match self.options.source_date_epoch {
@@ -227,21 +311,9 @@ impl<W: Write> TarWriter<W> {
         t.max(0) as u64
     }
 
+    /// Appends the tar entry (or entries) of one path of the upper dir.
     fn entry(&mut self, rel: &Path, meta: &fs::Metadata) -> Result<()> {
         let path = self.root.join(rel);
-        let name = rel.file_name().map(|n| n.as_bytes()).unwrap_or_default();
-        let parent = rel
-            .parent()
-            .map(|p| p.as_os_str().as_bytes())
-            .unwrap_or_default();
-        let joined = |file: &[u8]| -> Vec<u8> {
-            let mut v = parent.to_vec();
-            if !v.is_empty() {
-                v.push(b'/');
-            }
-            v.extend_from_slice(file);
-            v
-        };
         let ft = meta.file_type();
         let mtime = self.clamp(meta.mtime());
         let xattrs = if ft.is_symlink() {
@@ -249,105 +321,107 @@ impl<W: Write> TarWriter<W> {
         } else {
             read_xattrs(&path)?
         };
-        let mut overlay_opaque = false;
-        let mut kept_xattrs = Vec::new();
-        for (k, v) in xattrs {
-            // `user.overlay.*` is what a rootless overlay (mounted with
-            // `userxattr` inside a user namespace) writes instead.
-            let overlay_attr = k
-                .strip_prefix("trusted.overlay.")
-                .or_else(|| k.strip_prefix("user.overlay."));
-            if let Some(what) = overlay_attr {
-                match what {
-                    "opaque" => overlay_opaque = v == b"y",
-                    "metacopy" | "redirect" => {
-                        return Err(Error::Diff {
-                            path,
-                            reason: format!("overlay {what} xattr: mount the overlay with metacopy=off,redirect_dir=off"),
-                        })
-                    }
-                    _ => {}
-                }
-                continue;
-            }
-            kept_xattrs.push((k, v));
-        }
-
+        let (kept_xattrs, overlay_opaque) = split_overlay_xattrs(xattrs, &path)?;
         if self.options.overlay_whiteouts && ft.is_char_device() && meta.rdev() == 0 {
-            let mut wh = b".wh.".to_vec();
-            wh.extend_from_slice(name);
-            let mut header = self.header(tar::EntryType::Regular, 0o600, 0, 0, mtime);
-            header.set_size(0);
-            return self.append(&joined(&wh), None, header, Vec::new(), io::empty());
+            return self.append_whiteout(rel, mtime);
         }
-
-        let mode = meta.mode() & 0o7777;
         let (uid, gid) = (meta.uid() as u64, meta.gid() as u64);
-        let mut pax: Vec<(String, Vec<u8>)> = kept_xattrs
-            .into_iter()
-            .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v))
-            .collect();
-        // Ids past the 7-digit octal field go in PAX records (the header
-        // keeps the clamped value, as Go's archive/tar does).
-        for (key, id) in [("uid", uid), ("gid", gid)] {
-            if id > USTAR_ID_MAX {
-                pax.push((key.to_string(), id.to_string().into_bytes()));
-            }
-        }
-        let rel_bytes = rel.as_os_str().as_bytes().to_vec();
-
+        let entry = Entry {
+            path: &path,
+            name: rel.as_os_str().as_bytes().to_vec(),
+            mode: meta.mode() & 0o7777,
+            uid,
+            gid,
+            mtime,
+            pax: pax_records(kept_xattrs, uid, gid),
+        };
         if ft.is_dir() {
-            let mut dir_name = rel_bytes.clone();
-            dir_name.push(b'/');
-            let mut header = self.header(tar::EntryType::Directory, mode, uid, gid, mtime);
-            header.set_size(0);
-            self.append(&dir_name, None, header, pax, io::empty())?;
-            if self.options.overlay_whiteouts && overlay_opaque {
-                let mut marker = rel_bytes;
-                marker.extend_from_slice(b"/.wh..wh..opq");
-                let mut header = self.header(tar::EntryType::Regular, 0o600, 0, 0, mtime);
-                header.set_size(0);
-                self.append(&marker, None, header, Vec::new(), io::empty())?;
-            }
-            return Ok(());
+            self.append_directory(entry, overlay_opaque)
+        } else if ft.is_symlink() {
+            self.append_symlink(entry)
+        } else if ft.is_file() {
+            self.append_file(entry, rel, meta)
+        } else {
+            self.append_special(entry, ft, meta.rdev())
         }
-        if ft.is_symlink() {
-            let target = fs::read_link(&path).map_err(io_at("read link", &path))?;
-            let mut header = self.header(tar::EntryType::Symlink, mode, uid, gid, mtime);
-            header.set_size(0);
-            return self.append(
-                &rel_bytes,
-                Some(target.as_os_str().as_bytes()),
-                header,
-                pax,
-                io::empty(),
-            );
+    }
+
+    /// An overlay whiteout (a 0/0 character device) as a `.wh.NAME` entry.
+    fn append_whiteout(&mut self, rel: &Path, mtime: u64) -> Result<()> {
+        let name = rel.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+        let parent = rel
+            .parent()
+            .map(|p| p.as_os_str().as_bytes())
+            .unwrap_or_default();
+        let mut wh = parent.to_vec();
+        if !wh.is_empty() {
+            wh.push(b'/');
         }
-        if ft.is_file() {
-            if meta.nlink() > 1 {
-                let key = (meta.dev(), meta.ino());
-                if let Some(first) = self.seen_inodes.get(&key) {
-                    let first = first.as_os_str().as_bytes().to_vec();
-                    let mut header = self.header(tar::EntryType::Link, mode, uid, gid, mtime);
-                    header.set_size(0);
-                    return self.append(&rel_bytes, Some(&first), header, pax, io::empty());
-                }
-                self.seen_inodes.insert(key, rel.to_path_buf());
-            }
-            let size = meta.len();
-            let mut header = self.header(tar::EntryType::Regular, mode, uid, gid, mtime);
-            if size > USTAR_SIZE_MAX {
-                pax.push(("size".into(), size.to_string().into_bytes()));
-                header.set_size(0);
-            } else {
-                header.set_size(size);
-            }
-            let file = File::open(&path).map_err(io_at("open", &path))?;
-            // A file that changes size while we read would corrupt the tar;
-            // `take` plus the length check below turns that into an error.
-            let mut reader = io::Read::take(file, size);
-            return self.append_checked(&rel_bytes, header, pax, &mut reader, size, &path);
+        wh.extend_from_slice(b".wh.");
+        wh.extend_from_slice(name);
+        let header = ustar_header(tar::EntryType::Regular, 0o600, 0, 0, mtime);
+        self.append(&wh, None, header, Vec::new(), io::empty())
+    }
+
+    /// A directory, followed by its `.wh..wh..opq` marker when it is
+    /// opaque.
+    fn append_directory(&mut self, entry: Entry<'_>, overlay_opaque: bool) -> Result<()> {
+        let mut dir_name = entry.name.clone();
+        dir_name.push(b'/');
+        let header = entry.header(tar::EntryType::Directory);
+        self.append(&dir_name, None, header, entry.pax, io::empty())?;
+        if self.options.overlay_whiteouts && overlay_opaque {
+            let mut marker = entry.name;
+            marker.extend_from_slice(b"/.wh..wh..opq");
+            let header = ustar_header(tar::EntryType::Regular, 0o600, 0, 0, entry.mtime);
+            self.append(&marker, None, header, Vec::new(), io::empty())?;
         }
+        Ok(())
+    }
+
+    fn append_symlink(&mut self, entry: Entry<'_>) -> Result<()> {
+        let target = fs::read_link(entry.path).map_err(io_at("read link", entry.path))?;
+        let header = entry.header(tar::EntryType::Symlink);
+        self.append(
+            &entry.name,
+            Some(target.as_os_str().as_bytes()),
+            header,
+            entry.pax,
+            io::empty(),
+        )
+    }
+
+    /// A regular file: its content, or a hard link to the first path of
+    /// the same inode.
+    fn append_file(&mut self, entry: Entry<'_>, rel: &Path, meta: &fs::Metadata) -> Result<()> {
+        if meta.nlink() > 1 {
+            let key = (meta.dev(), meta.ino());
+            if let Some(first) = self.seen_inodes.get(&key) {
+                let first = first.as_os_str().as_bytes().to_vec();
+                let header = entry.header(tar::EntryType::Link);
+                return self.append(&entry.name, Some(&first), header, entry.pax, io::empty());
+            }
+            self.seen_inodes.insert(key, rel.to_path_buf());
+        }
+        let size = meta.len();
+        let mut header = entry.header(tar::EntryType::Regular);
+        let mut pax = entry.pax;
+        if size > USTAR_SIZE_MAX {
+            pax.push(("size".into(), size.to_string().into_bytes()));
+        } else {
+            header.set_size(size);
+        }
+        let path = entry.path;
+        let file = File::open(path).map_err(io_at("open", path))?;
+        // A file that changes size while we read would corrupt the tar;
+        // `take` plus the length check below turns that into an error.
+        let mut reader = io::Read::take(file, size);
+        self.append_checked(&entry.name, header, pax, &mut reader, size, path)
+    }
+
+    /// A character or block device or a fifo; a socket, which has no tar
+    /// form, is skipped (as Docker does).
+    fn append_special(&mut self, entry: Entry<'_>, ft: fs::FileType, rdev: u64) -> Result<()> {
         let kind = if ft.is_char_device() {
             tar::EntryType::Char
         } else if ft.is_block_device() {
@@ -355,36 +429,16 @@ impl<W: Write> TarWriter<W> {
         } else if ft.is_fifo() {
             tar::EntryType::Fifo
         } else {
-            // Sockets have no tar form; Docker skips them too.
-            tracing::debug!(path = %path.display(), "skipping socket");
+            tracing::debug!(path = %entry.path.display(), "skipping socket");
             return Ok(());
         };
-        let mut header = self.header(kind, mode, uid, gid, mtime);
-        header.set_size(0);
-        let rdev = meta.rdev();
-        let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+        let mut header = entry.header(kind);
+        let (major, minor) = (rustix::fs::major(rdev), rustix::fs::minor(rdev));
         header
             .set_device_major(major)
             .and_then(|()| header.set_device_minor(minor))
-            .map_err(io_at("device numbers of", &path))?;
-        self.append(&rel_bytes, None, header, pax, io::empty())
-    }
-
-    fn header(
-        &self,
-        kind: tar::EntryType,
-        mode: u32,
-        uid: u64,
-        gid: u64,
-        mtime: u64,
-    ) -> tar::Header {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_uid(uid.min(USTAR_ID_MAX));
-        h.set_gid(gid.min(USTAR_ID_MAX));
-        h.set_mtime(mtime.min(USTAR_SIZE_MAX));
-        h
+            .map_err(io_at("device numbers of", entry.path))?;
+        self.append(&entry.name, None, header, entry.pax, io::empty())
     }
 
     fn append(

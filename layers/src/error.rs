@@ -58,6 +58,20 @@ pub enum Error {
     },
     #[error("layer {layer}: {reason}")]
     BadLayer { layer: String, reason: String },
+    /// An archive entry (`ADD`) that would land outside the directory it is
+    /// extracted into (`into`, a path in the destination tree).
+    #[error("archive {archive}: entry {entry:?} would be extracted outside {into}")]
+    ArchiveBreakout {
+        archive: String,
+        entry: String,
+        into: String,
+    },
+    #[error("archive {archive}: entry {entry:?}: {reason}")]
+    UnsafeArchiveEntry {
+        archive: String,
+        entry: String,
+        reason: String,
+    },
     #[error("layer {layer}: reading tar: {source}")]
     Tar {
         layer: String,

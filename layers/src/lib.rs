@@ -29,7 +29,8 @@
 //!   system df`), `Store::gc_turn` (automatic collections take turns).
 //! - Layers: `diff::write_layer` (upper dir → compressed blob + diff id),
 //!   `diff::write_tar`, `unpack::unpack` (safe, whiteout-aware),
-//!   `compress` (gzip, zstd, sniffing), `compressed::compressed_image`
+//!   `compress` (gzip, zstd; the one sniffer, `Magic`, and the decoders of
+//!   layer blobs and of `ADD` archives), `compressed::compressed_image`
 //!   (a built image's plain layers compressed on their way out, once).
 //! - Archives: `archive::save` / `archive::load` (OCI layout dir or tar,
 //!   docker-archive), `import::import_rootfs`.
@@ -53,6 +54,11 @@
 //! # Ok(()) }
 //! ```
 
+// Unsafe code only where a module says why: store.rs's sync_file_range,
+// which rustix lacks.
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod archive;
 pub mod canonical;
 pub mod cleanup;
@@ -68,6 +74,7 @@ pub mod owner;
 pub mod progress;
 pub mod reference;
 pub mod snapshot;
+#[allow(unsafe_code)]
 pub mod store;
 pub mod unpack;
 

@@ -85,7 +85,7 @@ impl Store {
         if fs::symlink_metadata(&dir).is_err() {
             return Ok(());
         }
-        let _lock = crate::store::lock(&self.root().join("snapshots.lock"), true)?;
+        let _lock = crate::store::lock(&self.snapshots_lock_path(), true)?;
         if self.has_snapshot(chain_id) {
             return Ok(());
         }

@@ -50,6 +50,7 @@ use crate::reference::Reference;
 
 const OCI_LAYOUT_FILE: &str = "oci-layout";
 const INDEX_FILE: &str = "index.json";
+const CACHE_DIR: &str = "cache";
 
 /// Largest manifest or config kiln reads into memory.
 pub const MAX_JSON_BLOB: u64 = 16 << 20;
@@ -418,10 +419,22 @@ impl Store {
         self.root.join("origins")
     }
 
-    /// Build cache records (`<key hex>.json`) and the build contexts' stat
-    /// caches.
-    pub fn cache_dir(&self) -> PathBuf {
-        self.root.join("cache")
+    /// Build cache records (`<key hex>.json`) and, below, the build
+    /// context's stat caches.
+    pub(crate) fn cache_dir(&self) -> PathBuf {
+        self.root.join(CACHE_DIR)
+    }
+
+    /// The build context's stat caches, one file per context directory.
+    pub fn context_stats_dir(&self) -> PathBuf {
+        self.root.join(CACHE_DIR).join("context-stats")
+    }
+
+    /// Whether a store exists at `root` (its `index.json` is there): what a
+    /// command that never creates one (explain, check) asks before
+    /// [`Store::open`].
+    pub fn exists_at(root: &Path) -> bool {
+        root.join(INDEX_FILE).is_file()
     }
 
     /// The automatic collection's policy (`crate::gc::GcConfig`).
@@ -439,7 +452,8 @@ impl Store {
         self.root.join("gc-sizes.json")
     }
 
-    /// Held shared by every writer ([`Lease`]), exclusively by a collection.
+    /// Held shared by every pull, build and run ([`Store::lease`]),
+    /// exclusively by a collection (prune, the automatic one) and rmi.
     pub(crate) fn gc_lock_path(&self) -> PathBuf {
         self.root.join("gc.lock")
     }
@@ -452,6 +466,16 @@ impl Store {
     /// Held by the automatic collection that runs.
     pub fn gc_run_lock_path(&self) -> PathBuf {
         self.root.join("gc-run.lock")
+    }
+
+    /// Held while `index.json` is rewritten.
+    pub(crate) fn index_lock_path(&self) -> PathBuf {
+        self.root.join("index.lock")
+    }
+
+    /// Held while an incomplete snapshot is replaced.
+    pub(crate) fn snapshots_lock_path(&self) -> PathBuf {
+        self.root.join("snapshots.lock")
     }
 
     /// Where a blob lives (whether or not it is there).
@@ -724,7 +748,7 @@ impl Store {
     // ----- index.json -----
 
     fn lock_index(&self) -> Result<File> {
-        lock(&self.root.join("index.lock"), true)
+        lock(&self.index_lock_path(), true)
     }
 
     /// Reads `index.json`.
@@ -1037,7 +1061,7 @@ impl Store {
     }
 
     fn collect_image(&self, desc: Descriptor) -> Result<(Descriptor, Vec<Digest>)> {
-        let _gc = lock(&self.root.join("gc.lock"), true)?;
+        let _gc = lock(&self.gc_lock_path(), true)?;
         let mut candidates = vec![desc.digest.clone()];
         let mut queue = vec![desc.clone()];
         while let Some(d) = queue.pop() {
@@ -1129,7 +1153,8 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
         return;
     };
     // SAFETY: the descriptor is open for as long as `file` is borrowed;
-    // sync_file_range reads no memory of ours.
+    // sync_file_range reads no memory of ours. (rustix has no
+    // sync_file_range.)
     unsafe {
         libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
     }

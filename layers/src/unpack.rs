@@ -1,16 +1,44 @@
-//! Unpacking a layer tar into a directory, safely.
+//! Extracting a tar into a directory, safely: kiln's one tar extractor, for
+//! image layers ([`unpack`]) and for the archives `ADD` extracts
+//! ([`extract`]).
 //!
-//! Every path is resolved component by component from a directory fd with
-//! `O_NOFOLLOW`, so nothing is ever written outside the destination: names
-//! with `..` or a leading `/` are refused, and so is any entry whose parent
-//! path goes through a symlink — whether an earlier entry of the same layer
-//! planted it or a lower layer did (lower layers are consulted when a parent
-//! directory has to be created). Hardlink targets are resolved the same way
-//! and must already exist in this layer.
+//! The defences are the same in both modes. Every path is opened component
+//! by component from a directory fd with `O_NOFOLLOW`, so nothing is ever
+//! written outside the destination, nor through a symlink: an entry whose
+//! parent path is (or has become) a symlink is refused; a file, link or node
+//! replaces whatever had its name (never writing through it: created with
+//! `O_EXCL|O_NOFOLLOW` after the old one is removed); a hardlink's target
+//! must be a non-directory inside the destination, resolved the same way.
+//! Overlay's own xattrs (`trusted.overlay.*`, `user.overlay.*`) in the tar
+//! are ignored: they would change what a mount shows.
 //!
-//! OCI whiteouts become overlay whiteouts: `.wh.NAME` → a 0/0 character
-//! device `NAME`, `.wh..wh..opq` → `trusted.overlay.opaque=y` on the parent,
-//! so a stack of unpacked layers mounts as overlay lower dirs.
+//! What differs is how names lead to places:
+//!
+//! - A **layer** ([`unpack`], OCI semantics, as containerd applies one):
+//!   names that are absolute or contain `..` are refused, and so is any
+//!   path through a symlink, whether an earlier entry of the same layer
+//!   planted it or a lower layer did (lower layers are consulted when a
+//!   parent directory has to be created, which then copies the lower
+//!   directory's owner and mode). Hardlink targets must be in this layer.
+//!   The root entry (`./`) sets the root's metadata. OCI whiteouts become
+//!   overlay whiteouts: `.wh.NAME` → a 0/0 character device `NAME`,
+//!   `.wh..wh..opq` → `trusted.overlay.opaque=y` on the parent, so a stack
+//!   of unpacked layers mounts as overlay lower dirs ([`Whiteouts::Overlay`]).
+//! - An **archive** ([`extract`], Docker's `ADD`, which untars chrooted into
+//!   the destination directory): names are cleaned as Go's `path.Clean`
+//!   does, a leading `/` taken as relative to the destination, and refused
+//!   only when `..` climbs above it; the directories on the way are
+//!   resolved by the caller's [`ExtractTarget`] as a chroot into the
+//!   destination would resolve them (symlinks followed, never out of it); a
+//!   symlink whose target, taken from its directory, climbs out is refused
+//!   (moby's check); a hardlink may name any non-directory of the
+//!   destination (the target copies it into the writable dir first, as
+//!   overlayfs' copy-up would). The root entry is skipped, and `.wh.` names
+//!   are plain files, as in Docker and BuildKit.
+//!
+//! In both modes a directory that replaces a non-directory where a lower
+//! layer has a directory is made opaque, so the lower one's contents do
+//! not show through it.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -29,11 +57,11 @@ use crate::error::{Error, Result};
 pub enum Whiteouts {
     /// Turn them into overlay whiteouts (unpacking an image layer).
     Overlay,
-    /// Keep them as ordinary files (extracting an arbitrary tar, e.g. `ADD`).
+    /// Keep them as ordinary files (a layer read as plain files).
     AsFiles,
 }
 
-/// How to unpack.
+/// How to unpack a layer.
 #[derive(Clone, Debug)]
 pub struct UnpackOptions {
     pub whiteouts: Whiteouts,
@@ -52,8 +80,7 @@ impl Default for UnpackOptions {
         UnpackOptions {
             whiteouts: Whiteouts::Overlay,
             lowers: Vec::new(),
-            // SAFETY: geteuid cannot fail.
-            preserve_owners: unsafe { libc::geteuid() } == 0,
+            preserve_owners: rustix::process::geteuid().is_root(),
             label: "layer".into(),
         }
     }
@@ -67,14 +94,88 @@ pub struct UnpackStats {
     pub bytes: u64,
 }
 
+/// How to extract an archive.
+#[derive(Clone, Debug)]
+pub struct ExtractOptions {
+    /// Owner (uid, gid) of every entry instead of the archive's (`ADD
+    /// --chown`).
+    pub owner: Option<(u32, u32)>,
+    /// Apply owners at all (needs root or a user namespace mapping them).
+    pub preserve_owners: bool,
+    /// Names the archive in errors (usually its path).
+    pub label: String,
+}
+
+/// The tree an archive is extracted into, as its caller sees it: kiln's
+/// builder has an image's layers under a step's upper dir, and only the
+/// upper dir (the `root` given to [`extract`]) is written. Paths are clean
+/// components (no empty, `.` or `..` one, no `/` inside one); `dir` and
+/// `path` arguments are relative to the destination directory, results
+/// relative to `root`. Names are UTF-8 here (other bytes are replaced with
+/// U+FFFD before they reach the target, as the builder's views take them).
+///
+/// The extractor trusts no answer: it opens what the target returns with
+/// `O_NOFOLLOW` from `root` and refuses anything outside the destination.
+pub trait ExtractTarget {
+    /// Resolves the directory `dir` as a chroot into the destination would
+    /// (symlinks followed, absolute targets restarting at the destination,
+    /// `..` stopping there) and makes it, with its parents, real
+    /// directories under `root` (copied up where the tree has them, created
+    /// where it has nothing). Returns where it is.
+    fn directory(&self, dir: &[OsString]) -> io::Result<Vec<OsString>>;
+
+    /// Resolves a hardlink's target `path` like [`ExtractTarget::directory`]
+    /// but without following its last component, and makes the
+    /// non-directory there present under `root` (copied up from the layer
+    /// it is in). `None` when nothing, or a directory, is there.
+    fn link_target(&self, path: &[OsString]) -> io::Result<Option<Vec<OsString>>>;
+
+    /// Whether the layers under `root` show a directory at `path`: a
+    /// directory made there in place of something else must then hide it.
+    fn dir_below(&self, path: &[OsString]) -> bool;
+}
+
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
-/// Unpacks the uncompressed tar stream `tar` into `dest` (an existing
+/// Unpacks the uncompressed layer tar stream `tar` into `dest` (an existing
 /// directory). The stream is read up to the tar end marker; a caller hashing
 /// it should drain the rest.
 pub fn unpack(tar: impl Read, dest: &Path, options: &UnpackOptions) -> Result<UnpackStats> {
+    let mode = Kind::Layer {
+        whiteouts: options.whiteouts,
+        lowers: &options.lowers,
+    };
+    run(tar, dest, mode, options.preserve_owners, &options.label)
+}
+
+/// Extracts the uncompressed archive `tar` into the directory `into`
+/// (components below `root`, which must exist as directories there) as
+/// `ADD` does; `target` resolves paths in the tree `root` is the writable
+/// part of. See the module docs.
+pub fn extract(
+    tar: impl Read,
+    root: &Path,
+    into: &[OsString],
+    target: &dyn ExtractTarget,
+    options: &ExtractOptions,
+) -> Result<UnpackStats> {
+    let mode = Kind::Archive {
+        target,
+        into,
+        owner: options.owner,
+    };
+    run(tar, root, mode, options.preserve_owners, &options.label)
+}
+
+fn run(
+    tar: impl Read,
+    dest: &Path,
+    kind: Kind<'_>,
+    preserve_owners: bool,
+    label: &str,
+) -> Result<UnpackStats> {
     let root = rustix::fs::open(
         dest,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -83,32 +184,47 @@ pub fn unpack(tar: impl Read, dest: &Path, options: &UnpackOptions) -> Result<Un
     .map_err(|e| Error::io("open", dest, e.into()))?;
     let mut unpacker = Unpacker {
         root,
-        options,
+        kind,
+        preserve_owners,
+        label,
         dir_times: Vec::new(),
         stats: UnpackStats::default(),
     };
     let mut archive = tar::Archive::new(tar);
-    let tar_err = |source: io::Error| Error::Tar {
-        layer: options.label.clone(),
-        source,
-    };
-    for entry in archive.entries().map_err(tar_err)? {
-        let mut entry = entry.map_err(tar_err)?;
+    let entries = archive.entries().map_err(|e| unpacker.stream_err(e))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| unpacker.stream_err(e))?;
         unpacker.entry(&mut entry)?;
     }
     unpacker.finish()?;
     Ok(unpacker.stats)
 }
 
-struct Unpacker<'o> {
+/// A layer or an archive, with what each needs.
+enum Kind<'a> {
+    Layer {
+        whiteouts: Whiteouts,
+        lowers: &'a [PathBuf],
+    },
+    Archive {
+        target: &'a dyn ExtractTarget,
+        into: &'a [OsString],
+        owner: Option<(u32, u32)>,
+    },
+}
+
+struct Unpacker<'a> {
     root: OwnedFd,
-    options: &'o UnpackOptions,
+    kind: Kind<'a>,
+    preserve_owners: bool,
+    label: &'a str,
     /// Directory mtimes, set last (creating children changes them).
     dir_times: Vec<(Vec<OsString>, u64)>,
     stats: UnpackStats,
 }
 
-/// Splits a tar name into clean components; `Err` says why it is unsafe.
+/// Splits a layer's tar name into clean components; `Err` says why it is
+/// unsafe.
 pub(crate) fn clean_components(raw: &[u8]) -> std::result::Result<Vec<OsString>, &'static str> {
     if raw.starts_with(b"/") {
         return Err("absolute path");
@@ -127,9 +243,55 @@ pub(crate) fn clean_components(raw: &[u8]) -> std::result::Result<Vec<OsString>,
     Ok(out)
 }
 
+/// Why an archive's name is refused.
+#[derive(Debug, PartialEq, Eq)]
+enum ArchiveName {
+    /// `..` climbs above the destination.
+    Climbs,
+    /// A NUL byte.
+    Nul,
+}
+
+/// Cleans an archive's name the way Docker's untar does: `base` (clean
+/// components) joined with `raw`, lexically cleaned as Go's `path.Clean`;
+/// an absolute `raw` (when `absolute_from_root`) starts again at the
+/// destination and its `..` stop there, a relative one may not climb
+/// above it.
+fn archive_components(
+    base: &[OsString],
+    raw: &[u8],
+    absolute_from_root: bool,
+) -> std::result::Result<Vec<OsString>, ArchiveName> {
+    if raw.contains(&0) {
+        return Err(ArchiveName::Nul);
+    }
+    let anchored = absolute_from_root && raw.starts_with(b"/");
+    let mut out: Vec<OsString> = if anchored { Vec::new() } else { base.to_vec() };
+    for c in raw.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                if out.pop().is_none() && !anchored {
+                    return Err(ArchiveName::Climbs);
+                }
+            }
+            _ => out.push(OsStr::from_bytes(c).to_os_string()),
+        }
+    }
+    Ok(out)
+}
+
 fn display(comps: &[OsString]) -> String {
     let parts: Vec<_> = comps.iter().map(|c| c.to_string_lossy()).collect();
     parts.join("/")
+}
+
+/// Whether `comps` is a clean path (what a target must return).
+fn is_clean(comps: &[OsString]) -> bool {
+    comps.iter().all(|c| {
+        let b = c.as_bytes();
+        !b.is_empty() && b != b"." && b != b".." && !b.contains(&b'/') && !b.contains(&0)
+    })
 }
 
 /// What a path is in the lower layers' merged view.
@@ -162,29 +324,131 @@ fn copy_entry(from: &mut impl Read, to: &mut impl Write) -> std::result::Result<
     }
 }
 
+/// The metadata an entry gets from its header.
+struct Attrs {
+    uid: u32,
+    gid: u32,
+    /// Permission bits.
+    mode: u32,
+    mtime: u64,
+    /// Its PAX xattrs but overlay's own.
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+/// Where an entry goes: its parent directory, opened, and its name there.
+struct Place<'p> {
+    /// The tar's name for the entry, as errors show it.
+    shown: &'p str,
+    parent: &'p OwnedFd,
+    /// The parent's components as the tar names them (a symlink's target
+    /// is taken from there).
+    parent_comps: &'p [OsString],
+    name: &'p OsString,
+    /// The entry's path below the root.
+    path: Vec<OsString>,
+}
+
+/// What [`Unpacker::clear`] found at a name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cleared {
+    /// Nothing was there.
+    Absent,
+    /// A directory, kept.
+    KeptDir,
+    /// Something was there and was removed.
+    Removed,
+}
+
 fn errno_io(e: Errno) -> io::Error {
     e.into()
 }
 
 impl Unpacker<'_> {
+    fn is_archive(&self) -> bool {
+        matches!(self.kind, Kind::Archive { .. })
+    }
+
     fn unsafe_entry(&self, entry: &str, reason: impl Into<String>) -> Error {
-        Error::UnsafeEntry {
-            layer: self.options.label.clone(),
+        if self.is_archive() {
+            Error::UnsafeArchiveEntry {
+                archive: self.label.to_string(),
+                entry: entry.to_string(),
+                reason: reason.into(),
+            }
+        } else {
+            Error::UnsafeEntry {
+                layer: self.label.to_string(),
+                entry: entry.to_string(),
+                reason: reason.into(),
+            }
+        }
+    }
+
+    /// An archive entry that would land outside the destination.
+    fn breakout(&self, entry: &str) -> Error {
+        let into = match &self.kind {
+            Kind::Archive { into, .. } => format!("/{}", display(into)),
+            Kind::Layer { .. } => "/".to_string(),
+        };
+        Error::ArchiveBreakout {
+            archive: self.label.to_string(),
             entry: entry.to_string(),
-            reason: reason.into(),
+            into,
         }
     }
 
     fn io(&self, op: &'static str, path: &str, e: impl Into<io::Error>) -> Error {
         Error::io(
             op,
-            PathBuf::from(format!("{}: {path}", self.options.label)),
+            PathBuf::from(format!("{}: {path}", self.label)),
             e.into(),
         )
     }
 
-    /// Opens the directory at `comps` without following any symlink,
-    /// creating missing directories when `create`.
+    /// The tar stream itself failed (before or between entries).
+    fn stream_err(&self, source: io::Error) -> Error {
+        if self.is_archive() {
+            Error::Archive {
+                path: PathBuf::from(self.label),
+                reason: format!("reading tar: {source}"),
+            }
+        } else {
+            Error::Tar {
+                layer: self.label.to_string(),
+                source,
+            }
+        }
+    }
+
+    /// Reading one entry's header or data failed.
+    fn tar_err(&self, entry: &str, e: io::Error) -> Error {
+        if self.is_archive() {
+            Error::Archive {
+                path: PathBuf::from(self.label),
+                reason: format!("entry {entry:?}: {e}"),
+            }
+        } else {
+            Error::Tar {
+                layer: format!("{} (entry {entry:?})", self.label),
+                source: e,
+            }
+        }
+    }
+
+    fn unsupported(&self, entry: &str, reason: String) -> Error {
+        if self.is_archive() {
+            Error::Archive {
+                path: PathBuf::from(self.label),
+                reason: format!("entry {entry:?}: {reason}"),
+            }
+        } else {
+            Error::BadLayer {
+                layer: self.label.to_string(),
+                reason: format!("entry {entry:?}: {reason}"),
+            }
+        }
+    }
+
     fn open_dir(&self, comps: &[OsString], create: bool, entry: &str) -> Result<OwnedFd> {
         let mut current = rustix::fs::openat(
             &self.root,
@@ -214,7 +478,7 @@ impl Unpacker<'_> {
                     rustix::fs::mkdirat(&current, comp.as_os_str(), Mode::from_raw_mode(0o755))
                         .map_err(|e| self.io("mkdir", &display(&comps[..=i]), e))?;
                     if let Some((mode, uid, gid)) = mode {
-                        if self.options.preserve_owners {
+                        if self.preserve_owners {
                             chown_at(&current, comp, uid, gid)
                                 .map_err(|e| self.io("chown", &display(&comps[..=i]), e))?;
                         }
@@ -267,7 +531,7 @@ impl Unpacker<'_> {
     /// Looks `comps` up in the lower layers, top first, never following
     /// symlinks.
     fn lower_kind(&self, comps: &[OsString]) -> Lower {
-        'lowers: for lower in &self.options.lowers {
+        'lowers: for lower in self.lowers() {
             let Ok(mut dir) = rustix::fs::open(
                 lower,
                 OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -312,302 +576,506 @@ impl Unpacker<'_> {
     }
 
     /// Removes whatever is at `name` unless it is a directory and
-    /// `keep_dir`; returns whether a directory remains.
-    fn clear(&self, parent: &OwnedFd, name: &OsStr, keep_dir: bool, entry: &str) -> Result<bool> {
+    /// `keep_dir`.
+    fn clear(
+        &self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        keep_dir: bool,
+        entry: &str,
+    ) -> Result<Cleared> {
         match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Err(Errno::NOENT) => Ok(false),
+            Err(Errno::NOENT) => Ok(Cleared::Absent),
             Err(e) => Err(self.io("stat", entry, e)),
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
                 if keep_dir {
-                    return Ok(true);
+                    return Ok(Cleared::KeptDir);
                 }
                 // Through /proc/self/fd the parent is pinned; std's
                 // remove_dir_all never follows symlinks inside.
                 let path = proc_path(parent, name);
                 std::fs::remove_dir_all(&path).map_err(|e| self.io("remove", entry, e))?;
-                Ok(false)
+                Ok(Cleared::Removed)
             }
             Ok(_) => {
                 rustix::fs::unlinkat(parent, name, AtFlags::empty())
                     .map_err(|e| self.io("remove", entry, e))?;
-                Ok(false)
+                Ok(Cleared::Removed)
             }
         }
     }
 
+    /// The lower layers a layer is unpacked onto (none for an archive,
+    /// whose target knows its own).
+    fn lowers(&self) -> &[PathBuf] {
+        match &self.kind {
+            Kind::Layer { lowers, .. } => lowers,
+            Kind::Archive { .. } => &[],
+        }
+    }
+
+    /// Whether the layers below show a directory at `path` (below the root).
+    fn dir_below(&self, path: &[OsString]) -> bool {
+        match &self.kind {
+            Kind::Layer { .. } => matches!(self.lower_kind(path), Lower::Dir { .. }),
+            Kind::Archive { target, .. } => target.dir_below(path),
+        }
+    }
+
+    /// Checks what an archive's target answered: clean, and inside the
+    /// destination directory.
+    fn confined(&self, resolved: Vec<OsString>, entry: &str) -> Result<Vec<OsString>> {
+        let Kind::Archive { into, .. } = &self.kind else {
+            return Ok(resolved);
+        };
+        if !is_clean(&resolved) || !resolved.starts_with(into) {
+            return Err(self.breakout(entry));
+        }
+        Ok(resolved)
+    }
+
+    /// Opens the directory an entry goes in (`parent`: its components as
+    /// named in the tar): for a layer, walked and created here; for an
+    /// archive, resolved and made by the target. Returns it with its path
+    /// below the root.
+    fn parent_dir(&self, parent: &[OsString], entry: &str) -> Result<(OwnedFd, Vec<OsString>)> {
+        match &self.kind {
+            Kind::Layer { .. } => Ok((self.open_dir(parent, true, entry)?, parent.to_vec())),
+            Kind::Archive { target, .. } => {
+                let resolved = target
+                    .directory(parent)
+                    .map_err(|e| self.io("resolve", &display(parent), e))?;
+                let resolved = self.confined(resolved, entry)?;
+                Ok((self.open_dir(&resolved, false, entry)?, resolved))
+            }
+        }
+    }
+
+    /// The tar's name for an entry or link, as this mode reads names.
+    fn name_bytes(&self, raw: &[u8]) -> Vec<u8> {
+        if self.is_archive() {
+            String::from_utf8_lossy(raw).into_owned().into_bytes()
+        } else {
+            raw.to_vec()
+        }
+    }
+
+    /// Writes one entry of the tar: a whiteout, the root's metadata, or a
+    /// file, directory, link or node in its parent directory.
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
-        let raw_path = entry.path_bytes().into_owned();
+        let raw_path = self.name_bytes(&entry.path_bytes());
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
-        let comps = clean_components(&raw_path).map_err(|why| self.unsafe_entry(&shown, why))?;
-        let header = entry.header().clone();
-        let kind = header.entry_type();
+        let kind = entry.header().entry_type();
         if matches!(kind, tar::EntryType::XGlobalHeader) {
             return Ok(());
         }
-        let old = header.as_old();
-        let uid = lenient(header.uid(), &old.uid).map_err(|e| self.tar_err(&shown, e))?;
-        let gid = lenient(header.gid(), &old.gid).map_err(|e| self.tar_err(&shown, e))?;
-        let (uid, gid) = match (u32::try_from(uid), u32::try_from(gid)) {
-            (Ok(u), Ok(g)) if u != u32::MAX && g != u32::MAX => (u, g),
-            _ => return Err(self.unsafe_entry(&shown, "uid or gid out of range")),
-        };
-        let mode = lenient(header.mode(), &old.mode).map_err(|e| self.tar_err(&shown, e))? & 0o7777;
-        let mtime = lenient(header.mtime(), &old.mtime).map_err(|e| self.tar_err(&shown, e))?;
-        let xattrs = self.xattrs(entry, &shown)?;
+        let comps = self.components(&raw_path, &shown)?;
+        let attrs = self.attrs(entry, &shown)?;
         self.stats.entries += 1;
-
         let Some((name, parent_comps)) = comps.split_last() else {
-            // The layer's root ("./"): only its metadata applies.
-            if kind.is_dir() {
-                let root = rustix::fs::openat(
-                    &self.root,
-                    ".",
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|e| self.io("open", ".", e))?;
-                self.set_owner_mode_fd(&root, uid, gid, mode, &shown)?;
-                self.dir_times.push((Vec::new(), mtime));
-                return Ok(());
-            }
-            return Err(self.unsafe_entry(&shown, "names the layer root but is not a directory"));
+            return self.root_entry(kind, &attrs, &shown);
         };
         let name_str = name.to_string_lossy();
+        let overlay_whiteouts = matches!(
+            self.kind,
+            Kind::Layer {
+                whiteouts: Whiteouts::Overlay,
+                ..
+            }
+        );
+        if overlay_whiteouts && name_str.starts_with(WHITEOUT_PREFIX) {
+            return self.whiteout(parent_comps, name, &name_str, &shown);
+        }
+        let (parent, parent_path) = self.parent_dir(parent_comps, &shown)?;
+        let mut path = parent_path;
+        path.push(name.clone());
+        let place = Place {
+            shown: &shown,
+            parent: &parent,
+            parent_comps,
+            name,
+            path,
+        };
+        match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                self.write_file(entry, &place, &attrs)
+            }
+            tar::EntryType::Directory => self.make_dir(place, &attrs),
+            tar::EntryType::Symlink => self.make_symlink(entry, &place, &attrs),
+            tar::EntryType::Link => self.make_hardlink(entry, &place),
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                self.make_node(entry.header(), &place, &attrs)
+            }
+            other => Err(self.unsupported(&shown, format!("unsupported tar entry type {other:?}"))),
+        }
+    }
 
-        if self.options.whiteouts == Whiteouts::Overlay && name_str.starts_with(WHITEOUT_PREFIX) {
-            let parent = self.open_dir(parent_comps, true, &shown)?;
-            self.stats.whiteouts += 1;
-            if name_str == OPAQUE_MARKER {
-                rustix::fs::setxattr(
-                    proc_fd_path(&parent),
-                    OVERLAY_OPAQUE_XATTR,
-                    b"y",
-                    XattrFlags::empty(),
-                )
-                .map_err(|e| self.io("set opaque xattr", &shown, e))?;
-                return Ok(());
+    /// The components of an entry's name below the root, as this mode
+    /// cleans names (refusing the unsafe ones).
+    fn components(&self, raw_path: &[u8], shown: &str) -> Result<Vec<OsString>> {
+        match &self.kind {
+            Kind::Layer { .. } => {
+                clean_components(raw_path).map_err(|why| self.unsafe_entry(shown, why))
             }
-            if name_str.starts_with(".wh..wh.") {
-                // aufs bookkeeping (.wh..wh.plnk and friends): not content.
-                return Ok(());
+            Kind::Archive { .. } => match archive_components(&[], raw_path, true) {
+                Ok(comps) => Ok(comps),
+                Err(ArchiveName::Climbs) => Err(self.breakout(shown)),
+                Err(ArchiveName::Nul) => Err(self.unsafe_entry(shown, "NUL byte in name")),
+            },
+        }
+    }
+
+    /// The owner, mode, mtime and xattrs an entry gets: its header's (an
+    /// empty numeric field reads as 0), or an archive's fixed owner.
+    fn attrs<R: Read>(&self, entry: &mut tar::Entry<'_, R>, shown: &str) -> Result<Attrs> {
+        let header = entry.header();
+        let old = header.as_old();
+        let (uid, gid) = match &self.kind {
+            Kind::Archive {
+                owner: Some(owner), ..
+            } => *owner,
+            _ => {
+                let uid = lenient(header.uid(), &old.uid).map_err(|e| self.tar_err(shown, e))?;
+                let gid = lenient(header.gid(), &old.gid).map_err(|e| self.tar_err(shown, e))?;
+                match (u32::try_from(uid), u32::try_from(gid)) {
+                    (Ok(u), Ok(g)) if u != u32::MAX && g != u32::MAX => (u, g),
+                    _ => return Err(self.unsafe_entry(shown, "uid or gid out of range")),
+                }
             }
-            let target = &name.as_bytes()[WHITEOUT_PREFIX.len()..];
-            if target.is_empty() || target == b"." || target == b".." {
-                return Err(self.unsafe_entry(&shown, "whiteout of an invalid name"));
-            }
-            let target = OsStr::from_bytes(target);
-            self.clear(&parent, target, false, &shown)?;
-            rustix::fs::mknodat(
-                &parent,
-                target,
-                FileType::CharacterDevice,
-                Mode::empty(),
-                rustix::fs::makedev(0, 0),
-            )
-            .map_err(|e| self.io("create whiteout", &shown, e))?;
+        };
+        let mode = lenient(header.mode(), &old.mode).map_err(|e| self.tar_err(shown, e))? & 0o7777;
+        let mtime = lenient(header.mtime(), &old.mtime).map_err(|e| self.tar_err(shown, e))?;
+        let xattrs = self.xattrs(entry, shown)?;
+        Ok(Attrs {
+            uid,
+            gid,
+            mode,
+            mtime,
+            xattrs,
+        })
+    }
+
+    /// An entry naming the root (`./`): a layer's, a directory, sets the
+    /// root's metadata; an archive's is skipped, the destination keeping
+    /// its own metadata, as in Docker and BuildKit.
+    fn root_entry(&mut self, kind: tar::EntryType, attrs: &Attrs, shown: &str) -> Result<()> {
+        if self.is_archive() {
             return Ok(());
         }
-
-        let parent = self.open_dir(parent_comps, true, &shown)?;
-        match kind {
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                self.clear(&parent, name, false, &shown)?;
-                let fd = rustix::fs::openat(
-                    &parent,
-                    name.as_os_str(),
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .map_err(|e| self.io("create", &shown, e))?;
-                let mut file = File::from(fd);
-                // A failed write (ENOSPC, EDQUOT) is the file's, not the
-                // tar's: it is named as such, with the OS error.
-                let n = copy_entry(entry, &mut file).map_err(|e| match e {
-                    Failed::Reading(e) => self.tar_err(&shown, e),
-                    Failed::Writing(e) => self.io("write", &shown, e),
-                })?;
-                self.stats.bytes += n;
-                self.set_owner_mode_fd(file.as_fd(), uid, gid, mode, &shown)?;
-                for (k, v) in &xattrs {
-                    set_xattr_checked(
-                        self,
-                        rustix::fs::fsetxattr(&file, k.as_str(), v, XattrFlags::empty()),
-                        k,
-                        &shown,
-                    )?;
-                }
-                rustix::fs::futimens(&file, &times(mtime))
-                    .map_err(|e| self.io("set mtime", &shown, e))?;
-            }
-            tar::EntryType::Directory => {
-                if !self.clear(&parent, name, true, &shown)? {
-                    rustix::fs::mkdirat(&parent, name.as_os_str(), Mode::from_raw_mode(0o700))
-                        .map_err(|e| self.io("mkdir", &shown, e))?;
-                }
-                let dir = rustix::fs::openat(
-                    &parent,
-                    name.as_os_str(),
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|e| self.io("open", &shown, e))?;
-                self.set_owner_mode_fd(&dir, uid, gid, mode, &shown)?;
-                for (k, v) in &xattrs {
-                    set_xattr_checked(
-                        self,
-                        rustix::fs::fsetxattr(&dir, k.as_str(), v, XattrFlags::empty()),
-                        k,
-                        &shown,
-                    )?;
-                }
-                self.dir_times.push((comps.clone(), mtime));
-            }
-            tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| self.unsafe_entry(&shown, "symlink without a target"))?
-                    .into_owned();
-                self.clear(&parent, name, false, &shown)?;
-                rustix::fs::symlinkat(OsStr::from_bytes(&target), &parent, name.as_os_str())
-                    .map_err(|e| self.io("symlink", &shown, e))?;
-                if self.options.preserve_owners {
-                    chown_at_nofollow(&parent, name, uid, gid)
-                        .map_err(|e| self.io("chown", &shown, e))?;
-                }
-                rustix::fs::utimensat(
-                    &parent,
-                    name.as_os_str(),
-                    &times(mtime),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| self.io("set mtime", &shown, e))?;
-            }
-            tar::EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| self.unsafe_entry(&shown, "hardlink without a target"))?
-                    .into_owned();
-                let target_comps = clean_components(&target)
-                    .map_err(|why| self.unsafe_entry(&shown, format!("hardlink target: {why}")))?;
-                let Some((target_name, target_parent)) = target_comps.split_last() else {
-                    return Err(self.unsafe_entry(&shown, "hardlink to the layer root"));
-                };
-                if target_comps == comps {
-                    return Err(self.unsafe_entry(&shown, "hardlink to itself"));
-                }
-                let target_dir = self.open_dir(target_parent, false, &shown).map_err(|_| {
-                    self.unsafe_entry(
-                        &shown,
-                        format!(
-                            "hardlink target {} is not a file in this layer",
-                            display(&target_comps)
-                        ),
-                    )
-                })?;
-                match rustix::fs::statat(
-                    &target_dir,
-                    target_name.as_os_str(),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                ) {
-                    Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::Directory => {}
-                    _ => {
-                        return Err(self.unsafe_entry(
-                            &shown,
-                            format!(
-                                "hardlink target {} is not a file in this layer",
-                                display(&target_comps)
-                            ),
-                        ))
-                    }
-                }
-                self.clear(&parent, name, false, &shown)?;
-                rustix::fs::linkat(
-                    &target_dir,
-                    target_name.as_os_str(),
-                    &parent,
-                    name.as_os_str(),
-                    AtFlags::empty(),
-                )
-                .map_err(|e| self.io("hardlink", &shown, e))?;
-            }
-            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                let file_type = match kind {
-                    tar::EntryType::Char => FileType::CharacterDevice,
-                    tar::EntryType::Block => FileType::BlockDevice,
-                    _ => FileType::Fifo,
-                };
-                // FIFOs carry no device numbers (and some writers leave the
-                // fields empty).
-                let (major, minor) = if file_type == FileType::Fifo {
-                    (0, 0)
-                } else {
-                    (
-                        header
-                            .device_major()
-                            .map_err(|e| self.tar_err(&shown, e))?
-                            .unwrap_or(0),
-                        header
-                            .device_minor()
-                            .map_err(|e| self.tar_err(&shown, e))?
-                            .unwrap_or(0),
-                    )
-                };
-                self.clear(&parent, name, false, &shown)?;
-                rustix::fs::mknodat(
-                    &parent,
-                    name.as_os_str(),
-                    file_type,
-                    Mode::from_raw_mode(mode),
-                    rustix::fs::makedev(major, minor),
-                )
-                .map_err(|e| self.io("mknod", &shown, e))?;
-                if self.options.preserve_owners {
-                    chown_at_nofollow(&parent, name, uid, gid)
-                        .map_err(|e| self.io("chown", &shown, e))?;
-                }
-                // mknod applies the umask; set the exact mode afterwards.
-                rustix::fs::chmodat(
-                    &parent,
-                    name.as_os_str(),
-                    Mode::from_raw_mode(mode),
-                    AtFlags::empty(),
-                )
-                .map_err(|e| self.io("chmod", &shown, e))?;
-                let path = proc_path(&parent, name);
-                for (k, v) in &xattrs {
-                    set_xattr_checked(
-                        self,
-                        rustix::fs::lsetxattr(&path, k.as_str(), v, XattrFlags::empty()),
-                        k,
-                        &shown,
-                    )?;
-                }
-                rustix::fs::utimensat(
-                    &parent,
-                    name.as_os_str(),
-                    &times(mtime),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| self.io("set mtime", &shown, e))?;
-            }
-            other => {
-                return Err(Error::BadLayer {
-                    layer: self.options.label.clone(),
-                    reason: format!("entry {shown:?}: unsupported tar entry type {other:?}"),
-                })
-            }
+        if !kind.is_dir() {
+            return Err(self.unsafe_entry(shown, "names the layer root but is not a directory"));
         }
+        let root = rustix::fs::openat(
+            &self.root,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.io("open", ".", e))?;
+        self.set_owner_mode_fd(&root, attrs.uid, attrs.gid, attrs.mode, shown)?;
+        self.dir_times.push((Vec::new(), attrs.mtime));
         Ok(())
     }
 
-    fn tar_err(&self, entry: &str, e: io::Error) -> Error {
-        Error::Tar {
-            layer: format!("{} (entry {entry:?})", self.options.label),
-            source: e,
+    /// An OCI whiteout in a layer unpacked for overlay: the opaque marker
+    /// makes its directory opaque, `.wh.NAME` becomes an overlay whiteout
+    /// (a 0/0 character device) `NAME`, aufs bookkeeping is skipped.
+    fn whiteout(
+        &mut self,
+        parent_comps: &[OsString],
+        name: &OsStr,
+        name_str: &str,
+        shown: &str,
+    ) -> Result<()> {
+        let parent = self.open_dir(parent_comps, true, shown)?;
+        self.stats.whiteouts += 1;
+        if name_str == OPAQUE_MARKER {
+            rustix::fs::setxattr(
+                proc_fd_path(&parent),
+                OVERLAY_OPAQUE_XATTR,
+                b"y",
+                XattrFlags::empty(),
+            )
+            .map_err(|e| self.io("set opaque xattr", shown, e))?;
+            return Ok(());
+        }
+        if name_str.starts_with(".wh..wh.") {
+            // aufs bookkeeping (.wh..wh.plnk and friends): not content.
+            return Ok(());
+        }
+        let target = &name.as_bytes()[WHITEOUT_PREFIX.len()..];
+        if target.is_empty() || target == b"." || target == b".." {
+            return Err(self.unsafe_entry(shown, "whiteout of an invalid name"));
+        }
+        let target = OsStr::from_bytes(target);
+        self.clear(&parent, target, false, shown)?;
+        rustix::fs::mknodat(
+            &parent,
+            target,
+            FileType::CharacterDevice,
+            Mode::empty(),
+            rustix::fs::makedev(0, 0),
+        )
+        .map_err(|e| self.io("create whiteout", shown, e))?;
+        Ok(())
+    }
+
+    /// A regular file: created new (whatever had its name removed), its
+    /// content written, then its owner, mode, xattrs and mtime set.
+    fn write_file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        place: &Place<'_>,
+        attrs: &Attrs,
+    ) -> Result<()> {
+        let (parent, name, shown) = (place.parent, place.name, place.shown);
+        self.clear(parent, name, false, shown)?;
+        let fd = rustix::fs::openat(
+            parent,
+            name.as_os_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| self.io("create", shown, e))?;
+        let mut file = File::from(fd);
+        // A failed write (ENOSPC, EDQUOT) is the file's, not the tar's: it
+        // is named as such, with the OS error.
+        let n = copy_entry(entry, &mut file).map_err(|e| match e {
+            Failed::Reading(e) => self.tar_err(shown, e),
+            Failed::Writing(e) => self.io("write", shown, e),
+        })?;
+        self.stats.bytes += n;
+        self.set_owner_mode_fd(file.as_fd(), attrs.uid, attrs.gid, attrs.mode, shown)?;
+        for (k, v) in &attrs.xattrs {
+            set_xattr_checked(
+                self,
+                rustix::fs::fsetxattr(&file, k.as_str(), v, XattrFlags::empty()),
+                k,
+                shown,
+            )?;
+        }
+        rustix::fs::futimens(&file, &times(attrs.mtime)).map_err(|e| self.io("set mtime", shown, e))
+    }
+
+    /// A directory: made unless one is there (anything else there is
+    /// removed), then its owner, mode and xattrs set; its mtime is set at
+    /// the end.
+    fn make_dir(&mut self, place: Place<'_>, attrs: &Attrs) -> Result<()> {
+        let (parent, name, shown) = (place.parent, place.name, place.shown);
+        let cleared = self.clear(parent, name, true, shown)?;
+        if cleared != Cleared::KeptDir {
+            rustix::fs::mkdirat(parent, name.as_os_str(), Mode::from_raw_mode(0o700))
+                .map_err(|e| self.io("mkdir", shown, e))?;
+        }
+        let dir = rustix::fs::openat(
+            parent,
+            name.as_os_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.io("open", shown, e))?;
+        if cleared == Cleared::Removed && self.dir_below(&place.path) {
+            // It replaced something that hid a lower directory: that one
+            // stays hidden.
+            rustix::fs::fsetxattr(&dir, OVERLAY_OPAQUE_XATTR, b"y", XattrFlags::empty())
+                .map_err(|e| self.io("set opaque xattr", shown, e))?;
+        }
+        self.set_owner_mode_fd(&dir, attrs.uid, attrs.gid, attrs.mode, shown)?;
+        for (k, v) in &attrs.xattrs {
+            set_xattr_checked(
+                self,
+                rustix::fs::fsetxattr(&dir, k.as_str(), v, XattrFlags::empty()),
+                k,
+                shown,
+            )?;
+        }
+        self.dir_times.push((place.path, attrs.mtime));
+        Ok(())
+    }
+
+    /// A symlink (an archive's may not point out of the destination), its
+    /// owner and mtime set.
+    fn make_symlink<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        place: &Place<'_>,
+        attrs: &Attrs,
+    ) -> Result<()> {
+        let (parent, name, shown) = (place.parent, place.name, place.shown);
+        let target = entry
+            .link_name_bytes()
+            .ok_or_else(|| self.unsafe_entry(shown, "symlink without a target"))?;
+        let target = self.name_bytes(&target);
+        if self.is_archive() {
+            // moby's check: the target, taken from the link's own directory
+            // (an absolute one too), stays inside.
+            let relative = target.strip_prefix(b"/").unwrap_or(&target);
+            let relative = &relative[relative.iter().take_while(|b| **b == b'/').count()..];
+            if archive_components(place.parent_comps, relative, false).is_err() {
+                return Err(self.breakout(shown));
+            }
+        }
+        self.clear(parent, name, false, shown)?;
+        rustix::fs::symlinkat(OsStr::from_bytes(&target), parent, name.as_os_str())
+            .map_err(|e| self.io("symlink", shown, e))?;
+        if self.preserve_owners {
+            chown_at(parent, name, attrs.uid, attrs.gid).map_err(|e| self.io("chown", shown, e))?;
+        }
+        rustix::fs::utimensat(
+            parent,
+            name.as_os_str(),
+            &times(attrs.mtime),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.io("set mtime", shown, e))
+    }
+
+    /// A hardlink to a non-directory already in the layer (or, for an
+    /// archive, anywhere in the destination).
+    fn make_hardlink<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        place: &Place<'_>,
+    ) -> Result<()> {
+        let (parent, name, shown) = (place.parent, place.name, place.shown);
+        let target = entry
+            .link_name_bytes()
+            .ok_or_else(|| self.unsafe_entry(shown, "hardlink without a target"))?;
+        let target = self.name_bytes(&target);
+        let target_comps = self.link_target(&target, shown)?;
+        let Some((target_name, target_parent)) = target_comps.split_last() else {
+            return Err(self.unsafe_entry(shown, "hardlink to the root"));
+        };
+        if target_comps == place.path {
+            return Err(self.unsafe_entry(shown, "hardlink to itself"));
+        }
+        let not_a_file = || {
+            self.unsafe_entry(
+                shown,
+                format!(
+                    "hardlink target {} is not a file in this {}",
+                    display(&target_comps),
+                    if self.is_archive() {
+                        "archive's destination"
+                    } else {
+                        "layer"
+                    }
+                ),
+            )
+        };
+        let target_dir = self
+            .open_dir(target_parent, false, shown)
+            .map_err(|_| not_a_file())?;
+        match rustix::fs::statat(
+            &target_dir,
+            target_name.as_os_str(),
+            AtFlags::SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::Directory => {}
+            _ => return Err(not_a_file()),
+        }
+        self.clear(parent, name, false, shown)?;
+        rustix::fs::linkat(
+            &target_dir,
+            target_name.as_os_str(),
+            parent,
+            name.as_os_str(),
+            AtFlags::empty(),
+        )
+        .map_err(|e| self.io("hardlink", shown, e))
+    }
+
+    /// A character or block device or a fifo, with its exact mode, owner,
+    /// xattrs and mtime.
+    fn make_node(&mut self, header: &tar::Header, place: &Place<'_>, attrs: &Attrs) -> Result<()> {
+        let (parent, name, shown) = (place.parent, place.name, place.shown);
+        let file_type = match header.entry_type() {
+            tar::EntryType::Char => FileType::CharacterDevice,
+            tar::EntryType::Block => FileType::BlockDevice,
+            _ => FileType::Fifo,
+        };
+        // FIFOs carry no device numbers (and some writers leave the fields
+        // empty).
+        let (major, minor) = if file_type == FileType::Fifo {
+            (0, 0)
+        } else {
+            (
+                header
+                    .device_major()
+                    .map_err(|e| self.tar_err(shown, e))?
+                    .unwrap_or(0),
+                header
+                    .device_minor()
+                    .map_err(|e| self.tar_err(shown, e))?
+                    .unwrap_or(0),
+            )
+        };
+        self.clear(parent, name, false, shown)?;
+        let mode = Mode::from_raw_mode(attrs.mode);
+        rustix::fs::mknodat(
+            parent,
+            name.as_os_str(),
+            file_type,
+            mode,
+            rustix::fs::makedev(major, minor),
+        )
+        .map_err(|e| self.io("mknod", shown, e))?;
+        if self.preserve_owners {
+            chown_at(parent, name, attrs.uid, attrs.gid).map_err(|e| self.io("chown", shown, e))?;
+        }
+        // mknod applies the umask; set the exact mode afterwards.
+        rustix::fs::chmodat(parent, name.as_os_str(), mode, AtFlags::empty())
+            .map_err(|e| self.io("chmod", shown, e))?;
+        let node = proc_path(parent, name);
+        for (k, v) in &attrs.xattrs {
+            set_xattr_checked(
+                self,
+                rustix::fs::lsetxattr(&node, k.as_str(), v, XattrFlags::empty()),
+                k,
+                shown,
+            )?;
+        }
+        rustix::fs::utimensat(
+            parent,
+            name.as_os_str(),
+            &times(attrs.mtime),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.io("set mtime", shown, e))
+    }
+
+    /// Where a hardlink's target (`raw`, as the tar names it) is, below the
+    /// root: in this layer for a layer; anywhere in the destination for an
+    /// archive, brought under the root by the target.
+    fn link_target(&self, raw: &[u8], shown: &str) -> Result<Vec<OsString>> {
+        match &self.kind {
+            Kind::Layer { .. } => clean_components(raw)
+                .map_err(|why| self.unsafe_entry(shown, format!("hardlink target: {why}"))),
+            Kind::Archive { target, .. } => {
+                let comps = match archive_components(&[], raw, true) {
+                    Ok(comps) => comps,
+                    Err(ArchiveName::Climbs) => return Err(self.breakout(shown)),
+                    Err(ArchiveName::Nul) => {
+                        return Err(self.unsafe_entry(shown, "hardlink target: NUL byte in name"))
+                    }
+                };
+                if comps.is_empty() {
+                    return Ok(comps);
+                }
+                match target
+                    .link_target(&comps)
+                    .map_err(|e| self.io("resolve", &display(&comps), e))?
+                {
+                    Some(resolved) => self.confined(resolved, shown),
+                    None => Err(self.unsafe_entry(
+                        shown,
+                        format!(
+                            "hardlink target {} is not a file in this archive's destination",
+                            display(&comps)
+                        ),
+                    )),
+                }
+            }
         }
     }
 
@@ -625,9 +1093,9 @@ impl Unpacker<'_> {
             let Ok(key) = ext.key() else { continue };
             if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
                 // Overlay's own attributes would change what the mount shows
-                // (opacity, redirects); a layer may not set them directly.
-                if name.starts_with("trusted.overlay.") {
-                    tracing::warn!(layer = %self.options.label, entry = shown, xattr = name, "ignoring overlay xattr");
+                // (opacity, redirects); a tar may not set them directly.
+                if name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.") {
+                    tracing::warn!(tar = %self.label, entry = shown, xattr = name, "ignoring overlay xattr");
                     continue;
                 }
                 out.push((name.to_string(), ext.value_bytes().to_vec()));
@@ -644,7 +1112,7 @@ impl Unpacker<'_> {
         mode: u32,
         shown: &str,
     ) -> Result<()> {
-        if self.options.preserve_owners {
+        if self.preserve_owners {
             rustix::fs::fchown(
                 &fd,
                 Some(rustix::fs::Uid::from_raw(uid)),
@@ -731,14 +1199,47 @@ fn chown_at(parent: &OwnedFd, name: &OsStr, uid: u32, gid: u32) -> rustix::io::R
     )
 }
 
-fn chown_at_nofollow(parent: &OwnedFd, name: &OsStr, uid: u32, gid: u32) -> rustix::io::Result<()> {
-    chown_at(parent, name, uid, gid)
-}
-
 fn proc_fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
 fn proc_path(parent: &OwnedFd, name: &OsStr) -> PathBuf {
     proc_fd_path(parent).join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(base: &[&str], raw: &str, absolute_from_root: bool) -> Result<String, ArchiveName> {
+        let base: Vec<OsString> = base.iter().map(OsString::from).collect();
+        archive_components(&base, raw.as_bytes(), absolute_from_root).map(|c| display(&c))
+    }
+
+    #[test]
+    fn archive_names_clean_as_go_and_never_climb() {
+        assert_eq!(names(&[], "a/./b//c/", true), Ok("a/b/c".into()));
+        assert_eq!(names(&[], "a/../b", true), Ok("b".into()));
+        assert_eq!(names(&[], "/etc/x", true), Ok("etc/x".into()));
+        // An absolute name's `..` stops at the destination, as Go's
+        // filepath.Join(dest, name) does.
+        assert_eq!(names(&[], "/../x", true), Ok("x".into()));
+        assert_eq!(names(&[], "../x", true), Err(ArchiveName::Climbs));
+        assert_eq!(names(&[], "a/../../x", true), Err(ArchiveName::Climbs));
+        assert_eq!(names(&[], "a\0b", true), Err(ArchiveName::Nul));
+        // A symlink's target, taken from the link's directory.
+        assert_eq!(names(&["d"], "../x", false), Ok("x".into()));
+        assert_eq!(names(&["d"], "../../x", false), Err(ArchiveName::Climbs));
+        assert_eq!(names(&["d"], "/x", false), Ok("d/x".into()));
+    }
+
+    #[test]
+    fn layer_names_refuse_absolute_and_dotdot() {
+        assert!(clean_components(b"/x").is_err());
+        assert!(clean_components(b"a/../b").is_err());
+        assert_eq!(
+            display(&clean_components(b"./a//b/").unwrap()),
+            "a/b".to_string()
+        );
+    }
 }

@@ -443,16 +443,7 @@ impl ShellWord<'_> {
     fn process_dollar_inner(&mut self) -> Result<String, String> {
         self.next();
         if self.peek() != Some('{') {
-            let name = self.process_name();
-            if name.is_empty() {
-                return Ok("$".to_string());
-            }
-            let value = self.get_env(&name);
-            return Ok(match value {
-                Some(v) => v,
-                None if self.lex.skip_unset_env => format!("${name}"),
-                None => String::new(),
-            });
+            return Ok(self.process_plain_variable());
         }
         self.next();
         match self.peek() {
@@ -461,8 +452,7 @@ impl ShellWord<'_> {
             Some(_) => {}
         }
         let name = self.process_name();
-        let mut ch = self.next();
-        let mut modifier = rune_text(ch);
+        let ch = self.next();
         match ch {
             Some('}') => {
                 let value = self.get_env(&name);
@@ -472,108 +462,97 @@ impl ShellWord<'_> {
                     None => String::new(),
                 })
             }
-            Some(':' | '+' | '-' | '?' | '#' | '%') => {
-                let null_is_unset = ch == Some(':');
-                if null_is_unset {
-                    ch = self.next();
-                    modifier.push_str(&rune_text(ch));
-                }
-                let raw_escapes = matches!(ch, Some('#' | '%'));
-                if null_is_unset && raw_escapes {
-                    return Err(format!("unsupported modifier ({modifier}) in substitution"));
-                }
-                let word = match self.process_stop_on(Some('}'), raw_escapes) {
-                    Ok((word, _)) => word,
-                    Err(_) if self.peek().is_none() => {
-                        return Err("syntax error: missing '}'".to_string());
-                    }
-                    Err(err) => return Err(err),
-                };
-                let value = self.get_env(&name);
-                if self.lex.skip_unset_env && value.is_none() {
-                    return Ok(format!("${{{name}{modifier}{word}}}"));
-                }
-                let is_null =
-                    |v: &Option<String>| v.as_deref().is_none_or(|v| null_is_unset && v.is_empty());
-                match ch {
-                    Some('-') => Ok(if is_null(&value) {
-                        word
-                    } else {
-                        value.unwrap_or_default()
-                    }),
-                    Some('+') => Ok(if is_null(&value) { String::new() } else { word }),
-                    Some('?') => match value {
-                        None => Err(format!(
-                            "{name}: {}",
-                            if word.is_empty() {
-                                "is not allowed to be unset"
-                            } else {
-                                &word
-                            }
-                        )),
-                        Some(v) if null_is_unset && v.is_empty() => Err(format!(
-                            "{name}: {}",
-                            if word.is_empty() {
-                                "is not allowed to be empty"
-                            } else {
-                                &word
-                            }
-                        )),
-                        Some(v) => Ok(v),
-                    },
-                    Some(op @ ('%' | '#')) => {
-                        let value = value.unwrap_or_default();
-                        // A doubled operator (## or %%) removes the longest match.
-                        let (pattern, greedy) = match word.strip_prefix(op) {
-                            Some(rest) => (rest.to_string(), true),
-                            None => (word, false),
-                        };
-                        if op == '%' {
-                            trim_suffix(&pattern, &value, greedy)
-                        } else {
-                            trim_prefix(&pattern, &value, greedy)
-                        }
-                    }
-                    _ => Err(format!("unsupported modifier ({modifier}) in substitution")),
-                }
-            }
-            Some('/') => {
-                let replace_all = self.peek() == Some('/');
-                if replace_all {
-                    self.next();
-                }
-                let pattern = match self.process_stop_on(Some('/'), true) {
-                    Ok((p, _)) => p,
-                    Err(_) if self.peek().is_none() => {
-                        return Err("syntax error: missing '/' in ${}".to_string())
-                    }
-                    Err(err) => return Err(err),
-                };
-                let replacement = match self.process_stop_on(Some('}'), true) {
-                    Ok((r, _)) => r,
-                    Err(_) if self.peek().is_none() => {
-                        return Err("syntax error: missing '}'".to_string())
-                    }
-                    Err(err) => return Err(err),
-                };
-                let value = self.get_env(&name);
-                if self.lex.skip_unset_env && value.is_none() {
-                    return Ok(format!("${{{name}/{pattern}/{replacement}}}"));
-                }
-                let value = value.unwrap_or_default();
-                let tokens = compile_pattern(&pattern)
-                    .map_err(|e| format!("invalid pattern ({pattern}) in substitution: {e}"))?;
-                let value: Vec<char> = value.chars().collect();
-                let replaced = if replace_all {
-                    replace_all_matches(&tokens, &value, &replacement, self.max_len)?
-                } else {
-                    replace_first_match(&tokens, &value, &replacement)?
-                };
-                self.check_len(&replaced)?;
-                Ok(replaced)
-            }
-            _ => Err(format!("unsupported modifier ({modifier}) in substitution")),
+            Some(':' | '+' | '-' | '?' | '#' | '%') => self.process_modifier(&name, ch),
+            Some('/') => self.process_replacement(&name),
+            _ => Err(format!(
+                "unsupported modifier ({}) in substitution",
+                rune_text(ch)
+            )),
         }
+    }
+
+    /// `$NAME` (the `$` read): its value; a `$` without a name stays.
+    fn process_plain_variable(&mut self) -> String {
+        let name = self.process_name();
+        if name.is_empty() {
+            return "$".to_string();
+        }
+        let value = self.get_env(&name);
+        match value {
+            Some(v) => v,
+            None if self.lex.skip_unset_env => format!("${name}"),
+            None => String::new(),
+        }
+    }
+
+    /// `${NAME:-w}`, `${NAME+w}`, `${NAME?w}`, `${NAME#p}` and the rest,
+    /// `${NAME` and the modifier's first character (`first`) read.
+    fn process_modifier(&mut self, name: &str, first: Option<char>) -> Result<String, String> {
+        let mut op = first;
+        let mut text = rune_text(op);
+        let null_is_unset = op == Some(':');
+        if null_is_unset {
+            op = self.next();
+            text.push_str(&rune_text(op));
+        }
+        let raw_escapes = matches!(op, Some('#' | '%'));
+        if null_is_unset && raw_escapes {
+            return Err(format!("unsupported modifier ({text}) in substitution"));
+        }
+        let word = match self.process_stop_on(Some('}'), raw_escapes) {
+            Ok((word, _)) => word,
+            Err(_) if self.peek().is_none() => {
+                return Err("syntax error: missing '}'".to_string());
+            }
+            Err(err) => return Err(err),
+        };
+        let value = self.get_env(name);
+        if self.lex.skip_unset_env && value.is_none() {
+            return Ok(format!("${{{name}{text}{word}}}"));
+        }
+        Modifier {
+            name,
+            op,
+            text,
+            null_is_unset,
+            word,
+        }
+        .apply(value)
+    }
+
+    /// `${NAME/p/r}` and `${NAME//p/r}`, `${NAME/` read.
+    fn process_replacement(&mut self, name: &str) -> Result<String, String> {
+        let replace_all = self.peek() == Some('/');
+        if replace_all {
+            self.next();
+        }
+        let pattern = match self.process_stop_on(Some('/'), true) {
+            Ok((p, _)) => p,
+            Err(_) if self.peek().is_none() => {
+                return Err("syntax error: missing '/' in ${}".to_string())
+            }
+            Err(err) => return Err(err),
+        };
+        let replacement = match self.process_stop_on(Some('}'), true) {
+            Ok((r, _)) => r,
+            Err(_) if self.peek().is_none() => return Err("syntax error: missing '}'".to_string()),
+            Err(err) => return Err(err),
+        };
+        let value = self.get_env(name);
+        if self.lex.skip_unset_env && value.is_none() {
+            return Ok(format!("${{{name}/{pattern}/{replacement}}}"));
+        }
+        let value = value.unwrap_or_default();
+        let tokens = compile_pattern(&pattern)
+            .map_err(|e| format!("invalid pattern ({pattern}) in substitution: {e}"))?;
+        let value: Vec<char> = value.chars().collect();
+        let replaced = if replace_all {
+            replace_all_matches(&tokens, &value, &replacement, self.max_len)?
+        } else {
+            replace_first_match(&tokens, &value, &replacement)?
+        };
+        self.check_len(&replaced)?;
+        Ok(replaced)
     }
 
     fn process_name(&mut self) -> String {
@@ -612,6 +591,79 @@ impl ShellWord<'_> {
             self.next();
         }
         result
+    }
+}
+
+/// A `${NAME<modifier>word}` substitution, its word read.
+struct Modifier<'a> {
+    name: &'a str,
+    /// The operator: `-`, `+`, `?`, `#` or `%` (`None` at the end of the
+    /// word).
+    op: Option<char>,
+    /// The modifier as written (`:-`, `#`, …), for errors.
+    text: String,
+    /// The `:` form: an empty value counts as unset.
+    null_is_unset: bool,
+    word: String,
+}
+
+impl Modifier<'_> {
+    /// The substitution's result for the variable's `value`.
+    fn apply(self, value: Option<String>) -> Result<String, String> {
+        let is_null = value
+            .as_deref()
+            .is_none_or(|v| self.null_is_unset && v.is_empty());
+        match self.op {
+            Some('-') => Ok(if is_null {
+                self.word
+            } else {
+                value.unwrap_or_default()
+            }),
+            Some('+') => Ok(if is_null { String::new() } else { self.word }),
+            Some('?') => self.required(value),
+            Some(op @ ('%' | '#')) => {
+                let value = value.unwrap_or_default();
+                // A doubled operator (## or %%) removes the longest match.
+                let (pattern, greedy) = match self.word.strip_prefix(op) {
+                    Some(rest) => (rest.to_string(), true),
+                    None => (self.word, false),
+                };
+                if op == '%' {
+                    trim_suffix(&pattern, &value, greedy)
+                } else {
+                    trim_prefix(&pattern, &value, greedy)
+                }
+            }
+            _ => Err(format!(
+                "unsupported modifier ({}) in substitution",
+                self.text
+            )),
+        }
+    }
+
+    /// `${NAME?msg}` and `${NAME:?msg}`: the value, or the error `msg` (or
+    /// the default message) when it is unset (or empty).
+    fn required(self, value: Option<String>) -> Result<String, String> {
+        let name = self.name;
+        match value {
+            None => Err(format!(
+                "{name}: {}",
+                if self.word.is_empty() {
+                    "is not allowed to be unset"
+                } else {
+                    &self.word
+                }
+            )),
+            Some(v) if self.null_is_unset && v.is_empty() => Err(format!(
+                "{name}: {}",
+                if self.word.is_empty() {
+                    "is not allowed to be empty"
+                } else {
+                    &self.word
+                }
+            )),
+            Some(v) => Ok(v),
+        }
     }
 }
 

@@ -445,12 +445,64 @@ struct Ctx<'a> {
 }
 
 /// The kinds of flag BuildKit knows.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum FlagKind {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagKind {
+    /// `--flag` or `--flag=true|false`.
     Bool,
+    /// `--flag=value`; the last one given wins.
     String,
+    /// `--flag=value`, repeatable.
     Strings,
 }
+
+const FROM_FLAGS: &[(&str, FlagKind)] = &[("platform", FlagKind::String)];
+const ADD_FLAGS: &[(&str, FlagKind)] = &[
+    ("chown", FlagKind::String),
+    ("chmod", FlagKind::String),
+    ("link", FlagKind::Bool),
+    ("keep-git-dir", FlagKind::Bool),
+    ("checksum", FlagKind::String),
+    ("unpack", FlagKind::Bool),
+    ("exclude", FlagKind::Strings),
+];
+const COPY_FLAGS: &[(&str, FlagKind)] = &[
+    ("chown", FlagKind::String),
+    ("from", FlagKind::String),
+    ("chmod", FlagKind::String),
+    ("link", FlagKind::Bool),
+    ("exclude", FlagKind::Strings),
+    ("parents", FlagKind::Bool),
+];
+const RUN_FLAGS: &[(&str, FlagKind)] = &[
+    ("mount", FlagKind::Strings),
+    ("network", FlagKind::String),
+    ("security", FlagKind::String),
+    ("device", FlagKind::Strings),
+];
+const HEALTHCHECK_FLAGS: &[(&str, FlagKind)] = &[
+    ("interval", FlagKind::String),
+    ("timeout", FlagKind::String),
+    ("start-period", FlagKind::String),
+    ("start-interval", FlagKind::String),
+    ("retries", FlagKind::String),
+];
+
+/// Every flag an instruction accepts, by instruction (the others take
+/// none): what the parser lets through, so what the builder must honour or
+/// refuse.
+///
+/// ```
+/// use kiln_parser::instructions::INSTRUCTION_FLAGS;
+/// let (_, run) = INSTRUCTION_FLAGS.iter().find(|(i, _)| *i == "RUN").unwrap();
+/// assert!(run.iter().any(|(flag, _)| *flag == "mount"));
+/// ```
+pub const INSTRUCTION_FLAGS: &[(&str, &[(&str, FlagKind)])] = &[
+    ("FROM", FROM_FLAGS),
+    ("ADD", ADD_FLAGS),
+    ("COPY", COPY_FLAGS),
+    ("RUN", RUN_FLAGS),
+    ("HEALTHCHECK", HEALTHCHECK_FLAGS),
+];
 
 /// Values of the flags of one instruction, after checking.
 #[derive(Default)]
@@ -588,7 +640,7 @@ impl Ctx<'_> {
             [_] => (None, None, None),
             _ => return Err(self.message("FROM requires either one or three arguments")),
         };
-        let flags = self.flags(&[("platform", FlagKind::String)])?;
+        let flags = self.flags(FROM_FLAGS)?;
         Ok(Stage {
             index,
             name,
@@ -601,218 +653,28 @@ impl Ctx<'_> {
         })
     }
 
+    /// The typed form of the node (any instruction but FROM), checked as
+    /// BuildKit checks it.
     fn instruction(&self) -> Result<Instruction, ParseError> {
         let name = self.node.name();
         let meta = self.meta();
         let args = self.args();
         Ok(match name.as_str() {
-            "env" | "label" => {
-                self.flags(&[])?;
-                let upper = name.to_uppercase();
-                let Args::KeyValues(kvs) = &self.node.args else {
-                    return Err(self.message(format!("{upper} requires at least one argument")));
-                };
-                let mut pairs = Vec::new();
-                for kv in kvs {
-                    if kv.key.is_empty() {
-                        return Err(self.message(format!("{upper} names can not be blank")));
-                    }
-                    pairs.push(KeyValue {
-                        key: kv.key.clone(),
-                        value: kv.value.clone(),
-                        legacy: !kv.equals,
-                    });
-                }
-                if pairs.is_empty() {
-                    return Err(self.message(format!("{upper} requires at least one argument")));
-                }
-                if name == "env" {
-                    Instruction::Env(Env { meta, pairs })
-                } else {
-                    Instruction::Label(Label { meta, pairs })
-                }
-            }
+            "env" | "label" => self.env_or_label(&name, meta)?,
             "maintainer" => {
-                let [who] = args.as_slice() else {
-                    return Err(self.message("MAINTAINER requires exactly one argument"));
-                };
+                let name = self.exactly_one(&args, "MAINTAINER")?;
                 self.flags(&[])?;
-                Instruction::Maintainer(Maintainer {
-                    meta,
-                    name: who.clone(),
-                })
+                Instruction::Maintainer(Maintainer { meta, name })
             }
-            "add" => {
-                if args.len() < 2 {
-                    return Err(self.message(no_destination("ADD")));
-                }
-                let flags = self.flags(&[
-                    ("chown", FlagKind::String),
-                    ("chmod", FlagKind::String),
-                    ("link", FlagKind::Bool),
-                    ("keep-git-dir", FlagKind::Bool),
-                    ("checksum", FlagKind::String),
-                    ("unpack", FlagKind::Bool),
-                    ("exclude", FlagKind::Strings),
-                ])?;
-                let paths = self.sources_and_dest(&args, "ADD")?;
-                Instruction::Add(Add {
-                    meta,
-                    json: self.node.json,
-                    paths,
-                    chown: flags.string("chown"),
-                    chmod: flags.string("chmod"),
-                    link: flags.bool("link").unwrap_or(false),
-                    keep_git_dir: flags.bool("keep-git-dir"),
-                    checksum: flags.string("checksum"),
-                    unpack: flags.bool("unpack"),
-                    exclude: flags.strings("exclude"),
-                })
-            }
-            "copy" => {
-                if args.len() < 2 {
-                    return Err(self.message(no_destination("COPY")));
-                }
-                let flags = self.flags(&[
-                    ("chown", FlagKind::String),
-                    ("from", FlagKind::String),
-                    ("chmod", FlagKind::String),
-                    ("link", FlagKind::Bool),
-                    ("exclude", FlagKind::Strings),
-                    ("parents", FlagKind::Bool),
-                ])?;
-                let paths = self.sources_and_dest(&args, "COPY")?;
-                Instruction::Copy(Copy {
-                    meta,
-                    json: self.node.json,
-                    paths,
-                    from: flags.string("from"),
-                    chown: flags.string("chown"),
-                    chmod: flags.string("chmod"),
-                    link: flags.bool("link").unwrap_or(false),
-                    parents: flags.bool("parents").unwrap_or(false),
-                    exclude: flags.strings("exclude"),
-                })
-            }
-            "onbuild" => {
-                if args.is_empty() {
-                    return Err(self.message("ONBUILD requires at least one argument"));
-                }
-                self.flags(&[])?;
-                let Args::Onbuild(child) = &self.node.args else {
-                    return Err(self.message("ONBUILD requires at least one argument"));
-                };
-                let trigger = child.keyword.trim().to_uppercase();
-                match trigger.as_str() {
-                    "ONBUILD" => {
-                        return Err(self.error(
-                            ErrorKind::Instruction(
-                                "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed".into(),
-                            ),
-                            // The trigger text starts at the second ONBUILD.
-                            &child.original,
-                        ));
-                    }
-                    "MAINTAINER" | "FROM" => {
-                        return Err(self.error(
-                            ErrorKind::Instruction(format!(
-                                "{trigger} isn't allowed as an ONBUILD trigger"
-                            )),
-                            &child.keyword,
-                        ))
-                    }
-                    _ => {}
-                }
-                let inner = Ctx {
-                    node: child,
-                    loc: self.loc,
-                };
-                let parsed = inner.instruction()?;
-                Instruction::Onbuild(Onbuild {
-                    meta,
-                    expression: onbuild_expression(self.node),
-                    trigger: Box::new(parsed),
-                })
-            }
+            "add" => self.add(meta, &args)?,
+            "copy" => self.copy(meta, &args)?,
+            "onbuild" => self.onbuild(meta, &args)?,
             "workdir" => {
-                let [path] = args.as_slice() else {
-                    return Err(self.message("WORKDIR requires exactly one argument"));
-                };
+                let path = self.exactly_one(&args, "WORKDIR")?;
                 self.flags(&[])?;
-                Instruction::Workdir(Workdir {
-                    meta,
-                    path: path.clone(),
-                })
+                Instruction::Workdir(Workdir { meta, path })
             }
-            "run" => {
-                let flags = self.flags(&[
-                    ("mount", FlagKind::Strings),
-                    ("network", FlagKind::String),
-                    ("security", FlagKind::String),
-                    ("device", FlagKind::Strings),
-                ])?;
-                // BuildKit's RUN checks run in this order: devices, mounts,
-                // network, security.
-                let mut devices = Vec::new();
-                for spec in flags.strings("device") {
-                    devices.push(
-                        crate::mount::parse_device(&spec).map_err(|e| {
-                            self.error(ErrorKind::Instruction(e.to_string()), &spec)
-                        })?,
-                    );
-                }
-                let mounts = flags.strings("mount");
-                for spec in &mounts {
-                    crate::mount::check_mount_spec(spec)
-                        .map_err(|e| self.error(ErrorKind::Instruction(e.to_string()), spec))?;
-                }
-                let network = flags.string("network");
-                if let Some(n) = &network {
-                    if !matches!(n.as_str(), "default" | "none" | "host") {
-                        return Err(self.error(
-                            ErrorKind::Instruction(format!(
-                                "invalid network mode {}",
-                                crate::go_quote(n)
-                            )),
-                            "--network",
-                        ));
-                    }
-                }
-                let security = flags.string("security");
-                if let Some(s) = &security {
-                    if !matches!(s.as_str(), "sandbox" | "insecure") {
-                        return Err(self.error(
-                            ErrorKind::Instruction(format!(
-                                "security {} is not valid",
-                                crate::go_quote(s)
-                            )),
-                            "--security",
-                        ));
-                    }
-                }
-                let heredocs = self
-                    .node
-                    .heredocs
-                    .iter()
-                    .map(|h| InlineFile {
-                        name: h.name.clone(),
-                        data: h.content.clone(),
-                        chomp: h.chomp,
-                        expand: h.expand,
-                        file_descriptor: h.file_descriptor,
-                        line: h.span.start_line(),
-                    })
-                    .collect();
-                Instruction::Run(Run {
-                    meta,
-                    command: self.command_line(&args),
-                    heredocs,
-                    mounts,
-                    network,
-                    security,
-                    devices,
-                })
-            }
+            "run" => self.run(meta, &args)?,
             "cmd" => {
                 self.flags(&[])?;
                 Instruction::Cmd(Cmd {
@@ -836,76 +698,17 @@ impl Ctx<'_> {
                 Instruction::Expose(Expose { meta, ports: args })
             }
             "user" => {
-                let [user] = args.as_slice() else {
-                    return Err(self.message("USER requires exactly one argument"));
-                };
+                let user = self.exactly_one(&args, "USER")?;
                 self.flags(&[])?;
-                Instruction::User(User {
-                    meta,
-                    user: user.clone(),
-                })
+                Instruction::User(User { meta, user })
             }
-            "volume" => {
-                if args.is_empty() {
-                    return Err(self.message("VOLUME requires at least one argument"));
-                }
-                self.flags(&[])?;
-                let mut volumes = Vec::new();
-                for v in &args {
-                    let v = v.trim_matches(char::is_whitespace);
-                    if v.is_empty() {
-                        return Err(self.message("VOLUME specified can not be an empty string"));
-                    }
-                    volumes.push(v.to_string());
-                }
-                Instruction::Volume(Volume {
-                    meta,
-                    json: self.node.json,
-                    volumes,
-                })
-            }
+            "volume" => self.volume(meta, &args)?,
             "stopsignal" => {
-                let [signal] = args.as_slice() else {
-                    return Err(self.message("STOPSIGNAL requires exactly one argument"));
-                };
-                Instruction::Stopsignal(StopSignal {
-                    meta,
-                    signal: signal.clone(),
-                })
+                let signal = self.exactly_one(&args, "STOPSIGNAL")?;
+                Instruction::Stopsignal(StopSignal { meta, signal })
             }
-            "arg" => {
-                if args.is_empty() {
-                    return Err(self.message("ARG requires at least one argument"));
-                }
-                let mut defs = Vec::new();
-                for arg in &args {
-                    let (key, value) = match arg.split_once('=') {
-                        Some(("", _)) => return Err(self.message("ARG names can not be blank")),
-                        Some((k, v)) => (k.to_string(), Some(v.to_string())),
-                        None => (arg.clone(), None),
-                    };
-                    let description = doc_comment(&self.node.comments, &key);
-                    defs.push(ArgDefinition {
-                        key,
-                        value,
-                        description,
-                    });
-                }
-                Instruction::Arg(Arg { meta, args: defs })
-            }
-            "shell" => {
-                self.flags(&[])?;
-                if args.is_empty() {
-                    return Err(self.message("SHELL requires at least one argument"));
-                }
-                if !self.node.json {
-                    return Err(self.message(format!(
-                        "SHELL requires the arguments to be in JSON form (e.g. SHELL [\"executable\", \"parameter\"]), got: {}",
-                        self.node.original.trim()
-                    )));
-                }
-                Instruction::Shell(Shell { meta, shell: args })
-            }
+            "arg" => self.arg(meta, &args)?,
+            "shell" => self.shell(meta, args)?,
             _ => {
                 return Err(self.error(
                     ErrorKind::UnknownInstruction {
@@ -916,6 +719,240 @@ impl Ctx<'_> {
                 ))
             }
         })
+    }
+
+    /// The one argument of `instruction`, or its error.
+    fn exactly_one(&self, args: &[String], instruction: &str) -> Result<String, ParseError> {
+        match args {
+            [arg] => Ok(arg.clone()),
+            _ => Err(self.message(format!("{instruction} requires exactly one argument"))),
+        }
+    }
+
+    /// ENV or LABEL (`name`): key-value pairs, none with a blank key.
+    fn env_or_label(&self, name: &str, meta: Meta) -> Result<Instruction, ParseError> {
+        self.flags(&[])?;
+        let upper = name.to_uppercase();
+        let Args::KeyValues(kvs) = &self.node.args else {
+            return Err(self.message(format!("{upper} requires at least one argument")));
+        };
+        let mut pairs = Vec::new();
+        for kv in kvs {
+            if kv.key.is_empty() {
+                return Err(self.message(format!("{upper} names can not be blank")));
+            }
+            pairs.push(KeyValue {
+                key: kv.key.clone(),
+                value: kv.value.clone(),
+                legacy: !kv.equals,
+            });
+        }
+        if pairs.is_empty() {
+            return Err(self.message(format!("{upper} requires at least one argument")));
+        }
+        Ok(if name == "env" {
+            Instruction::Env(Env { meta, pairs })
+        } else {
+            Instruction::Label(Label { meta, pairs })
+        })
+    }
+
+    fn add(&self, meta: Meta, args: &[String]) -> Result<Instruction, ParseError> {
+        if args.len() < 2 {
+            return Err(self.message(no_destination("ADD")));
+        }
+        let flags = self.flags(ADD_FLAGS)?;
+        let paths = self.sources_and_dest(args, "ADD")?;
+        Ok(Instruction::Add(Add {
+            meta,
+            json: self.node.json,
+            paths,
+            chown: flags.string("chown"),
+            chmod: flags.string("chmod"),
+            link: flags.bool("link").unwrap_or(false),
+            keep_git_dir: flags.bool("keep-git-dir"),
+            checksum: flags.string("checksum"),
+            unpack: flags.bool("unpack"),
+            exclude: flags.strings("exclude"),
+        }))
+    }
+
+    fn copy(&self, meta: Meta, args: &[String]) -> Result<Instruction, ParseError> {
+        if args.len() < 2 {
+            return Err(self.message(no_destination("COPY")));
+        }
+        let flags = self.flags(COPY_FLAGS)?;
+        let paths = self.sources_and_dest(args, "COPY")?;
+        Ok(Instruction::Copy(Copy {
+            meta,
+            json: self.node.json,
+            paths,
+            from: flags.string("from"),
+            chown: flags.string("chown"),
+            chmod: flags.string("chmod"),
+            link: flags.bool("link").unwrap_or(false),
+            parents: flags.bool("parents").unwrap_or(false),
+            exclude: flags.strings("exclude"),
+        }))
+    }
+
+    /// ONBUILD and its trigger, which may be neither ONBUILD, MAINTAINER
+    /// nor FROM.
+    fn onbuild(&self, meta: Meta, args: &[String]) -> Result<Instruction, ParseError> {
+        if args.is_empty() {
+            return Err(self.message("ONBUILD requires at least one argument"));
+        }
+        self.flags(&[])?;
+        let Args::Onbuild(child) = &self.node.args else {
+            return Err(self.message("ONBUILD requires at least one argument"));
+        };
+        let trigger = child.keyword.trim().to_uppercase();
+        match trigger.as_str() {
+            "ONBUILD" => {
+                return Err(self.error(
+                    ErrorKind::Instruction(
+                        "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed".into(),
+                    ),
+                    // The trigger text starts at the second ONBUILD.
+                    &child.original,
+                ));
+            }
+            "MAINTAINER" | "FROM" => {
+                return Err(self.error(
+                    ErrorKind::Instruction(format!(
+                        "{trigger} isn't allowed as an ONBUILD trigger"
+                    )),
+                    &child.keyword,
+                ))
+            }
+            _ => {}
+        }
+        let inner = Ctx {
+            node: child,
+            loc: self.loc,
+        };
+        let parsed = inner.instruction()?;
+        Ok(Instruction::Onbuild(Onbuild {
+            meta,
+            expression: onbuild_expression(self.node),
+            trigger: Box::new(parsed),
+        }))
+    }
+
+    /// RUN: its flags checked in BuildKit's order (devices, mounts,
+    /// network, security), and its heredocs.
+    fn run(&self, meta: Meta, args: &[String]) -> Result<Instruction, ParseError> {
+        let flags = self.flags(RUN_FLAGS)?;
+        let mut devices = Vec::new();
+        for spec in flags.strings("device") {
+            devices.push(
+                crate::mount::parse_device(&spec)
+                    .map_err(|e| self.error(ErrorKind::Instruction(e.to_string()), &spec))?,
+            );
+        }
+        let mounts = flags.strings("mount");
+        for spec in &mounts {
+            crate::mount::check_mount_spec(spec)
+                .map_err(|e| self.error(ErrorKind::Instruction(e.to_string()), spec))?;
+        }
+        let network = flags.string("network");
+        if let Some(n) = &network {
+            if !matches!(n.as_str(), "default" | "none" | "host") {
+                return Err(self.error(
+                    ErrorKind::Instruction(format!("invalid network mode {}", crate::go_quote(n))),
+                    "--network",
+                ));
+            }
+        }
+        let security = flags.string("security");
+        if let Some(s) = &security {
+            if !matches!(s.as_str(), "sandbox" | "insecure") {
+                return Err(self.error(
+                    ErrorKind::Instruction(format!("security {} is not valid", crate::go_quote(s))),
+                    "--security",
+                ));
+            }
+        }
+        let heredocs = self
+            .node
+            .heredocs
+            .iter()
+            .map(|h| InlineFile {
+                name: h.name.clone(),
+                data: h.content.clone(),
+                chomp: h.chomp,
+                expand: h.expand,
+                file_descriptor: h.file_descriptor,
+                line: h.span.start_line(),
+            })
+            .collect();
+        Ok(Instruction::Run(Run {
+            meta,
+            command: self.command_line(args),
+            heredocs,
+            mounts,
+            network,
+            security,
+            devices,
+        }))
+    }
+
+    /// VOLUME: its paths, trimmed, none empty.
+    fn volume(&self, meta: Meta, args: &[String]) -> Result<Instruction, ParseError> {
+        if args.is_empty() {
+            return Err(self.message("VOLUME requires at least one argument"));
+        }
+        self.flags(&[])?;
+        let mut volumes = Vec::new();
+        for v in args {
+            let v = v.trim_matches(char::is_whitespace);
+            if v.is_empty() {
+                return Err(self.message("VOLUME specified can not be an empty string"));
+            }
+            volumes.push(v.to_string());
+        }
+        Ok(Instruction::Volume(Volume {
+            meta,
+            json: self.node.json,
+            volumes,
+        }))
+    }
+
+    /// ARG: each `NAME[=default]`, with the comment above that documents it.
+    fn arg(&self, meta: Meta, args: &[String]) -> Result<Instruction, ParseError> {
+        if args.is_empty() {
+            return Err(self.message("ARG requires at least one argument"));
+        }
+        let mut defs = Vec::new();
+        for arg in args {
+            let (key, value) = match arg.split_once('=') {
+                Some(("", _)) => return Err(self.message("ARG names can not be blank")),
+                Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                None => (arg.clone(), None),
+            };
+            let description = doc_comment(&self.node.comments, &key);
+            defs.push(ArgDefinition {
+                key,
+                value,
+                description,
+            });
+        }
+        Ok(Instruction::Arg(Arg { meta, args: defs }))
+    }
+
+    /// SHELL, in JSON form only.
+    fn shell(&self, meta: Meta, args: Vec<String>) -> Result<Instruction, ParseError> {
+        self.flags(&[])?;
+        if args.is_empty() {
+            return Err(self.message("SHELL requires at least one argument"));
+        }
+        if !self.node.json {
+            return Err(self.message(format!(
+                "SHELL requires the arguments to be in JSON form (e.g. SHELL [\"executable\", \"parameter\"]), got: {}",
+                self.node.original.trim()
+            )));
+        }
+        Ok(Instruction::Shell(Shell { meta, shell: args }))
     }
 
     /// Shell form joins the arguments with spaces (it has one); exec form
@@ -999,13 +1036,7 @@ impl Ctx<'_> {
                 retries: None,
             }));
         }
-        let flags = self.flags(&[
-            ("interval", FlagKind::String),
-            ("timeout", FlagKind::String),
-            ("start-period", FlagKind::String),
-            ("start-interval", FlagKind::String),
-            ("retries", FlagKind::String),
-        ])?;
+        let flags = self.flags(HEALTHCHECK_FLAGS)?;
         if typ != "CMD" {
             return Err(self.message(format!(
                 "Unknown type {} in HEALTHCHECK (try CMD)",
@@ -1022,68 +1053,71 @@ impl Ctx<'_> {
         } else {
             vec!["CMD-SHELL".to_string(), rest.join(" ")]
         };
-        let duration = |name: &'static str| -> Result<Option<u64>, ParseError> {
-            let Some(text) = flags.string(name) else {
-                return Ok(None);
-            };
-            if text.is_empty() {
-                return Ok(None);
-            }
-            let ns = parse_go_duration(&text)
-                .map_err(|m| self.error(ErrorKind::Instruction(m), &format!("--{name}")))?;
-            if ns == 0 {
-                return Ok(None);
-            }
-            if ns < 1_000_000 {
-                return Err(self.error(
-                    ErrorKind::Instruction(format!(
-                        "Interval {} cannot be less than 1ms",
-                        crate::go_quote(name)
-                    )),
-                    &format!("--{name}"),
-                ));
-            }
-            Ok(Some(ns as u64))
-        };
-        let interval_ns = duration("interval")?;
-        let timeout_ns = duration("timeout")?;
-        let start_period_ns = duration("start-period")?;
-        let start_interval_ns = duration("start-interval")?;
-        let retries = match flags.string("retries") {
-            None => None,
-            Some(text) if text.is_empty() => None,
-            Some(text) => {
-                let value: i64 = text
-                    .parse()
-                    .ok()
-                    .filter(|v| i32::try_from(*v).is_ok())
-                    .ok_or_else(|| {
-                        self.error(
-                            ErrorKind::Instruction(format!(
-                                "strconv.ParseInt: parsing {}: invalid syntax",
-                                crate::go_quote(&text)
-                            )),
-                            "--retries",
-                        )
-                    })?;
-                if value < 0 {
-                    return Err(self.error(
-                        ErrorKind::Instruction(format!("--retries cannot be negative ({value})")),
-                        "--retries",
-                    ));
-                }
-                Some(value as u32)
-            }
-        };
         Ok(Instruction::Healthcheck(Healthcheck {
             meta,
             test,
-            interval_ns,
-            timeout_ns,
-            start_period_ns,
-            start_interval_ns,
-            retries,
+            interval_ns: self.health_duration(&flags, "interval")?,
+            timeout_ns: self.health_duration(&flags, "timeout")?,
+            start_period_ns: self.health_duration(&flags, "start-period")?,
+            start_interval_ns: self.health_duration(&flags, "start-interval")?,
+            retries: self.health_retries(&flags)?,
         }))
+    }
+
+    /// A HEALTHCHECK duration flag in nanoseconds: `None` when not given,
+    /// empty or zero; at least 1ms.
+    fn health_duration(&self, flags: &Flags, name: &str) -> Result<Option<u64>, ParseError> {
+        let Some(text) = flags.string(name) else {
+            return Ok(None);
+        };
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let ns = parse_go_duration(&text)
+            .map_err(|m| self.error(ErrorKind::Instruction(m), &format!("--{name}")))?;
+        if ns == 0 {
+            return Ok(None);
+        }
+        if ns < 1_000_000 {
+            return Err(self.error(
+                ErrorKind::Instruction(format!(
+                    "Interval {} cannot be less than 1ms",
+                    crate::go_quote(name)
+                )),
+                &format!("--{name}"),
+            ));
+        }
+        Ok(Some(ns as u64))
+    }
+
+    /// HEALTHCHECK `--retries`: `None` when not given or empty; an int32
+    /// that is not negative.
+    fn health_retries(&self, flags: &Flags) -> Result<Option<u32>, ParseError> {
+        let text = match flags.string("retries") {
+            None => return Ok(None),
+            Some(text) if text.is_empty() => return Ok(None),
+            Some(text) => text,
+        };
+        let value: i64 = text
+            .parse()
+            .ok()
+            .filter(|v| i32::try_from(*v).is_ok())
+            .ok_or_else(|| {
+                self.error(
+                    ErrorKind::Instruction(format!(
+                        "strconv.ParseInt: parsing {}: invalid syntax",
+                        crate::go_quote(&text)
+                    )),
+                    "--retries",
+                )
+            })?;
+        if value < 0 {
+            return Err(self.error(
+                ErrorKind::Instruction(format!("--retries cannot be negative ({value})")),
+                "--retries",
+            ));
+        }
+        Ok(Some(value as u32))
     }
 }
 

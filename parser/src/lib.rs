@@ -67,6 +67,8 @@
 //! - The dump's notion of a printable character (for `\u` escapes) follows
 //!   Go's `unicode.IsPrint` except for unassigned code points.
 
+#![forbid(unsafe_code)]
+
 pub mod ast;
 mod display;
 mod error;

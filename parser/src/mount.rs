@@ -28,6 +28,15 @@ pub enum MountType {
 }
 
 impl MountType {
+    /// Every mount type.
+    pub const ALL: &'static [MountType] = &[
+        MountType::Bind,
+        MountType::Cache,
+        MountType::Tmpfs,
+        MountType::Secret,
+        MountType::Ssh,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             MountType::Bind => "bind",
@@ -82,7 +91,9 @@ pub enum MountError {
     Expand(#[from] crate::expand::ExpandError),
 }
 
-const ALL_KEYS: &[&str] = &[
+/// Every `--mount` option the parser accepts (with its other spellings:
+/// `src`, `dst`, `destination`, `ro`, `rw`, `readwrite`).
+pub const ALL_KEYS: &[&str] = &[
     "type",
     "from",
     "source",
@@ -151,117 +162,100 @@ pub fn parse_mount(
     spec: &str,
     expand: &mut dyn FnMut(&str) -> Result<String, crate::expand::ExpandError>,
 ) -> Result<Mount, MountError> {
-    let mut m = Mount {
-        mount_type: MountType::Bind,
-        from: None,
-        source: None,
-        target: String::new(),
-        read_only: false,
-        size_limit: None,
-        id: None,
-        sharing: None,
-        required: false,
-        env: None,
-        mode: None,
-        uid: None,
-        gid: None,
+    let mut fields = MountFields {
+        mount: Mount {
+            mount_type: MountType::Bind,
+            from: None,
+            source: None,
+            target: String::new(),
+            read_only: false,
+            size_limit: None,
+            id: None,
+            sharing: None,
+            required: false,
+            env: None,
+            mode: None,
+            uid: None,
+            gid: None,
+        },
+        read_only_auto: true,
     };
-    let mut read_only_auto = true;
     for field in csv_fields(spec)? {
-        let (key, value) = match field.split_once('=') {
-            Some((k, v)) => (k.to_lowercase(), Some(v)),
-            None => (field.to_lowercase(), None),
-        };
-        let Some(value) = value else {
-            match key.as_str() {
-                "readonly" | "ro" => {
-                    m.read_only = true;
-                    read_only_auto = false;
-                }
-                "readwrite" | "rw" => {
-                    m.read_only = false;
-                    read_only_auto = false;
-                }
-                "required" if matches!(m.mount_type, MountType::Secret | MountType::Ssh) => {
-                    m.required = true;
-                }
-                "required" => {
-                    return Err(invalid(format!(
-                        "unexpected key '{key}' for mount type '{}'",
-                        m.mount_type.as_str()
-                    )))
-                }
-                _ => {
-                    return Err(invalid(format!(
-                        "invalid field '{field}' must be a key=value pair"
-                    )))
-                }
+        match field.split_once('=') {
+            Some((key, value)) => {
+                let value = expand(value)?;
+                fields.set(&key.to_lowercase(), value, &field)?;
             }
-            continue;
-        };
-        let value = expand(value)?;
+            None => fields.flag(&field.to_lowercase(), &field)?,
+        }
+    }
+    fields.check()
+}
+
+/// A mount as its spec's fields are read.
+struct MountFields {
+    mount: Mount,
+    /// No field said whether it is read-only: its type decides.
+    read_only_auto: bool,
+}
+
+impl MountFields {
+    /// A key without a value (`ro`, `rw`, `required`), `field` as written.
+    fn flag(&mut self, key: &str, field: &str) -> Result<(), MountError> {
+        let m = &mut self.mount;
+        match key {
+            "readonly" | "ro" => {
+                m.read_only = true;
+                self.read_only_auto = false;
+            }
+            "readwrite" | "rw" => {
+                m.read_only = false;
+                self.read_only_auto = false;
+            }
+            "required" if matches!(m.mount_type, MountType::Secret | MountType::Ssh) => {
+                m.required = true;
+            }
+            "required" => return Err(unexpected_key(key, m.mount_type)),
+            _ => {
+                return Err(invalid(format!(
+                    "invalid field '{field}' must be a key=value pair"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// `key=value` (the value expanded), `field` as written.
+    fn set(&mut self, key: &str, value: String, field: &str) -> Result<(), MountError> {
+        let m = &mut self.mount;
         let bad_value = || invalid(format!("invalid value for {key}: {value}"));
-        match key.as_str() {
-            "type" => {
-                m.mount_type = match value.to_lowercase().as_str() {
-                    "bind" => MountType::Bind,
-                    "cache" => MountType::Cache,
-                    "tmpfs" => MountType::Tmpfs,
-                    "secret" => MountType::Secret,
-                    "ssh" => MountType::Ssh,
-                    _ => {
-                        return Err(with_suggestion(
-                            format!("unsupported mount type {}", crate::go_quote(&value)),
-                            &value,
-                            &["bind", "cache", "tmpfs", "secret", "ssh"],
-                        ))
-                    }
-                }
-            }
+        match key {
+            "type" => m.mount_type = mount_type(&value)?,
             "from" => m.from = Some(value),
             "source" | "src" => m.source = Some(value),
             "target" | "dst" | "destination" => m.target = value,
             "readonly" | "ro" => {
                 m.read_only = parse_go_bool(&value).ok_or_else(bad_value)?;
-                read_only_auto = false;
+                self.read_only_auto = false;
             }
             "readwrite" | "rw" => {
                 m.read_only = !parse_go_bool(&value).ok_or_else(bad_value)?;
-                read_only_auto = false;
+                self.read_only_auto = false;
             }
             "required" => {
                 if !matches!(m.mount_type, MountType::Secret | MountType::Ssh) {
-                    return Err(invalid(format!(
-                        "unexpected key '{key}' for mount type '{}'",
-                        m.mount_type.as_str()
-                    )));
+                    return Err(unexpected_key(key, m.mount_type));
                 }
                 m.required = parse_go_bool(&value).ok_or_else(bad_value)?;
             }
             "size" => {
                 if m.mount_type != MountType::Tmpfs {
-                    return Err(invalid(format!(
-                        "unexpected key '{key}' for mount type '{}'",
-                        m.mount_type.as_str()
-                    )));
+                    return Err(unexpected_key(key, m.mount_type));
                 }
                 m.size_limit = Some(ram_in_bytes(&value).ok_or_else(bad_value)?);
             }
             "id" => m.id = Some(value),
-            "sharing" => {
-                m.sharing = Some(match value.to_lowercase().as_str() {
-                    "shared" => Sharing::Shared,
-                    "private" => Sharing::Private,
-                    "locked" => Sharing::Locked,
-                    _ => {
-                        return Err(with_suggestion(
-                            format!("unsupported sharing value {}", crate::go_quote(&value)),
-                            &value,
-                            &["shared", "private", "locked"],
-                        ))
-                    }
-                })
-            }
+            "sharing" => m.sharing = Some(sharing(&value)?),
             "mode" => {
                 m.mode = Some(
                     u32::from_str_radix(&value, 8)
@@ -286,55 +280,110 @@ pub fn parse_mount(
             _ => {
                 return Err(with_suggestion(
                     format!("unexpected key '{key}' in '{field}'"),
-                    &key,
+                    key,
                     ALL_KEYS,
                 ))
             }
         }
+        Ok(())
     }
-    let type_name = m.mount_type.as_str();
-    if !matches!(
-        m.mount_type,
-        MountType::Secret | MountType::Ssh | MountType::Cache
-    ) {
-        for (present, what) in [
-            (m.mode.is_some(), "mode"),
-            (m.uid.is_some(), "uid"),
-            (m.gid.is_some(), "gid"),
-        ] {
-            if present {
-                return Err(invalid(format!(
-                    "{what} not allowed for \"{type_name}\" type mounts"
-                )));
+
+    /// The mount, once every field is read: what its type does not allow
+    /// refused, read-only by default unless it is a cache or tmpfs.
+    fn check(self) -> Result<Mount, MountError> {
+        let mut m = self.mount;
+        let type_name = m.mount_type.as_str();
+        if !matches!(
+            m.mount_type,
+            MountType::Secret | MountType::Ssh | MountType::Cache
+        ) {
+            for (present, what) in [
+                (m.mode.is_some(), "mode"),
+                (m.uid.is_some(), "uid"),
+                (m.gid.is_some(), "gid"),
+            ] {
+                if present {
+                    return Err(invalid(format!(
+                        "{what} not allowed for \"{type_name}\" type mounts"
+                    )));
+                }
             }
         }
-    }
-    if read_only_auto {
-        m.read_only = !matches!(m.mount_type, MountType::Cache | MountType::Tmpfs);
-    }
-    if m.mount_type == MountType::Secret {
-        if m.from.as_deref().is_some_and(|f| !f.is_empty()) {
-            return Err(invalid("secret mount should not have a from".into()));
+        if self.read_only_auto {
+            m.read_only = !matches!(m.mount_type, MountType::Cache | MountType::Tmpfs);
         }
-        if m.sharing.is_some() {
-            return Err(invalid("secret mount should not define sharing".into()));
+        if m.mount_type == MountType::Secret {
+            check_secret(&m)?;
         }
-        let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
-        if !set(&m.source) && m.target.is_empty() && !set(&m.id) {
-            return Err(invalid(
-                "invalid secret mount. one of source, target required".into(),
-            ));
+        if m.sharing.is_some() && m.mount_type != MountType::Cache {
+            return Err(invalid(format!(
+                "invalid cache sharing set for {type_name} mount"
+            )));
         }
-        if set(&m.source) && set(&m.id) {
-            return Err(invalid("both source and id can't be set".into()));
-        }
+        Ok(m)
     }
-    if m.sharing.is_some() && m.mount_type != MountType::Cache {
-        return Err(invalid(format!(
-            "invalid cache sharing set for {type_name} mount"
-        )));
+}
+
+/// A secret mount has no `from` nor `sharing`, and a source, target or id,
+/// but not both a source and an id.
+fn check_secret(m: &Mount) -> Result<(), MountError> {
+    if m.from.as_deref().is_some_and(|f| !f.is_empty()) {
+        return Err(invalid("secret mount should not have a from".into()));
     }
-    Ok(m)
+    if m.sharing.is_some() {
+        return Err(invalid("secret mount should not define sharing".into()));
+    }
+    let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+    if !set(&m.source) && m.target.is_empty() && !set(&m.id) {
+        return Err(invalid(
+            "invalid secret mount. one of source, target required".into(),
+        ));
+    }
+    if set(&m.source) && set(&m.id) {
+        return Err(invalid("both source and id can't be set".into()));
+    }
+    Ok(())
+}
+
+fn unexpected_key(key: &str, mount_type: MountType) -> MountError {
+    invalid(format!(
+        "unexpected key '{key}' for mount type '{}'",
+        mount_type.as_str()
+    ))
+}
+
+/// `type=`'s value.
+fn mount_type(value: &str) -> Result<MountType, MountError> {
+    Ok(match value.to_lowercase().as_str() {
+        "bind" => MountType::Bind,
+        "cache" => MountType::Cache,
+        "tmpfs" => MountType::Tmpfs,
+        "secret" => MountType::Secret,
+        "ssh" => MountType::Ssh,
+        _ => {
+            return Err(with_suggestion(
+                format!("unsupported mount type {}", crate::go_quote(value)),
+                value,
+                &["bind", "cache", "tmpfs", "secret", "ssh"],
+            ))
+        }
+    })
+}
+
+/// `sharing=`'s value.
+fn sharing(value: &str) -> Result<Sharing, MountError> {
+    Ok(match value.to_lowercase().as_str() {
+        "shared" => Sharing::Shared,
+        "private" => Sharing::Private,
+        "locked" => Sharing::Locked,
+        _ => {
+            return Err(with_suggestion(
+                format!("unsupported sharing value {}", crate::go_quote(value)),
+                value,
+                &["shared", "private", "locked"],
+            ))
+        }
+    })
 }
 
 /// Go's `strconv.ParseBool`.
@@ -346,8 +395,17 @@ fn parse_go_bool(s: &str) -> Option<bool> {
     }
 }
 
-/// docker/go-units `RAMInBytes`: `64m`, `1.5GiB`, `1024` (binary units).
-fn ram_in_bytes(s: &str) -> Option<u64> {
+/// docker/go-units `RAMInBytes`: `64m`, `1.5GiB`, `1024` (binary units);
+/// the one reader of Docker's size syntax (tmpfs `size=`, `--memory`,
+/// `--shm-size`).
+///
+/// ```
+/// use kiln_parser::mount::ram_in_bytes;
+/// assert_eq!(ram_in_bytes("64m"), Some(64 << 20));
+/// assert_eq!(ram_in_bytes("1.5GiB"), Some(3 << 29));
+/// assert_eq!(ram_in_bytes("12 x"), None);
+/// ```
+pub fn ram_in_bytes(s: &str) -> Option<u64> {
     let number_end = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
@@ -380,12 +438,14 @@ fn ram_in_bytes(s: &str) -> Option<u64> {
             m
         }
     };
-    Some((value * multiplier) as u64)
+    let bytes = value * multiplier;
+    // Too large for a u64 is not a size.
+    (bytes.is_finite() && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 /// One CSV record (Go's `encoding/csv` rules, no lazy quotes): fields split
 /// on `,`, `"…"` quotes a field, `""` inside quotes is a quote.
-fn csv_fields(s: &str) -> Result<Vec<String>, MountError> {
+pub fn csv_fields(s: &str) -> Result<Vec<String>, MountError> {
     let mut fields = Vec::new();
     if s.is_empty() {
         return Ok(fields);

@@ -210,151 +210,150 @@ fn match_directive(body: &str) -> Option<(&str, &str)> {
 pub fn parse(source: &str, file_name: &str) -> Result<Dockerfile, ParseError> {
     let source = source.strip_prefix('\u{feff}').unwrap_or(source);
     let loc = Locator::new(file_name, source);
-    let mut lines = Lines {
-        text: source,
-        pos: 0,
+    let mut reader = Reader {
+        source,
+        loc: &loc,
+        lines: Lines {
+            text: source,
+            pos: 0,
+        },
+        directives: Directives {
+            done: false,
+            escape: DEFAULT_ESCAPE,
+            found: Vec::new(),
+        },
+        current_line: 0,
+        comments: Vec::new(),
+        warnings: Vec::new(),
+        buf: String::new(),
     };
-    let mut directives = Directives {
-        done: false,
-        escape: DEFAULT_ESCAPE,
-        found: Vec::new(),
-    };
-    let mut current_line = 0usize;
-    let mut comments: Vec<String> = Vec::new();
     let mut nodes = Vec::new();
-    let mut warnings = Vec::new();
-    let mut buf = String::new();
+    while let Some(node) = reader.next_node()? {
+        nodes.push(node);
+    }
+    if nodes.is_empty() {
+        let line = reader.current_line.max(1);
+        return Err(loc.error(ErrorKind::NoInstructions, line, 1, line, 1));
+    }
+    Ok(Dockerfile {
+        file_name: file_name.to_string(),
+        directives: reader.directives.found,
+        escape: reader.directives.escape,
+        nodes,
+        warnings: reader.warnings,
+    })
+}
 
-    while let Some((start_offset, raw)) = lines.next_line() {
-        if is_comment(raw) {
-            let mut chars = raw.chars();
-            chars.next();
-            let comment = go_trim_space(chars.as_str());
-            if comment.is_empty() {
-                comments.clear();
-            } else {
-                comments.push(comment.to_string());
-            }
-        }
-        let processed = trim_leading_whitespace(trim_newline(raw));
-        if directives.parse_line(processed, current_line + 1, &loc)? {
-            comments.pop();
-        }
-        let processed = if is_comment(processed) { "" } else { processed };
-        current_line += 1;
-        let start_line = current_line;
-        let (text, mut end_of_line) = trim_continuation(processed, directives.escape);
-        if end_of_line && text.is_empty() {
-            continue;
-        }
-        buf.clear();
-        buf.push_str(text);
-        let mut empty_continuation_lines = Vec::new();
-        while !end_of_line {
-            let Some((_, raw)) = lines.next_line() else {
-                break;
-            };
-            let processed = trim_newline(raw);
-            directives.parse_line(processed, current_line + 1, &loc)?;
-            current_line += 1;
+/// A parse under way: where it is in the source, and what it gathered for
+/// the next instruction.
+struct Reader<'a> {
+    source: &'a str,
+    loc: &'a Locator<'a>,
+    lines: Lines<'a>,
+    directives: Directives,
+    /// The number of the last line read.
+    current_line: usize,
+    /// The comments since the last instruction (an empty comment forgets
+    /// those before it).
+    comments: Vec<String>,
+    warnings: Vec<Warning>,
+    /// The logical line being read, kept from one instruction to the next.
+    buf: String,
+}
+
+impl Reader<'_> {
+    /// The next instruction, blank lines, comments and directives before it
+    /// skipped; `None` at the end of the source.
+    fn next_node(&mut self) -> Result<Option<Node>, ParseError> {
+        while let Some((start_offset, raw)) = self.lines.next_line() {
             if is_comment(raw) {
+                self.note_comment(raw);
+            }
+            let processed = trim_leading_whitespace(trim_newline(raw));
+            if self
+                .directives
+                .parse_line(processed, self.current_line + 1, self.loc)?
+            {
+                self.comments.pop();
+            }
+            let processed = if is_comment(processed) { "" } else { processed };
+            self.current_line += 1;
+            let (text, end_of_line) = trim_continuation(processed, self.directives.escape);
+            if end_of_line && text.is_empty() {
                 continue;
             }
-            if is_empty_continuation_line(processed) {
-                empty_continuation_lines.push(current_line);
-                continue;
-            }
-            let (text, eol) = trim_continuation(processed, directives.escape);
-            end_of_line = eol;
-            buf.push_str(text);
+            let mut line = std::mem::take(&mut self.buf);
+            line.clear();
+            line.push_str(text);
+            let node = self.node(&mut line, start_offset, end_of_line);
+            self.buf = line;
+            return node.map(Some);
         }
-        let line = buf.as_str();
+        Ok(None)
+    }
+
+    /// A comment line: kept for the next instruction, or, when empty,
+    /// forgetting those before it.
+    fn note_comment(&mut self, raw: &str) {
+        let mut chars = raw.chars();
+        chars.next();
+        let comment = go_trim_space(chars.as_str());
+        if comment.is_empty() {
+            self.comments.clear();
+        } else {
+            self.comments.push(comment.to_string());
+        }
+    }
+
+    /// The instruction whose first line (at byte `start_offset`, the
+    /// current line) left `line`: its continuation lines appended (none
+    /// when `end_of_line`), then its node, heredocs, source text, span and
+    /// comments.
+    fn node(
+        &mut self,
+        line: &mut String,
+        start_offset: usize,
+        end_of_line: bool,
+    ) -> Result<Node, ParseError> {
+        let start_line = self.current_line;
+        let empty_continuation_lines = self.continue_line(line, end_of_line)?;
+        let line = line.as_str();
         if !empty_continuation_lines.is_empty() {
-            warnings.push(Warning {
+            self.warnings.push(Warning {
                 rule: "NoEmptyContinuation".to_string(),
                 message: format!("Empty continuation line found in: {line}"),
-                line: current_line,
+                line: self.current_line,
             });
         }
-
-        let first_line_text = loc.line_text(start_line).unwrap_or("");
+        let first_line_text = self.loc.line_text(start_line).unwrap_or("");
         let keyword_column = first_line_text.chars().take_while(|c| is_space(*c)).count() + 1;
-        let line_error = |kind: ErrorKind, needle: &str, end: usize| -> ParseError {
-            loc.error_at_text(kind, start_line, end, needle)
+        let mut node =
+            new_node_from_line(line, self.directives.escape).map_err(|(kind, needle)| {
+                self.loc
+                    .error_at_text(kind, start_line, self.current_line, &needle)
+            })?;
+        let heredocs = if can_contain_heredoc(&node) && line.contains("<<") {
+            self.heredocs(line, start_line, keyword_column)?
+        } else {
+            Vec::new()
         };
 
-        let mut node = new_node_from_line(line, directives.escape)
-            .map_err(|(kind, needle)| line_error(kind, &needle, current_line))?;
-
-        let mut heredocs = Vec::new();
-        if can_contain_heredoc(&node) && line.contains("<<") {
-            let words = heredocs_from_line(line)
-                .map_err(|(kind, needle)| line_error(kind, &needle, current_line))?;
-            for mut heredoc in words {
-                let body_start = current_line + 1;
-                let mut content = String::new();
-                let mut terminated = false;
-                while let Some((_, raw)) = lines.next_line() {
-                    current_line += 1;
-                    let mut candidate = trim_newline(raw);
-                    if heredoc.chomp {
-                        candidate = candidate.trim_start_matches('\t');
-                    }
-                    if candidate == heredoc.name {
-                        terminated = true;
-                        break;
-                    }
-                    content.push_str(raw);
-                }
-                if !terminated {
-                    let (column, width) = first_line_text
-                        .find("<<")
-                        .map(|i| (first_line_text[..i].chars().count() + 1, 2))
-                        .unwrap_or((keyword_column, 1));
-                    return Err(loc.error(
-                        ErrorKind::UnterminatedHeredoc,
-                        start_line,
-                        column,
-                        current_line,
-                        width,
-                    ));
-                }
-                heredoc.content = content;
-                heredoc.span = Span {
-                    start: Position {
-                        line: body_start,
-                        column: 1,
-                    },
-                    end: Position {
-                        line: current_line,
-                        column: loc
-                            .line_text(current_line)
-                            .map_or(1, |t| t.chars().count() + 1),
-                    },
-                };
-                heredocs.push(heredoc);
-            }
-        }
-
-        let end_offset = lines.pos;
-        let source_text = trim_newline_once(&source[start_offset..end_offset]).to_string();
-        let end_column = loc
-            .line_text(current_line)
-            .map_or(1, |t| t.chars().count() + 1);
+        let end_offset = self.lines.pos;
+        let source_text = trim_newline_once(&self.source[start_offset..end_offset]).to_string();
         let span = Span {
             start: Position {
                 line: start_line,
                 column: keyword_column,
             },
             end: Position {
-                line: current_line,
-                column: end_column,
+                line: self.current_line,
+                column: self.end_column(),
             },
         };
         node.heredocs = heredocs;
         node.source = source_text;
         node.span = span;
-        node.comments = std::mem::take(&mut comments);
+        node.comments = std::mem::take(&mut self.comments);
         node.empty_continuation_lines = empty_continuation_lines;
         if let Args::Onbuild(child) = &mut node.args {
             child.span = span;
@@ -363,20 +362,110 @@ pub fn parse(source: &str, file_name: &str) -> Result<Dockerfile, ParseError> {
             // gets a copy so it is complete on its own.
             child.heredocs = node.heredocs.clone();
         }
-        nodes.push(node);
+        Ok(node)
     }
 
-    if nodes.is_empty() {
-        let line = current_line.max(1);
-        return Err(loc.error(ErrorKind::NoInstructions, line, 1, line, 1));
+    /// The column just past the end of the current line.
+    fn end_column(&self) -> usize {
+        self.loc
+            .line_text(self.current_line)
+            .map_or(1, |t| t.chars().count() + 1)
     }
-    Ok(Dockerfile {
-        file_name: file_name.to_string(),
-        directives: directives.found,
-        escape: directives.escape,
-        nodes,
-        warnings,
-    })
+
+    /// Appends an instruction's continuation lines to `line` until one
+    /// ends it (none when `end_of_line`), skipping comments and empty
+    /// lines; returns the numbers of the empty ones.
+    fn continue_line(
+        &mut self,
+        line: &mut String,
+        mut end_of_line: bool,
+    ) -> Result<Vec<usize>, ParseError> {
+        let mut empty_continuation_lines = Vec::new();
+        while !end_of_line {
+            let Some((_, raw)) = self.lines.next_line() else {
+                break;
+            };
+            let processed = trim_newline(raw);
+            self.directives
+                .parse_line(processed, self.current_line + 1, self.loc)?;
+            self.current_line += 1;
+            if is_comment(raw) {
+                continue;
+            }
+            if is_empty_continuation_line(processed) {
+                empty_continuation_lines.push(self.current_line);
+                continue;
+            }
+            let (text, eol) = trim_continuation(processed, self.directives.escape);
+            end_of_line = eol;
+            line.push_str(text);
+        }
+        Ok(empty_continuation_lines)
+    }
+
+    /// The heredocs `line` (an instruction starting on `start_line`)
+    /// opens, each body read from the lines that follow up to its
+    /// terminator.
+    fn heredocs(
+        &mut self,
+        line: &str,
+        start_line: usize,
+        keyword_column: usize,
+    ) -> Result<Vec<Heredoc>, ParseError> {
+        let words = heredocs_from_line(line).map_err(|(kind, needle)| {
+            self.loc
+                .error_at_text(kind, start_line, self.current_line, &needle)
+        })?;
+        let mut heredocs = Vec::new();
+        for mut heredoc in words {
+            let body_start = self.current_line + 1;
+            let Some(content) = self.heredoc_body(&heredoc) else {
+                let first_line_text = self.loc.line_text(start_line).unwrap_or("");
+                let (column, width) = first_line_text
+                    .find("<<")
+                    .map(|i| (first_line_text[..i].chars().count() + 1, 2))
+                    .unwrap_or((keyword_column, 1));
+                return Err(self.loc.error(
+                    ErrorKind::UnterminatedHeredoc,
+                    start_line,
+                    column,
+                    self.current_line,
+                    width,
+                ));
+            };
+            heredoc.content = content;
+            heredoc.span = Span {
+                start: Position {
+                    line: body_start,
+                    column: 1,
+                },
+                end: Position {
+                    line: self.current_line,
+                    column: self.end_column(),
+                },
+            };
+            heredocs.push(heredoc);
+        }
+        Ok(heredocs)
+    }
+
+    /// The lines up to `heredoc`'s terminator; `None` when the source ends
+    /// first.
+    fn heredoc_body(&mut self, heredoc: &Heredoc) -> Option<String> {
+        let mut content = String::new();
+        while let Some((_, raw)) = self.lines.next_line() {
+            self.current_line += 1;
+            let mut candidate = trim_newline(raw);
+            if heredoc.chomp {
+                candidate = candidate.trim_start_matches('\t');
+            }
+            if candidate == heredoc.name {
+                return Some(content);
+            }
+            content.push_str(raw);
+        }
+        None
+    }
 }
 
 fn trim_newline_once(s: &str) -> &str {

@@ -24,30 +24,10 @@ fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/parser")
 }
 
-fn blessing() -> bool {
-    std::env::var_os("KILN_BLESS").is_some_and(|v| v == "1")
-}
-
 /// Compares (or, when blessing, writes) one expectation file. `None` means
 /// the file must not exist.
 fn check(path: &Path, actual: Option<&str>, failures: &mut Vec<String>) {
-    let existing = fs::read_to_string(path).ok();
-    if blessing() {
-        match actual {
-            Some(text) => fs::write(path, text).unwrap(),
-            None if existing.is_some() => fs::remove_file(path).unwrap(),
-            None => {}
-        }
-        return;
-    }
-    if existing.as_deref() != actual {
-        failures.push(format!(
-            "{}:\n--- expected\n{}\n--- actual\n{}",
-            path.display(),
-            existing.as_deref().unwrap_or("<no file>"),
-            actual.unwrap_or("<no file>")
-        ));
-    }
+    failures.extend(kiln_testsupport::golden::compare_optional(path, actual));
 }
 
 fn case_dirs(root: &Path) -> Vec<PathBuf> {

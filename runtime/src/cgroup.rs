@@ -634,9 +634,9 @@ pub fn remove_cgroup(dir: &Path, patience: Duration) -> io::Result<()> {
             for pid in procs
                 .lines()
                 .filter_map(|l| l.trim().parse::<libc::pid_t>().ok())
+                .filter_map(rustix::process::Pid::from_raw)
             {
-                // SAFETY: kill with a pid read from the run's own cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
         match std::fs::remove_dir(dir) {

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use crate::init::container_init;
@@ -12,18 +12,14 @@ use crate::protocol::{send, ContainerConfig, Failure, Report, FDS_ENV};
 use crate::spec::{ExitStatus, Network};
 use crate::sys::{RealSyscalls, Syscalls};
 
-/// `config,report,sync[,console]`: descriptors above stdio.
+/// `config,report,sync[,console]`: distinct descriptors above stdio.
 fn parse_fds(value: &str) -> Option<Vec<RawFd>> {
     let fds: Vec<RawFd> = value
         .split(',')
         .map(|p| p.parse::<RawFd>().ok())
         .collect::<Option<_>>()?;
-    (matches!(fds.len(), 3 | 4) && fds.iter().all(|fd| *fd > 2)).then_some(fds)
-}
-
-fn set_cloexec(fd: RawFd) {
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    let distinct = fds.iter().enumerate().all(|(i, fd)| !fds[..i].contains(fd));
+    (matches!(fds.len(), 3 | 4) && distinct && fds.iter().all(|fd| *fd > 2)).then_some(fds)
 }
 
 /// The entry point of the hidden helper subcommand. Call it before any thread
@@ -36,19 +32,26 @@ pub fn helper_main() -> i32 {
         eprintln!("kiln: the runtime helper is started by kiln itself, not by hand");
         return 2;
     };
+    // SAFETY: kiln passed these descriptors to this fresh process, open,
+    // one each (parse_fds); nothing else in it owns or closes them.
+    let mut owned: Vec<OwnedFd> = fds
+        .iter()
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(*fd) })
+        .collect();
     // The container must not inherit any of them.
-    for fd in &fds {
-        set_cloexec(*fd);
+    for fd in &owned {
+        let _ = rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC);
     }
-    let (config_fd, report_fd, sync_fd) = (fds[0], fds[1], fds[2]);
-    // SAFETY: the caller passed these descriptors to us and nothing else in
-    // this process uses them.
-    let (mut config_pipe, mut report, mut sync) = unsafe {
-        (
-            File::from_raw_fd(config_fd),
-            File::from_raw_fd(report_fd),
-            File::from_raw_fd(sync_fd),
-        )
+    // The console socket stays open, by number, for the container's init
+    // (ContainerConfig::console_fd), which takes it over.
+    if owned.len() == 4 {
+        let _console = owned.pop().map(IntoRawFd::into_raw_fd);
+    }
+    let mut owned = owned.into_iter().map(File::from);
+    let (Some(mut config_pipe), Some(mut report), Some(mut sync)) =
+        (owned.next(), owned.next(), owned.next())
+    else {
+        return 2;
     };
     let mut bytes = Vec::new();
     let config: ContainerConfig = match config_pipe
@@ -64,7 +67,8 @@ pub fn helper_main() -> i32 {
     // survive it (kiln forwards it to the container); the container's init
     // resets these before exec.
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
-        // SAFETY: setting a disposition to SIG_IGN has no preconditions.
+        // SAFETY: setting a disposition to SIG_IGN has no preconditions
+        // (and no safe equivalent in rustix).
         unsafe { libc::signal(signal, libc::SIG_IGN) };
     }
     let mut sys = RealSyscalls;
@@ -88,7 +92,8 @@ pub fn helper_main() -> i32 {
         return fail(&mut report, "new namespaces", err.to_string());
     }
     // SAFETY: this process is single-threaded (a fresh exec), so the child
-    // may do anything after fork.
+    // may do anything after fork. (rustix's fork is unsafe too, and skips
+    // libc's own bookkeeping.)
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         let err = std::io::Error::last_os_error();
@@ -103,7 +108,8 @@ pub fn helper_main() -> i32 {
         };
         send(&mut child_report, &Report::Failed(failure));
         // SAFETY: leaving the forked child without running the parent's
-        // atexit handlers or flushing its copies of buffers.
+        // atexit handlers or flushing its copies of buffers: nothing else
+        // runs after it.
         unsafe { libc::_exit(code) };
     }
     send(&mut report, &Report::Started { pid });
@@ -130,23 +136,22 @@ fn fail(report: &mut File, step: &str, reason: String) -> i32 {
 }
 
 fn wait_for(pid: libc::pid_t) -> ExitStatus {
+    let Some(pid) = rustix::process::Pid::from_raw(pid) else {
+        return ExitStatus::exited(255);
+    };
     loop {
-        let mut status = 0;
-        // SAFETY: waiting for our own child.
-        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if rc == pid {
-            if libc::WIFEXITED(status) {
-                return ExitStatus::exited(libc::WEXITSTATUS(status));
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+            Ok(Some((_, status))) => {
+                if let Some(code) = status.exit_status() {
+                    return ExitStatus::exited(code);
+                }
+                if let Some(signal) = status.terminating_signal() {
+                    return ExitStatus::signaled(signal);
+                }
             }
-            if libc::WIFSIGNALED(status) {
-                return ExitStatus::signaled(libc::WTERMSIG(status));
-            }
-            continue;
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
+            Ok(None) | Err(rustix::io::Errno::INTR) => {}
             // ECHILD: nothing left to wait for; report a generic failure.
-            return ExitStatus::exited(255);
+            Err(_) => return ExitStatus::exited(255),
         }
     }
 }
@@ -190,5 +195,6 @@ mod tests {
         assert_eq!(parse_fds("3,4,5,6,7"), None);
         assert_eq!(parse_fds("1,4,5"), None);
         assert_eq!(parse_fds("a,4,5"), None);
+        assert_eq!(parse_fds("3,4,3"), None);
     }
 }

@@ -29,11 +29,10 @@ pub fn find_subid_range(text: &str, name: Option<&str>, id: u32) -> Option<SubId
 
 fn user_name(uid: u32) -> Option<String> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        (fields.len() > 2 && fields[2].parse::<u32>().ok() == Some(uid))
-            .then(|| fields[0].to_string())
-    })
+    let name = crate::user::passwd_entries(&passwd)
+        .find(|entry| entry.uid == uid)
+        .map(|entry| entry.name.to_string());
+    name
 }
 
 fn find_program(name: &str) -> Option<PathBuf> {
@@ -78,8 +77,10 @@ fn write_proc(pid: libc::pid_t, file: &str, content: &str) -> Result<(), Runtime
 /// Writes the uid and gid maps of the user namespace that process `pid` has
 /// just created.
 pub fn write_id_maps(pid: libc::pid_t) -> Result<(), RuntimeError> {
-    // SAFETY: getuid/getgid cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let (uid, gid) = (
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+    );
     let name = user_name(uid);
     let range = |file: &str, id: u32| {
         std::fs::read_to_string(file)

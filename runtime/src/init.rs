@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use crate::protocol::{ContainerConfig, Failure, Report};
 use crate::security::{default_seccomp_filters, dropped_capabilities, DEFAULT_CAPABILITIES};
-use crate::spec::Network;
+use crate::spec::{BindMount, Network, RlimitResource, TmpfsMount};
 use crate::sys::Syscalls;
 use crate::user::{resolve_user, ResolvedUser};
 
@@ -76,6 +76,9 @@ const READONLY_PATHS: &[&str] = &[
     "proc/sys",
     "proc/sysrq-trigger",
 ];
+
+/// nosuid, nodev and noexec: what /proc, /sys, /dev/shm and /dev/mqueue get.
+const NO_SUID_DEV_EXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
 
 /// mount(2) copies its options into one page (including the final NUL).
 const OVERLAY_OPTIONS_MAX: usize = 4096;
@@ -156,14 +159,9 @@ fn init(
     let env = finalize_env(&cfg.env, &user);
     let program = find_executable(sys, &cfg.argv[0], &env)?;
 
-    let (soft, hard) = cfg.nofile;
-    step("rlimit nofile", sys.set_nofile_limit(soft, hard))?;
-    for cap in dropped_capabilities() {
-        match sys.drop_bounding_cap(cap) {
-            // A capability this kernel does not have is already not there.
-            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {}
-            other => step(format!("drop {cap} from the bounding set"), other)?,
-        }
+    set_rlimits(sys, cfg)?;
+    if !cfg.privileged {
+        drop_bounding_caps(sys)?;
     }
     // Without setgroups (a user namespace whose gid map was written without
     // privileges) the image's supplementary groups cannot be set.
@@ -174,7 +172,11 @@ fn init(
     step(format!("setgid {}", user.gid), sys.setresgid(user.gid))?;
     step(format!("setuid {}", user.uid), sys.setresuid(user.uid))?;
     step("keep capabilities", sys.set_keep_caps(false))?;
-    step("capabilities", sys.set_caps(DEFAULT_CAPABILITIES))?;
+    // Privileged (`security.insecure`): the capabilities root has, all
+    // those of the bounding set, stay.
+    if !cfg.privileged {
+        step("capabilities", sys.set_caps(DEFAULT_CAPABILITIES))?;
+    }
     // Set after the uid change, which clears it.
     step(
         "parent death signal",
@@ -193,6 +195,34 @@ fn init(
     }
     let err = sys.exec(&program, &cfg.argv, &env);
     Err(exec_failure(&cfg.argv[0], &err))
+}
+
+/// RLIMIT_NOFILE, then the other limits asked for.
+fn set_rlimits(sys: &mut dyn Syscalls, cfg: &ContainerConfig) -> Result<(), Failure> {
+    let (soft, hard) = cfg.nofile;
+    step(
+        "rlimit nofile",
+        sys.set_rlimit(RlimitResource::Nofile, soft, hard),
+    )?;
+    for limit in &cfg.rlimits {
+        step(
+            format!("rlimit {}", limit.resource.name()),
+            sys.set_rlimit(limit.resource, limit.soft, limit.hard),
+        )?;
+    }
+    Ok(())
+}
+
+/// Drops from the bounding set what Docker's default set lacks.
+fn drop_bounding_caps(sys: &mut dyn Syscalls) -> Result<(), Failure> {
+    for cap in dropped_capabilities() {
+        match sys.drop_bounding_cap(cap) {
+            // A capability this kernel does not have is already not there.
+            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {}
+            other => step(format!("drop {cap} from the bounding set"), other)?,
+        }
+    }
+    Ok(())
 }
 
 fn exec_failure(program: &str, err: &io::Error) -> Failure {
@@ -368,6 +398,10 @@ fn remount_read_only(sys: &mut dyn Syscalls, target: &Path, nodev: bool) -> Resu
     )
 }
 
+/// Builds the container's root in the new mount namespace (step 3 of the
+/// module's order): every mount private, the overlay root, /proc and /sys,
+/// /dev, the bind mounts, the files from memory, then Docker's masked and
+/// read-only paths.
 fn prepare_rootfs(
     sys: &mut dyn Syscalls,
     cfg: &ContainerConfig,
@@ -382,52 +416,83 @@ fn prepare_rootfs(
         libc::MS_REC | libc::MS_PRIVATE,
         "",
     )?;
-    // Without a device cgroup, device nodes (made with mknod, or unpacked
-    // from an image) must not be openable: nodev everywhere but the
-    // standard nodes bound from the host.
+    mount_overlay(sys, cfg)?;
+    mount_proc_and_sys(sys, cfg, report)?;
+    let dev = mount_dev(sys, cfg, report)?;
+    bind_etc_files(sys, cfg, report)?;
+    mount_volumes(sys, cfg, report)?;
+    mount_memory_files(sys, cfg, root, report)?;
+    if cfg.privileged {
+        return Ok(());
+    }
+    mask_paths(sys, root, &dev)
+}
+
+/// The overlay root, `nodev` when no device cgroup restricts the container:
+/// then device nodes (made with mknod, or unpacked from an image) must not
+/// be openable, nodev everywhere but the standard nodes bound from the
+/// host.
+fn mount_overlay(sys: &mut dyn Syscalls, cfg: &ContainerConfig) -> Result<(), Failure> {
+    let root = cfg.rootfs.as_path();
     let nodev = if cfg.nodev { libc::MS_NODEV } else { 0 };
     if cfg.overlay_options.len() < OVERLAY_OPTIONS_MAX {
-        mount(sys, "overlay", root, "overlay", nodev, &cfg.overlay_options)?;
-    } else {
-        // Many layers: mount(2) takes options up to one page only.
-        step(
-            format!("mount overlay on {}", root.display()),
-            sys.mount_overlay_fsconfig(root, &cfg.overlay_options),
-        )?;
-        if cfg.nodev {
-            mount(
-                sys,
-                "",
-                root,
-                "",
-                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NODEV,
-                "",
-            )?;
-        }
+        return mount(sys, "overlay", root, "overlay", nodev, &cfg.overlay_options);
     }
+    // Many layers: mount(2) takes options up to one page only.
+    step(
+        format!("mount overlay on {}", root.display()),
+        sys.mount_overlay_fsconfig(root, &cfg.overlay_options),
+    )?;
+    if cfg.nodev {
+        mount(
+            sys,
+            "",
+            root,
+            "",
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NODEV,
+            "",
+        )?;
+    }
+    Ok(())
+}
 
+/// /proc, and /sys read-only.
+fn mount_proc_and_sys(
+    sys: &mut dyn Syscalls,
+    cfg: &ContainerConfig,
+    report: &mut dyn FnMut(Report),
+) -> Result<(), Failure> {
+    let root = cfg.rootfs.as_path();
     let proc_dir = ensure_mount_point(sys, root, Path::new("proc"), true, report)?;
-    let no_sde = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    mount(sys, "proc", &proc_dir, "proc", no_sde, "")?;
+    mount(sys, "proc", &proc_dir, "proc", NO_SUID_DEV_EXEC, "")?;
 
     let sys_dir = ensure_mount_point(sys, root, Path::new("sys"), true, report)?;
     if cfg.rootless && cfg.network == Network::Host {
         // sysfs can only be mounted by the owner of the network namespace;
         // in a user namespace sharing the host's network, bind the host's.
         mount(sys, "/sys", &sys_dir, "", libc::MS_BIND | libc::MS_REC, "")?;
-        remount_read_only(sys, &sys_dir, false)?;
+        remount_read_only(sys, &sys_dir, false)
     } else {
         mount(
             sys,
             "sysfs",
             &sys_dir,
             "sysfs",
-            no_sde | libc::MS_RDONLY,
+            NO_SUID_DEV_EXEC | libc::MS_RDONLY,
             "",
-        )?;
+        )
     }
+}
 
-    let dev = ensure_mount_point(sys, root, Path::new("dev"), true, report)?;
+/// /dev: a tmpfs with the standard devices, devpts, shm, mqueue and the
+/// std* links. Returns its path.
+fn mount_dev(
+    sys: &mut dyn Syscalls,
+    cfg: &ContainerConfig,
+    report: &mut dyn FnMut(Report),
+) -> Result<PathBuf, Failure> {
+    let nodev = if cfg.nodev { libc::MS_NODEV } else { 0 };
+    let dev = ensure_mount_point(sys, &cfg.rootfs, Path::new("dev"), true, report)?;
     mount(
         sys,
         "tmpfs",
@@ -436,24 +501,7 @@ fn prepare_rootfs(
         libc::MS_NOSUID | libc::MS_STRICTATIME | nodev,
         "mode=755,size=65536k",
     )?;
-    for (name, major, minor) in DEVICES {
-        let path = dev.join(name);
-        if cfg.rootless || cfg.nodev {
-            // mknod is refused in a user namespace, and a node made on a
-            // nodev /dev could not be opened: bind the host's node.
-            step(
-                format!("create {}", path.display()),
-                sys.create_file(&path, 0o666),
-            )?;
-            let host = format!("/dev/{name}");
-            mount(sys, &host, &path, "", libc::MS_BIND, "")?;
-        } else {
-            step(
-                format!("mknod {}", path.display()),
-                sys.mknod_char(&path, 0o666, *major, *minor),
-            )?;
-        }
-    }
+    create_devices(sys, cfg, &dev)?;
     let pts = dev.join("pts");
     step("mkdir /dev/pts", sys.mkdir_all(&pts, 0o755))?;
     // gid 5 (tty) may not be mapped in a user namespace.
@@ -472,20 +520,64 @@ fn prepare_rootfs(
     )?;
     let shm = dev.join("shm");
     step("mkdir /dev/shm", sys.mkdir_all(&shm, 0o755))?;
-    mount(sys, "shm", &shm, "tmpfs", no_sde, "mode=1777,size=65536k")?;
+    mount(
+        sys,
+        "shm",
+        &shm,
+        "tmpfs",
+        NO_SUID_DEV_EXEC,
+        &format!("mode=1777,size={}", tmpfs_size(cfg.shm_size)),
+    )?;
     let mqueue = dev.join("mqueue");
     step("mkdir /dev/mqueue", sys.mkdir_all(&mqueue, 0o755))?;
-    mount(sys, "mqueue", &mqueue, "mqueue", no_sde, "")?;
+    mount(sys, "mqueue", &mqueue, "mqueue", NO_SUID_DEV_EXEC, "")?;
     for (name, target) in DEV_LINKS {
         step(
             format!("symlink /dev/{name}"),
             sys.symlink(target, &dev.join(name)),
         )?;
     }
+    Ok(dev)
+}
 
+/// The standard character devices in `dev`: made with mknod, or bound
+/// from the host's when mknod is refused (rootless) or the node could not
+/// be opened (nodev).
+fn create_devices(
+    sys: &mut dyn Syscalls,
+    cfg: &ContainerConfig,
+    dev: &Path,
+) -> Result<(), Failure> {
+    for (name, major, minor) in DEVICES {
+        let path = dev.join(name);
+        if cfg.rootless || cfg.nodev {
+            // mknod is refused in a user namespace, and a node made on a
+            // nodev /dev could not be opened: bind the host's node.
+            step(
+                format!("create {}", path.display()),
+                sys.create_file(&path, 0o666),
+            )?;
+            let host = format!("/dev/{name}");
+            mount(sys, &host, &path, "", libc::MS_BIND, "")?;
+        } else {
+            step(
+                format!("mknod {}", path.display()),
+                sys.mknod_char(&path, 0o666, *major, *minor),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The files kiln wrote for /etc ([`ETC_FILES`]), bound over the image's.
+fn bind_etc_files(
+    sys: &mut dyn Syscalls,
+    cfg: &ContainerConfig,
+    report: &mut dyn FnMut(Report),
+) -> Result<(), Failure> {
     for name in ETC_FILES {
         let rel = Path::new("etc").join(name);
-        let target = ensure_mount_point(sys, root, &rel, false, report)?;
+        let target = ensure_mount_point(sys, &cfg.rootfs, &rel, false, report)?;
         let source = cfg.etc_dir.join(name);
         mount(
             sys,
@@ -496,35 +588,118 @@ fn prepare_rootfs(
             "",
         )?;
     }
-    for volume in &cfg.mounts {
-        let rel = volume.target.strip_prefix("/").unwrap_or(&volume.target);
-        let is_dir = step(
-            format!("stat {}", volume.source.display()),
-            sys.stat_mode(&volume.source),
-        )?
-        .is_none_or(|mode| mode & libc::S_IFMT == libc::S_IFDIR);
-        let target = ensure_mount_point(sys, root, rel, is_dir, report)?;
-        let source = volume.source.to_string_lossy();
-        mount(sys, &source, &target, "", libc::MS_BIND | libc::MS_REC, "")?;
-        if volume.read_only {
-            remount_read_only(sys, &target, cfg.nodev)?;
-        } else if cfg.nodev {
-            let kept = step(
-                format!("statvfs {}", target.display()),
-                sys.mount_flags(&target),
-            )?;
-            mount(
-                sys,
-                "",
-                &target,
-                "",
-                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NODEV | kept,
-                "",
-            )?;
+    Ok(())
+}
+
+/// A tmpfs size option: in KiB when it is a whole number of them (as
+/// Docker writes /dev/shm's), else in bytes.
+fn tmpfs_size(bytes: u64) -> String {
+    if bytes % 1024 == 0 {
+        format!("{}k", bytes / 1024)
+    } else {
+        bytes.to_string()
+    }
+}
+
+/// One of the run's mounts: a host path bound, or an empty tmpfs.
+enum Volume<'a> {
+    Bind(&'a BindMount),
+    Tmpfs(&'a TmpfsMount),
+}
+
+impl Volume<'_> {
+    fn target(&self) -> &Path {
+        match self {
+            Volume::Bind(b) => &b.target,
+            Volume::Tmpfs(t) => &t.target,
         }
     }
-    mount_memory_files(sys, cfg, root, report)?;
+}
 
+/// The bind mounts and tmpfs mounts, shallowest target first (a mount
+/// under another one's target lands on it, not under it), in the given
+/// order among equals.
+fn mount_volumes(
+    sys: &mut dyn Syscalls,
+    cfg: &ContainerConfig,
+    report: &mut dyn FnMut(Report),
+) -> Result<(), Failure> {
+    let mut volumes: Vec<Volume<'_>> = cfg.mounts.iter().map(Volume::Bind).collect();
+    volumes.extend(cfg.tmpfs.iter().map(Volume::Tmpfs));
+    volumes.sort_by_key(|v| v.target().components().count());
+    for volume in volumes {
+        match volume {
+            Volume::Bind(bind) => bind_volume(sys, cfg, bind, report)?,
+            Volume::Tmpfs(tmpfs) => mount_tmpfs(sys, cfg, tmpfs, report)?,
+        }
+    }
+    Ok(())
+}
+
+/// An empty tmpfs, mode 1777 and nosuid as BuildKit mounts it (nodev too
+/// when no device cgroup restricts the container).
+fn mount_tmpfs(
+    sys: &mut dyn Syscalls,
+    cfg: &ContainerConfig,
+    tmpfs: &TmpfsMount,
+    report: &mut dyn FnMut(Report),
+) -> Result<(), Failure> {
+    let rel = tmpfs.target.strip_prefix("/").unwrap_or(&tmpfs.target);
+    let target = ensure_mount_point(sys, &cfg.rootfs, rel, true, report)?;
+    let nodev = if cfg.nodev { libc::MS_NODEV } else { 0 };
+    let mut options = "mode=1777".to_string();
+    if let Some(size) = tmpfs.size {
+        options.push_str(&format!(",size={}", tmpfs_size(size)));
+    }
+    mount(
+        sys,
+        "tmpfs",
+        &target,
+        "tmpfs",
+        libc::MS_NOSUID | nodev,
+        &options,
+    )
+}
+
+/// A volume bound (recursively) on its target, read-only when asked and
+/// nodev when no device cgroup restricts the container.
+fn bind_volume(
+    sys: &mut dyn Syscalls,
+    cfg: &ContainerConfig,
+    volume: &BindMount,
+    report: &mut dyn FnMut(Report),
+) -> Result<(), Failure> {
+    let rel = volume.target.strip_prefix("/").unwrap_or(&volume.target);
+    let is_dir = step(
+        format!("stat {}", volume.source.display()),
+        sys.stat_mode(&volume.source),
+    )?
+    .is_none_or(|mode| mode & libc::S_IFMT == libc::S_IFDIR);
+    let target = ensure_mount_point(sys, &cfg.rootfs, rel, is_dir, report)?;
+    let source = volume.source.to_string_lossy();
+    mount(sys, &source, &target, "", libc::MS_BIND | libc::MS_REC, "")?;
+    if volume.read_only {
+        remount_read_only(sys, &target, cfg.nodev)?;
+    } else if cfg.nodev {
+        let kept = step(
+            format!("statvfs {}", target.display()),
+            sys.mount_flags(&target),
+        )?;
+        mount(
+            sys,
+            "",
+            &target,
+            "",
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NODEV | kept,
+            "",
+        )?;
+    }
+    Ok(())
+}
+
+/// Docker's masked paths, hidden behind /dev/null (`null`) or an empty
+/// read-only tmpfs, and its read-only paths, those the image has.
+fn mask_paths(sys: &mut dyn Syscalls, root: &Path, dev: &Path) -> Result<(), Failure> {
     let null = dev.join("null");
     for rel in MASKED_PATHS {
         let target = root.join(rel);
@@ -582,6 +757,12 @@ fn mount_memory_files(
             format!("write {} (for {})", source.display(), file.target.display()),
             sys.write_file(&source, &file.content, file.mode),
         )?;
+        if (file.uid, file.gid) != (0, 0) {
+            step(
+                format!("chown {} {}:{}", source.display(), file.uid, file.gid),
+                sys.chown(&source, file.uid, file.gid),
+            )?;
+        }
         let rel = file.target.strip_prefix("/").unwrap_or(&file.target);
         let target = ensure_mount_point(sys, root, rel, false, report)?;
         mount(

@@ -23,7 +23,9 @@
 //! command. The helper waits for it and reports its exit status, which
 //! [`run`] returns (death by signal N gives 128+N; a failure at a pids or
 //! memory limit is an error naming the limit). The cgroups are removed
-//! afterwards.
+//! afterwards. [`interrupt::cancel_runs`] (an interrupted kiln) kills every
+//! running container and refuses new runs: each ends with
+//! [`RuntimeError::Canceled`].
 //!
 //! Mount points the image lacks (/proc, /etc/hosts, volume targets…) come
 //! from a bottom lower layer kiln writes in the state dir, so bind mounts
@@ -54,7 +56,7 @@
 //! # Example
 //!
 //! ```no_run
-//! use kiln_runtime::{run, HelperCommand, RunSpec, UpperDir};
+//! use kiln_runtime::{run, HelperCommand, RunSpec, UpperDir, HELPER_SUBCOMMAND};
 //! # fn main() -> Result<(), kiln_runtime::RuntimeError> {
 //! let mut spec = RunSpec::new(
 //!     vec!["/var/lib/kiln/snapshots/sha256-abc".into()],
@@ -63,23 +65,36 @@
 //! );
 //! spec.upper = UpperDir::Keep("/var/lib/kiln/containers-upper/1234".into());
 //! // The kiln binary's hidden subcommand calls kiln_runtime::helper_main().
-//! let status = run(spec, &HelperCommand::current_exe(&["__runtime-helper"]))?;
+//! let status = run(spec, &HelperCommand::current_exe(&[HELPER_SUBCOMMAND]))?;
 //! assert_eq!(status.code(), 0);
 //! # Ok(())
 //! # }
 //! ```
 
+// Unsafe code only in the modules that say why at each block: what rustix
+// has no safe call for (fork, exec, signal dispositions, unshare, bpf,
+// close_range, an interface-flags ioctl, descriptors handed over by
+// number).
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod cgroup;
+#[allow(unsafe_code)]
 pub mod devices;
 pub mod error;
+#[allow(unsafe_code)]
 pub mod helper;
 pub mod idmap;
 pub mod init;
+#[allow(unsafe_code)]
+pub mod interrupt;
+#[allow(unsafe_code)]
 pub mod parent;
 pub mod protocol;
 pub mod scratch;
 pub mod security;
 pub mod spec;
+#[allow(unsafe_code)]
 pub mod sys;
 pub mod user;
 
@@ -88,6 +103,7 @@ pub use helper::helper_main;
 pub use parent::{run, MAX_LOWER_DIRS};
 pub use scratch::{dead_scratch, remove_dead_scratch, RemovedScratch};
 pub use spec::{
-    BindMount, ExitStatus, HelperCommand, Limit, Limits, MemoryFile, Network, RunSpec, Streams,
-    UpperDir,
+    BindMount, ExitStatus, HelperCommand, Limit, Limits, MemoryFile, Network, Rlimit,
+    RlimitResource, RunSpec, Streams, TmpfsMount, UpperDir, DEFAULT_SHM_SIZE, HELPER_SUBCOMMAND,
 };
+pub use sys::pipe;

@@ -4,12 +4,14 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Instant;
+
+use rustix::event::{PollFd, PollFlags};
 
 use crate::cgroup::{Counter, PidsWatch, RunCgroups, PIDS_CHECK_INTERVAL};
 use crate::error::RuntimeError;
@@ -17,20 +19,14 @@ use crate::helper::remove_tree;
 use crate::idmap;
 use crate::init::ETC_FILES;
 use crate::protocol::{ContainerConfig, Failure, Report, FDS_ENV};
-use crate::spec::{ExitStatus, HelperCommand, Network, RunSpec, Streams, UpperDir};
+use crate::spec::{ExitStatus, HelperCommand, Network, RlimitResource, RunSpec, Streams, UpperDir};
 
 fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> RuntimeError {
     move |source| RuntimeError::Io { what, source }
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills the two-element array we own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io_err("pipe")(std::io::Error::last_os_error()));
-    }
-    // SAFETY: both descriptors are new and ours.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    crate::sys::pipe().map_err(io_err("pipe"))
 }
 
 /// The layout of a run's state. The overlay's work dir (and a discarded
@@ -60,14 +56,9 @@ pub const MAX_LOWER_DIRS: usize = 500;
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 
 fn is_tmpfs(path: &Path) -> bool {
-    let Ok(cpath) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs fills the zeroed struct we own.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        libc::statfs(cpath.as_ptr(), &mut st) == 0 && st.f_type as i64 == TMPFS_MAGIC
-    }
+    // f_type is an i64 on x86_64, not on every architecture.
+    #[allow(clippy::unnecessary_cast)]
+    rustix::fs::statfs(path).is_ok_and(|st| st.f_type as i64 == TMPFS_MAGIC)
 }
 
 /// A new private directory on a tmpfs for one run's small files: under
@@ -163,7 +154,10 @@ impl StateDir {
         }
         let files = [
             ("hostname", format!("{}\n", spec.hostname)),
-            ("hosts", hosts_file(&spec.hostname, spec.network)),
+            (
+                "hosts",
+                hosts_file(&spec.hostname, spec.network, &spec.extra_hosts),
+            ),
             ("resolv.conf", resolv_conf()),
         ];
         for (name, content) in files {
@@ -230,14 +224,17 @@ impl StateDir {
 }
 
 /// /etc/hosts: localhost and the container's own name, plus the host's
-/// entries when it shares the host's network.
-fn hosts_file(hostname: &str, network: Network) -> String {
+/// entries when it shares the host's network, then the `--add-host` ones.
+fn hosts_file(hostname: &str, network: Network, extra: &[(String, String)]) -> String {
     let mut hosts =
         format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     if network == Network::Host {
         if let Ok(host) = std::fs::read_to_string("/etc/hosts") {
             hosts.push_str(&host);
         }
+    }
+    for (name, address) in extra {
+        hosts.push_str(&format!("{address}\t{name}\n"));
     }
     hosts
 }
@@ -300,8 +297,10 @@ fn validate(spec: &RunSpec) -> Result<(), RuntimeError> {
 /// Runs `spec` and waits for it. See the crate documentation.
 pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeError> {
     validate(&spec)?;
-    // SAFETY: geteuid cannot fail.
-    let rootless = unsafe { libc::geteuid() } != 0;
+    if crate::interrupt::runs_canceled() {
+        return Err(RuntimeError::Canceled);
+    }
+    let rootless = !rustix::process::geteuid().is_root();
     // Removed (whatever is still in them killed) when dropped, on every path.
     let (cgroups, request) = crate::cgroup::setup(&spec.limits, rootless)?;
     let state = StateDir::new(&spec.state_dir, &spec.upper, tmpfs_scratch());
@@ -379,12 +378,31 @@ fn spec_config(
         memory_dir: state.memory.clone(),
         terminal: matches!(spec.streams, Streams::Terminal { .. }),
         console_fd: None,
-        seccomp: spec.seccomp,
-        nofile,
+        seccomp: spec.seccomp && !spec.privileged,
+        nofile: rlimit_nofile(spec, nofile),
+        rlimits: spec
+            .rlimits
+            .iter()
+            .filter(|r| r.resource != RlimitResource::Nofile)
+            .copied()
+            .collect(),
+        tmpfs: spec.tmpfs.clone(),
+        shm_size: spec.shm_size,
+        privileged: spec.privileged,
         remove_after_exit,
         cgroups: Vec::new(),
         nodev: false,
     })
+}
+
+/// RLIMIT_NOFILE: an `nofile` rlimit of the spec, else the default
+/// (`spec.nofile`, capped as [`nofile_limit`] says).
+fn rlimit_nofile(spec: &RunSpec, default: (u64, u64)) -> (u64, u64) {
+    spec.rlimits
+        .iter()
+        .rev()
+        .find(|r| r.resource == RlimitResource::Nofile)
+        .map_or(default, |r| (r.soft, r.hard))
 }
 
 /// RLIMIT_NOFILE for the container: what was asked, capped to the kernel's
@@ -406,13 +424,9 @@ fn nofile_limit(requested: u64, rootless: bool) -> (u64, u64) {
         )
         .unwrap_or(false);
     if !can_raise {
-        let mut current = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit fills the struct we own.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) } == 0 {
-            limit = limit.min(current.rlim_max);
+        // None: unlimited.
+        if let Some(max) = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum {
+            limit = limit.min(max);
         }
     }
     (limit, limit)
@@ -437,116 +451,29 @@ fn remove_stubs(upper: &Path, stubs: &[PathBuf]) {
 
 type LaunchResult = (ExitStatus, Vec<PathBuf>, Option<PathBuf>);
 
+/// Starts the helper, sends it the configuration, watches the run to its
+/// end, and turns what happened into the run's result.
 fn launch(
     mut config: ContainerConfig,
     spec: RunSpec,
     helper: &HelperCommand,
     cgroups: Option<&RunCgroups>,
 ) -> Result<LaunchResult, RuntimeError> {
-    let (config_read, config_write) = pipe()?;
-    let (report_read, report_write) = pipe()?;
-    let (sync_read, sync_write) = pipe()?;
-    let mut child_fds = vec![
-        config_read.as_raw_fd(),
-        report_write.as_raw_fd(),
-        sync_read.as_raw_fd(),
-    ];
-
-    let mut command = Command::new(&helper.program);
-    command.args(&helper.args);
-    let mut terminal = TerminalState::None;
-    let mut console_child = None;
-    match spec.streams {
-        Streams::Stdio {
-            stdin,
-            stdout,
-            stderr,
-        } => {
-            command.stdin(stdin).stdout(stdout).stderr(stderr);
-        }
-        Streams::Terminal { forward_stdin } => {
-            // The init opens the pty inside the container and sends its
-            // master back on this socket.
-            let (ours, theirs) = socketpair()?;
-            child_fds.push(theirs.as_raw_fd());
-            config.console_fd = Some(theirs.as_raw_fd());
-            console_child = Some(theirs);
-            command.stdin(Stdio::null());
-            terminal = TerminalState::Waiting {
-                socket: ours,
-                forward_stdin,
-            };
-        }
-    }
-    let fds_text: Vec<String> = child_fds.iter().map(|fd| fd.to_string()).collect();
-    command.env(FDS_ENV, fds_text.join(","));
-    // SAFETY: the closure only makes async-signal-safe calls (close_range,
-    // fcntl, prctl).
-    unsafe {
-        let child_fds = child_fds.clone();
-        command.pre_exec(move || {
-            // The helper gets exactly stdio and the descriptors named in
-            // FDS_ENV, whatever kiln inherited or opened without O_CLOEXEC.
-            crate::sys::cloexec_from(3)?;
-            for &fd in &child_fds {
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            // If kiln dies, the helper dies, and with it the container.
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
-            Ok(())
-        });
-    }
-    let mut child = command
-        .spawn()
-        .map_err(|source| RuntimeError::SpawnHelper {
-            program: helper.program.clone(),
-            source,
-        })?;
-    drop(command);
-    drop((config_read, report_write, sync_read, console_child));
-
-    let config_bytes = serde_json::to_vec(&config).map_err(|e| RuntimeError::Io {
-        what: "encode configuration",
-        source: e.into(),
-    })?;
-    let mut config_pipe = File::from(config_write);
-    // The helper reads it all before anything else; a failure to write means
-    // it died, which its exit status tells below.
-    let _ = config_pipe.write_all(&config_bytes);
-    drop(config_pipe);
+    let Started {
+        mut child,
+        config_pipe,
+        report,
+        sync,
+        mut terminal,
+    } = start_helper(&mut config, spec.streams, helper)?;
+    send_config(config_pipe, &config)?;
 
     let forwarder = if spec.forward_signals {
         Some(SignalForwarder::install()?)
     } else {
         None
     };
-    let mut watch = Watch {
-        report: File::from(report_read),
-        sync: Some(File::from(sync_write)),
-        buffer: Vec::new(),
-        container_pid: None,
-        helper_pid: child.id() as libc::pid_t,
-        failure: None,
-        exit: None,
-        stubs: Vec::new(),
-        timed_out: false,
-        pending_signals: Vec::new(),
-        pids: cgroups.and_then(|c| {
-            let counter = c.plan.pids_refused.clone()?;
-            let watch = PidsWatch::new(counter.read());
-            Some((counter, watch))
-        }),
-        next_pids_check: Instant::now(),
-        killed_at_pids_limit: false,
-    };
+    let mut watch = Watch::new(report, sync, child.id() as libc::pid_t, cgroups);
     let deadline = spec.timeout.map(|t| Instant::now() + t);
     let loop_result = watch.run(deadline, forwarder.as_ref(), &mut terminal);
     if loop_result.is_err() {
@@ -560,43 +487,136 @@ fn launch(
     drop(forwarder);
     loop_result?;
     let helper_status = helper_status?;
-
-    let upper_kept = match &spec.upper {
-        UpperDir::Keep(path) => Some(path.clone()),
+    let (status, stubs) = watch.outcome(&spec.image, spec.timeout, cgroups, helper_status)?;
+    let upper_kept = match spec.upper {
+        UpperDir::Keep(path) => Some(path),
         UpperDir::Discard => None,
     };
-    if let Some(failure) = watch.failure {
-        return Err(match failure {
-            Failure::UnknownUser { user, reason } => RuntimeError::UnknownUser {
-                user,
-                image: spec.image.clone(),
-                reason,
-            },
-            Failure::Exec {
-                program,
-                reason,
-                code,
-            } => RuntimeError::Exec {
-                program,
-                reason,
-                exit_code: code,
-            },
-            Failure::Setup { step, reason } => RuntimeError::Setup { step, reason },
+    Ok((status, stubs, upper_kept))
+}
+
+/// A helper just started, with kiln's ends of its pipes.
+struct Started {
+    child: std::process::Child,
+    /// Where its configuration goes.
+    config_pipe: OwnedFd,
+    /// Where its reports come from.
+    report: OwnedFd,
+    /// Kiln's answer once the id maps are written.
+    sync: OwnedFd,
+    terminal: TerminalState,
+}
+
+/// Starts the helper with its stdio (or, with a terminal, a socket on
+/// which the init sends back the pty master, which `config` is told of)
+/// and exactly the descriptors it is to have.
+fn start_helper(
+    config: &mut ContainerConfig,
+    streams: Streams,
+    helper: &HelperCommand,
+) -> Result<Started, RuntimeError> {
+    let (config_read, config_write) = pipe()?;
+    let (report_read, report_write) = pipe()?;
+    let (sync_read, sync_write) = pipe()?;
+    // The helper's ends: the command owns them, and closes them (in kiln)
+    // once the helper is started.
+    let mut child_ends = vec![config_read, report_write, sync_read];
+
+    let mut command = Command::new(&helper.program);
+    command.args(&helper.args);
+    let mut terminal = TerminalState::None;
+    match streams {
+        Streams::Stdio {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            command.stdin(stdin).stdout(stdout).stderr(stderr);
+        }
+        Streams::Terminal { forward_stdin } => {
+            // The init opens the pty inside the container and sends its
+            // master back on this socket.
+            let (ours, theirs) = socketpair()?;
+            config.console_fd = Some(theirs.as_raw_fd());
+            child_ends.push(theirs);
+            command.stdin(Stdio::null());
+            terminal = TerminalState::Waiting {
+                socket: ours,
+                forward_stdin,
+            };
+        }
+    }
+    let fds_text: Vec<String> = child_ends
+        .iter()
+        .map(|fd| fd.as_raw_fd().to_string())
+        .collect();
+    command.env(FDS_ENV, fds_text.join(","));
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe calls (close_range or fcntl, fcntl, prctl), on
+    // descriptors it owns.
+    unsafe {
+        command.pre_exec(move || {
+            // The helper gets exactly stdio and the descriptors named in
+            // FDS_ENV, whatever kiln inherited or opened without O_CLOEXEC.
+            crate::sys::cloexec_from(3)?;
+            for fd in &child_ends {
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            }
+            // If kiln dies, the helper dies, and with it the container.
+            let _ = rustix::process::set_parent_process_death_signal(Some(
+                rustix::process::Signal::KILL,
+            ));
+            Ok(())
         });
     }
-    if watch.timed_out {
-        if let Some(timeout) = spec.timeout {
-            return Err(RuntimeError::Timeout(timeout));
-        }
-    }
-    match watch.exit {
-        Some(status) => {
-            if let Some(err) = limit_error(status, cgroups, watch.killed_at_pids_limit) {
-                return Err(err);
-            }
-            Ok((status, watch.stubs, upper_kept))
-        }
-        None => Err(RuntimeError::HelperDied(helper_status.to_string())),
+    let child = command
+        .spawn()
+        .map_err(|source| RuntimeError::SpawnHelper {
+            program: helper.program.clone(),
+            source,
+        })?;
+    // With it go the helper's ends of the pipes.
+    drop(command);
+    Ok(Started {
+        child,
+        config_pipe: config_write,
+        report: report_read,
+        sync: sync_write,
+        terminal,
+    })
+}
+
+/// Writes the configuration to the helper and closes the pipe. The helper
+/// reads it all before anything else; a failure to write means it died,
+/// which its exit status tells later.
+fn send_config(pipe: OwnedFd, config: &ContainerConfig) -> Result<(), RuntimeError> {
+    let config_bytes = serde_json::to_vec(config).map_err(|e| RuntimeError::Io {
+        what: "encode configuration",
+        source: e.into(),
+    })?;
+    let mut config_pipe = File::from(pipe);
+    let _ = config_pipe.write_all(&config_bytes);
+    Ok(())
+}
+
+/// The error the init's reported failure is.
+fn failure_error(failure: Failure, image: &str) -> RuntimeError {
+    match failure {
+        Failure::UnknownUser { user, reason } => RuntimeError::UnknownUser {
+            user,
+            image: image.to_string(),
+            reason,
+        },
+        Failure::Exec {
+            program,
+            reason,
+            code,
+        } => RuntimeError::Exec {
+            program,
+            reason,
+            exit_code: code,
+        },
+        Failure::Setup { step, reason } => RuntimeError::Setup { step, reason },
     }
 }
 
@@ -653,9 +673,75 @@ struct Watch {
     next_pids_check: Instant,
     /// kiln killed the container because forks kept being refused.
     killed_at_pids_limit: bool,
+    /// Runs were canceled ([`crate::interrupt::cancel_runs`]) and the
+    /// container killed.
+    canceled: bool,
 }
 
 impl Watch {
+    /// Watches the helper `helper_pid` through its report pipe (and, with
+    /// a pids limit, the run's refused-fork counter).
+    fn new(
+        report: OwnedFd,
+        sync: OwnedFd,
+        helper_pid: libc::pid_t,
+        cgroups: Option<&RunCgroups>,
+    ) -> Watch {
+        Watch {
+            report: File::from(report),
+            sync: Some(File::from(sync)),
+            buffer: Vec::new(),
+            container_pid: None,
+            helper_pid,
+            failure: None,
+            exit: None,
+            stubs: Vec::new(),
+            timed_out: false,
+            pending_signals: Vec::new(),
+            pids: cgroups.and_then(|c| {
+                let counter = c.plan.pids_refused.clone()?;
+                let watch = PidsWatch::new(counter.read());
+                Some((counter, watch))
+            }),
+            next_pids_check: Instant::now(),
+            killed_at_pids_limit: false,
+            canceled: false,
+        }
+    }
+
+    /// What the run came to, once the helper is gone: the init's failure
+    /// (`image` names the image a user was looked up in), the timeout, a
+    /// limit the run hit, or the container's exit status with the mount
+    /// points the init created.
+    fn outcome(
+        self,
+        image: &str,
+        timeout: Option<std::time::Duration>,
+        cgroups: Option<&RunCgroups>,
+        helper_status: std::process::ExitStatus,
+    ) -> Result<(ExitStatus, Vec<PathBuf>), RuntimeError> {
+        if self.canceled {
+            return Err(RuntimeError::Canceled);
+        }
+        if let Some(failure) = self.failure {
+            return Err(failure_error(failure, image));
+        }
+        if self.timed_out {
+            if let Some(timeout) = timeout {
+                return Err(RuntimeError::Timeout(timeout));
+            }
+        }
+        match self.exit {
+            Some(status) => {
+                if let Some(err) = limit_error(status, cgroups, self.killed_at_pids_limit) {
+                    return Err(err);
+                }
+                Ok((status, self.stubs))
+            }
+            None => Err(RuntimeError::HelperDied(helper_status.to_string())),
+        }
+    }
+
     fn run(
         &mut self,
         deadline: Option<Instant>,
@@ -663,12 +749,6 @@ impl Watch {
         terminal: &mut TerminalState,
     ) -> Result<(), RuntimeError> {
         loop {
-            let mut fds = vec![pollfd(self.report.as_raw_fd())];
-            if let Some(forwarder) = signals {
-                fds.push(pollfd(forwarder.read_fd()));
-            }
-            let relay_fds = terminal.poll_fds();
-            fds.extend(relay_fds.iter().map(|fd| pollfd(*fd)));
             let mut wait = match deadline {
                 Some(_) if self.timed_out => None,
                 Some(at) => Some(at.saturating_duration_since(Instant::now())),
@@ -680,16 +760,39 @@ impl Watch {
                     .saturating_duration_since(Instant::now());
                 wait = Some(wait.map_or(tick, |w| w.min(tick)));
             }
-            let timeout_ms = wait.map_or(-1, |w| w.as_millis().min(i32::MAX as u128) as i32);
-            // SAFETY: fds is a valid array of pollfd of the given length.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.raw_os_error() == Some(libc::EINTR) {
-                    continue;
+            let timeout = wait.map(|w| rustix::event::Timespec {
+                tv_sec: w.as_secs().min(i64::MAX as u64) as i64,
+                tv_nsec: i64::from(w.subsec_nanos()),
+            });
+            // Which descriptors are ready: the reports, the signal pipe, the
+            // cancellation pipe (until it was seen), the terminal's (by
+            // number, for `ready`).
+            let relay_fds: Vec<RawFd>;
+            let ready: Vec<bool>;
+            let cancel = crate::interrupt::cancel_fd().filter(|_| !self.canceled);
+            let n = {
+                let mut fds = vec![PollFd::new(&self.report, PollFlags::IN)];
+                if let Some(forwarder) = signals {
+                    fds.push(PollFd::new(&forwarder.read, PollFlags::IN));
                 }
-                return Err(io_err("poll")(err));
-            }
+                if let Some(cancel) = &cancel {
+                    fds.push(PollFd::from_borrowed_fd(*cancel, PollFlags::IN));
+                }
+                let relay = terminal.poll_fds();
+                relay_fds = relay.iter().map(|fd| fd.as_raw_fd()).collect();
+                fds.extend(
+                    relay
+                        .into_iter()
+                        .map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN)),
+                );
+                let n = match rustix::event::poll(&mut fds, timeout.as_ref()) {
+                    Ok(n) => n,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(io_err("poll")(e.into())),
+                };
+                ready = fds.iter().map(|fd| !fd.revents().is_empty()).collect();
+                n
+            };
             self.check_pids();
             if n == 0 {
                 if deadline.is_some_and(|at| Instant::now() >= at) {
@@ -698,7 +801,7 @@ impl Watch {
                 continue;
             }
             if let Some(forwarder) = signals {
-                if fds[1].revents != 0 {
+                if ready[1] {
                     for signal in forwarder.take() {
                         if signal == libc::SIGWINCH {
                             // The kernel tells the container's foreground
@@ -710,13 +813,19 @@ impl Watch {
                     }
                 }
             }
-            let offset = if signals.is_some() { 2 } else { 1 };
+            let mut offset = if signals.is_some() { 2 } else { 1 };
+            if cancel.is_some() {
+                if ready[offset] {
+                    self.cancel();
+                }
+                offset += 1;
+            }
             for (i, fd) in relay_fds.iter().enumerate() {
-                if fds[offset + i].revents != 0 {
+                if ready[offset + i] {
                     terminal.ready(*fd);
                 }
             }
-            if fds[0].revents != 0 && !self.read_reports()? {
+            if ready[0] && !self.read_reports()? {
                 return Ok(());
             }
         }
@@ -735,9 +844,16 @@ impl Watch {
         self.next_pids_check = now + PIDS_CHECK_INTERVAL;
         if watch.observe(counter.read(), now) && !self.killed_at_pids_limit {
             self.killed_at_pids_limit = true;
-            let target = self.container_pid.unwrap_or(self.helper_pid);
-            // SAFETY: kill with a pid we started.
-            unsafe { libc::kill(target, libc::SIGKILL) };
+            kill(self.container_pid.unwrap_or(self.helper_pid), libc::SIGKILL);
+        }
+    }
+
+    /// Runs were canceled: the container (or, before it exists, the
+    /// helper) is killed; the loop goes on until the helper is gone.
+    fn cancel(&mut self) {
+        if !self.canceled {
+            self.canceled = true;
+            kill(self.container_pid.unwrap_or(self.helper_pid), libc::SIGKILL);
         }
     }
 
@@ -746,18 +862,13 @@ impl Watch {
             self.timed_out = true;
             // Killing PID 1 kills the whole PID namespace; before it exists,
             // killing the helper takes everything down.
-            let target = self.container_pid.unwrap_or(self.helper_pid);
-            // SAFETY: kill with a pid we started.
-            unsafe { libc::kill(target, libc::SIGKILL) };
+            kill(self.container_pid.unwrap_or(self.helper_pid), libc::SIGKILL);
         }
     }
 
     fn signal(&mut self, signal: libc::c_int) {
         match self.container_pid {
-            // SAFETY: kill with the pid of the container's init.
-            Some(pid) => unsafe {
-                libc::kill(pid, signal);
-            },
+            Some(pid) => kill(pid, signal),
             // Delivered once the container exists.
             None => self.pending_signals.push(signal),
         }
@@ -800,9 +911,8 @@ impl Watch {
             }
             Report::Started { pid } => {
                 self.container_pid = Some(pid);
-                if self.timed_out {
-                    // SAFETY: kill with the pid of the container's init.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                if self.timed_out || self.canceled {
+                    kill(pid, libc::SIGKILL);
                 }
                 for signal in std::mem::take(&mut self.pending_signals) {
                     self.signal(signal);
@@ -818,11 +928,14 @@ impl Watch {
     }
 }
 
-fn pollfd(fd: RawFd) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
+/// Sends `signal` to `pid` (a process kiln started), ignoring failure: it
+/// may have exited already.
+fn kill(pid: libc::pid_t, signal: libc::c_int) {
+    if let (Some(pid), Some(signal)) = (
+        rustix::process::Pid::from_raw(pid),
+        rustix::process::Signal::from_named_raw(signal),
+    ) {
+        let _ = rustix::process::kill_process(pid, signal);
     }
 }
 
@@ -832,7 +945,9 @@ extern "C" fn on_signal(signal: libc::c_int) {
     let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
     if fd >= 0 {
         let byte = signal as u8;
-        // SAFETY: write(2) is async-signal-safe; the pipe is non-blocking.
+        // SAFETY: write(2) of one byte we own, on the pipe's write end,
+        // which stays open while the handler is installed; async-signal-safe,
+        // and the pipe is non-blocking. (A handler has only the number.)
         unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
     }
 }
@@ -850,18 +965,15 @@ const FORWARDED_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::
 
 impl SignalForwarder {
     fn install() -> Result<Self, RuntimeError> {
-        let (read, write) = pipe()?;
-        for fd in [read.as_raw_fd(), write.as_raw_fd()] {
-            // SAFETY: fcntl on descriptors we own.
-            unsafe {
-                let flags = libc::fcntl(fd, libc::F_GETFL);
-                libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-            }
-        }
+        let (read, write) = rustix::pipe::pipe_with(
+            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+        )
+        .map_err(|e| io_err("pipe")(e.into()))?;
         SIGNAL_PIPE.store(write.as_raw_fd(), Ordering::Relaxed);
         let mut previous = Vec::new();
         for signal in FORWARDED_SIGNALS {
-            // SAFETY: installing a handler that only calls write(2).
+            // SAFETY: installs a handler that only calls write(2) (see
+            // on_signal), with structs we own; rustix has no safe sigaction.
             unsafe {
                 let mut action: libc::sigaction = std::mem::zeroed();
                 action.sa_sigaction = on_signal as *const () as usize;
@@ -880,25 +992,19 @@ impl SignalForwarder {
         })
     }
 
-    fn read_fd(&self) -> RawFd {
-        self.read.as_raw_fd()
-    }
-
     fn take(&self) -> Vec<libc::c_int> {
         let mut buf = [0u8; 64];
-        // SAFETY: reading into a buffer we own from a non-blocking pipe.
-        let n = unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        buf[..n.max(0) as usize]
-            .iter()
-            .map(|b| *b as libc::c_int)
-            .collect()
+        // Non-blocking: nothing there is EAGAIN.
+        let n = rustix::io::read(&self.read, &mut buf).unwrap_or(0);
+        buf[..n].iter().map(|b| *b as libc::c_int).collect()
     }
 }
 
 impl Drop for SignalForwarder {
     fn drop(&mut self) {
         for (signal, old) in &self.previous {
-            // SAFETY: restoring the disposition saved at install.
+            // SAFETY: restores the disposition saved at install, a struct
+            // the kernel filled.
             unsafe { libc::sigaction(*signal, old, std::ptr::null_mut()) };
         }
         SIGNAL_PIPE.store(-1, Ordering::Relaxed);
@@ -906,21 +1012,14 @@ impl Drop for SignalForwarder {
 }
 
 fn socketpair() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair fills the two-element array we own.
-    let rc = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    if rc < 0 {
-        return Err(io_err("socketpair")(std::io::Error::last_os_error()));
-    }
-    // SAFETY: both descriptors are new and ours.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| io_err("socketpair")(e.into()))
 }
 
 /// The terminal side of a run with `-t`.
@@ -935,17 +1034,17 @@ enum TerminalState {
 }
 
 impl TerminalState {
-    fn poll_fds(&self) -> Vec<RawFd> {
+    fn poll_fds(&self) -> Vec<BorrowedFd<'_>> {
         match self {
             TerminalState::None => Vec::new(),
-            TerminalState::Waiting { socket, .. } => vec![socket.as_raw_fd()],
+            TerminalState::Waiting { socket, .. } => vec![socket.as_fd()],
             TerminalState::Relay(relay) => relay.poll_fds(),
         }
     }
 
     fn resize(&self) {
         if let TerminalState::Relay(relay) = self {
-            copy_window_size(relay.master.as_raw_fd());
+            copy_window_size(&relay.master);
         }
     }
 
@@ -956,9 +1055,9 @@ impl TerminalState {
                 socket,
                 forward_stdin,
             } => {
-                *self = match crate::sys::recv_fd(socket.as_raw_fd()) {
+                *self = match crate::sys::recv_fd(&*socket) {
                     Ok(Some(master)) => {
-                        copy_window_size(master.as_raw_fd());
+                        copy_window_size(&master);
                         TerminalState::Relay(TerminalRelay::new(master, *forward_stdin))
                     }
                     // The init failed before sending it: its report says why.
@@ -971,13 +1070,9 @@ impl TerminalState {
 }
 
 /// The container's terminal starts with the size of kiln's.
-fn copy_window_size(master: RawFd) {
-    // SAFETY: TIOCGWINSZ/TIOCSWINSZ with a winsize we own.
-    unsafe {
-        let mut size: libc::winsize = std::mem::zeroed();
-        if libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) == 0 {
-            libc::ioctl(master, libc::TIOCSWINSZ, &size);
-        }
+fn copy_window_size(master: impl AsFd) {
+    if let Ok(size) = rustix::termios::tcgetwinsize(rustix::stdio::stdout()) {
+        let _ = rustix::termios::tcsetwinsize(master, size);
     }
 }
 
@@ -986,22 +1081,20 @@ struct TerminalRelay {
     master: OwnedFd,
     master_open: bool,
     forward_stdin: bool,
-    saved_termios: Option<libc::termios>,
+    saved_termios: Option<rustix::termios::Termios>,
 }
 
 impl TerminalRelay {
     fn new(master: OwnedFd, forward_stdin: bool) -> Self {
+        use rustix::termios::{tcgetattr, tcsetattr, OptionalActions};
+        let stdin = rustix::stdio::stdin();
         let mut saved_termios = None;
-        // SAFETY: termios calls on stdin with structs we own.
-        unsafe {
-            if forward_stdin && libc::isatty(libc::STDIN_FILENO) == 1 {
-                let mut termios: libc::termios = std::mem::zeroed();
-                if libc::tcgetattr(libc::STDIN_FILENO, &mut termios) == 0 {
-                    saved_termios = Some(termios);
-                    let mut raw = termios;
-                    libc::cfmakeraw(&mut raw);
-                    libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw);
-                }
+        if forward_stdin && rustix::termios::isatty(stdin) {
+            if let Ok(termios) = tcgetattr(stdin) {
+                let mut raw = termios.clone();
+                raw.make_raw();
+                let _ = tcsetattr(stdin, OptionalActions::Now, &raw);
+                saved_termios = Some(termios);
             }
         }
         TerminalRelay {
@@ -1012,43 +1105,40 @@ impl TerminalRelay {
         }
     }
 
-    fn poll_fds(&self) -> Vec<RawFd> {
+    fn poll_fds(&self) -> Vec<BorrowedFd<'_>> {
         let mut fds = Vec::new();
         if self.master_open {
-            fds.push(self.master.as_raw_fd());
+            fds.push(self.master.as_fd());
         }
         if self.forward_stdin {
-            fds.push(libc::STDIN_FILENO);
+            fds.push(rustix::stdio::stdin());
         }
         fds
     }
 
     fn ready(&mut self, fd: RawFd) {
         let mut buf = [0u8; 8192];
-        // SAFETY: reading into a buffer we own.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if fd == libc::STDIN_FILENO {
-            if n <= 0 {
-                self.forward_stdin = false;
-            } else {
-                write_all(self.master.as_raw_fd(), &buf[..n as usize]);
+        let stdin = rustix::stdio::stdin();
+        if fd == stdin.as_raw_fd() {
+            match rustix::io::read(stdin, &mut buf) {
+                Ok(n) if n > 0 => write_all(&self.master, &buf[..n]),
+                Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+                _ => self.forward_stdin = false,
             }
-        } else if n <= 0 {
-            // EIO: every slave descriptor is closed.
-            self.master_open = false;
         } else {
-            write_all(libc::STDOUT_FILENO, &buf[..n as usize]);
+            match rustix::io::read(&self.master, &mut buf) {
+                Ok(n) if n > 0 => write_all(rustix::stdio::stdout(), &buf[..n]),
+                Err(rustix::io::Errno::INTR) => {}
+                // EIO: every slave descriptor is closed (EAGAIN: drained).
+                _ => self.master_open = false,
+            }
         }
     }
 
     /// Copies what the container wrote just before it exited.
     fn drain(&mut self) {
+        let _ = rustix::io::ioctl_fionbio(&self.master, true);
         let fd = self.master.as_raw_fd();
-        // SAFETY: fcntl on our descriptor.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFL);
-            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
         while self.master_open {
             self.ready(fd);
         }
@@ -1057,24 +1147,23 @@ impl TerminalRelay {
 
 impl Drop for TerminalRelay {
     fn drop(&mut self) {
-        if let Some(termios) = self.saved_termios {
-            // SAFETY: restoring the attributes saved in `new`.
-            unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &termios) };
+        if let Some(termios) = &self.saved_termios {
+            let _ = rustix::termios::tcsetattr(
+                rustix::stdio::stdin(),
+                rustix::termios::OptionalActions::Now,
+                termios,
+            );
         }
     }
 }
 
-fn write_all(fd: RawFd, mut bytes: &[u8]) {
+fn write_all(fd: impl AsFd, mut bytes: &[u8]) {
     while !bytes.is_empty() {
-        // SAFETY: writing from a buffer we own.
-        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-        if n < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return;
+        match rustix::io::write(&fd, bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return,
         }
-        bytes = &bytes[n as usize..];
     }
 }
 
@@ -1104,7 +1193,7 @@ mod tests {
 
     #[test]
     fn hosts_file_names_the_container() {
-        let hosts = hosts_file("box", Network::None);
+        let hosts = hosts_file("box", Network::None, &[]);
         assert!(hosts.starts_with("127.0.0.1\tlocalhost box\n"), "{hosts}");
     }
 

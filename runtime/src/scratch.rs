@@ -18,8 +18,7 @@ use std::path::{Path, PathBuf};
 /// each with the filesystem that must be a tmpfs for it to be used:
 /// `(mount, base)`.
 pub(crate) fn scratch_bases() -> Vec<(PathBuf, PathBuf)> {
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = rustix::process::geteuid().as_raw();
     let mut bases = Vec::new();
     if euid == 0 {
         bases.push((PathBuf::from("/run"), PathBuf::from("/run/kiln")));
@@ -39,8 +38,7 @@ pub(crate) fn scratch_bases() -> Vec<(PathBuf, PathBuf)> {
 /// enter; one of this user's that is looser is made so (mode 0700).
 pub(crate) fn private_base(base: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = rustix::process::geteuid().as_raw();
     let Ok(meta) = std::fs::symlink_metadata(base) else {
         return false;
     };
@@ -161,8 +159,7 @@ mod tests {
         assert!(owner_alive(&format!("{me}-1-2")));
         // A live process (the test runner's parent) with another start
         // time: its pid was reused.
-        // SAFETY: getppid cannot fail.
-        let parent = unsafe { libc::getppid() } as u32;
+        let parent = rustix::process::Pid::as_raw(rustix::process::getppid()) as u32;
         let (start, _) = stat_of(parent).unwrap();
         assert!(owner_alive(&format!("{parent}.{start}-1-2")));
         assert!(

@@ -9,9 +9,11 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use crate::spec::RlimitResource;
 use caps::{CapSet, Capability, CapsHashSet};
 use seccompiler::BpfProgram;
 
@@ -53,6 +55,8 @@ pub trait Syscalls {
     /// Creates a regular file holding `content`; fails if anything, even a
     /// dangling symlink, is there.
     fn write_file(&mut self, path: &Path, content: &[u8], mode: u32) -> io::Result<()>;
+    /// lchown(2).
+    fn chown(&mut self, path: &Path, uid: u32, gid: u32) -> io::Result<()>;
     /// mknod(2) of a character device.
     fn mknod_char(&mut self, path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()>;
     /// symlink(2).
@@ -100,8 +104,8 @@ pub trait Syscalls {
     fn set_caps(&mut self, caps: &[Capability]) -> io::Result<()>;
     /// prctl(PR_SET_NO_NEW_PRIVS).
     fn set_no_new_privs(&mut self) -> io::Result<()>;
-    /// setrlimit(RLIMIT_NOFILE).
-    fn set_nofile_limit(&mut self, soft: u64, hard: u64) -> io::Result<()>;
+    /// setrlimit(2) of `resource`.
+    fn set_rlimit(&mut self, resource: RlimitResource, soft: u64, hard: u64) -> io::Result<()>;
     /// prctl(PR_SET_PDEATHSIG).
     fn set_parent_death_signal(&mut self, signal: libc::c_int) -> io::Result<()>;
     /// Installs seccomp filters, in order.
@@ -124,7 +128,7 @@ pub trait Syscalls {
 /// could walk the host's filesystem.
 pub fn cloexec_from(first: u32) -> io::Result<()> {
     // SAFETY: close_range takes only integers; with CLOSE_RANGE_CLOEXEC it
-    // closes nothing, it only sets the flag.
+    // closes nothing, it only sets the flag. (rustix has no close_range.)
     let rc = unsafe {
         libc::syscall(
             libc::SYS_close_range,
@@ -140,18 +144,48 @@ pub fn cloexec_from(first: u32) -> io::Result<()> {
     if !matches!(err.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) {
         return Err(err);
     }
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit fills the struct we own.
-    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })?;
-    let last = libc::c_int::try_from(limit.rlim_max).unwrap_or(libc::c_int::MAX);
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let last = limit
+        .maximum
+        .and_then(|max| libc::c_int::try_from(max).ok())
+        .unwrap_or(libc::c_int::MAX);
     for fd in first.min(libc::c_int::MAX as u32) as libc::c_int..last {
-        // SAFETY: fcntl on a descriptor number; EBADF for one not open.
+        // SAFETY: F_SETFD on a bare descriptor number only sets a flag (or
+        // fails with EBADF for one not open); no memory is involved. rustix
+        // takes a BorrowedFd, which a number not known to be open is not.
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
     Ok(())
+}
+
+/// Whether stdout is a pipe (or socket) whose reading end is closed.
+pub fn stdout_is_closed() -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one pollfd we own, a zero timeout.
+    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+    ready == 1 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
+/// Ends the process by SIGPIPE, as the default action would have: how a
+/// command line tool whose reader went away ends (`kiln images | head`).
+pub fn die_of_sigpipe() -> ! {
+    // SAFETY: setting a signal's action to the default and raising it take
+    // no pointers; the default action of SIGPIPE ends the process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    // Only if SIGPIPE is blocked in this thread.
+    std::process::exit(128 + libc::SIGPIPE)
+}
+
+/// A pipe whose two ends are close-on-exec: (read end, write end).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }
 
 fn cstring(bytes: &[u8]) -> io::Result<CString> {
@@ -176,7 +210,9 @@ pub struct RealSyscalls;
 
 impl Syscalls for RealSyscalls {
     fn unshare(&mut self, flags: libc::c_int) -> io::Result<()> {
-        // SAFETY: unshare only takes flags.
+        // SAFETY: unshare only takes flags; the callers ask for namespaces,
+        // never CLONE_FILES (whose descriptor-table split is why rustix's
+        // unshare is unsafe too), from a single-threaded process.
         check(unsafe { libc::unshare(flags) })
     }
 
@@ -188,94 +224,52 @@ impl Syscalls for RealSyscalls {
         flags: libc::c_ulong,
         data: &str,
     ) -> io::Result<()> {
-        let opt = |s: &str| -> io::Result<Option<CString>> {
-            if s.is_empty() {
-                Ok(None)
-            } else {
-                cstring(s.as_bytes()).map(Some)
-            }
+        // The kernel ignores an empty source or type where none is needed
+        // (bind, remount, propagation); rustix passes them as "".
+        let data = if data.is_empty() {
+            None
+        } else {
+            Some(cstring(data.as_bytes())?)
         };
-        let (source, fstype, data) = (opt(source)?, opt(fstype)?, opt(data)?);
-        let target = cpath(target)?;
-        let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
-        // SAFETY: every pointer is NULL or a valid NUL-terminated string that
-        // outlives the call.
-        check(unsafe {
-            libc::mount(
-                ptr(&source),
-                target.as_ptr(),
-                ptr(&fstype),
-                flags,
-                ptr(&data).cast(),
-            )
-        })
+        let flags = rustix::mount::MountFlags::from_bits_retain(
+            u32::try_from(flags)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "mount flags"))?,
+        );
+        Ok(rustix::mount::mount(
+            source,
+            target,
+            fstype,
+            flags,
+            data.as_deref(),
+        )?)
     }
 
     fn mount_overlay_fsconfig(&mut self, target: &Path, options: &str) -> io::Result<()> {
-        const FSOPEN_CLOEXEC: libc::c_uint = 1;
-        const FSCONFIG_SET_FLAG: libc::c_uint = 0;
-        const FSCONFIG_SET_STRING: libc::c_uint = 1;
-        const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
-        const FSMOUNT_CLOEXEC: libc::c_uint = 1;
-        const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
-        let target = cpath(target)?;
-        // SAFETY: raw syscalls with valid C strings that outlive each call,
-        // on descriptors this function opens and closes.
-        unsafe {
-            let fs =
-                libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), FSOPEN_CLOEXEC) as libc::c_int;
-            if fs < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let set = |key: &str, value: Option<&str>| -> io::Result<()> {
-                let key = cstring(key.as_bytes())?;
-                let value = value.map(|v| cstring(v.as_bytes())).transpose()?;
-                let (cmd, value_ptr) = match &value {
-                    Some(v) => (FSCONFIG_SET_STRING, v.as_ptr()),
-                    None => (FSCONFIG_SET_FLAG, std::ptr::null()),
-                };
-                let rc = libc::syscall(libc::SYS_fsconfig, fs, cmd, key.as_ptr(), value_ptr, 0);
-                check(rc as libc::c_int)
-            };
-            let result = (|| {
-                for option in options.split(',') {
-                    match option.split_once('=') {
-                        Some(("lowerdir", layers)) => {
-                            for layer in layers.split(':') {
-                                set("lowerdir+", Some(layer))?;
-                            }
-                        }
-                        Some((key, value)) => set(key, Some(value))?,
-                        None => set(option, None)?,
+        use rustix::mount::{
+            fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
+            FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags,
+        };
+        let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
+        for option in options.split(',') {
+            match option.split_once('=') {
+                Some(("lowerdir", layers)) => {
+                    for layer in layers.split(':') {
+                        fsconfig_set_string(&fs, "lowerdir+", layer)?;
                     }
                 }
-                let rc = libc::syscall(
-                    libc::SYS_fsconfig,
-                    fs,
-                    FSCONFIG_CMD_CREATE,
-                    std::ptr::null::<libc::c_char>(),
-                    std::ptr::null::<libc::c_char>(),
-                    0,
-                );
-                check(rc as libc::c_int)?;
-                let mnt = libc::syscall(libc::SYS_fsmount, fs, FSMOUNT_CLOEXEC, 0) as libc::c_int;
-                if mnt < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let rc = libc::syscall(
-                    libc::SYS_move_mount,
-                    mnt,
-                    c"".as_ptr(),
-                    libc::AT_FDCWD,
-                    target.as_ptr(),
-                    MOVE_MOUNT_F_EMPTY_PATH,
-                );
-                libc::close(mnt);
-                check(rc as libc::c_int)
-            })();
-            libc::close(fs);
-            result
+                Some((key, value)) => fsconfig_set_string(&fs, key, value)?,
+                None => fsconfig_set_flag(&fs, option)?,
+            }
         }
+        fsconfig_create(&fs)?;
+        let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())?;
+        Ok(move_mount(
+            &mnt,
+            "",
+            rustix::fs::CWD,
+            target,
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )?)
     }
 
     fn join_cgroup(&mut self, procs: &Path) -> io::Result<()> {
@@ -287,17 +281,12 @@ impl Syscalls for RealSyscalls {
     }
 
     fn umount(&mut self, target: &Path, flags: libc::c_int) -> io::Result<()> {
-        let target = cpath(target)?;
-        // SAFETY: valid C string.
-        check(unsafe { libc::umount2(target.as_ptr(), flags) })
+        let flags = rustix::mount::UnmountFlags::from_bits_retain(flags as u32);
+        Ok(rustix::mount::unmount(target, flags)?)
     }
 
     fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> io::Result<()> {
-        let (new_root, put_old) = (cpath(new_root)?, cpath(put_old)?);
-        // SAFETY: valid C strings; pivot_root has no libc wrapper.
-        let rc =
-            unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) };
-        check(rc as libc::c_int)
+        Ok(rustix::process::pivot_root(new_root, put_old)?)
     }
 
     fn chdir(&mut self, dir: &Path) -> io::Result<()> {
@@ -337,16 +326,24 @@ impl Syscalls for RealSyscalls {
             .write_all(content)
     }
 
+    fn chown(&mut self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+        Ok(rustix::fs::chownat(
+            rustix::fs::CWD,
+            path,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )?)
+    }
+
     fn mknod_char(&mut self, path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()> {
-        let path = cpath(path)?;
-        // SAFETY: valid C string; makedev is a pure computation.
-        check(unsafe {
-            libc::mknod(
-                path.as_ptr(),
-                libc::S_IFCHR | mode,
-                libc::makedev(major, minor),
-            )
-        })
+        Ok(rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(mode),
+            rustix::fs::makedev(major, minor),
+        )?)
     }
 
     fn symlink(&mut self, target: &str, link: &Path) -> io::Result<()> {
@@ -354,41 +351,22 @@ impl Syscalls for RealSyscalls {
     }
 
     fn resolve_in_root(&mut self, root: &Path, rel: &Path) -> io::Result<Option<PathBuf>> {
-        let root_c = cpath(root)?;
-        let rel_c = cpath(rel)?;
-        // SAFETY: open/openat2/close on descriptors this function owns; the
-        // open_how struct is zeroed then filled.
-        unsafe {
-            let root_fd = libc::open(
-                root_c.as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            );
-            if root_fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mut how: libc::open_how = std::mem::zeroed();
-            how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
-            how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
-            let fd = libc::syscall(
-                libc::SYS_openat2,
-                root_fd,
-                rel_c.as_ptr(),
-                &how as *const libc::open_how,
-                std::mem::size_of::<libc::open_how>(),
-            ) as libc::c_int;
-            let result = if fd < 0 {
-                let err = io::Error::last_os_error();
-                match err.raw_os_error() {
-                    Some(libc::ENOENT) | Some(libc::ENOTDIR) => Ok(None),
-                    _ => Err(err),
-                }
-            } else {
-                let resolved = std::fs::read_link(format!("/proc/self/fd/{fd}"));
-                libc::close(fd);
-                resolved.map(Some)
-            };
-            libc::close(root_fd);
-            result
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        let root = rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        match rustix::fs::openat2(
+            &root,
+            rel,
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            Ok(fd) => std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map(Some),
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -403,10 +381,7 @@ impl Syscalls for RealSyscalls {
     }
 
     fn mount_flags(&mut self, path: &Path) -> io::Result<libc::c_ulong> {
-        let cpath = cpath(path)?;
-        // SAFETY: statvfs writes into the zeroed struct we own.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        check(unsafe { libc::statvfs(cpath.as_ptr(), &mut st) })?;
+        let flags = rustix::fs::statvfs(path)?.f_flag.bits();
         let pairs = [
             (libc::ST_RDONLY, libc::MS_RDONLY),
             (libc::ST_NOSUID, libc::MS_NOSUID),
@@ -418,34 +393,38 @@ impl Syscalls for RealSyscalls {
         ];
         Ok(pairs
             .iter()
-            .filter(|(st_flag, _)| st.f_flag & *st_flag != 0)
+            .filter(|(st_flag, _)| flags & *st_flag != 0)
             .fold(0, |acc, (_, ms)| acc | ms))
     }
 
     fn sethostname(&mut self, name: &str) -> io::Result<()> {
-        // SAFETY: pointer and length describe `name`.
-        check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })
+        Ok(rustix::system::sethostname(name.as_bytes())?)
     }
 
     fn loopback_up(&mut self) -> io::Result<()> {
-        // SAFETY: plain socket/ioctl calls on a zeroed ifreq we own; the fd is
-        // closed on every path.
+        use rustix::net::{socket_with, AddressFamily, SocketFlags, SocketType};
+        let socket = socket_with(
+            AddressFamily::INET,
+            SocketType::DGRAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
+        // SAFETY: an all-zero ifreq is a valid value (a C struct of
+        // integers and arrays).
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own
+        // and pass, on the socket we own; rustix has no interface-flags call.
         unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let mut ifr: libc::ifreq = std::mem::zeroed();
-            for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
-                *dst = *src as libc::c_char;
-            }
-            let result = (|| {
-                check(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr))?;
-                ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-                check(libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr))
-            })();
-            libc::close(fd);
-            result
+            check(libc::ioctl(
+                socket.as_raw_fd(),
+                libc::SIOCGIFFLAGS,
+                &mut ifr,
+            ))?;
+            ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            check(libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr))
         }
     }
 
@@ -458,13 +437,13 @@ impl Syscalls for RealSyscalls {
     }
 
     fn umask(&mut self, mask: u32) {
-        // SAFETY: umask cannot fail.
-        unsafe { libc::umask(mask as libc::mode_t) };
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(mask));
     }
 
     fn reset_signals(&mut self) -> io::Result<()> {
-        // SAFETY: sigaction/sigprocmask on structs we own; invalid signal
-        // numbers (SIGKILL, SIGSTOP, the gaps) just fail and are skipped.
+        // SAFETY: sigaction/sigprocmask on structs we own, installing only
+        // SIG_DFL; invalid signal numbers (SIGKILL, SIGSTOP, the gaps) just
+        // fail and are skipped. rustix has no safe sigaction.
         unsafe {
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
@@ -482,90 +461,70 @@ impl Syscalls for RealSyscalls {
     }
 
     fn setsid(&mut self) -> io::Result<()> {
-        // SAFETY: no arguments.
-        check(unsafe { libc::setsid() })
+        rustix::process::setsid()?;
+        Ok(())
     }
 
     fn open_terminal(&mut self, console: libc::c_int, uid: u32) -> io::Result<()> {
-        // SAFETY: plain descriptor calls on descriptors this function opens
-        // (closed on every path) and the console socket it was given.
-        unsafe {
-            let master = libc::open(
-                c"/dev/ptmx".as_ptr(),
-                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-            );
-            if master < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let result = (|| {
-                let unlock: libc::c_int = 0;
-                check(libc::ioctl(master, libc::TIOCSPTLCK, &unlock))?;
-                let slave = libc::ioctl(master, libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY);
-                if slave < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let result = (|| {
-                    check(libc::fchown(slave, uid, u32::MAX))?;
-                    // /dev/console is the terminal too, as with Docker's -t.
-                    let console_path = c"/dev/console";
-                    let file = libc::open(
-                        console_path.as_ptr(),
-                        libc::O_WRONLY
-                            | libc::O_CREAT
-                            | libc::O_EXCL
-                            | libc::O_NOFOLLOW
-                            | libc::O_CLOEXEC,
-                        0o600,
-                    );
-                    if file < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    libc::close(file);
-                    let source = cstring(format!("/proc/self/fd/{slave}").as_bytes())?;
-                    check(libc::mount(
-                        source.as_ptr(),
-                        console_path.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND,
-                        std::ptr::null(),
-                    ))?;
-                    for fd in 0..3 {
-                        check(libc::dup2(slave, fd))?;
-                    }
-                    check(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
-                    send_fd(console, master)
-                })();
-                libc::close(slave);
-                result
-            })();
-            libc::close(master);
-            libc::close(console);
-            result
-        }
+        use rustix::fs::{Mode, OFlags};
+        use rustix::pty::OpenptFlags;
+        // SAFETY: the caller hands over the console socket, which nothing
+        // else uses or closes: it is closed when this function returns.
+        let console = unsafe { OwnedFd::from_raw_fd(console) };
+        let master = rustix::fs::open(
+            "/dev/ptmx",
+            OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        rustix::pty::unlockpt(&master)?;
+        let slave =
+            rustix::pty::ioctl_tiocgptpeer(&master, OpenptFlags::RDWR | OpenptFlags::NOCTTY)?;
+        rustix::fs::fchown(&slave, Some(rustix::fs::Uid::from_raw(uid)), None)?;
+        // /dev/console is the terminal too, as with Docker's -t.
+        drop(rustix::fs::open(
+            "/dev/console",
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?);
+        rustix::mount::mount_bind(
+            format!("/proc/self/fd/{}", slave.as_raw_fd()),
+            "/dev/console",
+        )?;
+        rustix::stdio::dup2_stdin(&slave)?;
+        rustix::stdio::dup2_stdout(&slave)?;
+        rustix::stdio::dup2_stderr(&slave)?;
+        rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
+        send_fd(&console, &master)
     }
 
     fn setgroups_allowed(&mut self) -> bool {
         std::fs::read_to_string("/proc/self/setgroups").map_or(true, |s| s.trim() != "deny")
     }
 
+    // The container's init is single-threaded: the per-thread calls rustix
+    // makes (raw syscalls, not glibc's all-threads wrappers) cover the
+    // whole process.
+
     fn setgroups(&mut self, gids: &[u32]) -> io::Result<()> {
-        // SAFETY: pointer and length describe `gids`.
-        check(unsafe { libc::setgroups(gids.len(), gids.as_ptr()) })
+        let gids: Vec<rustix::process::Gid> = gids
+            .iter()
+            .map(|g| rustix::process::Gid::from_raw(*g))
+            .collect();
+        Ok(rustix::thread::set_thread_groups(&gids)?)
     }
 
     fn setresgid(&mut self, gid: u32) -> io::Result<()> {
-        // SAFETY: plain ids.
-        check(unsafe { libc::setresgid(gid, gid, gid) })
+        let gid = rustix::process::Gid::from_raw(gid);
+        Ok(rustix::thread::set_thread_res_gid(gid, gid, gid)?)
     }
 
     fn setresuid(&mut self, uid: u32) -> io::Result<()> {
-        // SAFETY: plain ids.
-        check(unsafe { libc::setresuid(uid, uid, uid) })
+        let uid = rustix::process::Uid::from_raw(uid);
+        Ok(rustix::thread::set_thread_res_uid(uid, uid, uid)?)
     }
 
     fn set_keep_caps(&mut self, keep: bool) -> io::Result<()> {
-        // SAFETY: prctl with integer arguments.
-        check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, keep as libc::c_ulong, 0, 0, 0) })
+        Ok(rustix::thread::set_keep_capabilities(keep)?)
     }
 
     fn drop_bounding_cap(&mut self, cap: Capability) -> io::Result<()> {
@@ -583,22 +542,43 @@ impl Syscalls for RealSyscalls {
     }
 
     fn set_no_new_privs(&mut self) -> io::Result<()> {
-        // SAFETY: prctl with integer arguments.
-        check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+        Ok(rustix::thread::set_no_new_privs(true)?)
     }
 
-    fn set_nofile_limit(&mut self, soft: u64, hard: u64) -> io::Result<()> {
-        let limit = libc::rlimit {
-            rlim_cur: soft as libc::rlim_t,
-            rlim_max: hard as libc::rlim_t,
+    fn set_rlimit(&mut self, resource: RlimitResource, soft: u64, hard: u64) -> io::Result<()> {
+        use rustix::process::Resource;
+        // RLIM_INFINITY is rustix's None.
+        let finite = |v: u64| (v != libc::RLIM_INFINITY).then_some(v);
+        let limit = rustix::process::Rlimit {
+            current: finite(soft),
+            maximum: finite(hard),
         };
-        // SAFETY: pointer to a struct we own.
-        check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) })
+        let resource = match resource {
+            RlimitResource::Core => Resource::Core,
+            RlimitResource::Cpu => Resource::Cpu,
+            RlimitResource::Data => Resource::Data,
+            RlimitResource::Fsize => Resource::Fsize,
+            RlimitResource::Locks => Resource::Locks,
+            RlimitResource::Memlock => Resource::Memlock,
+            RlimitResource::Msgqueue => Resource::Msgqueue,
+            RlimitResource::Nice => Resource::Nice,
+            RlimitResource::Nofile => Resource::Nofile,
+            RlimitResource::Nproc => Resource::Nproc,
+            RlimitResource::Rss => Resource::Rss,
+            RlimitResource::Rtprio => Resource::Rtprio,
+            RlimitResource::Rttime => Resource::Rttime,
+            RlimitResource::Sigpending => Resource::Sigpending,
+            RlimitResource::Stack => Resource::Stack,
+        };
+        Ok(rustix::process::setrlimit(resource, limit)?)
     }
 
     fn set_parent_death_signal(&mut self, signal: libc::c_int) -> io::Result<()> {
-        // SAFETY: prctl with integer arguments.
-        check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) })
+        let signal = rustix::process::Signal::from_named_raw(signal)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "signal number"))?;
+        Ok(rustix::process::set_parent_process_death_signal(Some(
+            signal,
+        ))?)
     }
 
     fn apply_seccomp(&mut self, filters: &[BpfProgram]) -> io::Result<()> {
@@ -624,72 +604,57 @@ impl Syscalls for RealSyscalls {
         argv_ptrs.push(std::ptr::null());
         let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
         env_ptrs.push(std::ptr::null());
-        // SAFETY: NULL-terminated arrays of valid C strings that outlive the call.
+        // SAFETY: NULL-terminated arrays of valid C strings that outlive the
+        // call. (rustix's execve is unsafe too, and std's Command would
+        // change the process state it inherits.)
         unsafe { libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr()) };
         io::Error::last_os_error()
     }
 }
 
 /// Sends descriptor `fd` over the unix socket `socket` (SCM_RIGHTS).
-pub fn send_fd(socket: libc::c_int, fd: libc::c_int) -> io::Result<()> {
-    // SAFETY: the control buffer is sized with CMSG_SPACE for one int and
-    // aligned for cmsghdr; every pointer refers to locals that outlive sendmsg.
-    unsafe {
-        let mut byte = [0u8; 1];
-        let mut iov = libc::iovec {
-            iov_base: byte.as_mut_ptr().cast(),
-            iov_len: 1,
-        };
-        let space = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize;
-        let mut control = vec![0u64; space.div_ceil(8)];
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
-        if libc::sendmsg(socket, &msg, 0) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+pub fn send_fd(socket: impl AsFd, fd: impl AsFd) -> io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let fds = [fd.as_fd()];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(io::Error::other("control buffer too small"));
     }
+    rustix::net::sendmsg(
+        socket,
+        &[io::IoSlice::new(&[0u8])],
+        &mut control,
+        SendFlags::empty(),
+    )?;
+    Ok(())
 }
 
 /// Receives one descriptor sent with [`send_fd`]; `None` at end of file.
-pub fn recv_fd(socket: libc::c_int) -> io::Result<Option<std::os::fd::OwnedFd>> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: as in send_fd; a received descriptor is new and ours.
-    unsafe {
-        let mut byte = [0u8; 1];
-        let mut iov = libc::iovec {
-            iov_base: byte.as_mut_ptr().cast(),
-            iov_len: 1,
-        };
-        let space = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize;
-        let mut control = vec![0u64; space.div_ceil(8)];
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space;
-        let n = libc::recvmsg(socket, &mut msg, libc::MSG_CMSG_CLOEXEC);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        if n == 0 || cmsg.is_null() {
-            return Ok(None);
-        }
-        if (*cmsg).cmsg_level != libc::SOL_SOCKET || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
-            return Ok(None);
-        }
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
-        Ok(Some(std::os::fd::OwnedFd::from_raw_fd(fd)))
+pub fn recv_fd(socket: impl AsFd) -> io::Result<Option<OwnedFd>> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut byte = [0u8; 1];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let received = rustix::net::recvmsg(
+        socket,
+        &mut [io::IoSliceMut::new(&mut byte)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    if received.bytes == 0 {
+        return Ok(None);
     }
+    let mut fd = None;
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(fds) = message {
+            for received in fds {
+                // The first one; any other is closed as it drops.
+                fd.get_or_insert(received);
+            }
+        }
+    }
+    Ok(fd)
 }
 
 /// A fake kernel that writes every call down as one line and answers queries
@@ -859,6 +824,10 @@ impl Syscalls for RecordingSyscalls {
         ))
     }
 
+    fn chown(&mut self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+        self.record(format!("chown {} {uid}:{gid}", path.display()))
+    }
+
     fn mknod_char(&mut self, path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()> {
         self.record(format!(
             "mknod {} c {major} {minor} {mode:o}",
@@ -944,8 +913,9 @@ impl Syscalls for RecordingSyscalls {
         self.record("no_new_privs".to_string())
     }
 
-    fn set_nofile_limit(&mut self, soft: u64, hard: u64) -> io::Result<()> {
-        self.record(format!("rlimit NOFILE {soft} {hard}"))
+    fn set_rlimit(&mut self, resource: RlimitResource, soft: u64, hard: u64) -> io::Result<()> {
+        let name = resource.name().to_ascii_uppercase();
+        self.record(format!("rlimit {name} {soft} {hard}"))
     }
 
     fn set_parent_death_signal(&mut self, signal: libc::c_int) -> io::Result<()> {

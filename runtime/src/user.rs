@@ -5,6 +5,9 @@
 //! `name:gid`, `uid:group`. A numeric id missing from the files is used as is
 //! (gid 0 when only a uid is given); a name missing from them is an error.
 //! Supplementary groups come from /etc/group only when no group is given.
+//!
+//! The parsers of the two files ([`passwd_entries`], [`group_entries`]) are
+//! the only ones in kiln; the builder's `--chown` lookup uses them too.
 
 use std::fmt;
 
@@ -40,23 +43,40 @@ impl fmt::Display for UserError {
     }
 }
 
-struct PasswdEntry<'a> {
-    name: &'a str,
-    uid: u32,
-    gid: u32,
-    home: &'a str,
+/// One entry of an /etc/passwd file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswdEntry<'a> {
+    pub name: &'a str,
+    pub uid: u32,
+    pub gid: u32,
+    /// The home directory field ("" when absent).
+    pub home: &'a str,
 }
 
-struct GroupEntry<'a> {
-    name: &'a str,
-    gid: u32,
-    members: Vec<&'a str>,
+/// One entry of an /etc/group file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupEntry<'a> {
+    pub name: &'a str,
+    pub gid: u32,
+    /// Member user names, in the order listed.
+    pub members: Vec<&'a str>,
 }
 
-fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
-    text.lines().filter_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        if line.starts_with('#') || fields.len() < 4 {
+/// The lines of a colon-separated database worth reading: trimmed, without
+/// blank lines and `#` comments.
+fn database_lines(text: &str) -> impl Iterator<Item = Vec<&str>> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| line.split(':').collect())
+}
+
+/// The entries of an /etc/passwd file (`name:password:uid:gid:gecos:home:shell`),
+/// in file order. Lines with fewer than four fields or a uid or gid that is
+/// not a number are skipped, as are blank lines and `#` comments.
+pub fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
+    database_lines(text).filter_map(|fields| {
+        if fields.len() < 4 {
             return None;
         }
         Some(PasswdEntry {
@@ -68,10 +88,12 @@ fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
     })
 }
 
-fn group_entries(text: &str) -> impl Iterator<Item = GroupEntry<'_>> {
-    text.lines().filter_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        if line.starts_with('#') || fields.len() < 3 {
+/// The entries of an /etc/group file (`name:password:gid:member,member`), in
+/// file order. Lines with fewer than three fields or a gid that is not a
+/// number are skipped, as are blank lines and `#` comments.
+pub fn group_entries(text: &str) -> impl Iterator<Item = GroupEntry<'_>> {
+    database_lines(text).filter_map(|fields| {
+        if fields.len() < 3 {
             return None;
         }
         Some(GroupEntry {
@@ -284,6 +306,46 @@ mod tests {
         assert_eq!(
             resolve_user("app", None, None),
             Err(UserError::NoSuchUser("app".into()))
+        );
+    }
+
+    #[test]
+    fn parsers_skip_comments_blank_and_malformed_lines() {
+        let passwd = "  root:x:0:0:root:/root:/bin/sh  \n\n# app:x:5:5::/:\nbad:x:one:1\nshort:x:2\nsvc:x:42:43\n";
+        let entries: Vec<PasswdEntry> = passwd_entries(passwd).collect();
+        assert_eq!(
+            entries,
+            vec![
+                PasswdEntry {
+                    name: "root",
+                    uid: 0,
+                    gid: 0,
+                    home: "/root"
+                },
+                PasswdEntry {
+                    name: "svc",
+                    uid: 42,
+                    gid: 43,
+                    home: ""
+                },
+            ]
+        );
+        let group = "wheel:x:10: root , app,\n#staff:x:50:\nbad:x:\nnone:x:7\n";
+        let entries: Vec<GroupEntry> = group_entries(group).collect();
+        assert_eq!(
+            entries,
+            vec![
+                GroupEntry {
+                    name: "wheel",
+                    gid: 10,
+                    members: vec!["root", "app"]
+                },
+                GroupEntry {
+                    name: "none",
+                    gid: 7,
+                    members: vec![]
+                },
+            ]
         );
     }
 

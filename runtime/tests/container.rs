@@ -98,8 +98,8 @@ fn death_by_signal_is_128_plus_n() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    // SAFETY: signalling the container process found above.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let pid = rustix::process::Pid::from_raw(pid).expect("a process id");
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
     let status = child.wait_timeout(Duration::from_secs(60)).unwrap();
     assert_eq!(status.code(), Some(128 + 9));
 }
@@ -612,12 +612,14 @@ fn a_mount_point_hidden_by_a_whiteout_is_removed_from_the_kept_upper_dir() {
     // also hides the runtime's mount-point layer below.
     let top = tmp.path().join("top");
     fs::create_dir_all(top.join("etc")).unwrap();
-    let whiteout = std::ffi::CString::new(top.join("etc/hostname").to_str().unwrap()).unwrap();
-    // SAFETY: mknod with a valid path.
-    assert_eq!(
-        unsafe { libc::mknod(whiteout.as_ptr(), libc::S_IFCHR, 0) },
-        0
-    );
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        top.join("etc/hostname"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::empty(),
+        0,
+    )
+    .unwrap();
     let upper = tmp.path().join("upper");
     let mut s = spec(tmp.path(), &rootfs, &["cat", "/etc/hostname"]);
     s.lower_dirs.push(top);

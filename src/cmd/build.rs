@@ -12,21 +12,23 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
+use kiln_builder::contexts::{
+    ContextSpec, NamedContextSpec, NamedContexts, PrepareOptions, PreparedContext,
+};
 use kiln_builder::copy::{FetchInfo, UrlFetcher};
 use kiln_builder::export::Output;
 use kiln_builder::plan::{BuildOptions, LookupError};
 use kiln_builder::secrets::Secret;
 use kiln_builder::session::{
-    BuildError, BuildSettings, DockerfileInput, Remote, RemoteError, Session,
+    BuildError, BuildResult, BuildSettings, PullPolicy, Remote, RemoteError, Session,
 };
 use kiln_builder::solve::{ImagePuller, SolveError};
 use kiln_layers::{Compression, Descriptor, Digest, Platform, Reference, Reporter, Store};
 use kiln_registry::{Client, ClientConfig};
-use kiln_runtime::{HelperCommand, Network};
+use kiln_runtime::{HelperCommand, Network, HELPER_SUBCOMMAND};
 
 use crate::cmd::limits::LimitArgs;
-use crate::cmd::parse::DockerfileSource;
-use crate::cmd::run::HELPER_SUBCOMMAND;
+use crate::cmd::step_flags::StepArgs;
 use crate::cmd::system::{collect_after, make_room, GcMode};
 use crate::progress::{BuildProgress, ProgressArgs, ProgressMode};
 use crate::settings::GlobalSettings;
@@ -34,7 +36,7 @@ use crate::settings::GlobalSettings;
 #[derive(Debug, Subcommand)]
 pub enum BuildCommand {
     /// Build an image from a Dockerfile.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -53,6 +55,24 @@ pub enum NetworkArg {
     None,
 }
 
+/// `--pull`'s values (see [`PullPolicy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PullArg {
+    Always,
+    Missing,
+    Never,
+}
+
+impl From<PullArg> for PullPolicy {
+    fn from(arg: PullArg) -> PullPolicy {
+        match arg {
+            PullArg::Always => PullPolicy::Always,
+            PullArg::Missing => PullPolicy::Missing,
+            PullArg::Never => PullPolicy::Never,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CompressionArg {
     Gzip,
@@ -61,10 +81,13 @@ pub enum CompressionArg {
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// The build context directory.
+    /// The build context: a directory, a Git URL (`https://…/repo.git#ref:subdir`,
+    /// `git://…`, `git@host:repo`), an `http(s)://` tarball (or Dockerfile), or `-`
+    /// (a tar, or a Dockerfile, on standard input).
     #[arg(value_name = "CONTEXT", default_value = ".")]
-    context: PathBuf,
-    /// The Dockerfile (default: CONTEXT/Dockerfile; `-` reads stdin).
+    context: String,
+    /// The Dockerfile (default: CONTEXT/Dockerfile, else CONTEXT/Containerfile; `-` reads
+    /// stdin; inside a remote context, a path in it).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: Option<PathBuf>,
     /// Name the image (repeatable).
@@ -79,15 +102,34 @@ pub struct BuildArgs {
     /// Target platform (default: this machine's).
     #[arg(long)]
     platform: Option<String>,
-    /// Pull base images even when the store has them.
-    #[arg(long)]
-    pull: bool,
+    /// When to pull base images: `--pull` (or `--pull=always`) pulls even
+    /// those the store has; `missing` (the default) pulls what the store
+    /// lacks; `never` fails on a base the store lacks.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "POLICY",
+        num_args = 0..=1,
+        require_equals = true,
+        default_value_t = PullArg::Missing,
+        default_missing_value = "always"
+    )]
+    pull: PullArg,
     /// Do not use the build cache (results are still cached).
     #[arg(long)]
     no_cache: bool,
+    /// Do not use the build cache for the steps of this stage (by name;
+    /// repeatable); the other stages still use it.
+    #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
+    no_cache_filter: Vec<String>,
     /// Show the plan (stages, steps, cache hits, what runs in parallel) and stop.
     #[arg(long)]
     dry_run: bool,
+    /// Only run the build checks (BuildKit's rules over the stages the
+    /// target needs, as buildx's `--check`) and print what they found;
+    /// exits 1 when they found anything.
+    #[arg(long, conflicts_with = "dry_run")]
+    check: bool,
     /// Format of --dry-run output.
     #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
     format: PlanFormat,
@@ -105,12 +147,29 @@ pub struct BuildArgs {
     /// Write JSON with the image, manifest and config digests to this file.
     #[arg(long, value_name = "FILE")]
     metadata_file: Option<PathBuf>,
-    /// Also export: type=oci,dest=DIR|FILE.tar, type=docker,dest=FILE.tar or type=local,dest=DIR.
+    /// Also export (repeatable): type=oci,dest=DIR|FILE.tar; type=docker,dest=FILE.tar;
+    /// type=local,dest=DIR (or just DIR); type=tar,dest=FILE|- (or just -, to standard output);
+    /// type=image,name=REF[,push=true]; type=registry,name=REF (pushes).
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     outputs: Vec<String>,
     /// Push every tag to its registry after the build.
     #[arg(long)]
     push: bool,
+    /// An additional named context (repeatable): NAME=DIR, NAME=docker-image://REF,
+    /// NAME=GIT-URL or NAME=https://… (the file, named `context`); reached by
+    /// `FROM NAME`, `COPY --from=NAME`, `RUN --mount=from=NAME`, and replacing
+    /// a stage or image of that name.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    build_contexts: Vec<String>,
+    /// Set a label on the image (repeatable): K=V, over the Dockerfile's LABEL.
+    #[arg(long = "label", value_name = "K=V")]
+    labels: Vec<String>,
+    /// Add an annotation (repeatable): [TYPE[,TYPE…]:]K=V, TYPE `manifest` (the
+    /// default) or `manifest-descriptor`, each with an optional `[os/arch]`;
+    /// `index` and `index-descriptor` need an image index, which a
+    /// single-platform build does not write (refused).
+    #[arg(long = "annotation", value_name = "[TYPE:]K=V")]
+    annotations: Vec<String>,
     /// A secret for RUN --mount=type=secret: id=ID,src=FILE (or env=VAR).
     #[arg(long = "secret", value_name = "id=ID,src=FILE")]
     secrets: Vec<String>,
@@ -137,13 +196,15 @@ pub struct BuildArgs {
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
+    step: StepArgs,
+    #[command(flatten)]
     progress: ProgressArgs,
 }
 
 impl BuildCommand {
     pub fn run(self, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
         match self {
-            BuildCommand::Build(args) => build(args, settings),
+            BuildCommand::Build(args) => build(*args, settings),
         }
     }
 }
@@ -178,13 +239,6 @@ impl Reporter for BuildReporter {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
 /// The registry client and its async runtime, made on first use: a build
 /// whose base images are all in the store and that adds no URL needs
 /// neither, and loading the system's CA certificates alone took a good part
@@ -205,7 +259,7 @@ impl LazyClient {
     fn get(&self) -> anyhow::Result<(&tokio::runtime::Runtime, &Arc<Client>)> {
         if self.made.get().is_none() {
             let made = (
-                Arc::new(runtime()?),
+                Arc::new(crate::cmd::runtime()?),
                 Arc::new(Client::new(self.config.clone())?),
             );
             // Another thread may have made one meanwhile: either will do.
@@ -301,9 +355,10 @@ pub(crate) fn parse_build_args(flags: &[String]) -> BTreeMap<String, String> {
 /// started for key files alive for the build.
 fn settings_of(
     args: &BuildArgs,
+    context: &PreparedContext,
+    named: NamedContexts,
     ssh_agents: &mut Vec<kiln_builder::ssh::ForwardedAgent>,
 ) -> anyhow::Result<BuildSettings> {
-    let source = DockerfileSource::read_or_default(args.file.as_deref(), &args.context)?;
     let platform = match &args.platform {
         Some(p) => Platform::parse(p)?,
         None => Platform::host(),
@@ -326,21 +381,23 @@ fn settings_of(
         .map(|spec| Output::parse(spec))
         .collect::<Result<_, _>>()?;
     Ok(BuildSettings {
-        context_dir: args.context.clone(),
-        dockerfile: DockerfileInput {
-            bytes: source.bytes,
-            name: source.name,
-            path: source.path,
-        },
+        context_dir: context.dir.clone(),
+        context_origin: context.origin.clone(),
+        dockerfile: context.dockerfile.clone(),
         options: BuildOptions {
             target: args.target.clone(),
             build_args: parse_build_args(&args.build_args),
             target_platform: platform,
             build_platform: Platform::host(),
+            run: args.step.run_defaults(),
+            named_contexts: named.sources(),
         },
+        named_contexts: named,
         tags,
-        pull: args.pull,
+        pull: args.pull.into(),
         no_cache: args.no_cache,
+        no_cache_stages: args.no_cache_filter.clone(),
+        allow: args.step.entitlements(args.network == NetworkArg::Host),
         source_date_epoch: crate::settings::source_date_epoch(),
         network: match args.network {
             NetworkArg::Host => Network::Host,
@@ -359,6 +416,20 @@ fn settings_of(
         ssh,
         limits: args.limits.limits(),
         outputs,
+        labels: args
+            .labels
+            .iter()
+            .map(|flag| kiln_builder::annotations::parse_label(flag))
+            .collect(),
+        annotations: args
+            .annotations
+            .iter()
+            .map(|flag| kiln_builder::annotations::Annotation::parse(flag))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?
+            .into_iter()
+            .flatten()
+            .collect(),
         push: args.push,
         iidfile: args.iidfile.clone(),
         metadata_file: args.metadata_file.clone(),
@@ -366,44 +437,71 @@ fn settings_of(
     })
 }
 
+/// How a build is shown: the progress printer, the layer reporter, and
+/// whether errors come with the Dockerfile around their line.
+struct Display {
+    mode: ProgressMode,
+    printer: BuildProgress,
+    reporter: Arc<dyn Reporter>,
+    /// Plain or tty progress: Dockerfile excerpts and the summary line.
+    shown: bool,
+}
+
+impl Display {
+    fn new(args: &BuildArgs) -> Self {
+        let progress = args.progress.reporter();
+        let shared_view = progress.multi();
+        let mode = if args.quiet {
+            ProgressMode::Quiet
+        } else {
+            progress.mode()
+        };
+        // --dry-run and --check print their answer and nothing of a build's
+        // progress (--dry-run still its warnings).
+        let printer = BuildProgress::new(
+            if args.dry_run || args.check {
+                ProgressMode::Quiet
+            } else {
+                mode
+            },
+            shared_view,
+        )
+        .show_warnings(mode != ProgressMode::Quiet && !args.check);
+        let reporter: Arc<dyn Reporter> = Arc::new(BuildReporter {
+            inner: if mode == ProgressMode::Quiet {
+                crate::progress::CliReporter::new(ProgressMode::Quiet)
+            } else {
+                progress
+            },
+            // `-v` turns on info logs: it also shows layer packing/unpacking.
+            verbose: tracing::enabled!(tracing::Level::INFO),
+        });
+        Display {
+            mode,
+            printer,
+            reporter,
+            shown: !matches!(mode, ProgressMode::Quiet | ProgressMode::Json),
+        }
+    }
+}
+
 fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let mut ssh_agents = Vec::new();
-    let settings = settings_of(&args, &mut ssh_agents)?;
+    let spec = ContextSpec::parse(&args.context)?;
+    let named_specs = args
+        .build_contexts
+        .iter()
+        .map(|flag| NamedContextSpec::parse_flag(flag))
+        .collect::<Result<Vec<_>, _>>()?;
     let gc_mode = GcMode::from_env()?;
     let store = Store::open(&global.root)?;
-    if !args.dry_run {
+    if !args.dry_run && !args.check {
         // Reads (and checks) the store's gc.toml; collects first when the
         // filesystem has less free than its min-free-space.
         make_room(&store, args.quiet)?;
     }
-    let progress = args.progress.reporter();
-    let shared_view = progress.multi();
-    let mode = if args.quiet {
-        ProgressMode::Quiet
-    } else {
-        progress.mode()
-    };
-    // --dry-run prints the plan and nothing of a build's progress (its
-    // warnings still).
-    let printer = BuildProgress::new(
-        if args.dry_run {
-            ProgressMode::Quiet
-        } else {
-            mode
-        },
-        shared_view,
-    )
-    .show_warnings(mode != ProgressMode::Quiet);
-    let reporter: Arc<dyn Reporter> = Arc::new(BuildReporter {
-        inner: if mode == ProgressMode::Quiet {
-            crate::progress::CliReporter::new(ProgressMode::Quiet)
-        } else {
-            progress
-        },
-        // `-v` turns on info logs: it also shows layer packing/unpacking.
-        verbose: tracing::enabled!(tracing::Level::INFO),
-    });
+    let interruption = crate::cmd::interrupt::Interruption::watch();
+    let display = Display::new(&args);
     // The client is made on first use; a CA file that cannot be read is
     // still an error of every build, as it is of kiln pull.
     for ca in &args.ca_certs {
@@ -413,64 +511,109 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         network: LazyClient::new(ClientConfig {
             insecure_registries: args.insecure_registries.clone(),
             ca_certs: args.ca_certs.clone(),
+            hosts: global.registry_hosts()?,
             timeouts: global.timeouts.clone(),
             ..ClientConfig::default()
         }),
         store: &store,
-        reporter: reporter.clone(),
+        reporter: display.reporter.clone(),
     };
+    let build_args = parse_build_args(&args.build_args);
+    let prepare = PrepareOptions {
+        store: &store,
+        fetcher: &remote,
+        events: &display.printer,
+        keep_git_dir: build_args
+            .get("BUILDKIT_CONTEXT_KEEP_GIT_DIR")
+            .is_some_and(|v| kiln_builder::git::parse_go_bool(v) == Some(true)),
+        mtime_commit: build_args.contains_key("SOURCE_DATE_EPOCH")
+            || crate::settings::source_date_epoch().is_some(),
+        file: args.file.as_deref(),
+    };
+    let context = kiln_builder::contexts::prepare(&spec, &mut std::io::stdin().lock(), &prepare)?;
+    let named = NamedContexts::prepare(&named_specs, &prepare)?;
+    let mut ssh_agents = Vec::new();
+    let settings = settings_of(&args, &context, named, &mut ssh_agents)?;
     let session = Session {
         store: &store,
         settings: &settings,
         remote: &remote,
-        events: &printer,
-        reporter: reporter.as_ref(),
+        events: &display.printer,
+        reporter: display.reporter.as_ref(),
     };
-    let shown = !matches!(mode, ProgressMode::Quiet | ProgressMode::Json);
-    let planned = session
-        .plan()
-        .inspect_err(|e| show_line(&settings, shown, e.line()))?;
+    let show = |e: &BuildError| show_line(&settings, display.shown, e.line());
+    if args.check {
+        return print_checks(&session.check().inspect_err(show)?, args.format);
+    }
+    let planned = session.plan();
+    if let Some(canceled) = interruption.canceled() {
+        return Ok(canceled);
+    }
+    let planned = planned.inspect_err(show)?;
     if args.dry_run {
         crate::cmd::plan_view::print_plan(&planned.plan, &store, args.format)?;
         return Ok(ExitCode::SUCCESS);
     }
     let built = session.build(planned);
-    printer.finish();
-    // The store's automatic collection, once the build holds nothing of it
-    // any more: detached, unless KILN_GC=foreground.
-    let result = match built {
-        Ok(result) => result,
-        Err(e) => {
-            collect_after(&global.root, gc_mode);
-            return Err(build_failure(&settings, &printer, shown, e));
+    display
+        .printer
+        .finish(built.is_ok() && interruption.signal().is_none());
+    let outcome = match (interruption.canceled(), built) {
+        (Some(canceled), _) => Ok(canceled),
+        (None, Err(e)) => Err(build_failure(&settings, &display, e)),
+        (None, Ok(result)) => {
+            report_built(&args, &settings, &display, &result, started);
+            Ok(ExitCode::SUCCESS)
         }
     };
-    print_built(&result, &settings, mode, started, args.quiet);
+    // The store's automatic collection, once the build holds nothing of it
+    // any more (failed and canceled builds too): detached, unless
+    // KILN_GC=foreground.
     collect_after(&global.root, gc_mode);
-    Ok(ExitCode::SUCCESS)
+    outcome
 }
 
-/// What a build says when it is done: pushes, the image id and tags, and
-/// the id on stdout for scripts (`id=$(kiln build -q .)`).
-fn print_built(
-    result: &kiln_builder::session::BuildResult,
+/// `--check`: the checks' report, as `kiln check` prints it (or JSON);
+/// failure when they found anything, as buildx's `--check`.
+fn print_checks(
+    report: &kiln_builder::lint::Report,
+    format: PlanFormat,
+) -> anyhow::Result<ExitCode> {
+    let text = match format {
+        PlanFormat::Json => serde_json::to_string_pretty(report)? + "\n",
+        _ => crate::cmd::check::check_text(report),
+    };
+    crate::cmd::check::write_stdout(&text)?;
+    let clean = report.findings.is_empty() && report.error.is_none();
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// What a finished build says: the pushes, the summary line, and the
+/// image id on stdout for scripts (`id=$(kiln build -q .)`; on a terminal
+/// the summary already said it).
+fn report_built(
+    args: &BuildArgs,
     settings: &BuildSettings,
-    mode: ProgressMode,
+    display: &Display,
+    result: &BuildResult,
     started: Instant,
-    quiet: bool,
 ) {
-    let shown = !matches!(mode, ProgressMode::Quiet | ProgressMode::Json);
-    if mode != ProgressMode::Quiet {
+    if display.mode != ProgressMode::Quiet {
         for (reference, digest) in &result.pushed {
             eprintln!("pushed {reference}: {digest}");
         }
     }
     let image_id = &result.image_id;
-    if shown {
-        let tagged = if settings.tags.is_empty() {
+    if display.shown {
+        let tags = settings.all_tags();
+        let tagged = if tags.is_empty() {
             String::new()
         } else {
-            let names: Vec<String> = settings.tags.iter().map(|t| t.familiar()).collect();
+            let names: Vec<String> = tags.iter().map(|t| t.familiar()).collect();
             format!(", tagged {}", names.join(", "))
         };
         eprintln!(
@@ -478,9 +621,11 @@ fn print_built(
             started.elapsed().as_secs_f64()
         );
     }
-    // The id on stdout for scripts (`id=$(kiln build -q .)`); on a terminal
-    // the line above already said it.
-    if quiet || mode == ProgressMode::Quiet || !std::io::stdout().is_terminal() {
+    // Not when an output is the tar on stdout.
+    let stdout_taken = settings.outputs.iter().any(Output::to_stdout);
+    let wanted =
+        args.quiet || display.mode == ProgressMode::Quiet || !std::io::stdout().is_terminal();
+    if wanted && !stdout_taken {
         println!("{image_id}");
     }
 }
@@ -499,17 +644,13 @@ fn show_line(settings: &BuildSettings, shown: bool, line: Option<usize>) {
 /// A failed build as BuildKit reports it: for a failed RUN, the step's
 /// last output, the Dockerfile around it, then the error without repeating
 /// the output.
-fn build_failure(
-    settings: &BuildSettings,
-    printer: &BuildProgress,
-    shown: bool,
-    error: BuildError,
-) -> anyhow::Error {
+fn build_failure(settings: &BuildSettings, display: &Display, error: BuildError) -> anyhow::Error {
+    let shown = display.shown;
     if let (
         BuildError::Solve(SolveError::RunFailed { last_lines, .. }),
         Some((step, message)),
         true,
-    ) = (&error, printer.failure(), shown)
+    ) = (&error, display.printer.failure(), shown)
     {
         eprintln!("------\n > {step}:");
         for line in last_lines {

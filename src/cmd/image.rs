@@ -2,11 +2,11 @@
 //! `save`, `load`, `import`.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use clap::{Subcommand, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use kiln_layers::archive::{self, Format, SaveItem};
 use kiln_layers::import::{import_rootfs, ImportOptions};
 use kiln_layers::oci::parse_rfc3339;
@@ -73,17 +73,7 @@ pub enum ImageCommand {
     /// with --all or limits, build cache too (least recently used first).
     Prune(crate::cmd::system::PruneArgs),
     /// Write images to an OCI layout (dir or .tar) or a docker-archive tar.
-    Save {
-        #[arg(long, value_enum, default_value_t = SaveFormat::Docker)]
-        format: SaveFormat,
-        /// Output path (`-` for stdout).
-        #[arg(short, long)]
-        output: PathBuf,
-        #[arg(required = true)]
-        images: Vec<String>,
-        #[arg(long)]
-        platform: Option<String>,
-    },
+    Save(SaveArgs),
     /// Load images from an OCI layout (dir or tar) or a docker-archive tar.
     Load {
         #[arg(short, long)]
@@ -92,22 +82,38 @@ pub enum ImageCommand {
         progress: ProgressArgs,
     },
     /// Create a one-layer image from a root filesystem tar (`-` for stdin).
-    Import {
-        rootfs: PathBuf,
-        reference: String,
-        /// Dockerfile instruction applied to the config (CMD, ENTRYPOINT,
-        /// ENV, EXPOSE, HEALTHCHECK, LABEL, ONBUILD, STOPSIGNAL, USER, VOLUME,
-        /// WORKDIR).
-        #[arg(short, long)]
-        change: Vec<String>,
-        /// Platform recorded in the config (default: this machine's).
-        #[arg(long)]
-        platform: Option<String>,
-        #[arg(long, value_enum, default_value_t = LayerCompression::Gzip)]
-        compression: LayerCompression,
-        #[command(flatten)]
-        progress: ProgressArgs,
-    },
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    #[arg(long, value_enum, default_value_t = SaveFormat::Docker)]
+    format: SaveFormat,
+    /// Output path (`-` for stdout).
+    #[arg(short, long)]
+    output: PathBuf,
+    #[arg(required = true)]
+    images: Vec<String>,
+    #[arg(long)]
+    platform: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    rootfs: PathBuf,
+    reference: String,
+    /// Dockerfile instruction applied to the config (CMD, ENTRYPOINT,
+    /// ENV, EXPOSE, HEALTHCHECK, LABEL, ONBUILD, STOPSIGNAL, USER, VOLUME,
+    /// WORKDIR).
+    #[arg(short, long)]
+    change: Vec<String>,
+    /// Platform recorded in the config (default: this machine's).
+    #[arg(long)]
+    platform: Option<String>,
+    #[arg(long, value_enum, default_value_t = LayerCompression::Gzip)]
+    compression: LayerCompression,
+    #[command(flatten)]
+    progress: ProgressArgs,
 }
 
 fn platform(arg: &Option<String>) -> anyhow::Result<Platform> {
@@ -123,113 +129,126 @@ impl ImageCommand {
             .with_context(|| format!("opening the store at {}", settings.root.display()))?;
         match self {
             ImageCommand::Images { quiet, format } => images(&store, quiet, format),
-            ImageCommand::Tag { source, target } => {
-                let found = store.find(&source, &Platform::host())?;
-                let Some(first) = found.first() else {
-                    bail!("image {source} not found");
-                };
-                let target = Reference::parse(&target)?;
-                let mut desc = first.descriptor.clone();
-                desc.annotations.clear();
-                store.tag(&target, &desc)?;
-                Ok(ExitCode::SUCCESS)
-            }
-            ImageCommand::Inspect {
-                images,
-                platform: p,
-            } => {
-                let platform = platform(&p)?;
-                let mut out = Vec::new();
-                for query in &images {
-                    out.push(inspect(&store, query, &platform)?);
-                }
-                let mut stdout = std::io::stdout().lock();
-                serde_json::to_writer_pretty(&mut stdout, &out)?;
-                writeln!(stdout)?;
-                Ok(ExitCode::SUCCESS)
-            }
+            ImageCommand::Tag { source, target } => tag(&store, &source, &target),
+            ImageCommand::Inspect { images, platform } => inspect_all(&store, &images, &platform),
             ImageCommand::Rmi { images, force } => rmi(&store, &images, force),
             ImageCommand::Prune(args) => crate::cmd::system::prune(&store, &args),
-            ImageCommand::Save {
-                format,
-                output,
-                images,
-                platform: p,
-            } => {
-                let platform = platform(&p)?;
-                let mut items = Vec::new();
-                for query in &images {
-                    let found = store.find(query, &platform)?;
-                    for tagged in found {
-                        let image = store.read_image(&tagged.descriptor, &platform)?;
-                        let reference = match tagged.reference {
-                            Some(r) => r,
-                            None => bail!("{query}: an untagged image cannot be saved by id yet; tag it first"),
-                        };
-                        items.push(SaveItem { reference, image });
-                    }
-                }
-                let format = match format {
-                    SaveFormat::Oci => Format::Oci,
-                    SaveFormat::Docker => Format::Docker,
-                };
-                archive::save(&store, &items, format, &output)?;
-                Ok(ExitCode::SUCCESS)
-            }
-            ImageCommand::Load { input, progress } => {
-                let reporter = progress.reporter();
-                let loaded = archive::load(&store, &input, &reporter)?;
-                for l in loaded {
-                    if l.references.is_empty() {
-                        println!("Loaded image ID: {}", l.manifest.digest);
-                    }
-                    for r in l.references {
-                        println!("Loaded image: {}", r.familiar());
-                    }
-                }
-                Ok(ExitCode::SUCCESS)
-            }
-            ImageCommand::Import {
-                rootfs,
-                reference,
-                change,
-                platform: p,
-                compression,
-                progress,
-            } => {
-                let reference = Reference::parse(&reference)?;
-                let reporter = progress.reporter();
-                let mut options = ImportOptions::new(rootfs.display().to_string());
-                options.config = kiln_builder::changes::apply_changes(Default::default(), &change)?;
-                if let Some(epoch) = crate::settings::source_date_epoch() {
-                    options.created = epoch;
-                }
-                options.platform = platform(&p)?;
-                options.compression = match compression {
-                    LayerCompression::Gzip => Compression::Gzip,
-                    LayerCompression::Zstd => Compression::Zstd,
-                    LayerCompression::None => Compression::None,
-                };
-                let _lease = store.lease()?;
-                let desc = if rootfs.as_os_str() == "-" {
-                    options.source = "-".into();
-                    import_rootfs(&store, std::io::stdin(), &options, &reporter)?
-                } else {
-                    let file = std::fs::File::open(&rootfs)
-                        .with_context(|| format!("opening {}", rootfs.display()))?;
-                    options.size = file.metadata().ok().map(|m| m.len());
-                    import_rootfs(&store, file, &options, &reporter)?
-                };
-                store.tag(&reference, &desc)?;
-                let image = store.read_image(&desc, &options.platform)?;
-                println!("{}", image.id());
-                Ok(ExitCode::SUCCESS)
-            }
+            ImageCommand::Save(args) => save(&store, args),
+            ImageCommand::Load { input, progress } => load(&store, &input, &progress),
+            ImageCommand::Import(args) => import(&store, args),
         }
     }
 }
 
-fn ago(created: Option<&str>) -> String {
+/// `kiln tag`: names the image `source` finds `target` too.
+fn tag(store: &Store, source: &str, target: &str) -> anyhow::Result<ExitCode> {
+    let found = store.find(source, &Platform::host())?;
+    let Some(first) = found.first() else {
+        bail!("image {source} not found");
+    };
+    let target = Reference::parse(target)?;
+    let mut desc = first.descriptor.clone();
+    desc.annotations.clear();
+    store.tag(&target, &desc)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln inspect`: one JSON array, an entry per image asked for.
+fn inspect_all(
+    store: &Store,
+    queries: &[String],
+    platform_arg: &Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let platform = platform(platform_arg)?;
+    let mut out = Vec::new();
+    for query in queries {
+        out.push(inspect(store, query, &platform)?);
+    }
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut stdout, &out)?;
+    writeln!(stdout)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln save`: the tagged images the queries find, into one archive.
+fn save(store: &Store, args: SaveArgs) -> anyhow::Result<ExitCode> {
+    let platform = platform(&args.platform)?;
+    let mut items = Vec::new();
+    for query in &args.images {
+        let found = store.find(query, &platform)?;
+        for tagged in found {
+            let image = store.read_image(&tagged.descriptor, &platform)?;
+            let reference = match tagged.reference {
+                Some(r) => r,
+                None => bail!("{query}: an untagged image cannot be saved by id yet; tag it first"),
+            };
+            items.push(SaveItem { reference, image });
+        }
+    }
+    let format = match args.format {
+        SaveFormat::Oci => Format::Oci,
+        SaveFormat::Docker => Format::Docker,
+    };
+    archive::save(store, &items, format, &args.output)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln load`: the archive's images into the store, and their names.
+fn load(store: &Store, input: &Path, progress: &ProgressArgs) -> anyhow::Result<ExitCode> {
+    let reporter = progress.reporter();
+    let loaded = archive::load(store, input, &reporter)?;
+    for l in loaded {
+        if l.references.is_empty() {
+            println!("Loaded image ID: {}", l.manifest.digest);
+        }
+        for r in l.references {
+            println!("Loaded image: {}", r.familiar());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln import`: a one-layer image from a root filesystem tar, tagged;
+/// prints its id.
+fn import(store: &Store, args: ImportArgs) -> anyhow::Result<ExitCode> {
+    let reference = Reference::parse(&args.reference)?;
+    let reporter = args.progress.reporter();
+    let mut options = import_options(&args)?;
+    let rootfs = &args.rootfs;
+    let _lease = store.lease()?;
+    let desc = if rootfs.as_os_str() == "-" {
+        options.source = "-".into();
+        import_rootfs(store, std::io::stdin(), &options, &reporter)?
+    } else {
+        let file =
+            std::fs::File::open(rootfs).with_context(|| format!("opening {}", rootfs.display()))?;
+        options.size = file.metadata().ok().map(|m| m.len());
+        import_rootfs(store, file, &options, &reporter)?
+    };
+    store.tag(&reference, &desc)?;
+    let image = store.read_image(&desc, &options.platform)?;
+    println!("{}", image.id());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The import's config (`--change` applied), creation time
+/// (`SOURCE_DATE_EPOCH`), platform and compression.
+fn import_options(args: &ImportArgs) -> anyhow::Result<ImportOptions> {
+    let mut options = ImportOptions::new(args.rootfs.display().to_string());
+    options.config = kiln_builder::changes::apply_changes(Default::default(), &args.change)?;
+    if let Some(epoch) = crate::settings::source_date_epoch() {
+        options.created = epoch;
+    }
+    options.platform = platform(&args.platform)?;
+    options.compression = match args.compression {
+        LayerCompression::Gzip => Compression::Gzip,
+        LayerCompression::Zstd => Compression::Zstd,
+        LayerCompression::None => Compression::None,
+    };
+    Ok(options)
+}
+
+pub(crate) fn ago(created: Option<&str>) -> String {
     let Some(secs) = created.and_then(parse_rfc3339) else {
         return "N/A".into();
     };

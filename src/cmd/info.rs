@@ -43,8 +43,7 @@ pub struct InfoReport {
 impl InfoReport {
     /// Probes this machine as a run would.
     pub fn probe() -> Self {
-        // SAFETY: geteuid cannot fail.
-        let rootless = unsafe { libc::geteuid() } != 0;
+        let rootless = !rustix::process::geteuid().is_root();
         InfoReport {
             rootless,
             runtime: capabilities(rootless),

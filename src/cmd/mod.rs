@@ -3,11 +3,26 @@
 
 pub mod build;
 pub mod check;
+pub mod explain_image;
 pub mod image;
 pub mod info;
+pub mod interrupt;
+pub mod layers;
 pub mod limits;
 pub mod parse;
 pub mod plan_view;
 pub mod registry;
 pub mod run;
+pub mod step_flags;
 pub mod system;
+
+/// The async runtime for the commands that talk to a registry (pull, push,
+/// login, a build's base images and `ADD <url>`): multi-threaded, I/O and
+/// timers enabled.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context as _;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}

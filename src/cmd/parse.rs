@@ -77,8 +77,6 @@ pub(crate) struct DockerfileSource {
     /// The name errors and warnings show: the path as given (without a
     /// leading `./`), or `-` for standard input.
     pub name: String,
-    /// The file read; None for standard input.
-    pub path: Option<PathBuf>,
 }
 
 impl DockerfileSource {
@@ -92,7 +90,6 @@ impl DockerfileSource {
             return Ok(DockerfileSource {
                 bytes,
                 name: "-".to_string(),
-                path: None,
             });
         }
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -100,18 +97,30 @@ impl DockerfileSource {
         Ok(DockerfileSource {
             bytes,
             name: shown.display().to_string(),
-            path: Some(path.to_path_buf()),
         })
     }
 
-    /// `file`, else `context/Dockerfile` (the `-f` default).
+    /// `file` (a relative one from the current directory, as the docker
+    /// CLI resolves `-f`), else the context's `Dockerfile`, `dockerfile`
+    /// (the docker CLI's fallback) or `Containerfile` (buildah's and
+    /// podman's name), the first that exists.
     pub fn read_or_default(
         file: Option<&Path>,
         context: &Path,
     ) -> anyhow::Result<DockerfileSource> {
-        match file {
-            Some(file) => DockerfileSource::read(file),
-            None => DockerfileSource::read(&context.join("Dockerfile")),
+        if let Some(file) = file {
+            return DockerfileSource::read(file);
+        }
+        let found = kiln_builder::contexts::DOCKERFILE_NAMES
+            .iter()
+            .map(|name| context.join(name))
+            .find(|path| path.is_file());
+        match found {
+            Some(path) => DockerfileSource::read(&path),
+            None => anyhow::bail!(
+                "no Dockerfile (or Containerfile) in {}: give one with -f",
+                context.display()
+            ),
         }
     }
 
@@ -226,7 +235,6 @@ mod tests {
         std::fs::write(&path, b"\xef\xbb\xbfFROM scratch\nLABEL a=\xff\n").unwrap();
         let source = DockerfileSource::read_or_default(None, dir.path()).unwrap();
         assert_eq!(source.text(), "FROM scratch\nLABEL a=\u{fffd}\n");
-        assert_eq!(source.path.as_deref(), Some(path.as_path()));
         assert_eq!(source.parse().unwrap().nodes.len(), 2);
         let missing = DockerfileSource::read(&dir.path().join("nope"))
             .err()

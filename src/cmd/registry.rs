@@ -8,9 +8,10 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use kiln_layers::{Platform, Reporter, Store};
-use kiln_registry::{Client, ClientConfig, Credential, DockerConfig, Reference};
+use kiln_registry::{Client, ClientConfig, Credential, DockerConfig, Reference, Repository};
 use kiln_transfer::{PullOptions, PushOptions};
 
+use crate::cmd::runtime;
 use crate::progress::{human_bytes, ProgressArgs};
 use crate::settings::GlobalSettings;
 
@@ -28,66 +29,29 @@ pub struct RegistryArgs {
 }
 
 impl RegistryArgs {
-    pub fn client_config(&self, settings: &GlobalSettings) -> ClientConfig {
-        ClientConfig {
+    /// The client's settings: these flags merged with the registry
+    /// configuration file's (flags add to the file: a `--ca-cert` is trusted
+    /// for every registry, an `--insecure-registry` host gets plain HTTP and
+    /// unchecked certificates whatever its table says).
+    pub fn client_config(&self, settings: &GlobalSettings) -> anyhow::Result<ClientConfig> {
+        Ok(ClientConfig {
             insecure_registries: self.insecure_registries.clone(),
             ca_certs: self.ca_certs.clone(),
+            hosts: settings.registry_hosts()?,
             timeouts: settings.timeouts.clone(),
             ..ClientConfig::default()
-        }
+        })
     }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RegistryCommand {
     /// Download an image from a registry into the store.
-    Pull {
-        /// Platform to pick from a multi-platform image (default: this machine's).
-        #[arg(long)]
-        platform: Option<String>,
-        /// Blobs downloaded at once.
-        #[arg(long, default_value_t = 6)]
-        concurrency: usize,
-        reference: String,
-        #[command(flatten)]
-        registry: RegistryArgs,
-        #[command(flatten)]
-        progress: ProgressArgs,
-    },
+    Pull(PullArgs),
     /// Upload images from the store to the registries their names point at.
-    Push {
-        #[arg(required = true)]
-        references: Vec<String>,
-        /// Blobs uploaded at once.
-        #[arg(long, default_value_t = 6)]
-        concurrency: usize,
-        /// Ask the registry to mount blobs from this repository of the same
-        /// registry before uploading them.
-        #[arg(long, value_name = "REPOSITORY")]
-        mount_from: Option<String>,
-        /// Upload blobs in PATCH chunks of this many bytes instead of one PUT each.
-        #[arg(long, value_name = "BYTES")]
-        chunk_size: Option<u64>,
-        #[command(flatten)]
-        registry: RegistryArgs,
-        #[command(flatten)]
-        progress: ProgressArgs,
-    },
+    Push(PushArgs),
     /// Check credentials with a registry and store them in Docker's config.json.
-    Login {
-        #[arg(short, long)]
-        username: Option<String>,
-        /// Password (prefer --password-stdin: command lines are visible to others).
-        #[arg(short, long, conflicts_with = "password_stdin")]
-        password: Option<String>,
-        /// Read the password from standard input.
-        #[arg(long)]
-        password_stdin: bool,
-        /// Registry HOST or HOST:PORT (default: docker.io).
-        host: Option<String>,
-        #[command(flatten)]
-        registry: RegistryArgs,
-    },
+    Login(LoginArgs),
     /// Remove a registry's credentials from Docker's config.json.
     Logout {
         /// Registry HOST or HOST:PORT (default: docker.io).
@@ -95,13 +59,56 @@ pub enum RegistryCommand {
     },
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Platform to pick from a multi-platform image (default: this machine's).
+    #[arg(long)]
+    platform: Option<String>,
+    /// Blobs downloaded at once.
+    #[arg(long, default_value_t = 6)]
+    concurrency: usize,
+    reference: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    #[command(flatten)]
+    progress: ProgressArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    #[arg(required = true)]
+    references: Vec<String>,
+    /// Blobs uploaded at once.
+    #[arg(long, default_value_t = 6)]
+    concurrency: usize,
+    /// Ask the registry to mount blobs from this repository of the same
+    /// registry before uploading them.
+    #[arg(long, value_name = "REPOSITORY")]
+    mount_from: Option<String>,
+    /// Upload blobs in PATCH chunks of this many bytes instead of one PUT each.
+    #[arg(long, value_name = "BYTES")]
+    chunk_size: Option<u64>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    #[command(flatten)]
+    progress: ProgressArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    #[arg(short, long)]
+    username: Option<String>,
+    /// Password (prefer --password-stdin: command lines are visible to others).
+    #[arg(short, long, conflicts_with = "password_stdin")]
+    password: Option<String>,
+    /// Read the password from standard input.
+    #[arg(long)]
+    password_stdin: bool,
+    /// Registry HOST or HOST:PORT (default: docker.io).
+    host: Option<String>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
 /// `https://host:5000/v1/` or `host:5000` → `host:5000`; Docker Hub's names → `docker.io`.
 fn registry_host(host: Option<&str>) -> anyhow::Result<String> {
     let Some(host) = host else {
@@ -126,140 +133,147 @@ fn registry_host(host: Option<&str>) -> anyhow::Result<String> {
 impl RegistryCommand {
     pub fn run(self, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
         match self {
-            RegistryCommand::Pull {
-                platform,
-                concurrency,
-                reference,
-                registry,
-                progress,
-            } => {
-                let reference = Reference::parse(&reference)?;
-                let platform = match platform {
-                    Some(p) => Platform::parse(&p)?,
-                    None => Platform::host(),
-                };
-                let store = Store::open(&settings.root)?;
-                let client = Arc::new(Client::new(registry.client_config(settings))?);
-                let reporter = Arc::new(progress.reporter());
-                reporter.println(&format!("Pulling {reference}"));
-                let mut options = PullOptions::new(platform);
-                options.concurrency = concurrency;
-                let shared: Arc<dyn Reporter> = reporter.clone();
-                let pulled = runtime()?.block_on(kiln_transfer::pull(
-                    &client, &store, &reference, &options, shared,
-                ))?;
-                reporter.println(&format!("Digest: {}", pulled.resolved_digest));
-                reporter.println(&if pulled.blobs_fetched == 0 {
-                    format!("Status: Image is up to date for {reference}")
-                } else {
-                    format!(
-                        "Status: Downloaded newer image for {reference} ({} blobs, {})",
-                        pulled.blobs_fetched,
-                        human_bytes(pulled.bytes_fetched)
-                    )
-                });
-                println!("{reference}");
-                Ok(ExitCode::SUCCESS)
-            }
-            RegistryCommand::Push {
-                references,
-                concurrency,
-                mount_from,
-                chunk_size,
-                registry,
-                progress,
-            } => {
-                let references = references
-                    .iter()
-                    .map(|r| Reference::parse(r))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let store = Store::open(&settings.root)?;
-                let mut config = registry.client_config(settings);
-                config.chunk_size = chunk_size.filter(|&n| n > 0);
-                let client = Arc::new(Client::new(config)?);
-                let reporter = Arc::new(progress.reporter());
-                let runtime = runtime()?;
-                for reference in &references {
-                    let mount_from = match &mount_from {
-                        Some(repo) => Some(
-                            Reference::parse(&format!("{}/{repo}", reference.registry()))
-                                .or_else(|_| Reference::parse(repo))
-                                .with_context(|| format!("--mount-from {repo}"))?
-                                .repository,
-                        ),
-                        None => None,
-                    };
-                    let options = PushOptions {
-                        concurrency,
-                        mount_from,
-                        ..PushOptions::default()
-                    };
-                    let shared: Arc<dyn Reporter> = reporter.clone();
-                    let pushed = runtime.block_on(kiln_transfer::push(
-                        &client, &store, reference, &options, shared,
-                    ))?;
-                    println!(
-                        "{reference}: digest: {} size: {}",
-                        pushed.digest, pushed.size
-                    );
-                }
-                Ok(ExitCode::SUCCESS)
-            }
-            RegistryCommand::Login {
-                username,
-                password,
-                password_stdin,
-                host,
-                registry,
-            } => {
-                let host = registry_host(host.as_deref())?;
-                let Some(username) = username else {
-                    bail!("kiln login needs -u USERNAME");
-                };
-                let password = match (password, password_stdin) {
-                    (Some(p), _) => {
-                        eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
-                        p
-                    }
-                    (None, true) => {
-                        let mut text = String::new();
-                        std::io::stdin()
-                            .read_to_string(&mut text)
-                            .context("reading the password from standard input")?;
-                        text.trim_end_matches(['\n', '\r']).to_string()
-                    }
-                    (None, false) => bail!("give the password with --password-stdin (or -p)"),
-                };
-                if password.is_empty() {
-                    bail!("the password is empty");
-                }
-                let mut config = registry.client_config(settings);
-                config.credentials.explicit.insert(
-                    host.clone(),
-                    Credential::UsernamePassword {
-                        username: username.clone(),
-                        password: password.clone(),
-                    },
-                );
-                let client = Client::new(config)?;
-                runtime()?
-                    .block_on(client.check_login(&host))
-                    .with_context(|| format!("logging in to {host} as {username}"))?;
-                DockerConfig::from_env()?.store(&host, &username, &password)?;
-                println!("Login Succeeded");
-                Ok(ExitCode::SUCCESS)
-            }
-            RegistryCommand::Logout { host } => {
-                let host = registry_host(host.as_deref())?;
-                if DockerConfig::from_env()?.erase(&host)? {
-                    println!("Removing login credentials for {host}");
-                } else {
-                    println!("Not logged in to {host}");
-                }
-                Ok(ExitCode::SUCCESS)
-            }
+            RegistryCommand::Pull(args) => pull(args, settings),
+            RegistryCommand::Push(args) => push(args, settings),
+            RegistryCommand::Login(args) => login(args, settings),
+            RegistryCommand::Logout { host } => logout(host.as_deref()),
         }
     }
+}
+
+/// `kiln pull`: the image into the store, then what changed.
+fn pull(args: PullArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
+    let reference = Reference::parse(&args.reference)?;
+    let platform = match args.platform {
+        Some(p) => Platform::parse(&p)?,
+        None => Platform::host(),
+    };
+    let store = Store::open(&settings.root)?;
+    let client = Arc::new(Client::new(args.registry.client_config(settings)?)?);
+    let reporter = Arc::new(args.progress.reporter());
+    reporter.println(&format!("Pulling {reference}"));
+    let mut options = PullOptions::new(platform);
+    options.concurrency = args.concurrency;
+    let shared: Arc<dyn Reporter> = reporter.clone();
+    let pulled = runtime()?.block_on(kiln_transfer::pull(
+        &client, &store, &reference, &options, shared,
+    ))?;
+    reporter.println(&format!("Digest: {}", pulled.resolved_digest));
+    reporter.println(&if pulled.blobs_fetched == 0 {
+        format!("Status: Image is up to date for {reference}")
+    } else {
+        format!(
+            "Status: Downloaded newer image for {reference} ({} blobs, {})",
+            pulled.blobs_fetched,
+            human_bytes(pulled.bytes_fetched)
+        )
+    });
+    println!("{reference}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln push`: each image to the registry its name points at.
+fn push(args: PushArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
+    let references = args
+        .references
+        .iter()
+        .map(|r| Reference::parse(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let store = Store::open(&settings.root)?;
+    let mut config = args.registry.client_config(settings)?;
+    config.chunk_size = args.chunk_size.filter(|&n| n > 0);
+    let client = Arc::new(Client::new(config)?);
+    let reporter = Arc::new(args.progress.reporter());
+    let runtime = runtime()?;
+    for reference in &references {
+        let options = PushOptions {
+            concurrency: args.concurrency,
+            mount_from: mount_source(args.mount_from.as_deref(), reference)?,
+            ..PushOptions::default()
+        };
+        let shared: Arc<dyn Reporter> = reporter.clone();
+        let pushed = runtime.block_on(kiln_transfer::push(
+            &client, &store, reference, &options, shared,
+        ))?;
+        println!(
+            "{reference}: digest: {} size: {}",
+            pushed.digest, pushed.size
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The repository `--mount-from` names, in `reference`'s registry unless
+/// it names a registry itself.
+fn mount_source(
+    mount_from: Option<&str>,
+    reference: &Reference,
+) -> anyhow::Result<Option<Repository>> {
+    let Some(repo) = mount_from else {
+        return Ok(None);
+    };
+    let named = Reference::parse(&format!("{}/{repo}", reference.registry()))
+        .or_else(|_| Reference::parse(repo))
+        .with_context(|| format!("--mount-from {repo}"))?;
+    Ok(Some(named.repository))
+}
+
+/// `kiln login`: checks the credentials with the registry, then stores them.
+fn login(args: LoginArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
+    let host = registry_host(args.host.as_deref())?;
+    let Some(username) = args.username else {
+        bail!("kiln login needs -u USERNAME");
+    };
+    let password = read_password(args.password, args.password_stdin)?;
+    let mut config = args.registry.client_config(settings)?;
+    config.credentials.explicit.insert(
+        host.clone(),
+        Credential::UsernamePassword {
+            username: username.clone(),
+            password: password.clone(),
+        },
+    );
+    let client = Client::new(config)?;
+    runtime()?
+        .block_on(client.check_login(&host))
+        .with_context(|| format!("logging in to {host} as {username}"))?;
+    DockerConfig::from_env()?.store(&host, &username, &password)?;
+    println!("Login Succeeded");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The password `-p` gives (with a warning) or standard input holds (less
+/// its line ending); an empty one is refused.
+fn read_password(flag: Option<String>, from_stdin: bool) -> anyhow::Result<String> {
+    let password = match (flag, from_stdin) {
+        (Some(p), _) => {
+            eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
+            p
+        }
+        (None, true) => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading the password from standard input")?;
+            text.trim_end_matches(['\n', '\r']).to_string()
+        }
+        (None, false) => bail!("give the password with --password-stdin (or -p)"),
+    };
+    if password.is_empty() {
+        bail!("the password is empty");
+    }
+    Ok(password)
+}
+
+/// `kiln logout`: forgets the registry's credentials.
+fn logout(host: Option<&str>) -> anyhow::Result<ExitCode> {
+    let host = registry_host(host)?;
+    if DockerConfig::from_env()?.erase(&host)? {
+        println!("Removing login credentials for {host}");
+    } else {
+        println!("Not logged in to {host}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -21,8 +21,9 @@ use crate::cmd::limits::LimitArgs;
 use crate::cmd::system::{collect_after, GcMode};
 use crate::settings::GlobalSettings;
 
-/// The hidden subcommand the runtime re-executes kiln into.
-pub const HELPER_SUBCOMMAND: &str = "__runtime-helper";
+/// The hidden subcommand the runtime re-executes kiln into (the runtime's
+/// constant, re-exported for the commands that start runs).
+use kiln_runtime::HELPER_SUBCOMMAND;
 
 /// Docker's exit code when the container could not be created or started.
 const EXIT_RUN_FAILED: u8 = 125;

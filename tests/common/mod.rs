@@ -18,7 +18,8 @@ pub fn kiln_bin() -> PathBuf {
 /// no `KILN_ROOT`, `KILN_LOG` or registry timeouts from the environment, and
 /// the automatic collection after a build run in the build's own process
 /// (`KILN_GC=foreground`): a test sees the store as the build left it, with
-/// no collection running behind its back.
+/// no collection running behind its back; and no registry configuration
+/// file.
 pub fn kiln_command() -> Command {
     let mut command = Command::new(kiln_bin());
     command
@@ -28,7 +29,9 @@ pub fn kiln_command() -> Command {
         .env_remove("KILN_LOG")
         .env_remove("KILN_REGISTRY_TIMEOUT")
         .env_remove("KILN_REGISTRY_SPEED_LIMIT")
-        .env_remove("KILN_REGISTRY_SPEED_TIME");
+        .env_remove("KILN_REGISTRY_SPEED_TIME")
+        // No registry configuration file (not the host's default one).
+        .env("KILN_REGISTRY_CONFIG", "");
     command
 }
 

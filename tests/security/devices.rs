@@ -83,18 +83,15 @@ fn import_device_image(fixture: &Fixture) {
     let rootfs = fixture.dir("devimg-rootfs");
     busybox_rootfs_dir(&rootfs).expect("busybox rootfs");
     for (name, minor) in [("kmsg", 11), ("mem", 1)] {
-        let path = std::ffi::CString::new(rootfs.join(name).to_str().expect("utf-8").as_bytes())
-            .expect("path");
-        // SAFETY: mknod with a valid C string; the node is made in a test
-        // directory and never opened here.
-        let rc = unsafe {
-            libc::mknod(
-                path.as_ptr(),
-                libc::S_IFCHR | 0o666,
-                libc::makedev(1, minor),
-            )
-        };
-        assert_eq!(rc, 0, "mknod {name}: {}", std::io::Error::last_os_error());
+        // Made in a test directory and never opened here.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            rootfs.join(name),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(1, minor),
+        )
+        .unwrap_or_else(|e| panic!("mknod {name}: {e}"));
         std::fs::set_permissions(
             rootfs.join(name),
             std::os::unix::fs::PermissionsExt::from_mode(0o666),

@@ -33,8 +33,10 @@ fn kiln_with_open_fds(fixture: &Fixture, host_dir: &std::path::Path, args: &[&st
         .args(args)
         .env("KILN_PROGRESS", "plain")
         .stdin(Stdio::null());
-    // SAFETY: dup2 and fcntl are async-signal-safe; the closure allocates
-    // nothing.
+    // SAFETY: between fork and exec the closure only calls dup2 and fcntl
+    // (async-signal-safe) on descriptor numbers, allocating nothing; rustix
+    // would need an OwnedFd for each target number, which only unsafe code
+    // makes.
     unsafe {
         command.pre_exec(move || {
             for fd in 3..1024 {
@@ -135,7 +137,7 @@ fn the_probe_finds_an_inherited_descriptor_on_the_host() {
     let source = dir.as_raw_fd();
     let mut command = Command::new("sh");
     command.arg("-c").arg(PROBE);
-    // SAFETY: as in kiln_with_open_fds.
+    // SAFETY: as in kiln_with_open_fds: only dup2 between fork and exec.
     unsafe {
         command.pre_exec(move || {
             // dup2 onto itself would leave close-on-exec set: clear it then.

@@ -331,8 +331,9 @@ fn host_side_cgroups_hold_the_limits_while_a_container_runs() {
         let memory_max = control(&dirs, "memory.limit_in_bytes")
             .or_else(|| control(&dirs, "memory.max"))
             .map(|v| v.parse::<u64>().unwrap());
-        // SAFETY: kill the kiln we started; it forwards SIGTERM.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        // The kiln we started; it forwards SIGTERM.
+        let pid = rustix::process::Pid::from_child(&child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("kill");
         let _ = child.wait();
         assert_eq!(pids_max.as_deref(), pids, "{flags:?}");
         match (memory, memory_max) {

@@ -56,12 +56,8 @@ fn a_new_store_is_private_and_a_looser_one_is_fixed_on_open() {
 /// Whether `path` is on a filesystem mounted nosuid (a setuid binary there
 /// runs without its owner's rights).
 fn nosuid(path: &Path) -> bool {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
-    // SAFETY: statvfs fills the zeroed struct we own.
-    unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        libc::statvfs(c.as_ptr(), &mut st) == 0 && st.f_flag & libc::ST_NOSUID != 0
-    }
+    rustix::fs::statvfs(path)
+        .is_ok_and(|st| st.f_flag.contains(rustix::fs::StatVfsMountFlags::NOSUID))
 }
 
 /// Runs `binary secret` as uid/gid 65534: `Ok(output)` when it could be
@@ -170,12 +166,9 @@ fn a_setuid_binary_in_a_snapshot_is_out_of_other_users_reach() {
 /// a test that points `XDG_RUNTIME_DIR` at `xdg`: /run/kiln when /run is a
 /// tmpfs, else `xdg`/kiln.
 fn run_scratch_base(xdg: &Path) -> PathBuf {
-    let c = std::ffi::CString::new("/run").expect("path");
-    // SAFETY: statfs fills the zeroed struct we own.
-    let run_is_tmpfs = unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == 0x0102_1994
-    };
+    // f_type is an i64 on x86_64, not on every architecture.
+    #[allow(clippy::unnecessary_cast)]
+    let run_is_tmpfs = rustix::fs::statfs("/run").is_ok_and(|st| st.f_type as i64 == 0x0102_1994);
     if run_is_tmpfs {
         PathBuf::from("/run/kiln")
     } else {

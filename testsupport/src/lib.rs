@@ -17,6 +17,10 @@
 //!   `KILN_TEST_ALLOW_SKIP=1`) and the rootless test user.
 //! - [`empty_docker_config`]: a `DOCKER_CONFIG` that keeps the host's
 //!   `~/.docker` out of tests.
+//! - [`golden`]: golden-file comparison, rewritten with `KILN_BLESS=1`.
+//! - [`git`]: a `git daemon` serving test repositories on loopback.
+//! - [`http`]: a small HTTP file server (optionally behind basic auth)
+//!   that records the requests it got.
 //!
 //! ```no_run
 //! use kiln_testsupport::RegistryServer;
@@ -25,6 +29,11 @@
 //! // stopped (kill + wait) when `registry` drops
 //! ```
 
+#![forbid(unsafe_code)]
+
+pub mod git;
+pub mod golden;
+pub mod http;
 pub mod image;
 mod process;
 pub mod proxy;

@@ -25,6 +25,8 @@
 //! # Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod config;
 mod error;
 mod origins;

@@ -114,75 +114,18 @@ pub async fn pull(
     )
     .await?;
     let manifest_digest = manifest_desc.digest.to_string();
-
     // Refuse what kiln cannot use before downloading anything.
-    check_config_media_type(&manifest, &image, &manifest_digest)?;
-    for layer in &manifest.layers {
-        if !media::is_layer(&layer.media_type) {
-            return Err(TransferError::UnknownMediaType {
-                image,
-                manifest: manifest_digest,
-                role: "layer",
-                digest: layer.digest.to_string(),
-                media_type: layer.media_type.clone(),
-            });
-        }
-    }
-
-    let mut blobs: Vec<(&'static str, Descriptor)> = vec![("config", manifest.config.clone())];
-    blobs.extend(manifest.layers.iter().map(|l| ("layer", l.clone())));
-    let semaphore = Arc::new(Semaphore::new(options.concurrency.max(1)));
-    let mut tasks = JoinSet::new();
-    for (role, desc) in blobs {
-        let (client, store, reporter, semaphore) = (
-            client.clone(),
-            store.clone(),
-            reporter.clone(),
-            semaphore.clone(),
-        );
-        let repository = reference.repository.clone();
-        let (image, manifest_digest) = (image.clone(), manifest_digest.clone());
-        tasks.spawn(async move {
-            let _permit = semaphore.acquire_owned().await;
-            fetch_blob(
-                &client,
-                &store,
-                &repository,
-                role,
-                &desc,
-                &image,
-                &manifest_digest,
-                reporter.as_ref(),
-            )
-            .await
-        });
-    }
-    let mut first_error = None;
-    let (mut blobs_fetched, mut bytes_fetched) = (0, 0);
-    while let Some(joined) = tasks.join_next().await {
-        let result = joined.map_err(|e| TransferError::Task {
-            what: format!("pulling {image}"),
-            detail: e.to_string(),
-        });
-        match result.and_then(|r| r) {
-            Ok(Some(bytes)) => {
-                blobs_fetched += 1;
-                bytes_fetched += bytes;
-            }
-            Ok(None) => {}
-            Err(err) => {
-                if first_error.is_none() {
-                    first_error = Some(err);
-                    // Stop the other downloads: the pull has failed.
-                    tasks.abort_all();
-                }
-            }
-        }
-    }
-    if let Some(err) = first_error {
-        return Err(err);
-    }
-
+    check_media_types(&manifest, &image, &manifest_digest)?;
+    let run = PullRun {
+        client: client.clone(),
+        store: store.clone(),
+        repository: reference.repository.clone(),
+        image: image.clone(),
+        manifest_digest,
+        reporter,
+    };
+    let (blobs_fetched, bytes_fetched) =
+        fetch_blobs(Arc::new(run), &manifest, options.concurrency).await?;
     if manifest_desc.platform.is_none() {
         manifest_desc.platform = store
             .read_config(&manifest.config)
@@ -329,6 +272,74 @@ pub(crate) fn check_config_media_type(
     Ok(())
 }
 
+/// Refuses a manifest whose config or layers kiln cannot read.
+fn check_media_types(
+    manifest: &Manifest,
+    image: &str,
+    manifest_digest: &str,
+) -> Result<(), TransferError> {
+    check_config_media_type(manifest, image, manifest_digest)?;
+    for layer in &manifest.layers {
+        if !media::is_layer(&layer.media_type) {
+            return Err(TransferError::UnknownMediaType {
+                image: image.to_string(),
+                manifest: manifest_digest.to_string(),
+                role: "layer",
+                digest: layer.digest.to_string(),
+                media_type: layer.media_type.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Fetches the config and layers of `manifest` into the store,
+/// `concurrency` at a time; the first failure stops the others. Returns
+/// how many blobs were downloaded and the bytes received.
+async fn fetch_blobs(
+    run: Arc<PullRun>,
+    manifest: &Manifest,
+    concurrency: usize,
+) -> Result<(usize, u64), TransferError> {
+    let mut blobs: Vec<(&'static str, Descriptor)> = vec![("config", manifest.config.clone())];
+    blobs.extend(manifest.layers.iter().map(|l| ("layer", l.clone())));
+    let semaphore = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    for (role, desc) in blobs {
+        let (run, semaphore) = (run.clone(), semaphore.clone());
+        tasks.spawn(async move {
+            let _permit = semaphore.acquire_owned().await;
+            fetch_blob(&run, role, &desc).await
+        });
+    }
+    let mut first_error = None;
+    let (mut blobs_fetched, mut bytes_fetched) = (0, 0);
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.map_err(|e| TransferError::Task {
+            what: format!("pulling {}", run.image),
+            detail: e.to_string(),
+        });
+        match result.and_then(|r| r) {
+            Ok(Some(bytes)) => {
+                blobs_fetched += 1;
+                bytes_fetched += bytes;
+            }
+            Ok(None) => {}
+            Err(err) => {
+                if first_error.is_none() {
+                    first_error = Some(err);
+                    // Stop the other downloads: the pull has failed.
+                    tasks.abort_all();
+                }
+            }
+        }
+    }
+    match first_error {
+        Some(err) => Err(err),
+        None => Ok((blobs_fetched, bytes_fetched)),
+    }
+}
+
 /// The platform an image config describes.
 pub(crate) fn platform_of(config: &ImageConfig) -> Platform {
     Platform {
@@ -361,23 +372,18 @@ fn select<'i>(
 
 /// Fetches one blob into the store unless it is there; `Some(bytes)` when
 /// downloaded (not counting bytes an earlier pull left to resume from).
-#[allow(clippy::too_many_arguments)]
 async fn fetch_blob(
-    client: &Client,
-    store: &Store,
-    repository: &kiln_registry::Repository,
+    run: &PullRun,
     role: &'static str,
     desc: &Descriptor,
-    image: &str,
-    manifest_digest: &str,
-    reporter: &dyn Reporter,
 ) -> Result<Option<u64>, TransferError> {
+    let (store, repository, reporter) = (&run.store, &run.repository, run.reporter.as_ref());
     let id = desc.digest.to_string();
     let origins = BlobOrigins::new(store);
     let present = store
         .blob_size(&desc.digest)
         .map_err(|source| TransferError::Store {
-            context: format!("{image}: {role} {id}"),
+            context: format!("{}: {role} {id}", run.image),
             cause: Box::new(source),
         })?;
     reporter.start(&id, role, Some(desc.size));
@@ -386,16 +392,7 @@ async fn fetch_blob(
         reporter.done(&id, Outcome::Skipped("already in the store".into()));
         return Ok(None);
     }
-    let blob = BlobFetch {
-        client,
-        store,
-        repository,
-        role,
-        desc,
-        image,
-        manifest_digest,
-        reporter,
-    };
+    let blob = BlobFetch { run, role, desc };
     let mut from_zero = false;
     // Bytes downloaded by an attempt whose result was thrown away count too.
     let mut wasted = 0;
@@ -445,16 +442,24 @@ enum Attempt {
     Failed(TransferError),
 }
 
+/// What every blob of one pull is fetched with (shared by the tasks that
+/// fetch them).
+struct PullRun {
+    client: Arc<Client>,
+    store: Store,
+    repository: kiln_registry::Repository,
+    /// The reference pulled, as messages name it.
+    image: String,
+    /// The image manifest naming the blobs, for messages.
+    manifest_digest: String,
+    reporter: Arc<dyn Reporter>,
+}
+
 /// One blob being pulled, for [`BlobFetch::attempt`].
 struct BlobFetch<'a> {
-    client: &'a Client,
-    store: &'a Store,
-    repository: &'a kiln_registry::Repository,
+    run: &'a PullRun,
     role: &'static str,
     desc: &'a Descriptor,
-    image: &'a str,
-    manifest_digest: &'a str,
-    reporter: &'a dyn Reporter,
 }
 
 /// Runs blocking file work (hashing a partial file, fsync at commit) off
@@ -473,7 +478,7 @@ fn blocking<T>(work: impl FnOnce() -> T) -> T {
 impl BlobFetch<'_> {
     fn store_error(&self, source: kiln_layers::Error) -> TransferError {
         TransferError::Store {
-            context: format!("{}: {} {}", self.image, self.role, self.desc.digest),
+            context: format!("{}: {} {}", self.run.image, self.role, self.desc.digest),
             cause: Box::new(source),
         }
     }
@@ -482,11 +487,11 @@ impl BlobFetch<'_> {
     /// killed pull left there unless `from_zero`, and commits it; returns
     /// the bytes downloaded.
     async fn attempt(&self, from_zero: bool) -> Result<u64, Attempt> {
-        let desc = self.desc;
+        let (run, desc) = (self.run, self.desc);
         let id = desc.digest.to_string();
         let failed = |e| Attempt::Failed(e);
         // Opening hashes the bytes already in the partial file.
-        let mut writer = blocking(|| self.store.ingest_resumable(desc.clone()))
+        let mut writer = blocking(|| run.store.ingest_resumable(desc.clone()))
             .map_err(|e| failed(self.store_error(e)))?;
         if from_zero && writer.offset() > 0 {
             writer.reset().map_err(|e| failed(self.store_error(e)))?;
@@ -494,12 +499,12 @@ impl BlobFetch<'_> {
         let resumed_from = writer.offset();
         if resumed_from > 0 {
             tracing::debug!(digest = %id, resumed_from, "resuming a partial download");
-            self.reporter.progress(&id, resumed_from);
+            run.reporter.progress(&id, resumed_from);
         }
         let mut sink = ProgressWriter {
             // Network chunks are small; write the ingest file in large pieces.
             inner: std::io::BufWriter::with_capacity(1 << 20, writer),
-            reporter: self.reporter,
+            reporter: run.reporter.as_ref(),
             id: id.clone(),
             written: resumed_from,
             reported: resumed_from,
@@ -507,10 +512,10 @@ impl BlobFetch<'_> {
         // The ingest writer hashes every byte (those already in the file
         // included) and refuses a mismatch at commit; the client need not
         // hash them a second time.
-        let result = self
+        let result = run
             .client
             .fetch_blob_sink_verifies(
-                self.repository,
+                &run.repository,
                 &desc.digest,
                 desc.size,
                 resumed_from,
@@ -523,8 +528,8 @@ impl BlobFetch<'_> {
             return Err(match err {
                 kiln_registry::Error::NotFound { registry, .. } => {
                     failed(TransferError::MissingBlob {
-                        image: self.image.to_string(),
-                        manifest: self.manifest_digest.to_string(),
+                        image: run.image.clone(),
+                        manifest: run.manifest_digest.clone(),
                         role: self.role,
                         digest: id,
                         registry,
@@ -545,7 +550,7 @@ impl BlobFetch<'_> {
                 other => failed(TransferError::Registry(other)),
             });
         }
-        self.reporter.progress(&id, desc.size);
+        run.reporter.progress(&id, desc.size);
         let writer = sink.inner.into_inner().map_err(|err| {
             failed(self.store_error(kiln_layers::Error::io(
                 "write",
@@ -559,8 +564,8 @@ impl BlobFetch<'_> {
             Err(kiln_layers::Error::DigestMismatch { actual, .. }) => {
                 // Bytes that do not match their name: say where they came from.
                 let err = TransferError::Registry(kiln_registry::Error::DigestMismatch {
-                    registry: self.repository.registry.clone(),
-                    repository: self.repository.name.clone(),
+                    registry: run.repository.registry.clone(),
+                    repository: run.repository.name.clone(),
                     digest: id,
                     actual: actual.to_string(),
                 });

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kiln_layers::compressed::compressed_image;
-use kiln_layers::oci::{parse_manifest, Descriptor, ManifestKind};
+use kiln_layers::oci::{parse_manifest, Descriptor, Manifest, ManifestKind};
 use kiln_layers::{Compression, Digest, Outcome, Reporter, Store};
 use kiln_registry::{BlobSource, Client, PushOutcome, Reference, Repository};
 use tokio::sync::Semaphore;
@@ -133,27 +133,7 @@ pub async fn push_descriptor(
         context: format!("pushing {image}"),
         cause: Box::new(source),
     })?;
-    let desc = {
-        let (store, desc, reporter) = (store.clone(), desc.clone(), reporter.clone());
-        let compression = options.compression;
-        tokio::task::spawn_blocking(move || {
-            compressed_image(&store, &desc, compression, reporter.as_ref())
-        })
-        .await
-        .map_err(|e| TransferError::Store {
-            context: format!("compressing the layers of {image}"),
-            cause: Box::new(kiln_layers::Error::io(
-                "compress",
-                std::path::Path::new("layers"),
-                std::io::Error::other(e.to_string()),
-            )),
-        })?
-        .map_err(|source| TransferError::Store {
-            context: format!("compressing the layers of {image}"),
-            cause: Box::new(source),
-        })?
-    };
-    let desc = &desc;
+    let desc = compress_layers(store, desc, options.compression, &reporter, &image).await?;
     let mut pushed = Pushed {
         reference: target.clone(),
         digest: desc.digest.clone(),
@@ -167,61 +147,84 @@ pub async fn push_descriptor(
         (None, Some(digest)) => digest.to_string(),
         (None, None) => "latest".to_string(),
     };
-    push_manifest_tree(
+    let run = PushRun {
         client,
         store,
-        desc,
         target,
-        &tag,
         options,
-        &reporter,
-        &image,
-        &mut pushed,
-        0,
-    )
-    .await?;
+        reporter: &reporter,
+        image,
+    };
+    push_manifest_tree(&run, &desc, &tag, &mut pushed, 0).await?;
     Ok(pushed)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn push_manifest_tree(
-    client: &Arc<Client>,
+/// The image `desc` names with its plain layers compressed
+/// ([`compressed_image`], on a blocking thread): the descriptor to push.
+async fn compress_layers(
     store: &Store,
     desc: &Descriptor,
-    target: &Reference,
-    tag: &str,
-    options: &PushOptions,
+    compression: Compression,
     reporter: &Arc<dyn Reporter>,
     image: &str,
+) -> Result<Descriptor, TransferError> {
+    let (store, desc, reporter) = (store.clone(), desc.clone(), reporter.clone());
+    let context = || format!("compressing the layers of {image}");
+    tokio::task::spawn_blocking(move || {
+        compressed_image(&store, &desc, compression, reporter.as_ref())
+    })
+    .await
+    .map_err(|e| TransferError::Store {
+        context: context(),
+        cause: Box::new(kiln_layers::Error::io(
+            "compress",
+            std::path::Path::new("layers"),
+            std::io::Error::other(e.to_string()),
+        )),
+    })?
+    .map_err(|source| TransferError::Store {
+        context: context(),
+        cause: Box::new(source),
+    })
+}
+
+/// One push: where from, where to, and how; every manifest of the image's
+/// tree is pushed with it.
+struct PushRun<'a> {
+    client: &'a Arc<Client>,
+    store: &'a Store,
+    target: &'a Reference,
+    options: &'a PushOptions,
+    reporter: &'a Arc<dyn Reporter>,
+    /// The target, as messages name it.
+    image: String,
+}
+
+/// Pushes what the manifest or index `desc` names (the manifests of an
+/// index, nested at most `MAX_DEPTH` deep; the config and layers of an
+/// image manifest), then the manifest itself under `tag`.
+async fn push_manifest_tree(
+    run: &PushRun<'_>,
+    desc: &Descriptor,
+    tag: &str,
     pushed: &mut Pushed,
     depth: usize,
 ) -> Result<(), TransferError> {
     const MAX_DEPTH: usize = 8;
     if depth > MAX_DEPTH {
         return Err(TransferError::NestingTooDeep {
-            image: image.to_string(),
+            image: run.image.clone(),
             limit: MAX_DEPTH,
         });
     }
-    let bytes = store
-        .read_blob(&desc.digest)
-        .map_err(|source| match source {
-            kiln_layers::Error::BlobNotFound(_) => TransferError::IncompleteImage {
-                image: image.to_string(),
-                digest: desc.digest.to_string(),
-            },
-            source => TransferError::Store {
-                context: format!("{image}: reading manifest {}", desc.digest),
-                cause: Box::new(source),
-            },
-        })?;
+    let bytes = read_manifest(run, desc)?;
     let kind = parse_manifest(
         &bytes,
         &desc.media_type,
         &format!("manifest {}", desc.digest),
     )
     .map_err(|source| TransferError::MalformedManifest {
-        image: image.to_string(),
+        image: run.image.clone(),
         digest: desc.digest.to_string(),
         cause: Box::new(source),
     })?;
@@ -230,123 +233,195 @@ async fn push_manifest_tree(
             for child in &index.manifests {
                 let child_tag = child.digest.to_string();
                 Box::pin(push_manifest_tree(
-                    client,
-                    store,
+                    run,
                     child,
-                    target,
                     &child_tag,
-                    options,
-                    reporter,
-                    image,
                     pushed,
                     depth + 1,
                 ))
                 .await?;
             }
         }
-        ManifestKind::Image(manifest) => {
-            let mut blobs = vec![("config", manifest.config.clone())];
-            blobs.extend(manifest.layers.iter().map(|l| ("layer", l.clone())));
-            for (_, blob) in &blobs {
-                let present =
-                    store
-                        .blob_size(&blob.digest)
-                        .map_err(|source| TransferError::Store {
-                            context: format!("{image}: blob {}", blob.digest),
-                            cause: Box::new(source),
-                        })?;
-                if present.is_none() {
-                    return Err(TransferError::IncompleteImage {
-                        image: image.to_string(),
-                        digest: blob.digest.to_string(),
-                    });
-                }
-            }
-            let semaphore = Arc::new(Semaphore::new(options.concurrency.max(1)));
-            let origins = BlobOrigins::new(store);
-            let mut tasks = JoinSet::new();
-            for (role, blob) in blobs {
-                let (client, store, reporter, semaphore) = (
-                    client.clone(),
-                    store.clone(),
-                    reporter.clone(),
-                    semaphore.clone(),
-                );
-                let repository = target.repository.clone();
-                // Mount from where the blob was pulled, unless told otherwise.
-                let mount_from = options
-                    .mount_from
-                    .clone()
-                    .or_else(|| origins.mount_source(&blob.digest, &repository));
-                let origins = origins.clone();
-                tasks.spawn(async move {
-                    let _permit = semaphore.acquire_owned().await;
-                    let id = blob.digest.to_string();
-                    reporter.start(&id, role, Some(blob.size));
-                    let source = Arc::new(StoreBlob {
-                        store,
-                        digest: blob.digest.clone(),
-                        size: blob.size,
-                        reporter: reporter.clone(),
-                    });
-                    match client
-                        .push_blob(&repository, &blob.digest, source, mount_from.as_ref())
-                        .await
-                    {
-                        Ok(outcome) => {
-                            origins.record(&blob.digest, &repository);
-                            reporter.done(
-                                &id,
-                                match outcome {
-                                    PushOutcome::Exists => {
-                                        Outcome::Skipped("already in the registry".into())
-                                    }
-                                    PushOutcome::Mounted => Outcome::Skipped("mounted".into()),
-                                    PushOutcome::Uploaded => Outcome::Done,
-                                },
-                            );
-                            Ok(outcome)
-                        }
-                        Err(err) => {
-                            reporter.done(&id, Outcome::Failed(err.to_string()));
-                            Err(TransferError::Registry(err))
-                        }
-                    }
-                });
-            }
-            let mut first_error = None;
-            while let Some(joined) = tasks.join_next().await {
-                let result = joined
-                    .map_err(|e| TransferError::Task {
-                        what: format!("pushing {image}"),
-                        detail: e.to_string(),
-                    })
-                    .and_then(|r| r);
-                match result {
-                    Ok(PushOutcome::Uploaded) => pushed.blobs_uploaded += 1,
-                    Ok(PushOutcome::Mounted) => pushed.blobs_mounted += 1,
-                    Ok(PushOutcome::Exists) => pushed.blobs_skipped += 1,
-                    Err(err) => {
-                        if first_error.is_none() {
-                            first_error = Some(err);
-                            tasks.abort_all();
-                        }
-                    }
-                }
-            }
-            if let Some(err) = first_error {
-                return Err(err);
-            }
-        }
+        ManifestKind::Image(manifest) => push_blobs(run, &manifest, pushed).await?,
     }
     // The stored bytes, never re-serialized: the digest stays the same.
-    client
+    run.client
         .put_manifest(
-            &target.repository,
+            &run.target.repository,
             tag,
             &desc.media_type,
             Bytes::from(bytes),
         )
         .await?;
     Ok(())
+}
+
+/// The stored bytes of the manifest or index `desc`.
+fn read_manifest(run: &PushRun<'_>, desc: &Descriptor) -> Result<Vec<u8>, TransferError> {
+    run.store
+        .read_blob(&desc.digest)
+        .map_err(|source| match source {
+            kiln_layers::Error::BlobNotFound(_) => TransferError::IncompleteImage {
+                image: run.image.clone(),
+                digest: desc.digest.to_string(),
+            },
+            source => TransferError::Store {
+                context: format!("{}: reading manifest {}", run.image, desc.digest),
+                cause: Box::new(source),
+            },
+        })
+}
+
+/// Pushes the config and layers of `manifest`, `options.concurrency` at a
+/// time, counting in `pushed` what each upload did; the first failure
+/// stops the others.
+async fn push_blobs(
+    run: &PushRun<'_>,
+    manifest: &Manifest,
+    pushed: &mut Pushed,
+) -> Result<(), TransferError> {
+    let mut blobs = vec![("config", manifest.config.clone())];
+    blobs.extend(manifest.layers.iter().map(|l| ("layer", l.clone())));
+    check_blobs_present(run, &blobs)?;
+    let semaphore = Arc::new(Semaphore::new(run.options.concurrency.max(1)));
+    let origins = BlobOrigins::new(run.store);
+    let mut tasks = JoinSet::new();
+    for (role, blob) in blobs {
+        let repository = run.target.repository.clone();
+        // Mount from where the blob was pulled, unless told otherwise.
+        let mount_from = run
+            .options
+            .mount_from
+            .clone()
+            .or_else(|| origins.mount_source(&blob.digest, &repository));
+        let upload = BlobUpload {
+            client: run.client.clone(),
+            store: run.store.clone(),
+            reporter: run.reporter.clone(),
+            origins: origins.clone(),
+            repository,
+            mount_from,
+            role,
+            blob,
+        };
+        let semaphore = semaphore.clone();
+        tasks.spawn(async move {
+            let _permit = semaphore.acquire_owned().await;
+            upload.run().await
+        });
+    }
+    count_outcomes(tasks, pushed, &run.image).await
+}
+
+/// Refuses to push an image whose blobs the store does not all have.
+fn check_blobs_present(
+    run: &PushRun<'_>,
+    blobs: &[(&str, Descriptor)],
+) -> Result<(), TransferError> {
+    for (_, blob) in blobs {
+        let present = run
+            .store
+            .blob_size(&blob.digest)
+            .map_err(|source| TransferError::Store {
+                context: format!("{}: blob {}", run.image, blob.digest),
+                cause: Box::new(source),
+            })?;
+        if present.is_none() {
+            return Err(TransferError::IncompleteImage {
+                image: run.image.clone(),
+                digest: blob.digest.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Waits for every upload task, counting what each did in `pushed`; on the
+/// first failure, aborts the rest and returns it.
+async fn count_outcomes(
+    mut tasks: JoinSet<Result<PushOutcome, TransferError>>,
+    pushed: &mut Pushed,
+    image: &str,
+) -> Result<(), TransferError> {
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined
+            .map_err(|e| TransferError::Task {
+                what: format!("pushing {image}"),
+                detail: e.to_string(),
+            })
+            .and_then(|r| r);
+        match result {
+            Ok(PushOutcome::Uploaded) => pushed.blobs_uploaded += 1,
+            Ok(PushOutcome::Mounted) => pushed.blobs_mounted += 1,
+            Ok(PushOutcome::Exists) => pushed.blobs_skipped += 1,
+            Err(err) => {
+                if first_error.is_none() {
+                    first_error = Some(err);
+                    tasks.abort_all();
+                }
+            }
+        }
+    }
+    match first_error {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+/// One blob's upload, owned by the task that does it.
+struct BlobUpload {
+    client: Arc<Client>,
+    store: Store,
+    reporter: Arc<dyn Reporter>,
+    origins: BlobOrigins,
+    repository: Repository,
+    /// The repository to ask the registry to mount the blob from.
+    mount_from: Option<Repository>,
+    /// `config` or `layer`, for the progress line.
+    role: &'static str,
+    blob: Descriptor,
+}
+
+impl BlobUpload {
+    /// Pushes the blob (skipped when the registry has it, mounted when it
+    /// can be), reporting progress and noting where the blob now is.
+    async fn run(self) -> Result<PushOutcome, TransferError> {
+        let (blob, reporter) = (&self.blob, &self.reporter);
+        let id = blob.digest.to_string();
+        reporter.start(&id, self.role, Some(blob.size));
+        let source = Arc::new(StoreBlob {
+            store: self.store.clone(),
+            digest: blob.digest.clone(),
+            size: blob.size,
+            reporter: reporter.clone(),
+        });
+        let pushed = self
+            .client
+            .push_blob(
+                &self.repository,
+                &blob.digest,
+                source,
+                self.mount_from.as_ref(),
+            )
+            .await;
+        match pushed {
+            Ok(outcome) => {
+                self.origins.record(&blob.digest, &self.repository);
+                reporter.done(
+                    &id,
+                    match outcome {
+                        PushOutcome::Exists => Outcome::Skipped("already in the registry".into()),
+                        PushOutcome::Mounted => Outcome::Skipped("mounted".into()),
+                        PushOutcome::Uploaded => Outcome::Done,
+                    },
+                );
+                Ok(outcome)
+            }
+            Err(err) => {
+                reporter.done(&id, Outcome::Failed(err.to_string()));
+                Err(TransferError::Registry(err))
+            }
+        }
+    }
 }

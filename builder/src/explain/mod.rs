@@ -27,7 +27,14 @@
 //! assert_eq!(e.sources["cmd"].line, Some(3));
 //! ```
 
+pub mod compose;
+pub mod history;
+pub mod image;
+pub mod kube;
+pub mod launch;
+pub mod pid1;
 pub mod render;
+mod yaml;
 use std::collections::BTreeMap;
 
 use kiln_layers::oci::ContainerConfig;
@@ -36,10 +43,10 @@ use serde::Serialize;
 
 use crate::image::default_shell;
 use crate::plan::{
-    plan_with, BaseSource, BuildOptions, ImageLookup, NoObserver, Origin, PlanError, PlanErrorKind,
-    StagePlan, WalkOptions,
+    plan_with, BaseSource, BuildOptions, ImageLookup, NoObserver, Origin, Plan, PlanError,
+    PlanErrorKind, StagePlan, WalkOptions,
 };
-use crate::run_argv::{docker_run_command, RunCommand};
+use crate::run_argv::docker_run_command;
 
 /// Why explain could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +81,10 @@ pub struct Source {
     /// `line` (a Dockerfile instruction), `onbuild` (an ONBUILD trigger of
     /// the base, run at the FROM on `line`), `base_image`, `default`
     /// (BuildKit's default: PATH, `/` as the working directory of scratch,
-    /// the shell), or `reset` (cleared by the instruction on `line`).
+    /// the shell), or `reset` (cleared by the instruction on `line`, or by
+    /// the `history` entry). Explaining an image: `history` (the entry
+    /// that set it), `unknown` (no entry says); where it runs:
+    /// `docker_run`, `kubernetes`, `compose` (the field on `line` of `file`).
     pub from: &'static str,
     pub line: Option<usize>,
     /// The instruction as written, for `line` and `reset`.
@@ -83,14 +93,47 @@ pub struct Source {
     pub stage: Option<String>,
     /// The base image, for `base_image`.
     pub image: Option<String>,
+    /// The image history entry (its index, 0 the oldest), for `history`
+    /// (and `base_image`, `reset` when read from an image's history).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<usize>,
+    /// That entry's `created_by`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    /// The Kubernetes manifest or Compose file, for `kubernetes` and
+    /// `compose` (`instruction` is then the field, `line` its line).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+impl Source {
+    /// A source of kind `from`, nothing else known yet.
+    pub fn new(from: &'static str) -> Source {
+        Source {
+            from,
+            line: None,
+            instruction: None,
+            stage: None,
+            image: None,
+            history: None,
+            created_by: None,
+            file: None,
+        }
+    }
 }
 
 /// A warning about what the image runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Warning {
     pub code: &'static str,
     pub message: String,
     pub line: Option<usize>,
+    /// The image history entry concerned (explaining an image).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<usize>,
+    /// The manifest or Compose file `line` is in (explaining where it runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 /// How a command was written.
@@ -149,6 +192,59 @@ pub struct Explanation {
     pub entrypoint_form: Form,
     pub cmd_form: Form,
     pub run: RunExamples,
+    /// What was explained when it is not a Dockerfile: an image, or an
+    /// image where it runs (a Kubernetes container, a Compose service).
+    /// The values above are then the container's: the runtime's fields
+    /// over the image's config.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Subject>,
+    /// The image's own values that the runtime replaced, by field.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub overridden: BTreeMap<String, Overridden>,
+    /// Which process is PID 1 and what stopping the container does
+    /// (explaining an image or where it runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid1: Option<pid1::Pid1>,
+}
+
+/// What an explanation of an image (not a Dockerfile) is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Subject {
+    /// `image` (`docker run`), `kubernetes` or `compose`.
+    pub kind: &'static str,
+    /// The image as named.
+    pub image: String,
+    /// Its manifest digest, when known.
+    pub digest: Option<String>,
+    /// The image it was built on, when that can be told (an image in the
+    /// store whose layers and history this one's start with).
+    pub base: Option<String>,
+    /// How many history entries came with that base.
+    pub base_history_entries: usize,
+    /// The Kubernetes manifest or Compose file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// The workload (`Deployment web`) the container is in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// The container or service name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The line the container or service starts on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    /// The command fields the runtime sets (`command`, `args`; Compose's
+    /// `entrypoint`, `command`; docker run's `--entrypoint`, `arguments`).
+    pub given: Vec<String>,
+}
+
+/// An image value the runtime replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Overridden {
+    /// The image's value (a command as a JSON list).
+    pub image_value: serde_json::Value,
+    /// Where the image's value came from.
+    pub image_source: Option<Source>,
 }
 
 /// Builds the explanation for `options.build.target` (the last stage when
@@ -158,164 +254,21 @@ pub fn explain(
     options: &ExplainOptions,
     images: &dyn ImageLookup,
 ) -> Result<Explanation, ExplainError> {
-    let walk = WalkOptions {
-        all_stages: false,
-        unknown_images_empty: options.offline,
-    };
-    let planned =
-        plan_with(df, &options.build, images, walk, &mut NoObserver).map_err(|e| match e {
-            PlanError {
-                line: Some(line),
-                kind: PlanErrorKind::Resolve { reference, source },
-            } if source.is_not_found() => ExplainError::UnknownBase {
-                line,
-                image: reference,
-                message: source.to_string(),
-            },
-            other => ExplainError::Plan(other),
-        })?;
-    let target = &planned.stages[planned.target];
-    let config = target.image.config.clone().unwrap_or_default();
-
-    // The chain of stages the target is built on, root first.
-    let mut chain = vec![planned.target];
-    while let Some(&first) = chain.first() {
-        match planned.stages[first].base {
-            BaseSource::Stage(i) => chain.insert(0, i),
-            _ => break,
-        }
-    }
-    let root = &planned.stages[chain[0]];
-    let base_config = match &root.base {
-        BaseSource::Image { reference, .. } => images
-            .lookup(&reference.reference, &options.build.target_platform)
-            .ok()
-            .and_then(|r| r.config.config),
-        _ => None,
-    };
-    let base_label = |sp: &StagePlan| match &sp.base {
-        BaseSource::Scratch => "scratch".to_string(),
-        BaseSource::Image { reference, .. } => reference.to_string(),
-        BaseSource::Stage(i) => format!("stage {}", stage_label(df, *i)),
-    };
-
-    let mut warnings = Vec::new();
-    for (image, line) in &planned.unknown_images {
-        let line = Some(*line);
-        warnings.push(Warning {
-            code: "BaseImageUnknown",
-            message: format!(
-                "base image {image} is not in the local store; --offline treats it as empty, so whatever it sets (CMD, ENTRYPOINT, ENV, USER, …) is missing here"
-            ),
-            line,
-        });
-    }
-
-    let history = command_history(df, &chain, &planned.stages, base_config.as_ref());
-    let shell = match config.shell.clone() {
-        Some(s) if !s.is_empty() => s,
-        _ => default_shell(),
-    };
-    let entrypoint = config.entrypoint.clone().filter(|v| !v.is_empty());
-    let cmd = config.cmd.clone().filter(|v| !v.is_empty());
-    let entrypoint_form = form_of(entrypoint.as_deref(), history.entrypoint.as_ref(), &shell);
-    let cmd_form = form_of(cmd.as_deref(), history.cmd.as_ref(), &shell);
-
-    let mut sources = BTreeMap::new();
-    for (key, origin) in &target.provenance {
-        let field = field_name(key);
-        sources.insert(
-            field,
-            resolve_origin(df, &planned.stages, key, origin, planned.target, 0),
-        );
-    }
-    if let Some(reset) = &history.cmd_reset {
-        if cmd.is_none() {
-            sources.insert(
-                "cmd".to_string(),
-                Source {
-                    from: "reset",
-                    line: Some(reset.line),
-                    instruction: Some(reset.text.clone()),
-                    stage: other_stage(df, reset.stage, planned.target),
-                    image: None,
-                },
-            );
-        }
-    }
-    if config.shell.as_ref().is_none_or(Vec::is_empty) {
-        sources.insert("shell".to_string(), default_source());
-    }
-    // Values nothing claims came with the stage's starting config (scratch's
-    // PATH and working directory).
-    for entry in config.env.iter().flatten() {
-        let key = format!("env.{}", crate::image::split_env(entry).0);
-        sources.entry(key).or_insert_with(default_source);
-    }
-    if config.working_dir.as_deref().is_some_and(|w| !w.is_empty()) {
-        sources
-            .entry("workdir".to_string())
-            .or_insert_with(default_source);
-    }
-
-    let run_with = |ep: Option<&str>, args: &[String]| -> Option<RunCommand> {
-        docker_run_command(entrypoint.as_deref(), cmd.as_deref(), ep, args).ok()
-    };
-    let argv = run_with(options.entrypoint.as_deref(), &options.args).map(|r| r.argv());
-    let example_args = if options.args.is_empty() {
-        vec!["ARGS".to_string()]
-    } else {
-        options.args.clone()
-    };
-    let example_entrypoint = options
-        .entrypoint
-        .clone()
-        .unwrap_or_else(|| "X".to_string());
-    let run = RunExamples {
-        plain: run_with(None, &[]).map(|r| r.argv()),
-        with_args: run_with(None, &example_args).map(|r| r.argv()),
-        example_args,
-        with_entrypoint: run_with(Some(&example_entrypoint), &[]).map(|r| r.argv()),
-        example_entrypoint,
-    };
-
-    command_warnings(
-        &mut warnings,
-        &history,
-        entrypoint.as_ref(),
-        cmd.as_ref(),
-        &shell,
-        entrypoint_form,
-        cmd_form,
-        &sources,
-    );
-    if argv.is_none() {
-        let message = if entrypoint.is_none() && cmd.is_none() {
-            "the image has neither ENTRYPOINT nor CMD: `docker run IMAGE` fails with \"no command specified\" unless a command is given".to_string()
-        } else {
-            "with this --entrypoint and no arguments, docker run has no command and fails with \"no command specified\"".to_string()
-        };
-        warnings.push(Warning {
-            code: "NoCommand",
-            message,
-            line: None,
-        });
-    }
-    for w in &planned.warnings {
-        warnings.push(Warning {
-            code: "UnusedBuildArg",
-            message: w.message.clone(),
-            line: w.line,
-        });
-    }
-
+    let plan = plan_target(df, options, images)?;
+    let target = Target::new(df, &plan, options, images);
+    let sources = sources(&target);
+    let commands = &target.commands;
+    let argv = commands.argv(options.entrypoint.as_deref(), &options.args);
+    let warnings = warnings(&target, &sources, argv.is_none());
+    let run = run_examples(commands, options);
+    let config = &target.config;
     Ok(Explanation {
-        target: stage_label(df, planned.target),
-        base: base_label(target),
-        entrypoint,
-        cmd,
+        target: stage_label(df, plan.target),
+        base: base_label(df, &plan.stages[plan.target]),
+        entrypoint: commands.entrypoint.clone(),
+        cmd: commands.cmd.clone(),
         argv,
-        shell,
+        shell: commands.shell.clone(),
         user: config.user.clone(),
         workdir: config.working_dir.clone(),
         env: config.env.clone().unwrap_or_default(),
@@ -334,10 +287,315 @@ pub fn explain(
         labels: config.labels.clone().unwrap_or_default(),
         sources,
         warnings,
-        entrypoint_form,
-        cmd_form,
+        entrypoint_form: commands.entrypoint_form,
+        cmd_form: commands.cmd_form,
         run,
+        subject: None,
+        overridden: BTreeMap::new(),
+        pid1: None,
     })
+}
+
+/// Plans the stages the target needs; a base image nothing knows (without
+/// `--offline`) is an [`ExplainError::UnknownBase`].
+fn plan_target(
+    df: &ins::Dockerfile,
+    options: &ExplainOptions,
+    images: &dyn ImageLookup,
+) -> Result<Plan, ExplainError> {
+    let walk = WalkOptions {
+        all_stages: false,
+        unknown_images_empty: options.offline,
+    };
+    plan_with(df, &options.build, images, walk, &mut NoObserver).map_err(|e| match e {
+        PlanError {
+            line: Some(line),
+            kind: PlanErrorKind::Resolve { reference, source },
+        } if source.is_not_found() => ExplainError::UnknownBase {
+            line,
+            image: reference,
+            message: source.to_string(),
+        },
+        other => ExplainError::Plan(other),
+    })
+}
+
+/// The target stage as planned: its final config, and what the stages it
+/// is built on did to CMD and ENTRYPOINT.
+struct Target<'a> {
+    df: &'a ins::Dockerfile,
+    plan: &'a Plan,
+    config: ContainerConfig,
+    history: CommandHistory,
+    commands: Commands,
+    /// The image the chain of stages starts from, and its config.
+    base: Option<(String, ContainerConfig)>,
+}
+
+impl<'a> Target<'a> {
+    fn new(
+        df: &'a ins::Dockerfile,
+        plan: &'a Plan,
+        options: &ExplainOptions,
+        images: &dyn ImageLookup,
+    ) -> Target<'a> {
+        let config = plan.stages[plan.target]
+            .image
+            .config
+            .clone()
+            .unwrap_or_default();
+        let chain = stage_chain(plan);
+        let base = base_image_config(&plan.stages[chain[0]], options, images);
+        let history = command_history(df, &chain, &plan.stages, base.as_ref());
+        let commands = Commands::new(&config, &history);
+        let base = base.map(|c| (base_label(df, &plan.stages[chain[0]]), c));
+        Target {
+            df,
+            plan,
+            config,
+            history,
+            commands,
+            base,
+        }
+    }
+}
+
+/// The chain of stages the target is built on, root first.
+fn stage_chain(plan: &Plan) -> Vec<usize> {
+    let mut chain = vec![plan.target];
+    while let Some(&first) = chain.first() {
+        match plan.stages[first].base {
+            BaseSource::Stage(i) => chain.insert(0, i),
+            _ => break,
+        }
+    }
+    chain
+}
+
+/// The config of the image the `root` stage is built on, when the lookup
+/// knows it.
+fn base_image_config(
+    root: &StagePlan,
+    options: &ExplainOptions,
+    images: &dyn ImageLookup,
+) -> Option<ContainerConfig> {
+    match &root.base {
+        BaseSource::Image { reference, .. } => images
+            .lookup(&reference.reference, &options.build.target_platform)
+            .ok()
+            .and_then(|r| r.config.config),
+        _ => None,
+    }
+}
+
+/// What a stage is built on: `scratch`, an image reference, `stage NAME`.
+fn base_label(df: &ins::Dockerfile, stage: &StagePlan) -> String {
+    match &stage.base {
+        BaseSource::Scratch => "scratch".to_string(),
+        BaseSource::Image { reference, .. } => reference.to_string(),
+        BaseSource::Stage(i) => format!("stage {}", stage_label(df, *i)),
+        BaseSource::NamedContext { name, .. } => format!("context {name}"),
+    }
+}
+
+/// The final ENTRYPOINT and CMD (empty ones dropped), the shell, and how
+/// each command was written.
+pub(crate) struct Commands {
+    entrypoint: Option<Vec<String>>,
+    cmd: Option<Vec<String>>,
+    shell: Vec<String>,
+    entrypoint_form: Form,
+    cmd_form: Form,
+}
+
+impl Commands {
+    fn new(config: &ContainerConfig, history: &CommandHistory) -> Commands {
+        let shell = match config.shell.clone() {
+            Some(s) if !s.is_empty() => s,
+            _ => default_shell(),
+        };
+        let entrypoint = config.entrypoint.clone().filter(|v| !v.is_empty());
+        let cmd = config.cmd.clone().filter(|v| !v.is_empty());
+        Commands {
+            entrypoint_form: form_of(entrypoint.as_deref(), history.entrypoint.as_ref(), &shell),
+            cmd_form: form_of(cmd.as_deref(), history.cmd.as_ref(), &shell),
+            entrypoint,
+            cmd,
+            shell,
+        }
+    }
+
+    /// What `docker run [--entrypoint E] IMAGE [ARGS...]` executes; `None`:
+    /// "no command specified".
+    fn argv(&self, entrypoint: Option<&str>, args: &[String]) -> Option<Vec<String>> {
+        docker_run_command(
+            self.entrypoint.as_deref(),
+            self.cmd.as_deref(),
+            entrypoint,
+            args,
+        )
+        .ok()
+        .map(|r| r.argv())
+    }
+}
+
+/// Where each field came from: the plan's provenance, then what it does
+/// not record (a CMD an ENTRYPOINT reset, the default shell, the values
+/// the stage started with).
+fn sources(target: &Target<'_>) -> BTreeMap<String, Source> {
+    let (df, plan, config) = (target.df, target.plan, &target.config);
+    let mut sources = BTreeMap::new();
+    for (key, origin) in &plan.stages[plan.target].provenance {
+        let field = field_name(key);
+        sources.insert(
+            field,
+            resolve_origin(df, &plan.stages, key, origin, plan.target, 0),
+        );
+    }
+    if let Some(reset) = &target.history.cmd_reset {
+        if target.commands.cmd.is_none() {
+            sources.insert(
+                "cmd".to_string(),
+                Source {
+                    line: Some(reset.line),
+                    instruction: Some(reset.text.clone()),
+                    stage: other_stage(df, reset.stage, plan.target),
+                    ..Source::new("reset")
+                },
+            );
+        }
+    }
+    if config.shell.as_ref().is_none_or(Vec::is_empty) {
+        sources.insert("shell".to_string(), default_source());
+    }
+    // Values nothing claims came with the stage's starting config (scratch's
+    // PATH and working directory).
+    for entry in config.env.iter().flatten() {
+        let key = format!("env.{}", crate::image::split_env(entry).0);
+        sources.entry(key).or_insert_with(default_source);
+    }
+    if config.working_dir.as_deref().is_some_and(|w| !w.is_empty()) {
+        sources
+            .entry("workdir".to_string())
+            .or_insert_with(default_source);
+    }
+    if let Some((image, base)) = &target.base {
+        inherited_sources(&mut sources, config, base, image);
+    }
+    sources
+}
+
+/// Labels, exposed ports and volumes no line set that the base image has:
+/// they came with it (the plan records only the base's commands, user,
+/// workdir and env).
+fn inherited_sources(
+    sources: &mut BTreeMap<String, Source>,
+    config: &ContainerConfig,
+    base: &ContainerConfig,
+    image: &str,
+) {
+    let keys = |m: Option<&BTreeMap<String, serde_json::Value>>| -> Vec<String> {
+        m.map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    };
+    let base_labels: Vec<String> = base.labels.iter().flat_map(|l| l.keys().cloned()).collect();
+    let fields = [
+        (
+            "labels",
+            config
+                .labels
+                .iter()
+                .flat_map(|l| l.keys().cloned())
+                .collect::<Vec<_>>(),
+            base_labels,
+        ),
+        (
+            "exposed_ports",
+            keys(config.exposed_ports.as_ref()),
+            keys(base.exposed_ports.as_ref()),
+        ),
+        (
+            "volumes",
+            keys(config.volumes.as_ref()),
+            keys(base.volumes.as_ref()),
+        ),
+    ];
+    for (field, present, inherited) in fields {
+        for key in present.iter().filter(|k| inherited.contains(k)) {
+            sources
+                .entry(format!("{field}.{key}"))
+                .or_insert_with(|| Source {
+                    image: Some(image.to_string()),
+                    ..Source::new("base_image")
+                });
+        }
+    }
+}
+
+/// What `docker run` runs plainly, with arguments (the given ones, else
+/// `ARGS`) and with `--entrypoint` (the given one, else `X`).
+fn run_examples(commands: &Commands, options: &ExplainOptions) -> RunExamples {
+    let example_args = if options.args.is_empty() {
+        vec!["ARGS".to_string()]
+    } else {
+        options.args.clone()
+    };
+    let example_entrypoint = options
+        .entrypoint
+        .clone()
+        .unwrap_or_else(|| "X".to_string());
+    RunExamples {
+        plain: commands.argv(None, &[]),
+        with_args: commands.argv(None, &example_args),
+        example_args,
+        with_entrypoint: commands.argv(Some(&example_entrypoint), &[]),
+        example_entrypoint,
+    }
+}
+
+/// Every warning, in order: base images taken as empty, the CMD and
+/// ENTRYPOINT mistakes, no command (when `no_command`), unused build
+/// arguments.
+fn warnings(
+    target: &Target<'_>,
+    sources: &BTreeMap<String, Source>,
+    no_command: bool,
+) -> Vec<Warning> {
+    let mut warnings = Vec::new();
+    for (image, line) in &target.plan.unknown_images {
+        warnings.push(Warning {
+            code: "BaseImageUnknown",
+            message: format!(
+                "base image {image} is not in the local store; --offline treats it as empty, so whatever it sets (CMD, ENTRYPOINT, ENV, USER, …) is missing here"
+            ),
+            line: Some(*line),
+            ..Default::default()
+        });
+    }
+    instruction_warnings(&mut warnings, &target.history, target.commands.cmd_form);
+    shell_form_warnings(&mut warnings, &target.commands, sources);
+    if no_command {
+        let commands = &target.commands;
+        let message = if commands.entrypoint.is_none() && commands.cmd.is_none() {
+            "the image has neither ENTRYPOINT nor CMD: `docker run IMAGE` fails with \"no command specified\" unless a command is given".to_string()
+        } else {
+            "with this --entrypoint and no arguments, docker run has no command and fails with \"no command specified\"".to_string()
+        };
+        warnings.push(Warning {
+            code: "NoCommand",
+            message,
+            line: None,
+            ..Default::default()
+        });
+    }
+    for w in &target.plan.warnings {
+        warnings.push(Warning {
+            code: "UnusedBuildArg",
+            message: w.message.clone(),
+            line: w.line,
+            ..Default::default()
+        });
+    }
+    warnings
 }
 
 fn stage_label(df: &ins::Dockerfile, index: usize) -> String {
@@ -352,13 +610,7 @@ fn other_stage(df: &ins::Dockerfile, stage: usize, target: usize) -> Option<Stri
 }
 
 fn default_source() -> Source {
-    Source {
-        from: "default",
-        line: None,
-        instruction: None,
-        stage: None,
-        image: None,
-    }
+    Source::new("default")
 }
 
 /// The plan's provenance key (`Cmd`, `Env.PATH`, …) as explain names it.
@@ -408,14 +660,11 @@ fn resolve_origin(
             line: Some(*line),
             instruction: instruction_at(df, *line),
             stage: stage_of_line(df, *line).and_then(|s| other_stage(df, s, target)),
-            image: None,
+            ..Source::new("line")
         },
         Origin::BaseImage(image) => Source {
-            from: "base_image",
-            line: None,
-            instruction: None,
-            stage: None,
             image: Some(image.clone()),
+            ..Source::new("base_image")
         },
         Origin::Default => default_source(),
         Origin::Stage(name) => {
@@ -427,11 +676,8 @@ fn resolve_origin(
                     resolve_origin(df, stages, key, inner, target, depth + 1)
                 }
                 _ => Source {
-                    from: "stage",
-                    line: None,
-                    instruction: None,
                     stage: Some(name.clone()),
-                    image: None,
+                    ..Source::new("stage")
                 },
             }
         }
@@ -575,18 +821,10 @@ fn form_of(value: Option<&[String]>, site: Option<&CommandSite>, shell: &[String
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn command_warnings(
-    warnings: &mut Vec<Warning>,
-    h: &CommandHistory,
-    entrypoint: Option<&Vec<String>>,
-    cmd: Option<&Vec<String>>,
-    shell: &[String],
-    entrypoint_form: Form,
-    cmd_form: Form,
-    sources: &BTreeMap<String, Source>,
-) {
-    let line_of = |field: &str| sources.get(field).and_then(|s| s.line);
+/// The warnings the CMD and ENTRYPOINT instructions earn: overridden in
+/// their stage, a CMD an ENTRYPOINT reset (when no CMD is left, `cmd_form`
+/// none), variables exec form leaves unexpanded.
+fn instruction_warnings(warnings: &mut Vec<Warning>, h: &CommandHistory, cmd_form: Form) {
     for (prev, next, code) in &h.overridden {
         let kind = if *code == "MultipleCmd" {
             "CMD"
@@ -600,6 +838,7 @@ fn command_warnings(
                 prev.line, next.line
             ),
             line: Some(prev.line),
+            ..Default::default()
         });
     }
     if let Some(reset) = &h.cmd_reset {
@@ -612,6 +851,7 @@ fn command_warnings(
                     json_list(&h.dropped_cmd)
                 ),
                 line: Some(reset.line),
+                ..Default::default()
             });
         }
     }
@@ -631,8 +871,30 @@ fn command_warnings(
                     .join(", ")
             ),
             line: Some(site.line),
+            ..Default::default()
         });
     }
+}
+
+/// The warnings about shell forms: an ENTRYPOINT that drops arguments, a
+/// CMD passed to an exec-form ENTRYPOINT as a shell command, a shell as
+/// PID 1 that does not forward signals.
+fn shell_form_warnings(
+    warnings: &mut Vec<Warning>,
+    commands: &Commands,
+    sources: &BTreeMap<String, Source>,
+) {
+    let Commands {
+        entrypoint,
+        cmd,
+        shell,
+        entrypoint_form,
+        cmd_form,
+    } = commands;
+    let (entrypoint, cmd) = (entrypoint.as_ref(), cmd.as_ref());
+    let (entrypoint_form, cmd_form) = (*entrypoint_form, *cmd_form);
+    let line_of = |field: &str| sources.get(field).and_then(|s| s.line);
+    let history_of = |field: &str| sources.get(field).and_then(|s| s.history);
     let shell_text = shell.join(" ");
     if entrypoint_form == Form::Shell {
         warnings.push(Warning {
@@ -641,6 +903,8 @@ fn command_warnings(
                 "ENTRYPOINT is in shell form: `{shell_text} '…'` ignores CMD and docker run arguments (they only become $0, $1, … of the shell)"
             ),
             line: line_of("entrypoint"),
+            history: history_of("entrypoint"),
+            ..Default::default()
         });
     }
     if entrypoint_form == Form::Exec && cmd_form == Form::Shell {
@@ -650,6 +914,8 @@ fn command_warnings(
                 "CMD is in shell form, so the exec-form ENTRYPOINT gets `{shell_text} '…'` as its arguments; write CMD in exec form to pass plain arguments"
             ),
             line: line_of("cmd"),
+            history: history_of("cmd"),
+            ..Default::default()
         });
     }
     let pid1 = match (entrypoint_form, cmd_form) {
@@ -679,6 +945,8 @@ fn command_warnings(
                 field.to_uppercase()
             ),
             line: line_of(field),
+            history: history_of(field),
+            ..Default::default()
         });
     }
 }

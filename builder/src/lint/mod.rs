@@ -40,7 +40,7 @@ use kiln_parser::instructions::{self as ins, Instruction};
 use serde::Serialize;
 
 use crate::dockerignore::PatternMatcher;
-use crate::plan::{plan_with, BuildOptions, ImageLookup, PlanError, WalkOptions};
+use crate::plan::{plan_with, BuildOptions, DispatchObserver, ImageLookup, PlanError, WalkOptions};
 use rules::{Rule, RuleOrigin, Severity};
 
 /// One rule firing at one place.
@@ -84,6 +84,26 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
+impl Finding {
+    /// The hadolint code of a hadolint rule's finding (`DL3007`): the one
+    /// its message names, as a rule may stand for more than one code.
+    pub fn hadolint_code(&self) -> Option<&str> {
+        if self.origin != RuleOrigin::Hadolint {
+            return None;
+        }
+        let start = self.message.rfind("(hadolint ")? + "(hadolint ".len();
+        let code = &self.message[start..];
+        code.split(')').next()
+    }
+}
+
+/// The codes a `hadolint ignore=DL3006,DL3008` comment lists.
+fn hadolint_ignored(comment: &str) -> Option<impl Iterator<Item = &str> + '_> {
+    let rest = comment.trim().strip_prefix("hadolint")?;
+    let codes = rest.trim_start().strip_prefix("ignore=")?;
+    Some(codes.split(',').map(str::trim).filter(|c| !c.is_empty()))
+}
+
 impl Report {
     /// Whether `kiln check` exits non-zero: a parse error, an error-level
     /// finding, or any finding under `error=true` (as BuildKit fails the
@@ -108,6 +128,12 @@ pub struct LintOptions<'a> {
     /// rather than report variables the image may well define.
     pub images: Option<&'a dyn ImageLookup>,
     pub platform: Platform,
+    /// Check only the stages this one needs (BuildKit's lint with a
+    /// target); every stage when `None`.
+    pub target: Option<String>,
+    /// BuildKit's rules only, as a build checks (kiln's hadolint-style rules
+    /// are for `kiln check`).
+    pub buildkit_only: bool,
 }
 
 impl Default for LintOptions<'_> {
@@ -117,47 +143,103 @@ impl Default for LintOptions<'_> {
             dockerignore: None,
             images: None,
             platform: Platform::host(),
+            target: None,
+            buildkit_only: false,
         }
     }
 }
 
-/// Lints `source` (the Dockerfile text; `file_name` names it in the report).
-pub fn check(source: &str, file_name: &str, options: &LintOptions) -> Report {
-    let mut report = Report {
-        file: file_name.to_string(),
-        findings: Vec::new(),
-        error: None,
-        error_on_warning: false,
-        notes: Vec::new(),
-    };
-    let parse_error = |e: &kiln_parser::ParseError| CheckError {
-        message: e.to_string(),
-        line: Some(e.line()),
-        column: Some(e.column()),
-    };
-    let ast = match kiln_parser::parse(source, file_name) {
-        Ok(ast) => ast,
-        Err(e) => {
-            report.error = Some(parse_error(&e));
-            return report;
-        }
-    };
-    let mut config = CheckOptions::default();
-    if let Some(directive) = ast.directive("check") {
-        match directive.check_options() {
-            Ok(c) => config = c,
-            Err(e) => {
-                report.error = Some(CheckError {
-                    message: e.to_string(),
-                    line: Some(directive.span.start.line),
-                    column: Some(1),
-                });
-                return report;
-            }
+/// The `check` configuration of a Dockerfile: its `# check=` directive, or
+/// the `BUILDKIT_DOCKERFILE_CHECK` build arg, which wins (as in BuildKit).
+pub fn check_config(
+    ast: &kiln_parser::ast::Dockerfile,
+    build_args: &BTreeMap<String, String>,
+) -> Result<CheckOptions, CheckError> {
+    if let Some(value) = build_args.get("BUILDKIT_DOCKERFILE_CHECK") {
+        return CheckOptions::parse(value).map_err(|e| CheckError {
+            message: format!("BUILDKIT_DOCKERFILE_CHECK: {e}"),
+            line: None,
+            column: None,
+        });
+    }
+    match ast.directive("check") {
+        None => Ok(CheckOptions::default()),
+        Some(directive) => directive.check_options().map_err(|e| CheckError {
+            message: e.to_string(),
+            line: Some(directive.span.start.line),
+            column: Some(1),
+        }),
+    }
+}
+
+/// The rules of one Dockerfile, in three parts: those that need no dispatch
+/// (run by [`Checker::new`]), those that observe the plan's walk
+/// ([`Checker::observer`], handed to [`crate::plan::plan_with`] — by
+/// `kiln check`, or by a build, whose walk it then is), and the skip lists
+/// and sorting ([`Checker::finish`]).
+pub struct Checker<'a> {
+    buildkit_only: bool,
+    config: CheckOptions,
+    rules: walk::Rules<'a>,
+    comments: Vec<(usize, Vec<String>)>,
+}
+
+impl<'a> Checker<'a> {
+    /// Runs the rules that need no dispatch. `ast` gives the parser's
+    /// warnings (empty continuation lines), `config` the skip lists.
+    pub fn new(
+        ast: &kiln_parser::ast::Dockerfile,
+        df: &ins::Dockerfile,
+        config: CheckOptions,
+        options: &'a LintOptions<'a>,
+    ) -> Self {
+        let mut linter = Linter::default();
+        empty_continuations(ast, &mut linter);
+        static_rules::run(df, options, &mut linter);
+        let comments = df
+            .stages
+            .iter()
+            .flat_map(|s| {
+                std::iter::once(&s.from).chain(s.instructions.iter().map(Instruction::meta))
+            })
+            .chain(df.meta_args.iter().map(|a| &a.meta))
+            .map(|m| (m.span.start.line, m.comments.clone()))
+            .collect();
+        Checker {
+            buildkit_only: options.buildkit_only,
+            config,
+            rules: walk::Rules::new(df, options, linter),
+            comments,
         }
     }
-    report.error_on_warning = config.error;
-    let mut linter = Linter::default();
+
+    /// The dispatch rules, to hand to the plan's walk.
+    pub fn observer(&mut self) -> &mut dyn DispatchObserver {
+        &mut self.rules
+    }
+
+    /// The report: findings skipped as configured, deduplicated, sorted.
+    pub fn finish(self, file: &str) -> Report {
+        let mut report = Report {
+            file: file.to_string(),
+            findings: Vec::new(),
+            error: None,
+            error_on_warning: self.config.error,
+            notes: Vec::new(),
+        };
+        let (mut linter, notes) = self.rules.finish();
+        if self.buildkit_only {
+            linter.findings.retain(|f| f.origin == RuleOrigin::Buildkit);
+        } else {
+            report.notes = notes;
+        }
+        linter.finish(&mut report, &self.config, &self.comments);
+        report
+    }
+}
+
+/// NoEmptyContinuation, from the parser's warnings.
+fn empty_continuations(ast: &kiln_parser::ast::Dockerfile, linter: &mut Linter) {
     for warning in &ast.warnings {
         if warning.rule == rules::NO_EMPTY_CONTINUATION.name {
             linter.fire_at(
@@ -169,46 +251,67 @@ pub fn check(source: &str, file_name: &str, options: &LintOptions) -> Report {
             );
         }
     }
+}
+
+/// Lints `source` (the Dockerfile text; `file_name` names it in the report).
+pub fn check(source: &str, file_name: &str, options: &LintOptions) -> Report {
+    let failed = |error: CheckError| Report {
+        file: file_name.to_string(),
+        findings: Vec::new(),
+        error: Some(error),
+        error_on_warning: false,
+        notes: Vec::new(),
+    };
+    let parse_error = |e: &kiln_parser::ParseError| CheckError {
+        message: e.to_string(),
+        line: Some(e.line()),
+        column: Some(e.column()),
+    };
+    let ast = match kiln_parser::parse(source, file_name) {
+        Ok(ast) => ast,
+        Err(e) => return failed(parse_error(&e)),
+    };
+    let config = match check_config(&ast, &options.build_args) {
+        Ok(config) => config,
+        Err(e) => return failed(e),
+    };
     let df = match ins::from_ast(&ast) {
         Ok(df) => df,
         Err(e) => {
-            report.error = Some(parse_error(&e));
+            // The parser's own findings still count.
+            let mut linter = Linter::default();
+            empty_continuations(&ast, &mut linter);
+            let mut report = failed(parse_error(&e));
+            report.error_on_warning = config.error;
             linter.finish(&mut report, &config, &[]);
             return report;
         }
     };
-    static_rules::run(&df, options, &mut linter);
-    let mut observer = walk::Rules::new(&df, options, linter);
+    let mut checker = Checker::new(&ast, &df, config, options);
     let build = BuildOptions {
         build_args: options.build_args.clone(),
         target_platform: options.platform.clone(),
         build_platform: options.platform.clone(),
-        target: None,
+        target: options.target.clone(),
+        run: Default::default(),
+        named_contexts: Default::default(),
     };
-    let every_stage = WalkOptions {
-        all_stages: true,
+    let walk_options = WalkOptions {
+        all_stages: options.target.is_none(),
         unknown_images_empty: true,
     };
     let images: &dyn ImageLookup = options.images.unwrap_or(&walk::NoImages);
-    if let Err(error) = plan_with(&df, &build, images, every_stage, &mut observer) {
+    let planned = plan_with(&df, &build, images, walk_options, checker.observer());
+    let mut report = checker.finish(file_name);
+    if let Err(error) = planned {
         report.error = Some(plan_error(&df, &error));
     }
-    let (linter, notes) = observer.finish();
-    let comments: Vec<(usize, Vec<String>)> = df
-        .stages
-        .iter()
-        .flat_map(|s| std::iter::once(&s.from).chain(s.instructions.iter().map(Instruction::meta)))
-        .chain(df.meta_args.iter().map(|a| &a.meta))
-        .map(|m| (m.span.start.line, m.comments.clone()))
-        .collect();
-    report.notes = notes;
-    linter.finish(&mut report, &config, &comments);
     report
 }
 
 /// A planning error as `check` reports it: the message without the line,
 /// which goes with the column of the instruction it is about.
-fn plan_error(df: &ins::Dockerfile, error: &PlanError) -> CheckError {
+pub fn plan_error(df: &ins::Dockerfile, error: &PlanError) -> CheckError {
     let column = error.line.and_then(|line| {
         df.stages
             .iter()
@@ -263,19 +366,26 @@ impl Linter {
         });
     }
 
-    /// Applies the skip lists (file-wide and per instruction), dedups, sorts.
+    /// Applies the skip lists (file-wide, and per instruction: a
+    /// `# check=skip=…` comment, or hadolint's `# hadolint ignore=DL…`,
+    /// right above it), dedups, sorts.
     fn finish(self, report: &mut Report, config: &CheckOptions, comments: &[(usize, Vec<String>)]) {
         let skipped_here = |f: &Finding| -> bool {
-            comments
+            let here = comments
                 .iter()
                 .filter(|(line, _)| *line == f.line)
-                .flat_map(|(_, c)| c.iter())
+                .flat_map(|(_, c)| c.iter());
+            here.clone()
                 .filter_map(|c| {
                     let (name, value) = c.split_once('=')?;
                     (name.trim().eq_ignore_ascii_case("check")).then_some(value)
                 })
                 .filter_map(|v| CheckOptions::parse(v.split(' ').next().unwrap_or("")).ok())
                 .any(|o| o.skip_all || o.skip.iter().any(|s| s == f.rule))
+                || here
+                    .filter_map(|c| hadolint_ignored(c))
+                    .flatten()
+                    .any(|code| f.hadolint_code() == Some(code))
         };
         let mut findings: Vec<Finding> = Vec::new();
         for f in self.findings {

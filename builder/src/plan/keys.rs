@@ -34,7 +34,7 @@ use crate::rootfs::resolve;
 
 /// The version of the key encoding: changing what a key covers or how it
 /// is written means a new version (every key changes with it).
-pub const KEY_VERSION: &str = "kiln-step-v2";
+pub const KEY_VERSION: &str = "kiln-step-v3";
 
 /// What an ADD URL's key takes from its content.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,6 +145,11 @@ pub fn compute_cache_keys(
                 plan_platform(&plan.stages[index].image)
             ),
             BaseSource::Stage(i) => finals.get(i).cloned().unwrap_or_default(),
+            // Its files come in through the stage's first step, a copy
+            // keyed by their digest.
+            BaseSource::NamedContext { .. } => {
+                format!("scratch/{}", plan_platform(&plan.stages[index].image))
+            }
         };
         for n in 0..plan.stages[index].steps.len() {
             let step = &plan.stages[index].steps[n];
@@ -213,6 +218,8 @@ impl StepInputs<'_> {
         key.field("workdir", &r.workdir);
         key.opt("network", r.network.as_deref());
         key.opt("security", r.security.as_deref());
+        key.field("hostname", &r.hostname);
+        key.opt("cache_namespace", r.cache_namespace.as_deref());
         key.field("mounts", &r.mounts.len().to_string());
         for m in &r.mounts {
             let s = &m.spec;
@@ -239,6 +246,9 @@ impl StepInputs<'_> {
             match &m.from_resolved {
                 None => key.field("mount.content", ""),
                 Some(MountSource::Stage(i)) => key.field("mount.content", self.stage_key(*i)),
+                Some(MountSource::NamedContext { digest, .. }) => {
+                    key.field("mount.content", digest)
+                }
                 Some(MountSource::Image(image)) => key.field(
                     "mount.content",
                     image
@@ -255,6 +265,27 @@ impl StepInputs<'_> {
             }
             None => key.field("script", ""),
         }
+        // The build's RUN flags, only when given (a key made without them
+        // stays what it was).
+        if !r.extra_hosts.is_empty() {
+            let hosts: Vec<String> = r
+                .extra_hosts
+                .iter()
+                .map(|(name, address)| format!("{name}={address}"))
+                .collect();
+            key.list("extra_hosts", &hosts);
+        }
+        if let Some(size) = r.shm_size {
+            key.field("shm_size", &size.to_string());
+        }
+        if !r.ulimits.is_empty() {
+            let limits: Vec<String> = r
+                .ulimits
+                .iter()
+                .map(|l| format!("{}={}:{}", l.resource.name(), l.soft, l.hard))
+                .collect();
+            key.list("ulimits", &limits);
+        }
     }
 
     fn copy(&mut self, key: &mut KeyWriter, c: &CopyStep, line: usize) -> Result<(), PlanError> {
@@ -262,6 +293,7 @@ impl StepInputs<'_> {
         match &c.from {
             CopyFrom::Context => key.field("from", "context"),
             CopyFrom::Stage(i) => key.field("from.stage", self.stage_key(*i)),
+            CopyFrom::NamedContext { digest, .. } => key.field("from.named", digest),
             CopyFrom::Image(name) => {
                 key.field("from.image", &name.shown);
                 key.opt("from.digest", c.from_digest.as_ref().map(Digest::as_str));

@@ -148,6 +148,11 @@ pub struct BuildOptions {
     pub build_args: BTreeMap<String, String>,
     pub target_platform: Platform,
     pub build_platform: Platform,
+    /// What every RUN gets from the build's flags.
+    pub run: RunDefaults,
+    /// `--build-context NAME=…`, by normalized name
+    /// ([`crate::contexts::named`]).
+    pub named_contexts: BTreeMap<String, NamedSource>,
 }
 
 impl Default for BuildOptions {
@@ -157,8 +162,54 @@ impl Default for BuildOptions {
             build_args: BTreeMap::new(),
             target_platform: Platform::host(),
             build_platform: Platform::host(),
+            run: RunDefaults::default(),
+            named_contexts: BTreeMap::new(),
         }
     }
+}
+
+/// A named context as the planner sees it: an image to use by reference,
+/// nothing, or a tree of files known by its content digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedSource {
+    Image(Reference),
+    /// `docker-image://scratch`: no files; `digest` is its empty tree's.
+    Scratch {
+        digest: String,
+    },
+    /// A directory, Git checkout or download: its content digest, and
+    /// what history calls it.
+    Tree {
+        digest: String,
+        description: String,
+    },
+}
+
+impl BuildOptions {
+    /// The named context an image or stage name `name` means, if any
+    /// (compared as BuildKit does:
+    /// [`crate::contexts::named::normalize_name`]).
+    pub fn named_context(&self, name: &str) -> Option<(String, &NamedSource)> {
+        if self.named_contexts.is_empty() {
+            return None;
+        }
+        let normalized = crate::contexts::named::normalize_name(name)?;
+        self.named_contexts
+            .get(&normalized)
+            .map(|source| (normalized, source))
+    }
+}
+
+/// The build flags BuildKit puts on every RUN (its exec ops' meta, so they
+/// are part of every RUN's cache key): `--add-host`, `--shm-size`,
+/// `--ulimit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunDefaults {
+    /// (name, address) lines for /etc/hosts.
+    pub extra_hosts: Vec<(String, String)>,
+    /// /dev/shm's size in bytes (64 MiB when unset).
+    pub shm_size: Option<u64>,
+    pub ulimits: Vec<kiln_runtime::Rlimit>,
 }
 
 /// How far the walk goes: a build dispatches the stages its target needs
@@ -185,6 +236,12 @@ pub enum BaseSource {
         digest: Option<Digest>,
     },
     Stage(usize),
+    /// A named context's files (`--build-context NAME=DIR|GIT|URL`): a
+    /// scratch stage whose first step copies them in.
+    NamedContext {
+        name: String,
+        digest: String,
+    },
 }
 
 /// Where a COPY takes its files.
@@ -194,6 +251,11 @@ pub enum CopyFrom {
     Context,
     Stage(usize),
     Image(ImageName),
+    /// A named context's files, by name and content digest.
+    NamedContext {
+        name: String,
+        digest: String,
+    },
 }
 
 /// A source written inline (heredoc), expanded if it asked to be.
@@ -218,11 +280,26 @@ pub struct RunStep {
     pub workdir: String,
     pub network: Option<String>,
     pub security: Option<String>,
+    /// The container's hostname (`buildkitsandbox`, or the
+    /// `BUILDKIT_SANDBOX_HOSTNAME` build arg).
+    pub hostname: String,
+    /// `BUILDKIT_CACHE_MOUNT_NS`: put in front of every cache mount's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_namespace: Option<String>,
     /// `--mount`s, parsed and expanded once, here (CSV first, then each
     /// value expanded, as BuildKit reads them).
     pub mounts: Vec<RunMount>,
     /// A heredoc with a shebang becomes a script file (mode 0755).
     pub script: Option<InlineFile>,
+    /// `--add-host` lines: (name, address).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<(String, String)>,
+    /// `--shm-size` in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<u64>,
+    /// `--ulimit`s.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<kiln_runtime::Rlimit>,
 }
 
 /// One `RUN --mount`: the typed spec and where its `from=` points.
@@ -244,6 +321,8 @@ pub enum MountSource {
     /// An image, resolved while planning so that its manifest digest is
     /// part of the step's cache key (a moved tag runs the step again).
     Image(MountImage),
+    /// A named context's files, by name and content digest.
+    NamedContext { name: String, digest: String },
 }
 
 /// An image a `RUN --mount=...,from=<image>` names.
@@ -359,6 +438,10 @@ pub struct StagePlan {
     pub line: usize,
     /// Whether the target needs this stage.
     pub needed: bool,
+    /// `FROM … AS NAME` with a named context NAME: the stage is that
+    /// context, its instructions are not run (as BuildKit).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub replaced: bool,
     /// The config after every instruction (history included; the base's
     /// `rootfs.diff_ids` as they were).
     pub image: ImageConfig,
@@ -513,6 +596,7 @@ pub fn plan_with(
             base: graph.bases[index].clone(),
             line: stage.from.span.start_line(),
             needed,
+            replaced: graph.replaced.contains(&index),
             image: ImageConfig::default(),
             base_history: 0,
             steps: Vec::new(),

@@ -10,9 +10,10 @@ use kiln_runtime::{BindMount, MemoryFile};
 
 use crate::context::BuildContext;
 use crate::copy::{self, CopyOptions};
-use crate::plan::{MountImage, RunMount};
+use crate::plan::{MountImage, RunMount, RunStep};
 use crate::rootfs::{DirTree, LayeredRootfs, SourceTree};
-use crate::secrets::SecretMount;
+use crate::secrets::SecretRequest;
+use kiln_parser::mount::Sharing;
 
 use super::*;
 
@@ -46,107 +47,219 @@ pub(super) fn mount_image_layers(
 /// What one `RUN --mount` gives the runtime.
 pub(super) enum StepMount {
     Bind(BindMount),
+    Tmpfs(kiln_runtime::TmpfsMount),
     Memory(MemoryFile),
+    /// A secret as an environment variable: its name and value.
+    Env(String, String),
+    /// A lock the step holds until it is over (a cache mount's sharing).
+    Lock(std::fs::File),
 }
 
 /// `RUN --mount=...`. Supported: `type=cache` (a persistent directory in
 /// the store, seeded from `from=` when given), `type=bind` from the
-/// context, a stage or an image, `type=tmpfs` (an empty scratch
-/// directory), `type=secret` (given with `--secret`). `None` for an
+/// context, a stage or an image, `type=tmpfs` (an empty tmpfs, mode 1777,
+/// `size=` its limit), `type=secret` (given with `--secret`). `None` for an
 /// optional secret that was not given. The target is relative to the
 /// working directory, as BuildKit joins it; `/` itself cannot be mounted on.
 pub(super) fn run_mount(
     run: &StepRun<'_>,
+    step: &RunStep,
     mount: &RunMount,
-    workdir: &str,
     from: Option<&MountFrom>,
     scratch: &Path,
-) -> Result<Option<StepMount>, String> {
-    let (store, context, secrets) = (run.build.store, run.build.context, &run.build.opts.secrets);
+) -> Result<Vec<StepMount>, String> {
+    let (context, secrets) = (run.build.context, &run.build.opts.secrets);
+    let (workdir, namespace) = (step.workdir.as_str(), step.cache_namespace.as_deref());
     let spec = &mount.spec;
-    let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
     if spec.mount_type == MountType::Secret {
-        // BuildKit's dispatchSecret: the id is `source=`, `id=`, or the
-        // target's base name; the target defaults to /run/secrets/<id>.
-        let base_name = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
-        let id = set(&spec.source)
-            .or_else(|| set(&spec.id))
-            .or_else(|| (!spec.target.is_empty()).then(|| base_name(&spec.target)))
-            .ok_or_else(|| "one of source, target required".to_string())?;
-        let target = if spec.target.is_empty() {
-            format!("/run/secrets/{}", base_name(&id))
-        } else {
-            spec.target.clone()
-        };
-        let target = PathBuf::from(crate::plan::normalize_workdir(workdir, &target));
-        return match secrets.get(&id) {
-            Some(secret) => Ok(Some(match secret.mount_at(target) {
-                SecretMount::Bind(bind) => StepMount::Bind(bind),
-                SecretMount::Memory(file) => StepMount::Memory(file),
-            })),
-            None if spec.required => Err(format!(
-                "secret {id} is required but was not given (--secret id={id},src=FILE)"
-            )),
-            None => Ok(None),
-        };
+        return secret_mount(spec, workdir, secrets);
     }
     let target = crate::plan::normalize_workdir(workdir, &spec.target);
     if target == "/" {
         return Err(format!("invalid mount target {target:?}"));
     }
     let target = PathBuf::from(target);
-    let mkdir =
-        |path: &Path| std::fs::create_dir_all(path).map_err(|e| format!("{}: {e}", path.display()));
     let source = spec.source.clone().unwrap_or_default();
     let rel = crate::rootfs::clean_rel(&source);
     let read_only = spec.read_only;
     match spec.mount_type {
-        MountType::Cache => {
-            // BuildKit's default id: the target as written, cleaned.
-            let id = set(&spec.id).unwrap_or_else(|| crate::dockerignore::go_clean(&spec.target));
-            // A cache seeded from `from=` is its own dir per seed content;
-            // a plain one keeps the name it always had.
-            let key = match from {
-                None => id,
-                Some(from) => format!("{id}\0{}", from.identity),
-            };
-            let name = crate::context::hex(&<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes()));
-            let dir = store.cache_mounts_dir().join(name);
-            if let (Some(from), false) = (from, dir.is_dir()) {
-                seed_cache_dir(store, &dir, from, scratch)?;
-            }
-            mkdir(&dir)?;
-            // Its last use, which the store's collection goes by.
-            if let Err(e) = store.touch(&dir) {
-                tracing::debug!("{e}");
-            }
-            // `source=` picks a subdirectory of the cache (of the seed),
-            // its symlinks resolved inside the cache dir.
-            let inside = crate::rootfs::resolve(&DirTree::new(&dir), &rel, true)
-                .map_err(|e| e.to_string())?;
-            let source = dir.join(inside);
-            mkdir(&source)?;
-            Ok(Some(StepMount::Bind(BindMount {
-                source,
-                target,
-                read_only,
-            })))
-        }
-        MountType::Tmpfs => {
-            mkdir(scratch)?;
-            Ok(Some(StepMount::Bind(BindMount {
-                source: scratch.to_path_buf(),
-                target,
-                read_only: false,
-            })))
-        }
+        MountType::Cache => cache_mount(run, namespace, spec, &rel, target, from, scratch),
+        MountType::Tmpfs => Ok(vec![StepMount::Tmpfs(kiln_runtime::TmpfsMount {
+            target,
+            size: spec.size_limit,
+        })]),
         MountType::Bind => bind_mount(context, &rel, target, read_only, from, scratch)
-            .map(|bind| Some(StepMount::Bind(bind))),
+            .map(|bind| vec![StepMount::Bind(bind)]),
         MountType::Secret | MountType::Ssh => Err(format!(
             "--mount type={} is handled elsewhere",
             spec.mount_type.as_str()
         )),
     }
+}
+
+/// `type=cache`: a persistent directory of the store, shared by builds
+/// (BuildKit's defaults: the id is the target as written, cleaned; the
+/// store's cache namespace, `BUILDKIT_CACHE_MOUNT_NS`, in front of it).
+/// `sharing` is enforced across processes with a lock on the directory:
+/// `shared` (the default) takes it shared, `locked` exclusive (a second
+/// build waits), `private` exclusive without waiting, moving on to another
+/// instance of the cache when the first is in use. `uid`, `gid` and `mode`
+/// make the mounted directory (a `cache` subdirectory, as BuildKit's
+/// setCacheUIDGID) owned and moded so; the step's user can then write it.
+fn cache_mount(
+    run: &StepRun<'_>,
+    namespace: Option<&str>,
+    spec: &kiln_parser::mount::Mount,
+    rel: &str,
+    target: PathBuf,
+    from: Option<&MountFrom>,
+    scratch: &Path,
+) -> Result<Vec<StepMount>, String> {
+    let store = run.build.store;
+    let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+    let id = set(&spec.id).unwrap_or_else(|| crate::dockerignore::go_clean(&spec.target));
+    let id = match namespace {
+        Some(ns) => format!("{ns}/{id}"),
+        None => id,
+    };
+    // A cache seeded from `from=` is its own dir per seed content; a plain
+    // one keeps the name it always had.
+    let key = match from {
+        None => id,
+        Some(from) => format!("{id}\0{}", from.identity),
+    };
+    let name = crate::context::hex(&<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes()));
+    let (dir, lock) = cache_instance(store, &name, spec.sharing, from, scratch)?;
+    let owned = spec.uid.is_some() || spec.gid.is_some() || spec.mode.is_some();
+    let source = if owned && rel.is_empty() {
+        owned_cache_dir(&dir, spec)?
+    } else {
+        // `source=` picks a subdirectory of the cache (of the seed), its
+        // symlinks resolved inside the cache dir.
+        let inside =
+            crate::rootfs::resolve(&DirTree::new(&dir), rel, true).map_err(|e| e.to_string())?;
+        let source = dir.join(inside);
+        std::fs::create_dir_all(&source).map_err(|e| format!("{}: {e}", source.display()))?;
+        source
+    };
+    Ok(vec![
+        StepMount::Bind(BindMount {
+            source,
+            target,
+            read_only: spec.read_only,
+        }),
+        StepMount::Lock(lock),
+    ])
+}
+
+/// The cache directory `name` (an instance of it, for `private`), made
+/// (seeded from `from`) when missing, and the lock that `sharing` takes on
+/// it, held until the step is over.
+fn cache_instance(
+    store: &Store,
+    name: &str,
+    sharing: Option<Sharing>,
+    from: Option<&MountFrom>,
+    scratch: &Path,
+) -> Result<(PathBuf, std::fs::File), String> {
+    use rustix::fs::{flock, FlockOperation};
+    for instance in 0.. {
+        let dir = match instance {
+            0 => store.cache_mounts_dir().join(name),
+            n => store.cache_mounts_dir().join(format!("{name}-{n}")),
+        };
+        if let (Some(from), false) = (from, dir.is_dir()) {
+            seed_cache_dir(store, &dir, from, scratch)?;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let lock = std::fs::File::open(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let operation = match sharing {
+            None | Some(Sharing::Shared) => FlockOperation::LockShared,
+            Some(Sharing::Locked) => FlockOperation::LockExclusive,
+            Some(Sharing::Private) => FlockOperation::NonBlockingLockExclusive,
+        };
+        match flock(&lock, operation) {
+            Ok(()) => {
+                // Its last use, which the store's collection goes by.
+                if let Err(e) = store.touch(&dir) {
+                    tracing::debug!("{e}");
+                }
+                return Ok((dir, lock));
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => continue,
+            Err(e) => return Err(format!("locking {}: {e}", dir.display())),
+        }
+    }
+    Err(format!("no instance of cache {name} could be locked"))
+}
+
+/// The `cache` subdirectory of a cache dir, owned by `uid`:`gid` with
+/// `mode` (0:0 and 0755 by default, as BuildKit's setCacheUIDGID).
+fn owned_cache_dir(dir: &Path, spec: &kiln_parser::mount::Mount) -> Result<PathBuf, String> {
+    let owned = dir.join("cache");
+    let failed = |e: std::io::Error| format!("{}: {e}", owned.display());
+    match std::fs::create_dir(&owned) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(failed(e)),
+    }
+    let meta = std::fs::symlink_metadata(&owned).map_err(failed)?;
+    if !meta.is_dir() {
+        return Err(format!("{}: not a directory", owned.display()));
+    }
+    rustix::fs::chown(
+        &owned,
+        Some(rustix::fs::Uid::from_raw(spec.uid.unwrap_or(0))),
+        Some(rustix::fs::Gid::from_raw(spec.gid.unwrap_or(0))),
+    )
+    .map_err(|e| failed(e.into()))?;
+    rustix::fs::chmod(
+        &owned,
+        rustix::fs::Mode::from_raw_mode(spec.mode.unwrap_or(0o755)),
+    )
+    .map_err(|e| failed(e.into()))?;
+    Ok(owned)
+}
+
+/// `type=secret`, as BuildKit's dispatchSecret: the id is `source=`,
+/// `id=`, or the target's base name; with `env=` and no target the secret
+/// is only that variable, else a file at the target (by default
+/// `/run/secrets/<id>`). A secret that was not given is skipped, unless
+/// required.
+fn secret_mount(
+    spec: &kiln_parser::mount::Mount,
+    workdir: &str,
+    secrets: &BTreeMap<String, crate::secrets::Secret>,
+) -> Result<Vec<StepMount>, String> {
+    let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+    let base_name = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
+    let id = set(&spec.source)
+        .or_else(|| set(&spec.id))
+        .or_else(|| (!spec.target.is_empty()).then(|| base_name(&spec.target)))
+        .ok_or_else(|| "one of source, target required".to_string())?;
+    let target = match (spec.target.is_empty(), &spec.env) {
+        (false, _) => Some(spec.target.clone()),
+        (true, None) => Some(format!("/run/secrets/{}", base_name(&id))),
+        (true, Some(_)) => None,
+    };
+    let Some(secret) = secrets.get(&id) else {
+        return match spec.required {
+            true => Err(format!(
+                "secret {id} is required but was not given (--secret id={id})"
+            )),
+            false => Ok(Vec::new()),
+        };
+    };
+    let used = secret.use_for(&SecretRequest {
+        target: target.map(|t| PathBuf::from(crate::plan::normalize_workdir(workdir, &t))),
+        env: set(&spec.env),
+        mode: spec.mode,
+        uid: spec.uid,
+        gid: spec.gid,
+    });
+    let mut mounts: Vec<StepMount> = used.file.into_iter().map(StepMount::Memory).collect();
+    mounts.extend(used.env.map(|(name, value)| StepMount::Env(name, value)));
+    Ok(mounts)
 }
 
 /// `type=bind`: the source tree is the context, or a stage's or an

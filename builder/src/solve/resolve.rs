@@ -60,7 +60,7 @@ impl<'a> StoreResolver<'a> {
     /// (explain and check write nothing). A stored image is used whatever
     /// its platform.
     pub fn open_existing(root: &Path) -> Result<StoreResolver<'static>, kiln_layers::Error> {
-        let store = if root.join("index.json").is_file() {
+        let store = if Store::exists_at(root) {
             Some(Store::open(root)?)
         } else {
             None

@@ -27,6 +27,9 @@ pub(super) fn execute_run(
     // still tells what was running. A heredoc script whose interpreter is
     // missing names it and its line.
     let status = status.map_err(|e| {
+        if matches!(e, kiln_runtime::RuntimeError::Canceled) {
+            return SolveError::Canceled;
+        }
         run.error(match (&r.script, &e) {
             (
                 Some(script),
@@ -54,19 +57,28 @@ pub(super) fn execute_run(
 /// ssh agent relays that must serve while it runs.
 struct StepMounts {
     binds: Vec<BindMount>,
+    tmpfs: Vec<kiln_runtime::TmpfsMount>,
     memory: Vec<MemoryFile>,
     ssh_relays: Vec<crate::ssh::AgentRelay>,
     /// Where the first ssh mount is (SSH_AUTH_SOCK points there).
     first_ssh_target: Option<String>,
+    /// Secrets as environment variables (`env=`): only this step's process
+    /// sees them.
+    env: Vec<(String, String)>,
+    /// Cache mounts' locks, held while the step runs.
+    locks: Vec<std::fs::File>,
 }
 
 /// The RUN's heredoc script and its `--mount`s, made real.
 fn step_mounts(run: &StepRun<'_>, r: &RunStep, dir: &Path) -> Result<StepMounts, SolveError> {
     let mut mounts = StepMounts {
         binds: Vec::new(),
+        tmpfs: Vec::new(),
         memory: Vec::new(),
         ssh_relays: Vec::new(),
         first_ssh_target: None,
+        env: Vec::new(),
+        locks: Vec::new(),
     };
     if let Some(script) = &r.script {
         let pipes = dir.join("pipes");
@@ -89,12 +101,15 @@ fn step_mounts(run: &StepRun<'_>, r: &RunStep, dir: &Path) -> Result<StepMounts,
         }
         let from = mount_from(run, mount)?;
         let scratch = dir.join(format!("mount-{n}"));
-        match run_mount(run, mount, &r.workdir, from.as_ref(), &scratch)
-            .map_err(|e| run.error(e))?
-        {
-            Some(StepMount::Bind(bind)) => mounts.binds.push(bind),
-            Some(StepMount::Memory(file)) => mounts.memory.push(file),
-            None => {}
+        let made = run_mount(run, r, mount, from.as_ref(), &scratch).map_err(|e| run.error(e))?;
+        for step_mount in made {
+            match step_mount {
+                StepMount::Bind(bind) => mounts.binds.push(bind),
+                StepMount::Tmpfs(tmpfs) => mounts.tmpfs.push(tmpfs),
+                StepMount::Memory(file) => mounts.memory.push(file),
+                StepMount::Env(name, value) => mounts.env.push((name, value)),
+                StepMount::Lock(lock) => mounts.locks.push(lock),
+            }
         }
     }
     Ok(mounts)
@@ -150,6 +165,13 @@ fn mount_from(run: &StepRun<'_>, mount: &RunMount) -> Result<Option<MountFrom>, 
             }))
         }
         Some(MountSource::Image(image)) => Ok(Some(mount_image_layers(run.build, image)?)),
+        Some(MountSource::NamedContext { name, digest }) => {
+            let tree = super::copy_step::named_tree(run, name)?;
+            Ok(Some(MountFrom {
+                lowers: vec![tree.host_path("")],
+                identity: digest.clone(),
+            }))
+        }
         None => Ok(None),
     }
 }
@@ -177,16 +199,28 @@ fn run_spec(
             spec.env.push(format!("SSH_AUTH_SOCK={target}"));
         }
     }
+    for (name, value) in &mounts.env {
+        spec.env
+            .retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != name);
+        spec.env.push(format!("{name}={value}"));
+    }
     spec.cwd = r.workdir.clone();
     spec.user = r.user.clone();
-    spec.hostname = "buildkitsandbox".to_string();
+    spec.hostname = r.hostname.clone();
     spec.network = match r.network.as_deref() {
         Some("none") => Network::None,
         Some("host") => Network::Host,
         _ => opts.network,
     };
     spec.mounts = mounts.binds.clone();
+    spec.tmpfs = mounts.tmpfs.clone();
     spec.memory_files = mounts.memory.clone();
+    spec.extra_hosts = r.extra_hosts.clone();
+    if let Some(size) = r.shm_size {
+        spec.shm_size = size;
+    }
+    spec.rlimits = r.ulimits.clone();
+    spec.privileged = r.security.as_deref() == Some("insecure");
     spec.image = format!("stage {}", run.step.stage);
     spec.limits = opts.limits;
     Ok(spec)
@@ -259,17 +293,6 @@ fn script_exec_error(script: &crate::plan::InlineFile, reason: &str) -> String {
 
 /// A pipe for a RUN's output: (read end, write end).
 fn output_pipe() -> std::io::Result<(std::fs::File, std::fs::File)> {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: fds has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are fresh and owned by nothing else.
-    Ok(unsafe {
-        (
-            std::fs::File::from_raw_fd(fds[0]),
-            std::fs::File::from_raw_fd(fds[1]),
-        )
-    })
+    let (read, write) = kiln_runtime::pipe()?;
+    Ok((std::fs::File::from(read), std::fs::File::from(write)))
 }

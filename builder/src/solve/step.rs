@@ -9,10 +9,8 @@ use kiln_layers::store::CacheRecord;
 use kiln_layers::{Compression, Digest};
 use kiln_parser::shorten;
 
-use crate::copy::{self};
 use crate::plan::StepKind;
 use crate::rootfs::LayeredRootfs;
-use crate::users::ChownSpec;
 
 use super::*;
 
@@ -26,7 +24,8 @@ pub(super) fn run_step(
         tracing::info!("line {}: CACHED {}", step.line, shorten(&step.instruction));
         return Ok(true);
     }
-    let why = match (&step.cache_key, opts.no_cache) {
+    let no_cache = opts.no_cache || opts.no_cache_stages.contains(&step.stage);
+    let why = match (&step.cache_key, no_cache) {
         (None, _) => "no cache key".to_string(),
         (Some(_), true) => "--no-cache".to_string(),
         (Some(key), false) => format!("cache miss {key}"),
@@ -39,18 +38,7 @@ pub(super) fn run_step(
     match &step.kind {
         StepKind::Run(r) => execute_run(run, r, &rootfs, &dir)?,
         StepKind::Copy(c) => execute_copy(run, c, &rootfs, &dir)?,
-        StepKind::Workdir(w) => {
-            let owner = match &w.user {
-                Some(u) => Some(
-                    ChownSpec::parse(u)
-                        .resolve(&rootfs)
-                        .map_err(|e| run.error(e.to_string()))?,
-                ),
-                None => None,
-            };
-            copy::mkdir_all(&rootfs, &w.path, 0o755, owner, None)
-                .map_err(|e| run.error(e.to_string()))?;
-        }
+        StepKind::Workdir(w) => execute_workdir(run, w, &rootfs)?,
     }
     tracing::debug!("line {}: step finished, packing its layer", step.line);
     let (record, parked_bytes) = commit_layer(run, progress, &upper)?;
@@ -65,7 +53,9 @@ pub(super) fn run_step(
 /// `--no-cache`).
 fn from_cache(run: &StepRun<'_>, progress: &mut StageProgress) -> Result<bool, SolveError> {
     let (step, store) = (run.step, run.build.store);
-    let Some(key) = step.cache_key.as_ref().filter(|_| !run.build.opts.no_cache) else {
+    let opts = run.build.opts;
+    let no_cache = opts.no_cache || opts.no_cache_stages.contains(&step.stage);
+    let Some(key) = step.cache_key.as_ref().filter(|_| !no_cache) else {
         return Ok(false);
     };
     let Some(record) = store.cache_get(key)? else {

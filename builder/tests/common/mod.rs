@@ -29,19 +29,7 @@ pub fn cases(area: &str) -> Vec<PathBuf> {
 /// Compares `actual` with the golden file `case/name`; with `KILN_BLESS=1`
 /// writes it instead. Returns a description of the mismatch, if any.
 pub fn check_golden(case: &Path, name: &str, actual: &str) -> Option<String> {
-    let path = case.join(name);
-    if std::env::var_os("KILN_BLESS").is_some_and(|v| v == "1") {
-        std::fs::write(&path, actual).unwrap();
-        return None;
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with KILN_BLESS=1 to create)", path.display()));
-    (expected != actual).then(|| {
-        format!(
-            "{}: golden mismatch\n--- expected\n{expected}--- actual\n{actual}",
-            path.display()
-        )
-    })
+    kiln_testsupport::golden::compare(&case.join(name), actual)
 }
 
 /// Runs `check` on every case of `area` and fails with all mismatches.

@@ -7,15 +7,12 @@
 
 #![allow(dead_code)]
 
-use std::ffi::CString;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-pub const FIXED_MTIME: i64 = 1_600_000_000;
+use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, XattrFlags, CWD};
 
-fn cpath(path: &Path) -> CString {
-    CString::new(path.to_str().unwrap()).unwrap()
-}
+pub const FIXED_MTIME: i64 = 1_600_000_000;
 
 pub fn build(root: &Path, spec: &str) {
     let mut dirs = Vec::new();
@@ -41,16 +38,13 @@ pub fn build(root: &Path, spec: &str) {
                 let (mode, uid, gid) = mode_owner(if rest.is_empty() { "755" } else { rest });
                 chown(&path, uid, gid);
                 if kind == "o" {
-                    let rc = unsafe {
-                        libc::lsetxattr(
-                            cpath(&path).as_ptr(),
-                            c"trusted.overlay.opaque".as_ptr(),
-                            b"y".as_ptr().cast(),
-                            1,
-                            0,
-                        )
-                    };
-                    assert_eq!(rc, 0, "set opaque on {}", path.display());
+                    rustix::fs::lsetxattr(
+                        &path,
+                        "trusted.overlay.opaque",
+                        b"y",
+                        XattrFlags::empty(),
+                    )
+                    .unwrap_or_else(|e| panic!("set opaque on {}: {e}", path.display()));
                 }
                 dirs.push((path.clone(), mode));
             }
@@ -71,17 +65,16 @@ pub fn build(root: &Path, spec: &str) {
                 set_mtime(&path);
             }
             "p" => {
-                assert_eq!(unsafe { libc::mkfifo(cpath(&path).as_ptr(), 0o644) }, 0);
+                rustix::fs::mknodat(CWD, &path, FileType::Fifo, Mode::from_raw_mode(0o644), 0)
+                    .unwrap();
                 set_mtime(&path);
             }
             "h" => {
                 std::fs::hard_link(root.join(rest), &path).unwrap();
             }
             "w" => {
-                assert_eq!(
-                    unsafe { libc::mknod(cpath(&path).as_ptr(), libc::S_IFCHR, 0) },
-                    0
-                );
+                rustix::fs::mknodat(CWD, &path, FileType::CharacterDevice, Mode::empty(), 0)
+                    .unwrap();
             }
             other => panic!("bad tree entry kind {other:?} in {line:?}"),
         }
@@ -106,29 +99,27 @@ fn mode_owner(s: &str) -> (u32, u32, u32) {
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) {
-    assert_eq!(unsafe { libc::lchown(cpath(path).as_ptr(), uid, gid) }, 0);
+    rustix::fs::chownat(
+        CWD,
+        path,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
 }
 
 pub fn set_mtime(path: &Path) {
-    let ts = [
-        libc::timespec {
-            tv_sec: FIXED_MTIME,
-            tv_nsec: 0,
-        },
-        libc::timespec {
-            tv_sec: FIXED_MTIME,
-            tv_nsec: 0,
-        },
-    ];
-    let rc = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            cpath(path).as_ptr(),
-            ts.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
+    let t = Timespec {
+        tv_sec: FIXED_MTIME,
+        tv_nsec: 0,
     };
-    assert_eq!(rc, 0, "utimensat {}", path.display());
+    let ts = Timestamps {
+        last_access: t,
+        last_modification: t,
+    };
+    rustix::fs::utimensat(CWD, path, &ts, AtFlags::SYMLINK_NOFOLLOW)
+        .unwrap_or_else(|e| panic!("utimensat {}: {e}", path.display()));
 }
 
 /// Copies the files of `from` (a directory in testdata, e.g. archives) into
@@ -196,15 +187,8 @@ pub fn listing(root: &Path) -> String {
         let mode = m.mode() & 0o7777;
         let line = if ft.is_dir() {
             let mut v = [0u8; 2];
-            let n = unsafe {
-                libc::lgetxattr(
-                    cpath(&p).as_ptr(),
-                    c"trusted.overlay.opaque".as_ptr(),
-                    v.as_mut_ptr().cast(),
-                    2,
-                )
-            };
-            let opaque = if n == 1 { " opaque" } else { "" };
+            let n = rustix::fs::lgetxattr(&p, "trusted.overlay.opaque", &mut v[..]);
+            let opaque = if matches!(n, Ok(1)) { " opaque" } else { "" };
             format!("d {rel} {mode:o} {own} {t}{opaque}")
         } else if ft.is_symlink() {
             format!(

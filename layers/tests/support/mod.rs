@@ -262,8 +262,8 @@ pub fn listing(root: &Path) -> String {
             let kind = if ft.is_char_device() { "char" } else { "block" };
             format!(
                 "{name} {kind} {},{} {perms} {owner} mtime={mtime}",
-                libc::major(meta.rdev()),
-                libc::minor(meta.rdev())
+                rustix::fs::major(meta.rdev()),
+                rustix::fs::minor(meta.rdev())
             )
         } else if ft.is_fifo() {
             format!("{name} fifo {perms} {owner} mtime={mtime}")
@@ -284,20 +284,5 @@ pub fn listing(root: &Path) -> String {
 /// Compares `actual` with the file at `path`, or rewrites it when
 /// `KILN_BLESS=1`.
 pub fn check_golden(path: &Path, actual: &str) {
-    if std::env::var("KILN_BLESS").as_deref() == Ok("1") {
-        fs::write(path, actual).unwrap();
-        return;
-    }
-    let expected = fs::read_to_string(path).unwrap_or_else(|_| {
-        panic!(
-            "{} is missing; run with KILN_BLESS=1 to create it",
-            path.display()
-        )
-    });
-    assert_eq!(
-        actual,
-        expected,
-        "{} differs (KILN_BLESS=1 regenerates)",
-        path.display()
-    );
+    kiln_testsupport::golden::check(path, actual);
 }

@@ -9,14 +9,15 @@
 //! ```
 //! Exits with the container's code; on a runtime error prints it and exits
 //! with its Docker code (126/127) or 125.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use kiln_runtime::{BindMount, HelperCommand, Network, RunSpec, Streams, UpperDir};
-
-const HELPER: &str = "__runtime-helper";
+use kiln_runtime::{
+    BindMount, HelperCommand, Network, RunSpec, Streams, UpperDir, HELPER_SUBCOMMAND,
+};
 
 fn usage(message: &str) -> ExitCode {
     eprintln!("kiln-runtime-helper: {message}");
@@ -26,7 +27,7 @@ fn usage(message: &str) -> ExitCode {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some(HELPER) => std::process::exit(kiln_runtime::helper_main()),
+        Some(HELPER_SUBCOMMAND) => std::process::exit(kiln_runtime::helper_main()),
         Some("run") => run(&args[1..]),
         _ => usage("expected `run` (see the source for options)"),
     }
@@ -97,7 +98,7 @@ fn run(args: &[String]) -> ExitCode {
         .last()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    let helper = HelperCommand::current_exe(&[HELPER]);
+    let helper = HelperCommand::current_exe(&[HELPER_SUBCOMMAND]);
     match kiln_runtime::run(spec, &helper) {
         Ok(status) => ExitCode::from((status.code() & 0xff) as u8),
         Err(err) => {

@@ -56,18 +56,7 @@ fn check_golden(case: &str, plan: &Plan) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("testdata/plans")
         .join(format!("cgroup_{case}.txt"));
-    if std::env::var_os("KILN_BLESS").is_some() {
-        std::fs::write(&path, &actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (KILN_BLESS=1 writes it)", path.display()));
-    assert_eq!(
-        expected,
-        actual,
-        "plan {case} changed; KILN_BLESS=1 rewrites {}",
-        path.display()
-    );
+    kiln_testsupport::golden::check(&path, &actual);
 }
 
 #[test]

@@ -34,10 +34,7 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
 }
 
 pub fn helper() -> HelperCommand {
-    HelperCommand {
-        program: PathBuf::from(HELPER_BIN),
-        args: vec!["__runtime-helper".into()],
-    }
+    HelperCommand::subcommand_of(HELPER_BIN)
 }
 
 /// A spec for `argv` in the rootfs, state under `dir/state`, no network.

@@ -1,0 +1,1008 @@
+//! Every build option either works as in BuildKit's Dockerfile frontend or
+//! is refused: end-to-end builds (root, real namespaces) that show each
+//! option's effect — a file's content, mode or owner, a config field, an
+//! error naming the line.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::{busybox_rootfs_tar, kiln, kiln_ok};
+
+/// A store with `busybox:latest` (kiln-testsupport's busybox root
+/// filesystem: users root, app = 1000, nobody = 65534).
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = dir.path().join("busybox.tar");
+        busybox_rootfs_tar(&tar).unwrap();
+        let fixture = Fixture { dir };
+        kiln_ok(
+            &fixture.root(),
+            &["import", tar.to_str().unwrap(), "busybox:latest"],
+        );
+        fixture
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// A context directory holding `files`.
+    fn context(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        for (path, content) in files {
+            let path = dir.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+        dir
+    }
+
+    fn build(&self, args: &[&str]) -> Output {
+        let mut all = vec!["build"];
+        all.extend_from_slice(args);
+        kiln(&self.root(), &all)
+    }
+
+    /// Builds `dockerfile` with `args`, exports the root filesystem, and
+    /// returns it (panics, with the output, when the build fails).
+    fn rootfs(&self, name: &str, dockerfile: &str, args: &[&str]) -> PathBuf {
+        let ctx = self.context(name, &[("Dockerfile", dockerfile)]);
+        let out_dir = self.dir.path().join(format!("{name}-rootfs"));
+        let output = format!("type=local,dest={}", out_dir.display());
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--output", &output, ctx.to_str().unwrap()]);
+        let out = self.build(&all);
+        assert!(out.status.success(), "{}", text(&out));
+        out_dir
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn read(root: &Path, path: &str) -> String {
+    std::fs::read_to_string(root.join(path.trim_start_matches('/')))
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+macro_rules! require_root {
+    () => {
+        if !kiln_testsupport::require_root("real namespaces and overlay mounts") {
+            return;
+        }
+    };
+}
+
+/// Every file under `dir` holding `needle`.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() {
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    found.push(path);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Secret mounts: `env=` puts the value in the step's environment (and no
+/// file without a target); `mode`, `uid` and `gid` own the file so a
+/// non-root USER reads a 0400 secret; the default is 0400 root; `--secret
+/// id=X` alone reads the variable X; `type=env`. The secret's bytes reach
+/// no layer, config, history, progress line or metadata file (the exported
+/// OCI layout and the store are searched for them).
+#[test]
+fn secret_mounts_env_mode_owner_and_flag_forms() {
+    require_root!();
+    let fixture = Fixture::new();
+    let value = format!("s3cr3t-{}", std::process::id());
+    let dockerfile = "FROM busybox:latest\n\
+        RUN --mount=type=secret,id=tok,env=TOKEN \\\n\
+            echo \"env:$TOKEN\" | sha1sum > /env-sum && ls /run/secrets > /listing 2>&1; true\n\
+        RUN --mount=type=secret,id=tok stat -c '%a %u:%g' /run/secrets/tok > /default-mode\n\
+        USER app\n\
+        RUN --mount=type=secret,id=tok,mode=0400,uid=1000,gid=1000,target=/home/app/tok \\\n\
+            cat /home/app/tok | sha1sum > /tmp/owned-sum && stat -c '%a %u:%g' /home/app/tok > /tmp/owned-mode\n\
+        USER root\n\
+        RUN --mount=type=secret,id=bare,env=BARE echo \"$BARE\" | sha1sum > /bare-sum\n\
+        RUN --mount=type=secret,id=typed,env=TYPED echo \"$TYPED\" | sha1sum > /typed-sum\n\
+        RUN cp /tmp/owned-sum /tmp/owned-mode /\n";
+    let ctx = fixture.context("secrets", &[("Dockerfile", dockerfile)]);
+    let oci = fixture.dir.path().join("secrets.oci");
+    let meta = fixture.dir.path().join("secrets-meta.json");
+    let rootfs = fixture.dir.path().join("secrets-rootfs");
+    let out = common::kiln_command()
+        .arg("--root")
+        .arg(fixture.root())
+        .args(["build", "--no-cache", "-t", "secrets:test"])
+        .args(["--secret", "id=tok,env=KILN_TEST_SECRET"])
+        .args(["--secret", "id=KILN_TEST_BARE"])
+        .args(["--secret", "id=typed,type=env,src=KILN_TEST_SECRET"])
+        .args(["--build-arg", "UNUSED=1"])
+        .arg("--output")
+        .arg(format!("type=oci,dest={}", oci.display()))
+        .arg("--output")
+        .arg(format!("type=local,dest={}", rootfs.display()))
+        .arg("--metadata-file")
+        .arg(&meta)
+        .arg("-v")
+        .arg(&ctx)
+        .env("KILN_TEST_SECRET", &value)
+        .env("KILN_TEST_BARE", format!("bare-{value}"))
+        .env("KILN_PROGRESS", "plain")
+        .output()
+        .unwrap();
+    // `--secret id=KILN_TEST_BARE` has the id KILN_TEST_BARE; the Dockerfile
+    // asks for `bare`: a secret that was not given is skipped (not required).
+    assert!(out.status.success(), "{}", text(&out));
+    let sha1 = |s: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("sha1sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child.stdin.take().unwrap().write_all(s.as_bytes())?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(read(&rootfs, "/env-sum"), sha1(&format!("env:{value}\n")));
+    assert!(
+        read(&rootfs, "/listing").contains("No such file"),
+        "env= without a target mounts no file: {}",
+        read(&rootfs, "/listing")
+    );
+    assert_eq!(read(&rootfs, "/default-mode"), "400 0:0\n");
+    assert_eq!(read(&rootfs, "/owned-sum"), sha1(&value));
+    assert_eq!(read(&rootfs, "/owned-mode"), "400 1000:1000\n");
+    assert_eq!(read(&rootfs, "/bare-sum"), sha1("\n"), "not given: skipped");
+    assert_eq!(read(&rootfs, "/typed-sum"), sha1(&format!("{value}\n")));
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains(&value),
+        "progress shows the secret:\n{stderr}"
+    );
+    for place in [&oci, &meta, &rootfs, &fixture.root()] {
+        let found = files_holding(place, value.as_bytes());
+        assert!(found.is_empty(), "the secret is in {found:?}");
+    }
+    // The probe can find it: the same search sees a file that holds it.
+    std::fs::write(fixture.dir.path().join("control"), &value).unwrap();
+    assert_eq!(files_holding(fixture.dir.path(), value.as_bytes()).len(), 1);
+}
+
+/// `--secret id=X` alone reads the variable X (buildx); a required secret
+/// that was not given fails its step, naming it.
+#[test]
+fn secret_flag_defaults_and_required() {
+    require_root!();
+    let fixture = Fixture::new();
+    let dockerfile = "FROM busybox:latest\nRUN --mount=type=secret,id=KILN_TEST_BARE cat /run/secrets/KILN_TEST_BARE > /got\n";
+    let ctx = fixture.context("bare", &[("Dockerfile", dockerfile)]);
+    let rootfs = fixture.dir.path().join("bare-rootfs");
+    let out = common::kiln_command()
+        .arg("--root")
+        .arg(fixture.root())
+        .args(["build", "--secret", "id=KILN_TEST_BARE", "--output"])
+        .arg(format!("type=local,dest={}", rootfs.display()))
+        .arg(&ctx)
+        .env("KILN_TEST_BARE", "from the variable")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(read(&rootfs, "/got"), "from the variable");
+
+    let required = fixture.context(
+        "required",
+        &[(
+            "Dockerfile",
+            "FROM busybox:latest\nRUN --mount=type=secret,id=missing,required true\n",
+        )],
+    );
+    let out = fixture.build(&[required.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 2") && stderr.contains("secret missing is required"),
+        "{stderr}"
+    );
+}
+
+/// Cache mounts: `uid`/`gid`/`mode` let a non-root USER write the cache
+/// (without them the directory is root's and the write is refused), and
+/// the files persist from one build to the next.
+#[test]
+fn cache_mount_owner_and_mode() {
+    require_root!();
+    let fixture = Fixture::new();
+    let owned = fixture.rootfs(
+        "cache-owned",
+        "FROM busybox:latest\nUSER nobody\n\
+         RUN --mount=type=cache,target=/c,id=owned,uid=65534,gid=65534,mode=0700 \\\n\
+             touch /c/x && stat -c '%a %u' /c > /tmp/mode && ls /c > /tmp/ls\n\
+         USER root\nRUN cp /tmp/mode /tmp/ls /\n",
+        &["--no-cache"],
+    );
+    assert_eq!(read(&owned, "/mode"), "700 65534\n");
+    assert_eq!(read(&owned, "/ls"), "x\n");
+    // The same cache, next build: the file is there.
+    let again = fixture.rootfs(
+        "cache-owned-again",
+        "FROM busybox:latest\nRUN --mount=type=cache,target=/c,id=owned,uid=65534,gid=65534,mode=0700 ls /c > /ls\n",
+        &["--no-cache"],
+    );
+    assert_eq!(read(&again, "/ls"), "x\n");
+    // Control: without an owner, nobody cannot write the cache.
+    let denied = fixture.rootfs(
+        "cache-denied",
+        "FROM busybox:latest\nUSER nobody\n\
+         RUN --mount=type=cache,target=/c,id=denied (touch /c/x 2>&1 || true) > /tmp/out\n\
+         USER root\nRUN cp /tmp/out /\n",
+        &["--no-cache"],
+    );
+    assert!(
+        read(&denied, "/out").contains("Permission denied"),
+        "{}",
+        read(&denied, "/out")
+    );
+}
+
+/// Starts `kiln build` on a Dockerfile whose RUN marks the cache
+/// (`/c/<name>`), prints `holding`, waits (up to 120 s) for the test to
+/// release it (`release-<sharing>` in the cache), and marks it again
+/// (`/c/<name>-done`); returns once `holding` showed.
+fn start_holding_build(fixture: &Fixture, name: &str, sharing: &str) -> std::process::Child {
+    let ctx = fixture.context(
+        name,
+        &[(
+            "Dockerfile",
+            &format!(
+                "FROM busybox:latest\nRUN --mount=type=cache,target=/c,id=shared-{sharing},sharing={sharing} \
+                 touch /c/{name} && echo holding && \
+                 i=0; while [ ! -e /c/release-{sharing} ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; \
+                 touch /c/{name}-done\n"
+            ),
+        )],
+    );
+    let mut child = build_child(fixture, &ctx, &[]);
+    wait_for_line(&mut child, |line| line.ends_with(" holding"));
+    child
+}
+
+/// `kiln build --no-cache ARGS CTX` started, its progress (plain) piped.
+fn build_child(fixture: &Fixture, ctx: &Path, args: &[&str]) -> std::process::Child {
+    common::kiln_command()
+        .arg("--root")
+        .arg(fixture.root())
+        .args(["build", "--no-cache"])
+        .args(args)
+        .arg(ctx)
+        .env("KILN_PROGRESS", "plain")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Reads the child's progress until a line matches, then keeps draining
+/// it on a thread (so the build never blocks on a full pipe).
+fn wait_for_line(child: &mut std::process::Child, matches: impl Fn(&str) -> bool) {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    for line in lines.by_ref() {
+        if matches(&line.unwrap()) {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+}
+
+/// Lets the holding build of `sharing` go on: `release-<sharing>` next to
+/// its mark, in whichever cache directory of the store holds it.
+fn release(fixture: &Fixture, sharing: &str) {
+    let mark = format!("first-{sharing}");
+    let dirs: Vec<PathBuf> = files_named(&fixture.root(), &mark)
+        .iter()
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .collect();
+    assert!(!dirs.is_empty(), "no cache holds {mark}");
+    for dir in dirs {
+        std::fs::write(dir.join(format!("release-{sharing}")), "").unwrap();
+    }
+}
+
+/// Every file called `name` under `dir`.
+fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(path),
+                Ok(_) if entry.file_name() == name => found.push(path),
+                _ => {}
+            }
+        }
+    }
+    found
+}
+
+/// `sharing=`, across processes on one store, while a first build holds
+/// the cache mounted: `shared` (the default) sees its mark at once, while
+/// it still holds; `locked` waits until it is done (and then sees both its
+/// marks); `private` does not wait and gets another instance of the cache,
+/// without the marks. Ordered by the test, not by time: a first build held
+/// until the second is done (shared, private) or until the second has
+/// started its step (locked).
+#[test]
+fn cache_mount_sharing_modes_across_processes() {
+    require_root!();
+    let fixture = Fixture::new();
+    for (sharing, sees_mark, sees_done) in [
+        ("shared", true, false),
+        ("locked", true, true),
+        ("private", false, false),
+    ] {
+        let mut first = start_holding_build(&fixture, &format!("first-{sharing}"), sharing);
+        let ctx = fixture.context(
+            &format!("second-{sharing}"),
+            &[(
+                "Dockerfile",
+                &format!(
+                    "FROM busybox:latest\nRUN --mount=type=cache,target=/c,id=shared-{sharing},sharing={sharing} \
+                     ls /c > /seen\n"
+                ),
+            )],
+        );
+        let out_dir = fixture.dir.path().join(format!("second-{sharing}-out"));
+        let output = format!("type=local,dest={}", out_dir.display());
+        let mut second = build_child(&fixture, &ctx, &["--output", &output]);
+        if sharing == "locked" {
+            // The step has started and waits for the lock: let the first go.
+            wait_for_line(&mut second, |line| line.contains("ls /c"));
+            release(&fixture, sharing);
+        }
+        assert!(
+            second.wait().unwrap().success(),
+            "{sharing}: the second build failed"
+        );
+        release(&fixture, sharing);
+        assert!(
+            first.wait().unwrap().success(),
+            "{sharing}: the first build failed"
+        );
+        let seen = read(&out_dir, "/seen");
+        let name = format!("first-{sharing}");
+        let marks: Vec<&str> = seen.lines().collect();
+        assert_eq!(
+            marks.contains(&name.as_str()),
+            sees_mark,
+            "{sharing}: the second build saw {seen:?}"
+        );
+        assert_eq!(
+            marks.contains(&format!("{name}-done").as_str()),
+            sees_done,
+            "{sharing}: the second build saw {seen:?}"
+        );
+    }
+}
+
+/// `BUILDKIT_SANDBOX_HOSTNAME` names RUN's host; `BUILDKIT_CACHE_MOUNT_NS`
+/// keeps caches of one id apart; the BUILDKIT_* args kiln does not honour
+/// warn; a `# syntax=` of BuildKit's Dockerfile frontend warns that kiln
+/// uses its own, another frontend is refused naming the line.
+#[test]
+fn buildkit_build_args_and_syntax() {
+    require_root!();
+    let fixture = Fixture::new();
+    let host = fixture.rootfs(
+        "hostname",
+        "FROM busybox:latest\nRUN hostname > /h\n",
+        &["--build-arg", "BUILDKIT_SANDBOX_HOSTNAME=ci-builder"],
+    );
+    assert_eq!(read(&host, "/h"), "ci-builder\n");
+    let default = fixture.rootfs(
+        "hostname-default",
+        "FROM busybox:latest\nRUN hostname > /h\n",
+        &[],
+    );
+    assert_eq!(read(&default, "/h"), "buildkitsandbox\n");
+
+    let write = "FROM busybox:latest\nRUN --mount=type=cache,target=/c,id=ns touch /c/written-before && ls /c > /ls\n";
+    fixture.rootfs(
+        "ns-a",
+        write,
+        &["--build-arg", "BUILDKIT_CACHE_MOUNT_NS=team-a"],
+    );
+    let look = "FROM busybox:latest\nRUN --mount=type=cache,target=/c,id=ns ls /c > /ls\n";
+    let same = fixture.rootfs(
+        "ns-a-again",
+        look,
+        &["--build-arg", "BUILDKIT_CACHE_MOUNT_NS=team-a"],
+    );
+    assert_eq!(read(&same, "/ls"), "written-before\n");
+    let other = fixture.rootfs(
+        "ns-b",
+        look,
+        &["--build-arg", "BUILDKIT_CACHE_MOUNT_NS=team-b"],
+    );
+    assert_eq!(read(&other, "/ls"), "");
+
+    let ctx = fixture.context(
+        "syntax",
+        &[(
+            "Dockerfile",
+            "# syntax=docker/dockerfile:1.7\nFROM busybox:latest\nRUN true\n",
+        )],
+    );
+    let out = fixture.build(&[
+        "--build-arg",
+        "BUILDKIT_INLINE_CACHE=1",
+        ctx.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "Dockerfile:1: # syntax=docker/dockerfile:1.7: kiln uses its built-in frontend"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("BUILDKIT_INLINE_CACHE has no effect"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("were not consumed"), "{stderr}");
+
+    let ctx = fixture.context(
+        "custom-syntax",
+        &[(
+            "Dockerfile",
+            "# syntax=example.com/frontends/yaml:1\nFROM busybox:latest\n",
+        )],
+    );
+    let out = fixture.build(&[ctx.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "line 1: # syntax=example.com/frontends/yaml:1 names a frontend kiln cannot run"
+        ),
+        "{stderr}"
+    );
+}
+
+/// `--output`'s forms: `-o DIR` is the root filesystem in DIR; `-o -` and
+/// `type=tar,dest=-` a tar of it on standard output (and nothing else
+/// there); `type=tar,dest=FILE` that tar in a file; `type=image,name=…`
+/// the image in the store under more names.
+#[test]
+fn output_shorthands_tar_and_image_names() {
+    require_root!();
+    let fixture = Fixture::new();
+    let ctx = fixture.context(
+        "outputs",
+        &[("Dockerfile", "FROM busybox\nRUN echo made > /made\n")],
+    );
+    let ctx = ctx.to_str().unwrap();
+
+    let dir = fixture.dir.path().join("out-dir");
+    let out = fixture.build(&["-o", dir.to_str().unwrap(), ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(read(&dir, "/made"), "made\n");
+
+    for spec in ["-", "type=tar,dest=-"] {
+        let out = fixture.build(&["-o", spec, ctx]);
+        assert!(out.status.success(), "{}", text(&out));
+        let names = tar_names(&out.stdout);
+        assert!(names.contains(&"made".to_string()), "{spec}: {names:?}");
+        assert!(
+            names.iter().any(|n| n == "bin/busybox"),
+            "{spec}: {names:?}"
+        );
+    }
+
+    let file = fixture.dir.path().join("rootfs.tar");
+    let spec = format!("type=tar,dest={}", file.display());
+    let out = fixture.build(&["--output", &spec, ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    let names = tar_names(&std::fs::read(&file).unwrap());
+    assert!(names.contains(&"made".to_string()), "{names:?}");
+
+    let out = fixture.build(&[
+        "-t",
+        "first:1",
+        "--output",
+        "type=image,\"name=second:2,third:3\"",
+        ctx,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    // `inspect` shows the manifest and config: the same for every name.
+    let id = |name: &str| {
+        let out = kiln(&fixture.root(), &["inspect", name]);
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).replace(name, "NAME")
+    };
+    assert_eq!(id("first:1"), id("second:2"));
+    assert_eq!(id("first:1"), id("third:3"));
+
+    let out = fixture.build(&["--output", "type=tar", ctx]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let out = fixture.build(&["--output", "type=image,push=true", ctx]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("name"), "{}", text(&out));
+}
+
+/// The member names of a tar (the system's tar reads it), without `./`.
+fn tar_names(tar: &[u8]) -> Vec<String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("tar")
+        .args(["-tf", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let bytes = tar.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&bytes));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success(), "not a tar ({} bytes)", tar.len());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim_start_matches("./").trim_end_matches('/').to_string())
+        .collect()
+}
+
+/// Without `-f`, a context's `Containerfile` is read when it has no
+/// `Dockerfile` (and a `Dockerfile` wins over it); `.containerignore` is
+/// read when there is no `.dockerignore`.
+#[test]
+fn containerfile_and_containerignore_defaults() {
+    require_root!();
+    let fixture = Fixture::new();
+    let dockerfile = "FROM busybox\nCOPY . /ctx/\nRUN echo containerfile > /which\n";
+    let ctx = fixture.context(
+        "containerfile",
+        &[
+            ("Containerfile", dockerfile),
+            (".containerignore", "secret.txt\n"),
+            ("secret.txt", "hidden"),
+            ("kept.txt", "kept"),
+        ],
+    );
+    let out_dir = fixture.dir.path().join("containerfile-out");
+    let out = fixture.build(&["-o", out_dir.to_str().unwrap(), ctx.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(read(&out_dir, "/which"), "containerfile\n");
+    assert_eq!(read(&out_dir, "/ctx/kept.txt"), "kept");
+    assert!(!out_dir.join("ctx/secret.txt").exists());
+
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nRUN echo dockerfile > /which\n",
+    )
+    .unwrap();
+    let out_dir = fixture.dir.path().join("dockerfile-out");
+    let out = fixture.build(&["-o", out_dir.to_str().unwrap(), ctx.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(read(&out_dir, "/which"), "dockerfile\n");
+
+    let empty = fixture.context("no-dockerfile", &[("a.txt", "a")]);
+    let out = fixture.build(&[empty.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("Containerfile"), "{}", text(&out));
+}
+
+/// `--no-cache-filter STAGE` runs that stage's steps again (and those of
+/// the stages that copy from it, so they copy the new content) and takes
+/// the other stages from the cache; a name no stage has is an error.
+#[test]
+fn no_cache_filter_reruns_only_the_named_stage() {
+    require_root!();
+    let fixture = Fixture::new();
+    let dockerfile = "FROM busybox AS a\nRUN cat /proc/sys/kernel/random/uuid > /a\n\
+                      FROM busybox AS b\nRUN cat /proc/sys/kernel/random/uuid > /b\n\
+                      FROM busybox\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n";
+    let first = fixture.rootfs("filter-1", dockerfile, &[]);
+    let cached = fixture.rootfs("filter-2", dockerfile, &[]);
+    assert_eq!(read(&first, "/a"), read(&cached, "/a"));
+    assert_eq!(read(&first, "/b"), read(&cached, "/b"));
+
+    let filtered = fixture.rootfs("filter-3", dockerfile, &["--no-cache-filter", "A"]);
+    assert_ne!(read(&first, "/a"), read(&filtered, "/a"));
+    assert_eq!(read(&first, "/b"), read(&filtered, "/b"));
+
+    let ctx = fixture.context("filter-bad", &[("Dockerfile", dockerfile)]);
+    let out = fixture.build(&["--no-cache-filter", "nope", ctx.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("--no-cache-filter nope"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// `--pull=never` builds from what the store has and fails, naming the
+/// image, on a base it lacks; `--pull` (always) goes to the registry even
+/// for a stored base, so with no registry behind the name it fails where
+/// `missing` (the default) builds.
+#[test]
+fn pull_policies() {
+    require_root!();
+    let fixture = Fixture::new();
+    // A base stored under the name of a registry nobody listens on.
+    let tar = fixture.dir.path().join("busybox.tar");
+    kiln_ok(
+        &fixture.root(),
+        &["import", tar.to_str().unwrap(), "127.0.0.1:9/stored/base:1"],
+    );
+    let stored = fixture.context(
+        "pull-stored",
+        &[("Dockerfile", "FROM 127.0.0.1:9/stored/base:1\nRUN true\n")],
+    );
+    let stored = stored.to_str().unwrap();
+    let missing = fixture.context(
+        "pull-missing",
+        &[("Dockerfile", "FROM 127.0.0.1:9/absent/base:1\nRUN true\n")],
+    );
+
+    let out = fixture.build(&["--pull=never", stored]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = fixture.build(&["--pull=missing", stored]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = fixture.build(&["--pull=never", missing.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("127.0.0.1:9/absent/base:1"),
+        "{}",
+        text(&out)
+    );
+
+    for always in ["--pull", "--pull=always"] {
+        let out = fixture.build(&[always, stored]);
+        assert!(!out.status.success(), "{always}: {}", text(&out));
+        assert!(text(&out).contains("127.0.0.1:9"), "{}", text(&out));
+    }
+}
+
+/// `RUN --mount=type=tmpfs`: a real tmpfs (mode 1777, so a non-root USER
+/// writes it), `size=` its limit, nothing of it in the layer.
+#[test]
+fn tmpfs_mount_size_and_mode() {
+    require_root!();
+    let fixture = Fixture::new();
+    let dockerfile = "FROM busybox\nUSER nobody\n\
+        RUN --mount=type=tmpfs,target=/t,size=1m \
+            stat -c %a /t > /tmp/mode && \
+            df -k /t | tail -1 | awk '{print $2}' > /tmp/size && \
+            echo hi > /t/written && \
+            if dd if=/dev/zero of=/t/big bs=1k count=2048 2>/dev/null; \
+            then echo fits > /tmp/over; else echo full > /tmp/over; fi\n";
+    let out = fixture.rootfs("tmpfs", dockerfile, &[]);
+    assert_eq!(read(&out, "/tmp/mode"), "1777\n");
+    assert_eq!(read(&out, "/tmp/size"), "1024\n");
+    assert_eq!(read(&out, "/tmp/over"), "full\n");
+    assert!(!out.join("t/written").exists());
+}
+
+/// `--shm-size`, `--ulimit` and `--add-host` reach every RUN (and are part
+/// of its cache key: the second build runs the step again).
+#[test]
+fn shm_size_ulimit_and_add_host() {
+    require_root!();
+    let fixture = Fixture::new();
+    let dockerfile = "FROM busybox\n\
+        RUN df -k /dev/shm | tail -1 | awk '{print $2}' > /shm && \
+            ulimit -Sn > /nofile-soft && ulimit -Hn > /nofile-hard && ulimit -u > /nproc && \
+            grep -c . /etc/hosts > /host-lines && (grep -w db /etc/hosts || true) > /db\n";
+    let plain = fixture.rootfs("step-defaults", dockerfile, &[]);
+    assert_eq!(read(&plain, "/shm"), "65536\n");
+    assert_eq!(read(&plain, "/db"), "");
+    let set = fixture.rootfs(
+        "step-set",
+        dockerfile,
+        &[
+            "--shm-size",
+            "128m",
+            "--ulimit",
+            "nofile=1024:2048",
+            "--ulimit",
+            "nproc=300",
+            "--add-host",
+            "db:10.1.2.3",
+            "--add-host",
+            "v6=2001:db8::7",
+        ],
+    );
+    assert_eq!(read(&set, "/shm"), "131072\n");
+    assert_eq!(read(&set, "/nofile-soft"), "1024\n");
+    assert_eq!(read(&set, "/nofile-hard"), "2048\n");
+    assert_eq!(read(&set, "/nproc"), "300\n");
+    assert_eq!(read(&set, "/db"), "10.1.2.3\tdb\n");
+    let hosts = read(&set, "/host-lines");
+    let plain_hosts = read(&plain, "/host-lines");
+    let count = |s: &str| s.trim().parse::<usize>().unwrap();
+    assert_eq!(count(&hosts), count(&plain_hosts) + 2);
+
+    let ctx = fixture.context("step-bad", &[("Dockerfile", dockerfile)]);
+    for bad in [
+        ["--ulimit", "files=1"],
+        ["--add-host", "db:host-gateway"],
+        ["--shm-size", "0"],
+    ] {
+        let mut args = bad.to_vec();
+        args.push(ctx.to_str().unwrap());
+        let out = fixture.build(&args);
+        assert!(!out.status.success(), "{bad:?}: {}", text(&out));
+        assert!(text(&out).contains(bad[0]), "{}", text(&out));
+    }
+}
+
+/// BuildKit's entitlements: `RUN --security=insecure` and `RUN
+/// --network=host` fail, naming the line and the `--allow` that grants
+/// them, until the build grants it; insecure then runs with every
+/// capability and no seccomp filter (it can mount), where a plain RUN
+/// cannot.
+#[test]
+fn entitlements_insecure_and_host_network() {
+    require_root!();
+    let fixture = Fixture::new();
+    let insecure = "FROM busybox\n\
+        RUN --security=insecure grep CapEff /proc/self/status > /caps && \
+            mkdir -p /m && mount -t tmpfs none /m && echo mounted > /mounted\n\
+        RUN grep CapEff /proc/self/status > /plain-caps && \
+            (mount -t tmpfs none /mnt 2>/dev/null && echo yes || echo no) > /plain-mount\n";
+    let ctx = fixture.context("insecure", &[("Dockerfile", insecure)]);
+    let out = fixture.build(&[ctx.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let message = text(&out);
+    assert!(message.contains("line 2"), "{message}");
+    assert!(message.contains("--allow security.insecure"), "{message}");
+
+    let root = fixture.rootfs("insecure-ok", insecure, &["--allow", "security.insecure"]);
+    assert_eq!(read(&root, "/mounted"), "mounted\n");
+    assert_eq!(read(&root, "/plain-mount"), "no\n");
+    let caps = |path: &str| {
+        let line = read(&root, path);
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    let (full, plain) = (caps("/caps"), caps("/plain-caps"));
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    assert!(full & CAP_SYS_ADMIN != 0, "{full:x}");
+    assert!(plain & CAP_SYS_ADMIN == 0, "{plain:x}");
+    assert!(
+        full.count_ones() > plain.count_ones() + 10,
+        "{full:x} {plain:x}"
+    );
+
+    let host = "FROM busybox\nRUN --network=host true\n";
+    let ctx = fixture.context("host-net", &[("Dockerfile", host)]);
+    let out = fixture.build(&["--network", "none", ctx.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("--allow network.host"),
+        "{}",
+        text(&out)
+    );
+    for grant in [
+        vec!["--network", "none", "--allow", "network.host"],
+        vec!["--network", "host"],
+    ] {
+        let mut args = grant.clone();
+        args.push(ctx.to_str().unwrap());
+        let out = fixture.build(&args);
+        assert!(out.status.success(), "{grant:?}: {}", text(&out));
+    }
+}
+
+/// ADD's flags: `--chmod` sets the mode, `--unpack=false` keeps a local
+/// archive as it is (ADD extracts it by default), `--exclude` leaves out
+/// what its pattern matches, `--chown` owns what it adds.
+#[test]
+fn add_chmod_unpack_exclude_chown() {
+    require_root!();
+    let fixture = Fixture::new();
+    let ctx = fixture.context(
+        "add-flags",
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\n\
+                 ADD --chmod=0640 f.txt /chmod/f.txt\n\
+                 ADD --unpack=false arch.tar /kept/\n\
+                 ADD arch.tar /unpacked/\n\
+                 ADD --exclude=*.log d /excluded/\n\
+                 ADD --chown=1000:1000 f.txt /owned/f.txt\n",
+            ),
+            ("f.txt", "f\n"),
+            ("inner/inner.txt", "inner\n"),
+            ("d/keep.txt", "keep\n"),
+            ("d/skip.log", "skip\n"),
+        ],
+    );
+    common::run_ok(
+        std::process::Command::new("tar")
+            .arg("-cf")
+            .arg(ctx.join("arch.tar"))
+            .arg("-C")
+            .arg(ctx.join("inner"))
+            .arg("inner.txt"),
+    );
+    let out_dir = fixture.dir.path().join("add-flags-out");
+    let out = fixture.build(&["-o", out_dir.to_str().unwrap(), ctx.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    use std::os::unix::fs::MetadataExt;
+    let meta = |p: &str| std::fs::metadata(out_dir.join(p)).unwrap();
+    assert_eq!(meta("chmod/f.txt").mode() & 0o7777, 0o640);
+    assert!(out_dir.join("kept/arch.tar").is_file());
+    assert!(!out_dir.join("kept/inner.txt").exists());
+    assert_eq!(read(&out_dir, "/unpacked/inner.txt"), "inner\n");
+    assert!(!out_dir.join("unpacked/arch.tar").exists());
+    assert_eq!(read(&out_dir, "/excluded/keep.txt"), "keep\n");
+    assert!(!out_dir.join("excluded/skip.log").exists());
+    assert_eq!(
+        (meta("owned/f.txt").uid(), meta("owned/f.txt").gid()),
+        (1000, 1000)
+    );
+}
+
+/// HEALTHCHECK's flags each set their field of the config's Healthcheck
+/// (durations in nanoseconds).
+#[test]
+fn healthcheck_flags_set_the_config() {
+    require_root!();
+    let fixture = Fixture::new();
+    let ctx = fixture.context(
+        "healthcheck",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nHEALTHCHECK --interval=30s --timeout=5s --start-period=1m \
+             --start-interval=2s --retries=7 CMD true\n",
+        )],
+    );
+    let out = fixture.build(&["-t", "health:1", ctx.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let inspect = kiln_ok(&fixture.root(), &["inspect", "health:1"]);
+    let value: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    let health = &value[0]["Config"]["config"]["Healthcheck"];
+    assert_eq!(
+        health["Test"],
+        serde_json::json!(["CMD-SHELL", "true"]),
+        "{health}"
+    );
+    assert_eq!(health["Interval"], 30_000_000_000u64, "{health}");
+    assert_eq!(health["Timeout"], 5_000_000_000u64, "{health}");
+    assert_eq!(health["StartPeriod"], 60_000_000_000u64, "{health}");
+    assert_eq!(health["StartInterval"], 2_000_000_000u64, "{health}");
+    assert_eq!(health["Retries"], 7, "{health}");
+}
+
+/// The mount options' other spellings, as BuildKit reads them: `src` for
+/// `source`, `dst` and `destination` for `target`, `ro` for `readonly`,
+/// `readwrite` and `rw` for writable (a bind mount is read-only by
+/// default).
+#[test]
+fn mount_option_spellings() {
+    require_root!();
+    let fixture = Fixture::new();
+    let ctx = fixture.context(
+        "mount-spellings",
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\n\
+                 RUN --mount=type=bind,src=d,dst=/m1 cat /m1/f > /via-src-dst\n\
+                 RUN --mount=type=bind,source=d,destination=/m2 cat /m2/f > /via-destination\n\
+                 RUN --mount=type=bind,source=d,target=/m3 (touch /m3/new 2>/dev/null && echo rw || echo ro) > /default\n\
+                 RUN --mount=type=bind,source=d,target=/m4,rw (touch /m4/new && echo rw || echo ro) > /rw\n\
+                 RUN --mount=type=bind,source=d,target=/m5,readwrite (touch /m5/new && echo rw || echo ro) > /readwrite\n\
+                 RUN --mount=type=cache,id=spell,target=/m6,ro (touch /m6/new 2>/dev/null && echo rw || echo ro) > /ro\n\
+                 RUN --mount=type=cache,id=spell,target=/m7,readonly (touch /m7/new 2>/dev/null && echo rw || echo ro) > /readonly\n",
+            ),
+            ("d/f", "from-context\n"),
+        ],
+    );
+    let out_dir = fixture.dir.path().join("mount-spellings-out");
+    let out = fixture.build(&["-o", out_dir.to_str().unwrap(), ctx.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(read(&out_dir, "/via-src-dst"), "from-context\n");
+    assert_eq!(read(&out_dir, "/via-destination"), "from-context\n");
+    assert_eq!(read(&out_dir, "/default"), "ro\n");
+    assert_eq!(read(&out_dir, "/rw"), "rw\n");
+    assert_eq!(read(&out_dir, "/readwrite"), "rw\n");
+    assert_eq!(read(&out_dir, "/ro"), "ro\n");
+    assert_eq!(read(&out_dir, "/readonly"), "ro\n");
+    // A writable bind mount's writes stay out of the context.
+    assert!(!ctx.join("d/new").exists());
+}
+
+/// The flags about what a build shows and reads: `--dry-run` prints the
+/// plan (`--format json` as JSON) and builds nothing; `-f` reads a
+/// Dockerfile outside the context; `-q` prints the image id alone; `-v`
+/// adds the cache decisions.
+#[test]
+fn dry_run_format_file_quiet_and_verbose() {
+    require_root!();
+    let fixture = Fixture::new();
+    let ctx = fixture.context(
+        "cli",
+        &[("Dockerfile", "FROM busybox\nRUN echo in-context > /which\n")],
+    );
+    let ctx = ctx.to_str().unwrap();
+
+    let out = fixture.build(&["--dry-run", "-t", "planned:1", ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("echo in-context"), "{}", text(&out));
+    let images = kiln(&fixture.root(), &["inspect", "planned:1"]);
+    assert!(!images.status.success(), "--dry-run tagged an image");
+    let out = fixture.build(&["--dry-run", "--format", "json", ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    let plan: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert!(plan.to_string().contains("echo in-context"), "{plan}");
+
+    let other = fixture.dir.path().join("Other.Dockerfile");
+    std::fs::write(&other, "FROM busybox\nRUN echo from-file > /which\n").unwrap();
+    let out_dir = fixture.dir.path().join("cli-f");
+    let out = fixture.build(&[
+        "-f",
+        other.to_str().unwrap(),
+        "-o",
+        out_dir.to_str().unwrap(),
+        ctx,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(read(&out_dir, "/which"), "from-file\n");
+
+    let out = fixture.build(&["-q", "--no-cache", ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.trim().starts_with("sha256:") && stdout.trim().lines().count() == 1,
+        "{stdout}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{}", text(&out));
+
+    let plain = fixture.build(&["--progress", "plain", "--no-cache", ctx]);
+    let verbose = fixture.build(&["--progress", "plain", "-v", "--no-cache", ctx]);
+    assert!(plain.status.success() && verbose.status.success());
+    let decision = "--no-cache: RUN echo in-context";
+    assert!(!text(&plain).contains(decision), "{}", text(&plain));
+    assert!(text(&verbose).contains(decision), "{}", text(&verbose));
+}
