@@ -263,7 +263,14 @@ fn build_help_flags() -> Vec<String> {
     let mut flags: Vec<String> = out
         .lines()
         .filter_map(|line| {
-            let line = line.trim_start();
+            // Flags start in clap's flag column (2 or 6 spaces in); a
+            // description wrapped onto a line that starts with `--` is
+            // indented further.
+            let trimmed = line.trim_start();
+            if line.len() - trimmed.len() > 6 {
+                return None;
+            }
+            let line = trimmed;
             let line = line
                 .strip_prefix('-')
                 .filter(|l| !l.starts_with('-'))
