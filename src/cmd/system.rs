@@ -63,17 +63,22 @@ pub struct PruneArgs {
     /// Remove nothing; say what would be removed.
     #[arg(long)]
     dry_run: bool,
-    /// Keep at most this much collectable data (e.g. 5GB, 10%),
-    /// removing the least recently used first.
+    /// Remove, least recently used first, until at most this much
+    /// collectable data is left (e.g. 5GB, 10%); --min-free-space may take
+    /// it lower.
     #[arg(long, value_name = "SIZE")]
-    keep_storage: Option<String>,
+    max_used_space: Option<String>,
     /// Remove, least recently used first, until the store's filesystem has
     /// this much free (e.g. 2GB, 10%).
     #[arg(long, value_name = "SIZE")]
     min_free_space: Option<String>,
-    /// --min-free-space never takes the collectable data below this.
+    /// Keep at least this much collectable data, whatever the other limits;
+    /// alone, remove down to it.
     #[arg(long, value_name = "SIZE")]
     reserved_space: Option<String>,
+    /// The older name of --reserved-space, as in buildx.
+    #[arg(long, value_name = "SIZE")]
+    keep_storage: Option<String>,
     /// `until=DURATION`: only what was last used longer ago (e.g. 24h);
     /// `type=KIND`: only this kind (cache, cache-mount, dangling,
     /// unreferenced, scratch; repeatable).
@@ -104,10 +109,12 @@ fn space_flag(flag: &str, value: &Option<String>) -> anyhow::Result<Option<Space
 }
 
 impl PruneArgs {
-    /// The policy the flags ask for. Without --all, types or limits: what
-    /// nothing uses (unreferenced blobs and snapshots, scratch). With a
-    /// limit (--keep-storage, --min-free-space, until=): the automatic
-    /// collection's kinds. --all: every kind.
+    /// The policy the flags ask for, as `docker buildx prune` reads them.
+    /// Without --all, types or limits: what nothing uses (unreferenced
+    /// blobs and snapshots, scratch). With a limit (--max-used-space,
+    /// --min-free-space, --reserved-space or its older name
+    /// --keep-storage, until=): the automatic collection's kinds. --all:
+    /// every kind.
     pub fn policy(&self) -> anyhow::Result<Policy> {
         let mut types = Vec::new();
         let mut until = None;
@@ -124,23 +131,27 @@ impl PruneArgs {
             bail!("--all and --filter type= both choose what is removed: give one");
         }
         let mut policy = Policy::all_of(types.iter().copied());
-        let keep_storage = space_flag("keep-storage", &self.keep_storage)?;
+        let max_used = space_flag("max-used-space", &self.max_used_space)?;
         policy.min_free_space = space_flag("min-free-space", &self.min_free_space)?;
-        policy.reserved_space = space_flag("reserved-space", &self.reserved_space)?;
+        policy.reserved_space = match (&self.keep_storage, &self.reserved_space) {
+            (Some(_), Some(_)) => {
+                bail!("--keep-storage is the older name of --reserved-space: give one")
+            }
+            (Some(_), None) => space_flag("keep-storage", &self.keep_storage)?,
+            (None, _) => space_flag("reserved-space", &self.reserved_space)?,
+        };
         policy.until = until;
-        // A size limit replaces "keep nothing".
-        if keep_storage.is_some() || policy.min_free_space.is_some() {
-            policy.keep_storage = keep_storage;
-        } else if policy.reserved_space.is_some() {
-            bail!("--reserved-space needs --keep-storage or --min-free-space");
+        // A size limit replaces "keep nothing" (see `Policy::keep_bytes`).
+        let limited = max_used.is_some()
+            || policy.min_free_space.is_some()
+            || policy.reserved_space.is_some();
+        if limited {
+            policy.keep_storage = max_used;
         }
         if types.is_empty() {
             policy.types = if self.all {
                 Kind::ALL.into_iter().collect()
-            } else if self.keep_storage.is_some()
-                || policy.min_free_space.is_some()
-                || until.is_some()
-            {
+            } else if limited || until.is_some() {
                 Policy::default_types()
             } else {
                 [Kind::Unreferenced, Kind::Scratch].into_iter().collect()

@@ -123,15 +123,75 @@ fn min_free_space_frees_down_to_the_reserve() {
         text(&out)
     );
     assert!(recs.iter().all(|r| r.exists()));
-    let err = fixture
-        .kiln(&["prune", "--reserved-space", "1GB"])
-        .output()
-        .expect("run kiln");
-    assert!(!err.status.success(), "a reserve alone limits nothing");
+    // A reserve alone is the limit (as buildx's): under it, nothing goes.
+    let out = fixture.ok(&["prune", "--reserved-space", "1GB"]);
+    assert!(
+        reported(&out, "cache records").starts_with("cache records: 0,"),
+        "{}",
+        text(&out)
+    );
     // Without the reserve: all of it.
     let out = fixture.ok(&["prune", "--min-free-space", "100%"]);
     assert!(
         reported(&out, "cache records").starts_with("cache records: 3,"),
+        "{}",
+        text(&out)
+    );
+    assert!(recs.iter().all(|r| !r.exists()));
+}
+
+/// The size flags as `docker buildx prune` reads them: --max-used-space is
+/// a ceiling that --min-free-space lowers; --reserved-space (and its older
+/// name --keep-storage) a floor that nothing goes below.
+#[test]
+fn max_used_space_is_a_ceiling_and_keep_storage_a_floor_as_in_buildx() {
+    crate::require_root!();
+    let (fixture, _ctx, recs) = series(2);
+    // Free space nothing can give: min-free-space asks for everything.
+    let dry = |limit: &str| {
+        fixture.ok(&[
+            "prune",
+            "--dry-run",
+            "--min-free-space",
+            "100%",
+            limit,
+            "1GB",
+        ])
+    };
+    let out = dry("--max-used-space");
+    assert!(
+        reported(&out, "cache records").starts_with("cache records: 2,"),
+        "{}",
+        text(&out)
+    );
+    for floor in ["--keep-storage", "--reserved-space"] {
+        let out = dry(floor);
+        assert!(
+            reported(&out, "cache records").starts_with("cache records: 0,"),
+            "{floor}: {}",
+            text(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("the limits keep 1073741824 bytes"),
+            "{floor}: {}",
+            text(&out)
+        );
+    }
+    assert!(recs.iter().all(|r| r.exists()), "dry runs");
+    let out = fixture
+        .kiln(&["prune", "--keep-storage", "1GB", "--reserved-space", "2GB"])
+        .output()
+        .expect("run kiln");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("older name of --reserved-space"),
+        "{}",
+        text(&out)
+    );
+    // --max-used-space alone: least recently used first down to it.
+    let out = fixture.ok(&["prune", "--max-used-space", "1"]);
+    assert!(
+        reported(&out, "cache records").starts_with("cache records: 2,"),
         "{}",
         text(&out)
     );

@@ -11,9 +11,10 @@
 //! [gc]
 //! enabled = true            # collect after every build
 //! keep-storage = "10GB"     # or "10%" of the store's filesystem; "0": no limit
+//!                           # (BuildKit's maxUsedSpace; max-used-space is the same key)
 //! keep-duration = "720h"    # also remove what was not used for this long
 //! min-free-space = "2GB"    # keep this much free (a build collects first)
-//! reserved-space = "1GB"    # min-free-space never takes the cache below this
+//! reserved-space = "1GB"    # never collect below this; alone, the limit
 //! types = ["cache", "cache-mount", "unreferenced", "scratch"]
 //! ```
 //!
@@ -206,8 +207,8 @@ impl Disk {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
     pub types: BTreeSet<Kind>,
-    /// Keep at most this much collectable data (BuildKit's keepStorage,
-    /// maxUsedSpace); `Some(Bytes(0))` keeps nothing.
+    /// Keep at most this much collectable data (BuildKit's maxUsedSpace;
+    /// gc.toml's keep-storage); `Some(Bytes(0))` keeps nothing.
     pub keep_storage: Option<Space>,
     /// Remove what was last used longer ago than this, whatever the size.
     pub keep_duration: Option<Duration>,
@@ -216,7 +217,9 @@ pub struct Policy {
     pub until: Option<Duration>,
     /// Remove until the filesystem has this much free.
     pub min_free_space: Option<Space>,
-    /// `min_free_space` never takes the collectable data below this.
+    /// The size limits never take the collectable data below this; alone,
+    /// it is the limit (BuildKit's reservedSpace, and its older
+    /// keepStorage).
     pub reserved_space: Option<Space>,
 }
 
@@ -261,15 +264,12 @@ impl Policy {
         }
     }
 
-    /// Whether a size limit is set (keep-storage or min-free-space).
-    pub fn limits_size(&self) -> bool {
-        self.keep_storage.is_some() || self.min_free_space.is_some()
-    }
-
     /// How many bytes of collectable data to keep when `usage` bytes are
     /// collectable, on `disk`; `None` without a size limit (keep all).
-    /// BuildKit's `calculateKeepBytes`: start from keep-storage, lower it
-    /// to free min-free-space, never below reserved-space.
+    /// BuildKit's `calculateKeepBytes`: start from keep-storage (its
+    /// maxUsedSpace), lower it to free min-free-space, never below
+    /// reserved-space; reserved-space alone is the limit (as BuildKit's
+    /// reservedSpace, and its old keepStorage, are).
     pub fn keep_bytes(&self, usage: u64, disk: Disk) -> Option<u64> {
         let bytes = |s: Space| s.bytes(disk.total);
         let mut keep = self.keep_storage.map(bytes);
@@ -283,8 +283,10 @@ impl Policy {
                 keep = Some(usage);
             }
         }
-        let reserved = self.reserved_space.map_or(0, bytes);
-        keep.map(|k| k.max(reserved))
+        match self.reserved_space.map(bytes) {
+            Some(reserved) => Some(keep.unwrap_or(0).max(reserved)),
+            None => keep,
+        }
     }
 }
 
@@ -355,6 +357,11 @@ impl GcConfig {
             if !seen.insert(key.to_string()) {
                 return Err(error(format!("{key} is set twice")));
             }
+            if seen.contains("keep-storage") && seen.contains("max-used-space") {
+                return Err(error(
+                    "keep-storage and max-used-space are one limit: give one".into(),
+                ));
+            }
             config.set(key, value.trim()).map_err(error)?;
         }
         Ok(config)
@@ -375,7 +382,8 @@ impl GcConfig {
                 Value::Bool(b) => self.enabled = b,
                 other => return Err(format!("enabled: expected true or false, found {other:?}")),
             },
-            "keep-storage" => policy.keep_storage = space(value)?,
+            // BuildKit's maxUsedSpace is the same limit (`parse` refuses both).
+            "keep-storage" | "max-used-space" => policy.keep_storage = space(value)?,
             "min-free-space" => policy.min_free_space = space(value)?,
             "reserved-space" => policy.reserved_space = space(value)?,
             "keep-duration" => {
@@ -401,8 +409,8 @@ impl GcConfig {
             },
             _ => {
                 return Err(format!(
-                    "unknown key {key:?} (enabled, keep-storage, keep-duration, \
-                     min-free-space, reserved-space, types)"
+                    "unknown key {key:?} (enabled, keep-storage or max-used-space, \
+                     keep-duration, min-free-space, reserved-space, types)"
                 ))
             }
         }
@@ -526,6 +534,13 @@ mod tests {
             ..Policy::all_of([Kind::Cache])
         };
         assert_eq!(only_free.keep_bytes(30 * GIB, disk), Some(30 * GIB));
+        // reserved-space alone is the limit.
+        let only_reserve = Policy {
+            keep_storage: None,
+            reserved_space: Some(Space::Bytes(12 * GIB)),
+            ..Policy::all_of([Kind::Cache])
+        };
+        assert_eq!(only_reserve.keep_bytes(30 * GIB, disk), Some(12 * GIB));
     }
 
     #[test]
@@ -561,6 +576,14 @@ mod tests {
                 .keep_storage,
             None
         );
+        // BuildKit's name of the same limit.
+        assert_eq!(
+            GcConfig::parse("[gc]\nmax-used-space = \"3GB\"\n", path)
+                .unwrap()
+                .policy
+                .keep_storage,
+            Some(Space::Bytes(3 * GIB))
+        );
         for (text, line, words) in [
             (
                 "[gc]\n\nkeep-storag = \"1GB\"\n",
@@ -579,6 +602,11 @@ mod tests {
                 "[gc]\nkeep-storage = \"1GB\"\nkeep-storage = \"2GB\"\n",
                 3,
                 "set twice",
+            ),
+            (
+                "[gc]\nkeep-storage = \"1GB\"\nmax-used-space = \"2GB\"\n",
+                3,
+                "one limit",
             ),
             ("[gc]\nkeep-duration = \"soon\"\n", 2, "invalid duration"),
             ("[gc]\nkeep-storage\n", 2, "expected key = value"),
