@@ -81,7 +81,8 @@ pub struct PruneArgs {
     keep_storage: Option<String>,
     /// `until=DURATION`: only what was last used longer ago (e.g. 24h);
     /// `type=KIND`: only this kind (cache, cache-mount, dangling,
-    /// unreferenced, scratch; repeatable).
+    /// unreferenced, scratch, or BuildKit's regular and exec.cachemount;
+    /// repeatable).
     #[arg(long = "filter", value_name = "until=DURATION|type=KIND")]
     filters: Vec<String>,
 }

@@ -79,6 +79,20 @@ fn types_all_and_dangling_images() {
     fixture.build(&cache_ctx, &[]);
     let images = |f: &Fixture| String::from_utf8_lossy(&f.ok(&["images"]).stdout).into_owned();
     assert!(images(&fixture).contains("<none>"), "{}", images(&fixture));
+    // BuildKit's record type names: exec.cachemount is cache-mount,
+    // regular is cache; source.local has no counterpart here.
+    let out = fixture.ok(&["prune", "--dry-run", "--filter", "type=exec.cachemount"]);
+    assert!(reported(&out, "cache mounts").starts_with("cache mounts: 1,"));
+    assert!(reported(&out, "cache records").starts_with("cache records: 0,"));
+    let out = fixture.ok(&["prune", "--dry-run", "--filter", "type=regular"]);
+    assert!(reported(&out, "cache mounts").starts_with("cache mounts: 0,"));
+    assert!(reported(&out, "cache records").starts_with("cache records: 2,"));
+    let out = fixture
+        .kiln(&["prune", "--filter", "type=source.local"])
+        .output()
+        .expect("run kiln");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown type \"source.local\""));
     // type=cache-mount: the cache mount only.
     let out = fixture.ok(&["prune", "--filter", "type=cache-mount"]);
     assert!(reported(&out, "cache mounts").starts_with("cache mounts: 1,"));

@@ -71,14 +71,27 @@ impl Kind {
         }
     }
 
-    /// Parses a [`Kind::name`].
+    /// Parses a [`Kind::name`], or the name of BuildKit's record type that
+    /// is the same kind (`docker buildx prune --filter type=`):
+    /// `exec.cachemount` and `regular`. BuildKit's other record types
+    /// (`source.local`, `source.git.checkout`, `frontend`, `internal`)
+    /// have no counterpart in kiln's store and are refused.
     pub fn parse(name: &str) -> std::result::Result<Kind, String> {
+        match name {
+            "exec.cachemount" => return Ok(Kind::CacheMount),
+            "regular" => return Ok(Kind::Cache),
+            _ => {}
+        }
         Kind::ALL
             .into_iter()
             .find(|k| k.name() == name)
             .ok_or_else(|| {
                 let names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
-                format!("unknown type {name:?} (one of {})", names.join(", "))
+                format!(
+                    "unknown type {name:?} (one of {}; of BuildKit's record types, \
+                     exec.cachemount and regular)",
+                    names.join(", ")
+                )
             })
     }
 }
@@ -505,6 +518,18 @@ mod tests {
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
         for bad in ["", "h", "5y", "1h-2m"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn kinds_by_kiln_and_buildkit_names() {
+        for kind in Kind::ALL {
+            assert_eq!(Kind::parse(kind.name()), Ok(kind));
+        }
+        assert_eq!(Kind::parse("exec.cachemount"), Ok(Kind::CacheMount));
+        assert_eq!(Kind::parse("regular"), Ok(Kind::Cache));
+        for other in ["source.local", "internal", "blobs"] {
+            assert!(Kind::parse(other).is_err(), "{other}");
         }
     }
 
