@@ -200,6 +200,9 @@ pub struct PruneReport {
     pub keep: Option<u64>,
     /// Free bytes on the store's filesystem before.
     pub free_before: u64,
+    /// How long the collection held the store exclusively (scan, choice,
+    /// renames into the trash): what a build starting then waited at most.
+    pub exclusive: std::time::Duration,
 }
 
 impl PruneReport {

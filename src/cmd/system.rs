@@ -464,10 +464,11 @@ fn collect_by_policy(store: &Store, policy: &Policy) -> anyhow::Result<String> {
     };
     let line = format!(
         "collected {} bytes in the store and {runs} bytes of dead runs' scratch; \
-         collectable data {} -> {} bytes{limit}",
+         collectable data {} -> {} bytes{limit}; held the store {} ms",
         report.total_bytes(),
         report.usage_before,
         report.usage_after,
+        report.exclusive.as_millis(),
     );
     tracing::info!("{line}");
     Ok(line)

@@ -88,6 +88,13 @@ fn a_build_returns_while_its_detached_collection_waits_then_runs() {
         log.contains("automatic collection (pid ") && log.contains(": collected "),
         "{log}"
     );
+    // And how long it held the store exclusively (what a build waited).
+    let held = log
+        .trim_end()
+        .strip_suffix(" ms")
+        .and_then(|l| l.rsplit_once("held the store "))
+        .and_then(|(_, ms)| ms.parse::<u64>().ok());
+    assert!(held.is_some(), "{log}");
     let out = fixture.ok(&["system", "df"]);
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -5,9 +5,10 @@
 //!
 //! A collection runs in three phases:
 //!
-//! 1. When a build, pull or run holds a [`crate::Lease`], sizes of new
-//!    immutable trees (snapshots, parked upper dirs) are measured into the
-//!    size cache while waiting, so that phase 2 is short.
+//! 1. Without a lock, sizes of new immutable trees (snapshots, parked
+//!    upper dirs) are measured into the size cache, so that phase 2 is
+//!    short; then the collection waits for the builds, pulls and runs that
+//!    hold a [`crate::Lease`].
 //! 2. Under `gc.lock` held exclusively (no lease is held: nothing in
 //!    flight uses anything), the store is scanned, the policy chooses, the
 //!    chosen dangling images leave `index.json` and every chosen file and
@@ -166,23 +167,21 @@ impl Store {
             let sel = select(&inv, policy, SystemTime::now(), disk);
             return Ok(Some(predicted(&inv, &sel, disk)));
         }
-        let gc = match try_lock(&self.gc_lock_path())? {
-            Some(gc) => gc,
-            None => {
-                // Builds are running: measure new trees meanwhile.
-                scan(self, &mut sizes, false)?;
-                match self.wait_for_gc_lock(options.wait)? {
-                    Some(gc) => gc,
-                    None => return Ok(None),
-                }
-            }
+        // Phase 1, without the lock: new immutable trees are measured now
+        // (a 20,000-file snapshot takes a while), not while a build that
+        // starts waits for its lease.
+        scan(self, &mut sizes, false)?;
+        let Some(gc) = self.wait_for_gc_lock(options.wait)? else {
+            return Ok(None);
         };
+        let locked = Instant::now();
         let inv = scan(self, &mut sizes, true)?;
         let disk = Disk::of(self.root())?;
         let sel = select(&inv, policy, SystemTime::now(), disk);
         let mut report = predicted(&inv, &sel, disk);
         let trashed = self.move_chosen_to_trash(&inv, &sel)?;
         drop(gc);
+        report.exclusive = locked.elapsed();
         report.clear_removed();
         let mut meter = Meter::default();
         for (path, what) in trashed {
@@ -305,6 +304,7 @@ impl PruneReport {
             usage_after: self.usage_after,
             keep: self.keep,
             free_before: self.free_before,
+            exclusive: self.exclusive,
             ..PruneReport::default()
         };
     }
