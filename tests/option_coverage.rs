@@ -263,14 +263,13 @@ fn build_help_flags() -> Vec<String> {
     let mut flags: Vec<String> = out
         .lines()
         .filter_map(|line| {
-            // Flags start in clap's flag column (2 or 6 spaces in); a
-            // description wrapped onto a line that starts with `--` is
-            // indented further.
-            let trimmed = line.trim_start();
-            if line.len() - trimmed.len() > 6 {
+            // clap indents a flag's line by 2 (short form) or 6 spaces and its
+            // description by 10: a description that starts with `--` is no flag.
+            let indent = line.len() - line.trim_start().len();
+            if indent > 6 {
                 return None;
             }
-            let line = trimmed;
+            let line = line.trim_start();
             let line = line
                 .strip_prefix('-')
                 .filter(|l| !l.starts_with('-'))
