@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod archive;
+pub mod cache;
 pub mod changes;
 pub mod context;
 pub mod copy;

@@ -20,6 +20,7 @@ use kiln_layers::cleanup::ScratchDir;
 use kiln_layers::{Compression, Descriptor, Digest, Lease, Reference, Reporter, Store};
 use kiln_runtime::{HelperCommand, Limits, Network};
 
+use crate::cache::{CacheExport, CacheSources, RemoteCache};
 use crate::context::{BuildContext, ContextError, EntryKind, StatCache};
 use crate::copy::{UrlDownloads, UrlFetcher};
 use crate::dockerignore::IgnoreError;
@@ -202,6 +203,13 @@ pub enum BuildError {
         #[source]
         source: RemoteError,
     },
+    /// A `--cache-to` failed (and was not told `ignore-error=true`).
+    #[error("{name}: {source}")]
+    CacheExport {
+        name: String,
+        #[source]
+        source: RemoteError,
+    },
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -290,6 +298,8 @@ pub struct Session<'a> {
     pub events: &'a dyn BuildEvents,
     /// Pulls, unpacking and compression.
     pub reporter: &'a dyn Reporter,
+    /// `--cache-from` and `--cache-to` ([`crate::cache`]).
+    pub cache: &'a RemoteCache,
 }
 
 /// The first half of a build: the plan with its cache keys, and what the
@@ -514,6 +524,7 @@ impl<'a> Session<'a> {
             ));
         }
         let no_cache_stages = no_cache_stages(&planned.plan, &settings.no_cache_stages)?;
+        let cache_from = CacheSources::new(&self.cache.sources, self.events);
         let options = SolveOptions {
             no_cache: settings.no_cache,
             no_cache_stages,
@@ -527,6 +538,8 @@ impl<'a> Session<'a> {
             secrets: settings.secrets.clone(),
             ssh: settings.ssh.clone(),
             limits: settings.limits,
+            cache_from: Some(&cache_from),
+            inline_cache: self.cache.inline,
         };
         let built = solve(
             self.store,
@@ -545,8 +558,39 @@ impl<'a> Session<'a> {
         };
         self.outputs(&mut result)?;
         self.push(&mut result)?;
+        self.export_cache(&planned.plan, &result)?;
         self.write_files(&result)?;
         Ok(result)
+    }
+
+    /// Runs each `--cache-to` exporter; a failure fails the build unless it
+    /// said `ignore-error=true` (then it is a warning), as in BuildKit.
+    fn export_cache(&self, plan: &Plan, result: &BuildResult) -> Result<(), BuildError> {
+        if self.cache.exporters.is_empty() {
+            return Ok(());
+        }
+        let export = CacheExport::new(plan, result.built.steps.clone());
+        for exporter in &self.cache.exporters {
+            let started = Instant::now();
+            match exporter.export(self.store, &export, self.reporter) {
+                Ok(lines) => {
+                    self.events
+                        .internal(&exporter.name(), &lines, started.elapsed().as_secs_f64())
+                }
+                Err(source) if exporter.ignore_error() => {
+                    let message = format!("{}: {source} (ignore-error=true)", exporter.name());
+                    tracing::warn!("{message}");
+                    self.events.build_warning(&message);
+                }
+                Err(source) => {
+                    return Err(BuildError::CacheExport {
+                        name: exporter.name(),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Tags the image (or records it untagged); returns its id.

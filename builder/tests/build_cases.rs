@@ -114,6 +114,8 @@ fn run(case: &Path) -> String {
         secrets: Default::default(),
         ssh: Default::default(),
         limits: Default::default(),
+        cache_from: None,
+        inline_cache: false,
     };
     let built = match solve(&store, &planned, &context, &resolver, &solve_opts) {
         Ok(b) => b,

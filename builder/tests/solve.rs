@@ -107,6 +107,8 @@ fn build_full(
             .collect(),
         ssh: Default::default(),
         limits: Default::default(),
+        cache_from: None,
+        inline_cache: false,
     };
     solve(store, &p, &ctx, &resolver, &solve_opts)
 }
@@ -794,6 +796,8 @@ fn build_with_ssh(
         secrets: Default::default(),
         ssh: ssh.clone(),
         limits: Default::default(),
+        cache_from: None,
+        inline_cache: false,
     };
     solve(store, &p, &ctx, &resolver, &solve_opts)
 }

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
+use kiln_builder::cache::RemoteCache;
 use kiln_builder::copy::{FetchInfo, UrlFetcher};
 use kiln_builder::export::Output;
 use kiln_builder::plan::{BuildOptions, LookupError};
@@ -33,7 +34,8 @@ use crate::settings::GlobalSettings;
 #[derive(Debug, Subcommand)]
 pub enum BuildCommand {
     /// Build an image from a Dockerfile.
-    Build(BuildArgs),
+    // Boxed: its flags outweigh every other command's.
+    Build(Box<BuildArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -149,6 +151,15 @@ pub struct BuildArgs {
     /// Push every tag to its registry after the build.
     #[arg(long)]
     push: bool,
+    /// Export the build cache (repeatable): type=registry,ref=REF, type=local,dest=DIR
+    /// (each with mode=min|max, compression=gzip|zstd, oci-mediatypes=, image-manifest=,
+    /// ignore-error=), or type=inline (in the image's config).
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    cache_to: Vec<String>,
+    /// Take build cache from (repeatable, tried in order): type=registry,ref=REF (a cache,
+    /// or an image with inline cache; a bare REF means the same), or type=local,src=DIR.
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    cache_from: Vec<String>,
     /// A secret for RUN --mount=type=secret: id=ID,src=FILE (or env=VAR).
     #[arg(long = "secret", value_name = "id=ID,src=FILE")]
     secrets: Vec<String>,
@@ -181,7 +192,7 @@ pub struct BuildArgs {
 impl BuildCommand {
     pub fn run(self, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
         match self {
-            BuildCommand::Build(args) => build(args, settings),
+            BuildCommand::Build(args) => build(*args, settings),
         }
     }
 }
@@ -467,12 +478,14 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         store: &store,
         reporter: display.reporter.clone(),
     };
+    let cache = remote_cache(&args, &settings, &remote, &display)?;
     let session = Session {
         store: &store,
         settings: &settings,
         remote: &remote,
         events: &display.printer,
         reporter: display.reporter.as_ref(),
+        cache: &cache,
     };
     let show = |e: &BuildError| show_line(&settings, display.shown, e.line());
     if args.check {
@@ -488,6 +501,46 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let result = built.map_err(|e| build_failure(&settings, &display, e))?;
     report_built(&args, &settings, &display, &result, started);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--cache-from` (loaded now: a cache that cannot be read is a warning)
+/// and `--cache-to`, refused at once when a value is.
+fn remote_cache(
+    args: &BuildArgs,
+    settings: &BuildSettings,
+    remote: &CliRemote<'_>,
+    display: &Display,
+) -> anyhow::Result<RemoteCache> {
+    let to = args
+        .cache_to
+        .iter()
+        .map(|spec| kiln_cache::spec::parse_cache_to(spec))
+        .collect::<Result<Vec<_>, _>>()?;
+    let from = args
+        .cache_from
+        .iter()
+        .map(|spec| kiln_cache::spec::parse_cache_from(spec))
+        .collect::<Result<Vec<_>, _>>()?;
+    let net = || -> Result<kiln_cache::Net, RemoteError> {
+        let (runtime, client) = remote.network.get().map_err(|e| format!("{e:#}"))?;
+        Ok(kiln_cache::Net {
+            runtime: runtime.handle().clone(),
+            client: client.clone(),
+            reporter: display.reporter.clone(),
+        })
+    };
+    let (exporters, inline) =
+        kiln_cache::exporters(&to, &net).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if args.dry_run || args.check {
+        return Ok(RemoteCache::default());
+    }
+    let platform = &settings.options.target_platform;
+    let sources = kiln_cache::open_sources(&from, platform, &net, &display.printer);
+    Ok(RemoteCache {
+        sources,
+        exporters,
+        inline,
+    })
 }
 
 /// `--check`: the checks' report, as `kiln check` prints it (or JSON);

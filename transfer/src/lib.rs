@@ -27,12 +27,14 @@
 
 #![forbid(unsafe_code)]
 
+mod blobs;
 mod config;
 mod error;
 mod origins;
 mod pull;
 mod push;
 
+pub use blobs::{fetch_blob, push_artifact};
 pub use config::{fetch_config, FetchedConfig};
 pub use error::TransferError;
 pub use origins::BlobOrigins;

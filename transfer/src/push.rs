@@ -190,14 +190,14 @@ async fn compress_layers(
 
 /// One push: where from, where to, and how; every manifest of the image's
 /// tree is pushed with it.
-struct PushRun<'a> {
-    client: &'a Arc<Client>,
-    store: &'a Store,
-    target: &'a Reference,
-    options: &'a PushOptions,
-    reporter: &'a Arc<dyn Reporter>,
+pub(crate) struct PushRun<'a> {
+    pub(crate) client: &'a Arc<Client>,
+    pub(crate) store: &'a Store,
+    pub(crate) target: &'a Reference,
+    pub(crate) options: &'a PushOptions,
+    pub(crate) reporter: &'a Arc<dyn Reporter>,
     /// The target, as messages name it.
-    image: String,
+    pub(crate) image: String,
 }
 
 /// Pushes what the manifest or index `desc` names (the manifests of an
@@ -257,7 +257,10 @@ async fn push_manifest_tree(
 }
 
 /// The stored bytes of the manifest or index `desc`.
-fn read_manifest(run: &PushRun<'_>, desc: &Descriptor) -> Result<Vec<u8>, TransferError> {
+pub(crate) fn read_manifest(
+    run: &PushRun<'_>,
+    desc: &Descriptor,
+) -> Result<Vec<u8>, TransferError> {
     run.store
         .read_blob(&desc.digest)
         .map_err(|source| match source {
@@ -282,6 +285,16 @@ async fn push_blobs(
 ) -> Result<(), TransferError> {
     let mut blobs = vec![("config", manifest.config.clone())];
     blobs.extend(manifest.layers.iter().map(|l| ("layer", l.clone())));
+    push_blob_list(run, blobs, pushed).await
+}
+
+/// Pushes `blobs` (each with its role, for progress), as [`push_blobs`]
+/// does the blobs of a manifest.
+pub(crate) async fn push_blob_list(
+    run: &PushRun<'_>,
+    blobs: Vec<(&'static str, Descriptor)>,
+    pushed: &mut Pushed,
+) -> Result<(), TransferError> {
     check_blobs_present(run, &blobs)?;
     let semaphore = Arc::new(Semaphore::new(run.options.concurrency.max(1)));
     let origins = BlobOrigins::new(run.store);

@@ -55,6 +55,9 @@ pub trait BuildEvents: Sync {
     fn internal(&self, _name: &str, _lines: &[String], _seconds: f64) {}
     /// A warning about the Dockerfile `file` (an unused build arg, …).
     fn warning(&self, _file: &str, _warning: &crate::plan::PlanWarning) {}
+    /// A warning about the build itself, not a Dockerfile line (a cache
+    /// that cannot be used).
+    fn build_warning(&self, _message: &str) {}
 }
 
 /// Prints nothing.

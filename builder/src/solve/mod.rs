@@ -11,6 +11,7 @@
 //! without running anything; an upper dir left empty makes no layer (its
 //! history entry says `empty_layer`, as BuildKit's exporter does).
 
+mod cache_from;
 mod copy_step;
 mod events;
 mod mounts;
@@ -33,6 +34,7 @@ use kiln_layers::{Reporter, Store};
 use kiln_parser::shorten;
 use kiln_runtime::{HelperCommand, Network};
 
+use crate::cache::{CacheSources, StepResult};
 use crate::context::BuildContext;
 use crate::copy::UrlDownloads;
 use crate::plan::{Plan, Step};
@@ -133,6 +135,12 @@ pub struct SolveOptions<'a> {
     /// Every RUN's pids and memory limits (`--pids-limit`, `--memory`).
     /// Never part of a cache key.
     pub limits: kiln_runtime::Limits,
+    /// Caches from elsewhere, asked for a step the store has no record of
+    /// (`--cache-from`; see [`crate::cache`]).
+    pub cache_from: Option<&'a CacheSources<'a>>,
+    /// Put the result's steps into the image config (`--cache-to
+    /// type=inline`).
+    pub inline_cache: bool,
 }
 
 /// What a build produced.
@@ -144,6 +152,9 @@ pub struct BuiltImage {
     pub layers: Vec<Descriptor>,
     /// The target stage's snapshots, bottom first (its root filesystem).
     pub snapshots: Vec<PathBuf>,
+    /// Every step's result, stage by stage in build order (for cache
+    /// exporters).
+    pub steps: Vec<StepResult>,
 }
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
@@ -242,16 +253,27 @@ impl StepRun<'_> {
 fn solve_in(build: &Build<'_>) -> Result<BuiltImage, SolveError> {
     let (store, plan, opts) = (build.store, build.plan, build.opts);
     let outputs: Mutex<BTreeMap<usize, StageOutput>> = Mutex::new(BTreeMap::new());
+    let results: Mutex<BTreeMap<usize, Vec<StepResult>>> = Mutex::new(BTreeMap::new());
     run_stages_when_ready(plan, |index| {
         let deps: BTreeMap<usize, StageOutput> =
             outputs.lock().map(|o| o.clone()).unwrap_or_default();
-        let out = run_stage(build, index, &deps)?;
+        let (out, steps) = run_stage(build, index, &deps)?;
         if let Ok(mut o) = outputs.lock() {
             o.insert(index, out);
+        }
+        if let Ok(mut r) = results.lock() {
+            r.insert(index, steps);
         }
         Ok(())
     })?;
     let outputs = outputs.into_inner().unwrap_or_default();
+    let mut results = results.into_inner().unwrap_or_default();
+    let steps: Vec<StepResult> = plan
+        .order
+        .iter()
+        .filter_map(|i| results.remove(i))
+        .flatten()
+        .collect();
     let target = outputs
         .get(&plan.target)
         .ok_or(SolveError::StageMissing(plan.target))?;
@@ -278,6 +300,17 @@ fn solve_in(build: &Build<'_>) -> Result<BuiltImage, SolveError> {
             d
         })
         .collect();
+    if opts.inline_cache {
+        let image: Vec<(Descriptor, kiln_layers::Digest)> = layers
+            .iter()
+            .cloned()
+            .zip(config.rootfs.diff_ids.iter().cloned())
+            .collect();
+        config.extra.insert(
+            crate::cache::format::INLINE_KEY.to_string(),
+            crate::cache::inline_metadata(plan, &steps, &image),
+        );
+    }
     let manifest = if opts.docker_media_types {
         write_docker_image(store, &config, &layers)?
     } else {
@@ -288,6 +321,7 @@ fn solve_in(build: &Build<'_>) -> Result<BuiltImage, SolveError> {
         config,
         layers,
         snapshots: target.snapshots.clone(),
+        steps,
     })
 }
 

@@ -21,6 +21,14 @@ pub(super) fn run_step(
     run: &StepRun<'_>,
     progress: &mut StageProgress,
 ) -> Result<bool, SolveError> {
+    let layers_before = progress.out.layers.len();
+    let cached = run_or_reuse(run, progress)?;
+    progress.record_result(run.step, layers_before);
+    Ok(cached)
+}
+
+/// Reuses the step's result from a cache, or runs it.
+fn run_or_reuse(run: &StepRun<'_>, progress: &mut StageProgress) -> Result<bool, SolveError> {
     let (step, opts) = (run.step, run.build.opts);
     if from_cache(run, progress)? {
         tracing::info!("line {}: CACHED {}", step.line, shorten(&step.instruction));
@@ -72,11 +80,11 @@ fn from_cache(run: &StepRun<'_>, progress: &mut StageProgress) -> Result<bool, S
         return Ok(false);
     };
     let Some(record) = store.cache_get(key)? else {
-        return Ok(false);
+        return super::cache_from::reuse_from_sources(run, progress, key);
     };
     if !reuse(run.build, &record, progress, step.history_index)? {
         tracing::info!("line {}: cache record unusable, running", step.line);
-        return Ok(false);
+        return super::cache_from::reuse_from_sources(run, progress, key);
     }
     let created = record
         .data

@@ -1,0 +1,441 @@
+//! Build cache that travels between CI runners (`--cache-to`,
+//! `--cache-from`), end to end as root: a real registry (behind the test
+//! proxy, which counts requests and injects faults), two runners each
+//! with a fresh store at its own path and its own checkout of the context
+//! (other mtimes, other inodes), a multi-stage project whose RUN steps
+//! write content that differs on every run (so an image equal to the
+//! first runner's proves nothing ran again).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use kiln_testsupport::{FaultPlan, FaultProxy, RegistryServer};
+
+const EPOCH: &str = "1700000000";
+
+/// A multi-stage project: `deps` does apt-like work (package lists and
+/// archives, different bytes each run), `build` compiles the sources
+/// (a different "binary" each run), the final stage takes both.
+fn dockerfile(base: &str) -> String {
+    format!(
+        "FROM {base} AS deps\n\
+         RUN mkdir -p /var/lib/apt/lists /opt/pkgs && for p in alpha beta gamma; do \
+         echo \"Package: $p\" > /var/lib/apt/lists/$p && \
+         head -c 65536 /dev/urandom > /opt/pkgs/$p.deb; done\n\
+         FROM deps AS build\n\
+         WORKDIR /src\n\
+         COPY src/ /src/\n\
+         RUN mkdir -p /out && cat /src/*.c | sed s/main/app_main/ > /out/app && \
+         head -c 32 /dev/urandom | od -An -tx1 >> /out/app\n\
+         FROM {base}\n\
+         COPY --from=deps /opt/pkgs /opt/pkgs\n\
+         COPY --from=build /out/app /usr/local/bin/app\n\
+         CMD [\"cat\", \"/usr/local/bin/app\"]\n"
+    )
+}
+
+const SOURCES: &[(&str, &str)] = &[
+    ("src/main.c", "int main(void) { return helper(); }\n"),
+    ("src/util.c", "int helper(void) { return 0; }\n"),
+    ("README", "a project\n"),
+];
+
+/// The registry and the proxy every runner reaches it through, with a
+/// busybox base pushed there.
+struct Registry {
+    _registry: RegistryServer,
+    proxy: FaultProxy,
+    _seed: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let registry = RegistryServer::start_plain().unwrap();
+        let proxy = FaultProxy::start(registry.addr, FaultPlan::default()).unwrap();
+        let seed = tempfile::tempdir().unwrap();
+        let tar = seed.path().join("busybox.tar");
+        common::busybox_rootfs_tar(&tar).unwrap();
+        let root = seed.path().join("store");
+        let base = format!("{}/base/busybox:1", proxy.host);
+        common::kiln_ok(&root, &["import", tar.to_str().unwrap(), &base]);
+        common::kiln_ok(&root, &["push", &base]);
+        Registry {
+            _registry: registry,
+            proxy,
+            _seed: seed,
+        }
+    }
+
+    fn host(&self) -> &str {
+        &self.proxy.host
+    }
+
+    fn base(&self) -> String {
+        format!("{}/base/busybox:1", self.host())
+    }
+}
+
+/// One CI runner: a fresh store at a path of its own and its own checkout
+/// of the project.
+struct Runner {
+    dir: tempfile::TempDir,
+    name: &'static str,
+}
+
+impl Runner {
+    /// `mtime` (`touch -d` syntax) is given to every file of the checkout.
+    fn new(name: &'static str, base: &str, mtime: &str) -> Runner {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = Runner { dir, name };
+        let ctx = runner.context();
+        std::fs::create_dir_all(ctx.join("src")).unwrap();
+        std::fs::write(ctx.join("Dockerfile"), dockerfile(base)).unwrap();
+        for (path, text) in SOURCES {
+            std::fs::write(ctx.join(path), text).unwrap();
+        }
+        common::run_ok(
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("find . -exec touch -h -d '{mtime}' {{}} +"))
+                .current_dir(&ctx),
+        );
+        runner
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join(format!("{}-runner/store", self.name))
+    }
+
+    fn context(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("{}-checkout/project", self.name))
+    }
+
+    /// `kiln build --progress json ARGS CONTEXT`, SOURCE_DATE_EPOCH set; the
+    /// metadata file is read back.
+    fn build(&self, args: &[&str]) -> Build {
+        let meta = self.dir.path().join("metadata.json");
+        let _ = std::fs::remove_file(&meta);
+        let output = common::kiln_command()
+            .arg("--root")
+            .arg(self.root())
+            .arg("build")
+            .args(["--progress", "json", "--metadata-file"])
+            .arg(&meta)
+            .args(args)
+            .arg(self.context())
+            .env("SOURCE_DATE_EPOCH", EPOCH)
+            .output()
+            .unwrap();
+        let metadata = std::fs::read(&meta)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::Value::Null);
+        Build::new(output, metadata)
+    }
+}
+
+/// What a build printed and wrote.
+struct Build {
+    output: Output,
+    metadata: serde_json::Value,
+    /// (instruction, status) of each step that ended, in order.
+    steps: Vec<(String, String)>,
+    warnings: Vec<String>,
+}
+
+impl Build {
+    fn new(output: Output, metadata: serde_json::Value) -> Build {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let mut started: BTreeMap<u64, String> = BTreeMap::new();
+        let (mut steps, mut warnings) = (Vec::new(), Vec::new());
+        for event in stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        {
+            let id = event["id"].as_u64().unwrap_or(u64::MAX);
+            match event["event"].as_str() {
+                Some("step_started") => {
+                    let instruction = event["instruction"].as_str().unwrap_or("").to_string();
+                    started.insert(id, instruction);
+                }
+                Some("step_done") => steps.push((
+                    started.get(&id).cloned().unwrap_or_default(),
+                    event["status"].as_str().unwrap_or("").to_string(),
+                )),
+                Some("warning") => warnings.push(event["message"].as_str().unwrap_or("").into()),
+                _ => {}
+            }
+        }
+        Build {
+            output,
+            metadata,
+            steps,
+            warnings,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    /// Panics with the output unless the build succeeded.
+    fn ok(self) -> Build {
+        assert!(
+            self.output.status.success(),
+            "build failed ({}):\n{}",
+            self.output.status,
+            self.stderr()
+        );
+        self
+    }
+
+    /// The status (`cached`, `done`, `error`) of the step whose instruction
+    /// starts with `prefix`.
+    fn status(&self, prefix: &str) -> &str {
+        let found: Vec<&str> = self
+            .steps
+            .iter()
+            .filter(|(i, _)| i.starts_with(prefix))
+            .map(|(_, s)| s.as_str())
+            .collect();
+        assert_eq!(found.len(), 1, "steps {prefix:?} in {:?}", self.steps);
+        found[0]
+    }
+
+    /// The RUN steps that ran (not taken from a cache).
+    fn runs_executed(&self) -> Vec<&str> {
+        self.steps
+            .iter()
+            .filter(|(i, s)| i.starts_with("RUN ") && s != "cached")
+            .map(|(i, _)| i.as_str())
+            .collect()
+    }
+
+    fn image_id(&self) -> String {
+        self.metadata["containerimage.config.digest"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no image id in {}", self.metadata))
+            .to_string()
+    }
+}
+
+const RUN_DEPS: &str = "RUN mkdir -p /var/lib/apt";
+const RUN_COMPILE: &str = "RUN mkdir -p /out";
+
+/// Runner A's first build, which runs every RUN.
+fn first_build(runner: &Runner, cache_to: &str) -> Build {
+    let built = runner.build(&["--cache-to", cache_to]).ok();
+    assert_eq!(built.runs_executed().len(), 2, "{:?}", built.steps);
+    built
+}
+
+#[test]
+fn a_local_cache_travels_to_a_second_runner() {
+    if !kiln_testsupport::require_root("RUN in namespaces") {
+        return;
+    }
+    let registry = Registry::start();
+    let a = Runner::new("a", &registry.base(), "2001-01-01 00:00:00");
+    let b = Runner::new("b", &registry.base(), "2010-06-15 12:34:56");
+    let shared = tempfile::tempdir().unwrap();
+    let cache = shared.path().join("cache");
+    let built = first_build(&a, &format!("type=local,dest={},mode=max", cache.display()));
+
+    let from = format!("type=local,src={}", cache.display());
+    let second = b.build(&["--cache-from", &from]).ok();
+    assert!(second.runs_executed().is_empty(), "{:?}", second.steps);
+    assert_eq!(second.image_id(), built.image_id());
+    assert!(second.warnings.is_empty(), "{:?}", second.warnings);
+
+    // One source file changes: what depends on it runs, nothing else.
+    std::fs::write(
+        b.context().join("src/util.c"),
+        "int helper(void) { return 1; }\n",
+    )
+    .unwrap();
+    let changed = b.build(&["--cache-from", &from]).ok();
+    assert_eq!(changed.status(RUN_DEPS), "cached");
+    assert_eq!(changed.status("WORKDIR"), "cached");
+    assert_eq!(changed.status("COPY src/"), "done");
+    assert_eq!(changed.status(RUN_COMPILE), "done");
+    assert_eq!(changed.status("COPY --from=deps"), "cached");
+    assert_eq!(changed.status("COPY --from=build"), "done");
+    assert_ne!(changed.image_id(), built.image_id());
+}
+
+#[test]
+fn mode_min_exports_only_the_results_steps() {
+    if !kiln_testsupport::require_root("RUN in namespaces") {
+        return;
+    }
+    let registry = Registry::start();
+    let a = Runner::new("a", &registry.base(), "2001-01-01 00:00:00");
+    let b = Runner::new("b", &registry.base(), "2002-02-02 00:00:00");
+    let shared = tempfile::tempdir().unwrap();
+    let cache = shared.path().join("cache");
+    let built = first_build(&a, &format!("type=local,dest={}", cache.display()));
+    // The result is the last stage (FROM the base): its two COPY steps are
+    // in the cache; the stages it copies from are not.
+    let second = b
+        .build(&[
+            "--cache-from",
+            &format!("type=local,src={}", cache.display()),
+        ])
+        .ok();
+    assert_eq!(second.runs_executed().len(), 2, "{:?}", second.steps);
+    assert_eq!(second.status("COPY --from=deps"), "cached");
+    assert_eq!(second.status("COPY --from=build"), "cached");
+    assert_eq!(second.image_id(), built.image_id());
+}
+
+/// Flips a byte in the middle of a file.
+fn corrupt(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// The cache's layer blobs in the layout at `dir`, from its config.
+fn layout_layers(dir: &Path) -> Vec<PathBuf> {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let blob = |digest: &str| dir.join("blobs/sha256").join(&digest["sha256:".len()..]);
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| blob(l["digest"].as_str().unwrap()))
+        .collect()
+}
+
+/// Copies a directory tree (an OCI layout).
+fn copy_dir(from: &Path, to: &Path) {
+    common::run_ok(std::process::Command::new("cp").arg("-a").arg(from).arg(to));
+}
+
+#[test]
+fn a_broken_local_cache_is_a_warning_and_the_build_runs_without_it() {
+    if !kiln_testsupport::require_root("RUN in namespaces") {
+        return;
+    }
+    let registry = Registry::start();
+    let a = Runner::new("a", &registry.base(), "2001-01-01 00:00:00");
+    let shared = tempfile::tempdir().unwrap();
+    let good = shared.path().join("good");
+    first_build(&a, &format!("type=local,dest={},mode=max", good.display()));
+
+    // A damaged layer, a missing layer, a format from a newer kiln, and no
+    // cache at all.
+    let damaged = shared.path().join("damaged");
+    copy_dir(&good, &damaged);
+    for layer in layout_layers(&damaged) {
+        corrupt(&layer);
+    }
+    let missing = shared.path().join("missing");
+    copy_dir(&good, &missing);
+    for layer in layout_layers(&missing) {
+        std::fs::remove_file(layer).unwrap();
+    }
+    let newer = shared.path().join("newer");
+    copy_dir(&good, &newer);
+    let cases = [
+        (damaged, "digest"),
+        (missing, "No such file"),
+        (newer.clone(), "newer than this kiln reads"),
+        (shared.path().join("nothing"), "index.json"),
+    ];
+    rewrite_config_version(&newer, 2);
+    for (n, (dir, why)) in cases.iter().enumerate() {
+        let b = Runner::new("b", &registry.base(), "2003-03-03 00:00:00");
+        let from = format!("type=local,src={}", dir.display());
+        let built = b.build(&["--cache-from", &from]).ok();
+        assert_eq!(built.warnings.len(), 1, "case {n}: {:?}", built.warnings);
+        let warning = &built.warnings[0];
+        assert!(
+            warning.contains(&dir.display().to_string()) && warning.contains(why),
+            "case {n}: {warning}"
+        );
+        assert!(warning.contains("building without it"), "{warning}");
+        assert_eq!(
+            built.runs_executed().len(),
+            2,
+            "case {n}: {:?}",
+            built.steps
+        );
+        // The image is whole: what it runs is there.
+        let app = common::kiln_ok(&b.root(), &["run", "--rm", &built.image_id()]);
+        assert!(app.contains("app_main"), "{app}");
+    }
+}
+
+/// Makes the cache config of the layout at `dir` claim format `version`
+/// (the manifest and index re-pointed at the new bytes).
+fn rewrite_config_version(dir: &Path, version: u64) {
+    let blobs = dir.join("blobs/sha256");
+    let read = |digest: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(blobs.join(&digest["sha256:".len()..])).unwrap())
+            .unwrap()
+    };
+    let write = |value: &serde_json::Value| -> (String, usize) {
+        let bytes = serde_json::to_vec(value).unwrap();
+        let digest = kiln_layers::Digest::of(&bytes);
+        std::fs::write(blobs.join(digest.hex()), &bytes).unwrap();
+        (digest.to_string(), bytes.len())
+    };
+    let mut index = read_json(&dir.join("index.json"));
+    let mut manifest = read(index["manifests"][0]["digest"].as_str().unwrap());
+    let mut config = read(manifest["config"]["digest"].as_str().unwrap());
+    config["schemaVersion"] = version.into();
+    let (digest, size) = write(&config);
+    manifest["config"]["digest"] = digest.into();
+    manifest["config"]["size"] = size.into();
+    let (digest, size) = write(&manifest);
+    index["manifests"][0]["digest"] = digest.into();
+    index["manifests"][0]["size"] = size.into();
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn unsupported_cache_types_and_keys_are_refused_before_building() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+    for (flag, value, wanted) in [
+        ("--cache-to", "type=gha", "type=gha is not supported"),
+        ("--cache-to", "type=s3,bucket=b", "type=s3 is not supported"),
+        (
+            "--cache-from",
+            "type=azblob,name=x",
+            "type=azblob is not supported",
+        ),
+        (
+            "--cache-to",
+            "type=local,dest=/tmp/x,reset=true",
+            "reset= is not an option",
+        ),
+    ] {
+        let out = common::kiln(
+            dir.path(),
+            &["build", flag, value, dir.path().to_str().unwrap()],
+        );
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("{flag} {value}")) && stderr.contains(wanted),
+            "{stderr}"
+        );
+    }
+}
