@@ -46,7 +46,7 @@ const SOURCES: &[(&str, &str)] = &[
 /// The registry and the proxy every runner reaches it through, with a
 /// busybox base pushed there.
 struct Registry {
-    _registry: RegistryServer,
+    server: RegistryServer,
     proxy: FaultProxy,
     _seed: tempfile::TempDir,
 }
@@ -63,7 +63,7 @@ impl Registry {
         common::kiln_ok(&root, &["import", tar.to_str().unwrap(), &base]);
         common::kiln_ok(&root, &["push", &base]);
         Registry {
-            _registry: registry,
+            server: registry,
             proxy,
             _seed: seed,
         }
@@ -71,6 +71,34 @@ impl Registry {
 
     fn host(&self) -> &str {
         &self.proxy.host
+    }
+
+    /// Another way in to the same registry, with faults.
+    fn faulty(&self, plan: FaultPlan) -> FaultProxy {
+        FaultProxy::start(self.server.addr, plan).unwrap()
+    }
+
+    /// The layer digests of the cache manifest at `reference` (an image
+    /// manifest), as skopeo reads them.
+    fn cache_layers(&self, reference: &str) -> Vec<String> {
+        let raw = kiln_testsupport::image::skopeo_raw_manifest(
+            &format!("docker://{reference}"),
+            None,
+            None,
+        )
+        .unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        manifest["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// A reference in the registry.
+    fn name(&self, repository: &str) -> String {
+        format!("{}/{repository}", self.host())
     }
 
     fn base(&self) -> String {
@@ -216,6 +244,14 @@ impl Build {
             .collect()
     }
 
+    /// The manifest digest the registry has for the pushed image.
+    fn pushed_digest(&self) -> String {
+        self.metadata["containerimage.digest"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no digest in {}", self.metadata))
+            .to_string()
+    }
+
     fn image_id(&self) -> String {
         self.metadata["containerimage.config.digest"]
             .as_str()
@@ -228,8 +264,8 @@ const RUN_DEPS: &str = "RUN mkdir -p /var/lib/apt";
 const RUN_COMPILE: &str = "RUN mkdir -p /out";
 
 /// Runner A's first build, which runs every RUN.
-fn first_build(runner: &Runner, cache_to: &str) -> Build {
-    let built = runner.build(&["--cache-to", cache_to]).ok();
+fn first_build(runner: &Runner, args: &[&str]) -> Build {
+    let built = runner.build(args).ok();
     assert_eq!(built.runs_executed().len(), 2, "{:?}", built.steps);
     built
 }
@@ -244,7 +280,13 @@ fn a_local_cache_travels_to_a_second_runner() {
     let b = Runner::new("b", &registry.base(), "2010-06-15 12:34:56");
     let shared = tempfile::tempdir().unwrap();
     let cache = shared.path().join("cache");
-    let built = first_build(&a, &format!("type=local,dest={},mode=max", cache.display()));
+    let built = first_build(
+        &a,
+        &[
+            "--cache-to",
+            &format!("type=local,dest={},mode=max", cache.display()),
+        ],
+    );
 
     let from = format!("type=local,src={}", cache.display());
     let second = b.build(&["--cache-from", &from]).ok();
@@ -278,7 +320,13 @@ fn mode_min_exports_only_the_results_steps() {
     let b = Runner::new("b", &registry.base(), "2002-02-02 00:00:00");
     let shared = tempfile::tempdir().unwrap();
     let cache = shared.path().join("cache");
-    let built = first_build(&a, &format!("type=local,dest={}", cache.display()));
+    let built = first_build(
+        &a,
+        &[
+            "--cache-to",
+            &format!("type=local,dest={}", cache.display()),
+        ],
+    );
     // The result is the last stage (FROM the base): its two COPY steps are
     // in the cache; the stages it copies from are not.
     let second = b
@@ -291,6 +339,159 @@ fn mode_min_exports_only_the_results_steps() {
     assert_eq!(second.status("COPY --from=deps"), "cached");
     assert_eq!(second.status("COPY --from=build"), "cached");
     assert_eq!(second.image_id(), built.image_id());
+}
+
+/// Registry caches in each form (an image manifest; an index of blobs
+/// with zstd layers; Docker media types): a second runner that pushes too
+/// runs no RUN and pushes the very manifest the first pushed.
+#[test]
+fn a_registry_cache_travels_to_a_second_runner() {
+    if !kiln_testsupport::require_root("RUN in namespaces") {
+        return;
+    }
+    let registry = Registry::start();
+    let a = Runner::new("a", &registry.base(), "2001-01-01 00:00:00");
+    let caches = [
+        registry.name("cache/app:manifest"),
+        registry.name("cache/app:index"),
+        registry.name("cache/app:docker"),
+    ];
+    let built = first_build(
+        &a,
+        &[
+            "--push",
+            "-t",
+            &registry.name("app/a:1"),
+            "--cache-to",
+            &format!("type=registry,ref={},mode=max", caches[0]),
+            "--cache-to",
+            &format!(
+                "type=registry,ref={},mode=max,image-manifest=false,compression=zstd",
+                caches[1]
+            ),
+            "--cache-to",
+            &format!(
+                "type=registry,ref={},mode=max,oci-mediatypes=false",
+                caches[2]
+            ),
+        ],
+    );
+    for (n, cache) in caches.iter().enumerate() {
+        let b = Runner::new("b", &registry.base(), "2010-06-15 12:34:56");
+        let tag = registry.name(&format!("app/b:{n}"));
+        let from = format!("type=registry,ref={cache}");
+        let second = b.build(&["--cache-from", &from, "--push", "-t", &tag]).ok();
+        assert!(
+            second.runs_executed().is_empty(),
+            "{cache}: {:?}",
+            second.steps
+        );
+        assert!(second.warnings.is_empty(), "{cache}: {:?}", second.warnings);
+        assert_eq!(second.image_id(), built.image_id(), "{cache}");
+        if n != 1 {
+            // The same layers (gzip, as A pushed them): the same manifest.
+            assert_eq!(second.pushed_digest(), built.pushed_digest(), "{cache}");
+        }
+        if n == 0 {
+            std::fs::write(
+                b.context().join("src/util.c"),
+                "int helper(void) { return 2; }\n",
+            )
+            .unwrap();
+            let changed = b.build(&["--cache-from", &from]).ok();
+            assert_eq!(changed.status(RUN_DEPS), "cached");
+            assert_eq!(changed.status(RUN_COMPILE), "done");
+            assert_eq!(changed.status("COPY --from=deps"), "cached");
+        }
+    }
+}
+
+/// A registry cache that cannot be used — its registry down, a layer
+/// missing or damaged on the way — is one warning and the build runs what
+/// it cannot take; a failed export fails the build unless it says
+/// `ignore-error=true`.
+#[test]
+fn a_broken_registry_cache_is_a_warning_and_the_build_runs_without_it() {
+    if !kiln_testsupport::require_root("RUN in namespaces") {
+        return;
+    }
+    let registry = Registry::start();
+    let a = Runner::new("a", &registry.base(), "2001-01-01 00:00:00");
+    let cache = registry.name("cache/app:1");
+    first_build(
+        &a,
+        &["--cache-to", &format!("type=registry,ref={cache},mode=max")],
+    );
+    // The first layer is the apt-like RUN's (64 KiB archives).
+    let deps_layer = registry.cache_layers(&cache)[0].clone();
+    let down = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let missing = registry.faulty(FaultPlan {
+        status_faults: vec![kiln_testsupport::StatusFault {
+            status: 404,
+            times: 100,
+            retry_after: None,
+            path_contains: deps_layer.clone(),
+        }],
+        ..FaultPlan::default()
+    });
+    let damaged = registry.faulty(FaultPlan {
+        flip_blob_byte_at: Some(20_000),
+        ..FaultPlan::default()
+    });
+    let cases = [
+        (
+            format!("{down}/cache/app:1"),
+            "importing cache manifest from",
+        ),
+        (format!("{}/cache/app:1", missing.host), "does not have"),
+        (format!("{}/cache/app:1", damaged.host), "hash to"),
+    ];
+    for (n, (from, why)) in cases.iter().enumerate() {
+        let b = Runner::new("b", &registry.base(), "2003-03-03 00:00:00");
+        let built = b
+            .build(&["--cache-from", &format!("type=registry,ref={from}")])
+            .ok();
+        assert_eq!(built.warnings.len(), 1, "case {n}: {:?}", built.warnings);
+        let warning = &built.warnings[0];
+        assert!(
+            warning.contains(from.as_str()) && warning.contains(why),
+            "case {n}: {warning}"
+        );
+        assert!(warning.contains("building without it"), "{warning}");
+        assert_eq!(
+            built.runs_executed().len(),
+            2,
+            "case {n}: {:?}",
+            built.steps
+        );
+        let app = common::kiln_ok(&b.root(), &["run", "--rm", &built.image_id()]);
+        assert!(app.contains("app_main"), "{app}");
+    }
+    assert!(damaged.flips_injected() > 0 && missing.statuses_injected() > 0);
+
+    let b = Runner::new("b", &registry.base(), "2003-03-03 00:00:00");
+    let to_down = format!("type=registry,ref={down}/cache/app:1");
+    let failed = b.build(&["--cache-to", &to_down]);
+    assert!(!failed.output.status.success());
+    assert!(
+        failed
+            .stderr()
+            .contains(&format!("exporting cache to registry {down}/cache/app:1")),
+        "{}",
+        failed.stderr()
+    );
+    let ignored = b
+        .build(&["--cache-to", &format!("{to_down},ignore-error=true")])
+        .ok();
+    assert_eq!(ignored.warnings.len(), 1, "{:?}", ignored.warnings);
+    assert!(
+        ignored.warnings[0].contains("ignore-error=true"),
+        "{:?}",
+        ignored.warnings
+    );
 }
 
 /// Flips a byte in the middle of a file.
@@ -332,7 +533,13 @@ fn a_broken_local_cache_is_a_warning_and_the_build_runs_without_it() {
     let a = Runner::new("a", &registry.base(), "2001-01-01 00:00:00");
     let shared = tempfile::tempdir().unwrap();
     let good = shared.path().join("good");
-    first_build(&a, &format!("type=local,dest={},mode=max", good.display()));
+    first_build(
+        &a,
+        &[
+            "--cache-to",
+            &format!("type=local,dest={},mode=max", good.display()),
+        ],
+    );
 
     // A damaged layer, a missing layer, a format from a newer kiln, and no
     // cache at all.

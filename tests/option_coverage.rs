@@ -16,6 +16,8 @@ use std::path::PathBuf;
 const BUILD_FLAGS: &[(&str, &[&str], &[&str])] = &[
     ("--add-host", &["--add-host"], &["tests/options.rs::shm_size_ulimit_and_add_host"]),
     ("--allow", &["--allow"], &["tests/options.rs::entitlements_insecure_and_host_network"]),
+    ("--cache-from", &["--cache-from"], &["tests/cache.rs::a_local_cache_travels_to_a_second_runner", "tests/cache.rs::unsupported_cache_types_and_keys_are_refused_before_building"]),
+    ("--cache-to", &["--cache-to"], &["tests/cache.rs::a_local_cache_travels_to_a_second_runner", "tests/cache.rs::a_broken_local_cache_is_a_warning_and_the_build_runs_without_it", "tests/cache.rs::unsupported_cache_types_and_keys_are_refused_before_building"]),
     ("--build-arg", &["--build-arg"], &["tests/options.rs::buildkit_build_args_and_syntax", "tests/build.rs::build_checks_warn_fail_and_reach_the_metadata_file"]),
     ("--ca-cert", &["--ca-cert"], &["tests/registry.rs::login_logout_against_tls_registry_with_basic_auth"]),
     ("--check", &["--check"], &["tests/explain.rs::build_checks_are_kiln_checks_buildkit_rules"]),

@@ -270,10 +270,8 @@ impl CacheSource for RegistrySource {
                 blob,
                 self.net.reporter.clone(),
             ))
-            .map_err(|source| CacheError::Transfer {
-                what,
-                source: Box::new(source),
-            })?;
+            // The source's name says which cache; the detail says the rest.
+            .map_err(|source| source.detail())?;
         Ok(())
     }
 }
