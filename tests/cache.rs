@@ -310,6 +310,10 @@ fn a_local_cache_travels_to_a_second_runner() {
     assert_ne!(changed.image_id(), built.image_id());
 }
 
+/// `mode=min` exports the result's steps only: a second runner building
+/// the same target runs nothing (the stages the result copies from are
+/// not needed when its COPY steps are cached), but one building the
+/// `build` stage finds none of its steps; `mode=max` has them all.
 #[test]
 fn mode_min_exports_only_the_results_steps() {
     if !kiln_testsupport::require_root("RUN in namespaces") {
@@ -317,28 +321,86 @@ fn mode_min_exports_only_the_results_steps() {
     }
     let registry = Registry::start();
     let a = Runner::new("a", &registry.base(), "2001-01-01 00:00:00");
-    let b = Runner::new("b", &registry.base(), "2002-02-02 00:00:00");
     let shared = tempfile::tempdir().unwrap();
-    let cache = shared.path().join("cache");
+    let (min, max) = (shared.path().join("min"), shared.path().join("max"));
     let built = first_build(
         &a,
         &[
             "--cache-to",
-            &format!("type=local,dest={}", cache.display()),
+            &format!("type=local,dest={}", min.display()),
+            "--cache-to",
+            &format!("type=local,dest={},mode=max", max.display()),
         ],
     );
-    // The result is the last stage (FROM the base): its two COPY steps are
-    // in the cache; the stages it copies from are not.
-    let second = b
-        .build(&[
-            "--cache-from",
-            &format!("type=local,src={}", cache.display()),
-        ])
-        .ok();
-    assert_eq!(second.runs_executed().len(), 2, "{:?}", second.steps);
+    let from = |dir: &Path| format!("type=local,src={}", dir.display());
+    let b = Runner::new("b", &registry.base(), "2002-02-02 00:00:00");
+    let second = b.build(&["--cache-from", &from(&min)]).ok();
+    assert!(second.runs_executed().is_empty(), "{:?}", second.steps);
     assert_eq!(second.status("COPY --from=deps"), "cached");
     assert_eq!(second.status("COPY --from=build"), "cached");
+    assert!(
+        second.steps.iter().all(|(i, _)| !i.starts_with("WORKDIR")),
+        "the build stage is not run: {:?}",
+        second.steps
+    );
     assert_eq!(second.image_id(), built.image_id());
+
+    let b = Runner::new("b", &registry.base(), "2002-02-02 00:00:00");
+    let stage = b
+        .build(&["--target", "build", "--cache-from", &from(&min)])
+        .ok();
+    assert_eq!(stage.runs_executed().len(), 2, "{:?}", stage.steps);
+    let b = Runner::new("b", &registry.base(), "2002-02-02 00:00:00");
+    let stage = b
+        .build(&["--target", "build", "--cache-from", &from(&max)])
+        .ok();
+    assert!(stage.runs_executed().is_empty(), "{:?}", stage.steps);
+}
+
+/// `--cache-to type=inline` puts the result's steps in the pushed image's
+/// config; a second runner taking `--cache-from` that image (and pushing
+/// with inline cache too, as CI does) runs no RUN and pushes the same
+/// manifest.
+#[test]
+fn an_inline_cache_travels_in_the_pushed_image() {
+    if !kiln_testsupport::require_root("RUN in namespaces") {
+        return;
+    }
+    let registry = Registry::start();
+    let a = Runner::new("a", &registry.base(), "2001-01-01 00:00:00");
+    let image_a = registry.name("app/inline:a");
+    let built = first_build(&a, &["--cache-to", "type=inline", "--push", "-t", &image_a]);
+    let b = Runner::new("b", &registry.base(), "2010-06-15 12:34:56");
+    let image_b = registry.name("app/inline:b");
+    let args = ["--cache-from", &image_a, "--cache-to", "type=inline"];
+    let second = b
+        .build(&[&args[..], &["--push", "-t", &image_b]].concat())
+        .ok();
+    assert!(second.runs_executed().is_empty(), "{:?}", second.steps);
+    assert!(second.warnings.is_empty(), "{:?}", second.warnings);
+    assert_eq!(second.image_id(), built.image_id());
+    assert_eq!(second.pushed_digest(), built.pushed_digest());
+    let store = kiln_layers::Store::open(b.root()).unwrap();
+    let desc = store
+        .resolve(&kiln_layers::Reference::parse(&image_b).unwrap())
+        .unwrap()
+        .unwrap();
+    let config = store
+        .read_image(&desc, &kiln_layers::Platform::host())
+        .unwrap()
+        .config;
+    let inline = &config.extra["kiln.cache"];
+    assert_eq!(inline["steps"].as_array().unwrap().len(), 2, "{inline}");
+
+    std::fs::write(
+        b.context().join("src/util.c"),
+        "int helper(void) { return 3; }\n",
+    )
+    .unwrap();
+    let changed = b.build(&args).ok();
+    assert_eq!(changed.status("COPY --from=deps"), "cached");
+    assert_eq!(changed.status(RUN_COMPILE), "done");
+    assert_eq!(changed.status("COPY --from=build"), "done");
 }
 
 /// Registry caches in each form (an image manifest; an index of blobs

@@ -15,6 +15,7 @@ mod cache_from;
 mod copy_step;
 mod events;
 mod mounts;
+mod needed;
 mod resolve;
 mod run;
 mod schedule;
@@ -211,7 +212,7 @@ pub fn solve(
         opts,
         work: work.path(),
     };
-    let result = solve_in(&build);
+    let result = solve_needed(&build);
     drop(work);
     empty_old_trash(store);
     let _ = emptying.join();
@@ -249,12 +250,30 @@ impl StepRun<'_> {
     }
 }
 
-/// Runs the stages, then writes the target stage's image.
-fn solve_in(build: &Build<'_>) -> Result<BuiltImage, SolveError> {
+/// Runs the stages the build needs ([`needed`]); should a stage left out
+/// be needed after all (a step expected from a cache was not), builds
+/// again with every stage (what ran is in the store's cache by then).
+fn solve_needed(build: &Build<'_>) -> Result<BuiltImage, SolveError> {
+    let skip = needed::skippable_stages(build);
+    if !skip.is_empty() {
+        tracing::info!("stages {skip:?}: only steps taken from a cache read them; not run");
+    }
+    match solve_in(build, &skip) {
+        Err(SolveError::StageMissing(index)) if skip.contains(&index) => {
+            tracing::info!("stage {index} is needed after all; building again with every stage");
+            solve_in(build, &BTreeSet::new())
+        }
+        other => other,
+    }
+}
+
+/// Runs the stages but those in `skip`, then writes the target stage's
+/// image.
+fn solve_in(build: &Build<'_>, skip: &BTreeSet<usize>) -> Result<BuiltImage, SolveError> {
     let (store, plan, opts) = (build.store, build.plan, build.opts);
     let outputs: Mutex<BTreeMap<usize, StageOutput>> = Mutex::new(BTreeMap::new());
     let results: Mutex<BTreeMap<usize, Vec<StepResult>>> = Mutex::new(BTreeMap::new());
-    run_stages_when_ready(plan, |index| {
+    run_stages_when_ready(plan, skip, |index| {
         let deps: BTreeMap<usize, StageOutput> =
             outputs.lock().map(|o| o.clone()).unwrap_or_default();
         let (out, steps) = run_stage(build, index, &deps)?;
