@@ -34,7 +34,7 @@ mod origins;
 mod pull;
 mod push;
 
-pub use blobs::{fetch_blob, push_artifact};
+pub use blobs::{fetch_blob, fetch_from_origins, fetch_missing, pull_lazily, push_artifact};
 pub use config::{fetch_config, FetchedConfig};
 pub use error::TransferError;
 pub use origins::BlobOrigins;

@@ -273,7 +273,7 @@ pub(crate) fn check_config_media_type(
 }
 
 /// Refuses a manifest whose config or layers kiln cannot read.
-fn check_media_types(
+pub(crate) fn check_media_types(
     manifest: &Manifest,
     image: &str,
     manifest_digest: &str,

@@ -326,7 +326,10 @@ pub(crate) async fn push_blob_list(
     count_outcomes(tasks, pushed, &run.image).await
 }
 
-/// Refuses to push an image whose blobs the store does not all have.
+/// Refuses to push an image whose blobs the store does not all have,
+/// unless it knows a repository that has each missing one (a layer left
+/// where a build cache or a registry has it: mounted or fetched from
+/// there).
 fn check_blobs_present(
     run: &PushRun<'_>,
     blobs: &[(&str, Descriptor)],
@@ -339,7 +342,7 @@ fn check_blobs_present(
                 context: format!("{}: blob {}", run.image, blob.digest),
                 cause: Box::new(source),
             })?;
-        if present.is_none() {
+        if present.is_none() && BlobOrigins::new(run.store).lookup(&blob.digest).is_empty() {
             return Err(TransferError::IncompleteImage {
                 image: run.image.clone(),
                 digest: blob.digest.to_string(),
@@ -403,21 +406,10 @@ impl BlobUpload {
         let (blob, reporter) = (&self.blob, &self.reporter);
         let id = blob.digest.to_string();
         reporter.start(&id, self.role, Some(blob.size));
-        let source = Arc::new(StoreBlob {
-            store: self.store.clone(),
-            digest: blob.digest.clone(),
-            size: blob.size,
-            reporter: reporter.clone(),
-        });
-        let pushed = self
-            .client
-            .push_blob(
-                &self.repository,
-                &blob.digest,
-                source,
-                self.mount_from.as_ref(),
-            )
-            .await;
+        let pushed = match self.store.has_blob(&blob.digest) {
+            true => self.push().await,
+            false => self.push_absent().await,
+        };
         match pushed {
             Ok(outcome) => {
                 self.origins.record(&blob.digest, &self.repository);
@@ -433,8 +425,60 @@ impl BlobUpload {
             }
             Err(err) => {
                 reporter.done(&id, Outcome::Failed(err.to_string()));
-                Err(TransferError::Registry(err))
+                Err(err)
             }
         }
+    }
+
+    /// Uploads the blob from the store unless the repository has it or
+    /// can mount it.
+    async fn push(&self) -> Result<PushOutcome, TransferError> {
+        let source = Arc::new(StoreBlob {
+            store: self.store.clone(),
+            digest: self.blob.digest.clone(),
+            size: self.blob.size,
+            reporter: self.reporter.clone(),
+        });
+        Ok(self
+            .client
+            .push_blob(
+                &self.repository,
+                &self.blob.digest,
+                source,
+                self.mount_from.as_ref(),
+            )
+            .await?)
+    }
+
+    /// A blob the store lacks (a layer left where a build cache or a
+    /// registry has it): skipped when the repository has it, mounted from
+    /// where it is, else fetched from there first and uploaded.
+    async fn push_absent(&self) -> Result<PushOutcome, TransferError> {
+        let digest = &self.blob.digest;
+        if self
+            .client
+            .blob_exists(&self.repository, digest)
+            .await?
+            .is_some()
+        {
+            return Ok(PushOutcome::Exists);
+        }
+        if let Some(from) = &self.mount_from {
+            if self
+                .client
+                .mount_blob(&self.repository, digest, from)
+                .await?
+            {
+                return Ok(PushOutcome::Mounted);
+            }
+        }
+        crate::blobs::fetch_from_origins(
+            &self.client,
+            &self.store,
+            &self.blob,
+            self.reporter.clone(),
+        )
+        .await?;
+        self.push().await
     }
 }
