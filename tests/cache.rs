@@ -78,9 +78,9 @@ impl Registry {
         FaultProxy::start(self.server.addr, plan).unwrap()
     }
 
-    /// The layer digests of the cache manifest at `reference` (an image
-    /// manifest), as skopeo reads them.
-    fn cache_layers(&self, reference: &str) -> Vec<String> {
+    /// The layer digests of the image manifest at `reference` (an image's,
+    /// or a cache's), as skopeo reads them.
+    fn manifest_layers(&self, reference: &str) -> Vec<String> {
         let raw = kiln_testsupport::image::skopeo_raw_manifest(
             &format!("docker://{reference}"),
             None,
@@ -93,6 +93,33 @@ impl Registry {
             .unwrap()
             .iter()
             .map(|l| l["digest"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// How many requests the proxy has seen so far.
+    fn requests(&self) -> usize {
+        self.proxy.requests().len()
+    }
+
+    /// The blobs downloaded (GET) since request `from`, by digest.
+    fn blob_gets_since(&self, from: usize) -> Vec<String> {
+        self.proxy.requests()[from..]
+            .iter()
+            .filter(|r| r.starts_with("GET ") && r.contains("/blobs/sha256:"))
+            .filter_map(|r| r.split("/blobs/").nth(1))
+            .map(|d| d.split_whitespace().next().unwrap_or(d).to_string())
+            .collect()
+    }
+
+    /// The blob uploads (PUT or PATCH of an upload session) since request
+    /// `from`.
+    fn uploads_since(&self, from: usize) -> Vec<String> {
+        self.proxy.requests()[from..]
+            .iter()
+            .filter(|r| {
+                (r.starts_with("PUT ") || r.starts_with("PATCH ")) && r.contains("/blobs/uploads/")
+            })
+            .cloned()
             .collect()
     }
 
@@ -404,8 +431,12 @@ fn an_inline_cache_travels_in_the_pushed_image() {
 }
 
 /// Registry caches in each form (an image manifest; an index of blobs
-/// with zstd layers; Docker media types): a second runner that pushes too
-/// runs no RUN and pushes the very manifest the first pushed.
+/// with zstd layers; Docker media types): a second runner runs no RUN and
+/// makes the first one's image. It downloads only the layers its store
+/// needs (the result's: no layer of a stage it only took from the cache);
+/// when it pushes to the registry the layers are in, it downloads no layer
+/// and uploads nothing, and the registry has the very manifest the first
+/// runner pushed.
 #[test]
 fn a_registry_cache_travels_to_a_second_runner() {
     if !kiln_testsupport::require_root("RUN in namespaces") {
@@ -418,12 +449,13 @@ fn a_registry_cache_travels_to_a_second_runner() {
         registry.name("cache/app:index"),
         registry.name("cache/app:docker"),
     ];
+    let image_a = registry.name("app/a:1");
     let built = first_build(
         &a,
         &[
             "--push",
             "-t",
-            &registry.name("app/a:1"),
+            &image_a,
             "--cache-to",
             &format!("type=registry,ref={},mode=max", caches[0]),
             "--cache-to",
@@ -438,34 +470,110 @@ fn a_registry_cache_travels_to_a_second_runner() {
             ),
         ],
     );
+    let result_layers = registry.manifest_layers(&image_a);
+    let cache_layers = registry.manifest_layers(&caches[0]);
+    let is_layer = |d: &String| result_layers.contains(d) || cache_layers.contains(d);
+    let from = format!("type=registry,ref={}", caches[0]);
+
+    let b = Runner::new("b", &registry.base(), "2010-06-15 12:34:56");
+    let before = registry.requests();
+    let second = b.build(&["--cache-from", &from]).ok();
+    assert!(second.runs_executed().is_empty(), "{:?}", second.steps);
+    assert!(second.warnings.is_empty(), "{:?}", second.warnings);
+    assert_eq!(second.image_id(), built.image_id());
+    let mut downloaded: Vec<String> = registry
+        .blob_gets_since(before)
+        .into_iter()
+        .filter(is_layer)
+        .collect();
+    downloaded.sort();
+    let mut wanted = result_layers.clone();
+    wanted.sort();
+    assert_eq!(downloaded, wanted, "only the result's layers, once each");
+
+    std::fs::write(
+        b.context().join("src/util.c"),
+        "int helper(void) { return 2; }\n",
+    )
+    .unwrap();
+    let changed = b.build(&["--cache-from", &from]).ok();
+    assert_eq!(changed.status(RUN_DEPS), "cached");
+    assert_eq!(changed.status(RUN_COMPILE), "done");
+    assert_eq!(changed.status("COPY --from=deps"), "cached");
+
     for (n, cache) in caches.iter().enumerate() {
         let b = Runner::new("b", &registry.base(), "2010-06-15 12:34:56");
-        let tag = registry.name(&format!("app/b:{n}"));
+        let tag = registry.name(&format!("app/a:b{n}"));
         let from = format!("type=registry,ref={cache}");
-        let second = b.build(&["--cache-from", &from, "--push", "-t", &tag]).ok();
+        let before = registry.requests();
+        let pushed = b.build(&["--cache-from", &from, "--push", "-t", &tag]).ok();
         assert!(
-            second.runs_executed().is_empty(),
+            pushed.runs_executed().is_empty(),
             "{cache}: {:?}",
-            second.steps
+            pushed.steps
         );
-        assert!(second.warnings.is_empty(), "{cache}: {:?}", second.warnings);
-        assert_eq!(second.image_id(), built.image_id(), "{cache}");
+        assert!(pushed.warnings.is_empty(), "{cache}: {:?}", pushed.warnings);
+        assert_eq!(pushed.image_id(), built.image_id(), "{cache}");
+        let downloaded: Vec<String> = registry
+            .blob_gets_since(before)
+            .into_iter()
+            .filter(is_layer)
+            .collect();
+        assert!(downloaded.is_empty(), "{cache}: downloaded {downloaded:?}");
         if n != 1 {
-            // The same layers (gzip, as A pushed them): the same manifest.
-            assert_eq!(second.pushed_digest(), built.pushed_digest(), "{cache}");
-        }
-        if n == 0 {
-            std::fs::write(
-                b.context().join("src/util.c"),
-                "int helper(void) { return 2; }\n",
-            )
-            .unwrap();
-            let changed = b.build(&["--cache-from", &from]).ok();
-            assert_eq!(changed.status(RUN_DEPS), "cached");
-            assert_eq!(changed.status(RUN_COMPILE), "done");
-            assert_eq!(changed.status("COPY --from=deps"), "cached");
+            // The same layers (gzip, as A pushed them): the same manifest,
+            // and nothing to upload.
+            assert_eq!(pushed.pushed_digest(), built.pushed_digest(), "{cache}");
+            let uploads = registry.uploads_since(before);
+            assert!(uploads.is_empty(), "{cache}: uploaded {uploads:?}");
         }
     }
+
+    // To another repository: each layer is mounted from where it is; only
+    // the config (this repository has none) is uploaded.
+    let b = Runner::new("b", &registry.base(), "2010-06-15 12:34:56");
+    let before = registry.requests();
+    let other_image = registry.name("app/other:1");
+    let other = b
+        .build(&["--cache-from", &from, "--push", "-t", &other_image])
+        .ok();
+    assert_eq!(other.pushed_digest(), built.pushed_digest());
+    let requests = &registry.proxy.requests()[before..];
+    let mounts = requests.iter().filter(|r| r.contains("?mount=")).count();
+    assert_eq!(mounts, result_layers.len(), "{requests:?}");
+    let uploads = registry.uploads_since(before);
+    let config = built.image_id().replace("sha256:", "");
+    assert!(
+        uploads.len() == 1 && uploads[0].contains(&config),
+        "only the config {config}: {uploads:?}"
+    );
+    let downloaded: Vec<String> = registry
+        .blob_gets_since(before)
+        .into_iter()
+        .filter(is_layer)
+        .collect();
+    assert!(downloaded.is_empty(), "downloaded {downloaded:?}");
+    // The store tags the image, and its base, with their layers where they
+    // are; a save and a run fetch them.
+    let base_layer = result_layers[0].replace("sha256:", "");
+    let stored = |hex: &str| b.root().join("blobs/sha256").join(hex).is_file();
+    assert!(!stored(&base_layer), "the base's layer was not downloaded");
+    let saved = b.dir.path().join("saved");
+    common::kiln_ok(
+        &b.root(),
+        &[
+            "save",
+            "--format",
+            "oci",
+            "-o",
+            saved.to_str().unwrap(),
+            &registry.base(),
+        ],
+    );
+    assert!(stored(&base_layer));
+    assert!(saved.join("blobs/sha256").join(&base_layer).is_file());
+    let app = common::kiln_ok(&b.root(), &["run", "--rm", &other_image]);
+    assert!(app.contains("app_main"), "{app}");
 }
 
 /// A registry cache that cannot be used — its registry down, a layer
@@ -480,12 +588,20 @@ fn a_broken_registry_cache_is_a_warning_and_the_build_runs_without_it() {
     let registry = Registry::start();
     let a = Runner::new("a", &registry.base(), "2001-01-01 00:00:00");
     let cache = registry.name("cache/app:1");
+    let image = registry.name("app/a:1");
     first_build(
         &a,
-        &["--cache-to", &format!("type=registry,ref={cache},mode=max")],
+        &[
+            "--cache-to",
+            &format!("type=registry,ref={cache},mode=max"),
+            "--push",
+            "-t",
+            &image,
+        ],
     );
-    // The first layer is the apt-like RUN's (64 KiB archives).
-    let deps_layer = registry.cache_layers(&cache)[0].clone();
+    // The result's second layer, the archives its COPY --from=deps takes
+    // (over 64 KiB): a layer the second runner's store needs.
+    let deps_layer = registry.manifest_layers(&image)[1].clone();
     let down = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().to_string()

@@ -34,7 +34,8 @@ use crate::plan::{
 };
 use crate::secrets::Secret;
 use crate::solve::{
-    solve, BuildEvents, BuiltImage, ImagePuller, SolveError, SolveOptions, StoreResolver,
+    solve, BuildBlobs, BuildEvents, BuiltImage, ImagePuller, ResultContent, SolveError,
+    SolveOptions, StoreResolver,
 };
 use crate::ssh::SshAgents;
 
@@ -314,6 +315,29 @@ fn no_cache_stages(
     }
 }
 
+/// What the result must have in the store: its root filesystem for a
+/// `local` or `tar` output, its layers' blobs for an archive output or when
+/// nothing is pushed (the store then holds the image whole); an image
+/// that is only pushed keeps the layers a cache or a registry holds where
+/// they are (the push mounts them), as BuildKit's lazy layers.
+fn result_content(settings: &BuildSettings) -> ResultContent {
+    let outputs = &settings.outputs;
+    if outputs
+        .iter()
+        .any(|o| matches!(o, Output::Local(_) | Output::Tar(_)))
+    {
+        ResultContent::Snapshots
+    } else if settings.push_targets().is_empty()
+        || outputs
+            .iter()
+            .any(|o| matches!(o, Output::Oci(_) | Output::Docker(_)))
+    {
+        ResultContent::Blobs
+    } else {
+        ResultContent::Lazy
+    }
+}
+
 /// A check's finding as a build warning: `Rule: message`.
 fn finding_warning(finding: &lint::Finding) -> PlanWarning {
     PlanWarning {
@@ -588,6 +612,7 @@ impl<'a> Session<'a> {
             limits: settings.limits,
             cache_from: Some(&cache_from),
             inline_cache: self.cache.inline,
+            result: result_content(settings),
         };
         let built = solve(
             self.store,
@@ -606,21 +631,30 @@ impl<'a> Session<'a> {
         };
         self.outputs(&mut result)?;
         self.push(&mut result)?;
-        self.export_cache(&planned.plan, &result)?;
+        let blobs = BuildBlobs {
+            sources: &cache_from,
+            resolver: &planned.resolver,
+        };
+        self.export_cache(&planned.plan, &result, &blobs)?;
         self.write_files(&result)?;
         Ok(result)
     }
 
     /// Runs each `--cache-to` exporter; a failure fails the build unless it
     /// said `ignore-error=true` (then it is a warning), as in BuildKit.
-    fn export_cache(&self, plan: &Plan, result: &BuildResult) -> Result<(), BuildError> {
+    fn export_cache(
+        &self,
+        plan: &Plan,
+        result: &BuildResult,
+        blobs: &BuildBlobs<'_>,
+    ) -> Result<(), BuildError> {
         if self.cache.exporters.is_empty() {
             return Ok(());
         }
         let export = CacheExport::new(plan, result.built.steps.clone());
         for exporter in &self.cache.exporters {
             let started = Instant::now();
-            match exporter.export(self.store, &export, self.reporter) {
+            match exporter.export(self.store, &export, blobs, self.reporter) {
                 Ok(lines) => {
                     self.events
                         .internal(&exporter.name(), &lines, started.elapsed().as_secs_f64())

@@ -116,6 +116,7 @@ fn run(case: &Path) -> String {
         limits: Default::default(),
         cache_from: None,
         inline_cache: false,
+        result: Default::default(),
     };
     let built = match solve(&store, &planned, &context, &resolver, &solve_opts) {
         Ok(b) => b,

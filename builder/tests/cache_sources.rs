@@ -17,7 +17,8 @@ use kiln_builder::dockerignore::PatternMatcher;
 use kiln_builder::plan::{compute_cache_keys, plan, BuildOptions, RemoteSources};
 use kiln_builder::session::RemoteError;
 use kiln_builder::solve::{
-    solve, BuildEvents, BuiltImage, SolveOptions, StepEvent, StepOutcome, StoreResolver,
+    solve, BuildEvents, BuiltImage, ResultContent, SolveOptions, StepEvent, StepOutcome,
+    StoreResolver,
 };
 use kiln_layers::oci::Descriptor;
 use kiln_layers::{Digest, NoProgress, Platform, Store};
@@ -61,11 +62,13 @@ impl Events {
 }
 
 /// The results of a build in `origin`, served from there (or, `broken`,
-/// failing to).
+/// failing to). A `lazy` one leaves a layer of a result that is only
+/// pushed where it is, as a registry's does.
 struct StoreSource {
     origin: Store,
     steps: BTreeMap<Digest, CachedStep>,
     broken: bool,
+    lazy: bool,
 }
 
 impl StoreSource {
@@ -88,6 +91,7 @@ impl StoreSource {
             origin: origin.clone(),
             steps,
             broken,
+            lazy: false,
         }
     }
 }
@@ -98,6 +102,12 @@ impl CacheSource for StoreSource {
     }
     fn lookup(&self, key: &Digest) -> Option<CachedStep> {
         self.steps.get(key).cloned()
+    }
+    fn keep_lazy(&self, store: &Store, blob: &Descriptor) -> Result<(), RemoteError> {
+        match self.lazy {
+            true => Ok(()),
+            false => self.fetch(store, blob),
+        }
     }
     fn fetch(&self, store: &Store, blob: &Descriptor) -> Result<(), RemoteError> {
         if self.broken {
@@ -116,6 +126,7 @@ fn build(
     context: &Path,
     sources: &[Box<dyn CacheSource>],
     events: &Events,
+    result: ResultContent,
 ) -> BuiltImage {
     let typed =
         kiln_parser::instructions::from_ast(&kiln_parser::parse(DOCKERFILE, "Dockerfile").unwrap())
@@ -146,6 +157,7 @@ fn build(
         limits: Default::default(),
         cache_from: Some(&cache_from),
         inline_cache: false,
+        result,
     };
     solve(store, &p, &ctx, &resolver, &solve_opts).unwrap()
 }
@@ -159,7 +171,13 @@ fn steps_from_a_source_and_the_stages_they_spare() {
     let context = dir.path().join("ctx");
     std::fs::create_dir(&context).unwrap();
     let origin = common::store_with_busybox(&dir.path().join("origin"));
-    let first = build(&origin, &context, &[], &Events::default());
+    let first = build(
+        &origin,
+        &context,
+        &[],
+        &Events::default(),
+        ResultContent::Blobs,
+    );
     // Only the last stage's step, as `mode=min` exports it.
     let last: Vec<StepResult> = first
         .steps
@@ -173,7 +191,7 @@ fn steps_from_a_source_and_the_stages_they_spare() {
     let events = Events::default();
     let sources: Vec<Box<dyn CacheSource>> =
         vec![Box::new(StoreSource::new(&origin, &last, false))];
-    let second = build(&store, &context, &sources, &events);
+    let second = build(&store, &context, &sources, &events, ResultContent::Blobs);
     assert_eq!(second.config.rootfs, first.config.rootfs, "the same layers");
     let steps = events.steps.lock().unwrap().clone();
     assert_eq!(
@@ -187,10 +205,60 @@ fn steps_from_a_source_and_the_stages_they_spare() {
     let store = common::store_with_busybox(&dir.path().join("third"));
     let events = Events::default();
     let sources: Vec<Box<dyn CacheSource>> = vec![Box::new(StoreSource::new(&origin, &last, true))];
-    let third = build(&store, &context, &sources, &events);
+    let third = build(&store, &context, &sources, &events, ResultContent::Blobs);
     let warnings = events.warnings.lock().unwrap().clone();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("test source") && warnings[0].contains("the blob is gone"));
     assert!(events.ran("RUN head") && events.ran("COPY --from=build"));
     assert_ne!(third.config.rootfs, first.config.rootfs, "made anew");
+}
+
+/// A result that is only pushed keeps a layer taken from a source where
+/// the source has it; the store's record of that step, whose layer it
+/// lacks, is then not used by a build without the source: the step runs,
+/// with the stage it reads, and the result is whole in the store.
+#[test]
+fn a_record_whose_layer_stayed_in_a_source_is_not_used_without_it() {
+    if !kiln_testsupport::require_root("RUN in namespaces") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let context = dir.path().join("ctx");
+    std::fs::create_dir(&context).unwrap();
+    let origin = common::store_with_busybox(&dir.path().join("origin"));
+    let first = build(
+        &origin,
+        &context,
+        &[],
+        &Events::default(),
+        ResultContent::Blobs,
+    );
+    let last: Vec<StepResult> = first
+        .steps
+        .iter()
+        .filter(|s| s.stage == 1)
+        .cloned()
+        .collect();
+    let copied = last[0].layer.clone().expect("the COPY's layer").0;
+
+    let store = common::store_with_busybox(&dir.path().join("second"));
+    let mut source = StoreSource::new(&origin, &last, false);
+    source.lazy = true;
+    let sources: Vec<Box<dyn CacheSource>> = vec![Box::new(source)];
+    let events = Events::default();
+    let lazy = build(&store, &context, &sources, &events, ResultContent::Lazy);
+    assert_eq!(lazy.config.rootfs, first.config.rootfs);
+    assert!(!events.ran("COPY --from=build") && !events.ran("RUN head"));
+    assert!(
+        !store.has_blob(&copied.digest),
+        "the layer stayed in the source"
+    );
+
+    let events = Events::default();
+    let alone = build(&store, &context, &[], &events, ResultContent::Blobs);
+    assert!(events.ran("RUN head") && events.ran("COPY --from=build"));
+    assert_ne!(alone.config.rootfs, first.config.rootfs, "made anew");
+    for layer in &alone.layers {
+        assert!(store.has_blob(&layer.digest), "{}", layer.digest);
+    }
 }

@@ -109,6 +109,7 @@ fn build_full(
         limits: Default::default(),
         cache_from: None,
         inline_cache: false,
+        result: Default::default(),
     };
     solve(store, &p, &ctx, &resolver, &solve_opts)
 }
@@ -798,6 +799,7 @@ fn build_with_ssh(
         limits: Default::default(),
         cache_from: None,
         inline_cache: false,
+        result: Default::default(),
     };
     solve(store, &p, &ctx, &resolver, &solve_opts)
 }

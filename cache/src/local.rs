@@ -11,7 +11,9 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use kiln_builder::cache::format::CacheConfig;
-use kiln_builder::cache::{CacheExport, CacheExporter, CacheSource, CachedStep, StepsByKey};
+use kiln_builder::cache::{
+    BlobProvider, CacheExport, CacheExporter, CacheSource, CachedStep, StepsByKey,
+};
 use kiln_builder::session::RemoteError;
 use kiln_layers::oci::{media, parse_manifest, Descriptor, Index, ANNOTATION_REF_NAME};
 use kiln_layers::store::MAX_JSON_BLOB;
@@ -41,9 +43,15 @@ impl CacheExporter for LocalExporter {
         &self,
         store: &Store,
         cache: &CacheExport,
+        blobs: &dyn BlobProvider,
         reporter: &dyn Reporter,
     ) -> Result<Vec<String>, RemoteError> {
         let steps = cache.select(self.options.mode);
+        // A layer taken from elsewhere without its content is fetched now:
+        // the directory gets every blob.
+        for (layer, _) in steps.iter().filter_map(|s| s.layer.as_ref()) {
+            blobs.provide(store, layer)?;
+        }
         let what = || format!("{}", self.dest.display());
         let made = artifact::make(store, &steps, &self.options, reporter).map_err(|source| {
             CacheError::Store {

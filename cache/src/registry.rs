@@ -10,7 +10,9 @@
 use std::sync::Arc;
 
 use kiln_builder::cache::format::{CacheConfig, INLINE_KEY};
-use kiln_builder::cache::{CacheExport, CacheExporter, CacheSource, CachedStep, StepsByKey};
+use kiln_builder::cache::{
+    BlobProvider, CacheExport, CacheExporter, CacheSource, CachedStep, StepsByKey,
+};
 use kiln_builder::session::RemoteError;
 use kiln_layers::oci::{media, parse_manifest, Descriptor, ImageConfig, ManifestKind};
 use kiln_layers::store::MAX_JSON_BLOB;
@@ -50,9 +52,19 @@ impl CacheExporter for RegistryExporter {
         &self,
         store: &Store,
         cache: &CacheExport,
+        blobs: &dyn BlobProvider,
         reporter: &dyn Reporter,
     ) -> Result<Vec<String>, RemoteError> {
         let steps = cache.select(self.options.mode);
+        // A layer taken from elsewhere without its content is mounted from
+        // where it is, or fetched by the push; one from nowhere it could be
+        // fetched (a directory) is fetched now.
+        let origins = kiln_transfer::BlobOrigins::new(store);
+        for (layer, _) in steps.iter().filter_map(|s| s.layer.as_ref()) {
+            if !store.has_blob(&layer.digest) && origins.lookup(&layer.digest).is_empty() {
+                blobs.provide(store, layer)?;
+            }
+        }
         let what = self.reference.to_string();
         let made = artifact::make(store, &steps, &self.options, reporter).map_err(|source| {
             CacheError::Store {
@@ -256,6 +268,25 @@ impl CacheSource for RegistrySource {
 
     fn lookup(&self, key: &Digest) -> Option<CachedStep> {
         self.steps.get(key).cloned()
+    }
+
+    fn taken(&self, store: &Store, blob: &Descriptor) {
+        kiln_transfer::BlobOrigins::new(store).record(&blob.digest, &self.reference.repository);
+    }
+
+    fn keep_lazy(&self, store: &Store, blob: &Descriptor) -> Result<(), RemoteError> {
+        let exists = self.net.runtime.block_on(
+            self.net
+                .client
+                .blob_exists(&self.reference.repository, &blob.digest),
+        )?;
+        match exists {
+            Some(_) => {
+                self.taken(store, blob);
+                Ok(())
+            }
+            None => Err(format!("{} does not have it", self.reference.repository).into()),
+        }
     }
 
     fn fetch(&self, store: &Store, blob: &Descriptor) -> Result<(), RemoteError> {

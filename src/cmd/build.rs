@@ -269,28 +269,43 @@ struct CliRemote<'a> {
 }
 
 impl ImagePuller for CliRemote<'_> {
+    /// A base image without its layers: they are fetched when a step needs
+    /// them ([`ImagePuller::fetch_blob`]), or mounted by a push to the
+    /// same registry, so a build whose steps are all cached downloads none.
     fn pull(&self, reference: &Reference, platform: &Platform) -> Result<Descriptor, LookupError> {
-        let options = kiln_transfer::PullOptions::new(platform.clone());
         let (rt, client) = self
             .network
             .get()
             .map_err(|e| LookupError::failed(format!("{e:#}")))?;
-        let pulled = rt
-            .block_on(kiln_transfer::pull(
-                client,
-                self.store,
-                reference,
-                &options,
-                self.reporter.clone(),
-            ))
-            // The caller's message names the image: the detail only.
-            .map_err(|e| match e {
-                kiln_transfer::TransferError::Registry(kiln_registry::Error::NotFound {
-                    ..
-                }) => LookupError::NotFound(e.detail()),
-                other => LookupError::failed(other.detail()),
-            })?;
-        Ok(pulled.manifest)
+        rt.block_on(kiln_transfer::pull_lazily(
+            client,
+            self.store,
+            reference,
+            platform,
+            self.reporter.clone(),
+        ))
+        // The caller's message names the image: the detail only.
+        .map_err(|e| match e {
+            kiln_transfer::TransferError::Registry(kiln_registry::Error::NotFound { .. }) => {
+                LookupError::NotFound(e.detail())
+            }
+            other => LookupError::failed(other.detail()),
+        })
+    }
+
+    fn fetch_blob(&self, store: &Store, blob: &Descriptor) -> Result<(), LookupError> {
+        let (rt, client) = self
+            .network
+            .get()
+            .map_err(|e| LookupError::failed(format!("{e:#}")))?;
+        rt.block_on(kiln_transfer::fetch_from_origins(
+            client,
+            store,
+            blob,
+            self.reporter.clone(),
+        ))
+        .map(|_| ())
+        .map_err(|e| LookupError::failed(e.to_string()))
     }
 }
 

@@ -29,6 +29,7 @@ pub mod format;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use kiln_layers::oci::Descriptor;
 use kiln_layers::{Digest, Reporter, Store};
@@ -62,6 +63,25 @@ pub trait CacheSource: Sync {
     /// Puts the blob of a layer [`CacheSource::lookup`] gave into the store
     /// (verified there, as every blob is), reporting progress its own way.
     fn fetch(&self, store: &Store, blob: &Descriptor) -> Result<(), RemoteError>;
+    /// The blob of a layer this source gave is part of an image that is
+    /// only pushed, and stays where it is: make sure it is there, and
+    /// note where, so that the push mounts it (a registry source). An
+    /// error drops the source. By default the blob is fetched.
+    fn keep_lazy(&self, store: &Store, blob: &Descriptor) -> Result<(), RemoteError> {
+        self.fetch(store, blob)
+    }
+    /// A layer of this source's was taken, its content left where it is:
+    /// note where, if that helps a later push (a registry source records
+    /// the blob's repository, which a push to that registry mounts from).
+    /// Nothing by default.
+    fn taken(&self, _store: &Store, _blob: &Descriptor) {}
+}
+
+/// Where a blob the store lacks comes from: a layer taken from a cache, or
+/// one of an image pulled without its layers.
+pub trait BlobProvider {
+    /// Puts `blob` into the store.
+    fn provide(&self, store: &Store, blob: &Descriptor) -> Result<(), RemoteError>;
 }
 
 /// The sources of one build, tried in order; a source that failed is
@@ -70,6 +90,9 @@ pub struct CacheSources<'a> {
     sources: &'a [Box<dyn CacheSource>],
     failed: Vec<AtomicBool>,
     events: &'a dyn BuildEvents,
+    /// Layer blobs taken from a source without their content: blob
+    /// digest → source.
+    taken: Mutex<BTreeMap<Digest, usize>>,
 }
 
 impl<'a> CacheSources<'a> {
@@ -78,7 +101,21 @@ impl<'a> CacheSources<'a> {
             sources,
             failed: sources.iter().map(|_| AtomicBool::new(false)).collect(),
             events,
+            taken: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Notes that `blob` was taken from source `index`, its content left
+    /// there until needed.
+    pub(crate) fn note_taken(&self, blob: &Digest, index: usize) {
+        if let Ok(mut taken) = self.taken.lock() {
+            taken.entry(blob.clone()).or_insert(index);
+        }
+    }
+
+    /// The source `blob` was taken from, if it was.
+    pub(crate) fn taken_from(&self, blob: &Digest) -> Option<usize> {
+        self.taken.lock().ok().and_then(|t| t.get(blob).copied())
     }
 
     /// The first source (not failed) with a result for `key`: its index
@@ -89,6 +126,16 @@ impl<'a> CacheSources<'a> {
             .enumerate()
             .filter(|(i, _)| !self.has_failed(*i))
             .find_map(|(i, source)| source.lookup(key).map(|step| (i, step)))
+    }
+
+    /// How many sources there are.
+    pub fn len(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// Whether there is no source.
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
     }
 
     pub(crate) fn has_failed(&self, index: usize) -> bool {
@@ -188,11 +235,14 @@ pub trait CacheExporter: Sync {
     fn name(&self) -> String;
     /// `ignore-error=true`: a failed export is a warning, not a failed build.
     fn ignore_error(&self) -> bool;
-    /// Exports the steps it selects; returns the lines progress shows.
+    /// Exports the steps it selects; returns the lines progress shows. A
+    /// layer blob the store lacks (taken from a cache, or of a base pulled
+    /// without its layers) comes from `blobs` when the export needs it.
     fn export(
         &self,
         store: &Store,
         cache: &CacheExport,
+        blobs: &dyn BlobProvider,
         reporter: &dyn Reporter,
     ) -> Result<Vec<String>, RemoteError>;
 }

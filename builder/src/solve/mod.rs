@@ -14,6 +14,7 @@
 mod cache_from;
 mod copy_step;
 mod events;
+mod lazy;
 mod mounts;
 mod needed;
 mod resolve;
@@ -43,6 +44,7 @@ use crate::secrets::Secret;
 
 use copy_step::execute_copy;
 pub use events::{BuildEvents, NoEvents, StepEvent, StepOutcome};
+pub use lazy::{BuildBlobs, ResultContent};
 use mounts::{mount_image_layers, run_mount, MountFrom, StepMount};
 pub use resolve::{ImagePuller, StoreResolver};
 use run::execute_run;
@@ -83,6 +85,13 @@ pub enum SolveError {
     },
     #[error("base image {0} was not resolved")]
     Unresolved(String),
+    /// A layer the store lacks could not be fetched from where it is.
+    #[error("fetching layer {blob}: {message}")]
+    Fetch { blob: String, message: String },
+    /// A `--cache-from` source failed to give what it had promised (it is
+    /// dropped; the solver builds again without it).
+    #[error("{0}")]
+    CacheSourceFailed(String),
     #[error("stage {0} failed before it finished")]
     StageMissing(usize),
 }
@@ -142,6 +151,9 @@ pub struct SolveOptions<'a> {
     /// Put the result's steps into the image config (`--cache-to
     /// type=inline`).
     pub inline_cache: bool,
+    /// What the result must have in the store (its layers' blobs, unless
+    /// it is only pushed; its snapshots for a root filesystem output).
+    pub result: ResultContent,
 }
 
 /// What a build produced.
@@ -254,16 +266,30 @@ impl StepRun<'_> {
 /// be needed after all (a step expected from a cache was not), builds
 /// again with every stage (what ran is in the store's cache by then).
 fn solve_needed(build: &Build<'_>) -> Result<BuiltImage, SolveError> {
-    let skip = needed::skippable_stages(build);
-    if !skip.is_empty() {
-        tracing::info!("stages {skip:?}: only steps taken from a cache read them; not run");
-    }
-    match solve_in(build, &skip) {
-        Err(SolveError::StageMissing(index)) if skip.contains(&index) => {
-            tracing::info!("stage {index} is needed after all; building again with every stage");
-            solve_in(build, &BTreeSet::new())
+    let mut skipping = true;
+    // Each failure drops a source: one more attempt than there are.
+    let mut attempts_left = build.opts.cache_from.map_or(0, |s| s.len()) + 1;
+    loop {
+        let skip = match skipping {
+            true => needed::skippable_stages(build),
+            false => BTreeSet::new(),
+        };
+        if !skip.is_empty() {
+            tracing::info!("stages {skip:?}: only steps taken from a cache read them; not run");
         }
-        other => other,
+        match solve_in(build, &skip) {
+            Err(SolveError::StageMissing(index)) if skip.contains(&index) => {
+                tracing::info!(
+                    "stage {index} is needed after all; building again with every stage"
+                );
+                skipping = false;
+            }
+            Err(SolveError::CacheSourceFailed(why)) if attempts_left > 0 => {
+                tracing::info!("{why}; building again without that cache");
+                attempts_left -= 1;
+            }
+            other => return other,
+        }
     }
 }
 
@@ -296,6 +322,7 @@ fn solve_in(build: &Build<'_>, skip: &BTreeSet<usize>) -> Result<BuiltImage, Sol
     let target = outputs
         .get(&plan.target)
         .ok_or(SolveError::StageMissing(plan.target))?;
+    lazy::complete_result(build, target)?;
     let sp = &plan.stages[plan.target];
     let mut config = sp.image.clone();
     config.rootfs.diff_ids = target.layers.iter().map(|(_, d)| d.clone()).collect();

@@ -166,9 +166,17 @@ fn stage_base(
     opts.events.step_started(&event);
     let layers = image.layers()?;
     let diff_ids: Vec<Digest> = layers.iter().map(|(_, d)| d.clone()).collect();
-    let unpacked = kiln_layers::chain_ids(&diff_ids)
-        .iter()
-        .all(|c| store.has_snapshot(c));
+    let chains = kiln_layers::chain_ids(&diff_ids);
+    let unpacked = chains.iter().all(|c| store.has_snapshot(c));
+    if !unpacked && layers.iter().any(|(l, _)| !store.has_blob(&l.digest)) {
+        // Pulled without its layers: they are fetched when needed.
+        opts.events.step_done(&event, &StepOutcome::Done);
+        return Ok(StageOutput {
+            layers,
+            snapshots: chains.iter().map(|c| store.snapshot_path(c)).collect(),
+            history: image.config.history.clone(),
+        });
+    }
     let snapshots = match store.prepare_snapshots(&image, opts.reporter) {
         Ok(s) => s,
         Err(e) => {

@@ -41,6 +41,8 @@ fn run_or_reuse(run: &StepRun<'_>, progress: &mut StageProgress) -> Result<bool,
         (Some(key), false) => format!("cache miss {key}"),
     };
     tracing::info!("line {}: {why}: {}", step.line, shorten(&step.instruction));
+    // The step runs on the layers below: their content is needed now.
+    super::lazy::materialize(run.build, &progress.out)?;
     let dir = run.build.work.join(unique_name("step"));
     let upper = dir.join("upper");
     std::fs::create_dir_all(&upper).map_err(io_err(&upper))?;
@@ -174,7 +176,9 @@ fn commit_layer(
     Ok((record, parked_bytes))
 }
 
-/// Applies a cache record; false if it cannot be used (then the step runs).
+/// Applies a cache record; false if it cannot be used (then the step
+/// runs). The snapshot is made when something needs it
+/// ([`super::lazy::materialize`]).
 fn reuse(
     build: &Build<'_>,
     record: &CacheRecord,
@@ -202,17 +206,7 @@ fn reuse(
         None => diff_id.clone(),
         Some(parent) => Digest::of(format!("{parent} {diff_id}").as_bytes()),
     };
-    let snapshot = build.store.snapshot_path(&chain);
-    if !build.store.has_snapshot(&chain) {
-        build.store.unpack_snapshot(
-            &descriptor,
-            &diff_id,
-            &chain,
-            out.lowers_top_first(),
-            build.opts.reporter,
-        )?;
-    }
     out.layers.push((descriptor, diff_id));
-    out.snapshots.push(snapshot);
+    out.snapshots.push(build.store.snapshot_path(&chain));
     Ok(true)
 }
