@@ -578,7 +578,7 @@ fn a_registry_cache_travels_to_a_second_runner() {
 
 /// A registry cache that cannot be used — its registry down, a layer
 /// missing or damaged on the way — is one warning and the build runs what
-/// it cannot take; a failed export fails the build unless it says
+/// it cannot take, or takes it from the next `--cache-from`; a failed export fails the build unless it says
 /// `ignore-error=true`.
 #[test]
 fn a_broken_registry_cache_is_a_warning_and_the_build_runs_without_it() {
@@ -649,6 +649,21 @@ fn a_broken_registry_cache_is_a_warning_and_the_build_runs_without_it() {
         assert!(app.contains("app_main"), "{app}");
     }
     assert!(damaged.flips_injected() > 0 && missing.statuses_injected() > 0);
+
+    // Sources are tried in order: the one that is down is one warning, the
+    // next one gives every step.
+    let b = Runner::new("b", &registry.base(), "2003-03-03 00:00:00");
+    let two = b
+        .build(&[
+            "--cache-from",
+            &format!("type=registry,ref={down}/cache/app:1"),
+            "--cache-from",
+            &format!("type=registry,ref={cache}"),
+        ])
+        .ok();
+    assert_eq!(two.warnings.len(), 1, "{:?}", two.warnings);
+    assert!(two.warnings[0].contains(&down), "{:?}", two.warnings);
+    assert!(two.runs_executed().is_empty(), "{:?}", two.steps);
 
     let b = Runner::new("b", &registry.base(), "2003-03-03 00:00:00");
     let to_down = format!("type=registry,ref={down}/cache/app:1");
