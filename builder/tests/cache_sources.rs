@@ -158,6 +158,7 @@ fn build(
         cache_from: Some(&cache_from),
         inline_cache: false,
         result,
+        named_contexts: None,
     };
     solve(store, &p, &ctx, &resolver, &solve_opts).unwrap()
 }

@@ -3,8 +3,11 @@
 
 pub mod build;
 pub mod check;
+pub mod explain_image;
 pub mod image;
 pub mod info;
+pub mod interrupt;
+pub mod layers;
 pub mod limits;
 pub mod parse;
 pub mod plan_view;
@@ -42,6 +45,7 @@ pub fn fetch_missing_layers(
         return Ok(());
     }
     let client = std::sync::Arc::new(kiln_registry::Client::new(kiln_registry::ClientConfig {
+        hosts: settings.registry_hosts()?,
         timeouts: settings.timeouts.clone(),
         ..kiln_registry::ClientConfig::default()
     })?);
@@ -53,8 +57,9 @@ pub fn fetch_missing_layers(
         ))
         .with_context(|| {
             format!(
-                "fetching the layers of {} that the store lacks (a registry that needs \
-                 --insecure-registry or --ca-cert: `kiln pull` the image with them first)",
+                "fetching the layers of {} that the store lacks (through the registry \
+                 configuration file; for --insecure-registry or --ca-cert, `kiln pull` the \
+                 image with them first)",
                 image.manifest_descriptor.digest
             )
         })?;

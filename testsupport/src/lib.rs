@@ -18,6 +18,9 @@
 //! - [`empty_docker_config`]: a `DOCKER_CONFIG` that keeps the host's
 //!   `~/.docker` out of tests.
 //! - [`golden`]: golden-file comparison, rewritten with `KILN_BLESS=1`.
+//! - [`git`]: a `git daemon` serving test repositories on loopback.
+//! - [`http`]: a small HTTP file server (optionally behind basic auth)
+//!   that records the requests it got.
 //!
 //! ```no_run
 //! use kiln_testsupport::RegistryServer;
@@ -28,7 +31,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod git;
 pub mod golden;
+pub mod http;
 pub mod image;
 mod process;
 pub mod proxy;

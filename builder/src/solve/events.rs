@@ -40,6 +40,9 @@ pub enum StepOutcome {
     Cached,
     /// Failed with this message.
     Failed(String),
+    /// Stopped, or never finished, because kiln was interrupted
+    /// (BuildKit's `CANCELED`).
+    Canceled,
 }
 
 /// Build progress, for the CLI to draw. Steps of different stages may
@@ -58,6 +61,9 @@ pub trait BuildEvents: Sync {
     /// A warning about the build itself, not a Dockerfile line (a cache
     /// that cannot be used).
     fn build_warning(&self, _message: &str) {}
+    /// A warning about a step as it runs (`COPY --chown` naming a user the
+    /// image lacks): BuildKit's warning on a vertex.
+    fn step_warning(&self, _step: &StepEvent<'_>, _message: &str) {}
 }
 
 /// Prints nothing.
