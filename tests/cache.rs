@@ -520,6 +520,16 @@ fn a_registry_cache_travels_to_a_second_runner() {
             .filter(is_layer)
             .collect();
         assert!(downloaded.is_empty(), "{cache}: downloaded {downloaded:?}");
+        if n == 1 {
+            // The base was pulled without its layer; `kiln layers` reads
+            // it, fetched first.
+            let base_layer = result_layers[0].replace("sha256:", "");
+            let blob = b.root().join("blobs/sha256").join(&base_layer);
+            assert!(!blob.is_file(), "the base's layer was not downloaded");
+            let listed = common::kiln_ok(&b.root(), &["layers", &registry.base()]);
+            assert!(listed.contains("kiln import"), "{listed}");
+            assert!(blob.is_file());
+        }
         if n != 1 {
             // The same layers (gzip, as A pushed them): the same manifest,
             // and nothing to upload.
