@@ -563,6 +563,24 @@ fn a_registry_cache_travels_to_a_second_runner() {
         .filter(is_layer)
         .collect();
     assert!(downloaded.is_empty(), "downloaded {downloaded:?}");
+    // To another registry: each layer is fetched from where it is, once,
+    // and uploaded; that registry gets the same manifest.
+    let elsewhere = RegistryServer::start_plain().unwrap();
+    let c = Runner::new("c", &registry.base(), "2012-12-12 12:12:12");
+    let before = registry.requests();
+    let far = format!("{}/app/far:1", elsewhere.host);
+    let moved = c.build(&["--cache-from", &from, "--push", "-t", &far]).ok();
+    assert!(moved.runs_executed().is_empty(), "{:?}", moved.steps);
+    assert_eq!(moved.pushed_digest(), built.pushed_digest());
+    let mut fetched: Vec<String> = registry
+        .blob_gets_since(before)
+        .into_iter()
+        .filter(is_layer)
+        .collect();
+    fetched.sort();
+    assert_eq!(fetched, wanted, "each of the result's layers, once");
+    assert_eq!(registry.manifest_layers(&far), result_layers);
+
     // The store tags the image, and its base, with their layers where they
     // are; a save and a run fetch them.
     let base_layer = result_layers[0].replace("sha256:", "");
