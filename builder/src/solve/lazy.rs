@@ -136,10 +136,8 @@ pub(super) fn ensure_blob(build: &Build<'_>, blob: &Descriptor) -> Result<(), So
 pub(super) fn complete_result(build: &Build<'_>, target: &StageOutput) -> Result<(), SolveError> {
     match build.opts.result {
         ResultContent::Blobs => {
-            for (layer, _) in &target.layers {
-                ensure_blob(build, layer)?;
-            }
-            Ok(())
+            let layers: Vec<&Descriptor> = target.layers.iter().map(|(l, _)| l).collect();
+            ensure_blobs(build, &layers)
         }
         ResultContent::Snapshots => materialize(build, target),
         ResultContent::Lazy => {
