@@ -530,6 +530,17 @@ fn a_registry_cache_travels_to_a_second_runner() {
             assert!(listed.contains("kiln import"), "{listed}");
             assert!(blob.is_file());
         }
+        if n == 2 {
+            // The image is tagged with its layers where they are; a pull
+            // fetches them.
+            let stored = |d: &String| {
+                let hex = d.replace("sha256:", "");
+                b.root().join("blobs/sha256").join(hex).is_file()
+            };
+            assert!(!result_layers.iter().any(stored));
+            common::kiln_ok(&b.root(), &["pull", &tag]);
+            assert!(result_layers.iter().all(stored));
+        }
         if n != 1 {
             // The same layers (gzip, as A pushed them): the same manifest,
             // and nothing to upload.
