@@ -530,6 +530,14 @@ fn a_registry_cache_travels_to_a_second_runner() {
             assert!(listed.contains("kiln import"), "{listed}");
             assert!(blob.is_file());
         }
+        if n == 0 {
+            // The store lists and removes such an image as any other.
+            let listed = common::kiln_ok(&b.root(), &["images"]);
+            assert!(listed.contains("app/a"), "{listed}");
+            common::kiln_ok(&b.root(), &["rmi", &tag]);
+            let listed = common::kiln_ok(&b.root(), &["images"]);
+            assert!(!listed.contains("app/a"), "{listed}");
+        }
         if n == 2 {
             // The image is tagged with its layers where they are; a pull
             // fetches them.
