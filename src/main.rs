@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod progress;
+mod sandbox;
 mod settings;
 
 use settings::{GlobalSettings, TransferArgs};

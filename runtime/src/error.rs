@@ -57,6 +57,9 @@ pub enum RuntimeError {
     Timeout(Duration),
     #[error("the runtime helper died without reporting ({0})")]
     HelperDied(String),
+    /// The run's private network could not be set up.
+    #[error("private network: {0}")]
+    Network(String),
     #[error("cgroups: {0}")]
     Cgroup(String),
     /// The container reached its pids limit and failed (or, when forks kept

@@ -35,7 +35,8 @@ fn user_name(uid: u32) -> Option<String> {
     name
 }
 
-fn find_program(name: &str) -> Option<PathBuf> {
+/// `name` in `PATH`, else in the usual bin and sbin directories.
+pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
     let found = path
         .split(':')

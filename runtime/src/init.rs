@@ -14,7 +14,7 @@
 //!    a tmpfs only this mount namespace has) and Docker's masked and
 //!    read-only /proc and /sys paths;
 //! 4. pivot_root into it and detach the old root: host files are gone;
-//! 5. hostname, `lo` up, the user from the image's own /etc/passwd, the
+//! 5. hostname, `lo` up (a network namespace of its own), the user from the image's own /etc/passwd, the
 //!    working directory (created as root when missing), the executable from
 //!    the container's `PATH`; with `-t`, a pty from the container's devpts;
 //! 6. rlimits, the bounding set, groups/gid/uid, the default capabilities,
@@ -136,7 +136,7 @@ fn init(
     prepare_rootfs(sys, cfg, report)?;
     enter_rootfs(sys, &cfg.rootfs)?;
     step("sethostname", sys.sethostname(&cfg.hostname))?;
-    if cfg.network == Network::None {
+    if cfg.network != Network::Host {
         step("bring lo up", sys.loopback_up())?;
     }
 

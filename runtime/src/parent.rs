@@ -155,7 +155,7 @@ impl StateDir {
         let files = [
             ("hostname", format!("{}\n", spec.hostname)),
             ("hosts", hosts_file(&spec.hostname, spec.network)),
-            ("resolv.conf", resolv_conf()),
+            ("resolv.conf", resolv_conf(spec.network)),
         ];
         for (name, content) in files {
             let path = self.etc.join(name);
@@ -233,10 +233,16 @@ fn hosts_file(hostname: &str, network: Network) -> String {
     hosts
 }
 
-/// The host's resolv.conf, or Docker's fallback when it has none.
-fn resolv_conf() -> String {
-    std::fs::read_to_string("/etc/resolv.conf")
-        .unwrap_or_else(|_| "nameserver 8.8.8.8\nnameserver 8.8.4.4\n".to_string())
+/// The host's resolv.conf, or Docker's fallback when it has none; on a
+/// private network, slirp4netns's DNS forwarder in place of the host's
+/// name servers (which may be on the host's loopback).
+fn resolv_conf(network: Network) -> String {
+    let host = std::fs::read_to_string("/etc/resolv.conf");
+    match (network, host) {
+        (Network::Private, host) => crate::network::private_resolv_conf(&host.unwrap_or_default()),
+        (_, Ok(host)) => host,
+        (_, Err(_)) => "nameserver 8.8.8.8\nnameserver 8.8.4.4\n".to_string(),
+    }
 }
 
 fn validate(spec: &RunSpec) -> Result<(), RuntimeError> {
@@ -292,6 +298,17 @@ fn validate(spec: &RunSpec) -> Result<(), RuntimeError> {
 pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeError> {
     validate(&spec)?;
     let rootless = !rustix::process::geteuid().is_root();
+    let slirp4netns = match spec.network {
+        Network::Private => {
+            let support = crate::network::probe();
+            Some(
+                support
+                    .slirp4netns
+                    .ok_or(RuntimeError::Network(support.detail))?,
+            )
+        }
+        _ => None,
+    };
     // Removed (whatever is still in them killed) when dropped, on every path.
     let (cgroups, request) = crate::cgroup::setup(&spec.limits, rootless)?;
     let state = StateDir::new(&spec.state_dir, &spec.upper, tmpfs_scratch());
@@ -313,7 +330,12 @@ pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeE
             .map(|c| c.procs().to_vec())
             .unwrap_or_default();
         config.nodev = request.devices.nodev();
-        launch(config, spec, helper, cgroups.as_ref())
+        let network = slirp4netns.map(|program| NetworkSetup {
+            program,
+            log: state.scratch.join("slirp4netns.log"),
+            running: None,
+        });
+        launch(config, spec, helper, cgroups.as_ref(), network)
     });
     drop(cgroups);
     let (result, stubs, upper_kept) = match result {
@@ -430,6 +452,7 @@ fn launch(
     spec: RunSpec,
     helper: &HelperCommand,
     cgroups: Option<&RunCgroups>,
+    network: Option<NetworkSetup>,
 ) -> Result<LaunchResult, RuntimeError> {
     let Started {
         mut child,
@@ -446,6 +469,8 @@ fn launch(
         None
     };
     let mut watch = Watch::new(report, sync, child.id() as libc::pid_t, cgroups);
+    watch.network = network;
+    watch.rootless = config.rootless;
     let deadline = spec.timeout.map(|t| Instant::now() + t);
     let loop_result = watch.run(deadline, forwarder.as_ref(), &mut terminal);
     if loop_result.is_err() {
@@ -627,8 +652,20 @@ fn limit_error(
     None
 }
 
+/// A private network's slirp4netns: the program, its log (in the run's
+/// scratch dir), and the process once the helper's namespace exists.
+struct NetworkSetup {
+    program: PathBuf,
+    log: PathBuf,
+    running: Option<crate::network::Slirp>,
+}
+
 /// Reads the helper's reports and reacts to them until the pipe closes.
 struct Watch {
+    /// The private network, when the run has one (stopped with the watch).
+    network: Option<NetworkSetup>,
+    /// The helper makes a user namespace (slirp4netns joins it).
+    rootless: bool,
     report: File,
     sync: Option<File>,
     buffer: Vec<u8>,
@@ -657,6 +694,8 @@ impl Watch {
         cgroups: Option<&RunCgroups>,
     ) -> Watch {
         Watch {
+            network: None,
+            rootless: false,
             report: File::from(report),
             sync: Some(File::from(sync)),
             buffer: Vec::new(),
@@ -785,6 +824,23 @@ impl Watch {
         }
     }
 
+    /// Starts slirp4netns on the helper's new network namespace.
+    fn start_network(&mut self) -> Result<(), RuntimeError> {
+        let Some(network) = &mut self.network else {
+            return Err(RuntimeError::HelperDied(
+                "the helper made a private network nobody asked for".into(),
+            ));
+        };
+        let slirp = crate::network::Slirp::start(
+            &network.program,
+            self.helper_pid,
+            self.rootless,
+            &network.log,
+        )?;
+        network.running = Some(slirp);
+        Ok(())
+    }
+
     /// Kills the container when its forks have kept failing at the pids
     /// limit (a fork bomb never ends by itself).
     fn check_pids(&mut self) {
@@ -850,7 +906,16 @@ impl Watch {
                     self.sync = None;
                     return Err(err);
                 }
-                if let Some(mut sync) = self.sync.take() {
+                if let Some(sync) = &mut self.sync {
+                    let _ = sync.write_all(&[1]);
+                }
+            }
+            Report::NetnsReady => {
+                if let Err(err) = self.start_network() {
+                    self.sync = None;
+                    return Err(err);
+                }
+                if let Some(sync) = &mut self.sync {
                     let _ = sync.write_all(&[1]);
                 }
             }

@@ -77,6 +77,10 @@ pub enum Report {
     /// The helper has its user namespace; the caller writes the id maps and
     /// then one byte on the sync pipe.
     UsernsReady,
+    /// The helper has its new network namespace (a private network): the
+    /// caller starts slirp4netns on it and then writes one byte on the
+    /// sync pipe.
+    NetnsReady,
     /// The container's init process exists, with this pid on the host.
     Started {
         pid: i32,

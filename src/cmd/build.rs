@@ -28,6 +28,7 @@ use kiln_runtime::{HelperCommand, Network, HELPER_SUBCOMMAND};
 use crate::cmd::limits::LimitArgs;
 use crate::cmd::parse::DockerfileSource;
 use crate::progress::{BuildProgress, ProgressArgs, ProgressMode};
+use crate::sandbox::BuildSandbox;
 use crate::settings::GlobalSettings;
 
 #[derive(Debug, Subcommand)]
@@ -48,7 +49,13 @@ pub enum PlanFormat {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum NetworkArg {
+    /// A network namespace of RUN's own with outbound NAT (slirp4netns):
+    /// no host loopback, no host ports. Where this machine cannot give
+    /// it, the host's, with a warning.
+    Default,
+    /// The host's network.
     Host,
+    /// Only a loopback interface.
     None,
 }
 
@@ -128,7 +135,7 @@ pub struct BuildArgs {
     #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
     format: PlanFormat,
     /// RUN's network (a RUN --network flag wins).
-    #[arg(long, value_enum, default_value_t = NetworkArg::Host)]
+    #[arg(long, value_enum, default_value_t = NetworkArg::Default)]
     network: NetworkArg,
     /// How the layers the build made are compressed when they leave the
     /// store (--push, --output type=oci|docker); the store keeps them as
@@ -332,6 +339,7 @@ pub(crate) fn parse_build_args(flags: &[String]) -> BTreeMap<String, String> {
 /// started for key files alive for the build.
 fn settings_of(
     args: &BuildArgs,
+    sandbox: &BuildSandbox,
     ssh_agents: &mut Vec<kiln_builder::ssh::ForwardedAgent>,
 ) -> anyhow::Result<BuildSettings> {
     let source = DockerfileSource::read_or_default(args.file.as_deref(), &args.context)?;
@@ -374,10 +382,7 @@ fn settings_of(
         no_cache: args.no_cache,
         no_cache_stages: args.no_cache_filter.clone(),
         source_date_epoch: crate::settings::source_date_epoch(),
-        network: match args.network {
-            NetworkArg::Host => Network::Host,
-            NetworkArg::None => Network::None,
-        },
+        network: sandbox.network,
         compression: match args.compression {
             CompressionArg::Gzip => Compression::Gzip,
             CompressionArg::Zstd => Compression::Zstd,
@@ -449,9 +454,23 @@ impl Display {
 fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut ssh_agents = Vec::new();
-    let settings = settings_of(&args, &mut ssh_agents)?;
+    let sandbox = BuildSandbox::probe(match args.network {
+        NetworkArg::Default => None,
+        NetworkArg::Host => Some(Network::Host),
+        NetworkArg::None => Some(Network::None),
+    });
+    let settings = settings_of(&args, &sandbox, &mut ssh_agents)?;
     let store = Store::open(&global.root)?;
     let display = Display::new(&args);
+    if !args.dry_run && !args.check {
+        for message in sandbox.warnings {
+            let warning = kiln_builder::plan::PlanWarning {
+                line: None,
+                message,
+            };
+            kiln_builder::solve::BuildEvents::warning(&display.printer, "", &warning);
+        }
+    }
     // The client is made on first use; a CA file that cannot be read is
     // still an error of every build, as it is of kiln pull.
     for ca in &args.ca_certs {

@@ -38,15 +38,24 @@ pub struct InfoReport {
     /// cgroups, devices, limits (see `kiln_runtime::cgroup::capabilities`).
     #[serde(flatten)]
     pub runtime: Capabilities,
+    /// Whether a build's RUN gets its private network (slirp4netns), and
+    /// why not.
+    pub private_network: kiln_runtime::network::NetworkSupport,
+    /// The network a build's RUN gets by default: `private` or `host`.
+    pub build_network: String,
 }
 
 impl InfoReport {
     /// Probes this machine as a run would.
     pub fn probe() -> Self {
         let rootless = !rustix::process::geteuid().is_root();
+        let private_network = kiln_runtime::network::probe();
+        let sandbox = crate::sandbox::BuildSandbox::decide(None, &private_network);
         InfoReport {
             rootless,
             runtime: capabilities(rootless),
+            build_network: network_name(sandbox.network).to_string(),
+            private_network,
         }
     }
 
@@ -79,7 +88,25 @@ impl InfoReport {
             ),
             ("pids limit", limit(&r.pids_limit)),
             ("memory limit", limit(&r.memory_limit)),
+            (
+                "private network",
+                if self.private_network.available() {
+                    format!("yes: {}", self.private_network.detail)
+                } else {
+                    format!("no: {}", self.private_network.detail)
+                },
+            ),
+            ("build network", self.build_network.clone()),
         ]
+    }
+}
+
+/// How `kiln info` names a network.
+fn network_name(network: kiln_runtime::Network) -> &'static str {
+    match network {
+        kiln_runtime::Network::Private => "private",
+        kiln_runtime::Network::Host => "host",
+        kiln_runtime::Network::None => "none",
     }
 }
 

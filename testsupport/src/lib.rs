@@ -18,6 +18,8 @@
 //! - [`empty_docker_config`]: a `DOCKER_CONFIG` that keeps the host's
 //!   `~/.docker` out of tests.
 //! - [`golden`]: golden-file comparison, rewritten with `KILN_BLESS=1`.
+//! - [`network`]: the host's Debian mirror (from its apt sources) and a
+//!   server on the host's loopback, for the RUN network tests.
 //!
 //! ```no_run
 //! use kiln_testsupport::RegistryServer;
@@ -30,6 +32,7 @@
 
 pub mod golden;
 pub mod image;
+pub mod network;
 mod process;
 pub mod proxy;
 pub mod registry;

@@ -377,3 +377,19 @@ fn long_overlay_options_go_through_the_new_mount_api() {
     );
     assert!(!text.contains("mount overlay"));
 }
+
+/// A private network (slirp4netns's tap0 in a namespace of the run's
+/// own): `lo` comes up, and sysfs is the namespace's own, even rootless.
+#[test]
+fn private_network_brings_lo_up_and_mounts_its_own_sysfs() {
+    let mut cfg = config();
+    cfg.rootless = true;
+    cfg.network = Network::Private;
+    let (_, text) = transcript(&mut fake(), &cfg);
+    assert!(text.contains("loopback_up"), "{text}");
+    assert!(
+        text.contains("mount sysfs /state/rootfs/sys sysfs"),
+        "{text}"
+    );
+    assert!(!text.contains("mount /sys /state/rootfs/sys"), "{text}");
+}
