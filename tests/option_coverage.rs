@@ -26,6 +26,7 @@ const BUILD_FLAGS: &[(&str, &[&str], &[&str])] = &[
     ("--format", &["--format"], &["tests/options.rs::dry_run_format_file_quiet_and_verbose"]),
     ("--iidfile", &["--iidfile"], &["tests/build.rs::outputs_tags_iidfile_and_metadata_file"]),
     ("--insecure-registry", &["--insecure-registry"], &["tests/build.rs::push_to_a_registry"]),
+    ("--isolation", &["--isolation"], &["tests/rootless.rs::a_rootless_build_makes_the_image_root_makes"]),
     ("--memory", &["--memory", "-m"], &["tests/security/limits.rs::memory_flag_on_build_and_run"]),
     ("--metadata-file", &["--metadata-file"], &["tests/build.rs::outputs_tags_iidfile_and_metadata_file"]),
     ("--network", &["--network"], &["tests/build.rs::network_none_leaves_only_loopback", "tests/build.rs::run_network_is_private_by_default_and_host_when_asked"]),

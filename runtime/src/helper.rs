@@ -72,7 +72,7 @@ pub fn helper_main() -> i32 {
         unsafe { libc::signal(signal, libc::SIG_IGN) };
     }
     let mut sys = RealSyscalls;
-    if config.rootless {
+    if config.new_userns {
         if let Err(err) = sys.unshare(libc::CLONE_NEWUSER) {
             return fail(&mut report, "new user namespace", err.to_string());
         }

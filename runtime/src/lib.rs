@@ -96,6 +96,8 @@ pub mod spec;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod user;
+#[allow(unsafe_code)]
+pub mod userns;
 
 pub use error::RuntimeError;
 pub use helper::helper_main;

@@ -303,7 +303,10 @@ fn validate(spec: &RunSpec) -> Result<(), RuntimeError> {
 /// Runs `spec` and waits for it. See the crate documentation.
 pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeError> {
     validate(&spec)?;
-    let rootless = !rustix::process::geteuid().is_root();
+    // Not root here: the helper makes a user namespace. Root of a user
+    // namespace (a rootless build): no new one, but no host privileges.
+    let new_userns = !rustix::process::geteuid().is_root();
+    let rootless = new_userns || crate::userns::in_user_namespace();
     let slirp4netns = match spec.network {
         Network::Private => {
             let support = crate::network::probe();
@@ -331,6 +334,7 @@ pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeE
     let created = state.create(&spec);
     let result = created.and_then(|()| {
         let mut config = spec_config(&spec, &state, rootless)?;
+        config.new_userns = new_userns;
         config.cgroups = cgroups
             .as_ref()
             .map(|c| c.procs().to_vec())
@@ -370,6 +374,7 @@ fn spec_config(
     }
     Ok(ContainerConfig {
         rootless,
+        new_userns: false,
         rootfs: state.rootfs.clone(),
         overlay_options: state.overlay_options(
             &spec.lower_dirs,
@@ -495,7 +500,7 @@ fn launch(
     };
     let mut watch = Watch::new(report, sync, child.id() as libc::pid_t, cgroups);
     watch.network = network;
-    watch.rootless = config.rootless;
+    watch.rootless = config.new_userns;
     let deadline = spec.timeout.map(|t| Instant::now() + t);
     let loop_result = watch.run(deadline, forwarder.as_ref(), &mut terminal);
     if loop_result.is_err() {

@@ -22,8 +22,14 @@ pub const FDS_ENV: &str = "KILN_RUNTIME_FDS";
 /// Everything the helper and the container's init need, resolved by the caller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerConfig {
-    /// Run in a new user namespace (kiln is not root).
+    /// Without the host's root: kiln is not root, or runs in a user
+    /// namespace of its own (a rootless build): unprivileged overlay
+    /// (`userxattr`), devices bound rather than made, no cgroups.
     pub rootless: bool,
+    /// The helper makes a new user namespace (kiln is not root where it
+    /// runs) and the caller writes its id maps.
+    #[serde(default)]
+    pub new_userns: bool,
     /// Overlay mount point (host path, under the state dir).
     pub rootfs: PathBuf,
     /// overlay mount options: lowerdir, upperdir, workdir (and userxattr).

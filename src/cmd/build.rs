@@ -29,7 +29,7 @@ use crate::cmd::limits::LimitArgs;
 use crate::cmd::parse::DockerfileSource;
 use crate::cmd::step_flags::StepArgs;
 use crate::progress::{BuildProgress, ProgressArgs, ProgressMode};
-use crate::sandbox::BuildSandbox;
+use crate::sandbox::{BuildSandbox, IsolationArg};
 use crate::settings::GlobalSettings;
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +138,11 @@ pub struct BuildArgs {
     /// RUN's network (a RUN --network flag wins).
     #[arg(long, value_enum, default_value_t = NetworkArg::Default)]
     network: NetworkArg,
+    /// How the build is isolated: auto (the strongest this machine
+    /// allows, saying so when it is not namespaces), namespaces (root),
+    /// rootless (a user namespace), chroot.
+    #[arg(long, value_enum, default_value_t = IsolationArg::Auto)]
+    isolation: IsolationArg,
     /// How the layers the build made are compressed when they leave the
     /// store (--push, --output type=oci|docker); the store keeps them as
     /// plain tar, as Docker's image store does.
@@ -189,6 +194,12 @@ pub struct BuildArgs {
 }
 
 impl BuildCommand {
+    /// The `--isolation` asked for.
+    pub fn isolation(&self) -> IsolationArg {
+        let BuildCommand::Build(args) = self;
+        args.isolation
+    }
+
     pub fn run(self, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
         match self {
             BuildCommand::Build(args) => build(*args, settings),
@@ -459,11 +470,12 @@ impl Display {
 fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut ssh_agents = Vec::new();
-    let sandbox = BuildSandbox::probe(match args.network {
+    let network = match args.network {
         NetworkArg::Default => None,
         NetworkArg::Host => Some(Network::Host),
         NetworkArg::None => Some(Network::None),
-    });
+    };
+    let sandbox = BuildSandbox::probe(network, args.isolation).map_err(anyhow::Error::msg)?;
     let settings = settings_of(&args, &sandbox, &mut ssh_agents)?;
     let store = Store::open(&global.root)?;
     let display = Display::new(&args);

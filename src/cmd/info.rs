@@ -43,6 +43,44 @@ pub struct InfoReport {
     pub private_network: kiln_runtime::network::NetworkSupport,
     /// The network a build's RUN gets by default: `private` or `host`.
     pub build_network: String,
+    /// The isolation a build gets with `--isolation auto`, or why none.
+    pub isolation: String,
+    /// Why it is weaker than namespaces, when it is.
+    pub isolation_reason: Option<String>,
+    /// A user namespace can be made here (tried), or why not.
+    pub user_namespaces: Availability,
+    /// The subordinate id ranges a rootless build maps, or what is missing.
+    pub subordinate_ids: Availability,
+}
+
+/// Whether something is available, and what (or why not).
+#[derive(Debug, Serialize)]
+pub struct Availability {
+    pub available: bool,
+    pub detail: String,
+}
+
+impl Availability {
+    fn of<T: Into<String>>(result: Result<T, String>) -> Self {
+        match result {
+            Ok(what) => Availability {
+                available: true,
+                detail: what.into(),
+            },
+            Err(why) => Availability {
+                available: false,
+                detail: why,
+            },
+        }
+    }
+
+    fn line(&self) -> String {
+        match (self.available, self.detail.is_empty()) {
+            (true, true) => "yes".to_string(),
+            (true, false) => format!("yes: {}", self.detail),
+            (false, _) => format!("no: {}", self.detail),
+        }
+    }
 }
 
 impl InfoReport {
@@ -51,7 +89,25 @@ impl InfoReport {
         let rootless = !rustix::process::geteuid().is_root();
         let private_network = kiln_runtime::network::probe();
         let sandbox = crate::sandbox::BuildSandbox::decide(None, &private_network);
+        let facts = crate::sandbox::Facts::probe();
+        let user_namespaces = kiln_runtime::userns::probe_new();
+        let (isolation, isolation_reason) =
+            match crate::sandbox::choose_isolation(crate::sandbox::IsolationArg::Auto, &facts) {
+                Ok(choice) if choice.enter_userns && user_namespaces.is_err() => (
+                    "none".to_string(),
+                    Some(
+                        "no user namespace can be made; --isolation chroot is not available yet"
+                            .into(),
+                    ),
+                ),
+                Ok(choice) => (choice.isolation.name().to_string(), choice.reason),
+                Err(why) => ("none".to_string(), Some(why)),
+            };
         InfoReport {
+            isolation,
+            isolation_reason,
+            user_namespaces: Availability::of(user_namespaces.map(|()| String::new())),
+            subordinate_ids: Availability::of(kiln_runtime::idmap::subordinate_ids()),
             rootless,
             runtime: capabilities(rootless),
             build_network: network_name(sandbox.network).to_string(),
@@ -97,6 +153,15 @@ impl InfoReport {
                 },
             ),
             ("build network", self.build_network.clone()),
+            (
+                "isolation",
+                match &self.isolation_reason {
+                    Some(why) => format!("{} ({why})", self.isolation),
+                    None => self.isolation.clone(),
+                },
+            ),
+            ("user namespaces", self.user_namespaces.line()),
+            ("subordinate ids", self.subordinate_ids.line()),
         ]
     }
 }

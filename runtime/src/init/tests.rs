@@ -16,6 +16,7 @@ const EXE: u32 = libc::S_IFREG | 0o755;
 fn config() -> ContainerConfig {
     ContainerConfig {
         rootless: false,
+        new_userns: false,
         rootfs: PathBuf::from("/state/rootfs"),
         overlay_options:
             "lowerdir=/l1:/state/mountpoints,upperdir=/state/upper,workdir=/state/work".into(),
