@@ -105,11 +105,18 @@ pub fn reexec(
         command.env(key, value);
     }
     let (tell, wait) = (pid_write.as_raw_fd(), go_read.as_raw_fd());
+    // The mapper's ends, which the child inherits: it closes them, so that
+    // its wait ends (EOF) when the mapper gives up without a byte.
+    let (mapper_read, mapper_go) = (pid_read.as_raw_fd(), go_write.as_raw_fd());
     // SAFETY: between fork and exec the closure makes only async-signal-
-    // safe calls (unshare, getpid, write, read) on descriptors this
-    // function owns until the command is dropped; no allocation.
+    // safe calls (close, unshare, getpid, write, read) on descriptors this
+    // function owns until the command is dropped (the mapper's two stay
+    // open in this process until the child has read or written on them,
+    // which is after the fork); no allocation.
     unsafe {
         command.pre_exec(move || {
+            libc::close(mapper_read);
+            libc::close(mapper_go);
             if libc::unshare(libc::CLONE_NEWUSER) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
