@@ -959,12 +959,24 @@ impl Watch {
                 }
             }
             Report::StubCreated { path } => self.stubs.push(path),
+            Report::Fallback { what } => warn_once(&what),
             Report::Failed(failure) => {
                 self.failure.get_or_insert(failure);
             }
             Report::Exited(status) => self.exit = Some(status),
         }
         Ok(())
+    }
+}
+
+/// Logs a fallback of the runtime as a warning, once per process and kind
+/// (every RUN of a build meets the same).
+fn warn_once(what: &str) {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !seen.iter().any(|s| s == what) {
+        tracing::warn!("RUN sandbox weaker than usual: {what}");
+        seen.push(what.to_string());
     }
 }
 

@@ -115,6 +115,11 @@ pub enum Report {
     StubCreated {
         path: PathBuf,
     },
+    /// The container got something weaker than usual (a bound /proc),
+    /// and why.
+    Fallback {
+        what: String,
+    },
     Failed(Failure),
     Exited(ExitStatus),
 }

@@ -444,3 +444,35 @@ fn private_network_brings_lo_up_and_mounts_its_own_sysfs() {
     );
     assert!(!text.contains("mount /sys /state/rootfs/sys"), "{text}");
 }
+
+/// Rootless where the outer /proc and /sys have masked paths (a pod):
+/// the new mounts are refused, the outer ones are bound and the caller
+/// told; as root the refusal is an error.
+#[test]
+fn rootless_binds_the_outer_proc_when_a_new_one_is_refused() {
+    let mut cfg = config();
+    cfg.rootless = true;
+    cfg.network = Network::Private;
+    let mut sys = fake();
+    sys.fail_on("mount proc /state/rootfs/proc proc", libc::EPERM);
+    let (_, text) = transcript(&mut sys, &cfg);
+    assert_in_order(
+        &text,
+        &[
+            "mount proc /state/rootfs/proc proc",
+            "mount /proc /state/rootfs/proc",
+            "exec",
+            "report Fallback",
+        ],
+    );
+    let mut cfg = config();
+    cfg.rootless = false;
+    let mut sys = fake();
+    sys.fail_on("mount proc /state/rootfs/proc proc", libc::EPERM);
+    let (failure, text) = transcript(&mut sys, &cfg);
+    assert!(!text.contains("mount /proc "), "{text}");
+    assert!(
+        matches!(&failure, Failure::Setup { step, .. } if step == "mount proc on /state/rootfs/proc"),
+        "{failure:?}"
+    );
+}
