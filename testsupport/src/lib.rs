@@ -18,6 +18,8 @@
 //! - [`empty_docker_config`]: a `DOCKER_CONFIG` that keeps the host's
 //!   `~/.docker` out of tests.
 //! - [`golden`]: golden-file comparison, rewritten with `KILN_BLESS=1`.
+//! - [`docker`]: a docker daemon of the test's own (its socket, data
+//!   root), and a Debian base root filesystem made with debootstrap.
 //! - [`network`]: the host's Debian mirror (from its apt sources) and a
 //!   server on the host's loopback, for the RUN network tests.
 //!
@@ -30,6 +32,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod docker;
 pub mod golden;
 pub mod image;
 pub mod network;
