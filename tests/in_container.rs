@@ -15,7 +15,9 @@
 //! - (b) `rootless-job.yaml`: uid 1000 with seccomp and AppArmor
 //!   unconfined: rootless (a user namespace through the image's
 //!   newuidmap), the outer /proc bound since a new one cannot be mounted
-//!   over the container's masked one.
+//!   over the container's masked one; and, without a volume, the store
+//!   on the container's own overlay filesystem: refused at the first RUN
+//!   with an error naming the store (no fallback yet).
 //!
 //! And those Jobs validate (kubernetes-validate, strict).
 
@@ -346,4 +348,28 @@ fn kilns_image_builds_in_containers_the_image_root_builds_on_the_host() {
     use std::os::unix::fs::MetadataExt;
     let index = work.join("b-store/index.json");
     assert_eq!(std::fs::metadata(index).unwrap().uid(), 1000);
+
+    // (b) with the store on the container's own overlay filesystem (no
+    // volume): overlay cannot stack on it, and the first RUN says so,
+    // naming the store, instead of the kernel's bare EINVAL.
+    let mut args: Vec<&str> = vec!["run", "--rm", "--network", "host"];
+    args.extend(rootless_pod.options.iter().map(String::as_str));
+    let ctx_volume = format!("{}:{}:ro", ctx.display(), rootless_pod.context);
+    args.extend([
+        "-v",
+        &ctx_volume,
+        "kiln:test",
+        "build",
+        &rootless_pod.context,
+    ]);
+    let output = daemon.docker(&args).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("error: line 2: RUN echo made")
+            && stderr.contains(&format!("{}/builds/", rootless_pod.store))
+            && stderr.contains("is on an overlay filesystem")
+            && stderr.contains("put kiln's store (--root, KILN_ROOT) on a volume"),
+        "{stderr}"
+    );
 }

@@ -39,6 +39,13 @@ pub enum RuntimeError {
     },
     #[error("user namespace id maps: {0}")]
     IdMap(String),
+    #[error(
+        "{path} is on an overlay filesystem (a container's own root filesystem?), which \
+         overlay cannot use as its upper layer: put kiln's store (--root, KILN_ROOT) on a \
+         volume or another filesystem (fuse-overlayfs and a copying snapshotter are not \
+         supported yet)"
+    )]
+    UpperOnOverlay { path: PathBuf },
     #[error("unable to find user {user} in image {image}: {reason}")]
     UnknownUser {
         user: String,

@@ -55,10 +55,17 @@ pub const MAX_LOWER_DIRS: usize = 500;
 /// Statfs magic of tmpfs.
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 
+/// Statfs magic of overlayfs.
+const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
+
 fn is_tmpfs(path: &Path) -> bool {
+    filesystem_is(path, TMPFS_MAGIC)
+}
+
+fn filesystem_is(path: &Path, magic: i64) -> bool {
     // f_type is an i64 on x86_64, not on every architecture.
     #[allow(clippy::unnecessary_cast)]
-    rustix::fs::statfs(path).is_ok_and(|st| st.f_type as i64 == TMPFS_MAGIC)
+    rustix::fs::statfs(path).is_ok_and(|st| st.f_type as i64 == magic)
 }
 
 /// A new private directory on a tmpfs for one run's small files: under
@@ -367,6 +374,13 @@ fn spec_config(
     state: &StateDir,
     rootless: bool,
 ) -> Result<ContainerConfig, RuntimeError> {
+    // The kernel refuses overlayfs as an upper dir's filesystem with a
+    // bare EINVAL; said here, naming the store.
+    if filesystem_is(&state.upper, OVERLAYFS_MAGIC) {
+        return Err(RuntimeError::UpperOnOverlay {
+            path: state.upper.clone(),
+        });
+    }
     let nofile = nofile_limit(spec.nofile, rootless);
     let mut remove_after_exit = vec![state.work.clone()];
     if spec.upper == UpperDir::Discard {
