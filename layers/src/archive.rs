@@ -211,6 +211,11 @@ fn write_layout(
         sink.blob(store, &md.digest, md.size)?;
         let mut entry = Descriptor::new(md.media_type.clone(), md.digest.clone(), md.size);
         entry.platform = md.platform.clone();
+        // The descriptor's own annotations (`--annotation
+        // manifest-descriptor:`) travel with it; the names are this save's.
+        entry.annotations = md.annotations.clone();
+        entry.annotations.remove(ANNOTATION_REF_NAME);
+        entry.annotations.remove(ANNOTATION_CONTAINERD_NAME);
         let full = item.reference.to_string();
         entry
             .annotations

@@ -67,6 +67,10 @@ pub enum RuntimeError {
     /// The run's private network could not be set up.
     #[error("private network: {0}")]
     Network(String),
+    /// The run was canceled ([`crate::interrupt::cancel_runs`]): its
+    /// container was killed, or never started.
+    #[error("canceled; the container was killed")]
+    Canceled,
     #[error("cgroups: {0}")]
     Cgroup(String),
     /// The container reached its pids limit and failed (or, when forks kept

@@ -22,6 +22,9 @@
 //!   root), and a Debian base root filesystem made with debootstrap.
 //! - [`network`]: the host's Debian mirror (from its apt sources) and a
 //!   server on the host's loopback, for the RUN network tests.
+//! - [`git`]: a `git daemon` serving test repositories on loopback.
+//! - [`http`]: a small HTTP file server (optionally behind basic auth)
+//!   that records the requests it got.
 //!
 //! ```no_run
 //! use kiln_testsupport::RegistryServer;
@@ -33,7 +36,9 @@
 #![forbid(unsafe_code)]
 
 pub mod docker;
+pub mod git;
 pub mod golden;
+pub mod http;
 pub mod image;
 pub mod network;
 mod process;
