@@ -19,7 +19,9 @@
 //!   on the container's own overlay filesystem: refused at the first RUN
 //!   with an error naming the store (no fallback yet).
 //!
-//! And those Jobs validate (kubernetes-validate, strict).
+//! And those Jobs validate (kubernetes-validate, strict); and, on the
+//! host, a store on an overlay mount is named by `kiln info` and by the
+//! first RUN.
 
 mod common;
 
@@ -372,4 +374,98 @@ fn kilns_image_builds_in_containers_the_image_root_builds_on_the_host() {
             && stderr.contains("put kiln's store (--root, KILN_ROOT) on a volume"),
         "{stderr}"
     );
+}
+
+/// An overlay mount, unmounted (detached) on drop.
+struct OverlayMount {
+    merged: PathBuf,
+}
+
+impl Drop for OverlayMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.merged)
+            .status();
+    }
+}
+
+/// A store on overlayfs (as on a container's own root filesystem, here an
+/// overlay mounted on the host): `kiln info` says RUN cannot stack
+/// overlay there; a build without RUN works, the first RUN fails naming
+/// the store's directory; the same builds on the plain disk say nothing.
+#[test]
+fn a_store_on_overlayfs_is_named_by_info_and_by_the_first_run() {
+    kiln_testsupport::require_root!("an overlay mount");
+    let work = tempfile::tempdir().unwrap();
+    let dir = |name: &str| {
+        let path = work.path().join(name);
+        std::fs::create_dir(&path).unwrap();
+        path
+    };
+    let (lower, upper, overlay_work, merged) =
+        (dir("lower"), dir("upper"), dir("work"), dir("merged"));
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        overlay_work.display()
+    );
+    common::run_ok(
+        std::process::Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &options])
+            .arg(&merged),
+    );
+    let mount = OverlayMount { merged };
+    let bb_tar = work.path().join("busybox.tar");
+    busybox_rootfs_tar(&bb_tar).unwrap();
+    let copy_only = work.path().join("copy-only");
+    std::fs::create_dir(&copy_only).unwrap();
+    std::fs::write(copy_only.join("f"), "f\n").unwrap();
+    std::fs::write(copy_only.join("Dockerfile"), "FROM busybox\nCOPY f /f\n").unwrap();
+    let with_run = work.path().join("with-run");
+    std::fs::create_dir(&with_run).unwrap();
+    std::fs::write(
+        with_run.join("Dockerfile"),
+        "FROM busybox\nRUN echo ran > /ran\n",
+    )
+    .unwrap();
+
+    for (store, on_overlay) in [
+        (mount.merged.join("store"), true),
+        (work.path().join("store"), false),
+    ] {
+        let info = common::kiln_ok(&store, &["info"]);
+        let line = info
+            .lines()
+            .find(|l| l.starts_with("store overlay:"))
+            .unwrap_or_else(|| panic!("{info}"))
+            .to_string();
+        host_kiln(
+            &store,
+            &["import", bb_tar.to_str().unwrap(), "busybox:latest"],
+        );
+        host_kiln(&store, &["build", copy_only.to_str().unwrap()]);
+        let out = common::kiln(&store, &["build", with_run.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if on_overlay {
+            assert!(
+                line.contains(&format!(
+                    "no: {} is on an overlay filesystem",
+                    store.display()
+                )),
+                "{line}"
+            );
+            assert!(!out.status.success(), "{stderr}");
+            assert!(
+                stderr.contains("error: line 2: RUN echo ran > /ran: ")
+                    && stderr.contains(&format!("{}/builds/", store.display()))
+                    && stderr.contains("is on an overlay filesystem"),
+                "{stderr}"
+            );
+        } else {
+            assert!(line.starts_with("store overlay:      yes: "), "{line}");
+            assert!(out.status.success(), "{stderr}");
+        }
+    }
 }

@@ -105,7 +105,7 @@ pub mod userns;
 
 pub use error::RuntimeError;
 pub use helper::helper_main;
-pub use parent::{run, MAX_LOWER_DIRS};
+pub use parent::{run, upper_dir_support, MAX_LOWER_DIRS};
 pub use scratch::{remove_dead_scratch, RemovedScratch};
 pub use spec::{
     BindMount, ExitStatus, HelperCommand, Limit, Limits, MemoryFile, Network, Rlimit,

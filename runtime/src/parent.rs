@@ -62,6 +62,23 @@ fn is_tmpfs(path: &Path) -> bool {
     filesystem_is(path, TMPFS_MAGIC)
 }
 
+/// Whether overlay can keep its upper dirs under `dir` (the store's
+/// scratch), looking at `dir` or, while it does not exist yet, its nearest
+/// ancestor: `Err` says why not (overlay refuses an overlayfs as an upper
+/// dir's filesystem, and a RUN there fails).
+pub fn upper_dir_support(dir: &Path) -> Result<String, String> {
+    let existing = dir.ancestors().find(|p| p.exists()).unwrap_or(dir);
+    if filesystem_is(existing, OVERLAYFS_MAGIC) {
+        return Err(format!(
+            "{} is on an overlay filesystem (a container's own root filesystem?), which \
+             overlay cannot use as its upper layer: RUN steps fail there; put the store \
+             (--root, KILN_ROOT) on a volume",
+            dir.display()
+        ));
+    }
+    Ok(format!("{} is not on overlayfs", dir.display()))
+}
+
 fn filesystem_is(path: &Path, magic: i64) -> bool {
     // f_type is an i64 on x86_64, not on every architecture.
     #[allow(clippy::unnecessary_cast)]

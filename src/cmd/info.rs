@@ -51,6 +51,9 @@ pub struct InfoReport {
     pub user_namespaces: Availability,
     /// The subordinate id ranges a rootless build maps, or what is missing.
     pub subordinate_ids: Availability,
+    /// Whether overlay can stack a RUN's writes on the store's filesystem
+    /// (not on overlayfs), or why not.
+    pub store_overlay: Availability,
 }
 
 /// Whether something is available, and what (or why not).
@@ -84,8 +87,8 @@ impl Availability {
 }
 
 impl InfoReport {
-    /// Probes this machine as a run would.
-    pub fn probe() -> Self {
+    /// Probes this machine as a run would, with the store at `root`.
+    pub fn probe(root: &std::path::Path) -> Self {
         let rootless = !rustix::process::geteuid().is_root();
         let private_network = kiln_runtime::network::probe();
         let sandbox = crate::sandbox::BuildSandbox::decide(None, &private_network);
@@ -108,6 +111,7 @@ impl InfoReport {
             isolation_reason,
             user_namespaces: Availability::of(user_namespaces.map(|()| String::new())),
             subordinate_ids: Availability::of(kiln_runtime::idmap::subordinate_ids()),
+            store_overlay: Availability::of(kiln_runtime::upper_dir_support(root)),
             rootless,
             runtime: capabilities(rootless),
             build_network: network_name(sandbox.network).to_string(),
@@ -162,6 +166,7 @@ impl InfoReport {
             ),
             ("user namespaces", self.user_namespaces.line()),
             ("subordinate ids", self.subordinate_ids.line()),
+            ("store overlay", self.store_overlay.line()),
         ]
     }
 }
@@ -176,9 +181,9 @@ fn network_name(network: kiln_runtime::Network) -> &'static str {
 }
 
 impl InfoCommand {
-    pub fn run(self, _settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
+    pub fn run(self, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
         let InfoCommand::Info(args) = self;
-        let report = InfoReport::probe();
+        let report = InfoReport::probe(&settings.root);
         match args.format {
             InfoFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
             InfoFormat::Text => {
