@@ -86,7 +86,7 @@ impl DockerDaemon {
             .args(["-H", &self.host])
             .args(args)
             .env_remove("DOCKER_HOST")
-            .env("DOCKER_CONFIG", crate::empty_docker_config())
+            .env("DOCKER_CONFIG", self.config_dir())
             .stdin(Stdio::null())
             .output()
     }
@@ -97,8 +97,17 @@ impl DockerDaemon {
             .args(["-H", &self.host])
             .args(args)
             .env_remove("DOCKER_HOST")
-            .env("DOCKER_CONFIG", crate::empty_docker_config()))?;
+            .env("DOCKER_CONFIG", self.config_dir()))?;
         Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// The docker CLI's configuration directory for this daemon: its own,
+    /// because the CLI writes into it (buildx's `.buildNodeID`), and the
+    /// tests' shared empty `DOCKER_CONFIG` must stay empty.
+    fn config_dir(&self) -> PathBuf {
+        let dir = self.dir.path().join("docker-config");
+        let _ = std::fs::create_dir_all(&dir);
+        dir
     }
 
     /// The daemon's log so far.
