@@ -11,7 +11,9 @@
 //! - the explanation of the Dockerfile (`kiln explain -f`) gives the same
 //!   argv, entrypoint, cmd, user, workdir and env as that of the image
 //!   BuildKit built (the classic builder differs on a Dockerfile that is
-//!   only a FROM: its image is the base itself, without BuildKit's PATH).
+//!   only a FROM: its image is the base itself, without BuildKit's PATH),
+//!   and the sources of the Dockerfile's lines are history entries of the
+//!   same instructions.
 //!
 //! And each Compose case of `testdata/explain-runs/` is created by
 //! `docker-compose` (Debian's) on that daemon: the container's `Path` and
@@ -437,6 +439,9 @@ fn compare_built(
                     ));
                 }
             }
+            if !runs_flags {
+                failures.extend(compare_sources(&name, &of_file, &explained));
+            }
         }
         Err(e) => failures.push(format!("{name}: {e}")),
     }
@@ -460,6 +465,50 @@ fn docker_compose(
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap()
+}
+
+/// The sources of the Dockerfile's entrypoint, cmd, user, workdir and env
+/// against the image's: a line is a history entry of the same instruction;
+/// a base image's value is the base image's.
+fn compare_sources(name: &str, of_file: &Value, of_image: &Value) -> Vec<String> {
+    let mut failures = Vec::new();
+    let keyword = |v: &Value| {
+        v.as_str()
+            .and_then(|t| t.split_whitespace().next())
+            .map(str::to_ascii_uppercase)
+    };
+    let Some(sources) = of_file["sources"].as_object() else {
+        return vec![format!("{name}: no sources")];
+    };
+    for (key, source) in sources {
+        let compared = ["entrypoint", "cmd", "user", "workdir"].contains(&key.as_str())
+            || key.starts_with("env.");
+        if !compared {
+            continue;
+        }
+        let got = &of_image["sources"][key];
+        let want_from = match source["from"].as_str() {
+            Some("line" | "onbuild" | "stage") => "history",
+            other => other.unwrap_or(""),
+        };
+        // The images of this test share a store: one whose layers and
+        // history this image's start with (another case's, or its own
+        // --target stage's) is its base, and the entry that set the value
+        // came with it.
+        let from_other_image = got["from"] == "base_image"
+            && got["image"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("oracle/"));
+        let same = (got["from"] == want_from || from_other_image)
+            && (source["from"] != "line"
+                || keyword(&source["instruction"]) == keyword(&got["instruction"]));
+        if !same {
+            failures.push(format!(
+                "{name}: source of {key}: the Dockerfile's {source}, the image's {got}"
+            ));
+        }
+    }
+    failures
 }
 
 /// The Compose cases: each service created by `docker-compose` on the
@@ -533,6 +582,12 @@ fn compare_compose(daemon: &Docker, busybox: &Path, work: &Path) -> (usize, Vec<
 #[test]
 fn docker_is_the_oracle_for_explain() {
     kiln_testsupport::require_root!("dockerd needs root");
+    for program in [DEBIAN_DOCKER, "/usr/bin/docker-compose"] {
+        assert!(
+            Path::new(program).is_file(),
+            "{program} is missing: scripts/setup installs docker.io and docker-compose"
+        );
+    }
     let daemon = Docker {
         daemon: DockerDaemon::start().unwrap(),
         config: tempfile::tempdir().unwrap(),
