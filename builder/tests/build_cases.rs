@@ -115,6 +115,9 @@ fn run(case: &Path) -> String {
         secrets: Default::default(),
         ssh: Default::default(),
         limits: Default::default(),
+        cache_from: None,
+        inline_cache: false,
+        result: Default::default(),
     };
     let built = match solve(&store, &planned, &context, &resolver, &solve_opts) {
         Ok(b) => b,

@@ -108,6 +108,9 @@ fn build_full(
             .collect(),
         ssh: Default::default(),
         limits: Default::default(),
+        cache_from: None,
+        inline_cache: false,
+        result: Default::default(),
     };
     solve(store, &p, &ctx, &resolver, &solve_opts)
 }
@@ -745,6 +748,9 @@ fn build_with_ssh(
         secrets: Default::default(),
         ssh: ssh.clone(),
         limits: Default::default(),
+        cache_from: None,
+        inline_cache: false,
+        result: Default::default(),
     };
     solve(store, &p, &ctx, &resolver, &solve_opts)
 }

@@ -136,7 +136,7 @@ impl ImageCommand {
             ImageCommand::Inspect { images, platform } => inspect_all(&store, &images, &platform),
             ImageCommand::Rmi { images, force } => rmi(&store, &images, force),
             ImageCommand::Prune { all } => prune(&store, all),
-            ImageCommand::Save(args) => save(&store, args),
+            ImageCommand::Save(args) => save(&store, args, settings),
             ImageCommand::Load { input, progress } => load(&store, &input, &progress),
             ImageCommand::Import(args) => import(&store, args),
         }
@@ -212,13 +212,14 @@ fn prune(store: &Store, all: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// `kiln save`: the tagged images the queries find, into one archive.
-fn save(store: &Store, args: SaveArgs) -> anyhow::Result<ExitCode> {
+fn save(store: &Store, args: SaveArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let platform = platform(&args.platform)?;
     let mut items = Vec::new();
     for query in &args.images {
         let found = store.find(query, &platform)?;
         for tagged in found {
             let image = store.read_image(&tagged.descriptor, &platform)?;
+            crate::cmd::fetch_missing_layers(store, &image, settings)?;
             let reference = match tagged.reference {
                 Some(r) => r,
                 None => bail!("{query}: an untagged image cannot be saved by id yet; tag it first"),

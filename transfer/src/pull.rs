@@ -273,7 +273,7 @@ pub(crate) fn check_config_media_type(
 }
 
 /// Refuses a manifest whose config or layers kiln cannot read.
-fn check_media_types(
+pub(crate) fn check_media_types(
     manifest: &Manifest,
     image: &str,
     manifest_digest: &str,
@@ -372,7 +372,7 @@ fn select<'i>(
 
 /// Fetches one blob into the store unless it is there; `Some(bytes)` when
 /// downloaded (not counting bytes an earlier pull left to resume from).
-async fn fetch_blob(
+pub(crate) async fn fetch_blob(
     run: &PullRun,
     role: &'static str,
     desc: &Descriptor,
@@ -444,15 +444,15 @@ enum Attempt {
 
 /// What every blob of one pull is fetched with (shared by the tasks that
 /// fetch them).
-struct PullRun {
-    client: Arc<Client>,
-    store: Store,
-    repository: kiln_registry::Repository,
+pub(crate) struct PullRun {
+    pub(crate) client: Arc<Client>,
+    pub(crate) store: Store,
+    pub(crate) repository: kiln_registry::Repository,
     /// The reference pulled, as messages name it.
-    image: String,
+    pub(crate) image: String,
     /// The image manifest naming the blobs, for messages.
-    manifest_digest: String,
-    reporter: Arc<dyn Reporter>,
+    pub(crate) manifest_digest: String,
+    pub(crate) reporter: Arc<dyn Reporter>,
 }
 
 /// One blob being pulled, for [`BlobFetch::attempt`].

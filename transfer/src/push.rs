@@ -190,14 +190,14 @@ async fn compress_layers(
 
 /// One push: where from, where to, and how; every manifest of the image's
 /// tree is pushed with it.
-struct PushRun<'a> {
-    client: &'a Arc<Client>,
-    store: &'a Store,
-    target: &'a Reference,
-    options: &'a PushOptions,
-    reporter: &'a Arc<dyn Reporter>,
+pub(crate) struct PushRun<'a> {
+    pub(crate) client: &'a Arc<Client>,
+    pub(crate) store: &'a Store,
+    pub(crate) target: &'a Reference,
+    pub(crate) options: &'a PushOptions,
+    pub(crate) reporter: &'a Arc<dyn Reporter>,
     /// The target, as messages name it.
-    image: String,
+    pub(crate) image: String,
 }
 
 /// Pushes what the manifest or index `desc` names (the manifests of an
@@ -257,7 +257,10 @@ async fn push_manifest_tree(
 }
 
 /// The stored bytes of the manifest or index `desc`.
-fn read_manifest(run: &PushRun<'_>, desc: &Descriptor) -> Result<Vec<u8>, TransferError> {
+pub(crate) fn read_manifest(
+    run: &PushRun<'_>,
+    desc: &Descriptor,
+) -> Result<Vec<u8>, TransferError> {
     run.store
         .read_blob(&desc.digest)
         .map_err(|source| match source {
@@ -282,6 +285,16 @@ async fn push_blobs(
 ) -> Result<(), TransferError> {
     let mut blobs = vec![("config", manifest.config.clone())];
     blobs.extend(manifest.layers.iter().map(|l| ("layer", l.clone())));
+    push_blob_list(run, blobs, pushed).await
+}
+
+/// Pushes `blobs` (each with its role, for progress), as [`push_blobs`]
+/// does the blobs of a manifest.
+pub(crate) async fn push_blob_list(
+    run: &PushRun<'_>,
+    blobs: Vec<(&'static str, Descriptor)>,
+    pushed: &mut Pushed,
+) -> Result<(), TransferError> {
     check_blobs_present(run, &blobs)?;
     let semaphore = Arc::new(Semaphore::new(run.options.concurrency.max(1)));
     let origins = BlobOrigins::new(run.store);
@@ -313,7 +326,10 @@ async fn push_blobs(
     count_outcomes(tasks, pushed, &run.image).await
 }
 
-/// Refuses to push an image whose blobs the store does not all have.
+/// Refuses to push an image whose blobs the store does not all have,
+/// unless it knows a repository that has each missing one (a layer left
+/// where a build cache or a registry has it: mounted or fetched from
+/// there).
 fn check_blobs_present(
     run: &PushRun<'_>,
     blobs: &[(&str, Descriptor)],
@@ -326,7 +342,7 @@ fn check_blobs_present(
                 context: format!("{}: blob {}", run.image, blob.digest),
                 cause: Box::new(source),
             })?;
-        if present.is_none() {
+        if present.is_none() && BlobOrigins::new(run.store).lookup(&blob.digest).is_empty() {
             return Err(TransferError::IncompleteImage {
                 image: run.image.clone(),
                 digest: blob.digest.to_string(),
@@ -390,21 +406,10 @@ impl BlobUpload {
         let (blob, reporter) = (&self.blob, &self.reporter);
         let id = blob.digest.to_string();
         reporter.start(&id, self.role, Some(blob.size));
-        let source = Arc::new(StoreBlob {
-            store: self.store.clone(),
-            digest: blob.digest.clone(),
-            size: blob.size,
-            reporter: reporter.clone(),
-        });
-        let pushed = self
-            .client
-            .push_blob(
-                &self.repository,
-                &blob.digest,
-                source,
-                self.mount_from.as_ref(),
-            )
-            .await;
+        let pushed = match self.store.has_blob(&blob.digest) {
+            true => self.push().await,
+            false => self.push_absent().await,
+        };
         match pushed {
             Ok(outcome) => {
                 self.origins.record(&blob.digest, &self.repository);
@@ -420,8 +425,60 @@ impl BlobUpload {
             }
             Err(err) => {
                 reporter.done(&id, Outcome::Failed(err.to_string()));
-                Err(TransferError::Registry(err))
+                Err(err)
             }
         }
+    }
+
+    /// Uploads the blob from the store unless the repository has it or
+    /// can mount it.
+    async fn push(&self) -> Result<PushOutcome, TransferError> {
+        let source = Arc::new(StoreBlob {
+            store: self.store.clone(),
+            digest: self.blob.digest.clone(),
+            size: self.blob.size,
+            reporter: self.reporter.clone(),
+        });
+        Ok(self
+            .client
+            .push_blob(
+                &self.repository,
+                &self.blob.digest,
+                source,
+                self.mount_from.as_ref(),
+            )
+            .await?)
+    }
+
+    /// A blob the store lacks (a layer left where a build cache or a
+    /// registry has it): skipped when the repository has it, mounted from
+    /// where it is, else fetched from there first and uploaded.
+    async fn push_absent(&self) -> Result<PushOutcome, TransferError> {
+        let digest = &self.blob.digest;
+        if self
+            .client
+            .blob_exists(&self.repository, digest)
+            .await?
+            .is_some()
+        {
+            return Ok(PushOutcome::Exists);
+        }
+        if let Some(from) = &self.mount_from {
+            if self
+                .client
+                .mount_blob(&self.repository, digest, from)
+                .await?
+            {
+                return Ok(PushOutcome::Mounted);
+            }
+        }
+        crate::blobs::fetch_from_origins(
+            &self.client,
+            &self.store,
+            &self.blob,
+            self.reporter.clone(),
+        )
+        .await?;
+        self.push().await
     }
 }

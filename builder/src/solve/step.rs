@@ -19,6 +19,14 @@ pub(super) fn run_step(
     run: &StepRun<'_>,
     progress: &mut StageProgress,
 ) -> Result<bool, SolveError> {
+    let layers_before = progress.out.layers.len();
+    let cached = run_or_reuse(run, progress)?;
+    progress.record_result(run.step, layers_before);
+    Ok(cached)
+}
+
+/// Reuses the step's result from a cache, or runs it.
+fn run_or_reuse(run: &StepRun<'_>, progress: &mut StageProgress) -> Result<bool, SolveError> {
     let (step, opts) = (run.step, run.build.opts);
     if from_cache(run, progress)? {
         tracing::info!("line {}: CACHED {}", step.line, shorten(&step.instruction));
@@ -31,6 +39,8 @@ pub(super) fn run_step(
         (Some(key), false) => format!("cache miss {key}"),
     };
     tracing::info!("line {}: {why}: {}", step.line, shorten(&step.instruction));
+    // The step runs on the layers below: their content is needed now.
+    super::lazy::materialize(run.build, &progress.out)?;
     let dir = run.build.work.join(unique_name("step"));
     let upper = dir.join("upper");
     std::fs::create_dir_all(&upper).map_err(io_err(&upper))?;
@@ -59,11 +69,11 @@ fn from_cache(run: &StepRun<'_>, progress: &mut StageProgress) -> Result<bool, S
         return Ok(false);
     };
     let Some(record) = store.cache_get(key)? else {
-        return Ok(false);
+        return super::cache_from::reuse_from_sources(run, progress, key);
     };
     if !reuse(run.build, &record, progress, step.history_index)? {
         tracing::info!("line {}: cache record unusable, running", step.line);
-        return Ok(false);
+        return super::cache_from::reuse_from_sources(run, progress, key);
     }
     let created = record
         .data
@@ -153,7 +163,9 @@ fn commit_layer(
     Ok((record, parked_bytes))
 }
 
-/// Applies a cache record; false if it cannot be used (then the step runs).
+/// Applies a cache record; false if it cannot be used (then the step
+/// runs). The snapshot is made when something needs it
+/// ([`super::lazy::materialize`]).
 fn reuse(
     build: &Build<'_>,
     record: &CacheRecord,
@@ -181,17 +193,7 @@ fn reuse(
         None => diff_id.clone(),
         Some(parent) => Digest::of(format!("{parent} {diff_id}").as_bytes()),
     };
-    let snapshot = build.store.snapshot_path(&chain);
-    if !build.store.has_snapshot(&chain) {
-        build.store.unpack_snapshot(
-            &descriptor,
-            &diff_id,
-            &chain,
-            out.lowers_top_first(),
-            build.opts.reporter,
-        )?;
-    }
     out.layers.push((descriptor, diff_id));
-    out.snapshots.push(snapshot);
+    out.snapshots.push(build.store.snapshot_path(&chain));
     Ok(true)
 }
