@@ -115,7 +115,24 @@ impl DockerDaemon {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
         let _ = child.wait_timeout(Duration::from_secs(30));
+        // dockerd leaves its default network namespace mounted in the exec
+        // root: unmounted (detached), or the temp dir cannot be removed.
+        for target in mounts_under(self.dir.path()).iter().rev() {
+            let _ = rustix::mount::unmount(target, rustix::mount::UnmountFlags::DETACH);
+        }
     }
+}
+
+/// The mount points at or under `dir`, outermost first (from
+/// /proc/self/mountinfo; its escapes of spaces and the like are kept,
+/// which no path of a temp dir has).
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|target| target.starts_with(dir))
+        .collect()
 }
 
 impl Drop for DockerDaemon {
