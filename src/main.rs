@@ -59,6 +59,8 @@ enum Command {
     Info(cmd::info::InfoCommand),
     #[command(flatten)]
     Layers(cmd::layers::LayersCommand),
+    #[command(flatten)]
+    System(cmd::system::SystemCommand),
 }
 
 fn main() -> ExitCode {
@@ -98,6 +100,7 @@ fn main() -> ExitCode {
         Command::Registry(c) => c.run(&settings),
         Command::Info(c) => c.run(&settings),
         Command::Layers(c) => c.run(&settings),
+        Command::System(c) => c.run(&settings),
     };
     match result {
         Ok(code) => code,

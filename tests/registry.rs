@@ -39,6 +39,8 @@ impl Kiln {
             .args(args)
             .env("DOCKER_CONFIG", &self.docker_config)
             .env("KILN_PROGRESS", "plain")
+            // The collection after a build runs before kiln exits.
+            .env("KILN_GC", "foreground")
             .env_remove("KILN_ROOT")
             .env_remove("KILN_REGISTRY_TIMEOUT")
             .env_remove("KILN_REGISTRY_SPEED_LIMIT")

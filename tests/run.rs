@@ -56,6 +56,8 @@ impl Fixture {
             .arg(self.store())
             .stdin(Stdio::null())
             .env("DOCKER_CONFIG", kiln_testsupport::empty_docker_config())
+            // The collection after a run happens before kiln exits.
+            .env("KILN_GC", "foreground")
             .env_remove("KILN_LOG");
         cmd
     }

@@ -5,7 +5,12 @@
 //! a build's scratch) is renamed into `trash/<kind>-<suffix>` first — one
 //! atomic rename on the same filesystem — and only then deleted. A kill
 //! during the deletion leaves a partial tree in `trash/` and nowhere else;
-//! the next `prune` or `rmi`, or the next build, deletes it.
+//! the next `prune` or `rmi`, or the next collection, deletes it.
+//!
+//! A build deletes nothing large itself: what it no longer needs (its
+//! scratch, the leftovers of killed builds) is renamed into the trash
+//! under a name without an owner ([`Store::abandon`]), and the collection
+//! that runs after the build ([`crate::gc`]) deletes it.
 //!
 //! Scratch is named with an owner token ([`crate::store::unique_suffix`]):
 //! [`Store::remove_dead_scratch`] moves to the trash what processes that
@@ -25,6 +30,8 @@ use std::path::{Path, PathBuf};
 use crate::error::{io_at, Error, Result};
 use crate::owner::Owner;
 use crate::store::{unique_suffix, Store};
+
+static ABANDONED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Disk space freed by deletions, counted as `du` counts it.
 #[derive(Debug, Default)]
@@ -128,7 +135,7 @@ impl ScratchDir {
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
-        if let Err(e) = self.store.discard(&self.path, "build") {
+        if let Err(e) = self.store.abandon(&self.path, "build") {
             tracing::warn!("{e}");
         }
     }
@@ -139,8 +146,30 @@ impl Store {
     /// where it went, `None` when it is not there. `kind` starts the trash
     /// entry's name.
     pub(crate) fn move_to_trash(&self, path: &Path, kind: &str) -> Result<Option<PathBuf>> {
+        self.rename_into_trash(path, &format!("{kind}-{}", unique_suffix()))
+    }
+
+    /// Renames `path` into the trash under a name without an owner, for
+    /// the next collection (or prune) to delete: this process will not.
+    /// Returns where it went, `None` when it is not there.
+    pub fn abandon(&self, path: &Path, kind: &str) -> Result<Option<PathBuf>> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        // `abandoned` where an owner token would be (see `Owner::of_name`);
+        // the owner's pid keeps names of concurrent processes apart.
+        let name = format!(
+            "{kind}-abandoned.{}-{nanos}-{}",
+            std::process::id(),
+            ABANDONED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        self.rename_into_trash(path, &name)
+    }
+
+    fn rename_into_trash(&self, path: &Path, name: &str) -> Result<Option<PathBuf>> {
         let trash = self.trash_dir();
-        let target = trash.join(format!("{kind}-{}", unique_suffix()));
+        let target = trash.join(name);
         match fs::rename(path, &target) {
             Ok(()) => Ok(Some(target)),
             Err(e) if not_found(&e) && fs::symlink_metadata(path).is_err() => {
@@ -157,15 +186,6 @@ impl Store {
                 }
             }
             Err(e) => Err(Error::io("move to the trash", path, e)),
-        }
-    }
-
-    /// Deletes `path` through the trash (see the module docs); returns the
-    /// bytes freed.
-    pub fn discard(&self, path: &Path, kind: &str) -> Result<u64> {
-        match self.move_to_trash(path, kind)? {
-            Some(trashed) => remove_tree(&trashed, &mut Meter::default()),
-            None => Ok(0),
         }
     }
 
@@ -201,33 +221,14 @@ impl Store {
         Ok(freed)
     }
 
-    /// Deletes the trash of killed deletions on a thread of its own, off
-    /// the caller's critical path; join the handle before exiting to let
-    /// it finish (a process that exits first just leaves the rest).
-    pub fn empty_trash_in_background(&self) -> std::thread::JoinHandle<()> {
-        let store = self.clone();
-        std::thread::spawn(
-            move || match store.empty_trash(&mut Meter::default(), true) {
-                Ok(f) if f.entries > 0 => tracing::info!(
-                    "deleted {} entries ({} bytes) from {}",
-                    f.entries,
-                    f.bytes,
-                    store.trash_dir().display()
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::warn!("emptying the trash: {e}"),
-            },
-        )
-    }
-
     /// Moves to the trash (or, for single files, deletes) the scratch that
     /// processes which are no longer running left behind: build dirs in
     /// `builds/`, partial blobs in `ingest/` (not the resumable
     /// `<hex>.partial` downloads, kept for the next pull), unfinished
     /// snapshots and cache mounts being seeded. Scratch of a live process,
     /// and anything whose name carries no owner (from an older kiln; `kiln
-    /// prune` removes it), is left alone. Cheap: renames and unlinks;
-    /// follow with [`Store::empty_trash_in_background`].
+    /// prune` removes it), is left alone. Cheap: renames and unlinks; the
+    /// trash entries are abandoned ([`Store::abandon`]) to the collection.
     pub fn remove_dead_scratch(&self) -> Result<Freed> {
         let dead = |path: &Path, prefix: &str| {
             path.file_name()
@@ -238,17 +239,17 @@ impl Store {
         };
         let mut freed = Freed::default();
         for path in self.list_dir(&self.builds_dir())? {
-            if dead(&path, "") && self.move_to_trash(&path, "build")?.is_some() {
+            if dead(&path, "") && self.abandon(&path, "build")?.is_some() {
                 freed.entries += 1;
             }
         }
         for path in self.list_dir(&self.snapshots_dir())? {
-            if dead(&path, ".tmp-") && self.move_to_trash(&path, "snapshot")?.is_some() {
+            if dead(&path, ".tmp-") && self.abandon(&path, "snapshot")?.is_some() {
                 freed.entries += 1;
             }
         }
         for path in self.list_dir(&self.cache_mounts_dir())? {
-            if dead(&path, "seeding-") && self.move_to_trash(&path, "cache-mount")?.is_some() {
+            if dead(&path, "seeding-") && self.abandon(&path, "cache-mount")?.is_some() {
                 freed.entries += 1;
             }
         }
@@ -375,11 +376,17 @@ mod tests {
         assert!(live.path().join("f").is_file(), "a live build's scratch");
         assert!(parked.is_dir() && partial.is_file());
         assert_eq!(fs::read_dir(store.trash_dir()).unwrap().count(), 2);
-        store.empty_trash_in_background().join().unwrap();
-        assert_eq!(fs::read_dir(store.trash_dir()).unwrap().count(), 0);
+        // Abandoned: whoever empties the trash deletes them.
+        for entry in fs::read_dir(store.trash_dir()).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            assert_eq!(Owner::of_name(&name), None, "{name}");
+        }
         let path = live.path().to_path_buf();
         drop(live);
         assert!(!path.exists());
+        assert_eq!(fs::read_dir(store.trash_dir()).unwrap().count(), 3);
+        let freed = store.empty_trash(&mut Meter::default(), true).unwrap();
+        assert_eq!(freed.entries, 3);
         assert_eq!(fs::read_dir(store.trash_dir()).unwrap().count(), 0);
     }
 }

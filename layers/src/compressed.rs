@@ -328,36 +328,3 @@ fn compress_one(
     }
     result
 }
-
-/// Removes variant records whose compressed blob is gone (after a prune).
-pub(crate) fn remove_stale_variants(
-    store: &Store,
-    meter: &mut crate::cleanup::Meter,
-) -> Result<crate::cleanup::Freed> {
-    let mut freed = crate::cleanup::Freed::default();
-    let root = store.variants_dir();
-    for dir in store.list_dir(&root)? {
-        let Some(compression) = dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(Compression::parse)
-        else {
-            continue;
-        };
-        for path in store.list_dir(&dir)? {
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let live = match Digest::parse(&format!("sha256:{name}")) {
-                Ok(plain) => recorded_variant(store, &plain, compression)?.is_some(),
-                Err(_) => false,
-            };
-            if !live {
-                freed.entries += 1;
-                freed.bytes += crate::cleanup::remove_tree(&path, meter)?;
-            }
-        }
-    }
-    Ok(freed)
-}

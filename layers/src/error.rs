@@ -82,6 +82,14 @@ pub enum Error {
     Diff { path: PathBuf, reason: String },
     #[error("archive {path}: {reason}")]
     Archive { path: PathBuf, reason: String },
+    /// A garbage collection policy file that does not parse: the file, the
+    /// line (1-based) and what is wrong there.
+    #[error("{}:{line}: {reason}", path.display())]
+    Config {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
 }
 
 /// Shorthand for the crate's results.

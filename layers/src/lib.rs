@@ -22,6 +22,11 @@
 //!   into `trash/` before they are deleted; `Store::scratch_dir` names a
 //!   build's scratch with its owner process, `remove_dead_scratch` takes
 //!   what dead processes left.
+//! - Garbage collection (`gc`): `Store::collect` under a `gc::Policy`
+//!   (BuildKit's keep-storage, keep-duration, min-free-space,
+//!   reserved-space, filters by kind; least recently used first), the
+//!   policy file `gc.toml` (`Store::gc_config`), `Store::usage` (`kiln
+//!   system df`), `Store::gc_turn` (automatic collections take turns).
 //! - Layers: `diff::write_layer` (upper dir → compressed blob + diff id),
 //!   `diff::write_tar`, `unpack::unpack` (safe, whiteout-aware),
 //!   `compress` (gzip, zstd; the one sniffer, `Magic`, and the decoders of
@@ -62,6 +67,7 @@ pub mod compressed;
 pub mod diff;
 pub mod digest;
 pub mod error;
+pub mod gc;
 pub mod import;
 pub mod oci;
 pub mod owner;

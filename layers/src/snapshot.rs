@@ -9,15 +9,14 @@
 //! A snapshot is used only when its marker says it is complete: a directory
 //! without one (a snapshot of an older kiln, half deleted by one) is moved
 //! to the trash and unpacked again. Two processes preparing the same
-//! snapshot both succeed (the loser's copy is dropped). Leftover `.tmp-`
-//! dirs are removed by `prune`, or by the next build once their owner is
-//! gone.
+//! snapshot both succeed (the loser's copy is abandoned to the trash).
+//! Leftover `.tmp-` dirs are removed by `prune`, or by the next build once
+//! their owner is gone.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::cleanup::{remove_tree, Meter};
 use crate::compress::decompress;
 use crate::digest::{Digest, HashingReader};
 use crate::error::{io_at, Error, Result};
@@ -94,9 +93,8 @@ impl Store {
             "{}: incomplete snapshot (no completion marker); unpacking it again",
             dir.display()
         );
-        if let Some(trashed) = self.move_to_trash(&dir, "snapshot")? {
-            remove_tree(&trashed, &mut Meter::default())?;
-        }
+        // Renamed away; the collection deletes it.
+        self.abandon(&dir, "snapshot")?;
         Ok(())
     }
 
@@ -154,7 +152,7 @@ impl Store {
         }
         let placed = self.place_snapshot(&tmp, chain_id);
         if !matches!(placed, Ok(true)) {
-            let _ = self.discard(&tmp, "snapshot");
+            let _ = self.abandon(&tmp, "snapshot");
         }
         placed.map(|_| true)
     }
@@ -234,11 +232,11 @@ impl Store {
         match &result {
             Ok(true) => reporter.done(&id, Outcome::Done),
             Ok(false) => {
-                let _ = self.discard(&tmp, "snapshot");
+                let _ = self.abandon(&tmp, "snapshot");
                 reporter.done(&id, Outcome::Done);
             }
             Err(e) => {
-                let _ = self.discard(&tmp, "snapshot");
+                let _ = self.abandon(&tmp, "snapshot");
                 reporter.done(&id, Outcome::Failed(e.to_string()));
             }
         }

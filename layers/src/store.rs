@@ -16,8 +16,17 @@
 //! the directory is fsynced: a blob's name always matches its bytes, and two
 //! processes writing the same blob both succeed (the rename is atomic and
 //! the contents equal). `index.json` is rewritten under `index.lock` with
-//! write-temp + rename. `prune` takes `gc.lock` exclusively; every writer
-//! holds it shared (a [`Lease`]) so nothing in flight is collected.
+//! write-temp + rename. `prune` and the automatic collection
+//! ([`crate::gc`]) take `gc.lock` exclusively; every writer holds it shared
+//! (a [`Lease`]) so nothing in flight is collected.
+//!
+//! Last-used times, which the collection removes the least recent of first,
+//! cost the build one `utimensat` per use: a build cache record's is its
+//! file's mtime ([`Store::touch_cache`] on every cache hit), a cache
+//! mount's its directory's mtime ([`Store::touch`] when a RUN mounts it),
+//! an untagged image's its manifest blob's mtime (touched when a build
+//! records it again). `gc.toml` holds the automatic collection's policy,
+//! `gc-sizes.json` the sizes of trees that never change once made.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -29,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::canonical::to_canonical_json;
-use crate::cleanup::{remove_tree, Meter};
+use crate::cleanup::Meter;
 use crate::digest::{chain_ids, Digest};
 use crate::error::{io_at, Error, Result};
 use crate::oci::{
@@ -140,6 +149,20 @@ pub struct PruneOptions {
     pub build_cache: bool,
 }
 
+impl PruneOptions {
+    /// The collection policy these options stand for: unreferenced blobs
+    /// and snapshots and scratch (leftovers, parked dirs, partial writes,
+    /// trash), and with `build_cache` the build cache and cache mounts.
+    pub fn policy(&self) -> crate::gc::Policy {
+        use crate::gc::{Kind, Policy};
+        let mut kinds = vec![Kind::Unreferenced, Kind::Scratch];
+        if self.build_cache {
+            kinds.extend([Kind::Cache, Kind::CacheMount]);
+        }
+        Policy::all_of(kinds)
+    }
+}
+
 /// What `prune` removed, and the disk space each kind freed (blocks, as
 /// `du` counts them; a file with several links counts once all are gone).
 #[derive(Clone, Debug, Default)]
@@ -168,6 +191,18 @@ pub struct PruneReport {
     /// Records of compressed variants whose blob is gone.
     pub variants: usize,
     pub variant_bytes: u64,
+    /// Untagged images removed (their manifest digests).
+    pub images: Vec<Digest>,
+    /// The collectable bytes (what keep-storage limits) before and after.
+    pub usage_before: u64,
+    pub usage_after: u64,
+    /// What the policy's limits kept, when it had limits.
+    pub keep: Option<u64>,
+    /// Free bytes on the store's filesystem before.
+    pub free_before: u64,
+    /// How long the collection held the store exclusively (scan, choice,
+    /// renames into the trash): what a build starting then waited at most.
+    pub exclusive: std::time::Duration,
 }
 
 impl PruneReport {
@@ -228,6 +263,22 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// An exclusive `flock` on `path` if no one else holds one, else `None`.
+pub(crate) fn try_lock(path: &Path) -> Result<Option<File>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_at("open lock file", path))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(file)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(Error::io("lock", path, e.into())),
+    }
 }
 
 pub(crate) fn lock(path: &Path, exclusive: bool) -> Result<File> {
@@ -389,10 +440,35 @@ impl Store {
         root.join(INDEX_FILE).is_file()
     }
 
-    /// Held shared by every pull, build and run ([`Store::lease`]) and
-    /// exclusively by prune and rmi.
+    /// The automatic collection's policy (`crate::gc::GcConfig`).
+    pub fn gc_config_path(&self) -> PathBuf {
+        self.root.join("gc.toml")
+    }
+
+    /// What the last automatic collection did (one line, rewritten by each).
+    pub fn gc_log_path(&self) -> PathBuf {
+        self.root.join("gc.log")
+    }
+
+    /// Sizes of immutable trees the collection measured (a cache).
+    pub(crate) fn gc_sizes_path(&self) -> PathBuf {
+        self.root.join("gc-sizes.json")
+    }
+
+    /// Held shared by every pull, build and run ([`Store::lease`]),
+    /// exclusively by a collection (prune, the automatic one) and rmi.
     pub(crate) fn gc_lock_path(&self) -> PathBuf {
         self.root.join("gc.lock")
+    }
+
+    /// Held by the automatic collection that waits for its turn.
+    pub fn gc_queue_lock_path(&self) -> PathBuf {
+        self.root.join("gc-queue.lock")
+    }
+
+    /// Held by the automatic collection that runs.
+    pub fn gc_run_lock_path(&self) -> PathBuf {
+        self.root.join("gc-run.lock")
     }
 
     /// Held while `index.json` is rewritten.
@@ -697,7 +773,7 @@ impl Store {
     }
 
     /// Changes `index.json` under its lock.
-    fn update_index<T>(&self, change: impl FnOnce(&mut Index) -> T) -> Result<T> {
+    pub(crate) fn update_index<T>(&self, change: impl FnOnce(&mut Index) -> T) -> Result<T> {
         let _guard = self.lock_index()?;
         let mut index = self.read_index()?;
         let out = change(&mut index);
@@ -726,7 +802,8 @@ impl Store {
     }
 
     /// Records an image without a name (`<none>` in `kiln images`), so it is
-    /// kept until removed by digest.
+    /// kept until removed by digest (or collected as a dangling image, least
+    /// recently recorded first: its manifest blob's mtime is set to now).
     pub fn add_untagged(&self, desc: &Descriptor) -> Result<()> {
         let mut entry = desc.clone();
         entry.annotations.remove(ANNOTATION_REF_NAME);
@@ -737,7 +814,8 @@ impl Store {
             if !present {
                 index.manifests.push(entry);
             }
-        })
+        })?;
+        self.touch(&self.blob_path(&desc.digest))
     }
 
     /// Removes the tag; returns what it pointed at.
@@ -834,6 +912,29 @@ impl Store {
         self.cache_dir().join(format!("{}.json", key.hex()))
     }
 
+    /// Records that the build cache record `key` was used now (its last-use
+    /// time, which the collection goes by, is its file's mtime).
+    pub fn touch_cache(&self, key: &Digest) -> Result<()> {
+        self.touch(&self.cache_path(key))
+    }
+
+    /// Sets `path`'s mtime (a last-use time) to now.
+    pub fn touch(&self, path: &Path) -> Result<()> {
+        use rustix::fs::{Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
+        let times = Timestamps {
+            last_access: Timespec {
+                tv_sec: 0,
+                tv_nsec: UTIME_OMIT,
+            },
+            last_modification: Timespec {
+                tv_sec: 0,
+                tv_nsec: UTIME_NOW,
+            },
+        };
+        rustix::fs::utimensat(rustix::fs::CWD, path, &times, rustix::fs::AtFlags::empty())
+            .map_err(|e| Error::io("touch", path, e.into()))
+    }
+
     /// Stores a build cache record under `key` (the step's cache key).
     pub fn cache_put(&self, key: &Digest, record: &CacheRecord) -> Result<()> {
         let bytes = to_canonical_json(record).map_err(|source| Error::Json {
@@ -913,91 +1014,19 @@ impl Store {
 
     /// Removes unreferenced blobs, everything in `ingest/`, unreferenced
     /// snapshots, leftovers of killed builds, runs and deletions, and (with
-    /// [`PruneOptions::build_cache`]) the build cache and cache mounts.
-    /// Waits for every [`Lease`] to be released first. Never removes a blob
-    /// reachable from `index.json` or a cache record. Directories go
+    /// [`PruneOptions::build_cache`]) the build cache and cache mounts: a
+    /// collection ([`crate::gc`]) under [`PruneOptions::policy`]. Waits for
+    /// every [`Lease`] to be released first. Never removes a blob
+    /// reachable from `index.json` or a cache record. Everything goes
     /// through the trash (`crate::cleanup`): a kill leaves nothing
     /// half-deleted in place. The report says what each kind freed.
-    pub fn prune(&self, options: PruneOptions) -> Result<PruneReport> {
-        let _gc = lock(&self.gc_lock_path(), true)?;
-        let mut report = PruneReport::default();
-        let mut meter = Meter::default();
-        // What killed deletions left: theirs, not this prune's.
-        let earlier_trash = self.empty_trash(&mut meter, false)?;
-        report.trash_entries = earlier_trash.entries;
-        report.trash_bytes = earlier_trash.bytes;
-        if options.build_cache {
-            for (path, _) in self.cache_records()? {
-                report.cache_record_bytes += remove_tree(&path, &mut meter)?;
-                report.cache_records += 1;
-            }
-        }
-        let (keep_blobs, keep_chains) = self.reachable()?;
-        let blobs_dir = self.blobs_dir();
-        for path in self.list_dir(&blobs_dir)? {
-            let name = file_name(&path);
-            let digest = Digest::parse(&format!("sha256:{name}")).ok();
-            if digest.as_ref().is_some_and(|d| keep_blobs.contains(d)) {
-                continue;
-            }
-            report.blob_bytes += remove_tree(&path, &mut meter)?;
-            report.blobs.extend(digest);
-        }
-        let variants = crate::compressed::remove_stale_variants(self, &mut meter)?;
-        report.variants = variants.entries;
-        report.variant_bytes = variants.bytes;
-        for path in self.list_dir(&self.ingest_dir())? {
-            report.ingest_bytes += remove_tree(&path, &mut meter)?;
-            report.ingest_files += 1;
-        }
-        // Each directory leaves its place at once (renamed into the
-        // trash); only then are the trashed trees deleted.
-        let snapshots = self.trash_snapshots_except(&keep_chains)?;
-        // A build holds a lease while its work dir under `builds/` (and the
-        // cache mounts its RUN steps use) exist, and so does a `kiln run`
-        // for its state dir under `containers/`; with the exclusive lock
-        // held here none is running, so whatever is left there belongs to
-        // a killed one. Cache mounts are kept unless the build cache goes
-        // too.
-        let mut builds = Vec::new();
-        for dir in [self.builds_dir(), self.containers_dir()] {
-            for path in self.list_dir(&dir)? {
-                builds.extend(self.move_to_trash(&path, "build")?);
-            }
-        }
-        let mut mounts = Vec::new();
-        if options.build_cache {
-            for path in self.list_dir(&self.cache_mounts_dir())? {
-                mounts.extend(self.move_to_trash(&path, "cache-mount")?);
-            }
-        }
-        for (name, trashed) in snapshots {
-            report.snapshot_bytes += remove_tree(&trashed, &mut meter)?;
-            report.snapshots.push(name);
-        }
-        for trashed in &builds {
-            report.build_bytes += remove_tree(trashed, &mut meter)?;
-        }
-        report.build_dirs = builds.len();
-        for trashed in &mounts {
-            report.cache_mount_bytes += remove_tree(trashed, &mut meter)?;
-        }
-        report.cache_mounts = mounts.len();
-        // Temp files of atomic writes (index.json, cache records) that a
-        // killed process left behind; the index lock keeps a concurrent
-        // tag's temp file safe.
-        let _index = self.lock_index()?;
-        for dir in [self.root.clone(), self.cache_dir()] {
-            for path in self.list_dir(&dir)? {
-                let name = file_name(&path);
-                if name.starts_with('.') && name.contains(".tmp-") {
-                    report.ingest_bytes += remove_tree(&path, &mut meter)?;
-                    report.ingest_files += 1;
-                }
-            }
-        }
-        fsync_dir(&blobs_dir)?;
-        Ok(report)
+    pub fn prune(&self, prune: PruneOptions) -> Result<PruneReport> {
+        let options = crate::gc::CollectOptions {
+            dry_run: false,
+            wait: crate::gc::LockWait::Block,
+        };
+        let report = self.collect(&prune.policy(), &options)?;
+        Ok(report.unwrap_or_default())
     }
 
     /// Untags `reference` and removes the blobs and snapshots of what it

@@ -515,7 +515,9 @@ fn a_snapshot_without_its_completion_marker_is_unpacked_again_not_used() {
         .unwrap();
     assert_eq!(fs::read_dir(&lower).unwrap().count(), 50);
     assert!(!snapshot_dir.join("f0").exists());
-    // What was replaced went through the trash, which is empty again.
+    // What was replaced went to the trash (twice), for the collection.
+    assert_eq!(fs::read_dir(tmp.path().join("trash")).unwrap().count(), 2);
+    store.prune(PruneOptions::default()).unwrap();
     assert_eq!(fs::read_dir(tmp.path().join("trash")).unwrap().count(), 0);
 }
 

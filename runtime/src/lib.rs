@@ -106,7 +106,7 @@ pub mod userns;
 pub use error::RuntimeError;
 pub use helper::helper_main;
 pub use parent::{run, upper_dir_support, MAX_LOWER_DIRS};
-pub use scratch::{remove_dead_scratch, RemovedScratch};
+pub use scratch::{dead_scratch, remove_dead_scratch, RemovedScratch};
 pub use spec::{
     BindMount, ExitStatus, HelperCommand, Limit, Limits, MemoryFile, Network, Rlimit,
     RlimitResource, RunSpec, Streams, TmpfsMount, UpperDir, DEFAULT_SHM_SIZE, HELPER_SUBCOMMAND,

@@ -118,6 +118,20 @@ pub struct RemovedScratch {
 /// run's are never touched.
 pub fn remove_dead_scratch() -> RemovedScratch {
     let mut removed = RemovedScratch::default();
+    for (path, bytes) in dead_scratch() {
+        crate::helper::remove_tree(&path);
+        if std::fs::symlink_metadata(&path).is_err() {
+            removed.dirs += 1;
+            removed.bytes += bytes;
+        }
+    }
+    removed
+}
+
+/// The run scratch directories [`remove_dead_scratch`] would remove now,
+/// with the bytes each holds (as `du` counts them).
+pub fn dead_scratch() -> Vec<(PathBuf, u64)> {
+    let mut dead = Vec::new();
     for (_, base) in scratch_bases() {
         if !private_base(&base) {
             continue;
@@ -127,19 +141,14 @@ pub fn remove_dead_scratch() -> RemovedScratch {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if owner_alive(&name) {
-                continue;
-            }
-            let path = entry.path();
-            let bytes = disk_usage(&path);
-            crate::helper::remove_tree(&path);
-            if std::fs::symlink_metadata(&path).is_err() {
-                removed.dirs += 1;
-                removed.bytes += bytes;
+            if !owner_alive(&name) {
+                let path = entry.path();
+                let bytes = disk_usage(&path);
+                dead.push((path, bytes));
             }
         }
     }
-    removed
+    dead
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ use kiln_runtime::{HelperCommand, Network, HELPER_SUBCOMMAND};
 
 use crate::cmd::limits::LimitArgs;
 use crate::cmd::step_flags::StepArgs;
+use crate::cmd::system::{collect_after, make_room, GcMode};
 use crate::progress::{BuildProgress, ProgressArgs, ProgressMode};
 use crate::sandbox::{BuildSandbox, IsolationArg};
 use crate::settings::GlobalSettings;
@@ -539,7 +540,13 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|flag| NamedContextSpec::parse_flag(flag))
         .collect::<Result<Vec<_>, _>>()?;
+    let gc_mode = GcMode::from_env()?;
     let store = Store::open(&global.root)?;
+    if !args.dry_run && !args.check {
+        // Reads (and checks) the store's gc.toml; collects first when the
+        // filesystem has less free than its min-free-space.
+        make_room(&store, args.quiet)?;
+    }
     let interruption = crate::cmd::interrupt::Interruption::watch();
     let display = Display::new(&args);
     if !args.dry_run && !args.check {
@@ -609,12 +616,19 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     display
         .printer
         .finish(built.is_ok() && interruption.signal().is_none());
-    if let Some(canceled) = interruption.canceled() {
-        return Ok(canceled);
-    }
-    let result = built.map_err(|e| build_failure(&settings, &display, e))?;
-    report_built(&args, &settings, &display, &result, started);
-    Ok(ExitCode::SUCCESS)
+    let outcome = match (interruption.canceled(), built) {
+        (Some(canceled), _) => Ok(canceled),
+        (None, Err(e)) => Err(build_failure(&settings, &display, e)),
+        (None, Ok(result)) => {
+            report_built(&args, &settings, &display, &result, started);
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    // The store's automatic collection, once the build holds nothing of it
+    // any more (failed and canceled builds too): detached, unless
+    // KILN_GC=foreground.
+    collect_after(&global.root, gc_mode);
+    outcome
 }
 
 /// `--cache-from` (loaded now: a cache that cannot be read is a warning)

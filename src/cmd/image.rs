@@ -10,7 +10,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use kiln_layers::archive::{self, Format, SaveItem};
 use kiln_layers::import::{import_rootfs, ImportOptions};
 use kiln_layers::oci::parse_rfc3339;
-use kiln_layers::store::{PruneOptions, TaggedImage};
+use kiln_layers::store::TaggedImage;
 use kiln_layers::{Compression, Platform, Reference, Store};
 
 use crate::progress::{human_bytes, ProgressArgs};
@@ -69,12 +69,9 @@ pub enum ImageCommand {
         #[arg(short, long)]
         force: bool,
     },
-    /// Remove unreferenced blobs and snapshots and leftovers of killed writes and builds.
-    Prune {
-        /// Also drop the build cache and the contents of RUN cache mounts.
-        #[arg(short, long)]
-        all: bool,
-    },
+    /// Remove unreferenced blobs and snapshots and leftovers of killed writes and builds;
+    /// with --all or limits, build cache too (least recently used first).
+    Prune(crate::cmd::system::PruneArgs),
     /// Write images to an OCI layout (dir or .tar) or a docker-archive tar.
     Save(SaveArgs),
     /// Load images from an OCI layout (dir or tar) or a docker-archive tar.
@@ -135,7 +132,7 @@ impl ImageCommand {
             ImageCommand::Tag { source, target } => tag(&store, &source, &target),
             ImageCommand::Inspect { images, platform } => inspect_all(&store, &images, &platform),
             ImageCommand::Rmi { images, force } => rmi(&store, &images, force),
-            ImageCommand::Prune { all } => prune(&store, all),
+            ImageCommand::Prune(args) => crate::cmd::system::prune(&store, &args),
             ImageCommand::Save(args) => save(&store, args, settings),
             ImageCommand::Load { input, progress } => load(&store, &input, &progress),
             ImageCommand::Import(args) => import(&store, args),
@@ -170,44 +167,6 @@ fn inspect_all(
     let mut stdout = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut stdout, &out)?;
     writeln!(stdout)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `kiln prune`: what the store and the runtime's scratch freed, by kind.
-fn prune(store: &Store, all: bool) -> anyhow::Result<ExitCode> {
-    let report = store.prune(PruneOptions { build_cache: all })?;
-    // Scratch of killed runs on a tmpfs (outside the store):
-    // those whose owner process is gone.
-    let runs = kiln_runtime::remove_dead_scratch();
-    for d in &report.blobs {
-        println!("deleted: {d}");
-    }
-    let line = |what: &str, count: usize, bytes: u64| {
-        println!("  {what}: {count}, {} ({bytes} bytes)", human_bytes(bytes));
-    };
-    let total = report.total_bytes() + runs.bytes;
-    println!(
-        "Total reclaimed space: {} ({total} bytes; in the store {} bytes)",
-        human_bytes(total),
-        report.total_bytes()
-    );
-    line("blobs", report.blobs.len(), report.blob_bytes);
-    line("snapshots", report.snapshots.len(), report.snapshot_bytes);
-    line("partial writes", report.ingest_files, report.ingest_bytes);
-    line(
-        "cache records",
-        report.cache_records,
-        report.cache_record_bytes,
-    );
-    line("leftover build dirs", report.build_dirs, report.build_bytes);
-    line(
-        "cache mounts",
-        report.cache_mounts,
-        report.cache_mount_bytes,
-    );
-    line("trash entries", report.trash_entries, report.trash_bytes);
-    line("variant records", report.variants, report.variant_bytes);
-    line("dead run dirs", runs.dirs, runs.bytes);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -14,6 +14,7 @@ pub mod plan_view;
 pub mod registry;
 pub mod run;
 pub mod step_flags;
+pub mod system;
 
 /// The async runtime for the commands that talk to a registry (pull, push,
 /// login, a build's base images and `ADD <url>`): multi-threaded, I/O and

@@ -18,6 +18,7 @@ use kiln_layers::{NoProgress, Platform, Store};
 use kiln_runtime::{BindMount, HelperCommand, Network, RunSpec, Streams};
 
 use crate::cmd::limits::LimitArgs;
+use crate::cmd::system::{collect_after, GcMode};
 use crate::settings::GlobalSettings;
 
 /// The hidden subcommand the runtime re-executes kiln into (the runtime's
@@ -117,18 +118,31 @@ impl RunCommand {
                 let code = kiln_runtime::helper_main();
                 std::process::exit(code)
             }
-            RunCommand::Run(args) => Ok(match run_container(*args, settings) {
-                Ok(code) => code,
-                Err(err) => {
-                    eprintln!("error: {err:#}");
-                    let code = err
-                        .downcast_ref::<kiln_runtime::RuntimeError>()
-                        .and_then(|e| e.exit_code())
-                        .and_then(|c| u8::try_from(c).ok())
-                        .unwrap_or(EXIT_RUN_FAILED);
-                    ExitCode::from(code)
-                }
-            }),
+            RunCommand::Run(args) => {
+                let gc_mode = GcMode::from_env()?;
+                let code = exit_code(run_container(*args, settings));
+                // What killed runs and builds left, and the store's policy:
+                // collected once the container is gone (detached by default).
+                collect_after(&settings.root, gc_mode);
+                Ok(code)
+            }
+        }
+    }
+}
+
+/// The exit code of `kiln run`: the container's, or Docker's for a run
+/// that failed (after saying why).
+fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            let code = err
+                .downcast_ref::<kiln_runtime::RuntimeError>()
+                .and_then(|e| e.exit_code())
+                .and_then(|c| u8::try_from(c).ok())
+                .unwrap_or(EXIT_RUN_FAILED);
+            ExitCode::from(code)
         }
     }
 }

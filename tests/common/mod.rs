@@ -16,10 +16,14 @@ pub fn kiln_bin() -> PathBuf {
 /// `kiln ARGS…` with `DOCKER_CONFIG` pointing at an empty directory (the
 /// host's `~/.docker/config.json` and its credential helpers take no part),
 /// no `KILN_ROOT`, `KILN_LOG` or registry timeouts from the environment, and
-/// no registry configuration file.
+/// the automatic collection after a build run in the build's own process
+/// (`KILN_GC=foreground`): a test sees the store as the build left it, with
+/// no collection running behind its back; and no registry configuration
+/// file.
 pub fn kiln_command() -> Command {
     let mut command = Command::new(kiln_bin());
     command
+        .env("KILN_GC", "foreground")
         .env("DOCKER_CONFIG", kiln_testsupport::empty_docker_config())
         .env_remove("KILN_ROOT")
         .env_remove("KILN_LOG")

@@ -51,7 +51,7 @@ use run::execute_run;
 use schedule::run_stages_when_ready;
 use stage::{run_stage, StageOutput, StageProgress};
 use step::run_step;
-use trash::{discard_step_dir, empty_old_trash};
+use trash::discard_step_dir;
 
 /// Why a build failed.
 #[derive(Debug, thiserror::Error)]
@@ -220,8 +220,9 @@ pub fn solve(
 ) -> Result<BuiltImage, SolveError> {
     let _lease = store.lease()?;
     // What killed builds left (their scratch, partial blobs, unfinished
-    // snapshots) goes to the trash now, and the trash is emptied while
-    // this build runs; a concurrent build's scratch is left alone.
+    // snapshots) goes to the trash now (renames); the collection that runs
+    // after the build deletes it. A concurrent build's scratch is left
+    // alone.
     match store.remove_dead_scratch() {
         Ok(freed) if freed.entries > 0 => tracing::info!(
             "moved {} leftovers of killed builds to the trash",
@@ -230,7 +231,6 @@ pub fn solve(
         Ok(_) => {}
         Err(e) => tracing::warn!("removing leftovers of killed builds: {e}"),
     }
-    let emptying = store.empty_trash_in_background();
     let work = store.scratch_dir("build")?;
     let build = Build {
         store,
@@ -242,9 +242,8 @@ pub fn solve(
         warnings: Mutex::new(Vec::new()),
     };
     let result = solve_needed(&build);
+    // Renamed into the trash: this build deletes nothing itself.
     drop(work);
-    empty_old_trash(store);
-    let _ = emptying.join();
     result
 }
 

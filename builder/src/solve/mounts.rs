@@ -179,7 +179,13 @@ fn cache_instance(
             Some(Sharing::Private) => FlockOperation::NonBlockingLockExclusive,
         };
         match flock(&lock, operation) {
-            Ok(()) => return Ok((dir, lock)),
+            Ok(()) => {
+                // Its last use, which the store's collection goes by.
+                if let Err(e) = store.touch(&dir) {
+                    tracing::debug!("{e}");
+                }
+                return Ok((dir, lock));
+            }
             Err(rustix::io::Errno::WOULDBLOCK) => continue,
             Err(e) => return Err(format!("locking {}: {e}", dir.display())),
         }
@@ -356,7 +362,7 @@ fn seed_cache_dir(
         Err(e) => Err(format!("{}: {e}", dir.display())),
     });
     if seeding.exists() {
-        let _ = store.discard(&seeding, "cache-mount");
+        let _ = store.abandon(&seeding, "cache-mount");
     }
     placed
 }

@@ -75,6 +75,11 @@ fn from_cache(run: &StepRun<'_>, progress: &mut StageProgress) -> Result<bool, S
         tracing::info!("line {}: cache record unusable, running", step.line);
         return super::cache_from::reuse_from_sources(run, progress, key);
     }
+    // Its last use, which the store's collection goes by (least recently
+    // used first).
+    if let Err(e) = store.touch_cache(key) {
+        tracing::debug!("{e}");
+    }
     let created = record
         .data
         .get("created")

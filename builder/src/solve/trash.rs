@@ -1,15 +1,11 @@
 //! Duplicate upper dirs of `--no-cache` reruns, parked instead of deleted
 //! (see [`discard_step_dir`]).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kiln_layers::Store;
 
 use super::*;
-
-/// How many bytes of duplicate upper dirs the store's trash (see
-/// [`discard_step_dir`]) keeps; a build's end removes the oldest beyond it.
-const TRASH_KEEP_BYTES: u64 = 1 << 30;
 
 const TRASH_PREFIX: &str = "trash-";
 
@@ -21,10 +17,14 @@ const TRASH_PREFIX: &str = "trash-";
 /// their inode table blocks stay cached then skips the freed inodes one by
 /// one (`recently_deleted()`): a rerun of a 20,000-file COPY went from 4.6 s
 /// to 12 s and more, growing with each rerun. So, like BuildKit's cache GC
-/// with its keep-storage limit, kiln keeps the trash until it exceeds
-/// [`TRASH_KEEP_BYTES`] (checked at the end of a build) or `kiln prune`
-/// runs (it lives under `builds/`). `bytes` estimates its disk use, so
-/// that many small files count for their blocks and inodes.
+/// with its keep-storage limit, kiln keeps these parked dirs as collectable
+/// data (kind `scratch`, last used when parked): the store's collection
+/// (`kiln_layers::gc`, after the build has returned) removes them, least
+/// recently used first, once the store holds more than its policy keeps,
+/// and `kiln prune` removes them all. `bytes` estimates the tree's disk
+/// use, so that many small files count for their blocks and inodes. The
+/// rest of the work dir is abandoned to the trash (a rename): the build
+/// itself deletes nothing.
 pub(super) fn discard_step_dir(store: &Store, dir: &Path, upper: &Path, bytes: u64) {
     let leftover = std::fs::read_dir(upper)
         .map(|mut entries| entries.next().is_some())
@@ -38,56 +38,19 @@ pub(super) fn discard_step_dir(store: &Store, dir: &Path, upper: &Path, bytes: u
             tracing::debug!("parking {} in the trash: {e}", upper.display());
         }
     }
-    let _ = std::fs::remove_dir_all(dir);
-}
-
-/// Removes the oldest trash entries (see [`discard_step_dir`]) until the
-/// rest holds at most [`TRASH_KEEP_BYTES`]; entries whose name carries no
-/// time and size are left to `kiln prune`.
-pub(super) fn empty_old_trash(store: &Store) {
-    let builds = store.builds_dir();
-    let Ok(entries) = std::fs::read_dir(&builds) else {
-        return;
-    };
-    let mut parked: Vec<(i64, Option<u64>, PathBuf)> = entries
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let fields: Vec<&str> = name.strip_prefix(TRASH_PREFIX)?.split('-').collect();
-            let secs = fields.first()?.parse::<i64>().ok()?;
-            // `<secs>-<bytes>-<pid>-<n>-<nanos>`; an older kiln's names had
-            // no size (`<secs>-<pid>-<n>-<nanos>`): those just go.
-            let bytes = match fields.len() {
-                5 => Some(fields[1].parse::<u64>().ok()?),
-                4 => None,
-                _ => return None,
-            };
-            Some((secs, bytes, entry.path()))
-        })
-        .collect();
-    parked.sort_by_key(|p| std::cmp::Reverse(p.0));
-    let mut kept: u64 = 0;
-    for (_, bytes, path) in parked {
-        let over = match bytes {
-            Some(bytes) => {
-                kept = kept.saturating_add(bytes);
-                kept > TRASH_KEEP_BYTES
-            }
-            None => true,
-        };
-        if over {
-            // A concurrent build may be removing the same entry: ignore.
-            let _ = std::fs::remove_dir_all(path);
-        }
+    if let Err(e) = store.abandon(dir, "step") {
+        tracing::debug!("{e}");
     }
 }
 
 #[cfg(test)]
 mod trash_tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     #[test]
-    fn duplicate_uppers_are_parked_then_the_oldest_beyond_the_budget_removed() {
+    fn duplicate_uppers_are_parked_with_their_time_and_size() {
         let root = tempfile::tempdir().unwrap();
         let store = Store::open(root.path()).unwrap();
         let builds = root.path().join("builds");
@@ -113,38 +76,19 @@ mod trash_tests {
             std::fs::read_to_string(parked[0].join("ctx/f")).unwrap(),
             "data"
         );
-
-        // Within the budget everything stays. Beyond it the oldest go
-        // first, whatever the order of the names; other entries (a running
-        // build's work dir, a name without a size) are never touched.
-        let now = now_secs();
-        let half = TRASH_KEEP_BYTES / 2;
-        let entry = |age: i64, bytes: u64| {
-            let p = builds.join(format!("{TRASH_PREFIX}{}-{bytes}-1-2-3", now - age));
-            std::fs::create_dir_all(p.join("d")).unwrap();
-            p
-        };
-        let older = entry(100, half);
-        empty_old_trash(&store);
-        assert!(parked[0].is_dir() && older.is_dir());
-        let oldest = entry(900, half);
-        let middle = entry(500, half);
-        let other = builds.join("build-2");
-        let no_size = builds.join(format!("{TRASH_PREFIX}{}", now - 1000));
-        // An older kiln's name (no size): removed first.
-        let older_kiln = builds.join(format!("{TRASH_PREFIX}{}-77-1-2", now - 1));
-        std::fs::create_dir_all(&other).unwrap();
-        std::fs::create_dir_all(&no_size).unwrap();
-        std::fs::create_dir_all(&older_kiln).unwrap();
-        empty_old_trash(&store);
-        assert!(parked[0].is_dir() && older.is_dir());
-        assert!(!middle.exists() && !oldest.exists());
-        assert!(other.is_dir() && no_size.is_dir());
-        assert!(!older_kiln.exists());
+        // The name says when and how much (what the collection goes by).
+        let name = parked[0]
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let fields: Vec<&str> = name[TRASH_PREFIX.len()..].split('-').collect();
+        assert!((fields[0].parse::<i64>().unwrap() - now_secs()).abs() < 60);
+        assert_eq!(fields[1], "4");
     }
 
     #[test]
-    fn an_empty_or_renamed_upper_leaves_no_trash() {
+    fn an_empty_or_renamed_upper_is_not_parked() {
         let root = tempfile::tempdir().unwrap();
         let store = Store::open(root.path()).unwrap();
         let builds = root.path().join("builds");
@@ -161,5 +105,12 @@ mod trash_tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec!["build-1".to_string()]);
+        // The step dirs wait in the trash for the collection.
+        assert_eq!(
+            std::fs::read_dir(root.path().join("trash"))
+                .unwrap()
+                .count(),
+            2
+        );
     }
 }

@@ -1,0 +1,704 @@
+//! What the store holds, as a collection sees it: the items it may remove
+//! (each with its kind, when it was last used, the files and directories
+//! that go with it, and the blobs and snapshots it keeps alive), the blobs
+//! and snapshots tagged images pin, and the bytes of each area of the
+//! store as `du` counts them (`kiln system df`).
+//!
+//! Last-used times: a build cache record's is its file's mtime (touched on
+//! every cache hit, [`Store::touch_cache`]); a cache mount's, its
+//! directory's mtime (touched when a RUN mounts it); a dangling image's,
+//! its manifest blob's mtime (touched when a build makes it again); a
+//! parked upper dir's, the time in its name; a partial download's or a
+//! compressed variant's, its file's mtime.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::digest::{chain_ids, Digest};
+use crate::error::Result;
+use crate::gc::policy::Kind;
+use crate::gc::usage::{du, key_of, SizeCache};
+use crate::oci::{Descriptor, ManifestKind, ANNOTATION_REF_NAME};
+use crate::owner::Owner;
+use crate::store::{CacheRecord, Store};
+
+/// The areas of the store `kiln system df` shows, by where things live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Area {
+    /// Blobs that are not layers: manifests, configs, indexes (and the
+    /// `blobs/` directories themselves).
+    Images,
+    /// Layer blobs: those an image in `index.json` or a cache record names
+    /// as a layer, and the blobs nothing references that are not JSON
+    /// documents.
+    Layers,
+    /// `snapshots/`.
+    Snapshots,
+    /// `cache/`: build cache records and the build contexts' stat caches.
+    BuildCache,
+    /// `cache-mounts/`.
+    CacheMounts,
+    /// `builds/`, `trash/` and `containers/`.
+    Scratch,
+    /// `ingest/`.
+    Ingest,
+    /// Everything else: `index.json`, lock files, `variants/`, `origins/`,
+    /// the policy file and the size cache.
+    Other,
+}
+
+impl Area {
+    pub const ALL: [Area; 8] = [
+        Area::Images,
+        Area::Layers,
+        Area::Snapshots,
+        Area::BuildCache,
+        Area::CacheMounts,
+        Area::Scratch,
+        Area::Ingest,
+        Area::Other,
+    ];
+
+    /// The row's name in `kiln system df`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Area::Images => "images",
+            Area::Layers => "layers",
+            Area::Snapshots => "snapshots",
+            Area::BuildCache => "build cache",
+            Area::CacheMounts => "cache mounts",
+            Area::Scratch => "scratch/trash",
+            Area::Ingest => "ingest partials",
+            Area::Other => "other",
+        }
+    }
+}
+
+/// What a deleted piece counts as in a prune's report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum What {
+    Blob(Option<Digest>),
+    Snapshot(String),
+    /// Files in `ingest/` and temp files of interrupted atomic writes.
+    PartialWrite,
+    CacheRecord,
+    /// Work dirs in `builds/` (parked upper dirs included) and state dirs
+    /// in `containers/`.
+    BuildDir,
+    CacheMount,
+    /// What was already in `trash/`.
+    Trash,
+    VariantRecord,
+}
+
+/// One file or directory a collection deletes.
+#[derive(Clone, Debug)]
+pub(crate) struct Piece {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub area: Area,
+    pub what: What,
+}
+
+/// Something a collection may remove as a whole.
+#[derive(Clone, Debug)]
+pub(crate) struct Item {
+    pub kind: Kind,
+    /// Kept for no one (unreferenced, left by a dead process): removed
+    /// whatever the limits, when its kind is collected.
+    pub garbage: bool,
+    pub last_used: SystemTime,
+    pub pieces: Vec<Piece>,
+    /// Blobs and snapshots it keeps alive ([`Inventory::resources`]).
+    pub holds: Vec<usize>,
+    /// A dangling image: its `index.json` entry.
+    pub image: Option<Descriptor>,
+}
+
+/// A blob or snapshot that items or tagged images keep.
+#[derive(Clone, Debug)]
+pub(crate) struct Resource {
+    pub piece: Piece,
+    /// Kept by a tagged image: never removed.
+    pub pinned: bool,
+}
+
+/// The store as a collection sees it.
+#[derive(Debug, Default)]
+pub(crate) struct Inventory {
+    pub items: Vec<Item>,
+    pub resources: Vec<Resource>,
+    /// `du` of each area.
+    pub areas: BTreeMap<Area, u64>,
+}
+
+/// The inventory being made.
+struct Scan<'a> {
+    store: &'a Store,
+    sizes: &'a mut SizeCache,
+    /// Whether the caller holds the collector's exclusive lock (no build,
+    /// pull or run is in flight), so that scratch without an owner in its
+    /// name and container state dirs are leftovers.
+    exclusive: bool,
+    inv: Inventory,
+    /// Blobs and chain ids kept by something, with their resource index
+    /// once the blob or snapshot is found on disk.
+    held_blobs: BTreeMap<Digest, Held>,
+    held_chains: BTreeMap<Digest, Held>,
+    /// Blobs some manifest or record names as a layer.
+    layers: BTreeSet<Digest>,
+    /// Per item, the blobs and chains it holds (resolved at the end).
+    item_holds: Vec<(Vec<Digest>, Vec<Digest>)>,
+    /// Blobs on disk that nothing holds: digest → piece.
+    loose_blobs: BTreeMap<Digest, Piece>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Held {
+    pinned: bool,
+    resource: Option<usize>,
+}
+
+fn name_of(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn mtime(path: &Path) -> SystemTime {
+    std::fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+fn blocks(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).map_or(0, |m| m.blocks().saturating_mul(512))
+}
+
+/// Whether the file at `path` starts as a JSON document does (`{`): a
+/// manifest, index or config rather than a layer.
+fn is_json(path: &Path) -> bool {
+    use std::io::Read;
+    let mut first = [0u8; 1];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut first))
+        .is_ok_and(|()| first[0] == b'{')
+}
+
+/// Whether the scratch `name` belongs to another process that is running.
+fn live_other(name: &str) -> bool {
+    Owner::of_name(name).is_some_and(|o| o != Owner::current() && o.is_alive())
+}
+
+/// Scans the store. `exclusive`: the caller holds `gc.lock` exclusively.
+pub(crate) fn scan(store: &Store, sizes: &mut SizeCache, exclusive: bool) -> Result<Inventory> {
+    let mut scan = Scan {
+        store,
+        sizes,
+        exclusive,
+        inv: Inventory::default(),
+        held_blobs: BTreeMap::new(),
+        held_chains: BTreeMap::new(),
+        layers: BTreeSet::new(),
+        item_holds: Vec::new(),
+        loose_blobs: BTreeMap::new(),
+    };
+    scan.index()?;
+    scan.records()?;
+    scan.blobs()?;
+    scan.variants()?;
+    scan.snapshots()?;
+    scan.cache_mounts()?;
+    scan.scratch()?;
+    scan.ingest()?;
+    scan.other()?;
+    Ok(scan.finish())
+}
+
+impl Scan<'_> {
+    fn add(&mut self, area: Area, bytes: u64) {
+        *self.inv.areas.entry(area).or_default() += bytes;
+    }
+
+    fn push(&mut self, item: Item, blobs: Vec<Digest>, chains: Vec<Digest>) {
+        for d in &blobs {
+            self.held_blobs.entry(d.clone()).or_default();
+        }
+        for c in &chains {
+            self.held_chains.entry(c.clone()).or_default();
+        }
+        self.inv.items.push(item);
+        self.item_holds.push((blobs, chains));
+    }
+
+    /// Blobs, layers and chain ids an image (manifest or index) names.
+    fn walk(&mut self, root: &Descriptor) -> (Vec<Digest>, Vec<Digest>) {
+        let (mut blobs, mut chains) = (Vec::new(), Vec::new());
+        let mut queue = vec![root.clone()];
+        let mut seen = BTreeSet::new();
+        while let Some(desc) = queue.pop() {
+            if !seen.insert(desc.digest.clone()) {
+                continue;
+            }
+            blobs.push(desc.digest.clone());
+            // What is not a manifest kiln understands is kept as it is.
+            match self.store.read_manifest(&desc) {
+                Ok(ManifestKind::Index(index)) => queue.extend(index.manifests),
+                Ok(ManifestKind::Image(manifest)) => {
+                    blobs.push(manifest.config.digest.clone());
+                    for layer in &manifest.layers {
+                        blobs.push(layer.digest.clone());
+                        self.layers.insert(layer.digest.clone());
+                    }
+                    if let Ok(config) = self.store.read_config(&manifest.config) {
+                        chains.extend(chain_ids(&config.rootfs.diff_ids));
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        (blobs, chains)
+    }
+
+    /// Tagged images pin what they name; each dangling one is an item.
+    fn index(&mut self) -> Result<()> {
+        let index = self.store.read_index()?;
+        let (tagged, dangling): (Vec<_>, Vec<_>) = index
+            .manifests
+            .into_iter()
+            .partition(|d| d.annotations.contains_key(ANNOTATION_REF_NAME));
+        for desc in &tagged {
+            let (blobs, chains) = self.walk(desc);
+            for d in blobs {
+                self.held_blobs.entry(d).or_default().pinned = true;
+            }
+            for c in chains {
+                self.held_chains.entry(c).or_default().pinned = true;
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for desc in dangling {
+            if !seen.insert(desc.digest.clone()) {
+                continue;
+            }
+            let (blobs, chains) = self.walk(&desc);
+            let item = Item {
+                kind: Kind::Dangling,
+                garbage: false,
+                last_used: mtime(&self.store.blob_path(&desc.digest)),
+                pieces: Vec::new(),
+                holds: Vec::new(),
+                image: Some(desc),
+            };
+            self.push(item, blobs, chains);
+        }
+        Ok(())
+    }
+
+    /// Build cache records: one item each.
+    fn records(&mut self) -> Result<()> {
+        let dir = self.store.cache_dir();
+        self.add(Area::BuildCache, blocks(&dir));
+        for path in self.store.list_dir(&dir)? {
+            let name = name_of(&path);
+            if !name.ends_with(".json") || name.starts_with('.') {
+                // The build contexts' stat caches; temp files: `other`.
+                if !name.starts_with('.') {
+                    let bytes = du(&path)?;
+                    self.add(Area::BuildCache, bytes);
+                }
+                continue;
+            }
+            let bytes = blocks(&path);
+            self.add(Area::BuildCache, bytes);
+            let record: Option<CacheRecord> = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let (blobs, chains) = match record {
+                Some(r) => {
+                    self.layers.extend(r.blobs.iter().cloned());
+                    (r.blobs, r.chain_id.into_iter().collect())
+                }
+                None => (Vec::new(), Vec::new()),
+            };
+            let item = Item {
+                kind: Kind::Cache,
+                garbage: false,
+                last_used: mtime(&path),
+                pieces: vec![Piece {
+                    path,
+                    bytes,
+                    area: Area::BuildCache,
+                    what: What::CacheRecord,
+                }],
+                holds: Vec::new(),
+                image: None,
+            };
+            self.push(item, blobs, chains);
+        }
+        Ok(())
+    }
+
+    fn resource(&mut self, piece: Piece, pinned: bool) -> usize {
+        self.inv.resources.push(Resource { piece, pinned });
+        self.inv.resources.len() - 1
+    }
+
+    /// Every blob: a resource when something holds it, else loose.
+    fn blobs(&mut self) -> Result<()> {
+        let dir = self.store.blobs_dir();
+        let parent = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        self.add(Area::Images, blocks(&parent) + blocks(&dir));
+        for path in self.store.list_dir(&dir)? {
+            let digest = Digest::parse(&format!("sha256:{}", name_of(&path))).ok();
+            let bytes = blocks(&path);
+            let area = match &digest {
+                Some(d) if self.layers.contains(d) => Area::Layers,
+                Some(d) if self.held_blobs.contains_key(d) => Area::Images,
+                _ if is_json(&path) => Area::Images,
+                _ => Area::Layers,
+            };
+            self.add(area, bytes);
+            let piece = Piece {
+                path,
+                bytes,
+                area,
+                what: What::Blob(digest.clone()),
+            };
+            let Some(digest) = digest else {
+                self.garbage(Kind::Unreferenced, piece);
+                continue;
+            };
+            match self.held_blobs.get(&digest).copied() {
+                Some(held) => {
+                    let r = self.resource(piece, held.pinned);
+                    if let Some(h) = self.held_blobs.get_mut(&digest) {
+                        h.resource = Some(r);
+                    }
+                }
+                None => {
+                    self.loose_blobs.insert(digest, piece);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn garbage(&mut self, kind: Kind, piece: Piece) {
+        self.push(
+            Item {
+                kind,
+                garbage: true,
+                last_used: SystemTime::UNIX_EPOCH,
+                pieces: vec![piece],
+                holds: Vec::new(),
+                image: None,
+            },
+            Vec::new(),
+            Vec::new(),
+        );
+    }
+
+    /// Compressed forms of layers (`variants/<alg>/<plain hex>` naming a
+    /// blob nothing else holds): an item each, with the record. Records
+    /// whose blob is gone are garbage. The other loose blobs too.
+    fn variants(&mut self) -> Result<()> {
+        for dir in self.store.list_dir(&self.store.variants_dir())? {
+            for path in self.store.list_dir(&dir)? {
+                let bytes = blocks(&path);
+                let record = Piece {
+                    path: path.clone(),
+                    bytes,
+                    area: Area::Other,
+                    what: What::VariantRecord,
+                };
+                let named = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| Digest::parse(t.split_whitespace().next()?).ok());
+                let present = named.as_ref().is_some_and(|d| self.store.has_blob(d));
+                if !present {
+                    self.garbage(Kind::Unreferenced, record);
+                    continue;
+                }
+                let blob = named.and_then(|d| self.loose_blobs.remove(&d));
+                if let Some(blob) = blob {
+                    let item = Item {
+                        kind: Kind::Unreferenced,
+                        garbage: false,
+                        last_used: mtime(&path),
+                        pieces: vec![blob, record],
+                        holds: Vec::new(),
+                        image: None,
+                    };
+                    self.push(item, Vec::new(), Vec::new());
+                }
+            }
+        }
+        for (_, piece) in std::mem::take(&mut self.loose_blobs) {
+            self.garbage(Kind::Unreferenced, piece);
+        }
+        Ok(())
+    }
+
+    /// Snapshots: a resource when something holds their chain id, else
+    /// garbage; unfinished ones of dead processes are garbage too.
+    fn snapshots(&mut self) -> Result<()> {
+        let dir = self.store.snapshots_dir();
+        self.add(Area::Snapshots, blocks(&dir));
+        for path in self.store.list_dir(&dir)? {
+            let name = name_of(&path);
+            if name.starts_with('.') {
+                let bytes = du(&path)?;
+                self.add(Area::Snapshots, bytes);
+                let leftover =
+                    !live_other(&name) && (self.exclusive || Owner::of_name(&name).is_some());
+                if name.starts_with(".tmp-") && leftover {
+                    let piece = Piece {
+                        path,
+                        bytes,
+                        area: Area::Snapshots,
+                        what: What::Snapshot(name),
+                    };
+                    self.garbage(Kind::Scratch, piece);
+                }
+                continue;
+            }
+            let bytes = self.sizes.measure(&key_of(self.store, &path), &path)?;
+            self.add(Area::Snapshots, bytes);
+            let piece = Piece {
+                path,
+                bytes,
+                area: Area::Snapshots,
+                what: What::Snapshot(name.clone()),
+            };
+            let chain = Digest::parse(&format!("sha256:{name}")).ok();
+            match chain.and_then(|c| self.held_chains.get(&c).copied().map(|h| (c, h))) {
+                Some((chain, held)) => {
+                    let r = self.resource(piece, held.pinned);
+                    if let Some(h) = self.held_chains.get_mut(&chain) {
+                        h.resource = Some(r);
+                    }
+                }
+                None => self.garbage(Kind::Unreferenced, piece),
+            }
+        }
+        Ok(())
+    }
+
+    /// Cache mounts: an item each; one a dead build was seeding is garbage.
+    fn cache_mounts(&mut self) -> Result<()> {
+        let dir = self.store.cache_mounts_dir();
+        self.add(Area::CacheMounts, blocks(&dir));
+        for path in self.store.list_dir(&dir)? {
+            let name = name_of(&path);
+            let bytes = du(&path)?;
+            self.add(Area::CacheMounts, bytes);
+            if live_other(&name) {
+                continue;
+            }
+            let piece = Piece {
+                path: path.clone(),
+                bytes,
+                area: Area::CacheMounts,
+                what: What::CacheMount,
+            };
+            if name.starts_with("seeding-") {
+                self.garbage(Kind::Scratch, piece);
+                continue;
+            }
+            let item = Item {
+                kind: Kind::CacheMount,
+                garbage: false,
+                last_used: mtime(&path),
+                pieces: vec![piece],
+                holds: Vec::new(),
+                image: None,
+            };
+            self.push(item, Vec::new(), Vec::new());
+        }
+        Ok(())
+    }
+
+    /// `builds/`, `containers/` and `trash/`.
+    fn scratch(&mut self) -> Result<()> {
+        for dir in [
+            self.store.builds_dir(),
+            self.store.containers_dir(),
+            self.store.trash_dir(),
+        ] {
+            self.add(Area::Scratch, blocks(&dir));
+            let in_trash = dir == self.store.trash_dir();
+            for path in self.store.list_dir(&dir)? {
+                self.scratch_entry(path, in_trash)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn scratch_entry(&mut self, path: PathBuf, in_trash: bool) -> Result<()> {
+        let name = name_of(&path);
+        if let Some(parked) = parked_time(&name).filter(|_| !in_trash) {
+            // A duplicate upper dir parked by a --no-cache rerun (see the
+            // builder's `discard_step_dir`): kept while the limits allow.
+            let bytes = self.sizes.measure(&key_of(self.store, &path), &path)?;
+            self.add(Area::Scratch, bytes);
+            let item = Item {
+                kind: Kind::Scratch,
+                garbage: false,
+                last_used: parked,
+                pieces: vec![Piece {
+                    path,
+                    bytes,
+                    area: Area::Scratch,
+                    what: What::BuildDir,
+                }],
+                holds: Vec::new(),
+                image: None,
+            };
+            self.push(item, Vec::new(), Vec::new());
+            return Ok(());
+        }
+        let bytes = du(&path)?;
+        self.add(Area::Scratch, bytes);
+        // A live process's scratch is its own; without the exclusive lock,
+        // so is anything whose name says no owner (a container's state, an
+        // older kiln's work dir): it may be in use.
+        let owned = Owner::of_name(&name).is_some();
+        if live_other(&name) || !(self.exclusive || owned || in_trash) {
+            return Ok(());
+        }
+        let what = if in_trash {
+            What::Trash
+        } else {
+            What::BuildDir
+        };
+        let piece = Piece {
+            path,
+            bytes,
+            area: Area::Scratch,
+            what,
+        };
+        self.garbage(Kind::Scratch, piece);
+        Ok(())
+    }
+
+    /// `ingest/`: resumable downloads are kept while the limits allow;
+    /// other partial writes of dead processes are garbage.
+    fn ingest(&mut self) -> Result<()> {
+        let dir = self.store.ingest_dir();
+        self.add(Area::Ingest, blocks(&dir));
+        for path in self.store.list_dir(&dir)? {
+            let name = name_of(&path);
+            let bytes = du(&path)?;
+            self.add(Area::Ingest, bytes);
+            if live_other(&name) {
+                continue;
+            }
+            let piece = Piece {
+                path: path.clone(),
+                bytes,
+                area: Area::Ingest,
+                what: What::PartialWrite,
+            };
+            if name.ends_with(".partial") {
+                let item = Item {
+                    kind: Kind::Scratch,
+                    garbage: false,
+                    last_used: mtime(&path),
+                    pieces: vec![piece],
+                    holds: Vec::new(),
+                    image: None,
+                };
+                self.push(item, Vec::new(), Vec::new());
+            } else if self.exclusive || Owner::of_name(&name).is_some() {
+                self.garbage(Kind::Scratch, piece);
+            }
+        }
+        Ok(())
+    }
+
+    /// The root's other entries (`other`), and temp files of interrupted
+    /// atomic writes there and in `cache/` (garbage once their writer is
+    /// gone).
+    fn other(&mut self) -> Result<()> {
+        let root = self.store.root().to_path_buf();
+        self.add(Area::Other, blocks(&root));
+        let areas = [
+            self.store.blobs_dir().parent().map(Path::to_path_buf),
+            Some(self.store.snapshots_dir()),
+            Some(self.store.cache_dir()),
+            Some(self.store.cache_mounts_dir()),
+            Some(self.store.builds_dir()),
+            Some(self.store.containers_dir()),
+            Some(self.store.trash_dir()),
+            Some(self.store.ingest_dir()),
+        ];
+        for path in self.store.list_dir(&root)? {
+            if areas.iter().any(|a| a.as_deref() == Some(path.as_path())) {
+                continue;
+            }
+            self.add(Area::Other, du(&path)?);
+        }
+        for (dir, area) in [
+            (root, Area::Other),
+            (self.store.cache_dir(), Area::BuildCache),
+        ] {
+            for path in self.store.list_dir(&dir)? {
+                let name = name_of(&path);
+                if !(name.starts_with('.') && name.contains(".tmp-")) {
+                    continue;
+                }
+                let bytes = du(&path)?;
+                if area == Area::BuildCache {
+                    self.add(area, bytes);
+                }
+                if !live_other(&name) {
+                    let what = What::PartialWrite;
+                    self.garbage(
+                        Kind::Scratch,
+                        Piece {
+                            path,
+                            bytes,
+                            area,
+                            what,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves what each item holds to the resources found on disk.
+    fn finish(mut self) -> Inventory {
+        for (item, (blobs, chains)) in self.inv.items.iter_mut().zip(&self.item_holds) {
+            let mut holds: Vec<usize> = blobs
+                .iter()
+                .filter_map(|d| self.held_blobs.get(d).and_then(|h| h.resource))
+                .chain(
+                    chains
+                        .iter()
+                        .filter_map(|c| self.held_chains.get(c).and_then(|h| h.resource)),
+                )
+                .collect();
+            holds.sort_unstable();
+            holds.dedup();
+            item.holds = holds;
+        }
+        self.inv
+    }
+}
+
+/// The time in a parked upper dir's name, `trash-<secs>-<bytes>-…` (see
+/// the builder's `discard_step_dir`).
+fn parked_time(name: &str) -> Option<SystemTime> {
+    let secs: u64 = name
+        .strip_prefix("trash-")?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()?;
+    Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}

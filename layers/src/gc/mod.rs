@@ -1,0 +1,349 @@
+//! Garbage collection of the store: what `kiln prune` removes, what the
+//! automatic collection after a build removes, and what `kiln system df`
+//! reports, all from one inventory (`inventory`) and one choice
+//! (`select`) under a [`Policy`] in BuildKit's vocabulary.
+//!
+//! A collection runs in three phases:
+//!
+//! 1. Without a lock, sizes of new immutable trees (snapshots, parked
+//!    upper dirs) are measured into the size cache, so that phase 2 is
+//!    short; then the collection waits for the builds, pulls and runs that
+//!    hold a [`crate::Lease`].
+//! 2. Under `gc.lock` held exclusively (no lease is held: nothing in
+//!    flight uses anything), the store is scanned, the policy chooses, the
+//!    chosen dangling images leave `index.json` and every chosen file and
+//!    directory is renamed into `trash/`: renames only, so a build that
+//!    starts now waits milliseconds for its lease, not for deletions.
+//! 3. The lock released, the trash entries are deleted and measured.
+//!
+//! A kill at any point leaves only trash, named after the dead collector,
+//! which the next collection deletes. Two collections never remove the
+//! same thing: phase 2 is exclusive, and the trash entries of a live
+//! process are its own to delete. The automatic collections of one store
+//! take turns ([`Store::gc_turn`]): one runs, at most one more waits, any
+//! other leaves the work to the waiting one.
+
+mod inventory;
+mod policy;
+mod select;
+mod usage;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+pub use inventory::Area;
+pub use policy::{
+    parse_duration, parse_size, Disk, GcConfig, Kind, Policy, Space, DEFAULT_KEEP_STORAGE,
+    DEFAULT_MIN_FREE_SPACE,
+};
+
+use crate::cleanup::{remove_tree, Meter};
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::oci::ANNOTATION_REF_NAME;
+use crate::store::{fsync_dir, lock, try_lock, PruneReport, Store};
+use inventory::{scan, Inventory, What};
+use select::{select, Selection};
+use usage::SizeCache;
+
+/// How a collection waits for the builds, pulls and runs in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockWait {
+    /// As long as they take.
+    Block,
+    /// At most this long; then the collection does nothing.
+    Poll(Duration),
+}
+
+/// How to collect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CollectOptions {
+    /// Only say what would be removed. Takes no lock but an exclusive one
+    /// that is free at once (then the figures are exact).
+    pub dry_run: bool,
+    pub wait: LockWait,
+}
+
+/// One area of the store in `kiln system df`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AreaUsage {
+    /// What `du` counts there.
+    pub bytes: u64,
+    /// What `kiln prune --all` would remove there now.
+    pub reclaimable: u64,
+}
+
+/// What the store holds (`kiln system df`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub areas: BTreeMap<Area, AreaUsage>,
+    /// The bytes keep-storage limits: everything but what tagged images
+    /// keep and what running processes use.
+    pub collectable: u64,
+    pub disk: Disk,
+}
+
+/// The automatic collection's turn (see the module docs); released on drop.
+#[derive(Debug)]
+pub struct GcTurn {
+    _run: File,
+}
+
+impl Store {
+    /// The automatic collection's policy file (`<root>/gc.toml`), or the
+    /// defaults when there is none.
+    pub fn gc_config(&self) -> Result<GcConfig> {
+        GcConfig::load(&self.gc_config_path())
+    }
+
+    /// Waits for the running automatic collection to finish, unless another
+    /// one already waits (`None`: that one will see what this one would).
+    pub fn gc_turn(&self) -> Result<Option<GcTurn>> {
+        let Some(queued) = try_lock(&self.gc_queue_lock_path())? else {
+            return Ok(None);
+        };
+        let run = lock(&self.gc_run_lock_path(), true)?;
+        drop(queued);
+        Ok(Some(GcTurn { _run: run }))
+    }
+
+    /// What each area of the store holds and what `kiln prune --all` would
+    /// remove there.
+    pub fn usage(&self) -> Result<Usage> {
+        let mut sizes = SizeCache::load(self);
+        let inv = self.scan_now(&mut sizes)?;
+        let sel = select(
+            &inv,
+            &Policy::all_of(Kind::ALL),
+            SystemTime::now(),
+            Disk::default(),
+        );
+        let mut areas: BTreeMap<Area, AreaUsage> = Area::ALL
+            .iter()
+            .map(|a| {
+                let bytes = inv.areas.get(a).copied().unwrap_or(0);
+                (
+                    *a,
+                    AreaUsage {
+                        bytes,
+                        reclaimable: 0,
+                    },
+                )
+            })
+            .collect();
+        for piece in chosen_pieces(&inv, &sel) {
+            if let Some(a) = areas.get_mut(&piece.area) {
+                a.reclaimable += piece.bytes;
+            }
+        }
+        Ok(Usage {
+            areas,
+            collectable: sel.usage_before,
+            disk: Disk::of(self.root())?,
+        })
+    }
+
+    /// Scans with the exclusive lock when it is free at once (exact
+    /// figures), else without.
+    fn scan_now(&self, sizes: &mut SizeCache) -> Result<Inventory> {
+        let gc = try_lock(&self.gc_lock_path())?;
+        scan(self, sizes, gc.is_some())
+    }
+
+    /// Removes what `policy` chooses (see the module docs) and reports what
+    /// each kind freed, as `du` counts it; with `dry_run`, removes nothing
+    /// and reports what it would free. `None`: the wait ran out.
+    pub fn collect(
+        &self,
+        policy: &Policy,
+        options: &CollectOptions,
+    ) -> Result<Option<PruneReport>> {
+        let mut sizes = SizeCache::load(self);
+        if options.dry_run {
+            let inv = self.scan_now(&mut sizes)?;
+            let disk = Disk::of(self.root())?;
+            let sel = select(&inv, policy, SystemTime::now(), disk);
+            return Ok(Some(predicted(&inv, &sel, disk)));
+        }
+        // Phase 1, without the lock: new immutable trees are measured now
+        // (a 20,000-file snapshot takes a while), not while a build that
+        // starts waits for its lease.
+        scan(self, &mut sizes, false)?;
+        let Some(gc) = self.wait_for_gc_lock(options.wait)? else {
+            return Ok(None);
+        };
+        let locked = Instant::now();
+        let inv = scan(self, &mut sizes, true)?;
+        let disk = Disk::of(self.root())?;
+        let sel = select(&inv, policy, SystemTime::now(), disk);
+        let mut report = predicted(&inv, &sel, disk);
+        let trashed = self.move_chosen_to_trash(&inv, &sel)?;
+        drop(gc);
+        report.exclusive = locked.elapsed();
+        report.clear_removed();
+        let mut meter = Meter::default();
+        for (path, what) in trashed {
+            let bytes = remove_tree(&path, &mut meter)?;
+            report.count(&what, bytes);
+        }
+        if let Err(e) = sizes.save(self) {
+            tracing::warn!("{e}");
+        }
+        Ok(Some(report))
+    }
+
+    fn wait_for_gc_lock(&self, wait: LockWait) -> Result<Option<File>> {
+        let path = self.gc_lock_path();
+        match wait {
+            LockWait::Block => lock(&path, true).map(Some),
+            LockWait::Poll(limit) => {
+                let deadline = Instant::now() + limit;
+                loop {
+                    if let Some(gc) = try_lock(&path)? {
+                        return Ok(Some(gc));
+                    }
+                    if Instant::now() >= deadline {
+                        return Ok(None);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// Phase 2: the chosen dangling images leave `index.json`, then every
+    /// chosen file and directory is renamed into the trash (what is there
+    /// already stays). Returns what to delete.
+    fn move_chosen_to_trash(
+        &self,
+        inv: &Inventory,
+        sel: &Selection,
+    ) -> Result<Vec<(PathBuf, What)>> {
+        let images: Vec<Digest> = sel
+            .items
+            .iter()
+            .filter_map(|&i| inv.items[i].image.as_ref().map(|d| d.digest.clone()))
+            .collect();
+        if !images.is_empty() {
+            self.update_index(|index| {
+                index.manifests.retain(|d| {
+                    d.annotations.contains_key(ANNOTATION_REF_NAME) || !images.contains(&d.digest)
+                })
+            })?;
+        }
+        let mut trashed = Vec::new();
+        for piece in chosen_pieces(inv, sel) {
+            if piece.what == What::Trash {
+                trashed.push((piece.path.clone(), piece.what.clone()));
+            } else if let Some(to) = self.move_to_trash(&piece.path, piece.what.trash_name())? {
+                trashed.push((to, piece.what.clone()));
+            }
+        }
+        fsync_dir(&self.blobs_dir())?;
+        fsync_dir(&self.snapshots_dir())?;
+        Ok(trashed)
+    }
+}
+
+/// The files and directories of the chosen items and the blobs and
+/// snapshots they freed.
+fn chosen_pieces<'a>(
+    inv: &'a Inventory,
+    sel: &'a Selection,
+) -> impl Iterator<Item = &'a inventory::Piece> {
+    sel.items
+        .iter()
+        .flat_map(|&i| inv.items[i].pieces.iter())
+        .chain(sel.freed.iter().map(|&r| &inv.resources[r].piece))
+}
+
+/// The report a selection predicts (sizes as scanned).
+fn predicted(inv: &Inventory, sel: &Selection, disk: Disk) -> PruneReport {
+    let mut report = PruneReport {
+        usage_before: sel.usage_before,
+        usage_after: sel.usage_after,
+        keep: sel.keep,
+        free_before: disk.free,
+        ..PruneReport::default()
+    };
+    for &i in &sel.items {
+        if let Some(image) = &inv.items[i].image {
+            report.images.push(image.digest.clone());
+        }
+    }
+    for piece in chosen_pieces(inv, sel) {
+        report.count(&piece.what, piece.bytes);
+    }
+    report
+}
+
+impl What {
+    /// How a trash entry of this piece is named (`<name>-<owner>-…`).
+    fn trash_name(&self) -> &'static str {
+        match self {
+            What::Blob(_) => "blob",
+            What::Snapshot(_) => "snapshot",
+            What::PartialWrite => "ingest",
+            What::CacheRecord => "cache",
+            What::BuildDir => "build",
+            What::CacheMount => "cache-mount",
+            What::Trash => "trash",
+            What::VariantRecord => "variant",
+        }
+    }
+}
+
+impl PruneReport {
+    /// Forgets what was counted of removals (keeps the usage figures).
+    fn clear_removed(&mut self) {
+        *self = PruneReport {
+            images: std::mem::take(&mut self.images),
+            usage_before: self.usage_before,
+            usage_after: self.usage_after,
+            keep: self.keep,
+            free_before: self.free_before,
+            exclusive: self.exclusive,
+            ..PruneReport::default()
+        };
+    }
+
+    /// Counts one removed piece.
+    fn count(&mut self, what: &What, bytes: u64) {
+        match what {
+            What::Blob(digest) => {
+                self.blob_bytes += bytes;
+                self.blobs.extend(digest.clone());
+            }
+            What::Snapshot(name) => {
+                self.snapshot_bytes += bytes;
+                self.snapshots.push(name.clone());
+            }
+            What::PartialWrite => {
+                self.ingest_files += 1;
+                self.ingest_bytes += bytes;
+            }
+            What::CacheRecord => {
+                self.cache_records += 1;
+                self.cache_record_bytes += bytes;
+            }
+            What::BuildDir => {
+                self.build_dirs += 1;
+                self.build_bytes += bytes;
+            }
+            What::CacheMount => {
+                self.cache_mounts += 1;
+                self.cache_mount_bytes += bytes;
+            }
+            What::Trash => {
+                self.trash_entries += 1;
+                self.trash_bytes += bytes;
+            }
+            What::VariantRecord => {
+                self.variants += 1;
+                self.variant_bytes += bytes;
+            }
+        }
+    }
+}

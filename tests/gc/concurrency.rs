@@ -1,0 +1,240 @@
+//! The collection off the build's path: a build returns while its
+//! collection has not run yet; builds running during a collection keep
+//! what they use and succeed with correct images.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{dead_owner, fill, text, Fixture};
+
+/// An exclusive `flock` on `path`, held by this test until dropped.
+struct Held {
+    _file: std::fs::File,
+}
+
+fn open_lock(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+impl Held {
+    fn new(path: &Path) -> Held {
+        let file = open_lock(path);
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).expect("flock");
+        Held { _file: file }
+    }
+}
+
+/// Whether someone holds a `flock` on `path`.
+fn held(path: &Path) -> bool {
+    let file = open_lock(path);
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err()
+}
+
+/// Waits (up to 60 s) until `what` holds.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until no automatic collection is queued or running.
+fn wait_for_collections(root: &Path) {
+    wait_until("the queued collection started", || {
+        !held(&root.join("gc-queue.lock"))
+    });
+    drop(Held::new(&root.join("gc-run.lock")));
+}
+
+#[test]
+fn a_build_returns_while_its_detached_collection_waits_then_runs() {
+    crate::require_root!();
+    let fixture = Fixture::new();
+    let root = fixture.root();
+    let ctx = fixture.context(
+        "ctx",
+        &[("Dockerfile", "FROM busybox\nRUN echo hi > /hi\n")],
+    );
+    let dead = root.join(format!("trash/build-{}-1-2", dead_owner()));
+    fill(&dead, 10, 1000);
+    // A collection is running (this test holds its lock).
+    let running = Held::new(&root.join("gc-run.lock"));
+    let out = fixture
+        .kiln(&["build", "-t", "hi:1", ctx.to_str().expect("utf-8")])
+        .env("KILN_GC", "detached")
+        .output()
+        .expect("run kiln build");
+    assert!(out.status.success(), "{}", text(&out));
+    // The build has returned; its collection is queued behind the running
+    // one, and has removed nothing yet.
+    wait_until("the build's collection queued", || {
+        held(&root.join("gc-queue.lock"))
+    });
+    assert!(dead.exists());
+    drop(running);
+    wait_for_collections(&root);
+    assert!(!dead.exists(), "collected once its turn came");
+    // With no stderr, it says what it did in gc.log, which df shows.
+    let log = std::fs::read_to_string(root.join("gc.log")).expect("gc.log");
+    assert!(
+        log.contains("automatic collection (pid ") && log.contains(": collected "),
+        "{log}"
+    );
+    // And how long it held the store exclusively (what a build waited).
+    let held = log
+        .trim_end()
+        .strip_suffix(" ms")
+        .and_then(|l| l.rsplit_once("held the store "))
+        .and_then(|(_, ms)| ms.parse::<u64>().ok());
+    assert!(held.is_some(), "{log}");
+    let out = fixture.ok(&["system", "df"]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(&format!("Last automatic collection: {}", log.trim_end())),
+        "{shown}"
+    );
+}
+
+/// A Dockerfile whose first RUN (cached from `base`) is the lower of a RUN
+/// that signals `/sync/started-NAME`, waits for `/sync/go-NAME`, then
+/// copies what the first wrote.
+fn waiting(name: &str) -> String {
+    format!(
+        "FROM busybox\nRUN head -c 300000 /dev/urandom > /r && echo x > /x\n\
+         RUN --mount=type=cache,id=sync,target=/sync touch /sync/started-{name} && \
+         i=0; while [ ! -e /sync/go-{name} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; \
+         cat /x > /y && md5sum /r > /r.md5\n"
+    )
+}
+
+fn sync_dir(root: &Path) -> PathBuf {
+    root.join("cache-mounts")
+        .join(kiln_layers::Digest::of(b"sync").hex())
+}
+
+fn spawn_build(fixture: &Fixture, tag: &str, ctx: &Path) -> Child {
+    fixture
+        .kiln(&["build", "-t", tag, ctx.to_str().expect("utf-8")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kiln build")
+}
+
+/// Checks the image `tag` made by [`waiting`]: `/y` is what the first RUN
+/// wrote, `/r` what it hashed.
+fn check_image(fixture: &Fixture, tag: &str) {
+    let out = fixture.ok(&["run", tag, "sh", "-c", "cat /y && md5sum -c /r.md5"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "x\n/r: OK\n");
+}
+
+#[test]
+fn a_collection_waits_for_a_running_build_that_uses_what_it_would_remove() {
+    crate::require_root!();
+    let fixture = Fixture::new();
+    let root = fixture.root();
+    // The first RUN's record, and nothing tags its layer.
+    let base = fixture.context(
+        "base",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN head -c 300000 /dev/urandom > /r && echo x > /x\n",
+        )],
+    );
+    fixture.build(&base, &["-t", "base:1"]);
+    fixture.ok(&["rmi", "base:1"]);
+    let chains: Vec<PathBuf> = std::fs::read_dir(root.join("snapshots"))
+        .expect("snapshots")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    // A build that reuses that record and waits in its second RUN.
+    let ctx = fixture.context("ctx", &[("Dockerfile", &waiting("a"))]);
+    let build = spawn_build(&fixture, "a:1", &ctx);
+    wait_until("the build's RUN started", || {
+        sync_dir(&root).join("started-a").exists()
+    });
+    // A collection that keeps nothing: it waits for the build.
+    fixture.policy("[gc]\nkeep-storage = \"1\"\nmin-free-space = \"0\"\n");
+    let collector = fixture
+        .kiln(&["__gc"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kiln __gc");
+    wait_until("the collection took its turn", || {
+        held(&root.join("gc-run.lock"))
+    });
+    assert!(
+        chains.iter().all(|c| c.exists()),
+        "nothing removed under the build"
+    );
+    std::fs::write(sync_dir(&root).join("go-a"), "").expect("go");
+    let out = build.wait_with_output().expect("wait for build");
+    assert!(out.status.success(), "{}", text(&out));
+    let out = collector.wait_with_output().expect("wait for collector");
+    assert!(out.status.success(), "{}", text(&out));
+    check_image(&fixture, "a:1");
+    // Then the collection did its work: the records are gone (the image
+    // keeps its own layers).
+    assert!(
+        crate::records(&root).is_empty(),
+        "{:?}",
+        crate::records(&root)
+    );
+}
+
+#[test]
+fn builds_started_during_a_collection_succeed_with_correct_images() {
+    crate::require_root!();
+    let fixture = Fixture::new();
+    let root = fixture.root();
+    let base = fixture.context(
+        "base",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN head -c 300000 /dev/urandom > /r && echo x > /x\n",
+        )],
+    );
+    fixture.build(&base, &["-t", "base:1"]);
+    fixture.ok(&["rmi", "base:1"]);
+    // Much to delete (a dead build's 20,000 files), and a policy that keeps
+    // no build cache: the collection removes the record the builds use.
+    let dead = root.join(format!("trash/build-{}-1-2", dead_owner()));
+    for d in 0..20 {
+        fill(&dead.join(format!("d{d}")), 1000, 10);
+    }
+    fixture.policy("[gc]\nkeep-storage = \"1\"\nmin-free-space = \"0\"\n");
+    let collector = fixture
+        .kiln(&["__gc"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kiln __gc");
+    wait_until("the collection took its turn", || {
+        held(&root.join("gc-run.lock"))
+    });
+    let mut builds = Vec::new();
+    for name in ["b", "c"] {
+        let ctx = fixture.context(name, &[("Dockerfile", &waiting(name))]);
+        std::fs::create_dir_all(sync_dir(&root)).expect("sync dir");
+        std::fs::write(sync_dir(&root).join(format!("go-{name}")), "").expect("go");
+        builds.push((name, spawn_build(&fixture, &format!("{name}:1"), &ctx)));
+    }
+    for (name, build) in builds {
+        let out = build.wait_with_output().expect("wait for build");
+        assert!(out.status.success(), "build {name}: {}", text(&out));
+        check_image(&fixture, &format!("{name}:1"));
+    }
+    let out = collector.wait_with_output().expect("wait for collector");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!dead.exists());
+}

@@ -1,0 +1,165 @@
+//! `kiln system df` against `du`, and `kiln prune --dry-run` against the
+//! prune that follows it.
+
+use std::path::{Path, PathBuf};
+
+use crate::{area, dead_owner, df, du, fill, Fixture};
+
+/// A store with something of every kind: tagged and untagged images, build
+/// cache, a cache mount, parked duplicate upper dirs (a --no-cache
+/// rebuild), a resumable download, a dead build's scratch, trash, a loose
+/// blob. Collections are off while it is made.
+fn every_kind() -> Fixture {
+    let fixture = Fixture::new();
+    let root = fixture.root();
+    fixture.policy("[gc]\nenabled = false\n");
+    let ctx = fixture.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nARG N\nRUN --mount=type=cache,id=pkgs,target=/cache \
+             head -c 200000 /dev/urandom > /cache/$N && mkdir /many && \
+             for i in 1 2 3 4 5 6 7 8 9; do echo $i > /many/$i; done && echo $N > /n\n",
+        )],
+    );
+    fixture.build(&ctx, &["-t", "tagged:1", "--build-arg", "N=1"]);
+    fixture.build(&ctx, &["--build-arg", "N=2"]);
+    fixture.build(&ctx, &["-t", "tagged:1", "--build-arg", "N=3"]);
+    fixture.build(
+        &ctx,
+        &["--no-cache", "-t", "tagged:1", "--build-arg", "N=3"],
+    );
+    let dead = dead_owner();
+    std::fs::write(root.join("ingest/abc.partial"), vec![1u8; 9000]).expect("partial");
+    std::fs::write(root.join(format!("ingest/def-{dead}-1-2")), vec![1u8; 7000]).expect("ingest");
+    fill(
+        &root.join(format!("builds/build-{dead}-1-2/step/upper")),
+        30,
+        5000,
+    );
+    fill(
+        &root.join(format!("trash/snapshot-{dead}-3-4/fs")),
+        10,
+        3000,
+    );
+    let loose = root
+        .join("blobs/sha256")
+        .join(kiln_layers::Digest::of(b"loose").hex());
+    std::fs::write(loose, b"loose").expect("loose blob");
+    fixture
+}
+
+/// The layer blobs: every blob that is not a JSON document (a manifest,
+/// index or config).
+fn layer_blobs(root: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(root.join("blobs/sha256"))
+        .expect("blobs")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| std::fs::read(p).expect("read blob").first() != Some(&b'{'))
+        .collect()
+}
+
+#[test]
+fn df_shows_what_du_measures_for_each_kind() {
+    crate::require_root!();
+    let fixture = every_kind();
+    let root = fixture.root();
+    let usage = df(&fixture);
+    let at = |dirs: &[&str]| du(&dirs.iter().map(|d| root.join(d)).collect::<Vec<_>>());
+    assert_eq!(
+        area(&usage, "layers", "Size"),
+        du(&layer_blobs(&root)),
+        "{usage}"
+    );
+    assert_eq!(
+        area(&usage, "images", "Size") + area(&usage, "layers", "Size"),
+        at(&["blobs"]),
+        "{usage}"
+    );
+    for (name, dirs) in [
+        ("snapshots", &["snapshots"][..]),
+        ("build cache", &["cache"][..]),
+        ("cache mounts", &["cache-mounts"][..]),
+        ("scratch/trash", &["builds", "trash", "containers"][..]),
+        ("ingest partials", &["ingest"][..]),
+    ] {
+        assert!(at(dirs) > 0, "{name}: nothing to measure");
+        assert_eq!(area(&usage, name, "Size"), at(dirs), "{name}: {usage}");
+    }
+    assert_eq!(
+        usage["Total"].as_u64(),
+        Some(du(std::slice::from_ref(&root))),
+        "{usage}"
+    );
+    // What is reclaimable there is what `prune --all` then frees.
+    let reclaimable = usage["Reclaimable"].as_u64().expect("reclaimable");
+    let out = fixture.ok(&["prune", "--all"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains(&format!("in the store {reclaimable} bytes)")),
+        "df said {reclaimable}:\n{report}"
+    );
+}
+
+/// Every file under `root` with its size: what a dry run must not change.
+fn listing(root: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("list").flatten() {
+            let meta = entry.metadata().expect("stat");
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+            out.push((entry.path(), meta.len()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Prune's report with the words that differ between a dry run and a
+/// prune made the same, and without what concerns the run scratch outside
+/// the store (shared with every other kiln on the machine): the total is
+/// reduced to the store's part.
+fn normalized(report: &[u8]) -> String {
+    String::from_utf8_lossy(report)
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("dead run dirs:"))
+        .map(|l| match l.split_once("in the store ") {
+            Some((_, store)) if l.contains("reclaim") => format!("store: {store}"),
+            _ => l.replace("would delete:", "deleted:"),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_dry_run_deletes_nothing_and_predicts_what_prune_frees() {
+    crate::require_root!();
+    let fixture = every_kind();
+    let root = fixture.root();
+    for flags in [
+        &[][..],
+        &["--filter", "type=cache-mount"][..],
+        &["--keep-storage", "300kB"][..],
+        &["--all"][..],
+    ] {
+        let before = listing(&root);
+        let mut args = vec!["prune", "--dry-run"];
+        args.extend_from_slice(flags);
+        let predicted = fixture.ok(&args);
+        assert_eq!(
+            listing(&root),
+            before,
+            "--dry-run {flags:?} changed the store"
+        );
+        let mut args = vec!["prune"];
+        args.extend_from_slice(flags);
+        let done = fixture.ok(&args);
+        let (predicted, done) = (normalized(&predicted.stdout), normalized(&done.stdout));
+        assert_eq!(predicted, done, "prune {flags:?}");
+        assert!(done.contains("store: "), "{done}");
+    }
+}

@@ -1,0 +1,210 @@
+//! The store's garbage collection end to end, as root (real builds):
+//! the automatic collection after a build under the policy of
+//! `<root>/gc.toml` (keep-storage least recently used first,
+//! keep-duration, types, enabled), its detaching and its locking against
+//! concurrent builds, min-free-space on a small filesystem made for the
+//! test, `kiln system df` against `du`, and `kiln prune`'s flags and dry
+//! run. Builds run their collection in the foreground (`KILN_GC`, set by
+//! `common::kiln_command`) unless a test says otherwise.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod concurrency;
+mod df;
+mod policy;
+mod prune;
+mod space;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{busybox_rootfs_tar, kiln_command, kiln_ok};
+
+macro_rules! require_root {
+    () => {
+        kiln_testsupport::require_root!("real namespaces and overlay mounts")
+    };
+}
+pub(crate) use require_root;
+
+/// A fresh store with `busybox:latest` imported, and scratch beside it.
+pub(crate) struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub(crate) fn new() -> Fixture {
+        Fixture::new_in(&std::env::temp_dir())
+    }
+
+    /// Like [`Fixture::new`], with the store and scratch under `parent`.
+    pub(crate) fn new_in(parent: &Path) -> Fixture {
+        let dir = tempfile::tempdir_in(parent).expect("tempdir");
+        let tar = dir.path().join("busybox.tar");
+        busybox_rootfs_tar(&tar).expect("busybox tar");
+        let fixture = Fixture { dir };
+        kiln_ok(
+            &fixture.root(),
+            &[
+                "import",
+                "--change",
+                "CMD [\"sh\"]",
+                tar.to_str().expect("utf-8 path"),
+                "busybox:latest",
+            ],
+        );
+        std::fs::remove_file(fixture.dir.path().join("busybox.tar")).expect("rm tar");
+        fixture
+    }
+
+    pub(crate) fn root(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// A build context holding `files` (`Dockerfile` among them).
+    pub(crate) fn context(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        for (path, content) in files {
+            let path = dir.join(path);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("create dir");
+            std::fs::write(path, content).expect("write context file");
+        }
+        dir
+    }
+
+    /// Writes the store's policy file.
+    pub(crate) fn policy(&self, text: &str) {
+        std::fs::write(self.root().join("gc.toml"), text).expect("write gc.toml");
+    }
+
+    /// `kiln --root ROOT ARGS…` (plain progress, foreground collection).
+    pub(crate) fn kiln(&self, args: &[&str]) -> Command {
+        let mut command = kiln_command();
+        command
+            .arg("--root")
+            .arg(self.root())
+            .args(args)
+            .env("KILN_PROGRESS", "plain");
+        command
+    }
+
+    /// Runs `kiln ARGS…`, which must succeed; returns stdout and stderr.
+    pub(crate) fn ok(&self, args: &[&str]) -> Output {
+        let out = self.kiln(args).output().expect("run kiln");
+        assert!(out.status.success(), "kiln {args:?}: {}", text(&out));
+        out
+    }
+
+    /// Builds `context` with `args`; returns the build's output.
+    pub(crate) fn build(&self, context: &Path, args: &[&str]) -> Output {
+        let mut all = vec!["build"];
+        all.extend_from_slice(args);
+        all.push(context.to_str().expect("utf-8 path"));
+        self.ok(&all)
+    }
+}
+
+/// stdout and stderr of `out`, for assertion messages.
+pub(crate) fn text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Whether the build's RUN step (the last one with `RUN` in its title)
+/// came from the cache, in plain progress.
+pub(crate) fn run_cached(out: &Output) -> bool {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let step = stderr
+        .lines()
+        .rfind(|l| l.starts_with('#') && l.contains("] RUN "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no RUN step in\n{stderr}"))
+        .to_string();
+    stderr.lines().any(|l| l == format!("{step} CACHED"))
+}
+
+/// `du -s -c -B1` of the paths that exist among `paths`, together.
+pub(crate) fn du(paths: &[PathBuf]) -> u64 {
+    let present: Vec<&PathBuf> = paths.iter().filter(|p| p.exists()).collect();
+    if present.is_empty() {
+        return 0;
+    }
+    let out = Command::new("du")
+        .args(["-s", "-c", "-B1"])
+        .args(&present)
+        .output()
+        .expect("run du");
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    stdout
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("du said {stdout}"))
+}
+
+/// `kiln system df --format json`.
+pub(crate) fn df(fixture: &Fixture) -> serde_json::Value {
+    let out = fixture.ok(&["system", "df", "--format", "json"]);
+    serde_json::from_slice(&out.stdout).expect("df json")
+}
+
+/// The size of `area` in `df`'s JSON.
+pub(crate) fn area(df: &serde_json::Value, name: &str, field: &str) -> u64 {
+    df["Areas"]
+        .as_array()
+        .expect("areas")
+        .iter()
+        .find(|a| a["Type"] == name)
+        .and_then(|a| a[field].as_u64())
+        .unwrap_or_else(|| panic!("no {name} in {df}"))
+}
+
+/// An owner token, `<pid>.<start>`, of a process that has exited.
+pub(crate) fn dead_owner() -> String {
+    let mut child = Command::new("true").spawn().expect("spawn true");
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).expect("stat");
+    child.wait().expect("wait");
+    let start = stat[stat.rfind(')').expect("stat") + 1..]
+        .split_whitespace()
+        .nth(19)
+        .expect("start time")
+        .to_string();
+    format!("{}.{start}", child.id())
+}
+
+/// `count` files of `size` bytes in `dir`.
+pub(crate) fn fill(dir: &Path, count: usize, size: usize) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    for i in 0..count {
+        std::fs::write(dir.join(format!("f{i}")), vec![b'x'; size]).expect("write");
+    }
+}
+
+/// Sets `path`'s mtime `secs` seconds into the past.
+pub(crate) fn age(path: &Path, secs: u64) {
+    let when = std::time::SystemTime::now() - std::time::Duration::from_secs(secs);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(when))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// The cache record files of the store.
+pub(crate) fn records(root: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(root.join("cache"))
+        .expect("cache dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    out.sort();
+    out
+}

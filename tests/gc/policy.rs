@@ -1,0 +1,208 @@
+//! The automatic collection after a build, under each key of `gc.toml`.
+
+use std::path::PathBuf;
+
+use crate::{age, dead_owner, df, fill, records, run_cached, text, Fixture};
+
+const SERIES: &str =
+    "FROM busybox\nARG N\nRUN head -c 1000000 /dev/urandom > /data && echo $N > /n\n";
+
+/// Builds the series image for `n`, tagged `series:latest` (the tag moves:
+/// the previous image's layer is then kept by its cache record alone).
+fn series(fixture: &Fixture, ctx: &std::path::Path, n: u32) -> std::process::Output {
+    fixture.build(
+        ctx,
+        &["-t", "series:latest", "--build-arg", &format!("N={n}")],
+    )
+}
+
+#[test]
+fn keep_storage_holds_the_store_under_it_least_recently_used_first() {
+    crate::require_root!();
+    let fixture = Fixture::new();
+    let limit: u64 = 5 << 20;
+    fixture.policy("[gc]\nkeep-storage = \"5MB\"\n");
+    let ctx = fixture.context("ctx", &[("Dockerfile", SERIES)]);
+    fixture.build(&ctx, &["-t", "keep:1", "--build-arg", "N=0"]);
+    // Each build's layer is about 1 MB, stored twice (blob and snapshot).
+    for n in 1..=4 {
+        series(&fixture, &ctx, n);
+        let collectable = df(&fixture)["Collectable"].as_u64().expect("collectable");
+        assert!(collectable <= limit, "after build {n}: {collectable} bytes");
+    }
+    // Build 1's record was the least recently used: gone. Build 2's is
+    // used again now (a cache hit), so build 3's is the oldest when build
+    // 5 pushes the store over the limit.
+    assert!(run_cached(&series(&fixture, &ctx, 2)));
+    series(&fixture, &ctx, 5);
+    let collectable = df(&fixture)["Collectable"].as_u64().expect("collectable");
+    assert!(collectable <= limit, "after build 5: {collectable} bytes");
+    for (n, kept) in [(4, true), (2, true), (3, false), (1, false)] {
+        let out = series(&fixture, &ctx, n);
+        assert_eq!(run_cached(&out), kept, "build {n}: {}", text(&out));
+    }
+    // The tagged image is whole.
+    let out = fixture.ok(&["run", "keep:1", "cat", "/n"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n");
+}
+
+#[test]
+fn keep_duration_removes_what_was_not_used_for_longer() {
+    crate::require_root!();
+    let fixture = Fixture::new();
+    fixture.policy("[gc]\nkeep-storage = \"0\"\nmin-free-space = \"0\"\nkeep-duration = \"1h\"\n");
+    let ctx = fixture.context("ctx", &[("Dockerfile", SERIES)]);
+    let new_record = |n: u32| -> PathBuf {
+        let before = records(&fixture.root());
+        series(&fixture, &ctx, n);
+        let mut new: Vec<PathBuf> = records(&fixture.root())
+            .into_iter()
+            .filter(|r| !before.contains(r))
+            .collect();
+        assert_eq!(new.len(), 1, "{new:?}");
+        new.remove(0)
+    };
+    let old = new_record(1);
+    let recent = new_record(2);
+    age(&old, 2 * 3600);
+    series(&fixture, &ctx, 3);
+    assert!(!old.exists(), "unused for 2 h: collected");
+    assert!(
+        recent.exists(),
+        "used now: kept, though no size limit is near"
+    );
+    assert!(run_cached(&series(&fixture, &ctx, 2)));
+    assert!(!run_cached(&series(&fixture, &ctx, 1)));
+}
+
+#[test]
+fn types_choose_what_the_collection_takes() {
+    crate::require_root!();
+    let fixture = Fixture::new();
+    let root = fixture.root();
+    // Keep one byte, but of scratch only: the build cache stays.
+    fixture.policy("[gc]\nkeep-storage = \"1\"\ntypes = [\"scratch\"]\n");
+    let ctx = fixture.context("ctx", &[("Dockerfile", SERIES)]);
+    series(&fixture, &ctx, 1);
+    series(&fixture, &ctx, 2);
+    let dead = root.join(format!("trash/snapshot-{}-1-2", dead_owner()));
+    fill(&dead.join("fs"), 20, 3000);
+    let loose = root
+        .join("blobs/sha256")
+        .join(kiln_layers::Digest::of(b"loose").hex());
+    std::fs::write(&loose, b"loose").expect("loose blob");
+    series(&fixture, &ctx, 3);
+    assert!(!dead.exists(), "scratch and trash: collected");
+    assert!(loose.exists(), "unreferenced blobs are another type");
+    assert!(
+        run_cached(&series(&fixture, &ctx, 1)),
+        "the build cache stays"
+    );
+}
+
+#[test]
+fn a_disabled_collection_leaves_everything() {
+    crate::require_root!();
+    let fixture = Fixture::new();
+    let root = fixture.root();
+    fixture.policy("# off for now\n[gc]\nenabled = false\n");
+    let ctx = fixture.context("ctx", &[("Dockerfile", SERIES)]);
+    let dead = root.join(format!("trash/snapshot-{}-1-2", dead_owner()));
+    fill(&dead.join("fs"), 5, 100);
+    let loose = root
+        .join("blobs/sha256")
+        .join(kiln_layers::Digest::of(b"loose").hex());
+    std::fs::write(&loose, b"loose").expect("loose blob");
+    series(&fixture, &ctx, 1);
+    assert!(dead.exists() && loose.exists());
+    // The same with the defaults: both go.
+    std::fs::remove_file(root.join("gc.toml")).expect("rm gc.toml");
+    series(&fixture, &ctx, 1);
+    assert!(!dead.exists() && !loose.exists());
+}
+
+#[test]
+fn a_policy_file_that_does_not_parse_fails_the_build_naming_file_and_line() {
+    crate::require_root!();
+    let fixture = Fixture::new();
+    fixture.policy("[gc]\nkeep-storage = \"5GB\"\nkeep-storag = \"1GB\"\n");
+    let ctx = fixture.context("ctx", &[("Dockerfile", SERIES)]);
+    let out = fixture
+        .kiln(&["build", ctx.to_str().expect("utf-8")])
+        .output()
+        .expect("run kiln");
+    assert!(!out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let at = format!(
+        "{}:3: unknown key \"keep-storag\"",
+        fixture.root().join("gc.toml").display()
+    );
+    assert!(stderr.contains(&at), "{stderr}");
+    // Nor does an unknown KILN_GC go unnoticed.
+    fixture.policy("[gc]\n");
+    let out = fixture
+        .kiln(&["build", ctx.to_str().expect("utf-8")])
+        .env("KILN_GC", "sometimes")
+        .output()
+        .expect("run kiln");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("KILN_GC=\"sometimes\""));
+}
+
+#[test]
+fn reserved_space_keeps_what_min_free_space_would_take() {
+    crate::require_root!();
+    let fixture = Fixture::new();
+    // Free space no collection can give: everything collectable would go,
+    // but the reserve keeps it.
+    fixture.policy(
+        "[gc]\nkeep-storage = \"0\"\nmin-free-space = \"100%\"\nreserved-space = \"1GB\"\n",
+    );
+    let ctx = fixture.context("ctx", &[("Dockerfile", SERIES)]);
+    series(&fixture, &ctx, 1);
+    series(&fixture, &ctx, 2);
+    assert!(
+        run_cached(&series(&fixture, &ctx, 1)),
+        "kept by the reserve"
+    );
+    // Without the reserve the next build collects first, and says so.
+    fixture.policy("[gc]\nkeep-storage = \"0\"\nmin-free-space = \"100%\"\n");
+    let out = series(&fixture, &ctx, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("less than min-free-space"), "{stderr}");
+    assert!(!run_cached(&out), "{stderr}");
+}
+
+#[test]
+fn the_next_build_removes_what_dead_runs_and_builds_left() {
+    crate::require_root!();
+    let fixture = Fixture::new();
+    let root = fixture.root();
+    let ctx = fixture.context("ctx", &[("Dockerfile", SERIES)]);
+    let dead = dead_owner();
+    let build_dir = root.join(format!("builds/build-{dead}-1-2"));
+    fill(&build_dir.join("step/upper"), 20, 1000);
+    // Run scratch on a tmpfs: the runtime dir kiln is pointed at.
+    let xdg = tempfile::Builder::new()
+        .prefix("kiln-xdg-")
+        .tempdir_in("/dev/shm")
+        .expect("tempdir on /dev/shm");
+    let base = xdg.path().join("kiln");
+    std::fs::create_dir_all(&base).expect("mkdir");
+    std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .expect("chmod");
+    let run_dir = base.join(format!("{dead}-5-6"));
+    fill(&run_dir.join("etc"), 5, 100);
+    let out = fixture
+        .kiln(&["build", "--build-arg", "N=1", ctx.to_str().expect("utf-8")])
+        .env("XDG_RUNTIME_DIR", xdg.path())
+        .output()
+        .expect("run kiln build");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!build_dir.exists(), "a dead build's scratch");
+    assert!(!run_dir.exists(), "a dead run's scratch");
+    let trash: Vec<_> = std::fs::read_dir(root.join("trash"))
+        .expect("trash")
+        .collect();
+    assert!(trash.is_empty(), "{trash:?}");
+}

@@ -1,0 +1,213 @@
+//! `kiln prune`'s flags, each with what it changes.
+
+use std::path::PathBuf;
+
+use crate::{age, df, records, run_cached, text, Fixture};
+
+const SERIES: &str =
+    "FROM busybox\nARG N\nRUN head -c 200000 /dev/urandom > /data && echo $N > /n\n";
+
+/// A store (no automatic collection) with the series built for 1..=n,
+/// each tagged `series:latest` in turn; returns the fixture, the context
+/// and each build's new cache record.
+fn series(n: u32) -> (Fixture, PathBuf, Vec<PathBuf>) {
+    let fixture = Fixture::new();
+    fixture.policy("[gc]\nenabled = false\n");
+    let ctx = fixture.context("ctx", &[("Dockerfile", SERIES)]);
+    let mut new = Vec::new();
+    for i in 1..=n {
+        let before = records(&fixture.root());
+        fixture.build(
+            &ctx,
+            &["-t", "series:latest", "--build-arg", &format!("N={i}")],
+        );
+        let added: Vec<PathBuf> = records(&fixture.root())
+            .into_iter()
+            .filter(|r| !before.contains(r))
+            .collect();
+        assert_eq!(added.len(), 1, "{added:?}");
+        new.extend(added);
+    }
+    (fixture, ctx, new)
+}
+
+fn reported(out: &std::process::Output, label: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{label}:")))
+        .unwrap_or_else(|| panic!("no {label} in {stdout}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn keep_storage_and_until_trim_the_build_cache_least_recently_used_first() {
+    crate::require_root!();
+    let (fixture, ctx, recs) = series(4);
+    // Build 2 is used again: build 1 and 3 are the least recently used.
+    fixture.build(&ctx, &["-t", "series:latest", "--build-arg", "N=2"]);
+    let out = fixture.ok(&["prune", "--keep-storage", "500kB"]);
+    let collectable = df(&fixture)["Collectable"].as_u64().expect("collectable");
+    assert!(collectable <= 500 << 10, "{collectable}: {}", text(&out));
+    assert!(!recs[0].exists() && !recs[2].exists(), "{}", text(&out));
+    assert!(recs[1].exists() && recs[3].exists(), "{}", text(&out));
+
+    // until=: only what was unused for longer; without a size limit, all
+    // of it.
+    age(&recs[3], 7200);
+    let out = fixture.ok(&["prune", "--filter", "until=1h"]);
+    assert_eq!(
+        reported(&out, "cache records"),
+        "cache records: 1, 4.10kB (4096 bytes)"
+    );
+    assert!(!recs[3].exists() && recs[1].exists());
+    assert!(run_cached(&fixture.build(&ctx, &["--build-arg", "N=2"])));
+}
+
+#[test]
+fn types_all_and_dangling_images() {
+    crate::require_root!();
+    let (fixture, ctx, recs) = series(1);
+    let cache_ctx = fixture.context(
+        "cache",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=cache,target=/c echo x > /c/x\n",
+        )],
+    );
+    fixture.build(&cache_ctx, &[]);
+    let images = |f: &Fixture| String::from_utf8_lossy(&f.ok(&["images"]).stdout).into_owned();
+    assert!(images(&fixture).contains("<none>"), "{}", images(&fixture));
+    // BuildKit's record type names: exec.cachemount is cache-mount,
+    // regular is cache; source.local has no counterpart here.
+    let out = fixture.ok(&["prune", "--dry-run", "--filter", "type=exec.cachemount"]);
+    assert!(reported(&out, "cache mounts").starts_with("cache mounts: 1,"));
+    assert!(reported(&out, "cache records").starts_with("cache records: 0,"));
+    let out = fixture.ok(&["prune", "--dry-run", "--filter", "type=regular"]);
+    assert!(reported(&out, "cache mounts").starts_with("cache mounts: 0,"));
+    assert!(reported(&out, "cache records").starts_with("cache records: 2,"));
+    let out = fixture
+        .kiln(&["prune", "--filter", "type=source.local"])
+        .output()
+        .expect("run kiln");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown type \"source.local\""));
+    // type=cache-mount: the cache mount only.
+    let out = fixture.ok(&["prune", "--filter", "type=cache-mount"]);
+    assert!(reported(&out, "cache mounts").starts_with("cache mounts: 1,"));
+    assert_eq!(reported(&out, "dangling images"), "dangling images: 0");
+    assert!(recs[0].exists());
+    // type=dangling: the untagged image, not the build cache.
+    let out = fixture.ok(&["prune", "--filter", "type=dangling"]);
+    assert_eq!(reported(&out, "dangling images"), "dangling images: 1");
+    assert!(!images(&fixture).contains("<none>"));
+    assert!(recs[0].exists());
+    // --all: the rest of the build cache too; tagged images stay whole.
+    fixture.build(&cache_ctx, &[]);
+    let out = fixture.ok(&["prune", "--all"]);
+    assert_eq!(reported(&out, "dangling images"), "dangling images: 1");
+    assert!(records(&fixture.root()).is_empty());
+    let out = fixture.ok(&["run", "series:latest", "cat", "/n"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n");
+    assert!(!run_cached(&fixture.build(&ctx, &["--build-arg", "N=1"])));
+    let err = fixture
+        .kiln(&["prune", "--all", "--filter", "type=cache"])
+        .output()
+        .expect("run kiln");
+    assert!(!err.status.success());
+}
+
+#[test]
+fn min_free_space_frees_down_to_the_reserve() {
+    crate::require_root!();
+    let (fixture, _ctx, recs) = series(3);
+    // Free space nothing can give: everything collectable would go, but
+    // the reserve keeps it all.
+    let out = fixture.ok(&[
+        "prune",
+        "--min-free-space",
+        "100%",
+        "--reserved-space",
+        "1GB",
+    ]);
+    assert!(
+        reported(&out, "cache records").starts_with("cache records: 0,"),
+        "{}",
+        text(&out)
+    );
+    assert!(recs.iter().all(|r| r.exists()));
+    // A reserve alone is the limit (as buildx's): under it, nothing goes.
+    let out = fixture.ok(&["prune", "--reserved-space", "1GB"]);
+    assert!(
+        reported(&out, "cache records").starts_with("cache records: 0,"),
+        "{}",
+        text(&out)
+    );
+    // Without the reserve: all of it.
+    let out = fixture.ok(&["prune", "--min-free-space", "100%"]);
+    assert!(
+        reported(&out, "cache records").starts_with("cache records: 3,"),
+        "{}",
+        text(&out)
+    );
+    assert!(recs.iter().all(|r| !r.exists()));
+}
+
+/// The size flags as `docker buildx prune` reads them: --max-used-space is
+/// a ceiling that --min-free-space lowers; --reserved-space (and its older
+/// name --keep-storage) a floor that nothing goes below.
+#[test]
+fn max_used_space_is_a_ceiling_and_keep_storage_a_floor_as_in_buildx() {
+    crate::require_root!();
+    let (fixture, _ctx, recs) = series(2);
+    // Free space nothing can give: min-free-space asks for everything.
+    let dry = |limit: &str| {
+        fixture.ok(&[
+            "prune",
+            "--dry-run",
+            "--min-free-space",
+            "100%",
+            limit,
+            "1GB",
+        ])
+    };
+    let out = dry("--max-used-space");
+    assert!(
+        reported(&out, "cache records").starts_with("cache records: 2,"),
+        "{}",
+        text(&out)
+    );
+    for floor in ["--keep-storage", "--reserved-space"] {
+        let out = dry(floor);
+        assert!(
+            reported(&out, "cache records").starts_with("cache records: 0,"),
+            "{floor}: {}",
+            text(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("the limits keep 1073741824 bytes"),
+            "{floor}: {}",
+            text(&out)
+        );
+    }
+    assert!(recs.iter().all(|r| r.exists()), "dry runs");
+    let out = fixture
+        .kiln(&["prune", "--keep-storage", "1GB", "--reserved-space", "2GB"])
+        .output()
+        .expect("run kiln");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("older name of --reserved-space"),
+        "{}",
+        text(&out)
+    );
+    // --max-used-space alone: least recently used first down to it.
+    let out = fixture.ok(&["prune", "--max-used-space", "1"]);
+    assert!(
+        reported(&out, "cache records").starts_with("cache records: 2,"),
+        "{}",
+        text(&out)
+    );
+    assert!(recs.iter().all(|r| !r.exists()));
+}
