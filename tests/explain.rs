@@ -642,6 +642,35 @@ fn explain_reads_base_config_from_the_registry() {
     assert!(reset["message"].as_str().unwrap().contains("[\"/bin/sh\"]"));
     assert!(!reader.exists(), "explain wrote to the store");
 
+    // The image itself, only in the registry: its manifest and config, no
+    // layer, nothing stored; its values and their history sources.
+    let seen = proxy.requests().len();
+    let out = kiln(
+        &reader,
+        &["explain", "--image", &proxied, "--format", "json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let blob_requests: Vec<String> = proxy.requests()[seen..]
+        .iter()
+        .filter(|r| r.contains("/blobs/"))
+        .cloned()
+        .collect();
+    assert_eq!(blob_requests.len(), 1, "only the config: {blob_requests:?}");
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["user"], "app");
+    assert_eq!(e["argv"], serde_json::json!(["/bin/sh"]));
+    for field in ["cmd", "user"] {
+        let source = &e["sources"][field];
+        assert_eq!(source["from"], "history", "{field}: {source}");
+        assert_eq!(source["history"], 0, "{field}: {source}");
+        assert_eq!(source["created_by"], "kiln import", "{field}: {source}");
+    }
+    assert!(!reader.exists(), "explain --image wrote to the store");
+
     let out = kiln(&reader, &["explain", "--offline", "--format", "json"]);
     let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(e["user"], serde_json::Value::Null);
