@@ -170,12 +170,12 @@ impl Output {
         };
         let manifest =
             compressed_image(store, &built.manifest, compression, reporter).map_err(store_err)?;
-        let item = SaveItem {
-            reference: name.clone(),
-            image: store
+        let item = SaveItem::single(
+            name.clone(),
+            store
                 .read_image(&manifest, &built.platform())
                 .map_err(store_err)?,
-        };
+        );
         archive::save(store, &[item], format, dest).map_err(store_err)?;
         Ok(Some(manifest))
     }

@@ -29,6 +29,7 @@
 
 mod config;
 mod error;
+mod index;
 mod origins;
 mod pull;
 mod push;

@@ -1,0 +1,337 @@
+//! Multi-platform images end to end, as root, against a real registry
+//! (kiln-testsupport's `docker-registry`): the store keeping indexes
+//! (pull of one platform and of all, `images`, `inspect`, `push`,
+//! `save`/`load`, `run --platform`), with skopeo and umoci as independent
+//! readers.
+//!
+//! The base image is a two-platform index (linux/amd64, linux/arm64) made
+//! from Debian's busybox-static packages
+//! (`kiln_testsupport::multiarch`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{kiln, kiln_ok, run_ok};
+use kiln_testsupport::image::skopeo_raw_manifest;
+use kiln_testsupport::multiarch::{push_busybox_index, MultiArchImage};
+use kiln_testsupport::RegistryServer;
+use serde_json::Value;
+
+/// A fresh store and the registry it talks to.
+struct Fixture {
+    dir: tempfile::TempDir,
+    registry: RegistryServer,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Fixture {
+            dir: tempfile::tempdir().unwrap(),
+            registry: RegistryServer::start_plain().unwrap(),
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `REGISTRY/name`.
+    fn reference(&self, name: &str) -> String {
+        format!("{}/{name}", self.registry.host)
+    }
+
+    /// `kiln ARGS…` with the registry allowed over plain HTTP where the
+    /// command takes the flag.
+    fn kiln(&self, root: &Path, args: &[&str]) -> Output {
+        let mut all: Vec<&str> = args.to_vec();
+        if matches!(args[0], "pull" | "push" | "build") {
+            all.insert(1, "--insecure-registry");
+            all.insert(2, &self.registry.host);
+        }
+        kiln(root, &all)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        ok(&self.kiln(&self.root(), args))
+    }
+
+    /// The raw manifest or index the registry has for `reference`.
+    fn raw(&self, reference: &str) -> Value {
+        let bytes = skopeo_raw_manifest(&format!("docker://{reference}"), None, None).unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "kiln failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn failed(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "kiln succeeded:\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+/// `kiln images --format json`, the row named `name`.
+fn listed(root: &Path, name: &str) -> Value {
+    let list: Value =
+        serde_json::from_str(&kiln_ok(root, &["images", "--format", "json"])).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["Name"] == name)
+        .unwrap_or_else(|| panic!("{name} not listed: {list}"))
+        .clone()
+}
+
+/// (platform, present) of each entry `images` lists for `name`.
+fn platforms(root: &Path, name: &str) -> Vec<(String, bool)> {
+    listed(root, name)["Platforms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["Platform"].as_str().unwrap_or("").to_string(),
+                p["Present"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The `kiln images` table line of `repository`.
+fn table_row(root: &Path, repository: &str) -> String {
+    let table = kiln_ok(root, &["images"]);
+    assert!(
+        table.lines().next().unwrap().ends_with("PLATFORMS"),
+        "{table}"
+    );
+    table
+        .lines()
+        .find(|l| l.starts_with(repository))
+        .unwrap_or_else(|| panic!("{repository} not in {table}"))
+        .to_string()
+}
+
+fn pushed_base(fixture: &Fixture) -> MultiArchImage {
+    push_busybox_index(&fixture.registry, "base/busybox:1").unwrap()
+}
+
+/// A pull of one platform keeps the index with that platform's image; a
+/// pull of every platform fills it in; `images` lists the image once with
+/// its platforms; a push of a partly pulled index is refused naming what
+/// is missing, and of the whole one sends the same index.
+#[test]
+fn pull_keeps_the_index_and_push_sends_it_whole() {
+    let fixture = Fixture::new();
+    let base = pushed_base(&fixture);
+    let root = fixture.root();
+
+    fixture.ok(&["pull", "--platform", "linux/arm64", &base.reference]);
+    let row = listed(&root, &base.reference);
+    assert_eq!(row["Digest"], base.digest.as_str(), "{row}");
+    assert_eq!(row["MediaType"], "application/vnd.oci.image.index.v1+json");
+    assert_eq!(
+        platforms(&root, &base.reference),
+        [
+            ("linux/amd64".to_string(), false),
+            ("linux/arm64".to_string(), true)
+        ]
+    );
+    let line = table_row(&root, &fixture.reference("base/busybox"));
+    assert!(line.ends_with("(linux/amd64),linux/arm64"), "{line}");
+    // The image id of a multi-platform image is its index's digest.
+    assert!(
+        line.contains(&base.digest["sha256:".len()..][..12]),
+        "{line}"
+    );
+
+    // Only the arm64 image is here: inspect shows it; the amd64 one is
+    // named as missing.
+    let inspected: Value =
+        serde_json::from_str(&kiln_ok(&root, &["inspect", &base.reference])).unwrap();
+    assert_eq!(inspected[0]["Architecture"], "arm64");
+    assert_eq!(inspected[0]["Index"]["Digest"], base.digest.as_str());
+    let err = failed(&kiln(
+        &root,
+        &["inspect", "--platform", "linux/amd64", &base.reference],
+    ));
+    assert!(
+        err.contains("platform linux/amd64 is not in the store (it holds: linux/arm64)"),
+        "{err}"
+    );
+    let err = failed(&kiln(
+        &root,
+        &["run", "--platform", "linux/amd64", &base.reference, "true"],
+    ));
+    assert!(
+        err.contains("platform linux/amd64 is not in the store"),
+        "{err}"
+    );
+    let copy = fixture.reference("copy/busybox:1");
+    kiln_ok(&root, &["tag", &base.reference, &copy]);
+    let err = failed(&fixture.kiln(&root, &["push", &copy]));
+    assert!(
+        err.contains(&format!(
+            "platform linux/amd64 (manifest {}) is not in the store",
+            base.platform("linux/amd64").digest
+        )),
+        "{err}"
+    );
+
+    // Every platform: the same index, both images held.
+    let out = fixture.ok(&["pull", "--platform", "all", &base.reference]);
+    assert!(out.contains(&base.reference), "{out}");
+    assert_eq!(
+        platforms(&root, &base.reference),
+        [
+            ("linux/amd64".to_string(), true),
+            ("linux/arm64".to_string(), true)
+        ]
+    );
+    let line = table_row(&root, &fixture.reference("base/busybox"));
+    assert!(line.ends_with(" linux/amd64,linux/arm64"), "{line}");
+    assert_eq!(
+        kiln_ok(&root, &["images", "-q"]).lines().count(),
+        2,
+        "one line per tag, not per platform"
+    );
+    let amd64: Value = serde_json::from_str(&kiln_ok(
+        &root,
+        &["inspect", "--platform", "linux/amd64", &copy],
+    ))
+    .unwrap();
+    assert_eq!(amd64[0]["Config"]["architecture"], "amd64");
+    assert_eq!(
+        amd64[0]["Digest"],
+        base.platform("linux/amd64").digest.as_str()
+    );
+    assert_eq!(amd64[0]["Platforms"].as_array().unwrap().len(), 2);
+    let machine = kiln_ok(
+        &root,
+        &["run", "--platform", "linux/amd64", &copy, "uname", "-m"],
+    );
+    assert_eq!(machine.trim(), "x86_64");
+
+    // The push sends both manifests, then the index: the registry has the
+    // same index, byte for byte (the layers were compressed already).
+    let out = fixture.ok(&["push", &copy]);
+    assert!(out.contains(&base.digest), "{out}");
+    let raw = fixture.raw(&copy);
+    assert_eq!(raw["manifests"].as_array().unwrap().len(), 2, "{raw}");
+    for manifest in &base.manifests {
+        let by_digest = format!("{}@{}", fixture.reference("copy/busybox"), manifest.digest);
+        assert_eq!(
+            fixture.raw(&by_digest)["config"]["digest"],
+            manifest.config_digest.as_str()
+        );
+    }
+}
+
+/// `save` writes the index and every platform held (`--platform` one);
+/// `load` brings the index back with its images; skopeo reads the saved
+/// layout; an archive without one platform's image loads the rest.
+#[test]
+fn save_and_load_keep_the_index() {
+    let fixture = Fixture::new();
+    let base = pushed_base(&fixture);
+    let root = fixture.root();
+    fixture.ok(&["pull", "--all-platforms", &base.reference]);
+
+    let saved = fixture.path("saved");
+    kiln_ok(
+        &root,
+        &[
+            "save",
+            "--format",
+            "oci",
+            "-o",
+            saved.to_str().unwrap(),
+            &base.reference,
+        ],
+    );
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(saved.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index["manifests"][0]["digest"],
+        base.digest.as_str(),
+        "{index}"
+    );
+    // skopeo copies the whole saved index, platform by platform.
+    let copied = fixture.path("copied");
+    run_ok(Command::new("skopeo").args([
+        "--insecure-policy",
+        "copy",
+        "--all",
+        &format!("oci:{}:1", saved.display()),
+        &format!("oci:{}:1", copied.display()),
+    ]));
+    assert!(copied
+        .join("blobs/sha256")
+        .join(&base.digest[7..])
+        .is_file());
+
+    let other = fixture.path("other-store");
+    let out = kiln_ok(&other, &["load", "-i", saved.to_str().unwrap()]);
+    assert!(out.contains("Loaded image: "), "{out}");
+    assert_eq!(
+        platforms(&other, &base.reference),
+        [
+            ("linux/amd64".to_string(), true),
+            ("linux/arm64".to_string(), true)
+        ]
+    );
+
+    // One platform only: the layout names that manifest.
+    let single = fixture.path("single.tar");
+    kiln_ok(
+        &root,
+        &[
+            "save",
+            "--format",
+            "oci",
+            "--platform",
+            "linux/arm64",
+            "-o",
+            single.to_str().unwrap(),
+            &base.reference,
+        ],
+    );
+    let third = fixture.path("third-store");
+    kiln_ok(&third, &["load", "-i", single.to_str().unwrap()]);
+    let row = listed(&third, &base.reference);
+    assert_eq!(
+        row["Digest"],
+        base.platform("linux/arm64").digest.as_str(),
+        "{row}"
+    );
+
+    // An index whose amd64 image is not in the archive: loaded with the
+    // arm64 one, the amd64 entry listed as missing.
+    let partial = fixture.path("partial");
+    run_ok(Command::new("cp").arg("-a").arg(&saved).arg(&partial));
+    let amd64 = base.platform("linux/amd64");
+    std::fs::remove_file(partial.join("blobs/sha256").join(&amd64.digest[7..])).unwrap();
+    let fourth = fixture.path("fourth-store");
+    kiln_ok(&fourth, &["load", "-i", partial.to_str().unwrap()]);
+    assert_eq!(
+        platforms(&fourth, &base.reference),
+        [
+            ("linux/amd64".to_string(), false),
+            ("linux/arm64".to_string(), true)
+        ]
+    );
+}
