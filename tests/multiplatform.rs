@@ -1,12 +1,17 @@
 //! Multi-platform images end to end, as root, against a real registry
 //! (kiln-testsupport's `docker-registry`): the store keeping indexes
 //! (pull of one platform and of all, `images`, `inspect`, `push`,
-//! `save`/`load`, `run --platform`), with skopeo and umoci as independent
+//! `save`/`load`, `run --platform`), foreign platforms run through
+//! qemu-user-static (binfmt_misc), with skopeo and umoci as independent
 //! readers.
 //!
 //! The base image is a two-platform index (linux/amd64, linux/arm64) made
 //! from Debian's busybox-static packages
-//! (`kiln_testsupport::multiarch`).
+//! (`kiln_testsupport::multiarch`): its arm64 busybox is a real aarch64
+//! program. kiln registers qemu-user-static's handler (with the F flag)
+//! when none is registered, as root; a machine without an emulator is
+//! played in a private mount namespace where binfmt_misc shows no handler
+//! and no qemu-user-static configuration exists.
 
 mod common;
 
@@ -334,4 +339,138 @@ fn save_and_load_keep_the_index() {
             ("linux/arm64".to_string(), true)
         ]
     );
+}
+
+/// `kiln ARGS…` in a private mount namespace where binfmt_misc holds no
+/// handler and no binfmt.d configuration exists: a machine without
+/// qemu-user-static, as kiln sees it (the host's registrations untouched).
+fn kiln_without_emulators(fixture: &Fixture, args: &[&str]) -> Output {
+    let script = "mount -t tmpfs none /proc/sys/fs/binfmt_misc && \
+                  echo enabled > /proc/sys/fs/binfmt_misc/status && \
+                  for d in /usr/lib/binfmt.d /etc/binfmt.d /run/binfmt.d; do \
+                    [ -d $d ] && mount -t tmpfs none $d; \
+                  done; exec \"$@\"";
+    let command = common::kiln_command();
+    let program = command.get_program().to_owned();
+    let envs: Vec<_> = command
+        .get_envs()
+        .map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned())))
+        .collect();
+    let mut unshare = Command::new("unshare");
+    unshare
+        .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(program)
+        .arg("--root")
+        .arg(fixture.root())
+        .args(args)
+        .env("KILN_PROGRESS", "plain");
+    for (key, value) in envs {
+        match value {
+            Some(v) => unshare.env(key, v),
+            None => unshare.env_remove(key),
+        };
+    }
+    unshare.output().unwrap()
+}
+
+/// `kiln run --platform linux/arm64` runs the aarch64 busybox through
+/// qemu-user-static (kiln registers the handler when none is); without an
+/// emulator the run is refused before anything starts, naming the
+/// platform and what to install.
+#[test]
+fn run_of_a_foreign_platform_goes_through_the_emulator() {
+    let fixture = Fixture::new();
+    let base = pushed_base(&fixture);
+    let root = fixture.root();
+    fixture.ok(&["pull", "--platform", "all", &base.reference]);
+    let machine = kiln_ok(
+        &root,
+        &[
+            "run",
+            "--platform",
+            "linux/arm64",
+            &base.reference,
+            "uname",
+            "-m",
+        ],
+    );
+    assert_eq!(machine.trim(), "aarch64");
+    let handler = std::fs::read_to_string("/proc/sys/fs/binfmt_misc/qemu-aarch64").unwrap();
+    assert!(handler.starts_with("enabled"), "{handler}");
+    assert!(
+        handler
+            .lines()
+            .any(|l| l.starts_with("flags:") && l.contains('F')),
+        "{handler}"
+    );
+
+    let out = kiln_without_emulators(
+        &fixture,
+        &[
+            "run",
+            "--platform",
+            "linux/arm64",
+            &base.reference,
+            "uname",
+            "-m",
+        ],
+    );
+    let err = failed(&out);
+    assert!(
+        err.contains(
+            "platform linux/arm64: its programs need an emulator (qemu-aarch64 through \
+             binfmt_misc) and none is registered: install the Debian package qemu-user-static"
+        ),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "nothing ran");
+}
+
+/// Writes `files` (path, contents) under a new temp dir; returns it.
+fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, contents) in files {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+    }
+    dir
+}
+
+/// A build for a platform without an emulator fails before any step runs
+/// (not even the build platform's), naming the platform and the emulator.
+#[test]
+fn a_platform_without_an_emulator_fails_before_any_step() {
+    let fixture = Fixture::new();
+    let base = pushed_base(&fixture);
+    let dockerfile = format!(
+        "FROM --platform=$BUILDPLATFORM {base} AS build\n\
+         RUN echo built > /built\n\
+         FROM {base}\n\
+         COPY --from=build /built /built\n\
+         RUN uname -m > /machine\n",
+        base = base.reference
+    );
+    let ctx = context(&[("Dockerfile", &dockerfile)]);
+    let out = kiln_without_emulators(
+        &fixture,
+        &[
+            "build",
+            "--insecure-registry",
+            &fixture.registry.host,
+            "--platform",
+            "linux/arm64",
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    let err = failed(&out);
+    assert!(
+        err.contains(
+            "error: platform linux/arm64: its programs need an emulator (qemu-aarch64 through \
+             binfmt_misc) and none is registered: install the Debian package qemu-user-static"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("RUN echo built"), "a step ran:\n{err}");
+    assert!(!err.contains("FROM "), "a stage started:\n{err}");
 }

@@ -26,6 +26,7 @@ pub mod changes;
 pub mod context;
 pub mod copy;
 pub mod dockerignore;
+pub mod emulation;
 pub mod explain;
 pub mod export;
 pub mod frontend;

@@ -196,6 +196,9 @@ pub enum BuildError {
     Store(#[from] kiln_layers::Error),
     #[error(transparent)]
     Export(#[from] ExportError),
+    /// A platform whose RUN steps cannot run here (no emulator).
+    #[error(transparent)]
+    Emulator(#[from] kiln_runtime::binfmt::BinfmtError),
     #[error("push {reference}: {source}")]
     Push {
         reference: Reference,
@@ -514,6 +517,17 @@ impl<'a> Session<'a> {
             ));
         }
         let no_cache_stages = no_cache_stages(&planned.plan, &settings.no_cache_stages)?;
+        // Before any step: each platform that runs RUN steps can run here.
+        let platforms = crate::emulation::platforms_that_run(
+            &planned.plan,
+            self.store,
+            settings.no_cache,
+            &no_cache_stages,
+        );
+        crate::emulation::check_emulators(
+            &mut kiln_runtime::binfmt::RealBinfmt::default(),
+            &platforms,
+        )?;
         let options = SolveOptions {
             no_cache: settings.no_cache,
             no_cache_stages,

@@ -267,6 +267,14 @@ fn run_container(args: RunArgs, settings: &GlobalSettings) -> anyhow::Result<Exi
         .with_context(|| format!("opening the store at {}", settings.root.display()))?;
     let _lease = store.lease()?;
     let (tagged, image) = select_image(&store, &args)?;
+    let platform = image.config.platform().normalized();
+    if !platform.architecture.is_empty() {
+        kiln_runtime::binfmt::ensure_emulator(
+            &mut kiln_runtime::binfmt::RealBinfmt::default(),
+            &platform.to_string(),
+            &platform.architecture,
+        )?;
+    }
     // Refused before anything is unpacked: each layer is a lower dir, and
     // the runtime adds one of its own (the mount points).
     let layers = image.manifest.layers.len();
