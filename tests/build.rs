@@ -966,6 +966,84 @@ fn registry_and_image_outputs_push() {
     assert!(!out.status.success());
 }
 
+/// A base made by docker's legacy builder carries fields BuildKit's image
+/// type does not have (`container_config`, `docker_version`,
+/// `Config.Hostname`, `Config.Image`, `Config.Attach*`): an image built on
+/// it has none of them, and keeps what BuildKit keeps.
+#[test]
+fn legacy_builder_fields_do_not_carry_over() {
+    let fixture = Fixture::new();
+    let work = fixture.dir.path().join("legacy");
+    std::fs::create_dir_all(&work).unwrap();
+    let layer = fixture.dir.path().join("busybox.tar");
+    std::fs::copy(&layer, work.join("layer.tar")).unwrap();
+    let diff_id = kiln_testsupport::image::digest_of(&std::fs::read(&layer).unwrap());
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "docker_version": "20.10.7",
+        "container": "3f1c0a1b",
+        "container_config": {"Hostname": "3f1c0a1b", "Cmd": ["/bin/sh", "-c", "#(nop) CMD"]},
+        "config": {
+            "Hostname": "3f1c0a1b",
+            "Domainname": "",
+            "User": "",
+            "AttachStdin": false,
+            "AttachStdout": false,
+            "AttachStderr": false,
+            "Tty": false,
+            "OpenStdin": false,
+            "Image": "sha256:0123",
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": ["sh"],
+            "Labels": {"from": "legacy"}
+        },
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created_by": "/bin/sh -c #(nop) ADD file"}]
+    });
+    std::fs::write(work.join("config.json"), config.to_string()).unwrap();
+    let manifest = serde_json::json!([{
+        "Config": "config.json",
+        "RepoTags": ["legacy:1"],
+        "Layers": ["layer.tar"]
+    }]);
+    std::fs::write(work.join("manifest.json"), manifest.to_string()).unwrap();
+    let archive = fixture.dir.path().join("legacy.tar");
+    common::run_ok(
+        std::process::Command::new("tar")
+            .arg("-cf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&work)
+            .args(["manifest.json", "config.json", "layer.tar"]),
+    );
+    kiln_ok(&fixture.root(), &["load", "-i", archive.to_str().unwrap()]);
+    let base = config_of(&fixture.root(), "legacy:1");
+    assert_eq!(base["docker_version"], "20.10.7", "{base}");
+
+    let ctx = context(&[("Dockerfile", "FROM legacy:1\nRUN echo x > /x\n")]);
+    ok(&fixture.build(&["-t", "on-legacy:1", ctx.path().to_str().unwrap()]));
+    let built = config_of(&fixture.root(), "on-legacy:1");
+    for gone in ["docker_version", "container", "container_config"] {
+        assert!(built.get(gone).is_none(), "{gone}: {built}");
+    }
+    let c = &built["config"];
+    for gone in [
+        "Hostname",
+        "Domainname",
+        "AttachStdin",
+        "AttachStdout",
+        "AttachStderr",
+        "Tty",
+        "OpenStdin",
+        "Image",
+    ] {
+        assert!(c.get(gone).is_none(), "{gone}: {c}");
+    }
+    assert_eq!(c["Cmd"], serde_json::json!(["sh"]));
+    assert_eq!(c["Labels"]["from"], "legacy");
+}
+
 #[test]
 fn independent_stages_run_at_the_same_time() {
     let fixture = Fixture::new();
@@ -1124,13 +1202,21 @@ fn prune_waits_for_a_running_build() {
     assert_eq!(config["history"].as_array().unwrap().len(), 2);
 }
 
+/// `COPY --link` and `ADD --link`: the layer is made apart from the base,
+/// so a base's symlink on the destination path is replaced, not followed.
 #[test]
 fn copy_link_does_not_follow_symlinks_of_the_base() {
+    for instruction in ["COPY", "ADD"] {
+        link_case(instruction);
+    }
+}
+
+fn link_case(instruction: &str) {
     let fixture = Fixture::new();
     let dockerfile = |link: &str| {
         format!(
             "FROM busybox\nRUN mkdir -p /opt/real && ln -s /opt/real /opt/link && mkdir -m 700 /private\n\
-             COPY {link} a.txt /opt/link/\nCOPY {link} a.txt /private/sub/\n"
+             {instruction} {link} a.txt /opt/link/\n{instruction} {link} a.txt /private/sub/\n"
         )
     };
     let build = |link: &str| {
@@ -1151,7 +1237,7 @@ fn copy_link_does_not_follow_symlinks_of_the_base() {
     // --link: the destination is a real directory; the base's target is untouched.
     let linked = build("--link");
     let link = std::fs::symlink_metadata(linked.path().join("opt/link")).unwrap();
-    assert!(link.is_dir(), "{link:?}");
+    assert!(link.is_dir(), "{instruction}: {link:?}");
     assert_eq!(
         std::fs::read_to_string(linked.path().join("opt/link/a.txt")).unwrap(),
         "a\n"

@@ -640,3 +640,309 @@ fn pull_policies() {
         assert!(text(&out).contains("127.0.0.1:9"), "{}", text(&out));
     }
 }
+
+/// `RUN --mount=type=tmpfs`: a real tmpfs (mode 1777, so a non-root USER
+/// writes it), `size=` its limit, nothing of it in the layer.
+#[test]
+fn tmpfs_mount_size_and_mode() {
+    require_root!();
+    let fixture = Fixture::new();
+    let dockerfile = "FROM busybox\nUSER nobody\n\
+        RUN --mount=type=tmpfs,target=/t,size=1m \
+            stat -c %a /t > /tmp/mode && \
+            df -k /t | tail -1 | awk '{print $2}' > /tmp/size && \
+            echo hi > /t/written && \
+            if dd if=/dev/zero of=/t/big bs=1k count=2048 2>/dev/null; \
+            then echo fits > /tmp/over; else echo full > /tmp/over; fi\n";
+    let out = fixture.rootfs("tmpfs", dockerfile, &[]);
+    assert_eq!(read(&out, "/tmp/mode"), "1777\n");
+    assert_eq!(read(&out, "/tmp/size"), "1024\n");
+    assert_eq!(read(&out, "/tmp/over"), "full\n");
+    assert!(!out.join("t/written").exists());
+}
+
+/// `--shm-size`, `--ulimit` and `--add-host` reach every RUN (and are part
+/// of its cache key: the second build runs the step again).
+#[test]
+fn shm_size_ulimit_and_add_host() {
+    require_root!();
+    let fixture = Fixture::new();
+    let dockerfile = "FROM busybox\n\
+        RUN df -k /dev/shm | tail -1 | awk '{print $2}' > /shm && \
+            ulimit -Sn > /nofile-soft && ulimit -Hn > /nofile-hard && ulimit -u > /nproc && \
+            grep -c . /etc/hosts > /host-lines && (grep -w db /etc/hosts || true) > /db\n";
+    let plain = fixture.rootfs("step-defaults", dockerfile, &[]);
+    assert_eq!(read(&plain, "/shm"), "65536\n");
+    assert_eq!(read(&plain, "/db"), "");
+    let set = fixture.rootfs(
+        "step-set",
+        dockerfile,
+        &[
+            "--shm-size",
+            "128m",
+            "--ulimit",
+            "nofile=1024:2048",
+            "--ulimit",
+            "nproc=300",
+            "--add-host",
+            "db:10.1.2.3",
+            "--add-host",
+            "v6=2001:db8::7",
+        ],
+    );
+    assert_eq!(read(&set, "/shm"), "131072\n");
+    assert_eq!(read(&set, "/nofile-soft"), "1024\n");
+    assert_eq!(read(&set, "/nofile-hard"), "2048\n");
+    assert_eq!(read(&set, "/nproc"), "300\n");
+    assert_eq!(read(&set, "/db"), "10.1.2.3\tdb\n");
+    let hosts = read(&set, "/host-lines");
+    let plain_hosts = read(&plain, "/host-lines");
+    let count = |s: &str| s.trim().parse::<usize>().unwrap();
+    assert_eq!(count(&hosts), count(&plain_hosts) + 2);
+
+    let ctx = fixture.context("step-bad", &[("Dockerfile", dockerfile)]);
+    for bad in [
+        ["--ulimit", "files=1"],
+        ["--add-host", "db:host-gateway"],
+        ["--shm-size", "0"],
+    ] {
+        let mut args = bad.to_vec();
+        args.push(ctx.to_str().unwrap());
+        let out = fixture.build(&args);
+        assert!(!out.status.success(), "{bad:?}: {}", text(&out));
+        assert!(text(&out).contains(bad[0]), "{}", text(&out));
+    }
+}
+
+/// BuildKit's entitlements: `RUN --security=insecure` and `RUN
+/// --network=host` fail, naming the line and the `--allow` that grants
+/// them, until the build grants it; insecure then runs with every
+/// capability and no seccomp filter (it can mount), where a plain RUN
+/// cannot.
+#[test]
+fn entitlements_insecure_and_host_network() {
+    require_root!();
+    let fixture = Fixture::new();
+    let insecure = "FROM busybox\n\
+        RUN --security=insecure grep CapEff /proc/self/status > /caps && \
+            mkdir -p /m && mount -t tmpfs none /m && echo mounted > /mounted\n\
+        RUN grep CapEff /proc/self/status > /plain-caps && \
+            (mount -t tmpfs none /mnt 2>/dev/null && echo yes || echo no) > /plain-mount\n";
+    let ctx = fixture.context("insecure", &[("Dockerfile", insecure)]);
+    let out = fixture.build(&[ctx.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let message = text(&out);
+    assert!(message.contains("line 2"), "{message}");
+    assert!(message.contains("--allow security.insecure"), "{message}");
+
+    let root = fixture.rootfs("insecure-ok", insecure, &["--allow", "security.insecure"]);
+    assert_eq!(read(&root, "/mounted"), "mounted\n");
+    assert_eq!(read(&root, "/plain-mount"), "no\n");
+    let caps = |path: &str| {
+        let line = read(&root, path);
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    let (full, plain) = (caps("/caps"), caps("/plain-caps"));
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    assert!(full & CAP_SYS_ADMIN != 0, "{full:x}");
+    assert!(plain & CAP_SYS_ADMIN == 0, "{plain:x}");
+    assert!(
+        full.count_ones() > plain.count_ones() + 10,
+        "{full:x} {plain:x}"
+    );
+
+    let host = "FROM busybox\nRUN --network=host true\n";
+    let ctx = fixture.context("host-net", &[("Dockerfile", host)]);
+    let out = fixture.build(&["--network", "none", ctx.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("--allow network.host"),
+        "{}",
+        text(&out)
+    );
+    for grant in [
+        vec!["--network", "none", "--allow", "network.host"],
+        vec!["--network", "host"],
+    ] {
+        let mut args = grant.clone();
+        args.push(ctx.to_str().unwrap());
+        let out = fixture.build(&args);
+        assert!(out.status.success(), "{grant:?}: {}", text(&out));
+    }
+}
+
+/// ADD's flags: `--chmod` sets the mode, `--unpack=false` keeps a local
+/// archive as it is (ADD extracts it by default), `--exclude` leaves out
+/// what its pattern matches, `--chown` owns what it adds.
+#[test]
+fn add_chmod_unpack_exclude_chown() {
+    require_root!();
+    let fixture = Fixture::new();
+    let ctx = fixture.context(
+        "add-flags",
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\n\
+                 ADD --chmod=0640 f.txt /chmod/f.txt\n\
+                 ADD --unpack=false arch.tar /kept/\n\
+                 ADD arch.tar /unpacked/\n\
+                 ADD --exclude=*.log d /excluded/\n\
+                 ADD --chown=1000:1000 f.txt /owned/f.txt\n",
+            ),
+            ("f.txt", "f\n"),
+            ("inner/inner.txt", "inner\n"),
+            ("d/keep.txt", "keep\n"),
+            ("d/skip.log", "skip\n"),
+        ],
+    );
+    common::run_ok(
+        std::process::Command::new("tar")
+            .arg("-cf")
+            .arg(ctx.join("arch.tar"))
+            .arg("-C")
+            .arg(ctx.join("inner"))
+            .arg("inner.txt"),
+    );
+    let out_dir = fixture.dir.path().join("add-flags-out");
+    let out = fixture.build(&["-o", out_dir.to_str().unwrap(), ctx.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    use std::os::unix::fs::MetadataExt;
+    let meta = |p: &str| std::fs::metadata(out_dir.join(p)).unwrap();
+    assert_eq!(meta("chmod/f.txt").mode() & 0o7777, 0o640);
+    assert!(out_dir.join("kept/arch.tar").is_file());
+    assert!(!out_dir.join("kept/inner.txt").exists());
+    assert_eq!(read(&out_dir, "/unpacked/inner.txt"), "inner\n");
+    assert!(!out_dir.join("unpacked/arch.tar").exists());
+    assert_eq!(read(&out_dir, "/excluded/keep.txt"), "keep\n");
+    assert!(!out_dir.join("excluded/skip.log").exists());
+    assert_eq!(
+        (meta("owned/f.txt").uid(), meta("owned/f.txt").gid()),
+        (1000, 1000)
+    );
+}
+
+/// HEALTHCHECK's flags each set their field of the config's Healthcheck
+/// (durations in nanoseconds).
+#[test]
+fn healthcheck_flags_set_the_config() {
+    require_root!();
+    let fixture = Fixture::new();
+    let ctx = fixture.context(
+        "healthcheck",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nHEALTHCHECK --interval=30s --timeout=5s --start-period=1m \
+             --start-interval=2s --retries=7 CMD true\n",
+        )],
+    );
+    let out = fixture.build(&["-t", "health:1", ctx.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let inspect = kiln_ok(&fixture.root(), &["inspect", "health:1"]);
+    let value: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    let health = &value[0]["Config"]["config"]["Healthcheck"];
+    assert_eq!(
+        health["Test"],
+        serde_json::json!(["CMD-SHELL", "true"]),
+        "{health}"
+    );
+    assert_eq!(health["Interval"], 30_000_000_000u64, "{health}");
+    assert_eq!(health["Timeout"], 5_000_000_000u64, "{health}");
+    assert_eq!(health["StartPeriod"], 60_000_000_000u64, "{health}");
+    assert_eq!(health["StartInterval"], 2_000_000_000u64, "{health}");
+    assert_eq!(health["Retries"], 7, "{health}");
+}
+
+/// The mount options' other spellings, as BuildKit reads them: `src` for
+/// `source`, `dst` and `destination` for `target`, `ro` for `readonly`,
+/// `readwrite` and `rw` for writable (a bind mount is read-only by
+/// default).
+#[test]
+fn mount_option_spellings() {
+    require_root!();
+    let fixture = Fixture::new();
+    let ctx = fixture.context(
+        "mount-spellings",
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\n\
+                 RUN --mount=type=bind,src=d,dst=/m1 cat /m1/f > /via-src-dst\n\
+                 RUN --mount=type=bind,source=d,destination=/m2 cat /m2/f > /via-destination\n\
+                 RUN --mount=type=bind,source=d,target=/m3 (touch /m3/new 2>/dev/null && echo rw || echo ro) > /default\n\
+                 RUN --mount=type=bind,source=d,target=/m4,rw (touch /m4/new && echo rw || echo ro) > /rw\n\
+                 RUN --mount=type=bind,source=d,target=/m5,readwrite (touch /m5/new && echo rw || echo ro) > /readwrite\n\
+                 RUN --mount=type=cache,id=spell,target=/m6,ro (touch /m6/new 2>/dev/null && echo rw || echo ro) > /ro\n\
+                 RUN --mount=type=cache,id=spell,target=/m7,readonly (touch /m7/new 2>/dev/null && echo rw || echo ro) > /readonly\n",
+            ),
+            ("d/f", "from-context\n"),
+        ],
+    );
+    let out_dir = fixture.dir.path().join("mount-spellings-out");
+    let out = fixture.build(&["-o", out_dir.to_str().unwrap(), ctx.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(read(&out_dir, "/via-src-dst"), "from-context\n");
+    assert_eq!(read(&out_dir, "/via-destination"), "from-context\n");
+    assert_eq!(read(&out_dir, "/default"), "ro\n");
+    assert_eq!(read(&out_dir, "/rw"), "rw\n");
+    assert_eq!(read(&out_dir, "/readwrite"), "rw\n");
+    assert_eq!(read(&out_dir, "/ro"), "ro\n");
+    assert_eq!(read(&out_dir, "/readonly"), "ro\n");
+    // A writable bind mount's writes stay out of the context.
+    assert!(!ctx.join("d/new").exists());
+}
+
+/// The flags about what a build shows and reads: `--dry-run` prints the
+/// plan (`--format json` as JSON) and builds nothing; `-f` reads a
+/// Dockerfile outside the context; `-q` prints the image id alone; `-v`
+/// adds the cache decisions.
+#[test]
+fn dry_run_format_file_quiet_and_verbose() {
+    require_root!();
+    let fixture = Fixture::new();
+    let ctx = fixture.context(
+        "cli",
+        &[("Dockerfile", "FROM busybox\nRUN echo in-context > /which\n")],
+    );
+    let ctx = ctx.to_str().unwrap();
+
+    let out = fixture.build(&["--dry-run", "-t", "planned:1", ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("echo in-context"), "{}", text(&out));
+    let images = kiln(&fixture.root(), &["inspect", "planned:1"]);
+    assert!(!images.status.success(), "--dry-run tagged an image");
+    let out = fixture.build(&["--dry-run", "--format", "json", ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    let plan: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert!(plan.to_string().contains("echo in-context"), "{plan}");
+
+    let other = fixture.dir.path().join("Other.Dockerfile");
+    std::fs::write(&other, "FROM busybox\nRUN echo from-file > /which\n").unwrap();
+    let out_dir = fixture.dir.path().join("cli-f");
+    let out = fixture.build(&[
+        "-f",
+        other.to_str().unwrap(),
+        "-o",
+        out_dir.to_str().unwrap(),
+        ctx,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(read(&out_dir, "/which"), "from-file\n");
+
+    let out = fixture.build(&["-q", "--no-cache", ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.trim().starts_with("sha256:") && stdout.trim().lines().count() == 1,
+        "{stdout}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{}", text(&out));
+
+    let plain = fixture.build(&["--progress", "plain", "--no-cache", ctx]);
+    let verbose = fixture.build(&["--progress", "plain", "-v", "--no-cache", ctx]);
+    assert!(plain.status.success() && verbose.status.success());
+    let decision = "--no-cache: RUN echo in-context";
+    assert!(!text(&plain).contains(decision), "{}", text(&plain));
+    assert!(text(&verbose).contains(decision), "{}", text(&verbose));
+}

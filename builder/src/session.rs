@@ -28,8 +28,8 @@ use crate::export::{ExportError, Output};
 use crate::frontend::{Frontend, FrontendError};
 use crate::lint::{self, Checker, LintOptions};
 use crate::plan::{
-    compute_cache_keys, plan_with, BuildOptions, Plan, PlanError, PlanWarning, RemoteSources,
-    WalkOptions,
+    compute_cache_keys, plan_with, BuildOptions, Plan, PlanError, PlanErrorKind, PlanWarning,
+    RemoteSources, WalkOptions,
 };
 use crate::secrets::Secret;
 use crate::solve::{
@@ -79,6 +79,8 @@ pub struct BuildSettings {
     pub no_cache: bool,
     /// Run every step of these stages (`--no-cache-filter`), by name.
     pub no_cache_stages: Vec<String>,
+    /// What the Dockerfile may do only when allowed (`--allow`).
+    pub allow: Entitlements,
     /// SOURCE_DATE_EPOCH from the environment; a `SOURCE_DATE_EPOCH` build
     /// arg wins over it, as in BuildKit.
     pub source_date_epoch: Option<i64>,
@@ -144,6 +146,51 @@ impl BuildSettings {
             .get("SOURCE_DATE_EPOCH")
             .and_then(|v| v.trim().parse::<i64>().ok())
             .or(self.source_date_epoch)
+    }
+}
+
+/// BuildKit's entitlements: what a RUN may do only when the build grants
+/// it (`--allow network.host,security.insecure`, as buildx's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Entitlements {
+    /// `RUN --network=host` (granted by `--network host` as well).
+    pub network_host: bool,
+    /// `RUN --security=insecure`: every capability, no seccomp, no masked
+    /// paths.
+    pub security_insecure: bool,
+}
+
+impl Entitlements {
+    /// A RUN of the needed stages that needs an entitlement not granted is
+    /// an error naming its line and the `--allow` that grants it (BuildKit
+    /// fails such a build likewise: "network.host is not allowed").
+    pub fn check(&self, plan: &Plan) -> Result<(), PlanError> {
+        let runs = plan
+            .stages
+            .iter()
+            .filter(|s| s.needed)
+            .flat_map(|s| &s.steps)
+            .filter_map(|step| match &step.kind {
+                crate::plan::StepKind::Run(r) => Some((step.line, r)),
+                _ => None,
+            });
+        for (line, run) in runs {
+            let needs = if run.network.as_deref() == Some("host") && !self.network_host {
+                ("--network=host", "network.host")
+            } else if run.security.as_deref() == Some("insecure") && !self.security_insecure {
+                ("--security=insecure", "security.insecure")
+            } else {
+                continue;
+            };
+            return Err(PlanError::at(
+                line,
+                PlanErrorKind::Invalid(format!(
+                    "RUN {}: {} is not allowed; grant it with --allow {}",
+                    needs.0, needs.1, needs.1
+                )),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -516,6 +563,7 @@ impl<'a> Session<'a> {
                 "only one output can go to standard output".into(),
             ));
         }
+        settings.allow.check(&planned.plan)?;
         let no_cache_stages = no_cache_stages(&planned.plan, &settings.no_cache_stages)?;
         // Before any step: each platform that runs RUN steps can run here.
         let platforms = crate::emulation::platforms_that_run(

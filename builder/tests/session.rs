@@ -57,6 +57,7 @@ fn settings(context: PathBuf, dockerfile: &str, out: &std::path::Path) -> BuildS
         pull: PullPolicy::Missing,
         no_cache: false,
         no_cache_stages: Default::default(),
+        allow: Default::default(),
         source_date_epoch: Some(1_700_000_000),
         network: Network::None,
         compression: Compression::Gzip,

@@ -445,12 +445,64 @@ struct Ctx<'a> {
 }
 
 /// The kinds of flag BuildKit knows.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum FlagKind {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagKind {
+    /// `--flag` or `--flag=true|false`.
     Bool,
+    /// `--flag=value`; the last one given wins.
     String,
+    /// `--flag=value`, repeatable.
     Strings,
 }
+
+const FROM_FLAGS: &[(&str, FlagKind)] = &[("platform", FlagKind::String)];
+const ADD_FLAGS: &[(&str, FlagKind)] = &[
+    ("chown", FlagKind::String),
+    ("chmod", FlagKind::String),
+    ("link", FlagKind::Bool),
+    ("keep-git-dir", FlagKind::Bool),
+    ("checksum", FlagKind::String),
+    ("unpack", FlagKind::Bool),
+    ("exclude", FlagKind::Strings),
+];
+const COPY_FLAGS: &[(&str, FlagKind)] = &[
+    ("chown", FlagKind::String),
+    ("from", FlagKind::String),
+    ("chmod", FlagKind::String),
+    ("link", FlagKind::Bool),
+    ("exclude", FlagKind::Strings),
+    ("parents", FlagKind::Bool),
+];
+const RUN_FLAGS: &[(&str, FlagKind)] = &[
+    ("mount", FlagKind::Strings),
+    ("network", FlagKind::String),
+    ("security", FlagKind::String),
+    ("device", FlagKind::Strings),
+];
+const HEALTHCHECK_FLAGS: &[(&str, FlagKind)] = &[
+    ("interval", FlagKind::String),
+    ("timeout", FlagKind::String),
+    ("start-period", FlagKind::String),
+    ("start-interval", FlagKind::String),
+    ("retries", FlagKind::String),
+];
+
+/// Every flag an instruction accepts, by instruction (the others take
+/// none): what the parser lets through, so what the builder must honour or
+/// refuse.
+///
+/// ```
+/// use kiln_parser::instructions::INSTRUCTION_FLAGS;
+/// let (_, run) = INSTRUCTION_FLAGS.iter().find(|(i, _)| *i == "RUN").unwrap();
+/// assert!(run.iter().any(|(flag, _)| *flag == "mount"));
+/// ```
+pub const INSTRUCTION_FLAGS: &[(&str, &[(&str, FlagKind)])] = &[
+    ("FROM", FROM_FLAGS),
+    ("ADD", ADD_FLAGS),
+    ("COPY", COPY_FLAGS),
+    ("RUN", RUN_FLAGS),
+    ("HEALTHCHECK", HEALTHCHECK_FLAGS),
+];
 
 /// Values of the flags of one instruction, after checking.
 #[derive(Default)]
@@ -588,7 +640,7 @@ impl Ctx<'_> {
             [_] => (None, None, None),
             _ => return Err(self.message("FROM requires either one or three arguments")),
         };
-        let flags = self.flags(&[("platform", FlagKind::String)])?;
+        let flags = self.flags(FROM_FLAGS)?;
         Ok(Stage {
             index,
             name,
@@ -709,15 +761,7 @@ impl Ctx<'_> {
         if args.len() < 2 {
             return Err(self.message(no_destination("ADD")));
         }
-        let flags = self.flags(&[
-            ("chown", FlagKind::String),
-            ("chmod", FlagKind::String),
-            ("link", FlagKind::Bool),
-            ("keep-git-dir", FlagKind::Bool),
-            ("checksum", FlagKind::String),
-            ("unpack", FlagKind::Bool),
-            ("exclude", FlagKind::Strings),
-        ])?;
+        let flags = self.flags(ADD_FLAGS)?;
         let paths = self.sources_and_dest(args, "ADD")?;
         Ok(Instruction::Add(Add {
             meta,
@@ -737,14 +781,7 @@ impl Ctx<'_> {
         if args.len() < 2 {
             return Err(self.message(no_destination("COPY")));
         }
-        let flags = self.flags(&[
-            ("chown", FlagKind::String),
-            ("from", FlagKind::String),
-            ("chmod", FlagKind::String),
-            ("link", FlagKind::Bool),
-            ("exclude", FlagKind::Strings),
-            ("parents", FlagKind::Bool),
-        ])?;
+        let flags = self.flags(COPY_FLAGS)?;
         let paths = self.sources_and_dest(args, "COPY")?;
         Ok(Instruction::Copy(Copy {
             meta,
@@ -805,12 +842,7 @@ impl Ctx<'_> {
     /// RUN: its flags checked in BuildKit's order (devices, mounts,
     /// network, security), and its heredocs.
     fn run(&self, meta: Meta, args: &[String]) -> Result<Instruction, ParseError> {
-        let flags = self.flags(&[
-            ("mount", FlagKind::Strings),
-            ("network", FlagKind::String),
-            ("security", FlagKind::String),
-            ("device", FlagKind::Strings),
-        ])?;
+        let flags = self.flags(RUN_FLAGS)?;
         let mut devices = Vec::new();
         for spec in flags.strings("device") {
             devices.push(
@@ -1004,13 +1036,7 @@ impl Ctx<'_> {
                 retries: None,
             }));
         }
-        let flags = self.flags(&[
-            ("interval", FlagKind::String),
-            ("timeout", FlagKind::String),
-            ("start-period", FlagKind::String),
-            ("start-interval", FlagKind::String),
-            ("retries", FlagKind::String),
-        ])?;
+        let flags = self.flags(HEALTHCHECK_FLAGS)?;
         if typ != "CMD" {
             return Err(self.message(format!(
                 "Unknown type {} in HEALTHCHECK (try CMD)",

@@ -28,6 +28,15 @@ pub enum MountType {
 }
 
 impl MountType {
+    /// Every mount type.
+    pub const ALL: &'static [MountType] = &[
+        MountType::Bind,
+        MountType::Cache,
+        MountType::Tmpfs,
+        MountType::Secret,
+        MountType::Ssh,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             MountType::Bind => "bind",
@@ -82,7 +91,9 @@ pub enum MountError {
     Expand(#[from] crate::expand::ExpandError),
 }
 
-const ALL_KEYS: &[&str] = &[
+/// Every `--mount` option the parser accepts (with its other spellings:
+/// `src`, `dst`, `destination`, `ro`, `rw`, `readwrite`).
+pub const ALL_KEYS: &[&str] = &[
     "type",
     "from",
     "source",
@@ -384,8 +395,17 @@ fn parse_go_bool(s: &str) -> Option<bool> {
     }
 }
 
-/// docker/go-units `RAMInBytes`: `64m`, `1.5GiB`, `1024` (binary units).
-fn ram_in_bytes(s: &str) -> Option<u64> {
+/// docker/go-units `RAMInBytes`: `64m`, `1.5GiB`, `1024` (binary units);
+/// the one reader of Docker's size syntax (tmpfs `size=`, `--memory`,
+/// `--shm-size`).
+///
+/// ```
+/// use kiln_parser::mount::ram_in_bytes;
+/// assert_eq!(ram_in_bytes("64m"), Some(64 << 20));
+/// assert_eq!(ram_in_bytes("1.5GiB"), Some(3 << 29));
+/// assert_eq!(ram_in_bytes("12 x"), None);
+/// ```
+pub fn ram_in_bytes(s: &str) -> Option<u64> {
     let number_end = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
@@ -418,7 +438,9 @@ fn ram_in_bytes(s: &str) -> Option<u64> {
             m
         }
     };
-    Some((value * multiplier) as u64)
+    let bytes = value * multiplier;
+    // Too large for a u64 is not a size.
+    (bytes.is_finite() && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 /// One CSV record (Go's `encoding/csv` rules, no lazy quotes): fields split

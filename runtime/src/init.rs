@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use crate::protocol::{ContainerConfig, Failure, Report};
 use crate::security::{default_seccomp_filters, dropped_capabilities, DEFAULT_CAPABILITIES};
-use crate::spec::Network;
+use crate::spec::{BindMount, Network, RlimitResource, TmpfsMount};
 use crate::sys::Syscalls;
 use crate::user::{resolve_user, ResolvedUser};
 
@@ -159,14 +159,9 @@ fn init(
     let env = finalize_env(&cfg.env, &user);
     let program = find_executable(sys, &cfg.argv[0], &env)?;
 
-    let (soft, hard) = cfg.nofile;
-    step("rlimit nofile", sys.set_nofile_limit(soft, hard))?;
-    for cap in dropped_capabilities() {
-        match sys.drop_bounding_cap(cap) {
-            // A capability this kernel does not have is already not there.
-            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {}
-            other => step(format!("drop {cap} from the bounding set"), other)?,
-        }
+    set_rlimits(sys, cfg)?;
+    if !cfg.privileged {
+        drop_bounding_caps(sys)?;
     }
     // Without setgroups (a user namespace whose gid map was written without
     // privileges) the image's supplementary groups cannot be set.
@@ -177,7 +172,11 @@ fn init(
     step(format!("setgid {}", user.gid), sys.setresgid(user.gid))?;
     step(format!("setuid {}", user.uid), sys.setresuid(user.uid))?;
     step("keep capabilities", sys.set_keep_caps(false))?;
-    step("capabilities", sys.set_caps(DEFAULT_CAPABILITIES))?;
+    // Privileged (`security.insecure`): the capabilities root has, all
+    // those of the bounding set, stay.
+    if !cfg.privileged {
+        step("capabilities", sys.set_caps(DEFAULT_CAPABILITIES))?;
+    }
     // Set after the uid change, which clears it.
     step(
         "parent death signal",
@@ -196,6 +195,34 @@ fn init(
     }
     let err = sys.exec(&program, &cfg.argv, &env);
     Err(exec_failure(&cfg.argv[0], &err))
+}
+
+/// RLIMIT_NOFILE, then the other limits asked for.
+fn set_rlimits(sys: &mut dyn Syscalls, cfg: &ContainerConfig) -> Result<(), Failure> {
+    let (soft, hard) = cfg.nofile;
+    step(
+        "rlimit nofile",
+        sys.set_rlimit(RlimitResource::Nofile, soft, hard),
+    )?;
+    for limit in &cfg.rlimits {
+        step(
+            format!("rlimit {}", limit.resource.name()),
+            sys.set_rlimit(limit.resource, limit.soft, limit.hard),
+        )?;
+    }
+    Ok(())
+}
+
+/// Drops from the bounding set what Docker's default set lacks.
+fn drop_bounding_caps(sys: &mut dyn Syscalls) -> Result<(), Failure> {
+    for cap in dropped_capabilities() {
+        match sys.drop_bounding_cap(cap) {
+            // A capability this kernel does not have is already not there.
+            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {}
+            other => step(format!("drop {cap} from the bounding set"), other)?,
+        }
+    }
+    Ok(())
 }
 
 fn exec_failure(program: &str, err: &io::Error) -> Failure {
@@ -393,8 +420,11 @@ fn prepare_rootfs(
     mount_proc_and_sys(sys, cfg, report)?;
     let dev = mount_dev(sys, cfg, report)?;
     bind_etc_files(sys, cfg, report)?;
-    bind_volumes(sys, cfg, report)?;
+    mount_volumes(sys, cfg, report)?;
     mount_memory_files(sys, cfg, root, report)?;
+    if cfg.privileged {
+        return Ok(());
+    }
     mask_paths(sys, root, &dev)
 }
 
@@ -496,7 +526,7 @@ fn mount_dev(
         &shm,
         "tmpfs",
         NO_SUID_DEV_EXEC,
-        "mode=1777,size=65536k",
+        &format!("mode=1777,size={}", tmpfs_size(cfg.shm_size)),
     )?;
     let mqueue = dev.join("mqueue");
     step("mkdir /dev/mqueue", sys.mkdir_all(&mqueue, 0o755))?;
@@ -561,39 +591,108 @@ fn bind_etc_files(
     Ok(())
 }
 
-/// The volumes, bound (recursively) on their targets, read-only when asked
-/// and nodev when no device cgroup restricts the container.
-fn bind_volumes(
+/// A tmpfs size option: in KiB when it is a whole number of them (as
+/// Docker writes /dev/shm's), else in bytes.
+fn tmpfs_size(bytes: u64) -> String {
+    if bytes % 1024 == 0 {
+        format!("{}k", bytes / 1024)
+    } else {
+        bytes.to_string()
+    }
+}
+
+/// One of the run's mounts: a host path bound, or an empty tmpfs.
+enum Volume<'a> {
+    Bind(&'a BindMount),
+    Tmpfs(&'a TmpfsMount),
+}
+
+impl Volume<'_> {
+    fn target(&self) -> &Path {
+        match self {
+            Volume::Bind(b) => &b.target,
+            Volume::Tmpfs(t) => &t.target,
+        }
+    }
+}
+
+/// The bind mounts and tmpfs mounts, shallowest target first (a mount
+/// under another one's target lands on it, not under it), in the given
+/// order among equals.
+fn mount_volumes(
     sys: &mut dyn Syscalls,
     cfg: &ContainerConfig,
     report: &mut dyn FnMut(Report),
 ) -> Result<(), Failure> {
-    for volume in &cfg.mounts {
-        let rel = volume.target.strip_prefix("/").unwrap_or(&volume.target);
-        let is_dir = step(
-            format!("stat {}", volume.source.display()),
-            sys.stat_mode(&volume.source),
-        )?
-        .is_none_or(|mode| mode & libc::S_IFMT == libc::S_IFDIR);
-        let target = ensure_mount_point(sys, &cfg.rootfs, rel, is_dir, report)?;
-        let source = volume.source.to_string_lossy();
-        mount(sys, &source, &target, "", libc::MS_BIND | libc::MS_REC, "")?;
-        if volume.read_only {
-            remount_read_only(sys, &target, cfg.nodev)?;
-        } else if cfg.nodev {
-            let kept = step(
-                format!("statvfs {}", target.display()),
-                sys.mount_flags(&target),
-            )?;
-            mount(
-                sys,
-                "",
-                &target,
-                "",
-                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NODEV | kept,
-                "",
-            )?;
+    let mut volumes: Vec<Volume<'_>> = cfg.mounts.iter().map(Volume::Bind).collect();
+    volumes.extend(cfg.tmpfs.iter().map(Volume::Tmpfs));
+    volumes.sort_by_key(|v| v.target().components().count());
+    for volume in volumes {
+        match volume {
+            Volume::Bind(bind) => bind_volume(sys, cfg, bind, report)?,
+            Volume::Tmpfs(tmpfs) => mount_tmpfs(sys, cfg, tmpfs, report)?,
         }
+    }
+    Ok(())
+}
+
+/// An empty tmpfs, mode 1777 and nosuid as BuildKit mounts it (nodev too
+/// when no device cgroup restricts the container).
+fn mount_tmpfs(
+    sys: &mut dyn Syscalls,
+    cfg: &ContainerConfig,
+    tmpfs: &TmpfsMount,
+    report: &mut dyn FnMut(Report),
+) -> Result<(), Failure> {
+    let rel = tmpfs.target.strip_prefix("/").unwrap_or(&tmpfs.target);
+    let target = ensure_mount_point(sys, &cfg.rootfs, rel, true, report)?;
+    let nodev = if cfg.nodev { libc::MS_NODEV } else { 0 };
+    let mut options = "mode=1777".to_string();
+    if let Some(size) = tmpfs.size {
+        options.push_str(&format!(",size={}", tmpfs_size(size)));
+    }
+    mount(
+        sys,
+        "tmpfs",
+        &target,
+        "tmpfs",
+        libc::MS_NOSUID | nodev,
+        &options,
+    )
+}
+
+/// A volume bound (recursively) on its target, read-only when asked and
+/// nodev when no device cgroup restricts the container.
+fn bind_volume(
+    sys: &mut dyn Syscalls,
+    cfg: &ContainerConfig,
+    volume: &BindMount,
+    report: &mut dyn FnMut(Report),
+) -> Result<(), Failure> {
+    let rel = volume.target.strip_prefix("/").unwrap_or(&volume.target);
+    let is_dir = step(
+        format!("stat {}", volume.source.display()),
+        sys.stat_mode(&volume.source),
+    )?
+    .is_none_or(|mode| mode & libc::S_IFMT == libc::S_IFDIR);
+    let target = ensure_mount_point(sys, &cfg.rootfs, rel, is_dir, report)?;
+    let source = volume.source.to_string_lossy();
+    mount(sys, &source, &target, "", libc::MS_BIND | libc::MS_REC, "")?;
+    if volume.read_only {
+        remount_read_only(sys, &target, cfg.nodev)?;
+    } else if cfg.nodev {
+        let kept = step(
+            format!("statvfs {}", target.display()),
+            sys.mount_flags(&target),
+        )?;
+        mount(
+            sys,
+            "",
+            &target,
+            "",
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NODEV | kept,
+            "",
+        )?;
     }
     Ok(())
 }

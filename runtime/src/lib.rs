@@ -100,7 +100,7 @@ pub use helper::helper_main;
 pub use parent::{run, MAX_LOWER_DIRS};
 pub use scratch::{remove_dead_scratch, RemovedScratch};
 pub use spec::{
-    BindMount, ExitStatus, HelperCommand, Limit, Limits, MemoryFile, Network, RunSpec, Streams,
-    UpperDir, HELPER_SUBCOMMAND,
+    BindMount, ExitStatus, HelperCommand, Limit, Limits, MemoryFile, Network, Rlimit,
+    RlimitResource, RunSpec, Streams, TmpfsMount, UpperDir, DEFAULT_SHM_SIZE, HELPER_SUBCOMMAND,
 };
 pub use sys::pipe;

@@ -19,7 +19,7 @@ use crate::helper::remove_tree;
 use crate::idmap;
 use crate::init::ETC_FILES;
 use crate::protocol::{ContainerConfig, Failure, Report, FDS_ENV};
-use crate::spec::{ExitStatus, HelperCommand, Network, RunSpec, Streams, UpperDir};
+use crate::spec::{ExitStatus, HelperCommand, Network, RlimitResource, RunSpec, Streams, UpperDir};
 
 fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> RuntimeError {
     move |source| RuntimeError::Io { what, source }
@@ -154,7 +154,10 @@ impl StateDir {
         }
         let files = [
             ("hostname", format!("{}\n", spec.hostname)),
-            ("hosts", hosts_file(&spec.hostname, spec.network)),
+            (
+                "hosts",
+                hosts_file(&spec.hostname, spec.network, &spec.extra_hosts),
+            ),
             ("resolv.conf", resolv_conf()),
         ];
         for (name, content) in files {
@@ -221,14 +224,17 @@ impl StateDir {
 }
 
 /// /etc/hosts: localhost and the container's own name, plus the host's
-/// entries when it shares the host's network.
-fn hosts_file(hostname: &str, network: Network) -> String {
+/// entries when it shares the host's network, then the `--add-host` ones.
+fn hosts_file(hostname: &str, network: Network, extra: &[(String, String)]) -> String {
     let mut hosts =
         format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     if network == Network::Host {
         if let Ok(host) = std::fs::read_to_string("/etc/hosts") {
             hosts.push_str(&host);
         }
+    }
+    for (name, address) in extra {
+        hosts.push_str(&format!("{address}\t{name}\n"));
     }
     hosts
 }
@@ -369,12 +375,31 @@ fn spec_config(
         memory_dir: state.memory.clone(),
         terminal: matches!(spec.streams, Streams::Terminal { .. }),
         console_fd: None,
-        seccomp: spec.seccomp,
-        nofile,
+        seccomp: spec.seccomp && !spec.privileged,
+        nofile: rlimit_nofile(spec, nofile),
+        rlimits: spec
+            .rlimits
+            .iter()
+            .filter(|r| r.resource != RlimitResource::Nofile)
+            .copied()
+            .collect(),
+        tmpfs: spec.tmpfs.clone(),
+        shm_size: spec.shm_size,
+        privileged: spec.privileged,
         remove_after_exit,
         cgroups: Vec::new(),
         nodev: false,
     })
+}
+
+/// RLIMIT_NOFILE: an `nofile` rlimit of the spec, else the default
+/// (`spec.nofile`, capped as [`nofile_limit`] says).
+fn rlimit_nofile(spec: &RunSpec, default: (u64, u64)) -> (u64, u64) {
+    spec.rlimits
+        .iter()
+        .rev()
+        .find(|r| r.resource == RlimitResource::Nofile)
+        .map_or(default, |r| (r.soft, r.hard))
 }
 
 /// RLIMIT_NOFILE for the container: what was asked, capped to the kernel's
@@ -1138,7 +1163,7 @@ mod tests {
 
     #[test]
     fn hosts_file_names_the_container() {
-        let hosts = hosts_file("box", Network::None);
+        let hosts = hosts_file("box", Network::None, &[]);
         assert!(hosts.starts_with("127.0.0.1\tlocalhost box\n"), "{hosts}");
     }
 

@@ -7,7 +7,13 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{BindMount, ExitStatus, MemoryFile, Network};
+use crate::spec::{
+    BindMount, ExitStatus, MemoryFile, Network, Rlimit, TmpfsMount, DEFAULT_SHM_SIZE,
+};
+
+fn default_shm_size() -> u64 {
+    DEFAULT_SHM_SIZE
+}
 
 /// The environment variable naming the helper's descriptors:
 /// `config,report,sync[,console]` (see [`crate::helper_main`]).
@@ -42,6 +48,19 @@ pub struct ContainerConfig {
     pub console_fd: Option<i32>,
     pub seccomp: bool,
     pub nofile: (u64, u64),
+    /// Resource limits besides nofile, set before the uid change.
+    #[serde(default)]
+    pub rlimits: Vec<Rlimit>,
+    /// Empty tmpfs mounts (with the bind mounts, shallowest first).
+    #[serde(default)]
+    pub tmpfs: Vec<TmpfsMount>,
+    /// /dev/shm's size in bytes.
+    #[serde(default = "default_shm_size")]
+    pub shm_size: u64,
+    /// Keep every capability, no masked paths (seccomp is off as well:
+    /// `seccomp` is false then).
+    #[serde(default)]
+    pub privileged: bool,
     /// Removed by the helper once the container is gone (a discarded upper
     /// dir, overlay's work dir), from inside the user namespace if any.
     pub remove_after_exit: Vec<PathBuf>,

@@ -38,6 +38,117 @@ pub struct BindMount {
     pub read_only: bool,
 }
 
+/// An empty tmpfs mounted in the container (`RUN --mount=type=tmpfs`):
+/// mode 1777, nosuid, as BuildKit mounts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TmpfsMount {
+    /// Absolute path inside the container.
+    pub target: PathBuf,
+    /// Its size limit in bytes; none is the kernel's default (half the RAM).
+    pub size: Option<u64>,
+}
+
+/// A resource limit (`--ulimit NAME=SOFT[:HARD]`) set on the container's
+/// process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub resource: RlimitResource,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// The resources `--ulimit` names, as docker's (go-units) list has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum RlimitResource {
+    Core,
+    Cpu,
+    Data,
+    Fsize,
+    Locks,
+    Memlock,
+    Msgqueue,
+    Nice,
+    Nofile,
+    Nproc,
+    Rss,
+    Rtprio,
+    Rttime,
+    Sigpending,
+    Stack,
+}
+
+impl RlimitResource {
+    /// Every resource with its name, in docker's spelling.
+    pub const ALL: &'static [(&'static str, RlimitResource)] = &[
+        ("core", RlimitResource::Core),
+        ("cpu", RlimitResource::Cpu),
+        ("data", RlimitResource::Data),
+        ("fsize", RlimitResource::Fsize),
+        ("locks", RlimitResource::Locks),
+        ("memlock", RlimitResource::Memlock),
+        ("msgqueue", RlimitResource::Msgqueue),
+        ("nice", RlimitResource::Nice),
+        ("nofile", RlimitResource::Nofile),
+        ("nproc", RlimitResource::Nproc),
+        ("rss", RlimitResource::Rss),
+        ("rtprio", RlimitResource::Rtprio),
+        ("rttime", RlimitResource::Rttime),
+        ("sigpending", RlimitResource::Sigpending),
+        ("stack", RlimitResource::Stack),
+    ];
+
+    /// The resource docker calls `name`.
+    pub fn from_name(name: &str) -> Option<RlimitResource> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, r)| *r)
+    }
+
+    /// Its name, as docker spells it.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, r)| *r == self)
+            .map_or("?", |(n, _)| n)
+    }
+}
+
+impl Rlimit {
+    /// Parses docker's `NAME=SOFT[:HARD]` (`-1` is unlimited; one value
+    /// sets both).
+    pub fn parse(spec: &str) -> Result<Rlimit, String> {
+        let (name, values) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("invalid ulimit {spec:?}: expected NAME=SOFT[:HARD]"))?;
+        let resource = RlimitResource::from_name(name).ok_or_else(|| {
+            let names: Vec<&str> = RlimitResource::ALL.iter().map(|(n, _)| *n).collect();
+            format!(
+                "invalid ulimit {spec:?}: unknown resource {name:?} (one of {})",
+                names.join(", ")
+            )
+        })?;
+        let value = |v: &str| -> Result<u64, String> {
+            if v == "-1" {
+                return Ok(libc::RLIM_INFINITY);
+            }
+            v.parse::<u64>()
+                .map_err(|_| format!("invalid ulimit {spec:?}: {v:?} is not a number"))
+        };
+        let (soft, hard) = match values.split_once(':') {
+            Some((soft, hard)) => (value(soft)?, value(hard)?),
+            None => (value(values)?, value(values)?),
+        };
+        if soft > hard {
+            return Err(format!(
+                "invalid ulimit {spec:?}: the soft limit is above the hard one"
+            ));
+        }
+        Ok(Rlimit {
+            resource,
+            soft,
+            hard,
+        })
+    }
+}
+
 /// A read-only file whose content only kiln holds (a build secret). The
 /// container's init writes it to a tmpfs mounted in the container's own
 /// mount namespace, then binds it on `target`: no filesystem the host can
@@ -126,6 +237,10 @@ pub struct Limits {
     pub memory: Limit,
 }
 
+/// /dev/shm's size unless a run says otherwise (Docker's and BuildKit's
+/// 64 MiB).
+pub const DEFAULT_SHM_SIZE: u64 = 64 * 1024 * 1024;
+
 /// Everything needed to run one process in a container.
 #[derive(Debug)]
 pub struct RunSpec {
@@ -157,6 +272,18 @@ pub struct RunSpec {
     pub mounts: Vec<BindMount>,
     /// Files mounted from memory, after [`RunSpec::mounts`].
     pub memory_files: Vec<MemoryFile>,
+    /// Empty tmpfs mounts; with the bind mounts, mounted shallowest first.
+    pub tmpfs: Vec<TmpfsMount>,
+    /// The size of /dev/shm in bytes (Docker's default: 64 MiB).
+    pub shm_size: u64,
+    /// More `/etc/hosts` lines: (name, address), as `--add-host`.
+    pub extra_hosts: Vec<(String, String)>,
+    /// Resource limits (an `nofile` one replaces [`RunSpec::nofile`]).
+    pub rlimits: Vec<Rlimit>,
+    /// BuildKit's `security.insecure` (Docker's privileged, as far as a
+    /// step goes): every capability the bounding set has is kept, no
+    /// seccomp filter, no masked or read-only paths.
+    pub privileged: bool,
     pub streams: Streams,
     /// Killed (SIGKILL) when it runs longer; the run then fails with
     /// [`crate::RuntimeError::Timeout`].
@@ -195,6 +322,11 @@ impl RunSpec {
             network: Network::None,
             mounts: Vec::new(),
             memory_files: Vec::new(),
+            tmpfs: Vec::new(),
+            shm_size: DEFAULT_SHM_SIZE,
+            extra_hosts: Vec::new(),
+            rlimits: Vec::new(),
+            privileged: false,
             streams: Streams::default(),
             timeout: None,
             seccomp: true,

@@ -13,6 +13,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use crate::spec::RlimitResource;
 use caps::{CapSet, Capability, CapsHashSet};
 use seccompiler::BpfProgram;
 
@@ -103,8 +104,8 @@ pub trait Syscalls {
     fn set_caps(&mut self, caps: &[Capability]) -> io::Result<()>;
     /// prctl(PR_SET_NO_NEW_PRIVS).
     fn set_no_new_privs(&mut self) -> io::Result<()>;
-    /// setrlimit(RLIMIT_NOFILE).
-    fn set_nofile_limit(&mut self, soft: u64, hard: u64) -> io::Result<()>;
+    /// setrlimit(2) of `resource`.
+    fn set_rlimit(&mut self, resource: RlimitResource, soft: u64, hard: u64) -> io::Result<()>;
     /// prctl(PR_SET_PDEATHSIG).
     fn set_parent_death_signal(&mut self, signal: libc::c_int) -> io::Result<()>;
     /// Installs seccomp filters, in order.
@@ -544,17 +545,32 @@ impl Syscalls for RealSyscalls {
         Ok(rustix::thread::set_no_new_privs(true)?)
     }
 
-    fn set_nofile_limit(&mut self, soft: u64, hard: u64) -> io::Result<()> {
+    fn set_rlimit(&mut self, resource: RlimitResource, soft: u64, hard: u64) -> io::Result<()> {
+        use rustix::process::Resource;
         // RLIM_INFINITY is rustix's None.
         let finite = |v: u64| (v != libc::RLIM_INFINITY).then_some(v);
         let limit = rustix::process::Rlimit {
             current: finite(soft),
             maximum: finite(hard),
         };
-        Ok(rustix::process::setrlimit(
-            rustix::process::Resource::Nofile,
-            limit,
-        )?)
+        let resource = match resource {
+            RlimitResource::Core => Resource::Core,
+            RlimitResource::Cpu => Resource::Cpu,
+            RlimitResource::Data => Resource::Data,
+            RlimitResource::Fsize => Resource::Fsize,
+            RlimitResource::Locks => Resource::Locks,
+            RlimitResource::Memlock => Resource::Memlock,
+            RlimitResource::Msgqueue => Resource::Msgqueue,
+            RlimitResource::Nice => Resource::Nice,
+            RlimitResource::Nofile => Resource::Nofile,
+            RlimitResource::Nproc => Resource::Nproc,
+            RlimitResource::Rss => Resource::Rss,
+            RlimitResource::Rtprio => Resource::Rtprio,
+            RlimitResource::Rttime => Resource::Rttime,
+            RlimitResource::Sigpending => Resource::Sigpending,
+            RlimitResource::Stack => Resource::Stack,
+        };
+        Ok(rustix::process::setrlimit(resource, limit)?)
     }
 
     fn set_parent_death_signal(&mut self, signal: libc::c_int) -> io::Result<()> {
@@ -897,8 +913,9 @@ impl Syscalls for RecordingSyscalls {
         self.record("no_new_privs".to_string())
     }
 
-    fn set_nofile_limit(&mut self, soft: u64, hard: u64) -> io::Result<()> {
-        self.record(format!("rlimit NOFILE {soft} {hard}"))
+    fn set_rlimit(&mut self, resource: RlimitResource, soft: u64, hard: u64) -> io::Result<()> {
+        let name = resource.name().to_ascii_uppercase();
+        self.record(format!("rlimit {name} {soft} {hard}"))
     }
 
     fn set_parent_death_signal(&mut self, signal: libc::c_int) -> io::Result<()> {

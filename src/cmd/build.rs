@@ -27,13 +27,14 @@ use kiln_runtime::{HelperCommand, Network, HELPER_SUBCOMMAND};
 
 use crate::cmd::limits::LimitArgs;
 use crate::cmd::parse::DockerfileSource;
+use crate::cmd::step_flags::StepArgs;
 use crate::progress::{BuildProgress, ProgressArgs, ProgressMode};
 use crate::settings::GlobalSettings;
 
 #[derive(Debug, Subcommand)]
 pub enum BuildCommand {
     /// Build an image from a Dockerfile.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -175,13 +176,15 @@ pub struct BuildArgs {
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
+    step: StepArgs,
+    #[command(flatten)]
     progress: ProgressArgs,
 }
 
 impl BuildCommand {
     pub fn run(self, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
         match self {
-            BuildCommand::Build(args) => build(args, settings),
+            BuildCommand::Build(args) => build(*args, settings),
         }
     }
 }
@@ -368,11 +371,13 @@ fn settings_of(
             build_args: parse_build_args(&args.build_args),
             target_platform: platform,
             build_platform: Platform::host(),
+            run: args.step.run_defaults(),
         },
         tags,
         pull: args.pull.into(),
         no_cache: args.no_cache,
         no_cache_stages: args.no_cache_filter.clone(),
+        allow: args.step.entitlements(args.network == NetworkArg::Host),
         source_date_epoch: crate::settings::source_date_epoch(),
         network: match args.network {
             NetworkArg::Host => Network::Host,

@@ -223,6 +223,7 @@ fn run_explain(args: ExplainArgs, settings: &GlobalSettings) -> anyhow::Result<E
                 None => Platform::host(),
             },
             build_platform: Platform::host(),
+            run: Default::default(),
         },
         entrypoint: args.entrypoint.clone(),
         args: args.args.clone(),

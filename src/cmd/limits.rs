@@ -47,32 +47,7 @@ pub fn parse_memory(text: &str) -> Result<Limit, String> {
     let invalid = || {
         format!("invalid size {text:?}: expected bytes or a number with b, k, m, g (e.g. 512m, 2g)")
     };
-    let trimmed = text.trim();
-    let digits_end = trimmed
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(digits_end);
-    if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
-        return Err(invalid());
-    }
-    let value: f64 = number.parse().map_err(|_| invalid())?;
-    let unit = unit.trim_start().to_ascii_lowercase();
-    let unit = unit.strip_suffix('b').unwrap_or(&unit);
-    let unit = unit.strip_suffix('i').unwrap_or(unit);
-    let multiplier: u64 = match unit {
-        "" => 1,
-        "k" => 1 << 10,
-        "m" => 1 << 20,
-        "g" => 1 << 30,
-        "t" => 1 << 40,
-        "p" => 1 << 50,
-        _ => return Err(invalid()),
-    };
-    let bytes = value * multiplier as f64;
-    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
-        return Err(format!("size {text:?} is too large"));
-    }
-    let bytes = bytes as u64;
+    let bytes = kiln_parser::mount::ram_in_bytes(text.trim()).ok_or_else(invalid)?;
     if bytes == 0 {
         return Ok(Limit::Unlimited);
     }

@@ -10,6 +10,7 @@ pub mod parse;
 pub mod plan_view;
 pub mod registry;
 pub mod run;
+pub mod step_flags;
 
 /// The async runtime for the commands that talk to a registry (pull, push,
 /// login, a build's base images and `ADD <url>`): multi-threaded, I/O and

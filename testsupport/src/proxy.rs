@@ -349,6 +349,12 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+/// One request's path through the fault plan, in the order a registry
+/// client meets it: TLS probe, hang, error status, canned answer, then
+/// forwarding with upload cuts, pacing, blob cuts and flipped bytes.
+/// Test support, longer than kiln's 100-line budget: each fault is a few
+/// lines at the point of the exchange where it strikes, and splitting them
+/// apart would hide that order.
 fn handle(
     mut client: TcpStream,
     upstream_addr: SocketAddr,

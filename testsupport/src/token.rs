@@ -179,6 +179,10 @@ fn respond(
     stream.flush()
 }
 
+/// One token request, checked as distribution's token servers check it
+/// (method, grant type, credentials, scope) before a token is signed.
+/// Test support, longer than kiln's 100-line budget: the checks read in
+/// the order the protocol has them.
 fn serve(
     mut stream: TcpStream,
     signer: &Signer,

@@ -293,6 +293,7 @@ pub fn check(source: &str, file_name: &str, options: &LintOptions) -> Report {
         target_platform: options.platform.clone(),
         build_platform: options.platform.clone(),
         target: options.target.clone(),
+        run: Default::default(),
     };
     let walk_options = WalkOptions {
         all_stages: options.target.is_none(),

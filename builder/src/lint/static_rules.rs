@@ -124,6 +124,7 @@ fn invalid_default_args(df: &ins::Dockerfile, options: &LintOptions<'_>, linter:
         target_platform: options.platform.clone(),
         build_platform: options.platform.clone(),
         target: None,
+        run: Default::default(),
     };
     let target_name = df
         .stages

@@ -369,6 +369,7 @@ impl<'a> Planner<'a> {
                 };
                 let mut image = found.config;
                 image.created = None;
+                drop_unmodelled_fields(&mut image);
                 if let Some(c) = image.config.as_mut() {
                     onbuild = c.on_build.take().unwrap_or_default();
                 }
@@ -507,6 +508,10 @@ impl<'a> Planner<'a> {
 
     /// One instruction: a flat match over the instruction kinds, each
     /// applying BuildKit's `dispatch*` for it.
+    ///
+    /// Longer than kiln's 100-line budget on purpose: one arm per
+    /// instruction, each a few lines that call out to a method for anything
+    /// longer, read as a table (BuildKit's `dispatch` has the same shape).
     fn dispatch(
         &mut self,
         instruction: &Instruction,
@@ -797,6 +802,9 @@ impl<'a> Planner<'a> {
             cache_namespace: crate::frontend::cache_namespace(&self.opts.build_args),
             mounts,
             script,
+            extra_hosts: self.opts.run.extra_hosts.clone(),
+            shm_size: self.opts.run.shm_size,
+            ulimits: self.opts.run.ulimits.clone(),
         })
     }
 
@@ -998,9 +1006,8 @@ impl<'a> Planner<'a> {
     }
 }
 
-/// RUN flags kiln parses but cannot honour yet are refused, naming the
-/// line, rather than accepted and ignored: `--device` (BuildKit's CDI
-/// devices) and `--security=insecure`.
+/// RUN flags kiln parses but cannot honour are refused, naming the line,
+/// rather than accepted and ignored: `--device` (BuildKit's CDI devices).
 fn refuse_unsupported_run_flags(r: &ins::Run, site: &Site<'_>) -> Result<(), PlanError> {
     if let Some(device) = r.devices.first() {
         return Err(site.invalid(format!(
@@ -1008,13 +1015,20 @@ fn refuse_unsupported_run_flags(r: &ins::Run, site: &Site<'_>) -> Result<(), Pla
             device.name
         )));
     }
-    if r.security.as_deref() == Some("insecure") {
-        return Err(site.invalid(
-            "RUN --security=insecure is not supported by kiln: its steps always run sandboxed"
-                .into(),
-        ));
-    }
     Ok(())
+}
+
+/// A base image's config fields that BuildKit's image type does not have
+/// do not carry over into the image built on it: what docker's legacy
+/// builder wrote (`container_config`, `docker_version`, `Config.Hostname`,
+/// `Config.Image`, `Config.Attach*`, …). Its type has OCI's fields (with
+/// the platform's `os.features`) and Docker's `Healthcheck`, `OnBuild` and
+/// `Shell`, which kiln models.
+fn drop_unmodelled_fields(image: &mut ImageConfig) {
+    image.extra.retain(|key, _| key == "os.features");
+    if let Some(config) = image.config.as_mut() {
+        config.extra.clear();
+    }
 }
 
 /// What a base image's config sets, attributed to the image.

@@ -257,6 +257,27 @@ impl StepInputs<'_> {
             }
             None => key.field("script", ""),
         }
+        // The build's RUN flags, only when given (a key made without them
+        // stays what it was).
+        if !r.extra_hosts.is_empty() {
+            let hosts: Vec<String> = r
+                .extra_hosts
+                .iter()
+                .map(|(name, address)| format!("{name}={address}"))
+                .collect();
+            key.list("extra_hosts", &hosts);
+        }
+        if let Some(size) = r.shm_size {
+            key.field("shm_size", &size.to_string());
+        }
+        if !r.ulimits.is_empty() {
+            let limits: Vec<String> = r
+                .ulimits
+                .iter()
+                .map(|l| format!("{}={}:{}", l.resource.name(), l.soft, l.hard))
+                .collect();
+            key.list("ulimits", &limits);
+        }
     }
 
     fn copy(&mut self, key: &mut KeyWriter, c: &CopyStep, line: usize) -> Result<(), PlanError> {

@@ -148,6 +148,8 @@ pub struct BuildOptions {
     pub build_args: BTreeMap<String, String>,
     pub target_platform: Platform,
     pub build_platform: Platform,
+    /// What every RUN gets from the build's flags.
+    pub run: RunDefaults,
 }
 
 impl Default for BuildOptions {
@@ -157,8 +159,21 @@ impl Default for BuildOptions {
             build_args: BTreeMap::new(),
             target_platform: Platform::host(),
             build_platform: Platform::host(),
+            run: RunDefaults::default(),
         }
     }
+}
+
+/// The build flags BuildKit puts on every RUN (its exec ops' meta, so they
+/// are part of every RUN's cache key): `--add-host`, `--shm-size`,
+/// `--ulimit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunDefaults {
+    /// (name, address) lines for /etc/hosts.
+    pub extra_hosts: Vec<(String, String)>,
+    /// /dev/shm's size in bytes (64 MiB when unset).
+    pub shm_size: Option<u64>,
+    pub ulimits: Vec<kiln_runtime::Rlimit>,
 }
 
 /// How far the walk goes: a build dispatches the stages its target needs
@@ -229,6 +244,15 @@ pub struct RunStep {
     pub mounts: Vec<RunMount>,
     /// A heredoc with a shebang becomes a script file (mode 0755).
     pub script: Option<InlineFile>,
+    /// `--add-host` lines: (name, address).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<(String, String)>,
+    /// `--shm-size` in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<u64>,
+    /// `--ulimit`s.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<kiln_runtime::Rlimit>,
 }
 
 /// One `RUN --mount`: the typed spec and where its `from=` points.

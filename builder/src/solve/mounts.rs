@@ -47,6 +47,7 @@ pub(super) fn mount_image_layers(
 /// What one `RUN --mount` gives the runtime.
 pub(super) enum StepMount {
     Bind(BindMount),
+    Tmpfs(kiln_runtime::TmpfsMount),
     Memory(MemoryFile),
     /// A secret as an environment variable: its name and value.
     Env(String, String),
@@ -56,8 +57,8 @@ pub(super) enum StepMount {
 
 /// `RUN --mount=...`. Supported: `type=cache` (a persistent directory in
 /// the store, seeded from `from=` when given), `type=bind` from the
-/// context, a stage or an image, `type=tmpfs` (an empty scratch
-/// directory), `type=secret` (given with `--secret`). `None` for an
+/// context, a stage or an image, `type=tmpfs` (an empty tmpfs, mode 1777,
+/// `size=` its limit), `type=secret` (given with `--secret`). `None` for an
 /// optional secret that was not given. The target is relative to the
 /// working directory, as BuildKit joins it; `/` itself cannot be mounted on.
 pub(super) fn run_mount(
@@ -78,21 +79,15 @@ pub(super) fn run_mount(
         return Err(format!("invalid mount target {target:?}"));
     }
     let target = PathBuf::from(target);
-    let mkdir =
-        |path: &Path| std::fs::create_dir_all(path).map_err(|e| format!("{}: {e}", path.display()));
     let source = spec.source.clone().unwrap_or_default();
     let rel = crate::rootfs::clean_rel(&source);
     let read_only = spec.read_only;
     match spec.mount_type {
         MountType::Cache => cache_mount(run, namespace, spec, &rel, target, from, scratch),
-        MountType::Tmpfs => {
-            mkdir(scratch)?;
-            Ok(vec![StepMount::Bind(BindMount {
-                source: scratch.to_path_buf(),
-                target,
-                read_only: false,
-            })])
-        }
+        MountType::Tmpfs => Ok(vec![StepMount::Tmpfs(kiln_runtime::TmpfsMount {
+            target,
+            size: spec.size_limit,
+        })]),
         MountType::Bind => bind_mount(context, &rel, target, read_only, from, scratch)
             .map(|bind| vec![StepMount::Bind(bind)]),
         MountType::Secret | MountType::Ssh => Err(format!(

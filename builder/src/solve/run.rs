@@ -54,6 +54,7 @@ pub(super) fn execute_run(
 /// ssh agent relays that must serve while it runs.
 struct StepMounts {
     binds: Vec<BindMount>,
+    tmpfs: Vec<kiln_runtime::TmpfsMount>,
     memory: Vec<MemoryFile>,
     ssh_relays: Vec<crate::ssh::AgentRelay>,
     /// Where the first ssh mount is (SSH_AUTH_SOCK points there).
@@ -69,6 +70,7 @@ struct StepMounts {
 fn step_mounts(run: &StepRun<'_>, r: &RunStep, dir: &Path) -> Result<StepMounts, SolveError> {
     let mut mounts = StepMounts {
         binds: Vec::new(),
+        tmpfs: Vec::new(),
         memory: Vec::new(),
         ssh_relays: Vec::new(),
         first_ssh_target: None,
@@ -100,6 +102,7 @@ fn step_mounts(run: &StepRun<'_>, r: &RunStep, dir: &Path) -> Result<StepMounts,
         for step_mount in made {
             match step_mount {
                 StepMount::Bind(bind) => mounts.binds.push(bind),
+                StepMount::Tmpfs(tmpfs) => mounts.tmpfs.push(tmpfs),
                 StepMount::Memory(file) => mounts.memory.push(file),
                 StepMount::Env(name, value) => mounts.env.push((name, value)),
                 StepMount::Lock(lock) => mounts.locks.push(lock),
@@ -200,7 +203,14 @@ fn run_spec(
         _ => opts.network,
     };
     spec.mounts = mounts.binds.clone();
+    spec.tmpfs = mounts.tmpfs.clone();
     spec.memory_files = mounts.memory.clone();
+    spec.extra_hosts = r.extra_hosts.clone();
+    if let Some(size) = r.shm_size {
+        spec.shm_size = size;
+    }
+    spec.rlimits = r.ulimits.clone();
+    spec.privileged = r.security.as_deref() == Some("insecure");
     spec.image = format!("stage {}", run.step.stage);
     spec.limits = opts.limits;
     Ok(spec)

@@ -34,6 +34,10 @@ fn config() -> ContainerConfig {
         console_fd: None,
         seccomp: true,
         nofile: (1024, 4096),
+        rlimits: vec![],
+        tmpfs: vec![],
+        shm_size: crate::DEFAULT_SHM_SIZE,
+        privileged: false,
         remove_after_exit: vec![],
         cgroups: vec![],
         nodev: false,
@@ -86,6 +90,17 @@ fn transcript(sys: &mut RecordingSyscalls, cfg: &ContainerConfig) -> (Failure, S
     }
     text.push_str(&format!("\nresult {failure:?}\n"));
     (failure, text)
+}
+
+/// Each of `expected` is in `text`, after the one before it.
+fn assert_in_order(text: &str, expected: &[&str]) {
+    let mut at = 0;
+    for call in expected {
+        let found = text[at..]
+            .find(call)
+            .unwrap_or_else(|| panic!("{call:?} missing, or out of order:\n{text}"));
+        at += found + call.len();
+    }
 }
 
 fn check_golden(case: &str, actual: &str) {
@@ -150,13 +165,7 @@ fn memory_files_go_to_a_private_tmpfs_then_onto_their_targets() {
         "umount /state/memory DETACH",
         "pivot_root . .",
     ];
-    let mut at = 0;
-    for call in expected {
-        let found = text[at..]
-            .find(call)
-            .unwrap_or_else(|| panic!("{call:?} missing, or out of order:\n{text}"));
-        at += found + call.len();
-    }
+    assert_in_order(&text, &expected);
     assert!(!text.contains("s3cret"), "{text}");
     assert!(!text.contains("run/secrets/tok\" }"), "{text}");
     // No memory files: nothing mounted on the memory dir.
@@ -224,6 +233,47 @@ fn root_without_device_cgroup_mounts_nodev() {
         "{text}"
     );
     check_golden("root_nodev", &text);
+}
+
+/// The step options of a build: tmpfs mounts (sized, mode 1777, mounted
+/// with the binds shallowest first), /dev/shm's size, resource limits,
+/// and the privileged mode of `security.insecure`: no bounding-set drops,
+/// no capability narrowing, no masked paths.
+#[test]
+fn tmpfs_shm_rlimits_and_privileged() {
+    let mut cfg = config();
+    cfg.mounts = vec![BindMount {
+        source: "/host/data".into(),
+        target: "/scratch/data".into(),
+        read_only: false,
+    }];
+    cfg.tmpfs = vec![crate::TmpfsMount {
+        target: "/scratch".into(),
+        size: Some(1024 * 1024),
+    }];
+    cfg.shm_size = 128 * 1024 * 1024;
+    cfg.rlimits = vec![crate::Rlimit::parse("nproc=100:200").unwrap()];
+    cfg.seccomp = false;
+    cfg.privileged = true;
+    let mut sys = fake();
+    let (_, text) = transcript(&mut sys, &cfg);
+    let expected = [
+        "mount shm /state/rootfs/dev/shm tmpfs NOSUID|NODEV|NOEXEC mode=1777,size=131072k",
+        "mount tmpfs /state/rootfs/scratch tmpfs NOSUID mode=1777,size=1024k",
+        "mount /host/data /state/rootfs/scratch/data - BIND|REC",
+        "rlimit NOFILE 1024 4096",
+        "rlimit NPROC 100 200",
+    ];
+    assert_in_order(&text, &expected);
+    for absent in ["capbset_drop", "set_caps", "seccomp", "rootfs/proc/kcore"] {
+        assert!(!text.contains(absent), "{absent}:\n{text}");
+    }
+    check_golden("privileged_tmpfs_rlimits", &text);
+    // Not privileged: the bounding set is narrowed and paths masked.
+    let (_, plain) = transcript(&mut fake(), &config());
+    for present in ["capbset_drop", "set_caps", "seccomp", "rootfs/proc/kcore"] {
+        assert!(plain.contains(present), "{present}:\n{plain}");
+    }
 }
 
 /// The init joins the run's cgroups before anything else it does.
