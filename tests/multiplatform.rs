@@ -474,3 +474,418 @@ fn a_platform_without_an_emulator_fails_before_any_step() {
     assert!(!err.contains("RUN echo built"), "a step ran:\n{err}");
     assert!(!err.contains("FROM "), "a stage started:\n{err}");
 }
+
+/// The progress events (`--progress json`) of the steps started, as
+/// (stage, instruction).
+fn steps_started(stderr: &str) -> Vec<(String, String)> {
+    stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "step_started")
+        .map(|e| {
+            (
+                e["stage"].as_str().unwrap_or("").to_string(),
+                e["instruction"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The issue's build: a `FROM --platform=$BUILDPLATFORM` stage whose
+/// target-independent step runs once for both targets and which writes
+/// `$TARGETARCH` (natively, per target), and a per-target stage whose RUN
+/// says `uname -m` (arm64's under qemu). `--push` sends the index; skopeo
+/// and umoci read it; `kiln run --platform` runs each platform's image.
+#[test]
+fn one_build_two_platforms_one_index() {
+    let fixture = Fixture::new();
+    let base = pushed_base(&fixture);
+    let root = fixture.root();
+    let dockerfile = format!(
+        "FROM --platform=$BUILDPLATFORM {base} AS build\n\
+         RUN echo compiled once > /compiled\n\
+         ARG TARGETARCH\n\
+         ARG BUILDARCH\n\
+         RUN echo \"$TARGETARCH\" > /arch && echo \"$BUILDARCH\" > /built-on && uname -m > /build-machine\n\
+         FROM {base}\n\
+         ARG TARGETPLATFORM\n\
+         COPY --from=build /compiled /arch /built-on /build-machine /out/\n\
+         RUN uname -m > /out/machine && echo \"$TARGETPLATFORM\" > /out/platform\n",
+        base = base.reference
+    );
+    let ctx = context(&[("Dockerfile", &dockerfile)]);
+    let target = fixture.reference("app/multi:1");
+    let out = fixture.kiln(
+        &root,
+        &[
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--build-arg",
+            "SOURCE_DATE_EPOCH=1700000000",
+            "--progress",
+            "json",
+            "-t",
+            &target,
+            "--push",
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let started = steps_started(&stderr);
+    let count = |stage: &str, prefix: &str| {
+        started
+            .iter()
+            .filter(|(s, i)| s == stage && i.starts_with(prefix))
+            .count()
+    };
+    // The build stage's FROM and its first RUN ran once for both targets;
+    // the RUN that reads TARGETARCH once per target, natively.
+    assert_eq!(count("linux/amd64 build", "FROM "), 1, "{started:?}");
+    assert_eq!(
+        count("linux/amd64 build", "RUN echo compiled once"),
+        1,
+        "{started:?}"
+    );
+    assert_eq!(
+        count("linux/amd64 build", "RUN echo \"$TARGETARCH\""),
+        2,
+        "{started:?}"
+    );
+    assert_eq!(
+        count("linux/amd64 stage-1", "RUN uname -m"),
+        1,
+        "{started:?}"
+    );
+    assert_eq!(
+        count("linux/arm64 stage-1", "RUN uname -m"),
+        1,
+        "{started:?}"
+    );
+
+    // The registry has the index and both manifests.
+    let raw = fixture.raw(&target);
+    assert_eq!(
+        raw["mediaType"], "application/vnd.oci.image.index.v1+json",
+        "{raw}"
+    );
+    let entries = raw["manifests"].as_array().unwrap();
+    let platforms: Vec<String> = entries
+        .iter()
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["platform"]["os"].as_str().unwrap(),
+                e["platform"]["architecture"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+    for entry in entries {
+        let by_digest = format!(
+            "{}@{}",
+            fixture.reference("app/multi"),
+            entry["digest"].as_str().unwrap()
+        );
+        let manifest = fixture.raw(&by_digest);
+        assert_eq!(
+            manifest["layers"].as_array().unwrap().len(),
+            3,
+            "{manifest}"
+        );
+    }
+
+    // Each platform's image, from the store.
+    let cat = |platform: &str, file: &str| {
+        kiln_ok(
+            &root,
+            &["run", "--platform", platform, &target, "cat", file],
+        )
+        .trim()
+        .to_string()
+    };
+    assert_eq!(cat("linux/arm64", "/out/machine"), "aarch64");
+    assert_eq!(cat("linux/arm64", "/out/arch"), "arm64");
+    assert_eq!(cat("linux/arm64", "/out/platform"), "linux/arm64");
+    assert_eq!(cat("linux/arm64", "/out/build-machine"), "x86_64");
+    assert_eq!(cat("linux/arm64", "/out/built-on"), "amd64");
+    assert_eq!(cat("linux/amd64", "/out/machine"), "x86_64");
+    assert_eq!(cat("linux/amd64", "/out/arch"), "amd64");
+    assert_eq!(cat("linux/amd64", "/out/compiled"), "compiled once");
+
+    // skopeo copies the whole index into an OCI layout; umoci unpacks
+    // each platform's image from it.
+    let layout = fixture.path("layout");
+    run_ok(Command::new("skopeo").args([
+        "--insecure-policy",
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+        &format!("docker://{target}"),
+        &format!("oci:{}:multi", layout.display()),
+    ]));
+    umoci_reads_each_platform(&layout, "multi", entries);
+
+    // With --no-cache every step runs again, a shared one still once.
+    let again = fixture.kiln(
+        &root,
+        &[
+            "build",
+            "--no-cache",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--progress",
+            "json",
+            "-t",
+            &target,
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    ok(&again);
+    let started = steps_started(&String::from_utf8_lossy(&again.stderr));
+    let shared: Vec<_> = started
+        .iter()
+        .filter(|(_, i)| i.starts_with("RUN echo compiled once"))
+        .collect();
+    assert_eq!(shared.len(), 1, "{started:?}");
+    let runs = started
+        .iter()
+        .filter(|(_, i)| i.starts_with("RUN "))
+        .count();
+    assert_eq!(runs, 5, "{started:?}");
+
+    // A fresh store pulls it and runs the arm64 image.
+    let other = fixture.path("other-store");
+    ok(&fixture.kiln(&other, &["pull", "--platform", "linux/arm64", &target]));
+    let machine = kiln_ok(
+        &other,
+        &[
+            "run",
+            "--platform",
+            "linux/arm64",
+            &target,
+            "cat",
+            "/out/machine",
+        ],
+    );
+    assert_eq!(machine.trim(), "aarch64");
+}
+
+/// Tags each of `entries` (index entries) in the OCI layout under its
+/// architecture, after checking that `tag` names their index: umoci reads
+/// a tag that names a manifest.
+fn tag_each_platform(layout: &Path, tag: &str, entries: &[Value]) {
+    let index_path = layout.join("index.json");
+    let mut index: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let top = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap()
+        .clone();
+    assert_eq!(top["mediaType"], "application/vnd.oci.image.index.v1+json");
+    for entry in entries {
+        let arch = entry["platform"]["architecture"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mut tagged = entry.clone();
+        tagged.as_object_mut().unwrap().remove("platform");
+        tagged["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": arch});
+        index["manifests"].as_array_mut().unwrap().push(tagged);
+    }
+    std::fs::write(&index_path, index.to_string()).unwrap();
+}
+
+/// umoci unpacks the image of each of `entries` (index entries) from the
+/// OCI layout ([`tag_each_platform`]); `/out/machine` says its machine.
+fn umoci_reads_each_platform(layout: &Path, tag: &str, entries: &[Value]) {
+    tag_each_platform(layout, tag, entries);
+    for entry in entries {
+        let arch = entry["platform"]["architecture"].as_str().unwrap();
+        let bundle = layout.parent().unwrap().join(format!("bundle-{arch}"));
+        run_ok(
+            Command::new("umoci")
+                .args(["unpack", "--rootless", "--image"])
+                .arg(format!("{}:{arch}", layout.display()))
+                .arg(&bundle),
+        );
+        let machine = std::fs::read_to_string(bundle.join("rootfs/out/machine")).unwrap();
+        let want = if arch == "arm64" { "aarch64" } else { "x86_64" };
+        assert_eq!(machine.trim(), want, "{arch}");
+    }
+}
+
+/// `--output` with several platforms: type=oci writes the index (umoci
+/// and skopeo read it), type=local and type=tar one root filesystem per
+/// platform (`linux_amd64/`, `linux_arm64/`, as buildx), type=docker is
+/// refused before anything runs; the metadata file and iidfile name the
+/// index, and repeated `--platform` flags are the same as a list. With
+/// Docker media types the index is a Docker manifest list.
+#[test]
+fn outputs_of_a_two_platform_build() {
+    let fixture = Fixture::new();
+    let base = pushed_base(&fixture);
+    let root = fixture.root();
+    let dockerfile = format!(
+        "FROM {base}\nARG TARGETARCH\nRUN echo \"$TARGETARCH\" > /arch\n",
+        base = base.reference
+    );
+    let ctx = context(&[("Dockerfile", &dockerfile)]);
+    let (oci, local, tar) = (
+        fixture.path("oci"),
+        fixture.path("local"),
+        fixture.path("rootfs.tar"),
+    );
+    let (meta, iid) = (fixture.path("meta.json"), fixture.path("iid"));
+    let outputs = [
+        format!("type=oci,dest={}", oci.display()),
+        format!("type=local,dest={}", local.display()),
+        format!("type=tar,dest={}", tar.display()),
+    ];
+    ok(&fixture.kiln(
+        &root,
+        &[
+            "build",
+            "--platform",
+            "linux/amd64",
+            "--platform",
+            "linux/arm64",
+            "-t",
+            "app:out",
+            "-o",
+            &outputs[0],
+            "-o",
+            &outputs[1],
+            "-o",
+            &outputs[2],
+            "--metadata-file",
+            meta.to_str().unwrap(),
+            "--iidfile",
+            iid.to_str().unwrap(),
+            ctx.path().to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(
+        std::fs::read_to_string(local.join("linux_amd64/arch")).unwrap(),
+        "amd64\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(local.join("linux_arm64/arch")).unwrap(),
+        "arm64\n"
+    );
+    let listing = run_ok(Command::new("tar").arg("-tf").arg(&tar));
+    assert!(
+        listing.lines().any(|l| l == "linux_arm64/arch"),
+        "{listing}"
+    );
+    assert!(
+        listing.lines().any(|l| l == "linux_amd64/arch"),
+        "{listing}"
+    );
+
+    let meta: Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    let digest = meta["containerimage.digest"].as_str().unwrap().to_string();
+    assert_eq!(
+        meta["containerimage.descriptor"]["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert!(meta.get("containerimage.config.digest").is_none(), "{meta}");
+    let layout_index: Value =
+        serde_json::from_slice(&std::fs::read(oci.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        layout_index["manifests"][0]["digest"],
+        digest.as_str(),
+        "{layout_index}"
+    );
+    let stored = listed(&root, "docker.io/library/app:out");
+    assert_eq!(
+        std::fs::read_to_string(&iid).unwrap(),
+        stored["Digest"].as_str().unwrap()
+    );
+    assert_eq!(
+        platforms(&root, "docker.io/library/app:out"),
+        [
+            ("linux/amd64".to_string(), true),
+            ("linux/arm64".to_string(), true)
+        ]
+    );
+    let raw_index: Value = serde_json::from_slice(
+        &std::fs::read(oci.join("blobs/sha256").join(&digest[7..])).unwrap(),
+    )
+    .unwrap();
+    let entries = raw_index["manifests"].as_array().unwrap().clone();
+    run_ok(Command::new("skopeo").args([
+        "--insecure-policy",
+        "copy",
+        "--all",
+        &format!("oci:{}:out", oci.display()),
+        &format!("oci:{}:out", fixture.path("copied").display()),
+    ]));
+    umoci_reads_arch_files(&oci, "out", &entries);
+
+    // type=docker cannot hold two platforms: refused before any step.
+    let docker = format!("type=docker,dest={}", fixture.path("docker.tar").display());
+    let err = failed(&fixture.kiln(
+        &root,
+        &[
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-o",
+            &docker,
+            ctx.path().to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        err.contains("type=docker: a docker-archive holds one platform's image, and this build makes 2 (linux/amd64, linux/arm64); use type=oci"),
+        "{err}"
+    );
+    assert!(!err.contains("RUN echo"), "{err}");
+
+    // Docker media types: a manifest list over Docker manifests.
+    ok(&fixture.kiln(
+        &root,
+        &[
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--docker-mediatypes",
+            "-t",
+            "app:docker",
+            ctx.path().to_str().unwrap(),
+        ],
+    ));
+    let row = listed(&root, "docker.io/library/app:docker");
+    assert_eq!(
+        row["MediaType"], "application/vnd.docker.distribution.manifest.list.v2+json",
+        "{row}"
+    );
+    for entry in row["Platforms"].as_array().unwrap() {
+        assert_eq!(
+            entry["MediaType"],
+            "application/vnd.docker.distribution.manifest.v2+json"
+        );
+    }
+}
+
+/// umoci unpacks each entry's image from the layout (each tagged on its
+/// own: umoci reads a tag that names a manifest); `/arch` says its
+/// platform.
+fn umoci_reads_arch_files(layout: &Path, tag: &str, entries: &[Value]) {
+    tag_each_platform(layout, tag, entries);
+    for entry in entries {
+        let arch = entry["platform"]["architecture"].as_str().unwrap();
+        let bundle = layout.parent().unwrap().join(format!("arch-bundle-{arch}"));
+        run_ok(
+            Command::new("umoci")
+                .args(["unpack", "--rootless", "--image"])
+                .arg(format!("{}:{arch}", layout.display()))
+                .arg(&bundle),
+        );
+        let written = std::fs::read_to_string(bundle.join("rootfs/arch")).unwrap();
+        assert_eq!(written.trim(), arch);
+    }
+}

@@ -36,6 +36,7 @@ pub mod image;
 pub mod lint;
 pub mod modes;
 pub mod plan;
+pub mod platforms;
 pub mod rootfs;
 pub mod run_argv;
 pub mod secrets;

@@ -114,6 +114,7 @@ fn run(case: &Path) -> String {
         secrets: Default::default(),
         ssh: Default::default(),
         limits: Default::default(),
+        shared: None,
     };
     let built = match solve(&store, &planned, &context, &resolver, &solve_opts) {
         Ok(b) => b,

@@ -107,6 +107,7 @@ fn build_full(
             .collect(),
         ssh: Default::default(),
         limits: Default::default(),
+        shared: None,
     };
     solve(store, &p, &ctx, &resolver, &solve_opts)
 }
@@ -794,6 +795,7 @@ fn build_with_ssh(
         secrets: Default::default(),
         ssh: ssh.clone(),
         limits: Default::default(),
+        shared: None,
     };
     solve(store, &p, &ctx, &resolver, &solve_opts)
 }

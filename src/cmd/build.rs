@@ -94,9 +94,10 @@ pub struct BuildArgs {
     /// A build argument: K=V, or K to take the value of the environment variable K.
     #[arg(long = "build-arg", value_name = "K=V")]
     build_args: Vec<String>,
-    /// Target platform (default: this machine's).
-    #[arg(long)]
-    platform: Option<String>,
+    /// Target platform (default: this machine's); several (comma-separated
+    /// or repeated) build one image each and an index over them.
+    #[arg(long, value_name = "PLATFORM", value_delimiter = ',')]
+    platform: Vec<String>,
     /// When to pull base images: `--pull` (or `--pull=always`) pulls even
     /// those the store has; `missing` (the default) pulls what the store
     /// lacks; `never` fails on a base the store lacks.
@@ -319,6 +320,18 @@ impl Remote for CliRemote<'_> {
     }
 }
 
+/// `--platform`'s platforms, normalized, each once, in the order given.
+fn target_platforms(flags: &[String]) -> anyhow::Result<Vec<Platform>> {
+    let mut platforms: Vec<Platform> = Vec::new();
+    for flag in flags.iter().map(|f| f.trim()).filter(|f| !f.is_empty()) {
+        let platform = Platform::parse(flag).with_context(|| format!("--platform {flag}"))?;
+        if !platforms.contains(&platform) {
+            platforms.push(platform);
+        }
+    }
+    Ok(platforms)
+}
+
 /// `--build-arg K=V`, or `K` from kiln's environment (dropped when unset), as
 /// the docker CLI does.
 pub(crate) fn parse_build_args(flags: &[String]) -> BTreeMap<String, String> {
@@ -338,10 +351,10 @@ fn settings_of(
     ssh_agents: &mut Vec<kiln_builder::ssh::ForwardedAgent>,
 ) -> anyhow::Result<BuildSettings> {
     let source = DockerfileSource::read_or_default(args.file.as_deref(), &args.context)?;
-    let platform = match &args.platform {
-        Some(p) => Platform::parse(p)?,
-        None => Platform::host(),
-    };
+    let platform = target_platforms(&args.platform)?
+        .into_iter()
+        .next()
+        .unwrap_or_else(Platform::host);
     let tags = args
         .tags
         .iter()
@@ -480,6 +493,21 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         reporter: display.reporter.as_ref(),
     };
     let show = |e: &BuildError| show_line(&settings, display.shown, e.line());
+    let platforms = target_platforms(&args.platform)?;
+    if platforms.len() > 1 {
+        if args.check || args.dry_run {
+            anyhow::bail!(
+                "--{} shows one platform's build: give one --platform (not {})",
+                if args.check { "check" } else { "dry-run" },
+                args.platform.join(",")
+            );
+        }
+        let built = session.build_platforms(&platforms);
+        display.printer.finish();
+        let result = built.map_err(|e| build_failure(&settings, &display, e))?;
+        report_built(&args, &settings, &display, &result, started);
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.check {
         return print_checks(&session.check().inspect_err(show)?, args.format);
     }

@@ -16,13 +16,35 @@ use crate::users::ChownSpec;
 
 use super::*;
 
-/// Runs (or reuses) one step; returns whether it came from the cache.
+/// Runs (or reuses) one step; returns whether it came from the cache. In
+/// a multi-platform build, a key another platform's solve is running is
+/// waited for, and one it ran is reused ([`SharedSteps`]).
 pub(super) fn run_step(
     run: &StepRun<'_>,
     progress: &mut StageProgress,
 ) -> Result<bool, SolveError> {
+    let shared = run.build.opts.shared.zip(run.step.cache_key.as_ref());
+    let Some((shared, key)) = shared else {
+        return run_or_reuse(run, progress, false);
+    };
+    let slot = shared.slot(key);
+    let mut done_in_build = slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cached = run_or_reuse(run, progress, *done_in_build)?;
+    *done_in_build = true;
+    Ok(cached)
+}
+
+/// Reuses the step's cache record (whatever `--no-cache` says when
+/// `done_in_build`: this build made it), or runs the step.
+fn run_or_reuse(
+    run: &StepRun<'_>,
+    progress: &mut StageProgress,
+    done_in_build: bool,
+) -> Result<bool, SolveError> {
     let (step, opts) = (run.step, run.build.opts);
-    if from_cache(run, progress)? {
+    if from_cache(run, progress, done_in_build)? {
         tracing::info!("line {}: CACHED {}", step.line, shorten(&step.instruction));
         return Ok(true);
     }
@@ -63,11 +85,15 @@ pub(super) fn run_step(
 }
 
 /// Reuses the step's cache record when there is a usable one (and no
-/// `--no-cache`).
-fn from_cache(run: &StepRun<'_>, progress: &mut StageProgress) -> Result<bool, SolveError> {
+/// `--no-cache`, unless the record is this build's own).
+fn from_cache(
+    run: &StepRun<'_>,
+    progress: &mut StageProgress,
+    done_in_build: bool,
+) -> Result<bool, SolveError> {
     let (step, store) = (run.step, run.build.store);
     let opts = run.build.opts;
-    let no_cache = opts.no_cache || opts.no_cache_stages.contains(&step.stage);
+    let no_cache = !done_in_build && (opts.no_cache || opts.no_cache_stages.contains(&step.stage));
     let Some(key) = step.cache_key.as_ref().filter(|_| !no_cache) else {
         return Ok(false);
     };
