@@ -49,6 +49,8 @@ enum Command {
     #[command(flatten)]
     Registry(cmd::registry::RegistryCommand),
     #[command(flatten)]
+    Manifest(cmd::manifest::ManifestCommand),
+    #[command(flatten)]
     Info(cmd::info::InfoCommand),
 }
 
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Check(c) => c.run(&settings),
         Command::Build(c) => c.run(&settings),
         Command::Registry(c) => c.run(&settings),
+        Command::Manifest(c) => c.run(&settings),
         Command::Info(c) => c.run(&settings),
     };
     match result {

@@ -889,3 +889,256 @@ fn umoci_reads_arch_files(layout: &Path, tag: &str, entries: &[Value]) {
         assert_eq!(written.trim(), arch);
     }
 }
+
+/// The acceptance Dockerfile's build stage and per-target stage.
+fn acceptance_dockerfile(base: &str) -> String {
+    format!(
+        "FROM --platform=$BUILDPLATFORM {base} AS build\n\
+         RUN echo compiled once > /compiled\n\
+         ARG TARGETARCH\n\
+         RUN echo \"$TARGETARCH\" > /arch\n\
+         FROM {base}\n\
+         COPY --from=build /compiled /arch /out/\n\
+         RUN uname -m > /out/machine\n"
+    )
+}
+
+/// `kiln manifest create` over two single-platform images pushed by two
+/// separate builds (separate stores, as two CI jobs) gives the index a
+/// one-shot build gives: the same entries, the same manifest digests, the
+/// same index (SOURCE_DATE_EPOCH set). The assembling store downloads no
+/// layer: a push to another repository of the registry mounts them, a
+/// push to another registry copies them through the store.
+#[test]
+fn manifest_create_gives_the_index_a_one_shot_build_gives() {
+    let fixture = Fixture::new();
+    let base = pushed_base(&fixture);
+    let ctx = context(&[("Dockerfile", &acceptance_dockerfile(&base.reference))]);
+    let build = |store: &str, platforms: &str, tag: &str| {
+        let target = fixture.reference(tag);
+        let args = [
+            "build",
+            "--platform",
+            platforms,
+            "--build-arg",
+            "SOURCE_DATE_EPOCH=1700000000",
+            "-t",
+            &target,
+            "--push",
+            ctx.path().to_str().unwrap(),
+        ];
+        ok(&fixture.kiln(&fixture.path(store), &args));
+        target
+    };
+    let one_shot = build("one-shot", "linux/amd64,linux/arm64", "app/one:shot");
+    let amd64 = build("job-amd64", "linux/amd64", "app/ci:amd64");
+    let arm64 = build("job-arm64", "linux/arm64", "app/ci:arm64");
+
+    let assembler = fixture.path("assembler");
+    let assembled = fixture.reference("app/ci:multi");
+    let out = ok(&fixture.kiln(
+        &assembler,
+        &["manifest", "create", &assembled, &amd64, &arm64],
+    ));
+    let digest = out.trim().to_string();
+    // Nothing of the images' layers came down.
+    let row = listed(&assembler, &assembled);
+    assert_eq!(row["Digest"], digest.as_str());
+    assert_eq!(
+        platforms(&assembler, &assembled),
+        [
+            ("linux/amd64".to_string(), false),
+            ("linux/arm64".to_string(), false)
+        ]
+    );
+    ok(&fixture.kiln(&assembler, &["manifest", "push", &assembled]));
+    let expected = fixture.raw(&one_shot);
+    assert_eq!(fixture.raw(&assembled), expected);
+    let one_shot_digest = kiln_testsupport::image::digest_of(
+        &skopeo_raw_manifest(&format!("docker://{one_shot}"), None, None).unwrap(),
+    );
+    assert_eq!(digest, one_shot_digest, "the same index, byte for byte");
+
+    // Another repository of the registry: the layers are mounted.
+    let log_before = fixture.registry.log().len();
+    let elsewhere = fixture.reference("other/repo:multi");
+    ok(&fixture.kiln(&assembler, &["manifest", "push", &assembled, &elsewhere]));
+    assert_eq!(fixture.raw(&elsewhere), expected);
+    let log = fixture.registry.log();
+    assert!(
+        log[log_before..].contains("mount=sha256"),
+        "{}",
+        &log[log_before..]
+    );
+    let layer_blobs = std::fs::read_dir(assembler.join("blobs/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        layer_blobs,
+        1 + 2 * 2,
+        "the index, two manifests, two configs"
+    );
+
+    // Another registry: copied through the store.
+    let second = RegistryServer::start_plain().unwrap();
+    let copied = format!("{}/copied/app:multi", second.host);
+    let out = kiln(
+        &assembler,
+        &[
+            "manifest",
+            "push",
+            "--insecure-registry",
+            &second.host,
+            &assembled,
+            &copied,
+        ],
+    );
+    ok(&out);
+    let raw = skopeo_raw_manifest(&format!("docker://{copied}"), None, None).unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&raw).unwrap(), expected);
+    let other = fixture.path("check-store");
+    ok(&kiln(
+        &other,
+        &[
+            "pull",
+            "--insecure-registry",
+            &second.host,
+            "--platform",
+            "all",
+            &copied,
+        ],
+    ));
+    let machine = kiln_ok(
+        &other,
+        &[
+            "run",
+            "--platform",
+            "linux/arm64",
+            &copied,
+            "cat",
+            "/out/machine",
+        ],
+    );
+    assert_eq!(machine.trim(), "aarch64");
+}
+
+/// `kiln manifest inspect` (store or registry, summary or raw) and
+/// `annotate`; an index with platforms kiln cannot run (`unknown/unknown`,
+/// `linux/riscv64`) is pulled whole and listed, not dropped.
+#[test]
+fn manifest_inspect_annotate_and_unknown_platforms() {
+    let fixture = Fixture::new();
+    let base = pushed_base(&fixture);
+    let root = fixture.root();
+    // From the registry: nothing is in the store.
+    let summary = ok(&fixture.kiln(
+        &root,
+        &[
+            "manifest",
+            "inspect",
+            "--insecure-registry",
+            &fixture.registry.host,
+            &base.reference,
+        ],
+    ));
+    assert!(
+        summary.contains(&format!("Digest:    {}", base.digest)),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("MediaType: application/vnd.oci.image.index.v1+json"),
+        "{summary}"
+    );
+    let arm64 = base.platform("linux/arm64");
+    assert!(
+        summary.contains(&format!(
+            "  Name:        {}@{}\n  MediaType:   application/vnd.oci.image.manifest.v1+json\n  Platform:    linux/arm64\n",
+            fixture.reference("base/busybox"), arm64.digest
+        )),
+        "{summary}"
+    );
+    assert!(!root.exists(), "inspect made no store");
+
+    let odd = fixture.reference("odd/platforms:1");
+    let amd64_ref = format!(
+        "{}@{}",
+        fixture.reference("base/busybox"),
+        base.platform("linux/amd64").digest
+    );
+    let arm64_ref = format!("{}@{}", fixture.reference("base/busybox"), arm64.digest);
+    ok(&fixture.kiln(&root, &["manifest", "create", &odd, &amd64_ref, &arm64_ref]));
+    ok(&fixture.kiln(
+        &root,
+        &[
+            "manifest",
+            "annotate",
+            &odd,
+            &arm64.digest,
+            "--os",
+            "unknown",
+            "--arch",
+            "unknown",
+            "--annotation",
+            "org.example.role=odd",
+        ],
+    ));
+    ok(&fixture.kiln(
+        &root,
+        &[
+            "manifest",
+            "annotate",
+            &odd,
+            &amd64_ref,
+            "--arch",
+            "riscv64",
+            "--os-features",
+            "a,b",
+        ],
+    ));
+    let summary = kiln_ok(&root, &["manifest", "inspect", &odd]);
+    assert!(
+        summary.contains(
+            "  Platform:    unknown/unknown\n  Annotations:\n    org.example.role: odd\n"
+        ),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("  Platform:    linux/riscv64\n  OSFeatures:  a, b\n"),
+        "{summary}"
+    );
+    let raw: Value =
+        serde_json::from_str(&kiln_ok(&root, &["manifest", "inspect", "--raw", &odd])).unwrap();
+    assert_eq!(
+        raw["manifests"][1]["annotations"]["org.example.role"],
+        "odd"
+    );
+    assert_eq!(
+        raw["manifests"][0]["platform"]["os.features"],
+        serde_json::json!(["a", "b"])
+    );
+    ok(&fixture.kiln(&root, &["manifest", "push", &odd]));
+    assert_eq!(fixture.raw(&odd), raw);
+
+    // Pulled whole into a fresh store: every entry listed and held.
+    let other = fixture.path("other-store");
+    ok(&fixture.kiln(&other, &["pull", "--all-platforms", &odd]));
+    assert_eq!(
+        platforms(&other, &odd),
+        [
+            ("linux/riscv64".to_string(), true),
+            ("unknown/unknown".to_string(), true)
+        ]
+    );
+    let line = table_row(&other, &fixture.reference("odd/platforms"));
+    assert!(line.ends_with(" linux/riscv64,unknown/unknown"), "{line}");
+    let inspected: Value = serde_json::from_str(&kiln_ok(&other, &["inspect", &odd])).unwrap();
+    assert_eq!(inspected[0]["Platforms"].as_array().unwrap().len(), 2);
+    // A pull of this machine's platform finds none, naming what there is.
+    let err = failed(&fixture.kiln(&fixture.path("third"), &["pull", &odd]));
+    assert!(
+        err.contains(
+            "no manifest for platform linux/amd64 (available: linux/riscv64, unknown/unknown)"
+        ),
+        "{err}"
+    );
+}

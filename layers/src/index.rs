@@ -119,6 +119,79 @@ impl IndexWriter {
     }
 }
 
+/// What `kiln manifest annotate` changes of an index entry (as `docker
+/// manifest annotate`): its platform's fields, and annotations added.
+#[derive(Clone, Debug, Default)]
+pub struct EntryChange {
+    pub os: Option<String>,
+    pub architecture: Option<String>,
+    pub variant: Option<String>,
+    pub os_version: Option<String>,
+    pub os_features: Option<Vec<String>>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Stores a copy of the index `index` with the entry for the manifest
+/// `digest` changed by `change`; returns the new index's descriptor (the
+/// caller tags it). The entry must be there; a Docker manifest list takes
+/// no annotations.
+pub fn annotate_entry(
+    store: &Store,
+    index: &Descriptor,
+    digest: &crate::digest::Digest,
+    change: &EntryChange,
+) -> Result<Descriptor> {
+    let mut doc = match store.read_manifest(index)? {
+        crate::oci::ManifestKind::Index(doc) => doc,
+        crate::oci::ManifestKind::Image(_) => {
+            return Err(Error::InvalidManifest {
+                what: format!("manifest {}", index.digest),
+                reason: "an image manifest, not an index".into(),
+            })
+        }
+    };
+    let entry = doc
+        .manifests
+        .iter_mut()
+        .find(|d| &d.digest == digest)
+        .ok_or_else(|| Error::InvalidManifest {
+            what: format!("index {}", index.digest),
+            reason: format!("it has no entry for {digest}"),
+        })?;
+    let mut platform = entry.platform.clone().unwrap_or(Platform {
+        architecture: String::new(),
+        os: String::new(),
+        os_version: None,
+        os_features: None,
+        variant: None,
+    });
+    let set = |field: &mut String, value: &Option<String>| {
+        if let Some(v) = value {
+            *field = v.clone();
+        }
+    };
+    set(&mut platform.os, &change.os);
+    set(&mut platform.architecture, &change.architecture);
+    if change.variant.is_some() {
+        platform.variant = change.variant.clone().filter(|v| !v.is_empty());
+    }
+    if change.os_version.is_some() {
+        platform.os_version = change.os_version.clone().filter(|v| !v.is_empty());
+    }
+    if change.os_features.is_some() {
+        platform.os_features = change.os_features.clone().filter(|f| !f.is_empty());
+    }
+    entry.platform = Some(platform);
+    entry.annotations.extend(change.annotations.clone());
+    let docker = index.media_type == media::DOCKER_MANIFEST_LIST;
+    let mut writer = IndexWriter::new(docker);
+    writer.annotations = doc.annotations.clone();
+    for entry in doc.manifests {
+        writer.add_entry(entry);
+    }
+    writer.write(store)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +240,42 @@ mod tests {
             again.write(&store).unwrap().digest,
             first_two.write(&store).unwrap().digest
         );
+    }
+
+    #[test]
+    fn an_annotated_entry_gets_its_platform_fields_and_annotations() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut writer = IndexWriter::new(false);
+        writer.add_image(&manifest(1), &Platform::parse("linux/amd64").unwrap());
+        writer.add_image(&manifest(2), &Platform::parse("linux/arm64").unwrap());
+        let index = writer.write(&store).unwrap();
+        let change = EntryChange {
+            architecture: Some("riscv64".into()),
+            variant: Some("rva22".into()),
+            os_features: Some(vec!["sse4".into()]),
+            annotations: [("org.example.note".to_string(), "yes".to_string())].into(),
+            ..Default::default()
+        };
+        let changed = annotate_entry(&store, &index, &manifest(2).digest, &change).unwrap();
+        assert_ne!(changed.digest, index.digest);
+        let doc: Index =
+            serde_json::from_slice(&store.read_blob(&changed.digest).unwrap()).unwrap();
+        let entry = &doc.manifests[1];
+        let platform = entry.platform.as_ref().unwrap();
+        assert_eq!(platform.to_string(), "linux/riscv64/rva22");
+        assert_eq!(
+            platform.os_features.as_deref(),
+            Some(&["sse4".to_string()][..])
+        );
+        assert_eq!(entry.annotations["org.example.note"], "yes");
+        assert_eq!(
+            doc.manifests[0],
+            writer.entries()[0],
+            "the other entry is as it was"
+        );
+        let err = annotate_entry(&store, &index, &manifest(9).digest, &change).unwrap_err();
+        assert!(err.to_string().contains("has no entry for"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod check;
 pub mod image;
 pub mod info;
 pub mod limits;
+pub mod manifest;
 pub mod parse;
 pub mod plan_view;
 pub mod registry;

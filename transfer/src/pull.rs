@@ -438,6 +438,30 @@ async fn fetch_blobs(
     }
 }
 
+/// Fetches one blob of `repository` into the store: a blob a push needs
+/// that only a registry has (an index gathered from registries).
+pub(crate) async fn fetch_one_blob(
+    client: &Arc<Client>,
+    store: &Store,
+    repository: &kiln_registry::Repository,
+    desc: &Descriptor,
+    reporter: Arc<dyn Reporter>,
+) -> Result<(), TransferError> {
+    let run = PullRun {
+        client: client.clone(),
+        store: store.clone(),
+        repository: repository.clone(),
+        image: repository.to_string(),
+        reporter,
+    };
+    let job = BlobJob {
+        role: "copying",
+        desc: desc.clone(),
+        manifest: String::from("(a pushed index)"),
+    };
+    fetch_blob(&run, &job).await.map(|_| ())
+}
+
 /// One blob to fetch: its role and descriptor, and the manifest naming it
 /// (for messages).
 struct BlobJob {

@@ -308,11 +308,11 @@ async fn push_blobs(
 ) -> Result<(), TransferError> {
     let mut blobs = vec![("config", manifest.config.clone())];
     blobs.extend(manifest.layers.iter().map(|l| ("layer", l.clone())));
-    check_blobs_present(run, &blobs)?;
     let semaphore = Arc::new(Semaphore::new(run.options.concurrency.max(1)));
     let origins = BlobOrigins::new(run.store);
     let mut tasks = JoinSet::new();
     for (role, blob) in blobs {
+        let copy_from = origin_of_missing(run, &origins, &blob)?;
         let repository = run.target.repository.clone();
         // Mount from where the blob was pulled, unless told otherwise.
         let mount_from = run
@@ -321,6 +321,7 @@ async fn push_blobs(
             .clone()
             .or_else(|| origins.mount_source(&blob.digest, &repository));
         let upload = BlobUpload {
+            copy_from,
             client: run.client.clone(),
             store: run.store.clone(),
             reporter: run.reporter.clone(),
@@ -339,27 +340,34 @@ async fn push_blobs(
     count_outcomes(tasks, pushed, &run.image).await
 }
 
-/// Refuses to push an image whose blobs the store does not all have.
-fn check_blobs_present(
+/// For a blob the store lacks, the repository it is in (one of the
+/// target's registry first: a mount), `None` for a blob the store has;
+/// a blob neither has nor knows the place of makes the image incomplete.
+fn origin_of_missing(
     run: &PushRun<'_>,
-    blobs: &[(&str, Descriptor)],
-) -> Result<(), TransferError> {
-    for (_, blob) in blobs {
-        let present = run
-            .store
-            .blob_size(&blob.digest)
-            .map_err(|source| TransferError::Store {
-                context: format!("{}: blob {}", run.image, blob.digest),
-                cause: Box::new(source),
-            })?;
-        if present.is_none() {
-            return Err(TransferError::IncompleteImage {
-                image: run.image.clone(),
-                digest: blob.digest.to_string(),
-            });
-        }
+    origins: &BlobOrigins,
+    blob: &Descriptor,
+) -> Result<Option<Repository>, TransferError> {
+    let present = run
+        .store
+        .blob_size(&blob.digest)
+        .map_err(|source| TransferError::Store {
+            context: format!("{}: blob {}", run.image, blob.digest),
+            cause: Box::new(source),
+        })?;
+    if present.is_some() {
+        return Ok(None);
     }
-    Ok(())
+    let target = &run.target.repository;
+    let known = origins.lookup(&blob.digest);
+    let same_registry = known.iter().find(|r| r.registry == target.registry);
+    match same_registry.or(known.first()) {
+        Some(origin) => Ok(Some(origin.clone())),
+        None => Err(TransferError::IncompleteImage {
+            image: run.image.clone(),
+            digest: blob.digest.to_string(),
+        }),
+    }
 }
 
 /// Waits for every upload task, counting what each did in `pushed`; on the
@@ -397,6 +405,9 @@ async fn count_outcomes(
 
 /// One blob's upload, owned by the task that does it.
 struct BlobUpload {
+    /// Where the blob is when the store lacks it: mounted from there (same
+    /// registry), or copied into the store first.
+    copy_from: Option<Repository>,
     client: Arc<Client>,
     store: Store,
     reporter: Arc<dyn Reporter>,
@@ -413,24 +424,25 @@ impl BlobUpload {
     /// Pushes the blob (skipped when the registry has it, mounted when it
     /// can be), reporting progress and noting where the blob now is.
     async fn run(self) -> Result<PushOutcome, TransferError> {
+        let pushed = match &self.copy_from {
+            None => self.push(self.mount_from.as_ref()).await,
+            // Only a registry has it, the target's: the target repository
+            // itself (the push finds it there) or another one (a mount);
+            // failing that, it is copied through the store.
+            Some(origin) if origin.registry == self.repository.registry => {
+                let mount = (*origin != self.repository).then_some(origin);
+                match self.push(mount).await {
+                    Ok(outcome) => Ok(outcome),
+                    Err(err) => {
+                        tracing::debug!(digest = %self.blob.digest, error = %err, "mount failed; copying");
+                        self.copy_and_push(origin).await
+                    }
+                }
+            }
+            Some(origin) => self.copy_and_push(origin).await,
+        };
         let (blob, reporter) = (&self.blob, &self.reporter);
         let id = blob.digest.to_string();
-        reporter.start(&id, self.role, Some(blob.size));
-        let source = Arc::new(StoreBlob {
-            store: self.store.clone(),
-            digest: blob.digest.clone(),
-            size: blob.size,
-            reporter: reporter.clone(),
-        });
-        let pushed = self
-            .client
-            .push_blob(
-                &self.repository,
-                &blob.digest,
-                source,
-                self.mount_from.as_ref(),
-            )
-            .await;
         match pushed {
             Ok(outcome) => {
                 self.origins.record(&blob.digest, &self.repository);
@@ -446,8 +458,39 @@ impl BlobUpload {
             }
             Err(err) => {
                 reporter.done(&id, Outcome::Failed(err.to_string()));
-                Err(TransferError::Registry(err))
+                Err(err)
             }
         }
+    }
+
+    /// Fetches the blob from `origin` into the store, then pushes it.
+    async fn copy_and_push(&self, origin: &Repository) -> Result<PushOutcome, TransferError> {
+        crate::pull::fetch_one_blob(
+            &self.client,
+            &self.store,
+            origin,
+            &self.blob,
+            self.reporter.clone(),
+        )
+        .await?;
+        self.push(None).await
+    }
+
+    /// One push of the blob from the store (a mount asked first when
+    /// `mount_from` is given).
+    async fn push(&self, mount_from: Option<&Repository>) -> Result<PushOutcome, TransferError> {
+        let blob = &self.blob;
+        self.reporter
+            .start(&blob.digest.to_string(), self.role, Some(blob.size));
+        let source = Arc::new(StoreBlob {
+            store: self.store.clone(),
+            digest: blob.digest.clone(),
+            size: blob.size,
+            reporter: self.reporter.clone(),
+        });
+        Ok(self
+            .client
+            .push_blob(&self.repository, &blob.digest, source, mount_from)
+            .await?)
     }
 }
