@@ -1366,3 +1366,131 @@ fn manifest_create_from_indexes_and_docker_lists_and_annotate_fields() {
     assert_eq!(raw["mediaType"], "application/vnd.oci.image.index.v1+json");
     assert_eq!(raw["manifests"].as_array().unwrap().len(), 2);
 }
+
+/// `--annotation` and `--label` of a two-platform build go where BuildKit
+/// puts them: `index` on the index the registry serves, `index-descriptor`
+/// on the descriptor naming it (an OCI layout's `index.json`, the metadata
+/// file), `manifest` on each platform's manifest (or one platform's with
+/// `[os/arch]`), `manifest-descriptor` on each entry of the index; every
+/// platform's config gets the labels. A platform the build does not make,
+/// or index annotations on a Docker manifest list, are refused before any
+/// step.
+#[test]
+fn annotations_and_labels_of_a_two_platform_build() {
+    let fixture = Fixture::new();
+    let base = pushed_base(&fixture);
+    let root = fixture.root();
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!(
+            "FROM {}\nLABEL org.example.from=dockerfile\n",
+            base.reference
+        ),
+    )]);
+    let target = fixture.reference("app/annotated:1");
+    let (layout, meta) = (fixture.path("layout"), fixture.path("meta.json"));
+    let output = format!("type=oci,dest={}", layout.display());
+    let annotations = [
+        "index:org.example.index=top",
+        "index-descriptor:org.example.pointer=to-index",
+        "manifest[linux/arm64]:org.example.arch=arm",
+        "manifest:org.example.every=manifest",
+        "manifest-descriptor:org.example.entry=each",
+    ];
+    let mut args = vec![
+        "build",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "-t",
+        &target,
+        "--push",
+        "-o",
+        &output,
+        "--metadata-file",
+        meta.to_str().unwrap(),
+        "--label",
+        "org.example.label=flag",
+    ];
+    for a in &annotations {
+        args.extend(["--annotation", a]);
+    }
+    args.push(ctx.path().to_str().unwrap());
+    ok(&fixture.kiln(&root, &args));
+
+    let index = fixture.raw(&target);
+    assert_eq!(index["annotations"]["org.example.index"], "top", "{index}");
+    assert!(index["annotations"].get("org.example.pointer").is_none());
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    for entry in entries {
+        let arch = entry["platform"]["architecture"].as_str().unwrap();
+        assert_eq!(
+            entry["annotations"],
+            serde_json::json!({"org.example.entry": "each"}),
+            "{arch}: {index}"
+        );
+        let by_digest = format!(
+            "{}@{}",
+            fixture.reference("app/annotated"),
+            entry["digest"].as_str().unwrap()
+        );
+        let manifest = fixture.raw(&by_digest);
+        let wanted = match arch {
+            "arm64" => {
+                serde_json::json!({"org.example.arch": "arm", "org.example.every": "manifest"})
+            }
+            _ => serde_json::json!({"org.example.every": "manifest"}),
+        };
+        assert_eq!(manifest["annotations"], wanted, "{arch}: {manifest}");
+        let config = run_ok(Command::new("skopeo").args([
+            "inspect",
+            "--config",
+            "--tls-verify=false",
+            &format!("docker://{by_digest}"),
+        ]));
+        let config: Value = serde_json::from_str(&config).unwrap();
+        let labels = &config["config"]["Labels"];
+        assert_eq!(labels["org.example.label"], "flag", "{arch}: {config}");
+        assert_eq!(labels["org.example.from"], "dockerfile", "{arch}: {config}");
+    }
+
+    let layout_index: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let top = &layout_index["manifests"][0];
+    assert_eq!(top["mediaType"], "application/vnd.oci.image.index.v1+json");
+    assert_eq!(
+        top["annotations"]["org.example.pointer"], "to-index",
+        "{layout_index}"
+    );
+    let meta: Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    let descriptor = &meta["containerimage.descriptor"];
+    assert_eq!(
+        descriptor["annotations"]["org.example.pointer"], "to-index",
+        "{meta}"
+    );
+    assert_eq!(
+        descriptor["digest"].as_str().unwrap(),
+        kiln_testsupport::image::digest_of(
+            &skopeo_raw_manifest(&format!("docker://{target}"), None, None).unwrap()
+        ),
+        "the metadata file names the index the registry has"
+    );
+
+    for (extra, wanted) in [
+        (
+            vec!["--annotation", "manifest[linux/s390x]:k=v"],
+            "no platform linux/s390x found in source (the build makes linux/amd64, linux/arm64)",
+        ),
+        (
+            vec!["--docker-mediatypes", "--annotation", "index:k=v"],
+            "cannot export annotations with Docker media types",
+        ),
+    ] {
+        let mut args = vec!["build", "--platform", "linux/amd64,linux/arm64"];
+        args.extend(extra);
+        args.push(ctx.path().to_str().unwrap());
+        let err = failed(&fixture.kiln(&root, &args));
+        assert!(err.contains(wanted), "{err}");
+        assert!(!err.contains("LABEL"), "a step ran: {err}");
+    }
+}

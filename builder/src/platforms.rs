@@ -58,7 +58,7 @@ impl<'a> Session<'a> {
                 target_platform: platform.clone(),
                 ..self.settings.options.clone()
             };
-            plans.push(self.plan_for(&options)?);
+            plans.push(self.plan_for(&options, platforms)?);
         }
         self.check_before_steps(&plans.iter().collect::<Vec<_>>())?;
         let images = self.solve_all(&plans)?;
@@ -111,11 +111,18 @@ impl<'a> Session<'a> {
     /// and tags it (or records it untagged).
     fn write_index(&self, images: &[BuiltImage]) -> Result<Descriptor, BuildError> {
         let started = Instant::now();
+        let annotations = &self.settings.annotations;
         let mut writer = IndexWriter::new(self.settings.docker_media_types);
         for built in images {
             writer.add_image(&built.manifest, &built.platform());
         }
-        let index = writer.write(self.store)?;
+        for (key, value) in crate::annotations::for_index(annotations) {
+            writer.annotate(&key, &value);
+        }
+        let mut index = writer.write(self.store)?;
+        index
+            .annotations
+            .extend(crate::annotations::for_index_descriptor(annotations));
         let tags = self.settings.all_tags();
         if tags.is_empty() {
             self.store.add_untagged(&index)?;
