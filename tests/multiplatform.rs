@@ -20,7 +20,7 @@ use std::process::{Command, Output};
 
 use common::{kiln, kiln_ok, run_ok};
 use kiln_testsupport::image::skopeo_raw_manifest;
-use kiln_testsupport::multiarch::{push_busybox_index, MultiArchImage};
+use kiln_testsupport::multiarch::{push_busybox_index, push_busybox_index_of, MultiArchImage};
 use kiln_testsupport::RegistryServer;
 use serde_json::Value;
 
@@ -1493,4 +1493,83 @@ fn annotations_and_labels_of_a_two_platform_build() {
         assert!(err.contains(wanted), "{err}");
         assert!(!err.contains("LABEL"), "a step ran: {err}");
     }
+}
+
+/// A platform with a variant: `--platform linux/amd64,linux/arm64,linux/arm/v7`
+/// over a three-platform base (arm/v7 from Debian's armhf busybox-static).
+/// The arm/v7 stage's RUN goes through qemu-arm (registered by kiln, with
+/// F, when none was); `TARGETVARIANT` is `v7` there and empty for the
+/// others; the index entry carries the variant, and `kiln run --platform
+/// linux/arm` (the variant defaulted, as BuildKit normalizes it) runs it.
+#[test]
+fn a_platform_with_a_variant_runs_under_its_emulator() {
+    let fixture = Fixture::new();
+    let mut platforms = kiln_testsupport::multiarch::PLATFORMS.to_vec();
+    platforms.push(kiln_testsupport::multiarch::ARM_V7);
+    let base = push_busybox_index_of(&fixture.registry, "base/busybox:3", &platforms).unwrap();
+    let root = fixture.root();
+    let dockerfile = format!(
+        "FROM --platform=$BUILDPLATFORM {base} AS build\n\
+         ARG TARGETPLATFORM TARGETARCH TARGETVARIANT\n\
+         RUN echo \"$TARGETPLATFORM $TARGETARCH v:$TARGETVARIANT\" > /target\n\
+         FROM {base}\n\
+         COPY --from=build /target /out/target\n\
+         RUN uname -m > /out/machine\n",
+        base = base.reference
+    );
+    let ctx = context(&[("Dockerfile", &dockerfile)]);
+    let target = fixture.reference("app/three:1");
+    ok(&fixture.kiln(
+        &root,
+        &[
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64,linux/arm/v7",
+            "-t",
+            &target,
+            "--push",
+            ctx.path().to_str().unwrap(),
+        ],
+    ));
+    let handler = std::fs::read_to_string("/proc/sys/fs/binfmt_misc/qemu-arm").unwrap();
+    assert!(handler.starts_with("enabled"), "{handler}");
+    assert!(
+        handler
+            .lines()
+            .any(|l| l.starts_with("flags:") && l.contains('F')),
+        "{handler}"
+    );
+
+    let index = fixture.raw(&target);
+    let entry_platforms: Vec<Value> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["platform"].clone())
+        .collect();
+    assert_eq!(
+        entry_platforms,
+        [
+            serde_json::json!({"architecture": "amd64", "os": "linux"}),
+            serde_json::json!({"architecture": "arm64", "os": "linux"}),
+            serde_json::json!({"architecture": "arm", "os": "linux", "variant": "v7"}),
+        ]
+    );
+    let cat = |platform: &str, file: &str| {
+        kiln_ok(
+            &root,
+            &["run", "--platform", platform, &target, "cat", file],
+        )
+        .trim()
+        .to_string()
+    };
+    assert_eq!(cat("linux/arm/v7", "/out/machine"), "armv7l");
+    assert_eq!(cat("linux/arm", "/out/target"), "linux/arm/v7 arm v:v7");
+    assert_eq!(cat("linux/arm64", "/out/target"), "linux/arm64 arm64 v:");
+    assert_eq!(cat("linux/amd64", "/out/machine"), "x86_64");
+    let row = table_row(&root, &fixture.reference("app/three"));
+    assert!(
+        row.ends_with(" linux/amd64,linux/arm64,linux/arm/v7"),
+        "{row}"
+    );
 }
