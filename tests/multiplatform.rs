@@ -1573,3 +1573,81 @@ fn a_platform_with_a_variant_runs_under_its_emulator() {
         "{row}"
     );
 }
+
+/// The store's garbage collection follows indexes: `kiln prune --all`
+/// keeps every platform's image of a tagged index (pulled or built), and
+/// once `kiln rmi` has removed the tags, it removes them all.
+#[test]
+fn prune_keeps_an_index_whole_and_rmi_lets_it_go() {
+    let fixture = Fixture::new();
+    let base = pushed_base(&fixture);
+    let root = fixture.root();
+    fixture.ok(&["pull", "--platform", "all", &base.reference]);
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM {}\nRUN uname -m > /machine\n", base.reference),
+    )]);
+    ok(&fixture.kiln(
+        &root,
+        &[
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            "app:multi",
+            ctx.path().to_str().unwrap(),
+        ],
+    ));
+    let blobs = || {
+        std::fs::read_dir(root.join("blobs/sha256"))
+            .unwrap()
+            .count()
+    };
+    let before = blobs();
+    kiln_ok(&root, &["prune", "--all"]);
+    assert_eq!(blobs(), before, "prune removed a blob of a tagged index");
+    for (platform, machine) in [("linux/arm64", "aarch64"), ("linux/amd64", "x86_64")] {
+        let out = kiln_ok(
+            &root,
+            &[
+                "run",
+                "--platform",
+                platform,
+                "app:multi",
+                "cat",
+                "/machine",
+            ],
+        );
+        assert_eq!(out.trim(), machine);
+        let out = kiln_ok(
+            &root,
+            &[
+                "run",
+                "--platform",
+                platform,
+                &base.reference,
+                "uname",
+                "-m",
+            ],
+        );
+        assert_eq!(out.trim(), machine);
+    }
+    assert_eq!(
+        platforms(&root, &base.reference),
+        [
+            ("linux/amd64".to_string(), true),
+            ("linux/arm64".to_string(), true)
+        ]
+    );
+
+    kiln_ok(&root, &["rmi", "app:multi", &base.reference]);
+    kiln_ok(&root, &["prune", "--all"]);
+    let left: Vec<_> = std::fs::read_dir(root.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left after rmi and prune: {left:?}");
+    let listed: Value =
+        serde_json::from_str(&kiln_ok(&root, &["images", "--format", "json"])).unwrap();
+    assert_eq!(listed, serde_json::json!([]));
+}
