@@ -1651,3 +1651,65 @@ fn prune_keeps_an_index_whole_and_rmi_lets_it_go() {
         serde_json::from_str(&kiln_ok(&root, &["images", "--format", "json"])).unwrap();
     assert_eq!(listed, serde_json::json!([]));
 }
+
+/// SIGINT in the middle of a two-platform build (each platform's RUN
+/// sleeping, arm64's under qemu) cancels both platforms' solves: exit 130,
+/// nothing tagged, no sleep left running, no scratch left in the store.
+#[test]
+fn sigint_cancels_every_platform_of_a_build() {
+    let fixture = Fixture::new();
+    let base = pushed_base(&fixture);
+    let root = fixture.root();
+    fixture.ok(&["pull", "--platform", "all", &base.reference]);
+    // A sleep no other process here has: it must not outlive the build.
+    let seconds = format!("{}", 4000 + std::process::id() % 1000);
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!(
+            "FROM {}\nARG TARGETARCH\nRUN echo sleeping-$TARGETARCH && sleep {seconds}\nRUN echo never\n",
+            base.reference
+        ),
+    )]);
+    let log = fixture.path("build.log");
+    let mut child = common::kiln_command()
+        .arg("--root")
+        .arg(&root)
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            "app:canceled",
+        ])
+        .arg(ctx.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    common::wait_for_text(&log, "sleeping-amd64");
+    common::wait_for_text(&log, "sleeping-arm64");
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("error: build canceled by SIGINT"),
+        "{stderr}"
+    );
+    let canceled = stderr
+        .lines()
+        .filter(|l| l.starts_with('#') && l.ends_with(" CANCELED"))
+        .count();
+    assert_eq!(canceled, 2, "each platform's RUN canceled:\n{stderr}");
+    assert!(!stderr.contains("RUN echo never"), "{stderr}");
+    assert_eq!(
+        common::processes_with_argument(&seconds),
+        Vec::<String>::new()
+    );
+    assert_eq!(common::scratch_left(&root), Vec::<String>::new());
+    let images = kiln_ok(&root, &["images"]);
+    assert!(!images.contains("app"), "{images}");
+}
