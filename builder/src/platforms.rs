@@ -25,6 +25,7 @@ use std::time::Instant;
 use kiln_layers::index::IndexWriter;
 use kiln_layers::{Descriptor, Platform, Reference};
 
+use crate::cache::CacheSources;
 use crate::plan::{BuildOptions, Plan, PlanWarning};
 use crate::session::{BuildError, BuildResult, Planned, Session};
 use crate::solve::{BuildEvents, BuiltImage, SharedSteps, StepEvent, StepOutcome};
@@ -36,6 +37,14 @@ impl<'a> Session<'a> {
         self.check_requests()?;
         for output in &self.settings.outputs {
             output.check_platforms(platforms)?;
+        }
+        if let Some(exporter) = self.cache.exporters.first() {
+            return Err(BuildError::Invalid(format!(
+                "--cache-to {}: exporting a build cache from a build for several platforms \
+                 is not supported yet (build one platform per export, or use --cache-to \
+                 type=inline, which each platform's image carries)",
+                exporter.name()
+            )));
         }
         // Planning reports through `shown`: the Dockerfile and context
         // loads, and warnings, once for every platform.
@@ -82,6 +91,7 @@ impl<'a> Session<'a> {
     /// to their end or their own failure).
     fn solve_all(&self, plans: &[Planned<'a>]) -> Result<Vec<BuiltImage>, BuildError> {
         let shared = SharedSteps::default();
+        let cache_from = CacheSources::new(&self.cache.sources, self.events);
         let seen = Mutex::new(HashSet::new());
         let results: Vec<Result<BuiltImage, BuildError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = plans
@@ -89,8 +99,10 @@ impl<'a> Session<'a> {
                 .enumerate()
                 .map(|(ordinal, planned)| {
                     let events = PlatformEvents::new(self.events, &planned.plan, ordinal, &seen);
-                    let shared = &shared;
-                    scope.spawn(move || self.solve_planned(planned, Some(shared), &events))
+                    let (shared, cache_from) = (&shared, &cache_from);
+                    scope.spawn(move || {
+                        self.solve_planned(planned, Some(shared), &events, cache_from)
+                    })
                 })
                 .collect();
             handles
