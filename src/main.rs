@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod progress;
+mod sandbox;
 mod settings;
 
 use settings::{GlobalSettings, TransferArgs};
@@ -72,6 +73,24 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let settings = GlobalSettings::resolve(cli.root, &cli.transfer);
+    // The commands that touch the store run where the isolation needs
+    // them: in a user namespace of their own when kiln is not root.
+    let isolation = match &cli.command {
+        Command::Build(c) => Some(c.isolation()),
+        Command::Image(_) | Command::Registry(_) => Some(sandbox::IsolationArg::Auto),
+        Command::Run(c) if !c.is_helper() => Some(sandbox::IsolationArg::Auto),
+        _ => None,
+    };
+    if let Some(asked) = isolation {
+        match sandbox::enter_user_namespace(asked, &settings.root) {
+            Ok(Some(code)) => return code,
+            Ok(None) => {}
+            Err(why) => {
+                eprintln!("error: {}", kiln_parser::escape_control(&why));
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let result = match cli.command {
         Command::Parse(c) => c.run(&settings),
         Command::Image(c) => c.run(&settings),

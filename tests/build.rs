@@ -446,9 +446,50 @@ fn network_none_leaves_only_loopback() {
         .lines()
         .count();
     if host_interfaces > 3 {
-        // Host networking (the default) sees the host's other interfaces.
-        failed(&fixture.build(&["--no-cache", dir]));
+        // Host networking sees the host's other interfaces.
+        failed(&fixture.build(&["--network", "host", "--no-cache", dir]));
     }
+    // The default private network has one more: slirp4netns's tap0.
+    failed(&fixture.build(&["--no-cache", dir]));
+}
+
+/// RUN's default network is a namespace of its own behind slirp4netns:
+/// a server on the host's 127.0.0.1 is out of reach (by 127.0.0.1, the
+/// container's own loopback, and by slirp's gateway 10.0.2.2), while
+/// names resolve and the Debian mirror of the host's apt sources answers
+/// over http through the NAT. `--network host` and `RUN --network=host`
+/// (granted `--allow network.host`) reach the host's loopback server.
+#[test]
+fn run_network_is_private_by_default_and_host_when_asked() {
+    let fixture = Fixture::new();
+    let port = kiln_testsupport::network::loopback_server("host-secret").unwrap();
+    let release = kiln_testsupport::network::debian_mirror_release().unwrap();
+    let host_url = format!("http://127.0.0.1:{port}/");
+    let private = context(&[(
+        "Dockerfile",
+        &format!(
+            "FROM busybox\n\
+             RUN ! timeout 5 wget -q -O- {host_url} && \
+                 ! timeout 5 wget -q -O- http://10.0.2.2:{port}/ && \
+                 timeout 20 wget -q -O- {release} | grep -q '^Origin: Debian'\n"
+        ),
+    )]);
+    let out = fixture.build(&[private.path().to_str().unwrap()]);
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("WARNING"), "{stderr}");
+    let reach = |run_flag: &str| {
+        context(&[(
+            "Dockerfile",
+            &format!("FROM busybox\nRUN {run_flag} wget -q -O- {host_url} | grep -q host-secret\n"),
+        )])
+    };
+    let plain = reach("");
+    let dir = plain.path().to_str().unwrap();
+    failed(&fixture.build(&[dir]));
+    ok(&fixture.build(&["--network", "host", dir]));
+    let flagged = reach("--network=host");
+    ok(&fixture.build(&["--allow", "network.host", flagged.path().to_str().unwrap()]));
 }
 
 /// Serves `body` for every request on 127.0.0.1 until the test ends.

@@ -39,6 +39,13 @@ pub enum RuntimeError {
     },
     #[error("user namespace id maps: {0}")]
     IdMap(String),
+    #[error(
+        "{path} is on an overlay filesystem (a container's own root filesystem?), which \
+         overlay cannot use as its upper layer: put kiln's store (--root, KILN_ROOT) on a \
+         volume or another filesystem (fuse-overlayfs and a copying snapshotter are not \
+         supported yet)"
+    )]
+    UpperOnOverlay { path: PathBuf },
     #[error("unable to find user {user} in image {image}: {reason}")]
     UnknownUser {
         user: String,
@@ -57,6 +64,9 @@ pub enum RuntimeError {
     Timeout(Duration),
     #[error("the runtime helper died without reporting ({0})")]
     HelperDied(String),
+    /// The run's private network could not be set up.
+    #[error("private network: {0}")]
+    Network(String),
     /// The run was canceled ([`crate::interrupt::cancel_runs`]): its
     /// container was killed, or never started.
     #[error("canceled; the container was killed")]

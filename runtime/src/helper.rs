@@ -72,7 +72,7 @@ pub fn helper_main() -> i32 {
         unsafe { libc::signal(signal, libc::SIG_IGN) };
     }
     let mut sys = RealSyscalls;
-    if config.rootless {
+    if config.new_userns {
         if let Err(err) = sys.unshare(libc::CLONE_NEWUSER) {
             return fail(&mut report, "new user namespace", err.to_string());
         }
@@ -83,14 +83,22 @@ pub fn helper_main() -> i32 {
             return 1;
         }
     }
-    drop(sync);
     let mut flags = libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
-    if config.network == Network::None {
+    if config.network != Network::Host {
         flags |= libc::CLONE_NEWNET;
     }
     if let Err(err) = sys.unshare(flags) {
         return fail(&mut report, "new namespaces", err.to_string());
     }
+    if config.network == Network::Private {
+        send(&mut report, &Report::NetnsReady);
+        let mut go = [0u8; 1];
+        if !matches!(sync.read(&mut go), Ok(1)) {
+            // The caller could not start the network; it says why.
+            return 1;
+        }
+    }
+    drop(sync);
     // SAFETY: this process is single-threaded (a fresh exec), so the child
     // may do anything after fork. (rustix's fork is unsafe too, and skips
     // libc's own bookkeeping.)

@@ -35,7 +35,8 @@ fn user_name(uid: u32) -> Option<String> {
     name
 }
 
-fn find_program(name: &str) -> Option<PathBuf> {
+/// `name` in `PATH`, else in the usual bin and sbin directories.
+pub(crate) fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
     let found = path
         .split(':')
@@ -74,6 +75,38 @@ fn write_proc(pid: libc::pid_t, file: &str, content: &str) -> Result<(), Runtime
     std::fs::write(&path, content).map_err(|e| RuntimeError::IdMap(format!("{path}: {e}")))
 }
 
+/// The map root gives a user namespace of its own when /etc/subuid has no
+/// range for it: the first 65536 ids, unchanged.
+const ROOT_MAP: &str = "0 0 65536\n";
+
+/// Whether the calling user has subordinate uid and gid ranges and the
+/// helpers to map them (else only its own id is mapped: files of other
+/// owners cannot be made). `Err` says what is missing. Root needs none.
+pub fn subordinate_ids() -> Result<String, String> {
+    let (uid, gid) = (
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+    );
+    if uid == 0 {
+        return Ok("root: ids 0-65535 keep their numbers".into());
+    }
+    let name = user_name(uid);
+    let who = name.clone().unwrap_or_else(|| uid.to_string());
+    let mut found = Vec::new();
+    for (file, id, program) in [
+        ("/etc/subuid", uid, "newuidmap"),
+        ("/etc/subgid", gid, "newgidmap"),
+    ] {
+        let range = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|text| find_subid_range(&text, name.as_deref(), id))
+            .ok_or_else(|| format!("no range for {who} in {file}"))?;
+        find_program(program).ok_or_else(|| format!("{program} is not installed (uidmap)"))?;
+        found.push(format!("{file} {}+{}", range.start, range.count));
+    }
+    Ok(found.join(", "))
+}
+
 /// Writes the uid and gid maps of the user namespace that process `pid` has
 /// just created.
 pub fn write_id_maps(pid: libc::pid_t) -> Result<(), RuntimeError> {
@@ -90,10 +123,13 @@ pub fn write_id_maps(pid: libc::pid_t) -> Result<(), RuntimeError> {
 
     match (range("/etc/subuid", uid), find_program("newuidmap")) {
         (Some(r), Some(program)) => map_with_helper(&program, pid, uid, r)?,
+        // Root needs no helper: the ids keep their numbers.
+        _ if uid == 0 => write_proc(pid, "uid_map", ROOT_MAP)?,
         _ => write_proc(pid, "uid_map", &format!("0 {uid} 1\n"))?,
     }
     match (range("/etc/subgid", gid), find_program("newgidmap")) {
         (Some(r), Some(program)) => map_with_helper(&program, pid, gid, r)?,
+        _ if gid == 0 => write_proc(pid, "gid_map", ROOT_MAP)?,
         _ => {
             // An unprivileged gid map requires giving up setgroups first.
             write_proc(pid, "setgroups", "deny\n")?;

@@ -14,7 +14,7 @@
 //!    a tmpfs only this mount namespace has) and Docker's masked and
 //!    read-only /proc and /sys paths;
 //! 4. pivot_root into it and detach the old root: host files are gone;
-//! 5. hostname, `lo` up, the user from the image's own /etc/passwd, the
+//! 5. hostname, `lo` up (a network namespace of its own), the user from the image's own /etc/passwd, the
 //!    working directory (created as root when missing), the executable from
 //!    the container's `PATH`; with `-t`, a pty from the container's devpts;
 //! 6. rlimits, the bounding set, groups/gid/uid, the default capabilities,
@@ -136,7 +136,7 @@ fn init(
     prepare_rootfs(sys, cfg, report)?;
     enter_rootfs(sys, &cfg.rootfs)?;
     step("sethostname", sys.sethostname(&cfg.hostname))?;
-    if cfg.network == Network::None {
+    if cfg.network != Network::Host {
         step("bring lo up", sys.loopback_up())?;
     }
 
@@ -457,6 +457,14 @@ fn mount_overlay(sys: &mut dyn Syscalls, cfg: &ContainerConfig) -> Result<(), Fa
 }
 
 /// /proc, and /sys read-only.
+///
+/// In a user namespace the kernel mounts a new proc or sysfs only where
+/// the outer one is fully visible; a container's (a CI job's pod) has
+/// masked paths over it, and the mount is refused (EPERM). Then the outer
+/// one is bound, its masks with it, as BuildKit's
+/// `--oci-worker-no-process-sandbox` does, and the caller is told
+/// ([`Report::Fallback`]). The run keeps its PID namespace: its processes
+/// still end with its init.
 fn mount_proc_and_sys(
     sys: &mut dyn Syscalls,
     cfg: &ContainerConfig,
@@ -464,7 +472,7 @@ fn mount_proc_and_sys(
 ) -> Result<(), Failure> {
     let root = cfg.rootfs.as_path();
     let proc_dir = ensure_mount_point(sys, root, Path::new("proc"), true, report)?;
-    mount(sys, "proc", &proc_dir, "proc", NO_SUID_DEV_EXEC, "")?;
+    fresh_or_bound(sys, cfg, "proc", &proc_dir, NO_SUID_DEV_EXEC, report)?;
 
     let sys_dir = ensure_mount_point(sys, root, Path::new("sys"), true, report)?;
     if cfg.rootless && cfg.network == Network::Host {
@@ -473,14 +481,42 @@ fn mount_proc_and_sys(
         mount(sys, "/sys", &sys_dir, "", libc::MS_BIND | libc::MS_REC, "")?;
         remount_read_only(sys, &sys_dir, false)
     } else {
-        mount(
-            sys,
-            "sysfs",
-            &sys_dir,
-            "sysfs",
-            NO_SUID_DEV_EXEC | libc::MS_RDONLY,
-            "",
-        )
+        let flags = NO_SUID_DEV_EXEC | libc::MS_RDONLY;
+        if fresh_or_bound(sys, cfg, "sysfs", &sys_dir, flags, report)? {
+            remount_read_only(sys, &sys_dir, false)?;
+        }
+        Ok(())
+    }
+}
+
+/// Mounts a new `fstype` (proc or sysfs) on `target`, or, rootless where
+/// that is refused, binds the outer one (`/proc`, `/sys`) recursively and
+/// reports the fallback. Returns whether it bound.
+fn fresh_or_bound(
+    sys: &mut dyn Syscalls,
+    cfg: &ContainerConfig,
+    fstype: &str,
+    target: &Path,
+    flags: libc::c_ulong,
+    report: &mut dyn FnMut(Report),
+) -> Result<bool, Failure> {
+    match sys.mount(fstype, target, fstype, flags, "") {
+        Ok(()) => Ok(false),
+        Err(err) if cfg.rootless && err.raw_os_error() == Some(libc::EPERM) => {
+            let outer = if fstype == "proc" { "/proc" } else { "/sys" };
+            mount(sys, outer, target, "", libc::MS_BIND | libc::MS_REC, "")?;
+            report(Report::Fallback {
+                what: format!(
+                    "{outer} bound from outside: a new {fstype} cannot be mounted here \
+                     (the outer one has masked paths, as in a container)"
+                ),
+            });
+            Ok(true)
+        }
+        Err(err) => Err(Failure::Setup {
+            step: format!("mount {fstype} on {}", target.display()),
+            reason: err.to_string(),
+        }),
     }
 }
 

@@ -16,8 +16,9 @@
 //! configuration as JSON on a pipe. The helper (a fresh, single-threaded
 //! exec) creates a user namespace when kiln is not root (the caller then
 //! writes the id maps, through newuidmap/newgidmap when the user has
-//! subordinate ids), new PID, UTS, IPC and (for [`Network::None`]) network
-//! namespaces, and forks the container's init, PID 1, which joins the run's
+//! subordinate ids), new PID, UTS, IPC and (for [`Network::None`] and
+//! [`Network::Private`]) network namespaces (for a private one the caller
+//! then starts slirp4netns on it: [`network`]), and forks the container's init, PID 1, which joins the run's
 //! cgroups, creates its own mount namespace, mounts the overlay root and the
 //! rest (see [`init`]), pivots into it, drops privileges and execs the
 //! command. The helper waits for it and reports its exit status, which
@@ -90,6 +91,8 @@ pub mod init;
 #[allow(unsafe_code)]
 pub mod interrupt;
 #[allow(unsafe_code)]
+pub mod network;
+#[allow(unsafe_code)]
 pub mod parent;
 pub mod protocol;
 pub mod scratch;
@@ -98,10 +101,12 @@ pub mod spec;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod user;
+#[allow(unsafe_code)]
+pub mod userns;
 
 pub use error::RuntimeError;
 pub use helper::helper_main;
-pub use parent::{run, MAX_LOWER_DIRS};
+pub use parent::{run, upper_dir_support, MAX_LOWER_DIRS};
 pub use scratch::{remove_dead_scratch, RemovedScratch};
 pub use spec::{
     BindMount, ExitStatus, HelperCommand, Limit, Limits, MemoryFile, Network, Rlimit,

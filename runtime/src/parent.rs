@@ -55,10 +55,34 @@ pub const MAX_LOWER_DIRS: usize = 500;
 /// Statfs magic of tmpfs.
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 
+/// Statfs magic of overlayfs.
+const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
+
 fn is_tmpfs(path: &Path) -> bool {
+    filesystem_is(path, TMPFS_MAGIC)
+}
+
+/// Whether overlay can keep its upper dirs under `dir` (the store's
+/// scratch), looking at `dir` or, while it does not exist yet, its nearest
+/// ancestor: `Err` says why not (overlay refuses an overlayfs as an upper
+/// dir's filesystem, and a RUN there fails).
+pub fn upper_dir_support(dir: &Path) -> Result<String, String> {
+    let existing = dir.ancestors().find(|p| p.exists()).unwrap_or(dir);
+    if filesystem_is(existing, OVERLAYFS_MAGIC) {
+        return Err(format!(
+            "{} is on an overlay filesystem (a container's own root filesystem?), which \
+             overlay cannot use as its upper layer: RUN steps fail there; put the store \
+             (--root, KILN_ROOT) on a volume",
+            dir.display()
+        ));
+    }
+    Ok(format!("{} is not on overlayfs", dir.display()))
+}
+
+fn filesystem_is(path: &Path, magic: i64) -> bool {
     // f_type is an i64 on x86_64, not on every architecture.
     #[allow(clippy::unnecessary_cast)]
-    rustix::fs::statfs(path).is_ok_and(|st| st.f_type as i64 == TMPFS_MAGIC)
+    rustix::fs::statfs(path).is_ok_and(|st| st.f_type as i64 == magic)
 }
 
 /// A new private directory on a tmpfs for one run's small files: under
@@ -158,7 +182,7 @@ impl StateDir {
                 "hosts",
                 hosts_file(&spec.hostname, spec.network, &spec.extra_hosts),
             ),
-            ("resolv.conf", resolv_conf()),
+            ("resolv.conf", resolv_conf(spec.network)),
         ];
         for (name, content) in files {
             let path = self.etc.join(name);
@@ -239,10 +263,16 @@ fn hosts_file(hostname: &str, network: Network, extra: &[(String, String)]) -> S
     hosts
 }
 
-/// The host's resolv.conf, or Docker's fallback when it has none.
-fn resolv_conf() -> String {
-    std::fs::read_to_string("/etc/resolv.conf")
-        .unwrap_or_else(|_| "nameserver 8.8.8.8\nnameserver 8.8.4.4\n".to_string())
+/// The host's resolv.conf, or Docker's fallback when it has none; on a
+/// private network, slirp4netns's DNS forwarder in place of the host's
+/// name servers (which may be on the host's loopback).
+fn resolv_conf(network: Network) -> String {
+    let host = std::fs::read_to_string("/etc/resolv.conf");
+    match (network, host) {
+        (Network::Private, host) => crate::network::private_resolv_conf(&host.unwrap_or_default()),
+        (_, Ok(host)) => host,
+        (_, Err(_)) => "nameserver 8.8.8.8\nnameserver 8.8.4.4\n".to_string(),
+    }
 }
 
 fn validate(spec: &RunSpec) -> Result<(), RuntimeError> {
@@ -300,7 +330,21 @@ pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeE
     if crate::interrupt::runs_canceled() {
         return Err(RuntimeError::Canceled);
     }
-    let rootless = !rustix::process::geteuid().is_root();
+    // Not root here: the helper makes a user namespace. Root of a user
+    // namespace (a rootless build): no new one, but no host privileges.
+    let new_userns = !rustix::process::geteuid().is_root();
+    let rootless = new_userns || crate::userns::in_user_namespace();
+    let slirp4netns = match spec.network {
+        Network::Private => {
+            let support = crate::network::probe();
+            Some(
+                support
+                    .slirp4netns
+                    .ok_or(RuntimeError::Network(support.detail))?,
+            )
+        }
+        _ => None,
+    };
     // Removed (whatever is still in them killed) when dropped, on every path.
     let (cgroups, request) = crate::cgroup::setup(&spec.limits, rootless)?;
     let state = StateDir::new(&spec.state_dir, &spec.upper, tmpfs_scratch());
@@ -317,12 +361,18 @@ pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeE
     let created = state.create(&spec);
     let result = created.and_then(|()| {
         let mut config = spec_config(&spec, &state, rootless)?;
+        config.new_userns = new_userns;
         config.cgroups = cgroups
             .as_ref()
             .map(|c| c.procs().to_vec())
             .unwrap_or_default();
         config.nodev = request.devices.nodev();
-        launch(config, spec, helper, cgroups.as_ref())
+        let network = slirp4netns.map(|program| NetworkSetup {
+            program,
+            log: state.scratch.join("slirp4netns.log"),
+            running: None,
+        });
+        launch(config, spec, helper, cgroups.as_ref(), network)
     });
     drop(cgroups);
     let (result, stubs, upper_kept) = match result {
@@ -344,6 +394,13 @@ fn spec_config(
     state: &StateDir,
     rootless: bool,
 ) -> Result<ContainerConfig, RuntimeError> {
+    // The kernel refuses overlayfs as an upper dir's filesystem with a
+    // bare EINVAL; said here, naming the store.
+    if filesystem_is(&state.upper, OVERLAYFS_MAGIC) {
+        return Err(RuntimeError::UpperOnOverlay {
+            path: state.upper.clone(),
+        });
+    }
     let nofile = nofile_limit(spec.nofile, rootless);
     let mut remove_after_exit = vec![state.work.clone()];
     if spec.upper == UpperDir::Discard {
@@ -351,6 +408,7 @@ fn spec_config(
     }
     Ok(ContainerConfig {
         rootless,
+        new_userns: false,
         rootfs: state.rootfs.clone(),
         overlay_options: state.overlay_options(
             &spec.lower_dirs,
@@ -458,6 +516,7 @@ fn launch(
     spec: RunSpec,
     helper: &HelperCommand,
     cgroups: Option<&RunCgroups>,
+    network: Option<NetworkSetup>,
 ) -> Result<LaunchResult, RuntimeError> {
     let Started {
         mut child,
@@ -474,6 +533,8 @@ fn launch(
         None
     };
     let mut watch = Watch::new(report, sync, child.id() as libc::pid_t, cgroups);
+    watch.network = network;
+    watch.rootless = config.new_userns;
     let deadline = spec.timeout.map(|t| Instant::now() + t);
     let loop_result = watch.run(deadline, forwarder.as_ref(), &mut terminal);
     if loop_result.is_err() {
@@ -655,8 +716,20 @@ fn limit_error(
     None
 }
 
+/// A private network's slirp4netns: the program, its log (in the run's
+/// scratch dir), and the process once the helper's namespace exists.
+struct NetworkSetup {
+    program: PathBuf,
+    log: PathBuf,
+    running: Option<crate::network::Slirp>,
+}
+
 /// Reads the helper's reports and reacts to them until the pipe closes.
 struct Watch {
+    /// The private network, when the run has one (stopped with the watch).
+    network: Option<NetworkSetup>,
+    /// The helper makes a user namespace (slirp4netns joins it).
+    rootless: bool,
     report: File,
     sync: Option<File>,
     buffer: Vec<u8>,
@@ -688,6 +761,8 @@ impl Watch {
         cgroups: Option<&RunCgroups>,
     ) -> Watch {
         Watch {
+            network: None,
+            rootless: false,
             report: File::from(report),
             sync: Some(File::from(sync)),
             buffer: Vec::new(),
@@ -831,6 +906,23 @@ impl Watch {
         }
     }
 
+    /// Starts slirp4netns on the helper's new network namespace.
+    fn start_network(&mut self) -> Result<(), RuntimeError> {
+        let Some(network) = &mut self.network else {
+            return Err(RuntimeError::HelperDied(
+                "the helper made a private network nobody asked for".into(),
+            ));
+        };
+        let slirp = crate::network::Slirp::start(
+            &network.program,
+            self.helper_pid,
+            self.rootless,
+            &network.log,
+        )?;
+        network.running = Some(slirp);
+        Ok(())
+    }
+
     /// Kills the container when its forks have kept failing at the pids
     /// limit (a fork bomb never ends by itself).
     fn check_pids(&mut self) {
@@ -905,7 +997,16 @@ impl Watch {
                     self.sync = None;
                     return Err(err);
                 }
-                if let Some(mut sync) = self.sync.take() {
+                if let Some(sync) = &mut self.sync {
+                    let _ = sync.write_all(&[1]);
+                }
+            }
+            Report::NetnsReady => {
+                if let Err(err) = self.start_network() {
+                    self.sync = None;
+                    return Err(err);
+                }
+                if let Some(sync) = &mut self.sync {
                     let _ = sync.write_all(&[1]);
                 }
             }
@@ -919,12 +1020,24 @@ impl Watch {
                 }
             }
             Report::StubCreated { path } => self.stubs.push(path),
+            Report::Fallback { what } => warn_once(&what),
             Report::Failed(failure) => {
                 self.failure.get_or_insert(failure);
             }
             Report::Exited(status) => self.exit = Some(status),
         }
         Ok(())
+    }
+}
+
+/// Logs a fallback of the runtime as a warning, once per process and kind
+/// (every RUN of a build meets the same).
+fn warn_once(what: &str) {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !seen.iter().any(|s| s == what) {
+        tracing::warn!("RUN sandbox weaker than usual: {what}");
+        seen.push(what.to_string());
     }
 }
 

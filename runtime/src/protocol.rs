@@ -22,8 +22,14 @@ pub const FDS_ENV: &str = "KILN_RUNTIME_FDS";
 /// Everything the helper and the container's init need, resolved by the caller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerConfig {
-    /// Run in a new user namespace (kiln is not root).
+    /// Without the host's root: kiln is not root, or runs in a user
+    /// namespace of its own (a rootless build): unprivileged overlay
+    /// (`userxattr`), devices bound rather than made, no cgroups.
     pub rootless: bool,
+    /// The helper makes a new user namespace (kiln is not root where it
+    /// runs) and the caller writes its id maps.
+    #[serde(default)]
+    pub new_userns: bool,
     /// Overlay mount point (host path, under the state dir).
     pub rootfs: PathBuf,
     /// overlay mount options: lowerdir, upperdir, workdir (and userxattr).
@@ -96,6 +102,10 @@ pub enum Report {
     /// The helper has its user namespace; the caller writes the id maps and
     /// then one byte on the sync pipe.
     UsernsReady,
+    /// The helper has its new network namespace (a private network): the
+    /// caller starts slirp4netns on it and then writes one byte on the
+    /// sync pipe.
+    NetnsReady,
     /// The container's init process exists, with this pid on the host.
     Started {
         pid: i32,
@@ -104,6 +114,11 @@ pub enum Report {
     /// to the root) in the upper dir; the caller removes it afterwards.
     StubCreated {
         path: PathBuf,
+    },
+    /// The container got something weaker than usual (a bound /proc),
+    /// and why.
+    Fallback {
+        what: String,
     },
     Failed(Failure),
     Exited(ExitStatus),

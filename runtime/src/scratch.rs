@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 /// each with the filesystem that must be a tmpfs for it to be used:
 /// `(mount, base)`.
 pub(crate) fn scratch_bases() -> Vec<(PathBuf, PathBuf)> {
-    let euid = rustix::process::geteuid().as_raw();
+    // In a rootless build's user namespace kiln is uid 0 there, yet the
+    // user outside: its scratch is the user's, never root's.
+    let euid = crate::userns::host_uid();
     let mut bases = Vec::new();
     if euid == 0 {
         bases.push((PathBuf::from("/run"), PathBuf::from("/run/kiln")));

@@ -26,6 +26,11 @@ pub enum Network {
     Host,
     /// A new network namespace with only `lo`, up.
     None,
+    /// A new network namespace with `lo` and `tap0`, whose traffic goes
+    /// out through slirp4netns's NAT: outbound connections and DNS work,
+    /// the host's loopback and ports are out of reach (see
+    /// [`crate::network`]). What `docker build` gives RUN by default.
+    Private,
 }
 
 /// A host path bind-mounted into the container (`-v HOST:CTR[:ro]`).

@@ -671,3 +671,45 @@ fn renaming_a_lower_directory_copies_it_into_the_upper_dir() {
         .file_type()
         .is_char_device());
 }
+
+/// The default network of a build's RUN: its own namespace with `tap0`
+/// behind slirp4netns. The host's loopback server is out of reach (by
+/// 127.0.0.1, which is the container's own, and by slirp's gateway, which
+/// would lead to it without `--disable-host-loopback`); names resolve and
+/// the Debian mirror answers over http through the NAT. (Not wget's -T:
+/// Debian's static busybox 1.35 crashes with it.)
+#[test]
+fn network_private_reaches_out_but_not_the_hosts_loopback() {
+    require_root!();
+    let port = kiln_testsupport::network::loopback_server("host-secret").unwrap();
+    let release = kiln_testsupport::network::debian_mirror_release().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let script = format!(
+        "ls /sys/class/net | tr '\\n' ' '; echo; \
+         for host in 127.0.0.1 10.0.2.2; do \
+           timeout 5 wget -q -O- http://$host:{port}/ && echo reached $host; done; \
+         cat /etc/resolv.conf; \
+         timeout 20 wget -q -O- {release} | grep -m1 '^Origin:'"
+    );
+    let mut s = spec(tmp.path(), &rootfs, &["sh", "-c", &script]);
+    s.network = Network::Private;
+    let (result, out, err) = run_captured(tmp.path(), s);
+    assert_eq!(result.unwrap().code(), 0, "{out}\n{err}");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("lo tap0 "), "{out}");
+    assert!(!out.contains("host-secret"), "{out}");
+    assert!(!out.contains("reached"), "{out}");
+    assert!(out.contains("nameserver 10.0.2.3"), "{out}");
+    assert!(out.contains("Origin: Debian"), "{out}\n{err}");
+    // Host networking reaches the same server.
+    let mut s = spec(
+        tmp.path(),
+        &rootfs,
+        &["wget", "-q", "-O-", &format!("http://127.0.0.1:{port}/")],
+    );
+    s.network = Network::Host;
+    let (result, out, err) = run_captured(tmp.path(), s);
+    assert_eq!(result.unwrap().code(), 0, "{err}");
+    assert_eq!(out, "host-secret");
+}

@@ -112,6 +112,18 @@ fn unprivileged_user_runs_busybox_in_a_user_namespace() {
         "id -u; touch $HOME/f && stat -c %u $HOME/f",
     );
     assert_eq!(out, "1000\n1000\n");
+
+    // The private network: slirp4netns joins the run's user namespace.
+    let port = kiln_testsupport::network::loopback_server("host-secret").unwrap();
+    let out = as_user(
+        "s3",
+        &["--network", "private"],
+        &format!(
+            "ls /sys/class/net | tr '\\n' ' '; \
+             timeout 5 wget -q -O- http://10.0.2.2:{port}/ || echo unreachable"
+        ),
+    );
+    assert_eq!(out, "lo tap0 unreachable\n");
     // Everything the run created is gone, files of mapped ids included.
     let left: Vec<_> = fs::read_dir(&work)
         .unwrap()

@@ -31,6 +31,7 @@ use kiln_runtime::{HelperCommand, Network, HELPER_SUBCOMMAND};
 use crate::cmd::limits::LimitArgs;
 use crate::cmd::step_flags::StepArgs;
 use crate::progress::{BuildProgress, ProgressArgs, ProgressMode};
+use crate::sandbox::{BuildSandbox, IsolationArg};
 use crate::settings::GlobalSettings;
 
 #[derive(Debug, Subcommand)]
@@ -51,7 +52,13 @@ pub enum PlanFormat {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum NetworkArg {
+    /// A network namespace of RUN's own with outbound NAT (slirp4netns):
+    /// no host loopback, no host ports. Where this machine cannot give
+    /// it, the host's, with a warning.
+    Default,
+    /// The host's network.
     Host,
+    /// Only a loopback interface.
     None,
 }
 
@@ -135,8 +142,13 @@ pub struct BuildArgs {
     #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
     format: PlanFormat,
     /// RUN's network (a RUN --network flag wins).
-    #[arg(long, value_enum, default_value_t = NetworkArg::Host)]
+    #[arg(long, value_enum, default_value_t = NetworkArg::Default)]
     network: NetworkArg,
+    /// How the build is isolated: auto (the strongest this machine
+    /// allows, saying so when it is not namespaces), namespaces (root),
+    /// rootless (a user namespace), chroot.
+    #[arg(long, value_enum, default_value_t = IsolationArg::Auto)]
+    isolation: IsolationArg,
     /// How the layers the build made are compressed when they leave the
     /// store (--push, --output type=oci|docker); the store keeps them as
     /// plain tar, as Docker's image store does.
@@ -212,6 +224,12 @@ pub struct BuildArgs {
 }
 
 impl BuildCommand {
+    /// The `--isolation` asked for.
+    pub fn isolation(&self) -> IsolationArg {
+        let BuildCommand::Build(args) = self;
+        args.isolation
+    }
+
     pub fn run(self, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
         match self {
             BuildCommand::Build(args) => build(*args, settings),
@@ -392,6 +410,7 @@ pub(crate) fn parse_build_args(flags: &[String]) -> BTreeMap<String, String> {
 /// started for key files alive for the build.
 fn settings_of(
     args: &BuildArgs,
+    sandbox: &BuildSandbox,
     context: &PreparedContext,
     named: NamedContexts,
     ssh_agents: &mut Vec<kiln_builder::ssh::ForwardedAgent>,
@@ -436,10 +455,7 @@ fn settings_of(
         no_cache_stages: args.no_cache_filter.clone(),
         allow: args.step.entitlements(args.network == NetworkArg::Host),
         source_date_epoch: crate::settings::source_date_epoch(),
-        network: match args.network {
-            NetworkArg::Host => Network::Host,
-            NetworkArg::None => Network::None,
-        },
+        network: sandbox.network,
         compression: match args.compression {
             CompressionArg::Gzip => Compression::Gzip,
             CompressionArg::Zstd => Compression::Zstd,
@@ -524,6 +540,12 @@ impl Display {
 
 fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    let network = match args.network {
+        NetworkArg::Default => None,
+        NetworkArg::Host => Some(Network::Host),
+        NetworkArg::None => Some(Network::None),
+    };
+    let sandbox = BuildSandbox::probe(network, args.isolation).map_err(anyhow::Error::msg)?;
     let spec = ContextSpec::parse(&args.context)?;
     let named_specs = args
         .build_contexts
@@ -533,6 +555,15 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let store = Store::open(&global.root)?;
     let interruption = crate::cmd::interrupt::Interruption::watch();
     let display = Display::new(&args);
+    if !args.dry_run && !args.check {
+        for message in &sandbox.warnings {
+            let warning = kiln_builder::plan::PlanWarning {
+                line: None,
+                message: message.clone(),
+            };
+            kiln_builder::solve::BuildEvents::warning(&display.printer, "", &warning);
+        }
+    }
     // The client is made on first use; a CA file that cannot be read is
     // still an error of every build, as it is of kiln pull.
     for ca in &args.ca_certs {
@@ -564,7 +595,7 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let context = kiln_builder::contexts::prepare(&spec, &mut std::io::stdin().lock(), &prepare)?;
     let named = NamedContexts::prepare(&named_specs, &prepare)?;
     let mut ssh_agents = Vec::new();
-    let settings = settings_of(&args, &context, named, &mut ssh_agents)?;
+    let settings = settings_of(&args, &sandbox, &context, named, &mut ssh_agents)?;
     let cache = remote_cache(&args, &settings, &remote, &display)?;
     let session = Session {
         store: &store,

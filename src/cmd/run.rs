@@ -112,6 +112,11 @@ pub struct RunArgs {
 }
 
 impl RunCommand {
+    /// Whether this is the runtime's helper (started by kiln itself).
+    pub fn is_helper(&self) -> bool {
+        matches!(self, RunCommand::RuntimeHelper)
+    }
+
     pub fn run(self, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
         match self {
             RunCommand::RuntimeHelper => {

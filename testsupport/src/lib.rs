@@ -20,6 +20,10 @@
 //! - [`empty_docker_config`]: a `DOCKER_CONFIG` that keeps the host's
 //!   `~/.docker` out of tests.
 //! - [`golden`]: golden-file comparison, rewritten with `KILN_BLESS=1`.
+//! - [`docker`]: a docker daemon of the test's own (its socket, data
+//!   root), and a Debian base root filesystem made with debootstrap.
+//! - [`network`]: the host's Debian mirror (from its apt sources) and a
+//!   server on the host's loopback, for the RUN network tests.
 //! - [`git`]: a `git daemon` serving test repositories on loopback.
 //! - [`http`]: a small HTTP file server (optionally behind basic auth)
 //!   that records the requests it got.
@@ -33,11 +37,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod docker;
 pub mod git;
 pub mod golden;
 pub mod http;
 pub mod image;
 pub mod multiarch;
+pub mod network;
 mod process;
 pub mod proxy;
 pub mod registry;

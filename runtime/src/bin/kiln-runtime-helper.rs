@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! kiln-runtime-helper run --state DIR [--lower DIR]... [--upper DIR] [--user U]
-//!     [--cwd DIR] [--hostname H] [--network none|host] [--env K=V]...
+//!     [--cwd DIR] [--hostname H] [--network none|host|private] [--env K=V]...
 //!     [--volume HOST:CTR[:ro]]... [--timeout SECS] [--no-seccomp] [--tty] -- ARGV...
 //! ```
 //! Exits with the container's code; on a runtime error prints it and exits
@@ -63,6 +63,7 @@ fn run(args: &[String]) -> ExitCode {
                 spec.network = match value.as_str() {
                     "host" => Network::Host,
                     "none" => Network::None,
+                    "private" => Network::Private,
                     other => return usage(&format!("unknown network {other:?}")),
                 }
             }

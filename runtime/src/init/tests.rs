@@ -16,6 +16,7 @@ const EXE: u32 = libc::S_IFREG | 0o755;
 fn config() -> ContainerConfig {
     ContainerConfig {
         rootless: false,
+        new_userns: false,
         rootfs: PathBuf::from("/state/rootfs"),
         overlay_options:
             "lowerdir=/l1:/state/mountpoints,upperdir=/state/upper,workdir=/state/work".into(),
@@ -426,4 +427,52 @@ fn long_overlay_options_go_through_the_new_mount_api() {
         "{text}"
     );
     assert!(!text.contains("mount overlay"));
+}
+
+/// A private network (slirp4netns's tap0 in a namespace of the run's
+/// own): `lo` comes up, and sysfs is the namespace's own, even rootless.
+#[test]
+fn private_network_brings_lo_up_and_mounts_its_own_sysfs() {
+    let mut cfg = config();
+    cfg.rootless = true;
+    cfg.network = Network::Private;
+    let (_, text) = transcript(&mut fake(), &cfg);
+    assert!(text.contains("loopback_up"), "{text}");
+    assert!(
+        text.contains("mount sysfs /state/rootfs/sys sysfs"),
+        "{text}"
+    );
+    assert!(!text.contains("mount /sys /state/rootfs/sys"), "{text}");
+}
+
+/// Rootless where the outer /proc and /sys have masked paths (a pod):
+/// the new mounts are refused, the outer ones are bound and the caller
+/// told; as root the refusal is an error.
+#[test]
+fn rootless_binds_the_outer_proc_when_a_new_one_is_refused() {
+    let mut cfg = config();
+    cfg.rootless = true;
+    cfg.network = Network::Private;
+    let mut sys = fake();
+    sys.fail_on("mount proc /state/rootfs/proc proc", libc::EPERM);
+    let (_, text) = transcript(&mut sys, &cfg);
+    assert_in_order(
+        &text,
+        &[
+            "mount proc /state/rootfs/proc proc",
+            "mount /proc /state/rootfs/proc",
+            "exec",
+            "report Fallback",
+        ],
+    );
+    let mut cfg = config();
+    cfg.rootless = false;
+    let mut sys = fake();
+    sys.fail_on("mount proc /state/rootfs/proc proc", libc::EPERM);
+    let (failure, text) = transcript(&mut sys, &cfg);
+    assert!(!text.contains("mount /proc "), "{text}");
+    assert!(
+        matches!(&failure, Failure::Setup { step, .. } if step == "mount proc on /state/rootfs/proc"),
+        "{failure:?}"
+    );
 }

@@ -1,0 +1,132 @@
+//! What the network tests reach: the Debian mirror this machine's apt
+//! sources name (the one outside address the test machines reach, over
+//! plain http), and a server on the host's loopback that a private
+//! network must not reach.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+
+use crate::{Result, TestSupportError};
+
+/// The first `http://` mirror in the host's apt sources
+/// (`/etc/apt/sources.list`, `/etc/apt/sources.list.d/*.list` and
+/// `*.sources`), e.g. `http://deb.example.org/debian`, and a file every
+/// Debian mirror has under it (`dists/<suite>/Release`), as a whole URL.
+pub fn debian_mirror_release() -> Result<String> {
+    let mut files = vec![Path::new("/etc/apt/sources.list").to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        more.sort();
+        files.extend(more);
+    }
+    for file in files {
+        let name = file.to_string_lossy();
+        if !(name.ends_with(".list") || name.ends_with(".sources")) {
+            continue;
+        }
+        if let Some(url) = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|text| release_url(&text))
+        {
+            return Ok(url);
+        }
+    }
+    Err(TestSupportError::Io {
+        what: "finding an http:// Debian mirror in the apt sources".into(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "none"),
+    })
+}
+
+/// The Release file URL of the first http source in a `.list` or
+/// deb822 `.sources` text.
+fn release_url(text: &str) -> Option<String> {
+    let mut uri: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('#') {
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            // deb [options] URI SUITE COMPONENTS...
+            ["deb", rest @ ..] => {
+                let rest: Vec<&str> = rest
+                    .iter()
+                    .copied()
+                    .skip_while(|w| w.starts_with('['))
+                    .collect();
+                let rest: Vec<&str> = rest
+                    .into_iter()
+                    .skip_while(|w| !w.contains("://"))
+                    .collect();
+                if let [url, suite, ..] = rest.as_slice() {
+                    if url.starts_with("http://") {
+                        return Some(format!(
+                            "{}/dists/{suite}/Release",
+                            url.trim_end_matches('/')
+                        ));
+                    }
+                }
+            }
+            ["URIs:", url, ..] => uri = Some(url.to_string()),
+            ["Suites:", suite, ..] => {
+                if let Some(url) = uri.as_deref().filter(|u| u.starts_with("http://")) {
+                    return Some(format!(
+                        "{}/dists/{suite}/Release",
+                        url.trim_end_matches('/')
+                    ));
+                }
+            }
+            [] => uri = None,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// An HTTP server on the host's 127.0.0.1 that answers every request with
+/// `body`, until the test process ends. Returns its port.
+pub fn loopback_server(body: &'static str) -> Result<u16> {
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(TestSupportError::io("binding 127.0.0.1:0"))?;
+    let port = listener
+        .local_addr()
+        .map_err(TestSupportError::io("listener address"))?
+        .port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    Ok(port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::release_url;
+
+    #[test]
+    fn release_url_from_list_and_deb822_sources() {
+        assert_eq!(
+            release_url("deb [arch=amd64] http://m.example/debian bookworm main\n"),
+            Some("http://m.example/debian/dists/bookworm/Release".into())
+        );
+        assert_eq!(
+            release_url("deb https://s.example/debian bookworm main\n"),
+            None
+        );
+        let deb822 = "Types: deb\n# comment\nURIs: http://m.example/debian/\n\
+                      Suites: bookworm bookworm-updates\nComponents: main\n";
+        assert_eq!(
+            release_url(deb822),
+            Some("http://m.example/debian/dists/bookworm/Release".into())
+        );
+    }
+}
