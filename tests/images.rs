@@ -623,3 +623,66 @@ fn load_accepts_the_classic_docker_archive_layout() {
     );
     assert!(bundle.join("rootfs/bin/busybox").is_file());
 }
+
+#[test]
+fn load_follows_the_layer_symlinks_of_docker_save() {
+    // `docker save` before Docker 25 writes a layer several images share
+    // once; each other image's `<id>/layer.tar` is a symlink to it, and may
+    // come before it in the tar.
+    let tmp = tempfile::tempdir().unwrap();
+    let staging = tmp.path().join("shared");
+    let rootfs = tmp.path().join("rootfs.tar");
+    busybox_rootfs_tar(&rootfs).unwrap();
+    let layer = fs::read(&rootfs).unwrap();
+    let diff_id = kiln_layers::Digest::of(&layer);
+    let mut manifest = Vec::new();
+    for (dir, cmd) in [("b-first", "first"), ("a-linked", "linked")] {
+        let config = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Cmd": [cmd]},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id.as_str()]},
+        });
+        let config_bytes = serde_json::to_vec(&config).unwrap();
+        let config_name = format!("{}.json", kiln_layers::Digest::of(&config_bytes).hex());
+        fs::create_dir_all(staging.join(dir)).unwrap();
+        fs::write(staging.join(&config_name), &config_bytes).unwrap();
+        manifest.push(serde_json::json!({
+            "Config": config_name,
+            "RepoTags": [format!("shared/{cmd}:v1")],
+            "Layers": [format!("{dir}/layer.tar")],
+        }));
+    }
+    fs::write(staging.join("b-first/layer.tar"), &layer).unwrap();
+    std::os::unix::fs::symlink("../b-first/layer.tar", staging.join("a-linked/layer.tar")).unwrap();
+    fs::write(
+        staging.join("manifest.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    let archive = tmp.path().join("shared.tar");
+    // Sorted names: the symlink (a-linked/) comes before its target.
+    run_ok(
+        Command::new("tar")
+            .arg("cf")
+            .arg(&archive)
+            .arg("--sort=name")
+            .arg("-C")
+            .arg(&staging)
+            .arg("."),
+    );
+
+    let root = tmp.path().join("store");
+    let out = kiln_ok(&root, &["load", "-i", archive.to_str().unwrap()]);
+    assert!(out.contains("Loaded image: shared/linked:v1"), "{out}");
+    for name in ["shared/first:v1", "shared/linked:v1"] {
+        let image = inspect(&root, name);
+        assert_eq!(
+            image["Manifest"]["layers"][0]["digest"],
+            diff_id.as_str(),
+            "{name}"
+        );
+    }
+    let image = inspect(&root, "shared/linked:v1");
+    assert_eq!(image["Config"]["config"]["Cmd"][0], "linked");
+}

@@ -442,13 +442,22 @@ fn read_tar_archive(
     let reader = decompress(io::BufReader::new(file)).map_err(tar_err)?;
     let mut archive = tar::Archive::new(reader);
     let mut files = ArchiveFiles::default();
+    let mut links = Vec::new();
     for entry in archive.entries().map_err(tar_err)? {
         let mut entry = entry.map_err(tar_err)?;
-        if entry.header().entry_type() != tar::EntryType::Regular {
-            continue;
-        }
         let raw = entry.path_bytes().into_owned();
         let name = normalize_name(&String::from_utf8_lossy(&raw));
+        let kind = entry.header().entry_type();
+        if kind == tar::EntryType::Symlink || kind == tar::EntryType::Link {
+            if let Some(target) = entry.link_name_bytes() {
+                let target = String::from_utf8_lossy(&target).into_owned();
+                links.push(ArchiveLink::new(name, &target, kind));
+            }
+            continue;
+        }
+        if kind != tar::EntryType::Regular {
+            continue;
+        }
         let size = entry.size();
         if is_metadata(&name) && !name.starts_with("blobs/") && size <= SMALL_FILE {
             let mut bytes = Vec::with_capacity(size as usize);
@@ -473,7 +482,70 @@ fn read_tar_archive(
             }
         }
     }
+    files.add_links(&links);
     Ok(files)
+}
+
+/// A symbolic or hard link in an archive: `docker save` (before Docker 25)
+/// writes a layer that several images share once, and each other image's
+/// `<id>/layer.tar` as a symlink `../<first id>/layer.tar`.
+struct ArchiveLink {
+    name: String,
+    /// The archive name it points at (a symlink's target resolved against
+    /// its directory; a hard link's is one already).
+    target: String,
+}
+
+impl ArchiveLink {
+    fn new(name: String, target: &str, kind: tar::EntryType) -> ArchiveLink {
+        let joined = match name.rsplit_once('/') {
+            Some((dir, _)) if kind == tar::EntryType::Symlink && !target.starts_with('/') => {
+                format!("{dir}/{target}")
+            }
+            _ => target.to_string(),
+        };
+        // `..` steps up; above the archive's top it stays at the top.
+        let mut parts: Vec<&str> = Vec::new();
+        for part in joined.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                other => parts.push(other),
+            }
+        }
+        ArchiveLink {
+            name,
+            target: parts.join("/"),
+        }
+    }
+}
+
+impl ArchiveFiles {
+    /// Makes each link name the file it leads to (through other links too,
+    /// a bounded number of them); a link to nothing is left out, so a
+    /// manifest that names it finds it missing.
+    fn add_links(&mut self, links: &[ArchiveLink]) {
+        let by_name: HashMap<&str, &str> = links
+            .iter()
+            .map(|l| (l.name.as_str(), l.target.as_str()))
+            .collect();
+        for link in links {
+            let mut target = link.target.as_str();
+            for _ in 0..links.len() {
+                match by_name.get(target) {
+                    Some(next) => target = next,
+                    None => break,
+                }
+            }
+            if let Some(desc) = self.stored.get(target).cloned() {
+                self.stored.insert(link.name.clone(), desc);
+            } else if let Some(bytes) = self.small.get(target).cloned() {
+                self.small.insert(link.name.clone(), bytes);
+            }
+        }
+    }
 }
 
 fn read_dir_archive(dir: &Path) -> Result<ArchiveFiles> {

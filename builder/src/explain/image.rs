@@ -242,8 +242,9 @@ fn image_sources(
     let base = base_image.map(|b| b.name.as_str());
     let mut fields: Vec<(String, bool)> = Vec::new();
     let mut push = |name: String, is_default: bool| fields.push((name, is_default));
-    // An empty ENTRYPOINT (`ENTRYPOINT []`) was still set by an entry.
-    if config.entrypoint.is_some() {
+    // An empty ENTRYPOINT (`ENTRYPOINT []`) was still set by an entry: the
+    // config then holds `[]`, or (as BuildKit writes it) no Entrypoint.
+    if config.entrypoint.is_some() || history.setter("entrypoint").is_some() {
         push("entrypoint".into(), false);
     }
     if config.cmd.as_ref().is_some_and(|c| !c.is_empty()) {
@@ -669,5 +670,31 @@ mod tests {
             .warnings
             .iter()
             .any(|w| w.code == "EntrypointResetsCmd" && w.history == Some(3)));
+    }
+
+    /// BuildKit writes no Entrypoint for `ENTRYPOINT []`: its history
+    /// entry is still where the (empty) entrypoint came from.
+    #[test]
+    fn an_empty_entrypoint_left_out_of_the_config_has_its_entry() {
+        let config = image(
+            ContainerConfig {
+                cmd: Some(vec!["--help".into()]),
+                ..Default::default()
+            },
+            &[
+                "kiln import",
+                "ENTRYPOINT [\"/app\"]",
+                "ENTRYPOINT []",
+                "CMD [\"--help\"]",
+            ],
+        );
+        let e = explain_image(
+            &ImageSubject::new("x", &config),
+            &Overrides::docker_run(),
+            None,
+        );
+        assert_eq!(e.sources["entrypoint"].history, Some(2));
+        assert_eq!(e.sources["entrypoint"].from, "history");
+        assert_eq!(e.argv.unwrap(), ["--help"]);
     }
 }
