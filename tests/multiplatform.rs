@@ -1714,9 +1714,9 @@ fn sigint_cancels_every_platform_of_a_build() {
     assert!(!images.contains("app"), "{images}");
 }
 
-/// A cache export other than inline cannot hold several platforms' steps
-/// yet: `--cache-to type=local` with two platforms is refused before any
-/// step, naming the flag and what works.
+/// A cache export cannot hold several platforms' steps yet: `--cache-to
+/// type=local` (and `type=inline`) with two platforms is refused before
+/// any step, naming the flag.
 #[test]
 fn cache_export_of_several_platforms_is_refused() {
     let fixture = Fixture::new();
@@ -1747,4 +1747,20 @@ fn cache_export_of_several_platforms_is_refused() {
     assert!(err.contains("--cache-to "), "{err}");
     assert!(!err.contains("RUN echo built"), "a step ran: {err}");
     assert!(!dest.exists(), "a cache was written");
+    let err = failed(&fixture.kiln(
+        &fixture.root(),
+        &[
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--cache-to",
+            "type=inline",
+            ctx.path().to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        err.contains("--cache-to type=inline: exporting a build cache from a build for several platforms is not supported yet"),
+        "{err}"
+    );
+    assert!(!err.contains("RUN echo built"), "a step ran: {err}");
 }

@@ -38,12 +38,14 @@ impl<'a> Session<'a> {
         for output in &self.settings.outputs {
             output.check_platforms(platforms)?;
         }
-        if let Some(exporter) = self.cache.exporters.first() {
+        let export = match self.cache.exporters.first() {
+            Some(exporter) => Some(exporter.name()),
+            None => self.cache.inline.then(|| "type=inline".to_string()),
+        };
+        if let Some(export) = export {
             return Err(BuildError::Invalid(format!(
-                "--cache-to {}: exporting a build cache from a build for several platforms \
-                 is not supported yet (build one platform per export, or use --cache-to \
-                 type=inline, which each platform's image carries)",
-                exporter.name()
+                "--cache-to {export}: exporting a build cache from a build for several \
+                 platforms is not supported yet (build one platform per cache export)"
             )));
         }
         // Planning reports through `shown`: the Dockerfile and context
