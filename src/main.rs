@@ -56,6 +56,8 @@ enum Command {
     #[command(flatten)]
     Registry(cmd::registry::RegistryCommand),
     #[command(flatten)]
+    Manifest(cmd::manifest::ManifestCommand),
+    #[command(flatten)]
     Info(cmd::info::InfoCommand),
     #[command(flatten)]
     Layers(cmd::layers::LayersCommand),
@@ -98,6 +100,7 @@ fn main() -> ExitCode {
         Command::Check(c) => c.run(&settings),
         Command::Build(c) => c.run(&settings),
         Command::Registry(c) => c.run(&settings),
+        Command::Manifest(c) => c.run(&settings),
         Command::Info(c) => c.run(&settings),
         Command::Layers(c) => c.run(&settings),
         Command::System(c) => c.run(&settings),

@@ -428,13 +428,20 @@ fn platform_arm64_picks_the_arm64_manifest_and_expands_target_args() {
     let env = config["config"]["Env"].as_array().unwrap();
     assert!(env.iter().any(|e| e == "BUILT_FOR=arm64"), "{env:?}");
 
-    // The store keeps the selected platform's manifest under the base's tag.
+    // The store keeps the index under the base's tag, and of its images
+    // the arm64 one only: inspect shows that one.
     let stored = fixture.stored_tag(&base);
-    assert_eq!(stored["digest"], arm64.digest.as_str(), "{stored}");
-    assert_eq!(stored["mediaType"], OCI_MANIFEST);
-    let (base_config, _) = inspect(&fixture.root(), &base);
+    assert_eq!(stored["digest"], pushed.digest.as_str(), "{stored}");
+    assert_eq!(stored["mediaType"], OCI_INDEX);
+    let (base_config, base_manifest) = inspect(&fixture.root(), &base);
     assert_eq!(base_config["architecture"], "arm64");
-    assert_ne!(pushed.digest, arm64.digest);
+    assert_eq!(
+        base_manifest["layers"][1]["digest"],
+        arm64.diff_ids[1].as_str()
+    );
+    let amd64 = pushed.platform("linux/amd64");
+    let hex = amd64.diff_ids[1].trim_start_matches("sha256:");
+    assert!(!fixture.root().join("blobs/sha256").join(hex).exists());
 }
 
 /// `FROM --platform=$BUILDPLATFORM` picks the host's manifest of the same
@@ -487,10 +494,14 @@ fn build_platform_stage_and_target_stage_in_one_build() {
     let (config, _) = inspect(&fixture.root(), "out:mixed");
     assert_eq!(config["architecture"], "arm64");
     assert_eq!(diff_ids(&config)[..2], arm64.diff_ids[..]);
+    // The tools tag names the index, of which the store holds both images
+    // now (the amd64 one for the tools stage).
     assert_eq!(
         fixture.stored_tag(&fixture.reference("test/multi:tools"))["digest"],
-        amd64.digest.as_str()
+        pushed.digest.as_str()
     );
+    let (tools, _) = inspect(&fixture.root(), &fixture.reference("test/multi:tools"));
+    assert_eq!(diff_ids(&tools), amd64.diff_ids);
 }
 
 /// One reference used at two platforms in one build: each stage must get
@@ -543,9 +554,6 @@ fn stored_base_of_another_platform_is_not_used() {
         "out:arm64",
         ctx.path().to_str().unwrap(),
     ]));
-    // The arm64 base under a name the registry lacks, for the end.
-    let absent = fixture.reference("test/absent:latest");
-    kiln_ok(&fixture.root(), &["tag", &base, &absent]);
     ok(&fixture.build(&["-t", "out:host", ctx.path().to_str().unwrap()]));
     let (config, _) = inspect(&fixture.root(), "out:host");
     assert_eq!(config["architecture"], "amd64", "{config}");
@@ -556,10 +564,34 @@ fn stored_base_of_another_platform_is_not_used() {
     let (arm, _) = inspect(&fixture.root(), "out:arm64");
     assert_eq!(arm["architecture"], "arm64");
 
-    // Stored for arm64 only and not in the registry: the build fails,
-    // saying why the stored one was not used.
+    // Stored for arm64 only (another store, which pulled only that) under
+    // a name the registry lacks: the build fails, saying why the stored
+    // one was not used.
+    let other = tempfile::tempdir().unwrap();
+    let other_root = other.path().join("store");
+    let pull = [
+        "pull",
+        "--insecure-registry",
+        &fixture.registry.host,
+        "--platform",
+        "linux/arm64",
+        &base,
+    ];
+    ok(&kiln(&other_root, &pull));
+    let absent = fixture.reference("test/absent:latest");
+    kiln_ok(&other_root, &["tag", &base, &absent]);
     let ctx = context(&[("Dockerfile", &format!("FROM {absent}\nENV X=1\n"))]);
-    let out = fixture.build(&["-t", "out:absent", ctx.path().to_str().unwrap()]);
+    let out = kiln(
+        &other_root,
+        &[
+            "build",
+            "--insecure-registry",
+            &fixture.registry.host,
+            "-t",
+            "out:absent",
+            ctx.path().to_str().unwrap(),
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -769,15 +801,16 @@ fn platform_from_an_index_digest_and_a_platform_the_index_lacks() {
 /// `kiln pull --platform` takes every spelling of a platform (containerd's
 /// normalization): `linux/arm64`, `linux/arm64/v8` and `linux/aarch64` pick
 /// the index's arm64 entry (whose platform has no variant), and `linux/arm`
-/// means `linux/arm/v7`.
+/// means `linux/arm/v7`. The store keeps the index under the tag, holding
+/// the platforms pulled.
 #[test]
 fn pull_platform_spellings_pick_the_same_manifest() {
     let fixture = Fixture::new();
     let pushed = push_multi_platform(&fixture, "test/multi:latest");
     let base = fixture.reference("test/multi:latest");
-    let pull = |platform: &str| {
+    let pull = |root: &Path, platform: &str| {
         kiln(
-            &fixture.root(),
+            root,
             &[
                 "pull",
                 "--insecure-registry",
@@ -789,21 +822,27 @@ fn pull_platform_spellings_pick_the_same_manifest() {
         )
     };
     for spelling in ["linux/arm64", "linux/arm64/v8", "linux/aarch64"] {
-        ok(&pull("linux/amd64"));
+        let store = tempfile::tempdir().unwrap();
+        ok(&pull(store.path(), spelling));
+        let listed: Value =
+            serde_json::from_str(&kiln_ok(store.path(), &["images", "--format", "json"])).unwrap();
+        assert_eq!(listed[0]["Digest"], pushed.digest.as_str(), "{spelling}");
+        let held: Vec<&Value> = listed[0]["Platforms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["Present"] == true)
+            .collect();
+        assert_eq!(held.len(), 1, "{spelling}: {listed}");
         assert_eq!(
-            fixture.stored_tag(&base)["digest"],
-            pushed.platform("linux/amd64").digest.as_str()
-        );
-        ok(&pull(spelling));
-        assert_eq!(
-            fixture.stored_tag(&base)["digest"],
+            held[0]["Digest"],
             pushed.platform("linux/arm64").digest.as_str(),
             "{spelling}"
         );
-        let (config, _) = inspect(&fixture.root(), &base);
+        let (config, _) = inspect(store.path(), &base);
         assert_eq!(config["architecture"], "arm64", "{spelling}");
     }
-    let out = pull("linux/arm");
+    let out = pull(&fixture.root(), "linux/arm");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 /// environment variable behind it) and the cases.
 const BUILD_FLAGS: &[(&str, &[&str], &[&str])] = &[
     ("--add-host", &["--add-host"], &["tests/options.rs::shm_size_ulimit_and_add_host"]),
-    ("--annotation", &["--annotation"], &["tests/contexts.rs::labels_and_annotations_go_where_buildkit_puts_them"]),
+    ("--annotation", &["--annotation"], &["tests/contexts.rs::labels_and_annotations_go_where_buildkit_puts_them", "tests/multiplatform.rs::annotations_and_labels_of_a_two_platform_build"]),
     ("--allow", &["--allow"], &["tests/options.rs::entitlements_insecure_and_host_network"]),
     ("--cache-from", &["--cache-from"], &["tests/cache.rs::a_local_cache_travels_to_a_second_runner", "tests/cache.rs::unsupported_cache_types_and_keys_are_refused_before_building"]),
     ("--cache-to", &["--cache-to"], &["tests/cache.rs::a_local_cache_travels_to_a_second_runner", "tests/cache.rs::a_broken_local_cache_is_a_warning_and_the_build_runs_without_it", "tests/cache.rs::unsupported_cache_types_and_keys_are_refused_before_building"]),
@@ -31,7 +31,7 @@ const BUILD_FLAGS: &[(&str, &[&str], &[&str])] = &[
     ("--iidfile", &["--iidfile"], &["tests/build.rs::outputs_tags_iidfile_and_metadata_file"]),
     ("--insecure-registry", &["--insecure-registry"], &["tests/build.rs::push_to_a_registry"]),
     ("--isolation", &["--isolation"], &["tests/rootless.rs::a_rootless_build_makes_the_image_root_makes"]),
-    ("--label", &["--label"], &["tests/contexts.rs::labels_and_annotations_go_where_buildkit_puts_them"]),
+    ("--label", &["--label"], &["tests/contexts.rs::labels_and_annotations_go_where_buildkit_puts_them", "tests/multiplatform.rs::annotations_and_labels_of_a_two_platform_build"]),
     ("--memory", &["--memory", "-m"], &["tests/security/limits.rs::memory_flag_on_build_and_run"]),
     ("--metadata-file", &["--metadata-file"], &["tests/build.rs::outputs_tags_iidfile_and_metadata_file"]),
     ("--network", &["--network"], &["tests/build.rs::network_none_leaves_only_loopback", "tests/build.rs::run_network_is_private_by_default_and_host_when_asked"]),
@@ -39,7 +39,7 @@ const BUILD_FLAGS: &[(&str, &[&str], &[&str])] = &[
     ("--no-cache-filter", &["--no-cache-filter"], &["tests/options.rs::no_cache_filter_reruns_only_the_named_stage"]),
     ("--output", &["--output", "-o"], &["tests/options.rs::output_shorthands_tar_and_image_names", "tests/build.rs::registry_and_image_outputs_push", "tests/build.rs::outputs_tags_iidfile_and_metadata_file"]),
     ("--pids-limit", &["--pids-limit"], &["tests/security/limits.rs::pids_limit_flag_on_build_and_run"]),
-    ("--platform", &["--platform"], &["tests/build_platform.rs::platform_arm64_picks_the_arm64_manifest_and_expands_target_args"]),
+    ("--platform", &["--platform"], &["tests/build_platform.rs::platform_arm64_picks_the_arm64_manifest_and_expands_target_args", "tests/multiplatform.rs::one_build_two_platforms_one_index", "tests/multiplatform.rs::outputs_of_a_two_platform_build"]),
     ("--progress", &["--progress"], &["tests/build.rs::progress_plain_snapshots", "tests/build.rs::progress_tty_draws_a_live_view", "tests/build.rs::progress_quiet_prints_only_the_id_and_json_one_event_per_line"]),
     ("--pull", &["--pull"], &["tests/options.rs::pull_policies"]),
     ("--push", &["--push"], &["tests/build.rs::push_to_a_registry"]),

@@ -13,12 +13,21 @@
 //!   output's `index.json`, and the metadata file's
 //!   `containerimage.descriptor` (a registry push of a single manifest has
 //!   no descriptor to carry it, as with BuildKit);
-//! - `index`, `index-descriptor`: an image index's, which kiln does not
-//!   write yet (a single-platform image is one manifest): refused, as
-//!   BuildKit refuses them for a single-platform export.
+//! - `index`: the image index a build for several platforms writes (its
+//!   `annotations`, what a registry serves);
+//! - `index-descriptor`: the descriptor that points at that index: its
+//!   entry in the store's `index.json`, in an OCI layout output's
+//!   `index.json`, and the metadata file's `containerimage.descriptor`.
+//!
+//! A single-platform build writes no index: the index kinds are refused
+//! there, as BuildKit refuses them for a single-platform export. With
+//! several platforms each platform's manifest, and its entry in the index,
+//! get the `manifest` and `manifest-descriptor` annotations that apply to
+//! it.
 //!
 //! A platform-qualified annotation applies to that platform's manifest and
-//! is an error when the build makes no such platform. With Docker media
+//! is an error when the build makes no such platform (an index kind's
+//! platform names no manifest: as in BuildKit, it goes on the index). With Docker media
 //! types, only `manifest` annotations are allowed (BuildKit: "cannot export
 //! annotations with oci-mediatypes=false").
 //!
@@ -121,30 +130,34 @@ impl Annotation {
     }
 }
 
-/// Refuses what the build cannot honour: index annotations (no index is
-/// written), a platform the build does not make, descriptor annotations
-/// with Docker media types.
+/// Refuses what a build for `platforms` cannot honour: index annotations
+/// when it writes no index (one platform), a platform it does not make,
+/// descriptor annotations with Docker media types.
 pub fn check(
     annotations: &[Annotation],
-    platform: &Platform,
+    platforms: &[Platform],
     docker_media_types: bool,
 ) -> Result<(), String> {
+    let made: Vec<Platform> = platforms.iter().map(Platform::normalized).collect();
     for a in annotations {
         let flag = &a.flag;
-        if matches!(
+        let index_kind = matches!(
             a.target,
             AnnotationTarget::Index | AnnotationTarget::IndexDescriptor
-        ) {
+        );
+        if index_kind && made.len() < 2 {
             return Err(format!(
                 "--annotation {flag}: index annotations not supported for single platform export \
                  (kiln writes a single-platform image as one manifest, with no index to annotate)"
             ));
         }
-        if let Some(p) = &a.platform {
-            if p.normalized() != platform.normalized() {
+        if let (Some(p), false) = (&a.platform, index_kind) {
+            if !made.contains(&p.normalized()) {
+                let names: Vec<String> = made.iter().map(Platform::to_string).collect();
                 return Err(format!(
                     "--annotation {flag}: invalid annotation: no platform {p} found in source \
-                     (the build makes {platform})"
+                     (the build makes {})",
+                    names.join(", ")
                 ));
             }
         }
@@ -192,6 +205,24 @@ pub fn annotate(
     Ok(out)
 }
 
+/// The `index` annotations (their platforms aside, as BuildKit's).
+pub fn for_index(annotations: &[Annotation]) -> BTreeMap<String, String> {
+    pick_all(annotations, AnnotationTarget::Index)
+}
+
+/// The `index-descriptor` annotations.
+pub fn for_index_descriptor(annotations: &[Annotation]) -> BTreeMap<String, String> {
+    pick_all(annotations, AnnotationTarget::IndexDescriptor)
+}
+
+fn pick_all(annotations: &[Annotation], target: AnnotationTarget) -> BTreeMap<String, String> {
+    annotations
+        .iter()
+        .filter(|a| a.target == target)
+        .map(|a| (a.key.clone(), a.value.clone()))
+        .collect()
+}
+
 /// `--label K=V` (`K` alone: an empty value, as buildx).
 pub fn parse_label(flag: &str) -> (String, String) {
     match flag.split_once('=') {
@@ -220,16 +251,40 @@ mod tests {
             let err = Annotation::parse(flag).unwrap_err();
             assert!(err.contains(wanted), "{flag}: {err}");
         }
-        let amd64 = Platform::parse("linux/amd64").unwrap();
-        let index = Annotation::parse("index:k=v").unwrap();
+        let amd64 = [Platform::parse("linux/amd64").unwrap()];
+        let both = [
+            Platform::parse("linux/amd64").unwrap(),
+            Platform::parse("linux/arm64").unwrap(),
+        ];
+        let index = Annotation::parse("index,index-descriptor:k=v").unwrap();
         let err = check(&index, &amd64, false).unwrap_err();
         assert!(err.contains("index annotations not supported"), "{err}");
+        assert!(check(&index, &both, false).is_ok());
+        assert!(
+            check(&index, &both, true).is_err(),
+            "not on a manifest list"
+        );
+        let index_qualified = Annotation::parse("index[linux/s390x]:k=v").unwrap();
+        assert!(check(&index_qualified, &both, false).is_ok());
         let other = Annotation::parse("manifest[linux/arm64]:k=v").unwrap();
         let err = check(&other, &amd64, false).unwrap_err();
         assert!(err.contains("no platform linux/arm64"), "{err}");
+        assert!(check(&other, &both, false).is_ok());
+        let s390x = Annotation::parse("manifest[linux/s390x]:k=v").unwrap();
+        let err = check(&s390x, &both, false).unwrap_err();
+        assert!(
+            err.contains("(the build makes linux/amd64, linux/arm64)"),
+            "{err}"
+        );
         let desc = Annotation::parse("manifest-descriptor:k=v").unwrap();
         assert!(check(&desc, &amd64, true).is_err());
         assert!(check(&desc, &amd64, false).is_ok());
+        assert_eq!(for_index(&index), [("k".into(), "v".into())].into());
+        assert_eq!(
+            for_index_descriptor(&index),
+            [("k".into(), "v".into())].into()
+        );
+        assert!(for_index(&desc).is_empty());
         assert_eq!(parse_label("a"), ("a".into(), String::new()));
     }
 }

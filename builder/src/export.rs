@@ -159,7 +159,7 @@ impl Output {
                 return Ok(None);
             }
             Output::Tar(dest) => {
-                export_tar(store, &built.snapshots, dest)?;
+                export_tar(store, &[(None, &built.snapshots)], dest)?;
                 return Ok(None);
             }
             Output::Image { .. } => return Ok(None),
@@ -170,22 +170,107 @@ impl Output {
         };
         let manifest =
             compressed_image(store, &built.manifest, compression, reporter).map_err(store_err)?;
-        let item = SaveItem {
-            reference: name.clone(),
-            image: store
+        let item = SaveItem::single(
+            name.clone(),
+            store
                 .read_image(&manifest, &built.platform())
                 .map_err(store_err)?,
-        };
+        );
         archive::save(store, &[item], format, dest).map_err(store_err)?;
         Ok(Some(manifest))
     }
 }
 
-/// The final root filesystem as a tar (its files' times clamped by nothing:
-/// as they are in the image) into `dest`.
+impl Output {
+    /// Refuses, before a multi-platform build runs, an output that cannot
+    /// hold several platforms: a docker-archive (as Docker refuses to
+    /// export a manifest list to one).
+    pub fn check_platforms(&self, platforms: &[Platform]) -> Result<(), ExportError> {
+        match self {
+            Output::Docker(dest) if platforms.len() > 1 => Err(ExportError::Copy {
+                dest: dest.clone(),
+                message: format!(
+                    "type=docker: a docker-archive holds one platform's image, and this build \
+                     makes {} ({}); use type=oci, or build one --platform",
+                    platforms.len(),
+                    platforms
+                        .iter()
+                        .map(Platform::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes a multi-platform build's `index` (as stored) and its
+    /// platforms' `images` there: an OCI layout of the index (layers
+    /// compressed); the root filesystems under one directory per platform
+    /// (`linux_amd64`, `linux_arm_v7`, as buildx names them) for
+    /// type=local and type=tar. Returns the index an archive holds.
+    pub fn write_index(
+        &self,
+        store: &Store,
+        index: &Descriptor,
+        images: &[BuiltImage],
+        name: &Reference,
+        compression: Compression,
+        reporter: &dyn Reporter,
+    ) -> Result<Option<Descriptor>, ExportError> {
+        let dirs: Vec<(String, &BuiltImage)> = images
+            .iter()
+            .map(|b| (platform_dir(&b.platform()), b))
+            .collect();
+        match self {
+            Output::Oci(dest) => {
+                let store_err = |source| ExportError::Store {
+                    dest: dest.clone(),
+                    source,
+                };
+                let compressed =
+                    compressed_image(store, index, compression, reporter).map_err(store_err)?;
+                let item = SaveItem::held(store, name.clone(), &compressed, &images[0].platform())
+                    .map_err(store_err)?;
+                archive::save(store, &[item], Format::Oci, dest).map_err(store_err)?;
+                Ok(Some(compressed))
+            }
+            Output::Docker(_) => {
+                let platforms: Vec<Platform> = images.iter().map(BuiltImage::platform).collect();
+                self.check_platforms(&platforms)?;
+                Ok(None)
+            }
+            Output::Local(dest) => {
+                for (dir, built) in &dirs {
+                    export_local(store, &built.snapshots, &dest.join(dir))?;
+                }
+                Ok(None)
+            }
+            Output::Tar(dest) => {
+                let trees: Vec<(Option<&str>, &[PathBuf])> = dirs
+                    .iter()
+                    .map(|(dir, built)| (Some(dir.as_str()), built.snapshots.as_slice()))
+                    .collect();
+                export_tar(store, &trees, dest)?;
+                Ok(None)
+            }
+            Output::Image { .. } => Ok(None),
+        }
+    }
+}
+
+/// The directory a platform's root filesystem goes in when an output holds
+/// several: `os_arch[_variant]`.
+fn platform_dir(platform: &Platform) -> String {
+    platform.normalized().to_string().replace('/', "_")
+}
+
+/// Root filesystems (its files' times clamped by nothing: as they are in
+/// the image) as one tar into `dest`: each tree at the top, or under its
+/// directory.
 fn export_tar(
     store: &Store,
-    snapshots_bottom_first: &[PathBuf],
+    trees: &[(Option<&str>, &[PathBuf])],
     dest: &Dest,
 ) -> Result<(), ExportError> {
     let shown = match dest {
@@ -200,7 +285,13 @@ fn export_tar(
         .scratch_dir("export")
         .map_err(|e| failed(e.to_string()))?;
     let merged = scratch.path().join("rootfs");
-    export_local(store, snapshots_bottom_first, &merged)?;
+    for (dir, snapshots_bottom_first) in trees {
+        let into = match dir {
+            Some(dir) => merged.join(dir),
+            None => merged.clone(),
+        };
+        export_local(store, snapshots_bottom_first, &into)?;
+    }
     let options = kiln_layers::diff::DiffOptions {
         source_date_epoch: None,
         overlay_whiteouts: false,

@@ -11,13 +11,18 @@
 //!   plan.
 //! - [`Session::build`]: solve, tag, write the outputs, push, and write the
 //!   iidfile and the metadata file.
+//!
+//! A build for several platforms (`--platform p1,p2`) is
+//! [`Session::build_platforms`] (`crate::platforms`): the same two halves
+//! once per platform ([`Session::plan_for`], `solve_planned`), the solves
+//! in parallel, then one index tagged, exported and pushed.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use kiln_layers::cleanup::ScratchDir;
-use kiln_layers::{Compression, Descriptor, Digest, Lease, Reference, Reporter, Store};
+use kiln_layers::{Compression, Descriptor, Digest, Lease, Platform, Reference, Reporter, Store};
 use kiln_runtime::{HelperCommand, Limits, Network};
 
 use crate::annotations::Annotation;
@@ -35,8 +40,8 @@ use crate::plan::{
 };
 use crate::secrets::Secret;
 use crate::solve::{
-    solve, BuildBlobs, BuildEvents, BuiltImage, ImagePuller, ResultContent, SolveError,
-    SolveOptions, StoreResolver,
+    solve, BuildBlobs, BuildEvents, BuiltImage, ImagePuller, ResultContent, SharedSteps,
+    SolveError, SolveOptions, StoreResolver,
 };
 use crate::ssh::SshAgents;
 
@@ -262,6 +267,9 @@ pub enum BuildError {
     Store(#[from] kiln_layers::Error),
     #[error(transparent)]
     Export(#[from] ExportError),
+    /// A platform whose RUN steps cannot run here (no emulator).
+    #[error(transparent)]
+    Emulator(#[from] kiln_runtime::binfmt::BinfmtError),
     #[error("push {reference}: {source}")]
     Push {
         reference: Reference,
@@ -427,7 +435,7 @@ pub struct Planned<'a> {
 /// What a build produced.
 #[derive(Debug)]
 pub struct BuildResult {
-    /// The config digest.
+    /// The config digest (a multi-platform build's: the index digest).
     pub image_id: Digest,
     pub built: BuiltImage,
     /// The manifest that left the store (compressed layers, as an output or
@@ -438,19 +446,29 @@ pub struct BuildResult {
     pub pushed: Vec<(Reference, Digest)>,
     /// The build checks' findings.
     pub checks: Vec<lint::Finding>,
+    /// A multi-platform build's index (as stored), and each platform's
+    /// image (`built` is the first).
+    pub index: Option<(Descriptor, Vec<BuiltImage>)>,
 }
 
 impl BuildResult {
     /// The `--metadata-file` JSON, with BuildKit's keys.
     pub fn metadata(&self, tags: &[Reference]) -> serde_json::Value {
         let names: Vec<String> = tags.iter().map(Reference::to_string).collect();
-        serde_json::json!({
+        let mut meta = serde_json::json!({
             "containerimage.digest": self.reported.digest.to_string(),
             "containerimage.config.digest": self.image_id.to_string(),
             "containerimage.descriptor": self.reported_descriptor(),
             "image.name": names.join(","),
             "buildx.build.warnings": self.warnings(),
-        })
+        });
+        // An index has no config of its own (buildx writes none).
+        if self.index.is_some() {
+            if let Some(map) = meta.as_object_mut() {
+                map.remove("containerimage.config.digest");
+            }
+        }
+        meta
     }
 
     /// The build checks' findings, then what steps warned of as they ran.
@@ -463,17 +481,33 @@ impl BuildResult {
                 "line": f.line,
             })
         });
-        let steps = self.built.warnings.iter().map(|w| {
-            serde_json::json!({
-                "detail": w.message,
-                "line": w.line,
+        // Each platform's steps; a warning several platforms' steps gave, once.
+        let mut seen = std::collections::HashSet::new();
+        let steps = self
+            .images()
+            .iter()
+            .flat_map(|image| &image.warnings)
+            .filter(|w| seen.insert((w.line, w.message.clone())))
+            .map(|w| {
+                serde_json::json!({
+                    "detail": w.message,
+                    "line": w.line,
+                })
             })
-        });
+            .collect::<Vec<_>>();
         checks.chain(steps).collect()
     }
 }
 
 impl BuildResult {
+    /// Every platform's image: a multi-platform build's, else the one.
+    fn images(&self) -> &[BuiltImage] {
+        match &self.index {
+            Some((_, images)) => images,
+            None => std::slice::from_ref(&self.built),
+        }
+    }
+
     /// The reported manifest's descriptor as the metadata file has it
     /// (annotations when `--annotation manifest-descriptor:` gave some).
     fn reported_descriptor(&self) -> serde_json::Value {
@@ -508,18 +542,18 @@ impl<'a> Session<'a> {
     /// Only the build checks (`kiln build --check`, buildx's
     /// `--call=check`): the walk a build makes, nothing run.
     pub fn check(&self) -> Result<lint::Report, BuildError> {
-        Ok(self.walk()?.checks)
+        Ok(self.walk(&self.settings.options)?.checks)
     }
 
     /// Parses the Dockerfile and walks it, the build checks observing;
     /// their findings and the plan's warnings are reported as warnings.
-    fn walk(&self) -> Result<Walked<'a>, BuildError> {
+    fn walk(&self, options: &BuildOptions) -> Result<Walked<'a>, BuildError> {
         let settings = self.settings;
         let started = Instant::now();
         let dockerfile = &settings.dockerfile;
         let ast = kiln_parser::parse_bytes(&dockerfile.bytes, &dockerfile.name)?;
         let typed = kiln_parser::instructions::from_ast(&ast)?;
-        let frontend = Frontend::from_build(&ast, &settings.options.build_args)?;
+        let frontend = Frontend::from_build(&ast, &options.build_args)?;
         self.events.internal(
             &format!(
                 "[internal] load build definition from {}",
@@ -543,20 +577,20 @@ impl<'a> Session<'a> {
         )?;
         // The build checks observe the build's own walk (BuildKit's lint
         // runs inside its dispatch): the stages the target needs.
-        let check_config = lint::check_config(&ast, &settings.options.build_args)
+        let check_config = lint::check_config(&ast, &options.build_args)
             .map_err(|e| BuildError::Invalid(e.message))?;
         let lint_options = LintOptions {
-            build_args: settings.options.build_args.clone(),
+            build_args: options.build_args.clone(),
             dockerignore: Some(ignore.clone()),
             images: None,
-            platform: settings.options.target_platform.clone(),
-            target: settings.options.target.clone(),
+            platform: options.target_platform.clone(),
+            target: options.target.clone(),
             buildkit_only: true,
         };
         let mut checker = Checker::new(&ast, &typed, check_config, &lint_options);
         let plan = plan_with(
             &typed,
-            &settings.options,
+            options,
             &resolver,
             WalkOptions::default(),
             checker.observer(),
@@ -580,11 +614,23 @@ impl<'a> Session<'a> {
 
     /// Parse, plan, load the context and compute the cache keys.
     pub fn plan(&self) -> Result<Planned<'a>, BuildError> {
+        let options = &self.settings.options;
+        self.plan_for(options, std::slice::from_ref(&options.target_platform))
+    }
+
+    /// [`Session::plan`] with other build options (one platform of a
+    /// multi-platform build); `platforms` are every platform the build
+    /// makes (what `--annotation`s are checked against).
+    pub fn plan_for(
+        &self,
+        options: &BuildOptions,
+        platforms: &[Platform],
+    ) -> Result<Planned<'a>, BuildError> {
         // Held until the image is tagged and exported: solve's own lease
         // ends when it returns, and a `kiln prune` waiting for it would
         // otherwise remove the new, not yet tagged manifest and config.
         let lease = self.store.lease()?;
-        let walked = self.walk()?;
+        let walked = self.walk(options)?;
         let (mut planned, checks, resolver, ignore, frontend) = (
             walked.plan,
             walked.checks,
@@ -597,7 +643,7 @@ impl<'a> Session<'a> {
         }
         crate::annotations::check(
             &self.settings.annotations,
-            &self.settings.options.target_platform,
+            platforms,
             self.settings.docker_media_types,
         )
         .map_err(BuildError::Invalid)?;
@@ -654,6 +700,33 @@ impl<'a> Session<'a> {
 
     /// Runs the plan, then tags, exports and pushes the image.
     pub fn build(&self, planned: Planned<'a>) -> Result<BuildResult, BuildError> {
+        self.check_requests()?;
+        self.check_before_steps(&[&planned])?;
+        let cache_from = CacheSources::new(&self.cache.sources, self.events);
+        let built = self.solve_planned(&planned, None, self.events, &cache_from)?;
+        let image_id = self.tag(&built)?;
+        let mut result = BuildResult {
+            image_id,
+            reported: built.manifest.clone(),
+            built,
+            pushed: Vec::new(),
+            checks: planned.checks.findings.clone(),
+            index: None,
+        };
+        self.outputs(&mut result)?;
+        self.push(&mut result)?;
+        let blobs = BuildBlobs {
+            sources: &cache_from,
+            resolver: &planned.resolver,
+        };
+        self.export_cache(&planned.plan, &result, &blobs)?;
+        self.write_files(&result)?;
+        Ok(result)
+    }
+
+    /// Refuses what the settings ask that cannot be done, before anything
+    /// runs.
+    pub(crate) fn check_requests(&self) -> Result<(), BuildError> {
         let settings = self.settings;
         let pushes = settings.push
             || settings
@@ -670,9 +743,43 @@ impl<'a> Session<'a> {
                 "only one output can go to standard output".into(),
             ));
         }
-        settings.allow.check(&planned.plan)?;
+        Ok(())
+    }
+
+    /// Before any step of the plans runs: the entitlements their RUN steps
+    /// need are granted, and every platform whose RUN steps will run can
+    /// run here ([`crate::emulation`]).
+    pub(crate) fn check_before_steps(&self, plans: &[&Planned<'a>]) -> Result<(), BuildError> {
+        let mut platforms = BTreeMap::new();
+        for planned in plans {
+            self.settings.allow.check(&planned.plan)?;
+            let no_cache_stages = no_cache_stages(&planned.plan, &self.settings.no_cache_stages)?;
+            platforms.extend(crate::emulation::platforms_that_run(
+                &planned.plan,
+                self.store,
+                self.settings.no_cache,
+                &no_cache_stages,
+            ));
+        }
+        crate::emulation::check_emulators(
+            &mut kiln_runtime::binfmt::RealBinfmt::default(),
+            &platforms,
+        )?;
+        Ok(())
+    }
+
+    /// Runs the plan: the image in the store, untagged. `shared` lets the
+    /// solves of one multi-platform build run a step they share once;
+    /// `cache_from` are the build's `--cache-from` sources.
+    pub(crate) fn solve_planned(
+        &self,
+        planned: &Planned<'a>,
+        shared: Option<&SharedSteps>,
+        events: &dyn BuildEvents,
+        cache_from: &CacheSources<'_>,
+    ) -> Result<BuiltImage, BuildError> {
+        let settings = self.settings;
         let no_cache_stages = no_cache_stages(&planned.plan, &settings.no_cache_stages)?;
-        let cache_from = CacheSources::new(&self.cache.sources, self.events);
         let options = SolveOptions {
             no_cache: settings.no_cache,
             no_cache_stages,
@@ -680,13 +787,14 @@ impl<'a> Session<'a> {
             network: settings.network,
             helper: settings.helper.clone(),
             downloads: Some(&planned.downloads),
-            events: self.events,
+            events,
             reporter: self.reporter,
             docker_media_types: settings.docker_media_types,
             secrets: settings.secrets.clone(),
             ssh: settings.ssh.clone(),
             limits: settings.limits,
-            cache_from: Some(&cache_from),
+            shared,
+            cache_from: Some(cache_from),
             inline_cache: self.cache.inline,
             result: result_content(settings),
             named_contexts: Some(&settings.named_contexts),
@@ -709,23 +817,7 @@ impl<'a> Session<'a> {
             &built.platform(),
             &settings.annotations,
         )?;
-        let image_id = self.tag(&built)?;
-        let mut result = BuildResult {
-            image_id,
-            reported: built.manifest.clone(),
-            built,
-            pushed: Vec::new(),
-            checks: planned.checks.findings.clone(),
-        };
-        self.outputs(&mut result)?;
-        self.push(&mut result)?;
-        let blobs = BuildBlobs {
-            sources: &cache_from,
-            resolver: &planned.resolver,
-        };
-        self.export_cache(&planned.plan, &result, &blobs)?;
-        self.write_files(&result)?;
-        Ok(result)
+        Ok(built)
     }
 
     /// Runs each `--cache-to` exporter; a failure fails the build unless it
@@ -810,7 +902,7 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    fn push(&self, result: &mut BuildResult) -> Result<(), BuildError> {
+    pub(crate) fn push(&self, result: &mut BuildResult) -> Result<(), BuildError> {
         let settings = self.settings;
         for reference in &settings.push_targets() {
             let (digest, size) = self
@@ -827,7 +919,7 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    fn write_files(&self, result: &BuildResult) -> Result<(), BuildError> {
+    pub(crate) fn write_files(&self, result: &BuildResult) -> Result<(), BuildError> {
         let write = |path: &PathBuf, bytes: Vec<u8>| {
             std::fs::write(path, bytes).map_err(|source| BuildError::Write {
                 path: path.clone(),

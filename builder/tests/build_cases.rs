@@ -115,6 +115,7 @@ fn run(case: &Path) -> String {
         secrets: Default::default(),
         ssh: Default::default(),
         limits: Default::default(),
+        shared: None,
         cache_from: None,
         inline_cache: false,
         result: Default::default(),

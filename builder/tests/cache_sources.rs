@@ -155,6 +155,7 @@ fn build(
         secrets: Default::default(),
         ssh: Default::default(),
         limits: Default::default(),
+        shared: None,
         cache_from: Some(&cache_from),
         inline_cache: false,
         result,

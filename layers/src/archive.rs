@@ -18,9 +18,10 @@ use crate::compress::{decompress, Compression};
 use crate::digest::Digest;
 use crate::error::{io_at, Error, Result};
 use crate::oci::{
-    media, parse_manifest, Descriptor, Index, Manifest, ManifestKind, ANNOTATION_CONTAINERD_NAME,
-    ANNOTATION_REF_NAME,
+    media, parse_manifest, Descriptor, Index, Manifest, ManifestKind, Platform,
+    ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME,
 };
+use crate::platforms::EntryKind;
 use crate::progress::{Outcome, ProgressReader, Reporter};
 use crate::reference::Reference;
 use crate::store::{Image, Store, MAX_JSON_BLOB};
@@ -34,11 +35,59 @@ pub enum Format {
     Docker,
 }
 
-/// One image to save: the name to record and the resolved image.
+/// One image to save: the name to record, what `index.json` names (an
+/// image manifest, or an index of several platforms), and the images whose
+/// content goes in.
 #[derive(Clone, Debug)]
 pub struct SaveItem {
     pub reference: Reference,
-    pub image: Image,
+    /// The manifest or index `index.json` records (an index's entries the
+    /// store does not hold are left out of the archive's blobs, as the OCI
+    /// layout allows).
+    pub descriptor: Descriptor,
+    /// The images written whole; a docker-archive's `manifest.json` names
+    /// the first (it has no room for more than one platform per name).
+    pub images: Vec<Image>,
+}
+
+impl SaveItem {
+    /// One image under one name.
+    pub fn single(reference: Reference, image: Image) -> SaveItem {
+        SaveItem {
+            reference,
+            descriptor: image.manifest_descriptor.clone(),
+            images: vec![image],
+        }
+    }
+
+    /// Everything the store holds of `descriptor` under one name: for an
+    /// index, the index and each platform's image the store holds (that of
+    /// `first`, or else the first held, ahead: the one a docker-archive
+    /// names); for a manifest, its image.
+    pub fn held(
+        store: &Store,
+        reference: Reference,
+        descriptor: &Descriptor,
+        first: &Platform,
+    ) -> Result<SaveItem> {
+        let lead = store.read_image_or_held(descriptor, first)?;
+        if !media::is_index(&descriptor.media_type) {
+            return Ok(SaveItem::single(reference, lead));
+        }
+        let mut images = vec![lead];
+        for entry in store.platform_entries(descriptor)? {
+            let held = entry.present && entry.kind == EntryKind::Image;
+            if held && entry.descriptor.digest != images[0].manifest_descriptor.digest {
+                let platform = entry.platform.clone().unwrap_or_else(|| first.clone());
+                images.push(store.read_image(&entry.descriptor, &platform)?);
+            }
+        }
+        Ok(SaveItem {
+            reference,
+            descriptor: descriptor.clone(),
+            images,
+        })
+    }
 }
 
 /// docker-archive's `manifest.json` entry.
@@ -198,22 +247,19 @@ fn write_layout(
     let mut docker_manifest = Vec::new();
     let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for item in items {
-        let image = &item.image;
-        for layer in &image.manifest.layers {
-            sink.blob(store, &layer.digest, layer.size)?;
+        for image in &item.images {
+            write_image_blobs(store, image, sink)?;
         }
-        sink.blob(
-            store,
-            &image.manifest.config.digest,
-            image.manifest.config.size,
-        )?;
-        let md = &image.manifest_descriptor;
-        sink.blob(store, &md.digest, md.size)?;
-        let mut entry = Descriptor::new(md.media_type.clone(), md.digest.clone(), md.size);
-        entry.platform = md.platform.clone();
+        let top = &item.descriptor;
+        if media::is_index(&top.media_type) {
+            sink.blob(store, &top.digest, top.size)?;
+        }
+        let mut entry = Descriptor::new(top.media_type.clone(), top.digest.clone(), top.size);
+        entry.platform = top.platform.clone();
         // The descriptor's own annotations (`--annotation
-        // manifest-descriptor:`) travel with it; the names are this save's.
-        entry.annotations = md.annotations.clone();
+        // manifest-descriptor:` or `index-descriptor:`) travel with it; the
+        // names are this save's.
+        entry.annotations = top.annotations.clone();
         entry.annotations.remove(ANNOTATION_REF_NAME);
         entry.annotations.remove(ANNOTATION_CONTAINERD_NAME);
         let full = item.reference.to_string();
@@ -230,30 +276,13 @@ fn write_layout(
             .annotations
             .insert(ANNOTATION_REF_NAME.into(), tag.clone());
         index.manifests.push(entry);
-        if format == Format::Docker {
-            let familiar = item.reference.familiar();
-            let existing = docker_manifest
-                .iter_mut()
-                .find(|e: &&mut DockerArchiveEntry| e.config.ends_with(image.id().hex()));
-            match existing {
-                Some(e) => e.repo_tags.get_or_insert_with(Vec::new).push(familiar),
-                None => docker_manifest.push(DockerArchiveEntry {
-                    config: format!("blobs/sha256/{}", image.id().hex()),
-                    repo_tags: Some(vec![familiar]),
-                    layers: image
-                        .manifest
-                        .layers
-                        .iter()
-                        .map(|l| format!("blobs/sha256/{}", l.digest.hex()))
-                        .collect(),
-                }),
-            }
-            if let (Some(t), Some(top)) = (&item.reference.tag, image.manifest.layers.last()) {
-                repositories
-                    .entry(item.reference.familiar_name())
-                    .or_default()
-                    .insert(t.clone(), top.digest.hex().to_string());
-            }
+        if let (Format::Docker, Some(image)) = (format, item.images.first()) {
+            docker_entry(
+                &mut docker_manifest,
+                &mut repositories,
+                &item.reference,
+                image,
+            );
         }
     }
     sink.file(
@@ -270,6 +299,50 @@ fn write_layout(
         sink.file("repositories", &json("repositories", &repositories)?)?;
     }
     Ok(())
+}
+
+/// docker-archive's `manifest.json` entry (or one more name for an entry
+/// of the same image) and `repositories` line for `image` under `reference`.
+fn docker_entry(
+    docker_manifest: &mut Vec<DockerArchiveEntry>,
+    repositories: &mut BTreeMap<String, BTreeMap<String, String>>,
+    reference: &Reference,
+    image: &Image,
+) {
+    let familiar = reference.familiar();
+    let existing = docker_manifest
+        .iter_mut()
+        .find(|e| e.config.ends_with(image.id().hex()));
+    match existing {
+        Some(e) => e.repo_tags.get_or_insert_with(Vec::new).push(familiar),
+        None => docker_manifest.push(DockerArchiveEntry {
+            config: format!("blobs/sha256/{}", image.id().hex()),
+            repo_tags: Some(vec![familiar]),
+            layers: image
+                .manifest
+                .layers
+                .iter()
+                .map(|l| format!("blobs/sha256/{}", l.digest.hex()))
+                .collect(),
+        }),
+    }
+    if let (Some(t), Some(top)) = (&reference.tag, image.manifest.layers.last()) {
+        repositories
+            .entry(reference.familiar_name())
+            .or_default()
+            .insert(t.clone(), top.digest.hex().to_string());
+    }
+}
+
+/// An image's layers, config and manifest into the archive.
+fn write_image_blobs(store: &Store, image: &Image, sink: &mut dyn Sink) -> Result<()> {
+    for layer in &image.manifest.layers {
+        sink.blob(store, &layer.digest, layer.size)?;
+    }
+    let config = &image.manifest.config;
+    sink.blob(store, &config.digest, config.size)?;
+    let md = &image.manifest_descriptor;
+    sink.blob(store, &md.digest, md.size)
 }
 
 fn json<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
@@ -529,32 +602,7 @@ fn load_oci(store: &Store, files: &ArchiveFiles, path: &Path) -> Result<Vec<Load
     let layout_dir = if path.is_dir() { Some(path) } else { None };
     let mut out = Vec::new();
     for desc in &index.manifests {
-        // Everything the manifest reaches must be present and match.
-        let mut queue = vec![desc.clone()];
-        while let Some(d) = queue.pop() {
-            blob_from_layout(store, layout_dir, &d.digest, d.size, path)?;
-            let bytes = store.read_blob(&d.digest)?;
-            match parse_manifest(&bytes, &d.media_type, &format!("manifest {}", d.digest))? {
-                ManifestKind::Index(i) => queue.extend(i.manifests),
-                ManifestKind::Image(m) => {
-                    // Refused here, as a build or pull would refuse it,
-                    // rather than tagged for `images`, `inspect` and `run`
-                    // to fail on.
-                    if m.config.size > MAX_JSON_BLOB {
-                        return Err(Error::InvalidManifest {
-                            what: format!("config {} of manifest {}", m.config.digest, d.digest),
-                            reason: format!(
-                                "{} bytes, more than the 16 MiB kiln reads",
-                                m.config.size
-                            ),
-                        });
-                    }
-                    for blob in std::iter::once(&m.config).chain(&m.layers) {
-                        blob_from_layout(store, layout_dir, &blob.digest, blob.size, path)?;
-                    }
-                }
-            }
-        }
+        load_tree(store, layout_dir, desc, path)?;
         let name = desc
             .annotations
             .get(ANNOTATION_CONTAINERD_NAME)
@@ -581,6 +629,54 @@ fn load_oci(store: &Store, files: &ArchiveFiles, path: &Path) -> Result<Vec<Load
         });
     }
     Ok(out)
+}
+
+/// Stores what `desc` reaches in the archive: an image manifest with its
+/// config and every layer (all must be there and match), or an index with
+/// the entries the archive holds (an entry the archive lacks is left out,
+/// as `docker save` of a partly pulled multi-platform image leaves it;
+/// at least one image must be there).
+fn load_tree(
+    store: &Store,
+    layout_dir: Option<&Path>,
+    desc: &Descriptor,
+    archive: &Path,
+) -> Result<()> {
+    let mut queue = vec![(desc.clone(), false)];
+    let mut images = 0;
+    while let Some((d, optional)) = queue.pop() {
+        match blob_from_layout(store, layout_dir, &d.digest, d.size, archive) {
+            Ok(()) => {}
+            Err(Error::Archive { .. }) if optional => continue,
+            Err(e) => return Err(e),
+        }
+        let bytes = store.read_blob(&d.digest)?;
+        match parse_manifest(&bytes, &d.media_type, &format!("manifest {}", d.digest))? {
+            ManifestKind::Index(i) => queue.extend(i.manifests.into_iter().map(|m| (m, true))),
+            ManifestKind::Image(m) => {
+                // Refused here, as a build or pull would refuse it,
+                // rather than tagged for `images`, `inspect` and `run`
+                // to fail on.
+                if m.config.size > MAX_JSON_BLOB {
+                    return Err(Error::InvalidManifest {
+                        what: format!("config {} of manifest {}", m.config.digest, d.digest),
+                        reason: format!("{} bytes, more than the 16 MiB kiln reads", m.config.size),
+                    });
+                }
+                for blob in std::iter::once(&m.config).chain(&m.layers) {
+                    blob_from_layout(store, layout_dir, &blob.digest, blob.size, archive)?;
+                }
+                images += 1;
+            }
+        }
+    }
+    if images == 0 {
+        return Err(Error::Archive {
+            path: archive.to_path_buf(),
+            reason: format!("{}: none of its images is in the archive", desc.digest),
+        });
+    }
+    Ok(())
 }
 
 fn load_docker(store: &Store, files: &ArchiveFiles, path: &Path) -> Result<Vec<Loaded>> {
@@ -642,11 +738,8 @@ fn load_docker(store: &Store, files: &ArchiveFiles, path: &Path) -> Result<Vec<L
         };
         let mut desc = store.put_json(media::OCI_MANIFEST, &manifest)?;
         desc.platform = Some(crate::oci::Platform {
-            architecture: config.architecture.clone(),
-            os: config.os.clone(),
             os_version: None,
-            os_features: None,
-            variant: config.variant.clone(),
+            ..config.platform()
         });
         let mut references = Vec::new();
         for tag in entry.repo_tags.unwrap_or_default() {

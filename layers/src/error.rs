@@ -44,6 +44,14 @@ pub enum Error {
         platform: String,
         available: String,
     },
+    /// The index lists the platform but the store does not hold its
+    /// image (a pull of another platform kept only that one).
+    #[error("image {image}: platform {platform} is not in the store (it holds: {stored})")]
+    PlatformNotInStore {
+        image: String,
+        platform: String,
+        stored: String,
+    },
     #[error("invalid platform {0:?}: expected os/arch[/variant]")]
     InvalidPlatform(String),
     #[error("image {0} not found in the store")]

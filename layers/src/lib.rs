@@ -10,7 +10,7 @@
 //!   `offset`/`reset` for resumed downloads, `commit` verifies and renames),
 //!   `put_blob`/`put_json` (canonical JSON), `has_blob`/`open_blob`/
 //!   `read_blob`, `tag`/`untag`/`resolve`/`list`/`find`, `read_manifest`,
-//!   `read_image` (platform selection), `write_image`, `lease` (hold one
+//!   `read_image` (platform selection among the images held), `write_image`, `lease` (hold one
 //!   while a pull or build is in flight), `prune`, `remove_image`,
 //!   `cache_put`/`cache_get`.
 //! - Snapshots (`snapshot`): `Store::prepare_snapshots` unpacks an image's
@@ -34,6 +34,10 @@
 //!   (a built image's plain layers compressed on their way out, once).
 //! - Archives: `archive::save` / `archive::load` (OCI layout dir or tar,
 //!   docker-archive), `import::import_rootfs`.
+//! - Indexes (`platforms`, `index`): a tag may name an index of several
+//!   platforms; `Store::platform_entries` lists every entry and whether
+//!   the store holds it, `read_image_or_held` picks what listings show;
+//!   `index::IndexWriter` writes an index of built or gathered manifests.
 //! - Types: `oci` (descriptors, manifests, indexes, configs, platforms,
 //!   media types), [`Reference`] (Docker's normalization), [`Digest`].
 //! - Progress: [`Reporter`] (`start` → `progress` → `done`).
@@ -69,8 +73,10 @@ pub mod digest;
 pub mod error;
 pub mod gc;
 pub mod import;
+pub mod index;
 pub mod oci;
 pub mod owner;
+pub mod platforms;
 pub mod progress;
 pub mod reference;
 pub mod snapshot;
@@ -83,6 +89,7 @@ pub use compress::Compression;
 pub use digest::{chain_ids, Digest};
 pub use error::{Error, Result};
 pub use oci::{media, Descriptor, ImageConfig, Index, Manifest, ManifestKind, Platform};
+pub use platforms::{EntryKind, PlatformEntry};
 pub use progress::{NoProgress, Outcome, Reporter};
 pub use reference::Reference;
 pub use store::{Image, IngestWriter, Lease, Store};

@@ -75,6 +75,10 @@ pub mod media {
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// containerd's (and `docker save`'s) full image name annotation.
 pub const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
+/// What BuildKit marks an index entry with that is not an image of its
+/// own (`attestation-manifest`), and the digest of the image it is about.
+pub const ANNOTATION_REFERENCE_TYPE: &str = "vnd.docker.reference.type";
+pub const ANNOTATION_REFERENCE_DIGEST: &str = "vnd.docker.reference.digest";
 
 /// Points at a blob by media type, digest and size.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -417,6 +421,20 @@ pub struct ImageConfig {
     pub history: Vec<History>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
+}
+
+impl ImageConfig {
+    /// The platform the config describes (`architecture`, `os`,
+    /// `os.version`, `variant`), as written (not normalized).
+    pub fn platform(&self) -> Platform {
+        Platform {
+            architecture: self.architecture.clone(),
+            os: self.os.clone(),
+            os_version: self.os_version.clone(),
+            os_features: None,
+            variant: self.variant.clone(),
+        }
+    }
 }
 
 /// What a container started from the image runs with.

@@ -682,13 +682,7 @@ impl Store {
             annotations: BTreeMap::new(),
         };
         let mut desc = self.put_json(media::OCI_MANIFEST, &manifest)?;
-        desc.platform = Some(Platform {
-            architecture: config.architecture.clone(),
-            os: config.os.clone(),
-            os_version: config.os_version.clone(),
-            os_features: None,
-            variant: config.variant.clone(),
-        });
+        desc.platform = Some(config.platform());
         Ok(desc)
     }
 
@@ -711,7 +705,8 @@ impl Store {
     }
 
     /// Follows `desc` (a manifest, or an index from which `platform` picks
-    /// one) to the image's manifest and config.
+    /// one of the images the store holds: `crate::platforms`) to the
+    /// image's manifest and config.
     pub fn read_image(&self, desc: &Descriptor, platform: &Platform) -> Result<Image> {
         let mut current = desc.clone();
         // Nested indexes are legal; a loop bound keeps a hostile cycle finite.
@@ -726,19 +721,7 @@ impl Store {
                     });
                 }
                 ManifestKind::Index(index) => {
-                    let picked = index.select_platform(platform).ok_or_else(|| {
-                        Error::NoMatchingPlatform {
-                            image: desc.digest.to_string(),
-                            platform: platform.to_string(),
-                            available: index
-                                .manifests
-                                .iter()
-                                .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
-                                .collect::<Vec<_>>()
-                                .join(", "),
-                        }
-                    })?;
-                    current = picked.clone();
+                    current = self.pick_held(&index, platform, desc)?;
                 }
             }
         }
@@ -883,7 +866,7 @@ impl Store {
         for tagged in self.list()? {
             let manifest_match = tagged.descriptor.digest.hex().starts_with(&hex);
             let id = self
-                .read_image(&tagged.descriptor, platform)
+                .read_image_or_held(&tagged.descriptor, platform)
                 .ok()
                 .map(|img| img.id().clone());
             let id_match = id.as_ref().is_some_and(|d| d.hex().starts_with(&hex));

@@ -79,6 +79,7 @@
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod binfmt;
 pub mod cgroup;
 #[allow(unsafe_code)]
 pub mod devices;

@@ -107,9 +107,10 @@ pub struct BuildArgs {
     /// A build argument: K=V, or K to take the value of the environment variable K.
     #[arg(long = "build-arg", value_name = "K=V")]
     build_args: Vec<String>,
-    /// Target platform (default: this machine's).
-    #[arg(long)]
-    platform: Option<String>,
+    /// Target platform (default: this machine's); several (comma-separated
+    /// or repeated) build one image each and an index over them.
+    #[arg(long, value_name = "PLATFORM", value_delimiter = ',')]
+    platform: Vec<String>,
     /// When to pull base images: `--pull` (or `--pull=always`) pulls even
     /// those the store has; `missing` (the default) pulls what the store
     /// lacks; `never` fails on a base the store lacks.
@@ -187,9 +188,9 @@ pub struct BuildArgs {
     #[arg(long = "label", value_name = "K=V")]
     labels: Vec<String>,
     /// Add an annotation (repeatable): [TYPE[,TYPE…]:]K=V, TYPE `manifest` (the
-    /// default) or `manifest-descriptor`, each with an optional `[os/arch]`;
-    /// `index` and `index-descriptor` need an image index, which a
-    /// single-platform build does not write (refused).
+    /// default), `manifest-descriptor`, `index` or `index-descriptor`, each
+    /// with an optional `[os/arch]`; the index kinds need the image index a
+    /// build for several platforms writes (refused for one platform).
     #[arg(long = "annotation", value_name = "[TYPE:]K=V")]
     annotations: Vec<String>,
     /// A secret for RUN --mount=type=secret: id=ID,src=FILE (or env=VAR).
@@ -382,6 +383,18 @@ impl Remote for CliRemote<'_> {
     }
 }
 
+/// `--platform`'s platforms, normalized, each once, in the order given.
+fn target_platforms(flags: &[String]) -> anyhow::Result<Vec<Platform>> {
+    let mut platforms: Vec<Platform> = Vec::new();
+    for flag in flags.iter().map(|f| f.trim()).filter(|f| !f.is_empty()) {
+        let platform = Platform::parse(flag).with_context(|| format!("--platform {flag}"))?;
+        if !platforms.contains(&platform) {
+            platforms.push(platform);
+        }
+    }
+    Ok(platforms)
+}
+
 /// `--build-arg K=V`, or `K` from kiln's environment (dropped when unset), as
 /// the docker CLI does.
 pub(crate) fn parse_build_args(flags: &[String]) -> BTreeMap<String, String> {
@@ -403,10 +416,10 @@ fn settings_of(
     named: NamedContexts,
     ssh_agents: &mut Vec<kiln_builder::ssh::ForwardedAgent>,
 ) -> anyhow::Result<BuildSettings> {
-    let platform = match &args.platform {
-        Some(p) => Platform::parse(p)?,
-        None => Platform::host(),
-    };
+    let platform = target_platforms(&args.platform)?
+        .into_iter()
+        .next()
+        .unwrap_or_else(Platform::host);
     let tags = args
         .tags
         .iter()
@@ -600,6 +613,26 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         cache: &cache,
     };
     let show = |e: &BuildError| show_line(&settings, display.shown, e.line());
+    let platforms = target_platforms(&args.platform)?;
+    if platforms.len() > 1 {
+        if args.check || args.dry_run {
+            anyhow::bail!(
+                "--{} shows one platform's build: give one --platform (not {})",
+                if args.check { "check" } else { "dry-run" },
+                args.platform.join(",")
+            );
+        }
+        let built = session.build_platforms(&platforms);
+        display
+            .printer
+            .finish(built.is_ok() && interruption.signal().is_none());
+        if let Some(canceled) = interruption.canceled() {
+            return Ok(canceled);
+        }
+        let result = built.map_err(|e| build_failure(&settings, &display, e))?;
+        report_built(&args, &settings, &display, &result, started);
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.check {
         return print_checks(&session.check().inspect_err(show)?, args.format);
     }

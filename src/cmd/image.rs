@@ -10,8 +10,10 @@ use clap::{Args, Subcommand, ValueEnum};
 use kiln_layers::archive::{self, Format, SaveItem};
 use kiln_layers::import::{import_rootfs, ImportOptions};
 use kiln_layers::oci::parse_rfc3339;
-use kiln_layers::store::TaggedImage;
-use kiln_layers::{Compression, Platform, Reference, Store};
+use kiln_layers::store::{Image, TaggedImage};
+use kiln_layers::{
+    Compression, EntryKind, ManifestKind, Platform, PlatformEntry, Reference, Store,
+};
 
 use crate::progress::{human_bytes, ProgressArgs};
 use crate::settings::GlobalSettings;
@@ -94,6 +96,8 @@ pub struct SaveArgs {
     output: PathBuf,
     #[arg(required = true)]
     images: Vec<String>,
+    /// Save only this platform of a multi-platform image (default: the
+    /// index and every platform the store holds).
     #[arg(long)]
     platform: Option<String>,
 }
@@ -159,10 +163,10 @@ fn inspect_all(
     queries: &[String],
     platform_arg: &Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let platform = platform(platform_arg)?;
+    let platform = platform_arg.as_deref().map(Platform::parse).transpose()?;
     let mut out = Vec::new();
     for query in queries {
-        out.push(inspect(store, query, &platform)?);
+        out.push(inspect(store, query, platform.as_ref())?);
     }
     let mut stdout = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut stdout, &out)?;
@@ -171,19 +175,29 @@ fn inspect_all(
 }
 
 /// `kiln save`: the tagged images the queries find, into one archive.
+/// A multi-platform image goes whole (the index and every platform the
+/// store holds) unless `--platform` picks one.
 fn save(store: &Store, args: SaveArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let platform = platform(&args.platform)?;
     let mut items = Vec::new();
     for query in &args.images {
         let found = store.find(query, &platform)?;
         for tagged in found {
-            let image = store.read_image(&tagged.descriptor, &platform)?;
-            crate::cmd::fetch_missing_layers(store, &image, settings)?;
             let reference = match tagged.reference {
                 Some(r) => r,
                 None => bail!("{query}: an untagged image cannot be saved by id yet; tag it first"),
             };
-            items.push(SaveItem { reference, image });
+            let item = match &args.platform {
+                Some(_) => {
+                    SaveItem::single(reference, store.read_image(&tagged.descriptor, &platform)?)
+                }
+                None => SaveItem::held(store, reference, &tagged.descriptor, &platform)?,
+            };
+            // Layers a build left where they are come down first.
+            for image in &item.images {
+                crate::cmd::fetch_missing_layers(store, image, settings)?;
+            }
+            items.push(item);
         }
     }
     let format = match args.format {
@@ -274,85 +288,180 @@ pub(crate) fn ago(created: Option<&str>) -> String {
     }
 }
 
-fn images(store: &Store, quiet: bool, format: ListFormat) -> anyhow::Result<ExitCode> {
-    let platform = Platform::host();
-    let mut rows = Vec::new();
-    for tagged in store.list()? {
-        let (repo, tag) = match &tagged.reference {
+/// One row of `kiln images`: a tag, the image it shows (this machine's
+/// platform when held, else the first held), and every platform entry.
+struct Row {
+    repository: String,
+    tag: String,
+    tagged: TaggedImage,
+    image: Option<Image>,
+    entries: Vec<PlatformEntry>,
+}
+
+impl Row {
+    fn of(store: &Store, tagged: TaggedImage) -> Row {
+        let (repository, tag) = match &tagged.reference {
             Some(r) => (
                 r.familiar_name(),
                 r.tag.clone().unwrap_or_else(|| "<none>".into()),
             ),
             None => ("<none>".to_string(), "<none>".to_string()),
         };
-        match store.read_image(&tagged.descriptor, &platform) {
-            Ok(image) => rows.push((repo, tag, Some(image), tagged)),
-            Err(e) => {
-                tracing::warn!(image = %tagged.name, error = %e, "cannot read image");
-                rows.push((repo, tag, None, tagged));
-            }
+        let image = store
+            .read_image_or_held(&tagged.descriptor, &Platform::host())
+            .inspect_err(|e| tracing::warn!(image = %tagged.name, error = %e, "cannot read image"))
+            .ok();
+        let entries = store
+            .platform_entries(&tagged.descriptor)
+            .unwrap_or_default();
+        Row {
+            repository,
+            tag,
+            tagged,
+            image,
+            entries,
         }
     }
+
+    fn is_index(&self) -> bool {
+        kiln_layers::media::is_index(&self.tagged.descriptor.media_type)
+    }
+
+    /// The image id: the config digest, or for a multi-platform image the
+    /// index digest (as Docker's containerd image store shows it).
+    fn id(&self) -> &kiln_layers::Digest {
+        match &self.image {
+            Some(image) if !self.is_index() => image.id(),
+            _ => &self.tagged.descriptor.digest,
+        }
+    }
+
+    /// What the store holds of it: the blobs of every held platform, each
+    /// counted once.
+    fn size(&self, store: &Store) -> Option<u64> {
+        let mut blobs = std::collections::BTreeMap::new();
+        for entry in self.entries.iter().filter(|e| e.present) {
+            if let Ok(ManifestKind::Image(m)) = store.read_manifest(&entry.descriptor) {
+                for blob in std::iter::once(&m.config).chain(&m.layers) {
+                    blobs.insert(blob.digest.clone(), blob.size);
+                }
+            }
+        }
+        (!blobs.is_empty()).then(|| blobs.values().sum())
+    }
+
+    /// The platforms, a platform the store lacks in parentheses
+    /// (`linux/amd64,(linux/arm64)`); attestations left out.
+    fn platforms(&self) -> String {
+        let shown: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|e| e.kind != EntryKind::Attestation)
+            .map(|e| match e.present {
+                true => e.label(),
+                false => format!("({})", e.label()),
+            })
+            .collect();
+        if shown.is_empty() {
+            "-".into()
+        } else {
+            shown.join(",")
+        }
+    }
+
+    fn json(&self, store: &Store) -> serde_json::Value {
+        let platforms: Vec<_> = self
+            .entries
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "Platform": e.platform.as_ref().map(|p| p.to_string()),
+                    "Kind": entry_kind(&e.kind),
+                    "Digest": e.descriptor.digest,
+                    "MediaType": e.descriptor.media_type,
+                    "Present": e.present,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "Name": self.tagged.name,
+            "Repository": self.repository,
+            "Tag": self.tag,
+            "ID": self.image.as_ref().map(|_| self.id().to_string()),
+            "Digest": self.tagged.descriptor.digest,
+            "MediaType": self.tagged.descriptor.media_type,
+            "Created": self.image.as_ref().and_then(|i| i.config.created.clone()),
+            "Size": self.size(store),
+            "Platforms": platforms,
+        })
+    }
+
+    fn cells(&self, store: &Store) -> [String; 6] {
+        let (created, size) = match &self.image {
+            Some(i) => (
+                ago(i.config.created.as_deref()),
+                self.size(store).map_or("N/A".into(), human_bytes),
+            ),
+            None => ("N/A".into(), "N/A".into()),
+        };
+        [
+            self.repository.clone(),
+            self.tag.clone(),
+            self.id().short().to_string(),
+            created,
+            size,
+            self.platforms(),
+        ]
+    }
+}
+
+fn entry_kind(kind: &EntryKind) -> &'static str {
+    match kind {
+        EntryKind::Image => "image",
+        EntryKind::Attestation => "attestation",
+        EntryKind::Index => "index",
+        EntryKind::Other => "other",
+    }
+}
+
+fn images(store: &Store, quiet: bool, format: ListFormat) -> anyhow::Result<ExitCode> {
+    let rows: Vec<Row> = store
+        .list()?
+        .into_iter()
+        .map(|t| Row::of(store, t))
+        .collect();
     let mut stdout = std::io::stdout().lock();
     if quiet {
-        for (_, _, image, tagged) in &rows {
-            let id = image
-                .as_ref()
-                .map(|i| i.id())
-                .unwrap_or(&tagged.descriptor.digest);
-            writeln!(stdout, "{}", id.short())?;
+        for row in &rows {
+            writeln!(stdout, "{}", row.id().short())?;
         }
         return Ok(ExitCode::SUCCESS);
     }
     if let ListFormat::Json = format {
-        let list: Vec<_> = rows
-            .iter()
-            .map(|(repo, tag, image, tagged)| {
-                serde_json::json!({
-                    "Name": tagged.name,
-                    "Repository": repo,
-                    "Tag": tag,
-                    "ID": image.as_ref().map(|i| i.id().to_string()),
-                    "Digest": tagged.descriptor.digest,
-                    "Created": image.as_ref().and_then(|i| i.config.created.clone()),
-                    "Size": image.as_ref().map(|i| i.content_size()),
-                })
-            })
-            .collect();
+        let list: Vec<_> = rows.iter().map(|r| r.json(store)).collect();
         serde_json::to_writer_pretty(&mut stdout, &list)?;
         writeln!(stdout)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let table: Vec<[String; 5]> = rows
-        .iter()
-        .map(|(repo, tag, image, tagged)| match image {
-            Some(i) => [
-                repo.clone(),
-                tag.clone(),
-                i.id().short().to_string(),
-                ago(i.config.created.as_deref()),
-                human_bytes(i.content_size()),
-            ],
-            None => [
-                repo.clone(),
-                tag.clone(),
-                tagged.descriptor.digest.short().to_string(),
-                "N/A".into(),
-                "N/A".into(),
-            ],
-        })
-        .collect();
-    let header = ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"];
+    let table: Vec<[String; 6]> = rows.iter().map(|r| r.cells(store)).collect();
+    let header = [
+        "REPOSITORY",
+        "TAG",
+        "IMAGE ID",
+        "CREATED",
+        "SIZE",
+        "PLATFORMS",
+    ];
     let mut widths = header.map(str::len);
     for row in &table {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
         }
     }
-    let line = |cells: [&str; 5]| {
+    let line = |cells: [&str; 6]| {
         let mut s = String::new();
         for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i == 4 {
+            if i == cells.len() - 1 {
                 s.push_str(cell);
             } else {
                 s.push_str(&format!("{cell:<w$}   "));
@@ -365,18 +474,28 @@ fn images(store: &Store, quiet: bool, format: ListFormat) -> anyhow::Result<Exit
         writeln!(
             stdout,
             "{}",
-            line([&row[0], &row[1], &row[2], &row[3], &row[4]])
+            line([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]])
         )?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn inspect(store: &Store, query: &str, platform: &Platform) -> anyhow::Result<serde_json::Value> {
-    let found = store.find(query, platform)?;
+/// `kiln inspect` of one image: its manifest and config (of the platform
+/// asked for, else this machine's when held, else the first held), and
+/// for a multi-platform image the index and every platform entry.
+fn inspect(
+    store: &Store,
+    query: &str,
+    platform: Option<&Platform>,
+) -> anyhow::Result<serde_json::Value> {
+    let found = store.find(query, platform.unwrap_or(&Platform::host()))?;
     let Some(first) = found.first() else {
         bail!("image {query} not found");
     };
-    let image = store.read_image(&first.descriptor, platform)?;
+    let image = match platform {
+        Some(p) => store.read_image(&first.descriptor, p)?,
+        None => store.read_image_or_held(&first.descriptor, &Platform::host())?,
+    };
     let manifest: serde_json::Value =
         serde_json::from_slice(&store.read_blob(&image.manifest_descriptor.digest)?)?;
     let config: serde_json::Value = serde_json::from_slice(&store.read_blob(image.id())?)?;
@@ -384,7 +503,7 @@ fn inspect(store: &Store, query: &str, platform: &Platform) -> anyhow::Result<se
         .iter()
         .filter_map(|t| t.reference.as_ref().map(|r| r.familiar()))
         .collect();
-    Ok(serde_json::json!({
+    let mut out = serde_json::json!({
         "Id": image.id(),
         "RepoTags": tags,
         "Digest": image.manifest_descriptor.digest,
@@ -392,10 +511,23 @@ fn inspect(store: &Store, query: &str, platform: &Platform) -> anyhow::Result<se
         "Created": image.config.created,
         "Architecture": image.config.architecture,
         "Os": image.config.os,
+        "Variant": image.config.variant,
         "Size": image.content_size(),
         "Manifest": manifest,
         "Config": config,
-    }))
+    });
+    let top = &first.descriptor;
+    if kiln_layers::media::is_index(&top.media_type) {
+        let row = Row::of(store, first.clone());
+        let index: serde_json::Value = serde_json::from_slice(&store.read_blob(&top.digest)?)?;
+        out["Index"] = serde_json::json!({
+            "Digest": top.digest,
+            "MediaType": top.media_type,
+            "Manifest": index,
+        });
+        out["Platforms"] = row.json(store)["Platforms"].take();
+    }
+    Ok(out)
 }
 
 fn rmi(store: &Store, queries: &[String], force: bool) -> anyhow::Result<ExitCode> {

@@ -9,6 +9,7 @@ pub mod info;
 pub mod interrupt;
 pub mod layers;
 pub mod limits;
+pub mod manifest;
 pub mod parse;
 pub mod plan_view;
 pub mod registry;

@@ -61,9 +61,13 @@ pub enum RegistryCommand {
 
 #[derive(Debug, Args)]
 pub struct PullArgs {
-    /// Platform to pick from a multi-platform image (default: this machine's).
+    /// Platform to pick from a multi-platform image (default: this
+    /// machine's); `all` pulls every platform of the index.
     #[arg(long)]
     platform: Option<String>,
+    /// Pull every platform of a multi-platform image (`--platform all`).
+    #[arg(long, conflicts_with = "platform")]
+    all_platforms: bool,
     /// Blobs downloaded at once.
     #[arg(long, default_value_t = 6)]
     concurrency: usize,
@@ -144,9 +148,10 @@ impl RegistryCommand {
 /// `kiln pull`: the image into the store, then what changed.
 fn pull(args: PullArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let reference = Reference::parse(&args.reference)?;
-    let platform = match args.platform {
-        Some(p) => Platform::parse(&p)?,
-        None => Platform::host(),
+    let all_platforms = args.all_platforms || args.platform.as_deref() == Some("all");
+    let platform = match args.platform.as_deref() {
+        Some(p) if p != "all" => Platform::parse(p).with_context(|| format!("--platform {p}"))?,
+        _ => Platform::host(),
     };
     let store = Store::open(&settings.root)?;
     let client = Arc::new(Client::new(args.registry.client_config(settings)?)?);
@@ -154,11 +159,24 @@ fn pull(args: PullArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
     reporter.println(&format!("Pulling {reference}"));
     let mut options = PullOptions::new(platform);
     options.concurrency = args.concurrency;
+    options.all_platforms = all_platforms;
     let shared: Arc<dyn Reporter> = reporter.clone();
     let pulled = runtime()?.block_on(kiln_transfer::pull(
         &client, &store, &reference, &options, shared,
     ))?;
     reporter.println(&format!("Digest: {}", pulled.resolved_digest));
+    if all_platforms {
+        let platforms: Vec<String> = pulled
+            .manifests
+            .iter()
+            .map(|d| {
+                d.platform
+                    .as_ref()
+                    .map_or("unknown".into(), |p| p.to_string())
+            })
+            .collect();
+        reporter.println(&format!("Platforms: {}", platforms.join(", ")));
+    }
     reporter.println(&if pulled.blobs_fetched == 0 {
         format!("Status: Image is up to date for {reference}")
     } else {

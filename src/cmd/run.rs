@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use kiln_builder::run_argv::docker_run_command;
+use kiln_layers::store::{Image, TaggedImage};
 use kiln_layers::{NoProgress, Platform, Store};
 use kiln_runtime::{BindMount, HelperCommand, Network, RunSpec, Streams};
 
@@ -93,6 +94,11 @@ pub struct RunArgs {
     security_opt: Vec<String>,
     #[command(flatten)]
     limits: LimitArgs,
+    /// The platform's image of a multi-platform image (os/arch[/variant];
+    /// default: this machine's when the store holds it, else the one it
+    /// holds). A foreign one runs through binfmt_misc's emulator.
+    #[arg(long, value_name = "PLATFORM")]
+    platform: Option<String>,
     /// The image: a tag in the local store, or an image id (prefix).
     #[arg(value_name = "IMAGE")]
     image: String,
@@ -145,6 +151,38 @@ fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// The image `args` name, for `--platform` (which must be held), or
+/// this machine's platform when held, else the platform the store holds
+/// (with Docker's warning that it does not match the host).
+fn select_image(store: &Store, args: &RunArgs) -> anyhow::Result<(TaggedImage, Image)> {
+    let host = Platform::host();
+    let wanted = match &args.platform {
+        Some(p) => Platform::parse(p).with_context(|| format!("--platform {p}"))?,
+        None => host.clone(),
+    };
+    let tagged = store
+        .find(&args.image, &wanted)
+        .with_context(|| format!("unable to find image {:?} locally", args.image))?;
+    let Some(tagged) = tagged.into_iter().next() else {
+        bail!("unable to find image {:?} locally", args.image);
+    };
+    let image = match &args.platform {
+        Some(_) => store
+            .read_image(&tagged.descriptor, &wanted)
+            .with_context(|| format!("image {} for --platform {wanted}", tagged.name))?,
+        None => store.read_image_or_held(&tagged.descriptor, &host)?,
+    };
+    let platform = image.config.platform().normalized();
+    let foreign = !platform.architecture.is_empty() && host.compatible_rank(&platform).is_none();
+    if args.platform.is_none() && foreign {
+        eprintln!(
+            "WARNING: The requested image's platform ({platform}) does not match the \
+             detected host platform ({host}) and no specific platform was requested"
+        );
+    }
+    Ok((tagged, image))
 }
 
 /// Parses `-v HOST:CTR[:ro|rw]`.
@@ -247,14 +285,15 @@ fn run_container(args: RunArgs, settings: &GlobalSettings) -> anyhow::Result<Exi
     let store = Store::open(&settings.root)
         .with_context(|| format!("opening the store at {}", settings.root.display()))?;
     let _lease = store.lease()?;
-    let platform = Platform::host();
-    let tagged = store
-        .find(&args.image, &platform)
-        .with_context(|| format!("unable to find image {:?} locally", args.image))?;
-    let Some(tagged) = tagged.into_iter().next() else {
-        bail!("unable to find image {:?} locally", args.image);
-    };
-    let image = store.read_image(&tagged.descriptor, &platform)?;
+    let (tagged, image) = select_image(&store, &args)?;
+    let platform = image.config.platform().normalized();
+    if !platform.architecture.is_empty() {
+        kiln_runtime::binfmt::ensure_emulator(
+            &mut kiln_runtime::binfmt::RealBinfmt::default(),
+            &platform.to_string(),
+            &platform.architecture,
+        )?;
+    }
     // Refused before anything is unpacked: each layer is a lower dir, and
     // the runtime adds one of its own (the mount points).
     let layers = image.manifest.layers.len();

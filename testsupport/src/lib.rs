@@ -9,6 +9,8 @@
 //!   manifests or blobs (or forwards uploads) at a set pace, or leaves
 //!   requests unanswered; [`SilentServer`], a listener that never answers.
 //! - [`image`]: small OCI layouts built by hand, and `skopeo` helpers.
+//! - [`multiarch`]: a two-platform (amd64, arm64) busybox index made from
+//!   Debian's busybox-static packages, pushed to a registry.
 //! - [`BusyboxRootfs`]: a busybox root filesystem (directory or tar) from
 //!   the host's static busybox.
 //! - [`ChildGuard`]: a child process killed and reaped on drop, with a
@@ -40,6 +42,7 @@ pub mod git;
 pub mod golden;
 pub mod http;
 pub mod image;
+pub mod multiarch;
 pub mod network;
 mod process;
 pub mod proxy;

@@ -43,12 +43,19 @@ pub struct BusyboxRootfs {
     /// Also create empty `/proc`, `/sys`, `/dev` and `/usr/bin` (left out
     /// by default so runtime tests see the runtime create mount points).
     pub mount_points: bool,
+    /// The busybox program to put in `/bin` (another architecture's, from
+    /// its Debian package); the host's by default. Its applets are those
+    /// the host's lists (the same Debian version has the same ones).
+    pub busybox: Option<PathBuf>,
 }
 
 impl BusyboxRootfs {
     /// With empty `/proc`, `/sys`, `/dev` and `/usr/bin`.
     pub fn with_mount_points() -> BusyboxRootfs {
-        BusyboxRootfs { mount_points: true }
+        BusyboxRootfs {
+            mount_points: true,
+            busybox: None,
+        }
     }
 
     /// Lays the root filesystem out in `dir` (created if missing).
@@ -86,7 +93,8 @@ impl BusyboxRootfs {
 
         let host_busybox = busybox_path()?;
         let busybox = dir.join("bin/busybox");
-        fs::copy(&host_busybox, &busybox).map_err(io("copying busybox to", &busybox))?;
+        let program = self.busybox.clone().unwrap_or_else(|| host_busybox.clone());
+        fs::copy(&program, &busybox).map_err(io("copying busybox to", &busybox))?;
         fs::set_permissions(&busybox, fs::Permissions::from_mode(0o755))
             .map_err(io("setting the mode of", &busybox))?;
         // Ask the host's copy: running the fresh one could fail with ETXTBSY

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use kiln_layers::oci::Descriptor;
+use kiln_layers::oci::{media, Descriptor};
 use kiln_layers::store::Image;
 use kiln_layers::{Platform, Reporter, Store};
 use kiln_registry::{Client, Reference, Repository};
@@ -146,7 +146,8 @@ pub async fn fetch_missing(
 }
 
 /// Pulls `reference` for `platform` without its layers: the manifests and
-/// the config are stored (verified), the image tagged, and each layer's
+/// the config are stored (verified), the image tagged (the index, when the
+/// reference names one: the store keeps indexes), and each layer's
 /// repository noted so that it is fetched when needed
 /// ([`fetch_from_origins`]) or mounted by a push to the same registry.
 /// Returns the image manifest's descriptor.
@@ -167,14 +168,20 @@ pub async fn pull_lazily(
     let _lease = store
         .lease()
         .map_err(store_err(format!("pulling {image}")))?;
+    // The store keeps the index the reference names (its tag names the
+    // index, as a pull's does), with this platform's manifest.
+    let mut index = None;
     let resolved = resolve_manifest(client, reference, platform, |media_type, fetched| {
-        store
+        let desc = store
             .put_blob(media_type, &fetched.bytes)
-            .map(|_| ())
             .map_err(store_err(format!(
                 "{image}: storing manifest {}",
                 fetched.digest
-            )))
+            )))?;
+        if index.is_none() && media::is_index(media_type) {
+            index = Some(desc);
+        }
+        Ok(())
     })
     .await?;
     let mut manifest_desc = resolved.manifest_descriptor;
@@ -197,10 +204,10 @@ pub async fn pull_lazily(
         manifest_desc.platform = store
             .read_config(&manifest.config)
             .ok()
-            .map(|config| crate::pull::platform_of(&config));
+            .map(|config| config.platform());
     }
     store
-        .tag(reference, &manifest_desc)
+        .tag(reference, index.as_ref().unwrap_or(&manifest_desc))
         .map_err(store_err(format!("tagging {image}")))?;
     Ok(manifest_desc)
 }

@@ -6,7 +6,7 @@ use kiln_layers::store::MAX_JSON_BLOB;
 use kiln_layers::{Digest, Platform};
 use kiln_registry::{Client, Reference};
 
-use crate::pull::{check_config_media_type, platform_of, resolve_manifest, Resolved};
+use crate::pull::{check_config_media_type, resolve_manifest, Resolved};
 use crate::TransferError;
 
 /// What [`fetch_config`] found.
@@ -91,7 +91,7 @@ pub async fn fetch_config(
             reason: e.to_string(),
         })?;
     if manifest_desc.platform.is_none() {
-        manifest_desc.platform = Some(platform_of(&config));
+        manifest_desc.platform = Some(config.platform());
     }
     Ok(FetchedConfig {
         reference: reference.clone(),

@@ -59,6 +59,16 @@ pub enum TransferError {
     #[error("image {0} is not in the store")]
     NotInStore(String),
 
+    #[error(
+        "{image}: platform {platform} (manifest {digest}) is not in the store; \
+         pull every platform first (kiln pull --platform all)"
+    )]
+    PlatformNotInStore {
+        image: String,
+        platform: String,
+        digest: String,
+    },
+
     #[error("{image}: blob {digest} is not in the store; the image is incomplete")]
     IncompleteImage { image: String, digest: String },
 
@@ -77,6 +87,7 @@ impl TransferError {
             | TransferError::MissingBlob { image, .. }
             | TransferError::NoMatchingPlatform { image, .. }
             | TransferError::NestingTooDeep { image, .. }
+            | TransferError::PlatformNotInStore { image, .. }
             | TransferError::IncompleteImage { image, .. } => Some(image),
             _ => None,
         }

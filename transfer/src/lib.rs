@@ -8,7 +8,10 @@
 //! caught then, and the blob fetched again from byte 0). [`fetch_config`]
 //! gets only an image's config: no layers, nothing stored. [`push`] uploads
 //! every blob (skipping those the registry has) and then the manifest,
-//! under each name given. Progress goes through the store's [`Reporter`](kiln_layers::Reporter);
+//! under each name given; an index goes with every manifest it lists
+//! (pushed first), and a blob the store lacks (an index gathered by
+//! [`create_index`] from images in registries) is mounted from the
+//! repository it is in, or copied from another registry. Progress goes through the store's [`Reporter`](kiln_layers::Reporter);
 //! the bytes pulled are stored exactly as received.
 //!
 //! ```no_run
@@ -30,6 +33,7 @@
 mod blobs;
 mod config;
 mod error;
+mod index;
 mod origins;
 mod pull;
 mod push;
@@ -37,6 +41,7 @@ mod push;
 pub use blobs::{fetch_blob, fetch_from_origins, fetch_missing, pull_lazily, push_artifact};
 pub use config::{fetch_config, FetchedConfig};
 pub use error::TransferError;
+pub use index::{create_index, CreatedIndex};
 pub use origins::BlobOrigins;
 pub use pull::{pull, PullOptions, Pulled};
 pub use push::{push, push_descriptor, PushOptions, Pushed};

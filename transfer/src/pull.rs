@@ -5,7 +5,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use kiln_layers::oci::{
-    media, parse_manifest, Descriptor, ImageConfig, Index, Manifest, ManifestKind, Platform,
+    media, parse_manifest, Descriptor, Index, Manifest, ManifestKind, Platform,
 };
 use kiln_layers::{Digest, Outcome, Reporter, Store};
 use kiln_registry::{Client, Reference};
@@ -19,6 +19,10 @@ use crate::{BlobOrigins, TransferError};
 pub struct PullOptions {
     /// The platform picked from an index (`--platform`, default the host's).
     pub platform: Platform,
+    /// Every platform of an index (`--platform all`, `--all-platforms`):
+    /// each image manifest it lists (attestation manifests included) with
+    /// its blobs; `platform` then only says which one [`Pulled`] describes.
+    pub all_platforms: bool,
     /// Blobs fetched at once (6, as skopeo).
     pub concurrency: usize,
     /// Tag the image in the store under the reference pulled.
@@ -29,6 +33,7 @@ impl PullOptions {
     pub fn new(platform: Platform) -> PullOptions {
         PullOptions {
             platform,
+            all_platforms: false,
             concurrency: 6,
             tag: true,
         }
@@ -39,8 +44,16 @@ impl PullOptions {
 #[derive(Debug, Clone)]
 pub struct Pulled {
     pub reference: Reference,
-    /// The image manifest stored and tagged (after platform selection).
+    /// What the tag names: the index the registry gave (kept whole, though
+    /// only the platforms pulled have their images in the store), or the
+    /// image manifest.
+    pub tagged: Descriptor,
+    /// The platform's image manifest (after platform selection; with
+    /// every platform, the one `PullOptions::platform` picks, else the
+    /// first).
     pub manifest: Descriptor,
+    /// Every image manifest stored, with its platform.
+    pub manifests: Vec<Descriptor>,
     /// The digest the reference resolved to at the registry (an index's, for multi-platform images).
     pub resolved_digest: Digest,
     pub config: Descriptor,
@@ -53,7 +66,7 @@ pub struct Pulled {
     pub bytes_fetched: u64,
 }
 
-const MAX_INDEX_DEPTH: usize = 8;
+pub(crate) const MAX_INDEX_DEPTH: usize = 8;
 
 /// Reports bytes written through it as a running total.
 struct ProgressWriter<'r, W> {
@@ -94,61 +107,124 @@ pub async fn pull(
         context: format!("pulling {image}"),
         cause: Box::new(source),
     })?;
-    let Resolved {
-        resolved_digest,
-        manifest,
-        manifest_descriptor: mut manifest_desc,
-    } = resolve_manifest(
-        client,
-        reference,
-        &options.platform,
-        |media_type, fetched| {
-            store
-                .put_blob(media_type, &fetched.bytes)
-                .map(|_| ())
-                .map_err(|source| TransferError::Store {
-                    context: format!("{image}: storing manifest {}", fetched.digest),
-                    cause: Box::new(source),
-                })
-        },
-    )
-    .await?;
-    let manifest_digest = manifest_desc.digest.to_string();
-    // Refuse what kiln cannot use before downloading anything.
-    check_media_types(&manifest, &image, &manifest_digest)?;
+    let chosen = if options.all_platforms {
+        crate::index::resolve_all(client, store, reference).await?
+    } else {
+        resolve_one(client, store, reference, &options.platform).await?
+    };
+    if !options.all_platforms {
+        // Refuse what kiln cannot use before downloading anything.
+        for (desc, manifest) in &chosen.images {
+            check_media_types(manifest, &image, desc.digest.as_str())?;
+        }
+    }
     let run = PullRun {
         client: client.clone(),
         store: store.clone(),
         repository: reference.repository.clone(),
         image: image.clone(),
-        manifest_digest,
+        manifest_digest: chosen.resolved_digest.to_string(),
         reporter,
     };
     let (blobs_fetched, bytes_fetched) =
-        fetch_blobs(Arc::new(run), &manifest, options.concurrency).await?;
-    if manifest_desc.platform.is_none() {
-        manifest_desc.platform = store
-            .read_config(&manifest.config)
-            .ok()
-            .map(|config| platform_of(&config));
+        fetch_blobs(Arc::new(run), &chosen.images, options.concurrency).await?;
+    let mut manifests = Vec::new();
+    for (mut desc, manifest) in chosen.images.iter().cloned() {
+        if desc.platform.is_none() {
+            desc.platform = store
+                .read_config(&manifest.config)
+                .ok()
+                .map(|c| c.platform());
+        }
+        manifests.push((desc, manifest));
     }
+    let tagged = match &chosen.top {
+        Some(index) => index.clone(),
+        None => manifests
+            .first()
+            .map(|(d, _)| d.clone())
+            .ok_or_else(|| TransferError::NotInStore(image.clone()))?,
+    };
     if options.tag {
         store
-            .tag(reference, &manifest_desc)
+            .tag(reference, &tagged)
             .map_err(|source| TransferError::Store {
                 context: format!("tagging {image}"),
                 cause: Box::new(source),
             })?;
     }
+    let described = manifests
+        .iter()
+        .find(|(d, _)| {
+            d.platform
+                .as_ref()
+                .is_some_and(|p| options.platform.compatible_rank(p).is_some())
+        })
+        .or(manifests.first())
+        .cloned()
+        .ok_or_else(|| TransferError::NotInStore(image.clone()))?;
     Ok(Pulled {
         reference: reference.clone(),
-        manifest: manifest_desc,
-        resolved_digest,
-        config: manifest.config.clone(),
-        layers: manifest.layers.clone(),
+        tagged,
+        manifest: described.0,
+        manifests: manifests.iter().map(|(d, _)| d.clone()).collect(),
+        resolved_digest: chosen.resolved_digest,
+        config: described.1.config.clone(),
+        layers: described.1.layers.clone(),
         blobs_fetched,
         bytes_fetched,
     })
+}
+
+/// The manifests a pull fetches the blobs of.
+pub(crate) struct Chosen {
+    /// The digest the reference resolved to.
+    pub resolved_digest: Digest,
+    /// The index the reference named (stored), when it named one.
+    pub top: Option<Descriptor>,
+    /// The image manifests chosen (stored), each with its descriptor as
+    /// the index gave it.
+    pub images: Vec<(Descriptor, Manifest)>,
+}
+
+/// The manifest for `platform` (through indexes), every manifest and
+/// index on the way stored as it came.
+async fn resolve_one(
+    client: &Client,
+    store: &Store,
+    reference: &Reference,
+    platform: &Platform,
+) -> Result<Chosen, TransferError> {
+    let image = reference.to_string();
+    let mut top = None;
+    let resolved = resolve_manifest(client, reference, platform, |media_type, fetched| {
+        let desc = store_document(store, &image, media_type, fetched)?;
+        if top.is_none() && media::is_index(media_type) {
+            top = Some(desc);
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(Chosen {
+        resolved_digest: resolved.resolved_digest,
+        top,
+        images: vec![(resolved.manifest_descriptor, resolved.manifest)],
+    })
+}
+
+/// Stores a manifest or index as it came; returns its descriptor.
+pub(crate) fn store_document(
+    store: &Store,
+    image: &str,
+    media_type: &str,
+    fetched: &kiln_registry::Manifest,
+) -> Result<Descriptor, TransferError> {
+    store
+        .put_blob(media_type, &fetched.bytes)
+        .map_err(|source| TransferError::Store {
+            context: format!("{image}: storing manifest {}", fetched.digest),
+            cause: Box::new(source),
+        })
 }
 
 /// What a reference resolves to for one platform.
@@ -179,39 +255,7 @@ pub(crate) async fn resolve_manifest(
     let mut platform_of_choice = None;
     let mut depth = 0;
     let manifest: Manifest = loop {
-        let digest = current.digest.to_string();
-        let kind = parse_manifest(
-            &current.bytes,
-            &current.media_type,
-            &format!("manifest {digest}"),
-        )
-        .map_err(|source| match source {
-            kiln_layers::Error::UnsupportedMediaType { media_type, .. } => {
-                TransferError::UnknownMediaType {
-                    image: image.clone(),
-                    manifest: digest.clone(),
-                    role: "manifest",
-                    digest: digest.clone(),
-                    media_type,
-                }
-            }
-            source => TransferError::MalformedManifest {
-                image: image.clone(),
-                digest: digest.clone(),
-                cause: Box::new(source),
-            },
-        })?;
-        let media_type = match (&kind, current.media_type.as_str()) {
-            (_, m) if media::is_manifest(m) || media::is_index(m) => m.to_string(),
-            (ManifestKind::Image(m), _) => m
-                .media_type
-                .clone()
-                .unwrap_or_else(|| media::OCI_MANIFEST.into()),
-            (ManifestKind::Index(i), _) => i
-                .media_type
-                .clone()
-                .unwrap_or_else(|| media::OCI_INDEX.into()),
-        };
+        let (media_type, kind) = parse_document(&image, &current)?;
         visit(&media_type, &current)?;
         match kind {
             ManifestKind::Image(manifest) => break manifest,
@@ -250,6 +294,49 @@ pub(crate) async fn resolve_manifest(
         manifest,
         manifest_descriptor,
     })
+}
+
+/// A fetched manifest or index, parsed, and the media type it is stored
+/// with: the registry's Content-Type when it names one, else the
+/// document's own (or its shape's).
+pub(crate) fn parse_document(
+    image: &str,
+    fetched: &kiln_registry::Manifest,
+) -> Result<(String, ManifestKind), TransferError> {
+    let digest = fetched.digest.to_string();
+    let kind = parse_manifest(
+        &fetched.bytes,
+        &fetched.media_type,
+        &format!("manifest {digest}"),
+    )
+    .map_err(|source| match source {
+        kiln_layers::Error::UnsupportedMediaType { media_type, .. } => {
+            TransferError::UnknownMediaType {
+                image: image.to_string(),
+                manifest: digest.clone(),
+                role: "manifest",
+                digest: digest.clone(),
+                media_type,
+            }
+        }
+        source => TransferError::MalformedManifest {
+            image: image.to_string(),
+            digest: digest.clone(),
+            cause: Box::new(source),
+        },
+    })?;
+    let media_type = match (&kind, fetched.media_type.as_str()) {
+        (_, m) if media::is_manifest(m) || media::is_index(m) => m.to_string(),
+        (ManifestKind::Image(m), _) => m
+            .media_type
+            .clone()
+            .unwrap_or_else(|| media::OCI_MANIFEST.into()),
+        (ManifestKind::Index(i), _) => i
+            .media_type
+            .clone()
+            .unwrap_or_else(|| media::OCI_INDEX.into()),
+    };
+    Ok((media_type, kind))
 }
 
 /// Refuses a config kiln cannot read.
@@ -293,23 +380,35 @@ pub(crate) fn check_media_types(
     Ok(())
 }
 
-/// Fetches the config and layers of `manifest` into the store,
-/// `concurrency` at a time; the first failure stops the others. Returns
-/// how many blobs were downloaded and the bytes received.
+/// Fetches the config and layers of `manifests` into the store (each blob
+/// once), `concurrency` at a time; the first failure stops the others.
+/// Returns how many blobs were downloaded and the bytes received.
 async fn fetch_blobs(
     run: Arc<PullRun>,
-    manifest: &Manifest,
+    manifests: &[(Descriptor, Manifest)],
     concurrency: usize,
 ) -> Result<(usize, u64), TransferError> {
-    let mut blobs: Vec<(&'static str, Descriptor)> = vec![("config", manifest.config.clone())];
-    blobs.extend(manifest.layers.iter().map(|l| ("layer", l.clone())));
+    let mut blobs: Vec<BlobJob> = Vec::new();
+    for (desc, manifest) in manifests {
+        let roles = std::iter::once(("config", &manifest.config))
+            .chain(manifest.layers.iter().map(|l| ("layer", l)));
+        for (role, blob) in roles {
+            if !blobs.iter().any(|b| b.desc.digest == blob.digest) {
+                blobs.push(BlobJob {
+                    role,
+                    desc: blob.clone(),
+                    manifest: desc.digest.to_string(),
+                });
+            }
+        }
+    }
     let semaphore = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = JoinSet::new();
-    for (role, desc) in blobs {
+    for job in blobs {
         let (run, semaphore) = (run.clone(), semaphore.clone());
         tasks.spawn(async move {
             let _permit = semaphore.acquire_owned().await;
-            fetch_blob(&run, role, &desc).await
+            fetch_blob_of(&run, job.role, &job.desc, &job.manifest).await
         });
     }
     let mut first_error = None;
@@ -340,15 +439,12 @@ async fn fetch_blobs(
     }
 }
 
-/// The platform an image config describes.
-pub(crate) fn platform_of(config: &ImageConfig) -> Platform {
-    Platform {
-        architecture: config.architecture.clone(),
-        os: config.os.clone(),
-        os_version: config.os_version.clone(),
-        os_features: None,
-        variant: config.variant.clone(),
-    }
+/// One blob to fetch: its role and descriptor, and the manifest naming it
+/// (for messages).
+struct BlobJob {
+    role: &'static str,
+    desc: Descriptor,
+    manifest: String,
 }
 
 fn select<'i>(
@@ -377,6 +473,17 @@ pub(crate) async fn fetch_blob(
     role: &'static str,
     desc: &Descriptor,
 ) -> Result<Option<u64>, TransferError> {
+    fetch_blob_of(run, role, desc, &run.manifest_digest).await
+}
+
+/// [`fetch_blob`] of a blob that `manifest` names (one pull may fetch the
+/// blobs of several platforms' manifests).
+async fn fetch_blob_of(
+    run: &PullRun,
+    role: &'static str,
+    desc: &Descriptor,
+    manifest: &str,
+) -> Result<Option<u64>, TransferError> {
     let (store, repository, reporter) = (&run.store, &run.repository, run.reporter.as_ref());
     let id = desc.digest.to_string();
     let origins = BlobOrigins::new(store);
@@ -392,7 +499,12 @@ pub(crate) async fn fetch_blob(
         reporter.done(&id, Outcome::Skipped("already in the store".into()));
         return Ok(None);
     }
-    let blob = BlobFetch { run, role, desc };
+    let blob = BlobFetch {
+        run,
+        role,
+        desc,
+        manifest,
+    };
     let mut from_zero = false;
     // Bytes downloaded by an attempt whose result was thrown away count too.
     let mut wasted = 0;
@@ -450,7 +562,8 @@ pub(crate) struct PullRun {
     pub(crate) repository: kiln_registry::Repository,
     /// The reference pulled, as messages name it.
     pub(crate) image: String,
-    /// The image manifest naming the blobs, for messages.
+    /// The image manifest naming the blobs, for messages (a pull of several
+    /// platforms names each blob's own: [`BlobJob`]).
     pub(crate) manifest_digest: String,
     pub(crate) reporter: Arc<dyn Reporter>,
 }
@@ -460,6 +573,8 @@ struct BlobFetch<'a> {
     run: &'a PullRun,
     role: &'static str,
     desc: &'a Descriptor,
+    /// The image manifest naming the blob, for messages.
+    manifest: &'a str,
 }
 
 /// Runs blocking file work (hashing a partial file, fsync at commit) off
@@ -529,7 +644,7 @@ impl BlobFetch<'_> {
                 kiln_registry::Error::NotFound { registry, .. } => {
                     failed(TransferError::MissingBlob {
                         image: run.image.clone(),
-                        manifest: run.manifest_digest.clone(),
+                        manifest: self.manifest.to_string(),
                         role: self.role,
                         digest: id,
                         registry,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kiln_layers::compressed::compressed_image;
-use kiln_layers::oci::{parse_manifest, Descriptor, Manifest, ManifestKind};
+use kiln_layers::oci::{parse_manifest, Descriptor, Index, Manifest, ManifestKind};
 use kiln_layers::{Compression, Digest, Outcome, Reporter, Store};
 use kiln_registry::{BlobSource, Client, PushOutcome, Reference, Repository};
 use tokio::sync::Semaphore;
@@ -133,6 +133,10 @@ pub async fn push_descriptor(
         context: format!("pushing {image}"),
         cause: Box::new(source),
     })?;
+    if let Ok(ManifestKind::Index(index)) = store.read_manifest(desc) {
+        // Before compressing anything: every entry's manifest is needed.
+        check_children_present(store, &index, &image)?;
+    }
     let desc = compress_layers(store, desc, options.compression, &reporter, &image).await?;
     let mut pushed = Pushed {
         reference: target.clone(),
@@ -230,6 +234,7 @@ async fn push_manifest_tree(
     })?;
     match kind {
         ManifestKind::Index(index) => {
+            check_children_present(run.store, &index, &run.image)?;
             for child in &index.manifests {
                 let child_tag = child.digest.to_string();
                 Box::pin(push_manifest_tree(
@@ -254,6 +259,27 @@ async fn push_manifest_tree(
         )
         .await?;
     Ok(())
+}
+
+/// Refuses to push an index whose entries the store does not all have
+/// (a pull of one platform keeps the index but only that platform's
+/// manifest), naming the first platform missing.
+fn check_children_present(store: &Store, index: &Index, image: &str) -> Result<(), TransferError> {
+    let missing = index
+        .manifests
+        .iter()
+        .find(|child| !store.has_blob(&child.digest));
+    match missing {
+        Some(child) => Err(TransferError::PlatformNotInStore {
+            image: image.to_string(),
+            platform: child
+                .platform
+                .as_ref()
+                .map_or("unknown".into(), |p| p.normalized().to_string()),
+            digest: child.digest.to_string(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The stored bytes of the manifest or index `desc`.

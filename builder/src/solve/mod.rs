@@ -20,6 +20,7 @@ mod needed;
 mod resolve;
 mod run;
 mod schedule;
+mod shared;
 mod stage;
 mod step;
 mod trash;
@@ -49,6 +50,7 @@ use mounts::{mount_image_layers, run_mount, MountFrom, StepMount};
 pub use resolve::{ImagePuller, StoreResolver};
 use run::execute_run;
 use schedule::run_stages_when_ready;
+pub use shared::SharedSteps;
 use stage::{run_stage, StageOutput, StageProgress};
 use step::run_step;
 use trash::discard_step_dir;
@@ -158,6 +160,9 @@ pub struct SolveOptions<'a> {
     /// Every RUN's pids and memory limits (`--pids-limit`, `--memory`).
     /// Never part of a cache key.
     pub limits: kiln_runtime::Limits,
+    /// The keys this solve shares with the other platforms' solves of a
+    /// multi-platform build ([`SharedSteps`]); `None` for a lone solve.
+    pub shared: Option<&'a SharedSteps>,
     /// Caches from elsewhere, asked for a step the store has no record of
     /// (`--cache-from`; see [`crate::cache`]).
     pub cache_from: Option<&'a CacheSources<'a>>,

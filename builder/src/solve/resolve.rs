@@ -134,9 +134,20 @@ impl<'a> StoreResolver<'a> {
         let Some(desc) = store.resolve(reference).map_err(LookupError::failed)? else {
             return Ok(None);
         };
-        let image = match store.read_image(&desc, platform) {
+        let read = match self.any_stored_platform {
+            true => store.read_image_or_held(&desc, platform),
+            false => store.read_image(&desc, platform),
+        };
+        let image = match read {
             Ok(image) => image,
-            Err(e @ kiln_layers::Error::NoMatchingPlatform { .. }) if !self.any_stored_platform => {
+            // The index lists the platform; the store holds others only.
+            Err(kiln_layers::Error::PlatformNotInStore { stored, .. }) => {
+                *mismatch = Some(format!(
+                    "the local store has it for platform {stored}, not {platform}"
+                ));
+                return Ok(None);
+            }
+            Err(e @ kiln_layers::Error::NoMatchingPlatform { .. }) => {
                 *mismatch = Some(e.to_string());
                 return Ok(None);
             }
@@ -144,11 +155,8 @@ impl<'a> StoreResolver<'a> {
         };
         let config = &image.config;
         let stored = Platform {
-            architecture: config.architecture.clone(),
-            os: config.os.clone(),
             os_version: None,
-            os_features: None,
-            variant: config.variant.clone(),
+            ..config.platform()
         };
         // A config without an architecture says nothing to check against.
         let matches = config.architecture.is_empty() || platform.compatible_rank(&stored).is_some();

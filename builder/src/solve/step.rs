@@ -14,21 +14,48 @@ use crate::rootfs::LayeredRootfs;
 
 use super::*;
 
-/// Runs (or reuses) one step; returns whether it came from the cache.
+/// Runs (or reuses) one step; returns whether it came from the cache. In
+/// a multi-platform build, a key another platform's solve is running is
+/// waited for, and one it ran is reused ([`SharedSteps`]).
 pub(super) fn run_step(
     run: &StepRun<'_>,
     progress: &mut StageProgress,
 ) -> Result<bool, SolveError> {
+    let shared = run.build.opts.shared.zip(run.step.cache_key.as_ref());
+    let Some((shared, key)) = shared else {
+        return run_and_record(run, progress, false);
+    };
+    let slot = shared.slot(key);
+    let mut done_in_build = slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cached = run_and_record(run, progress, *done_in_build)?;
+    *done_in_build = true;
+    Ok(cached)
+}
+
+/// Runs or reuses the step, then records its result for the cache
+/// exporters.
+fn run_and_record(
+    run: &StepRun<'_>,
+    progress: &mut StageProgress,
+    done_in_build: bool,
+) -> Result<bool, SolveError> {
     let layers_before = progress.out.layers.len();
-    let cached = run_or_reuse(run, progress)?;
+    let cached = run_or_reuse(run, progress, done_in_build)?;
     progress.record_result(run.step, layers_before);
     Ok(cached)
 }
 
-/// Reuses the step's result from a cache, or runs it.
-fn run_or_reuse(run: &StepRun<'_>, progress: &mut StageProgress) -> Result<bool, SolveError> {
+/// Reuses the step's result from a cache (whatever `--no-cache` says when
+/// `done_in_build`: this build made it), or runs it.
+fn run_or_reuse(
+    run: &StepRun<'_>,
+    progress: &mut StageProgress,
+    done_in_build: bool,
+) -> Result<bool, SolveError> {
     let (step, opts) = (run.step, run.build.opts);
-    if from_cache(run, progress)? {
+    if from_cache(run, progress, done_in_build)? {
         tracing::info!("line {}: CACHED {}", step.line, shorten(&step.instruction));
         return Ok(true);
     }
@@ -60,11 +87,15 @@ fn run_or_reuse(run: &StepRun<'_>, progress: &mut StageProgress) -> Result<bool,
 }
 
 /// Reuses the step's cache record when there is a usable one (and no
-/// `--no-cache`).
-fn from_cache(run: &StepRun<'_>, progress: &mut StageProgress) -> Result<bool, SolveError> {
+/// `--no-cache`, unless the record is this build's own).
+fn from_cache(
+    run: &StepRun<'_>,
+    progress: &mut StageProgress,
+    done_in_build: bool,
+) -> Result<bool, SolveError> {
     let (step, store) = (run.step, run.build.store);
     let opts = run.build.opts;
-    let no_cache = opts.no_cache || opts.no_cache_stages.contains(&step.stage);
+    let no_cache = !done_in_build && (opts.no_cache || opts.no_cache_stages.contains(&step.stage));
     let Some(key) = step.cache_key.as_ref().filter(|_| !no_cache) else {
         return Ok(false);
     };

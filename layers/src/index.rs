@@ -1,0 +1,301 @@
+//! Writing an image index: one entry per platform's image (a
+//! multi-platform build, `kiln manifest create`), in the order given, and
+//! any other manifest with its annotations (BuildKit's attestation
+//! manifests: `vnd.docker.reference.type: attestation-manifest`,
+//! `vnd.docker.reference.digest: <the image's manifest>`, platform
+//! `unknown/unknown`).
+//!
+//! The index is an OCI image index, or with Docker media types a Docker
+//! manifest list (schema 2 has no annotations: entries with annotations,
+//! or index annotations, are refused there). Entries are written as
+//! BuildKit writes them (media type, digest, size, platform; annotations
+//! only when given) through the canonical serializer, so the same images
+//! in the same order give the same index digest whoever gathers them.
+//!
+//! ```
+//! # fn main() -> kiln_layers::Result<()> {
+//! use kiln_layers::index::IndexWriter;
+//! use kiln_layers::{Descriptor, Digest, Platform, Store, media};
+//! let dir = tempfile::tempdir().expect("tempdir");
+//! let store = Store::open(dir.path())?;
+//! let manifest = Descriptor::new(media::OCI_MANIFEST, Digest::of(b"m"), 1);
+//! let mut index = IndexWriter::new(false);
+//! index.add_image(&manifest, &Platform::parse("linux/arm64")?);
+//! let written = index.write(&store)?;
+//! assert_eq!(written.media_type, media::OCI_INDEX);
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+use crate::oci::{
+    media, Descriptor, Index, Platform, ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME,
+};
+use crate::store::Store;
+
+/// An index being assembled; [`IndexWriter::write`] stores it.
+#[derive(Clone, Debug)]
+pub struct IndexWriter {
+    docker: bool,
+    manifests: Vec<Descriptor>,
+    annotations: BTreeMap<String, String>,
+}
+
+impl IndexWriter {
+    /// An empty index: a Docker manifest list when `docker`, else an OCI
+    /// image index.
+    pub fn new(docker: bool) -> IndexWriter {
+        IndexWriter {
+            docker,
+            manifests: Vec::new(),
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a platform's image manifest: its media type, digest and size,
+    /// the platform (normalized), and the descriptor's own annotations
+    /// (`--annotation manifest-descriptor:`; a name the store gave it is
+    /// not one).
+    pub fn add_image(&mut self, manifest: &Descriptor, platform: &Platform) {
+        let mut entry = Descriptor::new(
+            manifest.media_type.clone(),
+            manifest.digest.clone(),
+            manifest.size,
+        );
+        entry.platform = Some(platform.normalized());
+        entry.annotations = manifest.annotations.clone();
+        entry.annotations.remove(ANNOTATION_REF_NAME);
+        entry.annotations.remove(ANNOTATION_CONTAINERD_NAME);
+        self.manifests.push(entry);
+    }
+
+    /// Adds any other entry as it is given (platform and annotations
+    /// included): an attestation manifest, an entry copied from another
+    /// index.
+    pub fn add_entry(&mut self, entry: Descriptor) {
+        self.manifests.push(entry);
+    }
+
+    /// Sets an annotation of the index itself.
+    pub fn annotate(&mut self, key: &str, value: &str) {
+        self.annotations.insert(key.to_string(), value.to_string());
+    }
+
+    /// The entries so far.
+    pub fn entries(&self) -> &[Descriptor] {
+        &self.manifests
+    }
+
+    /// The index document.
+    pub fn index(&self) -> Result<Index> {
+        let media_type = if self.docker {
+            media::DOCKER_MANIFEST_LIST
+        } else {
+            media::OCI_INDEX
+        };
+        if self.docker {
+            let annotated = self.manifests.iter().find(|d| !d.annotations.is_empty());
+            if let Some(entry) = annotated {
+                return Err(Error::InvalidManifest {
+                    what: format!("manifest list entry {}", entry.digest),
+                    reason: "a Docker manifest list has no annotations; use OCI media types".into(),
+                });
+            }
+            if !self.annotations.is_empty() {
+                return Err(Error::InvalidManifest {
+                    what: "manifest list".into(),
+                    reason: "a Docker manifest list has no annotations; use OCI media types".into(),
+                });
+            }
+        }
+        Ok(Index {
+            schema_version: 2,
+            artifact_type: None,
+            media_type: Some(media_type.to_string()),
+            manifests: self.manifests.clone(),
+            annotations: self.annotations.clone(),
+        })
+    }
+
+    /// Stores the index (canonical JSON); returns its descriptor (tag it
+    /// with [`Store::tag`]).
+    pub fn write(&self, store: &Store) -> Result<Descriptor> {
+        let index = self.index()?;
+        let media_type = index.media_type.clone().unwrap_or_default();
+        store.put_json(&media_type, &index)
+    }
+}
+
+/// What `kiln manifest annotate` changes of an index entry (as `docker
+/// manifest annotate`): its platform's fields, and annotations added.
+#[derive(Clone, Debug, Default)]
+pub struct EntryChange {
+    pub os: Option<String>,
+    pub architecture: Option<String>,
+    pub variant: Option<String>,
+    pub os_version: Option<String>,
+    pub os_features: Option<Vec<String>>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Stores a copy of the index `index` with the entry for the manifest
+/// `digest` changed by `change`; returns the new index's descriptor (the
+/// caller tags it). The entry must be there; a Docker manifest list takes
+/// no annotations.
+pub fn annotate_entry(
+    store: &Store,
+    index: &Descriptor,
+    digest: &crate::digest::Digest,
+    change: &EntryChange,
+) -> Result<Descriptor> {
+    let mut doc = match store.read_manifest(index)? {
+        crate::oci::ManifestKind::Index(doc) => doc,
+        crate::oci::ManifestKind::Image(_) => {
+            return Err(Error::InvalidManifest {
+                what: format!("manifest {}", index.digest),
+                reason: "an image manifest, not an index".into(),
+            })
+        }
+    };
+    let entry = doc
+        .manifests
+        .iter_mut()
+        .find(|d| &d.digest == digest)
+        .ok_or_else(|| Error::InvalidManifest {
+            what: format!("index {}", index.digest),
+            reason: format!("it has no entry for {digest}"),
+        })?;
+    let mut platform = entry.platform.clone().unwrap_or(Platform {
+        architecture: String::new(),
+        os: String::new(),
+        os_version: None,
+        os_features: None,
+        variant: None,
+    });
+    let set = |field: &mut String, value: &Option<String>| {
+        if let Some(v) = value {
+            *field = v.clone();
+        }
+    };
+    set(&mut platform.os, &change.os);
+    set(&mut platform.architecture, &change.architecture);
+    if change.variant.is_some() {
+        platform.variant = change.variant.clone().filter(|v| !v.is_empty());
+    }
+    if change.os_version.is_some() {
+        platform.os_version = change.os_version.clone().filter(|v| !v.is_empty());
+    }
+    if change.os_features.is_some() {
+        platform.os_features = change.os_features.clone().filter(|f| !f.is_empty());
+    }
+    entry.platform = Some(platform);
+    entry.annotations.extend(change.annotations.clone());
+    let docker = index.media_type == media::DOCKER_MANIFEST_LIST;
+    let mut writer = IndexWriter::new(docker);
+    writer.annotations = doc.annotations.clone();
+    for entry in doc.manifests {
+        writer.add_entry(entry);
+    }
+    writer.write(store)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+
+    fn manifest(n: u8) -> Descriptor {
+        Descriptor::new(media::OCI_MANIFEST, Digest::of(&[n]), 100 + n as u64)
+    }
+
+    #[test]
+    fn entries_keep_their_order_and_attestations_their_annotations() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut writer = IndexWriter::new(false);
+        writer.add_image(&manifest(1), &Platform::parse("linux/amd64").unwrap());
+        writer.add_image(&manifest(2), &Platform::parse("linux/arm64/v8").unwrap());
+        let mut attestation = manifest(3);
+        attestation.platform = Some(Platform::parse("unknown/unknown").unwrap());
+        attestation.annotations.insert(
+            crate::oci::ANNOTATION_REFERENCE_TYPE.into(),
+            "attestation-manifest".into(),
+        );
+        writer.add_entry(attestation);
+        let desc = writer.write(&store).unwrap();
+        let text = String::from_utf8(store.read_blob(&desc.digest).unwrap()).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let entries = value["manifests"].as_array().unwrap();
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[0]["digest"], manifest(1).digest.as_str());
+        assert_eq!(
+            entries[1]["platform"],
+            serde_json::json!({"architecture": "arm64", "os": "linux"})
+        );
+        assert!(entries[0].get("annotations").is_none(), "{text}");
+        assert_eq!(
+            entries[2]["annotations"]["vnd.docker.reference.type"],
+            "attestation-manifest"
+        );
+        // The same images in the same order: the same index.
+        let mut again = IndexWriter::new(false);
+        again.add_image(&manifest(1), &Platform::parse("linux/x86_64").unwrap());
+        again.add_image(&manifest(2), &Platform::parse("linux/aarch64").unwrap());
+        let mut first_two = writer.clone();
+        first_two.manifests.truncate(2);
+        assert_eq!(
+            again.write(&store).unwrap().digest,
+            first_two.write(&store).unwrap().digest
+        );
+    }
+
+    #[test]
+    fn an_annotated_entry_gets_its_platform_fields_and_annotations() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut writer = IndexWriter::new(false);
+        writer.add_image(&manifest(1), &Platform::parse("linux/amd64").unwrap());
+        writer.add_image(&manifest(2), &Platform::parse("linux/arm64").unwrap());
+        let index = writer.write(&store).unwrap();
+        let change = EntryChange {
+            architecture: Some("riscv64".into()),
+            variant: Some("rva22".into()),
+            os_features: Some(vec!["sse4".into()]),
+            annotations: [("org.example.note".to_string(), "yes".to_string())].into(),
+            ..Default::default()
+        };
+        let changed = annotate_entry(&store, &index, &manifest(2).digest, &change).unwrap();
+        assert_ne!(changed.digest, index.digest);
+        let doc: Index =
+            serde_json::from_slice(&store.read_blob(&changed.digest).unwrap()).unwrap();
+        let entry = &doc.manifests[1];
+        let platform = entry.platform.as_ref().unwrap();
+        assert_eq!(platform.to_string(), "linux/riscv64/rva22");
+        assert_eq!(
+            platform.os_features.as_deref(),
+            Some(&["sse4".to_string()][..])
+        );
+        assert_eq!(entry.annotations["org.example.note"], "yes");
+        assert_eq!(
+            doc.manifests[0],
+            writer.entries()[0],
+            "the other entry is as it was"
+        );
+        let err = annotate_entry(&store, &index, &manifest(9).digest, &change).unwrap_err();
+        assert!(err.to_string().contains("has no entry for"), "{err}");
+    }
+
+    #[test]
+    fn a_docker_manifest_list_refuses_annotations() {
+        let mut writer = IndexWriter::new(true);
+        writer.add_image(&manifest(1), &Platform::parse("linux/amd64").unwrap());
+        assert_eq!(
+            writer.index().unwrap().media_type.as_deref(),
+            Some(media::DOCKER_MANIFEST_LIST)
+        );
+        writer.annotate("org.opencontainers.image.created", "now");
+        let err = writer.index().unwrap_err();
+        assert!(err.to_string().contains("no annotations"), "{err}");
+    }
+}
