@@ -17,7 +17,13 @@ use settings::{GlobalSettings, TransferArgs};
 
 /// A daemonless image builder and Dockerfile interpreter.
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, about, propagate_version = true)]
+#[command(
+    name = "kiln",
+    version,
+    about,
+    propagate_version = true,
+    max_term_width = 100
+)]
 struct Cli {
     /// Store root (an OCI image layout plus snapshots and cache).
     #[arg(long, global = true, env = "KILN_ROOT", value_name = "DIR")]
@@ -52,6 +58,8 @@ enum Command {
     Manifest(cmd::manifest::ManifestCommand),
     #[command(flatten)]
     Info(cmd::info::InfoCommand),
+    #[command(flatten)]
+    Layers(cmd::layers::LayersCommand),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +81,7 @@ fn main() -> ExitCode {
         Command::Registry(c) => c.run(&settings),
         Command::Manifest(c) => c.run(&settings),
         Command::Info(c) => c.run(&settings),
+        Command::Layers(c) => c.run(&settings),
     };
     match result {
         Ok(code) => code,

@@ -11,7 +11,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+use indicatif::{
+    MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle, TermLike,
+};
 use kiln_builder::solve::{BuildEvents, StepEvent, StepOutcome};
 use kiln_layers::{Outcome, Reporter};
 
@@ -45,6 +47,96 @@ impl ProgressArgs {
     }
 }
 
+/// The live view's terminal: stderr, drawn on even when it is not a
+/// terminal (`--progress tty`), 20 times a second at most.
+fn tty() -> ProgressDrawTarget {
+    ProgressDrawTarget::term_like_with_hz(Box::new(Stderr::default()), 20)
+}
+
+/// stderr as the live view sees it: the terminal's size (BuildKit's 80
+/// columns when stderr is not one); writes are gathered and sent at each
+/// flush.
+#[derive(Debug, Default)]
+struct Stderr {
+    pending: Mutex<Vec<u8>>,
+}
+
+impl Stderr {
+    /// (rows, columns) of the terminal, BuildKit's 10 x 80 when unknown.
+    fn size() -> (u16, u16) {
+        match rustix::termios::tcgetwinsize(std::io::stderr()) {
+            Ok(size) if size.ws_row > 0 && size.ws_col > 0 => (size.ws_row, size.ws_col),
+            _ => (10, 80),
+        }
+    }
+
+    fn put(&self, text: &str) -> std::io::Result<()> {
+        match self.pending.lock() {
+            Ok(mut pending) => {
+                pending.extend_from_slice(text.as_bytes());
+                Ok(())
+            }
+            Err(_) => Err(std::io::Error::other("progress output lock poisoned")),
+        }
+    }
+
+    fn csi(&self, n: usize, code: char) -> std::io::Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        self.put(&format!("\x1b[{n}{code}"))
+    }
+}
+
+impl TermLike for Stderr {
+    fn width(&self) -> u16 {
+        Self::size().1
+    }
+
+    fn height(&self) -> u16 {
+        Self::size().0
+    }
+
+    fn move_cursor_up(&self, n: usize) -> std::io::Result<()> {
+        self.csi(n, 'A')
+    }
+
+    fn move_cursor_down(&self, n: usize) -> std::io::Result<()> {
+        self.csi(n, 'B')
+    }
+
+    fn move_cursor_right(&self, n: usize) -> std::io::Result<()> {
+        self.csi(n, 'C')
+    }
+
+    fn move_cursor_left(&self, n: usize) -> std::io::Result<()> {
+        self.csi(n, 'D')
+    }
+
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        self.put(s)?;
+        self.put("\n")
+    }
+
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        self.put(s)
+    }
+
+    fn clear_line(&self) -> std::io::Result<()> {
+        self.put("\r\x1b[2K")
+    }
+
+    fn flush(&self) -> std::io::Result<()> {
+        let bytes = match self.pending.lock() {
+            Ok(mut pending) => std::mem::take(&mut *pending),
+            Err(_) => return Err(std::io::Error::other("progress output lock poisoned")),
+        };
+        let mut err = std::io::stderr().lock();
+        err.write_all(&bytes)?;
+        err.flush()
+    }
+}
+
 /// A [`Reporter`] for the terminal.
 pub struct CliReporter {
     mode: ProgressMode,
@@ -74,8 +166,7 @@ impl CliReporter {
             ProgressMode::Auto => ProgressMode::Plain,
             m => m,
         };
-        let multi = (mode == ProgressMode::Tty)
-            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        let multi = (mode == ProgressMode::Tty).then(|| MultiProgress::with_draw_target(tty()));
         CliReporter {
             mode,
             multi,
@@ -240,6 +331,12 @@ impl Reporter for CliReporter {
 /// lines (plain), a live view redrawn in place (tty), one JSON object per
 /// event (json), or nothing (quiet). Writes to stderr, or to the writer
 /// given to `BuildProgress::with_writer` (plain and json modes; tests).
+///
+/// The tty view is BuildKit's (its `progressui` tty display): a header
+/// `[+] Building 1.2s (3/5)`, ` => NAME` lines cut to the terminal's width
+/// with the time right-aligned at the end, the last lines of a running
+/// step's output under it (` => => # …`), warnings (` => WARN: …`), and
+/// `CACHED`, `ERROR` or `CANCELED` before the name of a step that ended so.
 pub struct BuildProgress {
     mode: ProgressMode,
     state: Mutex<BuildState>,
@@ -273,31 +370,60 @@ struct Vertex {
     /// Tty only: the running step's last output lines, drawn under it.
     log_bars: Vec<ProgressBar>,
     last_lines: std::collections::VecDeque<String>,
+    /// Tty only: its warnings, drawn under it.
+    warn_bars: Vec<ProgressBar>,
 }
 
 /// How many output lines the tty view keeps under a running step.
 const TTY_LOG_LINES: usize = 6;
+
+/// A time as BuildKit's tty view shows it (`%3.1fs`, under 0.05s as 0).
+fn tty_seconds(seconds: f64) -> String {
+    let seconds = if seconds < 0.05 { 0.0 } else { seconds };
+    format!("{seconds:.1}s")
+}
+
+/// A tty line: `template`'s `{wide_msg}` takes what the terminal's width
+/// leaves, cut to fit (BuildKit cuts a name to the width, never wraps it),
+/// and the last column stays empty, as in BuildKit's view (its lines are
+/// `width - 1` wide).
+fn tty_style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(&format!("{template} "))
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+        .with_key(
+            "secs",
+            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = w.write_str(&tty_seconds(state.elapsed().as_secs_f64()));
+            },
+        )
+}
+
+/// A running step: its name, and its time so far at the right edge.
+fn running_style() -> ProgressStyle {
+    tty_style(" => {wide_msg} {secs}")
+}
+
+/// A finished step: its name, and its time (the bar's prefix) at the
+/// right edge.
+fn finished_style() -> ProgressStyle {
+    tty_style(" => {wide_msg} {prefix}")
+}
+
+/// A line under a step: `indent` then the text, cut to the width.
+fn detail_style(indent: &str) -> ProgressStyle {
+    tty_style(&format!("{indent}{{wide_msg}}"))
+}
 
 impl BuildProgress {
     /// `mode` as resolved by [`CliReporter::mode`] (never `Auto`). In tty
     /// mode, `shared` is the view to draw into (the [`CliReporter`]'s, so
     /// layer progress and steps share the screen), else a new one.
     pub fn new(mode: ProgressMode, shared: Option<MultiProgress>) -> Self {
-        let multi = (mode == ProgressMode::Tty).then(|| {
-            shared.unwrap_or_else(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
-        });
+        let multi = (mode == ProgressMode::Tty)
+            .then(|| shared.unwrap_or_else(|| MultiProgress::with_draw_target(tty())));
         let header = multi.as_ref().map(|m| {
             let bar = m.add(ProgressBar::new_spinner());
-            bar.set_style(
-                ProgressStyle::with_template("[+] Building {secs} {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner())
-                    .with_key(
-                        "secs",
-                        |state: &ProgressState, w: &mut dyn std::fmt::Write| {
-                            let _ = write!(w, "{:.1}s", state.elapsed().as_secs_f64());
-                        },
-                    ),
-            );
+            bar.set_style(tty_style("[+] Building {secs} {wide_msg}"));
             bar.enable_steady_tick(Duration::from_millis(100));
             bar
         });
@@ -381,11 +507,12 @@ impl BuildProgress {
                 if let Some(multi) = &self.multi {
                     let bar = multi.add(ProgressBar::new_spinner());
                     bar.set_style(finished_style());
-                    bar.finish_with_message(format!("{name:<60} {seconds:>5.1}s"));
+                    bar.set_prefix(tty_seconds(seconds));
+                    bar.finish_with_message(name.to_string());
                     for line in lines {
                         let detail = multi.add(ProgressBar::new_spinner());
-                        detail.set_style(finished_style());
-                        detail.finish_with_message(format!("=> {line}"));
+                        detail.set_style(detail_style(" => => "));
+                        detail.finish_with_message(line.clone());
                     }
                 }
             }
@@ -398,19 +525,92 @@ impl BuildProgress {
         self.state.lock().ok()?.failure.clone()
     }
 
-    /// The whole build's end: stops the live view's timer.
-    pub fn finish(&self) {
+    /// The whole build's end: stops the live view's timer, which says
+    /// `FINISHED` when the build succeeded, as BuildKit's does.
+    pub fn finish(&self, succeeded: bool) {
         if let Some(header) = &self.header {
+            if succeeded {
+                if let Ok(state) = self.state.lock() {
+                    header.set_message(format!("({}/{}) FINISHED", state.finished, state.started));
+                }
+            }
             header.finish();
         }
         if let Ok(mut out) = self.out.lock() {
             let _ = out.flush();
         }
     }
-}
 
-fn finished_style() -> ProgressStyle {
-    ProgressStyle::with_template(" => {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner())
+    /// Tty: a running step's line.
+    fn running_bar(&self, name: &str) -> Option<ProgressBar> {
+        let multi = self.multi.as_ref()?;
+        let bar = multi.add(ProgressBar::new_spinner());
+        bar.set_style(running_style());
+        bar.set_message(name.to_string());
+        bar.enable_steady_tick(Duration::from_millis(100));
+        Some(bar)
+    }
+
+    /// Tty: a running step's output, its last lines drawn under it.
+    fn tty_output(&self, vertex: &mut Vertex, line: &str) {
+        if vertex.last_lines.len() == TTY_LOG_LINES {
+            vertex.last_lines.pop_front();
+        }
+        vertex.last_lines.push_back(line.to_string());
+        let (Some(multi), Some(bar)) = (&self.multi, &vertex.bar) else {
+            return;
+        };
+        while vertex.log_bars.len() < vertex.last_lines.len() {
+            let after = vertex
+                .log_bars
+                .last()
+                .or(vertex.warn_bars.last())
+                .unwrap_or(bar)
+                .clone();
+            let log = multi.insert_after(&after, ProgressBar::new_spinner());
+            log.set_style(detail_style(" => => # "));
+            vertex.log_bars.push(log);
+        }
+        for (log, text) in vertex.log_bars.iter().zip(&vertex.last_lines) {
+            log.set_message(text.clone());
+        }
+    }
+
+    /// Tty: a finished step's line, marked as it ended, with its time.
+    fn tty_done(vertex: &Vertex, outcome: &StepOutcome, seconds: f64) {
+        for log in &vertex.log_bars {
+            // A failed step keeps its last lines on screen.
+            if matches!(outcome, StepOutcome::Failed(_)) {
+                log.finish();
+            } else {
+                log.finish_and_clear();
+            }
+        }
+        let Some(bar) = &vertex.bar else {
+            return;
+        };
+        let (mark, seconds) = match outcome {
+            StepOutcome::Cached => ("CACHED ", 0.0),
+            StepOutcome::Done => ("", seconds),
+            StepOutcome::Failed(_) => ("ERROR ", seconds),
+            StepOutcome::Canceled => ("CANCELED ", seconds),
+        };
+        bar.set_style(finished_style());
+        bar.set_prefix(tty_seconds(seconds));
+        bar.finish_with_message(format!("{mark}{}", vertex.name));
+    }
+
+    /// Plain: how a step ended, under its header.
+    fn plain_done(&self, state: &mut BuildState, vertex: &Vertex, outcome: &StepOutcome) {
+        let (id, seconds) = (vertex.id, vertex.started.elapsed().as_secs_f64());
+        self.switch_to(state, id, &vertex.name);
+        match outcome {
+            StepOutcome::Cached => self.write_line(&format!("#{id} CACHED")),
+            StepOutcome::Done => self.write_line(&format!("#{id} DONE {seconds:.1}s")),
+            StepOutcome::Failed(message) => self.write_line(&format!("#{id} ERROR: {message}")),
+            StepOutcome::Canceled => self.write_line(&format!("#{id} CANCELED")),
+        }
+    }
 }
 
 impl BuildEvents for BuildProgress {
@@ -428,22 +628,6 @@ impl BuildEvents for BuildProgress {
             step.prefix(),
             kiln_parser::shorten(step.instruction)
         );
-        let bar = self.multi.as_ref().map(|multi| {
-            let bar = multi.add(ProgressBar::new_spinner());
-            bar.set_style(
-                ProgressStyle::with_template(" => {msg:<60} {secs:>6}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner())
-                    .with_key(
-                        "secs",
-                        |state: &ProgressState, w: &mut dyn std::fmt::Write| {
-                            let _ = write!(w, "{:.1}s", state.elapsed().as_secs_f64());
-                        },
-                    ),
-            );
-            bar.set_message(name.clone());
-            bar.enable_steady_tick(Duration::from_millis(100));
-            bar
-        });
         match self.mode {
             ProgressMode::Plain => self.switch_to(&mut state, id, &name),
             ProgressMode::Json => self.json(serde_json::json!({
@@ -453,17 +637,18 @@ impl BuildEvents for BuildProgress {
             })),
             _ => {}
         }
-        state.vertices.insert(
-            (step.stage_index, step.number),
-            Vertex {
-                id,
-                name,
-                started: Instant::now(),
-                bar,
-                log_bars: Vec::new(),
-                last_lines: Default::default(),
-            },
-        );
+        let vertex = Vertex {
+            id,
+            bar: self.running_bar(&name),
+            name,
+            started: Instant::now(),
+            log_bars: Vec::new(),
+            last_lines: Default::default(),
+            warn_bars: Vec::new(),
+        };
+        state
+            .vertices
+            .insert((step.stage_index, step.number), vertex);
         self.update_header(&state);
     }
 
@@ -488,26 +673,7 @@ impl BuildEvents for BuildProgress {
             ProgressMode::Json => self.json(serde_json::json!({
                 "event": "output", "id": id, "seconds": seconds, "line": line,
             })),
-            ProgressMode::Tty => {
-                if vertex.last_lines.len() == TTY_LOG_LINES {
-                    vertex.last_lines.pop_front();
-                }
-                vertex.last_lines.push_back(line.to_string());
-                if let (Some(multi), Some(bar)) = (&self.multi, &vertex.bar) {
-                    while vertex.log_bars.len() < vertex.last_lines.len() {
-                        let after = vertex.log_bars.last().unwrap_or(bar).clone();
-                        let log = multi.insert_after(&after, ProgressBar::new_spinner());
-                        log.set_style(
-                            ProgressStyle::with_template(" => => # {wide_msg}")
-                                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                        );
-                        vertex.log_bars.push(log);
-                    }
-                    for (log, text) in vertex.log_bars.iter().zip(&vertex.last_lines) {
-                        log.set_message(text.clone());
-                    }
-                }
-            }
+            ProgressMode::Tty => self.tty_output(vertex, line),
             ProgressMode::Quiet | ProgressMode::Auto => {}
         }
     }
@@ -522,54 +688,24 @@ impl BuildEvents for BuildProgress {
             return;
         };
         let seconds = vertex.started.elapsed().as_secs_f64();
-        let id = vertex.id;
         if let (StepOutcome::Failed(message), None) = (outcome, &state.failure) {
             state.failure = Some((vertex.name.clone(), message.clone()));
         }
         match self.mode {
-            ProgressMode::Plain => {
-                self.switch_to(&mut state, id, &vertex.name);
-                match outcome {
-                    StepOutcome::Cached => self.write_line(&format!("#{id} CACHED")),
-                    StepOutcome::Done => self.write_line(&format!("#{id} DONE {seconds:.1}s")),
-                    StepOutcome::Failed(message) => {
-                        self.write_line(&format!("#{id} ERROR: {message}"))
-                    }
-                }
-            }
+            ProgressMode::Plain => self.plain_done(&mut state, &vertex, outcome),
             ProgressMode::Json => {
                 let (status, message) = match outcome {
                     StepOutcome::Cached => ("cached", None),
                     StepOutcome::Done => ("done", None),
                     StepOutcome::Failed(m) => ("error", Some(m.clone())),
+                    StepOutcome::Canceled => ("canceled", None),
                 };
                 self.json(serde_json::json!({
-                    "event": "step_done", "id": id, "status": status,
+                    "event": "step_done", "id": vertex.id, "status": status,
                     "message": message, "seconds": seconds,
                 }));
             }
-            ProgressMode::Tty => {
-                for log in &vertex.log_bars {
-                    // A failed step keeps its last lines on screen.
-                    if matches!(outcome, StepOutcome::Failed(_)) {
-                        log.finish();
-                    } else {
-                        log.finish_and_clear();
-                    }
-                }
-                if let Some(bar) = &vertex.bar {
-                    bar.set_style(finished_style());
-                    let (mark, seconds) = match outcome {
-                        StepOutcome::Cached => ("CACHED ", 0.0),
-                        StepOutcome::Done => ("", seconds),
-                        StepOutcome::Failed(_) => ("ERROR ", seconds),
-                    };
-                    bar.finish_with_message(format!(
-                        "{:<60} {seconds:>5.1}s",
-                        format!("{mark}{}", vertex.name)
-                    ));
-                }
-            }
+            ProgressMode::Tty => Self::tty_done(&vertex, outcome, seconds),
             ProgressMode::Quiet | ProgressMode::Auto => {}
         }
         self.update_header(&state);
@@ -590,9 +726,51 @@ impl BuildEvents for BuildProgress {
             }));
             return;
         }
-        match warning.line {
-            Some(l) => eprintln!("WARNING: {file}:{l}: {}", warning.message),
-            None => eprintln!("WARNING: {}", warning.message),
+        let line = match warning.line {
+            Some(l) => format!("WARNING: {file}:{l}: {}", warning.message),
+            None => format!("WARNING: {}", warning.message),
+        };
+        match &self.multi {
+            // Above the live view, not through it.
+            Some(multi) => {
+                let _ = multi.println(&line);
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+
+    /// BuildKit's warning on a vertex: `#N WARN: …` under the step
+    /// (plain), a ` => WARN: …` line under it (tty).
+    fn step_warning(&self, step: &StepEvent<'_>, message: &str) {
+        if !self.show_warnings {
+            return;
+        }
+        let mut state = match self.state.lock() {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        let Some(vertex) = state.vertices.get_mut(&(step.stage_index, step.number)) else {
+            return;
+        };
+        let (id, name) = (vertex.id, vertex.name.clone());
+        match self.mode {
+            ProgressMode::Plain => {
+                self.switch_to(&mut state, id, &name);
+                self.write_line(&format!("#{id} WARN: {message}"));
+            }
+            ProgressMode::Json => self.json(serde_json::json!({
+                "event": "warning", "id": id, "line": step.line, "message": message,
+            })),
+            ProgressMode::Tty => {
+                if let (Some(multi), Some(bar)) = (&self.multi, &vertex.bar) {
+                    let after = vertex.warn_bars.last().unwrap_or(bar).clone();
+                    let warn = multi.insert_after(&after, ProgressBar::new_spinner());
+                    warn.set_style(detail_style(" => WARN: "));
+                    warn.finish_with_message(message.to_string());
+                    vertex.warn_bars.push(warn);
+                }
+            }
+            ProgressMode::Quiet | ProgressMode::Auto => {}
         }
     }
 }

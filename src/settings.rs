@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kiln_registry::Timeouts;
+use kiln_registry::{HostsFileError, RegistryHosts, Timeouts};
 
-/// Where the store lives, and how long registry transfers may take. (`-v`
-/// is applied once, to logging, in `main`.)
+/// Where the store lives, how long registry transfers may take, and where
+/// the registry configuration is. (`-v` is applied once, to logging, in
+/// `main`.)
 #[derive(Debug, Clone)]
 pub struct GlobalSettings {
     /// The store root (`--root`, `KILN_ROOT`).
@@ -14,6 +15,9 @@ pub struct GlobalSettings {
     /// Deadlines and the speed cutoff of every registry request and
     /// `ADD <url>` download ([`TransferArgs`]).
     pub timeouts: Timeouts,
+    /// The registry configuration file (`--registry-config`,
+    /// `KILN_REGISTRY_CONFIG`, or the default place).
+    pub registry_config: RegistryConfigFile,
 }
 
 impl GlobalSettings {
@@ -21,8 +25,76 @@ impl GlobalSettings {
         GlobalSettings {
             root: root.unwrap_or_else(default_root),
             timeouts: transfer.timeouts(),
+            registry_config: RegistryConfigFile::resolve(
+                transfer.registry_config.as_deref(),
+                default_registry_config(
+                    rustix::process::geteuid().is_root(),
+                    std::env::var_os("XDG_CONFIG_HOME"),
+                    std::env::var_os("HOME"),
+                ),
+            ),
         }
     }
+
+    /// The registry mirrors and per-registry settings of the registry
+    /// configuration file; none when the default file does not exist. Read
+    /// when a command is about to talk to registries, so that a file kiln
+    /// cannot use fails those commands only.
+    pub fn registry_hosts(&self) -> anyhow::Result<RegistryHosts> {
+        match &self.registry_config {
+            RegistryConfigFile::Given(path) => Ok(RegistryHosts::load(path)?),
+            RegistryConfigFile::Default(path) => match RegistryHosts::load(path) {
+                Err(HostsFileError::Read { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Ok(RegistryHosts::default())
+                }
+                read => Ok(read?),
+            },
+            RegistryConfigFile::None => Ok(RegistryHosts::default()),
+        }
+    }
+}
+
+/// Where the registry configuration (buildkitd.toml's `[registry."HOST"]`
+/// tables) is read from. This is the one place that decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryConfigFile {
+    /// Named by `--registry-config` or `KILN_REGISTRY_CONFIG`: it must exist.
+    Given(PathBuf),
+    /// The default place ([`default_registry_config`]): read if it exists.
+    Default(PathBuf),
+    /// An empty `--registry-config ''`: no file.
+    None,
+}
+
+impl RegistryConfigFile {
+    /// The file `given` by the flag or environment, else `default`.
+    fn resolve(given: Option<&std::ffi::OsStr>, default: Option<PathBuf>) -> RegistryConfigFile {
+        match (given, default) {
+            (Some(path), _) if path.is_empty() => RegistryConfigFile::None,
+            (Some(path), _) => RegistryConfigFile::Given(PathBuf::from(path)),
+            (None, Some(path)) => RegistryConfigFile::Default(path),
+            (None, None) => RegistryConfigFile::None,
+        }
+    }
+}
+
+/// `/etc/kiln/registries.toml` for root; `$XDG_CONFIG_HOME/kiln/registries.toml`
+/// (or `~/.config/kiln/registries.toml`) otherwise, as buildkitd's own
+/// configuration file is found rootless.
+fn default_registry_config(
+    root: bool,
+    xdg_config_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> Option<PathBuf> {
+    if root {
+        return Some(PathBuf::from("/etc/kiln/registries.toml"));
+    }
+    if let Some(config) = xdg_config_home.filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(config).join("kiln/registries.toml"));
+    }
+    home.map(|home| PathBuf::from(home).join(".config/kiln/registries.toml"))
 }
 
 /// How long registry requests and `ADD <url>` downloads may take: flags of
@@ -65,6 +137,16 @@ pub struct TransferArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub registry_speed_time: u64,
+    /// Registry mirrors and per-registry settings: a file of buildkitd.toml's
+    /// `[registry."HOST"]` tables (mirrors, http, insecure, ca, keypair,
+    /// tlsconfigdir).
+    ///
+    /// Default: /etc/kiln/registries.toml as root,
+    /// $XDG_CONFIG_HOME/kiln/registries.toml (~/.config/kiln/…) otherwise,
+    /// read when it exists. An empty value reads no file.
+    // An OsString, not a PathBuf: clap refuses an empty path.
+    #[arg(long, global = true, env = "KILN_REGISTRY_CONFIG", value_name = "FILE")]
+    pub registry_config: Option<std::ffi::OsString>,
 }
 
 impl TransferArgs {
@@ -101,11 +183,12 @@ pub fn source_date_epoch() -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
     use std::time::Duration;
 
     use clap::Parser;
 
-    use super::TransferArgs;
+    use super::{default_registry_config, RegistryConfigFile, TransferArgs};
 
     #[derive(Debug, Parser)]
     struct Flags {
@@ -136,5 +219,38 @@ mod tests {
         assert_eq!(set.speed_time, Duration::from_secs(5));
         assert!(timeouts(&["--registry-timeout", "0"]).is_err());
         assert!(timeouts(&["--registry-speed-time", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_registry_config_is_the_flag_or_variable_else_the_default_place() {
+        let given = |args: &[&str]| {
+            let flags =
+                Flags::try_parse_from(std::iter::once("kiln").chain(args.iter().copied())).unwrap();
+            let default = Some(PathBuf::from("/etc/kiln/registries.toml"));
+            RegistryConfigFile::resolve(flags.transfer.registry_config.as_deref(), default)
+        };
+        assert_eq!(
+            given(&["--registry-config", "/srv/registries.toml"]),
+            RegistryConfigFile::Given(PathBuf::from("/srv/registries.toml"))
+        );
+        assert_eq!(given(&["--registry-config", ""]), RegistryConfigFile::None);
+        assert_eq!(
+            given(&[]),
+            RegistryConfigFile::Default(PathBuf::from("/etc/kiln/registries.toml"))
+        );
+        let os = |s: &str| Some(std::ffi::OsString::from(s));
+        assert_eq!(
+            default_registry_config(true, os("/x"), os("/home/u")),
+            Some(PathBuf::from("/etc/kiln/registries.toml"))
+        );
+        assert_eq!(
+            default_registry_config(false, os("/x"), os("/home/u")),
+            Some(PathBuf::from("/x/kiln/registries.toml"))
+        );
+        assert_eq!(
+            default_registry_config(false, os(""), os("/home/u")),
+            Some(PathBuf::from("/home/u/.config/kiln/registries.toml"))
+        );
+        assert_eq!(default_registry_config(false, None, None), None);
     }
 }

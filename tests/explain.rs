@@ -22,13 +22,14 @@ use std::process::Command;
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
 /// `kiln` with `DOCKER_CONFIG` at an empty directory (the host's
-/// `~/.docker/config.json` and its credential helpers take no part) and no
-/// `KILN_LOG` from the environment.
+/// `~/.docker/config.json` and its credential helpers take no part), no
+/// `KILN_LOG` from the environment and no registry configuration file.
 fn kiln_command() -> Command {
     let mut command = Command::new(KILN);
     command
         .env("DOCKER_CONFIG", kiln_testsupport::empty_docker_config())
-        .env_remove("KILN_LOG");
+        .env_remove("KILN_LOG")
+        .env("KILN_REGISTRY_CONFIG", "");
     command
 }
 
@@ -321,11 +322,99 @@ fn explain_matches_built_config() {
                     ));
                 }
             }
+            let by_image = ["explain", "--image", &tag, "--format", "json"].map(String::from);
+            match json_output(&run_kiln(&dir, &root, &by_image)) {
+                Some(image) => failures.extend(compare_image_explain(
+                    &file.display().to_string(),
+                    &explained,
+                    &image,
+                )),
+                None => failures.push(format!(
+                    "{}: kiln explain --image {tag} failed",
+                    file.display()
+                )),
+            }
         }
     }
     eprintln!("{built} images built and compared");
     assert!(built >= 10, "only {built} cases built");
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// The fields that must agree between the explanation of a Dockerfile and
+/// that of the image built from it.
+const SAME_FIELDS: &[&str] = &["argv", "entrypoint", "cmd", "user", "workdir", "env"];
+
+/// What a Dockerfile source kind becomes when read from the built image's
+/// history: a line (or an ONBUILD trigger, or a stage's line) is a history
+/// entry; the rest keep their kind.
+fn history_kind(from: &str) -> &str {
+    match from {
+        "line" | "onbuild" | "stage" => "history",
+        other => other,
+    }
+}
+
+/// Compares `kiln explain --image TAG` with the Dockerfile's explanation:
+/// the same argv, entrypoint, cmd, user, workdir and env, and each of
+/// their sources mapped to the history: a line to the history entry of
+/// the same instruction, a base image's value to the base image.
+fn compare_image_explain(
+    name: &str,
+    explained: &serde_json::Value,
+    image: &serde_json::Value,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    for field in SAME_FIELDS {
+        let (want, got) = (
+            command_value(&explained[field]),
+            command_value(&image[field]),
+        );
+        if want != got {
+            failures.push(format!(
+                "{name}: {field}: the Dockerfile's explain says {want}, the image's {got}"
+            ));
+        }
+    }
+    let Some(sources) = explained["sources"].as_object() else {
+        return vec![format!("{name}: no sources")];
+    };
+    for (key, source) in sources {
+        let compared = ["entrypoint", "cmd", "user", "workdir"].contains(&key.as_str())
+            || key.starts_with("env.");
+        if !compared {
+            continue;
+        }
+        let want = history_kind(source["from"].as_str().unwrap_or(""));
+        let got = &image["sources"][key];
+        // A line of another stage is a base image's when that stage was
+        // built and tagged in the same store (the image starts with it).
+        let other_stage_built = !source["stage"].is_null() && got["from"] == "base_image";
+        if got["from"].as_str() != Some(want) && !other_stage_built {
+            failures.push(format!(
+                "{name}: source of {key}: the Dockerfile's {source}, the image's {got}"
+            ));
+            continue;
+        }
+        // A line's instruction is the history entry's.
+        if source["from"] == "line" && !other_stage_built {
+            let keyword = |v: &serde_json::Value| {
+                v.as_str()
+                    .and_then(|t| t.split_whitespace().next())
+                    .map(str::to_ascii_uppercase)
+            };
+            let (a, b) = (
+                keyword(&source["instruction"]),
+                keyword(&got["instruction"]),
+            );
+            if a != b {
+                failures.push(format!(
+                    "{name}: source of {key}: line {source} but history entry {got}"
+                ));
+            }
+        }
+    }
+    failures
 }
 
 /// Imports kiln-testsupport's busybox root filesystem into the store at
@@ -908,6 +997,12 @@ fn explain_matches_build_for_other_testdata() {
             continue;
         };
         compared.push(name.clone());
+        let mut by_image: Vec<String> = vec!["explain".into(), "--image".into(), tag.clone()];
+        by_image.extend(["--format".into(), "json".into()]);
+        match json_output(&kiln(dir, &by_image)) {
+            Some(image) => failures.extend(compare_image_explain(&name, &explained, &image)),
+            None => failures.push(format!("{name}: kiln explain --image {tag} failed")),
+        }
         let config = &image[0]["Config"]["config"];
         for (ours, theirs) in [("entrypoint", "Entrypoint"), ("cmd", "Cmd")] {
             let want = command_value(&config[theirs]);
@@ -1093,4 +1188,254 @@ fn import_busybox_as(root: &Path, reference: &str) {
         "import {reference}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Digests change with every import (the tar's file times): the goldens
+/// show them as `sha256:…`.
+fn without_digests(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("sha256:") {
+        out.push_str(&rest[..at + 7]);
+        let hex = rest[at + 7..]
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit())
+            .count();
+        if hex == 64 {
+            out.push('…');
+        }
+        rest = &rest[at + 7 + hex..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Where an image runs, data-driven: each `testdata/explain-runs/<case>/`
+/// has an `image` (as the explain cases), a `pod.yaml` or `compose.yaml`,
+/// `rule.txt` (the documentation paragraph the expected argv follows from)
+/// and `argv.json` (that argv, written by hand from the paragraph);
+/// `expected.json` and `expected.txt` (at 100 columns) are goldens.
+#[test]
+fn explain_runs_cases() {
+    let mut failures = Vec::new();
+    for dir in case_dirs("explain-runs") {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let rule = fs::read_to_string(dir.join("rule.txt")).unwrap_or_default();
+        assert!(rule.trim().len() > 40, "{name}: rule.txt quotes no rule");
+        let store = case_store(&dir);
+        let root = store.path().join("root");
+        let flag = if dir.join("pod.yaml").exists() {
+            ["--pod".to_string(), "pod.yaml".to_string()]
+        } else {
+            ["--compose".to_string(), "compose.yaml".to_string()]
+        };
+        let mut json_args = vec!["explain".to_string()];
+        json_args.extend(flag.iter().cloned());
+        let mut text_args = json_args.clone();
+        json_args.extend(["--format".into(), "json".into()]);
+        text_args.extend(["--width".into(), "100".into()]);
+        let json = without_digests(&run_kiln(&dir, &root, &json_args));
+        let text = without_digests(&run_kiln(&dir, &root, &text_args));
+        let want: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(dir.join("argv.json")).unwrap()).unwrap();
+        match json_output(&json) {
+            Some(got) if got["argv"] == want => {
+                for field in [
+                    "argv",
+                    "entrypoint",
+                    "cmd",
+                    "user",
+                    "workdir",
+                    "env",
+                    "sources",
+                    "warnings",
+                    "pid1",
+                ] {
+                    if got.get(field).is_none() {
+                        failures.push(format!("{name}: no {field} in the JSON"));
+                    }
+                }
+            }
+            _ => failures.push(format!("{name}: argv should be {want}:\n{json}")),
+        }
+        if let Some(long) = text.lines().find(|l| l.chars().count() > 100) {
+            failures.push(format!("{name}: a line over 100 columns: {long}"));
+        }
+        failures.extend(compare(&dir.join("expected.json"), &json));
+        failures.extend(compare(&dir.join("expected.txt"), &text));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// `--width` fits the text to its columns (values cut, full in JSON);
+/// without it (and without a terminal) a long CMD makes a long line.
+/// `kiln explain --help` fits 100 columns and shows an example per question.
+#[test]
+fn explain_width_and_help() {
+    let work = tempfile::tempdir().unwrap();
+    let long = "x".repeat(300);
+    fs::write(
+        work.path().join("Dockerfile"),
+        format!("FROM scratch\nLABEL description=\"{long}\"\nCMD [\"/app\", \"{long}\"]\n"),
+    )
+    .unwrap();
+    let root = work.path().join("store");
+    let wide = run_kiln(work.path(), &root, &["explain".into()]);
+    assert!(wide.lines().any(|l| l.chars().count() > 300), "{wide}");
+    let narrow = run_kiln(
+        work.path(),
+        &root,
+        &["explain".into(), "--width".into(), "100".into()],
+    );
+    assert!(narrow.ends_with("exit: 0\n"), "{narrow}");
+    for line in narrow.lines() {
+        assert!(line.chars().count() <= 100, "over 100 columns: {line}");
+    }
+    assert!(narrow.contains('…'), "{narrow}");
+    let json = run_kiln(
+        work.path(),
+        &root,
+        &[
+            "explain".into(),
+            "--width".into(),
+            "100".into(),
+            "--format".into(),
+            "json".into(),
+        ],
+    );
+    let json = json_output(&json).unwrap();
+    assert_eq!(json["cmd"][1].as_str().unwrap(), long);
+
+    let help = kiln_command().args(["explain", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for line in help.lines() {
+        assert!(line.chars().count() <= 100, "help over 100 columns: {line}");
+    }
+    for example in [
+        "kiln explain . --",
+        "--image",
+        "--pod",
+        "--compose",
+        "kiln layers",
+        "kiln history",
+    ] {
+        assert!(help.contains(example), "no {example} example in:\n{help}");
+    }
+}
+
+/// PID 1 in a store image: an entrypoint script that `exec`s its
+/// arguments hands PID 1 to them; one that does not stays PID 1 and earns
+/// a warning; `--init` puts docker-init first. Several containers or
+/// services need `--container`/`--service`.
+#[test]
+fn explain_pid1_and_selection() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("store");
+    import_busybox(work.path(), &root, &["busybox:pid1"], &[]);
+    let kiln = |args: &[&str]| {
+        run_kiln(
+            work.path(),
+            &root,
+            &args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        )
+    };
+    for (tag, script) in [
+        ("execs", "#!/bin/sh\necho start\nexec \"$@\"\n"),
+        ("waits", "#!/bin/sh\necho start\n\"$@\"\n"),
+    ] {
+        let dir = work.path().join(tag);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("entry.sh"), script).unwrap();
+        fs::write(
+            dir.join("Dockerfile"),
+            "FROM busybox:pid1\nCOPY entry.sh /usr/local/bin/entry.sh\nENTRYPOINT [\"entry.sh\"]\nCMD [\"/bin/sleep\", \"100\"]\n",
+        )
+        .unwrap();
+        let out = run_kiln(
+            &dir,
+            &root,
+            &[
+                "build".into(),
+                "-q".into(),
+                "-t".into(),
+                format!("pid1:{tag}"),
+                ".".into(),
+            ],
+        );
+        assert!(out.ends_with("exit: 0\n"), "{out}");
+    }
+    let pid1 = |args: &[&str]| json_output(&kiln(args)).unwrap();
+    let execs = pid1(&["explain", "--image", "pid1:execs", "--format", "json"]);
+    assert_eq!(execs["pid1"]["kind"], "application", "{execs:#}");
+    assert_eq!(execs["pid1"]["signal_reaches_application"], "yes");
+    assert!(execs["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|w| w["code"] != "ScriptDoesNotExec"));
+    let waits = pid1(&["explain", "--image", "pid1:waits", "--format", "json"]);
+    assert_eq!(waits["pid1"]["kind"], "shell", "{waits:#}");
+    assert_eq!(waits["pid1"]["signal_reaches_application"], "no");
+    let warning = waits["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["code"] == "ScriptDoesNotExec")
+        .expect("a warning for the script");
+    assert_eq!(
+        warning["history"],
+        waits["sources"]["entrypoint"]["history"]
+    );
+    let init = pid1(&[
+        "explain",
+        "--image",
+        "pid1:waits",
+        "--init",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(init["pid1"]["kind"], "init");
+    assert_eq!(init["pid1"]["process"][0], "/sbin/docker-init");
+    assert_eq!(waits["pid1"]["process"][0], "entry.sh");
+
+    fs::write(
+        work.path().join("pod.yaml"),
+        "kind: Pod\nmetadata: {name: two}\nspec:\n  containers:\n  - name: a\n    image: pid1:execs\n  - name: b\n    image: pid1:waits\n    args: [\"/bin/true\"]\n",
+    )
+    .unwrap();
+    let out = kiln(&["explain", "--pod", "pod.yaml"]);
+    assert!(
+        out.contains("several containers") && out.ends_with("exit: 1\n"),
+        "{out}"
+    );
+    let b = pid1(&[
+        "explain",
+        "--pod",
+        "pod.yaml",
+        "--container",
+        "b",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(b["argv"], serde_json::json!(["entry.sh", "/bin/true"]));
+    fs::write(
+        work.path().join("compose.yaml"),
+        "services:\n  a:\n    image: pid1:execs\n  b:\n    image: pid1:waits\n    command: /bin/true\n",
+    )
+    .unwrap();
+    let out = kiln(&["explain", "--compose", "compose.yaml"]);
+    assert!(
+        out.contains("several services") && out.ends_with("exit: 1\n"),
+        "{out}"
+    );
+    let b = pid1(&[
+        "explain",
+        "--compose",
+        "compose.yaml",
+        "--service",
+        "b",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(b["argv"], serde_json::json!(["entry.sh", "/bin/true"]));
 }

@@ -15,7 +15,9 @@ use std::path::PathBuf;
 /// environment variable behind it) and the cases.
 const BUILD_FLAGS: &[(&str, &[&str], &[&str])] = &[
     ("--add-host", &["--add-host"], &["tests/options.rs::shm_size_ulimit_and_add_host"]),
+    ("--annotation", &["--annotation"], &["tests/contexts.rs::labels_and_annotations_go_where_buildkit_puts_them"]),
     ("--allow", &["--allow"], &["tests/options.rs::entitlements_insecure_and_host_network"]),
+    ("--build-context", &["--build-context"], &["tests/contexts.rs::build_contexts_of_each_kind"]),
     ("--build-arg", &["--build-arg"], &["tests/options.rs::buildkit_build_args_and_syntax", "tests/build.rs::build_checks_warn_fail_and_reach_the_metadata_file"]),
     ("--ca-cert", &["--ca-cert"], &["tests/registry.rs::login_logout_against_tls_registry_with_basic_auth"]),
     ("--check", &["--check"], &["tests/explain.rs::build_checks_are_kiln_checks_buildkit_rules"]),
@@ -26,6 +28,7 @@ const BUILD_FLAGS: &[(&str, &[&str], &[&str])] = &[
     ("--format", &["--format"], &["tests/options.rs::dry_run_format_file_quiet_and_verbose"]),
     ("--iidfile", &["--iidfile"], &["tests/build.rs::outputs_tags_iidfile_and_metadata_file"]),
     ("--insecure-registry", &["--insecure-registry"], &["tests/build.rs::push_to_a_registry"]),
+    ("--label", &["--label"], &["tests/contexts.rs::labels_and_annotations_go_where_buildkit_puts_them"]),
     ("--memory", &["--memory", "-m"], &["tests/security/limits.rs::memory_flag_on_build_and_run"]),
     ("--metadata-file", &["--metadata-file"], &["tests/build.rs::outputs_tags_iidfile_and_metadata_file"]),
     ("--network", &["--network"], &["tests/build.rs::network_none_leaves_only_loopback"]),
@@ -38,6 +41,7 @@ const BUILD_FLAGS: &[(&str, &[&str], &[&str])] = &[
     ("--pull", &["--pull"], &["tests/options.rs::pull_policies"]),
     ("--push", &["--push"], &["tests/build.rs::push_to_a_registry"]),
     ("--quiet", &["-q", "--quiet"], &["tests/options.rs::dry_run_format_file_quiet_and_verbose"]),
+    ("--registry-config", &["--registry-config", "KILN_REGISTRY_CONFIG"], &["tests/registry_mirrors.rs::pull_and_build_get_their_images_through_the_mirror", "tests/registry_mirrors.rs::unknown_keys_and_missing_files_are_refused_by_name", "tests/registry_mirrors.rs::http_true_reaches_a_plain_http_registry_by_name"]),
     ("--registry-speed-limit", &["--registry-speed-limit", "KILN_REGISTRY_SPEED_LIMIT"], &["tests/registry.rs::registry_speed_settings_cut_a_slow_blob"]),
     ("--registry-speed-time", &["--registry-speed-time", "KILN_REGISTRY_SPEED_TIME"], &["tests/registry.rs::registry_speed_settings_cut_a_slow_blob"]),
     ("--registry-timeout", &["--registry-timeout", "KILN_REGISTRY_TIMEOUT"], &["tests/registry.rs::registry_timeout_is_the_deadline_of_a_manifest"]),

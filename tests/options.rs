@@ -279,84 +279,144 @@ fn cache_mount_owner_and_mode() {
     );
 }
 
-/// Starts `kiln build` on a Dockerfile whose RUN prints `holding` and then
-/// sleeps while it has the cache mounted; returns once `holding` showed.
+/// Starts `kiln build` on a Dockerfile whose RUN marks the cache
+/// (`/c/<name>`), prints `holding`, waits (up to 120 s) for the test to
+/// release it (`release-<sharing>` in the cache), and marks it again
+/// (`/c/<name>-done`); returns once `holding` showed.
 fn start_holding_build(fixture: &Fixture, name: &str, sharing: &str) -> std::process::Child {
-    use std::io::BufRead;
     let ctx = fixture.context(
         name,
         &[(
             "Dockerfile",
             &format!(
                 "FROM busybox:latest\nRUN --mount=type=cache,target=/c,id=shared-{sharing},sharing={sharing} \
-                 touch /c/{name} && echo holding && sleep 3\n"
+                 touch /c/{name} && echo holding && \
+                 i=0; while [ ! -e /c/release-{sharing} ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; \
+                 touch /c/{name}-done\n"
             ),
         )],
     );
-    let mut child = common::kiln_command()
+    let mut child = build_child(fixture, &ctx, &[]);
+    wait_for_line(&mut child, |line| line.ends_with(" holding"));
+    child
+}
+
+/// `kiln build --no-cache ARGS CTX` started, its progress (plain) piped.
+fn build_child(fixture: &Fixture, ctx: &Path, args: &[&str]) -> std::process::Child {
+    common::kiln_command()
         .arg("--root")
         .arg(fixture.root())
         .args(["build", "--no-cache"])
-        .arg(&ctx)
+        .args(args)
+        .arg(ctx)
         .env("KILN_PROGRESS", "plain")
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Reads the child's progress until a line matches, then keeps draining
+/// it on a thread (so the build never blocks on a full pipe).
+fn wait_for_line(child: &mut std::process::Child, matches: impl Fn(&str) -> bool) {
+    use std::io::BufRead;
     let stderr = child.stderr.take().unwrap();
     let mut lines = std::io::BufReader::new(stderr).lines();
     for line in lines.by_ref() {
-        if line.unwrap().ends_with(" holding") {
+        if matches(&line.unwrap()) {
             break;
         }
     }
-    // Keep draining so the build never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    child
+}
+
+/// Lets the holding build of `sharing` go on: `release-<sharing>` next to
+/// its mark, in whichever cache directory of the store holds it.
+fn release(fixture: &Fixture, sharing: &str) {
+    let mark = format!("first-{sharing}");
+    let dirs: Vec<PathBuf> = files_named(&fixture.root(), &mark)
+        .iter()
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .collect();
+    assert!(!dirs.is_empty(), "no cache holds {mark}");
+    for dir in dirs {
+        std::fs::write(dir.join(format!("release-{sharing}")), "").unwrap();
+    }
+}
+
+/// Every file called `name` under `dir`.
+fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(path),
+                Ok(_) if entry.file_name() == name => found.push(path),
+                _ => {}
+            }
+        }
+    }
+    found
 }
 
 /// `sharing=`, across processes on one store, while a first build holds
-/// the cache mounted: `shared` (the default) sees its file at once;
-/// `locked` waits until it is done (and then sees the file); `private`
-/// does not wait and gets another instance of the cache, without the file.
+/// the cache mounted: `shared` (the default) sees its mark at once, while
+/// it still holds; `locked` waits until it is done (and then sees both its
+/// marks); `private` does not wait and gets another instance of the cache,
+/// without the marks. Ordered by the test, not by time: a first build held
+/// until the second is done (shared, private) or until the second has
+/// started its step (locked).
 #[test]
 fn cache_mount_sharing_modes_across_processes() {
     require_root!();
     let fixture = Fixture::new();
-    for (sharing, expect_file, expect_waited) in [
+    for (sharing, sees_mark, sees_done) in [
         ("shared", true, false),
         ("locked", true, true),
         ("private", false, false),
     ] {
         let mut first = start_holding_build(&fixture, &format!("first-{sharing}"), sharing);
-        let started = std::time::Instant::now();
-        let second = fixture.rootfs(
+        let ctx = fixture.context(
             &format!("second-{sharing}"),
-            &format!(
-                "FROM busybox:latest\nRUN --mount=type=cache,target=/c,id=shared-{sharing},sharing={sharing} \
-                 ls /c > /seen\n"
-            ),
-            &["--no-cache"],
+            &[(
+                "Dockerfile",
+                &format!(
+                    "FROM busybox:latest\nRUN --mount=type=cache,target=/c,id=shared-{sharing},sharing={sharing} \
+                     ls /c > /seen\n"
+                ),
+            )],
         );
-        let waited = started.elapsed();
+        let out_dir = fixture.dir.path().join(format!("second-{sharing}-out"));
+        let output = format!("type=local,dest={}", out_dir.display());
+        let mut second = build_child(&fixture, &ctx, &["--output", &output]);
+        if sharing == "locked" {
+            // The step has started and waits for the lock: let the first go.
+            wait_for_line(&mut second, |line| line.contains("ls /c"));
+            release(&fixture, sharing);
+        }
+        assert!(
+            second.wait().unwrap().success(),
+            "{sharing}: the second build failed"
+        );
+        release(&fixture, sharing);
         assert!(
             first.wait().unwrap().success(),
             "{sharing}: the first build failed"
         );
-        let seen = read(&second, "/seen");
+        let seen = read(&out_dir, "/seen");
+        let name = format!("first-{sharing}");
+        let marks: Vec<&str> = seen.lines().collect();
         assert_eq!(
-            seen.contains(&format!("first-{sharing}")),
-            expect_file,
+            marks.contains(&name.as_str()),
+            sees_mark,
             "{sharing}: the second build saw {seen:?}"
         );
-        // The first build sleeps 3 s after it said `holding`: a second
-        // build that waited for it took most of that, one that did not
-        // was done well before it. (A generous line between the two; no
-        // timing goal.)
         assert_eq!(
-            waited >= std::time::Duration::from_millis(1500),
-            expect_waited,
-            "{sharing}: the second build took {waited:?}"
+            marks.contains(&format!("{name}-done").as_str()),
+            sees_done,
+            "{sharing}: the second build saw {seen:?}"
         );
     }
 }

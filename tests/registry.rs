@@ -42,7 +42,8 @@ impl Kiln {
             .env_remove("KILN_ROOT")
             .env_remove("KILN_REGISTRY_TIMEOUT")
             .env_remove("KILN_REGISTRY_SPEED_LIMIT")
-            .env_remove("KILN_REGISTRY_SPEED_TIME");
+            .env_remove("KILN_REGISTRY_SPEED_TIME")
+            .env("KILN_REGISTRY_CONFIG", "");
         if let Some(extra) = &self.extra_path {
             let path = format!(
                 "{}:{}",

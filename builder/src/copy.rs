@@ -16,6 +16,19 @@
 //! - a directory copied onto an existing one merges into it, keeping the
 //!   existing one's owner and mode but taking the source's mtime.
 //!
+//! Times, as fsutil gives them (the frontend sets no fixed time for COPY,
+//! so `utime` is unset; `SOURCE_DATE_EPOCH` only reaches the layer, whose
+//! writer clamps every mtime to it):
+//! - the destination parents COPY creates have the copy's time;
+//! - the directory a directory's contents go into takes the source
+//!   directory's atime and mtime once they are in, whether COPY created it
+//!   or it existed (fsutil's `copyFileTimestamp` since 2022; Docker
+//!   20.10's BuildKit left the copy time on one it created);
+//! - an existing directory otherwise changes only when an entry is made in
+//!   it: its ancestors are copied up with their times kept
+//!   ([`LayeredRootfs::copy_up_parents`], as overlayfs copies up), so
+//!   `COPY tool /usr/local/bin/` changes `/usr/local/bin` only.
+//!
 //! ADD additionally extracts local tar archives (see [`crate::archive`]) and
 //! fetches URLs through a caller-provided [`UrlFetcher`], each once per
 //! build ([`UrlDownloads`]).

@@ -329,7 +329,7 @@ fn scp_like(src: &str) -> Option<(String, &str, &str)> {
 }
 
 /// Go's `strconv.ParseBool`.
-pub(crate) fn parse_go_bool(value: &str) -> Option<bool> {
+pub fn parse_go_bool(value: &str) -> Option<bool> {
     match value {
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
         "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),

@@ -21,9 +21,11 @@
 // last one (kiln_runtime::pipe replaces it, then this becomes forbid).
 #![forbid(unsafe_code)]
 
+pub mod annotations;
 pub mod archive;
 pub mod changes;
 pub mod context;
+pub mod contexts;
 pub mod copy;
 pub mod dockerignore;
 pub mod emulation;
@@ -33,6 +35,7 @@ pub mod frontend;
 pub mod git;
 pub mod gomatch;
 pub mod image;
+pub mod image_layers;
 pub mod lint;
 pub mod modes;
 pub mod plan;

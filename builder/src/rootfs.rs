@@ -517,8 +517,10 @@ impl LayeredRootfs {
     }
 
     /// Makes sure every ancestor directory of `rel` exists in the upper dir,
-    /// copying each up (mode, owner, times) from the layer it is visible in.
-    /// Ancestors must already exist in the merged view as directories.
+    /// copying each up (mode, owner, times) from the layer it is visible in,
+    /// and, as overlayfs does, without changing the times of the directory
+    /// each is copied into. Ancestors must already exist in the merged view
+    /// as directories.
     pub fn copy_up_parents(&self, rel: &str) -> Result<(), RootfsError> {
         let parts: Vec<&str> = if rel.is_empty() {
             Vec::new()
@@ -546,12 +548,13 @@ impl LayeredRootfs {
         if !found.meta.is_dir() {
             return Err(RootfsError::NotADirectory(format!("/{rel}")));
         }
+        let parent = ParentTimes::keep(self.upper_path(parent_rel(rel)))?;
         std::fs::create_dir(&upper).map_err(RootfsError::io(upper.display()))?;
         let meta = SourceMeta::from_host(&found.host, &found.meta)?;
         set_owner(&upper, meta.uid, meta.gid)?;
         set_mode(&upper, meta.mode)?;
         set_times(&upper, meta.atime, meta.mtime)?;
-        Ok(())
+        parent.restore()
     }
 
     /// Whether the lower layers alone (the upper dir left out) show a
@@ -580,6 +583,7 @@ impl LayeredRootfs {
             return Ok(true);
         }
         self.copy_up_parents(rel)?;
+        let parent = ParentTimes::keep(self.upper_path(parent_rel(rel)))?;
         let upper = self.upper_path(rel);
         let meta = SourceMeta::from_host(&found.host, &found.meta)?;
         match &meta.kind {
@@ -594,20 +598,21 @@ impl LayeredRootfs {
                     mtime: meta.mtime,
                 };
                 create_file_copy(&found.host, &upper, &info)?;
-                return Ok(true);
             }
             EntryKind::Symlink(target) => {
                 std::os::unix::fs::symlink(target, &upper)
                     .map_err(RootfsError::io(upper.display()))?;
                 set_owner(&upper, meta.uid, meta.gid)?;
+                set_times(&upper, meta.atime, meta.mtime)?;
             }
             node => {
                 make_node(&upper, node, meta.mode)?;
                 set_owner(&upper, meta.uid, meta.gid)?;
                 set_mode(&upper, meta.mode)?;
+                set_times(&upper, meta.atime, meta.mtime)?;
             }
         }
-        set_times(&upper, meta.atime, meta.mtime)?;
+        parent.restore()?;
         Ok(true)
     }
 
@@ -669,6 +674,36 @@ impl LayeredRootfs {
     /// Whether the visible version of `rel` lives in the upper dir.
     pub fn is_in_upper(&self, rel: &str) -> Result<bool, RootfsError> {
         Ok(self.locate(rel)?.is_some_and(|f| f.in_upper))
+    }
+}
+
+/// The parent of a clean relative path (`""` for a top-level name).
+fn parent_rel(rel: &str) -> &str {
+    rel.rfind('/').map_or("", |i| &rel[..i])
+}
+
+/// A directory's times, taken before a copy-up puts an entry in it and
+/// put back after: overlayfs copies an entry up without touching its
+/// parent's times (`ovl_copy_up_one` sets them back), so only the
+/// directory a new entry is made in, not its ancestors, shows a change.
+struct ParentTimes {
+    path: PathBuf,
+    atime: (i64, i64),
+    mtime: (i64, i64),
+}
+
+impl ParentTimes {
+    fn keep(path: PathBuf) -> Result<Self, RootfsError> {
+        let meta = std::fs::symlink_metadata(&path).map_err(RootfsError::io(path.display()))?;
+        Ok(ParentTimes {
+            path,
+            atime: (meta.atime(), meta.atime_nsec()),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+        })
+    }
+
+    fn restore(self) -> Result<(), RootfsError> {
+        set_times(&self.path, self.atime, self.mtime)
     }
 }
 

@@ -25,6 +25,8 @@ use kiln_layers::cleanup::ScratchDir;
 use kiln_layers::{Compression, Descriptor, Digest, Lease, Reference, Reporter, Store};
 use kiln_runtime::{HelperCommand, Limits, Network};
 
+use crate::annotations::Annotation;
+
 use crate::context::{BuildContext, ContextError, EntryKind, StatCache};
 use crate::copy::{UrlDownloads, UrlFetcher};
 use crate::dockerignore::IgnoreError;
@@ -73,7 +75,17 @@ impl DockerfileInput {
 /// Everything a build is told.
 #[derive(Debug)]
 pub struct BuildSettings {
+    /// The build context's directory: the one named, or the one a remote
+    /// context was fetched into ([`crate::contexts::prepare`]).
     pub context_dir: PathBuf,
+    /// Where a remote context came from (credentials masked; `-` for
+    /// standard input); None for a local directory. A fetched context is
+    /// new each build: it is hashed without the stat cache.
+    pub context_origin: Option<String>,
+    /// `--build-context`s, fetched and hashed
+    /// ([`crate::contexts::NamedContexts::prepare`]); `options.named_contexts`
+    /// holds what the planner sees of them.
+    pub named_contexts: crate::contexts::NamedContexts,
     pub dockerfile: DockerfileInput,
     /// Target, build args, platforms.
     pub options: BuildOptions,
@@ -99,6 +111,12 @@ pub struct BuildSettings {
     pub ssh: SshAgents,
     pub limits: Limits,
     pub outputs: Vec<Output>,
+    /// `--label K=V`: the target image's config labels, over the
+    /// Dockerfile's ([`crate::annotations`]).
+    pub labels: BTreeMap<String, String>,
+    /// `--annotation`: on the manifest or its descriptor
+    /// ([`crate::annotations`]).
+    pub annotations: Vec<Annotation>,
     /// Push every tag to its registry.
     pub push: bool,
     pub iidfile: Option<PathBuf>,
@@ -315,6 +333,23 @@ fn no_cache_stages(
     }
 }
 
+/// `--label`s on the target stage's config, over its LABELs: only the
+/// final image's config changes (no history entry, no cache key).
+fn apply_labels(plan: &mut Plan, labels: &BTreeMap<String, String>) {
+    if labels.is_empty() {
+        return;
+    }
+    let target = plan.target;
+    let config = plan.stages[target]
+        .image
+        .config
+        .get_or_insert_with(Default::default);
+    config
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+}
+
 /// A check's finding as a build warning: `Rule: message`.
 fn finding_warning(finding: &lint::Finding) -> PlanWarning {
     PlanWarning {
@@ -391,18 +426,9 @@ impl BuildResult {
         let mut meta = serde_json::json!({
             "containerimage.digest": self.reported.digest.to_string(),
             "containerimage.config.digest": self.image_id.to_string(),
-            "containerimage.descriptor": {
-                "mediaType": self.reported.media_type,
-                "digest": self.reported.digest.to_string(),
-                "size": self.reported.size,
-            },
+            "containerimage.descriptor": self.reported_descriptor(),
             "image.name": names.join(","),
-            "buildx.build.warnings": self.checks.iter().map(|f| serde_json::json!({
-                "rule": f.rule,
-                "detail": f.message,
-                "url": f.url,
-                "line": f.line,
-            })).collect::<Vec<_>>(),
+            "buildx.build.warnings": self.warnings(),
         });
         // An index has no config of its own (buildx writes none).
         if self.index.is_some() {
@@ -411,6 +437,47 @@ impl BuildResult {
             }
         }
         meta
+    }
+
+    /// The build checks' findings, then what steps warned of as they ran.
+    fn warnings(&self) -> Vec<serde_json::Value> {
+        let checks = self.checks.iter().map(|f| {
+            serde_json::json!({
+                "rule": f.rule,
+                "detail": f.message,
+                "url": f.url,
+                "line": f.line,
+            })
+        });
+        let steps = self.built.warnings.iter().map(|w| {
+            serde_json::json!({
+                "detail": w.message,
+                "line": w.line,
+            })
+        });
+        checks.chain(steps).collect()
+    }
+}
+
+impl BuildResult {
+    /// The reported manifest's descriptor as the metadata file has it
+    /// (annotations when `--annotation manifest-descriptor:` gave some).
+    fn reported_descriptor(&self) -> serde_json::Value {
+        let mut descriptor = serde_json::json!({
+            "mediaType": self.reported.media_type,
+            "digest": self.reported.digest.to_string(),
+            "size": self.reported.size,
+        });
+        let annotations: BTreeMap<&String, &String> = self
+            .reported
+            .annotations
+            .iter()
+            .filter(|(k, _)| k.as_str() != kiln_layers::oci::ANNOTATION_REF_NAME)
+            .collect();
+        if !annotations.is_empty() {
+            descriptor["annotations"] = serde_json::json!(annotations);
+        }
+        descriptor
     }
 }
 
@@ -520,6 +587,13 @@ impl<'a> Session<'a> {
         if checks.fails() {
             return Err(BuildError::Checks(Box::new(checks)));
         }
+        crate::annotations::check(
+            &self.settings.annotations,
+            &options.target_platform,
+            self.settings.docker_media_types,
+        )
+        .map_err(BuildError::Invalid)?;
+        apply_labels(&mut planned, &self.settings.labels);
         let context = self.load_context(&ignore)?;
         // Each ADD URL is downloaded once: for its cache key, or by the
         // step that adds it. The files live in a scratch dir under builds/
@@ -548,8 +622,11 @@ impl<'a> Session<'a> {
     fn load_context(&self, ignore: &PatternMatcher) -> Result<BuildContext, BuildError> {
         let started = Instant::now();
         let settings = self.settings;
-        let mut stat_cache = StatCache::open_in(self.store, &settings.context_dir)?;
-        let context = BuildContext::load(&settings.context_dir, ignore, Some(&mut stat_cache))?;
+        let mut stat_cache = match settings.context_origin {
+            None => Some(StatCache::open_in(self.store, &settings.context_dir)?),
+            Some(_) => None,
+        };
+        let context = BuildContext::load(&settings.context_dir, ignore, stat_cache.as_mut())?;
         let bytes: u64 = context
             .entries()
             .values()
@@ -561,7 +638,7 @@ impl<'a> Session<'a> {
             &[format!("transferring context: {} done", human_bytes(bytes))],
             started.elapsed().as_secs_f64(),
         );
-        if let Err(e) = stat_cache.save() {
+        if let Some(Err(e)) = stat_cache.as_mut().map(StatCache::save) {
             tracing::warn!("{e}");
         }
         Ok(context)
@@ -655,14 +732,27 @@ impl<'a> Session<'a> {
             ssh: settings.ssh.clone(),
             limits: settings.limits,
             shared,
+            named_contexts: Some(&settings.named_contexts),
         };
-        Ok(solve(
+        let built = solve(
             self.store,
             &planned.plan,
             &planned.context,
             &planned.resolver,
             &options,
-        )?)
+        )?;
+        // Interrupted as the last step ended: nothing is tagged or sent.
+        if kiln_runtime::interrupt::runs_canceled() {
+            return Err(SolveError::Canceled.into());
+        }
+        let mut built = built;
+        built.manifest = crate::annotations::annotate(
+            self.store,
+            &built.manifest,
+            &built.platform(),
+            &settings.annotations,
+        )?;
+        Ok(built)
     }
 
     /// Tags the image (or records it untagged); returns its id.

@@ -1,10 +1,13 @@
-//! `--chown user[:group]`, resolved the way BuildKit's file op does: a
-//! number is an id, `root` is 0, a name is looked up in the *target*
-//! filesystem's `/etc/passwd` and `/etc/group` (symlinks resolved inside
-//! it). A user name not found there leaves 0, a group name not found leaves
-//! the user's group, as BuildKit does (kiln logs a warning). The files are
-//! parsed by kiln-runtime's [`kiln_runtime::user`] parsers, which `USER`
-//! resolution uses too.
+//! `--chown user[:group]`, resolved the way BuildKit's file op does
+//! (`readUser` in its `solver/llbsolver/ops/user_linux.go`): a number is an
+//! id, `root` is 0, a name is looked up in the *target* filesystem's
+//! `/etc/passwd` and `/etc/group` (symlinks resolved inside it; missing
+//! files hold no names; one that is not a regular file, or is over 10 MiB,
+//! is an error). A user name not found leaves uid and gid 0, a group name
+//! not found leaves the user's gid, as BuildKit does — without a word
+//! there; kiln says so in a build warning ([`Resolved::unresolved`], which
+//! the solver reports). The files are parsed by kiln-runtime's
+//! [`kiln_runtime::user`] parsers, which `USER` resolution uses too.
 
 use kiln_runtime::user::{group_entries, passwd_entries};
 
@@ -15,6 +18,48 @@ use crate::rootfs::{resolve, RootfsError, SourceTree};
 pub struct Owner {
     pub uid: u32,
     pub gid: u32,
+}
+
+/// A name the target's `/etc/passwd` or `/etc/group` does not have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unresolved {
+    User(String),
+    Group(String),
+}
+
+impl std::fmt::Display for Unresolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unresolved::User(name) => write!(f, "user {name:?} is not in /etc/passwd"),
+            Unresolved::Group(name) => write!(f, "group {name:?} is not in /etc/group"),
+        }
+    }
+}
+
+/// An owner as resolved, with the names that were not found (resolved as
+/// BuildKit resolves them: see the module documentation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub owner: Owner,
+    pub unresolved: Vec<Unresolved>,
+}
+
+impl Resolved {
+    /// What a build warning says of the unresolved names (None when every
+    /// name was found): `user "bob" is not in /etc/passwd: owned by 0:0 as
+    /// in BuildKit`.
+    pub fn warning(&self) -> Option<String> {
+        if self.unresolved.is_empty() {
+            return None;
+        }
+        let names: Vec<String> = self.unresolved.iter().map(ToString::to_string).collect();
+        Some(format!(
+            "{} of the image; owned by {}:{}, as BuildKit does",
+            names.join(" and "),
+            self.owner.uid,
+            self.owner.gid
+        ))
+    }
 }
 
 /// One side of a `--chown` spec.
@@ -58,8 +103,9 @@ impl ChownSpec {
     }
 
     /// Resolves against the target root filesystem.
-    pub fn resolve(&self, rootfs: &dyn SourceTree) -> Result<Owner, RootfsError> {
+    pub fn resolve(&self, rootfs: &dyn SourceTree) -> Result<Resolved, RootfsError> {
         let mut owner = Owner { uid: 0, gid: 0 };
+        let mut unresolved = Vec::new();
         match &self.user {
             Some(Principal::Id(id)) => {
                 owner.uid = *id;
@@ -73,9 +119,10 @@ impl ChownSpec {
                         owner.uid = entry.uid;
                         owner.gid = entry.gid;
                     }
-                    None => {
-                        tracing::warn!("--chown: user {name:?} not found in /etc/passwd; using 0")
-                    }
+                    // `--chown=:group` looks up the empty name: root, and
+                    // nothing worth a warning.
+                    None if name.is_empty() => {}
+                    None => unresolved.push(Unresolved::User(name.clone())),
                 }
             }
             None => {}
@@ -87,25 +134,41 @@ impl ChownSpec {
                 let found = group_entries(&group).find(|entry| entry.name == name);
                 match found {
                     Some(entry) => owner.gid = entry.gid,
-                    None => tracing::warn!("--chown: group {name:?} not found in /etc/group"),
+                    None => unresolved.push(Unresolved::Group(name.clone())),
                 }
             }
             None => {}
         }
-        Ok(owner)
+        Ok(Resolved { owner, unresolved })
     }
 }
 
+/// How much of a passwd or group file BuildKit reads (`maxUserFileBytes`).
+const MAX_USER_FILE_BYTES: u64 = 10 << 20;
+
+/// The text of `/etc/passwd` or `/etc/group` in the target: empty when it
+/// is missing (or a path component is not a directory), as BuildKit's
+/// `openUserFile` counts that as not finding the name; an error when it
+/// is not a regular file or is larger than BuildKit reads.
 fn read_etc(rootfs: &dyn SourceTree, path: &str) -> Result<String, RootfsError> {
     let rel = resolve(rootfs, path, true)?;
+    let invalid = |what: String| RootfsError::Io {
+        path: format!("/{rel}"),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, what),
+    };
     match rootfs.stat(&rel)? {
-        Some(meta) if meta.kind == crate::context::EntryKind::File => {
+        None => Ok(String::new()),
+        Some(meta) if meta.kind != crate::context::EntryKind::File => {
+            Err(invalid("not a regular file".into()))
+        }
+        Some(meta) if meta.size > MAX_USER_FILE_BYTES => {
+            Err(invalid(format!("exceeds {MAX_USER_FILE_BYTES} bytes")))
+        }
+        Some(_) => {
             let host = rootfs.host_file(&rel)?;
             let bytes = std::fs::read(&host).map_err(RootfsError::io(format!("/{rel}")))?;
             Ok(String::from_utf8_lossy(&bytes).into_owned())
         }
-        // Missing (or not a regular file): the name is simply not found.
-        _ => Ok(String::new()),
     }
 }
 
@@ -125,7 +188,7 @@ mod tests {
         .unwrap();
         std::fs::write(dir.path().join("etc/group"), "root:x:0:\nstaff:x:50:app\n").unwrap();
         let tree = DirTree::new(dir.path());
-        let r = |s: &str| ChownSpec::parse(s).resolve(&tree).unwrap();
+        let r = |s: &str| ChownSpec::parse(s).resolve(&tree).unwrap().owner;
         assert_eq!(
             r("app"),
             Owner {
@@ -163,8 +226,52 @@ mod tests {
         std::os::unix::fs::symlink("/data/passwd", dir.path().join("etc/passwd")).unwrap();
         let tree = DirTree::new(dir.path());
         assert_eq!(
-            ChownSpec::parse("svc").resolve(&tree).unwrap(),
+            ChownSpec::parse("svc").resolve(&tree).unwrap().owner,
             Owner { uid: 42, gid: 43 }
+        );
+    }
+
+    #[test]
+    fn names_not_found_are_root_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "app:x:1000:1001::/:/bin/sh
+",
+        )
+        .unwrap();
+        let tree = DirTree::new(dir.path());
+        let resolved = ChownSpec::parse("bob").resolve(&tree).unwrap();
+        assert_eq!(resolved.owner, Owner { uid: 0, gid: 0 });
+        assert_eq!(
+            resolved.warning().unwrap(),
+            "user \"bob\" is not in /etc/passwd of the image; owned by 0:0, as BuildKit does"
+        );
+        // No /etc/group at all: the group is not found either.
+        let resolved = ChownSpec::parse("app:staff").resolve(&tree).unwrap();
+        assert_eq!(
+            resolved.owner,
+            Owner {
+                uid: 1000,
+                gid: 1001
+            }
+        );
+        assert_eq!(resolved.unresolved, vec![Unresolved::Group("staff".into())]);
+        let resolved = ChownSpec::parse("1000:7").resolve(&tree).unwrap();
+        assert_eq!(resolved.warning(), None);
+    }
+
+    #[test]
+    fn a_passwd_that_is_not_a_regular_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc/passwd")).unwrap();
+        let tree = DirTree::new(dir.path());
+        let err = ChownSpec::parse("app").resolve(&tree).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/etc/passwd: not a regular file",
+            "{err:?}"
         );
     }
 }

@@ -102,6 +102,7 @@ fn run(case: &Path) -> String {
         return format!("plan error: {e}\n");
     }
     let solve_opts = SolveOptions {
+        named_contexts: None,
         no_cache: false,
         no_cache_stages: Default::default(),
         source_date_epoch: Some(1_700_000_000),

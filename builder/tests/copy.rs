@@ -113,7 +113,7 @@ fn run_ops(case: &Path, work: &Path) -> String {
                 let src_tree: &dyn SourceTree = if from_stage { &stage } else { &context };
                 (|| {
                     if let Some(spec) = chown {
-                        opts.chown = Some(spec.resolve(&rootfs).map_err(|e| e.to_string())?);
+                        opts.chown = Some(spec.resolve(&rootfs).map_err(|e| e.to_string())?.owner);
                     }
                     for src in &words {
                         let run = if parents {

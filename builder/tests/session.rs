@@ -43,6 +43,10 @@ impl Remote for Offline {
 fn settings(context: PathBuf, dockerfile: &str, out: &std::path::Path) -> BuildSettings {
     BuildSettings {
         context_dir: context,
+        context_origin: None,
+        named_contexts: Default::default(),
+        labels: Default::default(),
+        annotations: Vec::new(),
         dockerfile: DockerfileInput {
             bytes: dockerfile.as_bytes().to_vec(),
             name: "Dockerfile".into(),

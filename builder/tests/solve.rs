@@ -91,6 +91,7 @@ fn build_full(
     .unwrap();
     compute_cache_keys(&mut p, Some(&ctx), &RemoteSources::default()).unwrap();
     let solve_opts = SolveOptions {
+        named_contexts: None,
         no_cache: false,
         no_cache_stages: Default::default(),
         source_date_epoch,
@@ -569,61 +570,10 @@ fn layer_bytes(store: &Store, image: &BuiltImage, index: usize) -> Vec<(String, 
     out
 }
 
-/// Runs git in `dir` (a test fixture: panics on failure).
-fn git_in(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=kiln",
-            "-c",
-            "user.email=kiln@example.invalid",
-        ])
-        .args(args)
-        .output()
-        .expect("git is needed (scripts/setup installs it)");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+use kiln_testsupport::git::git_in;
 
-/// Serves the repositories under `base` over git:// on a free loopback
-/// port: each connection is handed to `git daemon --inetd` (no port race,
-/// nothing left running once the test process ends). Returns the port.
 fn serve_git(base: &Path) -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let base = base.to_path_buf();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            let Ok(reader) = stream.try_clone() else {
-                continue;
-            };
-            let child = std::process::Command::new("git")
-                .arg("daemon")
-                .arg("--inetd")
-                .arg("--export-all")
-                .arg(format!("--base-path={}", base.display()))
-                .arg(&base)
-                .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
-                    reader,
-                )))
-                .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(
-                    stream,
-                )))
-                .stderr(std::process::Stdio::null())
-                .spawn();
-            if let Ok(mut child) = child {
-                std::thread::spawn(move || child.wait());
-            }
-        }
-    });
-    port
+    kiln_testsupport::git::serve_git(base).unwrap()
 }
 
 #[test]
@@ -783,6 +733,7 @@ fn build_with_ssh(
     compute_cache_keys(&mut p, Some(&ctx), &RemoteSources::default()).unwrap();
     let events = Events::default();
     let solve_opts = SolveOptions {
+        named_contexts: None,
         no_cache: false,
         no_cache_stages: Default::default(),
         source_date_epoch: Some(1),

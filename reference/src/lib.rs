@@ -33,7 +33,10 @@ mod reference;
 
 pub use digest::Digest;
 pub use redact::redact_credentials;
-pub use reference::{Reference, Repository, DEFAULT_TAG, DOCKER_HUB, NAME_TOTAL_LENGTH_MAX};
+pub use reference::{
+    is_valid_registry, is_valid_repository_path, Reference, Repository, DEFAULT_TAG, DOCKER_HUB,
+    NAME_TOTAL_LENGTH_MAX,
+};
 
 /// Why a reference or digest string was refused; names the string.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -213,6 +213,21 @@ impl Reference {
     }
 }
 
+/// True when `registry` is a valid registry name: a host name (dot-separated
+/// labels of letters, digits and inner '-') or a bracketed IPv6 literal, with
+/// an optional `:port`. Whether it would be taken for a registry at the
+/// front of a reference (it needs a '.', a ':' or `localhost` there) is not
+/// asked.
+pub fn is_valid_registry(registry: &str) -> bool {
+    valid_registry(registry)
+}
+
+/// True when `path` is a valid repository path: '/'-separated components of
+/// lowercase letters and digits joined by '.', '_', '__' or dashes.
+pub fn is_valid_repository_path(path: &str) -> bool {
+    path.len() < NAME_TOTAL_LENGTH_MAX && path.split('/').all(valid_path_component)
+}
+
 /// Docker's `splitDockerDomain`: the part before the first '/' is a registry
 /// when it has a '.' or a ':', is `localhost`, or has an uppercase letter
 /// (repository paths are lowercase); otherwise the name is on Docker Hub.
@@ -537,5 +552,34 @@ mod tests {
         assert!(err.to_string().contains("invalid tag"), "{err}");
         let err = Reference::parse(&"a".repeat(5000)).unwrap_err();
         assert!(err.to_string().contains("longer than 4096"), "{err}");
+    }
+
+    #[test]
+    fn registries_and_repository_paths_alone() {
+        for good in [
+            "docker.io",
+            "localhost",
+            "mirror:5000",
+            "[::1]:5000",
+            "a-b.example",
+        ] {
+            assert!(is_valid_registry(good), "{good}");
+        }
+        for bad in [
+            "",
+            "https://docker.io",
+            "mirror:",
+            "-a.example",
+            "a_b.example",
+            "m/x",
+        ] {
+            assert!(!is_valid_registry(bad), "{bad}");
+        }
+        for good in ["proxy", "proxy.docker.io/library", "a__b/c-d"] {
+            assert!(is_valid_repository_path(good), "{good}");
+        }
+        for bad in ["", "Proxy", "a//b", "a/", "/a", "a:b"] {
+            assert!(!is_valid_repository_path(bad), "{bad}");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The HTTP side: endpoint discovery (`/v2/` ping, https or plain http),
 //! authentication, retries, and the pull/push operations.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -20,10 +20,11 @@ use tokio::time::Instant;
 use crate::auth::{Challenge, Credential, CredentialSource};
 use crate::download::parse_http_date;
 use crate::error::Error;
+use crate::hosts::{ClientCert, RegistryHosts, Route, Schemes};
 use crate::limits::{
     BodyError, BodyReader, Budget, SpeedCheck, Stall, Timeouts, UploadMeter, UPLOAD_PIECE,
 };
-use crate::reference::{api_host, is_loopback_registry, Digest, Reference, Repository};
+use crate::reference::{api_host, Digest, Reference, Repository};
 
 /// Media types kiln asks for when fetching a manifest: both the Docker and OCI families.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -83,8 +84,11 @@ pub struct ClientConfig {
     /// Registries (as named in references, or their API host) allowed over
     /// plain HTTP and, over HTTPS, with unverified certificates.
     pub insecure_registries: Vec<String>,
-    /// Extra PEM files of CA certificates to trust besides the system roots.
+    /// Extra PEM files of CA certificates to trust besides the system roots,
+    /// for every registry.
     pub ca_certs: Vec<PathBuf>,
+    /// Per-registry settings and mirrors (a registry configuration file).
+    pub hosts: RegistryHosts,
     /// Where credentials come from.
     pub credentials: CredentialSource,
     pub retry: RetryPolicy,
@@ -102,6 +106,7 @@ impl Default for ClientConfig {
         ClientConfig {
             insecure_registries: Vec::new(),
             ca_certs: Vec::new(),
+            hosts: RegistryHosts::default(),
             credentials: CredentialSource::default(),
             retry: RetryPolicy::default(),
             timeouts: Timeouts::default(),
@@ -162,11 +167,27 @@ struct Endpoint {
     challenge: Option<Challenge>,
 }
 
-/// Names what a request concerns, for error messages.
+/// Names what a request concerns, for error messages, and where it goes.
 struct Ctx<'a> {
+    /// The host asked: the registry, or one of its mirrors.
     registry: &'a str,
+    /// The repository's name there.
     repository: &'a str,
     what: String,
+    /// For a mirror, the registry it stands in for (`?ns=`).
+    mirror_of: Option<&'a str>,
+}
+
+impl Route {
+    /// What a request for `what` along this route concerns.
+    fn ctx(&self, what: String) -> Ctx<'_> {
+        Ctx {
+            registry: &self.host,
+            repository: &self.name,
+            what,
+            mirror_of: self.mirror_of.as_deref(),
+        }
+    }
 }
 
 /// A registry client shared by all concurrent operations of one command.
@@ -182,12 +203,16 @@ struct Ctx<'a> {
 /// ```
 pub struct Client {
     pub(crate) http: reqwest::Client,
-    /// For `--insecure-registry` hosts served over HTTPS with untrusted
-    /// certificates; built only when there are such hosts (loading the
-    /// system roots twice costs every command time).
-    http_unverified: Option<reqwest::Client>,
+    /// For hosts with TLS settings of their own (`--insecure-registry`, or
+    /// `insecure`, `ca`, `keypair` in their table), keyed by host; each
+    /// built when the host is first asked (loading the system roots again
+    /// costs every command time).
+    host_clients: Mutex<HashMap<String, reqwest::Client>>,
     config: ClientConfig,
     endpoints: Mutex<HashMap<String, Endpoint>>,
+    /// Mirrors that could not be reached: the rest of this client's pulls
+    /// skip them.
+    down: Mutex<HashSet<String>>,
     /// Held while a registry is probed, so that concurrent first requests
     /// (one per blob) wait for one probe instead of each opening its own
     /// HTTPS and HTTP connections.
@@ -218,7 +243,15 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-fn build_http(config: &ClientConfig, accept_invalid_certs: bool) -> Result<reqwest::Client, Error> {
+/// The TLS settings of one host, besides the system roots and `--ca-cert`.
+#[derive(Default)]
+struct HostTls<'a> {
+    ca_certs: &'a [PathBuf],
+    client_cert: Option<&'a ClientCert>,
+    accept_invalid_certs: bool,
+}
+
+fn build_http(config: &ClientConfig, tls: HostTls<'_>) -> Result<reqwest::Client, Error> {
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
         .user_agent(config.user_agent.clone())
@@ -226,8 +259,11 @@ fn build_http(config: &ClientConfig, accept_invalid_certs: bool) -> Result<reqwe
         // (`Client::exchange`, `BodyReader`): no read timeout here.
         .connect_timeout(config.timeouts.connect)
         .pool_idle_timeout(Duration::from_secs(30))
-        .danger_accept_invalid_certs(accept_invalid_certs);
-    for path in &config.ca_certs {
+        .danger_accept_invalid_certs(tls.accept_invalid_certs);
+    if let Some(cert) = tls.client_cert {
+        builder = builder.identity(client_identity(cert)?);
+    }
+    for path in config.ca_certs.iter().chain(tls.ca_certs) {
         let pem = std::fs::read(path).map_err(|e| Error::CaCert {
             path: path.display().to_string(),
             detail: e.to_string(),
@@ -249,6 +285,22 @@ fn build_http(config: &ClientConfig, accept_invalid_certs: bool) -> Result<reqwe
     builder
         .build()
         .map_err(|e| Error::ClientSetup(error_chain(&e)))
+}
+
+/// A client certificate and its key as reqwest takes them: one PEM bundle.
+fn client_identity(cert: &ClientCert) -> Result<reqwest::Identity, Error> {
+    let failed = |detail: String| Error::ClientCert {
+        cert: cert.cert.display().to_string(),
+        key: cert.key.display().to_string(),
+        detail,
+    };
+    let mut pem =
+        std::fs::read(&cert.key).map_err(|e| failed(format!("{}: {e}", cert.key.display())))?;
+    pem.push(b'\n');
+    pem.extend(
+        std::fs::read(&cert.cert).map_err(|e| failed(format!("{}: {e}", cert.cert.display())))?,
+    );
+    reqwest::Identity::from_pem(&pem).map_err(|e| failed(error_chain(&e)))
 }
 
 /// Extracts `CODE: message` pairs from a distribution error body.
@@ -411,6 +463,28 @@ impl Exchange {
     }
 }
 
+/// A GET that a pull sends to a repository's mirrors, then its registry.
+struct PullGet<'a> {
+    /// `manifest v1`, `blob sha256:…`: for messages.
+    what: String,
+    /// The path after `v2/NAME/`.
+    tail: String,
+    /// Adds the request's own headers.
+    headers: &'a (dyn Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder + Sync),
+}
+
+/// True when `err` says the host could not be reached at all (no answer,
+/// no connection), rather than that it answered.
+fn cannot_reach(err: &Error) -> bool {
+    match err {
+        Error::Unreachable { .. } | Error::Connection { .. } => true,
+        Error::Stalled { stall, .. } => {
+            matches!(**stall, Stall::Connect { .. } | Stall::Headers { .. })
+        }
+        _ => false,
+    }
+}
+
 /// Why a small document could not be read.
 enum ReadError {
     Body(BodyError),
@@ -442,8 +516,10 @@ struct BlobRequest<'a> {
 /// a dropped connection takes, and the deadline they share.
 struct BlobDownload<'a> {
     request: BlobRequest<'a>,
-    ctx: Ctx<'a>,
-    path: String,
+    /// `blob sha256:…`, for messages.
+    what: String,
+    /// Where the last answer came from (the registry, or a mirror).
+    route: Route,
     hasher: Sha256,
     /// Bytes the sink holds (`resume_from` included).
     received: u64,
@@ -456,14 +532,9 @@ struct BlobDownload<'a> {
 
 impl<'a> BlobDownload<'a> {
     fn new(request: BlobRequest<'a>, timeouts: &Timeouts) -> BlobDownload<'a> {
-        let repository = request.repository;
         BlobDownload {
-            ctx: Ctx {
-                registry: &repository.registry,
-                repository: &repository.name,
-                what: format!("blob {}", request.digest),
-            },
-            path: format!("v2/{}/blobs/{}", repository.name, request.digest),
+            what: format!("blob {}", request.digest),
+            route: Route::origin(request.repository),
             hasher: Sha256::new(),
             received: request.resume_from,
             interruptions: 0,
@@ -473,6 +544,11 @@ impl<'a> BlobDownload<'a> {
                 .is_some_and(|size| size <= timeouts.small_document_bytes()),
             request,
         }
+    }
+
+    /// What the last request concerns, and where it went.
+    fn ctx(&self) -> Ctx<'_> {
+        self.route.ctx(self.what.clone())
     }
 
     /// Passes `data` on to `sink` (hashing it when asked to), refusing
@@ -491,8 +567,8 @@ impl<'a> BlobDownload<'a> {
             self.hasher.update(data);
         }
         sink.write_all(data).map_err(|cause| Error::Sink {
-            registry: self.request.repository.registry.clone(),
-            repository: self.request.repository.name.clone(),
+            registry: self.route.host.clone(),
+            repository: self.route.name.clone(),
             digest: self.request.digest.to_string(),
             cause,
         })?;
@@ -529,8 +605,8 @@ impl<'a> BlobDownload<'a> {
         let actual = Digest::from_hash(self.hasher.finalize().as_slice());
         if actual != *self.request.digest {
             return Err(Error::DigestMismatch {
-                registry: self.request.repository.registry.clone(),
-                repository: self.request.repository.name.clone(),
+                registry: self.route.host.clone(),
+                repository: self.route.name.clone(),
                 digest: self.request.digest.to_string(),
                 actual: actual.to_string(),
             });
@@ -540,8 +616,8 @@ impl<'a> BlobDownload<'a> {
 
     fn size_error(&self, actual: u64, expected: u64) -> Error {
         Error::SizeMismatch {
-            registry: self.request.repository.registry.clone(),
-            repository: self.request.repository.name.clone(),
+            registry: self.route.host.clone(),
+            repository: self.route.name.clone(),
             digest: self.request.digest.to_string(),
             expected,
             actual,
@@ -565,14 +641,11 @@ impl Client {
     /// native-roots loader) and `config.ca_certs`.
     pub fn new(config: ClientConfig) -> Result<Client, Error> {
         Ok(Client {
-            http: build_http(&config, false)?,
-            http_unverified: if config.insecure_registries.is_empty() {
-                None
-            } else {
-                Some(build_http(&config, true)?)
-            },
+            http: build_http(&config, HostTls::default())?,
+            host_clients: Mutex::new(HashMap::new()),
             config,
             endpoints: Mutex::new(HashMap::new()),
+            down: Mutex::new(HashSet::new()),
             probing: tokio::sync::Mutex::new(()),
             tokens: Mutex::new(HashMap::new()),
             credentials: Mutex::new(HashMap::new()),
@@ -591,11 +664,29 @@ impl Client {
             .any(|h| h == registry || h == host)
     }
 
-    fn http_for(&self, registry: &str) -> &reqwest::Client {
-        match &self.http_unverified {
-            Some(unverified) if self.is_insecure(registry) => unverified,
-            _ => &self.http,
+    /// The HTTP client for `host`: the shared one, or one with the host's
+    /// own TLS settings (made on first use).
+    fn http_for(&self, host: &str) -> Result<reqwest::Client, Error> {
+        let settings = self.config.hosts.get(host);
+        let flagged = self.is_insecure(host);
+        if !flagged && !settings.is_some_and(|s| s.has_own_tls()) {
+            return Ok(self.http.clone());
         }
+        let mut clients = self
+            .host_clients
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(client) = clients.get(host) {
+            return Ok(client.clone());
+        }
+        let tls = HostTls {
+            ca_certs: settings.map_or(&[], |s| s.ca_certs.as_slice()),
+            client_cert: settings.and_then(|s| s.client_cert.as_ref()),
+            accept_invalid_certs: flagged || settings.is_some_and(|s| s.insecure),
+        };
+        let client = build_http(&self.config, tls)?;
+        clients.insert(host.to_string(), client.clone());
+        Ok(client)
     }
 
     /// Sends `request` and waits for its response headers: at most
@@ -759,9 +850,10 @@ impl Client {
         budget: &Budget,
     ) -> Result<Option<Challenge>, String> {
         let url = base.join("v2/").map_err(|e| e.to_string())?;
+        let http = self.http_for(registry).map_err(|e| e.to_string())?;
         let mut retry = 0;
         loop {
-            let request = self.http_for(registry).get(url.clone());
+            let request = http.get(url.clone());
             let response = match self.exchange(request, budget, None).await {
                 (Ok(response), _) => response,
                 (Err(failure), _) => return Err(failure.text(&self.config.timeouts)),
@@ -803,8 +895,10 @@ impl Client {
         }
     }
 
-    /// Finds how to talk to `registry`: HTTPS, or plain HTTP for loopback
-    /// and `--insecure-registry` hosts when HTTPS fails; and its auth challenge.
+    /// Finds how to talk to `registry` (a registry or mirror host): over
+    /// the schemes its settings allow ([`RegistryHosts::schemes`]: HTTPS;
+    /// plain HTTP when HTTPS fails for loopback and `--insecure-registry`
+    /// hosts; plain HTTP only for `http = true`); and its auth challenge.
     async fn endpoint(&self, registry: &str, budget: &Budget) -> Result<Endpoint, Error> {
         if let Some(endpoint) = self.lock_endpoints().get(registry) {
             return Ok(endpoint.clone());
@@ -814,38 +908,43 @@ impl Client {
         if let Some(endpoint) = self.lock_endpoints().get(registry) {
             return Ok(endpoint.clone());
         }
-        let host = api_host(registry);
-        let plain_allowed = is_loopback_registry(registry) || self.is_insecure(registry);
         let unreachable = |detail: String| Error::Unreachable {
             registry: registry.to_string(),
             detail,
         };
-        let https =
-            Url::parse(&format!("https://{host}/")).map_err(|e| unreachable(e.to_string()))?;
-        let endpoint = match self.ping(registry, &https, budget).await {
-            Ok(challenge) => Endpoint {
-                base: https,
-                challenge,
+        let schemes = self
+            .config
+            .hosts
+            .schemes(registry, self.is_insecure(registry));
+        let endpoint = match schemes {
+            Schemes::Https => self.probe(registry, "https", budget).await,
+            Schemes::Http => self.probe(registry, "http", budget).await,
+            Schemes::HttpsThenHttp => match self.probe(registry, "https", budget).await {
+                Ok(endpoint) => Ok(endpoint),
+                Err(https_err) => match self.probe(registry, "http", budget).await {
+                    Ok(endpoint) => Ok(endpoint),
+                    Err(http_err) => Err(format!("https: {https_err}; http: {http_err}")),
+                },
             },
-            Err(https_err) if plain_allowed => {
-                let http = Url::parse(&format!("http://{host}/"))
-                    .map_err(|e| unreachable(e.to_string()))?;
-                match self.ping(registry, &http, budget).await {
-                    Ok(challenge) => Endpoint {
-                        base: http,
-                        challenge,
-                    },
-                    Err(http_err) => {
-                        return Err(unreachable(format!("https: {https_err}; http: {http_err}")))
-                    }
-                }
-            }
-            Err(https_err) => return Err(unreachable(https_err)),
-        };
+        }
+        .map_err(unreachable)?;
         tracing::debug!(registry, base = %endpoint.base, challenge = ?endpoint.challenge, "registry endpoint");
         self.lock_endpoints()
             .insert(registry.to_string(), endpoint.clone());
         Ok(endpoint)
+    }
+
+    /// Pings `registry` over `scheme`: its endpoint, or why not.
+    async fn probe(
+        &self,
+        registry: &str,
+        scheme: &str,
+        budget: &Budget,
+    ) -> Result<Endpoint, String> {
+        let base = Url::parse(&format!("{scheme}://{}/", api_host(registry)))
+            .map_err(|e| format!("{scheme}: {e}"))?;
+        let challenge = self.ping(registry, &base, budget).await?;
+        Ok(Endpoint { base, challenge })
     }
 
     fn lock_endpoints(&self) -> std::sync::MutexGuard<'_, HashMap<String, Endpoint>> {
@@ -904,6 +1003,7 @@ impl Client {
             registry,
             repository: "",
             what: format!("token from {realm}"),
+            mirror_of: None,
         };
         let token_err = |detail: String| Error::Token {
             registry: registry.to_string(),
@@ -913,7 +1013,7 @@ impl Client {
         let mut url =
             Url::parse(realm).map_err(|e| token_err(format!("invalid realm URL: {e}")))?;
         let credential = self.credential(registry).await?;
-        let http = self.http_for(registry);
+        let http = self.http_for(registry)?;
         let request = match &credential {
             Some(Credential::IdentityToken(refresh)) => {
                 let mut form: Vec<(&str, &str)> = vec![
@@ -1049,7 +1149,10 @@ impl Client {
         loop {
             attempts += 1;
             let endpoint = self.endpoint(ctx.registry, budget).await?;
-            let mut request = build(self.http_for(ctx.registry), &endpoint.base);
+            let mut request = build(&self.http_for(ctx.registry)?, &endpoint.base);
+            if let Some(origin) = ctx.mirror_of {
+                request = request.query(&[("ns", origin)]);
+            }
             if let Some(auth) = self
                 .authorization(ctx.registry, &endpoint, &scopes, budget)
                 .await?
@@ -1140,6 +1243,70 @@ impl Client {
         }
     }
 
+    /// GETs `v2/NAME/TAIL` for a pull of `repository`: from each of its
+    /// mirrors in turn ([`RegistryHosts::pull_routes`]), then from the
+    /// registry. A mirror that fails or answers anything but success is
+    /// passed over (one that cannot be reached, for the rest of this
+    /// client's pulls); as containerd does, only the registry's requests are
+    /// retried. Returns the first successful answer, else the registry's
+    /// (the caller judges its status), and where it came from. One budget
+    /// covers every host asked.
+    async fn pull_get(
+        &self,
+        repository: &Repository,
+        get: &PullGet<'_>,
+        budget: &mut Budget,
+    ) -> Result<(reqwest::Response, Route), Error> {
+        let mut routes = self.config.hosts.pull_routes(repository);
+        let origin = routes.pop().unwrap_or_else(|| Route::origin(repository));
+        for mirror in routes {
+            if self.lock_down().contains(&mirror.host) {
+                continue;
+            }
+            let failure = match self.get_along(&mirror, get, false, budget).await {
+                Ok(response) if response.status().is_success() => return Ok((response, mirror)),
+                Ok(response) => format!("answered {}", response.status()),
+                Err(err) => {
+                    if cannot_reach(&err) {
+                        self.lock_down().insert(mirror.host.clone());
+                    }
+                    err.to_string()
+                }
+            };
+            tracing::info!(
+                registry = %repository.registry,
+                mirror = %mirror.host,
+                "{}: mirror {failure}; asking the next",
+                get.what
+            );
+        }
+        let response = self.get_along(&origin, get, true, budget).await?;
+        Ok((response, origin))
+    }
+
+    /// One GET of a pull, along `route`.
+    async fn get_along(
+        &self,
+        route: &Route,
+        get: &PullGet<'_>,
+        retry: bool,
+        budget: &mut Budget,
+    ) -> Result<reqwest::Response, Error> {
+        let ctx = route.ctx(get.what.clone());
+        let path = format!("v2/{}/{}", route.name, get.tail);
+        let scopes = [scope_pull(&route.name)];
+        self.send(&ctx, &scopes, retry, budget, None, &|http, base| {
+            (get.headers)(http.get(join(base, &path)))
+        })
+        .await
+    }
+
+    fn lock_down(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.down
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Turns an unexpected response into an error carrying the registry's
     /// message (read for at most [`Timeouts::response`]; a body that does
     /// not come in time leaves the message out).
@@ -1187,6 +1354,7 @@ impl Client {
             registry,
             repository: "",
             what: "login".into(),
+            mirror_of: None,
         };
         match &endpoint.challenge {
             None => Ok(()),
@@ -1222,22 +1390,13 @@ impl Client {
         let mut budget = Budget::new(self.config.timeouts.total);
         let repository = &reference.repository;
         let wanted = reference.manifest_reference();
-        let ctx = Ctx {
-            registry: &repository.registry,
-            repository: &repository.name,
+        let get = PullGet {
             what: format!("manifest {wanted}"),
+            tail: format!("manifests/{wanted}"),
+            headers: &|request| request.header(ACCEPT, MANIFEST_ACCEPT),
         };
-        let path = format!("v2/{}/manifests/{}", repository.name, wanted);
-        let response = self
-            .send(
-                &ctx,
-                &[scope_pull(&repository.name)],
-                true,
-                &mut budget,
-                None,
-                &|http, base| http.get(join(base, &path)).header(ACCEPT, MANIFEST_ACCEPT),
-            )
-            .await?;
+        let (response, route) = self.pull_get(repository, &get, &mut budget).await?;
+        let ctx = route.ctx(get.what);
         if !response.status().is_success() {
             return Err(self.status_error(&ctx, response).await);
         }
@@ -1260,16 +1419,16 @@ impl Client {
             Err(ReadError::Body(BodyError::Stalled(stall))) => return Err(stalled(&ctx, stall, 1)),
             Err(ReadError::Body(BodyError::Failed(err))) => {
                 return Err(Error::Connection {
-                    registry: repository.registry.clone(),
-                    repository: repository.name.clone(),
+                    registry: route.host.clone(),
+                    repository: route.name.clone(),
                     what: ctx.what.clone(),
                     detail: error_chain(&err),
                 })
             }
             Err(ReadError::TooLarge) => {
                 return Err(Error::ManifestTooLarge {
-                    registry: repository.registry.clone(),
-                    repository: repository.name.clone(),
+                    registry: route.host.clone(),
+                    repository: route.name.clone(),
                     reference: wanted,
                     limit: MAX_MANIFEST_BYTES,
                 })
@@ -1284,8 +1443,8 @@ impl Client {
         if let Some(expected) = expected {
             if expected != digest.to_string() {
                 return Err(Error::DigestMismatch {
-                    registry: repository.registry.clone(),
-                    repository: repository.name.clone(),
+                    registry: route.host.clone(),
+                    repository: route.name.clone(),
                     digest: expected,
                     actual: digest.to_string(),
                 });
@@ -1399,24 +1558,21 @@ impl Client {
         download: &mut BlobDownload<'_>,
     ) -> Result<(reqwest::Response, u64), Error> {
         let offset = download.received;
-        let path = &download.path;
-        let response = self
-            .send(
-                &download.ctx,
-                &[scope_pull(&download.request.repository.name)],
-                true,
-                &mut download.budget,
-                None,
-                &|http, base| {
-                    let request = http.get(join(base, path));
-                    if offset > 0 {
-                        request.header(RANGE, format!("bytes={offset}-"))
-                    } else {
-                        request
-                    }
-                },
-            )
+        let get = PullGet {
+            what: download.what.clone(),
+            tail: format!("blobs/{}", download.request.digest),
+            headers: &|request| {
+                if offset > 0 {
+                    request.header(RANGE, format!("bytes={offset}-"))
+                } else {
+                    request
+                }
+            },
+        };
+        let (response, route) = self
+            .pull_get(download.request.repository, &get, &mut download.budget)
             .await?;
+        download.route = route;
         let skip = match response.status() {
             StatusCode::OK => offset,
             StatusCode::PARTIAL_CONTENT if content_range_start(&response) == Some(offset) => 0,
@@ -1428,14 +1584,14 @@ impl Client {
                     .unwrap_or("")
                     .to_string();
                 return Err(Error::BadHeader {
-                    registry: download.ctx.registry.to_string(),
-                    repository: download.ctx.repository.to_string(),
-                    what: download.ctx.what.clone(),
+                    registry: download.route.host.clone(),
+                    repository: download.route.name.clone(),
+                    what: download.what.clone(),
                     header: "Content-Range",
                     value,
                 });
             }
-            _ => return Err(self.status_error(&download.ctx, response).await),
+            _ => return Err(self.status_error(&download.ctx(), response).await),
         };
         Ok((response, skip))
     }
@@ -1463,7 +1619,7 @@ impl Client {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
                 Err(BodyError::Stalled(stall)) => {
-                    return Err(stalled(&download.ctx, stall, download.interruptions + 1))
+                    return Err(stalled(&download.ctx(), stall, download.interruptions + 1))
                 }
                 Err(BodyError::Failed(err)) => {
                     broken_off = Some(error_chain(&err));
@@ -1496,9 +1652,9 @@ impl Client {
             || delay >= download.budget.remaining()
         {
             return Err(Error::Connection {
-                registry: download.ctx.registry.to_string(),
-                repository: download.ctx.repository.to_string(),
-                what: download.ctx.what.clone(),
+                registry: download.route.host.clone(),
+                repository: download.route.name.clone(),
+                what: download.what.clone(),
                 detail,
             });
         }
@@ -1534,6 +1690,7 @@ impl Client {
             registry: &repository.registry,
             repository: &repository.name,
             what: format!("blob {digest}"),
+            mirror_of: None,
         };
         let path = format!("v2/{}/blobs/{}", repository.name, digest);
         let response = self
@@ -1607,6 +1764,7 @@ impl Client {
             registry: &repository.registry,
             repository: &repository.name,
             what: format!("blob {digest}"),
+            mirror_of: None,
         };
         let base = self.endpoint(&repository.registry, &budget).await?.base;
         let uploads = format!("v2/{}/blobs/uploads/", repository.name);
@@ -1760,6 +1918,7 @@ impl Client {
             registry: &repository.registry,
             repository: &repository.name,
             what: format!("manifest {tag_or_digest}"),
+            mirror_of: None,
         };
         let path = format!("v2/{}/manifests/{}", repository.name, tag_or_digest);
         // A document: sending it and the answer count against one deadline.

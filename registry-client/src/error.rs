@@ -132,6 +132,13 @@ pub enum Error {
     #[error("reading CA certificates from {path}: {detail}")]
     CaCert { path: String, detail: String },
 
+    #[error("client certificate {cert} (key {key}): {detail}")]
+    ClientCert {
+        cert: String,
+        key: String,
+        detail: String,
+    },
+
     #[error("building the HTTP client: {0}")]
     ClientSetup(String),
 

@@ -2,7 +2,9 @@
 //!
 //! Owns authentication (anonymous, bearer, basic; docker config.json and
 //! credential helpers), pulling and pushing manifests and blobs, cross-repository
-//! mounts and retries, deadlines and the low-speed cutoff ([`Timeouts`],
+//! mounts and retries, where each registry is reached and which mirrors a
+//! pull asks first ([`RegistryHosts`], read from BuildKit's
+//! `[registry."HOST"]` tables), deadlines and the low-speed cutoff ([`Timeouts`],
 //! [`Stall`]), and plain downloads for `ADD <url>`. It streams bytes to and from its caller and never touches
 //! the store's files. [`Reference`] and [`Digest`] are kiln-reference's, the
 //! same types the store (kiln-layers) names images and blobs with.
@@ -25,6 +27,8 @@ pub mod auth;
 mod client;
 mod download;
 mod error;
+mod hosts;
+mod hosts_file;
 mod limits;
 pub mod reference;
 
@@ -35,5 +39,7 @@ pub use client::{
 };
 pub use download::{parse_http_date, Downloaded};
 pub use error::Error;
+pub use hosts::{ClientCert, HostSettings, Mirror, RegistryHosts, Route, Schemes};
+pub use hosts_file::HostsFileError;
 pub use limits::{Stall, Timeouts};
 pub use reference::{Digest, Reference, ReferenceError, Repository};

@@ -2,7 +2,10 @@
 //! store, parsed with Docker's rules: `alpine` →
 //! `docker.io/library/alpine:latest`), and where a registry is served from.
 
-pub use kiln_reference::{Digest, Reference, ReferenceError, Repository, DEFAULT_TAG, DOCKER_HUB};
+pub use kiln_reference::{
+    is_valid_registry, is_valid_repository_path, Digest, Reference, ReferenceError, Repository,
+    DEFAULT_TAG, DOCKER_HUB,
+};
 
 /// The host that actually serves Docker Hub's registry API.
 pub const DOCKER_HUB_API_HOST: &str = "registry-1.docker.io";

@@ -57,6 +57,10 @@ pub enum RuntimeError {
     Timeout(Duration),
     #[error("the runtime helper died without reporting ({0})")]
     HelperDied(String),
+    /// The run was canceled ([`crate::interrupt::cancel_runs`]): its
+    /// container was killed, or never started.
+    #[error("canceled; the container was killed")]
+    Canceled,
     #[error("cgroups: {0}")]
     Cgroup(String),
     /// The container reached its pids limit and failed (or, when forks kept

@@ -23,7 +23,9 @@
 //! command. The helper waits for it and reports its exit status, which
 //! [`run`] returns (death by signal N gives 128+N; a failure at a pids or
 //! memory limit is an error naming the limit). The cgroups are removed
-//! afterwards.
+//! afterwards. [`interrupt::cancel_runs`] (an interrupted kiln) kills every
+//! running container and refuses new runs: each ends with
+//! [`RuntimeError::Canceled`].
 //!
 //! Mount points the image lacks (/proc, /etc/hosts, volume targets…) come
 //! from a bottom lower layer kiln writes in the state dir, so bind mounts
@@ -85,6 +87,8 @@ pub mod error;
 pub mod helper;
 pub mod idmap;
 pub mod init;
+#[allow(unsafe_code)]
+pub mod interrupt;
 #[allow(unsafe_code)]
 pub mod parent;
 pub mod protocol;

@@ -297,6 +297,9 @@ fn validate(spec: &RunSpec) -> Result<(), RuntimeError> {
 /// Runs `spec` and waits for it. See the crate documentation.
 pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeError> {
     validate(&spec)?;
+    if crate::interrupt::runs_canceled() {
+        return Err(RuntimeError::Canceled);
+    }
     let rootless = !rustix::process::geteuid().is_root();
     // Removed (whatever is still in them killed) when dropped, on every path.
     let (cgroups, request) = crate::cgroup::setup(&spec.limits, rootless)?;
@@ -670,6 +673,9 @@ struct Watch {
     next_pids_check: Instant,
     /// kiln killed the container because forks kept being refused.
     killed_at_pids_limit: bool,
+    /// Runs were canceled ([`crate::interrupt::cancel_runs`]) and the
+    /// container killed.
+    canceled: bool,
 }
 
 impl Watch {
@@ -699,6 +705,7 @@ impl Watch {
             }),
             next_pids_check: Instant::now(),
             killed_at_pids_limit: false,
+            canceled: false,
         }
     }
 
@@ -713,6 +720,9 @@ impl Watch {
         cgroups: Option<&RunCgroups>,
         helper_status: std::process::ExitStatus,
     ) -> Result<(ExitStatus, Vec<PathBuf>), RuntimeError> {
+        if self.canceled {
+            return Err(RuntimeError::Canceled);
+        }
         if let Some(failure) = self.failure {
             return Err(failure_error(failure, image));
         }
@@ -755,13 +765,18 @@ impl Watch {
                 tv_nsec: i64::from(w.subsec_nanos()),
             });
             // Which descriptors are ready: the reports, the signal pipe, the
-            // terminal's (by number, for `ready`).
+            // cancellation pipe (until it was seen), the terminal's (by
+            // number, for `ready`).
             let relay_fds: Vec<RawFd>;
             let ready: Vec<bool>;
+            let cancel = crate::interrupt::cancel_fd().filter(|_| !self.canceled);
             let n = {
                 let mut fds = vec![PollFd::new(&self.report, PollFlags::IN)];
                 if let Some(forwarder) = signals {
                     fds.push(PollFd::new(&forwarder.read, PollFlags::IN));
+                }
+                if let Some(cancel) = &cancel {
+                    fds.push(PollFd::from_borrowed_fd(*cancel, PollFlags::IN));
                 }
                 let relay = terminal.poll_fds();
                 relay_fds = relay.iter().map(|fd| fd.as_raw_fd()).collect();
@@ -798,7 +813,13 @@ impl Watch {
                     }
                 }
             }
-            let offset = if signals.is_some() { 2 } else { 1 };
+            let mut offset = if signals.is_some() { 2 } else { 1 };
+            if cancel.is_some() {
+                if ready[offset] {
+                    self.cancel();
+                }
+                offset += 1;
+            }
             for (i, fd) in relay_fds.iter().enumerate() {
                 if ready[offset + i] {
                     terminal.ready(*fd);
@@ -823,6 +844,15 @@ impl Watch {
         self.next_pids_check = now + PIDS_CHECK_INTERVAL;
         if watch.observe(counter.read(), now) && !self.killed_at_pids_limit {
             self.killed_at_pids_limit = true;
+            kill(self.container_pid.unwrap_or(self.helper_pid), libc::SIGKILL);
+        }
+    }
+
+    /// Runs were canceled: the container (or, before it exists, the
+    /// helper) is killed; the loop goes on until the helper is gone.
+    fn cancel(&mut self) {
+        if !self.canceled {
+            self.canceled = true;
             kill(self.container_pid.unwrap_or(self.helper_pid), libc::SIGKILL);
         }
     }
@@ -881,7 +911,7 @@ impl Watch {
             }
             Report::Started { pid } => {
                 self.container_pid = Some(pid);
-                if self.timed_out {
+                if self.timed_out || self.canceled {
                     kill(pid, libc::SIGKILL);
                 }
                 for signal in std::mem::take(&mut self.pending_signals) {

@@ -12,13 +12,15 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
+use kiln_builder::contexts::{
+    ContextSpec, NamedContextSpec, NamedContexts, PrepareOptions, PreparedContext,
+};
 use kiln_builder::copy::{FetchInfo, UrlFetcher};
 use kiln_builder::export::Output;
 use kiln_builder::plan::{BuildOptions, LookupError};
 use kiln_builder::secrets::Secret;
 use kiln_builder::session::{
-    BuildError, BuildResult, BuildSettings, DockerfileInput, PullPolicy, Remote, RemoteError,
-    Session,
+    BuildError, BuildResult, BuildSettings, PullPolicy, Remote, RemoteError, Session,
 };
 use kiln_builder::solve::{ImagePuller, SolveError};
 use kiln_layers::{Compression, Descriptor, Digest, Platform, Reference, Reporter, Store};
@@ -26,7 +28,6 @@ use kiln_registry::{Client, ClientConfig};
 use kiln_runtime::{HelperCommand, Network, HELPER_SUBCOMMAND};
 
 use crate::cmd::limits::LimitArgs;
-use crate::cmd::parse::DockerfileSource;
 use crate::cmd::step_flags::StepArgs;
 use crate::progress::{BuildProgress, ProgressArgs, ProgressMode};
 use crate::settings::GlobalSettings;
@@ -79,10 +80,13 @@ pub enum CompressionArg {
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// The build context directory.
+    /// The build context: a directory, a Git URL (`https://…/repo.git#ref:subdir`,
+    /// `git://…`, `git@host:repo`), an `http(s)://` tarball (or Dockerfile), or `-`
+    /// (a tar, or a Dockerfile, on standard input).
     #[arg(value_name = "CONTEXT", default_value = ".")]
-    context: PathBuf,
-    /// The Dockerfile (default: CONTEXT/Dockerfile, else CONTEXT/Containerfile; `-` reads stdin).
+    context: String,
+    /// The Dockerfile (default: CONTEXT/Dockerfile, else CONTEXT/Containerfile; `-` reads
+    /// stdin; inside a remote context, a path in it).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: Option<PathBuf>,
     /// Name the image (repeatable).
@@ -151,6 +155,21 @@ pub struct BuildArgs {
     /// Push every tag to its registry after the build.
     #[arg(long)]
     push: bool,
+    /// An additional named context (repeatable): NAME=DIR, NAME=docker-image://REF,
+    /// NAME=GIT-URL or NAME=https://… (the file, named `context`); reached by
+    /// `FROM NAME`, `COPY --from=NAME`, `RUN --mount=from=NAME`, and replacing
+    /// a stage or image of that name.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    build_contexts: Vec<String>,
+    /// Set a label on the image (repeatable): K=V, over the Dockerfile's LABEL.
+    #[arg(long = "label", value_name = "K=V")]
+    labels: Vec<String>,
+    /// Add an annotation (repeatable): [TYPE[,TYPE…]:]K=V, TYPE `manifest` (the
+    /// default) or `manifest-descriptor`, each with an optional `[os/arch]`;
+    /// `index` and `index-descriptor` need an image index, which a
+    /// single-platform build does not write (refused).
+    #[arg(long = "annotation", value_name = "[TYPE:]K=V")]
+    annotations: Vec<String>,
     /// A secret for RUN --mount=type=secret: id=ID,src=FILE (or env=VAR).
     #[arg(long = "secret", value_name = "id=ID,src=FILE")]
     secrets: Vec<String>,
@@ -348,9 +367,10 @@ pub(crate) fn parse_build_args(flags: &[String]) -> BTreeMap<String, String> {
 /// started for key files alive for the build.
 fn settings_of(
     args: &BuildArgs,
+    context: &PreparedContext,
+    named: NamedContexts,
     ssh_agents: &mut Vec<kiln_builder::ssh::ForwardedAgent>,
 ) -> anyhow::Result<BuildSettings> {
-    let source = DockerfileSource::read_or_default(args.file.as_deref(), &args.context)?;
     let platform = target_platforms(&args.platform)?
         .into_iter()
         .next()
@@ -373,19 +393,18 @@ fn settings_of(
         .map(|spec| Output::parse(spec))
         .collect::<Result<_, _>>()?;
     Ok(BuildSettings {
-        context_dir: args.context.clone(),
-        dockerfile: DockerfileInput {
-            bytes: source.bytes,
-            name: source.name,
-            path: source.path,
-        },
+        context_dir: context.dir.clone(),
+        context_origin: context.origin.clone(),
+        dockerfile: context.dockerfile.clone(),
         options: BuildOptions {
             target: args.target.clone(),
             build_args: parse_build_args(&args.build_args),
             target_platform: platform,
             build_platform: Platform::host(),
             run: args.step.run_defaults(),
+            named_contexts: named.sources(),
         },
+        named_contexts: named,
         tags,
         pull: args.pull.into(),
         no_cache: args.no_cache,
@@ -409,6 +428,20 @@ fn settings_of(
         ssh,
         limits: args.limits.limits(),
         outputs,
+        labels: args
+            .labels
+            .iter()
+            .map(|flag| kiln_builder::annotations::parse_label(flag))
+            .collect(),
+        annotations: args
+            .annotations
+            .iter()
+            .map(|flag| kiln_builder::annotations::Annotation::parse(flag))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?
+            .into_iter()
+            .flatten()
+            .collect(),
         push: args.push,
         iidfile: args.iidfile.clone(),
         metadata_file: args.metadata_file.clone(),
@@ -466,9 +499,14 @@ impl Display {
 
 fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let mut ssh_agents = Vec::new();
-    let settings = settings_of(&args, &mut ssh_agents)?;
+    let spec = ContextSpec::parse(&args.context)?;
+    let named_specs = args
+        .build_contexts
+        .iter()
+        .map(|flag| NamedContextSpec::parse_flag(flag))
+        .collect::<Result<Vec<_>, _>>()?;
     let store = Store::open(&global.root)?;
+    let interruption = crate::cmd::interrupt::Interruption::watch();
     let display = Display::new(&args);
     // The client is made on first use; a CA file that cannot be read is
     // still an error of every build, as it is of kiln pull.
@@ -479,12 +517,29 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         network: LazyClient::new(ClientConfig {
             insecure_registries: args.insecure_registries.clone(),
             ca_certs: args.ca_certs.clone(),
+            hosts: global.registry_hosts()?,
             timeouts: global.timeouts.clone(),
             ..ClientConfig::default()
         }),
         store: &store,
         reporter: display.reporter.clone(),
     };
+    let build_args = parse_build_args(&args.build_args);
+    let prepare = PrepareOptions {
+        store: &store,
+        fetcher: &remote,
+        events: &display.printer,
+        keep_git_dir: build_args
+            .get("BUILDKIT_CONTEXT_KEEP_GIT_DIR")
+            .is_some_and(|v| kiln_builder::git::parse_go_bool(v) == Some(true)),
+        mtime_commit: build_args.contains_key("SOURCE_DATE_EPOCH")
+            || crate::settings::source_date_epoch().is_some(),
+        file: args.file.as_deref(),
+    };
+    let context = kiln_builder::contexts::prepare(&spec, &mut std::io::stdin().lock(), &prepare)?;
+    let named = NamedContexts::prepare(&named_specs, &prepare)?;
+    let mut ssh_agents = Vec::new();
+    let settings = settings_of(&args, &context, named, &mut ssh_agents)?;
     let session = Session {
         store: &store,
         settings: &settings,
@@ -503,7 +558,12 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
             );
         }
         let built = session.build_platforms(&platforms);
-        display.printer.finish();
+        display
+            .printer
+            .finish(built.is_ok() && interruption.signal().is_none());
+        if let Some(canceled) = interruption.canceled() {
+            return Ok(canceled);
+        }
         let result = built.map_err(|e| build_failure(&settings, &display, e))?;
         report_built(&args, &settings, &display, &result, started);
         return Ok(ExitCode::SUCCESS);
@@ -511,13 +571,22 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     if args.check {
         return print_checks(&session.check().inspect_err(show)?, args.format);
     }
-    let planned = session.plan().inspect_err(show)?;
+    let planned = session.plan();
+    if let Some(canceled) = interruption.canceled() {
+        return Ok(canceled);
+    }
+    let planned = planned.inspect_err(show)?;
     if args.dry_run {
         crate::cmd::plan_view::print_plan(&planned.plan, &store, args.format)?;
         return Ok(ExitCode::SUCCESS);
     }
     let built = session.build(planned);
-    display.printer.finish();
+    display
+        .printer
+        .finish(built.is_ok() && interruption.signal().is_none());
+    if let Some(canceled) = interruption.canceled() {
+        return Ok(canceled);
+    }
     let result = built.map_err(|e| build_failure(&settings, &display, e))?;
     report_built(&args, &settings, &display, &result, started);
     Ok(ExitCode::SUCCESS)

@@ -16,6 +16,7 @@ use kiln_layers::Reference;
 use kiln_registry::Client;
 
 use crate::cmd::build::parse_build_args;
+use crate::cmd::explain_image;
 use crate::cmd::parse::DockerfileSource;
 use crate::cmd::registry::RegistryArgs;
 use crate::settings::GlobalSettings;
@@ -29,11 +30,32 @@ pub enum CheckCommand {
     Check(CheckArgs),
     /// Show what an image built from a Dockerfile will run (ENTRYPOINT, CMD,
     /// the argv of docker run, SHELL, USER, WORKDIR, ENV, …) and which line
-    /// set each value, without building anything.
+    /// set each value, without building anything; or what an image runs
+    /// (--image), in a Pod (--pod) or a Compose service (--compose), which
+    /// history entry or manifest line set each value, and which process is
+    /// PID 1.
     ///
     /// Exits 1 when docker run would fail for lack of a command.
+    #[command(after_long_help = EXPLAIN_EXAMPLES)]
     Explain(ExplainArgs),
 }
+
+/// `kiln explain --help`'s examples: one for each question it answers.
+const EXPLAIN_EXAMPLES: &str = "\
+Examples:
+  Why does my container ignore my arguments? (the argv, and the CMD x ENTRYPOINT cell)
+    kiln explain . -- --port 8080
+  What does this image run, and which history entry set each value?
+    kiln explain --image nginx:1.27
+  Why does it take 10 s to stop? (PID 1, and whether SIGTERM reaches the app)
+    kiln explain --image myapp:1          (see \"PID 1\" and the ShellFormSignals warning)
+  What does this image run in my Pod?
+    kiln explain --pod deployment.yaml --container web
+  What does this Compose service run?
+    kiln explain --compose compose.yaml --service api
+  Why is this image 1 GB? (what each layer adds, and the bytes later layers waste)
+    kiln layers myapp:1 --top 20
+    kiln history myapp:1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
@@ -77,8 +99,12 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     platform: Option<String>,
     /// Explain `docker run --entrypoint E` ("" resets the entrypoint).
-    #[arg(long, value_name = "E")]
+    #[arg(long, value_name = "E", conflicts_with_all = ["pod", "compose"])]
     entrypoint: Option<String>,
+    /// What to explain instead of a Dockerfile: an image, a Pod
+    /// container, a Compose service.
+    #[command(flatten)]
+    runs: Box<RunsArgs>,
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     format: OutputFormat,
     /// Base images missing from the local store are treated as empty,
@@ -94,6 +120,37 @@ pub struct ExplainArgs {
     /// Arguments after the image in `docker run IMAGE ARGS...` (after `--`).
     #[arg(value_name = "ARGS", last = true)]
     args: Vec<String>,
+}
+
+/// `kiln explain`'s flags for an image and where it runs.
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Explain `docker run --init`: docker-init (tini) as PID 1.
+    #[arg(long, conflicts_with_all = ["pod", "compose"])]
+    init: bool,
+    /// Explain an image instead of a Dockerfile: from the store, else its
+    /// manifest and config from the registry. Sources are its history
+    /// entries.
+    #[arg(long, value_name = "REF", conflicts_with_all = ["file", "target", "build_args", "pod", "compose"])]
+    image: Option<String>,
+    /// Explain the image a Kubernetes manifest (Pod, Deployment,
+    /// StatefulSet, DaemonSet, Job, CronJob) names, as its container runs
+    /// it.
+    #[arg(long, value_name = "FILE.yaml", conflicts_with_all = ["file", "target", "build_args", "compose", "args"])]
+    pod: Option<PathBuf>,
+    /// The manifest's container (when it has several).
+    #[arg(long, value_name = "NAME", requires = "pod")]
+    container: Option<String>,
+    /// Explain the image a Compose file's service names, as it runs it.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["file", "target", "build_args", "args"])]
+    compose: Option<PathBuf>,
+    /// The Compose service (when the file has several).
+    #[arg(long, value_name = "NAME", requires = "compose")]
+    service: Option<String>,
+    /// Fit the text to N columns (default: the terminal's width when
+    /// standard output is one, else none; 0: no limit).
+    #[arg(long, value_name = "N")]
+    width: Option<usize>,
 }
 
 impl CheckCommand {
@@ -200,6 +257,27 @@ pub(crate) fn check_text(report: &Report) -> String {
 }
 
 fn run_explain(args: ExplainArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
+    if let Some(target) = image_target(&args) {
+        let platform = match &args.platform {
+            Some(p) => Platform::parse(p).with_context(|| format!("--platform {p}"))?,
+            None => Platform::host(),
+        };
+        let request = explain_image::Request {
+            target,
+            entrypoint: args.entrypoint.clone(),
+            args: args.args.clone(),
+            init: args.runs.init,
+            platform,
+            offline: args.offline,
+            format: args.format,
+            width: text_width(args.runs.width),
+            registry: &args.registry,
+        };
+        return explain_image::run(request, settings);
+    }
+    if args.runs.init {
+        anyhow::bail!("--init explains an image's PID 1: use it with --image");
+    }
     let source = DockerfileSource::read_or_default(args.file.as_deref(), &args.context)?;
     let ast = source.parse()?;
     let df = kiln_parser::instructions::from_ast(&ast)?;
@@ -224,6 +302,7 @@ fn run_explain(args: ExplainArgs, settings: &GlobalSettings) -> anyhow::Result<E
             },
             build_platform: Platform::host(),
             run: Default::default(),
+            named_contexts: Default::default(),
         },
         entrypoint: args.entrypoint.clone(),
         args: args.args.clone(),
@@ -242,7 +321,11 @@ fn run_explain(args: ExplainArgs, settings: &GlobalSettings) -> anyhow::Result<E
                 invocation.push(' ');
                 invocation.push_str(&shell_word(a));
             }
-            write_stdout(&render::text(&explanation, &invocation))?;
+            write_stdout(&render::text_width(
+                &explanation,
+                &invocation,
+                text_width(args.runs.width),
+            ))?;
         }
     }
     Ok(if explanation.argv.is_some() {
@@ -250,6 +333,45 @@ fn run_explain(args: ExplainArgs, settings: &GlobalSettings) -> anyhow::Result<E
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The image, Pod container or Compose service to explain, if any.
+fn image_target(args: &ExplainArgs) -> Option<explain_image::Target> {
+    if let Some(image) = &args.runs.image {
+        return Some(explain_image::Target::Image(image.clone()));
+    }
+    if let Some(file) = &args.runs.pod {
+        return Some(explain_image::Target::Pod {
+            file: file.clone(),
+            container: args.runs.container.clone(),
+        });
+    }
+    args.runs
+        .compose
+        .as_ref()
+        .map(|file| explain_image::Target::Compose {
+            file: file.clone(),
+            service: args.runs.service.clone(),
+        })
+}
+
+/// The width text output is fitted to: `--width` (0: none), else the
+/// terminal's when standard output is one.
+fn text_width(flag: Option<usize>) -> Option<usize> {
+    match flag {
+        Some(0) => None,
+        Some(n) => Some(n),
+        None => {
+            let stdout = std::io::stdout();
+            if !std::io::IsTerminal::is_terminal(&stdout) {
+                return None;
+            }
+            rustix::termios::tcgetwinsize(&stdout)
+                .ok()
+                .map(|w| usize::from(w.ws_col))
+                .filter(|w| *w > 0)
+        }
+    }
 }
 
 /// Base images from the store, else (not under `--offline`) their config
@@ -276,7 +398,7 @@ impl ImageLookup for StoreThenRegistry<'_> {
 
 /// An image's config from its registry ([`kiln_transfer::fetch_config`]):
 /// no layer is downloaded and nothing is stored.
-struct RegistryConfigs {
+pub(crate) struct RegistryConfigs {
     client: Client,
     runtime: tokio::runtime::Runtime,
     /// Explain asks for a base image more than once (each stage, ONBUILD,
@@ -285,8 +407,11 @@ struct RegistryConfigs {
 }
 
 impl RegistryConfigs {
-    fn new(args: &RegistryArgs, settings: &GlobalSettings) -> anyhow::Result<RegistryConfigs> {
-        let client = Client::new(args.client_config(settings))?;
+    pub(crate) fn new(
+        args: &RegistryArgs,
+        settings: &GlobalSettings,
+    ) -> anyhow::Result<RegistryConfigs> {
+        let client = Client::new(args.client_config(settings)?)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -340,7 +465,7 @@ impl ImageLookup for RegistryConfigs {
 }
 
 /// A word quoted for a POSIX shell when it needs it.
-fn shell_word(word: &str) -> String {
+pub(crate) fn shell_word(word: &str) -> String {
     let plain = !word.is_empty()
         && word
             .chars()

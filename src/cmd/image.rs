@@ -299,7 +299,7 @@ fn import_options(args: &ImportArgs) -> anyhow::Result<ImportOptions> {
     Ok(options)
 }
 
-fn ago(created: Option<&str>) -> String {
+pub(crate) fn ago(created: Option<&str>) -> String {
     let Some(secs) = created.and_then(parse_rfc3339) else {
         return "N/A".into();
     };

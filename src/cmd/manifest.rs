@@ -151,7 +151,7 @@ fn inspect(args: InspectArgs, settings: &GlobalSettings) -> anyhow::Result<ExitC
     let document = match stored {
         Some(d) => d,
         None => {
-            let client = Client::new(args.registry.client_config(settings))?;
+            let client = Client::new(args.registry.client_config(settings)?)?;
             let fetched = runtime()?.block_on(client.fetch_manifest(&reference))?;
             Document {
                 media_type: fetched.media_type,
@@ -233,7 +233,7 @@ fn create(args: CreateArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCod
         .map(|s| Reference::parse(s).with_context(|| format!("source {s}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let store = Store::open(&settings.root)?;
-    let client = Client::new(args.registry.client_config(settings))?;
+    let client = Client::new(args.registry.client_config(settings)?)?;
     let created = runtime()?.block_on(kiln_transfer::create_index(
         &client, &store, &target, &sources,
     ))?;
@@ -296,7 +296,7 @@ fn entry_digest(
     if let Some(digest) = &reference.digest {
         return Ok(digest.clone());
     }
-    let client = Client::new(registry.client_config(settings))?;
+    let client = Client::new(registry.client_config(settings)?)?;
     let fetched = runtime()?
         .block_on(client.fetch_manifest(&reference))
         .with_context(|| format!("resolving {manifest}"))?;
@@ -314,7 +314,7 @@ fn push(args: PushArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let Some(index) = store.resolve(&target)? else {
         bail!("{target}: no such index in the store (make one with kiln manifest create)");
     };
-    let client = Arc::new(Client::new(args.registry.client_config(settings))?);
+    let client = Arc::new(Client::new(args.registry.client_config(settings)?)?);
     let reporter: Arc<dyn Reporter> = Arc::new(args.progress.reporter());
     let pushed = runtime()?.block_on(kiln_transfer::push_descriptor(
         &client,

@@ -3,8 +3,11 @@
 
 pub mod build;
 pub mod check;
+pub mod explain_image;
 pub mod image;
 pub mod info;
+pub mod interrupt;
+pub mod layers;
 pub mod limits;
 pub mod manifest;
 pub mod parse;

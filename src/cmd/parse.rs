@@ -77,8 +77,6 @@ pub(crate) struct DockerfileSource {
     /// The name errors and warnings show: the path as given (without a
     /// leading `./`), or `-` for standard input.
     pub name: String,
-    /// The file read; None for standard input.
-    pub path: Option<PathBuf>,
 }
 
 impl DockerfileSource {
@@ -92,7 +90,6 @@ impl DockerfileSource {
             return Ok(DockerfileSource {
                 bytes,
                 name: "-".to_string(),
-                path: None,
             });
         }
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -100,7 +97,6 @@ impl DockerfileSource {
         Ok(DockerfileSource {
             bytes,
             name: shown.display().to_string(),
-            path: Some(path.to_path_buf()),
         })
     }
 
@@ -115,7 +111,7 @@ impl DockerfileSource {
         if let Some(file) = file {
             return DockerfileSource::read(file);
         }
-        let found = ["Dockerfile", "dockerfile", "Containerfile"]
+        let found = kiln_builder::contexts::DOCKERFILE_NAMES
             .iter()
             .map(|name| context.join(name))
             .find(|path| path.is_file());
@@ -239,7 +235,6 @@ mod tests {
         std::fs::write(&path, b"\xef\xbb\xbfFROM scratch\nLABEL a=\xff\n").unwrap();
         let source = DockerfileSource::read_or_default(None, dir.path()).unwrap();
         assert_eq!(source.text(), "FROM scratch\nLABEL a=\u{fffd}\n");
-        assert_eq!(source.path.as_deref(), Some(path.as_path()));
         assert_eq!(source.parse().unwrap().nodes.len(), 2);
         let missing = DockerfileSource::read(&dir.path().join("nope"))
             .err()

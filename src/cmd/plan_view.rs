@@ -28,6 +28,7 @@ fn plan_graph(planned: &Plan, dot: bool, hit: &dyn Fn(&Option<Digest>) -> bool) 
             BaseSource::Scratch => "FROM scratch".to_string(),
             BaseSource::Image { reference, .. } => format!("FROM {reference}"),
             BaseSource::Stage(j) => format!("FROM stage {j}"),
+            BaseSource::NamedContext { name, .. } => format!("FROM context {name}"),
         };
         nodes.push((base_id.clone(), base_label));
         if let BaseSource::Stage(j) = s.base {
@@ -136,6 +137,9 @@ pub(crate) fn print_plan(planned: &Plan, store: &Store, format: PlanFormat) -> a
                         reference.to_string()
                     }
                     kiln_builder::plan::BaseSource::Stage(i) => format!("stage {i}"),
+                    kiln_builder::plan::BaseSource::NamedContext { name, .. } => {
+                        format!("context {name}")
+                    }
                 };
                 println!("stage {} ({label}) FROM {base}", s.index);
                 for st in &s.steps {

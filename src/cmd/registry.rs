@@ -29,13 +29,18 @@ pub struct RegistryArgs {
 }
 
 impl RegistryArgs {
-    pub fn client_config(&self, settings: &GlobalSettings) -> ClientConfig {
-        ClientConfig {
+    /// The client's settings: these flags merged with the registry
+    /// configuration file's (flags add to the file: a `--ca-cert` is trusted
+    /// for every registry, an `--insecure-registry` host gets plain HTTP and
+    /// unchecked certificates whatever its table says).
+    pub fn client_config(&self, settings: &GlobalSettings) -> anyhow::Result<ClientConfig> {
+        Ok(ClientConfig {
             insecure_registries: self.insecure_registries.clone(),
             ca_certs: self.ca_certs.clone(),
+            hosts: settings.registry_hosts()?,
             timeouts: settings.timeouts.clone(),
             ..ClientConfig::default()
-        }
+        })
     }
 }
 
@@ -149,7 +154,7 @@ fn pull(args: PullArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
         _ => Platform::host(),
     };
     let store = Store::open(&settings.root)?;
-    let client = Arc::new(Client::new(args.registry.client_config(settings))?);
+    let client = Arc::new(Client::new(args.registry.client_config(settings)?)?);
     let reporter = Arc::new(args.progress.reporter());
     reporter.println(&format!("Pulling {reference}"));
     let mut options = PullOptions::new(platform);
@@ -193,7 +198,7 @@ fn push(args: PushArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
         .map(|r| Reference::parse(r))
         .collect::<Result<Vec<_>, _>>()?;
     let store = Store::open(&settings.root)?;
-    let mut config = args.registry.client_config(settings);
+    let mut config = args.registry.client_config(settings)?;
     config.chunk_size = args.chunk_size.filter(|&n| n > 0);
     let client = Arc::new(Client::new(config)?);
     let reporter = Arc::new(args.progress.reporter());
@@ -238,7 +243,7 @@ fn login(args: LoginArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
         bail!("kiln login needs -u USERNAME");
     };
     let password = read_password(args.password, args.password_stdin)?;
-    let mut config = args.registry.client_config(settings);
+    let mut config = args.registry.client_config(settings)?;
     config.credentials.explicit.insert(
         host.clone(),
         Credential::UsernamePassword {

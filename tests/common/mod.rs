@@ -15,7 +15,8 @@ pub fn kiln_bin() -> PathBuf {
 
 /// `kiln ARGS…` with `DOCKER_CONFIG` pointing at an empty directory (the
 /// host's `~/.docker/config.json` and its credential helpers take no part),
-/// and no `KILN_ROOT`, `KILN_LOG` or registry timeouts from the environment.
+/// no `KILN_ROOT`, `KILN_LOG` or registry timeouts from the environment, and
+/// no registry configuration file.
 pub fn kiln_command() -> Command {
     let mut command = Command::new(kiln_bin());
     command
@@ -24,7 +25,9 @@ pub fn kiln_command() -> Command {
         .env_remove("KILN_LOG")
         .env_remove("KILN_REGISTRY_TIMEOUT")
         .env_remove("KILN_REGISTRY_SPEED_LIMIT")
-        .env_remove("KILN_REGISTRY_SPEED_TIME");
+        .env_remove("KILN_REGISTRY_SPEED_TIME")
+        // No registry configuration file (not the host's default one).
+        .env("KILN_REGISTRY_CONFIG", "");
     command
 }
 

@@ -4,7 +4,6 @@
 //! refusing it for more than 500 overlay layers.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use kiln_testsupport::image::{host_platform, write_oci_layout, TestFile};
 
@@ -103,9 +102,7 @@ fn run_refuses_an_image_with_more_than_500_layers_before_unpacking_any() {
         .collect();
     write_oci_layout(&layout, "tall:1", &[&host_platform()], &layers).expect("layout");
     kiln_ok(&root, &["load", "-i", layout.to_str().expect("utf-8")]);
-    let start = Instant::now();
     let out = kiln(&root, &["run", "tall:1", "true"]);
-    let took = start.elapsed();
     assert!(!out.status.success(), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -116,5 +113,4 @@ fn run_refuses_an_image_with_more_than_500_layers_before_unpacking_any() {
         .expect("snapshots")
         .count();
     assert_eq!(unpacked, 0, "no layer unpacked");
-    assert!(took < Duration::from_secs(10), "took {took:?}");
 }

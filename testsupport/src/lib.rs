@@ -20,6 +20,9 @@
 //! - [`empty_docker_config`]: a `DOCKER_CONFIG` that keeps the host's
 //!   `~/.docker` out of tests.
 //! - [`golden`]: golden-file comparison, rewritten with `KILN_BLESS=1`.
+//! - [`git`]: a `git daemon` serving test repositories on loopback.
+//! - [`http`]: a small HTTP file server (optionally behind basic auth)
+//!   that records the requests it got.
 //!
 //! ```no_run
 //! use kiln_testsupport::RegistryServer;
@@ -30,7 +33,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod git;
 pub mod golden;
+pub mod http;
 pub mod image;
 pub mod multiarch;
 mod process;

@@ -95,6 +95,7 @@ struct Counters {
     canned: u32,
     throttled: u32,
     hangs: u32,
+    tls_hellos: u32,
     requests: Vec<String>,
 }
 
@@ -191,6 +192,11 @@ impl FaultProxy {
     /// Requests left unanswered so far.
     pub fn hangs_injected(&self) -> u32 {
         self.counters().hangs
+    }
+
+    /// TLS handshakes refused so far (clients trying HTTPS first).
+    pub fn tls_hellos(&self) -> u32 {
+        self.counters().tls_hellos
     }
 
     /// `METHOD path [Range]` of every request seen, in order.
@@ -364,6 +370,11 @@ fn handle(
     // servers do, so the client falls back to plain HTTP at once.
     let mut first = [0u8; 1];
     if client.peek(&mut first)? == 1 && first[0] == 0x16 {
+        shared
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tls_hellos += 1;
         client.write_all(
             b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n",
         )?;

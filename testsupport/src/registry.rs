@@ -21,6 +21,7 @@ enum Mode {
     Plain,
     TlsBasic { username: String, password: String },
     Token { username: String, password: String },
+    TlsClientCert,
 }
 
 /// A running registry on 127.0.0.1; killed (and waited for) on drop.
@@ -34,6 +35,9 @@ pub struct RegistryServer {
     pub credentials: Option<(String, String)>,
     /// The token server, in token mode.
     pub token_server: Option<TokenServer>,
+    /// A client certificate and its key (PEM files) the registry accepts,
+    /// in client-certificate mode.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
     child: Child,
     dir: TempDir,
 }
@@ -59,6 +63,14 @@ impl RegistryServer {
             username: username.into(),
             password: password.into(),
         })
+    }
+
+    /// HTTPS with a certificate from a CA made for this registry
+    /// ([`RegistryServer::ca_cert`]) that also signs the client certificates
+    /// the registry requires ([`RegistryServer::client_cert`]); no other
+    /// authentication.
+    pub fn start_tls_client_cert() -> Result<RegistryServer> {
+        Self::start(Mode::TlsClientCert)
     }
 
     /// The registry's storage directory (`docker/registry/v2/...` lives here).
@@ -123,6 +135,7 @@ impl RegistryServer {
         let mut ca_cert = None;
         let mut credentials = None;
         let mut token_server = None;
+        let mut client_cert = None;
         match mode {
             Mode::Plain => {}
             Mode::TlsBasic { username, password } => {
@@ -161,6 +174,19 @@ impl RegistryServer {
                 credentials = Some((username.clone(), password.clone()));
                 token_server = Some(server);
             }
+            Mode::TlsClientCert => {
+                let ca = TestCa::create(dir.path(), "kiln test registry CA")?;
+                let cert = ca.issue(dir.path(), "registry", &["127.0.0.1", "localhost"])?;
+                let client = ca.issue(dir.path(), "client", &["kiln-test-client"])?;
+                config.push_str(&format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n    clientcas:\n      - {}\n",
+                    cert.cert_pem.display(),
+                    cert.key_pem.display(),
+                    ca.ca_cert.display()
+                ));
+                ca_cert = Some(ca.ca_cert);
+                client_cert = Some((client.cert_pem, client.key_pem));
+            }
         }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, &config)
@@ -189,6 +215,7 @@ impl RegistryServer {
             ca_cert,
             credentials,
             token_server,
+            client_cert,
             child,
             dir,
         };

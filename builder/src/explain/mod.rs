@@ -27,7 +27,14 @@
 //! assert_eq!(e.sources["cmd"].line, Some(3));
 //! ```
 
+pub mod compose;
+pub mod history;
+pub mod image;
+pub mod kube;
+pub mod launch;
+pub mod pid1;
 pub mod render;
+mod yaml;
 use std::collections::BTreeMap;
 
 use kiln_layers::oci::ContainerConfig;
@@ -74,7 +81,10 @@ pub struct Source {
     /// `line` (a Dockerfile instruction), `onbuild` (an ONBUILD trigger of
     /// the base, run at the FROM on `line`), `base_image`, `default`
     /// (BuildKit's default: PATH, `/` as the working directory of scratch,
-    /// the shell), or `reset` (cleared by the instruction on `line`).
+    /// the shell), or `reset` (cleared by the instruction on `line`, or by
+    /// the `history` entry). Explaining an image: `history` (the entry
+    /// that set it), `unknown` (no entry says); where it runs:
+    /// `docker_run`, `kubernetes`, `compose` (the field on `line` of `file`).
     pub from: &'static str,
     pub line: Option<usize>,
     /// The instruction as written, for `line` and `reset`.
@@ -83,14 +93,47 @@ pub struct Source {
     pub stage: Option<String>,
     /// The base image, for `base_image`.
     pub image: Option<String>,
+    /// The image history entry (its index, 0 the oldest), for `history`
+    /// (and `base_image`, `reset` when read from an image's history).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<usize>,
+    /// That entry's `created_by`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    /// The Kubernetes manifest or Compose file, for `kubernetes` and
+    /// `compose` (`instruction` is then the field, `line` its line).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+impl Source {
+    /// A source of kind `from`, nothing else known yet.
+    pub fn new(from: &'static str) -> Source {
+        Source {
+            from,
+            line: None,
+            instruction: None,
+            stage: None,
+            image: None,
+            history: None,
+            created_by: None,
+            file: None,
+        }
+    }
 }
 
 /// A warning about what the image runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Warning {
     pub code: &'static str,
     pub message: String,
     pub line: Option<usize>,
+    /// The image history entry concerned (explaining an image).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<usize>,
+    /// The manifest or Compose file `line` is in (explaining where it runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 /// How a command was written.
@@ -149,6 +192,59 @@ pub struct Explanation {
     pub entrypoint_form: Form,
     pub cmd_form: Form,
     pub run: RunExamples,
+    /// What was explained when it is not a Dockerfile: an image, or an
+    /// image where it runs (a Kubernetes container, a Compose service).
+    /// The values above are then the container's: the runtime's fields
+    /// over the image's config.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Subject>,
+    /// The image's own values that the runtime replaced, by field.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub overridden: BTreeMap<String, Overridden>,
+    /// Which process is PID 1 and what stopping the container does
+    /// (explaining an image or where it runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid1: Option<pid1::Pid1>,
+}
+
+/// What an explanation of an image (not a Dockerfile) is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Subject {
+    /// `image` (`docker run`), `kubernetes` or `compose`.
+    pub kind: &'static str,
+    /// The image as named.
+    pub image: String,
+    /// Its manifest digest, when known.
+    pub digest: Option<String>,
+    /// The image it was built on, when that can be told (an image in the
+    /// store whose layers and history this one's start with).
+    pub base: Option<String>,
+    /// How many history entries came with that base.
+    pub base_history_entries: usize,
+    /// The Kubernetes manifest or Compose file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// The workload (`Deployment web`) the container is in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// The container or service name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The line the container or service starts on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    /// The command fields the runtime sets (`command`, `args`; Compose's
+    /// `entrypoint`, `command`; docker run's `--entrypoint`, `arguments`).
+    pub given: Vec<String>,
+}
+
+/// An image value the runtime replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Overridden {
+    /// The image's value (a command as a JSON list).
+    pub image_value: serde_json::Value,
+    /// Where the image's value came from.
+    pub image_source: Option<Source>,
 }
 
 /// Builds the explanation for `options.build.target` (the last stage when
@@ -194,6 +290,9 @@ pub fn explain(
         entrypoint_form: commands.entrypoint_form,
         cmd_form: commands.cmd_form,
         run,
+        subject: None,
+        overridden: BTreeMap::new(),
+        pid1: None,
     })
 }
 
@@ -229,6 +328,8 @@ struct Target<'a> {
     config: ContainerConfig,
     history: CommandHistory,
     commands: Commands,
+    /// The image the chain of stages starts from, and its config.
+    base: Option<(String, ContainerConfig)>,
 }
 
 impl<'a> Target<'a> {
@@ -247,12 +348,14 @@ impl<'a> Target<'a> {
         let base = base_image_config(&plan.stages[chain[0]], options, images);
         let history = command_history(df, &chain, &plan.stages, base.as_ref());
         let commands = Commands::new(&config, &history);
+        let base = base.map(|c| (base_label(df, &plan.stages[chain[0]]), c));
         Target {
             df,
             plan,
             config,
             history,
             commands,
+            base,
         }
     }
 }
@@ -291,12 +394,13 @@ fn base_label(df: &ins::Dockerfile, stage: &StagePlan) -> String {
         BaseSource::Scratch => "scratch".to_string(),
         BaseSource::Image { reference, .. } => reference.to_string(),
         BaseSource::Stage(i) => format!("stage {}", stage_label(df, *i)),
+        BaseSource::NamedContext { name, .. } => format!("context {name}"),
     }
 }
 
 /// The final ENTRYPOINT and CMD (empty ones dropped), the shell, and how
 /// each command was written.
-struct Commands {
+pub(crate) struct Commands {
     entrypoint: Option<Vec<String>>,
     cmd: Option<Vec<String>>,
     shell: Vec<String>,
@@ -353,11 +457,10 @@ fn sources(target: &Target<'_>) -> BTreeMap<String, Source> {
             sources.insert(
                 "cmd".to_string(),
                 Source {
-                    from: "reset",
                     line: Some(reset.line),
                     instruction: Some(reset.text.clone()),
                     stage: other_stage(df, reset.stage, plan.target),
-                    image: None,
+                    ..Source::new("reset")
                 },
             );
         }
@@ -376,7 +479,56 @@ fn sources(target: &Target<'_>) -> BTreeMap<String, Source> {
             .entry("workdir".to_string())
             .or_insert_with(default_source);
     }
+    if let Some((image, base)) = &target.base {
+        inherited_sources(&mut sources, config, base, image);
+    }
     sources
+}
+
+/// Labels, exposed ports and volumes no line set that the base image has:
+/// they came with it (the plan records only the base's commands, user,
+/// workdir and env).
+fn inherited_sources(
+    sources: &mut BTreeMap<String, Source>,
+    config: &ContainerConfig,
+    base: &ContainerConfig,
+    image: &str,
+) {
+    let keys = |m: Option<&BTreeMap<String, serde_json::Value>>| -> Vec<String> {
+        m.map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    };
+    let base_labels: Vec<String> = base.labels.iter().flat_map(|l| l.keys().cloned()).collect();
+    let fields = [
+        (
+            "labels",
+            config
+                .labels
+                .iter()
+                .flat_map(|l| l.keys().cloned())
+                .collect::<Vec<_>>(),
+            base_labels,
+        ),
+        (
+            "exposed_ports",
+            keys(config.exposed_ports.as_ref()),
+            keys(base.exposed_ports.as_ref()),
+        ),
+        (
+            "volumes",
+            keys(config.volumes.as_ref()),
+            keys(base.volumes.as_ref()),
+        ),
+    ];
+    for (field, present, inherited) in fields {
+        for key in present.iter().filter(|k| inherited.contains(k)) {
+            sources
+                .entry(format!("{field}.{key}"))
+                .or_insert_with(|| Source {
+                    image: Some(image.to_string()),
+                    ..Source::new("base_image")
+                });
+        }
+    }
 }
 
 /// What `docker run` runs plainly, with arguments (the given ones, else
@@ -416,6 +568,7 @@ fn warnings(
                 "base image {image} is not in the local store; --offline treats it as empty, so whatever it sets (CMD, ENTRYPOINT, ENV, USER, …) is missing here"
             ),
             line: Some(*line),
+            ..Default::default()
         });
     }
     instruction_warnings(&mut warnings, &target.history, target.commands.cmd_form);
@@ -431,6 +584,7 @@ fn warnings(
             code: "NoCommand",
             message,
             line: None,
+            ..Default::default()
         });
     }
     for w in &target.plan.warnings {
@@ -438,6 +592,7 @@ fn warnings(
             code: "UnusedBuildArg",
             message: w.message.clone(),
             line: w.line,
+            ..Default::default()
         });
     }
     warnings
@@ -455,13 +610,7 @@ fn other_stage(df: &ins::Dockerfile, stage: usize, target: usize) -> Option<Stri
 }
 
 fn default_source() -> Source {
-    Source {
-        from: "default",
-        line: None,
-        instruction: None,
-        stage: None,
-        image: None,
-    }
+    Source::new("default")
 }
 
 /// The plan's provenance key (`Cmd`, `Env.PATH`, …) as explain names it.
@@ -511,14 +660,11 @@ fn resolve_origin(
             line: Some(*line),
             instruction: instruction_at(df, *line),
             stage: stage_of_line(df, *line).and_then(|s| other_stage(df, s, target)),
-            image: None,
+            ..Source::new("line")
         },
         Origin::BaseImage(image) => Source {
-            from: "base_image",
-            line: None,
-            instruction: None,
-            stage: None,
             image: Some(image.clone()),
+            ..Source::new("base_image")
         },
         Origin::Default => default_source(),
         Origin::Stage(name) => {
@@ -530,11 +676,8 @@ fn resolve_origin(
                     resolve_origin(df, stages, key, inner, target, depth + 1)
                 }
                 _ => Source {
-                    from: "stage",
-                    line: None,
-                    instruction: None,
                     stage: Some(name.clone()),
-                    image: None,
+                    ..Source::new("stage")
                 },
             }
         }
@@ -695,6 +838,7 @@ fn instruction_warnings(warnings: &mut Vec<Warning>, h: &CommandHistory, cmd_for
                 prev.line, next.line
             ),
             line: Some(prev.line),
+            ..Default::default()
         });
     }
     if let Some(reset) = &h.cmd_reset {
@@ -707,6 +851,7 @@ fn instruction_warnings(warnings: &mut Vec<Warning>, h: &CommandHistory, cmd_for
                     json_list(&h.dropped_cmd)
                 ),
                 line: Some(reset.line),
+                ..Default::default()
             });
         }
     }
@@ -726,6 +871,7 @@ fn instruction_warnings(warnings: &mut Vec<Warning>, h: &CommandHistory, cmd_for
                     .join(", ")
             ),
             line: Some(site.line),
+            ..Default::default()
         });
     }
 }
@@ -748,6 +894,7 @@ fn shell_form_warnings(
     let (entrypoint, cmd) = (entrypoint.as_ref(), cmd.as_ref());
     let (entrypoint_form, cmd_form) = (*entrypoint_form, *cmd_form);
     let line_of = |field: &str| sources.get(field).and_then(|s| s.line);
+    let history_of = |field: &str| sources.get(field).and_then(|s| s.history);
     let shell_text = shell.join(" ");
     if entrypoint_form == Form::Shell {
         warnings.push(Warning {
@@ -756,6 +903,8 @@ fn shell_form_warnings(
                 "ENTRYPOINT is in shell form: `{shell_text} '…'` ignores CMD and docker run arguments (they only become $0, $1, … of the shell)"
             ),
             line: line_of("entrypoint"),
+            history: history_of("entrypoint"),
+            ..Default::default()
         });
     }
     if entrypoint_form == Form::Exec && cmd_form == Form::Shell {
@@ -765,6 +914,8 @@ fn shell_form_warnings(
                 "CMD is in shell form, so the exec-form ENTRYPOINT gets `{shell_text} '…'` as its arguments; write CMD in exec form to pass plain arguments"
             ),
             line: line_of("cmd"),
+            history: history_of("cmd"),
+            ..Default::default()
         });
     }
     let pid1 = match (entrypoint_form, cmd_form) {
@@ -794,6 +945,8 @@ fn shell_form_warnings(
                 field.to_uppercase()
             ),
             line: line_of(field),
+            history: history_of(field),
+            ..Default::default()
         });
     }
 }

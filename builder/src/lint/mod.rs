@@ -294,6 +294,7 @@ pub fn check(source: &str, file_name: &str, options: &LintOptions) -> Report {
         build_platform: options.platform.clone(),
         target: options.target.clone(),
         run: Default::default(),
+        named_contexts: Default::default(),
     };
     let walk_options = WalkOptions {
         all_stages: options.target.is_none(),

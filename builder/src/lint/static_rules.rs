@@ -125,6 +125,7 @@ fn invalid_default_args(df: &ins::Dockerfile, options: &LintOptions<'_>, linter:
         build_platform: options.platform.clone(),
         target: None,
         run: Default::default(),
+        named_contexts: Default::default(),
     };
     let target_name = df
         .stages

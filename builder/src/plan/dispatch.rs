@@ -18,8 +18,8 @@ use super::observe::{DispatchObserver, Expanded, InstructionEvent, NoObserver, S
 use super::stages::{line_of, parse_trigger, stage_by_name};
 use super::{
     normalize_workdir, BaseSource, BuildOptions, CopyFrom, CopyStep, InlineFile, MountImage,
-    MountSource, Origin, PlanError, PlanErrorKind, PlanWarning, RunMount, RunStep, StagePlan, Step,
-    StepKind, WalkOptions, WorkdirStep, NON_ENV_ARGS, PROXY_ARGS,
+    MountSource, NamedSource, Origin, PlanError, PlanErrorKind, PlanWarning, RunMount, RunStep,
+    StagePlan, Step, StepKind, WalkOptions, WorkdirStep, NON_ENV_ARGS, PROXY_ARGS,
 };
 use crate::copy::dest_path;
 use crate::image::{
@@ -255,6 +255,14 @@ impl<'a> Planner<'a> {
         observer: &mut dyn DispatchObserver,
     ) -> Result<(), PlanError> {
         let (mut state, onbuild) = self.initial_state(stage, platform, sp, observer)?;
+        if let BaseSource::NamedContext { name, digest } = sp.base.clone() {
+            self.named_context_step(&name, &digest, &mut state, sp);
+        }
+        // A stage a named context replaces runs nothing of its own.
+        let (onbuild, instructions) = match sp.replaced {
+            true => (Vec::new(), &[][..]),
+            false => (onbuild, stage.instructions.as_slice()),
+        };
         // ONBUILD triggers of the base run first, located at the FROM line.
         for trigger in &onbuild {
             let one = parse_trigger(trigger).map_err(|message| {
@@ -271,7 +279,7 @@ impl<'a> Planner<'a> {
             };
             self.dispatch(&one, &mut site, &mut state, sp)?;
         }
-        for instruction in &stage.instructions {
+        for instruction in instructions {
             let meta = instruction.meta();
             let mut site = Site {
                 line: line_of(meta),
@@ -286,6 +294,53 @@ impl<'a> Planner<'a> {
         sp.provenance = state.provenance.clone();
         self.finals[stage.index] = Some(state);
         Ok(())
+    }
+
+    /// A stage on a directory-like named context starts with its files:
+    /// a copy of the whole tree into the empty root, keyed by its digest,
+    /// recorded as BuildKit's exporter records a layer no instruction made
+    /// (the source's description, `buildkit.exporter.image.v0`).
+    fn named_context_step(&self, name: &str, digest: &str, state: &mut State, sp: &mut StagePlan) {
+        let description = match self.opts.named_contexts.get(name) {
+            Some(NamedSource::Tree { description, .. }) => description.clone(),
+            _ => format!("context {name}"),
+        };
+        state.image.history.push(kiln_layers::oci::History {
+            created: None,
+            created_by: Some(description.clone()),
+            author: None,
+            comment: Some("buildkit.exporter.image.v0".into()),
+            empty_layer: None,
+        });
+        let copy = CopyStep {
+            is_add: false,
+            from: CopyFrom::NamedContext {
+                name: name.to_string(),
+                digest: digest.to_string(),
+            },
+            sources: vec!["/".into()],
+            inline: Vec::new(),
+            dest: "/".into(),
+            dest_as_written: "/".into(),
+            chown: None,
+            chmod: None,
+            link: false,
+            exclude: Vec::new(),
+            checksum: None,
+            unpack: None,
+            parents: false,
+            from_digest: None,
+            keep_git_dir: None,
+            git_commits: BTreeMap::new(),
+        };
+        sp.steps.push(Step {
+            stage: sp.index,
+            line: sp.line,
+            instruction: format!("[context {name}] {description}"),
+            kind: StepKind::Copy(copy),
+            history_index: state.image.history.len() - 1,
+            cache_key: None,
+        });
     }
 
     fn initial_state(
@@ -309,7 +364,7 @@ impl<'a> Planner<'a> {
         };
         let mut onbuild: Vec<String> = Vec::new();
         let mut state = match sp.base.clone() {
-            BaseSource::Scratch => {
+            BaseSource::Scratch | BaseSource::NamedContext { .. } => {
                 observer.stage(stage, &StageStart::Scratch);
                 let mut s = empty_state(empty_image(
                     &platform.architecture,
@@ -831,9 +886,29 @@ impl<'a> Planner<'a> {
                 None => None,
                 Some(from) => Some(match self.stage_ref(from, site.stage, site.line)? {
                     Some(i) => MountSource::Stage(i),
-                    // Not a stage: an image, as BuildKit takes it.
+                    // Not a stage: a named context's files, else an image,
+                    // as BuildKit takes it.
                     None => {
-                        let reference = ImageName::parse(from, site.line)?;
+                        let reference = match self.opts.named_context(from) {
+                            Some((
+                                name,
+                                NamedSource::Tree { digest, .. } | NamedSource::Scratch { digest },
+                            )) => {
+                                mounts.push(RunMount {
+                                    spec,
+                                    from_resolved: Some(MountSource::NamedContext {
+                                        name,
+                                        digest: digest.clone(),
+                                    }),
+                                });
+                                continue;
+                            }
+                            Some((_, NamedSource::Image(reference))) => ImageName {
+                                reference: reference.clone(),
+                                shown: reference.to_string(),
+                            },
+                            None => ImageName::parse(from, site.line)?,
+                        };
                         let platform = self.opts.target_platform.clone();
                         let found = self.look_up(&reference, &platform, site.line)?;
                         MountSource::Image(MountImage {
@@ -861,7 +936,20 @@ impl<'a> Planner<'a> {
             None => CopyFrom::Context,
             Some(name) => match self.stage_ref(name, site.stage, site.line)? {
                 Some(i) => CopyFrom::Stage(i),
-                None => CopyFrom::Image(ImageName::parse(name, site.line)?),
+                None => match self.opts.named_context(name) {
+                    Some((_, NamedSource::Image(reference))) => CopyFrom::Image(ImageName {
+                        reference: reference.clone(),
+                        shown: reference.to_string(),
+                    }),
+                    Some((
+                        named,
+                        NamedSource::Tree { digest, .. } | NamedSource::Scratch { digest },
+                    )) => CopyFrom::NamedContext {
+                        name: named,
+                        digest: digest.clone(),
+                    },
+                    None => CopyFrom::Image(ImageName::parse(name, site.line)?),
+                },
             },
         };
         let words = CopyWords {

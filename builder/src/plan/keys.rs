@@ -145,6 +145,11 @@ pub fn compute_cache_keys(
                 plan_platform(&plan.stages[index].image)
             ),
             BaseSource::Stage(i) => finals.get(i).cloned().unwrap_or_default(),
+            // Its files come in through the stage's first step, a copy
+            // keyed by their digest.
+            BaseSource::NamedContext { .. } => {
+                format!("scratch/{}", plan_platform(&plan.stages[index].image))
+            }
         };
         for n in 0..plan.stages[index].steps.len() {
             let step = &plan.stages[index].steps[n];
@@ -241,6 +246,9 @@ impl StepInputs<'_> {
             match &m.from_resolved {
                 None => key.field("mount.content", ""),
                 Some(MountSource::Stage(i)) => key.field("mount.content", self.stage_key(*i)),
+                Some(MountSource::NamedContext { digest, .. }) => {
+                    key.field("mount.content", digest)
+                }
                 Some(MountSource::Image(image)) => key.field(
                     "mount.content",
                     image
@@ -285,6 +293,7 @@ impl StepInputs<'_> {
         match &c.from {
             CopyFrom::Context => key.field("from", "context"),
             CopyFrom::Stage(i) => key.field("from.stage", self.stage_key(*i)),
+            CopyFrom::NamedContext { digest, .. } => key.field("from.named", digest),
             CopyFrom::Image(name) => {
                 key.field("from.image", &name.shown);
                 key.opt("from.digest", c.from_digest.as_ref().map(Digest::as_str));

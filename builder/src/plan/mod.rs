@@ -150,6 +150,9 @@ pub struct BuildOptions {
     pub build_platform: Platform,
     /// What every RUN gets from the build's flags.
     pub run: RunDefaults,
+    /// `--build-context NAME=…`, by normalized name
+    /// ([`crate::contexts::named`]).
+    pub named_contexts: BTreeMap<String, NamedSource>,
 }
 
 impl Default for BuildOptions {
@@ -160,7 +163,40 @@ impl Default for BuildOptions {
             target_platform: Platform::host(),
             build_platform: Platform::host(),
             run: RunDefaults::default(),
+            named_contexts: BTreeMap::new(),
         }
+    }
+}
+
+/// A named context as the planner sees it: an image to use by reference,
+/// nothing, or a tree of files known by its content digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedSource {
+    Image(Reference),
+    /// `docker-image://scratch`: no files; `digest` is its empty tree's.
+    Scratch {
+        digest: String,
+    },
+    /// A directory, Git checkout or download: its content digest, and
+    /// what history calls it.
+    Tree {
+        digest: String,
+        description: String,
+    },
+}
+
+impl BuildOptions {
+    /// The named context an image or stage name `name` means, if any
+    /// (compared as BuildKit does:
+    /// [`crate::contexts::named::normalize_name`]).
+    pub fn named_context(&self, name: &str) -> Option<(String, &NamedSource)> {
+        if self.named_contexts.is_empty() {
+            return None;
+        }
+        let normalized = crate::contexts::named::normalize_name(name)?;
+        self.named_contexts
+            .get(&normalized)
+            .map(|source| (normalized, source))
     }
 }
 
@@ -200,6 +236,12 @@ pub enum BaseSource {
         digest: Option<Digest>,
     },
     Stage(usize),
+    /// A named context's files (`--build-context NAME=DIR|GIT|URL`): a
+    /// scratch stage whose first step copies them in.
+    NamedContext {
+        name: String,
+        digest: String,
+    },
 }
 
 /// Where a COPY takes its files.
@@ -209,6 +251,11 @@ pub enum CopyFrom {
     Context,
     Stage(usize),
     Image(ImageName),
+    /// A named context's files, by name and content digest.
+    NamedContext {
+        name: String,
+        digest: String,
+    },
 }
 
 /// A source written inline (heredoc), expanded if it asked to be.
@@ -274,6 +321,8 @@ pub enum MountSource {
     /// An image, resolved while planning so that its manifest digest is
     /// part of the step's cache key (a moved tag runs the step again).
     Image(MountImage),
+    /// A named context's files, by name and content digest.
+    NamedContext { name: String, digest: String },
 }
 
 /// An image a `RUN --mount=...,from=<image>` names.
@@ -389,6 +438,10 @@ pub struct StagePlan {
     pub line: usize,
     /// Whether the target needs this stage.
     pub needed: bool,
+    /// `FROM … AS NAME` with a named context NAME: the stage is that
+    /// context, its instructions are not run (as BuildKit).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub replaced: bool,
     /// The config after every instruction (history included; the base's
     /// `rootfs.diff_ids` as they were).
     pub image: ImageConfig,
@@ -543,6 +596,7 @@ pub fn plan_with(
             base: graph.bases[index].clone(),
             line: stage.from.span.start_line(),
             needed,
+            replaced: graph.replaced.contains(&index),
             image: ImageConfig::default(),
             base_history: 0,
             steps: Vec::new(),

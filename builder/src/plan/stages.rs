@@ -13,7 +13,9 @@ use kiln_parser::instructions::{self as ins, Dockerfile, Instruction};
 use super::env::Env;
 use super::lookup::{ImageLookup, ImageName, LookupError};
 use super::observe::{DispatchObserver, FromWord};
-use super::{predefined_args, BaseSource, BuildOptions, PlanError, PlanErrorKind, WalkOptions};
+use super::{
+    predefined_args, BaseSource, BuildOptions, NamedSource, PlanError, PlanErrorKind, WalkOptions,
+};
 
 /// What the walk knows before dispatching.
 pub(crate) struct StageGraph {
@@ -27,6 +29,8 @@ pub(crate) struct StageGraph {
     pub platforms: Vec<Platform>,
     pub deps: Vec<BTreeSet<usize>>,
     pub needed: BTreeSet<usize>,
+    /// Stages a named context of their name replaces (`FROM … AS NAME`).
+    pub replaced: BTreeSet<usize>,
 }
 
 pub(crate) fn line_of(meta: &ins::Meta) -> usize {
@@ -66,13 +70,21 @@ impl StageGraph {
             platforms: Vec::new(),
             deps: Vec::new(),
             needed: BTreeSet::new(),
+            replaced: BTreeSet::new(),
         };
         for (key, value) in predefined_args(opts, &target_name) {
             graph.global.set(&key, &value);
         }
         graph.meta_args(df, opts)?;
         for stage in &df.stages {
-            let (base, platform) = graph.stage_start(df, stage, opts, observer)?;
+            let (mut base, platform) = graph.stage_start(df, stage, opts, observer)?;
+            // `FROM … AS NAME` with a named context NAME: BuildKit uses the
+            // context for the whole stage.
+            if let Some((name, source)) = stage.name.as_deref().and_then(|n| opts.named_context(n))
+            {
+                base = named_base(&name, source);
+                graph.replaced.insert(stage.index);
+            }
             graph.bases.push(base);
             graph.platforms.push(platform);
         }
@@ -162,9 +174,12 @@ impl StageGraph {
         let source = match stage_by_name(df, &base) {
             Some(i) if i < stage.index => BaseSource::Stage(i),
             _ if base.eq_ignore_ascii_case("scratch") => BaseSource::Scratch,
-            _ => BaseSource::Image {
-                reference: ImageName::parse(&base, line)?,
-                digest: None,
+            _ => match opts.named_context(&base) {
+                Some((name, source)) => named_base(&name, source),
+                None => BaseSource::Image {
+                    reference: ImageName::parse(&base, line)?,
+                    digest: None,
+                },
             },
         };
         Ok((source, platform))
@@ -176,6 +191,9 @@ impl StageGraph {
         for stage in &df.stages {
             if let BaseSource::Stage(i) = self.bases[stage.index] {
                 self.deps[stage.index].insert(i);
+            }
+            if self.replaced.contains(&stage.index) {
+                continue;
             }
             for instruction in &stage.instructions {
                 for dep in instruction_stage_refs(df, instruction) {
@@ -259,6 +277,24 @@ impl StageGraph {
                 return Ok(());
             }
         }
+    }
+}
+
+/// Where a stage starts when its base is the named context `name`.
+pub(crate) fn named_base(name: &str, source: &NamedSource) -> BaseSource {
+    match source {
+        NamedSource::Image(reference) => BaseSource::Image {
+            reference: ImageName {
+                reference: reference.clone(),
+                shown: reference.to_string(),
+            },
+            digest: None,
+        },
+        NamedSource::Scratch { .. } => BaseSource::Scratch,
+        NamedSource::Tree { digest, .. } => BaseSource::NamedContext {
+            name: name.to_string(),
+            digest: digest.clone(),
+        },
     }
 }
 

@@ -1,11 +1,12 @@
 //! COPY and ADD: sources (the context, a stage, an image, a URL, a Git
-//! repository, heredocs) copied into the step's upper dir.
+//! repository, heredocs) copied into the step's upper dir; and WORKDIR's
+//! directory, made as BuildKit's file op makes it.
 
 use std::path::Path;
 
 use crate::copy::{self, CopyOptions};
 use crate::modes::Chmod;
-use crate::plan::{CopyFrom, CopyStep};
+use crate::plan::{CopyFrom, CopyStep, WorkdirStep};
 use crate::rootfs::{DirTree, LayeredRootfs, SourceTree};
 use crate::users::ChownSpec;
 
@@ -49,11 +50,7 @@ pub(super) fn execute_copy(
     dir: &Path,
 ) -> Result<(), SolveError> {
     let chown = match &c.chown {
-        Some(spec) => Some(
-            ChownSpec::parse(spec)
-                .resolve(rootfs)
-                .map_err(|e| run.error(e.to_string()))?,
-        ),
+        Some(spec) => Some(owner(run, spec, rootfs, &format!("--chown={spec}"))?),
         None => None,
     };
     // COPY --link copies onto an empty directory, as BuildKit does: the
@@ -82,6 +79,7 @@ pub(super) fn execute_copy(
     let stage_tree;
     let source: &dyn SourceTree = match &c.from {
         CopyFrom::Context => run.build.context,
+        CopyFrom::NamedContext { name, .. } => named_tree(run, name)?,
         CopyFrom::Stage(i) => {
             let output = run.deps.get(i).ok_or(SolveError::StageMissing(*i))?;
             stage_tree = LayeredRootfs::new(&empty_upper, output.lowers_top_first());
@@ -128,6 +126,51 @@ pub(super) fn execute_copy(
         target.copy(run, &DirTree::new(&doc_dir), &doc.name, &o)?;
     }
     Ok(())
+}
+
+/// The owner `spec` names in `rootfs`; a name it lacks is root, as in
+/// BuildKit, and a warning of the step (`what` says where the name was
+/// given).
+fn owner(
+    run: &StepRun<'_>,
+    spec: &str,
+    rootfs: &LayeredRootfs,
+    what: &str,
+) -> Result<crate::users::Owner, SolveError> {
+    let resolved = ChownSpec::parse(spec)
+        .resolve(rootfs)
+        .map_err(|e| run.error(format!("{what}: {e}")))?;
+    if let Some(warning) = resolved.warning() {
+        run.warn(format!("{what}: {warning}"));
+    }
+    Ok(resolved.owner)
+}
+
+/// WORKDIR: the directory and its missing parents, 0755, owned by the
+/// stage's USER when it has one (BuildKit's mkdir with `WithUser`).
+pub(super) fn execute_workdir(
+    run: &StepRun<'_>,
+    w: &WorkdirStep,
+    rootfs: &LayeredRootfs,
+) -> Result<(), SolveError> {
+    let owner = match &w.user {
+        Some(user) => Some(owner(run, user, rootfs, &format!("USER {user}"))?),
+        None => None,
+    };
+    copy::mkdir_all(rootfs, &w.path, 0o755, owner, None).map_err(|e| run.error(e.to_string()))?;
+    Ok(())
+}
+
+/// The files of the named context `name`.
+pub(super) fn named_tree<'a>(
+    run: &StepRun<'a>,
+    name: &str,
+) -> Result<&'a crate::context::BuildContext, SolveError> {
+    run.build
+        .opts
+        .named_contexts
+        .and_then(|named| named.tree(name))
+        .ok_or_else(|| run.error(format!("named context {name} was not prepared")))
 }
 
 /// ADD of a Git repository: BuildKit copies the checkout's root (or

@@ -40,6 +40,9 @@ pub enum StepOutcome {
     Cached,
     /// Failed with this message.
     Failed(String),
+    /// Stopped, or never finished, because kiln was interrupted
+    /// (BuildKit's `CANCELED`).
+    Canceled,
 }
 
 /// Build progress, for the CLI to draw. Steps of different stages may
@@ -55,6 +58,9 @@ pub trait BuildEvents: Sync {
     fn internal(&self, _name: &str, _lines: &[String], _seconds: f64) {}
     /// A warning about the Dockerfile `file` (an unused build arg, …).
     fn warning(&self, _file: &str, _warning: &crate::plan::PlanWarning) {}
+    /// A warning about a step as it runs (`COPY --chown` naming a user the
+    /// image lacks): BuildKit's warning on a vertex.
+    fn step_warning(&self, _step: &StepEvent<'_>, _message: &str) {}
 }
 
 /// Prints nothing.

@@ -36,10 +36,10 @@ use kiln_runtime::{HelperCommand, Network};
 
 use crate::context::BuildContext;
 use crate::copy::UrlDownloads;
-use crate::plan::{Plan, Step};
+use crate::plan::{Plan, PlanWarning, Step};
 use crate::secrets::Secret;
 
-use copy_step::execute_copy;
+use copy_step::{execute_copy, execute_workdir};
 pub use events::{BuildEvents, NoEvents, StepEvent, StepOutcome};
 use mounts::{mount_image_layers, run_mount, MountFrom, StepMount};
 pub use resolve::{ImagePuller, StoreResolver};
@@ -84,6 +84,16 @@ pub enum SolveError {
     Unresolved(String),
     #[error("stage {0} failed before it finished")]
     StageMissing(usize),
+    /// kiln was interrupted ([`kiln_runtime::interrupt::cancel_runs`]):
+    /// running containers were killed and no further step started.
+    #[error("build canceled")]
+    Canceled,
+}
+
+/// Whether the build is to stop: kiln was interrupted and its runs
+/// canceled ([`kiln_runtime::interrupt`]).
+fn canceled() -> bool {
+    kiln_runtime::interrupt::runs_canceled()
 }
 
 fn tail(lines: &[String]) -> String {
@@ -132,6 +142,9 @@ pub struct SolveOptions<'a> {
     /// `--ssh ID[=...]`: the agent sockets `RUN --mount=type=ssh` can reach
     /// (see [`crate::ssh`]). Never part of a cache key.
     pub ssh: crate::ssh::SshAgents,
+    /// The files of `--build-context` named contexts (`COPY --from`,
+    /// `RUN --mount=from=`, `FROM`), by name.
+    pub named_contexts: Option<&'a crate::contexts::NamedContexts>,
     /// Every RUN's pids and memory limits (`--pids-limit`, `--memory`).
     /// Never part of a cache key.
     pub limits: kiln_runtime::Limits,
@@ -149,6 +162,9 @@ pub struct BuiltImage {
     pub layers: Vec<Descriptor>,
     /// The target stage's snapshots, bottom first (its root filesystem).
     pub snapshots: Vec<PathBuf>,
+    /// What the steps that ran warned of, in the order they did (a step
+    /// taken from the cache warns of nothing).
+    pub warnings: Vec<PlanWarning>,
 }
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
@@ -204,6 +220,7 @@ pub fn solve(
         resolver,
         opts,
         work: work.path(),
+        warnings: Mutex::new(Vec::new()),
     };
     let result = solve_in(&build);
     drop(work);
@@ -221,6 +238,8 @@ struct Build<'a> {
     opts: &'a SolveOptions<'a>,
     /// The build's scratch directory: each step's work dir is made in it.
     work: &'a Path,
+    /// The steps' warnings so far ([`StepRun::warn`]).
+    warnings: Mutex<Vec<PlanWarning>>,
 }
 
 /// One step being run: the build, the finished stages it may read, the
@@ -239,6 +258,19 @@ impl StepRun<'_> {
             line: self.step.line,
             instruction: self.step.instruction.clone(),
             message,
+        }
+    }
+
+    /// A warning about this step: shown with its progress, and kept for
+    /// the build's result (the metadata file's `buildx.build.warnings`).
+    fn warn(&self, message: String) {
+        self.build.opts.events.step_warning(self.event, &message);
+        let warning = PlanWarning {
+            line: Some(self.step.line),
+            message,
+        };
+        if let Ok(mut warnings) = self.build.warnings.lock() {
+            warnings.push(warning);
         }
     }
 }
@@ -293,6 +325,7 @@ fn solve_in(build: &Build<'_>) -> Result<BuiltImage, SolveError> {
         config,
         layers,
         snapshots: target.snapshots.clone(),
+        warnings: build.warnings.lock().map(|w| w.clone()).unwrap_or_default(),
     })
 }
 

@@ -27,6 +27,9 @@ pub(super) fn execute_run(
     // still tells what was running. A heredoc script whose interpreter is
     // missing names it and its line.
     let status = status.map_err(|e| {
+        if matches!(e, kiln_runtime::RuntimeError::Canceled) {
+            return SolveError::Canceled;
+        }
         run.error(match (&r.script, &e) {
             (
                 Some(script),
@@ -162,6 +165,13 @@ fn mount_from(run: &StepRun<'_>, mount: &RunMount) -> Result<Option<MountFrom>, 
             }))
         }
         Some(MountSource::Image(image)) => Ok(Some(mount_image_layers(run.build, image)?)),
+        Some(MountSource::NamedContext { name, digest }) => {
+            let tree = super::copy_step::named_tree(run, name)?;
+            Ok(Some(MountFrom {
+                lowers: vec![tree.host_path("")],
+                identity: digest.clone(),
+            }))
+        }
         None => Ok(None),
     }
 }

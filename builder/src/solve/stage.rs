@@ -77,6 +77,9 @@ pub(super) fn run_stage(
         step_times: BTreeMap::new(),
     };
     for (n, step) in sp.steps.iter().enumerate() {
+        if canceled() {
+            return Err(SolveError::Canceled);
+        }
         let event = StepEvent {
             number: n + 2,
             line: step.line,
@@ -113,7 +116,8 @@ fn stage_base(
     deps: &BTreeMap<usize, StageOutput>,
 ) -> Result<StageOutput, SolveError> {
     let (reference, digest) = match &sp.base {
-        BaseSource::Scratch => {
+        // A named context's files come in through the stage's first step.
+        BaseSource::Scratch | BaseSource::NamedContext { .. } => {
             return Ok(StageOutput {
                 layers: Vec::new(),
                 snapshots: Vec::new(),
@@ -123,9 +127,17 @@ fn stage_base(
         BaseSource::Stage(i) => return deps.get(i).cloned().ok_or(SolveError::StageMissing(*i)),
         BaseSource::Image { reference, digest } => (reference, digest),
     };
+    if canceled() {
+        return Err(SolveError::Canceled);
+    }
     let (store, opts) = (build.store, build.opts);
     let image = build.resolver.resolved(reference, digest.as_ref())?;
-    let instruction = format!("FROM {reference}@{}", image.manifest_descriptor.digest);
+    // As BuildKit names it: the reference with the digest it resolved to;
+    // one that names a digest already is shown as it is.
+    let instruction = match &reference.reference.digest {
+        Some(_) => format!("FROM {}", reference.reference),
+        None => format!("FROM {reference}@{}", image.manifest_descriptor.digest),
+    };
     let event = StepEvent {
         instruction: &instruction,
         ..from.clone()
@@ -138,6 +150,10 @@ fn stage_base(
         .all(|c| store.has_snapshot(c));
     let snapshots = match store.prepare_snapshots(&image, opts.reporter) {
         Ok(s) => s,
+        Err(e) if canceled() => {
+            opts.events.step_done(&event, &StepOutcome::Canceled);
+            return Err(e.into());
+        }
         Err(e) => {
             opts.events
                 .step_done(&event, &StepOutcome::Failed(e.to_string()));
@@ -157,11 +173,14 @@ fn stage_base(
     })
 }
 
-/// How a step's progress line ends.
+/// How a step's progress line ends (a step that failed once kiln was
+/// interrupted was canceled: its failure is the interruption's doing).
 fn step_outcome(step: &Step, result: &Result<bool, SolveError>) -> StepOutcome {
     match result {
         Ok(true) => StepOutcome::Cached,
         Ok(false) => StepOutcome::Done,
+        Err(SolveError::Canceled) => StepOutcome::Canceled,
+        Err(_) if canceled() => StepOutcome::Canceled,
         Err(SolveError::RunFailed { code, .. }) => {
             let command = match &step.kind {
                 StepKind::Run(r) => r.argv.join(" "),

@@ -9,10 +9,8 @@ use kiln_layers::store::CacheRecord;
 use kiln_layers::{Compression, Digest};
 use kiln_parser::shorten;
 
-use crate::copy::{self};
 use crate::plan::StepKind;
 use crate::rootfs::LayeredRootfs;
-use crate::users::ChownSpec;
 
 use super::*;
 
@@ -62,18 +60,7 @@ fn run_or_reuse(
     match &step.kind {
         StepKind::Run(r) => execute_run(run, r, &rootfs, &dir)?,
         StepKind::Copy(c) => execute_copy(run, c, &rootfs, &dir)?,
-        StepKind::Workdir(w) => {
-            let owner = match &w.user {
-                Some(u) => Some(
-                    ChownSpec::parse(u)
-                        .resolve(&rootfs)
-                        .map_err(|e| run.error(e.to_string()))?,
-                ),
-                None => None,
-            };
-            copy::mkdir_all(&rootfs, &w.path, 0o755, owner, None)
-                .map_err(|e| run.error(e.to_string()))?;
-        }
+        StepKind::Workdir(w) => execute_workdir(run, w, &rootfs)?,
     }
     tracing::debug!("line {}: step finished, packing its layer", step.line);
     let (record, parked_bytes) = commit_layer(run, progress, &upper)?;

@@ -1,0 +1,235 @@
+//! `--annotation` and `--label`: metadata the caller puts on the image,
+//! where BuildKit puts it.
+//!
+//! An annotation is `[TYPES:]KEY=VALUE`, TYPES a comma-separated list of
+//! `manifest`, `manifest-descriptor`, `index`, `index-descriptor`, each
+//! with an optional `[os/arch[/variant]]` (buildx's syntax); no type means
+//! `manifest`. Where each goes:
+//!
+//! - `manifest`: the image manifest's `annotations` (what a registry
+//!   serves, `skopeo inspect --raw` shows);
+//! - `manifest-descriptor`: the descriptor that points at the manifest:
+//!   its entry in the store's `index.json`, in an OCI layout or archive
+//!   output's `index.json`, and the metadata file's
+//!   `containerimage.descriptor` (a registry push of a single manifest has
+//!   no descriptor to carry it, as with BuildKit);
+//! - `index`, `index-descriptor`: an image index's, which kiln does not
+//!   write yet (a single-platform image is one manifest): refused, as
+//!   BuildKit refuses them for a single-platform export.
+//!
+//! A platform-qualified annotation applies to that platform's manifest and
+//! is an error when the build makes no such platform. With Docker media
+//! types, only `manifest` annotations are allowed (BuildKit: "cannot export
+//! annotations with oci-mediatypes=false").
+//!
+//! `--label K=V` sets the target image's `config.Labels[K]`, over the
+//! Dockerfile's LABEL of the same key, with no history entry and no cache
+//! key change (BuildKit's `label:` frontend option).
+//!
+//! ```
+//! use kiln_builder::annotations::{Annotation, AnnotationTarget};
+//! let parsed = Annotation::parse("manifest,manifest-descriptor:org.example=1").unwrap();
+//! assert_eq!(parsed.len(), 2);
+//! assert_eq!(parsed[1].target, AnnotationTarget::ManifestDescriptor);
+//! assert_eq!(Annotation::parse("k=v").unwrap()[0].target, AnnotationTarget::Manifest);
+//! ```
+
+use std::collections::BTreeMap;
+
+use kiln_layers::oci::{ManifestKind, Platform};
+use kiln_layers::{Descriptor, Store};
+
+/// Where an annotation goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnnotationTarget {
+    Manifest,
+    ManifestDescriptor,
+    Index,
+    IndexDescriptor,
+}
+
+impl AnnotationTarget {
+    fn parse(word: &str) -> Option<AnnotationTarget> {
+        Some(match word {
+            "manifest" => AnnotationTarget::Manifest,
+            "manifest-descriptor" => AnnotationTarget::ManifestDescriptor,
+            "index" => AnnotationTarget::Index,
+            "index-descriptor" => AnnotationTarget::IndexDescriptor,
+            _ => return None,
+        })
+    }
+}
+
+/// One `--annotation`, for one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Annotation {
+    pub target: AnnotationTarget,
+    /// `manifest[linux/amd64]:…`: only that platform's.
+    pub platform: Option<Platform>,
+    pub key: String,
+    pub value: String,
+    /// The flag as given, for errors.
+    pub flag: String,
+}
+
+impl Annotation {
+    /// Parses one `--annotation` flag (one annotation per type listed).
+    pub fn parse(flag: &str) -> Result<Vec<Annotation>, String> {
+        let bad = |why: String| format!("--annotation {flag}: {why}");
+        let (left, value) = flag
+            .split_once('=')
+            .ok_or_else(|| bad("expected key=value".into()))?;
+        let Some((types, key)) = left.split_once(':') else {
+            return Ok(vec![Annotation {
+                target: AnnotationTarget::Manifest,
+                platform: None,
+                key: left.to_string(),
+                value: value.to_string(),
+                flag: flag.to_string(),
+            }]);
+        };
+        let mut out = Vec::new();
+        for word in types.split(',') {
+            let (kind, platform) = match word.split_once('[') {
+                Some((kind, rest)) => {
+                    let inner = rest.strip_suffix(']').ok_or_else(|| {
+                        bad(format!("invalid annotation type {word:?}, expected type and optional platform in square brackets"))
+                    })?;
+                    let platform = Platform::parse(inner)
+                        .map_err(|e| bad(format!("invalid platform {inner:?}: {e}")))?;
+                    (kind, Some(platform))
+                }
+                None => (word, None),
+            };
+            let target = AnnotationTarget::parse(kind)
+                .ok_or_else(|| bad(format!("unknown annotation type {kind:?}")))?;
+            out.push(Annotation {
+                target,
+                platform,
+                key: key.to_string(),
+                value: value.to_string(),
+                flag: flag.to_string(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn applies_to(&self, platform: &Platform) -> bool {
+        self.platform
+            .as_ref()
+            .is_none_or(|p| p.normalized() == platform.normalized())
+    }
+}
+
+/// Refuses what the build cannot honour: index annotations (no index is
+/// written), a platform the build does not make, descriptor annotations
+/// with Docker media types.
+pub fn check(
+    annotations: &[Annotation],
+    platform: &Platform,
+    docker_media_types: bool,
+) -> Result<(), String> {
+    for a in annotations {
+        let flag = &a.flag;
+        if matches!(
+            a.target,
+            AnnotationTarget::Index | AnnotationTarget::IndexDescriptor
+        ) {
+            return Err(format!(
+                "--annotation {flag}: index annotations not supported for single platform export \
+                 (kiln writes a single-platform image as one manifest, with no index to annotate)"
+            ));
+        }
+        if let Some(p) = &a.platform {
+            if p.normalized() != platform.normalized() {
+                return Err(format!(
+                    "--annotation {flag}: invalid annotation: no platform {p} found in source \
+                     (the build makes {platform})"
+                ));
+            }
+        }
+        if docker_media_types && a.target != AnnotationTarget::Manifest {
+            return Err(format!(
+                "--annotation {flag}: cannot export annotations with Docker media types \
+                 (oci-mediatypes=false); only manifest annotations can be written"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The manifest `desc` (of `platform`) with the annotations that apply
+/// written into it and onto its descriptor; `desc` itself when none do.
+pub fn annotate(
+    store: &Store,
+    desc: &Descriptor,
+    platform: &Platform,
+    annotations: &[Annotation],
+) -> Result<Descriptor, kiln_layers::Error> {
+    let pick = |target: AnnotationTarget| -> BTreeMap<String, String> {
+        annotations
+            .iter()
+            .filter(|a| a.target == target && a.applies_to(platform))
+            .map(|a| (a.key.clone(), a.value.clone()))
+            .collect()
+    };
+    let in_manifest = pick(AnnotationTarget::Manifest);
+    let on_descriptor = pick(AnnotationTarget::ManifestDescriptor);
+    let mut out = desc.clone();
+    if !in_manifest.is_empty() {
+        let ManifestKind::Image(mut manifest) = store.read_manifest(desc)? else {
+            return Err(kiln_layers::Error::InvalidManifest {
+                what: format!("manifest {}", desc.digest),
+                reason: "a built image is one manifest, not an index".into(),
+            });
+        };
+        manifest.annotations.extend(in_manifest);
+        out = store.put_json(&desc.media_type, &manifest)?;
+        out.platform = desc.platform.clone();
+        out.annotations = desc.annotations.clone();
+    }
+    out.annotations.extend(on_descriptor);
+    Ok(out)
+}
+
+/// `--label K=V` (`K` alone: an empty value, as buildx).
+pub fn parse_label(flag: &str) -> (String, String) {
+    match flag.split_once('=') {
+        Some((k, v)) => (k.to_string(), v.to_string()),
+        None => (flag.to_string(), String::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_platforms_and_errors() {
+        let a = Annotation::parse("manifest[linux/arm64],index:k=v=w").unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[0].platform, Some(Platform::parse("linux/arm64").unwrap()));
+        assert_eq!((a[0].key.as_str(), a[0].value.as_str()), ("k", "v=w"));
+        assert_eq!(a[1].target, AnnotationTarget::Index);
+        for (flag, wanted) in [
+            ("novalue", "expected key=value"),
+            ("bogus:k=v", "unknown annotation type \"bogus\""),
+            ("manifest[linux:k=v", "square brackets"),
+            ("manifest[x]:k=v", "invalid platform"),
+        ] {
+            let err = Annotation::parse(flag).unwrap_err();
+            assert!(err.contains(wanted), "{flag}: {err}");
+        }
+        let amd64 = Platform::parse("linux/amd64").unwrap();
+        let index = Annotation::parse("index:k=v").unwrap();
+        let err = check(&index, &amd64, false).unwrap_err();
+        assert!(err.contains("index annotations not supported"), "{err}");
+        let other = Annotation::parse("manifest[linux/arm64]:k=v").unwrap();
+        let err = check(&other, &amd64, false).unwrap_err();
+        assert!(err.contains("no platform linux/arm64"), "{err}");
+        let desc = Annotation::parse("manifest-descriptor:k=v").unwrap();
+        assert!(check(&desc, &amd64, true).is_err());
+        assert!(check(&desc, &amd64, false).is_ok());
+        assert_eq!(parse_label("a"), ("a".into(), String::new()));
+    }
+}

@@ -1,0 +1,156 @@
+//! Interrupting kiln (Ctrl-C, `kill`): SIGINT and SIGTERM handed to a
+//! thread of the caller's ([`Interrupts`]), and every run of the process
+//! canceled at once ([`cancel_runs`]): each running container is killed,
+//! its [`crate::run`] ends with [`RuntimeError::Canceled`] once the
+//! container is gone (its cgroups and scratch removed as on any end), and
+//! no new run starts.
+//!
+//! ```no_run
+//! # fn main() -> std::io::Result<()> {
+//! let interrupts = kiln_runtime::interrupt::Interrupts::install()?;
+//! std::thread::spawn(move || {
+//!     if let Some(signal) = interrupts.wait() {
+//!         eprintln!("signal {signal}: canceling");
+//!         kiln_runtime::interrupt::cancel_runs();
+//!     }
+//! });
+//! # Ok(()) }
+//! ```
+//!
+//! [`RuntimeError::Canceled`]: crate::RuntimeError::Canceled
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::OnceLock;
+
+static CANCELED: AtomicBool = AtomicBool::new(false);
+
+/// Readable once runs are canceled: every run's wait loop polls its read
+/// end. Nothing reads from it, so it stays readable for every later poll.
+static CANCEL_PIPE: OnceLock<Option<(OwnedFd, OwnedFd)>> = OnceLock::new();
+
+fn cancel_pipe() -> Option<&'static (OwnedFd, OwnedFd)> {
+    CANCEL_PIPE.get_or_init(|| crate::sys::pipe().ok()).as_ref()
+}
+
+/// Cancels every run of this process, running or to come: their containers
+/// are killed and [`crate::run`] returns [`crate::RuntimeError::Canceled`].
+/// There is no undoing it: it is how a process that was told to stop
+/// winds down.
+pub fn cancel_runs() {
+    if CANCELED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    if let Some((_, write)) = cancel_pipe() {
+        let _ = rustix::io::write(write, &[1]);
+    }
+}
+
+/// Whether [`cancel_runs`] was called.
+pub fn runs_canceled() -> bool {
+    CANCELED.load(Ordering::SeqCst)
+}
+
+/// What a run's wait loop polls: readable once runs are canceled (None
+/// when the pipe could not be made; [`runs_canceled`] still tells).
+pub(crate) fn cancel_fd() -> Option<BorrowedFd<'static>> {
+    cancel_pipe().map(|(read, _)| read.as_fd())
+}
+
+/// The write end [`on_interrupt`] writes to, -1 when none is installed.
+static INTERRUPT_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_interrupt(signal: libc::c_int) {
+    let fd = INTERRUPT_PIPE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let byte = signal as u8;
+        // SAFETY: write(2) of one byte we own, on the pipe's write end,
+        // which stays open while the handler is installed; write is
+        // async-signal-safe and the end is non-blocking.
+        unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
+    }
+}
+
+/// The signals [`Interrupts`] catches.
+const INTERRUPT_SIGNALS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
+
+/// SIGINT and SIGTERM caught for as long as this lives (the dispositions
+/// before come back when it is dropped): each one received is read by
+/// [`Interrupts::wait`] instead of ending the process. One at a time per
+/// process; processes kiln starts get the default dispositions back at
+/// exec.
+pub struct Interrupts {
+    read: OwnedFd,
+    _write: OwnedFd,
+    previous: Vec<(libc::c_int, libc::sigaction)>,
+}
+
+impl Interrupts {
+    /// Installs the handlers.
+    pub fn install() -> io::Result<Interrupts> {
+        let (read, write) = crate::sys::pipe()?;
+        // A handler must never block: a full pipe drops the signal.
+        rustix::fs::fcntl_setfl(&write, rustix::fs::OFlags::NONBLOCK)?;
+        INTERRUPT_PIPE.store(write.as_raw_fd(), Ordering::Relaxed);
+        let mut previous = Vec::new();
+        for signal in INTERRUPT_SIGNALS {
+            // SAFETY: installs a handler that only calls write(2) (see
+            // on_interrupt), with structs we own; rustix has no safe
+            // sigaction.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_interrupt as *const () as usize;
+                action.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(signal, &action, &mut old) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                previous.push((signal, old));
+            }
+        }
+        Ok(Interrupts {
+            read,
+            _write: write,
+            previous,
+        })
+    }
+
+    /// Waits for the next SIGINT or SIGTERM; returns its number (None if
+    /// the pipe failed).
+    pub fn wait(&self) -> Option<libc::c_int> {
+        let mut byte = [0u8; 1];
+        loop {
+            match rustix::io::read(&self.read, &mut byte) {
+                Ok(1) => return Some(libc::c_int::from(byte[0])),
+                Err(rustix::io::Errno::INTR) => continue,
+                _ => return None,
+            }
+        }
+    }
+}
+
+impl Drop for Interrupts {
+    fn drop(&mut self) {
+        for (signal, old) in &self.previous {
+            // SAFETY: restores the disposition saved at install, a struct
+            // the kernel filled.
+            unsafe { libc::sigaction(*signal, old, std::ptr::null_mut()) };
+        }
+        INTERRUPT_PIPE.store(-1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signal_is_read_not_fatal() {
+        let interrupts = Interrupts::install().unwrap();
+        // SAFETY: raising a signal whose handler was just installed.
+        unsafe { libc::raise(libc::SIGTERM) };
+        assert_eq!(interrupts.wait(), Some(libc::SIGTERM));
+    }
+}

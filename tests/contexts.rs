@@ -1,0 +1,484 @@
+//! Build contexts that are not a local directory, end to end through the
+//! binary, against real servers the tests start: a Git repository served
+//! by `git daemon` (a ref and a subdir), a tarball (and a plain
+//! Dockerfile) from a local HTTP server behind basic auth, standard input
+//! (a tar, a Dockerfile, `-f -`); `--build-context` of each kind
+//! (directory, `docker-image://` from a real registry, Git, HTTP); and
+//! `--label` / `--annotation` where BuildKit puts them. URL credentials
+//! never show in output, errors or the metadata file.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+
+use common::{busybox_rootfs_tar, kiln_command, kiln_ok};
+use kiln_testsupport::git::{git_in, serve_git};
+use kiln_testsupport::http::FileServer;
+
+const USER: &str = "ctx-user";
+const PASSWORD: &str = "pw-c0ntext-91f3";
+
+/// A store with `busybox:latest` in it, and a scratch directory.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = dir.path().join("busybox.tar");
+        busybox_rootfs_tar(&tar).unwrap();
+        let fixture = Fixture { dir };
+        kiln_ok(
+            &fixture.root(),
+            &["import", tar.to_str().unwrap(), "busybox:latest"],
+        );
+        fixture
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `kiln build ARGS…` with plain progress, standard input from `stdin`
+    /// (empty when None).
+    fn build(&self, args: &[&str], stdin: Option<&Path>) -> Output {
+        let mut command = kiln_command();
+        command
+            .arg("--root")
+            .arg(self.root())
+            .arg("build")
+            .args(args)
+            .env("KILN_PROGRESS", "plain");
+        match stdin {
+            Some(path) => command.stdin(std::fs::File::open(path).unwrap()),
+            None => command.stdin(Stdio::null()),
+        };
+        command.output().unwrap()
+    }
+
+    /// Builds into a fresh local output directory; returns it.
+    fn build_to_dir(&self, name: &str, args: &[&str], stdin: Option<&Path>) -> PathBuf {
+        let out = self.path(name);
+        let dest = format!("type=local,dest={}", out.display());
+        let mut all = vec!["-o", dest.as_str()];
+        all.extend_from_slice(args);
+        ok(&self.build(&all, stdin));
+        out
+    }
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "build failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn failed(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "build should have failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Writes `files` under `dir`.
+fn write_files(dir: &Path, files: &[(&str, &str)]) {
+    for (path, contents) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+    }
+}
+
+/// A gzip (`z`) or plain tar of `files`, made by the host's tar.
+fn tarball(dir: &Path, name: &str, files: &[(&str, &str)], gzip: bool) -> PathBuf {
+    let src = dir.join(format!("{name}.src"));
+    write_files(&src, files);
+    let out = dir.join(name);
+    let status = std::process::Command::new("tar")
+        .arg(if gzip { "-czf" } else { "-cf" })
+        .arg(&out)
+        .arg("-C")
+        .arg(&src)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    out
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A repository with `app/` (Dockerfile, data) at tag v1, changed on main
+/// after it; served over git://. Returns the URL of the repository.
+fn served_repo(fixture: &Fixture) -> String {
+    let served = fixture.path("served");
+    let repo = served.join("repo.git");
+    std::fs::create_dir_all(&repo).unwrap();
+    git_in(&repo, &["init", "-q", "-b", "main"]);
+    write_files(
+        &repo,
+        &[
+            ("app/Dockerfile", "FROM busybox\nCOPY data.txt /out/\n"),
+            ("app/alt.Dockerfile", "FROM busybox\nCOPY data.txt /alt/\n"),
+            ("app/data.txt", "v1 data\n"),
+            ("top.txt", "top\n"),
+        ],
+    );
+    git_in(&repo, &["add", "-A"]);
+    git_in(&repo, &["commit", "-q", "-m", "one"]);
+    git_in(&repo, &["tag", "v1"]);
+    write_files(&repo, &[("app/data.txt", "main data\n")]);
+    git_in(&repo, &["commit", "-q", "-am", "two"]);
+    let port = serve_git(&served).unwrap();
+    format!("git://127.0.0.1:{port}/repo.git")
+}
+
+#[test]
+fn git_context_with_ref_and_subdir() {
+    kiln_testsupport::require_root!("builds run steps in namespaces");
+    let fixture = Fixture::new();
+    let url = served_repo(&fixture);
+    // The ref and the subdir of the fragment; the Dockerfile is the one
+    // in the subdir.
+    let out = fixture.build_to_dir("v1", &[&format!("{url}#v1:app")], None);
+    assert_eq!(read(&out.join("out/data.txt")), "v1 data\n");
+    // The default branch, and -f a path inside the remote context.
+    let out = fixture.build_to_dir(
+        "main",
+        &["-f", "alt.Dockerfile", &format!("{url}#:app")],
+        None,
+    );
+    assert_eq!(read(&out.join("alt/data.txt")), "main data\n");
+    // A missing ref is an error naming it.
+    let stderr = failed(&fixture.build(&[&format!("{url}#nope:app")], None));
+    assert!(stderr.contains("nope"), "{stderr}");
+}
+
+/// Serves a gzip tarball context, a plain Dockerfile and a plain tar, all
+/// behind basic auth.
+fn served_files(fixture: &Fixture) -> FileServer {
+    let tgz = tarball(
+        fixture.dir.path(),
+        "ctx.tar.gz",
+        &[
+            ("Dockerfile", "FROM busybox\nCOPY sub/file.txt /from-tar/\n"),
+            ("sub/file.txt", "from the tarball\n"),
+        ],
+        true,
+    );
+    let mut files = BTreeMap::new();
+    files.insert("/ctx.tar.gz".to_string(), std::fs::read(tgz).unwrap());
+    files.insert(
+        "/Dockerfile".to_string(),
+        b"FROM busybox\nRUN echo plain > /plain.txt\n".to_vec(),
+    );
+    FileServer::start_with_basic_auth(files, USER, PASSWORD).unwrap()
+}
+
+#[test]
+fn tarball_and_dockerfile_contexts_over_http_hide_credentials() {
+    kiln_testsupport::require_root!("builds run steps in namespaces");
+    let fixture = Fixture::new();
+    let server = served_files(&fixture);
+    let with_auth = format!("http://{USER}:{PASSWORD}@{}", server.host);
+    let metadata = fixture.path("metadata.json");
+    let dest = format!("type=local,dest={}", fixture.path("tgz").display());
+    let out = fixture.build(
+        &[
+            "-o",
+            &dest,
+            "--metadata-file",
+            metadata.to_str().unwrap(),
+            &format!("{with_auth}/ctx.tar.gz"),
+        ],
+        None,
+    );
+    ok(&out);
+    assert_eq!(
+        read(&fixture.path("tgz/from-tar/file.txt")),
+        "from the tarball\n"
+    );
+    let shown = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        shown.contains("load remote build context") && shown.contains("xxxxx"),
+        "{shown}"
+    );
+    assert!(!shown.contains(PASSWORD), "{shown}");
+    assert!(!read(&metadata).contains(PASSWORD));
+    // The credentials did reach the server (it refuses requests without).
+    assert!(server
+        .requests()
+        .iter()
+        .any(|r| r.to_ascii_lowercase().contains("authorization: basic")));
+
+    // A plain-text URL is the Dockerfile, with no other context.
+    let out = fixture.build_to_dir("plain", &[&format!("{with_auth}/Dockerfile")], None);
+    assert_eq!(read(&out.join("plain.txt")), "plain\n");
+
+    // A failed download names the URL, masked.
+    let stderr = failed(&fixture.build(&[&format!("{with_auth}/missing.tar")], None));
+    assert!(stderr.contains("missing.tar"), "{stderr}");
+    assert!(!stderr.contains(PASSWORD), "{stderr}");
+    let anonymous = failed(&fixture.build(&[&format!("{}/ctx.tar.gz", server.url)], None));
+    assert!(anonymous.contains("401"), "{anonymous}");
+}
+
+#[test]
+fn contexts_from_standard_input() {
+    kiln_testsupport::require_root!("builds run steps in namespaces");
+    let fixture = Fixture::new();
+    // A tar on stdin is the context, its Dockerfile included.
+    let tar = tarball(
+        fixture.dir.path(),
+        "ctx.tar",
+        &[
+            ("Dockerfile", "FROM busybox\nCOPY in-tar.txt /stdin/\n"),
+            ("in-tar.txt", "from stdin\n"),
+        ],
+        false,
+    );
+    let out = fixture.build_to_dir("tar", &["-"], Some(&tar));
+    assert_eq!(read(&out.join("stdin/in-tar.txt")), "from stdin\n");
+
+    // A Dockerfile on stdin: no context at all.
+    let dockerfile = fixture.path("Dockerfile.stdin");
+    std::fs::write(&dockerfile, "FROM busybox\nRUN echo alone > /alone.txt\n").unwrap();
+    let out = fixture.build_to_dir("alone", &["-"], Some(&dockerfile));
+    assert_eq!(read(&out.join("alone.txt")), "alone\n");
+    let copying = fixture.path("Dockerfile.copy");
+    std::fs::write(&copying, "FROM busybox\nCOPY in-tar.txt /\n").unwrap();
+    let stderr = failed(&fixture.build(&["-"], Some(&copying)));
+    assert!(stderr.contains("in-tar.txt"), "{stderr}");
+
+    // -f - with a context directory.
+    let ctx = fixture.path("ctx");
+    write_files(&ctx, &[("local.txt", "local\n")]);
+    std::fs::write(&copying, "FROM busybox\nCOPY local.txt /\n").unwrap();
+    let out = fixture.build_to_dir(
+        "dash-f",
+        &["-f", "-", ctx.to_str().unwrap()],
+        Some(&copying),
+    );
+    assert_eq!(read(&out.join("local.txt")), "local\n");
+
+    // Standard input cannot be both; nor can two Dockerfiles be given.
+    let stderr = failed(&fixture.build(&["-f", "-", "-"], Some(&tar)));
+    assert!(stderr.contains("can't use stdin for both"), "{stderr}");
+    let stderr = failed(&fixture.build(&["-f", "Dockerfile", "-"], Some(&dockerfile)));
+    assert!(stderr.contains("ambiguous Dockerfile source"), "{stderr}");
+    let stderr = failed(&fixture.build(&["no/such/dir"], None));
+    assert!(
+        stderr.contains("path \"no/such/dir\" not found"),
+        "{stderr}"
+    );
+}
+
+/// `--label` over the Dockerfile's LABEL in the config; `--annotation`
+/// in the pushed manifest (as skopeo reads it), on the descriptor (the
+/// OCI layout output's index.json, the metadata file); index annotations
+/// and a platform the build does not make are refused.
+#[test]
+fn labels_and_annotations_go_where_buildkit_puts_them() {
+    kiln_testsupport::require_root!("builds run steps in namespaces");
+    let fixture = Fixture::new();
+    let registry = kiln_testsupport::RegistryServer::start_plain().unwrap();
+    let ctx = fixture.path("ctx");
+    write_files(
+        &ctx,
+        &[(
+            "Dockerfile",
+            "FROM busybox\nLABEL a=from-dockerfile c=kept\nRUN echo > /x\n",
+        )],
+    );
+    let image = format!("{}/annotated:v1", registry.host);
+    let metadata = fixture.path("metadata.json");
+    let layout = fixture.path("layout");
+    let platform = kiln_testsupport::image::host_platform();
+    let out = fixture.build(
+        &[
+            "-t",
+            &image,
+            "--push",
+            "-o",
+            &format!("type=oci,dest={}", layout.display()),
+            "--metadata-file",
+            metadata.to_str().unwrap(),
+            "--label",
+            "a=from-flag",
+            "--label",
+            "b=new",
+            "--annotation",
+            "org.example.plain=1",
+            "--annotation",
+            &format!("manifest[{platform}],manifest-descriptor:org.example.both=2"),
+            "--annotation",
+            "manifest-descriptor:org.example.desc=3",
+            ctx.to_str().unwrap(),
+        ],
+        None,
+    );
+    ok(&out);
+    let config = kiln_ok(&fixture.root(), &["inspect", &image]);
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let labels = &config[0]["Config"]["config"]["Labels"];
+    assert_eq!(labels["a"], "from-flag", "{labels}");
+    assert_eq!(labels["b"], "new");
+    assert_eq!(labels["c"], "kept");
+
+    let raw =
+        kiln_testsupport::image::skopeo_raw_manifest(&format!("docker://{image}"), None, None)
+            .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let in_manifest = &manifest["annotations"];
+    assert_eq!(in_manifest["org.example.plain"], "1", "{manifest}");
+    assert_eq!(in_manifest["org.example.both"], "2");
+    assert!(in_manifest.get("org.example.desc").is_none(), "{manifest}");
+
+    let index: serde_json::Value = serde_json::from_str(&read(&layout.join("index.json"))).unwrap();
+    let entry = &index["manifests"][0]["annotations"];
+    assert_eq!(entry["org.example.both"], "2", "{index}");
+    assert_eq!(entry["org.example.desc"], "3");
+    assert!(entry.get("org.example.plain").is_none(), "{index}");
+    let meta: serde_json::Value = serde_json::from_str(&read(&metadata)).unwrap();
+    let descriptor = &meta["containerimage.descriptor"];
+    assert_eq!(descriptor["annotations"]["org.example.desc"], "3", "{meta}");
+    assert_eq!(
+        descriptor["digest"].as_str().unwrap(),
+        kiln_testsupport::image::digest_of(&raw)
+    );
+
+    for (flag, wanted) in [
+        ("index:k=v", "index annotations not supported"),
+        ("index-descriptor:k=v", "index annotations not supported"),
+        ("manifest[linux/s390x]:k=v", "no platform linux/s390x"),
+        ("bogus:k=v", "unknown annotation type"),
+    ] {
+        let stderr = failed(&fixture.build(&["--annotation", flag, ctx.to_str().unwrap()], None));
+        assert!(stderr.contains(wanted), "{flag}: {stderr}");
+    }
+}
+
+/// `--build-context` of each kind, reached by `FROM`, `COPY --from` and
+/// `RUN --mount=from`: a directory (its .dockerignore applied), an image
+/// from a real registry replacing a stage of its name, a Git checkout,
+/// an HTTP download (behind basic auth, never shown). A changed file of
+/// a named directory is a new cache key.
+#[test]
+fn build_contexts_of_each_kind() {
+    kiln_testsupport::require_root!("builds run steps in namespaces");
+    let fixture = Fixture::new();
+    let registry = kiln_testsupport::RegistryServer::start_plain().unwrap();
+    let image = format!("{}/named:v1", registry.host);
+    let img_ctx = fixture.path("img-ctx");
+    write_files(
+        &img_ctx,
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY marker /img-marker\n"),
+            ("marker", "from the registry\n"),
+        ],
+    );
+    ok(&fixture.build(&["-t", &image, "--push", img_ctx.to_str().unwrap()], None));
+    kiln_ok(&fixture.root(), &["rmi", &image]);
+
+    let named_dir = fixture.path("named-dir");
+    write_files(
+        &named_dir,
+        &[
+            ("hello.txt", "hello v1\n"),
+            ("secret.txt", "no\n"),
+            (".dockerignore", "secret.txt\n"),
+        ],
+    );
+    let git = served_repo(&fixture);
+    let server = served_files(&fixture);
+    let web = format!("http://{USER}:{PASSWORD}@{}/Dockerfile", server.host);
+    let ctx = fixture.path("main");
+    write_files(
+        &ctx,
+        &[(
+            "Dockerfile",
+            "FROM no.such/image:1 AS img\nRUN false\n\
+             FROM dirctx AS files\n\
+             FROM busybox\n\
+             COPY --from=img /img-marker /img/\n\
+             COPY --from=files hello.txt /from-stage/\n\
+             COPY --from=dirctx . /dir/\n\
+             COPY --from=gitctx top.txt /git/\n\
+             COPY --from=web context /web/Dockerfile\n\
+             RUN --mount=from=dirctx,target=/m cat /m/hello.txt > /mounted.txt\n",
+        )],
+    );
+    let metadata = fixture.path("named-metadata.json");
+    let build = |name: &str| {
+        let out = fixture.path(name);
+        let args = [
+            "-o".to_string(),
+            format!("type=local,dest={}", out.display()),
+            "--metadata-file".into(),
+            metadata.display().to_string(),
+            "--build-context".into(),
+            format!("img=docker-image://{image}"),
+            "--build-context".into(),
+            format!("dirctx={}", named_dir.display()),
+            "--build-context".into(),
+            format!("gitctx={git}#v1"),
+            "--build-context".into(),
+            format!("web={web}"),
+            ctx.display().to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = fixture.build(&args, None);
+        ok(&output);
+        (out, String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let (out, shown) = build("named1");
+    assert_eq!(read(&out.join("img/img-marker")), "from the registry\n");
+    assert_eq!(read(&out.join("from-stage/hello.txt")), "hello v1\n");
+    assert_eq!(read(&out.join("dir/hello.txt")), "hello v1\n");
+    assert!(
+        !out.join("dir/secret.txt").exists(),
+        "the named dir's .dockerignore applies"
+    );
+    assert_eq!(read(&out.join("git/top.txt")), "top\n");
+    assert!(read(&out.join("web/Dockerfile")).contains("echo plain"));
+    assert_eq!(read(&out.join("mounted.txt")), "hello v1\n");
+    assert!(!shown.contains(PASSWORD), "{shown}");
+    assert!(!read(&metadata).contains(PASSWORD));
+
+    // New content in the named directory: the steps that read it run again.
+    write_files(&named_dir, &[("hello.txt", "hello v2\n")]);
+    let (out, _) = build("named2");
+    assert_eq!(read(&out.join("dir/hello.txt")), "hello v2\n");
+    assert_eq!(read(&out.join("mounted.txt")), "hello v2\n");
+    assert_eq!(read(&out.join("from-stage/hello.txt")), "hello v2\n");
+
+    let stderr = failed(&fixture.build(
+        &[
+            "--build-context",
+            "x=oci-layout:///nowhere",
+            ctx.to_str().unwrap(),
+        ],
+        None,
+    ));
+    assert!(stderr.contains("oci-layout"), "{stderr}");
+    let stderr = failed(&fixture.build(
+        &["--build-context", "x=/no/such/dir", ctx.to_str().unwrap()],
+        None,
+    ));
+    assert!(stderr.contains("not a directory"), "{stderr}");
+}

@@ -1,0 +1,227 @@
+//! COPY's times and owners as BuildKit's current Dockerfile frontend gives
+//! them, end to end (root, real builds exported as a directory):
+//!
+//! - times (fsutil's `copy.Copy` over an overlay snapshot): a file keeps
+//!   its own mtime; a directory COPY creates for a directory's contents
+//!   takes the source directory's (fsutil restores it after copying the
+//!   contents; Docker 20.10's older BuildKit left the copy time), as does an
+//!   existing one the contents go into; missing parents it creates get the
+//!   copy time; an existing directory changes only when an entry is made
+//!   in it, never its ancestors (overlayfs copies a directory up with its
+//!   times);
+//! - `--chown` with a name the image lacks: root, as BuildKit resolves it
+//!   (`readUser`: no error there), said in a build warning under the step
+//!   and in the metadata file, never in a log line.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{busybox_rootfs_tar, kiln, kiln_ok};
+
+macro_rules! require_root {
+    () => {
+        if !kiln_testsupport::require_root("real namespaces and overlay mounts") {
+            return;
+        }
+    };
+}
+
+/// A store with `busybox:latest` (users root, app = 1000:1000).
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = dir.path().join("busybox.tar");
+        busybox_rootfs_tar(&tar).unwrap();
+        let fixture = Fixture { dir };
+        kiln_ok(
+            &fixture.root(),
+            &["import", tar.to_str().unwrap(), "busybox:latest"],
+        );
+        fixture
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// A context directory `name` holding `files`.
+    fn context(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        for (path, content) in files {
+            let path = dir.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+        dir
+    }
+
+    /// Builds `ctx` with `args`, its root filesystem exported to a
+    /// directory; returns that directory and kiln's output.
+    fn build_rootfs(&self, ctx: &Path, args: &[&str]) -> (PathBuf, Output) {
+        let out_dir = ctx.with_extension("rootfs");
+        let output = format!("type=local,dest={}", out_dir.display());
+        let mut all = vec!["build", "--output", &output];
+        all.extend_from_slice(args);
+        all.push(ctx.to_str().unwrap());
+        let out = kiln(&self.root(), &all);
+        assert!(
+            out.status.success(),
+            "build failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out_dir, out)
+    }
+}
+
+fn set_mtime(path: &Path, seconds: u64) {
+    std::fs::File::open(path)
+        .unwrap()
+        .set_modified(UNIX_EPOCH + Duration::from_secs(seconds))
+        .unwrap();
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[test]
+fn copy_times_change_only_what_buildkit_changes() {
+    require_root!();
+    let fixture = Fixture::new();
+    let dockerfile = "FROM busybox:latest\n\
+        RUN mkdir -p /usr/local/bin /srv/data && \
+            touch -d @1000 /usr /usr/local /usr/local/bin /srv /srv/data\n\
+        COPY tool /usr/local/bin/\n\
+        COPY conf/ /opt/app/conf/\n\
+        COPY conf /srv/data/\n";
+    let ctx = fixture.context(
+        "times",
+        &[
+            ("Dockerfile", dockerfile),
+            ("tool", "#!/bin/sh\n"),
+            ("conf/a.conf", "a=1\n"),
+        ],
+    );
+    set_mtime(&ctx.join("tool"), 3000);
+    set_mtime(&ctx.join("conf/a.conf"), 5000);
+    set_mtime(&ctx.join("conf"), 4000);
+    let before = now();
+    let (rootfs, _) = fixture.build_rootfs(&ctx, &[]);
+    let after = now();
+    let mtime = |path: &str| {
+        std::fs::symlink_metadata(rootfs.join(path))
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .mtime()
+    };
+    let copy_time = |path: &str| {
+        let t = mtime(path);
+        assert!(
+            (before..=after).contains(&t),
+            "{path}: mtime {t} is not the copy's time ({before}..={after})"
+        );
+    };
+    // A file into an existing directory: only that directory changes.
+    assert_eq!(mtime("usr"), 1000, "an ancestor of the new file changed");
+    assert_eq!(
+        mtime("usr/local"),
+        1000,
+        "an ancestor of the new file changed"
+    );
+    copy_time("usr/local/bin");
+    assert_eq!(mtime("usr/local/bin/tool"), 3000);
+    // A directory's contents into a new directory: the parents COPY made
+    // have the copy time, the directory itself the source's.
+    copy_time("opt");
+    copy_time("opt/app");
+    assert_eq!(mtime("opt/app/conf"), 4000);
+    assert_eq!(mtime("opt/app/conf/a.conf"), 5000);
+    // Into an existing directory: it takes the source's time; its parent,
+    // in which nothing was made, keeps its own.
+    assert_eq!(mtime("srv/data"), 4000);
+    assert_eq!(mtime("srv/data/a.conf"), 5000);
+    assert_eq!(mtime("srv"), 1000);
+}
+
+#[test]
+fn chown_to_a_user_the_image_lacks_is_root_and_a_build_warning() {
+    require_root!();
+    let fixture = Fixture::new();
+    let dockerfile = "FROM busybox:latest\n\
+        COPY --chown=nosuchuser f /f1\n\
+        COPY --chown=app:nosuchgroup f /f2\n\
+        COPY --chown=app f /f3\n\
+        USER ghost\n\
+        WORKDIR /w\n";
+    let ctx = fixture.context("chown", &[("Dockerfile", dockerfile), ("f", "x\n")]);
+    let meta = fixture.dir.path().join("chown-meta.json");
+    let (rootfs, out) = fixture.build_rootfs(&ctx, &["--metadata-file", meta.to_str().unwrap()]);
+    let owner = |path: &str| {
+        let m = std::fs::symlink_metadata(rootfs.join(path)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner("f1"), (0, 0));
+    assert_eq!(owner("f2"), (1000, 1000));
+    assert_eq!(owner("f3"), (1000, 1000));
+    assert_eq!(owner("w"), (0, 0));
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("kiln_builder"), "a log line:\n{stderr}");
+    let warned = |text: &str| {
+        stderr
+            .lines()
+            .any(|l| l.starts_with('#') && l.contains(" WARN: ") && l.ends_with(text))
+    };
+    assert!(
+        warned(
+            "--chown=nosuchuser: user \"nosuchuser\" is not in /etc/passwd of the image; \
+             owned by 0:0, as BuildKit does"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        warned(
+            "--chown=app:nosuchgroup: group \"nosuchgroup\" is not in /etc/group of the \
+             image; owned by 1000:1000, as BuildKit does"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        warned(
+            "USER ghost: user \"ghost\" is not in /etc/passwd of the image; \
+             owned by 0:0, as BuildKit does"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches(" WARN: ").count(), 3, "{stderr}");
+
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    let warnings: Vec<(u64, String)> = meta["buildx.build.warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["line"].as_u64().unwrap(),
+                w["detail"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let lines: Vec<u64> = warnings.iter().map(|(line, _)| *line).collect();
+    assert_eq!(lines, [2, 3, 6], "{warnings:?}");
+    assert!(
+        warnings[0].1.starts_with("--chown=nosuchuser: user"),
+        "{warnings:?}"
+    );
+}

@@ -1,0 +1,301 @@
+//! A build's progress as BuildKit and buildx show it, end to end: the
+//! FROM line of a digest reference, the tty view on a narrow terminal
+//! (lines cut to its width, times right-aligned), and an interrupted build
+//! (SIGINT, SIGTERM): running steps `CANCELED`, the build said to be
+//! canceled, exit code 130 as buildx's, nothing left running or in the
+//! store's scratch, and the store usable by the next build.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{busybox_rootfs_tar, kiln, kiln_ok};
+
+macro_rules! require_root {
+    () => {
+        if !kiln_testsupport::require_root("real namespaces and overlay mounts") {
+            return;
+        }
+    };
+}
+
+/// A store with busybox imported as `name`.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = dir.path().join("busybox.tar");
+        busybox_rootfs_tar(&tar).unwrap();
+        let fixture = Fixture { dir };
+        kiln_ok(&fixture.root(), &["import", tar.to_str().unwrap(), name]);
+        fixture
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// A context directory `name` holding only `dockerfile`.
+    fn context(&self, name: &str, dockerfile: &str) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
+        dir
+    }
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_digest_reference_is_shown_with_its_digest_once() {
+    require_root!();
+    let registry = kiln_testsupport::RegistryServer::start_plain().unwrap();
+    let reference = format!("{}/test/bb:1", registry.host);
+    let fixture = Fixture::new(&reference);
+    let pushed = kiln_ok(
+        &fixture.root(),
+        &["push", "--insecure-registry", &registry.host, &reference],
+    );
+    let digest = pushed
+        .split_whitespace()
+        .skip_while(|w| *w != "digest:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no digest in {pushed:?}"))
+        .to_string();
+    let pinned = format!("{}/test/bb@{digest}", registry.host);
+    let ctx = fixture.context("pinned", &format!("FROM {pinned}\nRUN true\n"));
+    let out = kiln(
+        &fixture.root(),
+        &[
+            "build",
+            "--insecure-registry",
+            &registry.host,
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let stderr = stderr_of(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.ends_with(&format!("[1/2] FROM {pinned}"))),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&format!("{digest}@")), "{stderr}");
+}
+
+/// The rows of a terminal `width` columns wide that the live view drew,
+/// from `script`'s log, as of its last redraw (from the last header on).
+/// The view pads every line to the full width and lets the terminal wrap
+/// it, so the text between control sequences cuts into rows of `width`.
+fn last_screen(log: &str, width: usize) -> Vec<String> {
+    let mut text = String::new();
+    let mut chars = log.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            // A CSI sequence: ESC [ parameters, then a final letter.
+            '\u{1b}' => {
+                if chars.next_if_eq(&'[').is_some() {
+                    for p in chars.by_ref() {
+                        if p.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                }
+                text.push('\n');
+            }
+            '\r' | '\n' => text.push('\n'),
+            c => text.push(c),
+        }
+    }
+    let mut rows: Vec<String> = Vec::new();
+    for segment in text.split('\n') {
+        let chars: Vec<char> = segment.chars().collect();
+        for row in chars.chunks(width) {
+            if row.first() == Some(&'[') {
+                rows.clear();
+            }
+            rows.push(row.iter().collect());
+        }
+    }
+    rows
+}
+
+#[test]
+fn tty_lines_are_cut_to_the_terminal_and_times_right_aligned() {
+    require_root!();
+    let fixture = Fixture::new("busybox:latest");
+    let long = "a-long-output-line-that-goes-well-past-the-sixty-columns-of-this-terminal";
+    let ctx = fixture.context(
+        "tty",
+        &format!(
+            "FROM busybox:latest\nRUN echo {long} && sleep 1\n\
+             RUN echo a second step whose command line is wider than the terminal is\n"
+        ),
+    );
+    let command = format!(
+        "stty cols 60 rows 40; {} --root {} build --progress tty {}",
+        common::kiln_bin().display(),
+        fixture.root().display(),
+        ctx.display()
+    );
+    let log = fixture.dir.path().join("tty.log");
+    let mut script = std::process::Command::new("script");
+    // The hermetic environment kiln_command() gives kiln.
+    for (key, value) in common::kiln_command().get_envs() {
+        match value {
+            Some(value) => script.env(key, value),
+            None => script.env_remove(key),
+        };
+    }
+    let status = script
+        .args(["-qec", &command])
+        .arg(&log)
+        .stdout(Stdio::null())
+        .status()
+        .expect("script (util-linux) runs");
+    assert!(status.success());
+    let raw = std::fs::read_to_string(&log).unwrap();
+    // Nothing wider than the terminal was written: the long output line
+    // and the long command were cut, not wrapped.
+    assert!(!raw.contains("sixty-columns-of-this-terminal"), "{raw}");
+    assert!(!raw.contains("wider than the terminal is"), "{raw}");
+    // The running step's output was drawn, cut.
+    assert!(
+        raw.contains(" => => # a-long-output-line-that-goes"),
+        "{raw}"
+    );
+    let screen = last_screen(&raw, 60);
+    let view = screen.join("\n");
+    assert!(
+        screen[0].starts_with("[+] Building ") && screen[0].contains("FINISHED"),
+        "{view}"
+    );
+    let steps: Vec<&String> = screen
+        .iter()
+        .filter(|row| row.starts_with(" => ") && row.contains("/3] "))
+        .collect();
+    assert_eq!(steps.len(), 3, "{view}");
+    for row in steps {
+        // 60 columns: the name cut, one space, the time ending in the
+        // 59th, the last column empty (BuildKit's `width - 1`).
+        assert_eq!(row.chars().count(), 60, "{row:?}");
+        let time = row.trim_end().rsplit(' ').next().unwrap();
+        assert!(
+            time.ends_with('s') && time.trim_end_matches('s').parse::<f64>().is_ok(),
+            "no time at the end of {row:?}"
+        );
+        assert!(row.ends_with(&format!("{time} ")), "{row:?}");
+    }
+    assert!(
+        screen
+            .iter()
+            .any(|r| r.starts_with(" => [2/3] RUN echo a-long-output-line")),
+        "{view}"
+    );
+}
+
+/// Starts `kiln build` of `ctx` in plain progress, its stderr into `log`.
+fn spawn_build(root: &Path, ctx: &Path, log: &Path) -> Child {
+    common::kiln_command()
+        .arg("--root")
+        .arg(root)
+        .args(["build", "--progress", "plain"])
+        .arg(ctx)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("start kiln")
+}
+
+/// Waits (bounded, against a hang) until `log` holds `text`.
+fn wait_for_text(log: &Path, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let seen = std::fs::read_to_string(log).unwrap_or_default();
+        if seen.contains(text) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never printed {text:?}:\n{seen}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Processes whose command line holds `word` as an argument.
+fn processes_with_argument(word: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline.split(|b| *b == 0).any(|arg| arg == word.as_bytes()) {
+            found.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
+        }
+    }
+    found
+}
+
+/// What the store's `builds/` holds besides the trash of earlier reruns.
+fn scratch_left(root: &Path) -> Vec<String> {
+    std::fs::read_dir(root.join("builds"))
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| !name.starts_with("trash-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn sigint_and_sigterm_cancel_a_build_and_clean_up() {
+    require_root!();
+    let fixture = Fixture::new("busybox:latest");
+    let root = fixture.root();
+    for (signal, name) in [
+        (rustix::process::Signal::INT, "SIGINT"),
+        (rustix::process::Signal::TERM, "SIGTERM"),
+    ] {
+        // A sleep no other process here has: it must not outlive the build.
+        let seconds = format!("{}", 3000 + std::process::id() % 1000);
+        let ctx = fixture.context(
+            name,
+            &format!(
+                "FROM busybox:latest\nRUN echo sleeping-{name} && sleep {seconds}\nRUN echo never\n"
+            ),
+        );
+        let log = fixture.dir.path().join(format!("{name}.log"));
+        let mut child = spawn_build(&root, &ctx, &log);
+        wait_for_text(&log, &format!("sleeping-{name}"));
+        let pid = rustix::process::Pid::from_child(&child);
+        rustix::process::kill_process(pid, signal).unwrap();
+        let status = child.wait().unwrap();
+        let stderr = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(130), "{name}:\n{stderr}");
+        assert!(stderr.contains("[2/3] RUN echo sleeping"), "{stderr}");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with('#') && l.ends_with(" CANCELED")),
+            "{name}: no step marked CANCELED:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("error: build canceled by {name}")),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("[3/3]"), "a step started after:\n{stderr}");
+        assert_eq!(processes_with_argument(&seconds), Vec::<String>::new());
+        assert_eq!(scratch_left(&root), Vec::<String>::new(), "{name}");
+    }
+    // The store serves the next build.
+    let ctx = fixture.context("after", "FROM busybox:latest\nRUN echo fine > /fine\n");
+    let out = kiln(&root, &["build", ctx.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+}
