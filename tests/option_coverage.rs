@@ -15,7 +15,8 @@ use std::path::PathBuf;
 /// environment variable behind it) and the cases.
 const BUILD_FLAGS: &[(&str, &[&str], &[&str])] = &[
     ("--add-host", &["--add-host"], &["tests/options.rs::shm_size_ulimit_and_add_host"]),
-    ("--annotation", &["--annotation"], &["tests/contexts.rs::labels_and_annotations_go_where_buildkit_puts_them"]),
+    ("--annotation", &["--annotation"], &["tests/contexts.rs::labels_and_annotations_go_where_buildkit_puts_them", "tests/provenance.rs::provenance_attestation_in_the_pushed_index"]),
+    ("--attest", &["--attest"], &["tests/provenance.rs::provenance_attestation_in_the_pushed_index", "tests/provenance.rs::provenance_requests_kiln_cannot_honour_are_refused"]),
     ("--allow", &["--allow"], &["tests/options.rs::entitlements_insecure_and_host_network"]),
     ("--build-context", &["--build-context"], &["tests/contexts.rs::build_contexts_of_each_kind"]),
     ("--build-arg", &["--build-arg"], &["tests/options.rs::buildkit_build_args_and_syntax", "tests/build.rs::build_checks_warn_fail_and_reach_the_metadata_file"]),
@@ -38,6 +39,7 @@ const BUILD_FLAGS: &[(&str, &[&str], &[&str])] = &[
     ("--pids-limit", &["--pids-limit"], &["tests/security/limits.rs::pids_limit_flag_on_build_and_run"]),
     ("--platform", &["--platform"], &["tests/build_platform.rs::platform_arm64_picks_the_arm64_manifest_and_expands_target_args"]),
     ("--progress", &["--progress"], &["tests/build.rs::progress_plain_snapshots", "tests/build.rs::progress_tty_draws_a_live_view", "tests/build.rs::progress_quiet_prints_only_the_id_and_json_one_event_per_line"]),
+    ("--provenance", &["--provenance"], &["tests/provenance.rs::provenance_attestation_in_the_pushed_index", "tests/provenance.rs::provenance_of_a_git_context_names_its_commit", "tests/provenance.rs::provenance_requests_kiln_cannot_honour_are_refused"]),
     ("--pull", &["--pull"], &["tests/options.rs::pull_policies"]),
     ("--push", &["--push"], &["tests/build.rs::push_to_a_registry"]),
     ("--quiet", &["-q", "--quiet"], &["tests/options.rs::dry_run_format_file_quiet_and_verbose"]),

@@ -13,9 +13,13 @@
 //!   output's `index.json`, and the metadata file's
 //!   `containerimage.descriptor` (a registry push of a single manifest has
 //!   no descriptor to carry it, as with BuildKit);
-//! - `index`, `index-descriptor`: an image index's, which kiln does not
-//!   write yet (a single-platform image is one manifest): refused, as
-//!   BuildKit refuses them for a single-platform export.
+//! - `index`: the image index's own `annotations`, `index-descriptor`:
+//!   the descriptor that points at the index (the store's `index.json`
+//!   entry, an OCI layout output's, the metadata file's
+//!   `containerimage.descriptor`). Only a build that writes an index takes
+//!   them (several platforms, or `--provenance`); a single-platform image
+//!   is one manifest and they are refused there, as BuildKit refuses them
+//!   for a single-platform export.
 //!
 //! A platform-qualified annotation applies to that platform's manifest and
 //! is an error when the build makes no such platform. With Docker media
@@ -121,9 +125,9 @@ impl Annotation {
     }
 }
 
-/// Refuses what the build cannot honour: index annotations (no index is
-/// written), a platform the build does not make, descriptor annotations
-/// with Docker media types.
+/// Refuses what the build cannot honour: a platform the build does not
+/// make, descriptor annotations with Docker media types (index
+/// annotations without an index: [`check_index_kinds`]).
 pub fn check(
     annotations: &[Annotation],
     platform: &Platform,
@@ -131,15 +135,6 @@ pub fn check(
 ) -> Result<(), String> {
     for a in annotations {
         let flag = &a.flag;
-        if matches!(
-            a.target,
-            AnnotationTarget::Index | AnnotationTarget::IndexDescriptor
-        ) {
-            return Err(format!(
-                "--annotation {flag}: index annotations not supported for single platform export \
-                 (kiln writes a single-platform image as one manifest, with no index to annotate)"
-            ));
-        }
         if let Some(p) = &a.platform {
             if p.normalized() != platform.normalized() {
                 return Err(format!(
@@ -156,6 +151,43 @@ pub fn check(
         }
     }
     Ok(())
+}
+
+/// Refuses `index` and `index-descriptor` annotations when the build
+/// writes no index (a single-platform build without `--provenance` is one
+/// manifest), as BuildKit refuses them for a single-platform export.
+pub fn check_index_kinds(annotations: &[Annotation], writes_index: bool) -> Result<(), String> {
+    if writes_index {
+        return Ok(());
+    }
+    match annotations.iter().find(|a| {
+        matches!(
+            a.target,
+            AnnotationTarget::Index | AnnotationTarget::IndexDescriptor
+        )
+    }) {
+        Some(a) => Err(format!(
+            "--annotation {}: index annotations not supported for single platform export \
+             (kiln writes a single-platform image as one manifest, with no index to annotate; \
+             a multi-platform build or --provenance writes an index)",
+            a.flag
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The annotations of `target` (`index` or `index-descriptor`) that apply
+/// to an index: those naming no platform, as BuildKit's
+/// `Annotations.Platform(nil)`.
+pub fn index_annotations(
+    annotations: &[Annotation],
+    target: AnnotationTarget,
+) -> BTreeMap<String, String> {
+    annotations
+        .iter()
+        .filter(|a| a.target == target && a.platform.is_none())
+        .map(|a| (a.key.clone(), a.value.clone()))
+        .collect()
 }
 
 /// The manifest `desc` (of `platform`) with the annotations that apply
@@ -222,8 +254,15 @@ mod tests {
         }
         let amd64 = Platform::parse("linux/amd64").unwrap();
         let index = Annotation::parse("index:k=v").unwrap();
-        let err = check(&index, &amd64, false).unwrap_err();
+        let err = check_index_kinds(&index, false).unwrap_err();
         assert!(err.contains("index annotations not supported"), "{err}");
+        assert!(check_index_kinds(&index, true).is_ok());
+        let qualified = Annotation::parse("index[linux/amd64],index:k=v").unwrap();
+        assert_eq!(
+            index_annotations(&qualified, AnnotationTarget::Index).len(),
+            1,
+            "only the unqualified one applies to the index"
+        );
         let other = Annotation::parse("manifest[linux/arm64]:k=v").unwrap();
         let err = check(&other, &amd64, false).unwrap_err();
         assert!(err.contains("no platform linux/arm64"), "{err}");

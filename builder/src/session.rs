@@ -117,6 +117,14 @@ pub struct BuildSettings {
     /// `--annotation`: on the manifest or its descriptor
     /// ([`crate::annotations`]).
     pub annotations: Vec<Annotation>,
+    /// `--provenance` / `--attest type=provenance`: an SLSA provenance
+    /// attestation in the image's index ([`crate::provenance`]).
+    pub provenance: Option<crate::provenance::ProvenanceRequest>,
+    /// A Git context's commit.
+    pub context_commit: Option<String>,
+    /// The Dockerfile was read from this machine (not from a remote
+    /// context).
+    pub dockerfile_local: bool,
     /// Push every tag to its registry.
     pub push: bool,
     pub iidfile: Option<PathBuf>,
@@ -644,11 +652,19 @@ impl<'a> Session<'a> {
         Ok(context)
     }
 
-    /// Runs the plan, then tags, exports and pushes the image.
+    /// Runs the plan, then tags, exports and pushes the image (with
+    /// `--provenance`, an index of the image and its attestation).
     pub fn build(&self, planned: Planned<'a>) -> Result<BuildResult, BuildError> {
         self.check_requests()?;
+        let writes_index = self.settings.provenance.is_some();
+        crate::annotations::check_index_kinds(&self.settings.annotations, writes_index)
+            .map_err(BuildError::Invalid)?;
         self.check_before_steps(&[&planned])?;
+        let started = std::time::SystemTime::now();
         let built = self.solve_planned(&planned, None, self.events)?;
+        if writes_index {
+            return self.finish_index(&[&planned], vec![built], started);
+        }
         let image_id = self.tag(&built)?;
         let mut result = BuildResult {
             image_id,
@@ -682,6 +698,9 @@ impl<'a> Session<'a> {
             return Err(BuildError::Invalid(
                 "only one output can go to standard output".into(),
             ));
+        }
+        if let Some(request) = &settings.provenance {
+            crate::provenance::check_outputs(request, settings)?;
         }
         Ok(())
     }
