@@ -482,3 +482,83 @@ fn provenance_requests_kiln_cannot_honour_are_refused() {
     assert!(!out.join("provenance.json").exists());
     assert!(!out.join("linux_amd64").exists());
 }
+
+/// Two platforms: each image gets its attestation (after the images, in
+/// the same order), both name the base index's digest with their own
+/// platform, and share one invocation id.
+#[test]
+fn each_platform_of_an_index_gets_its_provenance() {
+    kiln_testsupport::require_root!("builds run in the store");
+    let fixture = Fixture::new();
+    let base = kiln_testsupport::multiarch::push_busybox_index(&fixture.registry, "multi:1")
+        .expect("scripts/setup downloads busybox-static for amd64 and arm64");
+    let ctx = fixture.path("mp");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {}\nCOPY data.txt /data.txt\n", base.reference),
+    )
+    .unwrap();
+    std::fs::write(ctx.join("data.txt"), "data\n").unwrap();
+    let image = fixture.image("mp:1");
+    ok(&fixture.build(&[
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "--provenance",
+        "mode=min",
+        "-t",
+        &image,
+        "--push",
+        ctx.to_str().unwrap(),
+    ]));
+    let index = json(&raw(&image));
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 4, "{index}");
+    let mut invocations = Vec::new();
+    for (n, (platform, _)) in kiln_testsupport::multiarch::PLATFORMS.iter().enumerate() {
+        let (image_entry, attestation) = (&entries[n], &entries[n + 2]);
+        assert_eq!(
+            format!(
+                "{}/{}",
+                image_entry["platform"]["os"].as_str().unwrap(),
+                image_entry["platform"]["architecture"].as_str().unwrap()
+            ),
+            *platform
+        );
+        assert_eq!(
+            attestation["annotations"]["vnd.docker.reference.digest"],
+            image_entry["digest"]
+        );
+        let manifest = json(&raw(&format!(
+            "{}/mp@{}",
+            fixture.registry.host,
+            attestation["digest"].as_str().unwrap()
+        )));
+        let statement = fixture.blob("mp", manifest["layers"][0]["digest"].as_str().unwrap());
+        validate(&statement);
+        let statement = json(&statement);
+        assert_eq!(
+            statement["subject"][0]["digest"]["sha256"],
+            image_entry["digest"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("sha256:")
+        );
+        let dependency = &statement["predicate"]["buildDefinition"]["resolvedDependencies"][0];
+        assert_eq!(
+            dependency["uri"],
+            format!(
+                "pkg:docker/{}/multi@1?platform={}",
+                fixture.registry.host.replace(':', "%3A"),
+                platform.replace('/', "%2F")
+            )
+        );
+        assert_eq!(
+            dependency["digest"]["sha256"],
+            base.digest.trim_start_matches("sha256:"),
+            "the base index's digest"
+        );
+        invocations.push(statement["predicate"]["runDetails"]["metadata"]["invocationId"].clone());
+    }
+    assert_eq!(invocations[0], invocations[1]);
+}
