@@ -5,8 +5,8 @@
 //! Statement v1 and SLSA provenance v1 schemas in
 //! `testdata/provenance` (Debian's python3-jsonschema), it lists the base
 //! image by digest, the build args (`mode=max` only), the secret ids but
-//! never a value, the Dockerfile's digest and the Git commit of the
-//! context; credentials in URLs never appear. Without the flag the image
+//! never a value, the Dockerfile's digest, ADD's URL by digest and the
+//! Git commit of the context; credentials in URLs never appear. Without the flag the image
 //! is one manifest, as before.
 
 mod common;
@@ -16,12 +16,15 @@ use std::process::{Command, Output, Stdio};
 
 use common::{busybox_rootfs_tar, kiln_command, kiln_ok};
 use kiln_testsupport::git::{git_in, serve_git};
+use kiln_testsupport::http::FileServer;
 use kiln_testsupport::image::{digest_of, host_platform, skopeo_raw_manifest};
 use serde_json::Value;
 
 const SECRET_VALUE: &str = "s3cret-value-5150";
 const ARG_PASSWORD: &str = "pw-arg-77";
 const REMOTE_TOKEN: &str = "tok3n-origin-31";
+const FILE_PASSWORD: &str = "pw-f1le-server-8";
+const ADDED: &[u8] = b"added over http\n";
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -171,15 +174,22 @@ fn host_arch() -> String {
     host_platform().split('/').nth(1).unwrap().to_string()
 }
 
-/// A context in a Git work tree whose origin URL carries a token.
-fn context(fixture: &Fixture) -> (PathBuf, String) {
+/// A context in a Git work tree whose origin URL carries a token, whose
+/// Dockerfile ADDs a file from a server behind basic auth (the URL holds
+/// the password).
+fn context(fixture: &Fixture) -> (PathBuf, String, FileServer) {
+    let mut files = std::collections::BTreeMap::new();
+    files.insert("/added.txt".to_string(), ADDED.to_vec());
+    let server = FileServer::start_with_basic_auth(files, "fetch", FILE_PASSWORD).unwrap();
     let ctx = fixture.path("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     let dockerfile = format!(
         "FROM {}\nARG VERSION\nARG URL\n\
          RUN --mount=type=secret,id=token,required=true test -s /run/secrets/token && echo $VERSION > /v\n\
-         COPY data.txt /data.txt\n",
-        fixture.image("busybox:1")
+         COPY data.txt /data.txt\n\
+         ADD http://fetch:{FILE_PASSWORD}@{}/added.txt /added.txt\n",
+        fixture.image("busybox:1"),
+        server.host
     );
     std::fs::write(ctx.join("Dockerfile"), &dockerfile).unwrap();
     std::fs::write(ctx.join("data.txt"), "data\n").unwrap();
@@ -195,14 +205,14 @@ fn context(fixture: &Fixture) -> (PathBuf, String) {
     );
     git_in(&ctx, &["add", "-A"]);
     git_in(&ctx, &["commit", "-q", "-m", "one"]);
-    (ctx, dockerfile)
+    (ctx, dockerfile, server)
 }
 
 #[test]
 fn provenance_attestation_in_the_pushed_index() {
     kiln_testsupport::require_root!("builds run steps in namespaces");
     let fixture = Fixture::new();
-    let (ctx, dockerfile) = context(&fixture);
+    let (ctx, dockerfile, server) = context(&fixture);
     let ctx_arg = ctx.to_str().unwrap();
     let image = fixture.image("app:max");
     let metadata = fixture.path("metadata.json");
@@ -230,7 +240,7 @@ fn provenance_attestation_in_the_pushed_index() {
     let (index, image_digest, statement) = attested(&fixture, "app", &image);
     assert_eq!(index["annotations"]["org.example.index"], "i", "{index}");
     let text = String::from_utf8_lossy(&statement).into_owned();
-    for leaked in [SECRET_VALUE, ARG_PASSWORD, REMOTE_TOKEN] {
+    for leaked in [SECRET_VALUE, ARG_PASSWORD, REMOTE_TOKEN, FILE_PASSWORD] {
         assert!(!text.contains(leaked), "{leaked} in {text}");
         assert!(!stderr.contains(leaked), "{leaked} in the output");
     }
@@ -251,11 +261,15 @@ fn provenance_attestation_in_the_pushed_index() {
     let definition = &predicate["buildDefinition"];
     // The base by digest: the digest the registry has for busybox:1.
     let base_digest = digest_of(&raw(&fixture.image("busybox:1")));
+    // ADD's URL with the content's digest, its credentials masked.
     assert_eq!(
         definition["resolvedDependencies"],
         serde_json::json!([{
             "uri": format!("pkg:docker/{host}/busybox@1?platform={platform}"),
             "digest": {"sha256": base_digest.trim_start_matches("sha256:")},
+        }, {
+            "uri": format!("http://xxxxx:xxxxx@{}/added.txt", server.host),
+            "digest": {"sha256": digest_of(ADDED).trim_start_matches("sha256:")},
         }])
     );
     let external = &definition["externalParameters"];

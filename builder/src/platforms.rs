@@ -228,6 +228,7 @@ impl<'a> Session<'a> {
             subject: manifest,
             platform: &built.platform(),
             invocation,
+            downloads: Some(planned.downloads()),
         });
         Ok(write_attestation_manifest(
             self.store,

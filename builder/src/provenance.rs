@@ -21,7 +21,8 @@
 //! - `resolvedDependencies`: each base image and `COPY --from`/`RUN
 //!   --mount=from=` image as a package URL (`pkg:docker/busybox@latest?platform=linux%2Famd64`)
 //!   with its digest (the index the tag named when the store has it, else
-//!   the platform's manifest), and a Git context with its commit;
+//!   the platform's manifest), ADD's Git repositories (commit) and URLs
+//!   (content digest), and a Git context with its commit;
 //! - `runDetails.builder.id`: `builder-id=` when given, else
 //!   `pkg:generic/kiln@VERSION` (BuildKit leaves it empty, which the SLSA
 //!   schema's URI does not allow); `metadata`: invocation id, start and end
@@ -253,6 +254,8 @@ pub struct Inputs<'a> {
     pub subject: &'a Descriptor,
     pub platform: &'a Platform,
     pub invocation: &'a Invocation,
+    /// The build's ADD downloads (their digests).
+    pub downloads: Option<&'a crate::copy::UrlDownloads<'a>>,
 }
 
 /// One build's run: shared by the provenance of each of its platforms, as
@@ -555,7 +558,11 @@ fn resolved_dependencies(inputs: &Inputs<'_>) -> Vec<Value> {
             match &step.kind {
                 StepKind::Copy(copy) => {
                     if let CopyFrom::Image(name) = &copy.from {
-                        images.push((name.reference.clone(), platform.clone(), None));
+                        images.push((
+                            name.reference.clone(),
+                            platform.clone(),
+                            copy.from_digest.clone(),
+                        ));
                     }
                 }
                 StepKind::Run(run) => {
@@ -586,9 +593,51 @@ fn resolved_dependencies(inputs: &Inputs<'_>) -> Vec<Value> {
             out.push(entry);
         }
     }
+    for entry in add_sources(inputs) {
+        if !out.contains(&entry) {
+            out.push(entry);
+        }
+    }
     let source = inputs.source;
     if let (Some(uri), Some(commit)) = (&source.context_origin, &source.context_commit) {
         out.push(json!({"uri": redact_credentials(uri), "digest": {"sha1": commit}}));
+    }
+    out
+}
+
+/// ADD's remote sources: a Git repository with the commit its ref resolved
+/// to, a URL with its content's digest (`--checksum`'s, else the download's
+/// made for the cache key; none is made here).
+fn add_sources(inputs: &Inputs<'_>) -> Vec<Value> {
+    let mut out = Vec::new();
+    for step in needed_steps(inputs.plan) {
+        let StepKind::Copy(copy) = &step.kind else {
+            continue;
+        };
+        if !copy.is_add {
+            continue;
+        }
+        for (index, src) in copy.sources.iter().enumerate() {
+            let uri = redact_credentials(src);
+            if let Some(resolved) = copy.git_commits.get(&index) {
+                out.push(json!({"uri": uri, "digest": {"sha1": resolved.commit}}));
+                continue;
+            }
+            if !(src.starts_with("http://") || src.starts_with("https://")) {
+                continue;
+            }
+            let digest = match (&copy.checksum, inputs.downloads) {
+                (Some(checksum), _) => checksum.split_once(':').map(|(a, h)| json!({a: h})),
+                (None, Some(downloads)) => downloads
+                    .get(src)
+                    .ok()
+                    .and_then(|d| d.digest.split_once(':').map(|(a, h)| json!({a: h}))),
+                (None, None) => None,
+            };
+            if let Some(digest) = digest {
+                out.push(json!({"uri": uri, "digest": digest}));
+            }
+        }
     }
     out
 }

@@ -408,6 +408,13 @@ pub struct Planned<'a> {
     _lease: Lease,
 }
 
+impl<'a> Planned<'a> {
+    /// The build's ADD downloads (each URL fetched once).
+    pub(crate) fn downloads(&self) -> &UrlDownloads<'a> {
+        &self.downloads
+    }
+}
+
 /// What a build produced.
 #[derive(Debug)]
 pub struct BuildResult {
