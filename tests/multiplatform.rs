@@ -1142,3 +1142,355 @@ fn manifest_inspect_annotate_and_unknown_platforms() {
         "{err}"
     );
 }
+
+/// The entry of `index` (a raw index) for `digest`.
+fn entry_for<'a>(index: &'a Value, digest: &str) -> &'a Value {
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["digest"] == digest)
+        .unwrap_or_else(|| panic!("no entry {digest} in {index}"))
+}
+
+/// `kiln manifest create` over an index takes its entries as listed (one
+/// entry per digest, however often named); over Docker manifests it makes
+/// a Docker manifest list, over mixed ones an OCI index. `annotate` names
+/// its entry by digest or by a tag resolved at the registry, sets and
+/// removes `--variant` and `--os-version`, and refuses an annotation on a
+/// Docker manifest list or a malformed one; `inspect` of one image shows
+/// no entries.
+#[test]
+fn manifest_create_from_indexes_and_docker_lists_and_annotate_fields() {
+    let fixture = Fixture::new();
+    let base = pushed_base(&fixture);
+    let root = fixture.root();
+    let repository = fixture.reference("base/busybox");
+    let arm64 = base.platform("linux/arm64").digest.clone();
+    let amd64 = base.platform("linux/amd64").digest.clone();
+
+    // An index source gives its entries; a digest it already gave, nothing.
+    let copy = fixture.reference("copy/busybox:1");
+    let by_digest = format!("{repository}@{arm64}");
+    let created = ok(&fixture.kiln(
+        &root,
+        &["manifest", "create", &copy, &base.reference, &by_digest],
+    ));
+    let created = created.trim().to_string();
+    let raw: Value =
+        serde_json::from_str(&kiln_ok(&root, &["manifest", "inspect", "--raw", &copy])).unwrap();
+    let original = fixture.raw(&base.reference);
+    assert_eq!(raw["manifests"], original["manifests"], "{raw}");
+    assert_eq!(raw["mediaType"], "application/vnd.oci.image.index.v1+json");
+
+    // The entry named by a tag the registry resolves to its digest.
+    run_ok(Command::new("skopeo").args([
+        "--insecure-policy",
+        "copy",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        &format!("docker://{by_digest}"),
+        &format!("docker://{repository}:arm64"),
+    ]));
+    let tagged = format!("{repository}:arm64");
+    ok(&fixture.kiln(
+        &root,
+        &[
+            "manifest",
+            "annotate",
+            &copy,
+            &tagged,
+            "--variant",
+            "v8",
+            "--os-version",
+            "13.1",
+        ],
+    ));
+    let summary = kiln_ok(&root, &["manifest", "inspect", &copy]);
+    assert!(
+        summary.contains(&format!(
+            "  Name:        {}@{arm64}\n  MediaType:   application/vnd.oci.image.manifest.v1+json\n  Platform:    linux/arm64/v8\n  OSVersion:   13.1\n",
+            fixture.reference("copy/busybox")
+        )),
+        "{summary}"
+    );
+    let raw: Value =
+        serde_json::from_str(&kiln_ok(&root, &["manifest", "inspect", "--raw", &copy])).unwrap();
+    assert_eq!(entry_for(&raw, &arm64)["platform"]["variant"], "v8");
+    assert_eq!(entry_for(&raw, &arm64)["platform"]["os.version"], "13.1");
+    assert!(entry_for(&raw, &amd64)["platform"].get("variant").is_none());
+    // "" removes them: the index is the one created, byte for byte.
+    let back = ok(&fixture.kiln(
+        &root,
+        &[
+            "manifest",
+            "annotate",
+            &copy,
+            &arm64,
+            "--variant",
+            "",
+            "--os-version",
+            "",
+        ],
+    ));
+    assert_eq!(back.trim(), created);
+
+    let err = failed(&fixture.kiln(
+        &root,
+        &[
+            "manifest",
+            "annotate",
+            &copy,
+            &arm64,
+            "--annotation",
+            "novalue",
+        ],
+    ));
+    assert!(
+        err.contains("--annotation novalue: expected KEY=VALUE"),
+        "{err}"
+    );
+    let absent = format!("{repository}@sha256:{}", "0".repeat(64));
+    let err = failed(&fixture.kiln(
+        &root,
+        &["manifest", "annotate", &copy, &absent, "--arch", "s390x"],
+    ));
+    assert!(err.contains("has no entry for sha256:000"), "{err}");
+    let missing = fixture.reference("never/made:1");
+    for args in [
+        ["manifest", "annotate", &missing, &arm64, "--arch", "s390x"].as_slice(),
+        ["manifest", "push", &missing].as_slice(),
+    ] {
+        let err = failed(&fixture.kiln(&root, args));
+        assert!(
+            err.contains(&format!("{missing}: no such index in the store")),
+            "{err}"
+        );
+    }
+
+    // Two single-platform builds with Docker media types: a manifest list.
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM {}\nLABEL org.example.job=ci\n", base.reference),
+    )]);
+    for arch in ["amd64", "arm64"] {
+        let platform = format!("linux/{arch}");
+        let tag = fixture.reference(&format!("docker/app:{arch}"));
+        ok(&fixture.kiln(
+            &root,
+            &[
+                "build",
+                "--platform",
+                &platform,
+                "--docker-mediatypes",
+                "-t",
+                &tag,
+                "--push",
+                ctx.path().to_str().unwrap(),
+            ],
+        ));
+    }
+    let (docker_amd64, docker_arm64) = (
+        fixture.reference("docker/app:amd64"),
+        fixture.reference("docker/app:arm64"),
+    );
+    // inspect of one image: its document, no entries.
+    let single = kiln_ok(
+        &fixture.path("empty"),
+        &["manifest", "inspect", &docker_arm64],
+    );
+    assert!(
+        single.contains("MediaType: application/vnd.docker.distribution.manifest.v2+json\n"),
+        "{single}"
+    );
+    assert!(!single.contains("Manifests:"), "{single}");
+
+    let list = fixture.reference("docker/app:list");
+    ok(&fixture.kiln(
+        &root,
+        &["manifest", "create", &list, &docker_amd64, &docker_arm64],
+    ));
+    let raw: Value =
+        serde_json::from_str(&kiln_ok(&root, &["manifest", "inspect", "--raw", &list])).unwrap();
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    );
+    let entry_platforms: Vec<String> = raw["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(
+                e["mediaType"],
+                "application/vnd.docker.distribution.manifest.v2+json"
+            );
+            format!("{}/{}", e["platform"]["os"], e["platform"]["architecture"])
+        })
+        .collect();
+    assert_eq!(
+        entry_platforms,
+        ["\"linux\"/\"amd64\"", "\"linux\"/\"arm64\""]
+    );
+    let docker_arm64_digest = raw["manifests"][1]["digest"].as_str().unwrap().to_string();
+    let err = failed(&fixture.kiln(
+        &root,
+        &[
+            "manifest",
+            "annotate",
+            &list,
+            &docker_arm64_digest,
+            "--annotation",
+            "org.example.role=arm",
+        ],
+    ));
+    assert!(
+        err.contains("a Docker manifest list has no annotations; use OCI media types"),
+        "{err}"
+    );
+    let unchanged: Value =
+        serde_json::from_str(&kiln_ok(&root, &["manifest", "inspect", "--raw", &list])).unwrap();
+    assert_eq!(unchanged, raw, "the refused annotation changed nothing");
+    ok(&fixture.kiln(&root, &["manifest", "push", &list]));
+    assert_eq!(fixture.raw(&list), raw);
+
+    // A Docker manifest and an OCI one: an OCI index.
+    let mixed = fixture.reference("mixed/app:1");
+    ok(&fixture.kiln(
+        &root,
+        &["manifest", "create", &mixed, &docker_amd64, &by_digest],
+    ));
+    let raw: Value =
+        serde_json::from_str(&kiln_ok(&root, &["manifest", "inspect", "--raw", &mixed])).unwrap();
+    assert_eq!(raw["mediaType"], "application/vnd.oci.image.index.v1+json");
+    assert_eq!(raw["manifests"].as_array().unwrap().len(), 2);
+}
+
+/// `--annotation` and `--label` of a two-platform build go where BuildKit
+/// puts them: `index` on the index the registry serves, `index-descriptor`
+/// on the descriptor naming it (an OCI layout's `index.json`, the metadata
+/// file), `manifest` on each platform's manifest (or one platform's with
+/// `[os/arch]`), `manifest-descriptor` on each entry of the index; every
+/// platform's config gets the labels. A platform the build does not make,
+/// or index annotations on a Docker manifest list, are refused before any
+/// step.
+#[test]
+fn annotations_and_labels_of_a_two_platform_build() {
+    let fixture = Fixture::new();
+    let base = pushed_base(&fixture);
+    let root = fixture.root();
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!(
+            "FROM {}\nLABEL org.example.from=dockerfile\n",
+            base.reference
+        ),
+    )]);
+    let target = fixture.reference("app/annotated:1");
+    let (layout, meta) = (fixture.path("layout"), fixture.path("meta.json"));
+    let output = format!("type=oci,dest={}", layout.display());
+    let annotations = [
+        "index:org.example.index=top",
+        "index-descriptor:org.example.pointer=to-index",
+        "manifest[linux/arm64]:org.example.arch=arm",
+        "manifest:org.example.every=manifest",
+        "manifest-descriptor:org.example.entry=each",
+    ];
+    let mut args = vec![
+        "build",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "-t",
+        &target,
+        "--push",
+        "-o",
+        &output,
+        "--metadata-file",
+        meta.to_str().unwrap(),
+        "--label",
+        "org.example.label=flag",
+    ];
+    for a in &annotations {
+        args.extend(["--annotation", a]);
+    }
+    args.push(ctx.path().to_str().unwrap());
+    ok(&fixture.kiln(&root, &args));
+
+    let index = fixture.raw(&target);
+    assert_eq!(index["annotations"]["org.example.index"], "top", "{index}");
+    assert!(index["annotations"].get("org.example.pointer").is_none());
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    for entry in entries {
+        let arch = entry["platform"]["architecture"].as_str().unwrap();
+        assert_eq!(
+            entry["annotations"],
+            serde_json::json!({"org.example.entry": "each"}),
+            "{arch}: {index}"
+        );
+        let by_digest = format!(
+            "{}@{}",
+            fixture.reference("app/annotated"),
+            entry["digest"].as_str().unwrap()
+        );
+        let manifest = fixture.raw(&by_digest);
+        let wanted = match arch {
+            "arm64" => {
+                serde_json::json!({"org.example.arch": "arm", "org.example.every": "manifest"})
+            }
+            _ => serde_json::json!({"org.example.every": "manifest"}),
+        };
+        assert_eq!(manifest["annotations"], wanted, "{arch}: {manifest}");
+        let config = run_ok(Command::new("skopeo").args([
+            "inspect",
+            "--config",
+            "--tls-verify=false",
+            &format!("docker://{by_digest}"),
+        ]));
+        let config: Value = serde_json::from_str(&config).unwrap();
+        let labels = &config["config"]["Labels"];
+        assert_eq!(labels["org.example.label"], "flag", "{arch}: {config}");
+        assert_eq!(labels["org.example.from"], "dockerfile", "{arch}: {config}");
+    }
+
+    let layout_index: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let top = &layout_index["manifests"][0];
+    assert_eq!(top["mediaType"], "application/vnd.oci.image.index.v1+json");
+    assert_eq!(
+        top["annotations"]["org.example.pointer"], "to-index",
+        "{layout_index}"
+    );
+    let meta: Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    let descriptor = &meta["containerimage.descriptor"];
+    assert_eq!(
+        descriptor["annotations"]["org.example.pointer"], "to-index",
+        "{meta}"
+    );
+    assert_eq!(
+        descriptor["digest"].as_str().unwrap(),
+        kiln_testsupport::image::digest_of(
+            &skopeo_raw_manifest(&format!("docker://{target}"), None, None).unwrap()
+        ),
+        "the metadata file names the index the registry has"
+    );
+
+    for (extra, wanted) in [
+        (
+            vec!["--annotation", "manifest[linux/s390x]:k=v"],
+            "no platform linux/s390x found in source (the build makes linux/amd64, linux/arm64)",
+        ),
+        (
+            vec!["--docker-mediatypes", "--annotation", "index:k=v"],
+            "cannot export annotations with Docker media types",
+        ),
+    ] {
+        let mut args = vec!["build", "--platform", "linux/amd64,linux/arm64"];
+        args.extend(extra);
+        args.push(ctx.path().to_str().unwrap());
+        let err = failed(&fixture.kiln(&root, &args));
+        assert!(err.contains(wanted), "{err}");
+        assert!(!err.contains("LABEL"), "a step ran: {err}");
+    }
+}

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 /// environment variable behind it) and the cases.
 const BUILD_FLAGS: &[(&str, &[&str], &[&str])] = &[
     ("--add-host", &["--add-host"], &["tests/options.rs::shm_size_ulimit_and_add_host"]),
-    ("--annotation", &["--annotation"], &["tests/contexts.rs::labels_and_annotations_go_where_buildkit_puts_them", "tests/provenance.rs::provenance_attestation_in_the_pushed_index"]),
+    ("--annotation", &["--annotation"], &["tests/contexts.rs::labels_and_annotations_go_where_buildkit_puts_them", "tests/multiplatform.rs::annotations_and_labels_of_a_two_platform_build", "tests/provenance.rs::provenance_attestation_in_the_pushed_index"]),
     ("--attest", &["--attest"], &["tests/provenance.rs::provenance_attestation_in_the_pushed_index", "tests/provenance.rs::provenance_requests_kiln_cannot_honour_are_refused"]),
     ("--allow", &["--allow"], &["tests/options.rs::entitlements_insecure_and_host_network"]),
     ("--build-context", &["--build-context"], &["tests/contexts.rs::build_contexts_of_each_kind"]),
@@ -29,7 +29,7 @@ const BUILD_FLAGS: &[(&str, &[&str], &[&str])] = &[
     ("--format", &["--format"], &["tests/options.rs::dry_run_format_file_quiet_and_verbose"]),
     ("--iidfile", &["--iidfile"], &["tests/build.rs::outputs_tags_iidfile_and_metadata_file"]),
     ("--insecure-registry", &["--insecure-registry"], &["tests/build.rs::push_to_a_registry"]),
-    ("--label", &["--label"], &["tests/contexts.rs::labels_and_annotations_go_where_buildkit_puts_them"]),
+    ("--label", &["--label"], &["tests/contexts.rs::labels_and_annotations_go_where_buildkit_puts_them", "tests/multiplatform.rs::annotations_and_labels_of_a_two_platform_build"]),
     ("--memory", &["--memory", "-m"], &["tests/security/limits.rs::memory_flag_on_build_and_run"]),
     ("--metadata-file", &["--metadata-file"], &["tests/build.rs::outputs_tags_iidfile_and_metadata_file"]),
     ("--network", &["--network"], &["tests/build.rs::network_none_leaves_only_loopback"]),
@@ -37,7 +37,7 @@ const BUILD_FLAGS: &[(&str, &[&str], &[&str])] = &[
     ("--no-cache-filter", &["--no-cache-filter"], &["tests/options.rs::no_cache_filter_reruns_only_the_named_stage"]),
     ("--output", &["--output", "-o"], &["tests/options.rs::output_shorthands_tar_and_image_names", "tests/build.rs::registry_and_image_outputs_push", "tests/build.rs::outputs_tags_iidfile_and_metadata_file"]),
     ("--pids-limit", &["--pids-limit"], &["tests/security/limits.rs::pids_limit_flag_on_build_and_run"]),
-    ("--platform", &["--platform"], &["tests/build_platform.rs::platform_arm64_picks_the_arm64_manifest_and_expands_target_args"]),
+    ("--platform", &["--platform"], &["tests/build_platform.rs::platform_arm64_picks_the_arm64_manifest_and_expands_target_args", "tests/multiplatform.rs::one_build_two_platforms_one_index", "tests/multiplatform.rs::outputs_of_a_two_platform_build"]),
     ("--progress", &["--progress"], &["tests/build.rs::progress_plain_snapshots", "tests/build.rs::progress_tty_draws_a_live_view", "tests/build.rs::progress_quiet_prints_only_the_id_and_json_one_event_per_line"]),
     ("--provenance", &["--provenance"], &["tests/provenance.rs::provenance_attestation_in_the_pushed_index", "tests/provenance.rs::provenance_of_a_git_context_names_its_commit", "tests/provenance.rs::provenance_requests_kiln_cannot_honour_are_refused"]),
     ("--pull", &["--pull"], &["tests/options.rs::pull_policies"]),
@@ -259,11 +259,14 @@ fn body_with_helpers(source: &str, body: &str) -> String {
     text
 }
 
-/// The `--long` flags `kiln build --help` lists.
+/// The `--long` flags `kiln build --help` lists: the lines that declare
+/// one (indented 2 or 6 columns; a help text's lines are indented 10, and
+/// one wrapped at `RUN --security=insecure` names no flag of kiln build).
 fn build_help_flags() -> Vec<String> {
     let out = common::run_ok(common::kiln_command().args(["build", "--help"]));
     let mut flags: Vec<String> = out
         .lines()
+        .filter(|line| line.len() - line.trim_start().len() <= 6)
         .filter_map(|line| {
             let line = line.trim_start();
             let line = line

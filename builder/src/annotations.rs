@@ -13,16 +13,22 @@
 //!   output's `index.json`, and the metadata file's
 //!   `containerimage.descriptor` (a registry push of a single manifest has
 //!   no descriptor to carry it, as with BuildKit);
-//! - `index`: the image index's own `annotations`, `index-descriptor`:
-//!   the descriptor that points at the index (the store's `index.json`
-//!   entry, an OCI layout output's, the metadata file's
-//!   `containerimage.descriptor`). Only a build that writes an index takes
-//!   them (several platforms, or `--provenance`); a single-platform image
-//!   is one manifest and they are refused there, as BuildKit refuses them
-//!   for a single-platform export.
+//! - `index`: the image index a build for several platforms, or with
+//!   `--provenance`, writes (its `annotations`, what a registry serves);
+//! - `index-descriptor`: the descriptor that points at that index: its
+//!   entry in the store's `index.json`, in an OCI layout output's
+//!   `index.json`, and the metadata file's `containerimage.descriptor`.
+//!
+//! A single-platform build without provenance writes no index: the index
+//! kinds are refused there, as BuildKit refuses them for a
+//! single-platform export. With
+//! several platforms each platform's manifest, and its entry in the index,
+//! get the `manifest` and `manifest-descriptor` annotations that apply to
+//! it.
 //!
 //! A platform-qualified annotation applies to that platform's manifest and
-//! is an error when the build makes no such platform. With Docker media
+//! is an error when the build makes no such platform (an index kind's
+//! platform names no manifest: as in BuildKit, it goes on the index). With Docker media
 //! types, only `manifest` annotations are allowed (BuildKit: "cannot export
 //! annotations with oci-mediatypes=false").
 //!
@@ -125,21 +131,37 @@ impl Annotation {
     }
 }
 
-/// Refuses what the build cannot honour: a platform the build does not
-/// make, descriptor annotations with Docker media types (index
-/// annotations without an index: [`check_index_kinds`]).
+/// Refuses what a build for `platforms` cannot honour: index annotations
+/// when it writes no index (`writes_index`: several platforms, or
+/// `--provenance`), a platform it does not make, descriptor annotations
+/// with Docker media types.
 pub fn check(
     annotations: &[Annotation],
-    platform: &Platform,
+    platforms: &[Platform],
     docker_media_types: bool,
+    writes_index: bool,
 ) -> Result<(), String> {
+    let made: Vec<Platform> = platforms.iter().map(Platform::normalized).collect();
     for a in annotations {
         let flag = &a.flag;
-        if let Some(p) = &a.platform {
-            if p.normalized() != platform.normalized() {
+        let index_kind = matches!(
+            a.target,
+            AnnotationTarget::Index | AnnotationTarget::IndexDescriptor
+        );
+        if index_kind && !writes_index {
+            return Err(format!(
+                "--annotation {flag}: index annotations not supported for single platform export \
+                 (kiln writes a single-platform image as one manifest, with no index to annotate; \
+                 a multi-platform build or --provenance writes an index)"
+            ));
+        }
+        if let (Some(p), false) = (&a.platform, index_kind) {
+            if !made.contains(&p.normalized()) {
+                let names: Vec<String> = made.iter().map(Platform::to_string).collect();
                 return Err(format!(
                     "--annotation {flag}: invalid annotation: no platform {p} found in source \
-                     (the build makes {platform})"
+                     (the build makes {})",
+                    names.join(", ")
                 ));
             }
         }
@@ -151,43 +173,6 @@ pub fn check(
         }
     }
     Ok(())
-}
-
-/// Refuses `index` and `index-descriptor` annotations when the build
-/// writes no index (a single-platform build without `--provenance` is one
-/// manifest), as BuildKit refuses them for a single-platform export.
-pub fn check_index_kinds(annotations: &[Annotation], writes_index: bool) -> Result<(), String> {
-    if writes_index {
-        return Ok(());
-    }
-    match annotations.iter().find(|a| {
-        matches!(
-            a.target,
-            AnnotationTarget::Index | AnnotationTarget::IndexDescriptor
-        )
-    }) {
-        Some(a) => Err(format!(
-            "--annotation {}: index annotations not supported for single platform export \
-             (kiln writes a single-platform image as one manifest, with no index to annotate; \
-             a multi-platform build or --provenance writes an index)",
-            a.flag
-        )),
-        None => Ok(()),
-    }
-}
-
-/// The annotations of `target` (`index` or `index-descriptor`) that apply
-/// to an index: those naming no platform, as BuildKit's
-/// `Annotations.Platform(nil)`.
-pub fn index_annotations(
-    annotations: &[Annotation],
-    target: AnnotationTarget,
-) -> BTreeMap<String, String> {
-    annotations
-        .iter()
-        .filter(|a| a.target == target && a.platform.is_none())
-        .map(|a| (a.key.clone(), a.value.clone()))
-        .collect()
 }
 
 /// The manifest `desc` (of `platform`) with the annotations that apply
@@ -224,6 +209,24 @@ pub fn annotate(
     Ok(out)
 }
 
+/// The `index` annotations (their platforms aside, as BuildKit's).
+pub fn for_index(annotations: &[Annotation]) -> BTreeMap<String, String> {
+    pick_all(annotations, AnnotationTarget::Index)
+}
+
+/// The `index-descriptor` annotations.
+pub fn for_index_descriptor(annotations: &[Annotation]) -> BTreeMap<String, String> {
+    pick_all(annotations, AnnotationTarget::IndexDescriptor)
+}
+
+fn pick_all(annotations: &[Annotation], target: AnnotationTarget) -> BTreeMap<String, String> {
+    annotations
+        .iter()
+        .filter(|a| a.target == target)
+        .map(|a| (a.key.clone(), a.value.clone()))
+        .collect()
+}
+
 /// `--label K=V` (`K` alone: an empty value, as buildx).
 pub fn parse_label(flag: &str) -> (String, String) {
     match flag.split_once('=') {
@@ -252,23 +255,44 @@ mod tests {
             let err = Annotation::parse(flag).unwrap_err();
             assert!(err.contains(wanted), "{flag}: {err}");
         }
-        let amd64 = Platform::parse("linux/amd64").unwrap();
-        let index = Annotation::parse("index:k=v").unwrap();
-        let err = check_index_kinds(&index, false).unwrap_err();
+        let amd64 = [Platform::parse("linux/amd64").unwrap()];
+        let both = [
+            Platform::parse("linux/amd64").unwrap(),
+            Platform::parse("linux/arm64").unwrap(),
+        ];
+        let index = Annotation::parse("index,index-descriptor:k=v").unwrap();
+        let err = check(&index, &amd64, false, false).unwrap_err();
         assert!(err.contains("index annotations not supported"), "{err}");
-        assert!(check_index_kinds(&index, true).is_ok());
-        let qualified = Annotation::parse("index[linux/amd64],index:k=v").unwrap();
-        assert_eq!(
-            index_annotations(&qualified, AnnotationTarget::Index).len(),
-            1,
-            "only the unqualified one applies to the index"
+        assert!(check(&index, &both, false, true).is_ok());
+        assert!(
+            check(&index, &amd64, false, true).is_ok(),
+            "one platform with --provenance: an index"
         );
+        assert!(
+            check(&index, &both, true, true).is_err(),
+            "not on a manifest list"
+        );
+        let index_qualified = Annotation::parse("index[linux/s390x]:k=v").unwrap();
+        assert!(check(&index_qualified, &both, false, true).is_ok());
         let other = Annotation::parse("manifest[linux/arm64]:k=v").unwrap();
-        let err = check(&other, &amd64, false).unwrap_err();
+        let err = check(&other, &amd64, false, true).unwrap_err();
         assert!(err.contains("no platform linux/arm64"), "{err}");
+        assert!(check(&other, &both, false, true).is_ok());
+        let s390x = Annotation::parse("manifest[linux/s390x]:k=v").unwrap();
+        let err = check(&s390x, &both, false, true).unwrap_err();
+        assert!(
+            err.contains("(the build makes linux/amd64, linux/arm64)"),
+            "{err}"
+        );
         let desc = Annotation::parse("manifest-descriptor:k=v").unwrap();
-        assert!(check(&desc, &amd64, true).is_err());
-        assert!(check(&desc, &amd64, false).is_ok());
+        assert!(check(&desc, &amd64, true, true).is_err());
+        assert!(check(&desc, &amd64, false, true).is_ok());
+        assert_eq!(for_index(&index), [("k".into(), "v".into())].into());
+        assert_eq!(
+            for_index_descriptor(&index),
+            [("k".into(), "v".into())].into()
+        );
+        assert!(for_index(&desc).is_empty());
         assert_eq!(parse_label("a"), ("a".into(), String::new()));
     }
 }

@@ -26,7 +26,6 @@ use kiln_layers::compressed::compressed_image;
 use kiln_layers::index::{write_attestation_manifest, IndexWriter};
 use kiln_layers::{Descriptor, Platform, Reference};
 
-use crate::annotations::{index_annotations, AnnotationTarget};
 use crate::export::Output;
 use crate::provenance::{self, ProvenanceRequest, SourceInfo};
 
@@ -63,7 +62,7 @@ impl<'a> Session<'a> {
                 target_platform: platform.clone(),
                 ..self.settings.options.clone()
             };
-            plans.push(self.plan_for(&options)?);
+            plans.push(self.plan_for(&options, platforms)?);
         }
         let plans: Vec<&Planned<'a>> = plans.iter().collect();
         self.check_before_steps(&plans)?;
@@ -159,12 +158,14 @@ impl<'a> Session<'a> {
         for entry in attestations {
             writer.add_entry(entry);
         }
-        for (k, v) in index_annotations(&settings.annotations, AnnotationTarget::Index) {
-            writer.annotate(&k, &v);
+        let annotations = &settings.annotations;
+        for (key, value) in crate::annotations::for_index(annotations) {
+            writer.annotate(&key, &value);
         }
         let mut index = writer.write(self.store)?;
-        index.annotations =
-            index_annotations(&settings.annotations, AnnotationTarget::IndexDescriptor);
+        index
+            .annotations
+            .extend(crate::annotations::for_index_descriptor(annotations));
         let tags = self.settings.all_tags();
         if tags.is_empty() {
             self.store.add_untagged(&index)?;

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use kiln_layers::cleanup::ScratchDir;
-use kiln_layers::{Compression, Descriptor, Digest, Lease, Reference, Reporter, Store};
+use kiln_layers::{Compression, Descriptor, Digest, Lease, Platform, Reference, Reporter, Store};
 use kiln_runtime::{HelperCommand, Limits, Network};
 
 use crate::annotations::Annotation;
@@ -464,17 +464,33 @@ impl BuildResult {
                 "line": f.line,
             })
         });
-        let steps = self.built.warnings.iter().map(|w| {
-            serde_json::json!({
-                "detail": w.message,
-                "line": w.line,
+        // Each platform's steps; a warning several platforms' steps gave, once.
+        let mut seen = std::collections::HashSet::new();
+        let steps = self
+            .images()
+            .iter()
+            .flat_map(|image| &image.warnings)
+            .filter(|w| seen.insert((w.line, w.message.clone())))
+            .map(|w| {
+                serde_json::json!({
+                    "detail": w.message,
+                    "line": w.line,
+                })
             })
-        });
+            .collect::<Vec<_>>();
         checks.chain(steps).collect()
     }
 }
 
 impl BuildResult {
+    /// Every platform's image: a multi-platform build's, else the one.
+    fn images(&self) -> &[BuiltImage] {
+        match &self.index {
+            Some((_, images)) => images,
+            None => std::slice::from_ref(&self.built),
+        }
+    }
+
     /// The reported manifest's descriptor as the metadata file has it
     /// (annotations when `--annotation manifest-descriptor:` gave some).
     fn reported_descriptor(&self) -> serde_json::Value {
@@ -581,12 +597,18 @@ impl<'a> Session<'a> {
 
     /// Parse, plan, load the context and compute the cache keys.
     pub fn plan(&self) -> Result<Planned<'a>, BuildError> {
-        self.plan_for(&self.settings.options)
+        let options = &self.settings.options;
+        self.plan_for(options, std::slice::from_ref(&options.target_platform))
     }
 
     /// [`Session::plan`] with other build options (one platform of a
-    /// multi-platform build).
-    pub fn plan_for(&self, options: &BuildOptions) -> Result<Planned<'a>, BuildError> {
+    /// multi-platform build); `platforms` are every platform the build
+    /// makes (what `--annotation`s are checked against).
+    pub fn plan_for(
+        &self,
+        options: &BuildOptions,
+        platforms: &[Platform],
+    ) -> Result<Planned<'a>, BuildError> {
         // Held until the image is tagged and exported: solve's own lease
         // ends when it returns, and a `kiln prune` waiting for it would
         // otherwise remove the new, not yet tagged manifest and config.
@@ -604,8 +626,9 @@ impl<'a> Session<'a> {
         }
         crate::annotations::check(
             &self.settings.annotations,
-            &options.target_platform,
+            platforms,
             self.settings.docker_media_types,
+            platforms.len() > 1 || self.settings.provenance.is_some(),
         )
         .map_err(BuildError::Invalid)?;
         apply_labels(&mut planned, &self.settings.labels);
@@ -663,13 +686,10 @@ impl<'a> Session<'a> {
     /// `--provenance`, an index of the image and its attestation).
     pub fn build(&self, planned: Planned<'a>) -> Result<BuildResult, BuildError> {
         self.check_requests()?;
-        let writes_index = self.settings.provenance.is_some();
-        crate::annotations::check_index_kinds(&self.settings.annotations, writes_index)
-            .map_err(BuildError::Invalid)?;
         self.check_before_steps(&[&planned])?;
         let started = std::time::SystemTime::now();
         let built = self.solve_planned(&planned, None, self.events)?;
-        if writes_index {
+        if self.settings.provenance.is_some() {
             return self.finish_index(&[&planned], vec![built], started);
         }
         let image_id = self.tag(&built)?;

@@ -261,7 +261,8 @@ fn write_layout(
         let mut entry = Descriptor::new(top.media_type.clone(), top.digest.clone(), top.size);
         entry.platform = top.platform.clone();
         // The descriptor's own annotations (`--annotation
-        // manifest-descriptor:`) travel with it; the names are this save's.
+        // manifest-descriptor:` or `index-descriptor:`) travel with it; the
+        // names are this save's.
         entry.annotations = top.annotations.clone();
         entry.annotations.remove(ANNOTATION_REF_NAME);
         entry.annotations.remove(ANNOTATION_CONTAINERD_NAME);

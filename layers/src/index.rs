@@ -29,7 +29,9 @@
 use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
-use crate::oci::{media, Descriptor, Index, Platform};
+use crate::oci::{
+    media, Descriptor, Index, Platform, ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME,
+};
 use crate::store::Store;
 
 /// An index being assembled; [`IndexWriter::write`] stores it.
@@ -52,7 +54,9 @@ impl IndexWriter {
     }
 
     /// Adds a platform's image manifest: its media type, digest and size,
-    /// the platform (normalized) and no annotations.
+    /// the platform (normalized), and the descriptor's own annotations
+    /// (`--annotation manifest-descriptor:`; a name the store gave it is
+    /// not one).
     pub fn add_image(&mut self, manifest: &Descriptor, platform: &Platform) {
         let mut entry = Descriptor::new(
             manifest.media_type.clone(),
@@ -60,6 +64,9 @@ impl IndexWriter {
             manifest.size,
         );
         entry.platform = Some(platform.normalized());
+        entry.annotations = manifest.annotations.clone();
+        entry.annotations.remove(ANNOTATION_REF_NAME);
+        entry.annotations.remove(ANNOTATION_CONTAINERD_NAME);
         self.manifests.push(entry);
     }
 

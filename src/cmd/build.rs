@@ -166,9 +166,10 @@ pub struct BuildArgs {
     #[arg(long = "label", value_name = "K=V")]
     labels: Vec<String>,
     /// Add an annotation (repeatable): [TYPE[,TYPE…]:]K=V, TYPE `manifest` (the
-    /// default) or `manifest-descriptor`, each with an optional `[os/arch]`;
-    /// `index` and `index-descriptor` need an image index, which a
-    /// single-platform build writes only with --provenance (refused otherwise).
+    /// default), `manifest-descriptor`, `index` or `index-descriptor`, each
+    /// with an optional `[os/arch]`; the index kinds need the image index a
+    /// build for several platforms, or with --provenance, writes (refused
+    /// for one platform without it).
     #[arg(long = "annotation", value_name = "[TYPE:]K=V")]
     annotations: Vec<String>,
     /// Attach an SLSA provenance v1 attestation (in the image's index, as
