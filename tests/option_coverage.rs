@@ -268,6 +268,12 @@ fn build_help_flags() -> Vec<String> {
         .lines()
         .filter(|line| line.len() - line.trim_start().len() <= 6)
         .filter_map(|line| {
+            // clap indents a flag's line by 2 (short form) or 6 spaces and its
+            // description by 10: a description that starts with `--` is no flag.
+            let indent = line.len() - line.trim_start().len();
+            if indent > 6 {
+                return None;
+            }
             let line = line.trim_start();
             let line = line
                 .strip_prefix('-')

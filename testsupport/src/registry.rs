@@ -132,62 +132,7 @@ impl RegistryServer {
              http:\n  addr: {host}\n  secret: kiln-test-secret\n",
             storage.display()
         );
-        let mut ca_cert = None;
-        let mut credentials = None;
-        let mut token_server = None;
-        let mut client_cert = None;
-        match mode {
-            Mode::Plain => {}
-            Mode::TlsBasic { username, password } => {
-                let ca = TestCa::create(dir.path(), "kiln test registry CA")?;
-                let cert = ca.issue(dir.path(), "registry", &["127.0.0.1", "localhost"])?;
-                config.push_str(&format!(
-                    "  tls:\n    certificate: {}\n    key: {}\n",
-                    cert.cert_pem.display(),
-                    cert.key_pem.display()
-                ));
-                let htpasswd = dir.path().join("htpasswd");
-                let line = run(Command::new("htpasswd").args(["-Bbn", username, password]))?;
-                std::fs::write(&htpasswd, line)
-                    .map_err(TestSupportError::io("writing htpasswd"))?;
-                config.push_str(&format!(
-                    "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
-                    htpasswd.display()
-                ));
-                ca_cert = Some(ca.ca_cert);
-                credentials = Some((username.clone(), password.clone()));
-            }
-            Mode::Token { username, password } => {
-                let tokens_dir = dir.path().join("token");
-                std::fs::create_dir_all(&tokens_dir)
-                    .map_err(TestSupportError::io("creating the token dir"))?;
-                let server = TokenServer::start(
-                    &tokens_dir,
-                    &[(username.as_str(), password.as_str())],
-                    &["pull"],
-                )?;
-                config.push_str(&format!(
-                    "auth:\n  token:\n    realm: {}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
-                    server.realm(),
-                    server.root_cert_bundle.display()
-                ));
-                credentials = Some((username.clone(), password.clone()));
-                token_server = Some(server);
-            }
-            Mode::TlsClientCert => {
-                let ca = TestCa::create(dir.path(), "kiln test registry CA")?;
-                let cert = ca.issue(dir.path(), "registry", &["127.0.0.1", "localhost"])?;
-                let client = ca.issue(dir.path(), "client", &["kiln-test-client"])?;
-                config.push_str(&format!(
-                    "  tls:\n    certificate: {}\n    key: {}\n    clientcas:\n      - {}\n",
-                    cert.cert_pem.display(),
-                    cert.key_pem.display(),
-                    ca.ca_cert.display()
-                ));
-                ca_cert = Some(ca.ca_cert);
-                client_cert = Some((client.cert_pem, client.key_pem));
-            }
-        }
+        let auth = Auth::configure(mode, dir.path(), &mut config)?;
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, &config)
             .map_err(TestSupportError::io("writing the registry config"))?;
@@ -212,10 +157,10 @@ impl RegistryServer {
         let mut server = RegistryServer {
             addr,
             host,
-            ca_cert,
-            credentials,
-            token_server,
-            client_cert,
+            ca_cert: auth.ca_cert,
+            credentials: auth.credentials,
+            token_server: auth.token_server,
+            client_cert: auth.client_cert,
             child,
             dir,
         };
@@ -365,5 +310,75 @@ mod tests {
         assert!(probe_v2(plain.addr, true).is_err());
         let token = RegistryServer::start_token("user", "secret").unwrap();
         probe_v2(token.addr, false).unwrap();
+    }
+}
+
+/// What a mode adds to a registry: its TLS and auth settings go into the
+/// config; the CA, credentials, token server and client certificate a
+/// client needs come back.
+#[derive(Default)]
+struct Auth {
+    ca_cert: Option<PathBuf>,
+    credentials: Option<(String, String)>,
+    token_server: Option<TokenServer>,
+    client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl Auth {
+    fn configure(mode: &Mode, dir: &Path, config: &mut String) -> Result<Auth> {
+        let mut auth = Auth::default();
+        match mode {
+            Mode::Plain => {}
+            Mode::TlsBasic { username, password } => {
+                let ca = TestCa::create(dir, "kiln test registry CA")?;
+                let cert = ca.issue(dir, "registry", &["127.0.0.1", "localhost"])?;
+                config.push_str(&format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    cert.cert_pem.display(),
+                    cert.key_pem.display()
+                ));
+                let htpasswd = dir.join("htpasswd");
+                let line = run(Command::new("htpasswd").args(["-Bbn", username, password]))?;
+                std::fs::write(&htpasswd, line)
+                    .map_err(TestSupportError::io("writing htpasswd"))?;
+                config.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
+                    htpasswd.display()
+                ));
+                auth.ca_cert = Some(ca.ca_cert);
+                auth.credentials = Some((username.clone(), password.clone()));
+            }
+            Mode::Token { username, password } => {
+                let tokens_dir = dir.join("token");
+                std::fs::create_dir_all(&tokens_dir)
+                    .map_err(TestSupportError::io("creating the token dir"))?;
+                let server = TokenServer::start(
+                    &tokens_dir,
+                    &[(username.as_str(), password.as_str())],
+                    &["pull"],
+                )?;
+                config.push_str(&format!(
+                "auth:\n  token:\n    realm: {}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+                server.realm(),
+                server.root_cert_bundle.display()
+            ));
+                auth.credentials = Some((username.clone(), password.clone()));
+                auth.token_server = Some(server);
+            }
+            Mode::TlsClientCert => {
+                let ca = TestCa::create(dir, "kiln test registry CA")?;
+                let cert = ca.issue(dir, "registry", &["127.0.0.1", "localhost"])?;
+                let client = ca.issue(dir, "client", &["kiln-test-client"])?;
+                config.push_str(&format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n    clientcas:\n      - {}\n",
+                    cert.cert_pem.display(),
+                    cert.key_pem.display(),
+                    ca.ca_cert.display()
+                ));
+                auth.ca_cert = Some(ca.ca_cert);
+                auth.client_cert = Some((client.cert_pem, client.key_pem));
+            }
+        }
+        Ok(auth)
     }
 }
