@@ -173,14 +173,21 @@ impl<'a> Session<'a> {
         for tag in &tags {
             self.store.tag(tag, &index)?;
         }
-        let mut lines: Vec<String> = images
+        // Each entry as the index has it (an attested image's manifest is
+        // its compressed one), as BuildKit's export shows them.
+        let mut lines: Vec<String> = writer
+            .entries()
             .iter()
-            .map(|b| {
-                format!(
+            .map(|entry| match &entry.platform {
+                Some(p) if p.architecture == "unknown" => {
+                    format!("exporting attestation manifest {} done", entry.digest)
+                }
+                Some(p) => format!(
                     "writing manifest {} for {} done",
-                    b.manifest.digest,
-                    b.platform().normalized()
-                )
+                    entry.digest,
+                    p.normalized()
+                ),
+                None => format!("writing manifest {} done", entry.digest),
             })
             .collect();
         lines.push(format!("writing manifest list {} done", index.digest));
