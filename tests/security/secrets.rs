@@ -228,10 +228,16 @@ fn interrupted_build_leaves_no_secret(signal: libc::c_int) {
         assert!(Instant::now() < deadline, "kiln did not end after {signal}");
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(
-        status.signal(),
-        Some(signal),
-        "kiln was to be interrupted mid-RUN ({status}):\n{}",
+    // SIGKILL ends kiln at once; SIGINT and SIGTERM cancel the build, which
+    // unwinds and exits 130 as buildx does for a canceled build.
+    let ended_as_expected = if signal == libc::SIGKILL {
+        status.signal() == Some(signal)
+    } else {
+        status.code() == Some(130)
+    };
+    assert!(
+        ended_as_expected,
+        "kiln was to be interrupted mid-RUN by signal {signal} ({status}):\n{}",
         seen.join("\n")
     );
     let found = probe(value.as_bytes(), &fixture.root(), since);
