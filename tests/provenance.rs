@@ -6,8 +6,10 @@
 //! `testdata/provenance` (Debian's python3-jsonschema), it lists the base
 //! image by digest, the build args (`mode=max` only), the secret ids but
 //! never a value, the Dockerfile's digest, ADD's URL by digest and the
-//! Git commit of the context; credentials in URLs never appear. Without the flag the image
-//! is one manifest, as before.
+//! Git commit of the context; credentials in URLs never appear. Built
+//! again with SOURCE_DATE_EPOCH, the image is the same and the
+//! attestation new. Without the flag the image is one manifest, as
+//! before.
 
 mod common;
 
@@ -384,21 +386,36 @@ fn provenance_of_a_git_context_names_its_commit() {
     let commit = git_in(&repo, &["rev-parse", "HEAD"]).trim().to_string();
     let port = serve_git(&served).unwrap();
     let url = format!("git://127.0.0.1:{port}/repo.git#v1:app");
-    let layout = fixture.path("layout");
-    ok(&fixture.build(&[
-        "--provenance=true",
-        "-o",
-        &format!("type=oci,dest={}", layout.display()),
-        &url,
-    ]));
+    let build_into = |name: &str| -> (PathBuf, String) {
+        let layout = fixture.path(name);
+        ok(&fixture.build(&[
+            "--provenance=true",
+            "--build-arg",
+            "SOURCE_DATE_EPOCH=1700000000",
+            "-o",
+            &format!("type=oci,dest={}", layout.display()),
+            &url,
+        ]));
+        let top: Value = json(&std::fs::read(layout.join("index.json")).unwrap());
+        let digest = top["manifests"][0]["digest"].as_str().unwrap().to_string();
+        (layout, digest)
+    };
+    let (layout, index_digest) = build_into("layout");
     // The OCI layout holds the index, the image and its attestation.
-    let top: Value = json(&std::fs::read(layout.join("index.json")).unwrap());
-    let index_digest = top["manifests"][0]["digest"].as_str().unwrap();
-    let blob = |digest: &str| {
+    let blob = |layout: &Path, digest: &str| {
         let hex = digest.trim_start_matches("sha256:");
         std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap()
     };
-    let index = json(&blob(index_digest));
+    let index = json(&blob(&layout, &index_digest));
+    // Built again: the same image, a new attestation (times, invocation).
+    let (again, again_digest) = build_into("again");
+    let again_index = json(&blob(&again, &again_digest));
+    assert_eq!(
+        again_index["manifests"][0]["digest"],
+        index["manifests"][0]["digest"]
+    );
+    assert_ne!(again_digest, index_digest);
+    let blob = |digest: &str| blob(&layout, digest);
     let entries = index["manifests"].as_array().unwrap();
     assert_eq!(entries.len(), 2, "{index}");
     assert_eq!(
