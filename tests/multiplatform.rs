@@ -20,7 +20,7 @@ use std::process::{Command, Output};
 
 use common::{kiln, kiln_ok, run_ok};
 use kiln_testsupport::image::skopeo_raw_manifest;
-use kiln_testsupport::multiarch::{push_busybox_index, MultiArchImage};
+use kiln_testsupport::multiarch::{push_busybox_index, push_busybox_index_of, MultiArchImage};
 use kiln_testsupport::RegistryServer;
 use serde_json::Value;
 
@@ -1493,4 +1493,223 @@ fn annotations_and_labels_of_a_two_platform_build() {
         assert!(err.contains(wanted), "{err}");
         assert!(!err.contains("LABEL"), "a step ran: {err}");
     }
+}
+
+/// A platform with a variant: `--platform linux/amd64,linux/arm64,linux/arm/v7`
+/// over a three-platform base (arm/v7 from Debian's armhf busybox-static).
+/// The arm/v7 stage's RUN goes through qemu-arm (registered by kiln, with
+/// F, when none was); `TARGETVARIANT` is `v7` there and empty for the
+/// others; the index entry carries the variant, and `kiln run --platform
+/// linux/arm` (the variant defaulted, as BuildKit normalizes it) runs it.
+#[test]
+fn a_platform_with_a_variant_runs_under_its_emulator() {
+    let fixture = Fixture::new();
+    let mut platforms = kiln_testsupport::multiarch::PLATFORMS.to_vec();
+    platforms.push(kiln_testsupport::multiarch::ARM_V7);
+    let base = push_busybox_index_of(&fixture.registry, "base/busybox:3", &platforms).unwrap();
+    let root = fixture.root();
+    let dockerfile = format!(
+        "FROM --platform=$BUILDPLATFORM {base} AS build\n\
+         ARG TARGETPLATFORM TARGETARCH TARGETVARIANT\n\
+         RUN echo \"$TARGETPLATFORM $TARGETARCH v:$TARGETVARIANT\" > /target\n\
+         FROM {base}\n\
+         COPY --from=build /target /out/target\n\
+         RUN uname -m > /out/machine\n",
+        base = base.reference
+    );
+    let ctx = context(&[("Dockerfile", &dockerfile)]);
+    let target = fixture.reference("app/three:1");
+    ok(&fixture.kiln(
+        &root,
+        &[
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64,linux/arm/v7",
+            "-t",
+            &target,
+            "--push",
+            ctx.path().to_str().unwrap(),
+        ],
+    ));
+    let handler = std::fs::read_to_string("/proc/sys/fs/binfmt_misc/qemu-arm").unwrap();
+    assert!(handler.starts_with("enabled"), "{handler}");
+    assert!(
+        handler
+            .lines()
+            .any(|l| l.starts_with("flags:") && l.contains('F')),
+        "{handler}"
+    );
+
+    let index = fixture.raw(&target);
+    let entry_platforms: Vec<Value> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["platform"].clone())
+        .collect();
+    assert_eq!(
+        entry_platforms,
+        [
+            serde_json::json!({"architecture": "amd64", "os": "linux"}),
+            serde_json::json!({"architecture": "arm64", "os": "linux"}),
+            serde_json::json!({"architecture": "arm", "os": "linux", "variant": "v7"}),
+        ]
+    );
+    let cat = |platform: &str, file: &str| {
+        kiln_ok(
+            &root,
+            &["run", "--platform", platform, &target, "cat", file],
+        )
+        .trim()
+        .to_string()
+    };
+    assert_eq!(cat("linux/arm/v7", "/out/machine"), "armv7l");
+    assert_eq!(cat("linux/arm", "/out/target"), "linux/arm/v7 arm v:v7");
+    assert_eq!(cat("linux/arm64", "/out/target"), "linux/arm64 arm64 v:");
+    assert_eq!(cat("linux/amd64", "/out/machine"), "x86_64");
+    let row = table_row(&root, &fixture.reference("app/three"));
+    assert!(
+        row.ends_with(" linux/amd64,linux/arm64,linux/arm/v7"),
+        "{row}"
+    );
+}
+
+/// The store's garbage collection follows indexes: `kiln prune --all`
+/// keeps every platform's image of a tagged index (pulled or built), and
+/// once `kiln rmi` has removed the tags, it removes them all.
+#[test]
+fn prune_keeps_an_index_whole_and_rmi_lets_it_go() {
+    let fixture = Fixture::new();
+    let base = pushed_base(&fixture);
+    let root = fixture.root();
+    fixture.ok(&["pull", "--platform", "all", &base.reference]);
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM {}\nRUN uname -m > /machine\n", base.reference),
+    )]);
+    ok(&fixture.kiln(
+        &root,
+        &[
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            "app:multi",
+            ctx.path().to_str().unwrap(),
+        ],
+    ));
+    let blobs = || {
+        std::fs::read_dir(root.join("blobs/sha256"))
+            .unwrap()
+            .count()
+    };
+    let before = blobs();
+    kiln_ok(&root, &["prune", "--all"]);
+    assert_eq!(blobs(), before, "prune removed a blob of a tagged index");
+    for (platform, machine) in [("linux/arm64", "aarch64"), ("linux/amd64", "x86_64")] {
+        let out = kiln_ok(
+            &root,
+            &[
+                "run",
+                "--platform",
+                platform,
+                "app:multi",
+                "cat",
+                "/machine",
+            ],
+        );
+        assert_eq!(out.trim(), machine);
+        let out = kiln_ok(
+            &root,
+            &[
+                "run",
+                "--platform",
+                platform,
+                &base.reference,
+                "uname",
+                "-m",
+            ],
+        );
+        assert_eq!(out.trim(), machine);
+    }
+    assert_eq!(
+        platforms(&root, &base.reference),
+        [
+            ("linux/amd64".to_string(), true),
+            ("linux/arm64".to_string(), true)
+        ]
+    );
+
+    kiln_ok(&root, &["rmi", "app:multi", &base.reference]);
+    kiln_ok(&root, &["prune", "--all"]);
+    let left: Vec<_> = std::fs::read_dir(root.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left after rmi and prune: {left:?}");
+    let listed: Value =
+        serde_json::from_str(&kiln_ok(&root, &["images", "--format", "json"])).unwrap();
+    assert_eq!(listed, serde_json::json!([]));
+}
+
+/// SIGINT in the middle of a two-platform build (each platform's RUN
+/// sleeping, arm64's under qemu) cancels both platforms' solves: exit 130,
+/// nothing tagged, no sleep left running, no scratch left in the store.
+#[test]
+fn sigint_cancels_every_platform_of_a_build() {
+    let fixture = Fixture::new();
+    let base = pushed_base(&fixture);
+    let root = fixture.root();
+    fixture.ok(&["pull", "--platform", "all", &base.reference]);
+    // A sleep no other process here has: it must not outlive the build.
+    let seconds = format!("{}", 4000 + std::process::id() % 1000);
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!(
+            "FROM {}\nARG TARGETARCH\nRUN echo sleeping-$TARGETARCH && sleep {seconds}\nRUN echo never\n",
+            base.reference
+        ),
+    )]);
+    let log = fixture.path("build.log");
+    let mut child = common::kiln_command()
+        .arg("--root")
+        .arg(&root)
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            "app:canceled",
+        ])
+        .arg(ctx.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    common::wait_for_text(&log, "sleeping-amd64");
+    common::wait_for_text(&log, "sleeping-arm64");
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("error: build canceled by SIGINT"),
+        "{stderr}"
+    );
+    let canceled = stderr
+        .lines()
+        .filter(|l| l.starts_with('#') && l.ends_with(" CANCELED"))
+        .count();
+    assert_eq!(canceled, 2, "each platform's RUN canceled:\n{stderr}");
+    assert!(!stderr.contains("RUN echo never"), "{stderr}");
+    assert_eq!(
+        common::processes_with_argument(&seconds),
+        Vec::<String>::new()
+    );
+    assert_eq!(common::scratch_left(&root), Vec::<String>::new());
+    let images = kiln_ok(&root, &["images"]);
+    assert!(!images.contains("app"), "{images}");
 }

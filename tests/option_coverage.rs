@@ -259,14 +259,11 @@ fn body_with_helpers(source: &str, body: &str) -> String {
     text
 }
 
-/// The `--long` flags `kiln build --help` lists: the lines that declare
-/// one (indented 2 or 6 columns; a help text's lines are indented 10, and
-/// one wrapped at `RUN --security=insecure` names no flag of kiln build).
+/// The `--long` flags `kiln build --help` lists.
 fn build_help_flags() -> Vec<String> {
     let out = common::run_ok(common::kiln_command().args(["build", "--help"]));
     let mut flags: Vec<String> = out
         .lines()
-        .filter(|line| line.len() - line.trim_start().len() <= 6)
         .filter_map(|line| {
             // clap indents a flag's line by 2 (short form) or 6 spaces and its
             // description by 10: a description that starts with `--` is no flag.

@@ -9,9 +9,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{busybox_rootfs_tar, kiln, kiln_ok};
+use common::{
+    busybox_rootfs_tar, kiln, kiln_ok, processes_with_argument, scratch_left, wait_for_text,
+};
 
 macro_rules! require_root {
     () => {
@@ -213,45 +214,6 @@ fn spawn_build(root: &Path, ctx: &Path, log: &Path) -> Child {
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .expect("start kiln")
-}
-
-/// Waits (bounded, against a hang) until `log` holds `text`.
-fn wait_for_text(log: &Path, text: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let seen = std::fs::read_to_string(log).unwrap_or_default();
-        if seen.contains(text) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never printed {text:?}:\n{seen}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Processes whose command line holds `word` as an argument.
-fn processes_with_argument(word: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if cmdline.split(|b| *b == 0).any(|arg| arg == word.as_bytes()) {
-            found.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
-        }
-    }
-    found
-}
-
-/// What the store's `builds/` holds besides the trash of earlier reruns.
-fn scratch_left(root: &Path) -> Vec<String> {
-    std::fs::read_dir(root.join("builds"))
-        .map(|dir| {
-            dir.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|name| !name.starts_with("trash-"))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]

@@ -1,12 +1,14 @@
 //! Helpers for the end-to-end tests: the `kiln` binary, running it (with
 //! the host's docker configuration kept out), and a busybox root filesystem
 //! tar built from the host's static busybox (`busybox-static`, installed by
-//! scripts/setup) by kiln-testsupport.
+//! scripts/setup) by kiln-testsupport; waiting for a log line, the
+//! processes with an argument, what a build left in the store's scratch.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 /// The `kiln` binary cargo built for these tests.
 pub fn kiln_bin() -> PathBuf {
@@ -81,4 +83,43 @@ pub fn busybox_rootfs_dir(dir: &Path) -> Result<(), kiln_testsupport::TestSuppor
 /// (sorted entries, mtimes 0).
 pub fn busybox_rootfs_tar(path: &Path) -> Result<(), kiln_testsupport::TestSupportError> {
     kiln_testsupport::BusyboxRootfs::with_mount_points().write_tar(path)
+}
+
+/// Waits (bounded, against a hang) until `log` holds `text`.
+pub fn wait_for_text(log: &Path, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let seen = std::fs::read_to_string(log).unwrap_or_default();
+        if seen.contains(text) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never printed {text:?}:\n{seen}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Processes whose command line holds `word` as an argument.
+pub fn processes_with_argument(word: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline.split(|b| *b == 0).any(|arg| arg == word.as_bytes()) {
+            found.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
+        }
+    }
+    found
+}
+
+/// What the store's `builds/` holds besides the trash of earlier reruns.
+pub fn scratch_left(root: &Path) -> Vec<String> {
+    std::fs::read_dir(root.join("builds"))
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| !name.starts_with("trash-"))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -2,12 +2,15 @@
 //! filesystem for linux/amd64 and one for linux/arm64, each with the
 //! static busybox of Debian's `busybox-static` package for that
 //! architecture (the arm64 one a real aarch64 program, which runs here only
-//! through qemu-user-static), pushed to a registry as one OCI index.
+//! through qemu-user-static), pushed to a registry as one OCI index; and
+//! the same with linux/arm/v7 (Debian's armhf) as well
+//! ([`push_busybox_index_of`] with [`ARM_V7`]).
 //!
-//! scripts/setup downloads the two `.deb` files (`apt-get download
-//! busybox-static:amd64 busybox-static:arm64`, arm64 added to dpkg's
-//! architectures) into `$KILN_TEST_DEBS`, default `/var/cache/kiln-test/debs`;
-//! they are unpacked here with `dpkg-deb -x`, never installed.
+//! scripts/setup downloads the `.deb` files (`apt-get download
+//! busybox-static:amd64 busybox-static:arm64 busybox-static:armhf`, arm64
+//! and armhf added to dpkg's architectures) into `$KILN_TEST_DEBS`, default
+//! `/var/cache/kiln-test/debs`; they are unpacked here with `dpkg-deb -x`,
+//! never installed.
 //!
 //! ```no_run
 //! use kiln_testsupport::{multiarch, RegistryServer};
@@ -29,10 +32,13 @@ use crate::{Result, TestSupportError};
 /// The platforms of the index, with Debian's name of each architecture.
 pub const PLATFORMS: [(&str, &str); 2] = [("linux/amd64", "amd64"), ("linux/arm64", "arm64")];
 
+/// linux/arm/v7, Debian's armhf.
+pub const ARM_V7: (&str, &str) = ("linux/arm/v7", "armhf");
+
 /// One platform's image as pushed.
 #[derive(Debug, Clone)]
 pub struct PlatformManifest {
-    /// `os/arch`.
+    /// `os/arch[/variant]`.
     pub platform: String,
     pub digest: String,
     pub config_digest: String,
@@ -118,10 +124,17 @@ fn platform_image(
     gz.write_all(&plain).map_err(TestSupportError::io("gzip"))?;
     let layer = write_blob(layout, &gz.finish().map_err(TestSupportError::io("gzip"))?)?;
     let diff_id = digest_of(&plain);
-    let (os, arch_name) = platform.split_once('/').unwrap_or(("linux", platform));
-    let config = serde_json::json!({
-        "architecture": arch_name,
-        "os": os,
+    let mut parts = platform.splitn(3, '/');
+    let (os, arch_name, variant) = (
+        parts.next().unwrap_or("linux"),
+        parts.next().unwrap_or(platform),
+        parts.next(),
+    );
+    let mut fields = serde_json::json!({"os": os, "architecture": arch_name});
+    if let Some(variant) = variant {
+        fields["variant"] = variant.into();
+    }
+    let mut config = serde_json::json!({
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
             "Cmd": ["sh"],
@@ -130,6 +143,9 @@ fn platform_image(
         "history": [{"created": "2024-01-01T00:00:00Z", "created_by": format!("busybox-static {arch}")}],
         "created": "2024-01-01T00:00:00Z",
     });
+    if let (Some(config), Some(fields)) = (config.as_object_mut(), fields.as_object()) {
+        config.extend(fields.clone());
+    }
     let config_blob = write_blob(layout, config.to_string().as_bytes())?;
     let manifest = serde_json::json!({
         "schemaVersion": 2,
@@ -139,7 +155,7 @@ fn platform_image(
     });
     let manifest_blob = write_blob(layout, manifest.to_string().as_bytes())?;
     let mut entry = descriptor("application/vnd.oci.image.manifest.v1+json", &manifest_blob);
-    entry["platform"] = serde_json::json!({"os": os, "architecture": arch_name});
+    entry["platform"] = fields;
     Ok((
         PlatformManifest {
             platform: platform.to_string(),
@@ -151,9 +167,19 @@ fn platform_image(
     ))
 }
 
-/// Makes the two-platform busybox index and pushes it (`skopeo copy
-/// --all`) to `registry` as `name` (`repository:tag`).
+/// Makes the two-platform busybox index ([`PLATFORMS`]) and pushes it
+/// (`skopeo copy --all`) to `registry` as `name` (`repository:tag`).
 pub fn push_busybox_index(registry: &RegistryServer, name: &str) -> Result<MultiArchImage> {
+    push_busybox_index_of(registry, name, &PLATFORMS)
+}
+
+/// [`push_busybox_index`] of `platforms` (platform, Debian architecture),
+/// in that order.
+pub fn push_busybox_index_of(
+    registry: &RegistryServer,
+    name: &str,
+    platforms: &[(&str, &str)],
+) -> Result<MultiArchImage> {
     let work = tempfile::tempdir().map_err(TestSupportError::io("creating a work dir"))?;
     let layout = work.path().join("layout");
     std::fs::create_dir_all(layout.join("blobs/sha256"))
@@ -165,7 +191,7 @@ pub fn push_busybox_index(registry: &RegistryServer, name: &str) -> Result<Multi
     .map_err(TestSupportError::io("writing oci-layout"))?;
     let mut manifests = Vec::new();
     let mut entries = Vec::new();
-    for (platform, arch) in PLATFORMS {
+    for (platform, arch) in platforms.iter().copied() {
         let (manifest, entry) = platform_image(work.path(), &layout, platform, arch)?;
         manifests.push(manifest);
         entries.push(entry);
