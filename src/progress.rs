@@ -773,6 +773,16 @@ impl BuildEvents for BuildProgress {
             ProgressMode::Quiet | ProgressMode::Auto => {}
         }
     }
+
+    fn build_warning(&self, message: &str) {
+        match self.mode {
+            ProgressMode::Json => self.json(serde_json::json!({
+                "event": "warning", "message": message,
+            })),
+            ProgressMode::Quiet => {}
+            _ => eprintln!("WARNING: {message}"),
+        }
+    }
 }
 
 pub use kiln_builder::session::human_bytes;

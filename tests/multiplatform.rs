@@ -1713,3 +1713,38 @@ fn sigint_cancels_every_platform_of_a_build() {
     let images = kiln_ok(&root, &["images"]);
     assert!(!images.contains("app"), "{images}");
 }
+
+/// A cache export other than inline cannot hold several platforms' steps
+/// yet: `--cache-to type=local` with two platforms is refused before any
+/// step, naming the flag and what works.
+#[test]
+fn cache_export_of_several_platforms_is_refused() {
+    let fixture = Fixture::new();
+    let base = pushed_base(&fixture);
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM {}\nRUN echo built > /built\n", base.reference),
+    )]);
+    let dest = fixture.path("cache");
+    let cache_to = format!("type=local,dest={}", dest.display());
+    let err = failed(&fixture.kiln(
+        &fixture.root(),
+        &[
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--cache-to",
+            &cache_to,
+            ctx.path().to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        err.contains(
+            "exporting a build cache from a build for several platforms is not supported yet"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("--cache-to "), "{err}");
+    assert!(!err.contains("RUN echo built"), "a step ran: {err}");
+    assert!(!dest.exists(), "a cache was written");
+}

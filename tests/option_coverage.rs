@@ -18,6 +18,8 @@ const BUILD_FLAGS: &[(&str, &[&str], &[&str])] = &[
     ("--annotation", &["--annotation"], &["tests/contexts.rs::labels_and_annotations_go_where_buildkit_puts_them", "tests/multiplatform.rs::annotations_and_labels_of_a_two_platform_build", "tests/provenance.rs::provenance_attestation_in_the_pushed_index"]),
     ("--attest", &["--attest"], &["tests/provenance.rs::provenance_attestation_in_the_pushed_index", "tests/provenance.rs::provenance_requests_kiln_cannot_honour_are_refused"]),
     ("--allow", &["--allow"], &["tests/options.rs::entitlements_insecure_and_host_network"]),
+    ("--cache-from", &["--cache-from"], &["tests/cache.rs::a_local_cache_travels_to_a_second_runner", "tests/cache.rs::unsupported_cache_types_and_keys_are_refused_before_building"]),
+    ("--cache-to", &["--cache-to"], &["tests/cache.rs::a_local_cache_travels_to_a_second_runner", "tests/cache.rs::a_broken_local_cache_is_a_warning_and_the_build_runs_without_it", "tests/cache.rs::unsupported_cache_types_and_keys_are_refused_before_building"]),
     ("--build-context", &["--build-context"], &["tests/contexts.rs::build_contexts_of_each_kind"]),
     ("--build-arg", &["--build-arg"], &["tests/options.rs::buildkit_build_args_and_syntax", "tests/build.rs::build_checks_warn_fail_and_reach_the_metadata_file"]),
     ("--ca-cert", &["--ca-cert"], &["tests/registry.rs::login_logout_against_tls_registry_with_basic_auth"]),

@@ -23,6 +23,7 @@
 
 pub mod annotations;
 pub mod archive;
+pub mod cache;
 pub mod changes;
 pub mod context;
 pub mod contexts;

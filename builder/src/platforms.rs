@@ -26,10 +26,10 @@ use kiln_layers::compressed::compressed_image;
 use kiln_layers::index::{write_attestation_manifest, IndexWriter};
 use kiln_layers::{Descriptor, Platform, Reference};
 
+use crate::cache::CacheSources;
 use crate::export::Output;
-use crate::provenance::{self, ProvenanceRequest, SourceInfo};
-
 use crate::plan::{BuildOptions, Plan, PlanWarning};
+use crate::provenance::{self, ProvenanceRequest, SourceInfo};
 use crate::session::{BuildError, BuildResult, Planned, Session};
 use crate::solve::{BuildEvents, BuiltImage, SharedSteps, StepEvent, StepOutcome};
 
@@ -40,6 +40,14 @@ impl<'a> Session<'a> {
         self.check_requests()?;
         for output in &self.settings.outputs {
             output.check_platforms(platforms)?;
+        }
+        if let Some(exporter) = self.cache.exporters.first() {
+            return Err(BuildError::Invalid(format!(
+                "--cache-to {}: exporting a build cache from a build for several platforms \
+                 is not supported yet (build one platform per export, or use --cache-to \
+                 type=inline, which each platform's image carries)",
+                exporter.name()
+            )));
         }
         // Planning reports through `shown`: the Dockerfile and context
         // loads, and warnings, once for every platform.
@@ -100,6 +108,7 @@ impl<'a> Session<'a> {
     /// to their end or their own failure).
     fn solve_all(&self, plans: &[&Planned<'a>]) -> Result<Vec<BuiltImage>, BuildError> {
         let shared = SharedSteps::default();
+        let cache_from = CacheSources::new(&self.cache.sources, self.events);
         let seen = Mutex::new(HashSet::new());
         let results: Vec<Result<BuiltImage, BuildError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = plans
@@ -107,8 +116,10 @@ impl<'a> Session<'a> {
                 .enumerate()
                 .map(|(ordinal, &planned)| {
                     let events = PlatformEvents::new(self.events, &planned.plan, ordinal, &seen);
-                    let shared = &shared;
-                    scope.spawn(move || self.solve_planned(planned, Some(shared), &events))
+                    let (shared, cache_from) = (&shared, &cache_from);
+                    scope.spawn(move || {
+                        self.solve_planned(planned, Some(shared), &events, cache_from)
+                    })
                 })
                 .collect();
             handles

@@ -26,7 +26,7 @@ use kiln_layers::{Compression, Descriptor, Digest, Lease, Platform, Reference, R
 use kiln_runtime::{HelperCommand, Limits, Network};
 
 use crate::annotations::Annotation;
-
+use crate::cache::{CacheExport, CacheSources, RemoteCache};
 use crate::context::{BuildContext, ContextError, EntryKind, StatCache};
 use crate::copy::{UrlDownloads, UrlFetcher};
 use crate::dockerignore::IgnoreError;
@@ -40,8 +40,8 @@ use crate::plan::{
 };
 use crate::secrets::Secret;
 use crate::solve::{
-    solve, BuildEvents, BuiltImage, ImagePuller, SharedSteps, SolveError, SolveOptions,
-    StoreResolver,
+    solve, BuildBlobs, BuildEvents, BuiltImage, ImagePuller, ResultContent, SharedSteps,
+    SolveError, SolveOptions, StoreResolver,
 };
 use crate::ssh::SshAgents;
 
@@ -284,6 +284,13 @@ pub enum BuildError {
         #[source]
         source: RemoteError,
     },
+    /// A `--cache-to` failed (and was not told `ignore-error=true`).
+    #[error("{name}: {source}")]
+    CacheExport {
+        name: String,
+        #[source]
+        source: RemoteError,
+    },
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -341,6 +348,29 @@ fn no_cache_stages(
     }
 }
 
+/// What the result must have in the store: its root filesystem for a
+/// `local` or `tar` output, its layers' blobs for an archive output or when
+/// nothing is pushed (the store then holds the image whole); an image
+/// that is only pushed keeps the layers a cache or a registry holds where
+/// they are (the push mounts them), as BuildKit's lazy layers.
+fn result_content(settings: &BuildSettings) -> ResultContent {
+    let outputs = &settings.outputs;
+    if outputs
+        .iter()
+        .any(|o| matches!(o, Output::Local(_) | Output::Tar(_)))
+    {
+        ResultContent::Snapshots
+    } else if settings.push_targets().is_empty()
+        || outputs
+            .iter()
+            .any(|o| matches!(o, Output::Oci(_) | Output::Docker(_)))
+    {
+        ResultContent::Blobs
+    } else {
+        ResultContent::Lazy
+    }
+}
+
 /// `--label`s on the target stage's config, over its LABELs: only the
 /// final image's config changes (no history entry, no cache key).
 fn apply_labels(plan: &mut Plan, labels: &BTreeMap<String, String>) {
@@ -389,6 +419,8 @@ pub struct Session<'a> {
     pub events: &'a dyn BuildEvents,
     /// Pulls, unpacking and compression.
     pub reporter: &'a dyn Reporter,
+    /// `--cache-from` and `--cache-to` ([`crate::cache`]).
+    pub cache: &'a RemoteCache,
 }
 
 /// The first half of a build: the plan with its cache keys, and what the
@@ -687,10 +719,17 @@ impl<'a> Session<'a> {
     pub fn build(&self, planned: Planned<'a>) -> Result<BuildResult, BuildError> {
         self.check_requests()?;
         self.check_before_steps(&[&planned])?;
+        let cache_from = CacheSources::new(&self.cache.sources, self.events);
         let started = std::time::SystemTime::now();
-        let built = self.solve_planned(&planned, None, self.events)?;
+        let built = self.solve_planned(&planned, None, self.events, &cache_from)?;
         if self.settings.provenance.is_some() {
-            return self.finish_index(&[&planned], vec![built], started);
+            let result = self.finish_index(&[&planned], vec![built], started)?;
+            let blobs = BuildBlobs {
+                sources: &cache_from,
+                resolver: &planned.resolver,
+            };
+            self.export_cache(&planned.plan, &result, &blobs)?;
+            return Ok(result);
         }
         let image_id = self.tag(&built)?;
         let mut result = BuildResult {
@@ -703,6 +742,11 @@ impl<'a> Session<'a> {
         };
         self.outputs(&mut result)?;
         self.push(&mut result)?;
+        let blobs = BuildBlobs {
+            sources: &cache_from,
+            resolver: &planned.resolver,
+        };
+        self.export_cache(&planned.plan, &result, &blobs)?;
         self.write_files(&result)?;
         Ok(result)
     }
@@ -755,12 +799,14 @@ impl<'a> Session<'a> {
     }
 
     /// Runs the plan: the image in the store, untagged. `shared` lets the
-    /// solves of one multi-platform build run a step they share once.
+    /// solves of one multi-platform build run a step they share once;
+    /// `cache_from` are the build's `--cache-from` sources.
     pub(crate) fn solve_planned(
         &self,
         planned: &Planned<'a>,
         shared: Option<&SharedSteps>,
         events: &dyn BuildEvents,
+        cache_from: &CacheSources<'_>,
     ) -> Result<BuiltImage, BuildError> {
         let settings = self.settings;
         let no_cache_stages = no_cache_stages(&planned.plan, &settings.no_cache_stages)?;
@@ -778,6 +824,9 @@ impl<'a> Session<'a> {
             ssh: settings.ssh.clone(),
             limits: settings.limits,
             shared,
+            cache_from: Some(cache_from),
+            inline_cache: self.cache.inline,
+            result: result_content(settings),
             named_contexts: Some(&settings.named_contexts),
         };
         let built = solve(
@@ -799,6 +848,41 @@ impl<'a> Session<'a> {
             &settings.annotations,
         )?;
         Ok(built)
+    }
+
+    /// Runs each `--cache-to` exporter; a failure fails the build unless it
+    /// said `ignore-error=true` (then it is a warning), as in BuildKit.
+    fn export_cache(
+        &self,
+        plan: &Plan,
+        result: &BuildResult,
+        blobs: &BuildBlobs<'_>,
+    ) -> Result<(), BuildError> {
+        if self.cache.exporters.is_empty() {
+            return Ok(());
+        }
+        let export = CacheExport::new(plan, result.built.steps.clone());
+        for exporter in &self.cache.exporters {
+            let started = Instant::now();
+            match exporter.export(self.store, &export, blobs, self.reporter) {
+                Ok(lines) => {
+                    self.events
+                        .internal(&exporter.name(), &lines, started.elapsed().as_secs_f64())
+                }
+                Err(source) if exporter.ignore_error() => {
+                    let message = format!("{}: {source} (ignore-error=true)", exporter.name());
+                    tracing::warn!("{message}");
+                    self.events.build_warning(&message);
+                }
+                Err(source) => {
+                    return Err(BuildError::CacheExport {
+                        name: exporter.name(),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Tags the image (or records it untagged); returns its id.

@@ -116,6 +116,9 @@ fn run(case: &Path) -> String {
         ssh: Default::default(),
         limits: Default::default(),
         shared: None,
+        cache_from: None,
+        inline_cache: false,
+        result: Default::default(),
     };
     let built = match solve(&store, &planned, &context, &resolver, &solve_opts) {
         Ok(b) => b,

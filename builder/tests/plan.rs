@@ -198,6 +198,17 @@ mod cache_keys {
     /// `stage line key` for every needed step of `dockerfile` over the
     /// context in `ctx_dir`.
     fn key_lines(ctx_dir: &std::path::Path, dockerfile: &str) -> String {
+        let ctx = BuildContext::load(
+            ctx_dir,
+            &PatternMatcher::new(Vec::<String>::new()).unwrap(),
+            None,
+        )
+        .unwrap();
+        context_key_lines(&ctx, dockerfile)
+    }
+
+    /// [`key_lines`] over a context already loaded.
+    fn context_key_lines(ctx: &BuildContext, dockerfile: &str) -> String {
         let typed = kiln_parser::instructions::from_ast(
             &kiln_parser::parse(dockerfile, "Dockerfile").unwrap(),
         )
@@ -209,13 +220,7 @@ mod cache_keys {
             ..Default::default()
         };
         let mut p = plan(&typed, &opts, &TestImages(images)).unwrap();
-        let ctx = BuildContext::load(
-            ctx_dir,
-            &PatternMatcher::new(Vec::<String>::new()).unwrap(),
-            None,
-        )
-        .unwrap();
-        compute_cache_keys(&mut p, Some(&ctx), &FixedSources).unwrap();
+        compute_cache_keys(&mut p, Some(ctx), &FixedSources).unwrap();
         let mut out = String::new();
         for &i in &p.order {
             for step in &p.stages[i].steps {
@@ -263,6 +268,64 @@ mod cache_keys {
             key_lines(&golden, &dockerfile),
             key_lines(&other, &dockerfile)
         );
+    }
+
+    /// Two CI runners: each a store at a path of its own, each with a
+    /// checkout of the same files at another path, with other mtimes and
+    /// inode numbers, loaded through that store's stat cache (first cold,
+    /// then warm, as a runner's second build finds it): the same keys
+    /// everywhere, the golden file's. What lets `--cache-from` hit.
+    #[test]
+    fn two_runners_compute_the_same_keys() {
+        use kiln_builder::context::StatCache;
+        use std::os::unix::fs::MetadataExt;
+        let golden = common::area_dir("keys").join("all-step-kinds");
+        let dockerfile = std::fs::read_to_string(golden.join("Dockerfile")).unwrap();
+        let expected = key_lines(&golden, &dockerfile);
+        let mut seen = Vec::new();
+        // Both kept to the end: the second runner's files cannot take the
+        // first's inode numbers.
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        for ((runner, mtime), dir) in [("a", "2001-01-01 00:00:00"), ("b", "2010-06-15 12:34:56")]
+            .into_iter()
+            .zip(&dirs)
+        {
+            let store = kiln_layers::Store::open(dir.path().join(format!("runner-{runner}/store")))
+                .unwrap();
+            let ctx = dir.path().join(format!("checkout-{runner}/work/ctx"));
+            std::fs::create_dir_all(ctx.join("app")).unwrap();
+            // Another order each time: other inode numbers.
+            let mut names = vec!["Dockerfile", "app/main.py", "app/data.txt"];
+            if runner == "b" {
+                names.reverse();
+            }
+            for name in names {
+                std::fs::copy(golden.join(name), ctx.join(name)).unwrap();
+            }
+            let touched = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("find . -exec touch -h -d '{mtime}' {{}} +"))
+                .current_dir(&ctx)
+                .status()
+                .unwrap();
+            assert!(touched.success());
+            let meta = std::fs::metadata(ctx.join("app/main.py")).unwrap();
+            seen.push((meta.ino(), meta.mtime(), store.root().to_path_buf()));
+            for pass in ["cold", "warm"] {
+                let mut stats = StatCache::open_in(&store, &ctx).unwrap();
+                let ignore = PatternMatcher::new(Vec::<String>::new()).unwrap();
+                let loaded = BuildContext::load(&ctx, &ignore, Some(&mut stats)).unwrap();
+                stats.save().unwrap();
+                assert_eq!(
+                    context_key_lines(&loaded, &dockerfile),
+                    expected,
+                    "runner {runner}, {pass} stat cache"
+                );
+            }
+        }
+        assert_ne!(seen[0].0, seen[1].0, "other inodes");
+        assert_ne!(seen[0].1, seen[1].1, "other mtimes");
+        assert_ne!(seen[0].2, seen[1].2, "other store paths");
     }
 
     const DOCKERFILE: &str =

@@ -103,6 +103,7 @@ fn a_session_builds_tags_and_writes_its_files() {
         remote: &Offline,
         events: &NoEvents,
         reporter: &NoProgress,
+        cache: &Default::default(),
     };
     let planned = session.plan().unwrap();
     assert_eq!(planned.plan.stages[0].steps.len(), 2);

@@ -109,6 +109,9 @@ fn build_full(
         ssh: Default::default(),
         limits: Default::default(),
         shared: None,
+        cache_from: None,
+        inline_cache: false,
+        result: Default::default(),
     };
     solve(store, &p, &ctx, &resolver, &solve_opts)
 }
@@ -747,6 +750,9 @@ fn build_with_ssh(
         ssh: ssh.clone(),
         limits: Default::default(),
         shared: None,
+        cache_from: None,
+        inline_cache: false,
+        result: Default::default(),
     };
     solve(store, &p, &ctx, &resolver, &solve_opts)
 }

@@ -142,6 +142,38 @@ pub fn compressed_image(
     }
 }
 
+/// The `compression` form of each layer, in order: a plain layer
+/// compressed (once per algorithm, remembered as for
+/// [`compressed_image`]; distinct layers in parallel), a compressed one as
+/// it is. What a cache export sends of the layers a build made.
+pub fn compressed_layers(
+    store: &Store,
+    layers: &[Descriptor],
+    compression: Compression,
+    reporter: &dyn Reporter,
+) -> Result<Vec<Descriptor>> {
+    let plain: Vec<Descriptor> = layers
+        .iter()
+        .filter(|l| compressed_media_type(&l.media_type, compression).is_some())
+        .cloned()
+        .collect();
+    let variants = compress_layers(store, &plain, compression, reporter)?;
+    Ok(layers
+        .iter()
+        .map(|layer| {
+            match (
+                compressed_media_type(&layer.media_type, compression),
+                variants.get(&layer.digest),
+            ) {
+                (Some(media_type), Some((digest, size))) => {
+                    Descriptor::new(media_type, digest.clone(), *size)
+                }
+                _ => layer.clone(),
+            }
+        })
+        .collect())
+}
+
 /// A Docker schema 2 manifest's types as OCI ones (the config and layer
 /// bytes are the same).
 fn to_oci_types(manifest: &mut crate::oci::Manifest) {

@@ -111,6 +111,7 @@ impl IndexWriter {
         }
         Ok(Index {
             schema_version: 2,
+            artifact_type: None,
             media_type: Some(media_type.to_string()),
             manifests: self.manifests.clone(),
             annotations: self.annotations.clone(),

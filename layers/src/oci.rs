@@ -288,6 +288,13 @@ pub struct Index {
     pub schema_version: u32,
     #[serde(rename = "mediaType", default, skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
+    /// What the index is when it is no image (an artifact's type).
+    #[serde(
+        rename = "artifactType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub artifact_type: Option<String>,
     #[serde(default)]
     pub manifests: Vec<Descriptor>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -300,6 +307,7 @@ impl Index {
         Index {
             schema_version: 2,
             media_type: Some(media::OCI_INDEX.to_string()),
+            artifact_type: None,
             manifests: Vec::new(),
             annotations: BTreeMap::new(),
         }

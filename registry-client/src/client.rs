@@ -1738,6 +1738,44 @@ impl Client {
         })
     }
 
+    /// Asks the registry to mount blob `digest` into `repository` from
+    /// `from` (another repository of the same registry), without
+    /// uploading anything: `true` when it did; `false` when it would not
+    /// (it then opened an upload session, which is left to expire).
+    pub async fn mount_blob(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+        from: &Repository,
+    ) -> Result<bool, Error> {
+        if from.registry != repository.registry || from.name == repository.name {
+            return Ok(false);
+        }
+        let mut budget = Budget::new(self.config.timeouts.total);
+        let ctx = Ctx {
+            registry: &repository.registry,
+            repository: &repository.name,
+            what: format!("blob {digest}"),
+            mirror_of: None,
+        };
+        let uploads = format!("v2/{}/blobs/uploads/", repository.name);
+        let scopes = [scope_push(&repository.name), scope_pull(&from.name)];
+        let response = self
+            .send(&ctx, &scopes, true, &mut budget, None, &|http, base| {
+                let mut url = join(base, &uploads);
+                url.query_pairs_mut()
+                    .append_pair("mount", &digest.to_string())
+                    .append_pair("from", &from.name);
+                http.post(url).header(CONTENT_LENGTH, "0")
+            })
+            .await?;
+        match response.status() {
+            StatusCode::CREATED => Ok(true),
+            StatusCode::ACCEPTED => Ok(false),
+            _ => Err(self.status_error(&ctx, response).await),
+        }
+    }
+
     /// Uploads blob `digest` unless the repository has it; tries a
     /// cross-repository mount from `mount_from` first (same registry only).
     ///

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
+use kiln_builder::cache::RemoteCache;
 use kiln_builder::contexts::{
     ContextSpec, NamedContextSpec, NamedContexts, PrepareOptions, PreparedContext,
 };
@@ -156,6 +157,15 @@ pub struct BuildArgs {
     /// Push every tag to its registry after the build.
     #[arg(long)]
     push: bool,
+    /// Export the build cache (repeatable): type=registry,ref=REF, type=local,dest=DIR
+    /// (each with mode=min|max, compression=gzip|zstd, oci-mediatypes=, image-manifest=,
+    /// ignore-error=), or type=inline (in the image's config).
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    cache_to: Vec<String>,
+    /// Take build cache from (repeatable, tried in order): type=registry,ref=REF (a cache,
+    /// or an image with inline cache; a bare REF means the same), or type=local,src=DIR.
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    cache_from: Vec<String>,
     /// An additional named context (repeatable): NAME=DIR, NAME=docker-image://REF,
     /// NAME=GIT-URL or NAME=https://… (the file, named `context`); reached by
     /// `FROM NAME`, `COPY --from=NAME`, `RUN --mount=from=NAME`, and replacing
@@ -290,28 +300,43 @@ struct CliRemote<'a> {
 }
 
 impl ImagePuller for CliRemote<'_> {
+    /// A base image without its layers: they are fetched when a step needs
+    /// them ([`ImagePuller::fetch_blob`]), or mounted by a push to the
+    /// same registry, so a build whose steps are all cached downloads none.
     fn pull(&self, reference: &Reference, platform: &Platform) -> Result<Descriptor, LookupError> {
-        let options = kiln_transfer::PullOptions::new(platform.clone());
         let (rt, client) = self
             .network
             .get()
             .map_err(|e| LookupError::failed(format!("{e:#}")))?;
-        let pulled = rt
-            .block_on(kiln_transfer::pull(
-                client,
-                self.store,
-                reference,
-                &options,
-                self.reporter.clone(),
-            ))
-            // The caller's message names the image: the detail only.
-            .map_err(|e| match e {
-                kiln_transfer::TransferError::Registry(kiln_registry::Error::NotFound {
-                    ..
-                }) => LookupError::NotFound(e.detail()),
-                other => LookupError::failed(other.detail()),
-            })?;
-        Ok(pulled.manifest)
+        rt.block_on(kiln_transfer::pull_lazily(
+            client,
+            self.store,
+            reference,
+            platform,
+            self.reporter.clone(),
+        ))
+        // The caller's message names the image: the detail only.
+        .map_err(|e| match e {
+            kiln_transfer::TransferError::Registry(kiln_registry::Error::NotFound { .. }) => {
+                LookupError::NotFound(e.detail())
+            }
+            other => LookupError::failed(other.detail()),
+        })
+    }
+
+    fn fetch_blob(&self, store: &Store, blob: &Descriptor) -> Result<(), LookupError> {
+        let (rt, client) = self
+            .network
+            .get()
+            .map_err(|e| LookupError::failed(format!("{e:#}")))?;
+        rt.block_on(kiln_transfer::fetch_from_origins(
+            client,
+            store,
+            blob,
+            self.reporter.clone(),
+        ))
+        .map(|_| ())
+        .map_err(|e| LookupError::failed(e.to_string()))
     }
 }
 
@@ -580,12 +605,14 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let named = NamedContexts::prepare(&named_specs, &prepare)?;
     let mut ssh_agents = Vec::new();
     let settings = settings_of(&args, &context, named, &mut ssh_agents)?;
+    let cache = remote_cache(&args, &settings, &remote, &display)?;
     let session = Session {
         store: &store,
         settings: &settings,
         remote: &remote,
         events: &display.printer,
         reporter: display.reporter.as_ref(),
+        cache: &cache,
     };
     let show = |e: &BuildError| show_line(&settings, display.shown, e.line());
     let platforms = target_platforms(&args.platform)?;
@@ -630,6 +657,46 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let result = built.map_err(|e| build_failure(&settings, &display, e))?;
     report_built(&args, &settings, &display, &result, started);
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--cache-from` (loaded now: a cache that cannot be read is a warning)
+/// and `--cache-to`, refused at once when a value is.
+fn remote_cache(
+    args: &BuildArgs,
+    settings: &BuildSettings,
+    remote: &CliRemote<'_>,
+    display: &Display,
+) -> anyhow::Result<RemoteCache> {
+    let to = args
+        .cache_to
+        .iter()
+        .map(|spec| kiln_cache::spec::parse_cache_to(spec))
+        .collect::<Result<Vec<_>, _>>()?;
+    let from = args
+        .cache_from
+        .iter()
+        .map(|spec| kiln_cache::spec::parse_cache_from(spec))
+        .collect::<Result<Vec<_>, _>>()?;
+    let net = || -> Result<kiln_cache::Net, RemoteError> {
+        let (runtime, client) = remote.network.get().map_err(|e| format!("{e:#}"))?;
+        Ok(kiln_cache::Net {
+            runtime: runtime.handle().clone(),
+            client: client.clone(),
+            reporter: display.reporter.clone(),
+        })
+    };
+    let (exporters, inline) =
+        kiln_cache::exporters(&to, &net).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if args.dry_run || args.check {
+        return Ok(RemoteCache::default());
+    }
+    let platform = &settings.options.target_platform;
+    let sources = kiln_cache::open_sources(&from, platform, &net, &display.printer);
+    Ok(RemoteCache {
+        sources,
+        exporters,
+        inline,
+    })
 }
 
 /// `--check`: the checks' report, as `kiln check` prints it (or JSON);

@@ -174,6 +174,11 @@ fn find(
             Ok(found) => {
                 if let Some(tagged) = found.first() {
                     let stored = store.read_image(&tagged.descriptor, &request.platform)?;
+                    // Its files are read (PID 1's script): layers a build
+                    // left where they are are fetched, unless offline.
+                    if !request.offline {
+                        crate::cmd::fetch_missing_layers(store, &stored, settings)?;
+                    }
                     return Ok(Found {
                         name: image.to_string(),
                         digest: Some(stored.manifest_descriptor.digest.to_string()),

@@ -140,7 +140,7 @@ impl ImageCommand {
             ImageCommand::Inspect { images, platform } => inspect_all(&store, &images, &platform),
             ImageCommand::Rmi { images, force } => rmi(&store, &images, force),
             ImageCommand::Prune { all } => prune(&store, all),
-            ImageCommand::Save(args) => save(&store, args),
+            ImageCommand::Save(args) => save(&store, args, settings),
             ImageCommand::Load { input, progress } => load(&store, &input, &progress),
             ImageCommand::Import(args) => import(&store, args),
         }
@@ -218,7 +218,7 @@ fn prune(store: &Store, all: bool) -> anyhow::Result<ExitCode> {
 /// `kiln save`: the tagged images the queries find, into one archive.
 /// A multi-platform image goes whole (the index and every platform the
 /// store holds) unless `--platform` picks one.
-fn save(store: &Store, args: SaveArgs) -> anyhow::Result<ExitCode> {
+fn save(store: &Store, args: SaveArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let platform = platform(&args.platform)?;
     let mut items = Vec::new();
     for query in &args.images {
@@ -228,12 +228,17 @@ fn save(store: &Store, args: SaveArgs) -> anyhow::Result<ExitCode> {
                 Some(r) => r,
                 None => bail!("{query}: an untagged image cannot be saved by id yet; tag it first"),
             };
-            items.push(match &args.platform {
+            let item = match &args.platform {
                 Some(_) => {
                     SaveItem::single(reference, store.read_image(&tagged.descriptor, &platform)?)
                 }
                 None => SaveItem::held(store, reference, &tagged.descriptor, &platform)?,
-            });
+            };
+            // Layers a build left where they are come down first.
+            for image in &item.images {
+                crate::cmd::fetch_missing_layers(store, image, settings)?;
+            }
+            items.push(item);
         }
     }
     let format = match args.format {

@@ -108,6 +108,9 @@ fn open_image(
         bail!("image {query} not found");
     };
     let image = store.read_image(&first.descriptor, &platform)?;
+    // Layers a build left where they are (docs/cache.md, "Lazy") are
+    // read here: fetched first.
+    crate::cmd::fetch_missing_layers(&store, &image, settings)?;
     Ok((store, image))
 }
 

@@ -26,3 +26,43 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()
         .context("starting the async runtime")
 }
+
+/// Fetches the layers of `image` that the store lacks — of a base image a
+/// build pulled without its layers, or of an image built on a registry
+/// cache and only pushed — from the repositories each is known to be in.
+/// Nothing is done (no client made) when the store has them all.
+pub fn fetch_missing_layers(
+    store: &kiln_layers::Store,
+    image: &kiln_layers::Image,
+    settings: &crate::settings::GlobalSettings,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    if image
+        .manifest
+        .layers
+        .iter()
+        .all(|l| store.has_blob(&l.digest))
+    {
+        return Ok(());
+    }
+    let client = std::sync::Arc::new(kiln_registry::Client::new(kiln_registry::ClientConfig {
+        hosts: settings.registry_hosts()?,
+        timeouts: settings.timeouts.clone(),
+        ..kiln_registry::ClientConfig::default()
+    })?);
+    let reporter: std::sync::Arc<dyn kiln_layers::Reporter> =
+        std::sync::Arc::new(kiln_layers::NoProgress);
+    runtime()?
+        .block_on(kiln_transfer::fetch_missing(
+            &client, store, image, reporter,
+        ))
+        .with_context(|| {
+            format!(
+                "fetching the layers of {} that the store lacks (through the registry \
+                 configuration file; for --insecure-registry or --ca-cert, `kiln pull` the \
+                 image with them first)",
+                image.manifest_descriptor.digest
+            )
+        })?;
+    Ok(())
+}

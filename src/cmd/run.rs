@@ -287,6 +287,7 @@ fn run_container(args: RunArgs, settings: &GlobalSettings) -> anyhow::Result<Exi
             kiln_runtime::MAX_LOWER_DIRS - 1
         );
     }
+    crate::cmd::fetch_missing_layers(&store, &image, settings)?;
     let lower_dirs = store.prepare_snapshots(&image, &NoProgress)?;
     let config = image.config.config.clone().unwrap_or_default();
 

@@ -30,6 +30,7 @@
 
 #![forbid(unsafe_code)]
 
+mod blobs;
 mod config;
 mod error;
 mod index;
@@ -37,6 +38,7 @@ mod origins;
 mod pull;
 mod push;
 
+pub use blobs::{fetch_blob, fetch_from_origins, fetch_missing, pull_lazily, push_artifact};
 pub use config::{fetch_config, FetchedConfig};
 pub use error::TransferError;
 pub use index::{create_index, CreatedIndex};

@@ -123,6 +123,7 @@ pub async fn pull(
         store: store.clone(),
         repository: reference.repository.clone(),
         image: image.clone(),
+        manifest_digest: chosen.resolved_digest.to_string(),
         reporter,
     };
     let (blobs_fetched, bytes_fetched) =
@@ -359,7 +360,7 @@ pub(crate) fn check_config_media_type(
 }
 
 /// Refuses a manifest whose config or layers kiln cannot read.
-fn check_media_types(
+pub(crate) fn check_media_types(
     manifest: &Manifest,
     image: &str,
     manifest_digest: &str,
@@ -407,7 +408,7 @@ async fn fetch_blobs(
         let (run, semaphore) = (run.clone(), semaphore.clone());
         tasks.spawn(async move {
             let _permit = semaphore.acquire_owned().await;
-            fetch_blob(&run, &job).await
+            fetch_blob_of(&run, job.role, &job.desc, &job.manifest).await
         });
     }
     let mut first_error = None;
@@ -436,30 +437,6 @@ async fn fetch_blobs(
         Some(err) => Err(err),
         None => Ok((blobs_fetched, bytes_fetched)),
     }
-}
-
-/// Fetches one blob of `repository` into the store: a blob a push needs
-/// that only a registry has (an index gathered from registries).
-pub(crate) async fn fetch_one_blob(
-    client: &Arc<Client>,
-    store: &Store,
-    repository: &kiln_registry::Repository,
-    desc: &Descriptor,
-    reporter: Arc<dyn Reporter>,
-) -> Result<(), TransferError> {
-    let run = PullRun {
-        client: client.clone(),
-        store: store.clone(),
-        repository: repository.clone(),
-        image: repository.to_string(),
-        reporter,
-    };
-    let job = BlobJob {
-        role: "copying",
-        desc: desc.clone(),
-        manifest: String::from("(a pushed index)"),
-    };
-    fetch_blob(&run, &job).await.map(|_| ())
 }
 
 /// One blob to fetch: its role and descriptor, and the manifest naming it
@@ -491,8 +468,22 @@ fn select<'i>(
 
 /// Fetches one blob into the store unless it is there; `Some(bytes)` when
 /// downloaded (not counting bytes an earlier pull left to resume from).
-async fn fetch_blob(run: &PullRun, job: &BlobJob) -> Result<Option<u64>, TransferError> {
-    let (role, desc) = (job.role, &job.desc);
+pub(crate) async fn fetch_blob(
+    run: &PullRun,
+    role: &'static str,
+    desc: &Descriptor,
+) -> Result<Option<u64>, TransferError> {
+    fetch_blob_of(run, role, desc, &run.manifest_digest).await
+}
+
+/// [`fetch_blob`] of a blob that `manifest` names (one pull may fetch the
+/// blobs of several platforms' manifests).
+async fn fetch_blob_of(
+    run: &PullRun,
+    role: &'static str,
+    desc: &Descriptor,
+    manifest: &str,
+) -> Result<Option<u64>, TransferError> {
     let (store, repository, reporter) = (&run.store, &run.repository, run.reporter.as_ref());
     let id = desc.digest.to_string();
     let origins = BlobOrigins::new(store);
@@ -512,7 +503,7 @@ async fn fetch_blob(run: &PullRun, job: &BlobJob) -> Result<Option<u64>, Transfe
         run,
         role,
         desc,
-        manifest: &job.manifest,
+        manifest,
     };
     let mut from_zero = false;
     // Bytes downloaded by an attempt whose result was thrown away count too.
@@ -565,13 +556,16 @@ enum Attempt {
 
 /// What every blob of one pull is fetched with (shared by the tasks that
 /// fetch them).
-struct PullRun {
-    client: Arc<Client>,
-    store: Store,
-    repository: kiln_registry::Repository,
+pub(crate) struct PullRun {
+    pub(crate) client: Arc<Client>,
+    pub(crate) store: Store,
+    pub(crate) repository: kiln_registry::Repository,
     /// The reference pulled, as messages name it.
-    image: String,
-    reporter: Arc<dyn Reporter>,
+    pub(crate) image: String,
+    /// The image manifest naming the blobs, for messages (a pull of several
+    /// platforms names each blob's own: [`BlobJob`]).
+    pub(crate) manifest_digest: String,
+    pub(crate) reporter: Arc<dyn Reporter>,
 }
 
 /// One blob being pulled, for [`BlobFetch::attempt`].

@@ -194,14 +194,14 @@ async fn compress_layers(
 
 /// One push: where from, where to, and how; every manifest of the image's
 /// tree is pushed with it.
-struct PushRun<'a> {
-    client: &'a Arc<Client>,
-    store: &'a Store,
-    target: &'a Reference,
-    options: &'a PushOptions,
-    reporter: &'a Arc<dyn Reporter>,
+pub(crate) struct PushRun<'a> {
+    pub(crate) client: &'a Arc<Client>,
+    pub(crate) store: &'a Store,
+    pub(crate) target: &'a Reference,
+    pub(crate) options: &'a PushOptions,
+    pub(crate) reporter: &'a Arc<dyn Reporter>,
     /// The target, as messages name it.
-    image: String,
+    pub(crate) image: String,
 }
 
 /// Pushes what the manifest or index `desc` names (the manifests of an
@@ -283,7 +283,10 @@ fn check_children_present(store: &Store, index: &Index, image: &str) -> Result<(
 }
 
 /// The stored bytes of the manifest or index `desc`.
-fn read_manifest(run: &PushRun<'_>, desc: &Descriptor) -> Result<Vec<u8>, TransferError> {
+pub(crate) fn read_manifest(
+    run: &PushRun<'_>,
+    desc: &Descriptor,
+) -> Result<Vec<u8>, TransferError> {
     run.store
         .read_blob(&desc.digest)
         .map_err(|source| match source {
@@ -308,11 +311,21 @@ async fn push_blobs(
 ) -> Result<(), TransferError> {
     let mut blobs = vec![("config", manifest.config.clone())];
     blobs.extend(manifest.layers.iter().map(|l| ("layer", l.clone())));
+    push_blob_list(run, blobs, pushed).await
+}
+
+/// Pushes `blobs` (each with its role, for progress), as [`push_blobs`]
+/// does the blobs of a manifest.
+pub(crate) async fn push_blob_list(
+    run: &PushRun<'_>,
+    blobs: Vec<(&'static str, Descriptor)>,
+    pushed: &mut Pushed,
+) -> Result<(), TransferError> {
+    check_blobs_present(run, &blobs)?;
     let semaphore = Arc::new(Semaphore::new(run.options.concurrency.max(1)));
     let origins = BlobOrigins::new(run.store);
     let mut tasks = JoinSet::new();
     for (role, blob) in blobs {
-        let copy_from = origin_of_missing(run, &origins, &blob)?;
         let repository = run.target.repository.clone();
         // Mount from where the blob was pulled, unless told otherwise.
         let mount_from = run
@@ -321,7 +334,6 @@ async fn push_blobs(
             .clone()
             .or_else(|| origins.mount_source(&blob.digest, &repository));
         let upload = BlobUpload {
-            copy_from,
             client: run.client.clone(),
             store: run.store.clone(),
             reporter: run.reporter.clone(),
@@ -340,34 +352,30 @@ async fn push_blobs(
     count_outcomes(tasks, pushed, &run.image).await
 }
 
-/// For a blob the store lacks, the repository it is in (one of the
-/// target's registry first: a mount), `None` for a blob the store has;
-/// a blob neither has nor knows the place of makes the image incomplete.
-fn origin_of_missing(
+/// Refuses to push an image whose blobs the store does not all have,
+/// unless it knows a repository that has each missing one (a layer left
+/// where a build cache or a registry has it: mounted or fetched from
+/// there).
+fn check_blobs_present(
     run: &PushRun<'_>,
-    origins: &BlobOrigins,
-    blob: &Descriptor,
-) -> Result<Option<Repository>, TransferError> {
-    let present = run
-        .store
-        .blob_size(&blob.digest)
-        .map_err(|source| TransferError::Store {
-            context: format!("{}: blob {}", run.image, blob.digest),
-            cause: Box::new(source),
-        })?;
-    if present.is_some() {
-        return Ok(None);
+    blobs: &[(&str, Descriptor)],
+) -> Result<(), TransferError> {
+    for (_, blob) in blobs {
+        let present = run
+            .store
+            .blob_size(&blob.digest)
+            .map_err(|source| TransferError::Store {
+                context: format!("{}: blob {}", run.image, blob.digest),
+                cause: Box::new(source),
+            })?;
+        if present.is_none() && BlobOrigins::new(run.store).lookup(&blob.digest).is_empty() {
+            return Err(TransferError::IncompleteImage {
+                image: run.image.clone(),
+                digest: blob.digest.to_string(),
+            });
+        }
     }
-    let target = &run.target.repository;
-    let known = origins.lookup(&blob.digest);
-    let same_registry = known.iter().find(|r| r.registry == target.registry);
-    match same_registry.or(known.first()) {
-        Some(origin) => Ok(Some(origin.clone())),
-        None => Err(TransferError::IncompleteImage {
-            image: run.image.clone(),
-            digest: blob.digest.to_string(),
-        }),
-    }
+    Ok(())
 }
 
 /// Waits for every upload task, counting what each did in `pushed`; on the
@@ -405,9 +413,6 @@ async fn count_outcomes(
 
 /// One blob's upload, owned by the task that does it.
 struct BlobUpload {
-    /// Where the blob is when the store lacks it: mounted from there (same
-    /// registry), or copied into the store first.
-    copy_from: Option<Repository>,
     client: Arc<Client>,
     store: Store,
     reporter: Arc<dyn Reporter>,
@@ -424,25 +429,13 @@ impl BlobUpload {
     /// Pushes the blob (skipped when the registry has it, mounted when it
     /// can be), reporting progress and noting where the blob now is.
     async fn run(self) -> Result<PushOutcome, TransferError> {
-        let pushed = match &self.copy_from {
-            None => self.push(self.mount_from.as_ref()).await,
-            // Only a registry has it, the target's: the target repository
-            // itself (the push finds it there) or another one (a mount);
-            // failing that, it is copied through the store.
-            Some(origin) if origin.registry == self.repository.registry => {
-                let mount = (*origin != self.repository).then_some(origin);
-                match self.push(mount).await {
-                    Ok(outcome) => Ok(outcome),
-                    Err(err) => {
-                        tracing::debug!(digest = %self.blob.digest, error = %err, "mount failed; copying");
-                        self.copy_and_push(origin).await
-                    }
-                }
-            }
-            Some(origin) => self.copy_and_push(origin).await,
-        };
         let (blob, reporter) = (&self.blob, &self.reporter);
         let id = blob.digest.to_string();
+        reporter.start(&id, self.role, Some(blob.size));
+        let pushed = match self.store.has_blob(&blob.digest) {
+            true => self.push().await,
+            false => self.push_absent().await,
+        };
         match pushed {
             Ok(outcome) => {
                 self.origins.record(&blob.digest, &self.repository);
@@ -463,34 +456,55 @@ impl BlobUpload {
         }
     }
 
-    /// Fetches the blob from `origin` into the store, then pushes it.
-    async fn copy_and_push(&self, origin: &Repository) -> Result<PushOutcome, TransferError> {
-        crate::pull::fetch_one_blob(
-            &self.client,
-            &self.store,
-            origin,
-            &self.blob,
-            self.reporter.clone(),
-        )
-        .await?;
-        self.push(None).await
-    }
-
-    /// One push of the blob from the store (a mount asked first when
-    /// `mount_from` is given).
-    async fn push(&self, mount_from: Option<&Repository>) -> Result<PushOutcome, TransferError> {
-        let blob = &self.blob;
-        self.reporter
-            .start(&blob.digest.to_string(), self.role, Some(blob.size));
+    /// Uploads the blob from the store unless the repository has it or
+    /// can mount it.
+    async fn push(&self) -> Result<PushOutcome, TransferError> {
         let source = Arc::new(StoreBlob {
             store: self.store.clone(),
-            digest: blob.digest.clone(),
-            size: blob.size,
+            digest: self.blob.digest.clone(),
+            size: self.blob.size,
             reporter: self.reporter.clone(),
         });
         Ok(self
             .client
-            .push_blob(&self.repository, &blob.digest, source, mount_from)
+            .push_blob(
+                &self.repository,
+                &self.blob.digest,
+                source,
+                self.mount_from.as_ref(),
+            )
             .await?)
+    }
+
+    /// A blob the store lacks (a layer left where a build cache or a
+    /// registry has it): skipped when the repository has it, mounted from
+    /// where it is, else fetched from there first and uploaded.
+    async fn push_absent(&self) -> Result<PushOutcome, TransferError> {
+        let digest = &self.blob.digest;
+        if self
+            .client
+            .blob_exists(&self.repository, digest)
+            .await?
+            .is_some()
+        {
+            return Ok(PushOutcome::Exists);
+        }
+        if let Some(from) = &self.mount_from {
+            if self
+                .client
+                .mount_blob(&self.repository, digest, from)
+                .await?
+            {
+                return Ok(PushOutcome::Mounted);
+            }
+        }
+        crate::blobs::fetch_from_origins(
+            &self.client,
+            &self.store,
+            &self.blob,
+            self.reporter.clone(),
+        )
+        .await?;
+        self.push().await
     }
 }

@@ -82,6 +82,7 @@ pub(super) fn execute_copy(
         CopyFrom::NamedContext { name, .. } => named_tree(run, name)?,
         CopyFrom::Stage(i) => {
             let output = run.deps.get(i).ok_or(SolveError::StageMissing(*i))?;
+            super::lazy::materialize(run.build, output)?;
             stage_tree = LayeredRootfs::new(&empty_upper, output.lowers_top_first());
             &stage_tree
         }
@@ -89,7 +90,7 @@ pub(super) fn execute_copy(
             // The manifest the plan resolved for the build's target platform.
             let build = run.build;
             let image = build.resolver.resolved(reference, c.from_digest.as_ref())?;
-            let snapshots = build.store.prepare_snapshots(&image, build.opts.reporter)?;
+            let snapshots = super::lazy::image_snapshots(build, &image)?;
             stage_tree = LayeredRootfs::new(&empty_upper, snapshots.into_iter().rev().collect());
             &stage_tree
         }

@@ -58,6 +58,9 @@ pub trait BuildEvents: Sync {
     fn internal(&self, _name: &str, _lines: &[String], _seconds: f64) {}
     /// A warning about the Dockerfile `file` (an unused build arg, …).
     fn warning(&self, _file: &str, _warning: &crate::plan::PlanWarning) {}
+    /// A warning about the build itself, not a Dockerfile line (a cache
+    /// that cannot be used).
+    fn build_warning(&self, _message: &str) {}
     /// A warning about a step as it runs (`COPY --chown` naming a user the
     /// image lacks): BuildKit's warning on a vertex.
     fn step_warning(&self, _step: &StepEvent<'_>, _message: &str) {}

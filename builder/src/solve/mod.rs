@@ -11,9 +11,12 @@
 //! without running anything; an upper dir left empty makes no layer (its
 //! history entry says `empty_layer`, as BuildKit's exporter does).
 
+mod cache_from;
 mod copy_step;
 mod events;
+mod lazy;
 mod mounts;
+mod needed;
 mod resolve;
 mod run;
 mod schedule;
@@ -34,6 +37,7 @@ use kiln_layers::{Reporter, Store};
 use kiln_parser::shorten;
 use kiln_runtime::{HelperCommand, Network};
 
+use crate::cache::{CacheSources, StepResult};
 use crate::context::BuildContext;
 use crate::copy::UrlDownloads;
 use crate::plan::{Plan, PlanWarning, Step};
@@ -41,6 +45,7 @@ use crate::secrets::Secret;
 
 use copy_step::{execute_copy, execute_workdir};
 pub use events::{BuildEvents, NoEvents, StepEvent, StepOutcome};
+pub use lazy::{BuildBlobs, ResultContent};
 pub(crate) use mounts::secret_id;
 use mounts::{mount_image_layers, run_mount, MountFrom, StepMount};
 pub use resolve::{ImagePuller, StoreResolver};
@@ -83,6 +88,13 @@ pub enum SolveError {
     },
     #[error("base image {0} was not resolved")]
     Unresolved(String),
+    /// A layer the store lacks could not be fetched from where it is.
+    #[error("fetching layer {blob}: {message}")]
+    Fetch { blob: String, message: String },
+    /// A `--cache-from` source failed to give what it had promised (it is
+    /// dropped; the solver builds again without it).
+    #[error("{0}")]
+    CacheSourceFailed(String),
     #[error("stage {0} failed before it finished")]
     StageMissing(usize),
     /// kiln was interrupted ([`kiln_runtime::interrupt::cancel_runs`]):
@@ -152,6 +164,15 @@ pub struct SolveOptions<'a> {
     /// The keys this solve shares with the other platforms' solves of a
     /// multi-platform build ([`SharedSteps`]); `None` for a lone solve.
     pub shared: Option<&'a SharedSteps>,
+    /// Caches from elsewhere, asked for a step the store has no record of
+    /// (`--cache-from`; see [`crate::cache`]).
+    pub cache_from: Option<&'a CacheSources<'a>>,
+    /// Put the result's steps into the image config (`--cache-to
+    /// type=inline`).
+    pub inline_cache: bool,
+    /// What the result must have in the store (its layers' blobs, unless
+    /// it is only pushed; its snapshots for a root filesystem output).
+    pub result: ResultContent,
 }
 
 /// What a build produced.
@@ -163,6 +184,9 @@ pub struct BuiltImage {
     pub layers: Vec<Descriptor>,
     /// The target stage's snapshots, bottom first (its root filesystem).
     pub snapshots: Vec<PathBuf>,
+    /// Every step's result, stage by stage in build order (for cache
+    /// exporters).
+    pub steps: Vec<StepResult>,
     /// What the steps that ran warned of, in the order they did (a step
     /// taken from the cache warns of nothing).
     pub warnings: Vec<PlanWarning>,
@@ -223,7 +247,7 @@ pub fn solve(
         work: work.path(),
         warnings: Mutex::new(Vec::new()),
     };
-    let result = solve_in(&build);
+    let result = solve_needed(&build);
     drop(work);
     empty_old_trash(store);
     let _ = emptying.join();
@@ -276,23 +300,67 @@ impl StepRun<'_> {
     }
 }
 
-/// Runs the stages, then writes the target stage's image.
-fn solve_in(build: &Build<'_>) -> Result<BuiltImage, SolveError> {
+/// Runs the stages the build needs ([`needed`]); should a stage left out
+/// be needed after all (a step expected from a cache was not), builds
+/// again with every stage (what ran is in the store's cache by then).
+fn solve_needed(build: &Build<'_>) -> Result<BuiltImage, SolveError> {
+    let mut skipping = true;
+    // Each failure drops a source: one more attempt than there are.
+    let mut attempts_left = build.opts.cache_from.map_or(0, |s| s.len()) + 1;
+    loop {
+        let skip = match skipping {
+            true => needed::skippable_stages(build),
+            false => BTreeSet::new(),
+        };
+        if !skip.is_empty() {
+            tracing::info!("stages {skip:?}: only steps taken from a cache read them; not run");
+        }
+        match solve_in(build, &skip) {
+            Err(SolveError::StageMissing(index)) if skip.contains(&index) => {
+                tracing::info!(
+                    "stage {index} is needed after all; building again with every stage"
+                );
+                skipping = false;
+            }
+            Err(SolveError::CacheSourceFailed(why)) if attempts_left > 0 => {
+                tracing::info!("{why}; building again without that cache");
+                attempts_left -= 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Runs the stages but those in `skip`, then writes the target stage's
+/// image.
+fn solve_in(build: &Build<'_>, skip: &BTreeSet<usize>) -> Result<BuiltImage, SolveError> {
     let (store, plan, opts) = (build.store, build.plan, build.opts);
     let outputs: Mutex<BTreeMap<usize, StageOutput>> = Mutex::new(BTreeMap::new());
-    run_stages_when_ready(plan, |index| {
+    let results: Mutex<BTreeMap<usize, Vec<StepResult>>> = Mutex::new(BTreeMap::new());
+    run_stages_when_ready(plan, skip, |index| {
         let deps: BTreeMap<usize, StageOutput> =
             outputs.lock().map(|o| o.clone()).unwrap_or_default();
-        let out = run_stage(build, index, &deps)?;
+        let (out, steps) = run_stage(build, index, &deps)?;
         if let Ok(mut o) = outputs.lock() {
             o.insert(index, out);
+        }
+        if let Ok(mut r) = results.lock() {
+            r.insert(index, steps);
         }
         Ok(())
     })?;
     let outputs = outputs.into_inner().unwrap_or_default();
+    let mut results = results.into_inner().unwrap_or_default();
+    let steps: Vec<StepResult> = plan
+        .order
+        .iter()
+        .filter_map(|i| results.remove(i))
+        .flatten()
+        .collect();
     let target = outputs
         .get(&plan.target)
         .ok_or(SolveError::StageMissing(plan.target))?;
+    lazy::complete_result(build, target)?;
     let sp = &plan.stages[plan.target];
     let mut config = sp.image.clone();
     config.rootfs.diff_ids = target.layers.iter().map(|(_, d)| d.clone()).collect();
@@ -316,6 +384,17 @@ fn solve_in(build: &Build<'_>) -> Result<BuiltImage, SolveError> {
             d
         })
         .collect();
+    if opts.inline_cache {
+        let image: Vec<(Descriptor, kiln_layers::Digest)> = layers
+            .iter()
+            .cloned()
+            .zip(config.rootfs.diff_ids.iter().cloned())
+            .collect();
+        config.extra.insert(
+            crate::cache::format::INLINE_KEY.to_string(),
+            crate::cache::inline_metadata(plan, &steps, &image),
+        );
+    }
     let manifest = if opts.docker_media_types {
         write_docker_image(store, &config, &layers)?
     } else {
@@ -326,6 +405,7 @@ fn solve_in(build: &Build<'_>) -> Result<BuiltImage, SolveError> {
         config,
         layers,
         snapshots: target.snapshots.clone(),
+        steps,
         warnings: build.warnings.lock().map(|w| w.clone()).unwrap_or_default(),
     })
 }

@@ -37,7 +37,7 @@ pub(super) fn mount_image_layers(
     let found = build
         .resolver
         .resolved(&image.reference, image.digest.as_ref())?;
-    let snapshots = build.store.prepare_snapshots(&found, build.opts.reporter)?;
+    let snapshots = super::lazy::image_snapshots(build, &found)?;
     Ok(MountFrom {
         lowers: snapshots.into_iter().rev().collect(),
         identity: found.manifest_descriptor.digest.to_string(),

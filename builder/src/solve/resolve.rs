@@ -20,6 +20,15 @@ use super::*;
 /// caller's does).
 pub trait ImagePuller: Sync {
     fn pull(&self, reference: &Reference, platform: &Platform) -> Result<Descriptor, LookupError>;
+    /// Puts a layer blob of a stored image that the store lacks (one
+    /// pulled without its layers, or built on a cache's) into the store,
+    /// from where the image came. By default there is nowhere to look.
+    fn fetch_blob(&self, _store: &Store, blob: &Descriptor) -> Result<(), LookupError> {
+        Err(LookupError::NotFound(format!(
+            "layer {} is not in the store",
+            blob.digest
+        )))
+    }
 }
 
 /// Resolves base images to their config through the store's tags
@@ -78,6 +87,21 @@ impl<'a> StoreResolver<'a> {
     pub fn always_pull(mut self, yes: bool) -> Self {
         self.always_pull = yes;
         self
+    }
+
+    /// Puts a layer blob the store lacks into it, through the puller.
+    pub(crate) fn fetch_blob(&self, blob: &Descriptor) -> Result<(), SolveError> {
+        let (Some(store), Some(puller)) = (&self.store, self.pull) else {
+            return Err(SolveError::Store(kiln_layers::Error::BlobNotFound(
+                blob.digest.clone(),
+            )));
+        };
+        puller
+            .fetch_blob(store, blob)
+            .map_err(|e| SolveError::Fetch {
+                blob: blob.digest.to_string(),
+                message: e.to_string(),
+            })
     }
 
     /// The image this resolver resolved to the manifest `digest` (what the

@@ -156,6 +156,7 @@ fn mount_from(run: &StepRun<'_>, mount: &RunMount) -> Result<Option<MountFrom>, 
     match &mount.from_resolved {
         Some(MountSource::Stage(i)) => {
             let stage = run.deps.get(i).ok_or(SolveError::StageMissing(*i))?;
+            super::lazy::materialize(run.build, stage)?;
             Ok(Some(MountFrom {
                 lowers: stage.lowers_top_first(),
                 identity: stage

@@ -9,17 +9,27 @@ use crate::plan::Plan;
 
 use super::*;
 
-/// Runs `run` for each of the plan's needed stages, on its own thread, as
-/// soon as every stage it depends on has finished (a ready queue: a stage
-/// never waits for unrelated slower ones). After the first failure no new
-/// stage starts; the ones running are waited for and that error returned.
-pub(super) fn run_stages_when_ready<F>(plan: &Plan, run: F) -> Result<(), SolveError>
+/// Runs `run` for each of the plan's needed stages but those in `skip`
+/// (taken as done), on its own thread, as soon as every stage it depends
+/// on has finished (a ready queue: a stage never waits for unrelated slower
+/// ones). After the first failure no new stage starts; the ones running
+/// are waited for and that error returned.
+pub(super) fn run_stages_when_ready<F>(
+    plan: &Plan,
+    skip: &BTreeSet<usize>,
+    run: F,
+) -> Result<(), SolveError>
 where
     F: Fn(usize) -> Result<(), SolveError> + Sync,
 {
     let (finished_tx, finished_rx) = mpsc::channel::<(usize, Result<(), SolveError>)>();
-    let mut pending: Vec<usize> = plan.order.clone();
-    let mut done: BTreeSet<usize> = BTreeSet::new();
+    let mut pending: Vec<usize> = plan
+        .order
+        .iter()
+        .copied()
+        .filter(|s| !skip.contains(s))
+        .collect();
+    let mut done: BTreeSet<usize> = skip.clone();
     let mut running = 0usize;
     let mut first_error: Option<SolveError> = None;
     std::thread::scope(|scope| {
@@ -110,7 +120,7 @@ mod scheduler_tests {
         let (after_started_tx, after_started_rx) = mpsc::channel::<()>();
         let after_started_rx = Mutex::new(after_started_rx);
         let started = Mutex::new(Vec::new());
-        run_stages_when_ready(&planned, |index| {
+        run_stages_when_ready(&planned, &BTreeSet::new(), |index| {
             started.lock().unwrap().push(index);
             match index {
                 0 => after_started_rx
@@ -136,7 +146,7 @@ mod scheduler_tests {
     fn the_first_failure_stops_later_stages() {
         let planned = plan_of(DOCKERFILE);
         let started = Mutex::new(Vec::new());
-        let result = run_stages_when_ready(&planned, |index| {
+        let result = run_stages_when_ready(&planned, &BTreeSet::new(), |index| {
             started.lock().unwrap().push(index);
             if index == 1 {
                 return Err(SolveError::StageMissing(1));

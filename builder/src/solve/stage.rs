@@ -51,14 +51,42 @@ pub(super) struct StageProgress {
     pub(super) empty_steps: Vec<usize>,
     /// History index → when the step's layer was first made.
     pub(super) step_times: BTreeMap<usize, i64>,
+    /// Each step's result so far (for cache exporters).
+    pub(super) results: Vec<StepResult>,
 }
 
-/// Runs one stage: its base, then each step in order.
+impl StageProgress {
+    /// Notes `step`'s result: the layer it added after the first
+    /// `layers_before`, if any, and when that was made.
+    pub(super) fn record_result(&mut self, step: &Step, layers_before: usize) {
+        let Some(key) = &step.cache_key else {
+            return;
+        };
+        let created = self
+            .step_times
+            .get(&step.history_index)
+            .copied()
+            .unwrap_or_else(now_secs);
+        let layer = match self.out.layers.len() > layers_before {
+            true => self.out.layers.last().cloned(),
+            false => None,
+        };
+        self.results.push(StepResult {
+            stage: step.stage,
+            key: key.clone(),
+            created,
+            layer,
+        });
+    }
+}
+
+/// Runs one stage: its base, then each step in order; returns its output
+/// and its steps' results.
 pub(super) fn run_stage(
     build: &Build<'_>,
     index: usize,
     deps: &BTreeMap<usize, StageOutput>,
-) -> Result<StageOutput, SolveError> {
+) -> Result<(StageOutput, Vec<StepResult>), SolveError> {
     let sp = &build.plan.stages[index];
     let label = stage_label(build.plan, index);
     // BuildKit counts FROM as the stage's first command.
@@ -75,6 +103,7 @@ pub(super) fn run_stage(
         out: stage_base(build, sp, &from, deps)?,
         empty_steps: Vec::new(),
         step_times: BTreeMap::new(),
+        results: Vec::new(),
     };
     for (n, step) in sp.steps.iter().enumerate() {
         if canceled() {
@@ -101,10 +130,14 @@ pub(super) fn run_stage(
         result?;
     }
     let history = settled_history(build, sp, &progress.out.history, &progress);
-    Ok(StageOutput {
-        history,
-        ..progress.out
-    })
+    let results = std::mem::take(&mut progress.results);
+    Ok((
+        StageOutput {
+            history,
+            ..progress.out
+        },
+        results,
+    ))
 }
 
 /// What a stage starts from: nothing, an earlier stage's output, or an
@@ -145,9 +178,17 @@ fn stage_base(
     opts.events.step_started(&event);
     let layers = image.layers()?;
     let diff_ids: Vec<Digest> = layers.iter().map(|(_, d)| d.clone()).collect();
-    let unpacked = kiln_layers::chain_ids(&diff_ids)
-        .iter()
-        .all(|c| store.has_snapshot(c));
+    let chains = kiln_layers::chain_ids(&diff_ids);
+    let unpacked = chains.iter().all(|c| store.has_snapshot(c));
+    if !unpacked && layers.iter().any(|(l, _)| !store.has_blob(&l.digest)) {
+        // Pulled without its layers: they are fetched when needed.
+        opts.events.step_done(&event, &StepOutcome::Done);
+        return Ok(StageOutput {
+            layers,
+            snapshots: chains.iter().map(|c| store.snapshot_path(c)).collect(),
+            history: image.config.history.clone(),
+        });
+    }
     let snapshots = match store.prepare_snapshots(&image, opts.reporter) {
         Ok(s) => s,
         Err(e) if canceled() => {

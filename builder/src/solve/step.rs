@@ -23,19 +23,32 @@ pub(super) fn run_step(
 ) -> Result<bool, SolveError> {
     let shared = run.build.opts.shared.zip(run.step.cache_key.as_ref());
     let Some((shared, key)) = shared else {
-        return run_or_reuse(run, progress, false);
+        return run_and_record(run, progress, false);
     };
     let slot = shared.slot(key);
     let mut done_in_build = slot
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let cached = run_or_reuse(run, progress, *done_in_build)?;
+    let cached = run_and_record(run, progress, *done_in_build)?;
     *done_in_build = true;
     Ok(cached)
 }
 
-/// Reuses the step's cache record (whatever `--no-cache` says when
-/// `done_in_build`: this build made it), or runs the step.
+/// Runs or reuses the step, then records its result for the cache
+/// exporters.
+fn run_and_record(
+    run: &StepRun<'_>,
+    progress: &mut StageProgress,
+    done_in_build: bool,
+) -> Result<bool, SolveError> {
+    let layers_before = progress.out.layers.len();
+    let cached = run_or_reuse(run, progress, done_in_build)?;
+    progress.record_result(run.step, layers_before);
+    Ok(cached)
+}
+
+/// Reuses the step's result from a cache (whatever `--no-cache` says when
+/// `done_in_build`: this build made it), or runs it.
 fn run_or_reuse(
     run: &StepRun<'_>,
     progress: &mut StageProgress,
@@ -53,6 +66,8 @@ fn run_or_reuse(
         (Some(key), false) => format!("cache miss {key}"),
     };
     tracing::info!("line {}: {why}: {}", step.line, shorten(&step.instruction));
+    // The step runs on the layers below: their content is needed now.
+    super::lazy::materialize(run.build, &progress.out)?;
     let dir = run.build.work.join(unique_name("step"));
     let upper = dir.join("upper");
     std::fs::create_dir_all(&upper).map_err(io_err(&upper))?;
@@ -85,11 +100,11 @@ fn from_cache(
         return Ok(false);
     };
     let Some(record) = store.cache_get(key)? else {
-        return Ok(false);
+        return super::cache_from::reuse_from_sources(run, progress, key);
     };
     if !reuse(run.build, &record, progress, step.history_index)? {
         tracing::info!("line {}: cache record unusable, running", step.line);
-        return Ok(false);
+        return super::cache_from::reuse_from_sources(run, progress, key);
     }
     let created = record
         .data
@@ -179,7 +194,9 @@ fn commit_layer(
     Ok((record, parked_bytes))
 }
 
-/// Applies a cache record; false if it cannot be used (then the step runs).
+/// Applies a cache record; false if it cannot be used (then the step
+/// runs). The snapshot is made when something needs it
+/// ([`super::lazy::materialize`]).
 fn reuse(
     build: &Build<'_>,
     record: &CacheRecord,
@@ -207,17 +224,7 @@ fn reuse(
         None => diff_id.clone(),
         Some(parent) => Digest::of(format!("{parent} {diff_id}").as_bytes()),
     };
-    let snapshot = build.store.snapshot_path(&chain);
-    if !build.store.has_snapshot(&chain) {
-        build.store.unpack_snapshot(
-            &descriptor,
-            &diff_id,
-            &chain,
-            out.lowers_top_first(),
-            build.opts.reporter,
-        )?;
-    }
     out.layers.push((descriptor, diff_id));
-    out.snapshots.push(snapshot);
+    out.snapshots.push(build.store.snapshot_path(&chain));
     Ok(true)
 }
