@@ -15,7 +15,8 @@ use std::path::PathBuf;
 /// environment variable behind it) and the cases.
 const BUILD_FLAGS: &[(&str, &[&str], &[&str])] = &[
     ("--add-host", &["--add-host"], &["tests/options.rs::shm_size_ulimit_and_add_host"]),
-    ("--annotation", &["--annotation"], &["tests/contexts.rs::labels_and_annotations_go_where_buildkit_puts_them", "tests/multiplatform.rs::annotations_and_labels_of_a_two_platform_build"]),
+    ("--annotation", &["--annotation"], &["tests/contexts.rs::labels_and_annotations_go_where_buildkit_puts_them", "tests/multiplatform.rs::annotations_and_labels_of_a_two_platform_build", "tests/provenance.rs::provenance_attestation_in_the_pushed_index"]),
+    ("--attest", &["--attest"], &["tests/provenance.rs::provenance_attestation_in_the_pushed_index", "tests/provenance.rs::provenance_requests_kiln_cannot_honour_are_refused"]),
     ("--allow", &["--allow"], &["tests/options.rs::entitlements_insecure_and_host_network"]),
     ("--cache-from", &["--cache-from"], &["tests/cache.rs::a_local_cache_travels_to_a_second_runner", "tests/cache.rs::unsupported_cache_types_and_keys_are_refused_before_building"]),
     ("--cache-to", &["--cache-to"], &["tests/cache.rs::a_local_cache_travels_to_a_second_runner", "tests/cache.rs::a_broken_local_cache_is_a_warning_and_the_build_runs_without_it", "tests/cache.rs::unsupported_cache_types_and_keys_are_refused_before_building"]),
@@ -41,6 +42,7 @@ const BUILD_FLAGS: &[(&str, &[&str], &[&str])] = &[
     ("--pids-limit", &["--pids-limit"], &["tests/security/limits.rs::pids_limit_flag_on_build_and_run"]),
     ("--platform", &["--platform"], &["tests/build_platform.rs::platform_arm64_picks_the_arm64_manifest_and_expands_target_args", "tests/multiplatform.rs::one_build_two_platforms_one_index", "tests/multiplatform.rs::outputs_of_a_two_platform_build"]),
     ("--progress", &["--progress"], &["tests/build.rs::progress_plain_snapshots", "tests/build.rs::progress_tty_draws_a_live_view", "tests/build.rs::progress_quiet_prints_only_the_id_and_json_one_event_per_line"]),
+    ("--provenance", &["--provenance"], &["tests/provenance.rs::provenance_attestation_in_the_pushed_index", "tests/provenance.rs::provenance_of_a_git_context_names_its_commit", "tests/provenance.rs::provenance_requests_kiln_cannot_honour_are_refused"]),
     ("--pull", &["--pull"], &["tests/options.rs::pull_policies"]),
     ("--push", &["--push"], &["tests/build.rs::push_to_a_registry"]),
     ("--quiet", &["-q", "--quiet"], &["tests/options.rs::dry_run_format_file_quiet_and_verbose"]),

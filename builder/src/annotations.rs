@@ -13,14 +13,15 @@
 //!   output's `index.json`, and the metadata file's
 //!   `containerimage.descriptor` (a registry push of a single manifest has
 //!   no descriptor to carry it, as with BuildKit);
-//! - `index`: the image index a build for several platforms writes (its
-//!   `annotations`, what a registry serves);
+//! - `index`: the image index a build for several platforms, or with
+//!   `--provenance`, writes (its `annotations`, what a registry serves);
 //! - `index-descriptor`: the descriptor that points at that index: its
 //!   entry in the store's `index.json`, in an OCI layout output's
 //!   `index.json`, and the metadata file's `containerimage.descriptor`.
 //!
-//! A single-platform build writes no index: the index kinds are refused
-//! there, as BuildKit refuses them for a single-platform export. With
+//! A single-platform build without provenance writes no index: the index
+//! kinds are refused there, as BuildKit refuses them for a
+//! single-platform export. With
 //! several platforms each platform's manifest, and its entry in the index,
 //! get the `manifest` and `manifest-descriptor` annotations that apply to
 //! it.
@@ -131,12 +132,14 @@ impl Annotation {
 }
 
 /// Refuses what a build for `platforms` cannot honour: index annotations
-/// when it writes no index (one platform), a platform it does not make,
-/// descriptor annotations with Docker media types.
+/// when it writes no index (`writes_index`: several platforms, or
+/// `--provenance`), a platform it does not make, descriptor annotations
+/// with Docker media types.
 pub fn check(
     annotations: &[Annotation],
     platforms: &[Platform],
     docker_media_types: bool,
+    writes_index: bool,
 ) -> Result<(), String> {
     let made: Vec<Platform> = platforms.iter().map(Platform::normalized).collect();
     for a in annotations {
@@ -145,10 +148,11 @@ pub fn check(
             a.target,
             AnnotationTarget::Index | AnnotationTarget::IndexDescriptor
         );
-        if index_kind && made.len() < 2 {
+        if index_kind && !writes_index {
             return Err(format!(
                 "--annotation {flag}: index annotations not supported for single platform export \
-                 (kiln writes a single-platform image as one manifest, with no index to annotate)"
+                 (kiln writes a single-platform image as one manifest, with no index to annotate; \
+                 a multi-platform build or --provenance writes an index)"
             ));
         }
         if let (Some(p), false) = (&a.platform, index_kind) {
@@ -257,28 +261,32 @@ mod tests {
             Platform::parse("linux/arm64").unwrap(),
         ];
         let index = Annotation::parse("index,index-descriptor:k=v").unwrap();
-        let err = check(&index, &amd64, false).unwrap_err();
+        let err = check(&index, &amd64, false, false).unwrap_err();
         assert!(err.contains("index annotations not supported"), "{err}");
-        assert!(check(&index, &both, false).is_ok());
+        assert!(check(&index, &both, false, true).is_ok());
         assert!(
-            check(&index, &both, true).is_err(),
+            check(&index, &amd64, false, true).is_ok(),
+            "one platform with --provenance: an index"
+        );
+        assert!(
+            check(&index, &both, true, true).is_err(),
             "not on a manifest list"
         );
         let index_qualified = Annotation::parse("index[linux/s390x]:k=v").unwrap();
-        assert!(check(&index_qualified, &both, false).is_ok());
+        assert!(check(&index_qualified, &both, false, true).is_ok());
         let other = Annotation::parse("manifest[linux/arm64]:k=v").unwrap();
-        let err = check(&other, &amd64, false).unwrap_err();
+        let err = check(&other, &amd64, false, true).unwrap_err();
         assert!(err.contains("no platform linux/arm64"), "{err}");
-        assert!(check(&other, &both, false).is_ok());
+        assert!(check(&other, &both, false, true).is_ok());
         let s390x = Annotation::parse("manifest[linux/s390x]:k=v").unwrap();
-        let err = check(&s390x, &both, false).unwrap_err();
+        let err = check(&s390x, &both, false, true).unwrap_err();
         assert!(
             err.contains("(the build makes linux/amd64, linux/arm64)"),
             "{err}"
         );
         let desc = Annotation::parse("manifest-descriptor:k=v").unwrap();
-        assert!(check(&desc, &amd64, true).is_err());
-        assert!(check(&desc, &amd64, false).is_ok());
+        assert!(check(&desc, &amd64, true, true).is_err());
+        assert!(check(&desc, &amd64, false, true).is_ok());
         assert_eq!(for_index(&index), [("k".into(), "v".into())].into());
         assert_eq!(
             for_index_descriptor(&index),

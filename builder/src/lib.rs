@@ -41,6 +41,7 @@ pub mod lint;
 pub mod modes;
 pub mod plan;
 pub mod platforms;
+pub mod provenance;
 pub mod rootfs;
 pub mod run_argv;
 pub mod secrets;

@@ -20,13 +20,16 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
-use kiln_layers::index::IndexWriter;
+use kiln_layers::compressed::compressed_image;
+use kiln_layers::index::{write_attestation_manifest, IndexWriter};
 use kiln_layers::{Descriptor, Platform, Reference};
 
 use crate::cache::CacheSources;
+use crate::export::Output;
 use crate::plan::{BuildOptions, Plan, PlanWarning};
+use crate::provenance::{self, ProvenanceRequest, SourceInfo};
 use crate::session::{BuildError, BuildResult, Planned, Session};
 use crate::solve::{BuildEvents, BuiltImage, SharedSteps, StepEvent, StepOutcome};
 
@@ -71,9 +74,23 @@ impl<'a> Session<'a> {
             };
             plans.push(self.plan_for(&options, platforms)?);
         }
-        self.check_before_steps(&plans.iter().collect::<Vec<_>>())?;
+        let plans: Vec<&Planned<'a>> = plans.iter().collect();
+        self.check_before_steps(&plans)?;
+        let started = SystemTime::now();
         let images = self.solve_all(&plans)?;
-        let index = self.write_index(&images)?;
+        self.finish_index(&plans, images, started)
+    }
+
+    /// The solved `images` (one per plan, in order) into one index (with
+    /// each image's provenance when asked for), tagged, written to the
+    /// outputs and pushed; `started` is when the solve began.
+    pub(crate) fn finish_index(
+        &self,
+        plans: &[&Planned<'a>],
+        images: Vec<BuiltImage>,
+        started: SystemTime,
+    ) -> Result<BuildResult, BuildError> {
+        let index = self.write_index(&images, plans, started)?;
         let mut result = BuildResult {
             image_id: index.digest.clone(),
             reported: index.clone(),
@@ -91,7 +108,7 @@ impl<'a> Session<'a> {
     /// Solves every plan, each on a thread of its own; the images in the
     /// plans' order. The first failure is returned (the other solves run
     /// to their end or their own failure).
-    fn solve_all(&self, plans: &[Planned<'a>]) -> Result<Vec<BuiltImage>, BuildError> {
+    fn solve_all(&self, plans: &[&Planned<'a>]) -> Result<Vec<BuiltImage>, BuildError> {
         let shared = SharedSteps::default();
         let cache_from = CacheSources::new(&self.cache.sources, self.events);
         let seen = Mutex::new(HashSet::new());
@@ -99,7 +116,7 @@ impl<'a> Session<'a> {
             let handles: Vec<_> = plans
                 .iter()
                 .enumerate()
-                .map(|(ordinal, planned)| {
+                .map(|(ordinal, &planned)| {
                     let events = PlatformEvents::new(self.events, &planned.plan, ordinal, &seen);
                     let (shared, cache_from) = (&shared, &cache_from);
                     scope.spawn(move || {
@@ -122,14 +139,39 @@ impl<'a> Session<'a> {
     }
 
     /// Writes the index of `images` (their platforms as their configs say)
-    /// and tags it (or records it untagged).
-    fn write_index(&self, images: &[BuiltImage]) -> Result<Descriptor, BuildError> {
+    /// and tags it (or records it untagged). With `--provenance`, each
+    /// image's layers are compressed first (the manifest the attestation
+    /// names is the one that leaves the store) and its attestation
+    /// manifest follows the images, as BuildKit orders them.
+    fn write_index(
+        &self,
+        images: &[BuiltImage],
+        plans: &[&Planned<'a>],
+        solve_started: SystemTime,
+    ) -> Result<Descriptor, BuildError> {
         let started = Instant::now();
-        let annotations = &self.settings.annotations;
-        let mut writer = IndexWriter::new(self.settings.docker_media_types);
-        for built in images {
-            writer.add_image(&built.manifest, &built.platform());
+        let settings = self.settings;
+        let mut writer = IndexWriter::new(settings.docker_media_types);
+        let mut attestations = Vec::new();
+        let invocation = provenance::Invocation::new(solve_started);
+        for (built, planned) in images.iter().zip(plans) {
+            let Some(request) = &settings.provenance else {
+                writer.add_image(&built.manifest, &built.platform());
+                continue;
+            };
+            let manifest = compressed_image(
+                self.store,
+                &built.manifest,
+                settings.compression,
+                self.reporter,
+            )?;
+            writer.add_image(&manifest, &built.platform());
+            attestations.push(self.attestation(request, planned, &manifest, built, &invocation)?);
         }
+        for entry in attestations {
+            writer.add_entry(entry);
+        }
+        let annotations = &settings.annotations;
         for (key, value) in crate::annotations::for_index(annotations) {
             writer.annotate(&key, &value);
         }
@@ -144,14 +186,21 @@ impl<'a> Session<'a> {
         for tag in &tags {
             self.store.tag(tag, &index)?;
         }
-        let mut lines: Vec<String> = images
+        // Each entry as the index has it (an attested image's manifest is
+        // its compressed one), as BuildKit's export shows them.
+        let mut lines: Vec<String> = writer
+            .entries()
             .iter()
-            .map(|b| {
-                format!(
+            .map(|entry| match &entry.platform {
+                Some(p) if p.architecture == "unknown" => {
+                    format!("exporting attestation manifest {} done", entry.digest)
+                }
+                Some(p) => format!(
                     "writing manifest {} for {} done",
-                    b.manifest.digest,
-                    b.platform().normalized()
-                )
+                    entry.digest,
+                    p.normalized()
+                ),
+                None => format!("writing manifest {} done", entry.digest),
             })
             .collect();
         lines.push(format!("writing manifest list {} done", index.digest));
@@ -162,6 +211,51 @@ impl<'a> Session<'a> {
             started.elapsed().as_secs_f64(),
         );
         Ok(index)
+    }
+
+    /// The provenance attestation manifest of one platform's image
+    /// (`manifest`, as it leaves the store).
+    fn attestation(
+        &self,
+        request: &ProvenanceRequest,
+        planned: &Planned<'a>,
+        manifest: &Descriptor,
+        built: &BuiltImage,
+        invocation: &provenance::Invocation,
+    ) -> Result<Descriptor, BuildError> {
+        let settings = self.settings;
+        let source = SourceInfo {
+            context_origin: settings.context_origin.clone(),
+            context_commit: settings.context_commit.clone(),
+            context_dir: settings
+                .context_origin
+                .is_none()
+                .then(|| settings.context_dir.clone()),
+            dockerfile_local: settings.dockerfile_local,
+            dockerfile_name: settings.dockerfile.file_name(),
+            dockerfile_bytes: settings.dockerfile.bytes.clone(),
+        };
+        let names = settings.all_tags();
+        let statement = provenance::statement(&provenance::Inputs {
+            request,
+            store: self.store,
+            plan: &planned.plan,
+            source: &source,
+            build_args: &settings.options.build_args,
+            labels: &settings.labels,
+            target: settings.options.target.as_deref(),
+            network_none: settings.network == kiln_runtime::Network::None,
+            names: &names,
+            subject: manifest,
+            platform: &built.platform(),
+            invocation,
+            downloads: Some(planned.downloads()),
+        });
+        Ok(write_attestation_manifest(
+            self.store,
+            manifest,
+            &[statement],
+        )?)
     }
 
     fn write_outputs(
@@ -177,14 +271,27 @@ impl<'a> Session<'a> {
                 .map_err(|e| BuildError::Invalid(e.to_string()))?,
         };
         for output in &settings.outputs {
-            let written = output.write_index(
-                self.store,
-                index,
-                images,
-                &name,
-                settings.compression,
-                self.reporter,
-            )?;
+            // One platform's root filesystem (a build with provenance)
+            // goes where a single-platform build puts it.
+            let single = images.len() == 1 && !matches!(output, Output::Oci(_));
+            let written = if single {
+                output.write(
+                    self.store,
+                    &images[0],
+                    &name,
+                    settings.compression,
+                    self.reporter,
+                )?
+            } else {
+                output.write_index(
+                    self.store,
+                    index,
+                    images,
+                    &name,
+                    settings.compression,
+                    self.reporter,
+                )?
+            };
             if let Some(written) = written {
                 result.reported = written;
             }

@@ -117,6 +117,14 @@ pub struct BuildSettings {
     /// `--annotation`: on the manifest or its descriptor
     /// ([`crate::annotations`]).
     pub annotations: Vec<Annotation>,
+    /// `--provenance` / `--attest type=provenance`: an SLSA provenance
+    /// attestation in the image's index ([`crate::provenance`]).
+    pub provenance: Option<crate::provenance::ProvenanceRequest>,
+    /// A Git context's commit.
+    pub context_commit: Option<String>,
+    /// The Dockerfile was read from this machine (not from a remote
+    /// context).
+    pub dockerfile_local: bool,
     /// Push every tag to its registry.
     pub push: bool,
     pub iidfile: Option<PathBuf>,
@@ -432,6 +440,13 @@ pub struct Planned<'a> {
     _lease: Lease,
 }
 
+impl<'a> Planned<'a> {
+    /// The build's ADD downloads (each URL fetched once).
+    pub(crate) fn downloads(&self) -> &UrlDownloads<'a> {
+        &self.downloads
+    }
+}
+
 /// What a build produced.
 #[derive(Debug)]
 pub struct BuildResult {
@@ -645,6 +660,7 @@ impl<'a> Session<'a> {
             &self.settings.annotations,
             platforms,
             self.settings.docker_media_types,
+            platforms.len() > 1 || self.settings.provenance.is_some(),
         )
         .map_err(BuildError::Invalid)?;
         apply_labels(&mut planned, &self.settings.labels);
@@ -698,12 +714,23 @@ impl<'a> Session<'a> {
         Ok(context)
     }
 
-    /// Runs the plan, then tags, exports and pushes the image.
+    /// Runs the plan, then tags, exports and pushes the image (with
+    /// `--provenance`, an index of the image and its attestation).
     pub fn build(&self, planned: Planned<'a>) -> Result<BuildResult, BuildError> {
         self.check_requests()?;
         self.check_before_steps(&[&planned])?;
         let cache_from = CacheSources::new(&self.cache.sources, self.events);
+        let started = std::time::SystemTime::now();
         let built = self.solve_planned(&planned, None, self.events, &cache_from)?;
+        if self.settings.provenance.is_some() {
+            let result = self.finish_index(&[&planned], vec![built], started)?;
+            let blobs = BuildBlobs {
+                sources: &cache_from,
+                resolver: &planned.resolver,
+            };
+            self.export_cache(&planned.plan, &result, &blobs)?;
+            return Ok(result);
+        }
         let image_id = self.tag(&built)?;
         let mut result = BuildResult {
             image_id,
@@ -742,6 +769,9 @@ impl<'a> Session<'a> {
             return Err(BuildError::Invalid(
                 "only one output can go to standard output".into(),
             ));
+        }
+        if let Some(request) = &settings.provenance {
+            crate::provenance::check_outputs(request, settings)?;
         }
         Ok(())
     }

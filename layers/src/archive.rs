@@ -63,7 +63,8 @@ impl SaveItem {
     /// Everything the store holds of `descriptor` under one name: for an
     /// index, the index and each platform's image the store holds (that of
     /// `first`, or else the first held, ahead: the one a docker-archive
-    /// names); for a manifest, its image.
+    /// names) and each attestation manifest it holds; for a manifest, its
+    /// image.
     pub fn held(
         store: &Store,
         reference: Reference,
@@ -76,7 +77,10 @@ impl SaveItem {
         }
         let mut images = vec![lead];
         for entry in store.platform_entries(descriptor)? {
-            let held = entry.present && entry.kind == EntryKind::Image;
+            // Attestation manifests go along with the images they are
+            // about (BuildKit's OCI exporter writes them too).
+            let held =
+                entry.present && matches!(entry.kind, EntryKind::Image | EntryKind::Attestation);
             if held && entry.descriptor.digest != images[0].manifest_descriptor.digest {
                 let platform = entry.platform.clone().unwrap_or_else(|| first.clone());
                 images.push(store.read_image(&entry.descriptor, &platform)?);

@@ -127,6 +127,79 @@ impl IndexWriter {
     }
 }
 
+/// The media type of an in-toto statement (a layer of an attestation
+/// manifest).
+pub const IN_TOTO_MEDIA_TYPE: &str = "application/vnd.in-toto+json";
+/// The layer annotation naming the statement's predicate type.
+pub const ANNOTATION_PREDICATE_TYPE: &str = "in-toto.io/predicate-type";
+/// The value of `vnd.docker.reference.type` on an attestation manifest.
+pub const REFERENCE_TYPE_ATTESTATION: &str = "attestation-manifest";
+
+/// One in-toto statement to attach: its predicate type and its JSON bytes.
+#[derive(Clone, Debug)]
+pub struct Statement {
+    pub predicate_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Stores an attestation manifest for the image manifest `subject`, as
+/// BuildKit's image exporter writes one (`commitAttestationsManifest`):
+/// each statement a layer (`application/vnd.in-toto+json`, annotated with
+/// its predicate type), a config of platform `unknown/unknown` whose
+/// diff ids are the statements' digests, an OCI image manifest. Returns
+/// the index entry: platform `unknown/unknown`, annotated
+/// `vnd.docker.reference.type: attestation-manifest` and
+/// `vnd.docker.reference.digest: <subject>` (add it with
+/// [`IndexWriter::add_entry`], after the images, as BuildKit orders them).
+pub fn write_attestation_manifest(
+    store: &Store,
+    subject: &Descriptor,
+    statements: &[Statement],
+) -> Result<Descriptor> {
+    let mut layers = Vec::new();
+    for statement in statements {
+        let mut layer = store.put_blob(IN_TOTO_MEDIA_TYPE, &statement.bytes)?;
+        layer.annotations.insert(
+            ANNOTATION_PREDICATE_TYPE.to_string(),
+            statement.predicate_type.clone(),
+        );
+        layers.push(layer);
+    }
+    // The config as Go's ocispecs.Image marshals it (field order kept).
+    let diff_ids: Vec<String> = layers.iter().map(|l| l.digest.to_string()).collect();
+    let config = format!(
+        r#"{{"architecture":"unknown","os":"unknown","config":{{}},"rootfs":{{"type":"layers","diff_ids":{}}}}}"#,
+        serde_json::Value::from(diff_ids)
+    );
+    let config = store.put_blob(media::OCI_CONFIG, config.as_bytes())?;
+    let manifest = crate::oci::Manifest {
+        schema_version: 2,
+        media_type: Some(media::OCI_MANIFEST.to_string()),
+        artifact_type: None,
+        config,
+        layers,
+        subject: None,
+        annotations: BTreeMap::new(),
+    };
+    let mut entry = store.put_json(media::OCI_MANIFEST, &manifest)?;
+    entry.annotations.insert(
+        crate::oci::ANNOTATION_REFERENCE_DIGEST.to_string(),
+        subject.digest.to_string(),
+    );
+    entry.annotations.insert(
+        crate::oci::ANNOTATION_REFERENCE_TYPE.to_string(),
+        REFERENCE_TYPE_ATTESTATION.to_string(),
+    );
+    entry.platform = Some(Platform {
+        architecture: "unknown".into(),
+        os: "unknown".into(),
+        os_version: None,
+        os_features: None,
+        variant: None,
+    });
+    Ok(entry)
+}
+
 /// What `kiln manifest annotate` changes of an index entry (as `docker
 /// manifest annotate`): its platform's fields, and annotations added.
 #[derive(Clone, Debug, Default)]

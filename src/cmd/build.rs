@@ -19,6 +19,7 @@ use kiln_builder::contexts::{
 use kiln_builder::copy::{FetchInfo, UrlFetcher};
 use kiln_builder::export::Output;
 use kiln_builder::plan::{BuildOptions, LookupError};
+use kiln_builder::provenance::ProvenanceRequest;
 use kiln_builder::secrets::Secret;
 use kiln_builder::session::{
     BuildError, BuildResult, BuildSettings, PullPolicy, Remote, RemoteError, Session,
@@ -190,9 +191,19 @@ pub struct BuildArgs {
     /// Add an annotation (repeatable): [TYPE[,TYPE…]:]K=V, TYPE `manifest` (the
     /// default), `manifest-descriptor`, `index` or `index-descriptor`, each
     /// with an optional `[os/arch]`; the index kinds need the image index a
-    /// build for several platforms writes (refused for one platform).
+    /// build for several platforms, or with --provenance, writes (refused
+    /// for one platform without it).
     #[arg(long = "annotation", value_name = "[TYPE:]K=V")]
     annotations: Vec<String>,
+    /// Attach an SLSA provenance v1 attestation (in the image's index, as
+    /// BuildKit): `true` (mode=min), `false`, or mode=min|max[,builder-id=URI]
+    /// [,reproducible=true][,inline-only=true]. Off by default.
+    #[arg(long = "provenance", value_name = "true|false|mode=min|max")]
+    provenance: Option<String>,
+    /// An attestation to attach (buildx's --attest): type=provenance[,mode=…]
+    /// as --provenance; other types (sbom) are refused.
+    #[arg(long = "attest", value_name = "type=provenance,…")]
+    attests: Vec<String>,
     /// A secret for RUN --mount=type=secret: id=ID,src=FILE (or env=VAR).
     #[arg(long = "secret", value_name = "id=ID,src=FILE")]
     secrets: Vec<String>,
@@ -383,6 +394,28 @@ impl Remote for CliRemote<'_> {
     }
 }
 
+/// `--provenance` and `--attest type=provenance`: one request at most
+/// (buildx takes either spelling, not both).
+fn provenance_of(args: &BuildArgs) -> anyhow::Result<Option<ProvenanceRequest>> {
+    let mut asked: Vec<(String, Option<ProvenanceRequest>)> = Vec::new();
+    if let Some(value) = &args.provenance {
+        let request = ProvenanceRequest::parse_flag(value).map_err(anyhow::Error::msg)?;
+        asked.push((format!("--provenance {value}"), request));
+    }
+    for value in &args.attests {
+        let request = ProvenanceRequest::parse_attest(value).map_err(anyhow::Error::msg)?;
+        asked.push((format!("--attest {value}"), request));
+    }
+    if asked.len() > 1 {
+        let flags: Vec<&str> = asked.iter().map(|(f, _)| f.as_str()).collect();
+        anyhow::bail!(
+            "provenance is asked for more than once ({}): give one --provenance or --attest type=provenance",
+            flags.join(", ")
+        );
+    }
+    Ok(asked.pop().and_then(|(_, request)| request))
+}
+
 /// `--platform`'s platforms, normalized, each once, in the order given.
 fn target_platforms(flags: &[String]) -> anyhow::Result<Vec<Platform>> {
     let mut platforms: Vec<Platform> = Vec::new();
@@ -484,6 +517,13 @@ fn settings_of(
             .into_iter()
             .flatten()
             .collect(),
+        provenance: provenance_of(args)?,
+        context_commit: context.git_commit.clone(),
+        dockerfile_local: context.origin.is_none()
+            || args
+                .file
+                .as_deref()
+                .is_some_and(|f| f.as_os_str() == "-" || f.is_absolute()),
         push: args.push,
         iidfile: args.iidfile.clone(),
         metadata_file: args.metadata_file.clone(),

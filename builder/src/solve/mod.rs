@@ -46,6 +46,7 @@ use crate::secrets::Secret;
 use copy_step::{execute_copy, execute_workdir};
 pub use events::{BuildEvents, NoEvents, StepEvent, StepOutcome};
 pub use lazy::{BuildBlobs, ResultContent};
+pub(crate) use mounts::secret_id;
 use mounts::{mount_image_layers, run_mount, MountFrom, StepMount};
 pub use resolve::{ImagePuller, StoreResolver};
 use run::execute_run;

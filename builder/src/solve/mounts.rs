@@ -226,6 +226,16 @@ fn owned_cache_dir(dir: &Path, spec: &kiln_parser::mount::Mount) -> Result<PathB
 /// is only that variable, else a file at the target (by default
 /// `/run/secrets/<id>`). A secret that was not given is skipped, unless
 /// required.
+/// A secret mount's id: `source=`, else `id=`, else the target's base
+/// name (BuildKit's order); None when the mount names none of them.
+pub(crate) fn secret_id(spec: &kiln_parser::mount::Mount) -> Option<String> {
+    let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
+    let base_name = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
+    set(&spec.source)
+        .or_else(|| set(&spec.id))
+        .or_else(|| (!spec.target.is_empty()).then(|| base_name(&spec.target)))
+}
+
 fn secret_mount(
     spec: &kiln_parser::mount::Mount,
     workdir: &str,
@@ -233,10 +243,7 @@ fn secret_mount(
 ) -> Result<Vec<StepMount>, String> {
     let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
     let base_name = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
-    let id = set(&spec.source)
-        .or_else(|| set(&spec.id))
-        .or_else(|| (!spec.target.is_empty()).then(|| base_name(&spec.target)))
-        .ok_or_else(|| "one of source, target required".to_string())?;
+    let id = secret_id(spec).ok_or_else(|| "one of source, target required".to_string())?;
     let target = match (spec.target.is_empty(), &spec.env) {
         (false, _) => Some(spec.target.clone()),
         (true, None) => Some(format!("/run/secrets/{}", base_name(&id))),
