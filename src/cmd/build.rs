@@ -318,6 +318,33 @@ struct CliRemote<'a> {
     reporter: Arc<dyn Reporter>,
 }
 
+impl<'a> CliRemote<'a> {
+    /// The build's registry side. The client is made on first use; a CA
+    /// file that cannot be read is still an error of every build, as it is
+    /// of kiln pull.
+    fn new(
+        args: &BuildArgs,
+        global: &GlobalSettings,
+        store: &'a Store,
+        display: &Display,
+    ) -> anyhow::Result<CliRemote<'a>> {
+        for ca in &args.ca_certs {
+            std::fs::File::open(ca).with_context(|| format!("--ca-cert {}", ca.display()))?;
+        }
+        Ok(CliRemote {
+            network: LazyClient::new(ClientConfig {
+                insecure_registries: args.insecure_registries.clone(),
+                ca_certs: args.ca_certs.clone(),
+                hosts: global.registry_hosts()?,
+                timeouts: global.timeouts.clone(),
+                ..ClientConfig::default()
+            }),
+            store,
+            reporter: display.reporter.clone(),
+        })
+    }
+}
+
 impl ImagePuller for CliRemote<'_> {
     /// A base image without its layers: they are fetched when a step needs
     /// them ([`ImagePuller::fetch_blob`]), or mounted by a push to the
@@ -542,6 +569,17 @@ struct Display {
 }
 
 impl Display {
+    /// The isolation and network fallbacks, as build warnings.
+    fn sandbox_warnings(&self, sandbox: &BuildSandbox) {
+        for message in &sandbox.warnings {
+            let warning = kiln_builder::plan::PlanWarning {
+                line: None,
+                message: message.clone(),
+            };
+            kiln_builder::solve::BuildEvents::warning(&self.printer, "", &warning);
+        }
+    }
+
     fn new(args: &BuildArgs) -> Self {
         let progress = args.progress.reporter();
         let shared_view = progress.multi();
@@ -603,30 +641,9 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let interruption = crate::cmd::interrupt::Interruption::watch();
     let display = Display::new(&args);
     if !args.dry_run && !args.check {
-        for message in &sandbox.warnings {
-            let warning = kiln_builder::plan::PlanWarning {
-                line: None,
-                message: message.clone(),
-            };
-            kiln_builder::solve::BuildEvents::warning(&display.printer, "", &warning);
-        }
+        display.sandbox_warnings(&sandbox);
     }
-    // The client is made on first use; a CA file that cannot be read is
-    // still an error of every build, as it is of kiln pull.
-    for ca in &args.ca_certs {
-        std::fs::File::open(ca).with_context(|| format!("--ca-cert {}", ca.display()))?;
-    }
-    let remote = CliRemote {
-        network: LazyClient::new(ClientConfig {
-            insecure_registries: args.insecure_registries.clone(),
-            ca_certs: args.ca_certs.clone(),
-            hosts: global.registry_hosts()?,
-            timeouts: global.timeouts.clone(),
-            ..ClientConfig::default()
-        }),
-        store: &store,
-        reporter: display.reporter.clone(),
-    };
+    let remote = CliRemote::new(&args, global, &store, &display)?;
     let build_args = parse_build_args(&args.build_args);
     let prepare = PrepareOptions {
         store: &store,
