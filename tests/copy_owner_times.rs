@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{busybox_rootfs_tar, kiln, kiln_ok};
+use common::kiln;
 
 macro_rules! require_root {
     () => {
@@ -30,39 +30,9 @@ macro_rules! require_root {
     };
 }
 
-/// A store with `busybox:latest` (users root, app = 1000:1000).
-struct Fixture {
-    dir: tempfile::TempDir,
-}
+use common::BusyboxStore as Fixture;
 
 impl Fixture {
-    fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let tar = dir.path().join("busybox.tar");
-        busybox_rootfs_tar(&tar).unwrap();
-        let fixture = Fixture { dir };
-        kiln_ok(
-            &fixture.root(),
-            &["import", tar.to_str().unwrap(), "busybox:latest"],
-        );
-        fixture
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-
-    /// A context directory `name` holding `files`.
-    fn context(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
-        let dir = self.dir.path().join(name);
-        for (path, content) in files {
-            let path = dir.join(path);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, content).unwrap();
-        }
-        dir
-    }
-
     /// Builds `ctx` with `args`, its root filesystem exported to a
     /// directory; returns that directory and kiln's output.
     fn build_rootfs(&self, ctx: &Path, args: &[&str]) -> (PathBuf, Output) {

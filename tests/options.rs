@@ -8,42 +8,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{busybox_rootfs_tar, kiln, kiln_ok};
+use common::{kiln, kiln_ok};
 
-/// A store with `busybox:latest` (kiln-testsupport's busybox root
-/// filesystem: users root, app = 1000, nobody = 65534).
-struct Fixture {
-    dir: tempfile::TempDir,
-}
+use common::BusyboxStore as Fixture;
 
 impl Fixture {
-    fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let tar = dir.path().join("busybox.tar");
-        busybox_rootfs_tar(&tar).unwrap();
-        let fixture = Fixture { dir };
-        kiln_ok(
-            &fixture.root(),
-            &["import", tar.to_str().unwrap(), "busybox:latest"],
-        );
-        fixture
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-
-    /// A context directory holding `files`.
-    fn context(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
-        let dir = self.dir.path().join(name);
-        for (path, content) in files {
-            let path = dir.join(path);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, content).unwrap();
-        }
-        dir
-    }
-
     fn build(&self, args: &[&str]) -> Output {
         let mut all = vec!["build"];
         all.extend_from_slice(args);

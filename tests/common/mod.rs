@@ -127,3 +127,40 @@ pub fn scratch_left(root: &Path) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// A store with `busybox:latest` imported from kiln-testsupport's busybox
+/// root filesystem (users root, app = 1000, nobody = 65534), and room for
+/// contexts beside it. Test files add their own build helpers to it.
+pub struct BusyboxStore {
+    pub dir: tempfile::TempDir,
+}
+
+impl BusyboxStore {
+    pub fn new() -> BusyboxStore {
+        let dir = tempfile::tempdir().unwrap();
+        let tar = dir.path().join("busybox.tar");
+        busybox_rootfs_tar(&tar).unwrap();
+        let fixture = BusyboxStore { dir };
+        kiln_ok(
+            &fixture.root(),
+            &["import", tar.to_str().unwrap(), "busybox:latest"],
+        );
+        fixture
+    }
+
+    /// The store (`--root`).
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// A context directory `name` holding `files`.
+    pub fn context(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        for (path, content) in files {
+            let path = dir.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+        dir
+    }
+}
