@@ -59,6 +59,11 @@ impl Work {
     /// `kiln --root ROOT ARGS…` under SOURCE_DATE_EPOCH, as root or (with
     /// `user`) as that uid and gid.
     fn kiln(&self, user: Option<(u32, u32)>, root: &Path, args: &[&str]) -> Output {
+        self.command(user, root, args).output().unwrap()
+    }
+
+    /// The command [`Work::kiln`] runs.
+    fn command(&self, user: Option<(u32, u32)>, root: &Path, args: &[&str]) -> Command {
         let mut command = match user {
             Some((uid, gid)) => {
                 let mut c = Command::new("setpriv");
@@ -86,9 +91,8 @@ impl Work {
             .args(args)
             .env("SOURCE_DATE_EPOCH", EPOCH)
             .env("KILN_PROGRESS", "plain")
-            .env_remove("XDG_RUNTIME_DIR")
-            .output()
-            .unwrap()
+            .env_remove("XDG_RUNTIME_DIR");
+        command
     }
 
     /// Imports busybox and builds the context: the image id, and stderr.
@@ -295,4 +299,121 @@ fn a_rootless_store_is_collected_by_its_user() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert_eq!(kept(), ["3"], "the tagged image's snapshot stays");
+}
+
+/// A rootless kiln is two processes (the one started, and the one in the
+/// user namespace that builds); a signal to the one started reaches the
+/// build as it does a kiln run by root: SIGTERM cancels it (exit 130),
+/// SIGKILL ends it with nothing left running.
+#[test]
+fn signals_to_a_rootless_kiln_reach_its_build() {
+    kiln_testsupport::require_root!("a user made for the test");
+    let user = kiln_testsupport::rootless_user().unwrap();
+    let work = Work::new();
+    let store = work.path("signal-store");
+    std::fs::create_dir(&store).unwrap();
+    std::os::unix::fs::chown(&store, Some(user.0), Some(user.1)).unwrap();
+    std::fs::write(store.join("gc.toml"), "[gc]\nenabled = false\n").unwrap();
+    let ctx = work.path("signal-ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nRUN echo started && sleep 600\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&ctx, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        ctx.join("Dockerfile"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let tar = work.path("busybox.tar");
+    let import = work.kiln(
+        Some(user),
+        &store,
+        &["import", tar.to_str().unwrap(), "busybox"],
+    );
+    assert!(
+        import.status.success(),
+        "{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    // Processes whose command line names the store: the two kilns, the
+    // container's sleep is found by its own.
+    let running = || -> Vec<String> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(store.to_str().unwrap()) || cmdline.contains("sleep 600") {
+                found.push(cmdline);
+            }
+        }
+        found
+    };
+    let started = |log: &Path| -> std::process::Child {
+        let mut child = work
+            .command(
+                Some(user),
+                &store,
+                &["build", "--no-cache", ctx.to_str().unwrap()],
+            )
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        // Until the RUN has started (a hang guard, not a timing).
+        for _ in 0..600 {
+            if std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .contains(" started")
+            {
+                return child;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "the RUN never started: {}",
+            std::fs::read_to_string(log).unwrap()
+        );
+    };
+    let gone = || {
+        for _ in 0..100 {
+            if running().is_empty() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("still running: {:?}", running());
+    };
+
+    let log = work.path("term.log");
+    let mut child = started(&log);
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    // Waited for with a hang guard: a SIGTERM the build never sees would
+    // leave it sleeping.
+    let mut status = None;
+    for _ in 0..300 {
+        status = child.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("SIGTERM did not end the build: {text}");
+    };
+    assert_eq!(status.code(), Some(130), "{text}");
+    assert!(text.contains("build canceled by SIGTERM"), "{text}");
+    gone();
+
+    let mut child = started(&work.path("kill.log"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    gone();
 }

@@ -100,7 +100,10 @@ pub fn reexec(
     let (pid_read, pid_write) = crate::sys::pipe().map_err(io("pipe"))?;
     let (go_read, go_write) = crate::sys::pipe().map_err(io("pipe"))?;
     let mut command = Command::new(program);
-    command.args(args).env(INNER_ENV, "1");
+    // A process group of its own: a signal meant for kiln reaches it once,
+    // from this process (see `Forwarding`), or from the terminal, whose
+    // foreground it becomes.
+    command.args(args).env(INNER_ENV, "1").process_group(0);
     for (key, value) in env {
         command.env(key, value);
     }
@@ -108,8 +111,9 @@ pub fn reexec(
     // The mapper's ends, which the child inherits: it closes them, so that
     // its wait ends (EOF) when the mapper gives up without a byte.
     let (mapper_read, mapper_go) = (pid_read.as_raw_fd(), go_write.as_raw_fd());
+    let outer = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
     // SAFETY: between fork and exec the closure makes only async-signal-
-    // safe calls (close, unshare, getpid, write, read) on descriptors this
+    // safe calls (close, unshare, getpid, write, read, prctl, getppid) on descriptors this
     // function owns until the command is dropped (the mapper's two stay
     // open in this process until the child has read or written on them,
     // which is after the fork); no allocation.
@@ -129,19 +133,34 @@ pub fn reexec(
                 // The maps could not be written: the outer kiln says why.
                 return Err(std::io::Error::from_raw_os_error(libc::ECANCELED));
             }
+            // The inner kiln dies with this one, as a killed kiln run by
+            // root does (kill -9 of the kiln a CI job started must not leave
+            // a build running). Set here, after unshare: gaining the new
+            // namespace's capabilities clears the parent-death signal.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != outer {
+                // This kiln died before the signal was armed.
+                return Err(std::io::Error::from_raw_os_error(libc::ECANCELED));
+            }
             Ok(())
         });
     }
     let mapper = std::thread::spawn(move || write_maps_when_told(pid_read, go_write));
+    // Caught before the spawn (handlers, unlike ignored signals, are not
+    // inherited across exec), forwarded once the child exists.
+    let interrupts = crate::interrupt::Interrupts::install();
     let spawned = command.spawn();
     // Only the child's copies of these may stay open: once it has exec'd
     // or died, the mapper's wait ends.
     drop(command);
     drop(pid_write);
     drop(go_read);
-    // Ctrl-C reaches the inner kiln through the process group; this one
-    // only waits. (Set after the spawn: dispositions are inherited.)
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGHUP] {
+    // A hangup or quit from the terminal reaches the inner kiln, the
+    // terminal's foreground; this one only waits. (Set after the spawn:
+    // ignored dispositions are inherited.)
+    for signal in [libc::SIGQUIT, libc::SIGHUP, libc::SIGTTOU] {
         // SAFETY: setting a disposition to SIG_IGN has no preconditions.
         unsafe { libc::signal(signal, libc::SIG_IGN) };
     }
@@ -162,6 +181,11 @@ pub fn reexec(
             })
         }
     };
+    let inner = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap_or(-1));
+    let _terminal = inner.and_then(Terminal::hand_to);
+    if let (Ok(interrupts), Some(inner)) = (interrupts, inner) {
+        std::thread::spawn(move || forward(&interrupts, inner));
+    }
     let status = child
         .wait()
         .map_err(io("wait for kiln in the user namespace"))?;
@@ -169,6 +193,52 @@ pub fn reexec(
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// SIGINT and SIGTERM sent to this kiln (`kill PID`, a CI runner's
+/// cancel, Ctrl-C before the terminal was handed over) go to the inner
+/// one, which cancels the build; a signal sent to the inner kiln's group
+/// reaches it directly and not through here, so each arrives once.
+fn forward(interrupts: &crate::interrupt::Interrupts, inner: rustix::process::Pid) {
+    while let Some(signal) = interrupts.wait() {
+        if let Some(signal) = rustix::process::Signal::from_named_raw(signal) {
+            let _ = rustix::process::kill_process(inner, signal);
+        }
+    }
+}
+
+/// The controlling terminal while the inner kiln is its foreground
+/// process group (Ctrl-C, window changes and terminal reads go to it);
+/// given back to this kiln's group when dropped.
+struct Terminal {
+    fd: std::os::fd::BorrowedFd<'static>,
+    ours: rustix::process::Pid,
+}
+
+impl Terminal {
+    /// When this kiln's group is the foreground of the terminal on stdin,
+    /// stdout or stderr: that terminal, now `inner`'s.
+    fn hand_to(inner: rustix::process::Pid) -> Option<Terminal> {
+        let ours = rustix::process::getpgrp();
+        let fd = [
+            rustix::stdio::stdin(),
+            rustix::stdio::stdout(),
+            rustix::stdio::stderr(),
+        ]
+        .into_iter()
+        .find(|fd| {
+            rustix::termios::isatty(fd) && rustix::termios::tcgetpgrp(fd).ok() == Some(ours)
+        })?;
+        rustix::termios::tcsetpgrp(fd, inner).ok()?;
+        Some(Terminal { fd, ours })
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        // SIGTTOU is ignored: a background group may take the terminal back.
+        let _ = rustix::termios::tcsetpgrp(self.fd, self.ours);
+    }
 }
 
 /// Reads the child's pid from `pid_pipe`, writes its id maps, and lets it
