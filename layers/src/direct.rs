@@ -10,6 +10,9 @@
 //! only the metadata. A blob just downloaded is not read back by the pull
 //! (it was hashed as it arrived), so the cache pages would be of no use.
 //!
+//! Full chunks are written by a thread of the writer's own while the next
+//! one fills, so the download goes on receiving and hashing while the disk
+//! writes (two buffers: a download faster than the disk waits for it).
 //! The file offset stays a multiple of [`ALIGN`] while direct writes are
 //! on: only whole chunks are written so. The tail (or the rest, after a
 //! short write or a filesystem that refuses `O_DIRECT` — tmpfs on older
@@ -18,6 +21,8 @@
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
 
 use rustix::fs::OFlags;
 
@@ -28,95 +33,196 @@ pub(crate) const ALIGN: usize = 4096;
 /// Bytes per direct write; blobs smaller than this are written buffered.
 pub(crate) const CHUNK: usize = 4 << 20;
 
-/// The aligned buffer of a file written with `O_DIRECT`.
-pub(crate) struct DirectWrites {
-    /// `CHUNK + ALIGN` bytes, of which `[start, start + CHUNK)` is aligned.
+/// A `CHUNK`-byte buffer aligned to `ALIGN` (in a larger allocation).
+struct Aligned {
     buf: Vec<u8>,
     start: usize,
-    /// Bytes waiting in the buffer.
+}
+
+impl Aligned {
+    fn new() -> Option<Aligned> {
+        let buf = vec![0u8; CHUNK + ALIGN];
+        let start = buf.as_ptr().align_offset(ALIGN);
+        (start < ALIGN).then_some(Aligned { buf, start })
+    }
+
+    fn bytes(&self, len: usize) -> &[u8] {
+        &self.buf[self.start..self.start + len]
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + CHUNK]
+    }
+}
+
+/// The thread that writes full chunks while the next one fills: the
+/// download goes on receiving (and hashing) while the disk writes.
+struct Writer {
+    chunks: Option<SyncSender<Aligned>>,
+    /// Buffers written (to fill again), or the first error.
+    written: Receiver<io::Result<Aligned>>,
+    /// A buffer never handed out yet.
+    idle: Option<Aligned>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The aligned buffers of a file written with `O_DIRECT`.
+pub(crate) struct DirectWrites {
+    current: Aligned,
+    /// Bytes waiting in `current`.
     len: usize,
-    /// Whether the file still has `O_DIRECT` set.
-    on: bool,
+    /// `None` once finished: later bytes are written through the page cache.
+    writer: Option<Writer>,
 }
 
 impl DirectWrites {
-    /// Turns `O_DIRECT` on for `file`, whose offset must be 0 (or aligned);
-    /// `None` when the filesystem refuses it.
+    /// Turns `O_DIRECT` on for `file`, whose offset must be 0 (or aligned),
+    /// and starts the thread that writes it; `None` when the filesystem
+    /// refuses `O_DIRECT`.
     pub(crate) fn start(file: &File) -> Option<DirectWrites> {
         let flags = rustix::fs::fcntl_getfl(file).ok()?;
+        let (Some(current), Some(idle), Ok(mut out)) =
+            (Aligned::new(), Aligned::new(), file.try_clone())
+        else {
+            return None;
+        };
+        // The flag belongs to the open file, which the thread's handle shares.
         rustix::fs::fcntl_setfl(file, flags | OFlags::DIRECT).ok()?;
-        let buf = vec![0u8; CHUNK + ALIGN];
-        let start = buf.as_ptr().align_offset(ALIGN);
-        if start >= ALIGN {
+        let (chunks, to_write) = sync_channel::<Aligned>(1);
+        let (done, written) = sync_channel(2);
+        let thread = std::thread::Builder::new()
+            .name("kiln-direct-write".into())
+            .spawn(move || {
+                for chunk in to_write {
+                    let result = write_out(&mut out, chunk.bytes(CHUNK)).map(|()| chunk);
+                    let failed = result.is_err();
+                    if done.send(result).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        let Ok(thread) = thread else {
             let _ = rustix::fs::fcntl_setfl(file, flags);
             return None;
-        }
+        };
         Some(DirectWrites {
-            buf,
-            start,
+            current,
             len: 0,
-            on: true,
+            writer: Some(Writer {
+                chunks: Some(chunks),
+                written,
+                idle: Some(idle),
+                thread: Some(thread),
+            }),
         })
     }
 
-    /// Takes `data` into the buffer, writing each chunk that fills up.
+    /// Takes `data` into the buffer, handing each chunk that fills up to
+    /// the writing thread.
     pub(crate) fn write(&mut self, file: &mut File, mut data: &[u8]) -> io::Result<()> {
+        let Some(writer) = self.writer.as_mut() else {
+            return file.write_all(data);
+        };
         while !data.is_empty() {
             let n = (CHUNK - self.len).min(data.len());
-            let at = self.start + self.len;
-            self.buf[at..at + n].copy_from_slice(&data[..n]);
+            self.current.bytes_mut()[self.len..self.len + n].copy_from_slice(&data[..n]);
             self.len += n;
             data = &data[n..];
             if self.len == CHUNK {
-                self.write_out(file)?;
+                let next = match writer.idle.take() {
+                    Some(idle) => idle,
+                    None => writer.written.recv().map_err(|_| stopped())??,
+                };
+                let full = std::mem::replace(&mut self.current, next);
+                self.len = 0;
+                let sender = writer.chunks.as_ref().ok_or_else(stopped)?;
+                sender.send(full).map_err(|_| stopped())?;
             }
         }
         Ok(())
     }
 
-    /// Writes what the buffer holds, through the page cache from here on:
-    /// the file's last bytes need not make a whole aligned block.
+    /// Waits for the chunks under way, then writes what the buffer holds
+    /// through the page cache (the file's last bytes need not make a whole
+    /// aligned block); later writes go through the page cache too.
     pub(crate) fn finish(&mut self, file: &mut File) -> io::Result<()> {
-        if self.on {
-            self.stop(file)?;
+        let Some(mut writer) = self.writer.take() else {
+            return Ok(());
+        };
+        writer.stop();
+        // Every chunk sent was answered before the thread ended.
+        for result in writer.written.try_iter() {
+            result?;
         }
-        self.write_out(file)
-    }
-
-    /// Forgets what the buffer holds (the file was truncated to 0).
-    pub(crate) fn clear(&mut self) {
+        let flags = rustix::fs::fcntl_getfl(&*file)?;
+        rustix::fs::fcntl_setfl(&*file, flags - OFlags::DIRECT)?;
+        file.write_all(self.current.bytes(self.len))?;
         self.len = 0;
-    }
-
-    fn stop(&mut self, file: &File) -> io::Result<()> {
-        let flags = rustix::fs::fcntl_getfl(file)?;
-        rustix::fs::fcntl_setfl(file, flags - OFlags::DIRECT)?;
-        self.on = false;
         Ok(())
     }
 
-    /// Writes the buffer out; a direct write that is refused or cut short
-    /// leaves direct writes off and the rest goes buffered.
-    fn write_out(&mut self, file: &mut File) -> io::Result<()> {
-        let mut done = 0;
-        while done < self.len {
-            let pending = &self.buf[self.start + done..self.start + self.len];
-            match file.write(pending) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    done += n;
-                    if done < self.len && self.on {
-                        self.stop(file)?;
-                    }
+    /// Drops what is buffered and what is under way (the file is about to
+    /// be truncated); later writes go through the page cache.
+    pub(crate) fn abandon(&mut self, file: &File) -> io::Result<()> {
+        if let Some(mut writer) = self.writer.take() {
+            writer.stop();
+            let flags = rustix::fs::fcntl_getfl(file)?;
+            rustix::fs::fcntl_setfl(file, flags - OFlags::DIRECT)?;
+        }
+        self.len = 0;
+        Ok(())
+    }
+}
+
+impl Writer {
+    /// Ends the thread once it has written what it was sent.
+    fn stop(&mut self) {
+        self.chunks = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn stopped() -> io::Error {
+    io::Error::other("the thread writing the blob stopped")
+}
+
+/// Writes `bytes` at the file's offset. A direct write that is refused
+/// (`EINVAL`) or cut short turns `O_DIRECT` off and the rest goes through
+/// the page cache.
+fn write_out(file: &mut File, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match file.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                bytes = &bytes[n..];
+                if !bytes.is_empty() {
+                    direct_off(file)?;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if self.on && e.raw_os_error() == Some(libc::EINVAL) => self.stop(file)?,
-                Err(e) => return Err(e),
             }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && direct_off(file)? => {}
+            Err(e) => return Err(e),
         }
-        self.len = 0;
-        Ok(())
     }
+    Ok(())
+}
+
+/// Turns `O_DIRECT` off; whether it was on.
+fn direct_off(file: &File) -> io::Result<bool> {
+    let flags = rustix::fs::fcntl_getfl(file)?;
+    if !flags.contains(OFlags::DIRECT) {
+        return Ok(false);
+    }
+    rustix::fs::fcntl_setfl(file, flags - OFlags::DIRECT)?;
+    Ok(true)
 }
 
 #[cfg(test)]

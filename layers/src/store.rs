@@ -1164,6 +1164,11 @@ impl IngestWriter {
 
     /// Drops what was written and starts over (a server that ignored Range).
     pub fn reset(&mut self) -> Result<()> {
+        if let (Some(direct), Some(f)) = (self.direct.as_mut(), self.file.as_ref()) {
+            direct
+                .abandon(f.get_ref())
+                .map_err(io_at("write", &self.path))?;
+        }
         if let Some(f) = self.file.as_mut() {
             f.flush().map_err(io_at("write", &self.path))?;
             f.get_ref()
@@ -1171,9 +1176,6 @@ impl IngestWriter {
                 .map_err(io_at("truncate", &self.path))?;
             io::Seek::seek(f.get_mut(), io::SeekFrom::Start(0))
                 .map_err(io_at("seek", &self.path))?;
-        }
-        if let Some(direct) = self.direct.as_mut() {
-            direct.clear();
         }
         self.hasher = Sha256::new();
         self.written = 0;
