@@ -3,12 +3,13 @@
 //!
 //! A buffered write of a layer first copies it into newly allocated page
 //! cache pages and leaves all of it dirty for the fsync at commit to write
-//! back. On the virtual machines CI runs on, both were the largest costs of
-//! a second runner's build (tens to hundreds of milliseconds for 64 MB,
-//! varying with the host: a fresh guest page is a host fault), while the
-//! same bytes written directly took a steady ~40 ms and left commit's fsync
-//! only the metadata. A blob just downloaded is not read back by the pull
-//! (it was hashed as it arrived), so the cache pages would be of no use.
+//! back. On a virtual machine (where CI runners usually are) both were the
+//! largest costs of a second runner's build (tens to hundreds of
+//! milliseconds for 64 MB, varying with the host: a fresh guest page can be
+//! a host fault), while the same bytes written directly took a steady
+//! ~40 ms and left commit's fsync only the metadata. The pull does not read
+//! the blob back (it was hashed as it arrived); what unpacks it later reads
+//! it from the disk rather than the page cache.
 //!
 //! Full chunks are written by a thread of the writer's own while the next
 //! one fills, so the download goes on receiving and hashing while the disk

@@ -1409,6 +1409,7 @@ mod ingest_writeback_tests {
 
         let mut wrong = bytes.clone();
         wrong[crate::direct::CHUNK + 3] ^= 1;
+        // Expected: the digest of other bytes of the same length.
         let other = descriptor(&data(wrong.len() + 1)[1..]);
         let mut writer = store.ingest_resumable(other.clone()).unwrap();
         writer.write_all(&wrong).unwrap();
