@@ -200,9 +200,11 @@ impl CliReporter {
         }
     }
 
+    /// One write per line: stderr is unbuffered, and `Value`'s Display
+    /// writes token by token (a download's progress is hundreds of lines).
     fn json(&self, value: &serde_json::Value) {
-        let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "{value}");
+        let line = format!("{value}\n");
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 
     fn bar(&self, id: &str, label: &str, total: Option<u64>) -> Option<ProgressBar> {
@@ -454,9 +456,10 @@ impl BuildProgress {
         progress
     }
 
+    /// One write per line (the output is unbuffered).
     fn write_line(&self, line: &str) {
         if let Ok(mut out) = self.out.lock() {
-            let _ = writeln!(out, "{line}");
+            let _ = out.write_all(format!("{line}\n").as_bytes());
         }
     }
 

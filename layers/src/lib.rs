@@ -70,6 +70,7 @@ pub mod compress;
 pub mod compressed;
 pub mod diff;
 pub mod digest;
+mod direct;
 pub mod error;
 pub mod gc;
 pub mod import;

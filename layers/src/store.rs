@@ -40,6 +40,7 @@ use sha2::{Digest as _, Sha256};
 use crate::canonical::to_canonical_json;
 use crate::cleanup::Meter;
 use crate::digest::{chain_ids, Digest};
+use crate::direct::DirectWrites;
 use crate::error::{io_at, Error, Result};
 use crate::oci::{
     media, parse_manifest, Descriptor, ImageConfig, Index, Manifest, ManifestKind, Platform,
@@ -560,6 +561,7 @@ impl Store {
             written: 0,
             writeback_from: 0,
             keep_on_drop: false,
+            direct: None,
             _lease: lease,
         })
     }
@@ -622,6 +624,10 @@ impl Store {
             }
             drop(reader);
             io::Seek::seek(&mut file, io::SeekFrom::Start(len)).map_err(io_at("seek", &path))?;
+            // A download of a layer from its first byte skips the page cache.
+            let direct = (len == 0 && expected.size >= crate::direct::CHUNK as u64)
+                .then(|| DirectWrites::start(&file))
+                .flatten();
             return Ok(IngestWriter {
                 file: Some(io::BufWriter::with_capacity(256 * 1024, file)),
                 path,
@@ -631,6 +637,7 @@ impl Store {
                 written: len,
                 writeback_from: len,
                 keep_on_drop: true,
+                direct,
                 _lease: lease,
             });
         }
@@ -1123,6 +1130,8 @@ pub struct IngestWriter {
     writeback_from: u64,
     /// Resumable writers leave their partial file for the next attempt.
     keep_on_drop: bool,
+    /// A large download written around the page cache ([`crate::direct`]).
+    direct: Option<DirectWrites>,
     _lease: Lease,
 }
 
@@ -1155,6 +1164,11 @@ impl IngestWriter {
 
     /// Drops what was written and starts over (a server that ignored Range).
     pub fn reset(&mut self) -> Result<()> {
+        if let (Some(direct), Some(f)) = (self.direct.as_mut(), self.file.as_ref()) {
+            direct
+                .abandon(f.get_ref())
+                .map_err(io_at("write", &self.path))?;
+        }
         if let Some(f) = self.file.as_mut() {
             f.flush().map_err(io_at("write", &self.path))?;
             f.get_ref()
@@ -1195,6 +1209,9 @@ impl IngestWriter {
                 file.into_inner()
                     .map_err(|e| Error::io("write", &self.path, e.into_error()))?,
             );
+            if let Some(direct) = self.direct.as_mut() {
+                direct.finish(file).map_err(io_at("write", &self.path))?;
+            }
             file.sync_all().map_err(io_at("fsync", &self.path))?;
             let hasher = std::mem::take(&mut self.hasher);
             let digest = Digest::from_hash(hasher.finalize().as_slice());
@@ -1248,6 +1265,12 @@ impl Write for IngestWriter {
                 ));
             }
         }
+        if let Some(direct) = self.direct.as_mut() {
+            direct.write(file.get_mut(), buf)?;
+            self.hasher.update(buf);
+            self.written += buf.len() as u64;
+            return Ok(buf.len());
+        }
         let n = file.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.written += n as u64;
@@ -1263,9 +1286,16 @@ impl Write for IngestWriter {
         Ok(n)
     }
 
+    /// Writes out what is buffered; a direct writer goes on through the
+    /// page cache (its buffered tail need not be a whole block).
     fn flush(&mut self) -> io::Result<()> {
         match self.file.as_mut() {
-            Some(f) => f.flush(),
+            Some(f) => {
+                if let Some(direct) = self.direct.as_mut() {
+                    direct.finish(f.get_mut())?;
+                }
+                f.flush()
+            }
             None => Ok(()),
         }
     }
@@ -1273,8 +1303,12 @@ impl Write for IngestWriter {
 
 impl Drop for IngestWriter {
     fn drop(&mut self) {
-        if let Some(file) = self.file.take() {
+        if let Some(mut file) = self.file.take() {
             if self.keep_on_drop {
+                // What was received stays for a resuming writer.
+                if let Some(direct) = self.direct.as_mut() {
+                    let _ = direct.finish(file.get_mut());
+                }
                 drop(file); // flushes what was received
             } else {
                 let _ = fs::remove_file(&self.path);
@@ -1354,5 +1388,32 @@ mod ingest_writeback_tests {
         resumed.write_all(&bytes[split..]).unwrap();
         resumed.commit().unwrap();
         assert!(stored(&store, &desc) == bytes);
+    }
+
+    /// A large download from byte 0 skips the page cache (where the
+    /// filesystem allows) and is stored exactly; one whose bytes are wrong
+    /// is refused at commit and leaves no blob.
+    #[test]
+    fn large_download_is_written_direct_and_verified() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let bytes = data(2 * crate::direct::CHUNK + 4097);
+        let desc = descriptor(&bytes);
+        let mut writer = store.ingest_resumable(desc.clone()).unwrap();
+        let direct = writer.direct.is_some();
+        for piece in bytes.chunks(65_536 + 17) {
+            writer.write_all(piece).unwrap();
+        }
+        writer.commit().unwrap();
+        assert!(stored(&store, &desc) == bytes, "direct writes: {direct}");
+
+        let mut wrong = bytes.clone();
+        wrong[crate::direct::CHUNK + 3] ^= 1;
+        // Expected: the digest of other bytes of the same length.
+        let other = descriptor(&data(wrong.len() + 1)[1..]);
+        let mut writer = store.ingest_resumable(other.clone()).unwrap();
+        writer.write_all(&wrong).unwrap();
+        assert!(matches!(writer.commit(), Err(Error::DigestMismatch { .. })));
+        assert!(!store.has_blob(&other.digest));
     }
 }

@@ -617,8 +617,8 @@ impl BlobFetch<'_> {
             run.reporter.progress(&id, resumed_from);
         }
         let mut sink = ProgressWriter {
-            // Network chunks are small; write the ingest file in large pieces.
-            inner: std::io::BufWriter::with_capacity(1 << 20, writer),
+            // The ingest writer gathers network chunks into large writes.
+            inner: writer,
             reporter: run.reporter.as_ref(),
             id: id.clone(),
             written: resumed_from,
@@ -666,13 +666,7 @@ impl BlobFetch<'_> {
             });
         }
         run.reporter.progress(&id, desc.size);
-        let writer = sink.inner.into_inner().map_err(|err| {
-            failed(self.store_error(kiln_layers::Error::io(
-                "write",
-                format!("ingest of {id}"),
-                err.into_error(),
-            )))
-        })?;
+        let writer = sink.inner;
         // Commit verifies size and sha256 over the whole file and fsyncs.
         match blocking(|| writer.commit()) {
             Ok(_) => Ok(desc.size - resumed_from),
