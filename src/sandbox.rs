@@ -7,7 +7,9 @@
 //!   `kiln_runtime::userns`); `--isolation` names one, and then it is that
 //!   or an error, never something weaker;
 //! - the network: a private one where slirp4netns can give it, else the
-//!   host's.
+//!   host's;
+//! - the snapshotter: overlay where the store's filesystem can hold
+//!   overlay's upper dirs, else the copying one (slower, more disk).
 //!
 //! `main` calls [`enter_user_namespace`] for the commands that touch the
 //! store; `kiln build` prints the warnings; `kiln info` shows it all.
@@ -16,7 +18,7 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 use kiln_runtime::network::NetworkSupport;
-use kiln_runtime::Network;
+use kiln_runtime::{Network, Snapshotter};
 
 /// Set by the outer kiln for the one in the user namespace: the warning
 /// lines the build prints (the isolation it got and why), `\n`-separated.
@@ -180,6 +182,8 @@ pub fn enter_user_namespace(
 pub struct BuildSandbox {
     /// RUN's network unless a RUN says `--network=host|none`.
     pub network: Network,
+    /// How a RUN's root filesystem is made.
+    pub snapshotter: Snapshotter,
     /// Lines for the user: each a weaker isolation than asked for, and why.
     pub warnings: Vec<String>,
 }
@@ -202,12 +206,30 @@ impl BuildSandbox {
                 Network::Host
             }
         };
-        BuildSandbox { network, warnings }
+        BuildSandbox {
+            network,
+            snapshotter: Snapshotter::Overlay,
+            warnings,
+        }
+    }
+
+    /// The snapshotter for a store at `root` (with the warning when it is
+    /// the copying one).
+    fn choose_snapshotter(&mut self, root: &std::path::Path) {
+        let (snapshotter, why) = Snapshotter::for_store(root);
+        self.snapshotter = snapshotter;
+        if let Err(why) = why {
+            self.warnings.push(format!("snapshotter copy: {why}"));
+        }
     }
 
     /// [`BuildSandbox::decide`] on this machine, after the isolation's
     /// warnings (handed down by the outer kiln, or found here).
-    pub fn probe(network: Option<Network>, asked: IsolationArg) -> Result<Self, String> {
+    pub fn probe(
+        network: Option<Network>,
+        asked: IsolationArg,
+        root: &std::path::Path,
+    ) -> Result<Self, String> {
         let facts = Facts::probe();
         let mut warnings: Vec<String> = if facts.inner {
             std::env::var(WARNINGS_ENV)
@@ -222,6 +244,7 @@ impl BuildSandbox {
                 .collect()
         };
         let mut sandbox = Self::decide(network, &kiln_runtime::network::probe());
+        sandbox.choose_snapshotter(root);
         warnings.append(&mut sandbox.warnings);
         sandbox.warnings = warnings;
         Ok(sandbox)

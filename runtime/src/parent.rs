@@ -71,8 +71,8 @@ pub fn upper_dir_support(dir: &Path) -> Result<String, String> {
     if filesystem_is(existing, OVERLAYFS_MAGIC) {
         return Err(format!(
             "{} is on an overlay filesystem (a container's own root filesystem?), which \
-             overlay cannot use as its upper layer: RUN steps fail there; put the store \
-             (--root, KILN_ROOT) on a volume",
+             overlay cannot use as its upper layer: RUN steps work on copies of their root \
+             filesystem there (the copying snapshotter; a store on a volume is faster)",
             dir.display()
         ));
     }
@@ -379,8 +379,8 @@ pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeE
         Ok((status, stubs, upper)) => (Ok(status), stubs, upper),
         Err(err) => (Err(err), Vec::new(), None),
     };
-    if let Some(upper) = upper_kept {
-        remove_stubs(&upper, &stubs);
+    if let Some(kept) = upper_kept {
+        remove_stubs(&kept.dir, &stubs, kept.keep_times);
     }
     remove_tree(&state.root);
     if state.scratch != state.root {
@@ -396,7 +396,7 @@ fn spec_config(
 ) -> Result<ContainerConfig, RuntimeError> {
     // The kernel refuses overlayfs as an upper dir's filesystem with a
     // bare EINVAL; said here, naming the store.
-    if filesystem_is(&state.upper, OVERLAYFS_MAGIC) {
+    if spec.root_dir.is_none() && filesystem_is(&state.upper, OVERLAYFS_MAGIC) {
         return Err(RuntimeError::UpperOnOverlay {
             path: state.upper.clone(),
         });
@@ -410,11 +410,14 @@ fn spec_config(
         rootless,
         new_userns: false,
         rootfs: state.rootfs.clone(),
-        overlay_options: state.overlay_options(
-            &spec.lower_dirs,
-            rootless,
-            matches!(spec.upper, UpperDir::Keep(_)),
-        )?,
+        overlay_options: match spec.root_dir {
+            Some(_) => String::new(),
+            None => state.overlay_options(
+                &spec.lower_dirs,
+                rootless,
+                matches!(spec.upper, UpperDir::Keep(_)),
+            )?,
+        },
         etc_dir: state.etc.clone(),
         image: spec.image.clone(),
         argv: spec.argv.clone(),
@@ -450,6 +453,7 @@ fn spec_config(
         remove_after_exit,
         cgroups: Vec::new(),
         nodev: false,
+        root_dir: spec.root_dir.clone(),
     })
 }
 
@@ -490,24 +494,39 @@ fn nofile_limit(requested: u64, rootless: bool) -> (u64, u64) {
     (limit, limit)
 }
 
-/// Removes mount points the init had to create in a kept upper dir, when
-/// they are still what it created (an empty file or directory).
-fn remove_stubs(upper: &Path, stubs: &[PathBuf]) {
+/// Removes mount points the init had to create in a kept upper dir (or a
+/// root dir), when they are still what it created (an empty file or
+/// directory); with `keep_times`, their parents keep their mtimes.
+fn remove_stubs(upper: &Path, stubs: &[PathBuf], keep_times: bool) {
     for rel in stubs.iter().rev() {
         let path = upper.join(rel);
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_file() && meta.len() == 0 => {
-                let _ = std::fs::remove_file(&path);
-            }
-            Ok(meta) if meta.is_dir() => {
-                let _ = std::fs::remove_dir(&path);
-            }
-            _ => {}
+        let parent_mtime = path
+            .parent()
+            .filter(|_| keep_times)
+            .and_then(|p| std::fs::symlink_metadata(p).ok())
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                (m.mtime(), m.mtime_nsec())
+            });
+        let removed = match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() && meta.len() == 0 => std::fs::remove_file(&path).is_ok(),
+            Ok(meta) if meta.is_dir() => std::fs::remove_dir(&path).is_ok(),
+            _ => false,
+        };
+        if let (true, Some(mtime), Some(parent)) = (removed, parent_mtime, path.parent()) {
+            let _ = crate::sys::set_mtime_of(parent, mtime);
         }
     }
 }
 
-type LaunchResult = (ExitStatus, Vec<PathBuf>, Option<PathBuf>);
+/// Where the init's mount-point stubs are removed after a run: a kept
+/// upper dir, or a root dir (whose directories keep their mtimes).
+struct KeptRoot {
+    dir: PathBuf,
+    keep_times: bool,
+}
+
+type LaunchResult = (ExitStatus, Vec<PathBuf>, Option<KeptRoot>);
 
 /// Starts the helper, sends it the configuration, watches the run to its
 /// end, and turns what happened into the run's result.
@@ -549,9 +568,16 @@ fn launch(
     loop_result?;
     let helper_status = helper_status?;
     let (status, stubs) = watch.outcome(&spec.image, spec.timeout, cgroups, helper_status)?;
-    let upper_kept = match spec.upper {
-        UpperDir::Keep(path) => Some(path),
-        UpperDir::Discard => None,
+    let upper_kept = match (spec.root_dir, spec.upper) {
+        (Some(dir), _) => Some(KeptRoot {
+            dir,
+            keep_times: true,
+        }),
+        (None, UpperDir::Keep(dir)) => Some(KeptRoot {
+            dir,
+            keep_times: false,
+        }),
+        (None, UpperDir::Discard) => None,
     };
     Ok((status, stubs, upper_kept))
 }

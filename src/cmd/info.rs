@@ -54,6 +54,9 @@ pub struct InfoReport {
     /// Whether overlay can stack a RUN's writes on the store's filesystem
     /// (not on overlayfs), or why not.
     pub store_overlay: Availability,
+    /// How a build's RUN gets its root filesystem: `overlay`, or `copy`
+    /// where the store cannot hold overlay's upper dirs.
+    pub snapshotter: String,
 }
 
 /// Whether something is available, and what (or why not).
@@ -112,6 +115,10 @@ impl InfoReport {
             user_namespaces: Availability::of(user_namespaces.map(|()| String::new())),
             subordinate_ids: Availability::of(kiln_runtime::idmap::subordinate_ids()),
             store_overlay: Availability::of(kiln_runtime::upper_dir_support(root)),
+            snapshotter: kiln_runtime::Snapshotter::for_store(root)
+                .0
+                .name()
+                .to_string(),
             rootless,
             runtime: capabilities(rootless),
             build_network: network_name(sandbox.network).to_string(),
@@ -167,6 +174,16 @@ impl InfoReport {
             ("user namespaces", self.user_namespaces.line()),
             ("subordinate ids", self.subordinate_ids.line()),
             ("store overlay", self.store_overlay.line()),
+            (
+                "snapshotter",
+                match self.store_overlay.available {
+                    true => self.snapshotter.clone(),
+                    false => format!(
+                        "{} (overlay cannot be mounted on the store)",
+                        self.snapshotter
+                    ),
+                },
+            ),
         ]
     }
 }

@@ -1,13 +1,17 @@
 //! RUN: the runtime spec of a step (mounts, environment, limits), its
 //! output relayed as it comes, its failure reported with the output's tail.
+//! With the copying snapshotter ([`super::copying`]) the RUN runs in a copy
+//! of its layers, compared with them afterwards into its upper dir.
 
 use std::path::{Path, PathBuf};
 
 use kiln_parser::mount::MountType;
-use kiln_runtime::{BindMount, MemoryFile, Network, RunSpec, UpperDir};
+use kiln_runtime::{BindMount, MemoryFile, Network, RunSpec, Snapshotter, UpperDir};
 
 use crate::plan::{MountSource, RunMount, RunStep};
 use crate::rootfs::LayeredRootfs;
+
+use super::copying::CopiedRoot;
 
 use super::*;
 
@@ -19,9 +23,18 @@ pub(super) fn execute_run(
     rootfs: &LayeredRootfs,
     dir: &Path,
 ) -> Result<(), SolveError> {
+    // The copying snapshotter: the RUN works on a copy of its layers.
+    let copied = match run.build.opts.snapshotter {
+        Snapshotter::Overlay => None,
+        Snapshotter::Copy => Some(
+            CopiedRoot::make(rootfs, &dir.join("rootfs"))
+                .map_err(|e| run.error(format!("copying the root filesystem: {e}")))?,
+        ),
+    };
     // The ssh relays serve until the RUN is over (dropped at the end).
     let mounts = step_mounts(run, r, dir)?;
-    let spec = run_spec(run, r, rootfs, dir, &mounts)?;
+    let mut spec = run_spec(run, r, rootfs, dir, &mounts)?;
+    spec.root_dir = copied.as_ref().map(|c| c.dir().to_path_buf());
     let (status, last_lines) = run_with_output(run, spec)?;
     // A step that failed at a limit is an error that names it; its output
     // still tells what was running. A heredoc script whose interpreter is
@@ -49,6 +62,13 @@ pub(super) fn execute_run(
             code: status.code(),
             last_lines,
         });
+    }
+    if let Some(copied) = copied {
+        copied.diff_into(rootfs, rootfs.upper()).map_err(|e| {
+            run.error(format!(
+                "comparing the root filesystem with its layers: {e}"
+            ))
+        })?;
     }
     Ok(())
 }
