@@ -354,6 +354,14 @@ fn ensure_mount_point(
                 format!("keep the mtime of {}", resolved.display()),
                 sys.set_mtime(&resolved, mtime),
             )?;
+            // Each one made is removed afterwards (in an upper dir only
+            // the mount point is: a directory made there over a whiteout
+            // must stay, or what it hid would show again).
+            if i + 1 < components.len() {
+                report(Report::StubCreated {
+                    path: prefix.clone(),
+                });
+            }
         }
         match created {
             // Nothing resolved there, yet something is: a symlink leading

@@ -165,6 +165,11 @@ impl StateDir {
                 File::create(&path).map_err(err(&path))?;
             }
         }
+        for tmpfs in &spec.tmpfs {
+            let rel = tmpfs.target.strip_prefix("/").unwrap_or(&tmpfs.target);
+            let path = self.mount_points.join(rel);
+            std::fs::create_dir_all(&path).map_err(err(&path))?;
+        }
         if !spec.memory_files.is_empty() {
             std::fs::create_dir_all(&self.memory).map_err(err(&self.memory))?;
         }
@@ -307,6 +312,14 @@ fn validate(spec: &RunSpec) -> Result<(), RuntimeError> {
             return Err(RuntimeError::InvalidSpec(format!(
                 "volume target {} must be an absolute path without '..'",
                 volume.target.display()
+            )));
+        }
+    }
+    for tmpfs in &spec.tmpfs {
+        if !tmpfs.target.is_absolute() || tmpfs.target.components().any(|c| c.as_os_str() == "..") {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "tmpfs target {} must be an absolute path without '..'",
+                tmpfs.target.display()
             )));
         }
     }
