@@ -188,3 +188,126 @@ fn a_store_on_overlayfs_builds_with_copies_the_image_overlay_builds() {
         "the copying snapshotter's images (base stage, whole) differ from overlay's"
     );
 }
+
+/// The multi-stage build of tests/in_container.rs without its cache mount
+/// (chroot isolation mounts nothing), and the RUN's own pid.
+const CHROOT_DOCKERFILE: &str = "FROM busybox AS base\n\
+    RUN echo made > /made && mkdir /owned && chown 1000:1000 /owned\n\
+    RUN echo $$ > /pid && ls /proc > /proc-entries\n\
+    FROM busybox\n\
+    COPY --from=base --chown=1000:1000 /made /home/app/made\n\
+    COPY --from=base /owned /owned\n\
+    USER app\n\
+    RUN id -u > /tmp/whoami && stat -c %u:%g /home/app/made /owned > /tmp/owners\n";
+
+/// `--isolation chroot` (as root on the host): no namespaces, each RUN
+/// chrooted into a copy, as the step's user, the same image as with
+/// namespaces; the RUN is not PID 1 of a namespace and sees no /proc; a
+/// RUN that needs a mount is refused, naming its line.
+#[test]
+fn isolation_chroot_builds_the_image_namespaces_build() {
+    kiln_testsupport::require_root!("chroot(2) and namespaces");
+    let work = tempfile::tempdir().unwrap();
+    busybox_rootfs_tar(&work.path().join("busybox.tar")).unwrap();
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), CHROOT_DOCKERFILE).unwrap();
+    let (ns_ids, ns_err) = build(&work.path().join("ns-store"), work.path(), &ctx);
+    assert!(!ns_err.contains("isolation"), "{ns_err}");
+
+    let store = work.path().join("chroot-store");
+    let tar = work.path().join("busybox.tar");
+    let (ok, _, err) = kiln_at(&store, &["import", tar.to_str().unwrap(), "busybox:latest"]);
+    assert!(ok, "{err}");
+    let mut chroot_ids = Vec::new();
+    for target in [&["--target", "base"][..], &[]] {
+        let iid = work.path().join("chroot.iid");
+        let mut args = vec![
+            "build",
+            "--isolation",
+            "chroot",
+            "--iidfile",
+            iid.to_str().unwrap(),
+        ];
+        args.extend_from_slice(target);
+        args.push(ctx.to_str().unwrap());
+        let (ok, _, err) = kiln_at(&store, &args);
+        assert!(ok, "{args:?}: {err}");
+        let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("WARNING")).collect();
+        assert_eq!(warnings.len(), 1, "{err}");
+        assert!(
+            warnings[0].starts_with(
+                "WARNING: isolation chroot (--isolation chroot): RUN steps run chrooted"
+            ),
+            "{err}"
+        );
+        chroot_ids.push(std::fs::read_to_string(&iid).unwrap());
+    }
+    // The base stage's pid and /proc differ by design: compare the final
+    // image, and the base stage's files.
+    assert_eq!(chroot_ids[1], ns_ids[1], "the final images differ");
+    let out = |store: &Path, name: &str| {
+        let dest = work.path().join(name);
+        let (ok, _, err) = kiln_at(
+            store,
+            &[
+                "build",
+                "--isolation",
+                if name.starts_with("chroot") {
+                    "chroot"
+                } else {
+                    "auto"
+                },
+                "--target",
+                "base",
+                "-o",
+                &format!("type=local,dest={}", dest.display()),
+                ctx.to_str().unwrap(),
+            ],
+        );
+        assert!(ok, "{err}");
+        dest
+    };
+    let (ns_out, chroot_out) = (
+        out(&work.path().join("ns-store"), "ns-out"),
+        out(&store, "chroot-out"),
+    );
+    let read = |dir: &Path, name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    assert_eq!(read(&ns_out, "pid"), "1\n");
+    assert_ne!(read(&chroot_out, "pid"), "1\n");
+    assert_ne!(read(&ns_out, "proc-entries"), "");
+    assert_eq!(read(&chroot_out, "proc-entries"), "");
+    assert_eq!(read(&chroot_out, "made"), "made\n");
+
+    // A RUN that needs a mount is refused, naming its line.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nRUN --mount=type=cache,target=/cache echo hit >> /cache/log\n",
+    )
+    .unwrap();
+    let (ok, _, err) = kiln_at(
+        &store,
+        &["build", "--isolation", "chroot", ctx.to_str().unwrap()],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("error: line 2: RUN --mount=type=cache,target=/cache")
+            && err.contains("cannot work with --isolation chroot"),
+        "{err}"
+    );
+    let (ok, _, err) = kiln_at(
+        &store,
+        &[
+            "build",
+            "--isolation",
+            "chroot",
+            "--network",
+            "none",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !ok && err.contains("--network none needs a network namespace"),
+        "{err}"
+    );
+}

@@ -148,6 +148,7 @@ fn build(
         source_date_epoch: Some(1_700_000_000),
         network: Network::None,
         snapshotter: kiln_runtime::Snapshotter::Overlay,
+        chroot: false,
         helper: HelperCommand::subcommand_of(env!("CARGO_BIN_EXE_kiln-builder-test-helper")),
         downloads: None,
         events,

@@ -19,6 +19,10 @@
 //!    the container's `PATH`; with `-t`, a pty from the container's devpts;
 //! 6. rlimits, the bounding set, groups/gid/uid, the default capabilities,
 //!    parent-death signal, no_new_privs, umask, seccomp last, then execve.
+//!
+//! With chroot isolation (`cfg.chroot`: no namespace can be made) steps 2
+//! to 4 and the hostname and loopback are left out: the root dir becomes
+//! `/` by chroot(2), nothing is mounted; the rest is the same.
 
 use std::convert::Infallible;
 use std::io;
@@ -132,12 +136,16 @@ fn init(
             sys.join_cgroup(procs),
         )?;
     }
-    step("new mount namespace", sys.unshare(libc::CLONE_NEWNS))?;
-    prepare_rootfs(sys, cfg, report)?;
-    enter_rootfs(sys, &cfg.rootfs)?;
-    step("sethostname", sys.sethostname(&cfg.hostname))?;
-    if cfg.network != Network::Host {
-        step("bring lo up", sys.loopback_up())?;
+    if cfg.chroot {
+        enter_chroot(sys, cfg)?;
+    } else {
+        step("new mount namespace", sys.unshare(libc::CLONE_NEWNS))?;
+        prepare_rootfs(sys, cfg, report)?;
+        enter_rootfs(sys, &cfg.rootfs)?;
+        step("sethostname", sys.sethostname(&cfg.hostname))?;
+        if cfg.network != Network::Host {
+            step("bring lo up", sys.loopback_up())?;
+        }
     }
 
     let user = lookup_user(sys, cfg)?;
@@ -863,6 +871,23 @@ fn mount_memory_files(
         format!("detach {}", dir.display()),
         sys.umount(dir, libc::MNT_DETACH),
     )
+}
+
+/// chroot isolation: no mount namespace, nothing mounted; the root dir
+/// becomes `/` by chroot(2).
+fn enter_chroot(sys: &mut dyn Syscalls, cfg: &ContainerConfig) -> Result<(), Failure> {
+    let Some(dir) = &cfg.root_dir else {
+        return Err(Failure::Setup {
+            step: "chroot".into(),
+            reason: "chroot isolation needs a root directory".into(),
+        });
+    };
+    step(format!("chdir {}", dir.display()), sys.chdir(dir))?;
+    step(
+        format!("chroot {}", dir.display()),
+        sys.chroot(Path::new(".")),
+    )?;
+    step("chdir /", sys.chdir(Path::new("/")))
 }
 
 /// pivot_root(".", ".") then detaching the old root, which stays stacked

@@ -315,6 +315,9 @@ fn validate(spec: &RunSpec) -> Result<(), RuntimeError> {
             )));
         }
     }
+    if spec.chroot {
+        validate_chroot(spec)?;
+    }
     for tmpfs in &spec.tmpfs {
         if !tmpfs.target.is_absolute() || tmpfs.target.components().any(|c| c.as_os_str() == "..") {
             return Err(RuntimeError::InvalidSpec(format!(
@@ -337,6 +340,30 @@ fn validate(spec: &RunSpec) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// A chroot run has a root dir and nothing that needs a mount or a
+/// namespace.
+fn validate_chroot(spec: &RunSpec) -> Result<(), RuntimeError> {
+    let needs = if spec.root_dir.is_none() {
+        Some("a root directory")
+    } else if !spec.mounts.is_empty() || !spec.memory_files.is_empty() {
+        Some("no bind mounts (they need a mount namespace)")
+    } else if !spec.tmpfs.is_empty() {
+        Some("no tmpfs mounts (they need a mount namespace)")
+    } else if spec.network != Network::Host {
+        Some("the host's network (another needs a network namespace)")
+    } else if matches!(spec.streams, Streams::Terminal { .. }) {
+        Some("no terminal")
+    } else {
+        None
+    };
+    match needs {
+        Some(what) => Err(RuntimeError::InvalidSpec(format!(
+            "chroot isolation (no namespaces) needs {what}"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Runs `spec` and waits for it. See the crate documentation.
 pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeError> {
     validate(&spec)?;
@@ -345,8 +372,9 @@ pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeE
     }
     // Not root here: the helper makes a user namespace. Root of a user
     // namespace (a rootless build): no new one, but no host privileges.
-    let new_userns = !rustix::process::geteuid().is_root();
-    let rootless = new_userns || crate::userns::in_user_namespace();
+    // chroot isolation makes no namespace at all.
+    let new_userns = !rustix::process::geteuid().is_root() && !spec.chroot;
+    let rootless = new_userns || crate::userns::in_user_namespace() || spec.chroot;
     let slirp4netns = match spec.network {
         Network::Private => {
             let support = crate::network::probe();
@@ -467,6 +495,7 @@ fn spec_config(
         cgroups: Vec::new(),
         nodev: false,
         root_dir: spec.root_dir.clone(),
+        chroot: spec.chroot,
     })
 }
 

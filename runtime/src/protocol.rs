@@ -83,6 +83,9 @@ pub struct ContainerConfig {
     /// mtimes.
     #[serde(default)]
     pub root_dir: Option<PathBuf>,
+    /// No namespaces: chroot into `root_dir` (see `RunSpec::chroot`).
+    #[serde(default)]
+    pub chroot: bool,
 }
 
 /// Why a container did not start.

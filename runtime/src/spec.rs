@@ -348,6 +348,14 @@ pub struct RunSpec {
     /// removed afterwards, their parents' mtimes kept, so that the
     /// directory differs from before only by what the command did.
     pub root_dir: Option<PathBuf>,
+    /// No namespaces at all (`--isolation chroot`, where none can be
+    /// made): the command runs chrooted into [`RunSpec::root_dir`] (which
+    /// it needs), as the step's user, sharing the caller's network, PID
+    /// space and mounts; nothing is mounted (no /proc, /dev, hosts or
+    /// volumes: a spec with mounts, tmpfs, files from memory or a network
+    /// other than the host's is refused). Its process group is killed
+    /// when it ends.
+    pub chroot: bool,
 }
 
 impl RunSpec {
@@ -380,6 +388,7 @@ impl RunSpec {
             forward_signals: false,
             limits: Limits::default(),
             root_dir: None,
+            chroot: false,
         }
     }
 }

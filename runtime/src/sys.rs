@@ -47,6 +47,8 @@ pub trait Syscalls {
     fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> io::Result<()>;
     /// chdir(2).
     fn chdir(&mut self, dir: &Path) -> io::Result<()>;
+    /// chroot(2).
+    fn chroot(&mut self, dir: &Path) -> io::Result<()>;
     /// mkdir -p with `mode` for the directories it creates.
     fn mkdir_all(&mut self, dir: &Path, mode: u32) -> io::Result<()>;
     /// Creates an empty regular file (a mount point); fails if anything,
@@ -317,6 +319,10 @@ impl Syscalls for RealSyscalls {
 
     fn chdir(&mut self, dir: &Path) -> io::Result<()> {
         std::env::set_current_dir(dir)
+    }
+
+    fn chroot(&mut self, dir: &Path) -> io::Result<()> {
+        rustix::process::chroot(dir).map_err(io::Error::from)
     }
 
     fn mkdir_all(&mut self, dir: &Path, mode: u32) -> io::Result<()> {
@@ -841,6 +847,10 @@ impl Syscalls for RecordingSyscalls {
 
     fn chdir(&mut self, dir: &Path) -> io::Result<()> {
         self.record(format!("chdir {}", dir.display()))
+    }
+
+    fn chroot(&mut self, dir: &Path) -> io::Result<()> {
+        self.record(format!("chroot {}", dir.display()))
     }
 
     fn mkdir_all(&mut self, dir: &Path, mode: u32) -> io::Result<()> {

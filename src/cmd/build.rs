@@ -518,6 +518,7 @@ fn settings_of(
         source_date_epoch: crate::settings::source_date_epoch(),
         network: sandbox.network,
         snapshotter: sandbox.snapshotter,
+        chroot: sandbox.chroot,
         compression: match args.compression {
             CompressionArg::Gzip => Compression::Gzip,
             CompressionArg::Zstd => Compression::Zstd,

@@ -99,26 +99,20 @@ impl InfoReport {
         let user_namespaces = kiln_runtime::userns::probe_new();
         let (isolation, isolation_reason) =
             match crate::sandbox::choose_isolation(crate::sandbox::IsolationArg::Auto, &facts) {
-                Ok(choice) if choice.enter_userns && user_namespaces.is_err() => (
-                    "none".to_string(),
-                    Some(
-                        "no user namespace can be made; --isolation chroot is not available yet"
-                            .into(),
-                    ),
-                ),
                 Ok(choice) => (choice.isolation.name().to_string(), choice.reason),
                 Err(why) => ("none".to_string(), Some(why)),
             };
+        let snapshotter = match isolation.as_str() {
+            "chroot" => kiln_runtime::Snapshotter::Copy,
+            _ => kiln_runtime::Snapshotter::for_store(root).0,
+        };
         InfoReport {
             isolation,
             isolation_reason,
             user_namespaces: Availability::of(user_namespaces.map(|()| String::new())),
             subordinate_ids: Availability::of(kiln_runtime::idmap::subordinate_ids()),
             store_overlay: Availability::of(kiln_runtime::upper_dir_support(root)),
-            snapshotter: kiln_runtime::Snapshotter::for_store(root)
-                .0
-                .name()
-                .to_string(),
+            snapshotter: snapshotter.name().to_string(),
             rootless,
             runtime: capabilities(rootless),
             build_network: network_name(sandbox.network).to_string(),
@@ -176,9 +170,12 @@ impl InfoReport {
             ("store overlay", self.store_overlay.line()),
             (
                 "snapshotter",
-                match self.store_overlay.available {
-                    true => self.snapshotter.clone(),
-                    false => format!(
+                match (self.isolation.as_str(), self.store_overlay.available) {
+                    ("chroot", _) => {
+                        format!("{} (chroot isolation mounts nothing)", self.snapshotter)
+                    }
+                    (_, true) => self.snapshotter.clone(),
+                    (_, false) => format!(
                         "{} (overlay cannot be mounted on the store)",
                         self.snapshotter
                     ),

@@ -23,6 +23,11 @@ pub(super) fn execute_run(
     rootfs: &LayeredRootfs,
     dir: &Path,
 ) -> Result<(), SolveError> {
+    // The ssh relays serve until the RUN is over (dropped at the end).
+    let mounts = step_mounts(run, r, dir)?;
+    if run.build.opts.chroot {
+        refuse_under_chroot(run, r, &mounts)?;
+    }
     // The copying snapshotter: the RUN works on a copy of its layers.
     let copied = match run.build.opts.snapshotter {
         Snapshotter::Overlay => None,
@@ -31,10 +36,9 @@ pub(super) fn execute_run(
                 .map_err(|e| run.error(format!("copying the root filesystem: {e}")))?,
         ),
     };
-    // The ssh relays serve until the RUN is over (dropped at the end).
-    let mounts = step_mounts(run, r, dir)?;
     let mut spec = run_spec(run, r, rootfs, dir, &mounts)?;
     spec.root_dir = copied.as_ref().map(|c| c.dir().to_path_buf());
+    spec.chroot = run.build.opts.chroot;
     let (status, last_lines) = run_with_output(run, spec)?;
     // A step that failed at a limit is an error that names it; its output
     // still tells what was running. A heredoc script whose interpreter is
@@ -71,6 +75,39 @@ pub(super) fn execute_run(
         })?;
     }
     Ok(())
+}
+
+/// chroot isolation mounts nothing and has no network namespace: a RUN
+/// that needs either is refused, naming what.
+fn refuse_under_chroot(
+    run: &StepRun<'_>,
+    r: &RunStep,
+    mounts: &StepMounts,
+) -> Result<(), SolveError> {
+    let what = if r.script.is_some() {
+        Some("a heredoc run by its #! line (bound into the container)")
+    } else if !mounts.binds.is_empty() || !mounts.ssh_relays.is_empty() {
+        Some("--mount type=bind, cache or ssh")
+    } else if !mounts.tmpfs.is_empty() {
+        Some("--mount type=tmpfs")
+    } else if !mounts.memory.is_empty() {
+        Some("--mount type=secret as a file (env= works)")
+    } else if r.network.as_deref() == Some("none") {
+        Some("--network=none (a network namespace)")
+    } else if !r.extra_hosts.is_empty() {
+        Some("--add-host (an /etc/hosts bound into the container)")
+    } else if r.shm_size.is_some() {
+        Some("--shm-size (a /dev/shm mounted in the container)")
+    } else {
+        None
+    };
+    match what {
+        Some(what) => Err(run.error(format!(
+            "{what} cannot work with --isolation chroot, which can make no mount and no \
+             namespace; supported there: RUN without --mount (but secrets with env=)"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// What a RUN mounts: binds and files from memory for the runtime, and the
