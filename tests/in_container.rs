@@ -18,7 +18,12 @@
 //!   over the container's masked one;
 //! - (a) and (b) again without a volume: the store on the container's own
 //!   overlay filesystem, where overlay cannot be mounted: the copying
-//!   snapshotter, said in one warning line, the same image.
+//!   snapshotter, said in one warning line, the same image;
+//! - (c) `chroot-job.yaml`: root with the default seccomp profile and no
+//!   added capability, the store on the container's own filesystem: no
+//!   namespace can be made, so chroot isolation (one warning line); the
+//!   Dockerfile without its cache mount (chroot mounts nothing), the
+//!   image a root build of that one makes on the host.
 //!
 //! And those Jobs validate (kubernetes-validate, strict). (A store on an
 //! overlay mount of the host: tests/snapshotter.rs.)
@@ -195,6 +200,14 @@ fn pod(name: &str) -> Pod {
     }
 }
 
+/// One run of kiln's image: its name (of the store, the output and the
+/// pushed tag), where its store is, its context.
+struct Level<'a> {
+    name: &'a str,
+    store_on: StoreOn,
+    ctx: &'a Path,
+}
+
 /// Where a level's store is.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum StoreOn {
@@ -213,12 +226,16 @@ fn build_in_container(
     daemon: &DockerDaemon,
     work: &Path,
     registry: &RegistryServer,
-    (name, store_on): (&str, StoreOn),
+    level: Level<'_>,
     pod: &Pod,
 ) -> (String, String) {
+    let Level {
+        name,
+        store_on,
+        ctx,
+    } = level;
     let store = open_dir(&work.join(format!("{name}-store")), Some(pod.uid));
     let out = open_dir(&work.join(format!("{name}-out")), Some(pod.uid));
-    let ctx = work.join("ctx");
     let mut args: Vec<String> = ["run", "--rm", "--network", "host"]
         .iter()
         .map(|s| s.to_string())
@@ -267,6 +284,7 @@ fn kubernetes_jobs_validate() {
         .arg("--strict")
         .arg(dir.join("rootless-job.yaml"))
         .arg(dir.join("root-job.yaml"))
+        .arg(dir.join("chroot-job.yaml"))
         .output()
         .expect("kubernetes-validate (pip, installed by scripts/setup)");
     let text =
@@ -274,7 +292,7 @@ fn kubernetes_jobs_validate() {
     assert!(out.status.success(), "{text}");
     assert_eq!(
         text.matches(" passed for resource job/").count(),
-        2,
+        3,
         "{text}"
     );
 }
@@ -343,8 +361,18 @@ fn kilns_image_builds_in_containers_the_image_root_builds_on_the_host() {
     load_kiln_image(&daemon, work);
     // (a) root with CAP_SYS_ADMIN (root-job.yaml): namespaces, no
     // isolation warning.
-    let (stderr, digest) =
-        build_in_container(&daemon, work, &registry, ("a", StoreOn::Volume), &root_pod);
+    let level = |name, store_on| Level {
+        name,
+        store_on,
+        ctx: &ctx,
+    };
+    let (stderr, digest) = build_in_container(
+        &daemon,
+        work,
+        &registry,
+        level("a", StoreOn::Volume),
+        &root_pod,
+    );
     assert!(!stderr.contains("WARNING: isolation"), "{stderr}");
     assert!(!stderr.contains("snapshotter copy"), "{stderr}");
     assert_eq!(digest, host_digest, "level (a):\n{stderr}");
@@ -355,7 +383,7 @@ fn kilns_image_builds_in_containers_the_image_root_builds_on_the_host() {
         &daemon,
         work,
         &registry,
-        ("b", StoreOn::Volume),
+        level("b", StoreOn::Volume),
         &rootless_pod,
     );
     assert!(
@@ -376,8 +404,13 @@ fn kilns_image_builds_in_containers_the_image_root_builds_on_the_host() {
     // filesystem (no volume): the copying snapshotter, one warning line
     // naming the store, the same image.
     for (name, pod) in [("a-own-fs", &root_pod), ("b-own-fs", &rootless_pod)] {
-        let (stderr, digest) =
-            build_in_container(&daemon, work, &registry, (name, StoreOn::ContainerFs), pod);
+        let (stderr, digest) = build_in_container(
+            &daemon,
+            work,
+            &registry,
+            level(name, StoreOn::ContainerFs),
+            pod,
+        );
         let warnings: Vec<&str> = stderr
             .lines()
             .filter(|l| l.starts_with("WARNING: snapshotter copy: "))
@@ -389,4 +422,55 @@ fn kilns_image_builds_in_containers_the_image_root_builds_on_the_host() {
         );
         assert_eq!(digest, host_digest, "level {name}:\n{stderr}");
     }
+
+    // (c) root with docker's default seccomp and no added capability
+    // (chroot-job.yaml), the store on the container's own filesystem: no
+    // namespace can be made, so chroot isolation, said in one warning
+    // line. Its RUN can mount nothing: the same Dockerfile without its
+    // cache mount, against the host root build of that one.
+    let chroot_ctx = open_dir(&work.join("ctx-chroot"), None);
+    let chroot_dockerfile = chroot_ctx.join("Dockerfile");
+    let without_cache: String = DOCKERFILE
+        .replace("{REGISTRY}", &registry.host)
+        .lines()
+        .filter(|l| !l.contains("--mount=type=cache"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&chroot_dockerfile, without_cache).unwrap();
+    std::fs::set_permissions(&chroot_dockerfile, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let metadata = work.join("host-chroot-metadata.json");
+    let tag = format!("{}/out:host-chroot", registry.host);
+    host_kiln(
+        &host_store,
+        &[
+            "build",
+            "--push",
+            "-t",
+            &tag,
+            "--metadata-file",
+            metadata.to_str().unwrap(),
+            chroot_ctx.to_str().unwrap(),
+        ],
+    );
+    let host_chroot_digest = pushed_digest(&metadata);
+    let chroot_pod = pod("chroot-job.yaml");
+    let level_c = Level {
+        name: "c",
+        store_on: StoreOn::ContainerFs,
+        ctx: &chroot_ctx,
+    };
+    let (stderr, digest) = build_in_container(&daemon, work, &registry, level_c, &chroot_pod);
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("WARNING"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "level (c):\n{stderr}");
+    assert!(
+        warnings[0].starts_with(
+            "WARNING: isolation chroot: kiln runs as root without CAP_SYS_ADMIN and no user \
+             namespace can be made"
+        ),
+        "level (c):\n{stderr}"
+    );
+    assert_eq!(digest, host_chroot_digest, "level (c):\n{stderr}");
 }
