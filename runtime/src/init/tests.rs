@@ -43,6 +43,7 @@ fn config() -> ContainerConfig {
         cgroups: vec![],
         nodev: false,
         root_dir: None,
+        chroot: false,
     }
 }
 
@@ -182,6 +183,44 @@ fn a_root_dir_is_bound_and_its_stubs_keep_their_parents_mtimes() {
         ],
     );
     check_golden("root_dir_copying_snapshotter", &text);
+}
+
+/// chroot isolation: no namespace, nothing mounted, chroot into the root
+/// dir, then the user, capabilities and seccomp as always.
+#[test]
+fn chroot_mounts_nothing_and_chroots_into_the_root_dir() {
+    let mut cfg = config();
+    cfg.root_dir = Some(PathBuf::from("/store/builds/b/step/rootfs"));
+    cfg.overlay_options = String::new();
+    cfg.chroot = true;
+    cfg.network = Network::Host;
+    let mut sys = fake();
+    let (failure, text) = transcript(&mut sys, &cfg);
+    for absent in [
+        "unshare",
+        "mount",
+        "pivot_root",
+        "sethostname",
+        "loopback_up",
+    ] {
+        assert!(!text.contains(absent), "{absent}:\n{text}");
+    }
+    assert_in_order(
+        &text,
+        &[
+            "chdir /store/builds/b/step/rootfs",
+            "chroot .",
+            "chdir /",
+            "mkdir_all /work 755",
+            "setresgid 1000",
+            "setresuid 1000",
+            "no_new_privs",
+            "seccomp",
+            "exec /bin/sh",
+        ],
+    );
+    assert!(matches!(failure, Failure::Exec { code: 126, .. }));
+    check_golden("chroot", &text);
 }
 
 #[test]
