@@ -66,16 +66,17 @@ pub fn make_whiteout_at(dir: impl AsFd, name: &std::ffi::OsStr) -> Result<(), Er
     }
 }
 
-/// Marks the directory `dir` opaque: `trusted.overlay.opaque=y`, or, where
+/// Marks the directory `dir` (symlinks followed: a `/proc/self/fd/N` path
+/// names an open directory) opaque: `trusted.overlay.opaque=y`, or, where
 /// that is refused (no CAP_SYS_ADMIN over the filesystem: a user
 /// namespace, a container without it; an overlayfs, which keeps
 /// `trusted.overlay.*` for itself), `user.overlay.opaque=y`, what a
 /// rootless overlay reads. Every reader of snapshots and upper dirs
 /// (`diff`, the builder's merged view) reads both.
 pub fn set_opaque(dir: &Path) -> Result<(), Errno> {
-    match rustix::fs::lsetxattr(dir, OPAQUE_XATTRS[0], b"y", XattrFlags::empty()) {
+    match rustix::fs::setxattr(dir, OPAQUE_XATTRS[0], b"y", XattrFlags::empty()) {
         Err(Errno::PERM | Errno::OPNOTSUPP | Errno::ACCESS) => {
-            rustix::fs::lsetxattr(dir, OPAQUE_XATTRS[1], b"y", XattrFlags::empty())
+            rustix::fs::setxattr(dir, OPAQUE_XATTRS[1], b"y", XattrFlags::empty())
         }
         other => other,
     }
