@@ -79,7 +79,11 @@ fn main() -> ExitCode {
     // them: in a user namespace of their own when kiln is not root.
     let isolation = match &cli.command {
         Command::Build(c) => Some(c.isolation()),
-        Command::Image(_) | Command::Registry(_) => Some(sandbox::IsolationArg::Auto),
+        // `system df` and the collection measure and delete trees whose
+        // directories belong to the user's subordinate ids.
+        Command::Image(_) | Command::Registry(_) | Command::System(_) => {
+            Some(sandbox::IsolationArg::Auto)
+        }
         Command::Run(c) if !c.is_helper() => Some(sandbox::IsolationArg::Auto),
         _ => None,
     };

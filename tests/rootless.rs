@@ -201,3 +201,105 @@ fn a_rootless_build_makes_the_image_root_makes() {
         "{text}"
     );
 }
+
+/// What the image's other users own in a user's store belongs to the
+/// user's subordinate ids, in directories the user cannot enter outside
+/// the user namespace; the user's automatic collection and `kiln prune`
+/// still remove it.
+#[test]
+fn a_rootless_store_is_collected_by_its_user() {
+    kiln_testsupport::require_root!("a user made for the test");
+    let user = kiln_testsupport::rootless_user().unwrap();
+    let work = Work::new();
+    let store = work.path("gc-store");
+    std::fs::create_dir(&store).unwrap();
+    std::os::unix::fs::chown(&store, Some(user.0), Some(user.1)).unwrap();
+    let ctx = work.path("gc-ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nARG N\n\
+         RUN mkdir -p /private/sub && head -c 100000 /dev/urandom > /private/sub/data \
+         && echo $N > /private/n && chown -R 1000:1000 /private && chmod 700 /private /private/sub\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&ctx, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        ctx.join("Dockerfile"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let ok = |args: &[&str]| {
+        let out = work.kiln(Some(user), &store, args);
+        assert!(
+            out.status.success(),
+            "kiln {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let tar = work.path("busybox.tar");
+    ok(&["import", tar.to_str().unwrap(), "busybox:latest"]);
+    let build = |n: &str| {
+        ok(&[
+            "build",
+            "-t",
+            "app:latest",
+            "--build-arg",
+            &format!("N={n}"),
+            ctx.to_str().unwrap(),
+        ])
+    };
+    // The `N` of every snapshot that holds /private (read as root here).
+    let kept = || -> Vec<String> {
+        let mut found: Vec<String> = std::fs::read_dir(store.join("snapshots"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_to_string(e.unwrap().path().join("fs/private/n")).ok())
+            .map(|n| n.trim().to_string())
+            .collect();
+        found.sort();
+        found
+    };
+    let policy = |text: &str| {
+        std::fs::write(store.join("gc.toml"), text).unwrap();
+        std::os::unix::fs::chown(store.join("gc.toml"), Some(user.0), Some(user.1)).unwrap();
+    };
+
+    // The automatic collection after the user's build (in the foreground:
+    // `kiln_command` sets KILN_GC) takes build 1's layer, which only its
+    // cache record kept once the tag moved.
+    policy("[gc]\nkeep-storage = \"1KB\"\nmin-free-space = \"0\"\n");
+    build("1");
+    build("2");
+    let (subuid, _) = kiln_testsupport::users::subid_range("/etc/subuid")
+        .unwrap()
+        .unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let owners: Vec<u32> = std::fs::read_dir(store.join("snapshots"))
+        .unwrap()
+        .filter_map(|e| std::fs::metadata(e.unwrap().path().join("fs/private")).ok())
+        .map(|m| m.uid())
+        .collect();
+    assert_eq!(
+        owners,
+        [subuid + 999],
+        "/private belongs to subordinate uid 1000"
+    );
+    assert_eq!(kept(), ["2"], "build 1's snapshot is collected");
+
+    // `kiln prune --all` by the user, the collection off.
+    policy("[gc]\nenabled = false\n");
+    build("3");
+    assert_eq!(kept(), ["2", "3"]);
+    // `kiln system df` measures build 3's tree, new to the size cache.
+    let df = ok(&["system", "df", "--format", "json"]);
+    let df: serde_json::Value = serde_json::from_slice(&df.stdout).unwrap();
+    assert!(df["Collectable"].as_u64().unwrap() > 100_000, "{df}");
+    let out = ok(&["prune", "--all"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("snapshots: 1,"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(kept(), ["3"], "the tagged image's snapshot stays");
+}
