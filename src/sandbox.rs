@@ -96,8 +96,9 @@ impl Facts {
             sys_admin,
             in_userns,
             inner: std::env::var_os(kiln_runtime::userns::INNER_ENV).is_some_and(|v| v == "1"),
-            // Tried only when it may be needed (it starts a process).
-            userns: match euid == 0 && sys_admin && !in_userns {
+            // Tried only when it may be needed (it starts a process): not
+            // as privileged root, nor inside a user namespace already.
+            userns: match (euid == 0 && sys_admin) || in_userns {
                 true => Ok(()),
                 false => kiln_runtime::userns::probe_new(),
             },
