@@ -333,3 +333,86 @@ impl Diff<'_> {
             .map_err(|e| RootfsError::io(path.display())(e.into()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// A RUN's changes, made in the copy, land in the upper dir as overlay
+    /// would leave them: changed and new entries, a whiteout, an opaque
+    /// replaced directory, the parents; nothing untouched.
+    #[test]
+    fn changes_in_the_copy_become_an_upper_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lower, upper) = (dir.path().join("lower"), dir.path().join("upper"));
+        for (path, text) in [
+            ("keep", "k"),
+            ("a", "a"),
+            ("d/x", "x"),
+            ("d/y", "y"),
+            ("r/k", "k"),
+        ] {
+            write(&lower.join(path), text);
+        }
+        std::fs::create_dir(&upper).unwrap();
+        let rootfs = LayeredRootfs::new(&upper, vec![lower.clone()]);
+        let copied = CopiedRoot::make(&rootfs, &dir.path().join("copy")).unwrap();
+        let copy = copied.dir().to_path_buf();
+        assert_eq!(std::fs::read_to_string(copy.join("d/y")).unwrap(), "y");
+        // Copies, not links into the layer.
+        assert_ne!(
+            std::fs::metadata(copy.join("a")).unwrap().ino(),
+            std::fs::metadata(lower.join("a")).unwrap().ino()
+        );
+        // The RUN: change a, delete d/x, replace r, add z.
+        write(&copy.join("a"), "changed");
+        std::fs::remove_file(copy.join("d/x")).unwrap();
+        std::fs::remove_dir_all(copy.join("r")).unwrap();
+        write(&copy.join("r/n"), "n");
+        write(&copy.join("z"), "z");
+        copied.diff_into(&rootfs, &upper).unwrap();
+
+        let mut names: Vec<String> = walkdir(&upper);
+        names.sort();
+        assert_eq!(names, ["a", "d", "d/x", "r", "r/n", "z"]);
+        assert_eq!(std::fs::read_to_string(upper.join("a")).unwrap(), "changed");
+        let x = upper.join("d/x");
+        assert!(kiln_layers::whiteout::is_whiteout(
+            &x,
+            &std::fs::symlink_metadata(&x).unwrap()
+        ));
+        assert!(kiln_layers::whiteout::is_opaque(&upper.join("r")));
+        assert!(!kiln_layers::whiteout::is_opaque(&upper.join("d")));
+        // d, a parent copied up, keeps the copy's mtime.
+        assert_eq!(
+            std::fs::metadata(upper.join("d")).unwrap().mtime(),
+            std::fs::metadata(copy.join("d")).unwrap().mtime()
+        );
+    }
+
+    /// Paths below `root`, relative.
+    fn walkdir(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                out.push(
+                    path.strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+                if std::fs::symlink_metadata(&path).unwrap().is_dir() {
+                    stack.push(path);
+                }
+            }
+        }
+        out
+    }
+}
