@@ -4,10 +4,15 @@
 //! - the isolation: `namespaces` (kiln is root with CAP_SYS_ADMIN: new
 //!   namespaces, overlay, cgroups), or `rootless` (otherwise: kiln runs
 //!   itself again in a user namespace of its own for the whole command, see
-//!   `kiln_runtime::userns`); `--isolation` names one, and then it is that
-//!   or an error, never something weaker;
+//!   `kiln_runtime::userns`), or, where no user namespace can be made
+//!   either (root in a pod with the default seccomp profile), `chroot`: no
+//!   namespaces, each RUN chrooted into a copy of its root filesystem;
+//!   `--isolation` names one, and then it is that or an error, never
+//!   something weaker;
 //! - the network: a private one where slirp4netns can give it, else the
-//!   host's.
+//!   host's;
+//! - the snapshotter: overlay where the store's filesystem can hold
+//!   overlay's upper dirs, else the copying one (slower, more disk).
 //!
 //! `main` calls [`enter_user_namespace`] for the commands that touch the
 //! store; `kiln build` prints the warnings; `kiln info` shows it all.
@@ -16,7 +21,7 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 use kiln_runtime::network::NetworkSupport;
-use kiln_runtime::Network;
+use kiln_runtime::{Network, Snapshotter};
 
 /// Set by the outer kiln for the one in the user namespace: the warning
 /// lines the build prints (the isolation it got and why), `\n`-separated.
@@ -34,7 +39,9 @@ pub enum IsolationArg {
     /// The whole build in a user namespace of its own (newuidmap and
     /// newgidmap with the user's /etc/subuid and /etc/subgid ranges).
     Rootless,
-    /// No namespaces at all (a pod that allows none): not available yet.
+    /// No namespaces at all (a pod that allows none): each RUN chrooted
+    /// into a copy of its root filesystem, nothing mounted, the host's
+    /// network; root with CAP_SYS_CHROOT.
     Chroot,
 }
 
@@ -43,6 +50,7 @@ pub enum IsolationArg {
 pub enum Isolation {
     Namespaces,
     Rootless,
+    Chroot,
 }
 
 impl Isolation {
@@ -50,9 +58,15 @@ impl Isolation {
         match self {
             Isolation::Namespaces => "namespaces",
             Isolation::Rootless => "rootless",
+            Isolation::Chroot => "chroot",
         }
     }
 }
+
+/// What chroot isolation gives up, for its warning line.
+const CHROOT_LIMITS: &str = "RUN steps run chrooted into copies of their root filesystem: no \
+     namespaces, no /proc or /dev, the host's network, no RUN --mount, their processes killed \
+     when each ends";
 
 /// What decides the isolation, read off this process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,16 +79,30 @@ pub struct Facts {
     pub in_userns: bool,
     /// That namespace is the one an outer kiln made for this command.
     pub inner: bool,
+    /// A user namespace can be made here (tried), or why not.
+    pub userns: Result<(), String>,
+    /// Holds CAP_SYS_CHROOT.
+    pub sys_chroot: bool,
 }
 
 impl Facts {
     pub fn probe() -> Facts {
+        let euid = rustix::process::geteuid().as_raw();
+        let sys_admin = kiln_runtime::userns::has_sys_admin();
+        let in_userns = kiln_runtime::userns::in_user_namespace();
         Facts {
-            euid: rustix::process::geteuid().as_raw(),
+            euid,
             host_uid: kiln_runtime::userns::host_uid(),
-            sys_admin: kiln_runtime::userns::has_sys_admin(),
-            in_userns: kiln_runtime::userns::in_user_namespace(),
+            sys_admin,
+            in_userns,
             inner: std::env::var_os(kiln_runtime::userns::INNER_ENV).is_some_and(|v| v == "1"),
+            // Tried only when it may be needed (it starts a process): not
+            // as privileged root, nor inside a user namespace already.
+            userns: match (euid == 0 && sys_admin) || in_userns {
+                true => Ok(()),
+                false => kiln_runtime::userns::probe_new(),
+            },
+            sys_chroot: kiln_runtime::userns::has_sys_chroot(),
         }
     }
 }
@@ -102,12 +130,25 @@ pub fn choose_isolation(asked: IsolationArg, facts: &Facts) -> Result<IsolationC
     } else {
         "kiln runs as root without CAP_SYS_ADMIN".to_string()
     };
+    let chroot_ok = facts.euid == 0 && facts.sys_chroot;
+    let no_userns = match (&facts.userns, facts.in_userns) {
+        (Err(why), false) => Some(why.clone()),
+        _ => None,
+    };
+    let chroot = |reason: String| IsolationChoice {
+        isolation: Isolation::Chroot,
+        enter_userns: false,
+        reason: Some(reason),
+    };
     match asked {
-        IsolationArg::Chroot => Err(
-            "--isolation chroot: not available in this version of kiln (RUN needs \
-             namespaces); supported: auto, namespaces, rootless"
-                .into(),
-        ),
+        IsolationArg::Chroot if !chroot_ok => Err(format!(
+            "--isolation chroot needs root with CAP_SYS_CHROOT, and kiln runs as uid {}{}",
+            facts.euid,
+            if facts.euid == 0 { " without it" } else { "" }
+        )),
+        IsolationArg::Chroot => Ok(chroot(format!(
+            "isolation chroot (--isolation chroot): {CHROOT_LIMITS}"
+        ))),
         IsolationArg::Namespaces if !privileged => Err(format!(
             "--isolation namespaces needs root with CAP_SYS_ADMIN, and {why_not_root}; \
              --isolation rootless (or auto) builds in a user namespace"
@@ -117,6 +158,16 @@ pub fn choose_isolation(asked: IsolationArg, facts: &Facts) -> Result<IsolationC
             enter_userns: false,
             reason: None,
         }),
+        IsolationArg::Auto if no_userns.is_some() && chroot_ok => Ok(chroot(format!(
+            "isolation chroot: {why_not_root} and no user namespace can be made ({}), so \
+             {CHROOT_LIMITS}",
+            no_userns.unwrap_or_default()
+        ))),
+        _ if no_userns.is_some() => Err(format!(
+            "cannot build here: no user namespace can be made ({}), and {why_not_root}; \
+             --isolation chroot needs root with CAP_SYS_CHROOT",
+            no_userns.unwrap_or_default()
+        )),
         _ => Ok(IsolationChoice {
             isolation: Isolation::Rootless,
             enter_userns: !facts.in_userns,
@@ -158,9 +209,6 @@ pub fn enter_user_namespace(
             facts.euid
         ));
     }
-    kiln_runtime::userns::probe_new().map_err(|why| {
-        format!("cannot build here: no user namespace can be made ({why}), and kiln is not root with CAP_SYS_ADMIN; --isolation chroot is not available yet")
-    })?;
     let env = [
         ("KILN_ROOT".to_string(), OsString::from(root)),
         (
@@ -180,6 +228,11 @@ pub fn enter_user_namespace(
 pub struct BuildSandbox {
     /// RUN's network unless a RUN says `--network=host|none`.
     pub network: Network,
+    /// How a RUN's root filesystem is made.
+    pub snapshotter: Snapshotter,
+    /// chroot isolation: no namespaces (then the snapshotter is `Copy`
+    /// and the network the host's).
+    pub chroot: bool,
     /// Lines for the user: each a weaker isolation than asked for, and why.
     pub warnings: Vec<String>,
 }
@@ -202,26 +255,66 @@ impl BuildSandbox {
                 Network::Host
             }
         };
-        BuildSandbox { network, warnings }
+        BuildSandbox {
+            network,
+            snapshotter: Snapshotter::Overlay,
+            chroot: false,
+            warnings,
+        }
+    }
+
+    /// The sandbox of chroot isolation: copies, the host's network
+    /// (`--network none` needs a namespace).
+    fn chroot(network: Option<Network>) -> Result<Self, String> {
+        if network == Some(Network::None) {
+            return Err(
+                "--network none needs a network namespace, which --isolation chroot \
+                        cannot make; supported there: --network default or host (both the \
+                        host's network)"
+                    .into(),
+            );
+        }
+        Ok(BuildSandbox {
+            network: Network::Host,
+            snapshotter: Snapshotter::Copy,
+            chroot: true,
+            warnings: Vec::new(),
+        })
+    }
+
+    /// The snapshotter for a store at `root` (with the warning when it is
+    /// the copying one).
+    fn choose_snapshotter(&mut self, root: &std::path::Path) {
+        let (snapshotter, why) = Snapshotter::for_store(root);
+        self.snapshotter = snapshotter;
+        if let Err(why) = why {
+            self.warnings.push(format!("snapshotter copy: {why}"));
+        }
     }
 
     /// [`BuildSandbox::decide`] on this machine, after the isolation's
     /// warnings (handed down by the outer kiln, or found here).
-    pub fn probe(network: Option<Network>, asked: IsolationArg) -> Result<Self, String> {
+    pub fn probe(
+        network: Option<Network>,
+        asked: IsolationArg,
+        root: &std::path::Path,
+    ) -> Result<Self, String> {
         let facts = Facts::probe();
-        let mut warnings: Vec<String> = if facts.inner {
-            std::env::var(WARNINGS_ENV)
-                .unwrap_or_default()
-                .lines()
-                .map(str::to_string)
-                .collect()
+        let (chroot, mut warnings): (bool, Vec<String>) = if facts.inner {
+            let warnings = std::env::var(WARNINGS_ENV).unwrap_or_default();
+            (false, warnings.lines().map(str::to_string).collect())
         } else {
-            choose_isolation(asked, &facts)?
-                .reason
-                .into_iter()
-                .collect()
+            let choice = choose_isolation(asked, &facts)?;
+            let chroot = choice.isolation == Isolation::Chroot;
+            (chroot, choice.reason.into_iter().collect())
         };
-        let mut sandbox = Self::decide(network, &kiln_runtime::network::probe());
+        let mut sandbox = match chroot {
+            true => Self::chroot(network)?,
+            false => Self::decide(network, &kiln_runtime::network::probe()),
+        };
+        if !chroot {
+            sandbox.choose_snapshotter(root);
+        }
         warnings.append(&mut sandbox.warnings);
         sandbox.warnings = warnings;
         Ok(sandbox)
@@ -239,6 +332,8 @@ mod tests {
             sys_admin,
             in_userns,
             inner: false,
+            userns: Ok(()),
+            sys_chroot: euid == 0,
         }
     }
 
@@ -274,11 +369,30 @@ mod tests {
         // Rootless as root: asked for, so entered.
         let asked = choose_isolation(IsolationArg::Rootless, &root).unwrap();
         assert!(asked.enter_userns);
-        let err = choose_isolation(IsolationArg::Chroot, &root).unwrap_err();
+        // chroot: named (root), or where no user namespace can be made.
+        let named = choose_isolation(IsolationArg::Chroot, &root).unwrap();
+        assert_eq!(named.isolation, Isolation::Chroot);
+        assert!(!named.enter_userns);
+        let err = choose_isolation(IsolationArg::Chroot, &user).unwrap_err();
+        assert!(err.starts_with("--isolation chroot needs root"), "{err}");
+        let mut pod = facts(0, false, false);
+        pod.userns = Err("unshare(CLONE_NEWUSER): Operation not permitted".into());
+        let auto = choose_isolation(IsolationArg::Auto, &pod).unwrap();
+        assert_eq!(auto.isolation, Isolation::Chroot);
+        let reason = auto.reason.unwrap();
         assert!(
-            err.contains("supported: auto, namespaces, rootless"),
-            "{err}"
+            reason.starts_with("isolation chroot: kiln runs as root without CAP_SYS_ADMIN and no user namespace can be made (unshare(CLONE_NEWUSER): Operation not permitted)"),
+            "{reason}"
         );
+        // Named, the others fail there instead of degrading.
+        for asked in [IsolationArg::Rootless, IsolationArg::Namespaces] {
+            assert!(choose_isolation(asked, &pod).is_err());
+        }
+        // Neither a user namespace nor chroot: an error.
+        let mut user_pod = facts(1000, false, false);
+        user_pod.userns = pod.userns.clone();
+        let err = choose_isolation(IsolationArg::Auto, &user_pod).unwrap_err();
+        assert!(err.starts_with("cannot build here"), "{err}");
     }
 
     fn support(available: bool) -> NetworkSupport {

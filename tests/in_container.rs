@@ -15,13 +15,18 @@
 //! - (b) `rootless-job.yaml`: uid 1000 with seccomp and AppArmor
 //!   unconfined: rootless (a user namespace through the image's
 //!   newuidmap), the outer /proc bound since a new one cannot be mounted
-//!   over the container's masked one; and, without a volume, the store
-//!   on the container's own overlay filesystem: refused at the first RUN
-//!   with an error naming the store (no fallback yet).
+//!   over the container's masked one;
+//! - (a) and (b) again without a volume: the store on the container's own
+//!   overlay filesystem, where overlay cannot be mounted: the copying
+//!   snapshotter, said in one warning line, the same image;
+//! - (c) `chroot-job.yaml`: root with the default seccomp profile and no
+//!   added capability, the store on the container's own filesystem: no
+//!   namespace can be made, so chroot isolation (one warning line); the
+//!   Dockerfile without its cache mount (chroot mounts nothing), the
+//!   image a root build of that one makes on the host.
 //!
-//! And those Jobs validate (kubernetes-validate, strict); and, on the
-//! host, a store on an overlay mount is named by `kiln info` and by the
-//! first RUN.
+//! And those Jobs validate (kubernetes-validate, strict). (A store on an
+//! overlay mount of the host: tests/snapshotter.rs.)
 
 mod common;
 
@@ -195,26 +200,51 @@ fn pod(name: &str) -> Pod {
     }
 }
 
-/// One level: `docker run` of kiln's image as `pod` runs it, a host
-/// directory as its store volume (kiln's default store path there), the
-/// context and /out (the metadata file) bound; the build pushes
-/// `REGISTRY/out:NAME`. Its stderr and pushed digest.
+/// One run of kiln's image: its name (of the store, the output and the
+/// pushed tag), where its store is, its context.
+struct Level<'a> {
+    name: &'a str,
+    store_on: StoreOn,
+    ctx: &'a Path,
+}
+
+/// Where a level's store is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StoreOn {
+    /// A host directory as the Job's store volume (an emptyDir).
+    Volume,
+    /// No volume: kiln's default store path on the container's own
+    /// overlay filesystem.
+    ContainerFs,
+}
+
+/// One level: `docker run` of kiln's image as `pod` runs it, its store
+/// (kiln's default store path there) as `store` says, the context and
+/// /out (the metadata file) bound; the build pushes `REGISTRY/out:NAME`.
+/// Its stderr and pushed digest.
 fn build_in_container(
     daemon: &DockerDaemon,
     work: &Path,
     registry: &RegistryServer,
-    name: &str,
+    level: Level<'_>,
     pod: &Pod,
 ) -> (String, String) {
+    let Level {
+        name,
+        store_on,
+        ctx,
+    } = level;
     let store = open_dir(&work.join(format!("{name}-store")), Some(pod.uid));
     let out = open_dir(&work.join(format!("{name}-out")), Some(pod.uid));
-    let ctx = work.join("ctx");
     let mut args: Vec<String> = ["run", "--rm", "--network", "host"]
         .iter()
         .map(|s| s.to_string())
         .collect();
     args.extend(pod.options.iter().cloned());
     for (host, inside) in [(&store, pod.store.as_str()), (&out, "/out")] {
+        if store_on == StoreOn::ContainerFs && host == &store {
+            continue;
+        }
         args.extend(["-v".into(), format!("{}:{inside}", host.display())]);
     }
     args.extend(["-v".into(), format!("{}:{}:ro", ctx.display(), pod.context)]);
@@ -254,6 +284,7 @@ fn kubernetes_jobs_validate() {
         .arg("--strict")
         .arg(dir.join("rootless-job.yaml"))
         .arg(dir.join("root-job.yaml"))
+        .arg(dir.join("chroot-job.yaml"))
         .output()
         .expect("kubernetes-validate (pip, installed by scripts/setup)");
     let text =
@@ -261,7 +292,7 @@ fn kubernetes_jobs_validate() {
     assert!(out.status.success(), "{text}");
     assert_eq!(
         text.matches(" passed for resource job/").count(),
-        2,
+        3,
         "{text}"
     );
 }
@@ -330,13 +361,31 @@ fn kilns_image_builds_in_containers_the_image_root_builds_on_the_host() {
     load_kiln_image(&daemon, work);
     // (a) root with CAP_SYS_ADMIN (root-job.yaml): namespaces, no
     // isolation warning.
-    let (stderr, digest) = build_in_container(&daemon, work, &registry, "a", &root_pod);
+    let level = |name, store_on| Level {
+        name,
+        store_on,
+        ctx: &ctx,
+    };
+    let (stderr, digest) = build_in_container(
+        &daemon,
+        work,
+        &registry,
+        level("a", StoreOn::Volume),
+        &root_pod,
+    );
     assert!(!stderr.contains("WARNING: isolation"), "{stderr}");
+    assert!(!stderr.contains("snapshotter copy"), "{stderr}");
     assert_eq!(digest, host_digest, "level (a):\n{stderr}");
 
     // (b) uid 1000 (rootless-job.yaml): rootless, the outer /proc bound,
     // said so.
-    let (stderr, digest) = build_in_container(&daemon, work, &registry, "b", &rootless_pod);
+    let (stderr, digest) = build_in_container(
+        &daemon,
+        work,
+        &registry,
+        level("b", StoreOn::Volume),
+        &rootless_pod,
+    );
     assert!(
         stderr.contains("WARNING: isolation rootless: kiln runs as uid 1000, not root"),
         "{stderr}"
@@ -351,121 +400,77 @@ fn kilns_image_builds_in_containers_the_image_root_builds_on_the_host() {
     let index = work.join("b-store/index.json");
     assert_eq!(std::fs::metadata(index).unwrap().uid(), 1000);
 
-    // (b) with the store on the container's own overlay filesystem (no
-    // volume): overlay cannot stack on it, and the first RUN says so,
-    // naming the store, instead of the kernel's bare EINVAL.
-    let mut args: Vec<&str> = vec!["run", "--rm", "--network", "host"];
-    args.extend(rootless_pod.options.iter().map(String::as_str));
-    let ctx_volume = format!("{}:{}:ro", ctx.display(), rootless_pod.context);
-    args.extend([
-        "-v",
-        &ctx_volume,
-        "kiln:test",
-        "build",
-        &rootless_pod.context,
-    ]);
-    let output = daemon.docker(&args).unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("error: line 2: RUN echo made")
-            && stderr.contains(&format!("{}/builds/", rootless_pod.store))
-            && stderr.contains("is on an overlay filesystem")
-            && stderr.contains("put kiln's store (--root, KILN_ROOT) on a volume"),
-        "{stderr}"
-    );
-}
-
-/// An overlay mount, unmounted (detached) on drop.
-struct OverlayMount {
-    merged: PathBuf,
-}
-
-impl Drop for OverlayMount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.merged)
-            .status();
-    }
-}
-
-/// A store on overlayfs (as on a container's own root filesystem, here an
-/// overlay mounted on the host): `kiln info` says RUN cannot stack
-/// overlay there; a build without RUN works, the first RUN fails naming
-/// the store's directory; the same builds on the plain disk say nothing.
-#[test]
-fn a_store_on_overlayfs_is_named_by_info_and_by_the_first_run() {
-    kiln_testsupport::require_root!("an overlay mount");
-    let work = tempfile::tempdir().unwrap();
-    let dir = |name: &str| {
-        let path = work.path().join(name);
-        std::fs::create_dir(&path).unwrap();
-        path
-    };
-    let (lower, upper, overlay_work, merged) =
-        (dir("lower"), dir("upper"), dir("work"), dir("merged"));
-    let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.display(),
-        upper.display(),
-        overlay_work.display()
-    );
-    common::run_ok(
-        std::process::Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", &options])
-            .arg(&merged),
-    );
-    let mount = OverlayMount { merged };
-    let bb_tar = work.path().join("busybox.tar");
-    busybox_rootfs_tar(&bb_tar).unwrap();
-    let copy_only = work.path().join("copy-only");
-    std::fs::create_dir(&copy_only).unwrap();
-    std::fs::write(copy_only.join("f"), "f\n").unwrap();
-    std::fs::write(copy_only.join("Dockerfile"), "FROM busybox\nCOPY f /f\n").unwrap();
-    let with_run = work.path().join("with-run");
-    std::fs::create_dir(&with_run).unwrap();
-    std::fs::write(
-        with_run.join("Dockerfile"),
-        "FROM busybox\nRUN echo ran > /ran\n",
-    )
-    .unwrap();
-
-    for (store, on_overlay) in [
-        (mount.merged.join("store"), true),
-        (work.path().join("store"), false),
-    ] {
-        let info = common::kiln_ok(&store, &["info"]);
-        let line = info
-            .lines()
-            .find(|l| l.starts_with("store overlay:"))
-            .unwrap_or_else(|| panic!("{info}"))
-            .to_string();
-        host_kiln(
-            &store,
-            &["import", bb_tar.to_str().unwrap(), "busybox:latest"],
+    // (a) and (b) with the store on the container's own overlay
+    // filesystem (no volume): the copying snapshotter, one warning line
+    // naming the store, the same image.
+    for (name, pod) in [("a-own-fs", &root_pod), ("b-own-fs", &rootless_pod)] {
+        let (stderr, digest) = build_in_container(
+            &daemon,
+            work,
+            &registry,
+            level(name, StoreOn::ContainerFs),
+            pod,
         );
-        host_kiln(&store, &["build", copy_only.to_str().unwrap()]);
-        let out = common::kiln(&store, &["build", with_run.to_str().unwrap()]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if on_overlay {
-            assert!(
-                line.contains(&format!(
-                    "no: {} is on an overlay filesystem",
-                    store.display()
-                )),
-                "{line}"
-            );
-            assert!(!out.status.success(), "{stderr}");
-            assert!(
-                stderr.contains("error: line 2: RUN echo ran > /ran: ")
-                    && stderr.contains(&format!("{}/builds/", store.display()))
-                    && stderr.contains("is on an overlay filesystem"),
-                "{stderr}"
-            );
-        } else {
-            assert!(line.starts_with("store overlay:      yes: "), "{line}");
-            assert!(out.status.success(), "{stderr}");
-        }
+        let warnings: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("WARNING: snapshotter copy: "))
+            .collect();
+        assert_eq!(warnings.len(), 1, "level {name}:\n{stderr}");
+        assert!(
+            warnings[0].contains(&format!("{} is on an overlay filesystem", pod.store)),
+            "level {name}:\n{stderr}"
+        );
+        assert_eq!(digest, host_digest, "level {name}:\n{stderr}");
     }
+
+    // (c) root with docker's default seccomp and no added capability
+    // (chroot-job.yaml), the store on the container's own filesystem: no
+    // namespace can be made, so chroot isolation, said in one warning
+    // line. Its RUN can mount nothing: the same Dockerfile without its
+    // cache mount, against the host root build of that one.
+    let chroot_ctx = open_dir(&work.join("ctx-chroot"), None);
+    let chroot_dockerfile = chroot_ctx.join("Dockerfile");
+    let without_cache: String = DOCKERFILE
+        .replace("{REGISTRY}", &registry.host)
+        .lines()
+        .filter(|l| !l.contains("--mount=type=cache"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&chroot_dockerfile, without_cache).unwrap();
+    std::fs::set_permissions(&chroot_dockerfile, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let metadata = work.join("host-chroot-metadata.json");
+    let tag = format!("{}/out:host-chroot", registry.host);
+    host_kiln(
+        &host_store,
+        &[
+            "build",
+            "--push",
+            "-t",
+            &tag,
+            "--metadata-file",
+            metadata.to_str().unwrap(),
+            chroot_ctx.to_str().unwrap(),
+        ],
+    );
+    let host_chroot_digest = pushed_digest(&metadata);
+    let chroot_pod = pod("chroot-job.yaml");
+    let level_c = Level {
+        name: "c",
+        store_on: StoreOn::ContainerFs,
+        ctx: &chroot_ctx,
+    };
+    let (stderr, digest) = build_in_container(&daemon, work, &registry, level_c, &chroot_pod);
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("WARNING"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "level (c):\n{stderr}");
+    assert!(
+        warnings[0].starts_with(
+            "WARNING: isolation chroot: kiln runs as root without CAP_SYS_ADMIN and no user \
+             namespace can be made"
+        ),
+        "level (c):\n{stderr}"
+    );
+    assert_eq!(digest, host_chroot_digest, "level (c):\n{stderr}");
 }

@@ -31,7 +31,7 @@ const BUILD_FLAGS: &[(&str, &[&str], &[&str])] = &[
     ("--format", &["--format"], &["tests/options.rs::dry_run_format_file_quiet_and_verbose"]),
     ("--iidfile", &["--iidfile"], &["tests/build.rs::outputs_tags_iidfile_and_metadata_file"]),
     ("--insecure-registry", &["--insecure-registry"], &["tests/build.rs::push_to_a_registry"]),
-    ("--isolation", &["--isolation"], &["tests/rootless.rs::a_rootless_build_makes_the_image_root_makes"]),
+    ("--isolation", &["--isolation"], &["tests/rootless.rs::a_rootless_build_makes_the_image_root_makes", "tests/snapshotter.rs::isolation_chroot_builds_the_image_namespaces_build"]),
     ("--label", &["--label"], &["tests/contexts.rs::labels_and_annotations_go_where_buildkit_puts_them", "tests/multiplatform.rs::annotations_and_labels_of_a_two_platform_build"]),
     ("--memory", &["--memory", "-m"], &["tests/security/limits.rs::memory_flag_on_build_and_run"]),
     ("--metadata-file", &["--metadata-file"], &["tests/build.rs::outputs_tags_iidfile_and_metadata_file"]),

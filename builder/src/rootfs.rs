@@ -366,18 +366,7 @@ struct Located {
     meta: std::fs::Metadata,
 }
 
-fn is_whiteout(meta: &std::fs::Metadata) -> bool {
-    meta.file_type().is_char_device() && meta.rdev() == 0
-}
-
-fn is_opaque(path: &Path) -> bool {
-    ["trusted.overlay.opaque", "user.overlay.opaque"]
-        .iter()
-        .any(|name| {
-            let mut value = [0u8; 4];
-            matches!(rustix::fs::lgetxattr(path, *name, &mut value[..]), Ok(1)) && value[0] == b'y'
-        })
-}
+use kiln_layers::whiteout::{is_opaque, is_whiteout};
 
 impl LayeredRootfs {
     /// `lowers` top-most first; `upper` receives every write.
@@ -429,7 +418,7 @@ impl LayeredRootfs {
                 match lstat_opt(&host)? {
                     None if opaque_below => return Ok(None),
                     None => continue 'layers,
-                    Some(m) if is_whiteout(&m) => return Ok(None),
+                    Some(m) if is_whiteout(&host, &m) => return Ok(None),
                     Some(m) if !m.is_dir() => return Ok(None),
                     Some(_) => {
                         if depth > 0 && is_opaque(&host) {
@@ -440,7 +429,7 @@ impl LayeredRootfs {
             }
             let host = Self::host_in(layer, rel);
             match lstat_opt(&host)? {
-                Some(m) if is_whiteout(&m) => return Ok(None),
+                Some(m) if is_whiteout(&host, &m) => return Ok(None),
                 Some(meta) => {
                     return Ok(Some(Located {
                         host,
@@ -472,7 +461,7 @@ impl LayeredRootfs {
                 match lstat_opt(&host)? {
                     None if stop_after => break 'layers,
                     None => continue 'layers,
-                    Some(m) if is_whiteout(&m) || !m.is_dir() => break 'layers,
+                    Some(m) if is_whiteout(&host, &m) || !m.is_dir() => break 'layers,
                     Some(_) => {
                         if depth > 0 && is_opaque(&host) {
                             stop_after = true;
@@ -485,8 +474,8 @@ impl LayeredRootfs {
                 if seen.contains_key(&name) {
                     continue;
                 }
-                let meta = lstat_opt(&host.join(&name))?;
-                let visible = meta.is_some_and(|m| !is_whiteout(&m));
+                let path = host.join(&name);
+                let visible = lstat_opt(&path)?.is_some_and(|m| !is_whiteout(&path, &m));
                 seen.insert(name, visible);
             }
             if stop_after {

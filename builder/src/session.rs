@@ -104,6 +104,10 @@ pub struct BuildSettings {
     pub source_date_epoch: Option<i64>,
     /// RUN's network unless a RUN says otherwise.
     pub network: Network,
+    /// How a RUN's root filesystem is made (`kiln_runtime::Snapshotter::for_store`).
+    pub snapshotter: kiln_runtime::Snapshotter,
+    /// chroot isolation: see `SolveOptions::chroot`.
+    pub chroot: bool,
     /// How layers are compressed when they leave the store.
     pub compression: Compression,
     pub docker_media_types: bool,
@@ -815,6 +819,8 @@ impl<'a> Session<'a> {
             no_cache_stages,
             source_date_epoch: settings.source_date_epoch(),
             network: settings.network,
+            snapshotter: settings.snapshotter,
+            chroot: settings.chroot,
             helper: settings.helper.clone(),
             downloads: Some(&planned.downloads),
             events,

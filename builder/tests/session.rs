@@ -64,6 +64,8 @@ fn settings(context: PathBuf, dockerfile: &str, out: &std::path::Path) -> BuildS
         allow: Default::default(),
         source_date_epoch: Some(1_700_000_000),
         network: Network::None,
+        snapshotter: kiln_runtime::Snapshotter::Overlay,
+        chroot: false,
         compression: Compression::Gzip,
         docker_media_types: false,
         secrets: BTreeMap::new(),

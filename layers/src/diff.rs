@@ -5,7 +5,8 @@
 //! uid/gid, no user or group names, permission bits only, mtimes clamped to
 //! `SOURCE_DATE_EPOCH` when given); PAX records carry long names, large ids
 //! and xattrs; files sharing an inode become hardlinks to the first path.
-//! Overlay whiteouts (0/0 character devices) become `.wh.NAME` entries and
+//! Overlay whiteouts (0/0 character devices, or the xattr form of
+//! `crate::whiteout`) become `.wh.NAME` entries and
 //! opaque directories get a `.wh..wh..opq` entry. Overlay's own xattrs are
 //! never copied; a `metacopy` or `redirect` upper dir is refused (mount the
 //! overlay with `metacopy=off,redirect_dir=off`).
@@ -70,7 +71,7 @@ fn write_tar_counted<W: Write>(dir: &Path, out: W, options: &DiffOptions) -> Res
     // `.wh.NAME`), so the order is a function of the names alone.
     let key = |(rel, meta): &(PathBuf, fs::Metadata)| -> Vec<u8> {
         let whiteout =
-            options.overlay_whiteouts && meta.file_type().is_char_device() && meta.rdev() == 0;
+            options.overlay_whiteouts && crate::whiteout::is_whiteout(&dir.join(rel), meta);
         match (whiteout, rel.parent(), rel.file_name()) {
             (true, Some(parent), Some(name)) => {
                 let mut wh = std::ffi::OsString::from(".wh.");
@@ -322,7 +323,7 @@ impl<W: Write> TarWriter<W> {
             read_xattrs(&path)?
         };
         let (kept_xattrs, overlay_opaque) = split_overlay_xattrs(xattrs, &path)?;
-        if self.options.overlay_whiteouts && ft.is_char_device() && meta.rdev() == 0 {
+        if self.options.overlay_whiteouts && crate::whiteout::is_whiteout(&path, meta) {
             return self.append_whiteout(rel, mtime);
         }
         let (uid, gid) = (meta.uid() as u64, meta.gid() as u64);

@@ -84,6 +84,7 @@ pub mod snapshot;
 #[allow(unsafe_code)]
 pub mod store;
 pub mod unpack;
+pub mod whiteout;
 
 pub use canonical::to_canonical_json;
 pub use compress::Compression;

@@ -137,7 +137,6 @@ pub trait ExtractTarget {
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
-const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
 /// Unpacks the uncompressed layer tar stream `tar` into `dest` (an existing
 /// directory). The stream is read up to the tar end marker; a caller hashing
@@ -567,6 +566,14 @@ impl Unpacker<'_> {
                         },
                         FileType::Symlink => Lower::Symlink,
                         FileType::CharacterDevice if st.st_rdev == 0 => Lower::Missing,
+                        FileType::RegularFile
+                            if st.st_size == 0
+                                && crate::whiteout::has_whiteout_xattr(
+                                    &proc_fd_path(&dir).join(last),
+                                ) =>
+                        {
+                            Lower::Missing
+                        }
                         _ => Lower::Other,
                     }
                 }
@@ -790,13 +797,8 @@ impl Unpacker<'_> {
         let parent = self.open_dir(parent_comps, true, shown)?;
         self.stats.whiteouts += 1;
         if name_str == OPAQUE_MARKER {
-            rustix::fs::setxattr(
-                proc_fd_path(&parent),
-                OVERLAY_OPAQUE_XATTR,
-                b"y",
-                XattrFlags::empty(),
-            )
-            .map_err(|e| self.io("set opaque xattr", shown, e))?;
+            crate::whiteout::set_opaque(&proc_fd_path(&parent))
+                .map_err(|e| self.io("set opaque xattr", shown, e))?;
             return Ok(());
         }
         if name_str.starts_with(".wh..wh.") {
@@ -809,14 +811,8 @@ impl Unpacker<'_> {
         }
         let target = OsStr::from_bytes(target);
         self.clear(&parent, target, false, shown)?;
-        rustix::fs::mknodat(
-            &parent,
-            target,
-            FileType::CharacterDevice,
-            Mode::empty(),
-            rustix::fs::makedev(0, 0),
-        )
-        .map_err(|e| self.io("create whiteout", shown, e))?;
+        crate::whiteout::make_whiteout_at(&parent, target)
+            .map_err(|e| self.io("create whiteout", shown, e))?;
         Ok(())
     }
 
@@ -877,7 +873,7 @@ impl Unpacker<'_> {
         if cleared == Cleared::Removed && self.dir_below(&place.path) {
             // It replaced something that hid a lower directory: that one
             // stays hidden.
-            rustix::fs::fsetxattr(&dir, OVERLAY_OPAQUE_XATTR, b"y", XattrFlags::empty())
+            crate::whiteout::set_opaque(&proc_fd_path(&dir))
                 .map_err(|e| self.io("set opaque xattr", shown, e))?;
         }
         self.set_owner_mode_fd(&dir, attrs.uid, attrs.gid, attrs.mode, shown)?;

@@ -41,9 +41,8 @@ pub enum RuntimeError {
     IdMap(String),
     #[error(
         "{path} is on an overlay filesystem (a container's own root filesystem?), which \
-         overlay cannot use as its upper layer: put kiln's store (--root, KILN_ROOT) on a \
-         volume or another filesystem (fuse-overlayfs and a copying snapshotter are not \
-         supported yet)"
+         overlay cannot use as its upper layer: a run there needs a root directory of its \
+         own (the copying snapshotter), or kiln's store (--root, KILN_ROOT) on a volume"
     )]
     UpperOnOverlay { path: PathBuf },
     #[error("unable to find user {user} in image {image}: {reason}")]

@@ -1,6 +1,7 @@
 //! The helper process: a fresh exec of the kiln binary, single-threaded, that
 //! creates the namespaces, forks the container's init (PID 1 of the new PID
-//! namespace) and waits for it.
+//! namespace) and waits for it. With chroot isolation it creates none, and
+//! kills the init's process group once the init has ended.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -87,8 +88,11 @@ pub fn helper_main() -> i32 {
     if config.network != Network::Host {
         flags |= libc::CLONE_NEWNET;
     }
-    if let Err(err) = sys.unshare(flags) {
-        return fail(&mut report, "new namespaces", err.to_string());
+    // chroot isolation: no namespace at all.
+    if !config.chroot {
+        if let Err(err) = sys.unshare(flags) {
+            return fail(&mut report, "new namespaces", err.to_string());
+        }
     }
     if config.network == Network::Private {
         send(&mut report, &Report::NetnsReady);
@@ -122,6 +126,13 @@ pub fn helper_main() -> i32 {
     }
     send(&mut report, &Report::Started { pid });
     let status = wait_for(pid);
+    if config.chroot {
+        // No PID namespace ends them: what the command left running in
+        // its session (the init's setsid made its process group) goes now.
+        if let Some(group) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+    }
     // Inside a user namespace the container's files may belong to ids only
     // this namespace can remove.
     for path in &config.remove_after_exit {

@@ -19,6 +19,10 @@
 //!    the container's `PATH`; with `-t`, a pty from the container's devpts;
 //! 6. rlimits, the bounding set, groups/gid/uid, the default capabilities,
 //!    parent-death signal, no_new_privs, umask, seccomp last, then execve.
+//!
+//! With chroot isolation (`cfg.chroot`: no namespace can be made) steps 2
+//! to 4 and the hostname and loopback are left out: the root dir becomes
+//! `/` by chroot(2), nothing is mounted; the rest is the same.
 
 use std::convert::Infallible;
 use std::io;
@@ -132,12 +136,16 @@ fn init(
             sys.join_cgroup(procs),
         )?;
     }
-    step("new mount namespace", sys.unshare(libc::CLONE_NEWNS))?;
-    prepare_rootfs(sys, cfg, report)?;
-    enter_rootfs(sys, &cfg.rootfs)?;
-    step("sethostname", sys.sethostname(&cfg.hostname))?;
-    if cfg.network != Network::Host {
-        step("bring lo up", sys.loopback_up())?;
+    if cfg.chroot {
+        enter_chroot(sys, cfg)?;
+    } else {
+        step("new mount namespace", sys.unshare(libc::CLONE_NEWNS))?;
+        prepare_rootfs(sys, cfg, report)?;
+        enter_rootfs(sys, &cfg.rootfs)?;
+        step("sethostname", sys.sethostname(&cfg.hostname))?;
+        if cfg.network != Network::Host {
+            step("bring lo up", sys.loopback_up())?;
+        }
     }
 
     let user = lookup_user(sys, cfg)?;
@@ -303,14 +311,17 @@ fn find_executable(
 /// The caller put every mount point in a bottom lower layer, so normally it
 /// exists and nothing lands in the upper dir; when the image hides it (a
 /// whiteout), it is created and reported so the caller can remove it from the
-/// upper dir afterwards.
+/// upper dir afterwards. In a root dir (`cfg.root_dir`: no such layer) the
+/// directory a stub is made in keeps its mtime, and the caller keeps it
+/// again when it removes the stub.
 fn ensure_mount_point(
     sys: &mut dyn Syscalls,
-    root: &Path,
+    cfg: &ContainerConfig,
     rel: &Path,
     dir: bool,
     report: &mut dyn FnMut(Report),
 ) -> Result<PathBuf, Failure> {
+    let (root, keep_times) = (cfg.rootfs.as_path(), cfg.root_dir.is_some());
     let resolve = |sys: &mut dyn Syscalls, prefix: &Path| {
         step(
             format!("resolve /{} in the root", prefix.display()),
@@ -332,11 +343,34 @@ fn ensure_mount_point(
             continue;
         }
         let path = resolved.join(component);
+        // In a root dir (the copying snapshotter) a stub must leave no
+        // trace: its directory keeps its mtime.
+        let parent_mtime = match keep_times {
+            true => Some(step(
+                format!("stat {}", resolved.display()),
+                sys.mtime(&resolved),
+            )?),
+            false => None,
+        };
         let created = if i + 1 == components.len() && !dir {
             sys.create_file(&path, 0o644)
         } else {
             sys.mkdir_all(&path, 0o755)
         };
+        if let (Ok(()), Some(mtime)) = (&created, parent_mtime) {
+            step(
+                format!("keep the mtime of {}", resolved.display()),
+                sys.set_mtime(&resolved, mtime),
+            )?;
+            // Each one made is removed afterwards (in an upper dir only
+            // the mount point is: a directory made there over a whiteout
+            // must stay, or what it hid would show again).
+            if i + 1 < components.len() {
+                report(Report::StubCreated {
+                    path: prefix.clone(),
+                });
+            }
+        }
         match created {
             // Nothing resolved there, yet something is: a symlink leading
             // out of the image (or nowhere), which is not followed.
@@ -416,12 +450,15 @@ fn prepare_rootfs(
         libc::MS_REC | libc::MS_PRIVATE,
         "",
     )?;
-    mount_overlay(sys, cfg)?;
+    match &cfg.root_dir {
+        Some(dir) => bind_root_dir(sys, cfg, dir)?,
+        None => mount_overlay(sys, cfg)?,
+    }
     mount_proc_and_sys(sys, cfg, report)?;
     let dev = mount_dev(sys, cfg, report)?;
     bind_etc_files(sys, cfg, report)?;
     mount_volumes(sys, cfg, report)?;
-    mount_memory_files(sys, cfg, root, report)?;
+    mount_memory_files(sys, cfg, report)?;
     if cfg.privileged {
         return Ok(());
     }
@@ -456,6 +493,27 @@ fn mount_overlay(sys: &mut dyn Syscalls, cfg: &ContainerConfig) -> Result<(), Fa
     Ok(())
 }
 
+/// A plain directory as the root (the copying snapshotter): bound on the
+/// mount point, `nodev` as the overlay would be.
+fn bind_root_dir(sys: &mut dyn Syscalls, cfg: &ContainerConfig, dir: &Path) -> Result<(), Failure> {
+    let root = cfg.rootfs.as_path();
+    let source = dir.to_string_lossy();
+    mount(sys, &source, root, "", libc::MS_BIND | libc::MS_REC, "")?;
+    if cfg.nodev {
+        // Flags the mount has must be repeated (locked in a user namespace).
+        let kept = step(format!("statvfs {}", root.display()), sys.mount_flags(root))?;
+        mount(
+            sys,
+            "",
+            root,
+            "",
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NODEV | kept,
+            "",
+        )?;
+    }
+    Ok(())
+}
+
 /// /proc, and /sys read-only.
 ///
 /// In a user namespace the kernel mounts a new proc or sysfs only where
@@ -470,11 +528,10 @@ fn mount_proc_and_sys(
     cfg: &ContainerConfig,
     report: &mut dyn FnMut(Report),
 ) -> Result<(), Failure> {
-    let root = cfg.rootfs.as_path();
-    let proc_dir = ensure_mount_point(sys, root, Path::new("proc"), true, report)?;
+    let proc_dir = ensure_mount_point(sys, cfg, Path::new("proc"), true, report)?;
     fresh_or_bound(sys, cfg, "proc", &proc_dir, NO_SUID_DEV_EXEC, report)?;
 
-    let sys_dir = ensure_mount_point(sys, root, Path::new("sys"), true, report)?;
+    let sys_dir = ensure_mount_point(sys, cfg, Path::new("sys"), true, report)?;
     if cfg.rootless && cfg.network == Network::Host {
         // sysfs can only be mounted by the owner of the network namespace;
         // in a user namespace sharing the host's network, bind the host's.
@@ -528,7 +585,7 @@ fn mount_dev(
     report: &mut dyn FnMut(Report),
 ) -> Result<PathBuf, Failure> {
     let nodev = if cfg.nodev { libc::MS_NODEV } else { 0 };
-    let dev = ensure_mount_point(sys, &cfg.rootfs, Path::new("dev"), true, report)?;
+    let dev = ensure_mount_point(sys, cfg, Path::new("dev"), true, report)?;
     mount(
         sys,
         "tmpfs",
@@ -613,7 +670,7 @@ fn bind_etc_files(
 ) -> Result<(), Failure> {
     for name in ETC_FILES {
         let rel = Path::new("etc").join(name);
-        let target = ensure_mount_point(sys, &cfg.rootfs, &rel, false, report)?;
+        let target = ensure_mount_point(sys, cfg, &rel, false, report)?;
         let source = cfg.etc_dir.join(name);
         mount(
             sys,
@@ -681,7 +738,7 @@ fn mount_tmpfs(
     report: &mut dyn FnMut(Report),
 ) -> Result<(), Failure> {
     let rel = tmpfs.target.strip_prefix("/").unwrap_or(&tmpfs.target);
-    let target = ensure_mount_point(sys, &cfg.rootfs, rel, true, report)?;
+    let target = ensure_mount_point(sys, cfg, rel, true, report)?;
     let nodev = if cfg.nodev { libc::MS_NODEV } else { 0 };
     let mut options = "mode=1777".to_string();
     if let Some(size) = tmpfs.size {
@@ -711,7 +768,7 @@ fn bind_volume(
         sys.stat_mode(&volume.source),
     )?
     .is_none_or(|mode| mode & libc::S_IFMT == libc::S_IFDIR);
-    let target = ensure_mount_point(sys, &cfg.rootfs, rel, is_dir, report)?;
+    let target = ensure_mount_point(sys, cfg, rel, is_dir, report)?;
     let source = volume.source.to_string_lossy();
     mount(sys, &source, &target, "", libc::MS_BIND | libc::MS_REC, "")?;
     if volume.read_only {
@@ -765,7 +822,6 @@ fn mask_paths(sys: &mut dyn Syscalls, root: &Path, dev: &Path) -> Result<(), Fai
 fn mount_memory_files(
     sys: &mut dyn Syscalls,
     cfg: &ContainerConfig,
-    root: &Path,
     report: &mut dyn FnMut(Report),
 ) -> Result<(), Failure> {
     if cfg.memory_files.is_empty() {
@@ -800,7 +856,7 @@ fn mount_memory_files(
             )?;
         }
         let rel = file.target.strip_prefix("/").unwrap_or(&file.target);
-        let target = ensure_mount_point(sys, root, rel, false, report)?;
+        let target = ensure_mount_point(sys, cfg, rel, false, report)?;
         mount(
             sys,
             &source.to_string_lossy(),
@@ -815,6 +871,23 @@ fn mount_memory_files(
         format!("detach {}", dir.display()),
         sys.umount(dir, libc::MNT_DETACH),
     )
+}
+
+/// chroot isolation: no mount namespace, nothing mounted; the root dir
+/// becomes `/` by chroot(2).
+fn enter_chroot(sys: &mut dyn Syscalls, cfg: &ContainerConfig) -> Result<(), Failure> {
+    let Some(dir) = &cfg.root_dir else {
+        return Err(Failure::Setup {
+            step: "chroot".into(),
+            reason: "chroot isolation needs a root directory".into(),
+        });
+    };
+    step(format!("chdir {}", dir.display()), sys.chdir(dir))?;
+    step(
+        format!("chroot {}", dir.display()),
+        sys.chroot(Path::new(".")),
+    )?;
+    step("chdir /", sys.chdir(Path::new("/")))
 }
 
 /// pivot_root(".", ".") then detaching the old root, which stays stacked

@@ -110,6 +110,7 @@ pub use parent::{run, upper_dir_support, MAX_LOWER_DIRS};
 pub use scratch::{dead_scratch, remove_dead_scratch, RemovedScratch};
 pub use spec::{
     BindMount, ExitStatus, HelperCommand, Limit, Limits, MemoryFile, Network, Rlimit,
-    RlimitResource, RunSpec, Streams, TmpfsMount, UpperDir, DEFAULT_SHM_SIZE, HELPER_SUBCOMMAND,
+    RlimitResource, RunSpec, Snapshotter, Streams, TmpfsMount, UpperDir, DEFAULT_SHM_SIZE,
+    HELPER_SUBCOMMAND,
 };
 pub use sys::pipe;

@@ -71,8 +71,8 @@ pub fn upper_dir_support(dir: &Path) -> Result<String, String> {
     if filesystem_is(existing, OVERLAYFS_MAGIC) {
         return Err(format!(
             "{} is on an overlay filesystem (a container's own root filesystem?), which \
-             overlay cannot use as its upper layer: RUN steps fail there; put the store \
-             (--root, KILN_ROOT) on a volume",
+             overlay cannot use as its upper layer: RUN steps work on copies of their root \
+             filesystem there (the copying snapshotter; a store on a volume is faster)",
             dir.display()
         ));
     }
@@ -164,6 +164,11 @@ impl StateDir {
                 }
                 File::create(&path).map_err(err(&path))?;
             }
+        }
+        for tmpfs in &spec.tmpfs {
+            let rel = tmpfs.target.strip_prefix("/").unwrap_or(&tmpfs.target);
+            let path = self.mount_points.join(rel);
+            std::fs::create_dir_all(&path).map_err(err(&path))?;
         }
         if !spec.memory_files.is_empty() {
             std::fs::create_dir_all(&self.memory).map_err(err(&self.memory))?;
@@ -310,6 +315,17 @@ fn validate(spec: &RunSpec) -> Result<(), RuntimeError> {
             )));
         }
     }
+    if spec.chroot {
+        validate_chroot(spec)?;
+    }
+    for tmpfs in &spec.tmpfs {
+        if !tmpfs.target.is_absolute() || tmpfs.target.components().any(|c| c.as_os_str() == "..") {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "tmpfs target {} must be an absolute path without '..'",
+                tmpfs.target.display()
+            )));
+        }
+    }
     for file in &spec.memory_files {
         if !file.target.is_absolute()
             || file.target.components().any(|c| c.as_os_str() == "..")
@@ -324,6 +340,30 @@ fn validate(spec: &RunSpec) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// A chroot run has a root dir and nothing that needs a mount or a
+/// namespace.
+fn validate_chroot(spec: &RunSpec) -> Result<(), RuntimeError> {
+    let needs = if spec.root_dir.is_none() {
+        Some("a root directory")
+    } else if !spec.mounts.is_empty() || !spec.memory_files.is_empty() {
+        Some("no bind mounts (they need a mount namespace)")
+    } else if !spec.tmpfs.is_empty() {
+        Some("no tmpfs mounts (they need a mount namespace)")
+    } else if spec.network != Network::Host {
+        Some("the host's network (another needs a network namespace)")
+    } else if matches!(spec.streams, Streams::Terminal { .. }) {
+        Some("no terminal")
+    } else {
+        None
+    };
+    match needs {
+        Some(what) => Err(RuntimeError::InvalidSpec(format!(
+            "chroot isolation (no namespaces) needs {what}"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Runs `spec` and waits for it. See the crate documentation.
 pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeError> {
     validate(&spec)?;
@@ -332,8 +372,9 @@ pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeE
     }
     // Not root here: the helper makes a user namespace. Root of a user
     // namespace (a rootless build): no new one, but no host privileges.
-    let new_userns = !rustix::process::geteuid().is_root();
-    let rootless = new_userns || crate::userns::in_user_namespace();
+    // chroot isolation makes no namespace at all.
+    let new_userns = !rustix::process::geteuid().is_root() && !spec.chroot;
+    let rootless = new_userns || crate::userns::in_user_namespace() || spec.chroot;
     let slirp4netns = match spec.network {
         Network::Private => {
             let support = crate::network::probe();
@@ -379,8 +420,8 @@ pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeE
         Ok((status, stubs, upper)) => (Ok(status), stubs, upper),
         Err(err) => (Err(err), Vec::new(), None),
     };
-    if let Some(upper) = upper_kept {
-        remove_stubs(&upper, &stubs);
+    if let Some(kept) = upper_kept {
+        remove_stubs(&kept.dir, &stubs, kept.keep_times);
     }
     remove_tree(&state.root);
     if state.scratch != state.root {
@@ -396,7 +437,7 @@ fn spec_config(
 ) -> Result<ContainerConfig, RuntimeError> {
     // The kernel refuses overlayfs as an upper dir's filesystem with a
     // bare EINVAL; said here, naming the store.
-    if filesystem_is(&state.upper, OVERLAYFS_MAGIC) {
+    if spec.root_dir.is_none() && filesystem_is(&state.upper, OVERLAYFS_MAGIC) {
         return Err(RuntimeError::UpperOnOverlay {
             path: state.upper.clone(),
         });
@@ -410,11 +451,14 @@ fn spec_config(
         rootless,
         new_userns: false,
         rootfs: state.rootfs.clone(),
-        overlay_options: state.overlay_options(
-            &spec.lower_dirs,
-            rootless,
-            matches!(spec.upper, UpperDir::Keep(_)),
-        )?,
+        overlay_options: match spec.root_dir {
+            Some(_) => String::new(),
+            None => state.overlay_options(
+                &spec.lower_dirs,
+                rootless,
+                matches!(spec.upper, UpperDir::Keep(_)),
+            )?,
+        },
         etc_dir: state.etc.clone(),
         image: spec.image.clone(),
         argv: spec.argv.clone(),
@@ -450,6 +494,8 @@ fn spec_config(
         remove_after_exit,
         cgroups: Vec::new(),
         nodev: false,
+        root_dir: spec.root_dir.clone(),
+        chroot: spec.chroot,
     })
 }
 
@@ -490,24 +536,39 @@ fn nofile_limit(requested: u64, rootless: bool) -> (u64, u64) {
     (limit, limit)
 }
 
-/// Removes mount points the init had to create in a kept upper dir, when
-/// they are still what it created (an empty file or directory).
-fn remove_stubs(upper: &Path, stubs: &[PathBuf]) {
+/// Removes mount points the init had to create in a kept upper dir (or a
+/// root dir), when they are still what it created (an empty file or
+/// directory); with `keep_times`, their parents keep their mtimes.
+fn remove_stubs(upper: &Path, stubs: &[PathBuf], keep_times: bool) {
     for rel in stubs.iter().rev() {
         let path = upper.join(rel);
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_file() && meta.len() == 0 => {
-                let _ = std::fs::remove_file(&path);
-            }
-            Ok(meta) if meta.is_dir() => {
-                let _ = std::fs::remove_dir(&path);
-            }
-            _ => {}
+        let parent_mtime = path
+            .parent()
+            .filter(|_| keep_times)
+            .and_then(|p| std::fs::symlink_metadata(p).ok())
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                (m.mtime(), m.mtime_nsec())
+            });
+        let removed = match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() && meta.len() == 0 => std::fs::remove_file(&path).is_ok(),
+            Ok(meta) if meta.is_dir() => std::fs::remove_dir(&path).is_ok(),
+            _ => false,
+        };
+        if let (true, Some(mtime), Some(parent)) = (removed, parent_mtime, path.parent()) {
+            let _ = crate::sys::set_mtime_of(parent, mtime);
         }
     }
 }
 
-type LaunchResult = (ExitStatus, Vec<PathBuf>, Option<PathBuf>);
+/// Where the init's mount-point stubs are removed after a run: a kept
+/// upper dir, or a root dir (whose directories keep their mtimes).
+struct KeptRoot {
+    dir: PathBuf,
+    keep_times: bool,
+}
+
+type LaunchResult = (ExitStatus, Vec<PathBuf>, Option<KeptRoot>);
 
 /// Starts the helper, sends it the configuration, watches the run to its
 /// end, and turns what happened into the run's result.
@@ -549,9 +610,16 @@ fn launch(
     loop_result?;
     let helper_status = helper_status?;
     let (status, stubs) = watch.outcome(&spec.image, spec.timeout, cgroups, helper_status)?;
-    let upper_kept = match spec.upper {
-        UpperDir::Keep(path) => Some(path),
-        UpperDir::Discard => None,
+    let upper_kept = match (spec.root_dir, spec.upper) {
+        (Some(dir), _) => Some(KeptRoot {
+            dir,
+            keep_times: true,
+        }),
+        (None, UpperDir::Keep(dir)) => Some(KeptRoot {
+            dir,
+            keep_times: false,
+        }),
+        (None, UpperDir::Discard) => None,
     };
     Ok((status, stubs, upper_kept))
 }

@@ -78,6 +78,14 @@ pub struct ContainerConfig {
     /// and /dev `nodev` (the standard nodes are then bound from the host).
     #[serde(default)]
     pub nodev: bool,
+    /// A plain directory bound as the root instead of the overlay (see
+    /// `RunSpec::root_dir`); mount points made in it keep their parents'
+    /// mtimes.
+    #[serde(default)]
+    pub root_dir: Option<PathBuf>,
+    /// No namespaces: chroot into `root_dir` (see `RunSpec::chroot`).
+    #[serde(default)]
+    pub chroot: bool,
 }
 
 /// Why a container did not start.

@@ -242,6 +242,40 @@ pub struct Limits {
     pub memory: Limit,
 }
 
+/// How a build step's root filesystem is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Snapshotter {
+    /// Overlay: the lower layers stacked under an upper dir that gets the
+    /// step's writes.
+    #[default]
+    Overlay,
+    /// BuildKit's "native", buildah's vfs: the lower layers copied into a
+    /// scratch directory, the step's changes found by comparing it with
+    /// them afterwards. Where overlay cannot be mounted (the store on
+    /// overlayfs).
+    Copy,
+}
+
+impl Snapshotter {
+    /// The name `kiln info` and the warnings use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Snapshotter::Overlay => "overlay",
+            Snapshotter::Copy => "copy",
+        }
+    }
+
+    /// The snapshotter for a store at `root`: overlay where it can keep
+    /// upper dirs there ([`crate::upper_dir_support`]), else copy, with
+    /// the reason.
+    pub fn for_store(root: &std::path::Path) -> (Snapshotter, Result<String, String>) {
+        match crate::upper_dir_support(root) {
+            Ok(why) => (Snapshotter::Overlay, Ok(why)),
+            Err(why) => (Snapshotter::Copy, Err(why)),
+        }
+    }
+}
+
 /// /dev/shm's size unless a run says otherwise (Docker's and BuildKit's
 /// 64 MiB).
 pub const DEFAULT_SHM_SIZE: u64 = 64 * 1024 * 1024;
@@ -307,6 +341,21 @@ pub struct RunSpec {
     /// pids and memory limits, enforced through cgroups (see
     /// [`crate::cgroup`]).
     pub limits: Limits,
+    /// A plain directory to run in instead of an overlay of
+    /// [`RunSpec::lower_dirs`] and [`RunSpec::upper`] (the copying
+    /// snapshotter, where overlay cannot be mounted): bound as the root,
+    /// written in place. Mount points the init has to create in it are
+    /// removed afterwards, their parents' mtimes kept, so that the
+    /// directory differs from before only by what the command did.
+    pub root_dir: Option<PathBuf>,
+    /// No namespaces at all (`--isolation chroot`, where none can be
+    /// made): the command runs chrooted into [`RunSpec::root_dir`] (which
+    /// it needs), as the step's user, sharing the caller's network, PID
+    /// space and mounts; nothing is mounted (no /proc, /dev, hosts or
+    /// volumes: a spec with mounts, tmpfs, files from memory or a network
+    /// other than the host's is refused). Its process group is killed
+    /// when it ends.
+    pub chroot: bool,
 }
 
 impl RunSpec {
@@ -338,6 +387,8 @@ impl RunSpec {
             nofile: 1_048_576,
             forward_signals: false,
             limits: Limits::default(),
+            root_dir: None,
+            chroot: false,
         }
     }
 }

@@ -47,6 +47,8 @@ pub trait Syscalls {
     fn pivot_root(&mut self, new_root: &Path, put_old: &Path) -> io::Result<()>;
     /// chdir(2).
     fn chdir(&mut self, dir: &Path) -> io::Result<()>;
+    /// chroot(2).
+    fn chroot(&mut self, dir: &Path) -> io::Result<()>;
     /// mkdir -p with `mode` for the directories it creates.
     fn mkdir_all(&mut self, dir: &Path, mode: u32) -> io::Result<()>;
     /// Creates an empty regular file (a mount point); fails if anything,
@@ -65,6 +67,10 @@ pub trait Syscalls {
     /// RESOLVE_IN_ROOT: symlinks in the image cannot point out of it);
     /// `None` when it does not exist.
     fn resolve_in_root(&mut self, root: &Path, rel: &Path) -> io::Result<Option<PathBuf>>;
+    /// lstat(2)'s mtime (seconds, nanoseconds).
+    fn mtime(&mut self, path: &Path) -> io::Result<(i64, i64)>;
+    /// Sets the mtime (not the atime) of `path`, not following a symlink.
+    fn set_mtime(&mut self, path: &Path, mtime: (i64, i64)) -> io::Result<()>;
     /// stat(2): the mode, or `None` when nothing is there.
     fn stat_mode(&mut self, path: &Path) -> io::Result<Option<Mode>>;
     /// The `MS_*` flags of the mount holding `path` that a remount must keep
@@ -183,6 +189,28 @@ pub fn die_of_sigpipe() -> ! {
     std::process::exit(128 + libc::SIGPIPE)
 }
 
+/// Sets the mtime of `path` (not following a symlink), leaving its atime.
+pub fn set_mtime_of(path: &Path, mtime: (i64, i64)) -> io::Result<()> {
+    use rustix::fs::{Timespec, Timestamps, UTIME_OMIT};
+    let times = Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: mtime.0,
+            tv_nsec: mtime.1 as _,
+        },
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &times,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(io::Error::from)
+}
+
 /// A pipe whose two ends are close-on-exec: (read end, write end).
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
@@ -293,6 +321,10 @@ impl Syscalls for RealSyscalls {
         std::env::set_current_dir(dir)
     }
 
+    fn chroot(&mut self, dir: &Path) -> io::Result<()> {
+        rustix::process::chroot(dir).map_err(io::Error::from)
+    }
+
     fn mkdir_all(&mut self, dir: &Path, mode: u32) -> io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
@@ -368,6 +400,16 @@ impl Syscalls for RealSyscalls {
             Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    fn mtime(&mut self, path: &Path) -> io::Result<(i64, i64)> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok((meta.mtime(), meta.mtime_nsec()))
+    }
+
+    fn set_mtime(&mut self, path: &Path, mtime: (i64, i64)) -> io::Result<()> {
+        set_mtime_of(path, mtime)
     }
 
     fn stat_mode(&mut self, path: &Path) -> io::Result<Option<Mode>> {
@@ -807,6 +849,10 @@ impl Syscalls for RecordingSyscalls {
         self.record(format!("chdir {}", dir.display()))
     }
 
+    fn chroot(&mut self, dir: &Path) -> io::Result<()> {
+        self.record(format!("chroot {}", dir.display()))
+    }
+
     fn mkdir_all(&mut self, dir: &Path, mode: u32) -> io::Result<()> {
         self.record(format!("mkdir_all {} {mode:o}", dir.display()))
     }
@@ -842,6 +888,20 @@ impl Syscalls for RecordingSyscalls {
     fn resolve_in_root(&mut self, root: &Path, rel: &Path) -> io::Result<Option<PathBuf>> {
         let path = root.join(rel);
         Ok(self.modes.contains_key(&path).then_some(path))
+    }
+
+    fn mtime(&mut self, path: &Path) -> io::Result<(i64, i64)> {
+        self.record(format!("mtime {}", path.display()))?;
+        Ok((0, 0))
+    }
+
+    fn set_mtime(&mut self, path: &Path, mtime: (i64, i64)) -> io::Result<()> {
+        self.record(format!(
+            "set_mtime {} {}.{:09}",
+            path.display(),
+            mtime.0,
+            mtime.1
+        ))
     }
 
     fn stat_mode(&mut self, path: &Path) -> io::Result<Option<Mode>> {

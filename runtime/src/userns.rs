@@ -85,6 +85,16 @@ pub fn has_sys_admin() -> bool {
     .unwrap_or(false)
 }
 
+/// Whether this process holds CAP_SYS_CHROOT (chroot isolation).
+pub fn has_sys_chroot() -> bool {
+    caps::has_cap(
+        None,
+        caps::CapSet::Effective,
+        caps::Capability::CAP_SYS_CHROOT,
+    )
+    .unwrap_or(false)
+}
+
 /// Runs `program args` (kiln itself) in a new user namespace whose maps
 /// the caller writes ([`crate::idmap::write_id_maps`]), with `env` added
 /// and [`INNER_ENV`] set, and waits for it: its exit code, 128 + N for

@@ -517,6 +517,8 @@ fn settings_of(
         allow: args.step.entitlements(args.network == NetworkArg::Host),
         source_date_epoch: crate::settings::source_date_epoch(),
         network: sandbox.network,
+        snapshotter: sandbox.snapshotter,
+        chroot: sandbox.chroot,
         compression: match args.compression {
             CompressionArg::Gzip => Compression::Gzip,
             CompressionArg::Zstd => Compression::Zstd,
@@ -624,7 +626,8 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         NetworkArg::Host => Some(Network::Host),
         NetworkArg::None => Some(Network::None),
     };
-    let sandbox = BuildSandbox::probe(network, args.isolation).map_err(anyhow::Error::msg)?;
+    let sandbox =
+        BuildSandbox::probe(network, args.isolation, &global.root).map_err(anyhow::Error::msg)?;
     let spec = ContextSpec::parse(&args.context)?;
     let named_specs = args
         .build_contexts

@@ -54,6 +54,9 @@ pub struct InfoReport {
     /// Whether overlay can stack a RUN's writes on the store's filesystem
     /// (not on overlayfs), or why not.
     pub store_overlay: Availability,
+    /// How a build's RUN gets its root filesystem: `overlay`, or `copy`
+    /// where the store cannot hold overlay's upper dirs.
+    pub snapshotter: String,
 }
 
 /// Whether something is available, and what (or why not).
@@ -96,22 +99,20 @@ impl InfoReport {
         let user_namespaces = kiln_runtime::userns::probe_new();
         let (isolation, isolation_reason) =
             match crate::sandbox::choose_isolation(crate::sandbox::IsolationArg::Auto, &facts) {
-                Ok(choice) if choice.enter_userns && user_namespaces.is_err() => (
-                    "none".to_string(),
-                    Some(
-                        "no user namespace can be made; --isolation chroot is not available yet"
-                            .into(),
-                    ),
-                ),
                 Ok(choice) => (choice.isolation.name().to_string(), choice.reason),
                 Err(why) => ("none".to_string(), Some(why)),
             };
+        let snapshotter = match isolation.as_str() {
+            "chroot" => kiln_runtime::Snapshotter::Copy,
+            _ => kiln_runtime::Snapshotter::for_store(root).0,
+        };
         InfoReport {
             isolation,
             isolation_reason,
             user_namespaces: Availability::of(user_namespaces.map(|()| String::new())),
             subordinate_ids: Availability::of(kiln_runtime::idmap::subordinate_ids()),
             store_overlay: Availability::of(kiln_runtime::upper_dir_support(root)),
+            snapshotter: snapshotter.name().to_string(),
             rootless,
             runtime: capabilities(rootless),
             build_network: network_name(sandbox.network).to_string(),
@@ -167,6 +168,19 @@ impl InfoReport {
             ("user namespaces", self.user_namespaces.line()),
             ("subordinate ids", self.subordinate_ids.line()),
             ("store overlay", self.store_overlay.line()),
+            (
+                "snapshotter",
+                match (self.isolation.as_str(), self.store_overlay.available) {
+                    ("chroot", _) => {
+                        format!("{} (chroot isolation mounts nothing)", self.snapshotter)
+                    }
+                    (_, true) => self.snapshotter.clone(),
+                    (_, false) => format!(
+                        "{} (overlay cannot be mounted on the store)",
+                        self.snapshotter
+                    ),
+                },
+            ),
         ]
     }
 }

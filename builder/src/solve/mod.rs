@@ -13,6 +13,7 @@
 
 mod cache_from;
 mod copy_step;
+mod copying;
 mod events;
 mod lazy;
 mod mounts;
@@ -136,6 +137,13 @@ pub struct SolveOptions<'a> {
     pub source_date_epoch: Option<i64>,
     /// RUN's network unless it says `--network=none|host`.
     pub network: Network,
+    /// How a RUN's root filesystem is made: overlay, or a copy where
+    /// overlay cannot be mounted on the store's filesystem.
+    pub snapshotter: kiln_runtime::Snapshotter,
+    /// chroot isolation (no namespace can be made): each RUN runs chrooted
+    /// into its copied root filesystem (`snapshotter` is then `Copy`),
+    /// with nothing mounted; a RUN that needs a mount is refused.
+    pub chroot: bool,
     /// How the runtime re-executes kiln as its helper.
     pub helper: HelperCommand,
     /// Where ADD URLs come from: the build's downloads, the same the cache

@@ -1,13 +1,17 @@
 //! RUN: the runtime spec of a step (mounts, environment, limits), its
 //! output relayed as it comes, its failure reported with the output's tail.
+//! With the copying snapshotter ([`super::copying`]) the RUN runs in a copy
+//! of its layers, compared with them afterwards into its upper dir.
 
 use std::path::{Path, PathBuf};
 
 use kiln_parser::mount::MountType;
-use kiln_runtime::{BindMount, MemoryFile, Network, RunSpec, UpperDir};
+use kiln_runtime::{BindMount, MemoryFile, Network, RunSpec, Snapshotter, UpperDir};
 
 use crate::plan::{MountSource, RunMount, RunStep};
 use crate::rootfs::LayeredRootfs;
+
+use super::copying::CopiedRoot;
 
 use super::*;
 
@@ -21,7 +25,20 @@ pub(super) fn execute_run(
 ) -> Result<(), SolveError> {
     // The ssh relays serve until the RUN is over (dropped at the end).
     let mounts = step_mounts(run, r, dir)?;
-    let spec = run_spec(run, r, rootfs, dir, &mounts)?;
+    if run.build.opts.chroot {
+        refuse_under_chroot(run, r, &mounts)?;
+    }
+    // The copying snapshotter: the RUN works on a copy of its layers.
+    let copied = match run.build.opts.snapshotter {
+        Snapshotter::Overlay => None,
+        Snapshotter::Copy => Some(
+            CopiedRoot::make(rootfs, &dir.join("rootfs"))
+                .map_err(|e| run.error(format!("copying the root filesystem: {e}")))?,
+        ),
+    };
+    let mut spec = run_spec(run, r, rootfs, dir, &mounts)?;
+    spec.root_dir = copied.as_ref().map(|c| c.dir().to_path_buf());
+    spec.chroot = run.build.opts.chroot;
     let (status, last_lines) = run_with_output(run, spec)?;
     // A step that failed at a limit is an error that names it; its output
     // still tells what was running. A heredoc script whose interpreter is
@@ -50,7 +67,47 @@ pub(super) fn execute_run(
             last_lines,
         });
     }
+    if let Some(copied) = copied {
+        copied.diff_into(rootfs, rootfs.upper()).map_err(|e| {
+            run.error(format!(
+                "comparing the root filesystem with its layers: {e}"
+            ))
+        })?;
+    }
     Ok(())
+}
+
+/// chroot isolation mounts nothing and has no network namespace: a RUN
+/// that needs either is refused, naming what.
+fn refuse_under_chroot(
+    run: &StepRun<'_>,
+    r: &RunStep,
+    mounts: &StepMounts,
+) -> Result<(), SolveError> {
+    let what = if r.script.is_some() {
+        Some("a heredoc run by its #! line (bound into the container)")
+    } else if !mounts.binds.is_empty() || !mounts.ssh_relays.is_empty() {
+        Some("--mount type=bind, cache or ssh")
+    } else if !mounts.tmpfs.is_empty() {
+        Some("--mount type=tmpfs")
+    } else if !mounts.memory.is_empty() {
+        Some("--mount type=secret as a file (env= works)")
+    } else if r.network.as_deref() == Some("none") {
+        Some("--network=none (a network namespace)")
+    } else if !r.extra_hosts.is_empty() {
+        Some("--add-host (an /etc/hosts bound into the container)")
+    } else if r.shm_size.is_some() {
+        Some("--shm-size (a /dev/shm mounted in the container)")
+    } else {
+        None
+    };
+    match what {
+        Some(what) => Err(run.error(format!(
+            "{what} cannot work with --isolation chroot, which can make no mount and no \
+             namespace; supported there: RUN without --mount (but secrets with env=)"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// What a RUN mounts: binds and files from memory for the runtime, and the

@@ -42,6 +42,8 @@ fn config() -> ContainerConfig {
         remove_after_exit: vec![],
         cgroups: vec![],
         nodev: false,
+        root_dir: None,
+        chroot: false,
     }
 }
 
@@ -141,6 +143,84 @@ fn root_with_volumes_and_no_network() {
     // /etc/hosts was missing from the image (and the mount-point layer).
     assert!(text.contains("report StubCreated { path: \"etc/hosts\" }"));
     check_golden("root_network_none", &text);
+}
+
+/// The copying snapshotter: the root dir is bound, not overlaid; every
+/// mount point made in it is reported (each component, for removal) and
+/// its parent keeps its mtime.
+#[test]
+fn a_root_dir_is_bound_and_its_stubs_keep_their_parents_mtimes() {
+    let mut cfg = config();
+    cfg.root_dir = Some(PathBuf::from("/store/builds/b/step/rootfs"));
+    cfg.overlay_options = String::new();
+    cfg.nodev = true;
+    cfg.mounts = vec![BindMount {
+        source: "/host/data".into(),
+        target: "/var/cache/data".into(),
+        read_only: false,
+    }];
+    let mut sys = fake();
+    let (_, text) = transcript(&mut sys, &cfg);
+    assert!(!text.contains("overlay"), "{text}");
+    assert_in_order(
+        &text,
+        &[
+            "mount /store/builds/b/step/rootfs /state/rootfs - BIND|REC",
+            "mount - /state/rootfs - NOSUID|NODEV|NOEXEC|REMOUNT|BIND",
+            "mtime /state/rootfs",
+            "mkdir_all /state/rootfs/var 755",
+            "set_mtime /state/rootfs 0.000000000",
+            "mtime /state/rootfs/var",
+            "mkdir_all /state/rootfs/var/cache 755",
+            "set_mtime /state/rootfs/var 0.000000000",
+            "mtime /state/rootfs/var/cache",
+            "mkdir_all /state/rootfs/var/cache/data 755",
+            "set_mtime /state/rootfs/var/cache 0.000000000",
+            "pivot_root . .",
+            "report StubCreated { path: \"var\" }",
+            "report StubCreated { path: \"var/cache\" }",
+            "report StubCreated { path: \"var/cache/data\" }",
+        ],
+    );
+    check_golden("root_dir_copying_snapshotter", &text);
+}
+
+/// chroot isolation: no namespace, nothing mounted, chroot into the root
+/// dir, then the user, capabilities and seccomp as always.
+#[test]
+fn chroot_mounts_nothing_and_chroots_into_the_root_dir() {
+    let mut cfg = config();
+    cfg.root_dir = Some(PathBuf::from("/store/builds/b/step/rootfs"));
+    cfg.overlay_options = String::new();
+    cfg.chroot = true;
+    cfg.network = Network::Host;
+    let mut sys = fake();
+    let (failure, text) = transcript(&mut sys, &cfg);
+    for absent in [
+        "unshare",
+        "mount",
+        "pivot_root",
+        "sethostname",
+        "loopback_up",
+    ] {
+        assert!(!text.contains(absent), "{absent}:\n{text}");
+    }
+    assert_in_order(
+        &text,
+        &[
+            "chdir /store/builds/b/step/rootfs",
+            "chroot .",
+            "chdir /",
+            "mkdir_all /work 755",
+            "setresgid 1000",
+            "setresuid 1000",
+            "no_new_privs",
+            "seccomp",
+            "exec /bin/sh",
+        ],
+    );
+    assert!(matches!(failure, Failure::Exec { code: 126, .. }));
+    check_golden("chroot", &text);
 }
 
 #[test]

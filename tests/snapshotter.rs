@@ -1,0 +1,313 @@
+//! The copying snapshotter, chosen for real: a store on an overlayfs (one
+//! this test mounts, as a container's own root filesystem is) cannot hold
+//! overlay's upper dirs, so kiln copies each RUN's layers and compares
+//! them afterwards. The image must be the one the overlay snapshotter
+//! makes (same id under SOURCE_DATE_EPOCH): files added, changed and
+//! deleted (whiteouts), a directory replaced (opaque), modes, owners, a
+//! symlink retargeted, a fifo, mounts whose targets the image lacks
+//! (their stubs leave no trace), a cache mount and a WORKDIR.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{busybox_rootfs_tar, kiln_command, run_ok};
+
+const EPOCH: &str = "1700000000";
+
+const DOCKERFILE: &str = "FROM busybox AS base\n\
+    RUN mkdir -p /d/sub /r && echo a > /d/f && echo keep > /r/k && echo x > /m \
+        && echo gone > /gone && ln -s /m /link && echo f > /x && touch /d/sub/s\n\
+    RUN echo more >> /m && rm /gone && rm -rf /r && mkdir /r && echo new > /r/n \
+        && chmod 700 /d && chown 1000:1000 /d/f && rm /link && ln -s /d /link \
+        && rm -rf /d/sub && rm /x && mkdir /x && mkfifo /p && rm /etc/group \
+        && chmod 640 /etc/passwd && mkdir /tmp/t && touch /tmp/t/f && rm -r /tmp/t\n\
+    RUN --mount=type=cache,target=/var/cache/new/here echo hit >> /var/cache/new/here/log \
+        && cp /var/cache/new/here/log /seen\n\
+    RUN --mount=type=bind,source=ctx.txt,target=/opt/in/ctx.txt cp /opt/in/ctx.txt /copied\n\
+    WORKDIR /w/made\n\
+    RUN --mount=type=tmpfs,target=/scratch/t pwd > here && echo t > /scratch/t/x\n\
+    FROM busybox\n\
+    COPY --from=base --chown=1000:1000 /m /home/app/m\n\
+    RUN --mount=from=base,target=/b,source=/r cp /b/n /from-base && rm /bin/ls\n";
+
+/// An overlayfs mounted on `dir/merged` (lower, upper and work dirs
+/// beside it), unmounted on drop.
+struct OverlayMount {
+    merged: PathBuf,
+}
+
+impl OverlayMount {
+    fn new(dir: &Path) -> OverlayMount {
+        for name in ["lower", "upper", "work", "merged"] {
+            std::fs::create_dir_all(dir.join(name)).unwrap();
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            dir.join("lower").display(),
+            dir.join("upper").display(),
+            dir.join("work").display()
+        );
+        let merged = dir.join("merged");
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o", &options])
+                .arg(&merged),
+        );
+        OverlayMount { merged }
+    }
+}
+
+impl Drop for OverlayMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.merged).status();
+    }
+}
+
+/// `kiln --root ROOT ARGS…` under SOURCE_DATE_EPOCH: (success, stdout, stderr).
+fn kiln_at(root: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = kiln_command()
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .env("KILN_PROGRESS", "plain")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Imports busybox into `root` and builds `ctx` there, its base stage
+/// and then the whole: (image ids, stderr of the first build).
+fn build(root: &Path, work: &Path, ctx: &Path) -> (Vec<String>, String) {
+    let tar = work.join("busybox.tar");
+    let (ok, _, err) = kiln_at(root, &["import", tar.to_str().unwrap(), "busybox:latest"]);
+    assert!(ok, "import: {err}");
+    let iid = root.with_extension("iid");
+    let mut ids = Vec::new();
+    let mut first_err = None;
+    for target in [&["--target", "base"][..], &[]] {
+        let mut args = vec!["build", "--iidfile", iid.to_str().unwrap()];
+        args.extend_from_slice(target);
+        args.push(ctx.to_str().unwrap());
+        let (ok, _, err) = kiln_at(root, &args);
+        assert!(ok, "build {args:?} in {}: {err}", root.display());
+        ids.push(std::fs::read_to_string(&iid).unwrap());
+        first_err.get_or_insert(err);
+    }
+    (ids, first_err.unwrap_or_default())
+}
+
+/// The names in each layer tar the build made (stored as plain tars,
+/// named by their diff ids; the imported base is not) of image `id` in
+/// the store at `root`.
+fn layer_names(root: &Path, id: &str) -> Vec<String> {
+    let blob = |digest: &str| {
+        root.join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(id)).unwrap()).unwrap();
+    config["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| blob(d.as_str().unwrap()))
+        .filter(|path| path.exists())
+        .map(|path| run_ok(Command::new("tar").arg("-tf").arg(path)))
+        .collect()
+}
+
+#[test]
+fn a_store_on_overlayfs_builds_with_copies_the_image_overlay_builds() {
+    kiln_testsupport::require_root!("mounts an overlayfs and builds with namespaces");
+    let work = tempfile::tempdir().unwrap();
+    busybox_rootfs_tar(&work.path().join("busybox.tar")).unwrap();
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), DOCKERFILE).unwrap();
+    std::fs::write(ctx.join("ctx.txt"), "from the context\n").unwrap();
+
+    let (overlay_ids, overlay_err) = build(&work.path().join("store"), work.path(), &ctx);
+    assert!(!overlay_err.contains("snapshotter copy"), "{overlay_err}");
+
+    let mount = OverlayMount::new(&work.path().join("ovl"));
+    let store = mount.merged.join("store");
+    let (copy_ids, copy_err) = build(&store, work.path(), &ctx);
+    let warnings: Vec<&str> = copy_err
+        .lines()
+        .filter(|l| l.contains("snapshotter copy:"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning line:\n{copy_err}");
+    assert!(warnings[0].contains("overlay filesystem"), "{copy_err}");
+    let (_, info, _) = kiln_at(&store, &["info"]);
+    assert!(
+        info.lines()
+            .any(|l| l.starts_with("snapshotter:") && l.contains("copy")),
+        "{info}"
+    );
+    let (_, info, _) = kiln_at(&work.path().join("store"), &["info"]);
+    assert!(info.contains("snapshotter:        overlay"), "{info}");
+
+    // The changes the test means to make are in the layers.
+    let layers = copy_ids
+        .iter()
+        .flat_map(|id| layer_names(&store, id))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for name in [
+        ".wh.gone",
+        "etc/.wh.group",
+        "r/.wh..wh..opq",
+        "x/.wh..wh..opq",
+        "d/.wh.sub",
+        "p",
+        "seen",
+        "copied",
+        "w/made/here",
+        "bin/.wh.ls",
+    ] {
+        assert!(
+            layers.lines().any(|l| l == name || l == format!("{name}/")),
+            "{name} missing from the layers:\n{layers}"
+        );
+    }
+    for stub in ["var/", "opt/", "scratch/", "tmp/t/"] {
+        assert!(
+            !layers.lines().any(|l| l == stub),
+            "a mount point's stub {stub} is in a layer:\n{layers}"
+        );
+    }
+    assert_eq!(
+        copy_ids, overlay_ids,
+        "the copying snapshotter's images (base stage, whole) differ from overlay's"
+    );
+}
+
+/// The multi-stage build of tests/in_container.rs without its cache mount
+/// (chroot isolation mounts nothing), and the RUN's own pid.
+const CHROOT_DOCKERFILE: &str = "FROM busybox AS base\n\
+    RUN echo made > /made && mkdir /owned && chown 1000:1000 /owned\n\
+    RUN echo $$ > /pid && ls /proc > /proc-entries\n\
+    FROM busybox\n\
+    COPY --from=base --chown=1000:1000 /made /home/app/made\n\
+    COPY --from=base /owned /owned\n\
+    USER app\n\
+    RUN id -u > /tmp/whoami && stat -c %u:%g /home/app/made /owned > /tmp/owners\n";
+
+/// `--isolation chroot` (as root on the host): no namespaces, each RUN
+/// chrooted into a copy, as the step's user, the same image as with
+/// namespaces; the RUN is not PID 1 of a namespace and sees no /proc; a
+/// RUN that needs a mount is refused, naming its line.
+#[test]
+fn isolation_chroot_builds_the_image_namespaces_build() {
+    kiln_testsupport::require_root!("chroot(2) and namespaces");
+    let work = tempfile::tempdir().unwrap();
+    busybox_rootfs_tar(&work.path().join("busybox.tar")).unwrap();
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), CHROOT_DOCKERFILE).unwrap();
+    let (ns_ids, ns_err) = build(&work.path().join("ns-store"), work.path(), &ctx);
+    assert!(!ns_err.contains("isolation"), "{ns_err}");
+
+    let store = work.path().join("chroot-store");
+    let tar = work.path().join("busybox.tar");
+    let (ok, _, err) = kiln_at(&store, &["import", tar.to_str().unwrap(), "busybox:latest"]);
+    assert!(ok, "{err}");
+    let mut chroot_ids = Vec::new();
+    for target in [&["--target", "base"][..], &[]] {
+        let iid = work.path().join("chroot.iid");
+        let mut args = vec![
+            "build",
+            "--isolation",
+            "chroot",
+            "--iidfile",
+            iid.to_str().unwrap(),
+        ];
+        args.extend_from_slice(target);
+        args.push(ctx.to_str().unwrap());
+        let (ok, _, err) = kiln_at(&store, &args);
+        assert!(ok, "{args:?}: {err}");
+        let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("WARNING")).collect();
+        assert_eq!(warnings.len(), 1, "{err}");
+        assert!(
+            warnings[0].starts_with(
+                "WARNING: isolation chroot (--isolation chroot): RUN steps run chrooted"
+            ),
+            "{err}"
+        );
+        chroot_ids.push(std::fs::read_to_string(&iid).unwrap());
+    }
+    // The base stage's pid and /proc differ by design: compare the final
+    // image, and the base stage's files.
+    assert_eq!(chroot_ids[1], ns_ids[1], "the final images differ");
+    let out = |store: &Path, name: &str| {
+        let dest = work.path().join(name);
+        let (ok, _, err) = kiln_at(
+            store,
+            &[
+                "build",
+                "--isolation",
+                if name.starts_with("chroot") {
+                    "chroot"
+                } else {
+                    "auto"
+                },
+                "--target",
+                "base",
+                "-o",
+                &format!("type=local,dest={}", dest.display()),
+                ctx.to_str().unwrap(),
+            ],
+        );
+        assert!(ok, "{err}");
+        dest
+    };
+    let (ns_out, chroot_out) = (
+        out(&work.path().join("ns-store"), "ns-out"),
+        out(&store, "chroot-out"),
+    );
+    let read = |dir: &Path, name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    assert_eq!(read(&ns_out, "pid"), "1\n");
+    assert_ne!(read(&chroot_out, "pid"), "1\n");
+    assert_ne!(read(&ns_out, "proc-entries"), "");
+    assert_eq!(read(&chroot_out, "proc-entries"), "");
+    assert_eq!(read(&chroot_out, "made"), "made\n");
+
+    // A RUN that needs a mount is refused, naming its line.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nRUN --mount=type=cache,target=/cache echo hit >> /cache/log\n",
+    )
+    .unwrap();
+    let (ok, _, err) = kiln_at(
+        &store,
+        &["build", "--isolation", "chroot", ctx.to_str().unwrap()],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("error: line 2: RUN --mount=type=cache,target=/cache")
+            && err.contains("cannot work with --isolation chroot"),
+        "{err}"
+    );
+    let (ok, _, err) = kiln_at(
+        &store,
+        &[
+            "build",
+            "--isolation",
+            "chroot",
+            "--network",
+            "none",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !ok && err.contains("--network none needs a network namespace"),
+        "{err}"
+    );
+}
