@@ -343,7 +343,7 @@ fn a_local_cache_travels_to_a_second_runner() {
 /// `build` stage finds none of its steps; `mode=max` has them all.
 #[test]
 fn mode_min_exports_only_the_results_steps() {
-    if !kiln_testsupport::require_root("RUN in namespaces") {
+    if !kiln_testsupport::require_namespaces("RUN in namespaces") {
         return;
     }
     let registry = Registry::start();

@@ -150,7 +150,7 @@ fn served_repo(fixture: &Fixture) -> String {
 
 #[test]
 fn git_context_with_ref_and_subdir() {
-    kiln_testsupport::require_root!("builds run steps in namespaces");
+    kiln_testsupport::require_namespaces!("builds run steps in namespaces");
     let fixture = Fixture::new();
     let url = served_repo(&fixture);
     // The ref and the subdir of the fragment; the Dockerfile is the one
@@ -192,7 +192,7 @@ fn served_files(fixture: &Fixture) -> FileServer {
 
 #[test]
 fn tarball_and_dockerfile_contexts_over_http_hide_credentials() {
-    kiln_testsupport::require_root!("builds run steps in namespaces");
+    kiln_testsupport::require_namespaces!("builds run steps in namespaces");
     let fixture = Fixture::new();
     let server = served_files(&fixture);
     let with_auth = format!("http://{USER}:{PASSWORD}@{}", server.host);
@@ -240,7 +240,7 @@ fn tarball_and_dockerfile_contexts_over_http_hide_credentials() {
 
 #[test]
 fn contexts_from_standard_input() {
-    kiln_testsupport::require_root!("builds run steps in namespaces");
+    kiln_testsupport::require_namespaces!("builds run steps in namespaces");
     let fixture = Fixture::new();
     // A tar on stdin is the context, its Dockerfile included.
     let tar = tarball(
@@ -294,7 +294,7 @@ fn contexts_from_standard_input() {
 /// and a platform the build does not make are refused.
 #[test]
 fn labels_and_annotations_go_where_buildkit_puts_them() {
-    kiln_testsupport::require_root!("builds run steps in namespaces");
+    kiln_testsupport::require_namespaces!("builds run steps in namespaces");
     let fixture = Fixture::new();
     let registry = kiln_testsupport::RegistryServer::start_plain().unwrap();
     let ctx = fixture.path("ctx");
@@ -380,7 +380,7 @@ fn labels_and_annotations_go_where_buildkit_puts_them() {
 /// a named directory is a new cache key.
 #[test]
 fn build_contexts_of_each_kind() {
-    kiln_testsupport::require_root!("builds run steps in namespaces");
+    kiln_testsupport::require_namespaces!("builds run steps in namespaces");
     let fixture = Fixture::new();
     let registry = kiln_testsupport::RegistryServer::start_plain().unwrap();
     let image = format!("{}/named:v1", registry.host);

@@ -30,6 +30,14 @@ macro_rules! require_root {
     };
 }
 
+/// Like `require_root!`, for tests whose only need for root is kiln's
+/// own (they run rootless in scripts/test-rootless).
+macro_rules! require_namespaces {
+    () => {
+        kiln_testsupport::require_namespaces!("real namespaces and overlay mounts")
+    };
+}
+
 use common::BusyboxStore as Fixture;
 
 impl Fixture {
@@ -68,7 +76,7 @@ fn now() -> i64 {
 
 #[test]
 fn copy_times_change_only_what_buildkit_changes() {
-    require_root!();
+    require_namespaces!();
     let fixture = Fixture::new();
     let dockerfile = "FROM busybox:latest\n\
         RUN mkdir -p /usr/local/bin /srv/data && \

@@ -200,7 +200,7 @@ fn a_closed_stdout_ends_kiln_quietly_by_sigpipe() {
 /// error shows its start, cut, and its length; nothing echoes it whole.
 #[test]
 fn a_run_line_over_the_argument_limit_is_shown_cut_with_its_length() {
-    kiln_testsupport::require_root!("runs a build");
+    kiln_testsupport::require_namespaces!("runs a build");
     let scratch = Scratch::new();
     let root = scratch.path("store");
     scratch.store(&root);

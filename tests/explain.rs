@@ -446,7 +446,7 @@ fn import_busybox(work: &Path, root: &Path, references: &[&str], changes: &[&str
 /// same argv on the host (`/bin/sh` and `/bin/echo` exist on both).
 #[test]
 fn explain_argv_is_what_kiln_run_runs() {
-    kiln_testsupport::require_root!("kiln run uses real namespaces");
+    kiln_testsupport::require_namespaces!("kiln run uses real namespaces");
     let work = tempfile::tempdir().unwrap();
     let root = work.path().join("store");
     import_busybox(work.path(), &root, &["busybox:explain"], &[]);
@@ -874,7 +874,7 @@ fn copy_tree(from: &Path, to: &Path) {
 /// build that succeeds may have connected to it.
 #[test]
 fn explain_matches_build_for_other_testdata() {
-    kiln_testsupport::require_root!("RUN steps run in namespaces");
+    kiln_testsupport::require_namespaces!("RUN steps run in namespaces");
     let work = tempfile::tempdir().unwrap();
     let root = work.path().join("store");
     import_busybox(work.path(), &root, &["busybox:latest", "busybox:test"], &[]);

@@ -172,8 +172,7 @@ fn import_save_load_round_trip_with_skopeo_and_umoci() {
     );
     let store_bundle = tmp.path().join("store-bundle");
     run_ok(
-        Command::new("umoci")
-            .args(["unpack", "--image"])
+        umoci_unpack()
             .arg(format!("{}:docker.io/library/busybox:e2e", root.display()))
             .arg(&store_bundle),
     );
@@ -196,8 +195,7 @@ fn import_save_load_round_trip_with_skopeo_and_umoci() {
     assert_eq!(refs.trim(), "e2e");
     let bundle = tmp.path().join("bundle");
     run_ok(
-        Command::new("umoci")
-            .args(["unpack", "--image"])
+        umoci_unpack()
             .arg(format!("{}:e2e", oci_dir.display()))
             .arg(&bundle),
     );
@@ -616,8 +614,7 @@ fn load_accepts_the_classic_docker_archive_layout() {
     );
     let bundle = tmp.path().join("bundle");
     run_ok(
-        Command::new("umoci")
-            .args(["unpack", "--image"])
+        umoci_unpack()
             .arg(format!("{}:v1", oci_dir.display()))
             .arg(&bundle),
     );
@@ -685,4 +682,16 @@ fn load_follows_the_layer_symlinks_of_docker_save() {
     }
     let image = inspect(&root, "shared/linked:v1");
     assert_eq!(image["Config"]["config"]["Cmd"][0], "linked");
+}
+
+/// `umoci unpack --image`, with `--rootless` when the test runs as a user
+/// (umoci then leaves the files to that user instead of chowning them).
+fn umoci_unpack() -> Command {
+    let mut command = Command::new("umoci");
+    command.arg("unpack");
+    if !kiln_testsupport::is_root() {
+        command.arg("--rootless");
+    }
+    command.arg("--image");
+    command
 }

@@ -279,6 +279,7 @@ fn build_in_container(
 /// schema of kubernetes-validate, strict: no unknown field).
 #[test]
 fn kubernetes_jobs_validate() {
+    kiln_testsupport::require_root!("kubernetes-validate, installed for root by scripts/setup");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
     let out = std::process::Command::new("kubernetes-validate")
         .arg("--strict")

@@ -81,7 +81,7 @@ fn files(layer: &serde_json::Value, list: &str) -> Vec<(String, u64)> {
 
 #[test]
 fn wasted_bytes_and_file_lists_are_exact() {
-    kiln_testsupport::require_root!("RUN steps run in namespaces");
+    kiln_testsupport::require_namespaces!("RUN steps run in namespaces");
     let (work, root) = build();
     let dir = work.path();
     let json: serde_json::Value = serde_json::from_str(&ok(&kiln(
@@ -165,7 +165,7 @@ fn wasted_bytes_and_file_lists_are_exact() {
 
 #[test]
 fn history_like_docker_history() {
-    kiln_testsupport::require_root!("RUN steps run in namespaces");
+    kiln_testsupport::require_namespaces!("RUN steps run in namespaces");
     let (work, root) = build();
     let dir = work.path();
     let json: serde_json::Value = serde_json::from_str(&ok(&kiln(

@@ -379,6 +379,7 @@ fn kiln_without_emulators(fixture: &Fixture, args: &[&str]) -> Output {
 /// platform and what to install.
 #[test]
 fn run_of_a_foreign_platform_goes_through_the_emulator() {
+    kiln_testsupport::require_root!("a mount namespace that hides the host's binfmt_misc");
     let fixture = Fixture::new();
     let base = pushed_base(&fixture);
     let root = fixture.root();
@@ -441,6 +442,7 @@ fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
 /// (not even the build platform's), naming the platform and the emulator.
 #[test]
 fn a_platform_without_an_emulator_fails_before_any_step() {
+    kiln_testsupport::require_root!("a mount namespace that hides the host's binfmt_misc");
     let fixture = Fixture::new();
     let base = pushed_base(&fixture);
     let dockerfile = format!(

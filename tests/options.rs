@@ -55,6 +55,14 @@ macro_rules! require_root {
     };
 }
 
+/// Like `require_root!`, for tests whose only need for root is kiln's
+/// own (they run rootless in scripts/test-rootless).
+macro_rules! require_namespaces {
+    () => {
+        kiln_testsupport::require_namespaces!("real namespaces and overlay mounts")
+    };
+}
+
 /// Every file under `dir` holding `needle`.
 fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -89,7 +97,7 @@ fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 /// OCI layout and the store are searched for them).
 #[test]
 fn secret_mounts_env_mode_owner_and_flag_forms() {
-    require_root!();
+    require_namespaces!();
     let fixture = Fixture::new();
     let value = format!("s3cr3t-{}", std::process::id());
     let dockerfile = "FROM busybox:latest\n\
@@ -176,7 +184,7 @@ fn secret_mounts_env_mode_owner_and_flag_forms() {
 /// that was not given fails its step, naming it.
 #[test]
 fn secret_flag_defaults_and_required() {
-    require_root!();
+    require_namespaces!();
     let fixture = Fixture::new();
     let dockerfile = "FROM busybox:latest\nRUN --mount=type=secret,id=KILN_TEST_BARE cat /run/secrets/KILN_TEST_BARE > /got\n";
     let ctx = fixture.context("bare", &[("Dockerfile", dockerfile)]);
@@ -214,7 +222,7 @@ fn secret_flag_defaults_and_required() {
 /// the files persist from one build to the next.
 #[test]
 fn cache_mount_owner_and_mode() {
-    require_root!();
+    require_namespaces!();
     let fixture = Fixture::new();
     let owned = fixture.rootfs(
         "cache-owned",
@@ -339,7 +347,7 @@ fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
 /// started its step (locked).
 #[test]
 fn cache_mount_sharing_modes_across_processes() {
-    require_root!();
+    require_namespaces!();
     let fixture = Fixture::new();
     for (sharing, sees_mark, sees_done) in [
         ("shared", true, false),
@@ -396,7 +404,7 @@ fn cache_mount_sharing_modes_across_processes() {
 /// uses its own, another frontend is refused naming the line.
 #[test]
 fn buildkit_build_args_and_syntax() {
-    require_root!();
+    require_namespaces!();
     let fixture = Fixture::new();
     let host = fixture.rootfs(
         "hostname",
@@ -481,7 +489,7 @@ fn buildkit_build_args_and_syntax() {
 /// the image in the store under more names.
 #[test]
 fn output_shorthands_tar_and_image_names() {
-    require_root!();
+    require_namespaces!();
     let fixture = Fixture::new();
     let ctx = fixture.context(
         "outputs",
@@ -562,7 +570,7 @@ fn tar_names(tar: &[u8]) -> Vec<String> {
 /// read when there is no `.dockerignore`.
 #[test]
 fn containerfile_and_containerignore_defaults() {
-    require_root!();
+    require_namespaces!();
     let fixture = Fixture::new();
     let dockerfile = "FROM busybox\nCOPY . /ctx/\nRUN echo containerfile > /which\n";
     let ctx = fixture.context(
@@ -602,7 +610,7 @@ fn containerfile_and_containerignore_defaults() {
 /// the other stages from the cache; a name no stage has is an error.
 #[test]
 fn no_cache_filter_reruns_only_the_named_stage() {
-    require_root!();
+    require_namespaces!();
     let fixture = Fixture::new();
     let dockerfile = "FROM busybox AS a\nRUN cat /proc/sys/kernel/random/uuid > /a\n\
                       FROM busybox AS b\nRUN cat /proc/sys/kernel/random/uuid > /b\n\
@@ -632,7 +640,7 @@ fn no_cache_filter_reruns_only_the_named_stage() {
 /// `missing` (the default) builds.
 #[test]
 fn pull_policies() {
-    require_root!();
+    require_namespaces!();
     let fixture = Fixture::new();
     // A base stored under the name of a registry nobody listens on.
     let tar = fixture.dir.path().join("busybox.tar");
@@ -674,7 +682,7 @@ fn pull_policies() {
 /// writes it), `size=` its limit, nothing of it in the layer.
 #[test]
 fn tmpfs_mount_size_and_mode() {
-    require_root!();
+    require_namespaces!();
     let fixture = Fixture::new();
     let dockerfile = "FROM busybox\nUSER nobody\n\
         RUN --mount=type=tmpfs,target=/t,size=1m \
@@ -694,7 +702,7 @@ fn tmpfs_mount_size_and_mode() {
 /// of its cache key: the second build runs the step again).
 #[test]
 fn shm_size_ulimit_and_add_host() {
-    require_root!();
+    require_namespaces!();
     let fixture = Fixture::new();
     let dockerfile = "FROM busybox\n\
         RUN df -k /dev/shm | tail -1 | awk '{print $2}' > /shm && \
@@ -750,7 +758,7 @@ fn shm_size_ulimit_and_add_host() {
 /// cannot.
 #[test]
 fn entitlements_insecure_and_host_network() {
-    require_root!();
+    require_namespaces!();
     let fixture = Fixture::new();
     let insecure = "FROM busybox\n\
         RUN --security=insecure grep CapEff /proc/self/status > /caps && \
@@ -855,7 +863,7 @@ fn add_chmod_unpack_exclude_chown() {
 /// (durations in nanoseconds).
 #[test]
 fn healthcheck_flags_set_the_config() {
-    require_root!();
+    require_namespaces!();
     let fixture = Fixture::new();
     let ctx = fixture.context(
         "healthcheck",
@@ -888,7 +896,7 @@ fn healthcheck_flags_set_the_config() {
 /// default).
 #[test]
 fn mount_option_spellings() {
-    require_root!();
+    require_namespaces!();
     let fixture = Fixture::new();
     let ctx = fixture.context(
         "mount-spellings",
@@ -927,7 +935,7 @@ fn mount_option_spellings() {
 /// adds the cache decisions.
 #[test]
 fn dry_run_format_file_quiet_and_verbose() {
-    require_root!();
+    require_namespaces!();
     let fixture = Fixture::new();
     let ctx = fixture.context(
         "cli",

@@ -212,7 +212,7 @@ fn context(fixture: &Fixture) -> (PathBuf, String, FileServer) {
 
 #[test]
 fn provenance_attestation_in_the_pushed_index() {
-    kiln_testsupport::require_root!("builds run steps in namespaces");
+    kiln_testsupport::require_namespaces!("builds run steps in namespaces");
     let fixture = Fixture::new();
     let (ctx, dockerfile, server) = context(&fixture);
     let ctx_arg = ctx.to_str().unwrap();
@@ -367,7 +367,7 @@ fn provenance_attestation_in_the_pushed_index() {
 
 #[test]
 fn provenance_of_a_git_context_names_its_commit() {
-    kiln_testsupport::require_root!("builds run steps in namespaces");
+    kiln_testsupport::require_namespaces!("builds run steps in namespaces");
     let fixture = Fixture::new();
     let served = fixture.path("served");
     let repo = served.join("repo.git");
@@ -456,7 +456,7 @@ fn provenance_of_a_git_context_names_its_commit() {
 
 #[test]
 fn provenance_requests_kiln_cannot_honour_are_refused() {
-    kiln_testsupport::require_root!("builds pull and plan in the store");
+    kiln_testsupport::require_namespaces!("builds pull and plan in the store");
     let fixture = Fixture::new();
     let ctx = fixture.path("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
@@ -520,7 +520,7 @@ fn provenance_requests_kiln_cannot_honour_are_refused() {
 /// id.
 #[test]
 fn each_platform_of_an_index_gets_its_provenance() {
-    kiln_testsupport::require_root!("builds run in the store");
+    kiln_testsupport::require_namespaces!("builds run in the store");
     let fixture = Fixture::new();
     let base = kiln_testsupport::multiarch::push_busybox_index(&fixture.registry, "multi:1")
         .expect("scripts/setup downloads busybox-static for amd64 and arm64");

@@ -277,6 +277,7 @@ fn kiln_with_hosts_entry(work: &Path, root: &Path, config: &Path, args: &[&str])
 
 #[test]
 fn http_true_reaches_a_plain_http_registry_by_name() {
+    kiln_testsupport::require_root!("a mount namespace with an /etc/hosts of its own");
     let work = tempfile::tempdir().unwrap();
     let registry = RegistryServer::start_plain().unwrap();
     seed_small(work.path(), &format!("{}/kiln/small", registry.host));

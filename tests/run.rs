@@ -16,6 +16,14 @@ macro_rules! require_root {
     };
 }
 
+/// Like `require_root!`, for tests whose only need for root is kiln's
+/// own (they run rootless in scripts/test-rootless).
+macro_rules! require_namespaces {
+    () => {
+        kiln_testsupport::require_namespaces!("real namespaces and overlay mounts")
+    };
+}
+
 /// A store holding `busybox:test` (kiln-testsupport's busybox root
 /// filesystem: static busybox, /etc/passwd with app = 1000, /etc/motd)
 /// imported with the given `--change` lines.
@@ -86,7 +94,7 @@ fn stderr(out: &Output) -> String {
 
 #[test]
 fn pid_1_hostname_and_exit_code() {
-    require_root!();
+    require_namespaces!();
     let f = Fixture::new(&[]);
     let out = f.run(&[
         "--hostname",
@@ -103,7 +111,7 @@ fn pid_1_hostname_and_exit_code() {
 
 #[test]
 fn proc_shows_only_the_container_and_host_files_are_out_of_reach() {
-    require_root!();
+    require_namespaces!();
     let f = Fixture::new(&[]);
     let marker = f.dir.path().join("host-marker");
     fs::write(&marker, "secret").unwrap();
@@ -122,7 +130,7 @@ fn proc_shows_only_the_container_and_host_files_are_out_of_reach() {
 
 #[test]
 fn image_cmd_entrypoint_and_overrides() {
-    require_root!();
+    require_namespaces!();
     let f = Fixture::new(&[r#"ENTRYPOINT ["echo", "ep"]"#, r#"CMD ["default"]"#]);
     assert_eq!(stdout(&f.run(&["busybox:test"])), "ep default\n");
     assert_eq!(stdout(&f.run(&["busybox:test", "a", "b"])), "ep a b\n");
@@ -144,7 +152,7 @@ fn image_cmd_entrypoint_and_overrides() {
 
 #[test]
 fn image_env_workdir_user_and_their_flags() {
-    require_root!();
+    require_namespaces!();
     let f = Fixture::new(&["ENV FOO=from-image", "WORKDIR /srv/app", "USER app"]);
     let script = "echo $FOO; pwd; id -u; echo $HOME; echo $HOSTNAME | wc -c";
     let out = f.run(&["--network", "none", "busybox:test", "sh", "-c", script]);
@@ -168,7 +176,7 @@ fn image_env_workdir_user_and_their_flags() {
 
 #[test]
 fn network_none_shows_only_loopback() {
-    require_root!();
+    require_namespaces!();
     let f = Fixture::new(&[]);
     let out = f.run(&["--network", "none", "busybox:test", "ls", "/sys/class/net"]);
     assert_eq!(stdout(&out), "lo\n", "{}", stderr(&out));
@@ -176,7 +184,7 @@ fn network_none_shows_only_loopback() {
 
 #[test]
 fn deleting_inside_does_not_change_the_image() {
-    require_root!();
+    require_namespaces!();
     let f = Fixture::new(&[]);
     let out = f.run(&["busybox:test", "rm", "/etc/motd"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -186,7 +194,7 @@ fn deleting_inside_does_not_change_the_image() {
 
 #[test]
 fn mounting_inside_fails() {
-    require_root!();
+    require_namespaces!();
     let f = Fixture::new(&[]);
     let out = f.run(&[
         "busybox:test",
@@ -230,7 +238,7 @@ fn image_user_owns_the_files_it_creates() {
 
 #[test]
 fn exec_failures_have_dockers_codes_and_messages() {
-    require_root!();
+    require_namespaces!();
     let f = Fixture::new(&[]);
     let out = f.run(&["busybox:test", "/x"]);
     assert_eq!(out.status.code(), Some(127));
@@ -253,7 +261,7 @@ fn exec_failures_have_dockers_codes_and_messages() {
 
 #[test]
 fn missing_volume_source_is_refused_before_anything_starts() {
-    require_root!();
+    require_namespaces!();
     let f = Fixture::new(&[]);
     let out = f.run(&[
         "--volume",
@@ -272,7 +280,7 @@ fn missing_volume_source_is_refused_before_anything_starts() {
 
 #[test]
 fn sigterm_reaches_the_container() {
-    require_root!();
+    require_namespaces!();
     let f = Fixture::new(&[]);
     // Killed and reaped if the test fails before kiln exits.
     let mut child = kiln_testsupport::ChildGuard::spawn(
@@ -300,7 +308,7 @@ fn sigterm_reaches_the_container() {
 
 #[test]
 fn timeout_kills_the_container() {
-    require_root!();
+    require_namespaces!();
     let f = Fixture::new(&[]);
     let out = f.run(&["--timeout", "1", "busybox:test", "sleep", "600"]);
     assert_ne!(out.status.code(), Some(0));
@@ -310,7 +318,7 @@ fn timeout_kills_the_container() {
 
 #[test]
 fn stdin_only_with_interactive_and_a_terminal_with_tty() {
-    require_root!();
+    require_namespaces!();
     let f = Fixture::new(&[]);
     let mut child = kiln_testsupport::ChildGuard::spawn(
         f.kiln()

@@ -56,7 +56,7 @@ fn wait_for_collections(root: &Path) {
 
 #[test]
 fn a_build_returns_while_its_detached_collection_waits_then_runs() {
-    crate::require_root!();
+    crate::require_namespaces!();
     let fixture = Fixture::new();
     let root = fixture.root();
     let ctx = fixture.context(
@@ -138,7 +138,7 @@ fn check_image(fixture: &Fixture, tag: &str) {
 
 #[test]
 fn a_collection_waits_for_a_running_build_that_uses_what_it_would_remove() {
-    crate::require_root!();
+    crate::require_namespaces!();
     let fixture = Fixture::new();
     let root = fixture.root();
     // The first RUN's record, and nothing tags its layer.
@@ -194,7 +194,7 @@ fn a_collection_waits_for_a_running_build_that_uses_what_it_would_remove() {
 
 #[test]
 fn builds_started_during_a_collection_succeed_with_correct_images() {
-    crate::require_root!();
+    crate::require_namespaces!();
     let fixture = Fixture::new();
     let root = fixture.root();
     let base = fixture.context(

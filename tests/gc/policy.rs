@@ -18,7 +18,7 @@ fn series(fixture: &Fixture, ctx: &std::path::Path, n: u32) -> std::process::Out
 
 #[test]
 fn keep_storage_holds_the_store_under_it_least_recently_used_first() {
-    crate::require_root!();
+    crate::require_namespaces!();
     let fixture = Fixture::new();
     let limit: u64 = 5 << 20;
     fixture.policy("[gc]\nkeep-storage = \"5MB\"\n");
@@ -48,7 +48,7 @@ fn keep_storage_holds_the_store_under_it_least_recently_used_first() {
 
 #[test]
 fn keep_duration_removes_what_was_not_used_for_longer() {
-    crate::require_root!();
+    crate::require_namespaces!();
     let fixture = Fixture::new();
     fixture.policy("[gc]\nkeep-storage = \"0\"\nmin-free-space = \"0\"\nkeep-duration = \"1h\"\n");
     let ctx = fixture.context("ctx", &[("Dockerfile", SERIES)]);
@@ -77,7 +77,7 @@ fn keep_duration_removes_what_was_not_used_for_longer() {
 
 #[test]
 fn types_choose_what_the_collection_takes() {
-    crate::require_root!();
+    crate::require_namespaces!();
     let fixture = Fixture::new();
     let root = fixture.root();
     // Keep one byte, but of scratch only: the build cache stays.
@@ -102,7 +102,7 @@ fn types_choose_what_the_collection_takes() {
 
 #[test]
 fn a_disabled_collection_leaves_everything() {
-    crate::require_root!();
+    crate::require_namespaces!();
     let fixture = Fixture::new();
     let root = fixture.root();
     fixture.policy("# off for now\n[gc]\nenabled = false\n");
@@ -123,7 +123,7 @@ fn a_disabled_collection_leaves_everything() {
 
 #[test]
 fn a_policy_file_that_does_not_parse_fails_the_build_naming_file_and_line() {
-    crate::require_root!();
+    crate::require_namespaces!();
     let fixture = Fixture::new();
     fixture.policy("[gc]\nkeep-storage = \"5GB\"\nkeep-storag = \"1GB\"\n");
     let ctx = fixture.context("ctx", &[("Dockerfile", SERIES)]);
@@ -151,7 +151,7 @@ fn a_policy_file_that_does_not_parse_fails_the_build_naming_file_and_line() {
 
 #[test]
 fn reserved_space_keeps_what_min_free_space_would_take() {
-    crate::require_root!();
+    crate::require_namespaces!();
     let fixture = Fixture::new();
     // Free space no collection can give: everything collectable would go,
     // but the reserve keeps it.
@@ -175,7 +175,7 @@ fn reserved_space_keeps_what_min_free_space_would_take() {
 
 #[test]
 fn the_next_build_removes_what_dead_runs_and_builds_left() {
-    crate::require_root!();
+    crate::require_namespaces!();
     let fixture = Fixture::new();
     let root = fixture.root();
     let ctx = fixture.context("ctx", &[("Dockerfile", SERIES)]);

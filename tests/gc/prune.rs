@@ -43,7 +43,7 @@ fn reported(out: &std::process::Output, label: &str) -> String {
 
 #[test]
 fn keep_storage_and_until_trim_the_build_cache_least_recently_used_first() {
-    crate::require_root!();
+    crate::require_namespaces!();
     let (fixture, ctx, recs) = series(4);
     // Build 2 is used again: build 1 and 3 are the least recently used.
     fixture.build(&ctx, &["-t", "series:latest", "--build-arg", "N=2"]);
@@ -67,7 +67,7 @@ fn keep_storage_and_until_trim_the_build_cache_least_recently_used_first() {
 
 #[test]
 fn types_all_and_dangling_images() {
-    crate::require_root!();
+    crate::require_namespaces!();
     let (fixture, ctx, recs) = series(1);
     let cache_ctx = fixture.context(
         "cache",
@@ -120,7 +120,7 @@ fn types_all_and_dangling_images() {
 
 #[test]
 fn min_free_space_frees_down_to_the_reserve() {
-    crate::require_root!();
+    crate::require_namespaces!();
     let (fixture, _ctx, recs) = series(3);
     // Free space nothing can give: everything collectable would go, but
     // the reserve keeps it all.
@@ -159,7 +159,7 @@ fn min_free_space_frees_down_to_the_reserve() {
 /// name --keep-storage) a floor that nothing goes below.
 #[test]
 fn max_used_space_is_a_ceiling_and_keep_storage_a_floor_as_in_buildx() {
-    crate::require_root!();
+    crate::require_namespaces!();
     let (fixture, _ctx, recs) = series(2);
     // Free space nothing can give: min-free-space asks for everything.
     let dry = |limit: &str| {

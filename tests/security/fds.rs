@@ -12,7 +12,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Output, Stdio};
 
 use crate::common::kiln_command;
-use crate::{require_root, text, Fixture};
+use crate::{text, Fixture};
 
 /// The probe: prints `LEAK n` for each descriptor through which the marker
 /// file is reachable, then `probed`.
@@ -87,7 +87,7 @@ fn assert_probe_clean(out: &Output) {
 
 #[test]
 fn kiln_run_passes_no_inherited_descriptor() {
-    require_root!();
+    crate::require_namespaces!();
     let fixture = Fixture::new();
     let host = host_dir_with_marker(&fixture);
     let out = kiln_with_open_fds(
@@ -100,7 +100,7 @@ fn kiln_run_passes_no_inherited_descriptor() {
 
 #[test]
 fn a_run_step_sees_no_inherited_descriptor() {
-    require_root!();
+    crate::require_namespaces!();
     let fixture = Fixture::new();
     let host = host_dir_with_marker(&fixture);
     let context = fixture.context(

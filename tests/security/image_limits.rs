@@ -8,7 +8,7 @@ use std::path::Path;
 use kiln_testsupport::image::{host_platform, write_oci_layout, TestFile};
 
 use crate::common::{kiln, kiln_ok};
-use crate::{require_root, text, Fixture};
+use crate::{text, Fixture};
 
 /// Writes `bytes` as a blob of the layout; returns its descriptor as JSON.
 fn put_blob(layout: &Path, media_type: &str, bytes: &[u8]) -> serde_json::Value {
@@ -93,7 +93,7 @@ fn load_refuses_an_image_whose_config_is_over_16_mib_and_names_it() {
 
 #[test]
 fn run_refuses_an_image_with_more_than_500_layers_before_unpacking_any() {
-    require_root!();
+    crate::require_namespaces!();
     let fixture = Fixture::new();
     let root = fixture.root();
     let layout = fixture.dir("layers");

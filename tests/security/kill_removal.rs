@@ -185,7 +185,7 @@ fn report(what: &str, outcomes: &Outcomes, started: Instant) {
 
 #[test]
 fn kill_9_during_rmi_then_pull_gives_the_whole_image() {
-    require_root!();
+    crate::require_namespaces!();
     let started = Instant::now();
     let fixture = fixture();
     let root = fixture.root();

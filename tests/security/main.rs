@@ -27,6 +27,15 @@ macro_rules! require_root {
 }
 pub(crate) use require_root;
 
+/// Like `require_root!`, for tests whose only need for root is kiln's
+/// own (they run rootless in scripts/test-rootless).
+macro_rules! require_namespaces {
+    () => {
+        kiln_testsupport::require_namespaces!("real namespaces and overlay mounts")
+    };
+}
+pub(crate) use require_namespaces;
+
 /// A fresh store with `busybox:latest` (kiln-testsupport's busybox root
 /// filesystem) imported, and a scratch directory beside it.
 pub(crate) struct Fixture {

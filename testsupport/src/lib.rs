@@ -54,7 +54,7 @@ pub mod users;
 
 pub use process::ChildGuard;
 pub use rootfs::{busybox_path, BusyboxRootfs};
-pub use users::{is_root, require_root, rootless_user};
+pub use users::{is_root, require_namespaces, require_root, rootless_user};
 
 pub use proxy::{CannedResponse, FaultPlan, FaultProxy, Hang, SilentServer, StatusFault, Throttle};
 pub use registry::RegistryServer;

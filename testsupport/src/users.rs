@@ -40,6 +40,34 @@ pub fn require_root(why: &str) -> bool {
     );
 }
 
+/// The environment variable scripts/test-rootless sets (`1`): the tests
+/// that need root only for what kiln itself does (namespaces, overlay
+/// mounts) run as the user there, and kiln builds rootless.
+pub const ROOTLESS_RUN_VAR: &str = "KILN_TEST_ROOTLESS";
+
+/// For tests that need kiln to make namespaces and overlay mounts and
+/// nothing else of root's (no user made, no mount of their own): true as
+/// root, and as a user in the rootless run (`KILN_TEST_ROOTLESS=1`), where
+/// kiln builds in a user namespace of its own; otherwise as
+/// [`require_root`].
+pub fn require_namespaces(why: &str) -> bool {
+    if !is_root() && std::env::var_os(ROOTLESS_RUN_VAR).is_some_and(|v| v == "1") {
+        return true;
+    }
+    require_root(why)
+}
+
+/// `require_namespaces!("why")` returns from the test when it must skip
+/// (see [`require_namespaces`]).
+#[macro_export]
+macro_rules! require_namespaces {
+    ($why:expr) => {
+        if !$crate::users::require_namespaces($why) {
+            return;
+        }
+    };
+}
+
 /// `require_root!("why")` returns from the test when it must skip (see
 /// [`require_root`]).
 #[macro_export]
