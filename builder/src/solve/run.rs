@@ -118,6 +118,7 @@ pub(crate) fn refuse_under_chroot(plan: &Plan, given: &ChrootGiven<'_>) -> Resul
     Ok(())
 }
 
+/// The refusal of `what`, with what chroot isolation supports.
 fn chroot_message(what: &str) -> String {
     format!(
         "{what} cannot work with --isolation chroot, which can make no mount and no namespace \
