@@ -379,3 +379,59 @@ fn isolation_chroot_refuses_hostname_and_insecure_before_any_step() {
     let (ok, _, err) = build("FROM busybox\nRUN echo RAN-$((40+2))\n", &[]);
     assert!(ok && err.contains("RAN-42"), "{err}");
 }
+
+/// A mount target reached through an image's absolute symlink (`/via` →
+/// a directory of the image whose path is also a directory on the host):
+/// the stubs made for it
+/// inside the copy are removed from the copy, and nothing on the host
+/// that the symlink names outside the container is touched.
+#[test]
+fn stubs_behind_an_image_symlink_are_removed_inside_the_root_only() {
+    kiln_testsupport::require_root!("mounts an overlayfs and builds with namespaces");
+    let work = tempfile::tempdir().unwrap();
+    busybox_rootfs_tar(&work.path().join("busybox.tar")).unwrap();
+    // On the host: what a stub's path would be if the symlink were
+    // followed outside the root.
+    let trap = work.path().join("host-trap");
+    std::fs::create_dir_all(trap.join("stubdir/t")).unwrap();
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM busybox\n\
+             RUN mkdir -p {trap} && ln -s {trap} /via\n\
+             RUN --mount=type=tmpfs,target=/via/stubdir/t touch /via/stubdir/t/x\n",
+            trap = trap.display()
+        ),
+    )
+    .unwrap();
+    let mount = OverlayMount::new(&work.path().join("ovl"));
+    let store = mount.merged.join("store");
+    let tar = work.path().join("busybox.tar");
+    let (ok, _, err) = kiln_at(&store, &["import", tar.to_str().unwrap(), "busybox:latest"]);
+    assert!(ok, "import: {err}");
+    let iid = work.path().join("iid");
+    let (ok, _, err) = kiln_at(
+        &store,
+        &[
+            "build",
+            "--iidfile",
+            iid.to_str().unwrap(),
+            ctx.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("snapshotter copy:"), "{err}");
+    assert!(
+        trap.join("stubdir/t").is_dir(),
+        "the host's {} was removed",
+        trap.join("stubdir/t").display()
+    );
+    let id = std::fs::read_to_string(&iid).unwrap();
+    let layers = layer_names(&store, &id).join("\n");
+    assert!(
+        !layers.contains("stubdir"),
+        "a stub is in a layer:\n{layers}"
+    );
+}

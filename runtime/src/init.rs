@@ -367,7 +367,7 @@ fn ensure_mount_point(
             // must stay, or what it hid would show again).
             if i + 1 < components.len() {
                 report(Report::StubCreated {
-                    path: prefix.clone(),
+                    path: stub_path(root, &path),
                 });
             }
         }
@@ -388,9 +388,17 @@ fn ensure_mount_point(
         resolved = path;
     }
     report(Report::StubCreated {
-        path: rel.to_path_buf(),
+        path: stub_path(root, &resolved),
     });
     Ok(resolved)
+}
+
+/// A stub made at `path` (resolved inside `root`: no symlink of the image
+/// on the way), as the caller finds it: relative to the root. Not the path
+/// as written, which may go through the image's symlinks (`/var/run` →
+/// `/run`) and, followed outside the container, leave the root.
+fn stub_path(root: &Path, path: &Path) -> PathBuf {
+    path.strip_prefix(root).unwrap_or(path).to_path_buf()
 }
 
 fn mount(

@@ -540,23 +540,53 @@ fn nofile_limit(requested: u64, rootless: bool) -> (u64, u64) {
 /// root dir), when they are still what it created (an empty file or
 /// directory); with `keep_times`, their parents keep their mtimes.
 fn remove_stubs(upper: &Path, stubs: &[PathBuf], keep_times: bool) {
+    use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+    let open = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let Ok(base) = rustix::fs::open(upper, open, Mode::empty()) else {
+        return;
+    };
+    // Beneath the upper or root dir and through no symlink: what the run
+    // left there (a directory replaced by a symlink to `/etc`) is not
+    // followed out of it.
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
     for rel in stubs.iter().rev() {
-        let path = upper.join(rel);
-        let parent_mtime = path
-            .parent()
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+            continue;
+        };
+        let parent = match parent.as_os_str().is_empty() {
+            true => Path::new("."),
+            false => parent,
+        };
+        let Ok(dir) = rustix::fs::openat2(&base, parent, open, Mode::empty(), resolve) else {
+            continue;
+        };
+        let parent_mtime = rustix::fs::fstat(&dir)
+            .ok()
             .filter(|_| keep_times)
-            .and_then(|p| std::fs::symlink_metadata(p).ok())
-            .map(|m| {
-                use std::os::unix::fs::MetadataExt;
-                (m.mtime(), m.mtime_nsec())
+            .map(|st| rustix::fs::Timespec {
+                tv_sec: st.st_mtime,
+                tv_nsec: st.st_mtime_nsec as _,
             });
-        let removed = match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_file() && meta.len() == 0 => std::fs::remove_file(&path).is_ok(),
-            Ok(meta) if meta.is_dir() => std::fs::remove_dir(&path).is_ok(),
+        let removed = match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st)
+                if rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() && st.st_size == 0 =>
+            {
+                rustix::fs::unlinkat(&dir, name, AtFlags::empty()).is_ok()
+            }
+            Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() => {
+                rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR).is_ok()
+            }
             _ => false,
         };
-        if let (true, Some(mtime), Some(parent)) = (removed, parent_mtime, path.parent()) {
-            let _ = crate::sys::set_mtime_of(parent, mtime);
+        if let (true, Some(mtime)) = (removed, parent_mtime) {
+            let times = rustix::fs::Timestamps {
+                last_access: rustix::fs::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: rustix::fs::UTIME_OMIT,
+                },
+                last_modification: mtime,
+            };
+            let _ = rustix::fs::futimens(&dir, &times);
         }
     }
 }

@@ -15,8 +15,11 @@
 //! the form overlay would have left there, so that the layer and snapshot
 //! are made by the same code and are the same bytes as with overlay:
 //!
-//! - an entry only in the copy, or whose type, mode, owner, size, mtime,
-//!   link target, device or xattrs differ, is moved (renamed) there;
+//! - an entry only in the copy, or one the RUN touched (its inode or
+//!   change time is not the one the copy made: written, truncated,
+//!   chmod-ed, replaced, even with the same size and mtime restored), or
+//!   whose type, mode, owner, size, mtime, link target, device or xattrs
+//!   differ, is moved (renamed) there;
 //! - an entry only in the layers becomes a whiteout (a 0/0 character
 //!   device, which needs no CAP_MKNOD, or on an overlayfs, which refuses
 //!   those, an empty file marked by an xattr: `kiln_layers::whiteout`);
@@ -29,8 +32,8 @@
 //!   a directory whose own metadata changed, likewise.
 //!
 //! What differs from overlay: a file opened for writing and closed
-//! unchanged (same size and mtime) is not in the layer (overlay copies it
-//! up on open).
+//! without a write (its change time unchanged) is not in the layer
+//! (overlay copies it up on open).
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -47,14 +50,24 @@ use crate::rootfs::{
 /// directory with another identity afterwards was made by the RUN.
 type DirIdentity = (u64, Option<SystemTime>);
 
+/// Which inode a file, symlink or node of the copy was, and its change
+/// time, when the copy was made: the kernel moves the change time on
+/// every write and metadata change, and nothing can set it back.
+type LeafIdentity = (u64, i64, i64);
+
 /// A step's root filesystem copied into a directory of its own.
 pub struct CopiedRoot {
     dir: PathBuf,
     dirs: HashMap<String, DirIdentity>,
+    leaves: HashMap<String, LeafIdentity>,
 }
 
 fn identity(meta: &std::fs::Metadata) -> DirIdentity {
     (meta.ino(), meta.created().ok())
+}
+
+fn leaf_identity(meta: &std::fs::Metadata) -> LeafIdentity {
+    (meta.ino(), meta.ctime(), meta.ctime_nsec())
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RootfsError + '_ {
@@ -69,6 +82,7 @@ impl CopiedRoot {
         let mut copied = CopiedRoot {
             dir: dir.to_path_buf(),
             dirs: HashMap::new(),
+            leaves: HashMap::new(),
         };
         let root = rootfs
             .stat("")?
@@ -100,7 +114,11 @@ impl CopiedRoot {
             if child_meta.is_dir() {
                 self.copy_dir(view, &child, &child_meta)?;
             } else {
-                copy_leaf(view, &child, &child_meta, &self.dir.join(&child))?;
+                let dest = self.dir.join(&child);
+                copy_leaf(view, &child, &child_meta, &dest)?;
+                if let Ok(after) = std::fs::symlink_metadata(&dest) {
+                    self.leaves.insert(child, leaf_identity(&after));
+                }
             }
         }
         set_owner(&dest, meta.uid, meta.gid)?;
@@ -123,6 +141,7 @@ impl CopiedRoot {
             view: rootfs,
             upper,
             dirs: &self.dirs,
+            leaves: &self.leaves,
             made: Vec::new(),
         };
         diff.walk_dir("")?;
@@ -201,6 +220,7 @@ struct Diff<'a> {
     view: &'a LayeredRootfs,
     upper: &'a Path,
     dirs: &'a HashMap<String, DirIdentity>,
+    leaves: &'a HashMap<String, LeafIdentity>,
     /// Directories made in the upper dir, parents first, with the copy's
     /// metadata, which they get at the end.
     made: Vec<(String, DirMeta)>,
@@ -299,8 +319,10 @@ impl Diff<'_> {
             return Ok(());
         }
         let now = SourceMeta::from_host(&path, &meta)?;
+        let touched = self.leaves.get(rel) != Some(&leaf_identity(&meta));
         let differs = match &before {
             None => true,
+            Some(_) if touched => true,
             Some(before) => {
                 let xattrs = match meta.is_symlink() {
                     true => (Vec::new(), Vec::new()),
@@ -344,8 +366,9 @@ mod tests {
     }
 
     /// A RUN's changes, made in the copy, land in the upper dir as overlay
-    /// would leave them: changed and new entries, a whiteout, an opaque
-    /// replaced directory, the parents; nothing untouched.
+    /// would leave them: changed and new entries (one rewritten with the
+    /// same size and mtime too), a whiteout, an opaque replaced directory,
+    /// the parents; nothing untouched.
     #[test]
     fn changes_in_the_copy_become_an_upper_dir() {
         let dir = tempfile::tempdir().unwrap();
@@ -369,8 +392,17 @@ mod tests {
             std::fs::metadata(copy.join("a")).unwrap().ino(),
             std::fs::metadata(lower.join("a")).unwrap().ino()
         );
-        // The RUN: change a, delete d/x, replace r, add z.
+        // The RUN: change a, rewrite keep with the same size and its
+        // mtime restored, delete d/x, replace r, add z.
         write(&copy.join("a"), "changed");
+        let keep = std::fs::metadata(copy.join("keep")).unwrap();
+        write(&copy.join("keep"), "K");
+        let mtime = std::fs::FileTimes::new().set_modified(keep.modified().unwrap());
+        std::fs::File::options()
+            .write(true)
+            .open(copy.join("keep"))
+            .and_then(|f| f.set_times(mtime))
+            .unwrap();
         std::fs::remove_file(copy.join("d/x")).unwrap();
         std::fs::remove_dir_all(copy.join("r")).unwrap();
         write(&copy.join("r/n"), "n");
@@ -379,7 +411,8 @@ mod tests {
 
         let mut names: Vec<String> = walkdir(&upper);
         names.sort();
-        assert_eq!(names, ["a", "d", "d/x", "r", "r/n", "z"]);
+        assert_eq!(names, ["a", "d", "d/x", "keep", "r", "r/n", "z"]);
+        assert_eq!(std::fs::read_to_string(upper.join("keep")).unwrap(), "K");
         assert_eq!(std::fs::read_to_string(upper.join("a")).unwrap(), "changed");
         let x = upper.join("d/x");
         assert!(kiln_layers::whiteout::is_whiteout(
