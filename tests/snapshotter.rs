@@ -312,6 +312,74 @@ fn isolation_chroot_builds_the_image_namespaces_build() {
     );
 }
 
+/// `--isolation chroot` refuses, naming the line, what it cannot do as
+/// asked: a hostname from `BUILDKIT_SANDBOX_HOSTNAME` (no UTS namespace)
+/// and `RUN --security=insecure`; and it refuses (these, and mounts)
+/// before the first step, so a RUN before the refused one never runs.
+#[test]
+fn isolation_chroot_refuses_hostname_and_insecure_before_any_step() {
+    kiln_testsupport::require_root!("chroot(2)");
+    let work = tempfile::tempdir().unwrap();
+    let tar = work.path().join("busybox.tar");
+    busybox_rootfs_tar(&tar).unwrap();
+    let store = work.path().join("store");
+    let (ok, _, err) = kiln_at(&store, &["import", tar.to_str().unwrap(), "busybox:latest"]);
+    assert!(ok, "{err}");
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    let build = |dockerfile: &str, extra: &[&str]| {
+        std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+        let mut args = vec!["build", "--isolation", "chroot"];
+        args.extend_from_slice(extra);
+        args.push(ctx.to_str().unwrap());
+        kiln_at(&store, &args)
+    };
+    let refused = |err: &str, line: &str, what: &str| {
+        assert!(
+            err.contains(&format!("error: line {line}"))
+                && err.contains(what)
+                && err.contains("cannot work with --isolation chroot"),
+            "{err}"
+        );
+    };
+
+    // The hostname is every RUN's: the first is refused.
+    let (ok, _, err) = build(
+        "FROM busybox\nWORKDIR /w\nRUN hostname\n",
+        &["--build-arg", "BUILDKIT_SANDBOX_HOSTNAME=builder"],
+    );
+    assert!(!ok);
+    refused(&err, "3: RUN hostname", "BUILDKIT_SANDBOX_HOSTNAME");
+
+    // The earlier RUN would print RAN-42 (the sum is not in its text).
+    let (ok, _, err) = build(
+        "FROM busybox\nRUN echo RAN-$((40+2))\nRUN --security=insecure id\n",
+        &["--allow", "security.insecure"],
+    );
+    assert!(!ok);
+    refused(&err, "3: RUN --security=insecure id", "--security=insecure");
+    assert!(
+        !err.contains("RAN-42"),
+        "line 2 ran before line 3 was refused:\n{err}"
+    );
+
+    // So is a mount, before any cache is locked or stage materialised.
+    let (ok, _, err) = build(
+        "FROM busybox\nRUN echo RAN-$((40+2))\nRUN --mount=type=tmpfs,target=/t true\n",
+        &[],
+    );
+    assert!(!ok);
+    refused(&err, "3: RUN --mount=type=tmpfs", "--mount type=tmpfs");
+    assert!(
+        !err.contains("RAN-42"),
+        "line 2 ran before line 3 was refused:\n{err}"
+    );
+
+    // Without either, the same RUN runs (and its output is shown).
+    let (ok, _, err) = build("FROM busybox\nRUN echo RAN-$((40+2))\n", &[]);
+    assert!(ok && err.contains("RAN-42"), "{err}");
+}
+
 /// A mount target reached through an image's absolute symlink (`/via` →
 /// a directory of the image whose path is also a directory on the host):
 /// the stubs made for it

@@ -781,12 +781,20 @@ impl<'a> Session<'a> {
     }
 
     /// Before any step of the plans runs: the entitlements their RUN steps
-    /// need are granted, and every platform whose RUN steps will run can
-    /// run here ([`crate::emulation`]).
+    /// need are granted, chroot isolation can run them as asked, and every
+    /// platform whose RUN steps will run can run here
+    /// ([`crate::emulation`]).
     pub(crate) fn check_before_steps(&self, plans: &[&Planned<'a>]) -> Result<(), BuildError> {
         let mut platforms = BTreeMap::new();
         for planned in plans {
             self.settings.allow.check(&planned.plan)?;
+            if self.settings.chroot {
+                let given = crate::solve::ChrootGiven {
+                    secrets: &self.settings.secrets,
+                    ssh: &self.settings.ssh,
+                };
+                crate::solve::refuse_under_chroot(&planned.plan, &given)?;
+            }
             let no_cache_stages = no_cache_stages(&planned.plan, &self.settings.no_cache_stages)?;
             platforms.extend(crate::emulation::platforms_that_run(
                 &planned.plan,

@@ -19,10 +19,16 @@
 //! short write or a filesystem that refuses `O_DIRECT` — tmpfs on older
 //! kernels) goes through the page cache as before. Crash safety is the
 //! store's as ever: commit fsyncs the file before renaming it into place.
+//!
+//! After the first failed write nothing more is written (every later
+//! write and [`DirectWrites::finish`] fail): the file then holds a prefix of
+//! the bytes given, in order, which a resuming writer can continue.
 
 use std::fs::File;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use rustix::fs::OFlags;
@@ -65,6 +71,8 @@ struct Writer {
     /// A buffer never handed out yet.
     idle: Option<Aligned>,
     thread: Option<JoinHandle<()>>,
+    /// Chunks written with `O_DIRECT` on from their first byte to their last.
+    direct_chunks: Arc<AtomicUsize>,
 }
 
 /// The aligned buffers of a file written with `O_DIRECT`.
@@ -74,6 +82,9 @@ pub(crate) struct DirectWrites {
     len: usize,
     /// `None` once finished: later bytes are written through the page cache.
     writer: Option<Writer>,
+    /// A write failed: nothing more is written (until [`Self::abandon`]),
+    /// so the file holds only bytes in order.
+    failed: bool,
 }
 
 impl DirectWrites {
@@ -91,11 +102,18 @@ impl DirectWrites {
         rustix::fs::fcntl_setfl(file, flags | OFlags::DIRECT).ok()?;
         let (chunks, to_write) = sync_channel::<Aligned>(1);
         let (done, written) = sync_channel(2);
+        let direct_chunks = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&direct_chunks);
         let thread = std::thread::Builder::new()
             .name("kiln-direct-write".into())
             .spawn(move || {
                 for chunk in to_write {
-                    let result = write_out(&mut out, chunk.bytes(CHUNK)).map(|()| chunk);
+                    let result = write_out(&mut out, chunk.bytes(CHUNK)).map(|direct| {
+                        if direct {
+                            counted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        chunk
+                    });
                     let failed = result.is_err();
                     if done.send(result).is_err() || failed {
                         return;
@@ -114,13 +132,27 @@ impl DirectWrites {
                 written,
                 idle: Some(idle),
                 thread: Some(thread),
+                direct_chunks,
             }),
+            failed: false,
         })
     }
 
     /// Takes `data` into the buffer, handing each chunk that fills up to
-    /// the writing thread.
-    pub(crate) fn write(&mut self, file: &mut File, mut data: &[u8]) -> io::Result<()> {
+    /// the writing thread. After an error (this one's or an earlier one's)
+    /// nothing more is written.
+    pub(crate) fn write(&mut self, file: &mut File, data: &[u8]) -> io::Result<()> {
+        if self.failed {
+            return Err(failed_before());
+        }
+        let result = self.take_in(file, data);
+        if result.is_err() {
+            self.poison(file);
+        }
+        result
+    }
+
+    fn take_in(&mut self, file: &mut File, mut data: &[u8]) -> io::Result<()> {
         let Some(writer) = self.writer.as_mut() else {
             return file.write_all(data);
         };
@@ -145,21 +177,46 @@ impl DirectWrites {
 
     /// Waits for the chunks under way, then writes what the buffer holds
     /// through the page cache (the file's last bytes need not make a whole
-    /// aligned block); later writes go through the page cache too.
-    pub(crate) fn finish(&mut self, file: &mut File) -> io::Result<()> {
+    /// aligned block); later writes go through the page cache too. Returns
+    /// how many chunks were written with `O_DIRECT` (0 when finished
+    /// before). After a failed write it writes nothing and fails: what the
+    /// buffer holds would not follow what the file holds.
+    pub(crate) fn finish(&mut self, file: &mut File) -> io::Result<usize> {
+        if self.failed {
+            return Err(failed_before());
+        }
+        let result = self.finish_writes(file);
+        if result.is_err() {
+            self.poison(file);
+        }
+        result
+    }
+
+    fn finish_writes(&mut self, file: &mut File) -> io::Result<usize> {
         let Some(mut writer) = self.writer.take() else {
-            return Ok(());
+            return Ok(0);
         };
         writer.stop();
         // Every chunk sent was answered before the thread ended.
         for result in writer.written.try_iter() {
             result?;
         }
-        let flags = rustix::fs::fcntl_getfl(&*file)?;
-        rustix::fs::fcntl_setfl(&*file, flags - OFlags::DIRECT)?;
+        direct_off(file)?;
         file.write_all(self.current.bytes(self.len))?;
         self.len = 0;
-        Ok(())
+        Ok(writer.direct_chunks.load(Ordering::Relaxed))
+    }
+
+    /// After a failed write: the thread ends once it has written what it
+    /// was sent (in order), the buffer is dropped and nothing more is
+    /// written.
+    fn poison(&mut self, file: &File) {
+        self.failed = true;
+        self.len = 0;
+        if let Some(mut writer) = self.writer.take() {
+            writer.stop();
+        }
+        let _ = direct_off(file);
     }
 
     /// Drops what is buffered and what is under way (the file is about to
@@ -171,6 +228,7 @@ impl DirectWrites {
             rustix::fs::fcntl_setfl(file, flags - OFlags::DIRECT)?;
         }
         self.len = 0;
+        self.failed = false;
         Ok(())
     }
 }
@@ -195,10 +253,15 @@ fn stopped() -> io::Error {
     io::Error::other("the thread writing the blob stopped")
 }
 
-/// Writes `bytes` at the file's offset. A direct write that is refused
-/// (`EINVAL`) or cut short turns `O_DIRECT` off and the rest goes through
-/// the page cache.
-fn write_out(file: &mut File, mut bytes: &[u8]) -> io::Result<()> {
+fn failed_before() -> io::Error {
+    io::Error::other("an earlier write of the blob failed: nothing more is written after it")
+}
+
+/// Writes `bytes` at the file's offset; whether all of them went with
+/// `O_DIRECT` on. A direct write that is refused (`EINVAL`) or cut short
+/// turns `O_DIRECT` off and the rest goes through the page cache.
+fn write_out(file: &mut File, mut bytes: &[u8]) -> io::Result<bool> {
+    let direct = rustix::fs::fcntl_getfl(&*file)?.contains(OFlags::DIRECT);
     while !bytes.is_empty() {
         match file.write(bytes) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -213,7 +276,7 @@ fn write_out(file: &mut File, mut bytes: &[u8]) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(direct && rustix::fs::fcntl_getfl(&*file)?.contains(OFlags::DIRECT))
 }
 
 /// Turns `O_DIRECT` off; whether it was on.
@@ -227,38 +290,117 @@ fn direct_off(file: &File) -> io::Result<bool> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Read;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
 
     fn data(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 + i / 4093) as u8).collect()
     }
 
+    /// A tmpfs of `size` bytes mounted by the test (unmounted on drop),
+    /// with a ballast file that takes `ballast` of its bytes: writes fail
+    /// with `ENOSPC` once the rest is used, and removing the ballast makes
+    /// room again (space another process frees).
+    pub(crate) struct Tmpfs {
+        pub(crate) dir: PathBuf,
+        ballast: PathBuf,
+        _parent: tempfile::TempDir,
+    }
+
+    impl Tmpfs {
+        pub(crate) fn mount(size: usize, ballast: usize) -> Tmpfs {
+            let parent = tempfile::tempdir_in("/var/tmp").unwrap();
+            let dir = parent.path().join("fs");
+            std::fs::create_dir(&dir).unwrap();
+            let status = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(status.success(), "mount tmpfs at {}", dir.display());
+            let fs = Tmpfs {
+                ballast: dir.join("ballast"),
+                dir,
+                _parent: parent,
+            };
+            std::fs::write(&fs.ballast, vec![1u8; ballast]).unwrap();
+            fs
+        }
+
+        pub(crate) fn free_ballast(&self) {
+            std::fs::remove_file(&self.ballast).unwrap();
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+
+    fn read(path: &Path) -> Vec<u8> {
+        let mut back = Vec::new();
+        File::open(path).unwrap().read_to_end(&mut back).unwrap();
+        back
+    }
+
     /// Whole chunks direct, an odd tail buffered: the file holds exactly
-    /// what was written, in order.
+    /// what was written, in order. On ext4 (under /var/tmp) both whole
+    /// chunks went with `O_DIRECT`, not through the fallback.
     #[test]
     fn chunks_and_tail_are_written_in_order() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
         let path = dir.path().join("blob");
         let mut file = File::create(&path).unwrap();
         let bytes = data(2 * CHUNK + 12_345);
-        let mut direct = DirectWrites::start(&file);
-        match direct.as_mut() {
-            Some(d) => {
-                // Pieces of uneven sizes, as a network delivers them.
-                for piece in bytes.chunks(100_003) {
-                    d.write(&mut file, piece).unwrap();
-                }
-                d.finish(&mut file).unwrap();
-            }
-            // A filesystem without O_DIRECT: the caller writes buffered.
-            None => file.write_all(&bytes).unwrap(),
+        let mut direct = DirectWrites::start(&file).expect("/var/tmp takes O_DIRECT");
+        // Pieces of uneven sizes, as a network delivers them.
+        for piece in bytes.chunks(100_003) {
+            direct.write(&mut file, piece).unwrap();
         }
+        assert_eq!(
+            direct.finish(&mut file).unwrap(),
+            2,
+            "chunks written direct"
+        );
         drop(file);
-        let mut back = Vec::new();
-        File::open(&path).unwrap().read_to_end(&mut back).unwrap();
+        let back = read(&path);
         assert_eq!(back.len(), bytes.len());
         assert!(back == bytes);
+    }
+
+    /// A disk that fills up while chunks are written: the write that meets
+    /// the error fails, and so does everything after it, even once there
+    /// is room again (finish, as a dropped writer calls it): the file holds
+    /// a prefix of the bytes given, in order, for a resuming writer.
+    #[test]
+    fn after_a_failed_write_the_file_holds_a_prefix() {
+        kiln_testsupport::require_root!("mounting a small tmpfs");
+        // Room for 2.5 chunks once the ballast is in.
+        let fs = Tmpfs::mount(6 * CHUNK, 7 * CHUNK / 2);
+        let path = fs.dir.join("blob");
+        let mut file = File::create(&path).unwrap();
+        let bytes = data(5 * CHUNK);
+        let mut direct = DirectWrites::start(&file).expect("tmpfs takes O_DIRECT");
+        let failed_at = bytes
+            .chunks(100_003)
+            .position(|piece| direct.write(&mut file, piece).is_err())
+            .expect("a write fails with the tmpfs full");
+        assert!(direct.write(&mut file, b"more").is_err());
+        fs.free_ballast();
+        let finished = direct.finish(&mut file);
+        drop(file);
+        let back = read(&path);
+        assert!(back.len() >= 2 * CHUNK, "{} bytes kept", back.len());
+        assert!(
+            back.len() <= failed_at * 100_003,
+            "{} bytes kept",
+            back.len()
+        );
+        assert!(back == bytes[..back.len()], "the file is not a prefix");
+        assert!(finished.is_err());
     }
 }

@@ -1390,22 +1390,26 @@ mod ingest_writeback_tests {
         assert!(stored(&store, &desc) == bytes);
     }
 
-    /// A large download from byte 0 skips the page cache (where the
-    /// filesystem allows) and is stored exactly; one whose bytes are wrong
-    /// is refused at commit and leaves no blob.
+    /// A large download from byte 0 skips the page cache (on ext4, under
+    /// /var/tmp: both whole chunks go with `O_DIRECT`) and is stored
+    /// exactly; one whose bytes are wrong is refused at commit and leaves
+    /// no blob.
     #[test]
     fn large_download_is_written_direct_and_verified() {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
         let store = Store::open(tmp.path()).unwrap();
         let bytes = data(2 * crate::direct::CHUNK + 4097);
         let desc = descriptor(&bytes);
         let mut writer = store.ingest_resumable(desc.clone()).unwrap();
-        let direct = writer.direct.is_some();
         for piece in bytes.chunks(65_536 + 17) {
             writer.write_all(piece).unwrap();
         }
+        let (Some(direct), Some(file)) = (writer.direct.as_mut(), writer.file.as_mut()) else {
+            panic!("no direct writes on /var/tmp");
+        };
+        assert_eq!(direct.finish(file.get_mut()).unwrap(), 2);
         writer.commit().unwrap();
-        assert!(stored(&store, &desc) == bytes, "direct writes: {direct}");
+        assert!(stored(&store, &desc) == bytes);
 
         let mut wrong = bytes.clone();
         wrong[crate::direct::CHUNK + 3] ^= 1;
@@ -1415,5 +1419,39 @@ mod ingest_writeback_tests {
         writer.write_all(&wrong).unwrap();
         assert!(matches!(writer.commit(), Err(Error::DigestMismatch { .. })));
         assert!(!store.has_blob(&other.digest));
+    }
+
+    /// The disk fills up during a large download: the partial file the
+    /// dropped writer leaves is a prefix of the blob (even when there is
+    /// room again as it is dropped), so once there is room
+    /// again a resumed download continues it and commits the right blob.
+    #[test]
+    fn a_download_cut_by_a_full_disk_resumes_to_the_right_blob() {
+        kiln_testsupport::require_root!("mounting a small tmpfs");
+        let chunk = crate::direct::CHUNK;
+        // Room for 2.5 chunks of the 5 once the ballast is in.
+        let fs = crate::direct::tests::Tmpfs::mount(6 * chunk, 7 * chunk / 2);
+        let store = Store::open(fs.dir.join("store")).unwrap();
+        let bytes = data(5 * chunk);
+        let desc = descriptor(&bytes);
+        let mut writer = store.ingest_resumable(desc.clone()).unwrap();
+        assert!(writer.direct.is_some());
+        let cut = bytes
+            .chunks(65_536 + 17)
+            .any(|p| writer.write_all(p).is_err());
+        assert!(cut, "no write failed with the tmpfs full");
+        // Room again before the writer is dropped (another process freed
+        // some): still nothing more is written.
+        fs.free_ballast();
+        drop(writer);
+        let mut resumed = store.ingest_resumable(desc.clone()).unwrap();
+        let offset = resumed.offset() as usize;
+        assert!(
+            offset >= 2 * chunk && offset < bytes.len(),
+            "offset {offset}"
+        );
+        resumed.write_all(&bytes[offset..]).unwrap();
+        resumed.commit().unwrap();
+        assert!(stored(&store, &desc) == bytes);
     }
 }

@@ -51,6 +51,7 @@ pub(crate) use mounts::secret_id;
 use mounts::{mount_image_layers, run_mount, MountFrom, StepMount};
 pub use resolve::{ImagePuller, StoreResolver};
 use run::execute_run;
+pub(crate) use run::{refuse_under_chroot, ChrootGiven};
 use schedule::run_stages_when_ready;
 pub use shared::SharedSteps;
 use stage::{run_stage, StageOutput, StageProgress};

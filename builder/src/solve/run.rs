@@ -3,12 +3,13 @@
 //! With the copying snapshotter ([`super::copying`]) the RUN runs in a copy
 //! of its layers, compared with them afterwards into its upper dir.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kiln_parser::mount::MountType;
 use kiln_runtime::{BindMount, MemoryFile, Network, RunSpec, Snapshotter, UpperDir};
 
-use crate::plan::{MountSource, RunMount, RunStep};
+use crate::plan::{MountSource, Plan, RunMount, RunStep, StepKind};
 use crate::rootfs::LayeredRootfs;
 
 use super::copying::CopiedRoot;
@@ -23,11 +24,19 @@ pub(super) fn execute_run(
     rootfs: &LayeredRootfs,
     dir: &Path,
 ) -> Result<(), SolveError> {
+    // Refused before any mount is made (a cache locked, a relay started,
+    // a stage materialised); a build refuses it before its first step.
+    if run.build.opts.chroot {
+        let given = ChrootGiven {
+            secrets: &run.build.opts.secrets,
+            ssh: &run.build.opts.ssh,
+        };
+        if let Some(what) = chroot_refusal(r, &given) {
+            return Err(run.error(chroot_message(what)));
+        }
+    }
     // The ssh relays serve until the RUN is over (dropped at the end).
     let mounts = step_mounts(run, r, dir)?;
-    if run.build.opts.chroot {
-        refuse_under_chroot(run, r, &mounts)?;
-    }
     // The copying snapshotter: the RUN works on a copy of its layers.
     let copied = match run.build.opts.snapshotter {
         Snapshotter::Overlay => None,
@@ -77,20 +86,74 @@ pub(super) fn execute_run(
     Ok(())
 }
 
-/// chroot isolation mounts nothing and has no network namespace: a RUN
-/// that needs either is refused, naming what.
-fn refuse_under_chroot(
-    run: &StepRun<'_>,
-    r: &RunStep,
-    mounts: &StepMounts,
-) -> Result<(), SolveError> {
-    let what = if r.script.is_some() {
+/// The secrets and ssh agents a build was given: a RUN mounts one only when
+/// it was given (or fails when it is required).
+pub(crate) struct ChrootGiven<'a> {
+    pub(crate) secrets: &'a BTreeMap<String, crate::secrets::Secret>,
+    pub(crate) ssh: &'a crate::ssh::SshAgents,
+}
+
+/// Every RUN of the plan's needed stages that chroot isolation cannot run
+/// as asked is refused, naming its line, before any step runs (a refused
+/// RUN late in the Dockerfile fails the build before the earlier ones
+/// run, cached or not).
+pub(crate) fn refuse_under_chroot(plan: &Plan, given: &ChrootGiven<'_>) -> Result<(), SolveError> {
+    let steps = plan
+        .stages
+        .iter()
+        .filter(|s| s.needed)
+        .flat_map(|s| &s.steps);
+    for step in steps {
+        let StepKind::Run(r) = &step.kind else {
+            continue;
+        };
+        if let Some(what) = chroot_refusal(r, given) {
+            return Err(SolveError::Step {
+                line: step.line,
+                instruction: step.instruction.clone(),
+                message: chroot_message(what),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The refusal of `what`, with what chroot isolation supports.
+fn chroot_message(what: &str) -> String {
+    format!(
+        "{what} cannot work with --isolation chroot, which can make no mount and no namespace \
+         and runs every RUN alike; supported there: RUN without --mount (but secrets with \
+         env=), without --network=none, --add-host, --shm-size or --security=insecure, and \
+         no BUILDKIT_SANDBOX_HOSTNAME"
+    )
+}
+
+/// What of `r` chroot isolation cannot do: it mounts nothing, has no
+/// network or UTS namespace and runs every RUN with the same privileges.
+fn chroot_refusal(r: &RunStep, given: &ChrootGiven<'_>) -> Option<&'static str> {
+    let mounted = |kind: MountType| r.mounts.iter().any(|m| m.spec.mount_type == kind);
+    let ssh_relayed = r
+        .mounts
+        .iter()
+        .filter(|m| m.spec.mount_type == MountType::Ssh)
+        .enumerate()
+        .any(|(index, m)| {
+            crate::ssh::SshMount::new(&m.spec, index)
+                .is_ok_and(|ssh| given.ssh.contains_key(&ssh.id))
+        });
+    // A secret given becomes a file unless it is only an env= variable.
+    let secret_file = r.mounts.iter().any(|m| {
+        m.spec.mount_type == MountType::Secret
+            && (!m.spec.target.is_empty() || m.spec.env.is_none())
+            && super::secret_id(&m.spec).is_some_and(|id| given.secrets.contains_key(&id))
+    });
+    if r.script.is_some() {
         Some("a heredoc run by its #! line (bound into the container)")
-    } else if !mounts.binds.is_empty() || !mounts.ssh_relays.is_empty() {
+    } else if mounted(MountType::Bind) || mounted(MountType::Cache) || ssh_relayed {
         Some("--mount type=bind, cache or ssh")
-    } else if !mounts.tmpfs.is_empty() {
+    } else if mounted(MountType::Tmpfs) {
         Some("--mount type=tmpfs")
-    } else if !mounts.memory.is_empty() {
+    } else if secret_file {
         Some("--mount type=secret as a file (env= works)")
     } else if r.network.as_deref() == Some("none") {
         Some("--network=none (a network namespace)")
@@ -98,15 +161,12 @@ fn refuse_under_chroot(
         Some("--add-host (an /etc/hosts bound into the container)")
     } else if r.shm_size.is_some() {
         Some("--shm-size (a /dev/shm mounted in the container)")
+    } else if r.hostname != crate::frontend::DEFAULT_HOSTNAME {
+        Some("the BUILDKIT_SANDBOX_HOSTNAME build arg (a UTS namespace to set it in)")
+    } else if r.security.as_deref() == Some("insecure") {
+        Some("--security=insecure (a container of its own with every capability)")
     } else {
         None
-    };
-    match what {
-        Some(what) => Err(run.error(format!(
-            "{what} cannot work with --isolation chroot, which can make no mount and no \
-             namespace; supported there: RUN without --mount (but secrets with env=)"
-        ))),
-        None => Ok(()),
     }
 }
 
