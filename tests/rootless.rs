@@ -34,14 +34,9 @@ impl Work {
     fn new() -> Work {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let ctx = dir.path().join("ctx");
-        std::fs::create_dir(&ctx).unwrap();
-        std::fs::write(ctx.join("Dockerfile"), DOCKERFILE).unwrap();
-        busybox_rootfs_tar(&dir.path().join("busybox.tar")).unwrap();
-        for path in [ctx.join("Dockerfile"), dir.path().join("busybox.tar")] {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        }
-        std::fs::set_permissions(&ctx, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let tar = dir.path().join("busybox.tar");
+        busybox_rootfs_tar(&tar).unwrap();
+        std::fs::set_permissions(tar, std::fs::Permissions::from_mode(0o644)).unwrap();
         // Where the user can run it; a hard link leaves no write descriptor
         // around (a copy's could make running it fail with ETXTBSY).
         let bin = dir.path().join("kiln");
@@ -49,11 +44,32 @@ impl Work {
             std::fs::copy(kiln_bin(), &bin).unwrap();
         }
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Work { dir }
+        let work = Work { dir };
+        work.context("ctx", DOCKERFILE);
+        work
     }
 
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// A directory `name` that `user` owns (a store of theirs).
+    fn user_dir(&self, name: &str, user: (u32, u32)) -> PathBuf {
+        let dir = self.path(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(user.0), Some(user.1)).unwrap();
+        dir
+    }
+
+    /// A context `name` holding `dockerfile`, readable by every user.
+    fn context(&self, name: &str, dockerfile: &str) -> PathBuf {
+        let ctx = self.path(name);
+        std::fs::create_dir(&ctx).unwrap();
+        std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+        std::fs::set_permissions(&ctx, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let file = ctx.join("Dockerfile");
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        ctx
     }
 
     /// `kiln --root ROOT ARGS…` under SOURCE_DATE_EPOCH, as root or (with
@@ -155,11 +171,8 @@ fn a_rootless_build_makes_the_image_root_makes() {
     );
 
     // The user's own store.
-    let store = work.path("user-store");
-    std::fs::create_dir(&store).unwrap();
-    std::os::unix::fs::chown(&store, Some(user.0), Some(user.1)).unwrap();
-    std::fs::create_dir(work.path("user-store.out")).unwrap();
-    std::os::unix::fs::chown(work.path("user-store.out"), Some(user.0), Some(user.1)).unwrap();
+    let store = work.user_dir("user-store", user);
+    work.user_dir("user-store.out", user);
     std::fs::write(work.path("user-store.iid"), "").unwrap();
     std::os::unix::fs::chown(work.path("user-store.iid"), Some(user.0), Some(user.1)).unwrap();
     let (user_id, user_err) = work.build(Some(user), &store, &[]);
@@ -215,24 +228,13 @@ fn a_rootless_store_is_collected_by_its_user() {
     kiln_testsupport::require_root!("a user made for the test");
     let user = kiln_testsupport::rootless_user().unwrap();
     let work = Work::new();
-    let store = work.path("gc-store");
-    std::fs::create_dir(&store).unwrap();
-    std::os::unix::fs::chown(&store, Some(user.0), Some(user.1)).unwrap();
-    let ctx = work.path("gc-ctx");
-    std::fs::create_dir(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
+    let store = work.user_dir("gc-store", user);
+    let ctx = work.context(
+        "gc-ctx",
         "FROM busybox\nARG N\n\
          RUN mkdir -p /private/sub && head -c 100000 /dev/urandom > /private/sub/data \
          && echo $N > /private/n && chown -R 1000:1000 /private && chmod 700 /private /private/sub\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&ctx, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(
-        ctx.join("Dockerfile"),
-        std::fs::Permissions::from_mode(0o644),
-    )
-    .unwrap();
+    );
     let ok = |args: &[&str]| {
         let out = work.kiln(Some(user), &store, args);
         assert!(
@@ -317,23 +319,12 @@ fn signals_to_a_rootless_kiln_reach_its_build() {
     kiln_testsupport::require_root!("a user made for the test");
     let user = kiln_testsupport::rootless_user().unwrap();
     let work = Work::new();
-    let store = work.path("signal-store");
-    std::fs::create_dir(&store).unwrap();
-    std::os::unix::fs::chown(&store, Some(user.0), Some(user.1)).unwrap();
+    let store = work.user_dir("signal-store", user);
     std::fs::write(store.join("gc.toml"), "[gc]\nenabled = false\n").unwrap();
-    let ctx = work.path("signal-ctx");
-    std::fs::create_dir(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
+    let ctx = work.context(
+        "signal-ctx",
         "FROM busybox\nRUN echo started && sleep 600\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&ctx, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(
-        ctx.join("Dockerfile"),
-        std::fs::Permissions::from_mode(0o644),
-    )
-    .unwrap();
+    );
     let tar = work.path("busybox.tar");
     let import = work.kiln(
         Some(user),
