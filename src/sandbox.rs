@@ -65,8 +65,8 @@ impl Isolation {
 
 /// What chroot isolation gives up, for its warning line.
 const CHROOT_LIMITS: &str = "RUN steps run chrooted into copies of their root filesystem: no \
-     namespaces, no /proc or /dev, the host's network and hostname, no RUN --mount, their \
-     processes killed when each ends";
+     namespaces, no /proc, the host's network and hostname, cache and tmpfs mounts and /dev \
+     moved into the copy (no other RUN --mount), their processes killed when each ends";
 
 /// What decides the isolation, read off this process.
 #[derive(Debug, Clone, PartialEq, Eq)]

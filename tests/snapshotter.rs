@@ -189,21 +189,28 @@ fn a_store_on_overlayfs_builds_with_copies_the_image_overlay_builds() {
     );
 }
 
-/// The multi-stage build of tests/in_container.rs without its cache mount
-/// (chroot isolation mounts nothing), and the RUN's own pid.
+/// The multi-stage build of tests/in_container.rs, the RUN's own pid, and
+/// what chroot isolation places instead of mounting: a cache, a tmpfs and
+/// /dev (its devices used, written to).
 const CHROOT_DOCKERFILE: &str = "FROM busybox AS base\n\
     RUN echo made > /made && mkdir /owned && chown 1000:1000 /owned\n\
     RUN echo $$ > /pid && ls /proc > /proc-entries\n\
     FROM busybox\n\
     COPY --from=base --chown=1000:1000 /made /home/app/made\n\
     COPY --from=base /owned /owned\n\
+    RUN --mount=type=cache,target=/cache --mount=type=tmpfs,target=/tmp/t \
+        echo hit >> /cache/log && cp /cache/log /seen && echo t > /tmp/t/f \
+        && echo x > /dev/null && head -c 4 /dev/urandom | wc -c > /random-bytes \
+        && echo shm > /dev/shm/f\n\
     USER app\n\
     RUN id -u > /tmp/whoami && stat -c %u:%g /home/app/made /owned > /tmp/owners\n";
 
 /// `--isolation chroot` (as root on the host): no namespaces, each RUN
 /// chrooted into a copy, as the step's user, the same image as with
-/// namespaces; the RUN is not PID 1 of a namespace and sees no /proc; a
-/// RUN that needs a mount is refused, naming its line.
+/// namespaces (its cache, tmpfs and /dev placed in the copy and taken out:
+/// nothing of them in a layer); the RUN is not PID 1 of a namespace and
+/// sees no /proc; the cache persists; a RUN that needs what chroot cannot
+/// do is refused, naming its line.
 #[test]
 fn isolation_chroot_builds_the_image_namespaces_build() {
     kiln_testsupport::require_root!("chroot(2) and namespaces");
@@ -279,20 +286,63 @@ fn isolation_chroot_builds_the_image_namespaces_build() {
     assert_eq!(read(&chroot_out, "proc-entries"), "");
     assert_eq!(read(&chroot_out, "made"), "made\n");
 
-    // A RUN that needs a mount is refused, naming its line.
+    // The final stage's files: the cache's, /dev's; a second build (no
+    // cache) finds the first one's entry in the cache mount.
+    let final_out = |name: &str, no_cache: bool| {
+        let dest = work.path().join(name);
+        let mut args = vec!["build", "--isolation", "chroot"];
+        if no_cache {
+            args.push("--no-cache");
+        }
+        let output = format!("type=local,dest={}", dest.display());
+        args.extend(["-o", &output, ctx.to_str().unwrap()]);
+        let (ok, _, err) = kiln_at(&store, &args);
+        assert!(ok, "{err}");
+        dest
+    };
+    let first = final_out("chroot-final", false);
+    assert_eq!(read(&first, "seen"), "hit\n");
+    assert_eq!(read(&first, "random-bytes"), "4\n");
+    for absent in ["dev/null", "dev/shm", "tmp/t", "cache"] {
+        assert!(!first.join(absent).exists(), "/{absent} is in the image");
+    }
+    let second = final_out("chroot-final-again", true);
+    assert_eq!(read(&second, "seen"), "hit\nhit\n");
+
+    // A RUN that needs what chroot cannot do is refused, naming its line.
+    for (mount, what) in [
+        ("type=bind,target=/b", "--mount type=bind or ssh"),
+        ("type=cache,target=/c,ro", "a read-only cache mount"),
+        ("type=tmpfs,target=/t,size=1m", "type=tmpfs with size="),
+    ] {
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            format!("FROM busybox\nRUN --mount={mount} true\n"),
+        )
+        .unwrap();
+        let (ok, _, err) = kiln_at(
+            &store,
+            &["build", "--isolation", "chroot", ctx.to_str().unwrap()],
+        );
+        assert!(!ok);
+        assert!(
+            err.contains(&format!("error: line 2: RUN --mount={mount} true"))
+                && err.contains(what)
+                && err.contains("cannot work with --isolation chroot"),
+            "{err}"
+        );
+    }
     std::fs::write(
         ctx.join("Dockerfile"),
-        "FROM busybox\nRUN --mount=type=cache,target=/cache echo hit >> /cache/log\n",
+        "FROM busybox\nRUN --mount=type=cache,target=/a,id=c --mount=type=cache,target=/b,id=c true\n",
     )
     .unwrap();
     let (ok, _, err) = kiln_at(
         &store,
         &["build", "--isolation", "chroot", ctx.to_str().unwrap()],
     );
-    assert!(!ok);
     assert!(
-        err.contains("error: line 2: RUN --mount=type=cache,target=/cache")
-            && err.contains("cannot work with --isolation chroot"),
+        !ok && err.contains("one cache mounted twice in a RUN"),
         "{err}"
     );
     let (ok, _, err) = kiln_at(
@@ -365,11 +415,11 @@ fn isolation_chroot_refuses_hostname_and_insecure_before_any_step() {
 
     // So is a mount, before any cache is locked or stage materialised.
     let (ok, _, err) = build(
-        "FROM busybox\nRUN echo RAN-$((40+2))\nRUN --mount=type=tmpfs,target=/t true\n",
+        "FROM busybox\nRUN echo RAN-$((40+2))\nRUN --mount=type=bind,target=/t true\n",
         &[],
     );
     assert!(!ok);
-    refused(&err, "3: RUN --mount=type=tmpfs", "--mount type=tmpfs");
+    refused(&err, "3: RUN --mount=type=bind", "--mount type=bind");
     assert!(
         !err.contains("RAN-42"),
         "line 2 ran before line 3 was refused:\n{err}"

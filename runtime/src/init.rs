@@ -38,7 +38,7 @@ use crate::user::{resolve_user, ResolvedUser};
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Character devices in /dev: name, major, minor.
-const DEVICES: &[(&str, u32, u32)] = &[
+pub const DEVICES: &[(&str, u32, u32)] = &[
     ("null", 1, 3),
     ("zero", 1, 5),
     ("full", 1, 7),
@@ -47,7 +47,8 @@ const DEVICES: &[(&str, u32, u32)] = &[
     ("tty", 5, 0),
 ];
 
-const DEV_LINKS: &[(&str, &str)] = &[
+/// The symlinks in /dev: name, target.
+pub const DEV_LINKS: &[(&str, &str)] = &[
     ("ptmx", "pts/ptmx"),
     ("fd", "/proc/self/fd"),
     ("stdin", "/proc/self/fd/0"),

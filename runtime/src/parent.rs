@@ -539,7 +539,8 @@ fn nofile_limit(requested: u64, rootless: bool) -> (u64, u64) {
 /// Removes mount points the init had to create in a kept upper dir (or a
 /// root dir), when they are still what it created (an empty file or
 /// directory); with `keep_times`, their parents keep their mtimes.
-fn remove_stubs(upper: &Path, stubs: &[PathBuf], keep_times: bool) {
+/// `stubs` are relative to `upper`, parents before their children.
+pub fn remove_stubs(upper: &Path, stubs: &[PathBuf], keep_times: bool) {
     use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
     let open = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let Ok(base) = rustix::fs::open(upper, open, Mode::empty()) else {

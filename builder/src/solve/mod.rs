@@ -18,6 +18,7 @@ mod events;
 mod lazy;
 mod mounts;
 mod needed;
+mod placed;
 mod resolve;
 mod run;
 mod schedule;

@@ -53,6 +53,9 @@ pub(super) enum StepMount {
     Env(String, String),
     /// A lock the step holds until it is over (a cache mount's sharing).
     Lock(std::fs::File),
+    /// A cache mount's directory: bound, or under chroot isolation moved
+    /// into the step's copy ([`super::placed`]).
+    Cache(BindMount),
 }
 
 /// `RUN --mount=...`. Supported: `type=cache` (a persistent directory in
@@ -116,8 +119,7 @@ fn cache_mount(
     scratch: &Path,
 ) -> Result<Vec<StepMount>, String> {
     let store = run.build.store;
-    let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
-    let id = set(&spec.id).unwrap_or_else(|| crate::dockerignore::go_clean(&spec.target));
+    let id = cache_id(spec);
     let id = match namespace {
         Some(ns) => format!("{ns}/{id}"),
         None => id,
@@ -129,7 +131,13 @@ fn cache_mount(
         Some(from) => format!("{id}\0{}", from.identity),
     };
     let name = crate::context::hex(&<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes()));
-    let (dir, lock) = cache_instance(store, &name, spec.sharing, from, scratch)?;
+    // Under chroot isolation the cache is moved into the RUN's copy:
+    // one RUN at a time holds it.
+    let sharing = match (run.build.opts.chroot, spec.sharing) {
+        (true, None | Some(Sharing::Shared)) => Some(Sharing::Locked),
+        (_, sharing) => sharing,
+    };
+    let (dir, lock) = cache_instance(store, &name, sharing, from, scratch)?;
     let owned = spec.uid.is_some() || spec.gid.is_some() || spec.mode.is_some();
     let source = if owned && rel.is_empty() {
         owned_cache_dir(&dir, spec)?
@@ -143,13 +151,21 @@ fn cache_mount(
         source
     };
     Ok(vec![
-        StepMount::Bind(BindMount {
+        StepMount::Cache(BindMount {
             source,
             target,
             read_only: spec.read_only,
         }),
         StepMount::Lock(lock),
     ])
+}
+
+/// A cache mount's id: `id=`, else its target as written, cleaned.
+pub(super) fn cache_id(spec: &kiln_parser::mount::Mount) -> String {
+    match spec.id.as_deref() {
+        Some(id) if !id.is_empty() => id.to_string(),
+        _ => crate::dockerignore::go_clean(&spec.target),
+    }
 }
 
 /// The cache directory `name` (an instance of it, for `private`), made

@@ -13,6 +13,7 @@ use crate::plan::{MountSource, Plan, RunMount, RunStep, StepKind};
 use crate::rootfs::LayeredRootfs;
 
 use super::copying::CopiedRoot;
+use super::placed::{PlaceRequest, Placed, Placement};
 
 use super::*;
 
@@ -48,7 +49,17 @@ pub(super) fn execute_run(
     let mut spec = run_spec(run, r, rootfs, dir, &mounts)?;
     spec.root_dir = copied.as_ref().map(|c| c.dir().to_path_buf());
     spec.chroot = run.build.opts.chroot;
+    // chroot isolation mounts nothing: /dev, caches and tmpfs are placed
+    // in the copy, and taken out before it is compared with the layers.
+    let placed = match (&copied, spec.chroot) {
+        (Some(copied), true) => Some(
+            Placed::place(copied.dir(), &dir.join("placed"), &mounts.placed)
+                .map_err(|e| run.error(e))?,
+        ),
+        _ => None,
+    };
     let (status, last_lines) = run_with_output(run, spec)?;
+    let taken_out = placed.map_or(Ok(()), Placed::take_out);
     // A step that failed at a limit is an error that names it; its output
     // still tells what was running. A heredoc script whose interpreter is
     // missing names it and its line.
@@ -76,6 +87,7 @@ pub(super) fn execute_run(
             last_lines,
         });
     }
+    taken_out.map_err(|e| run.error(e))?;
     if let Some(copied) = copied {
         copied.diff_into(rootfs, rootfs.upper()).map_err(|e| {
             run.error(format!(
@@ -122,9 +134,10 @@ pub(crate) fn refuse_under_chroot(plan: &Plan, given: &ChrootGiven<'_>) -> Resul
 fn chroot_message(what: &str) -> String {
     format!(
         "{what} cannot work with --isolation chroot, which can make no mount and no namespace \
-         and runs every RUN alike; supported there: RUN without --mount (but secrets with \
-         env=), without --network=none, --add-host, --shm-size or --security=insecure, and \
-         no BUILDKIT_SANDBOX_HOSTNAME"
+         and runs every RUN alike; supported there: RUN --mount=type=cache (moved into the \
+         RUN's copy and back, one RUN at a time), type=tmpfs without size=, type=secret with \
+         env=; no --network=none, --add-host, --shm-size or --security=insecure, and no \
+         BUILDKIT_SANDBOX_HOSTNAME"
     )
 }
 
@@ -147,12 +160,34 @@ fn chroot_refusal(r: &RunStep, given: &ChrootGiven<'_>) -> Option<&'static str> 
             && (!m.spec.target.is_empty() || m.spec.env.is_none())
             && super::secret_id(&m.spec).is_some_and(|id| given.secrets.contains_key(&id))
     });
+    let caches: Vec<_> = r
+        .mounts
+        .iter()
+        .filter(|m| m.spec.mount_type == MountType::Cache)
+        .collect();
+    // Held exclusively by the RUN: the same cache twice would wait for
+    // itself (a private one takes another instance).
+    let cache_twice = caches.iter().enumerate().any(|(i, a)| {
+        caches[..i].iter().any(|b| {
+            super::mounts::cache_id(&a.spec) == super::mounts::cache_id(&b.spec)
+                && a.from_resolved == b.from_resolved
+                && a.spec.sharing != Some(kiln_parser::mount::Sharing::Private)
+        })
+    });
     if r.script.is_some() {
         Some("a heredoc run by its #! line (bound into the container)")
-    } else if mounted(MountType::Bind) || mounted(MountType::Cache) || ssh_relayed {
-        Some("--mount type=bind, cache or ssh")
-    } else if mounted(MountType::Tmpfs) {
-        Some("--mount type=tmpfs")
+    } else if mounted(MountType::Bind) || ssh_relayed {
+        Some("--mount type=bind or ssh")
+    } else if caches.iter().any(|m| m.spec.read_only) {
+        Some("a read-only cache mount (a cache is moved into the RUN's copy, writable)")
+    } else if cache_twice {
+        Some("one cache mounted twice in a RUN (a cache is moved into the RUN's copy)")
+    } else if r
+        .mounts
+        .iter()
+        .any(|m| m.spec.mount_type == MountType::Tmpfs && m.spec.size_limit.is_some())
+    {
+        Some("--mount type=tmpfs with size= (a tmpfs is an empty directory there)")
     } else if secret_file {
         Some("--mount type=secret as a file (env= works)")
     } else if r.network.as_deref() == Some("none") {
@@ -184,6 +219,9 @@ struct StepMounts {
     env: Vec<(String, String)>,
     /// Cache mounts' locks, held while the step runs.
     locks: Vec<std::fs::File>,
+    /// Under chroot isolation: what is placed in the copy instead of
+    /// mounted (/dev first).
+    placed: Vec<PlaceRequest>,
 }
 
 /// The RUN's heredoc script and its `--mount`s, made real.
@@ -196,7 +234,15 @@ fn step_mounts(run: &StepRun<'_>, r: &RunStep, dir: &Path) -> Result<StepMounts,
         first_ssh_target: None,
         env: Vec::new(),
         locks: Vec::new(),
+        placed: Vec::new(),
     };
+    let chroot = run.build.opts.chroot;
+    if chroot {
+        mounts.placed.push(PlaceRequest {
+            target: "/dev".into(),
+            what: Placement::Dev,
+        });
+    }
     if let Some(script) = &r.script {
         let pipes = dir.join("pipes");
         std::fs::create_dir_all(&pipes).map_err(io_err(&pipes))?;
@@ -222,6 +268,15 @@ fn step_mounts(run: &StepRun<'_>, r: &RunStep, dir: &Path) -> Result<StepMounts,
         for step_mount in made {
             match step_mount {
                 StepMount::Bind(bind) => mounts.binds.push(bind),
+                StepMount::Cache(bind) if chroot => mounts.placed.push(PlaceRequest {
+                    target: bind.target.to_string_lossy().into_owned(),
+                    what: Placement::Cache(bind.source),
+                }),
+                StepMount::Cache(bind) => mounts.binds.push(bind),
+                StepMount::Tmpfs(tmpfs) if chroot => mounts.placed.push(PlaceRequest {
+                    target: tmpfs.target.to_string_lossy().into_owned(),
+                    what: Placement::Empty,
+                }),
                 StepMount::Tmpfs(tmpfs) => mounts.tmpfs.push(tmpfs),
                 StepMount::Memory(file) => mounts.memory.push(file),
                 StepMount::Env(name, value) => mounts.env.push((name, value)),
