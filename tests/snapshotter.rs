@@ -428,6 +428,90 @@ fn isolation_chroot_refuses_hostname_and_insecure_before_any_step() {
     // Without either, the same RUN runs (and its output is shown).
     let (ok, _, err) = build("FROM busybox\nRUN echo RAN-$((40+2))\n", &[]);
     assert!(ok && err.contains("RAN-42"), "{err}");
+
+    // No PID namespace ends a RUN's processes: what it left running,
+    // in a session of its own too, is killed when it ends (else they
+    // would hold its output open and the build would wait for them). Run
+    // where no cgroup can be made, as in a pod, so that no cgroup's
+    // cleanup kills them instead.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nRUN sleep 4301 & setsid sleep 4302 & setsid sh -c 'sleep 4303 &' ; sleep 0.2\n",
+    )
+    .unwrap();
+    let script = format!(
+        "mount -t tmpfs -o ro none /sys/fs/cgroup && exec timeout 60 {} --root {} build \
+         --isolation chroot {}",
+        common::kiln_bin().display(),
+        store.display(),
+        ctx.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // Two RUNs in parallel stages taking the same caches in opposite
+    // orders: under chroot a RUN holds its caches alone, never one while
+    // it waits for another, so both finish; each one's writes are in the
+    // caches. And a cache reached twice from one RUN (two seeds with one
+    // content) is refused, naming it.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox AS a\n\
+         RUN --mount=type=cache,id=x,target=/x --mount=type=cache,id=y,target=/y \
+             sleep 0.3 && echo a >> /x/log && echo a >> /y/log && touch /a\n\
+         FROM busybox AS b\n\
+         RUN --mount=type=cache,id=y,target=/y --mount=type=cache,id=x,target=/x \
+             sleep 0.3 && echo b >> /x/log && echo b >> /y/log && touch /b\n\
+         FROM busybox\n\
+         COPY --from=a /a /a\n\
+         COPY --from=b /b /b\n\
+         RUN --mount=type=cache,id=x,target=/x --mount=type=cache,id=y,target=/y \
+             sort /x/log > /x-log && sort /y/log > /y-log\n",
+    )
+    .unwrap();
+    let dest = work.path().join("parallel-out");
+    let out = std::process::Command::new("timeout")
+        .arg("120")
+        .arg(common::kiln_bin())
+        .args([
+            "--root",
+            store.to_str().unwrap(),
+            "build",
+            "--isolation",
+            "chroot",
+        ])
+        .args(["-o", &format!("type=local,dest={}", dest.display())])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for log in ["x-log", "y-log"] {
+        assert_eq!(std::fs::read_to_string(dest.join(log)).unwrap(), "a\nb\n");
+    }
+    let (ok, _, err) = build(
+        "FROM busybox AS a\nFROM busybox AS b\nFROM busybox\n\
+         RUN --mount=type=cache,id=c,from=a,target=/1 --mount=type=cache,id=c,from=b,target=/2 true\n",
+        &[],
+    );
+    assert!(
+        !ok && err.contains("line 4") && err.contains("twice, which --isolation chroot cannot do"),
+        "{err}"
+    );
+
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.starts_with("sleep 430"))
+        .collect();
+    assert!(left.is_empty(), "left running after the build: {left:?}");
 }
 
 /// A mount target reached through an image's absolute symlink (`/via` →

@@ -103,6 +103,14 @@ pub fn helper_main() -> i32 {
         }
     }
     drop(sync);
+    // chroot isolation: no PID namespace ends what the command leaves
+    // running; as the subreaper, this process gets every orphan of it
+    // (setsid or not), which it kills once the init has ended.
+    if config.chroot {
+        if let Err(err) = rustix::process::set_child_subreaper(rustix::process::getpid().into()) {
+            return fail(&mut report, "becoming a subreaper", err.to_string());
+        }
+    }
     // SAFETY: this process is single-threaded (a fresh exec), so the child
     // may do anything after fork. (rustix's fork is unsafe too, and skips
     // libc's own bookkeeping.)
@@ -128,10 +136,12 @@ pub fn helper_main() -> i32 {
     let status = wait_for(pid);
     if config.chroot {
         // No PID namespace ends them: what the command left running in
-        // its session (the init's setsid made its process group) goes now.
+        // its session (the init's setsid made its process group) goes now,
+        // and every other descendant, which holds the output pipe open.
         if let Some(group) = rustix::process::Pid::from_raw(pid) {
             let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
         }
+        kill_descendants();
     }
     // Inside a user namespace the container's files may belong to ids only
     // this namespace can remove.
@@ -141,6 +151,73 @@ pub fn helper_main() -> i32 {
     send(&mut report, &Report::Exited(status));
     let _ = report.flush();
     0
+}
+
+/// Kills every descendant of this process (a subreaper: orphans of its
+/// descendants are its children) and reaps them, until none is left (one
+/// may fork while the others die).
+fn kill_descendants() {
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    for _ in 0..100 {
+        let found = descendants_of(me);
+        if found.is_empty() {
+            return;
+        }
+        for pid in found {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+        // Reap what died (children, and orphans reparented here).
+        while let Ok(Some(_)) = rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG)
+        {
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// The live processes below `root` in the process tree, read from
+/// `/proc/*/stat` (parent pids are readable for every process, with no
+/// ptrace access to them).
+fn descendants_of(root: libc::pid_t) -> Vec<libc::pid_t> {
+    let mut parents: Vec<(libc::pid_t, libc::pid_t)> = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`: comm may hold spaces and parens.
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut fields = after.split_whitespace();
+        let (state, ppid) = (fields.next(), fields.next().and_then(|p| p.parse().ok()));
+        if let (Some(state), Some(ppid)) = (state, ppid) {
+            // A zombie is dead already; its parent reaps it.
+            if state != "Z" {
+                parents.push((pid, ppid));
+            }
+        }
+    }
+    let mut found = vec![root];
+    let mut index = 0;
+    while index < found.len() {
+        let parent = found[index];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
+        index += 1;
+    }
+    found.remove(0);
+    found
 }
 
 fn fail(report: &mut File, step: &str, reason: String) -> i32 {

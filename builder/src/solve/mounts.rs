@@ -56,6 +56,9 @@ pub(super) enum StepMount {
     /// A cache mount's directory: bound, or under chroot isolation moved
     /// into the step's copy ([`super::placed`]).
     Cache(BindMount),
+    /// Under chroot isolation, a cache dir another RUN holds: the step
+    /// lets go of what it holds and tries again (no lock order to keep).
+    Busy(PathBuf),
 }
 
 /// `RUN --mount=...`. Supported: `type=cache` (a persistent directory in
@@ -132,12 +135,14 @@ fn cache_mount(
     };
     let name = crate::context::hex(&<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes()));
     // Under chroot isolation the cache is moved into the RUN's copy:
-    // one RUN at a time holds it.
-    let sharing = match (run.build.opts.chroot, spec.sharing) {
-        (true, None | Some(Sharing::Shared)) => Some(Sharing::Locked),
-        (_, sharing) => sharing,
+    // one RUN at a time holds it, without waiting for it (a RUN holding
+    // one cache and waiting for another could wait for a RUN doing the
+    // opposite).
+    let wait = !run.build.opts.chroot;
+    let (dir, lock) = match cache_instance(store, &name, spec.sharing, from, scratch, wait)? {
+        Locked::Held(dir, lock) => (dir, lock),
+        Locked::Busy(dir) => return Ok(vec![StepMount::Busy(dir)]),
     };
-    let (dir, lock) = cache_instance(store, &name, sharing, from, scratch)?;
     let owned = spec.uid.is_some() || spec.gid.is_some() || spec.mode.is_some();
     let source = if owned && rel.is_empty() {
         owned_cache_dir(&dir, spec)?
@@ -168,16 +173,24 @@ pub(super) fn cache_id(spec: &kiln_parser::mount::Mount) -> String {
     }
 }
 
+/// A cache dir locked, or (not waiting) held by another.
+enum Locked {
+    Held(PathBuf, std::fs::File),
+    Busy(PathBuf),
+}
+
 /// The cache directory `name` (an instance of it, for `private`), made
 /// (seeded from `from`) when missing, and the lock that `sharing` takes on
-/// it, held until the step is over.
+/// it, held until the step is over. Without `wait` every lock is
+/// exclusive and taken only when free (chroot isolation moves the cache).
 fn cache_instance(
     store: &Store,
     name: &str,
     sharing: Option<Sharing>,
     from: Option<&MountFrom>,
     scratch: &Path,
-) -> Result<(PathBuf, std::fs::File), String> {
+    wait: bool,
+) -> Result<Locked, String> {
     use rustix::fs::{flock, FlockOperation};
     for instance in 0.. {
         let dir = match instance {
@@ -189,10 +202,10 @@ fn cache_instance(
         }
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let lock = std::fs::File::open(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let operation = match sharing {
-            None | Some(Sharing::Shared) => FlockOperation::LockShared,
-            Some(Sharing::Locked) => FlockOperation::LockExclusive,
-            Some(Sharing::Private) => FlockOperation::NonBlockingLockExclusive,
+        let operation = match (sharing, wait) {
+            (None | Some(Sharing::Shared), true) => FlockOperation::LockShared,
+            (Some(Sharing::Locked), true) => FlockOperation::LockExclusive,
+            (Some(Sharing::Private), _) | (_, false) => FlockOperation::NonBlockingLockExclusive,
         };
         match flock(&lock, operation) {
             Ok(()) => {
@@ -200,7 +213,10 @@ fn cache_instance(
                 if let Err(e) = store.touch(&dir) {
                     tracing::debug!("{e}");
                 }
-                return Ok((dir, lock));
+                return Ok(Locked::Held(dir, lock));
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) if sharing != Some(Sharing::Private) => {
+                return Ok(Locked::Busy(dir))
             }
             Err(rustix::io::Errno::WOULDBLOCK) => continue,
             Err(e) => return Err(format!("locking {}: {e}", dir.display())),

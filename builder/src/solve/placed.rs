@@ -18,19 +18,28 @@
 //! - the directories touched keep their mtimes, as the runtime's stubs
 //!   keep theirs.
 //!
-//! Taking out reverses it, by file descriptors beneath the copy and
-//! through no symlink (the RUN may have replaced anything there): the
-//! fresh directory is moved out of the copy (a cache's entries then go
-//! back into the cache, with its owner and mode), the image's directory
+//! Taking out reverses it once every process of the RUN is gone (the
+//! runtime kills what a chroot RUN leaves running), by file descriptors
+//! beneath the copy and through no symlink (the RUN may have replaced
+//! anything there): the fresh directory (still the inode placed, held
+//! open meanwhile) is moved out of the copy, a cache's entries then go
+//! back into the cache, with its owner and mode, the image's directory
 //! back in, the stubs removed when still empty, and each parent keeps the
 //! mtime the RUN left it. A RUN that removed or replaced a mount point,
-//! which it could not do to a real one, fails its step.
+//! which it could not do to a real one, fails its step (and the caches
+//! around it keep nothing of it). A file the RUN linked between a cache
+//! and the rest of the copy, which a real mount refuses (EXDEV), becomes
+//! a copy of its own in the cache: a cache never shares an inode with a
+//! snapshot.
 //!
 //! What differs from real mounts: a cache is held exclusively by the RUN
-//! that uses it (`sharing=shared` waits as `locked` does, and one RUN
-//! cannot mount one cache twice), a cache's entries are moved, so a
-//! build killed while a RUN runs loses them (a cache may always be
-//! lost), and a tmpfs has no size limit (`size=` is refused).
+//! that uses it (`sharing=shared` waits as `locked` does; a RUN takes all
+//! its caches at once or none, so two RUNs never wait for each other;
+//! one RUN cannot mount one cache twice), a cache's entries are moved, so
+//! a build killed while a RUN runs loses them (a cache may always be
+//! lost), hard links inside a cache are undone, a tmpfs is a directory
+//! of the store's filesystem (on disk, not in memory; `size=` is
+//! refused), and `ln` across a mount point works where it would fail.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -64,8 +73,9 @@ struct PlacedDir {
     /// Resolved, relative to the copy's root.
     rel: String,
     what: Placement,
-    /// The fresh directory's inode: what must still be there after.
-    fresh_ino: u64,
+    /// The fresh directory, open while the RUN runs (so its inode cannot
+    /// be reused by another): what must still be there after.
+    fresh: std::fs::File,
     /// Where the image's directory at `rel` waits (outside the copy).
     hidden: Option<PathBuf>,
     /// Parents made for it, parents first, relative to the root.
@@ -170,14 +180,12 @@ impl Placed {
             std::fs::create_dir(&path).map_err(io_error(&path))?;
             Ok(hidden)
         })?;
-        let fresh_ino = std::fs::symlink_metadata(&path)
-            .map_err(io_error(&path))?
-            .ino();
+        let fresh = std::fs::File::open(&path).map_err(io_error(&path))?;
         self.dirs.push(PlacedDir {
             target: target.clone(),
             rel: rel.clone(),
             what: request.what.clone(),
-            fresh_ino,
+            fresh,
             hidden,
             stubs,
         });
@@ -214,7 +222,9 @@ impl Placed {
     }
 
     /// Takes every placed directory out, last placed first; every one is
-    /// tried, the first error is returned.
+    /// tried, the first error is returned. Once one failed (the RUN moved
+    /// a mount point away), the caches placed around it keep nothing of
+    /// this RUN: what is in them may be another placement's.
     pub(super) fn take_out(mut self) -> Result<(), String> {
         let open = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let root = rustix::fs::open(&self.root, open, Mode::empty())
@@ -222,7 +232,8 @@ impl Placed {
         let mut first_error = None;
         let dirs = std::mem::take(&mut self.dirs);
         for (index, dir) in dirs.into_iter().enumerate().rev() {
-            if let Err(e) = self.take_out_one(&root, index, &dir) {
+            let keep = first_error.is_none();
+            if let Err(e) = self.take_out_one(&root, index, &dir, keep) {
                 first_error.get_or_insert(e);
             }
             kiln_runtime::parent::remove_stubs(&self.root, &dir.stubs, true);
@@ -235,6 +246,7 @@ impl Placed {
         root: &rustix::fd::OwnedFd,
         index: usize,
         dir: &PlacedDir,
+        keep: bool,
     ) -> Result<(), String> {
         let target = &dir.target;
         let (parent, name) = dir.rel.rsplit_once('/').unwrap_or((".", dir.rel.as_str()));
@@ -252,9 +264,12 @@ impl Placed {
             tv_sec: stat.st_mtime,
             tv_nsec: stat.st_mtime_nsec as _,
         };
+        let fresh = dir.fresh.metadata().map_err(io_error(Path::new(target)))?;
         let still = rustix::fs::statat(&parent_fd, name, AtFlags::SYMLINK_NOFOLLOW);
         let ours = still.is_ok_and(|st| {
-            rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() && st.st_ino == dir.fresh_ino
+            rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir()
+                && st.st_ino == fresh.ino()
+                && st.st_dev == fresh.dev()
         });
         // Out of the copy first, then dealt with where the RUN cannot reach.
         let out = self.aside.join(format!("placed-{index}"));
@@ -281,18 +296,56 @@ impl Placed {
                  cannot be"
             ));
         }
+        // The RUN's processes are all gone (the runtime kills what a
+        // chroot RUN leaves): nothing changes `out` or the cache now.
         match &dir.what {
-            Placement::Cache(source) => move_entries(&out, source).and_then(|()| {
-                // The mount point's owner and mode are the cache's.
-                let meta = std::fs::symlink_metadata(&out).map_err(io_error(&out))?;
-                crate::rootfs::set_owner(source, meta.uid(), meta.gid())
-                    .and_then(|()| crate::rootfs::set_mode(source, meta.mode() & 0o7777))
-                    .map_err(|e| e.to_string())
-            }),
+            Placement::Cache(source) if keep => return_to_cache(&out, source),
             // The step's directory, `out` with it, is removed with the step.
-            Placement::Empty | Placement::Dev => Ok(()),
+            Placement::Cache(_) | Placement::Empty | Placement::Dev => Ok(()),
         }
     }
+}
+
+/// A cache's entries back from `out` (the mount point, moved out of the
+/// copy) into the cache dir `source`, which takes the mount point's owner
+/// and mode as a mounted one would. A file linked (`ln`) between the
+/// cache and the copy, which a real mount refuses (EXDEV), would join the
+/// cache to the step's snapshot: every regular file of the cache with
+/// more than one link becomes a copy of its own.
+fn return_to_cache(out: &Path, source: &Path) -> Result<(), String> {
+    move_entries(out, source)?;
+    let meta = std::fs::symlink_metadata(out).map_err(io_error(out))?;
+    crate::rootfs::set_owner(source, meta.uid(), meta.gid())
+        .and_then(|()| crate::rootfs::set_mode(source, meta.mode() & 0o7777))
+        .map_err(|e| e.to_string())?;
+    unlink_files(source)
+}
+
+/// Replaces every regular file under `dir` with more than one link by a
+/// copy (bytes, owner, mode, xattrs, times), renamed over it.
+fn unlink_files(dir: &Path) -> Result<(), String> {
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+        let path = entry.map_err(io_error(dir))?.path();
+        let meta = std::fs::symlink_metadata(&path).map_err(io_error(&path))?;
+        if meta.is_dir() {
+            unlink_files(&path)?;
+        } else if meta.is_file() && meta.nlink() > 1 {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            let copy = dir.join(format!(".kiln-unlinking-{name}"));
+            let xattrs = crate::rootfs::host_xattrs(&path);
+            let info = crate::rootfs::NewFileInfo {
+                uid: meta.uid(),
+                gid: meta.gid(),
+                mode: meta.mode(),
+                xattrs: &xattrs,
+                atime: (meta.atime(), meta.atime_nsec()),
+                mtime: (meta.mtime(), meta.mtime_nsec()),
+            };
+            crate::rootfs::create_file_copy(&path, &copy, &info).map_err(|e| e.to_string())?;
+            std::fs::rename(&copy, &path).map_err(io_error(&path))?;
+        }
+    }
+    Ok(())
 }
 
 /// Fills the fresh directory `path` with what is placed there.
@@ -423,6 +476,43 @@ mod tests {
         assert_eq!(mtime(&root.join("var/cache")), cache_mtime);
         assert_eq!(mtime(&root.join("var")), var_mtime);
         assert_eq!(mtime(&root), root_mtime);
+    }
+
+    /// A file the RUN linked between the cache and the copy: the cache
+    /// gets a file of its own (same bytes), the copy keeps the inode.
+    #[test]
+    fn a_link_between_cache_and_copy_is_undone_in_the_cache() {
+        let work = tempfile::tempdir().unwrap();
+        let (root, cache, aside) = (
+            work.path().join("root"),
+            work.path().join("cache"),
+            work.path().join("aside"),
+        );
+        write(&root.join("etc/passwd"), "root");
+        write(&cache.join("sub/f"), "cached");
+        let requests = [PlaceRequest {
+            target: "/c".into(),
+            what: Placement::Cache(cache.clone()),
+        }];
+        let placed = Placed::place(&root, &aside, &requests).unwrap();
+        std::fs::hard_link(root.join("c/sub/f"), root.join("usr-f")).unwrap();
+        std::fs::hard_link(root.join("etc/passwd"), root.join("c/p")).unwrap();
+        placed.take_out().unwrap();
+        for (in_cache, in_copy) in [("sub/f", "usr-f"), ("p", "etc/passwd")] {
+            let (a, b) = (cache.join(in_cache), root.join(in_copy));
+            assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+            let (a, b) = (
+                std::fs::metadata(&a).unwrap(),
+                std::fs::metadata(&b).unwrap(),
+            );
+            assert_ne!(a.ino(), b.ino(), "{in_cache} is still linked to {in_copy}");
+            assert_eq!(a.nlink(), 1);
+        }
+        assert!(!cache.join("sub").read_dir().unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".kiln")));
     }
 
     /// A RUN that replaced a directory above its mount point by a symlink

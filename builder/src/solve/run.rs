@@ -37,7 +37,7 @@ pub(super) fn execute_run(
         }
     }
     // The ssh relays serve until the RUN is over (dropped at the end).
-    let mounts = step_mounts(run, r, dir)?;
+    let mounts = held_mounts(run, r, dir)?;
     // The copying snapshotter: the RUN works on a copy of its layers.
     let copied = match run.build.opts.snapshotter {
         Snapshotter::Overlay => None,
@@ -58,8 +58,10 @@ pub(super) fn execute_run(
         ),
         _ => None,
     };
-    let (status, last_lines) = run_with_output(run, spec)?;
+    let ran = run_with_output(run, spec);
+    // Taken out whatever happened: a cache's entries go back.
     let taken_out = placed.map_or(Ok(()), Placed::take_out);
+    let (status, last_lines) = ran?;
     // A step that failed at a limit is an error that names it; its output
     // still tells what was running. A heredoc script whose interpreter is
     // missing names it and its line.
@@ -224,8 +226,31 @@ struct StepMounts {
     placed: Vec<PlaceRequest>,
 }
 
-/// The RUN's heredoc script and its `--mount`s, made real.
-fn step_mounts(run: &StepRun<'_>, r: &RunStep, dir: &Path) -> Result<StepMounts, SolveError> {
+/// [`step_mounts`], again until no cache it needs is another RUN's
+/// (under chroot isolation, where caches are not waited for but tried
+/// all at once: a RUN never holds one while it waits for another).
+fn held_mounts(run: &StepRun<'_>, r: &RunStep, dir: &Path) -> Result<StepMounts, SolveError> {
+    for attempt in 0u64.. {
+        if let Some(mounts) = step_mounts(run, r, dir)? {
+            return Ok(mounts);
+        }
+        if kiln_runtime::interrupt::runs_canceled() {
+            return Err(SolveError::Canceled);
+        }
+        // Apart from the other RUN's tries: 20 to 150 ms.
+        let spread = (u64::from(std::process::id()) + attempt * 37) % 131;
+        std::thread::sleep(std::time::Duration::from_millis(20 + spread));
+    }
+    Err(run.error("no cache could be held".to_string()))
+}
+
+/// The RUN's heredoc script and its `--mount`s, made real; `None` when a
+/// cache it needs is another RUN's (see [`held_mounts`]).
+fn step_mounts(
+    run: &StepRun<'_>,
+    r: &RunStep,
+    dir: &Path,
+) -> Result<Option<StepMounts>, SolveError> {
     let mut mounts = StepMounts {
         binds: Vec::new(),
         tmpfs: Vec::new(),
@@ -281,10 +306,31 @@ fn step_mounts(run: &StepRun<'_>, r: &RunStep, dir: &Path) -> Result<StepMounts,
                 StepMount::Memory(file) => mounts.memory.push(file),
                 StepMount::Env(name, value) => mounts.env.push((name, value)),
                 StepMount::Lock(lock) => mounts.locks.push(lock),
+                StepMount::Busy(cache) if holds(&mounts.locks, &cache) => {
+                    return Err(run.error(format!(
+                        "{} mounts the cache {} twice, which --isolation chroot cannot do (a \
+                         cache is moved into the RUN's copy)",
+                        mount.spec.target,
+                        cache.display()
+                    )))
+                }
+                StepMount::Busy(_) => return Ok(None),
             }
         }
     }
-    Ok(mounts)
+    Ok(Some(mounts))
+}
+
+/// Whether one of `locks` is on the directory `dir`.
+fn holds(locks: &[std::fs::File], dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dir) = std::fs::metadata(dir) else {
+        return false;
+    };
+    locks.iter().any(|lock| {
+        lock.metadata()
+            .is_ok_and(|l| l.ino() == dir.ino() && l.dev() == dir.dev())
+    })
 }
 
 /// `type=ssh` (the RUN's `index`-th): a relay socket to the agent `--ssh`
