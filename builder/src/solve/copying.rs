@@ -280,7 +280,16 @@ impl Diff<'_> {
         }
         let lower_names = self.view.list(rel)?;
         for name in &lower_names {
-            if !names.contains(name) {
+            if names.contains(name) {
+                continue;
+            }
+            // A socket is not copied (no layer can hold one): missing from
+            // the copy, it was not deleted.
+            let socket = self
+                .view
+                .stat(&join(rel, name))?
+                .is_some_and(|m| m.kind == EntryKind::Socket);
+            if !socket {
                 self.whiteout(rel, name)?;
             }
         }
@@ -426,6 +435,21 @@ mod tests {
             std::fs::metadata(upper.join("d")).unwrap().mtime(),
             std::fs::metadata(copy.join("d")).unwrap().mtime()
         );
+    }
+
+    /// A socket in the layers (a RUN's, in its snapshot) is not copied,
+    /// and not taken for deleted: no whiteout for it.
+    #[test]
+    fn a_socket_of_the_layers_is_no_whiteout() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lower, upper) = (dir.path().join("lower"), dir.path().join("upper"));
+        std::fs::create_dir_all(lower.join("run")).unwrap();
+        let _listener = std::os::unix::net::UnixListener::bind(lower.join("run/s")).unwrap();
+        std::fs::create_dir(&upper).unwrap();
+        let rootfs = LayeredRootfs::new(&upper, vec![lower.clone()]);
+        let copied = CopiedRoot::make(&rootfs, &dir.path().join("copy")).unwrap();
+        copied.diff_into(&rootfs, &upper).unwrap();
+        assert_eq!(walkdir(&upper), Vec::<String>::new());
     }
 
     /// Paths below `root`, relative.
