@@ -500,47 +500,22 @@ fn run_network_is_private_by_default_and_host_when_asked() {
     ok(&fixture.build(&["--allow", "network.host", flagged.path().to_str().unwrap()]));
 }
 
-/// Serves `body` for every request on 127.0.0.1 until the test ends.
+/// Serves `body` (with a Last-Modified date) on the host's loopback.
 fn serve_file(body: &'static [u8]) -> String {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut request = [0u8; 4096];
-            let _ = stream.read(&mut request);
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Wed, 21 Oct 2015 07:28:00 GMT\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(body);
-        }
-    });
-    format!("http://{addr}")
+    let file = kiln_testsupport::network::ServedFile {
+        body: std::sync::Arc::new(std::sync::Mutex::new(body.to_vec())),
+        last_modified: Some("Wed, 21 Oct 2015 07:28:00 GMT"),
+    };
+    format!("http://{}", file.serve().unwrap())
 }
 
 /// Serves whatever `body` holds at the time of each request.
 fn serve_changing_file(body: std::sync::Arc<std::sync::Mutex<Vec<u8>>>) -> String {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut request = [0u8; 4096];
-            let _ = stream.read(&mut request);
-            let body = body.lock().unwrap().clone();
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(&body);
-        }
-    });
-    format!("http://{addr}")
+    let file = kiln_testsupport::network::ServedFile {
+        body,
+        last_modified: None,
+    };
+    format!("http://{}", file.serve().unwrap())
 }
 
 /// Without --checksum, ADD of a URL is keyed on what the URL serves now,

@@ -87,25 +87,53 @@ fn release_url(text: &str) -> Option<String> {
 /// An HTTP server on the host's 127.0.0.1 that answers every request with
 /// `body`, until the test process ends. Returns its port.
 pub fn loopback_server(body: &'static str) -> Result<u16> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").map_err(TestSupportError::io("binding 127.0.0.1:0"))?;
-    let port = listener
-        .local_addr()
-        .map_err(TestSupportError::io("listener address"))?
-        .port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut request = [0u8; 4096];
-            let _ = stream.read(&mut request);
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    Ok(port)
+    let file = ServedFile {
+        body: std::sync::Arc::new(std::sync::Mutex::new(body.as_bytes().to_vec())),
+        last_modified: None,
+    };
+    Ok(file.serve()?.port())
+}
+
+/// What [`ServedFile::serve`] answers every request with: the bytes
+/// `body` holds at the time of the request (a test may change them), and
+/// a `Last-Modified` header when given (an HTTP date).
+pub struct ServedFile {
+    pub body: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    pub last_modified: Option<&'static str>,
+}
+
+impl ServedFile {
+    /// Serves on the host's 127.0.0.1 until the test process ends;
+    /// returns the address.
+    pub fn serve(self) -> Result<std::net::SocketAddr> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .map_err(TestSupportError::io("binding 127.0.0.1:0"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(TestSupportError::io("listener address"))?;
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                let body = match self.body.lock() {
+                    Ok(body) => body.clone(),
+                    Err(poisoned) => poisoned.into_inner().clone(),
+                };
+                let last_modified = self
+                    .last_modified
+                    .map(|date| format!("Last-Modified: {date}\r\n"))
+                    .unwrap_or_default();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{last_modified}Connection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(&body);
+            }
+        });
+        Ok(addr)
+    }
 }
 
 #[cfg(test)]
