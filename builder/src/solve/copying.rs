@@ -437,6 +437,28 @@ mod tests {
         );
     }
 
+    /// A hard link the RUN made to a file of the layers: both names are
+    /// in the upper dir, one inode, as overlay copies the file up to link
+    /// it (the link moves the file's change time).
+    #[test]
+    fn a_link_to_a_layer_file_takes_both_names_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lower, upper) = (dir.path().join("lower"), dir.path().join("upper"));
+        write(&lower.join("a"), "a");
+        std::fs::create_dir(&upper).unwrap();
+        let rootfs = LayeredRootfs::new(&upper, vec![lower.clone()]);
+        let copied = CopiedRoot::make(&rootfs, &dir.path().join("copy")).unwrap();
+        std::fs::hard_link(copied.dir().join("a"), copied.dir().join("b")).unwrap();
+        copied.diff_into(&rootfs, &upper).unwrap();
+        let mut names = walkdir(&upper);
+        names.sort();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(
+            std::fs::metadata(upper.join("a")).unwrap().ino(),
+            std::fs::metadata(upper.join("b")).unwrap().ino()
+        );
+    }
+
     /// A socket in the layers (a RUN's, in its snapshot) is not copied,
     /// and not taken for deleted: no whiteout for it.
     #[test]
