@@ -270,34 +270,76 @@ fn write_maps_when_told(pid_pipe: OwnedFd, go: OwnedFd) -> Result<(), RuntimeErr
     })
 }
 
-/// Whether this process may make a user namespace: tried, by starting
-/// `/proc/self/exe --version` in a new one (a seccomp filter or a sysctl
-/// may refuse it). `Err` says why not.
+/// Whether this process may make a user namespace: tried, by a forked
+/// child that makes one and exits (a seccomp filter or a sysctl may refuse
+/// it). `Err` says why not. No program is started: a child that only
+/// calls unshare(2) costs a fork, where starting kiln again to try it cost
+/// milliseconds on every build.
 pub fn probe_new() -> Result<(), String> {
-    let mut command = Command::new("/proc/self/exe");
-    command
-        .arg("--version")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    // SAFETY: between fork and exec the closure only calls unshare(2).
-    unsafe {
-        command.pre_exec(|| {
-            if libc::unshare(libc::CLONE_NEWUSER) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+    // SAFETY: the child calls only unshare(2) and _exit(2), both
+    // async-signal-safe, so forking a process that may have threads is
+    // sound; the parent waits for it below.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(format!("fork to try unshare(CLONE_NEWUSER): {err}"));
     }
-    match command.status() {
-        Ok(_) => Ok(()),
-        Err(err) => Err(format!("unshare(CLONE_NEWUSER): {err}")),
+    if pid == 0 {
+        // SAFETY: see above; the child ends here, with errno as its code.
+        unsafe {
+            let code = match libc::unshare(libc::CLONE_NEWUSER) {
+                0 => 0,
+                _ => *libc::__errno_location() & 0xff,
+            };
+            libc::_exit(code)
+        }
+    }
+    let status = loop {
+        let mut status = 0;
+        // SAFETY: waits for the child forked above, writing its status into
+        // a local.
+        match unsafe { libc::waitpid(pid, &mut status, 0) } {
+            -1 if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {
+                continue
+            }
+            -1 => {
+                return Err(format!(
+                    "waiting for the unshare(CLONE_NEWUSER) try: {}",
+                    std::io::Error::last_os_error()
+                ))
+            }
+            _ => break status,
+        }
+    };
+    match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
+        (true, 0) => Ok(()),
+        (true, errno) => Err(format!(
+            "unshare(CLONE_NEWUSER): {}",
+            std::io::Error::from_raw_os_error(errno)
+        )),
+        _ => Err("unshare(CLONE_NEWUSER): the child trying it was killed".to_string()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The probe answers as unshare(2) does here: it agrees with a
+    /// child made with `unshare --user` (util-linux).
+    #[test]
+    fn probe_agrees_with_unshare() {
+        let tool = Command::new("unshare")
+            .args(["--user", "true"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success());
+        let Ok(tool) = tool else {
+            eprintln!("SKIPPED: no unshare(1)");
+            return;
+        };
+        assert_eq!(probe_new().is_ok(), tool, "{:?}", probe_new());
+    }
 
     #[test]
     fn host_uid_outside_a_namespace_is_our_own() {
