@@ -1,7 +1,9 @@
 //! The helper process: a fresh exec of the kiln binary, single-threaded, that
 //! creates the namespaces, forks the container's init (PID 1 of the new PID
 //! namespace) and waits for it. With chroot isolation it creates none, and
-//! kills the init's process group once the init has ended.
+//! kills the init's process group once the init has ended, and, as the
+//! subreaper of what the init started, every other descendant (those
+//! that left its session too).
 
 use std::fs::File;
 use std::io::{Read, Write};
