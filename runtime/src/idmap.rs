@@ -121,22 +121,31 @@ pub fn write_id_maps(pid: libc::pid_t) -> Result<(), RuntimeError> {
             .and_then(|text| find_subid_range(&text, name.as_deref(), id))
     };
 
-    match (range("/etc/subuid", uid), find_program("newuidmap")) {
-        (Some(r), Some(program)) => map_with_helper(&program, pid, uid, r)?,
+    let uid_map = || match (range("/etc/subuid", uid), find_program("newuidmap")) {
+        (Some(r), Some(program)) => map_with_helper(&program, pid, uid, r),
         // Root needs no helper: the ids keep their numbers.
-        _ if uid == 0 => write_proc(pid, "uid_map", ROOT_MAP)?,
-        _ => write_proc(pid, "uid_map", &format!("0 {uid} 1\n"))?,
-    }
-    match (range("/etc/subgid", gid), find_program("newgidmap")) {
-        (Some(r), Some(program)) => map_with_helper(&program, pid, gid, r)?,
-        _ if gid == 0 => write_proc(pid, "gid_map", ROOT_MAP)?,
+        _ if uid == 0 => write_proc(pid, "uid_map", ROOT_MAP),
+        _ => write_proc(pid, "uid_map", &format!("0 {uid} 1\n")),
+    };
+    let gid_map = || match (range("/etc/subgid", gid), find_program("newgidmap")) {
+        (Some(r), Some(program)) => map_with_helper(&program, pid, gid, r),
+        _ if gid == 0 => write_proc(pid, "gid_map", ROOT_MAP),
         _ => {
             // An unprivileged gid map requires giving up setgroups first.
             write_proc(pid, "setgroups", "deny\n")?;
-            write_proc(pid, "gid_map", &format!("0 {gid} 1\n"))?;
+            write_proc(pid, "gid_map", &format!("0 {gid} 1\n"))
         }
-    }
-    Ok(())
+    };
+    // The two maps are independent: their helpers (a few milliseconds
+    // each, every rootless build pays them) run side by side.
+    std::thread::scope(|scope| {
+        let uid_done = scope.spawn(uid_map);
+        let gid_done = gid_map();
+        let uid_done = uid_done
+            .join()
+            .unwrap_or_else(|_| Err(RuntimeError::IdMap("the uid map writer panicked".into())));
+        uid_done.and(gid_done)
+    })
 }
 
 #[cfg(test)]
