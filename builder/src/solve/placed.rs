@@ -82,6 +82,12 @@ struct PlacedDir {
     stubs: Vec<PathBuf>,
 }
 
+/// The copy's root and the step's aside directory, open while taking out.
+struct Fds {
+    root: rustix::fd::OwnedFd,
+    aside: rustix::fd::OwnedFd,
+}
+
 /// The directories placed in a copy, until [`Placed::take_out`].
 pub(super) struct Placed {
     root: PathBuf,
@@ -229,11 +235,14 @@ impl Placed {
         let open = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let root = rustix::fs::open(&self.root, open, Mode::empty())
             .map_err(errno_error(&self.root.display().to_string()))?;
+        let aside = rustix::fs::open(&self.aside, open, Mode::empty())
+            .map_err(errno_error(&self.aside.display().to_string()))?;
+        let fds = Fds { root, aside };
         let mut first_error = None;
         let dirs = std::mem::take(&mut self.dirs);
         for (index, dir) in dirs.into_iter().enumerate().rev() {
             let keep = first_error.is_none();
-            if let Err(e) = self.take_out_one(&root, index, &dir, keep) {
+            if let Err(e) = self.take_out_one(&fds, index, &dir, keep) {
                 first_error.get_or_insert(e);
             }
             kiln_runtime::parent::remove_stubs(&self.root, &dir.stubs, true);
@@ -243,7 +252,7 @@ impl Placed {
 
     fn take_out_one(
         &self,
-        root: &rustix::fd::OwnedFd,
+        fds: &Fds,
         index: usize,
         dir: &PlacedDir,
         keep: bool,
@@ -255,8 +264,8 @@ impl Placed {
         // replaced by a symlink to the host's is not followed.
         let resolve =
             ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-        let parent_fd =
-            rustix::fs::openat2(root, parent, open, Mode::empty(), resolve).map_err(|e| {
+        let parent_fd = rustix::fs::openat2(&fds.root, parent, open, Mode::empty(), resolve)
+            .map_err(|e| {
                 format!("the RUN replaced a directory above its mount point {target}: {e}")
             })?;
         let stat = rustix::fs::fstat(&parent_fd).map_err(errno_error(target))?;
@@ -273,10 +282,8 @@ impl Placed {
         });
         // Out of the copy first, then dealt with where the RUN cannot reach.
         let out = self.aside.join(format!("placed-{index}"));
-        let aside = rustix::fs::open(&self.aside, open, Mode::empty())
-            .map_err(errno_error(&self.aside.display().to_string()))?;
         if ours {
-            rustix::fs::renameat(&parent_fd, name, &aside, format!("placed-{index}"))
+            rustix::fs::renameat(&parent_fd, name, &fds.aside, format!("placed-{index}"))
                 .map_err(errno_error(target))?;
         }
         if let Some(hidden) = &dir.hidden {
@@ -286,7 +293,7 @@ impl Placed {
             if !ours {
                 let _ = rustix::fs::unlinkat(&parent_fd, name, AtFlags::REMOVEDIR);
             }
-            rustix::fs::renameat(&aside, hidden_name, &parent_fd, name)
+            rustix::fs::renameat(&fds.aside, hidden_name, &parent_fd, name)
                 .map_err(errno_error(target))?;
         }
         set_mtime(&parent_fd, parent_mtime).map_err(errno_error(target))?;
@@ -314,11 +321,16 @@ impl Placed {
 /// more than one link becomes a copy of its own.
 fn return_to_cache(out: &Path, source: &Path) -> Result<(), String> {
     move_entries(out, source)?;
-    let meta = std::fs::symlink_metadata(out).map_err(io_error(out))?;
-    crate::rootfs::set_owner(source, meta.uid(), meta.gid())
-        .and_then(|()| crate::rootfs::set_mode(source, meta.mode() & 0o7777))
-        .map_err(|e| e.to_string())?;
+    copy_owner_and_mode(out, source)?;
     unlink_files(source)
+}
+
+/// Gives the directory `to` the owner and permission bits of `from`.
+fn copy_owner_and_mode(from: &Path, to: &Path) -> Result<(), String> {
+    let meta = std::fs::symlink_metadata(from).map_err(io_error(from))?;
+    crate::rootfs::set_owner(to, meta.uid(), meta.gid())
+        .and_then(|()| crate::rootfs::set_mode(to, meta.mode() & 0o7777))
+        .map_err(|e| e.to_string())
 }
 
 /// Replaces every regular file under `dir` with more than one link by a
@@ -352,10 +364,7 @@ fn unlink_files(dir: &Path) -> Result<(), String> {
 fn fill(path: &Path, what: &Placement) -> Result<(), String> {
     match what {
         Placement::Cache(source) => {
-            let meta = std::fs::symlink_metadata(source).map_err(io_error(source))?;
-            crate::rootfs::set_owner(path, meta.uid(), meta.gid())
-                .and_then(|()| crate::rootfs::set_mode(path, meta.mode() & 0o7777))
-                .map_err(|e| e.to_string())?;
+            copy_owner_and_mode(source, path)?;
             move_entries(source, path)
         }
         Placement::Empty => crate::rootfs::set_mode(path, 0o1777).map_err(|e| e.to_string()),

@@ -230,18 +230,22 @@ struct StepMounts {
 /// (under chroot isolation, where caches are not waited for but tried
 /// all at once: a RUN never holds one while it waits for another).
 fn held_mounts(run: &StepRun<'_>, r: &RunStep, dir: &Path) -> Result<StepMounts, SolveError> {
-    for attempt in 0u64.. {
+    loop {
         if let Some(mounts) = step_mounts(run, r, dir)? {
             return Ok(mounts);
         }
         if kiln_runtime::interrupt::runs_canceled() {
             return Err(SolveError::Canceled);
         }
-        // Apart from the other RUN's tries: 20 to 150 ms.
-        let spread = (u64::from(std::process::id()) + attempt * 37) % 131;
-        std::thread::sleep(std::time::Duration::from_millis(20 + spread));
+        // 20 to 150 ms, drawn from the clock: two RUNs of one process (and
+        // so one pid) waiting for each other's caches do not retry in step.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        std::thread::sleep(std::time::Duration::from_millis(
+            20 + u64::from(nanos % 131),
+        ));
     }
-    Err(run.error("no cache could be held".to_string()))
 }
 
 /// The RUN's heredoc script and its `--mount`s, made real; `None` when a
