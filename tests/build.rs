@@ -1663,16 +1663,26 @@ fn a_changed_context_copy_links_unchanged_files_and_gives_the_no_cache_image() {
     let first_a = snapshot_files(&root, "ctx/a");
     assert_eq!(first_a.len(), 2, "{first_a:?}");
     std::fs::write(ctx.path().join("b"), "b\nchanged\n").unwrap();
+    // Same bytes, an mtime before SOURCE_DATE_EPOCH (so the layer shows
+    // it): the earlier file's metadata is not the copy's, so it is copied.
+    let earlier = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(ctx.path().join("sub/c"))
+        .unwrap()
+        .set_modified(earlier)
+        .unwrap();
     let incremental = build(&root, &[]);
 
-    // The unchanged files are one inode in both COPY snapshots; the
-    // changed one is two files.
-    for (rel, content) in [("ctx/a", "a\n"), ("ctx/sub/c", "c\n")] {
-        let mut files = snapshot_files(&root, rel);
-        files.retain(|(_, c)| c == content);
-        assert_eq!(files.len(), 2, "{rel}: {files:?}");
-        assert_eq!(files[0], files[1], "{rel} was copied, not linked");
-    }
+    // The unchanged file is one inode in both COPY snapshots; the changed
+    // one, and the one with a new mtime, are two files.
+    let mut c = snapshot_files(&root, "ctx/sub/c");
+    c.dedup();
+    assert_eq!(c.len(), 2, "ctx/sub/c was linked: {c:?}");
+    let mut a = snapshot_files(&root, "ctx/a");
+    a.retain(|(_, c)| c == "a\n");
+    assert_eq!(a.len(), 2, "{a:?}");
+    assert_eq!(a[0], a[1], "ctx/a was copied, not linked");
     let b = snapshot_files(&root, "ctx/b");
     assert_eq!(b.len(), 2, "{b:?}");
     assert_ne!(b[0].0, b[1].0);
