@@ -9,8 +9,10 @@
 //! reset to 0:0 as the docker CLI does when it sends a context.
 //!
 //! Hashing reads each regular file once; a [`StatCache`] persisted in the
-//! store remembers `(path, size, mtime, inode) → sha256`
-//! so that an unchanged context is not read again.
+//! store remembers `(path, size, mtime, inode, ctime) → sha256`
+//! so that an unchanged context is not read again. The change time is
+//! there because nothing can set it: a file rewritten with its size and
+//! mtime restored (`touch -r`, a tool keeping times) still has a new one.
 //!
 //! ```no_run
 //! use kiln_builder::{context::{BuildContext, StatCache}, dockerignore};
@@ -243,6 +245,8 @@ impl BuildContext {
                 mtime_sec: mtime.0,
                 mtime_nsec: mtime.1,
                 ino: meta.ino(),
+                ctime_sec: meta.ctime(),
+                ctime_nsec: meta.ctime_nsec(),
             };
             let cached = cache.as_mut().and_then(|c| c.lookup(rel, &key));
             let digest = match cached {
@@ -430,6 +434,8 @@ struct StatKey {
     mtime_sec: i64,
     mtime_nsec: i64,
     ino: u64,
+    ctime_sec: i64,
+    ctime_nsec: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -542,8 +548,8 @@ impl StatCache {
         for (rel, c) in &self.seen {
             let k = &c.key;
             text.push_str(&format!(
-                "{} {} {} {} {} {rel}\n",
-                c.sha256, k.size, k.mtime_sec, k.mtime_nsec, k.ino
+                "{} {} {} {} {} {} {} {rel}\n",
+                c.sha256, k.size, k.mtime_sec, k.mtime_nsec, k.ino, k.ctime_sec, k.ctime_nsec
             ));
         }
         let tmp = self
@@ -564,13 +570,15 @@ fn parse_stat_cache(bytes: &[u8]) -> HashMap<String, CachedDigest> {
     let mut out = HashMap::new();
     // Records end at '\n' only: a name may end in '\r'.
     for line in text.split('\n').filter(|l| !l.is_empty()) {
-        let mut fields = line.splitn(6, ' ');
+        let mut fields = line.splitn(8, ' ');
         let parsed = (|| {
             let sha256 = fields.next()?;
             let size = fields.next()?.parse().ok()?;
             let mtime_sec = fields.next()?.parse().ok()?;
             let mtime_nsec = fields.next()?.parse().ok()?;
             let ino = fields.next()?.parse().ok()?;
+            let ctime_sec = fields.next()?.parse().ok()?;
+            let ctime_nsec = fields.next()?.parse().ok()?;
             let rel = fields.next()?;
             (sha256.len() == 64).then(|| {
                 let key = StatKey {
@@ -578,6 +586,8 @@ fn parse_stat_cache(bytes: &[u8]) -> HashMap<String, CachedDigest> {
                     mtime_sec,
                     mtime_nsec,
                     ino,
+                    ctime_sec,
+                    ctime_nsec,
                 };
                 let sha256 = sha256.to_string();
                 (rel.to_string(), CachedDigest { key, sha256 })
