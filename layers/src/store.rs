@@ -434,6 +434,30 @@ impl Store {
         self.root.join(CACHE_DIR).join("context-stats")
     }
 
+    /// The records of what earlier COPY steps wrote (`<shape hex>.json`):
+    /// which snapshot holds each copied file, with its content digest, so a
+    /// later run of the same COPY can link the files that did not change.
+    pub fn copy_shapes_dir(&self) -> PathBuf {
+        self.root.join(CACHE_DIR).join("copy-shapes")
+    }
+
+    /// Stores the copy shape record `bytes` under `key`.
+    pub fn copy_shape_put(&self, key: &Digest, bytes: &[u8]) -> Result<()> {
+        let dir = self.copy_shapes_dir();
+        fs::create_dir_all(&dir).map_err(|e| Error::io("create", dir.clone(), e))?;
+        write_atomic(&dir.join(format!("{}.json", key.hex())), bytes)
+    }
+
+    /// The copy shape record under `key`, if any.
+    pub fn copy_shape_get(&self, key: &Digest) -> Result<Option<Vec<u8>>> {
+        let path = self.copy_shapes_dir().join(format!("{}.json", key.hex()));
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read", path, e)),
+        }
+    }
+
     /// Whether a store exists at `root` (its `index.json` is there): what a
     /// command that never creates one (explain, check) asks before
     /// [`Store::open`].
