@@ -6,7 +6,7 @@
 //! the instruction's text, [`shape_key`]): a hint only. What is reused is
 //! decided per file and exactly: the earlier run recorded, for every file
 //! it wrote from the context, the content digest of the source
-//! ([`ShapeRecord`], in the store's `cache/copy-shapes/`); a file is linked
+//! ([`CopyShape`], in the store's `cache/copy-shapes/`); a file is linked
 //! only when the source's content digest is that one, and the snapshot's
 //! file has the owner, permission bits, mtime (to the nanosecond) and
 //! extended attributes the copy would give it. Anything else is copied.
@@ -23,19 +23,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use kiln_layers::{Digest, Store};
-use serde::{Deserialize, Serialize};
+use kiln_layers::{CopyShape, Digest, Store};
 
 use crate::rootfs::{host_xattrs, NewFileInfo};
-
-/// What one run of a COPY wrote from the context: the snapshot it became
-/// and the content digest of each regular file (destination path, no
-/// leading `/`).
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct ShapeRecord {
-    pub chain_id: String,
-    pub files: BTreeMap<String, String>,
-}
 
 /// The shape key of a COPY: the snapshot chain it runs on and its text.
 pub fn shape_key(parent_chain: Option<&Digest>, instruction: &str) -> Digest {
@@ -53,6 +43,7 @@ pub struct Reuse {
 
 #[derive(Debug)]
 struct Previous {
+    chain: Digest,
     snapshot: PathBuf,
     files: BTreeMap<String, String>,
 }
@@ -71,15 +62,11 @@ impl Reuse {
     /// record, if it parses and its snapshot is present.
     pub fn load(store: &Store, key: &Digest) -> Reuse {
         let previous = match store.copy_shape_get(key) {
-            Ok(Some(bytes)) => serde_json::from_slice::<ShapeRecord>(&bytes)
-                .ok()
-                .and_then(|r| {
-                    let chain = Digest::parse(&r.chain_id).ok()?;
-                    store.has_snapshot(&chain).then(|| Previous {
-                        snapshot: store.snapshot_path(&chain),
-                        files: r.files,
-                    })
-                }),
+            Ok(Some(shape)) => store.has_snapshot(&shape.chain_id).then(|| Previous {
+                snapshot: store.snapshot_path(&shape.chain_id),
+                chain: shape.chain_id,
+                files: shape.files,
+            }),
             Ok(None) => None,
             Err(e) => {
                 tracing::debug!("{e}");
@@ -154,16 +141,20 @@ impl Reuse {
     }
 
     /// Records what this run wrote as the shape `key`'s result, snapshot
-    /// `chain`.
+    /// `chain`, and marks the earlier snapshot as linked from when files
+    /// were linked ([`Store::mark_snapshot_linked`]: its measured size
+    /// counted them as its own).
     pub fn save(&self, store: &Store, key: &Digest, chain: &Digest) {
-        let record = ShapeRecord {
-            chain_id: chain.to_string(),
+        if let Some(prev) = self.previous.as_ref().filter(|_| self.linked() > 0) {
+            if let Err(e) = store.mark_snapshot_linked(&prev.chain) {
+                tracing::warn!("{e}");
+            }
+        }
+        let shape = CopyShape {
+            chain_id: chain.clone(),
             files: std::mem::take(&mut self.state().written),
         };
-        let saved = serde_json::to_vec(&record)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| store.copy_shape_put(key, &bytes).map_err(|e| e.to_string()));
-        if let Err(e) = saved {
+        if let Err(e) = store.copy_shape_put(key, &shape) {
             tracing::debug!("copy shape {key}: {e}");
         }
     }

@@ -434,28 +434,43 @@ impl Store {
         self.root.join(CACHE_DIR).join("context-stats")
     }
 
-    /// The records of what earlier COPY steps wrote (`<shape hex>.json`):
-    /// which snapshot holds each copied file, with its content digest, so a
-    /// later run of the same COPY can link the files that did not change.
+    /// The records of what earlier COPY steps wrote (`<shape hex>.json`,
+    /// [`CopyShape`]): which snapshot holds each copied file, with its
+    /// content digest, so a later run of the same COPY can link the files
+    /// that did not change.
     pub fn copy_shapes_dir(&self) -> PathBuf {
         self.root.join(CACHE_DIR).join("copy-shapes")
     }
 
-    /// Stores the copy shape record `bytes` under `key`.
-    pub fn copy_shape_put(&self, key: &Digest, bytes: &[u8]) -> Result<()> {
+    /// Stores `shape` under `key`.
+    pub fn copy_shape_put(&self, key: &Digest, shape: &CopyShape) -> Result<()> {
         let dir = self.copy_shapes_dir();
         fs::create_dir_all(&dir).map_err(|e| Error::io("create", dir.clone(), e))?;
-        write_atomic(&dir.join(format!("{}.json", key.hex())), bytes)
+        let path = dir.join(format!("{}.json", key.hex()));
+        let files = serde_json::to_vec(&shape.files).map_err(|source| Error::Json {
+            what: path.display().to_string(),
+            source,
+        })?;
+        let mut bytes = format!("{}\n", shape.chain_id).into_bytes();
+        bytes.extend_from_slice(&files);
+        write_atomic(&path, &bytes)
     }
 
-    /// The copy shape record under `key`, if any.
-    pub fn copy_shape_get(&self, key: &Digest) -> Result<Option<Vec<u8>>> {
+    /// The copy shape record under `key`, if there is one that parses.
+    pub fn copy_shape_get(&self, key: &Digest) -> Result<Option<CopyShape>> {
         let path = self.copy_shapes_dir().join(format!("{}.json", key.hex()));
-        match fs::read(&path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io("read", path, e)),
-        }
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("read", path, e)),
+        };
+        let Some((head, files)) = split_head(&bytes) else {
+            return Ok(None);
+        };
+        Ok(serde_json::from_slice(files).ok().map(|files| CopyShape {
+            chain_id: head,
+            files,
+        }))
     }
 
     /// Whether a store exists at `root` (its `index.json` is there): what a
@@ -1349,6 +1364,32 @@ impl std::fmt::Debug for IngestWriter {
             .field("written", &self.written)
             .finish()
     }
+}
+
+/// What one run of a COPY from the build context wrote: the snapshot it
+/// became and the content digest (`sha256:<hex>`) of each regular file it
+/// copied, by destination path without the leading `/`. Stored as the
+/// chain id on the first line (what a collection reads,
+/// `copy_shape_chain`), then the files as one JSON object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyShape {
+    pub chain_id: Digest,
+    pub files: BTreeMap<String, String>,
+}
+
+/// The chain id on a copy shape record's first line, and the rest.
+fn split_head(bytes: &[u8]) -> Option<(Digest, &[u8])> {
+    let end = bytes.iter().position(|&b| b == b'\n')?;
+    let head = std::str::from_utf8(&bytes[..end]).ok()?;
+    Some((Digest::parse(head).ok()?, &bytes[end + 1..]))
+}
+
+/// The snapshot chain a copy shape record at `path` names, reading only
+/// its first line; `None` if it names none.
+pub(crate) fn copy_shape_chain(path: &Path) -> Option<Digest> {
+    let mut head = [0u8; 128];
+    let n = File::open(path).and_then(|mut f| f.read(&mut head)).ok()?;
+    split_head(&head[..n]).map(|(chain, _)| chain)
 }
 
 #[cfg(test)]

@@ -11,17 +11,17 @@
 //! parked upper dir's, the time in its name; a partial download's or a
 //! compressed variant's, its file's mtime.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::digest::{chain_ids, Digest};
 use crate::error::Result;
 use crate::gc::policy::Kind;
-use crate::gc::usage::{du, key_of, SizeCache};
+use crate::gc::usage::{du, key_of, measure_tree, SizeCache, TreeSize};
 use crate::oci::{Descriptor, ManifestKind, ANNOTATION_REF_NAME};
 use crate::owner::Owner;
-use crate::store::{CacheRecord, Store};
+use crate::store::{copy_shape_chain, CacheRecord, Store};
 
 /// The areas of the store `kiln system df` shows, by where things live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -96,9 +96,13 @@ pub(crate) enum What {
 #[derive(Clone, Debug)]
 pub(crate) struct Piece {
     pub path: PathBuf,
+    /// What deleting it frees by itself ([`TreeSize::own`]).
     pub bytes: u64,
     pub area: Area,
     pub what: What,
+    /// Its files with links elsewhere ([`TreeSize::shared`]): freed with
+    /// the last piece holding them ([`Inventory::freed_in_order`]).
+    pub shared: Vec<(u64, u64)>,
 }
 
 /// Something a collection may remove as a whole.
@@ -131,6 +135,38 @@ pub(crate) struct Inventory {
     pub resources: Vec<Resource>,
     /// `du` of each area.
     pub areas: BTreeMap<Area, u64>,
+    /// Shared inode → how many measured trees hold it.
+    pub holders: HashMap<u64, u32>,
+}
+
+impl Inventory {
+    /// What a collection counts of `piece` against the limits: its own
+    /// bytes and an equal part of each shared file's (with each holder
+    /// counted so, a shared file counts once in the usage).
+    pub(crate) fn weight(&self, piece: &Piece) -> u64 {
+        let shares = piece.shared.iter().map(|(ino, bytes)| {
+            let holders = u64::from(self.holders.get(ino).copied().unwrap_or(1).max(1));
+            bytes / holders
+        });
+        piece.bytes + shares.sum::<u64>()
+    }
+
+    /// What deleting `pieces` in this order frees at each, as `du` counts
+    /// it: a shared file is freed with the last of its holders, if all of
+    /// them are deleted.
+    pub(crate) fn freed_in_order<'a>(&self, pieces: impl Iterator<Item = &'a Piece>) -> Vec<u64> {
+        let mut deleted: HashMap<u64, u32> = HashMap::new();
+        pieces
+            .map(|piece| {
+                let shared = piece.shared.iter().filter_map(|(ino, bytes)| {
+                    let n = deleted.entry(*ino).or_insert(0);
+                    *n += 1;
+                    (Some(*n) == self.holders.get(ino).copied()).then_some(*bytes)
+                });
+                piece.bytes + shared.sum::<u64>()
+            })
+            .collect()
+    }
 }
 
 /// The inventory being made.
@@ -152,6 +188,9 @@ struct Scan<'a> {
     item_holds: Vec<(Vec<Digest>, Vec<Digest>)>,
     /// Blobs on disk that nothing holds: digest → piece.
     loose_blobs: BTreeMap<Digest, Piece>,
+    /// Per area, the shared files of its trees (inode → bytes): `du` of
+    /// an area counts each once.
+    area_shared: BTreeMap<Area, HashMap<u64, u64>>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -204,9 +243,11 @@ pub(crate) fn scan(store: &Store, sizes: &mut SizeCache, exclusive: bool) -> Res
         layers: BTreeSet::new(),
         item_holds: Vec::new(),
         loose_blobs: BTreeMap::new(),
+        area_shared: BTreeMap::new(),
     };
     scan.index()?;
     scan.records()?;
+    scan.copy_shapes()?;
     scan.blobs()?;
     scan.variants()?;
     scan.snapshots()?;
@@ -220,6 +261,17 @@ pub(crate) fn scan(store: &Store, sizes: &mut SizeCache, exclusive: bool) -> Res
 impl Scan<'_> {
     fn add(&mut self, area: Area, bytes: u64) {
         *self.inv.areas.entry(area).or_default() += bytes;
+    }
+
+    /// Adds a measured tree to `area`; returns its own bytes.
+    fn add_tree(&mut self, area: Area, size: &TreeSize) -> u64 {
+        self.add(area, size.own);
+        let union = self.area_shared.entry(area).or_default();
+        for &(ino, bytes) in &size.shared {
+            union.insert(ino, bytes);
+            *self.inv.holders.entry(ino).or_default() += 1;
+        }
+        size.own
     }
 
     fn push(&mut self, item: Item, blobs: Vec<Digest>, chains: Vec<Digest>) {
@@ -301,8 +353,12 @@ impl Scan<'_> {
     fn records(&mut self) -> Result<()> {
         let dir = self.store.cache_dir();
         self.add(Area::BuildCache, blocks(&dir));
+        let shapes = self.store.copy_shapes_dir();
         for path in self.store.list_dir(&dir)? {
             let name = name_of(&path);
+            if path == shapes {
+                continue;
+            }
             if !name.ends_with(".json") || name.starts_with('.') {
                 // The build contexts' stat caches; temp files: `other`.
                 if !name.starts_with('.') {
@@ -332,11 +388,52 @@ impl Scan<'_> {
                     bytes,
                     area: Area::BuildCache,
                     what: What::CacheRecord,
+                    shared: Vec::new(),
                 }],
                 holds: Vec::new(),
                 image: None,
             };
             self.push(item, blobs, chains);
+        }
+        Ok(())
+    }
+
+    /// COPY shape records (`cache/copy-shapes/`): an item each, of the
+    /// build cache's kind, last used when last written; unreferenced
+    /// garbage once the snapshot they name is gone (nothing can link from
+    /// it). They keep no snapshot alive.
+    fn copy_shapes(&mut self) -> Result<()> {
+        let dir = self.store.copy_shapes_dir();
+        self.add(Area::BuildCache, blocks(&dir));
+        for path in self.store.list_dir(&dir)? {
+            let name = name_of(&path);
+            if name.starts_with('.') {
+                // Temp files of interrupted writes: `other`.
+                continue;
+            }
+            let bytes = blocks(&path);
+            self.add(Area::BuildCache, bytes);
+            let piece = Piece {
+                path: path.clone(),
+                bytes,
+                area: Area::BuildCache,
+                what: What::CacheRecord,
+                shared: Vec::new(),
+            };
+            let live = copy_shape_chain(&path).is_some_and(|c| self.store.has_snapshot(&c));
+            if !live {
+                self.garbage(Kind::Unreferenced, piece);
+                continue;
+            }
+            let item = Item {
+                kind: Kind::Cache,
+                garbage: false,
+                last_used: mtime(&path),
+                pieces: vec![piece],
+                holds: Vec::new(),
+                image: None,
+            };
+            self.push(item, Vec::new(), Vec::new());
         }
         Ok(())
     }
@@ -366,6 +463,7 @@ impl Scan<'_> {
                 bytes,
                 area,
                 what: What::Blob(digest.clone()),
+                shared: Vec::new(),
             };
             let Some(digest) = digest else {
                 self.garbage(Kind::Unreferenced, piece);
@@ -413,6 +511,7 @@ impl Scan<'_> {
                     bytes,
                     area: Area::Other,
                     what: What::VariantRecord,
+                    shared: Vec::new(),
                 };
                 let named = std::fs::read_to_string(&path)
                     .ok()
@@ -460,18 +559,19 @@ impl Scan<'_> {
                         bytes,
                         area: Area::Snapshots,
                         what: What::Snapshot(name),
+                        shared: Vec::new(),
                     };
                     self.garbage(Kind::Scratch, piece);
                 }
                 continue;
             }
-            let bytes = self.sizes.measure(&key_of(self.store, &path), &path)?;
-            self.add(Area::Snapshots, bytes);
+            let size = self.sizes.measure(&key_of(self.store, &path), &path)?;
             let piece = Piece {
                 path,
-                bytes,
+                bytes: self.add_tree(Area::Snapshots, &size),
                 area: Area::Snapshots,
                 what: What::Snapshot(name.clone()),
+                shared: size.shared,
             };
             let chain = Digest::parse(&format!("sha256:{name}")).ok();
             match chain.and_then(|c| self.held_chains.get(&c).copied().map(|h| (c, h))) {
@@ -503,6 +603,7 @@ impl Scan<'_> {
                 bytes,
                 area: Area::CacheMounts,
                 what: What::CacheMount,
+                shared: Vec::new(),
             };
             if name.starts_with("seeding-") {
                 self.garbage(Kind::Scratch, piece);
@@ -542,17 +643,17 @@ impl Scan<'_> {
         if let Some(parked) = parked_time(&name).filter(|_| !in_trash) {
             // A duplicate upper dir parked by a --no-cache rerun (see the
             // builder's `discard_step_dir`): kept while the limits allow.
-            let bytes = self.sizes.measure(&key_of(self.store, &path), &path)?;
-            self.add(Area::Scratch, bytes);
+            let size = self.sizes.measure(&key_of(self.store, &path), &path)?;
             let item = Item {
                 kind: Kind::Scratch,
                 garbage: false,
                 last_used: parked,
                 pieces: vec![Piece {
                     path,
-                    bytes,
+                    bytes: self.add_tree(Area::Scratch, &size),
                     area: Area::Scratch,
                     what: What::BuildDir,
+                    shared: size.shared,
                 }],
                 holds: Vec::new(),
                 image: None,
@@ -560,8 +661,10 @@ impl Scan<'_> {
             self.push(item, Vec::new(), Vec::new());
             return Ok(());
         }
-        let bytes = du(&path)?;
-        self.add(Area::Scratch, bytes);
+        // A build's work dir may hold links to snapshots (a COPY's), a
+        // trashed snapshot links from or to others.
+        let size = measure_tree(&path)?;
+        let bytes = self.add_tree(Area::Scratch, &size);
         // A live process's scratch is its own; without the exclusive lock,
         // so is anything whose name says no owner (a container's state, an
         // older kiln's work dir): it may be in use.
@@ -579,6 +682,7 @@ impl Scan<'_> {
             bytes,
             area: Area::Scratch,
             what,
+            shared: size.shared,
         };
         self.garbage(Kind::Scratch, piece);
         Ok(())
@@ -601,6 +705,7 @@ impl Scan<'_> {
                 bytes,
                 area: Area::Ingest,
                 what: What::PartialWrite,
+                shared: Vec::new(),
             };
             if name.ends_with(".partial") {
                 let item = Item {
@@ -644,6 +749,7 @@ impl Scan<'_> {
         for (dir, area) in [
             (root, Area::Other),
             (self.store.cache_dir(), Area::BuildCache),
+            (self.store.copy_shapes_dir(), Area::BuildCache),
         ] {
             for path in self.store.list_dir(&dir)? {
                 let name = name_of(&path);
@@ -663,6 +769,7 @@ impl Scan<'_> {
                             bytes,
                             area,
                             what,
+                            shared: Vec::new(),
                         },
                     );
                 }
@@ -673,6 +780,9 @@ impl Scan<'_> {
 
     /// Resolves what each item holds to the resources found on disk.
     fn finish(mut self) -> Inventory {
+        for (area, union) in std::mem::take(&mut self.area_shared) {
+            self.add(area, union.values().sum());
+        }
         for (item, (blobs, chains)) in self.inv.items.iter_mut().zip(&self.item_holds) {
             let mut holds: Vec<usize> = blobs
                 .iter()

@@ -133,9 +133,13 @@ impl Store {
                 )
             })
             .collect();
-        for piece in chosen_pieces(&inv, &sel) {
+        let pieces: Vec<_> = chosen_pieces(&inv, &sel).collect();
+        for (piece, bytes) in pieces
+            .iter()
+            .zip(inv.freed_in_order(pieces.iter().copied()))
+        {
             if let Some(a) = areas.get_mut(&piece.area) {
-                a.reclaimable += piece.bytes;
+                a.reclaimable += bytes;
             }
         }
         Ok(Usage {
@@ -273,8 +277,12 @@ fn predicted(inv: &Inventory, sel: &Selection, disk: Disk) -> PruneReport {
             report.images.push(image.digest.clone());
         }
     }
-    for piece in chosen_pieces(inv, sel) {
-        report.count(&piece.what, piece.bytes);
+    let pieces: Vec<_> = chosen_pieces(inv, sel).collect();
+    for (piece, bytes) in pieces
+        .iter()
+        .zip(inv.freed_in_order(pieces.iter().copied()))
+    {
+        report.count(&piece.what, bytes);
     }
     report
 }

@@ -5,8 +5,17 @@
 //! time. The cache lives in `<root>/gc-sizes.json` ([`Store::gc_sizes_path`]),
 //! keyed by the tree's path under the root, with its directory's inode and
 //! change time: a tree replaced under the same name is measured again.
+//!
+//! Trees may share files: incremental COPY hard-links a new snapshot's
+//! unchanged files to an earlier snapshot's. [`measure_tree`] splits a
+//! tree's size into what only it holds ([`TreeSize::own`]: files whose
+//! every link is inside it) and the files with links elsewhere
+//! ([`TreeSize::shared`], by inode), which the inventory counts once per
+//! area and frees with their last holder. A snapshot whose files gain
+//! links elsewhere is marked ([`Store::mark_snapshot_linked`]), which
+//! changes its directory's change time: it is measured again.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -51,13 +60,89 @@ fn du_walk(path: &Path, seen: &mut HashSet<(u64, u64)>) -> io::Result<u64> {
     Ok(bytes)
 }
 
+/// A tree's size as `du` counts it ([`TreeSize::total`]), split by whether
+/// a file's links are all inside the tree.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TreeSize {
+    /// Directories, and files with every link inside the tree.
+    pub own: u64,
+    /// Files with links outside the tree: (inode, bytes), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared: Vec<(u64, u64)>,
+}
+
+impl TreeSize {
+    /// What `du` counts for the tree alone.
+    #[cfg(test)]
+    pub(crate) fn total(&self) -> u64 {
+        self.own + self.shared.iter().map(|(_, b)| b).sum::<u64>()
+    }
+}
+
+/// Measures `path` (a file or a whole tree) as [`TreeSize`]; entries that
+/// vanish meanwhile count nothing. Only inodes on the tree's own device
+/// can be shared (a hard link never crosses filesystems).
+pub(crate) fn measure_tree(path: &Path) -> Result<TreeSize> {
+    let mut links = HashMap::new();
+    let own =
+        links_walk(path, &mut links).map_err(|e| crate::error::Error::io("measure", path, e))?;
+    let mut size = TreeSize {
+        own,
+        shared: Vec::new(),
+    };
+    for (ino, (nlink, seen, bytes)) in links {
+        if seen >= nlink {
+            size.own += bytes;
+        } else {
+            size.shared.push((ino, bytes));
+        }
+    }
+    size.shared.sort_unstable();
+    Ok(size)
+}
+
+/// Walks like [`du_walk`], but leaves files with several links out of the
+/// sum: `links` gets (inode → links, links seen here, bytes) for them.
+fn links_walk(path: &Path, links: &mut HashMap<u64, (u64, u64, u64)>) -> io::Result<u64> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let bytes = meta.blocks().saturating_mul(512);
+    if !meta.is_dir() {
+        if meta.nlink() > 1 {
+            let entry = links.entry(meta.ino()).or_insert((meta.nlink(), 0, bytes));
+            entry.1 += 1;
+            return Ok(0);
+        }
+        return Ok(bytes);
+    }
+    let mut total = bytes;
+    let entries = match fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(total),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        match entry {
+            Ok(entry) => total = total.saturating_add(links_walk(&entry.path(), links)?),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
+}
+
 /// A measured tree: what identified it, and its size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Entry {
     ino: u64,
     ctime: i64,
     ctime_nsec: i64,
     bytes: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    shared: Vec<(u64, u64)>,
 }
 
 /// Sizes of immutable trees, loaded from and saved to the store.
@@ -85,31 +170,35 @@ impl SizeCache {
 
     /// The size of the immutable tree `path` (`key` names it), measured
     /// unless the cache has it.
-    pub(crate) fn measure(&mut self, key: &str, path: &Path) -> Result<u64> {
+    pub(crate) fn measure(&mut self, key: &str, path: &Path) -> Result<TreeSize> {
         let meta = match fs::symlink_metadata(path) {
             Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(TreeSize::default()),
             Err(e) => return Err(crate::error::Error::io("stat", path, e)),
         };
         self.used.insert(key.to_string());
         let (ino, ctime, ctime_nsec) = (meta.ino(), meta.ctime(), meta.ctime_nsec());
         if let Some(e) = self.entries.get(key) {
             if (e.ino, e.ctime, e.ctime_nsec) == (ino, ctime, ctime_nsec) {
-                return Ok(e.bytes);
+                return Ok(TreeSize {
+                    own: e.bytes,
+                    shared: e.shared.clone(),
+                });
             }
         }
-        let bytes = du(path)?;
+        let size = measure_tree(path)?;
         self.entries.insert(
             key.to_string(),
             Entry {
                 ino,
                 ctime,
                 ctime_nsec,
-                bytes,
+                bytes: size.own,
+                shared: size.shared.clone(),
             },
         );
         self.changed = true;
-        Ok(bytes)
+        Ok(size)
     }
 
     /// Writes the sizes of the trees looked up since loading (those no
@@ -150,25 +239,62 @@ mod tests {
         fs::create_dir_all(tree.join("fs")).unwrap();
         fs::write(tree.join("fs/f"), vec![1u8; 20_000]).unwrap();
         let mut cache = SizeCache::load(&store);
-        let first = cache.measure("snapshots/abc", &tree).unwrap();
+        let first = cache.measure("snapshots/abc", &tree).unwrap().total();
         assert_eq!(first, du(&tree).unwrap());
         cache.save(&store).unwrap();
 
         // Immutable by contract: a change inside is not seen...
         fs::write(tree.join("fs/g"), vec![1u8; 50_000]).unwrap();
         let mut cache = SizeCache::load(&store);
-        assert_eq!(cache.measure("snapshots/abc", &tree).unwrap(), first);
+        assert_eq!(
+            cache.measure("snapshots/abc", &tree).unwrap().total(),
+            first
+        );
         // ... but a tree put in its place is.
         fs::rename(&tree, store.root().join("old")).unwrap();
         fs::create_dir_all(tree.join("fs")).unwrap();
-        let replaced = cache.measure("snapshots/abc", &tree).unwrap();
+        let replaced = cache.measure("snapshots/abc", &tree).unwrap().total();
         assert_eq!(replaced, du(&tree).unwrap());
         assert_ne!(replaced, first);
         assert_eq!(
             cache
                 .measure("snapshots/gone", &store.root().join("nope"))
-                .unwrap(),
+                .unwrap()
+                .total(),
             0
         );
+    }
+
+    #[test]
+    fn files_linked_from_outside_are_shared_links_inside_are_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&b).unwrap();
+        fs::write(a.join("alone"), vec![1u8; 10_000]).unwrap();
+        fs::write(a.join("inside"), vec![2u8; 20_000]).unwrap();
+        fs::hard_link(a.join("inside"), a.join("inside2")).unwrap();
+        fs::write(a.join("shared"), vec![3u8; 30_000]).unwrap();
+        fs::hard_link(a.join("shared"), b.join("shared")).unwrap();
+
+        let size = measure_tree(&a).unwrap();
+        let shared = fs::metadata(a.join("shared")).unwrap();
+        assert_eq!(
+            size.shared,
+            vec![(shared.ino(), shared.blocks() * 512)],
+            "only the file linked from b is shared"
+        );
+        assert_eq!(size.total(), du(&a).unwrap());
+        assert_eq!(size.own + measure_tree(&b).unwrap().total(), {
+            // du counts the shared file once over both trees.
+            let mut seen = HashSet::new();
+            du_walk(tmp.path(), &mut seen).unwrap()
+                - fs::metadata(tmp.path()).unwrap().blocks() * 512
+        });
+        // Once b is gone, a holds all of its files.
+        fs::remove_dir_all(&b).unwrap();
+        let size = measure_tree(&a).unwrap();
+        assert!(size.shared.is_empty());
+        assert_eq!(size.own, du(&a).unwrap());
     }
 }
