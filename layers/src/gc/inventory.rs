@@ -137,6 +137,10 @@ pub(crate) struct Inventory {
     pub areas: BTreeMap<Area, u64>,
     /// Shared inode → how many measured trees hold it.
     pub holders: HashMap<u64, u32>,
+    /// Scanned without the exclusive lock, entries were passed over that
+    /// only a scan with it may take for leftovers (scratch without an
+    /// owner in its name).
+    pub deferred: bool,
 }
 
 impl Inventory {
@@ -261,6 +265,15 @@ pub(crate) fn scan(store: &Store, sizes: &mut SizeCache, exclusive: bool) -> Res
 impl Scan<'_> {
     fn add(&mut self, area: Area, bytes: u64) {
         *self.inv.areas.entry(area).or_default() += bytes;
+    }
+
+    /// Whether scratch named `name` (not a live process's) may be taken
+    /// for a leftover: with an owner in its name (a dead one), or any
+    /// under the exclusive lock; otherwise notes that it was deferred.
+    fn may_take(&mut self, name: &str) -> bool {
+        let may = self.exclusive || Owner::of_name(name).is_some();
+        self.inv.deferred |= !may;
+        may
     }
 
     /// Adds a measured tree to `area`; returns its own bytes.
@@ -551,9 +564,7 @@ impl Scan<'_> {
             if name.starts_with('.') {
                 let bytes = du(&path)?;
                 self.add(Area::Snapshots, bytes);
-                let leftover =
-                    !live_other(&name) && (self.exclusive || Owner::of_name(&name).is_some());
-                if name.starts_with(".tmp-") && leftover {
+                if name.starts_with(".tmp-") && !live_other(&name) && self.may_take(&name) {
                     let piece = Piece {
                         path,
                         bytes,
@@ -668,8 +679,7 @@ impl Scan<'_> {
         // A live process's scratch is its own; without the exclusive lock,
         // so is anything whose name says no owner (a container's state, an
         // older kiln's work dir): it may be in use.
-        let owned = Owner::of_name(&name).is_some();
-        if live_other(&name) || !(self.exclusive || owned || in_trash) {
+        if live_other(&name) || !(in_trash || self.may_take(&name)) {
             return Ok(());
         }
         let what = if in_trash {
@@ -717,7 +727,7 @@ impl Scan<'_> {
                     image: None,
                 };
                 self.push(item, Vec::new(), Vec::new());
-            } else if self.exclusive || Owner::of_name(&name).is_some() {
+            } else if self.may_take(&name) {
                 self.garbage(Kind::Scratch, piece);
             }
         }

@@ -157,6 +157,7 @@ mod tests {
         };
         Inventory {
             holders: Default::default(),
+            deferred: false,
             items: vec![
                 item(Kind::Cache, 500, 1, vec![0], false),
                 item(Kind::Cache, 400, 1, vec![1], false),

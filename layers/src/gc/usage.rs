@@ -141,8 +141,30 @@ struct Entry {
     ctime: i64,
     ctime_nsec: i64,
     bytes: u64,
+    /// [`TreeSize::shared`] as runs ([`to_runs`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    shared: Vec<(u64, u64)>,
+    shared: Vec<(u64, u64, u64)>,
+}
+
+/// Sorted (inode, bytes) pairs as runs (first inode, count, bytes) of
+/// consecutive inodes of one size: the files a COPY linked were made one
+/// after the other, so 20,000 of them are a few runs, not 20,000 entries.
+fn to_runs(shared: &[(u64, u64)]) -> Vec<(u64, u64, u64)> {
+    let mut runs: Vec<(u64, u64, u64)> = Vec::new();
+    for &(ino, bytes) in shared {
+        match runs.last_mut() {
+            Some((start, count, b)) if *b == bytes && *start + *count == ino => *count += 1,
+            _ => runs.push((ino, 1, bytes)),
+        }
+    }
+    runs
+}
+
+/// The pairs [`to_runs`] made the runs of.
+fn from_runs(runs: &[(u64, u64, u64)]) -> Vec<(u64, u64)> {
+    runs.iter()
+        .flat_map(|&(start, count, bytes)| (0..count).map(move |i| (start + i, bytes)))
+        .collect()
 }
 
 /// Sizes of immutable trees, loaded from and saved to the store.
@@ -182,7 +204,7 @@ impl SizeCache {
             if (e.ino, e.ctime, e.ctime_nsec) == (ino, ctime, ctime_nsec) {
                 return Ok(TreeSize {
                     own: e.bytes,
-                    shared: e.shared.clone(),
+                    shared: from_runs(&e.shared),
                 });
             }
         }
@@ -194,7 +216,7 @@ impl SizeCache {
                 ctime,
                 ctime_nsec,
                 bytes: size.own,
-                shared: size.shared.clone(),
+                shared: to_runs(&size.shared),
             },
         );
         self.changed = true;
@@ -263,6 +285,22 @@ mod tests {
                 .total(),
             0
         );
+    }
+
+    #[test]
+    fn shared_files_are_kept_as_runs_of_consecutive_inodes() {
+        let shared = vec![
+            (5, 4096),
+            (6, 4096),
+            (7, 4096),
+            (8, 8192),
+            (10, 8192),
+            (11, 8192),
+        ];
+        let runs = to_runs(&shared);
+        assert_eq!(runs, vec![(5, 3, 4096), (8, 1, 8192), (10, 2, 8192)]);
+        assert_eq!(from_runs(&runs), shared);
+        assert!(to_runs(&[]).is_empty());
     }
 
     #[test]
