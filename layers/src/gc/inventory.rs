@@ -11,14 +11,14 @@
 //! parked upper dir's, the time in its name; a partial download's or a
 //! compressed variant's, its file's mtime.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::digest::{chain_ids, Digest};
 use crate::error::Result;
 use crate::gc::policy::Kind;
-use crate::gc::usage::{du, key_of, measure_tree, SizeCache, TreeSize};
+use crate::gc::usage::{du, key_of, measure_tree, Run, Segments, SizeCache, TreeSize};
 use crate::oci::{Descriptor, ManifestKind, ANNOTATION_REF_NAME};
 use crate::owner::Owner;
 use crate::store::{copy_shape_chain, CacheRecord, Store};
@@ -102,7 +102,7 @@ pub(crate) struct Piece {
     pub what: What,
     /// Its files with links elsewhere ([`TreeSize::shared`]): freed with
     /// the last piece holding them ([`Inventory::freed_in_order`]).
-    pub shared: Vec<(u64, u64)>,
+    pub shared: Vec<Run>,
 }
 
 /// Something a collection may remove as a whole.
@@ -135,8 +135,8 @@ pub(crate) struct Inventory {
     pub resources: Vec<Resource>,
     /// `du` of each area.
     pub areas: BTreeMap<Area, u64>,
-    /// Shared inode → how many measured trees hold it.
-    pub holders: HashMap<u64, u32>,
+    /// The shared files of every measured tree, with how many hold each.
+    pub segments: Segments,
     /// Scanned without the exclusive lock, entries were passed over that
     /// only a scan with it may take for leftovers (scratch without an
     /// owner in its name).
@@ -148,27 +148,16 @@ impl Inventory {
     /// bytes and an equal part of each shared file's (with each holder
     /// counted so, a shared file counts once in the usage).
     pub(crate) fn weight(&self, piece: &Piece) -> u64 {
-        let shares = piece.shared.iter().map(|(ino, bytes)| {
-            let holders = u64::from(self.holders.get(ino).copied().unwrap_or(1).max(1));
-            bytes / holders
-        });
-        piece.bytes + shares.sum::<u64>()
+        piece.bytes + self.segments.share(&piece.shared)
     }
 
     /// What deleting `pieces` in this order frees at each, as `du` counts
     /// it: a shared file is freed with the last of its holders, if all of
     /// them are deleted.
     pub(crate) fn freed_in_order<'a>(&self, pieces: impl Iterator<Item = &'a Piece>) -> Vec<u64> {
-        let mut deleted: HashMap<u64, u32> = HashMap::new();
+        let mut deleted = self.segments.deletions();
         pieces
-            .map(|piece| {
-                let shared = piece.shared.iter().filter_map(|(ino, bytes)| {
-                    let n = deleted.entry(*ino).or_insert(0);
-                    *n += 1;
-                    (Some(*n) == self.holders.get(ino).copied()).then_some(*bytes)
-                });
-                piece.bytes + shared.sum::<u64>()
-            })
+            .map(|piece| piece.bytes + self.segments.delete(&piece.shared, &mut deleted))
             .collect()
     }
 }
@@ -192,9 +181,9 @@ struct Scan<'a> {
     item_holds: Vec<(Vec<Digest>, Vec<Digest>)>,
     /// Blobs on disk that nothing holds: digest → piece.
     loose_blobs: BTreeMap<Digest, Piece>,
-    /// Per area, the shared files of its trees (inode → bytes): `du` of
-    /// an area counts each once.
-    area_shared: BTreeMap<Area, HashMap<u64, u64>>,
+    /// Per area, the shared files of its trees: `du` of an area counts
+    /// each once.
+    area_shared: BTreeMap<Area, Vec<Run>>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -279,11 +268,10 @@ impl Scan<'_> {
     /// Adds a measured tree to `area`; returns its own bytes.
     fn add_tree(&mut self, area: Area, size: &TreeSize) -> u64 {
         self.add(area, size.own);
-        let union = self.area_shared.entry(area).or_default();
-        for &(ino, bytes) in &size.shared {
-            union.insert(ino, bytes);
-            *self.inv.holders.entry(ino).or_default() += 1;
-        }
+        self.area_shared
+            .entry(area)
+            .or_default()
+            .extend_from_slice(&size.shared);
         size.own
     }
 
@@ -790,9 +778,11 @@ impl Scan<'_> {
 
     /// Resolves what each item holds to the resources found on disk.
     fn finish(mut self) -> Inventory {
-        for (area, union) in std::mem::take(&mut self.area_shared) {
-            self.add(area, union.values().sum());
+        let areas = std::mem::take(&mut self.area_shared);
+        for (area, runs) in &areas {
+            self.add(*area, Segments::new(runs.iter()).union_bytes());
         }
+        self.inv.segments = Segments::new(areas.values().flatten());
         for (item, (blobs, chains)) in self.inv.items.iter_mut().zip(&self.item_holds) {
             let mut holds: Vec<usize> = blobs
                 .iter()

@@ -156,7 +156,7 @@ mod tests {
             pinned,
         };
         Inventory {
-            holders: Default::default(),
+            segments: Default::default(),
             deferred: false,
             items: vec![
                 item(Kind::Cache, 500, 1, vec![0], false),

@@ -66,16 +66,117 @@ fn du_walk(path: &Path, seen: &mut HashSet<(u64, u64)>) -> io::Result<u64> {
 pub(crate) struct TreeSize {
     /// Directories, and files with every link inside the tree.
     pub own: u64,
-    /// Files with links outside the tree: (inode, bytes), sorted.
+    /// Files with links outside the tree, as [`Run`]s, sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub shared: Vec<(u64, u64)>,
+    pub shared: Vec<Run>,
 }
 
 impl TreeSize {
     /// What `du` counts for the tree alone.
     #[cfg(test)]
     pub(crate) fn total(&self) -> u64 {
-        self.own + self.shared.iter().map(|(_, b)| b).sum::<u64>()
+        self.own + self.shared.iter().map(|r| r.1 * r.2).sum::<u64>()
+    }
+}
+
+/// Files with consecutive inode numbers and one size each: (first inode,
+/// how many, bytes each). The files a COPY linked were made one after the
+/// other, so 20,000 of them are a few runs, not 20,000 entries.
+pub(crate) type Run = (u64, u64, u64);
+
+/// Sorted (inode, bytes) pairs as [`Run`]s.
+fn to_runs(shared: &[(u64, u64)]) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    for &(ino, bytes) in shared {
+        match runs.last_mut() {
+            Some((start, count, b)) if *b == bytes && *start + *count == ino => *count += 1,
+            _ => runs.push((ino, 1, bytes)),
+        }
+    }
+    runs
+}
+
+/// The inode ranges of many trees' shared runs cut where any run starts or
+/// ends, each piece with how many of the trees hold it: what a file
+/// shared by several trees counts in each, and when it is freed.
+#[derive(Debug, Default)]
+pub(crate) struct Segments {
+    /// Piece `i` is inodes `bounds[i]..bounds[i + 1]`.
+    bounds: Vec<u64>,
+    holders: Vec<u32>,
+    bytes_each: Vec<u64>,
+}
+
+impl Segments {
+    /// The segments of `runs` (of any number of trees; a tree's own runs
+    /// never overlap).
+    pub(crate) fn new<'a>(runs: impl Iterator<Item = &'a Run> + Clone) -> Segments {
+        let mut bounds: Vec<u64> = runs
+            .clone()
+            .flat_map(|&(start, count, _)| [start, start + count])
+            .collect();
+        bounds.sort_unstable();
+        bounds.dedup();
+        let n = bounds.len().saturating_sub(1);
+        let mut seg = Segments {
+            holders: vec![0; n],
+            bytes_each: vec![0; n],
+            bounds,
+        };
+        for run in runs {
+            for i in seg.covered(run) {
+                seg.holders[i] += 1;
+                seg.bytes_each[i] = run.2;
+            }
+        }
+        seg
+    }
+
+    /// The segments `run` covers (all of each).
+    fn covered(&self, &(start, count, _): &Run) -> std::ops::Range<usize> {
+        let first = self.bounds.partition_point(|&b| b < start);
+        let end = self.bounds.partition_point(|&b| b < start + count);
+        first..end.max(first)
+    }
+
+    fn len(&self, i: usize) -> u64 {
+        self.bounds[i + 1] - self.bounds[i]
+    }
+
+    /// Bytes of every file some run holds, each once (`du` of the trees
+    /// together, for their shared files).
+    pub(crate) fn union_bytes(&self) -> u64 {
+        (0..self.holders.len())
+            .filter(|&i| self.holders[i] > 0)
+            .map(|i| self.len(i) * self.bytes_each[i])
+            .sum()
+    }
+
+    /// `runs`' part of the shared bytes: each file's bytes divided among
+    /// its holders.
+    pub(crate) fn share(&self, runs: &[Run]) -> u64 {
+        runs.iter()
+            .flat_map(|run| self.covered(run))
+            .map(|i| self.len(i) * self.bytes_each[i] / u64::from(self.holders[i].max(1)))
+            .sum()
+    }
+
+    /// A counter of deleted holders, for [`Segments::delete`].
+    pub(crate) fn deletions(&self) -> Vec<u32> {
+        vec![0; self.holders.len()]
+    }
+
+    /// Notes that a tree with `runs` is deleted; returns the bytes of its
+    /// shared files whose every holder is now deleted.
+    pub(crate) fn delete(&self, runs: &[Run], deleted: &mut [u32]) -> u64 {
+        let mut freed = 0;
+        for i in runs.iter().flat_map(|run| self.covered(run)) {
+            deleted[i] += 1;
+            if deleted[i] == self.holders[i] {
+                freed += self.len(i) * self.bytes_each[i];
+            }
+        }
+        freed
     }
 }
 
@@ -90,14 +191,16 @@ pub(crate) fn measure_tree(path: &Path) -> Result<TreeSize> {
         own,
         shared: Vec::new(),
     };
+    let mut shared = Vec::new();
     for (ino, (nlink, seen, bytes)) in links {
         if seen >= nlink {
             size.own += bytes;
         } else {
-            size.shared.push((ino, bytes));
+            shared.push((ino, bytes));
         }
     }
-    size.shared.sort_unstable();
+    shared.sort_unstable();
+    size.shared = to_runs(&shared);
     Ok(size)
 }
 
@@ -141,30 +244,8 @@ struct Entry {
     ctime: i64,
     ctime_nsec: i64,
     bytes: u64,
-    /// [`TreeSize::shared`] as runs ([`to_runs`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    shared: Vec<(u64, u64, u64)>,
-}
-
-/// Sorted (inode, bytes) pairs as runs (first inode, count, bytes) of
-/// consecutive inodes of one size: the files a COPY linked were made one
-/// after the other, so 20,000 of them are a few runs, not 20,000 entries.
-fn to_runs(shared: &[(u64, u64)]) -> Vec<(u64, u64, u64)> {
-    let mut runs: Vec<(u64, u64, u64)> = Vec::new();
-    for &(ino, bytes) in shared {
-        match runs.last_mut() {
-            Some((start, count, b)) if *b == bytes && *start + *count == ino => *count += 1,
-            _ => runs.push((ino, 1, bytes)),
-        }
-    }
-    runs
-}
-
-/// The pairs [`to_runs`] made the runs of.
-fn from_runs(runs: &[(u64, u64, u64)]) -> Vec<(u64, u64)> {
-    runs.iter()
-        .flat_map(|&(start, count, bytes)| (0..count).map(move |i| (start + i, bytes)))
-        .collect()
+    shared: Vec<Run>,
 }
 
 /// Sizes of immutable trees, loaded from and saved to the store.
@@ -204,7 +285,7 @@ impl SizeCache {
             if (e.ino, e.ctime, e.ctime_nsec) == (ino, ctime, ctime_nsec) {
                 return Ok(TreeSize {
                     own: e.bytes,
-                    shared: from_runs(&e.shared),
+                    shared: e.shared.clone(),
                 });
             }
         }
@@ -216,7 +297,7 @@ impl SizeCache {
                 ctime,
                 ctime_nsec,
                 bytes: size.own,
-                shared: to_runs(&size.shared),
+                shared: size.shared.clone(),
             },
         );
         self.changed = true;
@@ -299,8 +380,22 @@ mod tests {
         ];
         let runs = to_runs(&shared);
         assert_eq!(runs, vec![(5, 3, 4096), (8, 1, 8192), (10, 2, 8192)]);
-        assert_eq!(from_runs(&runs), shared);
         assert!(to_runs(&[]).is_empty());
+    }
+
+    #[test]
+    fn segments_count_each_shared_file_once_and_free_it_with_its_last_holder() {
+        // Trees a (inodes 10..20), b (15..25), c (18..19), 100 bytes each.
+        let (a, b, c) = (vec![(10, 10, 100)], vec![(15, 10, 100)], vec![(18, 1, 100)]);
+        let seg = Segments::new([&a, &b, &c].into_iter().flatten());
+        assert_eq!(seg.union_bytes(), 15 * 100);
+        // a: 5 alone, 15..18 and 19..20 with b, 18 with b and c.
+        assert_eq!(seg.share(&a), 500 + 400 / 2 + 100 / 3);
+        let mut deleted = seg.deletions();
+        assert_eq!(seg.delete(&a, &mut deleted), 500);
+        assert_eq!(seg.delete(&c, &mut deleted), 0);
+        assert_eq!(seg.delete(&b, &mut deleted), 1000);
+        assert_eq!(Segments::new(std::iter::empty()).union_bytes(), 0);
     }
 
     #[test]
@@ -319,7 +414,7 @@ mod tests {
         let shared = fs::metadata(a.join("shared")).unwrap();
         assert_eq!(
             size.shared,
-            vec![(shared.ino(), shared.blocks() * 512)],
+            vec![(shared.ino(), 1, shared.blocks() * 512)],
             "only the file linked from b is shared"
         );
         assert_eq!(size.total(), du(&a).unwrap());
