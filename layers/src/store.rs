@@ -511,6 +511,34 @@ impl Store {
         self.root.join("gc-run.lock")
     }
 
+    /// The modification times of `index.json` and of the directories
+    /// whose entries a collection counts (blobs, snapshots, build cache
+    /// records, COPY shape records, cache mounts, trash, ingest): equal
+    /// before and after a command that added and removed nothing there.
+    /// `builds/` is left out: every build makes and removes its scratch
+    /// directory there, and what a build leaves in it (a parked upper dir)
+    /// comes with new blobs.
+    pub fn content_stamp(&self) -> ContentStamp {
+        let dirs = [
+            self.root.join(INDEX_FILE),
+            self.blobs_dir(),
+            self.snapshots_dir(),
+            self.cache_dir(),
+            self.copy_shapes_dir(),
+            self.cache_mounts_dir(),
+            self.trash_dir(),
+            self.ingest_dir(),
+        ];
+        ContentStamp(
+            dirs.iter()
+                .map(|d| {
+                    use std::os::unix::fs::MetadataExt;
+                    fs::metadata(d).ok().map(|m| (m.mtime(), m.mtime_nsec()))
+                })
+                .collect(),
+        )
+    }
+
     /// Held while `index.json` is rewritten.
     pub(crate) fn index_lock_path(&self) -> PathBuf {
         self.root.join("index.lock")
@@ -805,8 +833,14 @@ impl Store {
     pub(crate) fn update_index<T>(&self, change: impl FnOnce(&mut Index) -> T) -> Result<T> {
         let _guard = self.lock_index()?;
         let mut index = self.read_index()?;
+        let before = index.clone();
         let out = change(&mut index);
-        self.write_index(&index)?;
+        // Unchanged (a tag moved to where it was), it is not written: a
+        // build that adds nothing leaves the store as it was
+        // ([`Store::content_stamp`]).
+        if index != before {
+            self.write_index(&index)?;
+        }
         Ok(out)
     }
 
@@ -1365,6 +1399,10 @@ impl std::fmt::Debug for IngestWriter {
             .finish()
     }
 }
+
+/// What [`Store::content_stamp`] returns: compare two.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContentStamp(Vec<Option<(i64, i64)>>);
 
 /// What one run of a COPY from the build context wrote: the snapshot it
 /// became and the content digest (`sha256:<hex>`) of each regular file it
