@@ -633,6 +633,22 @@ impl Store {
         })
     }
 
+    /// Like [`Store::ingest`] without an expected descriptor, for a large
+    /// blob made here (a layer packed from a snapshot): written with
+    /// `O_DIRECT` in whole chunks where the filesystem allows it (see the
+    /// `direct` module), so that packing a layer neither fills the page
+    /// cache with bytes only a push reads again nor waits for their
+    /// writeback at the fsync; a layer smaller than a chunk is written
+    /// through the page cache as before.
+    pub fn ingest_direct(&self) -> Result<IngestWriter> {
+        let mut writer = self.ingest(None)?;
+        writer.direct = writer
+            .file
+            .as_ref()
+            .and_then(|file| DirectWrites::start(file.get_ref()));
+        Ok(writer)
+    }
+
     /// Like [`Store::ingest`], but continues what an earlier, interrupted
     /// writer of the same blob left in `ingest/<hex>.partial` (even one in
     /// a killed process): [`IngestWriter::offset`] says how many bytes are
@@ -1522,6 +1538,33 @@ mod ingest_writeback_tests {
         writer.write_all(&wrong).unwrap();
         assert!(matches!(writer.commit(), Err(Error::DigestMismatch { .. })));
         assert!(!store.has_blob(&other.digest));
+    }
+
+    /// A blob made here (a layer) skips the page cache in whole chunks
+    /// too, and its digest is what was written.
+    #[test]
+    fn a_large_blob_made_here_is_written_direct() {
+        let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let bytes = data(3 * crate::direct::CHUNK + 100);
+        let mut writer = store.ingest_direct().unwrap();
+        for piece in bytes.chunks(65_536 + 17) {
+            writer.write_all(piece).unwrap();
+        }
+        let (Some(direct), Some(file)) = (writer.direct.as_mut(), writer.file.as_mut()) else {
+            panic!("no direct writes on /var/tmp");
+        };
+        assert_eq!(direct.finish(file.get_mut()).unwrap(), 3);
+        let desc = writer.commit().unwrap();
+        assert_eq!(
+            desc,
+            Descriptor::new(
+                "application/octet-stream",
+                Digest::of(&bytes),
+                bytes.len() as u64
+            )
+        );
+        assert!(stored(&store, &desc) == bytes);
     }
 
     /// The disk fills up during a large download: the partial file the
