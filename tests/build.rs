@@ -1604,3 +1604,98 @@ fn build_checks_warn_fail_and_reach_the_metadata_file() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("JSONArgsRecommended"), "{stderr}");
 }
+
+/// (inode, content) of `rel` in every snapshot of the store that has it.
+fn snapshot_files(root: &Path, rel: &str) -> Vec<(u64, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found: Vec<(u64, String)> = std::fs::read_dir(root.join("snapshots"))
+        .unwrap()
+        .filter_map(|e| {
+            let path = e.unwrap().path().join("fs").join(rel);
+            let meta = std::fs::symlink_metadata(&path).ok()?;
+            Some((meta.ino(), std::fs::read_to_string(&path).unwrap()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn a_changed_context_copy_links_unchanged_files_and_gives_the_no_cache_image() {
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nCOPY . /ctx\nRUN echo more >> /ctx/a\n",
+        ),
+        ("a", "a\n"),
+        ("b", "b\n"),
+        ("sub/c", "c\n"),
+    ]);
+    let base = tempfile::tempdir().unwrap();
+    let tar = base.path().join("busybox.tar");
+    busybox_rootfs_tar(&tar).unwrap();
+    let build = |root: &Path, extra: &[&str]| {
+        let run = |args: &[&str]| {
+            common::kiln_command()
+                .arg("--root")
+                .arg(root)
+                .args(args)
+                .env("SOURCE_DATE_EPOCH", "1700000000")
+                .env("KILN_PROGRESS", "plain")
+                .output()
+                .unwrap()
+        };
+        if !root.exists() {
+            ok(&run(&["import", tar.to_str().unwrap(), "busybox:latest"]));
+        }
+        let meta = base.path().join("meta.json");
+        let mut args = vec!["build", "--metadata-file", meta.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.push(ctx.path().to_str().unwrap());
+        ok(&run(&args));
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+        meta["containerimage.digest"].as_str().unwrap().to_string()
+    };
+    let root = base.path().join("store");
+    build(&root, &[]);
+    // The COPY's snapshot and the RUN's (which took /ctx/a up).
+    let first_a = snapshot_files(&root, "ctx/a");
+    assert_eq!(first_a.len(), 2, "{first_a:?}");
+    std::fs::write(ctx.path().join("b"), "b\nchanged\n").unwrap();
+    // Same bytes, an mtime before SOURCE_DATE_EPOCH (so the layer shows
+    // it): the earlier file's metadata is not the copy's, so it is copied.
+    let earlier = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(ctx.path().join("sub/c"))
+        .unwrap()
+        .set_modified(earlier)
+        .unwrap();
+    let incremental = build(&root, &[]);
+
+    // The unchanged file is one inode in both COPY snapshots; the changed
+    // one, and the one with a new mtime, are two files.
+    let mut c = snapshot_files(&root, "ctx/sub/c");
+    c.dedup();
+    assert_eq!(c.len(), 2, "ctx/sub/c was linked: {c:?}");
+    let mut a = snapshot_files(&root, "ctx/a");
+    a.retain(|(_, c)| c == "a\n");
+    assert_eq!(a.len(), 2, "{a:?}");
+    assert_eq!(a[0], a[1], "ctx/a was copied, not linked");
+    let b = snapshot_files(&root, "ctx/b");
+    assert_eq!(b.len(), 2, "{b:?}");
+    assert_ne!(b[0].0, b[1].0);
+    let contents: Vec<&str> = b.iter().map(|(_, c)| c.as_str()).collect();
+    assert!(contents.contains(&"b\n") && contents.contains(&"b\nchanged\n"));
+    // The RUN that appended to the linked /ctx/a changed its own layer
+    // only (overlay copied it up): the snapshots still hold "a\n".
+    let a = snapshot_files(&root, "ctx/a");
+    let appended = a.iter().filter(|(_, c)| c == "a\nmore\n").count();
+    assert_eq!((a.len(), appended), (4, 2), "{a:?}");
+
+    // The same image as a build with no earlier result at all.
+    let fresh = base.path().join("fresh");
+    assert_eq!(incremental, build(&fresh, &["--no-cache"]));
+    assert_eq!(snapshot_files(&fresh, "ctx/a").len(), 2);
+}

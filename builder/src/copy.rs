@@ -124,6 +124,9 @@ pub struct CopyOptions {
     /// Only paths matching one of these (relative to each copied source)
     /// are copied, with the directories leading to them (`COPY --parents`).
     pub include_patterns: Vec<String>,
+    /// Link unchanged files from an earlier run of the same COPY
+    /// ([`crate::copy_reuse`]), and note what this one writes.
+    pub reuse: Option<std::sync::Arc<crate::copy_reuse::Reuse>>,
 }
 
 impl CopyOptions {
@@ -602,13 +605,13 @@ impl Copier<'_> {
                 let upper = self.dest.upper_path(target);
                 std::os::unix::fs::symlink(link, &upper)
                     .map_err(RootfsError::io(upper.display()))?;
-                self.report.written.push(target.to_string());
+                self.wrote(target, None);
             }
             kind => {
                 self.dest.copy_up_parents(target)?;
                 let upper = self.dest.upper_path(target);
                 make_node(&upper, kind, meta.mode)?;
-                self.report.written.push(target.to_string());
+                self.wrote(target, None);
             }
         }
         if copy_info {
@@ -677,12 +680,20 @@ impl Copier<'_> {
         if !linked && entry.in_new_dir && copy_info {
             // The common case, with everything set through the new file's
             // descriptor.
-            self.create_file(src, &upper, meta)?;
+            let digest = self.create_file(src, target, &upper, meta)?;
             if meta.inode.2 > 1 {
                 self.inodes.insert(key, target.to_string());
             }
-            self.report.written.push(target.to_string());
+            self.wrote(target, digest.as_deref());
             return Ok(true);
+        }
+        if !linked && copy_info {
+            // A link to an earlier run's file comes with its metadata set:
+            // nothing may be set on it (that inode is in a snapshot).
+            if let Some(digest) = self.link_unchanged(src, target, &upper, meta) {
+                self.wrote(target, Some(&digest));
+                return Ok(true);
+            }
         }
         if !linked {
             let host = self.src.host_file(src)?;
@@ -691,14 +702,38 @@ impl Copier<'_> {
                 self.inodes.insert(key, target.to_string());
             }
         }
-        self.report.written.push(target.to_string());
+        // The caller sets the metadata when `copy_info`: then the file is
+        // the copy's own, offered to a later run.
+        let digest = (copy_info && !linked)
+            .then(|| self.src.content_digest(src))
+            .flatten();
+        self.wrote(target, digest.as_deref());
         Ok(false)
     }
 
+    /// Notes that `target` was written (`digest`: the content digest of a
+    /// regular file whose bytes and metadata are the copy's own).
+    fn wrote(&mut self, target: &str, digest: Option<&str>) {
+        if let Some(reuse) = &self.opts.reuse {
+            reuse.wrote(target, digest);
+        }
+        self.report.written.push(target.to_string());
+    }
+
     /// Creates `upper` as a copy of the source file `src` with its final
-    /// owner, mode, extended attributes and times.
-    fn create_file(&self, src: &str, upper: &Path, meta: &SourceMeta) -> Result<(), CopyError> {
-        let host = self.src.host_file(src)?;
+    /// owner, mode, extended attributes and times, or as a link to the
+    /// same file of an earlier run of the COPY; returns the source's
+    /// content digest when it is known.
+    fn create_file(
+        &self,
+        src: &str,
+        target: &str,
+        upper: &Path,
+        meta: &SourceMeta,
+    ) -> Result<Option<String>, CopyError> {
+        if let Some(digest) = self.link_unchanged(src, target, upper, meta) {
+            return Ok(Some(digest));
+        }
         let owner = self.owner_of(meta);
         let (atime, mtime) = self.times(meta);
         let xattrs = self.src.xattrs(src);
@@ -710,8 +745,39 @@ impl Copier<'_> {
             atime,
             mtime,
         };
+        let host = self.src.host_file(src)?;
         create_file_copy(&host, upper, &info)?;
-        Ok(())
+        Ok(self.src.content_digest(src))
+    }
+
+    /// Links `upper` to the file an earlier run of the COPY left at
+    /// `target` when it has the source's content digest and the metadata
+    /// this copy would give it; returns the digest if it did.
+    fn link_unchanged(
+        &self,
+        src: &str,
+        target: &str,
+        upper: &Path,
+        meta: &SourceMeta,
+    ) -> Option<String> {
+        // A source with hard links is copied: its other names would be
+        // linked to this file and have their metadata set on it.
+        let reuse = self.opts.reuse.as_ref().filter(|_| meta.inode.2 == 1)?;
+        let digest = self.src.content_digest(src)?;
+        let owner = self.owner_of(meta);
+        let (atime, mtime) = self.times(meta);
+        let xattrs = self.src.xattrs(src);
+        let info = NewFileInfo {
+            uid: owner.uid,
+            gid: owner.gid,
+            mode: self.mode_of(meta),
+            xattrs: &xattrs,
+            atime,
+            mtime,
+        };
+        reuse
+            .try_link(target, &digest, &info, upper)
+            .then_some(digest)
     }
 
     fn times(&self, meta: &SourceMeta) -> ((i64, i64), (i64, i64)) {
@@ -807,7 +873,7 @@ impl Copier<'_> {
             let upper = self.dest.upper_path(target);
             std::fs::create_dir(&upper).map_err(RootfsError::io(upper.display()))?;
             set_mode(&upper, meta.mode)?;
-            self.report.written.push(target.to_string());
+            self.wrote(target, None);
             return Ok(true);
         }
         match self.dest.stat(target)? {
@@ -825,7 +891,7 @@ impl Copier<'_> {
                     set_xattr(&upper, b"trusted.overlay.opaque", b"y");
                 }
                 set_mode(&upper, meta.mode)?;
-                self.report.written.push(target.to_string());
+                self.wrote(target, None);
                 Ok(true)
             }
             Some(existing) if !existing.is_dir() => {

@@ -28,6 +28,7 @@ pub mod changes;
 pub mod context;
 pub mod contexts;
 pub mod copy;
+pub mod copy_reuse;
 pub mod dockerignore;
 pub mod emulation;
 pub mod explain;

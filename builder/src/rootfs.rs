@@ -108,6 +108,11 @@ pub trait SourceTree {
     fn xattrs(&self, _rel: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
         Vec::new()
     }
+    /// `sha256:<hex>` of a regular file's bytes, when the tree knows it
+    /// without reading them (the build context hashed them).
+    fn content_digest(&self, _rel: &str) -> Option<String> {
+        None
+    }
 }
 
 /// Joins a clean relative directory and a name.
@@ -347,6 +352,10 @@ impl SourceTree for BuildContext {
 
     fn host_file(&self, rel: &str) -> Result<PathBuf, RootfsError> {
         Ok(self.host_path(rel))
+    }
+
+    fn content_digest(&self, rel: &str) -> Option<String> {
+        self.get(rel).and_then(|e| e.content_digest.clone())
     }
 }
 

@@ -135,6 +135,11 @@ impl ScratchDir {
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
+        // Empty (a build whose steps were all cached), it is removed here:
+        // one rmdir, and nothing left for a collection.
+        if fs::remove_dir(&self.path).is_ok() {
+            return;
+        }
         if let Err(e) = self.store.abandon(&self.path, "build") {
             tracing::warn!("{e}");
         }

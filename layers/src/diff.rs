@@ -111,7 +111,7 @@ pub fn write_layer(
     let id = format!("diff {}", dir.display());
     reporter.start(&id, "packing", None);
     let result = (|| -> Result<LayerBlob> {
-        let ingest = store.ingest(None)?;
+        let ingest = store.ingest_direct()?;
         if compression == Compression::None {
             // The blob is the tar itself: the store's digest is the diff id,
             // so the bytes are hashed once.

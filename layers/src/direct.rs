@@ -1,5 +1,7 @@
-//! Large downloads written to their ingest file with `O_DIRECT`: from an
-//! aligned buffer straight to the disk, around the page cache.
+//! Large downloads, and layers packed from snapshots
+//! ([`crate::Store::ingest_direct`]), written to their ingest file with
+//! `O_DIRECT`: from an aligned buffer straight to the disk, around the
+//! page cache.
 //!
 //! A buffered write of a layer first copies it into newly allocated page
 //! cache pages and leaves all of it dirty for the fsync at commit to write

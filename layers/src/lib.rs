@@ -94,4 +94,4 @@ pub use oci::{media, Descriptor, ImageConfig, Index, Manifest, ManifestKind, Pla
 pub use platforms::{EntryKind, PlatformEntry};
 pub use progress::{NoProgress, Outcome, Reporter};
 pub use reference::Reference;
-pub use store::{Image, IngestWriter, Lease, Store};
+pub use store::{ContentStamp, CopyShape, Image, IngestWriter, Lease, Store};

@@ -76,6 +76,18 @@ impl Store {
         read && text.trim_end() == chain_id.as_str() && self.snapshot_path(chain_id).is_dir()
     }
 
+    /// Notes that files of the snapshot for `chain_id` gained hard links
+    /// outside it (incremental COPY linked them into a new snapshot): its
+    /// directory's times are set to now, which changes its change time, so
+    /// its cached size, which counted those files as its own, is measured
+    /// again (`crate::gc`).
+    pub fn mark_snapshot_linked(&self, chain_id: &Digest) -> Result<()> {
+        let dir = self.snapshot_dir(chain_id);
+        File::open(&dir)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+            .map_err(io_at("set the times of", &dir))
+    }
+
     /// Moves what is at the snapshot's place to the trash, unless it is
     /// complete. Under `snapshots.lock`, so that two processes never both
     /// find it incomplete and one then trashes what the other has just

@@ -434,6 +434,45 @@ impl Store {
         self.root.join(CACHE_DIR).join("context-stats")
     }
 
+    /// The records of what earlier COPY steps wrote (`<shape hex>.json`,
+    /// [`CopyShape`]): which snapshot holds each copied file, with its
+    /// content digest, so a later run of the same COPY can link the files
+    /// that did not change.
+    pub fn copy_shapes_dir(&self) -> PathBuf {
+        self.root.join(CACHE_DIR).join("copy-shapes")
+    }
+
+    /// Stores `shape` under `key`.
+    pub fn copy_shape_put(&self, key: &Digest, shape: &CopyShape) -> Result<()> {
+        let dir = self.copy_shapes_dir();
+        fs::create_dir_all(&dir).map_err(|e| Error::io("create", dir.clone(), e))?;
+        let path = dir.join(format!("{}.json", key.hex()));
+        let files = serde_json::to_vec(&shape.files).map_err(|source| Error::Json {
+            what: path.display().to_string(),
+            source,
+        })?;
+        let mut bytes = format!("{}\n", shape.chain_id).into_bytes();
+        bytes.extend_from_slice(&files);
+        write_atomic(&path, &bytes)
+    }
+
+    /// The copy shape record under `key`, if there is one that parses.
+    pub fn copy_shape_get(&self, key: &Digest) -> Result<Option<CopyShape>> {
+        let path = self.copy_shapes_dir().join(format!("{}.json", key.hex()));
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("read", path, e)),
+        };
+        let Some((head, files)) = split_head(&bytes) else {
+            return Ok(None);
+        };
+        Ok(serde_json::from_slice(files).ok().map(|files| CopyShape {
+            chain_id: head,
+            files,
+        }))
+    }
+
     /// Whether a store exists at `root` (its `index.json` is there): what a
     /// command that never creates one (explain, check) asks before
     /// [`Store::open`].
@@ -470,6 +509,34 @@ impl Store {
     /// Held by the automatic collection that runs.
     pub fn gc_run_lock_path(&self) -> PathBuf {
         self.root.join("gc-run.lock")
+    }
+
+    /// The modification times of `index.json` and of the directories
+    /// whose entries a collection counts (blobs, snapshots, build cache
+    /// records, COPY shape records, cache mounts, trash, ingest): equal
+    /// before and after a command that added and removed nothing there.
+    /// `builds/` is left out: every build makes and removes its scratch
+    /// directory there, and what a build leaves in it (a parked upper dir)
+    /// comes with new blobs.
+    pub fn content_stamp(&self) -> ContentStamp {
+        let dirs = [
+            self.root.join(INDEX_FILE),
+            self.blobs_dir(),
+            self.snapshots_dir(),
+            self.cache_dir(),
+            self.copy_shapes_dir(),
+            self.cache_mounts_dir(),
+            self.trash_dir(),
+            self.ingest_dir(),
+        ];
+        ContentStamp(
+            dirs.iter()
+                .map(|d| {
+                    use std::os::unix::fs::MetadataExt;
+                    fs::metadata(d).ok().map(|m| (m.mtime(), m.mtime_nsec()))
+                })
+                .collect(),
+        )
     }
 
     /// Held while `index.json` is rewritten.
@@ -564,6 +631,22 @@ impl Store {
             direct: None,
             _lease: lease,
         })
+    }
+
+    /// Like [`Store::ingest`] without an expected descriptor, for a large
+    /// blob made here (a layer packed from a snapshot): written with
+    /// `O_DIRECT` in whole chunks where the filesystem allows it (see the
+    /// `direct` module), so that packing a layer neither fills the page
+    /// cache with bytes only a push reads again nor waits for their
+    /// writeback at the fsync; a layer smaller than a chunk is written
+    /// through the page cache as before.
+    pub fn ingest_direct(&self) -> Result<IngestWriter> {
+        let mut writer = self.ingest(None)?;
+        writer.direct = writer
+            .file
+            .as_ref()
+            .and_then(|file| DirectWrites::start(file.get_ref()));
+        Ok(writer)
     }
 
     /// Like [`Store::ingest`], but continues what an earlier, interrupted
@@ -766,8 +849,14 @@ impl Store {
     pub(crate) fn update_index<T>(&self, change: impl FnOnce(&mut Index) -> T) -> Result<T> {
         let _guard = self.lock_index()?;
         let mut index = self.read_index()?;
+        let before = index.clone();
         let out = change(&mut index);
-        self.write_index(&index)?;
+        // Unchanged (a tag moved to where it was), it is not written: a
+        // build that adds nothing leaves the store as it was
+        // ([`Store::content_stamp`]).
+        if index != before {
+            self.write_index(&index)?;
+        }
         Ok(out)
     }
 
@@ -1327,6 +1416,36 @@ impl std::fmt::Debug for IngestWriter {
     }
 }
 
+/// What [`Store::content_stamp`] returns: compare two.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContentStamp(Vec<Option<(i64, i64)>>);
+
+/// What one run of a COPY from the build context wrote: the snapshot it
+/// became and the content digest (`sha256:<hex>`) of each regular file it
+/// copied, by destination path without the leading `/`. Stored as the
+/// chain id on the first line (what a collection reads,
+/// `copy_shape_chain`), then the files as one JSON object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyShape {
+    pub chain_id: Digest,
+    pub files: BTreeMap<String, String>,
+}
+
+/// The chain id on a copy shape record's first line, and the rest.
+fn split_head(bytes: &[u8]) -> Option<(Digest, &[u8])> {
+    let end = bytes.iter().position(|&b| b == b'\n')?;
+    let head = std::str::from_utf8(&bytes[..end]).ok()?;
+    Some((Digest::parse(head).ok()?, &bytes[end + 1..]))
+}
+
+/// The snapshot chain a copy shape record at `path` names, reading only
+/// its first line; `None` if it names none.
+pub(crate) fn copy_shape_chain(path: &Path) -> Option<Digest> {
+    let mut head = [0u8; 128];
+    let n = File::open(path).and_then(|mut f| f.read(&mut head)).ok()?;
+    split_head(&head[..n]).map(|(chain, _)| chain)
+}
+
 #[cfg(test)]
 mod ingest_writeback_tests {
     use super::*;
@@ -1419,6 +1538,33 @@ mod ingest_writeback_tests {
         writer.write_all(&wrong).unwrap();
         assert!(matches!(writer.commit(), Err(Error::DigestMismatch { .. })));
         assert!(!store.has_blob(&other.digest));
+    }
+
+    /// A blob made here (a layer) skips the page cache in whole chunks
+    /// too, and its digest is what was written.
+    #[test]
+    fn a_large_blob_made_here_is_written_direct() {
+        let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let bytes = data(3 * crate::direct::CHUNK + 100);
+        let mut writer = store.ingest_direct().unwrap();
+        for piece in bytes.chunks(65_536 + 17) {
+            writer.write_all(piece).unwrap();
+        }
+        let (Some(direct), Some(file)) = (writer.direct.as_mut(), writer.file.as_mut()) else {
+            panic!("no direct writes on /var/tmp");
+        };
+        assert_eq!(direct.finish(file.get_mut()).unwrap(), 3);
+        let desc = writer.commit().unwrap();
+        assert_eq!(
+            desc,
+            Descriptor::new(
+                "application/octet-stream",
+                Digest::of(&bytes),
+                bytes.len() as u64
+            )
+        );
+        assert!(stored(&store, &desc) == bytes);
     }
 
     /// The disk fills up during a large download: the partial file the

@@ -31,7 +31,7 @@ use kiln_runtime::{HelperCommand, Network, HELPER_SUBCOMMAND};
 
 use crate::cmd::limits::LimitArgs;
 use crate::cmd::step_flags::StepArgs;
-use crate::cmd::system::{collect_after, make_room, GcMode};
+use crate::cmd::system::{collect_after, collection_needed, make_room, GcMode};
 use crate::progress::{BuildProgress, ProgressArgs, ProgressMode};
 use crate::sandbox::{BuildSandbox, IsolationArg};
 use crate::settings::GlobalSettings;
@@ -641,6 +641,7 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         // filesystem has less free than its min-free-space.
         make_room(&store, args.quiet)?;
     }
+    let stamp = store.content_stamp();
     let interruption = crate::cmd::interrupt::Interruption::watch();
     let display = Display::new(&args);
     if !args.dry_run && !args.check {
@@ -718,9 +719,11 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         }
     };
     // The store's automatic collection, once the build holds nothing of it
-    // any more (failed and canceled builds too): detached, unless
-    // KILN_GC=foreground.
-    collect_after(&global.root, gc_mode);
+    // any more (failed and canceled builds too), when the build changed
+    // the store or the last one is old: detached, unless KILN_GC=foreground.
+    if collection_needed(&store, &stamp) {
+        collect_after(&global.root, gc_mode);
+    }
     outcome
 }
 

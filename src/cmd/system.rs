@@ -28,6 +28,10 @@ pub const GC_SUBCOMMAND: &str = "__gc";
 /// make room (min-free-space); then it builds without.
 const MAKE_ROOM_WAIT: Duration = Duration::from_secs(10);
 
+/// How old the last automatic collection may be before a build that added
+/// nothing to the store starts one anyway (keep-duration counts time).
+const COLLECTION_INTERVAL: Duration = Duration::from_secs(600);
+
 #[derive(Debug, Subcommand)]
 pub enum SystemCommand {
     /// The store's disk usage.
@@ -384,6 +388,23 @@ pub fn make_room(store: &Store, quiet: bool) -> anyhow::Result<()> {
         None => eprintln!("{short}; other kiln processes are using the store: nothing collected"),
     }
     Ok(())
+}
+
+/// Whether a build that began when the store's content stamp was `before`
+/// needs the automatic collection after it: it added or removed something
+/// there (a new blob, snapshot, record, tag, trash entry…), or the last
+/// automatic collection is more than [`COLLECTION_INTERVAL`] old (or
+/// unknown). A build whose steps were all cached and whose image was
+/// already tagged so changes nothing a collection would see: it starts
+/// none, which a build right after it would otherwise compete with.
+pub fn collection_needed(store: &Store, before: &kiln_layers::ContentStamp) -> bool {
+    if store.content_stamp() != *before {
+        return true;
+    }
+    let last = std::fs::metadata(store.gc_log_path()).and_then(|m| m.modified());
+    last.ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_none_or(|age| age >= COLLECTION_INTERVAL)
 }
 
 /// After a build (or run) has returned its result: the automatic

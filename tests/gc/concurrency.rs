@@ -238,3 +238,56 @@ fn builds_started_during_a_collection_succeed_with_correct_images() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(!dead.exists());
 }
+
+#[test]
+fn a_collection_with_nothing_to_remove_does_not_wait_for_running_builds() {
+    crate::require_namespaces!();
+    let fixture = Fixture::new();
+    let root = fixture.root();
+    fixture.policy("[gc]\nenabled = false\n");
+    let ctx = fixture.context(
+        "ctx",
+        &[("Dockerfile", "FROM busybox\nRUN echo hi > /hi\n")],
+    );
+    fixture.build(&ctx, &["-t", "hi:1"]);
+    // A build in flight: a shared hold on the store's collection lock.
+    let lease = open_lock(&root.join("gc.lock"));
+    rustix::fs::flock(&lease, rustix::fs::FlockOperation::LockShared).expect("flock");
+    let mut prune = fixture
+        .kiln(&[
+            "prune",
+            "--filter",
+            "until=10000h",
+            "--filter",
+            "type=cache",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kiln prune");
+    // Nothing is older than that: it returns without the lock. (A prune
+    // that had something to remove would wait for the hold to go.)
+    wait_until("the prune returned while a build held the store", || {
+        prune.try_wait().expect("wait").is_some()
+    });
+    let out = prune.wait_with_output().expect("prune output");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("cache records: 0,"),
+        "{}",
+        text(&out)
+    );
+    // With something to remove, it waits for the build.
+    let mut prune = fixture
+        .kiln(&["prune", "--filter", "type=cache"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kiln prune");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(prune.try_wait().expect("wait").is_none(), "did not wait");
+    drop(lease);
+    let out = prune.wait_with_output().expect("prune output");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("cache records: 0,"));
+}

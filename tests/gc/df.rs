@@ -7,8 +7,10 @@ use crate::{area, dead_owner, df, du, fill, Fixture};
 
 /// A store with something of every kind: tagged and untagged images, build
 /// cache, a cache mount, parked duplicate upper dirs (a --no-cache
-/// rebuild), a resumable download, a dead build's scratch, trash, a loose
-/// blob. Collections are off while it is made.
+/// rebuild), snapshots sharing files (a COPY rerun after one file of its
+/// context changed links the others), a resumable download, a dead
+/// build's scratch, trash, a loose blob. Collections are off while it is
+/// made.
 fn every_kind() -> Fixture {
     let fixture = Fixture::new();
     let root = fixture.root();
@@ -29,6 +31,7 @@ fn every_kind() -> Fixture {
         &ctx,
         &["--no-cache", "-t", "tagged:1", "--build-arg", "N=3"],
     );
+    copies_sharing_files(&fixture);
     let dead = dead_owner();
     std::fs::write(root.join("ingest/abc.partial"), vec![1u8; 9000]).expect("partial");
     std::fs::write(root.join(format!("ingest/def-{dead}-1-2")), vec![1u8; 7000]).expect("ingest");
@@ -47,6 +50,53 @@ fn every_kind() -> Fixture {
         .join(kiln_layers::Digest::of(b"loose").hex());
     std::fs::write(loose, b"loose").expect("loose blob");
     fixture
+}
+
+/// Two builds of a COPY from the context, the second after one of its 40
+/// files changed: its snapshot links the other 39 to the first's. The
+/// first is measured before it is linked from (a prune that removes
+/// nothing caches the sizes), so its cached size counts them as its own
+/// until it is marked. The second is
+/// tagged: pruning the first frees none of the shared files.
+fn copies_sharing_files(fixture: &Fixture) {
+    let content = "x".repeat(9000);
+    let mut files: Vec<(String, &str)> = (0..40)
+        .map(|i| (format!("data/f{i}"), content.as_str()))
+        .collect();
+    files.push(("Dockerfile".into(), "FROM busybox\nCOPY data /data\n"));
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+    let ctx = fixture.context("copied", &files);
+    fixture.build(&ctx, &[]);
+    fixture.ok(&[
+        "prune",
+        "--filter",
+        "type=cache-mount",
+        "--filter",
+        "until=10000h",
+    ]);
+    assert!(fixture.root().join("gc-sizes.json").exists());
+    std::fs::write(ctx.join("data/f0"), "changed").expect("change a file");
+    fixture.build(&ctx, &["-t", "copied:2"]);
+    let shared = count_shared(&fixture.root().join("snapshots"));
+    assert_eq!(shared, 39, "files linked between the two COPY snapshots");
+}
+
+/// Regular files (inodes) under `dir` with more than one link.
+fn count_shared(dir: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let mut inodes = std::collections::HashSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("list").flatten() {
+            let meta = entry.metadata().expect("stat");
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() && meta.nlink() > 1 {
+                inodes.insert(meta.ino());
+            }
+        }
+    }
+    inodes.len()
 }
 
 /// The layer blobs: every blob that is not a JSON document (a manifest,

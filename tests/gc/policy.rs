@@ -206,3 +206,50 @@ fn the_next_build_removes_what_dead_runs_and_builds_left() {
         .collect();
     assert!(trash.is_empty(), "{trash:?}");
 }
+
+#[test]
+fn a_build_that_changes_nothing_starts_no_collection_unless_the_last_is_old() {
+    crate::require_namespaces!();
+    let fixture = Fixture::new();
+    let root = fixture.root();
+    let ctx = fixture.context(
+        "ctx",
+        &[("Dockerfile", "FROM busybox\nRUN echo hi > /hi\n")],
+    );
+    let log = root.join("gc.log");
+    let stamp = || std::fs::metadata(&log).and_then(|m| m.modified()).ok();
+    // The first build adds a layer: it is collected after.
+    fixture.build(&ctx, &["-t", "hi:1"]);
+    let first = stamp().expect("the first build's collection wrote gc.log");
+    // All cached, the tag where it was: nothing to collect, none runs.
+    fixture.build(&ctx, &["-t", "hi:1"]);
+    assert_eq!(stamp(), Some(first), "a collection ran after a no-op build");
+    // The same build once the last collection is 11 minutes old: one runs.
+    age(&log, 660);
+    let aged = stamp();
+    fixture.build(&ctx, &["-t", "hi:1"]);
+    assert_ne!(stamp(), aged, "no collection after 11 minutes");
+    // A new tag changes index.json: collected.
+    let before = stamp();
+    fixture.build(&ctx, &["-t", "hi:2"]);
+    assert_ne!(stamp(), before, "no collection after a new tag");
+    // A dead build's scratch, moved to the trash by the next build.
+    let before = stamp();
+    fill(
+        &root.join(format!("builds/build-{}-1-2/x", dead_owner())),
+        3,
+        100,
+    );
+    fixture.build(&ctx, &["-t", "hi:2"]);
+    assert_ne!(
+        stamp(),
+        before,
+        "no collection after scratch went to the trash"
+    );
+    assert_eq!(
+        std::fs::read_dir(root.join("builds"))
+            .expect("builds")
+            .count(),
+        0
+    );
+}

@@ -211,3 +211,35 @@ fn max_used_space_is_a_ceiling_and_keep_storage_a_floor_as_in_buildx() {
     );
     assert!(recs.iter().all(|r| !r.exists()));
 }
+
+#[test]
+fn copy_shape_records_go_with_their_snapshot() {
+    crate::require_namespaces!();
+    let fixture = Fixture::new();
+    fixture.policy("[gc]\nenabled = false\n");
+    let ctx = fixture.context(
+        "copy",
+        &[("Dockerfile", "FROM busybox\nCOPY f /f\n"), ("f", "f\n")],
+    );
+    fixture.build(&ctx, &[]);
+    let shapes = fixture.root().join("cache/copy-shapes");
+    let live: Vec<PathBuf> = std::fs::read_dir(&shapes)
+        .expect("copy shape records")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(live.len(), 1, "{live:?}");
+    // A record naming a snapshot that is not there: nothing can link from
+    // it, a plain prune removes it.
+    let record = std::fs::read_to_string(&live[0]).expect("read record");
+    let (_, files) = record.split_once('\n').expect("head line");
+    let orphan = shapes.join(format!("{}.json", "0".repeat(64)));
+    std::fs::write(&orphan, format!("sha256:{}\n{files}", "1".repeat(64))).expect("write");
+    let out = fixture.ok(&["prune"]);
+    assert!(!orphan.exists(), "{}", text(&out));
+    assert!(live[0].exists(), "its snapshot is there: kept");
+    assert!(reported(&out, "cache records").starts_with("cache records: 1,"));
+    // With the build cache, the record goes too.
+    fixture.ok(&["prune", "--all"]);
+    assert!(!live[0].exists());
+}

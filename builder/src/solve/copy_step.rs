@@ -48,6 +48,10 @@ pub(super) fn execute_copy(
     c: &CopyStep,
     rootfs: &LayeredRootfs,
     dir: &Path,
+    reuse: Option<&(
+        kiln_layers::Digest,
+        std::sync::Arc<crate::copy_reuse::Reuse>,
+    )>,
 ) -> Result<(), SolveError> {
     let chown = match &c.chown {
         Some(spec) => Some(owner(run, spec, rootfs, &format!("--chown={spec}"))?),
@@ -110,6 +114,7 @@ pub(super) fn execute_copy(
             let mut o = target.options(CopyOptions::dockerfile_copy(c.is_add));
             o.attempt_unpack = c.is_add && c.unpack.unwrap_or(true);
             o.exclude_patterns = c.exclude.clone();
+            o.reuse = reuse.map(|(_, r)| r.clone());
             let copied = if c.parents {
                 copy::copy_parents(source, src, rootfs, &c.dest, &o).map(|_| ())
             } else {

@@ -72,18 +72,55 @@ fn run_or_reuse(
     let upper = dir.join("upper");
     std::fs::create_dir_all(&upper).map_err(io_err(&upper))?;
     let rootfs = LayeredRootfs::new(&upper, progress.out.lowers_top_first());
+    let reuse = match &step.kind {
+        StepKind::Copy(c) => copy_reuse(run, c, progress),
+        _ => None,
+    };
     match &step.kind {
         StepKind::Run(r) => execute_run(run, r, &rootfs, &dir)?,
-        StepKind::Copy(c) => execute_copy(run, c, &rootfs, &dir)?,
+        StepKind::Copy(c) => execute_copy(run, c, &rootfs, &dir, reuse.as_ref())?,
         StepKind::Workdir(w) => execute_workdir(run, w, &rootfs)?,
     }
     tracing::debug!("line {}: step finished, packing its layer", step.line);
     let (record, parked_bytes) = commit_layer(run, progress, &upper)?;
+    if let (Some((key, reuse)), Some(chain)) = (&reuse, &record.chain_id) {
+        tracing::info!(
+            "line {}: {} unchanged files linked from an earlier run",
+            step.line,
+            reuse.linked()
+        );
+        reuse.save(run.build.store, key, chain);
+    }
     discard_step_dir(run.build.store, &dir, &upper, parked_bytes);
     if let Some(key) = &step.cache_key {
         run.build.store.cache_put(key, &record)?;
     }
     Ok(false)
+}
+
+/// The shape key and reuse state of a COPY from the build context that
+/// runs ([`crate::copy_reuse`]); `None` for any other copy.
+fn copy_reuse(
+    run: &StepRun<'_>,
+    c: &crate::plan::CopyStep,
+    progress: &StageProgress,
+) -> Option<(Digest, std::sync::Arc<crate::copy_reuse::Reuse>)> {
+    let eligible =
+        matches!(c.from, crate::plan::CopyFrom::Context) && !c.is_add && c.inline.is_empty();
+    if !eligible {
+        return None;
+    }
+    let chain = progress.out.chain();
+    let key = crate::copy_reuse::shape_key(chain.as_ref(), &run.step.instruction);
+    // `--no-cache` builds from nothing earlier, this included; what it
+    // wrote is still recorded for the next build.
+    let opts = run.build.opts;
+    let reuse = if opts.no_cache || opts.no_cache_stages.contains(&run.step.stage) {
+        crate::copy_reuse::Reuse::default()
+    } else {
+        crate::copy_reuse::Reuse::load(run.build.store, &key)
+    };
+    Some((key, std::sync::Arc::new(reuse)))
 }
 
 /// Reuses the step's cache record when there is a usable one (and no

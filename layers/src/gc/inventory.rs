@@ -18,10 +18,10 @@ use std::time::SystemTime;
 use crate::digest::{chain_ids, Digest};
 use crate::error::Result;
 use crate::gc::policy::Kind;
-use crate::gc::usage::{du, key_of, SizeCache};
+use crate::gc::usage::{du, key_of, measure_tree, Run, Segments, SizeCache, TreeSize};
 use crate::oci::{Descriptor, ManifestKind, ANNOTATION_REF_NAME};
 use crate::owner::Owner;
-use crate::store::{CacheRecord, Store};
+use crate::store::{copy_shape_chain, CacheRecord, Store};
 
 /// The areas of the store `kiln system df` shows, by where things live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -96,9 +96,13 @@ pub(crate) enum What {
 #[derive(Clone, Debug)]
 pub(crate) struct Piece {
     pub path: PathBuf,
+    /// What deleting it frees by itself ([`TreeSize::own`]).
     pub bytes: u64,
     pub area: Area,
     pub what: What,
+    /// Its files with links elsewhere ([`TreeSize::shared`]): freed with
+    /// the last piece holding them ([`Inventory::freed_in_order`]).
+    pub shared: Vec<Run>,
 }
 
 /// Something a collection may remove as a whole.
@@ -131,6 +135,31 @@ pub(crate) struct Inventory {
     pub resources: Vec<Resource>,
     /// `du` of each area.
     pub areas: BTreeMap<Area, u64>,
+    /// The shared files of every measured tree, with how many hold each.
+    pub segments: Segments,
+    /// Scanned without the exclusive lock, entries were passed over that
+    /// only a scan with it may take for leftovers (scratch without an
+    /// owner in its name).
+    pub deferred: bool,
+}
+
+impl Inventory {
+    /// What a collection counts of `piece` against the limits: its own
+    /// bytes and an equal part of each shared file's (with each holder
+    /// counted so, a shared file counts once in the usage).
+    pub(crate) fn weight(&self, piece: &Piece) -> u64 {
+        piece.bytes + self.segments.share(&piece.shared)
+    }
+
+    /// What deleting `pieces` in this order frees at each, as `du` counts
+    /// it: a shared file is freed with the last of its holders, if all of
+    /// them are deleted.
+    pub(crate) fn freed_in_order<'a>(&self, pieces: impl Iterator<Item = &'a Piece>) -> Vec<u64> {
+        let mut deleted = self.segments.deletions();
+        pieces
+            .map(|piece| piece.bytes + self.segments.delete(&piece.shared, &mut deleted))
+            .collect()
+    }
 }
 
 /// The inventory being made.
@@ -152,6 +181,9 @@ struct Scan<'a> {
     item_holds: Vec<(Vec<Digest>, Vec<Digest>)>,
     /// Blobs on disk that nothing holds: digest → piece.
     loose_blobs: BTreeMap<Digest, Piece>,
+    /// Per area, the shared files of its trees: `du` of an area counts
+    /// each once.
+    area_shared: BTreeMap<Area, Vec<Run>>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -204,9 +236,11 @@ pub(crate) fn scan(store: &Store, sizes: &mut SizeCache, exclusive: bool) -> Res
         layers: BTreeSet::new(),
         item_holds: Vec::new(),
         loose_blobs: BTreeMap::new(),
+        area_shared: BTreeMap::new(),
     };
     scan.index()?;
     scan.records()?;
+    scan.copy_shapes()?;
     scan.blobs()?;
     scan.variants()?;
     scan.snapshots()?;
@@ -220,6 +254,25 @@ pub(crate) fn scan(store: &Store, sizes: &mut SizeCache, exclusive: bool) -> Res
 impl Scan<'_> {
     fn add(&mut self, area: Area, bytes: u64) {
         *self.inv.areas.entry(area).or_default() += bytes;
+    }
+
+    /// Whether scratch named `name` (not a live process's) may be taken
+    /// for a leftover: with an owner in its name (a dead one), or any
+    /// under the exclusive lock; otherwise notes that it was deferred.
+    fn may_take(&mut self, name: &str) -> bool {
+        let may = self.exclusive || Owner::of_name(name).is_some();
+        self.inv.deferred |= !may;
+        may
+    }
+
+    /// Adds a measured tree to `area`; returns its own bytes.
+    fn add_tree(&mut self, area: Area, size: &TreeSize) -> u64 {
+        self.add(area, size.own);
+        self.area_shared
+            .entry(area)
+            .or_default()
+            .extend_from_slice(&size.shared);
+        size.own
     }
 
     fn push(&mut self, item: Item, blobs: Vec<Digest>, chains: Vec<Digest>) {
@@ -301,8 +354,12 @@ impl Scan<'_> {
     fn records(&mut self) -> Result<()> {
         let dir = self.store.cache_dir();
         self.add(Area::BuildCache, blocks(&dir));
+        let shapes = self.store.copy_shapes_dir();
         for path in self.store.list_dir(&dir)? {
             let name = name_of(&path);
+            if path == shapes {
+                continue;
+            }
             if !name.ends_with(".json") || name.starts_with('.') {
                 // The build contexts' stat caches; temp files: `other`.
                 if !name.starts_with('.') {
@@ -332,11 +389,52 @@ impl Scan<'_> {
                     bytes,
                     area: Area::BuildCache,
                     what: What::CacheRecord,
+                    shared: Vec::new(),
                 }],
                 holds: Vec::new(),
                 image: None,
             };
             self.push(item, blobs, chains);
+        }
+        Ok(())
+    }
+
+    /// COPY shape records (`cache/copy-shapes/`): an item each, of the
+    /// build cache's kind, last used when last written; unreferenced
+    /// garbage once the snapshot they name is gone (nothing can link from
+    /// it). They keep no snapshot alive.
+    fn copy_shapes(&mut self) -> Result<()> {
+        let dir = self.store.copy_shapes_dir();
+        self.add(Area::BuildCache, blocks(&dir));
+        for path in self.store.list_dir(&dir)? {
+            let name = name_of(&path);
+            if name.starts_with('.') {
+                // Temp files of interrupted writes: `other`.
+                continue;
+            }
+            let bytes = blocks(&path);
+            self.add(Area::BuildCache, bytes);
+            let piece = Piece {
+                path: path.clone(),
+                bytes,
+                area: Area::BuildCache,
+                what: What::CacheRecord,
+                shared: Vec::new(),
+            };
+            let live = copy_shape_chain(&path).is_some_and(|c| self.store.has_snapshot(&c));
+            if !live {
+                self.garbage(Kind::Unreferenced, piece);
+                continue;
+            }
+            let item = Item {
+                kind: Kind::Cache,
+                garbage: false,
+                last_used: mtime(&path),
+                pieces: vec![piece],
+                holds: Vec::new(),
+                image: None,
+            };
+            self.push(item, Vec::new(), Vec::new());
         }
         Ok(())
     }
@@ -366,6 +464,7 @@ impl Scan<'_> {
                 bytes,
                 area,
                 what: What::Blob(digest.clone()),
+                shared: Vec::new(),
             };
             let Some(digest) = digest else {
                 self.garbage(Kind::Unreferenced, piece);
@@ -413,6 +512,7 @@ impl Scan<'_> {
                     bytes,
                     area: Area::Other,
                     what: What::VariantRecord,
+                    shared: Vec::new(),
                 };
                 let named = std::fs::read_to_string(&path)
                     .ok()
@@ -452,26 +552,25 @@ impl Scan<'_> {
             if name.starts_with('.') {
                 let bytes = du(&path)?;
                 self.add(Area::Snapshots, bytes);
-                let leftover =
-                    !live_other(&name) && (self.exclusive || Owner::of_name(&name).is_some());
-                if name.starts_with(".tmp-") && leftover {
+                if name.starts_with(".tmp-") && !live_other(&name) && self.may_take(&name) {
                     let piece = Piece {
                         path,
                         bytes,
                         area: Area::Snapshots,
                         what: What::Snapshot(name),
+                        shared: Vec::new(),
                     };
                     self.garbage(Kind::Scratch, piece);
                 }
                 continue;
             }
-            let bytes = self.sizes.measure(&key_of(self.store, &path), &path)?;
-            self.add(Area::Snapshots, bytes);
+            let size = self.sizes.measure(&key_of(self.store, &path), &path)?;
             let piece = Piece {
                 path,
-                bytes,
+                bytes: self.add_tree(Area::Snapshots, &size),
                 area: Area::Snapshots,
                 what: What::Snapshot(name.clone()),
+                shared: size.shared,
             };
             let chain = Digest::parse(&format!("sha256:{name}")).ok();
             match chain.and_then(|c| self.held_chains.get(&c).copied().map(|h| (c, h))) {
@@ -503,6 +602,7 @@ impl Scan<'_> {
                 bytes,
                 area: Area::CacheMounts,
                 what: What::CacheMount,
+                shared: Vec::new(),
             };
             if name.starts_with("seeding-") {
                 self.garbage(Kind::Scratch, piece);
@@ -542,17 +642,17 @@ impl Scan<'_> {
         if let Some(parked) = parked_time(&name).filter(|_| !in_trash) {
             // A duplicate upper dir parked by a --no-cache rerun (see the
             // builder's `discard_step_dir`): kept while the limits allow.
-            let bytes = self.sizes.measure(&key_of(self.store, &path), &path)?;
-            self.add(Area::Scratch, bytes);
+            let size = self.sizes.measure(&key_of(self.store, &path), &path)?;
             let item = Item {
                 kind: Kind::Scratch,
                 garbage: false,
                 last_used: parked,
                 pieces: vec![Piece {
                     path,
-                    bytes,
+                    bytes: self.add_tree(Area::Scratch, &size),
                     area: Area::Scratch,
                     what: What::BuildDir,
+                    shared: size.shared,
                 }],
                 holds: Vec::new(),
                 image: None,
@@ -560,13 +660,14 @@ impl Scan<'_> {
             self.push(item, Vec::new(), Vec::new());
             return Ok(());
         }
-        let bytes = du(&path)?;
-        self.add(Area::Scratch, bytes);
+        // A build's work dir may hold links to snapshots (a COPY's), a
+        // trashed snapshot links from or to others.
+        let size = measure_tree(&path)?;
+        let bytes = self.add_tree(Area::Scratch, &size);
         // A live process's scratch is its own; without the exclusive lock,
         // so is anything whose name says no owner (a container's state, an
         // older kiln's work dir): it may be in use.
-        let owned = Owner::of_name(&name).is_some();
-        if live_other(&name) || !(self.exclusive || owned || in_trash) {
+        if live_other(&name) || !(in_trash || self.may_take(&name)) {
             return Ok(());
         }
         let what = if in_trash {
@@ -579,6 +680,7 @@ impl Scan<'_> {
             bytes,
             area: Area::Scratch,
             what,
+            shared: size.shared,
         };
         self.garbage(Kind::Scratch, piece);
         Ok(())
@@ -601,6 +703,7 @@ impl Scan<'_> {
                 bytes,
                 area: Area::Ingest,
                 what: What::PartialWrite,
+                shared: Vec::new(),
             };
             if name.ends_with(".partial") {
                 let item = Item {
@@ -612,7 +715,7 @@ impl Scan<'_> {
                     image: None,
                 };
                 self.push(item, Vec::new(), Vec::new());
-            } else if self.exclusive || Owner::of_name(&name).is_some() {
+            } else if self.may_take(&name) {
                 self.garbage(Kind::Scratch, piece);
             }
         }
@@ -644,6 +747,7 @@ impl Scan<'_> {
         for (dir, area) in [
             (root, Area::Other),
             (self.store.cache_dir(), Area::BuildCache),
+            (self.store.copy_shapes_dir(), Area::BuildCache),
         ] {
             for path in self.store.list_dir(&dir)? {
                 let name = name_of(&path);
@@ -663,6 +767,7 @@ impl Scan<'_> {
                             bytes,
                             area,
                             what,
+                            shared: Vec::new(),
                         },
                     );
                 }
@@ -673,6 +778,11 @@ impl Scan<'_> {
 
     /// Resolves what each item holds to the resources found on disk.
     fn finish(mut self) -> Inventory {
+        let areas = std::mem::take(&mut self.area_shared);
+        for (area, runs) in &areas {
+            self.add(*area, Segments::new(runs.iter()).union_bytes());
+        }
+        self.inv.segments = Segments::new(areas.values().flatten());
         for (item, (blobs, chains)) in self.inv.items.iter_mut().zip(&self.item_holds) {
             let mut holds: Vec<usize> = blobs
                 .iter()

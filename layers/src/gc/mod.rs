@@ -7,8 +7,10 @@
 //!
 //! 1. Without a lock, sizes of new immutable trees (snapshots, parked
 //!    upper dirs) are measured into the size cache, so that phase 2 is
-//!    short; then the collection waits for the builds, pulls and runs that
-//!    hold a [`crate::Lease`].
+//!    short, and the policy chooses from what is seen: when it chooses
+//!    nothing (and nothing was passed over for want of the lock), the
+//!    collection ends here, taking no lock. Otherwise it waits for the
+//!    builds, pulls and runs that hold a [`crate::Lease`].
 //! 2. Under `gc.lock` held exclusively (no lease is held: nothing in
 //!    flight uses anything), the store is scanned, the policy chooses, the
 //!    chosen dangling images leave `index.json` and every chosen file and
@@ -133,9 +135,13 @@ impl Store {
                 )
             })
             .collect();
-        for piece in chosen_pieces(&inv, &sel) {
+        let pieces: Vec<_> = chosen_pieces(&inv, &sel).collect();
+        for (piece, bytes) in pieces
+            .iter()
+            .zip(inv.freed_in_order(pieces.iter().copied()))
+        {
             if let Some(a) = areas.get_mut(&piece.area) {
-                a.reclaimable += piece.bytes;
+                a.reclaimable += bytes;
             }
         }
         Ok(Usage {
@@ -169,8 +175,19 @@ impl Store {
         }
         // Phase 1, without the lock: new immutable trees are measured now
         // (a 20,000-file snapshot takes a while), not while a build that
-        // starts waits for its lease.
-        scan(self, &mut sizes, false)?;
+        // starts waits for its lease. When the policy chooses nothing
+        // there and nothing was passed over for want of the lock, phase 2
+        // would choose nothing either (what changes meanwhile is a build's,
+        // whose own collection follows it): the lock is not taken.
+        let first = scan(self, &mut sizes, false)?;
+        let disk = Disk::of(self.root())?;
+        let sel = select(&first, policy, SystemTime::now(), disk);
+        if sel.items.is_empty() && sel.freed.is_empty() && !first.deferred {
+            if let Err(e) = sizes.save(self) {
+                tracing::warn!("{e}");
+            }
+            return Ok(Some(predicted(&first, &sel, disk)));
+        }
         let Some(gc) = self.wait_for_gc_lock(options.wait)? else {
             return Ok(None);
         };
@@ -273,8 +290,12 @@ fn predicted(inv: &Inventory, sel: &Selection, disk: Disk) -> PruneReport {
             report.images.push(image.digest.clone());
         }
     }
-    for piece in chosen_pieces(inv, sel) {
-        report.count(&piece.what, piece.bytes);
+    let pieces: Vec<_> = chosen_pieces(inv, sel).collect();
+    for (piece, bytes) in pieces
+        .iter()
+        .zip(inv.freed_in_order(pieces.iter().copied()))
+    {
+        report.count(&piece.what, bytes);
     }
     report
 }

@@ -31,8 +31,8 @@ pub(crate) struct Selection {
     pub keep: Option<u64>,
 }
 
-fn own_bytes(item: &Item) -> u64 {
-    item.pieces.iter().map(|p| p.bytes).sum()
+fn own_bytes(inv: &Inventory, item: &Item) -> u64 {
+    item.pieces.iter().map(|p| inv.weight(p)).sum()
 }
 
 struct Selecting<'a> {
@@ -46,12 +46,12 @@ struct Selecting<'a> {
 impl Selecting<'_> {
     fn take(&mut self, index: usize) {
         let item = &self.inv.items[index];
-        self.usage = self.usage.saturating_sub(own_bytes(item));
+        self.usage = self.usage.saturating_sub(own_bytes(self.inv, item));
         for &r in &item.holds {
             self.refs[r] -= 1;
             let resource = &self.inv.resources[r];
             if self.refs[r] == 0 && !resource.pinned {
-                self.usage = self.usage.saturating_sub(resource.piece.bytes);
+                self.usage = self.usage.saturating_sub(self.inv.weight(&resource.piece));
                 self.sel.freed.push(r);
             }
         }
@@ -68,13 +68,13 @@ pub(crate) fn select(inv: &Inventory, policy: &Policy, now: SystemTime, disk: Di
             refs[r] += 1;
         }
     }
-    let usage = inv.items.iter().map(own_bytes).sum::<u64>()
+    let usage = inv.items.iter().map(|i| own_bytes(inv, i)).sum::<u64>()
         + inv
             .resources
             .iter()
             .zip(&refs)
             .filter(|(r, n)| !r.pinned && **n > 0)
-            .map(|(r, _)| r.piece.bytes)
+            .map(|(r, _)| inv.weight(&r.piece))
             .sum::<u64>();
     let mut s = Selecting {
         inv,
@@ -133,6 +133,7 @@ mod tests {
             bytes,
             area: Area::Other,
             what: What::CacheRecord,
+            shared: Vec::new(),
         }
     }
 
@@ -155,6 +156,8 @@ mod tests {
             pinned,
         };
         Inventory {
+            segments: Default::default(),
+            deferred: false,
             items: vec![
                 item(Kind::Cache, 500, 1, vec![0], false),
                 item(Kind::Cache, 400, 1, vec![1], false),
