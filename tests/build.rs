@@ -1625,12 +1625,16 @@ fn a_changed_context_copy_links_unchanged_files_and_gives_the_no_cache_image() {
     let ctx = context(&[
         (
             "Dockerfile",
-            "FROM busybox\nCOPY . /ctx\nRUN echo more >> /ctx/a\n",
+            "FROM busybox\nCOPY --chmod=640 --chown=7:8 . /ctx\nRUN echo more >> /ctx/a\n",
         ),
         ("a", "a\n"),
         ("b", "b\n"),
+        ("e", "e\n"),
         ("sub/c", "c\n"),
     ]);
+    // Two names of one unchanged file in the context: copied, never
+    // linked (its other name would share the inode).
+    std::fs::hard_link(ctx.path().join("e"), ctx.path().join("e2")).unwrap();
     let base = tempfile::tempdir().unwrap();
     let tar = base.path().join("busybox.tar");
     busybox_rootfs_tar(&tar).unwrap();
@@ -1685,9 +1689,27 @@ fn a_changed_context_copy_links_unchanged_files_and_gives_the_no_cache_image() {
     assert_eq!(a[0], a[1], "ctx/a was copied, not linked");
     let b = snapshot_files(&root, "ctx/b");
     assert_eq!(b.len(), 2, "{b:?}");
-    assert_ne!(b[0].0, b[1].0);
     let contents: Vec<&str> = b.iter().map(|(_, c)| c.as_str()).collect();
     assert!(contents.contains(&"b\n") && contents.contains(&"b\nchanged\n"));
+    // The linked file has the owner and mode --chown and --chmod give.
+    let linked = std::fs::read_dir(root.join("snapshots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("fs/ctx/a"))
+        .find(|p| std::fs::read_to_string(p).is_ok_and(|c| c == "a\n"))
+        .unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&linked).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (7, 8, 0o640)
+    );
+    // The hard-linked pair of the context is copied, each build its own.
+    for name in ["ctx/e", "ctx/e2"] {
+        let e = snapshot_files(&root, name);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_ne!(e[0].0, e[1].0, "{name} was linked");
+    }
     // The RUN that appended to the linked /ctx/a changed its own layer
     // only (overlay copied it up): the snapshots still hold "a\n".
     let a = snapshot_files(&root, "ctx/a");

@@ -140,16 +140,23 @@ impl Reuse {
         self.state().linked
     }
 
-    /// Records what this run wrote as the shape `key`'s result, snapshot
-    /// `chain`, and marks the earlier snapshot as linked from when files
-    /// were linked ([`Store::mark_snapshot_linked`]: its measured size
-    /// counted them as its own).
-    pub fn save(&self, store: &Store, key: &Digest, chain: &Digest) {
+    /// Marks the earlier snapshot as linked from when files were linked
+    /// ([`Store::mark_snapshot_linked`]: its measured size counted them
+    /// as its own). Called once the copy is over, whether it succeeded or
+    /// not (a failed step's dir, in the trash, holds the links too), and
+    /// never before a link is made (a size measured in between would be
+    /// cached as current).
+    pub fn mark_linked(&self, store: &Store) {
         if let Some(prev) = self.previous.as_ref().filter(|_| self.linked() > 0) {
             if let Err(e) = store.mark_snapshot_linked(&prev.chain) {
                 tracing::warn!("{e}");
             }
         }
+    }
+
+    /// Records what this run wrote as the shape `key`'s result, snapshot
+    /// `chain`.
+    pub fn save(&self, store: &Store, key: &Digest, chain: &Digest) {
         let shape = CopyShape {
             chain_id: chain.clone(),
             files: std::mem::take(&mut self.state().written),

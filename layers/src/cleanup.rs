@@ -18,10 +18,9 @@
 //! mounts being seeded, and never touches a live process's.
 //!
 //! [`Meter`] measures what a deletion frees the way `du` does: allocated
-//! blocks, each inode once, a file with more links only once all of them
-//! are deleted.
+//! blocks, each inode once, a file with several links when its last link
+//! goes.
 
-use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -35,23 +34,16 @@ static ABANDONED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::n
 
 /// Disk space freed by deletions, counted as `du` counts it.
 #[derive(Debug, Default)]
-pub struct Meter {
-    /// Files with several links: links deleted so far.
-    links: HashMap<(u64, u64), u64>,
-}
+pub struct Meter {}
 
 impl Meter {
-    /// Notes that the entry `meta` describes is deleted; returns the bytes
-    /// that frees (0 for a file whose other links remain).
+    /// Notes that the entry `meta` describes (read just before it was
+    /// deleted) is deleted; returns the bytes that frees: all of a
+    /// directory's or a file's with no other link, none of a file whose
+    /// other links remain (wherever they are).
     fn deleted(&mut self, meta: &fs::Metadata) -> u64 {
-        let bytes = meta.blocks().saturating_mul(512);
         if meta.is_dir() || meta.nlink() <= 1 {
-            return bytes;
-        }
-        let seen = self.links.entry((meta.dev(), meta.ino())).or_insert(0);
-        *seen += 1;
-        if *seen == meta.nlink() {
-            bytes
+            meta.blocks().saturating_mul(512)
         } else {
             0
         }
@@ -327,6 +319,26 @@ mod tests {
         let freed = remove_tree(&tree, &mut Meter::default()).unwrap();
         assert_eq!(freed, dirs_only);
         assert!(tmp.path().join("outside").is_file());
+
+        // Three links in three trees (unchanged files of three COPY runs),
+        // two trees deleted with one meter: the file stays, nothing of it
+        // is counted; the last tree's deletion frees it.
+        let trees: Vec<PathBuf> = ["x", "y", "z"].iter().map(|t| tmp.path().join(t)).collect();
+        for t in &trees {
+            fs::create_dir_all(t).unwrap();
+        }
+        fs::write(trees[0].join("f"), vec![3u8; 80_000]).unwrap();
+        fs::hard_link(trees[0].join("f"), trees[1].join("f")).unwrap();
+        fs::hard_link(trees[0].join("f"), trees[2].join("f")).unwrap();
+        let file = fs::metadata(trees[0].join("f")).unwrap().blocks() * 512;
+        let dir = |t: &Path| fs::metadata(t).unwrap().blocks() * 512;
+        let dirs = dir(&trees[0]) + dir(&trees[1]);
+        let last = dir(&trees[2]) + file;
+        let mut meter = Meter::default();
+        let freed = remove_tree(&trees[0], &mut meter).unwrap()
+            + remove_tree(&trees[1], &mut meter).unwrap();
+        assert_eq!(freed, dirs);
+        assert_eq!(remove_tree(&trees[2], &mut meter).unwrap(), last);
     }
 
     #[test]

@@ -687,12 +687,19 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         display
             .printer
             .finish(built.is_ok() && interruption.signal().is_none());
-        if let Some(canceled) = interruption.canceled() {
-            return Ok(canceled);
+        let outcome = match (interruption.canceled(), built) {
+            (Some(canceled), _) => Ok(canceled),
+            (None, Err(e)) => Err(build_failure(&settings, &display, e)),
+            (None, Ok(result)) => {
+                report_built(&args, &settings, &display, &result, started);
+                Ok(ExitCode::SUCCESS)
+            }
+        };
+        // As after a single platform's build (below).
+        if collection_needed(&store, &stamp) {
+            collect_after(&global.root, gc_mode);
         }
-        let result = built.map_err(|e| build_failure(&settings, &display, e))?;
-        report_built(&args, &settings, &display, &result, started);
-        return Ok(ExitCode::SUCCESS);
+        return outcome;
     }
     if args.check {
         return print_checks(&session.check().inspect_err(show)?, args.format);

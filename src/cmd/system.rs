@@ -251,7 +251,7 @@ fn df(store: &Store, format: DfFormat) -> anyhow::Result<ExitCode> {
     let usage = store.usage()?;
     let config = store.gc_config()?;
     let mut out = std::io::stdout().lock();
-    let total: u64 = usage.areas.values().map(|a| a.bytes).sum();
+    let total = usage.total;
     let reclaimable: u64 = usage.areas.values().map(|a| a.reclaimable).sum();
     let limit = |s: Option<Space>| s.map(|s| s.bytes(usage.disk.total));
     if let DfFormat::Json = format {
@@ -394,17 +394,23 @@ pub fn make_room(store: &Store, quiet: bool) -> anyhow::Result<()> {
 /// needs the automatic collection after it: it added or removed something
 /// there (a new blob, snapshot, record, tag, trash entry…), or the last
 /// automatic collection is more than [`COLLECTION_INTERVAL`] old (or
-/// unknown). A build whose steps were all cached and whose image was
+/// unknown, or older than the policy file). A build whose steps were all cached and whose image was
 /// already tagged so changes nothing a collection would see: it starts
 /// none, which a build right after it would otherwise compete with.
 pub fn collection_needed(store: &Store, before: &kiln_layers::ContentStamp) -> bool {
     if store.content_stamp() != *before {
         return true;
     }
-    let last = std::fs::metadata(store.gc_log_path()).and_then(|m| m.modified());
-    last.ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_none_or(|age| age >= COLLECTION_INTERVAL)
+    let modified = |path: std::path::PathBuf| std::fs::metadata(path).and_then(|m| m.modified());
+    let Ok(last) = modified(store.gc_log_path()) else {
+        return true;
+    };
+    // A policy changed since the last collection (limits lowered) counts.
+    let policy_newer = modified(store.gc_config_path()).is_ok_and(|p| p > last);
+    policy_newer
+        || last
+            .elapsed()
+            .map_or(true, |age| age >= COLLECTION_INTERVAL)
 }
 
 /// After a build (or run) has returned its result: the automatic

@@ -74,11 +74,28 @@ fn copies_sharing_files(fixture: &Fixture) {
         "--filter",
         "until=10000h",
     ]);
-    assert!(fixture.root().join("gc-sizes.json").exists());
+    let sizes = std::fs::read_to_string(fixture.root().join("gc-sizes.json")).expect("sizes");
+    assert!(sizes.contains("snapshots/"), "{sizes}");
     std::fs::write(ctx.join("data/f0"), "changed").expect("change a file");
     fixture.build(&ctx, &["-t", "copied:2"]);
     let shared = count_shared(&fixture.root().join("snapshots"));
     assert_eq!(shared, 39, "files linked between the two COPY snapshots");
+    // A dead build's upper dir holding a link to one of them (a COPY that
+    // failed after linking): the file counts in two areas, once in the
+    // total. The snapshot is marked, as such a COPY marks it.
+    let root = fixture.root();
+    let snapshot = std::fs::read_dir(root.join("snapshots"))
+        .expect("snapshots")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("fs/data/f1").is_file())
+        .expect("a COPY snapshot");
+    let upper = root.join(format!("builds/build-{}-5-6/step/upper", dead_owner()));
+    std::fs::create_dir_all(&upper).expect("upper");
+    std::fs::hard_link(snapshot.join("fs/data/f1"), upper.join("f1")).expect("link");
+    std::fs::File::open(&snapshot)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+        .expect("mark");
 }
 
 /// Regular files (inodes) under `dir` with more than one link.

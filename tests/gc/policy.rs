@@ -224,6 +224,10 @@ fn a_build_that_changes_nothing_starts_no_collection_unless_the_last_is_old() {
     // All cached, the tag where it was: nothing to collect, none runs.
     fixture.build(&ctx, &["-t", "hi:1"]);
     assert_eq!(stamp(), Some(first), "a collection ran after a no-op build");
+    // A policy written since the last collection: one runs.
+    fixture.policy("[gc]\nkeep-storage = \"9GB\"\n");
+    fixture.build(&ctx, &["-t", "hi:1"]);
+    assert_ne!(stamp(), Some(first), "no collection after a new policy");
     // The same build once the last collection is 11 minutes old: one runs.
     age(&log, 660);
     let aged = stamp();
@@ -252,4 +256,20 @@ fn a_build_that_changes_nothing_starts_no_collection_unless_the_last_is_old() {
             .count(),
         0
     );
+}
+
+#[test]
+fn a_multi_platform_build_is_collected_after_too() {
+    crate::require_namespaces!();
+    let fixture = Fixture::new();
+    let ctx = fixture.context(
+        "ctx",
+        &[("Dockerfile", "FROM scratch\nCOPY f /f\n"), ("f", "f\n")],
+    );
+    fixture.build(
+        &ctx,
+        &["--platform", "linux/amd64,linux/arm64", "-t", "two:1"],
+    );
+    let log = std::fs::read_to_string(fixture.root().join("gc.log")).expect("gc.log");
+    assert!(log.contains("automatic collection"), "{log}");
 }

@@ -78,7 +78,13 @@ fn run_or_reuse(
     };
     match &step.kind {
         StepKind::Run(r) => execute_run(run, r, &rootfs, &dir)?,
-        StepKind::Copy(c) => execute_copy(run, c, &rootfs, &dir, reuse.as_ref())?,
+        StepKind::Copy(c) => {
+            let copied = execute_copy(run, c, &rootfs, &dir, reuse.as_ref());
+            if let Some((_, reuse)) = &reuse {
+                reuse.mark_linked(run.build.store);
+            }
+            copied?
+        }
         StepKind::Workdir(w) => execute_workdir(run, w, &rootfs)?,
     }
     tracing::debug!("line {}: step finished, packing its layer", step.line);

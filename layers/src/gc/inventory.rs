@@ -137,6 +137,9 @@ pub(crate) struct Inventory {
     pub areas: BTreeMap<Area, u64>,
     /// The shared files of every measured tree, with how many hold each.
     pub segments: Segments,
+    /// Bytes of shared files counted in more than one area (each area
+    /// counts them once, as `du` of it does).
+    pub shared_overlap: u64,
     /// Scanned without the exclusive lock, entries were passed over that
     /// only a scan with it may take for leftovers (scratch without an
     /// owner in its name).
@@ -550,15 +553,17 @@ impl Scan<'_> {
         for path in self.store.list_dir(&dir)? {
             let name = name_of(&path);
             if name.starts_with('.') {
-                let bytes = du(&path)?;
-                self.add(Area::Snapshots, bytes);
+                // A step's upper dir being made a snapshot may hold links
+                // to another snapshot (incremental COPY).
+                let size = measure_tree(&path)?;
+                let bytes = self.add_tree(Area::Snapshots, &size);
                 if name.starts_with(".tmp-") && !live_other(&name) && self.may_take(&name) {
                     let piece = Piece {
                         path,
                         bytes,
                         area: Area::Snapshots,
                         what: What::Snapshot(name),
-                        shared: Vec::new(),
+                        shared: size.shared,
                     };
                     self.garbage(Kind::Scratch, piece);
                 }
@@ -779,10 +784,14 @@ impl Scan<'_> {
     /// Resolves what each item holds to the resources found on disk.
     fn finish(mut self) -> Inventory {
         let areas = std::mem::take(&mut self.area_shared);
+        let mut per_area = 0;
         for (area, runs) in &areas {
-            self.add(*area, Segments::new(runs.iter()).union_bytes());
+            let bytes = Segments::new(runs.iter()).union_bytes();
+            self.add(*area, bytes);
+            per_area += bytes;
         }
         self.inv.segments = Segments::new(areas.values().flatten());
+        self.inv.shared_overlap = per_area.saturating_sub(self.inv.segments.union_bytes());
         for (item, (blobs, chains)) in self.inv.items.iter_mut().zip(&self.item_holds) {
             let mut holds: Vec<usize> = blobs
                 .iter()

@@ -81,6 +81,9 @@ pub struct AreaUsage {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
     pub areas: BTreeMap<Area, AreaUsage>,
+    /// What `du` counts for the whole store: the areas' sum, less what
+    /// files linked between areas count in more than one.
+    pub total: u64,
     /// The bytes keep-storage limits: everything but what tagged images
     /// keep and what running processes use.
     pub collectable: u64,
@@ -144,8 +147,10 @@ impl Store {
                 a.reclaimable += bytes;
             }
         }
+        let total = areas.values().map(|a| a.bytes).sum::<u64>() - inv.shared_overlap;
         Ok(Usage {
             areas,
+            total,
             collectable: sel.usage_before,
             disk: Disk::of(self.root())?,
         })
@@ -182,7 +187,8 @@ impl Store {
         let first = scan(self, &mut sizes, false)?;
         let disk = Disk::of(self.root())?;
         let sel = select(&first, policy, SystemTime::now(), disk);
-        if sel.items.is_empty() && sel.freed.is_empty() && !first.deferred {
+        let deferred = first.deferred && policy.types.contains(&Kind::Scratch);
+        if sel.items.is_empty() && sel.freed.is_empty() && !deferred {
             if let Err(e) = sizes.save(self) {
                 tracing::warn!("{e}");
             }

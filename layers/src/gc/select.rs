@@ -158,6 +158,7 @@ mod tests {
         Inventory {
             segments: Default::default(),
             deferred: false,
+            shared_overlap: 0,
             items: vec![
                 item(Kind::Cache, 500, 1, vec![0], false),
                 item(Kind::Cache, 400, 1, vec![1], false),
