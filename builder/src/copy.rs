@@ -687,10 +687,13 @@ impl Copier<'_> {
             self.wrote(target, digest.as_deref());
             return Ok(true);
         }
-        if !linked && copy_info {
+        if !linked && copy_info && self.opts.reuse.is_some() {
             // A link to an earlier run's file comes with its metadata set:
             // nothing may be set on it (that inode is in a snapshot).
-            if let Some(digest) = self.link_unchanged(src, target, &upper, meta) {
+            let digest = self.with_file_info(src, meta, |info| {
+                self.link_unchanged(src, target, &upper, meta, info)
+            });
+            if let Some(digest) = digest {
                 self.wrote(target, Some(&digest));
                 return Ok(true);
             }
@@ -731,52 +734,54 @@ impl Copier<'_> {
         upper: &Path,
         meta: &SourceMeta,
     ) -> Result<Option<String>, CopyError> {
-        if let Some(digest) = self.link_unchanged(src, target, upper, meta) {
-            return Ok(Some(digest));
-        }
+        self.with_file_info(src, meta, |info| {
+            if let Some(digest) = self.link_unchanged(src, target, upper, meta, info) {
+                return Ok(Some(digest));
+            }
+            let host = self.src.host_file(src)?;
+            create_file_copy(&host, upper, info)?;
+            Ok(self.src.content_digest(src))
+        })
+    }
+
+    /// Calls `f` with the owner, mode, extended attributes and times the
+    /// copy of `src` gets.
+    fn with_file_info<T>(
+        &self,
+        src: &str,
+        meta: &SourceMeta,
+        f: impl FnOnce(&NewFileInfo<'_>) -> T,
+    ) -> T {
         let owner = self.owner_of(meta);
         let (atime, mtime) = self.times(meta);
         let xattrs = self.src.xattrs(src);
-        let info = NewFileInfo {
+        f(&NewFileInfo {
             uid: owner.uid,
             gid: owner.gid,
             mode: self.mode_of(meta),
             xattrs: &xattrs,
             atime,
             mtime,
-        };
-        let host = self.src.host_file(src)?;
-        create_file_copy(&host, upper, &info)?;
-        Ok(self.src.content_digest(src))
+        })
     }
 
     /// Links `upper` to the file an earlier run of the COPY left at
     /// `target` when it has the source's content digest and the metadata
-    /// this copy would give it; returns the digest if it did.
+    /// `info` this copy gives it; returns the digest if it did.
     fn link_unchanged(
         &self,
         src: &str,
         target: &str,
         upper: &Path,
         meta: &SourceMeta,
+        info: &NewFileInfo<'_>,
     ) -> Option<String> {
         // A source with hard links is copied: its other names would be
         // linked to this file and have their metadata set on it.
         let reuse = self.opts.reuse.as_ref().filter(|_| meta.inode.2 == 1)?;
         let digest = self.src.content_digest(src)?;
-        let owner = self.owner_of(meta);
-        let (atime, mtime) = self.times(meta);
-        let xattrs = self.src.xattrs(src);
-        let info = NewFileInfo {
-            uid: owner.uid,
-            gid: owner.gid,
-            mode: self.mode_of(meta),
-            xattrs: &xattrs,
-            atime,
-            mtime,
-        };
         reuse
-            .try_link(target, &digest, &info, upper)
+            .try_link(target, &digest, info, upper)
             .then_some(digest)
     }
 

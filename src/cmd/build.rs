@@ -675,7 +675,7 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     };
     let show = |e: &BuildError| show_line(&settings, display.shown, e.line());
     let platforms = target_platforms(&args.platform)?;
-    if platforms.len() > 1 {
+    let built = if platforms.len() > 1 {
         if args.check || args.dry_run {
             anyhow::bail!(
                 "--{} shows one platform's build: give one --platform (not {})",
@@ -683,37 +683,22 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
                 args.platform.join(",")
             );
         }
-        let built = session.build_platforms(&platforms);
-        display
-            .printer
-            .finish(built.is_ok() && interruption.signal().is_none());
-        let outcome = match (interruption.canceled(), built) {
-            (Some(canceled), _) => Ok(canceled),
-            (None, Err(e)) => Err(build_failure(&settings, &display, e)),
-            (None, Ok(result)) => {
-                report_built(&args, &settings, &display, &result, started);
-                Ok(ExitCode::SUCCESS)
-            }
-        };
-        // As after a single platform's build (below).
-        if collection_needed(&store, &stamp) {
-            collect_after(&global.root, gc_mode);
+        session.build_platforms(&platforms)
+    } else {
+        if args.check {
+            return print_checks(&session.check().inspect_err(show)?, args.format);
         }
-        return outcome;
-    }
-    if args.check {
-        return print_checks(&session.check().inspect_err(show)?, args.format);
-    }
-    let planned = session.plan();
-    if let Some(canceled) = interruption.canceled() {
-        return Ok(canceled);
-    }
-    let planned = planned.inspect_err(show)?;
-    if args.dry_run {
-        crate::cmd::plan_view::print_plan(&planned.plan, &store, args.format)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let built = session.build(planned);
+        let planned = session.plan();
+        if let Some(canceled) = interruption.canceled() {
+            return Ok(canceled);
+        }
+        let planned = planned.inspect_err(show)?;
+        if args.dry_run {
+            crate::cmd::plan_view::print_plan(&planned.plan, &store, args.format)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        session.build(planned)
+    };
     display
         .printer
         .finish(built.is_ok() && interruption.signal().is_none());

@@ -429,15 +429,7 @@ impl Scan<'_> {
                 self.garbage(Kind::Unreferenced, piece);
                 continue;
             }
-            let item = Item {
-                kind: Kind::Cache,
-                garbage: false,
-                last_used: mtime(&path),
-                pieces: vec![piece],
-                holds: Vec::new(),
-                image: None,
-            };
-            self.push(item, Vec::new(), Vec::new());
+            self.kept(Kind::Cache, mtime(&path), vec![piece]);
         }
         Ok(())
     }
@@ -488,6 +480,19 @@ impl Scan<'_> {
         Ok(())
     }
 
+    /// An item kept while the limits allow, holding nothing.
+    fn kept(&mut self, kind: Kind, last_used: SystemTime, pieces: Vec<Piece>) {
+        let item = Item {
+            kind,
+            garbage: false,
+            last_used,
+            pieces,
+            holds: Vec::new(),
+            image: None,
+        };
+        self.push(item, Vec::new(), Vec::new());
+    }
+
     fn garbage(&mut self, kind: Kind, piece: Piece) {
         self.push(
             Item {
@@ -527,15 +532,7 @@ impl Scan<'_> {
                 }
                 let blob = named.and_then(|d| self.loose_blobs.remove(&d));
                 if let Some(blob) = blob {
-                    let item = Item {
-                        kind: Kind::Unreferenced,
-                        garbage: false,
-                        last_used: mtime(&path),
-                        pieces: vec![blob, record],
-                        holds: Vec::new(),
-                        image: None,
-                    };
-                    self.push(item, Vec::new(), Vec::new());
+                    self.kept(Kind::Unreferenced, mtime(&path), vec![blob, record]);
                 }
             }
         }
@@ -613,15 +610,7 @@ impl Scan<'_> {
                 self.garbage(Kind::Scratch, piece);
                 continue;
             }
-            let item = Item {
-                kind: Kind::CacheMount,
-                garbage: false,
-                last_used: mtime(&path),
-                pieces: vec![piece],
-                holds: Vec::new(),
-                image: None,
-            };
-            self.push(item, Vec::new(), Vec::new());
+            self.kept(Kind::CacheMount, mtime(&path), vec![piece]);
         }
         Ok(())
     }
@@ -648,21 +637,14 @@ impl Scan<'_> {
             // A duplicate upper dir parked by a --no-cache rerun (see the
             // builder's `discard_step_dir`): kept while the limits allow.
             let size = self.sizes.measure(&key_of(self.store, &path), &path)?;
-            let item = Item {
-                kind: Kind::Scratch,
-                garbage: false,
-                last_used: parked,
-                pieces: vec![Piece {
-                    path,
-                    bytes: self.add_tree(Area::Scratch, &size),
-                    area: Area::Scratch,
-                    what: What::BuildDir,
-                    shared: size.shared,
-                }],
-                holds: Vec::new(),
-                image: None,
+            let piece = Piece {
+                path,
+                bytes: self.add_tree(Area::Scratch, &size),
+                area: Area::Scratch,
+                what: What::BuildDir,
+                shared: size.shared,
             };
-            self.push(item, Vec::new(), Vec::new());
+            self.kept(Kind::Scratch, parked, vec![piece]);
             return Ok(());
         }
         // A build's work dir may hold links to snapshots (a COPY's), a
@@ -711,15 +693,7 @@ impl Scan<'_> {
                 shared: Vec::new(),
             };
             if name.ends_with(".partial") {
-                let item = Item {
-                    kind: Kind::Scratch,
-                    garbage: false,
-                    last_used: mtime(&path),
-                    pieces: vec![piece],
-                    holds: Vec::new(),
-                    image: None,
-                };
-                self.push(item, Vec::new(), Vec::new());
+                self.kept(Kind::Scratch, mtime(&path), vec![piece]);
             } else if self.may_take(&name) {
                 self.garbage(Kind::Scratch, piece);
             }

@@ -29,35 +29,7 @@ use crate::store::{write_atomic, Store};
 /// Bytes `path` (a file or a whole tree) holds on disk, as `du -s -B1`
 /// counts them; entries that vanish meanwhile count nothing.
 pub(crate) fn du(path: &Path) -> Result<u64> {
-    let mut seen = HashSet::new();
-    du_walk(path, &mut seen).map_err(|e| crate::error::Error::io("measure", path, e))
-}
-
-fn du_walk(path: &Path, seen: &mut HashSet<(u64, u64)>) -> io::Result<u64> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e),
-    };
-    if !meta.is_dir() && meta.nlink() > 1 && !seen.insert((meta.dev(), meta.ino())) {
-        return Ok(0);
-    }
-    let mut bytes = meta.blocks().saturating_mul(512);
-    if meta.is_dir() {
-        let entries = match fs::read_dir(path) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(bytes),
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            match entry {
-                Ok(entry) => bytes = bytes.saturating_add(du_walk(&entry.path(), seen)?),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(bytes)
+    measure_tree(path).map(|size| size.total())
 }
 
 /// A tree's size as `du` counts it ([`TreeSize::total`]), split by whether
@@ -73,7 +45,6 @@ pub(crate) struct TreeSize {
 
 impl TreeSize {
     /// What `du` counts for the tree alone.
-    #[cfg(test)]
     pub(crate) fn total(&self) -> u64 {
         self.own + self.shared.iter().map(|r| r.1 * r.2).sum::<u64>()
     }
@@ -204,8 +175,8 @@ pub(crate) fn measure_tree(path: &Path) -> Result<TreeSize> {
     Ok(size)
 }
 
-/// Walks like [`du_walk`], but leaves files with several links out of the
-/// sum: `links` gets (inode → links, links seen here, bytes) for them.
+/// Sums allocated blocks under `path` as `du` does, but leaves files with
+/// several links out of the sum: `links` gets (inode → links, links seen here, bytes) for them.
 fn links_walk(path: &Path, links: &mut HashMap<u64, (u64, u64, u64)>) -> io::Result<u64> {
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
@@ -417,13 +388,24 @@ mod tests {
             vec![(shared.ino(), 1, shared.blocks() * 512)],
             "only the file linked from b is shared"
         );
-        assert_eq!(size.total(), du(&a).unwrap());
-        assert_eq!(size.own + measure_tree(&b).unwrap().total(), {
-            // du counts the shared file once over both trees.
-            let mut seen = HashSet::new();
-            du_walk(tmp.path(), &mut seen).unwrap()
-                - fs::metadata(tmp.path()).unwrap().blocks() * 512
-        });
+        // What the `du` command counts: a alone, and both trees together
+        // (the shared file once).
+        let du_command = |paths: &[&Path]| -> u64 {
+            let out = std::process::Command::new("du")
+                .args(["-s", "-c", "-B1"])
+                .args(paths)
+                .output()
+                .unwrap();
+            let text = String::from_utf8(out.stdout).unwrap();
+            let total = text.lines().last().unwrap().split_whitespace().next();
+            total.unwrap().parse().unwrap()
+        };
+        assert_eq!(size.total(), du_command(&[&a]));
+        assert_eq!(du(&a).unwrap(), du_command(&[&a]));
+        assert_eq!(
+            size.own + measure_tree(&b).unwrap().total(),
+            du_command(&[&a, &b])
+        );
         // Once b is gone, a holds all of its files.
         fs::remove_dir_all(&b).unwrap();
         let size = measure_tree(&a).unwrap();
