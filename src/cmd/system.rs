@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use kiln_layers::gc::{
-    parse_duration, Area, CollectOptions, Disk, GcConfig, Kind, LockWait, Policy, Space,
+    parse_duration, Area, CollectOptions, Disk, GcConfig, Kind, LockWait, Pacing, Policy, Space,
 };
 use kiln_layers::store::PruneReport;
 use kiln_layers::Store;
@@ -39,8 +39,16 @@ pub enum SystemCommand {
     System(SystemSubcommand),
     /// Internal: the automatic collection a build starts after it returns.
     #[command(name = GC_SUBCOMMAND, hide = true)]
-    Gc,
+    Gc {
+        /// Paced as after a build (`Pacing::AFTER_BUILD`); without it, the
+        /// collection starts as soon as its turn comes.
+        #[arg(long = AFTER_BUILD_FLAG)]
+        after_build: bool,
+    },
 }
+
+/// The flag a build passes to the collection it starts.
+const AFTER_BUILD_FLAG: &str = "after-build";
 
 #[derive(Debug, Subcommand)]
 pub enum SystemSubcommand {
@@ -97,8 +105,13 @@ impl SystemCommand {
             .with_context(|| format!("opening the store at {}", settings.root.display()))?;
         match self {
             SystemCommand::System(SystemSubcommand::Df { format }) => df(&store, format),
-            SystemCommand::Gc => {
-                auto_collect(&store)?;
+            SystemCommand::Gc { after_build } => {
+                let pacing = if after_build {
+                    Pacing::AFTER_BUILD
+                } else {
+                    Pacing::NONE
+                };
+                auto_collect(&store, pacing)?;
                 Ok(ExitCode::SUCCESS)
             }
         }
@@ -421,15 +434,15 @@ pub fn collect_after(root: &Path, mode: GcMode) {
         GcMode::Detached => spawn_collector(root),
         GcMode::Foreground => Store::open(root)
             .map_err(anyhow::Error::from)
-            .and_then(|store| auto_collect(&store)),
+            .and_then(|store| auto_collect(&store, Pacing::NONE)),
     };
     if let Err(e) = result {
         tracing::warn!("collecting the store at {}: {e:#}", root.display());
     }
 }
 
-/// Starts `kiln --root ROOT __gc` in a process group of its own, without
-/// stdin, stdout or stderr, and does not wait for it.
+/// Starts `kiln --root ROOT __gc --after-build` in a process group of its
+/// own, without stdin, stdout or stderr, and does not wait for it.
 fn spawn_collector(root: &Path) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("finding kiln's own executable")?;
@@ -437,6 +450,7 @@ fn spawn_collector(root: &Path) -> anyhow::Result<()> {
         .arg("--root")
         .arg(root)
         .arg(GC_SUBCOMMAND)
+        .arg(format!("--{AFTER_BUILD_FLAG}"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -447,30 +461,37 @@ fn spawn_collector(root: &Path) -> anyhow::Result<()> {
 }
 
 /// The automatic collection: the store's policy (`gc.toml`), when
-/// enabled, in its turn (see `Store::gc_turn`), then the run scratch of
-/// dead processes on the tmpfs. What it did, or its error, is written to
-/// `gc.log` (the detached collection has no stderr) before its turn ends.
-fn auto_collect(store: &Store) -> anyhow::Result<()> {
-    let config: GcConfig = match store.gc_config() {
-        Ok(config) => config,
-        Err(e) => {
-            write_gc_log(store, &format!("failed: {e}"));
-            return Err(e.into());
-        }
-    };
-    if !config.enabled {
+/// enabled, in its turn as `pacing` lets it (see `Store::gc_turn`), then
+/// the run scratch of dead processes on the tmpfs. The policy is read
+/// again once the turn comes (it may have changed while this one waited).
+/// What it did, or its error, is written to `gc.log` (the detached
+/// collection has no stderr) before its turn ends.
+fn auto_collect(store: &Store, pacing: Pacing) -> anyhow::Result<()> {
+    if !policy_or_log(store)?.enabled {
         return Ok(());
     }
-    let Some(_turn) = store.gc_turn()? else {
+    let Some(_turn) = store.gc_turn(pacing)? else {
         // The waiting collection will see what this one would.
         return Ok(());
     };
+    let config = policy_or_log(store)?;
+    if !config.enabled {
+        return Ok(());
+    }
     let result = collect_by_policy(store, &config.policy);
     match &result {
         Ok(line) => write_gc_log(store, line),
         Err(e) => write_gc_log(store, &format!("failed: {e:#}")),
     }
     result.map(|_| ())
+}
+
+/// The store's policy; an error in it goes to `gc.log` too.
+fn policy_or_log(store: &Store) -> anyhow::Result<GcConfig> {
+    store.gc_config().map_err(|e| {
+        write_gc_log(store, &format!("failed: {e}"));
+        e.into()
+    })
 }
 
 /// One automatic collection under `policy`; returns what it did, in a line.

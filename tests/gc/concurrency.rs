@@ -103,6 +103,49 @@ fn a_build_returns_while_its_detached_collection_waits_then_runs() {
     );
 }
 
+#[test]
+fn a_detached_collection_waits_a_minute_after_the_last_one() {
+    crate::require_namespaces!();
+    let fixture = Fixture::new();
+    let root = fixture.root();
+    let ctx = fixture.context(
+        "ctx",
+        &[("Dockerfile", "FROM busybox\nRUN echo hi > /hi\n")],
+    );
+    // The last automatic collection ended 50 s ago.
+    let log = root.join("gc.log");
+    std::fs::write(&log, "an earlier collection\n").expect("gc.log");
+    crate::age(&log, 50);
+    let last = std::fs::metadata(&log)
+        .and_then(|m| m.modified())
+        .expect("gc.log mtime");
+    let dead = root.join(format!("trash/build-{}-1-2", dead_owner()));
+    fill(&dead, 10, 1000);
+    let out = fixture
+        .kiln(&["build", "-t", "hi:1", ctx.to_str().expect("utf-8")])
+        .env("KILN_GC", "detached")
+        .output()
+        .expect("run kiln build");
+    assert!(out.status.success(), "{}", text(&out));
+    // The build has returned; its collection waits (about 10 s more), and
+    // has removed nothing.
+    wait_until("the build's collection queued", || {
+        held(&root.join("gc-queue.lock"))
+    });
+    assert!(dead.exists());
+    wait_for_collections(&root);
+    assert!(!dead.exists(), "collected once the minute was over");
+    let ran = std::fs::metadata(&log)
+        .and_then(|m| m.modified())
+        .expect("gc.log mtime");
+    // (File times come from the kernel's coarse clock: a tick behind.)
+    let after = ran.duration_since(last).unwrap_or_default();
+    assert!(
+        after >= Duration::from_millis(59_950),
+        "the collection ran {after:?} after the last one"
+    );
+}
+
 /// A Dockerfile whose first RUN (cached from `base`) is the lower of a RUN
 /// that signals `/sync/started-NAME`, waits for `/sync/go-NAME`, then
 /// copies what the first wrote.

@@ -23,7 +23,9 @@
 //! same thing: phase 2 is exclusive, and the trash entries of a live
 //! process are its own to delete. The automatic collections of one store
 //! take turns ([`Store::gc_turn`]): one runs, at most one more waits, any
-//! other leaves the work to the waiting one.
+//! other leaves the work to the waiting one; the one after a build waits
+//! as buildkitd's does, a second after the build and a minute after the
+//! last collection ([`Pacing`]).
 
 mod inventory;
 mod policy;
@@ -96,6 +98,33 @@ pub struct GcTurn {
     _run: File,
 }
 
+/// When an automatic collection may start. After a build kiln paces its
+/// collections as buildkitd paces its own (its controller runs the GC a
+/// second after each build, and at most once a minute: `ThrottleAfter`),
+/// so that builds run back to back do not each share the machine with a
+/// collection, and a burst of them leaves one collection to its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pacing {
+    /// How long after it was asked for the collection starts.
+    pub delay: Duration,
+    /// How long after the last automatic collection ended (`gc.log`'s
+    /// mtime) the next may start.
+    pub interval: Duration,
+}
+
+impl Pacing {
+    /// At once (`KILN_GC=foreground`, `kiln __gc`).
+    pub const NONE: Pacing = Pacing {
+        delay: Duration::ZERO,
+        interval: Duration::ZERO,
+    };
+    /// After a build or run returned (the detached collection).
+    pub const AFTER_BUILD: Pacing = Pacing {
+        delay: Duration::from_secs(1),
+        interval: Duration::from_secs(60),
+    };
+}
+
 impl Store {
     /// The automatic collection's policy file (`<root>/gc.toml`), or the
     /// defaults when there is none.
@@ -103,15 +132,39 @@ impl Store {
         GcConfig::load(&self.gc_config_path())
     }
 
-    /// Waits for the running automatic collection to finish, unless another
-    /// one already waits (`None`: that one will see what this one would).
-    pub fn gc_turn(&self) -> Result<Option<GcTurn>> {
+    /// Waits until `pacing` lets an automatic collection start and the
+    /// running one has finished, unless another one already waits (`None`:
+    /// that one will see what this one would). The waiting one holds
+    /// `gc-queue.lock`, which is all that other collections asked for
+    /// meanwhile look at; `kiln prune` and a build's lease wait for none of
+    /// this.
+    pub fn gc_turn(&self, pacing: Pacing) -> Result<Option<GcTurn>> {
+        let asked = Instant::now();
         let Some(queued) = try_lock(&self.gc_queue_lock_path())? else {
             return Ok(None);
         };
-        let run = lock(&self.gc_run_lock_path(), true)?;
-        drop(queued);
-        Ok(Some(GcTurn { _run: run }))
+        loop {
+            std::thread::sleep(self.gc_wait(asked, pacing));
+            let run = lock(&self.gc_run_lock_path(), true)?;
+            // The collection that ran meanwhile restarts the interval.
+            if self.gc_wait(asked, pacing).is_zero() {
+                drop(queued);
+                return Ok(Some(GcTurn { _run: run }));
+            }
+        }
+    }
+
+    /// How long a collection asked for at `asked` still waits under
+    /// `pacing`. A `gc.log` dated in the future counts as just written: the
+    /// wait never exceeds the delay or the interval.
+    fn gc_wait(&self, asked: Instant, pacing: Pacing) -> Duration {
+        let delay = pacing.delay.saturating_sub(asked.elapsed());
+        let since_last = std::fs::metadata(self.gc_log_path())
+            .and_then(|m| m.modified())
+            .ok()
+            .map(|t| t.elapsed().unwrap_or(Duration::ZERO));
+        let interval = since_last.map_or(Duration::ZERO, |s| pacing.interval.saturating_sub(s));
+        delay.max(interval)
     }
 
     /// What each area of the store holds and what `kiln prune --all` would
@@ -372,5 +425,60 @@ impl PruneReport {
                 self.variant_bytes += bytes;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sets `gc.log`'s mtime `secs_ago` seconds before now (after, when negative).
+    fn last_collection(store: &Store, secs_ago: i64) {
+        let path = store.gc_log_path();
+        std::fs::write(&path, "a collection\n").unwrap();
+        let now = SystemTime::now();
+        let when = if secs_ago >= 0 {
+            now - Duration::from_secs(secs_ago.unsigned_abs())
+        } else {
+            now + Duration::from_secs(secs_ago.unsigned_abs())
+        };
+        File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(when))
+            .unwrap();
+    }
+
+    /// Whether `d` lies in `[low, high]` seconds.
+    fn within(d: Duration, low: f64, high: f64) -> bool {
+        (low..=high).contains(&d.as_secs_f64())
+    }
+
+    #[test]
+    fn a_collection_after_a_build_waits_a_second_and_a_minute_after_the_last() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let asked = Instant::now();
+        // No collection yet: only the second after the build.
+        let wait = store.gc_wait(asked, Pacing::AFTER_BUILD);
+        assert!(within(wait, 0.9, 1.0), "{wait:?}");
+        assert_eq!(store.gc_wait(asked, Pacing::NONE), Duration::ZERO);
+        // The last ended 50 s ago: ten more seconds.
+        last_collection(&store, 50);
+        let wait = store.gc_wait(asked, Pacing::AFTER_BUILD);
+        assert!(within(wait, 9.9, 10.0), "{wait:?}");
+        assert_eq!(store.gc_wait(asked, Pacing::NONE), Duration::ZERO);
+        // Two minutes ago: the second after the build is all.
+        last_collection(&store, 120);
+        let wait = store.gc_wait(asked, Pacing::AFTER_BUILD);
+        assert!(within(wait, 0.9, 1.0), "{wait:?}");
+        // A log dated an hour ahead (a clock set back): a minute, no more.
+        last_collection(&store, -3600);
+        let wait = store.gc_wait(asked, Pacing::AFTER_BUILD);
+        assert!(within(wait, 60.0, 60.0), "{wait:?}");
+        // Asked more than a second ago, the last two minutes ago: now.
+        last_collection(&store, 120);
+        let long_ago = Instant::now() - Duration::from_secs(2);
+        assert_eq!(store.gc_wait(long_ago, Pacing::AFTER_BUILD), Duration::ZERO);
     }
 }
