@@ -334,10 +334,12 @@ fn df(store: &Store, format: DfFormat) -> anyhow::Result<ExitCode> {
 /// How the automatic collection runs after a build (`KILN_GC`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GcMode {
-    /// A `kiln __gc` process of its own, which the build does not wait for.
+    /// A `kiln __gc` process of its own, which the build does not wait for,
+    /// paced as buildkitd's GC (`Pacing::AFTER_BUILD`).
     Detached,
-    /// In the build's process, before it exits (for tests and scripts that
-    /// want the store collected when the build returns).
+    /// In the build's process, before it exits, unpaced: once a running
+    /// collection has finished (for tests and scripts that want the store
+    /// collected when the build returns).
     Foreground,
 }
 
@@ -442,13 +444,18 @@ pub fn collect_after(root: &Path, mode: GcMode) {
 }
 
 /// Starts `kiln --root ROOT __gc --after-build` in a process group of its
-/// own, without stdin, stdout or stderr, and does not wait for it.
+/// own, without stdin, stdout or stderr, in `/` (it may wait a minute: it
+/// keeps no directory of the caller's busy), and does not wait for it.
+/// (It inherits no other descriptor: `main` marks them all close-on-exec.)
 fn spawn_collector(root: &Path) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("finding kiln's own executable")?;
+    let root = std::path::absolute(root)
+        .with_context(|| format!("the store's path {}", root.display()))?;
     std::process::Command::new(&exe)
         .arg("--root")
-        .arg(root)
+        .arg(&root)
+        .current_dir("/")
         .arg(GC_SUBCOMMAND)
         .arg(format!("--{AFTER_BUILD_FLAG}"))
         .stdin(Stdio::null())

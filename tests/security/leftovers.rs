@@ -314,8 +314,9 @@ fn a_killed_builds_scratch_goes_at_the_next_build_start_and_a_live_ones_stays() 
         "the live build's scratch"
     );
     // The live build goes on undisturbed; once it is done, its own
-    // collection (in its process) runs after the detached one (they take
-    // turns), and the trash is empty: what the killed build left included.
+    // collection (in its process, unpaced: it does not wait for the
+    // detached one's second) runs, and the trash is empty: what the killed
+    // build left included.
     std::fs::write(sync.join("go-live"), "").expect("go");
     let out = live.wait_with_output().expect("wait");
     assert!(out.status.success(), "{}", text(&out));

@@ -112,7 +112,44 @@ pub struct Pacing {
     pub interval: Duration,
 }
 
+/// Which directory a store's root is: a collection that waited does not
+/// collect a store made anew at the same path (device, inode and birth
+/// time; an inode number alone may be reused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StoreIdentity {
+    dev: (u32, u32),
+    ino: u64,
+    born: (i64, u32),
+}
+
+impl StoreIdentity {
+    fn of(store: &Store) -> Option<StoreIdentity> {
+        let st = rustix::fs::statx(
+            rustix::fs::CWD,
+            store.root(),
+            rustix::fs::AtFlags::empty(),
+            rustix::fs::StatxFlags::INO | rustix::fs::StatxFlags::BTIME,
+        )
+        .ok()?;
+        Some(StoreIdentity {
+            dev: (st.stx_dev_major, st.stx_dev_minor),
+            ino: st.stx_ino,
+            born: (st.stx_btime.tv_sec, st.stx_btime.tv_nsec),
+        })
+    }
+}
+
 impl Pacing {
+    /// How much of the interval is left after a collection that ended at
+    /// `last` (none known: none). One dated in the future counts as just
+    /// ended: the wait never exceeds the interval.
+    fn wait_after(&self, last: Option<SystemTime>) -> Duration {
+        last.map_or(Duration::ZERO, |t| {
+            self.interval
+                .saturating_sub(t.elapsed().unwrap_or(Duration::ZERO))
+        })
+    }
+
     /// At once (`KILN_GC=foreground`, `kiln __gc`).
     pub const NONE: Pacing = Pacing {
         delay: Duration::ZERO,
@@ -133,38 +170,50 @@ impl Store {
     }
 
     /// Waits until `pacing` lets an automatic collection start and the
-    /// running one has finished, unless another one already waits (`None`:
-    /// that one will see what this one would). The waiting one holds
-    /// `gc-queue.lock`, which is all that other collections asked for
-    /// meanwhile look at; `kiln prune` and a build's lease wait for none of
-    /// this.
+    /// running one has finished. A paced collection waits in
+    /// `gc-queue.lock`, and returns `None` when another one already waits
+    /// there (that one will see what this one would); an unpaced one
+    /// (`Pacing::NONE`) waits only for the running one. `kiln prune` and a
+    /// build's lease wait for none of this. `None` too when the store was
+    /// removed or replaced while this one waited.
     pub fn gc_turn(&self, pacing: Pacing) -> Result<Option<GcTurn>> {
         let asked = Instant::now();
-        let Some(queued) = try_lock(&self.gc_queue_lock_path())? else {
+        let Some(store) = StoreIdentity::of(self) else {
             return Ok(None);
         };
+        let queued = if pacing == Pacing::NONE {
+            None
+        } else {
+            match try_lock(&self.gc_queue_lock_path())? {
+                Some(queued) => Some(queued),
+                None => return Ok(None),
+            }
+        };
+        let mut last = self.last_collection();
+        let mut due = asked + pacing.delay.max(pacing.wait_after(last));
         loop {
-            std::thread::sleep(self.gc_wait(asked, pacing));
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            if StoreIdentity::of(self) != Some(store) {
+                return Ok(None);
+            }
             let run = lock(&self.gc_run_lock_path(), true)?;
-            // The collection that ran meanwhile restarts the interval.
-            if self.gc_wait(asked, pacing).is_zero() {
+            let now = self.last_collection();
+            if now == last || pacing == Pacing::NONE {
                 drop(queued);
                 return Ok(Some(GcTurn { _run: run }));
             }
+            // Another collection ended meanwhile: the interval runs from
+            // its end (once: a date that stays put is not waited for again).
+            last = now;
+            due = Instant::now() + pacing.wait_after(last);
         }
     }
 
-    /// How long a collection asked for at `asked` still waits under
-    /// `pacing`. A `gc.log` dated in the future counts as just written: the
-    /// wait never exceeds the delay or the interval.
-    fn gc_wait(&self, asked: Instant, pacing: Pacing) -> Duration {
-        let delay = pacing.delay.saturating_sub(asked.elapsed());
-        let since_last = std::fs::metadata(self.gc_log_path())
+    /// When the last automatic collection ended (`gc.log`'s mtime).
+    fn last_collection(&self) -> Option<SystemTime> {
+        std::fs::metadata(self.gc_log_path())
             .and_then(|m| m.modified())
             .ok()
-            .map(|t| t.elapsed().unwrap_or(Duration::ZERO));
-        let interval = since_last.map_or(Duration::ZERO, |s| pacing.interval.saturating_sub(s));
-        delay.max(interval)
     }
 
     /// What each area of the store holds and what `kiln prune --all` would
@@ -431,8 +480,10 @@ impl PruneReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc;
 
-    /// Sets `gc.log`'s mtime `secs_ago` seconds before now (after, when negative).
+    /// Writes `gc.log` dated `secs_ago` seconds before now (after, when
+    /// negative).
     fn last_collection(store: &Store, secs_ago: i64) {
         let path = store.gc_log_path();
         std::fs::write(&path, "a collection\n").unwrap();
@@ -449,36 +500,96 @@ mod tests {
             .unwrap();
     }
 
-    /// Whether `d` lies in `[low, high]` seconds.
-    fn within(d: Duration, low: f64, high: f64) -> bool {
-        (low..=high).contains(&d.as_secs_f64())
+    fn store() -> (tempfile::TempDir, Store) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        (tmp, store)
+    }
+
+    /// `gc_turn(pacing)` in a thread: whether it got a turn, and when it
+    /// returned; fails the test if it takes a minute.
+    fn turn_in_thread(store: &Store, pacing: Pacing) -> mpsc::Receiver<(bool, Instant)> {
+        let root = store.root().to_path_buf();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let store = Store::open(root).unwrap();
+            let turn = store.gc_turn(pacing).unwrap();
+            tx.send((turn.is_some(), Instant::now())).unwrap();
+            drop(turn);
+        });
+        rx
     }
 
     #[test]
-    fn a_collection_after_a_build_waits_a_second_and_a_minute_after_the_last() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = Store::open(tmp.path().join("store")).unwrap();
-        let asked = Instant::now();
-        // No collection yet: only the second after the build.
-        let wait = store.gc_wait(asked, Pacing::AFTER_BUILD);
-        assert!(within(wait, 0.9, 1.0), "{wait:?}");
-        assert_eq!(store.gc_wait(asked, Pacing::NONE), Duration::ZERO);
-        // The last ended 50 s ago: ten more seconds.
-        last_collection(&store, 50);
-        let wait = store.gc_wait(asked, Pacing::AFTER_BUILD);
-        assert!(within(wait, 9.9, 10.0), "{wait:?}");
-        assert_eq!(store.gc_wait(asked, Pacing::NONE), Duration::ZERO);
-        // Two minutes ago: the second after the build is all.
-        last_collection(&store, 120);
-        let wait = store.gc_wait(asked, Pacing::AFTER_BUILD);
-        assert!(within(wait, 0.9, 1.0), "{wait:?}");
-        // A log dated an hour ahead (a clock set back): a minute, no more.
+    fn pacing_leaves_what_is_left_of_the_minute() {
+        let now = SystemTime::now();
+        let paced = Pacing::AFTER_BUILD;
+        assert_eq!(paced.wait_after(None), Duration::ZERO);
+        let wait = paced.wait_after(Some(now - Duration::from_secs(50)));
+        assert!(
+            (9.0..=10.0).contains(&wait.as_secs_f64()),
+            "50 s after the last: {wait:?}"
+        );
+        assert_eq!(
+            paced.wait_after(Some(now - Duration::from_secs(120))),
+            Duration::ZERO
+        );
+        // Dated an hour ahead (a clock set back): a minute, no more.
+        let ahead = Some(now + Duration::from_secs(3600));
+        assert_eq!(paced.wait_after(ahead), Duration::from_secs(60));
+        assert_eq!(Pacing::NONE.wait_after(ahead), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_log_dated_ahead_is_waited_for_once() {
+        let (_tmp, store) = store();
         last_collection(&store, -3600);
-        let wait = store.gc_wait(asked, Pacing::AFTER_BUILD);
-        assert!(within(wait, 60.0, 60.0), "{wait:?}");
-        // Asked more than a second ago, the last two minutes ago: now.
-        last_collection(&store, 120);
-        let long_ago = Instant::now() - Duration::from_secs(2);
-        assert_eq!(store.gc_wait(long_ago, Pacing::AFTER_BUILD), Duration::ZERO);
+        let pacing = Pacing {
+            delay: Duration::ZERO,
+            interval: Duration::from_millis(300),
+        };
+        let asked = Instant::now();
+        let (got, at) = turn_in_thread(&store, pacing)
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the collection never got its turn");
+        assert!(got);
+        assert!(at - asked >= Duration::from_millis(300), "{:?}", at - asked);
+    }
+
+    #[test]
+    fn while_one_waits_another_paced_one_leaves_and_an_unpaced_one_runs() {
+        let (_tmp, store) = store();
+        // A paced collection waits in the queue (this test holds its lock).
+        let _queued = try_lock(&store.gc_queue_lock_path()).unwrap().unwrap();
+        assert!(store.gc_turn(Pacing::AFTER_BUILD).unwrap().is_none());
+        assert!(store.gc_turn(Pacing::NONE).unwrap().is_some());
+    }
+
+    #[test]
+    fn the_minute_runs_from_a_collection_that_ended_while_one_waited() {
+        let (_tmp, store) = store();
+        last_collection(&store, 600);
+        // A collection is running (this test holds its lock).
+        let running = lock(&store.gc_run_lock_path(), true).unwrap();
+        let pacing = Pacing {
+            delay: Duration::ZERO,
+            interval: Duration::from_secs(1),
+        };
+        let waiting = turn_in_thread(&store, pacing);
+        std::thread::sleep(Duration::from_millis(200));
+        // It ends now.
+        std::fs::write(store.gc_log_path(), "the running one\n").unwrap();
+        let ended = Instant::now();
+        drop(running);
+        let (got, at) = waiting
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the collection never got its turn");
+        assert!(got);
+        // (File times come from the kernel's coarse clock: a tick behind.)
+        assert!(
+            at - ended >= Duration::from_millis(900),
+            "{:?} after the last ended",
+            at - ended
+        );
     }
 }
