@@ -2,9 +2,11 @@
 //! and the hidden subcommand kiln re-executes itself into to set up a
 //! container (the runtime's helper, which must start before any thread).
 //!
-//! Container state lives in `<root>/containers/<id>/` while the container
-//! runs and is always removed when it exits: kiln keeps no stopped
-//! containers, so `--rm` is accepted and changes nothing.
+//! Container state lives in `<root>/containers/<id>-<owner>-<nanos>-<n>/`
+//! while the container runs (the owner token names this process, so that a
+//! collection tells a running container's state from a dead one's without
+//! the store's lock) and is always removed when it exits: kiln keeps no
+//! stopped containers, so `--rm` is accepted and changes nothing.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -328,7 +330,8 @@ fn run_container(args: RunArgs, settings: &GlobalSettings) -> anyhow::Result<Exi
     std::fs::create_dir_all(&containers)
         .with_context(|| format!("creating {}", containers.display()))?;
 
-    let mut spec = RunSpec::new(lower_dirs, containers.join(&id), command.argv());
+    let state = containers.join(format!("{id}-{}", kiln_layers::store::unique_suffix()));
+    let mut spec = RunSpec::new(lower_dirs, state, command.argv());
     spec.image = tagged.name.clone();
     spec.env = container_env(
         config.env.as_deref().unwrap_or_default(),

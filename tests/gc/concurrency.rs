@@ -146,6 +146,70 @@ fn a_detached_collection_waits_a_minute_after_the_last_one() {
     );
 }
 
+#[test]
+fn a_prune_tells_a_running_containers_state_from_a_dead_ones_without_waiting() {
+    crate::require_namespaces!();
+    let fixture = Fixture::new();
+    let root = fixture.root();
+    let containers = root.join("containers");
+    let dead = containers.join(format!("0123abcd-{}-1-2", dead_owner()));
+    fill(&dead.join("work"), 3, 100);
+    // A container that runs until the test stops it (it holds a lease).
+    let run = fixture
+        .kiln(&[
+            "run",
+            "busybox",
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; sleep 600 & wait",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kiln run");
+    let live = || -> Vec<PathBuf> {
+        std::fs::read_dir(&containers)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| *p != dead)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    wait_until("the container's state dir", || !live().is_empty());
+    let state = live();
+    // Scratch with nothing to remove but what a dead process left: the
+    // running container's state is seen as its own, so the prune needs
+    // the lock only for the dead one's. Without it first: no waiting.
+    std::fs::remove_dir_all(&dead).expect("remove the dead state");
+    let mut prune = fixture
+        .kiln(&["prune", "--filter", "type=scratch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kiln prune");
+    wait_until("the prune returned while the container ran", || {
+        prune.try_wait().expect("wait").is_some()
+    });
+    let out = prune.wait_with_output().expect("prune output");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        state.iter().all(|p| p.exists()),
+        "the running container's state"
+    );
+    // Stop the container (kiln run forwards SIGTERM to its shell, which
+    // as pid 1 has only the handler it sets); its state goes with it.
+    let pid = rustix::process::Pid::from_raw(run.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("kill");
+    let _ = run.wait_with_output().expect("wait for kiln run");
+    assert!(live().is_empty(), "{:?}", live());
+    // A dead process's container state is collected.
+    fill(&dead.join("work"), 3, 100);
+    fixture.ok(&["prune", "--filter", "type=scratch"]);
+    assert!(!dead.exists());
+}
+
 /// A Dockerfile whose first RUN (cached from `base`) is the lower of a RUN
 /// that signals `/sync/started-NAME`, waits for `/sync/go-NAME`, then
 /// copies what the first wrote.

@@ -652,8 +652,8 @@ impl Scan<'_> {
         let size = measure_tree(&path)?;
         let bytes = self.add_tree(Area::Scratch, &size);
         // A live process's scratch is its own; without the exclusive lock,
-        // so is anything whose name says no owner (a container's state, an
-        // older kiln's work dir): it may be in use.
+        // so is anything whose name says no owner (an older kiln's work dir
+        // or container state): it may be in use.
         if live_other(&name) || !(in_trash || self.may_take(&name)) {
             return Ok(());
         }
