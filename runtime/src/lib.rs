@@ -35,7 +35,7 @@
 //!
 //! # Where things go
 //!
-//! - `RunSpec::state_dir` (caller's, e.g. `<root>/containers/<id>`): overlay's
+//! - `RunSpec::state_dir` (caller's, e.g. `<root>/containers/<id>-<owner>-…`): overlay's
 //!   work dir and, with [`UpperDir::Discard`], the upper dir. Created, and
 //!   removed when the run ends (a non-empty one is refused, left as it is).
 //! - A private directory on a tmpfs (`/run/kiln`, `$XDG_RUNTIME_DIR/kiln` or

@@ -291,7 +291,7 @@ pub struct RunSpec {
     /// A directory for this run's state (the overlay mount point, work dir,
     /// the hosts/resolv.conf/hostname files, …). Created if missing, must be
     /// empty, and is removed when the run ends. In the store this is
-    /// `<root>/containers/<id>`.
+    /// `<root>/containers/<id>-<owner>-<nanos>-<n>` (the owner: `kiln run`).
     pub state_dir: PathBuf,
     /// The image's name, for error messages ("no user x in image busybox").
     pub image: String,

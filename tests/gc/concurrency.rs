@@ -154,14 +154,20 @@ fn a_prune_tells_a_running_containers_state_from_a_dead_ones_without_waiting() {
     let containers = root.join("containers");
     let dead = containers.join(format!("0123abcd-{}-1-2", dead_owner()));
     fill(&dead.join("work"), 3, 100);
-    // A container that runs until the test stops it (it holds a lease).
+    // A container that runs until the test stops it (it holds a lease);
+    // it says when its shell handles SIGTERM.
+    let sync = fixture.context("sync", &[]);
+    std::fs::create_dir_all(&sync).expect("sync dir");
+    let volume = format!("{}:/sync", sync.display());
     let run = fixture
         .kiln(&[
             "run",
+            "-v",
+            &volume,
             "busybox",
             "sh",
             "-c",
-            "trap 'exit 0' TERM; sleep 600 & wait",
+            "trap 'exit 0' TERM; touch /sync/ready; sleep 600 & wait",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -177,7 +183,7 @@ fn a_prune_tells_a_running_containers_state_from_a_dead_ones_without_waiting() {
             })
             .unwrap_or_default()
     };
-    wait_until("the container's state dir", || !live().is_empty());
+    wait_until("the container runs", || sync.join("ready").exists());
     let state = live();
     // Scratch with nothing to remove but what a dead process left: the
     // running container's state is seen as its own, so the prune needs

@@ -117,25 +117,38 @@ pub struct Pacing {
 /// time; an inode number alone may be reused).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct StoreIdentity {
-    dev: (u32, u32),
+    dev: rustix::fs::Dev,
     ino: u64,
     born: (i64, u32),
 }
 
 impl StoreIdentity {
+    /// `None` when the root is gone. Where `statx` is refused (an old
+    /// seccomp profile) or missing, device and inode from `stat`; where the
+    /// filesystem keeps no birth time, statx reports it as zero.
     fn of(store: &Store) -> Option<StoreIdentity> {
-        let st = rustix::fs::statx(
-            rustix::fs::CWD,
+        use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
+        match statx(
+            CWD,
             store.root(),
-            rustix::fs::AtFlags::empty(),
-            rustix::fs::StatxFlags::INO | rustix::fs::StatxFlags::BTIME,
-        )
-        .ok()?;
-        Some(StoreIdentity {
-            dev: (st.stx_dev_major, st.stx_dev_minor),
-            ino: st.stx_ino,
-            born: (st.stx_btime.tv_sec, st.stx_btime.tv_nsec),
-        })
+            AtFlags::empty(),
+            StatxFlags::INO | StatxFlags::BTIME,
+        ) {
+            Ok(st) => Some(StoreIdentity {
+                dev: rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor),
+                ino: st.stx_ino,
+                born: (st.stx_btime.tv_sec, st.stx_btime.tv_nsec),
+            }),
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => None,
+            Err(_) => {
+                let st = rustix::fs::stat(store.root()).ok()?;
+                Some(StoreIdentity {
+                    dev: st.st_dev,
+                    ino: st.st_ino,
+                    born: (0, 0),
+                })
+            }
+        }
     }
 }
 
@@ -197,6 +210,11 @@ impl Store {
                 return Ok(None);
             }
             let run = lock(&self.gc_run_lock_path(), true)?;
+            // Again: the running collection this one waited for may have
+            // waited long (for leases) while the store was replaced.
+            if StoreIdentity::of(self) != Some(store) {
+                return Ok(None);
+            }
             let now = self.last_collection();
             if now == last || pacing == Pacing::NONE {
                 drop(queued);
@@ -554,6 +572,48 @@ mod tests {
             .expect("the collection never got its turn");
         assert!(got);
         assert!(at - asked >= Duration::from_millis(300), "{:?}", at - asked);
+    }
+
+    #[test]
+    fn a_paced_collection_waits_its_delay_first() {
+        let (_tmp, store) = store();
+        let pacing = Pacing {
+            delay: Duration::from_millis(300),
+            interval: Duration::ZERO,
+        };
+        let asked = Instant::now();
+        let (got, at) = turn_in_thread(&store, pacing)
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the collection never got its turn");
+        assert!(got);
+        assert!(at - asked >= Duration::from_millis(300), "{:?}", at - asked);
+    }
+
+    #[test]
+    fn a_store_removed_or_made_anew_while_one_waited_is_left_alone() {
+        for remake in [false, true] {
+            let (_tmp, store) = store();
+            let root = store.root().to_path_buf();
+            let (opened, ready) = mpsc::channel();
+            let waiting = std::thread::spawn(move || {
+                let store = Store::open(root).unwrap();
+                opened.send(()).unwrap();
+                let pacing = Pacing {
+                    delay: Duration::from_secs(2),
+                    interval: Duration::ZERO,
+                };
+                store.gc_turn(pacing).unwrap().is_some()
+            });
+            ready.recv().unwrap();
+            // (It notes which directory the store is at once, then waits.)
+            std::thread::sleep(Duration::from_millis(300));
+            std::fs::remove_dir_all(store.root()).unwrap();
+            if remake {
+                Store::open(store.root()).unwrap();
+            }
+            let got = waiting.join().unwrap();
+            assert!(!got, "collected a store removed or made anew: {remake}");
+        }
     }
 
     #[test]
