@@ -54,30 +54,44 @@ fn wait_for_collections(root: &Path) {
     drop(Held::new(&root.join("gc-run.lock")));
 }
 
-#[test]
-fn a_build_returns_while_its_detached_collection_waits_then_runs() {
-    crate::require_namespaces!();
-    let fixture = Fixture::new();
-    let root = fixture.root();
+/// Builds a one-RUN image with its automatic collection detached (as by
+/// default) and returns once the build has returned and its collection
+/// waits in the queue.
+fn build_with_queued_collection(fixture: &Fixture) {
     let ctx = fixture.context(
         "ctx",
         &[("Dockerfile", "FROM busybox\nRUN echo hi > /hi\n")],
     );
-    let dead = root.join(format!("trash/build-{}-1-2", dead_owner()));
-    fill(&dead, 10, 1000);
-    // A collection is running (this test holds its lock).
-    let running = Held::new(&root.join("gc-run.lock"));
     let out = fixture
         .kiln(&["build", "-t", "hi:1", ctx.to_str().expect("utf-8")])
         .env("KILN_GC", "detached")
         .output()
         .expect("run kiln build");
     assert!(out.status.success(), "{}", text(&out));
-    // The build has returned; its collection is queued behind the running
-    // one, and has removed nothing yet.
     wait_until("the build's collection queued", || {
-        held(&root.join("gc-queue.lock"))
+        held(&fixture.root().join("gc-queue.lock"))
     });
+}
+
+/// A file's mtime.
+fn mtime(path: &Path) -> std::time::SystemTime {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn a_build_returns_while_its_detached_collection_waits_then_runs() {
+    crate::require_namespaces!();
+    let fixture = Fixture::new();
+    let root = fixture.root();
+    let dead = root.join(format!("trash/build-{}-1-2", dead_owner()));
+    fill(&dead, 10, 1000);
+    // A collection is running (this test holds its lock).
+    let running = Held::new(&root.join("gc-run.lock"));
+    // The build returns; its collection is queued behind the running one,
+    // and has removed nothing yet.
+    build_with_queued_collection(&fixture);
     assert!(dead.exists());
     drop(running);
     wait_for_collections(&root);
@@ -108,36 +122,20 @@ fn a_detached_collection_waits_a_minute_after_the_last_one() {
     crate::require_namespaces!();
     let fixture = Fixture::new();
     let root = fixture.root();
-    let ctx = fixture.context(
-        "ctx",
-        &[("Dockerfile", "FROM busybox\nRUN echo hi > /hi\n")],
-    );
     // The last automatic collection ended 50 s ago.
     let log = root.join("gc.log");
     std::fs::write(&log, "an earlier collection\n").expect("gc.log");
     crate::age(&log, 50);
-    let last = std::fs::metadata(&log)
-        .and_then(|m| m.modified())
-        .expect("gc.log mtime");
+    let last = mtime(&log);
     let dead = root.join(format!("trash/build-{}-1-2", dead_owner()));
     fill(&dead, 10, 1000);
-    let out = fixture
-        .kiln(&["build", "-t", "hi:1", ctx.to_str().expect("utf-8")])
-        .env("KILN_GC", "detached")
-        .output()
-        .expect("run kiln build");
-    assert!(out.status.success(), "{}", text(&out));
-    // The build has returned; its collection waits (about 10 s more), and
-    // has removed nothing.
-    wait_until("the build's collection queued", || {
-        held(&root.join("gc-queue.lock"))
-    });
+    // The build returns; its collection waits (about 10 s more), and has
+    // removed nothing.
+    build_with_queued_collection(&fixture);
     assert!(dead.exists());
     wait_for_collections(&root);
     assert!(!dead.exists(), "collected once the minute was over");
-    let ran = std::fs::metadata(&log)
-        .and_then(|m| m.modified())
-        .expect("gc.log mtime");
+    let ran = mtime(&log);
     // (File times come from the kernel's coarse clock: a tick behind.)
     let after = ran.duration_since(last).unwrap_or_default();
     assert!(

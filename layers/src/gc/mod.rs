@@ -112,6 +112,29 @@ pub struct Pacing {
     pub interval: Duration,
 }
 
+impl Pacing {
+    /// How much of the interval is left after a collection that ended at
+    /// `last` (none known: none). One dated in the future counts as just
+    /// ended: the wait never exceeds the interval.
+    fn wait_after(&self, last: Option<SystemTime>) -> Duration {
+        last.map_or(Duration::ZERO, |t| {
+            self.interval
+                .saturating_sub(t.elapsed().unwrap_or(Duration::ZERO))
+        })
+    }
+
+    /// At once (`KILN_GC=foreground`, `kiln __gc`).
+    pub const NONE: Pacing = Pacing {
+        delay: Duration::ZERO,
+        interval: Duration::ZERO,
+    };
+    /// After a build or run returned (the detached collection).
+    pub const AFTER_BUILD: Pacing = Pacing {
+        delay: Duration::from_secs(1),
+        interval: Duration::from_secs(60),
+    };
+}
+
 /// Which directory a store's root is: a collection that waited does not
 /// collect a store made anew at the same path (device, inode and birth
 /// time; an inode number alone may be reused).
@@ -152,29 +175,6 @@ impl StoreIdentity {
     }
 }
 
-impl Pacing {
-    /// How much of the interval is left after a collection that ended at
-    /// `last` (none known: none). One dated in the future counts as just
-    /// ended: the wait never exceeds the interval.
-    fn wait_after(&self, last: Option<SystemTime>) -> Duration {
-        last.map_or(Duration::ZERO, |t| {
-            self.interval
-                .saturating_sub(t.elapsed().unwrap_or(Duration::ZERO))
-        })
-    }
-
-    /// At once (`KILN_GC=foreground`, `kiln __gc`).
-    pub const NONE: Pacing = Pacing {
-        delay: Duration::ZERO,
-        interval: Duration::ZERO,
-    };
-    /// After a build or run returned (the detached collection).
-    pub const AFTER_BUILD: Pacing = Pacing {
-        delay: Duration::from_secs(1),
-        interval: Duration::from_secs(60),
-    };
-}
-
 impl Store {
     /// The automatic collection's policy file (`<root>/gc.toml`), or the
     /// defaults when there is none.
@@ -202,17 +202,18 @@ impl Store {
                 None => return Ok(None),
             }
         };
+        let replaced = || StoreIdentity::of(self) != Some(store);
         let mut last = self.last_collection();
         let mut due = asked + pacing.delay.max(pacing.wait_after(last));
         loop {
             std::thread::sleep(due.saturating_duration_since(Instant::now()));
-            if StoreIdentity::of(self) != Some(store) {
+            if replaced() {
                 return Ok(None);
             }
             let run = lock(&self.gc_run_lock_path(), true)?;
             // Again: the running collection this one waited for may have
             // waited long (for leases) while the store was replaced.
-            if StoreIdentity::of(self) != Some(store) {
+            if replaced() {
                 return Ok(None);
             }
             let now = self.last_collection();
@@ -502,7 +503,7 @@ mod tests {
 
     /// Writes `gc.log` dated `secs_ago` seconds before now (after, when
     /// negative).
-    fn last_collection(store: &Store, secs_ago: i64) {
+    fn log_dated(store: &Store, secs_ago: i64) {
         let path = store.gc_log_path();
         std::fs::write(&path, "a collection\n").unwrap();
         let now = SystemTime::now();
@@ -558,20 +559,26 @@ mod tests {
         assert_eq!(Pacing::NONE.wait_after(ahead), Duration::ZERO);
     }
 
+    /// Asserts that `gc_turn(pacing)` gets its turn, no sooner than
+    /// `at_least` after it was asked.
+    fn turn_comes_after(store: &Store, pacing: Pacing, at_least: Duration) {
+        let asked = Instant::now();
+        let (got, at) = turn_in_thread(store, pacing)
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the collection never got its turn");
+        assert!(got);
+        assert!(at - asked >= at_least, "{:?}", at - asked);
+    }
+
     #[test]
     fn a_log_dated_ahead_is_waited_for_once() {
         let (_tmp, store) = store();
-        last_collection(&store, -3600);
+        log_dated(&store, -3600);
         let pacing = Pacing {
             delay: Duration::ZERO,
             interval: Duration::from_millis(300),
         };
-        let asked = Instant::now();
-        let (got, at) = turn_in_thread(&store, pacing)
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the collection never got its turn");
-        assert!(got);
-        assert!(at - asked >= Duration::from_millis(300), "{:?}", at - asked);
+        turn_comes_after(&store, pacing, Duration::from_millis(300));
     }
 
     #[test]
@@ -581,12 +588,7 @@ mod tests {
             delay: Duration::from_millis(300),
             interval: Duration::ZERO,
         };
-        let asked = Instant::now();
-        let (got, at) = turn_in_thread(&store, pacing)
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the collection never got its turn");
-        assert!(got);
-        assert!(at - asked >= Duration::from_millis(300), "{:?}", at - asked);
+        turn_comes_after(&store, pacing, Duration::from_millis(300));
     }
 
     #[test]
@@ -628,7 +630,7 @@ mod tests {
     #[test]
     fn the_minute_runs_from_a_collection_that_ended_while_one_waited() {
         let (_tmp, store) = store();
-        last_collection(&store, 600);
+        log_dated(&store, 600);
         // A collection is running (this test holds its lock).
         let running = lock(&store.gc_run_lock_path(), true).unwrap();
         let pacing = Pacing {
