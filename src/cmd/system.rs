@@ -432,12 +432,19 @@ pub fn collection_needed(store: &Store, before: &kiln_layers::ContentStamp) -> b
 /// collection, detached (the default) or in this process. Never fails the
 /// command: a collection that cannot start is a warning.
 pub fn collect_after(root: &Path, mode: GcMode) {
-    let result = match mode {
-        GcMode::Detached => spawn_collector(root),
-        GcMode::Foreground => Store::open(root)
-            .map_err(anyhow::Error::from)
-            .and_then(|store| auto_collect(&store, Pacing::NONE)),
-    };
+    let result = Store::open(root)
+        .map_err(anyhow::Error::from)
+        .and_then(|store| match mode {
+            GcMode::Detached => {
+                // One waiting for its turn will see what this command did;
+                // another would start only to leave at once.
+                if store.collection_waiting()? {
+                    return Ok(());
+                }
+                spawn_collector(root)
+            }
+            GcMode::Foreground => auto_collect(&store, Pacing::NONE),
+        });
     if let Err(e) = result {
         tracing::warn!("collecting the store at {}: {e:#}", root.display());
     }

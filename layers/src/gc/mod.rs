@@ -228,6 +228,16 @@ impl Store {
         }
     }
 
+    /// Whether a paced automatic collection waits for its turn now (holds
+    /// `gc-queue.lock`). It has not looked at the store yet, so it will see
+    /// what was done until now; another one started now would leave at once
+    /// ([`Store::gc_turn`]), so a command that finds one waiting starts
+    /// none. (The lock is tried, so for an instant this holds it: a paced
+    /// collection that tries it then leaves, and the caller starts one.)
+    pub fn collection_waiting(&self) -> Result<bool> {
+        Ok(try_lock(&self.gc_queue_lock_path())?.is_none())
+    }
+
     /// When the last automatic collection ended (`gc.log`'s mtime).
     fn last_collection(&self) -> Option<SystemTime> {
         std::fs::metadata(self.gc_log_path())
@@ -625,6 +635,24 @@ mod tests {
         let _queued = try_lock(&store.gc_queue_lock_path()).unwrap().unwrap();
         assert!(store.gc_turn(Pacing::AFTER_BUILD).unwrap().is_none());
         assert!(store.gc_turn(Pacing::NONE).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_collection_that_waits_is_seen_and_one_that_has_its_turn_is_not() {
+        let (_tmp, store) = store();
+        assert!(!store.collection_waiting().unwrap());
+        let pacing = Pacing {
+            delay: Duration::from_millis(600),
+            interval: Duration::ZERO,
+        };
+        let waiting = turn_in_thread(&store, pacing);
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(store.collection_waiting().unwrap());
+        let (got, _) = waiting
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the collection never got its turn");
+        assert!(got, "the waiting collection left: the check took its place");
+        assert!(!store.collection_waiting().unwrap());
     }
 
     #[test]
