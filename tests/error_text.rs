@@ -12,7 +12,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{busybox_rootfs_tar, kiln, kiln_command, kiln_ok};
+use common::{busybox_rootfs_tar, kiln, kiln_command, kiln_ok, text};
 
 /// A scratch directory with the busybox root filesystem tar in it.
 struct Scratch {
@@ -46,15 +46,6 @@ impl Scratch {
         std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
         dir
     }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// The `error: ` line of kiln's stderr.

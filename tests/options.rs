@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{kiln, kiln_ok};
+use common::{kiln, kiln_ok, text};
 
 use common::BusyboxStore as Fixture;
 
@@ -31,15 +31,6 @@ impl Fixture {
         assert!(out.status.success(), "{}", text(&out));
         out_dir
     }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn read(root: &Path, path: &str) -> String {

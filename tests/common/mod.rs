@@ -129,21 +129,35 @@ pub fn scratch_left(root: &Path) -> Vec<String> {
 }
 
 /// A store with `busybox:latest` imported from kiln-testsupport's busybox
-/// root filesystem (users root, app = 1000, nobody = 65534), and room for
-/// contexts beside it. Test files add their own build helpers to it.
+/// root filesystem (users root, app = 1000, nobody = 65534; `CMD ["sh"]`
+/// as docker.io's busybox has; the tar stays beside the store as
+/// `busybox.tar`), and room for contexts beside it. Test files add their
+/// own build helpers to it.
 pub struct BusyboxStore {
     pub dir: tempfile::TempDir,
 }
 
 impl BusyboxStore {
     pub fn new() -> BusyboxStore {
-        let dir = tempfile::tempdir().unwrap();
+        BusyboxStore::new_in(&std::env::temp_dir())
+    }
+
+    /// Like [`BusyboxStore::new`], with the store and scratch under
+    /// `parent` (a tmpfs, a small filesystem made for the test).
+    pub fn new_in(parent: &Path) -> BusyboxStore {
+        let dir = tempfile::tempdir_in(parent).expect("tempdir");
         let tar = dir.path().join("busybox.tar");
-        busybox_rootfs_tar(&tar).unwrap();
+        busybox_rootfs_tar(&tar).expect("busybox tar");
         let fixture = BusyboxStore { dir };
         kiln_ok(
             &fixture.root(),
-            &["import", tar.to_str().unwrap(), "busybox:latest"],
+            &[
+                "import",
+                "--change",
+                "CMD [\"sh\"]",
+                tar.to_str().expect("utf-8 path"),
+                "busybox:latest",
+            ],
         );
         fixture
     }
@@ -153,14 +167,31 @@ impl BusyboxStore {
         self.dir.path().join("store")
     }
 
+    /// A new directory `name` beside the store.
+    pub fn dir(&self, name: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::create_dir_all(&path).expect("create dir");
+        path
+    }
+
     /// A context directory `name` holding `files`.
     pub fn context(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
-        let dir = self.dir.path().join(name);
+        let dir = self.dir(name);
         for (path, content) in files {
             let path = dir.join(path);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, content).unwrap();
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("create dir");
+            std::fs::write(path, content).expect("write context file");
         }
         dir
     }
+}
+
+/// The status, stdout and stderr of `out`, for assertion messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

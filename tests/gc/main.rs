@@ -19,7 +19,7 @@ mod space;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{busybox_rootfs_tar, kiln_command, kiln_ok};
+use common::kiln_command;
 
 macro_rules! require_root {
     () => {
@@ -37,51 +37,12 @@ macro_rules! require_namespaces {
 }
 pub(crate) use require_namespaces;
 
-/// A fresh store with `busybox:latest` imported, and scratch beside it.
-pub(crate) struct Fixture {
-    dir: tempfile::TempDir,
-}
+pub(crate) use common::text;
+/// The suite's store: `busybox:latest` imported, scratch beside it.
+pub(crate) use common::BusyboxStore as Fixture;
 
+/// What the suite adds to it.
 impl Fixture {
-    pub(crate) fn new() -> Fixture {
-        Fixture::new_in(&std::env::temp_dir())
-    }
-
-    /// Like [`Fixture::new`], with the store and scratch under `parent`.
-    pub(crate) fn new_in(parent: &Path) -> Fixture {
-        let dir = tempfile::tempdir_in(parent).expect("tempdir");
-        let tar = dir.path().join("busybox.tar");
-        busybox_rootfs_tar(&tar).expect("busybox tar");
-        let fixture = Fixture { dir };
-        kiln_ok(
-            &fixture.root(),
-            &[
-                "import",
-                "--change",
-                "CMD [\"sh\"]",
-                tar.to_str().expect("utf-8 path"),
-                "busybox:latest",
-            ],
-        );
-        std::fs::remove_file(fixture.dir.path().join("busybox.tar")).expect("rm tar");
-        fixture
-    }
-
-    pub(crate) fn root(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-
-    /// A build context holding `files` (`Dockerfile` among them).
-    pub(crate) fn context(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
-        let dir = self.dir.path().join(name);
-        for (path, content) in files {
-            let path = dir.join(path);
-            std::fs::create_dir_all(path.parent().expect("parent")).expect("create dir");
-            std::fs::write(path, content).expect("write context file");
-        }
-        dir
-    }
-
     /// Writes the store's policy file.
     pub(crate) fn policy(&self, text: &str) {
         std::fs::write(self.root().join("gc.toml"), text).expect("write gc.toml");
@@ -112,16 +73,6 @@ impl Fixture {
         all.push(context.to_str().expect("utf-8 path"));
         self.ok(&all)
     }
-}
-
-/// stdout and stderr of `out`, for assertion messages.
-pub(crate) fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Whether the build's RUN step (the last one with `RUN` in its title)
