@@ -432,19 +432,22 @@ pub fn collection_needed(store: &Store, before: &kiln_layers::ContentStamp) -> b
 /// collection, detached (the default) or in this process. Never fails the
 /// command: a collection that cannot start is a warning.
 pub fn collect_after(root: &Path, mode: GcMode) {
-    let result = Store::open(root)
-        .map_err(anyhow::Error::from)
-        .and_then(|store| match mode {
-            GcMode::Detached => {
-                // One waiting for its turn will see what this command did;
-                // another would start only to leave at once.
-                if store.collection_waiting()? {
-                    return Ok(());
-                }
-                spawn_collector(root)
+    let result = match mode {
+        GcMode::Detached => {
+            // One waiting for its turn will see what this command did;
+            // another would start only to leave at once. (When the store
+            // cannot be opened or its lock tried, the collector is started
+            // as before and meets the problem on its own, in `gc.log`.)
+            let waiting = Store::open(root).and_then(|store| store.collection_waiting());
+            if matches!(waiting, Ok(true)) {
+                return;
             }
-            GcMode::Foreground => auto_collect(&store, Pacing::NONE),
-        });
+            spawn_collector(root)
+        }
+        GcMode::Foreground => Store::open(root)
+            .map_err(anyhow::Error::from)
+            .and_then(|store| auto_collect(&store, Pacing::NONE)),
+    };
     if let Err(e) = result {
         tracing::warn!("collecting the store at {}: {e:#}", root.display());
     }

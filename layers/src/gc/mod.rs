@@ -641,18 +641,40 @@ mod tests {
     fn a_collection_that_waits_is_seen_and_one_that_has_its_turn_is_not() {
         let (_tmp, store) = store();
         assert!(!store.collection_waiting().unwrap());
-        let pacing = Pacing {
-            delay: Duration::from_millis(600),
-            interval: Duration::ZERO,
-        };
-        let waiting = turn_in_thread(&store, pacing);
+        // A collection is running (this test holds its lock): a paced one
+        // started now waits in the queue until it ends.
+        let running = lock(&store.gc_run_lock_path(), true).unwrap();
+        let root = store.root().to_path_buf();
+        let (started, start) = mpsc::channel();
+        let (turn_tx, turn) = mpsc::channel();
+        let (looked, look) = mpsc::channel::<()>();
+        let waiting = std::thread::spawn(move || {
+            let store = Store::open(root).unwrap();
+            started.send(()).unwrap();
+            // Paced (not `Pacing::NONE`), with nothing to wait for but the
+            // running collection (there was none before).
+            let pacing = Pacing {
+                delay: Duration::ZERO,
+                interval: Duration::from_secs(1),
+            };
+            let got = store.gc_turn(pacing).unwrap();
+            turn_tx.send(got.is_some()).unwrap();
+            // It keeps its turn until the test has looked.
+            let _ = look.recv();
+        });
+        start.recv().unwrap();
+        // (It takes the queue at once; the check below tries the lock, and
+        // must not be what makes the waiting one leave.)
         std::thread::sleep(Duration::from_millis(200));
         assert!(store.collection_waiting().unwrap());
-        let (got, _) = waiting
+        drop(running);
+        let got = turn
             .recv_timeout(Duration::from_secs(60))
             .expect("the collection never got its turn");
-        assert!(got, "the waiting collection left: the check took its place");
+        assert!(got, "the waiting collection left");
         assert!(!store.collection_waiting().unwrap());
+        looked.send(()).unwrap();
+        waiting.join().unwrap();
     }
 
     #[test]
