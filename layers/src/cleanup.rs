@@ -262,7 +262,7 @@ impl Store {
         Ok(self
             .names_in(dir)?
             .into_iter()
-            .filter(|name| name.to_str().is_some_and(dead))
+            .filter(|name| dead(&name.to_string_lossy()))
             .map(|name| dir.join(name))
             .collect())
     }

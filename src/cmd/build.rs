@@ -714,7 +714,7 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     // any more (failed and canceled builds too), when the build changed
     // the store or the last one is old: detached, unless KILN_GC=foreground.
     if collection_needed(&store, &stamp) {
-        collect_after(&global.root, gc_mode);
+        collect_after(&store, gc_mode);
     }
     outcome
 }

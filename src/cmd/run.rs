@@ -131,7 +131,12 @@ impl RunCommand {
                 let code = exit_code(run_container(*args, settings));
                 // What killed runs and builds left, and the store's policy:
                 // collected once the container is gone (detached by default).
-                collect_after(&settings.root, gc_mode);
+                // A store that cannot be opened holds nothing to collect (and
+                // the run has said why).
+                match Store::open(&settings.root) {
+                    Ok(store) => collect_after(&store, gc_mode),
+                    Err(e) => tracing::debug!("no collection after the run: {e}"),
+                }
                 Ok(code)
             }
         }

@@ -431,25 +431,22 @@ pub fn collection_needed(store: &Store, before: &kiln_layers::ContentStamp) -> b
 /// After a build (or run) has returned its result: the automatic
 /// collection, detached (the default) or in this process. Never fails the
 /// command: a collection that cannot start is a warning.
-pub fn collect_after(root: &Path, mode: GcMode) {
+pub fn collect_after(store: &Store, mode: GcMode) {
     let result = match mode {
         GcMode::Detached => {
             // One waiting for its turn will see what this command did;
-            // another would start only to leave at once. (When the store
-            // cannot be opened or its lock tried, the collector is started
-            // as before and meets the problem on its own, in `gc.log`.)
-            let waiting = Store::open(root).and_then(|store| store.collection_waiting());
-            if matches!(waiting, Ok(true)) {
+            // another would start only to leave at once. (When the lock
+            // cannot be tried, the collector is started as before and
+            // meets the problem on its own, in `gc.log`.)
+            if matches!(store.collection_waiting(), Ok(true)) {
                 return;
             }
-            spawn_collector(root)
+            spawn_collector(store.root())
         }
-        GcMode::Foreground => Store::open(root)
-            .map_err(anyhow::Error::from)
-            .and_then(|store| auto_collect(&store, Pacing::NONE)),
+        GcMode::Foreground => auto_collect(store, Pacing::NONE),
     };
     if let Err(e) = result {
-        tracing::warn!("collecting the store at {}: {e:#}", root.display());
+        tracing::warn!("collecting the store at {}: {e:#}", store.root().display());
     }
 }
 

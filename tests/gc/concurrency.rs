@@ -3,7 +3,7 @@
 //! what they use and succeed with correct images.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::{dead_owner, fill, text, Fixture};
@@ -46,6 +46,27 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// `kiln prune ARGS…` started, its output piped.
+fn spawn_prune(fixture: &Fixture, args: &[&str]) -> Child {
+    let mut all = vec!["prune"];
+    all.extend_from_slice(args);
+    fixture
+        .kiln(&all)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kiln prune")
+}
+
+/// Runs `kiln prune ARGS…`, which must return (`what`, in the message
+/// when it does not) and succeed; its output.
+fn prune_returns(fixture: &Fixture, args: &[&str], what: &str) -> Output {
+    let mut prune = spawn_prune(fixture, args);
+    wait_until(what, || prune.try_wait().expect("wait").is_some());
+    let out = prune.wait_with_output().expect("prune output");
+    assert!(out.status.success(), "{}", text(&out));
+    out
+}
 /// Waits until no automatic collection is queued or running.
 fn wait_for_collections(root: &Path) {
     wait_until("the queued collection started", || {
@@ -155,7 +176,6 @@ fn a_prune_tells_a_running_containers_state_from_a_dead_ones_without_waiting() {
     // A container that runs until the test stops it (it holds a lease);
     // it says when its shell handles SIGTERM.
     let sync = fixture.context("sync", &[]);
-    std::fs::create_dir_all(&sync).expect("sync dir");
     let volume = format!("{}:/sync", sync.display());
     let run = fixture
         .kiln(&[
@@ -187,17 +207,11 @@ fn a_prune_tells_a_running_containers_state_from_a_dead_ones_without_waiting() {
     // running container's state is seen as its own, so the prune needs
     // the lock only for the dead one's. Without it first: no waiting.
     std::fs::remove_dir_all(&dead).expect("remove the dead state");
-    let mut prune = fixture
-        .kiln(&["prune", "--filter", "type=scratch"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kiln prune");
-    wait_until("the prune returned while the container ran", || {
-        prune.try_wait().expect("wait").is_some()
-    });
-    let out = prune.wait_with_output().expect("prune output");
-    assert!(out.status.success(), "{}", text(&out));
+    prune_returns(
+        &fixture,
+        &["--filter", "type=scratch"],
+        "the prune returned while the container ran",
+    );
     assert!(
         state.iter().all(|p| p.exists()),
         "the running container's state"
@@ -364,37 +378,20 @@ fn a_collection_with_nothing_to_remove_does_not_wait_for_running_builds() {
     // A build in flight: a shared hold on the store's collection lock.
     let lease = open_lock(&root.join("gc.lock"));
     rustix::fs::flock(&lease, rustix::fs::FlockOperation::LockShared).expect("flock");
-    let mut prune = fixture
-        .kiln(&[
-            "prune",
-            "--filter",
-            "until=10000h",
-            "--filter",
-            "type=cache",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kiln prune");
     // Nothing is older than that: it returns without the lock. (A prune
     // that had something to remove would wait for the hold to go.)
-    wait_until("the prune returned while a build held the store", || {
-        prune.try_wait().expect("wait").is_some()
-    });
-    let out = prune.wait_with_output().expect("prune output");
-    assert!(out.status.success(), "{}", text(&out));
+    let out = prune_returns(
+        &fixture,
+        &["--filter", "until=10000h", "--filter", "type=cache"],
+        "the prune returned while a build held the store",
+    );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("cache records: 0,"),
         "{}",
         text(&out)
     );
     // With something to remove, it waits for the build.
-    let mut prune = fixture
-        .kiln(&["prune", "--filter", "type=cache"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kiln prune");
+    let mut prune = spawn_prune(&fixture, &["--filter", "type=cache"]);
     std::thread::sleep(Duration::from_millis(500));
     assert!(prune.try_wait().expect("wait").is_none(), "did not wait");
     drop(lease);
