@@ -14,8 +14,10 @@
 //!
 //! Scratch is named with an owner token ([`crate::store::unique_suffix`]):
 //! [`Store::remove_dead_scratch`] moves to the trash what processes that
-//! are gone left in `builds/`, `ingest/`, `snapshots/.tmp-*` and the cache
-//! mounts being seeded, and never touches a live process's.
+//! are gone left in `builds/` (work dirs, unfinished snapshots), `ingest/`
+//! and the cache mounts being seeded, and never touches a live process's.
+//! It lists only directories that hold scratch, never `snapshots/`, so
+//! that its cost does not grow with the store.
 //!
 //! [`Meter`] measures what a deletion frees the way `du` does: allocated
 //! blocks, each inode once, a file with several links when its last link
@@ -220,22 +222,20 @@ impl Store {
     }
 
     /// Moves to the trash (or, for single files, deletes) the scratch that
-    /// processes which are no longer running left behind: build dirs in
-    /// `builds/`, partial blobs in `ingest/` (not the resumable
-    /// `<hex>.partial` downloads, kept for the next pull), unfinished
-    /// snapshots and cache mounts being seeded. Scratch of a live process,
+    /// processes which are no longer running left behind: build dirs and
+    /// unfinished snapshots in `builds/`, partial blobs in `ingest/` (not
+    /// the resumable `<hex>.partial` downloads, kept for the next pull) and
+    /// cache mounts being seeded. Scratch of a live process,
     /// and anything whose name carries no owner (from an older kiln; `kiln
     /// prune` removes it), is left alone. Cheap: renames and unlinks; the
     /// trash entries are abandoned ([`Store::abandon`]) to the collection.
     pub fn remove_dead_scratch(&self) -> Result<Freed> {
         let mut freed = Freed::default();
         for path in self.dead_entries(&self.builds_dir(), "")? {
-            if self.abandon(&path, "build")?.is_some() {
-                freed.entries += 1;
-            }
-        }
-        for path in self.dead_entries(&self.snapshots_dir(), ".tmp-")? {
-            if self.abandon(&path, "snapshot")?.is_some() {
+            // The kind its name starts with: `build`, `snapshot`, …
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            let kind = name.as_deref().and_then(|n| n.split('-').next());
+            if self.abandon(&path, kind.unwrap_or("build"))?.is_some() {
                 freed.entries += 1;
             }
         }
@@ -253,8 +253,7 @@ impl Store {
 
     /// The entries of `dir` named `<prefix>…<owner token>` whose owner is
     /// gone. Runs before every build: names are only compared, and a path
-    /// is made only for what is found (`snapshots/` holds one entry per
-    /// snapshot).
+    /// is made only for what is found.
     fn dead_entries(&self, dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
         let dead = |name: &str| {
             name.starts_with(prefix) && Owner::of_name(name).is_some_and(|o| !o.is_alive())
@@ -397,24 +396,37 @@ mod tests {
         fs::write(live.path().join("f"), "live").unwrap();
         let dead_build = store.builds_dir().join(format!("build-{dead}"));
         fs::create_dir_all(dead_build.join("step/upper")).unwrap();
-        let parked = store.builds_dir().join("trash-1700000000-4096-1-2-3");
+        let parked = store.parked_dir().join("trash-1700000000-4096-1-2-3");
         fs::create_dir_all(&parked).unwrap();
+        let live_unpack = store.unfinished_snapshot_path();
+        fs::create_dir_all(&live_unpack).unwrap();
         let dead_ingest = store.ingest_dir().join(format!("abc-{dead}"));
         fs::write(&dead_ingest, "partial").unwrap();
         let partial = store.ingest_dir().join("abc.partial");
         fs::write(&partial, "resumable").unwrap();
-        let dead_unpack = store.snapshots_dir().join(format!(".tmp-{dead}"));
+        let dead_unpack = store.builds_dir().join(format!("snapshot-{dead}"));
         fs::create_dir_all(&dead_unpack).unwrap();
+        // An older kiln's unfinished snapshot: `snapshots/` is not listed
+        // before a build (the collection takes it).
+        let old_unpack = store.snapshots_dir().join(format!(".tmp-{dead}"));
+        fs::create_dir_all(&old_unpack).unwrap();
         let freed = store.remove_dead_scratch().unwrap();
         assert_eq!(freed.entries, 3);
         assert!(!dead_build.exists() && !dead_ingest.exists() && !dead_unpack.exists());
         assert!(live.path().join("f").is_file(), "a live build's scratch");
-        assert!(parked.is_dir() && partial.is_file());
-        assert_eq!(fs::read_dir(store.trash_dir()).unwrap().count(), 2);
+        assert!(live_unpack.is_dir(), "a live process's unfinished snapshot");
+        assert!(parked.is_dir() && partial.is_file() && old_unpack.is_dir());
+        let mut trashed: Vec<String> = fs::read_dir(store.trash_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        trashed.sort();
+        assert_eq!(trashed.len(), 2, "{trashed:?}");
+        assert!(trashed[0].starts_with("build-abandoned."), "{trashed:?}");
+        assert!(trashed[1].starts_with("snapshot-abandoned."), "{trashed:?}");
         // Abandoned: whoever empties the trash deletes them.
-        for entry in fs::read_dir(store.trash_dir()).unwrap() {
-            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-            assert_eq!(Owner::of_name(&name), None, "{name}");
+        for name in &trashed {
+            assert_eq!(Owner::of_name(name), None, "{name}");
         }
         let path = live.path().to_path_buf();
         drop(live);

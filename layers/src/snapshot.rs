@@ -2,16 +2,18 @@
 //!
 //! A snapshot is `snapshots/<chain-id hex>/`, holding `fs/` (the lower dir)
 //! and `complete`, a marker naming the chain id, written and fsynced after
-//! `fs/` is whole. Both are made in `snapshots/.tmp-<owner>-…/` and the
-//! directory is renamed into place (never over an existing one), so a
+//! `fs/` is whole. Both are made in `builds/snapshot-<owner>-…/`
+//! ([`Store::unfinished_snapshot_path`]) and the directory is renamed into
+//! place (never over an existing one), so a
 //! snapshot appears whole, marker included, or not at all; deletion renames
 //! it into the trash first (`crate::cleanup`), so it vanishes at once.
 //! A snapshot is used only when its marker says it is complete: a directory
 //! without one (a snapshot of an older kiln, half deleted by one) is moved
 //! to the trash and unpacked again. Two processes preparing the same
 //! snapshot both succeed (the loser's copy is abandoned to the trash).
-//! Leftover `.tmp-` dirs are removed by `prune`, or by the next build once
-//! their owner is gone.
+//! Leftover unfinished snapshots are removed by `prune`, or by the next
+//! build once their owner is gone (an older kiln's, `snapshots/.tmp-*`, by
+//! the next collection).
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -21,7 +23,7 @@ use crate::compress::decompress;
 use crate::digest::{Digest, HashingReader};
 use crate::error::{io_at, Error, Result};
 use crate::progress::{Outcome, ProgressReader, Reporter};
-use crate::store::{fsync_dir, unique_suffix, Image, Store};
+use crate::store::{fsync_dir, Image, Store};
 use crate::unpack::{unpack, UnpackOptions, Whiteouts};
 
 /// The lower dir inside a snapshot's directory.
@@ -153,9 +155,7 @@ impl Store {
         if self.has_snapshot(chain_id) {
             return Ok(false);
         }
-        let tmp = self
-            .snapshots_dir()
-            .join(format!(".tmp-{}", unique_suffix()));
+        let tmp = self.unfinished_snapshot_path();
         fs::create_dir(&tmp).map_err(io_at("create directory", &tmp))?;
         let fs_dir = tmp.join(FS_DIR);
         if let Err(e) = fs::rename(dir, &fs_dir) {
@@ -204,9 +204,7 @@ impl Store {
     ) -> Result<PathBuf> {
         let final_path = self.snapshot_path(chain_id);
         self.discard_incomplete_snapshot(chain_id)?;
-        let tmp = self
-            .snapshots_dir()
-            .join(format!(".tmp-{}", unique_suffix()));
+        let tmp = self.unfinished_snapshot_path();
         let fs_dir = tmp.join(FS_DIR);
         fs::create_dir_all(&fs_dir).map_err(io_at("create directory", &fs_dir))?;
         let id = layer.digest.to_string();

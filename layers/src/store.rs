@@ -178,8 +178,9 @@ pub struct PruneReport {
     pub snapshot_bytes: u64,
     pub cache_records: usize,
     pub cache_record_bytes: u64,
-    /// Work directories that killed builds left in `builds/` (and the
-    /// trash of `--no-cache` reruns parked there), and state directories
+    /// Work directories and unfinished snapshots that killed processes left
+    /// in `builds/`, the duplicate upper dirs of `--no-cache` reruns parked
+    /// in `parked/`, and state directories
     /// of killed `kiln run`s in `containers/`.
     pub build_dirs: usize,
     pub build_bytes: u64,
@@ -349,6 +350,8 @@ impl Store {
             store.snapshots_dir(),
             store.cache_dir(),
             store.trash_dir(),
+            store.builds_dir(),
+            store.parked_dir(),
         ] {
             fs::create_dir_all(&dir).map_err(io_at("create directory", &dir))?;
         }
@@ -402,10 +405,29 @@ impl Store {
         self.root.join("variants")
     }
 
-    /// Per-build scratch ([`Store::scratch_dir`]) and the builder's parked
-    /// duplicate upper dirs (`trash-*`).
+    /// Scratch of running processes, each entry named with its owner
+    /// ([`crate::store::unique_suffix`]): builds' work dirs
+    /// ([`Store::scratch_dir`]) and snapshots being made
+    /// ([`Store::unfinished_snapshot_path`]). Every build lists it to take
+    /// what dead owners left, so nothing that stays goes here.
     pub fn builds_dir(&self) -> PathBuf {
         self.root.join("builds")
+    }
+
+    /// Where a snapshot is made before it is renamed into `snapshots/`
+    /// (a new name each call): `builds/snapshot-<owner>-…`, so that a
+    /// killed process's unfinished snapshot is found without listing
+    /// `snapshots/`, which grows with the store.
+    pub(crate) fn unfinished_snapshot_path(&self) -> PathBuf {
+        self.builds_dir()
+            .join(format!("snapshot-{}", unique_suffix()))
+    }
+
+    /// The builder's parked duplicate upper dirs of `--no-cache` reruns
+    /// (`trash-<secs>-<bytes>-…`): collectable data, kept while the
+    /// collection's limits allow.
+    pub fn parked_dir(&self) -> PathBuf {
+        self.root.join("parked")
     }
 
     /// The contents of `RUN --mount=type=cache` mounts, one dir per `name`.
@@ -515,9 +537,9 @@ impl Store {
     /// whose entries a collection counts (blobs, snapshots, build cache
     /// records, COPY shape records, cache mounts, trash, ingest): equal
     /// before and after a command that added and removed nothing there.
-    /// `builds/` is left out: every build makes and removes its scratch
-    /// directory there, and what a build leaves in it (a parked upper dir)
-    /// comes with new blobs.
+    /// `builds/` and `parked/` are left out: every build makes and removes
+    /// its scratch directory in `builds/`, and what a build parks comes
+    /// with new blobs.
     pub fn content_stamp(&self) -> ContentStamp {
         let dirs = [
             self.root.join(INDEX_FILE),

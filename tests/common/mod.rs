@@ -116,13 +116,13 @@ pub fn processes_with_argument(word: &str) -> Vec<String> {
     found
 }
 
-/// What the store's `builds/` holds besides the trash of earlier reruns.
+/// What the store's `builds/` holds: scratch of running processes, or of
+/// dead ones that no build has taken yet.
 pub fn scratch_left(root: &Path) -> Vec<String> {
     std::fs::read_dir(root.join("builds"))
         .map(|dir| {
             dir.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|name| !name.starts_with("trash-"))
                 .collect()
         })
         .unwrap_or_default()

@@ -148,7 +148,10 @@ fn df_shows_what_du_measures_for_each_kind() {
         ("snapshots", &["snapshots"][..]),
         ("build cache", &["cache"][..]),
         ("cache mounts", &["cache-mounts"][..]),
-        ("scratch/trash", &["builds", "trash", "containers"][..]),
+        (
+            "scratch/trash",
+            &["builds", "parked", "trash", "containers"][..],
+        ),
         ("ingest partials", &["ingest"][..]),
     ] {
         assert!(at(dirs) > 0, "{name}: nothing to measure");

@@ -11,7 +11,7 @@ const TRASH_PREFIX: &str = "trash-";
 
 /// Removes a step's work dir. An upper dir still there is a duplicate of a
 /// snapshot that already existed (a `--no-cache` rerun that produced the
-/// same chain id): it is renamed into `builds/trash-<secs>-<bytes>-…`
+/// same chain id): it is renamed into `parked/trash-<secs>-<bytes>-…`
 /// instead of being deleted now. Deleting a 20,000-file tree frees 20,000
 /// inodes at once, and on ext4 without a journal every file created while
 /// their inode table blocks stay cached then skips the freed inodes one by
@@ -30,7 +30,7 @@ pub(super) fn discard_step_dir(store: &Store, dir: &Path, upper: &Path, bytes: u
         .map(|mut entries| entries.next().is_some())
         .unwrap_or(false);
     if leftover {
-        let trash = store.builds_dir().join(unique_name(&format!(
+        let trash = store.parked_dir().join(unique_name(&format!(
             "{TRASH_PREFIX}{}-{bytes}",
             now_secs()
         )));
@@ -61,7 +61,7 @@ mod trash_tests {
         std::fs::write(upper.join("ctx/f"), "data").unwrap();
         discard_step_dir(&store, &dir, &upper, 4);
         assert!(!dir.exists());
-        let parked: Vec<PathBuf> = std::fs::read_dir(&builds)
+        let parked: Vec<PathBuf> = std::fs::read_dir(store.parked_dir())
             .unwrap()
             .map(|e| e.unwrap().path())
             .filter(|p| {
@@ -105,6 +105,7 @@ mod trash_tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec!["build-1".to_string()]);
+        assert_eq!(std::fs::read_dir(store.parked_dir()).unwrap().count(), 0);
         // The step dirs wait in the trash for the collection.
         assert_eq!(
             std::fs::read_dir(root.path().join("trash"))

@@ -39,7 +39,7 @@ pub enum Area {
     BuildCache,
     /// `cache-mounts/`.
     CacheMounts,
-    /// `builds/`, `trash/` and `containers/`.
+    /// `builds/`, `parked/`, `trash/` and `containers/`.
     Scratch,
     /// `ingest/`.
     Ingest,
@@ -83,8 +83,9 @@ pub(crate) enum What {
     /// Files in `ingest/` and temp files of interrupted atomic writes.
     PartialWrite,
     CacheRecord,
-    /// Work dirs in `builds/` (parked upper dirs included) and state dirs
-    /// in `containers/`.
+    /// Work dirs and unfinished snapshots in `builds/`, parked upper dirs
+    /// in `parked/` (in `builds/` in older stores) and state dirs in
+    /// `containers/`.
     BuildDir,
     CacheMount,
     /// What was already in `trash/`.
@@ -543,7 +544,8 @@ impl Scan<'_> {
     }
 
     /// Snapshots: a resource when something holds their chain id, else
-    /// garbage; unfinished ones of dead processes are garbage too.
+    /// garbage; unfinished ones of dead processes are garbage too (made
+    /// here by older kilns, `.tmp-*`; now in `builds/`).
     fn snapshots(&mut self) -> Result<()> {
         let dir = self.store.snapshots_dir();
         self.add(Area::Snapshots, blocks(&dir));
@@ -615,10 +617,11 @@ impl Scan<'_> {
         Ok(())
     }
 
-    /// `builds/`, `containers/` and `trash/`.
+    /// `builds/`, `parked/`, `containers/` and `trash/`.
     fn scratch(&mut self) -> Result<()> {
         for dir in [
             self.store.builds_dir(),
+            self.store.parked_dir(),
             self.store.containers_dir(),
             self.store.trash_dir(),
         ] {
@@ -713,6 +716,7 @@ impl Scan<'_> {
             Some(self.store.cache_dir()),
             Some(self.store.cache_mounts_dir()),
             Some(self.store.builds_dir()),
+            Some(self.store.parked_dir()),
             Some(self.store.containers_dir()),
             Some(self.store.trash_dir()),
             Some(self.store.ingest_dir()),
