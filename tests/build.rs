@@ -500,6 +500,28 @@ fn run_network_is_private_by_default_and_host_when_asked() {
     ok(&fixture.build(&["--allow", "network.host", flagged.path().to_str().unwrap()]));
 }
 
+/// A build's RUNs on the default network join a namespace that an earlier
+/// RUN's slirp4netns still serves (BuildKit pools its network namespaces
+/// too): the second RUN is in the first one's namespace and reaches the
+/// Debian mirror through it; a `--network=none` RUN gets its own.
+#[test]
+fn runs_one_after_another_share_one_private_network() {
+    let fixture = Fixture::new();
+    let release = kiln_testsupport::network::debian_mirror_release().unwrap();
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!(
+            "FROM busybox\n\
+             RUN readlink /proc/self/ns/net > /first\n\
+             RUN test \"$(readlink /proc/self/ns/net)\" = \"$(cat /first)\" && \
+                 timeout 20 wget -q -O- {release} | grep -q '^Origin: Debian'\n\
+             RUN --network=none test \"$(readlink /proc/self/ns/net)\" != \"$(cat /first)\"\n"
+        ),
+    )]);
+    let out = fixture.build(&[ctx.path().to_str().unwrap()]);
+    ok(&out);
+}
+
 /// Serves `body` (with a Last-Modified date) on the host's loopback.
 fn serve_file(body: &'static [u8]) -> String {
     let file = kiln_testsupport::network::ServedFile {

@@ -827,6 +827,7 @@ impl<'a> Session<'a> {
             no_cache_stages,
             source_date_epoch: settings.source_date_epoch(),
             network: settings.network,
+            networks: Some(std::sync::Arc::new(kiln_runtime::NetworkPool::new())),
             snapshotter: settings.snapshotter,
             chroot: settings.chroot,
             helper: settings.helper.clone(),

@@ -107,6 +107,7 @@ fn run(case: &Path) -> String {
         no_cache_stages: Default::default(),
         source_date_epoch: Some(1_700_000_000),
         network: Network::None,
+        networks: None,
         snapshotter: kiln_runtime::Snapshotter::Overlay,
         chroot: false,
         helper: HelperCommand::subcommand_of(env!("CARGO_BIN_EXE_kiln-builder-test-helper")),

@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use crate::init::container_init;
@@ -15,14 +15,15 @@ use crate::protocol::{send, ContainerConfig, Failure, Report, FDS_ENV};
 use crate::spec::{ExitStatus, Network};
 use crate::sys::{RealSyscalls, Syscalls};
 
-/// `config,report,sync[,console]`: distinct descriptors above stdio.
+/// `config,report,sync[,console][,netns]`: distinct descriptors above
+/// stdio. The configuration names the optional ones by number.
 fn parse_fds(value: &str) -> Option<Vec<RawFd>> {
     let fds: Vec<RawFd> = value
         .split(',')
         .map(|p| p.parse::<RawFd>().ok())
         .collect::<Option<_>>()?;
     let distinct = fds.iter().enumerate().all(|(i, fd)| !fds[..i].contains(fd));
-    (matches!(fds.len(), 3 | 4) && distinct && fds.iter().all(|fd| *fd > 2)).then_some(fds)
+    ((3..=5).contains(&fds.len()) && distinct && fds.iter().all(|fd| *fd > 2)).then_some(fds)
 }
 
 /// The entry point of the hidden helper subcommand. Call it before any thread
@@ -45,11 +46,7 @@ pub fn helper_main() -> i32 {
     for fd in &owned {
         let _ = rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC);
     }
-    // The console socket stays open, by number, for the container's init
-    // (ContainerConfig::console_fd), which takes it over.
-    if owned.len() == 4 {
-        let _console = owned.pop().map(IntoRawFd::into_raw_fd);
-    }
+    let extra = owned.split_off(3.min(owned.len()));
     let mut owned = owned.into_iter().map(File::from);
     let (Some(mut config_pipe), Some(mut report), Some(mut sync)) =
         (owned.next(), owned.next(), owned.next())
@@ -66,6 +63,18 @@ pub fn helper_main() -> i32 {
         Err(reason) => return fail(&mut report, "read configuration", reason),
     };
     drop(config_pipe);
+    // The console socket stays open, by number, for the container's init
+    // (ContainerConfig::console_fd), which takes it over; the network
+    // namespace to join is kept until it is joined; anything else goes.
+    let mut netns = None;
+    for fd in extra {
+        let number = Some(fd.as_raw_fd());
+        if number == config.console_fd {
+            let _console = fd.into_raw_fd();
+        } else if number == config.netns_fd {
+            netns = Some(fd);
+        }
+    }
     // Ctrl-C reaches the whole foreground process group: the helper must
     // survive it (kiln forwards it to the container); the container's init
     // resets these before exec.
@@ -86,8 +95,15 @@ pub fn helper_main() -> i32 {
             return 1;
         }
     }
+    // A private network from the caller's pool, slirp4netns up on it.
+    let joined = netns.is_some();
+    if let Some(netns) = netns {
+        if let Err(err) = sys.setns(netns.as_fd(), libc::CLONE_NEWNET) {
+            return fail(&mut report, "join the network namespace", err.to_string());
+        }
+    }
     let mut flags = libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
-    if config.network != Network::Host {
+    if config.network != Network::Host && !joined {
         flags |= libc::CLONE_NEWNET;
     }
     // chroot isolation: no namespace at all.
@@ -96,7 +112,7 @@ pub fn helper_main() -> i32 {
             return fail(&mut report, "new namespaces", err.to_string());
         }
     }
-    if config.network == Network::Private {
+    if config.network == Network::Private && !joined {
         send(&mut report, &Report::NetnsReady);
         let mut go = [0u8; 1];
         if !matches!(sync.read(&mut go), Ok(1)) {
@@ -286,11 +302,12 @@ mod tests {
     use super::parse_fds;
 
     #[test]
-    fn fds_env_is_three_or_four_descriptors_above_stdio() {
+    fn fds_env_is_three_to_five_descriptors_above_stdio() {
         assert_eq!(parse_fds("3,4,5"), Some(vec![3, 4, 5]));
         assert_eq!(parse_fds("3,4,5,9"), Some(vec![3, 4, 5, 9]));
+        assert_eq!(parse_fds("3,4,5,9,10"), Some(vec![3, 4, 5, 9, 10]));
         assert_eq!(parse_fds("3,4"), None);
-        assert_eq!(parse_fds("3,4,5,6,7"), None);
+        assert_eq!(parse_fds("3,4,5,6,7,8"), None);
         assert_eq!(parse_fds("1,4,5"), None);
         assert_eq!(parse_fds("a,4,5"), None);
         assert_eq!(parse_fds("3,4,3"), None);

@@ -106,6 +106,7 @@ pub mod userns;
 
 pub use error::RuntimeError;
 pub use helper::helper_main;
+pub use network::NetworkPool;
 pub use parent::{run, upper_dir_support, MAX_LOWER_DIRS};
 pub use scratch::{dead_scratch, remove_dead_scratch, RemovedScratch};
 pub use spec::{

@@ -17,12 +17,23 @@
 //! Whether this is possible is [`probe`]d, never guessed: slirp4netns must
 //! be installed and `/dev/net/tun` openable by this user (slirp4netns opens
 //! it inside the namespace with the caller's rights on the node).
+//!
+//! A build keeps its private networks in a [`NetworkPool`] between runs,
+//! as BuildKit's CNI provider keeps a pool of network namespaces: a RUN
+//! joins a namespace whose slirp4netns is already up, when one is free,
+//! instead of making one and waiting for a new slirp4netns (which cost
+//! each RUN about 7 ms and most of the spread of a build of many RUNs).
+//! A namespace serves one run at a time, so concurrent RUNs never share
+//! one; every process of a run is gone when it ends (its PID namespace
+//! is); a privileged run's namespace, which it may have reconfigured, is
+//! not kept.
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -157,6 +168,11 @@ impl Slirp {
         Ok(slirp)
     }
 
+    /// Whether slirp4netns has not exited (nor been stopped).
+    fn running(&mut self) -> bool {
+        !self.stopped && matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Kills slirp4netns and reaps it on a thread of its own: its exit
     /// takes the tap device and the namespace down with it, which waits
     /// for the kernel's network teardown (about 20 ms here), time the run
@@ -183,6 +199,58 @@ impl Slirp {
 impl Drop for Slirp {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A private network ready for a run: the namespace (an open
+/// descriptor keeps it alive) and the slirp4netns serving it.
+pub(crate) struct PooledNetwork {
+    pub(crate) netns: OwnedFd,
+    pub(crate) slirp: Slirp,
+}
+
+/// Private networks that runs have finished with, for the next runs of
+/// the same caller (a build) to join. Dropping the pool stops their
+/// slirp4netns and lets the namespaces go.
+#[derive(Default)]
+pub struct NetworkPool {
+    free: Mutex<Vec<PooledNetwork>>,
+}
+
+impl std::fmt::Debug for NetworkPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let free = self.free.lock().map(|free| free.len()).unwrap_or(0);
+        f.debug_struct("NetworkPool").field("free", &free).finish()
+    }
+}
+
+impl NetworkPool {
+    pub fn new() -> NetworkPool {
+        NetworkPool::default()
+    }
+
+    /// A free network whose slirp4netns still runs (the others are
+    /// dropped), taken out of the pool.
+    pub(crate) fn take(&self) -> Option<PooledNetwork> {
+        let mut free = self.free.lock().ok()?;
+        while let Some(mut network) = free.pop() {
+            if network.slirp.running() {
+                return Some(network);
+            }
+        }
+        None
+    }
+
+    /// Gives back a network a run has finished with.
+    pub(crate) fn give_back(&self, network: PooledNetwork) {
+        if let Ok(mut free) = self.free.lock() {
+            free.push(network);
+        }
+    }
+
+    /// How many networks wait in the pool.
+    pub fn free(&self) -> usize {
+        self.free.lock().map(|free| free.len()).unwrap_or(0)
     }
 }
 

@@ -375,8 +375,16 @@ pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeE
     // chroot isolation makes no namespace at all.
     let new_userns = !rustix::process::geteuid().is_root() && !spec.chroot;
     let rootless = new_userns || crate::userns::in_user_namespace() || spec.chroot;
+    // A private network from the caller's pool when one is free, else a
+    // new namespace with slirp4netns started on it. Not with a user
+    // namespace of the run's own: it could not join one made in another.
+    let pool = spec
+        .networks
+        .clone()
+        .filter(|_| spec.network == Network::Private && !new_userns);
+    let pooled = pool.as_deref().and_then(crate::NetworkPool::take);
     let slirp4netns = match spec.network {
-        Network::Private => {
+        Network::Private if pooled.is_none() => {
             let support = crate::network::probe();
             Some(
                 support
@@ -386,6 +394,8 @@ pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeE
         }
         _ => None,
     };
+    // A privileged run may have reconfigured its network: not kept.
+    let keep_network = !spec.privileged;
     // Removed (whatever is still in them killed) when dropped, on every path.
     let (cgroups, request) = crate::cgroup::setup(&spec.limits, rootless)?;
     let state = StateDir::new(&spec.state_dir, &spec.upper, tmpfs_scratch());
@@ -408,12 +418,20 @@ pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeE
             .map(|c| c.procs().to_vec())
             .unwrap_or_default();
         config.nodev = request.devices.nodev();
-        let network = slirp4netns.map(|program| NetworkSetup {
-            program,
-            log: state.scratch.join("slirp4netns.log"),
-            running: None,
-        });
-        launch(config, spec, helper, cgroups.as_ref(), network)
+        let mut network = match (slirp4netns, pooled) {
+            (_, Some(pooled)) => Some(NetworkSetup::joined(pooled)),
+            (Some(program), None) => Some(NetworkSetup::new(
+                program,
+                state.scratch.join("slirp4netns.log"),
+            )),
+            (None, None) => None,
+        };
+        let launched = launch(config, spec, helper, cgroups.as_ref(), &mut network);
+        let ready = network.and_then(NetworkSetup::into_pooled);
+        if let (Ok(_), true, Some(pool), Some(ready)) = (&launched, keep_network, &pool, ready) {
+            pool.give_back(ready);
+        }
+        launched
     });
     drop(cgroups);
     let (result, stubs, upper_kept) = match result {
@@ -480,6 +498,7 @@ fn spec_config(
         memory_dir: state.memory.clone(),
         terminal: matches!(spec.streams, Streams::Terminal { .. }),
         console_fd: None,
+        netns_fd: None,
         seccomp: spec.seccomp && !spec.privileged,
         nofile: rlimit_nofile(spec, nofile),
         rlimits: spec
@@ -608,15 +627,16 @@ fn launch(
     spec: RunSpec,
     helper: &HelperCommand,
     cgroups: Option<&RunCgroups>,
-    network: Option<NetworkSetup>,
+    network: &mut Option<NetworkSetup>,
 ) -> Result<LaunchResult, RuntimeError> {
+    let join = network.as_ref().and_then(NetworkSetup::to_join);
     let Started {
         mut child,
         config_pipe,
         report,
         sync,
         mut terminal,
-    } = start_helper(&mut config, spec.streams, helper)?;
+    } = start_helper(&mut config, spec.streams, helper, join)?;
     send_config(config_pipe, &config)?;
 
     let forwarder = if spec.forward_signals {
@@ -625,10 +645,11 @@ fn launch(
         None
     };
     let mut watch = Watch::new(report, sync, child.id() as libc::pid_t, cgroups);
-    watch.network = network;
+    watch.network = network.take();
     watch.rootless = config.new_userns;
     let deadline = spec.timeout.map(|t| Instant::now() + t);
     let loop_result = watch.run(deadline, forwarder.as_ref(), &mut terminal);
+    *network = watch.network.take();
     if loop_result.is_err() {
         let _ = child.kill();
     }
@@ -674,6 +695,7 @@ fn start_helper(
     config: &mut ContainerConfig,
     streams: Streams,
     helper: &HelperCommand,
+    join_netns: Option<BorrowedFd<'_>>,
 ) -> Result<Started, RuntimeError> {
     let (config_read, config_write) = pipe()?;
     let (report_read, report_write) = pipe()?;
@@ -681,6 +703,14 @@ fn start_helper(
     // The helper's ends: the command owns them, and closes them (in kiln)
     // once the helper is started.
     let mut child_ends = vec![config_read, report_write, sync_read];
+    if let Some(netns) = join_netns {
+        // A copy for the helper; the pool's stays with kiln.
+        let copy = netns
+            .try_clone_to_owned()
+            .map_err(io_err("copy the network namespace's descriptor"))?;
+        config.netns_fd = Some(copy.as_raw_fd());
+        child_ends.push(copy);
+    }
 
     let mut command = Command::new(&helper.program);
     command.args(&helper.args);
@@ -815,12 +845,55 @@ fn limit_error(
     None
 }
 
-/// A private network's slirp4netns: the program, its log (in the run's
-/// scratch dir), and the process once the helper's namespace exists.
+/// A run's private network: one from the pool that the helper joins, or
+/// slirp4netns's program and log (in the run's scratch dir) for the new
+/// namespace the helper makes, and then the process and the namespace.
 struct NetworkSetup {
     program: PathBuf,
     log: PathBuf,
-    running: Option<crate::network::Slirp>,
+    /// The helper joins `netns` instead of making a namespace.
+    joined: bool,
+    slirp: Option<crate::network::Slirp>,
+    /// The namespace, open (kept alive) once known.
+    netns: Option<OwnedFd>,
+}
+
+impl NetworkSetup {
+    fn new(program: PathBuf, log: PathBuf) -> NetworkSetup {
+        NetworkSetup {
+            program,
+            log,
+            joined: false,
+            slirp: None,
+            netns: None,
+        }
+    }
+
+    fn joined(pooled: crate::network::PooledNetwork) -> NetworkSetup {
+        NetworkSetup {
+            program: PathBuf::new(),
+            log: PathBuf::new(),
+            joined: true,
+            slirp: Some(pooled.slirp),
+            netns: Some(pooled.netns),
+        }
+    }
+
+    /// The namespace the helper is to join, if any.
+    fn to_join(&self) -> Option<BorrowedFd<'_>> {
+        self.netns
+            .as_ref()
+            .filter(|_| self.joined)
+            .map(|fd| fd.as_fd())
+    }
+
+    /// The namespace with its slirp4netns running, for the pool.
+    fn into_pooled(self) -> Option<crate::network::PooledNetwork> {
+        Some(crate::network::PooledNetwork {
+            netns: self.netns?,
+            slirp: self.slirp?,
+        })
+    }
 }
 
 /// Reads the helper's reports and reacts to them until the pipe closes.
@@ -1007,7 +1080,7 @@ impl Watch {
 
     /// Starts slirp4netns on the helper's new network namespace.
     fn start_network(&mut self) -> Result<(), RuntimeError> {
-        let Some(network) = &mut self.network else {
+        let Some(network) = self.network.as_mut().filter(|n| !n.joined) else {
             return Err(RuntimeError::HelperDied(
                 "the helper made a private network nobody asked for".into(),
             ));
@@ -1018,7 +1091,12 @@ impl Watch {
             self.rootless,
             &network.log,
         )?;
-        network.running = Some(slirp);
+        network.slirp = Some(slirp);
+        // Kept open, the namespace outlives the run for the pool (the
+        // helper waits for the sync byte: it is still there). Without it,
+        // the run goes on; the network is not kept.
+        let path = format!("/proc/{}/ns/net", self.helper_pid);
+        network.netns = File::open(path).ok().map(OwnedFd::from);
         Ok(())
     }
 

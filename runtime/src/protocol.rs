@@ -52,6 +52,11 @@ pub struct ContainerConfig {
     /// With a terminal: the unix socket (a descriptor inherited by the
     /// helper) on which the init sends the pty master to kiln.
     pub console_fd: Option<i32>,
+    /// A network namespace to join (a descriptor inherited by the helper)
+    /// instead of making one: a private network from the caller's pool,
+    /// its slirp4netns already up. The helper closes it once joined.
+    #[serde(default)]
+    pub netns_fd: Option<i32>,
     pub seccomp: bool,
     pub nofile: (u64, u64),
     /// Resource limits besides nofile, set before the uid change.
@@ -110,9 +115,9 @@ pub enum Report {
     /// The helper has its user namespace; the caller writes the id maps and
     /// then one byte on the sync pipe.
     UsernsReady,
-    /// The helper has its new network namespace (a private network): the
-    /// caller starts slirp4netns on it and then writes one byte on the
-    /// sync pipe.
+    /// The helper has its new network namespace (a private network it was
+    /// given none to join for): the caller starts slirp4netns on it and
+    /// then writes one byte on the sync pipe.
     NetnsReady,
     /// The container's init process exists, with this pid on the host.
     Started {

@@ -308,6 +308,11 @@ pub struct RunSpec {
     pub user: String,
     pub hostname: String,
     pub network: Network,
+    /// Where a [`Network::Private`] run takes a network that is already up
+    /// and gives it back when it ends (see [`crate::NetworkPool`]); `None`:
+    /// a new one each run. Not used when the run makes a user namespace
+    /// of its own (a namespace owned by another could not be joined).
+    pub networks: Option<std::sync::Arc<crate::NetworkPool>>,
     pub mounts: Vec<BindMount>,
     /// Files mounted from memory, after [`RunSpec::mounts`].
     pub memory_files: Vec<MemoryFile>,
@@ -374,6 +379,7 @@ impl RunSpec {
             user: String::new(),
             hostname: "kiln".to_string(),
             network: Network::None,
+            networks: None,
             mounts: Vec::new(),
             memory_files: Vec::new(),
             tmpfs: Vec::new(),

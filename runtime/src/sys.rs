@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -24,6 +24,9 @@ pub type Mode = u32;
 pub trait Syscalls {
     /// unshare(2) with `CLONE_NEW*` flags.
     fn unshare(&mut self, flags: libc::c_int) -> io::Result<()>;
+    /// setns(2): joins the namespace `fd` refers to, of type `nstype`
+    /// (a `CLONE_NEW*` flag).
+    fn setns(&mut self, fd: BorrowedFd<'_>, nstype: libc::c_int) -> io::Result<()>;
     /// mount(2). Empty `source`, `fstype` or `data` mean NULL.
     fn mount(
         &mut self,
@@ -242,6 +245,12 @@ impl Syscalls for RealSyscalls {
         // never CLONE_FILES (whose descriptor-table split is why rustix's
         // unshare is unsafe too), from a single-threaded process.
         check(unsafe { libc::unshare(flags) })
+    }
+
+    fn setns(&mut self, fd: BorrowedFd<'_>, nstype: libc::c_int) -> io::Result<()> {
+        // SAFETY: setns takes a descriptor, borrowed open for the call,
+        // and a namespace type; the helper calls it single-threaded.
+        check(unsafe { libc::setns(fd.as_raw_fd(), nstype) })
     }
 
     fn mount(
@@ -789,6 +798,14 @@ fn clone_flags_text(flags: libc::c_int) -> String {
 impl Syscalls for RecordingSyscalls {
     fn unshare(&mut self, flags: libc::c_int) -> io::Result<()> {
         self.record(format!("unshare {}", clone_flags_text(flags)))
+    }
+
+    fn setns(&mut self, fd: BorrowedFd<'_>, nstype: libc::c_int) -> io::Result<()> {
+        self.record(format!(
+            "setns {} {}",
+            fd.as_raw_fd(),
+            clone_flags_text(nstype)
+        ))
     }
 
     fn mount(

@@ -5,10 +5,11 @@ mod common;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{busybox_rootfs, run_captured, sh, spec};
-use kiln_runtime::{BindMount, Network, RuntimeError, UpperDir};
+use kiln_runtime::{BindMount, Network, NetworkPool, RuntimeError, UpperDir};
 
 #[test]
 fn command_is_pid_1() {
@@ -712,4 +713,83 @@ fn network_private_reaches_out_but_not_the_hosts_loopback() {
     let (result, out, err) = run_captured(tmp.path(), s);
     assert_eq!(result.unwrap().code(), 0, "{err}");
     assert_eq!(out, "host-secret");
+}
+
+/// A build's RUNs take their private network from a pool, as BuildKit's
+/// CNI provider does: a run after another joins the same namespace, its
+/// slirp4netns still up (tap0, the Debian mirror answers through it); two
+/// runs at once get two; a privileged run's network is not given back;
+/// dropping the pool stops the slirp4netns processes.
+#[test]
+fn pooled_private_networks_serve_one_run_at_a_time() {
+    require_root!();
+    let release = kiln_testsupport::network::debian_mirror_release().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let pool = Arc::new(NetworkPool::new());
+    let run_in = |name: &str, script: &str, privileged: bool| -> String {
+        let dir = tmp.path().join(name);
+        fs::create_dir(&dir).unwrap();
+        let mut s = spec(&dir, &rootfs, &["sh", "-c", script]);
+        s.network = Network::Private;
+        s.networks = Some(pool.clone());
+        s.privileged = privileged;
+        let (result, out, err) = run_captured(&dir, s);
+        assert_eq!(result.unwrap().code(), 0, "{out}\n{err}");
+        out
+    };
+    // The namespace, the interfaces, the open descriptors (the helper's
+    // copy of the pooled namespace's must not reach the container).
+    let ns = "readlink /proc/self/ns/net; ls /sys/class/net | tr '\\n' ' '; echo; \
+              ls /proc/self/fd | tr '\\n' ' '; echo";
+    let first = run_in("1", ns, false);
+    assert_eq!(pool.free(), 1);
+    let second = run_in(
+        "2",
+        &format!("{ns}; timeout 20 wget -q -O- {release} | grep -m1 '^Origin:'"),
+        false,
+    );
+    assert_eq!(pool.free(), 1);
+    let first_ns = first.lines().next().unwrap_or_default().to_string();
+    assert!(first_ns.starts_with("net:["), "{first}");
+    assert_eq!(
+        second.lines().collect::<Vec<_>>(),
+        [first_ns.as_str(), "lo tap0 ", "0 1 2 3 ", "Origin: Debian"],
+        "{first}"
+    );
+    // Two at once: the pooled one and a new one, both kept afterwards.
+    let (a, b) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| run_in("3", &format!("{ns}; sleep 1"), false));
+        let b = scope.spawn(|| run_in("4", &format!("{ns}; sleep 1"), false));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let (a_ns, b_ns) = (a.lines().next(), b.lines().next());
+    assert_ne!(a_ns, b_ns, "{a}\n{b}");
+    assert!(
+        [a_ns, b_ns].contains(&Some(first_ns.as_str())),
+        "{first}\n{a}\n{b}"
+    );
+    assert_eq!(pool.free(), 2);
+    // A privileged run may reconfigure its network: it is not kept.
+    run_in("5", ns, true);
+    assert_eq!(pool.free(), 1);
+    drop(pool);
+    let me = std::process::id().to_string();
+    let slirps = || {
+        fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                let stat = fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+                fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "slirp4netns")
+                    && after.split_whitespace().nth(1) == Some(me.as_str())
+            })
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while slirps() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(slirps(), 0, "slirp4netns left running after the pool went");
 }

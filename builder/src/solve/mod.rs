@@ -139,6 +139,9 @@ pub struct SolveOptions<'a> {
     pub source_date_epoch: Option<i64>,
     /// RUN's network unless it says `--network=none|host`.
     pub network: Network,
+    /// Private networks kept between this solve's RUNs (see
+    /// [`kiln_runtime::NetworkPool`]); `None`: a new one for every RUN.
+    pub networks: Option<std::sync::Arc<kiln_runtime::NetworkPool>>,
     /// How a RUN's root filesystem is made: overlay, or a copy where
     /// overlay cannot be mounted on the store's filesystem.
     pub snapshotter: kiln_runtime::Snapshotter,

@@ -435,6 +435,7 @@ fn run_spec(
         Some("host") => Network::Host,
         _ => opts.network,
     };
+    spec.networks = opts.networks.clone();
     spec.mounts = mounts.binds.clone();
     spec.tmpfs = mounts.tmpfs.clone();
     spec.memory_files = mounts.memory.clone();

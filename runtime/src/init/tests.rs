@@ -33,6 +33,7 @@ fn config() -> ContainerConfig {
         memory_dir: PathBuf::from("/state/memory"),
         terminal: false,
         console_fd: None,
+        netns_fd: None,
         seccomp: true,
         nofile: (1024, 4096),
         rlimits: vec![],
