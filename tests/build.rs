@@ -502,8 +502,9 @@ fn run_network_is_private_by_default_and_host_when_asked() {
 
 /// A build's RUNs on the default network join a namespace that an earlier
 /// RUN's slirp4netns still serves (BuildKit pools its network namespaces
-/// too): the second RUN is in the first one's namespace and reaches the
-/// Debian mirror through it; a `--network=none` RUN gets its own.
+/// too): the first RUN has slirp4netns's tap0 (not the host's network),
+/// the second is in its namespace and reaches the Debian mirror through
+/// it; a `--network=none` RUN gets its own.
 #[test]
 fn runs_one_after_another_share_one_private_network() {
     let fixture = Fixture::new();
@@ -512,7 +513,7 @@ fn runs_one_after_another_share_one_private_network() {
         "Dockerfile",
         &format!(
             "FROM busybox\n\
-             RUN readlink /proc/self/ns/net > /first\n\
+             RUN readlink /proc/self/ns/net > /first && test -e /sys/class/net/tap0\n\
              RUN test \"$(readlink /proc/self/ns/net)\" = \"$(cat /first)\" && \
                  timeout 20 wget -q -O- {release} | grep -q '^Origin: Debian'\n\
              RUN --network=none test \"$(readlink /proc/self/ns/net)\" != \"$(cat /first)\"\n"

@@ -3,7 +3,7 @@
 //! A snapshot is `snapshots/<chain-id hex>/`, holding `fs/` (the lower dir)
 //! and `complete`, a marker naming the chain id, written and fsynced after
 //! `fs/` is whole. Both are made in `builds/snapshot-<owner>-…/`
-//! ([`Store::unfinished_snapshot_path`]) and the directory is renamed into
+//! (`Store::unfinished_snapshot_path`) and the directory is renamed into
 //! place (never over an existing one), so a
 //! snapshot appears whole, marker included, or not at all; deletion renames
 //! it into the trash first (`crate::cleanup`), so it vanishes at once.

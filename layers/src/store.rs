@@ -408,7 +408,7 @@ impl Store {
     /// Scratch of running processes, each entry named with its owner
     /// ([`crate::store::unique_suffix`]): builds' work dirs
     /// ([`Store::scratch_dir`]) and snapshots being made
-    /// ([`Store::unfinished_snapshot_path`]). Every build lists it to take
+    /// (`Store::unfinished_snapshot_path`). Every build lists it to take
     /// what dead owners left, so nothing that stays goes here.
     pub fn builds_dir(&self) -> PathBuf {
         self.root.join("builds")

@@ -152,6 +152,11 @@ pub fn helper_main() -> i32 {
     }
     send(&mut report, &Report::Started { pid });
     let status = wait_for(pid);
+    // This process is still in the run's network namespace: whether the
+    // next run may have it (see `crate::NetworkPool`).
+    if config.network == Network::Private && crate::network::own_namespace_holds_server_port() {
+        send(&mut report, &Report::NetworkHeld);
+    }
     if config.chroot {
         // No PID namespace ends them: what the command left running in
         // its session (the init's setsid made its process group) goes now,

@@ -25,8 +25,10 @@
 //! each RUN about 7 ms and most of the spread of a build of many RUNs).
 //! A namespace serves one run at a time, so concurrent RUNs never share
 //! one; every process of a run is gone when it ends (its PID namespace
-//! is); a privileged run's namespace, which it may have reconfigured, is
-//! not kept.
+//! is). Not kept: a privileged run's namespace, which it may have
+//! reconfigured, and one where a server's port is left in TIME_WAIT
+//! (`holds_server_port`), which the next run could not bind for a
+//! minute. Client connections left in TIME_WAIT stay in a kept one.
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -168,9 +170,14 @@ impl Slirp {
         Ok(slirp)
     }
 
-    /// Whether slirp4netns has not exited (nor been stopped).
+    /// Whether slirp4netns has not exited (nor been stopped). One that has
+    /// exited is reaped here, and counts as stopped: its pid may be
+    /// another process's by now, which `stop` must not wait for.
     fn running(&mut self) -> bool {
-        !self.stopped && matches!(self.child.try_wait(), Ok(None))
+        if !self.stopped && !matches!(self.child.try_wait(), Ok(None)) {
+            self.stopped = true;
+        }
+        !self.stopped
     }
 
     /// Kills slirp4netns and reaps it on a thread of its own: its exit
@@ -252,6 +259,46 @@ impl NetworkPool {
     pub fn free(&self) -> usize {
         self.free.lock().map(|free| free.len()).unwrap_or(0)
     }
+
+    /// The pids of the waiting networks' slirp4netns (for tests).
+    #[doc(hidden)]
+    pub fn slirp_pids(&self) -> Vec<u32> {
+        self.free
+            .lock()
+            .map(|free| free.iter().map(|n| n.slirp.child.id()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Whether the TCP table `table` (`/proc/net/tcp` or `tcp6` of a network
+/// namespace) holds a socket on a local port below `ephemeral_start`:
+/// once a run's processes are gone, that is a server's connection in
+/// TIME_WAIT, and binding that port fails for a minute. Client ports (in
+/// the ephemeral range) left in TIME_WAIT hinder nobody.
+pub(crate) fn holds_server_port(table: &str, ephemeral_start: u16) -> bool {
+    table.lines().skip(1).any(|line| {
+        let local = line.split_whitespace().nth(1).unwrap_or("");
+        local
+            .rsplit_once(':')
+            .and_then(|(_, port)| u16::from_str_radix(port, 16).ok())
+            .is_some_and(|port| port < ephemeral_start)
+    })
+}
+
+/// [`holds_server_port`] for the network namespace of the calling
+/// process, against its ephemeral port range. Unreadable tables count as
+/// held: the namespace is then simply not kept.
+pub(crate) fn own_namespace_holds_server_port() -> bool {
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    ["/proc/self/net/tcp", "/proc/self/net/tcp6"]
+        .iter()
+        .any(|path| match std::fs::read_to_string(path) {
+            Ok(table) => holds_server_port(&table, ephemeral_start),
+            Err(err) => err.kind() != std::io::ErrorKind::NotFound,
+        })
 }
 
 /// Waits for slirp4netns's ready byte on `ready`.
@@ -296,6 +343,21 @@ pub fn private_resolv_conf(host: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_port_left_in_time_wait_holds_the_namespace_and_a_client_port_does_not() {
+        let header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+        // 127.0.0.1:8080 -> 127.0.0.1:50000, TIME_WAIT (06).
+        let server = "   0: 0100007F:1F90 0100007F:C350 06 00000000:00000000 03:00001770 00000000     0        0 0 3 0000000000000000\n";
+        // 10.0.2.100:41000 -> 151.101.2.132:80, TIME_WAIT.
+        let client = "   1: 6402000A:A028 84026597:0050 06 00000000:00000000 03:00001770 00000000     0        0 0 3 0000000000000000\n";
+        assert!(holds_server_port(&format!("{header}{server}"), 32768));
+        assert!(!holds_server_port(&format!("{header}{client}"), 32768));
+        assert!(!holds_server_port(header, 32768));
+        // tcp6: the port follows the last colon.
+        let v6 = "   0: 00000000000000000000000001000000:0050 00000000000000000000000001000000:C350 06 0\n";
+        assert!(holds_server_port(&format!("{header}{v6}"), 32768));
+    }
 
     #[test]
     fn private_resolv_conf_keeps_search_and_options_and_uses_slirps_dns() {

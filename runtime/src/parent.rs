@@ -1201,6 +1201,12 @@ impl Watch {
             Report::Failed(failure) => {
                 self.failure.get_or_insert(failure);
             }
+            Report::NetworkHeld => {
+                if let Some(network) = &mut self.network {
+                    // Not for another run: stopped with this one.
+                    network.netns = None;
+                }
+            }
             Report::Exited(status) => self.exit = Some(status),
         }
         Ok(())

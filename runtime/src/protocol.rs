@@ -134,6 +134,11 @@ pub enum Report {
         what: String,
     },
     Failed(Failure),
+    /// The run's network namespace still holds a TCP socket on a port
+    /// below the ephemeral range (a server's, in TIME_WAIT): the next run
+    /// could not bind that port for a minute, so the namespace is not
+    /// given to another run. Sent before [`Report::Exited`].
+    NetworkHeld,
     Exited(ExitStatus),
 }
 

@@ -718,14 +718,17 @@ fn network_private_reaches_out_but_not_the_hosts_loopback() {
 /// A build's RUNs take their private network from a pool, as BuildKit's
 /// CNI provider does: a run after another joins the same namespace, its
 /// slirp4netns still up (tap0, the Debian mirror answers through it); two
-/// runs at once get two; a privileged run's network is not given back;
-/// dropping the pool stops the slirp4netns processes.
+/// runs at once get two; a privileged run's network is not given back,
+/// nor one where a server's port is left in TIME_WAIT (the next run could
+/// not bind it); dropping the pool stops the slirp4netns processes.
 #[test]
 fn pooled_private_networks_serve_one_run_at_a_time() {
     require_root!();
     let release = kiln_testsupport::network::debian_mirror_release().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let rootfs = busybox_rootfs(tmp.path());
+    let sync = tmp.path().join("sync");
+    fs::create_dir(&sync).unwrap();
     let pool = Arc::new(NetworkPool::new());
     let run_in = |name: &str, script: &str, privileged: bool| -> String {
         let dir = tmp.path().join(name);
@@ -734,6 +737,11 @@ fn pooled_private_networks_serve_one_run_at_a_time() {
         s.network = Network::Private;
         s.networks = Some(pool.clone());
         s.privileged = privileged;
+        s.mounts.push(BindMount {
+            source: sync.clone(),
+            target: "/sync".into(),
+            read_only: false,
+        });
         let (result, out, err) = run_captured(&dir, s);
         assert_eq!(result.unwrap().code(), 0, "{out}\n{err}");
         out
@@ -757,10 +765,18 @@ fn pooled_private_networks_serve_one_run_at_a_time() {
         [first_ns.as_str(), "lo tap0 ", "0 1 2 3 ", "Origin: Debian"],
         "{first}"
     );
-    // Two at once: the pooled one and a new one, both kept afterwards.
+    // Two at once (each waits until the other has started): the pooled
+    // one and a new one, both kept afterwards.
+    let meet = |me: &str, other: &str| {
+        format!(
+            "{ns}; touch /sync/{me}; i=0; \
+             while [ ! -e /sync/{other} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; \
+             test -e /sync/{other}"
+        )
+    };
     let (a, b) = std::thread::scope(|scope| {
-        let a = scope.spawn(|| run_in("3", &format!("{ns}; sleep 1"), false));
-        let b = scope.spawn(|| run_in("4", &format!("{ns}; sleep 1"), false));
+        let a = scope.spawn(|| run_in("3", &meet("a", "b"), false));
+        let b = scope.spawn(|| run_in("4", &meet("b", "a"), false));
         (a.join().unwrap(), b.join().unwrap())
     });
     let (a_ns, b_ns) = (a.lines().next(), b.lines().next());
@@ -773,23 +789,33 @@ fn pooled_private_networks_serve_one_run_at_a_time() {
     // A privileged run may reconfigure its network: it is not kept.
     run_in("5", ns, true);
     assert_eq!(pool.free(), 1);
+    // A server on port 80 that closed the connection first leaves its
+    // side in TIME_WAIT: not kept either.
+    let served = run_in(
+        "6",
+        "mkdir /tmp/www && echo hi > /tmp/www/index.html && \
+         httpd -p 127.0.0.1:80 -h /tmp/www && wget -q -O- http://127.0.0.1/ && \
+         grep -c ':0050 .* 06 ' /proc/net/tcp",
+        false,
+    );
+    assert!(served.starts_with("hi\n"), "{served}");
+    assert_eq!(pool.free(), 0, "{served}");
+    let last = run_in("7", ns, false);
+    assert_eq!(pool.free(), 1);
+    let pids = pool.slirp_pids();
+    assert_eq!(pids.len(), 1, "{last}");
     drop(pool);
-    let me = std::process::id().to_string();
-    let slirps = || {
-        fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter(|e| {
-                let stat = fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-                let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-                fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "slirp4netns")
-                    && after.split_whitespace().nth(1) == Some(me.as_str())
+    let running = || {
+        pids.iter()
+            .filter(|pid| {
+                fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|comm| comm.trim() == "slirp4netns")
             })
             .count()
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while slirps() > 0 && std::time::Instant::now() < deadline {
+    while running() > 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(slirps(), 0, "slirp4netns left running after the pool went");
+    assert_eq!(running(), 0, "slirp4netns left running after the pool went");
 }
