@@ -399,3 +399,53 @@ fn a_collection_with_nothing_to_remove_does_not_wait_for_running_builds() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("cache records: 0,"));
 }
+
+#[test]
+fn a_collection_that_only_empties_the_trash_does_not_wait_for_running_builds() {
+    crate::require_namespaces!();
+    let fixture = Fixture::new();
+    let root = fixture.root();
+    fixture.policy("[gc]\nenabled = false\n");
+    let ctx = fixture.context(
+        "ctx",
+        &[("Dockerfile", "FROM busybox\nRUN echo hi > /hi\n")],
+    );
+    fixture.build(&ctx, &["-t", "hi:1"]);
+    // What a killed deletion left in the trash.
+    let dead = root.join(format!("trash/build-{}-1-2", dead_owner()));
+    fill(&dead, 10, 1000);
+    // A build in flight: a shared hold on the store's collection lock.
+    let lease = open_lock(&root.join("gc.lock"));
+    rustix::fs::flock(&lease, rustix::fs::FlockOperation::LockShared).expect("flock");
+    // All the scratch there is is in the trash (the build's abandoned
+    // step dirs, the dead deletion's): deleted without waiting.
+    let out = prune_returns(
+        &fixture,
+        &["--filter", "type=scratch"],
+        "the prune returned while a build held the store",
+    );
+    assert!(!dead.exists(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_dir(root.join("trash"))
+            .expect("trash")
+            .count(),
+        0,
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("trash entries: 0,"),
+        "{}",
+        text(&out)
+    );
+    // Scratch outside the trash whose owner is unknown (an older kiln's
+    // build dir) needs the lock: that prune waits for the build.
+    fill(&root.join("builds/build-old"), 1, 10);
+    let mut prune = spawn_prune(&fixture, &["--filter", "type=scratch"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(prune.try_wait().expect("wait").is_none(), "did not wait");
+    drop(lease);
+    let out = prune.wait_with_output().expect("prune output");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!root.join("builds/build-old").exists(), "{}", text(&out));
+}

@@ -18,6 +18,12 @@
 //!    starts now waits milliseconds for its lease, not for deletions.
 //! 3. The lock released, the trash entries are deleted and measured.
 //!
+//! When all phase 1 chose is already in the trash (abandoned, or a dead
+//! process's: most collections after a build have only the build's
+//! abandoned step dirs to delete), phase 2 is skipped: nobody uses or can
+//! take back a trash entry, so it is deleted without the lock, and a build
+//! that starts meanwhile waits for nothing.
+//!
 //! A kill at any point leaves only trash, named after the dead collector,
 //! which the next collection deletes. Two collections never remove the
 //! same thing: phase 2 is exclusive, and the trash entries of a live
@@ -325,6 +331,25 @@ impl Store {
             }
             return Ok(Some(predicted(&first, &sel, disk)));
         }
+        if !deferred && only_trash(&first, &sel) {
+            // What phase 1 chose is already in the trash, abandoned or a
+            // dead process's: nothing in flight uses it or can take it
+            // back, and two deleting the same entry both succeed. It goes
+            // without the lock: a build that starts meanwhile waits for
+            // nothing. (A build abandons its step dirs there: this is what
+            // most collections after a build have to do.)
+            let mut report = predicted(&first, &sel, disk);
+            report.clear_removed();
+            let mut meter = Meter::default();
+            for piece in chosen_pieces(&first, &sel) {
+                let bytes = remove_tree(&piece.path, &mut meter)?;
+                report.count(&piece.what, bytes);
+            }
+            if let Err(e) = sizes.save(self) {
+                tracing::warn!("{e}");
+            }
+            return Ok(Some(report));
+        }
         let Some(gc) = self.wait_for_gc_lock(options.wait)? else {
             return Ok(None);
         };
@@ -399,6 +424,14 @@ impl Store {
         fsync_dir(&self.snapshots_dir())?;
         Ok(trashed)
     }
+}
+
+/// Whether every file and directory `sel` chose is a trash entry (no
+/// dangling image, nothing it frees).
+fn only_trash(inv: &Inventory, sel: &Selection) -> bool {
+    sel.freed.is_empty()
+        && sel.items.iter().all(|&i| inv.items[i].image.is_none())
+        && chosen_pieces(inv, sel).all(|piece| piece.what == What::Trash)
 }
 
 /// The files and directories of the chosen items and the blobs and
