@@ -154,7 +154,7 @@ pub fn helper_main() -> i32 {
     let status = wait_for(pid);
     // This process is still in the run's network namespace: whether the
     // next run may have it (see `crate::NetworkPool`).
-    if config.network == Network::Private && crate::network::own_namespace_holds_server_port() {
+    if config.network == Network::Private && !crate::network::own_namespace_has_no_tcp_left() {
         send(&mut report, &Report::NetworkHeld);
     }
     if config.chroot {

@@ -26,9 +26,10 @@
 //! A namespace serves one run at a time, so concurrent RUNs never share
 //! one; every process of a run is gone when it ends (its PID namespace
 //! is). Not kept: a privileged run's namespace, which it may have
-//! reconfigured, and one where a server's port is left in TIME_WAIT
-//! (`holds_server_port`), which the next run could not bind for a
-//! minute. Client connections left in TIME_WAIT stay in a kept one.
+//! reconfigured, and one where a TCP socket is left (in TIME_WAIT, or
+//! closing: `no_tcp_left`), which could keep the next run from binding a
+//! server's port for a minute. A RUN that talked TCP to the outside
+//! usually leaves one; a RUN that only works locally does not.
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -270,35 +271,33 @@ impl NetworkPool {
     }
 }
 
-/// Whether the TCP table `table` (`/proc/net/tcp` or `tcp6` of a network
-/// namespace) holds a socket on a local port below `ephemeral_start`:
-/// once a run's processes are gone, that is a server's connection in
-/// TIME_WAIT, and binding that port fails for a minute. Client ports (in
-/// the ephemeral range) left in TIME_WAIT hinder nobody.
-pub(crate) fn holds_server_port(table: &str, ephemeral_start: u16) -> bool {
-    table.lines().skip(1).any(|line| {
-        let local = line.split_whitespace().nth(1).unwrap_or("");
-        local
-            .rsplit_once(':')
-            .and_then(|(_, port)| u16::from_str_radix(port, 16).ok())
-            .is_some_and(|port| port < ephemeral_start)
-    })
+/// Whether `sockstat` (a network namespace's `/proc/net/sockstat`) says
+/// no TCP socket is left: none in use, none closing (orphaned), none in
+/// TIME_WAIT. Once a run's processes are gone, a connection left there
+/// could keep the next run from binding a server's port for a minute, or
+/// show in its `/proc/net/tcp`. (Read there, not from `/proc/net/tcp`,
+/// which walks the host's whole connection table: about 10 ms a read.)
+pub(crate) fn no_tcp_left(sockstat: &str) -> bool {
+    let Some(tcp) = sockstat.lines().find_map(|l| l.strip_prefix("TCP:")) else {
+        return false;
+    };
+    let fields: Vec<&str> = tcp.split_whitespace().collect();
+    let count = |name: &str| {
+        fields
+            .windows(2)
+            .find(|pair| pair[0] == name)
+            .and_then(|pair| pair[1].parse::<u64>().ok())
+    };
+    ["inuse", "orphan", "tw"]
+        .iter()
+        .all(|name| count(name) == Some(0))
 }
 
-/// [`holds_server_port`] for the network namespace of the calling
-/// process, against its ephemeral port range. Unreadable tables count as
-/// held: the namespace is then simply not kept.
-pub(crate) fn own_namespace_holds_server_port() -> bool {
-    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32768);
-    ["/proc/self/net/tcp", "/proc/self/net/tcp6"]
-        .iter()
-        .any(|path| match std::fs::read_to_string(path) {
-            Ok(table) => holds_server_port(&table, ephemeral_start),
-            Err(err) => err.kind() != std::io::ErrorKind::NotFound,
-        })
+/// [`no_tcp_left`] for the calling process's network namespace; an
+/// unreadable table counts as a socket left (the namespace is then simply
+/// not kept).
+pub(crate) fn own_namespace_has_no_tcp_left() -> bool {
+    std::fs::read_to_string("/proc/self/net/sockstat").is_ok_and(|text| no_tcp_left(&text))
 }
 
 /// Waits for slirp4netns's ready byte on `ready`.
@@ -345,18 +344,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_server_port_left_in_time_wait_holds_the_namespace_and_a_client_port_does_not() {
-        let header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
-        // 127.0.0.1:8080 -> 127.0.0.1:50000, TIME_WAIT (06).
-        let server = "   0: 0100007F:1F90 0100007F:C350 06 00000000:00000000 03:00001770 00000000     0        0 0 3 0000000000000000\n";
-        // 10.0.2.100:41000 -> 151.101.2.132:80, TIME_WAIT.
-        let client = "   1: 6402000A:A028 84026597:0050 06 00000000:00000000 03:00001770 00000000     0        0 0 3 0000000000000000\n";
-        assert!(holds_server_port(&format!("{header}{server}"), 32768));
-        assert!(!holds_server_port(&format!("{header}{client}"), 32768));
-        assert!(!holds_server_port(header, 32768));
-        // tcp6: the port follows the last colon.
-        let v6 = "   0: 00000000000000000000000001000000:0050 00000000000000000000000001000000:C350 06 0\n";
-        assert!(holds_server_port(&format!("{header}{v6}"), 32768));
+    fn a_namespace_with_a_tcp_socket_left_is_not_idle() {
+        let idle =
+            "sockets: used 0\nTCP: inuse 0 orphan 0 tw 0 alloc 1 mem 100\nUDP: inuse 0 mem 0\n";
+        assert!(no_tcp_left(idle));
+        for busy in [
+            "TCP: inuse 0 orphan 0 tw 1 alloc 1 mem 100\n",
+            "TCP: inuse 1 orphan 0 tw 0 alloc 1 mem 100\n",
+            "TCP: inuse 0 orphan 2 tw 0 alloc 1 mem 100\n",
+            "TCP: inuse 0 tw 0\n",
+            "UDP: inuse 0 mem 0\n",
+            "",
+        ] {
+            assert!(!no_tcp_left(busy), "{busy}");
+        }
     }
 
     #[test]

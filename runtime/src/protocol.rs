@@ -134,10 +134,9 @@ pub enum Report {
         what: String,
     },
     Failed(Failure),
-    /// The run's network namespace still holds a TCP socket on a port
-    /// below the ephemeral range (a server's, in TIME_WAIT): the next run
-    /// could not bind that port for a minute, so the namespace is not
-    /// given to another run. Sent before [`Report::Exited`].
+    /// The run's private network namespace still holds a TCP socket (in
+    /// TIME_WAIT, or closing): it is not given to another run, which could
+    /// not bind that port for a minute. Sent before [`Report::Exited`].
     NetworkHeld,
     Exited(ExitStatus),
 }
