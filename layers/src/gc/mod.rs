@@ -19,10 +19,11 @@
 //! 3. The lock released, the trash entries are deleted and measured.
 //!
 //! When all phase 1 chose is already in the trash (abandoned, or a dead
-//! process's: most collections after a build have only the build's
-//! abandoned step dirs to delete), phase 2 is skipped: nobody uses or can
-//! take back a trash entry, so it is deleted without the lock, and a build
-//! that starts meanwhile waits for nothing.
+//! process's: after a build that replaced no tag and no cache record,
+//! its abandoned step dirs are all there is), phase 2 is skipped: nobody
+//! uses or can take back a trash entry, so it is deleted without the lock,
+//! and a build that starts meanwhile waits for nothing. A collection that
+//! also removes what a rebuild left unreferenced still takes the lock.
 //!
 //! A kill at any point leaves only trash, named after the dead collector,
 //! which the next collection deletes. Two collections never remove the
@@ -336,8 +337,8 @@ impl Store {
             // dead process's: nothing in flight uses it or can take it
             // back, and two deleting the same entry both succeed. It goes
             // without the lock: a build that starts meanwhile waits for
-            // nothing. (A build abandons its step dirs there: this is what
-            // most collections after a build have to do.)
+            // nothing. (A build abandons its step dirs there: after one
+            // that replaced no tag and no record, that is all there is.)
             let mut report = predicted(&first, &sel, disk);
             report.clear_removed();
             let mut meter = Meter::default();
