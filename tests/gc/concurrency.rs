@@ -364,20 +364,38 @@ fn builds_started_during_a_collection_succeed_with_correct_images() {
     assert!(!dead.exists());
 }
 
-#[test]
-fn a_collection_with_nothing_to_remove_does_not_wait_for_running_builds() {
-    crate::require_namespaces!();
+/// A store with `hi:1` built (automatic collection off) and a build in
+/// flight: a shared hold on the store's collection lock, held until the
+/// returned file is dropped.
+fn built_and_leased() -> (Fixture, std::fs::File) {
     let fixture = Fixture::new();
-    let root = fixture.root();
     fixture.policy("[gc]\nenabled = false\n");
     let ctx = fixture.context(
         "ctx",
         &[("Dockerfile", "FROM busybox\nRUN echo hi > /hi\n")],
     );
     fixture.build(&ctx, &["-t", "hi:1"]);
-    // A build in flight: a shared hold on the store's collection lock.
-    let lease = open_lock(&root.join("gc.lock"));
+    let lease = open_lock(&fixture.root().join("gc.lock"));
     rustix::fs::flock(&lease, rustix::fs::FlockOperation::LockShared).expect("flock");
+    (fixture, lease)
+}
+
+/// Runs `kiln prune ARGS…`, which must wait while `lease` is held and
+/// succeed once it is dropped; its output.
+fn prune_waits_for(fixture: &Fixture, args: &[&str], lease: std::fs::File) -> Output {
+    let mut prune = spawn_prune(fixture, args);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(prune.try_wait().expect("wait").is_none(), "did not wait");
+    drop(lease);
+    let out = prune.wait_with_output().expect("prune output");
+    assert!(out.status.success(), "{}", text(&out));
+    out
+}
+
+#[test]
+fn a_collection_with_nothing_to_remove_does_not_wait_for_running_builds() {
+    crate::require_namespaces!();
+    let (fixture, lease) = built_and_leased();
     // Nothing is older than that: it returns without the lock. (A prune
     // that had something to remove would wait for the hold to go.)
     let out = prune_returns(
@@ -391,32 +409,18 @@ fn a_collection_with_nothing_to_remove_does_not_wait_for_running_builds() {
         text(&out)
     );
     // With something to remove, it waits for the build.
-    let mut prune = spawn_prune(&fixture, &["--filter", "type=cache"]);
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(prune.try_wait().expect("wait").is_none(), "did not wait");
-    drop(lease);
-    let out = prune.wait_with_output().expect("prune output");
-    assert!(out.status.success(), "{}", text(&out));
+    let out = prune_waits_for(&fixture, &["--filter", "type=cache"], lease);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("cache records: 0,"));
 }
 
 #[test]
 fn a_collection_that_only_empties_the_trash_does_not_wait_for_running_builds() {
     crate::require_namespaces!();
-    let fixture = Fixture::new();
+    let (fixture, lease) = built_and_leased();
     let root = fixture.root();
-    fixture.policy("[gc]\nenabled = false\n");
-    let ctx = fixture.context(
-        "ctx",
-        &[("Dockerfile", "FROM busybox\nRUN echo hi > /hi\n")],
-    );
-    fixture.build(&ctx, &["-t", "hi:1"]);
     // What a killed deletion left in the trash.
     let dead = root.join(format!("trash/build-{}-1-2", dead_owner()));
     fill(&dead, 10, 1000);
-    // A build in flight: a shared hold on the store's collection lock.
-    let lease = open_lock(&root.join("gc.lock"));
-    rustix::fs::flock(&lease, rustix::fs::FlockOperation::LockShared).expect("flock");
     // All the scratch there is is in the trash (the build's abandoned
     // step dirs, the dead deletion's): deleted without waiting.
     let out = prune_returns(
@@ -441,11 +445,6 @@ fn a_collection_that_only_empties_the_trash_does_not_wait_for_running_builds() {
     // Scratch outside the trash whose owner is unknown (an older kiln's
     // build dir) needs the lock: that prune waits for the build.
     fill(&root.join("builds/build-old"), 1, 10);
-    let mut prune = spawn_prune(&fixture, &["--filter", "type=scratch"]);
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(prune.try_wait().expect("wait").is_none(), "did not wait");
-    drop(lease);
-    let out = prune.wait_with_output().expect("prune output");
-    assert!(out.status.success(), "{}", text(&out));
+    let out = prune_waits_for(&fixture, &["--filter", "type=scratch"], lease);
     assert!(!root.join("builds/build-old").exists(), "{}", text(&out));
 }
