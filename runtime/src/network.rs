@@ -227,8 +227,9 @@ pub struct NetworkPool {
 
 impl std::fmt::Debug for NetworkPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let free = self.free.lock().map(|free| free.len()).unwrap_or(0);
-        f.debug_struct("NetworkPool").field("free", &free).finish()
+        f.debug_struct("NetworkPool")
+            .field("free", &self.free())
+            .finish()
     }
 }
 

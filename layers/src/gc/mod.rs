@@ -332,36 +332,32 @@ impl Store {
             }
             return Ok(Some(predicted(&first, &sel, disk)));
         }
-        if !deferred && only_trash(&first, &sel) {
+        let (mut report, trashed) = if !deferred && only_trash(&first, &sel) {
             // What phase 1 chose is already in the trash, abandoned or a
             // dead process's: nothing in flight uses it or can take it
             // back, and two deleting the same entry both succeed. It goes
             // without the lock: a build that starts meanwhile waits for
             // nothing. (A build abandons its step dirs there: after one
             // that replaced no tag and no record, that is all there is.)
-            let mut report = predicted(&first, &sel, disk);
-            report.clear_removed();
-            let mut meter = Meter::default();
-            for piece in chosen_pieces(&first, &sel) {
-                let bytes = remove_tree(&piece.path, &mut meter)?;
-                report.count(&piece.what, bytes);
-            }
-            if let Err(e) = sizes.save(self) {
-                tracing::warn!("{e}");
-            }
-            return Ok(Some(report));
-        }
-        let Some(gc) = self.wait_for_gc_lock(options.wait)? else {
-            return Ok(None);
+            let trashed = chosen_pieces(&first, &sel)
+                .map(|piece| (piece.path.clone(), piece.what.clone()))
+                .collect();
+            (predicted(&first, &sel, disk), trashed)
+        } else {
+            let Some(gc) = self.wait_for_gc_lock(options.wait)? else {
+                return Ok(None);
+            };
+            let locked = Instant::now();
+            let inv = scan(self, &mut sizes, true)?;
+            let disk = Disk::of(self.root())?;
+            let sel = select(&inv, policy, SystemTime::now(), disk);
+            let mut report = predicted(&inv, &sel, disk);
+            let trashed = self.move_chosen_to_trash(&inv, &sel)?;
+            drop(gc);
+            report.exclusive = locked.elapsed();
+            (report, trashed)
         };
-        let locked = Instant::now();
-        let inv = scan(self, &mut sizes, true)?;
-        let disk = Disk::of(self.root())?;
-        let sel = select(&inv, policy, SystemTime::now(), disk);
-        let mut report = predicted(&inv, &sel, disk);
-        let trashed = self.move_chosen_to_trash(&inv, &sel)?;
-        drop(gc);
-        report.exclusive = locked.elapsed();
+        // Phase 3: the deletions, measured.
         report.clear_removed();
         let mut meter = Meter::default();
         for (path, what) in trashed {
