@@ -434,6 +434,12 @@ pub fn collection_needed(store: &Store, before: &kiln_layers::ContentStamp) -> b
 pub fn collect_after(store: &Store, mode: GcMode) {
     let result = match mode {
         GcMode::Detached => {
+            // A store whose policy turns collection off gets no process
+            // (nor a queue lock) after each command. (A policy that does
+            // not parse is the collector's to report, in `gc.log`.)
+            if store.gc_config().is_ok_and(|config| !config.enabled) {
+                return;
+            }
             // One waiting for its turn will see what this command did;
             // another would start only to leave at once. (When the lock
             // cannot be tried, the collector is started as before and

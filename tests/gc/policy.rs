@@ -115,6 +115,16 @@ fn a_disabled_collection_leaves_everything() {
     std::fs::write(&loose, b"loose").expect("loose blob");
     series(&fixture, &ctx, 1);
     assert!(dead.exists() && loose.exists());
+    // Detached (the default), a build starts no collector either: it would
+    // queue in gc-queue.lock first.
+    let out = fixture
+        .kiln(&["build", "--build-arg", "N=2", ctx.to_str().expect("utf-8")])
+        .env("KILN_GC", "detached")
+        .output()
+        .expect("run kiln build");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!root.join("gc-queue.lock").exists());
+    assert!(dead.exists() && loose.exists());
     // The same with the defaults: both go.
     std::fs::remove_file(root.join("gc.toml")).expect("rm gc.toml");
     series(&fixture, &ctx, 1);
