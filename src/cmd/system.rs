@@ -516,6 +516,7 @@ fn policy_or_log(store: &Store) -> anyhow::Result<GcConfig> {
 
 /// One automatic collection under `policy`; returns what it did, in a line.
 fn collect_by_policy(store: &Store, policy: &Policy) -> anyhow::Result<String> {
+    let started = std::time::Instant::now();
     let options = CollectOptions {
         dry_run: false,
         wait: LockWait::Block,
@@ -532,10 +533,11 @@ fn collect_by_policy(store: &Store, policy: &Policy) -> anyhow::Result<String> {
     };
     let line = format!(
         "collected {} bytes in the store and {runs} bytes of dead runs' scratch; \
-         collectable data {} -> {} bytes{limit}; held the store {} ms",
+         collectable data {} -> {} bytes{limit}; worked {} ms, held the store {} ms",
         report.total_bytes(),
         report.usage_before,
         report.usage_after,
+        started.elapsed().as_millis(),
         report.exclusive.as_millis(),
     );
     tracing::info!("{line}");

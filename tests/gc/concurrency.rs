@@ -130,6 +130,12 @@ fn a_build_returns_while_its_detached_collection_waits_then_runs() {
         .and_then(|l| l.rsplit_once("held the store "))
         .and_then(|(_, ms)| ms.parse::<u64>().ok());
     assert!(held.is_some(), "{log}");
+    // And how long it worked from its turn: at least that.
+    let worked = log
+        .split_once("worked ")
+        .and_then(|(_, rest)| rest.split_once(" ms, held the store"))
+        .and_then(|(ms, _)| ms.parse::<u64>().ok());
+    assert!(worked >= held, "{log}");
     let out = fixture.ok(&["system", "df"]);
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(
