@@ -95,11 +95,16 @@ pub fn helper_main() -> i32 {
             return 1;
         }
     }
-    // A private network from the caller's pool, slirp4netns up on it.
-    let joined = netns.is_some();
+    // A private network from the caller's pool, slirp4netns up on it;
+    // where joining it is refused, a namespace of its own as without one.
+    let mut joined = false;
     if let Some(netns) = netns {
-        if let Err(err) = sys.setns(netns.as_fd(), libc::CLONE_NEWNET) {
-            return fail(&mut report, "join the network namespace", err.to_string());
+        match sys.setns(netns.as_fd(), libc::CLONE_NEWNET) {
+            Ok(()) => joined = true,
+            Err(err) => {
+                let reason = err.to_string();
+                send(&mut report, &Report::JoinRefused { reason });
+            }
         }
     }
     let mut flags = libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;

@@ -223,12 +223,15 @@ pub(crate) struct PooledNetwork {
 #[derive(Default)]
 pub struct NetworkPool {
     free: Mutex<Vec<PooledNetwork>>,
+    /// A run was refused joining one ([`NetworkPool::refuse`]).
+    refused: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for NetworkPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NetworkPool")
             .field("free", &self.free())
+            .field("refused", &self.refused())
             .finish()
     }
 }
@@ -241,6 +244,9 @@ impl NetworkPool {
     /// A free network whose slirp4netns still runs (the others are
     /// dropped), taken out of the pool.
     pub(crate) fn take(&self) -> Option<PooledNetwork> {
+        if self.refused() {
+            return None;
+        }
         let mut free = self.free.lock().ok()?;
         while let Some(mut network) = free.pop() {
             if network.slirp.running() {
@@ -250,11 +256,31 @@ impl NetworkPool {
         None
     }
 
-    /// Gives back a network a run has finished with.
+    /// Gives back a network a run has finished with (dropped, once the
+    /// pool is refused).
     pub(crate) fn give_back(&self, network: PooledNetwork) {
+        if self.refused() {
+            return;
+        }
         if let Ok(mut free) = self.free.lock() {
             free.push(network);
         }
+    }
+
+    /// A run could not join a network of the pool (`setns` refused where
+    /// `unshare` is not): the pool lets its networks go and takes none
+    /// back, so that every later run makes its own at once.
+    pub(crate) fn refuse(&self) {
+        self.refused
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut free) = self.free.lock() {
+            free.clear();
+        }
+    }
+
+    /// Whether a run was refused joining one of its networks.
+    pub fn refused(&self) -> bool {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many networks wait in the pool.

@@ -418,15 +418,17 @@ pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeE
             .map(|c| c.procs().to_vec())
             .unwrap_or_default();
         config.nodev = request.devices.nodev();
+        let slirp_log = state.scratch.join("slirp4netns.log");
         let mut network = match (slirp4netns, pooled) {
-            (_, Some(pooled)) => Some(NetworkSetup::joined(pooled)),
-            (Some(program), None) => Some(NetworkSetup::new(
-                program,
-                state.scratch.join("slirp4netns.log"),
-            )),
+            (_, Some(pooled)) => Some(NetworkSetup::joined(pooled, slirp_log)),
+            (Some(program), None) => Some(NetworkSetup::new(program, slirp_log)),
             (None, None) => None,
         };
         let launched = launch(config, spec, helper, cgroups.as_ref(), &mut network);
+        if let (Some(pool), Some(true)) = (&pool, network.as_ref().map(|n| n.join_refused)) {
+            // It will be refused to the next runs too: they make their own.
+            pool.refuse();
+        }
         let ready = network.and_then(NetworkSetup::into_pooled);
         if let (Ok(_), true, Some(pool), Some(ready)) = (&launched, keep_network, &pool, ready) {
             pool.give_back(ready);
@@ -849,10 +851,13 @@ fn limit_error(
 /// slirp4netns's program and log (in the run's scratch dir) for the new
 /// namespace the helper makes, and then the process and the namespace.
 struct NetworkSetup {
+    /// Empty for a pooled network until the helper could not join it.
     program: PathBuf,
     log: PathBuf,
     /// The helper joins `netns` instead of making a namespace.
     joined: bool,
+    /// The helper was refused joining the pooled network, and made one.
+    join_refused: bool,
     slirp: Option<crate::network::Slirp>,
     /// The namespace, open (kept alive) once known.
     netns: Option<OwnedFd>,
@@ -864,19 +869,31 @@ impl NetworkSetup {
             program,
             log,
             joined: false,
+            join_refused: false,
             slirp: None,
             netns: None,
         }
     }
 
-    fn joined(pooled: crate::network::PooledNetwork) -> NetworkSetup {
+    fn joined(pooled: crate::network::PooledNetwork, log: PathBuf) -> NetworkSetup {
         NetworkSetup {
             program: PathBuf::new(),
-            log: PathBuf::new(),
+            log,
             joined: true,
+            join_refused: false,
             slirp: Some(pooled.slirp),
             netns: Some(pooled.netns),
         }
+    }
+
+    /// The helper could not join the pooled network: that one is let go
+    /// (its slirp4netns stopped), and the namespace the helper makes
+    /// instead gets a slirp4netns of its own, as with no pool.
+    fn join_refused(&mut self) {
+        self.joined = false;
+        self.join_refused = true;
+        self.slirp = None;
+        self.netns = None;
     }
 
     /// The namespace the helper is to join, if any.
@@ -1085,6 +1102,14 @@ impl Watch {
                 "the helper made a private network nobody asked for".into(),
             ));
         };
+        if network.program.as_os_str().is_empty() {
+            // A pooled network the helper could not join: the run asked
+            // for none of its own, so slirp4netns was not looked for yet.
+            let support = crate::network::probe();
+            network.program = support
+                .slirp4netns
+                .ok_or(RuntimeError::Network(support.detail))?;
+        }
         let slirp = crate::network::Slirp::start(
             &network.program,
             self.helper_pid,
@@ -1176,6 +1201,15 @@ impl Watch {
                 }
                 if let Some(sync) = &mut self.sync {
                     let _ = sync.write_all(&[1]);
+                }
+            }
+            Report::JoinRefused { reason } => {
+                if let Some(network) = self.network.as_mut().filter(|n| n.joined) {
+                    tracing::debug!(
+                        "joining a kept network namespace was refused ({reason}): \
+                         this build's RUNs make their own"
+                    );
+                    network.join_refused();
                 }
             }
             Report::NetnsReady => {

@@ -119,6 +119,13 @@ pub enum Report {
     /// given none to join for): the caller starts slirp4netns on it and
     /// then writes one byte on the sync pipe.
     NetnsReady,
+    /// Joining the private network it was given was refused (a seccomp
+    /// profile or LSM that allows `unshare` but not `setns`): the helper
+    /// makes a namespace of its own instead and sends
+    /// [`Report::NetnsReady`] next, as when it is given none.
+    JoinRefused {
+        reason: String,
+    },
     /// The container's init process exists, with this pid on the host.
     Started {
         pid: i32,

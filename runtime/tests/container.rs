@@ -8,8 +8,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{busybox_rootfs, run_captured, sh, spec};
-use kiln_runtime::{BindMount, Network, NetworkPool, RuntimeError, UpperDir};
+use common::{busybox_rootfs, run_captured, run_captured_with, sh, spec};
+use kiln_runtime::{
+    BindMount, HelperCommand, Network, NetworkPool, RuntimeError, UpperDir, HELPER_SUBCOMMAND,
+};
 
 #[test]
 fn command_is_pid_1() {
@@ -825,4 +827,48 @@ fn pooled_private_networks_serve_one_run_at_a_time() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(running(), 0, "slirp4netns left running after the pool went");
+}
+
+#[test]
+fn runs_refused_joining_a_pooled_network_make_their_own() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let pool = Arc::new(NetworkPool::new());
+    // A helper under a filter that refuses setns (and allows unshare), as
+    // some seccomp profiles or LSMs would.
+    let refusing = HelperCommand {
+        program: common::HELPER_BIN.into(),
+        args: vec!["__deny-setns".into(), HELPER_SUBCOMMAND.into()],
+    };
+    let run_in = |name: &str, helper: &HelperCommand| -> String {
+        let dir = tmp.path().join(name);
+        fs::create_dir(&dir).unwrap();
+        let script = "readlink /proc/self/ns/net; ls /sys/class/net | tr '\\n' ' '; echo";
+        let mut s = spec(&dir, &rootfs, &["sh", "-c", script]);
+        s.network = Network::Private;
+        s.networks = Some(pool.clone());
+        let (result, out, err) = run_captured_with(&dir, s, helper);
+        assert_eq!(result.unwrap().code(), 0, "{out}\n{err}");
+        out
+    };
+    let first = run_in("1", &common::helper());
+    assert_eq!(pool.free(), 1);
+    // Refused the pooled namespace, the run makes its own, with a
+    // slirp4netns of its own on it; the pool keeps nothing after that.
+    let second = run_in("2", &refusing);
+    let (first_ns, second_ns) = (first.lines().next(), second.lines().next());
+    assert!(
+        first_ns.is_some_and(|ns| ns.starts_with("net:[")),
+        "{first}"
+    );
+    assert_ne!(first_ns, second_ns, "{first}\n{second}");
+    assert_eq!(second.lines().nth(1), Some("lo tap0 "), "{second}");
+    assert!(pool.refused());
+    assert_eq!(pool.free(), 0);
+    // Later runs do not try it again: each makes its own.
+    let third = run_in("3", &refusing);
+    assert_eq!(third.lines().nth(1), Some("lo tap0 "), "{third}");
+    assert_ne!(third.lines().next(), second_ns);
+    assert_eq!(pool.free(), 0);
 }

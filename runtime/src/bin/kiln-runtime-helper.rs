@@ -9,6 +9,11 @@
 //! ```
 //! Exits with the container's code; on a runtime error prints it and exits
 //! with its Docker code (126/127) or 125.
+//!
+//! `kiln-runtime-helper __deny-setns ARGS...` runs itself with ARGS under a
+//! seccomp filter that refuses `setns` (EPERM) and allows everything
+//! else: a helper as a profile that allows `unshare` but not `setns` would
+//! make it, for the tests of the network pool's fallback.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -29,8 +34,35 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some(HELPER_SUBCOMMAND) => std::process::exit(kiln_runtime::helper_main()),
         Some("run") => run(&args[1..]),
+        Some("__deny-setns") => deny_setns_then(&args[1..]),
         _ => usage("expected `run` (see the source for options)"),
     }
+}
+
+/// Installs a filter refusing `setns`, then execs this program with `args`.
+fn deny_setns_then(args: &[String]) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let filter = seccompiler::TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|e| e.to_string())
+        .and_then(|arch| {
+            seccompiler::SeccompFilter::new(
+                [(libc::SYS_setns, Vec::new())].into_iter().collect(),
+                seccompiler::SeccompAction::Allow,
+                seccompiler::SeccompAction::Errno(libc::EPERM as u32),
+                arch,
+            )
+            .map_err(|e| e.to_string())
+        })
+        .and_then(|filter| seccompiler::BpfProgram::try_from(filter).map_err(|e| e.to_string()));
+    let installed =
+        filter.and_then(|bpf| seccompiler::apply_filter(&bpf).map_err(|e| e.to_string()));
+    if let Err(e) = installed {
+        return usage(&format!("a filter refusing setns: {e}"));
+    }
+    let err = std::process::Command::new("/proc/self/exe")
+        .args(args)
+        .exec();
+    usage(&format!("exec /proc/self/exe: {err}"))
 }
 
 fn run(args: &[String]) -> ExitCode {

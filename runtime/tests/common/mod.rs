@@ -52,7 +52,16 @@ pub fn spec(dir: &Path, rootfs: &Path, argv: &[&str]) -> RunSpec {
 /// Runs `spec` with stdout and stderr captured into files.
 pub fn run_captured(
     dir: &Path,
+    spec: RunSpec,
+) -> (Result<ExitStatus, RuntimeError>, String, String) {
+    run_captured_with(dir, spec, &helper())
+}
+
+/// [`run_captured`] with another helper command.
+pub fn run_captured_with(
+    dir: &Path,
     mut spec: RunSpec,
+    helper: &HelperCommand,
 ) -> (Result<ExitStatus, RuntimeError>, String, String) {
     let out_path = dir.join("stdout");
     let err_path = dir.join("stderr");
@@ -63,7 +72,7 @@ pub fn run_captured(
         stdout: Stdio::from(out),
         stderr: Stdio::from(err),
     };
-    let result = kiln_runtime::run(spec, &helper());
+    let result = kiln_runtime::run(spec, helper);
     let stdout = fs::read_to_string(&out_path).unwrap();
     let stderr = fs::read_to_string(&err_path).unwrap();
     (result, stdout, stderr)
