@@ -12,8 +12,8 @@
 //!
 //! `kiln-runtime-helper __deny-setns ARGS...` runs itself with ARGS under a
 //! seccomp filter that refuses `setns` (EPERM) and allows everything
-//! else: a helper as a profile that allows `unshare` but not `setns` would
-//! make it, for the tests of the network pool's fallback.
+//! else: the helper as it runs under a profile that allows `unshare` but
+//! refuses `setns`, for the test of the network pool's fallback.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
