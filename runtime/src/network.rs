@@ -95,6 +95,15 @@ pub fn probe() -> NetworkSupport {
     }
 }
 
+/// slirp4netns's program, or the error saying why a private network is
+/// not possible here ([`probe`]).
+pub(crate) fn slirp4netns_program() -> Result<PathBuf, RuntimeError> {
+    let support = probe();
+    support
+        .slirp4netns
+        .ok_or(RuntimeError::Network(support.detail))
+}
+
 /// A running slirp4netns serving one run's network namespace; stopped
 /// (killed and reaped) when dropped.
 pub struct Slirp {

@@ -384,14 +384,7 @@ pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeE
         .filter(|_| spec.network == Network::Private && !new_userns);
     let pooled = pool.as_deref().and_then(crate::NetworkPool::take);
     let slirp4netns = match spec.network {
-        Network::Private if pooled.is_none() => {
-            let support = crate::network::probe();
-            Some(
-                support
-                    .slirp4netns
-                    .ok_or(RuntimeError::Network(support.detail))?,
-            )
-        }
+        Network::Private if pooled.is_none() => Some(crate::network::slirp4netns_program()?),
         _ => None,
     };
     // A privileged run may have reconfigured its network: not kept.
@@ -419,16 +412,14 @@ pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeE
             .unwrap_or_default();
         config.nodev = request.devices.nodev();
         let slirp_log = state.scratch.join("slirp4netns.log");
-        let mut network = match (slirp4netns, pooled) {
-            (_, Some(pooled)) => Some(NetworkSetup::joined(pooled, slirp_log)),
-            (Some(program), None) => Some(NetworkSetup::new(program, slirp_log)),
-            (None, None) => None,
+        let mut network = match (slirp4netns, pooled, &pool) {
+            (_, Some(pooled), Some(pool)) => {
+                Some(NetworkSetup::joined(pooled, pool.clone(), slirp_log))
+            }
+            (Some(program), _, _) => Some(NetworkSetup::new(program, slirp_log)),
+            _ => None,
         };
         let launched = launch(config, spec, helper, cgroups.as_ref(), &mut network);
-        if let (Some(pool), Some(true)) = (&pool, network.as_ref().map(|n| n.join_refused)) {
-            // It will be refused to the next runs too: they make their own.
-            pool.refuse();
-        }
         let ready = network.and_then(NetworkSetup::into_pooled);
         if let (Ok(_), true, Some(pool), Some(ready)) = (&launched, keep_network, &pool, ready) {
             pool.give_back(ready);
@@ -851,13 +842,13 @@ fn limit_error(
 /// slirp4netns's program and log (in the run's scratch dir) for the new
 /// namespace the helper makes, and then the process and the namespace.
 struct NetworkSetup {
-    /// Empty for a pooled network until the helper could not join it.
-    program: PathBuf,
+    /// `None` for a pooled network (looked for if the helper cannot join
+    /// it).
+    program: Option<PathBuf>,
     log: PathBuf,
-    /// The helper joins `netns` instead of making a namespace.
-    joined: bool,
-    /// The helper was refused joining the pooled network, and made one.
-    join_refused: bool,
+    /// The pool `netns` came from, while the helper is to join it instead
+    /// of making a namespace.
+    joins: Option<std::sync::Arc<crate::NetworkPool>>,
     slirp: Option<crate::network::Slirp>,
     /// The namespace, open (kept alive) once known.
     netns: Option<OwnedFd>,
@@ -866,32 +857,36 @@ struct NetworkSetup {
 impl NetworkSetup {
     fn new(program: PathBuf, log: PathBuf) -> NetworkSetup {
         NetworkSetup {
-            program,
+            program: Some(program),
             log,
-            joined: false,
-            join_refused: false,
+            joins: None,
             slirp: None,
             netns: None,
         }
     }
 
-    fn joined(pooled: crate::network::PooledNetwork, log: PathBuf) -> NetworkSetup {
+    fn joined(
+        pooled: crate::network::PooledNetwork,
+        pool: std::sync::Arc<crate::NetworkPool>,
+        log: PathBuf,
+    ) -> NetworkSetup {
         NetworkSetup {
-            program: PathBuf::new(),
+            program: None,
             log,
-            joined: true,
-            join_refused: false,
+            joins: Some(pool),
             slirp: Some(pooled.slirp),
             netns: Some(pooled.netns),
         }
     }
 
     /// The helper could not join the pooled network: that one is let go
-    /// (its slirp4netns stopped), and the namespace the helper makes
-    /// instead gets a slirp4netns of its own, as with no pool.
+    /// (its slirp4netns stopped), the pool refuses the next runs at once,
+    /// and the namespace the helper makes instead gets a slirp4netns of
+    /// its own, as with no pool.
     fn join_refused(&mut self) {
-        self.joined = false;
-        self.join_refused = true;
+        if let Some(pool) = self.joins.take() {
+            pool.refuse();
+        }
         self.slirp = None;
         self.netns = None;
     }
@@ -900,7 +895,7 @@ impl NetworkSetup {
     fn to_join(&self) -> Option<BorrowedFd<'_>> {
         self.netns
             .as_ref()
-            .filter(|_| self.joined)
+            .filter(|_| self.joins.is_some())
             .map(|fd| fd.as_fd())
     }
 
@@ -1097,25 +1092,19 @@ impl Watch {
 
     /// Starts slirp4netns on the helper's new network namespace.
     fn start_network(&mut self) -> Result<(), RuntimeError> {
-        let Some(network) = self.network.as_mut().filter(|n| !n.joined) else {
+        let Some(network) = self.network.as_mut().filter(|n| n.joins.is_none()) else {
             return Err(RuntimeError::HelperDied(
                 "the helper made a private network nobody asked for".into(),
             ));
         };
-        if network.program.as_os_str().is_empty() {
-            // A pooled network the helper could not join: the run asked
-            // for none of its own, so slirp4netns was not looked for yet.
-            let support = crate::network::probe();
-            network.program = support
-                .slirp4netns
-                .ok_or(RuntimeError::Network(support.detail))?;
-        }
-        let slirp = crate::network::Slirp::start(
-            &network.program,
-            self.helper_pid,
-            self.rootless,
-            &network.log,
-        )?;
+        // A pooled network the helper could not join: the run asked for
+        // none of its own, so slirp4netns is looked for now.
+        let program = match network.program.take() {
+            Some(program) => program,
+            None => crate::network::slirp4netns_program()?,
+        };
+        let slirp =
+            crate::network::Slirp::start(&program, self.helper_pid, self.rootless, &network.log)?;
         network.slirp = Some(slirp);
         // Kept open, the namespace outlives the run for the pool (the
         // helper waits for the sync byte: it is still there). Without it,
@@ -1204,7 +1193,7 @@ impl Watch {
                 }
             }
             Report::JoinRefused { reason } => {
-                if let Some(network) = self.network.as_mut().filter(|n| n.joined) {
+                if let Some(network) = self.network.as_mut().filter(|n| n.joins.is_some()) {
                     tracing::debug!(
                         "joining a kept network namespace was refused ({reason}): \
                          this build's RUNs make their own"
