@@ -83,12 +83,7 @@ fn build_with_queued_collection(fixture: &Fixture) {
         "ctx",
         &[("Dockerfile", "FROM busybox\nRUN echo hi > /hi\n")],
     );
-    let out = fixture
-        .kiln(&["build", "-t", "hi:1", ctx.to_str().expect("utf-8")])
-        .env("KILN_GC", "detached")
-        .output()
-        .expect("run kiln build");
-    assert!(out.status.success(), "{}", text(&out));
+    fixture.build_detached(&ctx, &["-t", "hi:1"]);
     wait_until("the build's collection queued", || {
         held(&fixture.root().join("gc-queue.lock"))
     });

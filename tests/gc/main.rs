@@ -68,11 +68,29 @@ impl Fixture {
 
     /// Builds `context` with `args`; returns the build's output.
     pub(crate) fn build(&self, context: &Path, args: &[&str]) -> Output {
-        let mut all = vec!["build"];
-        all.extend_from_slice(args);
-        all.push(context.to_str().expect("utf-8 path"));
-        self.ok(&all)
+        self.ok(&build_args(context, args))
     }
+
+    /// Like [`Fixture::build`], with the automatic collection detached (as
+    /// by default): the build returns before it.
+    pub(crate) fn build_detached(&self, context: &Path, args: &[&str]) -> Output {
+        let args = build_args(context, args);
+        let out = self
+            .kiln(&args)
+            .env("KILN_GC", "detached")
+            .output()
+            .expect("run kiln build");
+        assert!(out.status.success(), "kiln {args:?}: {}", text(&out));
+        out
+    }
+}
+
+/// `build ARGS… CONTEXT`.
+fn build_args<'a>(context: &'a Path, args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["build"];
+    all.extend_from_slice(args);
+    all.push(context.to_str().expect("utf-8 path"));
+    all
 }
 
 /// Whether the build's RUN step (the last one with `RUN` in its title)

@@ -117,12 +117,7 @@ fn a_disabled_collection_leaves_everything() {
     assert!(dead.exists() && loose.exists());
     // Detached (the default), a build starts no collector either: it would
     // queue in gc-queue.lock first.
-    let out = fixture
-        .kiln(&["build", "--build-arg", "N=2", ctx.to_str().expect("utf-8")])
-        .env("KILN_GC", "detached")
-        .output()
-        .expect("run kiln build");
-    assert!(out.status.success(), "{}", text(&out));
+    fixture.build_detached(&ctx, &["--build-arg", "N=2"]);
     assert!(!root.join("gc-queue.lock").exists());
     assert!(dead.exists() && loose.exists());
     // The same with the defaults: both go.
