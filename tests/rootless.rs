@@ -336,11 +336,17 @@ fn signals_to_a_rootless_kiln_reach_its_build() {
         "{}",
         String::from_utf8_lossy(&import.stderr)
     );
-    // Processes whose command line names the store: the two kilns, the
-    // container's sleep is found by its own.
+    // The user's processes whose command line names the store: the two
+    // kilns, the container's sleep is found by its own. (Only the user's:
+    // another `sleep 600` on the machine is none of this test's.)
+    let uid_line = format!("Uid:\t{}\t", user.0);
     let running = || -> Vec<String> {
         let mut found = Vec::new();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+            if !status.lines().any(|l| l.starts_with(&uid_line)) {
+                continue;
+            }
             let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             if cmdline.contains(store.to_str().unwrap()) || cmdline.contains("sleep 600") {
