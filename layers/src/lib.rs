@@ -17,7 +17,9 @@
 //!   layers once per chain id and returns the lower dirs, bottom first
 //!   (a snapshot counts only when its completion marker says so;
 //!   `has_snapshot`, `adopt_snapshot`); `overlay_lowerdir` formats them
-//!   for mount.
+//!   for mount. A marker names the boot that wrote it: after a reboot a
+//!   snapshot counts only when a seal (`seal`, `Store::seal`: a `syncfs`
+//!   each collection runs first) came after it.
 //! - Deleting and leftovers (`cleanup`, `owner`): directories are renamed
 //!   into `trash/` before they are deleted; `Store::scratch_dir` names a
 //!   build's scratch with its owner process, `remove_dead_scratch` takes
@@ -80,6 +82,7 @@ pub mod owner;
 pub mod platforms;
 pub mod progress;
 pub mod reference;
+pub mod seal;
 pub mod snapshot;
 #[allow(unsafe_code)]
 pub mod store;

@@ -1,8 +1,10 @@
 //! Snapshots: each layer unpacked once, ready to be an overlay lower dir.
 //!
 //! A snapshot is `snapshots/<chain-id hex>/`, holding `fs/` (the lower dir)
-//! and `complete`, a marker naming the chain id, written and fsynced after
-//! `fs/` is whole. Both are made in `builds/snapshot-<owner>-…/`
+//! and `complete`, a marker naming the chain id and stamped with the boot
+//! and time, written after `fs/` is whole (nothing is fsynced: a snapshot
+//! of an earlier boot counts only when a seal covers its stamp,
+//! `crate::seal`). Both are made in `builds/snapshot-<owner>-…/`
 //! (`Store::unfinished_snapshot_path`) and the directory is renamed into
 //! place (never over an existing one), so a
 //! snapshot appears whole, marker included, or not at all; deletion renames
@@ -23,6 +25,7 @@ use crate::compress::decompress;
 use crate::digest::{Digest, HashingReader};
 use crate::error::{io_at, Error, Result};
 use crate::progress::{Outcome, ProgressReader, Reporter};
+use crate::seal::Stamp;
 use crate::store::{fsync_dir, Image, Store};
 use crate::unpack::{unpack, UnpackOptions, Whiteouts};
 
@@ -68,14 +71,24 @@ impl Store {
     }
 
     /// Whether the snapshot for `chain_id` is there and complete: its
-    /// marker, written last, names it.
+    /// marker, written last, names it, and its stamp, when it has one, is
+    /// of this boot or sealed ([`crate::seal`]).
     pub fn has_snapshot(&self, chain_id: &Digest) -> bool {
         let marker = self.snapshot_dir(chain_id).join(COMPLETE);
         let mut text = String::new();
         let read = File::open(&marker)
-            .and_then(|f| f.take(200).read_to_string(&mut text))
+            .and_then(|f| f.take(512).read_to_string(&mut text))
             .is_ok();
-        read && text.trim_end() == chain_id.as_str() && self.snapshot_path(chain_id).is_dir()
+        let mut lines = text.lines();
+        let trusted = match (lines.next(), lines.next(), lines.next()) {
+            (Some(name), None, None) => name == chain_id.as_str(),
+            (Some(name), Some(stamp), None) => {
+                name == chain_id.as_str()
+                    && Stamp::parse(stamp).is_some_and(|stamp| self.is_sealed(&stamp))
+            }
+            _ => false,
+        };
+        read && trusted && self.snapshot_path(chain_id).is_dir()
     }
 
     /// Notes that files of the snapshot for `chain_id` gained hard links
@@ -112,21 +125,39 @@ impl Store {
         Ok(())
     }
 
-    /// Writes the marker into `tmp` (a snapshot being made), fsyncs it and
-    /// renames `tmp` into place. `Ok(false)`: a complete snapshot was
+    /// Writes the marker into `tmp` (a snapshot being made), stamped with
+    /// this boot and the time, and renames `tmp` into place: no fsync, the
+    /// stamp says whether it survived a crash ([`crate::seal`]). Where the
+    /// boot cannot be told, the marker has no stamp and it and both
+    /// directories are fsynced. `Ok(false)`: a complete snapshot was
     /// already there (`tmp` is left to the caller).
     fn place_snapshot(&self, tmp: &Path, chain_id: &Digest) -> Result<bool> {
         let marker = tmp.join(COMPLETE);
+        let stamp = Stamp::now();
+        let text = match &stamp {
+            Some(stamp) => format!("{chain_id}\n{}\n", stamp.line()),
+            None => format!("{chain_id}\n"),
+        };
         let mut file = File::create(&marker).map_err(io_at("create", &marker))?;
-        file.write_all(format!("{chain_id}\n").as_bytes())
-            .and_then(|()| file.sync_all())
+        file.write_all(text.as_bytes())
+            .and_then(|()| {
+                if stamp.is_none() {
+                    file.sync_all()
+                } else {
+                    Ok(())
+                }
+            })
             .map_err(io_at("write", &marker))?;
-        fsync_dir(tmp)?;
+        if stamp.is_none() {
+            fsync_dir(tmp)?;
+        }
         let final_dir = self.snapshot_dir(chain_id);
         for _ in 0..3 {
             match rename_noreplace(tmp, &final_dir) {
                 Ok(()) => {
-                    fsync_dir(&self.snapshots_dir())?;
+                    if stamp.is_none() {
+                        fsync_dir(&self.snapshots_dir())?;
+                    }
                     return Ok(true);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {

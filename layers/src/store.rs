@@ -26,7 +26,8 @@
 //! mount's its directory's mtime ([`Store::touch`] when a RUN mounts it),
 //! an untagged image's its manifest blob's mtime (touched when a build
 //! records it again). `gc.toml` holds the automatic collection's policy,
-//! `gc-sizes.json` the sizes of trees that never change once made.
+//! `gc-sizes.json` the sizes of trees that never change once made, `sealed`
+//! up to when each recent boot's snapshots are on disk (`crate::seal`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -205,6 +206,9 @@ pub struct PruneReport {
     /// How long the collection held the store exclusively (scan, choice,
     /// renames into the trash): what a build starting then waited at most.
     pub exclusive: std::time::Duration,
+    /// How long sealing the store's snapshots (`Store::seal`, a `syncfs`)
+    /// took, first.
+    pub synced: std::time::Duration,
 }
 
 impl PruneReport {
@@ -510,6 +514,12 @@ impl Store {
     /// What the last automatic collection did (one line, rewritten by each).
     pub fn gc_log_path(&self) -> PathBuf {
         self.root.join("gc.log")
+    }
+
+    /// Up to when each recent boot's snapshots are on disk
+    /// (`crate::seal`).
+    pub(crate) fn sealed_path(&self) -> PathBuf {
+        self.root.join("sealed")
     }
 
     /// Sizes of immutable trees the collection measured (a cache).

@@ -533,11 +533,13 @@ fn collect_by_policy(store: &Store, policy: &Policy) -> anyhow::Result<String> {
     };
     let line = format!(
         "collected {} bytes in the store and {runs} bytes of dead runs' scratch; \
-         collectable data {} -> {} bytes{limit}; worked {} ms, held the store {} ms",
+         collectable data {} -> {} bytes{limit}; worked {} ms (synced {} ms), \
+         held the store {} ms",
         report.total_bytes(),
         report.usage_before,
         report.usage_after,
         started.elapsed().as_millis(),
+        report.synced.as_millis(),
         report.exclusive.as_millis(),
     );
     tracing::info!("{line}");

@@ -125,12 +125,44 @@ fn a_build_returns_while_its_detached_collection_waits_then_runs() {
         .and_then(|l| l.rsplit_once("held the store "))
         .and_then(|(_, ms)| ms.parse::<u64>().ok());
     assert!(held.is_some(), "{log}");
-    // And how long it worked from its turn: at least that.
-    let worked = log
+    // And how long it worked from its turn (at least that), of which
+    // sealing the snapshots took a part.
+    let (worked, synced) = log
         .split_once("worked ")
-        .and_then(|(_, rest)| rest.split_once(" ms, held the store"))
-        .and_then(|(ms, _)| ms.parse::<u64>().ok());
-    assert!(worked >= held, "{log}");
+        .and_then(|(_, rest)| rest.split_once(" ms), held the store"))
+        .and_then(|(figures, _)| figures.split_once(" ms (synced "))
+        .and_then(|(worked, synced)| {
+            Some((worked.parse::<u64>().ok()?, synced.parse::<u64>().ok()?))
+        })
+        .unwrap_or_else(|| panic!("no figures in {log}"));
+    assert!(Some(worked) >= held && worked >= synced, "{log}");
+    // The seal covers every snapshot the build made: each marker's stamp
+    // is of this boot and no later than the seal.
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
+    let sealed = std::fs::read_to_string(root.join("sealed")).expect("sealed");
+    let seal: u128 = sealed
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{} ", boot.trim())))
+        .and_then(|at| at.parse().ok())
+        .unwrap_or_else(|| panic!("this boot is not in {sealed:?}"));
+    let mut stamps = 0;
+    for entry in std::fs::read_dir(root.join("snapshots")).expect("snapshots") {
+        let marker = entry.expect("entry").path().join("complete");
+        let text = std::fs::read_to_string(&marker).expect("marker");
+        let at: u128 = text
+            .lines()
+            .nth(1)
+            .and_then(|l| l.strip_prefix(&format!("boot {} ", boot.trim())))
+            .and_then(|at| at.parse().ok())
+            .unwrap_or_else(|| panic!("{}: no stamp of this boot in {text:?}", marker.display()));
+        assert!(
+            at <= seal,
+            "{}: {at} after the seal {seal}",
+            marker.display()
+        );
+        stamps += 1;
+    }
+    assert!(stamps >= 2, "the build made its snapshots ({stamps})");
     let out = fixture.ok(&["system", "df"]);
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(

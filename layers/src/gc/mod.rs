@@ -3,7 +3,9 @@
 //! reports, all from one inventory (`inventory`) and one choice
 //! (`select`) under a [`Policy`] in BuildKit's vocabulary.
 //!
-//! A collection runs in three phases:
+//! A collection first seals the snapshots made so far ([`Store::seal`]: a
+//! `syncfs`, then they are trusted after a crash), then runs in three
+//! phases:
 //!
 //! 1. Without a lock, sizes of new immutable trees (snapshots, parked
 //!    upper dirs) are measured into the size cache, so that phase 2 is
@@ -309,13 +311,34 @@ impl Store {
         policy: &Policy,
         options: &CollectOptions,
     ) -> Result<Option<PruneReport>> {
-        let mut sizes = SizeCache::load(self);
-        if options.dry_run {
-            let inv = self.scan_now(&mut sizes)?;
-            let disk = Disk::of(self.root())?;
-            let sel = select(&inv, policy, SystemTime::now(), disk);
-            return Ok(Some(predicted(&inv, &sel, disk)));
+        if !options.dry_run {
+            return self.seal_then_collect(policy, options.wait);
         }
+        let mut sizes = SizeCache::load(self);
+        let inv = self.scan_now(&mut sizes)?;
+        let disk = Disk::of(self.root())?;
+        let sel = select(&inv, policy, SystemTime::now(), disk);
+        Ok(Some(predicted(&inv, &sel, disk)))
+    }
+
+    /// Seals the snapshots made so far ([`Store::seal`]; a failure is only
+    /// logged: they stay trusted in this boot), then collects.
+    fn seal_then_collect(&self, policy: &Policy, wait: LockWait) -> Result<Option<PruneReport>> {
+        let sealing = Instant::now();
+        if let Err(e) = self.seal() {
+            tracing::warn!("sealing the store's snapshots: {e}");
+        }
+        let synced = sealing.elapsed();
+        let mut report = self.collect_now(policy, wait)?;
+        if let Some(report) = &mut report {
+            report.synced = synced;
+        }
+        Ok(report)
+    }
+
+    /// Phases 1 to 3 (see the module docs).
+    fn collect_now(&self, policy: &Policy, wait: LockWait) -> Result<Option<PruneReport>> {
+        let mut sizes = SizeCache::load(self);
         // Phase 1, without the lock: new immutable trees are measured now
         // (a 20,000-file snapshot takes a while), not while a build that
         // starts waits for its lease. When the policy chooses nothing
@@ -344,7 +367,7 @@ impl Store {
                 .collect();
             (predicted(&first, &sel, disk), trashed)
         } else {
-            let Some(gc) = self.wait_for_gc_lock(options.wait)? else {
+            let Some(gc) = self.wait_for_gc_lock(wait)? else {
                 return Ok(None);
             };
             let locked = Instant::now();
@@ -493,6 +516,7 @@ impl PruneReport {
             keep: self.keep,
             free_before: self.free_before,
             exclusive: self.exclusive,
+            synced: self.synced,
             ..PruneReport::default()
         };
     }
