@@ -74,21 +74,33 @@ impl Store {
     /// marker, written last, names it, and its stamp, when it has one, is
     /// of this boot or sealed ([`crate::seal`]).
     pub fn has_snapshot(&self, chain_id: &Digest) -> bool {
+        self.snapshot_state(chain_id).is_ok()
+    }
+
+    /// `Ok` when the snapshot for `chain_id` is complete; else why not.
+    fn snapshot_state(&self, chain_id: &Digest) -> std::result::Result<(), &'static str> {
         let marker = self.snapshot_dir(chain_id).join(COMPLETE);
         let mut text = String::new();
-        let read = File::open(&marker)
+        File::open(&marker)
             .and_then(|f| f.take(512).read_to_string(&mut text))
-            .is_ok();
+            .map_err(|_| "no completion marker")?;
         let mut lines = text.lines();
-        let trusted = match (lines.next(), lines.next(), lines.next()) {
-            (Some(name), None, None) => name == chain_id.as_str(),
-            (Some(name), Some(stamp), None) => {
-                name == chain_id.as_str()
-                    && Stamp::parse(stamp).is_some_and(|stamp| self.is_sealed(&stamp))
-            }
-            _ => false,
-        };
-        read && trusted && self.snapshot_path(chain_id).is_dir()
+        if lines.next() != Some(chain_id.as_str()) {
+            return Err("its marker names another chain");
+        }
+        match (lines.next(), lines.next()) {
+            (None, None) => {}
+            (Some(stamp), None) => match Stamp::parse(stamp) {
+                Some(stamp) if self.is_sealed(&stamp) => {}
+                Some(_) => return Err("made in an earlier boot, after that boot's last seal"),
+                None => return Err("its marker's stamp is unreadable"),
+            },
+            _ => return Err("its marker's stamp is unreadable"),
+        }
+        if !self.snapshot_path(chain_id).is_dir() {
+            return Err("no fs directory");
+        }
+        Ok(())
     }
 
     /// Notes that files of the snapshot for `chain_id` gained hard links
@@ -113,11 +125,11 @@ impl Store {
             return Ok(());
         }
         let _lock = crate::store::lock(&self.snapshots_lock_path(), true)?;
-        if self.has_snapshot(chain_id) {
+        let Err(why) = self.snapshot_state(chain_id) else {
             return Ok(());
-        }
+        };
         tracing::warn!(
-            "{}: incomplete snapshot (no completion marker); unpacking it again",
+            "{}: incomplete snapshot ({why}); unpacking it again",
             dir.display()
         );
         // Renamed away; the collection deletes it.

@@ -4,7 +4,8 @@
 //! keep-duration, types, enabled), its detaching and its locking against
 //! concurrent builds, min-free-space on a small filesystem made for the
 //! test, `kiln system df` against `du`, and `kiln prune`'s flags and dry
-//! run. Builds run their collection in the foreground (`KILN_GC`, set by
+//! run, and the seal that makes snapshots trusted after a reboot. Builds
+//! run their collection in the foreground (`KILN_GC`, set by
 //! `common::kiln_command`) unless a test says otherwise.
 
 #[path = "../common/mod.rs"]
@@ -14,6 +15,7 @@ mod concurrency;
 mod df;
 mod policy;
 mod prune;
+mod seal;
 mod space;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,75 @@
+//! Snapshots across a reboot: one whose marker says an earlier boot made
+//! it is used only when a seal of that boot (a collection's `syncfs`)
+//! came after it; otherwise it is unpacked again from its layer, and the
+//! build's cache still holds.
+
+use std::path::Path;
+
+use crate::{run_cached, text, Fixture};
+
+/// A boot id that is not this one.
+const EARLIER: &str = "0c1d2e3f-aaaa-4bbb-8ccc-0123456789ab";
+
+/// Rewrites every snapshot's marker as boot `EARLIER` would have written
+/// it at `at` ns of its uptime; returns how many there are.
+fn made_in_earlier_boot(root: &Path, at: u64) -> usize {
+    let mut count = 0;
+    for entry in std::fs::read_dir(root.join("snapshots")).expect("snapshots") {
+        let marker = entry.expect("entry").path().join("complete");
+        let text = std::fs::read_to_string(&marker).expect("marker");
+        let chain = text.lines().next().expect("chain line").to_string();
+        std::fs::write(&marker, format!("{chain}\nboot {EARLIER} {at}\n")).expect("marker");
+        count += 1;
+    }
+    count
+}
+
+#[test]
+fn after_a_reboot_only_sealed_snapshots_are_used_and_the_cache_holds_either_way() {
+    crate::require_namespaces!();
+    let fixture = Fixture::new();
+    let root = fixture.root();
+    // No automatic collection: nothing seals behind the test's back.
+    fixture.policy("[gc]\nenabled = false\n");
+    let ctx = fixture.context(
+        "ctx",
+        &[("Dockerfile", "FROM busybox\nRUN echo made > /made\n")],
+    );
+    let first = fixture.build(&ctx, &["-t", "seal:1"]);
+    let unsealed = "made in an earlier boot, after that boot's last seal";
+
+    // Not sealed: every snapshot the build needs is unpacked again, with
+    // a warning that says why, and the RUN still comes from the cache.
+    assert!(made_in_earlier_boot(&root, 5_000_000_000) >= 2);
+    let again = fixture.build(&ctx, &["-t", "seal:1"]);
+    assert!(run_cached(&again), "{}", text(&again));
+    assert!(text(&again).contains(unsealed), "{}", text(&again));
+    assert_eq!(again.stdout, first.stdout, "the same image");
+    let out = fixture.ok(&["run", "--rm", "seal:1", "cat", "/made"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "made\n");
+
+    // Sealed after they were made: used as they are.
+    made_in_earlier_boot(&root, 5_000_000_000);
+    std::fs::write(root.join("sealed"), format!("{EARLIER} 5000000001\n")).expect("sealed");
+    let trusted = fixture.build(&ctx, &["-t", "seal:1"]);
+    assert!(run_cached(&trusted), "{}", text(&trusted));
+    assert!(
+        !text(&trusted).contains("incomplete snapshot"),
+        "{}",
+        text(&trusted)
+    );
+    assert_eq!(trusted.stdout, first.stdout);
+
+    // `kiln prune` seals this boot first (with the collection off too),
+    // keeping the earlier boot's seal.
+    fixture.ok(&["prune"]);
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
+    let sealed = std::fs::read_to_string(root.join("sealed")).expect("sealed");
+    let lines: Vec<&str> = sealed.lines().collect();
+    assert_eq!(lines.len(), 2, "{sealed}");
+    assert_eq!(lines[0], format!("{EARLIER} 5000000001"));
+    assert!(
+        lines[1].starts_with(&format!("{} ", boot.trim())),
+        "{sealed}"
+    );
+}
