@@ -11,7 +11,8 @@
 //! overlay snapshots had this defect, containerd#5854). Instead:
 //!
 //! - The marker names the boot (`/proc/sys/kernel/random/boot_id`) and
-//!   the `CLOCK_BOOTTIME` at which the snapshot was whole ([`Stamp`]). It
+//!   the `CLOCK_BOOTTIME` at which the snapshot was whole ([`Stamp`]; the
+//!   host's clock: a time namespace's offset is taken off). It
 //!   and the rename into place need no fsync: within one boot the page
 //!   cache is what every process reads, whatever reached the disk.
 //! - [`Store::seal`] notes the time, `syncfs`es the store's filesystem and
@@ -43,12 +44,15 @@ pub struct Stamp {
 }
 
 impl Stamp {
-    /// Now, in this boot; `None` where the boot id cannot be read.
+    /// Now, in this boot; `None` where the boot id cannot be read. The
+    /// time is the host's: a time namespace's boottime offset (which
+    /// would put this process's clock ahead of or behind other kilns') is
+    /// taken off.
     pub fn now() -> Option<Stamp> {
         let boot = current_boot()?;
         let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
-        let at = u128::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000
-            + u128::try_from(ts.tv_nsec).unwrap_or(0);
+        let here = i128::from(ts.tv_sec) * NANOS + i128::from(ts.tv_nsec);
+        let at = u128::try_from(here - boottime_offset()).unwrap_or(0);
         Some(Stamp {
             boot: boot.to_string(),
             at,
@@ -74,6 +78,27 @@ impl Stamp {
             at: at.parse().ok()?,
         })
     }
+}
+
+const NANOS: i128 = 1_000_000_000;
+
+/// This process's time namespace's boottime offset in nanoseconds
+/// (`/proc/self/timens_offsets`; 0 without time namespaces), read once.
+fn boottime_offset() -> i128 {
+    static OFFSET: OnceLock<i128> = OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/self/timens_offsets").unwrap_or_default();
+        parse_boottime_offset(&text).unwrap_or(0)
+    })
+}
+
+/// The `boottime <secs> <nanos>` line of `timens_offsets`, in nanoseconds.
+fn parse_boottime_offset(text: &str) -> Option<i128> {
+    let line = text.lines().find(|l| l.starts_with("boottime"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let secs: i128 = words.next()?.parse().ok()?;
+    let nanos: i128 = words.next()?.parse().ok()?;
+    Some(secs * NANOS + nanos)
 }
 
 /// This boot's id, read once per process.
@@ -122,9 +147,15 @@ impl Store {
         let root = std::fs::File::open(self.root()).map_err(io_at("open", self.root()))?;
         rustix::fs::syncfs(&root)
             .map_err(|e| crate::error::Error::io("syncfs", self.root(), e.into()))?;
+        // A seal that started later (a concurrent one) is kept.
         let mut seals = read_seals(self);
+        let later = seals
+            .iter()
+            .filter(|(boot, _)| *boot == now.boot)
+            .map(|&(_, at)| at)
+            .fold(now.at, u128::max);
         seals.retain(|(boot, _)| *boot != now.boot);
-        seals.push((now.boot.clone(), now.at));
+        seals.push((now.boot.clone(), later));
         let skip = seals.len().saturating_sub(BOOTS_KEPT);
         let text: String = seals[skip..]
             .iter()
@@ -158,6 +189,13 @@ mod tests {
         ] {
             assert_eq!(Stamp::parse(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_time_namespace_offset_is_read_in_nanoseconds() {
+        let text = "monotonic           0         0\nboottime         -100       250\n";
+        assert_eq!(parse_boottime_offset(text), Some(-100 * NANOS + 250));
+        assert_eq!(parse_boottime_offset(""), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! build's cache still holds.
 
 use std::path::Path;
+use std::process::Command;
 
 use crate::{run_cached, text, Fixture};
 
@@ -72,4 +73,56 @@ fn after_a_reboot_only_sealed_snapshots_are_used_and_the_cache_holds_either_way(
         lines[1].starts_with(&format!("{} ", boot.trim())),
         "{sealed}"
     );
+}
+
+#[test]
+fn a_kiln_in_a_time_namespace_stamps_its_snapshots_with_the_hosts_clock() {
+    crate::require_root!();
+    let fixture = Fixture::new();
+    fixture.policy("[gc]\nenabled = false\n");
+    let ctx = fixture.context(
+        "ctx",
+        &[("Dockerfile", "FROM busybox\nRUN echo ahead > /ahead\n")],
+    );
+    // Its boottime runs 1,000,000 s ahead of the host's: were that its
+    // stamp, a seal taken on the host would not cover its snapshots after a
+    // reboot (and one behind would cover what came after the seal).
+    let build = fixture.kiln(&["build", "-t", "ahead:1", ctx.to_str().expect("utf-8")]);
+    let mut command = Command::new("unshare");
+    command
+        .args(["--time", "--boottime", "1000000", "--fork", "--"])
+        .arg(build.get_program())
+        .args(build.get_args());
+    for (key, value) in build.get_envs() {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    let out = command.output().expect("run unshare");
+    assert!(out.status.success(), "{}", text(&out));
+    let uptime = std::fs::read_to_string("/proc/uptime").expect("uptime");
+    let now: f64 = uptime
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("uptime seconds");
+    let mut stamps = 0;
+    for entry in std::fs::read_dir(fixture.root().join("snapshots")).expect("snapshots") {
+        let marker = entry.expect("entry").path().join("complete");
+        let text = std::fs::read_to_string(&marker).expect("marker");
+        let at: u128 = text
+            .lines()
+            .nth(1)
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|at| at.parse().ok())
+            .unwrap_or_else(|| panic!("no stamp in {text:?}"));
+        assert!(
+            (at as f64) / 1e9 <= now + 1.0,
+            "{}: stamped at {at} ns, the host's uptime is {now} s",
+            marker.display()
+        );
+        stamps += 1;
+    }
+    assert!(stamps >= 2, "{stamps} snapshots");
 }
