@@ -17,8 +17,8 @@
 //!   layers once per chain id and returns the lower dirs, bottom first
 //!   (a snapshot counts only when its completion marker says so;
 //!   `has_snapshot`, `adopt_snapshot`); `overlay_lowerdir` formats them
-//!   for mount. A marker names the boot that wrote it: after a reboot a
-//!   snapshot counts only when a seal (`seal`, `Store::seal`: a `syncfs`
+//!   for mount. A stamp beside the marker names the boot that made it: after
+//!   a reboot a snapshot counts only when a seal (`seal`, `Store::seal`: a `syncfs`
 //!   each collection runs first) came after it.
 //! - Deleting and leftovers (`cleanup`, `owner`): directories are renamed
 //!   into `trash/` before they are deleted; `Store::scratch_dir` names a
@@ -78,7 +78,8 @@ pub mod gc;
 pub mod import;
 pub mod index;
 pub mod oci;
-pub mod owner;
+/// Which process owns a scratch name (the `kiln-owner` crate).
+pub use kiln_owner as owner;
 pub mod platforms;
 pub mod progress;
 pub mod reference;

@@ -10,30 +10,45 @@
 //! files are empty, and every later build would use those (containerd's
 //! overlay snapshots had this defect, containerd#5854). Instead:
 //!
-//! - The marker names the boot (`/proc/sys/kernel/random/boot_id`) and
-//!   the `CLOCK_BOOTTIME` at which the snapshot was whole ([`Stamp`]; the
-//!   host's clock: a time namespace's offset is taken off). It
-//!   and the rename into place need no fsync: within one boot the page
-//!   cache is what every process reads, whatever reached the disk.
+//! - Beside its completion marker (`complete`, which names the chain id
+//!   as it always did), a snapshot has `stamp`: the boot
+//!   (`/proc/sys/kernel/random/boot_id`) and the `CLOCK_BOOTTIME` at which
+//!   it was whole ([`Stamp`]; the host's clock: a time namespace's offset
+//!   is taken off). Neither, nor the rename into place, is fsynced: until
+//!   the machine goes down, every process reads the same page cache,
+//!   whatever reached the disk.
 //! - [`Store::seal`] notes the time, `syncfs`es the store's filesystem and
 //!   records in `sealed` that everything of this boot up to that time is
-//!   on disk. The collection seals at the start of each run
-//!   ([`Store::collect`]), off the build's path.
+//!   on disk. Every collection, automatic or `kiln prune`, seals first
+//!   ([`Store::collect`]); the automatic one runs after the build has
+//!   returned (but a build that collects first for `min-free-space`, or
+//!   with `KILN_GC=foreground`, waits for its seal).
 //! - After a reboot, a snapshot of an earlier boot counts as complete only
-//!   when `sealed` covers its stamp. One that is not covered is moved to
-//!   the trash and unpacked again from its blob, as an incomplete one is.
+//!   when that boot's seal is no earlier than its stamp. One that is not
+//!   covered is moved to the trash and unpacked again from its blob, as
+//!   an incomplete one is.
 //!
-//! A marker without a stamp (written by an older kiln, or where the boot id
-//! cannot be read, when the marker and directories are fsynced as before)
-//! counts as it always did.
+//! Trust never shrinks within a boot, so nothing in use is taken for
+//! incomplete: a snapshot of this boot is trusted; the seals of earlier
+//! boots are never dropped and never change; a process that cannot tell
+//! (no boot id, `sealed` unreadable) trusts what it cannot judge.
+//!
+//! A snapshot without a stamp counts as it always did: one of an older
+//! kiln (whose marker was fsynced, its files not), or one made where the
+//! boot id cannot be read, which is made durable before its marker
+//! (`syncfs`, then the marker and the directories fsynced).
+//!
+//! Not covered: `syncfs` reports writeback errors only since the store
+//! was opened for it (and none before Linux 5.8), and on some network and
+//! FUSE filesystems flushes nothing; a store copied to another disk is as
+//! durable as the copy; clones of one VM image restored from memory share
+//! a boot id.
 
 use std::sync::OnceLock;
 
 use crate::error::{io_at, Result};
+use crate::owner::boottime_offset_ns;
 use crate::store::{write_atomic, Store};
-
-/// How many boots `sealed` remembers (the most recent).
-const BOOTS_KEPT: usize = 16;
 
 /// When a snapshot was whole: a boot and a time on its `CLOCK_BOOTTIME`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,14 +67,14 @@ impl Stamp {
         let boot = current_boot()?;
         let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
         let here = i128::from(ts.tv_sec) * NANOS + i128::from(ts.tv_nsec);
-        let at = u128::try_from(here - boottime_offset()).unwrap_or(0);
+        let at = u128::try_from(here - boottime_offset_ns()).ok()?;
         Some(Stamp {
             boot: boot.to_string(),
             at,
         })
     }
 
-    /// The marker's stamp line: `boot <id> <nanoseconds>`.
+    /// The stamp file's line: `boot <id> <nanoseconds>`.
     pub(crate) fn line(&self) -> String {
         format!("boot {} {}", self.boot, self.at)
     }
@@ -82,25 +97,6 @@ impl Stamp {
 
 const NANOS: i128 = 1_000_000_000;
 
-/// This process's time namespace's boottime offset in nanoseconds
-/// (`/proc/self/timens_offsets`; 0 without time namespaces), read once.
-fn boottime_offset() -> i128 {
-    static OFFSET: OnceLock<i128> = OnceLock::new();
-    *OFFSET.get_or_init(|| {
-        let text = std::fs::read_to_string("/proc/self/timens_offsets").unwrap_or_default();
-        parse_boottime_offset(&text).unwrap_or(0)
-    })
-}
-
-/// The `boottime <secs> <nanos>` line of `timens_offsets`, in nanoseconds.
-fn parse_boottime_offset(text: &str) -> Option<i128> {
-    let line = text.lines().find(|l| l.starts_with("boottime"))?;
-    let mut words = line.split_whitespace().skip(1);
-    let secs: i128 = words.next()?.parse().ok()?;
-    let nanos: i128 = words.next()?.parse().ok()?;
-    Some(secs * NANOS + nanos)
-}
-
 /// This boot's id, read once per process.
 fn current_boot() -> Option<&'static str> {
     static BOOT: OnceLock<Option<String>> = OnceLock::new();
@@ -113,27 +109,59 @@ fn current_boot() -> Option<&'static str> {
 }
 
 /// `sealed`: boot id → the latest time of that boot known to be on disk,
-/// one `<id> <nanoseconds>` line each, oldest boot first.
-fn read_seals(store: &Store) -> Vec<(String, u128)> {
-    let Ok(text) = std::fs::read_to_string(store.sealed_path()) else {
-        return Vec::new();
+/// one `<id> <nanoseconds>` line each, oldest boot first. `Ok(empty)` when
+/// there is none.
+fn read_seals(store: &Store) -> std::io::Result<Vec<(String, u128)>> {
+    let text = match std::fs::read_to_string(store.sealed_path()) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
     };
-    text.lines()
+    Ok(text
+        .lines()
         .filter_map(|line| {
             let (boot, at) = line.split_once(' ')?;
             Some((boot.to_string(), at.parse().ok()?))
         })
-        .collect()
+        .collect())
+}
+
+/// Whether a snapshot stamped `stamp` can be trusted, and if not why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Trust {
+    Trusted,
+    /// Its boot has no seal.
+    NoSeal,
+    /// Its boot's last seal came before it was made.
+    SealedBefore,
 }
 
 impl Store {
     /// Whether the files of a snapshot stamped `stamp` can be trusted: it
-    /// was made in this boot, or a seal of its boot came after it.
-    pub(crate) fn is_sealed(&self, stamp: &Stamp) -> bool {
-        current_boot() == Some(stamp.boot.as_str())
-            || read_seals(self)
-                .iter()
-                .any(|(boot, sealed)| *boot == stamp.boot && stamp.at <= *sealed)
+    /// was made in this boot, or a seal of its boot came after it (or this
+    /// process cannot tell: see the module docs).
+    pub(crate) fn trust(&self, stamp: &Stamp) -> Trust {
+        let Some(boot) = current_boot() else {
+            return Trust::Trusted;
+        };
+        if boot == stamp.boot {
+            return Trust::Trusted;
+        }
+        let seals = match read_seals(self) {
+            Ok(seals) => seals,
+            Err(e) => {
+                tracing::warn!(
+                    "{}: {e}; snapshots of earlier boots are trusted",
+                    self.sealed_path().display()
+                );
+                return Trust::Trusted;
+            }
+        };
+        match seals.iter().find(|(b, _)| *b == stamp.boot) {
+            None => Trust::NoSeal,
+            Some(&(_, sealed)) if stamp.at <= sealed => Trust::Trusted,
+            Some(_) => Trust::SealedBefore,
+        }
     }
 
     /// Makes everything the store's filesystem holds so far durable
@@ -144,11 +172,10 @@ impl Store {
         let Some(now) = Stamp::now() else {
             return Ok(None);
         };
-        let root = std::fs::File::open(self.root()).map_err(io_at("open", self.root()))?;
-        rustix::fs::syncfs(&root)
-            .map_err(|e| crate::error::Error::io("syncfs", self.root(), e.into()))?;
-        // A seal that started later (a concurrent one) is kept.
-        let mut seals = read_seals(self);
+        sync_filesystem(&self.snapshots_dir())?;
+        // A seal that started later (a concurrent one) is kept; the other
+        // boots' seals stay as they are.
+        let mut seals = read_seals(self).map_err(io_at("read", &self.sealed_path()))?;
         let later = seals
             .iter()
             .filter(|(boot, _)| *boot == now.boot)
@@ -156,14 +183,19 @@ impl Store {
             .fold(now.at, u128::max);
         seals.retain(|(boot, _)| *boot != now.boot);
         seals.push((now.boot.clone(), later));
-        let skip = seals.len().saturating_sub(BOOTS_KEPT);
-        let text: String = seals[skip..]
+        let text: String = seals
             .iter()
             .map(|(boot, at)| format!("{boot} {at}\n"))
             .collect();
         write_atomic(&self.sealed_path(), text.as_bytes())?;
         Ok(Some(now))
     }
+}
+
+/// `syncfs` of the filesystem that holds `dir`.
+pub(crate) fn sync_filesystem(dir: &std::path::Path) -> Result<()> {
+    let file = std::fs::File::open(dir).map_err(io_at("open", dir))?;
+    rustix::fs::syncfs(&file).map_err(|e| crate::error::Error::io("syncfs", dir, e.into()))
 }
 
 #[cfg(test)]
@@ -189,13 +221,6 @@ mod tests {
         ] {
             assert_eq!(Stamp::parse(bad), None, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn a_time_namespace_offset_is_read_in_nanoseconds() {
-        let text = "monotonic           0         0\nboottime         -100       250\n";
-        assert_eq!(parse_boottime_offset(text), Some(-100 * NANOS + 250));
-        assert_eq!(parse_boottime_offset(""), None);
     }
 
     #[test]

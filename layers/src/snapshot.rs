@@ -1,10 +1,10 @@
 //! Snapshots: each layer unpacked once, ready to be an overlay lower dir.
 //!
 //! A snapshot is `snapshots/<chain-id hex>/`, holding `fs/` (the lower dir)
-//! and `complete`, a marker naming the chain id and stamped with the boot
-//! and time, written after `fs/` is whole (nothing is fsynced: a snapshot
-//! of an earlier boot counts only when a seal covers its stamp,
-//! `crate::seal`). Both are made in `builds/snapshot-<owner>-…/`
+//! and `complete`, a marker naming the chain id, written after `fs/` is
+//! whole, and before it `stamp`, the boot and time that made it (nothing
+//! is fsynced: a snapshot of an earlier boot counts only when a seal
+//! covers its stamp, `crate::seal`). Both are made in `builds/snapshot-<owner>-…/`
 //! (`Store::unfinished_snapshot_path`) and the directory is renamed into
 //! place (never over an existing one), so a
 //! snapshot appears whole, marker included, or not at all; deletion renames
@@ -25,14 +25,35 @@ use crate::compress::decompress;
 use crate::digest::{Digest, HashingReader};
 use crate::error::{io_at, Error, Result};
 use crate::progress::{Outcome, ProgressReader, Reporter};
-use crate::seal::Stamp;
+use crate::seal::{sync_filesystem, Stamp, Trust};
 use crate::store::{fsync_dir, Image, Store};
 use crate::unpack::{unpack, UnpackOptions, Whiteouts};
 
 /// The lower dir inside a snapshot's directory.
 const FS_DIR: &str = "fs";
-/// The marker written last.
+/// The marker written last: the chain id.
 const COMPLETE: &str = "complete";
+/// The boot and time that made the snapshot (`crate::seal`), written
+/// before the marker.
+const STAMP: &str = "stamp";
+
+/// The first 512 bytes of the file at `path` as text; `None` when it
+/// cannot be read or is not UTF-8.
+fn read_small(path: &Path) -> Option<String> {
+    let mut text = String::new();
+    File::open(path)
+        .and_then(|f| f.take(512).read_to_string(&mut text))
+        .ok()?;
+    Some(text)
+}
+
+/// Creates the file at `path` holding `text`, fsynced when `sync`.
+fn write_file(path: &Path, text: &str, sync: bool) -> Result<()> {
+    let mut file = File::create(path).map_err(io_at("create", path))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| if sync { file.sync_all() } else { Ok(()) })
+        .map_err(io_at("write", path))
+}
 
 /// Overlay's `lowerdir=` value for snapshots given bottom first (overlay
 /// wants the top first, separated by ':').
@@ -79,23 +100,22 @@ impl Store {
 
     /// `Ok` when the snapshot for `chain_id` is complete; else why not.
     fn snapshot_state(&self, chain_id: &Digest) -> std::result::Result<(), &'static str> {
-        let marker = self.snapshot_dir(chain_id).join(COMPLETE);
-        let mut text = String::new();
-        File::open(&marker)
-            .and_then(|f| f.take(512).read_to_string(&mut text))
-            .map_err(|_| "no completion marker")?;
-        let mut lines = text.lines();
-        if lines.next() != Some(chain_id.as_str()) {
-            return Err("its marker names another chain");
+        let dir = self.snapshot_dir(chain_id);
+        let marker = read_small(&dir.join(COMPLETE)).ok_or("no completion marker")?;
+        if marker.trim_end() != chain_id.as_str() {
+            return Err("its completion marker names another chain");
         }
-        match (lines.next(), lines.next()) {
-            (None, None) => {}
-            (Some(stamp), None) => match Stamp::parse(stamp) {
-                Some(stamp) if self.is_sealed(&stamp) => {}
-                Some(_) => return Err("made in an earlier boot, after that boot's last seal"),
-                None => return Err("its marker's stamp is unreadable"),
+        match read_small(&dir.join(STAMP)) {
+            // No stamp: an older kiln's, or one made durable at once.
+            None => {}
+            Some(text) => match Stamp::parse(text.trim_end()).map(|s| self.trust(&s)) {
+                Some(Trust::Trusted) => {}
+                Some(Trust::NoSeal) => return Err("made in an earlier boot that has no seal"),
+                Some(Trust::SealedBefore) => {
+                    return Err("made in an earlier boot after that boot's last seal")
+                }
+                None => return Err("its stamp is unreadable"),
             },
-            _ => return Err("its marker's stamp is unreadable"),
         }
         if !self.snapshot_path(chain_id).is_dir() {
             return Err("no fs directory");
@@ -137,37 +157,28 @@ impl Store {
         Ok(())
     }
 
-    /// Writes the marker into `tmp` (a snapshot being made), stamped with
-    /// this boot and the time, and renames `tmp` into place: no fsync, the
-    /// stamp says whether it survived a crash ([`crate::seal`]). Where the
-    /// boot cannot be told, the marker has no stamp and it and both
-    /// directories are fsynced. `Ok(false)`: a complete snapshot was
-    /// already there (`tmp` is left to the caller).
+    /// Writes the stamp and then the marker into `tmp` (a snapshot being
+    /// made) and renames `tmp` into place: nothing is fsynced, the stamp
+    /// says whether it survived a crash ([`crate::seal`]). Where the boot
+    /// cannot be told, the snapshot is made durable instead: `syncfs`, no
+    /// stamp, the marker and both directories fsynced. `Ok(false)`: a
+    /// complete snapshot was already there (`tmp` is left to the caller).
     fn place_snapshot(&self, tmp: &Path, chain_id: &Digest) -> Result<bool> {
-        let marker = tmp.join(COMPLETE);
         let stamp = Stamp::now();
-        let text = match &stamp {
-            Some(stamp) => format!("{chain_id}\n{}\n", stamp.line()),
-            None => format!("{chain_id}\n"),
-        };
-        let mut file = File::create(&marker).map_err(io_at("create", &marker))?;
-        file.write_all(text.as_bytes())
-            .and_then(|()| {
-                if stamp.is_none() {
-                    file.sync_all()
-                } else {
-                    Ok(())
-                }
-            })
-            .map_err(io_at("write", &marker))?;
-        if stamp.is_none() {
+        let durable = stamp.is_none();
+        match &stamp {
+            Some(stamp) => write_file(&tmp.join(STAMP), &format!("{}\n", stamp.line()), false)?,
+            None => sync_filesystem(tmp)?,
+        }
+        write_file(&tmp.join(COMPLETE), &format!("{chain_id}\n"), durable)?;
+        if durable {
             fsync_dir(tmp)?;
         }
         let final_dir = self.snapshot_dir(chain_id);
         for _ in 0..3 {
             match rename_noreplace(tmp, &final_dir) {
                 Ok(()) => {
-                    if stamp.is_none() {
+                    if durable {
                         fsync_dir(&self.snapshots_dir())?;
                     }
                     return Ok(true);

@@ -209,6 +209,8 @@ pub struct PruneReport {
     /// How long sealing the store's snapshots (`Store::seal`, a `syncfs`)
     /// took, first.
     pub synced: std::time::Duration,
+    /// Why the seal failed or was not made, when it was not.
+    pub unsealed: Option<String>,
 }
 
 impl PruneReport {

@@ -481,10 +481,10 @@ fn a_snapshot_without_its_completion_marker_is_unpacked_again_not_used() {
     assert!(store.has_snapshot(&chain));
     let snapshot_dir = lower.parent().unwrap().to_path_buf();
     let marker = snapshot_dir.join("complete");
-    let text = fs::read_to_string(&marker).unwrap();
-    assert!(
-        text.starts_with(&format!("{chain}\nboot ")),
-        "the marker names the chain id, then its boot: {text:?}"
+    assert_eq!(
+        fs::read_to_string(&marker).unwrap(),
+        format!("{chain}\n"),
+        "the marker names the chain id"
     );
     assert_eq!(fs::read_dir(&lower).unwrap().count(), 50);
 
@@ -531,33 +531,41 @@ fn a_snapshot_of_an_earlier_boot_is_used_only_when_a_seal_covers_it() {
         .prepare_snapshots(&image, &kiln_layers::NoProgress)
         .unwrap()
         .remove(0);
-    let marker = lower.parent().unwrap().join("complete");
+    let stamp = lower.parent().unwrap().join("stamp");
     let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
     let boot = boot.trim();
-    let stamp = fs::read_to_string(&marker).unwrap();
+    let text = fs::read_to_string(&stamp).unwrap();
     assert!(
-        stamp.contains(&format!("\nboot {boot} ")),
-        "made in this boot: {stamp:?}"
+        text.starts_with(&format!("boot {boot} ")),
+        "made in this boot: {text:?}"
     );
     assert!(store.has_snapshot(&chain));
 
     // The same snapshot, as an earlier boot made it at 5 s of its uptime.
     let earlier = "0c1d2e3f-aaaa-4bbb-8ccc-0123456789ab";
-    fs::write(&marker, format!("{chain}\nboot {earlier} 5000000000\n")).unwrap();
+    fs::write(&stamp, format!("boot {earlier} 5000000000\n")).unwrap();
     let sealed = tmp.path().join("sealed");
     assert!(!store.has_snapshot(&chain), "no seal: not trusted");
     fs::write(&sealed, format!("{earlier} 4999999999\n")).unwrap();
     assert!(!store.has_snapshot(&chain), "sealed before it was made");
     fs::write(&sealed, format!("ffff 9000000000\n{earlier} 5000000000\n")).unwrap();
     assert!(store.has_snapshot(&chain), "sealed after it was made");
-    // A marker stamped with what is not a stamp counts as no marker.
-    fs::write(&marker, format!("{chain}\nbooted earlier\n")).unwrap();
+    // A stamp that is not one does not count.
+    fs::write(&stamp, "booted earlier\n").unwrap();
     assert!(!store.has_snapshot(&chain));
-    // One of an older kiln (no stamp) counts as it always did.
-    fs::write(&marker, format!("{chain}\n")).unwrap();
+    // No stamp (an older kiln's snapshot) counts as it always did.
+    fs::remove_file(&stamp).unwrap();
     assert!(store.has_snapshot(&chain));
+    // Where the seals cannot be read, trust does not shrink: what a build
+    // may be using is not taken for incomplete.
+    fs::write(&stamp, format!("boot {earlier} 6000000000\n")).unwrap();
+    fs::remove_file(&sealed).unwrap();
+    fs::create_dir(&sealed).unwrap();
+    assert!(store.has_snapshot(&chain));
+    fs::remove_dir(&sealed).unwrap();
+    fs::write(&sealed, format!("ffff 9000000000\n{earlier} 5000000000\n")).unwrap();
 
-    // Sealing adds this boot and keeps the earlier boots' seals.
+    // Sealing adds this boot and keeps every earlier boot's seal.
     let seal = store.seal().unwrap().expect("a boot id");
     assert_eq!(seal.boot, boot);
     assert_eq!(
@@ -567,10 +575,17 @@ fn a_snapshot_of_an_earlier_boot_is_used_only_when_a_seal_covers_it() {
             seal.at
         )
     );
+    // A later seal of this boot (a concurrent one) is not moved back.
+    fs::write(&sealed, format!("{boot} {}\n", seal.at + 1_000_000_000_000)).unwrap();
+    store.seal().unwrap();
+    assert_eq!(
+        fs::read_to_string(&sealed).unwrap(),
+        format!("{boot} {}\n", seal.at + 1_000_000_000_000)
+    );
+    fs::write(&sealed, format!("ffff 9000000000\n{earlier} 5000000000\n")).unwrap();
 
-    // Not covered: moved to the trash and unpacked again, whole, from the
-    // layer, with this boot's stamp.
-    fs::write(&marker, format!("{chain}\nboot {earlier} 6000000000\n")).unwrap();
+    // Not covered (stamped at 6 s, sealed at 5 s): moved to the trash and
+    // unpacked again, whole, from the layer, with this boot's stamp.
     fs::remove_file(lower.join("f7")).unwrap();
     fs::write(lower.join("f3"), "").unwrap();
     assert!(!store.has_snapshot(&chain));
@@ -580,9 +595,9 @@ fn a_snapshot_of_an_earlier_boot_is_used_only_when_a_seal_covers_it() {
     assert!(store.has_snapshot(&chain));
     assert_eq!(fs::read_dir(&lower).unwrap().count(), 20);
     assert_eq!(fs::read_to_string(lower.join("f3")).unwrap(), "file 3\n");
-    assert!(fs::read_to_string(&marker)
+    assert!(fs::read_to_string(&stamp)
         .unwrap()
-        .contains(&format!("\nboot {boot} ")));
+        .starts_with(&format!("boot {boot} ")));
     assert_eq!(fs::read_dir(tmp.path().join("trash")).unwrap().count(), 1);
 }
 

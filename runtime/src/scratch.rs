@@ -5,8 +5,9 @@
 //! base is `/run/kiln` (root), `$XDG_RUNTIME_DIR/kiln` or
 //! `/dev/shm/kiln-<uid>`, a directory of mode 0700 owned by the user.
 //! `<pid>.<start>` names the process that made it: its id and start time
-//! (clock ticks after boot, field 22 of `/proc/<pid>/stat`), so that a pid
-//! reused by another process after a kill is not taken for the owner.
+//! (clock ticks after boot, field 22 of `/proc/<pid>/stat`, in the host's
+//! clock: `kiln_owner`), so that a pid reused by another process after a
+//! kill is not taken for the owner.
 //! [`remove_dead_scratch`] (called by `kiln prune`) removes the directories
 //! whose owner is gone; names of an older kiln (`<pid>-<nanos>-<n>`) count
 //! as dead when no process has that pid.
@@ -51,42 +52,23 @@ pub(crate) fn private_base(base: &Path) -> bool {
         || std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o700)).is_ok()
 }
 
-/// Start time (clock ticks after boot) and state of process `pid`.
-fn stat_of(pid: u32) -> Option<(u64, char)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields 3 and on follow the last ')' (the command name may hold any).
-    let rest = &text[text.rfind(')')? + 1..];
-    let mut fields = rest.split_ascii_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let start = fields.nth(18)?.parse().ok()?;
-    Some((start, state))
-}
-
-/// This process's owner token, `<pid>.<start>`.
+/// This process's owner token, `<pid>.<start>` ([`kiln_owner::Owner`]).
 pub(crate) fn owner_token() -> String {
-    let pid = std::process::id();
-    format!("{pid}.{}", stat_of(pid).map_or(0, |(start, _)| start))
+    kiln_owner::Owner::current().token()
 }
 
 /// Whether the process that made the scratch dir `name` is still running.
 fn owner_alive(name: &str) -> bool {
     let owner = name.split('-').next().unwrap_or_default();
-    let (pid, start) = match owner.split_once('.') {
-        Some((pid, start)) => (pid, start.parse::<u64>().ok()),
-        None => (owner, None),
-    };
-    let Ok(pid) = pid.parse::<u32>() else {
-        // Not a name this module makes: left alone.
-        return true;
-    };
-    if pid == std::process::id() {
-        return true;
+    if let Some(owner) = kiln_owner::Owner::parse(owner) {
+        return owner.is_alive();
     }
-    match (stat_of(pid), start) {
-        (None, _) => false,
-        (Some((_, 'Z' | 'X' | 'x')), _) => false,
-        (Some((now, _)), Some(start)) => now == start,
-        (Some(_), None) => true,
+    match owner.parse::<u32>() {
+        // An older kiln's `<pid>-<nanos>-<n>`: dead when no process has
+        // that pid.
+        Ok(pid) => pid == std::process::id() || kiln_owner::is_running(pid),
+        // Not a name this module makes: left alone.
+        Err(_) => true,
     }
 }
 
@@ -162,7 +144,7 @@ mod tests {
         // A live process (the test runner's parent) with another start
         // time: its pid was reused.
         let parent = rustix::process::Pid::as_raw(rustix::process::getppid()) as u32;
-        let (start, _) = stat_of(parent).unwrap();
+        let start = kiln_owner::Owner::of_pid(parent).unwrap().start;
         assert!(owner_alive(&format!("{parent}.{start}-1-2")));
         assert!(
             !owner_alive(&format!("{parent}.{}-1-2", start + 1)),

@@ -531,15 +531,18 @@ fn collect_by_policy(store: &Store, policy: &Policy) -> anyhow::Result<String> {
         Some(k) => format!(" (the limits keep {k} bytes)"),
         None => String::new(),
     };
+    let seal = match &report.unsealed {
+        None => format!("synced {} ms", report.synced.as_millis()),
+        Some(why) => format!("not sealed: {why}"),
+    };
     let line = format!(
         "collected {} bytes in the store and {runs} bytes of dead runs' scratch; \
-         collectable data {} -> {} bytes{limit}; worked {} ms (synced {} ms), \
+         collectable data {} -> {} bytes{limit}; worked {} ms ({seal}), \
          held the store {} ms",
         report.total_bytes(),
         report.usage_before,
         report.usage_after,
         started.elapsed().as_millis(),
-        report.synced.as_millis(),
         report.exclusive.as_millis(),
     );
     tracing::info!("{line}");

@@ -136,7 +136,7 @@ fn a_build_returns_while_its_detached_collection_waits_then_runs() {
         })
         .unwrap_or_else(|| panic!("no figures in {log}"));
     assert!(Some(worked) >= held && worked >= synced, "{log}");
-    // The seal covers every snapshot the build made: each marker's stamp
+    // The seal covers every snapshot the build made: each one's stamp
     // is of this boot and no later than the seal.
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
     let sealed = std::fs::read_to_string(root.join("sealed")).expect("sealed");
@@ -147,12 +147,11 @@ fn a_build_returns_while_its_detached_collection_waits_then_runs() {
         .unwrap_or_else(|| panic!("this boot is not in {sealed:?}"));
     let mut stamps = 0;
     for entry in std::fs::read_dir(root.join("snapshots")).expect("snapshots") {
-        let marker = entry.expect("entry").path().join("complete");
-        let text = std::fs::read_to_string(&marker).expect("marker");
+        let marker = entry.expect("entry").path().join("stamp");
+        let text = std::fs::read_to_string(&marker).expect("stamp");
         let at: u128 = text
-            .lines()
-            .nth(1)
-            .and_then(|l| l.strip_prefix(&format!("boot {} ", boot.trim())))
+            .trim_end()
+            .strip_prefix(&format!("boot {} ", boot.trim()))
             .and_then(|at| at.parse().ok())
             .unwrap_or_else(|| panic!("{}: no stamp of this boot in {text:?}", marker.display()));
         assert!(

@@ -87,6 +87,24 @@ impl Fixture {
     }
 }
 
+/// `command` run by `unshare` in a time namespace whose boottime runs
+/// 1,000,000 s ahead of the host's (its program, arguments and
+/// environment).
+pub(crate) fn ahead_in_time(command: &Command) -> Command {
+    let mut ahead = Command::new("unshare");
+    ahead
+        .args(["--time", "--boottime", "1000000", "--fork", "--"])
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => ahead.env(key, value),
+            None => ahead.env_remove(key),
+        };
+    }
+    ahead
+}
+
 /// `build ARGS… CONTEXT`.
 fn build_args<'a>(context: &'a Path, args: &[&'a str]) -> Vec<&'a str> {
     let mut all = vec!["build"];

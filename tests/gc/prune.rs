@@ -1,8 +1,9 @@
-//! `kiln prune`'s flags, each with what it changes.
+//! `kiln prune`'s flags, each with what it changes, and the owner names
+//! of scratch by which it tells a live process's from a dead one's.
 
 use std::path::PathBuf;
 
-use crate::{age, df, records, run_cached, text, Fixture};
+use crate::{age, ahead_in_time, df, records, run_cached, text, Fixture};
 
 const SERIES: &str =
     "FROM busybox\nARG N\nRUN head -c 200000 /dev/urandom > /data && echo $N > /n\n";
@@ -242,4 +243,59 @@ fn copy_shape_records_go_with_their_snapshot() {
     // With the build cache, the record goes too.
     fixture.ok(&["prune", "--all"]);
     assert!(!live[0].exists());
+}
+
+#[test]
+fn a_build_in_another_time_namespace_names_its_scratch_as_the_host_sees_it() {
+    crate::require_root!();
+    let fixture = Fixture::new();
+    fixture.policy("[gc]\nenabled = false\n");
+    let ctx = fixture.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN sleep 2 && echo late > /late\n",
+        )],
+    );
+    // In its time namespace, /proc shows the build's start time 1,000,000
+    // s later than a kiln outside sees it. The owner token in its scratch
+    // names must be what a kiln outside reads, or that kiln's prune takes
+    // the running build for dead and removes its scratch.
+    let build = fixture.kiln(&["build", "-t", "late:1", ctx.to_str().expect("utf-8")]);
+    let running = ahead_in_time(&build)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the build");
+    let builds = fixture.root().join("builds");
+    let started = std::time::Instant::now();
+    let name = loop {
+        let found = std::fs::read_dir(&builds).ok().and_then(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .find(|n| n.starts_with("build-"))
+        });
+        if let Some(name) = found {
+            break name;
+        }
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the build made no scratch"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // build-<pid>.<start>-<nanos>-<n>
+    let token = name["build-".len()..].split('-').next().expect("token");
+    let (pid, start) = token.split_once('.').expect("pid.start");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the build runs");
+    let seen = stat[stat.rfind(')').expect("comm") + 1..]
+        .split_whitespace()
+        .nth(19)
+        .expect("field 22")
+        .to_string();
+    assert_eq!(start, seen, "{name}: /proc/{pid}/stat says {seen}");
+    let out = running.wait_with_output().expect("wait for the build");
+    assert!(out.status.success(), "{}", text(&out));
+    let out = fixture.ok(&["run", "--rm", "late:1", "cat", "/late"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "late\n");
 }

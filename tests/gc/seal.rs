@@ -6,20 +6,19 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::{run_cached, text, Fixture};
+use crate::{ahead_in_time, run_cached, text, Fixture};
 
 /// A boot id that is not this one.
 const EARLIER: &str = "0c1d2e3f-aaaa-4bbb-8ccc-0123456789ab";
 
-/// Rewrites every snapshot's marker as boot `EARLIER` would have written
+/// Rewrites every snapshot's stamp as boot `EARLIER` would have written
 /// it at `at` ns of its uptime; returns how many there are.
 fn made_in_earlier_boot(root: &Path, at: u64) -> usize {
     let mut count = 0;
     for entry in std::fs::read_dir(root.join("snapshots")).expect("snapshots") {
-        let marker = entry.expect("entry").path().join("complete");
-        let text = std::fs::read_to_string(&marker).expect("marker");
-        let chain = text.lines().next().expect("chain line").to_string();
-        std::fs::write(&marker, format!("{chain}\nboot {EARLIER} {at}\n")).expect("marker");
+        let stamp = entry.expect("entry").path().join("stamp");
+        assert!(stamp.is_file(), "{} is missing", stamp.display());
+        std::fs::write(&stamp, format!("boot {EARLIER} {at}\n")).expect("stamp");
         count += 1;
     }
     count
@@ -37,7 +36,7 @@ fn after_a_reboot_only_sealed_snapshots_are_used_and_the_cache_holds_either_way(
         &[("Dockerfile", "FROM busybox\nRUN echo made > /made\n")],
     );
     let first = fixture.build(&ctx, &["-t", "seal:1"]);
-    let unsealed = "made in an earlier boot, after that boot's last seal";
+    let unsealed = "made in an earlier boot that has no seal";
 
     // Not sealed: every snapshot the build needs is unpacked again, with
     // a warning that says why, and the RUN still comes from the cache.
@@ -88,18 +87,7 @@ fn a_kiln_in_a_time_namespace_stamps_its_snapshots_with_the_hosts_clock() {
     // stamp, a seal taken on the host would not cover its snapshots after a
     // reboot (and one behind would cover what came after the seal).
     let build = fixture.kiln(&["build", "-t", "ahead:1", ctx.to_str().expect("utf-8")]);
-    let mut command = Command::new("unshare");
-    command
-        .args(["--time", "--boottime", "1000000", "--fork", "--"])
-        .arg(build.get_program())
-        .args(build.get_args());
-    for (key, value) in build.get_envs() {
-        match value {
-            Some(value) => command.env(key, value),
-            None => command.env_remove(key),
-        };
-    }
-    let out = command.output().expect("run unshare");
+    let out = ahead_in_time(&build).output().expect("run unshare");
     assert!(out.status.success(), "{}", text(&out));
     let uptime = std::fs::read_to_string("/proc/uptime").expect("uptime");
     let now: f64 = uptime
@@ -109,12 +97,12 @@ fn a_kiln_in_a_time_namespace_stamps_its_snapshots_with_the_hosts_clock() {
         .expect("uptime seconds");
     let mut stamps = 0;
     for entry in std::fs::read_dir(fixture.root().join("snapshots")).expect("snapshots") {
-        let marker = entry.expect("entry").path().join("complete");
-        let text = std::fs::read_to_string(&marker).expect("marker");
+        let marker = entry.expect("entry").path().join("stamp");
+        let text = std::fs::read_to_string(&marker).expect("stamp");
         let at: u128 = text
-            .lines()
-            .nth(1)
-            .and_then(|l| l.rsplit(' ').next())
+            .trim_end()
+            .rsplit(' ')
+            .next()
             .and_then(|at| at.parse().ok())
             .unwrap_or_else(|| panic!("no stamp in {text:?}"));
         assert!(
@@ -125,4 +113,55 @@ fn a_kiln_in_a_time_namespace_stamps_its_snapshots_with_the_hosts_clock() {
         stamps += 1;
     }
     assert!(stamps >= 2, "{stamps} snapshots");
+}
+
+#[test]
+fn where_the_boot_cannot_be_told_snapshots_are_made_durable_unstamped() {
+    crate::require_root!();
+    let fixture = Fixture::new();
+    let ctx = fixture.context(
+        "ctx",
+        &[("Dockerfile", "FROM busybox\nRUN echo blind > /blind\n")],
+    );
+    // kiln in a mount namespace where the boot id reads empty; its build
+    // collects in the foreground there.
+    let build = fixture.kiln(&["build", "-t", "blind:1", ctx.to_str().expect("utf-8")]);
+    let mut command = Command::new("unshare");
+    command
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg("mount --bind /dev/null /proc/sys/kernel/random/boot_id && exec \"$@\"")
+        .arg("sh")
+        .arg(build.get_program())
+        .args(build.get_args());
+    for (key, value) in build.get_envs() {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    let out = command.output().expect("run unshare");
+    assert!(out.status.success(), "{}", text(&out));
+    let root = fixture.root();
+    let log = std::fs::read_to_string(root.join("gc.log")).expect("gc.log");
+    assert!(
+        log.contains("(not sealed: the boot id cannot be read)"),
+        "{log}"
+    );
+    // Its snapshots (busybox's layer, unpacked by this build, and its
+    // RUN's) have no stamp: they count in any boot, as an older kiln's do.
+    let mut count = 0;
+    for entry in std::fs::read_dir(root.join("snapshots")).expect("snapshots") {
+        let dir = entry.expect("entry").path();
+        assert!(dir.join("complete").is_file(), "{}", dir.display());
+        assert!(!dir.join("stamp").exists(), "{}", dir.display());
+        count += 1;
+    }
+    assert!(count >= 2, "{count} snapshots");
+    let again = fixture.build(&ctx, &["-t", "blind:1"]);
+    assert!(run_cached(&again), "{}", text(&again));
+    assert!(
+        !text(&again).contains("incomplete snapshot"),
+        "{}",
+        text(&again)
+    );
 }

@@ -321,17 +321,24 @@ impl Store {
         Ok(Some(predicted(&inv, &sel, disk)))
     }
 
-    /// Seals the snapshots made so far ([`Store::seal`]; a failure is only
-    /// logged: they stay trusted in this boot), then collects.
+    /// Seals the snapshots made so far ([`Store::seal`]; a failure does
+    /// not stop the collection: they stay trusted in this boot, and the
+    /// report says why), then collects.
     fn seal_then_collect(&self, policy: &Policy, wait: LockWait) -> Result<Option<PruneReport>> {
         let sealing = Instant::now();
-        if let Err(e) = self.seal() {
-            tracing::warn!("sealing the store's snapshots: {e}");
-        }
+        let unsealed = match self.seal() {
+            Ok(Some(_)) => None,
+            Ok(None) => Some("the boot id cannot be read".to_string()),
+            Err(e) => {
+                tracing::warn!("sealing the store's snapshots: {e}");
+                Some(e.to_string())
+            }
+        };
         let synced = sealing.elapsed();
         let mut report = self.collect_now(policy, wait)?;
         if let Some(report) = &mut report {
             report.synced = synced;
+            report.unsealed = unsealed;
         }
         Ok(report)
     }
@@ -517,6 +524,7 @@ impl PruneReport {
             free_before: self.free_before,
             exclusive: self.exclusive,
             synced: self.synced,
+            unsealed: self.unsealed.take(),
             ..PruneReport::default()
         };
     }

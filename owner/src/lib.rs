@@ -1,7 +1,8 @@
 //! Which process owns a scratch file or directory, and whether it is still
 //! running.
 //!
-//! Scratch names made by [`crate::store::unique_suffix`] carry an owner
+//! Scratch names made by the store (`kiln_layers::store::unique_suffix`)
+//! and the runtime's run scratch carry an owner
 //! token, `<pid>.<start>`: the process id and its start time in clock ticks
 //! since boot (field 22 of `/proc/<pid>/stat`). A pid alone is not enough:
 //! after a kill the pid can be reused by an unrelated process, whose start
@@ -10,7 +11,10 @@
 //!
 //! Processes are seen through this process's `/proc`: kiln processes in
 //! different pid namespaces must not share a store (as with Docker's and
-//! BuildKit's data roots).
+//! BuildKit's data roots). Time namespaces may: `/proc/<pid>/stat` shows
+//! start times shifted by the reader's boottime offset, which is taken off
+//! (an offset that is not a whole number of clock ticks can still make
+//! the two sides disagree by one).
 
 use std::sync::OnceLock;
 
@@ -21,7 +25,36 @@ pub struct Owner {
     pub start: u64,
 }
 
-/// The start time (field 22) and state (field 3) in `/proc/<pid>/stat`.
+/// This process's time namespace's boottime offset in nanoseconds
+/// (`/proc/self/timens_offsets`; 0 without time namespaces), read once:
+/// its `CLOCK_BOOTTIME` and the start times `/proc` shows it run ahead of
+/// the host's by that much.
+pub fn boottime_offset_ns() -> i128 {
+    static OFFSET: OnceLock<i128> = OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/self/timens_offsets").unwrap_or_default();
+        parse_boottime_offset(&text).unwrap_or(0)
+    })
+}
+
+/// The `boottime <secs> <nanos>` line of `timens_offsets`, in nanoseconds.
+fn parse_boottime_offset(text: &str) -> Option<i128> {
+    let line = text.lines().find(|l| l.starts_with("boottime"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let secs: i128 = words.next()?.parse().ok()?;
+    let nanos: i128 = words.next()?.parse().ok()?;
+    Some(secs * 1_000_000_000 + nanos)
+}
+
+/// A start time as `/proc` shows it here, in the host's clock ticks:
+/// `offset_ns` (this time namespace's) taken off, at `ticks` per second.
+fn host_ticks(shown: u64, offset_ns: i128, ticks: u64) -> Option<u64> {
+    let per_tick = 1_000_000_000 / i128::from(ticks.max(1));
+    u64::try_from(i128::from(shown) - offset_ns.div_euclid(per_tick.max(1))).ok()
+}
+
+/// The start time (field 22, in the host's clock ticks) and state (field
+/// 3) in `/proc/<pid>/stat`.
 fn stat_of(pid: u32) -> Option<(u64, char)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold anything,
@@ -30,8 +63,9 @@ fn stat_of(pid: u32) -> Option<(u64, char)> {
     let mut fields = rest.split_ascii_whitespace();
     let state = fields.next()?.chars().next()?;
     // Field 3 was `state`; field 22 is 19 further.
-    let start = fields.nth(18)?.parse().ok()?;
-    Some((start, state))
+    let shown = fields.nth(18)?.parse().ok()?;
+    let ticks = rustix::param::clock_ticks_per_second();
+    Some((host_ticks(shown, boottime_offset_ns(), ticks)?, state))
 }
 
 impl Owner {
@@ -46,6 +80,11 @@ impl Owner {
                 start: stat_of(pid).map_or(0, |(start, _)| start),
             }
         })
+    }
+
+    /// The process that has the id `pid` now, if any.
+    pub fn of_pid(pid: u32) -> Option<Owner> {
+        stat_of(pid).map(|(start, _)| Owner { pid, start })
     }
 
     /// `<pid>.<start>`, as it appears in scratch names.
@@ -67,7 +106,7 @@ impl Owner {
     }
 
     /// The owner token in a name made of `<anything>-<pid>.<start>-<nanos>-<n>`
-    /// ([`crate::store::unique_suffix`]); `None` for any other name.
+    /// (`kiln_layers::store::unique_suffix`); `None` for any other name.
     pub fn of_name(name: &str) -> Option<Owner> {
         let mut parts = name.rsplitn(4, '-');
         let n = parts.next()?;
@@ -94,9 +133,32 @@ impl Owner {
     }
 }
 
+/// Whether some process (not a zombie) has the id `pid`, whichever it is.
+pub fn is_running(pid: u32) -> bool {
+    stat_of(pid).is_some_and(|(_, state)| !matches!(state, 'Z' | 'X' | 'x'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_time_namespace_offset_is_read_and_taken_off_start_times() {
+        let text = "monotonic           0         0\nboottime         -100       250\n";
+        assert_eq!(parse_boottime_offset(text), Some(-100_000_000_000 + 250));
+        assert_eq!(parse_boottime_offset(""), None);
+        // 1,000,000 s ahead at 100 ticks a second: 100,000,000 ticks.
+        assert_eq!(
+            host_ticks(102_861_555, 1_000_000_000_000_000, 100),
+            Some(2_861_555)
+        );
+        assert_eq!(host_ticks(2_861_555, 0, 100), Some(2_861_555));
+        assert_eq!(
+            host_ticks(2_861_555, -100_000_000_000, 100),
+            Some(2_871_555)
+        );
+        assert_eq!(host_ticks(5, 1_000_000_000, 100), None);
+    }
 
     #[test]
     fn this_process_is_alive_and_its_token_round_trips() {
