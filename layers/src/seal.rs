@@ -28,10 +28,14 @@
 //!   covered is moved to the trash and unpacked again from its blob, as
 //!   an incomplete one is.
 //!
-//! Trust never shrinks within a boot, so nothing in use is taken for
-//! incomplete: a snapshot of this boot is trusted; the seals of earlier
-//! boots are never dropped and never change; a process that cannot tell
-//! (no boot id, `sealed` unreadable) trusts what it cannot judge.
+//! For one process, trust never shrinks within a boot, so that what it
+//! uses it does not later take for incomplete: a snapshot of this boot is
+//! trusted; the seals of earlier boots are never dropped and never change;
+//! what it cannot judge (no boot id, `sealed` or a stamp unreadable) it
+//! trusts. Two processes may still judge a snapshot of an earlier boot
+//! differently (an older kiln, which trusts every stamp, or one that
+//! cannot read `sealed` beside one that can), and the one that distrusts
+//! it moves it to the trash even if the other is using it.
 //!
 //! A snapshot without a stamp counts as it always did: one of an older
 //! kiln (whose marker was fsynced, its files not), or one made where the

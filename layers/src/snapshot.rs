@@ -47,6 +47,22 @@ fn read_small(path: &Path) -> Option<String> {
     Some(text)
 }
 
+/// The stamp file at `path`: `None` when there is none (or it cannot be
+/// read now: see `crate::seal`); bytes that are not text come back as an
+/// empty stamp, which does not parse (after a crash the file may hold
+/// anything).
+fn read_stamp(path: &Path) -> Option<String> {
+    let mut bytes = Vec::new();
+    match File::open(path).and_then(|f| f.take(512).read_to_end(&mut bytes)) {
+        Ok(_) => Some(String::from_utf8(bytes).unwrap_or_default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            tracing::warn!("{}: {e}; its snapshot is trusted", path.display());
+            None
+        }
+    }
+}
+
 /// Creates the file at `path` holding `text`, fsynced when `sync`.
 fn write_file(path: &Path, text: &str, sync: bool) -> Result<()> {
     let mut file = File::create(path).map_err(io_at("create", path))?;
@@ -105,8 +121,9 @@ impl Store {
         if marker.trim_end() != chain_id.as_str() {
             return Err("its completion marker names another chain");
         }
-        match read_small(&dir.join(STAMP)) {
-            // No stamp: an older kiln's, or one made durable at once.
+        match read_stamp(&dir.join(STAMP)) {
+            // No stamp: an older kiln's, or one made durable at once (or
+            // one this process cannot read now, which it cannot judge).
             None => {}
             Some(text) => match Stamp::parse(text.trim_end()).map(|s| self.trust(&s)) {
                 Some(Trust::Trusted) => {}

@@ -27,7 +27,7 @@
 //! an untagged image's its manifest blob's mtime (touched when a build
 //! records it again). `gc.toml` holds the automatic collection's policy,
 //! `gc-sizes.json` the sizes of trees that never change once made, `sealed`
-//! up to when each recent boot's snapshots are on disk (`crate::seal`).
+//! up to when each boot's snapshots are on disk (`crate::seal`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -518,7 +518,7 @@ impl Store {
         self.root.join("gc.log")
     }
 
-    /// Up to when each recent boot's snapshots are on disk
+    /// Up to when each boot's snapshots are on disk
     /// (`crate::seal`).
     pub(crate) fn sealed_path(&self) -> PathBuf {
         self.root.join("sealed")

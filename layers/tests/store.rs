@@ -550,8 +550,11 @@ fn a_snapshot_of_an_earlier_boot_is_used_only_when_a_seal_covers_it() {
     assert!(!store.has_snapshot(&chain), "sealed before it was made");
     fs::write(&sealed, format!("ffff 9000000000\n{earlier} 5000000000\n")).unwrap();
     assert!(store.has_snapshot(&chain), "sealed after it was made");
-    // A stamp that is not one does not count.
+    // A stamp that is not one does not count, nor one that is not text
+    // (what a crash may leave in it).
     fs::write(&stamp, "booted earlier\n").unwrap();
+    assert!(!store.has_snapshot(&chain));
+    fs::write(&stamp, b"boot \xff\xfe 1\n").unwrap();
     assert!(!store.has_snapshot(&chain));
     // No stamp (an older kiln's snapshot) counts as it always did.
     fs::remove_file(&stamp).unwrap();
@@ -565,7 +568,16 @@ fn a_snapshot_of_an_earlier_boot_is_used_only_when_a_seal_covers_it() {
     fs::remove_dir(&sealed).unwrap();
     fs::write(&sealed, format!("ffff 9000000000\n{earlier} 5000000000\n")).unwrap();
 
-    // Sealing adds this boot and keeps every earlier boot's seal.
+    // Sealing adds this boot and keeps every earlier boot's seal, however
+    // many there are.
+    let many: String = (0..20).map(|i| format!("{i:04x} {i}\n")).collect();
+    fs::write(&sealed, &many).unwrap();
+    let seal = store.seal().unwrap().expect("a boot id");
+    assert_eq!(
+        fs::read_to_string(&sealed).unwrap(),
+        format!("{many}{boot} {}\n", seal.at)
+    );
+    fs::write(&sealed, format!("ffff 9000000000\n{earlier} 5000000000\n")).unwrap();
     let seal = store.seal().unwrap().expect("a boot id");
     assert_eq!(seal.boot, boot);
     assert_eq!(

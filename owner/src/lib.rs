@@ -48,9 +48,16 @@ fn parse_boottime_offset(text: &str) -> Option<i128> {
 
 /// A start time as `/proc` shows it here, in the host's clock ticks:
 /// `offset_ns` (this time namespace's) taken off, at `ticks` per second.
-fn host_ticks(shown: u64, offset_ns: i128, ticks: u64) -> Option<u64> {
-    let per_tick = 1_000_000_000 / i128::from(ticks.max(1));
-    u64::try_from(i128::from(shown) - offset_ns.div_euclid(per_tick.max(1))).ok()
+/// The kernel shows `(start + offset) / tick`, rounded down and wrapped
+/// as an unsigned 64-bit count of nanoseconds; this undoes both but the
+/// rounding, so that the result may be one tick short of the host's
+/// (see [`Owner::is_alive`]).
+fn host_ticks(shown: u64, offset_ns: i128, ticks: u64) -> u64 {
+    let per_tick = 1_000_000_000 / ticks.clamp(1, 1_000_000_000);
+    // Truncating to 64 bits is the kernel's own wrap-around.
+    let shown_ns = (u128::from(shown) * u128::from(per_tick)) as u64;
+    let offset = offset_ns as i64 as u64;
+    shown_ns.wrapping_sub(offset) / per_tick
 }
 
 /// The start time (field 22, in the host's clock ticks) and state (field
@@ -65,7 +72,7 @@ fn stat_of(pid: u32) -> Option<(u64, char)> {
     // Field 3 was `state`; field 22 is 19 further.
     let shown = fields.nth(18)?.parse().ok()?;
     let ticks = rustix::param::clock_ticks_per_second();
-    Some((host_ticks(shown, boottime_offset_ns(), ticks)?, state))
+    Some((host_ticks(shown, boottime_offset_ns(), ticks), state))
 }
 
 impl Owner {
@@ -121,13 +128,19 @@ impl Owner {
     }
 
     /// Whether this process is still running (and is the same process,
-    /// not a later one that got its pid).
+    /// not a later one that got its pid). The start times may differ by
+    /// one tick: a time namespace whose offset is not a whole number of
+    /// ticks rounds them apart; a pid reused within one tick (10 ms) of
+    /// its previous owner's start would need the whole pid range to wrap
+    /// in that time.
     pub fn is_alive(&self) -> bool {
         if *self == Owner::current() {
             return true;
         }
         match stat_of(self.pid) {
-            Some((start, state)) => start == self.start && !matches!(state, 'Z' | 'X' | 'x'),
+            Some((start, state)) => {
+                start.abs_diff(self.start) <= 1 && !matches!(state, 'Z' | 'X' | 'x')
+            }
             None => false,
         }
     }
@@ -150,14 +163,22 @@ mod tests {
         // 1,000,000 s ahead at 100 ticks a second: 100,000,000 ticks.
         assert_eq!(
             host_ticks(102_861_555, 1_000_000_000_000_000, 100),
-            Some(2_861_555)
+            2_861_555
         );
-        assert_eq!(host_ticks(2_861_555, 0, 100), Some(2_861_555));
-        assert_eq!(
-            host_ticks(2_861_555, -100_000_000_000, 100),
-            Some(2_871_555)
-        );
-        assert_eq!(host_ticks(5, 1_000_000_000, 100), None);
+        assert_eq!(host_ticks(2_861_555, 0, 100), 2_861_555);
+        assert_eq!(host_ticks(2_861_555, -100_000_000_000, 100), 2_871_555);
+        // What the kernel shows for a process started at `start_ns` to a
+        // reader whose offset is `offset_ns`.
+        let shown =
+            |start_ns: u64, offset_ns: i64| start_ns.wrapping_add(offset_ns as u64) / 10_000_000;
+        // An offset that is not a whole number of ticks: one tick short at
+        // most.
+        let host = host_ticks(shown(2_000_000_000, 5_000_001), 5_000_001, 100);
+        assert!(host.abs_diff(200) <= 1, "{host}");
+        // One second behind, a process started half a second after boot:
+        // the kernel's count wraps below zero; undone.
+        let host = host_ticks(shown(500_000_000, -1_000_000_000), -1_000_000_000, 100);
+        assert!(host.abs_diff(50) <= 1, "{host}");
     }
 
     #[test]
@@ -177,9 +198,20 @@ mod tests {
         let me = Owner::current();
         let reused = Owner {
             pid: me.pid,
-            start: me.start + 1,
+            start: me.start + 2,
         };
         assert!(!reused.is_alive());
+        // One tick apart is rounding (a time namespace), not another
+        // process.
+        let parent = Owner::of_pid(
+            rustix::process::getppid().map_or(1, |p| p.as_raw_nonzero().get() as u32),
+        )
+        .unwrap();
+        let rounded = Owner {
+            start: parent.start + 1,
+            ..parent
+        };
+        assert!(rounded.is_alive());
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let owner = Owner {
             pid: child.id(),

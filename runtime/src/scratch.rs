@@ -147,7 +147,7 @@ mod tests {
         let start = kiln_owner::Owner::of_pid(parent).unwrap().start;
         assert!(owner_alive(&format!("{parent}.{start}-1-2")));
         assert!(
-            !owner_alive(&format!("{parent}.{}-1-2", start + 1)),
+            !owner_alive(&format!("{parent}.{}-1-2", start + 2)),
             "pid reused"
         );
         let mut child = std::process::Command::new("true").spawn().unwrap();

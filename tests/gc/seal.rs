@@ -1,4 +1,4 @@
-//! Snapshots across a reboot: one whose marker says an earlier boot made
+//! Snapshots across a reboot: one whose stamp says an earlier boot made
 //! it is used only when a seal of that boot (a collection's `syncfs`)
 //! came after it; otherwise it is unpacked again from its layer, and the
 //! build's cache still holds.
