@@ -19,10 +19,11 @@
 //!   whatever reached the disk.
 //! - [`Store::seal`] notes the time, `syncfs`es the store's filesystem and
 //!   records in `sealed` that everything of this boot up to that time is
-//!   on disk. Every collection, automatic or `kiln prune`, seals first
-//!   ([`Store::collect`]); the automatic one runs after the build has
-//!   returned (but a build that collects first for `min-free-space`, or
-//!   with `KILN_GC=foreground`, waits for its seal).
+//!   on disk. `kiln prune` seals first ([`Store::collect`]); so does the
+//!   automatic collection after a build, when this boot's last seal is
+//!   older than [`crate::gc::SEAL_INTERVAL`] (its `syncfs` slows the builds
+//!   that run meanwhile). The collection a build makes first for
+//!   `min-free-space` does not seal.
 //! - After a reboot, a snapshot of an earlier boot counts as complete only
 //!   when that boot's seal is no earlier than its stamp. One that is not
 //!   covered is moved to the trash and unpacked again from its blob, as
@@ -166,6 +167,16 @@ impl Store {
             Some(&(_, sealed)) if stamp.at <= sealed => Trust::Trusted,
             Some(_) => Trust::SealedBefore,
         }
+    }
+
+    /// How long ago this boot's last seal started; `None` when this boot
+    /// has none (or it cannot be told).
+    pub fn last_seal_age(&self) -> Option<std::time::Duration> {
+        let now = Stamp::now()?;
+        let seals = read_seals(self).ok()?;
+        let (_, at) = seals.iter().find(|(boot, _)| *boot == now.boot)?;
+        let nanos = now.at.checked_sub(*at)?;
+        Some(std::time::Duration::from_nanos(u64::try_from(nanos).ok()?))
     }
 
     /// Makes everything the store's filesystem holds so far durable

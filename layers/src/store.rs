@@ -1137,6 +1137,7 @@ impl Store {
         let options = crate::gc::CollectOptions {
             dry_run: false,
             wait: crate::gc::LockWait::Block,
+            seal: crate::gc::SealFirst::Always,
         };
         let report = self.collect(&prune.policy(), &options)?;
         Ok(report.unwrap_or_default())

@@ -614,6 +614,53 @@ fn a_snapshot_of_an_earlier_boot_is_used_only_when_a_seal_covers_it() {
 }
 
 #[test]
+fn a_collection_seals_as_told_and_the_automatic_one_at_most_so_often() {
+    use kiln_layers::gc::{CollectOptions, LockWait, SealFirst};
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    let sealed = tmp.path().join("sealed");
+    let policy = PruneOptions::default().policy();
+    let collect = |seal| {
+        let options = CollectOptions {
+            dry_run: false,
+            wait: LockWait::Block,
+            seal,
+        };
+        store.collect(&policy, &options).unwrap().unwrap()
+    };
+    let read = || fs::read_to_string(&sealed).unwrap_or_default();
+    // Never: nothing; the report says why.
+    let report = collect(SealFirst::Never);
+    assert_eq!(read(), "");
+    assert!(report.unsealed.is_some());
+    // Due (no seal yet): sealed.
+    let every = Duration::from_millis(500);
+    let report = collect(SealFirst::IfOlderThan(every));
+    assert_eq!(report.unsealed, None);
+    let first = read();
+    assert_eq!(first.lines().count(), 1, "{first}");
+    // Not due: left as it was, and said why.
+    let report = collect(SealFirst::IfOlderThan(every));
+    assert!(
+        report
+            .unsealed
+            .as_deref()
+            .is_some_and(|w| w.contains(" s ago")),
+        "{:?}",
+        report.unsealed
+    );
+    assert_eq!(read(), first);
+    assert!(store.last_seal_age().expect("an age") < every);
+    // Due again, and always for `prune`: a later time.
+    std::thread::sleep(every);
+    collect(SealFirst::IfOlderThan(every));
+    let second = read();
+    assert_ne!(second, first);
+    collect(SealFirst::Always);
+    assert_ne!(read(), second);
+}
+
+#[test]
 fn adopting_a_directory_as_a_snapshot_keeps_a_complete_one() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(tmp.path()).unwrap();

@@ -13,7 +13,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use kiln_layers::gc::{
-    parse_duration, Area, CollectOptions, Disk, GcConfig, Kind, LockWait, Pacing, Policy, Space,
+    parse_duration, Area, CollectOptions, Disk, GcConfig, Kind, LockWait, Pacing, Policy,
+    SealFirst, Space, SEAL_INTERVAL,
 };
 use kiln_layers::store::PruneReport;
 use kiln_layers::Store;
@@ -187,6 +188,7 @@ pub fn prune(store: &Store, args: &PruneArgs) -> anyhow::Result<ExitCode> {
     let options = CollectOptions {
         dry_run: args.dry_run,
         wait: LockWait::Block,
+        seal: SealFirst::Always,
     };
     let report = store.collect(&policy, &options)?.unwrap_or_default();
     let runs = if !policy.types.contains(&Kind::Scratch) {
@@ -376,9 +378,11 @@ pub fn make_room(store: &Store, quiet: bool) -> anyhow::Result<()> {
         keep_duration: None,
         ..config.policy
     };
+    // The build waits for this one: no seal (the one after it seals).
     let options = CollectOptions {
         dry_run: false,
         wait: LockWait::Poll(MAKE_ROOM_WAIT),
+        seal: SealFirst::Never,
     };
     let report = store.collect(&policy, &options)?;
     if quiet {
@@ -520,6 +524,7 @@ fn collect_by_policy(store: &Store, policy: &Policy) -> anyhow::Result<String> {
     let options = CollectOptions {
         dry_run: false,
         wait: LockWait::Block,
+        seal: SealFirst::IfOlderThan(SEAL_INTERVAL),
     };
     let report = store.collect(policy, &options)?.unwrap_or_default();
     let runs = if policy.types.contains(&Kind::Scratch) {

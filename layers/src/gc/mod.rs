@@ -4,8 +4,8 @@
 //! (`select`) under a [`Policy`] in BuildKit's vocabulary.
 //!
 //! A collection first seals the snapshots made so far ([`Store::seal`]: a
-//! `syncfs`, then they are trusted after a crash), then runs in three
-//! phases:
+//! `syncfs`, then they are trusted after a crash) as [`SealFirst`] says,
+//! then runs in three phases:
 //!
 //! 1. Without a lock, sizes of new immutable trees (snapshots, parked
 //!    upper dirs) are measured into the size cache, so that phase 2 is
@@ -70,13 +70,30 @@ pub enum LockWait {
     Poll(Duration),
 }
 
+/// Whether a collection seals the snapshots made so far first
+/// ([`Store::seal`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SealFirst {
+    /// Always (`kiln prune`).
+    Always,
+    /// When this boot's last seal is older than this (the automatic
+    /// collection: its `syncfs` slows the builds running meanwhile).
+    IfOlderThan(Duration),
+    /// Never (a collection a build waits for).
+    Never,
+}
+
+/// How often the automatic collection seals at most.
+pub const SEAL_INTERVAL: Duration = Duration::from_secs(300);
+
 /// How to collect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CollectOptions {
     /// Only say what would be removed. Takes no lock but an exclusive one
-    /// that is free at once (then the figures are exact).
+    /// that is free at once (then the figures are exact). Never seals.
     pub dry_run: bool,
     pub wait: LockWait,
+    pub seal: SealFirst,
 }
 
 /// One area of the store in `kiln system df`.
@@ -312,7 +329,7 @@ impl Store {
         options: &CollectOptions,
     ) -> Result<Option<PruneReport>> {
         if !options.dry_run {
-            return self.seal_then_collect(policy, options.wait);
+            return self.seal_then_collect(policy, options);
         }
         let mut sizes = SizeCache::load(self);
         let inv = self.scan_now(&mut sizes)?;
@@ -321,21 +338,36 @@ impl Store {
         Ok(Some(predicted(&inv, &sel, disk)))
     }
 
-    /// Seals the snapshots made so far ([`Store::seal`]; a failure does
-    /// not stop the collection: they stay trusted in this boot, and the
-    /// report says why), then collects.
-    fn seal_then_collect(&self, policy: &Policy, wait: LockWait) -> Result<Option<PruneReport>> {
+    /// Seals the snapshots made so far as `options.seal` says
+    /// ([`Store::seal`]; a failure does not stop the collection: they stay
+    /// trusted in this boot, and the report says why), then collects.
+    fn seal_then_collect(
+        &self,
+        policy: &Policy,
+        options: &CollectOptions,
+    ) -> Result<Option<PruneReport>> {
         let sealing = Instant::now();
-        let unsealed = match self.seal() {
-            Ok(Some(_)) => None,
-            Ok(None) => Some("the boot id cannot be read".to_string()),
-            Err(e) => {
+        let due = match options.seal {
+            SealFirst::Always => Ok(()),
+            SealFirst::Never => Err("this collection does not seal".to_string()),
+            SealFirst::IfOlderThan(interval) => match self.last_seal_age() {
+                Some(age) if age < interval => {
+                    Err(format!("the last seal was {} s ago", age.as_secs()))
+                }
+                _ => Ok(()),
+            },
+        };
+        let unsealed = match due.map(|()| self.seal()) {
+            Err(why) => Some(why),
+            Ok(Ok(Some(_))) => None,
+            Ok(Ok(None)) => Some("the boot id cannot be read".to_string()),
+            Ok(Err(e)) => {
                 tracing::warn!("sealing the store's snapshots: {e}");
                 Some(e.to_string())
             }
         };
         let synced = sealing.elapsed();
-        let mut report = self.collect_now(policy, wait)?;
+        let mut report = self.collect_now(policy, options.wait)?;
         if let Some(report) = &mut report {
             report.synced = synced;
             report.unsealed = unsealed;
