@@ -673,7 +673,8 @@ impl<'a> Session<'a> {
         // step that adds it. The files live in a scratch dir under builds/
         // (the lease keeps a `kiln prune` off them, its name tells a later
         // build when this one was killed) until the build is over.
-        let urls = self.store.scratch_dir("urls")?;
+        // Made by the first download (`create_dir_all`), if any.
+        let urls = self.store.lazy_scratch_dir("urls");
         let fetcher: &'a (dyn UrlFetcher + Sync) = self.remote;
         let downloads = UrlDownloads::new(fetcher, urls.path().join("downloads"));
         let sources = RemoteSources {

@@ -130,8 +130,12 @@ impl ScratchDir {
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
-        // Empty (a build whose steps were all cached), it is removed here:
-        // one rmdir, and nothing left for a collection.
+        // Never made (`Store::lazy_scratch_dir`): nothing to do.
+        if fs::symlink_metadata(&self.path).is_err() {
+            return;
+        }
+        // Empty, it is removed here: one rmdir, and nothing left for a
+        // collection.
         if fs::remove_dir(&self.path).is_ok() {
             return;
         }
@@ -200,6 +204,20 @@ impl Store {
             store: self.clone(),
             path,
         })
+    }
+
+    /// Like [`Store::scratch_dir`], but the directory is not made: whoever
+    /// first writes under it makes it (`create_dir_all`). A build whose
+    /// steps are all cached then creates and removes nothing in `builds/`
+    /// (after a collection deleted many files, creating one there can take
+    /// milliseconds on ext4).
+    pub fn lazy_scratch_dir(&self, kind: &str) -> ScratchDir {
+        ScratchDir {
+            store: self.clone(),
+            path: self
+                .builds_dir()
+                .join(format!("{kind}-{}", unique_suffix())),
+        }
     }
 
     /// Deletes what is in `trash/`. With `only_unowned`, entries that a

@@ -1,5 +1,6 @@
-//! `kiln prune`'s flags, each with what it changes, and the owner names
-//! of scratch by which it tells a live process's from a dead one's.
+//! `kiln prune`'s flags, each with what it changes, and the scratch it
+//! looks at: the owner names by which it tells a live process's from a
+//! dead one's, and none at all from a build that ran nothing.
 
 use std::path::PathBuf;
 
@@ -298,4 +299,30 @@ fn a_build_in_another_time_namespace_names_its_scratch_as_the_host_sees_it() {
     assert!(out.status.success(), "{}", text(&out));
     let out = fixture.ok(&["run", "--rm", "late:1", "cat", "/late"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "late\n");
+}
+
+#[test]
+fn a_build_whose_steps_are_all_cached_makes_nothing_in_builds() {
+    crate::require_namespaces!();
+    let fixture = Fixture::new();
+    fixture.policy("[gc]\nenabled = false\n");
+    let ctx = fixture.context(
+        "ctx",
+        &[("Dockerfile", "FROM busybox\nRUN echo once > /once\n")],
+    );
+    fixture.build(&ctx, &["-t", "once:1"]);
+    let builds = fixture.root().join("builds");
+    let changed = || {
+        std::fs::metadata(&builds)
+            .and_then(|m| m.modified())
+            .expect("builds/")
+    };
+    let before = changed();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let out = fixture.build(&ctx, &["-t", "once:1"]);
+    assert!(run_cached(&out), "{}", text(&out));
+    // No scratch directory was made and removed there (after a collection
+    // deleted many files, making one can take milliseconds).
+    assert_eq!(changed(), before, "builds/ was written");
+    assert_eq!(std::fs::read_dir(&builds).expect("builds/").count(), 0);
 }

@@ -250,7 +250,8 @@ pub fn solve(
         Ok(_) => {}
         Err(e) => tracing::warn!("removing leftovers of killed builds: {e}"),
     }
-    let work = store.scratch_dir("build")?;
+    // Made by the first step that runs (`create_dir_all`), if any.
+    let work = store.lazy_scratch_dir("build");
     let build = Build {
         store,
         plan,
