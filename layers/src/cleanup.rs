@@ -196,14 +196,9 @@ impl Store {
     /// A new scratch directory `builds/<kind>-<owner>-…` (see
     /// [`ScratchDir`]).
     pub fn scratch_dir(&self, kind: &str) -> Result<ScratchDir> {
-        let path = self
-            .builds_dir()
-            .join(format!("{kind}-{}", unique_suffix()));
-        fs::create_dir_all(&path).map_err(io_at("create directory", &path))?;
-        Ok(ScratchDir {
-            store: self.clone(),
-            path,
-        })
+        let dir = self.lazy_scratch_dir(kind);
+        fs::create_dir_all(dir.path()).map_err(io_at("create directory", dir.path()))?;
+        Ok(dir)
     }
 
     /// Like [`Store::scratch_dir`], but the directory is not made: whoever

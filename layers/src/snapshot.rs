@@ -37,30 +37,13 @@ const COMPLETE: &str = "complete";
 /// before the marker.
 const STAMP: &str = "stamp";
 
-/// The first 512 bytes of the file at `path` as text; `None` when it
-/// cannot be read or is not UTF-8.
-fn read_small(path: &Path) -> Option<String> {
-    let mut text = String::new();
-    File::open(path)
-        .and_then(|f| f.take(512).read_to_string(&mut text))
-        .ok()?;
-    Some(text)
-}
-
-/// The stamp file at `path`: `None` when there is none (or it cannot be
-/// read now: see `crate::seal`); bytes that are not text come back as an
-/// empty stamp, which does not parse (after a crash the file may hold
-/// anything).
-fn read_stamp(path: &Path) -> Option<String> {
+/// The first 512 bytes of the small file at `path` (a marker, a stamp)
+/// as text; bytes that are not text come back empty (after a crash the
+/// file may hold anything).
+fn read_small(path: &Path) -> std::io::Result<String> {
     let mut bytes = Vec::new();
-    match File::open(path).and_then(|f| f.take(512).read_to_end(&mut bytes)) {
-        Ok(_) => Some(String::from_utf8(bytes).unwrap_or_default()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => {
-            tracing::warn!("{}: {e}; its snapshot is trusted", path.display());
-            None
-        }
-    }
+    File::open(path).and_then(|f| f.take(512).read_to_end(&mut bytes))?;
+    Ok(String::from_utf8(bytes).unwrap_or_default())
 }
 
 /// Creates the file at `path` holding `text`, fsynced when `sync`.
@@ -117,15 +100,17 @@ impl Store {
     /// `Ok` when the snapshot for `chain_id` is complete; else why not.
     fn snapshot_state(&self, chain_id: &Digest) -> std::result::Result<(), &'static str> {
         let dir = self.snapshot_dir(chain_id);
-        let marker = read_small(&dir.join(COMPLETE)).ok_or("no completion marker")?;
+        let marker = read_small(&dir.join(COMPLETE)).map_err(|_| "no completion marker")?;
         if marker.trim_end() != chain_id.as_str() {
             return Err("its completion marker names another chain");
         }
-        match read_stamp(&dir.join(STAMP)) {
-            // No stamp: an older kiln's, or one made durable at once (or
-            // one this process cannot read now, which it cannot judge).
-            None => {}
-            Some(text) => match Stamp::parse(text.trim_end()).map(|s| self.trust(&s)) {
+        let stamp = dir.join(STAMP);
+        match read_small(&stamp) {
+            // No stamp: an older kiln's, or one made durable at once.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // One this process cannot read now, it cannot judge.
+            Err(e) => tracing::warn!("{}: {e}; its snapshot is trusted", stamp.display()),
+            Ok(text) => match Stamp::parse(text.trim_end()).map(|s| self.trust(&s)) {
                 Some(Trust::Trusted) => {}
                 Some(Trust::NoSeal) => return Err("made in an earlier boot that has no seal"),
                 Some(Trust::SealedBefore) => {

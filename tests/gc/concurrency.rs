@@ -145,23 +145,16 @@ fn a_build_returns_while_its_detached_collection_waits_then_runs() {
         .find_map(|l| l.strip_prefix(&format!("{} ", boot.trim())))
         .and_then(|at| at.parse().ok())
         .unwrap_or_else(|| panic!("this boot is not in {sealed:?}"));
-    let mut stamps = 0;
-    for entry in std::fs::read_dir(root.join("snapshots")).expect("snapshots") {
-        let marker = entry.expect("entry").path().join("stamp");
-        let text = std::fs::read_to_string(&marker).expect("stamp");
-        let at: u128 = text
-            .trim_end()
-            .strip_prefix(&format!("boot {} ", boot.trim()))
-            .and_then(|at| at.parse().ok())
-            .unwrap_or_else(|| panic!("{}: no stamp of this boot in {text:?}", marker.display()));
+    let stamped = crate::stamps(&root);
+    for (path, stamp_boot, at) in &stamped {
+        assert_eq!(stamp_boot, boot.trim(), "{}", path.display());
         assert!(
-            at <= seal,
+            *at <= seal,
             "{}: {at} after the seal {seal}",
-            marker.display()
+            path.display()
         );
-        stamps += 1;
     }
-    assert!(stamps >= 2, "the build made its snapshots ({stamps})");
+    assert!(stamped.len() >= 2, "the build made its snapshots");
     let out = fixture.ok(&["system", "df"]);
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -91,18 +91,27 @@ impl Fixture {
 /// 1,000,000 s ahead of the host's (its program, arguments and
 /// environment).
 pub(crate) fn ahead_in_time(command: &Command) -> Command {
-    let mut ahead = Command::new("unshare");
-    ahead
-        .args(["--time", "--boottime", "1000000", "--fork", "--"])
+    wrapped(
+        &["unshare", "--time", "--boottime", "1000000", "--fork", "--"],
+        command,
+    )
+}
+
+/// `command` (its program, arguments and environment) run by `wrapper`,
+/// a program and its arguments that end with the command to run.
+pub(crate) fn wrapped(wrapper: &[&str], command: &Command) -> Command {
+    let mut outer = Command::new(wrapper[0]);
+    outer
+        .args(&wrapper[1..])
         .arg(command.get_program())
         .args(command.get_args());
     for (key, value) in command.get_envs() {
         match value {
-            Some(value) => ahead.env(key, value),
-            None => ahead.env_remove(key),
+            Some(value) => outer.env(key, value),
+            None => outer.env_remove(key),
         };
     }
-    ahead
+    outer
 }
 
 /// `build ARGS… CONTEXT`.
@@ -164,17 +173,40 @@ pub(crate) fn area(df: &serde_json::Value, name: &str, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in {df}"))
 }
 
+/// The start time of process `pid` as this process's `/proc` shows it
+/// (field 22 of `/proc/<pid>/stat`).
+pub(crate) fn start_time(pid: &str) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
+    stat[stat.rfind(')').expect("comm") + 1..]
+        .split_whitespace()
+        .nth(19)
+        .expect("field 22")
+        .to_string()
+}
+
 /// An owner token, `<pid>.<start>`, of a process that has exited.
 pub(crate) fn dead_owner() -> String {
     let mut child = Command::new("true").spawn().expect("spawn true");
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).expect("stat");
+    let start = start_time(&child.id().to_string());
     child.wait().expect("wait");
-    let start = stat[stat.rfind(')').expect("stat") + 1..]
-        .split_whitespace()
-        .nth(19)
-        .expect("start time")
-        .to_string();
     format!("{}.{start}", child.id())
+}
+
+/// Every snapshot's stamp: its file, boot and time (panics on one that
+/// is missing or does not parse).
+pub(crate) fn stamps(root: &Path) -> Vec<(PathBuf, String, u128)> {
+    let dir = std::fs::read_dir(root.join("snapshots")).expect("snapshots");
+    dir.map(|entry| {
+        let path = entry.expect("entry").path().join("stamp");
+        let text = std::fs::read_to_string(&path).expect("stamp");
+        let mut words = text.split_whitespace();
+        match (words.next(), words.next(), words.next().map(str::parse)) {
+            (Some("boot"), Some(boot), Some(Ok(at))) => (path, boot.to_string(), at),
+            _ => panic!("{}: not a stamp: {text:?}", path.display()),
+        }
+    })
+    .collect()
 }
 
 /// `count` files of `size` bytes in `dir`.

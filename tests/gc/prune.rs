@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use crate::{age, ahead_in_time, df, records, run_cached, text, Fixture};
+use crate::{age, ahead_in_time, df, records, run_cached, start_time, text, Fixture};
 
 const SERIES: &str =
     "FROM busybox\nARG N\nRUN head -c 200000 /dev/urandom > /data && echo $N > /n\n";
@@ -288,12 +288,7 @@ fn a_build_in_another_time_namespace_names_its_scratch_as_the_host_sees_it() {
     // build-<pid>.<start>-<nanos>-<n>
     let token = name["build-".len()..].split('-').next().expect("token");
     let (pid, start) = token.split_once('.').expect("pid.start");
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the build runs");
-    let seen = stat[stat.rfind(')').expect("comm") + 1..]
-        .split_whitespace()
-        .nth(19)
-        .expect("field 22")
-        .to_string();
+    let seen = start_time(pid);
     assert_eq!(start, seen, "{name}: /proc/{pid}/stat says {seen}");
     let out = running.wait_with_output().expect("wait for the build");
     assert!(out.status.success(), "{}", text(&out));

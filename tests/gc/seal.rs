@@ -4,9 +4,8 @@
 //! build's cache still holds.
 
 use std::path::Path;
-use std::process::Command;
 
-use crate::{ahead_in_time, run_cached, text, Fixture};
+use crate::{ahead_in_time, run_cached, stamps, text, wrapped, Fixture};
 
 /// A boot id that is not this one.
 const EARLIER: &str = "0c1d2e3f-aaaa-4bbb-8ccc-0123456789ab";
@@ -95,24 +94,15 @@ fn a_kiln_in_a_time_namespace_stamps_its_snapshots_with_the_hosts_clock() {
         .next()
         .and_then(|s| s.parse().ok())
         .expect("uptime seconds");
-    let mut stamps = 0;
-    for entry in std::fs::read_dir(fixture.root().join("snapshots")).expect("snapshots") {
-        let marker = entry.expect("entry").path().join("stamp");
-        let text = std::fs::read_to_string(&marker).expect("stamp");
-        let at: u128 = text
-            .trim_end()
-            .rsplit(' ')
-            .next()
-            .and_then(|at| at.parse().ok())
-            .unwrap_or_else(|| panic!("no stamp in {text:?}"));
+    let stamped = stamps(&fixture.root());
+    for (path, _, at) in &stamped {
         assert!(
-            (at as f64) / 1e9 <= now + 1.0,
+            (*at as f64) / 1e9 <= now + 1.0,
             "{}: stamped at {at} ns, the host's uptime is {now} s",
-            marker.display()
+            path.display()
         );
-        stamps += 1;
     }
-    assert!(stamps >= 2, "{stamps} snapshots");
+    assert!(stamped.len() >= 2, "{} snapshots", stamped.len());
 }
 
 #[test]
@@ -126,20 +116,18 @@ fn where_the_boot_cannot_be_told_snapshots_are_made_durable_unstamped() {
     // kiln in a mount namespace where the boot id reads empty; its build
     // collects in the foreground there.
     let build = fixture.kiln(&["build", "-t", "blind:1", ctx.to_str().expect("utf-8")]);
-    let mut command = Command::new("unshare");
-    command
-        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-        .arg("mount --bind /dev/null /proc/sys/kernel/random/boot_id && exec \"$@\"")
-        .arg("sh")
-        .arg(build.get_program())
-        .args(build.get_args());
-    for (key, value) in build.get_envs() {
-        match value {
-            Some(value) => command.env(key, value),
-            None => command.env_remove(key),
-        };
-    }
-    let out = command.output().expect("run unshare");
+    let blind = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        "mount --bind /dev/null /proc/sys/kernel/random/boot_id && exec \"$@\"",
+        "sh",
+    ];
+    let out = wrapped(&blind, &build).output().expect("run unshare");
     assert!(out.status.success(), "{}", text(&out));
     let root = fixture.root();
     let log = std::fs::read_to_string(root.join("gc.log")).expect("gc.log");

@@ -347,25 +347,22 @@ impl Store {
         options: &CollectOptions,
     ) -> Result<Option<PruneReport>> {
         let sealing = Instant::now();
-        let due = match options.seal {
-            SealFirst::Always => Ok(()),
-            SealFirst::Never => Err("this collection does not seal".to_string()),
-            SealFirst::IfOlderThan(interval) => match self.last_seal_age() {
-                Some(age) if age < interval => {
-                    Err(format!("the last seal was {} s ago", age.as_secs()))
-                }
-                _ => Ok(()),
-            },
+        let skip = match options.seal {
+            SealFirst::Always => None,
+            SealFirst::Never => Some("this collection does not seal".to_string()),
+            SealFirst::IfOlderThan(interval) => self
+                .last_seal_age()
+                .filter(|age| *age < interval)
+                .map(|age| format!("the last seal was {} s ago", age.as_secs())),
         };
-        let unsealed = match due.map(|()| self.seal()) {
-            Err(why) => Some(why),
-            Ok(Ok(Some(_))) => None,
-            Ok(Ok(None)) => Some("the boot id cannot be read".to_string()),
-            Ok(Err(e)) => {
+        let unsealed = skip.or_else(|| match self.seal() {
+            Ok(Some(_)) => None,
+            Ok(None) => Some("the boot id cannot be read".to_string()),
+            Err(e) => {
                 tracing::warn!("sealing the store's snapshots: {e}");
                 Some(e.to_string())
             }
-        };
+        });
         let synced = sealing.elapsed();
         let mut report = self.collect_now(policy, options.wait)?;
         if let Some(report) = &mut report {
