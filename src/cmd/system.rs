@@ -378,7 +378,8 @@ pub fn make_room(store: &Store, quiet: bool) -> anyhow::Result<()> {
         keep_duration: None,
         ..config.policy
     };
-    // The build waits for this one: no seal (the one after it seals).
+    // The build waits for this one: no seal (the automatic collection
+    // after the build seals when one is due).
     let options = CollectOptions {
         dry_run: false,
         wait: LockWait::Poll(MAKE_ROOM_WAIT),
