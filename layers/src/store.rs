@@ -203,9 +203,14 @@ pub struct PruneReport {
     pub keep: Option<u64>,
     /// Free bytes on the store's filesystem before.
     pub free_before: u64,
-    /// How long the collection held the store exclusively (scan, choice,
-    /// renames into the trash): what a build starting then waited at most.
+    /// How long the collection held the store exclusively (choice, renames
+    /// into the trash, and a scan when `rescanned`): what a build starting
+    /// then waited at most.
     pub exclusive: std::time::Duration,
+    /// While it held the store exclusively, the collection scanned it again:
+    /// it had changed since the scan made without the lock (or that scan
+    /// passed over what only one with the lock may take).
+    pub rescanned: bool,
     /// How long sealing the store's snapshots (`Store::seal`, a `syncfs`)
     /// took, first.
     pub synced: std::time::Duration,
@@ -372,7 +377,7 @@ impl Store {
                 .as_bytes(),
             )?;
         }
-        let index = store.root.join(INDEX_FILE);
+        let index = store.index_path();
         if !index.exists() {
             let _guard = store.lock_index()?;
             if !index.exists() {
@@ -508,6 +513,11 @@ impl Store {
         root.join(INDEX_FILE).is_file()
     }
 
+    /// `index.json`: the images and their names.
+    pub(crate) fn index_path(&self) -> PathBuf {
+        self.root.join(INDEX_FILE)
+    }
+
     /// The automatic collection's policy (`crate::gc::GcConfig`).
     pub fn gc_config_path(&self) -> PathBuf {
         self.root.join("gc.toml")
@@ -554,7 +564,7 @@ impl Store {
     /// with new blobs.
     pub fn content_stamp(&self) -> ContentStamp {
         let dirs = [
-            self.root.join(INDEX_FILE),
+            self.index_path(),
             self.blobs_dir(),
             self.snapshots_dir(),
             self.cache_dir(),
@@ -863,7 +873,7 @@ impl Store {
 
     /// Reads `index.json`.
     pub fn read_index(&self) -> Result<Index> {
-        let path = self.root.join(INDEX_FILE);
+        let path = self.index_path();
         let bytes = fs::read(&path).map_err(io_at("read", &path))?;
         serde_json::from_slice(&bytes).map_err(|source| Error::Json {
             what: path.display().to_string(),
@@ -876,7 +886,7 @@ impl Store {
             what: "index.json".into(),
             source,
         })?;
-        write_atomic(&self.root.join(INDEX_FILE), &bytes)
+        write_atomic(&self.index_path(), &bytes)
     }
 
     /// Changes `index.json` under its lock.
@@ -1021,7 +1031,7 @@ impl Store {
 
     // ----- build cache records -----
 
-    fn cache_path(&self, key: &Digest) -> PathBuf {
+    pub(crate) fn cache_path(&self, key: &Digest) -> PathBuf {
         self.cache_dir().join(format!("{}.json", key.hex()))
     }
 

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::digest::{chain_ids, Digest};
 use crate::error::Result;
@@ -113,12 +113,42 @@ pub(crate) struct Item {
     /// Kept for no one (unreferenced, left by a dead process): removed
     /// whatever the limits, when its kind is collected.
     pub garbage: bool,
-    pub last_used: SystemTime,
+    pub last_used: LastUsed,
     pub pieces: Vec<Piece>,
     /// Blobs and snapshots it keeps alive ([`Inventory::resources`]).
     pub holds: Vec<usize>,
     /// A dangling image: its `index.json` entry.
     pub image: Option<Descriptor>,
+}
+
+/// When an item was last used, and the file or directory whose mtime says
+/// so (none: a time in its name, or never).
+#[derive(Clone, Debug)]
+pub(crate) struct LastUsed {
+    pub at: SystemTime,
+    pub from: Option<PathBuf>,
+}
+
+impl LastUsed {
+    /// `path`'s mtime.
+    fn mtime_of(path: &Path) -> LastUsed {
+        LastUsed {
+            at: mtime(path),
+            from: Some(path.to_path_buf()),
+        }
+    }
+
+    /// A time that does not change.
+    pub(crate) fn fixed(at: SystemTime) -> LastUsed {
+        LastUsed { at, from: None }
+    }
+
+    /// Whether it reads as it did: the item was not used since.
+    pub(crate) fn unchanged(&self) -> bool {
+        self.from
+            .as_deref()
+            .is_none_or(|path| mtime(path) == self.at)
+    }
 }
 
 /// A blob or snapshot that items or tagged images keep.
@@ -255,6 +285,65 @@ pub(crate) fn scan(store: &Store, sizes: &mut SizeCache, exclusive: bool) -> Res
     Ok(scan.finish())
 }
 
+/// How long before a [`DirStamp`] is taken the directories it reads must
+/// have last changed for it to see every later change: a file system may
+/// date a change with a clock that lags by a tick (a few milliseconds),
+/// so that a change just after the stamp could bear the time it read.
+const SETTLED: Duration = Duration::from_millis(50);
+
+/// The mtimes of every directory a [`scan`] lists, and of `index.json`,
+/// taken before a scan. Read again later and equal, when they had settled,
+/// they say that no entry was added, removed or renamed in any of them
+/// since (every write to the store is one of those, but the touch that
+/// marks a use: see [`LastUsed::unchanged`]).
+#[derive(Clone, Debug)]
+pub(crate) struct DirStamp {
+    mtimes: Vec<Option<SystemTime>>,
+    settled: bool,
+}
+
+impl DirStamp {
+    pub(crate) fn of(store: &Store) -> DirStamp {
+        let mtimes = dir_mtimes(store);
+        let now = SystemTime::now();
+        let settled = mtimes
+            .iter()
+            .flatten()
+            .all(|&m| m.checked_add(SETTLED).is_some_and(|m| m <= now));
+        DirStamp { mtimes, settled }
+    }
+
+    /// Whether the directories are as they were when this was taken (and
+    /// that can be told).
+    pub(crate) fn unchanged(&self, store: &Store) -> bool {
+        self.settled && dir_mtimes(store) == self.mtimes
+    }
+}
+
+fn dir_mtimes(store: &Store) -> Vec<Option<SystemTime>> {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let variants = store.list_dir(&store.variants_dir()).unwrap_or_default();
+    [
+        store.root().to_path_buf(),
+        store.index_path(),
+        store.blobs_dir(),
+        store.cache_dir(),
+        store.copy_shapes_dir(),
+        store.variants_dir(),
+        store.snapshots_dir(),
+        store.cache_mounts_dir(),
+        store.builds_dir(),
+        store.parked_dir(),
+        store.containers_dir(),
+        store.trash_dir(),
+        store.ingest_dir(),
+    ]
+    .iter()
+    .chain(&variants)
+    .map(|path| modified(path))
+    .collect()
+}
+
 impl Scan<'_> {
     fn add(&mut self, area: Area, bytes: u64) {
         *self.inv.areas.entry(area).or_default() += bytes;
@@ -344,7 +433,7 @@ impl Scan<'_> {
             let item = Item {
                 kind: Kind::Dangling,
                 garbage: false,
-                last_used: mtime(&self.store.blob_path(&desc.digest)),
+                last_used: LastUsed::mtime_of(&self.store.blob_path(&desc.digest)),
                 pieces: Vec::new(),
                 holds: Vec::new(),
                 image: Some(desc),
@@ -387,7 +476,7 @@ impl Scan<'_> {
             let item = Item {
                 kind: Kind::Cache,
                 garbage: false,
-                last_used: mtime(&path),
+                last_used: LastUsed::mtime_of(&path),
                 pieces: vec![Piece {
                     path,
                     bytes,
@@ -430,7 +519,7 @@ impl Scan<'_> {
                 self.garbage(Kind::Unreferenced, piece);
                 continue;
             }
-            self.kept(Kind::Cache, mtime(&path), vec![piece]);
+            self.kept(Kind::Cache, LastUsed::mtime_of(&path), vec![piece]);
         }
         Ok(())
     }
@@ -482,7 +571,7 @@ impl Scan<'_> {
     }
 
     /// An item kept while the limits allow, holding nothing.
-    fn kept(&mut self, kind: Kind, last_used: SystemTime, pieces: Vec<Piece>) {
+    fn kept(&mut self, kind: Kind, last_used: LastUsed, pieces: Vec<Piece>) {
         let item = Item {
             kind,
             garbage: false,
@@ -499,7 +588,7 @@ impl Scan<'_> {
             Item {
                 kind,
                 garbage: true,
-                last_used: SystemTime::UNIX_EPOCH,
+                last_used: LastUsed::fixed(SystemTime::UNIX_EPOCH),
                 pieces: vec![piece],
                 holds: Vec::new(),
                 image: None,
@@ -533,7 +622,11 @@ impl Scan<'_> {
                 }
                 let blob = named.and_then(|d| self.loose_blobs.remove(&d));
                 if let Some(blob) = blob {
-                    self.kept(Kind::Unreferenced, mtime(&path), vec![blob, record]);
+                    self.kept(
+                        Kind::Unreferenced,
+                        LastUsed::mtime_of(&path),
+                        vec![blob, record],
+                    );
                 }
             }
         }
@@ -612,7 +705,7 @@ impl Scan<'_> {
                 self.garbage(Kind::Scratch, piece);
                 continue;
             }
-            self.kept(Kind::CacheMount, mtime(&path), vec![piece]);
+            self.kept(Kind::CacheMount, LastUsed::mtime_of(&path), vec![piece]);
         }
         Ok(())
     }
@@ -647,7 +740,7 @@ impl Scan<'_> {
                 what: What::BuildDir,
                 shared: size.shared,
             };
-            self.kept(Kind::Scratch, parked, vec![piece]);
+            self.kept(Kind::Scratch, LastUsed::fixed(parked), vec![piece]);
             return Ok(());
         }
         // A build's work dir may hold links to snapshots (a COPY's), a
@@ -696,7 +789,7 @@ impl Scan<'_> {
                 shared: Vec::new(),
             };
             if name.ends_with(".partial") {
-                self.kept(Kind::Scratch, mtime(&path), vec![piece]);
+                self.kept(Kind::Scratch, LastUsed::mtime_of(&path), vec![piece]);
             } else if self.may_take(&name) {
                 self.garbage(Kind::Scratch, piece);
             }

@@ -14,11 +14,15 @@
 //!    collection ends here, taking no lock. Otherwise it waits for the
 //!    builds, pulls and runs that hold a [`crate::Lease`].
 //! 2. Under `gc.lock` held exclusively (no lease is held: nothing in
-//!    flight uses anything), the store is scanned, the policy chooses, the
-//!    chosen dangling images leave `index.json` and every chosen file and
-//!    directory is renamed into `trash/`: renames only, so a build that
-//!    starts now waits milliseconds for its lease, not for deletions.
-//! 3. The lock released, the trash entries are deleted and measured.
+//!    flight uses anything), the policy chooses, the chosen dangling
+//!    images leave `index.json` and every chosen file and directory is
+//!    renamed into `trash/`: renames only, so a build that starts now
+//!    waits milliseconds for its lease, not for deletions. It chooses from
+//!    phase 1's inventory when nothing phase 1 saw has changed since (no
+//!    entry added, removed or renamed in the directories it listed, no
+//!    item used); otherwise it scans the store again first.
+//! 3. The lock released, the renames are made durable (`fsync` of the
+//!    directories), then the trash entries are deleted and measured.
 //!
 //! When all phase 1 chose is already in the trash (abandoned, or a dead
 //! process's: after a build that replaced no tag and no cache record,
@@ -57,7 +61,7 @@ use crate::digest::Digest;
 use crate::error::Result;
 use crate::oci::ANNOTATION_REF_NAME;
 use crate::store::{fsync_dir, lock, try_lock, PruneReport, Store};
-use inventory::{scan, Inventory, What};
+use inventory::{scan, DirStamp, Inventory, What};
 use select::{select, Selection};
 use usage::SizeCache;
 
@@ -381,6 +385,7 @@ impl Store {
         // there and nothing was passed over for want of the lock, phase 2
         // would choose nothing either (what changes meanwhile is a build's,
         // whose own collection follows it): the lock is not taken.
+        let seen = DirStamp::of(self);
         let first = scan(self, &mut sizes, false)?;
         let disk = Disk::of(self.root())?;
         let sel = select(&first, policy, SystemTime::now(), disk);
@@ -407,13 +412,16 @@ impl Store {
                 return Ok(None);
             };
             let locked = Instant::now();
-            let inv = scan(self, &mut sizes, true)?;
-            let disk = Disk::of(self.root())?;
-            let sel = select(&inv, policy, SystemTime::now(), disk);
-            let mut report = predicted(&inv, &sel, disk);
-            let trashed = self.move_chosen_to_trash(&inv, &sel)?;
+            let choice = self.choose_under_lock(first, &seen, policy, &mut sizes)?;
+            let mut report = predicted(&choice.inv, &choice.sel, choice.disk);
+            report.rescanned = choice.rescanned;
+            let trashed = self.move_chosen_to_trash(&choice.inv, &choice.sel)?;
             drop(gc);
             report.exclusive = locked.elapsed();
+            // The renames made durable before anything is deleted; not
+            // under the lock, where writeback would hold every build.
+            fsync_dir(&self.blobs_dir())?;
+            fsync_dir(&self.snapshots_dir())?;
             (report, trashed)
         };
         // Phase 3: the deletions, measured.
@@ -427,6 +435,36 @@ impl Store {
             tracing::warn!("{e}");
         }
         Ok(Some(report))
+    }
+
+    /// Phase 2's inventory and choice, made with the lock held. Phase 1's
+    /// inventory when it passed over nothing and nothing it saw has
+    /// changed since ([`DirStamp`], and every item's last use): the policy
+    /// chooses from it again (the free space may differ), and a build
+    /// that starts meanwhile waits for no scan. Otherwise a new scan.
+    fn choose_under_lock(
+        &self,
+        first: Inventory,
+        seen: &DirStamp,
+        policy: &Policy,
+        sizes: &mut SizeCache,
+    ) -> Result<Choice> {
+        let unchanged = !first.deferred
+            && seen.unchanged(self)
+            && first.items.iter().all(|item| item.last_used.unchanged());
+        let (inv, rescanned) = if unchanged {
+            (first, false)
+        } else {
+            (scan(self, sizes, true)?, true)
+        };
+        let disk = Disk::of(self.root())?;
+        let sel = select(&inv, policy, SystemTime::now(), disk);
+        Ok(Choice {
+            inv,
+            sel,
+            disk,
+            rescanned,
+        })
     }
 
     fn wait_for_gc_lock(&self, wait: LockWait) -> Result<Option<File>> {
@@ -476,10 +514,17 @@ impl Store {
                 trashed.push((to, piece.what.clone()));
             }
         }
-        fsync_dir(&self.blobs_dir())?;
-        fsync_dir(&self.snapshots_dir())?;
         Ok(trashed)
     }
+}
+
+/// What phase 2 removes, and from what it chose.
+struct Choice {
+    inv: Inventory,
+    sel: Selection,
+    disk: Disk,
+    /// The store was scanned again under the lock.
+    rescanned: bool,
 }
 
 /// Whether every file and directory `sel` chose is a trash entry (no
@@ -600,6 +645,7 @@ impl PruneReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::CacheRecord;
     use std::sync::mpsc;
 
     /// Writes `gc.log` dated `secs_ago` seconds before now (after, when
@@ -793,6 +839,129 @@ mod tests {
             at - ended >= Duration::from_millis(900),
             "{:?} after the last ended",
             at - ended
+        );
+    }
+
+    /// Sets the mtime of the file or directory at `path`.
+    fn set_mtime(path: &std::path::Path, when: SystemTime) {
+        File::open(path)
+            .and_then(|f| f.set_modified(when))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+
+    /// A store with three build cache records last used an hour, a minute
+    /// and a second ago, whose directories last changed a minute ago; the
+    /// records' paths, least recently used first.
+    fn store_with_records() -> (tempfile::TempDir, Store, Vec<PathBuf>) {
+        let (tmp, store) = store();
+        let now = SystemTime::now();
+        let mut paths = Vec::new();
+        for (i, age) in [3600, 60, 1].into_iter().enumerate() {
+            let key = Digest::of(format!("record {i}").as_bytes());
+            store.cache_put(&key, &CacheRecord::default()).unwrap();
+            let path = store.cache_path(&key);
+            set_mtime(&path, now - Duration::from_secs(age));
+            paths.push(path);
+        }
+        // Every directory (and `index.json`), deepest first.
+        let mut dirs = vec![store.root().to_path_buf()];
+        let mut i = 0;
+        while let Some(dir) = dirs.get(i).cloned() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                }
+            }
+            i += 1;
+        }
+        for path in std::iter::once(&store.index_path()).chain(dirs.iter().rev()) {
+            set_mtime(path, now - Duration::from_secs(60));
+        }
+        (tmp, store, paths)
+    }
+
+    /// Keeps two of the records: the policy chooses one, the least
+    /// recently used.
+    fn keep_two_records(paths: &[PathBuf]) -> Policy {
+        use std::os::unix::fs::MetadataExt;
+        let bytes = std::fs::metadata(&paths[0]).unwrap().blocks() * 512;
+        Policy {
+            keep_storage: Some(Space::Bytes(2 * bytes)),
+            ..Policy::all_of([Kind::Cache])
+        }
+    }
+
+    /// Phase 1 (its stamp, its scan), then `meanwhile`, then phase 2's
+    /// choice: whether it scanned again, and the paths it chose.
+    fn phases(store: &Store, policy: &Policy, meanwhile: impl FnOnce()) -> (bool, Vec<PathBuf>) {
+        let mut sizes = SizeCache::load(store);
+        let seen = DirStamp::of(store);
+        let first = scan(store, &mut sizes, false).unwrap();
+        meanwhile();
+        let choice = store
+            .choose_under_lock(first, &seen, policy, &mut sizes)
+            .unwrap();
+        let chosen = chosen_pieces(&choice.inv, &choice.sel)
+            .map(|piece| piece.path.clone())
+            .collect();
+        (choice.rescanned, chosen)
+    }
+
+    #[test]
+    fn phase_two_chooses_from_phase_one_when_nothing_changed() {
+        let (_tmp, store, paths) = store_with_records();
+        let policy = keep_two_records(&paths);
+        assert_eq!(
+            phases(&store, &policy, || {}),
+            (false, vec![paths[0].clone()])
+        );
+    }
+
+    #[test]
+    fn a_record_used_after_phase_one_is_not_taken_for_the_least_recently_used() {
+        let (_tmp, store, paths) = store_with_records();
+        let policy = keep_two_records(&paths);
+        // A build hits the oldest record while the collection waits.
+        let used = || store.touch(&paths[0]).unwrap();
+        assert_eq!(
+            phases(&store, &policy, used),
+            (true, vec![paths[1].clone()])
+        );
+    }
+
+    #[test]
+    fn a_record_written_after_phase_one_makes_phase_two_scan_again() {
+        let (_tmp, store, paths) = store_with_records();
+        // Keeps the three: a fourth, written meanwhile, makes one too many.
+        let policy = keep_two_records(&paths[..]);
+        let policy = Policy {
+            keep_storage: policy.keep_storage.map(|s| match s {
+                Space::Bytes(two) => Space::Bytes(two / 2 * 3),
+                other => other,
+            }),
+            ..policy
+        };
+        let written = || {
+            let key = Digest::of(b"a new record");
+            store.cache_put(&key, &CacheRecord::default()).unwrap();
+        };
+        assert_eq!(
+            phases(&store, &policy, written),
+            (true, vec![paths[0].clone()])
+        );
+    }
+
+    #[test]
+    fn a_store_changed_as_phase_one_began_is_scanned_again() {
+        let (_tmp, store, paths) = store_with_records();
+        let policy = keep_two_records(&paths);
+        // `cache/` changed at the very time phase 1 read it (as a clock a
+        // tick behind would date a change made just after).
+        set_mtime(&store.cache_dir(), SystemTime::now());
+        assert_eq!(
+            phases(&store, &policy, || {}),
+            (true, vec![paths[0].clone()])
         );
     }
 }

@@ -88,7 +88,7 @@ pub(crate) fn select(inv: &Inventory, policy: &Policy, now: SystemTime, disk: Di
     };
     let wanted = |item: &Item| policy.types.contains(&item.kind);
     let before = |limit: Option<std::time::Duration>, item: &Item| {
-        limit.is_some_and(|d| now.checked_sub(d).is_some_and(|t| item.last_used < t))
+        limit.is_some_and(|d| now.checked_sub(d).is_some_and(|t| item.last_used.at < t))
     };
     for (i, item) in inv.items.iter().enumerate() {
         if wanted(item) && (item.garbage || before(policy.keep_duration, item)) {
@@ -106,7 +106,7 @@ pub(crate) fn select(inv: &Inventory, policy: &Policy, now: SystemTime, disk: Di
             wanted(item) && !s.taken[i] && (policy.until.is_none() || before(policy.until, item))
         })
         .collect();
-    candidates.sort_by_key(|&i| (inv.items[i].last_used, i));
+    candidates.sort_by_key(|&i| (inv.items[i].last_used.at, i));
     for i in candidates {
         match keep {
             Some(k) if s.usage > k => s.take(i),
@@ -124,7 +124,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::gc::inventory::{Area, Piece, Resource, What};
+    use crate::gc::inventory::{Area, LastUsed, Piece, Resource, What};
     use crate::gc::policy::{Kind, Space};
 
     fn piece(bytes: u64) -> Piece {
@@ -141,7 +141,9 @@ mod tests {
         Item {
             kind,
             garbage,
-            last_used: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 - age_secs),
+            last_used: LastUsed::fixed(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 - age_secs),
+            ),
             pieces: vec![piece(own)],
             holds,
             image: None,
