@@ -541,9 +541,14 @@ fn collect_by_policy(store: &Store, policy: &Policy) -> anyhow::Result<String> {
         None => format!("synced {} ms", report.synced.as_millis()),
         Some(why) => format!("not sealed: {why}"),
     };
+    let rescan = if report.rescanned {
+        "; the store changed after its first scan: scanned again under the lock"
+    } else {
+        ""
+    };
     let line = format!(
         "collected {} bytes in the store and {runs} bytes of dead runs' scratch; \
-         collectable data {} -> {} bytes{limit}; worked {} ms ({seal}), \
+         collectable data {} -> {} bytes{limit}{rescan}; worked {} ms ({seal}), \
          held the store {} ms",
         report.total_bytes(),
         report.usage_before,
