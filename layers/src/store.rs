@@ -207,10 +207,9 @@ pub struct PruneReport {
     /// into the trash, and a scan when `rescanned`): what a build starting
     /// then waited at most.
     pub exclusive: std::time::Duration,
-    /// While it held the store exclusively, the collection scanned it again:
-    /// it had changed since the scan made without the lock (or that scan
-    /// passed over what only one with the lock may take).
-    pub rescanned: bool,
+    /// Why the collection scanned the store again while it held it
+    /// exclusively, when it did (else it chose from its first scan).
+    pub rescanned: Option<&'static str>,
     /// How long sealing the store's snapshots (`Store::seal`, a `syncfs`)
     /// took, first.
     pub synced: std::time::Duration,

@@ -541,11 +541,10 @@ fn collect_by_policy(store: &Store, policy: &Policy) -> anyhow::Result<String> {
         None => format!("synced {} ms", report.synced.as_millis()),
         Some(why) => format!("not sealed: {why}"),
     };
-    let rescan = if report.rescanned {
-        "; the store changed after its first scan: scanned again under the lock"
-    } else {
-        ""
-    };
+    let rescan = report
+        .rescanned
+        .map(|why| format!("; scanned the store again under the lock ({why})"))
+        .unwrap_or_default();
     let line = format!(
         "collected {} bytes in the store and {runs} bytes of dead runs' scratch; \
          collectable data {} -> {} bytes{limit}{rescan}; worked {} ms ({seal}), \

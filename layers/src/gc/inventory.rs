@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use crate::digest::{chain_ids, Digest};
 use crate::error::Result;
@@ -285,18 +285,21 @@ pub(crate) fn scan(store: &Store, sizes: &mut SizeCache, exclusive: bool) -> Res
     Ok(scan.finish())
 }
 
-/// How long before a [`DirStamp`] is taken the directories it reads must
-/// have last changed for it to see every later change: a file system may
-/// date a change with a clock that lags by a tick (a few milliseconds),
-/// so that a change just after the stamp could bear the time it read.
-const SETTLED: Duration = Duration::from_millis(50);
-
 /// The mtimes of every directory a [`scan`] lists, and of `index.json`,
-/// taken before a scan. Read again later and equal, when they had settled,
-/// they say that no entry was added, removed or renamed in any of them
-/// since (every write to the store is one of those, but the touch that
-/// marks a use: see [`LastUsed::unchanged`]).
-#[derive(Clone, Debug)]
+/// taken before a scan. Read again later and equal, they say that no entry
+/// was added, removed or renamed in any of them since: every write that
+/// adds a reference (a tag, a cache record, a blob, a snapshot) is one of
+/// those. (Not what changes inside a tree, such as a cache mount being
+/// written, nor a touch that marks a use: see [`LastUsed::unchanged`].)
+///
+/// Only when that can be told: the file system dates changes with its own
+/// clock, coarsely (a tick, or seconds on some), so a change made after
+/// the stamp could bear the time it read. A probe file is touched first:
+/// the stamp holds only if every directory last changed strictly before
+/// the probe's time, which any later change is dated at or after. And
+/// only on a local file system whose directory times are read as they
+/// are, not from a cache ([`times_are_current`]).
+#[derive(Debug)]
 pub(crate) struct DirStamp {
     mtimes: Vec<Option<SystemTime>>,
     settled: bool,
@@ -304,20 +307,39 @@ pub(crate) struct DirStamp {
 
 impl DirStamp {
     pub(crate) fn of(store: &Store) -> DirStamp {
+        let probe = store.gc_lock_path();
+        let probed = store.touch(&probe).ok().map(|()| mtime(&probe));
         let mtimes = dir_mtimes(store);
-        let now = SystemTime::now();
-        let settled = mtimes
-            .iter()
-            .flatten()
-            .all(|&m| m.checked_add(SETTLED).is_some_and(|m| m <= now));
+        let settled = times_are_current(store)
+            && probed.is_some_and(|probe| mtimes.iter().flatten().all(|&time| time < probe));
         DirStamp { mtimes, settled }
     }
 
-    /// Whether the directories are as they were when this was taken (and
-    /// that can be told).
-    pub(crate) fn unchanged(&self, store: &Store) -> bool {
-        self.settled && dir_mtimes(store) == self.mtimes
+    /// Whether a change made after it was taken would show (see above).
+    pub(crate) fn settled(&self) -> bool {
+        self.settled
     }
+
+    /// Whether the directories read as they did when it was taken.
+    pub(crate) fn same_now(&self, store: &Store) -> bool {
+        dir_mtimes(store) == self.mtimes
+    }
+}
+
+/// Whether the store's file system is one whose directory mtimes are read
+/// as they are: local ones, not a network file system that may serve them
+/// from a cache.
+fn times_are_current(store: &Store) -> bool {
+    const LOCAL: [u64; 7] = [
+        0xEF53,      // ext2, ext3, ext4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x0102_1994, // tmpfs
+        0xF2F5_2010, // f2fs
+        0x2FC1_2FC1, // zfs
+        0x794C_7630, // overlayfs
+    ];
+    rustix::fs::statfs(store.root()).is_ok_and(|stat| LOCAL.contains(&(stat.f_type as u64)))
 }
 
 fn dir_mtimes(store: &Store) -> Vec<Option<SystemTime>> {

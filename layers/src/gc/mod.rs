@@ -18,11 +18,14 @@
 //!    images leave `index.json` and every chosen file and directory is
 //!    renamed into `trash/`: renames only, so a build that starts now
 //!    waits milliseconds for its lease, not for deletions. It chooses from
-//!    phase 1's inventory when nothing phase 1 saw has changed since (no
-//!    entry added, removed or renamed in the directories it listed, no
-//!    item used); otherwise it scans the store again first.
+//!    phase 1's inventory when that still holds: phase 1 began with no
+//!    lease held, passed over nothing, and nothing it saw has changed
+//!    since (no entry added, removed or renamed in the directories it
+//!    listed, as far as their mtimes can tell: `inventory::DirStamp`; no item
+//!    used). Otherwise it scans the store again first (`Rescan` says why).
 //! 3. The lock released, the renames are made durable (`fsync` of the
-//!    directories), then the trash entries are deleted and measured.
+//!    trash and of the directories the entries left), then the trash
+//!    entries are deleted and measured.
 //!
 //! When all phase 1 chose is already in the trash (abandoned, or a dead
 //! process's: after a build that replaced no tag and no cache record,
@@ -45,7 +48,7 @@ mod policy;
 mod select;
 mod usage;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -385,44 +388,45 @@ impl Store {
         // there and nothing was passed over for want of the lock, phase 2
         // would choose nothing either (what changes meanwhile is a build's,
         // whose own collection follows it): the lock is not taken.
-        let seen = DirStamp::of(self);
-        let first = scan(self, &mut sizes, false)?;
+        let look = self.first_look(&mut sizes)?;
+        let first = &look.inv;
         let disk = Disk::of(self.root())?;
-        let sel = select(&first, policy, SystemTime::now(), disk);
-        let deferred = first.deferred && policy.types.contains(&Kind::Scratch);
+        let sel = select(first, policy, SystemTime::now(), disk);
+        let deferred = look.deferred(policy);
         if sel.items.is_empty() && sel.freed.is_empty() && !deferred {
             if let Err(e) = sizes.save(self) {
                 tracing::warn!("{e}");
             }
-            return Ok(Some(predicted(&first, &sel, disk)));
+            return Ok(Some(predicted(first, &sel, disk)));
         }
-        let (mut report, trashed) = if !deferred && only_trash(&first, &sel) {
+        let (mut report, trashed) = if !deferred && only_trash(first, &sel) {
             // What phase 1 chose is already in the trash, abandoned or a
             // dead process's: nothing in flight uses it or can take it
             // back, and two deleting the same entry both succeed. It goes
             // without the lock: a build that starts meanwhile waits for
             // nothing. (A build abandons its step dirs there: after one
             // that replaced no tag and no record, that is all there is.)
-            let trashed = chosen_pieces(&first, &sel)
+            let trashed = chosen_pieces(first, &sel)
                 .map(|piece| (piece.path.clone(), piece.what.clone()))
                 .collect();
-            (predicted(&first, &sel, disk), trashed)
+            (predicted(first, &sel, disk), trashed)
         } else {
             let Some(gc) = self.wait_for_gc_lock(wait)? else {
                 return Ok(None);
             };
             let locked = Instant::now();
-            let choice = self.choose_under_lock(first, &seen, policy, &mut sizes)?;
+            let choice = self.choose_under_lock(look, policy, &mut sizes)?;
             let mut report = predicted(&choice.inv, &choice.sel, choice.disk);
-            report.rescanned = choice.rescanned;
-            let trashed = self.move_chosen_to_trash(&choice.inv, &choice.sel)?;
+            report.rescanned = choice.rescanned.map(Rescan::why);
+            let moved = self.move_chosen_to_trash(&choice.inv, &choice.sel)?;
             drop(gc);
             report.exclusive = locked.elapsed();
             // The renames made durable before anything is deleted; not
             // under the lock, where writeback would hold every build.
-            fsync_dir(&self.blobs_dir())?;
-            fsync_dir(&self.snapshots_dir())?;
-            (report, trashed)
+            for dir in std::iter::once(self.trash_dir()).chain(moved.from) {
+                fsync_dir(&dir)?;
+            }
+            (report, moved.trashed)
         };
         // Phase 3: the deletions, measured.
         report.clear_removed();
@@ -437,25 +441,41 @@ impl Store {
         Ok(Some(report))
     }
 
-    /// Phase 2's inventory and choice, made with the lock held. Phase 1's
-    /// inventory when it passed over nothing and nothing it saw has
-    /// changed since ([`DirStamp`], and every item's last use): the policy
-    /// chooses from it again (the free space may differ), and a build
-    /// that starts meanwhile waits for no scan. Otherwise a new scan.
+    /// Phase 1's scan, and what phase 2 needs to tell whether it still
+    /// holds.
+    fn first_look(&self, sizes: &mut SizeCache) -> Result<FirstLook> {
+        let idle = try_lock(&self.gc_lock_path())?.is_some();
+        let stamp = DirStamp::of(self);
+        let inv = scan(self, sizes, false)?;
+        Ok(FirstLook { inv, stamp, idle })
+    }
+
+    /// Phase 2's inventory and choice, made with the lock held: phase 1's
+    /// inventory when it still holds (see [`Rescan`] for when it may not),
+    /// chosen from again (the free space may differ), so that a build that
+    /// starts meanwhile waits for no scan; otherwise a new scan.
     fn choose_under_lock(
         &self,
-        first: Inventory,
-        seen: &DirStamp,
+        look: FirstLook,
         policy: &Policy,
         sizes: &mut SizeCache,
     ) -> Result<Choice> {
-        let unchanged = !first.deferred
-            && seen.unchanged(self)
-            && first.items.iter().all(|item| item.last_used.unchanged());
-        let (inv, rescanned) = if unchanged {
-            (first, false)
+        let rescanned = if look.deferred(policy) {
+            Some(Rescan::Deferred)
+        } else if !look.idle {
+            Some(Rescan::Busy)
+        } else if !look.stamp.settled() {
+            Some(Rescan::Untold)
+        } else if !look.stamp.same_now(self)
+            || !look.inv.items.iter().all(|item| item.last_used.unchanged())
+        {
+            Some(Rescan::Changed)
         } else {
-            (scan(self, sizes, true)?, true)
+            None
+        };
+        let inv = match rescanned {
+            None => look.inv,
+            Some(_) => scan(self, sizes, true)?,
         };
         let disk = Disk::of(self.root())?;
         let sel = select(&inv, policy, SystemTime::now(), disk);
@@ -489,11 +509,7 @@ impl Store {
     /// Phase 2: the chosen dangling images leave `index.json`, then every
     /// chosen file and directory is renamed into the trash (what is there
     /// already stays). Returns what to delete.
-    fn move_chosen_to_trash(
-        &self,
-        inv: &Inventory,
-        sel: &Selection,
-    ) -> Result<Vec<(PathBuf, What)>> {
+    fn move_chosen_to_trash(&self, inv: &Inventory, sel: &Selection) -> Result<Moved> {
         let images: Vec<Digest> = sel
             .items
             .iter()
@@ -506,15 +522,72 @@ impl Store {
                 })
             })?;
         }
-        let mut trashed = Vec::new();
+        let mut moved = Moved::default();
         for piece in chosen_pieces(inv, sel) {
             if piece.what == What::Trash {
-                trashed.push((piece.path.clone(), piece.what.clone()));
+                moved.trashed.push((piece.path.clone(), piece.what.clone()));
             } else if let Some(to) = self.move_to_trash(&piece.path, piece.what.trash_name())? {
-                trashed.push((to, piece.what.clone()));
+                moved.trashed.push((to, piece.what.clone()));
+                moved.from.extend(piece.path.parent().map(PathBuf::from));
             }
         }
-        Ok(trashed)
+        Ok(moved)
+    }
+}
+
+/// What phase 2 moved: the trash entries to delete, with what each was,
+/// and the directories they left.
+#[derive(Default)]
+struct Moved {
+    trashed: Vec<(PathBuf, What)>,
+    from: BTreeSet<PathBuf>,
+}
+
+/// Phase 1's inventory, and what tells phase 2 whether it still holds.
+struct FirstLook {
+    inv: Inventory,
+    /// Taken just before the scan.
+    stamp: DirStamp,
+    /// No build, pull or run held a lease as the scan began: one started
+    /// since wrote in a stamped directory (its scratch, its results), or
+    /// wrote nothing but the touch of what it used.
+    idle: bool,
+}
+
+impl FirstLook {
+    /// Whether the scan passed over scratch that only a scan with the lock
+    /// may take, and the policy collects scratch.
+    fn deferred(&self, policy: &Policy) -> bool {
+        self.inv.deferred && policy.types.contains(&Kind::Scratch)
+    }
+}
+
+/// Why phase 2 scanned the store again instead of choosing from phase 1's
+/// inventory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Rescan {
+    /// Phase 1 passed over scratch only a scan with the lock may take.
+    Deferred,
+    /// A build, pull or run was in flight as phase 1 began: what it writes
+    /// inside trees (a cache mount) or leaves when killed is not seen.
+    Busy,
+    /// Whether the store changed could not be told ([`DirStamp`]).
+    Untold,
+    /// The store changed: an entry added, removed or renamed in a
+    /// directory phase 1 listed, or an item used.
+    Changed,
+}
+
+impl Rescan {
+    fn why(self) -> &'static str {
+        match self {
+            Rescan::Deferred => {
+                "the first scan passed over scratch that only a scan with the lock may take"
+            }
+            Rescan::Busy => "a build, pull or run was in flight when the first scan began",
+            Rescan::Untold => "whether the store changed after the first scan could not be told",
+            Rescan::Changed => "the store changed after the first scan",
+        }
     }
 }
 
@@ -523,8 +596,8 @@ struct Choice {
     inv: Inventory,
     sel: Selection,
     disk: Disk,
-    /// The store was scanned again under the lock.
-    rescanned: bool,
+    /// Why the store was scanned again under the lock, if it was.
+    rescanned: Option<Rescan>,
 }
 
 /// Whether every file and directory `sel` chose is a trash entry (no
@@ -854,6 +927,7 @@ mod tests {
     /// records' paths, least recently used first.
     fn store_with_records() -> (tempfile::TempDir, Store, Vec<PathBuf>) {
         let (tmp, store) = store();
+        drop(store.lease().unwrap());
         let now = SystemTime::now();
         let mut paths = Vec::new();
         for (i, age) in [3600, 60, 1].into_iter().enumerate() {
@@ -881,27 +955,37 @@ mod tests {
         (tmp, store, paths)
     }
 
-    /// Keeps two of the records: the policy chooses one, the least
-    /// recently used.
-    fn keep_two_records(paths: &[PathBuf]) -> Policy {
+    /// Keeps `n` records' worth of build cache: with three, the policy
+    /// chooses the least recently used ones.
+    fn keep_records(paths: &[PathBuf], n: u64) -> Policy {
         use std::os::unix::fs::MetadataExt;
         let bytes = std::fs::metadata(&paths[0]).unwrap().blocks() * 512;
         Policy {
-            keep_storage: Some(Space::Bytes(2 * bytes)),
+            keep_storage: Some(Space::Bytes(n * bytes)),
             ..Policy::all_of([Kind::Cache])
         }
     }
 
-    /// Phase 1 (its stamp, its scan), then `meanwhile`, then phase 2's
-    /// choice: whether it scanned again, and the paths it chose.
-    fn phases(store: &Store, policy: &Policy, meanwhile: impl FnOnce()) -> (bool, Vec<PathBuf>) {
+    /// Phase 1, then `meanwhile`, then phase 2's choice: why it scanned
+    /// again (if it did), and the paths it chose.
+    fn phases(
+        store: &Store,
+        policy: &Policy,
+        meanwhile: impl FnOnce(),
+    ) -> (Option<Rescan>, Vec<PathBuf>) {
         let mut sizes = SizeCache::load(store);
-        let seen = DirStamp::of(store);
-        let first = scan(store, &mut sizes, false).unwrap();
+        let look = store.first_look(&mut sizes).unwrap();
         meanwhile();
-        let choice = store
-            .choose_under_lock(first, &seen, policy, &mut sizes)
-            .unwrap();
+        second_look(store, look, policy, &mut sizes)
+    }
+
+    fn second_look(
+        store: &Store,
+        look: FirstLook,
+        policy: &Policy,
+        sizes: &mut SizeCache,
+    ) -> (Option<Rescan>, Vec<PathBuf>) {
+        let choice = store.choose_under_lock(look, policy, sizes).unwrap();
         let chosen = chosen_pieces(&choice.inv, &choice.sel)
             .map(|piece| piece.path.clone())
             .collect();
@@ -911,57 +995,90 @@ mod tests {
     #[test]
     fn phase_two_chooses_from_phase_one_when_nothing_changed() {
         let (_tmp, store, paths) = store_with_records();
-        let policy = keep_two_records(&paths);
+        let policy = keep_records(&paths, 2);
         assert_eq!(
             phases(&store, &policy, || {}),
-            (false, vec![paths[0].clone()])
+            (None, vec![paths[0].clone()])
         );
     }
 
     #[test]
     fn a_record_used_after_phase_one_is_not_taken_for_the_least_recently_used() {
         let (_tmp, store, paths) = store_with_records();
-        let policy = keep_two_records(&paths);
+        let policy = keep_records(&paths, 2);
         // A build hits the oldest record while the collection waits.
         let used = || store.touch(&paths[0]).unwrap();
-        assert_eq!(
-            phases(&store, &policy, used),
-            (true, vec![paths[1].clone()])
-        );
+        let chose = phases(&store, &policy, used);
+        assert_eq!(chose, (Some(Rescan::Changed), vec![paths[1].clone()]));
     }
 
     #[test]
-    fn a_record_written_after_phase_one_makes_phase_two_scan_again() {
-        let (_tmp, store, paths) = store_with_records();
-        // Keeps the three: a fourth, written meanwhile, makes one too many.
-        let policy = keep_two_records(&paths[..]);
-        let policy = Policy {
-            keep_storage: policy.keep_storage.map(|s| match s {
-                Space::Bytes(two) => Space::Bytes(two / 2 * 3),
-                other => other,
-            }),
-            ..policy
-        };
-        let written = || {
-            let key = Digest::of(b"a new record");
-            store.cache_put(&key, &CacheRecord::default()).unwrap();
+    fn a_blob_phase_one_saw_unreferenced_is_kept_once_a_record_names_it() {
+        let (_tmp, store, _records) = store_with_records();
+        // A blob nothing names, written before phase 1.
+        let bytes = b"a layer";
+        let digest = Digest::of(bytes);
+        std::fs::write(store.blob_path(&digest), bytes).unwrap();
+        for dir in [store.blobs_dir(), store.root().to_path_buf()] {
+            set_mtime(&dir, SystemTime::now() - Duration::from_secs(60));
+        }
+        let policy = Policy::all_of([Kind::Unreferenced]);
+        let unchanged = phases(&store, &policy, || {});
+        assert_eq!(unchanged, (None, vec![store.blob_path(&digest)]));
+        // A build's cache record names it while the collection waits.
+        let named = || {
+            let record = CacheRecord {
+                blobs: vec![digest.clone()],
+                ..CacheRecord::default()
+            };
+            let key = Digest::of(b"the step that made it");
+            store.cache_put(&key, &record).unwrap();
         };
         assert_eq!(
-            phases(&store, &policy, written),
-            (true, vec![paths[0].clone()])
+            phases(&store, &policy, named),
+            (Some(Rescan::Changed), vec![])
         );
     }
 
     #[test]
     fn a_store_changed_as_phase_one_began_is_scanned_again() {
         let (_tmp, store, paths) = store_with_records();
-        let policy = keep_two_records(&paths);
-        // `cache/` changed at the very time phase 1 read it (as a clock a
-        // tick behind would date a change made just after).
-        set_mtime(&store.cache_dir(), SystemTime::now());
-        assert_eq!(
-            phases(&store, &policy, || {}),
-            (true, vec![paths[0].clone()])
+        let policy = keep_records(&paths, 2);
+        // `cache/` dated no earlier than the probe: a change made after the
+        // stamp could bear the same time.
+        set_mtime(
+            &store.cache_dir(),
+            SystemTime::now() + Duration::from_secs(3600),
         );
+        let chose = phases(&store, &policy, || {});
+        assert_eq!(chose, (Some(Rescan::Untold), vec![paths[0].clone()]));
+    }
+
+    #[test]
+    fn a_build_in_flight_as_phase_one_began_makes_phase_two_scan_again() {
+        let (_tmp, store, paths) = store_with_records();
+        let policy = keep_records(&paths, 2);
+        let mut sizes = SizeCache::load(&store);
+        let lease = store.lease().unwrap();
+        let look = store.first_look(&mut sizes).unwrap();
+        drop(lease);
+        let chose = second_look(&store, look, &policy, &mut sizes);
+        assert_eq!(chose, (Some(Rescan::Busy), vec![paths[0].clone()]));
+    }
+
+    #[test]
+    fn scratch_phase_one_passed_over_makes_phase_two_scan_again() {
+        let (_tmp, store, paths) = store_with_records();
+        // A work dir whose name says no owner (an older kiln's): only a
+        // scan under the lock takes it for a leftover.
+        let unowned = store.builds_dir().join("build-of-an-older-kiln");
+        std::fs::create_dir_all(&unowned).unwrap();
+        let policy = Policy {
+            types: [Kind::Cache, Kind::Scratch].into_iter().collect(),
+            ..keep_records(&paths, 2)
+        };
+        let (why, chosen) = phases(&store, &policy, || {});
+        assert_eq!(why, Some(Rescan::Deferred));
+        assert!(chosen.contains(&unowned), "{chosen:?}");
     }
 }
