@@ -19,7 +19,8 @@
 //!    renamed into `trash/`: renames only, so a build that starts now
 //!    waits milliseconds for its lease, not for deletions. It chooses from
 //!    phase 1's inventory when that still holds: phase 1 began with no
-//!    lease held, passed over nothing, and nothing it saw has changed
+//!    lease held, passed over no scratch the policy collects, and nothing
+//!    it saw has changed
 //!    since (no entry added, removed or renamed in the directories it
 //!    listed, as far as their mtimes can tell: `inventory::DirStamp`; no item
 //!    used). Otherwise it scans the store again first (`Rescan` says why).
@@ -444,8 +445,12 @@ impl Store {
     /// Phase 1's scan, and what phase 2 needs to tell whether it still
     /// holds.
     fn first_look(&self, sizes: &mut SizeCache) -> Result<FirstLook> {
-        let idle = try_lock(&self.gc_lock_path())?.is_some();
+        // Held (if free) until the stamp is taken: a lease taken after it
+        // shows as a change in a stamped directory.
+        let free = try_lock(&self.gc_lock_path())?;
+        let idle = free.is_some();
         let stamp = DirStamp::of(self);
+        drop(free);
         let inv = scan(self, sizes, false)?;
         Ok(FirstLook { inv, stamp, idle })
     }
@@ -548,9 +553,10 @@ struct FirstLook {
     inv: Inventory,
     /// Taken just before the scan.
     stamp: DirStamp,
-    /// No build, pull or run held a lease as the scan began: one started
-    /// since wrote in a stamped directory (its scratch, its results), or
-    /// wrote nothing but the touch of what it used.
+    /// Nothing held `gc.lock` as the stamp was taken (no build, pull or
+    /// run in flight, no other collection): one started since wrote in a
+    /// stamped directory (its scratch, its results), or nothing but the
+    /// touch of what it used.
     idle: bool,
 }
 
@@ -568,8 +574,9 @@ impl FirstLook {
 enum Rescan {
     /// Phase 1 passed over scratch only a scan with the lock may take.
     Deferred,
-    /// A build, pull or run was in flight as phase 1 began: what it writes
-    /// inside trees (a cache mount) or leaves when killed is not seen.
+    /// `gc.lock` was held as phase 1 began (a build, pull or run in
+    /// flight, or another collection): what a build writes inside trees (a
+    /// cache mount) or leaves when killed is not seen.
     Busy,
     /// Whether the store changed could not be told ([`DirStamp`]).
     Untold,
@@ -584,7 +591,7 @@ impl Rescan {
             Rescan::Deferred => {
                 "the first scan passed over scratch that only a scan with the lock may take"
             }
-            Rescan::Busy => "a build, pull or run was in flight when the first scan began",
+            Rescan::Busy => "the store was in use when the first scan began",
             Rescan::Untold => "whether the store changed after the first scan could not be told",
             Rescan::Changed => "the store changed after the first scan",
         }
@@ -966,6 +973,20 @@ mod tests {
         }
     }
 
+    /// Whether the file system the tests' stores are on is one where
+    /// phase 2 may choose from phase 1's scan (else the tests that need it
+    /// say so and stop).
+    fn reuse_possible(store: &Store) -> bool {
+        let possible = inventory::times_are_current(store);
+        if !possible {
+            eprintln!(
+                "skipped: {} is not on a local file system kiln knows",
+                store.root().display()
+            );
+        }
+        possible
+    }
+
     /// Phase 1, then `meanwhile`, then phase 2's choice: why it scanned
     /// again (if it did), and the paths it chose.
     fn phases(
@@ -995,6 +1016,9 @@ mod tests {
     #[test]
     fn phase_two_chooses_from_phase_one_when_nothing_changed() {
         let (_tmp, store, paths) = store_with_records();
+        if !reuse_possible(&store) {
+            return;
+        }
         let policy = keep_records(&paths, 2);
         assert_eq!(
             phases(&store, &policy, || {}),
@@ -1005,6 +1029,9 @@ mod tests {
     #[test]
     fn a_record_used_after_phase_one_is_not_taken_for_the_least_recently_used() {
         let (_tmp, store, paths) = store_with_records();
+        if !reuse_possible(&store) {
+            return;
+        }
         let policy = keep_records(&paths, 2);
         // A build hits the oldest record while the collection waits.
         let used = || store.touch(&paths[0]).unwrap();
@@ -1015,6 +1042,9 @@ mod tests {
     #[test]
     fn a_blob_phase_one_saw_unreferenced_is_kept_once_a_record_names_it() {
         let (_tmp, store, _records) = store_with_records();
+        if !reuse_possible(&store) {
+            return;
+        }
         // A blob nothing names, written before phase 1.
         let bytes = b"a layer";
         let digest = Digest::of(bytes);
