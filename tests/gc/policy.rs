@@ -212,6 +212,29 @@ fn the_next_build_removes_what_dead_runs_and_builds_left() {
     assert!(trash.is_empty(), "{trash:?}");
 }
 
+/// A collection that scans the store again while it holds it says why in
+/// gc.log: here because its first scan passed over scratch whose name says
+/// no owner (an older kiln's), which only a scan under the lock takes.
+#[test]
+fn gc_log_says_why_a_collection_scanned_the_store_again() {
+    crate::require_namespaces!();
+    let fixture = Fixture::new();
+    let root = fixture.root();
+    let unowned = root.join("builds/build-of-an-older-kiln");
+    fill(&unowned, 3, 100);
+    let ctx = fixture.context("ctx", &[("Dockerfile", SERIES)]);
+    fixture.build(&ctx, &["--build-arg", "N=1"]);
+    assert!(!unowned.exists(), "taken under the lock");
+    let log = std::fs::read_to_string(root.join("gc.log")).expect("gc.log");
+    assert!(
+        log.contains(
+            "; scanned the store again under the lock (the first scan passed over \
+             scratch that only a scan with the lock may take); worked "
+        ),
+        "{log}"
+    );
+}
+
 #[test]
 fn a_build_that_changes_nothing_starts_no_collection_unless_the_last_is_old() {
     crate::require_namespaces!();

@@ -677,6 +677,7 @@ impl PruneReport {
             keep: self.keep,
             free_before: self.free_before,
             exclusive: self.exclusive,
+            rescanned: self.rescanned,
             synced: self.synced,
             unsealed: self.unsealed.take(),
             ..PruneReport::default()
