@@ -301,7 +301,7 @@ pub(crate) fn scan(store: &Store, sizes: &mut SizeCache, exclusive: bool) -> Res
 /// are, not from a cache ([`times_are_current`]).
 #[derive(Debug)]
 pub(crate) struct DirStamp {
-    mtimes: Vec<Option<SystemTime>>,
+    mtimes: Vec<SystemTime>,
     settled: bool,
 }
 
@@ -311,7 +311,7 @@ impl DirStamp {
         let probed = store.touch(&probe).ok().map(|()| mtime(&probe));
         let mtimes = dir_mtimes(store);
         let settled = times_are_current(store)
-            && probed.is_some_and(|probe| mtimes.iter().flatten().all(|&time| time < probe));
+            && probed.is_some_and(|probe| mtimes.iter().all(|&time| time < probe));
         DirStamp { mtimes, settled }
     }
 
@@ -343,8 +343,8 @@ pub(crate) fn times_are_current(store: &Store) -> bool {
     rustix::fs::statfs(store.root()).is_ok_and(|stat| LOCAL.contains(&(stat.f_type as u64)))
 }
 
-fn dir_mtimes(store: &Store) -> Vec<Option<SystemTime>> {
-    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+/// The directories' mtimes ([`mtime`]: the epoch for one that is missing).
+fn dir_mtimes(store: &Store) -> Vec<SystemTime> {
     let variants = store.list_dir(&store.variants_dir()).unwrap_or_default();
     [
         store.root().to_path_buf(),
@@ -363,7 +363,7 @@ fn dir_mtimes(store: &Store) -> Vec<Option<SystemTime>> {
     ]
     .iter()
     .chain(&variants)
-    .map(|path| modified(path))
+    .map(|path| mtime(path))
     .collect()
 }
 

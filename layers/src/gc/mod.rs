@@ -20,10 +20,10 @@
 //!    waits milliseconds for its lease, not for deletions. It chooses from
 //!    phase 1's inventory when that still holds: phase 1 began with no
 //!    lease held, passed over no scratch the policy collects, and nothing
-//!    it saw has changed
-//!    since (no entry added, removed or renamed in the directories it
-//!    listed, as far as their mtimes can tell: `inventory::DirStamp`; no item
-//!    used). Otherwise it scans the store again first (`Rescan` says why).
+//!    it saw has changed since (no entry added, removed or renamed in the
+//!    directories it listed, as far as their mtimes can tell:
+//!    `inventory::DirStamp`; no item used). Otherwise it scans the store
+//!    again first (`Rescan` says why).
 //! 3. The lock released, the renames are made durable (`fsync` of the
 //!    trash and of the directories the entries left), then the trash
 //!    entries are deleted and measured.
@@ -446,13 +446,11 @@ impl Store {
     /// holds.
     fn first_look(&self, sizes: &mut SizeCache) -> Result<FirstLook> {
         // Held (if free) until the stamp is taken: a lease taken after it
-        // shows as a change in a stamped directory.
-        let free = try_lock(&self.gc_lock_path())?;
-        let idle = free.is_some();
-        let stamp = DirStamp::of(self);
-        drop(free);
+        // shows as a change in a stamped directory. When it is held, phase
+        // 2 scans again whatever the stamp would say: none is taken.
+        let stamp = try_lock(&self.gc_lock_path())?.map(|_free| DirStamp::of(self));
         let inv = scan(self, sizes, false)?;
-        Ok(FirstLook { inv, stamp, idle })
+        Ok(FirstLook { inv, stamp })
     }
 
     /// Phase 2's inventory and choice, made with the lock held: phase 1's
@@ -465,18 +463,21 @@ impl Store {
         policy: &Policy,
         sizes: &mut SizeCache,
     ) -> Result<Choice> {
-        let rescanned = if look.deferred(policy) {
-            Some(Rescan::Deferred)
-        } else if !look.idle {
-            Some(Rescan::Busy)
-        } else if !look.stamp.settled() {
-            Some(Rescan::Untold)
-        } else if !look.stamp.same_now(self)
-            || !look.inv.items.iter().all(|item| item.last_used.unchanged())
-        {
-            Some(Rescan::Changed)
-        } else {
-            None
+        let rescanned = match &look.stamp {
+            _ if look.deferred(policy) => Some(Rescan::Deferred),
+            None => Some(Rescan::Busy),
+            Some(stamp) if !stamp.settled() => Some(Rescan::Untold),
+            Some(stamp)
+                if !stamp.same_now(self)
+                    || look
+                        .inv
+                        .items
+                        .iter()
+                        .any(|item| !item.last_used.unchanged()) =>
+            {
+                Some(Rescan::Changed)
+            }
+            Some(_) => None,
         };
         let inv = match rescanned {
             None => look.inv,
@@ -551,13 +552,11 @@ struct Moved {
 /// Phase 1's inventory, and what tells phase 2 whether it still holds.
 struct FirstLook {
     inv: Inventory,
-    /// Taken just before the scan.
-    stamp: DirStamp,
-    /// Nothing held `gc.lock` as the stamp was taken (no build, pull or
-    /// run in flight, no other collection): one started since wrote in a
-    /// stamped directory (its scratch, its results), or nothing but the
-    /// touch of what it used.
-    idle: bool,
+    /// Taken just before the scan, when nothing held `gc.lock` (no build,
+    /// pull or run in flight, no other collection): one started since
+    /// wrote in a stamped directory (its scratch, its results), or nothing
+    /// but the touch of what it used. `None`: something held it.
+    stamp: Option<DirStamp>,
 }
 
 impl FirstLook {
