@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use crate::compress::{Compression, Compressor};
 use crate::digest::{Digest, HashingWriter};
 use crate::error::{io_at, Error, Result};
+use crate::gc::{Tally, TreeSize};
 use crate::oci::Descriptor;
 use crate::progress::{Outcome, Reporter};
 use crate::store::Store;
@@ -55,6 +56,10 @@ pub struct LayerBlob {
     pub diff_id: Digest,
     /// Entries (files, directories, links, whiteouts) in the layer.
     pub entries: u64,
+    /// What the directory the layer was made of holds on disk, as the
+    /// store's collection counts it, from the metadata the tar was written
+    /// from: [`Store::note_tree_size`] it once the directory is in place.
+    pub tree: TreeSize,
 }
 
 /// Writes `dir` as a tar to `out`; returns `out`. See the module docs for
@@ -63,10 +68,25 @@ pub fn write_tar<W: Write>(dir: &Path, out: W, options: &DiffOptions) -> Result<
     write_tar_counted(dir, out, options).map(|(out, _)| out)
 }
 
-/// [`write_tar`], also returning the number of entries written.
-fn write_tar_counted<W: Write>(dir: &Path, out: W, options: &DiffOptions) -> Result<(W, u64)> {
+/// What [`write_tar_counted`] learns of the directory besides the tar.
+struct Walked {
+    /// Entries written.
+    entries: u64,
+    /// The directory's size on disk ([`LayerBlob::tree`]).
+    tree: TreeSize,
+}
+
+/// [`write_tar`], also returning how many entries were written and the
+/// directory's size.
+fn write_tar_counted<W: Write>(dir: &Path, out: W, options: &DiffOptions) -> Result<(W, Walked)> {
     let mut entries = Vec::new();
     collect(dir, PathBuf::new(), &mut entries)?;
+    let root = fs::symlink_metadata(dir).map_err(io_at("stat", dir))?;
+    let mut tally = Tally::default();
+    for meta in std::iter::once(&root).chain(entries.iter().map(|(_, meta)| meta)) {
+        tally.add(meta.blocks(), meta.is_dir(), meta.nlink(), meta.ino());
+    }
+    let tree = tally.finish();
     // Sorted by the name each entry gets in the tar (a whiteout's is
     // `.wh.NAME`), so the order is a function of the names alone.
     let key = |(rel, meta): &(PathBuf, fs::Metadata)| -> Vec<u8> {
@@ -96,7 +116,13 @@ fn write_tar_counted<W: Write>(dir: &Path, out: W, options: &DiffOptions) -> Res
         .builder
         .into_inner()
         .map_err(io_at("finish tar of", dir))?;
-    Ok((out, count))
+    Ok((
+        out,
+        Walked {
+            entries: count,
+            tree,
+        },
+    ))
 }
 
 /// Diffs `dir` into a compressed layer blob in `store`, returning its
@@ -115,18 +141,19 @@ pub fn write_layer(
         if compression == Compression::None {
             // The blob is the tar itself: the store's digest is the diff id,
             // so the bytes are hashed once.
-            let (ingest, entries) = write_tar_counted(dir, ingest, options)?;
+            let (ingest, walked) = write_tar_counted(dir, ingest, options)?;
             let mut descriptor = ingest.commit()?;
             descriptor.media_type = compression.oci_layer_media_type().to_string();
             return Ok(LayerBlob {
                 diff_id: descriptor.digest.clone(),
                 descriptor,
-                entries,
+                entries: walked.entries,
+                tree: walked.tree,
             });
         }
         let compressor = Compressor::new(compression, ingest).map_err(io_at("compress", dir))?;
         let hashing = HashingWriter::new(compressor);
-        let (hashing, entries) = write_tar_counted(dir, hashing, options)?;
+        let (hashing, walked) = write_tar_counted(dir, hashing, options)?;
         let (diff_id, _, compressor) = hashing.into_parts();
         let ingest = compressor.finish().map_err(io_at("compress", dir))?;
         let mut descriptor = ingest.commit()?;
@@ -134,7 +161,8 @@ pub fn write_layer(
         Ok(LayerBlob {
             descriptor,
             diff_id,
-            entries,
+            entries: walked.entries,
+            tree: walked.tree,
         })
     })();
     match &result {

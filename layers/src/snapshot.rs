@@ -125,6 +125,14 @@ impl Store {
         Ok(())
     }
 
+    /// Notes the size of the snapshot for `chain_id`, made by
+    /// [`Store::adopt_snapshot`] from a directory whose size a build took
+    /// as it wrote its layer ([`crate::diff::LayerBlob::tree`]), so that
+    /// the collection need not walk it ([`Store::note_tree_size`]).
+    pub fn note_snapshot_size(&self, chain_id: &Digest, fs: &crate::gc::TreeSize) -> Result<()> {
+        self.note_tree_around(&self.snapshot_dir(chain_id), FS_DIR, fs)
+    }
+
     /// Notes that files of the snapshot for `chain_id` gained hard links
     /// outside it (incremental COPY linked them into a new snapshot): its
     /// directory's times are set to now, which changes its change time, so

@@ -26,8 +26,10 @@
 //! mount's its directory's mtime ([`Store::touch`] when a RUN mounts it),
 //! an untagged image's its manifest blob's mtime (touched when a build
 //! records it again). `gc.toml` holds the automatic collection's policy,
-//! `gc-sizes.json` the sizes of trees that never change once made, `sealed`
-//! up to when each boot's snapshots are on disk (`crate::seal`).
+//! `gc-sizes.json` the sizes of trees that never change once made (and
+//! `gc-size-notes` those a build noted as it made them, until a collection
+//! takes them in), `sealed` up to when each boot's snapshots are on disk
+//! (`crate::seal`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -536,6 +538,12 @@ impl Store {
     /// Sizes of immutable trees the collection measured (a cache).
     pub(crate) fn gc_sizes_path(&self) -> PathBuf {
         self.root.join("gc-sizes.json")
+    }
+
+    /// Sizes of trees builds noted as they wrote them, a line each, until
+    /// a collection takes them into `gc-sizes.json`.
+    pub(crate) fn gc_size_notes_path(&self) -> PathBuf {
+        self.root.join("gc-size-notes")
     }
 
     /// Held shared by every pull, build and run ([`Store::lease`]),

@@ -233,3 +233,69 @@ fn a_dry_run_deletes_nothing_and_predicts_what_prune_frees() {
         assert!(done.contains("store: "), "{done}");
     }
 }
+
+/// The notes in `gc-size-notes`: (path, bytes as `du` counts them).
+fn notes(root: &Path) -> Vec<(PathBuf, u64)> {
+    let text = std::fs::read_to_string(root.join("gc-size-notes")).unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let note: serde_json::Value = serde_json::from_str(line).expect("a note");
+            let shared: u64 = note["shared"]
+                .as_array()
+                .map(|runs| {
+                    runs.iter()
+                        .map(|r| r[1].as_u64().unwrap_or(0) * r[2].as_u64().unwrap_or(0))
+                        .sum()
+                })
+                .unwrap_or(0);
+            let bytes = note["bytes"].as_u64().expect("bytes") + shared;
+            (root.join(note["key"].as_str().expect("key")), bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn the_trees_a_build_writes_are_noted_as_du_measures_them_and_a_collection_takes_the_notes() {
+    crate::require_root!();
+    let fixture = Fixture::new();
+    let root = fixture.root();
+    fixture.policy("[gc]\nenabled = false\n");
+    let ctx = fixture.context(
+        "ctx",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN mkdir /many && for i in $(seq 40); do \
+             yes $i | head -c 3000 > /many/$i; done && ln /many/1 /many/one\n",
+        )],
+    );
+    fixture.build(&ctx, &[]);
+    // The same RUN again: a duplicate upper dir, parked.
+    fixture.build(&ctx, &["--no-cache"]);
+    let noted = notes(&root);
+    let kinds = |prefix: &str| {
+        noted
+            .iter()
+            .filter(|(p, _)| p.starts_with(root.join(prefix)))
+            .count()
+    };
+    assert_eq!(kinds("snapshots"), 1, "{noted:?}");
+    assert_eq!(kinds("parked"), 1, "{noted:?}");
+    for (path, bytes) in &noted {
+        assert_eq!(*bytes, du(std::slice::from_ref(path)), "{}", path.display());
+    }
+    // A collection that removes nothing takes the notes in.
+    fixture.ok(&[
+        "prune",
+        "--filter",
+        "type=cache-mount",
+        "--filter",
+        "until=10000h",
+    ]);
+    assert!(!root.join("gc-size-notes").exists());
+    let sizes = std::fs::read_to_string(root.join("gc-sizes.json")).expect("sizes");
+    for (path, _) in &noted {
+        let key = path.strip_prefix(&root).expect("in the store");
+        assert!(sizes.contains(&*key.to_string_lossy()), "{sizes}");
+    }
+}

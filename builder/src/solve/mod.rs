@@ -57,7 +57,7 @@ use schedule::run_stages_when_ready;
 pub use shared::SharedSteps;
 use stage::{run_stage, StageOutput, StageProgress};
 use step::run_step;
-use trash::discard_step_dir;
+use trash::{discard_step_dir, Leftover};
 
 /// Why a build failed.
 #[derive(Debug, thiserror::Error)]

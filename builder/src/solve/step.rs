@@ -88,7 +88,7 @@ fn run_or_reuse(
         StepKind::Workdir(w) => execute_workdir(run, w, &rootfs)?,
     }
     tracing::debug!("line {}: step finished, packing its layer", step.line);
-    let (record, parked_bytes) = commit_layer(run, progress, &upper)?;
+    let (record, leftover) = commit_layer(run, progress, &upper)?;
     if let (Some((key, reuse)), Some(chain)) = (&reuse, &record.chain_id) {
         tracing::info!(
             "line {}: {} unchanged files linked from an earlier run",
@@ -97,7 +97,7 @@ fn run_or_reuse(
         );
         reuse.save(run.build.store, key, chain);
     }
-    discard_step_dir(run.build.store, &dir, &upper, parked_bytes);
+    discard_step_dir(run.build.store, &dir, &upper, &leftover);
     if let Some(key) = &step.cache_key {
         run.build.store.cache_put(key, &record)?;
     }
@@ -164,14 +164,13 @@ fn from_cache(
 }
 
 /// Turns the step's upper dir into its layer and snapshot (none when it is
-/// empty); returns the cache record to keep, and what a duplicate of the
-/// upper dir would hold on disk if it is parked (the tar's bytes plus a
-/// block and an inode's worth an entry).
+/// empty); returns the cache record to keep, and what is known of the
+/// upper dir should it be left over and parked.
 fn commit_layer(
     run: &StepRun<'_>,
     progress: &mut StageProgress,
     upper: &Path,
-) -> Result<(CacheRecord, u64), SolveError> {
+) -> Result<(CacheRecord, Leftover), SolveError> {
     let (store, opts, step) = (run.build.store, run.build.opts, run.step);
     let now = now_secs();
     progress.step_times.insert(step.history_index, now);
@@ -187,7 +186,7 @@ fn commit_layer(
             chain_id: out.chain(),
             data: serde_json::json!({ "empty": true, "created": now }),
         };
-        return Ok((record, 0));
+        return Ok((record, Leftover::default()));
     }
     let diff_options = DiffOptions {
         source_date_epoch: opts.source_date_epoch,
@@ -203,10 +202,6 @@ fn commit_layer(
         &diff_options,
         &kiln_layers::NoProgress,
     )?;
-    let parked_bytes = blob
-        .descriptor
-        .size
-        .saturating_add(blob.entries.saturating_mul(4096));
     let chain = match out.chain() {
         None => blob.diff_id.clone(),
         Some(parent) => Digest::of(format!("{parent} {}", blob.diff_id).as_bytes()),
@@ -215,15 +210,24 @@ fn commit_layer(
     if !store.has_snapshot(&chain) {
         // The upper dir already has overlay whiteouts: it is the snapshot.
         // Should moving it fail, the layer is unpacked.
-        if let Err(e) = store.adopt_snapshot(upper, &chain) {
-            tracing::debug!("{}: {e}; unpacking the layer instead", upper.display());
-            store.unpack_snapshot(
-                &blob.descriptor,
-                &blob.diff_id,
-                &chain,
-                out.lowers_top_first(),
-                opts.reporter,
-            )?;
+        match store.adopt_snapshot(upper, &chain) {
+            Ok(true) => {
+                // Its size, for the collection, which need not walk it.
+                if let Err(e) = store.note_snapshot_size(&chain, &blob.tree) {
+                    tracing::debug!("{e}");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!("{}: {e}; unpacking the layer instead", upper.display());
+                store.unpack_snapshot(
+                    &blob.descriptor,
+                    &blob.diff_id,
+                    &chain,
+                    out.lowers_top_first(),
+                    opts.reporter,
+                )?;
+            }
         }
     }
     out.layers
@@ -239,7 +243,17 @@ fn commit_layer(
             "size": blob.descriptor.size,
         }),
     };
-    Ok((record, parked_bytes))
+    // Should the upper dir be left (a duplicate of a snapshot already
+    // there), what parking it keeps on disk: estimated for its name (the
+    // tar's bytes plus a block and an inode's worth an entry), and exact.
+    let leftover = Leftover {
+        bytes: blob
+            .descriptor
+            .size
+            .saturating_add(blob.entries.saturating_mul(4096)),
+        tree: Some(blob.tree),
+    };
+    Ok((record, leftover))
 }
 
 /// Applies a cache record; false if it cannot be used (then the step

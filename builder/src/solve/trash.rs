@@ -9,6 +9,16 @@ use super::*;
 
 const TRASH_PREFIX: &str = "trash-";
 
+/// What a step knows of its upper dir should it be left over (a duplicate
+/// of a snapshot already there) and parked ([`discard_step_dir`]).
+#[derive(Debug, Default)]
+pub(super) struct Leftover {
+    /// Its disk use, estimated from its layer: put in the parked name.
+    pub bytes: u64,
+    /// Its size, taken as its layer was written.
+    pub tree: Option<kiln_layers::gc::TreeSize>,
+}
+
 /// Removes a step's work dir. An upper dir still there is a duplicate of a
 /// snapshot that already existed (a `--no-cache` rerun that produced the
 /// same chain id): it is renamed into `parked/trash-<secs>-<bytes>-…`
@@ -21,21 +31,31 @@ const TRASH_PREFIX: &str = "trash-";
 /// data (kind `scratch`, last used when parked): the store's collection
 /// (`kiln_layers::gc`, after the build has returned) removes them, least
 /// recently used first, once the store holds more than its policy keeps,
-/// and `kiln prune` removes them all. `bytes` estimates the tree's disk
-/// use, so that many small files count for their blocks and inodes. The
-/// rest of the work dir is abandoned to the trash (a rename): the build
-/// itself deletes nothing.
-pub(super) fn discard_step_dir(store: &Store, dir: &Path, upper: &Path, bytes: u64) {
+/// and `kiln prune` removes them all. `known.bytes` estimates the tree's
+/// disk use, so that many small files count for their blocks and inodes;
+/// `known.tree`, the size the layer's tar was written from, is noted for
+/// the collection, which then need not walk the parked dir. The rest of
+/// the work dir is abandoned to the trash (a rename): the build itself
+/// deletes nothing.
+pub(super) fn discard_step_dir(store: &Store, dir: &Path, upper: &Path, known: &Leftover) {
     let leftover = std::fs::read_dir(upper)
         .map(|mut entries| entries.next().is_some())
         .unwrap_or(false);
     if leftover {
         let trash = store.parked_dir().join(unique_name(&format!(
-            "{TRASH_PREFIX}{}-{bytes}",
-            now_secs()
+            "{TRASH_PREFIX}{}-{}",
+            now_secs(),
+            known.bytes
         )));
-        if let Err(e) = std::fs::rename(upper, &trash) {
-            tracing::debug!("parking {} in the trash: {e}", upper.display());
+        match std::fs::rename(upper, &trash) {
+            Err(e) => tracing::debug!("parking {} in the trash: {e}", upper.display()),
+            Ok(()) => {
+                if let Some(tree) = &known.tree {
+                    if let Err(e) = store.note_tree_size(&trash, tree) {
+                        tracing::debug!("{e}");
+                    }
+                }
+            }
         }
     }
     if let Err(e) = store.abandon(dir, "step") {
@@ -59,7 +79,15 @@ mod trash_tests {
         let upper = dir.join("upper");
         std::fs::create_dir_all(upper.join("ctx")).unwrap();
         std::fs::write(upper.join("ctx/f"), "data").unwrap();
-        discard_step_dir(&store, &dir, &upper, 4);
+        discard_step_dir(
+            &store,
+            &dir,
+            &upper,
+            &Leftover {
+                bytes: 4,
+                tree: None,
+            },
+        );
         assert!(!dir.exists());
         let parked: Vec<PathBuf> = std::fs::read_dir(store.parked_dir())
             .unwrap()
@@ -95,10 +123,10 @@ mod trash_tests {
         let dir = builds.join("build-1").join("step-1");
         let upper = dir.join("upper");
         std::fs::create_dir_all(&upper).unwrap();
-        discard_step_dir(&store, &dir, &upper, 0);
+        discard_step_dir(&store, &dir, &upper, &Leftover::default());
         let dir2 = builds.join("build-1").join("step-2");
         std::fs::create_dir_all(&dir2).unwrap();
-        discard_step_dir(&store, &dir2, &dir2.join("upper"), 0);
+        discard_step_dir(&store, &dir2, &dir2.join("upper"), &Leftover::default());
         assert!(!dir.exists() && !dir2.exists());
         let names: Vec<String> = std::fs::read_dir(&builds)
             .unwrap()

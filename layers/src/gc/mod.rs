@@ -59,6 +59,8 @@ pub use policy::{
     parse_duration, parse_size, Disk, GcConfig, Kind, Policy, Space, DEFAULT_KEEP_STORAGE,
     DEFAULT_MIN_FREE_SPACE,
 };
+pub(crate) use usage::Tally;
+pub use usage::TreeSize;
 
 use crate::cleanup::{remove_tree, Meter};
 use crate::digest::Digest;
@@ -382,7 +384,7 @@ impl Store {
 
     /// Phases 1 to 3 (see the module docs).
     fn collect_now(&self, policy: &Policy, wait: LockWait) -> Result<Option<PruneReport>> {
-        let mut sizes = SizeCache::load(self);
+        let mut sizes = SizeCache::load_taking_notes(self);
         // Phase 1, without the lock: new immutable trees are measured now
         // (a 20,000-file snapshot takes a while), not while a build that
         // starts waits for its lease. When the policy chooses nothing

@@ -6,6 +6,16 @@
 //! keyed by the tree's path under the root, with its directory's inode and
 //! change time: a tree replaced under the same name is measured again.
 //!
+//! A build notes the size of each tree it leaves in the store (a snapshot
+//! it made of a step's upper dir, a parked duplicate of one), taken from
+//! the metadata its layer's tar was written from ([`Tally`], the same sum
+//! a walk makes): lines in `<root>/gc-size-notes`
+//! ([`Store::note_tree_size`]), which the next collection takes into the
+//! cache, so that it walks only trees no build noted (pulled snapshots, a
+//! snapshot marked linked since, trees of older kilns). The notes were
+//! made for 20,000-file trees that a collection a minute spent seconds
+//! walking while builds ran.
+//!
 //! Trees may share files: incremental COPY hard-links a new snapshot's
 //! unchanged files to an earlier snapshot's. [`measure_tree`] splits a
 //! tree's size into what only it holds ([`TreeSize::own`]: files whose
@@ -37,20 +47,63 @@ pub(crate) fn du(path: &Path) -> Result<u64> {
 }
 
 /// A tree's size as `du` counts it ([`TreeSize::total`]), split by whether
-/// a file's links are all inside the tree.
+/// a file's links are all inside the tree. A build takes it as it writes a
+/// layer's tar ([`crate::diff::LayerBlob::tree`]) and notes it for the
+/// collection ([`Store::note_tree_size`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct TreeSize {
+pub struct TreeSize {
     /// Directories, and files with every link inside the tree.
-    pub own: u64,
+    pub(crate) own: u64,
     /// Files with links outside the tree, as [`Run`]s, sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub shared: Vec<Run>,
+    pub(crate) shared: Vec<Run>,
 }
 
 impl TreeSize {
     /// What `du` counts for the tree alone.
-    pub(crate) fn total(&self) -> u64 {
+    pub fn total(&self) -> u64 {
         self.own + self.shared.iter().map(|r| r.1 * r.2).sum::<u64>()
+    }
+}
+
+/// A tree's size summed from the metadata of its root and of every entry
+/// under it, each once, as [`measure_tree`] sums it from a walk: the one
+/// rule for what a file counts, whoever looked at it.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    own: u64,
+    links: Links,
+}
+
+impl Tally {
+    /// Counts one entry: `blocks` of 512 bytes allocated; a file (not a
+    /// directory) with several links is held back until the end, when it
+    /// is known whether all of them are inside the tree.
+    pub(crate) fn add(&mut self, blocks: u64, is_dir: bool, nlink: u64, ino: u64) {
+        let bytes = blocks.saturating_mul(512);
+        if !is_dir && nlink > 1 {
+            self.links.entry(ino).or_insert((nlink, 0, bytes)).1 += 1;
+        } else {
+            self.own = self.own.saturating_add(bytes);
+        }
+    }
+
+    pub(crate) fn finish(self) -> TreeSize {
+        let mut size = TreeSize {
+            own: self.own,
+            shared: Vec::new(),
+        };
+        let mut shared = Vec::new();
+        for (ino, (nlink, seen, bytes)) in self.links {
+            if seen >= nlink {
+                size.own += bytes;
+            } else {
+                shared.push((ino, bytes));
+            }
+        }
+        shared.sort_unstable();
+        size.shared = to_runs(&shared);
+        size
     }
 }
 
@@ -159,64 +212,42 @@ impl Segments {
 /// vanish meanwhile count nothing. Only inodes on the tree's own device
 /// can be shared (a hard link never crosses filesystems).
 pub(crate) fn measure_tree(path: &Path) -> Result<TreeSize> {
-    let mut links = Links::new();
-    let own = links_walk(CWD, path, &mut links)
+    let mut tally = Tally::default();
+    links_walk(CWD, path, &mut tally)
         .map_err(|e| crate::error::Error::io("measure", path, e.into()))?;
-    let mut size = TreeSize {
-        own,
-        shared: Vec::new(),
-    };
-    let mut shared = Vec::new();
-    for (ino, (nlink, seen, bytes)) in links {
-        if seen >= nlink {
-            size.own += bytes;
-        } else {
-            shared.push((ino, bytes));
-        }
-    }
-    shared.sort_unstable();
-    size.shared = to_runs(&shared);
-    Ok(size)
+    Ok(tally.finish())
 }
 
 /// Files with several links: inode → (links, links seen in the tree, bytes).
 type Links = HashMap<u64, (u64, u64, u64)>;
 
-/// Sums allocated blocks of `name` (in `dir`) and everything under it as
-/// `du` does, but leaves files with several links out of the sum: `links`
-/// gets them. Each entry is looked up in its directory's descriptor, as
-/// `du` does, not by its whole path from the root (a store's trees of 2.4
-/// million entries took 4.3 s instead of 6.2).
+/// Adds `name` (in `dir`) and everything under it to `tally`; what
+/// vanishes meanwhile counts nothing. Each entry is looked up in its
+/// directory's descriptor, as `du` does, not by its whole path from the
+/// root (a store's trees of 2.4 million entries took 4.3 s instead of 6.2).
 fn links_walk(
     dir: impl AsFd,
     name: impl rustix::path::Arg,
-    links: &mut Links,
-) -> rustix::io::Result<u64> {
+    tally: &mut Tally,
+) -> rustix::io::Result<()> {
     let name = name.as_cow_c_str()?;
     let st = match statat(&dir, &*name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => st,
-        Err(Errno::NOENT) => return Ok(0),
+        Err(Errno::NOENT) => return Ok(()),
         Err(e) => return Err(e),
     };
-    let bytes = (st.st_blocks as u64).saturating_mul(512);
-    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
-        if st.st_nlink > 1 {
-            let entry = links
-                .entry(st.st_ino)
-                .or_insert((st.st_nlink as u64, 0, bytes));
-            entry.1 += 1;
-            return Ok(0);
-        }
-        return Ok(bytes);
+    let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+    tally.add(st.st_blocks as u64, is_dir, st.st_nlink as u64, st.st_ino);
+    if !is_dir {
+        return Ok(());
     }
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = match openat(&dir, &*name, flags, Mode::empty()) {
         Ok(fd) => fd,
         // Gone, or replaced by something else than a directory meanwhile.
-        Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => return Ok(bytes),
+        Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => return Ok(()),
         Err(e) => return Err(e),
     };
-    let mut total = bytes;
     let mut entries = Dir::new(fd)?;
     while let Some(entry) = entries.next() {
         let entry = entry?;
@@ -224,9 +255,93 @@ fn links_walk(
         if child == c"." || child == c".." {
             continue;
         }
-        total = total.saturating_add(links_walk(entries.fd()?, child, links)?);
+        links_walk(entries.fd()?, child, tally)?;
     }
-    Ok(total)
+    Ok(())
+}
+
+/// A tree's size noted by the build that wrote it: its key and entry, a
+/// line of `gc-size-notes`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Note {
+    key: String,
+    #[serde(flatten)]
+    entry: Entry,
+}
+
+impl Store {
+    /// Notes `size`, taken as a build wrote the tree now at `path` (a
+    /// snapshot, a parked upper dir), so that the collection need not walk
+    /// it (see the module docs). It counts for the tree as it is now: once
+    /// its inode or change time differ (it was replaced, or marked
+    /// linked), it is measured again. Appended to `gc-size-notes` in one
+    /// write, on a line of its own, not fsynced: only a cache.
+    pub fn note_tree_size(&self, path: &Path, size: &TreeSize) -> Result<()> {
+        let meta =
+            fs::symlink_metadata(path).map_err(|e| crate::error::Error::io("stat", path, e))?;
+        let note = Note {
+            key: key_of(self, path),
+            entry: Entry {
+                ino: meta.ino(),
+                ctime: meta.ctime(),
+                ctime_nsec: meta.ctime_nsec(),
+                bytes: size.own,
+                shared: size.shared.clone(),
+            },
+        };
+        let notes = self.gc_size_notes_path();
+        let json = serde_json::to_vec(&note).map_err(|source| crate::error::Error::Json {
+            what: notes.display().to_string(),
+            source,
+        })?;
+        // On a line of its own even after a line a crash cut short.
+        let mut line = Vec::with_capacity(json.len() + 2);
+        line.push(b'\n');
+        line.extend_from_slice(&json);
+        line.push(b'\n');
+        fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&notes)
+            .and_then(|mut f| io::Write::write_all(&mut f, &line))
+            .map_err(|e| crate::error::Error::io("append to", &notes, e))
+    }
+}
+
+impl Store {
+    /// [`Store::note_tree_size`] for the tree at `path` whose entry `part`
+    /// (a snapshot's `fs`) a build measured as `part_size`: the rest (the
+    /// tree's own directory, its other entries, which hold no link to
+    /// `part`: a snapshot's marker files) is measured now.
+    pub(crate) fn note_tree_around(
+        &self,
+        path: &Path,
+        part: &str,
+        part_size: &TreeSize,
+    ) -> Result<()> {
+        let mut rest = Tally::default();
+        let measure = |path: &Path, tally: &mut Tally| {
+            links_walk(CWD, path, tally)
+                .map_err(|e| crate::error::Error::io("measure", path, e.into()))
+        };
+        let meta =
+            fs::symlink_metadata(path).map_err(|e| crate::error::Error::io("stat", path, e))?;
+        rest.add(meta.blocks(), true, meta.nlink(), meta.ino());
+        for entry in self.list_dir(path)? {
+            if entry.file_name() != Some(std::ffi::OsStr::new(part)) {
+                measure(&entry, &mut rest)?;
+            }
+        }
+        let rest = rest.finish();
+        let mut shared = part_size.shared.clone();
+        shared.extend(rest.shared);
+        shared.sort_unstable();
+        let size = TreeSize {
+            own: part_size.own + rest.own,
+            shared,
+        };
+        self.note_tree_size(path, &size)
+    }
 }
 
 /// A measured tree: what identified it, and its size.
@@ -247,12 +362,41 @@ pub(crate) struct SizeCache {
     /// Keys looked up since loading: what is saved.
     used: HashSet<String>,
     changed: bool,
+    /// Trees walked since loading (the others' sizes were known).
+    pub(crate) walked: usize,
 }
 
 impl SizeCache {
-    /// The store's cache; empty when missing or unreadable (it is only a
-    /// cache: every size in it can be measured again).
+    /// The store's cache, with the sizes builds noted since it was saved;
+    /// empty when missing or unreadable (it is only a cache: every size
+    /// in it can be measured again). The notes stay for the collection
+    /// that saves ([`SizeCache::load_taking_notes`]).
     pub(crate) fn load(store: &Store) -> SizeCache {
+        let mut cache = SizeCache::saved(store);
+        cache.add_notes(&store.gc_size_notes_path());
+        cache
+    }
+
+    /// [`SizeCache::load`], for a collection that will save the cache:
+    /// the notes file is renamed aside (a build then starts a new one),
+    /// read and removed. Notes lost with a collection that dies before it
+    /// saves cost a walk, nothing else.
+    pub(crate) fn load_taking_notes(store: &Store) -> SizeCache {
+        let mut cache = SizeCache::saved(store);
+        let notes = store.gc_size_notes_path();
+        let taken = notes.with_file_name(format!(
+            ".gc-size-notes.tmp-{}",
+            crate::store::unique_suffix()
+        ));
+        if fs::rename(&notes, &taken).is_ok() {
+            cache.add_notes(&taken);
+            cache.changed = true;
+            let _ = fs::remove_file(&taken);
+        }
+        cache
+    }
+
+    fn saved(store: &Store) -> SizeCache {
         let entries = fs::read(store.gc_sizes_path())
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
@@ -260,6 +404,19 @@ impl SizeCache {
         SizeCache {
             entries,
             ..SizeCache::default()
+        }
+    }
+
+    /// Adds the notes in `path` (later lines win; a line that does not
+    /// parse, say one a crash cut short, is skipped).
+    fn add_notes(&mut self, path: &Path) {
+        let Ok(text) = fs::read(path) else {
+            return;
+        };
+        for line in text.split(|b| *b == b'\n') {
+            if let Ok(note) = serde_json::from_slice::<Note>(line) {
+                self.entries.insert(note.key, note.entry);
+            }
         }
     }
 
@@ -282,6 +439,7 @@ impl SizeCache {
             }
         }
         let size = measure_tree(path)?;
+        self.walked += 1;
         self.entries.insert(
             key.to_string(),
             Entry {
@@ -391,6 +549,101 @@ mod tests {
         std::os::unix::fs::symlink(&outside, tmp.path().join("link")).unwrap();
         assert!(du(&tmp.path().join("link")).unwrap() < 1 << 20);
         assert_eq!(du(&tmp.path().join("missing")).unwrap(), 0);
+    }
+
+    /// A tree with what a layer can hold: nested and empty directories,
+    /// files, a link inside the tree, a link to a file outside it, a
+    /// symlink. Returns (tree, outside).
+    fn layer_like_tree(tmp: &Path) -> (PathBuf, PathBuf) {
+        let (tree, outside) = (tmp.join("tree"), tmp.join("outside"));
+        fs::create_dir_all(tree.join("a/b/empty")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(tree.join("a/one"), vec![1u8; 5000]).unwrap();
+        fs::write(tree.join("a/b/two"), vec![2u8; 70_000]).unwrap();
+        fs::hard_link(tree.join("a/one"), tree.join("a/b/one-again")).unwrap();
+        fs::write(outside.join("far"), vec![3u8; 12_000]).unwrap();
+        fs::hard_link(outside.join("far"), tree.join("a/far")).unwrap();
+        std::os::unix::fs::symlink("../one", tree.join("a/b/link")).unwrap();
+        (tree, outside)
+    }
+
+    #[test]
+    fn the_size_a_layer_is_written_from_is_what_a_walk_measures() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let (tree, _outside) = layer_like_tree(tmp.path());
+        let blob = crate::diff::write_layer(
+            &store,
+            &tree,
+            crate::Compression::None,
+            &crate::diff::DiffOptions::default(),
+            &crate::NoProgress,
+        )
+        .unwrap();
+        let walked = measure_tree(&tree).unwrap();
+        assert_eq!(blob.tree, walked);
+        assert_eq!(walked.shared.len(), 1, "the link to outside: {walked:?}");
+        assert_eq!(blob.tree.total(), du(&tree).unwrap());
+    }
+
+    #[test]
+    fn noted_sizes_are_taken_by_the_collection_and_used_without_a_walk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let (tree, _outside) = layer_like_tree(tmp.path());
+        let parked = store.parked_dir().join("trash-1-2-x");
+        fs::create_dir_all(store.parked_dir()).unwrap();
+        fs::rename(&tree, &parked).unwrap();
+        let size = measure_tree(&parked).unwrap();
+        store.note_tree_size(&parked, &size).unwrap();
+        let key = key_of(&store, &parked);
+
+        // Read (system df): used, and left for the collection.
+        let mut cache = SizeCache::load(&store);
+        assert_eq!(cache.measure(&key, &parked).unwrap(), size);
+        assert_eq!(cache.walked, 0);
+        assert!(store.gc_size_notes_path().exists());
+
+        // Taken (a collection): used, saved, the notes gone.
+        let mut cache = SizeCache::load_taking_notes(&store);
+        assert_eq!(cache.measure(&key, &parked).unwrap(), size);
+        assert_eq!(cache.walked, 0);
+        cache.save(&store).unwrap();
+        assert!(!store.gc_size_notes_path().exists());
+        let mut cache = SizeCache::load(&store);
+        assert_eq!(cache.measure(&key, &parked).unwrap(), size);
+        assert_eq!(cache.walked, 0);
+
+        // A tree changed since (its change time moved): walked again.
+        fs::write(parked.join("new"), vec![4u8; 30_000]).unwrap();
+        let mut cache = SizeCache::load(&store);
+        let now = cache.measure(&key, &parked).unwrap();
+        assert_eq!(cache.walked, 1);
+        assert_eq!(now.total(), du(&parked).unwrap());
+        assert_ne!(now, size);
+    }
+
+    #[test]
+    fn a_note_cut_short_is_skipped_and_a_later_one_wins() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let tree = store.parked_dir().join("trash-1-2-y");
+        fs::create_dir_all(&tree).unwrap();
+        fs::write(tree.join("f"), vec![1u8; 9000]).unwrap();
+        let size = measure_tree(&tree).unwrap();
+        let wrong = TreeSize {
+            own: 1,
+            shared: Vec::new(),
+        };
+        store.note_tree_size(&tree, &wrong).unwrap();
+        let notes = store.gc_size_notes_path();
+        let mut text = fs::read(&notes).unwrap();
+        text.extend_from_slice(b"{\"key\":\"parked/trash-1-2-y\",\"ino\":");
+        fs::write(&notes, &text).unwrap();
+        store.note_tree_size(&tree, &size).unwrap();
+        let mut cache = SizeCache::load(&store);
+        assert_eq!(cache.measure(&key_of(&store, &tree), &tree).unwrap(), size);
+        assert_eq!(cache.walked, 0);
     }
 
     #[test]
