@@ -212,6 +212,9 @@ pub struct PruneReport {
     /// Why the collection scanned the store again while it held it
     /// exclusively, when it did (else it chose from its first scan).
     pub rescanned: Option<&'static str>,
+    /// How long it waited for `gc.lock`, that is for the builds, pulls and
+    /// runs using the store to end, before it held the store.
+    pub waited: std::time::Duration,
     /// How long sealing the store's snapshots (`Store::seal`, a `syncfs`)
     /// took, first.
     pub synced: std::time::Duration,

@@ -541,6 +541,7 @@ fn collect_by_policy(store: &Store, policy: &Policy) -> anyhow::Result<String> {
         None => format!("synced {} ms", report.synced.as_millis()),
         Some(why) => format!("not sealed: {why}"),
     };
+    let waited = report.waited.as_millis();
     let rescan = report
         .rescanned
         .map(|why| format!("; scanned the store again under the lock ({why})"))
@@ -548,7 +549,7 @@ fn collect_by_policy(store: &Store, policy: &Policy) -> anyhow::Result<String> {
     let line = format!(
         "collected {} bytes in the store and {runs} bytes of dead runs' scratch; \
          collectable data {} -> {} bytes{limit}{rescan}; worked {} ms ({seal}), \
-         held the store {} ms",
+         waited {waited} ms of it for the builds using the store, held the store {} ms",
         report.total_bytes(),
         report.usage_before,
         report.usage_after,

@@ -126,16 +126,23 @@ fn a_build_returns_while_its_detached_collection_waits_then_runs() {
         .and_then(|(_, ms)| ms.parse::<u64>().ok());
     assert!(held.is_some(), "{log}");
     // And how long it worked from its turn (at least that), of which
-    // sealing the snapshots took a part.
-    let (worked, synced) = log
+    // sealing the snapshots and waiting for the builds took parts.
+    let (worked, synced, waited) = log
         .split_once("worked ")
-        .and_then(|(_, rest)| rest.split_once(" ms), held the store"))
+        .and_then(|(_, rest)| {
+            rest.split_once(" ms of it for the builds using the store, held the store")
+        })
         .and_then(|(figures, _)| figures.split_once(" ms (synced "))
-        .and_then(|(worked, synced)| {
-            Some((worked.parse::<u64>().ok()?, synced.parse::<u64>().ok()?))
+        .and_then(|(worked, rest)| {
+            let (synced, waited) = rest.split_once(" ms), waited ")?;
+            Some((
+                worked.parse::<u64>().ok()?,
+                synced.parse::<u64>().ok()?,
+                waited.parse::<u64>().ok()?,
+            ))
         })
         .unwrap_or_else(|| panic!("no figures in {log}"));
-    assert!(Some(worked) >= held && worked >= synced, "{log}");
+    assert!(Some(worked) >= held && worked >= synced + waited, "{log}");
     // The seal covers every snapshot the build made: each one's stamp
     // is of this boot and no later than the seal.
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
@@ -316,6 +323,7 @@ fn a_collection_waits_for_a_running_build_that_uses_what_it_would_remove() {
     fixture.policy("[gc]\nkeep-storage = \"1\"\nmin-free-space = \"0\"\n");
     let collector = fixture
         .kiln(&["__gc"])
+        .env("KILN_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -327,12 +335,24 @@ fn a_collection_waits_for_a_running_build_that_uses_what_it_would_remove() {
         chains.iter().all(|c| c.exists()),
         "nothing removed under the build"
     );
+    // The build holds the store a second longer.
+    std::thread::sleep(std::time::Duration::from_secs(1));
     std::fs::write(sync_dir(&root).join("go-a"), "").expect("go");
     let out = build.wait_with_output().expect("wait for build");
     assert!(out.status.success(), "{}", text(&out));
     let out = collector.wait_with_output().expect("wait for collector");
     assert!(out.status.success(), "{}", text(&out));
     check_image(&fixture, "a:1");
+    // Its line (gc.log's, which the build's own collection may have
+    // replaced since) says how long it waited for the build: at least
+    // most of that second (its first scan ran meanwhile).
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    let waited = log
+        .split_once(", waited ")
+        .and_then(|(_, rest)| rest.split_once(" ms of it for the builds using the store"))
+        .and_then(|(ms, _)| ms.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no wait in {log}"));
+    assert!(waited >= 500, "{log}");
     // Then the collection did its work: the records are gone (the image
     // keeps its own layers).
     assert!(

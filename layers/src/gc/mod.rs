@@ -414,6 +414,7 @@ impl Store {
                 .collect();
             (predicted(first, &sel, disk), trashed)
         } else {
+            let waiting = Instant::now();
             let Some(gc) = self.wait_for_gc_lock(wait)? else {
                 return Ok(None);
             };
@@ -421,6 +422,7 @@ impl Store {
             let choice = self.choose_under_lock(look, policy, &mut sizes)?;
             let mut report = predicted(&choice.inv, &choice.sel, choice.disk);
             report.rescanned = choice.rescanned.map(Rescan::why);
+            report.waited = locked.duration_since(waiting);
             let moved = self.move_chosen_to_trash(&choice.inv, &choice.sel)?;
             drop(gc);
             report.exclusive = locked.elapsed();
@@ -679,6 +681,7 @@ impl PruneReport {
             free_before: self.free_before,
             exclusive: self.exclusive,
             rescanned: self.rescanned,
+            waited: self.waited,
             synced: self.synced,
             unsealed: self.unsealed.take(),
             ..PruneReport::default()
