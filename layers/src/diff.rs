@@ -58,7 +58,8 @@ pub struct LayerBlob {
     pub entries: u64,
     /// What the directory the layer was made of holds on disk, as the
     /// store's collection counts it, from the metadata the tar was written
-    /// from: [`Store::note_tree_size`] it once the directory is in place.
+    /// from: to be noted with [`Store::note_tree_size`] once the directory
+    /// is in place.
     pub tree: TreeSize,
 }
 

@@ -212,9 +212,12 @@ impl Store {
 
     /// Makes the directory `dir` (on the store's filesystem, e.g. a build
     /// step's upper dir with overlay whiteouts) the snapshot for
-    /// `chain_id`, by renaming it. When a complete snapshot is already
-    /// there, `dir` is left as it is and `Ok(false)` returned. Whether or
-    /// not this fails, `dir` is either left as it was or gone.
+    /// `chain_id`, by renaming it: `Ok(true)` when `dir` is the snapshot
+    /// now. When a complete snapshot is already there, `dir` is left as it
+    /// is and `Ok(false)` returned; when another process placed one while
+    /// `dir` was being made ready, `dir` is abandoned to the trash and
+    /// `Ok(false)` returned too. Whether or not this fails, `dir` is
+    /// either left as it was or gone.
     pub fn adopt_snapshot(&self, dir: &Path, chain_id: &Digest) -> Result<bool> {
         if self.has_snapshot(chain_id) {
             return Ok(false);
@@ -230,7 +233,7 @@ impl Store {
         if !matches!(placed, Ok(true)) {
             let _ = self.abandon(&tmp, "snapshot");
         }
-        placed.map(|_| true)
+        placed
     }
 
     /// Unpacks every layer of `image` that has no complete snapshot yet and

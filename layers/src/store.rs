@@ -27,7 +27,7 @@
 //! an untagged image's its manifest blob's mtime (touched when a build
 //! records it again). `gc.toml` holds the automatic collection's policy,
 //! `gc-sizes.json` the sizes of trees that never change once made (and
-//! `gc-size-notes` those a build noted as it made them, until a collection
+//! `gc-notes/` those a build noted as it made them, until a collection
 //! takes them in), `sealed` up to when each boot's snapshots are on disk
 //! (`crate::seal`).
 
@@ -544,9 +544,12 @@ impl Store {
     }
 
     /// Sizes of trees builds noted as they wrote them, a line each, until
-    /// a collection takes them into `gc-sizes.json`.
-    pub(crate) fn gc_size_notes_path(&self) -> PathBuf {
-        self.root.join("gc-size-notes")
+    /// a collection takes them into `gc-sizes.json`: builds append to
+    /// `notes` there, a collection renames it to `taken-<owner>…` first.
+    /// A directory of its own, which the collection's stamp of the store
+    /// does not cover (`crate::gc`): a note is not a change it must see.
+    pub(crate) fn gc_notes_dir(&self) -> PathBuf {
+        self.root.join("gc-notes")
     }
 
     /// Held shared by every pull, build and run ([`Store::lease`]),

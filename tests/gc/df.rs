@@ -234,9 +234,10 @@ fn a_dry_run_deletes_nothing_and_predicts_what_prune_frees() {
     }
 }
 
-/// The notes in `gc-size-notes`: (path, bytes as `du` counts them).
+/// The notes builds appended to `gc-notes/notes`: (path, bytes as `du`
+/// counts them).
 fn notes(root: &Path) -> Vec<(PathBuf, u64)> {
-    let text = std::fs::read_to_string(root.join("gc-size-notes")).unwrap_or_default();
+    let text = std::fs::read_to_string(root.join("gc-notes/notes")).unwrap_or_default();
     text.lines()
         .filter(|l| !l.is_empty())
         .map(|line| {
@@ -284,6 +285,21 @@ fn the_trees_a_build_writes_are_noted_as_du_measures_them_and_a_collection_takes
     for (path, bytes) in &noted {
         assert_eq!(*bytes, du(std::slice::from_ref(path)), "{}", path.display());
     }
+    // They are what is counted, not a walk: a note that says a megabyte
+    // more for the parked dir (a later line wins) shows in `system df`.
+    let scratch = || area(&df(&fixture), "scratch/trash", "Size");
+    let before = scratch();
+    let notes_file = root.join("gc-notes/notes");
+    let text = std::fs::read_to_string(&notes_file).expect("notes");
+    let parked_note = text
+        .lines()
+        .find(|l| l.contains("\"key\":\"parked/"))
+        .expect("the parked dir's note");
+    let mut note: serde_json::Value = serde_json::from_str(parked_note).expect("note");
+    note["bytes"] = (note["bytes"].as_u64().expect("bytes") + 1_000_000).into();
+    std::fs::write(&notes_file, format!("{text}\n{note}\n")).expect("plant");
+    assert_eq!(scratch(), before + 1_000_000);
+    std::fs::write(&notes_file, &text).expect("unplant");
     // A collection that removes nothing takes the notes in.
     fixture.ok(&[
         "prune",
@@ -292,7 +308,12 @@ fn the_trees_a_build_writes_are_noted_as_du_measures_them_and_a_collection_takes
         "--filter",
         "until=10000h",
     ]);
-    assert!(!root.join("gc-size-notes").exists());
+    let left: Vec<_> = std::fs::read_dir(root.join("gc-notes"))
+        .expect("gc-notes")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     let sizes = std::fs::read_to_string(root.join("gc-sizes.json")).expect("sizes");
     for (path, _) in &noted {
         let key = path.strip_prefix(&root).expect("in the store");

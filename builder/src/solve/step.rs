@@ -245,7 +245,8 @@ fn commit_layer(
     };
     // Should the upper dir be left (a duplicate of a snapshot already
     // there), what parking it keeps on disk: estimated for its name (the
-    // tar's bytes plus a block and an inode's worth an entry), and exact.
+    // tar's bytes plus a block and an inode's worth an entry), and as the
+    // tar's walk found it.
     let leftover = Leftover {
         bytes: blob
             .descriptor

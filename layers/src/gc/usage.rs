@@ -9,12 +9,13 @@
 //! A build notes the size of each tree it leaves in the store (a snapshot
 //! it made of a step's upper dir, a parked duplicate of one), taken from
 //! the metadata its layer's tar was written from ([`Tally`], the same sum
-//! a walk makes): lines in `<root>/gc-size-notes`
-//! ([`Store::note_tree_size`]), which the next collection takes into the
-//! cache, so that it walks only trees no build noted (pulled snapshots, a
-//! snapshot marked linked since, trees of older kilns). The notes were
-//! made for 20,000-file trees that a collection a minute spent seconds
-//! walking while builds ran.
+//! a walk makes): lines in `<root>/gc-notes/` ([`Store::note_tree_size`]),
+//! which the next collection takes into the cache, so that it walks only
+//! trees no build noted (pulled snapshots, snapshots unpacked because
+//! adopting the upper dir failed, a snapshot marked linked since, trees of
+//! older kilns, notes lost past the cap). The notes were made for
+//! 20,000-file trees that a collection a minute spent seconds walking
+//! while builds ran.
 //!
 //! Trees may share files: incremental COPY hard-links a new snapshot's
 //! unchanged files to an earlier snapshot's. [`measure_tree`] splits a
@@ -261,7 +262,7 @@ fn links_walk(
 }
 
 /// A tree's size noted by the build that wrote it: its key and entry, a
-/// line of `gc-size-notes`.
+/// line of a file in `gc-notes/`.
 #[derive(Debug, Serialize, Deserialize)]
 struct Note {
     key: String,
@@ -269,13 +270,20 @@ struct Note {
     entry: Entry,
 }
 
+/// The file builds append notes to, in [`Store::gc_notes_dir`].
+const NOTES: &str = "notes";
+
+/// Past this size the notes file takes no more (a store whose collection
+/// is off: nothing takes them in); those trees are walked instead.
+const NOTES_CAP: u64 = 8 << 20;
+
 impl Store {
     /// Notes `size`, taken as a build wrote the tree now at `path` (a
     /// snapshot, a parked upper dir), so that the collection need not walk
     /// it (see the module docs). It counts for the tree as it is now: once
     /// its inode or change time differ (it was replaced, or marked
-    /// linked), it is measured again. Appended to `gc-size-notes` in one
-    /// write, on a line of its own, not fsynced: only a cache.
+    /// linked), it is measured again. Appended to `gc-notes/notes` with a
+    /// single `write_all`, on a line of its own, not fsynced: only a cache.
     pub fn note_tree_size(&self, path: &Path, size: &TreeSize) -> Result<()> {
         let meta =
             fs::symlink_metadata(path).map_err(|e| crate::error::Error::io("stat", path, e))?;
@@ -289,7 +297,9 @@ impl Store {
                 shared: size.shared.clone(),
             },
         };
-        let notes = self.gc_size_notes_path();
+        let dir = self.gc_notes_dir();
+        fs::create_dir_all(&dir).map_err(|e| crate::error::Error::io("create", &dir, e))?;
+        let notes = dir.join(NOTES);
         let json = serde_json::to_vec(&note).map_err(|source| crate::error::Error::Json {
             what: notes.display().to_string(),
             source,
@@ -303,7 +313,12 @@ impl Store {
             .append(true)
             .create(true)
             .open(&notes)
-            .and_then(|mut f| io::Write::write_all(&mut f, &line))
+            .and_then(|mut f| {
+                if f.metadata()?.len() > NOTES_CAP {
+                    return Ok(());
+                }
+                io::Write::write_all(&mut f, &line)
+            })
             .map_err(|e| crate::error::Error::io("append to", &notes, e))
     }
 }
@@ -364,6 +379,8 @@ pub(crate) struct SizeCache {
     changed: bool,
     /// Trees walked since loading (the others' sizes were known).
     pub(crate) walked: usize,
+    /// Notes files taken in, removed once the cache is saved.
+    taken: Vec<PathBuf>,
 }
 
 impl SizeCache {
@@ -373,25 +390,28 @@ impl SizeCache {
     /// that saves ([`SizeCache::load_taking_notes`]).
     pub(crate) fn load(store: &Store) -> SizeCache {
         let mut cache = SizeCache::saved(store);
-        cache.add_notes(&store.gc_size_notes_path());
+        for file in notes_files(store) {
+            cache.add_notes(&file);
+        }
         cache
     }
 
     /// [`SizeCache::load`], for a collection that will save the cache:
-    /// the notes file is renamed aside (a build then starts a new one),
-    /// read and removed. Notes lost with a collection that dies before it
-    /// saves cost a walk, nothing else.
+    /// the notes file is renamed aside first (a build then starts a new
+    /// one), and every notes file read is removed once the cache is saved
+    /// ([`SizeCache::save`]). A collection that gives up or fails before
+    /// that leaves them to the next.
     pub(crate) fn load_taking_notes(store: &Store) -> SizeCache {
         let mut cache = SizeCache::saved(store);
-        let notes = store.gc_size_notes_path();
-        let taken = notes.with_file_name(format!(
-            ".gc-size-notes.tmp-{}",
-            crate::store::unique_suffix()
-        ));
-        if fs::rename(&notes, &taken).is_ok() {
-            cache.add_notes(&taken);
-            cache.changed = true;
-            let _ = fs::remove_file(&taken);
+        let dir = store.gc_notes_dir();
+        let taken = dir.join(format!("taken-{}", crate::store::unique_suffix()));
+        let _ = fs::rename(dir.join(NOTES), &taken);
+        for file in notes_files(store) {
+            if file.file_name() != Some(std::ffi::OsStr::new(NOTES)) {
+                cache.add_notes(&file);
+                cache.taken.push(file);
+                cache.changed = true;
+            }
         }
         cache
     }
@@ -467,8 +487,28 @@ impl SizeCache {
                 what: store.gc_sizes_path().display().to_string(),
                 source,
             })?;
-        write_atomic(&store.gc_sizes_path(), &bytes)
+        write_atomic(&store.gc_sizes_path(), &bytes)?;
+        for file in &self.taken {
+            let _ = fs::remove_file(file);
+        }
+        Ok(())
     }
+}
+
+/// The files in `gc-notes/`, oldest first (by modification time, then
+/// name): taken ones a collection left, then the one builds append to.
+fn notes_files(store: &Store) -> Vec<PathBuf> {
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = store
+        .list_dir(&store.gc_notes_dir())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|path| {
+            let modified = fs::metadata(&path).and_then(|m| m.modified());
+            (modified.unwrap_or(std::time::UNIX_EPOCH), path)
+        })
+        .collect();
+    files.sort();
+    files.into_iter().map(|(_, path)| path).collect()
 }
 
 /// `path` relative to the store's root, as a cache key.
@@ -551,6 +591,17 @@ mod tests {
         assert_eq!(du(&tmp.path().join("missing")).unwrap(), 0);
     }
 
+    /// What the `du` command counts for `path` (`du -s -B1`).
+    fn du_command(path: &Path) -> u64 {
+        let out = std::process::Command::new("du")
+            .args(["-s", "-B1"])
+            .arg(path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
     /// A tree with what a layer can hold: nested and empty directories,
     /// files, a link inside the tree, a link to a file outside it, a
     /// symlink. Returns (tree, outside).
@@ -583,7 +634,7 @@ mod tests {
         let walked = measure_tree(&tree).unwrap();
         assert_eq!(blob.tree, walked);
         assert_eq!(walked.shared.len(), 1, "the link to outside: {walked:?}");
-        assert_eq!(blob.tree.total(), du(&tree).unwrap());
+        assert_eq!(blob.tree.total(), du_command(&tree));
     }
 
     #[test]
@@ -599,17 +650,23 @@ mod tests {
         let key = key_of(&store, &parked);
 
         // Read (system df): used, and left for the collection.
+        let notes = || store.list_dir(&store.gc_notes_dir()).unwrap();
         let mut cache = SizeCache::load(&store);
         assert_eq!(cache.measure(&key, &parked).unwrap(), size);
         assert_eq!(cache.walked, 0);
-        assert!(store.gc_size_notes_path().exists());
+        assert_eq!(notes().len(), 1);
 
-        // Taken (a collection): used, saved, the notes gone.
+        // Taken (a collection): a note made meanwhile is kept for the
+        // next; one that gave up before saving leaves its notes too.
+        let cache = SizeCache::load_taking_notes(&store);
+        store.note_tree_size(&parked, &size).unwrap();
+        drop(cache);
+        assert_eq!(notes().len(), 2, "{:?}", notes());
         let mut cache = SizeCache::load_taking_notes(&store);
         assert_eq!(cache.measure(&key, &parked).unwrap(), size);
         assert_eq!(cache.walked, 0);
         cache.save(&store).unwrap();
-        assert!(!store.gc_size_notes_path().exists());
+        assert!(notes().is_empty(), "{:?}", notes());
         let mut cache = SizeCache::load(&store);
         assert_eq!(cache.measure(&key, &parked).unwrap(), size);
         assert_eq!(cache.walked, 0);
@@ -636,7 +693,7 @@ mod tests {
             shared: Vec::new(),
         };
         store.note_tree_size(&tree, &wrong).unwrap();
-        let notes = store.gc_size_notes_path();
+        let notes = store.gc_notes_dir().join(NOTES);
         let mut text = fs::read(&notes).unwrap();
         text.extend_from_slice(b"{\"key\":\"parked/trash-1-2-y\",\"ino\":");
         fs::write(&notes, &text).unwrap();
