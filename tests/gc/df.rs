@@ -270,9 +270,24 @@ fn the_trees_a_build_writes_are_noted_as_du_measures_them_and_a_collection_takes
              yes $i | head -c 3000 > /many/$i; done && ln /many/1 /many/one\n",
         )],
     );
-    fixture.build(&ctx, &[]);
-    // The same RUN again: a duplicate upper dir, parked.
-    fixture.build(&ctx, &["--no-cache"]);
+    // Files' times clamped, so that the same RUN a second later makes the
+    // same layer.
+    let build = |args: &[&str]| {
+        let out = fixture
+            .kiln(&crate::build_args(&ctx, args))
+            .env("SOURCE_DATE_EPOCH", "0")
+            .output()
+            .expect("run kiln build");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    build(&[]);
+    // The same RUN again, in another second: a duplicate upper dir, parked.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    build(&["--no-cache"]);
     let noted = notes(&root);
     let kinds = |prefix: &str| {
         noted
