@@ -571,35 +571,26 @@ mod tests {
         std::os::unix::fs::symlink(&outside, tree.join("a/to-outside")).unwrap();
         let long = format!("{}/{}", outside.display(), "x".repeat(200));
         std::os::unix::fs::symlink(long, tree.join("a/b/long")).unwrap();
-        let out = std::process::Command::new("du")
-            .args(["-s", "-B1"])
-            .arg(&tree)
-            .output()
-            .unwrap();
-        let du_command: u64 = String::from_utf8(out.stdout)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert_eq!(du(&tree).unwrap(), du_command);
-        assert!(du_command < 1 << 20, "the link to outside was followed");
+        let counted = du_command(&[&tree]);
+        assert_eq!(du(&tree).unwrap(), counted);
+        assert!(counted < 1 << 20, "the link to outside was followed");
         // A symlink given as the tree itself is not followed either.
         std::os::unix::fs::symlink(&outside, tmp.path().join("link")).unwrap();
         assert!(du(&tmp.path().join("link")).unwrap() < 1 << 20);
         assert_eq!(du(&tmp.path().join("missing")).unwrap(), 0);
     }
 
-    /// What the `du` command counts for `path` (`du -s -B1`).
-    fn du_command(path: &Path) -> u64 {
+    /// What the `du` command counts for `paths` together (`du -s -c
+    /// -B1`: a file linked from two of them once).
+    fn du_command(paths: &[&Path]) -> u64 {
         let out = std::process::Command::new("du")
-            .args(["-s", "-B1"])
-            .arg(path)
+            .args(["-s", "-c", "-B1"])
+            .args(paths)
             .output()
             .unwrap();
         let text = String::from_utf8(out.stdout).unwrap();
-        text.split_whitespace().next().unwrap().parse().unwrap()
+        let total = text.lines().last().unwrap().split_whitespace().next();
+        total.unwrap().parse().unwrap()
     }
 
     /// A tree with what a layer can hold: nested and empty directories,
@@ -634,7 +625,7 @@ mod tests {
         let walked = measure_tree(&tree).unwrap();
         assert_eq!(blob.tree, walked);
         assert_eq!(walked.shared.len(), 1, "the link to outside: {walked:?}");
-        assert_eq!(blob.tree.total(), du_command(&tree));
+        assert_eq!(blob.tree.total(), du_command(&[&tree]));
     }
 
     #[test]
@@ -754,16 +745,6 @@ mod tests {
         );
         // What the `du` command counts: a alone, and both trees together
         // (the shared file once).
-        let du_command = |paths: &[&Path]| -> u64 {
-            let out = std::process::Command::new("du")
-                .args(["-s", "-c", "-B1"])
-                .args(paths)
-                .output()
-                .unwrap();
-            let text = String::from_utf8(out.stdout).unwrap();
-            let total = text.lines().last().unwrap().split_whitespace().next();
-            total.unwrap().parse().unwrap()
-        };
         assert_eq!(size.total(), du_command(&[&a]));
         assert_eq!(du(&a).unwrap(), du_command(&[&a]));
         assert_eq!(
