@@ -30,7 +30,7 @@ use crate::digest::{Digest, HashingReader};
 use crate::error::{io_at, Error, Result};
 use crate::oci::{media, Descriptor, ManifestKind};
 use crate::progress::{Outcome, ProgressReader, Reporter};
-use crate::store::{write_atomic, Store};
+use crate::store::{write_record, Store};
 
 /// The media type of `plain` (an uncompressed layer type) compressed with
 /// `compression`; `None` when `plain` is not an uncompressed layer.
@@ -316,7 +316,7 @@ fn compress_one(
         if let Some(dir) = record.parent() {
             fs::create_dir_all(dir).map_err(io_at("create directory", dir))?;
         }
-        write_atomic(
+        write_record(
             &record,
             format!("{} {}\n", stored.digest, stored.size).as_bytes(),
         )?;

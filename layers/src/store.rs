@@ -12,11 +12,15 @@
 //! Blobs are written to a uniquely named file in `ingest/` (or, for a
 //! download that may be resumed after a kill, `ingest/<hex>.partial` under
 //! an exclusive lock), hashed as bytes
-//! arrive, verified (size and sha256) and renamed into `blobs/sha256/`, then
-//! the directory is fsynced: a blob's name always matches its bytes, and two
+//! arrive, verified (size and sha256), fsynced and renamed into
+//! `blobs/sha256/`: a blob's name always matches its bytes, and two
 //! processes writing the same blob both succeed (the rename is atomic and
 //! the contents equal). `index.json` is rewritten under `index.lock` with
-//! write-temp + rename. `prune` and the automatic collection
+//! write-temp + rename, after an fsync of `blobs/sha256/` that makes the
+//! names of the blobs it may name durable. Build cache records, copy shapes
+//! and compressed variants are fsynced but their renames are not: a crash
+//! may lose one (a cache miss), and their readers check that the blobs
+//! they name are there. `prune` and the automatic collection
 //! ([`crate::gc`]) take `gc.lock` exclusively; every writer holds it shared
 //! (a [`Lease`]) so nothing in flight is collected.
 //!
@@ -263,6 +267,28 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
 
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync dir.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_replacing(path, bytes, NameSync::Now)
+}
+
+/// Writes a record whose loss is only a cache miss (a build cache record,
+/// a copy shape, a compressed variant: each reader checks that what the
+/// record names is present): temp file, fsync, rename. Its contents are
+/// always whole, but its name may be lost in a crash until something
+/// later fsyncs the journal or the directory. One fsync per record instead
+/// of two: on ext4 each is a journal commit, which waits for whatever
+/// other writes that commit carries.
+pub(crate) fn write_record(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_replacing(path, bytes, NameSync::Later)
+}
+
+/// Whether [`write_replacing`] fsyncs the directory after its rename.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NameSync {
+    Now,
+    Later,
+}
+
+fn write_replacing(path: &Path, bytes: &[u8], name_sync: NameSync) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -274,7 +300,10 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         f.write_all(bytes).map_err(io_at("write", &tmp))?;
         f.sync_all().map_err(io_at("fsync", &tmp))?;
         fs::rename(&tmp, path).map_err(io_at("rename into place", path))?;
-        fsync_dir(dir)
+        match name_sync {
+            NameSync::Now => fsync_dir(dir),
+            NameSync::Later => Ok(()),
+        }
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -490,7 +519,7 @@ impl Store {
         })?;
         let mut bytes = format!("{}\n", shape.chain_id).into_bytes();
         bytes.extend_from_slice(&files);
-        write_atomic(&path, &bytes)
+        write_record(&path, &bytes)
     }
 
     /// The copy shape record under `key`, if there is one that parses.
@@ -899,6 +928,10 @@ impl Store {
             what: "index.json".into(),
             source,
         })?;
+        // The blobs the new index names must not lose their names in a
+        // crash that keeps the index: their renames are fsynced first
+        // (`IngestWriter::commit` leaves that to here).
+        fsync_dir(&self.blobs_dir())?;
         write_atomic(&self.index_path(), &bytes)
     }
 
@@ -1077,7 +1110,7 @@ impl Store {
             what: format!("cache record {key}"),
             source,
         })?;
-        write_atomic(&self.cache_path(key), &bytes)
+        write_record(&self.cache_path(key), &bytes)
     }
 
     /// The record under `key`, if any and if every blob it names is present.
@@ -1335,9 +1368,11 @@ impl IngestWriter {
         self.expected.as_ref()
     }
 
-    /// Verifies size and digest, moves the bytes into `blobs/sha256/` and
-    /// fsyncs. On a mismatch nothing is stored and the error names the
-    /// digest.
+    /// Verifies size and digest, fsyncs the bytes and moves them into
+    /// `blobs/sha256/`. The new name is made durable by the next write of
+    /// `index.json` (which fsyncs `blobs/sha256/` first), not here: only a
+    /// tag needs it, as what else names blobs checks that they are there.
+    /// On a mismatch nothing is stored and the error names the digest.
     pub fn commit(mut self) -> Result<Descriptor> {
         let Some(file) = self.file.take() else {
             return Err(Error::io(
@@ -1385,7 +1420,6 @@ impl IngestWriter {
             // Same name means same bytes: another writer may already have
             // put it there, and renaming over it is harmless either way.
             fs::rename(&self.path, &target).map_err(io_at("rename into place", &target))?;
-            fsync_dir(&self.blobs_dir)?;
             Ok(desc)
         })();
         if result.is_err() {

@@ -4,7 +4,8 @@
 //! keep-duration, types, enabled), its detaching and its locking against
 //! concurrent builds, min-free-space on a small filesystem made for the
 //! test, `kiln system df` against `du`, and `kiln prune`'s flags and dry
-//! run, and the seal that makes snapshots trusted after a reboot. Builds
+//! run, the seal that makes snapshots trusted after a reboot, and the
+//! order of a build's fsyncs. Builds
 //! run their collection in the foreground (`KILN_GC`, set by
 //! `common::kiln_command`) unless a test says otherwise.
 

@@ -1,9 +1,11 @@
 //! Snapshots across a reboot: one whose stamp says an earlier boot made
 //! it is used only when a seal of that boot (a collection's `syncfs`)
 //! came after it; otherwise it is unpacked again from its layer, and the
-//! build's cache still holds.
+//! build's cache still holds. And what a build makes durable, in which
+//! order (its fsyncs and renames, traced with `strace`).
 
 use std::path::Path;
+use std::process::Command;
 
 use crate::{ahead_in_time, run_cached, stamps, text, wrapped, Fixture};
 
@@ -152,4 +154,150 @@ fn where_the_boot_cannot_be_told_snapshots_are_made_durable_unstamped() {
         "{}",
         text(&again)
     );
+}
+
+/// One syscall of an `strace -f -y` log, the arguments as strace printed
+/// them (file descriptors followed by their paths: `9</store/blobs/sha256>`).
+#[derive(Debug)]
+struct Call {
+    name: String,
+    args: String,
+}
+
+/// The calls of an `strace -f -y` log in the order they returned: a call
+/// another thread interrupted ("<unfinished ...>") counts where it
+/// resumed.
+fn calls(log: &str) -> Vec<Call> {
+    let mut pending: std::collections::HashMap<String, String> = Default::default();
+    let mut out = Vec::new();
+    for line in log.lines() {
+        let Some((pid, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        let full = if let Some(head) = rest.strip_suffix(" <unfinished ...>") {
+            pending.insert(pid.to_string(), head.to_string());
+            continue;
+        } else if let Some(tail) = rest.strip_prefix("<... ") {
+            let Some((_, tail)) = tail.split_once(" resumed>") else {
+                continue;
+            };
+            format!("{}{tail}", pending.remove(pid).unwrap_or_default())
+        } else {
+            rest.to_string()
+        };
+        let Some((name, args)) = full.split_once('(') else {
+            continue;
+        };
+        out.push(Call {
+            name: name.to_string(),
+            args: args.to_string(),
+        });
+    }
+    out
+}
+
+/// The quoted paths of a rename's arguments: (from, to).
+fn renamed(call: &Call) -> Option<(String, String)> {
+    let quoted: Vec<&str> = call.args.split('"').skip(1).step_by(2).collect();
+    match (call.name.as_str(), quoted.as_slice()) {
+        ("rename" | "renameat" | "renameat2", [from, to, ..]) => {
+            Some((from.to_string(), to.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// The path an fsync's descriptor names (`9</store/blobs/sha256>`).
+fn fsynced(call: &Call) -> Option<String> {
+    if call.name != "fsync" {
+        return None;
+    }
+    let (_, path) = call.args.split_once('<')?;
+    Some(path.split_once(">)")?.0.to_string())
+}
+
+#[test]
+fn a_build_fsyncs_each_blob_and_record_and_the_blob_names_once_before_the_tag() {
+    crate::require_root!();
+    if Command::new("strace").arg("-V").output().is_err() {
+        panic!("strace is missing: scripts/setup installs it");
+    }
+    let fixture = Fixture::new();
+    fixture.policy("[gc]\nenabled = false\n");
+    let ctx = fixture.context(
+        "ctx",
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\nRUN echo one > /one\nRUN echo two > /two\nCOPY f /f\n",
+            ),
+            ("f", "f\n"),
+        ],
+    );
+    let log = fixture.dir("trace").join("strace.log");
+    let build = fixture.kiln(&["build", "-t", "durable:1", ctx.to_str().expect("utf-8")]);
+    let trace = [
+        "strace",
+        "-f",
+        "-y",
+        "-e",
+        "trace=fsync,rename,renameat,renameat2",
+        "-o",
+        log.to_str().expect("utf-8"),
+        "--",
+    ];
+    let out = wrapped(&trace, &build).output().expect("run strace");
+    assert!(out.status.success(), "{}", text(&out));
+    let calls = calls(&std::fs::read_to_string(&log).expect("strace log"));
+
+    let root = fixture.root();
+    let blobs = root.join("blobs/sha256").display().to_string();
+    let cache = root.join("cache").display().to_string();
+    let index = root.join("index.json").display().to_string();
+    let synced_before = |i: usize, path: &str| {
+        calls[..i]
+            .iter()
+            .any(|c| fsynced(c).as_deref() == Some(path))
+    };
+    let (mut blob_renames, mut records, mut index_writes, mut last_blob) = (0, 0, 0, None);
+    for (i, call) in calls.iter().enumerate() {
+        let Some((from, to)) = renamed(call) else {
+            continue;
+        };
+        if to.starts_with(&format!("{blobs}/")) {
+            // Its bytes are on disk before they have a blob's name.
+            assert!(synced_before(i, &from), "{call:?}: {from} not fsynced");
+            blob_renames += 1;
+            last_blob = Some(i);
+        } else if to.starts_with(&format!("{cache}/")) && to.ends_with(".json") {
+            // A record is whole whenever it has its name.
+            assert!(synced_before(i, &from), "{call:?}: {from} not fsynced");
+            records += 1;
+        } else if to == index {
+            // The tag names blobs whose names are on disk first.
+            let since = last_blob.map_or(0, |b| b + 1);
+            assert!(
+                calls[since..i]
+                    .iter()
+                    .any(|c| fsynced(c).as_deref() == Some(blobs.as_str())),
+                "no fsync of {blobs} between the last blob's rename and {call:?}"
+            );
+            index_writes += 1;
+        }
+    }
+    // Three layers, a config and a manifest; a record per layer step.
+    assert!(blob_renames >= 5, "{blob_renames} blobs renamed");
+    assert!(records >= 3, "{records} cache records renamed");
+    assert_eq!(index_writes, 1, "index.json written {index_writes} times");
+    // Blob names are fsynced once for the tag, not once per blob, and the
+    // records' directory not at all (a record lost in a crash is a miss).
+    let dir_syncs = |dir: &str| {
+        calls
+            .iter()
+            .filter(|c| fsynced(c).as_deref() == Some(dir))
+            .count()
+    };
+    assert_eq!(dir_syncs(&blobs), index_writes, "fsyncs of {blobs}");
+    assert_eq!(dir_syncs(&cache), 0, "fsyncs of {cache}");
 }
