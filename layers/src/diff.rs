@@ -17,6 +17,7 @@ use std::io::{self, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 use crate::compress::{Compression, Compressor};
 use crate::digest::{Digest, HashingWriter};
@@ -24,7 +25,7 @@ use crate::error::{io_at, Error, Result};
 use crate::gc::{Tally, TreeSize};
 use crate::oci::Descriptor;
 use crate::progress::{Outcome, Reporter};
-use crate::store::Store;
+use crate::store::{start_writeback, Store};
 
 /// How to write the tar.
 #[derive(Clone, Copy, Debug, Default)]
@@ -108,6 +109,7 @@ fn write_tar_counted<W: Write>(dir: &Path, out: W, options: &DiffOptions) -> Res
         options: *options,
         seen_inodes: HashMap::new(),
         root: dir.to_path_buf(),
+        writeback: Writeback::new(),
     };
     let count = entries.len() as u64;
     for (rel, meta) in entries {
@@ -197,6 +199,53 @@ struct TarWriter<W: Write> {
     options: DiffOptions,
     seen_inodes: HashMap<(u64, u64), PathBuf>,
     root: PathBuf,
+    writeback: Writeback,
+}
+
+/// Starts the writeback of the files a tar is written from. The directory
+/// becomes a snapshot, whose files are not fsynced: without this their
+/// pages stay dirty until the kernel's timer expires (30 s by default)
+/// and are written back in the middle of whatever runs then, a later
+/// build. Started now, the writeback overlaps the build that wrote them.
+/// On a thread of its own: the kernel allocates blocks and submits the
+/// I/O in the caller, about half a second of CPU time for 20,000 small
+/// files, which the tar's thread would otherwise spend. Files are passed
+/// open, so the directory may be renamed meanwhile. Only a hint: a file
+/// the thread has no room for, or has not reached when the process
+/// exits, is written back by the kernel as before.
+struct Writeback {
+    files: Option<mpsc::SyncSender<File>>,
+    started: bool,
+}
+
+impl Writeback {
+    /// Files waiting for the thread at most; more are not hinted.
+    const QUEUE: usize = 256;
+
+    fn new() -> Writeback {
+        Writeback {
+            files: None,
+            started: false,
+        }
+    }
+
+    fn push(&mut self, file: File) {
+        if !self.started {
+            self.started = true;
+            let (tx, rx) = mpsc::sync_channel::<File>(Self::QUEUE);
+            let thread = std::thread::Builder::new()
+                .name("writeback".into())
+                .spawn(move || {
+                    for file in rx {
+                        start_writeback(&file, 0, 0);
+                    }
+                });
+            self.files = thread.ok().map(|_| tx);
+        }
+        if let Some(files) = &self.files {
+            let _ = files.try_send(file);
+        }
+    }
 }
 
 /// Extended attributes: (name, value) pairs.
@@ -446,7 +495,9 @@ impl<W: Write> TarWriter<W> {
         // A file that changes size while we read would corrupt the tar;
         // `take` plus the length check below turns that into an error.
         let mut reader = io::Read::take(file, size);
-        self.append_checked(&entry.name, header, pax, &mut reader, size, path)
+        self.append_checked(&entry.name, header, pax, &mut reader, size, path)?;
+        self.writeback.push(reader.into_inner());
+        Ok(())
     }
 
     /// A character or block device or a fifo; a socket, which has no tar

@@ -1318,11 +1318,14 @@ pub struct IngestWriter {
 /// Writeback of a blob's pages is started every this many bytes.
 const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
 
-/// Asks the kernel to start writing `len` bytes at `offset` to disk without
-/// waiting for them, so that commit's fsync finds little left to flush
-/// instead of a whole layer's dirty pages. Only a hint: the fsync at commit
-/// is what makes the blob durable, so a failure here is ignored.
-fn start_writeback(file: &File, offset: u64, len: u64) {
+/// Asks the kernel to start writing `len` bytes at `offset` (0: to the
+/// end) to disk without waiting for them: for a blob, so that commit's
+/// fsync finds little left to flush instead of a whole layer's dirty
+/// pages; for a snapshot's files, so that their writeback happens during
+/// the build that wrote them, not half a minute later during another
+/// (`diff`). Only a hint, which makes nothing durable: a failure is
+/// ignored.
+pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
         return;

@@ -201,3 +201,74 @@ fn user_overlay_opaque_marks_an_opaque_dir() {
     }
     assert_eq!(names, ["data/", "data/.wh..wh..opq", "data/new"]);
 }
+
+/// Pages of `file` that are dirty and under writeback (`cachestat(2)`,
+/// Linux 6.5); `None` where the kernel has no such call.
+fn dirty_and_writeback(file: &fs::File) -> Option<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct CacheStat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    const SYS_CACHESTAT: libc::c_long = 451;
+    let range = Range { off: 0, len: 0 };
+    let mut stat = CacheStat::default();
+    // SAFETY: the descriptor is open while `file` is borrowed; the kernel
+    // reads `range` and writes `stat`, both live and of the layout
+    // cachestat(2) defines.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &range as *const Range,
+            &mut stat as *mut CacheStat,
+            0,
+        )
+    };
+    (rc == 0).then_some((stat.nr_dirty, stat.nr_writeback))
+}
+
+#[test]
+fn packing_a_directory_starts_the_writeback_of_its_files() {
+    // On the build's filesystem (a tmpfs, as /tmp may be, writes nothing
+    // back).
+    let upper = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = upper.path().join("data");
+    fs::write(&path, vec![7u8; 4 << 20]).unwrap();
+    let file = fs::File::open(&path).unwrap();
+    let Some((dirty, _)) = dirty_and_writeback(&file) else {
+        eprintln!("skipped: this kernel has no cachestat(2) (Linux 6.5+)");
+        return;
+    };
+    // Just written: dirty until the kernel's timer (30 s) or this.
+    assert!(dirty > 0, "{dirty} dirty pages before packing");
+    let options = DiffOptions {
+        source_date_epoch: None,
+        overlay_whiteouts: false,
+    };
+    write_tar(upper.path(), std::io::sink(), &options).unwrap();
+    // Started on a thread of its own: within a few seconds, where the
+    // kernel's own writeback would wait for its 30 s timer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (dirty, writeback) = dirty_and_writeback(&file).unwrap();
+        if dirty == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{dirty} pages still dirty ({writeback} under writeback)"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
