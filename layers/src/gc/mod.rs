@@ -67,7 +67,7 @@ use crate::digest::Digest;
 use crate::error::Result;
 use crate::oci::ANNOTATION_REF_NAME;
 use crate::store::{fsync_dir, lock, try_lock, PruneReport, Store};
-use inventory::{scan, DirStamp, Inventory, What};
+use inventory::{scan, DirStamp, Inventory, ReadMemo, What};
 use select::{select, Selection};
 use usage::SizeCache;
 
@@ -327,7 +327,7 @@ impl Store {
     /// figures), else without.
     fn scan_now(&self, sizes: &mut SizeCache) -> Result<Inventory> {
         let gc = try_lock(&self.gc_lock_path())?;
-        scan(self, sizes, gc.is_some())
+        scan(self, sizes, &mut ReadMemo::default(), gc.is_some())
     }
 
     /// Removes what `policy` chooses (see the module docs) and reports what
@@ -453,8 +453,9 @@ impl Store {
         // shows as a change in a stamped directory. When it is held, phase
         // 2 scans again whatever the stamp would say: none is taken.
         let stamp = try_lock(&self.gc_lock_path())?.map(|_free| DirStamp::of(self));
-        let inv = scan(self, sizes, false)?;
-        Ok(FirstLook { inv, stamp })
+        let mut memo = ReadMemo::default();
+        let inv = scan(self, sizes, &mut memo, false)?;
+        Ok(FirstLook { inv, stamp, memo })
     }
 
     /// Phase 2's inventory and choice, made with the lock held: phase 1's
@@ -483,9 +484,10 @@ impl Store {
             }
             Some(_) => None,
         };
+        let mut memo = look.memo;
         let inv = match rescanned {
             None => look.inv,
-            Some(_) => scan(self, sizes, true)?,
+            Some(_) => scan(self, sizes, &mut memo, true)?,
         };
         let disk = Disk::of(self.root())?;
         let sel = select(&inv, policy, SystemTime::now(), disk);
@@ -561,6 +563,8 @@ struct FirstLook {
     /// wrote in a stamped directory (its scratch, its results), or nothing
     /// but the touch of what it used. `None`: something held it.
     stamp: Option<DirStamp>,
+    /// What the scan read, for phase 2's scan if it must make one.
+    memo: ReadMemo,
 }
 
 impl FirstLook {
@@ -1062,6 +1066,69 @@ mod tests {
         let used = || store.touch(&paths[0]).unwrap();
         let chose = phases(&store, &policy, used);
         assert_eq!(chose, (Some(Rescan::Changed), vec![paths[1].clone()]));
+    }
+
+    #[test]
+    fn a_second_scan_reads_only_the_records_added_touched_or_replaced() {
+        let (_tmp, store, paths) = store_with_records();
+        let mut sizes = SizeCache::load(&store);
+        let mut memo = ReadMemo::default();
+        let records = |inv: &Inventory| {
+            inv.items
+                .iter()
+                .filter(|item| item.kind == Kind::Cache && !item.garbage)
+                .count()
+        };
+        let first = scan(&store, &mut sizes, &mut memo, false).unwrap();
+        assert_eq!((records(&first), memo.reads), (3, 3));
+        let again = scan(&store, &mut sizes, &mut memo, false).unwrap();
+        assert_eq!((records(&again), memo.reads), (3, 3));
+        // A cache hit touches one; a rebuild replaces another; a new one.
+        store.touch(&paths[0]).unwrap();
+        let replaced = Digest::of(b"record 1");
+        assert_eq!(store.cache_path(&replaced), paths[1]);
+        let naming = CacheRecord {
+            chain_id: Some(Digest::of(b"a snapshot")),
+            ..CacheRecord::default()
+        };
+        store.cache_put(&replaced, &naming).unwrap();
+        store
+            .cache_put(&Digest::of(b"record 3"), &CacheRecord::default())
+            .unwrap();
+        let after = scan(&store, &mut sizes, &mut memo, false).unwrap();
+        assert_eq!((records(&after), memo.reads), (4, 6));
+    }
+
+    #[test]
+    fn a_record_replaced_while_the_collection_waits_is_read_again() {
+        let (_tmp, store, records) = store_with_records();
+        if !reuse_possible(&store) {
+            return;
+        }
+        // A blob nothing names, written before phase 1.
+        let bytes = b"a layer";
+        let digest = Digest::of(bytes);
+        std::fs::write(store.blob_path(&digest), bytes).unwrap();
+        for dir in [store.blobs_dir(), store.root().to_path_buf()] {
+            set_mtime(&dir, SystemTime::now() - Duration::from_secs(60));
+        }
+        // A rebuild of the step of an existing record replaces it with one
+        // that names the blob, at the same path, while the collection
+        // waits: phase 2 must not take phase 1's reading of that path.
+        let key = Digest::of(b"record 2");
+        assert_eq!(store.cache_path(&key), records[2]);
+        let replace = || {
+            let record = CacheRecord {
+                blobs: vec![digest.clone()],
+                ..CacheRecord::default()
+            };
+            store.cache_put(&key, &record).unwrap();
+        };
+        let policy = Policy::all_of([Kind::Unreferenced]);
+        assert_eq!(
+            phases(&store, &policy, replace),
+            (Some(Rescan::Changed), vec![])
+        );
     }
 
     #[test]
