@@ -23,7 +23,8 @@
 //!    it saw has changed since (no entry added, removed or renamed in the
 //!    directories it listed, as far as their mtimes can tell:
 //!    `inventory::DirStamp`; no item used). Otherwise it scans the store
-//!    again first (`Rescan` says why).
+//!    again first (`Rescan` says why), reading only the cache records
+//!    added, touched or replaced since phase 1 (`inventory::ReadMemo`).
 //! 3. The lock released, the renames are made durable (`fsync` of the
 //!    trash and of the directories the entries left), then the trash
 //!    entries are deleted and measured.
