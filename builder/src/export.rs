@@ -295,6 +295,7 @@ fn export_tar(
     let options = kiln_layers::diff::DiffOptions {
         source_date_epoch: None,
         overlay_whiteouts: false,
+        write_back: false,
     };
     match dest {
         Dest::File(path) => {

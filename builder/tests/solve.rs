@@ -442,6 +442,7 @@ fn import_files_image(store: &Store, dir: &Path, tag: &str, files: &[(&str, &str
     let options = kiln_layers::diff::DiffOptions {
         source_date_epoch: Some(1_600_000_000),
         overlay_whiteouts: false,
+        write_back: false,
     };
     let tar = kiln_layers::diff::write_tar(&root, Vec::new(), &options).unwrap();
     let mut import = ImportOptions::new(tag);

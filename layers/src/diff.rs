@@ -17,7 +17,7 @@ use std::io::{self, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 
 use crate::compress::{Compression, Compressor};
 use crate::digest::{Digest, HashingWriter};
@@ -34,6 +34,10 @@ pub struct DiffOptions {
     pub source_date_epoch: Option<i64>,
     /// Translate overlay whiteouts and opaque dirs (true for an upper dir).
     pub overlay_whiteouts: bool,
+    /// Start the writeback of every regular file read (a step's upper dir,
+    /// which becomes a snapshot: the private `write_back` says why). Not for a directory
+    /// deleted once packed, whose pages need never be written.
+    pub write_back: bool,
 }
 
 impl DiffOptions {
@@ -44,6 +48,7 @@ impl DiffOptions {
                 .ok()
                 .and_then(|v| v.trim().parse().ok()),
             overlay_whiteouts: true,
+            write_back: false,
         }
     }
 }
@@ -109,7 +114,6 @@ fn write_tar_counted<W: Write>(dir: &Path, out: W, options: &DiffOptions) -> Res
         options: *options,
         seen_inodes: HashMap::new(),
         root: dir.to_path_buf(),
-        writeback: Writeback::new(),
     };
     let count = entries.len() as u64;
     for (rel, meta) in entries {
@@ -199,54 +203,42 @@ struct TarWriter<W: Write> {
     options: DiffOptions,
     seen_inodes: HashMap<(u64, u64), PathBuf>,
     root: PathBuf,
-    writeback: Writeback,
 }
 
-/// Starts the writeback of the files a tar is written from. The directory
-/// becomes a snapshot, whose files are not fsynced: without this their
-/// pages stay dirty until the kernel's timer expires (30 s by default)
-/// and are written back in the middle of whatever runs then, a later
-/// build. Started now, the writeback overlaps the build that wrote them.
-/// On a thread of its own: the kernel allocates blocks and submits the
-/// I/O in the caller, about half a second of CPU time for 20,000 small
-/// files, which the tar's thread would otherwise spend. Files are passed
-/// open, so the directory may be renamed meanwhile. Only a hint: a file
-/// the thread has no room for, or has not reached when the process
-/// exits, is written back by the kernel as before.
-struct Writeback {
-    files: Option<mpsc::SyncSender<File>>,
-    started: bool,
-}
-
-impl Writeback {
-    /// Files waiting for the thread at most; more are not hinted.
-    const QUEUE: usize = 256;
-
-    fn new() -> Writeback {
-        Writeback {
-            files: None,
-            started: false,
-        }
-    }
-
-    fn push(&mut self, file: File) {
-        if !self.started {
-            self.started = true;
-            let (tx, rx) = mpsc::sync_channel::<File>(Self::QUEUE);
-            let thread = std::thread::Builder::new()
-                .name("writeback".into())
-                .spawn(move || {
-                    for file in rx {
-                        start_writeback(&file, 0, 0);
-                    }
-                });
-            self.files = thread.ok().map(|_| tx);
-        }
-        if let Some(files) = &self.files {
-            let _ = files.try_send(file);
-        }
+/// Starts the writeback of `file`, read for a tar of a step's upper dir
+/// ([`DiffOptions::write_back`]). The directory becomes a snapshot, whose
+/// files are not fsynced: without this their pages stay dirty until the
+/// kernel's timer expires (30 s by default) and are written back in the
+/// middle of whatever runs then, a later build. Started now, the writeback
+/// overlaps the build that wrote them. On one thread of the process's own:
+/// the kernel allocates blocks and submits the I/O in the caller, about
+/// half a second of CPU time for 20,000 small files, which the tar's
+/// thread would otherwise spend. Files are passed open, so the directory
+/// may be renamed meanwhile; at most [`WRITE_BACK_QUEUE`] wait (open
+/// descriptors count against the process's limit). Only a hint: a file
+/// there is no room for, or that the thread has not reached when the
+/// process exits, is written back by the kernel as before.
+fn write_back(file: File) {
+    static QUEUE: OnceLock<Option<mpsc::SyncSender<File>>> = OnceLock::new();
+    let queue = QUEUE.get_or_init(|| {
+        let (tx, rx) = mpsc::sync_channel::<File>(WRITE_BACK_QUEUE);
+        std::thread::Builder::new()
+            .name("writeback".into())
+            .spawn(move || {
+                for file in rx {
+                    start_writeback(&file, 0, 0);
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    if let Some(queue) = queue {
+        let _ = queue.try_send(file);
     }
 }
+
+/// Files waiting for the writeback thread at most; more are not hinted.
+const WRITE_BACK_QUEUE: usize = 64;
 
 /// Extended attributes: (name, value) pairs.
 type Xattrs = Vec<(String, Vec<u8>)>;
@@ -496,7 +488,9 @@ impl<W: Write> TarWriter<W> {
         // `take` plus the length check below turns that into an error.
         let mut reader = io::Read::take(file, size);
         self.append_checked(&entry.name, header, pax, &mut reader, size, path)?;
-        self.writeback.push(reader.into_inner());
+        if self.options.write_back && size > 0 {
+            write_back(reader.into_inner());
+        }
         Ok(())
     }
 

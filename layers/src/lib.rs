@@ -55,7 +55,7 @@
 //! let expected = Descriptor::new(media::OCI_CONFIG, Digest::of(bytes), 2);
 //! let mut w = store.ingest(Some(expected))?;
 //! w.write_all(bytes).expect("write");
-//! let desc = w.commit()?; // verified, renamed into blobs/sha256/, fsynced
+//! let desc = w.commit()?; // verified, fsynced, renamed into blobs/sha256/
 //! assert!(store.has_blob(&desc.digest));
 //! # Ok(()) }
 //! ```

@@ -19,8 +19,8 @@
 //! write-temp + rename, after an fsync of `blobs/sha256/` that makes the
 //! names of the blobs it may name durable. Build cache records, copy shapes
 //! and compressed variants are fsynced but their renames are not: a crash
-//! may lose one (a cache miss), and their readers check that the blobs
-//! they name are there. `prune` and the automatic collection
+//! may lose one (a cache miss), and their readers check that what they
+//! name is there (blobs; a copy shape's snapshot). `prune` and the automatic collection
 //! ([`crate::gc`]) take `gc.lock` exclusively; every writer holds it shared
 //! (a [`Lease`]) so nothing in flight is collected.
 //!
@@ -257,6 +257,17 @@ pub fn unique_suffix() -> String {
         nanos,
         UNIQUE.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// The `blobs/sha256/` directories into which this process has renamed
+/// blobs since it last fsynced them ([`Store::sync_blob_names`]).
+static UNSYNCED_BLOB_DIRS: std::sync::Mutex<BTreeSet<PathBuf>> =
+    std::sync::Mutex::new(BTreeSet::new());
+
+fn unsynced_blob_dirs() -> std::sync::MutexGuard<'static, BTreeSet<PathBuf>> {
+    UNSYNCED_BLOB_DIRS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
@@ -930,9 +941,27 @@ impl Store {
         })?;
         // The blobs the new index names must not lose their names in a
         // crash that keeps the index: their renames are fsynced first
-        // (`IngestWriter::commit` leaves that to here).
-        fsync_dir(&self.blobs_dir())?;
+        // (`IngestWriter::commit` leaves that to here), whoever made them
+        // (a blob another process renamed counts as present too).
+        let blobs = self.blobs_dir();
+        unsynced_blob_dirs().remove(&blobs);
+        fsync_dir(&blobs)?;
         write_atomic(&self.index_path(), &bytes)
+    }
+
+    /// Makes durable the names of the blobs this process renamed into
+    /// `blobs/sha256/` and has not yet fsynced (one fsync of the
+    /// directory; nothing when there are none): for a command that fetched
+    /// blobs an existing tag already names, which writes no `index.json`.
+    pub fn sync_blob_names(&self) -> Result<()> {
+        let blobs = self.blobs_dir();
+        if unsynced_blob_dirs().remove(&blobs) {
+            if let Err(e) = fsync_dir(&blobs) {
+                unsynced_blob_dirs().insert(blobs);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Changes `index.json` under its lock.
@@ -946,6 +975,9 @@ impl Store {
         // ([`Store::content_stamp`]).
         if index != before {
             self.write_index(&index)?;
+        } else {
+            // A tag that names what this process just fetched.
+            self.sync_blob_names()?;
         }
         Ok(out)
     }
@@ -1373,8 +1405,9 @@ impl IngestWriter {
 
     /// Verifies size and digest, fsyncs the bytes and moves them into
     /// `blobs/sha256/`. The new name is made durable by the next write of
-    /// `index.json` (which fsyncs `blobs/sha256/` first), not here: only a
-    /// tag needs it, as what else names blobs checks that they are there.
+    /// `index.json` (which fsyncs `blobs/sha256/` first) or
+    /// [`Store::sync_blob_names`], not here: only a tag needs it, as what
+    /// else names blobs checks that they are there.
     /// On a mismatch nothing is stored and the error names the digest.
     pub fn commit(mut self) -> Result<Descriptor> {
         let Some(file) = self.file.take() else {
@@ -1423,6 +1456,7 @@ impl IngestWriter {
             // Same name means same bytes: another writer may already have
             // put it there, and renaming over it is harmless either way.
             fs::rename(&self.path, &target).map_err(io_at("rename into place", &target))?;
+            unsynced_blob_dirs().insert(self.blobs_dir.clone());
             Ok(desc)
         })();
         if result.is_err() {
@@ -1694,5 +1728,28 @@ mod ingest_writeback_tests {
         resumed.write_all(&bytes[offset..]).unwrap();
         resumed.commit().unwrap();
         assert!(stored(&store, &desc) == bytes);
+    }
+
+    /// A committed blob's name waits for the next fsync of its directory:
+    /// a tag that leaves `index.json` as it was makes it durable too.
+    #[test]
+    fn blob_names_are_synced_by_a_tag_even_when_the_index_is_unchanged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let blobs = store.blobs_dir();
+        let pending = || unsynced_blob_dirs().contains(&blobs);
+        let config = store.put_blob("application/json", b"{}").unwrap();
+        assert!(pending());
+        let reference = Reference::parse("names:1").unwrap();
+        store.tag(&reference, &config).unwrap();
+        assert!(!pending());
+        // The same tag again (the index unchanged) after a new blob.
+        store.put_blob("application/json", b"{\"a\":1}").unwrap();
+        assert!(pending());
+        store.tag(&reference, &config).unwrap();
+        assert!(!pending());
+        store.put_blob("application/json", b"{\"b\":2}").unwrap();
+        store.sync_blob_names().unwrap();
+        assert!(!pending());
     }
 }

@@ -129,6 +129,7 @@ fn same_tree_same_digest_and_it_unpacks_back() {
     let options = DiffOptions {
         source_date_epoch: Some(1_000),
         overlay_whiteouts: false,
+        write_back: false,
     };
     let tar_a = write_tar(a.path(), Vec::new(), &options).unwrap();
     let tar_b = write_tar(b.path(), Vec::new(), &options).unwrap();
@@ -185,6 +186,7 @@ fn user_overlay_opaque_marks_an_opaque_dir() {
     let options = DiffOptions {
         source_date_epoch: None,
         overlay_whiteouts: true,
+        write_back: false,
     };
     let tar = write_tar(upper.path(), Vec::new(), &options).unwrap();
     let mut archive = tar::Archive::new(tar.as_slice());
@@ -239,36 +241,50 @@ fn dirty_and_writeback(file: &fs::File) -> Option<(u64, u64)> {
 }
 
 #[test]
-fn packing_a_directory_starts_the_writeback_of_its_files() {
+fn packing_an_upper_dir_starts_the_writeback_of_its_files_when_asked() {
     // On the build's filesystem (a tmpfs, as /tmp may be, writes nothing
     // back).
-    let upper = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let path = upper.path().join("data");
-    fs::write(&path, vec![7u8; 4 << 20]).unwrap();
-    let file = fs::File::open(&path).unwrap();
-    let Some((dirty, _)) = dirty_and_writeback(&file) else {
-        eprintln!("skipped: this kernel has no cachestat(2) (Linux 6.5+)");
-        return;
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let write = |dir: &str| {
+        let dir = tmp.path().join(dir);
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("data"), vec![7u8; 4 << 20]).unwrap();
+        (dir.clone(), fs::File::open(dir.join("data")).unwrap())
     };
-    // Just written: dirty until the kernel's timer (30 s) or this.
-    assert!(dirty > 0, "{dirty} dirty pages before packing");
-    let options = DiffOptions {
+    let (asked, asked_file) = write("asked");
+    let (not_asked, not_asked_file) = write("not-asked");
+    // Not packed: tells whether something else (a `sync`) wrote back.
+    let (_, control) = write("control");
+    let dirty = |file: &fs::File| dirty_and_writeback(file).map(|(d, _)| d);
+    match dirty(&control) {
+        None => return eprintln!("skipped: this kernel has no cachestat(2) (Linux 6.5+)"),
+        Some(0) => return eprintln!("skipped: this filesystem keeps no dirty pages"),
+        Some(_) => {}
+    }
+    let options = |write_back| DiffOptions {
         source_date_epoch: None,
         overlay_whiteouts: false,
+        write_back,
     };
-    write_tar(upper.path(), std::io::sink(), &options).unwrap();
+    write_tar(&not_asked, std::io::sink(), &options(false)).unwrap();
+    write_tar(&asked, std::io::sink(), &options(true)).unwrap();
     // Started on a thread of its own: within a few seconds, where the
     // kernel's own writeback would wait for its 30 s timer.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let (dirty, writeback) = dirty_and_writeback(&file).unwrap();
-        if dirty == 0 {
+        if dirty(&control) == Some(0) {
+            return eprintln!("skipped: something wrote the filesystem back meanwhile");
+        }
+        let left = dirty(&asked_file).unwrap();
+        if left == 0 {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{dirty} pages still dirty ({writeback} under writeback)"
+            "{left} pages still dirty"
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    let kept = dirty(&not_asked_file).unwrap();
+    assert!(kept > 0, "packed without write_back, yet written back");
 }

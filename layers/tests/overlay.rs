@@ -123,6 +123,7 @@ fn overlay_changes_round_trip_through_a_layer() {
     let options = DiffOptions {
         source_date_epoch: None,
         overlay_whiteouts: true,
+        write_back: false,
     };
     let tar = write_tar(&upper, Vec::new(), &options).unwrap();
     let entries = tar_entries(&tar);
@@ -168,6 +169,7 @@ fn overlay_changes_round_trip_through_a_layer() {
         &DiffOptions {
             source_date_epoch: Some(100),
             overlay_whiteouts: true,
+            write_back: false,
         },
     )
     .unwrap();

@@ -65,5 +65,10 @@ pub fn fetch_missing_layers(
                 image.manifest_descriptor.digest
             )
         })?;
+    // The image's tag is already written: its layers' names are made
+    // durable here.
+    store
+        .sync_blob_names()
+        .context("making the fetched layers durable")?;
     Ok(())
 }

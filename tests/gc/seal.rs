@@ -186,6 +186,10 @@ fn calls(log: &str) -> Vec<Call> {
         } else {
             rest.to_string()
         };
+        // Only calls that succeeded.
+        if !full.trim_end().ends_with(") = 0") {
+            continue;
+        }
         let Some((name, args)) = full.split_once('(') else {
             continue;
         };
@@ -236,7 +240,15 @@ fn a_build_fsyncs_each_blob_and_record_and_the_blob_names_once_before_the_tag() 
         ],
     );
     let log = fixture.dir("trace").join("strace.log");
-    let build = fixture.kiln(&["build", "-t", "durable:1", ctx.to_str().expect("utf-8")]);
+    // strace names a descriptor's file by its resolved path, and a rename's
+    // as given: the store is given resolved.
+    let root = std::fs::canonicalize(fixture.root()).expect("canonical root");
+    let mut build = crate::common::kiln_command();
+    build
+        .arg("--root")
+        .arg(&root)
+        .args(["build", "-t", "durable:1", ctx.to_str().expect("utf-8")])
+        .env("KILN_PROGRESS", "plain");
     let trace = [
         "strace",
         "-f",
@@ -251,7 +263,6 @@ fn a_build_fsyncs_each_blob_and_record_and_the_blob_names_once_before_the_tag() 
     assert!(out.status.success(), "{}", text(&out));
     let calls = calls(&std::fs::read_to_string(&log).expect("strace log"));
 
-    let root = fixture.root();
     let blobs = root.join("blobs/sha256").display().to_string();
     let cache = root.join("cache").display().to_string();
     let index = root.join("index.json").display().to_string();

@@ -191,6 +191,7 @@ fn commit_layer(
     let diff_options = DiffOptions {
         source_date_epoch: opts.source_date_epoch,
         overlay_whiteouts: true,
+        write_back: true,
     };
     // Packing is part of the step's own progress line: no separate item.
     // Layers are stored as plain tar (the digest is the diff id); they are
