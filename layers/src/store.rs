@@ -425,7 +425,7 @@ impl Store {
         if !index.exists() {
             let _guard = store.lock_index()?;
             if !index.exists() {
-                store.write_index(&Index::empty())?;
+                store.write_index(&Index::empty(), false)?;
             }
         }
         Ok(store)
@@ -934,18 +934,26 @@ impl Store {
         })
     }
 
-    fn write_index(&self, index: &Index) -> Result<()> {
+    /// Writes `index`; `names_new`: it names a manifest the index on disk
+    /// does not.
+    fn write_index(&self, index: &Index, names_new: bool) -> Result<()> {
         let bytes = to_canonical_json(index).map_err(|source| Error::Json {
             what: "index.json".into(),
             source,
         })?;
-        // The blobs the new index names must not lose their names in a
+        // The blobs a new entry names must not lose their names in a
         // crash that keeps the index: their renames are fsynced first
         // (`IngestWriter::commit` leaves that to here), whoever made them
-        // (a blob another process renamed counts as present too).
-        let blobs = self.blobs_dir();
-        unsynced_blob_dirs().remove(&blobs);
-        fsync_dir(&blobs)?;
+        // (a blob another process renamed counts as present too). An index
+        // that only loses entries (untag, rmi, a collection under its
+        // lock) needs no more than this process's own pending names.
+        if names_new {
+            let blobs = self.blobs_dir();
+            unsynced_blob_dirs().remove(&blobs);
+            fsync_dir(&blobs)?;
+        } else {
+            self.sync_blob_names()?;
+        }
         write_atomic(&self.index_path(), &bytes)
     }
 
@@ -974,7 +982,11 @@ impl Store {
         // build that adds nothing leaves the store as it was
         // ([`Store::content_stamp`]).
         if index != before {
-            self.write_index(&index)?;
+            let names_new = index
+                .manifests
+                .iter()
+                .any(|d| !before.manifests.iter().any(|b| b.digest == d.digest));
+            self.write_index(&index, names_new)?;
         } else {
             // A tag that names what this process just fetched.
             self.sync_blob_names()?;
