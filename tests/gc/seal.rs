@@ -186,11 +186,15 @@ fn calls(log: &str) -> Vec<Call> {
         } else {
             rest.to_string()
         };
-        // Only calls that succeeded.
-        if !full.trim_end().ends_with(") = 0") {
+        // Only calls that succeeded. strace pads the return value out to a
+        // column, which a resumed call's short line reaches with spaces.
+        let Some((call, ret)) = full.rsplit_once('=') else {
+            continue;
+        };
+        if ret.trim() != "0" {
             continue;
         }
-        let Some((name, args)) = full.split_once('(') else {
+        let Some((name, args)) = call.trim_end().split_once('(') else {
             continue;
         };
         out.push(Call {
@@ -219,6 +223,24 @@ fn fsynced(call: &Call) -> Option<String> {
     }
     let (_, path) = call.args.split_once('<')?;
     Some(path.split_once(">)")?.0.to_string())
+}
+
+#[test]
+fn the_strace_log_reader_joins_interrupted_calls_and_keeps_only_successes() {
+    let log = "\
+7 fsync(12</s/ingest/a> <unfinished ...>
+8 rename(\"/s/x\", \"/s/y\")       = -1 ENOENT (No such file or directory)
+7 <... fsync resumed>)                    = 0
+7 rename(\"/s/ingest/a\", \"/s/blobs/sha256/a\") = 0
+8 +++ exited with 0 +++
+";
+    let calls = calls(log);
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(fsynced(&calls[0]).as_deref(), Some("/s/ingest/a"));
+    assert_eq!(
+        renamed(&calls[1]),
+        Some(("/s/ingest/a".to_string(), "/s/blobs/sha256/a".to_string()))
+    );
 }
 
 #[test]
