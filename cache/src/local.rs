@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use kiln_builder::cache::format::CacheConfig;
@@ -76,6 +76,10 @@ impl CacheExporter for LocalExporter {
         for blob in made.blobs().iter().chain([&made.manifest]) {
             copy_blob_out(store, blob, &blobs)?;
         }
+        // The blobs `index.json` will name keep their names through a crash
+        // that keeps it (their renames, and the new directories').
+        fsync_dir(&blobs)?;
+        fsync_dir(&self.dest.join("blobs"))?;
         lines.push(format!(
             "writing {} layers and the config of {} steps done",
             made.layers.len(),
@@ -98,17 +102,21 @@ fn write_if_missing(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
     write_atomic(path, bytes)
 }
 
-/// Writes `bytes` to `path` through a temporary file renamed into place.
+/// Writes `bytes` to `path` through a temporary file renamed into place
+/// (the store's, which fsyncs the file and then its directory).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".tmp-{}", kiln_layers::store::unique_suffix()));
-    let written = File::create(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written.map_err(CacheError::io(path))
+    kiln_layers::store::write_atomic(path, bytes).map_err(|source| CacheError::Store {
+        what: path.display().to_string(),
+        source: Box::new(source),
+    })
+}
+
+/// Makes the entries of `dir` durable.
+fn fsync_dir(dir: &Path) -> Result<(), CacheError> {
+    kiln_layers::store::fsync_dir(dir).map_err(|source| CacheError::Store {
+        what: dir.display().to_string(),
+        source: Box::new(source),
+    })
 }
 
 /// Copies a store blob into the layout's `blobs/sha256` (`dir`), unless a

@@ -24,7 +24,7 @@ use crate::oci::{
 use crate::platforms::EntryKind;
 use crate::progress::{Outcome, ProgressReader, Reporter};
 use crate::reference::Reference;
-use crate::store::{Image, Store, MAX_JSON_BLOB};
+use crate::store::{fsync_dir, write_atomic, Image, Store, MAX_JSON_BLOB};
 
 /// Archive formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,8 +117,16 @@ struct DirSink {
 
 impl Sink for DirSink {
     fn file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
-        let path = self.root.join(name);
-        fs::write(&path, bytes).map_err(io_at("write", &path))
+        if name == "index.json" {
+            // The blobs it names keep their names through a crash that
+            // keeps it (their renames, and the new directories').
+            let blobs = self.root.join("blobs");
+            fsync_dir(&blobs.join("sha256"))?;
+            fsync_dir(&blobs)?;
+        }
+        // Replaced whole or not at all: an existing layout keeps its index
+        // if the save is killed.
+        write_atomic(&self.root.join(name), bytes)
     }
     fn blob(&mut self, store: &Store, digest: &Digest, size: u64) -> Result<()> {
         let dir = self.root.join("blobs/sha256");

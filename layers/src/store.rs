@@ -270,14 +270,15 @@ fn unsynced_blob_dirs() -> std::sync::MutexGuard<'static, BTreeSet<PathBuf>> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
+/// Makes the entries of `dir` durable (an fsync of the directory).
+pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_at("fsync", dir))
 }
 
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync dir.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_replacing(path, bytes, NameSync::Now)
 }
 

@@ -334,3 +334,87 @@ fn a_build_fsyncs_each_blob_and_record_and_the_blob_names_once_before_the_tag() 
     assert_eq!(dir_syncs(&blobs), index_writes, "fsyncs of {blobs}");
     assert_eq!(dir_syncs(&cache), 0, "fsyncs of {cache}");
 }
+
+/// `command` run under `strace -f -y` (fsyncs and renames), which must
+/// succeed; its calls.
+fn traced(command: &Command, log: &Path) -> Vec<Call> {
+    let trace = [
+        "strace",
+        "-f",
+        "-y",
+        "-e",
+        "trace=fsync,rename,renameat,renameat2",
+        "-o",
+        log.to_str().expect("utf-8"),
+        "--",
+    ];
+    let out = wrapped(&trace, command).output().expect("run strace");
+    assert!(out.status.success(), "{}", text(&out));
+    calls(&std::fs::read_to_string(log).expect("strace log"))
+}
+
+/// Checks, for the OCI layout at `dir`, that every blob renamed into it was
+/// fsynced first and that `index.json` was renamed into place only after
+/// an fsync of `blobs/sha256` that followed the last blob's rename; returns
+/// how many blobs and index writes there were.
+fn layout_order(calls: &[Call], dir: &Path) -> (usize, usize) {
+    let blobs = dir.join("blobs/sha256").display().to_string();
+    let index = dir.join("index.json").display().to_string();
+    let (mut blob_renames, mut index_writes, mut last_blob) = (0, 0, None);
+    for (i, call) in calls.iter().enumerate() {
+        let Some((from, to)) = renamed(call) else {
+            continue;
+        };
+        if to.starts_with(&format!("{blobs}/")) {
+            let synced = calls[..i]
+                .iter()
+                .any(|c| fsynced(c).as_deref() == Some(from.as_str()));
+            assert!(synced, "{call:?}: {from} not fsynced");
+            blob_renames += 1;
+            last_blob = Some(i);
+        } else if to == index {
+            let since = last_blob.map_or(0, |b| b + 1);
+            assert!(
+                calls[since..i]
+                    .iter()
+                    .any(|c| fsynced(c).as_deref() == Some(blobs.as_str())),
+                "no fsync of {blobs} between the last blob's rename and {call:?}"
+            );
+            index_writes += 1;
+        }
+    }
+    (blob_renames, index_writes)
+}
+
+#[test]
+fn a_local_cache_export_and_a_saved_layout_name_only_blobs_whose_names_are_on_disk() {
+    crate::require_root!();
+    if Command::new("strace").arg("-V").output().is_err() {
+        panic!("strace is missing: scripts/setup installs it");
+    }
+    let fixture = Fixture::new();
+    fixture.policy("[gc]\nenabled = false\n");
+    let ctx = fixture.context(
+        "ctx",
+        &[("Dockerfile", "FROM busybox\nRUN echo out > /out\n")],
+    );
+    // Resolved: strace names a descriptor's file by its resolved path.
+    let out = std::fs::canonicalize(fixture.dir("out")).expect("canonical");
+    let (cache, saved) = (out.join("cache"), out.join("saved"));
+    let mut build = fixture.kiln(&["build", "-t", "exported:1"]);
+    build
+        .arg("--cache-to")
+        .arg(format!("type=local,dest={}", cache.display()))
+        .arg(&ctx);
+    let calls = traced(&build, &out.join("build.log"));
+    let (blobs, indexes) = layout_order(&calls, &cache);
+    assert!(blobs >= 2, "{blobs} blobs renamed into the cache");
+    assert_eq!(indexes, 1, "the cache's index.json written {indexes} times");
+
+    let mut save = fixture.kiln(&["save", "--format", "oci", "-o"]);
+    save.arg(&saved).arg("exported:1");
+    let calls = traced(&save, &out.join("save.log"));
+    let (blobs, indexes) = layout_order(&calls, &saved);
+    assert!(blobs >= 3, "{blobs} blobs renamed into the saved layout");
+    assert_eq!(indexes, 1, "the saved index.json written {indexes} times");
+}
