@@ -35,8 +35,9 @@ pub struct DiffOptions {
     /// Translate overlay whiteouts and opaque dirs (true for an upper dir).
     pub overlay_whiteouts: bool,
     /// Start the writeback of every regular file read (a step's upper dir,
-    /// which becomes a snapshot: the private `write_back` says why). Not for a directory
-    /// deleted once packed, whose pages need never be written.
+    /// which becomes a snapshot: the private `write_back` says why). Not
+    /// for a directory deleted once packed, whose pages need never be
+    /// written.
     pub write_back: bool,
 }
 

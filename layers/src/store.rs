@@ -20,9 +20,9 @@
 //! names of the blobs it may name durable. Build cache records, copy shapes
 //! and compressed variants are fsynced but their renames are not: a crash
 //! may lose one (a cache miss), and their readers check that what they
-//! name is there (blobs; a copy shape's snapshot). `prune` and the automatic collection
-//! ([`crate::gc`]) take `gc.lock` exclusively; every writer holds it shared
-//! (a [`Lease`]) so nothing in flight is collected.
+//! name is there (blobs; a copy shape's snapshot). `prune` and the
+//! automatic collection ([`crate::gc`]) take `gc.lock` exclusively; every
+//! writer holds it shared (a [`Lease`]) so nothing in flight is collected.
 //!
 //! Last-used times, which the collection removes the least recent of first,
 //! cost the build one `utimensat` per use: a build cache record's is its
@@ -949,12 +949,9 @@ impl Store {
         // that only loses entries (untag, rmi, a collection under its
         // lock) needs no more than this process's own pending names.
         if names_new {
-            let blobs = self.blobs_dir();
-            unsynced_blob_dirs().remove(&blobs);
-            fsync_dir(&blobs)?;
-        } else {
-            self.sync_blob_names()?;
+            unsynced_blob_dirs().insert(self.blobs_dir());
         }
+        self.sync_blob_names()?;
         write_atomic(&self.index_path(), &bytes)
     }
 

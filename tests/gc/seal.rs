@@ -246,9 +246,6 @@ fn the_strace_log_reader_joins_interrupted_calls_and_keeps_only_successes() {
 #[test]
 fn a_build_fsyncs_each_blob_and_record_and_the_blob_names_once_before_the_tag() {
     crate::require_root!();
-    if Command::new("strace").arg("-V").output().is_err() {
-        panic!("strace is missing: scripts/setup installs it");
-    }
     let fixture = Fixture::new();
     fixture.policy("[gc]\nenabled = false\n");
     let ctx = fixture.context(
@@ -271,52 +268,21 @@ fn a_build_fsyncs_each_blob_and_record_and_the_blob_names_once_before_the_tag() 
         .arg(&root)
         .args(["build", "-t", "durable:1", ctx.to_str().expect("utf-8")])
         .env("KILN_PROGRESS", "plain");
-    let trace = [
-        "strace",
-        "-f",
-        "-y",
-        "-e",
-        "trace=fsync,rename,renameat,renameat2",
-        "-o",
-        log.to_str().expect("utf-8"),
-        "--",
-    ];
-    let out = wrapped(&trace, &build).output().expect("run strace");
-    assert!(out.status.success(), "{}", text(&out));
-    let calls = calls(&std::fs::read_to_string(&log).expect("strace log"));
-
+    let calls = traced(&build, &log);
+    let (blob_renames, index_writes) = layout_order(&calls, &root);
     let blobs = root.join("blobs/sha256").display().to_string();
     let cache = root.join("cache").display().to_string();
-    let index = root.join("index.json").display().to_string();
-    let synced_before = |i: usize, path: &str| {
-        calls[..i]
-            .iter()
-            .any(|c| fsynced(c).as_deref() == Some(path))
-    };
-    let (mut blob_renames, mut records, mut index_writes, mut last_blob) = (0, 0, 0, None);
+    let mut records = 0;
     for (i, call) in calls.iter().enumerate() {
-        let Some((from, to)) = renamed(call) else {
-            continue;
-        };
-        if to.starts_with(&format!("{blobs}/")) {
-            // Its bytes are on disk before they have a blob's name.
-            assert!(synced_before(i, &from), "{call:?}: {from} not fsynced");
-            blob_renames += 1;
-            last_blob = Some(i);
-        } else if to.starts_with(&format!("{cache}/")) && to.ends_with(".json") {
-            // A record is whole whenever it has its name.
-            assert!(synced_before(i, &from), "{call:?}: {from} not fsynced");
-            records += 1;
-        } else if to == index {
-            // The tag names blobs whose names are on disk first.
-            let since = last_blob.map_or(0, |b| b + 1);
-            assert!(
-                calls[since..i]
-                    .iter()
-                    .any(|c| fsynced(c).as_deref() == Some(blobs.as_str())),
-                "no fsync of {blobs} between the last blob's rename and {call:?}"
-            );
-            index_writes += 1;
+        if let Some((from, to)) = renamed(call) {
+            if to.starts_with(&format!("{cache}/")) && to.ends_with(".json") {
+                // A record is whole whenever it has its name.
+                assert!(
+                    synced_before(&calls[..i], &from),
+                    "{call:?}: {from} not fsynced"
+                );
+                records += 1;
+            }
         }
     }
     // Three layers, a config and a manifest; a record per layer step.
@@ -338,6 +304,9 @@ fn a_build_fsyncs_each_blob_and_record_and_the_blob_names_once_before_the_tag() 
 /// `command` run under `strace -f -y` (fsyncs and renames), which must
 /// succeed; its calls.
 fn traced(command: &Command, log: &Path) -> Vec<Call> {
+    if Command::new("strace").arg("-V").output().is_err() {
+        panic!("strace is missing: scripts/setup installs it");
+    }
     let trace = [
         "strace",
         "-f",
@@ -366,18 +335,18 @@ fn layout_order(calls: &[Call], dir: &Path) -> (usize, usize) {
             continue;
         };
         if to.starts_with(&format!("{blobs}/")) {
-            let synced = calls[..i]
-                .iter()
-                .any(|c| fsynced(c).as_deref() == Some(from.as_str()));
-            assert!(synced, "{call:?}: {from} not fsynced");
+            // Its bytes are on disk before they have a blob's name.
+            assert!(
+                synced_before(&calls[..i], &from),
+                "{call:?}: {from} not fsynced"
+            );
             blob_renames += 1;
             last_blob = Some(i);
         } else if to == index {
+            // The index names blobs whose names are on disk first.
             let since = last_blob.map_or(0, |b| b + 1);
             assert!(
-                calls[since..i]
-                    .iter()
-                    .any(|c| fsynced(c).as_deref() == Some(blobs.as_str())),
+                synced_before(&calls[since..i], &blobs),
                 "no fsync of {blobs} between the last blob's rename and {call:?}"
             );
             index_writes += 1;
@@ -386,12 +355,14 @@ fn layout_order(calls: &[Call], dir: &Path) -> (usize, usize) {
     (blob_renames, index_writes)
 }
 
+/// Whether one of `calls` fsynced `path`.
+fn synced_before(calls: &[Call], path: &str) -> bool {
+    calls.iter().any(|c| fsynced(c).as_deref() == Some(path))
+}
+
 #[test]
 fn a_local_cache_export_and_a_saved_layout_name_only_blobs_whose_names_are_on_disk() {
     crate::require_root!();
-    if Command::new("strace").arg("-V").output().is_err() {
-        panic!("strace is missing: scripts/setup installs it");
-    }
     let fixture = Fixture::new();
     fixture.policy("[gc]\nenabled = false\n");
     let ctx = fixture.context(

@@ -133,8 +133,15 @@ pub(crate) struct LastUsed {
 impl LastUsed {
     /// `path`'s mtime.
     fn mtime_of(path: &Path) -> LastUsed {
+        LastUsed::from_metadata(path, std::fs::symlink_metadata(path).ok().as_ref())
+    }
+
+    /// `path`'s mtime, from its metadata (`None`: it could not be read).
+    fn from_metadata(path: &Path, meta: Option<&std::fs::Metadata>) -> LastUsed {
         LastUsed {
-            at: mtime(path),
+            at: meta
+                .and_then(|m| m.modified().ok())
+                .unwrap_or(SystemTime::UNIX_EPOCH),
             from: Some(path.to_path_buf()),
         }
     }
@@ -550,13 +557,7 @@ impl Scan<'_> {
             let meta = std::fs::symlink_metadata(&path).ok();
             let bytes = meta.as_ref().map_or(0, |m| m.blocks().saturating_mul(512));
             self.add(Area::BuildCache, bytes);
-            let last_used = LastUsed {
-                at: meta
-                    .as_ref()
-                    .and_then(|m| m.modified().ok())
-                    .unwrap_or(SystemTime::UNIX_EPOCH),
-                from: Some(path.clone()),
-            };
+            let last_used = LastUsed::from_metadata(&path, meta.as_ref());
             let record = self.memo.record(&path, meta.as_ref());
             let (blobs, chains) = match record {
                 Some(r) => {

@@ -1100,19 +1100,25 @@ mod tests {
         assert_eq!((records(&after), memo.reads), (4, 6));
     }
 
-    #[test]
-    fn a_record_replaced_while_the_collection_waits_is_read_again() {
-        let (_tmp, store, records) = store_with_records();
-        if !reuse_possible(&store) {
-            return;
-        }
-        // A blob nothing names, written before phase 1.
+    /// Writes a blob nothing names, dated (with the directories its
+    /// phase-1 stamp covers) a minute ago; returns its digest.
+    fn loose_blob(store: &Store) -> Digest {
         let bytes = b"a layer";
         let digest = Digest::of(bytes);
         std::fs::write(store.blob_path(&digest), bytes).unwrap();
         for dir in [store.blobs_dir(), store.root().to_path_buf()] {
             set_mtime(&dir, SystemTime::now() - Duration::from_secs(60));
         }
+        digest
+    }
+
+    #[test]
+    fn a_record_replaced_while_the_collection_waits_is_read_again() {
+        let (_tmp, store, records) = store_with_records();
+        if !reuse_possible(&store) {
+            return;
+        }
+        let digest = loose_blob(&store);
         // A rebuild of the step of an existing record replaces it with one
         // that names the blob, at the same path, while the collection
         // waits: phase 2 must not take phase 1's reading of that path.
@@ -1138,13 +1144,7 @@ mod tests {
         if !reuse_possible(&store) {
             return;
         }
-        // A blob nothing names, written before phase 1.
-        let bytes = b"a layer";
-        let digest = Digest::of(bytes);
-        std::fs::write(store.blob_path(&digest), bytes).unwrap();
-        for dir in [store.blobs_dir(), store.root().to_path_buf()] {
-            set_mtime(&dir, SystemTime::now() - Duration::from_secs(60));
-        }
+        let digest = loose_blob(&store);
         let policy = Policy::all_of([Kind::Unreferenced]);
         let unchanged = phases(&store, &policy, || {});
         assert_eq!(unchanged, (None, vec![store.blob_path(&digest)]));
