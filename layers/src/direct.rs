@@ -16,6 +16,10 @@
 //! Full chunks are written by a thread of the writer's own while the next
 //! one fills, so the download goes on receiving and hashing while the disk
 //! writes (two buffers: a download faster than the disk waits for it).
+//! The buffers grow as bytes arrive, and the thread and second buffer come
+//! with the first full chunk: a blob smaller than a chunk (most layers a
+//! RUN makes) costs neither a thread nor 8 MiB of zeroed memory, which
+//! every packed layer used to pay (8% of a 20-RUN build's CPU time).
 //! The file offset stays a multiple of [`ALIGN`] while direct writes are
 //! on: only whole chunks are written so. The tail (or the rest, after a
 //! short write or a filesystem that refuses `O_DIRECT` — tmpfs on older
@@ -42,25 +46,49 @@ pub(crate) const ALIGN: usize = 4096;
 /// Bytes per direct write; blobs smaller than this are written buffered.
 pub(crate) const CHUNK: usize = 4 << 20;
 
-/// A `CHUNK`-byte buffer aligned to `ALIGN` (in a larger allocation).
+/// A buffer of up to `CHUNK` bytes starting at an `ALIGN`ed address (in
+/// a larger allocation). It grows as bytes arrive: only the pages it holds
+/// are ever touched, so a layer of a few bytes costs no 4 MiB of zeroed
+/// (and, on a virtual machine, newly faulted) memory.
 struct Aligned {
+    /// Capacity `CHUNK + ALIGN`, never exceeded, so never reallocated;
+    /// `start` filler bytes, then the bytes held.
     buf: Vec<u8>,
     start: usize,
 }
 
 impl Aligned {
     fn new() -> Option<Aligned> {
-        let buf = vec![0u8; CHUNK + ALIGN];
+        let mut buf = Vec::<u8>::with_capacity(CHUNK + ALIGN);
         let start = buf.as_ptr().align_offset(ALIGN);
-        (start < ALIGN).then_some(Aligned { buf, start })
+        if start >= ALIGN {
+            return None;
+        }
+        buf.resize(start, 0);
+        Some(Aligned { buf, start })
     }
 
-    fn bytes(&self, len: usize) -> &[u8] {
-        &self.buf[self.start..self.start + len]
+    fn len(&self) -> usize {
+        self.buf.len() - self.start
     }
 
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[self.start..self.start + CHUNK]
+    fn is_full(&self) -> bool {
+        self.len() == CHUNK
+    }
+
+    /// Takes in as much of `data` as fits; how many bytes that was.
+    fn push(&mut self, data: &[u8]) -> usize {
+        let n = (CHUNK - self.len()).min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        n
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    fn clear(&mut self) {
+        self.buf.truncate(self.start);
     }
 }
 
@@ -77,65 +105,35 @@ struct Writer {
     direct_chunks: Arc<AtomicUsize>,
 }
 
-/// The aligned buffers of a file written with `O_DIRECT`.
+/// The aligned buffers of a file written with `O_DIRECT`. The second
+/// buffer and the writing thread come with the first full chunk: a blob
+/// smaller than a chunk has neither, and goes through the page cache at
+/// [`DirectWrites::finish`].
 pub(crate) struct DirectWrites {
+    /// The bytes not yet handed to the thread.
     current: Aligned,
-    /// Bytes waiting in `current`.
-    len: usize,
-    /// `None` once finished: later bytes are written through the page cache.
+    /// Started with the first full chunk.
     writer: Option<Writer>,
+    /// Finished (or abandoned, or failed): later bytes go through the page
+    /// cache.
+    finished: bool,
     /// A write failed: nothing more is written (until [`Self::abandon`]),
     /// so the file holds only bytes in order.
     failed: bool,
 }
 
 impl DirectWrites {
-    /// Turns `O_DIRECT` on for `file`, whose offset must be 0 (or aligned),
-    /// and starts the thread that writes it; `None` when the filesystem
-    /// refuses `O_DIRECT`.
+    /// Turns `O_DIRECT` on for `file`, whose offset must be 0 (or aligned);
+    /// `None` when the filesystem refuses `O_DIRECT`.
     pub(crate) fn start(file: &File) -> Option<DirectWrites> {
         let flags = rustix::fs::fcntl_getfl(file).ok()?;
-        let (Some(current), Some(idle), Ok(mut out)) =
-            (Aligned::new(), Aligned::new(), file.try_clone())
-        else {
-            return None;
-        };
+        let current = Aligned::new()?;
         // The flag belongs to the open file, which the thread's handle shares.
         rustix::fs::fcntl_setfl(file, flags | OFlags::DIRECT).ok()?;
-        let (chunks, to_write) = sync_channel::<Aligned>(1);
-        let (done, written) = sync_channel(2);
-        let direct_chunks = Arc::new(AtomicUsize::new(0));
-        let counted = Arc::clone(&direct_chunks);
-        let thread = std::thread::Builder::new()
-            .name("kiln-direct-write".into())
-            .spawn(move || {
-                for chunk in to_write {
-                    let result = write_out(&mut out, chunk.bytes(CHUNK)).map(|direct| {
-                        if direct {
-                            counted.fetch_add(1, Ordering::Relaxed);
-                        }
-                        chunk
-                    });
-                    let failed = result.is_err();
-                    if done.send(result).is_err() || failed {
-                        return;
-                    }
-                }
-            });
-        let Ok(thread) = thread else {
-            let _ = rustix::fs::fcntl_setfl(file, flags);
-            return None;
-        };
         Some(DirectWrites {
             current,
-            len: 0,
-            writer: Some(Writer {
-                chunks: Some(chunks),
-                written,
-                idle: Some(idle),
-                thread: Some(thread),
-                direct_chunks,
-            }),
+            writer: None,
+            finished: false,
             failed: false,
         })
     }
@@ -155,24 +153,35 @@ impl DirectWrites {
     }
 
     fn take_in(&mut self, file: &mut File, mut data: &[u8]) -> io::Result<()> {
-        let Some(writer) = self.writer.as_mut() else {
+        if self.finished {
             return file.write_all(data);
-        };
+        }
         while !data.is_empty() {
-            let n = (CHUNK - self.len).min(data.len());
-            self.current.bytes_mut()[self.len..self.len + n].copy_from_slice(&data[..n]);
-            self.len += n;
+            let n = self.current.push(data);
             data = &data[n..];
-            if self.len == CHUNK {
-                let next = match writer.idle.take() {
-                    Some(idle) => idle,
-                    None => writer.written.recv().map_err(|_| stopped())??,
-                };
-                let full = std::mem::replace(&mut self.current, next);
-                self.len = 0;
-                let sender = writer.chunks.as_ref().ok_or_else(stopped)?;
-                sender.send(full).map_err(|_| stopped())?;
+            if !self.current.is_full() {
+                continue;
             }
+            if self.writer.is_none() {
+                self.writer = Writer::start(file);
+            }
+            let Some(writer) = self.writer.as_mut() else {
+                // No thread to write with: the page cache, as for a
+                // filesystem that refuses O_DIRECT.
+                self.finish_writes(file)?;
+                return file.write_all(data);
+            };
+            let next = match writer.idle.take() {
+                Some(idle) => idle,
+                None => {
+                    let mut next = writer.written.recv().map_err(|_| stopped())??;
+                    next.clear();
+                    next
+                }
+            };
+            let full = std::mem::replace(&mut self.current, next);
+            let sender = writer.chunks.as_ref().ok_or_else(stopped)?;
+            sender.send(full).map_err(|_| stopped())?;
         }
         Ok(())
     }
@@ -195,26 +204,32 @@ impl DirectWrites {
     }
 
     fn finish_writes(&mut self, file: &mut File) -> io::Result<usize> {
-        let Some(mut writer) = self.writer.take() else {
+        if self.finished {
             return Ok(0);
-        };
-        writer.stop();
-        // Every chunk sent was answered before the thread ended.
-        for result in writer.written.try_iter() {
-            result?;
+        }
+        self.finished = true;
+        let mut chunks = 0;
+        if let Some(mut writer) = self.writer.take() {
+            writer.stop();
+            // Every chunk sent was answered before the thread ended.
+            for result in writer.written.try_iter() {
+                result?;
+            }
+            chunks = writer.direct_chunks.load(Ordering::Relaxed);
         }
         direct_off(file)?;
-        file.write_all(self.current.bytes(self.len))?;
-        self.len = 0;
-        Ok(writer.direct_chunks.load(Ordering::Relaxed))
+        file.write_all(self.current.bytes())?;
+        self.current.clear();
+        Ok(chunks)
     }
 
     /// After a failed write: the thread ends once it has written what it
-    /// was sent (in order), the buffer is dropped and nothing more is
+    /// was sent (in order), the buffer is emptied and nothing more is
     /// written.
     fn poison(&mut self, file: &File) {
         self.failed = true;
-        self.len = 0;
+        self.finished = true;
+        self.current.clear();
         if let Some(mut writer) = self.writer.take() {
             writer.stop();
         }
@@ -226,16 +241,52 @@ impl DirectWrites {
     pub(crate) fn abandon(&mut self, file: &File) -> io::Result<()> {
         if let Some(mut writer) = self.writer.take() {
             writer.stop();
-            let flags = rustix::fs::fcntl_getfl(file)?;
-            rustix::fs::fcntl_setfl(file, flags - OFlags::DIRECT)?;
         }
-        self.len = 0;
+        self.current.clear();
+        self.finished = true;
         self.failed = false;
+        direct_off(file)?;
         Ok(())
     }
 }
 
 impl Writer {
+    /// Starts the thread that writes `file` (a handle of its own to the
+    /// same open file), with a second buffer to fill meanwhile; `None`
+    /// when the handle or the thread cannot be had.
+    fn start(file: &File) -> Option<Writer> {
+        let mut out = file.try_clone().ok()?;
+        let idle = Aligned::new()?;
+        let (chunks, to_write) = sync_channel::<Aligned>(1);
+        let (done, written) = sync_channel(2);
+        let direct_chunks = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&direct_chunks);
+        let thread = std::thread::Builder::new()
+            .name("kiln-direct-write".into())
+            .spawn(move || {
+                for chunk in to_write {
+                    let result = write_out(&mut out, chunk.bytes()).map(|direct| {
+                        if direct {
+                            counted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        chunk
+                    });
+                    let failed = result.is_err();
+                    if done.send(result).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .ok()?;
+        Some(Writer {
+            chunks: Some(chunks),
+            written,
+            idle: Some(idle),
+            thread: Some(thread),
+            direct_chunks,
+        })
+    }
+
     /// Ends the thread once it has written what it was sent.
     fn stop(&mut self) {
         self.chunks = None;
@@ -372,6 +423,30 @@ pub(crate) mod tests {
         let back = read(&path);
         assert_eq!(back.len(), bytes.len());
         assert!(back == bytes);
+    }
+
+    /// A blob smaller than a chunk starts no thread and touches no more
+    /// of its buffer than it holds; the file holds it once finished.
+    #[test]
+    fn a_small_blob_takes_no_thread_and_no_whole_buffer() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let path = dir.path().join("blob");
+        let mut file = File::create(&path).unwrap();
+        let mut direct = DirectWrites::start(&file).expect("/var/tmp takes O_DIRECT");
+        direct.write(&mut file, b"a small layer").unwrap();
+        assert!(direct.writer.is_none(), "a writing thread was started");
+        assert_eq!(
+            direct.current.buf.len(),
+            direct.current.start + 13,
+            "buffer bytes initialized"
+        );
+        assert_eq!(
+            direct.finish(&mut file).unwrap(),
+            0,
+            "chunks written direct"
+        );
+        drop(file);
+        assert_eq!(read(&path), b"a small layer");
     }
 
     /// A disk that fills up while chunks are written: the write that meets
