@@ -18,8 +18,8 @@
 //! writes (two buffers: a download faster than the disk waits for it).
 //! The buffers grow as bytes arrive, and the thread and second buffer come
 //! with the first full chunk: a blob smaller than a chunk (most layers a
-//! RUN makes) costs neither a thread nor 8 MiB of zeroed memory, which
-//! every packed layer used to pay (8% of a 20-RUN build's CPU time).
+//! RUN makes) costs neither a thread nor 8 MiB of zeroed memory. Where no
+//! thread can be started, the rest goes through the page cache.
 //! The file offset stays a multiple of [`ALIGN`] while direct writes are
 //! on: only whole chunks are written so. The tail (or the rest, after a
 //! short write or a filesystem that refuses `O_DIRECT` — tmpfs on older
@@ -114,8 +114,9 @@ pub(crate) struct DirectWrites {
     current: Aligned,
     /// Started with the first full chunk.
     writer: Option<Writer>,
-    /// Finished (or abandoned, or failed): later bytes go through the page
-    /// cache.
+    /// No more direct writes: finished, abandoned, failed (see `failed`) or
+    /// no thread could be started. Unless failed, later bytes go through
+    /// the page cache.
     finished: bool,
     /// A write failed: nothing more is written (until [`Self::abandon`]),
     /// so the file holds only bytes in order.
@@ -138,9 +139,17 @@ impl DirectWrites {
         })
     }
 
+    /// Whether writes must still come here: direct writes are under way, or
+    /// a failure refuses them. Otherwise the caller may write the file
+    /// through its own buffer: everything given here is in the file.
+    pub(crate) fn active(&self) -> bool {
+        !self.finished || self.failed
+    }
+
     /// Takes `data` into the buffer, handing each chunk that fills up to
-    /// the writing thread. After an error (this one's or an earlier one's)
-    /// nothing more is written.
+    /// the writing thread (started with the first; where it cannot be, the
+    /// buffer and the rest go through the page cache). After an error
+    /// (this one's or an earlier one's) nothing more is written.
     pub(crate) fn write(&mut self, file: &mut File, data: &[u8]) -> io::Result<()> {
         if self.failed {
             return Err(failed_before());
@@ -210,7 +219,7 @@ impl DirectWrites {
         self.finished = true;
         let mut chunks = 0;
         if let Some(mut writer) = self.writer.take() {
-            writer.stop();
+            writer.stop()?;
             // Every chunk sent was answered before the thread ended.
             for result in writer.written.try_iter() {
                 result?;
@@ -231,16 +240,17 @@ impl DirectWrites {
         self.finished = true;
         self.current.clear();
         if let Some(mut writer) = self.writer.take() {
-            writer.stop();
+            let _ = writer.stop();
         }
         let _ = direct_off(file);
     }
 
-    /// Drops what is buffered and what is under way (the file is about to
-    /// be truncated); later writes go through the page cache.
+    /// Drops what is buffered, once the thread has written what it was
+    /// sent (the file is about to be truncated); later writes go through
+    /// the page cache.
     pub(crate) fn abandon(&mut self, file: &File) -> io::Result<()> {
         if let Some(mut writer) = self.writer.take() {
-            writer.stop();
+            let _ = writer.stop();
         }
         self.current.clear();
         self.finished = true;
@@ -287,18 +297,20 @@ impl Writer {
         })
     }
 
-    /// Ends the thread once it has written what it was sent.
-    fn stop(&mut self) {
+    /// Ends the thread once it has written what it was sent; an error if
+    /// it panicked, when a chunk it was sent may be missing from the file.
+    fn stop(&mut self) -> io::Result<()> {
         self.chunks = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Err(_)) => Err(io::Error::other("the thread writing the blob panicked")),
+            _ => Ok(()),
         }
     }
 }
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        self.stop();
+        let _ = self.stop();
     }
 }
 
@@ -433,11 +445,12 @@ pub(crate) mod tests {
         let path = dir.path().join("blob");
         let mut file = File::create(&path).unwrap();
         let mut direct = DirectWrites::start(&file).expect("/var/tmp takes O_DIRECT");
-        direct.write(&mut file, b"a small layer").unwrap();
+        let small = b"a small layer";
+        direct.write(&mut file, small).unwrap();
         assert!(direct.writer.is_none(), "a writing thread was started");
         assert_eq!(
             direct.current.buf.len(),
-            direct.current.start + 13,
+            direct.current.start + small.len(),
             "buffer bytes initialized"
         );
         assert_eq!(
@@ -446,7 +459,51 @@ pub(crate) mod tests {
             "chunks written direct"
         );
         drop(file);
-        assert_eq!(read(&path), b"a small layer");
+        assert_eq!(read(&path), small);
+    }
+
+    /// Exactly one chunk in one write: the thread is started for it and
+    /// writes it direct; nothing is left for the tail.
+    #[test]
+    fn exactly_one_chunk_is_written_direct() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let path = dir.path().join("blob");
+        let mut file = File::create(&path).unwrap();
+        let bytes = data(CHUNK);
+        let mut direct = DirectWrites::start(&file).expect("/var/tmp takes O_DIRECT");
+        direct.write(&mut file, &bytes).unwrap();
+        assert!(direct.writer.is_some(), "no writing thread");
+        assert_eq!(
+            direct.finish(&mut file).unwrap(),
+            1,
+            "chunks written direct"
+        );
+        drop(file);
+        assert!(read(&path) == bytes);
+    }
+
+    /// Abandoned before any chunk filled (the file is then truncated, as
+    /// for a server that ignored Range): `O_DIRECT` is off again, so an
+    /// unaligned write through the page cache works, and the caller may
+    /// write through its own buffer.
+    #[test]
+    fn abandoned_before_a_chunk_filled_leaves_direct_writes_off() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let path = dir.path().join("blob");
+        let mut file = File::create(&path).unwrap();
+        let mut direct = DirectWrites::start(&file).expect("/var/tmp takes O_DIRECT");
+        direct.write(&mut file, &data(100)).unwrap();
+        assert!(direct.active());
+        direct.abandon(&file).unwrap();
+        assert!(!direct.active());
+        assert!(!rustix::fs::fcntl_getfl(&file)
+            .unwrap()
+            .contains(OFlags::DIRECT));
+        file.set_len(0).unwrap();
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)).unwrap();
+        direct.write(&mut file, b"again, 17 bytes.").unwrap();
+        drop(file);
+        assert_eq!(read(&path), b"again, 17 bytes.");
     }
 
     /// A disk that fills up while chunks are written: the write that meets

@@ -1493,7 +1493,9 @@ impl Write for IngestWriter {
                 ));
             }
         }
-        if let Some(direct) = self.direct.as_mut() {
+        // Once direct writes are over (finished, or no thread to write
+        // with), bytes go through the buffer again.
+        if let Some(direct) = self.direct.as_mut().filter(|d| d.active()) {
             direct.write(file.get_mut(), buf)?;
             self.hasher.update(buf);
             self.written += buf.len() as u64;
@@ -1703,6 +1705,25 @@ mod ingest_writeback_tests {
                 bytes.len() as u64
             )
         );
+        assert!(stored(&store, &desc) == bytes);
+    }
+
+    /// A small layer made here, flushed and then written on: the bytes
+    /// after the flush go through the writer's buffer, after those before
+    /// it, and the blob is what was written.
+    #[test]
+    fn a_blob_made_here_written_on_after_a_flush_is_stored_exactly() {
+        let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let bytes = data(3 * 65_536 + 11);
+        let mut writer = store.ingest_direct().unwrap();
+        writer.write_all(&bytes[..1000]).unwrap();
+        writer.flush().unwrap();
+        writer.write_all(&bytes[1000..]).unwrap();
+        let file = writer.file.as_ref().unwrap();
+        assert_eq!(file.buffer().len(), bytes.len() - 1000, "bytes buffered");
+        let desc = writer.commit().unwrap();
+        assert_eq!(desc.digest, Digest::of(&bytes));
         assert!(stored(&store, &desc) == bytes);
     }
 
