@@ -265,6 +265,10 @@ impl Writer {
     /// same open file), with a second buffer to fill meanwhile; `None`
     /// when the handle or the thread cannot be had.
     fn start(file: &File) -> Option<Writer> {
+        #[cfg(test)]
+        if tests::NO_THREAD.with(std::cell::Cell::get) {
+            return None;
+        }
         let mut out = file.try_clone().ok()?;
         let idle = Aligned::new()?;
         let (chunks, to_write) = sync_channel::<Aligned>(1);
@@ -360,6 +364,12 @@ pub(crate) mod tests {
     use std::io::Read;
     use std::path::{Path, PathBuf};
     use std::process::Command;
+
+    thread_local! {
+        /// Set by a test: `Writer::start` fails in this thread, as when
+        /// no thread or descriptor can be had.
+        pub(super) static NO_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
 
     fn data(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 + i / 4093) as u8).collect()
@@ -476,6 +486,34 @@ pub(crate) mod tests {
         assert_eq!(
             direct.finish(&mut file).unwrap(),
             1,
+            "chunks written direct"
+        );
+        drop(file);
+        assert!(read(&path) == bytes);
+    }
+
+    /// No thread can be started when the first chunk fills: that chunk
+    /// and the rest go through the page cache, in order, and the caller
+    /// may write through its own buffer from then on.
+    #[test]
+    fn without_a_thread_the_rest_goes_through_the_page_cache() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let path = dir.path().join("blob");
+        let mut file = File::create(&path).unwrap();
+        let bytes = data(2 * CHUNK + 12_345);
+        let mut direct = DirectWrites::start(&file).expect("/var/tmp takes O_DIRECT");
+        NO_THREAD.with(|no| no.set(true));
+        for piece in bytes.chunks(100_003) {
+            direct.write(&mut file, piece).unwrap();
+        }
+        NO_THREAD.with(|no| no.set(false));
+        assert!(!direct.active(), "direct writes still on");
+        assert!(!rustix::fs::fcntl_getfl(&file)
+            .unwrap()
+            .contains(OFlags::DIRECT));
+        assert_eq!(
+            direct.finish(&mut file).unwrap(),
+            0,
             "chunks written direct"
         );
         drop(file);
