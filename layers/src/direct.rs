@@ -416,6 +416,16 @@ pub(crate) mod tests {
         }
     }
 
+    /// A new blob file under /var/tmp (ext4 here, which takes `O_DIRECT`)
+    /// with direct writes started; the directory goes when dropped.
+    fn blob_with_direct_writes() -> (tempfile::TempDir, PathBuf, File, DirectWrites) {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let path = dir.path().join("blob");
+        let file = File::create(&path).unwrap();
+        let direct = DirectWrites::start(&file).expect("/var/tmp takes O_DIRECT");
+        (dir, path, file, direct)
+    }
+
     fn read(path: &Path) -> Vec<u8> {
         let mut back = Vec::new();
         File::open(path).unwrap().read_to_end(&mut back).unwrap();
@@ -427,11 +437,8 @@ pub(crate) mod tests {
     /// chunks went with `O_DIRECT`, not through the fallback.
     #[test]
     fn chunks_and_tail_are_written_in_order() {
-        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-        let path = dir.path().join("blob");
-        let mut file = File::create(&path).unwrap();
         let bytes = data(2 * CHUNK + 12_345);
-        let mut direct = DirectWrites::start(&file).expect("/var/tmp takes O_DIRECT");
+        let (_dir, path, mut file, mut direct) = blob_with_direct_writes();
         // Pieces of uneven sizes, as a network delivers them.
         for piece in bytes.chunks(100_003) {
             direct.write(&mut file, piece).unwrap();
@@ -451,10 +458,7 @@ pub(crate) mod tests {
     /// of its buffer than it holds; the file holds it once finished.
     #[test]
     fn a_small_blob_takes_no_thread_and_no_whole_buffer() {
-        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-        let path = dir.path().join("blob");
-        let mut file = File::create(&path).unwrap();
-        let mut direct = DirectWrites::start(&file).expect("/var/tmp takes O_DIRECT");
+        let (_dir, path, mut file, mut direct) = blob_with_direct_writes();
         let small = b"a small layer";
         direct.write(&mut file, small).unwrap();
         assert!(direct.writer.is_none(), "a writing thread was started");
@@ -476,11 +480,8 @@ pub(crate) mod tests {
     /// writes it direct; nothing is left for the tail.
     #[test]
     fn exactly_one_chunk_is_written_direct() {
-        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-        let path = dir.path().join("blob");
-        let mut file = File::create(&path).unwrap();
         let bytes = data(CHUNK);
-        let mut direct = DirectWrites::start(&file).expect("/var/tmp takes O_DIRECT");
+        let (_dir, path, mut file, mut direct) = blob_with_direct_writes();
         direct.write(&mut file, &bytes).unwrap();
         assert!(direct.writer.is_some(), "no writing thread");
         assert_eq!(
@@ -497,11 +498,8 @@ pub(crate) mod tests {
     /// may write through its own buffer from then on.
     #[test]
     fn without_a_thread_the_rest_goes_through_the_page_cache() {
-        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-        let path = dir.path().join("blob");
-        let mut file = File::create(&path).unwrap();
         let bytes = data(2 * CHUNK + 12_345);
-        let mut direct = DirectWrites::start(&file).expect("/var/tmp takes O_DIRECT");
+        let (_dir, path, mut file, mut direct) = blob_with_direct_writes();
         NO_THREAD.with(|no| no.set(true));
         for piece in bytes.chunks(100_003) {
             direct.write(&mut file, piece).unwrap();
@@ -526,10 +524,7 @@ pub(crate) mod tests {
     /// write through its own buffer.
     #[test]
     fn abandoned_before_a_chunk_filled_leaves_direct_writes_off() {
-        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-        let path = dir.path().join("blob");
-        let mut file = File::create(&path).unwrap();
-        let mut direct = DirectWrites::start(&file).expect("/var/tmp takes O_DIRECT");
+        let (_dir, path, mut file, mut direct) = blob_with_direct_writes();
         direct.write(&mut file, &data(100)).unwrap();
         assert!(direct.active());
         direct.abandon(&file).unwrap();

@@ -1112,6 +1112,16 @@ mod tests {
         digest
     }
 
+    /// Puts a build cache record under `key` that names `blob`, as a
+    /// build that made or used it does.
+    fn name_in_a_record(store: &Store, key: &Digest, blob: &Digest) {
+        let record = CacheRecord {
+            blobs: vec![blob.clone()],
+            ..CacheRecord::default()
+        };
+        store.cache_put(key, &record).unwrap();
+    }
+
     #[test]
     fn a_record_replaced_while_the_collection_waits_is_read_again() {
         let (_tmp, store, records) = store_with_records();
@@ -1124,13 +1134,7 @@ mod tests {
         // waits: phase 2 must not take phase 1's reading of that path.
         let key = Digest::of(b"record 2");
         assert_eq!(store.cache_path(&key), records[2]);
-        let replace = || {
-            let record = CacheRecord {
-                blobs: vec![digest.clone()],
-                ..CacheRecord::default()
-            };
-            store.cache_put(&key, &record).unwrap();
-        };
+        let replace = || name_in_a_record(&store, &key, &digest);
         let policy = Policy::all_of([Kind::Unreferenced]);
         assert_eq!(
             phases(&store, &policy, replace),
@@ -1149,14 +1153,8 @@ mod tests {
         let unchanged = phases(&store, &policy, || {});
         assert_eq!(unchanged, (None, vec![store.blob_path(&digest)]));
         // A build's cache record names it while the collection waits.
-        let named = || {
-            let record = CacheRecord {
-                blobs: vec![digest.clone()],
-                ..CacheRecord::default()
-            };
-            let key = Digest::of(b"the step that made it");
-            store.cache_put(&key, &record).unwrap();
-        };
+        let key = Digest::of(b"the step that made it");
+        let named = || name_in_a_record(&store, &key, &digest);
         assert_eq!(
             phases(&store, &policy, named),
             (Some(Rescan::Changed), vec![])
