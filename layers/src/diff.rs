@@ -216,9 +216,13 @@ struct TarWriter<W: Write> {
 /// half a second of CPU time for 20,000 small files, which the tar's
 /// thread would otherwise spend. Files are passed open, so the directory
 /// may be renamed meanwhile; at most [`WRITE_BACK_QUEUE`] wait (open
-/// descriptors count against the process's limit). Only a hint: a file
-/// there is no room for, or that the thread has not reached when the
-/// process exits, is written back by the kernel as before.
+/// descriptors count against the process's limit). A file there is no
+/// room for (the thread falls behind on a tree of many small files, each
+/// a block allocation), or every file if the thread cannot be started, is
+/// hinted on the caller's thread instead: dropping it would leave its
+/// pages to the kernel's timer, a later build. Only a hint, which makes
+/// nothing durable: a file the thread has not reached when the process
+/// exits is written back by the kernel as before.
 fn write_back(file: File) {
     static QUEUE: OnceLock<Option<mpsc::SyncSender<File>>> = OnceLock::new();
     let queue = QUEUE.get_or_init(|| {
@@ -233,12 +237,18 @@ fn write_back(file: File) {
             .ok()
             .map(|_| tx)
     });
-    if let Some(queue) = queue {
-        let _ = queue.try_send(file);
-    }
+    let file = match queue {
+        Some(queue) => match queue.try_send(file) {
+            Ok(()) => return,
+            Err(mpsc::TrySendError::Full(file) | mpsc::TrySendError::Disconnected(file)) => file,
+        },
+        None => file,
+    };
+    start_writeback(&file, 0, 0);
 }
 
-/// Files waiting for the writeback thread at most; more are not hinted.
+/// Files waiting for the writeback thread at most; more are hinted on the
+/// caller's thread.
 const WRITE_BACK_QUEUE: usize = 64;
 
 /// Extended attributes: (name, value) pairs.

@@ -288,3 +288,55 @@ fn packing_an_upper_dir_starts_the_writeback_of_its_files_when_asked() {
     let kept = dirty(&not_asked_file).unwrap();
     assert!(kept > 0, "packed without write_back, yet written back");
 }
+
+#[test]
+fn packing_a_tree_of_many_small_files_starts_the_writeback_of_every_one() {
+    // More files than the writeback thread's queue holds, each a block
+    // allocation for the thread: it falls behind, and the files it has no
+    // room for must be hinted all the same.
+    const FILES: usize = 3000;
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tree = tmp.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    for i in 0..FILES {
+        fs::write(tree.join(format!("f{i:04}")), vec![7u8; 3000]).unwrap();
+    }
+    let control_path = tmp.path().join("control");
+    fs::write(&control_path, vec![7u8; 4 << 20]).unwrap();
+    let control = fs::File::open(&control_path).unwrap();
+    let dirty = |file: &fs::File| dirty_and_writeback(file).map(|(d, _)| d);
+    match dirty(&control) {
+        None => return eprintln!("skipped: this kernel has no cachestat(2) (Linux 6.5+)"),
+        Some(0) => return eprintln!("skipped: this filesystem keeps no dirty pages"),
+        Some(_) => {}
+    }
+    let options = DiffOptions {
+        source_date_epoch: None,
+        overlay_whiteouts: false,
+        write_back: true,
+    };
+    write_tar(&tree, std::io::sink(), &options).unwrap();
+    let still_dirty = || {
+        (0..FILES)
+            .filter(|i| {
+                let file = fs::File::open(tree.join(format!("f{i:04}"))).unwrap();
+                dirty(&file).unwrap() > 0
+            })
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if dirty(&control) == Some(0) {
+            return eprintln!("skipped: something wrote the filesystem back meanwhile");
+        }
+        let left = still_dirty();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} of {FILES} files still dirty"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
