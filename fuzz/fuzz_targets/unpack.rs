@@ -91,6 +91,7 @@ fuzz_target!(|data: &[u8]| {
         lowers: if bits & 2 == 0 { vec![lower.clone()] } else { Vec::new() },
         preserve_owners: false,
         label: "fuzz".into(),
+        write_back: false,
     };
     let archive = bits & 0x80 != 0;
     if archive {

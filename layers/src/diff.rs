@@ -17,7 +17,6 @@ use std::io::{self, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, OnceLock};
 
 use crate::compress::{Compression, Compressor};
 use crate::digest::{Digest, HashingWriter};
@@ -25,7 +24,7 @@ use crate::error::{io_at, Error, Result};
 use crate::gc::{Tally, TreeSize};
 use crate::oci::Descriptor;
 use crate::progress::{Outcome, Reporter};
-use crate::store::{start_writeback, Store};
+use crate::store::Store;
 
 /// How to write the tar.
 #[derive(Clone, Copy, Debug, Default)]
@@ -35,8 +34,8 @@ pub struct DiffOptions {
     /// Translate overlay whiteouts and opaque dirs (true for an upper dir).
     pub overlay_whiteouts: bool,
     /// Start the writeback of every regular file read (a step's upper dir,
-    /// which becomes a snapshot: the private `write_back` says why). Not
-    /// for a directory deleted once packed, whose pages need never be
+    /// which becomes a snapshot: the private `writeback` module says why).
+    /// Not for a directory deleted once packed, whose pages need never be
     /// written.
     pub write_back: bool,
 }
@@ -205,51 +204,6 @@ struct TarWriter<W: Write> {
     seen_inodes: HashMap<(u64, u64), PathBuf>,
     root: PathBuf,
 }
-
-/// Starts the writeback of `file`, read for a tar of a step's upper dir
-/// ([`DiffOptions::write_back`]). The directory becomes a snapshot, whose
-/// files are not fsynced: without this their pages stay dirty until the
-/// kernel's timer expires (30 s by default) and are written back in the
-/// middle of whatever runs then, a later build. Started now, the writeback
-/// overlaps the build that wrote them. On one thread of the process's own:
-/// the kernel allocates blocks and submits the I/O in the caller, about
-/// half a second of CPU time for 20,000 small files, which the tar's
-/// thread would otherwise spend. Files are passed open, so the directory
-/// may be renamed meanwhile; at most [`WRITE_BACK_QUEUE`] wait (open
-/// descriptors count against the process's limit). A file there is no
-/// room for (the thread falls behind on a tree of many small files, each
-/// a block allocation), or every file if the thread cannot be started, is
-/// hinted on the caller's thread instead: dropping it would leave its
-/// pages to the kernel's timer, a later build. Only a hint, which makes
-/// nothing durable: a file the thread has not reached when the process
-/// exits is written back by the kernel as before.
-fn write_back(file: File) {
-    static QUEUE: OnceLock<Option<mpsc::SyncSender<File>>> = OnceLock::new();
-    let queue = QUEUE.get_or_init(|| {
-        let (tx, rx) = mpsc::sync_channel::<File>(WRITE_BACK_QUEUE);
-        std::thread::Builder::new()
-            .name("writeback".into())
-            .spawn(move || {
-                for file in rx {
-                    start_writeback(&file, 0, 0);
-                }
-            })
-            .ok()
-            .map(|_| tx)
-    });
-    let file = match queue {
-        Some(queue) => match queue.try_send(file) {
-            Ok(()) => return,
-            Err(mpsc::TrySendError::Full(file) | mpsc::TrySendError::Disconnected(file)) => file,
-        },
-        None => file,
-    };
-    start_writeback(&file, 0, 0);
-}
-
-/// Files waiting for the writeback thread at most; more are hinted on the
-/// caller's thread.
-const WRITE_BACK_QUEUE: usize = 64;
 
 /// Extended attributes: (name, value) pairs.
 type Xattrs = Vec<(String, Vec<u8>)>;
@@ -500,7 +454,7 @@ impl<W: Write> TarWriter<W> {
         let mut reader = io::Read::take(file, size);
         self.append_checked(&entry.name, header, pax, &mut reader, size, path)?;
         if self.options.write_back && size > 0 {
-            write_back(reader.into_inner());
+            crate::writeback::later(reader.into_inner());
         }
         Ok(())
     }

@@ -60,8 +60,8 @@
 //! # Ok(()) }
 //! ```
 
-// Unsafe code only where a module says why: store.rs's sync_file_range,
-// which rustix lacks.
+// Unsafe code only where a module says why: writeback.rs's
+// sync_file_range, which rustix lacks.
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -85,10 +85,11 @@ pub mod progress;
 pub mod reference;
 pub mod seal;
 pub mod snapshot;
-#[allow(unsafe_code)]
 pub mod store;
 pub mod unpack;
 pub mod whiteout;
+#[allow(unsafe_code)]
+mod writeback;
 
 pub use canonical::to_canonical_json;
 pub use compress::Compression;

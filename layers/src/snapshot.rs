@@ -289,6 +289,7 @@ impl Store {
                 lowers,
                 // The errors say "layer <label>" themselves.
                 label: layer.digest.to_string(),
+                write_back: true,
                 ..UnpackOptions::default()
             };
             unpack(&mut hashing as &mut dyn Read, &fs_dir, &options)?;

@@ -1360,26 +1360,6 @@ pub struct IngestWriter {
 /// Writeback of a blob's pages is started every this many bytes.
 const WRITEBACK_STEP: u64 = 8 * 1024 * 1024;
 
-/// Asks the kernel to start writing `len` bytes at `offset` (0: to the
-/// end) to disk without waiting for them: for a blob, so that commit's
-/// fsync finds little left to flush instead of a whole layer's dirty
-/// pages; for a snapshot's files, so that their writeback happens during
-/// the build that wrote them, not half a minute later during another
-/// (`diff`). Only a hint, which makes nothing durable: a failure is
-/// ignored.
-pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return;
-    };
-    // SAFETY: the descriptor is open for as long as `file` is borrowed;
-    // sync_file_range reads no memory of ours. (rustix has no
-    // sync_file_range.)
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
-    }
-}
-
 impl IngestWriter {
     /// Bytes received so far: where a resumed download continues from
     /// (`Range: bytes=<offset>-`).
@@ -1506,7 +1486,7 @@ impl Write for IngestWriter {
         self.written += n as u64;
         let in_file = self.written - file.buffer().len() as u64;
         if in_file >= self.writeback_from + WRITEBACK_STEP {
-            start_writeback(
+            crate::writeback::start(
                 file.get_ref(),
                 self.writeback_from,
                 in_file - self.writeback_from,

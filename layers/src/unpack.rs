@@ -73,6 +73,10 @@ pub struct UnpackOptions {
     pub preserve_owners: bool,
     /// Names this layer in errors (usually its digest).
     pub label: String,
+    /// Start the writeback of every regular file once written (a layer
+    /// unpacked into a snapshot, whose files are never fsynced: the private
+    /// `writeback` module says why). Not for a tree read once and deleted.
+    pub write_back: bool,
 }
 
 impl Default for UnpackOptions {
@@ -82,6 +86,7 @@ impl Default for UnpackOptions {
             lowers: Vec::new(),
             preserve_owners: rustix::process::geteuid().is_root(),
             label: "layer".into(),
+            write_back: false,
         }
     }
 }
@@ -145,6 +150,7 @@ pub fn unpack(tar: impl Read, dest: &Path, options: &UnpackOptions) -> Result<Un
     let mode = Kind::Layer {
         whiteouts: options.whiteouts,
         lowers: &options.lowers,
+        write_back: options.write_back,
     };
     run(tar, dest, mode, options.preserve_owners, &options.label)
 }
@@ -204,6 +210,7 @@ enum Kind<'a> {
     Layer {
         whiteouts: Whiteouts,
         lowers: &'a [PathBuf],
+        write_back: bool,
     },
     Archive {
         target: &'a dyn ExtractTarget,
@@ -850,7 +857,19 @@ impl Unpacker<'_> {
                 shown,
             )?;
         }
-        rustix::fs::futimens(&file, &times(attrs.mtime)).map_err(|e| self.io("set mtime", shown, e))
+        rustix::fs::futimens(&file, &times(attrs.mtime))
+            .map_err(|e| self.io("set mtime", shown, e))?;
+        if matches!(
+            self.kind,
+            Kind::Layer {
+                write_back: true,
+                ..
+            }
+        ) && n > 0
+        {
+            crate::writeback::later(file);
+        }
+        Ok(())
     }
 
     /// A directory: made unless one is there (anything else there is

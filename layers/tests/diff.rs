@@ -289,54 +289,109 @@ fn packing_an_upper_dir_starts_the_writeback_of_its_files_when_asked() {
     assert!(kept > 0, "packed without write_back, yet written back");
 }
 
-#[test]
-fn packing_a_tree_of_many_small_files_starts_the_writeback_of_every_one() {
-    // More files than the writeback thread's queue holds, each a block
-    // allocation for the thread: it falls behind, and the files it has no
-    // room for must be hinted all the same.
-    const FILES: usize = 3000;
-    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let tree = tmp.path().join("tree");
+/// A tree of `files` small files (more than the writeback thread's queue
+/// holds, each a block allocation for it) under `dir`, and a control file
+/// beside it, not hinted: it tells whether something else (a `sync`) wrote
+/// the filesystem back. `None` when this kernel or filesystem cannot say
+/// (no `cachestat(2)`, or no dirty pages kept).
+fn many_small_files(dir: &Path, files: usize) -> Option<(std::path::PathBuf, fs::File)> {
+    let tree = dir.join("tree");
     fs::create_dir(&tree).unwrap();
-    for i in 0..FILES {
+    for i in 0..files {
         fs::write(tree.join(format!("f{i:04}")), vec![7u8; 3000]).unwrap();
     }
-    let control_path = tmp.path().join("control");
+    let control_path = dir.join("control");
     fs::write(&control_path, vec![7u8; 4 << 20]).unwrap();
     let control = fs::File::open(&control_path).unwrap();
-    let dirty = |file: &fs::File| dirty_and_writeback(file).map(|(d, _)| d);
-    match dirty(&control) {
-        None => return eprintln!("skipped: this kernel has no cachestat(2) (Linux 6.5+)"),
-        Some(0) => return eprintln!("skipped: this filesystem keeps no dirty pages"),
-        Some(_) => {}
+    match dirty_and_writeback(&control) {
+        None => eprintln!("skipped: this kernel has no cachestat(2) (Linux 6.5+)"),
+        Some((0, _)) => eprintln!("skipped: this filesystem keeps no dirty pages"),
+        Some(_) => return Some((tree, control)),
     }
+    None
+}
+
+/// How many regular files under `tree` have dirty pages.
+fn dirty_files(tree: &Path) -> usize {
+    fs::read_dir(tree)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|path| {
+            let file = fs::File::open(path).unwrap();
+            file.metadata().unwrap().is_file() && dirty_and_writeback(&file).unwrap().0 > 0
+        })
+        .count()
+}
+
+/// Waits up to 10 s for every file under `tree` to be clean; false when
+/// `control` became clean first (something else wrote everything back:
+/// the test proves nothing).
+fn written_back(tree: &Path, control: &fs::File) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if dirty_and_writeback(control).unwrap().0 == 0 {
+            eprintln!("skipped: something wrote the filesystem back meanwhile");
+            return false;
+        }
+        let left = dirty_files(tree);
+        if left == 0 {
+            return true;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} files under {} still dirty",
+            tree.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn packing_a_tree_of_many_small_files_starts_the_writeback_of_every_one() {
+    // The files the writeback thread has no room for must be hinted all
+    // the same.
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let Some((tree, control)) = many_small_files(tmp.path(), 3000) else {
+        return;
+    };
     let options = DiffOptions {
         source_date_epoch: None,
         overlay_whiteouts: false,
         write_back: true,
     };
     write_tar(&tree, std::io::sink(), &options).unwrap();
-    let still_dirty = || {
-        (0..FILES)
-            .filter(|i| {
-                let file = fs::File::open(tree.join(format!("f{i:04}"))).unwrap();
-                dirty(&file).unwrap() > 0
-            })
-            .count()
+    written_back(&tree, &control);
+}
+
+#[test]
+fn unpacking_a_layer_into_a_snapshot_starts_the_writeback_of_its_files_when_asked() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let Some((tree, control)) = many_small_files(tmp.path(), 3000) else {
+        return;
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        if dirty(&control) == Some(0) {
-            return eprintln!("skipped: something wrote the filesystem back meanwhile");
-        }
-        let left = still_dirty();
-        if left == 0 {
-            break;
-        }
+    let options = DiffOptions {
+        source_date_epoch: None,
+        overlay_whiteouts: false,
+        write_back: false,
+    };
+    let mut layer = Vec::new();
+    write_tar(&tree, &mut layer, &options).unwrap();
+    let unpacked = |write_back| {
+        let dest = tmp.path().join(format!("write-back-{write_back}"));
+        fs::create_dir(&dest).unwrap();
+        let options = UnpackOptions {
+            write_back,
+            ..UnpackOptions::default()
+        };
+        unpack(layer.as_slice(), &dest, &options).unwrap();
+        dest
+    };
+    let not_asked = unpacked(false);
+    let asked = unpacked(true);
+    if written_back(&asked, &control) {
         assert!(
-            std::time::Instant::now() < deadline,
-            "{left} of {FILES} files still dirty"
+            dirty_files(&not_asked) > 0,
+            "unpacked without write_back, yet written back"
         );
-        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }

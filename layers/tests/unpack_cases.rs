@@ -33,6 +33,7 @@ fn run_case(dir: &Path) -> Result<(), String> {
             lowers: layer_dirs.iter().rev().cloned().collect(),
             preserve_owners: true,
             label: format!("layer{i}"),
+            write_back: false,
         };
         layer_dirs.push(dest.clone());
         if let Err(e) = unpack(tar.as_slice(), &dest, &options) {
