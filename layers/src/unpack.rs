@@ -867,7 +867,15 @@ impl Unpacker<'_> {
             }
         ) && n > 0
         {
-            crate::writeback::later(file);
+            // The writeback thread gets a read-only descriptor: a writable
+            // one held past the unpack would make an exec of the file fail
+            // (ETXTBSY). Where it cannot be opened so (a mode that denies
+            // reading to a user without privileges), hinted here.
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            match rustix::fs::openat(parent, name.as_os_str(), flags, Mode::empty()) {
+                Ok(read_only) => crate::writeback::later(File::from(read_only)),
+                Err(_) => crate::writeback::start(&file, 0, 0),
+            }
         }
         Ok(())
     }

@@ -204,42 +204,6 @@ fn user_overlay_opaque_marks_an_opaque_dir() {
     assert_eq!(names, ["data/", "data/.wh..wh..opq", "data/new"]);
 }
 
-/// Pages of `file` that are dirty and under writeback (`cachestat(2)`,
-/// Linux 6.5); `None` where the kernel has no such call.
-fn dirty_and_writeback(file: &fs::File) -> Option<(u64, u64)> {
-    use std::os::fd::AsRawFd;
-    #[repr(C)]
-    struct Range {
-        off: u64,
-        len: u64,
-    }
-    #[repr(C)]
-    #[derive(Default)]
-    struct CacheStat {
-        nr_cache: u64,
-        nr_dirty: u64,
-        nr_writeback: u64,
-        nr_evicted: u64,
-        nr_recently_evicted: u64,
-    }
-    const SYS_CACHESTAT: libc::c_long = 451;
-    let range = Range { off: 0, len: 0 };
-    let mut stat = CacheStat::default();
-    // SAFETY: the descriptor is open while `file` is borrowed; the kernel
-    // reads `range` and writes `stat`, both live and of the layout
-    // cachestat(2) defines.
-    let rc = unsafe {
-        libc::syscall(
-            SYS_CACHESTAT,
-            file.as_raw_fd(),
-            &range as *const Range,
-            &mut stat as *mut CacheStat,
-            0,
-        )
-    };
-    (rc == 0).then_some((stat.nr_dirty, stat.nr_writeback))
-}
-
 #[test]
 fn packing_an_upper_dir_starts_the_writeback_of_its_files_when_asked() {
     // On the build's filesystem (a tmpfs, as /tmp may be, writes nothing
@@ -255,7 +219,7 @@ fn packing_an_upper_dir_starts_the_writeback_of_its_files_when_asked() {
     let (not_asked, not_asked_file) = write("not-asked");
     // Not packed: tells whether something else (a `sync`) wrote back.
     let (_, control) = write("control");
-    let dirty = |file: &fs::File| dirty_and_writeback(file).map(|(d, _)| d);
+    let dirty = |file: &fs::File| support::dirty_and_writeback(file).map(|(d, _)| d);
     match dirty(&control) {
         None => return eprintln!("skipped: this kernel has no cachestat(2) (Linux 6.5+)"),
         Some(0) => return eprintln!("skipped: this filesystem keeps no dirty pages"),
@@ -289,69 +253,12 @@ fn packing_an_upper_dir_starts_the_writeback_of_its_files_when_asked() {
     assert!(kept > 0, "packed without write_back, yet written back");
 }
 
-/// A tree of `files` small files (more than the writeback thread's queue
-/// holds, each a block allocation for it) under `dir`, and a control file
-/// beside it, not hinted: it tells whether something else (a `sync`) wrote
-/// the filesystem back. `None` when this kernel or filesystem cannot say
-/// (no `cachestat(2)`, or no dirty pages kept).
-fn many_small_files(dir: &Path, files: usize) -> Option<(std::path::PathBuf, fs::File)> {
-    let tree = dir.join("tree");
-    fs::create_dir(&tree).unwrap();
-    for i in 0..files {
-        fs::write(tree.join(format!("f{i:04}")), vec![7u8; 3000]).unwrap();
-    }
-    let control_path = dir.join("control");
-    fs::write(&control_path, vec![7u8; 4 << 20]).unwrap();
-    let control = fs::File::open(&control_path).unwrap();
-    match dirty_and_writeback(&control) {
-        None => eprintln!("skipped: this kernel has no cachestat(2) (Linux 6.5+)"),
-        Some((0, _)) => eprintln!("skipped: this filesystem keeps no dirty pages"),
-        Some(_) => return Some((tree, control)),
-    }
-    None
-}
-
-/// How many regular files under `tree` have dirty pages.
-fn dirty_files(tree: &Path) -> usize {
-    fs::read_dir(tree)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|path| {
-            let file = fs::File::open(path).unwrap();
-            file.metadata().unwrap().is_file() && dirty_and_writeback(&file).unwrap().0 > 0
-        })
-        .count()
-}
-
-/// Waits up to 10 s for every file under `tree` to be clean; false when
-/// `control` became clean first (something else wrote everything back:
-/// the test proves nothing).
-fn written_back(tree: &Path, control: &fs::File) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        if dirty_and_writeback(control).unwrap().0 == 0 {
-            eprintln!("skipped: something wrote the filesystem back meanwhile");
-            return false;
-        }
-        let left = dirty_files(tree);
-        if left == 0 {
-            return true;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{left} files under {} still dirty",
-            tree.display()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn packing_a_tree_of_many_small_files_starts_the_writeback_of_every_one() {
     // The files the writeback thread has no room for must be hinted all
     // the same.
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let Some((tree, control)) = many_small_files(tmp.path(), 3000) else {
+    let Some((tree, control)) = support::many_small_files(tmp.path(), 3000) else {
         return;
     };
     let options = DiffOptions {
@@ -360,13 +267,13 @@ fn packing_a_tree_of_many_small_files_starts_the_writeback_of_every_one() {
         write_back: true,
     };
     write_tar(&tree, std::io::sink(), &options).unwrap();
-    written_back(&tree, &control);
+    support::written_back(&tree, &control);
 }
 
 #[test]
-fn unpacking_a_layer_into_a_snapshot_starts_the_writeback_of_its_files_when_asked() {
+fn unpacking_a_layer_starts_the_writeback_of_its_files_when_asked() {
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let Some((tree, control)) = many_small_files(tmp.path(), 3000) else {
+    let Some((tree, control)) = support::many_small_files(tmp.path(), 3000) else {
         return;
     };
     let options = DiffOptions {
@@ -388,10 +295,11 @@ fn unpacking_a_layer_into_a_snapshot_starts_the_writeback_of_its_files_when_aske
     };
     let not_asked = unpacked(false);
     let asked = unpacked(true);
-    if written_back(&asked, &control) {
-        assert!(
-            dirty_files(&not_asked) > 0,
-            "unpacked without write_back, yet written back"
-        );
+    if support::written_back(&asked, &control) {
+        let kept = support::dirty_files(&not_asked);
+        if support::dirty_and_writeback(&control).unwrap().0 == 0 {
+            return eprintln!("skipped: something wrote the filesystem back meanwhile");
+        }
+        assert!(kept > 0, "unpacked without write_back, yet written back");
     }
 }

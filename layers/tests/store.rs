@@ -1,6 +1,8 @@
 //! The content store: verified ingest, concurrent writers (threads and
 //! processes), kill -9 safety, tagging under a lock, prune and rmi.
 
+mod support;
+
 use std::fs;
 use std::io::Write;
 use std::path::Path;
@@ -440,6 +442,24 @@ fn threads_preparing_the_same_snapshots_all_succeed() {
             .len(),
         2
     );
+}
+
+#[test]
+fn a_layer_unpacked_into_a_snapshot_has_the_writeback_of_its_files_started() {
+    // On the build's filesystem (a tmpfs, as /tmp may be, writes nothing
+    // back); the control file tells whether something else wrote it back.
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let Some((_, control)) = support::many_small_files(tmp.path(), 1) else {
+        return;
+    };
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let image = many_file_image(&store, 3000);
+    let lower = store
+        .prepare_snapshots(&image, &kiln_layers::NoProgress)
+        .unwrap()
+        .remove(0);
+    assert_eq!(fs::read_dir(&lower).unwrap().count(), 3000);
+    support::written_back(&lower, &control);
 }
 
 /// An image of `n` files (`f0`…) in one layer.

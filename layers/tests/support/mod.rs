@@ -1,7 +1,8 @@
 //! Helpers shared by kiln-layers' integration tests: a raw tar writer that
 //! can produce hostile archives (names with `..`, absolute names — what a
 //! careful tar library refuses to write), a tiny spec language for layers,
-//! and a deterministic listing of a directory tree.
+//! a deterministic listing of a directory tree, and what a file's pages
+//! are (dirty or not: `cachestat(2)`), for the writeback tests.
 
 #![allow(dead_code)]
 
@@ -285,4 +286,97 @@ pub fn listing(root: &Path) -> String {
 /// `KILN_BLESS=1`.
 pub fn check_golden(path: &Path, actual: &str) {
     kiln_testsupport::golden::check(path, actual);
+}
+
+/// Pages of `file` that are dirty and under writeback (`cachestat(2)`,
+/// Linux 6.5); `None` where the kernel has no such call.
+pub fn dirty_and_writeback(file: &fs::File) -> Option<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct CacheStat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    const SYS_CACHESTAT: libc::c_long = 451;
+    let range = Range { off: 0, len: 0 };
+    let mut stat = CacheStat::default();
+    // SAFETY: the descriptor is open while `file` is borrowed; the kernel
+    // reads `range` and writes `stat`, both live and of the layout
+    // cachestat(2) defines.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &range as *const Range,
+            &mut stat as *mut CacheStat,
+            0,
+        )
+    };
+    (rc == 0).then_some((stat.nr_dirty, stat.nr_writeback))
+}
+
+/// A tree of `files` small files (more than the writeback thread's queue
+/// holds, each a block allocation for it) under `dir`, and a control file
+/// beside it, not hinted: it tells whether something else (a `sync`) wrote
+/// the filesystem back. `None` when this kernel or filesystem cannot say
+/// (no `cachestat(2)`, or no dirty pages kept).
+pub fn many_small_files(dir: &Path, files: usize) -> Option<(std::path::PathBuf, fs::File)> {
+    let tree = dir.join("tree");
+    fs::create_dir(&tree).unwrap();
+    for i in 0..files {
+        fs::write(tree.join(format!("f{i:04}")), vec![7u8; 3000]).unwrap();
+    }
+    let control_path = dir.join("control");
+    fs::write(&control_path, vec![7u8; 4 << 20]).unwrap();
+    let control = fs::File::open(&control_path).unwrap();
+    match dirty_and_writeback(&control) {
+        None => eprintln!("skipped: this kernel has no cachestat(2) (Linux 6.5+)"),
+        Some((0, _)) => eprintln!("skipped: this filesystem keeps no dirty pages"),
+        Some(_) => return Some((tree, control)),
+    }
+    None
+}
+
+/// How many regular files under `tree` have dirty pages.
+pub fn dirty_files(tree: &Path) -> usize {
+    fs::read_dir(tree)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|path| {
+            let file = fs::File::open(path).unwrap();
+            file.metadata().unwrap().is_file() && dirty_and_writeback(&file).unwrap().0 > 0
+        })
+        .count()
+}
+
+/// Waits up to 10 s for every file under `tree` to be clean; false when
+/// `control` became clean first (something else wrote everything back:
+/// the test proves nothing).
+pub fn written_back(tree: &Path, control: &fs::File) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if dirty_and_writeback(control).unwrap().0 == 0 {
+            eprintln!("skipped: something wrote the filesystem back meanwhile");
+            return false;
+        }
+        let left = dirty_files(tree);
+        if left == 0 {
+            return true;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} files under {} still dirty",
+            tree.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
