@@ -445,54 +445,10 @@ fn threads_preparing_the_same_snapshots_all_succeed() {
 }
 
 #[test]
-fn a_layer_unpacked_into_a_snapshot_has_the_writeback_of_its_files_started() {
-    // On the build's filesystem (a tmpfs, as /tmp may be, writes nothing
-    // back); the control file tells whether something else wrote it back.
-    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let Some((_, control)) = support::many_small_files(tmp.path(), 1) else {
-        return;
-    };
-    let store = Store::open(tmp.path().join("store")).unwrap();
-    let image = many_file_image(&store, 3000);
-    let lower = store
-        .prepare_snapshots(&image, &kiln_layers::NoProgress)
-        .unwrap()
-        .remove(0);
-    assert_eq!(fs::read_dir(&lower).unwrap().count(), 3000);
-    support::written_back(&lower, &control);
-}
-
-/// An image of `n` files (`f0`…) in one layer.
-fn many_file_image(store: &Store, n: usize) -> kiln_layers::Image {
-    let mut b = tar::Builder::new(Vec::new());
-    for i in 0..n {
-        let body = format!("file {i}\n");
-        let mut h = tar::Header::new_ustar();
-        h.set_size(body.len() as u64);
-        h.set_mode(0o644);
-        b.append_data(&mut h, format!("f{i}"), body.as_bytes())
-            .unwrap();
-    }
-    let tar = b.into_inner().unwrap();
-    let layer = store.put_blob(media::OCI_LAYER, &tar).unwrap();
-    let config = ImageConfig {
-        architecture: "amd64".into(),
-        os: "linux".into(),
-        rootfs: RootFs {
-            kind: "layers".into(),
-            diff_ids: vec![Digest::of(&tar)],
-        },
-        ..ImageConfig::default()
-    };
-    let manifest = store.write_image(&config, &[layer]).unwrap();
-    store.read_image(&manifest, &Platform::host()).unwrap()
-}
-
-#[test]
 fn a_snapshot_without_its_completion_marker_is_unpacked_again_not_used() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(tmp.path()).unwrap();
-    let image = many_file_image(&store, 50);
+    let image = support::many_file_image(&store, 50);
     let chain = image.chain_ids()[0].clone();
     let lower = store
         .prepare_snapshots(&image, &kiln_layers::NoProgress)
@@ -545,7 +501,7 @@ fn a_snapshot_without_its_completion_marker_is_unpacked_again_not_used() {
 fn a_snapshot_of_an_earlier_boot_is_used_only_when_a_seal_covers_it() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(tmp.path()).unwrap();
-    let image = many_file_image(&store, 20);
+    let image = support::many_file_image(&store, 20);
     let chain = image.chain_ids()[0].clone();
     let lower = store
         .prepare_snapshots(&image, &kiln_layers::NoProgress)

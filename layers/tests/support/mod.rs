@@ -1,8 +1,9 @@
 //! Helpers shared by kiln-layers' integration tests: a raw tar writer that
 //! can produce hostile archives (names with `..`, absolute names — what a
 //! careful tar library refuses to write), a tiny spec language for layers,
-//! a deterministic listing of a directory tree, and what a file's pages
-//! are (dirty or not: `cachestat(2)`), for the writeback tests.
+//! a deterministic listing of a directory tree, an image of many files in
+//! a store, and what a file's pages are (dirty or not: `cachestat(2)`),
+//! for the writeback tests.
 
 #![allow(dead_code)]
 
@@ -324,26 +325,31 @@ pub fn dirty_and_writeback(file: &fs::File) -> Option<(u64, u64)> {
     (rc == 0).then_some((stat.nr_dirty, stat.nr_writeback))
 }
 
-/// A tree of `files` small files (more than the writeback thread's queue
-/// holds, each a block allocation for it) under `dir`, and a control file
-/// beside it, not hinted: it tells whether something else (a `sync`) wrote
-/// the filesystem back. `None` when this kernel or filesystem cannot say
-/// (no `cachestat(2)`, or no dirty pages kept).
-pub fn many_small_files(dir: &Path, files: usize) -> Option<(std::path::PathBuf, fs::File)> {
+/// A file of 4 MiB under `dir` that nothing hints: while it is dirty,
+/// nothing else (a `sync`) has written the filesystem back. `None` when
+/// this kernel or filesystem cannot say (no `cachestat(2)`, or no dirty
+/// pages kept).
+pub fn control_file(dir: &Path) -> Option<fs::File> {
+    let path = dir.join("control");
+    fs::write(&path, vec![7u8; 4 << 20]).unwrap();
+    let control = fs::File::open(&path).unwrap();
+    match dirty_and_writeback(&control) {
+        None => eprintln!("skipped: this kernel has no cachestat(2) (Linux 6.5+)"),
+        Some((0, _)) => eprintln!("skipped: this filesystem keeps no dirty pages"),
+        Some(_) => return Some(control),
+    }
+    None
+}
+
+/// A tree `dir/tree` of `files` small files: more than the writeback
+/// thread's queue holds, each a block allocation for it.
+pub fn many_small_files(dir: &Path, files: usize) -> std::path::PathBuf {
     let tree = dir.join("tree");
     fs::create_dir(&tree).unwrap();
     for i in 0..files {
         fs::write(tree.join(format!("f{i:04}")), vec![7u8; 3000]).unwrap();
     }
-    let control_path = dir.join("control");
-    fs::write(&control_path, vec![7u8; 4 << 20]).unwrap();
-    let control = fs::File::open(&control_path).unwrap();
-    match dirty_and_writeback(&control) {
-        None => eprintln!("skipped: this kernel has no cachestat(2) (Linux 6.5+)"),
-        Some((0, _)) => eprintln!("skipped: this filesystem keeps no dirty pages"),
-        Some(_) => return Some((tree, control)),
-    }
-    None
+    tree
 }
 
 /// How many regular files under `tree` have dirty pages.
@@ -379,4 +385,44 @@ pub fn written_back(tree: &Path, control: &fs::File) -> bool {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// Whether some file under `tree` is still dirty; `None` when `control`
+/// is clean by now (something else wrote everything back: the test proves
+/// nothing).
+pub fn some_still_dirty(tree: &Path, control: &fs::File) -> Option<bool> {
+    let dirty = dirty_files(tree) > 0;
+    if dirty_and_writeback(control).unwrap().0 == 0 {
+        eprintln!("skipped: something wrote the filesystem back meanwhile");
+        return None;
+    }
+    Some(dirty)
+}
+
+/// An image of `n` files (`f0`…) in one layer.
+pub fn many_file_image(store: &kiln_layers::Store, n: usize) -> kiln_layers::Image {
+    let mut b = tar::Builder::new(Vec::new());
+    for i in 0..n {
+        let body = format!("file {i}\n");
+        let mut h = tar::Header::new_ustar();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, format!("f{i}"), body.as_bytes())
+            .unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let layer = store.put_blob(kiln_layers::media::OCI_LAYER, &tar).unwrap();
+    let config = kiln_layers::oci::ImageConfig {
+        architecture: "amd64".into(),
+        os: "linux".into(),
+        rootfs: kiln_layers::oci::RootFs {
+            kind: "layers".into(),
+            diff_ids: vec![kiln_layers::Digest::of(&tar)],
+        },
+        ..kiln_layers::oci::ImageConfig::default()
+    };
+    let manifest = store.write_image(&config, &[layer]).unwrap();
+    store
+        .read_image(&manifest, &kiln_layers::Platform::host())
+        .unwrap()
 }
