@@ -216,6 +216,10 @@ pub struct PruneReport {
     /// Why the collection scanned the store again while it held it
     /// exclusively, when it did (else it chose from its first scan).
     pub rescanned: Option<&'static str>,
+    /// How long that scan took, and how many trees it walked to measure
+    /// them (snapshots and parked upper dirs whose size no build noted).
+    pub rescan_time: std::time::Duration,
+    pub rescan_walked: usize,
     /// How long it waited for `gc.lock`, that is for the builds, pulls and
     /// runs using the store to end, before it held the store.
     pub waited: std::time::Duration,

@@ -544,7 +544,14 @@ fn collect_by_policy(store: &Store, policy: &Policy) -> anyhow::Result<String> {
     let waited = report.waited.as_millis();
     let rescan = report
         .rescanned
-        .map(|why| format!("; scanned the store again under the lock ({why})"))
+        .map(|why| {
+            format!(
+                "; scanned the store again under the lock ({why}; in {} ms, walking {} trees \
+                 no build had noted)",
+                report.rescan_time.as_millis(),
+                report.rescan_walked
+            )
+        })
         .unwrap_or_default();
     let line = format!(
         "collected {} bytes in the store and {runs} bytes of dead runs' scratch; \

@@ -229,7 +229,7 @@ fn gc_log_says_why_a_collection_scanned_the_store_again() {
     assert!(
         log.contains(
             "; scanned the store again under the lock (the first scan passed over \
-             scratch that only a scan with the lock may take); worked "
+             scratch that only a scan with the lock may take; in "
         ),
         "{log}"
     );

@@ -24,7 +24,9 @@
 //!    directories it listed, as far as their mtimes can tell:
 //!    `inventory::DirStamp`; no item used). Otherwise it scans the store
 //!    again first (`Rescan` says why), reading only the cache records
-//!    added, touched or replaced since phase 1 (`inventory::ReadMemo`).
+//!    added, touched or replaced since phase 1 (`inventory::ReadMemo`),
+//!    and walking no tree a build noted meanwhile (the builds it waited
+//!    for: their notes are taken in first).
 //! 3. The lock released, the renames are made durable (`fsync` of the
 //!    trash and of the directories the entries left), then the trash
 //!    entries are deleted and measured.
@@ -422,7 +424,11 @@ impl Store {
             let locked = Instant::now();
             let choice = self.choose_under_lock(look, policy, &mut sizes)?;
             let mut report = predicted(&choice.inv, &choice.sel, choice.disk);
-            report.rescanned = choice.rescanned.map(Rescan::why);
+            if let Some(rescan) = choice.rescan {
+                report.rescanned = Some(rescan.reason.why());
+                report.rescan_time = rescan.took;
+                report.rescan_walked = rescan.walked;
+            }
             report.waited = locked.duration_since(waiting);
             let moved = self.move_chosen_to_trash(&choice.inv, &choice.sel)?;
             drop(gc);
@@ -486,17 +492,29 @@ impl Store {
             Some(_) => None,
         };
         let mut memo = look.memo;
+        let scanning = Instant::now();
+        let walked = sizes.walked;
         let inv = match rescanned {
             None => look.inv,
-            Some(_) => scan(self, sizes, &mut memo, true)?,
+            Some(_) => {
+                // The trees that builds made while this one waited for
+                // them were noted: not walked now, while builds wait.
+                sizes.take_new_notes(self);
+                scan(self, sizes, &mut memo, true)?
+            }
         };
+        let rescan = rescanned.map(|reason| RescanReport {
+            reason,
+            took: scanning.elapsed(),
+            walked: sizes.walked - walked,
+        });
         let disk = Disk::of(self.root())?;
         let sel = select(&inv, policy, SystemTime::now(), disk);
         Ok(Choice {
             inv,
             sel,
             disk,
-            rescanned,
+            rescan,
         })
     }
 
@@ -611,8 +629,18 @@ struct Choice {
     inv: Inventory,
     sel: Selection,
     disk: Disk,
-    /// Why the store was scanned again under the lock, if it was.
-    rescanned: Option<Rescan>,
+    /// The scan made again under the lock, if one was.
+    rescan: Option<RescanReport>,
+}
+
+/// Phase 2's scan: why it was made, how long it took, and how many trees
+/// it walked to measure them (snapshots and parked upper dirs whose size
+/// no build had noted).
+#[derive(Clone, Copy, Debug)]
+struct RescanReport {
+    reason: Rescan,
+    took: Duration,
+    walked: usize,
 }
 
 /// Whether every file and directory `sel` chose is a trash entry (no
@@ -686,6 +714,8 @@ impl PruneReport {
             free_before: self.free_before,
             exclusive: self.exclusive,
             rescanned: self.rescanned,
+            rescan_time: self.rescan_time,
+            rescan_walked: self.rescan_walked,
             waited: self.waited,
             synced: self.synced,
             unsealed: self.unsealed.take(),
@@ -1020,7 +1050,7 @@ mod tests {
         let chosen = chosen_pieces(&choice.inv, &choice.sel)
             .map(|piece| piece.path.clone())
             .collect();
-        (choice.rescanned, chosen)
+        (choice.rescan.map(|r| r.reason), chosen)
     }
 
     #[test]
@@ -1054,6 +1084,29 @@ mod tests {
             phases(&store, &policy, || {}),
             (None, vec![paths[0].clone()])
         );
+    }
+
+    #[test]
+    fn trees_noted_while_the_collection_waited_are_not_walked_under_the_lock() {
+        let (_tmp, store, paths) = store_with_records();
+        let policy = keep_records(&paths, 2);
+        let mut sizes = SizeCache::load_taking_notes(&store);
+        let look = store.first_look(&mut sizes).unwrap();
+        // While the collection waits for it, a build parks an upper dir
+        // and notes its size, as `discard_step_dir` does.
+        let parked = store.parked_dir().join("trash-1-2-x");
+        std::fs::create_dir_all(parked.join("etc")).unwrap();
+        std::fs::write(parked.join("etc/file"), b"parked").unwrap();
+        let size = usage::measure_tree(&parked).unwrap();
+        store.note_tree_size(&parked, &size).unwrap();
+        let choice = store.choose_under_lock(look, &policy, &mut sizes).unwrap();
+        let rescan = choice.rescan.expect("the parked dir makes it scan again");
+        assert_eq!(rescan.walked, 0, "{rescan:?}");
+        assert_eq!(sizes.walked, 0);
+        // Taken in, to be removed once the cache is saved.
+        sizes.save(&store).unwrap();
+        let notes = store.list_dir(&store.gc_notes_dir()).unwrap();
+        assert!(notes.is_empty(), "{notes:?}");
     }
 
     #[test]

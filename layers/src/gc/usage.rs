@@ -403,17 +403,30 @@ impl SizeCache {
     /// that leaves them to the next.
     pub(crate) fn load_taking_notes(store: &Store) -> SizeCache {
         let mut cache = SizeCache::saved(store);
-        let dir = store.gc_notes_dir();
-        let taken = dir.join(format!("taken-{}", crate::store::unique_suffix()));
-        let _ = fs::rename(dir.join(NOTES), &taken);
+        set_notes_aside(store);
         for file in notes_files(store) {
             if file.file_name() != Some(std::ffi::OsStr::new(NOTES)) {
-                cache.add_notes(&file);
-                cache.taken.push(file);
-                cache.changed = true;
+                cache.take_notes(file);
             }
         }
         cache
+    }
+
+    /// Takes in the notes builds made since the cache was loaded with
+    /// [`SizeCache::load_taking_notes`]: a collection that waited for the
+    /// builds in flight calls it once it holds the store, so that its scan
+    /// then does not walk the trees those builds made.
+    pub(crate) fn take_new_notes(&mut self, store: &Store) {
+        if let Some(taken) = set_notes_aside(store) {
+            self.take_notes(taken);
+        }
+    }
+
+    /// Adds the notes in `file`, to be removed once the cache is saved.
+    fn take_notes(&mut self, file: PathBuf) {
+        self.add_notes(&file);
+        self.taken.push(file);
+        self.changed = true;
     }
 
     fn saved(store: &Store) -> SizeCache {
@@ -493,6 +506,15 @@ impl SizeCache {
         }
         Ok(())
     }
+}
+
+/// Renames the notes file builds append to aside, to be taken in (a build
+/// then starts a new one); returns its new path, `None` when there was
+/// none.
+fn set_notes_aside(store: &Store) -> Option<PathBuf> {
+    let dir = store.gc_notes_dir();
+    let taken = dir.join(format!("taken-{}", crate::store::unique_suffix()));
+    fs::rename(dir.join(NOTES), &taken).ok().map(|()| taken)
 }
 
 /// The files in `gc-notes/`, oldest first (by modification time, then
