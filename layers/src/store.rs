@@ -216,9 +216,14 @@ pub struct PruneReport {
     /// Why the collection scanned the store again while it held it
     /// exclusively, when it did (else it chose from its first scan).
     pub rescanned: Option<&'static str>,
-    /// How long that scan took, and how many trees it walked to measure
-    /// them (snapshots and parked upper dirs whose size no build noted).
+    /// How long that scan took, taking in the builds' new notes included
+    /// (zero when there was none).
     pub rescan_time: std::time::Duration,
+    /// How many snapshots and parked upper dirs that scan walked to
+    /// measure them, for want of a size noted or cached for them as they
+    /// are (zero when there was none). Not counted: the other trees every
+    /// scan walks (scratch, trash entries, cache mounts), which are not
+    /// noted.
     pub rescan_walked: usize,
     /// How long it waited for `gc.lock`, that is for the builds, pulls and
     /// runs using the store to end, before it held the store.

@@ -546,8 +546,8 @@ fn collect_by_policy(store: &Store, policy: &Policy) -> anyhow::Result<String> {
         .rescanned
         .map(|why| {
             format!(
-                "; scanned the store again under the lock ({why}; in {} ms, walking {} trees \
-                 no build had noted)",
+                "; scanned the store again under the lock ({why}; in {} ms; snapshots and \
+                 parked dirs walked for want of a size: {})",
                 report.rescan_time.as_millis(),
                 report.rescan_walked
             )

@@ -25,8 +25,8 @@
 //!    `inventory::DirStamp`; no item used). Otherwise it scans the store
 //!    again first (`Rescan` says why), reading only the cache records
 //!    added, touched or replaced since phase 1 (`inventory::ReadMemo`),
-//!    and walking no tree a build noted meanwhile (the builds it waited
-//!    for: their notes are taken in first).
+//!    and walking no tree that a build it waited for noted (their notes
+//!    are taken in first; a `kiln prune` beside it may take them before).
 //! 3. The lock released, the renames are made durable (`fsync` of the
 //!    trash and of the directories the entries left), then the trash
 //!    entries are deleted and measured.
@@ -1103,6 +1103,16 @@ mod tests {
         let rescan = choice.rescan.expect("the parked dir makes it scan again");
         assert_eq!(rescan.walked, 0, "{rescan:?}");
         assert_eq!(sizes.walked, 0);
+        // And counted at its size.
+        let counted: Vec<u64> = choice
+            .inv
+            .items
+            .iter()
+            .flat_map(|item| &item.pieces)
+            .filter(|piece| piece.path == parked)
+            .map(|piece| piece.bytes)
+            .collect();
+        assert_eq!(counted, vec![size.own]);
         // Taken in, to be removed once the cache is saved.
         sizes.save(&store).unwrap();
         let notes = store.list_dir(&store.gc_notes_dir()).unwrap();
