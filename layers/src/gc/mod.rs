@@ -202,15 +202,19 @@ impl StoreIdentity {
                 born: (st.stx_btime.tv_sec, st.stx_btime.tv_nsec),
             }),
             Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => None,
-            Err(_) => {
-                let st = rustix::fs::stat(store.root()).ok()?;
-                Some(StoreIdentity {
-                    dev: st.st_dev,
-                    ino: st.st_ino,
-                    born: (0, 0),
-                })
-            }
+            Err(_) => StoreIdentity::of_stat(store.root()),
         }
+    }
+
+    /// The fallback of [`StoreIdentity::of`]: device and inode from
+    /// `stat`, no birth time.
+    fn of_stat(root: &std::path::Path) -> Option<StoreIdentity> {
+        let st = rustix::fs::stat(root).ok()?;
+        Some(StoreIdentity {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            born: (0, 0),
+        })
     }
 }
 
@@ -856,6 +860,17 @@ mod tests {
             interval: Duration::ZERO,
         };
         turn_comes_after(&store, pacing, Duration::from_millis(300));
+    }
+
+    #[test]
+    fn the_stat_fallback_names_the_store_by_the_same_device_and_inode_as_statx() {
+        let (_tmp, store) = store();
+        let by_statx = StoreIdentity::of(&store).expect("the store is there");
+        let by_stat = StoreIdentity::of_stat(store.root()).expect("the store is there");
+        assert_eq!((by_stat.dev, by_stat.ino), (by_statx.dev, by_statx.ino));
+        assert_eq!(by_stat.born, (0, 0));
+        let gone = store.root().join("no-such-store");
+        assert_eq!(StoreIdentity::of_stat(&gone), None);
     }
 
     #[test]
