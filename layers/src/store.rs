@@ -213,18 +213,9 @@ pub struct PruneReport {
     /// into the trash, and a scan when `rescanned`): what a build starting
     /// then waited at most.
     pub exclusive: std::time::Duration,
-    /// Why the collection scanned the store again while it held it
-    /// exclusively, when it did (else it chose from its first scan).
-    pub rescanned: Option<&'static str>,
-    /// How long that scan took, taking in the builds' new notes included
-    /// (zero when there was none).
-    pub rescan_time: std::time::Duration,
-    /// How many snapshots and parked upper dirs that scan walked to
-    /// measure them, for want of a size noted or cached for them as they
-    /// are (zero when there was none). Not counted: the other trees every
-    /// scan walks (scratch, trash entries, cache mounts), which are not
-    /// noted.
-    pub rescan_walked: usize,
+    /// The scan the collection made again while it held the store
+    /// exclusively, when it made one (else it chose from its first scan).
+    pub rescanned: Option<Rescanned>,
     /// How long it waited for `gc.lock`, that is for the builds, pulls and
     /// runs using the store to end, before it held the store.
     pub waited: std::time::Duration,
@@ -233,6 +224,21 @@ pub struct PruneReport {
     pub synced: std::time::Duration,
     /// Why the seal failed or was not made, when it was not.
     pub unsealed: Option<String>,
+}
+
+/// A collection's second scan of the store, made while it held it
+/// exclusively ([`PruneReport::rescanned`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rescanned {
+    /// Why the first scan's inventory could not be chosen from.
+    pub why: &'static str,
+    /// How long it took, taking in the builds' new notes included.
+    pub took: std::time::Duration,
+    /// How many snapshots and parked upper dirs it walked to measure them,
+    /// for want of a size noted or cached for them as they are. Not
+    /// counted: the other trees every scan walks (scratch, trash entries,
+    /// cache mounts), which are not noted.
+    pub walked: usize,
 }
 
 impl PruneReport {

@@ -544,12 +544,13 @@ fn collect_by_policy(store: &Store, policy: &Policy) -> anyhow::Result<String> {
     let waited = report.waited.as_millis();
     let rescan = report
         .rescanned
-        .map(|why| {
+        .map(|scan| {
             format!(
-                "; scanned the store again under the lock ({why}; in {} ms; snapshots and \
+                "; scanned the store again under the lock ({}; in {} ms; snapshots and \
                  parked dirs walked for want of a size: {})",
-                report.rescan_time.as_millis(),
-                report.rescan_walked
+                scan.why,
+                scan.took.as_millis(),
+                scan.walked
             )
         })
         .unwrap_or_default();

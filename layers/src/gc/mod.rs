@@ -69,7 +69,7 @@ use crate::cleanup::{remove_tree, Meter};
 use crate::digest::Digest;
 use crate::error::Result;
 use crate::oci::ANNOTATION_REF_NAME;
-use crate::store::{fsync_dir, lock, try_lock, PruneReport, Store};
+use crate::store::{fsync_dir, lock, try_lock, PruneReport, Rescanned, Store};
 use inventory::{scan, DirStamp, Inventory, ReadMemo, What};
 use select::{select, Selection};
 use usage::SizeCache;
@@ -428,11 +428,7 @@ impl Store {
             let locked = Instant::now();
             let choice = self.choose_under_lock(look, policy, &mut sizes)?;
             let mut report = predicted(&choice.inv, &choice.sel, choice.disk);
-            if let Some(rescan) = choice.rescan {
-                report.rescanned = Some(rescan.reason.why());
-                report.rescan_time = rescan.took;
-                report.rescan_walked = rescan.walked;
-            }
+            report.rescanned = choice.rescan.map(|(_, figures)| figures);
             report.waited = locked.duration_since(waiting);
             let moved = self.move_chosen_to_trash(&choice.inv, &choice.sel)?;
             drop(gc);
@@ -507,10 +503,13 @@ impl Store {
                 scan(self, sizes, &mut memo, true)?
             }
         };
-        let rescan = rescanned.map(|reason| RescanReport {
-            reason,
-            took: scanning.elapsed(),
-            walked: sizes.walked - walked,
+        let rescan = rescanned.map(|reason| {
+            let figures = Rescanned {
+                why: reason.why(),
+                took: scanning.elapsed(),
+                walked: sizes.walked - walked,
+            };
+            (reason, figures)
         });
         let disk = Disk::of(self.root())?;
         let sel = select(&inv, policy, SystemTime::now(), disk);
@@ -633,18 +632,9 @@ struct Choice {
     inv: Inventory,
     sel: Selection,
     disk: Disk,
-    /// The scan made again under the lock, if one was.
-    rescan: Option<RescanReport>,
-}
-
-/// Phase 2's scan: why it was made, how long it took, and how many trees
-/// it walked to measure them (snapshots and parked upper dirs whose size
-/// no build had noted).
-#[derive(Clone, Copy, Debug)]
-struct RescanReport {
-    reason: Rescan,
-    took: Duration,
-    walked: usize,
+    /// The scan made again under the lock, if one was: why, and its
+    /// figures.
+    rescan: Option<(Rescan, Rescanned)>,
 }
 
 /// Whether every file and directory `sel` chose is a trash entry (no
@@ -718,8 +708,6 @@ impl PruneReport {
             free_before: self.free_before,
             exclusive: self.exclusive,
             rescanned: self.rescanned,
-            rescan_time: self.rescan_time,
-            rescan_walked: self.rescan_walked,
             waited: self.waited,
             synced: self.synced,
             unsealed: self.unsealed.take(),
@@ -1065,7 +1053,7 @@ mod tests {
         let chosen = chosen_pieces(&choice.inv, &choice.sel)
             .map(|piece| piece.path.clone())
             .collect();
-        (choice.rescan.map(|r| r.reason), chosen)
+        (choice.rescan.map(|(why, _)| why), chosen)
     }
 
     #[test]
@@ -1115,7 +1103,7 @@ mod tests {
         let size = usage::measure_tree(&parked).unwrap();
         store.note_tree_size(&parked, &size).unwrap();
         let choice = store.choose_under_lock(look, &policy, &mut sizes).unwrap();
-        let rescan = choice.rescan.expect("the parked dir makes it scan again");
+        let (_, rescan) = choice.rescan.expect("the parked dir makes it scan again");
         assert_eq!(rescan.walked, 0, "{rescan:?}");
         assert_eq!(sizes.walked, 0);
         // And counted at its size.
