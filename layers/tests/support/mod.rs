@@ -399,6 +399,18 @@ pub fn some_still_dirty(tree: &Path, control: &fs::File) -> Option<bool> {
     Some(dirty)
 }
 
+/// Checks that every file under `asked` is written back within 10 s while
+/// some under `not_asked`, `what` (packed, unpacked) without the hint,
+/// are still dirty; unless something else wrote the filesystem back
+/// meanwhile (`control` clean), when the test proves nothing and says so.
+pub fn only_asked_written_back(asked: &Path, not_asked: &Path, control: &fs::File, what: &str) {
+    if written_back(asked, control) {
+        if let Some(kept) = some_still_dirty(not_asked, control) {
+            assert!(kept, "{what} without write_back, yet written back");
+        }
+    }
+}
+
 /// An image of `n` files (`f0`…) in one layer.
 pub fn many_file_image(store: &kiln_layers::Store, n: usize) -> kiln_layers::Image {
     let mut b = tar::Builder::new(Vec::new());
