@@ -137,6 +137,7 @@ fn served_repo(fixture: &Fixture) -> String {
             ("app/alt.Dockerfile", "FROM busybox\nCOPY data.txt /alt/\n"),
             ("app/data.txt", "v1 data\n"),
             ("top.txt", "top\n"),
+            ("keep.Dockerfile", "FROM busybox\nCOPY . /ctx/\n"),
         ],
     );
     git_in(&repo, &["add", "-A"]);
@@ -167,6 +168,28 @@ fn git_context_with_ref_and_subdir() {
     // A missing ref is an error naming it.
     let stderr = failed(&fixture.build(&[&format!("{url}#nope:app")], None));
     assert!(stderr.contains("nope"), "{stderr}");
+    // BUILDKIT_CONTEXT_KEEP_GIT_DIR=1 keeps the repository's .git in the
+    // context, as BuildKit does, and says nothing of having no effect;
+    // without it the context has no .git.
+    let keep = |name: &str, args: &[&str]| {
+        let dest = format!("type=local,dest={}", fixture.path(name).display());
+        let all = [
+            &["-o", dest.as_str(), "-f", "keep.Dockerfile"][..],
+            args,
+            &[url.as_str()],
+        ]
+        .concat();
+        let out = fixture.build(&all, None);
+        ok(&out);
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = keep("kept", &["--build-arg", "BUILDKIT_CONTEXT_KEEP_GIT_DIR=1"]);
+    assert!(fixture.path("kept/ctx/.git").is_dir(), "{stderr}");
+    assert!(fixture.path("kept/ctx/top.txt").is_file(), "{stderr}");
+    assert!(!stderr.contains("has no effect"), "{stderr}");
+    let stderr = keep("dropped", &[]);
+    assert!(fixture.path("dropped/ctx/top.txt").is_file(), "{stderr}");
+    assert!(!fixture.path("dropped/ctx/.git").exists(), "{stderr}");
 }
 
 /// Serves a gzip tarball context, a plain Dockerfile and a plain tar, all

@@ -842,7 +842,7 @@ fn outputs_of_a_two_platform_build() {
         ],
     ));
     assert!(
-        err.contains("type=docker: a docker-archive holds one platform's image, and this build makes 2 (linux/amd64, linux/arm64); use type=oci"),
+        err.contains("type=docker: a docker-archive holds one platform's image, and this build makes an index of 2 (linux/amd64, linux/arm64); use type=oci"),
         "{err}"
     );
     assert!(!err.contains("RUN echo"), "{err}");

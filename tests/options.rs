@@ -54,6 +54,20 @@ macro_rules! require_namespaces {
     };
 }
 
+/// The fields of the stored image `tag`'s config that kiln's types do not
+/// name (an inline cache's `kiln.cache` among them).
+fn stored_config(fixture: &Fixture, tag: &str) -> serde_json::Value {
+    let store = kiln_layers::Store::open(fixture.root()).unwrap();
+    let desc = store
+        .resolve(&kiln_layers::Reference::parse(tag).unwrap())
+        .unwrap()
+        .unwrap_or_else(|| panic!("{tag} is not in the store"));
+    let image = store
+        .read_image(&desc, &kiln_layers::Platform::host())
+        .unwrap();
+    serde_json::to_value(&image.config.extra).unwrap()
+}
+
 /// Every file under `dir` holding `needle`.
 fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -440,6 +454,8 @@ fn buildkit_build_args_and_syntax() {
     let out = fixture.build(&[
         "--build-arg",
         "BUILDKIT_INLINE_CACHE=1",
+        "-t",
+        "inline:1",
         ctx.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", text(&out));
@@ -450,11 +466,35 @@ fn buildkit_build_args_and_syntax() {
         ),
         "{stderr}"
     );
-    assert!(
-        stderr.contains("BUILDKIT_INLINE_CACHE has no effect"),
-        "{stderr}"
-    );
+    assert!(!stderr.contains("has no effect"), "{stderr}");
     assert!(!stderr.contains("were not consumed"), "{stderr}");
+    // BUILDKIT_INLINE_CACHE=1 is --cache-to type=inline (buildx): the
+    // image's config carries its steps; =0 does not, and a value that is
+    // not a boolean is refused.
+    let inline = stored_config(&fixture, "inline:1");
+    let steps = inline["kiln.cache"]["steps"].as_array();
+    assert!(steps.is_some_and(|s| !s.is_empty()), "{inline}");
+    let out = fixture.build(&[
+        "--build-arg",
+        "BUILDKIT_INLINE_CACHE=0",
+        "-t",
+        "inline:0",
+        ctx.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let plain = stored_config(&fixture, "inline:0");
+    assert!(plain.get("kiln.cache").is_none(), "{plain}");
+    let out = fixture.build(&[
+        "--build-arg",
+        "BUILDKIT_INLINE_CACHE=yes",
+        ctx.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("BUILDKIT_INLINE_CACHE=yes: not a boolean"),
+        "{}",
+        text(&out)
+    );
 
     let ctx = fixture.context(
         "custom-syntax",
@@ -901,7 +941,10 @@ fn mount_option_spellings() {
                  RUN --mount=type=bind,source=d,target=/m4,rw (touch /m4/new && echo rw || echo ro) > /rw\n\
                  RUN --mount=type=bind,source=d,target=/m5,readwrite (touch /m5/new && echo rw || echo ro) > /readwrite\n\
                  RUN --mount=type=cache,id=spell,target=/m6,ro (touch /m6/new 2>/dev/null && echo rw || echo ro) > /ro\n\
-                 RUN --mount=type=cache,id=spell,target=/m7,readonly (touch /m7/new 2>/dev/null && echo rw || echo ro) > /readonly\n",
+                 RUN --mount=type=cache,id=spell,target=/m7,readonly (touch /m7/new 2>/dev/null && echo rw || echo ro) > /readonly\n\
+                 RUN --mount=type=tmpfs,target=/m8 (touch /m8/new && echo rw || echo ro) > /tmpfs-default\n\
+                 RUN --mount=type=tmpfs,target=/m9,ro (touch /m9/new 2>/dev/null && echo rw || echo ro) > /tmpfs-ro\n\
+                 RUN --mount=type=tmpfs,target=/m10,readonly (touch /m10/new 2>/dev/null && echo rw || echo ro) > /tmpfs-readonly\n",
             ),
             ("d/f", "from-context\n"),
         ],
@@ -916,8 +959,67 @@ fn mount_option_spellings() {
     assert_eq!(read(&out_dir, "/readwrite"), "rw\n");
     assert_eq!(read(&out_dir, "/ro"), "ro\n");
     assert_eq!(read(&out_dir, "/readonly"), "ro\n");
+    assert_eq!(read(&out_dir, "/tmpfs-default"), "rw\n");
+    assert_eq!(read(&out_dir, "/tmpfs-ro"), "ro\n");
+    assert_eq!(read(&out_dir, "/tmpfs-readonly"), "ro\n");
     // A writable bind mount's writes stay out of the context.
     assert!(!ctx.join("d/new").exists());
+}
+
+/// `BUILDKIT_MULTI_PLATFORM=1` makes the result an index even for one
+/// platform, as BuildKit's frontend does; without it the build is one
+/// manifest. A docker-archive cannot hold the index: refused before any
+/// step runs, writing nothing.
+#[test]
+fn multi_platform_build_arg_makes_an_index_of_one_platform() {
+    require_namespaces!();
+    let fixture = Fixture::new();
+    let ctx = fixture.context(
+        "multi",
+        &[("Dockerfile", "FROM busybox:latest\nRUN echo one > /one\n")],
+    );
+    let ctx = ctx.to_str().unwrap();
+    let raw = |tag: &str| -> serde_json::Value {
+        let out = kiln_ok(&fixture.root(), &["manifest", "inspect", "--raw", tag]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let multi = ["--build-arg", "BUILDKIT_MULTI_PLATFORM=1"];
+    let out = fixture.build(&[&multi[..], &["-t", "multi:index", ctx]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    let index = raw("multi:index");
+    assert_eq!(
+        index["mediaType"], "application/vnd.oci.image.index.v1+json",
+        "{index}"
+    );
+    let manifests = index["manifests"].as_array().unwrap();
+    assert_eq!(manifests.len(), 1, "{index}");
+    assert_eq!(
+        manifests[0]["platform"]["architecture"],
+        kiln_layers::Platform::host().architecture.as_str(),
+        "{index}"
+    );
+
+    let out = fixture.build(&["-t", "multi:one", ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    let one = raw("multi:one");
+    assert_eq!(
+        one["mediaType"], "application/vnd.oci.image.manifest.v1+json",
+        "{one}"
+    );
+
+    let dest = fixture.dir.path().join("multi.tar");
+    let output = format!("type=docker,dest={}", dest.display());
+    let out = fixture.build(&[&multi[..], &["--no-cache", "-o", &output, ctx]].concat());
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "type=docker: a docker-archive holds one platform's image, and this build makes an index of 1"
+        ),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("RUN echo one"), "{}", text(&out));
+    assert!(!dest.exists());
 }
 
 /// The flags about what a build shows and reads: `--dry-run` prints the
@@ -944,6 +1046,33 @@ fn dry_run_format_file_quiet_and_verbose() {
     let plan: serde_json::Value =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
     assert!(plan.to_string().contains("echo in-context"), "{plan}");
+    // --format formats --dry-run's plan or --check's report; a build
+    // prints neither, and --check draws no graph: refused, building
+    // nothing.
+    let out = fixture.build(&["--format", "json", "-t", "formatted:1", ctx]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("--format json formats the output of --dry-run"),
+        "{}",
+        text(&out)
+    );
+    let images = kiln(&fixture.root(), &["inspect", "formatted:1"]);
+    assert!(
+        !images.status.success(),
+        "a refused --format built an image"
+    );
+    let out = fixture.build(&["--check", "--format", "dot", ctx]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("--check prints its report as text or json, not dot"),
+        "{}",
+        text(&out)
+    );
+    let out = fixture.build(&["--check", "--format", "json", ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert!(report.get("findings").is_some(), "{report}");
 
     let other = fixture.dir.path().join("Other.Dockerfile");
     std::fs::write(&other, "FROM busybox\nRUN echo from-file > /which\n").unwrap();

@@ -314,6 +314,7 @@ fn isolation_chroot_builds_the_image_namespaces_build() {
         ("type=bind,target=/b", "--mount type=bind or ssh"),
         ("type=cache,target=/c,ro", "a read-only cache mount"),
         ("type=tmpfs,target=/t,size=1m", "type=tmpfs with size="),
+        ("type=tmpfs,target=/t,ro", "a read-only tmpfs mount"),
     ] {
         std::fs::write(
             ctx.join("Dockerfile"),

@@ -182,16 +182,18 @@ impl Output {
 }
 
 impl Output {
-    /// Refuses, before a multi-platform build runs, an output that cannot
-    /// hold several platforms: a docker-archive (as Docker refuses to
-    /// export a manifest list to one).
+    /// Refuses, before a build that makes an index runs (several
+    /// platforms, or one with `BUILDKIT_MULTI_PLATFORM`), an output that
+    /// cannot hold one: a docker-archive (as BuildKit's docker exporter
+    /// refuses a manifest list).
     pub fn check_platforms(&self, platforms: &[Platform]) -> Result<(), ExportError> {
         match self {
-            Output::Docker(dest) if platforms.len() > 1 => Err(ExportError::Copy {
+            Output::Docker(dest) => Err(ExportError::Copy {
                 dest: dest.clone(),
                 message: format!(
                     "type=docker: a docker-archive holds one platform's image, and this build \
-                     makes {} ({}); use type=oci, or build one --platform",
+                     makes an index of {} ({}); use type=oci, or build one --platform \
+                     (without BUILDKIT_MULTI_PLATFORM)",
                     platforms.len(),
                     platforms
                         .iter()

@@ -10,16 +10,22 @@
 //!
 //! Of the `BUILDKIT_*` build args, kiln honours `BUILDKIT_SANDBOX_HOSTNAME`
 //! (RUN's hostname), `BUILDKIT_CACHE_MOUNT_NS` (cache mount ids),
-//! `BUILDKIT_DOCKERFILE_CHECK` (see [`crate::lint::check_config`]) and
-//! `BUILDKIT_SYNTAX`; the others warn that they have no effect in kiln.
+//! `BUILDKIT_DOCKERFILE_CHECK` (see [`crate::lint::check_config`]),
+//! `BUILDKIT_SYNTAX`, `BUILDKIT_CONTEXT_KEEP_GIT_DIR` (a Git context keeps
+//! its `.git`), and, read by the CLI as buildx reads them,
+//! `BUILDKIT_INLINE_CACHE` ([`inline_cache`]: `--cache-to type=inline`) and
+//! `BUILDKIT_MULTI_PLATFORM` ([`multi_platform`]: an index even for one
+//! platform). `BUILDKIT_BUILD_NAME` names a build in BuildKit's history,
+//! which kiln does not keep: it warns that it has no effect, as does
+//! `BUILDKIT_CONTEXT_KEEP_GIT_DIR` with a context that is not Git.
 //!
 //! ```
 //! use kiln_builder::frontend::Frontend;
 //! let ast = kiln_parser::parse("# syntax=docker/dockerfile:1.7\nFROM scratch\n", "Dockerfile").unwrap();
-//! let frontend = Frontend::from_build(&ast, &Default::default()).unwrap();
+//! let frontend = Frontend::from_build(&ast, &Default::default(), false).unwrap();
 //! assert_eq!(frontend.warnings.len(), 1);
 //! let ast = kiln_parser::parse("# syntax=example.com/my/frontend\nFROM scratch\n", "Dockerfile").unwrap();
-//! assert!(Frontend::from_build(&ast, &Default::default()).is_err());
+//! assert!(Frontend::from_build(&ast, &Default::default(), false).is_err());
 //! ```
 
 use std::collections::BTreeMap;
@@ -44,6 +50,33 @@ pub const FRONTEND_ARGS: &[&str] = &[
     "BUILDKIT_SANDBOX_HOSTNAME",
     "BUILDKIT_SYNTAX",
 ];
+
+/// `BUILDKIT_INLINE_CACHE`: true asks for `--cache-to type=inline`, as
+/// buildx reads it. A value that is not a boolean is refused (buildx
+/// would take it for false, silently).
+pub fn inline_cache(build_args: &BTreeMap<String, String>) -> Result<bool, FrontendError> {
+    boolean_arg(build_args, "BUILDKIT_INLINE_CACHE")
+}
+
+/// `BUILDKIT_MULTI_PLATFORM`: true makes the result an index even for one
+/// platform, as BuildKit's frontend does; not a boolean is refused, as
+/// there.
+pub fn multi_platform(build_args: &BTreeMap<String, String>) -> Result<bool, FrontendError> {
+    boolean_arg(build_args, "BUILDKIT_MULTI_PLATFORM")
+}
+
+/// A boolean build arg as Go's `strconv.ParseBool` reads it; unset is false.
+fn boolean_arg(build_args: &BTreeMap<String, String>, name: &str) -> Result<bool, FrontendError> {
+    match build_args.get(name) {
+        None => Ok(false),
+        Some(value) => crate::git::parse_go_bool(value).ok_or_else(|| FrontendError {
+            line: None,
+            message: format!(
+                "build arg {name}={value}: not a boolean (1, t, true, 0, f, false, as Go reads them)"
+            ),
+        }),
+    }
+}
 
 /// RUN's hostname: `BUILDKIT_SANDBOX_HOSTNAME`, else BuildKit's default.
 pub fn hostname(build_args: &BTreeMap<String, String>) -> String {
@@ -79,31 +112,30 @@ pub struct FrontendError {
 }
 
 impl Frontend {
-    /// Reads the directive and the build args.
+    /// Reads the directive and the build args (`git_context`: the build
+    /// context is a Git repository, where `BUILDKIT_CONTEXT_KEEP_GIT_DIR`
+    /// means something).
     pub fn from_build(
         ast: &kiln_parser::ast::Dockerfile,
         build_args: &BTreeMap<String, String>,
+        git_context: bool,
     ) -> Result<Frontend, FrontendError> {
         let mut frontend = Frontend {
             warnings: Vec::new(),
         };
         frontend.syntax(ast, build_args)?;
-        for (arg, why) in [
-            (
-                "BUILDKIT_INLINE_CACHE",
-                "kiln writes no inline cache metadata",
-            ),
-            (
-                "BUILDKIT_MULTI_PLATFORM",
-                "kiln builds one platform's image, never an index",
-            ),
+        inline_cache(build_args)?;
+        multi_platform(build_args)?;
+        let no_effect = [
             (
                 "BUILDKIT_CONTEXT_KEEP_GIT_DIR",
-                "the build context is a local directory",
+                "the build context is not a Git repository",
+                !git_context,
             ),
-            ("BUILDKIT_BUILD_NAME", "kiln keeps no build history"),
-        ] {
-            if build_args.contains_key(arg) {
+            ("BUILDKIT_BUILD_NAME", "kiln keeps no build history", true),
+        ];
+        for (arg, why, _) in no_effect.iter().filter(|(_, _, applies)| *applies) {
+            if build_args.contains_key(*arg) {
                 frontend.warnings.push(PlanWarning {
                     line: None,
                     message: format!("build arg {arg} has no effect: {why}"),
@@ -174,7 +206,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Frontend::from_build(&ast, &args)
+        Frontend::from_build(&ast, &args, false)
     }
 
     #[test]
@@ -212,16 +244,53 @@ mod tests {
         assert_eq!(hostname(&args), "builder");
         assert_eq!(cache_namespace(&args).as_deref(), Some("team"));
         assert_eq!(hostname(&BTreeMap::new()), DEFAULT_HOSTNAME);
+        // The ones read elsewhere (hostname, cache namespace, inline
+        // cache, index) warn of nothing; a keep-git-dir with a context
+        // that is not Git does.
         let f = frontend(
             "FROM scratch\n",
             &[
                 ("BUILDKIT_SANDBOX_HOSTNAME", "builder"),
                 ("BUILDKIT_CACHE_MOUNT_NS", "team"),
                 ("BUILDKIT_INLINE_CACHE", "1"),
+                ("BUILDKIT_MULTI_PLATFORM", "true"),
+                ("BUILDKIT_CONTEXT_KEEP_GIT_DIR", "1"),
             ],
         )
         .unwrap();
-        assert_eq!(f.warnings.len(), 1);
-        assert!(f.warnings[0].message.contains("BUILDKIT_INLINE_CACHE"));
+        assert_eq!(f.warnings.len(), 1, "{:?}", f.warnings);
+        assert!(f.warnings[0]
+            .message
+            .contains("BUILDKIT_CONTEXT_KEEP_GIT_DIR has no effect: the build context is not a Git repository"));
+        let ast = kiln_parser::parse("FROM scratch\n", "Dockerfile").unwrap();
+        let git = [("BUILDKIT_CONTEXT_KEEP_GIT_DIR".to_string(), "1".to_string())].into();
+        assert!(Frontend::from_build(&ast, &git, true)
+            .unwrap()
+            .warnings
+            .is_empty());
+    }
+
+    #[test]
+    fn boolean_build_args_read_as_go_reads_them() {
+        let args = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        assert!(inline_cache(&args("BUILDKIT_INLINE_CACHE", "1")).unwrap());
+        assert!(inline_cache(&args("BUILDKIT_INLINE_CACHE", "True")).unwrap());
+        assert!(!inline_cache(&args("BUILDKIT_INLINE_CACHE", "0")).unwrap());
+        assert!(!inline_cache(&BTreeMap::new()).unwrap());
+        assert!(multi_platform(&args("BUILDKIT_MULTI_PLATFORM", "t")).unwrap());
+        assert!(!multi_platform(&args("BUILDKIT_MULTI_PLATFORM", "false")).unwrap());
+        for (name, f) in [
+            ("BUILDKIT_INLINE_CACHE", inline_cache as fn(&_) -> _),
+            ("BUILDKIT_MULTI_PLATFORM", multi_platform),
+        ] {
+            let err = f(&args(name, "yes")).unwrap_err();
+            assert!(
+                err.message.contains(&format!("{name}=yes: not a boolean")),
+                "{}",
+                err.message
+            );
+            // The build refuses it before anything runs.
+            assert!(frontend("FROM scratch\n", &[(name, "yes")]).is_err());
+        }
     }
 }

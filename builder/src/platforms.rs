@@ -34,8 +34,9 @@ use crate::session::{BuildError, BuildResult, Planned, Session};
 use crate::solve::{BuildEvents, BuiltImage, SharedSteps, StepEvent, StepOutcome};
 
 impl<'a> Session<'a> {
-    /// Builds for each of `platforms` (two or more, normalized and
-    /// distinct) and tags, exports and pushes their index.
+    /// Builds for each of `platforms` (normalized and distinct: two or
+    /// more, or one that `BUILDKIT_MULTI_PLATFORM` wants in an index) and
+    /// tags, exports and pushes their index.
     pub fn build_platforms(&self, platforms: &[Platform]) -> Result<BuildResult, BuildError> {
         self.check_requests()?;
         for output in &self.settings.outputs {

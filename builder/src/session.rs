@@ -572,7 +572,8 @@ impl<'a> Session<'a> {
         let dockerfile = &settings.dockerfile;
         let ast = kiln_parser::parse_bytes(&dockerfile.bytes, &dockerfile.name)?;
         let typed = kiln_parser::instructions::from_ast(&ast)?;
-        let frontend = Frontend::from_build(&ast, &options.build_args)?;
+        let frontend =
+            Frontend::from_build(&ast, &options.build_args, settings.context_commit.is_some())?;
         self.events.internal(
             &format!(
                 "[internal] load build definition from {}",

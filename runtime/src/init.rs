@@ -739,7 +739,7 @@ fn mount_volumes(
 }
 
 /// An empty tmpfs, mode 1777 and nosuid as BuildKit mounts it (nodev too
-/// when no device cgroup restricts the container).
+/// when no device cgroup restricts the container), read-only when asked.
 fn mount_tmpfs(
     sys: &mut dyn Syscalls,
     cfg: &ContainerConfig,
@@ -749,6 +749,7 @@ fn mount_tmpfs(
     let rel = tmpfs.target.strip_prefix("/").unwrap_or(&tmpfs.target);
     let target = ensure_mount_point(sys, cfg, rel, true, report)?;
     let nodev = if cfg.nodev { libc::MS_NODEV } else { 0 };
+    let read_only = if tmpfs.read_only { libc::MS_RDONLY } else { 0 };
     let mut options = "mode=1777".to_string();
     if let Some(size) = tmpfs.size {
         options.push_str(&format!(",size={}", tmpfs_size(size)));
@@ -758,7 +759,7 @@ fn mount_tmpfs(
         "tmpfs",
         &target,
         "tmpfs",
-        libc::MS_NOSUID | nodev,
+        libc::MS_NOSUID | nodev | read_only,
         &options,
     )
 }

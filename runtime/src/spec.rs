@@ -51,6 +51,10 @@ pub struct TmpfsMount {
     pub target: PathBuf,
     /// Its size limit in bytes; none is the kernel's default (half the RAM).
     pub size: Option<u64>,
+    /// Mounted read-only (`ro`/`readonly`), as BuildKit mounts it then: an
+    /// empty directory nothing can write to, nor make a mount point in.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// A resource limit (`--ulimit NAME=SOFT[:HARD]`) set on the container's

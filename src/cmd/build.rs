@@ -140,9 +140,10 @@ pub struct BuildArgs {
     /// exits 1 when they found anything.
     #[arg(long, conflicts_with = "dry_run")]
     check: bool,
-    /// Format of --dry-run output.
-    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
-    format: PlanFormat,
+    /// Format of --dry-run output (text by default), or of --check's
+    /// (text or json); refused without either.
+    #[arg(long, value_enum)]
+    format: Option<PlanFormat>,
     /// RUN's network (a RUN --network flag wins).
     #[arg(long, value_enum, default_value_t = NetworkArg::Default)]
     network: NetworkArg,
@@ -621,6 +622,7 @@ impl Display {
 
 fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    let format = output_format(&args)?;
     let network = match args.network {
         NetworkArg::Default => None,
         NetworkArg::Host => Some(Network::Host),
@@ -675,7 +677,14 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     };
     let show = |e: &BuildError| show_line(&settings, display.shown, e.line());
     let platforms = target_platforms(&args.platform)?;
-    let built = if platforms.len() > 1 {
+    // An index for one platform too when BUILDKIT_MULTI_PLATFORM asks
+    // (BuildKit's frontend); --check and --dry-run show that platform's
+    // build all the same.
+    let one_as_index = !args.check
+        && !args.dry_run
+        && kiln_builder::frontend::multi_platform(&settings.options.build_args)
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+    let built = if platforms.len() > 1 || one_as_index {
         if args.check || args.dry_run {
             anyhow::bail!(
                 "--{} shows one platform's build: give one --platform (not {})",
@@ -683,10 +692,15 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
                 args.platform.join(",")
             );
         }
+        let platforms = if platforms.is_empty() {
+            vec![settings.options.target_platform.clone()]
+        } else {
+            platforms
+        };
         session.build_platforms(&platforms)
     } else {
         if args.check {
-            return print_checks(&session.check().inspect_err(show)?, args.format);
+            return print_checks(&session.check().inspect_err(show)?, format);
         }
         let planned = session.plan();
         if let Some(canceled) = interruption.canceled() {
@@ -694,7 +708,7 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         }
         let planned = planned.inspect_err(show)?;
         if args.dry_run {
-            crate::cmd::plan_view::print_plan(&planned.plan, &store, args.format)?;
+            crate::cmd::plan_view::print_plan(&planned.plan, &store, format)?;
             return Ok(ExitCode::SUCCESS);
         }
         session.build(planned)
@@ -745,8 +759,12 @@ fn remote_cache(
             reporter: display.reporter.clone(),
         })
     };
-    let (exporters, inline) =
+    let (exporters, mut inline) =
         kiln_cache::exporters(&to, &net).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // `--build-arg BUILDKIT_INLINE_CACHE=1` is `--cache-to type=inline`,
+    // as buildx reads it.
+    inline |= kiln_builder::frontend::inline_cache(&settings.options.build_args)
+        .map_err(|e| anyhow::anyhow!(e.message))?;
     if args.dry_run || args.check {
         return Ok(RemoteCache::default());
     }
@@ -759,6 +777,30 @@ fn remote_cache(
     })
 }
 
+/// `--format`, which only `--dry-run` and `--check` print in: a build
+/// prints no plan and no report to format. `--check` has no graph to
+/// draw, so it takes text or json only.
+fn output_format(args: &BuildArgs) -> anyhow::Result<PlanFormat> {
+    let Some(format) = args.format else {
+        return Ok(PlanFormat::Text);
+    };
+    let name = format
+        .to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_string());
+    if !args.dry_run && !args.check {
+        anyhow::bail!(
+            "--format {name} formats the output of --dry-run (text, json, dot, mermaid) \
+             or --check (text, json); a build prints neither"
+        );
+    }
+    if args.check && matches!(format, PlanFormat::Dot | PlanFormat::Mermaid) {
+        anyhow::bail!(
+            "--check prints its report as text or json, not {name} (a graph is --dry-run's)"
+        );
+    }
+    Ok(format)
+}
+
 /// `--check`: the checks' report, as `kiln check` prints it (or JSON);
 /// failure when they found anything, as buildx's `--check`.
 fn print_checks(
@@ -767,7 +809,9 @@ fn print_checks(
 ) -> anyhow::Result<ExitCode> {
     let text = match format {
         PlanFormat::Json => serde_json::to_string_pretty(report)? + "\n",
-        _ => crate::cmd::check::check_text(report),
+        PlanFormat::Text | PlanFormat::Dot | PlanFormat::Mermaid => {
+            crate::cmd::check::check_text(report)
+        }
     };
     crate::cmd::check::write_stdout(&text)?;
     let clean = report.findings.is_empty() && report.error.is_none();

@@ -93,6 +93,7 @@ pub(super) fn run_mount(
         MountType::Tmpfs => Ok(vec![StepMount::Tmpfs(kiln_runtime::TmpfsMount {
             target,
             size: spec.size_limit,
+            read_only,
         })]),
         MountType::Bind => bind_mount(context, &rel, target, read_only, from, scratch)
             .map(|bind| vec![StepMount::Bind(bind)]),

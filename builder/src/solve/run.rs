@@ -190,6 +190,12 @@ fn chroot_refusal(r: &RunStep, given: &ChrootGiven<'_>) -> Option<&'static str> 
         .any(|m| m.spec.mount_type == MountType::Tmpfs && m.spec.size_limit.is_some())
     {
         Some("--mount type=tmpfs with size= (a tmpfs is an empty directory there)")
+    } else if r
+        .mounts
+        .iter()
+        .any(|m| m.spec.mount_type == MountType::Tmpfs && m.spec.read_only)
+    {
+        Some("a read-only tmpfs mount (a tmpfs is an empty, writable directory there)")
     } else if secret_file {
         Some("--mount type=secret as a file (env= works)")
     } else if r.network.as_deref() == Some("none") {

@@ -329,10 +329,18 @@ fn tmpfs_shm_rlimits_and_privileged() {
         target: "/scratch/data".into(),
         read_only: false,
     }];
-    cfg.tmpfs = vec![crate::TmpfsMount {
-        target: "/scratch".into(),
-        size: Some(1024 * 1024),
-    }];
+    cfg.tmpfs = vec![
+        crate::TmpfsMount {
+            target: "/scratch".into(),
+            size: Some(1024 * 1024),
+            read_only: false,
+        },
+        crate::TmpfsMount {
+            target: "/empty".into(),
+            size: None,
+            read_only: true,
+        },
+    ];
     cfg.shm_size = 128 * 1024 * 1024;
     cfg.rlimits = vec![crate::Rlimit::parse("nproc=100:200").unwrap()];
     cfg.seccomp = false;
@@ -342,6 +350,7 @@ fn tmpfs_shm_rlimits_and_privileged() {
     let expected = [
         "mount shm /state/rootfs/dev/shm tmpfs NOSUID|NODEV|NOEXEC mode=1777,size=131072k",
         "mount tmpfs /state/rootfs/scratch tmpfs NOSUID mode=1777,size=1024k",
+        "mount tmpfs /state/rootfs/empty tmpfs RDONLY|NOSUID mode=1777",
         "mount /host/data /state/rootfs/scratch/data - BIND|REC",
         "rlimit NOFILE 1024 4096",
         "rlimit NPROC 100 200",
