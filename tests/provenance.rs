@@ -221,7 +221,7 @@ fn provenance_attestation_in_the_pushed_index() {
     let secret_url = format!("https://bob:{ARG_PASSWORD}@files.example/x");
     let stderr = ok(&fixture.build(&[
         "--provenance",
-        "mode=max",
+        "mode=max,builder-id=https://ci.example/runners/7,reproducible=true",
         "--build-arg",
         "VERSION=1.2",
         "--build-arg",
@@ -295,7 +295,16 @@ fn provenance_attestation_in_the_pushed_index() {
         request["locals"],
         serde_json::json!([{"name": "context"}, {"name": "dockerfile"}])
     );
+    // builder-id= and reproducible=true, as BuildKit writes them.
+    assert_eq!(
+        predicate["runDetails"]["builder"]["id"],
+        "https://ci.example/runners/7"
+    );
     let metadata_run = &predicate["runDetails"]["metadata"];
+    assert_eq!(
+        metadata_run["buildkit_reproducible"], true,
+        "{metadata_run}"
+    );
     let head = git_in(&ctx, &["rev-parse", "HEAD"]).trim().to_string();
     assert_eq!(
         metadata_run["buildkit_metadata"]["vcs"],
@@ -346,6 +355,21 @@ fn provenance_attestation_in_the_pushed_index() {
     assert_eq!(
         statement["predicate"]["runDetails"]["metadata"]["buildkit_completeness"]["request"],
         false
+    );
+    // Without builder-id= and reproducible=: kiln's own id, and no claim
+    // of reproducibility.
+    let run_details = &statement["predicate"]["runDetails"];
+    assert!(
+        run_details["builder"]["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("pkg:generic/kiln@")),
+        "{run_details}"
+    );
+    assert!(
+        run_details["metadata"]
+            .get("buildkit_reproducible")
+            .is_none(),
+        "{run_details}"
     );
 
     // Without the flag: one manifest, as before.

@@ -207,6 +207,23 @@ fn pull_then_push_under_new_names_and_skopeo_reads_the_same_digest() {
         assert_eq!(digest_of(&raw), image.digest, "{target}");
     }
 
+    // Counts of 0 are refused, naming the flag, not read as 1 or as no
+    // chunking.
+    for args in [
+        &["push", "--concurrency", "0", &copy][..],
+        &["push", "--chunk-size", "0", &copy][..],
+        &["pull", "--concurrency", "0", &source][..],
+    ] {
+        let out = kiln.run(args);
+        assert!(!out.status.success(), "{args:?}");
+        let flag = args[1];
+        assert!(
+            stderr(&out).contains(&format!("invalid value '0' for '{flag}")),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+
     // Pushing a name the store lacks says so.
     let out = kiln.run(&["push", &format!("{}/kiln/absent:v1", registry.host)]);
     assert!(!out.status.success());

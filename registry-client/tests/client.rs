@@ -587,6 +587,52 @@ async fn dropped_uploads_start_a_new_session() {
     assert_eq!(proxy.drops_injected(), 3);
 }
 
+/// `chunk_size` uploads a blob in PATCH requests of that many bytes (the
+/// last one shorter), then a PUT with no body; without it, one PUT
+/// carries the whole blob. Counted on the wire, through a proxy that
+/// injects nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_uploads_send_one_patch_per_chunk() {
+    let registry = RegistryServer::start_plain().unwrap();
+    let proxy = FaultProxy::start(registry.addr, FaultPlan::default()).unwrap();
+    let blob = blob_bytes(13, 300_000);
+    let digest = Digest::of(&blob);
+    for (chunk_size, patches) in [(None, 0), (Some(64 * 1024), 5), (Some(100_000), 3)] {
+        let client = Client::new(ClientConfig {
+            chunk_size,
+            ..config()
+        })
+        .unwrap();
+        let name = format!("kiln/chunks-{}", chunk_size.unwrap_or(0));
+        let repo = Reference::parse(&format!("{}/{name}:v1", proxy.host))
+            .unwrap()
+            .repository;
+        let before = proxy.requests().len();
+        let outcome = client
+            .push_blob(&repo, &digest, Arc::new(MemoryBlob(blob.clone())), None)
+            .await
+            .unwrap();
+        assert_eq!(outcome, PushOutcome::Uploaded);
+        let requests = proxy.requests()[before..].to_vec();
+        let count = |method: &str| {
+            requests
+                .iter()
+                .filter(|r| {
+                    r.starts_with(method) && r.contains(&format!("/v2/{name}/blobs/uploads/"))
+                })
+                .count()
+        };
+        assert_eq!(count("PATCH "), patches, "{chunk_size:?}: {requests:?}");
+        assert_eq!(count("PUT "), 1, "{chunk_size:?}: {requests:?}");
+        let mut sink = Vec::new();
+        client
+            .fetch_blob(&repo, &digest, Some(blob.len() as u64), &mut sink)
+            .await
+            .unwrap();
+        assert_eq!(sink, blob);
+    }
+}
+
 /// `ADD <url>` downloads: the body streams to the caller; a non-2xx answer is
 /// an error naming the URL. The registry serves as the plain HTTP server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

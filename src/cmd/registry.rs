@@ -68,8 +68,8 @@ pub struct PullArgs {
     /// Pull every platform of a multi-platform image (`--platform all`).
     #[arg(long, conflicts_with = "platform")]
     all_platforms: bool,
-    /// Blobs downloaded at once.
-    #[arg(long, default_value_t = 6)]
+    /// Blobs downloaded at once (1 or more).
+    #[arg(long, default_value_t = 6, value_parser = at_least_one())]
     concurrency: usize,
     reference: String,
     #[command(flatten)]
@@ -82,15 +82,16 @@ pub struct PullArgs {
 pub struct PushArgs {
     #[arg(required = true)]
     references: Vec<String>,
-    /// Blobs uploaded at once.
-    #[arg(long, default_value_t = 6)]
+    /// Blobs uploaded at once (1 or more).
+    #[arg(long, default_value_t = 6, value_parser = at_least_one())]
     concurrency: usize,
     /// Ask the registry to mount blobs from this repository of the same
     /// registry before uploading them.
     #[arg(long, value_name = "REPOSITORY")]
     mount_from: Option<String>,
-    /// Upload blobs in PATCH chunks of this many bytes instead of one PUT each.
-    #[arg(long, value_name = "BYTES")]
+    /// Upload blobs in PATCH chunks of this many bytes (1 or more)
+    /// instead of one PUT each.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
     chunk_size: Option<u64>,
     #[command(flatten)]
     registry: RegistryArgs,
@@ -199,7 +200,7 @@ fn push(args: PushArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
         .collect::<Result<Vec<_>, _>>()?;
     let store = Store::open(&settings.root)?;
     let mut config = args.registry.client_config(settings)?;
-    config.chunk_size = args.chunk_size.filter(|&n| n > 0);
+    config.chunk_size = args.chunk_size;
     let client = Arc::new(Client::new(config)?);
     let reporter = Arc::new(args.progress.reporter());
     let runtime = runtime()?;
@@ -219,6 +220,12 @@ fn push(args: PushArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A count that must be 1 or more (`--concurrency`): 0 would mean
+/// nothing moves, so it is refused rather than read as 1.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
 }
 
 /// The repository `--mount-from` names, in `reference`'s registry unless
