@@ -224,21 +224,25 @@ async fn pull_what_skopeo_pushed_push_it_back_and_skopeo_agrees() {
     let raw = skopeo_raw_manifest(&format!("docker://{same_registry}"), None, None).unwrap();
     assert_eq!(digest_of(&raw), image.digest);
 
-    // An explicit --mount-from works too.
-    let mounted_ref = Reference::parse(&format!("{}/kiln/mounted:v1", registry.host)).unwrap();
-    store.tag(&mounted_ref, &tagged).unwrap();
-    let pushed = push(
-        &client,
-        &store,
-        &mounted_ref,
-        &PushOptions {
-            mount_from: Some(reference.repository.clone()),
+    // An explicit --mount-from wins over where the blobs were pulled
+    // from: a repository that lacks them mounts nothing (the registry
+    // starts an upload instead), one that has them mounts every one.
+    let push_mounting = |name: &str, from: &str| {
+        let target = Reference::parse(&format!("{}/kiln/{name}:v1", registry.host)).unwrap();
+        store.tag(&target, &tagged).unwrap();
+        let from = Reference::parse(&format!("{}/kiln/{from}:v1", registry.host))
+            .unwrap()
+            .repository;
+        let options = PushOptions {
+            mount_from: Some(from),
             ..Default::default()
-        },
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap();
+        };
+        let (client, store) = (client.clone(), store.clone());
+        async move { push(&client, &store, &target, &options, Arc::new(NoProgress)).await }
+    };
+    let pushed = push_mounting("unmounted", "holds-nothing").await.unwrap();
+    assert_eq!((pushed.blobs_mounted, pushed.blobs_uploaded), (0, 4));
+    let pushed = push_mounting("mounted", "sibling").await.unwrap();
     assert_eq!((pushed.blobs_mounted, pushed.blobs_uploaded), (4, 0));
 }
 
