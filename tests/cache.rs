@@ -311,11 +311,43 @@ fn a_local_cache_travels_to_a_second_runner() {
         &a,
         &[
             "--cache-to",
-            &format!("type=local,dest={},mode=max", cache.display()),
+            &format!("type=local,dest={},mode=max,tag=ci", cache.display()),
         ],
     );
 
-    let from = format!("type=local,src={}", cache.display());
+    // The manifest is found by the tag it was written under (tag=), or by
+    // its digest (digest=); the default tag, latest, is not there: a
+    // warning, and the build runs without it.
+    let c = Runner::new("c", &registry.base(), "2010-06-15 12:34:56");
+    let untagged = c
+        .build(&[
+            "--cache-from",
+            &format!("type=local,src={}", cache.display()),
+        ])
+        .ok();
+    assert_eq!(untagged.runs_executed().len(), 2, "{:?}", untagged.steps);
+    assert_eq!(untagged.warnings.len(), 1, "{:?}", untagged.warnings);
+    assert!(
+        untagged.warnings[0].contains("latest"),
+        "{:?}",
+        untagged.warnings
+    );
+    let index = read_json(&cache.join("index.json"));
+    let tagged: Vec<&serde_json::Value> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "ci")
+        .collect();
+    assert_eq!(tagged.len(), 1, "{index}");
+    let digest = tagged[0]["digest"].as_str().unwrap();
+    let d = Runner::new("d", &registry.base(), "2010-06-15 12:34:56");
+    let by_digest = format!("type=local,src={},digest={digest}", cache.display());
+    let third = d.build(&["--cache-from", &by_digest]).ok();
+    assert!(third.runs_executed().is_empty(), "{:?}", third.steps);
+    assert!(third.warnings.is_empty(), "{:?}", third.warnings);
+
+    let from = format!("type=local,src={},tag=ci", cache.display());
     let second = b.build(&["--cache-from", &from]).ok();
     assert!(second.runs_executed().is_empty(), "{:?}", second.steps);
     assert_eq!(second.image_id(), built.image_id());
@@ -469,6 +501,60 @@ fn a_registry_cache_travels_to_a_second_runner() {
                 caches[2]
             ),
         ],
+    );
+    // Each form as asked: an OCI image manifest of gzip layers (BuildKit's
+    // default since v0.21); with image-manifest=false an OCI index whose
+    // layers are zstd (compression=zstd); with oci-mediatypes=false a
+    // Docker manifest list (an image manifest needs OCI's types).
+    let raw = |reference: &str| -> serde_json::Value {
+        let raw = kiln_testsupport::image::skopeo_raw_manifest(
+            &format!("docker://{reference}"),
+            None,
+            None,
+        )
+        .unwrap();
+        serde_json::from_slice(&raw).unwrap()
+    };
+    let manifest = raw(&caches[0]);
+    assert_eq!(
+        manifest["mediaType"], "application/vnd.oci.image.manifest.v1+json",
+        "{manifest}"
+    );
+    let layer_types = |entries: &serde_json::Value| -> Vec<String> {
+        let mut types: Vec<String> = entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["mediaType"].as_str().unwrap().to_string())
+            .filter(|t| !t.contains("config"))
+            .collect();
+        types.dedup();
+        types
+    };
+    assert_eq!(
+        layer_types(&manifest["layers"]),
+        ["application/vnd.oci.image.layer.v1.tar+gzip"],
+        "{manifest}"
+    );
+    let index = raw(&caches[1]);
+    assert_eq!(
+        index["mediaType"], "application/vnd.oci.image.index.v1+json",
+        "{index}"
+    );
+    assert_eq!(
+        layer_types(&index["manifests"]),
+        ["application/vnd.oci.image.layer.v1.tar+zstd"],
+        "{index}"
+    );
+    let docker = raw(&caches[2]);
+    assert_eq!(
+        docker["mediaType"], "application/vnd.docker.distribution.manifest.list.v2+json",
+        "{docker}"
+    );
+    assert_eq!(
+        layer_types(&docker["manifests"]),
+        ["application/vnd.docker.image.rootfs.diff.tar.gzip"],
+        "{docker}"
     );
     let result_layers = registry.manifest_layers(&image_a);
     let cache_layers = registry.manifest_layers(&caches[0]);
