@@ -427,6 +427,89 @@ fn run_of_a_foreign_platform_goes_through_the_emulator() {
     assert!(out.stdout.is_empty(), "nothing ran");
 }
 
+/// The statuses (`done`, `cached`) of the steps whose instruction starts
+/// with `prefix`, from the progress events (`--progress json`).
+fn step_statuses(stderr: &str, prefix: &str) -> Vec<String> {
+    let events: Vec<Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect();
+    let ids: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["event"] == "step_started"
+                && e["instruction"]
+                    .as_str()
+                    .is_some_and(|i| i.starts_with(prefix))
+        })
+        .map(|e| &e["id"])
+        .collect();
+    events
+        .iter()
+        .filter(|e| e["event"] == "step_done" && ids.contains(&&e["id"]))
+        .map(|e| e["status"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// A `--cache-from` that is an index of images built with inline caches
+/// (one CI job per platform, assembled with `kiln manifest create`) gives
+/// a build for both platforms each platform's steps: no RUN runs again.
+#[test]
+fn an_index_of_inline_caches_serves_every_platform_of_a_build() {
+    let fixture = Fixture::new();
+    let base = pushed_base(&fixture);
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM {}\nRUN uname -m > /machine\n", base.reference),
+    )]);
+    let ctx = ctx.path().to_str().unwrap();
+    let mut jobs = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let target = fixture.reference(&format!("app/cached:{arch}"));
+        let args = [
+            "build",
+            "--platform",
+            &format!("linux/{arch}"),
+            "--cache-to",
+            "type=inline",
+            "-t",
+            &target,
+            "--push",
+            ctx,
+        ];
+        ok(&fixture.kiln(&fixture.path(&format!("job-{arch}")), &args));
+        jobs.push(target);
+    }
+    let assembler = fixture.path("assembler");
+    let index = fixture.reference("app/cached:multi");
+    ok(&fixture.kiln(
+        &assembler,
+        &["manifest", "create", &index, &jobs[0], &jobs[1]],
+    ));
+    ok(&fixture.kiln(&assembler, &["manifest", "push", &index]));
+
+    let out = fixture.kiln(
+        &fixture.path("runner"),
+        &[
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--cache-from",
+            &index,
+            "--progress",
+            "json",
+            ctx,
+        ],
+    );
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        step_statuses(&stderr, "RUN"),
+        ["cached", "cached"],
+        "{stderr}"
+    );
+}
+
 /// Writes `files` (path, contents) under a new temp dir; returns it.
 fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

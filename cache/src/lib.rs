@@ -74,13 +74,13 @@ fn source_name(spec: &CacheFrom) -> String {
     }
 }
 
-/// Loads each `--cache-from`, in order, for a build of `platform`: its
+/// Loads each `--cache-from`, in order, for a build of `platforms`: its
 /// manifest and config are read now, its layers when the build needs
 /// them. One that cannot be loaded is a warning (through `events`) and is
 /// left out. `net` gives the registry side, made on first use.
 pub fn open_sources(
     specs: &[CacheFrom],
-    platform: &Platform,
+    platforms: &[Platform],
     net: &dyn Fn() -> Result<Net, RemoteError>,
     events: &dyn BuildEvents,
 ) -> Vec<Box<dyn CacheSource>> {
@@ -90,7 +90,7 @@ pub fn open_sources(
         let name = format!("importing cache manifest from {}", source_name(spec));
         let opened: Result<Box<dyn CacheSource>, RemoteError> = match spec {
             CacheFrom::Registry(reference) => net().and_then(|net| {
-                registry::RegistrySource::open(reference, platform, &net)
+                registry::RegistrySource::open(reference, platforms, &net)
                     .map(|s| Box::new(s) as Box<dyn CacheSource>)
                     .map_err(RemoteError::from)
             }),

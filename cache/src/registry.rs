@@ -14,7 +14,7 @@ use kiln_builder::cache::{
     BlobProvider, CacheExport, CacheExporter, CacheSource, CachedStep, StepsByKey,
 };
 use kiln_builder::session::RemoteError;
-use kiln_layers::oci::{media, parse_manifest, Descriptor, ImageConfig, ManifestKind};
+use kiln_layers::oci::{media, parse_manifest, Descriptor, ImageConfig, Manifest, ManifestKind};
 use kiln_layers::store::MAX_JSON_BLOB;
 use kiln_layers::{Digest, Platform, Reporter, Store};
 use kiln_registry::{Client, Reference};
@@ -120,17 +120,17 @@ pub struct RegistrySource {
 
 impl RegistrySource {
     /// Reads the manifest `reference` names and what it holds: a kiln
-    /// cache's config, or (an image, for `platform` when it is an index)
-    /// the image config's inline cache.
+    /// cache's config, or (an image, for each of `platforms` when it is
+    /// an index) the image config's inline cache.
     pub fn open(
         reference: &Reference,
-        platform: &Platform,
+        platforms: &[Platform],
         net: &Net,
     ) -> Result<RegistrySource, CacheError> {
         let what = reference.to_string();
         let (kind, steps) = net
             .runtime
-            .block_on(read_cache(&net.client, reference, platform))?;
+            .block_on(read_cache(&net.client, reference, platforms))?;
         tracing::info!("{what}: {} steps in its {kind}", steps.len());
         Ok(RegistrySource {
             reference: reference.clone(),
@@ -141,21 +141,20 @@ impl RegistrySource {
     }
 }
 
-/// The steps the manifest at `reference` leads to, and what it was.
+/// The steps the manifest at `reference` leads to, and what it was. An
+/// index of images gives the inline caches of the images for each of
+/// `platforms` it has (a build for several platforms takes each one's);
+/// one that has none of them is an error.
 async fn read_cache(
     client: &Client,
     reference: &Reference,
-    platform: &Platform,
+    platforms: &[Platform],
 ) -> Result<(&'static str, StepsByKey), CacheError> {
     let what = reference.to_string();
-    let registry_err = |source| CacheError::Registry {
-        what: what.clone(),
-        source: Box::new(source),
-    };
     let top = client
         .fetch_manifest(reference)
         .await
-        .map_err(registry_err)?;
+        .map_err(registry_err(&what))?;
     let kind = parse(&what, &top)?;
     if let Some(config) = cache_config_of(&kind) {
         let bytes = small_blob(client, reference, config).await?;
@@ -165,28 +164,58 @@ async fn read_cache(
         })?;
         return Ok(("cache manifest", crate::steps_of(&what, &config, None)?));
     }
-    let manifest = match kind {
-        ManifestKind::Image(manifest) => manifest,
+    let manifests = match kind {
+        ManifestKind::Image(manifest) => vec![manifest],
         ManifestKind::Index(index) => {
-            let chosen = index.select_platform(platform).ok_or_else(|| {
-                CacheError::Invalid(format!(
-                    "{what}: neither a kiln cache nor an image for {platform}"
-                ))
-            })?;
-            let fetched = client
-                .fetch_manifest(&reference.with_digest(chosen.digest.clone()))
-                .await
-                .map_err(registry_err)?;
-            match parse(&what, &fetched)? {
-                ManifestKind::Image(manifest) => manifest,
-                ManifestKind::Index(_) => {
-                    return Err(CacheError::Invalid(format!(
-                        "{what}: the index for {platform} is another index"
-                    )))
+            let mut chosen: Vec<&Descriptor> = Vec::new();
+            for platform in platforms {
+                if let Some(entry) = index.select_platform(platform) {
+                    if !chosen.iter().any(|c| c.digest == entry.digest) {
+                        chosen.push(entry);
+                    }
                 }
             }
+            if chosen.is_empty() {
+                let names: Vec<String> = platforms.iter().map(Platform::to_string).collect();
+                return Err(CacheError::Invalid(format!(
+                    "{what}: neither a kiln cache nor an image for {}",
+                    names.join(", ")
+                )));
+            }
+            let mut manifests = Vec::new();
+            for entry in chosen {
+                let fetched = client
+                    .fetch_manifest(&reference.with_digest(entry.digest.clone()))
+                    .await
+                    .map_err(registry_err(&what))?;
+                match parse(&what, &fetched)? {
+                    ManifestKind::Image(manifest) => manifests.push(manifest),
+                    ManifestKind::Index(_) => {
+                        return Err(CacheError::Invalid(format!(
+                            "{what}: its entry {} is another index",
+                            entry.digest
+                        )))
+                    }
+                }
+            }
+            manifests
         }
     };
+    let mut steps = StepsByKey::new();
+    for manifest in &manifests {
+        steps.extend(inline_steps(client, reference, &what, manifest).await?);
+    }
+    Ok(("image's inline cache", steps))
+}
+
+/// The steps of the inline cache in the config of `manifest`, an image of
+/// `reference`'s repository.
+async fn inline_steps(
+    client: &Client,
+    reference: &Reference,
+    what: &str,
+    manifest: &Manifest,
+) -> Result<StepsByKey, CacheError> {
     if !matches!(
         manifest.config.media_type.as_str(),
         media::OCI_CONFIG | media::DOCKER_CONFIG
@@ -205,7 +234,7 @@ async fn read_cache(
         ))
     })?;
     let cache = CacheConfig::from_value(inline).map_err(|source| CacheError::Format {
-        what: what.clone(),
+        what: what.to_string(),
         source: Box::new(source),
     })?;
     let layers: Vec<(Descriptor, Digest)> = manifest
@@ -214,10 +243,15 @@ async fn read_cache(
         .cloned()
         .zip(config.rootfs.diff_ids.iter().cloned())
         .collect();
-    Ok((
-        "image's inline cache",
-        crate::steps_of(&what, &cache, Some(&layers))?,
-    ))
+    crate::steps_of(what, &cache, Some(&layers))
+}
+
+/// A registry error as a cache error naming `what` was read.
+fn registry_err(what: &str) -> impl Fn(kiln_registry::Error) -> CacheError + '_ {
+    move |source| CacheError::Registry {
+        what: what.to_string(),
+        source: Box::new(source),
+    }
 }
 
 /// A fetched manifest or index, parsed.

@@ -768,8 +768,13 @@ fn remote_cache(
     if args.dry_run || args.check {
         return Ok(RemoteCache::default());
     }
-    let platform = &settings.options.target_platform;
-    let sources = kiln_cache::open_sources(&from, platform, &net, &display.printer);
+    // Each target platform's inline cache when a --cache-from is an
+    // index of images.
+    let mut platforms = target_platforms(&args.platform)?;
+    if platforms.is_empty() {
+        platforms.push(settings.options.target_platform.clone());
+    }
+    let sources = kiln_cache::open_sources(&from, &platforms, &net, &display.printer);
     Ok(RemoteCache {
         sources,
         exporters,
