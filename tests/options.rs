@@ -967,8 +967,9 @@ fn mount_option_spellings() {
 }
 
 /// `BUILDKIT_MULTI_PLATFORM=1` makes the result an index even for one
-/// platform, as BuildKit's frontend does; without it the build is one
-/// manifest. A docker-archive cannot hold the index: refused before any
+/// platform, as BuildKit's frontend does, and `--annotation index:` then
+/// has an index to go on; without it the build is one manifest and the
+/// annotation is refused. A docker-archive cannot hold the index: refused before any
 /// step runs, writing nothing.
 #[test]
 fn multi_platform_build_arg_makes_an_index_of_one_platform() {
@@ -984,12 +985,23 @@ fn multi_platform_build_arg_makes_an_index_of_one_platform() {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
     };
     let multi = ["--build-arg", "BUILDKIT_MULTI_PLATFORM=1"];
-    let out = fixture.build(&[&multi[..], &["-t", "multi:index", ctx]].concat());
+    let annotation = ["--annotation", "index:org.example.kind=one"];
+    let out = fixture.build(&[&multi[..], &annotation, &["-t", "multi:index", ctx]].concat());
     assert!(out.status.success(), "{}", text(&out));
     let index = raw("multi:index");
     assert_eq!(
         index["mediaType"], "application/vnd.oci.image.index.v1+json",
         "{index}"
+    );
+    // An index to annotate: `index:` annotations are taken, not refused
+    // as for a single-platform image.
+    assert_eq!(index["annotations"]["org.example.kind"], "one", "{index}");
+    let out = fixture.build(&[&annotation[..], &["-t", "multi:refused", ctx]].concat());
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("index annotations not supported for single platform export"),
+        "{}",
+        text(&out)
     );
     let manifests = index["manifests"].as_array().unwrap();
     assert_eq!(manifests.len(), 1, "{index}");

@@ -14,12 +14,14 @@
 //!   `containerimage.descriptor` (a registry push of a single manifest has
 //!   no descriptor to carry it, as with BuildKit);
 //! - `index`: the image index a build for several platforms, or with
-//!   `--provenance`, writes (its `annotations`, what a registry serves);
+//!   `--provenance` or `BUILDKIT_MULTI_PLATFORM`, writes (its
+//!   `annotations`, what a registry serves);
 //! - `index-descriptor`: the descriptor that points at that index: its
 //!   entry in the store's `index.json`, in an OCI layout output's
 //!   `index.json`, and the metadata file's `containerimage.descriptor`.
 //!
-//! A single-platform build without provenance writes no index: the index
+//! A single-platform build without provenance or
+//! `BUILDKIT_MULTI_PLATFORM` writes no index: the index
 //! kinds are refused there, as BuildKit refuses them for a
 //! single-platform export. With
 //! several platforms each platform's manifest, and its entry in the index,
@@ -132,8 +134,9 @@ impl Annotation {
 }
 
 /// Refuses what a build for `platforms` cannot honour: index annotations
-/// when it writes no index (`writes_index`: several platforms, or
-/// `--provenance`), a platform it does not make, descriptor annotations
+/// when it writes no index (`writes_index`: several platforms,
+/// `--provenance`, or `BUILDKIT_MULTI_PLATFORM`), a platform it does not
+/// make, descriptor annotations
 /// with Docker media types.
 pub fn check(
     annotations: &[Annotation],

@@ -42,14 +42,15 @@ impl<'a> Session<'a> {
         for output in &self.settings.outputs {
             output.check_platforms(platforms)?;
         }
-        let export = match self.cache.exporters.first() {
-            Some(exporter) => Some(exporter.name()),
-            None => self.cache.inline.then(|| "type=inline".to_string()),
-        };
-        if let Some(export) = export {
+        // type=inline is each platform's image's own (every solve writes
+        // it into its config); a registry or local cache would need one
+        // cache for every platform's steps.
+        if let Some(exporter) = self.cache.exporters.first() {
             return Err(BuildError::Invalid(format!(
-                "--cache-to {export}: exporting a build cache from a build for several \
-                 platforms is not supported yet (build one platform per cache export)"
+                "--cache-to ({}): a registry or local build cache from a build that makes \
+                 an index is not supported yet (build one platform per cache export, or use \
+                 type=inline)",
+                exporter.name()
             )));
         }
         // Planning reports through `shown`: the Dockerfile and context

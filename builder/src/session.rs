@@ -661,11 +661,15 @@ impl<'a> Session<'a> {
         if checks.fails() {
             return Err(BuildError::Checks(Box::new(checks)));
         }
+        // (The build arg's value was checked by the walk.)
+        let writes_index = platforms.len() > 1
+            || self.settings.provenance.is_some()
+            || crate::frontend::multi_platform(&options.build_args).unwrap_or(false);
         crate::annotations::check(
             &self.settings.annotations,
             platforms,
             self.settings.docker_media_types,
-            platforms.len() > 1 || self.settings.provenance.is_some(),
+            writes_index,
         )
         .map_err(BuildError::Invalid)?;
         apply_labels(&mut planned, &self.settings.labels);
