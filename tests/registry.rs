@@ -234,6 +234,67 @@ fn pull_then_push_under_new_names_and_skopeo_reads_the_same_digest() {
     );
 }
 
+/// `pull --concurrency N` downloads, and `push --concurrency N` uploads,
+/// at most N blobs at once: counted by a proxy that slows every blob
+/// (each several paced pieces: its bytes do not compress) so that
+/// transfers started together overlap.
+#[test]
+fn concurrency_bounds_the_blobs_moved_at_once() {
+    let registry = RegistryServer::start_plain().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let noise = |seed: u32| -> Vec<u8> {
+        let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..40_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect()
+    };
+    let layers: Vec<Vec<TestFile>> = (1..=4u32)
+        .map(|n| vec![TestFile::new(&format!("layer-{n}"), noise(n))])
+        .collect();
+    seed(&registry, work.path(), "kiln/fanout", &layers, None, None);
+    for (concurrency, bounded) in [("1", true), ("4", false)] {
+        let pace = Some(Throttle {
+            bytes: 8_000,
+            every: Duration::from_millis(50),
+        });
+        let plan = FaultPlan {
+            blob_throttle: pace,
+            upload_throttle: pace,
+            ..Default::default()
+        };
+        let proxy = FaultProxy::start(registry.addr, plan.clone()).unwrap();
+        let kiln = Kiln::new(&work.path().join(format!("c{concurrency}")));
+        let reference = format!("{}/kiln/fanout:v1", proxy.host);
+        kiln.ok(&["pull", "--concurrency", concurrency, &reference]);
+        // To another registry, where no blob can be mounted: every one is
+        // uploaded.
+        let other = RegistryServer::start_plain().unwrap();
+        let other_proxy = FaultProxy::start(other.addr, plan).unwrap();
+        let copy = format!("{}/kiln/fanout:v1", other_proxy.host);
+        kiln.ok(&["tag", &reference, &copy]);
+        kiln.ok(&["push", "--concurrency", concurrency, &copy]);
+        let moved = [
+            ("downloads", proxy.most_downloads_at_once()),
+            ("uploads", other_proxy.most_uploads_at_once()),
+        ];
+        for (what, most) in moved {
+            if bounded {
+                assert_eq!(most, 1, "--concurrency 1: {what}");
+            } else {
+                assert!(
+                    (2..=4).contains(&most),
+                    "--concurrency 4: {most} {what} at once"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn login_logout_against_tls_registry_with_basic_auth() {
     let registry = RegistryServer::start_tls_basic("alice", "wonderland").unwrap();

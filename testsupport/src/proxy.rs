@@ -97,6 +97,58 @@ struct Counters {
     hangs: u32,
     tls_hellos: u32,
     requests: Vec<String>,
+    /// Blob downloads and uploads in flight now, and the most at once.
+    downloads: InFlight,
+    uploads: InFlight,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct InFlight {
+    now: u32,
+    most: u32,
+}
+
+/// A blob download (GET `/blobs/sha256:`) or upload (PUT or PATCH
+/// `/blobs/uploads/`) being forwarded, counted in [`Counters`] from its
+/// request head until the exchange ends (drop).
+struct Transfer<'a> {
+    shared: &'a Shared,
+    upload: bool,
+}
+
+impl<'a> Transfer<'a> {
+    fn start(shared: &'a Shared, method: &str, path: &str) -> Option<Transfer<'a>> {
+        let upload = match method {
+            "GET" if path.contains("/blobs/sha256:") => false,
+            "PUT" | "PATCH" if path.contains("/blobs/uploads/") => true,
+            _ => return None,
+        };
+        let mut counters = shared.counters.lock().unwrap_or_else(|p| p.into_inner());
+        let flight = if upload {
+            &mut counters.uploads
+        } else {
+            &mut counters.downloads
+        };
+        flight.now += 1;
+        flight.most = flight.most.max(flight.now);
+        Some(Transfer { shared, upload })
+    }
+}
+
+impl Drop for Transfer<'_> {
+    fn drop(&mut self) {
+        let mut counters = self
+            .shared
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let flight = if self.upload {
+            &mut counters.uploads
+        } else {
+            &mut counters.downloads
+        };
+        flight.now -= 1;
+    }
 }
 
 struct Shared {
@@ -203,6 +255,18 @@ impl FaultProxy {
     pub fn requests(&self) -> Vec<String> {
         self.counters().requests
     }
+
+    /// The most blob downloads (GET `/blobs/sha256:`) forwarded at the
+    /// same time so far: how many a client ran at once.
+    pub fn most_downloads_at_once(&self) -> u32 {
+        self.counters().downloads.most
+    }
+
+    /// The most blob uploads (PUT or PATCH `/blobs/uploads/`) forwarded at
+    /// the same time so far.
+    pub fn most_uploads_at_once(&self) -> u32 {
+        self.counters().uploads.most
+    }
 }
 
 impl Drop for FaultProxy {
@@ -271,6 +335,31 @@ impl Drop for SilentServer {
         let _ = TcpStream::connect(self.addr);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+    }
+}
+
+/// Writes a part of a response body to `out` at `pace` if set: a pause
+/// before each piece but the body's very first (`started`: some of it
+/// went before), none after the last, so that an exchange ends with its
+/// last byte (a client's next request is not seen as overlapping it).
+fn write_body_paced(
+    out: &mut TcpStream,
+    data: &[u8],
+    pace: Option<Throttle>,
+    started: bool,
+) -> std::io::Result<()> {
+    match pace {
+        None => out.write_all(data),
+        Some(pace) => {
+            for (i, piece) in data.chunks(pace.bytes.max(1)).enumerate() {
+                if started || i > 0 {
+                    std::thread::sleep(pace.every);
+                }
+                out.write_all(piece)?;
+                out.flush()?;
+            }
+            Ok(())
         }
     }
 }
@@ -395,6 +484,9 @@ fn handle(
         }
         counters.requests.push(line);
     }
+    // Ends (drop) when its response is all written, not when the threads
+    // of the exchange are done: the client may start its next one then.
+    let transfer = Transfer::start(shared, &method, &path);
 
     // No answer at all: wait for the client to give up.
     let hang = {
@@ -632,7 +724,7 @@ fn handle(
         if let Some(limit) = cut_at {
             if sent + data.len() as u64 >= limit {
                 let keep = (limit - sent) as usize;
-                write_paced(&mut client, &data[..keep], pace)?;
+                write_body_paced(&mut client, &data[..keep], pace, sent > 0)?;
                 client.flush()?;
                 shared
                     .counters
@@ -645,13 +737,14 @@ fn handle(
                 return Ok(());
             }
         }
-        write_paced(&mut client, &data, pace)?;
+        write_body_paced(&mut client, &data, pace, sent > 0)?;
         sent += data.len() as u64;
         if let Some(delay) = chunk_delay {
             std::thread::sleep(delay);
         }
     }
     client.flush()?;
+    drop(transfer);
     let _ = client.shutdown(Shutdown::Both);
     let _ = upstream.shutdown(Shutdown::Both);
     let _ = body_copier.join();
