@@ -944,7 +944,7 @@ fn outputs_of_a_two_platform_build() {
         ],
     ));
     assert!(
-        err.contains("type=docker: a docker-archive holds one platform's image, and this build makes an index of 2 (linux/amd64, linux/arm64); use type=oci"),
+        err.contains("type=docker: a docker-archive holds one platform's image, and this build makes 2 (linux/amd64, linux/arm64); use type=oci"),
         "{err}"
     );
     assert!(!err.contains("RUN echo"), "{err}");
@@ -1844,7 +1844,7 @@ fn cache_export_of_several_platforms_is_refused() {
     ));
     assert!(
         err.contains(&format!(
-            "--cache-to (exporting cache to {}): a registry or local build cache from a build that makes an index is not supported yet",
+            "--cache-to (exporting cache to {}): a registry or local build cache from a build for several platforms is not supported yet",
             dest.display()
         )),
         "{err}"

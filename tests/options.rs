@@ -491,7 +491,7 @@ fn buildkit_build_args_and_syntax() {
     ]);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("BUILDKIT_INLINE_CACHE=yes: not a boolean"),
+        text(&out).contains("BUILDKIT_INLINE_CACHE=yes: invalid boolean value"),
         "{}",
         text(&out)
     );
@@ -969,7 +969,8 @@ fn mount_option_spellings() {
 /// `BUILDKIT_MULTI_PLATFORM=1` makes the result an index even for one
 /// platform, as BuildKit's frontend does, and `--annotation index:` then
 /// has an index to go on; without it the build is one manifest and the
-/// annotation is refused. A docker-archive cannot hold the index: refused before any
+/// annotation is refused. A docker-archive cannot hold the index; a local
+/// output goes under the platform's directory; a cache export works. A docker-archive cannot hold the index: refused before any
 /// step runs, writing nothing.
 #[test]
 fn multi_platform_build_arg_makes_an_index_of_one_platform() {
@@ -1025,13 +1026,65 @@ fn multi_platform_build_arg_makes_an_index_of_one_platform() {
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains(
-            "type=docker: a docker-archive holds one platform's image, and this build makes an index of 1"
+            "type=docker: a docker-archive holds one image, not an index, and BUILDKIT_MULTI_PLATFORM asks for an index"
         ),
         "{}",
         text(&out)
     );
     assert!(!text(&out).contains("RUN echo one"), "{}", text(&out));
     assert!(!dest.exists());
+
+    // The rest of a one-platform index build is a build's: a local output
+    // goes under the platform's directory, as BuildKit writes a platform
+    // map, and a cache export is written.
+    let (local, cache) = (
+        fixture.dir.path().join("multi-local"),
+        fixture.dir.path().join("multi-cache"),
+    );
+    let outputs = [
+        "-o".to_string(),
+        format!("type=local,dest={}", local.display()),
+        "--cache-to".to_string(),
+        format!("type=local,dest={}", cache.display()),
+    ];
+    let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    let out = fixture.build(&[&multi[..], &outputs, &[ctx]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    let platform_dir = kiln_layers::Platform::host()
+        .normalized()
+        .to_string()
+        .replace('/', "_");
+    assert_eq!(read(&local.join(&platform_dir), "/one"), "one\n");
+    assert!(!local.join("one").exists());
+    assert!(cache.join("index.json").is_file(), "{}", text(&out));
+
+    // Empty is unset (one manifest); false with several platforms is a
+    // conflict, refused before anything runs.
+    let out = fixture.build(&[
+        "--build-arg",
+        "BUILDKIT_MULTI_PLATFORM=",
+        "-t",
+        "multi:empty",
+        ctx,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        raw("multi:empty")["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    let out = fixture.build(&[
+        "--build-arg",
+        "BUILDKIT_MULTI_PLATFORM=0",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        ctx,
+    ]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("returning multiple target platforms is not allowed"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// The flags about what a build shows and reads: `--dry-run` prints the

@@ -187,23 +187,27 @@ impl Output {
     /// cannot hold one: a docker-archive (as BuildKit's docker exporter
     /// refuses a manifest list).
     pub fn check_platforms(&self, platforms: &[Platform]) -> Result<(), ExportError> {
-        match self {
-            Output::Docker(dest) => Err(ExportError::Copy {
-                dest: dest.clone(),
-                message: format!(
-                    "type=docker: a docker-archive holds one platform's image, and this build \
-                     makes an index of {} ({}); use type=oci, or build one --platform \
-                     (without BUILDKIT_MULTI_PLATFORM)",
-                    platforms.len(),
-                    platforms
-                        .iter()
-                        .map(Platform::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            }),
-            _ => Ok(()),
-        }
+        let Output::Docker(dest) = self else {
+            return Ok(());
+        };
+        let names: Vec<String> = platforms.iter().map(Platform::to_string).collect();
+        let message = match platforms {
+            [one] => format!(
+                "type=docker: a docker-archive holds one image, not an index, and \
+                 BUILDKIT_MULTI_PLATFORM asks for an index of {one}; leave the build arg out, \
+                 or use type=oci"
+            ),
+            _ => format!(
+                "type=docker: a docker-archive holds one platform's image, and this build \
+                 makes {} ({}); use type=oci, or build one --platform",
+                platforms.len(),
+                names.join(", ")
+            ),
+        };
+        Err(ExportError::Copy {
+            dest: dest.clone(),
+            message,
+        })
     }
 
     /// Writes a multi-platform build's `index` (as stored) and its

@@ -14,7 +14,7 @@
 //! `BUILDKIT_SYNTAX`, `BUILDKIT_CONTEXT_KEEP_GIT_DIR` (a Git context keeps
 //! its `.git`), and, read by the CLI as buildx reads them,
 //! `BUILDKIT_INLINE_CACHE` ([`inline_cache`]: `--cache-to type=inline`) and
-//! `BUILDKIT_MULTI_PLATFORM` ([`multi_platform`]: an index even for one
+//! `BUILDKIT_MULTI_PLATFORM` ([`makes_index`]: an index even for one
 //! platform). `BUILDKIT_BUILD_NAME` names a build in BuildKit's history,
 //! which kiln does not keep: it warns that it has no effect, as does
 //! `BUILDKIT_CONTEXT_KEEP_GIT_DIR` with a context that is not Git.
@@ -52,29 +52,51 @@ pub const FRONTEND_ARGS: &[&str] = &[
 ];
 
 /// `BUILDKIT_INLINE_CACHE`: true asks for `--cache-to type=inline`, as
-/// buildx reads it. A value that is not a boolean is refused (buildx
-/// would take it for false, silently).
+/// buildx reads it; unset or empty is false. A value that is not a
+/// boolean is refused (buildx would take it for false, silently).
 pub fn inline_cache(build_args: &BTreeMap<String, String>) -> Result<bool, FrontendError> {
-    boolean_arg(build_args, "BUILDKIT_INLINE_CACHE")
+    Ok(boolean_arg(build_args, "BUILDKIT_INLINE_CACHE")?.unwrap_or(false))
 }
 
-/// `BUILDKIT_MULTI_PLATFORM`: true makes the result an index even for one
-/// platform, as BuildKit's frontend does; not a boolean is refused, as
-/// there.
-pub fn multi_platform(build_args: &BTreeMap<String, String>) -> Result<bool, FrontendError> {
-    boolean_arg(build_args, "BUILDKIT_MULTI_PLATFORM")
-}
-
-/// A boolean build arg as Go's `strconv.ParseBool` reads it; unset is false.
-fn boolean_arg(build_args: &BTreeMap<String, String>, name: &str) -> Result<bool, FrontendError> {
-    match build_args.get(name) {
-        None => Ok(false),
-        Some(value) => crate::git::parse_go_bool(value).ok_or_else(|| FrontendError {
+/// Whether the result is an index, as BuildKit's frontend decides it for a
+/// build of `platforms` target platforms: `BUILDKIT_MULTI_PLATFORM` when
+/// set (not empty), else several platforms. A value that is not a boolean
+/// is refused, and so is false with several platforms, as there.
+pub fn makes_index(
+    build_args: &BTreeMap<String, String>,
+    platforms: usize,
+) -> Result<bool, FrontendError> {
+    let several = platforms > 1;
+    match boolean_arg(build_args, "BUILDKIT_MULTI_PLATFORM")? {
+        Some(false) if several => Err(FrontendError {
             line: None,
-            message: format!(
-                "build arg {name}={value}: not a boolean (1, t, true, 0, f, false, as Go reads them)"
-            ),
+            message: "build arg BUILDKIT_MULTI_PLATFORM is false and the build has several \
+                      target platforms: conflicting config: returning multiple target \
+                      platforms is not allowed"
+                .to_string(),
         }),
+        Some(asked) => Ok(asked),
+        None => Ok(several),
+    }
+}
+
+/// A boolean build arg as Go's `strconv.ParseBool` reads it; None when it
+/// is unset or empty (BuildKit's frontend reads an empty one as unset).
+fn boolean_arg(
+    build_args: &BTreeMap<String, String>,
+    name: &str,
+) -> Result<Option<bool>, FrontendError> {
+    match build_args.get(name).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(value) => crate::git::parse_go_bool(value)
+            .map(Some)
+            .ok_or_else(|| FrontendError {
+                line: None,
+                message: format!(
+                    "build arg {name}={value}: invalid boolean value (1, t, true, 0, f, false, \
+                     as Go reads them)"
+                ),
+            }),
     }
 }
 
@@ -125,7 +147,7 @@ impl Frontend {
         };
         frontend.syntax(ast, build_args)?;
         inline_cache(build_args)?;
-        multi_platform(build_args)?;
+        boolean_arg(build_args, "BUILDKIT_MULTI_PLATFORM")?;
         let no_effect = [
             (
                 "BUILDKIT_CONTEXT_KEEP_GIT_DIR",
@@ -277,18 +299,32 @@ mod tests {
         assert!(inline_cache(&args("BUILDKIT_INLINE_CACHE", "True")).unwrap());
         assert!(!inline_cache(&args("BUILDKIT_INLINE_CACHE", "0")).unwrap());
         assert!(!inline_cache(&BTreeMap::new()).unwrap());
-        assert!(multi_platform(&args("BUILDKIT_MULTI_PLATFORM", "t")).unwrap());
-        assert!(!multi_platform(&args("BUILDKIT_MULTI_PLATFORM", "false")).unwrap());
-        for (name, f) in [
-            ("BUILDKIT_INLINE_CACHE", inline_cache as fn(&_) -> _),
-            ("BUILDKIT_MULTI_PLATFORM", multi_platform),
-        ] {
-            let err = f(&args(name, "yes")).unwrap_err();
-            assert!(
-                err.message.contains(&format!("{name}=yes: not a boolean")),
-                "{}",
-                err.message
-            );
+        assert!(!inline_cache(&args("BUILDKIT_INLINE_CACHE", "")).unwrap());
+        let multi =
+            |v: &str, platforms: usize| makes_index(&args("BUILDKIT_MULTI_PLATFORM", v), platforms);
+        assert!(multi("t", 1).unwrap());
+        assert!(!multi("false", 1).unwrap());
+        // Empty is unset: several platforms make an index, one does not.
+        assert!(!multi("", 1).unwrap());
+        assert!(multi("", 2).unwrap());
+        assert!(makes_index(&BTreeMap::new(), 2).unwrap());
+        assert!(!makes_index(&BTreeMap::new(), 1).unwrap());
+        let err = multi("0", 2).unwrap_err();
+        assert!(
+            err.message
+                .contains("returning multiple target platforms is not allowed"),
+            "{}",
+            err.message
+        );
+        let err = inline_cache(&args("BUILDKIT_INLINE_CACHE", "yes")).unwrap_err();
+        assert!(err
+            .message
+            .contains("BUILDKIT_INLINE_CACHE=yes: invalid boolean value"));
+        let err = multi("yes", 1).unwrap_err();
+        assert!(err
+            .message
+            .contains("BUILDKIT_MULTI_PLATFORM=yes: invalid boolean value"));
+        for name in ["BUILDKIT_INLINE_CACHE", "BUILDKIT_MULTI_PLATFORM"] {
             // The build refuses it before anything runs.
             assert!(frontend("FROM scratch\n", &[(name, "yes")]).is_err());
         }

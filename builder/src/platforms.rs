@@ -34,9 +34,8 @@ use crate::session::{BuildError, BuildResult, Planned, Session};
 use crate::solve::{BuildEvents, BuiltImage, SharedSteps, StepEvent, StepOutcome};
 
 impl<'a> Session<'a> {
-    /// Builds for each of `platforms` (normalized and distinct: two or
-    /// more, or one that `BUILDKIT_MULTI_PLATFORM` wants in an index) and
-    /// tags, exports and pushes their index.
+    /// Builds for each of `platforms` (two or more, normalized and
+    /// distinct) and tags, exports and pushes their index.
     pub fn build_platforms(&self, platforms: &[Platform]) -> Result<BuildResult, BuildError> {
         self.check_requests()?;
         for output in &self.settings.outputs {
@@ -47,8 +46,8 @@ impl<'a> Session<'a> {
         // cache for every platform's steps.
         if let Some(exporter) = self.cache.exporters.first() {
             return Err(BuildError::Invalid(format!(
-                "--cache-to ({}): a registry or local build cache from a build that makes \
-                 an index is not supported yet (build one platform per cache export, or use \
+                "--cache-to ({}): a registry or local build cache from a build for several \
+                 platforms is not supported yet (build one platform per cache export, or use \
                  type=inline)",
                 exporter.name()
             )));
@@ -274,8 +273,11 @@ impl<'a> Session<'a> {
         };
         for output in &settings.outputs {
             // One platform's root filesystem (a build with provenance)
-            // goes where a single-platform build puts it.
-            let single = images.len() == 1 && !matches!(output, Output::Oci(_));
+            // goes where a single-platform build puts it; under its
+            // platform's directory when BUILDKIT_MULTI_PLATFORM asked for
+            // an index (BuildKit's frontend returns a platform map then).
+            let single =
+                images.len() == 1 && !matches!(output, Output::Oci(_)) && !self.index_asked();
             let written = if single {
                 output.write(
                     self.store,

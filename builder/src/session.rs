@@ -661,10 +661,8 @@ impl<'a> Session<'a> {
         if checks.fails() {
             return Err(BuildError::Checks(Box::new(checks)));
         }
-        // (The build arg's value was checked by the walk.)
-        let writes_index = platforms.len() > 1
-            || self.settings.provenance.is_some()
-            || crate::frontend::multi_platform(&options.build_args).unwrap_or(false);
+        let writes_index = self.settings.provenance.is_some()
+            || crate::frontend::makes_index(&options.build_args, platforms.len())?;
         crate::annotations::check(
             &self.settings.annotations,
             platforms,
@@ -725,14 +723,15 @@ impl<'a> Session<'a> {
     }
 
     /// Runs the plan, then tags, exports and pushes the image (with
-    /// `--provenance`, an index of the image and its attestation).
+    /// `--provenance`, an index of the image and its attestation; with
+    /// `BUILDKIT_MULTI_PLATFORM`, an index of the image).
     pub fn build(&self, planned: Planned<'a>) -> Result<BuildResult, BuildError> {
         self.check_requests()?;
         self.check_before_steps(&[&planned])?;
         let cache_from = CacheSources::new(&self.cache.sources, self.events);
         let started = std::time::SystemTime::now();
         let built = self.solve_planned(&planned, None, self.events, &cache_from)?;
-        if self.settings.provenance.is_some() {
+        if self.settings.provenance.is_some() || self.index_asked() {
             let result = self.finish_index(&[&planned], vec![built], started)?;
             let blobs = BuildBlobs {
                 sources: &cache_from,
@@ -783,7 +782,20 @@ impl<'a> Session<'a> {
         if let Some(request) = &settings.provenance {
             crate::provenance::check_outputs(request, settings)?;
         }
+        if self.index_asked() {
+            let platform = [settings.options.target_platform.clone()];
+            for output in &settings.outputs {
+                output.check_platforms(&platform)?;
+            }
+        }
         Ok(())
+    }
+
+    /// `BUILDKIT_MULTI_PLATFORM` asks a one-platform build for an index
+    /// (its value was checked by the walk; a build for several platforms
+    /// makes one whatever it says).
+    pub(crate) fn index_asked(&self) -> bool {
+        crate::frontend::makes_index(&self.settings.options.build_args, 1).unwrap_or(false)
     }
 
     /// Before any step of the plans runs: the entitlements their RUN steps

@@ -677,14 +677,11 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     };
     let show = |e: &BuildError| show_line(&settings, display.shown, e.line());
     let platforms = target_platforms(&args.platform)?;
-    // An index for one platform too when BUILDKIT_MULTI_PLATFORM asks
-    // (BuildKit's frontend); --check and --dry-run show that platform's
-    // build all the same.
-    let one_as_index = !args.check
-        && !args.dry_run
-        && kiln_builder::frontend::multi_platform(&settings.options.build_args)
-            .map_err(|e| anyhow::anyhow!(e.message))?;
-    let built = if platforms.len() > 1 || one_as_index {
+    // (Refuses BUILDKIT_MULTI_PLATFORM=0 with several platforms; one
+    // platform's index, when it asks for one, is the session's.)
+    kiln_builder::frontend::makes_index(&settings.options.build_args, platforms.len())
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    let built = if platforms.len() > 1 {
         if args.check || args.dry_run {
             anyhow::bail!(
                 "--{} shows one platform's build: give one --platform (not {})",
@@ -692,11 +689,6 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
                 args.platform.join(",")
             );
         }
-        let platforms = if platforms.is_empty() {
-            vec![settings.options.target_platform.clone()]
-        } else {
-            platforms
-        };
         session.build_platforms(&platforms)
     } else {
         if args.check {
