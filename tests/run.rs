@@ -172,6 +172,34 @@ fn image_env_workdir_user_and_their_flags() {
         "echo $FOO; pwd; id -u",
     ]);
     assert_eq!(stdout(&out), "flag\n/tmp\n0\n", "{}", stderr(&out));
+    // Empty -u, -w and --hostname are not given, as with docker: the
+    // image's user and working directory, the default host name (never
+    // root, `/` and an empty name).
+    let out = f.run(&[
+        "--network",
+        "none",
+        "-u",
+        "",
+        "-w",
+        "",
+        "--hostname",
+        "",
+        "busybox:test",
+        "sh",
+        "-c",
+        "pwd; id -u; hostname | wc -c",
+    ]);
+    assert_eq!(stdout(&out), "/srv/app\n1000\n13\n", "{}", stderr(&out));
+    // An environment entry with no name is refused, as by docker.
+    for bad in ["=value", ""] {
+        let out = f.run(&["-e", bad, "busybox:test", "true"]);
+        assert!(!out.status.success(), "-e {bad:?}");
+        assert!(
+            stderr(&out).contains("invalid environment variable (no name)"),
+            "{}",
+            stderr(&out)
+        );
+    }
 }
 
 #[test]

@@ -246,19 +246,23 @@ pub fn container_env(
 }
 
 /// `-e K=V` as given; `-e K` takes kiln's own K, or is dropped when unset.
-fn user_env(flags: &[String]) -> Vec<String> {
-    flags
-        .iter()
-        .filter_map(|flag| {
-            if flag.contains('=') {
-                Some(flag.clone())
-            } else {
-                std::env::var(flag)
-                    .ok()
-                    .map(|value| format!("{flag}={value}"))
+/// An entry with no name (`-e =V`, `-e ""`) is refused, as by docker.
+fn user_env(flags: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut env = Vec::new();
+    for flag in flags {
+        match flag.split_once('=') {
+            _ if flag.is_empty() || flag.starts_with('=') => {
+                bail!("-e {flag:?}: invalid environment variable (no name)")
             }
-        })
-        .collect()
+            Some(_) => env.push(flag.clone()),
+            None => {
+                if let Ok(value) = std::env::var(flag) {
+                    env.push(format!("{flag}={value}"));
+                }
+            }
+        }
+    }
+    Ok(env)
 }
 
 fn new_container_id() -> anyhow::Result<String> {
@@ -326,7 +330,9 @@ fn run_container(args: RunArgs, settings: &GlobalSettings) -> anyhow::Result<Exi
     .with_context(|| format!("image {}", tagged.name))?;
 
     let id = new_container_id()?;
-    let hostname = match (&args.hostname, args.network) {
+    // An empty -u, -w or --hostname is not given, as with docker: the
+    // image's user and working directory, the default host name.
+    let hostname = match (args.hostname.as_ref().filter(|h| !h.is_empty()), args.network) {
         (Some(name), _) => name.clone(),
         (None, NetworkMode::Host) => host_name(),
         (None, NetworkMode::None) => id[..12].to_string(),
@@ -340,18 +346,20 @@ fn run_container(args: RunArgs, settings: &GlobalSettings) -> anyhow::Result<Exi
     spec.image = tagged.name.clone();
     spec.env = container_env(
         config.env.as_deref().unwrap_or_default(),
-        &user_env(&args.env),
+        &user_env(&args.env)?,
         &hostname,
         args.tty,
     );
     spec.cwd = args
         .workdir
         .clone()
+        .filter(|w| !w.is_empty())
         .or(config.working_dir.clone())
         .unwrap_or_default();
     spec.user = args
         .user
         .clone()
+        .filter(|u| !u.is_empty())
         .or(config.user.clone())
         .unwrap_or_default();
     spec.hostname = hostname;
