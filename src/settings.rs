@@ -174,11 +174,17 @@ fn default_root() -> PathBuf {
 }
 
 /// `SOURCE_DATE_EPOCH` from the environment: the time reproducible outputs
-/// are stamped with (seconds since the epoch).
-pub fn source_date_epoch() -> Option<i64> {
-    std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
+/// are stamped with (seconds since the epoch); unset or empty is none, a
+/// value that is not a number is refused, as BuildKit refuses it.
+pub fn source_date_epoch() -> anyhow::Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(value) => kiln_builder::frontend::parse_source_date_epoch(&value)
+            .map_err(|e| anyhow::anyhow!("{e} (in the environment)")),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            anyhow::bail!("SOURCE_DATE_EPOCH in the environment is not UTF-8")
+        }
+    }
 }
 
 #[cfg(test)]

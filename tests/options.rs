@@ -1087,6 +1087,71 @@ fn multi_platform_build_arg_makes_an_index_of_one_platform() {
     );
 }
 
+/// SOURCE_DATE_EPOCH, as a build arg or in the environment, is whole
+/// seconds since the epoch, as BuildKit reads it: it dates the image; a
+/// value that is not a number is refused before any step runs (it was
+/// taken for unset); an empty one is unset.
+#[test]
+fn source_date_epoch_is_a_number_or_refused() {
+    require_namespaces!();
+    let fixture = Fixture::new();
+    let ctx = fixture.context(
+        "sde",
+        &[("Dockerfile", "FROM busybox:latest\nRUN echo x > /x\n")],
+    );
+    let ctx = ctx.to_str().unwrap();
+    let created = |tag: &str| -> String {
+        let out = kiln_ok(&fixture.root(), &["inspect", tag]);
+        let inspected: serde_json::Value = serde_json::from_str(&out).unwrap();
+        inspected[0]["Created"].as_str().unwrap_or("").to_string()
+    };
+    let arg = ["--build-arg", "SOURCE_DATE_EPOCH=1700000000"];
+    let out = fixture.build(&[&arg[..], &["-t", "sde:arg", ctx]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        created("sde:arg").starts_with("2023-11-14T22:13:20"),
+        "{}",
+        created("sde:arg")
+    );
+
+    let out = fixture.build(&["--build-arg", "SOURCE_DATE_EPOCH=1.7e9", ctx]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("build arg SOURCE_DATE_EPOCH=1.7e9: invalid"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("RUN echo x"), "{}", text(&out));
+
+    let with_env = |value: &str, args: &[&str]| {
+        common::kiln_command()
+            .arg("--root")
+            .arg(fixture.root())
+            .args(args)
+            .env("KILN_PROGRESS", "plain")
+            .env("SOURCE_DATE_EPOCH", value)
+            .output()
+            .unwrap()
+    };
+    for args in [&["build", ctx][..], &["import", ctx, "sde:import"][..]] {
+        let out = with_env("abc", args);
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("SOURCE_DATE_EPOCH=abc: invalid")
+                && text(&out).contains("environment"),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    let out = with_env("", &["build", "-t", "sde:empty", ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !created("sde:empty").starts_with("2023-11-14"),
+        "{}",
+        created("sde:empty")
+    );
+}
+
 /// The flags about what a build shows and reads: `--dry-run` prints the
 /// plan (`--format json` as JSON) and builds nothing; `-f` reads a
 /// Dockerfile outside the context; `-q` prints the image id alone; `-v`

@@ -100,6 +100,31 @@ fn boolean_arg(
     }
 }
 
+/// A `SOURCE_DATE_EPOCH` value (the build arg's, or the environment's),
+/// as BuildKit's frontend reads it: whole seconds since the epoch; empty
+/// is unset; anything else is refused (never taken for unset).
+pub fn parse_source_date_epoch(value: &str) -> Result<Option<i64>, String> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value.parse::<i64>().map(Some).map_err(|_| {
+        format!("SOURCE_DATE_EPOCH={value}: invalid, not a whole number of seconds since the epoch")
+    })
+}
+
+/// The `SOURCE_DATE_EPOCH` build arg ([`parse_source_date_epoch`]).
+pub fn source_date_epoch_arg(
+    build_args: &BTreeMap<String, String>,
+) -> Result<Option<i64>, FrontendError> {
+    match build_args.get("SOURCE_DATE_EPOCH") {
+        None => Ok(None),
+        Some(value) => parse_source_date_epoch(value).map_err(|e| FrontendError {
+            line: None,
+            message: format!("build arg {e}"),
+        }),
+    }
+}
+
 /// RUN's hostname: `BUILDKIT_SANDBOX_HOSTNAME`, else BuildKit's default.
 pub fn hostname(build_args: &BTreeMap<String, String>) -> String {
     build_args
@@ -148,6 +173,7 @@ impl Frontend {
         frontend.syntax(ast, build_args)?;
         inline_cache(build_args)?;
         boolean_arg(build_args, "BUILDKIT_MULTI_PLATFORM")?;
+        source_date_epoch_arg(build_args)?;
         let no_effect = [
             (
                 "BUILDKIT_CONTEXT_KEEP_GIT_DIR",

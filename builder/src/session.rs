@@ -175,12 +175,12 @@ impl BuildSettings {
     }
 
     /// The SOURCE_DATE_EPOCH the build uses: the build arg's, else the
-    /// environment's.
+    /// environment's (a build arg that is not a number was refused when
+    /// the Dockerfile was read, [`crate::frontend::Frontend::from_build`]).
     pub fn source_date_epoch(&self) -> Option<i64> {
-        self.options
-            .build_args
-            .get("SOURCE_DATE_EPOCH")
-            .and_then(|v| v.trim().parse::<i64>().ok())
+        crate::frontend::source_date_epoch_arg(&self.options.build_args)
+            .ok()
+            .flatten()
             .or(self.source_date_epoch)
     }
 }

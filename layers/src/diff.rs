@@ -40,19 +40,6 @@ pub struct DiffOptions {
     pub write_back: bool,
 }
 
-impl DiffOptions {
-    /// Overlay translation on, `SOURCE_DATE_EPOCH` from the environment.
-    pub fn from_env() -> DiffOptions {
-        DiffOptions {
-            source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
-                .ok()
-                .and_then(|v| v.trim().parse().ok()),
-            overlay_whiteouts: true,
-            write_back: false,
-        }
-    }
-}
-
 /// A layer written to the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LayerBlob {

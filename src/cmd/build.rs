@@ -516,7 +516,7 @@ fn settings_of(
         no_cache: args.no_cache,
         no_cache_stages: args.no_cache_filter.clone(),
         allow: args.step.entitlements(args.network == NetworkArg::Host),
-        source_date_epoch: crate::settings::source_date_epoch(),
+        source_date_epoch: crate::settings::source_date_epoch()?,
         network: sandbox.network,
         snapshotter: sandbox.snapshotter,
         chroot: sandbox.chroot,
@@ -651,6 +651,10 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     }
     let remote = CliRemote::new(&args, global, &store, &display)?;
     let build_args = parse_build_args(&args.build_args);
+    // Refused here when not a number, before a Git context is fetched.
+    let epoch = kiln_builder::frontend::source_date_epoch_arg(&build_args)
+        .map_err(|e| anyhow::anyhow!(e.message))?
+        .or(crate::settings::source_date_epoch()?);
     let prepare = PrepareOptions {
         store: &store,
         fetcher: &remote,
@@ -658,8 +662,7 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         keep_git_dir: build_args
             .get("BUILDKIT_CONTEXT_KEEP_GIT_DIR")
             .is_some_and(|v| kiln_builder::git::parse_go_bool(v) == Some(true)),
-        mtime_commit: build_args.contains_key("SOURCE_DATE_EPOCH")
-            || crate::settings::source_date_epoch().is_some(),
+        mtime_commit: epoch.is_some(),
         file: args.file.as_deref(),
     };
     let context = kiln_builder::contexts::prepare(&spec, &mut std::io::stdin().lock(), &prepare)?;

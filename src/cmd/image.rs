@@ -251,7 +251,7 @@ fn import(store: &Store, args: ImportArgs) -> anyhow::Result<ExitCode> {
 fn import_options(args: &ImportArgs) -> anyhow::Result<ImportOptions> {
     let mut options = ImportOptions::new(args.rootfs.display().to_string());
     options.config = kiln_builder::changes::apply_changes(Default::default(), &args.change)?;
-    if let Some(epoch) = crate::settings::source_date_epoch() {
+    if let Some(epoch) = crate::settings::source_date_epoch()? {
         options.created = epoch;
     }
     options.platform = platform(&args.platform)?;

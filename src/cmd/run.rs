@@ -332,7 +332,10 @@ fn run_container(args: RunArgs, settings: &GlobalSettings) -> anyhow::Result<Exi
     let id = new_container_id()?;
     // An empty -u, -w or --hostname is not given, as with docker: the
     // image's user and working directory, the default host name.
-    let hostname = match (args.hostname.as_ref().filter(|h| !h.is_empty()), args.network) {
+    let hostname = match (
+        args.hostname.as_ref().filter(|h| !h.is_empty()),
+        args.network,
+    ) {
         (Some(name), _) => name.clone(),
         (None, NetworkMode::Host) => host_name(),
         (None, NetworkMode::None) => id[..12].to_string(),
