@@ -73,7 +73,10 @@ fn main() -> ExitCode {
     let _ = kiln_runtime::sys::cloexec_from(3);
     quiet_when_stdout_closes();
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    if let Err(why) = init_logging(cli.verbose) {
+        eprintln!("error: {}", kiln_parser::escape_control(&why));
+        return ExitCode::FAILURE;
+    }
     let settings = GlobalSettings::resolve(cli.root, &cli.transfer);
     // The commands that touch the store run where the isolation needs
     // them: in a user namespace of their own when kiln is not root.
@@ -170,20 +173,28 @@ fn error_text(err: &anyhow::Error) -> String {
     kiln_parser::escape_control(&text).into_owned()
 }
 
-fn init_logging(verbose: u8) {
+/// Diagnostics on stderr: `KILN_LOG` (a tracing filter, `debug`,
+/// `kiln_layers=trace`) when set and not empty, else warnings, or more
+/// with `-v` (info) and `-vv` (debug). A `KILN_LOG` that is not a filter
+/// is refused, not taken for the default.
+fn init_logging(verbose: u8) -> Result<(), String> {
     let default = match verbose {
         0 => "warn",
         1 => "info",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = match std::env::var("KILN_LOG") {
+        Ok(value) if !value.is_empty() => tracing_subscriber::EnvFilter::try_new(&value)
+            .map_err(|e| format!("KILN_LOG={value}: not a log filter ({e})"))?,
+        _ => tracing_subscriber::EnvFilter::new(default),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .init();
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{busybox_rootfs_tar, kiln, kiln_ok};
+use common::{busybox_rootfs_tar, kiln, kiln_ok, text};
 
 /// A store with `busybox:latest` in it.
 struct Fixture {
@@ -1338,6 +1338,47 @@ fn onbuild_triggers_of_a_base_image_and_docker_media_types() {
     assert_eq!(
         meta["containerimage.descriptor"]["mediaType"],
         "application/vnd.docker.distribution.manifest.v2+json"
+    );
+
+    // The flag's environment variable: a boolean (as clap reads one),
+    // anything else refused rather than taken for true.
+    let media_type_with_env = |value: &str| {
+        let meta = out.path().join(format!("meta-{value}.json"));
+        let built = common::kiln_command()
+            .arg("--root")
+            .arg(fixture.root())
+            .args(["build", "--metadata-file", meta.to_str().unwrap()])
+            .arg(child.path())
+            .env("KILN_DOCKER_MEDIATYPES", value)
+            .output()
+            .unwrap();
+        let meta: Option<serde_json::Value> = std::fs::read(&meta)
+            .ok()
+            .map(|bytes| serde_json::from_slice(&bytes).unwrap());
+        (
+            built,
+            meta.map(|m| m["containerimage.descriptor"]["mediaType"].clone()),
+        )
+    };
+    let (built, media_type) = media_type_with_env("1");
+    assert!(built.status.success(), "{}", text(&built));
+    assert_eq!(
+        media_type.unwrap(),
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    let (built, media_type) = media_type_with_env("false");
+    assert!(built.status.success(), "{}", text(&built));
+    assert_eq!(
+        media_type.unwrap(),
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    let (built, media_type) = media_type_with_env("banana");
+    assert!(!built.status.success());
+    assert!(media_type.is_none());
+    assert!(
+        text(&built).contains("invalid value 'banana' for '--docker-mediatypes'"),
+        "{}",
+        text(&built)
     );
 }
 

@@ -2,7 +2,8 @@
 //! root): an OS error said once and as what it is (ENOSPC while unpacking
 //! a layer), nothing at all when stdout's reader is gone (EPIPE), a RUN
 //! line too long for the kernel shown cut with its length, a Dockerfile's
-//! control characters escaped in parse errors. (The heredoc whose `#!`
+//! control characters escaped in parse errors; settings that would not do
+//! what they say refused (`KILN_LOG`, an ignored context). (The heredoc whose `#!`
 //! interpreter is missing is a progress snapshot:
 //! `testdata/builder/progress/run-heredoc-no-interpreter`.)
 
@@ -248,4 +249,43 @@ fn control_characters_of_a_dockerfile_are_escaped_in_its_errors() {
         stderr.contains(" 2 | \\x1b[2J\\x1b]0;title\\x07BOGUS foo"),
         "{stderr}"
     );
+}
+
+/// Settings that would not do what they say are refused, naming
+/// themselves: a `KILN_LOG` that is no log filter (it was taken for the
+/// default level), a build context given to `kiln explain --image`,
+/// `--pod` or `--compose` (it was ignored).
+#[test]
+fn a_log_filter_that_is_not_one_and_an_ignored_context_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let with_log = |filter: &str| {
+        kiln_command()
+            .arg("--root")
+            .arg(&root)
+            .arg("images")
+            .env("KILN_LOG", filter)
+            .output()
+            .unwrap()
+    };
+    let out = with_log("kiln=loud");
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("KILN_LOG=kiln=loud: not a log filter"),
+        "{}",
+        text(&out)
+    );
+    for filter in ["debug", "kiln=trace,warn", ""] {
+        let out = with_log(filter);
+        assert!(out.status.success(), "KILN_LOG={filter}: {}", text(&out));
+    }
+    for flag in ["--image", "--pod", "--compose"] {
+        let out = kiln(&root, &["explain", flag, "x", "."]);
+        assert!(!out.status.success(), "{flag}");
+        assert!(
+            text(&out).contains("cannot be used with '[CONTEXT]'"),
+            "{flag}: {}",
+            text(&out)
+        );
+    }
 }

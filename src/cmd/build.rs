@@ -216,7 +216,7 @@ pub struct BuildArgs {
     #[arg(
         long,
         env = "KILN_DOCKER_MEDIATYPES",
-        value_parser = clap::builder::FalseyValueParser::new()
+        value_parser = clap::builder::BoolishValueParser::new()
     )]
     docker_mediatypes: bool,
     /// Print only the image id.

@@ -131,18 +131,18 @@ pub struct RunsArgs {
     /// Explain an image instead of a Dockerfile: from the store, else its
     /// manifest and config from the registry. Sources are its history
     /// entries.
-    #[arg(long, value_name = "REF", conflicts_with_all = ["file", "target", "build_args", "pod", "compose"])]
+    #[arg(long, value_name = "REF", conflicts_with_all = ["file", "target", "build_args", "pod", "compose", "context"])]
     image: Option<String>,
     /// Explain the image a Kubernetes manifest (Pod, Deployment,
     /// StatefulSet, DaemonSet, Job, CronJob) names, as its container runs
     /// it.
-    #[arg(long, value_name = "FILE.yaml", conflicts_with_all = ["file", "target", "build_args", "compose", "args"])]
+    #[arg(long, value_name = "FILE.yaml", conflicts_with_all = ["file", "target", "build_args", "compose", "args", "context"])]
     pod: Option<PathBuf>,
     /// The manifest's container (when it has several).
     #[arg(long, value_name = "NAME", requires = "pod")]
     container: Option<String>,
     /// Explain the image a Compose file's service names, as it runs it.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["file", "target", "build_args", "args"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["file", "target", "build_args", "args", "context"])]
     compose: Option<PathBuf>,
     /// The Compose service (when the file has several).
     #[arg(long, value_name = "NAME", requires = "compose")]

@@ -277,7 +277,13 @@ fn parse_limit(text: &str) -> anyhow::Result<Limit> {
         )
     };
     if let Some(p) = text.trim().strip_suffix('%') {
+        // (f64 parsing takes NaN, inf and negatives: no share of a size.)
         let p: f64 = p.trim().parse().map_err(|_| bad())?;
+        if !(0.0..=100.0).contains(&p) {
+            return Err(anyhow::anyhow!(
+                "--max-wasted {text:?}: a percentage is from 0% to 100%"
+            ));
+        }
         return Ok(Limit::Percent(p));
     }
     let t = text.trim();
@@ -420,6 +426,13 @@ mod tests {
         assert_eq!(parse_limit("10MB").unwrap(), Limit::Bytes(10_000_000));
         assert_eq!(parse_limit("1KiB").unwrap(), Limit::Bytes(1024));
         assert!(parse_limit("lots").is_err());
+        // No share of a size: refused, not a limit that never (NaN, inf)
+        // or always (negative) fails.
+        for bad in ["NaN%", "inf%", "-5%", "101%"] {
+            let err = parse_limit(bad).unwrap_err().to_string();
+            assert!(err.contains("from 0% to 100%"), "{bad}: {err}");
+        }
+        assert_eq!(parse_limit("100%").unwrap(), Limit::Percent(100.0));
     }
 
     #[test]
