@@ -412,6 +412,13 @@ impl GcConfig {
                 policy.keep_duration = (!duration.is_zero()).then_some(duration);
             }
             "types" => match Value::parse(value)? {
+                // An enabled collection that may collect nothing, not even
+                // dead runs' scratch: say so rather than do nothing.
+                Value::List(names) if names.is_empty() => {
+                    return Err("types = []: collects nothing; leave types out for the \
+                                default kinds, or set enabled = false"
+                        .to_string())
+                }
                 Value::List(names) => {
                     policy.types = names
                         .iter()
@@ -634,6 +641,7 @@ mod tests {
                 "one limit",
             ),
             ("[gc]\nkeep-duration = \"soon\"\n", 2, "invalid duration"),
+            ("[gc]\ntypes = []\n", 2, "types = []: collects nothing"),
             ("[gc]\nkeep-storage\n", 2, "expected key = value"),
         ] {
             let err = GcConfig::parse(text, path).unwrap_err().to_string();
