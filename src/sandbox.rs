@@ -95,7 +95,10 @@ impl Facts {
             host_uid: kiln_runtime::userns::host_uid(),
             sys_admin,
             in_userns,
-            inner: std::env::var_os(kiln_runtime::userns::INNER_ENV).is_some_and(|v| v == "1"),
+            // The outer kiln's mark counts only inside a user namespace:
+            // set by a caller on the host, it would skip the isolation.
+            inner: in_userns
+                && std::env::var_os(kiln_runtime::userns::INNER_ENV).is_some_and(|v| v == "1"),
             // Tried only when it may be needed (it starts a process): not
             // as privileged root, nor inside a user namespace already.
             userns: match (euid == 0 && sys_admin) || in_userns {

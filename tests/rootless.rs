@@ -169,6 +169,25 @@ fn a_rootless_build_makes_the_image_root_makes() {
         asked_err.contains("WARNING: isolation rootless (--isolation rootless)"),
         "{asked_err}"
     );
+    // The mark an outer kiln puts on the kiln it starts in a user
+    // namespace counts only inside one: from the caller's environment it
+    // does not make `--isolation rootless` a root build.
+    let ctx = work.path("ctx");
+    let marked = work
+        .command(
+            None,
+            &work.path("asked-store"),
+            &["build", "--isolation", "rootless", ctx.to_str().unwrap()],
+        )
+        .env("KILN_IN_USERNS", "1")
+        .output()
+        .unwrap();
+    let marked_err = String::from_utf8_lossy(&marked.stderr);
+    assert!(marked.status.success(), "{marked_err}");
+    assert!(
+        marked_err.contains("WARNING: isolation rootless (--isolation rootless)"),
+        "{marked_err}"
+    );
 
     // The user's own store.
     let store = work.user_dir("user-store", user);
