@@ -242,6 +242,43 @@ fn mounting_inside_fails() {
     assert_ne!(out.status.code(), Some(0));
 }
 
+/// `--security-opt seccomp=unconfined` turns the seccomp profile off:
+/// the process shows no filter, and `unshare -U`, which needs no
+/// capability and only the profile refuses, works.
+#[test]
+fn seccomp_unconfined_turns_the_profile_off() {
+    require_namespaces!();
+    let f = Fixture::new(&[]);
+    let script = "grep '^Seccomp:' /proc/self/status; unshare -U true && echo unshared";
+    let out = f.run(&["busybox:test", "sh", "-c", script]);
+    assert_eq!(stdout(&out), "Seccomp:\t2\n", "{}", stderr(&out));
+    let out = f.run(&[
+        "--security-opt",
+        "seccomp=unconfined",
+        "busybox:test",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(stdout(&out), "Seccomp:\t0\nunshared\n", "{}", stderr(&out));
+}
+
+/// `-v HOST:CTR:ro` binds read-only, `-v HOST:CTR` read-write.
+#[test]
+fn volumes_are_read_only_when_asked() {
+    require_namespaces!();
+    let f = Fixture::new(&[]);
+    let host = f.dir.path().join("shared");
+    std::fs::create_dir(&host).unwrap();
+    let touch = "touch /data/made 2>/dev/null && echo rw || echo ro";
+    for (mode, seen) in [(":ro", "ro\n"), ("", "rw\n")] {
+        let volume = format!("{}:/data{mode}", host.display());
+        let out = f.run(&["-v", &volume, "busybox:test", "sh", "-c", touch]);
+        assert_eq!(stdout(&out), seen, "{volume}: {}", stderr(&out));
+    }
+    assert!(host.join("made").is_file());
+}
+
 #[test]
 fn image_user_owns_the_files_it_creates() {
     require_root!();
