@@ -325,10 +325,20 @@ fn tag_rmi_and_prune() {
         "{table}"
     );
 
-    // By id with two tags: refused without --force.
+    // By id with two tags: refused without --force; with it, both go.
     let out = kiln(&root, &["rmi", &id[7..19]]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    let other = tmp.path().join("forced-store");
+    let forced_id = import_busybox(&other, tmp.path(), "busybox:forced");
+    kiln_ok(&other, &["tag", "busybox:forced", "busybox:forced-too"]);
+    let out = kiln_ok(&other, &["rmi", "--force", &forced_id[7..19]]);
+    assert!(
+        out.contains("Untagged: busybox:forced\n") && out.contains("Untagged: busybox:forced-too"),
+        "{out}"
+    );
+    let table = kiln_ok(&other, &["images"]);
+    assert!(!table.contains("busybox"), "{table}");
 
     let out = kiln_ok(&root, &["rmi", "busybox:one"]);
     assert_eq!(
