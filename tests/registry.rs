@@ -395,6 +395,32 @@ fn login_logout_against_tls_registry_with_basic_auth() {
     assert!(!out.status.success(), "credentials are gone");
     let stdout = kiln.ok(&["logout", &registry.host]);
     assert!(stdout.contains("Not logged in"), "{stdout}");
+
+    // The password as a flag (-p), as `docker login -p`: a wrong one is
+    // refused, the right one stored and used.
+    let out = kiln.run(&[
+        "login",
+        "-u",
+        "alice",
+        "-p",
+        "nope",
+        "--ca-cert",
+        ca,
+        &registry.host,
+    ]);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let stdout = kiln.ok(&[
+        "login",
+        "-u",
+        "alice",
+        "-p",
+        "wonderland",
+        "--ca-cert",
+        ca,
+        &registry.host,
+    ]);
+    assert!(stdout.contains("Login Succeeded"), "{stdout}");
+    kiln.ok(&["pull", "--ca-cert", ca, &source]);
 }
 
 /// A `docker-credential-<name>` helper keeping credentials in `store_file`.
