@@ -1,5 +1,6 @@
-//! The rule of honest options, enforced: every flag of `kiln build` (as
-//! clap lists it in `--help`), every instruction flag the parser accepts
+//! The rule of honest options, enforced: every flag of `kiln build` and of
+//! `kiln run` (as clap lists them in `--help`; the global ones, in the
+//! build's table), every instruction flag the parser accepts
 //! (`kiln_parser::instructions::INSTRUCTION_FLAGS`) and every `--mount`
 //! option and type (`kiln_parser::mount`) has at least one case below that
 //! shows its effect or its refusal: a test function (whose body must use
@@ -62,6 +63,94 @@ const BUILD_FLAGS: &[(&str, &[&str], &[&str])] = &[
 
 /// clap's own flags, which every command has.
 const CLAP_FLAGS: &[&str] = &["--help", "--version"];
+
+/// `kiln run` flags (but the global ones, whose cases are in
+/// [`BUILD_FLAGS`]) → the spellings a case may use and the cases.
+const RUN_FLAGS: &[(&str, &[&str], &[&str])] = &[
+    (
+        "--entrypoint",
+        &["--entrypoint"],
+        &["tests/run.rs::image_cmd_entrypoint_and_overrides"],
+    ),
+    (
+        "--env",
+        &["-e", "--env"],
+        &["tests/run.rs::image_env_workdir_user_and_their_flags"],
+    ),
+    (
+        "--hostname",
+        &["--hostname"],
+        &[
+            "tests/run.rs::pid_1_hostname_and_exit_code",
+            "tests/run.rs::image_env_workdir_user_and_their_flags",
+        ],
+    ),
+    (
+        "--interactive",
+        &["-i", "--interactive"],
+        &["tests/run.rs::stdin_only_with_interactive_and_a_terminal_with_tty"],
+    ),
+    (
+        "--memory",
+        &["-m", "--memory"],
+        &[
+            "tests/security/limits.rs::memory_flag_on_build_and_run",
+            "tests/security/limits.rs::nonsense_limits_are_refused",
+        ],
+    ),
+    (
+        "--network",
+        &["--network"],
+        &["tests/run.rs::network_none_shows_only_loopback"],
+    ),
+    (
+        "--pids-limit",
+        &["--pids-limit"],
+        &["tests/security/limits.rs::pids_limit_flag_on_build_and_run"],
+    ),
+    (
+        "--platform",
+        &["--platform"],
+        &["tests/multiplatform.rs::run_of_a_foreign_platform_goes_through_the_emulator"],
+    ),
+    // Always what kiln does (it keeps no stopped container): the case
+    // leaves no container and no cgroup behind.
+    (
+        "--rm",
+        &["--rm"],
+        &["tests/security/limits.rs::no_cgroup_is_left_behind"],
+    ),
+    (
+        "--security-opt",
+        &["--security-opt"],
+        &["tests/run.rs::seccomp_unconfined_turns_the_profile_off"],
+    ),
+    (
+        "--timeout",
+        &["--timeout"],
+        &["tests/run.rs::timeout_kills_the_container"],
+    ),
+    (
+        "--tty",
+        &["-t", "--tty"],
+        &["tests/run.rs::stdin_only_with_interactive_and_a_terminal_with_tty"],
+    ),
+    (
+        "--user",
+        &["-u", "--user"],
+        &["tests/run.rs::image_env_workdir_user_and_their_flags"],
+    ),
+    (
+        "--volume",
+        &["-v", "--volume"],
+        &["tests/run.rs::volumes_are_read_only_when_asked"],
+    ),
+    (
+        "--workdir",
+        &["-w", "--workdir"],
+        &["tests/run.rs::image_env_workdir_user_and_their_flags"],
+    ),
+];
 
 /// (instruction, flag) → the cases.
 const INSTRUCTION_FLAGS: &[(&str, &str, &[&str])] = &[
@@ -265,7 +354,12 @@ fn body_with_helpers(source: &str, body: &str) -> String {
 
 /// The `--long` flags `kiln build --help` lists.
 fn build_help_flags() -> Vec<String> {
-    let out = common::run_ok(common::kiln_command().args(["build", "--help"]));
+    help_flags(&["build"])
+}
+
+/// The `--long` flags `kiln ARGS… --help` lists.
+fn help_flags(command: &[&str]) -> Vec<String> {
+    let out = common::run_ok(common::kiln_command().args(command).arg("--help"));
     let mut flags: Vec<String> = out
         .lines()
         .filter_map(|line| {
@@ -338,6 +432,44 @@ fn every_build_flag_has_a_case() {
         problems.extend(check_cases(flag, cases, |text| {
             spellings.iter().any(|s| quoted(text, s))
         }));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn every_run_flag_has_a_case() {
+    let global = help_flags(&[]);
+    let listed: Vec<String> = help_flags(&["run"])
+        .into_iter()
+        .filter(|f| !CLAP_FLAGS.contains(&f.as_str()) && !global.contains(f))
+        .collect();
+    assert!(
+        listed.len() > 10,
+        "could not read kiln run --help: {listed:?}"
+    );
+    let mut problems = Vec::new();
+    for flag in &listed {
+        if !RUN_FLAGS.iter().any(|(f, _, _)| f == flag) {
+            problems.push(format!(
+                "{flag}: kiln run takes it, and no case shows its effect"
+            ));
+        }
+    }
+    for (flag, spellings, cases) in RUN_FLAGS {
+        if !listed.contains(&flag.to_string()) {
+            problems.push(format!("{flag}: in the table, not a flag of kiln run"));
+        }
+        problems.extend(check_cases(flag, cases, |text| {
+            spellings.iter().any(|s| text.contains(&format!("\"{s}\"")))
+        }));
+    }
+    // The global flags run takes are the build's, with their cases there.
+    for flag in &global {
+        if !CLAP_FLAGS.contains(&flag.as_str()) && !BUILD_FLAGS.iter().any(|(f, _, _)| f == flag) {
+            problems.push(format!(
+                "{flag}: a global flag with no case in the build's table"
+            ));
+        }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

@@ -202,6 +202,22 @@ fn image_env_workdir_user_and_their_flags() {
     }
 }
 
+/// `--verbose` (not `-v`, a volume, as in `docker run`) says what runs.
+#[test]
+fn verbose_says_what_runs() {
+    require_namespaces!();
+    let f = Fixture::new(&[]);
+    let out = f.run(&["busybox:test", "true"]);
+    assert!(!stderr(&out).contains("running image="), "{}", stderr(&out));
+    let out = f.run(&["--verbose", "busybox:test", "true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("running image=docker.io/library/busybox:test argv=[\"true\"]"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn network_none_shows_only_loopback() {
     require_namespaces!();
