@@ -190,7 +190,6 @@ impl Output {
         let Output::Docker(dest) = self else {
             return Ok(());
         };
-        let names: Vec<String> = platforms.iter().map(Platform::to_string).collect();
         let message = match platforms {
             [one] => format!(
                 "type=docker: a docker-archive holds one image, not an index, and \
@@ -201,7 +200,11 @@ impl Output {
                 "type=docker: a docker-archive holds one platform's image, and this build \
                  makes {} ({}); use type=oci, or build one --platform",
                 platforms.len(),
-                names.join(", ")
+                platforms
+                    .iter()
+                    .map(Platform::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         };
         Err(ExportError::Copy {

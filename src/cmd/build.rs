@@ -680,10 +680,8 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     };
     let show = |e: &BuildError| show_line(&settings, display.shown, e.line());
     let platforms = target_platforms(&args.platform)?;
-    // (Refuses BUILDKIT_MULTI_PLATFORM=0 with several platforms; one
-    // platform's index, when it asks for one, is the session's.)
-    kiln_builder::frontend::makes_index(&settings.options.build_args, platforms.len())
-        .map_err(|e| anyhow::anyhow!(e.message))?;
+    // (One platform's index, when BUILDKIT_MULTI_PLATFORM asks for one, is
+    // the session's; planning refuses it false with several platforms.)
     let built = if platforms.len() > 1 {
         if args.check || args.dry_run {
             anyhow::bail!(

@@ -250,16 +250,13 @@ pub fn container_env(
 fn user_env(flags: &[String]) -> anyhow::Result<Vec<String>> {
     let mut env = Vec::new();
     for flag in flags {
-        match flag.split_once('=') {
-            _ if flag.is_empty() || flag.starts_with('=') => {
-                bail!("-e {flag:?}: invalid environment variable (no name)")
-            }
-            Some(_) => env.push(flag.clone()),
-            None => {
-                if let Ok(value) = std::env::var(flag) {
-                    env.push(format!("{flag}={value}"));
-                }
-            }
+        if flag.is_empty() || flag.starts_with('=') {
+            bail!("-e {flag:?}: invalid environment variable (no name)");
+        }
+        if flag.contains('=') {
+            env.push(flag.clone());
+        } else if let Ok(value) = std::env::var(flag) {
+            env.push(format!("{flag}={value}"));
         }
     }
     Ok(env)

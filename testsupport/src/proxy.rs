@@ -339,11 +339,11 @@ impl Drop for SilentServer {
     }
 }
 
-/// Writes a part of a response body to `out` at `pace` if set: a pause
-/// before each piece but the body's very first (`started`: some of it
-/// went before), none after the last, so that an exchange ends with its
-/// last byte (a client's next request is not seen as overlapping it).
-fn write_body_paced(
+/// Writes a part of a body to `out` at `pace` if set: a pause before each
+/// piece but the body's very first (`started`: some of it went before),
+/// none after the last, so that an exchange ends with its last byte (a
+/// client's next request is not seen as overlapping it).
+fn write_paced(
     out: &mut TcpStream,
     data: &[u8],
     pace: Option<Throttle>,
@@ -358,21 +358,6 @@ fn write_body_paced(
                 }
                 out.write_all(piece)?;
                 out.flush()?;
-            }
-            Ok(())
-        }
-    }
-}
-
-/// Writes `data` to `out`, at `pace` if set.
-fn write_paced(out: &mut TcpStream, data: &[u8], pace: Option<Throttle>) -> std::io::Result<()> {
-    match pace {
-        None => out.write_all(data),
-        Some(pace) => {
-            for piece in data.chunks(pace.bytes.max(1)) {
-                out.write_all(piece)?;
-                out.flush()?;
-                std::thread::sleep(pace.every);
             }
             Ok(())
         }
@@ -647,7 +632,9 @@ fn handle(
             .unwrap_or_else(|p| p.into_inner())
             .throttled += 1;
     }
-    write_paced(&mut upstream, &early_body, upload_pace)?;
+    // (A pause before its first piece too: the upload's pieces that follow
+    // come through `copy_paced`, which pauses after each.)
+    write_paced(&mut upstream, &early_body, upload_pace, true)?;
     let body_copier = {
         let mut from_client = client.try_clone()?;
         let mut to_upstream = upstream.try_clone()?;
@@ -724,7 +711,7 @@ fn handle(
         if let Some(limit) = cut_at {
             if sent + data.len() as u64 >= limit {
                 let keep = (limit - sent) as usize;
-                write_body_paced(&mut client, &data[..keep], pace, sent > 0)?;
+                write_paced(&mut client, &data[..keep], pace, sent > 0)?;
                 client.flush()?;
                 shared
                     .counters
@@ -737,7 +724,7 @@ fn handle(
                 return Ok(());
             }
         }
-        write_body_paced(&mut client, &data, pace, sent > 0)?;
+        write_paced(&mut client, &data, pace, sent > 0)?;
         sent += data.len() as u64;
         if let Some(delay) = chunk_delay {
             std::thread::sleep(delay);
