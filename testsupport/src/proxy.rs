@@ -469,9 +469,9 @@ fn handle(
         }
         counters.requests.push(line);
     }
-    // Ends (drop) when its response is all written, not when the threads
-    // of the exchange are done: the client may start its next one then.
-    let transfer = Transfer::start(shared, &method, &path);
+    // Ends (set to None, or dropped) when its response is all written, not
+    // when the threads of the exchange are done.
+    let mut transfer = Transfer::start(shared, &method, &path);
 
     // No answer at all: wait for the client to give up.
     let hang = {
@@ -645,10 +645,10 @@ fn handle(
     let status_ok =
         response_head.starts_with(b"HTTP/1.1 200") || response_head.starts_with(b"HTTP/1.1 206");
     let is_blob_get = method == "GET" && path.contains("/blobs/sha256:");
-    let content_length: u64 =
+    let body_length: Option<u64> =
         header_value(&String::from_utf8_lossy(&response_head), "content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+            .and_then(|v| v.parse().ok());
+    let content_length = body_length.unwrap_or(0);
     let (mut cut_at, mut flip_at) = (None, None);
     if is_blob_get && status_ok {
         let mut plan = shared.plan.lock().unwrap_or_else(|p| p.into_inner());
@@ -685,6 +685,12 @@ fn handle(
             .throttled += 1;
     }
     client.write_all(&response_head)?;
+    // The client has the whole response once it has the body's last byte
+    // (here, for an empty one), and may start its next transfer before
+    // the upstream's close reaches this thread: the transfer ends then.
+    if body_length == Some(0) {
+        transfer = None;
+    }
     let mut sent: u64 = 0;
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
@@ -726,6 +732,9 @@ fn handle(
         }
         write_paced(&mut client, &data, pace, sent > 0)?;
         sent += data.len() as u64;
+        if body_length.is_some_and(|n| sent >= n) {
+            transfer = None;
+        }
         if let Some(delay) = chunk_delay {
             std::thread::sleep(delay);
         }
