@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod cmd;
 mod progress;
@@ -65,6 +65,24 @@ enum Command {
     System(cmd::system::SystemCommand),
 }
 
+impl Command {
+    /// The global settings the command reads (see [`settings::Reads`]).
+    fn reads(&self) -> settings::Reads {
+        match self {
+            Command::Parse(c) => c.reads(),
+            Command::Image(c) => c.reads(),
+            Command::Run(c) => c.reads(),
+            Command::Check(c) => c.reads(),
+            Command::Build(c) => c.reads(),
+            Command::Registry(c) => c.reads(),
+            Command::Manifest(c) => c.reads(),
+            Command::Info(c) => c.reads(),
+            Command::Layers(c) => c.reads(),
+            Command::System(c) => c.reads(),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // No descriptor kiln's caller left open reaches anything kiln starts
     // (git, ssh, newuidmap, the runtime helper and through it a container):
@@ -72,8 +90,14 @@ fn main() -> ExitCode {
     // every other child. Best effort: nothing here depends on it succeeding.
     let _ = kiln_runtime::sys::cloexec_from(3);
     quiet_when_stdout_closes();
-    let cli = Cli::parse();
-    if let Err(why) = init_logging(cli.verbose) {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.format(&mut Cli::command()).exit(),
+    };
+    if let Err(why) = init_logging(cli.verbose)
+        .and_then(|()| settings::refuse_unread_flags(&matches, cli.command.reads()))
+    {
         eprintln!("error: {}", kiln_parser::escape_control(&why));
         return ExitCode::FAILURE;
     }
@@ -199,7 +223,7 @@ fn init_logging(verbose: u8) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use clap::{CommandFactory, Parser};
+    use clap::{CommandFactory, FromArgMatches, Parser};
 
     use super::{Cli, Command};
 
@@ -235,6 +259,73 @@ mod tests {
             super::error_text(&err),
             "opening /x: Permission denied (os error 13)"
         );
+    }
+
+    /// `kiln ARGS…` parsed as `main` parses it, then checked for global
+    /// flags its command does not read.
+    fn unread(args: &[&str]) -> Result<(), String> {
+        let matches = Cli::command()
+            .try_get_matches_from(std::iter::once("kiln").chain(args.iter().copied()))
+            .unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        crate::settings::refuse_unread_flags(&matches, cli.command.reads())
+    }
+
+    /// A global flag on the command line of a command that reads nothing
+    /// it sets is refused, before or after the command's name; the same
+    /// flag is taken where the command reads it.
+    #[test]
+    fn global_flags_are_refused_where_nothing_reads_them() {
+        assert_eq!(
+            unread(&["images", "--registry-timeout", "5"]),
+            Err(
+                "--registry-timeout has no effect on `kiln images`, which talks to no registry"
+                    .into()
+            )
+        );
+        assert_eq!(
+            unread(&["--registry-config", "/r.toml", "manifest", "inspect", "x"]),
+            Ok(())
+        );
+        assert_eq!(
+            unread(&["--root", "/s", "debug", "expand", "$A"]),
+            Err("--root has no effect on `kiln debug expand`, which uses no store".into())
+        );
+        assert_eq!(
+            unread(&["login", "--root", "/s", "-u", "a", "h"]),
+            Err("--root has no effect on `kiln login`, which uses no store".into())
+        );
+        assert_eq!(
+            unread(&["login", "--registry-timeout", "5", "-u", "a", "h"]),
+            Ok(())
+        );
+        for args in [
+            &["parse", "--registry-speed-limit", "1"][..],
+            &["tag", "--registry-speed-time", "1", "a", "b"],
+            &["rmi", "--registry-config", "", "a"],
+            &["check", "--registry-timeout", "5"],
+            &["info", "--registry-timeout", "5"],
+            &["system", "df", "--registry-timeout", "5"],
+            &["logout", "--registry-timeout", "5"],
+            &["logout", "--root", "/s"],
+        ] {
+            assert!(unread(args).is_err(), "{args:?} accepted");
+        }
+        for args in [
+            &["build", "--registry-timeout", "5", "--root", "/s", "."][..],
+            &["pull", "--registry-speed-limit", "1", "x"],
+            &["push", "--registry-config", "/r.toml", "x"],
+            &["save", "--registry-timeout", "5", "-o", "o.tar", "x"],
+            &["run", "--registry-timeout", "5", "x"],
+            &["layers", "--registry-timeout", "5", "x"],
+            &["history", "--registry-timeout", "5", "x"],
+            &["explain", "--registry-timeout", "5"],
+            &["images", "--root", "/s"],
+            &["check", "--root", "/s"],
+            &["system", "df", "--root", "/s"],
+        ] {
+            assert_eq!(unread(args), Ok(()), "{args:?}");
+        }
     }
 
     #[test]

@@ -159,6 +159,86 @@ impl TransferArgs {
     }
 }
 
+/// Which of the global settings a command reads. Each command says so
+/// (`reads()` on its enum), and a global flag given on the command line to
+/// a command that reads nothing it sets is refused
+/// ([`refuse_unread_flags`]): `kiln images --registry-timeout 5` would
+/// otherwise be accepted and do nothing. Their environment variables are
+/// not refused: a CI job sets them once for every command it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reads {
+    /// The store (`--root`).
+    pub store: bool,
+    /// Registries: the transfer limits and the registry configuration file.
+    pub registries: bool,
+}
+
+impl Reads {
+    /// Neither: `parse`, `debug`, `logout`.
+    pub const NOTHING: Reads = Reads {
+        store: false,
+        registries: false,
+    };
+    /// The store only.
+    pub const STORE: Reads = Reads {
+        store: true,
+        registries: false,
+    };
+    /// Registries only: `login`.
+    pub const REGISTRIES: Reads = Reads {
+        store: false,
+        registries: true,
+    };
+    /// Both: every command that may fetch or push.
+    pub const BOTH: Reads = Reads {
+        store: true,
+        registries: true,
+    };
+}
+
+/// The global flags that set the store, by clap id and spelling.
+const STORE_FLAGS: &[(&str, &str)] = &[("root", "--root")];
+
+/// The global flags that set how registries are reached, by clap id and
+/// spelling ([`TransferArgs`]'s fields).
+const REGISTRY_FLAGS: &[(&str, &str)] = &[
+    ("registry_timeout", "--registry-timeout"),
+    ("registry_speed_limit", "--registry-speed-limit"),
+    ("registry_speed_time", "--registry-speed-time"),
+    ("registry_config", "--registry-config"),
+];
+
+/// Refuses a global flag given on the command line (not through its
+/// environment variable) to a command that `reads` nothing it sets, naming
+/// the flag and the command (`matches`' subcommands, `manifest inspect`).
+pub fn refuse_unread_flags(matches: &clap::ArgMatches, reads: Reads) -> Result<(), String> {
+    let given = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    let unread = STORE_FLAGS
+        .iter()
+        .filter(|_| !reads.store)
+        .map(|flag| (flag, "uses no store"))
+        .chain(
+            REGISTRY_FLAGS
+                .iter()
+                .filter(|_| !reads.registries)
+                .map(|flag| (flag, "talks to no registry")),
+        )
+        .find(|((id, _), _)| given(id));
+    let Some(((_, spelling), why)) = unread else {
+        return Ok(());
+    };
+    let mut command = vec!["kiln"];
+    let mut level = matches;
+    while let Some((name, sub)) = level.subcommand() {
+        command.push(name);
+        level = sub;
+    }
+    Err(format!(
+        "{spelling} has no effect on `{}`, which {why}",
+        command.join(" ")
+    ))
+}
+
 /// `/var/lib/kiln` for root; `$XDG_DATA_HOME/kiln` (or `~/.local/share/kiln`) otherwise.
 fn default_root() -> PathBuf {
     if rustix::process::geteuid().is_root() {

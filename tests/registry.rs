@@ -33,15 +33,15 @@ impl Kiln {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        // The store through KILN_ROOT, not `--root`: `login` and `logout`,
+        // which use no store, refuse the flag.
         command
-            .arg("--root")
-            .arg(&self.root)
             .args(args)
             .env("DOCKER_CONFIG", &self.docker_config)
             .env("KILN_PROGRESS", "plain")
             // The collection after a build runs before kiln exits.
             .env("KILN_GC", "foreground")
-            .env_remove("KILN_ROOT")
+            .env("KILN_ROOT", &self.root)
             .env_remove("KILN_REGISTRY_TIMEOUT")
             .env_remove("KILN_REGISTRY_SPEED_LIMIT")
             .env_remove("KILN_REGISTRY_SPEED_TIME")

@@ -34,7 +34,7 @@ use crate::cmd::step_flags::StepArgs;
 use crate::cmd::system::{collect_after, collection_needed, make_room, GcMode};
 use crate::progress::{BuildProgress, ProgressArgs, ProgressMode};
 use crate::sandbox::{BuildSandbox, IsolationArg};
-use crate::settings::GlobalSettings;
+use crate::settings::{GlobalSettings, Reads};
 
 #[derive(Debug, Subcommand)]
 pub enum BuildCommand {
@@ -237,6 +237,11 @@ pub struct BuildArgs {
 }
 
 impl BuildCommand {
+    /// The global settings this command reads (see [`Reads`]).
+    pub fn reads(&self) -> Reads {
+        Reads::BOTH
+    }
+
     /// The `--isolation` asked for.
     pub fn isolation(&self) -> IsolationArg {
         let BuildCommand::Build(args) = self;

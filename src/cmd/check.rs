@@ -19,7 +19,7 @@ use crate::cmd::build::parse_build_args;
 use crate::cmd::explain_image;
 use crate::cmd::parse::DockerfileSource;
 use crate::cmd::registry::RegistryArgs;
-use crate::settings::GlobalSettings;
+use crate::settings::{GlobalSettings, Reads};
 
 #[derive(Debug, Subcommand)]
 pub enum CheckCommand {
@@ -154,6 +154,15 @@ pub struct RunsArgs {
 }
 
 impl CheckCommand {
+    /// The global settings this command reads (see [`Reads`]).
+    pub fn reads(&self) -> Reads {
+        match self {
+            // Base images are looked up in the store only.
+            CheckCommand::Check(_) => Reads::STORE,
+            CheckCommand::Explain(_) => Reads::BOTH,
+        }
+    }
+
     pub fn run(self, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
         match self {
             CheckCommand::Check(args) => run_check(args, settings),

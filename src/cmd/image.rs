@@ -16,7 +16,7 @@ use kiln_layers::{
 };
 
 use crate::progress::{human_bytes, ProgressArgs};
-use crate::settings::GlobalSettings;
+use crate::settings::{GlobalSettings, Reads};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum SaveFormat {
@@ -128,6 +128,15 @@ fn platform(arg: &Option<String>) -> anyhow::Result<Platform> {
 }
 
 impl ImageCommand {
+    /// The global settings this command reads (see [`Reads`]).
+    pub fn reads(&self) -> Reads {
+        match self {
+            // Layers a build left in a registry are fetched first.
+            ImageCommand::Save(_) => Reads::BOTH,
+            _ => Reads::STORE,
+        }
+    }
+
     pub fn run(self, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
         let store = Store::open(&settings.root)
             .with_context(|| format!("opening the store at {}", settings.root.display()))?;

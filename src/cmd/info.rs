@@ -9,7 +9,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use kiln_runtime::cgroup::{capabilities, Capabilities};
 use serde::Serialize;
 
-use crate::settings::GlobalSettings;
+use crate::settings::{GlobalSettings, Reads};
 
 #[derive(Debug, Subcommand)]
 pub enum InfoCommand {
@@ -195,6 +195,11 @@ fn network_name(network: kiln_runtime::Network) -> &'static str {
 }
 
 impl InfoCommand {
+    /// The global settings this command reads (see [`Reads`]).
+    pub fn reads(&self) -> Reads {
+        Reads::STORE
+    }
+
     pub fn run(self, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
         let InfoCommand::Info(args) = self;
         let report = InfoReport::probe(&settings.root);

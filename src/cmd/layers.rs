@@ -14,7 +14,7 @@ use kiln_layers::{Image, Platform, Store};
 
 use crate::cmd::check::write_stdout;
 use crate::progress::human_bytes;
-use crate::settings::GlobalSettings;
+use crate::settings::{GlobalSettings, Reads};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -77,6 +77,12 @@ pub struct LayersArgs {
 }
 
 impl LayersCommand {
+    /// The global settings this command reads (see [`Reads`]).
+    pub fn reads(&self) -> Reads {
+        // Layers a build left in a registry are fetched first.
+        Reads::BOTH
+    }
+
     pub fn run(self, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
         match self {
             LayersCommand::History(args) => history(&args, settings),

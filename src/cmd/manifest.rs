@@ -28,7 +28,7 @@ use kiln_transfer::PushOptions;
 use crate::cmd::registry::RegistryArgs;
 use crate::cmd::runtime;
 use crate::progress::ProgressArgs;
-use crate::settings::GlobalSettings;
+use crate::settings::{GlobalSettings, Reads};
 
 #[derive(Debug, Subcommand)]
 pub enum ManifestCommand {
@@ -112,6 +112,11 @@ pub struct PushArgs {
 }
 
 impl ManifestCommand {
+    /// The global settings this command reads (see [`Reads`]).
+    pub fn reads(&self) -> Reads {
+        Reads::BOTH
+    }
+
     pub fn run(self, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
         let ManifestCommand::Manifest(action) = self;
         match action {

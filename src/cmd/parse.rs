@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 
-use crate::settings::GlobalSettings;
+use crate::settings::{GlobalSettings, Reads};
 
 #[derive(Debug, Subcommand)]
 pub enum ParseCommand {
@@ -52,6 +52,11 @@ pub enum DebugCommand {
 }
 
 impl ParseCommand {
+    /// The global settings this command reads (see [`Reads`]).
+    pub fn reads(&self) -> Reads {
+        Reads::NOTHING
+    }
+
     pub fn run(self, _settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
         match self {
             ParseCommand::Parse { format, file } => parse(format, &file),

@@ -13,7 +13,7 @@ use kiln_transfer::{PullOptions, PushOptions};
 
 use crate::cmd::runtime;
 use crate::progress::{human_bytes, ProgressArgs};
-use crate::settings::GlobalSettings;
+use crate::settings::{GlobalSettings, Reads};
 
 /// How to reach registries: TLS trust and plain-HTTP exceptions.
 #[derive(Clone, Debug, Default, Args)]
@@ -136,6 +136,16 @@ fn registry_host(host: Option<&str>) -> anyhow::Result<String> {
 }
 
 impl RegistryCommand {
+    /// The global settings this command reads (see [`Reads`]).
+    pub fn reads(&self) -> Reads {
+        match self {
+            RegistryCommand::Pull(_) | RegistryCommand::Push(_) => Reads::BOTH,
+            // Credentials go to Docker's config.json, not the store.
+            RegistryCommand::Login(_) => Reads::REGISTRIES,
+            RegistryCommand::Logout { .. } => Reads::NOTHING,
+        }
+    }
+
     pub fn run(self, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
         match self {
             RegistryCommand::Pull(args) => pull(args, settings),

@@ -22,7 +22,7 @@ use kiln_runtime::{BindMount, HelperCommand, Network, RunSpec, Streams};
 
 use crate::cmd::limits::LimitArgs;
 use crate::cmd::system::{collect_after, GcMode};
-use crate::settings::GlobalSettings;
+use crate::settings::{GlobalSettings, Reads};
 
 /// The hidden subcommand the runtime re-executes kiln into (the runtime's
 /// constant, re-exported for the commands that start runs).
@@ -115,6 +115,16 @@ pub struct RunArgs {
 }
 
 impl RunCommand {
+    /// The global settings this command reads (see [`Reads`]).
+    pub fn reads(&self) -> Reads {
+        match self {
+            // Layers a build left in a registry are fetched first.
+            RunCommand::Run(_) => Reads::BOTH,
+            // Started by kiln, which passes it no global flag.
+            RunCommand::RuntimeHelper => Reads::NOTHING,
+        }
+    }
+
     /// Whether this is the runtime's helper (started by kiln itself).
     pub fn is_helper(&self) -> bool {
         matches!(self, RunCommand::RuntimeHelper)

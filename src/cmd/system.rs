@@ -20,7 +20,7 @@ use kiln_layers::store::PruneReport;
 use kiln_layers::Store;
 
 use crate::progress::human_bytes;
-use crate::settings::GlobalSettings;
+use crate::settings::{GlobalSettings, Reads};
 
 /// The hidden subcommand a build starts to collect after it returns.
 pub const GC_SUBCOMMAND: &str = "__gc";
@@ -101,6 +101,11 @@ pub struct PruneArgs {
 }
 
 impl SystemCommand {
+    /// The global settings this command reads (see [`Reads`]).
+    pub fn reads(&self) -> Reads {
+        Reads::STORE
+    }
+
     pub fn run(self, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
         let store = Store::open(&settings.root)
             .with_context(|| format!("opening the store at {}", settings.root.display()))?;
