@@ -1296,7 +1296,7 @@ fn explain_runs_cases() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
-/// `--width` fits the text to its columns (values cut, full in JSON);
+/// `--width` fits the text to its columns (values cut; refused with JSON, never cut);
 /// without it (and without a terminal) a long CMD makes a long line.
 /// `kiln explain --help` fits 100 columns and shows an example per question.
 #[test]
@@ -1321,19 +1321,26 @@ fn explain_width_and_help() {
         assert!(line.chars().count() <= 100, "over 100 columns: {line}");
     }
     assert!(narrow.contains('…'), "{narrow}");
+    // The JSON is never cut: --width, which would do nothing there, is
+    // refused.
     let json = run_kiln(
         work.path(),
         &root,
-        &[
-            "explain".into(),
-            "--width".into(),
-            "100".into(),
-            "--format".into(),
-            "json".into(),
-        ],
+        &["explain".into(), "--format".into(), "json".into()],
     );
     let json = json_output(&json).unwrap();
     assert_eq!(json["cmd"][1].as_str().unwrap(), long);
+    let refused = kiln_command()
+        .current_dir(work.path())
+        .env("KILN_ROOT", &root)
+        .args(["explain", "--width", "100", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--format json is never cut"),
+        "{refused:?}"
+    );
 
     let help = kiln_command().args(["explain", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);

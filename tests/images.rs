@@ -88,6 +88,13 @@ fn import_save_load_round_trip_with_skopeo_and_umoci() {
         serde_json::from_str(&kiln_ok(&root, &["images", "--format", "json"])).unwrap();
     assert_eq!(listed[0]["Name"], "docker.io/library/busybox:e2e");
     assert_eq!(listed[0]["ID"], id.as_str());
+    // -q prints ids, --format chooses a table or JSON: not both.
+    let out = kiln(&root, &["images", "-q", "--format", "json"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
+        "{out:?}"
+    );
 
     // inspect: manifest and config as kiln wrote them.
     let image = inspect(&root, "busybox:e2e");

@@ -155,6 +155,18 @@ fn wasted_bytes_and_file_lists_are_exact() {
         "{text}"
     );
     assert!(!text.contains("layer 3: RUN"), "{text}");
+    // The JSON lists the whole waste: --top, which would do nothing there,
+    // is refused.
+    let out = kiln(
+        &root,
+        dir,
+        &["layers", "layers:1", "--top", "1", "--format", "json"],
+    );
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--top shortens the text's list"),
+        "{out:?}"
+    );
     let tree = ok(&kiln(&root, dir, &["layers", "layers:1", "--tree"]));
     let layer3 = tree.split("layer 3: ").nth(1).unwrap();
     assert!(

@@ -266,6 +266,9 @@ pub(crate) fn check_text(report: &Report) -> String {
 }
 
 fn run_explain(args: ExplainArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
+    if matches!(args.format, OutputFormat::Json) && args.runs.width.is_some() {
+        anyhow::bail!("--width fits the text to N columns; --format json is never cut");
+    }
     if let Some(target) = image_target(&args) {
         let platform = match &args.platform {
             Some(p) => Platform::parse(p).with_context(|| format!("--platform {p}"))?,

@@ -41,8 +41,8 @@ pub enum LayerCompression {
 pub enum ImageCommand {
     /// List images in the store.
     Images {
-        /// Only image ids.
-        #[arg(short, long)]
+        /// Only image ids (not with --format).
+        #[arg(short, long, conflicts_with = "format")]
         quiet: bool,
         /// Output format.
         #[arg(long, value_enum, default_value_t = ListFormat::Table)]

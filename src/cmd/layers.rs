@@ -56,13 +56,17 @@ pub struct HistoryArgs {
     image: String,
 }
 
+/// How many of the largest wasted files the text lists without `--top`.
+const DEFAULT_TOP: usize = 10;
+
 #[derive(Debug, Args)]
 pub struct LayersArgs {
     #[arg(long, value_enum, default_value_t = LayersFormat::Text)]
     format: LayersFormat,
-    /// How many of the largest wasted files to list.
-    #[arg(long, value_name = "N", default_value_t = 10)]
-    top: usize,
+    /// How many of the largest wasted files the text lists (default: 10;
+    /// the JSON lists them all).
+    #[arg(long, value_name = "N")]
+    top: Option<usize>,
     /// Show each layer's changes as a tree of files.
     #[arg(long)]
     tree: bool,
@@ -229,6 +233,9 @@ fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
 
 fn layers(args: &LayersArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let limit = args.max_wasted.as_deref().map(parse_limit).transpose()?;
+    if matches!(args.format, LayersFormat::Json) && args.top.is_some() {
+        bail!("--top shortens the text's list of the largest waste; --format json lists it whole");
+    }
     let (store, image) = open_image(settings, &args.image, &args.platform)?;
     let read = read_image_layers(&store, &image, &args.image)?;
     let (analysis, _) = analyse(&image.config.history, &read);
@@ -349,13 +356,10 @@ fn layers_text(a: &Analysis, args: &LayersArgs) -> String {
         a.wasted_percent,
         a.efficiency * 100.0
     );
-    if !a.wasted.is_empty() && args.top > 0 {
-        let _ = writeln!(
-            out,
-            "\nlargest waste (top {}):",
-            args.top.min(a.wasted.len())
-        );
-        for w in a.wasted.iter().take(args.top) {
+    let top = args.top.unwrap_or(DEFAULT_TOP);
+    if !a.wasted.is_empty() && top > 0 {
+        let _ = writeln!(out, "\nlargest waste (top {}):", top.min(a.wasted.len()));
+        for w in a.wasted.iter().take(top) {
             let _ = writeln!(
                 out,
                 "  {:>10}  /{}  layer {}, {} by layer {}",
