@@ -225,6 +225,51 @@ fn pull_keeps_the_index_and_push_sends_it_whole() {
         base.platform("linux/amd64").digest.as_str()
     );
     assert_eq!(amd64[0]["Platforms"].as_array().unwrap().len(), 2);
+    // history and layers read the platform asked for (each platform's
+    // image has its own history entry, `busybox-static ARCH`).
+    for (platform, arch) in [("linux/amd64", "amd64"), ("linux/arm64", "arm64")] {
+        let history = kiln_ok(
+            &root,
+            &["history", "--no-trunc", "--platform", platform, &copy],
+        );
+        assert!(
+            history.contains(&format!("busybox-static {arch}")),
+            "{platform}: {history}"
+        );
+        let layers: Value = serde_json::from_str(&kiln_ok(
+            &root,
+            &["layers", "--platform", platform, "--format", "json", &copy],
+        ))
+        .unwrap();
+        assert_eq!(
+            layers["digest"],
+            base.platform(platform).digest.as_str(),
+            "{platform}: {layers}"
+        );
+        assert_eq!(
+            layers["layers"][0]["created_by"],
+            format!("busybox-static {arch}"),
+            "{platform}: {layers}"
+        );
+        let explained: Value = serde_json::from_str(&kiln_ok(
+            &root,
+            &[
+                "explain",
+                "--image",
+                &copy,
+                "--platform",
+                platform,
+                "--format",
+                "json",
+            ],
+        ))
+        .unwrap();
+        assert_eq!(
+            explained["subject"]["digest"],
+            base.platform(platform).digest.as_str(),
+            "{platform}: {explained}"
+        );
+    }
     let machine = kiln_ok(
         &root,
         &["run", "--platform", "linux/amd64", &copy, "uname", "-m"],

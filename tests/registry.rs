@@ -375,6 +375,34 @@ fn login_logout_against_tls_registry_with_basic_auth() {
     kiln.ok(&["pull", "--ca-cert", ca, &source]);
     assert!(store_blobs(&kiln.root).contains(&image.digest));
 
+    // explain fetches a base image's config as pull does: trusting the CA
+    // (--ca-cert) or not checking it (--insecure-registry); without either,
+    // the certificate fails and explain says so.
+    let explainer = Kiln::new(&work.path().join("explain"));
+    std::fs::copy(
+        kiln.docker_config.join("config.json"),
+        explainer.docker_config.join("config.json"),
+    )
+    .unwrap();
+    let context = work.path().join("explain-context");
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::write(context.join("Dockerfile"), format!("FROM {source}\n")).unwrap();
+    let context = context.to_str().unwrap();
+    let out = explainer.run(&["explain", "--format", "json", context]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        stderr(&out).contains("invalid peer certificate"),
+        "{}",
+        stderr(&out)
+    );
+    for flags in [["--ca-cert", ca], ["--insecure-registry", &registry.host]] {
+        let mut args = vec!["explain", "--format", "json"];
+        args.extend_from_slice(&flags);
+        args.push(context);
+        let json: serde_json::Value = serde_json::from_str(&explainer.ok(&args)).unwrap();
+        assert_eq!(json["argv"], serde_json::json!(["/bin/sh"]), "{flags:?}");
+    }
+
     // SSL_CERT_FILE works as well as --ca-cert.
     let other = Kiln::new(&work.path().join("other"));
     std::fs::copy(

@@ -315,4 +315,17 @@ mod tests {
         );
         assert!(render_expand(&env, false, 'x', "a").is_err());
     }
+
+    /// `--escape '`'` (the `# escape=` directive's other choice): the
+    /// backtick escapes, the backslash is a plain character.
+    #[test]
+    fn expand_takes_the_backtick_as_the_escape() {
+        let env = ["A=1".to_string()];
+        let out = render_expand(&env, false, '\\', "\\$A`$A").unwrap();
+        assert_eq!(out.stdout, "$A`1\n");
+        let out = render_expand(&env, false, '`', "\\$A`$A").unwrap();
+        assert_eq!(out.stdout, "\\1$A\n");
+        let out = render_expand(&env, true, '`', "a` b c").unwrap();
+        assert_eq!(out.stdout, "a b\nc\n");
+    }
 }
