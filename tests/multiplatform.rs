@@ -1863,37 +1863,100 @@ fn sigint_cancels_every_platform_of_a_build() {
     assert!(!images.contains("app"), "{images}");
 }
 
-/// A registry or local cache export cannot hold several platforms' steps
-/// yet: `--cache-to type=local` with two platforms is refused before any
-/// step, naming the flag.
+/// A build for several platforms exports one registry or local cache for
+/// all of them, as BuildKit does: a later build for both platforms, in a
+/// new store, runs none of the RUNs it holds (mode=max: the shared build
+/// stage's too; mode=min: the result's, which need nothing of the build
+/// stage), and one for a single platform takes that platform's.
 #[test]
-fn cache_export_of_several_platforms_is_refused() {
+fn one_cache_export_serves_every_platform_of_a_build() {
     let fixture = Fixture::new();
     let base = pushed_base(&fixture);
     let ctx = context(&[(
         "Dockerfile",
-        &format!("FROM {}\nRUN echo built > /built\n", base.reference),
+        &format!(
+            "FROM --platform=$BUILDPLATFORM {base} AS build\n\
+             RUN echo built > /built\n\
+             FROM {base}\n\
+             COPY --from=build /built /built\n\
+             RUN uname -m > /machine\n",
+            base = base.reference
+        ),
     )]);
+    let ctx = ctx.path().to_str().unwrap();
+    let registry_cache = format!(
+        "type=registry,ref={},mode=max",
+        fixture.reference("app/cache:buildcache")
+    );
     let dest = fixture.path("cache");
-    let cache_to = format!("type=local,dest={}", dest.display());
-    let err = failed(&fixture.kiln(
+    let local_cache = format!("type=local,dest={}", dest.display());
+    ok(&fixture.kiln(
         &fixture.root(),
         &[
             "build",
             "--platform",
             "linux/amd64,linux/arm64",
             "--cache-to",
-            &cache_to,
-            ctx.path().to_str().unwrap(),
+            &registry_cache,
+            "--cache-to",
+            &local_cache,
+            ctx,
         ],
     ));
-    assert!(
-        err.contains(&format!(
-            "--cache-to (exporting cache to {}): a registry or local build cache from a build for several platforms is not supported yet",
-            dest.display()
-        )),
-        "{err}"
+    assert!(dest.join("index.json").exists(), "no local cache written");
+
+    let from_registry = registry_cache.replace(",mode=max", "");
+    let from_local = format!("type=local,src={}", dest.display());
+    for (n, cache_from, build_stage) in [
+        (0, &from_registry, &["cached"][..]),
+        // mode=min: the result's steps only, and those need nothing of the
+        // build stage, which is not started.
+        (1, &from_local, &[][..]),
+    ] {
+        let out = fixture.kiln(
+            &fixture.path(&format!("runner-{n}")),
+            &[
+                "build",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "--cache-from",
+                cache_from,
+                "--progress",
+                "json",
+                ctx,
+            ],
+        );
+        ok(&out);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            step_statuses(&stderr, "RUN uname"),
+            ["cached", "cached"],
+            "{cache_from}: {stderr}"
+        );
+        assert_eq!(
+            step_statuses(&stderr, "RUN echo"),
+            build_stage,
+            "{cache_from}: {stderr}"
+        );
+    }
+    let out = fixture.kiln(
+        &fixture.path("runner-arm64"),
+        &[
+            "build",
+            "--platform",
+            "linux/arm64",
+            "--cache-from",
+            &from_registry,
+            "--progress",
+            "json",
+            ctx,
+        ],
     );
-    assert!(!err.contains("RUN echo built"), "a step ran: {err}");
-    assert!(!dest.exists(), "a cache was written");
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        step_statuses(&stderr, "RUN"),
+        ["cached", "cached"],
+        "{stderr}"
+    );
 }

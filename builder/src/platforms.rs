@@ -26,12 +26,12 @@ use kiln_layers::compressed::compressed_image;
 use kiln_layers::index::{write_attestation_manifest, IndexWriter};
 use kiln_layers::{Descriptor, Platform, Reference};
 
-use crate::cache::CacheSources;
+use crate::cache::{CacheExport, CacheSources};
 use crate::export::Output;
 use crate::plan::{BuildOptions, Plan, PlanWarning};
 use crate::provenance::{self, ProvenanceRequest, SourceInfo};
 use crate::session::{BuildError, BuildResult, Planned, Session};
-use crate::solve::{BuildEvents, BuiltImage, SharedSteps, StepEvent, StepOutcome};
+use crate::solve::{BuildBlobs, BuildEvents, BuiltImage, SharedSteps, StepEvent, StepOutcome};
 
 impl<'a> Session<'a> {
     /// Builds for each of `platforms` (two or more, normalized and
@@ -40,17 +40,6 @@ impl<'a> Session<'a> {
         self.check_requests()?;
         for output in &self.settings.outputs {
             output.check_platforms(platforms)?;
-        }
-        // type=inline is each platform's image's own (every solve writes
-        // it into its config); a registry or local cache would need one
-        // cache for every platform's steps.
-        if let Some(exporter) = self.cache.exporters.first() {
-            return Err(BuildError::Invalid(format!(
-                "--cache-to ({}): a registry or local build cache from a build for several \
-                 platforms is not supported yet (build one platform per cache export, or use \
-                 type=inline)",
-                exporter.name()
-            )));
         }
         // Planning reports through `shown`: the Dockerfile and context
         // loads, and warnings, once for every platform.
@@ -78,8 +67,24 @@ impl<'a> Session<'a> {
         let plans: Vec<&Planned<'a>> = plans.iter().collect();
         self.check_before_steps(&plans)?;
         let started = SystemTime::now();
-        let images = self.solve_all(&plans)?;
-        self.finish_index(&plans, images, started)
+        let cache_from = CacheSources::new(&self.cache.sources, self.events);
+        let images = self.solve_all(&plans, &cache_from)?;
+        // One cache for every platform's steps (type=inline is each
+        // image's own: every solve wrote it into its config).
+        let export = CacheExport::merged(
+            plans
+                .iter()
+                .zip(&images)
+                .map(|(planned, image)| CacheExport::new(&planned.plan, image.steps.clone()))
+                .collect(),
+        );
+        let result = self.finish_index(&plans, images, started)?;
+        let blobs = BuildBlobs {
+            sources: &cache_from,
+            resolvers: plans.iter().map(|planned| &planned.resolver).collect(),
+        };
+        self.export_cache(&export, &blobs)?;
+        Ok(result)
     }
 
     /// The solved `images` (one per plan, in order) into one index (with
@@ -109,9 +114,12 @@ impl<'a> Session<'a> {
     /// Solves every plan, each on a thread of its own; the images in the
     /// plans' order. The first failure is returned (the other solves run
     /// to their end or their own failure).
-    fn solve_all(&self, plans: &[&Planned<'a>]) -> Result<Vec<BuiltImage>, BuildError> {
+    fn solve_all(
+        &self,
+        plans: &[&Planned<'a>],
+        cache_from: &CacheSources<'_>,
+    ) -> Result<Vec<BuiltImage>, BuildError> {
         let shared = SharedSteps::default();
-        let cache_from = CacheSources::new(&self.cache.sources, self.events);
         let seen = Mutex::new(HashSet::new());
         let results: Vec<Result<BuiltImage, BuildError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = plans
@@ -119,7 +127,7 @@ impl<'a> Session<'a> {
                 .enumerate()
                 .map(|(ordinal, &planned)| {
                     let events = PlatformEvents::new(self.events, &planned.plan, ordinal, &seen);
-                    let (shared, cache_from) = (&shared, &cache_from);
+                    let shared = &shared;
                     scope.spawn(move || {
                         self.solve_planned(planned, Some(shared), &events, cache_from)
                     })

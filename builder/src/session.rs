@@ -436,7 +436,7 @@ pub struct Planned<'a> {
     /// The `# syntax` and `BUILDKIT_*` options.
     pub frontend: Frontend,
     context: BuildContext,
-    resolver: StoreResolver<'a>,
+    pub(crate) resolver: StoreResolver<'a>,
     downloads: UrlDownloads<'a>,
     /// Holds the downloads (under the store's `builds/`) until the build ends.
     _urls: ScratchDir,
@@ -732,12 +732,13 @@ impl<'a> Session<'a> {
         let started = std::time::SystemTime::now();
         let built = self.solve_planned(&planned, None, self.events, &cache_from)?;
         if self.settings.provenance.is_some() || self.index_asked() {
+            let export = CacheExport::new(&planned.plan, built.steps.clone());
             let result = self.finish_index(&[&planned], vec![built], started)?;
             let blobs = BuildBlobs {
                 sources: &cache_from,
-                resolver: &planned.resolver,
+                resolvers: vec![&planned.resolver],
             };
-            self.export_cache(&planned.plan, &result, &blobs)?;
+            self.export_cache(&export, &blobs)?;
             return Ok(result);
         }
         let image_id = self.tag(&built)?;
@@ -753,9 +754,12 @@ impl<'a> Session<'a> {
         self.push(&mut result)?;
         let blobs = BuildBlobs {
             sources: &cache_from,
-            resolver: &planned.resolver,
+            resolvers: vec![&planned.resolver],
         };
-        self.export_cache(&planned.plan, &result, &blobs)?;
+        self.export_cache(
+            &CacheExport::new(&planned.plan, result.built.steps.clone()),
+            &blobs,
+        )?;
         self.write_files(&result)?;
         Ok(result)
     }
@@ -883,21 +887,17 @@ impl<'a> Session<'a> {
         Ok(built)
     }
 
-    /// Runs each `--cache-to` exporter; a failure fails the build unless it
-    /// said `ignore-error=true` (then it is a warning), as in BuildKit.
-    fn export_cache(
+    /// Runs each `--cache-to` exporter on `export`; a failure fails the
+    /// build unless it said `ignore-error=true` (then it is a warning), as
+    /// in BuildKit.
+    pub(crate) fn export_cache(
         &self,
-        plan: &Plan,
-        result: &BuildResult,
+        export: &CacheExport,
         blobs: &BuildBlobs<'_>,
     ) -> Result<(), BuildError> {
-        if self.cache.exporters.is_empty() {
-            return Ok(());
-        }
-        let export = CacheExport::new(plan, result.built.steps.clone());
         for exporter in &self.cache.exporters {
             let started = Instant::now();
-            match exporter.export(self.store, &export, blobs, self.reporter) {
+            match exporter.export(self.store, export, blobs, self.reporter) {
                 Ok(lines) => {
                     self.events
                         .internal(&exporter.name(), &lines, started.elapsed().as_secs_f64())

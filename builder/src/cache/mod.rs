@@ -193,25 +193,52 @@ pub enum CacheMode {
 /// The results of a finished build, for its exporters.
 #[derive(Debug, Clone, Default)]
 pub struct CacheExport {
-    pub steps: Vec<StepResult>,
-    /// The stages whose layers are the result's: the target and the stages
-    /// it is built `FROM`, transitively.
-    pub result_stages: BTreeSet<usize>,
+    /// Every step built, in build order, each with whether its stage is
+    /// one of the result's: the target and the stages it is built `FROM`,
+    /// transitively (what `mode=min` exports).
+    steps: Vec<(StepResult, bool)>,
 }
 
 impl CacheExport {
     pub fn new(plan: &Plan, steps: Vec<StepResult>) -> CacheExport {
+        let result = result_stages(plan);
         CacheExport {
-            steps,
-            result_stages: result_stages(plan),
+            steps: steps
+                .into_iter()
+                .map(|step| {
+                    let in_result = result.contains(&step.stage);
+                    (step, in_result)
+                })
+                .collect(),
         }
+    }
+
+    /// The exports of a build's platforms as one cache, as BuildKit exports
+    /// a build for several platforms: each platform's steps in turn (their
+    /// keys differ where the platform matters); a step several platforms
+    /// share (one key: a `FROM --platform=$BUILDPLATFORM` stage's) once,
+    /// in the result when it is in any platform's.
+    pub fn merged(parts: Vec<CacheExport>) -> CacheExport {
+        let mut steps: Vec<(StepResult, bool)> = Vec::new();
+        let mut at: BTreeMap<Digest, usize> = BTreeMap::new();
+        for (step, in_result) in parts.into_iter().flat_map(|part| part.steps) {
+            match at.get(&step.key) {
+                Some(&index) => steps[index].1 |= in_result,
+                None => {
+                    at.insert(step.key.clone(), steps.len());
+                    steps.push((step, in_result));
+                }
+            }
+        }
+        CacheExport { steps }
     }
 
     /// The steps `mode` exports, in build order.
     pub fn select(&self, mode: CacheMode) -> Vec<&StepResult> {
         self.steps
             .iter()
-            .filter(|s| mode == CacheMode::Max || self.result_stages.contains(&s.stage))
+            .filter(|(_, in_result)| mode == CacheMode::Max || *in_result)
+            .map(|(step, _)| step)
             .collect()
     }
 }
@@ -267,10 +294,7 @@ pub(crate) fn inline_metadata(
     steps: &[StepResult],
     image: format::ImageLayers<'_>,
 ) -> serde_json::Value {
-    let export = CacheExport {
-        steps: steps.to_vec(),
-        result_stages: result_stages(plan),
-    };
+    let export = CacheExport::new(plan, steps.to_vec());
     let config = format::CacheConfig::inline(export.select(CacheMode::Min), image);
     serde_json::to_value(&config).unwrap_or(serde_json::Value::Null)
 }
@@ -311,5 +335,33 @@ mod tests {
             |mode| -> Vec<Digest> { export.select(mode).iter().map(|s| s.key.clone()).collect() };
         assert_eq!(keys(CacheMode::Min), [Digest::of(b"b"), Digest::of(b"a")]);
         assert_eq!(keys(CacheMode::Max).len(), 3);
+    }
+
+    /// Two platforms' exports as one: each platform's steps, a shared key
+    /// once, in the result when it is in either platform's.
+    #[test]
+    fn merged_exports_keep_every_platform_and_a_shared_step_once() {
+        let plan = plan_of(
+            "FROM scratch AS tools\nCOPY a /a\nFROM scratch AS base\nCOPY b /b\n\
+             FROM base AS app\nCOPY --from=tools /a /a\n",
+        );
+        // "t" (stage 0, not the result's) is shared; the other steps are
+        // each platform's own. In the second, "t" is the result's, as if
+        // that platform's target were built FROM it.
+        let amd64 = CacheExport::new(&plan, vec![step(0, "t"), step(1, "b-amd64")]);
+        let mut arm64 = CacheExport::new(&plan, vec![step(0, "t"), step(2, "a-arm64")]);
+        arm64.steps[0].1 = true;
+        let merged = CacheExport::merged(vec![amd64, arm64]);
+        let keys =
+            |mode| -> Vec<Digest> { merged.select(mode).iter().map(|s| s.key.clone()).collect() };
+        assert_eq!(
+            keys(CacheMode::Max),
+            [
+                Digest::of(b"t"),
+                Digest::of(b"b-amd64"),
+                Digest::of(b"a-arm64")
+            ]
+        );
+        assert_eq!(keys(CacheMode::Min), keys(CacheMode::Max));
     }
 }

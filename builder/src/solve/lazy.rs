@@ -184,10 +184,10 @@ fn source_failed(build: &Build<'_>, index: usize, why: String) -> SolveError {
 
 /// The blobs a finished build can still fetch (for its cache exports): a
 /// layer's from the cache source it was taken from, else from where its
-/// image was pulled.
+/// image was pulled (through the resolver of each platform built, in turn).
 pub struct BuildBlobs<'a> {
     pub sources: &'a crate::cache::CacheSources<'a>,
-    pub resolver: &'a StoreResolver<'a>,
+    pub resolvers: Vec<&'a StoreResolver<'a>>,
 }
 
 impl crate::cache::BlobProvider for BuildBlobs<'_> {
@@ -205,7 +205,20 @@ impl crate::cache::BlobProvider for BuildBlobs<'_> {
                 .source(index)
                 .ok_or("its cache source failed")?
                 .fetch(store, blob),
-            None => Ok(self.resolver.fetch_blob(blob)?),
+            None => {
+                let mut failed = None;
+                for resolver in &self.resolvers {
+                    match resolver.fetch_blob(blob) {
+                        Ok(()) => return Ok(()),
+                        Err(e) => failed = Some(e),
+                    }
+                }
+                Err(failed
+                    .unwrap_or_else(|| {
+                        SolveError::Store(kiln_layers::Error::BlobNotFound(blob.digest.clone()))
+                    })
+                    .into())
+            }
         }
     }
 }
