@@ -97,8 +97,9 @@ fn default_registry_config(
     home.map(|home| PathBuf::from(home).join(".config/kiln/registries.toml"))
 }
 
-/// How long registry requests and `ADD <url>` downloads may take: flags of
-/// every command, each with an environment variable (the flag wins).
+/// How long registry requests and `ADD <url>` downloads may take: global
+/// flags, each with an environment variable (the flag wins), refused on a
+/// command that talks to no registry ([`refuse_unread_flags`]).
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Registry transfers")]
 pub struct TransferArgs {

@@ -81,15 +81,19 @@ impl<'a> Session<'a> {
         let result = self.finish_index(&plans, images, started)?;
         let blobs = BuildBlobs {
             sources: &cache_from,
-            resolvers: plans.iter().map(|planned| &planned.resolver).collect(),
+            resolver: &plans[0].resolver,
         };
         self.export_cache(&export, &blobs)?;
+        self.write_files(&result)?;
         Ok(result)
     }
 
     /// The solved `images` (one per plan, in order) into one index (with
     /// each image's provenance when asked for), tagged, written to the
-    /// outputs and pushed; `started` is when the solve began.
+    /// outputs and pushed; `started` is when the solve began. The caller
+    /// exports the cache, then writes the `--iidfile` and metadata file
+    /// (`Session::write_files`), as a build without an index does: a
+    /// failed cache export leaves neither.
     pub(crate) fn finish_index(
         &self,
         plans: &[&Planned<'a>],
@@ -107,7 +111,6 @@ impl<'a> Session<'a> {
         };
         self.write_outputs(&mut result, &index, &images)?;
         self.push(&mut result)?;
-        self.write_files(&result)?;
         Ok(result)
     }
 

@@ -736,9 +736,10 @@ impl<'a> Session<'a> {
             let result = self.finish_index(&[&planned], vec![built], started)?;
             let blobs = BuildBlobs {
                 sources: &cache_from,
-                resolvers: vec![&planned.resolver],
+                resolver: &planned.resolver,
             };
             self.export_cache(&export, &blobs)?;
+            self.write_files(&result)?;
             return Ok(result);
         }
         let image_id = self.tag(&built)?;
@@ -754,7 +755,7 @@ impl<'a> Session<'a> {
         self.push(&mut result)?;
         let blobs = BuildBlobs {
             sources: &cache_from,
-            resolvers: vec![&planned.resolver],
+            resolver: &planned.resolver,
         };
         self.export_cache(
             &CacheExport::new(&planned.plan, result.built.steps.clone()),

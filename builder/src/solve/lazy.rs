@@ -184,10 +184,11 @@ fn source_failed(build: &Build<'_>, index: usize, why: String) -> SolveError {
 
 /// The blobs a finished build can still fetch (for its cache exports): a
 /// layer's from the cache source it was taken from, else from where its
-/// image was pulled (through the resolver of each platform built, in turn).
+/// image was pulled. (Every platform's resolver of a build has the same
+/// store and puller: any one of them fetches any image's blob.)
 pub struct BuildBlobs<'a> {
     pub sources: &'a crate::cache::CacheSources<'a>,
-    pub resolvers: Vec<&'a StoreResolver<'a>>,
+    pub resolver: &'a StoreResolver<'a>,
 }
 
 impl crate::cache::BlobProvider for BuildBlobs<'_> {
@@ -205,20 +206,7 @@ impl crate::cache::BlobProvider for BuildBlobs<'_> {
                 .source(index)
                 .ok_or("its cache source failed")?
                 .fetch(store, blob),
-            None => {
-                let mut failed = None;
-                for resolver in &self.resolvers {
-                    match resolver.fetch_blob(blob) {
-                        Ok(()) => return Ok(()),
-                        Err(e) => failed = Some(e),
-                    }
-                }
-                Err(failed
-                    .unwrap_or_else(|| {
-                        SolveError::Store(kiln_layers::Error::BlobNotFound(blob.digest.clone()))
-                    })
-                    .into())
-            }
+            None => Ok(self.resolver.fetch_blob(blob)?),
         }
     }
 }
