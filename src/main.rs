@@ -308,6 +308,7 @@ mod tests {
             &["system", "df", "--registry-timeout", "5"],
             &["logout", "--registry-timeout", "5"],
             &["logout", "--root", "/s"],
+            &["explain", "--offline", "--registry-timeout", "5"],
         ] {
             assert!(unread(args).is_err(), "{args:?} accepted");
         }
@@ -320,6 +321,7 @@ mod tests {
             &["layers", "--registry-timeout", "5", "x"],
             &["history", "--registry-timeout", "5", "x"],
             &["explain", "--registry-timeout", "5"],
+            &["explain", "--offline", "--root", "/s"],
             &["images", "--root", "/s"],
             &["check", "--root", "/s"],
             &["system", "df", "--root", "/s"],

@@ -679,6 +679,16 @@ fn explain_reads_base_config_from_the_registry() {
         .unwrap()
         .iter()
         .any(|w| w["code"] == "BaseImageUnknown"));
+    // --offline asks no registry: a flag on how to reach one is refused.
+    let out = kiln(
+        &reader,
+        &["explain", "--offline", "--insecure-registry", "example.com"],
+    );
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no effect with --offline"),
+        "{out:?}"
+    );
 
     // A config whose bytes do not match its digest is refused, named.
     let config_digest = blob_requests[0]

@@ -159,6 +159,8 @@ impl CheckCommand {
         match self {
             // Base images are looked up in the store only.
             CheckCommand::Check(_) => Reads::STORE,
+            // --offline asks no registry.
+            CheckCommand::Explain(args) if args.offline => Reads::STORE,
             CheckCommand::Explain(_) => Reads::BOTH,
         }
     }
@@ -266,6 +268,11 @@ pub(crate) fn check_text(report: &Report) -> String {
 }
 
 fn run_explain(args: ExplainArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
+    if args.offline
+        && !(args.registry.insecure_registries.is_empty() && args.registry.ca_certs.is_empty())
+    {
+        anyhow::bail!("--insecure-registry and --ca-cert have no effect with --offline, which asks no registry");
+    }
     if matches!(args.format, OutputFormat::Json) && args.runs.width.is_some() {
         anyhow::bail!("--width fits the text to N columns; --format json is never cut");
     }
