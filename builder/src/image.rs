@@ -172,31 +172,32 @@ fn port_range(text: &str) -> Result<(u32, u32), ()> {
     }
 }
 
-/// Whether STOPSIGNAL accepts `signal` (a number or a known name, with or
-/// without `SIG`, `RTMIN+n` too), as moby's `signal.ParseSignal`.
+/// Whether STOPSIGNAL accepts `signal`, as moby's `signal.ParseSignal`
+/// (linux): a non-zero integer (Go's `strconv.Atoi`: a sign is allowed),
+/// or a name of its signal map, upper-cased first, with or without `SIG`
+/// (`sigterm`, `SigTerm`, `RTMIN+1`..`RTMIN+15`, `RTMAX-14`..`RTMAX-1`).
 pub fn valid_signal(signal: &str) -> bool {
-    if let Ok(n) = signal.parse::<u32>() {
+    if let Ok(n) = signal.parse::<i64>() {
         return n != 0;
     }
-    let name = signal
-        .strip_prefix("SIG")
-        .unwrap_or(signal)
-        .to_ascii_uppercase();
+    let upper = signal.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
     const NAMES: &[&str] = &[
         "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
         "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
-        "TRAP", "TSTP", "TTIN", "TTOU", "UNUSED", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU",
-        "XFSZ", "RTMIN", "RTMAX",
+        "TRAP", "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
+        "RTMIN", "RTMAX",
     ];
-    if NAMES.contains(&name.as_str()) {
+    if NAMES.contains(&name) {
         return true;
     }
-    for base in ["RTMIN+", "RTMAX-"] {
-        if let Some(n) = name.strip_prefix(base) {
-            return n.parse::<u32>().is_ok_and(|n| n <= 15);
-        }
-    }
-    false
+    let offset = |base: &str, range: std::ops::RangeInclusive<u32>| {
+        name.strip_prefix(base).is_some_and(|n| {
+            // The map's keys: plain decimal, no sign, no leading zero.
+            !n.starts_with(['+', '-', '0']) && n.parse::<u32>().is_ok_and(|n| range.contains(&n))
+        })
+    };
+    offset("RTMIN+", 1..=15) || offset("RTMAX-", 1..=14)
 }
 
 /// The config a `FROM scratch` stage starts with.
@@ -304,6 +305,18 @@ mod tests {
         assert!(valid_signal("SIGRTMIN+3"));
         assert!(!valid_signal("SIGNOPE"));
         assert!(!valid_signal("0"));
+        // moby's ParseSignal: upper-cased before `SIG` is cut, any
+        // non-zero integer, only the names of its map.
+        for accepted in [
+            "sigterm", "SigTerm", "term", "-1", "+9", "RTMIN+1", "RTMAX-14", "RTMAX",
+        ] {
+            assert!(valid_signal(accepted), "{accepted}");
+        }
+        for refused in [
+            "UNUSED", "RTMIN+0", "RTMIN+16", "RTMAX-15", "RTMAX-0", "RTMIN+01", "SIG", "+0",
+        ] {
+            assert!(!valid_signal(refused), "{refused}");
+        }
     }
 
     #[test]

@@ -129,6 +129,9 @@ impl ChownSpec {
         }
         match &self.group {
             Some(Principal::Id(id)) => owner.gid = *id,
+            // `--chown=user:`: BuildKit's `llb.WithUser` marshals the empty
+            // group name as id 0.
+            Some(Principal::Name(name)) if name.is_empty() => owner.gid = 0,
             Some(Principal::Name(name)) => {
                 let group = read_etc(rootfs, "etc/group")?;
                 let found = group_entries(&group).find(|entry| entry.name == name);
@@ -215,6 +218,13 @@ mod tests {
             }
         );
         assert_eq!(r(":staff"), Owner { uid: 0, gid: 50 });
+        // An empty group is id 0, as BuildKit marshals it, with nothing to
+        // warn about.
+        assert_eq!(r("app:"), Owner { uid: 1000, gid: 0 });
+        assert_eq!(
+            ChownSpec::parse("app:").resolve(&tree).unwrap().warning(),
+            None
+        );
     }
 
     #[test]

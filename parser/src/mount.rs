@@ -258,23 +258,29 @@ impl MountFields {
             "sharing" => m.sharing = Some(sharing(&value)?),
             "mode" => {
                 m.mode = Some(
-                    u32::from_str_radix(&value, 8)
-                        .map_err(|_| invalid(format!("invalid value {value} for mode")))?,
+                    go_parse_uint(&value, 8)
+                        .ok_or_else(|| invalid(format!("invalid value {value} for mode")))?,
                 )
             }
             "uid" => {
                 m.uid = Some(
-                    value
-                        .parse()
-                        .map_err(|_| invalid(format!("invalid value {value} for uid")))?,
+                    go_parse_uint(&value, 10)
+                        .ok_or_else(|| invalid(format!("invalid value {value} for uid")))?,
                 )
             }
             "gid" => {
                 m.gid = Some(
-                    value
-                        .parse()
-                        .map_err(|_| invalid(format!("invalid value {value} for gid")))?,
+                    go_parse_uint(&value, 10)
+                        .ok_or_else(|| invalid(format!("invalid value {value} for gid")))?,
                 )
+            }
+            // BuildKit would hand the secret to the process as `=value`;
+            // a variable needs a name.
+            "env" if value.is_empty() => {
+                return Err(invalid(
+                    "env= needs the name of the environment variable that holds the secret"
+                        .to_string(),
+                ))
             }
             "env" => m.env = Some(value),
             _ => {
@@ -512,6 +518,15 @@ pub fn csv_fields(s: &str) -> Result<Vec<String>, MountError> {
     Ok(fields)
 }
 
+/// Go's `strconv.ParseUint(value, radix, 32)`, as BuildKit reads `mode=`,
+/// `uid=` and `gid=`: digits only (no sign, unlike Rust's `from_str_radix`).
+fn go_parse_uint(value: &str, radix: u32) -> Option<u32> {
+    if !value.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u32::from_str_radix(value, radix).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -572,6 +587,22 @@ mod tests {
             "unexpected key 'required' for mount type 'bind'"
         );
         assert_eq!(msg("a\"b"), "failed to parse csv mounts: parse error on line 1, column 2: bare \" in non-quoted-field");
+        // Go's ParseUint takes no sign.
+        for spec in [
+            "type=cache,target=/c,mode=+755",
+            "type=cache,target=/c,uid=+1000",
+            "type=cache,target=/c,gid=-1",
+        ] {
+            assert!(
+                msg(spec).starts_with("invalid value "),
+                "{spec}: {}",
+                msg(spec)
+            );
+        }
+        assert_eq!(
+            msg("type=secret,id=tok,env="),
+            "env= needs the name of the environment variable that holds the secret"
+        );
     }
 
     #[test]

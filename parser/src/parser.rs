@@ -104,6 +104,11 @@ struct Directives {
     done: bool,
     escape: char,
     found: Vec<Directive>,
+    /// The first line was a `#!` line: the parser reads no directive after
+    /// it (an `escape` there is a comment), but BuildKit's `ParseDirective`
+    /// and `DetectSyntax`, which skip such a line, still read `syntax` and
+    /// `check` from the lines after it while they are directives.
+    after_shebang: bool,
 }
 
 impl Directives {
@@ -115,7 +120,15 @@ impl Directives {
         line_no: usize,
         loc: &Locator,
     ) -> Result<bool, ParseError> {
+        if line_no == 1 && line.starts_with("#!") {
+            self.done = true;
+            self.after_shebang = true;
+            return Ok(false);
+        }
         if self.done {
+            if self.after_shebang {
+                self.after_shebang = self.directive_after_shebang(line, line_no, loc);
+            }
             return Ok(false);
         }
         let Some(body) = line.strip_prefix('#') else {
@@ -182,6 +195,43 @@ impl Directives {
     }
 }
 
+impl Directives {
+    /// A line after a `#!` first line (see [`Directives::after_shebang`]):
+    /// a `syntax` or `check` directive is recorded (the first of each; the
+    /// line stays a comment to the parser, as in BuildKit); returns whether
+    /// the line was a directive, so that the next one is looked at too.
+    fn directive_after_shebang(&mut self, line: &str, line_no: usize, loc: &Locator) -> bool {
+        let Some(body) = line.strip_prefix('#') else {
+            return false;
+        };
+        let Some((name, value)) = match_directive(body.trim_start_matches(is_space)) else {
+            return false;
+        };
+        let key = name.to_ascii_lowercase();
+        if !matches!(key.as_str(), "syntax" | "escape" | "check") {
+            return false;
+        }
+        if key != "escape" && !self.found.iter().any(|d| d.name == key) {
+            let end_column = loc.line_text(line_no).unwrap_or("").chars().count() + 1;
+            self.found.push(Directive {
+                name: key,
+                value: value.to_string(),
+                span: Span {
+                    start: Position {
+                        line: line_no,
+                        column: 1,
+                    },
+                    end: Position {
+                        line: line_no,
+                        column: end_column,
+                    },
+                },
+            });
+        }
+        true
+    }
+}
+
 /// BuildKit's directive regex `^([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$`.
 fn match_directive(body: &str) -> Option<(&str, &str)> {
     let is_re_space = |c: char| matches!(c, '\t' | '\n' | '\u{c}' | '\r' | ' ');
@@ -221,6 +271,7 @@ pub fn parse(source: &str, file_name: &str) -> Result<Dockerfile, ParseError> {
             done: false,
             escape: DEFAULT_ESCAPE,
             found: Vec::new(),
+            after_shebang: false,
         },
         current_line: 0,
         comments: Vec::new(),
@@ -883,6 +934,38 @@ mod tests {
         assert_eq!(trim_continuation("a\\\\", '\\'), ("a\\\\", true));
         assert_eq!(trim_continuation("a`", '`'), ("a", false));
         assert_eq!(trim_continuation("a\\", '`'), ("a\\", true));
+    }
+
+    /// After a `#!` first line, `syntax` and `check` are read from the
+    /// directive lines that follow (as BuildKit's `ParseDirective` and
+    /// `DetectSyntax` read them), `escape` is not (its parser has stopped
+    /// reading directives), and a blank line ends them.
+    #[test]
+    fn syntax_and_check_after_a_shebang() {
+        let names = |text: &str| -> Vec<(String, String, usize)> {
+            crate::parse(text, "Dockerfile")
+                .unwrap()
+                .directives
+                .iter()
+                .map(|d| (d.name.clone(), d.value.clone(), d.span.start.line))
+                .collect()
+        };
+        assert_eq!(
+            names("#!/usr/bin/env kiln\n# escape=`\n# check=error=true\n#syntax=a/b\nFROM x\n"),
+            [
+                ("check".to_string(), "error=true".to_string(), 3),
+                ("syntax".to_string(), "a/b".to_string(), 4)
+            ]
+        );
+        assert_eq!(names("#!/bin/sh\n\n# check=skip=all\nFROM x\n"), []);
+        // escape after a shebang is a comment: `\` still continues lines.
+        let ast = crate::parse("#!/bin/sh\n# escape=`\nRUN a \\\n b\n", "Dockerfile").unwrap();
+        assert_eq!(ast.nodes.len(), 1);
+        // Without a shebang, nothing changes.
+        assert_eq!(
+            names("# check=skip=all\nFROM x\n"),
+            [("check".to_string(), "skip=all".to_string(), 1)]
+        );
     }
 
     #[test]
