@@ -1295,6 +1295,17 @@ fn link_case(instruction: &str) {
     // wins over the base's 0700 /private, as with BuildKit's --link layers.
     let private = std::fs::metadata(linked.path().join("private")).unwrap();
     assert_eq!(private.permissions().mode() & 0o777, 0o755);
+    // --link with --chmod is a plain copy onto the base, as BuildKit's
+    // frontend makes it: through the symlink, the base's modes kept.
+    let chmod = build("--link --chmod=640");
+    assert!(std::fs::symlink_metadata(chmod.path().join("opt/link"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let copied = std::fs::metadata(chmod.path().join("opt/real/a.txt")).unwrap();
+    assert_eq!(copied.permissions().mode() & 0o777, 0o640, "{instruction}");
+    let private = std::fs::metadata(chmod.path().join("private")).unwrap();
+    assert_eq!(private.permissions().mode() & 0o777, 0o700, "{instruction}");
 }
 
 #[test]

@@ -979,7 +979,7 @@ impl<'a> Planner<'a> {
             _ => None,
         };
         Ok(CopyStep {
-            link: c.link,
+            link: linked(c.link, &step),
             exclude: c.exclude.clone(),
             parents: c.parents,
             from_digest,
@@ -1028,7 +1028,7 @@ impl<'a> Planner<'a> {
             }
         }
         Ok(CopyStep {
-            link: a.link,
+            link: linked(a.link, &step),
             exclude: a.exclude.clone(),
             unpack: a.unpack,
             keep_git_dir: if any_git { a.keep_git_dir } else { None },
@@ -1287,4 +1287,12 @@ fn copy_history(verb: &str, parents: bool, step: &CopyStep) -> String {
     msg.push(' ');
     msg.push_str(&step.dest_as_written);
     msg
+}
+
+/// Whether a COPY or ADD with `--link` is copied as a linked layer (onto an
+/// empty directory, seeing nothing of the base): not with `--chmod`, which
+/// BuildKit's frontend copies onto the current state instead
+/// (`convert_copy.go`: the merge only when `cfg.link && cfg.chmod == ""`).
+fn linked(link: bool, step: &CopyStep) -> bool {
+    link && step.chmod.is_none()
 }
