@@ -246,6 +246,35 @@ fn cache_mount_owner_and_mode() {
         &["--no-cache"],
     );
     assert_eq!(read(&again, "/ls"), "x\n");
+    // One id with another owner or mode, or none, is another cache, as in
+    // BuildKit: none of them sees the file or changes the first's owner.
+    for (i, options) in ["uid=1000,gid=1000", "uid=65534,gid=65534,mode=0755", ""]
+        .into_iter()
+        .enumerate()
+    {
+        let other = fixture.rootfs(
+            &format!("cache-owned-other-{i}"),
+            &format!(
+                "FROM busybox:latest
+RUN --mount=type=cache,target=/c,id=owned{comma}{options} \
+                 ls -A /c > /ls
+",
+                comma = if options.is_empty() { "" } else { "," }
+            ),
+            &["--no-cache"],
+        );
+        assert_eq!(read(&other, "/ls"), "", "{options}");
+    }
+    let again = fixture.rootfs(
+        "cache-owned-last",
+        "FROM busybox:latest
+RUN --mount=type=cache,target=/c,id=owned,uid=65534,gid=65534,mode=0700 \
+         stat -c '%a %u' /c > /mode && ls /c > /ls
+",
+        &["--no-cache"],
+    );
+    assert_eq!(read(&again, "/mode"), "700 65534\n");
+    assert_eq!(read(&again, "/ls"), "x\n");
     // Control: without an owner, nobody cannot write the cache.
     let denied = fixture.rootfs(
         "cache-denied",

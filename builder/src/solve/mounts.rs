@@ -113,6 +113,7 @@ pub(super) fn run_mount(
 /// instance of the cache when the first is in use. `uid`, `gid` and `mode`
 /// make the mounted directory (a `cache` subdirectory, as BuildKit's
 /// setCacheUIDGID) owned and moded so; the step's user can then write it.
+/// Each owner and mode is a cache of its own, as in BuildKit.
 fn cache_mount(
     run: &StepRun<'_>,
     namespace: Option<&str>,
@@ -128,12 +129,24 @@ fn cache_mount(
         Some(ns) => format!("{ns}/{id}"),
         None => id,
     };
-    // A cache seeded from `from=` is its own dir per seed content; a plain
-    // one keeps the name it always had.
-    let key = match from {
-        None => id,
-        Some(from) => format!("{id}\0{}", from.identity),
-    };
+    // A cache seeded from `from=` is its own dir per seed content, and an
+    // owned one (`uid`, `gid`, `mode`) its own per owner and mode, as
+    // BuildKit keys a cache on its id and the ref it starts from (the seed,
+    // or the `/cache` directory setCacheUIDGID makes); a plain one keeps
+    // the name it always had.
+    let owned = spec.uid.is_some() || spec.gid.is_some() || spec.mode.is_some();
+    let mut key = id;
+    if let Some(from) = from {
+        key = format!("{key}\0{}", from.identity);
+    }
+    if owned {
+        key = format!(
+            "{key}\0owned {}:{}:{:o}",
+            spec.uid.unwrap_or(0),
+            spec.gid.unwrap_or(0),
+            spec.mode.unwrap_or(0o755)
+        );
+    }
     let name = crate::context::hex(&<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes()));
     // Under chroot isolation the cache is moved into the RUN's copy:
     // one RUN at a time holds it, without waiting for it (a RUN holding
@@ -144,7 +157,6 @@ fn cache_mount(
         Locked::Held(dir, lock) => (dir, lock),
         Locked::Busy(dir) => return Ok(vec![StepMount::Busy(dir)]),
     };
-    let owned = spec.uid.is_some() || spec.gid.is_some() || spec.mode.is_some();
     let source = if owned && rel.is_empty() {
         owned_cache_dir(&dir, spec)?
     } else {
