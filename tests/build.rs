@@ -1308,6 +1308,39 @@ fn link_case(instruction: &str) {
     assert_eq!(private.permissions().mode() & 0o777, 0o700, "{instruction}");
 }
 
+/// `--link --chown` by name is refused, naming the line, as BuildKit
+/// refuses it (a linked layer has no base to look the name up in);
+/// numeric ids work, and so does a name with --chmod, which is no link.
+#[test]
+fn copy_link_refuses_chown_by_name() {
+    let fixture = Fixture::new();
+    let build = |line: &str| {
+        let ctx = context(&[
+            ("Dockerfile", &format!("FROM busybox\n{line}\n")),
+            ("a.txt", "a\n"),
+        ]);
+        fixture.build(&[ctx.path().to_str().unwrap()])
+    };
+    for line in [
+        "COPY --link --chown=nobody a.txt /a",
+        "ADD --link --chown=1000:staff a.txt /a",
+    ] {
+        let err = failed(&build(line));
+        assert!(err.contains("Dockerfile:2"), "{line}: {err}");
+        assert!(
+            err.contains("with --link: a linked layer is made without"),
+            "{line}: {err}"
+        );
+    }
+    for line in [
+        "COPY --link --chown=1000:1000 a.txt /a",
+        "COPY --link --chown=root:1 a.txt /a",
+        "COPY --link --chown=nobody --chmod=640 a.txt /a",
+    ] {
+        ok(&build(line));
+    }
+}
+
 #[test]
 fn onbuild_triggers_of_a_base_image_and_docker_media_types() {
     let fixture = Fixture::new();

@@ -96,6 +96,14 @@ impl ChownSpec {
         ChownSpec { user, group }
     }
 
+    /// Whether a user or group is given by a (non-empty) name, which
+    /// BuildKit looks up in the base: an empty one is id 0.
+    pub fn names_a_user_or_group(&self) -> bool {
+        [&self.user, &self.group]
+            .into_iter()
+            .any(|p| matches!(p, Some(Principal::Name(name)) if !name.is_empty()))
+    }
+
     /// Whether resolving needs the target's passwd/group files.
     pub fn needs_lookup(&self) -> bool {
         matches!(self.user, Some(Principal::Name(_)))

@@ -979,7 +979,7 @@ impl<'a> Planner<'a> {
             _ => None,
         };
         Ok(CopyStep {
-            link: linked(c.link, &step),
+            link: linked(c.link, &step, site)?,
             exclude: c.exclude.clone(),
             parents: c.parents,
             from_digest,
@@ -1028,7 +1028,7 @@ impl<'a> Planner<'a> {
             }
         }
         Ok(CopyStep {
-            link: linked(a.link, &step),
+            link: linked(a.link, &step, site)?,
             exclude: a.exclude.clone(),
             unpack: a.unpack,
             keep_git_dir: if any_git { a.keep_git_dir } else { None },
@@ -1293,6 +1293,19 @@ fn copy_history(verb: &str, parents: bool, step: &CopyStep) -> String {
 /// empty directory, seeing nothing of the base): not with `--chmod`, which
 /// BuildKit's frontend copies onto the current state instead
 /// (`convert_copy.go`: the merge only when `cfg.link && cfg.chmod == ""`).
-fn linked(link: bool, step: &CopyStep) -> bool {
-    link && step.chmod.is_none()
+/// A linked layer has no base to look a user or group name up in:
+/// `--chown` by name is refused there, as BuildKit refuses it (its solver
+/// with "invalid user index: -1", its frontend since moby/buildkit#7134).
+fn linked(link: bool, step: &CopyStep, site: &Site<'_>) -> Result<bool, PlanError> {
+    let linked = link && step.chmod.is_none();
+    if let Some(chown) = step.chown.as_deref().filter(|_| linked) {
+        if crate::users::ChownSpec::parse(chown).names_a_user_or_group() {
+            return Err(site.invalid(format!(
+                "--chown={chown} with --link: a linked layer is made without the base's \
+                 /etc/passwd and /etc/group, so only numeric ids (and root) can be used; \
+                 give --chown=UID:GID, or drop --link"
+            )));
+        }
+    }
+    Ok(linked)
 }

@@ -59,9 +59,9 @@ pub(super) fn execute_copy(
     };
     // COPY --link copies onto an empty directory, as BuildKit does: the
     // layer stands alone, so nothing of the base (a symlink on the
-    // destination path, say) is seen or followed. Owners named in --chown
-    // still come from the base's /etc/passwd and /etc/group. (With
-    // --chmod, the plan made it a plain copy, as BuildKit's frontend does.)
+    // destination path, say) is seen or followed; the plan refused
+    // --chown by name there. (With --chmod, the plan made it a plain copy,
+    // as BuildKit's frontend does.)
     let linked;
     let rootfs: &LayeredRootfs = if c.link {
         linked = LayeredRootfs::new(rootfs.upper(), Vec::new());
