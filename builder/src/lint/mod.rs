@@ -370,26 +370,45 @@ impl Linter {
     /// `# check=skip=…` comment, or hadolint's `# hadolint ignore=DL…`,
     /// right above it), dedups, sorts.
     fn finish(self, report: &mut Report, config: &CheckOptions, comments: &[(usize, Vec<String>)]) {
-        let skipped_here = |f: &Finding| -> bool {
-            let here = comments
+        // The comments right above the finding's instruction.
+        let comments_at = |line: usize| {
+            comments
                 .iter()
-                .filter(|(line, _)| *line == f.line)
-                .flat_map(|(_, c)| c.iter());
-            here.clone()
+                .filter(move |(at, _)| *at == line)
+                .flat_map(|(_, c)| c.iter())
+        };
+        // Their `# check=…` options (BuildKit reads the first word).
+        let checks_at = |line: usize| {
+            comments_at(line)
                 .filter_map(|c| {
                     let (name, value) = c.split_once('=')?;
                     (name.trim().eq_ignore_ascii_case("check")).then_some(value)
                 })
                 .filter_map(|v| CheckOptions::parse(v.split(' ').next().unwrap_or("")).ok())
-                .any(|o| o.skip_all || o.skip.iter().any(|s| s == f.rule))
-                || here
+        };
+        let skipped_here = |f: &Finding| -> bool {
+            checks_at(f.line).any(|o| o.skip_all || o.skip.iter().any(|s| s == f.rule))
+                || comments_at(f.line)
                     .filter_map(|c| hadolint_ignored(c))
                     .flatten()
                     .any(|code| f.hadolint_code() == Some(code))
         };
+        // An experimental rule runs only where `experimental=` asks for it
+        // (file-wide or in a `# check=` comment right above), and then
+        // whatever `skip=` says.
+        let experimental_here = |f: &Finding| -> bool {
+            let asks =
+                |o: &CheckOptions| o.experimental_all || o.experimental.iter().any(|r| r == f.rule);
+            asks(config) || checks_at(f.line).any(|o| asks(&o))
+        };
         let mut findings: Vec<Finding> = Vec::new();
         for f in self.findings {
-            if config.skip_all || config.skip.iter().any(|s| s == f.rule) || skipped_here(&f) {
+            let kept = if rules::EXPERIMENTAL.contains(&f.rule) {
+                experimental_here(&f)
+            } else {
+                !(config.skip_all || config.skip.iter().any(|s| s == f.rule) || skipped_here(&f))
+            };
+            if !kept {
                 continue;
             }
             if !findings.contains(&f) {

@@ -260,7 +260,20 @@ pub const ALL: &[Rule] = &[
     SUDO_IN_RUN,
     PIPE_WITHOUT_PIPEFAIL,
     CONSECUTIVE_RUN,
+    INVALID_DEFINITION_DESCRIPTION,
 ];
+
+buildkit!(
+    INVALID_DEFINITION_DESCRIPTION,
+    "InvalidDefinitionDescription",
+    "invalid-definition-description",
+    "Comment for build stage or argument should follow the format: `# <arg/stage name> <description>`. If this is not intended to be a description comment, add an empty line or comment between the instruction and the comment."
+);
+
+/// BuildKit's experimental rules: reported only when `# check=experimental=`
+/// names them (or `all`), and then whatever `skip=` says, as BuildKit's
+/// `Linter.Run` does.
+pub const EXPERIMENTAL: &[&str] = &[INVALID_DEFINITION_DESCRIPTION.name];
 
 /// The rule called `name`, if kiln knows it.
 pub fn by_name(name: &str) -> Option<&'static Rule> {

@@ -15,9 +15,58 @@ use crate::plan::{predefined_args, BuildOptions};
 /// Every rule of this module, in BuildKit's order.
 pub(super) fn run(df: &ins::Dockerfile, options: &LintOptions<'_>, linter: &mut Linter) {
     parse_time_rules(df, linter);
+    definition_descriptions(df, linter);
     stage_name_rules(df, linter);
     casing_rule(df, linter);
     invalid_default_args(df, options, linter);
+}
+
+/// InvalidDefinitionDescription (experimental): the comment right above
+/// a named FROM or an ARG starts with the stage's name or one of the ARG's
+/// keys, as BuildKit's `validateDefinitionDescription` wants.
+fn definition_descriptions(df: &ins::Dockerfile, linter: &mut Linter) {
+    let mut check = |instruction: &str, meta: &ins::Meta, keys: Vec<&str>| {
+        let (Some(comment), Some(first_key)) = (meta.comments.last(), keys.first()) else {
+            return;
+        };
+        let first_word = comment.split(' ').next().unwrap_or("");
+        if keys.contains(&first_word) {
+            return;
+        }
+        let example = if keys.len() > 1 {
+            "<arg_key>"
+        } else {
+            first_key
+        };
+        linter.fire(
+            &rules::INVALID_DEFINITION_DESCRIPTION,
+            meta,
+            format!(
+                "Comment for {instruction} should follow the format: `# {example} <description>`"
+            ),
+        );
+    };
+    for arg in &df.meta_args {
+        check(
+            "ARG",
+            &arg.meta,
+            arg.args.iter().map(|a| a.key.as_str()).collect(),
+        );
+    }
+    for stage in &df.stages {
+        if let Some(name) = &stage.name {
+            check("FROM", &stage.from, vec![name.as_str()]);
+        }
+        for instruction in &stage.instructions {
+            if let Instruction::Arg(arg) = instruction {
+                check(
+                    "ARG",
+                    &arg.meta,
+                    arg.args.iter().map(|a| a.key.as_str()).collect(),
+                );
+            }
+        }
+    }
 }
 
 /// MaintainerDeprecated, StageNameCasing, FromAsCasing (BuildKit runs
