@@ -299,6 +299,14 @@ mod tests {
             unread(&["login", "--registry-timeout", "5", "-u", "a", "h"]),
             Ok(())
         );
+        assert_eq!(
+            unread(&["explain", "--offline", "--registry-timeout", "5"]),
+            Err(
+                "--registry-timeout has no effect on `kiln explain`, which talks to no \
+                 registry (--offline)"
+                    .into()
+            )
+        );
         for args in [
             &["parse", "--registry-speed-limit", "1"][..],
             &["tag", "--registry-speed-time", "1", "a", "b"],

@@ -172,6 +172,9 @@ pub struct Reads {
     pub store: bool,
     /// Registries: the transfer limits and the registry configuration file.
     pub registries: bool,
+    /// What makes the command read less than it usually does (`--offline`),
+    /// said with a refusal.
+    pub because: &'static str,
 }
 
 impl Reads {
@@ -179,21 +182,25 @@ impl Reads {
     pub const NOTHING: Reads = Reads {
         store: false,
         registries: false,
+        because: "",
     };
     /// The store only.
     pub const STORE: Reads = Reads {
         store: true,
         registries: false,
+        because: "",
     };
     /// Registries only: `login`.
     pub const REGISTRIES: Reads = Reads {
         store: false,
         registries: true,
+        because: "",
     };
     /// Both: every command that may fetch or push.
     pub const BOTH: Reads = Reads {
         store: true,
         registries: true,
+        because: "",
     };
 }
 
@@ -234,8 +241,12 @@ pub fn refuse_unread_flags(matches: &clap::ArgMatches, reads: Reads) -> Result<(
         command.push(name);
         level = sub;
     }
+    let because = match reads.because {
+        "" => String::new(),
+        because => format!(" ({because})"),
+    };
     Err(format!(
-        "{spelling} has no effect on `{}`, which {why}",
+        "{spelling} has no effect on `{}`, which {why}{because}",
         command.join(" ")
     ))
 }

@@ -275,6 +275,21 @@ RUN --mount=type=cache,target=/c,id=owned,uid=65534,gid=65534,mode=0700 \
     );
     assert_eq!(read(&again, "/mode"), "700 65534\n");
     assert_eq!(read(&again, "/ls"), "x\n");
+    // With `source=`, BuildKit makes no owned directory: the owner and
+    // mode are not part of the cache, which the plain mount shares. And
+    // the mode's permission bits only: 1777 is 777's cache, without the
+    // sticky bit.
+    let shared = fixture.rootfs(
+        "cache-source-owner",
+        "FROM busybox:latest\n\
+         RUN --mount=type=cache,target=/c,id=sub,source=s,uid=1000 touch /c/y\n\
+         RUN --mount=type=cache,target=/c,id=sub,source=s ls /c > /ls\n\
+         RUN --mount=type=cache,target=/c,id=bits,mode=777 touch /c/z\n\
+         RUN --mount=type=cache,target=/c,id=bits,mode=1777 stat -c '%a' /c > /bits && ls /c >> /bits\n",
+        &["--no-cache"],
+    );
+    assert_eq!(read(&shared, "/ls"), "y\n");
+    assert_eq!(read(&shared, "/bits"), "777\nz\n");
     // Control: without an owner, nobody cannot write the cache.
     let denied = fixture.rootfs(
         "cache-denied",

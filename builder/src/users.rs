@@ -106,8 +106,7 @@ impl ChownSpec {
 
     /// Whether resolving needs the target's passwd/group files.
     pub fn needs_lookup(&self) -> bool {
-        matches!(self.user, Some(Principal::Name(_)))
-            || matches!(self.group, Some(Principal::Name(_)))
+        self.names_a_user_or_group()
     }
 
     /// Resolves against the target root filesystem.
@@ -119,6 +118,9 @@ impl ChownSpec {
                 owner.uid = *id;
                 owner.gid = *id;
             }
+            // `--chown=:group`: BuildKit marshals the empty user name as id
+            // 0, looked up nowhere.
+            Some(Principal::Name(name)) if name.is_empty() => {}
             Some(Principal::Name(name)) => {
                 let passwd = read_etc(rootfs, "etc/passwd")?;
                 let found = passwd_entries(&passwd).find(|entry| entry.name == name);
@@ -127,9 +129,6 @@ impl ChownSpec {
                         owner.uid = entry.uid;
                         owner.gid = entry.gid;
                     }
-                    // `--chown=:group` looks up the empty name: root, and
-                    // nothing worth a warning.
-                    None if name.is_empty() => {}
                     None => unresolved.push(Unresolved::User(name.clone())),
                 }
             }
@@ -229,6 +228,8 @@ mod tests {
         // An empty group is id 0, as BuildKit marshals it, with nothing to
         // warn about.
         assert_eq!(r("app:"), Owner { uid: 1000, gid: 0 });
+        assert!(!ChownSpec::parse(":").needs_lookup());
+        assert!(!ChownSpec::parse(":7").needs_lookup());
         assert_eq!(
             ChownSpec::parse("app:").resolve(&tree).unwrap().warning(),
             None
@@ -285,6 +286,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("etc/passwd")).unwrap();
         let tree = DirTree::new(dir.path());
+        // An empty user is id 0, read from nowhere (BuildKit's marshalling).
+        assert_eq!(
+            ChownSpec::parse(":7").resolve(&tree).unwrap().owner,
+            Owner { uid: 0, gid: 7 }
+        );
         let err = ChownSpec::parse("app").resolve(&tree).unwrap_err();
         assert_eq!(
             err.to_string(),

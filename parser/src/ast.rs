@@ -67,6 +67,19 @@ pub struct CheckOptions {
 pub struct CheckOptionsError(String);
 
 impl CheckOptions {
+    /// The options of the `check=…` comment among an instruction's
+    /// comments (each without its `#`), as BuildKit's
+    /// `WithMergedConfigFromComments` finds them: the first comment that is
+    /// a `check` directive counts, by its first word, and none when that
+    /// does not parse.
+    pub fn of_comments(comments: &[String]) -> Option<CheckOptions> {
+        let value = comments.iter().find_map(|comment| {
+            let (name, value) = crate::parser::match_directive(comment.trim_start())?;
+            name.eq_ignore_ascii_case("check").then_some(value)
+        })?;
+        CheckOptions::parse(value.split(' ').next().unwrap_or("")).ok()
+    }
+
     pub fn parse(value: &str) -> Result<Self, CheckOptionsError> {
         let mut options = CheckOptions::default();
         let value = value.trim();
@@ -322,6 +335,27 @@ pub(crate) fn go_trim_space(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An instruction's `# check=` comment as BuildKit's
+    /// WithMergedConfigFromComments finds it: the first `check` directive
+    /// among the comments, spaces round `=` allowed, by its first word;
+    /// none when that one does not parse (a later one is not tried).
+    #[test]
+    fn check_options_of_comments() {
+        let of = |comments: &[&str]| {
+            let comments: Vec<String> = comments.iter().map(|c| c.to_string()).collect();
+            CheckOptions::of_comments(&comments)
+        };
+        assert!(
+            of(&["check = experimental=all // why"])
+                .unwrap()
+                .experimental_all
+        );
+        assert_eq!(of(&["a note", "check=skip=A"]).unwrap().skip, ["A"]);
+        assert_eq!(of(&["check=bogus", "check=skip=all"]), None);
+        assert_eq!(of(&["checks=skip=all"]), None);
+        assert_eq!(of(&[]), None);
+    }
 
     #[test]
     fn check_directive_options() {

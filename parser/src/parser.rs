@@ -107,27 +107,32 @@ struct Directives {
     /// The first line was a `#!` line: the parser reads no directive after
     /// it (an `escape` there is a comment), but BuildKit's `ParseDirective`
     /// and `DetectSyntax`, which skip such a line, still read `syntax` and
-    /// `check` from the lines after it while they are directives.
+    /// `check` from the lines after it while they are directives (and no
+    /// key repeats: its `ParseAll` stops there).
     after_shebang: bool,
+    /// The directive keys seen after the `#!` line.
+    after_shebang_keys: Vec<String>,
 }
 
 impl Directives {
-    /// Looks at a line (newline and leading space already trimmed).
-    /// Returns whether it was a directive.
+    /// Looks at a line (`line`: newline and leading space trimmed; `raw`:
+    /// the newline only, as BuildKit's `ParseDirective` reads it). Returns
+    /// whether it was a directive.
     fn parse_line(
         &mut self,
         line: &str,
+        raw: &str,
         line_no: usize,
         loc: &Locator,
     ) -> Result<bool, ParseError> {
-        if line_no == 1 && line.starts_with("#!") {
+        if line_no == 1 && raw.starts_with("#!") {
             self.done = true;
             self.after_shebang = true;
             return Ok(false);
         }
         if self.done {
             if self.after_shebang {
-                self.after_shebang = self.directive_after_shebang(line, line_no, loc);
+                self.after_shebang = self.directive_after_shebang(raw, line_no, loc);
             }
             return Ok(false);
         }
@@ -196,22 +201,26 @@ impl Directives {
 }
 
 impl Directives {
-    /// A line after a `#!` first line (see [`Directives::after_shebang`]):
-    /// a `syntax` or `check` directive is recorded (the first of each; the
-    /// line stays a comment to the parser, as in BuildKit); returns whether
-    /// the line was a directive, so that the next one is looked at too.
-    fn directive_after_shebang(&mut self, line: &str, line_no: usize, loc: &Locator) -> bool {
-        let Some(body) = line.strip_prefix('#') else {
+    /// A line after a `#!` first line, as read (see
+    /// [`Directives::after_shebang`]): a `syntax` or `check` directive is
+    /// recorded (the line stays a comment to the parser, as in BuildKit);
+    /// returns whether the next line is to be looked at too: not after a
+    /// line that is no directive, or a key seen already.
+    fn directive_after_shebang(&mut self, raw: &str, line_no: usize, loc: &Locator) -> bool {
+        let Some(body) = raw.strip_prefix('#') else {
             return false;
         };
         let Some((name, value)) = match_directive(body.trim_start_matches(is_space)) else {
             return false;
         };
         let key = name.to_ascii_lowercase();
-        if !matches!(key.as_str(), "syntax" | "escape" | "check") {
+        if !matches!(key.as_str(), "syntax" | "escape" | "check")
+            || self.after_shebang_keys.contains(&key)
+        {
             return false;
         }
-        if key != "escape" && !self.found.iter().any(|d| d.name == key) {
+        self.after_shebang_keys.push(key.clone());
+        if key != "escape" {
             let end_column = loc.line_text(line_no).unwrap_or("").chars().count() + 1;
             self.found.push(Directive {
                 name: key,
@@ -233,7 +242,7 @@ impl Directives {
 }
 
 /// BuildKit's directive regex `^([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$`.
-fn match_directive(body: &str) -> Option<(&str, &str)> {
+pub(crate) fn match_directive(body: &str) -> Option<(&str, &str)> {
     let is_re_space = |c: char| matches!(c, '\t' | '\n' | '\u{c}' | '\r' | ' ');
     let mut chars = body.char_indices();
     let (_, first) = chars.next()?;
@@ -272,6 +281,7 @@ pub fn parse(source: &str, file_name: &str) -> Result<Dockerfile, ParseError> {
             escape: DEFAULT_ESCAPE,
             found: Vec::new(),
             after_shebang: false,
+            after_shebang_keys: Vec::new(),
         },
         current_line: 0,
         comments: Vec::new(),
@@ -320,11 +330,14 @@ impl Reader<'_> {
             if is_comment(raw) {
                 self.note_comment(raw);
             }
-            let processed = trim_leading_whitespace(trim_newline(raw));
-            if self
-                .directives
-                .parse_line(processed, self.current_line + 1, self.loc)?
-            {
+            let unterminated = trim_newline(raw);
+            let processed = trim_leading_whitespace(unterminated);
+            if self.directives.parse_line(
+                processed,
+                unterminated,
+                self.current_line + 1,
+                self.loc,
+            )? {
                 self.comments.pop();
             }
             let processed = if is_comment(processed) { "" } else { processed };
@@ -438,7 +451,7 @@ impl Reader<'_> {
             };
             let processed = trim_newline(raw);
             self.directives
-                .parse_line(processed, self.current_line + 1, self.loc)?;
+                .parse_line(processed, processed, self.current_line + 1, self.loc)?;
             self.current_line += 1;
             if is_comment(raw) {
                 continue;
@@ -961,6 +974,18 @@ mod tests {
         // escape after a shebang is a comment: `\` still continues lines.
         let ast = crate::parse("#!/bin/sh\n# escape=`\nRUN a \\\n b\n", "Dockerfile").unwrap();
         assert_eq!(ast.nodes.len(), 1);
+        // A repeated key ends them (BuildKit's ParseAll stops there), and
+        // so does an indented line, which BuildKit reads as it is.
+        assert_eq!(
+            names("#!/bin/sh\n# check=error=true\n# check=skip=all\n# syntax=a/b\nFROM x\n"),
+            [("check".to_string(), "error=true".to_string(), 2)]
+        );
+        assert_eq!(
+            names("#!/bin/sh\n# escape=`\n# escape=\\\n# syntax=a/b\nFROM x\n"),
+            []
+        );
+        assert_eq!(names("#!/bin/sh\n  # syntax=a/b\nFROM x\n"), []);
+        assert_eq!(names("  #!/bin/sh\n# syntax=a/b\nFROM x\n"), []);
         // Without a shebang, nothing changes.
         assert_eq!(
             names("# check=skip=all\nFROM x\n"),

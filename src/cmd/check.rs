@@ -160,7 +160,10 @@ impl CheckCommand {
             // Base images are looked up in the store only.
             CheckCommand::Check(_) => Reads::STORE,
             // --offline asks no registry.
-            CheckCommand::Explain(args) if args.offline => Reads::STORE,
+            CheckCommand::Explain(args) if args.offline => Reads {
+                because: "--offline",
+                ..Reads::STORE
+            },
             CheckCommand::Explain(_) => Reads::BOTH,
         }
     }

@@ -377,17 +377,13 @@ impl Linter {
                 .filter(move |(at, _)| *at == line)
                 .flat_map(|(_, c)| c.iter())
         };
-        // Their `# check=…` options (BuildKit reads the first word).
+        // Their `# check=…` options, as BuildKit merges them.
         let checks_at = |line: usize| {
-            comments_at(line)
-                .filter_map(|c| {
-                    let (name, value) = c.split_once('=')?;
-                    (name.trim().eq_ignore_ascii_case("check")).then_some(value)
-                })
-                .filter_map(|v| CheckOptions::parse(v.split(' ').next().unwrap_or("")).ok())
+            let here: Vec<String> = comments_at(line).cloned().collect();
+            CheckOptions::of_comments(&here)
         };
         let skipped_here = |f: &Finding| -> bool {
-            checks_at(f.line).any(|o| o.skip_all || o.skip.iter().any(|s| s == f.rule))
+            checks_at(f.line).is_some_and(|o| o.skip_all || o.skip.iter().any(|s| s == f.rule))
                 || comments_at(f.line)
                     .filter_map(|c| hadolint_ignored(c))
                     .flatten()
@@ -399,7 +395,7 @@ impl Linter {
         let experimental_here = |f: &Finding| -> bool {
             let asks =
                 |o: &CheckOptions| o.experimental_all || o.experimental.iter().any(|r| r == f.rule);
-            asks(config) || checks_at(f.line).any(|o| asks(&o))
+            asks(config) || checks_at(f.line).is_some_and(|o| asks(&o))
         };
         let mut findings: Vec<Finding> = Vec::new();
         for f in self.findings {

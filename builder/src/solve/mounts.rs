@@ -134,7 +134,9 @@ fn cache_mount(
     // BuildKit keys a cache on its id and the ref it starts from (the seed,
     // or the `/cache` directory setCacheUIDGID makes); a plain one keeps
     // the name it always had.
-    let owned = spec.uid.is_some() || spec.gid.is_some() || spec.mode.is_some();
+    // (BuildKit makes that directory only when no `source=` picks a
+    // subdirectory, and its mkdir keeps the permission bits only.)
+    let owned = (spec.uid.is_some() || spec.gid.is_some() || spec.mode.is_some()) && rel.is_empty();
     let mut key = id;
     if let Some(from) = from {
         key = format!("{key}\0{}", from.identity);
@@ -144,7 +146,7 @@ fn cache_mount(
             "{key}\0owned {}:{}:{:o}",
             spec.uid.unwrap_or(0),
             spec.gid.unwrap_or(0),
-            spec.mode.unwrap_or(0o755)
+            owned_mode(spec)
         );
     }
     let name = crate::context::hex(&<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes()));
@@ -157,7 +159,7 @@ fn cache_mount(
         Locked::Held(dir, lock) => (dir, lock),
         Locked::Busy(dir) => return Ok(vec![StepMount::Busy(dir)]),
     };
-    let source = if owned && rel.is_empty() {
+    let source = if owned {
         owned_cache_dir(&dir, spec)?
     } else {
         // `source=` picks a subdirectory of the cache (of the seed), its
@@ -258,12 +260,15 @@ fn owned_cache_dir(dir: &Path, spec: &kiln_parser::mount::Mount) -> Result<PathB
         Some(rustix::fs::Gid::from_raw(spec.gid.unwrap_or(0))),
     )
     .map_err(|e| failed(e.into()))?;
-    rustix::fs::chmod(
-        &owned,
-        rustix::fs::Mode::from_raw_mode(spec.mode.unwrap_or(0o755)),
-    )
-    .map_err(|e| failed(e.into()))?;
+    rustix::fs::chmod(&owned, rustix::fs::Mode::from_raw_mode(owned_mode(spec)))
+        .map_err(|e| failed(e.into()))?;
     Ok(owned)
+}
+
+/// The mode of an owned cache's directory: `mode=` (0755 by default), its
+/// permission bits only, as BuildKit's `llb.Mkdir` marshals it.
+fn owned_mode(spec: &kiln_parser::mount::Mount) -> u32 {
+    spec.mode.unwrap_or(0o755) & 0o777
 }
 
 /// `type=secret`, as BuildKit's dispatchSecret: the id is `source=`,
