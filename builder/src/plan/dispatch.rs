@@ -932,6 +932,21 @@ impl<'a> Planner<'a> {
         site: &mut Site<'_>,
         state: &State,
     ) -> Result<CopyStep, PlanError> {
+        // BuildKit processes the name with no variable set, and refuses it
+        // when that changes it.
+        if let Some(name) = &c.from {
+            let bare: Vec<(String, String)> = Vec::new();
+            let processed = Lexer::new(self.df.escape)
+                .expand(name, &bare)
+                .map_err(|e| site.invalid(e.to_string()))?;
+            if processed.value != *name {
+                return Err(site.invalid(
+                    "variable expansion is not supported for --from, define a new stage with \
+                     FROM using ARG from global scope as a workaround"
+                        .into(),
+                ));
+            }
+        }
         let from = match &c.from {
             None => CopyFrom::Context,
             Some(name) => match self.stage_ref(name, site.stage, site.line)? {
