@@ -737,6 +737,11 @@ const NOT_BUILDABLE: &[(&str, &str, &str)] = &[
         "unexpected query",
     ),
     (
+        "builder/plan/errors-copy-from-variable",
+        "COPY --from holds a variable, which BuildKit refuses; the case checks that error",
+        "variable expansion is not supported for --from",
+    ),
+    (
         "builder/plan/errors-forward-copy",
         "COPY --from names a later stage; the case checks that error",
         "it needs to be defined before current stage",
