@@ -26,7 +26,7 @@ use kiln_layers::compressed::compressed_image;
 use kiln_layers::index::{write_attestation_manifest, IndexWriter};
 use kiln_layers::{Descriptor, Platform, Reference};
 
-use crate::cache::{CacheExport, CacheSources};
+use crate::cache::CacheSources;
 use crate::export::Output;
 use crate::plan::{BuildOptions, Plan, PlanWarning};
 use crate::provenance::{self, ProvenanceRequest, SourceInfo};
@@ -69,21 +69,12 @@ impl<'a> Session<'a> {
         let started = SystemTime::now();
         let cache_from = CacheSources::new(&self.cache.sources, self.events);
         let images = self.solve_all(&plans, &cache_from)?;
-        // One cache for every platform's steps (type=inline is each
-        // image's own: every solve wrote it into its config).
-        let export = CacheExport::merged(
-            plans
-                .iter()
-                .zip(&images)
-                .map(|(planned, image)| CacheExport::new(&planned.plan, image.steps.clone()))
-                .collect(),
-        );
-        let result = self.finish_index(&plans, images, started)?;
+        let result = self.finish_index(&plans, &images, started)?;
         let blobs = BuildBlobs {
             sources: &cache_from,
             resolver: &plans[0].resolver,
         };
-        self.export_cache(&export, &blobs)?;
+        self.export_cache(&plans, &images, &blobs)?;
         self.write_files(&result)?;
         Ok(result)
     }
@@ -97,19 +88,19 @@ impl<'a> Session<'a> {
     pub(crate) fn finish_index(
         &self,
         plans: &[&Planned<'a>],
-        images: Vec<BuiltImage>,
+        images: &[BuiltImage],
         started: SystemTime,
     ) -> Result<BuildResult, BuildError> {
-        let index = self.write_index(&images, plans, started)?;
+        let index = self.write_index(images, plans, started)?;
         let mut result = BuildResult {
             image_id: index.digest.clone(),
             reported: index.clone(),
             built: images[0].clone(),
             pushed: Vec::new(),
             checks: plans[0].checks.findings.clone(),
-            index: Some((index.clone(), images.clone())),
+            index: Some((index.clone(), images.to_vec())),
         };
-        self.write_outputs(&mut result, &index, &images)?;
+        self.write_outputs(&mut result, &index, images)?;
         self.push(&mut result)?;
         Ok(result)
     }

@@ -732,13 +732,13 @@ impl<'a> Session<'a> {
         let started = std::time::SystemTime::now();
         let built = self.solve_planned(&planned, None, self.events, &cache_from)?;
         if self.settings.provenance.is_some() || self.index_asked() {
-            let export = CacheExport::new(&planned.plan, built.steps.clone());
-            let result = self.finish_index(&[&planned], vec![built], started)?;
+            let built = std::slice::from_ref(&built);
+            let result = self.finish_index(&[&planned], built, started)?;
             let blobs = BuildBlobs {
                 sources: &cache_from,
                 resolver: &planned.resolver,
             };
-            self.export_cache(&export, &blobs)?;
+            self.export_cache(&[&planned], built, &blobs)?;
             self.write_files(&result)?;
             return Ok(result);
         }
@@ -757,10 +757,7 @@ impl<'a> Session<'a> {
             sources: &cache_from,
             resolver: &planned.resolver,
         };
-        self.export_cache(
-            &CacheExport::new(&planned.plan, result.built.steps.clone()),
-            &blobs,
-        )?;
+        self.export_cache(&[&planned], std::slice::from_ref(&result.built), &blobs)?;
         self.write_files(&result)?;
         Ok(result)
     }
@@ -888,17 +885,30 @@ impl<'a> Session<'a> {
         Ok(built)
     }
 
-    /// Runs each `--cache-to` exporter on `export`; a failure fails the
-    /// build unless it said `ignore-error=true` (then it is a warning), as
-    /// in BuildKit.
+    /// Runs each `--cache-to` exporter on the steps of `images` (one per
+    /// plan: a build for several platforms exports one cache of every
+    /// platform's steps, as BuildKit does); a failure fails the build
+    /// unless it said `ignore-error=true` (then it is a warning), as in
+    /// BuildKit.
     pub(crate) fn export_cache(
         &self,
-        export: &CacheExport,
+        plans: &[&Planned<'a>],
+        images: &[BuiltImage],
         blobs: &BuildBlobs<'_>,
     ) -> Result<(), BuildError> {
+        if self.cache.exporters.is_empty() {
+            return Ok(());
+        }
+        let export = CacheExport::merged(
+            plans
+                .iter()
+                .zip(images)
+                .map(|(planned, image)| CacheExport::new(&planned.plan, image.steps.clone()))
+                .collect(),
+        );
         for exporter in &self.cache.exporters {
             let started = Instant::now();
-            match exporter.export(self.store, export, blobs, self.reporter) {
+            match exporter.export(self.store, &export, blobs, self.reporter) {
                 Ok(lines) => {
                     self.events
                         .internal(&exporter.name(), &lines, started.elapsed().as_secs_f64())

@@ -72,8 +72,8 @@ impl CheckOptions {
     /// `WithMergedConfigFromComments` finds them: the first comment that is
     /// a `check` directive counts, by its first word, and none when that
     /// does not parse.
-    pub fn of_comments(comments: &[String]) -> Option<CheckOptions> {
-        let value = comments.iter().find_map(|comment| {
+    pub fn of_comments<'a>(comments: impl IntoIterator<Item = &'a str>) -> Option<CheckOptions> {
+        let value = comments.into_iter().find_map(|comment| {
             let (name, value) = crate::parser::match_directive(comment.trim_start())?;
             name.eq_ignore_ascii_case("check").then_some(value)
         })?;
@@ -342,10 +342,7 @@ mod tests {
     /// none when that one does not parse (a later one is not tried).
     #[test]
     fn check_options_of_comments() {
-        let of = |comments: &[&str]| {
-            let comments: Vec<String> = comments.iter().map(|c| c.to_string()).collect();
-            CheckOptions::of_comments(&comments)
-        };
+        let of = |comments: &[&str]| CheckOptions::of_comments(comments.iter().copied());
         assert!(
             of(&["check = experimental=all // why"])
                 .unwrap()

@@ -181,7 +181,13 @@ impl Directives {
                 }
             }
         }
-        let end_column = line_text.chars().count() + 1;
+        self.record(key, value, line_no, loc);
+        Ok(true)
+    }
+
+    /// Records directive `key` = `value`, spanning its whole line.
+    fn record(&mut self, key: String, value: &str, line_no: usize, loc: &Locator) {
+        let end_column = loc.line_text(line_no).unwrap_or("").chars().count() + 1;
         self.found.push(Directive {
             name: key,
             value: value.to_string(),
@@ -196,11 +202,8 @@ impl Directives {
                 },
             },
         });
-        Ok(true)
     }
-}
 
-impl Directives {
     /// A line after a `#!` first line, as read (see
     /// [`Directives::after_shebang`]): a `syntax` or `check` directive is
     /// recorded (the line stays a comment to the parser, as in BuildKit);
@@ -221,21 +224,7 @@ impl Directives {
         }
         self.after_shebang_keys.push(key.clone());
         if key != "escape" {
-            let end_column = loc.line_text(line_no).unwrap_or("").chars().count() + 1;
-            self.found.push(Directive {
-                name: key,
-                value: value.to_string(),
-                span: Span {
-                    start: Position {
-                        line: line_no,
-                        column: 1,
-                    },
-                    end: Position {
-                        line: line_no,
-                        column: end_column,
-                    },
-                },
-            });
+            self.record(key, value, line_no, loc);
         }
         true
     }

@@ -378,10 +378,8 @@ impl Linter {
                 .flat_map(|(_, c)| c.iter())
         };
         // Their `# check=…` options, as BuildKit merges them.
-        let checks_at = |line: usize| {
-            let here: Vec<String> = comments_at(line).cloned().collect();
-            CheckOptions::of_comments(&here)
-        };
+        let checks_at =
+            |line: usize| CheckOptions::of_comments(comments_at(line).map(String::as_str));
         let skipped_here = |f: &Finding| -> bool {
             checks_at(f.line).is_some_and(|o| o.skip_all || o.skip.iter().any(|s| s == f.rule))
                 || comments_at(f.line)
