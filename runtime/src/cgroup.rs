@@ -4,8 +4,8 @@
 //!
 //! The caller (kiln, before it starts the helper) creates the run's cgroups
 //! below the cgroups kiln itself is in, named `kiln-<pid>-<n>`; the
-//! container's init writes itself into their `cgroup.procs` before it does
-//! anything else, so the limits count exactly the container's processes
+//! container's init joins them (see [`CgroupVersion::join_file`]) before it
+//! does anything else, so the limits count exactly the container's processes
 //! (the helper stays outside) and no device is reachable before exec. When
 //! the run ends kiln kills whatever is left in them and removes them
 //! ([`RunCgroups`] does it on drop, on every path); cgroups left by a kiln
@@ -145,6 +145,27 @@ pub enum CgroupVersion {
     V1,
     #[serde(rename = "v2")]
     V2,
+}
+
+impl CgroupVersion {
+    /// The file of a cgroup on a hierarchy of this version that the
+    /// container's init writes `0` into to join it.
+    ///
+    /// On v1 that is `tasks`, which moves the calling thread only: the init
+    /// is single-threaded then (forked from the single-threaded helper, it
+    /// joins first), so its whole process moves. The kernel moves the
+    /// current thread without taking the global threadgroup lock, whose
+    /// writer waits an RCU grace period whenever no other writer took it
+    /// in the last one; `cgroup.procs` takes that lock, and a RUN then
+    /// waited up to a few tens of milliseconds to start (measured in
+    /// `testdata/bench/README.md`). On v2 `cgroup.threads` works only inside
+    /// a threaded subtree, so `cgroup.procs` it is.
+    pub fn join_file(self) -> &'static str {
+        match self {
+            CgroupVersion::V1 => "tasks",
+            CgroupVersion::V2 => "cgroup.procs",
+        }
+    }
 }
 
 /// v1 controllers kiln uses.
@@ -295,18 +316,19 @@ impl Layout {
         }
     }
 
-    /// Where a limit controller lives, or why it cannot be used.
-    fn controller(&self, name: &str) -> Result<PathBuf, String> {
+    /// Where a limit controller lives (its directory, on a hierarchy of which
+    /// version), or why it cannot be used.
+    fn controller(&self, name: &str) -> Result<(PathBuf, CgroupVersion), String> {
         match self.version() {
             Some(CgroupVersion::V1) => self
                 .v1
                 .get(name)
-                .cloned()
+                .map(|dir| (dir.clone(), CgroupVersion::V1))
                 .ok_or_else(|| format!("the cgroup v1 {name} controller is not mounted")),
             Some(CgroupVersion::V2) => {
                 let dir = self.unified.clone().unwrap_or_default();
                 if self.unified_controllers.iter().any(|c| c == name) {
-                    Ok(dir)
+                    Ok((dir, CgroupVersion::V2))
                 } else {
                     Err(format!(
                         "the {name} controller is not delegated to {} (cgroup.controllers)",
@@ -462,8 +484,9 @@ pub struct Plan {
     pub ops: Vec<Op>,
     /// Directories made, removed when the run ends.
     pub dirs: Vec<PathBuf>,
-    /// The `cgroup.procs` files the container's init writes itself into.
-    pub procs: Vec<PathBuf>,
+    /// The files the container's init writes `0` into to join the run's
+    /// cgroups ([`CgroupVersion::join_file`]).
+    pub join_files: Vec<PathBuf>,
     /// Forks the pids limit refused.
     pub pids_refused: Option<Counter>,
     /// Processes the OOM killer killed at the memory limit.
@@ -473,12 +496,12 @@ pub struct Plan {
 /// The cgroups for `request`, named `name`, below kiln's own (`layout`).
 pub fn plan(layout: &Layout, name: &str, request: &Request) -> Result<Plan, String> {
     let mut plan = Plan::default();
-    let dir_in = |plan: &mut Plan, parent: PathBuf| -> PathBuf {
+    let dir_in = |plan: &mut Plan, parent: PathBuf, hierarchy: CgroupVersion| -> PathBuf {
         let dir = parent.join(name);
         if !plan.dirs.contains(&dir) {
             plan.ops.push(Op::Mkdir(dir.clone()));
             plan.dirs.push(dir.clone());
-            plan.procs.push(dir.join("cgroup.procs"));
+            plan.join_files.push(dir.join(hierarchy.join_file()));
         }
         dir
     };
@@ -490,7 +513,7 @@ pub fn plan(layout: &Layout, name: &str, request: &Request) -> Result<Plan, Stri
     let version = layout.version();
     if version == Some(CgroupVersion::V2) && (request.pids.is_some() || request.memory.is_some()) {
         // Children get a controller only once their parent's subtree has it.
-        let parent = layout
+        let (parent, _) = layout
             .controller("pids")
             .or_else(|_| layout.controller("memory"))?;
         let missing: Vec<String> = [("pids", request.pids), ("memory", request.memory)]
@@ -506,7 +529,8 @@ pub fn plan(layout: &Layout, name: &str, request: &Request) -> Result<Plan, Stri
         }
     }
     if let Some(max) = request.pids {
-        let dir = dir_in(&mut plan, layout.controller("pids")?);
+        let (parent, hierarchy) = layout.controller("pids")?;
+        let dir = dir_in(&mut plan, parent, hierarchy);
         plan.ops.push(write(dir.join("pids.max"), max.to_string()));
         plan.pids_refused = Some(Counter {
             file: dir.join("pids.events"),
@@ -514,7 +538,8 @@ pub fn plan(layout: &Layout, name: &str, request: &Request) -> Result<Plan, Stri
         });
     }
     if let Some(bytes) = request.memory {
-        let dir = dir_in(&mut plan, layout.controller("memory")?);
+        let (parent, hierarchy) = layout.controller("memory")?;
+        let dir = dir_in(&mut plan, parent, hierarchy);
         // No swap on top of the limit: a runaway step is stopped, not paged out.
         let (limit, swap, swap_value, events, key) = match version {
             Some(CgroupVersion::V1) => (
@@ -550,7 +575,7 @@ pub fn plan(layout: &Layout, name: &str, request: &Request) -> Result<Plan, Stri
                 .get("devices")
                 .cloned()
                 .ok_or("the cgroup v1 devices controller is not mounted")?;
-            let dir = dir_in(&mut plan, parent);
+            let dir = dir_in(&mut plan, parent, CgroupVersion::V1);
             plan.ops
                 .push(write(dir.join("devices.deny"), "a".to_string()));
             for rule in DEFAULT_ALLOWED {
@@ -563,7 +588,7 @@ pub fn plan(layout: &Layout, name: &str, request: &Request) -> Result<Plan, Stri
                 .unified
                 .clone()
                 .ok_or("no cgroup2 hierarchy is mounted")?;
-            let dir = dir_in(&mut plan, parent);
+            let dir = dir_in(&mut plan, parent, CgroupVersion::V2);
             plan.ops.push(Op::AttachDeviceProgram(dir));
         }
         DeviceRestriction::NodevOnly | DeviceRestriction::Unrestricted => {}
@@ -597,9 +622,10 @@ pub struct RunCgroups {
 }
 
 impl RunCgroups {
-    /// The `cgroup.procs` files the container's init joins.
-    pub fn procs(&self) -> &[PathBuf] {
-        &self.plan.procs
+    /// The files the container's init writes `0` into to join the run's
+    /// cgroups ([`CgroupVersion::join_file`]).
+    pub fn join_files(&self) -> &[PathBuf] {
+        &self.plan.join_files
     }
 
     /// Forks the pids limit refused so far.

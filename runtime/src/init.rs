@@ -131,10 +131,12 @@ fn init(
         "parent death signal",
         sys.set_parent_death_signal(libc::SIGKILL),
     )?;
-    for procs in &cfg.cgroups {
+    // Single-threaded here, as a v1 `tasks` join needs (it moves the
+    // calling thread only).
+    for file in &cfg.cgroups {
         step(
-            format!("join cgroup {}", procs.display()),
-            sys.join_cgroup(procs),
+            format!("join cgroup {}", file.display()),
+            sys.join_cgroup(file),
         )?;
     }
     if cfg.chroot {

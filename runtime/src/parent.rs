@@ -408,7 +408,7 @@ pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeE
         config.new_userns = new_userns;
         config.cgroups = cgroups
             .as_ref()
-            .map(|c| c.procs().to_vec())
+            .map(|c| c.join_files().to_vec())
             .unwrap_or_default();
         config.nodev = request.devices.nodev();
         let slirp_log = state.scratch.join("slirp4netns.log");

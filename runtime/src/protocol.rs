@@ -75,8 +75,9 @@ pub struct ContainerConfig {
     /// Removed by the helper once the container is gone (a discarded upper
     /// dir, overlay's work dir), from inside the user namespace if any.
     pub remove_after_exit: Vec<PathBuf>,
-    /// `cgroup.procs` files the init writes itself into first, so that the
-    /// run's limits and device restriction hold for everything it does.
+    /// Files the init writes `0` into first to join the run's cgroups
+    /// (`tasks` on v1, `cgroup.procs` on v2), so that the run's limits and
+    /// device restriction hold for everything it does.
     #[serde(default)]
     pub cgroups: Vec<PathBuf>,
     /// No device cgroup restricts the container: mount its root, volumes

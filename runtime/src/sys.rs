@@ -41,9 +41,10 @@ pub trait Syscalls {
     /// option strings longer than the page mount(2) accepts. `options` is
     /// what mount(2) would take.
     fn mount_overlay_fsconfig(&mut self, target: &Path, options: &str) -> io::Result<()>;
-    /// Moves the calling process into a cgroup: writes `0` to its
-    /// `cgroup.procs` file `procs`.
-    fn join_cgroup(&mut self, procs: &Path) -> io::Result<()>;
+    /// Moves the caller into a cgroup: writes `0` to `file`, its `tasks`
+    /// (v1: the calling thread, the whole process when single-threaded) or
+    /// `cgroup.procs` (the whole process).
+    fn join_cgroup(&mut self, file: &Path) -> io::Result<()>;
     /// umount2(2).
     fn umount(&mut self, target: &Path, flags: libc::c_int) -> io::Result<()>;
     /// pivot_root(2).
@@ -309,11 +310,11 @@ impl Syscalls for RealSyscalls {
         )?)
     }
 
-    fn join_cgroup(&mut self, procs: &Path) -> io::Result<()> {
+    fn join_cgroup(&mut self, file: &Path) -> io::Result<()> {
         use std::io::Write;
         std::fs::OpenOptions::new()
             .write(true)
-            .open(procs)?
+            .open(file)?
             .write_all(b"0")
     }
 
@@ -841,8 +842,8 @@ impl Syscalls for RecordingSyscalls {
         ))
     }
 
-    fn join_cgroup(&mut self, procs: &Path) -> io::Result<()> {
-        self.record(format!("join_cgroup {}", procs.display()))
+    fn join_cgroup(&mut self, file: &Path) -> io::Result<()> {
+        self.record(format!("join_cgroup {}", file.display()))
     }
 
     fn umount(&mut self, target: &Path, flags: libc::c_int) -> io::Result<()> {

@@ -346,6 +346,54 @@ fn host_side_cgroups_hold_the_limits_while_a_container_runs() {
     }
 }
 
+/// The container's init joins its run's v1 cgroups through `tasks`, which
+/// moves one thread: the init (PID 1 in the container, the command after
+/// exec) and a process it starts are both in the run's cgroup of every
+/// hierarchy kiln uses here.
+#[test]
+fn the_whole_container_is_in_every_cgroup_of_its_run() {
+    require_root!();
+    let layout = Layout::probe();
+    let controllers: Vec<&str> = ["pids", "memory", "devices"]
+        .into_iter()
+        .filter(|c| layout.v1.contains_key(*c))
+        .collect();
+    if controllers.is_empty() {
+        eprintln!("skipped: no cgroup v1 controller kiln uses is mounted");
+        return;
+    }
+    let fixture = Fixture::new();
+    let out = kiln(
+        &fixture.root(),
+        &[
+            "run",
+            "--rm",
+            "busybox:latest",
+            "sh",
+            "-c",
+            "echo init; cat /proc/1/cgroup; echo child; cat /proc/self/cgroup",
+        ],
+    );
+    assert!(out.status.success(), "{}", combined(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (init, child) = stdout.split_once("child\n").expect("both listings printed");
+    for (who, listing) in [("init", init), ("child", child)] {
+        for controller in &controllers {
+            // `<n>:<controllers>:<path>`, the path's last part the run's.
+            let path = listing.lines().find_map(|line| {
+                let mut fields = line.splitn(3, ':').skip(1);
+                let (names, path) = (fields.next()?, fields.next()?);
+                names.split(',').any(|n| n == *controller).then_some(path)
+            });
+            let last = path.and_then(|p| p.rsplit('/').next()).unwrap_or("");
+            assert!(
+                last.starts_with("kiln-"),
+                "{who} is not in the run's {controller} cgroup: {path:?}\n{stdout}"
+            );
+        }
+    }
+}
+
 /// Every cgroup a run makes is removed when it ends: after a normal exit,
 /// a failure at a limit, a timeout (the container killed), and when kiln
 /// itself is killed (the container dies with it; the next run removes the

@@ -43,8 +43,8 @@ fn v2(controllers: &[&str], subtree: &[&str]) -> Layout {
 
 fn check_golden(case: &str, plan: &Plan) {
     let mut text: Vec<String> = plan.ops.iter().map(Op::to_string).collect();
-    for procs in &plan.procs {
-        text.push(format!("init joins {}", procs.display()));
+    for file in &plan.join_files {
+        text.push(format!("init joins {}", file.display()));
     }
     if let Some(c) = &plan.pids_refused {
         text.push(format!("refused forks: {} {}", c.file.display(), c.key));
@@ -205,10 +205,12 @@ fn plan_v2_enables_missing_controllers_and_attaches_the_device_program() {
     check_golden("v2", &plan);
 }
 
+/// The device program on the unified hierarchy beside a v1 limit: each
+/// directory is joined through its own hierarchy's file.
 #[test]
 fn plan_hybrid_bpf_and_nodev() {
     let request = Request {
-        pids: None,
+        pids: Some(100),
         memory: None,
         devices: DeviceRestriction::Bpf,
         notes: vec![],
@@ -216,6 +218,7 @@ fn plan_hybrid_bpf_and_nodev() {
     let plan = plan(&hybrid(), "kiln-7-2", &request).unwrap();
     check_golden("hybrid_bpf", &plan);
     let request = Request {
+        pids: None,
         devices: DeviceRestriction::NodevOnly,
         ..request
     };

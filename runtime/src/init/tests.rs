@@ -130,8 +130,8 @@ fn root_with_volumes_and_no_network() {
         },
     ];
     cfg.cgroups = vec![
-        "/sys/fs/cgroup/pids/kiln-1-0/cgroup.procs".into(),
-        "/sys/fs/cgroup/devices/kiln-1-0/cgroup.procs".into(),
+        "/sys/fs/cgroup/pids/kiln-1-0/tasks".into(),
+        "/sys/fs/cgroup/devices/kiln-1-0/tasks".into(),
     ];
     let mut sys = fake();
     let (failure, text) = transcript(&mut sys, &cfg);
@@ -371,7 +371,7 @@ fn tmpfs_shm_rlimits_and_privileged() {
 #[test]
 fn cgroups_are_joined_first() {
     let mut cfg = config();
-    cfg.cgroups = vec!["/cg/a/cgroup.procs".into(), "/cg/b/cgroup.procs".into()];
+    cfg.cgroups = vec!["/cg/a/tasks".into(), "/cg/b/tasks".into()];
     let mut sys = fake();
     let (_, text) = transcript(&mut sys, &cfg);
     let lines: Vec<&str> = text.lines().collect();
@@ -382,8 +382,8 @@ fn cgroups_are_joined_first() {
             "reset_signals",
             "setsid",
             "pdeathsig 9",
-            "join_cgroup /cg/a/cgroup.procs",
-            "join_cgroup /cg/b/cgroup.procs"
+            "join_cgroup /cg/a/tasks",
+            "join_cgroup /cg/b/tasks"
         ]
     );
     // A cgroup that cannot be joined stops the run.
@@ -391,7 +391,7 @@ fn cgroups_are_joined_first() {
     sys.fail_on("join_cgroup /cg/b", libc::EACCES);
     let (failure, _) = transcript(&mut sys, &cfg);
     assert!(
-        matches!(&failure, Failure::Setup { step, .. } if step == "join cgroup /cg/b/cgroup.procs"),
+        matches!(&failure, Failure::Setup { step, .. } if step == "join cgroup /cg/b/tasks"),
         "{failure:?}"
     );
 }
