@@ -269,6 +269,33 @@ fn pull_keeps_the_index_and_push_sends_it_whole() {
             base.platform(platform).digest.as_str(),
             "{platform}: {explained}"
         );
+        // The same image named by a pod and by a compose file.
+        let pod = fixture.dir.path().join("pod.yaml");
+        let compose = fixture.dir.path().join("compose.yaml");
+        std::fs::write(
+            &pod,
+            format!("kind: Pod\nmetadata: {{name: p}}\nspec:\n  containers:\n  - name: a\n    image: {copy}\n"),
+        )
+        .unwrap();
+        std::fs::write(&compose, format!("services:\n  a:\n    image: {copy}\n")).unwrap();
+        for (flag, file) in [("--pod", &pod), ("--compose", &compose)] {
+            let file = file.to_str().unwrap();
+            let args = [
+                "explain",
+                flag,
+                file,
+                "--platform",
+                platform,
+                "--format",
+                "json",
+            ];
+            let explained: Value = serde_json::from_str(&kiln_ok(&root, &args)).unwrap();
+            assert_eq!(
+                explained["subject"]["digest"],
+                base.platform(platform).digest.as_str(),
+                "{flag} {platform}: {explained}"
+            );
+        }
     }
     let machine = kiln_ok(
         &root,

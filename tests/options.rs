@@ -97,7 +97,8 @@ fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 /// Secret mounts: `env=` puts the value in the step's environment (and no
 /// file without a target); `mode`, `uid` and `gid` own the file so a
 /// non-root USER reads a 0400 secret; the default is 0400 root; `--secret
-/// id=X` alone reads the variable X; `type=env`. The secret's bytes reach
+/// id=X` alone reads the variable X; `type=env`; a relative target is
+/// below the working directory. The secret's bytes reach
 /// no layer, config, history, progress line or metadata file (the exported
 /// OCI layout and the store are searched for them).
 #[test]
@@ -115,6 +116,8 @@ fn secret_mounts_env_mode_owner_and_flag_forms() {
         USER root\n\
         RUN --mount=type=secret,id=bare,env=BARE echo \"$BARE\" | sha1sum > /bare-sum\n\
         RUN --mount=type=secret,id=typed,env=TYPED echo \"$TYPED\" | sha1sum > /typed-sum\n\
+        WORKDIR /app\n\
+        RUN --mount=type=secret,id=tok,target=rel/tok cat /app/rel/tok | sha1sum > /rel-sum\n\
         RUN cp /tmp/owned-sum /tmp/owned-mode /\n";
     let ctx = fixture.context("secrets", &[("Dockerfile", dockerfile)]);
     let oci = fixture.dir.path().join("secrets.oci");
@@ -170,6 +173,9 @@ fn secret_mounts_env_mode_owner_and_flag_forms() {
     assert_eq!(read(&rootfs, "/owned-mode"), "400 1000:1000\n");
     assert_eq!(read(&rootfs, "/bare-sum"), sha1("\n"), "not given: skipped");
     assert_eq!(read(&rootfs, "/typed-sum"), sha1(&format!("{value}\n")));
+    // A relative target is below the working directory, as BuildKit's
+    // PrepareMounts joins a mount's destination to the step's cwd.
+    assert_eq!(read(&rootfs, "/rel-sum"), sha1(&value));
 
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
