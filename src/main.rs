@@ -27,6 +27,9 @@ use settings::{GlobalSettings, TransferArgs};
 )]
 struct Cli {
     /// Store root (an OCI image layout plus snapshots and cache).
+    ///
+    /// Refused by the commands that use no store (parse, debug, login,
+    /// logout); KILN_ROOT is not.
     #[arg(long, global = true, env = "KILN_ROOT", value_name = "DIR")]
     root: Option<PathBuf>,
 

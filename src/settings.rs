@@ -101,7 +101,7 @@ fn default_registry_config(
 /// flags, each with an environment variable (the flag wins), refused on a
 /// command that talks to no registry ([`refuse_unread_flags`]).
 #[derive(Debug, Clone, clap::Args)]
-#[command(next_help_heading = "Registry transfers")]
+#[command(next_help_heading = "Registry transfers (refused by commands that talk to no registry)")]
 pub struct TransferArgs {
     /// Deadline of one registry operation, in seconds.
     ///
