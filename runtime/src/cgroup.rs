@@ -152,14 +152,16 @@ impl CgroupVersion {
     /// container's init writes `0` into to join it.
     ///
     /// On v1 that is `tasks`, which moves the calling thread only: the init
-    /// is single-threaded then (forked from the single-threaded helper, it
-    /// joins first), so its whole process moves. The kernel moves the
-    /// current thread without taking the global threadgroup lock, whose
-    /// writer waits an RCU grace period whenever no other writer took it
-    /// in the last one; `cgroup.procs` takes that lock, and a RUN then
+    /// is single-threaded then (a fork's child, it joins first; the join
+    /// refuses a process with other threads), so its whole process moves.
+    /// The kernel (6.x; since the single-thread migration optimization)
+    /// moves the current thread without taking the global threadgroup lock,
+    /// whose writer waits an RCU grace period whenever no other writer took
+    /// it in the last one; `cgroup.procs` takes that lock, and a RUN then
     /// waited up to a few tens of milliseconds to start (measured in
-    /// `testdata/bench/README.md`). On v2 `cgroup.threads` works only inside
-    /// a threaded subtree, so `cgroup.procs` it is.
+    /// `testdata/bench/README.md`). Older kernels take it for both files.
+    /// On v2 `cgroup.threads` works only inside a threaded subtree, so
+    /// `cgroup.procs` it is.
     pub fn join_file(self) -> &'static str {
         match self {
             CgroupVersion::V1 => "tasks",

@@ -42,7 +42,7 @@ pub trait Syscalls {
     /// what mount(2) would take.
     fn mount_overlay_fsconfig(&mut self, target: &Path, options: &str) -> io::Result<()>;
     /// Moves the caller into a cgroup: writes `0` to `file`, its `tasks`
-    /// (v1: the calling thread, the whole process when single-threaded) or
+    /// (v1: the calling thread; refused unless the process has no other) or
     /// `cgroup.procs` (the whole process).
     fn join_cgroup(&mut self, file: &Path) -> io::Result<()>;
     /// umount2(2).
@@ -312,6 +312,16 @@ impl Syscalls for RealSyscalls {
 
     fn join_cgroup(&mut self, file: &Path) -> io::Result<()> {
         use std::io::Write;
+        // `tasks` moves the calling thread only: the process goes whole
+        // only when that is its one thread.
+        if file.file_name() == Some(std::ffi::OsStr::new("tasks")) {
+            let threads = std::fs::read_dir("/proc/self/task")?.count();
+            if threads != 1 {
+                return Err(io::Error::other(format!(
+                    "joining through tasks moves one thread, and this process has {threads}"
+                )));
+            }
+        }
         std::fs::OpenOptions::new()
             .write(true)
             .open(file)?

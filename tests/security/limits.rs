@@ -349,7 +349,8 @@ fn host_side_cgroups_hold_the_limits_while_a_container_runs() {
 /// The container's init joins its run's v1 cgroups through `tasks`, which
 /// moves one thread: the init (PID 1 in the container, the command after
 /// exec) and a process it starts are both in the run's cgroup of every
-/// hierarchy kiln uses here.
+/// hierarchy kiln uses here (the device restriction left to kiln, which
+/// picks the v1 devices controller where it is mounted).
 #[test]
 fn the_whole_container_is_in_every_cgroup_of_its_run() {
     require_root!();
@@ -363,20 +364,25 @@ fn the_whole_container_is_in_every_cgroup_of_its_run() {
         return;
     }
     let fixture = Fixture::new();
-    let out = kiln(
-        &fixture.root(),
-        &[
-            "run",
-            "--rm",
-            "busybox:latest",
-            "sh",
-            "-c",
-            "echo init; cat /proc/1/cgroup; echo child; cat /proc/self/cgroup",
-        ],
-    );
+    // `cat` of /proc/self is a child of the shell (not the last command,
+    // which busybox's sh would exec in its place): its pid comes first.
+    let out = kiln_command()
+        .arg("--root")
+        .arg(fixture.root())
+        .args(["run", "--rm", "busybox:latest", "sh", "-c"])
+        .arg("echo init; cat /proc/1/cgroup; echo child; cat /proc/self/stat /proc/self/cgroup; true")
+        .env_remove("KILN_DEVICE_RESTRICTION")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kiln");
     assert!(out.status.success(), "{}", combined(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let (init, child) = stdout.split_once("child\n").expect("both listings printed");
+    let child_pid = child.split_whitespace().next().unwrap_or("");
+    assert!(
+        child_pid.parse::<u32>().is_ok_and(|pid| pid > 1),
+        "the second listing is not a child's: {stdout}"
+    );
     for (who, listing) in [("init", init), ("child", child)] {
         for controller in &controllers {
             // `<n>:<controllers>:<path>`, the path's last part the run's.

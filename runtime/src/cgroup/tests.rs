@@ -313,3 +313,30 @@ fn the_device_program_denies_kmsg_in_a_real_cgroup2() {
     assert!(!inside_out.contains("kmsg-open"), "{inside:?}");
     assert!(outside_out.contains("kmsg-open"), "{outside:?}");
 }
+
+/// A v1 join through `tasks` moves one thread, so it is refused in a
+/// process with others (this test's, with a thread kept alive meanwhile)
+/// before the file is opened; the whole process would not move.
+#[test]
+fn a_tasks_join_refuses_a_process_with_other_threads() {
+    use crate::sys::{RealSyscalls, Syscalls};
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let other = std::thread::spawn(move || {
+        let _ = wait.recv();
+    });
+    let result = RealSyscalls.join_cgroup(Path::new("/nonexistent/kiln-7-0/tasks"));
+    drop(release);
+    other.join().unwrap();
+    let err = result.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("moves one thread, and this process has"),
+        "{err}"
+    );
+    // cgroup.procs moves the whole process: no such check (the missing
+    // file is the error).
+    let err = RealSyscalls
+        .join_cgroup(Path::new("/nonexistent/kiln-7-0/cgroup.procs"))
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+}
