@@ -274,8 +274,10 @@ impl MountFields {
                         .ok_or_else(|| invalid(format!("invalid value {value} for gid")))?,
                 )
             }
-            // BuildKit would hand the secret to the process as `=value`;
-            // a variable needs a name.
+            // BuildKit's frontend accepts it and hands the process `=value`,
+            // which runc then refuses ("invalid environment variable: name
+            // cannot be empty"): the build fails there too, here at parse
+            // time, naming the line.
             "env" if value.is_empty() => {
                 return Err(invalid(
                     "env= needs the name of the environment variable that holds the secret"
