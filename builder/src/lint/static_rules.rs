@@ -46,25 +46,19 @@ fn definition_descriptions(df: &ins::Dockerfile, linter: &mut Linter) {
             ),
         );
     };
-    for arg in &df.meta_args {
-        check(
-            "ARG",
-            &arg.meta,
-            arg.args.iter().map(|a| a.key.as_str()).collect(),
-        );
+    let stage_args = df.stages.iter().flat_map(|stage| {
+        stage.instructions.iter().filter_map(|i| match i {
+            Instruction::Arg(arg) => Some(arg),
+            _ => None,
+        })
+    });
+    for arg in df.meta_args.iter().chain(stage_args) {
+        let keys = arg.args.iter().map(|a| a.key.as_str()).collect();
+        check("ARG", &arg.meta, keys);
     }
     for stage in &df.stages {
         if let Some(name) = &stage.name {
             check("FROM", &stage.from, vec![name.as_str()]);
-        }
-        for instruction in &stage.instructions {
-            if let Instruction::Arg(arg) = instruction {
-                check(
-                    "ARG",
-                    &arg.meta,
-                    arg.args.iter().map(|a| a.key.as_str()).collect(),
-                );
-            }
         }
     }
 }
