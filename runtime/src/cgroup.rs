@@ -4,9 +4,10 @@
 //!
 //! The caller (kiln, before it starts the helper) creates the run's cgroups
 //! below the cgroups kiln itself is in, named `kiln-<pid>-<n>`; the
-//! container's init joins them (see [`CgroupVersion::join_file`]) before it
-//! does anything else, so the limits count exactly the container's processes
-//! (the helper stays outside) and no device is reachable before exec. When
+//! container's init is started in the v2 one ([`Plan::start_in`]) and joins
+//! the others (see [`CgroupVersion::join_file`]) before it does anything
+//! else, so the limits count exactly the container's processes (the helper
+//! stays outside) and no device is reachable before exec. When
 //! the run ends kiln kills whatever is left in them and removes them
 //! ([`RunCgroups`] does it on drop, on every path); cgroups left by a kiln
 //! that was itself killed are removed by the next run that finds them.
@@ -161,7 +162,8 @@ impl CgroupVersion {
     /// waited up to a few tens of milliseconds to start (measured in
     /// `testdata/bench/README.md`). Older kernels take it for both files.
     /// On v2 `cgroup.threads` works only inside a threaded subtree, so
-    /// `cgroup.procs` it is.
+    /// `cgroup.procs` it is, written only where the kernel refuses to start
+    /// the init in the directory ([`Plan::start_in`]).
     pub fn join_file(self) -> &'static str {
         match self {
             CgroupVersion::V1 => "tasks",
@@ -489,6 +491,11 @@ pub struct Plan {
     /// The files the container's init writes `0` into to join the run's
     /// cgroups ([`CgroupVersion::join_file`]).
     pub join_files: Vec<PathBuf>,
+    /// The run's directory on the unified hierarchy, if it has one: the
+    /// init is started in it where the kernel allows
+    /// ([`crate::sys::fork_into_cgroup`]) and then skips its join file,
+    /// whose write waits for an RCU grace period.
+    pub start_in: Option<PathBuf>,
     /// Forks the pids limit refused.
     pub pids_refused: Option<Counter>,
     /// Processes the OOM killer killed at the memory limit.
@@ -504,6 +511,9 @@ pub fn plan(layout: &Layout, name: &str, request: &Request) -> Result<Plan, Stri
             plan.ops.push(Op::Mkdir(dir.clone()));
             plan.dirs.push(dir.clone());
             plan.join_files.push(dir.join(hierarchy.join_file()));
+            if hierarchy == CgroupVersion::V2 {
+                plan.start_in = Some(dir.clone());
+            }
         }
         dir
     };
@@ -628,6 +638,12 @@ impl RunCgroups {
     /// cgroups ([`CgroupVersion::join_file`]).
     pub fn join_files(&self) -> &[PathBuf] {
         &self.plan.join_files
+    }
+
+    /// The directory the init is started in, if the kernel allows
+    /// ([`Plan::start_in`]).
+    pub fn start_in(&self) -> Option<&Path> {
+        self.plan.start_in.as_deref()
     }
 
     /// Forks the pids limit refused so far.

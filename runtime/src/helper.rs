@@ -11,9 +11,9 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use crate::init::container_init;
-use crate::protocol::{send, ContainerConfig, Failure, Report, FDS_ENV};
+use crate::protocol::{send, CgroupEntry, ContainerConfig, Failure, Report, FDS_ENV};
 use crate::spec::{ExitStatus, Network};
-use crate::sys::{RealSyscalls, Syscalls};
+use crate::sys::{self, Forked, RealSyscalls, Syscalls};
 
 /// `config,report,sync[,console][,netns]`: distinct descriptors above
 /// stdio. The configuration names the optional ones by number.
@@ -134,15 +134,16 @@ pub fn helper_main() -> i32 {
             return fail(&mut report, "becoming a subreaper", err.to_string());
         }
     }
-    // SAFETY: this process is single-threaded (a fresh exec), so the child
-    // may do anything after fork. (rustix's fork is unsafe too, and skips
-    // libc's own bookkeeping.)
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        let err = std::io::Error::last_os_error();
-        return fail(&mut report, "fork", err.to_string());
-    }
-    if pid == 0 {
+    // SAFETY: this process is single-threaded (a fresh exec).
+    let (forked, cgroup) = match unsafe { fork_init(config.start_in_cgroup.as_deref()) } {
+        Ok(forked) => forked,
+        Err(err) => return fail(&mut report, "fork", err.to_string()),
+    };
+    let Forked::Parent(pid) = forked else {
+        let mut config = config;
+        if let (Some(CgroupEntry::StartedIn), Some(dir)) = (&cgroup, &config.start_in_cgroup) {
+            config.cgroups.retain(|file| file.parent() != Some(dir));
+        }
         let mut child_report = report;
         let failure = container_init(&mut sys, &config, &mut |r| send(&mut child_report, &r));
         let code = match &failure {
@@ -154,8 +155,8 @@ pub fn helper_main() -> i32 {
         // atexit handlers or flushing its copies of buffers: nothing else
         // runs after it.
         unsafe { libc::_exit(code) };
-    }
-    send(&mut report, &Report::Started { pid });
+    };
+    send(&mut report, &Report::Started { pid, cgroup });
     let status = wait_for(pid);
     // This process is still in the run's network namespace: whether the
     // next run may have it (see `crate::NetworkPool`).
@@ -246,6 +247,36 @@ fn descendants_of(root: libc::pid_t) -> Vec<libc::pid_t> {
     }
     found.remove(0);
     found
+}
+
+/// Forks the container's init: born in the run's cgroup v2 directory
+/// (`start_in`) where the kernel allows ([`crate::sys::fork_into_cgroup`]),
+/// else by a plain fork, the init then joining it as any other. Returns
+/// which side this is, and how the init gets into that directory.
+///
+/// # Safety
+///
+/// The caller must have no other thread.
+unsafe fn fork_init(start_in: Option<&Path>) -> std::io::Result<(Forked, Option<CgroupEntry>)> {
+    let Some(dir) = start_in else {
+        // SAFETY: the caller's contract.
+        return Ok((unsafe { sys::fork() }?, None));
+    };
+    let refused = match rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        // SAFETY: the caller's contract.
+        Ok(fd) => match unsafe { sys::fork_into_cgroup(fd.as_fd()) } {
+            Ok(forked) => return Ok((forked, Some(CgroupEntry::StartedIn))),
+            Err(err) => format!("clone3 into {}: {err}", dir.display()),
+        },
+        Err(err) => format!("opening {}: {err}", dir.display()),
+    };
+    // SAFETY: the caller's contract.
+    let forked = unsafe { sys::fork() }?;
+    Ok((forked, Some(CgroupEntry::Joins { refused })))
 }
 
 fn fail(report: &mut File, step: &str, reason: String) -> i32 {

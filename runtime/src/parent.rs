@@ -18,7 +18,7 @@ use crate::error::RuntimeError;
 use crate::helper::remove_tree;
 use crate::idmap;
 use crate::init::ETC_FILES;
-use crate::protocol::{ContainerConfig, Failure, Report, FDS_ENV};
+use crate::protocol::{CgroupEntry, ContainerConfig, Failure, Report, FDS_ENV};
 use crate::spec::{ExitStatus, HelperCommand, Network, RlimitResource, RunSpec, Streams, UpperDir};
 
 fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> RuntimeError {
@@ -410,6 +410,10 @@ pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeE
             .as_ref()
             .map(|c| c.join_files().to_vec())
             .unwrap_or_default();
+        config.start_in_cgroup = cgroups
+            .as_ref()
+            .and_then(|c| c.start_in())
+            .map(Path::to_path_buf);
         config.nodev = request.devices.nodev();
         let slirp_log = state.scratch.join("slirp4netns.log");
         let mut network = match (slirp4netns, pooled, &pool) {
@@ -505,6 +509,7 @@ fn spec_config(
         privileged: spec.privileged,
         remove_after_exit,
         cgroups: Vec::new(),
+        start_in_cgroup: None,
         nodev: false,
         root_dir: spec.root_dir.clone(),
         chroot: spec.chroot,
@@ -1210,7 +1215,17 @@ impl Watch {
                     let _ = sync.write_all(&[1]);
                 }
             }
-            Report::Started { pid } => {
+            Report::Started { pid, cgroup } => {
+                match cgroup {
+                    Some(CgroupEntry::StartedIn) => {
+                        tracing::debug!("the container's init started in its cgroup v2 directory")
+                    }
+                    Some(CgroupEntry::Joins { refused }) => tracing::debug!(
+                        "starting the container's init in its cgroup v2 directory was refused \
+                         ({refused}): it joins through cgroup.procs"
+                    ),
+                    None => {}
+                }
                 self.container_pid = Some(pid);
                 if self.timed_out || self.canceled {
                     kill(pid, libc::SIGKILL);

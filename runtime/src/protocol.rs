@@ -80,6 +80,12 @@ pub struct ContainerConfig {
     /// device restriction hold for everything it does.
     #[serde(default)]
     pub cgroups: Vec<PathBuf>,
+    /// The run's cgroup v2 directory, whose join file is in `cgroups`: the
+    /// helper starts the init in it where the kernel allows
+    /// ([`crate::sys::fork_into_cgroup`]), and the init then does not write
+    /// that file.
+    #[serde(default)]
+    pub start_in_cgroup: Option<PathBuf>,
     /// No device cgroup restricts the container: mount its root, volumes
     /// and /dev `nodev` (the standard nodes are then bound from the host).
     #[serde(default)]
@@ -130,6 +136,9 @@ pub enum Report {
     /// The container's init process exists, with this pid on the host.
     Started {
         pid: i32,
+        /// How it got into the run's cgroup v2 directory, if there is one.
+        #[serde(default)]
+        cgroup: Option<CgroupEntry>,
     },
     /// The container's init had to create this mount point (a path relative
     /// to the root) in the upper dir; the caller removes it afterwards.
@@ -147,6 +156,17 @@ pub enum Report {
     /// not bind that port for a minute. Sent before [`Report::Exited`].
     NetworkHeld,
     Exited(ExitStatus),
+}
+
+/// How the container's init got into the run's cgroup v2 directory
+/// ([`ContainerConfig::start_in_cgroup`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CgroupEntry {
+    /// Started in it (`clone3`'s `CLONE_INTO_CGROUP`).
+    StartedIn,
+    /// The kernel refused that (why): the init joins it through
+    /// `cgroup.procs`.
+    Joins { refused: String },
 }
 
 /// Writes one report as one `write(2)` so lines from two processes never mix.

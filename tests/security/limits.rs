@@ -346,6 +346,64 @@ fn host_side_cgroups_hold_the_limits_while_a_container_runs() {
     }
 }
 
+/// What `kiln run` of a shell that lists the cgroups of its PID 1 and of
+/// a child prints (stdout, then stderr), with `KILN_DEVICE_RESTRICTION`
+/// set to `restriction` (or cleared: kiln picks), and `-vv`.
+fn cgroup_listings(restriction: Option<&str>) -> (String, String) {
+    let fixture = Fixture::new();
+    let mut command = kiln_command();
+    // `cat` of /proc/self is a child of the shell (not the last command,
+    // which busybox's sh would exec in its place): its pid comes first.
+    command
+        .arg("--root")
+        .arg(fixture.root())
+        .args(["-vv", "run", "--rm", "busybox:latest", "sh", "-c"])
+        .arg("echo init; cat /proc/1/cgroup; echo child; cat /proc/self/stat /proc/self/cgroup; true")
+        .stdin(Stdio::null());
+    match restriction {
+        Some(value) => command.env("KILN_DEVICE_RESTRICTION", value),
+        None => command.env_remove("KILN_DEVICE_RESTRICTION"),
+    };
+    let out = command.output().expect("run kiln");
+    assert!(out.status.success(), "{}", combined(&out));
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Checks that PID 1 and a child of it are, in every hierarchy of
+/// `hierarchies` (a v1 controller's name, or `""` for the unified one), in
+/// a run's cgroup (`…/kiln-<pid>-<n>`).
+fn assert_in_run_cgroups(stdout: &str, hierarchies: &[&str]) {
+    let (init, child) = stdout.split_once("child\n").expect("both listings printed");
+    let child_pid = child.split_whitespace().next().unwrap_or("");
+    assert!(
+        child_pid.parse::<u32>().is_ok_and(|pid| pid > 1),
+        "the second listing is not a child's: {stdout}"
+    );
+    for (who, listing) in [("init", init), ("child", child)] {
+        for hierarchy in hierarchies {
+            // `<n>:<controllers>:<path>` (`0::<path>` on the unified one),
+            // the path's last part the run's.
+            let path = listing.lines().find_map(|line| {
+                let mut fields = line.splitn(3, ':').skip(1);
+                let (names, path) = (fields.next()?, fields.next()?);
+                let found = match *hierarchy {
+                    "" => names.is_empty(),
+                    controller => names.split(',').any(|n| n == controller),
+                };
+                found.then_some(path)
+            });
+            let last = path.and_then(|p| p.rsplit('/').next()).unwrap_or("");
+            assert!(
+                last.starts_with("kiln-"),
+                "{who} is not in the run's {hierarchy:?} cgroup: {path:?}\n{stdout}"
+            );
+        }
+    }
+}
+
 /// The container's init joins its run's v1 cgroups through `tasks`, which
 /// moves one thread: the init (PID 1 in the container, the command after
 /// exec) and a process it starts are both in the run's cgroup of every
@@ -363,41 +421,29 @@ fn the_whole_container_is_in_every_cgroup_of_its_run() {
         eprintln!("skipped: no cgroup v1 controller kiln uses is mounted");
         return;
     }
-    let fixture = Fixture::new();
-    // `cat` of /proc/self is a child of the shell (not the last command,
-    // which busybox's sh would exec in its place): its pid comes first.
-    let out = kiln_command()
-        .arg("--root")
-        .arg(fixture.root())
-        .args(["run", "--rm", "busybox:latest", "sh", "-c"])
-        .arg("echo init; cat /proc/1/cgroup; echo child; cat /proc/self/stat /proc/self/cgroup; true")
-        .env_remove("KILN_DEVICE_RESTRICTION")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run kiln");
-    assert!(out.status.success(), "{}", combined(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let (init, child) = stdout.split_once("child\n").expect("both listings printed");
-    let child_pid = child.split_whitespace().next().unwrap_or("");
-    assert!(
-        child_pid.parse::<u32>().is_ok_and(|pid| pid > 1),
-        "the second listing is not a child's: {stdout}"
-    );
-    for (who, listing) in [("init", init), ("child", child)] {
-        for controller in &controllers {
-            // `<n>:<controllers>:<path>`, the path's last part the run's.
-            let path = listing.lines().find_map(|line| {
-                let mut fields = line.splitn(3, ':').skip(1);
-                let (names, path) = (fields.next()?, fields.next()?);
-                names.split(',').any(|n| n == *controller).then_some(path)
-            });
-            let last = path.and_then(|p| p.rsplit('/').next()).unwrap_or("");
-            assert!(
-                last.starts_with("kiln-"),
-                "{who} is not in the run's {controller} cgroup: {path:?}\n{stdout}"
-            );
-        }
+    let (stdout, _) = cgroup_listings(None);
+    assert_in_run_cgroups(&stdout, &controllers);
+}
+
+/// With the device program (`KILN_DEVICE_RESTRICTION=bpf`, what a cgroup
+/// v2 host gets) the run has a directory on the unified hierarchy, and the
+/// helper starts the init in it (`clone3`'s `CLONE_INTO_CGROUP`) rather than
+/// the init writing `cgroup.procs`, a write that waits for an RCU grace
+/// period: `-vv` says it was started there, and the init and a process it
+/// starts are in it.
+#[test]
+fn the_init_is_started_in_its_run_cgroup2_directory() {
+    require_root!();
+    if Layout::probe().unified.is_none() {
+        eprintln!("skipped: no cgroup2 hierarchy is mounted");
+        return;
     }
+    let (stdout, stderr) = cgroup_listings(Some("bpf"));
+    assert_in_run_cgroups(&stdout, &[""]);
+    assert!(
+        stderr.contains("the container's init started in its cgroup v2 directory"),
+        "{stderr}"
+    );
 }
 
 /// Every cgroup a run makes is removed when it ends: after a normal exit,

@@ -43,6 +43,12 @@ fn v2(controllers: &[&str], subtree: &[&str]) -> Layout {
 
 fn check_golden(case: &str, plan: &Plan) {
     let mut text: Vec<String> = plan.ops.iter().map(Op::to_string).collect();
+    if let Some(dir) = &plan.start_in {
+        text.push(format!(
+            "init started in {} where the kernel allows, else it joins as below",
+            dir.display()
+        ));
+    }
     for file in &plan.join_files {
         text.push(format!("init joins {}", file.display()));
     }

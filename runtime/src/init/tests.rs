@@ -42,6 +42,7 @@ fn config() -> ContainerConfig {
         privileged: false,
         remove_after_exit: vec![],
         cgroups: vec![],
+        start_in_cgroup: None,
         nodev: false,
         root_dir: None,
         chroot: false,
