@@ -4,8 +4,8 @@
 //!
 //! The caller (kiln, before it starts the helper) creates the run's cgroups
 //! below the cgroups kiln itself is in, named `kiln-<pid>-<n>`; the
-//! container's init is started in the v2 one ([`Plan::start_in`]) and joins
-//! the others (see [`CgroupVersion::join_file`]) before it does anything
+//! container's init is started in the v2 one where the kernel allows
+//! ([`Plan::start_in`]) and joins the others (see [`CgroupVersion::join_file`]) before it does anything
 //! else, so the limits count exactly the container's processes (the helper
 //! stays outside) and no device is reachable before exec. When
 //! the run ends kiln kills whatever is left in them and removes them

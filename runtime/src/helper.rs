@@ -1,9 +1,10 @@
 //! The helper process: a fresh exec of the kiln binary, single-threaded, that
-//! creates the namespaces, forks the container's init (PID 1 of the new PID
-//! namespace) and waits for it. With chroot isolation it creates none, and
-//! kills the init's process group once the init has ended, and, as the
-//! subreaper of what the init started, every other descendant (those
-//! that left its session too).
+//! creates the namespaces, forks the container's init (PID 1 of a new PID
+//! namespace, born in the run's cgroup v2 directory where there is one and
+//! the kernel allows: see `StartInit`) and waits for it. With chroot
+//! isolation it creates none, and kills the init's process group once the
+//! init has ended, and, as the subreaper of what the init started, every
+//! other descendant (those that left its session too).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -107,7 +108,8 @@ pub fn helper_main() -> i32 {
             }
         }
     }
-    let mut flags = libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    // The PID namespace is made with the init ([`fork_init`]).
+    let mut flags = libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
     if config.network != Network::Host && !joined {
         flags |= libc::CLONE_NEWNET;
     }
@@ -134,15 +136,19 @@ pub fn helper_main() -> i32 {
             return fail(&mut report, "becoming a subreaper", err.to_string());
         }
     }
+    let start = StartInit {
+        cgroup: config.start_in_cgroup.as_deref(),
+        new_pid_namespace: !config.chroot,
+    };
     // SAFETY: this process is single-threaded (a fresh exec).
-    let (forked, cgroup) = match unsafe { fork_init(config.start_in_cgroup.as_deref()) } {
+    let (forked, cgroup) = match unsafe { start.fork(&mut sys) } {
         Ok(forked) => forked,
         Err(err) => return fail(&mut report, "fork", err.to_string()),
     };
     let Forked::Parent(pid) = forked else {
         let mut config = config;
-        if let (Some(CgroupEntry::StartedIn), Some(dir)) = (&cgroup, &config.start_in_cgroup) {
-            config.cgroups.retain(|file| file.parent() != Some(dir));
+        if cgroup == Some(CgroupEntry::StartedIn) {
+            config.started_in_cgroup();
         }
         let mut child_report = report;
         let failure = container_init(&mut sys, &config, &mut |r| send(&mut child_report, &r));
@@ -249,34 +255,75 @@ fn descendants_of(root: libc::pid_t) -> Vec<libc::pid_t> {
     found
 }
 
-/// Forks the container's init: born in the run's cgroup v2 directory
-/// (`start_in`) where the kernel allows ([`crate::sys::fork_into_cgroup`]),
-/// else by a plain fork, the init then joining it as any other. Returns
-/// which side this is, and how the init gets into that directory.
-///
-/// # Safety
-///
-/// The caller must have no other thread.
-unsafe fn fork_init(start_in: Option<&Path>) -> std::io::Result<(Forked, Option<CgroupEntry>)> {
-    let Some(dir) = start_in else {
+/// How the container's init is forked.
+struct StartInit<'a> {
+    /// The run's cgroup v2 directory, to start it in where the kernel
+    /// allows ([`sys::fork_into_cgroup`]).
+    cgroup: Option<&'a Path>,
+    /// As PID 1 of a new PID namespace (not with chroot isolation).
+    new_pid_namespace: bool,
+}
+
+impl StartInit<'_> {
+    /// Forks: born in the cgroup v2 directory where the kernel allows,
+    /// else by a plain fork, the init then joining that directory as any
+    /// other. Returns which side this is, and how the init gets into the
+    /// directory.
+    ///
+    /// The PID namespace is made here, by the call that makes the init, not
+    /// by an earlier `unshare`: a `clone3` that the cgroup checks refuse
+    /// has already taken the new namespace's first pid, after which that
+    /// namespace takes no process (a fork in it fails with ENOMEM). A
+    /// namespace made by the refused `clone3` goes with it.
+    ///
+    /// # Safety
+    ///
+    /// The caller must have no other thread.
+    unsafe fn fork(
+        &self,
+        sys: &mut impl Syscalls,
+    ) -> std::io::Result<(Forked, Option<CgroupEntry>)> {
+        let namespace = if self.new_pid_namespace {
+            libc::CLONE_NEWPID
+        } else {
+            0
+        };
+        let mut entry = None;
+        if let Some(dir) = self.cgroup {
+            let refused = match rustix::fs::open(
+                dir,
+                rustix::fs::OFlags::PATH
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            ) {
+                // SAFETY: the caller's contract.
+                Ok(fd) => match unsafe { sys::fork_into_cgroup(fd.as_fd(), namespace) } {
+                    Ok(forked) => return Ok((forked, Some(CgroupEntry::StartedIn))),
+                    Err(err) => format!("clone3 into {}: {err}", dir.display()),
+                },
+                Err(err) => format!("opening {}: {err}", dir.display()),
+            };
+            entry = Some(CgroupEntry::Joins { refused });
+        }
+        let context = |err: std::io::Error| match &entry {
+            Some(CgroupEntry::Joins { refused }) => {
+                std::io::Error::new(err.kind(), format!("{err} (after {refused})"))
+            }
+            _ => err,
+        };
+        if namespace != 0 {
+            sys.unshare(namespace).map_err(|err| {
+                context(std::io::Error::new(
+                    err.kind(),
+                    format!("new PID namespace: {err}"),
+                ))
+            })?;
+        }
         // SAFETY: the caller's contract.
-        return Ok((unsafe { sys::fork() }?, None));
-    };
-    let refused = match rustix::fs::open(
-        dir,
-        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    ) {
-        // SAFETY: the caller's contract.
-        Ok(fd) => match unsafe { sys::fork_into_cgroup(fd.as_fd()) } {
-            Ok(forked) => return Ok((forked, Some(CgroupEntry::StartedIn))),
-            Err(err) => format!("clone3 into {}: {err}", dir.display()),
-        },
-        Err(err) => format!("opening {}: {err}", dir.display()),
-    };
-    // SAFETY: the caller's contract.
-    let forked = unsafe { sys::fork() }?;
-    Ok((forked, Some(CgroupEntry::Joins { refused })))
+        let forked = unsafe { sys::fork() }.map_err(context)?;
+        Ok((forked, entry))
+    }
 }
 
 fn fail(report: &mut File, step: &str, reason: String) -> i32 {
@@ -340,7 +387,73 @@ fn make_writable(path: &Path) {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_fds;
+    use super::*;
+    use crate::cgroup::{remove_cgroup, Layout};
+
+    /// [`StartInit::fork`] in a child of the test process (so the PID
+    /// namespace it makes is that child's): the init is PID 1 of a new PID
+    /// namespace both when the kernel starts it in its cgroup2 directory
+    /// and when it refuses (a directory of a v1 hierarchy, EBADF): the
+    /// refused `clone3` leaves no used-up namespace behind, and the plain
+    /// fork after it works.
+    #[test]
+    fn the_init_is_pid_1_whether_or_not_it_starts_in_its_cgroup() {
+        kiln_testsupport::require_root!("making cgroups and PID namespaces");
+        let layout = Layout::probe();
+        let (Some(unified), Some(v1)) = (layout.unified.clone(), layout.v1.values().next()) else {
+            eprintln!("skipped: needs a cgroup2 hierarchy and a v1 one");
+            return;
+        };
+        let dir = unified.join(format!("kiln-test-{}-start", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let wait = |pid: libc::pid_t| {
+            let mut status = 0;
+            // SAFETY: waiting for our own child, into a local.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            match libc::WIFEXITED(status) {
+                true => libc::WEXITSTATUS(status),
+                false => 255,
+            }
+        };
+        let mut codes = Vec::new();
+        for (cgroup, started_in) in [(dir.as_path(), true), (v1.as_path(), false)] {
+            // SAFETY: glibc's fork leaves malloc usable in the child, which
+            // touches nothing else another thread of the test harness may
+            // hold (no stdout, no lock of std) before its _exit.
+            let code = match unsafe { sys::fork() }.unwrap() {
+                Forked::Parent(pid) => wait(pid),
+                Forked::Child => {
+                    let start = StartInit {
+                        cgroup: Some(cgroup),
+                        new_pid_namespace: true,
+                    };
+                    // SAFETY: this child of a fork has one thread.
+                    let code = match unsafe { start.fork(&mut RealSyscalls) } {
+                        Err(_) => 10,
+                        Ok((Forked::Child, _)) => {
+                            match rustix::process::getpid().as_raw_nonzero().get() {
+                                1 => 0,
+                                _ => 11,
+                            }
+                        }
+                        Ok((Forked::Parent(pid), entry)) => match (wait(pid), entry, started_in) {
+                            (0, Some(CgroupEntry::StartedIn), true) => 0,
+                            (0, Some(CgroupEntry::Joins { .. }), false) => 0,
+                            (0, _, _) => 12,
+                            (code, _, _) => code,
+                        },
+                    };
+                    // SAFETY: _exit ends this child; nothing of it is flushed.
+                    unsafe { libc::_exit(code) }
+                }
+            };
+            codes.push((cgroup.to_path_buf(), code));
+        }
+        remove_cgroup(&dir, std::time::Duration::from_secs(5)).unwrap();
+        // 10: forking failed; 11: the init was not PID 1; 12: the wrong way
+        // into the cgroup.
+        assert!(codes.iter().all(|(_, code)| *code == 0), "{codes:?}");
+    }
 
     #[test]
     fn fds_env_is_three_to_five_descriptors_above_stdio() {

@@ -100,6 +100,17 @@ pub struct ContainerConfig {
     pub chroot: bool,
 }
 
+impl ContainerConfig {
+    /// The init was started in [`Self::start_in_cgroup`]: it does not
+    /// write that directory's join file.
+    pub fn started_in_cgroup(&mut self) {
+        if let Some(dir) = &self.start_in_cgroup {
+            self.cgroups
+                .retain(|file| file.parent() != Some(dir.as_path()));
+        }
+    }
+}
+
 /// Why a container did not start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Failure {

@@ -224,18 +224,24 @@ pub enum Forked {
 }
 
 /// `fork`, with the child born in the cgroup v2 directory `dir` (an
-/// `O_PATH` descriptor will do): `clone3` with `CLONE_INTO_CGROUP` (Linux
-/// 5.7+). The child then need not write itself into the directory's
-/// `cgroup.procs`, a write that takes the kernel's global threadgroup lock
-/// for writing and so waits an RCU grace period (about 10 ms) unless
-/// another such write came shortly before.
+/// `O_PATH` descriptor will do) and in new namespaces of the `namespaces`
+/// kinds (`CLONE_NEW*` flags, or 0): `clone3` with `CLONE_INTO_CGROUP`
+/// (Linux 5.7+). The child then need not write itself into the
+/// directory's `cgroup.procs`, a write that takes the kernel's global
+/// threadgroup lock for writing and so waits an RCU grace period (about
+/// 10 ms) unless another such write came shortly before.
 ///
-/// Fails as `clone3` does: ENOSYS on a kernel without it or under a seccomp
-/// profile that refuses it (Docker's), E2BIG on a kernel older than
-/// `CLONE_INTO_CGROUP`, EBADF when `dir` is no cgroup2 directory, EACCES
-/// or EPERM where its `cgroup.procs` may not be written, EBUSY or
-/// EOPNOTSUPP where the directory may hold no process; nothing is forked
-/// then.
+/// Fails as `clone3` does, forking nothing: ENOSYS on a kernel without it
+/// or under a seccomp profile that refuses it (Docker's), E2BIG on a kernel
+/// older than `CLONE_INTO_CGROUP`, and the cgroup's own refusals: EBADF
+/// when `dir` is no cgroup2 directory, EACCES or EPERM where its
+/// `cgroup.procs` may not be written, EBUSY or EOPNOTSUPP where it may hold
+/// no process, EAGAIN at its pids limit, and others. The kernel makes
+/// those checks after it has allocated the child's pid: in a PID namespace
+/// made beforehand by `unshare` (whose first process the child would have
+/// been), that pid is then used up and no process can be made in it any
+/// more. Asking for the PID namespace here instead makes it with the
+/// child, and it goes with a refused call.
 ///
 /// # Safety
 ///
@@ -244,7 +250,7 @@ pub enum Forked {
 /// `fork`, no `pthread_atfork` handler runs and the child's libc keeps its
 /// parent's cached thread id, which a single-threaded program that holds
 /// no lock across the call does not depend on.
-pub unsafe fn fork_into_cgroup(dir: BorrowedFd<'_>) -> io::Result<Forked> {
+pub unsafe fn fork_into_cgroup(dir: BorrowedFd<'_>, namespaces: libc::c_int) -> io::Result<Forked> {
     /// The kernel's `struct clone_args` up to `cgroup`
     /// (`CLONE_ARGS_SIZE_VER2`, 88 bytes).
     #[repr(C)]
@@ -265,8 +271,11 @@ pub unsafe fn fork_into_cgroup(dir: BorrowedFd<'_>) -> io::Result<Forked> {
     const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
     let fd =
         u64::try_from(dir.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // The CLONE_NEW* flags are positive ints; a sign would be no flag.
+    let namespaces =
+        u64::try_from(namespaces).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let args = CloneArgs {
-        flags: CLONE_INTO_CGROUP,
+        flags: CLONE_INTO_CGROUP | namespaces,
         exit_signal: libc::SIGCHLD as u64,
         cgroup: fd,
         ..CloneArgs::default()

@@ -397,6 +397,35 @@ fn cgroups_are_joined_first() {
     );
 }
 
+/// An init the helper started in the run's v2 directory
+/// ([`ContainerConfig::started_in_cgroup`]) joins the v1 cgroups only; one
+/// it could not start there joins that directory too.
+#[test]
+fn an_init_started_in_its_v2_directory_does_not_join_it() {
+    let mut cfg = config();
+    cfg.cgroups = vec![
+        "/cg/pids/kiln-7-2/tasks".into(),
+        "/cg/unified/kiln-7-2/cgroup.procs".into(),
+    ];
+    cfg.start_in_cgroup = Some("/cg/unified/kiln-7-2".into());
+    let joins = |cfg: &ContainerConfig| -> Vec<String> {
+        let (_, text) = transcript(&mut fake(), cfg);
+        text.lines()
+            .filter(|l| l.starts_with("join_cgroup"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        joins(&cfg),
+        [
+            "join_cgroup /cg/pids/kiln-7-2/tasks",
+            "join_cgroup /cg/unified/kiln-7-2/cgroup.procs"
+        ]
+    );
+    cfg.started_in_cgroup();
+    assert_eq!(joins(&cfg), ["join_cgroup /cg/pids/kiln-7-2/tasks"]);
+}
+
 #[test]
 fn command_not_in_path_fails_before_dropping_privileges() {
     let mut cfg = config();
