@@ -271,9 +271,18 @@ pub unsafe fn fork_into_cgroup(dir: BorrowedFd<'_>, namespaces: libc::c_int) -> 
     const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
     let fd =
         u64::try_from(dir.as_raw_fd()).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
-    // The CLONE_NEW* flags are positive ints; a sign would be no flag.
-    let namespaces =
-        u64::try_from(namespaces).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    const NAMESPACES: libc::c_int = libc::CLONE_NEWNS
+        | libc::CLONE_NEWCGROUP
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUSER
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET;
+    // Namespace kinds only: no other clone flag slips in.
+    let namespaces = match u64::try_from(namespaces) {
+        Ok(bits) if namespaces & !NAMESPACES == 0 => bits,
+        _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    };
     let args = CloneArgs {
         flags: CLONE_INTO_CGROUP | namespaces,
         exit_signal: libc::SIGCHLD as u64,
