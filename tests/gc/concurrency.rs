@@ -272,6 +272,18 @@ fn waiting(name: &str) -> String {
     )
 }
 
+/// Whether the first RUN of [`waiting`] came from the cache, in plain
+/// progress.
+fn first_run_cached(out: &Output) -> bool {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let step = stderr
+        .lines()
+        .find(|l| l.starts_with('#') && l.contains("] RUN head -c 300000"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no first RUN in\n{stderr}"));
+    stderr.lines().any(|l| l == format!("{step} CACHED"))
+}
+
 fn sync_dir(root: &Path) -> PathBuf {
     root.join("cache-mounts")
         .join(kiln_layers::Digest::of(b"sync").hex())
@@ -321,7 +333,7 @@ fn a_collection_waits_for_a_running_build_that_uses_what_it_would_remove() {
     });
     // A collection that keeps nothing: it waits for the build.
     fixture.policy("[gc]\nkeep-storage = \"1\"\nmin-free-space = \"0\"\n");
-    let collector = fixture
+    let mut collector = fixture
         .kiln(&["__gc"])
         .env("KILN_LOG", "info")
         .stdout(Stdio::piped())
@@ -331,12 +343,17 @@ fn a_collection_waits_for_a_running_build_that_uses_what_it_would_remove() {
     wait_until("the collection took its turn", || {
         held(&root.join("gc-run.lock"))
     });
+    // The build holds the store a second longer; the collection's first
+    // scan runs meanwhile, and removes nothing under it.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(
+        collector.try_wait().expect("collector").is_none(),
+        "the collection ended while the build ran"
+    );
     assert!(
         chains.iter().all(|c| c.exists()),
-        "nothing removed under the build"
+        "something was removed under the build"
     );
-    // The build holds the store a second longer.
-    std::thread::sleep(std::time::Duration::from_secs(1));
     std::fs::write(sync_dir(&root).join("go-a"), "").expect("go");
     let out = build.wait_with_output().expect("wait for build");
     assert!(out.status.success(), "{}", text(&out));
@@ -383,7 +400,11 @@ fn builds_started_during_a_collection_succeed_with_correct_images() {
         fill(&dead.join(format!("d{d}")), 1000, 10);
     }
     fixture.policy("[gc]\nkeep-storage = \"1\"\nmin-free-space = \"0\"\n");
-    let collector = fixture
+    // A hold on the store as a build's (this test's), so that the
+    // collection is still at work when the builds start: it waits for it.
+    let lease = open_lock(&root.join("gc.lock"));
+    rustix::fs::flock(&lease, rustix::fs::FlockOperation::LockShared).expect("flock");
+    let mut collector = fixture
         .kiln(&["__gc"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -392,21 +413,52 @@ fn builds_started_during_a_collection_succeed_with_correct_images() {
     wait_until("the collection took its turn", || {
         held(&root.join("gc-run.lock"))
     });
+    // Builds that start now, reuse the record the collection would remove,
+    // and wait in their second RUN.
     let mut builds = Vec::new();
     for name in ["b", "c"] {
         let ctx = fixture.context(name, &[("Dockerfile", &waiting(name))]);
-        std::fs::create_dir_all(sync_dir(&root)).expect("sync dir");
-        std::fs::write(sync_dir(&root).join(format!("go-{name}")), "").expect("go");
         builds.push((name, spawn_build(&fixture, &format!("{name}:1"), &ctx)));
+    }
+    wait_until("both builds' RUNs started", || {
+        ["b", "c"]
+            .iter()
+            .all(|name| sync_dir(&root).join(format!("started-{name}")).exists())
+    });
+    assert!(
+        collector.try_wait().expect("collector").is_none(),
+        "the collection ended before the builds ran"
+    );
+    // The test's hold goes: the collection now waits for the builds alone.
+    drop(lease);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        collector.try_wait().expect("collector").is_none(),
+        "the collection did not wait for the builds"
+    );
+    for name in ["b", "c"] {
+        std::fs::write(sync_dir(&root).join(format!("go-{name}")), "").expect("go");
     }
     for (name, build) in builds {
         let out = build.wait_with_output().expect("wait for build");
         assert!(out.status.success(), "build {name}: {}", text(&out));
+        assert!(
+            first_run_cached(&out),
+            "build {name} did not reuse the record: {}",
+            text(&out)
+        );
         check_image(&fixture, &format!("{name}:1"));
     }
     let out = collector.wait_with_output().expect("wait for collector");
     assert!(out.status.success(), "{}", text(&out));
+    // Then it did its work: the dead build's files and the records are
+    // gone (the images keep their own layers).
     assert!(!dead.exists());
+    assert!(
+        crate::records(&root).is_empty(),
+        "{:?}",
+        crate::records(&root)
+    );
 }
 
 /// A store with `hi:1` built (automatic collection off) and a build in

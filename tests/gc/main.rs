@@ -239,3 +239,113 @@ pub(crate) fn records(root: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// The files that make image `tag` whole: its manifest, config and layer
+/// blobs and its layers' snapshot directories, each with its inode and
+/// birth time. A file that was collected and made again (a snapshot
+/// unpacked anew from its blob, which `kiln run` would do without a word)
+/// has another birth time, even where its inode number was reused.
+pub(crate) fn image_files(root: &Path, tag: &str) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    use std::os::unix::fs::MetadataExt;
+    let store = kiln_layers::store::Store::open(root).expect("open the store");
+    let platform = kiln_layers::oci::Platform::host();
+    let found = store.find(tag, &platform).expect("find the image");
+    let [tagged] = found.as_slice() else {
+        panic!("{tag}: {found:?}");
+    };
+    let image = store
+        .read_image(&tagged.descriptor, &platform)
+        .expect("read the image");
+    let mut paths = vec![
+        store.blob_path(&tagged.descriptor.digest),
+        store.blob_path(&image.manifest_descriptor.digest),
+        store.blob_path(image.id()),
+    ];
+    paths.extend(
+        image
+            .manifest
+            .layers
+            .iter()
+            .map(|l| store.blob_path(&l.digest)),
+    );
+    paths.extend(image.chain_ids().iter().map(|c| store.snapshot_path(c)));
+    paths.dedup();
+    paths
+        .into_iter()
+        .map(|path| {
+            let meta =
+                std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let born = meta.created().expect("birth time (statx)");
+            (path, meta.ino(), born)
+        })
+        .collect()
+}
+
+/// Checks that `collectable`, what `kiln system df` says keep-storage
+/// limits, is what [`du_collectable`] measures. As root only: in the
+/// rootless run the store holds trees of subordinate ids that `du`, run as
+/// the user, may not read.
+pub(crate) fn assert_du_collectable(root: &Path, collectable: u64, context: &str) {
+    if kiln_testsupport::is_root() {
+        assert_eq!(du_collectable(root), collectable, "{context}");
+    }
+}
+
+/// What `du` counts in the store outside what its tagged images keep
+/// ([`image_files`] of each, their snapshots' whole directories) and the
+/// store's own small files at its top (index, policy, logs, locks): the
+/// bytes keep-storage limits, measured without kiln's inventory.
+fn du_collectable(root: &Path) -> u64 {
+    let store = kiln_layers::store::Store::open(root).expect("open the store");
+    let mut kept: Vec<PathBuf> = Vec::new();
+    for tagged in store.list().expect("list the images") {
+        let name = tagged.name.clone();
+        for (path, _, _) in image_files(root, &name) {
+            // A snapshot's `fs/`: its whole directory (marker, stamp).
+            match path.file_name().is_some_and(|n| n == "fs") {
+                true => kept.extend(path.parent().map(Path::to_path_buf)),
+                false => kept.push(path),
+            }
+        }
+    }
+    kept.extend(
+        std::fs::read_dir(root)
+            .expect("store")
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
+            .map(|e| e.path()),
+    );
+    kept.sort();
+    kept.dedup();
+    // The store's folders themselves (the root, its subfolders, the
+    // blob algorithm folders): their own blocks, not their contents.
+    let mut folders = vec![root.to_path_buf()];
+    for dir in [root.to_path_buf(), root.join("blobs")] {
+        folders.extend(
+            std::fs::read_dir(&dir)
+                .expect("store folder")
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path()),
+        );
+    }
+    let folders: u64 = folders
+        .iter()
+        .map(|d| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::symlink_metadata(d).expect("folder").blocks() * 512
+        })
+        .sum();
+    // `du` of several paths counts a file linked into two of them once.
+    du(&[root.to_path_buf()]) - du(&kept) - folders
+}
+
+/// Whether every file of [`image_files`]'s `before` is still there, the
+/// same file.
+pub(crate) fn assert_untouched(
+    root: &Path,
+    tag: &str,
+    before: &[(PathBuf, u64, std::time::SystemTime)],
+) {
+    assert_eq!(image_files(root, tag), before, "{tag}'s files changed");
+}

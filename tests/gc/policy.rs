@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
-use crate::{age, dead_owner, df, fill, records, run_cached, text, Fixture};
+use crate::{
+    age, assert_du_collectable, assert_untouched, dead_owner, df, fill, image_files, records,
+    run_cached, text, Fixture,
+};
 
 const SERIES: &str =
     "FROM busybox\nARG N\nRUN head -c 1000000 /dev/urandom > /data && echo $N > /n\n";
@@ -24,11 +27,14 @@ fn keep_storage_holds_the_store_under_it_least_recently_used_first() {
     fixture.policy("[gc]\nkeep-storage = \"5MB\"\n");
     let ctx = fixture.context("ctx", &[("Dockerfile", SERIES)]);
     fixture.build(&ctx, &["-t", "keep:1", "--build-arg", "N=0"]);
+    let keep = image_files(&fixture.root(), "keep:1");
     // Each build's layer is about 1 MB, stored twice (blob and snapshot).
     for n in 1..=4 {
         series(&fixture, &ctx, n);
         let collectable = df(&fixture)["Collectable"].as_u64().expect("collectable");
         assert!(collectable <= limit, "after build {n}: {collectable} bytes");
+        // The same figure from `du`, without kiln's inventory.
+        assert_du_collectable(&fixture.root(), collectable, &format!("after build {n}"));
     }
     // Build 1's record was the least recently used: gone. Build 2's is
     // used again now (a cache hit), so build 3's is the oldest when build
@@ -37,6 +43,9 @@ fn keep_storage_holds_the_store_under_it_least_recently_used_first() {
     series(&fixture, &ctx, 5);
     let collectable = df(&fixture)["Collectable"].as_u64().expect("collectable");
     assert!(collectable <= limit, "after build 5: {collectable} bytes");
+    assert_du_collectable(&fixture.root(), collectable, "after build 5");
+    // The tagged image's files were never collected (nor made again).
+    assert_untouched(&fixture.root(), "keep:1", &keep);
     for (n, kept) in [(4, true), (2, true), (3, false), (1, false)] {
         let out = series(&fixture, &ctx, n);
         assert_eq!(run_cached(&out), kept, "build {n}: {}", text(&out));

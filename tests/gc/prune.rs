@@ -4,7 +4,10 @@
 
 use std::path::PathBuf;
 
-use crate::{age, ahead_in_time, df, records, run_cached, start_time, text, Fixture};
+use crate::{
+    age, ahead_in_time, assert_du_collectable, assert_untouched, df, image_files, records,
+    run_cached, start_time, text, Fixture,
+};
 
 const SERIES: &str =
     "FROM busybox\nARG N\nRUN head -c 200000 /dev/urandom > /data && echo $N > /n\n";
@@ -52,6 +55,7 @@ fn keep_storage_and_until_trim_the_build_cache_least_recently_used_first() {
     let out = fixture.ok(&["prune", "--keep-storage", "500kB"]);
     let collectable = df(&fixture)["Collectable"].as_u64().expect("collectable");
     assert!(collectable <= 500 << 10, "{collectable}: {}", text(&out));
+    assert_du_collectable(&fixture.root(), collectable, &text(&out));
     assert!(!recs[0].exists() && !recs[2].exists(), "{}", text(&out));
     assert!(recs[1].exists() && recs[3].exists(), "{}", text(&out));
 
@@ -107,9 +111,11 @@ fn types_all_and_dangling_images() {
     assert!(recs[0].exists());
     // --all: the rest of the build cache too; tagged images stay whole.
     fixture.build(&cache_ctx, &[]);
+    let series_files = image_files(&fixture.root(), "series:latest");
     let out = fixture.ok(&["prune", "--all"]);
     assert_eq!(reported(&out, "dangling images"), "dangling images: 1");
     assert!(records(&fixture.root()).is_empty());
+    assert_untouched(&fixture.root(), "series:latest", &series_files);
     let out = fixture.ok(&["run", "series:latest", "cat", "/n"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n");
     assert!(!run_cached(&fixture.build(&ctx, &["--build-arg", "N=1"])));

@@ -1017,17 +1017,26 @@ mod tests {
     }
 
     /// Whether the file system the tests' stores are on is one where
-    /// phase 2 may choose from phase 1's scan (else the tests that need it
-    /// say so and stop).
+    /// phase 2 may choose from phase 1's scan. Where it is not, the tests
+    /// that need it fail, or, with `KILN_TEST_ALLOW_SKIP=1`, say so and
+    /// stop, as the tests that need root do.
     fn reuse_possible(store: &Store) -> bool {
-        let possible = inventory::times_are_current(store);
-        if !possible {
-            eprintln!(
-                "skipped: {} is not on a local file system kiln knows",
-                store.root().display()
-            );
+        if inventory::times_are_current(store) {
+            return true;
         }
-        possible
+        let why = format!(
+            "{} is not on a local file system kiln knows",
+            store.root().display()
+        );
+        let var = kiln_testsupport::users::ALLOW_SKIP_VAR;
+        if std::env::var_os(var).is_some_and(|v| v == "1") {
+            eprintln!("SKIPPED: {why}; {var}=1 allows the skip");
+            return false;
+        }
+        panic!(
+            "{why}: set TMPDIR to a directory on ext4, xfs, btrfs, tmpfs, f2fs or overlayfs, \
+             or {var}=1 to skip"
+        );
     }
 
     /// Phase 1, then `meanwhile`, then phase 2's choice: why it scanned

@@ -555,7 +555,7 @@ mod tests {
         fs::write(tree.join("fs/f"), vec![1u8; 20_000]).unwrap();
         let mut cache = SizeCache::load(&store);
         let first = cache.measure("snapshots/abc", &tree).unwrap().total();
-        assert_eq!(first, du(&tree).unwrap());
+        assert_eq!(first, du_command(&[&tree]));
         cache.save(&store).unwrap();
 
         // Immutable by contract: a change inside is not seen...
@@ -689,7 +689,7 @@ mod tests {
         let mut cache = SizeCache::load(&store);
         let now = cache.measure(&key, &parked).unwrap();
         assert_eq!(cache.walked, 1);
-        assert_eq!(now.total(), du(&parked).unwrap());
+        assert_eq!(now.total(), du_command(&[&parked]));
         assert_ne!(now, size);
     }
 
