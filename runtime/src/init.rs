@@ -355,10 +355,13 @@ fn ensure_mount_point(
             )?),
             false => None,
         };
+        // One entry, never through a symlink: mkdir -p would take a
+        // symlink to a host directory for the directory, and what is made
+        // below it would then be made on the host.
         let created = if i + 1 == components.len() && !dir {
             sys.create_file(&path, 0o644)
         } else {
-            sys.mkdir_all(&path, 0o755)
+            sys.mkdir(&path, 0o755)
         };
         if let (Ok(()), Some(mtime)) = (&created, parent_mtime) {
             step(

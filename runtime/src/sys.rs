@@ -55,6 +55,10 @@ pub trait Syscalls {
     fn chroot(&mut self, dir: &Path) -> io::Result<()>;
     /// mkdir -p with `mode` for the directories it creates.
     fn mkdir_all(&mut self, dir: &Path, mode: u32) -> io::Result<()>;
+    /// mkdir(2): one directory; fails if anything, even a symlink (to a
+    /// directory or to nothing), is there. Unlike [`Syscalls::mkdir_all`],
+    /// which takes a symlink to a directory as the directory.
+    fn mkdir(&mut self, dir: &Path, mode: u32) -> io::Result<()>;
     /// Creates an empty regular file (a mount point); fails if anything,
     /// even a dangling symlink, is there.
     fn create_file(&mut self, path: &Path, mode: u32) -> io::Result<()>;
@@ -459,6 +463,11 @@ impl Syscalls for RealSyscalls {
             .recursive(true)
             .mode(mode)
             .create(dir)
+    }
+
+    fn mkdir(&mut self, dir: &Path, mode: u32) -> io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(mode).create(dir)
     }
 
     fn create_file(&mut self, path: &Path, mode: u32) -> io::Result<()> {
@@ -991,6 +1000,10 @@ impl Syscalls for RecordingSyscalls {
 
     fn mkdir_all(&mut self, dir: &Path, mode: u32) -> io::Result<()> {
         self.record(format!("mkdir_all {} {mode:o}", dir.display()))
+    }
+
+    fn mkdir(&mut self, dir: &Path, mode: u32) -> io::Result<()> {
+        self.record(format!("mkdir {} {mode:o}", dir.display()))
     }
 
     fn create_file(&mut self, path: &Path, mode: u32) -> io::Result<()> {

@@ -143,22 +143,33 @@ fn discarded_upper_dir_and_state_are_removed() {
     assert!(!rootfs.join("new-file").exists());
 }
 
+/// A mount inside the container is refused, with seccomp and without it
+/// (CAP_SYS_ADMIN is not in the bounding set); the control, a privileged
+/// run (every capability, no seccomp), mounts with the same command.
 #[test]
 fn mount_inside_fails() {
     require_root!();
-    let (code, _) = sh("mkdir -p /mnt && mount -t tmpfs none /mnt");
-    assert_ne!(code, 0);
-    // Without seccomp too: CAP_SYS_ADMIN is not in the bounding set.
-    let tmp = tempfile::tempdir().unwrap();
-    let rootfs = busybox_rootfs(tmp.path());
-    let mut s = spec(
-        tmp.path(),
-        &rootfs,
-        &["sh", "-c", "mkdir -p /mnt && mount -t tmpfs none /mnt"],
-    );
-    s.seccomp = false;
-    let (result, _, _) = run_captured(tmp.path(), s);
-    assert_ne!(result.unwrap().code(), 0);
+    const MOUNT: &str =
+        "mkdir -p /mnt && mount -t tmpfs none /mnt && grep -c ' /mnt tmpfs' /proc/mounts";
+    let mount_with = |seccomp: bool, privileged: bool| {
+        let tmp = tempfile::tempdir().unwrap();
+        let rootfs = busybox_rootfs(tmp.path());
+        let mut s = spec(tmp.path(), &rootfs, &["sh", "-c", MOUNT]);
+        s.seccomp = seccomp;
+        s.privileged = privileged;
+        let (result, out, err) = run_captured(tmp.path(), s);
+        (result.unwrap().code(), out, err)
+    };
+    for seccomp in [true, false] {
+        let (code, out, err) = mount_with(seccomp, false);
+        assert_ne!(code, 0, "seccomp {seccomp}: {out}{err}");
+        assert!(
+            err.contains("permission denied"),
+            "seccomp {seccomp}: {err}"
+        );
+    }
+    let (code, out, err) = mount_with(false, true);
+    assert_eq!((code, out.as_str()), (0, "1\n"), "{err}");
 }
 
 #[test]
@@ -309,6 +320,14 @@ fn seccomp_denies_unshare_and_can_be_turned_off() {
     let (result, out, _) = run_captured(tmp.path(), s);
     assert_eq!(result.unwrap().code(), 0);
     assert_eq!(out, "Seccomp:\t0\n");
+    // The control: without seccomp the same unshare works, so it is the
+    // profile that stopped it above.
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let mut s = spec(tmp.path(), &rootfs, &["unshare", "-U", "true"]);
+    s.seccomp = false;
+    let (result, _, err) = run_captured(tmp.path(), s);
+    assert_eq!(result.unwrap().code(), 0, "{err}");
 }
 
 #[test]
@@ -519,52 +538,77 @@ fn terminal_comes_from_the_containers_devpts() {
     );
 }
 
+/// Each of four symlinks in the image, one run each, would aim a mount or
+/// a mount point at the host: /etc/hosts at a host file, /etc/resolv.conf
+/// at a host path that does not exist, /data (a volume target) at a host
+/// directory, and /run/secrets (the directory of a file mount's target,
+/// as a secret's) at a host directory, under which the file's mount point
+/// would have been created on the host. Each run is refused; the host's
+/// files stay as they were and nothing is created next to them.
 #[test]
 fn image_symlinks_cannot_aim_mounts_at_the_host() {
     require_root!();
-    let tmp = tempfile::tempdir().unwrap();
-    let rootfs = busybox_rootfs(tmp.path());
-    let host_dir = tempfile::tempdir().unwrap();
-    let existing = host_dir.path().join("existing");
-    fs::write(&existing, "host file\n").unwrap();
-    let absent = host_dir.path().join("absent");
-    // /etc/hosts points at a host file; /etc/resolv.conf at a host path that
-    // does not exist; /data (a volume target) at the host dir.
-    std::os::unix::fs::symlink(&existing, rootfs.join("etc/hosts")).unwrap();
-    std::os::unix::fs::symlink(&absent, rootfs.join("etc/resolv.conf")).unwrap();
-    std::os::unix::fs::symlink(host_dir.path(), rootfs.join("data")).unwrap();
-    let volume = tmp.path().join("volume");
-    fs::create_dir(&volume).unwrap();
-    let mut s = spec(
-        tmp.path(),
-        &rootfs,
-        &["sh", "-c", "echo changed > /etc/hosts"],
-    );
-    s.mounts = vec![BindMount {
-        source: volume,
-        target: PathBuf::from("/data"),
-        read_only: false,
-    }];
-    let (result, _, _) = run_captured(tmp.path(), s);
-    // The run is refused; the host files stay as they were and nothing is
-    // created next to them.
-    match result {
-        Err(RuntimeError::Setup { reason, .. }) => {
-            assert!(
+    for link in ["etc/hosts", "etc/resolv.conf", "data", "run/secrets"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let rootfs = busybox_rootfs(tmp.path());
+        let host_dir = tempfile::tempdir().unwrap();
+        let existing = host_dir.path().join("existing");
+        fs::write(&existing, "host file\n").unwrap();
+        let absent = host_dir.path().join("absent");
+        let aim = match link {
+            "etc/hosts" => existing.clone(),
+            "etc/resolv.conf" => absent.clone(),
+            _ => host_dir.path().to_path_buf(),
+        };
+        let _ = fs::remove_file(rootfs.join(link));
+        fs::create_dir_all(rootfs.join(link).parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&aim, rootfs.join(link)).unwrap();
+        let volume = tmp.path().join("volume");
+        fs::create_dir(&volume).unwrap();
+        let secret = tmp.path().join("secret");
+        fs::write(&secret, "s3cret\n").unwrap();
+        let mut s = spec(
+            tmp.path(),
+            &rootfs,
+            &[
+                "sh",
+                "-c",
+                "echo changed > /etc/hosts; echo changed > /data/new",
+            ],
+        );
+        s.mounts = vec![
+            BindMount {
+                source: volume,
+                target: PathBuf::from("/data"),
+                read_only: false,
+            },
+            BindMount {
+                source: secret,
+                target: PathBuf::from("/run/secrets/token"),
+                read_only: true,
+            },
+        ];
+        let (result, _, _) = run_captured(tmp.path(), s);
+        match result {
+            Err(RuntimeError::Setup { reason, .. }) => assert!(
                 reason.contains("symlink that does not resolve inside the image"),
-                "{reason}"
-            )
+                "/{link}: {reason}"
+            ),
+            other => panic!("/{link}: expected a refusal, got {other:?}"),
         }
-        other => panic!("expected a refusal, got {other:?}"),
+        assert_eq!(
+            fs::read_to_string(&existing).unwrap(),
+            "host file\n",
+            "/{link}"
+        );
+        assert!(!absent.exists(), "/{link}");
+        let names: Vec<_> = fs::read_dir(host_dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, ["existing"], "/{link}");
     }
-    assert_eq!(fs::read_to_string(&existing).unwrap(), "host file\n");
-    assert!(!absent.exists());
-    let names: Vec<_> = fs::read_dir(host_dir.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert_eq!(names, ["existing"]);
 }
 
 #[test]

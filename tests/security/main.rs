@@ -11,6 +11,7 @@ mod image_limits;
 mod kill_removal;
 mod leftovers;
 mod limits;
+mod mount_points;
 mod secrets;
 mod store_modes;
 mod url_credentials;
