@@ -331,7 +331,7 @@ fn seccomp_denies_unshare_and_can_be_turned_off() {
 }
 
 #[test]
-fn threads_still_work_under_seccomp() {
+fn forks_still_work_under_seccomp() {
     require_root!();
     // Pipelines and command substitution fork; busybox is static, so this
     // is clone(2), which the profile must allow without namespace flags.

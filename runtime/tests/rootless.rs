@@ -124,6 +124,14 @@ fn unprivileged_user_runs_busybox_in_a_user_namespace() {
         ),
     );
     assert_eq!(out, "lo tap0 unreachable\n");
+    // The control: on the host's network the same server answers, so the
+    // private network is what kept it out of reach.
+    let out = as_user(
+        "s4",
+        &["--network", "host"],
+        &format!("timeout 5 wget -q -O- http://127.0.0.1:{port}/ || echo unreachable"),
+    );
+    assert_eq!(out, "host-secret");
     // Everything the run created is gone, files of mapped ids included.
     let left: Vec<_> = fs::read_dir(&work)
         .unwrap()

@@ -73,7 +73,24 @@ fn mknod_probe(marker: &str) -> String {
     format!(
         "mknod /kmsg c 1 11 && echo {marker}-root > /kmsg; \
          mknod /dev/kmsg2 c 1 11 && echo {marker}-dev > /dev/kmsg2; \
-         echo probed"
+         echo prob''ed"
+    )
+}
+
+/// Builds, without the cache, a one-stage image from `base` whose RUN is
+/// `probe` (a probe above: the words it prints are spelled apart in it, so
+/// a build's progress, which echoes the command, has them only from its
+/// output).
+fn build_probe(fixture: &Fixture, restriction: Option<&str>, base: &str, probe: &str) -> Output {
+    let dir = format!("ctx-{}", marker(base).replace([':', '.'], "-"));
+    let context = fixture.context(
+        &dir,
+        &[("Dockerfile", &format!("FROM {base}\nRUN {probe}\n"))],
+    );
+    kiln_with(
+        fixture,
+        restriction,
+        &["build", "--no-cache", context.to_str().expect("utf-8 path")],
     )
 }
 
@@ -118,8 +135,8 @@ fn import_device_image(fixture: &Fixture) {
 /// and written with the marker; /mem is read.
 fn image_node_probe(marker: &str) -> String {
     format!(
-        "[ -c /kmsg ] && [ -c /mem ] && echo nodes-present; \
-         echo {marker}-image > /kmsg; head -c 1 /mem > /dev/null; echo probed"
+        "[ -c /kmsg ] && [ -c /mem ] && echo nodes-pre''sent; \
+         echo {marker}-image > /kmsg; head -c 1 /mem > /dev/null; echo prob''ed"
     )
 }
 
@@ -180,34 +197,24 @@ fn probe_all(fixture: &Fixture, restriction: Option<&str>, label: &str) -> (bool
     outputs.push(all);
     markers.push(m);
 
+    // The same two probes in RUN steps, one build each.
     let m = marker(&format!("{label}-build"));
-    let m_image = marker(&format!("{label}-build-image"));
-    let context = fixture.context(
-        &format!("ctx-{label}"),
-        &[(
-            "Dockerfile",
-            &format!(
-                "FROM busybox:latest\nRUN {}\nFROM devimg:latest\nRUN {}\n",
-                mknod_probe(&m),
-                image_node_probe(&m_image)
-            ),
-        )],
-    );
-    let out = kiln_with(
-        fixture,
-        restriction,
-        &[
-            "build",
-            "--no-cache",
-            "-t",
-            "probe:latest",
-            context.to_str().expect("utf-8 path"),
-        ],
-    );
+    let out = build_probe(fixture, restriction, "busybox:latest", &mknod_probe(&m));
     assert!(out.status.success(), "{}", text(&out));
+    assert!(combined(&out).contains("probed"), "{}", text(&out));
     outputs.push(combined(&out));
     markers.push(m);
-    markers.push(m_image);
+    let m = marker(&format!("{label}-build-image"));
+    let out = build_probe(fixture, restriction, "devimg:latest", &image_node_probe(&m));
+    assert!(out.status.success(), "{}", text(&out));
+    let all = combined(&out);
+    assert!(
+        all.contains("nodes-present") && all.contains("probed"),
+        "{}",
+        text(&out)
+    );
+    outputs.push(all);
+    markers.push(m);
 
     let reached = markers.iter().any(|m| host_kernel_log_has(m));
     (reached, outputs)
@@ -313,19 +320,20 @@ fn without_a_restriction_the_probes_reach_the_host_kernel_log() {
     );
     assert!(host_kernel_log_has(&format!("{m}-image")), "{}", text(&out));
     let m = marker("control-build");
-    let context = fixture.context(
-        "ctx-control",
-        &[(
-            "Dockerfile",
-            &format!("FROM busybox:latest\nRUN {}\n", mknod_probe(&m)),
-        )],
+    let out = build_probe(&fixture, Some("none"), "busybox:latest", &mknod_probe(&m));
+    assert!(
+        host_kernel_log_has(&format!("{m}-root")) && host_kernel_log_has(&format!("{m}-dev")),
+        "{}",
+        text(&out)
     );
-    let out = kiln_with(
+    let m = marker("control-build-image");
+    let out = build_probe(
         &fixture,
         Some("none"),
-        &["build", "--no-cache", context.to_str().expect("utf-8 path")],
+        "devimg:latest",
+        &image_node_probe(&m),
     );
-    assert!(host_kernel_log_has(&format!("{m}-root")), "{}", text(&out));
+    assert!(host_kernel_log_has(&format!("{m}-image")), "{}", text(&out));
 }
 
 /// `kiln info` names the restriction a run gets, also when one is chosen.

@@ -15,11 +15,13 @@ use crate::common::kiln_command;
 use crate::{text, Fixture};
 
 /// The probe: prints `LEAK n` for each descriptor through which the marker
-/// file is reachable, then `probed`.
+/// file is reachable, then `probed` (written `prob''ed`, so that only the
+/// probe's output has the word, not its command line that a build's
+/// progress echoes).
 const PROBE: &str = "n=3; while [ $n -lt 1024 ]; do \
      [ -e /proc/self/fd/$n/kiln-fd-marker ] && echo LEAK $n; \
      [ -e /proc/self/fd/$n/../kiln-fd-marker ] && echo LEAK $n; \
-     n=$((n+1)); done; echo probed";
+     n=$((n+1)); done; echo prob''ed";
 
 /// `kiln --root ROOT ARGS…` started with descriptors 3–1023 open on
 /// `host_dir` (inheritable, as a shell's `exec 7<dir` leaves them).

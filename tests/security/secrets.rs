@@ -4,9 +4,9 @@
 //!
 //! Each test starts a build whose RUN reads the secret, prints its sha256
 //! and sleeps; once that line shows in the progress, it sends kiln the
-//! signal, waits for kiln to end, and looks in /tmp, $TMPDIR, /dev/shm and
-//! the store root for the secret's bytes and for files named
-//! `kiln-secret-*` ([`probe`]). `the_probe_finds_a_secret_left_on_disk`
+//! signal, waits for kiln to end, and looks in /tmp, $TMPDIR, /dev/shm, the
+//! runtime's scratch bases and the store root for the secret's bytes and
+//! for files named `kiln-secret-*` ([`probe`]). `the_probe_finds_a_secret_left_on_disk`
 //! shows the probe finding what the old code left.
 
 use std::io::{BufRead, BufReader};
@@ -47,8 +47,9 @@ impl Findings {
     }
 }
 
-/// The places a secret could be left on disk: /tmp, $TMPDIR, /dev/shm and
-/// `store`. Every regular file under `store`, and elsewhere every one
+/// The places a secret could be left on disk: /tmp, $TMPDIR, /dev/shm,
+/// the runtime's other scratch bases (/run/kiln, $XDG_RUNTIME_DIR/kiln,
+/// where a run's secret tmpfs is mounted) and `store`. Every regular file under `store`, and elsewhere every one
 /// created or written since `since` (its ctime, which no one can set back:
 /// only those can come from this test's build), is checked by name
 /// (`kiln-secret-*`) and by content. Symlinks are not followed; files that
@@ -61,6 +62,10 @@ fn probe(value: &[u8], store: &Path, since: i64) -> Findings {
     ];
     if let Some(tmpdir) = std::env::var_os("TMPDIR") {
         roots.push((PathBuf::from(tmpdir), false));
+    }
+    roots.push((PathBuf::from("/run/kiln"), false));
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        roots.push((PathBuf::from(dir).join("kiln"), false));
     }
     let mut found = Findings::default();
     for (root, every_file) in roots {
