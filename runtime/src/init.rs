@@ -542,6 +542,19 @@ fn mount_proc_and_sys(
     cfg: &ContainerConfig,
     report: &mut dyn FnMut(Report),
 ) -> Result<(), Failure> {
+    // Their masked and read-only paths are set under `<root>/proc` and
+    // `<root>/sys` (`mask_paths`): an image's symlink there would send
+    // those mounts elsewhere and leave the fresh proc whole (a writable
+    // /proc/sys, /proc/sysrq-trigger). runc refuses them too.
+    for name in ["proc", "sys"] {
+        let path = cfg.rootfs.join(name);
+        if step(format!("lstat {}", path.display()), sys.is_symlink(&path))? {
+            return Err(Failure::Setup {
+                step: format!("mount point /{name}"),
+                reason: format!("/{name} is a symlink in the image: it must be a directory"),
+            });
+        }
+    }
     let proc_dir = ensure_mount_point(sys, cfg, Path::new("proc"), true, report)?;
     fresh_or_bound(sys, cfg, "proc", &proc_dir, NO_SUID_DEV_EXEC, report)?;
 

@@ -81,6 +81,9 @@ pub trait Syscalls {
     fn set_mtime(&mut self, path: &Path, mtime: (i64, i64)) -> io::Result<()>;
     /// stat(2): the mode, or `None` when nothing is there.
     fn stat_mode(&mut self, path: &Path) -> io::Result<Option<Mode>>;
+    /// Whether `path` itself is a symlink (lstat(2)); false when nothing
+    /// is there.
+    fn is_symlink(&mut self, path: &Path) -> io::Result<bool>;
     /// The `MS_*` flags of the mount holding `path` that a remount must keep
     /// (nosuid, nodev, noexec, …: locked inside a user namespace).
     fn mount_flags(&mut self, path: &Path) -> io::Result<libc::c_ulong>;
@@ -543,6 +546,14 @@ impl Syscalls for RealSyscalls {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::symlink_metadata(path)?;
         Ok((meta.mtime(), meta.mtime_nsec()))
+    }
+
+    fn is_symlink(&mut self, path: &Path) -> io::Result<bool> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) => Ok(meta.file_type().is_symlink()),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(err) => Err(err),
+        }
     }
 
     fn set_mtime(&mut self, path: &Path, mtime: (i64, i64)) -> io::Result<()> {
@@ -1042,6 +1053,14 @@ impl Syscalls for RecordingSyscalls {
     fn mtime(&mut self, path: &Path) -> io::Result<(i64, i64)> {
         self.record(format!("mtime {}", path.display()))?;
         Ok((0, 0))
+    }
+
+    fn is_symlink(&mut self, path: &Path) -> io::Result<bool> {
+        self.record(format!("is_symlink {}", path.display()))?;
+        Ok(self
+            .modes
+            .get(path)
+            .is_some_and(|mode| mode & libc::S_IFMT == libc::S_IFLNK))
     }
 
     fn set_mtime(&mut self, path: &Path, mtime: (i64, i64)) -> io::Result<()> {

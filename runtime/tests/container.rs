@@ -611,6 +611,36 @@ fn image_symlinks_cannot_aim_mounts_at_the_host() {
     }
 }
 
+/// An image whose /proc (or /sys) is a symlink to a directory of its own
+/// is refused: the masked and read-only paths (/proc/kcore, /proc/sys,
+/// /proc/sysrq-trigger, …) are set under /proc, and through the symlink
+/// they would miss the fresh proc mounted at its target, leaving
+/// /proc/sys writable to the container's root.
+#[test]
+fn a_symlinked_proc_or_sys_is_refused() {
+    require_root!();
+    for name in ["proc", "sys"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let rootfs = busybox_rootfs(tmp.path());
+        let _ = fs::remove_dir(rootfs.join(name));
+        fs::create_dir(rootfs.join("p")).unwrap();
+        std::os::unix::fs::symlink("/p", rootfs.join(name)).unwrap();
+        let s = spec(
+            tmp.path(),
+            &rootfs,
+            &["sh", "-c", "grep -c ' /proc/sys ' /proc/self/mountinfo"],
+        );
+        let (result, out, _) = run_captured(tmp.path(), s);
+        match result {
+            Err(RuntimeError::Setup { reason, .. }) => assert!(
+                reason.contains(&format!("/{name} is a symlink in the image")),
+                "/{name}: {reason}"
+            ),
+            other => panic!("/{name}: expected a refusal, got {other:?} ({out})"),
+        }
+    }
+}
+
 #[test]
 fn a_state_dir_in_use_is_refused_and_left_alone() {
     let tmp = tempfile::tempdir().unwrap();
