@@ -250,17 +250,29 @@ fn owned_cache_dir(dir: &Path, spec: &kiln_parser::mount::Mount) -> Result<PathB
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(failed(e)),
     }
-    let meta = std::fs::symlink_metadata(&owned).map_err(failed)?;
-    if !meta.is_dir() {
-        return Err(format!("{}: not a directory", owned.display()));
-    }
-    rustix::fs::chown(
+    // Owner and mode set on the directory opened, never through a symlink
+    // put in its place (by a RUN holding another instance of the cache).
+    let fd = rustix::fs::open(
         &owned,
+        rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::DIRECTORY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
+            format!("{}: not a directory", owned.display())
+        }
+        e => failed(e.into()),
+    })?;
+    rustix::fs::fchown(
+        &fd,
         Some(rustix::fs::Uid::from_raw(spec.uid.unwrap_or(0))),
         Some(rustix::fs::Gid::from_raw(spec.gid.unwrap_or(0))),
     )
     .map_err(|e| failed(e.into()))?;
-    rustix::fs::chmod(&owned, rustix::fs::Mode::from_raw_mode(owned_mode(spec)))
+    rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(owned_mode(spec)))
         .map_err(|e| failed(e.into()))?;
     Ok(owned)
 }
