@@ -152,69 +152,54 @@ fn combined(out: &Output) -> String {
     )
 }
 
+/// A probe's script for a marker ([`mknod_probe`], [`image_node_probe`]).
+type Probe = fn(&str) -> String;
+
 /// Runs both probes from `kiln run` and from a RUN step under
 /// `restriction`; returns whether any marker reached the host's log.
 fn probe_all(fixture: &Fixture, restriction: Option<&str>, label: &str) -> (bool, Vec<String>) {
     let mut outputs = Vec::new();
     let mut markers = Vec::new();
 
-    let m = marker(&format!("{label}-run"));
-    let out = kiln_with(
-        fixture,
-        restriction,
-        &[
-            "run",
-            "--rm",
-            "busybox:latest",
-            "sh",
-            "-c",
-            &mknod_probe(&m),
-        ],
-    );
-    assert!(combined(&out).contains("probed"), "{}", text(&out));
-    outputs.push(combined(&out));
-    markers.push(m);
-
-    let m = marker(&format!("{label}-image"));
-    let out = kiln_with(
-        fixture,
-        restriction,
-        &[
-            "run",
-            "--rm",
+    // Each probe from `kiln run` and from a RUN step (one build each); the
+    // words it prints must show it ran to its end (and found the image's
+    // nodes).
+    let probes: [(&str, Probe, &[&str]); 2] = [
+        ("busybox:latest", mknod_probe, &["probed"]),
+        (
             "devimg:latest",
-            "sh",
-            "-c",
-            &image_node_probe(&m),
-        ],
-    );
-    let all = combined(&out);
-    assert!(
-        all.contains("nodes-present") && all.contains("probed"),
-        "{}",
-        text(&out)
-    );
-    outputs.push(all);
-    markers.push(m);
-
-    // The same two probes in RUN steps, one build each.
-    let m = marker(&format!("{label}-build"));
-    let out = build_probe(fixture, restriction, "busybox:latest", &mknod_probe(&m));
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(combined(&out).contains("probed"), "{}", text(&out));
-    outputs.push(combined(&out));
-    markers.push(m);
-    let m = marker(&format!("{label}-build-image"));
-    let out = build_probe(fixture, restriction, "devimg:latest", &image_node_probe(&m));
-    assert!(out.status.success(), "{}", text(&out));
-    let all = combined(&out);
-    assert!(
-        all.contains("nodes-present") && all.contains("probed"),
-        "{}",
-        text(&out)
-    );
-    outputs.push(all);
-    markers.push(m);
+            image_node_probe,
+            &["nodes-present", "probed"],
+        ),
+    ];
+    for (image, probe, words) in probes {
+        for via in ["run", "build"] {
+            let m = marker(&format!(
+                "{label}-{via}-{}",
+                image.trim_end_matches(":latest")
+            ));
+            let out = match via {
+                "run" => kiln_with(
+                    fixture,
+                    restriction,
+                    &["run", "--rm", image, "sh", "-c", &probe(&m)],
+                ),
+                _ => {
+                    let out = build_probe(fixture, restriction, image, &probe(&m));
+                    assert!(out.status.success(), "{}", text(&out));
+                    out
+                }
+            };
+            let all = combined(&out);
+            assert!(
+                words.iter().all(|w| all.contains(w)),
+                "{via} {image}: {}",
+                text(&out)
+            );
+            outputs.push(all);
+            markers.push(m);
+        }
+    }
 
     let reached = markers.iter().any(|m| host_kernel_log_has(m));
     (reached, outputs)

@@ -30,14 +30,19 @@ pub fn require_root(why: &str) -> bool {
     if is_root() {
         return true;
     }
+    skip_or_fail(&format!("needs root ({why})"), "run it as root (CI does)");
+    false
+}
+
+/// For a test that cannot run here (`why`): with `KILN_TEST_ALLOW_SKIP=1`
+/// prints `SKIPPED: <why>` and returns, the test then returning too;
+/// otherwise panics, saying `how` to make it run.
+pub fn skip_or_fail(why: &str, how: &str) {
     if std::env::var_os(ALLOW_SKIP_VAR).is_some_and(|v| v == "1") {
-        eprintln!("SKIPPED: needs root ({why}); {ALLOW_SKIP_VAR}=1 allows the skip");
-        return false;
+        eprintln!("SKIPPED: {why}; {ALLOW_SKIP_VAR}=1 allows the skip");
+        return;
     }
-    panic!(
-        "this test needs root ({why}): run it as root (CI does), \
-         or set {ALLOW_SKIP_VAR}=1 to skip it"
-    );
+    panic!("this test {why}: {how}, or set {ALLOW_SKIP_VAR}=1 to skip it");
 }
 
 /// The environment variable scripts/test-rootless sets (`1`): the tests

@@ -1024,19 +1024,14 @@ mod tests {
         if inventory::times_are_current(store) {
             return true;
         }
-        let why = format!(
-            "{} is not on a local file system kiln knows",
-            store.root().display()
+        kiln_testsupport::users::skip_or_fail(
+            &format!(
+                "needs its store on a local file system kiln knows, not {}",
+                store.root().display()
+            ),
+            "set TMPDIR to a directory on ext4, xfs, btrfs, tmpfs, f2fs or overlayfs",
         );
-        let var = kiln_testsupport::users::ALLOW_SKIP_VAR;
-        if std::env::var_os(var).is_some_and(|v| v == "1") {
-            eprintln!("SKIPPED: {why}; {var}=1 allows the skip");
-            return false;
-        }
-        panic!(
-            "{why}: set TMPDIR to a directory on ext4, xfs, btrfs, tmpfs, f2fs or overlayfs, \
-             or {var}=1 to skip"
-        );
+        false
     }
 
     /// Phase 1, then `meanwhile`, then phase 2's choice: why it scanned
