@@ -295,6 +295,46 @@ fn volumes_are_read_only_when_asked() {
     assert!(host.join("made").is_file());
 }
 
+/// `:ro` reaches what is mounted under the volume's source too: a tmpfs
+/// mounted at `<source>/sub` is read-only in the container (a bind
+/// remounted read-only left it writable: a remount changes one mount).
+/// The control: without `:ro` the same tmpfs takes the write.
+#[test]
+fn a_read_only_volume_is_read_only_below_too() {
+    require_root!();
+    let f = Fixture::new(&[]);
+    let host = f.dir.path().join("tree");
+    let sub = host.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&sub)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a tmpfs on {}", sub.display());
+    /// Unmounts the tmpfs when the test ends, even by a panic.
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let unmount = Unmount(sub.clone());
+    let touch = "touch /data/sub/made 2>/dev/null && echo rw || echo ro; \
+                 touch /data/top 2>/dev/null && echo rw || echo ro";
+    let mut seen = Vec::new();
+    for mode in [":ro", ""] {
+        let volume = format!("{}:/data{mode}", host.display());
+        let out = f.run(&["-v", &volume, "busybox:test", "sh", "-c", touch]);
+        seen.push((mode, stdout(&out), stderr(&out)));
+    }
+    let made = sub.join("made").is_file();
+    drop(unmount);
+    assert_eq!(seen[0].1, "ro\nro\n", ":ro: {}", seen[0].2);
+    assert_eq!(seen[1].1, "rw\nrw\n", "read-write: {}", seen[1].2);
+    assert!(made, "the read-write run's file is not on the host's tmpfs");
+}
+
 #[test]
 fn image_user_owns_the_files_it_creates() {
     require_root!();

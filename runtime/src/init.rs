@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use crate::protocol::{ContainerConfig, Failure, Report};
 use crate::security::{default_seccomp_filters, dropped_capabilities, DEFAULT_CAPABILITIES};
 use crate::spec::{BindMount, Network, RlimitResource, TmpfsMount};
-use crate::sys::Syscalls;
+use crate::sys::{BindAttrs, Pinned, Syscalls};
 use crate::user::{resolve_user, ResolvedUser};
 
 /// Docker's PATH when the image sets none.
@@ -309,8 +309,11 @@ fn find_executable(
     })
 }
 
-/// Makes sure a mount point exists and returns it resolved inside the root
-/// (an image's symlink cannot send a mount, or a created file, to the host).
+/// Makes sure a mount point exists and returns it opened, resolved inside
+/// the root (an image's symlink cannot send a mount, or a created file, to
+/// the host; nor can a symlink another container swaps into a directory
+/// they share, a cache mount, between this lookup and the mount, which
+/// takes the opened file, not the path).
 /// The caller put every mount point in a bottom lower layer, so normally it
 /// exists and nothing lands in the upper dir; when the image hides it (a
 /// whiteout), it is created and reported so the caller can remove it from the
@@ -323,35 +326,39 @@ fn ensure_mount_point(
     rel: &Path,
     dir: bool,
     report: &mut dyn FnMut(Report),
-) -> Result<PathBuf, Failure> {
+) -> Result<Pinned, Failure> {
     let (root, keep_times) = (cfg.rootfs.as_path(), cfg.root_dir.is_some());
     let resolve = |sys: &mut dyn Syscalls, prefix: &Path| {
         step(
             format!("resolve /{} in the root", prefix.display()),
-            sys.resolve_in_root(root, prefix),
+            sys.open_in_root(root, prefix),
         )
     };
     if let Some(target) = resolve(sys, rel)? {
         return Ok(target);
     }
-    // Create what is missing one component at a time, each under the
-    // resolved path of its parent.
-    let mut resolved = root.to_path_buf();
+    // Create what is missing one component at a time, each in its parent
+    // as opened.
+    let mut parent = step(format!("open {}", root.display()), sys.open_path(root))?;
     let mut prefix = PathBuf::new();
     let components: Vec<_> = rel.components().collect();
     for (i, component) in components.iter().enumerate() {
         prefix.push(component);
         if let Some(existing) = resolve(sys, &prefix)? {
-            resolved = existing;
+            parent = existing;
             continue;
         }
-        let path = resolved.join(component);
+        let resolved = parent.shown().to_path_buf();
+        let shown = resolved.join(component);
+        // `<parent fd>/<name>`: made in the directory opened, whatever is
+        // at its path now.
+        let path = parent.path().join(component);
         // In a root dir (the copying snapshotter) a stub must leave no
         // trace: its directory keeps its mtime.
         let parent_mtime = match keep_times {
             true => Some(step(
                 format!("stat {}", resolved.display()),
-                sys.mtime(&resolved),
+                sys.mtime(&parent.dir_path()),
             )?),
             false => None,
         };
@@ -366,14 +373,14 @@ fn ensure_mount_point(
         if let (Ok(()), Some(mtime)) = (&created, parent_mtime) {
             step(
                 format!("keep the mtime of {}", resolved.display()),
-                sys.set_mtime(&resolved, mtime),
+                sys.set_mtime(&parent.dir_path(), mtime),
             )?;
             // Each one made is removed afterwards (in an upper dir only
             // the mount point is: a directory made there over a whiteout
             // must stay, or what it hid would show again).
             if i + 1 < components.len() {
                 report(Report::StubCreated {
-                    path: stub_path(root, &path),
+                    path: stub_path(root, &shown),
                 });
             }
         }
@@ -389,14 +396,22 @@ fn ensure_mount_point(
                     ),
                 })
             }
-            other => step(format!("create {}", path.display()), other)?,
+            other => step(format!("create {}", shown.display()), other)?,
         }
-        resolved = path;
+        parent = match resolve(sys, &prefix)? {
+            Some(made) => made,
+            None => {
+                return Err(Failure::Setup {
+                    step: format!("mount point /{}", rel.display()),
+                    reason: format!("/{} went away as it was made", prefix.display()),
+                })
+            }
+        };
     }
     report(Report::StubCreated {
-        path: stub_path(root, &resolved),
+        path: stub_path(root, parent.shown()),
     });
-    Ok(resolved)
+    Ok(parent)
 }
 
 /// A stub made at `path` (resolved inside `root`: no symlink of the image
@@ -422,27 +437,6 @@ fn mount(
             target.display()
         ),
         sys.mount(source, target, fstype, flags, data),
-    )
-}
-
-fn remount_read_only(sys: &mut dyn Syscalls, target: &Path, nodev: bool) -> Result<(), Failure> {
-    // Flags the mount already has must be repeated: inside a user namespace
-    // nosuid/nodev/noexec are locked and a remount without them is refused.
-    let kept = step(
-        format!("statvfs {}", target.display()),
-        sys.mount_flags(target),
-    )?;
-    mount(
-        sys,
-        "",
-        target,
-        "",
-        libc::MS_BIND
-            | libc::MS_REMOUNT
-            | libc::MS_RDONLY
-            | kept
-            | if nodev { libc::MS_NODEV } else { 0 },
-        "",
     )
 }
 
@@ -561,44 +555,81 @@ fn mount_proc_and_sys(
     let sys_dir = ensure_mount_point(sys, cfg, Path::new("sys"), true, report)?;
     if cfg.rootless && cfg.network == Network::Host {
         // sysfs can only be mounted by the owner of the network namespace;
-        // in a user namespace sharing the host's network, bind the host's.
-        mount(sys, "/sys", &sys_dir, "", libc::MS_BIND | libc::MS_REC, "")?;
-        remount_read_only(sys, &sys_dir, false)
+        // in a user namespace sharing the host's network, bind the host's
+        // (read-only, what is mounted under it too).
+        bind(sys, Path::new("/sys"), &sys_dir, READ_ONLY_TREE)
     } else {
         let flags = NO_SUID_DEV_EXEC | libc::MS_RDONLY;
-        if fresh_or_bound(sys, cfg, "sysfs", &sys_dir, flags, report)? {
-            remount_read_only(sys, &sys_dir, false)?;
-        }
-        Ok(())
+        fresh_or_bound(sys, cfg, "sysfs", &sys_dir, flags, report)
     }
 }
 
+/// A recursive bind made read-only, submounts included.
+const READ_ONLY_TREE: BindAttrs = BindAttrs {
+    recursive: true,
+    read_only: true,
+    nodev: false,
+};
+
+/// Binds the host path `source` (one no container can change) on the
+/// opened `target`.
+fn bind(
+    sys: &mut dyn Syscalls,
+    source: &Path,
+    target: &Pinned,
+    attrs: BindAttrs,
+) -> Result<(), Failure> {
+    let source = step(format!("open {}", source.display()), sys.open_path(source))?;
+    bind_pinned(sys, &source, target, attrs)
+}
+
+fn bind_pinned(
+    sys: &mut dyn Syscalls,
+    source: &Pinned,
+    target: &Pinned,
+    attrs: BindAttrs,
+) -> Result<(), Failure> {
+    step(
+        format!(
+            "bind {} on {}",
+            source.shown().display(),
+            target.shown().display()
+        ),
+        sys.bind(source, target, attrs),
+    )
+}
+
 /// Mounts a new `fstype` (proc or sysfs) on `target`, or, rootless where
-/// that is refused, binds the outer one (`/proc`, `/sys`) recursively and
-/// reports the fallback. Returns whether it bound.
+/// that is refused, binds the outer one (`/proc`, `/sys`) recursively
+/// (read-only when `flags` say so) and reports the fallback.
 fn fresh_or_bound(
     sys: &mut dyn Syscalls,
     cfg: &ContainerConfig,
     fstype: &str,
-    target: &Path,
+    target: &Pinned,
     flags: libc::c_ulong,
     report: &mut dyn FnMut(Report),
-) -> Result<bool, Failure> {
-    match sys.mount(fstype, target, fstype, flags, "") {
-        Ok(()) => Ok(false),
+) -> Result<(), Failure> {
+    match sys.mount(fstype, &target.path(), fstype, flags, "") {
+        Ok(()) => Ok(()),
         Err(err) if cfg.rootless && err.raw_os_error() == Some(libc::EPERM) => {
             let outer = if fstype == "proc" { "/proc" } else { "/sys" };
-            mount(sys, outer, target, "", libc::MS_BIND | libc::MS_REC, "")?;
+            let attrs = BindAttrs {
+                recursive: true,
+                read_only: flags & libc::MS_RDONLY != 0,
+                nodev: false,
+            };
+            bind(sys, Path::new(outer), target, attrs)?;
             report(Report::Fallback {
                 what: format!(
                     "{outer} bound from outside: a new {fstype} cannot be mounted here \
                      (the outer one has masked paths, as in a container)"
                 ),
             });
-            Ok(true)
+            Ok(())
         }
         Err(err) => Err(Failure::Setup {
-            step: format!("mount {fstype} on {}", target.display()),
+            step: format!("mount {fstype} on {}", target.shown().display()),
             reason: err.to_string(),
         }),
     }
@@ -616,11 +647,14 @@ fn mount_dev(
     mount(
         sys,
         "tmpfs",
-        &dev,
+        &dev.path(),
         "tmpfs",
         libc::MS_NOSUID | libc::MS_STRICTATIME | nodev,
         "mode=755,size=65536k",
     )?;
+    // The new tmpfs, by the path: the root's own /dev, which no other
+    // container shares.
+    let dev = dev.shown().to_path_buf();
     create_devices(sys, cfg, &dev)?;
     let pts = dev.join("pts");
     step("mkdir /dev/pts", sys.mkdir_all(&pts, 0o755))?;
@@ -698,15 +732,7 @@ fn bind_etc_files(
     for name in ETC_FILES {
         let rel = Path::new("etc").join(name);
         let target = ensure_mount_point(sys, cfg, &rel, false, report)?;
-        let source = cfg.etc_dir.join(name);
-        mount(
-            sys,
-            &source.to_string_lossy(),
-            &target,
-            "",
-            libc::MS_BIND,
-            "",
-        )?;
+        bind(sys, &cfg.etc_dir.join(name), &target, BindAttrs::default())?;
     }
     Ok(())
 }
@@ -775,15 +801,17 @@ fn mount_tmpfs(
     mount(
         sys,
         "tmpfs",
-        &target,
+        &target.path(),
         "tmpfs",
         libc::MS_NOSUID | nodev | read_only,
         &options,
     )
 }
 
-/// A volume bound (recursively) on its target, read-only when asked and
-/// nodev when no device cgroup restricts the container.
+/// A volume bound (recursively) on its target, read-only when asked (its
+/// submounts too) and nodev when no device cgroup restricts the
+/// container. A source [`BindMount::within`] a directory is opened from
+/// that directory, resolved inside it.
 fn bind_volume(
     sys: &mut dyn Syscalls,
     cfg: &ContainerConfig,
@@ -791,31 +819,51 @@ fn bind_volume(
     report: &mut dyn FnMut(Report),
 ) -> Result<(), Failure> {
     let rel = volume.target.strip_prefix("/").unwrap_or(&volume.target);
+    let source = open_volume_source(sys, volume)?;
     let is_dir = step(
-        format!("stat {}", volume.source.display()),
-        sys.stat_mode(&volume.source),
+        format!("stat {}", source.shown().display()),
+        sys.stat_mode(&source.path()),
     )?
     .is_none_or(|mode| mode & libc::S_IFMT == libc::S_IFDIR);
     let target = ensure_mount_point(sys, cfg, rel, is_dir, report)?;
-    let source = volume.source.to_string_lossy();
-    mount(sys, &source, &target, "", libc::MS_BIND | libc::MS_REC, "")?;
-    if volume.read_only {
-        remount_read_only(sys, &target, cfg.nodev)?;
-    } else if cfg.nodev {
-        let kept = step(
-            format!("statvfs {}", target.display()),
-            sys.mount_flags(&target),
-        )?;
-        mount(
-            sys,
-            "",
-            &target,
-            "",
-            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NODEV | kept,
-            "",
-        )?;
-    }
-    Ok(())
+    let attrs = BindAttrs {
+        recursive: true,
+        read_only: volume.read_only,
+        nodev: cfg.nodev,
+    };
+    bind_pinned(sys, &source, &target, attrs)
+}
+
+/// A volume's source, opened: from [`BindMount::within`], resolved inside
+/// it (what another container sharing it swapped in meanwhile cannot lead
+/// out of it), else the host path as given.
+fn open_volume_source(sys: &mut dyn Syscalls, volume: &BindMount) -> Result<Pinned, Failure> {
+    let Some(within) = &volume.within else {
+        return step(
+            format!("open {}", volume.source.display()),
+            sys.open_path(&volume.source),
+        );
+    };
+    let rel = volume
+        .source
+        .strip_prefix(within)
+        .map_err(|_| Failure::Setup {
+            step: format!("open {}", volume.source.display()),
+            reason: format!("not inside {}", within.display()),
+        })?;
+    step(
+        format!("open {} inside {}", rel.display(), within.display()),
+        sys.open_in_root(within, rel),
+    )?
+    .ok_or_else(|| Failure::Setup {
+        step: format!("open {}", volume.source.display()),
+        reason: format!(
+            "/{} is not in {}: a symlink on the way resolves inside it (another RUN \
+             holding it may have changed it since the run was prepared)",
+            rel.display(),
+            within.display()
+        ),
+    })
 }
 
 /// Docker's masked paths, hidden behind /dev/null (`null`) or an empty
@@ -835,9 +883,8 @@ fn mask_paths(sys: &mut dyn Syscalls, root: &Path, dev: &Path) -> Result<(), Fai
     for rel in READONLY_PATHS {
         let target = root.join(rel);
         if step(format!("stat {}", target.display()), sys.stat_mode(&target))?.is_some() {
-            let source = target.to_string_lossy().into_owned();
-            mount(sys, &source, &target, "", libc::MS_BIND | libc::MS_REC, "")?;
-            remount_read_only(sys, &target, false)?;
+            let pinned = step(format!("open {}", target.display()), sys.open_path(&target))?;
+            bind_pinned(sys, &pinned, &pinned, READ_ONLY_TREE)?;
         }
     }
     Ok(())
@@ -885,15 +932,12 @@ fn mount_memory_files(
         }
         let rel = file.target.strip_prefix("/").unwrap_or(&file.target);
         let target = ensure_mount_point(sys, cfg, rel, false, report)?;
-        mount(
-            sys,
-            &source.to_string_lossy(),
-            &target,
-            "",
-            libc::MS_BIND,
-            "",
-        )?;
-        remount_read_only(sys, &target, true)?;
+        let attrs = BindAttrs {
+            recursive: false,
+            read_only: true,
+            nodev: true,
+        };
+        bind(sys, &source, &target, attrs)?;
     }
     step(
         format!("detach {}", dir.display()),

@@ -156,7 +156,9 @@ impl StateDir {
         for volume in &spec.mounts {
             let rel = volume.target.strip_prefix("/").unwrap_or(&volume.target);
             let path = self.mount_points.join(rel);
-            if volume.source.is_dir() {
+            // A source within a directory is one the builder made there
+            // (a cache's `source=`), not looked up through its symlinks.
+            if volume.within.is_some() || volume.source.is_dir() {
                 std::fs::create_dir_all(&path).map_err(err(&path))?;
             } else {
                 if let Some(parent) = path.parent() {
@@ -487,7 +489,20 @@ fn spec_config(
             .iter()
             .map(|m| {
                 let mut m = m.clone();
-                m.source = std::fs::canonicalize(&m.source).unwrap_or(m.source);
+                match &m.within {
+                    // Only the directory: what is inside it is opened
+                    // from it, when it is bound (a symlink there is not
+                    // followed out of it, as canonicalize would).
+                    Some(within) => {
+                        if let (Ok(dir), Ok(rel)) =
+                            (std::fs::canonicalize(within), m.source.strip_prefix(within))
+                        {
+                            m.source = dir.join(rel);
+                            m.within = Some(dir);
+                        }
+                    }
+                    None => m.source = std::fs::canonicalize(&m.source).unwrap_or(m.source),
+                }
                 m
             })
             .collect(),
@@ -1541,6 +1556,7 @@ mod tests {
             source: PathBuf::from("/definitely/not/here"),
             target: PathBuf::from("/data"),
             read_only: false,
+            within: None,
         });
         assert!(matches!(
             validate(&spec),

@@ -41,6 +41,13 @@ pub struct BindMount {
     /// Absolute path inside the container.
     pub target: PathBuf,
     pub read_only: bool,
+    /// A directory `source` is in that a container may change while this
+    /// run starts (a cache mount another RUN holds, whose `source=` names
+    /// a path in it): the source is then opened from it, resolved inside
+    /// it, at the moment it is bound, so a directory on the way swapped
+    /// for a symlink to the host's cannot lead there.
+    #[serde(default)]
+    pub within: Option<PathBuf>,
 }
 
 /// An empty tmpfs mounted in the container (`RUN --mount=type=tmpfs`):

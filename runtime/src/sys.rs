@@ -14,6 +14,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::spec::RlimitResource;
+
+mod bind;
+pub use bind::{BindAttrs, Pinned};
 use caps::{CapSet, Capability, CapsHashSet};
 use seccompiler::BpfProgram;
 
@@ -71,10 +74,23 @@ pub trait Syscalls {
     fn mknod_char(&mut self, path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()>;
     /// symlink(2).
     fn symlink(&mut self, target: &str, link: &Path) -> io::Result<()>;
-    /// Resolves `rel` inside `root` as if `root` were `/` (openat2 with
-    /// RESOLVE_IN_ROOT: symlinks in the image cannot point out of it);
-    /// `None` when it does not exist.
-    fn resolve_in_root(&mut self, root: &Path, rel: &Path) -> io::Result<Option<PathBuf>>;
+    /// Opens `rel` inside `root` as if `root` were `/` (openat2 with
+    /// RESOLVE_IN_ROOT: symlinks in the image, or in a directory another
+    /// container shares, cannot point out of it), `O_PATH`; `None` when it
+    /// does not exist.
+    fn open_in_root(&mut self, root: &Path, rel: &Path) -> io::Result<Option<Pinned>>;
+    /// Opens `path` `O_PATH`, following symlinks: a path of the host that
+    /// no container can change (`/sys`, a volume given on the command
+    /// line, a file of the run's own tmpfs).
+    fn open_path(&mut self, path: &Path) -> io::Result<Pinned>;
+    /// Binds `source` on `target`, both opened beforehand, without looking
+    /// either up again: `open_tree(OPEN_TREE_CLONE)` of the source (with
+    /// its submounts when `attrs.recursive`), `mount_setattr(AT_RECURSIVE)`
+    /// of `attrs` on that copy, `move_mount` onto the target. Read-only and
+    /// nodev so reach every submount, which a remount does not. Where the
+    /// kernel has no `mount_setattr` (before 5.12), the copy is attached
+    /// first and its top mount remounted by the target's path.
+    fn bind(&mut self, source: &Pinned, target: &Pinned, attrs: BindAttrs) -> io::Result<()>;
     /// lstat(2)'s mtime (seconds, nanoseconds).
     fn mtime(&mut self, path: &Path) -> io::Result<(i64, i64)>;
     /// Sets the mtime (not the atime) of `path`, not following a symlink.
@@ -132,6 +148,32 @@ pub trait Syscalls {
     fn close_fds_on_exec(&mut self) -> io::Result<()>;
     /// execve(2); returns only on failure.
     fn exec(&mut self, path: &Path, argv: &[String], env: &[String]) -> io::Error;
+}
+
+/// openat2(2), again while it fails with EAGAIN: with `RESOLVE_IN_ROOT`
+/// or `RESOLVE_BENEATH` a lookup through `..` fails so whenever a rename
+/// or a mount happened anywhere meanwhile (as runc and libpathrs, it is
+/// tried again; a few hundred times at most).
+pub fn openat2_retrying<Fd: AsFd>(
+    dir: Fd,
+    path: impl AsRef<Path>,
+    flags: rustix::fs::OFlags,
+    resolve: rustix::fs::ResolveFlags,
+) -> rustix::io::Result<OwnedFd> {
+    let mut tries = 0;
+    loop {
+        let opened = rustix::fs::openat2(
+            &dir,
+            path.as_ref(),
+            flags,
+            rustix::fs::Mode::empty(),
+            resolve,
+        );
+        match opened {
+            Err(rustix::io::Errno::AGAIN) if tries < 256 => tries += 1,
+            other => return other,
+        }
+    }
 }
 
 /// Marks every open descriptor from `first` up close-on-exec:
@@ -522,24 +564,33 @@ impl Syscalls for RealSyscalls {
         std::os::unix::fs::symlink(target, link)
     }
 
-    fn resolve_in_root(&mut self, root: &Path, rel: &Path) -> io::Result<Option<PathBuf>> {
+    fn open_in_root(&mut self, root: &Path, rel: &Path) -> io::Result<Option<Pinned>> {
         use rustix::fs::{Mode, OFlags, ResolveFlags};
         let root = rustix::fs::open(
             root,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        match rustix::fs::openat2(
+        match openat2_retrying(
             &root,
             rel,
             OFlags::PATH | OFlags::CLOEXEC,
-            Mode::empty(),
             ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
         ) {
-            Ok(fd) => std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map(Some),
+            Ok(fd) => Pinned::new(fd).map(Some),
             Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    fn open_path(&mut self, path: &Path) -> io::Result<Pinned> {
+        use rustix::fs::{Mode, OFlags};
+        let fd = rustix::fs::open(path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())?;
+        Ok(Pinned::opened(fd, path))
+    }
+
+    fn bind(&mut self, source: &Pinned, target: &Pinned, attrs: BindAttrs) -> io::Result<()> {
+        bind::bind(source, target, attrs)
     }
 
     fn mtime(&mut self, path: &Path) -> io::Result<(i64, i64)> {
@@ -571,20 +622,7 @@ impl Syscalls for RealSyscalls {
     }
 
     fn mount_flags(&mut self, path: &Path) -> io::Result<libc::c_ulong> {
-        let flags = rustix::fs::statvfs(path)?.f_flag.bits();
-        let pairs = [
-            (libc::ST_RDONLY, libc::MS_RDONLY),
-            (libc::ST_NOSUID, libc::MS_NOSUID),
-            (libc::ST_NODEV, libc::MS_NODEV),
-            (libc::ST_NOEXEC, libc::MS_NOEXEC),
-            (libc::ST_NOATIME, libc::MS_NOATIME),
-            (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
-            (libc::ST_RELATIME, libc::MS_RELATIME),
-        ];
-        Ok(pairs
-            .iter()
-            .filter(|(st_flag, _)| flags & *st_flag != 0)
-            .fold(0, |acc, (_, ms)| acc | ms))
+        Ok(bind::mount_flags(path)?)
     }
 
     fn sethostname(&mut self, name: &str) -> io::Result<()> {
@@ -1014,11 +1052,16 @@ impl Syscalls for RecordingSyscalls {
     }
 
     fn mkdir(&mut self, dir: &Path, mode: u32) -> io::Result<()> {
-        self.record(format!("mkdir {} {mode:o}", dir.display()))
+        self.record(format!("mkdir {} {mode:o}", dir.display()))?;
+        // There from now on, for the lookups that follow.
+        self.modes.insert(dir.to_path_buf(), libc::S_IFDIR | mode);
+        Ok(())
     }
 
     fn create_file(&mut self, path: &Path, mode: u32) -> io::Result<()> {
-        self.record(format!("create_file {} {mode:o}", path.display()))
+        self.record(format!("create_file {} {mode:o}", path.display()))?;
+        self.modes.insert(path.to_path_buf(), libc::S_IFREG | mode);
+        Ok(())
     }
 
     fn write_file(&mut self, path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
@@ -1045,9 +1088,36 @@ impl Syscalls for RecordingSyscalls {
         self.record(format!("symlink {} -> {target}", link.display()))
     }
 
-    fn resolve_in_root(&mut self, root: &Path, rel: &Path) -> io::Result<Option<PathBuf>> {
+    fn open_in_root(&mut self, root: &Path, rel: &Path) -> io::Result<Option<Pinned>> {
         let path = root.join(rel);
-        Ok(self.modes.contains_key(&path).then_some(path))
+        Ok(self.modes.contains_key(&path).then(|| Pinned::fake(&path)))
+    }
+
+    fn open_path(&mut self, path: &Path) -> io::Result<Pinned> {
+        Ok(Pinned::fake(path))
+    }
+
+    fn bind(&mut self, source: &Pinned, target: &Pinned, attrs: BindAttrs) -> io::Result<()> {
+        let mut flags = Vec::new();
+        for (set, name) in [
+            (attrs.recursive, "REC"),
+            (attrs.read_only, "RDONLY"),
+            (attrs.nodev, "NODEV"),
+        ] {
+            if set {
+                flags.push(name);
+            }
+        }
+        self.record(format!(
+            "bind {} on {} {}",
+            source.shown().display(),
+            target.shown().display(),
+            if flags.is_empty() {
+                "-".to_string()
+            } else {
+                flags.join("|")
+            }
+        ))
     }
 
     fn mtime(&mut self, path: &Path) -> io::Result<(i64, i64)> {

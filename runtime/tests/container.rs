@@ -435,11 +435,13 @@ fn volumes_read_write_and_read_only() {
             source: shared.clone(),
             target: PathBuf::from("/data"),
             read_only: false,
+            within: None,
         },
         BindMount {
             source: config.clone(),
             target: PathBuf::from("/opt/config.txt"),
             read_only: true,
+            within: None,
         },
     ];
     let (result, out, _) = run_captured(tmp.path(), s);
@@ -459,6 +461,7 @@ fn missing_volume_source_fails_before_starting() {
         source: tmp.path().join("absent"),
         target: PathBuf::from("/data"),
         read_only: false,
+        within: None,
     }];
     let (result, _, _) = run_captured(tmp.path(), s);
     assert!(matches!(result, Err(RuntimeError::VolumeSource { .. })));
@@ -581,11 +584,13 @@ fn image_symlinks_cannot_aim_mounts_at_the_host() {
                 source: volume,
                 target: PathBuf::from("/data"),
                 read_only: false,
+                within: None,
             },
             BindMount {
                 source: secret,
                 target: PathBuf::from("/run/secrets/token"),
                 read_only: true,
+                within: None,
             },
         ];
         let (result, _, _) = run_captured(tmp.path(), s);
@@ -819,6 +824,7 @@ fn pooled_private_networks_serve_one_run_at_a_time() {
             source: sync.clone(),
             target: "/sync".into(),
             read_only: false,
+            within: None,
         });
         let (result, out, err) = run_captured(&dir, s);
         assert_eq!(result.unwrap().code(), 0, "{out}\n{err}");

@@ -226,6 +226,7 @@ pub fn parse_volume(spec: &str) -> anyhow::Result<BindMount> {
         source,
         target: PathBuf::from(target),
         read_only,
+        within: None,
     })
 }
 

@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod cache_race;
 mod devices;
 mod fds;
 mod image_limits;

@@ -159,25 +159,52 @@ fn cache_mount(
         Locked::Held(dir, lock) => (dir, lock),
         Locked::Busy(dir) => return Ok(vec![StepMount::Busy(dir)]),
     };
-    let source = if owned {
-        owned_cache_dir(&dir, spec)?
+    let (source, within) = if owned {
+        (owned_cache_dir(&dir, spec)?, Some(dir.clone()))
+    } else if rel.is_empty() {
+        (dir.clone(), None)
     } else {
         // `source=` picks a subdirectory of the cache (of the seed), its
-        // symlinks resolved inside the cache dir.
+        // symlinks resolved inside the cache dir. Another RUN holding the
+        // cache may change it meanwhile: the directories are made, and
+        // the runtime opens the source, inside the cache dir too.
         let inside =
             crate::rootfs::resolve(&DirTree::new(&dir), rel, true).map_err(|e| e.to_string())?;
-        let source = dir.join(inside);
-        std::fs::create_dir_all(&source).map_err(|e| format!("{}: {e}", source.display()))?;
-        source
+        mkdir_inside(&dir, &inside)?;
+        (dir.join(inside), Some(dir.clone()))
     };
     Ok(vec![
         StepMount::Cache(BindMount {
             source,
             target,
             read_only: spec.read_only,
+            within,
         }),
         StepMount::Lock(lock),
     ])
+}
+
+/// Makes the directory `rel` of `dir` and those above it that are missing,
+/// each in its parent opened inside `dir` (`RESOLVE_IN_ROOT`): a symlink
+/// another RUN holding the cache put on the way meanwhile is resolved
+/// inside the cache, never followed out of it (as `create_dir_all` would).
+fn mkdir_inside(dir: &Path, rel: &str) -> Result<(), String> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let failed = |e: rustix::io::Errno| format!("{}/{rel}: {e}", dir.display());
+    let open = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let root = rustix::fs::open(dir, open, Mode::empty()).map_err(failed)?;
+    let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+    let mut parent = String::from(".");
+    for name in rel.split('/').filter(|c| !c.is_empty()) {
+        let parent_fd =
+            kiln_runtime::sys::openat2_retrying(&root, &parent, open, resolve).map_err(failed)?;
+        match rustix::fs::mkdirat(&parent_fd, name, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(failed(e)),
+        }
+        parent = format!("{parent}/{name}");
+    }
+    Ok(())
 }
 
 /// A cache mount's id: `id=`, else its target as written, cleaned.
@@ -394,6 +421,7 @@ fn bind_mount(
         source,
         target,
         read_only,
+        within: None,
     })
 }
 
@@ -434,4 +462,36 @@ fn seed_cache_dir(
         let _ = store.abandon(&seeding, "cache-mount");
     }
     placed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mkdir_inside;
+
+    /// A symlink on the way (another RUN holding the cache swapped it in)
+    /// is resolved inside the cache dir: nothing is made where it points
+    /// on the host, as `create_dir_all` would make it.
+    #[test]
+    fn mkdir_inside_does_not_follow_a_symlink_out_of_the_cache() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (cache, host) = (tmp.path().join("cache"), tmp.path().join("host"));
+        std::fs::create_dir_all(&cache).expect("cache dir");
+        std::fs::create_dir_all(&host).expect("host dir");
+        std::os::unix::fs::symlink(&host, cache.join("sub")).expect("symlink");
+
+        let made = mkdir_inside(&cache, "sub/deeper");
+        assert!(made.is_err(), "{made:?}");
+        assert_eq!(std::fs::read_dir(&host).expect("host").count(), 0);
+
+        // Aimed inside the cache, the symlink is followed there.
+        std::fs::remove_file(cache.join("sub")).expect("unlink");
+        std::os::unix::fs::symlink("/inside", cache.join("sub")).expect("symlink");
+        std::fs::create_dir(cache.join("inside")).expect("inside");
+        mkdir_inside(&cache, "sub/deeper").expect("made inside");
+        assert!(cache.join("inside/deeper").is_dir());
+        assert_eq!(std::fs::read_dir(&host).expect("host").count(), 0);
+        // Plain directories are made one level at a time.
+        mkdir_inside(&cache, "a/b/c").expect("made");
+        assert!(cache.join("a/b/c").is_dir());
+    }
 }

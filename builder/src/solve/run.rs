@@ -288,6 +288,7 @@ fn step_mounts(
             source: path,
             target: PathBuf::from(format!("/dev/pipes/{}", script.name)),
             read_only: true,
+            within: None,
         });
     }
     let mut ssh_index = 0;
@@ -367,6 +368,7 @@ fn ssh_mount(
                 source: relay.socket().to_path_buf(),
                 target: PathBuf::from(target),
                 read_only: false,
+                within: None,
             });
             mounts.ssh_relays.push(relay);
             Ok(())

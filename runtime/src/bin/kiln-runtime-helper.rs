@@ -108,6 +108,7 @@ fn run(args: &[String]) -> ExitCode {
                     source: PathBuf::from(parts[0]),
                     target: PathBuf::from(parts[1]),
                     read_only: parts.get(2) == Some(&"ro"),
+                    within: None,
                 });
             }
             "--timeout" => match value.parse() {

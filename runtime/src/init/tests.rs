@@ -123,11 +123,13 @@ fn root_with_volumes_and_no_network() {
             source: "/host/data".into(),
             target: "/data".into(),
             read_only: false,
+            within: None,
         },
         BindMount {
             source: "/host/file.txt".into(),
             target: "/config.txt".into(),
             read_only: true,
+            within: None,
         },
     ];
     cfg.cgroups = vec![
@@ -160,6 +162,7 @@ fn a_root_dir_is_bound_and_its_stubs_keep_their_parents_mtimes() {
         source: "/host/data".into(),
         target: "/var/cache/data".into(),
         read_only: false,
+        within: None,
     }];
     let mut sys = fake();
     let (_, text) = transcript(&mut sys, &cfg);
@@ -243,8 +246,7 @@ fn memory_files_go_to_a_private_tmpfs_then_onto_their_targets() {
         "mount tmpfs /state/memory tmpfs NOSUID|NODEV|NOEXEC mode=0700,size=131084",
         "write_file /state/memory/0 440 (12 bytes)",
         "chown /state/memory/0 1000:1000",
-        "mount /state/memory/0 /state/rootfs/run/secrets/tok - BIND",
-        "mount - /state/rootfs/run/secrets/tok - RDONLY|NOSUID|NODEV|NOEXEC|REMOUNT|BIND",
+        "bind /state/memory/0 on /state/rootfs/run/secrets/tok RDONLY|NODEV",
         "umount /state/memory DETACH",
         "pivot_root . .",
     ];
@@ -293,11 +295,13 @@ fn root_without_device_cgroup_mounts_nodev() {
             source: "/host/data".into(),
             target: "/data".into(),
             read_only: false,
+            within: None,
         },
         BindMount {
             source: "/host/file.txt".into(),
             target: "/config.txt".into(),
             read_only: true,
+            within: None,
         },
     ];
     let mut sys = fake();
@@ -329,6 +333,7 @@ fn tmpfs_shm_rlimits_and_privileged() {
         source: "/host/data".into(),
         target: "/scratch/data".into(),
         read_only: false,
+        within: None,
     }];
     cfg.tmpfs = vec![
         crate::TmpfsMount {
@@ -352,7 +357,7 @@ fn tmpfs_shm_rlimits_and_privileged() {
         "mount shm /state/rootfs/dev/shm tmpfs NOSUID|NODEV|NOEXEC mode=1777,size=131072k",
         "mount tmpfs /state/rootfs/scratch tmpfs NOSUID mode=1777,size=1024k",
         "mount tmpfs /state/rootfs/empty tmpfs RDONLY|NOSUID mode=1777",
-        "mount /host/data /state/rootfs/scratch/data - BIND|REC",
+        "bind /host/data on /state/rootfs/scratch/data REC",
         "rlimit NOFILE 1024 4096",
         "rlimit NPROC 100 200",
     ];
@@ -562,7 +567,7 @@ fn private_network_brings_lo_up_and_mounts_its_own_sysfs() {
         text.contains("mount sysfs /state/rootfs/sys sysfs"),
         "{text}"
     );
-    assert!(!text.contains("mount /sys /state/rootfs/sys"), "{text}");
+    assert!(!text.contains("bind /sys on /state/rootfs/sys"), "{text}");
 }
 
 /// Rootless where the outer /proc and /sys have masked paths (a pod):
@@ -580,7 +585,7 @@ fn rootless_binds_the_outer_proc_when_a_new_one_is_refused() {
         &text,
         &[
             "mount proc /state/rootfs/proc proc",
-            "mount /proc /state/rootfs/proc",
+            "bind /proc on /state/rootfs/proc REC",
             "exec",
             "report Fallback",
         ],
@@ -590,9 +595,51 @@ fn rootless_binds_the_outer_proc_when_a_new_one_is_refused() {
     let mut sys = fake();
     sys.fail_on("mount proc /state/rootfs/proc proc", libc::EPERM);
     let (failure, text) = transcript(&mut sys, &cfg);
-    assert!(!text.contains("mount /proc "), "{text}");
+    assert!(!text.contains("bind /proc "), "{text}");
     assert!(
         matches!(&failure, Failure::Setup { step, .. } if step == "mount proc on /state/rootfs/proc"),
+        "{failure:?}"
+    );
+}
+
+/// A source [`BindMount::within`] a directory is opened from that
+/// directory, inside it: found there, it is bound; not found there (a
+/// symlink on the way that resolves inside it to nothing), the run fails
+/// naming it, where a lookup of the host path would have followed the
+/// symlink.
+#[test]
+fn a_source_within_a_directory_is_opened_inside_it() {
+    let mut cfg = config();
+    cfg.mounts = vec![BindMount {
+        source: "/cache/dir/sub".into(),
+        target: "/data".into(),
+        read_only: false,
+        within: Some("/cache/dir".into()),
+    }];
+    let mut sys = fake();
+    sys.modes.insert(PathBuf::from("/cache/dir/sub"), DIR);
+    sys.modes.insert(PathBuf::from("/state/rootfs/data"), DIR);
+    let (failure, text) = transcript(&mut sys, &cfg);
+    assert!(
+        text.contains("bind /cache/dir/sub on /state/rootfs/data REC"),
+        "{failure:?}\n{text}"
+    );
+
+    let mut sys = fake();
+    sys.modes.insert(PathBuf::from("/state/rootfs/data"), DIR);
+    let (failure, text) = transcript(&mut sys, &cfg);
+    assert!(!text.contains("bind /cache/dir/sub"), "{text}");
+    assert!(
+        matches!(&failure, Failure::Setup { step, reason }
+            if step == "open /cache/dir/sub" && reason.contains("/sub is not in /cache/dir")),
+        "{failure:?}"
+    );
+
+    // A source outside the directory it is said to be in is refused.
+    cfg.mounts[0].within = Some("/elsewhere".into());
+    let (failure, _) = transcript(&mut fake(), &cfg);
+    assert!(
+        matches!(&failure, Failure::Setup { reason, .. } if reason == "not inside /elsewhere"),
         "{failure:?}"
     );
 }

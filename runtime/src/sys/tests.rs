@@ -91,3 +91,83 @@ fn a_child_is_born_in_its_cgroup2_directory() {
         }
     }
 }
+
+/// The three ways [`bind::bind_by`] binds, for real, in a mount namespace
+/// of the test's own thread: a read-only recursive bind of a directory
+/// with a tmpfs mounted under it. `Tree` makes the tmpfs read-only too;
+/// the fallbacks for older kernels and seccomp profiles (no
+/// `mount_setattr`, no `open_tree`) make the top mount read-only only,
+/// and still bind the right directories.
+#[test]
+fn each_way_binds_read_only_and_tree_reaches_the_submounts() {
+    kiln_testsupport::require_root!("mounting");
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().to_path_buf();
+    let results = std::thread::spawn(move || {
+        // SAFETY: unshare takes only flags; CLONE_NEWNS here gives this
+        // thread (and no other) a mount namespace of its own.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNS) }, 0);
+        let private = rustix::mount::MountPropagationFlags::PRIVATE
+            | rustix::mount::MountPropagationFlags::REC;
+        rustix::mount::mount_change("/", private).unwrap();
+        let mut results = Vec::new();
+        for way in [
+            bind::Way::Tree,
+            bind::Way::TreeThenRemount,
+            bind::Way::Mount,
+        ] {
+            let dir = base.join(format!("{way:?}"));
+            let (source, target) = (dir.join("source"), dir.join("target"));
+            std::fs::create_dir_all(source.join("sub")).unwrap();
+            std::fs::create_dir_all(&target).unwrap();
+            std::fs::write(source.join("marker"), "").unwrap();
+            rustix::mount::mount(
+                "tmpfs",
+                source.join("sub"),
+                "tmpfs",
+                rustix::mount::MountFlags::empty(),
+                None,
+            )
+            .unwrap();
+            std::fs::write(source.join("sub/inner"), "").unwrap();
+            let mut real = RealSyscalls;
+            let (from, to) = (
+                real.open_path(&source).unwrap(),
+                real.open_path(&target).unwrap(),
+            );
+            let attrs = BindAttrs {
+                recursive: true,
+                read_only: true,
+                nodev: false,
+            };
+            bind::bind_by(way, &from, &to, attrs)
+                .map_err(io::Error::from)
+                .unwrap();
+            let read_only = |path: &Path| {
+                rustix::fs::statvfs(path)
+                    .unwrap()
+                    .f_flag
+                    .contains(rustix::fs::StatVfsMountFlags::RDONLY)
+            };
+            results.push((
+                way,
+                target.join("marker").exists() && target.join("sub/inner").exists(),
+                read_only(&target),
+                read_only(&target.join("sub")),
+                read_only(&source),
+            ));
+        }
+        results
+    })
+    .join()
+    .unwrap();
+    use bind::Way::*;
+    assert_eq!(
+        results,
+        [
+            (Tree, true, true, true, false),
+            (TreeThenRemount, true, true, false, false),
+            (Mount, true, true, false, false),
+        ]
+    );
+}
