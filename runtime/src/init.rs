@@ -464,13 +464,18 @@ fn prepare_rootfs(
     }
     mount_proc_and_sys(sys, cfg, report)?;
     let dev = mount_dev(sys, cfg, report)?;
+    // The /dev/null the masks are bound from, opened before a RUN's
+    // mounts can cover /dev (with a `null` there that is a symlink to a
+    // host file, which a bind by path would follow).
+    let null = dev.join("null");
+    let null = step(format!("open {}", null.display()), sys.open_path(&null))?;
     bind_etc_files(sys, cfg, report)?;
     mount_volumes(sys, cfg, report)?;
     mount_memory_files(sys, cfg, report)?;
     if cfg.privileged {
         return Ok(());
     }
-    mask_paths(sys, root, &dev)
+    mask_paths(sys, root, &null)
 }
 
 /// The overlay root, `nodev` when no device cgroup restricts the container:
@@ -866,25 +871,41 @@ fn open_volume_source(sys: &mut dyn Syscalls, volume: &BindMount) -> Result<Pinn
     })
 }
 
-/// Docker's masked paths, hidden behind /dev/null (`null`) or an empty
-/// read-only tmpfs, and its read-only paths, those the image has.
-fn mask_paths(sys: &mut dyn Syscalls, root: &Path, dev: &Path) -> Result<(), Failure> {
-    let null = dev.join("null");
+/// Docker's masked paths, hidden behind the container's /dev/null (`null`,
+/// opened before the RUN's mounts) or an empty read-only tmpfs, and its
+/// read-only paths, those the root has; each opened inside the root (a
+/// RUN's mount over /proc may hold symlinks).
+fn mask_paths(sys: &mut dyn Syscalls, root: &Path, null: &Pinned) -> Result<(), Failure> {
+    let open = |sys: &mut dyn Syscalls, rel: &str| {
+        step(
+            format!("open {}", root.join(rel).display()),
+            sys.open_in_root(root, Path::new(rel)),
+        )
+    };
     for rel in MASKED_PATHS {
-        let target = root.join(rel);
-        match step(format!("stat {}", target.display()), sys.stat_mode(&target))? {
-            Some(mode) if mode & libc::S_IFMT == libc::S_IFDIR => {
-                mount(sys, "tmpfs", &target, "tmpfs", libc::MS_RDONLY, "size=0")?
-            }
-            Some(_) => mount(sys, &null.to_string_lossy(), &target, "", libc::MS_BIND, "")?,
+        let Some(target) = open(sys, rel)? else {
+            continue;
+        };
+        let mode = step(
+            format!("stat {}", target.shown().display()),
+            sys.stat_mode(&target.path()),
+        )?;
+        match mode {
+            Some(mode) if mode & libc::S_IFMT == libc::S_IFDIR => mount(
+                sys,
+                "tmpfs",
+                &target.path(),
+                "tmpfs",
+                libc::MS_RDONLY,
+                "size=0",
+            )?,
+            Some(_) => bind_pinned(sys, null, &target, BindAttrs::default())?,
             None => {}
         }
     }
     for rel in READONLY_PATHS {
-        let target = root.join(rel);
-        if step(format!("stat {}", target.display()), sys.stat_mode(&target))?.is_some() {
-            let pinned = step(format!("open {}", target.display()), sys.open_path(&target))?;
-            bind_pinned(sys, &pinned, &pinned, READ_ONLY_TREE)?;
+        if let Some(target) = open(sys, rel)? {
+            bind_pinned(sys, &target, &target, READ_ONLY_TREE)?;
         }
     }
     Ok(())

@@ -76,3 +76,45 @@ fn an_image_symlink_cannot_send_a_secret_mount_point_to_the_host() {
         text(&out)
     );
 }
+
+/// Issue: the masks over /proc files were bound from `<root>/dev/null` by
+/// path, after the RUN's mounts: a mount over /dev holding a `null` that
+/// is a symlink to a host file had that host file bound, writable, over
+/// /proc/interrupts, /proc/keys, /proc/kcore and /proc/timer_list (the
+/// init has not pivoted then, so the symlink was followed on the host).
+/// The container's /dev/null is now opened before the RUN's mounts and
+/// the masks are bound from it. The RUN's writes go to the null device:
+/// the host file keeps its bytes, and nothing of it is read.
+#[test]
+fn a_mount_over_dev_cannot_aim_the_masks_at_the_host() {
+    require_namespaces!();
+    let fixture = Fixture::new();
+    let secret = fixture.dir("host-files").join("secret");
+    std::fs::write(&secret, "host-secret\n").expect("write the host file");
+    let context = fixture.context(
+        "dev-over",
+        &[(
+            "Dockerfile",
+            "FROM busybox:latest\n\
+             RUN --mount=type=bind,source=devdir,target=/dev \
+             cat /proc/interrupts /proc/keys; echo written >> /proc/keys; echo ran\n",
+        )],
+    );
+    std::fs::create_dir(context.join("devdir")).expect("devdir");
+    std::os::unix::fs::symlink(&secret, context.join("devdir/null")).expect("symlink");
+    let out = kiln(
+        &fixture.root(),
+        &["build", "--no-cache", context.to_str().expect("utf-8 path")],
+    );
+    assert_eq!(
+        std::fs::read_to_string(&secret).expect("read the host file"),
+        "host-secret\n",
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("host-secret"), "{}", text(&out));
+    // The RUN ran, with its masks (not refused: mounting over /dev is
+    // allowed).
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("ran"), "{}", text(&out));
+}
