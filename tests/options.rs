@@ -296,6 +296,15 @@ RUN --mount=type=cache,target=/c,id=owned,uid=65534,gid=65534,mode=0700 \
     );
     assert_eq!(read(&shared, "/ls"), "y\n");
     assert_eq!(read(&shared, "/bits"), "777\nz\n");
+    // An id with a NUL byte spelling an owned cache's key ("owned", then
+    // uid:gid:mode) is a cache of its own, not that owned one.
+    let nul = fixture.rootfs(
+        "cache-nul-id",
+        "FROM busybox:latest\n\
+         RUN --mount=\"type=cache,target=/c,id=owned\u{0}owned 65534:65534:700\" ls -A /c > /ls\n",
+        &["--no-cache"],
+    );
+    assert_eq!(read(&nul, "/ls"), "");
     // Control: without an owner, nobody cannot write the cache.
     let denied = fixture.rootfs(
         "cache-denied",

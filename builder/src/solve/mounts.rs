@@ -137,7 +137,13 @@ fn cache_mount(
     // (BuildKit makes that directory only when no `source=` picks a
     // subdirectory, and its mkdir keeps the permission bits only.)
     let owned = (spec.uid.is_some() || spec.gid.is_some() || spec.mode.is_some()) && rel.is_empty();
-    let mut key = id;
+    // The id is length-prefixed in front of what follows it: an id with a
+    // NUL of its own (`id=x<NUL>owned 0:0:755`) cannot name another
+    // mount's cache.
+    let mut key = match (from, owned) {
+        (None, false) => id,
+        _ => format!("{}:{id}", id.len()),
+    };
     if let Some(from) = from {
         key = format!("{key}\0{}", from.identity);
     }
