@@ -261,3 +261,49 @@ fn sigint_and_sigterm_cancel_a_build_and_clean_up() {
     let out = kiln(&root, &["build", ctx.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr_of(&out));
 }
+
+/// A RUN's output is read in lines of at most 64 KiB, whatever it prints:
+/// bytes that are not UTF-8 are shown replaced (reading did not stop at
+/// them, which closed the pipe and killed the RUN with SIGPIPE), and one
+/// 1 MiB line without a newline is shown as 16 lines (kiln does not hold
+/// a line of any length: a RUN could make it run out of memory).
+#[test]
+fn run_output_is_read_in_bounded_lines_whatever_its_bytes() {
+    require_namespaces!();
+    let f = Fixture::new("busybox:latest");
+    let ctx = f.context(
+        "output",
+        "FROM busybox:latest\n\
+         RUN printf 'bin\\377\\376ary\\n'; head -c 1048576 /dev/zero | tr '\\0' x; \
+         echo; echo after\n",
+    );
+    let out = kiln(
+        &f.root(),
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "--no-cache",
+            ctx.to_str().unwrap(),
+        ],
+    );
+    let stderr = stderr_of(&out);
+    assert!(
+        out.status.success(),
+        "{}",
+        &stderr[..stderr.len().min(4000)]
+    );
+    assert!(
+        stderr.contains("bin\u{fffd}\u{fffd}ary"),
+        "{}",
+        &stderr[..4000]
+    );
+    assert!(stderr.contains("after"), "no 'after'");
+    let long: Vec<usize> = stderr
+        .lines()
+        .filter(|l| l.contains("xxxx"))
+        .map(|l| l.matches('x').count())
+        .collect();
+    assert_eq!(long.iter().sum::<usize>(), 1 << 20, "{long:?}");
+    assert!(long.iter().all(|n| *n <= 64 * 1024), "{long:?}");
+}

@@ -482,10 +482,9 @@ fn run_with_output(
     };
     Ok(std::thread::scope(|scope| {
         let collector = scope.spawn(|| {
-            use std::io::BufRead;
             let mut last: std::collections::VecDeque<String> = std::collections::VecDeque::new();
-            for line in std::io::BufReader::new(reader).lines() {
-                let Ok(line) = line else { break };
+            let mut lines = OutputLines::new(reader);
+            while let Some(line) = lines.next_line() {
                 opts.events.step_output(run.event, &line);
                 if last.len() == TAIL_LINES {
                     last.pop_front();
@@ -499,6 +498,50 @@ fn run_with_output(
         let last = collector.join().unwrap_or_default();
         (status, last)
     }))
+}
+
+/// The longest line of a RUN's output kiln holds; a longer one is shown
+/// in pieces of this size.
+const MAX_OUTPUT_LINE: usize = 64 * 1024;
+
+/// A RUN's output as lines: split at newlines (a `\r` before one dropped,
+/// as `BufRead::lines` does) and every [`MAX_OUTPUT_LINE`] bytes, bytes
+/// that are not UTF-8 replaced. Read to the end whatever the bytes are:
+/// a reader that stopped would close the pipe and kill the RUN (SIGPIPE),
+/// and one that held a line whole could be made to hold any amount.
+struct OutputLines<R> {
+    reader: std::io::BufReader<R>,
+    buf: Vec<u8>,
+}
+
+impl<R: std::io::Read> OutputLines<R> {
+    fn new(reader: R) -> Self {
+        OutputLines {
+            reader: std::io::BufReader::new(reader),
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next line; None at the end (or when reading fails).
+    fn next_line(&mut self) -> Option<String> {
+        use std::io::{BufRead, Read};
+        self.buf.clear();
+        let limit = MAX_OUTPUT_LINE as u64;
+        match (&mut self.reader)
+            .take(limit)
+            .read_until(b'\n', &mut self.buf)
+        {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+        if self.buf.last() == Some(&b'\n') {
+            self.buf.pop();
+            if self.buf.last() == Some(&b'\r') {
+                self.buf.pop();
+            }
+        }
+        Some(String::from_utf8_lossy(&self.buf).into_owned())
+    }
 }
 
 /// Why a heredoc script (`RUN <<EOF` whose body starts with `#!`) did not
