@@ -26,7 +26,7 @@
 use std::ffi::OsString;
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{io_at, Error, Result};
@@ -40,13 +40,14 @@ static ABANDONED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::n
 pub struct Meter {}
 
 impl Meter {
-    /// Notes that the entry `meta` describes (read just before it was
+    /// Notes that the entry `st` describes (read just before it was
     /// deleted) is deleted; returns the bytes that frees: all of a
     /// directory's or a file's with no other link, none of a file whose
     /// other links remain (wherever they are).
-    fn deleted(&mut self, meta: &fs::Metadata) -> u64 {
-        if meta.is_dir() || meta.nlink() <= 1 {
-            meta.blocks().saturating_mul(512)
+    fn deleted(&mut self, st: &rustix::fs::Stat) -> u64 {
+        let dir = rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir();
+        if dir || st.st_nlink <= 1 {
+            u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512)
         } else {
             0
         }
@@ -76,40 +77,86 @@ fn not_found(e: &io::Error) -> bool {
 /// overlay work dir, an image's read-only dirs, seen by a rootless kiln)
 /// are made writable on the way. Entries that vanish meanwhile (another
 /// process deleting the same trash) are not errors.
+///
+/// Below `path` everything goes by descriptor, each directory opened with
+/// `O_NOFOLLOW` from its parent's and emptied through it: a tree a
+/// container may still change (a RUN that outlived its kiln) cannot swap
+/// a directory for a symlink and have the deletion, or the chmod, follow
+/// it out of the tree.
 pub(crate) fn remove_tree(path: &Path, meter: &mut Meter) -> Result<u64> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if not_found(&e) => return Ok(0),
-        Err(e) => return Err(Error::io("stat", path, e)),
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(Error::io(
+            "remove",
+            path,
+            io::Error::new(io::ErrorKind::InvalidInput, "not a removable path"),
+        ));
     };
-    if !meta.is_dir() {
-        return match fs::remove_file(path) {
-            Ok(()) => Ok(meter.deleted(&meta)),
-            Err(e) if not_found(&e) => Ok(0),
-            Err(e) => Err(Error::io("remove", path, e)),
-        };
-    }
-    if meta.mode() & 0o700 != 0o700 {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
-    }
-    let mut bytes = 0;
-    let entries = match fs::read_dir(path) {
-        Ok(entries) => entries,
-        Err(e) if not_found(&e) => return Ok(0),
-        Err(e) => return Err(Error::io("list", path, e)),
+    let parent = match parent.as_os_str().is_empty() {
+        true => Path::new("."),
+        false => parent,
     };
+    let flags =
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC;
+    let dir = match rustix::fs::open(parent, flags, rustix::fs::Mode::empty()) {
+        Ok(dir) => dir,
+        Err(rustix::io::Errno::NOENT) => return Ok(0),
+        Err(e) => return Err(Error::io("open", parent, e.into())),
+    };
+    remove_at(&dir, Path::new(name), path, meter)
+}
+
+/// Deletes the entry `name` of the directory `dir` (shown as `shown`).
+fn remove_at(
+    dir: &std::os::fd::OwnedFd,
+    name: &Path,
+    shown: &Path,
+    meter: &mut Meter,
+) -> Result<u64> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let failed = |what: &'static str| move |e: rustix::io::Errno| Error::io(what, shown, e.into());
+    let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(rustix::io::Errno::NOENT) => return Ok(0),
+        Err(e) => return Err(failed("stat")(e)),
+    };
+    let unlink_file = |meter: &mut Meter| match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) => Ok(meter.deleted(&st)),
+        Err(rustix::io::Errno::NOENT) => Ok(0),
+        Err(e) => Err(failed("remove")(e)),
+    };
+    if !FileType::from_raw_mode(st.st_mode).is_dir() {
+        return unlink_file(meter);
+    }
+    let open = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let sub = match rustix::fs::openat(dir, name, open, Mode::empty()) {
+        Ok(sub) => sub,
+        Err(rustix::io::Errno::NOENT) => return Ok(0),
+        // No longer a directory: a symlink (or a file) put in its place
+        // meanwhile, removed itself, never followed.
+        Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => return unlink_file(meter),
+        Err(e) => return Err(failed("open")(e)),
+    };
+    if st.st_mode & 0o700 != 0o700 {
+        let _ = rustix::fs::fchmod(&sub, Mode::from_raw_mode(0o700));
+    }
+    let mut names = Vec::new();
+    let entries = rustix::fs::Dir::read_from(&sub).map_err(failed("list"))?;
     for entry in entries {
-        match entry {
-            Ok(entry) => bytes += remove_tree(&entry.path(), meter)?,
-            Err(e) if not_found(&e) => {}
-            Err(e) => return Err(Error::io("list", path, e)),
+        let entry = entry.map_err(failed("list"))?;
+        let entry_name = entry.file_name().to_bytes();
+        if entry_name != b"." && entry_name != b".." {
+            names.push(std::ffi::OsStr::from_bytes(entry_name).to_os_string());
         }
     }
-    match fs::remove_dir(path) {
-        Ok(()) => Ok(bytes + meter.deleted(&meta)),
-        Err(e) if not_found(&e) => Ok(bytes),
-        Err(e) => Err(Error::io("remove", path, e)),
+    let mut bytes = 0;
+    for entry_name in names {
+        let entry_name = Path::new(&entry_name);
+        bytes += remove_at(&sub, entry_name, &shown.join(entry_name), meter)?;
+    }
+    match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
+        Ok(()) => Ok(bytes + meter.deleted(&st)),
+        Err(rustix::io::Errno::NOENT) => Ok(bytes),
+        Err(e) => Err(failed("remove")(e)),
     }
 }
 
@@ -312,6 +359,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     fn du(path: &Path) -> u64 {
         let out = std::process::Command::new("du")
@@ -369,6 +417,58 @@ mod tests {
             + remove_tree(&trees[1], &mut meter).unwrap();
         assert_eq!(freed, dirs);
         assert_eq!(remove_tree(&trees[2], &mut meter).unwrap(), last);
+    }
+
+    /// A tree that changes while it is deleted (a container still running
+    /// in it): a thread keeps swapping its directories for symlinks to a
+    /// directory outside the tree (read-only, holding a file) and back.
+    /// The deletion may fail on the way, but it never follows a symlink:
+    /// the outside directory keeps its file and its mode.
+    #[test]
+    fn a_tree_swapping_dirs_for_symlinks_is_deleted_without_following_them() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        for round in 0..60 {
+            fs::write(outside.join("keep"), "keep").unwrap();
+            fs::set_permissions(&outside, fs::Permissions::from_mode(0o500)).unwrap();
+            let tree = tmp.path().join(format!("tree-{round}"));
+            for n in 0..100 {
+                let dir = tree.join(format!("d{n}"));
+                fs::create_dir_all(&dir).unwrap();
+                fs::write(dir.join("keep"), "tree").unwrap();
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            let swapper = {
+                let (stop, tree, outside) = (stop.clone(), tree.clone(), outside.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let (dir, held) = (tree.join(format!("d{n}")), tree.join("held"));
+                        if fs::rename(&dir, &held).is_ok() {
+                            let _ = std::os::unix::fs::symlink(&outside, &dir);
+                            std::thread::yield_now();
+                            let _ = fs::remove_file(&dir);
+                            let _ = fs::rename(&held, &dir);
+                        }
+                        n = (n + 1) % 100;
+                    }
+                })
+            };
+            let _ = remove_tree(&tree, &mut Meter::default());
+            stop.store(true, Ordering::Relaxed);
+            swapper.join().unwrap();
+            assert!(
+                outside.join("keep").is_file(),
+                "round {round}: a file outside was deleted"
+            );
+            let mode = fs::metadata(&outside).unwrap().mode() & 0o777;
+            assert_eq!(mode, 0o500, "round {round}: the chmod followed a symlink");
+            let _ = remove_tree(&tree, &mut Meter::default());
+        }
     }
 
     #[test]

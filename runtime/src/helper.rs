@@ -7,7 +7,7 @@
 //! other descendant (those that left its session too).
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
@@ -32,6 +32,48 @@ fn parse_fds(value: &str) -> Option<Vec<RawFd>> {
 /// with the code it returns. The descriptors it talks over are named by the
 /// `KILN_RUNTIME_FDS` environment variable that [`crate::run`] sets; started
 /// any other way it returns 2 with a message on stderr.
+/// The helper's parent-death signal: kiln died. The helper then kills the
+/// container's init (and so its whole PID namespace; under chroot
+/// isolation, its process group) and exits. The init's own parent-death
+/// signal is not enough: the kernel clears it when a process changes its
+/// credentials, which a RUN's command may do (`su`), and a container
+/// that outlived its kiln would keep changing a tree the store then
+/// takes back.
+pub(crate) const CALLER_DIED_SIGNAL: rustix::process::Signal = rustix::process::Signal::USR2;
+
+/// The container's init, once forked (0 before).
+static INIT_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// [`CALLER_DIED_SIGNAL`]'s handler: kills the init and its process
+/// group, then exits. Async-signal-safe: an atomic load, kill(2), _exit(2).
+extern "C" fn on_caller_death(_signal: libc::c_int) {
+    let pid = INIT_PID.load(std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: kill and _exit are async-signal-safe and take integers.
+    unsafe {
+        if pid > 0 {
+            libc::kill(pid, libc::SIGKILL);
+            libc::kill(-pid, libc::SIGKILL);
+        }
+        libc::_exit(137);
+    }
+}
+
+/// Installs [`on_caller_death`] for [`CALLER_DIED_SIGNAL`].
+fn handle_caller_death() -> io::Result<()> {
+    // SAFETY: a zeroed sigaction with a handler of the right signature,
+    // no flags, an empty mask; the kernel copies it.
+    let rc = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_caller_death as *const () as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(CALLER_DIED_SIGNAL.as_raw(), &action, std::ptr::null_mut())
+    };
+    match rc {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
 pub fn helper_main() -> i32 {
     let Some(fds) = std::env::var(FDS_ENV).ok().as_deref().and_then(parse_fds) else {
         eprintln!("kiln: the runtime helper is started by kiln itself, not by hand");
@@ -54,6 +96,9 @@ pub fn helper_main() -> i32 {
     else {
         return 2;
     };
+    if let Err(err) = handle_caller_death() {
+        return fail(&mut report, "handling kiln's death", err.to_string());
+    }
     let mut bytes = Vec::new();
     let config: ContainerConfig = match config_pipe
         .read_to_end(&mut bytes)
@@ -162,6 +207,7 @@ pub fn helper_main() -> i32 {
         // runs after it.
         unsafe { libc::_exit(code) };
     };
+    INIT_PID.store(pid, std::sync::atomic::Ordering::SeqCst);
     send(&mut report, &Report::Started { pid, cgroup });
     let status = wait_for(pid);
     // This process is still in the run's network namespace: whether the
@@ -370,17 +416,30 @@ pub(crate) fn remove_tree(path: &Path) {
     }
 }
 
+/// Gives `path` and every directory below it mode 0700, by descriptor:
+/// each directory opened with `O_NOFOLLOW` from its parent's, so that a
+/// directory swapped for a symlink (by a process still running in the
+/// tree) is not followed, nor chmodded through.
 fn make_writable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
+    use rustix::fs::{Mode, OFlags};
+    let open = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if let Ok(dir) = rustix::fs::open(path, open, Mode::empty()) {
+        make_writable_below(&dir, open);
+    }
+}
+
+fn make_writable_below(dir: &OwnedFd, open: rustix::fs::OFlags) {
+    let _ = rustix::fs::fchmod(dir, rustix::fs::Mode::from_raw_mode(0o700));
+    let Ok(entries) = rustix::fs::Dir::read_from(dir) else {
         return;
     };
-    if meta.is_dir() {
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
-        if let Ok(entries) = std::fs::read_dir(path) {
-            for entry in entries.flatten() {
-                make_writable(&entry.path());
-            }
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_bytes() == b"." || name.to_bytes() == b".." {
+            continue;
+        }
+        if let Ok(sub) = rustix::fs::openat(dir, name, open, rustix::fs::Mode::empty()) {
+            make_writable_below(&sub, open);
         }
     }
 }
@@ -389,6 +448,35 @@ fn make_writable(path: &Path) {
 mod tests {
     use super::*;
     use crate::cgroup::{remove_cgroup, Layout};
+
+    /// `make_writable` opens every directory of the tree, read-only ones
+    /// included, and gives it 0700; a symlink to a directory outside the
+    /// tree is neither followed nor its target chmodded.
+    #[test]
+    fn make_writable_reaches_every_dir_and_follows_no_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let (tree, outside) = (tmp.path().join("tree"), tmp.path().join("outside"));
+        std::fs::create_dir_all(tree.join("a/b")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("a/link")).unwrap();
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+        for dir in [tree.join("a/b"), tree.join("a"), outside.clone()] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o500)).unwrap();
+        }
+        make_writable(&tree);
+        assert_eq!(
+            [
+                mode(&tree),
+                mode(&tree.join("a")),
+                mode(&tree.join("a/b")),
+                mode(&outside)
+            ],
+            [0o700, 0o700, 0o700, 0o500]
+        );
+        remove_tree(&tree);
+        assert!(!tree.exists() && outside.is_dir());
+    }
 
     /// [`StartInit::fork`] in a child of the test process (so the PID
     /// namespace it makes is that child's): the init is PID 1 of a new PID

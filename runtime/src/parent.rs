@@ -765,9 +765,11 @@ fn start_helper(
             for fd in &child_ends {
                 rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
             }
-            // If kiln dies, the helper dies, and with it the container.
+            // If kiln dies, the helper kills the container and dies
+            // (crate::helper::CALLER_DIED_SIGNAL): the container's own
+            // parent-death signal is gone once its command changes user.
             let _ = rustix::process::set_parent_process_death_signal(Some(
-                rustix::process::Signal::KILL,
+                crate::helper::CALLER_DIED_SIGNAL,
             ));
             Ok(())
         });

@@ -333,3 +333,72 @@ fn a_killed_builds_scratch_goes_at_the_next_build_start_and_a_live_ones_stays() 
         "removed at its end"
     );
 }
+
+/// Issue: a RUN's command that changed its user (`su`) lost the
+/// parent-death signal the init had set (the kernel clears it with the
+/// credentials), and outlived a killed kiln: still running, with its
+/// cache's lock and its build's lease gone, in a tree the store then
+/// collects. Now the runtime helper, whose parent-death signal stays, kills
+/// the container when kiln dies. Checked: kiln killed (SIGKILL) while the
+/// command, `su` to `app`, sleeps; no process of the container is left.
+#[test]
+fn a_container_whose_command_changed_user_dies_with_its_kiln() {
+    require_root!();
+    let fixture = Fixture::new();
+    // A sleep no other run of this test shares.
+    let marker = (100_000 + std::process::id()).to_string();
+    let marker = marker.as_str();
+    let dockerfile = format!(
+        "FROM busybox\nRUN --mount=type=cache,id=orphan,target=/sync \
+         touch /sync/started && exec su -s /bin/sh app -c 'exec sleep {marker}'\n"
+    );
+    let ctx = fixture.context("ctx-orphan", &[("Dockerfile", &dockerfile)]);
+    /// Kills kiln, and what is left of the container, when the test ends
+    /// (even by a panic).
+    struct Killed<'a>(Child, &'a str);
+    impl Drop for Killed<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            let _ = std::process::Command::new("pkill")
+                .args(["-9", "-f", &format!("sleep {}", self.1)])
+                .status();
+        }
+    }
+    let build = kiln_command()
+        .arg("--root")
+        .arg(fixture.root())
+        .args(["build", "--progress", "plain", "--no-cache"])
+        .arg(ctx)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn kiln build");
+    let mut build = Killed(build, marker);
+    wait_for(&cache_mount_dir(&fixture.root(), "orphan").join("started"));
+    // The command runs as app, which is what drops its own signal.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sleeping = loop {
+        let found = crate::common::processes_with_argument(marker);
+        if !found.is_empty() || Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(sleeping.len(), 1, "{sleeping:?}");
+    build.0.kill().expect("kill kiln");
+    build.0.wait().expect("reap kiln");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = crate::common::processes_with_argument(marker);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the container outlived its kiln: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
