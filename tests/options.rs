@@ -296,15 +296,28 @@ RUN --mount=type=cache,target=/c,id=owned,uid=65534,gid=65534,mode=0700 \
     );
     assert_eq!(read(&shared, "/ls"), "y\n");
     assert_eq!(read(&shared, "/bits"), "777\nz\n");
-    // An id with a NUL byte spelling an owned cache's key ("owned", then
-    // uid:gid:mode) is a cache of its own, not that owned one.
-    let nul = fixture.rootfs(
+    // An id with a NUL byte (which could spell an owned cache's key:
+    // "owned", NUL, "owned uid:gid:mode") is refused, naming the line.
+    let ctx = fixture.context(
         "cache-nul-id",
-        "FROM busybox:latest\n\
-         RUN --mount=\"type=cache,target=/c,id=owned\u{0}owned 65534:65534:700\" ls -A /c > /ls\n",
-        &["--no-cache"],
+        &[(
+            "Dockerfile",
+            "FROM busybox:latest\n\
+             RUN --mount=\"type=cache,target=/c,id=owned\u{0}owned 65534:65534:700\" ls -A /c\n",
+        )],
     );
-    assert_eq!(read(&nul, "/ls"), "");
+    let out = kiln(
+        &fixture.root(),
+        &["build", "--no-cache", ctx.to_str().unwrap()],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("line 2: ")
+            && text(&out)
+                .contains(r#"cache id "owned\0owned 65534:65534:700" contains a NUL byte"#),
+        "{}",
+        text(&out)
+    );
     // Control: without an owner, nobody cannot write the cache.
     let denied = fixture.rootfs(
         "cache-denied",

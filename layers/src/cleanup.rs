@@ -127,9 +127,11 @@ fn remove_at(
     if !FileType::from_raw_mode(st.st_mode).is_dir() {
         return unlink_file(meter);
     }
-    let open = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let sub = match rustix::fs::openat(dir, name, open, Mode::empty()) {
-        Ok(sub) => sub,
+    // O_PATH first: a directory without read permission for its owner
+    // (overlay's `work/work`) can be opened so, chmodded, then read.
+    let pinned = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let pinned = match rustix::fs::openat(dir, name, pinned, Mode::empty()) {
+        Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT) => return Ok(0),
         // No longer a directory: a symlink (or a file) put in its place
         // meanwhile, removed itself, never followed.
@@ -137,8 +139,12 @@ fn remove_at(
         Err(e) => return Err(failed("open")(e)),
     };
     if st.st_mode & 0o700 != 0o700 {
-        let _ = rustix::fs::fchmod(&sub, Mode::from_raw_mode(0o700));
+        // Through the descriptor's own path (fchmod takes no O_PATH one).
+        let own = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&pinned));
+        let _ = rustix::fs::chmod(own, Mode::from_raw_mode(0o700));
     }
+    let read = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let sub = rustix::fs::openat(&pinned, ".", read, Mode::empty()).map_err(failed("open"))?;
     let mut names = Vec::new();
     let entries = rustix::fs::Dir::read_from(&sub).map_err(failed("list"))?;
     for entry in entries {
@@ -440,6 +446,9 @@ mod tests {
                 let dir = tree.join(format!("d{n}"));
                 fs::create_dir_all(&dir).unwrap();
                 fs::write(dir.join("keep"), "tree").unwrap();
+                // Read-only, as an image's can be: the deletion chmods it
+                // (and must chmod no symlink's target).
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o500)).unwrap();
             }
             let stop = Arc::new(AtomicBool::new(false));
             let swapper = {

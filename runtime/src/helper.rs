@@ -27,11 +27,6 @@ fn parse_fds(value: &str) -> Option<Vec<RawFd>> {
     ((3..=5).contains(&fds.len()) && distinct && fds.iter().all(|fd| *fd > 2)).then_some(fds)
 }
 
-/// The entry point of the hidden helper subcommand. Call it before any thread
-/// exists (namespaces cannot be unshared by a multi-threaded process) and exit
-/// with the code it returns. The descriptors it talks over are named by the
-/// `KILN_RUNTIME_FDS` environment variable that [`crate::run`] sets; started
-/// any other way it returns 2 with a message on stderr.
 /// The helper's parent-death signal: kiln died. The helper then kills the
 /// container's init (and so its whole PID namespace; under chroot
 /// isolation, its process group) and exits. The init's own parent-death
@@ -58,6 +53,27 @@ extern "C" fn on_caller_death(_signal: libc::c_int) {
     }
 }
 
+/// Blocks (`true`) or unblocks [`CALLER_DIED_SIGNAL`].
+fn block_caller_death(block: bool) -> io::Result<()> {
+    let how = if block {
+        libc::SIG_BLOCK
+    } else {
+        libc::SIG_UNBLOCK
+    };
+    // SAFETY: a signal set of our own, initialized by sigemptyset before
+    // use; sigprocmask copies it.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, CALLER_DIED_SIGNAL.as_raw());
+        libc::sigprocmask(how, &set, std::ptr::null_mut())
+    };
+    match rc {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
 /// Installs [`on_caller_death`] for [`CALLER_DIED_SIGNAL`].
 fn handle_caller_death() -> io::Result<()> {
     // SAFETY: a zeroed sigaction with a handler of the right signature,
@@ -74,6 +90,11 @@ fn handle_caller_death() -> io::Result<()> {
     }
 }
 
+/// The entry point of the hidden helper subcommand. Call it before any thread
+/// exists (namespaces cannot be unshared by a multi-threaded process) and exit
+/// with the code it returns. The descriptors it talks over are named by the
+/// `KILN_RUNTIME_FDS` environment variable that [`crate::run`] sets; started
+/// any other way it returns 2 with a message on stderr.
 pub fn helper_main() -> i32 {
     let Some(fds) = std::env::var(FDS_ENV).ok().as_deref().and_then(parse_fds) else {
         eprintln!("kiln: the runtime helper is started by kiln itself, not by hand");
@@ -185,11 +206,25 @@ pub fn helper_main() -> i32 {
         cgroup: config.start_in_cgroup.as_deref(),
         new_pid_namespace: !config.chroot,
     };
+    // kiln's death waits until the init's pid is known (the init's reset
+    // of its signals unblocks it there).
+    let death = block_caller_death(true);
     // SAFETY: this process is single-threaded (a fresh exec).
     let (forked, cgroup) = match unsafe { start.fork(&mut sys) } {
         Ok(forked) => forked,
-        Err(err) => return fail(&mut report, "fork", err.to_string()),
+        Err(err) => {
+            let _ = block_caller_death(false);
+            return fail(&mut report, "fork", err.to_string());
+        }
     };
+    if let Forked::Parent(pid) = forked {
+        INIT_PID.store(pid, std::sync::atomic::Ordering::SeqCst);
+        if let Err(err) = death.and_then(|()| block_caller_death(false)) {
+            // SAFETY: killing the init just forked.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return fail(&mut report, "handling kiln's death", err.to_string());
+        }
+    }
     let Forked::Parent(pid) = forked else {
         let mut config = config;
         if cgroup == Some(CgroupEntry::StartedIn) {
@@ -207,7 +242,6 @@ pub fn helper_main() -> i32 {
         // runs after it.
         unsafe { libc::_exit(code) };
     };
-    INIT_PID.store(pid, std::sync::atomic::Ordering::SeqCst);
     send(&mut report, &Report::Started { pid, cgroup });
     let status = wait_for(pid);
     // This process is still in the run's network namespace: whether the
@@ -224,6 +258,8 @@ pub fn helper_main() -> i32 {
         }
         kill_descendants();
     }
+    // Reaped (and its group killed): its pid may be another process's now.
+    INIT_PID.store(0, std::sync::atomic::Ordering::SeqCst);
     // Inside a user namespace the container's files may belong to ids only
     // this namespace can remove.
     for path in &config.remove_after_exit {
@@ -421,16 +457,29 @@ pub(crate) fn remove_tree(path: &Path) {
 /// directory swapped for a symlink (by a process still running in the
 /// tree) is not followed, nor chmodded through.
 fn make_writable(path: &Path) {
-    use rustix::fs::{Mode, OFlags};
-    let open = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    if let Ok(dir) = rustix::fs::open(path, open, Mode::empty()) {
-        make_writable_below(&dir, open);
+    if let Ok(dir) = rustix::fs::open(path, PINNED_DIR, rustix::fs::Mode::empty()) {
+        make_writable_below(&dir);
     }
 }
 
-fn make_writable_below(dir: &OwnedFd, open: rustix::fs::OFlags) {
-    let _ = rustix::fs::fchmod(dir, rustix::fs::Mode::from_raw_mode(0o700));
-    let Ok(entries) = rustix::fs::Dir::read_from(dir) else {
+/// How `make_writable` opens a directory first: `O_PATH` (a directory
+/// without read permission can be opened so), never through a symlink.
+const PINNED_DIR: rustix::fs::OFlags = rustix::fs::OFlags::PATH
+    .union(rustix::fs::OFlags::DIRECTORY)
+    .union(rustix::fs::OFlags::NOFOLLOW)
+    .union(rustix::fs::OFlags::CLOEXEC);
+
+/// `dir` (opened [`PINNED_DIR`]) chmodded through its descriptor's path
+/// (fchmod takes no `O_PATH` one), then read, and each directory in it.
+fn make_writable_below(dir: &OwnedFd) {
+    use rustix::fs::{Mode, OFlags};
+    let own = format!("/proc/self/fd/{}", dir.as_raw_fd());
+    let _ = rustix::fs::chmod(own, Mode::from_raw_mode(0o700));
+    let read = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let Ok(readable) = rustix::fs::openat(dir, ".", read, Mode::empty()) else {
+        return;
+    };
+    let Ok(entries) = rustix::fs::Dir::read_from(&readable) else {
         return;
     };
     for entry in entries.flatten() {
@@ -438,8 +487,8 @@ fn make_writable_below(dir: &OwnedFd, open: rustix::fs::OFlags) {
         if name.to_bytes() == b"." || name.to_bytes() == b".." {
             continue;
         }
-        if let Ok(sub) = rustix::fs::openat(dir, name, open, rustix::fs::Mode::empty()) {
-            make_writable_below(&sub, open);
+        if let Ok(sub) = rustix::fs::openat(&readable, name, PINNED_DIR, Mode::empty()) {
+            make_writable_below(&sub);
         }
     }
 }
@@ -451,7 +500,9 @@ mod tests {
 
     /// `make_writable` opens every directory of the tree, read-only ones
     /// included, and gives it 0700; a symlink to a directory outside the
-    /// tree is neither followed nor its target chmodded.
+    /// tree is neither followed nor its target chmodded (a static one: the
+    /// old walk by path did not follow one either; only a symlink swapped
+    /// in during the walk did).
     #[test]
     fn make_writable_reaches_every_dir_and_follows_no_symlink() {
         use std::os::unix::fs::PermissionsExt;

@@ -1149,7 +1149,18 @@ impl Watch {
         self.next_pids_check = now + PIDS_CHECK_INTERVAL;
         if watch.observe(counter.read(), now) && !self.killed_at_pids_limit {
             self.killed_at_pids_limit = true;
-            kill(self.container_pid.unwrap_or(self.helper_pid), libc::SIGKILL);
+            self.kill_run();
+        }
+    }
+
+    /// Kills the container: its PID 1 (the whole PID namespace goes with
+    /// it) or, before kiln knows that pid, the helper with its
+    /// [`crate::helper::CALLER_DIED_SIGNAL`], on which it kills the init
+    /// it may have started already, then exits.
+    fn kill_run(&self) {
+        match self.container_pid {
+            Some(pid) => kill(pid, libc::SIGKILL),
+            None => kill(self.helper_pid, crate::helper::CALLER_DIED_SIGNAL.as_raw()),
         }
     }
 
@@ -1158,16 +1169,14 @@ impl Watch {
     fn cancel(&mut self) {
         if !self.canceled {
             self.canceled = true;
-            kill(self.container_pid.unwrap_or(self.helper_pid), libc::SIGKILL);
+            self.kill_run();
         }
     }
 
     fn time_out(&mut self) {
         if !self.timed_out {
             self.timed_out = true;
-            // Killing PID 1 kills the whole PID namespace; before it exists,
-            // killing the helper takes everything down.
-            kill(self.container_pid.unwrap_or(self.helper_pid), libc::SIGKILL);
+            self.kill_run();
         }
     }
 

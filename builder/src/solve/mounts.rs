@@ -129,6 +129,13 @@ fn cache_mount(
         Some(ns) => format!("{ns}/{id}"),
         None => id,
     };
+    // The key below puts a NUL after the id: an id with one of its own
+    // (`id=x<NUL>owned 0:0:755`) would name another mount's cache.
+    if id.contains('\0') {
+        return Err(format!(
+            "cache id {id:?} contains a NUL byte, which a cache id cannot"
+        ));
+    }
     // A cache seeded from `from=` is its own dir per seed content, and an
     // owned one (`uid`, `gid`, `mode`) its own per owner and mode, as
     // BuildKit keys a cache on its id and the ref it starts from (the seed,
@@ -137,13 +144,7 @@ fn cache_mount(
     // (BuildKit makes that directory only when no `source=` picks a
     // subdirectory, and its mkdir keeps the permission bits only.)
     let owned = (spec.uid.is_some() || spec.gid.is_some() || spec.mode.is_some()) && rel.is_empty();
-    // The id is length-prefixed in front of what follows it: an id with a
-    // NUL of its own (`id=x<NUL>owned 0:0:755`) cannot name another
-    // mount's cache.
-    let mut key = match (from, owned) {
-        (None, false) => id,
-        _ => format!("{}:{id}", id.len()),
-    };
+    let mut key = id;
     if let Some(from) = from {
         key = format!("{key}\0{}", from.identity);
     }
