@@ -480,6 +480,26 @@ mod tests {
         }
     }
 
+    /// Directories without the owner's rights (overlay's `work/work` is
+    /// 000; an image's can be 0500 or 0300) are chmodded, read and
+    /// removed. As root this passes whatever the modes; run as their
+    /// non-root owner (`setpriv --reuid=65534 <test binary>`), it shows
+    /// that the chmod comes before the read.
+    #[test]
+    fn directories_without_the_owners_rights_are_removed() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let tree = tmp.path().join("tree");
+        for (dir, mode) in [("none", 0o000), ("rx", 0o500), ("wx", 0o300)] {
+            let dir = tree.join(dir);
+            fs::create_dir_all(dir.join("inner")).unwrap();
+            fs::write(dir.join("inner/f"), "f").unwrap();
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+        }
+        remove_tree(&tree, &mut Meter::default()).unwrap();
+        assert!(!tree.exists());
+    }
+
     #[test]
     fn a_discarded_dir_leaves_its_place_at_once_and_the_trash_empty() {
         let tmp = tempfile::tempdir().unwrap();
