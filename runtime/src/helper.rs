@@ -208,23 +208,14 @@ pub fn helper_main() -> i32 {
     };
     // kiln's death waits until the init's pid is known (the init's reset
     // of its signals unblocks it there).
-    let death = block_caller_death(true);
+    if let Err(err) = block_caller_death(true) {
+        return fail(&mut report, "handling kiln's death", err.to_string());
+    }
     // SAFETY: this process is single-threaded (a fresh exec).
     let (forked, cgroup) = match unsafe { start.fork(&mut sys) } {
         Ok(forked) => forked,
-        Err(err) => {
-            let _ = block_caller_death(false);
-            return fail(&mut report, "fork", err.to_string());
-        }
+        Err(err) => return fail(&mut report, "fork", err.to_string()),
     };
-    if let Forked::Parent(pid) = forked {
-        INIT_PID.store(pid, std::sync::atomic::Ordering::SeqCst);
-        if let Err(err) = death.and_then(|()| block_caller_death(false)) {
-            // SAFETY: killing the init just forked.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            return fail(&mut report, "handling kiln's death", err.to_string());
-        }
-    }
     let Forked::Parent(pid) = forked else {
         let mut config = config;
         if cgroup == Some(CgroupEntry::StartedIn) {
@@ -242,6 +233,12 @@ pub fn helper_main() -> i32 {
         // runs after it.
         unsafe { libc::_exit(code) };
     };
+    INIT_PID.store(pid, std::sync::atomic::Ordering::SeqCst);
+    if let Err(err) = block_caller_death(false) {
+        // SAFETY: kill(2) of the init just forked, by its pid.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        return fail(&mut report, "handling kiln's death", err.to_string());
+    }
     send(&mut report, &Report::Started { pid, cgroup });
     let status = wait_for(pid);
     // This process is still in the run's network namespace: whether the

@@ -21,7 +21,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::common::{kiln, kiln_command};
-use crate::{require_namespaces, text, Fixture};
+use crate::{cache_mount_dir, require_namespaces, text, Fixture};
 
 /// Attempts made by the writing builds.
 const ATTEMPTS: usize = 40;
@@ -39,26 +39,6 @@ fn swapper_dockerfile(host_dir: &Path) -> String {
          n=$((n+1)); echo $n > /c/rounds; done'\n",
         host_dir.display()
     )
-}
-
-/// Finds the cache directory (the one holding `swapping`) in the store.
-fn find_cache_dir(root: &Path) -> Option<PathBuf> {
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if entry.file_name() == "swapping" {
-                return Some(dir);
-            }
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                pending.push(path);
-            }
-        }
-    }
-    None
 }
 
 /// The `written-*` files anywhere under `dir`, symlinks not followed.
@@ -140,14 +120,12 @@ fn a_shared_cache_source_swapped_for_a_symlink_does_not_reach_the_host() {
         .spawn()
         .expect("start the swapping build");
     let mut swapper = Swapper { child, cache: None };
+    let cache = cache_mount_dir(&fixture.root(), "race");
     let deadline = Instant::now() + Duration::from_secs(60);
-    let cache = loop {
-        if let Some(dir) = find_cache_dir(&fixture.root()) {
-            break dir;
-        }
+    while !cache.join("swapping").exists() {
         assert!(Instant::now() < deadline, "the swapping RUN never started");
         std::thread::sleep(Duration::from_millis(50));
-    };
+    }
     swapper.cache = Some(cache.clone());
     let rounds_before = rounds(&cache);
 

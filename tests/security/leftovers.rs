@@ -14,7 +14,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{kiln_command, kiln_ok};
-use crate::{require_root, text, Fixture};
+use crate::{cache_mount_dir, require_root, text, Fixture};
 
 /// `du -s -B1` of `paths`, together (an inode counted once).
 fn du(paths: &[&Path]) -> u64 {
@@ -214,12 +214,6 @@ fn prune_reports_what_it_freed_as_du_measures_it_and_removes_dead_run_scratch() 
         .unwrap_or_else(|| panic!("{report}"));
     assert_eq!(total, in_store + run_bytes, "{report}");
     assert_eq!(kiln_ok(&root, &["images", "-q"]).lines().count(), 1);
-}
-
-/// The host directory of `RUN --mount=type=cache,id=ID`.
-fn cache_mount_dir(root: &Path, id: &str) -> PathBuf {
-    root.join("cache-mounts")
-        .join(kiln_layers::Digest::of(id.as_bytes()).hex())
 }
 
 /// Starts `kiln build` of a Dockerfile whose RUN touches `/sync/<name>`

@@ -36,3 +36,9 @@ pub(crate) use require_namespaces;
 pub(crate) use common::text;
 /// The suites' store: `busybox:latest` imported, scratch beside it.
 pub(crate) use common::BusyboxStore as Fixture;
+
+/// The host directory of `RUN --mount=type=cache,id=ID`.
+pub(crate) fn cache_mount_dir(root: &std::path::Path, id: &str) -> std::path::PathBuf {
+    root.join("cache-mounts")
+        .join(kiln_layers::Digest::of(id.as_bytes()).hex())
+}
