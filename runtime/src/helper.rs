@@ -36,11 +36,25 @@ fn parse_fds(value: &str) -> Option<Vec<RawFd>> {
 /// takes back.
 pub(crate) const CALLER_DIED_SIGNAL: rustix::process::Signal = rustix::process::Signal::USR2;
 
-/// The container's init, once forked (0 before).
+/// The container's init, once forked (0 before, and again once it is
+/// reaped); under chroot isolation [`INIT_REAPED`] once it is reaped.
 static INIT_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
+/// [`INIT_PID`] under chroot isolation once the init is reaped: its
+/// descendants are being killed, and the helper exits when that is done.
+const INIT_REAPED: i32 = -1;
+
+/// Whether the run has chroot isolation: no PID namespace ends what the
+/// init started, so kiln's death does not end the helper at once (see
+/// [`on_caller_death`]).
+static CHROOT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// [`CALLER_DIED_SIGNAL`]'s handler: kills the init and its process
-/// group, then exits. Async-signal-safe: an atomic load, kill(2), _exit(2).
+/// group, then exits. Under chroot isolation, once the init is forked, it
+/// returns instead: the killed init's wait returns, and the helper then
+/// kills every other descendant (those that left the init's session too,
+/// which only a walk of `/proc` finds, not something a handler may do)
+/// before it exits. Async-signal-safe: atomic loads, kill(2), _exit(2).
 extern "C" fn on_caller_death(_signal: libc::c_int) {
     let pid = INIT_PID.load(std::sync::atomic::Ordering::SeqCst);
     // SAFETY: kill and _exit are async-signal-safe and take integers.
@@ -48,6 +62,9 @@ extern "C" fn on_caller_death(_signal: libc::c_int) {
         if pid > 0 {
             libc::kill(pid, libc::SIGKILL);
             libc::kill(-pid, libc::SIGKILL);
+        }
+        if pid != 0 && CHROOT.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
         }
         libc::_exit(137);
     }
@@ -198,6 +215,7 @@ pub fn helper_main() -> i32 {
     // running; as the subreaper, this process gets every orphan of it
     // (setsid or not), which it kills once the init has ended.
     if config.chroot {
+        CHROOT.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Err(err) = rustix::process::set_child_subreaper(rustix::process::getpid().into()) {
             return fail(&mut report, "becoming a subreaper", err.to_string());
         }
@@ -241,6 +259,11 @@ pub fn helper_main() -> i32 {
     }
     send(&mut report, &Report::Started { pid, cgroup });
     let status = wait_for(pid);
+    // Reaped: its pid may be another process's now. Under chroot isolation
+    // kiln's death from here on leaves the helper to finish killing the
+    // init's descendants.
+    let reaped = if config.chroot { INIT_REAPED } else { 0 };
+    INIT_PID.store(reaped, std::sync::atomic::Ordering::SeqCst);
     // This process is still in the run's network namespace: whether the
     // next run may have it (see `crate::NetworkPool`).
     if config.network == Network::Private && !crate::network::own_namespace_has_no_tcp_left() {
@@ -255,8 +278,6 @@ pub fn helper_main() -> i32 {
         }
         kill_descendants();
     }
-    // Reaped (and its group killed): its pid may be another process's now.
-    INIT_PID.store(0, std::sync::atomic::Ordering::SeqCst);
     // Inside a user namespace the container's files may belong to ids only
     // this namespace can remove.
     for path in &config.remove_after_exit {
