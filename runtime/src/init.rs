@@ -83,6 +83,22 @@ const READONLY_PATHS: &[&str] = &[
 ];
 
 /// nosuid, nodev and noexec: what /proc, /sys, /dev/shm and /dev/mqueue get.
+/// The files below /proc that runc lets a mount cover (`checkProcMount`:
+/// those lxcfs emulates); /proc itself and anything else below it are
+/// refused, as there.
+const PROC_FILES_COVERABLE: &[&str] = &[
+    "/proc/cpuinfo",
+    "/proc/diskstats",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/swaps",
+    "/proc/uptime",
+    "/proc/loadavg",
+    "/proc/slabinfo",
+    "/proc/sys/kernel/ns_last_pid",
+    "/proc/sys/crypto/fips_enabled",
+];
+
 const NO_SUID_DEV_EXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
 
 /// mount(2) copies its options into one page (including the final NUL).
@@ -306,6 +322,46 @@ fn find_executable(
         program: program.to_string(),
         reason: "executable file not found in $PATH".to_string(),
         code: 127,
+    })
+}
+
+/// A RUN's mount point, as runc has it (`checkProcMount`): not /proc, nor
+/// below it but on one of [`PROC_FILES_COVERABLE`]. The fresh proc and its
+/// masks are what the container's /proc shows; a mount there would hide
+/// or stand in for them. Checked on the target as written, before
+/// anything is made for it, then on the file it resolved to inside the
+/// root (`resolved`), which an image's symlink may have led into /proc.
+fn refuse_proc_target(
+    sys: &mut dyn Syscalls,
+    written: &Path,
+    resolved: Option<&Pinned>,
+) -> Result<(), Failure> {
+    let coverable = PROC_FILES_COVERABLE
+        .iter()
+        .any(|file| written == Path::new(file));
+    let inside = match resolved {
+        None => written.starts_with("/proc"),
+        Some(target) => step(
+            format!("statfs {}", target.shown().display()),
+            sys.on_procfs(&target.path()),
+        )?,
+    };
+    if !inside || coverable {
+        return Ok(());
+    }
+    let reason = if written == Path::new("/proc") {
+        "/proc cannot be mounted: the container's /proc is its own proc filesystem".to_string()
+    } else {
+        format!(
+            "{} cannot be mounted because it is inside /proc (a mount may cover only {} there, \
+             as in runc)",
+            written.display(),
+            PROC_FILES_COVERABLE.join(", ")
+        )
+    };
+    Err(Failure::Setup {
+        step: format!("mount point {}", written.display()),
+        reason,
     })
 }
 
@@ -796,7 +852,9 @@ fn mount_tmpfs(
     report: &mut dyn FnMut(Report),
 ) -> Result<(), Failure> {
     let rel = tmpfs.target.strip_prefix("/").unwrap_or(&tmpfs.target);
+    refuse_proc_target(sys, &tmpfs.target, None)?;
     let target = ensure_mount_point(sys, cfg, rel, true, report)?;
+    refuse_proc_target(sys, &tmpfs.target, Some(&target))?;
     let nodev = if cfg.nodev { libc::MS_NODEV } else { 0 };
     let read_only = if tmpfs.read_only { libc::MS_RDONLY } else { 0 };
     let mut options = "mode=1777".to_string();
@@ -824,6 +882,7 @@ fn bind_volume(
     report: &mut dyn FnMut(Report),
 ) -> Result<(), Failure> {
     let rel = volume.target.strip_prefix("/").unwrap_or(&volume.target);
+    refuse_proc_target(sys, &volume.target, None)?;
     let source = open_volume_source(sys, volume)?;
     let is_dir = step(
         format!("stat {}", source.shown().display()),
@@ -831,6 +890,7 @@ fn bind_volume(
     )?
     .is_none_or(|mode| mode & libc::S_IFMT == libc::S_IFDIR);
     let target = ensure_mount_point(sys, cfg, rel, is_dir, report)?;
+    refuse_proc_target(sys, &volume.target, Some(&target))?;
     let attrs = BindAttrs {
         recursive: true,
         read_only: volume.read_only,
@@ -952,7 +1012,9 @@ fn mount_memory_files(
             )?;
         }
         let rel = file.target.strip_prefix("/").unwrap_or(&file.target);
+        refuse_proc_target(sys, &file.target, None)?;
         let target = ensure_mount_point(sys, cfg, rel, false, report)?;
+        refuse_proc_target(sys, &file.target, Some(&target))?;
         let attrs = BindAttrs {
             recursive: false,
             read_only: true,

@@ -118,3 +118,75 @@ fn a_mount_over_dev_cannot_aim_the_masks_at_the_host() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("ran"), "{}", text(&out));
 }
+
+/// Issue: a RUN's mount could cover the container's /proc, or a part of
+/// it (`/proc/sys/kernel` under a tmpfs), where runc, and so BuildKit,
+/// refuses it (`checkProcMount`): the fresh proc and its masks are what
+/// the container's /proc must show. Now refused, as written and as an
+/// image's symlink resolves (`/alias -> /proc`), naming the target; the
+/// files runc lets a mount cover (those lxcfs emulates, as
+/// `/proc/meminfo`) still may be: the control reads a secret mounted
+/// there.
+#[test]
+fn mounts_on_or_inside_proc_are_refused_as_runc_refuses_them() {
+    require_namespaces!();
+    let fixture = Fixture::new();
+    let secret = fixture.dir("proc-secret").join("tok");
+    std::fs::write(&secret, "s3cret\n").expect("write the secret");
+    let build = |name: &str, dockerfile: &str| {
+        let context = fixture.context(name, &[("Dockerfile", dockerfile)]);
+        kiln(
+            &fixture.root(),
+            &[
+                "build",
+                "--no-cache",
+                "--secret",
+                &format!("id=tok,src={}", secret.display()),
+                context.to_str().expect("utf-8 path"),
+            ],
+        )
+    };
+    let refused = [
+        (
+            "proc-cache",
+            "RUN --mount=type=cache,target=/proc echo ran",
+            "/proc cannot be mounted",
+        ),
+        (
+            "proc-tmpfs",
+            "RUN --mount=type=tmpfs,target=/proc/sys/kernel echo ran",
+            "/proc/sys/kernel cannot be mounted because it is inside /proc",
+        ),
+        (
+            "proc-secret",
+            "RUN --mount=type=secret,id=tok,target=/proc/sysrq-trigger echo ran",
+            "/proc/sysrq-trigger cannot be mounted because it is inside /proc",
+        ),
+        (
+            "proc-alias",
+            "RUN ln -s /proc /alias\n\
+             RUN --mount=type=tmpfs,target=/alias/sys/kernel echo ran",
+            "/alias/sys/kernel cannot be mounted because it is inside /proc",
+        ),
+    ];
+    for (name, run, message) in refused {
+        let out = build(name, &format!("FROM busybox:latest\n{run}\n"));
+        assert!(!out.status.success(), "{name}: {}", text(&out));
+        assert!(text(&out).contains(message), "{name}: {}", text(&out));
+        // The RUN's output line: `#4 0.019 ran`.
+        let ran = text(&out).lines().any(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            words.len() == 3 && words[2] == "ran" && words[1].parse::<f64>().is_ok()
+        });
+        assert!(!ran, "{name}: {}", text(&out));
+    }
+
+    // Control: a file runc lets a mount cover.
+    let out = build(
+        "proc-meminfo",
+        "FROM busybox:latest\n\
+         RUN --mount=type=secret,id=tok,target=/proc/meminfo cat /proc/meminfo\n",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("s3cret"), "{}", text(&out));
+}

@@ -643,3 +643,50 @@ fn a_source_within_a_directory_is_opened_inside_it() {
         "{failure:?}"
     );
 }
+
+/// runc's rule (`checkProcMount`): nothing is mounted on /proc or below
+/// it, refused before anything is made for the target; but the files
+/// lxcfs emulates (`/proc/meminfo`) may be covered, on the fresh proc.
+#[test]
+fn mounts_on_proc_are_refused_but_on_the_files_runc_allows() {
+    for target in ["/proc", "/proc/sys", "/proc/new/dir"] {
+        let mut cfg = config();
+        cfg.tmpfs = vec![crate::spec::TmpfsMount {
+            target: target.into(),
+            size: None,
+            read_only: false,
+        }];
+        let (failure, text) = transcript(&mut fake(), &cfg);
+        let Failure::Setup { step, reason } = &failure else {
+            panic!("{text}");
+        };
+        assert_eq!(step, &format!("mount point {target}"), "{text}");
+        assert!(reason.contains("cannot be mounted"), "{text}");
+        let made = text
+            .lines()
+            .any(|l| l.starts_with("mkdir /state/rootfs/proc/") || l.contains("tmpfs RDONLY|"));
+        assert!(!made, "{text}");
+        assert!(!text.contains("pivot_root"), "{text}");
+    }
+    let mut cfg = config();
+    cfg.memory_files = vec![MemoryFile {
+        target: "/proc/meminfo".into(),
+        content: b"MemTotal: 1 kB\n".to_vec(),
+        mode: 0o444,
+        uid: 0,
+        gid: 0,
+    }];
+    let mut sys = fake();
+    sys.modes
+        .insert(PathBuf::from("/state/rootfs/proc/meminfo"), FILE);
+    let (_, text) = transcript(&mut sys, &cfg);
+    assert_in_order(
+        &text,
+        &[
+            "mount proc /state/rootfs/proc proc",
+            "statfs /state/rootfs/proc/meminfo",
+            "bind /state/memory/0 on /state/rootfs/proc/meminfo RDONLY|NODEV",
+            "pivot_root . .",
+        ],
+    );
+}
