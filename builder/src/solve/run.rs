@@ -508,10 +508,13 @@ const MAX_OUTPUT_LINE: usize = 64 * 1024;
 /// as `BufRead::lines` does) and every [`MAX_OUTPUT_LINE`] bytes, bytes
 /// that are not UTF-8 replaced. Read to the end whatever the bytes are:
 /// a reader that stopped would close the pipe and kill the RUN (SIGPIPE),
-/// and one that held a line whole could be made to hold any amount.
+/// and one that held a line whole could be made to hold any amount. A
+/// character the size limit would cut in two starts the next piece.
 struct OutputLines<R> {
     reader: std::io::BufReader<R>,
     buf: Vec<u8>,
+    /// The start of a character cut off the end of the last piece.
+    carried: Vec<u8>,
 }
 
 impl<R: std::io::Read> OutputLines<R> {
@@ -519,6 +522,7 @@ impl<R: std::io::Read> OutputLines<R> {
         OutputLines {
             reader: std::io::BufReader::new(reader),
             buf: Vec::new(),
+            carried: Vec::new(),
         }
     }
 
@@ -526,22 +530,42 @@ impl<R: std::io::Read> OutputLines<R> {
     fn next_line(&mut self) -> Option<String> {
         use std::io::{BufRead, Read};
         self.buf.clear();
-        let limit = MAX_OUTPUT_LINE as u64;
-        match (&mut self.reader)
+        self.buf.append(&mut self.carried);
+        let limit = (MAX_OUTPUT_LINE - self.buf.len()) as u64;
+        let read = (&mut self.reader)
             .take(limit)
-            .read_until(b'\n', &mut self.buf)
-        {
-            Ok(0) | Err(_) => return None,
-            Ok(_) => {}
+            .read_until(b'\n', &mut self.buf);
+        if read.is_err() || self.buf.is_empty() {
+            return None;
         }
         if self.buf.last() == Some(&b'\n') {
             self.buf.pop();
             if self.buf.last() == Some(&b'\r') {
                 self.buf.pop();
             }
+        } else if self.buf.len() == MAX_OUTPUT_LINE {
+            let cut = self.buf.len() - incomplete_tail(&self.buf);
+            self.carried = self.buf.split_off(cut);
         }
         Some(String::from_utf8_lossy(&self.buf).into_owned())
     }
+}
+
+/// How many bytes at the end of `bytes` (0 to 3) start a UTF-8 character
+/// that bytes after them could complete.
+fn incomplete_tail(bytes: &[u8]) -> usize {
+    for back in 1..=bytes.len().min(3) {
+        let tail = &bytes[bytes.len() - back..];
+        // The last byte that is not a continuation byte starts the
+        // character.
+        if tail[0] & 0b1100_0000 != 0b1000_0000 {
+            return match std::str::from_utf8(tail) {
+                Err(err) if err.error_len().is_none() => back,
+                _ => 0,
+            };
+        }
+    }
+    0
 }
 
 /// Why a heredoc script (`RUN <<EOF` whose body starts with `#!`) did not
@@ -570,4 +594,58 @@ fn script_exec_error(script: &crate::plan::InlineFile, reason: &str) -> String {
 fn output_pipe() -> std::io::Result<(std::fs::File, std::fs::File)> {
     let (read, write) = kiln_runtime::pipe()?;
     Ok((std::fs::File::from(read), std::fs::File::from(write)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{incomplete_tail, OutputLines, MAX_OUTPUT_LINE};
+
+    fn lines_of(bytes: &[u8]) -> Vec<String> {
+        let mut lines = OutputLines::new(bytes);
+        std::iter::from_fn(|| lines.next_line()).collect()
+    }
+
+    #[test]
+    fn a_character_at_the_size_limit_starts_the_next_piece() {
+        for character in ["é", "€", "𝄞"] {
+            let mut output = vec![b'a'; MAX_OUTPUT_LINE - 1];
+            output.extend_from_slice(character.as_bytes());
+            output.extend_from_slice(b"b\n");
+            let lines = lines_of(&output);
+            assert_eq!(lines.len(), 2, "{character}");
+            assert_eq!(lines[0], "a".repeat(MAX_OUTPUT_LINE - 1), "{character}");
+            assert_eq!(lines[1], format!("{character}b"), "{character}");
+        }
+    }
+
+    #[test]
+    fn invalid_bytes_at_the_size_limit_are_replaced_not_carried() {
+        // A lone continuation byte, and a lead byte the next byte does not
+        // continue: neither starts a character, both shown replaced.
+        let mut output = vec![b'a'; MAX_OUTPUT_LINE - 1];
+        output.push(0x80);
+        output.extend_from_slice(b"\xc3x\n");
+        let lines = lines_of(&output);
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].ends_with('\u{fffd}'), "{:?}", &lines[0][65530..]);
+        assert_eq!(lines[1], "\u{fffd}x");
+        // Cut at the end of the output: what was carried is shown.
+        let mut output = vec![b'a'; MAX_OUTPUT_LINE - 1];
+        output.push(0xe2);
+        let lines = lines_of(&output);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1], "\u{fffd}");
+    }
+
+    #[test]
+    fn incomplete_tails() {
+        assert_eq!(incomplete_tail(b"abc"), 0);
+        assert_eq!(incomplete_tail("é".as_bytes()), 0);
+        assert_eq!(incomplete_tail(&"é".as_bytes()[..1]), 1);
+        assert_eq!(incomplete_tail(&"€".as_bytes()[..2]), 2);
+        assert_eq!(incomplete_tail(&"𝄞".as_bytes()[..3]), 3);
+        assert_eq!(incomplete_tail(b"a\x80"), 0);
+        assert_eq!(incomplete_tail(b"a\xff"), 0);
+        assert_eq!(incomplete_tail(b""), 0);
+    }
 }
