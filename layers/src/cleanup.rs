@@ -482,12 +482,17 @@ mod tests {
 
     /// Directories without the owner's rights (overlay's `work/work` is
     /// 000; an image's can be 0500 or 0300) are chmodded, read and
-    /// removed. As root this passes whatever the modes; run as their
-    /// non-root owner (`setpriv --reuid=65534 <test binary>`), it shows
-    /// that the chmod comes before the read.
+    /// removed. Root is refused nothing whatever the modes, so run as
+    /// root the test runs itself again as their non-root owner (uid
+    /// 65534), where it shows that the chmod comes before the read (with
+    /// the read first: EACCES on the 0300 directory).
     #[test]
     fn directories_without_the_owners_rights_are_removed() {
         use std::os::unix::fs::PermissionsExt;
+        if rustix::process::geteuid().is_root() {
+            let name = "directories_without_the_owners_rights_are_removed";
+            run_as_nobody(&format!("cleanup::tests::{name}"));
+        }
         let tmp = tempfile::tempdir().unwrap();
         let tree = tmp.path().join("tree");
         for (dir, mode) in [("none", 0o000), ("rx", 0o500), ("wx", 0o300)] {
@@ -498,6 +503,34 @@ mod tests {
         }
         remove_tree(&tree, &mut Meter::default()).unwrap();
         assert!(!tree.exists());
+    }
+
+    /// Runs the test `name` of this test binary as uid and gid 65534, from
+    /// a copy of the binary in a directory that user can reach (the
+    /// build's may not be), and asserts that it ran and passed.
+    fn run_as_nobody(name: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let exe = dir.path().join("tests");
+        fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+        let out = std::process::Command::new(&exe)
+            .args([name, "--exact", "--test-threads=1"])
+            .env("TMPDIR", "/tmp")
+            .current_dir("/")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "as uid 65534:\n{stdout}\n{stderr}");
+        assert!(
+            stdout.contains("test result: ok. 1 passed"),
+            "as uid 65534:\n{stdout}\n{stderr}"
+        );
     }
 
     #[test]
