@@ -167,6 +167,14 @@ impl Placed {
         if rel.is_empty() {
             return Err(format!("invalid mount target {target:?}"));
         }
+        // The runtime's rule for real mounts, runc's: nothing on /proc or
+        // below it but a few files (`kiln_runtime`'s init); what is placed
+        // is a directory, so nothing there.
+        if rel == "proc" || rel.starts_with("proc/") {
+            return Err(format!(
+                "{target} cannot be mounted because it is inside /proc (as runc refuses it)"
+            ));
+        }
         let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel.as_str()));
         let stubs = self.make_parents(target, parent)?;
         let parent_dir = self.root.join(parent);
@@ -485,6 +493,35 @@ mod tests {
         assert_eq!(mtime(&root.join("var/cache")), cache_mtime);
         assert_eq!(mtime(&root.join("var")), var_mtime);
         assert_eq!(mtime(&root), root_mtime);
+    }
+
+    /// runc's rule, as the runtime applies it to real mounts: nothing is
+    /// placed on /proc or below it, written so or reached through an
+    /// image's symlink; nothing of the first request stays.
+    #[test]
+    fn nothing_is_placed_inside_proc() {
+        let work = tempfile::tempdir().unwrap();
+        let (root, aside) = (work.path().join("root"), work.path().join("aside"));
+        std::fs::create_dir_all(root.join("proc")).unwrap();
+        std::os::unix::fs::symlink("/proc", root.join("alias")).unwrap();
+        for target in ["/proc", "/proc/x", "/alias/sys"] {
+            let requests = [
+                PlaceRequest {
+                    target: "/first".into(),
+                    what: Placement::Empty,
+                },
+                PlaceRequest {
+                    target: target.into(),
+                    what: Placement::Empty,
+                },
+            ];
+            let Err(err) = Placed::place(&root, &aside, &requests) else {
+                panic!("{target} placed");
+            };
+            assert!(err.contains("inside /proc"), "{err}");
+            assert!(!root.join("first").exists(), "{target}");
+            assert_eq!(std::fs::read_dir(root.join("proc")).unwrap().count(), 0);
+        }
     }
 
     /// A file the RUN linked between the cache and the copy: the cache
