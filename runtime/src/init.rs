@@ -82,7 +82,6 @@ const READONLY_PATHS: &[&str] = &[
     "proc/sysrq-trigger",
 ];
 
-/// nosuid, nodev and noexec: what /proc, /sys, /dev/shm and /dev/mqueue get.
 /// The files below /proc that runc lets a mount cover (`checkProcMount`:
 /// those lxcfs emulates); /proc itself and anything else below it are
 /// refused, as there.
@@ -99,6 +98,7 @@ const PROC_FILES_COVERABLE: &[&str] = &[
     "/proc/sys/crypto/fips_enabled",
 ];
 
+/// nosuid, nodev and noexec: what /proc, /sys, /dev/shm and /dev/mqueue get.
 const NO_SUID_DEV_EXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
 
 /// mount(2) copies its options into one page (including the final NUL).
@@ -325,43 +325,69 @@ fn find_executable(
     })
 }
 
-/// A RUN's mount point, as runc has it (`checkProcMount`): not /proc, nor
-/// below it but on one of [`PROC_FILES_COVERABLE`]. The fresh proc and its
-/// masks are what the container's /proc shows; a mount there would hide
-/// or stand in for them. Checked on the target as written, before
-/// anything is made for it, then on the file it resolved to inside the
-/// root (`resolved`), which an image's symlink may have led into /proc.
-fn refuse_proc_target(
-    sys: &mut dyn Syscalls,
-    written: &Path,
-    resolved: Option<&Pinned>,
-) -> Result<(), Failure> {
-    let coverable = PROC_FILES_COVERABLE
-        .iter()
-        .any(|file| written == Path::new(file));
-    let inside = match resolved {
-        None => written.starts_with("/proc"),
-        Some(target) => step(
-            format!("statfs {}", target.shown().display()),
-            sys.on_procfs(&target.path()),
-        )?,
-    };
-    if !inside || coverable {
-        return Ok(());
+/// The container's /proc as the kernel shows paths (`Pinned::shown` of
+/// its mount point): what a mount point resolved below it is found by.
+struct ProcDir(PathBuf);
+
+impl ProcDir {
+    /// A RUN's mount point, as runc has it (`checkProcMount`): not /proc,
+    /// nor below it but on one of [`PROC_FILES_COVERABLE`]. The fresh proc
+    /// and its masks are what the container's /proc shows; a mount there
+    /// would hide or stand in for them. Checked on the target as written,
+    /// before anything is made for it (`resolved` None), then where it
+    /// resolved inside the root, where an image's symlink may have led it
+    /// (into /proc, or onto an allowed file: runc judges the resolved
+    /// path too).
+    fn check(&self, written: &Path, resolved: Option<&Pinned>) -> Result<(), Failure> {
+        let at = match resolved {
+            None => written.starts_with("/proc").then(|| written.to_path_buf()),
+            Some(target) => self.container_path(target.shown()),
+        };
+        match at.and_then(|at| proc_refusal(written, &at)) {
+            Some(reason) => Err(Failure::Setup {
+                step: format!("mount point {}", written.display()),
+                reason,
+            }),
+            None => Ok(()),
+        }
     }
-    let reason = if written == Path::new("/proc") {
-        "/proc cannot be mounted: the container's /proc is its own proc filesystem".to_string()
+}
+
+impl ProcDir {
+    /// `shown` (a path as the kernel shows it) as a path in the
+    /// container's /proc, when it is /proc or below it.
+    fn container_path(&self, shown: &Path) -> Option<PathBuf> {
+        let below = shown.strip_prefix(&self.0).ok()?;
+        Some(Path::new("/proc").join(below))
+    }
+}
+
+/// Why a mount point written as `written`, at `at` (a path in the
+/// container's /proc, or /proc itself), is refused; None when `at` is a
+/// file runc lets a mount cover.
+fn proc_refusal(written: &Path, at: &Path) -> Option<String> {
+    if PROC_FILES_COVERABLE
+        .iter()
+        .any(|file| at == Path::new(file))
+    {
+        return None;
+    }
+    let resolves = match written == at {
+        true => String::new(),
+        false => format!(" (it resolves to {})", at.display()),
+    };
+    Some(if at == Path::new("/proc") {
+        format!(
+            "{}{resolves} cannot be mounted: the container's /proc is its own proc filesystem",
+            written.display()
+        )
     } else {
         format!(
-            "{} cannot be mounted because it is inside /proc (a mount may cover only {} there, \
-             as in runc)",
+            "{}{resolves} cannot be mounted because it is inside /proc (a mount may cover \
+             only {} there, as in runc)",
             written.display(),
             PROC_FILES_COVERABLE.join(", ")
         )
-    };
-    Err(Failure::Setup {
-        step: format!("mount point {}", written.display()),
-        reason,
     })
 }
 
@@ -518,7 +544,7 @@ fn prepare_rootfs(
         Some(dir) => bind_root_dir(sys, cfg, dir)?,
         None => mount_overlay(sys, cfg)?,
     }
-    mount_proc_and_sys(sys, cfg, report)?;
+    let proc = mount_proc_and_sys(sys, cfg, report)?;
     let dev = mount_dev(sys, cfg, report)?;
     // The /dev/null the masks are bound from, opened before a RUN's
     // mounts can cover /dev (with a `null` there that is a symlink to a
@@ -526,8 +552,8 @@ fn prepare_rootfs(
     let null = dev.join("null");
     let null = step(format!("open {}", null.display()), sys.open_path(&null))?;
     bind_etc_files(sys, cfg, report)?;
-    mount_volumes(sys, cfg, report)?;
-    mount_memory_files(sys, cfg, report)?;
+    mount_volumes(sys, cfg, &proc, report)?;
+    mount_memory_files(sys, cfg, &proc, report)?;
     if cfg.privileged {
         return Ok(());
     }
@@ -596,7 +622,7 @@ fn mount_proc_and_sys(
     sys: &mut dyn Syscalls,
     cfg: &ContainerConfig,
     report: &mut dyn FnMut(Report),
-) -> Result<(), Failure> {
+) -> Result<ProcDir, Failure> {
     // Their masked and read-only paths are set under `<root>/proc` and
     // `<root>/sys` (`mask_paths`): an image's symlink there would send
     // those mounts elsewhere and leave the fresh proc whole (a writable
@@ -618,11 +644,12 @@ fn mount_proc_and_sys(
         // sysfs can only be mounted by the owner of the network namespace;
         // in a user namespace sharing the host's network, bind the host's
         // (read-only, what is mounted under it too).
-        bind(sys, Path::new("/sys"), &sys_dir, READ_ONLY_TREE)
+        bind(sys, Path::new("/sys"), &sys_dir, READ_ONLY_TREE)?;
     } else {
         let flags = NO_SUID_DEV_EXEC | libc::MS_RDONLY;
-        fresh_or_bound(sys, cfg, "sysfs", &sys_dir, flags, report)
+        fresh_or_bound(sys, cfg, "sysfs", &sys_dir, flags, report)?;
     }
+    Ok(ProcDir(proc_dir.shown().to_path_buf()))
 }
 
 /// A recursive bind made read-only, submounts included.
@@ -829,6 +856,7 @@ impl Volume<'_> {
 fn mount_volumes(
     sys: &mut dyn Syscalls,
     cfg: &ContainerConfig,
+    proc: &ProcDir,
     report: &mut dyn FnMut(Report),
 ) -> Result<(), Failure> {
     let mut volumes: Vec<Volume<'_>> = cfg.mounts.iter().map(Volume::Bind).collect();
@@ -836,8 +864,8 @@ fn mount_volumes(
     volumes.sort_by_key(|v| v.target().components().count());
     for volume in volumes {
         match volume {
-            Volume::Bind(bind) => bind_volume(sys, cfg, bind, report)?,
-            Volume::Tmpfs(tmpfs) => mount_tmpfs(sys, cfg, tmpfs, report)?,
+            Volume::Bind(bind) => bind_volume(sys, cfg, proc, bind, report)?,
+            Volume::Tmpfs(tmpfs) => mount_tmpfs(sys, cfg, proc, tmpfs, report)?,
         }
     }
     Ok(())
@@ -848,13 +876,14 @@ fn mount_volumes(
 fn mount_tmpfs(
     sys: &mut dyn Syscalls,
     cfg: &ContainerConfig,
+    proc: &ProcDir,
     tmpfs: &TmpfsMount,
     report: &mut dyn FnMut(Report),
 ) -> Result<(), Failure> {
     let rel = tmpfs.target.strip_prefix("/").unwrap_or(&tmpfs.target);
-    refuse_proc_target(sys, &tmpfs.target, None)?;
+    proc.check(&tmpfs.target, None)?;
     let target = ensure_mount_point(sys, cfg, rel, true, report)?;
-    refuse_proc_target(sys, &tmpfs.target, Some(&target))?;
+    proc.check(&tmpfs.target, Some(&target))?;
     let nodev = if cfg.nodev { libc::MS_NODEV } else { 0 };
     let read_only = if tmpfs.read_only { libc::MS_RDONLY } else { 0 };
     let mut options = "mode=1777".to_string();
@@ -878,11 +907,12 @@ fn mount_tmpfs(
 fn bind_volume(
     sys: &mut dyn Syscalls,
     cfg: &ContainerConfig,
+    proc: &ProcDir,
     volume: &BindMount,
     report: &mut dyn FnMut(Report),
 ) -> Result<(), Failure> {
     let rel = volume.target.strip_prefix("/").unwrap_or(&volume.target);
-    refuse_proc_target(sys, &volume.target, None)?;
+    proc.check(&volume.target, None)?;
     let source = open_volume_source(sys, volume)?;
     let is_dir = step(
         format!("stat {}", source.shown().display()),
@@ -890,7 +920,7 @@ fn bind_volume(
     )?
     .is_none_or(|mode| mode & libc::S_IFMT == libc::S_IFDIR);
     let target = ensure_mount_point(sys, cfg, rel, is_dir, report)?;
-    refuse_proc_target(sys, &volume.target, Some(&target))?;
+    proc.check(&volume.target, Some(&target))?;
     let attrs = BindAttrs {
         recursive: true,
         read_only: volume.read_only,
@@ -978,6 +1008,7 @@ fn mask_paths(sys: &mut dyn Syscalls, root: &Path, null: &Pinned) -> Result<(), 
 fn mount_memory_files(
     sys: &mut dyn Syscalls,
     cfg: &ContainerConfig,
+    proc: &ProcDir,
     report: &mut dyn FnMut(Report),
 ) -> Result<(), Failure> {
     if cfg.memory_files.is_empty() {
@@ -1012,9 +1043,9 @@ fn mount_memory_files(
             )?;
         }
         let rel = file.target.strip_prefix("/").unwrap_or(&file.target);
-        refuse_proc_target(sys, &file.target, None)?;
+        proc.check(&file.target, None)?;
         let target = ensure_mount_point(sys, cfg, rel, false, report)?;
-        refuse_proc_target(sys, &file.target, Some(&target))?;
+        proc.check(&file.target, Some(&target))?;
         let attrs = BindAttrs {
             recursive: false,
             read_only: true,

@@ -100,9 +100,6 @@ pub trait Syscalls {
     /// Whether `path` itself is a symlink (lstat(2)); false when nothing
     /// is there.
     fn is_symlink(&mut self, path: &Path) -> io::Result<bool>;
-    /// Whether `path` is on a proc filesystem (statfs(2), following it:
-    /// a [`Pinned::path`] gives the file opened).
-    fn on_procfs(&mut self, path: &Path) -> io::Result<bool>;
     /// The `MS_*` flags of the mount holding `path` that a remount must keep
     /// (nosuid, nodev, noexec, …: locked inside a user namespace).
     fn mount_flags(&mut self, path: &Path) -> io::Result<libc::c_ulong>;
@@ -610,10 +607,6 @@ impl Syscalls for RealSyscalls {
         }
     }
 
-    fn on_procfs(&mut self, path: &Path) -> io::Result<bool> {
-        Ok(rustix::fs::statfs(path)?.f_type == libc::PROC_SUPER_MAGIC)
-    }
-
     fn set_mtime(&mut self, path: &Path, mtime: (i64, i64)) -> io::Result<()> {
         set_mtime_of(path, mtime)
     }
@@ -907,9 +900,6 @@ pub struct RecordingSyscalls {
     pub setgroups_denied: bool,
     /// A call (line prefix) that fails with the errno given.
     pub fail: Option<(String, i32)>,
-    /// Where a proc filesystem was mounted (or the outer /proc bound):
-    /// what [`Syscalls::on_procfs`] finds at and below.
-    proc_mounts: Vec<PathBuf>,
 }
 
 impl RecordingSyscalls {
@@ -1014,11 +1004,7 @@ impl Syscalls for RecordingSyscalls {
             line.push(' ');
             line.push_str(data);
         }
-        self.record(line)?;
-        if fstype == "proc" {
-            self.proc_mounts.push(target.to_path_buf());
-        }
-        Ok(())
+        self.record(line)
     }
 
     fn mount_overlay_fsconfig(&mut self, target: &Path, options: &str) -> io::Result<()> {
@@ -1131,11 +1117,7 @@ impl Syscalls for RecordingSyscalls {
             } else {
                 flags.join("|")
             }
-        ))?;
-        if source.shown() == Path::new("/proc") {
-            self.proc_mounts.push(target.shown().to_path_buf());
-        }
-        Ok(())
+        ))
     }
 
     fn mtime(&mut self, path: &Path) -> io::Result<(i64, i64)> {
@@ -1149,11 +1131,6 @@ impl Syscalls for RecordingSyscalls {
             .modes
             .get(path)
             .is_some_and(|mode| mode & libc::S_IFMT == libc::S_IFLNK))
-    }
-
-    fn on_procfs(&mut self, path: &Path) -> io::Result<bool> {
-        self.record(format!("statfs {}", path.display()))?;
-        Ok(self.proc_mounts.iter().any(|proc| path.starts_with(proc)))
     }
 
     fn set_mtime(&mut self, path: &Path, mtime: (i64, i64)) -> io::Result<()> {

@@ -125,8 +125,8 @@ fn a_mount_over_dev_cannot_aim_the_masks_at_the_host() {
 /// the container's /proc must show. Now refused, as written and as an
 /// image's symlink resolves (`/alias -> /proc`), naming the target; the
 /// files runc lets a mount cover (those lxcfs emulates, as
-/// `/proc/meminfo`) still may be: the control reads a secret mounted
-/// there.
+/// `/proc/meminfo`) still may be, written so or through a symlink: the
+/// controls read a secret mounted there.
 #[test]
 fn mounts_on_or_inside_proc_are_refused_as_runc_refuses_them() {
     require_namespaces!();
@@ -166,7 +166,8 @@ fn mounts_on_or_inside_proc_are_refused_as_runc_refuses_them() {
             "proc-alias",
             "RUN ln -s /proc /alias\n\
              RUN --mount=type=tmpfs,target=/alias/sys/kernel echo ran",
-            "/alias/sys/kernel cannot be mounted because it is inside /proc",
+            "/alias/sys/kernel (it resolves to /proc/sys/kernel) cannot be mounted because it \
+             is inside /proc",
         ),
     ];
     for (name, run, message) in refused {
@@ -181,12 +182,21 @@ fn mounts_on_or_inside_proc_are_refused_as_runc_refuses_them() {
         assert!(!ran, "{name}: {}", text(&out));
     }
 
-    // Control: a file runc lets a mount cover.
-    let out = build(
-        "proc-meminfo",
-        "FROM busybox:latest\n\
-         RUN --mount=type=secret,id=tok,target=/proc/meminfo cat /proc/meminfo\n",
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("s3cret"), "{}", text(&out));
+    // Control: a file runc lets a mount cover, written so or through an
+    // image's symlink (runc judges where a target resolves).
+    for (name, run) in [
+        (
+            "proc-meminfo",
+            "RUN --mount=type=secret,id=tok,target=/proc/meminfo cat /proc/meminfo",
+        ),
+        (
+            "proc-meminfo-link",
+            "RUN ln -s /proc/meminfo /m\n\
+             RUN --mount=type=secret,id=tok,target=/m cat /proc/meminfo",
+        ),
+    ] {
+        let out = build(name, &format!("FROM busybox:latest\n{run}\n"));
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        assert!(text(&out).contains("s3cret"), "{name}: {}", text(&out));
+    }
 }

@@ -662,9 +662,10 @@ fn mounts_on_proc_are_refused_but_on_the_files_runc_allows() {
         };
         assert_eq!(step, &format!("mount point {target}"), "{text}");
         assert!(reason.contains("cannot be mounted"), "{text}");
-        let made = text
-            .lines()
-            .any(|l| l.starts_with("mkdir /state/rootfs/proc/") || l.contains("tmpfs RDONLY|"));
+        let made = text.lines().any(|l| {
+            l.starts_with("mkdir /state/rootfs/proc/")
+                || l.starts_with(&format!("mount tmpfs /state/rootfs{target} "))
+        });
         assert!(!made, "{text}");
         assert!(!text.contains("pivot_root"), "{text}");
     }
@@ -684,9 +685,44 @@ fn mounts_on_proc_are_refused_but_on_the_files_runc_allows() {
         &text,
         &[
             "mount proc /state/rootfs/proc proc",
-            "statfs /state/rootfs/proc/meminfo",
             "bind /state/memory/0 on /state/rootfs/proc/meminfo RDONLY|NODEV",
             "pivot_root . .",
         ],
     );
+}
+
+/// The same rule where a target resolved: by its path in the container's
+/// /proc, whatever it was written as (an image's `/m -> /proc/meminfo`
+/// may be covered, `/alias/acpi` through `/alias -> /proc` may not,
+/// whatever filesystem a mask put there).
+#[test]
+fn the_proc_rule_judges_where_a_target_resolved() {
+    let proc = ProcDir(PathBuf::from("/run/x/rootfs/proc"));
+    let at = |shown: &str| proc.container_path(Path::new(shown));
+    assert_eq!(at("/run/x/rootfs/proc"), Some(PathBuf::from("/proc")));
+    assert_eq!(
+        at("/run/x/rootfs/proc/meminfo"),
+        Some(PathBuf::from("/proc/meminfo"))
+    );
+    assert_eq!(at("/run/x/rootfs/procfs"), None);
+    assert_eq!(at("/run/x/rootfs/data"), None);
+    let refusal = |written: &str, at: &str| proc_refusal(Path::new(written), Path::new(at));
+    assert_eq!(refusal("/m", "/proc/meminfo"), None);
+    assert_eq!(
+        refusal(
+            "/proc/sys/kernel/ns_last_pid",
+            "/proc/sys/kernel/ns_last_pid"
+        ),
+        None
+    );
+    let reason = refusal("/alias/acpi", "/proc/acpi").expect("refused");
+    assert!(
+        reason.starts_with(
+            "/alias/acpi (it resolves to /proc/acpi) cannot be mounted because it is inside /proc"
+        ),
+        "{reason}"
+    );
+    let reason = refusal("/proc", "/proc").expect("refused");
+    assert!(reason.starts_with("/proc cannot be mounted: "), "{reason}");
+    assert!(refusal("/proc/kcore", "/proc/kcore").is_some());
 }
