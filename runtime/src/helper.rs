@@ -27,9 +27,11 @@ fn parse_fds(value: &str) -> Option<Vec<RawFd>> {
     ((3..=5).contains(&fds.len()) && distinct && fds.iter().all(|fd| *fd > 2)).then_some(fds)
 }
 
-/// The helper's parent-death signal: kiln died. The helper then kills the
-/// container's init (and so its whole PID namespace; under chroot
-/// isolation, its process group) and exits. The init's own parent-death
+/// The helper's parent-death signal: kiln died (or kiln asks the helper to
+/// kill a container whose init's pid it does not know yet). The helper
+/// then kills the container's init (and so its whole PID namespace) and
+/// exits; under chroot isolation it kills the init's process group, then,
+/// once the init has ended, every other descendant, and exits. The init's own parent-death
 /// signal is not enough: the kernel clears it when a process changes its
 /// credentials, which a RUN's command may do (`su`), and a container
 /// that outlived its kiln would keep changing a tree the store then
@@ -258,12 +260,14 @@ pub fn helper_main() -> i32 {
         return fail(&mut report, "handling kiln's death", err.to_string());
     }
     send(&mut report, &Report::Started { pid, cgroup });
-    let status = wait_for(pid);
-    // Reaped: its pid may be another process's now. Under chroot isolation
+    // Ended, not yet reaped: its pid is still its own until it is, so
+    // kiln's death meanwhile kills nothing else. Under chroot isolation
     // kiln's death from here on leaves the helper to finish killing the
     // init's descendants.
+    wait_until_ended(pid);
     let reaped = if config.chroot { INIT_REAPED } else { 0 };
     INIT_PID.store(reaped, std::sync::atomic::Ordering::SeqCst);
+    let status = wait_for(pid);
     // This process is still in the run's network namespace: whether the
     // next run may have it (see `crate::NetworkPool`).
     if config.network == Network::Private && !crate::network::own_namespace_has_no_tcp_left() {
@@ -435,6 +439,17 @@ fn fail(report: &mut File, step: &str, reason: String) -> i32 {
         }),
     );
     1
+}
+
+/// Waits until the child `pid` has ended, leaving it unreaped (`WNOWAIT`):
+/// its pid names no other process until [`wait_for`] reaps it.
+fn wait_until_ended(pid: libc::pid_t) {
+    use rustix::process::{waitid, Pid, WaitId, WaitIdOptions};
+    let Some(pid) = Pid::from_raw(pid) else {
+        return;
+    };
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
+    while let Err(rustix::io::Errno::INTR) = waitid(WaitId::Pid(pid), options) {}
 }
 
 fn wait_for(pid: libc::pid_t) -> ExitStatus {

@@ -955,6 +955,11 @@ struct Watch {
     /// Runs were canceled ([`crate::interrupt::cancel_runs`]) and the
     /// container killed.
     canceled: bool,
+    /// The helper was told to kill the container ([`Watch::kill_run`]
+    /// before the init's pid was known): it does, by the pid it holds, and
+    /// kiln does not take that pid when the helper reports it (the helper
+    /// may have reaped it by then, and it may be another process's).
+    helper_kills: bool,
 }
 
 impl Watch {
@@ -987,6 +992,7 @@ impl Watch {
             next_pids_check: Instant::now(),
             killed_at_pids_limit: false,
             canceled: false,
+            helper_kills: false,
         }
     }
 
@@ -1154,13 +1160,17 @@ impl Watch {
     }
 
     /// Kills the container: its PID 1 (the whole PID namespace goes with
-    /// it) or, before kiln knows that pid, the helper with its
-    /// [`crate::helper::CALLER_DIED_SIGNAL`], on which it kills the init
-    /// it may have started already, then exits.
-    fn kill_run(&self) {
+    /// it) or, before kiln knows that pid, through the helper: its
+    /// [`crate::helper::CALLER_DIED_SIGNAL`] makes it kill the init it may
+    /// have started already (under chroot isolation, every process the
+    /// init started too), then exit.
+    fn kill_run(&mut self) {
         match self.container_pid {
             Some(pid) => kill(pid, libc::SIGKILL),
-            None => kill(self.helper_pid, crate::helper::CALLER_DIED_SIGNAL.as_raw()),
+            None => {
+                self.helper_kills = true;
+                kill(self.helper_pid, crate::helper::CALLER_DIED_SIGNAL.as_raw());
+            }
         }
     }
 
@@ -1252,12 +1262,17 @@ impl Watch {
                     ),
                     None => {}
                 }
-                self.container_pid = Some(pid);
-                if self.timed_out || self.canceled {
-                    kill(pid, libc::SIGKILL);
-                }
-                for signal in std::mem::take(&mut self.pending_signals) {
-                    self.signal(signal);
+                // When the helper is killing it, kiln keeps not knowing
+                // its pid: nothing is signalled by a pid that may no
+                // longer be the init's.
+                if !self.helper_kills {
+                    self.container_pid = Some(pid);
+                    if self.timed_out || self.canceled {
+                        kill(pid, libc::SIGKILL);
+                    }
+                    for signal in std::mem::take(&mut self.pending_signals) {
+                        self.signal(signal);
+                    }
                 }
             }
             Report::StubCreated { path } => self.stubs.push(path),
