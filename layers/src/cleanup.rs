@@ -505,18 +505,17 @@ mod tests {
         assert!(!tree.exists());
     }
 
-    /// Runs the test `name` of this test binary as uid and gid 65534, from
-    /// a copy of the binary in a directory that user can reach (the
-    /// build's may not be), and asserts that it ran and passed.
+    /// Runs the test `name` of this test binary as uid and gid 65534, and
+    /// asserts that it ran and passed. The binary is executed through a
+    /// descriptor opened here (`/proc/self/fd/N`): that user may not reach
+    /// the directory it is in.
     fn run_as_nobody(name: &str) {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::fd::AsRawFd;
         use std::os::unix::process::CommandExt;
-        let dir = tempfile::tempdir().unwrap();
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let exe = dir.path().join("tests");
-        fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
-        fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
-        let out = std::process::Command::new(&exe)
+        let exe = fs::File::open(std::env::current_exe().unwrap()).unwrap();
+        // Inherited by the child, which executes it.
+        rustix::io::fcntl_setfd(&exe, rustix::io::FdFlags::empty()).unwrap();
+        let out = std::process::Command::new(format!("/proc/self/fd/{}", exe.as_raw_fd()))
             .args([name, "--exact", "--test-threads=1"])
             .env("TMPDIR", "/tmp")
             .current_dir("/")
