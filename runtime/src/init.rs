@@ -155,6 +155,10 @@ fn init(
             sys.join_cgroup(file),
         )?;
     }
+    // Read here, from the host's /proc: after the root changes, a /proc
+    // the image or a RUN's mount made could say "deny" and keep kiln's own
+    // supplementary groups in the container.
+    let setgroups_allowed = sys.setgroups_allowed();
     if cfg.chroot {
         enter_chroot(sys, cfg)?;
     } else {
@@ -192,7 +196,7 @@ fn init(
     }
     // Without setgroups (a user namespace whose gid map was written without
     // privileges) the image's supplementary groups cannot be set.
-    if sys.setgroups_allowed() {
+    if setgroups_allowed {
         step("setgroups", sys.setgroups(&user.groups))?;
     }
     step("keep capabilities", sys.set_keep_caps(true))?;
@@ -325,25 +329,38 @@ fn find_executable(
     })
 }
 
-/// The container's /proc as the kernel shows paths (`Pinned::shown` of
-/// its mount point): what a mount point resolved below it is found by.
-struct ProcDir(PathBuf);
+/// The container's root and its /proc as the kernel shows paths
+/// (`Pinned::shown` of /proc's mount point, which is no symlink, and its
+/// parent): what a mount point, once resolved, is judged by.
+struct Guarded {
+    root: PathBuf,
+    proc: PathBuf,
+}
 
-impl ProcDir {
-    /// A RUN's mount point, as runc has it (`checkProcMount`): not /proc,
-    /// nor below it but on one of [`PROC_FILES_COVERABLE`]. The fresh proc
-    /// and its masks are what the container's /proc shows; a mount there
-    /// would hide or stand in for them. Checked on the target as written,
-    /// before anything is made for it (`resolved` None), then where it
-    /// resolved inside the root, where an image's symlink may have led it
-    /// (into /proc, or onto an allowed file: runc judges the resolved
-    /// path too).
+impl Guarded {
+    /// The paths of `proc_dir`, the container's /proc opened in its root.
+    fn new(proc_dir: &Pinned) -> Guarded {
+        let proc = proc_dir.shown().to_path_buf();
+        let root = proc.parent().map(Path::to_path_buf).unwrap_or_default();
+        Guarded { root, proc }
+    }
+
+    /// A RUN's mount point, as runc has it: not the container's root
+    /// (runc: "on the top of rootfs"), which would cover its /proc, /sys
+    /// and /dev, and (`checkProcMount`) not /proc, nor below it but on
+    /// one of [`PROC_FILES_COVERABLE`]: the fresh proc and its masks are
+    /// what the container's /proc shows, and a mount there would hide or
+    /// stand in for them. Checked on the target as written, before
+    /// anything is made for it (`resolved` None), then where it resolved
+    /// inside the root, where an image's symlink may have led it (onto
+    /// the root, into /proc, or onto an allowed file: runc judges the
+    /// resolved path too).
     fn check(&self, written: &Path, resolved: Option<&Pinned>) -> Result<(), Failure> {
         let at = match resolved {
-            None => written.starts_with("/proc").then(|| written.to_path_buf()),
+            None => Some(written.to_path_buf()),
             Some(target) => self.container_path(target.shown()),
         };
-        match at.and_then(|at| proc_refusal(written, &at)) {
+        match at.and_then(|at| refusal(written, &at)) {
             Some(reason) => Err(Failure::Setup {
                 step: format!("mount point {}", written.display()),
                 reason,
@@ -351,31 +368,36 @@ impl ProcDir {
             None => Ok(()),
         }
     }
-}
 
-impl ProcDir {
-    /// `shown` (a path as the kernel shows it) as a path in the
-    /// container's /proc, when it is /proc or below it.
+    /// `shown` (a path as the kernel shows it) as a path in the container
+    /// when it is its root, /proc or below /proc; None elsewhere (where
+    /// [`refusal`] refuses nothing).
     fn container_path(&self, shown: &Path) -> Option<PathBuf> {
-        let below = shown.strip_prefix(&self.0).ok()?;
+        if shown == self.root {
+            return Some(PathBuf::from("/"));
+        }
+        let below = shown.strip_prefix(&self.proc).ok()?;
         Some(Path::new("/proc").join(below))
     }
 }
 
-/// Why a mount point written as `written`, at `at` (a path in the
-/// container's /proc, or /proc itself), is refused; None when `at` is a
-/// file runc lets a mount cover.
-fn proc_refusal(written: &Path, at: &Path) -> Option<String> {
-    if PROC_FILES_COVERABLE
-        .iter()
-        .any(|file| at == Path::new(file))
-    {
-        return None;
-    }
+/// Why a mount point written as `written`, at `at` in the container, is
+/// refused: `at` is the root, /proc, or below /proc but not a file runc
+/// lets a mount cover. None anywhere else.
+fn refusal(written: &Path, at: &Path) -> Option<String> {
     let resolves = match written == at {
         true => String::new(),
         false => format!(" (it resolves to {})", at.display()),
     };
+    if at == Path::new("/") {
+        return Some(format!(
+            "{}{resolves} cannot be mounted: it is the container's root",
+            written.display()
+        ));
+    }
+    if !at.starts_with("/proc") || PROC_FILES_COVERABLE.iter().any(|f| at == Path::new(f)) {
+        return None;
+    }
     Some(if at == Path::new("/proc") {
         format!(
             "{}{resolves} cannot be mounted: the container's /proc is its own proc filesystem",
@@ -544,16 +566,16 @@ fn prepare_rootfs(
         Some(dir) => bind_root_dir(sys, cfg, dir)?,
         None => mount_overlay(sys, cfg)?,
     }
-    let proc = mount_proc_and_sys(sys, cfg, report)?;
-    let dev = mount_dev(sys, cfg, report)?;
+    let guarded = mount_proc_and_sys(sys, cfg, report)?;
+    let dev = mount_dev(sys, cfg, &guarded, report)?;
     // The /dev/null the masks are bound from, opened before a RUN's
     // mounts can cover /dev (with a `null` there that is a symlink to a
     // host file, which a bind by path would follow).
     let null = dev.join("null");
     let null = step(format!("open {}", null.display()), sys.open_path(&null))?;
-    bind_etc_files(sys, cfg, report)?;
-    mount_volumes(sys, cfg, &proc, report)?;
-    mount_memory_files(sys, cfg, &proc, report)?;
+    bind_etc_files(sys, cfg, &guarded, report)?;
+    mount_volumes(sys, cfg, &guarded, report)?;
+    mount_memory_files(sys, cfg, &guarded, report)?;
     if cfg.privileged {
         return Ok(());
     }
@@ -622,7 +644,7 @@ fn mount_proc_and_sys(
     sys: &mut dyn Syscalls,
     cfg: &ContainerConfig,
     report: &mut dyn FnMut(Report),
-) -> Result<ProcDir, Failure> {
+) -> Result<Guarded, Failure> {
     // Their masked and read-only paths are set under `<root>/proc` and
     // `<root>/sys` (`mask_paths`): an image's symlink there would send
     // those mounts elsewhere and leave the fresh proc whole (a writable
@@ -649,7 +671,7 @@ fn mount_proc_and_sys(
         let flags = NO_SUID_DEV_EXEC | libc::MS_RDONLY;
         fresh_or_bound(sys, cfg, "sysfs", &sys_dir, flags, report)?;
     }
-    Ok(ProcDir(proc_dir.shown().to_path_buf()))
+    Ok(Guarded::new(&proc_dir))
 }
 
 /// A recursive bind made read-only, submounts included.
@@ -728,10 +750,13 @@ fn fresh_or_bound(
 fn mount_dev(
     sys: &mut dyn Syscalls,
     cfg: &ContainerConfig,
+    guarded: &Guarded,
     report: &mut dyn FnMut(Report),
 ) -> Result<PathBuf, Failure> {
     let nodev = if cfg.nodev { libc::MS_NODEV } else { 0 };
     let dev = ensure_mount_point(sys, cfg, Path::new("dev"), true, report)?;
+    // An image's `/dev -> /` or `/dev -> /proc` would put the tmpfs there.
+    guarded.check(Path::new("/dev"), Some(&dev))?;
     mount(
         sys,
         "tmpfs",
@@ -815,11 +840,13 @@ fn create_devices(
 fn bind_etc_files(
     sys: &mut dyn Syscalls,
     cfg: &ContainerConfig,
+    guarded: &Guarded,
     report: &mut dyn FnMut(Report),
 ) -> Result<(), Failure> {
     for name in ETC_FILES {
         let rel = Path::new("etc").join(name);
         let target = ensure_mount_point(sys, cfg, &rel, false, report)?;
+        guarded.check(&Path::new("/").join(&rel), Some(&target))?;
         bind(sys, &cfg.etc_dir.join(name), &target, BindAttrs::default())?;
     }
     Ok(())
@@ -856,7 +883,7 @@ impl Volume<'_> {
 fn mount_volumes(
     sys: &mut dyn Syscalls,
     cfg: &ContainerConfig,
-    proc: &ProcDir,
+    guarded: &Guarded,
     report: &mut dyn FnMut(Report),
 ) -> Result<(), Failure> {
     let mut volumes: Vec<Volume<'_>> = cfg.mounts.iter().map(Volume::Bind).collect();
@@ -864,8 +891,8 @@ fn mount_volumes(
     volumes.sort_by_key(|v| v.target().components().count());
     for volume in volumes {
         match volume {
-            Volume::Bind(bind) => bind_volume(sys, cfg, proc, bind, report)?,
-            Volume::Tmpfs(tmpfs) => mount_tmpfs(sys, cfg, proc, tmpfs, report)?,
+            Volume::Bind(bind) => bind_volume(sys, cfg, guarded, bind, report)?,
+            Volume::Tmpfs(tmpfs) => mount_tmpfs(sys, cfg, guarded, tmpfs, report)?,
         }
     }
     Ok(())
@@ -876,14 +903,14 @@ fn mount_volumes(
 fn mount_tmpfs(
     sys: &mut dyn Syscalls,
     cfg: &ContainerConfig,
-    proc: &ProcDir,
+    guarded: &Guarded,
     tmpfs: &TmpfsMount,
     report: &mut dyn FnMut(Report),
 ) -> Result<(), Failure> {
     let rel = tmpfs.target.strip_prefix("/").unwrap_or(&tmpfs.target);
-    proc.check(&tmpfs.target, None)?;
+    guarded.check(&tmpfs.target, None)?;
     let target = ensure_mount_point(sys, cfg, rel, true, report)?;
-    proc.check(&tmpfs.target, Some(&target))?;
+    guarded.check(&tmpfs.target, Some(&target))?;
     let nodev = if cfg.nodev { libc::MS_NODEV } else { 0 };
     let read_only = if tmpfs.read_only { libc::MS_RDONLY } else { 0 };
     let mut options = "mode=1777".to_string();
@@ -907,12 +934,12 @@ fn mount_tmpfs(
 fn bind_volume(
     sys: &mut dyn Syscalls,
     cfg: &ContainerConfig,
-    proc: &ProcDir,
+    guarded: &Guarded,
     volume: &BindMount,
     report: &mut dyn FnMut(Report),
 ) -> Result<(), Failure> {
     let rel = volume.target.strip_prefix("/").unwrap_or(&volume.target);
-    proc.check(&volume.target, None)?;
+    guarded.check(&volume.target, None)?;
     let source = open_volume_source(sys, volume)?;
     let is_dir = step(
         format!("stat {}", source.shown().display()),
@@ -920,7 +947,7 @@ fn bind_volume(
     )?
     .is_none_or(|mode| mode & libc::S_IFMT == libc::S_IFDIR);
     let target = ensure_mount_point(sys, cfg, rel, is_dir, report)?;
-    proc.check(&volume.target, Some(&target))?;
+    guarded.check(&volume.target, Some(&target))?;
     let attrs = BindAttrs {
         recursive: true,
         read_only: volume.read_only,
@@ -1008,7 +1035,7 @@ fn mask_paths(sys: &mut dyn Syscalls, root: &Path, null: &Pinned) -> Result<(), 
 fn mount_memory_files(
     sys: &mut dyn Syscalls,
     cfg: &ContainerConfig,
-    proc: &ProcDir,
+    guarded: &Guarded,
     report: &mut dyn FnMut(Report),
 ) -> Result<(), Failure> {
     if cfg.memory_files.is_empty() {
@@ -1043,9 +1070,9 @@ fn mount_memory_files(
             )?;
         }
         let rel = file.target.strip_prefix("/").unwrap_or(&file.target);
-        proc.check(&file.target, None)?;
+        guarded.check(&file.target, None)?;
         let target = ensure_mount_point(sys, cfg, rel, false, report)?;
-        proc.check(&file.target, Some(&target))?;
+        guarded.check(&file.target, Some(&target))?;
         let attrs = BindAttrs {
             recursive: false,
             read_only: true,

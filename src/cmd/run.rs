@@ -9,7 +9,7 @@
 //! stopped containers, so `--rm` is accepted and changes nothing.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -218,6 +218,9 @@ pub fn parse_volume(spec: &str) -> anyhow::Result<BindMount> {
     if !target.starts_with('/') {
         bail!("volume {spec:?}: the container path must be absolute");
     }
+    if Path::new(target).parent().is_none() {
+        bail!("volume {spec:?}: the container path cannot be / (Docker refuses it too)");
+    }
     let source = PathBuf::from(host);
     if !source.exists() {
         bail!("volume {spec:?}: host path {host} does not exist");
@@ -418,6 +421,10 @@ mod tests {
         assert!(parse_volume("rel:/data").is_err());
         assert!(parse_volume(&format!("{host}:rel")).is_err());
         assert!(parse_volume(&format!("{host}:/d:xx")).is_err());
+        for root in ["/", "//", "/."] {
+            let err = parse_volume(&format!("{host}:{root}")).unwrap_err();
+            assert!(err.to_string().contains("cannot be /"), "{root}: {err}");
+        }
         let err = parse_volume("/no/such/dir/kiln:/d")
             .unwrap_err()
             .to_string();

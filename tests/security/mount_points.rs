@@ -120,15 +120,19 @@ fn a_mount_over_dev_cannot_aim_the_masks_at_the_host() {
 }
 
 /// Issue: a RUN's mount could cover the container's /proc, or a part of
-/// it (`/proc/sys/kernel` under a tmpfs), where runc, and so BuildKit,
-/// refuses it (`checkProcMount`): the fresh proc and its masks are what
-/// the container's /proc must show. Now refused, as written and as an
-/// image's symlink resolves (`/alias -> /proc`), naming the target; the
+/// it (`/proc/sys/kernel` under a tmpfs), or, through an image's `/m ->
+/// /`, the whole root (its /proc, /sys and /dev with it: a review showed
+/// a fake /proc/self/setgroups then kept kiln's supplementary groups in
+/// the container), where runc, and so BuildKit, refuses it
+/// (`checkProcMount`, "on the top of rootfs"): the fresh proc and its
+/// masks are what the container's /proc must show. Now refused, as
+/// written and as an image's symlink resolves (`/alias -> /proc`,
+/// `/m -> /`, `/m -> ..`), naming the target; the
 /// files runc lets a mount cover (those lxcfs emulates, as
 /// `/proc/meminfo`) still may be, written so or through a symlink: the
 /// controls read a secret mounted there.
 #[test]
-fn mounts_on_or_inside_proc_are_refused_as_runc_refuses_them() {
+fn mounts_on_the_root_or_inside_proc_are_refused_as_runc_refuses_them() {
     require_namespaces!();
     let fixture = Fixture::new();
     let secret = fixture.dir("proc-secret").join("tok");
@@ -161,6 +165,18 @@ fn mounts_on_or_inside_proc_are_refused_as_runc_refuses_them() {
             "proc-secret",
             "RUN --mount=type=secret,id=tok,target=/proc/sysrq-trigger echo ran",
             "/proc/sysrq-trigger cannot be mounted because it is inside /proc",
+        ),
+        (
+            "root-link",
+            "RUN ln -s / /m\n\
+             RUN --mount=type=tmpfs,target=/m echo ran",
+            "/m (it resolves to /) cannot be mounted: it is the container's root",
+        ),
+        (
+            "root-dotdot",
+            "RUN ln -s .. /m\n\
+             RUN --mount=type=bind,target=/m echo ran",
+            "/m (it resolves to /) cannot be mounted: it is the container's root",
         ),
         (
             "proc-alias",

@@ -691,14 +691,19 @@ fn mounts_on_proc_are_refused_but_on_the_files_runc_allows() {
     );
 }
 
-/// The same rule where a target resolved: by its path in the container's
-/// /proc, whatever it was written as (an image's `/m -> /proc/meminfo`
-/// may be covered, `/alias/acpi` through `/alias -> /proc` may not,
-/// whatever filesystem a mask put there).
+/// The same rule where a target resolved: by its path in the container,
+/// whatever it was written as (an image's `/m -> /proc/meminfo` may be
+/// covered; `/alias/acpi` through `/alias -> /proc` may not, whatever
+/// filesystem a mask put there; nor may `/m -> /`, the root, which would
+/// cover /proc, /sys and /dev).
 #[test]
-fn the_proc_rule_judges_where_a_target_resolved() {
-    let proc = ProcDir(PathBuf::from("/run/x/rootfs/proc"));
-    let at = |shown: &str| proc.container_path(Path::new(shown));
+fn the_mount_point_rule_judges_where_a_target_resolved() {
+    let guarded = Guarded {
+        root: PathBuf::from("/run/x/rootfs"),
+        proc: PathBuf::from("/run/x/rootfs/proc"),
+    };
+    let at = |shown: &str| guarded.container_path(Path::new(shown));
+    assert_eq!(at("/run/x/rootfs"), Some(PathBuf::from("/")));
     assert_eq!(at("/run/x/rootfs/proc"), Some(PathBuf::from("/proc")));
     assert_eq!(
         at("/run/x/rootfs/proc/meminfo"),
@@ -706,23 +711,32 @@ fn the_proc_rule_judges_where_a_target_resolved() {
     );
     assert_eq!(at("/run/x/rootfs/procfs"), None);
     assert_eq!(at("/run/x/rootfs/data"), None);
-    let refusal = |written: &str, at: &str| proc_refusal(Path::new(written), Path::new(at));
-    assert_eq!(refusal("/m", "/proc/meminfo"), None);
+    assert_eq!(at("/run/x"), None);
+    let refused = |written: &str, at: &str| refusal(Path::new(written), Path::new(at));
+    assert_eq!(refused("/m", "/proc/meminfo"), None);
     assert_eq!(
-        refusal(
+        refused(
             "/proc/sys/kernel/ns_last_pid",
             "/proc/sys/kernel/ns_last_pid"
         ),
         None
     );
-    let reason = refusal("/alias/acpi", "/proc/acpi").expect("refused");
+    assert_eq!(refused("/data", "/data"), None);
+    assert_eq!(refused("/procfs", "/procfs"), None);
+    let reason = refused("/alias/acpi", "/proc/acpi").expect("refused");
     assert!(
         reason.starts_with(
             "/alias/acpi (it resolves to /proc/acpi) cannot be mounted because it is inside /proc"
         ),
         "{reason}"
     );
-    let reason = refusal("/proc", "/proc").expect("refused");
+    let reason = refused("/proc", "/proc").expect("refused");
     assert!(reason.starts_with("/proc cannot be mounted: "), "{reason}");
-    assert!(refusal("/proc/kcore", "/proc/kcore").is_some());
+    assert!(refused("/proc/kcore", "/proc/kcore").is_some());
+    let reason = refused("/m", "/").expect("refused");
+    assert_eq!(
+        reason,
+        "/m (it resolves to /) cannot be mounted: it is the container's root"
+    );
+    assert!(refused("/", "/").is_some());
 }
