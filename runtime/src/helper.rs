@@ -267,6 +267,14 @@ pub fn helper_main() -> i32 {
     wait_until_ended(pid);
     let reaped = if config.chroot { INIT_REAPED } else { 0 };
     INIT_PID.store(reaped, std::sync::atomic::Ordering::SeqCst);
+    if config.chroot {
+        // No PID namespace ends them: what the command left running in
+        // its session (the init's setsid made its process group) goes
+        // now, while the unreaped init keeps the group's id its own.
+        if let Some(group) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+    }
     let status = wait_for(pid);
     // This process is still in the run's network namespace: whether the
     // next run may have it (see `crate::NetworkPool`).
@@ -274,12 +282,7 @@ pub fn helper_main() -> i32 {
         send(&mut report, &Report::NetworkHeld);
     }
     if config.chroot {
-        // No PID namespace ends them: what the command left running in
-        // its session (the init's setsid made its process group) goes now,
-        // and every other descendant, which holds the output pipe open.
-        if let Some(group) = rustix::process::Pid::from_raw(pid) {
-            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-        }
+        // And every other descendant, which holds the output pipe open.
         kill_descendants();
     }
     // Inside a user namespace the container's files may belong to ids only
@@ -330,13 +333,7 @@ fn descendants_of(root: libc::pid_t) -> Vec<libc::pid_t> {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
         };
-        // `pid (comm) state ppid ...`: comm may hold spaces and parens.
-        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let mut fields = after.split_whitespace();
-        let (state, ppid) = (fields.next(), fields.next().and_then(|p| p.parse().ok()));
-        if let (Some(state), Some(ppid)) = (state, ppid) {
+        if let Some((state, ppid)) = sys::stat_state_and_parent(&stat) {
             // A zombie is dead already; its parent reaps it.
             if state != "Z" {
                 parents.push((pid, ppid));

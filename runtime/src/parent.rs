@@ -939,7 +939,11 @@ struct Watch {
     report: File,
     sync: Option<File>,
     buffer: Vec<u8>,
-    container_pid: Option<libc::pid_t>,
+    /// The container's init, once the helper reported it (as a pidfd:
+    /// the helper reaps it, and its pid may be another process's then).
+    init: Option<crate::sys::ChildOf>,
+    /// The helper reported the init (`Started`).
+    started: bool,
     helper_pid: libc::pid_t,
     failure: Option<Failure>,
     exit: Option<ExitStatus>,
@@ -977,7 +981,8 @@ impl Watch {
             report: File::from(report),
             sync: Some(File::from(sync)),
             buffer: Vec::new(),
-            container_pid: None,
+            init: None,
+            started: false,
             helper_pid,
             failure: None,
             exit: None,
@@ -1165,8 +1170,12 @@ impl Watch {
     /// have started already (under chroot isolation, every process the
     /// init started too), then exit.
     fn kill_run(&mut self) {
-        match self.container_pid {
-            Some(pid) => kill(pid, libc::SIGKILL),
+        match &self.init {
+            Some(init) => {
+                let _ = init.signal(libc::SIGKILL);
+            }
+            // Reported, and gone already (or being killed by the helper).
+            None if self.started => {}
             None => {
                 self.helper_kills = true;
                 kill(self.helper_pid, crate::helper::CALLER_DIED_SIGNAL.as_raw());
@@ -1191,8 +1200,10 @@ impl Watch {
     }
 
     fn signal(&mut self, signal: libc::c_int) {
-        match self.container_pid {
-            Some(pid) => kill(pid, signal),
+        match &self.init {
+            Some(init) => {
+                let _ = init.signal(signal);
+            }
             // Delivered once the container exists.
             None => self.pending_signals.push(signal),
         }
@@ -1263,12 +1274,14 @@ impl Watch {
                     None => {}
                 }
                 // When the helper is killing it, kiln keeps not knowing
-                // its pid: nothing is signalled by a pid that may no
-                // longer be the init's.
+                // it. Otherwise it is opened as a pidfd while it is still
+                // the helper's child (not reaped, or its pid would be
+                // another process's): gone already, it takes no signal.
+                self.started = true;
                 if !self.helper_kills {
-                    self.container_pid = Some(pid);
+                    self.init = crate::sys::ChildOf::open(pid, self.helper_pid);
                     if self.timed_out || self.canceled {
-                        kill(pid, libc::SIGKILL);
+                        self.kill_run();
                     }
                     for signal in std::mem::take(&mut self.pending_signals) {
                         self.signal(signal);

@@ -229,6 +229,74 @@ pub fn stdout_is_closed() -> bool {
     ready == 1 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
 
+/// A `/proc/<pid>/stat` line's state and parent pid (`pid (comm) state
+/// ppid …`: comm may hold spaces and parentheses).
+pub(crate) fn stat_state_and_parent(stat: &str) -> Option<(&str, libc::pid_t)> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after.split_whitespace();
+    let state = fields.next()?;
+    let parent = fields.next()?.parse().ok()?;
+    Some((state, parent))
+}
+
+/// A child of another process (the container's init, the runtime
+/// helper's child), to signal without ever reaching a process that took
+/// its pid after its parent reaped it: a pidfd, or, where the kernel has
+/// none (before 5.3, or a seccomp profile that refuses `pidfd_open`), the
+/// pid.
+#[derive(Debug)]
+pub(crate) enum ChildOf {
+    Pidfd(OwnedFd),
+    Pid(libc::pid_t),
+}
+
+impl ChildOf {
+    /// `pid`, if it still names a child of `parent`: opened as a pidfd,
+    /// then its parent read while that process is known to be alive (or
+    /// unreaped), so that what was read is of the process opened. None
+    /// when it is gone (or its pid another process's already).
+    pub(crate) fn open(pid: libc::pid_t, parent: libc::pid_t) -> Option<ChildOf> {
+        let raw = rustix::process::Pid::from_raw(pid)?;
+        let fd = match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::SRCH) => return None,
+            Err(_) => return Some(ChildOf::Pid(pid)),
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (_, read_parent) = stat_state_and_parent(&stat)?;
+        let child = ChildOf::Pidfd(fd);
+        (read_parent == parent && child.signal(0).is_ok()).then_some(child)
+    }
+
+    /// Sends `signal` (0: none, a check that it is there).
+    pub(crate) fn signal(&self, signal: libc::c_int) -> io::Result<()> {
+        match self {
+            ChildOf::Pidfd(fd) => {
+                // SAFETY: pidfd_send_signal(2) with a pidfd we own, no
+                // siginfo (null) and no flags.
+                let rc = unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        fd.as_raw_fd(),
+                        signal,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                };
+                match rc {
+                    0 => Ok(()),
+                    _ => Err(io::Error::last_os_error()),
+                }
+            }
+            // SAFETY: kill(2) takes integers.
+            ChildOf::Pid(pid) => match unsafe { libc::kill(*pid, signal) } {
+                0 => Ok(()),
+                _ => Err(io::Error::last_os_error()),
+            },
+        }
+    }
+}
+
 /// Ends the process by SIGPIPE, as the default action would have: how a
 /// command line tool whose reader went away ends (`kiln images | head`).
 pub fn die_of_sigpipe() -> ! {

@@ -171,3 +171,41 @@ fn each_way_binds_read_only_and_tree_reaches_the_submounts() {
         ]
     );
 }
+
+/// A child opened as [`ChildOf`] takes signals while it is one, and none
+/// once its parent reaped it (its pid may be another process's then: a
+/// pidfd says ESRCH instead of reaching that one); a pid whose parent is
+/// not the one named is not opened.
+#[test]
+fn a_child_is_signalled_by_pidfd_and_not_once_reaped() {
+    let mut child = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let me = std::process::id() as libc::pid_t;
+    assert!(ChildOf::open(pid, me + 1).is_none());
+    let opened = ChildOf::open(pid, me).expect("a child of this process");
+    assert!(matches!(opened, ChildOf::Pidfd(_)), "{opened:?}");
+    opened.signal(0).unwrap();
+    opened.signal(libc::SIGKILL).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    let err = opened.signal(0).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ESRCH));
+    assert!(ChildOf::open(pid, me).is_none());
+}
+
+#[test]
+fn stat_lines_give_state_and_parent() {
+    assert_eq!(
+        stat_state_and_parent("42 (a (b) c) S 7 42 42 0"),
+        Some(("S", 7))
+    );
+    assert_eq!(stat_state_and_parent("42 (x) Z 1 0"), Some(("Z", 1)));
+    assert_eq!(stat_state_and_parent("42 (x"), None);
+    assert_eq!(stat_state_and_parent("42 (x) S"), None);
+}
