@@ -506,15 +506,18 @@ mod tests {
     }
 
     /// Runs the test `name` of this test binary as uid and gid 65534, and
-    /// asserts that it ran and passed. The binary is executed through a
-    /// descriptor opened here (`/proc/self/fd/N`): that user may not reach
-    /// the directory it is in.
+    /// asserts that it ran and passed. The binary is copied into a memfd
+    /// (mode 0755) and executed through it (`/proc/self/fd/N`): that user
+    /// may not reach the directory it is in, nor have the right to
+    /// execute it there.
     fn run_as_nobody(name: &str) {
         use std::os::fd::AsRawFd;
         use std::os::unix::process::CommandExt;
-        let exe = fs::File::open(std::env::current_exe().unwrap()).unwrap();
-        // Inherited by the child, which executes it.
-        rustix::io::fcntl_setfd(&exe, rustix::io::FdFlags::empty()).unwrap();
+        let flags = rustix::fs::MemfdFlags::CLOEXEC;
+        let exe = fs::File::from(rustix::fs::memfd_create("tests", flags).unwrap());
+        let mut binary = fs::File::open(std::env::current_exe().unwrap()).unwrap();
+        std::io::copy(&mut binary, &mut &exe).unwrap();
+        rustix::fs::fchmod(&exe, rustix::fs::Mode::from_raw_mode(0o755)).unwrap();
         let out = std::process::Command::new(format!("/proc/self/fd/{}", exe.as_raw_fd()))
             .args([name, "--exact", "--test-threads=1"])
             .env("TMPDIR", "/tmp")
