@@ -377,7 +377,10 @@ impl Guarded {
             return Some(PathBuf::from("/"));
         }
         let below = shown.strip_prefix(&self.proc).ok()?;
-        Some(Path::new("/proc").join(below))
+        match below.as_os_str().is_empty() {
+            true => Some(PathBuf::from("/proc")),
+            false => Some(Path::new("/proc").join(below)),
+        }
     }
 }
 

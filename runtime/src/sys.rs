@@ -239,6 +239,13 @@ pub(crate) fn stat_state_and_parent(stat: &str) -> Option<(&str, libc::pid_t)> {
     Some((state, parent))
 }
 
+/// Whether `/proc` is of this process's PID namespace (`/proc/self` is
+/// this process): else the pids it shows are another namespace's.
+fn proc_shows_own_pids() -> bool {
+    std::fs::read_link("/proc/self")
+        .is_ok_and(|own| own.as_os_str() == std::process::id().to_string().as_str())
+}
+
 /// A child of another process (the container's init, the runtime
 /// helper's child), to signal without ever reaching a process that took
 /// its pid after its parent reaped it: a pidfd, or, where the kernel has
@@ -251,10 +258,13 @@ pub(crate) enum ChildOf {
 }
 
 impl ChildOf {
-    /// `pid`, if it still names a child of `parent`: opened as a pidfd,
-    /// then its parent read while that process is known to be alive (or
-    /// unreaped), so that what was read is of the process opened. None
-    /// when it is gone (or its pid another process's already).
+    /// `pid`, reported as a child of `parent`: opened as a pidfd, checked
+    /// alive, and its parent read before that check (so what was read is
+    /// of the process opened). None only when it is known gone: no such
+    /// process, or its pid another's already (a parent other than
+    /// `parent`, where this process's /proc shows its own pid namespace).
+    /// Where the kernel has no pidfd (before 5.3) or a seccomp profile
+    /// refuses one of its calls, the pid, as before.
     pub(crate) fn open(pid: libc::pid_t, parent: libc::pid_t) -> Option<ChildOf> {
         let raw = rustix::process::Pid::from_raw(pid)?;
         let fd = match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) {
@@ -262,10 +272,19 @@ impl ChildOf {
             Err(rustix::io::Errno::SRCH) => return None,
             Err(_) => return Some(ChildOf::Pid(pid)),
         };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let (_, read_parent) = stat_state_and_parent(&stat)?;
+        let read_parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| stat_state_and_parent(&stat).map(|(_, parent)| parent));
         let child = ChildOf::Pidfd(fd);
-        (read_parent == parent && child.signal(0).is_ok()).then_some(child)
+        match child.signal(0) {
+            Ok(()) => {}
+            Err(err) if err.raw_os_error() == Some(libc::ESRCH) => return None,
+            Err(_) => return Some(ChildOf::Pid(pid)),
+        }
+        match read_parent {
+            Some(read) if read != parent && proc_shows_own_pids() => None,
+            _ => Some(child),
+        }
     }
 
     /// Sends `signal` (0: none, a check that it is there).
@@ -1247,6 +1266,7 @@ impl Syscalls for RecordingSyscalls {
     }
 
     fn setgroups_allowed(&mut self) -> bool {
+        self.calls.push("read /proc/self/setgroups".to_string());
         !self.setgroups_denied
     }
 

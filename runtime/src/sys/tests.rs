@@ -186,7 +186,12 @@ fn a_child_is_signalled_by_pidfd_and_not_once_reaped() {
     let me = std::process::id() as libc::pid_t;
     assert!(ChildOf::open(pid, me + 1).is_none());
     let opened = ChildOf::open(pid, me).expect("a child of this process");
-    assert!(matches!(opened, ChildOf::Pidfd(_)), "{opened:?}");
+    if let ChildOf::Pid(_) = opened {
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!("skipped: no pidfd here (a kernel before 5.3, or seccomp)");
+        return;
+    }
     opened.signal(0).unwrap();
     opened.signal(libc::SIGKILL).unwrap();
     let status = child.wait().unwrap();
