@@ -31,20 +31,20 @@ fn parse_fds(value: &str) -> Option<Vec<RawFd>> {
 /// kill a container whose init's pid it does not know yet). The helper
 /// then kills the container's init (and so its whole PID namespace) and
 /// exits; under chroot isolation it kills the init's process group, then,
-/// once the init has ended, every other descendant, and exits. The init's own parent-death
-/// signal is not enough: the kernel clears it when a process changes its
+/// once the init has ended, every other descendant, and exits. The init's
+/// own parent-death signal is not enough: the kernel clears it when a process changes its
 /// credentials, which a RUN's command may do (`su`), and a container
 /// that outlived its kiln would keep changing a tree the store then
 /// takes back.
 pub(crate) const CALLER_DIED_SIGNAL: rustix::process::Signal = rustix::process::Signal::USR2;
 
-/// The container's init, once forked (0 before, and again once it is
-/// reaped); under chroot isolation [`INIT_REAPED`] once it is reaped.
+/// The container's init, once forked (0 before, and again once it has
+/// ended); under chroot isolation [`INIT_ENDED`] once it has ended.
 static INIT_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
-/// [`INIT_PID`] under chroot isolation once the init is reaped: its
+/// [`INIT_PID`] under chroot isolation once the init has ended: its
 /// descendants are being killed, and the helper exits when that is done.
-const INIT_REAPED: i32 = -1;
+const INIT_ENDED: i32 = -1;
 
 /// Whether the run has chroot isolation: no PID namespace ends what the
 /// init started, so kiln's death does not end the helper at once (see
@@ -265,8 +265,8 @@ pub fn helper_main() -> i32 {
     // kiln's death from here on leaves the helper to finish killing the
     // init's descendants.
     wait_until_ended(pid);
-    let reaped = if config.chroot { INIT_REAPED } else { 0 };
-    INIT_PID.store(reaped, std::sync::atomic::Ordering::SeqCst);
+    let ended = if config.chroot { INIT_ENDED } else { 0 };
+    INIT_PID.store(ended, std::sync::atomic::Ordering::SeqCst);
     if config.chroot {
         // No PID namespace ends them: what the command left running in
         // its session (the init's setsid made its process group) goes
