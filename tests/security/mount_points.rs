@@ -127,7 +127,8 @@ fn a_mount_over_dev_cannot_aim_the_masks_at_the_host() {
 /// (`checkProcMount`, "on the top of rootfs"): the fresh proc and its
 /// masks are what the container's /proc must show. Now refused, as
 /// written and as an image's symlink resolves (`/alias -> /proc`,
-/// `/m -> /`, `/m -> ..`), naming the target; the
+/// `/m -> /`, `/m -> ..`; kiln's own /dev and /etc/hostname alike),
+/// naming the target; the
 /// files runc lets a mount cover (those lxcfs emulates, as
 /// `/proc/meminfo`) still may be, written so or through a symlink: the
 /// controls read a secret mounted there.
@@ -177,6 +178,24 @@ fn mounts_on_the_root_or_inside_proc_are_refused_as_runc_refuses_them() {
             "RUN ln -s .. /m\n\
              RUN --mount=type=bind,target=/m echo ran",
             "/m (it resolves to /) cannot be mounted: it is the container's root",
+        ),
+        (
+            "dev-link",
+            "FROM busybox:latest AS b\n\
+             RUN mkdir /out && cp -a /bin /out/ && ln -s /proc /out/dev\n\
+             FROM scratch\n\
+             COPY --from=b /out/ /\n\
+             RUN echo ran",
+            "/dev (it resolves to /proc) cannot be mounted: the container's /proc is its own",
+        ),
+        (
+            "hostname-link",
+            "FROM busybox:latest AS b\n\
+             RUN mkdir -p /out/etc && cp -a /bin /out/ && ln -s /proc/version /out/etc/hostname\n\
+             FROM scratch\n\
+             COPY --from=b /out/ /\n\
+             RUN echo ran",
+            "/etc/hostname (it resolves to /proc/version) cannot be mounted because it is inside",
         ),
         (
             "proc-alias",
