@@ -239,11 +239,17 @@ pub(crate) fn stat_state_and_parent(stat: &str) -> Option<(&str, libc::pid_t)> {
     Some((state, parent))
 }
 
-/// Whether `/proc` is of this process's PID namespace (`/proc/self` is
-/// this process): else the pids it shows are another namespace's.
+/// Whether `/proc` is of this process's PID namespace: its `NSpid`
+/// line there has one pid (a `/proc` of an outer namespace shows one per
+/// namespace down to this process's, whose own number may happen to be
+/// the same). Else the pids it shows are another namespace's.
 fn proc_shows_own_pids() -> bool {
-    std::fs::read_link("/proc/self")
-        .is_ok_and(|own| own.as_os_str() == std::process::id().to_string().as_str())
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("NSpid:"))
+            .is_some_and(|pids| pids.split_whitespace().count() == 1)
+    })
 }
 
 /// A child of another process (the container's init, the runtime
@@ -258,32 +264,37 @@ pub(crate) enum ChildOf {
 }
 
 impl ChildOf {
-    /// `pid`, reported as a child of `parent`: opened as a pidfd, checked
-    /// alive, and its parent read before that check (so what was read is
-    /// of the process opened). None only when it is known gone: no such
-    /// process, or its pid another's already (a parent other than
-    /// `parent`, where this process's /proc shows its own pid namespace).
-    /// Where the kernel has no pidfd (before 5.3) or a seccomp profile
-    /// refuses one of its calls, the pid, as before.
+    /// `pid`, reported as a child of `parent`: opened as a pidfd, its
+    /// parent read, then checked alive (so what was read is of the
+    /// process opened). None only when it is known gone: no such process,
+    /// or its pid another's already (a thread's, or a process whose parent
+    /// is not `parent`, where this process's /proc shows its own PID
+    /// namespace). Where the kernel has no pidfd (before 5.3) or a seccomp
+    /// profile refuses one of its calls, the pid, as before.
     pub(crate) fn open(pid: libc::pid_t, parent: libc::pid_t) -> Option<ChildOf> {
         let raw = rustix::process::Pid::from_raw(pid)?;
         let fd = match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) {
             Ok(fd) => fd,
-            Err(rustix::io::Errno::SRCH) => return None,
+            // No such process; or (EINVAL) the pid is a thread of another
+            // one now.
+            Err(rustix::io::Errno::SRCH | rustix::io::Errno::INVAL) => return None,
             Err(_) => return Some(ChildOf::Pid(pid)),
         };
+        // Read after the pidfd is opened: a parent other than `parent`
+        // means the pid was another process's already.
         let read_parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
             .and_then(|stat| stat_state_and_parent(&stat).map(|(_, parent)| parent));
+        if read_parent.is_some_and(|read| read != parent) && proc_shows_own_pids() {
+            return None;
+        }
+        // Alive after that read (or unreaped): what was read, or could not
+        // be, was of the process opened.
         let child = ChildOf::Pidfd(fd);
         match child.signal(0) {
-            Ok(()) => {}
-            Err(err) if err.raw_os_error() == Some(libc::ESRCH) => return None,
-            Err(_) => return Some(ChildOf::Pid(pid)),
-        }
-        match read_parent {
-            Some(read) if read != parent && proc_shows_own_pids() => None,
-            _ => Some(child),
+            Ok(()) => Some(child),
+            Err(err) if err.raw_os_error() == Some(libc::ESRCH) => None,
+            Err(_) => Some(ChildOf::Pid(pid)),
         }
     }
 

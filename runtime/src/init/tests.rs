@@ -707,6 +707,9 @@ fn the_mount_point_rule_judges_where_a_target_resolved() {
     let at = |shown: &str| guarded.container_path(Path::new(shown));
     assert_eq!(at("/run/x/rootfs"), Some(PathBuf::from("/")));
     assert_eq!(at("/run/x/rootfs/proc"), Some(PathBuf::from("/proc")));
+    // Shown as such in a message, without a trailing slash.
+    let proc = at("/run/x/rootfs/proc").expect("/proc");
+    assert_eq!(proc.to_str(), Some("/proc"));
     assert_eq!(
         at("/run/x/rootfs/proc/meminfo"),
         Some(PathBuf::from("/proc/meminfo"))
