@@ -60,14 +60,34 @@ fn host_ticks(shown: u64, offset_ns: i128, ticks: u64) -> u64 {
     shown_ns.wrapping_sub(offset) / per_tick
 }
 
+/// Fields 3 and on of a `/proc/<pid>/stat` line. The command name (field
+/// 2) is in parentheses and may hold anything, spaces and parentheses
+/// included: they follow the last ')'.
+fn stat_fields(text: &str) -> Option<std::str::SplitAsciiWhitespace<'_>> {
+    Some(text[text.rfind(')')? + 1..].split_ascii_whitespace())
+}
+
+/// A `/proc/<pid>/stat` line's state (field 3: `Z` for a zombie) and
+/// parent pid (field 4).
+fn parse_state_and_parent(text: &str) -> Option<(char, u32)> {
+    let mut fields = stat_fields(text)?;
+    let state = fields.next()?.chars().next()?;
+    let parent = fields.next()?.parse().ok()?;
+    Some((state, parent))
+}
+
+/// The state of process `pid` (`Z` for a zombie) and its parent's pid, as
+/// this process's `/proc` shows them; None when it is gone.
+pub fn state_and_parent(pid: u32) -> Option<(char, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_state_and_parent(&text)
+}
+
 /// The start time (field 22, in the host's clock ticks) and state (field
 /// 3) in `/proc/<pid>/stat`.
 fn stat_of(pid: u32) -> Option<(u64, char)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold anything,
-    // spaces and parentheses included: fields 3 and on follow the last ')'.
-    let rest = &text[text.rfind(')')? + 1..];
-    let mut fields = rest.split_ascii_whitespace();
+    let mut fields = stat_fields(&text)?;
     let state = fields.next()?.chars().next()?;
     // Field 3 was `state`; field 22 is 19 further.
     let shown = fields.nth(18)?.parse().ok()?;
@@ -219,6 +239,19 @@ mod tests {
         };
         child.wait().unwrap();
         assert!(!owner.is_alive(), "an exited, reaped process");
+    }
+
+    #[test]
+    fn stat_lines_give_state_and_parent() {
+        assert_eq!(
+            parse_state_and_parent("42 (a (b) c) S 7 42 42 0"),
+            Some(('S', 7))
+        );
+        assert_eq!(parse_state_and_parent("42 (x) Z 1 0"), Some(('Z', 1)));
+        assert_eq!(parse_state_and_parent("42 (x"), None);
+        assert_eq!(parse_state_and_parent("42 (x) S"), None);
+        let own = state_and_parent(std::process::id()).expect("this process");
+        assert_eq!(own.1, std::os::unix::process::parent_id());
     }
 
     #[test]

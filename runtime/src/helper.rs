@@ -330,14 +330,12 @@ fn descendants_of(root: libc::pid_t) -> Vec<libc::pid_t> {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+        let Some((state, ppid)) = kiln_owner::state_and_parent(pid) else {
             continue;
         };
-        if let Some((state, ppid)) = sys::stat_state_and_parent(&stat) {
-            // A zombie is dead already; its parent reaps it.
-            if state != "Z" {
-                parents.push((pid, ppid));
-            }
+        // A zombie is dead already; its parent reaps it.
+        if let (false, Ok(pid), Ok(ppid)) = (state == 'Z', pid.try_into(), ppid.try_into()) {
+            parents.push((pid, ppid));
         }
     }
     let mut found = vec![root];

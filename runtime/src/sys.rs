@@ -229,16 +229,6 @@ pub fn stdout_is_closed() -> bool {
     ready == 1 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
 
-/// A `/proc/<pid>/stat` line's state and parent pid (`pid (comm) state
-/// ppid …`: comm may hold spaces and parentheses).
-pub(crate) fn stat_state_and_parent(stat: &str) -> Option<(&str, libc::pid_t)> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after.split_whitespace();
-    let state = fields.next()?;
-    let parent = fields.next()?.parse().ok()?;
-    Some((state, parent))
-}
-
 /// Whether `/proc` is of this process's PID namespace: its `NSpid`
 /// line there has one pid (a `/proc` of an outer namespace shows one per
 /// namespace down to this process's, whose own number may happen to be
@@ -282,10 +272,8 @@ impl ChildOf {
         };
         // Read after the pidfd is opened: a parent other than `parent`
         // means the pid was another process's already.
-        let read_parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| stat_state_and_parent(&stat).map(|(_, parent)| parent));
-        if read_parent.is_some_and(|read| read != parent) && proc_shows_own_pids() {
+        let read_parent = kiln_owner::state_and_parent(pid.unsigned_abs()).map(|(_, p)| p);
+        if read_parent.is_some_and(|read| read != parent.unsigned_abs()) && proc_shows_own_pids() {
             return None;
         }
         // Alive after that read (or unreaped): what was read, or could not

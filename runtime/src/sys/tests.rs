@@ -203,14 +203,3 @@ fn a_child_is_signalled_by_pidfd_and_not_once_reaped() {
     assert_eq!(err.raw_os_error(), Some(libc::ESRCH));
     assert!(ChildOf::open(pid, me).is_none());
 }
-
-#[test]
-fn stat_lines_give_state_and_parent() {
-    assert_eq!(
-        stat_state_and_parent("42 (a (b) c) S 7 42 42 0"),
-        Some(("S", 7))
-    );
-    assert_eq!(stat_state_and_parent("42 (x) Z 1 0"), Some(("Z", 1)));
-    assert_eq!(stat_state_and_parent("42 (x"), None);
-    assert_eq!(stat_state_and_parent("42 (x) S"), None);
-}
