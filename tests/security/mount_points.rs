@@ -16,23 +16,12 @@ use std::path::Path;
 use crate::common::kiln;
 use crate::{require_namespaces, text, Fixture};
 
-/// Builds a busybox image whose `/run/secrets` is a symlink to `aim`, then
-/// a RUN that reads the secret `tok` from its default target.
-fn build_with_secret_under(fixture: &Fixture, name: &str, aim: &Path) -> std::process::Output {
+/// Builds `dockerfile` in a new context `name`, with the secret `tok`
+/// (`s3cret`) given, without the cache.
+fn build_with_secret(fixture: &Fixture, name: &str, dockerfile: &str) -> std::process::Output {
     let secret = fixture.dir(&format!("{name}-secret")).join("tok");
     std::fs::write(&secret, "s3cret\n").expect("write the secret");
-    let context = fixture.context(
-        name,
-        &[(
-            "Dockerfile",
-            &format!(
-                "FROM busybox:latest\n\
-                 RUN mkdir -p /run && ln -s {} /run/secrets\n\
-                 RUN --mount=type=secret,id=tok cat /run/secrets/tok\n",
-                aim.display()
-            ),
-        )],
-    );
+    let context = fixture.context(name, &[("Dockerfile", dockerfile)]);
     kiln(
         &fixture.root(),
         &[
@@ -43,6 +32,18 @@ fn build_with_secret_under(fixture: &Fixture, name: &str, aim: &Path) -> std::pr
             context.to_str().expect("utf-8 path"),
         ],
     )
+}
+
+/// Builds a busybox image whose `/run/secrets` is a symlink to `aim`, then
+/// a RUN that reads the secret `tok` from its default target.
+fn build_with_secret_under(fixture: &Fixture, name: &str, aim: &Path) -> std::process::Output {
+    let dockerfile = format!(
+        "FROM busybox:latest\n\
+         RUN mkdir -p /run && ln -s {} /run/secrets\n\
+         RUN --mount=type=secret,id=tok cat /run/secrets/tok\n",
+        aim.display()
+    );
+    build_with_secret(fixture, name, &dockerfile)
 }
 
 #[test]
@@ -128,29 +129,14 @@ fn a_mount_over_dev_cannot_aim_the_masks_at_the_host() {
 /// masks are what the container's /proc must show. Now refused, as
 /// written and as an image's symlink resolves (`/alias -> /proc`,
 /// `/m -> /`, `/m -> ..`; kiln's own /dev and /etc/hostname alike),
-/// naming the target; the
-/// files runc lets a mount cover (those lxcfs emulates, as
-/// `/proc/meminfo`) still may be, written so or through a symlink: the
-/// controls read a secret mounted there.
+/// naming the target; the files runc lets a mount cover (those lxcfs
+/// emulates, as `/proc/meminfo`) still may be, written so or through a
+/// symlink: the controls read a secret mounted there.
 #[test]
 fn mounts_on_the_root_or_inside_proc_are_refused_as_runc_refuses_them() {
     require_namespaces!();
     let fixture = Fixture::new();
-    let secret = fixture.dir("proc-secret").join("tok");
-    std::fs::write(&secret, "s3cret\n").expect("write the secret");
-    let build = |name: &str, dockerfile: &str| {
-        let context = fixture.context(name, &[("Dockerfile", dockerfile)]);
-        kiln(
-            &fixture.root(),
-            &[
-                "build",
-                "--no-cache",
-                "--secret",
-                &format!("id=tok,src={}", secret.display()),
-                context.to_str().expect("utf-8 path"),
-            ],
-        )
-    };
+    let build = |name: &str, dockerfile: &str| build_with_secret(&fixture, name, dockerfile);
     let refused = [
         (
             "proc-cache",
