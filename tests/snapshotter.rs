@@ -5,7 +5,9 @@
 //! makes (same id under SOURCE_DATE_EPOCH): files added, changed and
 //! deleted (whiteouts), a directory replaced (opaque), modes, owners, a
 //! symlink retargeted, a fifo, mounts whose targets the image lacks
-//! (their stubs leave no trace), a cache mount and a WORKDIR.
+//! (their stubs leave no trace), a cache mount, a WORKDIR, and an
+//! /etc/resolv.conf that is a symlink to where nothing is (what the RUN
+//! mount of resolv.conf makes at its end leaves no trace either).
 
 mod common;
 
@@ -17,12 +19,14 @@ use common::{busybox_rootfs_tar, kiln_command, run_ok};
 const EPOCH: &str = "1700000000";
 
 const DOCKERFILE: &str = "FROM busybox AS base\n\
-    RUN mkdir -p /d/sub /r && echo a > /d/f && echo keep > /r/k && echo x > /m \
+    RUN mkdir -p /d/sub /r /run && echo a > /d/f && echo keep > /r/k && echo x > /m \
         && echo gone > /gone && ln -s /m /link && echo f > /x && touch /d/sub/s\n\
     RUN echo more >> /m && rm /gone && rm -rf /r && mkdir /r && echo new > /r/n \
         && chmod 700 /d && chown 1000:1000 /d/f && rm /link && ln -s /d /link \
         && rm -rf /d/sub && rm /x && mkdir /x && mkfifo /p && rm /etc/group \
         && chmod 640 /etc/passwd && mkdir /tmp/t && touch /tmp/t/f && rm -r /tmp/t\n\
+    COPY etc-link/ /etc/\n\
+    RUN test -f /etc/resolv.conf && echo resolved > /resolved\n\
     RUN --mount=type=cache,target=/var/cache/new/here echo hit >> /var/cache/new/here/log \
         && cp /var/cache/new/here/log /seen\n\
     RUN --mount=type=bind,source=ctx.txt,target=/opt/in/ctx.txt cp /opt/in/ctx.txt /copied\n\
@@ -132,6 +136,13 @@ fn a_store_on_overlayfs_builds_with_copies_the_image_overlay_builds() {
     std::fs::create_dir(&ctx).unwrap();
     std::fs::write(ctx.join("Dockerfile"), DOCKERFILE).unwrap();
     std::fs::write(ctx.join("ctx.txt"), "from the context\n").unwrap();
+    // systemd-resolved's /etc/resolv.conf: a symlink to where nothing is.
+    std::fs::create_dir(ctx.join("etc-link")).unwrap();
+    std::os::unix::fs::symlink(
+        "../run/systemd/resolve/stub-resolv.conf",
+        ctx.join("etc-link/resolv.conf"),
+    )
+    .unwrap();
 
     let (overlay_ids, overlay_err) = build(&work.path().join("store"), work.path(), &ctx);
     assert!(!overlay_err.contains("snapshotter copy"), "{overlay_err}");
@@ -171,13 +182,15 @@ fn a_store_on_overlayfs_builds_with_copies_the_image_overlay_builds() {
         "copied",
         "w/made/here",
         "bin/.wh.ls",
+        "etc/resolv.conf",
+        "resolved",
     ] {
         assert!(
             layers.lines().any(|l| l == name || l == format!("{name}/")),
             "{name} missing from the layers:\n{layers}"
         );
     }
-    for stub in ["var/", "opt/", "scratch/", "tmp/t/"] {
+    for stub in ["var/", "opt/", "scratch/", "tmp/t/", "run/systemd/"] {
         assert!(
             !layers.lines().any(|l| l == stub),
             "a mount point's stub {stub} is in a layer:\n{layers}"

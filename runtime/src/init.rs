@@ -24,9 +24,11 @@
 //! to 4 and the hostname and loopback are left out: the root dir becomes
 //! `/` by chroot(2), nothing is mounted; the rest is the same.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::ffi::OsString;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::protocol::{ContainerConfig, Failure, Report};
 use crate::security::{default_seccomp_filters, dropped_capabilities, DEFAULT_CAPABILITIES};
@@ -416,17 +418,24 @@ fn refusal(written: &Path, at: &Path) -> Option<String> {
     })
 }
 
+/// At most this many symlinks are followed to make one mount point: the
+/// kernel's limit for one lookup (`MAXSYMLINKS`), as securejoin's.
+const SYMLINKS_MAX: usize = 40;
+
 /// Makes sure a mount point exists and returns it opened, resolved inside
 /// the root (an image's symlink cannot send a mount, or a created file, to
 /// the host; nor can a symlink another container swaps into a directory
 /// they share, a cache mount, between this lookup and the mount, which
 /// takes the opened file, not the path).
 /// The caller put every mount point in a bottom lower layer, so normally it
-/// exists and nothing lands in the upper dir; when the image hides it (a
-/// whiteout), it is created and reported so the caller can remove it from the
-/// upper dir afterwards. In a root dir (`cfg.root_dir`: no such layer) the
-/// directory a stub is made in keeps its mtime, and the caller keeps it
-/// again when it removes the stub.
+/// exists and nothing is made. When the image hides it (a whiteout), or a
+/// symlink of the image leads where nothing is yet (`/etc/resolv.conf` →
+/// `../run/systemd/resolve/stub-resolv.conf`), what is missing is made,
+/// as runc makes it: the symlink is followed inside the root (an absolute
+/// one from the root, `..` stopping there), never out of it. Each entry
+/// made is reported, parents first, for the caller to remove afterwards
+/// as BuildKit's `MountStubsCleaner` does, and the directory it was made
+/// in keeps its mtime (a stub leaves no trace in a layer).
 fn ensure_mount_point(
     sys: &mut dyn Syscalls,
     cfg: &ContainerConfig,
@@ -434,7 +443,7 @@ fn ensure_mount_point(
     dir: bool,
     report: &mut dyn FnMut(Report),
 ) -> Result<Pinned, Failure> {
-    let (root, keep_times) = (cfg.rootfs.as_path(), cfg.root_dir.is_some());
+    let root = cfg.rootfs.as_path();
     let resolve = |sys: &mut dyn Syscalls, prefix: &Path| {
         step(
             format!("resolve /{} in the root", prefix.display()),
@@ -444,81 +453,100 @@ fn ensure_mount_point(
     if let Some(target) = resolve(sys, rel)? {
         return Ok(target);
     }
-    // Create what is missing one component at a time, each in its parent
-    // as opened.
-    let mut parent = step(format!("open {}", root.display()), sys.open_path(root))?;
+    let refused = |reason: String| Failure::Setup {
+        step: format!("mount point /{}", rel.display()),
+        reason,
+    };
+    let open_root =
+        |sys: &mut dyn Syscalls| step(format!("open {}", root.display()), sys.open_path(root));
+    // Walked one name at a time: `prefix` (a path in the root, through
+    // the image's symlinks) resolves to `parent`; `pending` is what is
+    // left of the path, a symlink's target put in front of it when one is
+    // followed.
+    let mut parent = open_root(sys)?;
     let mut prefix = PathBuf::new();
-    let components: Vec<_> = rel.components().collect();
-    for (i, component) in components.iter().enumerate() {
-        prefix.push(component);
-        if let Some(existing) = resolve(sys, &prefix)? {
-            parent = existing;
+    let mut pending: VecDeque<OsString> = path_names(rel).collect();
+    let mut links = 0;
+    while let Some(name) = pending.pop_front() {
+        let next = prefix.join(&name);
+        if let Some(existing) = resolve(sys, &next)? {
+            (parent, prefix) = (existing, next);
             continue;
         }
-        let resolved = parent.shown().to_path_buf();
-        let shown = resolved.join(component);
-        // `<parent fd>/<name>`: made in the directory opened, whatever is
-        // at its path now.
-        let path = parent.path().join(component);
-        // In a root dir (the copying snapshotter) a stub must leave no
-        // trace: its directory keeps its mtime.
-        let parent_mtime = match keep_times {
-            true => Some(step(
-                format!("stat {}", resolved.display()),
-                sys.mtime(&parent.dir_path()),
-            )?),
-            false => None,
-        };
+        let shown = parent.shown().join(&name);
+        // `<parent fd>/<name>`: in the directory opened, whatever is at
+        // its path now.
+        let path = parent.path().join(&name);
+        // Nothing resolves there, yet a symlink may be: it leads where
+        // nothing is yet. Followed from its own directory (`prefix`), or
+        // from the root when absolute.
+        if let Some(link) = step(
+            format!("readlink {}", shown.display()),
+            sys.read_link(&path),
+        )? {
+            links += 1;
+            if links > SYMLINKS_MAX {
+                return Err(refused(format!(
+                    "more than {SYMLINKS_MAX} symlinks on the way to /{}",
+                    rel.display()
+                )));
+            }
+            if link.is_absolute() {
+                (parent, prefix) = (open_root(sys)?, PathBuf::new());
+            }
+            let mut rest: VecDeque<OsString> = path_names(&link).collect();
+            rest.extend(pending);
+            pending = rest;
+            continue;
+        }
+        if name == ".." {
+            // The parent of a directory that resolved always does.
+            return Err(refused(format!(
+                "/{} went away as it was walked",
+                prefix.display()
+            )));
+        }
+        let parent_mtime = step(
+            format!("stat {}", parent.shown().display()),
+            sys.mtime(&parent.dir_path()),
+        )?;
         // One entry, never through a symlink: mkdir -p would take a
         // symlink to a host directory for the directory, and what is made
         // below it would then be made on the host.
-        let created = if i + 1 == components.len() && !dir {
+        let created = if pending.is_empty() && !dir {
             sys.create_file(&path, 0o644)
         } else {
             sys.mkdir(&path, 0o755)
         };
-        if let (Ok(()), Some(mtime)) = (&created, parent_mtime) {
-            step(
-                format!("keep the mtime of {}", resolved.display()),
-                sys.set_mtime(&parent.dir_path(), mtime),
-            )?;
-            // Each one made is removed afterwards (in an upper dir only
-            // the mount point is: a directory made there over a whiteout
-            // must stay, or what it hid would show again).
-            if i + 1 < components.len() {
-                report(Report::StubCreated {
-                    path: stub_path(root, &shown),
-                });
-            }
-        }
-        match created {
-            // Nothing resolved there, yet something is: a symlink leading
-            // out of the image (or nowhere), which is not followed.
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(Failure::Setup {
-                    step: format!("mount point /{}", rel.display()),
-                    reason: format!(
-                        "/{} is a symlink that does not resolve inside the image",
-                        prefix.display()
-                    ),
-                })
-            }
-            other => step(format!("create {}", shown.display()), other)?,
-        }
-        parent = match resolve(sys, &prefix)? {
+        step(format!("create {}", shown.display()), created)?;
+        step(
+            format!("keep the mtime of {}", parent.shown().display()),
+            sys.set_mtime(&parent.dir_path(), parent_mtime),
+        )?;
+        report(Report::StubCreated {
+            path: stub_path(root, &shown),
+        });
+        parent = match resolve(sys, &next)? {
             Some(made) => made,
             None => {
-                return Err(Failure::Setup {
-                    step: format!("mount point /{}", rel.display()),
-                    reason: format!("/{} went away as it was made", prefix.display()),
-                })
+                return Err(refused(format!(
+                    "/{} went away as it was made",
+                    next.display()
+                )))
             }
         };
+        prefix = next;
     }
-    report(Report::StubCreated {
-        path: stub_path(root, parent.shown()),
-    });
     Ok(parent)
+}
+
+/// The names `path` walks through, `..` included; `/` and `.` add none.
+fn path_names(path: &Path) -> impl Iterator<Item = OsString> + '_ {
+    path.components().filter_map(|c| match c {
+        Component::Normal(name) => Some(name.to_os_string()),
+        Component::ParentDir => Some(OsString::from("..")),
+        Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
+    })
 }
 
 /// A stub made at `path` (resolved inside `root`: no symlink of the image

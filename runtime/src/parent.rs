@@ -405,6 +405,11 @@ pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeE
         });
     }
     let created = state.create(&spec);
+    // The overlay's lower dirs, top first, for the stubs' removal.
+    let stub_lowers: Vec<PathBuf> = (spec.lower_dirs.iter().rev())
+        .chain([&state.mount_points])
+        .cloned()
+        .collect();
     let result = created.and_then(|()| {
         let mut config = spec_config(&spec, &state, rootless)?;
         config.new_userns = new_userns;
@@ -438,7 +443,13 @@ pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeE
         Err(err) => (Err(err), Vec::new(), None),
     };
     if let Some(kept) = upper_kept {
-        remove_stubs(&kept.dir, &stubs, kept.keep_times);
+        let kind = match kept.overlay {
+            true => StubsIn::Upper {
+                lowers: &stub_lowers,
+            },
+            false => StubsIn::RootDir,
+        };
+        remove_stubs(&kept.dir, &stubs, kind);
     }
     remove_tree(&state.root);
     if state.scratch != state.root {
@@ -568,67 +579,182 @@ fn nofile_limit(requested: u64, rootless: bool) -> (u64, u64) {
     (limit, limit)
 }
 
+/// What a kept directory that stubs are removed from is.
+#[derive(Clone, Copy, Debug)]
+pub enum StubsIn<'a> {
+    /// A root dir (the copying snapshotter's, chroot isolation's): its
+    /// directories are all there is.
+    RootDir,
+    /// An overlay upper dir over `lowers` (top first, the mount-point
+    /// layer last). A directory overlay copied up only because a stub
+    /// was made in it stays in the upper dir once the stub is gone; it is
+    /// dropped too when it is still as its lower has it, as BuildKit's
+    /// differ leaves out a directory the same as below.
+    Upper { lowers: &'a [PathBuf] },
+}
+
 /// Removes mount points the init had to create in a kept upper dir (or a
 /// root dir), when they are still what it created (an empty file or
-/// directory); with `keep_times`, their parents keep their mtimes.
-/// `stubs` are relative to `upper`, parents before their children.
-pub fn remove_stubs(upper: &Path, stubs: &[PathBuf], keep_times: bool) {
-    use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
-    let open = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let Ok(base) = rustix::fs::open(upper, open, Mode::empty()) else {
+/// directory), as BuildKit's `MountStubsCleaner` does; their parents keep
+/// their mtimes. `stubs` are relative to `dir`, parents before their
+/// children.
+pub fn remove_stubs(dir: &Path, stubs: &[PathBuf], kind: StubsIn<'_>) {
+    let Ok(base) = rustix::fs::open(dir, DIR_OPEN, rustix::fs::Mode::empty()) else {
         return;
     };
-    // Beneath the upper or root dir and through no symlink: what the run
-    // left there (a directory replaced by a symlink to `/etc`) is not
-    // followed out of it.
-    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    let mut removed = Vec::new();
     for rel in stubs.iter().rev() {
-        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
-            continue;
-        };
-        let parent = match parent.as_os_str().is_empty() {
-            true => Path::new("."),
-            false => parent,
-        };
-        let Ok(dir) = rustix::fs::openat2(&base, parent, open, Mode::empty(), resolve) else {
-            continue;
-        };
-        let parent_mtime = rustix::fs::fstat(&dir)
-            .ok()
-            .filter(|_| keep_times)
-            .map(|st| rustix::fs::Timespec {
-                tv_sec: st.st_mtime,
-                tv_nsec: st.st_mtime_nsec as _,
-            });
-        let removed = match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st)
-                if rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() && st.st_size == 0 =>
-            {
-                rustix::fs::unlinkat(&dir, name, AtFlags::empty()).is_ok()
-            }
-            Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() => {
-                rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR).is_ok()
-            }
-            _ => false,
-        };
-        if let (true, Some(mtime)) = (removed, parent_mtime) {
-            let times = rustix::fs::Timestamps {
-                last_access: rustix::fs::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: rustix::fs::UTIME_OMIT,
-                },
-                last_modification: mtime,
-            };
-            let _ = rustix::fs::futimens(&dir, &times);
+        if remove_entry(&base, rel) {
+            removed.push(rel.as_path());
+        }
+    }
+    let StubsIn::Upper { lowers } = kind else {
+        return;
+    };
+    // Every directory a removed stub was made under (overlay copied up
+    // each one on the way), deepest first.
+    let mut parents: Vec<&Path> = removed
+        .iter()
+        .flat_map(|rel| rel.ancestors().skip(1))
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
+    parents.sort_by(|a, b| {
+        let depth = |p: &Path| p.components().count();
+        depth(b).cmp(&depth(a)).then_with(|| a.cmp(b))
+    });
+    parents.dedup();
+    for rel in parents {
+        if copied_up_unchanged(&base, rel, lowers) {
+            remove_entry(&base, rel);
         }
     }
 }
 
+/// How directories are opened here: read-only, as directories.
+const DIR_OPEN: rustix::fs::OFlags = rustix::fs::OFlags::RDONLY
+    .union(rustix::fs::OFlags::DIRECTORY)
+    .union(rustix::fs::OFlags::CLOEXEC);
+
+/// Beneath the directory and through no symlink: what a run left there
+/// (a directory replaced by a symlink to `/etc`) is not followed out of
+/// it.
+const NO_SYMLINKS: rustix::fs::ResolveFlags = rustix::fs::ResolveFlags::BENEATH
+    .union(rustix::fs::ResolveFlags::NO_SYMLINKS)
+    .union(rustix::fs::ResolveFlags::NO_MAGICLINKS);
+
+/// Opens the directory `rel` beneath `base`, through no symlink.
+fn open_beneath(base: &OwnedFd, rel: &Path) -> rustix::io::Result<OwnedFd> {
+    let rel = match rel.as_os_str().is_empty() {
+        true => Path::new("."),
+        false => rel,
+    };
+    rustix::fs::openat2(base, rel, DIR_OPEN, rustix::fs::Mode::empty(), NO_SYMLINKS)
+}
+
+/// Removes `rel` beneath `base` when it is an empty file or an empty
+/// directory, its directory keeping its mtime. Whether it was removed.
+fn remove_entry(base: &OwnedFd, rel: &Path) -> bool {
+    use rustix::fs::{AtFlags, FileType, Timespec, Timestamps, UTIME_OMIT};
+    let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+        return false;
+    };
+    let Ok(dir) = open_beneath(base, parent) else {
+        return false;
+    };
+    let Ok(parent_stat) = rustix::fs::fstat(&dir) else {
+        return false;
+    };
+    let removed = match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode).is_file() && st.st_size == 0 => {
+            rustix::fs::unlinkat(&dir, name, AtFlags::empty()).is_ok()
+        }
+        Ok(st) if FileType::from_raw_mode(st.st_mode).is_dir() => {
+            rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR).is_ok()
+        }
+        _ => false,
+    };
+    if removed {
+        let times = Timestamps {
+            last_access: Timespec {
+                tv_sec: 0,
+                tv_nsec: UTIME_OMIT,
+            },
+            last_modification: Timespec {
+                tv_sec: parent_stat.st_mtime,
+                tv_nsec: parent_stat.st_mtime_nsec as _,
+            },
+        };
+        let _ = rustix::fs::futimens(&dir, &times);
+    }
+    removed
+}
+
+/// Whether the directory `rel` of an upper dir is an unchanged copy of
+/// its lower one: not opaque, and mode, owner, mtime as the topmost of
+/// `lowers` that has `rel` has them, neither with xattrs of its own
+/// (anything but overlay's). A lower that has something else there (a
+/// whiteout, a file, a symlink) or a non-directory on the way means no.
+fn copied_up_unchanged(base: &OwnedFd, rel: &Path, lowers: &[PathBuf]) -> bool {
+    let Ok(upper) = open_beneath(base, rel) else {
+        return false;
+    };
+    let (Ok(up), Some(false)) = (rustix::fs::fstat(&upper), has_own_xattrs(&upper)) else {
+        return false;
+    };
+    for lower in lowers {
+        let Ok(lower) = rustix::fs::open(lower, DIR_OPEN, rustix::fs::Mode::empty()) else {
+            return false;
+        };
+        let found = match open_beneath(&lower, rel) {
+            Ok(found) => found,
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(_) => return false,
+        };
+        let (Ok(low), Some(false)) = (rustix::fs::fstat(&found), has_own_xattrs(&found)) else {
+            return false;
+        };
+        return (
+            up.st_mode,
+            up.st_uid,
+            up.st_gid,
+            up.st_mtime,
+            up.st_mtime_nsec,
+        ) == (
+            low.st_mode,
+            low.st_uid,
+            low.st_gid,
+            low.st_mtime,
+            low.st_mtime_nsec,
+        );
+    }
+    false
+}
+
+/// Whether `fd` has an xattr that is not overlay's bookkeeping (an
+/// opaque mark counts: it is no copy). None when they cannot be listed.
+fn has_own_xattrs(fd: &OwnedFd) -> Option<bool> {
+    let mut names = vec![0u8; 4096];
+    let len = match rustix::fs::flistxattr(fd, &mut names[..]) {
+        Ok(len) => len,
+        Err(rustix::io::Errno::OPNOTSUPP) => 0,
+        Err(_) => return None,
+    };
+    let own = names[..len]
+        .split(|b| *b == 0)
+        .filter(|name| !name.is_empty())
+        .any(|name| {
+            let overlay =
+                name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.");
+            !overlay || name.ends_with(b".opaque")
+        });
+    Some(own)
+}
+
 /// Where the init's mount-point stubs are removed after a run: a kept
-/// upper dir, or a root dir (whose directories keep their mtimes).
+/// upper dir (`overlay`), or a root dir.
 struct KeptRoot {
     dir: PathBuf,
-    keep_times: bool,
+    overlay: bool,
 }
 
 type LaunchResult = (ExitStatus, Vec<PathBuf>, Option<KeptRoot>);
@@ -678,12 +804,9 @@ fn launch(
     let upper_kept = match (spec.root_dir, spec.upper) {
         (Some(dir), _) => Some(KeptRoot {
             dir,
-            keep_times: true,
+            overlay: false,
         }),
-        (None, UpperDir::Keep(dir)) => Some(KeptRoot {
-            dir,
-            keep_times: false,
-        }),
+        (None, UpperDir::Keep(dir)) => Some(KeptRoot { dir, overlay: true }),
         (None, UpperDir::Discard) => None,
     };
     Ok((status, stubs, upper_kept))

@@ -100,6 +100,9 @@ pub trait Syscalls {
     /// Whether `path` itself is a symlink (lstat(2)); false when nothing
     /// is there.
     fn is_symlink(&mut self, path: &Path) -> io::Result<bool>;
+    /// readlink(2) of `path` itself: its target when it is a symlink,
+    /// `None` when it is anything else or nothing.
+    fn read_link(&mut self, path: &Path) -> io::Result<Option<PathBuf>>;
     /// The `MS_*` flags of the mount holding `path` that a remount must keep
     /// (nosuid, nodev, noexec, …: locked inside a user namespace).
     fn mount_flags(&mut self, path: &Path) -> io::Result<libc::c_ulong>;
@@ -693,6 +696,21 @@ impl Syscalls for RealSyscalls {
         }
     }
 
+    fn read_link(&mut self, path: &Path) -> io::Result<Option<PathBuf>> {
+        match std::fs::read_link(path) {
+            Ok(target) => Ok(Some(target)),
+            Err(err)
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::EINVAL | libc::ENOENT | libc::ENOTDIR)
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
     fn set_mtime(&mut self, path: &Path, mtime: (i64, i64)) -> io::Result<()> {
         set_mtime_of(path, mtime)
     }
@@ -982,6 +1000,10 @@ pub struct RecordingSyscalls {
     pub modes: HashMap<PathBuf, Mode>,
     /// Answers for [`Syscalls::read_file`]; absent paths do not exist.
     pub files: HashMap<PathBuf, String>,
+    /// Answers for [`Syscalls::read_link`]: symlinks and their targets
+    /// (absent from `modes`: [`Syscalls::open_in_root`] resolves none,
+    /// as a symlink leading where nothing is).
+    pub links: HashMap<PathBuf, PathBuf>,
     /// Whether setgroups is allowed (default: yes).
     pub setgroups_denied: bool,
     /// A call (line prefix) that fails with the errno given.
@@ -1175,8 +1197,20 @@ impl Syscalls for RecordingSyscalls {
     }
 
     fn open_in_root(&mut self, root: &Path, rel: &Path) -> io::Result<Option<Pinned>> {
-        let path = root.join(rel);
-        Ok(self.modes.contains_key(&path).then(|| Pinned::fake(&path)))
+        // `..` as RESOLVE_IN_ROOT takes it, stopping at the root (which is
+        // always there); no symlink is followed.
+        let mut path = root.to_path_buf();
+        for component in rel.components() {
+            match component {
+                std::path::Component::Normal(name) => path.push(name),
+                std::path::Component::ParentDir if path != root => {
+                    path.pop();
+                }
+                _ => {}
+            }
+        }
+        let found = path == root || self.modes.contains_key(&path);
+        Ok(found.then(|| Pinned::fake(&path)))
     }
 
     fn open_path(&mut self, path: &Path) -> io::Result<Pinned> {
@@ -1217,6 +1251,11 @@ impl Syscalls for RecordingSyscalls {
             .modes
             .get(path)
             .is_some_and(|mode| mode & libc::S_IFMT == libc::S_IFLNK))
+    }
+
+    fn read_link(&mut self, path: &Path) -> io::Result<Option<PathBuf>> {
+        self.record(format!("read_link {}", path.display()))?;
+        Ok(self.links.get(path).cloned())
     }
 
     fn set_mtime(&mut self, path: &Path, mtime: (i64, i64)) -> io::Result<()> {

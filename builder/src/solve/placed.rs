@@ -253,7 +253,11 @@ impl Placed {
             if let Err(e) = self.take_out_one(&fds, index, &dir, keep) {
                 first_error.get_or_insert(e);
             }
-            kiln_runtime::parent::remove_stubs(&self.root, &dir.stubs, true);
+            kiln_runtime::parent::remove_stubs(
+                &self.root,
+                &dir.stubs,
+                kiln_runtime::parent::StubsIn::RootDir,
+            );
         }
         first_error.map_or(Ok(()), Err)
     }

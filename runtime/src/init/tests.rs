@@ -190,6 +190,108 @@ fn a_root_dir_is_bound_and_its_stubs_keep_their_parents_mtimes() {
     check_golden("root_dir_copying_snapshotter", &text);
 }
 
+/// An image whose /etc/resolv.conf is a symlink to where nothing is yet
+/// (systemd-resolved's `../run/systemd/resolve/stub-resolv.conf`): as
+/// runc does, the symlink is followed inside the root and what it names
+/// is made there, each entry reported for removal and its directory
+/// keeping its mtime; the bind lands on the file made, not on the link.
+#[test]
+fn a_symlink_leading_where_nothing_is_yet_is_followed_inside_the_root() {
+    let cfg = config();
+    let mut sys = fake();
+    sys.modes.insert(PathBuf::from("/state/rootfs/etc"), DIR);
+    sys.modes
+        .insert(PathBuf::from("/state/rootfs/etc/hosts"), FILE);
+    sys.modes.insert(PathBuf::from("/state/rootfs/run"), DIR);
+    sys.modes.remove(Path::new("/state/rootfs/etc/resolv.conf"));
+    sys.links.insert(
+        PathBuf::from("/state/rootfs/etc/resolv.conf"),
+        PathBuf::from("../run/systemd/resolve/stub-resolv.conf"),
+    );
+    let (failure, text) = transcript(&mut sys, &cfg);
+    assert!(matches!(failure, Failure::Exec { code: 126, .. }), "{text}");
+    assert_in_order(
+        &text,
+        &[
+            "read_link /state/rootfs/etc/resolv.conf",
+            "read_link /state/rootfs/run/systemd",
+            "mtime /state/rootfs/run",
+            "mkdir /state/rootfs/run/systemd 755",
+            "set_mtime /state/rootfs/run 0.000000000",
+            "mkdir /state/rootfs/run/systemd/resolve 755",
+            "create_file /state/rootfs/run/systemd/resolve/stub-resolv.conf 644",
+            "bind /state/etc/resolv.conf on /state/rootfs/run/systemd/resolve/stub-resolv.conf -",
+            "report StubCreated { path: \"run/systemd\" }",
+            "report StubCreated { path: \"run/systemd/resolve\" }",
+            "report StubCreated { path: \"run/systemd/resolve/stub-resolv.conf\" }",
+        ],
+    );
+    // Nothing was made at the link's own path, nor beside it.
+    assert!(!text.contains("create_file /state/rootfs/etc/"), "{text}");
+}
+
+/// An absolute symlink on the way is followed from the container's root
+/// (a `/var/run` → `/run` of the image, the secret's directory not there
+/// yet); symlinks that lead to each other are refused, naming the
+/// mount point, once the kernel's 40 have been followed.
+#[test]
+fn absolute_symlinks_start_at_the_root_and_loops_are_refused() {
+    let mut cfg = config();
+    cfg.mounts = vec![BindMount {
+        source: "/host/file.txt".into(),
+        target: "/var/run/secrets/tok".into(),
+        read_only: true,
+        within: None,
+    }];
+    let mut sys = fake();
+    sys.modes.insert(PathBuf::from("/state/rootfs/var"), DIR);
+    sys.modes.insert(PathBuf::from("/state/rootfs/run"), DIR);
+    sys.links.insert(
+        PathBuf::from("/state/rootfs/var/run"),
+        PathBuf::from("/run"),
+    );
+    let (_, text) = transcript(&mut sys, &cfg);
+    assert_in_order(
+        &text,
+        &[
+            "read_link /state/rootfs/var/run",
+            "mkdir /state/rootfs/run/secrets 755",
+            "create_file /state/rootfs/run/secrets/tok 644",
+            "bind /host/file.txt on /state/rootfs/run/secrets/tok REC|RDONLY",
+            "report StubCreated { path: \"run/secrets\" }",
+            "report StubCreated { path: \"run/secrets/tok\" }",
+        ],
+    );
+    assert!(!text.contains("mkdir /state/rootfs/var/run"), "{text}");
+
+    let mut sys = fake();
+    sys.modes.insert(PathBuf::from("/state/rootfs/var"), DIR);
+    sys.links.insert(
+        PathBuf::from("/state/rootfs/var/run"),
+        PathBuf::from("/loop"),
+    );
+    sys.links.insert(
+        PathBuf::from("/state/rootfs/loop"),
+        PathBuf::from("var/run"),
+    );
+    let (failure, text) = transcript(&mut sys, &cfg);
+    match failure {
+        Failure::Setup { step, reason } => {
+            assert_eq!(step, "mount point /var/run/secrets/tok", "{text}");
+            assert!(reason.contains("more than 40 symlinks"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}\n{text}"),
+    }
+    // Nothing was made for the mount point (the /etc files come before).
+    let (_, after_etc) = text
+        .split_once("bind /state/etc/hostname")
+        .expect("the /etc binds");
+    assert!(
+        !after_etc.contains("mkdir") && !after_etc.contains("create_file"),
+        "{text}"
+    );
+}
+
 /// chroot isolation: no namespace, nothing mounted, chroot into the root
 /// dir, then the user, capabilities and seccomp as always.
 #[test]
