@@ -444,21 +444,24 @@ fn ensure_mount_point(
     report: &mut dyn FnMut(Report),
 ) -> Result<Pinned, Failure> {
     let root = cfg.rootfs.as_path();
-    let resolve = |sys: &mut dyn Syscalls, prefix: &Path| {
-        step(
-            format!("resolve /{} in the root", prefix.display()),
-            sys.open_in_root(root, prefix),
-        )
-    };
-    if let Some(target) = resolve(sys, rel)? {
-        return Ok(target);
-    }
+    // Every failure names the mount point, and paths as the container
+    // sees them.
     let refused = |reason: String| Failure::Setup {
         step: format!("mount point /{}", rel.display()),
         reason,
     };
+    let failed = |what: &str, at: &Path, err: io::Error| {
+        refused(format!("{what} /{}: {err}", stub_path(root, at).display()))
+    };
+    let resolve = |sys: &mut dyn Syscalls, prefix: &Path| {
+        sys.open_in_root(root, prefix)
+            .map_err(|err| failed("resolve", prefix, err))
+    };
+    if let Some(target) = resolve(sys, rel)? {
+        return Ok(target);
+    }
     let open_root =
-        |sys: &mut dyn Syscalls| step(format!("open {}", root.display()), sys.open_path(root));
+        |sys: &mut dyn Syscalls| sys.open_path(root).map_err(|err| failed("open", root, err));
     // Walked one name at a time: `prefix` (a path in the root, through
     // the image's symlinks) resolves to `parent`; `pending` is what is
     // left of the path, a symlink's target put in front of it when one is
@@ -479,11 +482,13 @@ fn ensure_mount_point(
         let path = parent.path().join(&name);
         // Nothing resolves there, yet a symlink may be: it leads where
         // nothing is yet. Followed from its own directory (`prefix`), or
-        // from the root when absolute.
-        if let Some(link) = step(
-            format!("readlink {}", shown.display()),
-            sys.read_link(&path),
-        )? {
+        // from the root when absolute. The count bounds the walk where
+        // the kernel's own limit cannot: a symlink another container
+        // keeps changing in a directory they share.
+        if let Some(link) = sys
+            .read_link(&path)
+            .map_err(|err| failed("readlink", &shown, err))?
+        {
             links += 1;
             if links > SYMLINKS_MAX {
                 return Err(refused(format!(
@@ -506,10 +511,9 @@ fn ensure_mount_point(
                 prefix.display()
             )));
         }
-        let parent_mtime = step(
-            format!("stat {}", parent.shown().display()),
-            sys.mtime(&parent.dir_path()),
-        )?;
+        let parent_mtime = sys
+            .mtime(&parent.dir_path())
+            .map_err(|err| failed("stat", parent.shown(), err))?;
         // One entry, never through a symlink: mkdir -p would take a
         // symlink to a host directory for the directory, and what is made
         // below it would then be made on the host.
@@ -518,11 +522,9 @@ fn ensure_mount_point(
         } else {
             sys.mkdir(&path, 0o755)
         };
-        step(format!("create {}", shown.display()), created)?;
-        step(
-            format!("keep the mtime of {}", parent.shown().display()),
-            sys.set_mtime(&parent.dir_path(), parent_mtime),
-        )?;
+        created.map_err(|err| failed("create", &shown, err))?;
+        sys.set_mtime(&parent.dir_path(), parent_mtime)
+            .map_err(|err| failed("keep the mtime of", parent.shown(), err))?;
         report(Report::StubCreated {
             path: stub_path(root, &shown),
         });
@@ -531,7 +533,7 @@ fn ensure_mount_point(
             None => {
                 return Err(refused(format!(
                     "/{} went away as it was made",
-                    next.display()
+                    stub_path(root, &shown).display()
                 )))
             }
         };

@@ -298,6 +298,16 @@ fn validate(spec: &RunSpec) -> Result<(), RuntimeError> {
             spec.hostname
         )));
     }
+    if let (None, UpperDir::Keep(upper)) = (&spec.root_dir, &spec.upper) {
+        if std::fs::read_dir(upper).is_ok_and(|mut entries| entries.next().is_some()) {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "the upper dir {} is not empty: a kept upper dir must start empty (the entries \
+                 made for mount points are removed from it afterwards, and a whiteout there \
+                 would go with them)",
+                upper.display()
+            )));
+        }
+    }
     for lower in &spec.lower_dirs {
         std::fs::read_dir(lower).map_err(|source| RuntimeError::LowerDir {
             path: lower.clone(),
@@ -439,7 +449,7 @@ pub fn run(spec: RunSpec, helper: &HelperCommand) -> Result<ExitStatus, RuntimeE
     });
     drop(cgroups);
     let (result, stubs, upper_kept) = match result {
-        Ok((status, stubs, upper)) => (Ok(status), stubs, upper),
+        Ok((status, stubs, upper)) => (status, stubs, upper),
         Err(err) => (Err(err), Vec::new(), None),
     };
     if let Some(kept) = upper_kept {
@@ -757,7 +767,12 @@ struct KeptRoot {
     overlay: bool,
 }
 
-type LaunchResult = (ExitStatus, Vec<PathBuf>, Option<KeptRoot>);
+/// The run's outcome, the stubs its init made, and where they are.
+type LaunchResult = (
+    Result<ExitStatus, RuntimeError>,
+    Vec<PathBuf>,
+    Option<KeptRoot>,
+);
 
 /// Starts the helper, sends it the configuration, watches the run to its
 /// end, and turns what happened into the run's result.
@@ -800,7 +815,9 @@ fn launch(
     drop(forwarder);
     loop_result?;
     let helper_status = helper_status?;
-    let (status, stubs) = watch.outcome(&spec.image, spec.timeout, cgroups, helper_status)?;
+    // The stubs made are removed whatever the outcome: a failed setup may
+    // have made some before it failed.
+    let (status, stubs) = watch.outcome(&spec.image, spec.timeout, cgroups, helper_status);
     let upper_kept = match (spec.root_dir, spec.upper) {
         (Some(dir), _) => Some(KeptRoot {
             dir,
@@ -1129,12 +1146,24 @@ impl Watch {
     /// limit the run hit, or the container's exit status with the mount
     /// points the init created.
     fn outcome(
+        mut self,
+        image: &str,
+        timeout: Option<std::time::Duration>,
+        cgroups: Option<&RunCgroups>,
+        helper_status: std::process::ExitStatus,
+    ) -> (Result<ExitStatus, RuntimeError>, Vec<PathBuf>) {
+        let stubs = std::mem::take(&mut self.stubs);
+        (self.verdict(image, timeout, cgroups, helper_status), stubs)
+    }
+
+    /// How the run ended, as the caller is told.
+    fn verdict(
         self,
         image: &str,
         timeout: Option<std::time::Duration>,
         cgroups: Option<&RunCgroups>,
         helper_status: std::process::ExitStatus,
-    ) -> Result<(ExitStatus, Vec<PathBuf>), RuntimeError> {
+    ) -> Result<ExitStatus, RuntimeError> {
         if self.canceled {
             return Err(RuntimeError::Canceled);
         }
@@ -1151,7 +1180,7 @@ impl Watch {
                 if let Some(err) = limit_error(status, cgroups, self.killed_at_pids_limit) {
                     return Err(err);
                 }
-                Ok((status, self.stubs))
+                Ok(status)
             }
             None => Err(RuntimeError::HelperDied(helper_status.to_string())),
         }

@@ -151,8 +151,10 @@ pub enum Report {
         #[serde(default)]
         cgroup: Option<CgroupEntry>,
     },
-    /// The container's init had to create this mount point (a path relative
-    /// to the root) in the upper dir; the caller removes it afterwards.
+    /// The container's init had to create this entry for a mount point (a
+    /// path relative to the root, resolved: no symlink on the way), in the
+    /// upper or root dir; reported parents first. The caller removes it
+    /// afterwards if it is still empty.
     StubCreated {
         path: PathBuf,
     },

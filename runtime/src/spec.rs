@@ -12,8 +12,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpperDir {
     /// Writes land in this directory, which is kept afterwards (the builder
-    /// turns it into a layer). Created when missing; it must be on the same
-    /// filesystem as [`RunSpec::state_dir`], which holds overlay's work dir.
+    /// turns it into a layer). Created when missing, and refused when not
+    /// empty (what the init made for mount points is removed from it
+    /// afterwards: a whiteout left there by an earlier run would go with
+    /// it). It must be on the same filesystem as [`RunSpec::state_dir`],
+    /// which holds overlay's work dir.
     Keep(PathBuf),
     /// Writes go to a directory under the state dir, removed afterwards.
     Discard,

@@ -708,16 +708,7 @@ fn a_mount_point_hidden_by_a_whiteout_is_removed_from_the_kept_upper_dir() {
     let rootfs = busybox_rootfs(tmp.path());
     // A top layer that deleted /etc/hostname: a 0/0 character device, which
     // also hides the runtime's mount-point layer below.
-    let top = tmp.path().join("top");
-    fs::create_dir_all(top.join("etc")).unwrap();
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        top.join("etc/hostname"),
-        rustix::fs::FileType::CharacterDevice,
-        rustix::fs::Mode::empty(),
-        0,
-    )
-    .unwrap();
+    let top = hostname_whiteout_layer(tmp.path());
     let upper = tmp.path().join("upper");
     let mut s = spec(tmp.path(), &rootfs, &["cat", "/etc/hostname"]);
     s.lower_dirs.push(top);
@@ -730,6 +721,138 @@ fn a_mount_point_hidden_by_a_whiteout_is_removed_from_the_kept_upper_dir() {
     // lower has it, and BuildKit's differ leaves such a directory out.
     assert!(fs::symlink_metadata(upper.join("etc/hostname")).is_err());
     assert!(fs::symlink_metadata(upper.join("etc")).is_err());
+}
+
+/// A lower layer (above the busybox one) whose whiteout hides
+/// /etc/hostname: the runtime must make that mount point in the upper
+/// dir, and overlay copies /etc up to hold it.
+fn hostname_whiteout_layer(dir: &std::path::Path) -> PathBuf {
+    let top = dir.join("top");
+    fs::create_dir_all(top.join("etc")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        top.join("etc/hostname"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::empty(),
+        0,
+    )
+    .unwrap();
+    top
+}
+
+/// The copy of /etc that overlay made to hold a stub is dropped only when
+/// it is as its lower has it: a RUN that changed its mode, owner or mtime
+/// keeps it, changed, in the upper dir (the stub itself still goes).
+#[test]
+fn a_copied_up_directory_the_run_changed_is_kept() {
+    require_root!();
+    for (command, check) in [
+        ("chmod 700 /etc", "mode"),
+        ("chown 1:1 /etc", "owner"),
+        ("touch /etc", "mtime"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let rootfs = busybox_rootfs(tmp.path());
+        let top = hostname_whiteout_layer(tmp.path());
+        let lower = fs::metadata(top.join("etc")).unwrap();
+        let upper = tmp.path().join("upper");
+        let mut s = spec(tmp.path(), &rootfs, &["sh", "-c", command]);
+        s.lower_dirs.push(top);
+        s.upper = UpperDir::Keep(upper.clone());
+        let (result, _, err) = run_captured(tmp.path(), s);
+        assert_eq!(result.unwrap().code(), 0, "{command}: {err}");
+        assert!(
+            fs::symlink_metadata(upper.join("etc/hostname")).is_err(),
+            "{command}: the stub stayed"
+        );
+        let kept = fs::metadata(upper.join("etc"))
+            .unwrap_or_else(|e| panic!("{command}: /etc was dropped from the upper dir: {e}"));
+        match check {
+            "mode" => assert_eq!(kept.mode() & 0o7777, 0o700, "{command}"),
+            "owner" => assert_eq!((kept.uid(), kept.gid()), (1, 1), "{command}"),
+            _ => assert_ne!(
+                (kept.mtime(), kept.mtime_nsec()),
+                (lower.mtime(), lower.mtime_nsec()),
+                "{command}"
+            ),
+        }
+    }
+}
+
+/// A mount point that cannot be made fails the run naming it, in the
+/// container's paths: symlinks that lead to each other (the kernel's
+/// loop), and one that leads back to the root (`/data` → `../nope/..`,
+/// refused as runc refuses a mount on the root after `nope` was made on
+/// the way). What was made before the failure is removed all the same,
+/// and a kept upper dir that is not empty is refused before anything
+/// runs.
+#[test]
+fn mount_points_that_fail_name_themselves_and_leave_no_stub() {
+    require_root!();
+    for (links, target, expected) in [
+        (
+            &[("etc/resolv.conf", "/loop"), ("loop", "/etc/resolv.conf")][..],
+            "/etc/resolv.conf",
+            "Too many levels of symbolic links",
+        ),
+        (
+            &[("data", "../nope/..")][..],
+            "/data",
+            "it is the container's root",
+        ),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let rootfs = busybox_rootfs(tmp.path());
+        for (link, aim) in links {
+            let _ = fs::remove_file(rootfs.join(link));
+            std::os::unix::fs::symlink(aim, rootfs.join(link)).unwrap();
+        }
+        let volume = tmp.path().join("volume");
+        fs::create_dir(&volume).unwrap();
+        let upper = tmp.path().join("upper");
+        let mut s = spec(tmp.path(), &rootfs, &["true"]);
+        s.mounts = vec![BindMount {
+            source: volume,
+            target: PathBuf::from("/data"),
+            read_only: false,
+            within: None,
+        }];
+        s.upper = UpperDir::Keep(upper.clone());
+        let (result, _, _) = run_captured(tmp.path(), s);
+        match result {
+            Err(RuntimeError::Setup { step, reason }) => {
+                assert_eq!(step, format!("mount point {target}"), "{reason}");
+                assert!(reason.contains(expected), "{target}: {reason}");
+                assert!(!reason.contains(tmp.path().to_str().unwrap()), "{reason}");
+            }
+            other => panic!("{target}: expected a refusal, got {other:?}"),
+        }
+        let left: Vec<_> = fs::read_dir(&upper)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{target}: the upper dir has {left:?}");
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
+    let upper = tmp.path().join("upper");
+    fs::create_dir(&upper).unwrap();
+    fs::write(upper.join("left"), "from before\n").unwrap();
+    let mut s = spec(tmp.path(), &rootfs, &["true"]);
+    s.upper = UpperDir::Keep(upper.clone());
+    let (result, _, _) = run_captured(tmp.path(), s);
+    match result {
+        Err(RuntimeError::InvalidSpec(reason)) => {
+            assert!(reason.contains("is not empty"), "{reason}")
+        }
+        other => panic!("expected the upper dir refused, got {other:?}"),
+    }
+    assert_eq!(
+        fs::read_to_string(upper.join("left")).unwrap(),
+        "from before\n"
+    );
 }
 
 #[test]
