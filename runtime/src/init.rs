@@ -450,23 +450,31 @@ fn ensure_mount_point(
         step: format!("mount point /{}", rel.display()),
         reason,
     };
-    let failed = |what: &str, at: &Path, err: io::Error| {
-        refused(format!("{what} /{}: {err}", stub_path(root, at).display()))
-    };
     let resolve = |sys: &mut dyn Syscalls, prefix: &Path| {
         sys.open_in_root(root, prefix)
-            .map_err(|err| failed("resolve", prefix, err))
+            .map_err(|err| refused(format!("resolve /{}: {err}", prefix.display())))
     };
     if let Some(target) = resolve(sys, rel)? {
         return Ok(target);
     }
-    let open_root =
-        |sys: &mut dyn Syscalls| sys.open_path(root).map_err(|err| failed("open", root, err));
+    // The root opened inside itself. Its path as the kernel shows it is
+    // what the paths found below it start with, which `cfg.rootfs` need
+    // not be (it may be reached through a symlink): stubs are reported,
+    // and failures shown, relative to it.
+    let open_root = |sys: &mut dyn Syscalls| match resolve(sys, Path::new("."))? {
+        Some(top) => Ok(top),
+        None => Err(refused("the container's root went away".to_string())),
+    };
+    let mut parent = open_root(sys)?;
+    let shown_root = parent.shown().to_path_buf();
+    let in_root = |at: &Path| Path::new("/").join(stub_path(&shown_root, at));
+    let failed = |what: &str, at: &Path, err: io::Error| {
+        refused(format!("{what} {}: {err}", in_root(at).display()))
+    };
     // Walked one name at a time: `prefix` (a path in the root, through
     // the image's symlinks) resolves to `parent`; `pending` is what is
     // left of the path, a symlink's target put in front of it when one is
     // followed.
-    let mut parent = open_root(sys)?;
     let mut prefix = PathBuf::new();
     let mut pending: VecDeque<OsString> = path_names(rel).collect();
     let mut links = 0;
@@ -526,14 +534,14 @@ fn ensure_mount_point(
         sys.set_mtime(&parent.dir_path(), parent_mtime)
             .map_err(|err| failed("keep the mtime of", parent.shown(), err))?;
         report(Report::StubCreated {
-            path: stub_path(root, &shown),
+            path: stub_path(&shown_root, &shown),
         });
         parent = match resolve(sys, &next)? {
             Some(made) => made,
             None => {
                 return Err(refused(format!(
-                    "/{} went away as it was made",
-                    stub_path(root, &shown).display()
+                    "{} went away as it was made",
+                    in_root(&shown).display()
                 )))
             }
         };

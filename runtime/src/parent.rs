@@ -813,11 +813,14 @@ fn launch(
     }
     drop(terminal);
     drop(forwarder);
-    loop_result?;
-    let helper_status = helper_status?;
     // The stubs made are removed whatever the outcome: a failed setup may
     // have made some before it failed.
-    let (status, stubs) = watch.outcome(&spec.image, spec.timeout, cgroups, helper_status);
+    let (status, stubs) = match (loop_result, helper_status) {
+        (Ok(()), Ok(helper_status)) => {
+            watch.outcome(&spec.image, spec.timeout, cgroups, helper_status)
+        }
+        (Err(err), _) | (Ok(()), Err(err)) => (Err(err), std::mem::take(&mut watch.stubs)),
+    };
     let upper_kept = match (spec.root_dir, spec.upper) {
         (Some(dir), _) => Some(KeptRoot {
             dir,

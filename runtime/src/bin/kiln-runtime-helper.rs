@@ -7,8 +7,9 @@
 //!     [--cwd DIR] [--hostname H] [--network none|host|private] [--env K=V]...
 //!     [--volume HOST:CTR[:ro]]... [--timeout SECS] [--no-seccomp] [--tty] -- ARGV...
 //! ```
-//! Exits with the container's code; on a runtime error prints it and exits
-//! with its Docker code (126/127) or 125.
+//! `--upper` keeps the container's writes in DIR, which must be empty or
+//! absent. Exits with the container's code; on a runtime error prints it
+//! and exits with its Docker code (126/127) or 125.
 //!
 //! `kiln-runtime-helper __deny-setns ARGS...` runs itself with ARGS under a
 //! seccomp filter that refuses `setns` (EPERM) and allows everything
