@@ -793,17 +793,20 @@ fn mount_points_that_fail_name_themselves_and_leave_no_stub() {
         (
             &[("etc/resolv.conf", "/loop"), ("loop", "/etc/resolv.conf")][..],
             "/etc/resolv.conf",
-            "resolve /etc/resolv.conf: Too many levels of symbolic links (os error 40)",
+            ("resolve /etc/resolv.conf: ", "(os error 40)"),
         ),
         (
             &[("data", "/sys/kernel/kiln-made")][..],
             "/data",
-            "create /sys/kernel/kiln-made: Read-only file system (os error 30)",
+            ("create /sys/kernel/kiln-made: ", "(os error 30)"),
         ),
         (
             &[("data", "../nope/..")][..],
             "/data",
-            "/data (it resolves to /) cannot be mounted: it is the container's root",
+            (
+                "/data (it resolves to /) cannot be mounted: it is the container's root",
+                "",
+            ),
         ),
     ] {
         let tmp = tempfile::tempdir().unwrap();
@@ -827,7 +830,12 @@ fn mount_points_that_fail_name_themselves_and_leave_no_stub() {
         match result {
             Err(RuntimeError::Setup { step, reason }) => {
                 assert_eq!(step, format!("mount point {target}"), "{reason}");
-                assert_eq!(reason, expected, "{target}");
+                // The error's own words (strerror's) between the two.
+                let (starts, ends) = expected;
+                assert!(
+                    reason.starts_with(starts) && reason.ends_with(ends),
+                    "{target}: {reason}"
+                );
             }
             other => panic!("{target}: expected a refusal, got {other:?}"),
         }
@@ -861,23 +869,23 @@ fn mount_points_that_fail_name_themselves_and_leave_no_stub() {
 
 /// Stubs are reported relative to the root as the kernel shows it, not
 /// as the runtime named it: with no tmpfs for its scratch (`/run` and
-/// `/dev/shm` plain directories, no `XDG_RUNTIME_DIR`), the root's mount
-/// point is in the state dir, here reached through a symlink. The test
-/// runs its half below in a mount namespace made so.
+/// `/dev/shm` a ramfs, no `XDG_RUNTIME_DIR`), the root's mount point is
+/// in the state dir, here reached through a symlink. The test runs its
+/// half below in a mount namespace made so.
 #[test]
 fn stubs_are_removed_when_the_root_is_reached_through_a_symlink() {
     require_root!();
-    let blank = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
+    let out = std::process::Command::new("timeout")
+        .args(["300", "unshare", "--mount", "--propagation", "private"])
+        .args(["sh", "-c"])
         .arg(
-            "mount --bind \"$0\" /run && mount --bind \"$0\" /dev/shm && \
-             exec \"$1\" --ignored --exact stubs_under_a_root_reached_through_a_symlink \
+            "mount -t ramfs ramfs /run && mount -t ramfs ramfs /dev/shm && \
+             exec \"$0\" --ignored --exact stubs_under_a_root_reached_through_a_symlink \
              --test-threads=1",
         )
-        .arg(blank.path())
         .arg(std::env::current_exe().unwrap())
         .env_remove("XDG_RUNTIME_DIR")
+        .env(INNER_RUN, "1")
         .output()
         .unwrap();
     let text = format!(
@@ -889,9 +897,15 @@ fn stubs_are_removed_when_the_root_is_reached_through_a_symlink() {
     assert!(text.contains("1 passed"), "{text}");
 }
 
+/// Set by [`stubs_are_removed_when_the_root_is_reached_through_a_symlink`]
+/// for the half it runs.
+const INNER_RUN: &str = "KILN_TEST_SYMLINKED_ROOT";
+
 #[test]
 #[ignore = "run by stubs_are_removed_when_the_root_is_reached_through_a_symlink"]
 fn stubs_under_a_root_reached_through_a_symlink() {
+    std::env::var_os(INNER_RUN)
+        .expect("run by stubs_are_removed_when_the_root_is_reached_through_a_symlink");
     // No tmpfs for the scratch: the root's mount point is in the state
     // dir, under the symlink.
     const TMPFS_MAGIC: i64 = 0x0102_1994;
