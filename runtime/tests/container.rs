@@ -13,6 +13,15 @@ use kiln_runtime::{
     BindMount, HelperCommand, Network, NetworkPool, RuntimeError, UpperDir, HELPER_SUBCOMMAND,
 };
 
+/// The names in `dir`, in the order read.
+fn entries(dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+    fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect()
+}
+
 #[test]
 fn command_is_pid_1() {
     require_root!();
@@ -372,11 +381,7 @@ fn etc_files_and_mount_points_never_land_in_the_upper_dir() {
     s.upper = UpperDir::Keep(upper.clone());
     let (result, _, err) = run_captured(tmp.path(), s);
     assert_eq!(result.unwrap().code(), 0, "{err}");
-    let left: Vec<_> = fs::read_dir(&upper)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
+    let left = entries(&upper);
     assert!(left.is_empty(), "upper dir has {left:?}");
 }
 
@@ -613,21 +618,13 @@ fn image_symlinks_to_host_paths_are_followed_inside_the_root() {
             "/{link}"
         );
         assert!(!absent.exists(), "/{link}");
-        let names: Vec<_> = fs::read_dir(host_dir.path())
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
+        let names = entries(host_dir.path());
         assert_eq!(names, ["existing"], "/{link}");
         // The mount points made at the host path's place in the container
         // are gone from the upper dir, with the directories made for them
         // and those overlay copied up to make them (/tmp): everything the
         // run wrote went to mounts, and the upper dir is empty.
-        let left: Vec<_> = fs::read_dir(&upper)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
+        let left = entries(&upper);
         assert!(left.is_empty(), "/{link}: the upper dir has {left:?}");
     }
 }
@@ -839,11 +836,7 @@ fn mount_points_that_fail_name_themselves_and_leave_no_stub() {
             }
             other => panic!("{target}: expected a refusal, got {other:?}"),
         }
-        let left: Vec<_> = fs::read_dir(&upper)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
+        let left = entries(&upper);
         assert!(left.is_empty(), "{target}: the upper dir has {left:?}");
     }
 
@@ -927,11 +920,7 @@ fn stubs_under_a_root_reached_through_a_symlink() {
     let (result, out, err) = run_captured(tmp.path(), s);
     assert_eq!(result.unwrap().code(), 0, "{err}");
     assert_eq!(out, "kiln-test\n");
-    let left: Vec<_> = fs::read_dir(&upper)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
+    let left = entries(&upper);
     assert!(left.is_empty(), "the upper dir has {left:?}");
 }
 
