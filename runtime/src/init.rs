@@ -692,7 +692,7 @@ fn mount_proc_and_sys(
     // /proc/sys, /proc/sysrq-trigger). runc refuses them too.
     for name in ["proc", "sys"] {
         let path = cfg.rootfs.join(name);
-        if step(format!("lstat {}", path.display()), sys.is_symlink(&path))? {
+        if step(format!("readlink {}", path.display()), sys.read_link(&path))?.is_some() {
             return Err(Failure::Setup {
                 step: format!("mount point /{name}"),
                 reason: format!("/{name} is a symlink in the image: it must be a directory"),

@@ -97,9 +97,6 @@ pub trait Syscalls {
     fn set_mtime(&mut self, path: &Path, mtime: (i64, i64)) -> io::Result<()>;
     /// stat(2): the mode, or `None` when nothing is there.
     fn stat_mode(&mut self, path: &Path) -> io::Result<Option<Mode>>;
-    /// Whether `path` itself is a symlink (lstat(2)); false when nothing
-    /// is there.
-    fn is_symlink(&mut self, path: &Path) -> io::Result<bool>;
     /// readlink(2) of `path` itself: its target when it is a symlink,
     /// `None` when it is anything else or nothing.
     fn read_link(&mut self, path: &Path) -> io::Result<Option<PathBuf>>;
@@ -688,14 +685,6 @@ impl Syscalls for RealSyscalls {
         Ok((meta.mtime(), meta.mtime_nsec()))
     }
 
-    fn is_symlink(&mut self, path: &Path) -> io::Result<bool> {
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) => Ok(meta.file_type().is_symlink()),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(err) => Err(err),
-        }
-    }
-
     fn read_link(&mut self, path: &Path) -> io::Result<Option<PathBuf>> {
         match std::fs::read_link(path) {
             Ok(target) => Ok(Some(target)),
@@ -1243,14 +1232,6 @@ impl Syscalls for RecordingSyscalls {
     fn mtime(&mut self, path: &Path) -> io::Result<(i64, i64)> {
         self.record(format!("mtime {}", path.display()))?;
         Ok((0, 0))
-    }
-
-    fn is_symlink(&mut self, path: &Path) -> io::Result<bool> {
-        self.record(format!("is_symlink {}", path.display()))?;
-        Ok(self
-            .modes
-            .get(path)
-            .is_some_and(|mode| mode & libc::S_IFMT == libc::S_IFLNK))
     }
 
     fn read_link(&mut self, path: &Path) -> io::Result<Option<PathBuf>> {
