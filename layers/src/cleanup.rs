@@ -19,14 +19,14 @@
 //! It lists only directories that hold scratch, never `snapshots/`, so
 //! that its cost does not grow with the store.
 //!
-//! [`Meter`] measures what a deletion frees the way `du` does: allocated
-//! blocks, each inode once, a file with several links when its last link
-//! goes.
+//! The deletions themselves go through `kiln_tree` (by descriptor, never
+//! through a symlink), which measures what they free the way `du` does:
+//! allocated blocks, each inode once, a file with several links when its
+//! last link goes.
 
 use std::ffi::OsString;
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{io_at, Error, Result};
@@ -34,25 +34,6 @@ use crate::owner::Owner;
 use crate::store::{unique_suffix, Store};
 
 static ABANDONED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Disk space freed by deletions, counted as `du` counts it.
-#[derive(Debug, Default)]
-pub struct Meter {}
-
-impl Meter {
-    /// Notes that the entry `st` describes (read just before it was
-    /// deleted) is deleted; returns the bytes that frees: all of a
-    /// directory's or a file's with no other link, none of a file whose
-    /// other links remain (wherever they are).
-    fn deleted(&mut self, st: &rustix::fs::Stat) -> u64 {
-        let dir = rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir();
-        if dir || st.st_nlink <= 1 {
-            u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512)
-        } else {
-            0
-        }
-    }
-}
 
 /// What a cleanup removed: how many entries and how many bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -72,98 +53,16 @@ fn not_found(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound
 }
 
-/// Deletes `path` (a file or a whole tree), measuring it with `meter`;
-/// returns the bytes freed. Directories without the owner's rights (an
-/// overlay work dir, an image's read-only dirs, seen by a rootless kiln)
-/// are made writable on the way. Entries that vanish meanwhile (another
-/// process deleting the same trash) are not errors.
-///
-/// Below `path` everything goes by descriptor, each directory opened with
-/// `O_NOFOLLOW` from its parent's and emptied through it: a tree a
-/// container may still change (a RUN that outlived its kiln) cannot swap
-/// a directory for a symlink and have the deletion, or the chmod, follow
-/// it out of the tree.
-pub(crate) fn remove_tree(path: &Path, meter: &mut Meter) -> Result<u64> {
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(Error::io(
-            "remove",
-            path,
-            io::Error::new(io::ErrorKind::InvalidInput, "not a removable path"),
-        ));
-    };
-    let parent = match parent.as_os_str().is_empty() {
-        true => Path::new("."),
-        false => parent,
-    };
-    let flags =
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC;
-    let dir = match rustix::fs::open(parent, flags, rustix::fs::Mode::empty()) {
-        Ok(dir) => dir,
-        Err(rustix::io::Errno::NOENT) => return Ok(0),
-        Err(e) => return Err(Error::io("open", parent, e.into())),
-    };
-    remove_at(&dir, Path::new(name), path, meter)
-}
-
-/// Deletes the entry `name` of the directory `dir` (shown as `shown`).
-fn remove_at(
-    dir: &std::os::fd::OwnedFd,
-    name: &Path,
-    shown: &Path,
-    meter: &mut Meter,
-) -> Result<u64> {
-    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
-    let failed = |what: &'static str| move |e: rustix::io::Errno| Error::io(what, shown, e.into());
-    let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) => st,
-        Err(rustix::io::Errno::NOENT) => return Ok(0),
-        Err(e) => return Err(failed("stat")(e)),
-    };
-    let unlink_file = |meter: &mut Meter| match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
-        Ok(()) => Ok(meter.deleted(&st)),
-        Err(rustix::io::Errno::NOENT) => Ok(0),
-        Err(e) => Err(failed("remove")(e)),
-    };
-    if !FileType::from_raw_mode(st.st_mode).is_dir() {
-        return unlink_file(meter);
-    }
-    // O_PATH first: a directory without read permission for its owner
-    // (overlay's `work/work`) can be opened so, chmodded, then read.
-    let pinned = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let pinned = match rustix::fs::openat(dir, name, pinned, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::NOENT) => return Ok(0),
-        // No longer a directory: a symlink (or a file) put in its place
-        // meanwhile, removed itself, never followed.
-        Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => return unlink_file(meter),
-        Err(e) => return Err(failed("open")(e)),
-    };
-    if st.st_mode & 0o700 != 0o700 {
-        // Through the descriptor's own path (fchmod takes no O_PATH one).
-        let own = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&pinned));
-        let _ = rustix::fs::chmod(own, Mode::from_raw_mode(0o700));
-    }
-    let read = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let sub = rustix::fs::openat(&pinned, ".", read, Mode::empty()).map_err(failed("open"))?;
-    let mut names = Vec::new();
-    let entries = rustix::fs::Dir::read_from(&sub).map_err(failed("list"))?;
-    for entry in entries {
-        let entry = entry.map_err(failed("list"))?;
-        let entry_name = entry.file_name().to_bytes();
-        if entry_name != b"." && entry_name != b".." {
-            names.push(std::ffi::OsStr::from_bytes(entry_name).to_os_string());
-        }
-    }
-    let mut bytes = 0;
-    for entry_name in names {
-        let entry_name = Path::new(&entry_name);
-        bytes += remove_at(&sub, entry_name, &shown.join(entry_name), meter)?;
-    }
-    match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
-        Ok(()) => Ok(bytes + meter.deleted(&st)),
-        Err(rustix::io::Errno::NOENT) => Ok(bytes),
-        Err(e) => Err(failed("remove")(e)),
-    }
+/// Deletes `path` (a file or a whole tree) with `kiln_tree`: by
+/// descriptor, never through a symlink (a tree a container may still
+/// change, a RUN that outlived its kiln, cannot have the deletion follow
+/// it out), directories without the owner's rights (an overlay work dir,
+/// an image's read-only dirs, seen by a rootless kiln) made writable on
+/// the way. Returns the bytes freed, as `du` counts them; entries that
+/// vanish meanwhile (another process deleting the same trash) are not
+/// errors.
+pub(crate) fn remove_tree(path: &Path) -> Result<u64> {
+    kiln_tree::remove_tree(path).map_err(|e| Error::io(e.op, e.path, e.source))
 }
 
 /// A build's scratch directory under `builds/`, named with this process's
@@ -272,7 +171,7 @@ impl Store {
     /// live process other than this one moved there are left to it (it is
     /// deleting them); hold a [`crate::Lease`] then. Without, hold the
     /// collector's exclusive lock.
-    pub(crate) fn empty_trash(&self, meter: &mut Meter, only_unowned: bool) -> Result<Freed> {
+    pub(crate) fn empty_trash(&self, only_unowned: bool) -> Result<Freed> {
         let mut freed = Freed::default();
         for path in self.list_dir(&self.trash_dir())? {
             if only_unowned {
@@ -282,7 +181,7 @@ impl Store {
                     continue;
                 }
             }
-            freed.add(remove_tree(&path, meter)?);
+            freed.add(remove_tree(&path)?);
         }
         Ok(freed)
     }
@@ -310,9 +209,8 @@ impl Store {
                 freed.entries += 1;
             }
         }
-        let mut meter = Meter::default();
         for path in self.dead_entries(&self.ingest_dir(), "")? {
-            freed.add(remove_tree(&path, &mut meter)?);
+            freed.add(remove_tree(&path)?);
         }
         Ok(freed)
     }
@@ -365,175 +263,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
-
-    fn du(path: &Path) -> u64 {
-        let out = std::process::Command::new("du")
-            .args(["-s", "-B1"])
-            .arg(path)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
-
-    #[test]
-    fn a_removed_tree_frees_what_du_counted_and_shared_links_count_once() {
-        let tmp = tempfile::tempdir().unwrap();
-        let tree = tmp.path().join("tree");
-        fs::create_dir_all(tree.join("a/b")).unwrap();
-        fs::write(tree.join("a/f"), vec![7u8; 10_000]).unwrap();
-        fs::write(tree.join("a/b/g"), vec![1u8; 100_000]).unwrap();
-        fs::hard_link(tree.join("a/b/g"), tree.join("link")).unwrap();
-        std::os::unix::fs::symlink("a/f", tree.join("sym")).unwrap();
-        let measured = du(&tree);
-        let freed = remove_tree(&tree, &mut Meter::default()).unwrap();
-        assert_eq!(freed, measured);
-        assert!(!tree.exists());
-
-        // A file linked from outside the tree frees nothing.
-        fs::create_dir_all(tree.join("d")).unwrap();
-        fs::write(tree.join("d/h"), vec![2u8; 50_000]).unwrap();
-        fs::hard_link(tree.join("d/h"), tmp.path().join("outside")).unwrap();
-        let dirs_only = du(&tree) - du(&tmp.path().join("outside"));
-        let freed = remove_tree(&tree, &mut Meter::default()).unwrap();
-        assert_eq!(freed, dirs_only);
-        assert!(tmp.path().join("outside").is_file());
-
-        // Three links in three trees (unchanged files of three COPY runs),
-        // two trees deleted with one meter: the file stays, nothing of it
-        // is counted; the last tree's deletion frees it.
-        let trees: Vec<PathBuf> = ["x", "y", "z"].iter().map(|t| tmp.path().join(t)).collect();
-        for t in &trees {
-            fs::create_dir_all(t).unwrap();
-        }
-        fs::write(trees[0].join("f"), vec![3u8; 80_000]).unwrap();
-        fs::hard_link(trees[0].join("f"), trees[1].join("f")).unwrap();
-        fs::hard_link(trees[0].join("f"), trees[2].join("f")).unwrap();
-        let file = fs::metadata(trees[0].join("f")).unwrap().blocks() * 512;
-        let dir = |t: &Path| fs::metadata(t).unwrap().blocks() * 512;
-        let dirs = dir(&trees[0]) + dir(&trees[1]);
-        let last = dir(&trees[2]) + file;
-        let mut meter = Meter::default();
-        let freed = remove_tree(&trees[0], &mut meter).unwrap()
-            + remove_tree(&trees[1], &mut meter).unwrap();
-        assert_eq!(freed, dirs);
-        assert_eq!(remove_tree(&trees[2], &mut meter).unwrap(), last);
-    }
-
-    /// A tree that changes while it is deleted (a container still running
-    /// in it): a thread keeps swapping its directories for symlinks to a
-    /// directory outside the tree (read-only, holding a file) and back.
-    /// The deletion may fail on the way, but it never follows a symlink:
-    /// the outside directory keeps its file and its mode.
-    #[test]
-    fn a_tree_swapping_dirs_for_symlinks_is_deleted_without_following_them() {
-        use std::os::unix::fs::PermissionsExt;
-        use std::sync::atomic::{AtomicBool, Ordering};
-        use std::sync::Arc;
-        let tmp = tempfile::tempdir().unwrap();
-        let outside = tmp.path().join("outside");
-        fs::create_dir_all(&outside).unwrap();
-        for round in 0..60 {
-            fs::write(outside.join("keep"), "keep").unwrap();
-            fs::set_permissions(&outside, fs::Permissions::from_mode(0o500)).unwrap();
-            let tree = tmp.path().join(format!("tree-{round}"));
-            for n in 0..100 {
-                let dir = tree.join(format!("d{n}"));
-                fs::create_dir_all(&dir).unwrap();
-                fs::write(dir.join("keep"), "tree").unwrap();
-                // Read-only, as an image's can be: the deletion chmods it
-                // (and must chmod no symlink's target).
-                fs::set_permissions(&dir, fs::Permissions::from_mode(0o500)).unwrap();
-            }
-            let stop = Arc::new(AtomicBool::new(false));
-            let swapper = {
-                let (stop, tree, outside) = (stop.clone(), tree.clone(), outside.clone());
-                std::thread::spawn(move || {
-                    let mut n = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        let (dir, held) = (tree.join(format!("d{n}")), tree.join("held"));
-                        if fs::rename(&dir, &held).is_ok() {
-                            let _ = std::os::unix::fs::symlink(&outside, &dir);
-                            std::thread::yield_now();
-                            let _ = fs::remove_file(&dir);
-                            let _ = fs::rename(&held, &dir);
-                        }
-                        n = (n + 1) % 100;
-                    }
-                })
-            };
-            let _ = remove_tree(&tree, &mut Meter::default());
-            stop.store(true, Ordering::Relaxed);
-            swapper.join().unwrap();
-            assert!(
-                outside.join("keep").is_file(),
-                "round {round}: a file outside was deleted"
-            );
-            let mode = fs::metadata(&outside).unwrap().mode() & 0o777;
-            assert_eq!(mode, 0o500, "round {round}: the chmod followed a symlink");
-            let _ = remove_tree(&tree, &mut Meter::default());
-        }
-    }
-
-    /// Directories without the owner's rights (overlay's `work/work` is
-    /// 000; an image's can be 0500 or 0300) are chmodded, read and
-    /// removed. Root is refused nothing whatever the modes, so run as
-    /// root the test runs itself again as their non-root owner (uid
-    /// 65534), where it shows that the chmod comes before the read (with
-    /// the read first: EACCES on the 0300 directory).
-    #[test]
-    fn directories_without_the_owners_rights_are_removed() {
-        use std::os::unix::fs::PermissionsExt;
-        if rustix::process::geteuid().is_root() {
-            let name = "directories_without_the_owners_rights_are_removed";
-            run_as_nobody(&format!("cleanup::tests::{name}"));
-        }
-        let tmp = tempfile::tempdir().unwrap();
-        let tree = tmp.path().join("tree");
-        for (dir, mode) in [("none", 0o000), ("rx", 0o500), ("wx", 0o300)] {
-            let dir = tree.join(dir);
-            fs::create_dir_all(dir.join("inner")).unwrap();
-            fs::write(dir.join("inner/f"), "f").unwrap();
-            fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
-        }
-        remove_tree(&tree, &mut Meter::default()).unwrap();
-        assert!(!tree.exists());
-    }
-
-    /// Runs the test `name` of this test binary as uid and gid 65534, and
-    /// asserts that it ran and passed. The binary is copied into a memfd
-    /// (mode 0755) and executed through it (`/proc/self/fd/N`): that user
-    /// may not reach the directory it is in, nor have the right to
-    /// execute it there.
-    fn run_as_nobody(name: &str) {
-        use std::os::fd::AsRawFd;
-        use std::os::unix::process::CommandExt;
-        let flags = rustix::fs::MemfdFlags::CLOEXEC;
-        let exe = fs::File::from(rustix::fs::memfd_create("tests", flags).unwrap());
-        let mut binary = fs::File::open(std::env::current_exe().unwrap()).unwrap();
-        std::io::copy(&mut binary, &mut &exe).unwrap();
-        rustix::fs::fchmod(&exe, rustix::fs::Mode::from_raw_mode(0o755)).unwrap();
-        let out = std::process::Command::new(format!("/proc/self/fd/{}", exe.as_raw_fd()))
-            .args([name, "--exact", "--test-threads=1"])
-            .env("TMPDIR", "/tmp")
-            .current_dir("/")
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "as uid 65534:\n{stdout}\n{stderr}");
-        assert!(
-            stdout.contains("test result: ok. 1 passed"),
-            "as uid 65534:\n{stdout}\n{stderr}"
-        );
-    }
 
     #[test]
     fn a_discarded_dir_leaves_its_place_at_once_and_the_trash_empty() {
@@ -546,7 +275,7 @@ mod tests {
         assert!(!dir.exists());
         assert!(trashed.join("x/f").is_file());
         assert_eq!(store.move_to_trash(&dir, "cache-mount").unwrap(), None);
-        let freed = store.empty_trash(&mut Meter::default(), false).unwrap();
+        let freed = store.empty_trash(false).unwrap();
         assert_eq!(freed.entries, 1);
         assert!(freed.bytes > 0);
         assert_eq!(fs::read_dir(store.trash_dir()).unwrap().count(), 0);
@@ -609,7 +338,7 @@ mod tests {
         drop(live);
         assert!(!path.exists());
         assert_eq!(fs::read_dir(store.trash_dir()).unwrap().count(), 3);
-        let freed = store.empty_trash(&mut Meter::default(), true).unwrap();
+        let freed = store.empty_trash(true).unwrap();
         assert_eq!(freed.entries, 3);
         assert_eq!(fs::read_dir(store.trash_dir()).unwrap().count(), 0);
     }

@@ -45,7 +45,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::canonical::to_canonical_json;
-use crate::cleanup::Meter;
 use crate::digest::{chain_ids, Digest};
 use crate::direct::DirectWrites;
 use crate::error::{io_at, Error, Result};
@@ -1323,7 +1322,7 @@ impl Store {
         fsync_dir(&self.blobs_dir())?;
         self.trash_snapshots_except(&keep_chains)?;
         // This image's snapshots, and what earlier killed deletions left.
-        self.empty_trash(&mut Meter::default(), false)?;
+        self.empty_trash(false)?;
         Ok((desc, removed))
     }
 

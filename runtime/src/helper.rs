@@ -468,56 +468,14 @@ fn wait_for(pid: libc::pid_t) -> ExitStatus {
     }
 }
 
-/// Removes a tree, making directories writable first when plain removal is
-/// refused (overlay's work dir holds a mode-000 directory).
+/// Removes a tree (a run's state, work or discarded upper dir) with
+/// `kiln_tree`: by descriptor, never through a symlink a process still
+/// running there may put in, directories without their owner's rights
+/// (overlay's work dir holds a mode-000 one) made writable on the way. A
+/// failure is logged: the run's outcome does not depend on it.
 pub(crate) fn remove_tree(path: &Path) {
-    if std::fs::remove_dir_all(path).is_ok() || !path.exists() {
-        return;
-    }
-    make_writable(path);
-    if let Err(err) = std::fs::remove_dir_all(path) {
+    if let Err(err) = kiln_tree::remove_tree(path) {
         tracing::warn!("removing {}: {err}", path.display());
-    }
-}
-
-/// Gives `path` and every directory below it mode 0700, by descriptor:
-/// each directory opened with `O_NOFOLLOW` from its parent's, so that a
-/// directory swapped for a symlink (by a process still running in the
-/// tree) is not followed, nor chmodded through.
-fn make_writable(path: &Path) {
-    if let Ok(dir) = rustix::fs::open(path, PINNED_DIR, rustix::fs::Mode::empty()) {
-        make_writable_below(&dir);
-    }
-}
-
-/// How `make_writable` opens a directory first: `O_PATH` (a directory
-/// without read permission can be opened so), never through a symlink.
-const PINNED_DIR: rustix::fs::OFlags = rustix::fs::OFlags::PATH
-    .union(rustix::fs::OFlags::DIRECTORY)
-    .union(rustix::fs::OFlags::NOFOLLOW)
-    .union(rustix::fs::OFlags::CLOEXEC);
-
-/// `dir` (opened [`PINNED_DIR`]) chmodded through its descriptor's path
-/// (fchmod takes no `O_PATH` one), then read, and each directory in it.
-fn make_writable_below(dir: &OwnedFd) {
-    use rustix::fs::{Mode, OFlags};
-    let own = format!("/proc/self/fd/{}", dir.as_raw_fd());
-    let _ = rustix::fs::chmod(own, Mode::from_raw_mode(0o700));
-    let read = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let Ok(readable) = rustix::fs::openat(dir, ".", read, Mode::empty()) else {
-        return;
-    };
-    let Ok(entries) = rustix::fs::Dir::read_from(&readable) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if name.to_bytes() == b"." || name.to_bytes() == b".." {
-            continue;
-        }
-        if let Ok(sub) = rustix::fs::openat(&readable, name, PINNED_DIR, Mode::empty()) {
-            make_writable_below(&sub);
-        }
     }
 }
 
@@ -525,37 +483,6 @@ fn make_writable_below(dir: &OwnedFd) {
 mod tests {
     use super::*;
     use crate::cgroup::{remove_cgroup, Layout};
-
-    /// `make_writable` opens every directory of the tree, read-only ones
-    /// included, and gives it 0700; a symlink to a directory outside the
-    /// tree is neither followed nor its target chmodded (a static one: the
-    /// old walk by path did not follow one either; only a symlink swapped
-    /// in during the walk did).
-    #[test]
-    fn make_writable_reaches_every_dir_and_follows_no_symlink() {
-        use std::os::unix::fs::PermissionsExt;
-        let tmp = tempfile::tempdir().unwrap();
-        let (tree, outside) = (tmp.path().join("tree"), tmp.path().join("outside"));
-        std::fs::create_dir_all(tree.join("a/b")).unwrap();
-        std::fs::create_dir_all(&outside).unwrap();
-        std::os::unix::fs::symlink(&outside, tree.join("a/link")).unwrap();
-        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
-        for dir in [tree.join("a/b"), tree.join("a"), outside.clone()] {
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o500)).unwrap();
-        }
-        make_writable(&tree);
-        assert_eq!(
-            [
-                mode(&tree),
-                mode(&tree.join("a")),
-                mode(&tree.join("a/b")),
-                mode(&outside)
-            ],
-            [0o700, 0o700, 0o700, 0o500]
-        );
-        remove_tree(&tree);
-        assert!(!tree.exists() && outside.is_dir());
-    }
 
     /// [`StartInit::fork`] in a child of the test process (so the PID
     /// namespace it makes is that child's): the init is PID 1 of a new PID

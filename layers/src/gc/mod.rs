@@ -65,7 +65,7 @@ pub use policy::{
 pub(crate) use usage::Tally;
 pub use usage::TreeSize;
 
-use crate::cleanup::{remove_tree, Meter};
+use crate::cleanup::remove_tree;
 use crate::digest::Digest;
 use crate::error::Result;
 use crate::oci::ANNOTATION_REF_NAME;
@@ -442,9 +442,8 @@ impl Store {
         };
         // Phase 3: the deletions, measured.
         report.clear_removed();
-        let mut meter = Meter::default();
         for (path, what) in trashed {
-            let bytes = remove_tree(&path, &mut meter)?;
+            let bytes = remove_tree(&path)?;
             report.count(&what, bytes);
         }
         if let Err(e) = sizes.save(self) {
