@@ -100,6 +100,7 @@ fn main() -> ExitCode {
     };
     if let Err(why) = init_logging(cli.verbose)
         .and_then(|()| settings::refuse_unread_flags(&matches, cli.command.reads()))
+        .and_then(|()| cmd::build::refuse_quiet_with_progress(&matches))
     {
         eprintln!("error: {}", kiln_parser::escape_control(&why));
         return ExitCode::FAILURE;

@@ -390,6 +390,86 @@ fn tag_rmi_and_prune() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("busybox:one"));
 }
 
+/// A name with a digest is never made a tag (`tag`, `import`, `build -t`,
+/// an output's `name=`): it would name content of another digest. Docker
+/// refuses each ("refusing to create a tag with a digest reference").
+#[test]
+fn a_digest_is_never_given_as_a_tag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    import_busybox(&root, tmp.path(), "busybox:one");
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let ctx = tmp.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY Dockerfile /\n").unwrap();
+    let ctx = ctx.to_str().unwrap();
+    let tar = tmp.path().join("rootfs.tar");
+    let named = format!("app@{digest}");
+    let tagged = format!("app:1@{digest}");
+    let output = format!("type=image,name={named}");
+    for args in [
+        vec!["tag", "busybox:one", &named],
+        vec!["tag", "busybox:one", &tagged],
+        vec!["import", tar.to_str().unwrap(), &named],
+        vec!["build", "-t", &named, ctx],
+        vec!["build", "--output", &output, ctx],
+    ] {
+        let out = kiln(&root, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            err.contains("refusing to create a tag with a digest reference"),
+            "{args:?}: {err}"
+        );
+    }
+    let table = kiln_ok(&root, &["images"]);
+    assert!(!table.contains("app"), "{table}");
+}
+
+/// `--platform` asked of an image of one platform that is another's is
+/// refused by every command that reads a stored image, as Docker refuses
+/// it, not answered with the image it has; its own platform is taken.
+#[test]
+fn a_platform_asked_for_is_never_another_platforms_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    import_busybox(&root, tmp.path(), "busybox:one");
+    let config = inspect(&root, "busybox:one");
+    let actual = format!("linux/{}", config["Architecture"].as_str().unwrap());
+    let wanted = match actual.as_str() {
+        "linux/s390x" => "linux/riscv64",
+        _ => "linux/s390x",
+    };
+    let saved = tmp.path().join("saved.tar");
+    let saved = saved.to_str().unwrap();
+    let commands: [&[&str]; 6] = [
+        &["inspect", "busybox:one"],
+        &["history", "busybox:one"],
+        &["layers", "busybox:one"],
+        &["save", "-o", saved, "busybox:one"],
+        &["explain", "--image", "busybox:one"],
+        &["run", "--rm", "busybox:one", "true"],
+    ];
+    for command in commands {
+        let mut args = command.to_vec();
+        args.splice(1..1, ["--platform", wanted]);
+        let out = kiln(&root, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let mismatch = format!(
+            "image busybox:one was found but does not match the specified platform: \
+             wanted {wanted}, actual: {actual}"
+        );
+        assert!(err.contains(&mismatch), "{args:?}: {err}");
+    }
+    assert!(!Path::new(saved).exists());
+    for command in &commands[..5] {
+        let mut args = command.to_vec();
+        args.splice(1..1, ["--platform", actual.as_str()]);
+        kiln_ok(&root, &args);
+    }
+}
+
 #[test]
 fn bad_input_is_refused_and_stores_nothing() {
     let tmp = tempfile::tempdir().unwrap();

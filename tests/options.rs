@@ -647,6 +647,98 @@ fn output_shorthands_tar_and_image_names() {
     assert!(text(&out).contains("name"), "{}", text(&out));
 }
 
+/// Standard output holds one output and nothing else: an OCI or docker
+/// archive sent there is not followed by the image id, nor by a second
+/// output; `type=local` refuses `dest=-` (it makes directories) and an
+/// empty `dest=`. buildx refuses the same ("multiple outputs configured to
+/// write to stdout", "dest cannot be stdout for local exporter"), and
+/// `-q` with `--progress plain`, and a `--label` or `--build-arg` with an
+/// empty key, each of which would leave one flag doing nothing.
+#[test]
+fn standard_output_holds_one_output_and_flags_that_would_do_nothing_are_refused() {
+    let fixture = Fixture::new();
+    let ctx = fixture.context(
+        "stdout",
+        &[("Dockerfile", "FROM busybox\nCOPY f /f\n"), ("f", "f")],
+    );
+    let ctx = ctx.to_str().unwrap();
+    for kind in ["oci", "docker"] {
+        let spec = format!("type={kind},dest=-");
+        let out = fixture.build(&["-q", "--output", &spec, ctx]);
+        assert!(out.status.success(), "{}", text(&out));
+        let names = tar_names(&out.stdout);
+        assert!(
+            names.contains(&"index.json".to_string())
+                || names.contains(&"manifest.json".to_string()),
+            "{kind}: {names:?}"
+        );
+        // A tar ends with zero blocks; an id after it would end in "\n".
+        assert!(
+            out.stdout.len() >= 1024 && out.stdout.ends_with(&[0u8; 1024]),
+            "{kind}: the archive on stdout is followed by {:?}",
+            String::from_utf8_lossy(&out.stdout[out.stdout.len().saturating_sub(80)..])
+        );
+    }
+    let refused = [
+        (
+            vec!["--output", "type=oci,dest=-", "-o", "-"],
+            "only one output can go to standard output",
+        ),
+        (
+            vec![
+                "--output",
+                "type=docker,dest=-",
+                "--output",
+                "type=oci,dest=-",
+            ],
+            "only one output can go to standard output",
+        ),
+        (
+            vec!["--output", "type=local,dest=-"],
+            "type=local writes a directory, not standard output",
+        ),
+        (vec!["--output", "type=local,dest="], "dest= is empty"),
+        (
+            vec!["-q", "--progress", "plain"],
+            "--progress plain and -q (--quiet) cannot be used together",
+        ),
+        (
+            vec!["--label", "=v"],
+            "--label \"=v\": invalid key-value pair: empty key",
+        ),
+        (
+            vec!["--build-arg", "=v"],
+            "--build-arg \"=v\": invalid key-value pair: empty key",
+        ),
+    ];
+    for (mut args, message) in refused {
+        args.push(ctx);
+        let out = fixture.build(&args);
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(message), "{args:?}: {}", text(&out));
+        assert!(out.stdout.is_empty(), "{args:?}: wrote to stdout");
+    }
+    assert!(!Path::new("-").exists() && !fixture.dir.path().join("-").exists());
+    // -q wins over KILN_PROGRESS (the environment of every command of a
+    // CI job), and over --progress auto or quiet.
+    for progress in ["auto", "quiet"] {
+        let out = fixture.build(&["-q", "--progress", progress, ctx]);
+        assert!(out.status.success(), "{progress}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("sha256:"),
+            "{}",
+            text(&out)
+        );
+    }
+    // A label without "=" is an empty value, as in buildx.
+    let out = fixture.build(&["-t", "labelled:1", "--label", "only-key", ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    let inspected = kiln_ok(&fixture.root(), &["inspect", "labelled:1"]);
+    let inspected: serde_json::Value = serde_json::from_str(&inspected).unwrap();
+    let labels = &inspected[0]["Config"]["config"]["Labels"];
+    assert_eq!(labels["only-key"], "", "{labels}");
+}
+
 /// The member names of a tar (the system's tar reads it), without `./`.
 fn tar_names(tar: &[u8]) -> Vec<String> {
     use std::io::Write;

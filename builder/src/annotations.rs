@@ -230,12 +230,16 @@ fn pick_all(annotations: &[Annotation], target: AnnotationTarget) -> BTreeMap<St
         .collect()
 }
 
-/// `--label K=V` (`K` alone: an empty value, as buildx).
-pub fn parse_label(flag: &str) -> (String, String) {
-    match flag.split_once('=') {
-        Some((k, v)) => (k.to_string(), v.to_string()),
-        None => (flag.to_string(), String::new()),
+/// `--label K=V` (`K` alone: an empty value, as buildx); an empty key is
+/// refused, as buildx refuses it.
+pub fn parse_label(flag: &str) -> Result<(String, String), String> {
+    let (key, value) = flag.split_once('=').unwrap_or((flag, ""));
+    if key.is_empty() {
+        return Err(format!(
+            "--label {flag:?}: invalid key-value pair: empty key"
+        ));
     }
+    Ok((key.to_string(), value.to_string()))
 }
 
 #[cfg(test)]
@@ -296,6 +300,11 @@ mod tests {
             [("k".into(), "v".into())].into()
         );
         assert!(for_index(&desc).is_empty());
-        assert_eq!(parse_label("a"), ("a".into(), String::new()));
+        assert_eq!(parse_label("a"), Ok(("a".into(), String::new())));
+        assert_eq!(parse_label("a=b=c"), Ok(("a".into(), "b=c".into())));
+        for flag in ["=v", "", "="] {
+            let err = parse_label(flag).unwrap_err();
+            assert!(err.ends_with("empty key"), "{flag}: {err}");
+        }
     }
 }

@@ -94,6 +94,16 @@ impl Output {
         let output = match kind.as_str() {
             "oci" | "docker" | "local" | "tar" => {
                 let dest = dest.ok_or_else(|| bad("dest= is required".into()))?;
+                if dest.is_empty() {
+                    return Err(bad(
+                        "dest= is empty: a path, or - for standard output".into()
+                    ));
+                }
+                if kind == "local" && dest == "-" {
+                    return Err(bad("type=local writes a directory, not standard output: \
+                         type=tar,dest=- (or -o -) writes the files as a tar there"
+                        .into()));
+                }
                 match kind.as_str() {
                     "oci" => Output::Oci(dest.into()),
                     "docker" => Output::Docker(dest.into()),
@@ -110,7 +120,7 @@ impl Output {
                     None => Vec::new(),
                     Some(names) => names
                         .split(',')
-                        .map(|n| Reference::parse(n.trim()).map_err(|e| bad(e.to_string())))
+                        .map(|n| Reference::parse_tag(n.trim()).map_err(|e| bad(e.to_string())))
                         .collect::<Result<_, _>>()?,
                 };
                 let push = match map.remove("push").as_deref() {
@@ -134,9 +144,15 @@ impl Output {
         Ok(output)
     }
 
-    /// Whether the output goes to standard output (nothing else may).
+    /// Whether the output goes to standard output (nothing else may,
+    /// neither another output nor the image id): `-o -`, `dest=-` of a tar,
+    /// an OCI layout or a docker-archive.
     pub fn to_stdout(&self) -> bool {
-        matches!(self, Output::Tar(Dest::Stdout))
+        match self {
+            Output::Tar(dest) => *dest == Dest::Stdout,
+            Output::Oci(dest) | Output::Docker(dest) => dest.as_os_str() == "-",
+            Output::Local(_) | Output::Image { .. } => false,
+        }
     }
 
     /// Writes `built` there (an image output is the session's: names and

@@ -44,6 +44,16 @@ pub enum Error {
         platform: String,
         available: String,
     },
+    /// An image of one platform (no index) asked for as another's.
+    #[error(
+        "image {image} was found but does not match the specified platform: \
+         wanted {wanted}, actual: {actual}"
+    )]
+    PlatformMismatch {
+        image: String,
+        wanted: String,
+        actual: String,
+    },
     /// The index lists the platform but the store does not hold its
     /// image (a pull of another platform kept only that one).
     #[error("image {image}: platform {platform} is not in the store (it holds: {stored})")]

@@ -197,6 +197,32 @@ impl Store {
         })
     }
 
+    /// The image `desc` names for `platform`, a platform someone asked
+    /// for (`--platform` of run, inspect, save, history, layers, explain):
+    /// as [`Store::read_image`], and an image of one platform (no index)
+    /// that is another platform's is refused, as Docker refuses it, rather
+    /// than shown or run as if it were the one asked for. (`read_image`
+    /// takes it, whatever its platform: a build's base of another platform
+    /// gets a warning, as in BuildKit.) `shown` names the image in the
+    /// error: the name it was asked by.
+    pub fn read_image_for(
+        &self,
+        desc: &Descriptor,
+        platform: &Platform,
+        shown: &str,
+    ) -> Result<Image> {
+        let image = self.read_image(desc, platform)?;
+        let actual = image.config.platform();
+        if !actual.architecture.is_empty() && platform.compatible_rank(&actual).is_none() {
+            return Err(Error::PlatformMismatch {
+                image: shown.to_string(),
+                wanted: platform.to_string(),
+                actual: actual.normalized().to_string(),
+            });
+        }
+        Ok(image)
+    }
+
     /// The image `desc` names for `preferred` when the store holds it,
     /// else the first image it holds (what `images`, `inspect` and `tag`
     /// show of an image pulled for another platform than this machine's).

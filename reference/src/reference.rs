@@ -155,6 +155,21 @@ impl Reference {
         })
     }
 
+    /// Parses `input` as a name to give an image (`kiln tag`, `build -t`,
+    /// an output's `name=`, `import`): a tag, never a digest, which names
+    /// content already and cannot be pointed elsewhere, as Docker refuses
+    /// it ("refusing to create a tag with a digest reference").
+    pub fn parse_tag(input: &str) -> Result<Reference, ReferenceError> {
+        let reference = Reference::parse(input)?;
+        if reference.digest.is_some() {
+            return Err(ReferenceError::InvalidReference {
+                input: input.to_string(),
+                reason: "refusing to create a tag with a digest reference".to_string(),
+            });
+        }
+        Ok(reference)
+    }
+
     /// The registry name (`docker.io`, `localhost:5000`).
     pub fn registry(&self) -> &str {
         &self.repository.registry
@@ -498,6 +513,22 @@ mod tests {
             assert_eq!(r.familiar(), with_digest(familiar), "{input}");
             // The full form is a fixed point.
             assert_eq!(Reference::parse(&r.to_string()).unwrap(), r, "{input}");
+        }
+    }
+
+    #[test]
+    fn a_tag_to_give_has_no_digest() {
+        let tagged = Reference::parse_tag("app:1").unwrap();
+        assert_eq!(tagged.to_string(), "docker.io/library/app:1");
+        for input in ["app@D", "app:1@D", "localhost:5000/app@D"] {
+            let input = with_digest(input);
+            let err = Reference::parse_tag(&input).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "invalid reference {input:?}: refusing to create a tag with a digest reference"
+                )
+            );
         }
     }
 

@@ -236,6 +236,32 @@ pub struct BuildArgs {
     progress: ProgressArgs,
 }
 
+/// Refuses `kiln build -q` with a `--progress` other than auto or quiet
+/// given on the command line, as buildx refuses it ("progress=plain and
+/// quiet cannot be used together"): one of the two would do nothing.
+/// `KILN_PROGRESS` in the environment is not refused (a CI job sets it for
+/// every command); `-q` wins over it.
+pub fn refuse_quiet_with_progress(matches: &clap::ArgMatches) -> Result<(), String> {
+    let Some(("build", build)) = matches.subcommand() else {
+        return Ok(());
+    };
+    let given = build.value_source("progress") == Some(clap::parser::ValueSource::CommandLine);
+    let mode = build.get_one::<ProgressMode>("progress");
+    match mode {
+        Some(mode) if given && build.get_flag("quiet") => match mode {
+            ProgressMode::Auto | ProgressMode::Quiet => Ok(()),
+            other => Err(format!(
+                "--progress {} and -q (--quiet) cannot be used together",
+                other
+                    .to_possible_value()
+                    .map(|v| v.get_name().to_string())
+                    .unwrap_or_default()
+            )),
+        },
+        _ => Ok(()),
+    }
+}
+
 impl BuildCommand {
     /// The global settings this command reads (see [`Reads`]).
     pub fn reads(&self) -> Reads {
@@ -462,15 +488,22 @@ fn target_platforms(flags: &[String]) -> anyhow::Result<Vec<Platform>> {
 }
 
 /// `--build-arg K=V`, or `K` from kiln's environment (dropped when unset), as
-/// the docker CLI does.
-pub(crate) fn parse_build_args(flags: &[String]) -> BTreeMap<String, String> {
-    flags
-        .iter()
-        .filter_map(|flag| match flag.split_once('=') {
-            Some((k, v)) => Some((k.to_string(), v.to_string())),
-            None => std::env::var(flag).ok().map(|v| (flag.clone(), v)),
-        })
-        .collect()
+/// the docker CLI does; an empty key is refused, as buildx refuses it.
+pub(crate) fn parse_build_args(flags: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut args = BTreeMap::new();
+    for flag in flags {
+        let (key, value) = match flag.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_string())),
+            None => (flag.as_str(), std::env::var(flag).ok()),
+        };
+        if key.is_empty() {
+            anyhow::bail!("--build-arg {flag:?}: invalid key-value pair: empty key");
+        }
+        if let Some(value) = value {
+            args.insert(key.to_string(), value);
+        }
+    }
+    Ok(args)
 }
 
 /// The flags as the builder's settings. `ssh_agents` keeps the agents
@@ -489,7 +522,7 @@ fn settings_of(
     let tags = args
         .tags
         .iter()
-        .map(|t| Reference::parse(t).with_context(|| format!("-t {t}")))
+        .map(|t| Reference::parse_tag(t).with_context(|| format!("-t {t}")))
         .collect::<anyhow::Result<_>>()?;
     let mut ssh = BTreeMap::new();
     let auth_sock = std::env::var("SSH_AUTH_SOCK").ok();
@@ -509,7 +542,7 @@ fn settings_of(
         dockerfile: context.dockerfile.clone(),
         options: BuildOptions {
             target: args.target.clone(),
-            build_args: parse_build_args(&args.build_args),
+            build_args: parse_build_args(&args.build_args)?,
             target_platform: platform,
             build_platform: Platform::host(),
             run: args.step.run_defaults(),
@@ -541,8 +574,8 @@ fn settings_of(
         labels: args
             .labels
             .iter()
-            .map(|flag| kiln_builder::annotations::parse_label(flag))
-            .collect(),
+            .map(|flag| kiln_builder::annotations::parse_label(flag).map_err(anyhow::Error::msg))
+            .collect::<anyhow::Result<_>>()?,
         annotations: args
             .annotations
             .iter()
@@ -655,7 +688,7 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         display.sandbox_warnings(&sandbox);
     }
     let remote = CliRemote::new(&args, global, &store, &display)?;
-    let build_args = parse_build_args(&args.build_args);
+    let build_args = parse_build_args(&args.build_args)?;
     // Refused here when not a number, before a Git context is fetched.
     let epoch = kiln_builder::frontend::source_date_epoch_arg(&build_args)
         .map_err(|e| anyhow::anyhow!(e.message))?

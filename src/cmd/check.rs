@@ -195,7 +195,7 @@ fn run_check(args: CheckArgs, settings: &GlobalSettings) -> anyhow::Result<ExitC
     let images = StoreResolver::open_existing(&settings.root)
         .with_context(|| format!("opening the store at {}", settings.root.display()))?;
     let options = LintOptions {
-        build_args: parse_build_args(&args.build_args),
+        build_args: parse_build_args(&args.build_args)?,
         dockerignore: Some(dockerignore),
         images: Some(&images),
         target: args.target.clone(),
@@ -290,6 +290,7 @@ fn run_explain(args: ExplainArgs, settings: &GlobalSettings) -> anyhow::Result<E
             args: args.args.clone(),
             init: args.runs.init,
             platform,
+            platform_asked: args.platform.is_some(),
             offline: args.offline,
             format: args.format,
             width: text_width(args.runs.width),
@@ -317,7 +318,7 @@ fn run_explain(args: ExplainArgs, settings: &GlobalSettings) -> anyhow::Result<E
     let options = ExplainOptions {
         build: BuildOptions {
             target: args.target.clone(),
-            build_args: parse_build_args(&args.build_args),
+            build_args: parse_build_args(&args.build_args)?,
             target_platform: match &args.platform {
                 Some(p) => Platform::parse(p).with_context(|| format!("--platform {p}"))?,
                 None => Platform::host(),

@@ -44,6 +44,9 @@ pub(crate) struct Request<'a> {
     pub args: Vec<String>,
     pub init: bool,
     pub platform: Platform,
+    /// `platform` was asked for (`--platform`), not this machine's: an
+    /// image in the store of another platform is refused.
+    pub platform_asked: bool,
     pub offline: bool,
     pub format: OutputFormat,
     pub width: Option<usize>,
@@ -173,7 +176,12 @@ fn find(
         match store.find(image, &request.platform) {
             Ok(found) => {
                 if let Some(tagged) = found.first() {
-                    let stored = store.read_image(&tagged.descriptor, &request.platform)?;
+                    let stored = match request.platform_asked {
+                        true => {
+                            store.read_image_for(&tagged.descriptor, &request.platform, image)?
+                        }
+                        false => store.read_image(&tagged.descriptor, &request.platform)?,
+                    };
                     // Its files are read (PID 1's script): layers a build
                     // left where they are are fetched, unless offline.
                     if !request.offline {

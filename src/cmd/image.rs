@@ -159,7 +159,7 @@ fn tag(store: &Store, source: &str, target: &str) -> anyhow::Result<ExitCode> {
     let Some(first) = found.first() else {
         bail!("image {source} not found");
     };
-    let target = Reference::parse(target)?;
+    let target = Reference::parse_tag(target)?;
     let mut desc = first.descriptor.clone();
     desc.annotations.clear();
     store.tag(&target, &desc)?;
@@ -197,9 +197,10 @@ fn save(store: &Store, args: SaveArgs, settings: &GlobalSettings) -> anyhow::Res
                 None => bail!("{query}: an untagged image cannot be saved by id yet; tag it first"),
             };
             let item = match &args.platform {
-                Some(_) => {
-                    SaveItem::single(reference, store.read_image(&tagged.descriptor, &platform)?)
-                }
+                Some(_) => SaveItem::single(
+                    reference,
+                    store.read_image_for(&tagged.descriptor, &platform, query)?,
+                ),
                 None => SaveItem::held(store, reference, &tagged.descriptor, &platform)?,
             };
             // Layers a build left where they are come down first.
@@ -235,7 +236,7 @@ fn load(store: &Store, input: &Path, progress: &ProgressArgs) -> anyhow::Result<
 /// `kiln import`: a one-layer image from a root filesystem tar, tagged;
 /// prints its id.
 fn import(store: &Store, args: ImportArgs) -> anyhow::Result<ExitCode> {
-    let reference = Reference::parse(&args.reference)?;
+    let reference = Reference::parse_tag(&args.reference)?;
     let reporter = args.progress.reporter();
     let mut options = import_options(&args)?;
     let rootfs = &args.rootfs;
@@ -502,7 +503,7 @@ fn inspect(
         bail!("image {query} not found");
     };
     let image = match platform {
-        Some(p) => store.read_image(&first.descriptor, p)?,
+        Some(p) => store.read_image_for(&first.descriptor, p, query)?,
         None => store.read_image_or_held(&first.descriptor, &Platform::host())?,
     };
     let manifest: serde_json::Value =

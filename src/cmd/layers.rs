@@ -101,6 +101,7 @@ fn open_image(
     query: &str,
     platform: &Option<String>,
 ) -> anyhow::Result<(Store, Image)> {
+    let asked = platform.is_some();
     let platform = match platform {
         Some(p) => Platform::parse(p).with_context(|| format!("--platform {p}"))?,
         None => Platform::host(),
@@ -117,7 +118,10 @@ fn open_image(
     let Some(first) = found.first() else {
         bail!("image {query} not found");
     };
-    let image = store.read_image(&first.descriptor, &platform)?;
+    let image = match asked {
+        true => store.read_image_for(&first.descriptor, &platform, query)?,
+        false => store.read_image(&first.descriptor, &platform)?,
+    };
     // Layers a build left where they are (docs/cache.md, "Lazy") are
     // read here: fetched first.
     crate::cmd::fetch_missing_layers(&store, &image, settings)?;

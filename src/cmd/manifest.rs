@@ -231,7 +231,7 @@ fn summary(reference: &Reference, document: &Document) -> anyhow::Result<String>
 
 /// `kiln manifest create`: the index stored and tagged; prints its digest.
 fn create(args: CreateArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
-    let target = Reference::parse(&args.target)?;
+    let target = Reference::parse_tag(&args.target)?;
     let sources = args
         .sources
         .iter()

@@ -168,7 +168,7 @@ fn pull(args: PullArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let client = Arc::new(Client::new(args.registry.client_config(settings)?)?);
     let reporter = Arc::new(args.progress.reporter());
     reporter.println(&format!("Pulling {reference}"));
-    let mut options = PullOptions::new(platform);
+    let mut options = PullOptions::new(platform.clone());
     options.concurrency = args.concurrency;
     options.all_platforms = all_platforms;
     let shared: Arc<dyn Reporter> = reporter.clone();
@@ -176,6 +176,15 @@ fn pull(args: PullArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
         &client, &store, &reference, &options, shared,
     ))?;
     reporter.println(&format!("Digest: {}", pulled.resolved_digest));
+    // An image of one platform is pulled whatever --platform asked, as
+    // Docker pulls it, with Docker's warning when it is another's.
+    if args.platform.is_some() && !all_platforms {
+        if let Err(e @ kiln_layers::Error::PlatformMismatch { .. }) =
+            store.read_image_for(&pulled.manifest, &platform, &args.reference)
+        {
+            reporter.println(&format!("WARNING: {e}"));
+        }
+    }
     if all_platforms {
         let platforms: Vec<String> = pulled
             .manifests

@@ -187,7 +187,7 @@ fn select_image(store: &Store, args: &RunArgs) -> anyhow::Result<(TaggedImage, I
     };
     let image = match &args.platform {
         Some(_) => store
-            .read_image(&tagged.descriptor, &wanted)
+            .read_image_for(&tagged.descriptor, &wanted, &args.image)
             .with_context(|| format!("image {} for --platform {wanted}", tagged.name))?,
         None => store.read_image_or_held(&tagged.descriptor, &host)?,
     };
