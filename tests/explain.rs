@@ -1469,6 +1469,19 @@ fn explain_pid1_and_selection() {
         "json",
     ]);
     assert_eq!(b["argv"], serde_json::json!(["entry.sh", "/bin/true"]));
+    // --container and --service pick in a manifest or a Compose file:
+    // without one (a CONTEXT or --image instead) they would do nothing.
+    for args in [
+        ["explain", "--container", "b", "."],
+        ["explain", "--container", "b", "--image=pid1:waits"],
+        ["explain", "--service", "b", "."],
+    ] {
+        let out = kiln(&args);
+        assert!(
+            out.contains("picks a") && out.ends_with("exit: 1\n"),
+            "{args:?}: {out}"
+        );
+    }
     fs::write(
         work.path().join("compose.yaml"),
         "services:\n  a:\n    image: pid1:execs\n  b:\n    image: pid1:waits\n    command: /bin/true\n",

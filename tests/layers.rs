@@ -167,6 +167,17 @@ fn wasted_bytes_and_file_lists_are_exact() {
         String::from_utf8_lossy(&out.stderr).contains("--top shortens the text's list"),
         "{out:?}"
     );
+    // So is --tree: the JSON lists each layer's changes.
+    let out = kiln(
+        &root,
+        dir,
+        &["layers", "layers:1", "--tree", "--format", "json"],
+    );
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--tree draws the text's layers"),
+        "{out:?}"
+    );
     let tree = ok(&kiln(&root, dir, &["layers", "layers:1", "--tree"]));
     let layer3 = tree.split("layer 3: ").nth(1).unwrap();
     assert!(

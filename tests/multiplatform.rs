@@ -1243,6 +1243,32 @@ fn manifest_inspect_annotate_and_unknown_platforms() {
     );
     let arm64_ref = format!("{}@{}", fixture.reference("base/busybox"), arm64.digest);
     ok(&fixture.kiln(&root, &["manifest", "create", &odd, &amd64_ref, &arm64_ref]));
+    // A name already in the store is not taken over (docker refuses to
+    // amend a list without --amend), nor an os/arch no toolchain builds
+    // for set.
+    let again = fixture.kiln(&root, &["manifest", "create", &odd, &amd64_ref]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("refusing to replace it"),
+        "{again:?}"
+    );
+    let upper = fixture.kiln(
+        &root,
+        &[
+            "manifest",
+            "annotate",
+            &odd,
+            &arm64.digest,
+            "--arch",
+            "ARM64",
+        ],
+    );
+    assert!(!upper.status.success());
+    assert!(
+        String::from_utf8_lossy(&upper.stderr)
+            .contains("unsupported os/arch combination linux/ARM64"),
+        "{upper:?}"
+    );
     ok(&fixture.kiln(
         &root,
         &[

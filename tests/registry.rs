@@ -424,6 +424,24 @@ fn login_logout_against_tls_registry_with_basic_auth() {
     let stdout = kiln.ok(&["logout", &registry.host]);
     assert!(stdout.contains("Not logged in"), "{stdout}");
 
+    // An empty username is refused before the registry is asked, as
+    // Docker refuses it.
+    let out = kiln.run(&[
+        "login",
+        "-u",
+        "",
+        "-p",
+        "wonderland",
+        "--ca-cert",
+        ca,
+        &registry.host,
+    ]);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("-u: the username is empty"),
+        "{}",
+        stderr(&out)
+    );
     // The password as a flag (-p), as `docker login -p`: a wrong one is
     // refused, the right one stored and used.
     let out = kiln.run(&[

@@ -253,6 +253,18 @@ pub fn annotate_entry(
     };
     set(&mut platform.os, &change.os);
     set(&mut platform.architecture, &change.architecture);
+    let touched = change.os.is_some() || change.architecture.is_some();
+    if touched && !crate::oci::known_os_arch(&platform.os, &platform.architecture) {
+        return Err(Error::InvalidManifest {
+            what: format!("entry {digest}"),
+            reason: format!(
+                "unsupported os/arch combination {}/{} (as docker manifest annotate, kiln \
+                 takes the pairs Go builds for, lowercase: linux/amd64, linux/arm64, \
+                 windows/amd64, …)",
+                platform.os, platform.architecture
+            ),
+        });
+    }
     if change.variant.is_some() {
         platform.variant = change.variant.clone().filter(|v| !v.is_empty());
     }
@@ -357,6 +369,28 @@ mod tests {
         );
         let err = annotate_entry(&store, &index, &manifest(9).digest, &change).unwrap_err();
         assert!(err.to_string().contains("has no entry for"), "{err}");
+        // An os or arch no toolchain builds for (or not lowercase) is
+        // refused, as docker manifest annotate refuses it; the pair is
+        // judged whole, with what the entry had.
+        for (os, arch, pair) in [
+            (None, Some("ARM64"), "linux/ARM64"),
+            (Some("bogusos"), None, "bogusos/arm64"),
+            (Some("windows"), Some("s390x"), "windows/s390x"),
+        ] {
+            let change = EntryChange {
+                os: os.map(str::to_string),
+                architecture: arch.map(str::to_string),
+                ..Default::default()
+            };
+            let err = annotate_entry(&store, &index, &manifest(2).digest, &change).unwrap_err();
+            let wanted = format!("unsupported os/arch combination {pair} ");
+            assert!(err.to_string().contains(&wanted), "{err}");
+        }
+        let change = EntryChange {
+            os: Some("windows".into()),
+            ..Default::default()
+        };
+        annotate_entry(&store, &index, &manifest(2).digest, &change).unwrap();
     }
 
     #[test]

@@ -222,6 +222,48 @@ impl Platform {
     }
 }
 
+/// The os/arch pairs an index entry may be given (`kiln manifest
+/// annotate`): those `docker manifest annotate` accepts (its
+/// `validOSArches`) and those a Go toolchain builds for (`go tool dist
+/// list`, which has arm64 for Windows, loong64 and ppc64 for Linux, that
+/// Docker's older list lacks), and `unknown/unknown`, the platform
+/// BuildKit gives an attestation manifest. Exact, lowercase: `ARM64` is
+/// not `arm64`.
+pub const KNOWN_OS_ARCH: &[(&str, &[&str])] = &[
+    ("aix", &["ppc64"]),
+    ("android", &["386", "amd64", "arm", "arm64"]),
+    ("darwin", &["386", "amd64", "arm", "arm64"]),
+    ("dragonfly", &["amd64"]),
+    ("freebsd", &["386", "amd64", "arm", "arm64", "riscv64"]),
+    ("illumos", &["amd64"]),
+    ("ios", &["amd64", "arm64"]),
+    ("js", &["wasm"]),
+    (
+        "linux",
+        &[
+            "386", "amd64", "arm", "arm64", "loong64", "mips", "mips64", "mips64le", "mipsle",
+            "ppc64", "ppc64le", "riscv64", "s390x",
+        ],
+    ),
+    ("netbsd", &["386", "amd64", "arm", "arm64"]),
+    (
+        "openbsd",
+        &["386", "amd64", "arm", "arm64", "ppc64", "riscv64"],
+    ),
+    ("plan9", &["386", "amd64", "arm"]),
+    ("solaris", &["amd64"]),
+    ("unknown", &["unknown"]),
+    ("wasip1", &["wasm"]),
+    ("windows", &["386", "amd64", "arm", "arm64"]),
+];
+
+/// Whether `os`/`arch` is one of [`KNOWN_OS_ARCH`].
+pub fn known_os_arch(os: &str, arch: &str) -> bool {
+    KNOWN_OS_ARCH
+        .iter()
+        .any(|(known, arches)| *known == os && arches.contains(&arch))
+}
+
 /// containerd's `normalizeArch`: (architecture, variant) lowercased, aliases
 /// resolved, implied default variants dropped (arm64's v8, amd64's v1) and
 /// arm's made explicit (v7).

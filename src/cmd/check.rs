@@ -279,6 +279,14 @@ fn run_explain(args: ExplainArgs, settings: &GlobalSettings) -> anyhow::Result<E
     if matches!(args.format, OutputFormat::Json) && args.runs.width.is_some() {
         anyhow::bail!("--width fits the text to N columns; --format json is never cut");
     }
+    // clap's `requires` is waived when an argument conflicting with the
+    // required one is given (a CONTEXT, --image): said here instead.
+    if args.runs.container.is_some() && args.runs.pod.is_none() {
+        anyhow::bail!("--container picks a container of --pod's manifest: give --pod FILE.yaml");
+    }
+    if args.runs.service.is_some() && args.runs.compose.is_none() {
+        anyhow::bail!("--service picks a service of --compose's file: give --compose FILE");
+    }
     if let Some(target) = image_target(&args) {
         let platform = match &args.platform {
             Some(p) => Platform::parse(p).with_context(|| format!("--platform {p}"))?,

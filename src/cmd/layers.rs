@@ -240,6 +240,9 @@ fn layers(args: &LayersArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCo
     if matches!(args.format, LayersFormat::Json) && args.top.is_some() {
         bail!("--top shortens the text's list of the largest waste; --format json lists it whole");
     }
+    if matches!(args.format, LayersFormat::Json) && args.tree {
+        bail!("--tree draws the text's layers as trees; --format json lists each layer's changes (added, changed, deleted) already");
+    }
     let (store, image) = open_image(settings, &args.image, &args.platform)?;
     let read = read_image_layers(&store, &image, &args.image)?;
     let (analysis, _) = analyse(&image.config.history, &read);

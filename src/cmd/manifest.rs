@@ -238,6 +238,16 @@ fn create(args: CreateArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCod
         .map(|s| Reference::parse(s).with_context(|| format!("source {s}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let store = Store::open(&settings.root)?;
+    // `docker manifest create` refuses to amend an existing list without
+    // --amend (which kiln lacks); here the name may be any image's tag,
+    // which a new index would take from it.
+    if let Some(existing) = store.resolve(&target)? {
+        bail!(
+            "{target} already names {} in the store: refusing to replace it \
+             (kiln rmi {target} first, or give the index another name)",
+            existing.digest
+        );
+    }
     let client = Client::new(args.registry.client_config(settings)?)?;
     let created = runtime()?.block_on(kiln_transfer::create_index(
         &client, &store, &target, &sources,

@@ -268,6 +268,9 @@ fn login(args: LoginArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode>
     let Some(username) = args.username else {
         bail!("kiln login needs -u USERNAME");
     };
+    if username.trim().is_empty() {
+        bail!("-u: the username is empty");
+    }
     let password = read_password(args.password, args.password_stdin)?;
     let mut config = args.registry.client_config(settings)?;
     config.credentials.explicit.insert(
