@@ -24,14 +24,15 @@
 //!   overlay whiteouts: `.wh.NAME` → a 0/0 character device `NAME`,
 //!   `.wh..wh..opq` → `trusted.overlay.opaque=y` on the parent, so a stack
 //!   of unpacked layers mounts as overlay lower dirs ([`Whiteouts::Overlay`]).
-//! - An **archive** ([`extract`], Docker's `ADD`, which untars chrooted into
-//!   the destination directory): names are cleaned as Go's `path.Clean`
-//!   does, a leading `/` taken as relative to the destination, and refused
-//!   only when `..` climbs above it; the directories on the way are
-//!   resolved by the caller's [`ExtractTarget`] as a chroot into the
-//!   destination would resolve them (symlinks followed, never out of it); a
-//!   symlink whose target, taken from its directory, climbs out is refused
-//!   (moby's check); a hardlink may name any non-directory of the
+//! - An **archive** ([`extract`], Docker's `ADD`, which BuildKit untars
+//!   chrooted into the destination directory): names are joined to the
+//!   destination as Go's `filepath.Join("/", name)` does there, a leading
+//!   `/` and every `..` stopping at it (`../x` is `x`); the directories on
+//!   the way are resolved by the caller's [`ExtractTarget`] as a chroot
+//!   into the destination would resolve them (symlinks followed, never out
+//!   of it); a symlink is written as the archive has it, whatever its
+//!   target (resolved in the image, and never written through here); a
+//!   hardlink's target is taken the same way, and may name any non-directory of the
 //!   destination (the target copies it into the writable dir first, as
 //!   overlayfs' copy-up would). The root entry is skipped, and `.wh.` names
 //!   are plain files, as in Docker and BuildKit.
@@ -249,37 +250,25 @@ pub(crate) fn clean_components(raw: &[u8]) -> std::result::Result<Vec<OsString>,
     Ok(out)
 }
 
-/// Why an archive's name is refused.
+/// A name with a NUL byte, which no path can hold.
 #[derive(Debug, PartialEq, Eq)]
-enum ArchiveName {
-    /// `..` climbs above the destination.
-    Climbs,
-    /// A NUL byte.
-    Nul,
-}
+struct NulInName;
 
-/// Cleans an archive's name the way Docker's untar does: `base` (clean
-/// components) joined with `raw`, lexically cleaned as Go's `path.Clean`;
-/// an absolute `raw` (when `absolute_from_root`) starts again at the
-/// destination and its `..` stop there, a relative one may not climb
-/// above it.
-fn archive_components(
-    base: &[OsString],
-    raw: &[u8],
-    absolute_from_root: bool,
-) -> std::result::Result<Vec<OsString>, ArchiveName> {
+/// Cleans an archive's name (an entry's, a hardlink's target) the way
+/// BuildKit's untar does, chrooted into the destination (go-archive's
+/// `Unpack` with `/` as the destination, `resolvePathInChroot`): joined to
+/// `/` and lexically cleaned as Go's `filepath.Join` does, so a leading
+/// `/` starts at the destination and `..` stops there (`../x` is `x`).
+fn archive_components(raw: &[u8]) -> std::result::Result<Vec<OsString>, NulInName> {
     if raw.contains(&0) {
-        return Err(ArchiveName::Nul);
+        return Err(NulInName);
     }
-    let anchored = absolute_from_root && raw.starts_with(b"/");
-    let mut out: Vec<OsString> = if anchored { Vec::new() } else { base.to_vec() };
+    let mut out: Vec<OsString> = Vec::new();
     for c in raw.split(|b| *b == b'/') {
         match c {
             b"" | b"." => {}
             b".." => {
-                if out.pop().is_none() && !anchored {
-                    return Err(ArchiveName::Climbs);
-                }
+                out.pop();
             }
             _ => out.push(OsStr::from_bytes(c).to_os_string()),
         }
@@ -346,9 +335,6 @@ struct Place<'p> {
     /// The tar's name for the entry, as errors show it.
     shown: &'p str,
     parent: &'p OwnedFd,
-    /// The parent's components as the tar names them (a symlink's target
-    /// is taken from there).
-    parent_comps: &'p [OsString],
     name: &'p OsString,
     /// The entry's path below the root.
     path: Vec<OsString>,
@@ -706,7 +692,6 @@ impl Unpacker<'_> {
         let place = Place {
             shown: &shown,
             parent: &parent,
-            parent_comps,
             name,
             path,
         };
@@ -731,11 +716,8 @@ impl Unpacker<'_> {
             Kind::Layer { .. } => {
                 clean_components(raw_path).map_err(|why| self.unsafe_entry(shown, why))
             }
-            Kind::Archive { .. } => match archive_components(&[], raw_path, true) {
-                Ok(comps) => Ok(comps),
-                Err(ArchiveName::Climbs) => Err(self.breakout(shown)),
-                Err(ArchiveName::Nul) => Err(self.unsafe_entry(shown, "NUL byte in name")),
-            },
+            Kind::Archive { .. } => archive_components(raw_path)
+                .map_err(|NulInName| self.unsafe_entry(shown, "NUL byte in name")),
         }
     }
 
@@ -928,16 +910,12 @@ impl Unpacker<'_> {
         let target = entry
             .link_name_bytes()
             .ok_or_else(|| self.unsafe_entry(shown, "symlink without a target"))?;
+        // Written as the archive has it, whatever it points at: untarred
+        // chrooted into the destination (BuildKit), a target that climbs
+        // is inside it there, and it is resolved in the image, where it is
+        // the image's. Nothing later is written through it (entries'
+        // directories are resolved inside the destination).
         let target = self.name_bytes(&target);
-        if self.is_archive() {
-            // moby's check: the target, taken from the link's own directory
-            // (an absolute one too), stays inside.
-            let relative = target.strip_prefix(b"/").unwrap_or(&target);
-            let relative = &relative[relative.iter().take_while(|b| **b == b'/').count()..];
-            if archive_components(place.parent_comps, relative, false).is_err() {
-                return Err(self.breakout(shown));
-            }
-        }
         self.clear(parent, name, false, shown)?;
         rustix::fs::symlinkat(OsStr::from_bytes(&target), parent, name.as_os_str())
             .map_err(|e| self.io("symlink", shown, e))?;
@@ -1075,13 +1053,9 @@ impl Unpacker<'_> {
             Kind::Layer { .. } => clean_components(raw)
                 .map_err(|why| self.unsafe_entry(shown, format!("hardlink target: {why}"))),
             Kind::Archive { target, .. } => {
-                let comps = match archive_components(&[], raw, true) {
-                    Ok(comps) => comps,
-                    Err(ArchiveName::Climbs) => return Err(self.breakout(shown)),
-                    Err(ArchiveName::Nul) => {
-                        return Err(self.unsafe_entry(shown, "hardlink target: NUL byte in name"))
-                    }
-                };
+                let comps = archive_components(raw).map_err(|NulInName| {
+                    self.unsafe_entry(shown, "hardlink target: NUL byte in name")
+                })?;
                 if comps.is_empty() {
                     return Ok(comps);
                 }
@@ -1234,26 +1208,23 @@ fn proc_path(parent: &OwnedFd, name: &OsStr) -> PathBuf {
 mod tests {
     use super::*;
 
-    fn names(base: &[&str], raw: &str, absolute_from_root: bool) -> Result<String, ArchiveName> {
-        let base: Vec<OsString> = base.iter().map(OsString::from).collect();
-        archive_components(&base, raw.as_bytes(), absolute_from_root).map(|c| display(&c))
+    fn names(raw: &str) -> Result<String, NulInName> {
+        archive_components(raw.as_bytes()).map(|c| display(&c))
     }
 
+    /// Joined to the destination as `filepath.Join("/", name)` inside
+    /// BuildKit's chroot: `..` stops at the destination, relative names
+    /// and absolute ones alike.
     #[test]
-    fn archive_names_clean_as_go_and_never_climb() {
-        assert_eq!(names(&[], "a/./b//c/", true), Ok("a/b/c".into()));
-        assert_eq!(names(&[], "a/../b", true), Ok("b".into()));
-        assert_eq!(names(&[], "/etc/x", true), Ok("etc/x".into()));
-        // An absolute name's `..` stops at the destination, as Go's
-        // filepath.Join(dest, name) does.
-        assert_eq!(names(&[], "/../x", true), Ok("x".into()));
-        assert_eq!(names(&[], "../x", true), Err(ArchiveName::Climbs));
-        assert_eq!(names(&[], "a/../../x", true), Err(ArchiveName::Climbs));
-        assert_eq!(names(&[], "a\0b", true), Err(ArchiveName::Nul));
-        // A symlink's target, taken from the link's directory.
-        assert_eq!(names(&["d"], "../x", false), Ok("x".into()));
-        assert_eq!(names(&["d"], "../../x", false), Err(ArchiveName::Climbs));
-        assert_eq!(names(&["d"], "/x", false), Ok("d/x".into()));
+    fn archive_names_clean_as_go_and_stop_at_the_destination() {
+        assert_eq!(names("a/./b//c/"), Ok("a/b/c".into()));
+        assert_eq!(names("a/../b"), Ok("b".into()));
+        assert_eq!(names("/etc/x"), Ok("etc/x".into()));
+        assert_eq!(names("/../x"), Ok("x".into()));
+        assert_eq!(names("../x"), Ok("x".into()));
+        assert_eq!(names("a/../../x"), Ok("x".into()));
+        assert_eq!(names("../../"), Ok("".into()));
+        assert_eq!(names("a\0b"), Err(NulInName));
     }
 
     #[test]
