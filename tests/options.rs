@@ -226,6 +226,19 @@ fn secret_flag_defaults_and_required() {
         stderr.contains("line 2") && stderr.contains("secret missing is required"),
         "{stderr}"
     );
+
+    // An optional secret that was not given: no file, and its variable
+    // set and empty (BuildKit's loadSecretEnv), which `set -u` and
+    // `${TOKEN+set}` tell from an unset one.
+    let rootfs = fixture.rootfs(
+        "optional",
+        "FROM busybox:latest\nRUN --mount=type=secret,id=nothere,env=TOKEN \
+         set -u; echo \"[${TOKEN+set}][$TOKEN]\" > /got; ls /run/secrets >> /got 2>&1 || true\n",
+        &[],
+    );
+    let got = read(&rootfs, "/got");
+    assert!(got.starts_with("[set][]\n"), "{got}");
+    assert!(!got.contains("nothere"), "{got}");
 }
 
 /// Cache mounts: `uid`/`gid`/`mode` let a non-root USER write the cache

@@ -991,7 +991,7 @@ pub fn fetch_url(
 }
 
 /// Streams `url` into a new file at `path`, through `hashing`, then gives
-/// the file ADD's mode (0600) and the Last-Modified time as its mtime.
+/// the file ADD's mode (0600) and the Last-Modified time (else the epoch) as its mtime.
 fn download(
     fetcher: &dyn UrlFetcher,
     url: &str,
@@ -1017,9 +1017,10 @@ fn download(
         .map_err(|e| fetch_err(format!("writing {}: {e}", path.display())))?;
     drop(writer);
     set_mode(path, 0o600)?;
-    if let Some(t) = info.last_modified {
-        set_times(path, (t, 0), (t, 0))?;
-    }
+    // Without Last-Modified, the epoch, as BuildKit's HTTP source sets it:
+    // the layer is then the same at every download of the same bytes.
+    let t = info.last_modified.unwrap_or(0);
+    set_times(path, (t, 0), (t, 0))?;
     Ok(info)
 }
 
@@ -1030,7 +1031,7 @@ fn download(
 ///
 /// Each URL gets its own directory `dir/<n>/` holding one file named as
 /// ADD names it ([`url_file_name`]), mode 0600, its mtime the
-/// Last-Modified time. `dir` is the build's own: created on the first
+/// Last-Modified time (else the epoch). `dir` is the build's own: created on the first
 /// download and removed, with everything in it, when this is dropped.
 ///
 /// ```no_run

@@ -191,6 +191,31 @@ mod url_sources {
         );
     }
 
+    /// Sends no Last-Modified.
+    struct Undated(&'static [u8]);
+
+    impl UrlFetcher for Undated {
+        fn fetch(&self, _url: &str, out: &mut dyn std::io::Write) -> Result<FetchInfo, String> {
+            out.write_all(self.0).map_err(|e| e.to_string())?;
+            Ok(FetchInfo {
+                last_modified: None,
+            })
+        }
+    }
+
+    /// Without Last-Modified the file's mtime is the epoch, as BuildKit's
+    /// HTTP source sets it, not the download's time: two builds fetching
+    /// the same bytes make the same layer.
+    #[test]
+    fn a_file_served_without_last_modified_is_dated_the_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = "https://example.invalid/undated.txt";
+        fetch_url(&Undated(b"hello"), url, None, dir.path()).unwrap();
+        let meta = std::fs::metadata(dir.path().join("undated.txt")).unwrap();
+        assert_eq!((meta.mtime(), meta.mtime_nsec()), (0, 0));
+        assert_eq!(meta.mode() & 0o7777, 0o600);
+    }
+
     /// Serves `/<name>` as the name's bytes, counting requests per URL.
     #[derive(Default)]
     struct Counting(std::sync::Mutex<std::collections::BTreeMap<String, usize>>);

@@ -480,37 +480,58 @@ impl ImageConfig {
 }
 
 /// What a container started from the image runs with.
+///
+/// Written as BuildKit writes it (image-spec's `omitempty` fields): an
+/// empty list, map or string, and `ArgsEscaped: false`, are left out, as
+/// absent ones are (`CMD []` gives no `Cmd`, `ENTRYPOINT []` no
+/// `Entrypoint`), so that the same Dockerfile gives the same config bytes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ContainerConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "absent_or_empty_str")]
     pub user: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "absent_or_empty_map")]
     pub exposed_ports: Option<BTreeMap<String, Value>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "absent_or_empty_list")]
     pub env: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "absent_or_empty_list")]
     pub entrypoint: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "absent_or_empty_list")]
     pub cmd: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "absent_or_empty_map")]
     pub volumes: Option<BTreeMap<String, Value>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "absent_or_empty_str")]
     pub working_dir: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "absent_or_empty_map")]
     pub labels: Option<BTreeMap<String, String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "absent_or_empty_str")]
     pub stop_signal: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "absent_or_false")]
     pub args_escaped: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "absent_or_empty_list")]
     pub on_build: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "absent_or_empty_list")]
     pub shell: Option<Vec<String>>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
+}
+
+fn absent_or_empty_list(v: &Option<Vec<String>>) -> bool {
+    v.as_ref().is_none_or(Vec::is_empty)
+}
+
+fn absent_or_empty_map<V>(v: &Option<BTreeMap<String, V>>) -> bool {
+    v.as_ref().is_none_or(BTreeMap::is_empty)
+}
+
+fn absent_or_empty_str(v: &Option<String>) -> bool {
+    v.as_ref().is_none_or(String::is_empty)
+}
+
+fn absent_or_false(v: &Option<bool>) -> bool {
+    !v.unwrap_or(false)
 }
 
 /// The layers of an image, as uncompressed-content digests, bottom first.

@@ -695,7 +695,12 @@ impl Ctx<'_> {
                     return Err(self.message("EXPOSE requires at least one argument"));
                 }
                 self.flags(&[])?;
-                Instruction::Expose(Expose { meta, ports: args })
+                // Sorted as written, before expansion, as BuildKit's
+                // parseExpose sorts them: the history's `EXPOSE [..]` and
+                // every later use follow that order.
+                let mut ports = args;
+                ports.sort();
+                Instruction::Expose(Expose { meta, ports })
             }
             "user" => {
                 let user = self.exactly_one(&args, "USER")?;
@@ -787,7 +792,9 @@ impl Ctx<'_> {
             meta,
             json: self.node.json,
             paths,
-            from: flags.string("from"),
+            // `--from=` (empty) is the context, as BuildKit looks a source
+            // up only `if c.From != ""`.
+            from: flags.string("from").filter(|f| !f.is_empty()),
             chown: flags.string("chown"),
             chmod: flags.string("chmod"),
             link: flags.bool("link").unwrap_or(false),

@@ -126,10 +126,20 @@ fn with_suggestion(message: String, value: &str, options: &[&str]) -> MountError
     }
 }
 
+/// A `--mount` spec's fields. `--mount=` (empty) is refused as BuildKit's
+/// CSV reader refuses it (no record: io.EOF), rather than read as a bind
+/// of the context at the working directory.
+fn mount_fields(spec: &str) -> Result<Vec<String>, MountError> {
+    if spec.is_empty() {
+        return Err(MountError::Csv("EOF".into()));
+    }
+    csv_fields(spec)
+}
+
 /// Checks done when the Dockerfile is read (BuildKit does them before any
 /// expansion): the CSV must parse, and `from=` cannot use variables.
 pub fn check_mount_spec(spec: &str) -> Result<(), MountError> {
-    for field in csv_fields(spec)? {
+    for field in mount_fields(spec)? {
         if let Some((key, value)) = field.split_once('=') {
             if key.eq_ignore_ascii_case("from") {
                 if let Some(i) = value.find('$') {
@@ -150,7 +160,7 @@ pub fn check_mount_spec(spec: &str) -> Result<(), MountError> {
 /// which stages a RUN depends on before anything is expanded (`from=` holds
 /// no variables; [`check_mount_spec`] refuses them).
 pub fn from_field(spec: &str) -> Result<Option<String>, MountError> {
-    Ok(csv_fields(spec)?.into_iter().find_map(|field| {
+    Ok(mount_fields(spec)?.into_iter().find_map(|field| {
         let (key, value) = field.split_once('=')?;
         key.eq_ignore_ascii_case("from").then(|| value.to_string())
     }))
@@ -180,7 +190,7 @@ pub fn parse_mount(
         },
         read_only_auto: true,
     };
-    for field in csv_fields(spec)? {
+    for field in mount_fields(spec)? {
         match field.split_once('=') {
             Some((key, value)) => {
                 let value = expand(value)?;

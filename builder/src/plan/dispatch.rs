@@ -726,7 +726,10 @@ impl<'a> Planner<'a> {
                 let args = command_args(&e.command, state);
                 let cmd_set = state.cmd_set;
                 let config = state.config();
-                config.entrypoint = Some(args.clone());
+                // `ENTRYPOINT []` unsets it (BuildKit's parseEntrypoint
+                // turns an empty exec form into nil), as `CMD []` does not.
+                let empty_exec = matches!(&e.command, CommandLine::Exec(v) if v.is_empty());
+                config.entrypoint = (!empty_exec).then(|| args.clone());
                 if !cmd_set {
                     config.cmd = None;
                     state.provenance.remove("Cmd");

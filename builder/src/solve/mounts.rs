@@ -350,7 +350,12 @@ fn secret_mount(
             true => Err(format!(
                 "secret {id} is required but was not given (--secret id={id})"
             )),
-            false => Ok(Vec::new()),
+            // No file; the variable, set and empty, as BuildKit's
+            // loadSecretEnv sets an optional secret it did not find.
+            false => Ok(set(&spec.env)
+                .map(|name| StepMount::Env(name, String::new()))
+                .into_iter()
+                .collect()),
         };
     };
     let used = secret.use_for(&SecretRequest {
