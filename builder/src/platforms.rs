@@ -183,7 +183,7 @@ impl<'a> Session<'a> {
             .annotations
             .extend(crate::annotations::for_index_descriptor(annotations));
         let tags = self.settings.all_tags();
-        if tags.is_empty() {
+        if tags.is_empty() && self.settings.records_untagged() {
             self.store.add_untagged(&index)?;
         }
         for tag in &tags {

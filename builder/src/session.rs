@@ -138,6 +138,20 @@ pub struct BuildSettings {
 }
 
 impl BuildSettings {
+    /// Whether the image is recorded in the store without a name when it
+    /// gets none: a build with no output but the store (as `docker build`
+    /// without `-t`), or with an image output, does; one whose outputs are
+    /// all elsewhere (`-o type=local|tar|oci|docker`) does not, as buildx
+    /// makes no image for them. Its layers stay build cache, which the
+    /// collection limits; an untagged image would stay until removed.
+    pub fn records_untagged(&self) -> bool {
+        self.outputs.is_empty()
+            || self
+                .outputs
+                .iter()
+                .any(|o| matches!(o, Output::Image { .. }))
+    }
+
     /// Every name the image gets: `-t`'s, then those of image outputs.
     pub fn all_tags(&self) -> Vec<Reference> {
         let mut tags = self.tags.clone();
@@ -935,7 +949,7 @@ impl<'a> Session<'a> {
         let image = self.store.read_image(&built.manifest, &built.platform())?;
         let image_id = image.id().clone();
         let tags = &self.settings.all_tags();
-        if tags.is_empty() {
+        if tags.is_empty() && self.settings.records_untagged() {
             self.store.add_untagged(&built.manifest)?;
         }
         for t in tags {

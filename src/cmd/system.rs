@@ -145,6 +145,13 @@ impl PruneArgs {
         for filter in &self.filters {
             match filter.split_once('=') {
                 Some(("type", kind)) => types.push(Kind::parse(kind).map_err(anyhow::Error::msg)?),
+                // One value, as buildx takes it ("filters expect only one
+                // value"): two would leave one doing nothing.
+                Some(("until", _)) if until.is_some() => {
+                    bail!(
+                        "--filter until=: filters expect only one value, and until is given twice"
+                    )
+                }
                 Some(("until", d)) => {
                     until = Some(parse_duration(d).map_err(|e| anyhow::anyhow!("--filter: {e}"))?)
                 }

@@ -55,6 +55,54 @@ fn keep_storage_holds_the_store_under_it_least_recently_used_first() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n");
 }
 
+/// A build whose outputs are all elsewhere (`-o type=local`) records no
+/// image, as buildx makes none: what it leaves is build cache, which the
+/// limit holds. And an untagged image (a build without -t), which the
+/// default kinds leave alone, keeps what it holds without counting
+/// against the limit: the collection meets it instead of failing to.
+#[test]
+fn builds_to_elsewhere_leave_cache_and_untagged_images_do_not_hold_the_limit() {
+    crate::require_namespaces!();
+    let fixture = Fixture::new();
+    fixture.policy("[gc]\nkeep-storage = \"3MB\"\n");
+    let ctx = fixture.context("ctx", &[("Dockerfile", SERIES)]);
+    fixture.build(&ctx, &["--build-arg", "N=100"]);
+    let images = |f: &Fixture| String::from_utf8_lossy(&f.ok(&["images"]).stdout).into_owned();
+    assert_eq!(
+        images(&fixture).matches("<none>").count(),
+        2,
+        "{}",
+        images(&fixture)
+    );
+    for n in 1..=4 {
+        let dest = fixture.dir(&format!("out-{n}"));
+        let output = format!("type=local,dest={}", dest.display());
+        fixture.build(&ctx, &["-o", &output, "--build-arg", &format!("N={n}")]);
+        assert_eq!(
+            std::fs::read_to_string(dest.join("n")).expect("n"),
+            format!("{n}\n")
+        );
+        let listed = images(&fixture);
+        assert_eq!(
+            listed.matches("<none>").count(),
+            2,
+            "after build {n}: {listed}"
+        );
+        // "… collectable data B -> A bytes (the limits keep K bytes)"
+        let log = std::fs::read_to_string(fixture.root().join("gc.log")).expect("gc.log");
+        let figures: Vec<u64> = log
+            .split("collectable data ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("after build {n}: {log}"))
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|w| !w.is_empty())
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let (after, keep) = (figures[1], figures[2]);
+        assert!(after <= keep, "after build {n}: {log}");
+    }
+}
+
 #[test]
 fn keep_duration_removes_what_was_not_used_for_longer() {
     crate::require_namespaces!();

@@ -69,6 +69,25 @@ fn keep_storage_and_until_trim_the_build_cache_least_recently_used_first() {
     );
     assert!(!recs[3].exists() && recs[1].exists());
     assert!(run_cached(&fixture.build(&ctx, &["--build-arg", "N=2"])));
+    // One until= (buildx: "filters expect only one value"): with two, one
+    // would do nothing.
+    let out = fixture
+        .kiln(&[
+            "prune",
+            "--dry-run",
+            "--filter",
+            "until=24h",
+            "--filter",
+            "until=1s",
+        ])
+        .output()
+        .expect("run kiln");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("filters expect only one value"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]

@@ -2,9 +2,12 @@
 //! [`Policy`]: a pure function, so that a dry run, `kiln system df` and
 //! the collection itself agree.
 //!
-//! The collectable bytes ("usage", what keep-storage limits) are every
-//! item's own files plus the blobs and snapshots items hold that no tagged
-//! image pins. Of the policy's kinds, garbage goes first, then what was
+//! The collectable bytes ("usage", what keep-storage limits) are the own
+//! files of every item of the policy's kinds plus the blobs and snapshots
+//! those items hold that no tagged image pins and no item of another kind
+//! holds: what the policy leaves alone (untagged images, unless `dangling`
+//! is among its kinds) keeps what it holds, as a tagged image does, and
+//! is not counted, or a limit it could never meet would hold it. Of the policy's kinds, garbage goes first, then what was
 //! last used longer ago than keep-duration, whatever the limits. Then the
 //! candidates (the other items, last used before now minus `until` when
 //! that is set) go least recently used first while the usage exceeds
@@ -62,18 +65,27 @@ impl Selecting<'_> {
 
 /// Chooses what `policy` removes from `inv` at `now`, on `disk`.
 pub(crate) fn select(inv: &Inventory, policy: &Policy, now: SystemTime, disk: Disk) -> Selection {
+    let wanted = |item: &Item| policy.types.contains(&item.kind);
     let mut refs = vec![0usize; inv.resources.len()];
+    // Held by an item this policy never takes: kept, as if pinned.
+    let mut kept = vec![false; inv.resources.len()];
     for item in &inv.items {
         for &r in &item.holds {
             refs[r] += 1;
+            kept[r] |= !wanted(item);
         }
     }
-    let usage = inv.items.iter().map(|i| own_bytes(inv, i)).sum::<u64>()
+    let usage = inv
+        .items
+        .iter()
+        .filter(|i| wanted(i))
+        .map(|i| own_bytes(inv, i))
+        .sum::<u64>()
         + inv
             .resources
             .iter()
-            .zip(&refs)
-            .filter(|(r, n)| !r.pinned && **n > 0)
+            .zip(refs.iter().zip(&kept))
+            .filter(|(r, (n, kept))| !r.pinned && **n > 0 && !**kept)
             .map(|(r, _)| inv.weight(&r.piece))
             .sum::<u64>();
     let mut s = Selecting {
@@ -86,7 +98,6 @@ pub(crate) fn select(inv: &Inventory, policy: &Policy, now: SystemTime, disk: Di
             ..Selection::default()
         },
     };
-    let wanted = |item: &Item| policy.types.contains(&item.kind);
     let before = |limit: Option<std::time::Duration>, item: &Item| {
         limit.is_some_and(|d| now.checked_sub(d).is_some_and(|t| item.last_used.at < t))
     };
@@ -191,16 +202,49 @@ mod tests {
     fn least_recently_used_first_until_under_keep_storage() {
         let inv = store();
         let mut policy = Policy::all_of([Kind::Cache, Kind::Unreferenced]);
-        policy.keep_storage = Some(Space::Bytes(152));
+        policy.keep_storage = Some(Space::Bytes(102));
         let sel = select(&inv, &policy, now(), DISK);
-        // 4 records (4) + 2 unpinned snapshots (200) + mount (50) + garbage (7).
-        assert_eq!(sel.usage_before, 261);
+        // 4 records (4) + 2 unpinned snapshots (200) + garbage (7); not the
+        // cache mount, a kind this policy leaves alone.
+        assert_eq!(sel.usage_before, 211);
         // Garbage, then record 0 (frees its snapshot); record 1 frees only
-        // itself (record 3 shares its snapshot): 261-7-101-1 = 152.
+        // itself (record 3 shares its snapshot): 211-7-101-1 = 102.
         assert_eq!(sel.items, vec![5, 0, 1]);
         assert_eq!(sel.freed, vec![0]);
-        assert_eq!(sel.usage_after, 152);
-        assert_eq!(sel.keep, Some(152));
+        assert_eq!(sel.usage_after, 102);
+        assert_eq!(sel.keep, Some(102));
+    }
+
+    /// An untagged image the policy leaves alone (no `dangling` among its
+    /// kinds) keeps what it holds, as a tagged image would: neither its
+    /// snapshot nor its own bytes count, so a limit it alone exceeds is
+    /// met, and nothing it holds is freed; with `dangling`, it counts and
+    /// goes first (the oldest).
+    #[test]
+    fn what_the_policy_leaves_alone_is_not_counted_against_its_limit() {
+        let mut inv = store();
+        inv.resources.push(Resource {
+            piece: piece(1000),
+            pinned: false,
+        });
+        // Holds the new snapshot and record 2's.
+        inv.items
+            .push(item(Kind::Dangling, 900, 3, vec![3, 2], false));
+        let mut policy = Policy::all_of([Kind::Cache]);
+        policy.keep_storage = Some(Space::Bytes(103));
+        let sel = select(&inv, &policy, now(), DISK);
+        // 4 records (4) + the two unpinned, unkept snapshots (200).
+        assert_eq!(sel.usage_before, 204);
+        assert_eq!(sel.items, vec![0]);
+        assert_eq!(sel.usage_after, 103);
+        assert!(!sel.freed.contains(&3));
+        let mut with_images = Policy::all_of([Kind::Cache, Kind::Dangling]);
+        with_images.keep_storage = Some(Space::Bytes(204));
+        let sel = select(&inv, &with_images, now(), DISK);
+        assert_eq!(sel.usage_before, 1207);
+        assert_eq!(sel.items, vec![6]);
+        assert_eq!(sel.freed, vec![3]);
+        assert_eq!(sel.usage_after, 204);
     }
 
     #[test]
