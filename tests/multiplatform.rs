@@ -1110,6 +1110,20 @@ fn manifest_create_gives_the_index_a_one_shot_build_gives() {
     let amd64 = build("job-amd64", "linux/amd64", "app/ci:amd64");
     let arm64 = build("job-arm64", "linux/arm64", "app/ci:arm64");
 
+    // An image of one platform is pulled whatever --platform asks, with
+    // Docker's warning when it is another's.
+    let out = fixture.kiln(
+        &fixture.path("warned"),
+        &["pull", "--platform", "linux/arm64", &amd64],
+    );
+    let said = format!("{}{}", ok(&out), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        said.contains(&format!(
+            "WARNING: image {amd64} was found but does not match the specified platform: \
+             wanted linux/arm64, actual: linux/amd64"
+        )),
+        "{said}"
+    );
     let assembler = fixture.path("assembler");
     let assembled = fixture.reference("app/ci:multi");
     let out = ok(&fixture.kiln(

@@ -752,11 +752,19 @@ impl Unpacker<'_> {
     }
 
     /// An entry naming the root (`./`): a layer's, a directory, sets the
-    /// root's metadata; an archive's is skipped, the destination keeping
-    /// its own metadata, as in Docker and BuildKit.
+    /// root's metadata; an archive's directory is skipped, the destination
+    /// keeping its own metadata, as in Docker and BuildKit. An archive's
+    /// non-directory whose name cleans to the destination (`..`, `/`) is
+    /// refused: BuildKit's untar removes everything in the destination
+    /// for it, then fails.
     fn root_entry(&mut self, kind: tar::EntryType, attrs: &Attrs, shown: &str) -> Result<()> {
         if self.is_archive() {
-            return Ok(());
+            if kind.is_dir() {
+                return Ok(());
+            }
+            return Err(
+                self.unsafe_entry(shown, "names the destination itself but is not a directory")
+            );
         }
         if !kind.is_dir() {
             return Err(self.unsafe_entry(shown, "names the layer root but is not a directory"));

@@ -130,6 +130,9 @@ fn remove_at(dir: &OwnedFd, name: &Path, shown: &Path) -> Result<u64, Error> {
     }
     let read = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let sub = rustix::fs::openat(&pinned, ".", read, Mode::empty()).map_err(failed("open"))?;
+    // One descriptor a level, as std's remove_dir_all holds: a tree as
+    // deep as the open-file limit allows goes.
+    drop(pinned);
     let mut names = Vec::new();
     for entry in rustix::fs::Dir::read_from(&sub).map_err(failed("list"))? {
         let entry = entry.map_err(failed("list"))?;

@@ -196,3 +196,36 @@ fn run_as_nobody(name: &str) {
         "as uid 65534:\n{stdout}\n{stderr}"
     );
 }
+
+/// One descriptor a level: a tree 150 deep goes under an open-file limit
+/// of 200 (two a level would need 300). The test runs itself again under
+/// `prlimit` (a limit of its own process would reach every test).
+#[test]
+fn a_deep_tree_goes_within_the_open_file_limit() {
+    const HALF: &str = "KILN_TREE_DEEP_HALF";
+    if std::env::var_os(HALF).is_none() {
+        let name = "tests::a_deep_tree_goes_within_the_open_file_limit";
+        let out = std::process::Command::new("prlimit")
+            .arg("--nofile=200:200")
+            .arg(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--test-threads=1"])
+            .env(HALF, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "under prlimit:\n{stdout}\n{stderr}");
+        assert!(
+            stdout.contains("test result: ok. 1 passed"),
+            "{stdout}\n{stderr}"
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    let deepest: PathBuf = (0..150).fold(tree.clone(), |p, _| p.join("d"));
+    fs::create_dir_all(&deepest).unwrap();
+    fs::write(deepest.join("f"), "f").unwrap();
+    remove_tree(&tree).unwrap();
+    assert!(!tree.exists());
+}
