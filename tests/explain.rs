@@ -1213,8 +1213,21 @@ fn missing_base(output: &str) -> Option<String> {
 }
 
 /// Imports the busybox root filesystem into the store at `root` as
-/// `reference`.
+/// `reference`. A reference with a digest (a pinned base) is not a name
+/// `kiln import` gives: the image is imported under a tag and the store
+/// made to name it so too, as a pull by digest would have it named (its
+/// digest differs: these cases read the base's config, not its bytes).
 fn import_busybox_as(root: &Path, reference: &str) {
+    if reference.contains('@') {
+        import_busybox_as(root, "kiln-test/pinned-base:latest");
+        let store = kiln_layers::Store::open(root).unwrap();
+        let tagged = kiln_layers::Reference::parse("kiln-test/pinned-base:latest").unwrap();
+        let desc = store.resolve(&tagged).unwrap().unwrap();
+        store.untag(&tagged).unwrap();
+        let pinned = kiln_layers::Reference::parse(reference).unwrap();
+        store.tag(&pinned, &desc).unwrap();
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let tar = dir.path().join("busybox.tar");
     kiln_testsupport::BusyboxRootfs::default()

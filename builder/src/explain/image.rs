@@ -247,7 +247,15 @@ fn image_sources(
     if config.entrypoint.is_some() || history.setter("entrypoint").is_some() {
         push("entrypoint".into(), false);
     }
-    if config.cmd.as_ref().is_some_and(|c| !c.is_empty()) {
+    // Likewise `CMD []` after the last ENTRYPOINT: it set the command,
+    // empty (no Cmd, as BuildKit writes it); no ENTRYPOINT reset it.
+    let emptied_cmd = history.setter("cmd").filter(|c| {
+        c.command().is_some_and(|v| v.is_empty())
+            && history
+                .setter("entrypoint")
+                .is_none_or(|e| e.index < c.index)
+    });
+    if config.cmd.as_ref().is_some_and(|c| !c.is_empty()) || emptied_cmd.is_some() {
         push("cmd".into(), false);
     }
     push(
@@ -286,7 +294,7 @@ fn image_sources(
             (field, source)
         })
         .collect();
-    if no_cmd {
+    if no_cmd && emptied_cmd.is_none() {
         if let Some((entry, _)) = cmd_reset(history, base_image) {
             let mut source = entry_source(history, entry, base);
             source.from = "reset";

@@ -715,7 +715,9 @@ impl<'a> Planner<'a> {
                 self.show(site, instruction, Expanded::None, state);
                 let args = command_args(&c.command, state);
                 let config = state.config();
-                config.cmd = Some(args.clone());
+                // `CMD []`: an empty list, which the image's config leaves
+                // out (image-spec's omitempty), so no Cmd at all.
+                config.cmd = (!args.is_empty()).then(|| args.clone());
                 config.args_escaped = Some(true);
                 state.cmd_set = true;
                 state.provenance.insert("Cmd".into(), origin);
@@ -727,9 +729,8 @@ impl<'a> Planner<'a> {
                 let cmd_set = state.cmd_set;
                 let config = state.config();
                 // `ENTRYPOINT []` unsets it (BuildKit's parseEntrypoint
-                // turns an empty exec form into nil), as `CMD []` does not.
-                let empty_exec = matches!(&e.command, CommandLine::Exec(v) if v.is_empty());
-                config.entrypoint = (!empty_exec).then(|| args.clone());
+                // turns an empty exec form into nil).
+                config.entrypoint = (!args.is_empty()).then(|| args.clone());
                 if !cmd_set {
                     config.cmd = None;
                     state.provenance.remove("Cmd");
