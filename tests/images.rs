@@ -424,6 +424,19 @@ fn a_digest_is_never_given_as_a_tag() {
     }
     let table = kiln_ok(&root, &["images"]);
     assert!(!table.contains("app"), "{table}");
+    // A save into a directory that is not there names the file asked for,
+    // not the temporary one beside it.
+    let missing = tmp.path().join("no/such/dir/saved.tar");
+    let out = kiln(
+        &root,
+        &["save", "-o", missing.to_str().unwrap(), "busybox:one"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("create {}: ", missing.display())),
+        "{err}"
+    );
 }
 
 /// `--platform` asked of an image of one platform that is another's is
@@ -480,6 +493,14 @@ fn bad_input_is_refused_and_stores_nothing() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("notes.txt"), "{err}");
+    // `load` of it names the archive as such, not as a layer.
+    let out = kiln(&root, &["load", "-i", not_tar.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("error: archive ") && err.contains("notes.txt: reading tar"),
+        "{err}"
+    );
 
     let tar = tmp.path().join("rootfs.tar");
     busybox_rootfs_tar(&tar).unwrap();

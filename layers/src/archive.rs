@@ -218,7 +218,8 @@ pub fn save(store: &Store, items: &[SaveItem], format: Format, out: &Path) -> Re
     }
     // Write next to the target and rename, so a failed save leaves no half tar.
     let tmp = out.with_extension(format!("tmp-{}", crate::store::unique_suffix()));
-    let file = File::create(&tmp).map_err(io_at("create", &tmp))?;
+    // Named as asked (the temporary name beside it means nothing to them).
+    let file = File::create(&tmp).map_err(io_at("create", out))?;
     let result = save_tar(store, items, format, io::BufWriter::new(file), out)
         .and_then(|()| fs::rename(&tmp, out).map_err(io_at("rename into place", out)));
     if result.is_err() {
@@ -447,9 +448,10 @@ fn read_tar_archive(
     path: &Path,
     reporter: &dyn Reporter,
 ) -> Result<ArchiveFiles> {
-    let tar_err = |source: io::Error| Error::Tar {
-        layer: path.display().to_string(),
-        source,
+    // The archive being loaded, not a layer of it.
+    let tar_err = |source: io::Error| Error::Archive {
+        path: path.to_path_buf(),
+        reason: format!("reading tar: {source}"),
     };
     let reader = decompress(io::BufReader::new(file)).map_err(tar_err)?;
     let mut archive = tar::Archive::new(reader);
