@@ -743,6 +743,19 @@ fn standard_output_holds_one_output_and_flags_that_would_do_nothing_are_refused(
             text(&out)
         );
     }
+    // With its outputs all elsewhere and no name, the build records no
+    // image and prints no id (nothing would find it); named, it does.
+    let dir = fixture.dir.path().join("elsewhere");
+    let spec = format!("type=local,dest={}", dir.display());
+    let out = fixture.build(&["-q", "--output", &spec, ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.stdout.is_empty(), "{}", text(&out));
+    let out = fixture.build(&["-q", "-t", "elsewhere:1", "--output", &spec, ctx]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("sha256:"),
+        "{}",
+        text(&out)
+    );
     // A label without "=" is an empty value, as in buildx.
     let out = fixture.build(&["-t", "labelled:1", "--label", "only-key", ctx]);
     assert!(out.status.success(), "{}", text(&out));

@@ -887,11 +887,14 @@ fn report_built(
             started.elapsed().as_secs_f64()
         );
     }
-    // Not when an output is the tar on stdout.
+    // Not when an output is the tar on stdout, nor when the store holds no
+    // image (no name, outputs all elsewhere: buildx prints no id then
+    // either), whose id would name nothing `kiln run` or `inspect` finds.
     let stdout_taken = settings.outputs.iter().any(Output::to_stdout);
+    let stored = settings.records_untagged() || !settings.all_tags().is_empty();
     let wanted =
         args.quiet || display.mode == ProgressMode::Quiet || !std::io::stdout().is_terminal();
-    if wanted && !stdout_taken {
+    if wanted && !stdout_taken && stored {
         println!("{image_id}");
     }
 }
