@@ -181,7 +181,12 @@ impl Store {
                     continue;
                 }
             }
-            freed.add(remove_tree(&path)?);
+            // As a collection does: said, left for the next, the rest
+            // deleted.
+            match remove_tree(&path) {
+                Ok(bytes) => freed.add(bytes),
+                Err(e) => tracing::warn!("left in the trash: {e}"),
+            }
         }
         Ok(freed)
     }

@@ -346,3 +346,43 @@ fn a_build_whose_steps_are_all_cached_makes_nothing_in_builds() {
     assert_eq!(changed(), before, "builds/ was written");
     assert_eq!(std::fs::read_dir(&builds).expect("builds/").count(), 0);
 }
+
+/// A trash entry that cannot be deleted (here a file made immutable, as
+/// a deeper tree than the open-file limit or a foreign mount could be) is
+/// said and left for the next prune; every other entry goes, and the
+/// prune succeeds: one entry would otherwise keep every later prune and
+/// collection from freeing anything.
+#[test]
+fn an_entry_that_cannot_be_deleted_is_left_and_the_rest_go() {
+    crate::require_root!();
+    let fixture = Fixture::new();
+    fixture.policy("[gc]\nenabled = false\n");
+    let root = fixture.root();
+    let dead = crate::dead_owner();
+    let stuck = root.join(format!("trash/snapshot-{dead}-1-2"));
+    let other = root.join(format!("trash/snapshot-{dead}-3-4"));
+    crate::fill(&stuck, 2, 100);
+    crate::fill(&other, 3, 100);
+    let immutable = stuck.join("f0");
+    let status = std::process::Command::new("chattr")
+        .arg("+i")
+        .arg(&immutable)
+        .status()
+        .expect("run chattr");
+    assert!(status.success(), "chattr +i");
+    let out = fixture.kiln(&["prune"]).output().expect("run kiln");
+    let _ = std::process::Command::new("chattr")
+        .arg("-i")
+        .arg(&immutable)
+        .status();
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("left in the trash") && stderr.contains(&immutable.display().to_string()),
+        "{stderr}"
+    );
+    assert!(immutable.exists() && !other.exists(), "{}", text(&out));
+    // Deletable again: the next prune takes it.
+    fixture.ok(&["prune"]);
+    assert!(!stuck.exists());
+}

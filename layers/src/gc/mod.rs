@@ -440,11 +440,17 @@ impl Store {
             }
             (report, moved.trashed)
         };
-        // Phase 3: the deletions, measured.
+        // Phase 3: the deletions, measured. One that fails (a file made
+        // immutable, a tree deeper than the open-file limit) is said and
+        // left in the trash for the next collection; the others go, or
+        // one entry would keep every later collection from freeing
+        // anything.
         report.clear_removed();
         for (path, what) in trashed {
-            let bytes = remove_tree(&path)?;
-            report.count(&what, bytes);
+            match remove_tree(&path) {
+                Ok(bytes) => report.count(&what, bytes),
+                Err(e) => tracing::warn!("left in the trash: {e}"),
+            }
         }
         if let Err(e) = sizes.save(self) {
             tracing::warn!("{e}");
