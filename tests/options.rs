@@ -756,6 +756,15 @@ fn standard_output_holds_one_output_and_flags_that_would_do_nothing_are_refused(
         "{}",
         text(&out)
     );
+    // An archive of the image holds what the id names: printed.
+    let archive = fixture.dir.path().join("image.tar");
+    let spec = format!("type=docker,dest={}", archive.display());
+    let out = fixture.build(&["-q", "--output", &spec, ctx]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("sha256:"),
+        "{}",
+        text(&out)
+    );
     // A label without "=" is an empty value, as in buildx.
     let out = fixture.build(&["-t", "labelled:1", "--label", "only-key", ctx]);
     assert!(out.status.success(), "{}", text(&out));

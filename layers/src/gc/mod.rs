@@ -125,8 +125,9 @@ pub struct Usage {
     /// What `du` counts for the whole store: the areas' sum, less what
     /// files linked between areas count in more than one.
     pub total: u64,
-    /// The bytes keep-storage limits: everything but what tagged images
-    /// keep and what running processes use.
+    /// The bytes keep-storage limits: those of the kinds `gc.toml`'s
+    /// policy collects (by default every kind but untagged images), less
+    /// what tagged images, and items of the other kinds, keep.
     pub collectable: u64,
     pub disk: Disk,
 }
@@ -289,13 +290,20 @@ impl Store {
     }
 
     /// What each area of the store holds and what `kiln prune --all` would
-    /// remove there.
+    /// remove there, and what the automatic collection's limit counts.
     pub fn usage(&self) -> Result<Usage> {
+        let kinds = self.gc_config()?.policy.types;
         let mut sizes = SizeCache::load(self);
         let inv = self.scan_now(&mut sizes)?;
         let sel = select(
             &inv,
             &Policy::all_of(Kind::ALL),
+            SystemTime::now(),
+            Disk::default(),
+        );
+        let counted = select(
+            &inv,
+            &Policy::all_of(kinds),
             SystemTime::now(),
             Disk::default(),
         );
@@ -325,7 +333,7 @@ impl Store {
         Ok(Usage {
             areas,
             total,
-            collectable: sel.usage_before,
+            collectable: counted.usage_before,
             disk: Disk::of(self.root())?,
         })
     }
