@@ -102,7 +102,10 @@ fn builds_to_elsewhere_leave_cache_and_untagged_images_do_not_hold_the_limit() {
         assert!(after <= keep, "after build {n}: {log}");
         // df's "what keep-storage limits" counts as the collection does.
         let collectable = df(&fixture)["Collectable"].as_u64().expect("collectable");
-        assert!(collectable <= keep, "after build {n}: df {collectable}, {log}");
+        assert!(
+            collectable <= keep,
+            "after build {n}: df {collectable}, {log}"
+        );
     }
 }
 
