@@ -125,9 +125,9 @@ pub struct Usage {
     /// What `du` counts for the whole store: the areas' sum, less what
     /// files linked between areas count in more than one.
     pub total: u64,
-    /// The bytes keep-storage limits: those of the kinds `gc.toml`'s
-    /// policy collects (by default every kind but untagged images), less
-    /// what tagged images, and items of the other kinds, keep.
+    /// The bytes keep-storage limits: every kind's but untagged images'
+    /// (unless `gc.toml`'s types has `dangling`), less what tagged images
+    /// and untagged ones left alone keep.
     pub collectable: u64,
     pub disk: Disk,
 }

@@ -2,12 +2,13 @@
 //! [`Policy`]: a pure function, so that a dry run, `kiln system df` and
 //! the collection itself agree.
 //!
-//! The collectable bytes ("usage", what keep-storage limits) are the own
-//! files of every item of the policy's kinds plus the blobs and snapshots
-//! those items hold that no tagged image pins and no item of another kind
-//! holds: what the policy leaves alone (untagged images, unless `dangling`
-//! is among its kinds) keeps what it holds, as a tagged image does, and
-//! is not counted, or a limit it could never meet would hold it. Of the policy's kinds, garbage goes first, then what was
+//! The collectable bytes ("usage", what keep-storage limits) are, as
+//! BuildKit counts its cache records whatever a prune's filter, the own
+//! files of every item but untagged images (unless `dangling` is among the
+//! policy's kinds) plus the blobs and snapshots those items hold that no
+//! tagged image pins and no untagged image left alone holds: an untagged
+//! image is no build cache, keeps what it holds as a tagged image does,
+//! and is not counted, or a limit it could never meet would hold it. Of the policy's kinds, garbage goes first, then what was
 //! last used longer ago than keep-duration, whatever the limits. Then the
 //! candidates (the other items, last used before now minus `until` when
 //! that is set) go least recently used first while the usage exceeds
@@ -18,7 +19,7 @@
 use std::time::SystemTime;
 
 use crate::gc::inventory::{Inventory, Item};
-use crate::gc::policy::{Disk, Policy};
+use crate::gc::policy::{Disk, Kind, Policy};
 
 /// What a collection removes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -66,19 +67,20 @@ impl Selecting<'_> {
 /// Chooses what `policy` removes from `inv` at `now`, on `disk`.
 pub(crate) fn select(inv: &Inventory, policy: &Policy, now: SystemTime, disk: Disk) -> Selection {
     let wanted = |item: &Item| policy.types.contains(&item.kind);
+    let counted = |item: &Item| item.kind != Kind::Dangling || wanted(item);
     let mut refs = vec![0usize; inv.resources.len()];
-    // Held by an item this policy never takes: kept, as if pinned.
+    // Held by an untagged image left alone: kept, as if pinned.
     let mut kept = vec![false; inv.resources.len()];
     for item in &inv.items {
         for &r in &item.holds {
             refs[r] += 1;
-            kept[r] |= !wanted(item);
+            kept[r] |= !counted(item);
         }
     }
     let usage = inv
         .items
         .iter()
-        .filter(|i| wanted(i))
+        .filter(|i| counted(i))
         .map(|i| own_bytes(inv, i))
         .sum::<u64>()
         + inv
@@ -136,7 +138,7 @@ mod tests {
 
     use super::*;
     use crate::gc::inventory::{Area, LastUsed, Piece, Resource, What};
-    use crate::gc::policy::{Kind, Space};
+    use crate::gc::policy::Space;
 
     fn piece(bytes: u64) -> Piece {
         Piece {
@@ -202,26 +204,28 @@ mod tests {
     fn least_recently_used_first_until_under_keep_storage() {
         let inv = store();
         let mut policy = Policy::all_of([Kind::Cache, Kind::Unreferenced]);
-        policy.keep_storage = Some(Space::Bytes(102));
+        policy.keep_storage = Some(Space::Bytes(152));
         let sel = select(&inv, &policy, now(), DISK);
-        // 4 records (4) + 2 unpinned snapshots (200) + garbage (7); not the
-        // cache mount, a kind this policy leaves alone.
-        assert_eq!(sel.usage_before, 211);
+        // 4 records (4) + 2 unpinned snapshots (200) + mount (50) + garbage
+        // (7): every kind counts, as BuildKit counts every record whatever
+        // a prune's filter, though only the policy's are taken.
+        assert_eq!(sel.usage_before, 261);
         // Garbage, then record 0 (frees its snapshot); record 1 frees only
-        // itself (record 3 shares its snapshot): 211-7-101-1 = 102.
+        // itself (record 3 shares its snapshot): 261-7-101-1 = 152.
         assert_eq!(sel.items, vec![5, 0, 1]);
         assert_eq!(sel.freed, vec![0]);
-        assert_eq!(sel.usage_after, 102);
-        assert_eq!(sel.keep, Some(102));
+        assert_eq!(sel.usage_after, 152);
+        assert_eq!(sel.keep, Some(152));
     }
 
     /// An untagged image the policy leaves alone (no `dangling` among its
-    /// kinds) keeps what it holds, as a tagged image would: neither its
-    /// snapshot nor its own bytes count, so a limit it alone exceeds is
-    /// met, and nothing it holds is freed; with `dangling`, it counts and
-    /// goes first (the oldest).
+    /// kinds) is no build cache: it keeps what it holds, as a tagged image
+    /// would, and neither that nor its own bytes count, so a limit it
+    /// alone exceeds is met, and nothing it holds is freed; with
+    /// `dangling`, it counts and goes first (the oldest). Kinds the policy
+    /// does not take still count (the cache mount, the garbage).
     #[test]
-    fn what_the_policy_leaves_alone_is_not_counted_against_its_limit() {
+    fn an_untagged_image_left_alone_is_not_counted_against_the_limit() {
         let mut inv = store();
         inv.resources.push(Resource {
             piece: piece(1000),
@@ -231,20 +235,21 @@ mod tests {
         inv.items
             .push(item(Kind::Dangling, 900, 3, vec![3, 2], false));
         let mut policy = Policy::all_of([Kind::Cache]);
-        policy.keep_storage = Some(Space::Bytes(103));
+        policy.keep_storage = Some(Space::Bytes(160));
         let sel = select(&inv, &policy, now(), DISK);
-        // 4 records (4) + the two unpinned, unkept snapshots (200).
-        assert_eq!(sel.usage_before, 204);
+        // Records (4), mount (50), garbage (7), the two unpinned snapshots
+        // no untagged image holds (200).
+        assert_eq!(sel.usage_before, 261);
         assert_eq!(sel.items, vec![0]);
-        assert_eq!(sel.usage_after, 103);
+        assert_eq!(sel.usage_after, 160);
         assert!(!sel.freed.contains(&3));
         let mut with_images = Policy::all_of([Kind::Cache, Kind::Dangling]);
-        with_images.keep_storage = Some(Space::Bytes(204));
+        with_images.keep_storage = Some(Space::Bytes(261));
         let sel = select(&inv, &with_images, now(), DISK);
-        assert_eq!(sel.usage_before, 1207);
+        assert_eq!(sel.usage_before, 1264);
         assert_eq!(sel.items, vec![6]);
         assert_eq!(sel.freed, vec![3]);
-        assert_eq!(sel.usage_after, 204);
+        assert_eq!(sel.usage_after, 261);
     }
 
     #[test]
