@@ -618,14 +618,9 @@ impl LayeredRootfs {
     /// hidden with a whiteout when a lower layer still has it.
     pub fn remove(&self, rel: &str) -> Result<(), RootfsError> {
         let upper = self.upper_path(rel);
-        if let Some(m) = lstat_opt(&upper)? {
-            if m.is_dir() {
-                std::fs::remove_dir_all(&upper)
-            } else {
-                std::fs::remove_file(&upper)
-            }
-            .map_err(RootfsError::io(upper.display()))?;
-        }
+        // A file or a whole tree (nothing there: nothing to do), by
+        // descriptor, directories without their owner's rights opened.
+        kiln_tree::remove_tree(&upper).map_err(|e| RootfsError::io(e.path.display())(e.source))?;
         if self.locate(rel)?.is_some() {
             self.copy_up_parents(rel)?;
             // The whiteout: a 0/0 character device.

@@ -152,6 +152,16 @@ impl BuildSettings {
                 .any(|o| matches!(o, Output::Image { .. }))
     }
 
+    /// Whether the build leaves an image someone can find by its id: in
+    /// the store (named, or recorded untagged) or in an OCI or docker
+    /// archive. A build to `type=local` or `tar` alone, unnamed, leaves
+    /// files only: no id to print (buildx prints none either).
+    pub fn leaves_an_image(&self) -> bool {
+        self.records_untagged()
+            || !self.all_tags().is_empty()
+            || (self.outputs.iter()).any(|o| matches!(o, Output::Oci(_) | Output::Docker(_)))
+    }
+
     /// Every name the image gets: `-t`'s, then those of image outputs.
     pub fn all_tags(&self) -> Vec<Reference> {
         let mut tags = self.tags.clone();

@@ -591,10 +591,11 @@ impl Unpacker<'_> {
                 if keep_dir {
                     return Ok(Cleared::KeptDir);
                 }
-                // Through /proc/self/fd the parent is pinned; std's
-                // remove_dir_all never follows symlinks inside.
+                // Through /proc/self/fd the parent is pinned; kiln_tree
+                // follows no symlink inside, and opens directories an
+                // earlier entry left without their owner's rights.
                 let path = proc_path(parent, name);
-                std::fs::remove_dir_all(&path).map_err(|e| self.io("remove", entry, e))?;
+                kiln_tree::remove_tree(&path).map_err(|e| self.io("remove", entry, e.source))?;
                 Ok(Cleared::Removed)
             }
             Ok(_) => {

@@ -887,17 +887,12 @@ fn report_built(
             started.elapsed().as_secs_f64()
         );
     }
-    // Not when an output is the tar on stdout, nor when no image was made:
-    // none in the store (no name, outputs all elsewhere) and none in an
-    // archive (only files: type=local or tar), where buildx prints no id
-    // either. An OCI or docker archive holds the image the id names.
+    // Not when an output is the tar on stdout, nor when the build left no
+    // image its id would find.
     let stdout_taken = settings.outputs.iter().any(Output::to_stdout);
-    let stored = settings.records_untagged()
-        || !settings.all_tags().is_empty()
-        || (settings.outputs.iter()).any(|o| matches!(o, Output::Oci(_) | Output::Docker(_)));
     let wanted =
         args.quiet || display.mode == ProgressMode::Quiet || !std::io::stdout().is_terminal();
-    if wanted && !stdout_taken && stored {
+    if wanted && !stdout_taken && settings.leaves_an_image() {
         println!("{image_id}");
     }
 }
