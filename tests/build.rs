@@ -281,8 +281,6 @@ fn outputs_tags_iidfile_and_metadata_file() {
         format!("type=oci,dest={}", o("oci.tar")),
         "-o".into(),
         format!("type=docker,dest={}", o("docker.tar")),
-        "-o".into(),
-        format!("type=local,dest={}", o("rootfs")),
         ctx.path().to_str().unwrap().to_string(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -327,7 +325,31 @@ fn outputs_tags_iidfile_and_metadata_file() {
         "{docker_tar:?}"
     );
 
-    // type=local: the final root filesystem.
+    // type=local: the final root filesystem. buildx refuses --iidfile
+    // beside it (no image id names a directory), and its metadata file
+    // holds no image keys (BuildKit's local exporter answers none).
+    let local = format!("type=local,dest={}", o("rootfs"));
+    let ctx_arg = ctx.path().to_str().unwrap();
+    let err = failed(&fixture.build(&["--iidfile", &o("iid-local"), "-o", &local, ctx_arg]));
+    assert!(
+        err.contains("--iidfile: local and tar exporters are incompatible with image ID file"),
+        "{err}"
+    );
+    assert!(!out.path().join("iid-local").exists());
+    assert!(!out.path().join("rootfs").exists());
+    let id = ok(&fixture.build(&[
+        "--metadata-file",
+        &o("meta-local.json"),
+        "-o",
+        &local,
+        ctx_arg,
+    ]));
+    assert_eq!(id, "", "a build that leaves no image prints no id");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("meta-local.json")).unwrap())
+            .unwrap();
+    let keys: Vec<&String> = meta.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["buildx.build.warnings"], "{meta}");
     let rootfs = out.path().join("rootfs");
     assert_eq!(
         std::fs::read_to_string(rootfs.join("built.txt")).unwrap(),

@@ -898,8 +898,9 @@ fn umoci_reads_each_platform(layout: &Path, tag: &str, entries: &[Value]) {
 /// and skopeo read it), type=local and type=tar one root filesystem per
 /// platform (`linux_amd64/`, `linux_arm64/`, as buildx), type=docker is
 /// refused before anything runs; the metadata file and iidfile name the
-/// index, and repeated `--platform` flags are the same as a list. With
-/// Docker media types the index is a Docker manifest list.
+/// index (an iidfile is refused beside type=local or tar, as buildx
+/// refuses it), and repeated `--platform` flags are the same as a list.
+/// With Docker media types the index is a Docker manifest list.
 #[test]
 fn outputs_of_a_two_platform_build() {
     let fixture = Fixture::new();
@@ -939,6 +940,39 @@ fn outputs_of_a_two_platform_build() {
             &outputs[2],
             "--metadata-file",
             meta.to_str().unwrap(),
+            ctx.path().to_str().unwrap(),
+        ],
+    ));
+    // --iidfile beside a root filesystem output is refused, as buildx
+    // refuses it; with the index alone it names the index (below).
+    for output in &outputs[1..] {
+        let err = failed(&fixture.kiln(
+            &root,
+            &[
+                "build",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "-o",
+                output,
+                "--iidfile",
+                iid.to_str().unwrap(),
+                ctx.path().to_str().unwrap(),
+            ],
+        ));
+        assert!(
+            err.contains("--iidfile: local and tar exporters are incompatible with image ID file"),
+            "{err}"
+        );
+        assert!(!iid.exists());
+    }
+    ok(&fixture.kiln(
+        &root,
+        &[
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            "app:out",
             "--iidfile",
             iid.to_str().unwrap(),
             ctx.path().to_str().unwrap(),

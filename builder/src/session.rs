@@ -495,8 +495,14 @@ pub struct BuildResult {
 }
 
 impl BuildResult {
-    /// The `--metadata-file` JSON, with BuildKit's keys.
-    pub fn metadata(&self, tags: &[Reference]) -> serde_json::Value {
+    /// The `--metadata-file` JSON, with BuildKit's keys. A build that
+    /// leaves no image (`-o type=local|tar` alone, unnamed) has only the
+    /// warnings: BuildKit's local and tar exporters answer no image keys,
+    /// and buildx writes what they answer.
+    pub fn metadata(&self, tags: &[Reference], leaves_an_image: bool) -> serde_json::Value {
+        if !leaves_an_image {
+            return serde_json::json!({ "buildx.build.warnings": self.warnings() });
+        }
         let names: Vec<String> = tags.iter().map(Reference::to_string).collect();
         let mut meta = serde_json::json!({
             "containerimage.digest": self.reported.digest.to_string(),
@@ -800,6 +806,14 @@ impl<'a> Session<'a> {
                 "--push (or an output with push=true) needs a name: -t or name=".into(),
             ));
         }
+        // buildx's words: a root filesystem has no image id to write.
+        if settings.iidfile.is_some()
+            && (settings.outputs.iter()).any(|o| matches!(o, Output::Local(_) | Output::Tar(_)))
+        {
+            return Err(BuildError::Invalid(
+                "--iidfile: local and tar exporters are incompatible with image ID file".into(),
+            ));
+        }
         if settings.outputs.iter().filter(|o| o.to_stdout()).count() > 1 {
             return Err(BuildError::Invalid(
                 "only one output can go to standard output".into(),
@@ -1028,7 +1042,7 @@ impl<'a> Session<'a> {
             write(path, result.image_id.to_string().into_bytes())?;
         }
         if let Some(path) = &self.settings.metadata_file {
-            let meta = result.metadata(&self.settings.all_tags());
+            let meta = result.metadata(&self.settings.all_tags(), self.settings.leaves_an_image());
             let bytes = serde_json::to_vec_pretty(&meta)
                 .map_err(|e| BuildError::Invalid(format!("metadata file: {e}")))?;
             write(path, bytes)?;

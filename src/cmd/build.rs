@@ -157,10 +157,13 @@ pub struct BuildArgs {
     /// plain tar, as Docker's image store does.
     #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
     compression: CompressionArg,
-    /// Write the image id (config digest) to this file.
+    /// Write the image id (config digest) to this file (refused with a
+    /// type=local or type=tar output, as buildx refuses it).
     #[arg(long, value_name = "FILE")]
     iidfile: Option<PathBuf>,
-    /// Write JSON with the image, manifest and config digests to this file.
+    /// Write JSON with the image, manifest and config digests to this file
+    /// (only the warnings when the build leaves no image: type=local or tar
+    /// alone, unnamed).
     #[arg(long, value_name = "FILE")]
     metadata_file: Option<PathBuf>,
     /// Also export (repeatable): type=oci,dest=DIR|FILE.tar; type=docker,dest=FILE.tar;
