@@ -76,7 +76,7 @@ fn settings(context: PathBuf, dockerfile: &str, out: &std::path::Path) -> BuildS
         context_commit: None,
         dockerfile_local: true,
         push: false,
-        iidfile: Some(out.join("iid")),
+        iidfile: None,
         metadata_file: Some(out.join("metadata.json")),
         helper: HelperCommand {
             program: PathBuf::from(env!("CARGO_BIN_EXE_kiln-builder-test-helper")),
@@ -116,10 +116,6 @@ fn a_session_builds_tags_and_writes_its_files() {
         .unwrap()
         .expect("tagged");
     assert_eq!(tagged.digest, result.built.manifest.digest);
-    assert_eq!(
-        std::fs::read_to_string(out.join("iid")).unwrap(),
-        result.image_id.to_string()
-    );
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("metadata.json")).unwrap()).unwrap();
     assert_eq!(
@@ -130,6 +126,40 @@ fn a_session_builds_tags_and_writes_its_files() {
     assert_eq!(
         std::fs::read_to_string(out.join("rootfs/copy.txt")).unwrap(),
         "hello\n"
+    );
+
+    // The iidfile: refused beside a local output (buildx refuses it), written
+    // by a build to the store.
+    let with_iid = BuildSettings {
+        iidfile: Some(out.join("iid")),
+        ..crate::settings(dir.path().join("ctx"), dockerfile, &out)
+    };
+    let refused = Session {
+        settings: &with_iid,
+        ..session
+    };
+    let err = (refused.plan().and_then(|planned| refused.build(planned)))
+        .err()
+        .expect("--iidfile beside type=local");
+    assert!(
+        err.to_string()
+            .contains("local and tar exporters are incompatible with image ID file"),
+        "{err}"
+    );
+    assert!(!out.join("iid").exists());
+    let to_store = BuildSettings {
+        outputs: Vec::new(),
+        ..with_iid
+    };
+    let stored = Session {
+        settings: &to_store,
+        ..session
+    };
+    let again = stored.build(stored.plan().unwrap()).unwrap();
+    assert_eq!(again.image_id, result.image_id);
+    assert_eq!(
+        std::fs::read_to_string(out.join("iid")).unwrap(),
+        result.image_id.to_string()
     );
 
     // A base the store lacks is looked up through the remote, which has
