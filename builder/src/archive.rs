@@ -12,8 +12,9 @@ use std::path::Path;
 
 use kiln_layers::unpack::{ExtractOptions, ExtractTarget};
 
+use crate::context::EntryKind;
 use crate::copy::{mkdir_all, CopyError};
-use crate::rootfs::{join, resolve, resolve_under, LayeredRootfs};
+use crate::rootfs::{join, resolve, resolve_under, LayeredRootfs, SourceMeta, SourceTree};
 use crate::users::Owner;
 
 /// Opens a file decompressed, as a stream (kiln-layers' sniffer and
@@ -122,8 +123,52 @@ pub struct AddTarget<'a> {
     pub chown: Option<Owner>,
 }
 
+impl AddTarget<'_> {
+    /// Refuses a directory path that goes through a symlink whose target
+    /// is not a directory: BuildKit's untar makes only the directories
+    /// missing at their own names (Go's `MkdirAll`, which fails with
+    /// "file exists" on such a link) and opens entries through the link,
+    /// which fails where its target is missing. COPY, by contrast, makes
+    /// the link's missing target (continuity's `MkdirAll` in scope).
+    fn refuse_dangling_links(&self, dir: &[OsString]) -> std::io::Result<()> {
+        let mut parent = self.base.clone();
+        for (i, name) in dir.iter().enumerate() {
+            let name = name.to_string_lossy();
+            match self.dest.stat(&join(&parent, &name)).map_err(io_error)? {
+                // Missing here: made here, with what follows.
+                None => return Ok(()),
+                Some(SourceMeta {
+                    kind: EntryKind::Symlink(target),
+                    ..
+                }) => {
+                    let resolved =
+                        resolve_under(self.dest, &self.base, &rel_path(&dir[..=i]), true)
+                            .map_err(io_error)?;
+                    let is_dir = (self.dest.stat(&resolved).map_err(io_error)?)
+                        .is_some_and(|meta| meta.is_dir());
+                    if !is_dir {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!(
+                                "{} is a symlink to {target}, which is not a directory in the destination; an archive's entries are not made through it",
+                                rel_path(&dir[..=i])
+                            ),
+                        ));
+                    }
+                    parent = resolved;
+                }
+                Some(meta) if meta.is_dir() => parent = join(&parent, &name),
+                // Not a directory: refused where it is made.
+                Some(_) => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+}
+
 impl ExtractTarget for AddTarget<'_> {
     fn directory(&self, dir: &[OsString]) -> std::io::Result<Vec<OsString>> {
+        self.refuse_dangling_links(dir)?;
         let resolved =
             resolve_under(self.dest, &self.base, &rel_path(dir), true).map_err(io_error)?;
         mkdir_all(self.dest, &resolved, 0o755, self.chown, None).map_err(io_error)?;

@@ -30,7 +30,8 @@
 //!   `/` and every `..` stopping at it (`../x` is `x`); the directories on
 //!   the way are resolved by the caller's [`ExtractTarget`] as a chroot
 //!   into the destination would resolve them (symlinks followed, never out
-//!   of it); a symlink is written as the archive has it, whatever its
+//!   of it; a symlink whose target is missing is not made through, as
+//!   BuildKit's untar fails there); a symlink is written as the archive has it, whatever its
 //!   target (resolved in the image, and never written through here); a
 //!   hardlink's target is taken the same way, and may name any non-directory of the
 //!   destination (the target copies it into the writable dir first, as
@@ -127,7 +128,9 @@ pub trait ExtractTarget {
     /// (symlinks followed, absolute targets restarting at the destination,
     /// `..` stopping there) and makes it, with its parents, real
     /// directories under `root` (copied up where the tree has them, created
-    /// where it has nothing). Returns where it is.
+    /// where it has nothing). Returns where it is. An error of kind
+    /// `NotFound` says the entry has nowhere to go (a symlink on the way
+    /// leads to nothing) and is reported as the entry's.
     fn directory(&self, dir: &[OsString]) -> io::Result<Vec<OsString>>;
 
     /// Resolves a hardlink's target `path` like [`ExtractTarget::directory`]
@@ -643,9 +646,12 @@ impl Unpacker<'_> {
         match &self.kind {
             Kind::Layer { .. } => Ok((self.open_dir(parent, true, entry)?, parent.to_vec())),
             Kind::Archive { target, .. } => {
-                let resolved = target
-                    .directory(parent)
-                    .map_err(|e| self.io("resolve", &display(parent), e))?;
+                let resolved = target.directory(parent).map_err(|e| match e.kind() {
+                    // Nothing to make the entry in (a symlink to nothing):
+                    // said of the entry, as BuildKit's untar fails on it.
+                    io::ErrorKind::NotFound => self.tar_err(entry, e),
+                    _ => self.io("resolve", &display(parent), e),
+                })?;
                 let resolved = self.confined(resolved, entry)?;
                 Ok((self.open_dir(&resolved, false, entry)?, resolved))
             }
