@@ -328,14 +328,7 @@ fn scp_like(src: &str) -> Option<(String, &str, &str)> {
     Some((format!("{user}@{host}:{path}"), query, fragment))
 }
 
-/// Go's `strconv.ParseBool`.
-pub fn parse_go_bool(value: &str) -> Option<bool> {
-    match value {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
-        _ => None,
-    }
-}
+pub use kiln_parser::mount::parse_go_bool;
 
 /// `%XX` decoding (bytes that are not valid escapes are kept).
 fn percent_decode(text: &str) -> String {

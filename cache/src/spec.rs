@@ -222,10 +222,9 @@ impl Fields {
         let Some(value) = self.take(key) else {
             return Ok(None);
         };
-        match value.as_str() {
-            "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(Some(true)),
-            "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(Some(false)),
-            _ => Err(self.error(format!("{key}={value}: true or false"))),
+        match kiln_parser::mount::parse_go_bool(&value) {
+            Some(flag) => Ok(Some(flag)),
+            None => Err(self.error(format!("{key}={value}: true or false"))),
         }
     }
 

@@ -404,8 +404,16 @@ fn sharing(value: &str) -> Result<Sharing, MountError> {
     })
 }
 
-/// Go's `strconv.ParseBool`.
-fn parse_go_bool(s: &str) -> Option<bool> {
+/// Go's `strconv.ParseBool`: the one reader of a boolean option's value
+/// (mount options, build args, `--output` and `--cache-to` attributes).
+///
+/// ```
+/// use kiln_parser::mount::parse_go_bool;
+/// assert_eq!(parse_go_bool("T"), Some(true));
+/// assert_eq!(parse_go_bool("0"), Some(false));
+/// assert_eq!(parse_go_bool("yes"), None);
+/// ```
+pub fn parse_go_bool(s: &str) -> Option<bool> {
     match s {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
