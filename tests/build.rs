@@ -276,7 +276,7 @@ fn outputs_tags_iidfile_and_metadata_file() {
         "--metadata-file".into(),
         o("meta.json"),
         "-o".into(),
-        format!("type=oci,dest={}", o("oci-dir")),
+        format!("type=oci,tar=false,dest={}", o("oci-dir")),
         "-o".into(),
         format!("type=oci,dest={}", o("oci.tar")),
         "-o".into(),
@@ -998,20 +998,26 @@ fn registry_and_image_outputs_push() {
     let ctx = context(&[("Dockerfile", "FROM busybox\nRUN echo out > /o\n")]);
     let by_registry = format!("{}/test/out:registry", registry.host);
     let by_image = format!("{}/test/out:image", registry.host);
+    // --push makes an image output push, as buildx sets push=true on it.
+    let by_flag = format!("{}/test/out:flag", registry.host);
     for output in [
-        format!("type=registry,name={by_registry}"),
-        format!("type=image,name={by_image},push=true"),
+        vec![format!("type=registry,name={by_registry}")],
+        vec![format!("type=image,name={by_image},push=true")],
+        vec!["--push".into(), format!("type=image,name={by_flag}")],
     ] {
-        ok(&fixture.build(&[
+        let (flags, output) = output.split_at(output.len() - 1);
+        let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+        args.extend([
             "--output",
-            &output,
+            &output[0],
             "--insecure-registry",
             &registry.host,
             ctx.path().to_str().unwrap(),
-        ]));
+        ]);
+        ok(&fixture.build(&args));
     }
     let other = tempfile::tempdir().unwrap();
-    for reference in [&by_registry, &by_image] {
+    for reference in [&by_registry, &by_image, &by_flag] {
         kiln_ok(
             other.path(),
             &["pull", "--insecure-registry", &registry.host, reference],

@@ -338,7 +338,7 @@ fn labels_and_annotations_go_where_buildkit_puts_them() {
             &image,
             "--push",
             "-o",
-            &format!("type=oci,dest={}", layout.display()),
+            &format!("type=oci,tar=false,dest={}", layout.display()),
             "--metadata-file",
             metadata.to_str().unwrap(),
             "--label",

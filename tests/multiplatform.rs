@@ -918,7 +918,7 @@ fn outputs_of_a_two_platform_build() {
     );
     let (meta, iid) = (fixture.path("meta.json"), fixture.path("iid"));
     let outputs = [
-        format!("type=oci,dest={}", oci.display()),
+        format!("type=oci,tar=false,dest={}", oci.display()),
         format!("type=local,dest={}", local.display()),
         format!("type=tar,dest={}", tar.display()),
     ];
@@ -1639,7 +1639,7 @@ fn annotations_and_labels_of_a_two_platform_build() {
     )]);
     let target = fixture.reference("app/annotated:1");
     let (layout, meta) = (fixture.path("layout"), fixture.path("meta.json"));
-    let output = format!("type=oci,dest={}", layout.display());
+    let output = format!("type=oci,tar=false,dest={}", layout.display());
     let annotations = [
         "index:org.example.index=top",
         "index-descriptor:org.example.pointer=to-index",

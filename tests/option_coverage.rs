@@ -39,7 +39,7 @@ const BUILD_FLAGS: &[(&str, &[&str], &[&str])] = &[
     ("--network", &["--network"], &["tests/build.rs::network_none_leaves_only_loopback", "tests/build.rs::run_network_is_private_by_default_and_host_when_asked"]),
     ("--no-cache", &["--no-cache"], &["tests/build.rs::target_builds_only_the_stages_it_needs_and_no_cache_reruns"]),
     ("--no-cache-filter", &["--no-cache-filter"], &["tests/options.rs::no_cache_filter_reruns_only_the_named_stage"]),
-    ("--output", &["--output", "-o"], &["tests/options.rs::output_shorthands_tar_and_image_names", "tests/build.rs::registry_and_image_outputs_push", "tests/build.rs::outputs_tags_iidfile_and_metadata_file"]),
+    ("--output", &["--output", "-o"], &["tests/options.rs::output_shorthands_tar_and_image_names", "tests/build.rs::registry_and_image_outputs_push", "tests/build.rs::outputs_tags_iidfile_and_metadata_file", "tests/options.rs::archives_are_tars_named_as_buildx_names_them"]),
     ("--pids-limit", &["--pids-limit"], &["tests/security/limits.rs::pids_limit_flag_on_build_and_run"]),
     ("--platform", &["--platform"], &["tests/build_platform.rs::platform_arm64_picks_the_arm64_manifest_and_expands_target_args", "tests/multiplatform.rs::one_build_two_platforms_one_index", "tests/multiplatform.rs::outputs_of_a_two_platform_build"]),
     ("--progress", &["--progress"], &["tests/build.rs::progress_plain_snapshots", "tests/build.rs::progress_tty_draws_a_live_view", "tests/build.rs::progress_quiet_prints_only_the_id_and_json_one_event_per_line"]),

@@ -132,7 +132,7 @@ fn secret_mounts_env_mode_owner_and_flag_forms() {
         .args(["--secret", "id=typed,type=env,src=KILN_TEST_SECRET"])
         .args(["--build-arg", "UNUSED=1"])
         .arg("--output")
-        .arg(format!("type=oci,dest={}", oci.display()))
+        .arg(format!("type=oci,tar=false,dest={}", oci.display()))
         .arg("--output")
         .arg(format!("type=local,dest={}", rootfs.display()))
         .arg("--metadata-file")
@@ -636,13 +636,7 @@ fn output_shorthands_tar_and_image_names() {
     let names = tar_names(&std::fs::read(&file).unwrap());
     assert!(names.contains(&"made".to_string()), "{names:?}");
 
-    let out = fixture.build(&[
-        "-t",
-        "first:1",
-        "--output",
-        "type=image,\"name=second:2,third:3\"",
-        ctx,
-    ]);
+    let out = fixture.build(&["--output", "type=image,\"name=second:2,third:3\"", ctx]);
     assert!(out.status.success(), "{}", text(&out));
     // `inspect` shows the manifest and config: the same for every name.
     let id = |name: &str| {
@@ -650,14 +644,198 @@ fn output_shorthands_tar_and_image_names() {
         assert!(out.status.success(), "{name}: {}", text(&out));
         String::from_utf8_lossy(&out.stdout).replace(name, "NAME")
     };
+    assert_eq!(id("second:2"), id("third:3"));
+    // With -t, buildx names every image output by the -t names alone.
+    let out = fixture.build(&["-t", "first:1", "-o", "type=image,name=fourth:4", ctx]);
+    assert!(out.status.success(), "{}", text(&out));
     assert_eq!(id("first:1"), id("second:2"));
-    assert_eq!(id("first:1"), id("third:3"));
-
-    let out = fixture.build(&["--output", "type=tar", ctx]);
+    let out = kiln(&fixture.root(), &["inspect", "fourth:4"]);
     assert!(!out.status.success(), "{}", text(&out));
+
+    // type=tar without dest: standard output, as buildx writes it.
+    let out = fixture.build(&["--output", "type=tar", ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(tar_names(&out.stdout).contains(&"made".to_string()));
     let out = fixture.build(&["--output", "type=image,push=true", ctx]);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("name"), "{}", text(&out));
+}
+
+/// An OCI or docker output is a tar whatever its dest's name, a directory
+/// with `tar=false` (buildx's `tar` attribute); an unnamed build's archive
+/// names no image (BuildKit's exporters add no name then), a named one
+/// every -t; a file dest that is a directory, and a directory dest that is
+/// a file, are refused before the build; a tar file's missing parent
+/// directories are made; an archive is not written to a terminal; and
+/// with SOURCE_DATE_EPOCH every file of a type=local or type=tar output
+/// is dated then (BuildKit's local and tar exporters).
+#[test]
+fn archives_are_tars_named_as_buildx_names_them() {
+    require_namespaces!();
+    let fixture = Fixture::new();
+    let ctx = fixture.context(
+        "archives",
+        &[("Dockerfile", "FROM busybox\nRUN echo made > /made\n")],
+    );
+    let ctx = ctx.to_str().unwrap();
+    let path = |name: &str| fixture.dir.path().join(name);
+    let build = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.push(ctx);
+        let out = fixture.build(&all);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    };
+    let refused = |args: &[&str], message: &str| {
+        let mut all = args.to_vec();
+        all.push(ctx);
+        let out = fixture.build(&all);
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(message), "{args:?}: {}", text(&out));
+        assert!(!text(&out).contains("RUN echo"), "{args:?}: {}", text(&out));
+    };
+    let tar_json = |tar: &Path, name: &str| -> serde_json::Value {
+        let out = std::process::Command::new("tar")
+            .arg("-xOf")
+            .arg(tar)
+            .arg(name)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name} in {}", tar.display());
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    // Unnamed: a tar (no `.tar` in its name), whose image has no name.
+    let (oci, docker) = (path("new/dir/image.oci"), path("image-docker"));
+    build(&[
+        "-o",
+        &format!("type=oci,dest={}", oci.display()),
+        "-o",
+        &format!("type=docker,dest={}", docker.display()),
+    ]);
+    assert!(oci.is_file() && docker.is_file());
+    let index = tar_json(&oci, "index.json");
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{index}");
+    assert!(entries[0].get("annotations").is_none(), "{index}");
+    let manifest = tar_json(&docker, "manifest.json");
+    assert!(manifest[0]["RepoTags"].is_null(), "{manifest}");
+
+    // Named: every -t, in the layout's index and in RepoTags.
+    build(&[
+        "-t",
+        "one:1",
+        "-t",
+        "two:2",
+        "-o",
+        &format!("type=oci,dest={}", oci.display()),
+        "-o",
+        &format!("type=docker,dest={}", docker.display()),
+    ]);
+    let index = tar_json(&oci, "index.json");
+    let names: Vec<&str> = (index["manifests"].as_array().unwrap().iter())
+        .map(|m| {
+            m["annotations"]["io.containerd.image.name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        names,
+        ["docker.io/library/one:1", "docker.io/library/two:2"]
+    );
+    let manifest = tar_json(&docker, "manifest.json");
+    assert_eq!(
+        manifest[0]["RepoTags"],
+        serde_json::json!(["one:1", "two:2"])
+    );
+    // name= names an unnamed build's archive.
+    build(&[
+        "-o",
+        &format!("type=docker,dest={},name=three:3", docker.display()),
+    ]);
+    let manifest = tar_json(&docker, "manifest.json");
+    assert_eq!(manifest[0]["RepoTags"], serde_json::json!(["three:3"]));
+
+    // tar=false: a directory.
+    let layout = path("layout");
+    build(&[
+        "-o",
+        &format!("type=oci,tar=false,dest={}", layout.display()),
+    ]);
+    assert!(layout.join("index.json").is_file() && layout.join("oci-layout").is_file());
+
+    // Destinations of the wrong kind, before the build.
+    let dir_dest = format!("type=oci,dest={}", layout.display());
+    refused(&["-o", &dir_dest], "the destination file is a directory");
+    let file_dest = format!("type=oci,tar=false,dest={}", oci.display());
+    refused(&["-o", &file_dest], "the destination directory is a file");
+    let local_on_file = format!("type=local,dest={}", oci.display());
+    refused(
+        &["-o", &local_on_file],
+        "the destination directory is a file",
+    );
+    refused(
+        &["-o", "type=oci,tar=maybe,dest=x"],
+        "tar=maybe: true or false",
+    );
+    refused(&["-o", "type=docker"], "dest= is required");
+    refused(
+        &["-o", "type=oci,tar=false,dest=-"],
+        "dest cannot be stdout",
+    );
+
+    // push= as BuildKit reads it: a boolean, empty is true (which needs a name).
+    build(&["-o", "type=image,name=pushed:no,push=0"]);
+    refused(&["-o", "type=image,push="], "needs a name");
+
+    // Not to a terminal (`script` gives the build one as standard output).
+    for spec in ["-", "type=oci"] {
+        let command = format!(
+            "{} --root {} build -o {spec} {ctx}",
+            common::kiln_bin().display(),
+            fixture.root().display()
+        );
+        let out = std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{spec}: {shown}");
+        assert!(
+            shown.contains("refusing to write a tar to a terminal"),
+            "{spec}: {shown}"
+        );
+    }
+
+    // SOURCE_DATE_EPOCH dates every exported file.
+    let (rootfs, rootfs_tar) = (path("rootfs"), path("rootfs.tar"));
+    build(&[
+        "--build-arg",
+        "SOURCE_DATE_EPOCH=1000000000",
+        "-o",
+        &format!("type=local,dest={}", rootfs.display()),
+        "-o",
+        &format!("type=tar,dest={}", rootfs_tar.display()),
+    ]);
+    for name in ["made", "bin/busybox", "bin"] {
+        let meta = std::fs::symlink_metadata(rootfs.join(name)).unwrap();
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::mtime(&meta),
+            1_000_000_000,
+            "{name}"
+        );
+    }
+    let listing = std::process::Command::new("tar")
+        .env("TZ", "UTC")
+        .args(["--full-time", "-tvf"])
+        .arg(&rootfs_tar)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains(" made"), "{listing}");
+    for line in listing.lines() {
+        assert!(line.contains("2001-09-09 01:46:40"), "{line}");
+    }
 }
 
 /// Standard output holds one output and nothing else: an OCI or docker
@@ -710,7 +888,14 @@ fn standard_output_holds_one_output_and_flags_that_would_do_nothing_are_refused(
             vec!["--output", "type=local,dest=-"],
             "type=local writes a directory, not standard output",
         ),
-        (vec!["--output", "type=local,dest="], "dest= is empty"),
+        (
+            vec!["--output", "type=local,dest="],
+            "dest is required for type=local",
+        ),
+        (
+            vec!["--compression", "zstd", "--docker-mediatypes"],
+            "--compression zstd conflicts with --docker-mediatypes",
+        ),
         (
             vec!["-q", "--progress", "plain"],
             "--progress plain and -q (--quiet) cannot be used together",

@@ -417,7 +417,7 @@ fn provenance_of_a_git_context_names_its_commit() {
             "--build-arg",
             "SOURCE_DATE_EPOCH=1700000000",
             "-o",
-            &format!("type=oci,dest={}", layout.display()),
+            &format!("type=oci,tar=false,dest={}", layout.display()),
             &url,
         ]));
         let top: Value = json(&std::fs::read(layout.join("index.json")).unwrap());

@@ -1,17 +1,21 @@
 //! Where a built image goes besides the store (`--output`, with buildx's
-//! forms): an OCI layout (a directory, or a tar), a docker-archive tar, the
-//! final root filesystem as a directory (`type=local`, or `-o DIR`) or a
-//! tar (`type=tar`, or `-o -` for standard output), or the image itself
-//! under more names, pushed or not (`type=image,name=…,push=…`;
-//! `type=registry` pushes).
+//! forms): an OCI layout or a docker-archive (a tar, or with `tar=false` a
+//! directory), the final root filesystem as a directory (`type=local`, or
+//! `-o DIR`) or a tar (`type=tar`, or `-o -` for standard output), or the
+//! image itself under more names, pushed or not (`type=image,name=…,push=…`;
+//! `type=registry` pushes). [`with_tags`] then gives the outputs the names
+//! buildx gives them.
 //!
 //! ```
-//! use kiln_builder::export::{Dest, Output};
-//! let out = Output::parse("type=oci,dest=/tmp/image.tar").unwrap();
-//! assert_eq!(out, Output::Oci("/tmp/image.tar".into()));
+//! use kiln_builder::export::{Archive, Dest, Output};
+//! let out = Output::parse("type=oci,dest=/tmp/image").unwrap();
+//! assert_eq!(out, Output::Oci(Archive::tar("/tmp/image")));
+//! let layout = Output::parse("type=oci,dest=/tmp/layout,tar=false").unwrap();
+//! assert_eq!(layout, Output::Oci(Archive { tar: false, ..Archive::tar("/tmp/layout") }));
+//! assert_eq!(Output::parse("type=oci").unwrap(), Output::Oci(Archive::tar("-")));
 //! assert_eq!(Output::parse("out").unwrap(), Output::Local("out".into()));
 //! assert_eq!(Output::parse("-").unwrap(), Output::Tar(Dest::Stdout));
-//! assert!(Output::parse("type=oci").is_err());
+//! assert!(Output::parse("type=docker").is_err());
 //! ```
 
 use std::collections::BTreeMap;
@@ -28,10 +32,12 @@ use crate::solve::BuiltImage;
 /// One `--output`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// `type=oci,dest=DIR|FILE.tar`: an OCI image layout.
-    Oci(PathBuf),
-    /// `type=docker,dest=FILE.tar`: a docker-archive (`docker load` reads it).
-    Docker(PathBuf),
+    /// `type=oci[,dest=FILE|-][,tar=false,dest=DIR][,name=REF,…]`: an OCI
+    /// image layout.
+    Oci(Archive),
+    /// `type=docker,dest=FILE[,tar=false][,name=REF,…]`: a docker-archive
+    /// (`docker load` reads it).
+    Docker(Archive),
     /// `type=local,dest=DIR` (or `-o DIR`): the final root filesystem.
     Local(PathBuf),
     /// `type=tar,dest=FILE|-` (or `-o -`): the final root filesystem as a
@@ -41,6 +47,101 @@ pub enum Output {
     /// implied): the image in the store under these names too, pushed when
     /// asked.
     Image { names: Vec<Reference>, push: bool },
+}
+
+/// Where an OCI layout or docker-archive goes, and the names it records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Archive {
+    /// A file (`-`: standard output), or with `tar` false a directory.
+    pub dest: PathBuf,
+    /// `tar=` (true unless given): one tar file, else a directory.
+    pub tar: bool,
+    /// `name=`, or every `-t` when there are some ([`with_tags`]); none
+    /// leaves the archive's image unnamed, as BuildKit leaves it.
+    pub names: Vec<Reference>,
+}
+
+impl Archive {
+    /// A tar at `dest`, unnamed.
+    pub fn tar(dest: impl Into<PathBuf>) -> Archive {
+        Archive {
+            dest: dest.into(),
+            tar: true,
+            names: Vec::new(),
+        }
+    }
+
+    fn to_stdout(&self) -> bool {
+        self.tar && self.dest.as_os_str() == "-"
+    }
+
+    /// What the archive holds: the image once per name, or once unnamed.
+    fn items(&self, item: impl Fn(Option<Reference>) -> SaveItem) -> Vec<SaveItem> {
+        if self.names.is_empty() {
+            return vec![item(None)];
+        }
+        self.names.iter().cloned().map(Some).map(item).collect()
+    }
+
+    /// Writes `items` as a tar or a directory; a tar file's missing parent
+    /// directories are made first, as buildx makes them.
+    fn save(&self, store: &Store, items: &[SaveItem], format: Format) -> kiln_layers::Result<()> {
+        let layout = if self.tar {
+            if let Some(parent) = self.dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+                if !self.to_stdout() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| kiln_layers::Error::io("create directory", parent, e))?;
+                }
+            }
+            archive::Layout::Tar
+        } else {
+            archive::Layout::Dir
+        };
+        archive::save_as(store, items, format, &self.dest, layout)
+    }
+}
+
+/// What writing an output needs besides the image.
+pub struct WriteSettings<'a> {
+    /// How layers are compressed in an OCI layout or docker-archive.
+    pub compression: Compression,
+    pub reporter: &'a dyn Reporter,
+    /// `SOURCE_DATE_EPOCH`: every file of a type=local or type=tar output
+    /// is dated then (BuildKit's local and tar exporters).
+    pub epoch: Option<i64>,
+}
+
+/// The outputs as buildx hands them to BuildKit: with `-t` names, every
+/// image, oci and docker output is named by all of them (whatever its
+/// `name=`); `--push` makes every image output push, and adds one when
+/// there is none ([`crate::session::BuildSettings::push_targets`] pushes
+/// the `-t` names then).
+pub fn with_tags(outputs: Vec<Output>, tags: &[Reference], push: bool) -> Vec<Output> {
+    outputs
+        .into_iter()
+        .map(|output| match output {
+            Output::Image {
+                names,
+                push: pushes,
+            } => Output::Image {
+                names: if tags.is_empty() {
+                    names
+                } else {
+                    tags.to_vec()
+                },
+                push: pushes || push,
+            },
+            Output::Oci(archive) if !tags.is_empty() => Output::Oci(Archive {
+                names: tags.to_vec(),
+                ..archive
+            }),
+            Output::Docker(archive) if !tags.is_empty() => Output::Docker(Archive {
+                names: tags.to_vec(),
+                ..archive
+            }),
+            other => other,
+        })
+        .collect()
 }
 
 /// A file, or standard output (`-`).
@@ -90,44 +191,81 @@ impl Output {
             map.insert(key.trim().to_ascii_lowercase(), value.trim().to_string());
         }
         let kind = map.remove("type").unwrap_or_else(|| "local".into());
-        let dest = map.remove("dest");
+        let dest = map.remove("dest").filter(|d| !d.is_empty());
+        let mut names = || match map.remove("name") {
+            None => Ok(Vec::new()),
+            Some(names) => names
+                .split(',')
+                .map(|n| Reference::parse_tag(n.trim()).map_err(|e| bad(e.to_string())))
+                .collect::<Result<Vec<_>, _>>(),
+        };
         let output = match kind.as_str() {
-            "oci" | "docker" | "local" | "tar" => {
-                let dest = dest.ok_or_else(|| bad("dest= is required".into()))?;
-                if dest.is_empty() {
-                    return Err(bad(
-                        "dest= is empty: a path, or - for standard output".into()
-                    ));
-                }
-                if kind == "local" && dest == "-" {
-                    return Err(bad("type=local writes a directory, not standard output: \
-                         type=tar,dest=- (or -o -) writes the files as a tar there"
-                        .into()));
-                }
-                match kind.as_str() {
-                    "oci" => Output::Oci(dest.into()),
-                    "docker" => Output::Docker(dest.into()),
-                    "local" => Output::Local(dest.into()),
-                    _ if dest == "-" => Output::Tar(Dest::Stdout),
-                    _ => Output::Tar(Dest::File(dest.into())),
+            "oci" | "docker" => {
+                let names = names()?;
+                // As buildx reads it (BuildKit refuses what is no boolean).
+                let tar = match map.remove("tar") {
+                    None => true,
+                    Some(value) => kiln_parser::mount::parse_go_bool(&value)
+                        .ok_or_else(|| bad(format!("tar={value}: true or false")))?,
+                };
+                let dest = match dest {
+                    Some(dest) if !tar && dest == "-" => {
+                        return Err(bad(format!(
+                            "dest cannot be stdout for type={kind} with tar=false (a directory)"
+                        )))
+                    }
+                    Some(dest) => dest,
+                    // buildx writes an OCI tar to standard output then.
+                    None if tar && kind == "oci" => "-".into(),
+                    None if tar => {
+                        return Err(bad("dest= is required: kiln has no docker daemon to load \
+                             the image into (kiln load reads the archive)"
+                            .into()))
+                    }
+                    None => {
+                        return Err(bad(format!(
+                            "dest is required for type={kind} with tar=false"
+                        )))
+                    }
+                };
+                let archive = Archive {
+                    dest: dest.into(),
+                    tar,
+                    names,
+                };
+                if kind == "oci" {
+                    Output::Oci(archive)
+                } else {
+                    Output::Docker(archive)
                 }
             }
+            "local" => match dest.as_deref() {
+                None => return Err(bad("dest is required for type=local".into())),
+                Some("-") => {
+                    return Err(bad("type=local writes a directory, not standard output: \
+                         type=tar,dest=- (or -o -) writes the files as a tar there"
+                        .into()))
+                }
+                Some(dest) => Output::Local(dest.into()),
+            },
+            // buildx writes the tar to standard output without a dest.
+            "tar" => match dest.as_deref() {
+                None | Some("-") => Output::Tar(Dest::Stdout),
+                Some(dest) => Output::Tar(Dest::File(dest.into())),
+            },
             "image" | "registry" => {
                 if dest.is_some() {
                     return Err(bad(format!("dest= is not an option of type={kind}")));
                 }
-                let names = match map.remove("name") {
-                    None => Vec::new(),
-                    Some(names) => names
-                        .split(',')
-                        .map(|n| Reference::parse_tag(n.trim()).map_err(|e| bad(e.to_string())))
-                        .collect::<Result<_, _>>()?,
-                };
+                let names = names()?;
+                // BuildKit's image exporter: an empty value is true.
                 let push = match map.remove("push").as_deref() {
                     None => kind == "registry",
-                    Some("true") => true,
-                    Some("false") => kind == "registry",
-                    Some(other) => return Err(bad(format!("push={other}: true or false"))),
+                    Some("") => true,
+                    Some(value) => match kiln_parser::mount::parse_go_bool(value) {
+                        Some(push) => push || kind == "registry",
+                        None => return Err(bad(format!("push={value}: true or false"))),
+                    },
                 };
                 Output::Image { names, push }
             }
@@ -150,8 +288,45 @@ impl Output {
     pub fn to_stdout(&self) -> bool {
         match self {
             Output::Tar(dest) => *dest == Dest::Stdout,
-            Output::Oci(dest) | Output::Docker(dest) => dest.as_os_str() == "-",
+            Output::Oci(archive) | Output::Docker(archive) => archive.to_stdout(),
             Output::Local(_) | Output::Image { .. } => false,
+        }
+    }
+
+    /// Refuses, before the build, a destination buildx refuses: a file
+    /// output whose dest is a directory, a directory output whose dest is
+    /// a file, and a tar for a terminal.
+    pub fn check_dest(&self, stdout_is_terminal: bool) -> Result<(), ExportError> {
+        let refuse = |dest: &Path, message: String| {
+            Err(ExportError::Copy {
+                dest: dest.to_path_buf(),
+                message,
+            })
+        };
+        if self.to_stdout() && stdout_is_terminal {
+            return refuse(
+                Path::new("-"),
+                "refusing to write a tar to a terminal: name a file, or redirect standard output"
+                    .into(),
+            );
+        }
+        let (dest, is_dir) = match self {
+            Output::Local(dest) => (dest.as_path(), true),
+            Output::Tar(Dest::File(dest)) => (dest.as_path(), false),
+            Output::Oci(archive) | Output::Docker(archive) if !archive.to_stdout() => {
+                (archive.dest.as_path(), !archive.tar)
+            }
+            _ => return Ok(()),
+        };
+        match std::fs::metadata(dest) {
+            Ok(meta) if is_dir && !meta.is_dir() => {
+                refuse(dest, "the destination directory is a file".into())
+            }
+            Ok(meta) if !is_dir && meta.is_dir() => refuse(
+                dest,
+                "the destination file is a directory (an OCI layout directory is tar=false)".into(),
+            ),
+            _ => Ok(()),
         }
     }
 
@@ -163,36 +338,37 @@ impl Output {
         &self,
         store: &Store,
         built: &BuiltImage,
-        name: &Reference,
-        compression: Compression,
-        reporter: &dyn Reporter,
+        settings: &WriteSettings<'_>,
     ) -> Result<Option<Descriptor>, ExportError> {
-        let (format, dest) = match self {
-            Output::Oci(dest) => (Format::Oci, dest),
-            Output::Docker(dest) => (Format::Docker, dest),
+        let (format, archive) = match self {
+            Output::Oci(archive) => (Format::Oci, archive),
+            Output::Docker(archive) => (Format::Docker, archive),
             Output::Local(dest) => {
-                export_local(store, &built.snapshots, dest)?;
+                export_local(store, &built.snapshots, dest, settings.epoch)?;
                 return Ok(None);
             }
             Output::Tar(dest) => {
-                export_tar(store, &[(None, &built.snapshots)], dest)?;
+                export_tar(store, &[(None, &built.snapshots)], dest, settings.epoch)?;
                 return Ok(None);
             }
             Output::Image { .. } => return Ok(None),
         };
         let store_err = |source| ExportError::Store {
-            dest: dest.clone(),
+            dest: archive.dest.clone(),
             source,
         };
-        let manifest =
-            compressed_image(store, &built.manifest, compression, reporter).map_err(store_err)?;
-        let item = SaveItem::single(
-            name.clone(),
-            store
-                .read_image(&manifest, &built.platform())
-                .map_err(store_err)?,
-        );
-        archive::save(store, &[item], format, dest).map_err(store_err)?;
+        let manifest = compressed_image(
+            store,
+            &built.manifest,
+            settings.compression,
+            settings.reporter,
+        )
+        .map_err(store_err)?;
+        let image = store
+            .read_image(&manifest, &built.platform())
+            .map_err(store_err)?;
+        let items = archive.items(|name| SaveItem::single(name, image.clone()));
+        archive.save(store, &items, format).map_err(store_err)?;
         Ok(Some(manifest))
     }
 }
@@ -203,7 +379,7 @@ impl Output {
     /// cannot hold one: a docker-archive (as BuildKit's docker exporter
     /// refuses a manifest list).
     pub fn check_platforms(&self, platforms: &[Platform]) -> Result<(), ExportError> {
-        let Output::Docker(dest) = self else {
+        let Output::Docker(Archive { dest, .. }) = self else {
             return Ok(());
         };
         let message = match platforms {
@@ -239,25 +415,30 @@ impl Output {
         store: &Store,
         index: &Descriptor,
         images: &[BuiltImage],
-        name: &Reference,
-        compression: Compression,
-        reporter: &dyn Reporter,
+        settings: &WriteSettings<'_>,
     ) -> Result<Option<Descriptor>, ExportError> {
         let dirs: Vec<(String, &BuiltImage)> = images
             .iter()
             .map(|b| (platform_dir(&b.platform()), b))
             .collect();
         match self {
-            Output::Oci(dest) => {
+            Output::Oci(archive) => {
                 let store_err = |source| ExportError::Store {
-                    dest: dest.clone(),
+                    dest: archive.dest.clone(),
                     source,
                 };
                 let compressed =
-                    compressed_image(store, index, compression, reporter).map_err(store_err)?;
-                let item = SaveItem::held(store, name.clone(), &compressed, &images[0].platform())
+                    compressed_image(store, index, settings.compression, settings.reporter)
+                        .map_err(store_err)?;
+                let item = SaveItem::held(store, None, &compressed, &images[0].platform())
                     .map_err(store_err)?;
-                archive::save(store, &[item], Format::Oci, dest).map_err(store_err)?;
+                let items = archive.items(|name| SaveItem {
+                    reference: name,
+                    ..item.clone()
+                });
+                archive
+                    .save(store, &items, Format::Oci)
+                    .map_err(store_err)?;
                 Ok(Some(compressed))
             }
             Output::Docker(_) => {
@@ -267,7 +448,7 @@ impl Output {
             }
             Output::Local(dest) => {
                 for (dir, built) in &dirs {
-                    export_local(store, &built.snapshots, &dest.join(dir))?;
+                    export_local(store, &built.snapshots, &dest.join(dir), settings.epoch)?;
                 }
                 Ok(None)
             }
@@ -276,7 +457,7 @@ impl Output {
                     .iter()
                     .map(|(dir, built)| (Some(dir.as_str()), built.snapshots.as_slice()))
                     .collect();
-                export_tar(store, &trees, dest)?;
+                export_tar(store, &trees, dest, settings.epoch)?;
                 Ok(None)
             }
             Output::Image { .. } => Ok(None),
@@ -290,13 +471,14 @@ fn platform_dir(platform: &Platform) -> String {
     platform.normalized().to_string().replace('/', "_")
 }
 
-/// Root filesystems (its files' times clamped by nothing: as they are in
-/// the image) as one tar into `dest`: each tree at the top, or under its
-/// directory.
+/// Root filesystems as one tar into `dest`: each tree at the top, or under
+/// its directory; every file dated `epoch` when given, else as it is in
+/// the image.
 fn export_tar(
     store: &Store,
     trees: &[(Option<&str>, &[PathBuf])],
     dest: &Dest,
+    epoch: Option<i64>,
 ) -> Result<(), ExportError> {
     let shown = match dest {
         Dest::File(path) => path.clone(),
@@ -315,7 +497,7 @@ fn export_tar(
             Some(dir) => merged.join(dir),
             None => merged.clone(),
         };
-        export_local(store, snapshots_bottom_first, &into)?;
+        export_local(store, snapshots_bottom_first, &into, epoch)?;
     }
     let options = kiln_layers::diff::DiffOptions {
         source_date_epoch: None,
@@ -324,6 +506,9 @@ fn export_tar(
     };
     match dest {
         Dest::File(path) => {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| failed(e.to_string()))?;
+            }
             let file = std::fs::File::create(path).map_err(|e| failed(e.to_string()))?;
             let mut out =
                 kiln_layers::diff::write_tar(&merged, std::io::BufWriter::new(file), &options)
@@ -340,11 +525,14 @@ fn export_tar(
     }
 }
 
-/// The final root filesystem, merged from the snapshots, into `dest`.
+/// The final root filesystem, merged from the snapshots, into `dest`;
+/// every file dated `epoch` when given (BuildKit's local exporter sets
+/// each one's mtime to `SOURCE_DATE_EPOCH`).
 fn export_local(
     store: &Store,
     snapshots_bottom_first: &[PathBuf],
     dest: &Path,
+    epoch: Option<i64>,
 ) -> Result<(), ExportError> {
     let copy_err = |message: String| ExportError::Copy {
         dest: dest.to_path_buf(),
@@ -362,6 +550,7 @@ fn export_local(
     let target = LayeredRootfs::new(dest, Vec::new());
     let mut options = CopyOptions::dockerfile_copy(false);
     options.allow_wildcard = false;
+    options.utime = epoch.map(|seconds| (seconds, 0));
     crate::copy::copy(&source, "/", &target, "/", &options).map_err(|e| copy_err(e.to_string()))?;
     Ok(())
 }

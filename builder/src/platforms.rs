@@ -24,7 +24,7 @@ use std::time::{Instant, SystemTime};
 
 use kiln_layers::compressed::compressed_image;
 use kiln_layers::index::{write_attestation_manifest, IndexWriter};
-use kiln_layers::{Descriptor, Platform, Reference};
+use kiln_layers::{Descriptor, Platform};
 
 use crate::cache::CacheSources;
 use crate::export::Output;
@@ -268,11 +268,7 @@ impl<'a> Session<'a> {
         images: &[BuiltImage],
     ) -> Result<(), BuildError> {
         let settings = self.settings;
-        let name = match settings.all_tags().first() {
-            Some(t) => t.clone(),
-            None => Reference::parse("kiln-build:latest")
-                .map_err(|e| BuildError::Invalid(e.to_string()))?,
-        };
+        let write = settings.write_settings(self.reporter);
         for output in &settings.outputs {
             // One platform's root filesystem (a build with provenance)
             // goes where a single-platform build puts it; under its
@@ -281,22 +277,9 @@ impl<'a> Session<'a> {
             let single =
                 images.len() == 1 && !matches!(output, Output::Oci(_)) && !self.index_asked();
             let written = if single {
-                output.write(
-                    self.store,
-                    &images[0],
-                    &name,
-                    settings.compression,
-                    self.reporter,
-                )?
+                output.write(self.store, &images[0], &write)?
             } else {
-                output.write_index(
-                    self.store,
-                    index,
-                    images,
-                    &name,
-                    settings.compression,
-                    self.reporter,
-                )?
+                output.write_index(self.store, index, images, &write)?
             };
             if let Some(written) = written {
                 result.reported = written;

@@ -31,7 +31,7 @@ use crate::context::{BuildContext, ContextError, EntryKind, StatCache};
 use crate::copy::{UrlDownloads, UrlFetcher};
 use crate::dockerignore::IgnoreError;
 use crate::dockerignore::PatternMatcher;
-use crate::export::{ExportError, Output};
+use crate::export::{ExportError, Output, WriteSettings};
 use crate::frontend::{Frontend, FrontendError};
 use crate::lint::{self, Checker, LintOptions};
 use crate::plan::{
@@ -160,6 +160,15 @@ impl BuildSettings {
         self.records_untagged()
             || !self.all_tags().is_empty()
             || (self.outputs.iter()).any(|o| matches!(o, Output::Oci(_) | Output::Docker(_)))
+    }
+
+    /// What writing the outputs needs besides the image.
+    pub fn write_settings<'r>(&self, reporter: &'r dyn Reporter) -> WriteSettings<'r> {
+        WriteSettings {
+            compression: self.compression,
+            reporter,
+            epoch: self.source_date_epoch(),
+        }
     }
 
     /// Every name the image gets: `-t`'s, then those of image outputs.
@@ -511,6 +520,12 @@ impl BuildResult {
             "image.name": names.join(","),
             "buildx.build.warnings": self.warnings(),
         });
+        // BuildKit answers no name when the image has none.
+        if names.is_empty() {
+            if let Some(map) = meta.as_object_mut() {
+                map.remove("image.name");
+            }
+        }
         // An index has no config of its own (buildx writes none).
         if self.index.is_some() {
             if let Some(map) = meta.as_object_mut() {
@@ -806,6 +821,15 @@ impl<'a> Session<'a> {
                 "--push (or an output with push=true) needs a name: -t or name=".into(),
             ));
         }
+        // BuildKit's image exporter refuses the pair (Docker's media types
+        // have no zstd layer).
+        if settings.docker_media_types && settings.compression == Compression::Zstd {
+            return Err(BuildError::Invalid(
+                "--compression zstd conflicts with --docker-mediatypes (BuildKit: exporter \
+                 option \"compression=zstd\" conflicts with \"oci-mediatypes=false\")"
+                    .into(),
+            ));
+        }
         // buildx's words: a root filesystem has no image id to write.
         if settings.iidfile.is_some()
             && (settings.outputs.iter()).any(|o| matches!(o, Output::Local(_) | Output::Tar(_)))
@@ -994,19 +1018,9 @@ impl<'a> Session<'a> {
 
     fn outputs(&self, result: &mut BuildResult) -> Result<(), BuildError> {
         let settings = self.settings;
-        let name = match settings.all_tags().first() {
-            Some(t) => t.clone(),
-            None => Reference::parse("kiln-build:latest")
-                .map_err(|e| BuildError::Invalid(e.to_string()))?,
-        };
+        let write = settings.write_settings(self.reporter);
         for output in &settings.outputs {
-            let written = output.write(
-                self.store,
-                &result.built,
-                &name,
-                settings.compression,
-                self.reporter,
-            )?;
+            let written = output.write(self.store, &result.built, &write)?;
             if let Some(manifest) = written {
                 result.reported = manifest;
             }

@@ -138,9 +138,9 @@ fn a_session_builds_tags_and_writes_its_files() {
         settings: &with_iid,
         ..session
     };
-    let err = (refused.plan().and_then(|planned| refused.build(planned)))
-        .err()
-        .expect("--iidfile beside type=local");
+    let Err(err) = refused.plan().and_then(|planned| refused.build(planned)) else {
+        panic!("--iidfile beside type=local was taken");
+    };
     assert!(
         err.to_string()
             .contains("local and tar exporters are incompatible with image ID file"),

@@ -35,12 +35,13 @@ pub enum Format {
     Docker,
 }
 
-/// One image to save: the name to record, what `index.json` names (an
-/// image manifest, or an index of several platforms), and the images whose
-/// content goes in.
+/// One image to save: the name to record (none: the image goes unnamed,
+/// as BuildKit's exporters leave an image no name was given for), what
+/// `index.json` names (an image manifest, or an index of several
+/// platforms), and the images whose content goes in.
 #[derive(Clone, Debug)]
 pub struct SaveItem {
-    pub reference: Reference,
+    pub reference: Option<Reference>,
     /// The manifest or index `index.json` records (an index's entries the
     /// store does not hold are left out of the archive's blobs, as the OCI
     /// layout allows).
@@ -52,7 +53,7 @@ pub struct SaveItem {
 
 impl SaveItem {
     /// One image under one name.
-    pub fn single(reference: Reference, image: Image) -> SaveItem {
+    pub fn single(reference: Option<Reference>, image: Image) -> SaveItem {
         SaveItem {
             reference,
             descriptor: image.manifest_descriptor.clone(),
@@ -67,7 +68,7 @@ impl SaveItem {
     /// image.
     pub fn held(
         store: &Store,
-        reference: Reference,
+        reference: Option<Reference>,
         descriptor: &Descriptor,
         first: &Platform,
     ) -> Result<SaveItem> {
@@ -199,13 +200,36 @@ impl<W: Write> Sink for TarSink<W> {
     }
 }
 
-/// Saves `items` to `out`: a directory for `Format::Oci` unless `out` ends
-/// in `.tar`, always a tar for `Format::Docker`; `-` writes a tar to stdout.
+/// Whether an archive is one tar or a directory of the same files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// A tar file (`-`: standard output).
+    Tar,
+    /// A directory.
+    Dir,
+}
+
+/// `kiln save`: saves `items` to `out`, a directory for `Format::Oci`
+/// unless `out` ends in `.tar`, always a tar for `Format::Docker`; `-`
+/// writes a tar to stdout.
 pub fn save(store: &Store, items: &[SaveItem], format: Format, out: &Path) -> Result<()> {
     let as_tar = format == Format::Docker
         || out.as_os_str() == "-"
         || out.extension().is_some_and(|e| e == "tar");
-    if !as_tar {
+    let layout = if as_tar { Layout::Tar } else { Layout::Dir };
+    save_as(store, items, format, out, layout)
+}
+
+/// Saves `items` to `out` as `layout` says (a build's `--output`, where
+/// `tar=` decides, as in buildx).
+pub fn save_as(
+    store: &Store,
+    items: &[SaveItem],
+    format: Format,
+    out: &Path,
+    layout: Layout,
+) -> Result<()> {
+    if layout == Layout::Dir {
         fs::create_dir_all(out.join("blobs/sha256")).map_err(io_at("create directory", out))?;
         let mut sink = DirSink {
             root: out.to_path_buf(),
@@ -275,25 +299,20 @@ fn write_layout(
         entry.annotations = top.annotations.clone();
         entry.annotations.remove(ANNOTATION_REF_NAME);
         entry.annotations.remove(ANNOTATION_CONTAINERD_NAME);
-        let full = item.reference.to_string();
-        entry
-            .annotations
-            .insert(ANNOTATION_CONTAINERD_NAME.into(), full.clone());
-        // As `docker save` does: the OCI ref name is the tag alone.
-        let tag = item
-            .reference
-            .tag
-            .clone()
-            .unwrap_or_else(|| "latest".into());
-        entry
-            .annotations
-            .insert(ANNOTATION_REF_NAME.into(), tag.clone());
+        if let Some(reference) = &item.reference {
+            entry
+                .annotations
+                .insert(ANNOTATION_CONTAINERD_NAME.into(), reference.to_string());
+            // As `docker save` does: the OCI ref name is the tag alone.
+            let tag = reference.tag.clone().unwrap_or_else(|| "latest".into());
+            entry.annotations.insert(ANNOTATION_REF_NAME.into(), tag);
+        }
         index.manifests.push(entry);
         if let (Format::Docker, Some(image)) = (format, item.images.first()) {
             docker_entry(
                 &mut docker_manifest,
                 &mut repositories,
-                &item.reference,
+                item.reference.as_ref(),
                 image,
             );
         }
@@ -315,22 +334,28 @@ fn write_layout(
 }
 
 /// docker-archive's `manifest.json` entry (or one more name for an entry
-/// of the same image) and `repositories` line for `image` under `reference`.
+/// of the same image) and `repositories` line for `image` under
+/// `reference`; unnamed, an entry without `RepoTags` (`null`, as `docker
+/// save` of an id writes).
 fn docker_entry(
     docker_manifest: &mut Vec<DockerArchiveEntry>,
     repositories: &mut BTreeMap<String, BTreeMap<String, String>>,
-    reference: &Reference,
+    reference: Option<&Reference>,
     image: &Image,
 ) {
-    let familiar = reference.familiar();
+    let familiar = reference.map(Reference::familiar);
     let existing = docker_manifest
         .iter_mut()
         .find(|e| e.config.ends_with(image.id().hex()));
     match existing {
-        Some(e) => e.repo_tags.get_or_insert_with(Vec::new).push(familiar),
+        Some(e) => {
+            if let Some(familiar) = familiar {
+                e.repo_tags.get_or_insert_with(Vec::new).push(familiar);
+            }
+        }
         None => docker_manifest.push(DockerArchiveEntry {
             config: format!("blobs/sha256/{}", image.id().hex()),
-            repo_tags: Some(vec![familiar]),
+            repo_tags: familiar.map(|f| vec![f]),
             layers: image
                 .manifest
                 .layers
@@ -339,6 +364,9 @@ fn docker_entry(
                 .collect(),
         }),
     }
+    let Some(reference) = reference else {
+        return;
+    };
     if let (Some(t), Some(top)) = (&reference.tag, image.manifest.layers.last()) {
         repositories
             .entry(reference.familiar_name())

@@ -166,9 +166,11 @@ pub struct BuildArgs {
     /// alone, unnamed).
     #[arg(long, value_name = "FILE")]
     metadata_file: Option<PathBuf>,
-    /// Also export (repeatable): type=oci,dest=DIR|FILE.tar; type=docker,dest=FILE.tar;
-    /// type=local,dest=DIR (or just DIR); type=tar,dest=FILE|- (or just -, to standard output);
-    /// type=image,name=REF[,push=true]; type=registry,name=REF (pushes).
+    /// Also export (repeatable): type=oci[,dest=FILE|-]; type=docker,dest=FILE (each a tar;
+    /// tar=false and dest=DIR: a directory; name=REF[,REF…] names the image in it);
+    /// type=local,dest=DIR (or just DIR); type=tar[,dest=FILE|-] (or just -, to standard
+    /// output); type=image,name=REF[,push=true]; type=registry,name=REF (pushes). With -t,
+    /// image, oci and docker outputs are named by every -t (as buildx names them).
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     outputs: Vec<String>,
     /// Push every tag to its registry after the build.
@@ -522,7 +524,7 @@ fn settings_of(
         .into_iter()
         .next()
         .unwrap_or_else(Platform::host);
-    let tags = args
+    let tags: Vec<Reference> = args
         .tags
         .iter()
         .map(|t| Reference::parse_tag(t).with_context(|| format!("-t {t}")))
@@ -539,6 +541,11 @@ fn settings_of(
         .iter()
         .map(|spec| Output::parse(spec))
         .collect::<Result<_, _>>()?;
+    let outputs = kiln_builder::export::with_tags(outputs, &tags, args.push);
+    let terminal = std::io::stdout().is_terminal();
+    for output in &outputs {
+        output.check_dest(terminal)?;
+    }
     Ok(BuildSettings {
         context_dir: context.dir.clone(),
         context_origin: context.origin.clone(),

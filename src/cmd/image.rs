@@ -198,10 +198,10 @@ fn save(store: &Store, args: SaveArgs, settings: &GlobalSettings) -> anyhow::Res
             };
             let item = match &args.platform {
                 Some(_) => SaveItem::single(
-                    reference,
+                    Some(reference),
                     store.read_image_for(&tagged.descriptor, &platform, query)?,
                 ),
-                None => SaveItem::held(store, reference, &tagged.descriptor, &platform)?,
+                None => SaveItem::held(store, Some(reference), &tagged.descriptor, &platform)?,
             };
             // Layers a build left where they are come down first.
             for image in &item.images {

@@ -136,7 +136,7 @@ fn url_password_is_in_no_output_history_metadata_or_file() {
         let mut args = vec!["build", "--no-cache", "-t", "probe:1"];
         args.extend(verbosity);
         let meta_arg = metadata.to_str().unwrap().to_string();
-        let oci_arg = format!("type=oci,dest={}", oci.display());
+        let oci_arg = format!("type=oci,tar=false,dest={}", oci.display());
         args.extend(["--metadata-file", &meta_arg, "--output", &oci_arg]);
         args.push(ctx.to_str().unwrap());
         let result = kiln(&root, &args);
