@@ -965,6 +965,41 @@ fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
+/// Builds exporting into one local cache directory at once each keep
+/// their tag: `index.json` is rewritten under `index.json.lock`, as
+/// BuildKit's `ociindex` holds it. An empty `--cache-from` or `--cache-to`
+/// is skipped, as buildx skips it.
+#[test]
+fn concurrent_local_exports_keep_every_tag() {
+    if !kiln_testsupport::require_root("RUN in namespaces") {
+        return;
+    }
+    const NAMES: [&str; 8] = ["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7"];
+    let registry = Registry::start();
+    let runners: Vec<Runner> = (NAMES.iter())
+        .map(|name| Runner::new(name, &registry.base(), "2001-01-01 00:00:00"))
+        .collect();
+    let shared = tempfile::tempdir().unwrap();
+    let cache = shared.path().join("cache");
+    std::thread::scope(|scope| {
+        let builds: Vec<_> = (runners.iter())
+            .map(|runner| {
+                let to = format!("type=local,dest={},tag={}", cache.display(), runner.name);
+                scope.spawn(move || runner.build(&["--cache-to", &to, "--cache-from", ""]).ok())
+            })
+            .collect();
+        for build in builds {
+            build.join().unwrap();
+        }
+    });
+    let index = read_json(&cache.join("index.json"));
+    let mut tags: Vec<&str> = (index["manifests"].as_array().unwrap().iter())
+        .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
+        .collect();
+    tags.sort();
+    assert_eq!(tags, NAMES, "{index}");
+}
+
 #[test]
 fn unsupported_cache_types_and_keys_are_refused_before_building() {
     let dir = tempfile::tempdir().unwrap();
@@ -981,6 +1016,11 @@ fn unsupported_cache_types_and_keys_are_refused_before_building() {
             "--cache-to",
             "type=local,dest=/tmp/x,reset=true",
             "reset= is not an option",
+        ),
+        (
+            "--cache-to",
+            "type=registry,ref=localhost:5000/c:t@sha256:1111111111111111111111111111111111111111111111111111111111111111",
+            "a cache is pushed under a tag, not to a digest",
         ),
     ] {
         let out = common::kiln(

@@ -137,9 +137,20 @@ fn copy_blob_out(store: &Store, blob: &Descriptor, dir: &Path) -> Result<(), Cac
 }
 
 /// Points `tag` in the layout's `index.json` at `manifest` (any other
-/// entry of that tag is dropped).
+/// entry of that tag is dropped), holding `index.json.lock` meanwhile, as
+/// BuildKit's `ociindex` does: builds exporting into one directory at once
+/// each keep their tag.
 fn tag_manifest(dest: &Path, manifest: &Descriptor, tag: &str) -> Result<(), CacheError> {
     let path = dest.join("index.json");
+    let lock_path = dest.join("index.json.lock");
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(CacheError::io(&lock_path))?;
+    // Released when `lock` is closed, at the end of this function.
+    lock.lock().map_err(CacheError::io(&lock_path))?;
     let mut index = match fs::read(&path) {
         Ok(bytes) => serde_json::from_slice::<Index>(&bytes).map_err(|e| {
             CacheError::Invalid(format!("{}: not an OCI index: {e}", path.display()))

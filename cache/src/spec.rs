@@ -97,10 +97,22 @@ pub struct SpecError {
 pub fn parse_cache_to(spec: &str) -> Result<CacheTo, SpecError> {
     let mut fields = Fields::parse("--cache-to", spec)?;
     let to = match fields.kind.as_str() {
-        "registry" => CacheTo::Registry {
-            reference: fields.reference()?,
-            options: fields.export_options()?,
-        },
+        "registry" => {
+            let reference = fields.reference()?;
+            // The cache's manifest is pushed under the tag: a digest given
+            // with it would be dropped, and a bare name's tag (latest)
+            // would be overwritten in its place.
+            if let Some(digest) = &reference.digest {
+                return Err(fields.error(format!(
+                    "ref={reference}: a cache is pushed under a tag, not to a digest \
+                     ({digest} would be ignored); name a tag"
+                )));
+            }
+            CacheTo::Registry {
+                reference,
+                options: fields.export_options()?,
+            }
+        }
         "local" => CacheTo::Local {
             dest: fields.required("dest")?.into(),
             tag: fields.take("tag").unwrap_or_else(|| "latest".into()),

@@ -782,14 +782,14 @@ fn remote_cache(
     remote: &CliRemote<'_>,
     display: &Display,
 ) -> anyhow::Result<RemoteCache> {
-    let to = args
-        .cache_to
-        .iter()
+    // An empty value is skipped, as buildx skips it (a CI template's
+    // `--cache-from "$CACHE"` with nothing set).
+    let to = (args.cache_to.iter())
+        .filter(|spec| !spec.trim().is_empty())
         .map(|spec| kiln_cache::spec::parse_cache_to(spec))
         .collect::<Result<Vec<_>, _>>()?;
-    let from = args
-        .cache_from
-        .iter()
+    let from = (args.cache_from.iter())
+        .filter(|spec| !spec.trim().is_empty())
         .map(|spec| kiln_cache::spec::parse_cache_from(spec))
         .collect::<Result<Vec<_>, _>>()?;
     let net = || -> Result<kiln_cache::Net, RemoteError> {
