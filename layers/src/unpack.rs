@@ -35,8 +35,10 @@
 //!   target (resolved in the image, and never written through here); a
 //!   hardlink's target is taken the same way, and may name any non-directory of the
 //!   destination (the target copies it into the writable dir first, as
-//!   overlayfs' copy-up would). The root entry is skipped, and `.wh.` names
-//!   are plain files, as in Docker and BuildKit.
+//!   overlayfs' copy-up would). A directory entry named `.` (`./`) is
+//!   skipped, one that climbs to the destination (`../`) gives it its
+//!   owner, mode and mtime, and `.wh.` names are plain files, as in Docker
+//!   and BuildKit.
 //!
 //! In both modes a directory that replaces a non-directory where a lower
 //! layer has a directory is made opaque, so the lower one's contents do
@@ -277,6 +279,27 @@ fn archive_components(raw: &[u8]) -> std::result::Result<Vec<OsString>, NulInNam
         }
     }
     Ok(out)
+}
+
+/// Whether Go's `filepath.Clean` makes `raw` the name `.`: relative, and
+/// never climbing above where it starts (`./`, `a/..`; not `..`, `/`,
+/// `a/../..`).
+fn go_cleans_to_dot(raw: &[u8]) -> bool {
+    if raw.starts_with(b"/") {
+        return false;
+    }
+    let mut depth = 0usize;
+    for c in raw.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => match depth.checked_sub(1) {
+                Some(up) => depth = up,
+                None => return false,
+            },
+            _ => depth += 1,
+        }
+    }
+    depth == 0
 }
 
 fn display(comps: &[OsString]) -> String {
@@ -680,7 +703,7 @@ impl Unpacker<'_> {
         let attrs = self.attrs(entry, &shown)?;
         self.stats.entries += 1;
         let Some((name, parent_comps)) = comps.split_last() else {
-            return self.root_entry(kind, &attrs, &shown);
+            return self.root_entry(kind, &attrs, &raw_path, &shown);
         };
         let name_str = name.to_string_lossy();
         let overlay_whiteouts = matches!(
@@ -759,19 +782,43 @@ impl Unpacker<'_> {
     }
 
     /// An entry naming the root (`./`): a layer's, a directory, sets the
-    /// root's metadata; an archive's directory is skipped, the destination
-    /// keeping its own metadata, as in Docker and BuildKit. An archive's
-    /// non-directory whose name cleans to the destination (`..`, `/`) is
-    /// refused: BuildKit's untar removes everything in the destination
-    /// for it, then fails.
-    fn root_entry(&mut self, kind: tar::EntryType, attrs: &Attrs, shown: &str) -> Result<()> {
-        if self.is_archive() {
-            if kind.is_dir() {
+    /// root's metadata. An archive's directory named `.` once cleaned
+    /// (`./`, `a/..`) is skipped, the destination keeping its own
+    /// metadata; one whose name climbs to the destination (`../`, `/`,
+    /// `a/../..`) gives it its owner, mode and mtime: go-archive's
+    /// `Unpack` skips only the name `.`, and merges a directory into the
+    /// one there (docker 20.10's BuildKit does so for `../`). An archive's
+    /// non-directory whose name cleans to the destination is refused:
+    /// BuildKit's untar removes everything in the destination for it, then
+    /// fails.
+    fn root_entry(
+        &mut self,
+        kind: tar::EntryType,
+        attrs: &Attrs,
+        raw_path: &[u8],
+        shown: &str,
+    ) -> Result<()> {
+        if let Kind::Archive { into, .. } = &self.kind {
+            if !kind.is_dir() {
+                return Err(
+                    self.unsafe_entry(shown, "names the destination itself but is not a directory")
+                );
+            }
+            if go_cleans_to_dot(raw_path) {
                 return Ok(());
             }
-            return Err(
-                self.unsafe_entry(shown, "names the destination itself but is not a directory")
-            );
+            let into = into.to_vec();
+            let path = self.open_dir(&into, false, shown)?;
+            let dir = rustix::fs::openat(
+                &path,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| self.io("open", shown, e))?;
+            self.set_owner_mode_fd(&dir, attrs.uid, attrs.gid, attrs.mode, shown)?;
+            self.dir_times.push((into, attrs.mtime));
+            return Ok(());
         }
         if !kind.is_dir() {
             return Err(self.unsafe_entry(shown, "names the layer root but is not a directory"));
@@ -1230,6 +1277,16 @@ mod tests {
     /// Joined to the destination as `filepath.Join("/", name)` inside
     /// BuildKit's chroot: `..` stops at the destination, relative names
     /// and absolute ones alike.
+    #[test]
+    fn only_names_go_cleans_to_dot_are_the_destination_left_alone() {
+        for name in ["./", ".", "a/..", "./a/../", "a/b/../.."] {
+            assert!(go_cleans_to_dot(name.as_bytes()), "{name}");
+        }
+        for name in ["../", "..", "/", "a/../..", "../a/..", "/./"] {
+            assert!(!go_cleans_to_dot(name.as_bytes()), "{name}");
+        }
+    }
+
     #[test]
     fn archive_names_clean_as_go_and_stop_at_the_destination() {
         assert_eq!(names("a/./b//c/"), Ok("a/b/c".into()));
