@@ -143,14 +143,11 @@ fn copy_blob_out(store: &Store, blob: &Descriptor, dir: &Path) -> Result<(), Cac
 fn tag_manifest(dest: &Path, manifest: &Descriptor, tag: &str) -> Result<(), CacheError> {
     let path = dest.join("index.json");
     let lock_path = dest.join("index.json.lock");
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(CacheError::io(&lock_path))?;
-    // Released when `lock` is closed, at the end of this function.
-    lock.lock().map_err(CacheError::io(&lock_path))?;
+    // Released when `_lock` is closed, at the end of this function.
+    let _lock = kiln_layers::store::lock(&lock_path, true).map_err(|source| CacheError::Store {
+        what: format!("local cache {}", dest.display()),
+        source: Box::new(source),
+    })?;
     let mut index = match fs::read(&path) {
         Ok(bytes) => serde_json::from_slice::<Index>(&bytes).map_err(|e| {
             CacheError::Invalid(format!("{}: not an OCI index: {e}", path.display()))

@@ -353,7 +353,10 @@ pub(crate) fn try_lock(path: &Path) -> Result<Option<File>> {
     }
 }
 
-pub(crate) fn lock(path: &Path, exclusive: bool) -> Result<File> {
+/// An `flock` on `path` (created if missing), exclusive or shared, waited
+/// for; held until the returned file is closed. The store's locks, and a
+/// local cache's `index.json.lock`.
+pub fn lock(path: &Path, exclusive: bool) -> Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
