@@ -83,12 +83,10 @@ fn build_full(
     };
     let resolver = StoreResolver::new(store, None);
     let mut p = plan(&typed, &opts, &resolver).unwrap();
-    let ctx = BuildContext::load(
-        context,
-        &PatternMatcher::new(Vec::<String>::new()).unwrap(),
-        None,
-    )
-    .unwrap();
+    // Its .dockerignore's patterns (one per line), if it has one.
+    let ignore = std::fs::read_to_string(context.join(".dockerignore")).unwrap_or_default();
+    let patterns = ignore.lines().filter(|l| !l.trim().is_empty());
+    let ctx = BuildContext::load(context, &PatternMatcher::new(patterns).unwrap(), None).unwrap();
     compute_cache_keys(&mut p, Some(&ctx), &RemoteSources::default()).unwrap();
     let solve_opts = SolveOptions {
         named_contexts: None,
@@ -356,12 +354,20 @@ fn run_mounts_bind_tmpfs_secret_cache() {
     let ctx = dir.path().join("ctx");
     std::fs::create_dir_all(ctx.join("ctxdir")).unwrap();
     std::fs::write(ctx.join("ctxdir/c.txt"), "ctx\n").unwrap();
+    // A context mount shows what the context is: .dockerignore applied,
+    // every owner root (a host owner of 1234 is not seen; as a user the
+    // files are the user's, root in the build's user namespace anyway).
+    std::fs::write(ctx.join("ctxdir/hidden.txt"), "hidden\n").unwrap();
+    std::fs::write(ctx.join(".dockerignore"), "ctxdir/hidden.txt\n").unwrap();
+    let _ = std::os::unix::fs::chown(ctx.join("ctxdir/c.txt"), Some(1234), Some(1234));
     let secret = dir.path().join("token");
     std::fs::write(&secret, "s3cret").unwrap();
     let df = "FROM busybox:test AS src\n\
               RUN mkdir -p /data/sub && echo from-stage > /data/sub/f\n\
               FROM busybox:test\n\
               RUN --mount=type=bind,source=ctxdir,target=/ctx cat /ctx/c.txt > /from-ctx\n\
+              RUN --mount=type=bind,target=/whole ls -a /whole/ctxdir > /ctx-list && stat -c %u:%g /whole/ctxdir/c.txt > /ctx-owner\n\
+              RUN --mount=type=bind,source=ctxdir/c.txt,target=/one stat -c %u:%g /one > /file-owner\n\
               RUN --mount=type=bind,from=src,source=/data,target=/st cat /st/sub/f > /from-stage\n\
               RUN --mount=type=tmpfs,target=/scratch echo temp > /scratch/t && ls /scratch > /tmp-list\n\
               RUN --mount=type=secret,id=tok cat /run/secrets/tok > /secret-copy\n\
@@ -383,6 +389,9 @@ fn run_mounts_bind_tmpfs_secret_cache() {
     }
     for (path, content) in [
         ("from-ctx", "ctx\n"),
+        ("ctx-list", ".\n..\nc.txt\n"),
+        ("ctx-owner", "0:0\n"),
+        ("file-owner", "0:0\n"),
         ("from-stage", "from-stage\n"),
         ("tmp-list", "t\n"),
         ("secret-copy", "s3cret"),
@@ -396,7 +405,14 @@ fn run_mounts_bind_tmpfs_secret_cache() {
     }
     for (path, _, _) in &all {
         assert_ne!(path, "m", "the secret's mount point leaked into a layer");
-        for mounted in ["ctx/", "st/", "scratch/", "run/secrets/tok", "cache/"] {
+        for mounted in [
+            "ctx/",
+            "whole/",
+            "st/",
+            "scratch/",
+            "run/secrets/tok",
+            "cache/",
+        ] {
             assert!(
                 !path.starts_with(mounted),
                 "{path} leaked into a layer: {all:?}"
@@ -731,12 +747,10 @@ fn build_with_ssh(
     };
     let resolver = StoreResolver::new(store, None);
     let mut p = plan(&typed, &opts, &resolver).unwrap();
-    let ctx = BuildContext::load(
-        context,
-        &PatternMatcher::new(Vec::<String>::new()).unwrap(),
-        None,
-    )
-    .unwrap();
+    // Its .dockerignore's patterns (one per line), if it has one.
+    let ignore = std::fs::read_to_string(context.join(".dockerignore")).unwrap_or_default();
+    let patterns = ignore.lines().filter(|l| !l.trim().is_empty());
+    let ctx = BuildContext::load(context, &PatternMatcher::new(patterns).unwrap(), None).unwrap();
     compute_cache_keys(&mut p, Some(&ctx), &RemoteSources::default()).unwrap();
     let events = Events::default();
     let solve_opts = SolveOptions {

@@ -401,10 +401,12 @@ fn bind_mount(
         .stat(&resolved)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("/{rel} not found"))?;
-    // Bound where it lies only when read-only (a context dir, any file). A
-    // stack of snapshots is merged into a copy, and a writable mount is a
-    // copy whose writes are dropped, as in BuildKit: neither the context
-    // nor a snapshot may change.
+    // Bound where it lies only when it is a snapshot's file, read-only.
+    // The context is a copy, as BuildKit mounts the context it was sent:
+    // `.dockerignore` applied, every owner root (the docker CLI and buildx
+    // send it so). A stack of snapshots is merged into a copy, and a
+    // writable mount is a copy whose writes are dropped, as in BuildKit:
+    // neither the context nor a snapshot may change.
     let copy_of = |dest: &Path| -> Result<(), String> {
         mkdir(dest)?;
         let target_view = LayeredRootfs::new(dest, Vec::new());
@@ -414,8 +416,7 @@ fn bind_mount(
             .map(|_| ())
             .map_err(|e| e.to_string())
     };
-    let source = match (meta.is_dir(), read_only) {
-        (true, true) if from.is_none() => context.host_path(&resolved),
+    let source = match (meta.is_dir(), read_only && from.is_some()) {
         (false, true) => tree.host_file(&resolved).map_err(|e| e.to_string())?,
         (true, _) => {
             let merged = scratch.join("merged");
