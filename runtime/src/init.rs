@@ -955,7 +955,9 @@ fn mount_tmpfs(
     let nodev = if cfg.nodev { libc::MS_NODEV } else { 0 };
     let read_only = if tmpfs.read_only { libc::MS_RDONLY } else { 0 };
     let mut options = "mode=1777".to_string();
-    if let Some(size) = tmpfs.size {
+    // BuildKit adds the size only above 0: size=0 is the default size,
+    // where the kernel would read it as no limit.
+    if let Some(size) = tmpfs.size.filter(|size| *size > 0) {
         options.push_str(&format!(",size={}", tmpfs_size(size)));
     }
     mount(

@@ -454,6 +454,13 @@ fn tmpfs_shm_rlimits_and_privileged() {
             size: None,
             read_only: true,
         },
+        // size=0 is no size (BuildKit adds the option only above 0); the
+        // kernel would read size=0 as no limit.
+        crate::TmpfsMount {
+            target: "/zero".into(),
+            size: Some(0),
+            read_only: false,
+        },
     ];
     cfg.shm_size = 128 * 1024 * 1024;
     cfg.rlimits = vec![crate::Rlimit::parse("nproc=100:200").unwrap()];
@@ -465,6 +472,7 @@ fn tmpfs_shm_rlimits_and_privileged() {
         "mount shm /state/rootfs/dev/shm tmpfs NOSUID|NODEV|NOEXEC mode=1777,size=131072k",
         "mount tmpfs /state/rootfs/scratch tmpfs NOSUID mode=1777,size=1024k",
         "mount tmpfs /state/rootfs/empty tmpfs RDONLY|NOSUID mode=1777",
+        "mount tmpfs /state/rootfs/zero tmpfs NOSUID mode=1777",
         "bind /host/data on /state/rootfs/scratch/data REC",
         "rlimit NOFILE 1024 4096",
         "rlimit NPROC 100 200",
