@@ -985,7 +985,11 @@ fn concurrent_local_exports_keep_every_tag() {
         let builds: Vec<_> = (runners.iter())
             .map(|runner| {
                 let to = format!("type=local,dest={},tag={}", cache.display(), runner.name);
-                scope.spawn(move || runner.build(&["--cache-to", &to, "--cache-from", ""]).ok())
+                scope.spawn(move || {
+                    runner
+                        .build(&["--cache-to", &to, "--cache-from", "", "--cache-to", ""])
+                        .ok()
+                })
             })
             .collect();
         for build in builds {

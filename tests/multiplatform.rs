@@ -943,6 +943,30 @@ fn outputs_of_a_two_platform_build() {
             ctx.path().to_str().unwrap(),
         ],
     ));
+    // With SOURCE_DATE_EPOCH, each platform's directory is dated then too
+    // (BuildKit's local and tar exporters date it), as are its files.
+    let dated = fixture.path("dated");
+    ok(&fixture.kiln(
+        &root,
+        &[
+            "build",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--build-arg",
+            "SOURCE_DATE_EPOCH=1000000000",
+            "-o",
+            &format!("type=local,dest={}", dated.display()),
+            ctx.path().to_str().unwrap(),
+        ],
+    ));
+    for path in ["linux_amd64", "linux_arm64", "linux_arm64/arch"] {
+        let meta = std::fs::metadata(dated.join(path)).unwrap();
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::mtime(&meta),
+            1_000_000_000,
+            "{path}"
+        );
+    }
     // --iidfile beside a root filesystem output is refused, as buildx
     // refuses it; with the index alone it names the index (below).
     for output in &outputs[1..] {

@@ -748,21 +748,56 @@ fn archives_are_tars_named_as_buildx_names_them() {
         manifest[0]["RepoTags"],
         serde_json::json!(["one:1", "two:2"])
     );
-    // name= names an unnamed build's archive.
+    // name= names an unnamed build's archive, and the metadata file's
+    // image.name; a symlink as dest is written through, not replaced.
+    let (real, link, meta) = (path("real.tar"), path("link.tar"), path("meta.json"));
+    std::os::unix::fs::symlink(&real, &link).unwrap();
     build(&[
+        "--metadata-file",
+        meta.to_str().unwrap(),
         "-o",
-        &format!("type=docker,dest={},name=three:3", docker.display()),
+        &format!("type=docker,dest={},name=three:3", link.display()),
     ]);
-    let manifest = tar_json(&docker, "manifest.json");
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let manifest = tar_json(&real, "manifest.json");
     assert_eq!(manifest[0]["RepoTags"], serde_json::json!(["three:3"]));
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    assert_eq!(meta["image.name"], "docker.io/library/three:3", "{meta}");
 
-    // tar=false: a directory.
+    // tar=false: a directory, whose index.json each export is put into as
+    // BuildKit's ociindex puts it: unnamed as latest, a name replacing
+    // only its own entry.
     let layout = path("layout");
-    build(&[
-        "-o",
-        &format!("type=oci,tar=false,dest={}", layout.display()),
-    ]);
+    let to_layout = format!("type=oci,tar=false,dest={}", layout.display());
+    build(&["-o", &to_layout]);
     assert!(layout.join("index.json").is_file() && layout.join("oci-layout").is_file());
+    build(&["-t", "app:1", "-o", &to_layout]);
+    build(&["-t", "app:2", "-o", &to_layout]);
+    build(&["-t", "app:1", "-o", &to_layout]);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let mut names: Vec<(String, String)> = (index["manifests"].as_array().unwrap().iter())
+        .map(|m| {
+            let get = |key: &str| m["annotations"][key].as_str().unwrap_or("").to_string();
+            (
+                get("io.containerd.image.name"),
+                get("org.opencontainers.image.ref.name"),
+            )
+        })
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            (String::new(), "latest".to_string()),
+            ("docker.io/library/app:1".into(), "1".into()),
+            ("docker.io/library/app:2".into(), "2".into()),
+        ],
+        "{index}"
+    );
 
     // Destinations of the wrong kind, before the build.
     let dir_dest = format!("type=oci,dest={}", layout.display());

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use kiln_layers::unpack::{ExtractOptions, ExtractTarget};
+use kiln_layers::unpack::{ExtractOptions, ExtractTarget, NoPlaceForEntry};
 
 use crate::context::EntryKind;
 use crate::copy::{mkdir_all, CopyError};
@@ -147,13 +147,11 @@ impl AddTarget<'_> {
                     let is_dir = (self.dest.stat(&resolved).map_err(io_error)?)
                         .is_some_and(|meta| meta.is_dir());
                     if !is_dir {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::NotFound,
-                            format!(
-                                "{} is a symlink to {target}, which is not a directory in the destination; an archive's entries are not made through it",
-                                rel_path(&dir[..=i])
-                            ),
-                        ));
+                        return Err(std::io::Error::other(NoPlaceForEntry(format!(
+                            "{} is a symlink to {target}, which is not a directory in the \
+                             destination; an archive's entries are not made through it",
+                            rel_path(&dir[..=i])
+                        ))));
                     }
                     parent = resolved;
                 }

@@ -192,7 +192,8 @@ impl Output {
         }
         let kind = map.remove("type").unwrap_or_else(|| "local".into());
         let dest = map.remove("dest").filter(|d| !d.is_empty());
-        let mut names = || match map.remove("name") {
+        // An empty name= names nothing (BuildKit reads it so).
+        let mut names = || match map.remove("name").filter(|n| !n.trim().is_empty()) {
             None => Ok(Vec::new()),
             Some(names) => names
                 .split(',')
@@ -202,10 +203,11 @@ impl Output {
         let output = match kind.as_str() {
             "oci" | "docker" => {
                 let names = names()?;
-                // As buildx reads it (BuildKit refuses what is no boolean).
-                let tar = match map.remove("tar") {
-                    None => true,
-                    Some(value) => kiln_parser::mount::parse_go_bool(&value)
+                // As BuildKit's exporter reads it: empty is true, what is
+                // no boolean is refused.
+                let tar = match map.remove("tar").as_deref() {
+                    None | Some("") => true,
+                    Some(value) => kiln_parser::mount::parse_go_bool(value)
                         .ok_or_else(|| bad(format!("tar={value}: true or false")))?,
                 };
                 let dest = match dest {
@@ -322,10 +324,13 @@ impl Output {
             Ok(meta) if is_dir && !meta.is_dir() => {
                 refuse(dest, "the destination directory is a file".into())
             }
-            Ok(meta) if !is_dir && meta.is_dir() => refuse(
-                dest,
-                "the destination file is a directory (an OCI layout directory is tar=false)".into(),
-            ),
+            Ok(meta) if !is_dir && meta.is_dir() => {
+                let hint = match self {
+                    Output::Oci(_) => " (an OCI layout directory is tar=false)",
+                    _ => "",
+                };
+                refuse(dest, format!("the destination file is a directory{hint}"))
+            }
             _ => Ok(()),
         }
     }
@@ -526,8 +531,9 @@ fn export_tar(
 }
 
 /// The final root filesystem, merged from the snapshots, into `dest`;
-/// every file dated `epoch` when given (BuildKit's local exporter sets
-/// each one's mtime to `SOURCE_DATE_EPOCH`).
+/// every file dated `epoch` when given, `dest` itself too (BuildKit's
+/// local exporter sets each one's mtime to `SOURCE_DATE_EPOCH`, a
+/// platform's directory included).
 fn export_local(
     store: &Store,
     snapshots_bottom_first: &[PathBuf],

@@ -186,6 +186,23 @@ impl BuildSettings {
         tags
     }
 
+    /// Every name the build gives its image anywhere: [`Self::all_tags`],
+    /// then the `name=` of OCI and docker outputs (the metadata file's
+    /// `image.name`, as BuildKit's exporters answer it).
+    pub fn image_names(&self) -> Vec<Reference> {
+        let mut names = self.all_tags();
+        for output in &self.outputs {
+            if let Output::Oci(archive) | Output::Docker(archive) = output {
+                for name in &archive.names {
+                    if !names.contains(name) {
+                        names.push(name.clone());
+                    }
+                }
+            }
+        }
+        names
+    }
+
     /// The names pushed: every `-t` with `--push`, and each image output's
     /// names (its `-t` names when it has none) when it pushes.
     pub fn push_targets(&self) -> Vec<Reference> {
@@ -1056,7 +1073,10 @@ impl<'a> Session<'a> {
             write(path, result.image_id.to_string().into_bytes())?;
         }
         if let Some(path) = &self.settings.metadata_file {
-            let meta = result.metadata(&self.settings.all_tags(), self.settings.leaves_an_image());
+            let meta = result.metadata(
+                &self.settings.image_names(),
+                self.settings.leaves_an_image(),
+            );
             let bytes = serde_json::to_vec_pretty(&meta)
                 .map_err(|e| BuildError::Invalid(format!("metadata file: {e}")))?;
             write(path, bytes)?;

@@ -5,7 +5,6 @@
 //! takes the manifest by tag or digest and copies a layer blob into the
 //! store only when the build needs it, verified there.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -136,34 +135,16 @@ fn copy_blob_out(store: &Store, blob: &Descriptor, dir: &Path) -> Result<(), Cac
     copied.map_err(CacheError::io(&to))
 }
 
-/// Points `tag` in the layout's `index.json` at `manifest` (any other
-/// entry of that tag is dropped), holding `index.json.lock` meanwhile, as
-/// BuildKit's `ociindex` does: builds exporting into one directory at once
+/// Points `tag` in the layout's `index.json` at `manifest` (an entry of
+/// that tag alone is dropped), as BuildKit's `ociindex.Put` tags a cache:
+/// under `index.json.lock`, so builds exporting into one directory at once
 /// each keep their tag.
 fn tag_manifest(dest: &Path, manifest: &Descriptor, tag: &str) -> Result<(), CacheError> {
-    let path = dest.join("index.json");
-    let lock_path = dest.join("index.json.lock");
-    // Released when `_lock` is closed, at the end of this function.
-    let _lock = kiln_layers::store::lock(&lock_path, true).map_err(|source| CacheError::Store {
+    let name = kiln_layers::archive::IndexName::Tag(tag.to_string());
+    kiln_layers::archive::put_index(dest, manifest, &[name]).map_err(|source| CacheError::Store {
         what: format!("local cache {}", dest.display()),
         source: Box::new(source),
-    })?;
-    let mut index = match fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice::<Index>(&bytes).map_err(|e| {
-            CacheError::Invalid(format!("{}: not an OCI index: {e}", path.display()))
-        })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Index::empty(),
-        Err(e) => return Err(CacheError::io(&path)(e)),
-    };
-    index
-        .manifests
-        .retain(|d| d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) != Some(tag));
-    let mut entry = manifest.clone();
-    entry.annotations = BTreeMap::from([(ANNOTATION_REF_NAME.to_string(), tag.to_string())]);
-    index.manifests.push(entry);
-    let bytes = kiln_layers::to_canonical_json(&index)
-        .map_err(|e| CacheError::Invalid(format!("{}: {e}", path.display())))?;
-    write_atomic(&path, &bytes)
+    })
 }
 
 /// `--cache-from type=local,src=DIR`: the steps of the manifest it names.

@@ -118,15 +118,6 @@ struct DirSink {
 
 impl Sink for DirSink {
     fn file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
-        if name == "index.json" {
-            // The blobs it names keep their names through a crash that
-            // keeps it (their renames, and the new directories').
-            let blobs = self.root.join("blobs");
-            fsync_dir(&blobs.join("sha256"))?;
-            fsync_dir(&blobs)?;
-        }
-        // Replaced whole or not at all: an existing layout keeps its index
-        // if the save is killed.
         write_atomic(&self.root.join(name), bytes)
     }
     fn blob(&mut self, store: &Store, digest: &Digest, size: u64) -> Result<()> {
@@ -230,15 +221,18 @@ pub fn save_as(
     layout: Layout,
 ) -> Result<()> {
     if layout == Layout::Dir {
-        fs::create_dir_all(out.join("blobs/sha256")).map_err(io_at("create directory", out))?;
-        let mut sink = DirSink {
-            root: out.to_path_buf(),
-        };
-        return write_layout(store, items, format, &mut sink);
+        return save_dir(store, items, out);
     }
     if out.as_os_str() == "-" {
         let stdout = io::stdout().lock();
         return save_tar(store, items, format, io::BufWriter::new(stdout), out);
+    }
+    // Something that is not a plain file (a symlink, /dev/stdout, a FIFO)
+    // is written through, as Go's os.Create writes it; renaming over it
+    // would replace it instead.
+    if fs::symlink_metadata(out).is_ok_and(|m| !m.file_type().is_file()) {
+        let file = File::create(out).map_err(io_at("create", out))?;
+        return save_tar(store, items, format, io::BufWriter::new(file), out);
     }
     // Write next to the target and rename, so a failed save leaves no half tar.
     let tmp = out.with_extension(format!("tmp-{}", crate::store::unique_suffix()));
@@ -274,6 +268,129 @@ fn save_tar<W: Write>(
     w.flush().map_err(io_at("write archive", label))
 }
 
+/// An OCI layout directory: the blobs, then each item put into the
+/// layout's `index.json` as BuildKit puts a `tar=false` export there
+/// ([`put_index`]: merged with what is there; an unnamed image as `latest`).
+fn save_dir(store: &Store, items: &[SaveItem], out: &Path) -> Result<()> {
+    fs::create_dir_all(out.join("blobs/sha256")).map_err(io_at("create directory", out))?;
+    let mut sink = DirSink {
+        root: out.to_path_buf(),
+    };
+    for item in items {
+        write_item_blobs(store, item, &mut sink)?;
+    }
+    // The blobs the index names keep their names through a crash that
+    // keeps it (their renames, and the new directories').
+    let blobs = out.join("blobs");
+    fsync_dir(&blobs.join("sha256"))?;
+    fsync_dir(&blobs)?;
+    for item in items {
+        let name = match &item.reference {
+            Some(reference) => IndexName::Image(reference.clone()),
+            None => IndexName::Tag("latest".into()),
+        };
+        put_index(out, &unnamed_entry(item), &[name])?;
+    }
+    Ok(())
+}
+
+/// An item's images, and its index if it names one.
+fn write_item_blobs(store: &Store, item: &SaveItem, sink: &mut dyn Sink) -> Result<()> {
+    for image in &item.images {
+        write_image_blobs(store, image, sink)?;
+    }
+    let top = &item.descriptor;
+    if media::is_index(&top.media_type) {
+        sink.blob(store, &top.digest, top.size)?;
+    }
+    Ok(())
+}
+
+/// The `index.json` entry of an item, before names: the descriptor's own
+/// annotations (`--annotation manifest-descriptor:` or
+/// `index-descriptor:`) travel with it, its old names do not.
+fn unnamed_entry(item: &SaveItem) -> Descriptor {
+    let top = &item.descriptor;
+    let mut entry = Descriptor::new(top.media_type.clone(), top.digest.clone(), top.size);
+    entry.platform = top.platform.clone();
+    entry.annotations = top.annotations.clone();
+    entry.annotations.remove(ANNOTATION_REF_NAME);
+    entry.annotations.remove(ANNOTATION_CONTAINERD_NAME);
+    entry
+}
+
+/// A name an OCI layout's `index.json` gives an entry (BuildKit's
+/// `ociindex.NameOrTag`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IndexName {
+    /// A full name: `io.containerd.image.name`, and its tag as the OCI
+    /// ref name (`latest` when it has none).
+    Image(Reference),
+    /// A tag alone: the OCI ref name only.
+    Tag(String),
+}
+
+/// BuildKit's `ociindex.Put`: `desc` goes into the layout `dir`'s
+/// `index.json` once per name (once, unnamed, when `names` is empty),
+/// each after the entries of the same name are dropped, and `oci-layout`
+/// is written. It holds an exclusive lock of `index.json.lock` meanwhile,
+/// so that writers at once each keep their entry (BuildKit fails the
+/// second instead; kiln waits), and replaces the index whole. The lock
+/// file stays: removing it would let a third writer lock a new one while
+/// a second holds the old.
+pub fn put_index(dir: &Path, desc: &Descriptor, names: &[IndexName]) -> Result<()> {
+    let _lock = crate::store::lock(&dir.join("index.json.lock"), true)?;
+    let layout = format!(
+        "{{\"imageLayoutVersion\":\"{}\"}}",
+        media::OCI_LAYOUT_VERSION
+    );
+    write_atomic(&dir.join("oci-layout"), layout.as_bytes())?;
+    let path = dir.join("index.json");
+    let mut index = match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice::<Index>(&bytes).map_err(|source| Error::Json {
+            what: path.display().to_string(),
+            source,
+        })?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Index::empty(),
+        Err(e) => return Err(io_at("read", &path)(e)),
+    };
+    let unnamed = [None];
+    let names: Vec<Option<&IndexName>> = if names.is_empty() {
+        unnamed.to_vec()
+    } else {
+        names.iter().map(Some).collect()
+    };
+    for name in names {
+        let mut entry = desc.clone();
+        if let Some(name) = name {
+            let (image, ref_name) = match name {
+                IndexName::Image(reference) => (
+                    reference.to_string(),
+                    reference.tag.clone().unwrap_or_else(|| "latest".into()),
+                ),
+                IndexName::Tag(tag) => (String::new(), tag.clone()),
+            };
+            let annotation = |m: &Descriptor, key: &str| -> String {
+                m.annotations.get(key).cloned().unwrap_or_default()
+            };
+            index.manifests.retain(|m| {
+                annotation(m, ANNOTATION_REF_NAME) != ref_name
+                    || annotation(m, ANNOTATION_CONTAINERD_NAME) != image
+            });
+            if !image.is_empty() {
+                entry
+                    .annotations
+                    .insert(ANNOTATION_CONTAINERD_NAME.into(), image);
+            }
+            entry
+                .annotations
+                .insert(ANNOTATION_REF_NAME.into(), ref_name);
+        }
+        index.manifests.push(entry);
+    }
+    write_atomic(&path, &json("index.json", &index)?)
+}
+
 fn write_layout(
     store: &Store,
     items: &[SaveItem],
@@ -284,21 +401,10 @@ fn write_layout(
     let mut docker_manifest = Vec::new();
     let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for item in items {
-        for image in &item.images {
-            write_image_blobs(store, image, sink)?;
-        }
-        let top = &item.descriptor;
-        if media::is_index(&top.media_type) {
-            sink.blob(store, &top.digest, top.size)?;
-        }
-        let mut entry = Descriptor::new(top.media_type.clone(), top.digest.clone(), top.size);
-        entry.platform = top.platform.clone();
-        // The descriptor's own annotations (`--annotation
-        // manifest-descriptor:` or `index-descriptor:`) travel with it; the
-        // names are this save's.
-        entry.annotations = top.annotations.clone();
-        entry.annotations.remove(ANNOTATION_REF_NAME);
-        entry.annotations.remove(ANNOTATION_CONTAINERD_NAME);
+        write_item_blobs(store, item, sink)?;
+        let mut entry = unnamed_entry(item);
+        // An unnamed image has no name in a tar (BuildKit's exporters add
+        // none then).
         if let Some(reference) = &item.reference {
             entry
                 .annotations
@@ -798,4 +904,79 @@ fn load_docker(store: &Store, files: &ArchiveFiles, path: &Path) -> Result<Vec<L
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod put_index_tests {
+    use super::*;
+
+    fn entry(bytes: &[u8]) -> Descriptor {
+        Descriptor::new(media::OCI_MANIFEST, Digest::of(bytes), bytes.len() as u64)
+    }
+
+    fn ref_names(dir: &Path) -> Vec<(String, String)> {
+        let index: Index =
+            serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+        let get = |m: &Descriptor, key: &str| m.annotations.get(key).cloned().unwrap_or_default();
+        let mut names: Vec<(String, String)> = (index.manifests.iter())
+            .map(|m| {
+                (
+                    get(m, ANNOTATION_CONTAINERD_NAME),
+                    get(m, ANNOTATION_REF_NAME),
+                )
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn writers_at_once_each_keep_their_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        std::thread::scope(|scope| {
+            for writer in 0..8 {
+                let dir = dir.path();
+                scope.spawn(move || {
+                    for i in 0..25 {
+                        let tag = IndexName::Tag(format!("w{writer}-{i}"));
+                        put_index(dir, &entry(tag_bytes(writer, i).as_bytes()), &[tag]).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(ref_names(dir.path()).len(), 200);
+        assert!(dir.path().join("oci-layout").is_file());
+    }
+
+    fn tag_bytes(writer: usize, i: usize) -> String {
+        format!("{writer}/{i}")
+    }
+
+    #[test]
+    fn a_name_replaces_only_the_entry_of_that_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = |name: &str| IndexName::Image(Reference::parse(name).unwrap());
+        put_index(dir.path(), &entry(b"1"), &[image("app:1"), image("app:2")]).unwrap();
+        put_index(dir.path(), &entry(b"2"), &[IndexName::Tag("1".into())]).unwrap();
+        put_index(dir.path(), &entry(b"3"), &[image("app:1")]).unwrap();
+        put_index(dir.path(), &entry(b"4"), &[]).unwrap();
+        let index: Index =
+            serde_json::from_slice(&fs::read(dir.path().join("index.json")).unwrap()).unwrap();
+        let digests: Vec<Digest> = index.manifests.iter().map(|m| m.digest.clone()).collect();
+        // app:2 (1), the bare tag 1 (2), app:1 again (3), the unnamed (4).
+        assert_eq!(
+            digests,
+            [b"1", b"2", b"3", b"4"].map(|b| Digest::of(b)),
+            "{index:?}"
+        );
+        assert_eq!(
+            ref_names(dir.path()),
+            [
+                (String::new(), String::new()),
+                (String::new(), "1".into()),
+                ("docker.io/library/app:1".into(), "1".into()),
+                ("docker.io/library/app:2".into(), "2".into()),
+            ]
+        );
+    }
 }

@@ -130,9 +130,9 @@ pub trait ExtractTarget {
     /// (symlinks followed, absolute targets restarting at the destination,
     /// `..` stopping there) and makes it, with its parents, real
     /// directories under `root` (copied up where the tree has them, created
-    /// where it has nothing). Returns where it is. An error of kind
-    /// `NotFound` says the entry has nowhere to go (a symlink on the way
-    /// leads to nothing) and is reported as the entry's.
+    /// where it has nothing). Returns where it is. A [`NoPlaceForEntry`]
+    /// error says the entry has nowhere to go (a symlink on the way leads
+    /// to nothing) and is reported as the entry's.
     fn directory(&self, dir: &[OsString]) -> io::Result<Vec<OsString>>;
 
     /// Resolves a hardlink's target `path` like [`ExtractTarget::directory`]
@@ -145,6 +145,13 @@ pub trait ExtractTarget {
     /// directory made there in place of something else must then hide it.
     fn dir_below(&self, path: &[OsString]) -> bool;
 }
+
+/// What an [`ExtractTarget`] answers, inside an `io::Error`
+/// (`io::Error::other`), when an entry has nowhere to go: a symlink on its
+/// way leads to nothing. The extractor reports it as the entry's error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NoPlaceForEntry(pub String);
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
@@ -669,11 +676,17 @@ impl Unpacker<'_> {
         match &self.kind {
             Kind::Layer { .. } => Ok((self.open_dir(parent, true, entry)?, parent.to_vec())),
             Kind::Archive { target, .. } => {
-                let resolved = target.directory(parent).map_err(|e| match e.kind() {
+                let resolved = target.directory(parent).map_err(|e| {
                     // Nothing to make the entry in (a symlink to nothing):
                     // said of the entry, as BuildKit's untar fails on it.
-                    io::ErrorKind::NotFound => self.tar_err(entry, e),
-                    _ => self.io("resolve", &display(parent), e),
+                    let no_place = e
+                        .get_ref()
+                        .is_some_and(|inner| inner.is::<NoPlaceForEntry>());
+                    if no_place {
+                        self.tar_err(entry, e)
+                    } else {
+                        self.io("resolve", &display(parent), e)
+                    }
                 })?;
                 let resolved = self.confined(resolved, entry)?;
                 Ok((self.open_dir(&resolved, false, entry)?, resolved))
@@ -1274,9 +1287,6 @@ mod tests {
         archive_components(raw.as_bytes()).map(|c| display(&c))
     }
 
-    /// Joined to the destination as `filepath.Join("/", name)` inside
-    /// BuildKit's chroot: `..` stops at the destination, relative names
-    /// and absolute ones alike.
     #[test]
     fn only_names_go_cleans_to_dot_are_the_destination_left_alone() {
         for name in ["./", ".", "a/..", "./a/../", "a/b/../.."] {
@@ -1287,6 +1297,9 @@ mod tests {
         }
     }
 
+    /// Joined to the destination as `filepath.Join("/", name)` inside
+    /// BuildKit's chroot: `..` stops at the destination, relative names
+    /// and absolute ones alike.
     #[test]
     fn archive_names_clean_as_go_and_stop_at_the_destination() {
         assert_eq!(names("a/./b//c/"), Ok("a/b/c".into()));

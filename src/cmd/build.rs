@@ -173,7 +173,8 @@ pub struct BuildArgs {
     /// image, oci and docker outputs are named by every -t (as buildx names them).
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     outputs: Vec<String>,
-    /// Push every tag to its registry after the build.
+    /// Push every tag to its registry after the build; every type=image output pushes
+    /// too (its name= when there is no -t), as buildx's --push makes it.
     #[arg(long)]
     push: bool,
     /// Export the build cache (repeatable): type=registry,ref=REF, type=local,dest=DIR
