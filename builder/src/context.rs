@@ -27,7 +27,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -119,6 +119,11 @@ pub struct BuildContext {
     root: PathBuf,
     entries: BTreeMap<String, ContextEntry>,
     stats: HashStats,
+    /// The directories (`""`: the root) that are not on the host as the
+    /// build sees them: something in them, at any depth, is excluded, or
+    /// owned by someone other than root (the docker CLI sends every file
+    /// as root's). Each one's parents are in it too.
+    altered: BTreeSet<String>,
 }
 
 impl BuildContext {
@@ -139,7 +144,11 @@ impl BuildContext {
             root: root.clone(),
             entries: BTreeMap::new(),
             stats: HashStats::default(),
+            altered: BTreeSet::new(),
         };
+        if meta.uid() != 0 || meta.gid() != 0 {
+            ctx.alter("");
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -188,6 +197,11 @@ impl BuildContext {
             };
             let (excluded, info) = ignore.matches_using_parent_results(&rel, parent_info);
             if excluded {
+                self.alter(rel_dir);
+            } else if meta.uid() != 0 || meta.gid() != 0 {
+                self.alter(if meta.is_dir() { &rel } else { rel_dir });
+            }
+            if excluded {
                 if meta.is_dir() && !ignore.can_skip_excluded_dir(&rel) {
                     pending_parents.push((rel.clone(), meta));
                     self.walk_dir(&rel, ignore, &info, pending_parents, cache, now)?;
@@ -210,6 +224,24 @@ impl BuildContext {
             }
         }
         Ok(())
+    }
+
+    /// Marks `dir` and its parents as not on the host as the build sees
+    /// them.
+    fn alter(&mut self, dir: &str) {
+        let mut dir = dir;
+        while self.altered.insert(dir.to_string()) && !dir.is_empty() {
+            dir = dir.rsplit_once('/').map_or("", |(parent, _)| parent);
+        }
+    }
+
+    /// Whether the directory `rel` is on the host exactly as the build sees
+    /// it (nothing in it excluded, everything owned by root): a read-only
+    /// mount may bind it where it lies instead of a copy.
+    pub fn is_as_seen(&self, rel: &str) -> bool {
+        let rel = rel.trim_matches('/');
+        let rel = if rel == "." { "" } else { rel };
+        !self.altered.contains(rel)
     }
 
     fn make_entry(

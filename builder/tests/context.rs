@@ -221,3 +221,34 @@ fn stat_cache_keeps_names_ending_in_carriage_return() {
     assert_eq!(second.stats().files_read, 0);
     assert_eq!(second.stats().files_cached, 2);
 }
+
+/// Which directories the host has as the build sees them (nothing in them
+/// excluded, everything owned by root): those a read-only bind mount may
+/// bind where they lie.
+#[test]
+fn directories_as_seen_are_those_with_nothing_excluded_or_owned_by_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for sub in ["clean/deep", "ignored/keep", "owned"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    std::fs::write(root.join("clean/deep/f"), "f").unwrap();
+    std::fs::write(root.join("ignored/keep/f"), "f").unwrap();
+    std::fs::write(root.join("ignored/secret"), "s").unwrap();
+    std::fs::write(root.join("owned/f"), "f").unwrap();
+    let as_root = rustix::process::geteuid().is_root();
+    if as_root {
+        std::os::unix::fs::chown(root.join("owned/f"), Some(1234), None).unwrap();
+    }
+    let ignore = PatternMatcher::new(["ignored/secret"]).unwrap();
+    let ctx = BuildContext::load(root, &ignore, None).unwrap();
+    // Excluded below: not as seen, nor anything holding it.
+    assert!(!ctx.is_as_seen("ignored"));
+    assert!(!ctx.is_as_seen(""));
+    assert!(!ctx.is_as_seen("/"));
+    assert!(!ctx.is_as_seen("owned"));
+    // As a user every file is the user's: nothing is as the build sees it.
+    assert_eq!(ctx.is_as_seen("clean"), as_root);
+    assert_eq!(ctx.is_as_seen("clean/deep"), as_root);
+    assert_eq!(ctx.is_as_seen("ignored/keep"), as_root);
+}

@@ -260,6 +260,7 @@ pub fn solve(
         opts,
         work: work.path(),
         warnings: Mutex::new(Vec::new()),
+        context_copies: mounts::ContextCopies::default(),
     };
     let result = solve_needed(&build);
     // Renamed into the trash: this build deletes nothing itself.
@@ -278,6 +279,8 @@ struct Build<'a> {
     work: &'a Path,
     /// The steps' warnings so far ([`StepRun::warn`]).
     warnings: Mutex<Vec<PlanWarning>>,
+    /// The context as read-only bind mounts show it, copied once a build.
+    context_copies: mounts::ContextCopies,
 }
 
 /// One step being run: the build, the finished stages it may read, the

@@ -3,12 +3,12 @@
 //! tmpfs, secrets and (in run.rs) ssh agents.
 
 use std::path::{Path, PathBuf};
+use std::sync::PoisonError;
 
 use kiln_layers::Store;
 use kiln_parser::mount::MountType;
 use kiln_runtime::{BindMount, MemoryFile};
 
-use crate::context::BuildContext;
 use crate::copy::{self, CopyOptions};
 use crate::plan::{MountImage, RunMount, RunStep};
 use crate::rootfs::{DirTree, LayeredRootfs, SourceTree};
@@ -74,7 +74,7 @@ pub(super) fn run_mount(
     from: Option<&MountFrom>,
     scratch: &Path,
 ) -> Result<Vec<StepMount>, String> {
-    let (context, secrets) = (run.build.context, &run.build.opts.secrets);
+    let secrets = &run.build.opts.secrets;
     let (workdir, namespace) = (step.workdir.as_str(), step.cache_namespace.as_deref());
     let spec = &mount.spec;
     if spec.mount_type == MountType::Secret {
@@ -95,7 +95,7 @@ pub(super) fn run_mount(
             size: spec.size_limit,
             read_only,
         })]),
-        MountType::Bind => bind_mount(context, &rel, target, read_only, from, scratch)
+        MountType::Bind => bind_mount(run.build, &rel, target, read_only, from, scratch)
             .map(|bind| vec![StepMount::Bind(bind)]),
         MountType::Secret | MountType::Ssh => Err(format!(
             "--mount type={} is handled elsewhere",
@@ -370,16 +370,61 @@ fn secret_mount(
     Ok(mounts)
 }
 
+/// Copies of the build context that read-only bind mounts show, one per
+/// directory a build binds (or the nearest one it already copied that
+/// holds it), shared by its RUN steps: the context does not change during
+/// a build, and a read-only mount cannot change a copy. BuildKit too
+/// copies the context once a build (into a snapshot its mounts bind).
+#[derive(Default)]
+pub(super) struct ContextCopies {
+    made: Mutex<BTreeMap<String, PathBuf>>,
+}
+
+impl ContextCopies {
+    /// The copy of the context directory `rel`, made in `work` by `copy`
+    /// unless a copy holding it exists.
+    fn get_or_make(
+        &self,
+        rel: &str,
+        work: &Path,
+        copy: impl FnOnce(&Path) -> Result<(), String>,
+    ) -> Result<PathBuf, String> {
+        // Held while copying: a second step binding the same directory
+        // waits for this copy rather than making its own.
+        let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
+        for (dir, path) in made.iter() {
+            let below = if dir.is_empty() {
+                Some(rel)
+            } else {
+                rel.strip_prefix(dir.as_str())
+                    .and_then(|rest| rest.strip_prefix('/').or(rest.is_empty().then_some("")))
+            };
+            if let Some(below) = below {
+                return Ok(if below.is_empty() {
+                    path.clone()
+                } else {
+                    path.join(below)
+                });
+            }
+        }
+        let dest = work.join(format!("context-copy-{}", made.len()));
+        copy(&dest)?;
+        made.insert(rel.to_string(), dest.clone());
+        Ok(dest)
+    }
+}
+
 /// `type=bind`: the source tree is the context, or a stage's or an
 /// image's snapshots seen through an empty upper dir.
 fn bind_mount(
-    context: &BuildContext,
+    build: &Build<'_>,
     rel: &str,
     target: PathBuf,
     read_only: bool,
     from: Option<&MountFrom>,
     scratch: &Path,
 ) -> Result<BindMount, String> {
+    let context = build.context;
     let mkdir =
         |path: &Path| std::fs::create_dir_all(path).map_err(|e| format!("{}: {e}", path.display()));
     mkdir(scratch)?;
@@ -401,12 +446,14 @@ fn bind_mount(
         .stat(&resolved)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("/{rel} not found"))?;
-    // Bound where it lies only when it is a snapshot's file, read-only.
-    // The context is a copy, as BuildKit mounts the context it was sent:
-    // `.dockerignore` applied, every owner root (the docker CLI and buildx
-    // send it so). A stack of snapshots is merged into a copy, and a
-    // writable mount is a copy whose writes are dropped, as in BuildKit:
-    // neither the context nor a snapshot may change.
+    // Bound where it lies only when read-only and a snapshot's file, or a
+    // context directory the host has as the build sees it. Otherwise the
+    // context is a copy (one a build, shared), as BuildKit mounts the
+    // context it was sent: `.dockerignore` applied, every owner root (the
+    // docker CLI and buildx send it so). A stack of snapshots is merged
+    // into a copy, and a writable mount is a copy whose writes are
+    // dropped, as in BuildKit: neither the context nor a snapshot may
+    // change.
     let copy_of = |dest: &Path| -> Result<(), String> {
         mkdir(dest)?;
         let target_view = LayeredRootfs::new(dest, Vec::new());
@@ -418,6 +465,12 @@ fn bind_mount(
     };
     let source = match (meta.is_dir(), read_only && from.is_some()) {
         (false, true) => tree.host_file(&resolved).map_err(|e| e.to_string())?,
+        // The context's directory as it is on the host (nothing excluded,
+        // every owner root): bound where it lies.
+        (true, false) if read_only && context.is_as_seen(&resolved) => context.host_path(&resolved),
+        (true, false) if read_only => {
+            (build.context_copies).get_or_make(&resolved, build.work, copy_of)?
+        }
         (true, _) => {
             let merged = scratch.join("merged");
             copy_of(&merged)?;
