@@ -1860,3 +1860,44 @@ fn a_changed_context_copy_links_unchanged_files_and_gives_the_no_cache_image() {
     assert_eq!(linked, copied_a(&fresh));
     assert_eq!(linked.2, 0o755);
 }
+
+/// A RUN that binds the context is keyed on what it binds (BuildKit keys
+/// the mount on the selected path's content): a file changed there runs
+/// it again, and sees the change; one changed elsewhere leaves it cached.
+#[test]
+fn a_context_bind_mount_reruns_when_what_it_binds_changes() {
+    let fixture = Fixture::new();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\n\
+             RUN --mount=type=bind,source=src,target=/src cat /src/a > /seen\n",
+        ),
+        ("src/a", "one\n"),
+        ("other", "x\n"),
+    ]);
+    let out = fixture.dir.path().join("out");
+    let build = || {
+        let output = format!("type=local,dest={}", out.display());
+        let args = [
+            "--progress",
+            "plain",
+            "-o",
+            &output,
+            ctx.path().to_str().unwrap(),
+        ];
+        let result = fixture.build(&args);
+        ok(&result);
+        let seen = std::fs::read_to_string(out.join("seen")).unwrap();
+        let log = String::from_utf8_lossy(&result.stderr).into_owned();
+        let cached = log
+            .split("\n\n")
+            .any(|block| block.contains("RUN --mount") && block.contains("CACHED"));
+        (seen, cached)
+    };
+    assert_eq!(build(), ("one\n".to_string(), false));
+    std::fs::write(ctx.path().join("other"), "y\n").unwrap();
+    assert_eq!(build(), ("one\n".to_string(), true));
+    std::fs::write(ctx.path().join("src/a"), "two\n").unwrap();
+    assert_eq!(build(), ("two\n".to_string(), false));
+}

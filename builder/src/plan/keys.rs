@@ -244,6 +244,12 @@ impl StepInputs<'_> {
             key.opt("mount.gid", s.gid.map(|v| v.to_string()).as_deref());
             key.opt("mount.size", s.size_limit.map(|v| v.to_string()).as_deref());
             match &m.from_resolved {
+                // A bind of the context: what it shows (BuildKit keys the
+                // mount on the selected path's content checksum).
+                None if s.mount_type == kiln_parser::mount::MountType::Bind => key.field(
+                    "mount.content",
+                    &context_mount_content(self.context, s.source.as_deref().unwrap_or("")),
+                ),
                 None => key.field("mount.content", ""),
                 Some(MountSource::Stage(i)) => key.field("mount.content", self.stage_key(*i)),
                 Some(MountSource::NamedContext { digest, .. }) => {
@@ -393,6 +399,20 @@ fn plan_platform(image: &ImageConfig) -> String {
 }
 
 /// What a COPY source selects in the context, as a digest string.
+/// What a context bind mount of `source` shows, for its RUN's key: the
+/// digest of that tree of the context (symlinks followed), or a marker
+/// when it is missing (the RUN then fails saying so).
+fn context_mount_content(context: Option<&BuildContext>, source: &str) -> String {
+    let Some(ctx) = context else {
+        return format!("unhashed:{source}");
+    };
+    let rel = crate::rootfs::clean_rel(source);
+    resolve(ctx, &rel, true)
+        .ok()
+        .and_then(|followed| ctx.tree_digest(&followed))
+        .unwrap_or_else(|| format!("missing:{rel}"))
+}
+
 fn context_selection(
     context: Option<&BuildContext>,
     src: &str,
