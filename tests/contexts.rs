@@ -443,7 +443,7 @@ fn build_contexts_of_each_kind() {
              COPY --from=dirctx . /dir/\n\
              COPY --from=gitctx top.txt /git/\n\
              COPY --from=web context /web/Dockerfile\n\
-             RUN --mount=from=dirctx,target=/m cat /m/hello.txt > /mounted.txt\n",
+             RUN --mount=from=dirctx,target=/m cat /m/hello.txt > /mounted.txt && ls -a /m > /mounted-list\n",
         )],
     );
     let metadata = fixture.path("named-metadata.json");
@@ -480,6 +480,12 @@ fn build_contexts_of_each_kind() {
     assert_eq!(read(&out.join("git/top.txt")), "top\n");
     assert!(read(&out.join("web/Dockerfile")).contains("echo plain"));
     assert_eq!(read(&out.join("mounted.txt")), "hello v1\n");
+    // A bind of the named directory shows it as COPY reads it: its
+    // .dockerignore applied.
+    assert_eq!(
+        read(&out.join("mounted-list")),
+        ".\n..\n.dockerignore\nhello.txt\n"
+    );
     assert!(!shown.contains(PASSWORD), "{shown}");
     assert!(!read(&metadata).contains(PASSWORD));
 

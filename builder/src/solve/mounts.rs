@@ -9,6 +9,7 @@ use kiln_layers::Store;
 use kiln_parser::mount::MountType;
 use kiln_runtime::{BindMount, MemoryFile};
 
+use crate::context::BuildContext;
 use crate::copy::{self, CopyOptions};
 use crate::plan::{MountImage, RunMount, RunStep};
 use crate::rootfs::{DirTree, LayeredRootfs, SourceTree};
@@ -17,10 +18,14 @@ use kiln_parser::mount::Sharing;
 
 use super::*;
 
-/// The filesystem a mount's `from=` names: a stage's or an image's layers.
-pub(super) struct MountFrom {
-    /// Snapshot dirs, top first.
+/// The filesystem a mount's `from=` names: a stage's or an image's layers,
+/// or a named context (`--build-context NAME=DIR`).
+pub(super) struct MountFrom<'a> {
+    /// Snapshot dirs, top first (none for a named context).
     pub(super) lowers: Vec<PathBuf>,
+    /// A named context, as the main one is read: `.dockerignore` applied,
+    /// every owner root.
+    pub(super) context: Option<(&'a str, &'a BuildContext)>,
     /// What identifies that content (a chain id, a manifest digest): a
     /// cache mount seeded from it is kept apart from one seeded from other
     /// content, as BuildKit keys a cache dir on its base.
@@ -33,13 +38,14 @@ pub(super) struct MountFrom {
 pub(super) fn mount_image_layers(
     build: &Build<'_>,
     image: &MountImage,
-) -> Result<MountFrom, SolveError> {
+) -> Result<MountFrom<'static>, SolveError> {
     let found = build
         .resolver
         .resolved(&image.reference, image.digest.as_ref())?;
     let snapshots = super::lazy::image_snapshots(build, &found)?;
     Ok(MountFrom {
         lowers: snapshots.into_iter().rev().collect(),
+        context: None,
         identity: found.manifest_descriptor.digest.to_string(),
     })
 }
@@ -71,7 +77,7 @@ pub(super) fn run_mount(
     run: &StepRun<'_>,
     step: &RunStep,
     mount: &RunMount,
-    from: Option<&MountFrom>,
+    from: Option<&MountFrom<'_>>,
     scratch: &Path,
 ) -> Result<Vec<StepMount>, String> {
     let secrets = &run.build.opts.secrets;
@@ -120,7 +126,7 @@ fn cache_mount(
     spec: &kiln_parser::mount::Mount,
     rel: &str,
     target: PathBuf,
-    from: Option<&MountFrom>,
+    from: Option<&MountFrom<'_>>,
     scratch: &Path,
 ) -> Result<Vec<StepMount>, String> {
     let store = run.build.store;
@@ -236,7 +242,7 @@ fn cache_instance(
     store: &Store,
     name: &str,
     sharing: Option<Sharing>,
-    from: Option<&MountFrom>,
+    from: Option<&MountFrom<'_>>,
     scratch: &Path,
     wait: bool,
 ) -> Result<Locked, String> {
@@ -377,14 +383,16 @@ fn secret_mount(
 /// copies the context once a build (into a snapshot its mounts bind).
 #[derive(Default)]
 pub(super) struct ContextCopies {
-    made: Mutex<BTreeMap<String, PathBuf>>,
+    /// (context name, `""` the main one; directory) → its copy.
+    made: Mutex<BTreeMap<(String, String), PathBuf>>,
 }
 
 impl ContextCopies {
-    /// The copy of the context directory `rel`, made in `work` by `copy`
-    /// unless a copy holding it exists.
+    /// The copy of the directory `rel` of the context `name` (`""`: the
+    /// main one), made in `work` by `copy` unless a copy holding it exists.
     fn get_or_make(
         &self,
+        name: &str,
         rel: &str,
         work: &Path,
         copy: impl FnOnce(&Path) -> Result<(), String>,
@@ -392,7 +400,10 @@ impl ContextCopies {
         // Held while copying: a second step binding the same directory
         // waits for this copy rather than making its own.
         let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
-        for (dir, path) in made.iter() {
+        for ((context, dir), path) in made.iter() {
+            if context != name {
+                continue;
+            }
             let below = if dir.is_empty() {
                 Some(rel)
             } else {
@@ -409,7 +420,7 @@ impl ContextCopies {
         }
         let dest = work.join(format!("context-copy-{}", made.len()));
         copy(&dest)?;
-        made.insert(rel.to_string(), dest.clone());
+        made.insert((name.to_string(), rel.to_string()), dest.clone());
         Ok(dest)
     }
 }
@@ -421,26 +432,38 @@ fn bind_mount(
     rel: &str,
     target: PathBuf,
     read_only: bool,
-    from: Option<&MountFrom>,
+    from: Option<&MountFrom<'_>>,
     scratch: &Path,
 ) -> Result<BindMount, String> {
-    let context = build.context;
     let mkdir =
         |path: &Path| std::fs::create_dir_all(path).map_err(|e| format!("{}: {e}", path.display()));
     mkdir(scratch)?;
+    // The main context, a named one, or snapshots through an empty upper.
+    let context = match from {
+        None => Some(("", build.context)),
+        Some(from) => from.context,
+    };
     let layered;
-    let tree: &dyn SourceTree = match from {
-        None => context,
-        Some(from) => {
+    let tree: &dyn SourceTree = match (context, from) {
+        (Some((_, context)), _) => context,
+        (None, Some(from)) => {
             let empty = scratch.join("upper");
             mkdir(&empty)?;
             layered = LayeredRootfs::new(&empty, from.lowers.clone());
             &layered
         }
+        (None, None) => build.context,
     };
     let resolved = crate::rootfs::resolve(tree, rel, true).map_err(|e| e.to_string())?;
-    if from.is_none() && !context.contains(&resolved) {
-        return Err(format!("/{rel} is not in the build context"));
+    if let Some((name, context)) = context {
+        if !context.contains(&resolved) {
+            let which = if name.is_empty() {
+                "the build context".to_string()
+            } else {
+                format!("the build context {name}")
+            };
+            return Err(format!("/{rel} is not in {which}"));
+        }
     }
     let meta = tree
         .stat(&resolved)
@@ -463,20 +486,24 @@ fn bind_mount(
             .map(|_| ())
             .map_err(|e| e.to_string())
     };
-    let source = match (meta.is_dir(), read_only && from.is_some()) {
-        (false, true) => tree.host_file(&resolved).map_err(|e| e.to_string())?,
-        // The context's directory as it is on the host (nothing excluded,
-        // every owner root): bound where it lies.
-        (true, false) if read_only && context.is_as_seen(&resolved) => context.host_path(&resolved),
-        (true, false) if read_only => {
-            (build.context_copies).get_or_make(&resolved, build.work, copy_of)?
+    let source = match (meta.is_dir(), context) {
+        // A snapshot's file, read-only: bound where it lies.
+        (false, None) if read_only => tree.host_file(&resolved).map_err(|e| e.to_string())?,
+        // A context's directory, read-only: where it lies when the host
+        // has it as the build sees it (nothing excluded, every owner
+        // root), else the build's one copy of it.
+        (true, Some((_, context))) if read_only && context.is_as_seen(&resolved) => {
+            context.host_path(&resolved)
+        }
+        (true, Some((name, _))) if read_only => {
+            (build.context_copies).get_or_make(name, &resolved, build.work, copy_of)?
         }
         (true, _) => {
             let merged = scratch.join("merged");
             copy_of(&merged)?;
             merged
         }
-        (false, false) => {
+        (false, _) => {
             let dir = scratch.join("file");
             copy_of(&dir)?;
             let name = resolved.rsplit('/').next().unwrap_or(&resolved);
@@ -498,7 +525,7 @@ fn bind_mount(
 fn seed_cache_dir(
     store: &Store,
     dir: &Path,
-    from: &MountFrom,
+    from: &MountFrom<'_>,
     scratch: &Path,
 ) -> Result<(), String> {
     let mkdir =
@@ -513,11 +540,16 @@ fn seed_cache_dir(
     mkdir(&seeding)?;
     let empty = scratch.join("seed-upper");
     mkdir(&empty)?;
-    let view = LayeredRootfs::new(&empty, from.lowers.clone());
+    let layered = LayeredRootfs::new(&empty, from.lowers.clone());
+    // A named context as the build sees it, else the snapshots.
+    let view: &dyn SourceTree = match from.context {
+        Some((_, context)) => context,
+        None => &layered,
+    };
     let target_view = LayeredRootfs::new(&seeding, Vec::new());
     let mut o = CopyOptions::dockerfile_copy(false);
     o.allow_wildcard = false;
-    let copied = copy::copy(&view, "", &target_view, "/", &o).map_err(|e| e.to_string());
+    let copied = copy::copy(view, "", &target_view, "/", &o).map_err(|e| e.to_string());
     let placed = copied.and_then(|_| match std::fs::rename(&seeding, dir) {
         Ok(()) => Ok(()),
         // Another build seeded it first: theirs is as good.

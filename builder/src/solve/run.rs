@@ -382,13 +382,17 @@ fn ssh_mount(
 
 /// The filesystem a mount's `from=` names: a finished stage's snapshots or
 /// an image's.
-fn mount_from(run: &StepRun<'_>, mount: &RunMount) -> Result<Option<MountFrom>, SolveError> {
+fn mount_from<'a>(
+    run: &StepRun<'a>,
+    mount: &'a RunMount,
+) -> Result<Option<MountFrom<'a>>, SolveError> {
     match &mount.from_resolved {
         Some(MountSource::Stage(i)) => {
             let stage = run.deps.get(i).ok_or(SolveError::StageMissing(*i))?;
             super::lazy::materialize(run.build, stage)?;
             Ok(Some(MountFrom {
                 lowers: stage.lowers_top_first(),
+                context: None,
                 identity: stage
                     .chain()
                     .map(|d| d.to_string())
@@ -399,7 +403,8 @@ fn mount_from(run: &StepRun<'_>, mount: &RunMount) -> Result<Option<MountFrom>, 
         Some(MountSource::NamedContext { name, digest }) => {
             let tree = super::copy_step::named_tree(run, name)?;
             Ok(Some(MountFrom {
-                lowers: vec![tree.host_path("")],
+                lowers: Vec::new(),
+                context: Some((name.as_str(), tree)),
                 identity: digest.clone(),
             }))
         }
