@@ -95,7 +95,7 @@ impl Archive {
             }
             archive::Layout::Tar
         } else {
-            archive::Layout::Dir
+            archive::Layout::MergedDir
         };
         archive::save_as(store, items, format, &self.dest, layout)
     }

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -114,10 +115,30 @@ trait Sink {
 
 struct DirSink {
     root: PathBuf,
+    /// Whether the blob directories were synced (before the first file
+    /// that names blobs).
+    synced: bool,
+}
+
+impl DirSink {
+    /// The blobs written so far keep their names through a crash that
+    /// keeps what names them (their renames, and the new directories').
+    fn sync_blobs(&mut self) -> Result<()> {
+        if !self.synced {
+            let blobs = self.root.join("blobs");
+            fsync_dir(&blobs.join("sha256"))?;
+            fsync_dir(&blobs)?;
+            self.synced = true;
+        }
+        Ok(())
+    }
 }
 
 impl Sink for DirSink {
     fn file(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.sync_blobs()?;
+        // Replaced whole or not at all: an existing layout keeps its index
+        // if the save is killed.
         write_atomic(&self.root.join(name), bytes)
     }
     fn blob(&mut self, store: &Store, digest: &Digest, size: u64) -> Result<()> {
@@ -196,8 +217,13 @@ impl<W: Write> Sink for TarSink<W> {
 pub enum Layout {
     /// A tar file (`-`: standard output).
     Tar,
-    /// A directory.
+    /// A directory whose `index.json` names this save's images alone
+    /// (`kiln save`).
     Dir,
+    /// An OCI layout directory the images are put into, as BuildKit puts a
+    /// `tar=false` export ([`put_index`]: merged with what the index
+    /// holds, an unnamed image as `latest`; no docker-archive files).
+    MergedDir,
 }
 
 /// `kiln save`: saves `items` to `out`, a directory for `Format::Oci`
@@ -220,8 +246,17 @@ pub fn save_as(
     out: &Path,
     layout: Layout,
 ) -> Result<()> {
-    if layout == Layout::Dir {
-        return save_dir(store, items, out);
+    match layout {
+        Layout::Dir => {
+            fs::create_dir_all(out.join("blobs/sha256")).map_err(io_at("create directory", out))?;
+            let mut sink = DirSink {
+                root: out.to_path_buf(),
+                synced: false,
+            };
+            return write_layout(store, items, format, &mut sink);
+        }
+        Layout::MergedDir => return save_merged_dir(store, items, out),
+        Layout::Tar => {}
     }
     if out.as_os_str() == "-" {
         let stdout = io::stdout().lock();
@@ -268,28 +303,35 @@ fn save_tar<W: Write>(
     w.flush().map_err(io_at("write archive", label))
 }
 
-/// An OCI layout directory: the blobs, then each item put into the
-/// layout's `index.json` as BuildKit puts a `tar=false` export there
-/// ([`put_index`]: merged with what is there; an unnamed image as `latest`).
-fn save_dir(store: &Store, items: &[SaveItem], out: &Path) -> Result<()> {
+/// An OCI layout directory the items are put into as BuildKit puts a
+/// `tar=false` export there: the blobs, then each image into `index.json`
+/// ([`put_index`]: merged with what is there, all of an image's names at
+/// once; an unnamed image as `latest`).
+fn save_merged_dir(store: &Store, items: &[SaveItem], out: &Path) -> Result<()> {
     fs::create_dir_all(out.join("blobs/sha256")).map_err(io_at("create directory", out))?;
     let mut sink = DirSink {
         root: out.to_path_buf(),
+        synced: false,
     };
     for item in items {
         write_item_blobs(store, item, &mut sink)?;
     }
-    // The blobs the index names keep their names through a crash that
-    // keeps it (their renames, and the new directories').
-    let blobs = out.join("blobs");
-    fsync_dir(&blobs.join("sha256"))?;
-    fsync_dir(&blobs)?;
+    sink.sync_blobs()?;
+    // One put per image, with every name it is saved under.
+    let mut puts: Vec<(Descriptor, Vec<IndexName>)> = Vec::new();
     for item in items {
+        let entry = unnamed_entry(item);
         let name = match &item.reference {
             Some(reference) => IndexName::Image(reference.clone()),
             None => IndexName::Tag("latest".into()),
         };
-        put_index(out, &unnamed_entry(item), &[name])?;
+        match puts.iter_mut().find(|(put, _)| *put == entry) {
+            Some((_, names)) => names.push(name),
+            None => puts.push((entry, vec![name])),
+        }
+    }
+    for (entry, names) in &puts {
+        put_index(out, entry, names)?;
     }
     Ok(())
 }
@@ -339,14 +381,16 @@ pub enum IndexName {
 /// file stays: removing it would let a third writer lock a new one while
 /// a second holds the old.
 pub fn put_index(dir: &Path, desc: &Descriptor, names: &[IndexName]) -> Result<()> {
-    let _lock = crate::store::lock(&dir.join("index.json.lock"), true)?;
+    let _lock = lock_index(dir)?;
     let layout = format!(
         "{{\"imageLayoutVersion\":\"{}\"}}",
         media::OCI_LAYOUT_VERSION
     );
     write_atomic(&dir.join("oci-layout"), layout.as_bytes())?;
     let path = dir.join("index.json");
+    // As BuildKit reads it: an empty file is an empty index.
     let mut index = match fs::read(&path) {
+        Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => Index::empty(),
         Ok(bytes) => serde_json::from_slice::<Index>(&bytes).map_err(|source| Error::Json {
             what: path.display().to_string(),
             source,
@@ -389,6 +433,32 @@ pub fn put_index(dir: &Path, desc: &Descriptor, names: &[IndexName]) -> Result<(
         index.manifests.push(entry);
     }
     write_atomic(&path, &json("index.json", &index)?)
+}
+
+/// An exclusive `flock` of the layout's `index.json.lock`, opened
+/// read-only (a lock needs no write access: a file root made there stays
+/// usable by others). Where the filesystem has no locks, the put goes on
+/// unlocked, said in the log.
+fn lock_index(dir: &Path) -> Result<Option<OwnedFd>> {
+    use rustix::fs::{FlockOperation, Mode, OFlags};
+    let path = dir.join("index.json.lock");
+    let fd = rustix::fs::open(
+        &path,
+        OFlags::RDONLY | OFlags::CREATE | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .map_err(|e| Error::io("open lock file", &path, e.into()))?;
+    match rustix::fs::flock(&fd, FlockOperation::LockExclusive) {
+        Ok(()) => Ok(Some(fd)),
+        Err(rustix::io::Errno::NOLCK | rustix::io::Errno::OPNOTSUPP) => {
+            tracing::warn!(
+                "{}: no locks on this filesystem; writing index.json unlocked",
+                path.display()
+            );
+            Ok(None)
+        }
+        Err(e) => Err(Error::io("lock", &path, e.into())),
+    }
 }
 
 fn write_layout(

@@ -795,13 +795,14 @@ impl Unpacker<'_> {
     }
 
     /// An entry naming the root (`./`): a layer's, a directory, sets the
-    /// root's metadata. An archive's directory named `.` once cleaned
-    /// (`./`, `a/..`) is skipped, the destination keeping its own
-    /// metadata; one whose name climbs to the destination (`../`, `/`,
-    /// `a/../..`) gives it its owner, mode and mtime: go-archive's
-    /// `Unpack` skips only the name `.`, and merges a directory into the
-    /// one there (docker 20.10's BuildKit does so for `../`). An archive's
-    /// non-directory whose name cleans to the destination is refused:
+    /// root's metadata. An archive's entry named `.` once cleaned (`./`,
+    /// `a/..`) is skipped, the destination keeping its own metadata; a
+    /// directory whose name climbs to the destination (`../`, `/`,
+    /// `a/../..`) gives it its owner, mode and mtime (not its xattrs):
+    /// go-archive v0.2.0's `Unpack`, which BuildKit vendors, skips only the
+    /// name `.`, and merges a directory into the one there (docker 20.10's
+    /// BuildKit does so for `../`; go-archive v0.3 refuses `../`). An
+    /// archive's non-directory that climbs to the destination is refused:
     /// BuildKit's untar removes everything in the destination for it, then
     /// fails.
     fn root_entry(
@@ -812,13 +813,14 @@ impl Unpacker<'_> {
         shown: &str,
     ) -> Result<()> {
         if let Kind::Archive { into, .. } = &self.kind {
+            // Whatever it is (go-archive v0.2.0, which BuildKit vendors).
+            if go_cleans_to_dot(raw_path) {
+                return Ok(());
+            }
             if !kind.is_dir() {
                 return Err(
                     self.unsafe_entry(shown, "names the destination itself but is not a directory")
                 );
-            }
-            if go_cleans_to_dot(raw_path) {
-                return Ok(());
             }
             let into = into.to_vec();
             let path = self.open_dir(&into, false, shown)?;

@@ -66,7 +66,8 @@ pub struct Mount {
     pub source: Option<String>,
     pub target: String,
     pub read_only: bool,
-    /// tmpfs `size=` in bytes.
+    /// tmpfs `size=` in bytes; `size=0` is none (BuildKit's tmpfs takes
+    /// the size only above 0, so 0 is the default size).
     pub size_limit: Option<u64>,
     /// `id=` (cache or secret id).
     pub id: Option<String>,
@@ -262,7 +263,8 @@ impl MountFields {
                 if m.mount_type != MountType::Tmpfs {
                     return Err(unexpected_key(key, m.mount_type));
                 }
-                m.size_limit = Some(ram_in_bytes(&value).ok_or_else(bad_value)?);
+                m.size_limit =
+                    Some(ram_in_bytes(&value).ok_or_else(bad_value)?).filter(|&size| size > 0);
             }
             "id" => m.id = Some(value),
             "sharing" => m.sharing = Some(sharing(&value)?),
@@ -568,6 +570,9 @@ mod tests {
         );
         let tmpfs = parse("type=tmpfs,target=/t,size=64m").unwrap();
         assert_eq!(tmpfs.size_limit, Some(64 * 1024 * 1024));
+        // size=0 is the default size: the same mount (and cache key) as none.
+        let zero = parse("type=tmpfs,target=/t,size=0").unwrap();
+        assert_eq!(zero, parse("type=tmpfs,target=/t").unwrap());
         let secret = parse("type=secret,id=token,env=TOKEN,required").unwrap();
         assert_eq!(
             (secret.required, secret.env.as_deref()),
