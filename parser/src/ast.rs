@@ -45,8 +45,10 @@ pub struct Directive {
 impl Directive {
     /// For a `check` directive: its options (which lint rules to skip,
     /// whether warnings are errors), parsed as BuildKit parses them.
+    /// The value's `check` options: its first word, as BuildKit's
+    /// directive parser gives it (`# check=skip=all // why` skips all).
     pub fn check_options(&self) -> Result<CheckOptions, CheckOptionsError> {
-        CheckOptions::parse(&self.value)
+        CheckOptions::parse(self.value.split_whitespace().next().unwrap_or(""))
     }
 }
 
@@ -340,6 +342,17 @@ mod tests {
     /// WithMergedConfigFromComments finds it: the first `check` directive
     /// among the comments, spaces round `=` allowed, by its first word;
     /// none when that one does not parse (a later one is not tried).
+    #[test]
+    fn a_check_directive_is_its_first_word() {
+        let ast =
+            crate::parse("# check=skip=all // comment\nFROM scratch\n", "Dockerfile").unwrap();
+        let options = ast.directive("check").unwrap().check_options().unwrap();
+        assert!(options.skip_all);
+        let ast = crate::parse("# check=skip=A, B\nFROM scratch\n", "Dockerfile").unwrap();
+        let options = ast.directive("check").unwrap().check_options().unwrap();
+        assert_eq!(options.skip, ["A", ""], "B is past the first space");
+    }
+
     #[test]
     fn check_options_of_comments() {
         let of = |comments: &[&str]| CheckOptions::of_comments(comments.iter().copied());

@@ -9,8 +9,8 @@ pub fn suggest(value: &str, options: &[&str], case_sensitive: bool) -> Option<St
     } else {
         value.to_lowercase()
     };
-    let mut best: Option<String> = None;
-    let mut min_distance = 3;
+    // (Levenshtein distance, distance with swaps, the option) of the best.
+    let mut best: Option<(usize, usize, String)> = None;
     for option in options {
         let candidate = if case_sensitive {
             option.to_string()
@@ -20,17 +20,25 @@ pub fn suggest(value: &str, options: &[&str], case_sensitive: bool) -> Option<St
         if candidate == needle {
             return None;
         }
-        let distance = levenshtein(&needle, &candidate);
-        if distance < min_distance {
-            min_distance = distance;
-            best = Some(if case_sensitive {
+        let distance = levenshtein(&needle, &candidate, false);
+        if distance >= 3 {
+            continue;
+        }
+        let swaps = levenshtein(&needle, &candidate, true);
+        let better = match &best {
+            None => true,
+            Some((d, s, _)) => distance < *d || (distance == *d && swaps < *s),
+        };
+        if better {
+            let shown = if case_sensitive {
                 candidate
             } else {
                 match_case(&candidate, value)
-            });
+            };
+            best = Some((distance, swaps, shown));
         }
     }
-    best
+    best.map(|(_, _, option)| option)
 }
 
 fn match_case(option: &str, original: &str) -> String {
@@ -43,11 +51,13 @@ fn match_case(option: &str, original: &str) -> String {
     }
 }
 
-/// Edit distance in characters, counting a swap of two neighbours as one
-/// edit (so `RNU` suggests `RUN`, not the equally Levenshtein-distant `ENV`;
-/// BuildKit's pick among equals depends on map order). Stops early for
-/// inputs whose lengths differ too much, since only distances below 3 matter.
-fn levenshtein(a: &str, b: &str) -> usize {
+/// Edit distance in characters: Levenshtein's, as BuildKit measures what
+/// is close enough (below 3); with `swaps`, a swap of two neighbours
+/// counts as one edit, which picks among options at the same Levenshtein
+/// distance (so `RNU` suggests `RUN`, not `ENV`; BuildKit's pick among
+/// equals depends on map order). Stops early for inputs whose lengths
+/// differ too much, since only distances below 3 matter.
+fn levenshtein(a: &str, b: &str, swaps: bool) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
     if a.len().abs_diff(b.len()) >= 3 {
@@ -63,7 +73,7 @@ fn levenshtein(a: &str, b: &str) -> usize {
         for j in 0..b.len() {
             let cost = usize::from(a[i] != b[j]);
             let mut d = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-            if i > 0 && j > 0 && a[i] == b[j - 1] && a[i - 1] == b[j] {
+            if swaps && i > 0 && j > 0 && a[i] == b[j - 1] && a[i - 1] == b[j] {
                 d = d.min(before[j - 1] + 1);
             }
             cur[j + 1] = d;
@@ -88,5 +98,8 @@ mod tests {
         assert_eq!(suggest("FROMM", &["FROM"], false).as_deref(), Some("FROM"));
         assert_eq!(suggest("xyzzy", &["RUN"], false), None);
         assert_eq!(suggest("chmod", &["chown", "chmod"], true), None);
+        // Two swaps and a letter more: Levenshtein's 3, too far (BuildKit
+        // suggests nothing), though 2 edits with swaps.
+        assert_eq!(suggest("YMARCHX", &["MYARCH"], true), None);
     }
 }

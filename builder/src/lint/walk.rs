@@ -272,8 +272,8 @@ impl Rules<'_> {
                 &stage.from,
                 format!(
                     "Base image {name} was pulled with platform {:?}, expected {:?} for current build",
-                    normalized(&actual).to_string(),
-                    normalized(platform).to_string()
+                    actual.normalized().to_string(),
+                    platform.normalized().to_string()
                 ),
             );
         }
@@ -541,18 +541,6 @@ fn shell_has_pipefail(shell: &[String]) -> bool {
 }
 
 /// containerd's `platforms.Normalize` for the variants that have a default.
-fn normalized(platform: &Platform) -> Platform {
-    let mut p = platform.clone();
-    if p.variant.is_none() {
-        p.variant = match p.architecture.as_str() {
-            "arm64" => Some("v8".into()),
-            "arm" => Some("v7".into()),
-            _ => None,
-        };
-    }
-    p
-}
-
 fn is_remote(src: &str) -> bool {
     src.starts_with("http://") || src.starts_with("https://") || src.starts_with("git@")
 }
