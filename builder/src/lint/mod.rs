@@ -405,9 +405,7 @@ impl Linter {
             if !kept {
                 continue;
             }
-            if !findings.contains(&f) {
-                findings.push(f);
-            }
+            findings.push(f);
         }
         findings.sort_by_key(|f| f.line);
         report.findings = findings;
@@ -435,6 +433,16 @@ mod tests {
         assert_eq!(
             rules_of("FROM scratch\n# check=skip=JSONArgsRecommended\nCMD x\nENTRYPOINT y\n"),
             ["JSONArgsRecommended"]
+        );
+    }
+
+    /// A rule fires once per word, key or port, as BuildKit's does: the
+    /// same finding twice is reported twice.
+    #[test]
+    fn findings_are_not_merged() {
+        assert_eq!(
+            rules_of("FROM scratch\nEXPOSE 80/TCP 80/TCP\n"),
+            ["ExposeProtoCasing", "ExposeProtoCasing"]
         );
     }
 
