@@ -1652,3 +1652,50 @@ fn dry_run_format_file_quiet_and_verbose() {
     assert!(!text(&plain).contains(decision), "{}", text(&plain));
     assert!(text(&verbose).contains(decision), "{}", text(&verbose));
 }
+
+/// `build --check` as BuildKit's lint: every stage without `--target`
+/// (only what the target needs with one), and the findings made before an
+/// instruction that cannot be read reported with its error
+/// (`dockerfile_check_test.go`: `testAllTargetUnmarshal`,
+/// `testWarningsBeforeError`).
+#[test]
+fn build_check_covers_every_stage_and_keeps_findings_before_an_error() {
+    let fixture = Fixture::new();
+    let rules = |dockerfile: &str, extra: &[&str]| -> (Vec<(String, u64)>, bool) {
+        let ctx = fixture.context("check-stages", &[("Dockerfile", dockerfile)]);
+        let mut args = vec!["--check", "--format", "json"];
+        args.extend_from_slice(extra);
+        let ctx = ctx.to_str().unwrap().to_string();
+        args.push(&ctx);
+        let out = fixture.build(&args);
+        let report: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+        let found = (report["findings"].as_array().unwrap().iter())
+            .map(|f| {
+                (
+                    f["rule"].as_str().unwrap().to_string(),
+                    f["line"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        (found, !report["error"].is_null())
+    };
+    let two = "FROM scratch AS first\nCOPY $foo .\nFROM scratch AS second\nCOPY $bar .\n";
+    let undefined = |line| ("UndefinedVar".to_string(), line);
+    assert_eq!(rules(two, &[]), (vec![undefined(2), undefined(4)], false));
+    assert_eq!(
+        rules(two, &["--target", "first"]),
+        (vec![undefined(2)], false)
+    );
+    let bad = "FROM scratch AS BadStageName\nMAINTAINER me@example.org\nBADCMD\n";
+    assert_eq!(
+        rules(bad, &[]),
+        (
+            vec![
+                ("StageNameCasing".to_string(), 1),
+                ("MaintainerDeprecated".to_string(), 2)
+            ],
+            true
+        )
+    );
+}

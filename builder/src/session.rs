@@ -622,8 +622,35 @@ struct Walked<'a> {
 impl<'a> Session<'a> {
     /// Only the build checks (`kiln build --check`, buildx's
     /// `--call=check`): the walk a build makes, nothing run.
+    /// `--check`: BuildKit's rules over every stage (only those the target
+    /// needs when one is given, as BuildKit's lint), base images resolved
+    /// as the build would; what they found before an error is reported
+    /// with it, as BuildKit reports it.
     pub fn check(&self) -> Result<lint::Report, BuildError> {
-        Ok(self.walk(&self.settings.options)?.checks)
+        let settings = self.settings;
+        let options = &settings.options;
+        let dockerfile = &settings.dockerfile;
+        let ast = kiln_parser::parse_bytes(&dockerfile.bytes, &dockerfile.name)?;
+        Frontend::from_build(&ast, &options.build_args, settings.context_commit.is_some())?;
+        let puller: &'a dyn ImagePuller = self.remote;
+        let resolver = match settings.pull {
+            PullPolicy::Never => StoreResolver::new(self.store, None),
+            PullPolicy::Missing => StoreResolver::new(self.store, Some(puller)),
+            PullPolicy::Always => StoreResolver::new(self.store, Some(puller)).always_pull(true),
+        };
+        let ignore = crate::dockerignore::load_for_build(
+            &settings.context_dir,
+            settings.dockerfile.path.as_deref(),
+        )?;
+        let lint_options = LintOptions {
+            build_args: options.build_args.clone(),
+            dockerignore: Some(ignore),
+            images: Some(&resolver),
+            platform: options.target_platform.clone(),
+            target: options.target.clone(),
+            buildkit_only: true,
+        };
+        Ok(lint::check_ast(&ast, &dockerfile.name, &lint_options))
     }
 
     /// Parses the Dockerfile and walks it, the build checks observing;

@@ -135,9 +135,9 @@ pub struct BuildArgs {
     /// Show the plan (stages, steps, cache hits, what runs in parallel) and stop.
     #[arg(long)]
     dry_run: bool,
-    /// Only run the build checks (BuildKit's rules over the stages the
-    /// target needs, as buildx's `--check`) and print what they found;
-    /// exits 1 when they found anything.
+    /// Only run the build checks (BuildKit's rules over every stage, or
+    /// those --target needs, as buildx's `--check`) and print what they
+    /// found; exits 1 when they found anything.
     #[arg(long, conflicts_with = "dry_run")]
     check: bool,
     /// Format of --dry-run output (text by default), or of --check's

@@ -196,15 +196,7 @@ impl<'a> Checker<'a> {
         let mut linter = Linter::default();
         empty_continuations(ast, &mut linter);
         static_rules::run(df, options, &mut linter);
-        let comments = df
-            .stages
-            .iter()
-            .flat_map(|s| {
-                std::iter::once(&s.from).chain(s.instructions.iter().map(Instruction::meta))
-            })
-            .chain(df.meta_args.iter().map(|a| &a.meta))
-            .map(|m| (m.span.start.line, m.comments.clone()))
-            .collect();
+        let comments = comments_of(df);
         Checker {
             buildkit_only: options.buildkit_only,
             config,
@@ -236,6 +228,57 @@ impl<'a> Checker<'a> {
         linter.finish(&mut report, &self.config, &self.comments);
         report
     }
+}
+
+/// What BuildKit finds before an instruction it cannot read stops it
+/// (`dockerfile_check_test.go`'s `testWarningsBeforeError`): the parser's
+/// NoEmptyContinuation, ConsistentInstructionCasing, and the rules it runs
+/// while reading each instruction (StageNameCasing, FromAsCasing,
+/// MaintainerDeprecated) of those before the failing one. Nothing is
+/// dispatched, so no other rule runs.
+pub fn findings_before_error(
+    ast: &kiln_parser::ast::Dockerfile,
+    file_name: &str,
+    config: &CheckOptions,
+) -> Report {
+    let mut report = Report {
+        file: file_name.to_string(),
+        findings: Vec::new(),
+        error: None,
+        error_on_warning: config.error,
+        notes: Vec::new(),
+    };
+    let mut linter = Linter::default();
+    empty_continuations(ast, &mut linter);
+    // The longest run of instructions that reads: those before the error.
+    let mut read = ast.clone();
+    let df = loop {
+        match ins::from_ast(&read) {
+            Ok(df) => break Some(df),
+            Err(_) if read.nodes.pop().is_some() => {}
+            Err(_) => break None,
+        }
+    };
+    let comments = match &df {
+        Some(df) => {
+            static_rules::casing_rule(df, &mut linter);
+            static_rules::parse_time_rules(df, &mut linter);
+            comments_of(df)
+        }
+        None => Vec::new(),
+    };
+    linter.finish(&mut report, config, &comments);
+    report
+}
+
+/// The comments right above each instruction, by its line.
+fn comments_of(df: &ins::Dockerfile) -> Vec<(usize, Vec<String>)> {
+    df.stages
+        .iter()
+        .flat_map(|s| std::iter::once(&s.from).chain(s.instructions.iter().map(Instruction::meta)))
+        .chain(df.meta_args.iter().map(|a| &a.meta))
+        .map(|m| (m.span.start.line, m.comments.clone()))
+        .collect()
 }
 
 /// NoEmptyContinuation, from the parser's warnings.
@@ -271,23 +314,41 @@ pub fn check(source: &str, file_name: &str, options: &LintOptions) -> Report {
         Ok(ast) => ast,
         Err(e) => return failed(parse_error(&e)),
     };
-    let config = match check_config(&ast, &options.build_args) {
+    check_ast(&ast, file_name, options)
+}
+
+/// Lints a parsed Dockerfile ([`check`] past the parser; a build's
+/// `--check`, whose options name its images and target).
+pub fn check_ast(
+    ast: &kiln_parser::ast::Dockerfile,
+    file_name: &str,
+    options: &LintOptions,
+) -> Report {
+    let failed = |error: CheckError| Report {
+        file: file_name.to_string(),
+        findings: Vec::new(),
+        error: Some(error),
+        error_on_warning: false,
+        notes: Vec::new(),
+    };
+    let parse_error = |e: &kiln_parser::ParseError| CheckError {
+        message: e.to_string(),
+        line: Some(e.line()),
+        column: Some(e.column()),
+    };
+    let config = match check_config(ast, &options.build_args) {
         Ok(config) => config,
         Err(e) => return failed(e),
     };
-    let df = match ins::from_ast(&ast) {
+    let df = match ins::from_ast(ast) {
         Ok(df) => df,
         Err(e) => {
-            // The parser's own findings still count.
-            let mut linter = Linter::default();
-            empty_continuations(&ast, &mut linter);
-            let mut report = failed(parse_error(&e));
-            report.error_on_warning = config.error;
-            linter.finish(&mut report, &config, &[]);
+            let mut report = findings_before_error(ast, file_name, &config);
+            report.error = Some(parse_error(&e));
             return report;
         }
     };
-    let mut checker = Checker::new(&ast, &df, config, options);
+    let mut checker = Checker::new(ast, &df, config, options);
     let build = BuildOptions {
         build_args: options.build_args.clone(),
         target_platform: options.platform.clone(),
@@ -460,6 +521,20 @@ mod tests {
             &LintOptions::default(),
         );
         assert!(!r.fails());
+    }
+
+    /// `testWarningsBeforeError`: the rules BuildKit runs while reading
+    /// the instructions before the one it cannot read still report.
+    #[test]
+    fn findings_before_an_error_are_kept() {
+        let r = check(
+            "# check=error=false\nFROM scratch AS BadStageName\nMAINTAINER me@example.org\nBADCMD\n",
+            "Dockerfile",
+            &LintOptions::default(),
+        );
+        assert_eq!(r.error.as_ref().and_then(|e| e.line), Some(4));
+        let found: Vec<(&str, usize)> = r.findings.iter().map(|f| (f.rule, f.line)).collect();
+        assert_eq!(found, [("StageNameCasing", 2), ("MaintainerDeprecated", 3)]);
     }
 
     #[test]
