@@ -60,7 +60,23 @@ pub struct Finding {
     pub description: &'static str,
     /// Where the rule is documented.
     pub url: &'static str,
+    /// The line of the instruction whose `# check=` comments apply: its
+    /// own, but for MultipleInstructionsDisallowed, reported at the earlier
+    /// instruction and checked with the later one's (as BuildKit does).
+    #[serde(skip)]
+    pub checked_at: usize,
 }
+
+/// The rules BuildKit runs with the file's `check` options alone, which a
+/// `# check=` comment above an instruction does not change (its
+/// validations of the whole file, and the parser's warnings).
+const FILE_WIDE: [&str; 5] = [
+    "NoEmptyContinuation",
+    "ConsistentInstructionCasing",
+    "DuplicateStageName",
+    "ReservedStageName",
+    "InvalidDefaultArgInFrom",
+];
 
 /// A Dockerfile that does not parse (or has a bad `check` directive).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -424,7 +440,23 @@ impl Linter {
             message,
             description: rule.description,
             url: rule.reference,
+            checked_at: line,
         });
+    }
+
+    /// Like [`Linter::fire`], but checked against the `# check=` comments
+    /// of the instruction `checked` (MultipleInstructionsDisallowed).
+    pub(crate) fn fire_checked_at(
+        &mut self,
+        rule: &Rule,
+        meta: &ins::Meta,
+        checked: &ins::Meta,
+        message: String,
+    ) {
+        self.fire(rule, meta, message);
+        if let Some(last) = self.findings.last_mut() {
+            last.checked_at = checked.span.start.line;
+        }
     }
 
     /// Applies the skip lists (file-wide, and per instruction: a
@@ -442,8 +474,12 @@ impl Linter {
         let checks_at =
             |line: usize| CheckOptions::of_comments(comments_at(line).map(String::as_str));
         let skipped_here = |f: &Finding| -> bool {
-            checks_at(f.line).is_some_and(|o| o.skip_all || o.skip.iter().any(|s| s == f.rule))
-                || comments_at(f.line)
+            if FILE_WIDE.contains(&f.rule) {
+                return false;
+            }
+            checks_at(f.checked_at)
+                .is_some_and(|o| o.skip_all || o.skip.iter().any(|s| s == f.rule))
+                || comments_at(f.checked_at)
                     .filter_map(|c| hadolint_ignored(c))
                     .flatten()
                     .any(|code| f.hadolint_code() == Some(code))
@@ -454,7 +490,7 @@ impl Linter {
         let experimental_here = |f: &Finding| -> bool {
             let asks =
                 |o: &CheckOptions| o.experimental_all || o.experimental.iter().any(|r| r == f.rule);
-            asks(config) || checks_at(f.line).is_some_and(|o| asks(&o))
+            asks(config) || checks_at(f.checked_at).is_some_and(|o| asks(&o))
         };
         let mut findings: Vec<Finding> = Vec::new();
         for f in self.findings {
@@ -504,6 +540,28 @@ mod tests {
         assert_eq!(
             rules_of("FROM scratch\nEXPOSE 80/TCP 80/TCP\n"),
             ["ExposeProtoCasing", "ExposeProtoCasing"]
+        );
+    }
+
+    /// As BuildKit: a rule it runs over the whole file is not skipped by a
+    /// comment above an instruction; MultipleInstructionsDisallowed is
+    /// skipped by the later instruction's comment, though reported at the
+    /// earlier one.
+    #[test]
+    fn comments_above_skip_what_buildkit_lets_them_skip() {
+        assert_eq!(
+            rules_of(
+                "FROM scratch\n# check=skip=ConsistentInstructionCasing\ncopy a b\nCOPY c d\n"
+            ),
+            ["ConsistentInstructionCasing"]
+        );
+        assert_eq!(
+            rules_of("FROM scratch\nCMD [\"a\"]\n# check=skip=MultipleInstructionsDisallowed\nCMD [\"b\"]\n"),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            rules_of("FROM scratch\n# check=skip=MultipleInstructionsDisallowed\nCMD [\"a\"]\nCMD [\"b\"]\n"),
+            ["MultipleInstructionsDisallowed"]
         );
     }
 

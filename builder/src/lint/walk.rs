@@ -352,9 +352,10 @@ impl Rules<'_> {
     /// (the one that is ignored), as BuildKit does.
     fn used_once(&mut self, previous: Option<ins::Meta>, meta: &ins::Meta) {
         if let Some(prev) = previous {
-            self.linter.fire(
+            self.linter.fire_checked_at(
                 &rules::MULTIPLE_INSTRUCTIONS_DISALLOWED,
                 &prev,
+                meta,
                 format!(
                     "Multiple {} instructions should not be used in the same stage because only the last one will be used",
                     meta.keyword
