@@ -163,8 +163,31 @@ impl Platform {
     pub fn parse(s: &str) -> Result<Platform, Error> {
         let parts: Vec<&str> = s.split('/').collect();
         let bad = || Error::InvalidPlatform(s.to_string());
-        if parts.len() < 2 || parts.len() > 3 || parts.iter().any(|p| p.is_empty()) {
+        if parts.len() > 3 || parts.iter().any(|p| p.is_empty()) {
             return Err(bad());
+        }
+        // One word, as containerd's `platforms.Parse` reads it: a known OS
+        // on the host's architecture, else a known architecture on the
+        // host's OS.
+        if let [word] = parts[..] {
+            let host = Platform::host();
+            let os = word.to_ascii_lowercase();
+            if KNOWN_OS_ARCH.iter().any(|(known, _)| *known == os) {
+                return Ok(Platform { os, ..host }.normalized());
+            }
+            let (architecture, variant) = normalize_arch(word, None);
+            let known_arch = KNOWN_OS_ARCH
+                .iter()
+                .any(|(_, arches)| arches.contains(&architecture.as_str()));
+            if !known_arch {
+                return Err(bad());
+            }
+            return Ok(Platform {
+                architecture,
+                variant,
+                ..host
+            }
+            .normalized());
         }
         Ok(Platform {
             architecture: parts[1].to_string(),
@@ -695,7 +718,13 @@ mod tests {
         ] {
             assert_eq!(norm(given), want, "{given}");
         }
-        assert!(Platform::parse("linux").is_err());
+        // One word: an OS on the host's architecture, or an architecture on
+        // the host's OS (containerd's platforms.Parse).
+        let host = Platform::host();
+        assert_eq!(norm("linux"), format!("linux/{}", host.architecture));
+        assert_eq!(norm("aarch64"), format!("{}/arm64", host.os));
+        assert_eq!(norm("armhf"), format!("{}/arm/v7", host.os));
+        assert!(Platform::parse("bogus").is_err());
         assert!(Platform::parse("linux//v8").is_err());
         // A config's spelling (arm64 + v8) is the same platform.
         let config = Platform {
