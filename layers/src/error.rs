@@ -62,7 +62,9 @@ pub enum Error {
         platform: String,
         stored: String,
     },
-    #[error("invalid platform {0:?}: expected os/arch[/variant], a known OS or a known architecture")]
+    #[error(
+        "invalid platform {0:?}: expected os/arch[/variant], a known OS or a known architecture"
+    )]
     InvalidPlatform(String),
     #[error("image {0} not found in the store")]
     ImageNotFound(String),
