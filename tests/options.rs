@@ -1687,6 +1687,16 @@ fn build_check_covers_every_stage_and_keeps_findings_before_an_error() {
         rules(two, &["--target", "first"]),
         (vec![undefined(2)], false)
     );
+    // A base image that cannot be found is the check's error (not an
+    // empty image); a named context stands for it as in the build.
+    let missing = "FROM nothere:1\nCOPY $x /y\n";
+    assert_eq!(rules(missing, &["--pull=never"]), (vec![], true));
+    let named = [
+        "--pull=never",
+        "--build-context",
+        "nothere:1=docker-image://busybox:latest",
+    ];
+    assert_eq!(rules(missing, &named), (vec![undefined(2)], false));
     let bad = "FROM scratch AS BadStageName\nMAINTAINER me@example.org\nBADCMD\n";
     assert_eq!(
         rules(bad, &[]),

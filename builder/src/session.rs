@@ -621,8 +621,7 @@ struct Walked<'a> {
 
 impl<'a> Session<'a> {
     /// Only the build checks (`kiln build --check`, buildx's
-    /// `--call=check`): the walk a build makes, nothing run.
-    /// `--check`: BuildKit's rules over every stage (only those the target
+    /// `--call=check`), nothing run: BuildKit's rules over every stage (only those the target
     /// needs when one is given, as BuildKit's lint), base images resolved
     /// as the build would; what they found before an error is reported
     /// with it, as BuildKit reports it.
@@ -649,6 +648,7 @@ impl<'a> Session<'a> {
             platform: options.target_platform.clone(),
             target: options.target.clone(),
             buildkit_only: true,
+            build: Some(options),
         };
         Ok(lint::check_ast(&ast, &dockerfile.name, &lint_options))
     }
@@ -695,6 +695,7 @@ impl<'a> Session<'a> {
             platform: options.target_platform.clone(),
             target: options.target.clone(),
             buildkit_only: true,
+            build: Some(options),
         };
         let mut checker = Checker::new(&ast, &typed, check_config, &lint_options);
         let plan = plan_with(

@@ -437,18 +437,29 @@ pub fn put_index(dir: &Path, desc: &Descriptor, names: &[IndexName]) -> Result<(
 
 /// An exclusive `flock` of the layout's `index.json.lock`, opened
 /// read-only (a lock needs no write access: a file root made there stays
-/// usable by others). Where the filesystem has no locks, the put goes on
-/// unlocked, said in the log.
+/// usable by others), read-write where the filesystem wants it (NFS).
+/// Where the filesystem has no locks, the put goes on unlocked, said in
+/// the log.
 fn lock_index(dir: &Path) -> Result<Option<OwnedFd>> {
     use rustix::fs::{FlockOperation, Mode, OFlags};
     let path = dir.join("index.json.lock");
-    let fd = rustix::fs::open(
-        &path,
-        OFlags::RDONLY | OFlags::CREATE | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o644),
-    )
-    .map_err(|e| Error::io("open lock file", &path, e.into()))?;
-    match rustix::fs::flock(&fd, FlockOperation::LockExclusive) {
+    let open = |access: OFlags| {
+        rustix::fs::open(
+            &path,
+            access | OFlags::CREATE | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .map_err(|e| Error::io("open lock file", &path, e.into()))
+    };
+    let mut fd = open(OFlags::RDONLY)?;
+    let mut locked = rustix::fs::flock(&fd, FlockOperation::LockExclusive);
+    // NFS emulates flock with fcntl locks, which want a writable file for
+    // an exclusive one (gofrs/flock, BuildKit's, reopens it so too).
+    if matches!(locked, Err(rustix::io::Errno::BADF | rustix::io::Errno::IO)) {
+        fd = open(OFlags::RDWR)?;
+        locked = rustix::fs::flock(&fd, FlockOperation::LockExclusive);
+    }
+    match locked {
         Ok(()) => Ok(Some(fd)),
         Err(rustix::io::Errno::NOLCK | rustix::io::Errno::OPNOTSUPP) => {
             tracing::warn!(

@@ -171,15 +171,15 @@ impl Platform {
         // host's OS.
         if let [word] = parts[..] {
             let host = Platform::host();
-            let os = word.to_ascii_lowercase();
-            if KNOWN_OS_ARCH.iter().any(|(known, _)| *known == os) {
+            let os = match word.to_ascii_lowercase().as_str() {
+                "macos" => "darwin".to_string(),
+                other => other.to_string(),
+            };
+            if CONTAINERD_OS.contains(&os.as_str()) {
                 return Ok(Platform { os, ..host }.normalized());
             }
             let (architecture, variant) = normalize_arch(word, None);
-            let known_arch = KNOWN_OS_ARCH
-                .iter()
-                .any(|(_, arches)| arches.contains(&architecture.as_str()));
-            if !known_arch {
+            if !CONTAINERD_ARCH.contains(&architecture.as_str()) {
                 return Err(bad());
             }
             return Ok(Platform {
@@ -278,6 +278,57 @@ pub const KNOWN_OS_ARCH: &[(&str, &[&str])] = &[
     ("unknown", &["unknown"]),
     ("wasip1", &["wasm"]),
     ("windows", &["386", "amd64", "arm", "arm64"]),
+];
+
+/// The operating systems containerd's `platforms.Parse` knows as a
+/// one-word platform (its `isKnownOS`).
+const CONTAINERD_OS: &[&str] = &[
+    "aix",
+    "android",
+    "darwin",
+    "dragonfly",
+    "freebsd",
+    "hurd",
+    "illumos",
+    "ios",
+    "js",
+    "linux",
+    "nacl",
+    "netbsd",
+    "openbsd",
+    "plan9",
+    "solaris",
+    "windows",
+    "zos",
+];
+
+/// The architectures containerd's `platforms.Parse` knows as a one-word
+/// platform (its `isKnownArch`).
+const CONTAINERD_ARCH: &[&str] = &[
+    "386",
+    "amd64",
+    "amd64p32",
+    "arm",
+    "armbe",
+    "arm64",
+    "arm64be",
+    "ppc64",
+    "ppc64le",
+    "loong64",
+    "mips",
+    "mipsle",
+    "mips64",
+    "mips64le",
+    "mips64p32",
+    "mips64p32le",
+    "ppc",
+    "riscv",
+    "riscv64",
+    "s390",
+    "s390x",
+    "sparc",
+    "sparc64",
+    "wasm",
 ];
 
 /// Whether `os`/`arch` is one of [`KNOWN_OS_ARCH`].
@@ -724,7 +775,9 @@ mod tests {
         assert_eq!(norm("linux"), format!("linux/{}", host.architecture));
         assert_eq!(norm("aarch64"), format!("{}/arm64", host.os));
         assert_eq!(norm("armhf"), format!("{}/arm/v7", host.os));
+        assert_eq!(norm("macos"), format!("darwin/{}", host.architecture));
         assert!(Platform::parse("bogus").is_err());
+        assert!(Platform::parse("unknown").is_err());
         assert!(Platform::parse("linux//v8").is_err());
         // A config's spelling (arm64 + v8) is the same platform.
         let config = Platform {

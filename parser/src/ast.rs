@@ -44,11 +44,10 @@ pub struct Directive {
 
 impl Directive {
     /// For a `check` directive: its options (which lint rules to skip,
-    /// whether warnings are errors), parsed as BuildKit parses them.
-    /// The value's `check` options: its first word, as BuildKit's
-    /// directive parser gives it (`# check=skip=all // why` skips all).
+    /// whether warnings are errors), parsed as BuildKit parses them: its
+    /// value up to the first space (`# check=skip=all // why` skips all).
     pub fn check_options(&self) -> Result<CheckOptions, CheckOptionsError> {
-        CheckOptions::parse(self.value.split_whitespace().next().unwrap_or(""))
+        CheckOptions::parse(self.value.split(' ').next().unwrap_or(""))
     }
 }
 
@@ -338,10 +337,6 @@ pub(crate) fn go_trim_space(s: &str) -> &str {
 mod tests {
     use super::*;
 
-    /// An instruction's `# check=` comment as BuildKit's
-    /// WithMergedConfigFromComments finds it: the first `check` directive
-    /// among the comments, spaces round `=` allowed, by its first word;
-    /// none when that one does not parse (a later one is not tried).
     #[test]
     fn a_check_directive_is_its_first_word() {
         let ast =
@@ -353,6 +348,10 @@ mod tests {
         assert_eq!(options.skip, ["A", ""], "B is past the first space");
     }
 
+    /// An instruction's `# check=` comment as BuildKit's
+    /// WithMergedConfigFromComments finds it: the first `check` directive
+    /// among the comments, spaces round `=` allowed, by its first word;
+    /// none when that one does not parse (a later one is not tried).
     #[test]
     fn check_options_of_comments() {
         let of = |comments: &[&str]| CheckOptions::of_comments(comments.iter().copied());

@@ -70,12 +70,13 @@ pub struct Finding {
 /// The rules BuildKit runs with the file's `check` options alone, which a
 /// `# check=` comment above an instruction does not change (its
 /// validations of the whole file, and the parser's warnings).
-const FILE_WIDE: [&str; 5] = [
+const FILE_WIDE: [&str; 6] = [
     "NoEmptyContinuation",
     "ConsistentInstructionCasing",
     "DuplicateStageName",
     "ReservedStageName",
     "InvalidDefaultArgInFrom",
+    "InvalidBaseImagePlatform",
 ];
 
 /// A Dockerfile that does not parse (or has a bad `check` directive).
@@ -150,6 +151,12 @@ pub struct LintOptions<'a> {
     /// BuildKit's rules only, as a build checks (kiln's hadolint-style rules
     /// are for `kiln check`).
     pub buildkit_only: bool,
+    /// A build's own options (its build platform, named contexts): a
+    /// build's `--check` walks as the build would, and a base image that
+    /// cannot be found is its error, as in BuildKit's lint. `None` (`kiln
+    /// check`): the host's platform, and an image `images` does not know
+    /// is empty, with a note.
+    pub build: Option<&'a BuildOptions>,
 }
 
 impl Default for LintOptions<'_> {
@@ -161,6 +168,7 @@ impl Default for LintOptions<'_> {
             platform: Platform::host(),
             target: None,
             buildkit_only: false,
+            build: None,
         }
     }
 }
@@ -226,7 +234,7 @@ impl<'a> Checker<'a> {
         &mut self.rules
     }
 
-    /// The report: findings skipped as configured, deduplicated, sorted.
+    /// The report: findings skipped as configured, sorted.
     pub fn finish(self, file: &str) -> Report {
         let mut report = Report {
             file: file.to_string(),
@@ -248,10 +256,11 @@ impl<'a> Checker<'a> {
 
 /// What BuildKit finds before an instruction it cannot read stops it
 /// (`dockerfile_check_test.go`'s `testWarningsBeforeError`): the parser's
-/// NoEmptyContinuation, ConsistentInstructionCasing, and the rules it runs
-/// while reading each instruction (StageNameCasing, FromAsCasing,
-/// MaintainerDeprecated) of those before the failing one. Nothing is
-/// dispatched, so no other rule runs.
+/// NoEmptyContinuation, and the rules it runs while reading each
+/// instruction (StageNameCasing, FromAsCasing, MaintainerDeprecated) of
+/// those before the failing one. Nothing is dispatched, and the checks of
+/// the whole file (casing, stage names) run only once every instruction
+/// reads, so no other rule runs.
 pub fn findings_before_error(
     ast: &kiln_parser::ast::Dockerfile,
     file_name: &str,
@@ -266,8 +275,12 @@ pub fn findings_before_error(
     };
     let mut linter = Linter::default();
     empty_continuations(ast, &mut linter);
-    // The longest run of instructions that reads: those before the error.
+    // The longest run of instructions that reads: those before the line
+    // the error names, fewer if they do not read either.
     let mut read = ast.clone();
+    if let Err(e) = ins::from_ast(&read) {
+        read.nodes.retain(|node| node.span.start.line < e.line());
+    }
     let df = loop {
         match ins::from_ast(&read) {
             Ok(df) => break Some(df),
@@ -277,7 +290,6 @@ pub fn findings_before_error(
     };
     let comments = match &df {
         Some(df) => {
-            static_rules::casing_rule(df, &mut linter);
             static_rules::parse_time_rules(df, &mut linter);
             comments_of(df)
         }
@@ -365,20 +377,27 @@ pub fn check_ast(
         }
     };
     let mut checker = Checker::new(ast, &df, config, options);
-    let build = BuildOptions {
-        build_args: options.build_args.clone(),
-        target_platform: options.platform.clone(),
-        build_platform: options.platform.clone(),
-        target: options.target.clone(),
-        run: Default::default(),
-        named_contexts: Default::default(),
+    let own;
+    let build = match options.build {
+        Some(build) => build,
+        None => {
+            own = BuildOptions {
+                build_args: options.build_args.clone(),
+                target_platform: options.platform.clone(),
+                build_platform: options.platform.clone(),
+                target: options.target.clone(),
+                run: Default::default(),
+                named_contexts: Default::default(),
+            };
+            &own
+        }
     };
     let walk_options = WalkOptions {
         all_stages: options.target.is_none(),
-        unknown_images_empty: true,
+        unknown_images_empty: options.build.is_none(),
     };
     let images: &dyn ImageLookup = options.images.unwrap_or(&walk::NoImages);
-    let planned = plan_with(&df, &build, images, walk_options, checker.observer());
+    let planned = plan_with(&df, build, images, walk_options, checker.observer());
     let mut report = checker.finish(file_name);
     if let Err(error) = planned {
         report.error = Some(plan_error(&df, &error));
@@ -461,7 +480,7 @@ impl Linter {
 
     /// Applies the skip lists (file-wide, and per instruction: a
     /// `# check=skip=…` comment, or hadolint's `# hadolint ignore=DL…`,
-    /// right above it), dedups, sorts.
+    /// right above it), sorts.
     fn finish(self, report: &mut Report, config: &CheckOptions, comments: &[(usize, Vec<String>)]) {
         // The comments right above the finding's instruction.
         let comments_at = |line: usize| {
@@ -593,6 +612,13 @@ mod tests {
         assert_eq!(r.error.as_ref().and_then(|e| e.line), Some(4));
         let found: Vec<(&str, usize)> = r.findings.iter().map(|f| (f.rule, f.line)).collect();
         assert_eq!(found, [("StageNameCasing", 2), ("MaintainerDeprecated", 3)]);
+        // The casing of the whole file is checked only once it all reads.
+        let r = check(
+            "FROM scratch\nrun x\nBADCMD\n",
+            "Dockerfile",
+            &LintOptions::default(),
+        );
+        assert!(r.findings.is_empty(), "{:?}", r.findings);
     }
 
     #[test]

@@ -125,7 +125,7 @@ pub(super) fn stage_name_rules(df: &ins::Dockerfile, linter: &mut Linter) {
 
 /// ConsistentInstructionCasing: the majority casing over FROM lines and
 /// stage instructions (meta ARGs do not count); ties go to upper case.
-pub(super) fn casing_rule(df: &ins::Dockerfile, linter: &mut Linter) {
+fn casing_rule(df: &ins::Dockerfile, linter: &mut Linter) {
     let metas: Vec<&ins::Meta> = df
         .stages
         .iter()

@@ -398,7 +398,6 @@ fn plan_platform(image: &ImageConfig) -> String {
     format!("{}/{}", image.os, image.architecture)
 }
 
-/// What a COPY source selects in the context, as a digest string.
 /// What a context bind mount of `source` shows, for its RUN's key: the
 /// digest of that tree of the context (symlinks followed), or a marker
 /// when it is missing (the RUN then fails saying so).
@@ -413,6 +412,7 @@ fn context_mount_content(context: Option<&BuildContext>, source: &str) -> String
         .unwrap_or_else(|| format!("missing:{rel}"))
 }
 
+/// What a COPY source selects in the context, as a digest string.
 fn context_selection(
     context: Option<&BuildContext>,
     src: &str,
