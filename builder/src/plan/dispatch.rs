@@ -499,6 +499,26 @@ impl<'a> Planner<'a> {
         });
     }
 
+    /// [`Self::stage_ref`] for a RUN mount's `from=`: a later stage is
+    /// refused in BuildKit's words for a mount.
+    fn mount_stage_ref(
+        &self,
+        name: &str,
+        target: &str,
+        site: &Site<'_>,
+    ) -> Result<Option<usize>, PlanError> {
+        self.stage_ref(name, site.stage, site.line)
+            .map_err(|mut e| {
+                if let PlanErrorKind::ForwardReference { from, .. } = &e.kind {
+                    e.kind = PlanErrorKind::MountForwardReference {
+                        from: from.clone(),
+                        target: target.to_string(),
+                    };
+                }
+                e
+            })
+    }
+
     fn stage_ref(
         &self,
         name: &str,
@@ -888,7 +908,7 @@ impl<'a> Planner<'a> {
             .map_err(|e| PlanError::at(site.line, PlanErrorKind::Mount(e)))?;
             let from_resolved = match spec.from.as_deref().filter(|f| !f.is_empty()) {
                 None => None,
-                Some(from) => Some(match self.stage_ref(from, site.stage, site.line)? {
+                Some(from) => Some(match self.mount_stage_ref(from, &spec.target, site)? {
                     Some(i) => MountSource::Stage(i),
                     // Not a stage: a named context's files, else an image,
                     // as BuildKit takes it.

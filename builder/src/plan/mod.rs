@@ -111,6 +111,10 @@ pub enum PlanErrorKind {
         "cannot copy from stage {from:?}, it needs to be defined before current stage {stage:?}"
     )]
     ForwardReference { from: String, stage: String },
+    #[error(
+        "cannot mount from stage {from:?} to {target:?}, stage needs to be defined before current command"
+    )]
+    MountForwardReference { from: String, target: String },
     #[error("circular dependency detected on stage: {0}")]
     Circular(String),
     /// An image name (FROM, `COPY --from`, `RUN --mount from=`) that is no
