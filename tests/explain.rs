@@ -747,6 +747,11 @@ const NOT_BUILDABLE: &[(&str, &str, &str)] = &[
         "it needs to be defined before current stage",
     ),
     (
+        "builder/plan/errors-forward-mount",
+        "RUN --mount from= names a later stage; the case checks that error",
+        "stage needs to be defined before current command",
+    ),
+    (
         "builder/progress/run-fails",
         "its RUN exits 7 on purpose; the case checks the failure's progress output",
         "did not complete successfully: exit code: 7",
