@@ -87,17 +87,24 @@ impl Archive {
     /// directories are made first, as buildx makes them.
     fn save(&self, store: &Store, items: &[SaveItem], format: Format) -> kiln_layers::Result<()> {
         let layout = if self.tar {
-            if let Some(parent) = self.dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-                if !self.to_stdout() {
-                    std::fs::create_dir_all(parent)
-                        .map_err(|e| kiln_layers::Error::io("create directory", parent, e))?;
-                }
-            }
             archive::Layout::Tar
         } else {
             archive::Layout::MergedDir
         };
+        if self.tar && !self.to_stdout() {
+            make_parents(&self.dest)
+                .map_err(|e| kiln_layers::Error::io("create directory", &self.dest, e))?;
+        }
         archive::save_as(store, items, format, &self.dest, layout)
+    }
+}
+
+/// Makes a file destination's missing parent directories, as buildx's
+/// `lazyFileWriter` makes them.
+fn make_parents(file: &Path) -> std::io::Result<()> {
+    match file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => std::fs::create_dir_all(parent),
+        None => Ok(()),
     }
 }
 
@@ -511,9 +518,7 @@ fn export_tar(
     };
     match dest {
         Dest::File(path) => {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|e| failed(e.to_string()))?;
-            }
+            make_parents(path).map_err(|e| failed(e.to_string()))?;
             let file = std::fs::File::create(path).map_err(|e| failed(e.to_string()))?;
             let mut out =
                 kiln_layers::diff::write_tar(&merged, std::io::BufWriter::new(file), &options)

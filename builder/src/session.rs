@@ -631,12 +631,7 @@ impl<'a> Session<'a> {
         let dockerfile = &settings.dockerfile;
         let ast = kiln_parser::parse_bytes(&dockerfile.bytes, &dockerfile.name)?;
         Frontend::from_build(&ast, &options.build_args, settings.context_commit.is_some())?;
-        let puller: &'a dyn ImagePuller = self.remote;
-        let resolver = match settings.pull {
-            PullPolicy::Never => StoreResolver::new(self.store, None),
-            PullPolicy::Missing => StoreResolver::new(self.store, Some(puller)),
-            PullPolicy::Always => StoreResolver::new(self.store, Some(puller)).always_pull(true),
-        };
+        let resolver = self.resolver();
         let ignore = crate::dockerignore::load_for_build(
             &settings.context_dir,
             settings.dockerfile.path.as_deref(),
@@ -651,6 +646,16 @@ impl<'a> Session<'a> {
             build: Some(options),
         };
         Ok(lint::check_ast(&ast, &dockerfile.name, &lint_options))
+    }
+
+    /// What looks base images up, pulling as `--pull` says.
+    fn resolver(&self) -> StoreResolver<'a> {
+        let puller: &'a dyn ImagePuller = self.remote;
+        match self.settings.pull {
+            PullPolicy::Never => StoreResolver::new(self.store, None),
+            PullPolicy::Missing => StoreResolver::new(self.store, Some(puller)),
+            PullPolicy::Always => StoreResolver::new(self.store, Some(puller)).always_pull(true),
+        }
     }
 
     /// Parses the Dockerfile and walks it, the build checks observing;
@@ -674,12 +679,7 @@ impl<'a> Session<'a> {
             )],
             started.elapsed().as_secs_f64(),
         );
-        let puller: &'a dyn ImagePuller = self.remote;
-        let resolver = match settings.pull {
-            PullPolicy::Never => StoreResolver::new(self.store, None),
-            PullPolicy::Missing => StoreResolver::new(self.store, Some(puller)),
-            PullPolicy::Always => StoreResolver::new(self.store, Some(puller)).always_pull(true),
-        };
+        let resolver = self.resolver();
         let ignore = crate::dockerignore::load_for_build(
             &settings.context_dir,
             settings.dockerfile.path.as_deref(),

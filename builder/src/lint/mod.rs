@@ -326,23 +326,30 @@ fn empty_continuations(ast: &kiln_parser::ast::Dockerfile, linter: &mut Linter) 
 
 /// Lints `source` (the Dockerfile text; `file_name` names it in the report).
 pub fn check(source: &str, file_name: &str, options: &LintOptions) -> Report {
-    let failed = |error: CheckError| Report {
+    match kiln_parser::parse(source, file_name) {
+        Ok(ast) => check_ast(&ast, file_name, options),
+        Err(e) => failed_report(file_name, parse_error(&e)),
+    }
+}
+
+/// A report of nothing but `error`.
+fn failed_report(file_name: &str, error: CheckError) -> Report {
+    Report {
         file: file_name.to_string(),
         findings: Vec::new(),
         error: Some(error),
         error_on_warning: false,
         notes: Vec::new(),
-    };
-    let parse_error = |e: &kiln_parser::ParseError| CheckError {
+    }
+}
+
+/// A parse error as the report has it.
+fn parse_error(e: &kiln_parser::ParseError) -> CheckError {
+    CheckError {
         message: e.to_string(),
         line: Some(e.line()),
         column: Some(e.column()),
-    };
-    let ast = match kiln_parser::parse(source, file_name) {
-        Ok(ast) => ast,
-        Err(e) => return failed(parse_error(&e)),
-    };
-    check_ast(&ast, file_name, options)
+    }
 }
 
 /// Lints a parsed Dockerfile ([`check`] past the parser; a build's
@@ -352,21 +359,9 @@ pub fn check_ast(
     file_name: &str,
     options: &LintOptions,
 ) -> Report {
-    let failed = |error: CheckError| Report {
-        file: file_name.to_string(),
-        findings: Vec::new(),
-        error: Some(error),
-        error_on_warning: false,
-        notes: Vec::new(),
-    };
-    let parse_error = |e: &kiln_parser::ParseError| CheckError {
-        message: e.to_string(),
-        line: Some(e.line()),
-        column: Some(e.column()),
-    };
     let config = match check_config(ast, &options.build_args) {
         Ok(config) => config,
-        Err(e) => return failed(e),
+        Err(e) => return failed_report(file_name, e),
     };
     let df = match ins::from_ast(ast) {
         Ok(df) => df,
