@@ -17,8 +17,11 @@
 //! 5. hostname, `lo` up (a network namespace of its own), the user from the image's own /etc/passwd, the
 //!    working directory (created as root when missing), the executable from
 //!    the container's `PATH`; with `-t`, a pty from the container's devpts;
-//! 6. rlimits, the bounding set, groups/gid/uid, the default capabilities,
-//!    parent-death signal, no_new_privs, umask, seccomp last, then execve.
+//! 6. rlimits, the bounding set, descriptors close-on-exec, seccomp (while
+//!    still root with every capability: no_new_privs stays unset, as in
+//!    BuildKit's RUN and `docker run`, so setuid programs work), then
+//!    groups/gid/uid, the default capabilities, parent-death signal,
+//!    umask, execve.
 //!
 //! With chroot isolation (`cfg.chroot`: no namespace can be made) steps 2
 //! to 4 and the hostname and loopback are left out: the root dir becomes
@@ -196,6 +199,11 @@ fn init(
     if !cfg.privileged {
         drop_bounding_caps(sys)?;
     }
+    // Before seccomp, which may not allow close_range.
+    step("close inherited descriptors", sys.close_fds_on_exec())?;
+    if cfg.seccomp {
+        install_seccomp(sys)?;
+    }
     // Without setgroups (a user namespace whose gid map was written without
     // privileges) the image's supplementary groups cannot be set.
     if setgroups_allowed {
@@ -215,19 +223,33 @@ fn init(
         "parent death signal",
         sys.set_parent_death_signal(libc::SIGKILL),
     )?;
-    step("no_new_privs", sys.set_no_new_privs())?;
     sys.umask(0o022);
-    // Before seccomp, which may not allow close_range.
-    step("close inherited descriptors", sys.close_fds_on_exec())?;
-    if cfg.seccomp {
-        let filters = default_seccomp_filters().map_err(|err| Failure::Setup {
-            step: "seccomp".into(),
-            reason: err.to_string(),
-        })?;
-        step("seccomp", sys.apply_seccomp(&filters))?;
-    }
     let err = sys.exec(&program, &cfg.argv, &env);
     Err(exec_failure(&cfg.argv[0], &err))
+}
+
+/// The default seccomp profile, installed while the init is still root
+/// with every capability, as runc does when the spec leaves
+/// `noNewPrivileges` false, which BuildKit's does (`oci.WithNewPrivileges`)
+/// and Docker's by default: a setuid program the command runs (`sudo`,
+/// `su` after `USER app`) gains its owner's rights, within the bounding
+/// set. The filter allows every call the init makes after it (setgroups,
+/// setres[ug]id, capset, prctl, execve). Without CAP_SYS_ADMIN in its
+/// user namespace (chroot isolation in a pod that lacks it) the kernel
+/// installs a filter only under no_new_privs (EACCES otherwise): then,
+/// and only then, it is set, and setuid programs stay unprivileged.
+fn install_seccomp(sys: &mut dyn Syscalls) -> Result<(), Failure> {
+    let filters = default_seccomp_filters().map_err(|err| Failure::Setup {
+        step: "seccomp".into(),
+        reason: err.to_string(),
+    })?;
+    match sys.apply_seccomp(&filters) {
+        Err(err) if err.raw_os_error() == Some(libc::EACCES) => {
+            step("no_new_privs", sys.set_no_new_privs())?;
+            step("seccomp", sys.apply_seccomp(&filters))
+        }
+        other => step("seccomp", other),
+    }
 }
 
 /// RLIMIT_NOFILE, then the other limits asked for.

@@ -141,7 +141,10 @@ pub trait Syscalls {
     fn set_rlimit(&mut self, resource: RlimitResource, soft: u64, hard: u64) -> io::Result<()>;
     /// prctl(PR_SET_PDEATHSIG).
     fn set_parent_death_signal(&mut self, signal: libc::c_int) -> io::Result<()>;
-    /// Installs seccomp filters, in order.
+    /// Installs seccomp filters, in order, with seccomp(2) alone: unlike
+    /// `seccompiler::apply_filter` it does not set no_new_privs, so the
+    /// kernel asks for CAP_SYS_ADMIN in the caller's user namespace unless
+    /// no_new_privs is already set (EACCES otherwise).
     fn apply_seccomp(&mut self, filters: &[BpfProgram]) -> io::Result<()>;
     /// Marks every descriptor above stderr close-on-exec, so that the
     /// command inherits none that kiln or kiln's caller had open.
@@ -904,7 +907,40 @@ impl Syscalls for RealSyscalls {
 
     fn apply_seccomp(&mut self, filters: &[BpfProgram]) -> io::Result<()> {
         for filter in filters {
-            seccompiler::apply_filter(filter).map_err(|e| io::Error::other(e.to_string()))?;
+            let instructions: Vec<libc::sock_filter> = filter
+                .iter()
+                .map(|i| libc::sock_filter {
+                    code: i.code,
+                    jt: i.jt,
+                    jf: i.jf,
+                    k: i.k,
+                })
+                .collect();
+            let len = u16::try_from(instructions.len()).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a seccomp filter over 65535 instructions",
+                )
+            })?;
+            let program = libc::sock_fprog {
+                len,
+                filter: instructions.as_ptr().cast_mut(),
+            };
+            // SAFETY: `program` points at `instructions`, alive and unmoved
+            // for the call; the kernel copies the program and keeps no
+            // pointer to it. Flags 0: this thread only (the init is
+            // single-threaded).
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    0 as libc::c_ulong,
+                    &program as *const libc::sock_fprog,
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
         }
         Ok(())
     }
@@ -997,10 +1033,14 @@ pub struct RecordingSyscalls {
     pub setgroups_denied: bool,
     /// A call (line prefix) that fails with the errno given.
     pub fail: Option<(String, i32)>,
+    /// The caller lacks CAP_SYS_ADMIN: as the kernel does then,
+    /// [`Syscalls::apply_seccomp`] fails with EACCES until
+    /// [`Syscalls::set_no_new_privs`] has been called.
+    pub no_sys_admin: bool,
 }
 
 impl RecordingSyscalls {
-    /// Makes the first call whose recorded line starts with `prefix` fail with `errno`.
+    /// Makes every call whose recorded line starts with `prefix` fail with `errno`.
     pub fn fail_on(&mut self, prefix: &str, errno: i32) {
         self.fail = Some((prefix.to_string(), errno));
     }
@@ -1328,7 +1368,11 @@ impl Syscalls for RecordingSyscalls {
     }
 
     fn apply_seccomp(&mut self, filters: &[BpfProgram]) -> io::Result<()> {
-        self.record(format!("seccomp {} filters", filters.len()))
+        self.record(format!("seccomp {} filters", filters.len()))?;
+        if self.no_sys_admin && !self.calls.iter().any(|c| c == "no_new_privs") {
+            return Err(io::Error::from_raw_os_error(libc::EACCES));
+        }
+        Ok(())
     }
 
     fn close_fds_on_exec(&mut self) -> io::Result<()> {

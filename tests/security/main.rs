@@ -13,6 +13,7 @@ mod kill_removal;
 mod leftovers;
 mod limits;
 mod mount_points;
+mod privileges;
 mod secrets;
 mod store_modes;
 mod url_credentials;

@@ -323,15 +323,70 @@ fn chroot_mounts_nothing_and_chroots_into_the_root_dir() {
             "chroot .",
             "chdir /",
             "mkdir_all /work 755",
+            "seccomp",
             "setresgid 1000",
             "setresuid 1000",
-            "no_new_privs",
-            "seccomp",
             "exec /bin/sh",
         ],
     );
     assert!(matches!(failure, Failure::Exec { code: 126, .. }));
     check_golden("chroot", &text);
+}
+
+/// The seccomp filter goes in while the init is still root with every
+/// capability, and no_new_privs stays unset: a setuid program the
+/// command runs gains its owner's rights, as under BuildKit and `docker
+/// run`. Descriptors are marked close-on-exec before it.
+#[test]
+fn seccomp_goes_in_before_the_user_change_without_no_new_privs() {
+    let (_, text) = transcript(&mut fake(), &config());
+    assert!(!text.contains("no_new_privs"), "{text}");
+    assert_in_order(
+        &text,
+        &[
+            "capbset_drop",
+            "cloexec fds 3..",
+            "seccomp 2 filters",
+            "setgroups",
+            "setresgid 1000",
+            "setresuid 1000",
+            "set_caps",
+            "exec /bin/sh",
+        ],
+    );
+}
+
+/// Without CAP_SYS_ADMIN (chroot isolation in a pod that lacks it) the
+/// kernel refuses a filter unless no_new_privs is set: then, and only
+/// then, it is set and the filter installed again.
+#[test]
+fn without_sys_admin_seccomp_needs_no_new_privs() {
+    let mut sys = fake();
+    sys.no_sys_admin = true;
+    let (failure, text) = transcript(&mut sys, &config());
+    assert_in_order(
+        &text,
+        &[
+            "seccomp 2 filters",
+            "no_new_privs",
+            "seccomp 2 filters",
+            "setresuid 1000",
+            "exec /bin/sh",
+        ],
+    );
+    assert!(matches!(failure, Failure::Exec { .. }), "{failure:?}");
+    // Any other refusal stops the run, named.
+    let mut sys = fake();
+    sys.fail_on("seccomp", libc::EINVAL);
+    let (failure, text) = transcript(&mut sys, &config());
+    assert!(
+        !text.contains("no_new_privs") && !text.contains("\nexec "),
+        "{text}"
+    );
+    assert!(
+        matches!(&failure, Failure::Setup { step, .. } if step == "seccomp"),
+        "{failure:?}"
+    );
 }
 
 #[test]
