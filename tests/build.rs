@@ -275,6 +275,9 @@ fn outputs_tags_iidfile_and_metadata_file() {
         o("iid"),
         "--metadata-file".into(),
         o("meta.json"),
+        // The store, which -t names (the archives too).
+        "-o".into(),
+        "type=image".into(),
         "-o".into(),
         format!("type=oci,tar=false,dest={}", o("oci-dir")),
         "-o".into(),
@@ -846,7 +849,15 @@ HEALTHCHECK --interval=1m30s --timeout=500ms CMD true
     )]);
     let out = tempfile::tempdir().unwrap();
     let dest = format!("type=local,dest={}", out.path().display());
-    ok(&fixture.build(&["-t", "instr:1", "-o", &dest, ctx.path().to_str().unwrap()]));
+    ok(&fixture.build(&[
+        "-t",
+        "instr:1",
+        "-o",
+        "type=image",
+        "-o",
+        &dest,
+        ctx.path().to_str().unwrap(),
+    ]));
     let read = |p: &str| std::fs::read_to_string(out.path().join(p)).unwrap();
     let arch = kiln_testsupport::image::host_platform();
     let arch = arch.split('/').nth(1).unwrap().to_string();
@@ -1393,6 +1404,8 @@ fn onbuild_triggers_of_a_base_image_and_docker_media_types() {
         meta.to_str().unwrap(),
         "-t",
         "child:1",
+        "-o",
+        "type=image",
         "-o",
         &dest,
         child.path().to_str().unwrap(),

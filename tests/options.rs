@@ -617,6 +617,17 @@ fn output_shorthands_tar_and_image_names() {
     let out = fixture.build(&["-o", dir.to_str().unwrap(), ctx]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(read(&dir, "/made"), "made\n");
+    // -t names image, oci and docker outputs only (buildx): with a local
+    // or tar output alone, the store gets no image.
+    for spec in [
+        format!("type=local,dest={}", dir.display()),
+        "type=tar,dest=-".to_string(),
+    ] {
+        let out = fixture.build(&["-t", "files-only:1", "-o", &spec, ctx]);
+        assert!(out.status.success(), "{}", text(&out));
+        let out = kiln(&fixture.root(), &["inspect", "files-only:1"]);
+        assert!(!out.status.success(), "{spec}: {}", text(&out));
+    }
 
     for spec in ["-", "type=tar,dest=-"] {
         let out = fixture.build(&["-o", spec, ctx]);
@@ -963,14 +974,29 @@ fn standard_output_holds_one_output_and_flags_that_would_do_nothing_are_refused(
             text(&out)
         );
     }
-    // With its outputs all elsewhere and no name, the build records no
-    // image and prints no id (nothing would find it); named, it does.
+    // With its outputs all files, the build records no image and prints
+    // no id (nothing would find it), named or not: -t names image, oci
+    // and docker outputs only, as buildx's. With the store as an output
+    // too, it does.
     let dir = fixture.dir.path().join("elsewhere");
     let spec = format!("type=local,dest={}", dir.display());
     let out = fixture.build(&["-q", "--output", &spec, ctx]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(out.stdout.is_empty(), "{}", text(&out));
     let out = fixture.build(&["-q", "-t", "elsewhere:1", "--output", &spec, ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.stdout.is_empty(), "{}", text(&out));
+    let both = [
+        "-q",
+        "-t",
+        "elsewhere:1",
+        "-o",
+        "type=image",
+        "-o",
+        &spec,
+        ctx,
+    ];
+    let out = fixture.build(&both);
     assert!(
         String::from_utf8_lossy(&out.stdout).starts_with("sha256:"),
         "{}",

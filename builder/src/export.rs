@@ -120,11 +120,13 @@ pub struct WriteSettings<'a> {
 
 /// The outputs as buildx hands them to BuildKit: with `-t` names, every
 /// image, oci and docker output is named by all of them (whatever its
-/// `name=`); `--push` makes every image output push, and adds one when
-/// there is none ([`crate::session::BuildSettings::push_targets`] pushes
-/// the `-t` names then).
+/// `name=`); `--push` makes every image output push, and adds one named
+/// by the `-t` names when there is none (no `--output` at all is the
+/// store already).
 pub fn with_tags(outputs: Vec<Output>, tags: &[Reference], push: bool) -> Vec<Output> {
-    outputs
+    let image_output = |o: &Output| matches!(o, Output::Image { .. });
+    let add_image = push && !outputs.is_empty() && !outputs.iter().any(image_output);
+    let mut outputs: Vec<Output> = outputs
         .into_iter()
         .map(|output| match output {
             Output::Image {
@@ -148,7 +150,14 @@ pub fn with_tags(outputs: Vec<Output>, tags: &[Reference], push: bool) -> Vec<Ou
             }),
             other => other,
         })
-        .collect()
+        .collect();
+    if add_image {
+        outputs.push(Output::Image {
+            names: tags.to_vec(),
+            push: true,
+        });
+    }
+    outputs
 }
 
 /// A file, or standard output (`-`).

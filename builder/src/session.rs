@@ -171,9 +171,16 @@ impl BuildSettings {
         }
     }
 
-    /// Every name the image gets: `-t`'s, then those of image outputs.
+    /// Every name the image gets in the store: `-t`'s when the store is an
+    /// output (no `--output`, or an image output: buildx names only image,
+    /// oci and docker exporters by `-t`, so a build to `type=local` or
+    /// `tar` alone names nothing), then those of image outputs.
     pub fn all_tags(&self) -> Vec<Reference> {
-        let mut tags = self.tags.clone();
+        let mut tags = if self.records_untagged() {
+            self.tags.clone()
+        } else {
+            Vec::new()
+        };
         for output in &self.outputs {
             if let Output::Image { names, .. } = output {
                 for name in names {

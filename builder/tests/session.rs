@@ -71,7 +71,14 @@ fn settings(context: PathBuf, dockerfile: &str, out: &std::path::Path) -> BuildS
         secrets: BTreeMap::new(),
         ssh: BTreeMap::new(),
         limits: Default::default(),
-        outputs: vec![Output::Local(out.join("rootfs"))],
+        // The store (named by `tags`) and a directory.
+        outputs: vec![
+            Output::Image {
+                names: Vec::new(),
+                push: false,
+            },
+            Output::Local(out.join("rootfs")),
+        ],
         provenance: None,
         context_commit: None,
         dockerfile_local: true,
