@@ -1723,6 +1723,24 @@ fn build_check_covers_every_stage_and_keeps_findings_before_an_error() {
         "nothere:1=docker-image://busybox:latest",
     ];
     assert_eq!(rules(missing, &named), (vec![undefined(2)], false));
+    // --platform does not reach the lint: BuildKit's lint request walks
+    // for the build platform, whatever the build's platforms (its
+    // ConvertOpt has no TargetPlatform then), so busybox (this machine's
+    // platform only) is no mismatch, and several platforms are one check.
+    let host_only = "FROM busybox:latest\nCOPY $x /y\n";
+    let other = if cfg!(target_arch = "aarch64") {
+        "linux/amd64"
+    } else {
+        "linux/arm64"
+    };
+    let both = "linux/amd64,linux/arm64".to_string();
+    for platform in [other, both.as_str()] {
+        assert_eq!(
+            rules(host_only, &["--pull=never", "--platform", platform]),
+            (vec![undefined(2)], false),
+            "{platform}"
+        );
+    }
     let bad = "FROM scratch AS BadStageName\nMAINTAINER me@example.org\nBADCMD\n";
     assert_eq!(
         rules(bad, &[]),

@@ -631,10 +631,17 @@ impl<'a> Session<'a> {
     /// `--call=check`), nothing run: BuildKit's rules over every stage (only those the target
     /// needs when one is given, as BuildKit's lint), base images resolved
     /// as the build would; what they found before an error is reported
-    /// with it, as BuildKit reports it.
+    /// with it, as BuildKit reports it. The walk is for the build
+    /// platform whatever `--platform` says, as BuildKit's lint request
+    /// walks (its convert options carry no target platform then, and the
+    /// target platform is the first build platform): one check for a build
+    /// of several platforms.
     pub fn check(&self) -> Result<lint::Report, BuildError> {
         let settings = self.settings;
-        let options = &settings.options;
+        let options = &BuildOptions {
+            target_platform: settings.options.build_platform.clone(),
+            ..settings.options.clone()
+        };
         let dockerfile = &settings.dockerfile;
         let ast = kiln_parser::parse_bytes(&dockerfile.bytes, &dockerfile.name)?;
         Frontend::from_build(&ast, &options.build_args, settings.context_commit.is_some())?;

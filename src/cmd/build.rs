@@ -731,19 +731,19 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let platforms = target_platforms(&args.platform)?;
     // (One platform's index, when BUILDKIT_MULTI_PLATFORM asks for one, is
     // the session's; planning refuses it false with several platforms.)
+    // The checks walk for the build platform, whatever --platform says.
+    if args.check {
+        return print_checks(&session.check().inspect_err(show)?, format);
+    }
     let built = if platforms.len() > 1 {
-        if args.check || args.dry_run {
+        if args.dry_run {
             anyhow::bail!(
-                "--{} shows one platform's build: give one --platform (not {})",
-                if args.check { "check" } else { "dry-run" },
+                "--dry-run shows one platform's build: give one --platform (not {})",
                 args.platform.join(",")
             );
         }
         session.build_platforms(&platforms)
     } else {
-        if args.check {
-            return print_checks(&session.check().inspect_err(show)?, format);
-        }
         let planned = session.plan();
         if let Some(canceled) = interruption.canceled() {
             return Ok(canceled);
