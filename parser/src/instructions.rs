@@ -1105,19 +1105,25 @@ impl Ctx<'_> {
             Some(text) if text.is_empty() => return Ok(None),
             Some(text) => text,
         };
-        let value: i64 = text
-            .parse()
-            .ok()
-            .filter(|v| i32::try_from(*v).is_ok())
-            .ok_or_else(|| {
-                self.error(
-                    ErrorKind::Instruction(format!(
-                        "strconv.ParseInt: parsing {}: invalid syntax",
-                        crate::go_quote(&text)
-                    )),
-                    "--retries",
-                )
-            })?;
+        // Go's strconv.ParseInt(text, 10, 32): a sign and digits, else
+        // "invalid syntax"; digits beyond int32, "value out of range".
+        let digits = text.strip_prefix(['+', '-']).unwrap_or(&text);
+        let syntax = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+        let value = text.parse::<i32>().ok();
+        let value = value.ok_or_else(|| {
+            let why = if syntax {
+                "value out of range"
+            } else {
+                "invalid syntax"
+            };
+            self.error(
+                ErrorKind::Instruction(format!(
+                    "strconv.ParseInt: parsing {}: {why}",
+                    crate::go_quote(&text)
+                )),
+                "--retries",
+            )
+        })?;
         if value < 0 {
             return Err(self.error(
                 ErrorKind::Instruction(format!("--retries cannot be negative ({value})")),
