@@ -613,10 +613,27 @@ fn output_shorthands_tar_and_image_names() {
     );
     let ctx = ctx.to_str().unwrap();
 
+    // Into a used directory: what the image has no path for stays; an
+    // entry of another kind where the image has a path is replaced (a
+    // directory by a file, a file and a symlink by directories), as
+    // buildx's receiver replaces it; nothing is written through the
+    // symlink.
     let dir = fixture.dir.path().join("out-dir");
+    let elsewhere = fixture.dir("elsewhere-dir");
+    std::fs::create_dir_all(dir.join("made/inner")).unwrap();
+    std::fs::write(dir.join("bin"), "a file\n").unwrap();
+    std::fs::write(dir.join("kept.txt"), "kept\n").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, dir.join("etc")).unwrap();
     let out = fixture.build(&["-o", dir.to_str().unwrap(), ctx]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(read(&dir, "/made"), "made\n");
+    assert_eq!(read(&dir, "/kept.txt"), "kept\n");
+    assert!(dir.join("bin/busybox").is_file());
+    assert!(!std::fs::symlink_metadata(dir.join("etc"))
+        .unwrap()
+        .is_symlink());
+    assert!(dir.join("etc/passwd").is_file());
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
     // -t names image, oci and docker outputs only (buildx): with a local
     // or tar output alone, the store gets no image.
     for spec in [

@@ -127,6 +127,12 @@ pub struct CopyOptions {
     /// Link unchanged files from an earlier run of the same COPY
     /// ([`crate::copy_reuse`]), and note what this one writes.
     pub reuse: Option<std::sync::Arc<crate::copy_reuse::Reuse>>,
+    /// Replace a destination entry of another kind (a directory where a
+    /// file goes, a file where a directory goes) instead of refusing, as
+    /// the local exporter's receiver (fsutil's `DiskWriter`) does: for a
+    /// destination with no lower layers only (`type=local` into a used
+    /// directory), where removing the entry is all it takes.
+    pub replace_other_kinds: bool,
 }
 
 impl CopyOptions {
@@ -574,7 +580,7 @@ impl Copier<'_> {
             return Ok(());
         }
         let target = entry.target;
-        let target_meta = if entry.in_new_dir {
+        let mut target_meta = if entry.in_new_dir {
             None
         } else {
             self.dest.stat(target)?
@@ -583,6 +589,7 @@ impl Copier<'_> {
             self.create_pending_parents(entry.overwrite_meta)?;
         }
         if !meta.is_dir() && !entry.in_new_dir {
+            target_meta = self.replace_directory(target, target_meta)?;
             ensure_empty_file_target(self.dest, target, target_meta.as_ref())?;
         }
         let mut copy_info = selection.include;
@@ -866,6 +873,25 @@ impl Copier<'_> {
         result.map(|()| created)
     }
 
+    /// With [`CopyOptions::replace_other_kinds`], removes the directory a
+    /// file is to replace (then nothing is there).
+    fn replace_directory(
+        &self,
+        target: &str,
+        target_meta: Option<SourceMeta>,
+    ) -> Result<Option<SourceMeta>, CopyError> {
+        if !(self.opts.replace_other_kinds && target_meta.as_ref().is_some_and(SourceMeta::is_dir))
+        {
+            return Ok(target_meta);
+        }
+        let upper = self.dest.upper_path(target);
+        kiln_tree::remove_tree(&upper).map_err(|e| RootfsError::Io {
+            path: format!("{} {}", e.op, e.path.display()),
+            source: e.source,
+        })?;
+        Ok(None)
+    }
+
     /// Creates the directory itself; true if it did not exist.
     fn copy_directory_only(
         &mut self,
@@ -895,6 +921,14 @@ impl Copier<'_> {
                 if replaced_whiteout {
                     set_xattr(&upper, b"trusted.overlay.opaque", b"y");
                 }
+                set_mode(&upper, meta.mode)?;
+                self.wrote(target, None);
+                Ok(true)
+            }
+            Some(existing) if !existing.is_dir() && self.opts.replace_other_kinds => {
+                let upper = self.dest.upper_path(target);
+                std::fs::remove_file(&upper).map_err(RootfsError::io(upper.display()))?;
+                std::fs::create_dir(&upper).map_err(RootfsError::io(upper.display()))?;
                 set_mode(&upper, meta.mode)?;
                 self.wrote(target, None);
                 Ok(true)

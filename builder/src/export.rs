@@ -571,6 +571,9 @@ fn export_local(
     let mut options = CopyOptions::dockerfile_copy(false);
     options.allow_wildcard = false;
     options.utime = epoch.map(|seconds| (seconds, 0));
+    // What `dest` already holds stays, but for entries of another kind
+    // where the image has a path: replaced (buildx's receiver does so).
+    options.replace_other_kinds = true;
     crate::copy::copy(&source, "/", &target, "/", &options).map_err(|e| copy_err(e.to_string()))?;
     Ok(())
 }
