@@ -744,7 +744,10 @@ fn archives_are_tars_named_as_buildx_names_them() {
     let index = tar_json(&oci, "index.json");
     let entries = index["manifests"].as_array().unwrap();
     assert_eq!(entries.len(), 1, "{index}");
-    assert!(entries[0].get("annotations").is_none(), "{index}");
+    // No name: its only annotation is the date (below).
+    let annotations = entries[0]["annotations"].as_object().unwrap();
+    let keys: Vec<&String> = annotations.keys().collect();
+    assert_eq!(keys, ["org.opencontainers.image.created"], "{index}");
     let manifest = tar_json(&docker, "manifest.json");
     assert!(manifest[0]["RepoTags"].is_null(), "{manifest}");
 
@@ -899,6 +902,51 @@ fn archives_are_tars_named_as_buildx_names_them() {
     for line in listing.lines() {
         assert!(line.contains("2001-09-09 01:46:40"), "{line}");
     }
+
+    // An archive's index.json entry, and the metadata file's descriptor,
+    // say when it was made (BuildKit's oci and docker exporters: now, or
+    // SOURCE_DATE_EPOCH), to the second in UTC.
+    let created = "org.opencontainers.image.created";
+    let (layout, docker_tar, meta) = (path("dated"), path("dated.tar"), path("dated.json"));
+    build(&[
+        "--build-arg",
+        "SOURCE_DATE_EPOCH=1000000000",
+        "--metadata-file",
+        meta.to_str().unwrap(),
+        "-o",
+        &format!("type=oci,tar=false,dest={}", layout.display()),
+    ]);
+    let json = |bytes: &[u8]| serde_json::from_slice::<serde_json::Value>(bytes).unwrap();
+    let index = json(&std::fs::read(layout.join("index.json")).unwrap());
+    assert_eq!(
+        index["manifests"][0]["annotations"][created], "2001-09-09T01:46:40Z",
+        "{index}"
+    );
+    let meta = json(&std::fs::read(&meta).unwrap());
+    assert_eq!(
+        meta["containerimage.descriptor"]["annotations"][created], "2001-09-09T01:46:40Z",
+        "{meta}"
+    );
+    let before = std::time::SystemTime::now();
+    build(&["-o", &format!("type=docker,dest={}", docker_tar.display())]);
+    let index = std::process::Command::new("tar")
+        .args(["-xOf"])
+        .arg(&docker_tar)
+        .arg("index.json")
+        .output()
+        .unwrap();
+    let index = json(&index.stdout);
+    let stamp = index["manifests"][0]["annotations"][created]
+        .as_str()
+        .unwrap_or_else(|| panic!("{index}"))
+        .to_string();
+    let seconds = kiln_layers::oci::parse_rfc3339(&stamp).unwrap();
+    let since = before
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(stamp.ends_with('Z') && stamp.len() == 20, "{stamp}");
+    assert!((since - 1..=since + 120).contains(&seconds), "{stamp}");
 }
 
 /// Standard output holds one output and nothing else: an OCI or docker

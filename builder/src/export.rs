@@ -118,6 +118,27 @@ pub struct WriteSettings<'a> {
     pub epoch: Option<i64>,
 }
 
+/// The annotation BuildKit's oci and docker exporters put on the
+/// descriptor an archive's `index.json` (and the metadata file) has.
+pub const ANNOTATION_CREATED: &str = "org.opencontainers.image.created";
+
+impl WriteSettings<'_> {
+    /// Dates an archive's descriptor as BuildKit's oci and docker
+    /// exporters do: `org.opencontainers.image.created`, RFC 3339 in UTC
+    /// to the second, now or `SOURCE_DATE_EPOCH`, unless a
+    /// `manifest-descriptor` (or `index-descriptor`) annotation set it.
+    fn date(&self, descriptor: &mut Descriptor) {
+        let seconds = self.epoch.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+        });
+        (descriptor.annotations)
+            .entry(ANNOTATION_CREATED.to_string())
+            .or_insert_with(|| kiln_layers::oci::rfc3339(seconds));
+    }
+}
+
 /// The outputs as buildx hands them to BuildKit: with `-t` names, every
 /// image, oci and docker output is named by all of them (whatever its
 /// `name=`); `--push` makes every image output push, and adds one named
@@ -378,13 +399,14 @@ impl Output {
             dest: archive.dest.clone(),
             source,
         };
-        let manifest = compressed_image(
+        let mut manifest = compressed_image(
             store,
             &built.manifest,
             settings.compression,
             settings.reporter,
         )
         .map_err(store_err)?;
+        settings.date(&mut manifest);
         let image = store
             .read_image(&manifest, &built.platform())
             .map_err(store_err)?;
@@ -448,9 +470,10 @@ impl Output {
                     dest: archive.dest.clone(),
                     source,
                 };
-                let compressed =
+                let mut compressed =
                     compressed_image(store, index, settings.compression, settings.reporter)
                         .map_err(store_err)?;
+                settings.date(&mut compressed);
                 let item = SaveItem::held(store, None, &compressed, &images[0].platform())
                     .map_err(store_err)?;
                 let items = archive.items(|name| SaveItem {
