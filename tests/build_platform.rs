@@ -402,6 +402,8 @@ fn platform_arm64_picks_the_arm64_manifest_and_expands_target_args() {
         "-t",
         "out:arm64",
         "-o",
+        "type=image",
+        "-o",
         &local,
         ctx.path().to_str().unwrap(),
     ]));
@@ -481,6 +483,8 @@ fn build_platform_stage_and_target_stage_in_one_build() {
         "-t",
         "out:mixed",
         "-o",
+        "type=image",
+        "-o",
         &local,
         ctx.path().to_str().unwrap(),
     ]));
@@ -526,6 +530,8 @@ fn one_reference_at_two_platforms_in_one_build() {
         "linux/arm64",
         "-t",
         "out:same-ref",
+        "-o",
+        "type=image",
         "-o",
         &local,
         ctx.path().to_str().unwrap(),
@@ -664,6 +670,8 @@ fn pull_fetches_a_moved_tag_and_without_it_the_stored_base_is_used() {
         let mut args = vec![
             "-t",
             &tag,
+            "-o",
+            "type=image",
             "-o",
             &local,
             "--metadata-file",

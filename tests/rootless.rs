@@ -133,9 +133,17 @@ impl Work {
         let ctx = self.path("ctx");
         let out_dir = root.with_extension("out");
         let output = format!("type=local,dest={}", out_dir.display());
-        // Named, so that the build prints the image's id (buildx refuses
-        // --iidfile with a local output).
-        let mut args = vec!["build", "-t", "rootless:built", "-o", &output];
+        // Into the store too, named, so that the build prints the
+        // image's id (buildx refuses --iidfile with a local output).
+        let mut args = vec![
+            "build",
+            "-t",
+            "rootless:built",
+            "-o",
+            "type=image",
+            "-o",
+            &output,
+        ];
         args.extend_from_slice(extra);
         args.push(ctx.to_str().unwrap());
         let out = self.kiln(user, root, &args);

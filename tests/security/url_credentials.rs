@@ -138,6 +138,8 @@ fn url_password_is_in_no_output_history_metadata_or_file() {
         let meta_arg = metadata.to_str().unwrap().to_string();
         let oci_arg = format!("type=oci,tar=false,dest={}", oci.display());
         args.extend(["--metadata-file", &meta_arg, "--output", &oci_arg]);
+        // The store as well: the history is read from it.
+        args.extend(["--output", "type=image"]);
         args.push(ctx.to_str().unwrap());
         let result = kiln(&root, &args);
         assert!(result.status.success(), "{args:?}: {}", text(&result));
