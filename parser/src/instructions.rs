@@ -1105,17 +1105,7 @@ impl Ctx<'_> {
             Some(text) if text.is_empty() => return Ok(None),
             Some(text) => text,
         };
-        // Go's strconv.ParseInt(text, 10, 32): a sign and digits, else
-        // "invalid syntax"; digits beyond int32, "value out of range".
-        let digits = text.strip_prefix(['+', '-']).unwrap_or(&text);
-        let syntax = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
-        let value = text.parse::<i32>().ok();
-        let value = value.ok_or_else(|| {
-            let why = if syntax {
-                "value out of range"
-            } else {
-                "invalid syntax"
-            };
+        let value = go_parse_int32(&text).map_err(|why| {
             self.error(
                 ErrorKind::Instruction(format!(
                     "strconv.ParseInt: parsing {}: {why}",
@@ -1132,6 +1122,36 @@ impl Ctx<'_> {
         }
         Ok(Some(value as u32))
     }
+}
+
+/// Go's `strconv.ParseInt(text, 10, 32)`, its error as Go words it: a
+/// sign, then digits read one at a time, "invalid syntax" at the first
+/// that is not one, "value out of range" as soon as the digits read pass
+/// 2^32-1 (ParseUint's check, made before a later bad character is seen),
+/// or when the whole does not fit an int32.
+fn go_parse_int32(text: &str) -> Result<i32, &'static str> {
+    const SYNTAX: &str = "invalid syntax";
+    const RANGE: &str = "value out of range";
+    let (negative, digits) = match text.as_bytes().first() {
+        Some(b'+') => (false, &text[1..]),
+        Some(b'-') => (true, &text[1..]),
+        _ => (false, text),
+    };
+    if digits.is_empty() {
+        return Err(SYNTAX);
+    }
+    let mut n: u64 = 0;
+    for c in digits.bytes() {
+        if !c.is_ascii_digit() {
+            return Err(SYNTAX);
+        }
+        n = n * 10 + u64::from(c - b'0');
+        if n > u64::from(u32::MAX) {
+            return Err(RANGE);
+        }
+    }
+    let value = if negative { -(n as i64) } else { n as i64 };
+    i32::try_from(value).map_err(|_| RANGE)
 }
 
 fn no_destination(instruction: &str) -> String {
@@ -1263,6 +1283,35 @@ pub fn parse_go_duration(text: &str) -> Result<i128, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What Go's `strconv.ParseInt(s, 10, 32)` answers, read off
+    /// strconv/atoi.go: the range check goes digit by digit, before a
+    /// later bad character is seen.
+    #[test]
+    fn int32_as_go_parses_it() {
+        for (text, expected) in [
+            ("5", Ok(5)),
+            ("+5", Ok(5)),
+            ("-0", Ok(0)),
+            ("2147483647", Ok(i32::MAX)),
+            ("-2147483648", Ok(i32::MIN)),
+            ("2147483648", Err("value out of range")),
+            ("-2147483649", Err("value out of range")),
+            ("4294967296", Err("value out of range")),
+            ("99999999999999999999999", Err("value out of range")),
+            ("5000000000x", Err("value out of range")),
+            ("-5000000000x", Err("value out of range")),
+            ("3000000000x", Err("invalid syntax")),
+            ("+", Err("invalid syntax")),
+            ("-", Err("invalid syntax")),
+            ("1_000", Err("invalid syntax")),
+            (" 5", Err("invalid syntax")),
+            ("5 ", Err("invalid syntax")),
+            ("3x", Err("invalid syntax")),
+        ] {
+            assert_eq!(go_parse_int32(text), expected, "{text:?}");
+        }
+    }
 
     #[test]
     fn durations() {
