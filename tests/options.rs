@@ -634,6 +634,14 @@ fn output_shorthands_tar_and_image_names() {
         .is_symlink());
     assert!(dir.join("etc/passwd").is_file());
     assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    // A destination that is a symlink is followed: the files land where it
+    // leads, and it stays a symlink.
+    let link = fixture.dir.path().join("out-link");
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    let out = fixture.build(&["-o", &format!("type=local,dest={}", link.display()), ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    assert_eq!(read(&elsewhere, "/made"), "made\n");
     // -t names image, oci and docker outputs only (buildx): with a local
     // or tar output alone, the store gets no image.
     for spec in [
@@ -925,6 +933,24 @@ fn archives_are_tars_named_as_buildx_names_them() {
     let meta = json(&std::fs::read(&meta).unwrap());
     assert_eq!(
         meta["containerimage.descriptor"]["annotations"][created], "2001-09-09T01:46:40Z",
+        "{meta}"
+    );
+    // The last output's descriptor, as BuildKit merges its exporters'
+    // answers: an image output after the archive leaves it undated.
+    let meta = path("dated-then-image.json");
+    build(&[
+        "--metadata-file",
+        meta.to_str().unwrap(),
+        "-o",
+        &format!("type=oci,tar=false,dest={}", layout.display()),
+        "-o",
+        "type=image",
+    ]);
+    let meta = json(&std::fs::read(&meta).unwrap());
+    assert!(
+        meta["containerimage.descriptor"]
+            .get("annotations")
+            .is_none(),
         "{meta}"
     );
     let before = std::time::SystemTime::now();

@@ -410,20 +410,22 @@ fn provenance_of_a_git_context_names_its_commit() {
     let commit = git_in(&repo, &["rev-parse", "HEAD"]).trim().to_string();
     let port = serve_git(&served).unwrap();
     let url = format!("git://127.0.0.1:{port}/repo.git#v1:app");
-    let build_into = |name: &str| -> (PathBuf, String) {
+    let build_named = |name: &str, tags: &[&str]| -> (PathBuf, String) {
         let layout = fixture.path(name);
-        ok(&fixture.build(&[
+        let mut args = vec![
             "--provenance=true",
             "--build-arg",
             "SOURCE_DATE_EPOCH=1700000000",
-            "-o",
-            &format!("type=oci,tar=false,dest={}", layout.display()),
-            &url,
-        ]));
+        ];
+        args.extend_from_slice(tags);
+        let output = format!("type=oci,tar=false,dest={}", layout.display());
+        args.extend(["-o", &output, &url]);
+        ok(&fixture.build(&args));
         let top: Value = json(&std::fs::read(layout.join("index.json")).unwrap());
         let digest = top["manifests"][0]["digest"].as_str().unwrap().to_string();
         (layout, digest)
     };
+    let build_into = |name: &str| build_named(name, &[]);
     let (layout, index_digest) = build_into("layout");
     // The OCI layout holds the index, the image and its attestation.
     let blob = |layout: &Path, digest: &str| {
@@ -454,6 +456,41 @@ fn provenance_of_a_git_context_names_its_commit() {
     assert_eq!(
         statement["subject"][0],
         serde_json::json!({"digest": {"sha256": entries[0]["digest"].as_str().unwrap().trim_start_matches("sha256:")}})
+    );
+    // -t names the layout's image, so the subject too (buildx gives the
+    // oci exporter the -t names, BuildKit's subjects are its names).
+    let (named, named_digest) = build_named("named", &["-t", "example.org/app:1"]);
+    let named_index = json(
+        &std::fs::read(
+            named
+                .join("blobs/sha256")
+                .join(named_digest.trim_start_matches("sha256:")),
+        )
+        .unwrap(),
+    );
+    let attestation = named_index["manifests"][1]["digest"].as_str().unwrap();
+    let attestation = json(
+        &std::fs::read(
+            named
+                .join("blobs/sha256")
+                .join(attestation.trim_start_matches("sha256:")),
+        )
+        .unwrap(),
+    );
+    let layer = attestation["layers"][0]["digest"].as_str().unwrap();
+    let named_statement = json(
+        &std::fs::read(
+            named
+                .join("blobs/sha256")
+                .join(layer.trim_start_matches("sha256:")),
+        )
+        .unwrap(),
+    );
+    let platform = host_platform().replace('/', "%2F");
+    assert_eq!(
+        named_statement["subject"][0]["name"],
+        format!("pkg:docker/example.org/app@1?platform={platform}"),
+        "{named_statement}"
     );
     let definition = &statement["predicate"]["buildDefinition"];
     assert_eq!(

@@ -582,6 +582,9 @@ fn export_local(
         message,
     };
     std::fs::create_dir_all(dest).map_err(|e| copy_err(e.to_string()))?;
+    // A destination that is a symlink is followed (BuildKit's receiver
+    // opens it as its root), never replaced as a root entry of another kind.
+    let dest = &dest.canonicalize().map_err(|e| copy_err(e.to_string()))?;
     // The source view needs an (empty) upper dir of its own.
     let scratch = store
         .scratch_dir("export")

@@ -238,7 +238,7 @@ impl<'a> Session<'a> {
             dockerfile_name: settings.dockerfile.file_name(),
             dockerfile_bytes: settings.dockerfile.bytes.clone(),
         };
-        let names = settings.all_tags();
+        let names = settings.image_names();
         let statement = provenance::statement(&provenance::Inputs {
             request,
             store: self.store,
@@ -281,8 +281,11 @@ impl<'a> Session<'a> {
             } else {
                 output.write_index(self.store, index, images, &write)?
             };
+            // The last output's descriptor, as in a one-platform build.
             if let Some(written) = written {
                 result.reported = written;
+            } else if matches!(output, Output::Image { .. }) {
+                result.reported = index.clone();
             }
         }
         Ok(())

@@ -1078,10 +1078,15 @@ impl<'a> Session<'a> {
     fn outputs(&self, result: &mut BuildResult) -> Result<(), BuildError> {
         let settings = self.settings;
         let write = settings.write_settings(self.reporter);
+        // The metadata file's descriptor is the last output's, as BuildKit
+        // merges its exporters' answers (an image output's is the store's,
+        // undated; buildx puts the image output `--push` adds last).
         for output in &settings.outputs {
             let written = output.write(self.store, &result.built, &write)?;
             if let Some(manifest) = written {
                 result.reported = manifest;
+            } else if matches!(output, Output::Image { .. }) {
+                result.reported = result.built.manifest.clone();
             }
         }
         Ok(())
