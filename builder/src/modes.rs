@@ -17,32 +17,37 @@ pub enum ChmodError {
     BadSymbolic(String),
 }
 
+/// Permission and special bits, as BSD's `setmode(3)` names them.
+const IS_UID: u32 = 0o4000;
+const IS_GID: u32 = 0o2000;
+const IS_TXT: u32 = 0o1000;
+const RWX_U: u32 = 0o700;
+const RWX_G: u32 = 0o070;
+const RWX_O: u32 = 0o007;
+const READ: u32 = 0o444;
+const WRITE: u32 = 0o222;
+const EXEC: u32 = 0o111;
+/// What `a` names, and what `=` clears without a who-list: the sticky bit
+/// is not among them.
+const STANDARD: u32 = IS_UID | IS_GID | RWX_U | RWX_G | RWX_O;
+/// The umask is 0 (BuildKit parses with none): every bit may be set.
+const MASK: u32 = 0xffff;
+
+/// A `u`/`g`/`o` copy command's flags (`cmd2`).
+const CLEAR: u8 = 1;
+const SET: u8 = 2;
+const G_BITS: u8 = 4;
+const O_BITS: u8 = 8;
+const U_BITS: u8 = 16;
+
+/// One compiled step: `+` sets `bits`, `-` clears them, `X` sets them when
+/// the original mode has an execute bit (or it is a directory), `u`/`g`/`o`
+/// copies that class' current bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Add,
-    Remove,
-    Set,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Perms {
-    /// A combination of r w x X s t.
-    Bits(String),
-    /// Copy another class' current bits (`g=u`).
-    Copy(char),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Action {
-    op: Op,
-    perms: Perms,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Clause {
-    /// Bit mask of the classes named (u=0o4700... see `who_mask`); empty = all.
-    who: String,
-    actions: Vec<Action>,
+pub struct BitCmd {
+    cmd: u8,
+    cmd2: u8,
+    bits: u32,
 }
 
 /// A parsed `--chmod`.
@@ -50,65 +55,27 @@ pub struct Clause {
 pub enum Chmod {
     /// Numeric: replaces the permission and special bits outright.
     Octal(u32),
-    /// Symbolic clauses applied to each source's mode.
-    Symbolic { text: String, clauses: Vec<Clause> },
+    /// Symbolic, compiled as BuildKit's mode package (a port of BSD's
+    /// `setmode(3)`) compiles it.
+    Symbolic { text: String, cmds: Vec<BitCmd> },
 }
 
 impl Chmod {
-    /// Parses as BuildKit does: octal first, then symbolic; a value that
-    /// looks numeric but is not valid octal gets the octal error.
+    /// Parses as BuildKit does: octal first; a value that starts with a
+    /// digit but is not valid octal up to 07777 gets the octal error;
+    /// otherwise symbolic.
     pub fn parse(text: &str) -> Result<Chmod, ChmodError> {
-        if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        if text.as_bytes().first().is_some_and(u8::is_ascii_digit) {
+            let octal = text.bytes().all(|b| b.is_ascii_digit());
             return match u32::from_str_radix(text, 8) {
-                Ok(v) if v <= 0o7777 => Ok(Chmod::Octal(v)),
+                Ok(v) if octal && v <= 0o7777 => Ok(Chmod::Octal(v)),
                 _ => Err(ChmodError::NotOctal(text.to_string())),
             };
         }
-        let bad = || ChmodError::BadSymbolic(text.to_string());
-        let mut clauses = Vec::new();
-        for part in text.split(',') {
-            let chars: Vec<char> = part.chars().collect();
-            let mut i = 0;
-            let mut who = String::new();
-            while i < chars.len() && "ugoa".contains(chars[i]) {
-                who.push(chars[i]);
-                i += 1;
-            }
-            let mut actions = Vec::new();
-            while i < chars.len() {
-                let op = match chars[i] {
-                    '+' => Op::Add,
-                    '-' => Op::Remove,
-                    '=' => Op::Set,
-                    _ => return Err(bad()),
-                };
-                i += 1;
-                if i < chars.len() && "ugo".contains(chars[i]) {
-                    actions.push(Action {
-                        op,
-                        perms: Perms::Copy(chars[i]),
-                    });
-                    i += 1;
-                    continue;
-                }
-                let mut bits = String::new();
-                while i < chars.len() && "rwxXst".contains(chars[i]) {
-                    bits.push(chars[i]);
-                    i += 1;
-                }
-                actions.push(Action {
-                    op,
-                    perms: Perms::Bits(bits),
-                });
-            }
-            if actions.is_empty() {
-                return Err(bad());
-            }
-            clauses.push(Clause { who, actions });
-        }
+        let cmds = compile(text.as_bytes()).ok_or_else(|| ChmodError::BadSymbolic(text.into()))?;
         Ok(Chmod::Symbolic {
             text: text.to_string(),
-            clauses,
+            cmds,
         })
     }
 
@@ -116,26 +83,7 @@ impl Chmod {
     pub fn apply(&self, mode: u32, is_dir: bool) -> u32 {
         match self {
             Chmod::Octal(m) => m & 0o7777,
-            Chmod::Symbolic { clauses, .. } => {
-                let mut m = mode & 0o7777;
-                for clause in clauses {
-                    let who = who_mask(&clause.who);
-                    for action in &clause.actions {
-                        let bits = match &action.perms {
-                            Perms::Bits(b) => perm_bits(b, m, is_dir) & who,
-                            Perms::Copy(c) => copy_bits(*c, m) & who,
-                        };
-                        m = match action.op {
-                            Op::Add => m | bits,
-                            Op::Remove => m & !bits,
-                            // `=` clears the named classes' rwx (and their
-                            // special bits) first.
-                            Op::Set => (m & !(who & 0o7777)) | bits,
-                        };
-                    }
-                }
-                m
-            }
+            Chmod::Symbolic { cmds, .. } => apply(cmds, mode & 0o7777, is_dir),
         }
     }
 
@@ -149,47 +97,222 @@ impl Chmod {
     }
 }
 
-/// Which bits the named classes cover (umask 0: no who means all).
-fn who_mask(who: &str) -> u32 {
-    if who.is_empty() || who.contains('a') {
-        return 0o7777;
+/// `setmode`'s parse: clauses separated by `,`, each a who-list (`ugoa`,
+/// none meaning all but the umask) and one or more operations (`+-=`)
+/// with permissions (`rwxXst`) or a class to copy (`ugo`). `None` for
+/// what it refuses.
+fn compile(mut s: &[u8]) -> Option<Vec<BitCmd>> {
+    let mut cmds = Vec::new();
+    let mut equal_op_done = false;
+    loop {
+        let mut who = 0;
+        loop {
+            match s.first()? {
+                b'a' => who |= STANDARD,
+                b'u' => who |= IS_UID | RWX_U,
+                b'g' => who |= IS_GID | RWX_G,
+                b'o' => who |= RWX_O,
+                _ => break,
+            }
+            s = &s[1..];
+        }
+        // One or more operations, each with its permissions.
+        loop {
+            let op = *s.first()?;
+            s = &s[1..];
+            match op {
+                b'+' | b'-' => {}
+                b'=' => equal_op_done = false,
+                _ => return None,
+            }
+            who &= !IS_TXT;
+            let (mut perm, mut perm_x) = (0, 0);
+            loop {
+                match s.first().copied().unwrap_or(0) {
+                    b'r' => perm |= READ,
+                    b's' if who == 0 || who & !RWX_O != 0 => perm |= IS_UID | IS_GID,
+                    b't' if who == 0 || who & !RWX_O != 0 => {
+                        who |= IS_TXT;
+                        perm |= IS_TXT;
+                    }
+                    b's' | b't' => {}
+                    b'w' => perm |= WRITE,
+                    b'X' if op != b'-' => perm_x = EXEC,
+                    b'X' | b'x' => perm |= EXEC,
+                    class @ (b'u' | b'g' | b'o') => {
+                        if perm != 0 {
+                            add(&mut cmds, op, who, perm);
+                            perm = 0;
+                        }
+                        if op == b'=' {
+                            equal_op_done = true;
+                        }
+                        if perm_x != 0 {
+                            add(&mut cmds, b'X', who, perm_x);
+                            perm_x = 0;
+                        }
+                        add(&mut cmds, class, who, u32::from(op));
+                    }
+                    _ => {
+                        if perm != 0 || (op == b'=' && !equal_op_done) {
+                            if op == b'=' {
+                                equal_op_done = true;
+                            }
+                            add(&mut cmds, op, who, perm);
+                        }
+                        if perm_x != 0 {
+                            add(&mut cmds, b'X', who, perm_x);
+                        }
+                        break;
+                    }
+                }
+                s = &s[1..];
+            }
+            match s.first() {
+                None => return Some(compress(cmds)),
+                Some(b',') => {
+                    s = &s[1..];
+                    break;
+                }
+                Some(_) => {}
+            }
+        }
     }
-    let mut mask = 0;
-    if who.contains('u') {
-        mask |= 0o4700;
-    }
-    if who.contains('g') {
-        mask |= 0o2070;
-    }
-    if who.contains('o') {
-        mask |= 0o1007;
-    }
-    mask
 }
 
-fn perm_bits(bits: &str, current: u32, is_dir: bool) -> u32 {
-    let mut out = 0;
-    for b in bits.chars() {
-        out |= match b {
-            'r' => 0o444,
-            'w' => 0o222,
-            'x' => 0o111,
-            'X' if is_dir || current & 0o111 != 0 => 0o111,
-            's' => 0o6000,
-            't' => 0o1000,
-            _ => 0,
-        };
+/// `setmode`'s `addcmd`: `=` is a clear of the who-list (or of the
+/// standard bits) followed by a set.
+fn add(cmds: &mut Vec<BitCmd>, op: u8, who: u32, arg: u32) {
+    let named = |bits: u32| if who != 0 { who & bits } else { MASK & bits };
+    match op {
+        b'=' => {
+            let cleared = if who != 0 { who } else { STANDARD };
+            cmds.push(BitCmd {
+                cmd: b'-',
+                cmd2: 0,
+                bits: cleared,
+            });
+            cmds.push(BitCmd {
+                cmd: b'+',
+                cmd2: 0,
+                bits: named(arg),
+            });
+        }
+        b'+' | b'-' | b'X' => cmds.push(BitCmd {
+            cmd: op,
+            cmd2: 0,
+            bits: named(arg),
+        }),
+        class => {
+            let (mut cmd2, bits) = if who != 0 {
+                let mut cmd2 = 0;
+                if who & 0o400 != 0 {
+                    cmd2 |= U_BITS;
+                }
+                if who & 0o040 != 0 {
+                    cmd2 |= G_BITS;
+                }
+                if who & 0o004 != 0 {
+                    cmd2 |= O_BITS;
+                }
+                (cmd2, 0xffff)
+            } else {
+                (U_BITS | G_BITS | O_BITS, MASK)
+            };
+            cmd2 |= match arg as u8 {
+                b'+' => SET,
+                b'-' => CLEAR,
+                _ => SET | CLEAR,
+            };
+            cmds.push(BitCmd {
+                cmd: class,
+                cmd2,
+                bits,
+            });
+        }
+    }
+}
+
+/// `setmode`'s `compress`: each run of `+`, `-` and `X` commands becomes
+/// at most one of each, in that order, with the same effect.
+fn compress(cmds: Vec<BitCmd>) -> Vec<BitCmd> {
+    let mut out = Vec::with_capacity(cmds.len());
+    let mut i = 0;
+    while i < cmds.len() {
+        if !b"+-X".contains(&cmds[i].cmd) {
+            out.push(cmds[i]);
+            i += 1;
+            continue;
+        }
+        let (mut set, mut clear, mut x) = (0, 0, 0);
+        while let Some(c) = cmds.get(i).filter(|c| b"+-X".contains(&c.cmd)) {
+            match c.cmd {
+                b'-' => {
+                    clear |= c.bits;
+                    set &= !c.bits;
+                    x &= !c.bits;
+                }
+                b'+' => {
+                    set |= c.bits;
+                    clear &= !c.bits;
+                    x &= !c.bits;
+                }
+                _ => x |= c.bits & !set,
+            }
+            i += 1;
+        }
+        for (cmd, bits) in [(b'-', clear), (b'+', set), (b'X', x)] {
+            if bits != 0 {
+                out.push(BitCmd { cmd, cmd2: 0, bits });
+            }
+        }
     }
     out
 }
 
-fn copy_bits(class: char, current: u32) -> u32 {
-    let rwx = match class {
-        'u' => (current >> 6) & 7,
-        'g' => (current >> 3) & 7,
-        _ => current & 7,
-    };
-    rwx * 0o111
+/// `setmode`'s `getmode`: the commands over `mode`; `X` looks at the
+/// original mode, the copies at the mode as it is by then.
+fn apply(cmds: &[BitCmd], mode: u32, is_dir: bool) -> u32 {
+    let original = mode;
+    let mut m = mode;
+    for c in cmds {
+        let value = match c.cmd {
+            b'u' => (m & RWX_U) >> 6,
+            b'g' => (m & RWX_G) >> 3,
+            b'o' => m & RWX_O,
+            b'+' => {
+                m |= c.bits;
+                continue;
+            }
+            b'-' => {
+                m &= !c.bits;
+                continue;
+            }
+            _ => {
+                if original & EXEC != 0 || is_dir {
+                    m |= c.bits;
+                }
+                continue;
+            }
+        };
+        let shifts = [(U_BITS, 6), (G_BITS, 3), (O_BITS, 0)];
+        if c.cmd2 & CLEAR != 0 {
+            let cleared = if c.cmd2 & SET != 0 { RWX_O } else { value };
+            for (flag, shift) in shifts {
+                if c.cmd2 & flag != 0 {
+                    m &= !((cleared << shift) & c.bits);
+                }
+            }
+        }
+        if c.cmd2 & SET != 0 {
+            for (flag, shift) in shifts {
+                if c.cmd2 & flag != 0 {
+                    m |= (value << shift) & c.bits;
+                }
+            }
+        }
+    }
+    m & 0o7777
 }
 
 #[cfg(test)]
@@ -210,6 +333,18 @@ mod tests {
             Err(ChmodError::BadSymbolic(_))
         ));
         assert!(matches!(Chmod::parse("z"), Err(ChmodError::BadSymbolic(_))));
+        // Starts with a digit, not octal: the octal error, as BuildKit
+        // gives it for a value that looks numeric.
+        assert!(matches!(
+            Chmod::parse("0o755"),
+            Err(ChmodError::NotOctal(_))
+        ));
+        for bad in ["u+x,", "u", "ug", "u+x,,g+w", "a+q"] {
+            assert!(
+                matches!(Chmod::parse(bad), Err(ChmodError::BadSymbolic(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -226,6 +361,27 @@ mod tests {
             ("u+s", 0o755, false, 0o4755),
             ("+t", 0o777, true, 0o1777),
             ("u=rwx,go=rx", 0o000, false, 0o755),
+            // X looks at the mode before the change: `=rw,+X` keeps the
+            // execute bits a file had (setmode's own idiom).
+            ("=rw,+X", 0o755, false, 0o777),
+            ("=rw,+X", 0o644, false, 0o666),
+            ("a-x,a+X", 0o755, false, 0o755),
+            // The sticky bit: set by `t` for u or g (or no who), never for
+            // o alone; `a` and `=` leave it.
+            ("u+t", 0o644, false, 0o1644),
+            ("g+t", 0o644, false, 0o1644),
+            ("o+t", 0o644, false, 0o644),
+            ("a=rX", 0o1777, true, 0o1555),
+            ("o=", 0o1777, true, 0o1770),
+            // A copy clears only the rwx bits of the class it sets.
+            ("g=u", 0o2755, false, 0o2775),
+            ("g=ur", 0o700, false, 0o740),
+            ("u+x-w", 0o644, false, 0o544),
+            ("go-rwx,u=rw", 0o777, false, 0o600),
+            // An operator with no permissions: `+` changes nothing, `=`
+            // clears all but the sticky bit.
+            ("+", 0o644, false, 0o644),
+            ("=", 0o1755, true, 0o1000),
         ];
         for &(text, from, dir, want) in cases {
             let got = Chmod::parse(text).unwrap().apply(from, dir);
