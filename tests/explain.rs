@@ -752,6 +752,11 @@ const NOT_BUILDABLE: &[(&str, &str, &str)] = &[
         "stage needs to be defined before current command",
     ),
     (
+        "builder/plan/errors-mount-from-number",
+        "a RUN mount's from=0 names an image, which this network does not reach; the case checks that",
+        "base image 0:",
+    ),
+    (
         "builder/progress/run-fails",
         "its RUN exits 7 on purpose; the case checks the failure's progress output",
         "did not complete successfully: exit code: 7",

@@ -507,7 +507,10 @@ impl<'a> Planner<'a> {
         target: &str,
         site: &Site<'_>,
     ) -> Result<Option<usize>, PlanError> {
-        self.stage_ref(name, site.stage, site.line)
+        // By name only: BuildKit's RUN mounts look stages up by name
+        // (`findStateByName`); a number is an image's name there, as only
+        // `COPY --from` reads stage indexes.
+        self.stage_ref(name, site.stage, site.line, false)
             .map_err(|mut e| {
                 if let PlanErrorKind::ForwardReference { from, .. } = &e.kind {
                     e.kind = PlanErrorKind::MountForwardReference {
@@ -519,14 +522,18 @@ impl<'a> Planner<'a> {
             })
     }
 
+    /// The stage `name` names (by index too when `by_index`), `None` for
+    /// an image; a stage not before `current` is an error.
     fn stage_ref(
         &self,
         name: &str,
         current: usize,
         line: usize,
+        by_index: bool,
     ) -> Result<Option<usize>, PlanError> {
-        let found = match name.parse::<usize>() {
-            Ok(i) => {
+        let index = name.parse::<usize>().ok().filter(|_| by_index);
+        let found = match index {
+            Some(i) => {
                 if i >= self.df.stages.len() {
                     return Err(PlanError::at(
                         line,
@@ -535,7 +542,7 @@ impl<'a> Planner<'a> {
                 }
                 Some(i)
             }
-            Err(_) => stage_by_name(self.df, name),
+            None => stage_by_name(self.df, name),
         };
         if let Some(i) = found {
             if i >= current {
@@ -973,7 +980,7 @@ impl<'a> Planner<'a> {
         }
         let from = match &c.from {
             None => CopyFrom::Context,
-            Some(name) => match self.stage_ref(name, site.stage, site.line)? {
+            Some(name) => match self.stage_ref(name, site.stage, site.line, true)? {
                 Some(i) => CopyFrom::Stage(i),
                 None => match self.opts.named_context(name) {
                     Some((_, NamedSource::Image(reference))) => CopyFrom::Image(ImageName {
