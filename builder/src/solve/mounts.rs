@@ -84,7 +84,7 @@ pub(super) fn run_mount(
     let (workdir, namespace) = (step.workdir.as_str(), step.cache_namespace.as_deref());
     let spec = &mount.spec;
     if spec.mount_type == MountType::Secret {
-        return secret_mount(spec, workdir, secrets);
+        return secret_mount(spec, secrets);
     }
     let target = crate::plan::normalize_workdir(workdir, &spec.target);
     if target == "/" {
@@ -338,9 +338,12 @@ pub(crate) fn secret_id(spec: &kiln_parser::mount::Mount) -> Option<String> {
         .or_else(|| (!spec.target.is_empty()).then(|| base_name(&spec.target)))
 }
 
+/// A secret's file goes where `target` says; a relative one is relative
+/// to `/`, not to the working directory: BuildKit passes a secret's
+/// target through as written (bind, cache and tmpfs targets alone join
+/// the working directory) and runc takes a relative destination from `/`.
 fn secret_mount(
     spec: &kiln_parser::mount::Mount,
-    workdir: &str,
     secrets: &BTreeMap<String, crate::secrets::Secret>,
 ) -> Result<Vec<StepMount>, String> {
     let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
@@ -365,7 +368,7 @@ fn secret_mount(
         };
     };
     let used = secret.use_for(&SecretRequest {
-        target: target.map(|t| PathBuf::from(crate::plan::normalize_workdir(workdir, &t))),
+        target: target.map(|t| PathBuf::from(crate::plan::normalize_workdir("/", &t))),
         env: set(&spec.env),
         mode: spec.mode,
         uid: spec.uid,

@@ -294,7 +294,7 @@ fn step_mounts(
     let mut ssh_index = 0;
     for (n, mount) in r.mounts.iter().enumerate() {
         if mount.spec.mount_type == MountType::Ssh {
-            ssh_mount(run, r, mount, ssh_index, &mut mounts)?;
+            ssh_mount(run, mount, ssh_index, &mut mounts)?;
             ssh_index += 1;
             continue;
         }
@@ -349,17 +349,18 @@ fn holds(locks: &[std::fs::File], dir: &Path) -> bool {
 /// required (as BuildKit).
 fn ssh_mount(
     run: &StepRun<'_>,
-    r: &RunStep,
     mount: &RunMount,
     index: usize,
     mounts: &mut StepMounts,
 ) -> Result<(), SolveError> {
     let ssh =
         crate::ssh::SshMount::new(&mount.spec, index).map_err(|e| run.error(e.to_string()))?;
-    let target = crate::plan::normalize_workdir(&r.workdir, &ssh.target);
+    // As a secret's: relative to `/` (runc), and SSH_AUTH_SOCK is the
+    // first target as written (BuildKit's exec sets it so).
+    let target = crate::plan::normalize_workdir("/", &ssh.target);
     mounts
         .first_ssh_target
-        .get_or_insert_with(|| target.clone());
+        .get_or_insert_with(|| ssh.target.clone());
     match run.build.opts.ssh.get(&ssh.id) {
         Some(agent) => {
             let relay =
