@@ -742,6 +742,11 @@ const NOT_BUILDABLE: &[(&str, &str, &str)] = &[
         "variable expansion is not supported for --from",
     ),
     (
+        "builder/plan/errors-copy-from-negative",
+        "COPY --from=-1 is a stage index out of range; the case checks that error",
+        "invalid stage index -1",
+    ),
+    (
         "builder/plan/errors-forward-copy",
         "COPY --from names a later stage; the case checks that error",
         "it needs to be defined before current stage",

@@ -531,17 +531,21 @@ impl<'a> Planner<'a> {
         line: usize,
         by_index: bool,
     ) -> Result<Option<usize>, PlanError> {
-        let index = name.parse::<usize>().ok().filter(|_| by_index);
+        // Go's Atoi: a sign, digits, within int64 (else a name).
+        let index = name.parse::<i64>().ok().filter(|_| by_index);
         let found = match index {
-            Some(i) => {
-                if i >= self.df.stages.len() {
+            Some(i) => match usize::try_from(i)
+                .ok()
+                .filter(|&i| i < self.df.stages.len())
+            {
+                Some(i) => Some(i),
+                None => {
                     return Err(PlanError::at(
                         line,
                         PlanErrorKind::Invalid(format!("invalid stage index {i}")),
-                    ));
+                    ))
                 }
-                Some(i)
-            }
+            },
             None => stage_by_name(self.df, name),
         };
         if let Some(i) = found {

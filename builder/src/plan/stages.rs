@@ -310,9 +310,10 @@ pub(crate) fn parse_trigger(trigger: &str) -> Result<Instruction, String> {
     }
 }
 
-/// Stages an instruction refers to (COPY --from, RUN --mount=from). A
-/// mount's `from=` cannot hold variables (the parser refuses them), so it
-/// is read as written.
+/// Stages an instruction refers to (COPY --from, by index too; RUN
+/// --mount=from, by name only, as BuildKit looks them up). A mount's
+/// `from=` cannot hold variables (the parser refuses them), so it is read
+/// as written.
 fn instruction_stage_refs(df: &Dockerfile, instruction: &Instruction) -> Vec<usize> {
     let lookup = |name: &str| -> Option<usize> {
         match name.parse::<usize>() {
@@ -327,7 +328,7 @@ fn instruction_stage_refs(df: &Dockerfile, instruction: &Instruction) -> Vec<usi
             .mounts
             .iter()
             .filter_map(|spec| kiln_parser::mount::from_field(spec).ok().flatten())
-            .filter_map(|n| lookup(&n))
+            .filter_map(|n| stage_by_name(df, &n))
             .collect(),
         Instruction::Onbuild(o) => instruction_stage_refs(df, &o.trigger),
         _ => Vec::new(),

@@ -323,22 +323,33 @@ fn owned_mode(spec: &kiln_parser::mount::Mount) -> u32 {
     spec.mode.unwrap_or(0o755) & 0o777
 }
 
-/// `type=secret`, as BuildKit's dispatchSecret: the id is `source=`,
-/// `id=`, or the target's base name; with `env=` and no target the secret
-/// is only that variable, else a file at the target (by default
-/// `/run/secrets/<id>`). A secret that was not given is skipped, unless
-/// required.
 /// A secret mount's id: `source=`, else `id=`, else the target's base
 /// name (BuildKit's order); None when the mount names none of them.
 pub(crate) fn secret_id(spec: &kiln_parser::mount::Mount) -> Option<String> {
     let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
-    let base_name = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
     set(&spec.source)
         .or_else(|| set(&spec.id))
-        .or_else(|| (!spec.target.is_empty()).then(|| base_name(&spec.target)))
+        .or_else(|| (!spec.target.is_empty()).then(|| go_path_base(&spec.target)))
 }
 
-/// A secret's file goes where `target` says; a relative one is relative
+/// Go's `path.Base`: the last element, trailing slashes dropped (`a/b/`
+/// is `b`); `/` for slashes only, `.` for nothing.
+fn go_path_base(path: &str) -> String {
+    if path.is_empty() {
+        return ".".into();
+    }
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return "/".into();
+    }
+    trimmed.rsplit('/').next().unwrap_or(trimmed).to_string()
+}
+
+/// `type=secret`, as BuildKit's dispatchSecret: the id is `source=`,
+/// `id=`, or the target's base name; with `env=` and no target the secret
+/// is only that variable, else a file at the target (by default
+/// `/run/secrets/<id>`). A secret that was not given is skipped, unless
+/// required. A secret's file goes where `target` says; a relative one is relative
 /// to `/`, not to the working directory: BuildKit passes a secret's
 /// target through as written (bind, cache and tmpfs targets alone join
 /// the working directory) and runc takes a relative destination from `/`.
@@ -347,11 +358,10 @@ fn secret_mount(
     secrets: &BTreeMap<String, crate::secrets::Secret>,
 ) -> Result<Vec<StepMount>, String> {
     let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
-    let base_name = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
     let id = secret_id(spec).ok_or_else(|| "one of source, target required".to_string())?;
     let target = match (spec.target.is_empty(), &spec.env) {
         (false, _) => Some(spec.target.clone()),
-        (true, None) => Some(format!("/run/secrets/{}", base_name(&id))),
+        (true, None) => Some(format!("/run/secrets/{}", go_path_base(&id))),
         (true, Some(_)) => None,
     };
     let Some(secret) = secrets.get(&id) else {
