@@ -577,7 +577,23 @@ fn seed_cache_dir(
 
 #[cfg(test)]
 mod tests {
-    use super::mkdir_inside;
+    use super::{go_path_base, mkdir_inside};
+
+    /// Go's `path.Base`, which BuildKit takes a secret's id and default
+    /// file name with.
+    #[test]
+    fn path_base_as_go_has_it() {
+        for (path, base) in [
+            ("a/b", "b"),
+            ("a/b/", "b"),
+            ("/run/secrets/tok", "tok"),
+            ("tok", "tok"),
+            ("///", "/"),
+            ("", "."),
+        ] {
+            assert_eq!(go_path_base(path), base, "{path:?}");
+        }
+    }
 
     /// A symlink on the way (another RUN holding the cache swapped it in)
     /// is resolved inside the cache dir: nothing is made where it points
