@@ -204,21 +204,14 @@ fn add(cmds: &mut Vec<BitCmd>, op: u8, who: u32, arg: u32) {
             bits: named(arg),
         }),
         class => {
-            let (mut cmd2, bits) = if who != 0 {
-                let mut cmd2 = 0;
-                if who & 0o400 != 0 {
-                    cmd2 |= U_BITS;
-                }
-                if who & 0o040 != 0 {
-                    cmd2 |= G_BITS;
-                }
-                if who & 0o004 != 0 {
-                    cmd2 |= O_BITS;
-                }
-                (cmd2, 0xffff)
-            } else {
-                (U_BITS | G_BITS | O_BITS, MASK)
-            };
+            // The classes named (each by its read bit), all of them with
+            // no who-list; every bit is let through (setmode's `~0`, the
+            // same as MASK with a umask of 0).
+            let classes = [(0o400, U_BITS), (0o040, G_BITS), (0o004, O_BITS)];
+            let mut cmd2 = classes
+                .iter()
+                .filter(|(read, _)| who == 0 || who & read != 0)
+                .fold(0, |flags, (_, flag)| flags | flag);
             cmd2 |= match arg as u8 {
                 b'+' => SET,
                 b'-' => CLEAR,
@@ -227,7 +220,7 @@ fn add(cmds: &mut Vec<BitCmd>, op: u8, who: u32, arg: u32) {
             cmds.push(BitCmd {
                 cmd: class,
                 cmd2,
-                bits,
+                bits: MASK,
             });
         }
     }

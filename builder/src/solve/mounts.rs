@@ -349,10 +349,10 @@ fn go_path_base(path: &str) -> String {
 /// `id=`, or the target's base name; with `env=` and no target the secret
 /// is only that variable, else a file at the target (by default
 /// `/run/secrets/<id>`). A secret that was not given is skipped, unless
-/// required. A secret's file goes where `target` says; a relative one is relative
-/// to `/`, not to the working directory: BuildKit passes a secret's
-/// target through as written (bind, cache and tmpfs targets alone join
-/// the working directory) and runc takes a relative destination from `/`.
+/// required. A relative target is relative to `/`, not to the working
+/// directory: BuildKit passes a secret's target through as written (bind,
+/// cache and tmpfs targets alone join the working directory) and runc
+/// takes a relative destination from `/`.
 fn secret_mount(
     spec: &kiln_parser::mount::Mount,
     secrets: &BTreeMap<String, crate::secrets::Secret>,
