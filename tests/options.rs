@@ -1266,6 +1266,41 @@ fn tmpfs_mount_size_and_mode() {
     assert!(!out.join("t/written").exists());
 }
 
+/// Two mounts on one target: the RUN gets one of them, as BuildKit's spec
+/// keeps one mount per destination. Among binds, caches and tmpfs mounts
+/// the later in the Dockerfile wins; a secret wins over them wherever it
+/// is written (BuildKit lists secrets after the other mounts).
+#[test]
+fn mounts_on_one_target_keep_the_one_buildkit_keeps() {
+    require_namespaces!();
+    let fixture = Fixture::new();
+    let secret = fixture.dir.path().join("one-target-secret");
+    std::fs::write(&secret, "from-secret").unwrap();
+    fixture.context("one-target", &[("f", "from-context\n")]);
+    let dockerfile = "FROM busybox\n\
+        RUN --mount=type=tmpfs,target=/m --mount=type=bind,target=/m \
+            (cat /m/f || echo no-file) > /bind-last\n\
+        RUN --mount=type=bind,target=/m --mount=type=tmpfs,target=/m \
+            ls -A /m | wc -l > /tmpfs-last\n\
+        RUN --mount=type=cache,target=/m,id=one-target --mount=type=bind,target=/m,rw \
+            (cat /m/f || echo no-file) > /bind-over-cache\n\
+        RUN --mount=type=secret,id=tok,target=/s --mount=type=tmpfs,target=/s \
+            cat /s > /secret-first\n\
+        RUN --mount=type=tmpfs,target=/s --mount=type=secret,id=tok,target=/s \
+            cat /s > /secret-last\n";
+    let secret_arg = format!("id=tok,src={}", secret.display());
+    let out = fixture.rootfs(
+        "one-target",
+        dockerfile,
+        &["--no-cache", "--secret", &secret_arg],
+    );
+    assert_eq!(read(&out, "/bind-last"), "from-context\n");
+    assert_eq!(read(&out, "/tmpfs-last").trim(), "0");
+    assert_eq!(read(&out, "/bind-over-cache"), "from-context\n");
+    assert_eq!(read(&out, "/secret-first"), "from-secret");
+    assert_eq!(read(&out, "/secret-last"), "from-secret");
+}
+
 /// `--shm-size`, `--ulimit` and `--add-host` reach every RUN (and are part
 /// of its cache key: the second build runs the step again).
 #[test]

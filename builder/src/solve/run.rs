@@ -230,6 +230,42 @@ struct StepMounts {
     /// Under chroot isolation: what is placed in the copy instead of
     /// mounted (/dev first).
     placed: Vec<PlaceRequest>,
+    /// Each target mounted on so far, and the kind of mount that holds it.
+    claimed: Vec<(PathBuf, MountRank)>,
+}
+
+/// Which of two mounts on one target a RUN gets, as BuildKit decides it:
+/// its exec op lists the bind, cache and tmpfs mounts (sorted by target,
+/// Dockerfile order kept among equal ones), then the secrets, then the ssh
+/// sockets (client/llb/exec.go), and the container's spec keeps the last
+/// mount of each destination (executor/oci's `dedupMounts`). So a secret
+/// beats a bind, cache or tmpfs on its target wherever it is written, an
+/// ssh socket beats both, and among mounts of one rank the later one wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum MountRank {
+    Filesystem,
+    Secret,
+    Ssh,
+}
+
+impl StepMounts {
+    /// Whether a mount of `rank` on `target` is to be made: not when one of
+    /// a higher rank holds the target; when it is, whatever held the target
+    /// before is dropped (one mount per target, as BuildKit's spec has).
+    fn claim(&mut self, target: &Path, rank: MountRank) -> bool {
+        if let Some((_, held)) = self.claimed.iter().find(|(t, _)| t == target) {
+            if *held > rank {
+                return false;
+            }
+        }
+        self.claimed.retain(|(t, _)| t != target);
+        self.claimed.push((target.to_path_buf(), rank));
+        self.binds.retain(|b| b.target != target);
+        self.tmpfs.retain(|t| t.target != target);
+        self.memory.retain(|m| m.target != target);
+        self.placed.retain(|p| Path::new(&p.target) != target);
+        true
+    }
 }
 
 /// [`step_mounts`], again until no cache it needs is another RUN's
@@ -270,6 +306,7 @@ fn step_mounts(
         env: Vec::new(),
         locks: Vec::new(),
         placed: Vec::new(),
+        claimed: Vec::new(),
     };
     let chroot = run.build.opts.chroot;
     if chroot {
@@ -302,6 +339,19 @@ fn step_mounts(
         let scratch = dir.join(format!("mount-{n}"));
         let made = run_mount(run, r, mount, from.as_ref(), &scratch).map_err(|e| run.error(e))?;
         for step_mount in made {
+            let claim = match &step_mount {
+                StepMount::Bind(b) | StepMount::Cache(b) => {
+                    Some((&b.target, MountRank::Filesystem))
+                }
+                StepMount::Tmpfs(t) => Some((&t.target, MountRank::Filesystem)),
+                StepMount::Memory(m) => Some((&m.target, MountRank::Secret)),
+                StepMount::Env(..) | StepMount::Lock(_) | StepMount::Busy(_) => None,
+            };
+            if let Some((target, rank)) = claim {
+                if !mounts.claim(target, rank) {
+                    continue;
+                }
+            }
             match step_mount {
                 StepMount::Bind(bind) => mounts.binds.push(bind),
                 StepMount::Cache(bind) if chroot => mounts.placed.push(PlaceRequest {
@@ -365,6 +415,7 @@ fn ssh_mount(
         Some(agent) => {
             let relay =
                 crate::ssh::AgentRelay::start(agent, &ssh).map_err(|e| run.error(e.to_string()))?;
+            mounts.claim(Path::new(&target), MountRank::Ssh);
             mounts.binds.push(BindMount {
                 source: relay.socket().to_path_buf(),
                 target: PathBuf::from(target),
