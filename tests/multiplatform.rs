@@ -1417,6 +1417,115 @@ fn manifest_inspect_annotate_and_unknown_platforms() {
     );
 }
 
+/// `kiln manifest create --amend`, as `docker manifest create --amend`:
+/// without it a name already in the store is refused; with it a source
+/// given again replaces the entries it gave (in their place: a re-pushed
+/// tag does not leave its old image in the index), a new source adds its
+/// entries, the others stay, also after an `annotate`; a name that holds
+/// an image manifest is not amended.
+#[test]
+fn manifest_create_amend_replaces_a_source_given_again() {
+    let fixture = Fixture::new();
+    let builder = fixture.path("builder");
+    let ctx = context(&[("Dockerfile", "FROM scratch\nCOPY f /f\n"), ("f", "one\n")]);
+    let build = |platform: &str, tag: &str| {
+        let target = fixture.reference(tag);
+        let args = [
+            "build",
+            "--platform",
+            platform,
+            "-t",
+            &target,
+            "--push",
+            ctx.path().to_str().unwrap(),
+        ];
+        ok(&fixture.kiln(&builder, &args));
+        let pushed = kiln_testsupport::image::digest_of(
+            &skopeo_raw_manifest(&format!("docker://{target}"), None, None).unwrap(),
+        );
+        (target, pushed)
+    };
+    let (amd64, amd64_one) = build("linux/amd64", "app/am:amd64");
+    let (arm64, arm64_one) = build("linux/arm64", "app/am:arm64");
+    let list = fixture.reference("app/am:list");
+    let root = fixture.root();
+    ok(&fixture.kiln(&root, &["manifest", "create", &list, &amd64, &arm64]));
+    let entries = |root: &Path| -> Vec<(String, String)> {
+        let raw: Value =
+            serde_json::from_str(&kiln_ok(root, &["manifest", "inspect", "--raw", &list])).unwrap();
+        raw["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let p = &e["platform"];
+                let platform = format!(
+                    "{}/{}",
+                    p["os"].as_str().unwrap(),
+                    p["architecture"].as_str().unwrap()
+                );
+                (platform, e["digest"].as_str().unwrap().to_string())
+            })
+            .collect()
+    };
+    let pair = |p: &str, d: &str| (p.to_string(), d.to_string());
+    assert_eq!(
+        entries(&root),
+        [
+            pair("linux/amd64", &amd64_one),
+            pair("linux/arm64", &arm64_one)
+        ]
+    );
+
+    // The amd64 tag pushed again with other content.
+    std::fs::write(ctx.path().join("f"), "two\n").unwrap();
+    let (_, amd64_two) = build("linux/amd64", "app/am:amd64");
+    assert_ne!(amd64_two, amd64_one);
+    let refused = failed(&fixture.kiln(&root, &["manifest", "create", &list, &amd64]));
+    assert!(refused.contains("without --amend"), "{refused}");
+    ok(&fixture.kiln(&root, &["manifest", "create", "--amend", &list, &amd64]));
+    assert_eq!(
+        entries(&root),
+        [
+            pair("linux/amd64", &amd64_two),
+            pair("linux/arm64", &arm64_one)
+        ]
+    );
+
+    // annotate moves the name to a new index; a later --amend still knows
+    // which source gave which entry. A new source is added at the end.
+    ok(&fixture.kiln(
+        &root,
+        &[
+            "manifest",
+            "annotate",
+            &list,
+            &arm64_one,
+            "--annotation",
+            "org.example.k=v",
+        ],
+    ));
+    std::fs::write(ctx.path().join("f"), "three\n").unwrap();
+    let (_, amd64_three) = build("linux/amd64", "app/am:amd64");
+    let (ppc, ppc_one) = build("linux/ppc64le", "app/am:ppc64le");
+    ok(&fixture.kiln(&root, &["manifest", "create", "-a", &list, &ppc, &amd64]));
+    assert_eq!(
+        entries(&root),
+        [
+            pair("linux/amd64", &amd64_three),
+            pair("linux/arm64", &arm64_one),
+            pair("linux/ppc64le", &ppc_one)
+        ]
+    );
+    let raw: Value =
+        serde_json::from_str(&kiln_ok(&root, &["manifest", "inspect", "--raw", &list])).unwrap();
+    assert_eq!(raw["manifests"][1]["annotations"]["org.example.k"], "v");
+
+    // The builder's store names its last amd64 image: not an index.
+    let image = failed(&fixture.kiln(&builder, &["manifest", "create", "--amend", &amd64, &arm64]));
+    assert!(image.contains("not an index"), "{image}");
+}
+
 /// The entry of `index` (a raw index) for `digest`.
 fn entry_for<'a>(index: &'a Value, digest: &str) -> &'a Value {
     index["manifests"]

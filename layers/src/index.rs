@@ -28,6 +28,9 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::oci::{
     media, Descriptor, Index, Platform, ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME,
@@ -283,6 +286,63 @@ pub fn annotate_entry(
         writer.add_entry(entry);
     }
     writer.write(store)
+}
+
+/// Where the entries of an index `kiln manifest create` made came from:
+/// for each entry's digest, the source reference it was gathered from, as
+/// `docker manifest create` keeps one file per source in its manifest
+/// store. `--amend` replaces the entries of a source given again and keeps
+/// the others. Kept per index name, valid only while that name still
+/// names [`IndexSources::index`] (a build or a tag may have moved it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexSources {
+    /// The index the record describes.
+    pub index: Digest,
+    /// (entry digest, source reference), in the index's order.
+    pub entries: Vec<(Digest, String)>,
+}
+
+impl IndexSources {
+    /// The record kept for the index name `name`, when there is one that
+    /// parses and it describes `index`.
+    pub fn read(store: &Store, name: &str, index: &Digest) -> Result<Option<IndexSources>> {
+        let path = Self::path(store, name);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("read", path, e)),
+        };
+        Ok(serde_json::from_slice::<IndexSources>(&bytes)
+            .ok()
+            .filter(|record| record.index == *index))
+    }
+
+    /// Keeps the record for the index name `name`, replacing the one before.
+    pub fn write(&self, store: &Store, name: &str) -> Result<()> {
+        let dir = store.index_sources_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", dir.clone(), e))?;
+        let path = Self::path(store, name);
+        let bytes = serde_json::to_vec(self).map_err(|source| Error::Json {
+            what: path.display().to_string(),
+            source,
+        })?;
+        crate::store::write_atomic(&path, &bytes)
+    }
+
+    /// The source `digest`'s entry was gathered from, if recorded.
+    pub fn source_of(&self, digest: &Digest) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(d, _)| d == digest)
+            .map(|(_, source)| source.as_str())
+    }
+
+    /// A file per name: the name's digest (names hold `/` and `:`).
+    fn path(store: &Store, name: &str) -> std::path::PathBuf {
+        store
+            .index_sources_dir()
+            .join(format!("{}.json", Digest::of(name.as_bytes()).hex()))
+    }
 }
 
 #[cfg(test)]

@@ -518,6 +518,13 @@ impl Store {
         self.root.join("origins")
     }
 
+    /// Which source reference each entry of an index made by `kiln
+    /// manifest create` came from, one record per index name
+    /// ([`crate::index::IndexSources`]): what `--amend` replaces by.
+    pub fn index_sources_dir(&self) -> PathBuf {
+        self.root.join("index-sources")
+    }
+
     /// Build cache records (`<key hex>.json`) and, below, the build
     /// context's stat caches.
     pub(crate) fn cache_dir(&self) -> PathBuf {

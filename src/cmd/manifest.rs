@@ -4,9 +4,11 @@
 //!
 //! - `inspect REF [--raw]`: the manifest or index the store has under the
 //!   name, else the registry's; raw bytes, or a summary with every entry.
-//! - `create TARGET SOURCE…`: an index over images as their registries
-//!   have them (each source an image, or an index whose entries are
-//!   taken), stored under TARGET; no layer is downloaded.
+//! - `create [--amend] TARGET SOURCE…`: an index over images as their
+//!   registries have them (each source an image, or an index whose
+//!   entries are taken), stored under TARGET; no layer is downloaded.
+//!   `--amend` adds to the index TARGET names, replacing the entries of a
+//!   source given again.
 //! - `annotate TARGET MANIFEST --os/--arch/--variant/--os-version/
 //!   --os-features/--annotation`: changes an entry of the stored index.
 //! - `push TARGET [DEST]`: every manifest, then the index; the layers are
@@ -19,7 +21,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use kiln_layers::index::{annotate_entry, EntryChange};
+use kiln_layers::index::{annotate_entry, EntryChange, IndexSources};
 use kiln_layers::oci::{media, parse_manifest, ManifestKind};
 use kiln_layers::{Digest, Reporter, Store};
 use kiln_registry::{Client, Reference};
@@ -67,6 +69,10 @@ pub struct CreateArgs {
     /// of its entries).
     #[arg(required = true)]
     sources: Vec<String>,
+    /// Add to the index TARGET already names: a source given again has its
+    /// entries replaced, the others stay (`docker manifest create --amend`).
+    #[arg(short, long)]
+    amend: bool,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -239,18 +245,29 @@ fn create(args: CreateArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCod
         .collect::<anyhow::Result<Vec<_>>>()?;
     let store = Store::open(&settings.root)?;
     // `docker manifest create` refuses to amend an existing list without
-    // --amend (which kiln lacks); here the name may be any image's tag,
-    // which a new index would take from it.
-    if let Some(existing) = store.resolve(&target)? {
-        bail!(
-            "{target} already names {} in the store: refusing to replace it \
-             (kiln rmi {target} first, or give the index another name)",
+    // --amend; here the name may also be any image's tag, which a new
+    // index would take from it.
+    let base = store.resolve(&target)?;
+    match &base {
+        Some(existing) if !args.amend => bail!(
+            "{target} already names {} in the store: refusing to replace it without \
+             --amend (or kiln rmi {target} first, or give the index another name)",
             existing.digest
-        );
+        ),
+        Some(existing) if !media::is_index(&existing.media_type) => bail!(
+            "{target} names the image manifest {} in the store, not an index: \
+             --amend adds to an index",
+            existing.digest
+        ),
+        _ => {}
     }
     let client = Client::new(args.registry.client_config(settings)?)?;
     let created = runtime()?.block_on(kiln_transfer::create_index(
-        &client, &store, &target, &sources,
+        &client,
+        &store,
+        &target,
+        &sources,
+        base.as_ref(),
     ))?;
     eprintln!(
         "Created manifest list {target} ({} entries)",
@@ -292,6 +309,12 @@ fn annotate(args: AnnotateArgs, settings: &GlobalSettings) -> anyhow::Result<Exi
     };
     let changed = annotate_entry(&store, &index, &digest, &change)
         .with_context(|| format!("annotating {} in {target}", args.manifest))?;
+    // The entries' sources stay theirs (for a later --amend).
+    let name = target.to_string();
+    if let Some(mut sources) = IndexSources::read(&store, &name, &index.digest)? {
+        sources.index = changed.digest.clone();
+        sources.write(&store, &name)?;
+    }
     store.tag(&target, &changed)?;
     println!("{}", changed.digest);
     Ok(ExitCode::SUCCESS)

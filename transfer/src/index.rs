@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use kiln_layers::index::IndexWriter;
+use kiln_layers::index::{IndexSources, IndexWriter};
 use kiln_layers::oci::{media, Descriptor, ImageConfig, Manifest, ManifestKind};
 use kiln_layers::store::MAX_JSON_BLOB;
 use kiln_layers::Store;
@@ -91,6 +91,15 @@ pub struct CreatedIndex {
 /// (the same digest) is not repeated. The index is a Docker manifest list
 /// when every entry is a Docker manifest, else an OCI image index.
 ///
+/// With `base` (`--amend`: the stored index `target` names), the new
+/// index starts from its entries, as listed; a source given again
+/// replaces the entries it gave before, in their place (as `docker
+/// manifest create --amend` replaces the file it keeps for that source;
+/// docker orders a list by those files' names), and the entries
+/// of other sources, or of no known source (an index built or pulled),
+/// stay. Which source gave which entry is kept with the index's name
+/// ([`IndexSources`]).
+///
 /// The index, each manifest and each image's config are stored; the
 /// layers stay in the registries, and where each blob is is noted
 /// ([`BlobOrigins`]) so that a push mounts them (same registry) or copies
@@ -100,39 +109,102 @@ pub async fn create_index(
     store: &Store,
     target: &Reference,
     sources: &[Reference],
+    base: Option<&Descriptor>,
 ) -> Result<CreatedIndex, TransferError> {
     let _lease = store.lease().map_err(|source| TransferError::Store {
         context: format!("creating {target}"),
         cause: Box::new(source),
     })?;
-    let mut entries: Vec<(Descriptor, bool)> = Vec::new();
+    let store_error = |source| TransferError::Store {
+        context: format!("creating {target}"),
+        cause: Box::new(source),
+    };
+    let name = target.to_string();
+    let mut entries: Vec<Gathered> = match base {
+        Some(base) => base_entries(store, &name, base).map_err(store_error)?,
+        None => Vec::new(),
+    };
     for source in sources {
-        for entry in gather_source(client, store, source).await? {
-            if !entries.iter().any(|(e, _)| e.digest == entry.0.digest) {
-                entries.push(entry);
+        let source_name = source.to_string();
+        let gave = |e: &Gathered| e.source.as_deref() == Some(source_name.as_str());
+        // A source given again: its new entries take its old ones' place.
+        let mut at = entries.iter().position(gave).unwrap_or(entries.len());
+        entries.retain(|e| !gave(e));
+        for (entry, from_index) in gather_source(client, store, source).await? {
+            if !entries.iter().any(|e| e.entry.digest == entry.digest) {
+                let gathered = Gathered {
+                    entry,
+                    from_index,
+                    source: Some(source_name.clone()),
+                };
+                entries.insert(at, gathered);
+                at += 1;
             }
         }
     }
     let docker = entries
         .iter()
-        .all(|(e, _)| e.media_type == media::DOCKER_MANIFEST);
+        .all(|e| e.entry.media_type == media::DOCKER_MANIFEST);
     let mut writer = IndexWriter::new(docker);
-    for (entry, from_index) in &entries {
-        match (from_index, &entry.platform) {
-            (false, Some(platform)) => writer.add_image(entry, platform),
-            _ => writer.add_entry(entry.clone()),
+    for gathered in &entries {
+        match (gathered.from_index, &gathered.entry.platform) {
+            (false, Some(platform)) => writer.add_image(&gathered.entry, platform),
+            _ => writer.add_entry(gathered.entry.clone()),
         }
     }
-    let store_error = |source| TransferError::Store {
-        context: format!("creating {target}"),
-        cause: Box::new(source),
-    };
     let descriptor = writer.write(store).map_err(store_error)?;
+    IndexSources {
+        index: descriptor.digest.clone(),
+        entries: entries
+            .iter()
+            .filter_map(|e| Some((e.entry.digest.clone(), e.source.clone()?)))
+            .collect(),
+    }
+    .write(store, &name)
+    .map_err(store_error)?;
     store.tag(target, &descriptor).map_err(store_error)?;
     Ok(CreatedIndex {
         descriptor,
         entries: writer.entries().to_vec(),
     })
+}
+
+/// One entry of the index being gathered.
+struct Gathered {
+    entry: Descriptor,
+    /// Listed by an index (kept as listed), or an image manifest (its
+    /// platform from its config).
+    from_index: bool,
+    /// The source reference it was gathered from, when known.
+    source: Option<String>,
+}
+
+/// The entries of the stored index `base` (named `name`), as listed, each
+/// with the source it was gathered from where the name's record knows it.
+fn base_entries(
+    store: &Store,
+    name: &str,
+    base: &Descriptor,
+) -> Result<Vec<Gathered>, kiln_layers::Error> {
+    let ManifestKind::Index(index) = store.read_manifest(base)? else {
+        return Err(kiln_layers::Error::InvalidManifest {
+            what: format!("{name} ({})", base.digest),
+            reason: "an image manifest, not an index: --amend adds to an index".into(),
+        });
+    };
+    let record = IndexSources::read(store, name, &base.digest)?;
+    Ok(index
+        .manifests
+        .into_iter()
+        .map(|entry| Gathered {
+            source: record
+                .as_ref()
+                .and_then(|r| r.source_of(&entry.digest))
+                .map(str::to_string),
+            entry,
+            from_index: true,
+        })
+        .collect())
 }
 
 /// One source's entries, each with whether it came from an index (kept

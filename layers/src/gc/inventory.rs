@@ -45,7 +45,7 @@ pub enum Area {
     /// `ingest/`.
     Ingest,
     /// Everything else: `index.json`, lock files, `variants/`, `origins/`,
-    /// the policy file and the size cache.
+    /// `index-sources/`, the policy file and the size cache.
     Other,
 }
 
