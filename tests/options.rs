@@ -1411,6 +1411,49 @@ fn entitlements_insecure_and_host_network() {
     }
 }
 
+/// `RUN --security=insecure` gets what BuildKit's insecure mode gives a
+/// RUN with the host's root: a writable /sys, no device restriction, and
+/// BuildKit's extra nodes (kmsg, fuse, net/tun, loop-control, loop0 up to
+/// the first free loop device and 7 more), so a loop device can be
+/// attached. A plain RUN keeps a read-only /sys, none of those nodes, and
+/// a loop node it makes itself cannot be opened.
+#[test]
+fn insecure_runs_get_buildkits_devices_and_a_writable_sys() {
+    require_root!();
+    let fixture = Fixture::new();
+    let dockerfile = "FROM busybox\n\
+        RUN --security=insecure grep ' /sys ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1 > /sys-mode && \
+            ls /dev/kmsg /dev/cuse /dev/fuse /dev/kvm /dev/net/tun /dev/loop-control /dev/loop0 \
+                /dev/loop7 > /nodes && \
+            dd if=/dev/zero of=/tmp/img bs=1024 count=1024 2>/dev/null && \
+            dev=$(losetup -f) && losetup \"$dev\" /tmp/img && \
+            (losetup \"$dev\" > /attached; losetup -d \"$dev\") && rm /tmp/img\n\
+        RUN grep ' /sys ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1 > /plain-sys-mode && \
+            (ls /dev/loop0 /dev/kmsg 2>/dev/null || true) > /plain-nodes && \
+            mknod /tmp/l0 b 7 0 && \
+            (head -c 1 /tmp/l0 > /dev/null 2>&1 && echo opened || echo refused) > /plain-loop && \
+            rm /tmp/l0\n";
+    let root = fixture.rootfs(
+        "insecure-devices",
+        dockerfile,
+        &["--no-cache", "--allow", "security.insecure"],
+    );
+    assert_eq!(read(&root, "/sys-mode"), "rw\n");
+    assert_eq!(
+        read(&root, "/nodes"),
+        "/dev/cuse\n/dev/fuse\n/dev/kmsg\n/dev/kvm\n/dev/loop-control\n/dev/loop0\n\
+         /dev/loop7\n/dev/net/tun\n"
+    );
+    assert!(
+        read(&root, "/attached").contains("/tmp/img"),
+        "{}",
+        read(&root, "/attached")
+    );
+    assert_eq!(read(&root, "/plain-sys-mode"), "ro\n");
+    assert_eq!(read(&root, "/plain-nodes"), "");
+    assert_eq!(read(&root, "/plain-loop"), "refused\n");
+}
+
 /// ADD's flags: `--chmod` sets the mode, `--unpack=false` keeps a local
 /// archive as it is (ADD extracts it by default), `--exclude` leaves out
 /// what its pattern matches, `--chown` owns what it adds.

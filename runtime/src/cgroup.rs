@@ -767,12 +767,20 @@ pub fn validate(limits: &Limits) -> Result<(), String> {
 pub fn setup(
     limits: &Limits,
     rootless: bool,
+    privileged: bool,
 ) -> Result<(Option<RunCgroups>, Request), RuntimeError> {
     validate(limits).map_err(RuntimeError::InvalidSpec)?;
     let forced = forced_restriction().map_err(RuntimeError::Cgroup)?;
     let layout = Layout::probe();
-    let request = resolve(&layout, limits, rootless, forced, default_memory_limit())
+    let mut request = resolve(&layout, limits, rootless, forced, default_memory_limit())
         .map_err(RuntimeError::Cgroup)?;
+    // BuildKit's `security.insecure` allows every device (block and
+    // character, rwm): no device cgroup of the run's own, so it has what
+    // kiln has. Rootless, the user namespace's nodev mounts stay.
+    let unrestricted = privileged && !rootless;
+    if unrestricted {
+        request.devices = DeviceRestriction::Unrestricted;
+    }
     for note in &request.notes {
         tracing::debug!("{note}");
     }
@@ -821,7 +829,10 @@ pub fn setup(
             }
             request.pids = None;
             request.memory = None;
-            request.devices = DeviceRestriction::NodevOnly;
+            request.devices = match unrestricted {
+                true => DeviceRestriction::Unrestricted,
+                false => DeviceRestriction::NodevOnly,
+            };
             Ok((None, request))
         }
     }
@@ -964,7 +975,7 @@ pub fn capabilities(rootless: bool) -> Capabilities {
         ),
         _ => "no cgroup filesystem".to_string(),
     };
-    let (setup_result, failure) = match setup(&Limits::default(), rootless) {
+    let (setup_result, failure) = match setup(&Limits::default(), rootless, false) {
         Ok((cgroups, request)) => {
             drop(cgroups);
             (Some(request), None)

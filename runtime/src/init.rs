@@ -52,6 +52,18 @@ pub const DEVICES: &[(&str, u32, u32)] = &[
     ("tty", 5, 0),
 ];
 
+/// The character devices BuildKit's `security.insecure` adds, with the
+/// host's root (util/entitlements/security: `WithInsecureSpec`): name,
+/// major, minor. Its loop devices follow ([`ContainerConfig::loop_devices`]).
+pub const INSECURE_DEVICES: &[(&str, u32, u32)] = &[
+    ("kmsg", 1, 11),
+    ("cuse", 10, 203),
+    ("fuse", 10, 229),
+    ("kvm", 10, 232),
+    ("net/tun", 10, 200),
+    ("loop-control", 10, 237),
+];
+
 /// The symlinks in /dev: name, target.
 pub const DEV_LINKS: &[(&str, &str)] = &[
     ("ptmx", "pts/ptmx"),
@@ -731,8 +743,17 @@ fn mount_proc_and_sys(
         // (read-only, what is mounted under it too).
         bind(sys, Path::new("/sys"), &sys_dir, READ_ONLY_TREE)?;
     } else {
-        let flags = NO_SUID_DEV_EXEC | libc::MS_RDONLY;
-        fresh_or_bound(sys, cfg, "sysfs", &sys_dir, flags, report)?;
+        // Read-only, but for BuildKit's `security.insecure`
+        // (`oci.WithWriteableSysfs`).
+        let read_only = if cfg.privileged { 0 } else { libc::MS_RDONLY };
+        fresh_or_bound(
+            sys,
+            cfg,
+            "sysfs",
+            &sys_dir,
+            NO_SUID_DEV_EXEC | read_only,
+            report,
+        )?;
     }
     Ok(Guarded::new(&proc_dir))
 }
@@ -832,6 +853,9 @@ fn mount_dev(
     // container shares.
     let dev = dev.shown().to_path_buf();
     create_devices(sys, cfg, &dev)?;
+    if cfg.privileged && !cfg.rootless && !cfg.nodev {
+        create_insecure_devices(sys, cfg, &dev)?;
+    }
     let pts = dev.join("pts");
     step("mkdir /dev/pts", sys.mkdir_all(&pts, 0o755))?;
     // gid 5 (tty) may not be mapped in a user namespace.
@@ -895,6 +919,32 @@ fn create_devices(
                 sys.mknod_char(&path, 0o666, *major, *minor),
             )?;
         }
+    }
+    Ok(())
+}
+
+/// [`INSECURE_DEVICES`] and `loop0` to `loop<n-1>` (block, 7:n), made
+/// with mknod, mode 0666 (runc's for a spec's device without a mode): a
+/// privileged run has no device cgroup of its own to refuse them.
+fn create_insecure_devices(
+    sys: &mut dyn Syscalls,
+    cfg: &ContainerConfig,
+    dev: &Path,
+) -> Result<(), Failure> {
+    step("mkdir /dev/net", sys.mkdir_all(&dev.join("net"), 0o755))?;
+    for (name, major, minor) in INSECURE_DEVICES {
+        let path = dev.join(name);
+        step(
+            format!("mknod {}", path.display()),
+            sys.mknod_char(&path, 0o666, *major, *minor),
+        )?;
+    }
+    for n in 0..cfg.loop_devices {
+        let path = dev.join(format!("loop{n}"));
+        step(
+            format!("mknod {}", path.display()),
+            sys.mknod_block(&path, 0o666, 7, n),
+        )?;
     }
     Ok(())
 }

@@ -72,6 +72,11 @@ pub struct ContainerConfig {
     /// `seccomp` is false then).
     #[serde(default)]
     pub privileged: bool,
+    /// Privileged, with the host's root: how many loop device nodes
+    /// (`/dev/loop0` on) the init makes beside BuildKit's other insecure
+    /// devices; the host's first free loop device plus 8, as BuildKit.
+    #[serde(default)]
+    pub loop_devices: u32,
     /// Removed by the helper once the container is gone (a discarded upper
     /// dir, overlay's work dir), from inside the user namespace if any.
     pub remove_after_exit: Vec<PathBuf>,

@@ -72,6 +72,8 @@ pub trait Syscalls {
     fn chown(&mut self, path: &Path, uid: u32, gid: u32) -> io::Result<()>;
     /// mknod(2) of a character device.
     fn mknod_char(&mut self, path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()>;
+    /// mknod(2) of a block device.
+    fn mknod_block(&mut self, path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()>;
     /// symlink(2).
     fn symlink(&mut self, target: &str, link: &Path) -> io::Result<()>;
     /// Opens `rel` inside `root` as if `root` were `/` (openat2 with
@@ -649,6 +651,16 @@ impl Syscalls for RealSyscalls {
         )?)
     }
 
+    fn mknod_block(&mut self, path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()> {
+        Ok(rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::FileType::BlockDevice,
+            rustix::fs::Mode::from_raw_mode(mode),
+            rustix::fs::makedev(major, minor),
+        )?)
+    }
+
     fn symlink(&mut self, target: &str, link: &Path) -> io::Result<()> {
         std::os::unix::fs::symlink(target, link)
     }
@@ -1217,6 +1229,13 @@ impl Syscalls for RecordingSyscalls {
     fn mknod_char(&mut self, path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()> {
         self.record(format!(
             "mknod {} c {major} {minor} {mode:o}",
+            path.display()
+        ))
+    }
+
+    fn mknod_block(&mut self, path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()> {
+        self.record(format!(
+            "mknod {} b {major} {minor} {mode:o}",
             path.display()
         ))
     }

@@ -40,6 +40,7 @@ fn config() -> ContainerConfig {
         tmpfs: vec![],
         shm_size: crate::DEFAULT_SHM_SIZE,
         privileged: false,
+        loop_devices: 0,
         remove_after_exit: vec![],
         cgroups: vec![],
         start_in_cgroup: None,
@@ -521,9 +522,16 @@ fn tmpfs_shm_rlimits_and_privileged() {
     cfg.rlimits = vec![crate::Rlimit::parse("nproc=100:200").unwrap()];
     cfg.seccomp = false;
     cfg.privileged = true;
+    cfg.loop_devices = 2;
     let mut sys = fake();
     let (_, text) = transcript(&mut sys, &cfg);
     let expected = [
+        "mount sysfs /state/rootfs/sys sysfs NOSUID|NODEV|NOEXEC\n",
+        "mknod /state/rootfs/dev/kmsg c 1 11 666",
+        "mknod /state/rootfs/dev/net/tun c 10 200 666",
+        "mknod /state/rootfs/dev/loop-control c 10 237 666",
+        "mknod /state/rootfs/dev/loop0 b 7 0 666",
+        "mknod /state/rootfs/dev/loop1 b 7 1 666",
         "mount shm /state/rootfs/dev/shm tmpfs NOSUID|NODEV|NOEXEC mode=1777,size=131072k",
         "mount tmpfs /state/rootfs/scratch tmpfs NOSUID mode=1777,size=1024k",
         "mount tmpfs /state/rootfs/empty tmpfs RDONLY|NOSUID mode=1777",
@@ -539,9 +547,16 @@ fn tmpfs_shm_rlimits_and_privileged() {
     check_golden("privileged_tmpfs_rlimits", &text);
     // Not privileged: the bounding set is narrowed and paths masked.
     let (_, plain) = transcript(&mut fake(), &config());
-    for present in ["capbset_drop", "set_caps", "seccomp", "rootfs/proc/kcore"] {
+    for present in [
+        "capbset_drop",
+        "set_caps",
+        "seccomp",
+        "rootfs/proc/kcore",
+        "mount sysfs /state/rootfs/sys sysfs RDONLY|NOSUID|NODEV|NOEXEC",
+    ] {
         assert!(plain.contains(present), "{present}:\n{plain}");
     }
+    assert!(!plain.contains("dev/kmsg"), "{plain}");
 }
 
 /// The init joins the run's cgroups before anything else it does.
