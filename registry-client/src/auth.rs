@@ -345,11 +345,27 @@ impl DockerConfig {
             run_helper(&helper, "erase", key, registry)?;
             return Ok(true);
         }
+        // As `docker logout`, and then some: every key a lookup of the
+        // host finds (with a scheme or a path, as older logins saved it),
+        // not only the four forms docker tries.
+        let host = |k: &str| -> String {
+            let bare = (k.strip_prefix("https://"))
+                .or_else(|| k.strip_prefix("http://"))
+                .unwrap_or(k);
+            bare.split_once('/')
+                .map_or(bare, |(host, _)| host)
+                .to_string()
+        };
+        let wanted = host(key);
         let removed = config
             .get_mut("auths")
             .and_then(|a| a.as_object_mut())
-            .and_then(|auths| auths.remove(key))
-            .is_some();
+            .map(|auths| {
+                let before = auths.len();
+                auths.retain(|k, _| k != key && host(k) != wanted);
+                auths.len() < before
+            })
+            .unwrap_or(false);
         if removed {
             self.save(&config)?;
         }
@@ -482,5 +498,28 @@ mod tests {
         assert!(config.erase("localhost:5000").unwrap());
         assert_eq!(config.credential("localhost:5000").unwrap(), None);
         assert!(!config.erase("localhost:5000").unwrap());
+    }
+
+    /// A login saved under a scheme (`https://host`, as older clients
+    /// wrote it) is found for the host, so logging out of the host
+    /// removes it, as `docker logout` does; another host's stays.
+    #[test]
+    fn erase_removes_the_forms_a_lookup_finds() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = "YWxpY2U6cHc="; // alice:pw
+        std::fs::write(
+            dir.path().join("config.json"),
+            format!(
+                r#"{{"auths": {{"https://127.0.0.1:5078": {{"auth": "{auth}"}},
+                    "http://127.0.0.1:5078/v2/": {{"auth": "{auth}"}},
+                    "other.example": {{"auth": "{auth}"}}}}}}"#
+            ),
+        )
+        .unwrap();
+        let config = DockerConfig::new(dir.path());
+        assert!(config.credential("127.0.0.1:5078").unwrap().is_some());
+        assert!(config.erase("127.0.0.1:5078").unwrap());
+        assert_eq!(config.credential("127.0.0.1:5078").unwrap(), None);
+        assert!(config.credential("other.example").unwrap().is_some());
     }
 }
