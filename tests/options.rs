@@ -98,8 +98,8 @@ fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 /// file without a target); `mode`, `uid` and `gid` own the file so a
 /// non-root USER reads a 0400 secret; the default is 0400 root; `--secret
 /// id=X` alone reads the variable X; `type=env`; a relative target is
-/// relative to `/`, not to the working directory (BuildKit passes it
-/// through, runc takes it from `/`). The secret's bytes reach
+/// below the working directory (BuildKit's exec op joins every relative
+/// mount destination with it), not below `/`. The secret's bytes reach
 /// no layer, config, history, progress line or metadata file (the exported
 /// OCI layout and the store are searched for them).
 #[test]
@@ -118,7 +118,7 @@ fn secret_mounts_env_mode_owner_and_flag_forms() {
         RUN --mount=type=secret,id=bare,env=BARE echo \"$BARE\" | sha1sum > /bare-sum\n\
         RUN --mount=type=secret,id=typed,env=TYPED echo \"$TYPED\" | sha1sum > /typed-sum\n\
         WORKDIR /app\n\
-        RUN --mount=type=secret,id=tok,target=rel/tok cat /rel/tok | sha1sum > /rel-sum && test ! -e /app/rel\n\
+        RUN --mount=type=secret,id=tok,target=rel/tok cat /app/rel/tok | sha1sum > /rel-sum && test ! -e /rel\n\
         RUN cp /tmp/owned-sum /tmp/owned-mode /\n";
     let ctx = fixture.context("secrets", &[("Dockerfile", dockerfile)]);
     let oci = fixture.dir.path().join("secrets.oci");

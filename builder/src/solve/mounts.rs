@@ -84,7 +84,7 @@ pub(super) fn run_mount(
     let (workdir, namespace) = (step.workdir.as_str(), step.cache_namespace.as_deref());
     let spec = &mount.spec;
     if spec.mount_type == MountType::Secret {
-        return secret_mount(spec, secrets);
+        return secret_mount(spec, workdir, secrets);
     }
     let target = crate::plan::normalize_workdir(workdir, &spec.target);
     if target == "/" {
@@ -349,12 +349,13 @@ fn go_path_base(path: &str) -> String {
 /// `id=`, or the target's base name; with `env=` and no target the secret
 /// is only that variable, else a file at the target (by default
 /// `/run/secrets/<id>`). A secret that was not given is skipped, unless
-/// required. A relative target is relative to `/`, not to the working
-/// directory: BuildKit passes a secret's target through as written (bind,
-/// cache and tmpfs targets alone join the working directory) and runc
-/// takes a relative destination from `/`.
+/// required. A relative target is relative to the working directory:
+/// the frontend passes a secret's target through as written, and the
+/// exec op joins every relative mount destination with the working
+/// directory (frontend/gateway/container's `PrepareMounts`).
 fn secret_mount(
     spec: &kiln_parser::mount::Mount,
+    workdir: &str,
     secrets: &BTreeMap<String, crate::secrets::Secret>,
 ) -> Result<Vec<StepMount>, String> {
     let set = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
@@ -378,7 +379,7 @@ fn secret_mount(
         };
     };
     let used = secret.use_for(&SecretRequest {
-        target: target.map(|t| PathBuf::from(crate::plan::normalize_workdir("/", &t))),
+        target: target.map(|t| PathBuf::from(crate::plan::normalize_workdir(workdir, &t))),
         env: set(&spec.env),
         mode: spec.mode,
         uid: spec.uid,

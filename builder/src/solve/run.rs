@@ -235,12 +235,17 @@ struct StepMounts {
 }
 
 /// Which of two mounts on one target a RUN gets, as BuildKit decides it:
-/// its exec op lists the bind, cache and tmpfs mounts (sorted by target,
-/// Dockerfile order kept among equal ones), then the secrets, then the ssh
-/// sockets (client/llb/exec.go), and the container's spec keeps the last
-/// mount of each destination (executor/oci's `dedupMounts`). So a secret
-/// beats a bind, cache or tmpfs on its target wherever it is written, an
-/// ssh socket beats both, and among mounts of one rank the later one wins.
+/// its exec op lists the bind, cache and tmpfs mounts (sorted by target),
+/// then the secrets, then the ssh sockets (client/llb/exec.go); the exec
+/// sorts them all by target again (`PrepareMounts`), and the container's
+/// spec keeps the last mount of each destination (executor/oci's
+/// `dedupMounts`). Go's sort keeps the order of equal targets for lists of
+/// up to 12 (its insertion sort), which a RUN's are unless it has about a
+/// dozen mounts; beyond that BuildKit's pick among equal targets is its
+/// sort's. So a secret beats a bind, cache or tmpfs on its target wherever
+/// it is written, an ssh socket beats both, and among mounts of one rank
+/// the later one wins. Targets are compared cleaned (BuildKit compares
+/// them as written: `/m/` and `/m` both mounted, `/m/` on top).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum MountRank {
     Filesystem,
@@ -331,7 +336,7 @@ fn step_mounts(
     let mut ssh_index = 0;
     for (n, mount) in r.mounts.iter().enumerate() {
         if mount.spec.mount_type == MountType::Ssh {
-            ssh_mount(run, mount, ssh_index, &mut mounts)?;
+            ssh_mount(run, r, mount, ssh_index, &mut mounts)?;
             ssh_index += 1;
             continue;
         }
@@ -399,15 +404,17 @@ fn holds(locks: &[std::fs::File], dir: &Path) -> bool {
 /// required (as BuildKit).
 fn ssh_mount(
     run: &StepRun<'_>,
+    r: &RunStep,
     mount: &RunMount,
     index: usize,
     mounts: &mut StepMounts,
 ) -> Result<(), SolveError> {
     let ssh =
         crate::ssh::SshMount::new(&mount.spec, index).map_err(|e| run.error(e.to_string()))?;
-    // As a secret's: relative to `/` (runc), and SSH_AUTH_SOCK is the
-    // first target as written (BuildKit's exec sets it so).
-    let target = crate::plan::normalize_workdir("/", &ssh.target);
+    // As every mount's: relative to the working directory (the exec op's
+    // `PrepareMounts`); SSH_AUTH_SOCK is the first target as written
+    // (client/llb/exec.go sets it so).
+    let target = crate::plan::normalize_workdir(&r.workdir, &ssh.target);
     mounts
         .first_ssh_target
         .get_or_insert_with(|| ssh.target.clone());
