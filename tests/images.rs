@@ -651,6 +651,56 @@ fn progress_json_reports_start_and_done() {
     );
 }
 
+/// `kiln import` and `kiln load` take a tar compressed whole with gzip,
+/// bzip2, xz or zstd, as `docker import` and `docker load` do (Debian's
+/// rootfs tarballs are `.tar.xz`): the same layer as from the plain tar,
+/// the same image loaded back.
+#[test]
+fn import_and_load_take_every_compression_docker_takes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let rootfs = tmp.path().join("rootfs.tar");
+    busybox_rootfs_tar(&rootfs).unwrap();
+    let diff_id = kiln_layers::Digest::of(&fs::read(&rootfs).unwrap());
+    let saved = tmp.path().join("saved.tar");
+    for (tool, suffix) in [
+        ("gzip", "gz"),
+        ("bzip2", "bz2"),
+        ("xz", "xz"),
+        ("zstd", "zst"),
+    ] {
+        let packed = tmp.path().join(format!("rootfs.tar.{suffix}"));
+        let bytes = Command::new(tool)
+            .args(["-c"])
+            .arg(&rootfs)
+            .output()
+            .unwrap();
+        assert!(bytes.status.success(), "{tool}: {bytes:?}");
+        fs::write(&packed, &bytes.stdout).unwrap();
+        let name = format!("packed:{suffix}");
+        kiln_ok(&root, &["import", packed.to_str().unwrap(), &name]);
+        let image = inspect(&root, &name);
+        assert_eq!(
+            image["Config"]["rootfs"]["diff_ids"][0],
+            diff_id.as_str(),
+            "{tool}"
+        );
+
+        // A saved archive compressed whole loads into a new store.
+        if !saved.exists() {
+            kiln_ok(&root, &["save", "-o", saved.to_str().unwrap(), &name]);
+        }
+        let archive = tmp.path().join(format!("saved.tar.{suffix}"));
+        let bytes = Command::new(tool).arg("-c").arg(&saved).output().unwrap();
+        fs::write(&archive, &bytes.stdout).unwrap();
+        let other = tmp.path().join(format!("loaded-{suffix}"));
+        let out = kiln_ok(&other, &["load", "-i", archive.to_str().unwrap()]);
+        assert_eq!(out, "Loaded image: packed:gz\n", "{tool}");
+        let loaded = inspect(&other, "packed:gz");
+        assert_eq!(loaded["Config"]["rootfs"]["diff_ids"][0], diff_id.as_str());
+    }
+}
+
 #[test]
 fn load_accepts_the_classic_docker_archive_layout() {
     // The layout older `docker save` wrote: <id>.json config, <dir>/layer.tar

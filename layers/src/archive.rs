@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::canonical::to_canonical_json;
-use crate::compress::{decompress, Compression};
+use crate::compress::{decompress_archive, Compression};
 use crate::digest::Digest;
 use crate::error::{io_at, Error, Result};
 use crate::oci::{
@@ -668,7 +668,8 @@ fn read_tar_archive(
         path: path.to_path_buf(),
         reason: format!("reading tar: {source}"),
     };
-    let reader = decompress(io::BufReader::new(file)).map_err(tar_err)?;
+    // Compressed as a whole as `docker load` takes it: gzip, bzip2, xz or zstd.
+    let reader = decompress_archive(io::BufReader::new(file)).map_err(tar_err)?;
     let mut archive = tar::Archive::new(reader);
     let mut files = ArchiveFiles::default();
     let mut links = Vec::new();

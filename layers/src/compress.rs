@@ -7,7 +7,6 @@
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::thread::JoinHandle;
 
 use crate::oci::media;
 
@@ -140,59 +139,111 @@ pub fn decompress_archive<R: Read + Send + 'static>(reader: R) -> io::Result<Box
     })
 }
 
+/// [`decompress_archive`] for a reader that borrows (a progress counter
+/// over a file): `f` reads the decoded stream, xz decoded on a thread
+/// that ends before this returns.
+pub fn with_decompressed_archive<R: Read + Send, T>(
+    reader: R,
+    f: impl FnOnce(&mut dyn Read) -> T,
+) -> io::Result<T> {
+    let (magic, whole) = sniff_stream(reader)?;
+    let mut buffered = BufReader::new(whole);
+    Ok(match magic {
+        Magic::Plain => f(&mut buffered),
+        Magic::Gzip => f(&mut flate2::read::MultiGzDecoder::new(buffered)),
+        Magic::Bzip2 => f(&mut bzip2::read::MultiBzDecoder::new(buffered)),
+        Magic::Zstd => f(&mut zstd::stream::read::Decoder::with_buffer(buffered)?),
+        Magic::Xz => std::thread::scope(|scope| {
+            let mut reader = XzReader::spawn_scoped(scope, buffered);
+            let out = f(&mut reader);
+            // Stops the decoder at its next write, should `f` not have read
+            // to the end; the scope then waits for it.
+            drop(reader);
+            out
+        }),
+    })
+}
+
 /// Chunks of decoded xz in flight between the decoder thread and the reader
 /// (each up to [`XZ_CHUNK`] bytes): bounds the memory a read-ahead takes.
 const XZ_CHUNKS_IN_FLIGHT: usize = 4;
 const XZ_CHUNK: usize = 64 * 1024;
 
 /// xz decoded on a thread of its own: the pure-Rust decoder only writes
-/// into a `Write`, so its output is handed over in chunks. Dropping the
-/// reader early stops the decoder at its next write.
+/// into a `Write`, so its output is handed over in chunks, then how the
+/// decoding ended. Dropping the reader early stops the decoder at its next
+/// write.
 struct XzReader {
-    chunks: Receiver<Vec<u8>>,
+    messages: Receiver<XzMessage>,
     current: Vec<u8>,
     position: usize,
-    decoder: Option<JoinHandle<io::Result<()>>>,
+    done: bool,
+}
+
+/// What the decoder thread sends an [`XzReader`].
+enum XzMessage {
+    Chunk(Vec<u8>),
+    /// The last message: the end of the stream, or why decoding stopped.
+    End(io::Result<()>),
 }
 
 impl XzReader {
-    fn spawn<R: io::BufRead + Send + 'static>(mut input: R) -> XzReader {
-        let (sender, chunks) = sync_channel(XZ_CHUNKS_IN_FLIGHT);
-        let decoder = std::thread::spawn(move || {
-            let mut out = BufWriter::with_capacity(XZ_CHUNK, ChunkWriter(sender));
-            lzma_rs::xz_decompress(&mut input, &mut out)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("xz: {e:?}")))?;
-            out.flush()
-        });
+    /// The decoder on a thread of its own.
+    fn spawn<R: io::BufRead + Send + 'static>(input: R) -> XzReader {
+        let (sender, messages) = sync_channel(XZ_CHUNKS_IN_FLIGHT);
+        std::thread::spawn(move || decode_xz(input, sender));
+        XzReader::new(messages)
+    }
+
+    /// The decoder on a thread of `scope` (an input that borrows).
+    fn spawn_scoped<'scope, R: io::BufRead + Send + 'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        input: R,
+    ) -> XzReader {
+        let (sender, messages) = sync_channel(XZ_CHUNKS_IN_FLIGHT);
+        scope.spawn(move || decode_xz(input, sender));
+        XzReader::new(messages)
+    }
+
+    fn new(messages: Receiver<XzMessage>) -> XzReader {
         XzReader {
-            chunks,
+            messages,
             current: Vec::new(),
             position: 0,
-            decoder: Some(decoder),
+            done: false,
         }
     }
 }
 
+/// Decodes `input` into chunks sent on `sender`, then says how it ended.
+fn decode_xz<R: io::BufRead>(mut input: R, sender: SyncSender<XzMessage>) {
+    let mut out = BufWriter::with_capacity(XZ_CHUNK, ChunkWriter(sender.clone()));
+    let ended = lzma_rs::xz_decompress(&mut input, &mut out)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("xz: {e:?}")))
+        .and_then(|()| out.flush());
+    drop(out);
+    // The reader may be gone: then nobody needs to know.
+    let _ = sender.send(XzMessage::End(ended));
+}
+
 impl Read for XzReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
+        if buf.is_empty() || self.done {
             return Ok(0);
         }
         while self.position == self.current.len() {
-            match self.chunks.recv() {
-                Ok(chunk) => {
+            match self.messages.recv() {
+                Ok(XzMessage::Chunk(chunk)) => {
                     self.current = chunk;
                     self.position = 0;
                 }
-                // The decoder is done: the end, or why it stopped.
-                Err(_) => {
-                    if let Some(decoder) = self.decoder.take() {
-                        decoder
-                            .join()
-                            .map_err(|_| io::Error::other("the xz decoder panicked"))??;
-                    }
+                Ok(XzMessage::End(ended)) => {
+                    self.done = true;
+                    ended?;
                     return Ok(0);
                 }
+                // Gone without a word: it panicked.
+                Err(_) => return Err(io::Error::other("the xz decoder stopped")),
             }
         }
         let n = buf.len().min(self.current.len() - self.position);
@@ -203,12 +254,12 @@ impl Read for XzReader {
 }
 
 /// Sends what is written to an [`XzReader`]; fails once the reader is gone.
-struct ChunkWriter(SyncSender<Vec<u8>>);
+struct ChunkWriter(SyncSender<XzMessage>);
 
 impl Write for ChunkWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0
-            .send(buf.to_vec())
+            .send(XzMessage::Chunk(buf.to_vec()))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "reader gone"))?;
         Ok(buf.len())
     }

@@ -2,7 +2,7 @@
 
 use std::io::{self, Read, Write};
 
-use crate::compress::{decompress, Compression, Compressor};
+use crate::compress::{with_decompressed_archive, Compression, Compressor};
 use crate::digest::HashingWriter;
 use crate::error::{Error, Result};
 use crate::oci::{rfc3339, ContainerConfig, Descriptor, History, ImageConfig, Platform, RootFs};
@@ -57,7 +57,7 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
     }
 }
 
-/// Stores `rootfs` (a tar, possibly gzip or zstd compressed) as a layer and
+/// Stores `rootfs` (a tar, possibly gzip, bzip2, xz or zstd compressed) as a layer and
 /// writes an image config and manifest for it. Returns the manifest's
 /// descriptor; tag it with [`Store::tag`].
 pub fn import_rootfs(
@@ -66,7 +66,6 @@ pub fn import_rootfs(
     options: &ImportOptions,
     reporter: &dyn Reporter,
 ) -> Result<Descriptor> {
-    let config = options.config.clone();
     let _lease = store.lease()?;
     let what = options.source.clone();
     let tar_err = |source: io::Error| Error::Tar {
@@ -76,58 +75,73 @@ pub fn import_rootfs(
     reporter.start(&options.source, "importing", options.size);
     let result = (|| -> Result<Descriptor> {
         let counted = ProgressReader::new(rootfs, reporter, options.source.clone());
-        let plain = decompress(counted).map_err(tar_err)?;
-        let ingest = store.ingest(None)?;
-        let compressor = Compressor::new(options.compression, ingest).map_err(tar_err)?;
-        let mut tee = Tee {
-            inner: plain,
-            out: HashingWriter::new(compressor),
-        };
-        let mut entries = 0u64;
-        {
-            let mut archive = tar::Archive::new(&mut tee);
-            for entry in archive.entries().map_err(tar_err)? {
-                let mut entry = entry.map_err(tar_err)?;
-                io::copy(&mut entry, &mut io::sink()).map_err(tar_err)?;
-                entries += 1;
-            }
-        }
-        // The end-of-archive blocks and padding belong to the layer too.
-        io::copy(&mut tee, &mut io::sink()).map_err(tar_err)?;
-        if entries == 0 {
-            return Err(Error::BadLayer {
-                layer: options.source.clone(),
-                reason: "not a tar archive, or an empty one".into(),
-            });
-        }
-        let (diff_id, _, compressor) = tee.out.into_parts();
-        let ingest = compressor.finish().map_err(tar_err)?;
-        let mut layer = ingest.commit()?;
-        layer.media_type = options.compression.oci_layer_media_type().to_string();
-        let created = rfc3339(options.created);
-        let image = ImageConfig {
-            created: Some(created.clone()),
-            architecture: options.platform.architecture.clone(),
-            os: options.platform.os.clone(),
-            variant: options.platform.variant.clone(),
-            config: Some(config),
-            rootfs: RootFs {
-                kind: "layers".into(),
-                diff_ids: vec![diff_id],
-            },
-            history: vec![History {
-                created: Some(created),
-                created_by: Some("kiln import".into()),
-                comment: Some(format!("Imported from {}", options.source)),
-                ..History::default()
-            }],
-            ..ImageConfig::default()
-        };
-        store.write_image(&image, &[layer])
+        // Compressed as `docker import` takes it: gzip, bzip2, xz or zstd.
+        with_decompressed_archive(counted, |plain| import_layer(store, plain, options))
+            .map_err(tar_err)?
     })();
     match &result {
         Ok(_) => reporter.done(&options.source, Outcome::Done),
         Err(e) => reporter.done(&options.source, Outcome::Failed(e.to_string())),
     }
     result
+}
+
+/// The layer `plain` (a tar, decoded) is, stored, and the image around it.
+fn import_layer(
+    store: &Store,
+    plain: &mut dyn Read,
+    options: &ImportOptions,
+) -> Result<Descriptor> {
+    let config = options.config.clone();
+    let tar_err = |source: io::Error| Error::Tar {
+        layer: options.source.clone(),
+        source,
+    };
+    let ingest = store.ingest(None)?;
+    let compressor = Compressor::new(options.compression, ingest).map_err(tar_err)?;
+    let mut tee = Tee {
+        inner: plain,
+        out: HashingWriter::new(compressor),
+    };
+    let mut entries = 0u64;
+    {
+        let mut archive = tar::Archive::new(&mut tee);
+        for entry in archive.entries().map_err(tar_err)? {
+            let mut entry = entry.map_err(tar_err)?;
+            io::copy(&mut entry, &mut io::sink()).map_err(tar_err)?;
+            entries += 1;
+        }
+    }
+    // The end-of-archive blocks and padding belong to the layer too.
+    io::copy(&mut tee, &mut io::sink()).map_err(tar_err)?;
+    if entries == 0 {
+        return Err(Error::BadLayer {
+            layer: options.source.clone(),
+            reason: "not a tar archive, or an empty one".into(),
+        });
+    }
+    let (diff_id, _, compressor) = tee.out.into_parts();
+    let ingest = compressor.finish().map_err(tar_err)?;
+    let mut layer = ingest.commit()?;
+    layer.media_type = options.compression.oci_layer_media_type().to_string();
+    let created = rfc3339(options.created);
+    let image = ImageConfig {
+        created: Some(created.clone()),
+        architecture: options.platform.architecture.clone(),
+        os: options.platform.os.clone(),
+        variant: options.platform.variant.clone(),
+        config: Some(config),
+        rootfs: RootFs {
+            kind: "layers".into(),
+            diff_ids: vec![diff_id],
+        },
+        history: vec![History {
+            created: Some(created),
+            created_by: Some("kiln import".into()),
+            comment: Some(format!("Imported from {}", options.source)),
+            ..History::default()
+        }],
+        ..ImageConfig::default()
+    };
+    store.write_image(&image, &[layer])
 }
