@@ -701,6 +701,45 @@ fn import_and_load_take_every_compression_docker_takes() {
     }
 }
 
+/// What `kiln save` names, as `docker save`: a repository without a tag
+/// saves every tag of it (and no other repository's), a tag given twice
+/// is written once, an image id saves the image unnamed, and loading that
+/// prints the image id (the config digest) as `docker load` does.
+#[test]
+fn save_names_images_as_docker_save_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let id = import_busybox(&root, tmp.path(), "bb:1");
+    kiln_ok(&root, &["tag", "bb:1", "bb:2"]);
+    kiln_ok(&root, &["tag", "bb:1", "other:latest"]);
+    let load = |queries: &[&str], name: &str| -> String {
+        let archive = tmp.path().join(format!("{name}.tar"));
+        let mut args = vec!["save", "-o", archive.to_str().unwrap()];
+        args.extend_from_slice(queries);
+        kiln_ok(&root, &args);
+        kiln_ok(
+            &tmp.path().join(name),
+            &["load", "-i", archive.to_str().unwrap()],
+        )
+    };
+    assert_eq!(
+        load(&["bb"], "by-repository"),
+        "Loaded image: bb:1\nLoaded image: bb:2\n"
+    );
+    assert_eq!(load(&["bb:1", "bb:1"], "twice"), "Loaded image: bb:1\n");
+    assert_eq!(
+        load(&[&id[7..19]], "by-id"),
+        format!("Loaded image ID: {id}\n")
+    );
+    let listed: Value = serde_json::from_str(&kiln_ok(
+        &tmp.path().join("by-id"),
+        &["images", "--format", "json"],
+    ))
+    .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["ID"], id.as_str(), "{listed}");
+}
+
 #[test]
 fn load_accepts_the_classic_docker_archive_layout() {
     // The layout older `docker save` wrote: <id>.json config, <dir>/layer.tar

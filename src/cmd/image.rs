@@ -189,19 +189,23 @@ fn inspect_all(
 fn save(store: &Store, args: SaveArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let platform = platform(&args.platform)?;
     let mut items = Vec::new();
+    let mut seen = Vec::new();
     for query in &args.images {
-        let found = store.find(query, &platform)?;
-        for tagged in found {
-            let reference = match tagged.reference {
-                Some(r) => r,
-                None => bail!("{query}: an untagged image cannot be saved by id yet; tag it first"),
-            };
+        for (reference, descriptor) in save_names(store, query, &platform)? {
+            let key = (
+                reference.as_ref().map(|r| r.to_string()),
+                descriptor.digest.clone(),
+            );
+            if seen.contains(&key) {
+                continue;
+            }
+            seen.push(key);
             let item = match &args.platform {
                 Some(_) => SaveItem::single(
-                    Some(reference),
-                    store.read_image_for(&tagged.descriptor, &platform, query)?,
+                    reference,
+                    store.read_image_for(&descriptor, &platform, query)?,
                 ),
-                None => SaveItem::held(store, Some(reference), &tagged.descriptor, &platform)?,
+                None => SaveItem::held(store, reference, &descriptor, &platform)?,
             };
             // Layers a build left where they are come down first.
             for image in &item.images {
@@ -218,13 +222,57 @@ fn save(store: &Store, args: SaveArgs, settings: &GlobalSettings) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
+/// What `save QUERY` writes, as `docker save` names it: a tag, that tag;
+/// a repository without tag or digest, every tag of it the store has (or
+/// its `latest`, as a lookup of the name finds it); an image id, the
+/// image without a name (`RepoTags` null).
+fn save_names(
+    store: &Store,
+    query: &str,
+    platform: &Platform,
+) -> anyhow::Result<Vec<(Option<Reference>, kiln_layers::Descriptor)>> {
+    let last = query.rsplit('/').next().unwrap_or(query);
+    let name_only = !last.contains(':') && !last.contains('@');
+    if let (true, Ok(asked)) = (name_only, Reference::parse(query)) {
+        let tags: Vec<_> = store
+            .list()?
+            .into_iter()
+            .filter_map(|t| Some((t.reference?, t.descriptor)))
+            .filter(|(r, _)| r.digest.is_none() && r.name() == asked.name())
+            .map(|(r, d)| (Some(r), d))
+            .collect();
+        if !tags.is_empty() {
+            return Ok(tags);
+        }
+    }
+    if let Ok(reference) = Reference::parse(query) {
+        if let Some(descriptor) = store.resolve(&reference)? {
+            return Ok(vec![(Some(reference), descriptor)]);
+        }
+    }
+    // An id (or a manifest digest): the image, unnamed.
+    let found = store.find(query, platform)?;
+    Ok(found
+        .into_iter()
+        .next()
+        .map(|t| (None, t.descriptor))
+        .into_iter()
+        .collect())
+}
+
 /// `kiln load`: the archive's images into the store, and their names.
 fn load(store: &Store, input: &Path, progress: &ProgressArgs) -> anyhow::Result<ExitCode> {
     let reporter = progress.reporter();
     let loaded = archive::load(store, input, &reporter)?;
     for l in loaded {
         if l.references.is_empty() {
-            println!("Loaded image ID: {}", l.manifest.digest);
+            // Docker's image id: the config digest (an index's own digest
+            // for a multi-platform image, as `kiln images` shows it).
+            let id = match store.read_manifest(&l.manifest)? {
+                ManifestKind::Image(manifest) => manifest.config.digest,
+                ManifestKind::Index(_) => l.manifest.digest.clone(),
+            };
+            println!("Loaded image ID: {id}");
         }
         for r in l.references {
             println!("Loaded image: {}", r.familiar());
