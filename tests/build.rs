@@ -244,7 +244,7 @@ fn failed(out: &Output) -> String {
 fn config_of(root: &Path, reference: &str) -> serde_json::Value {
     let out = kiln_ok(root, &["inspect", reference]);
     let value: serde_json::Value = serde_json::from_str(&out).unwrap();
-    value[0]["Config"].clone()
+    value[0]["ImageConfig"].clone()
 }
 
 fn tar_names(path: &Path) -> Vec<String> {

@@ -338,7 +338,10 @@ fn ok(out: &Output) -> String {
 fn inspect(root: &Path, reference: &str) -> (Value, Value) {
     let out = kiln_ok(root, &["inspect", reference]);
     let value: Value = serde_json::from_str(&out).unwrap();
-    (value[0]["Config"].clone(), value[0]["Manifest"].clone())
+    (
+        value[0]["ImageConfig"].clone(),
+        value[0]["Manifest"].clone(),
+    )
 }
 
 fn read(path: PathBuf) -> String {

@@ -358,7 +358,7 @@ fn labels_and_annotations_go_where_buildkit_puts_them() {
     ok(&out);
     let config = kiln_ok(&fixture.root(), &["inspect", &image]);
     let config: serde_json::Value = serde_json::from_str(&config).unwrap();
-    let labels = &config[0]["Config"]["config"]["Labels"];
+    let labels = &config[0]["Config"]["Labels"];
     assert_eq!(labels["a"], "from-flag", "{labels}");
     assert_eq!(labels["b"], "new");
     assert_eq!(labels["c"], "kept");

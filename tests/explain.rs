@@ -311,7 +311,7 @@ fn explain_matches_built_config() {
                 failures.push(format!("{}: kiln inspect: {inspect}", file.display()));
                 continue;
             };
-            let config = &image[0]["Config"]["config"];
+            let config = &image[0]["Config"];
             for (ours, theirs) in [("entrypoint", "Entrypoint"), ("cmd", "Cmd")] {
                 let want = command_value(&config[theirs]);
                 let got = command_value(&explained[ours]);
@@ -1062,7 +1062,7 @@ fn explain_matches_build_for_other_testdata() {
             Some(image) => failures.extend(compare_image_explain(&name, &explained, &image)),
             None => failures.push(format!("{name}: kiln explain --image {tag} failed")),
         }
-        let config = &image[0]["Config"]["config"];
+        let config = &image[0]["Config"];
         for (ours, theirs) in [("entrypoint", "Entrypoint"), ("cmd", "Cmd")] {
             let want = command_value(&config[theirs]);
             let got = command_value(&explained[ours]);

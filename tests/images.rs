@@ -99,7 +99,7 @@ fn import_save_load_round_trip_with_skopeo_and_umoci() {
     // inspect: manifest and config as kiln wrote them.
     let image = inspect(&root, "busybox:e2e");
     assert_eq!(image["Id"], id.as_str());
-    let config = &image["Config"];
+    let config = &image["ImageConfig"];
     assert_eq!(
         config["config"]["Cmd"],
         serde_json::json!(["sh", "-c", "echo hello"])
@@ -114,6 +114,14 @@ fn import_save_load_round_trip_with_skopeo_and_umoci() {
         serde_json::json!({"8080/tcp": {}})
     );
     assert_eq!(config["config"]["Labels"]["org.example.kind"], "test");
+    // Docker's shape: `Config` is the runtime config, `RootFS` the diff ids.
+    assert_eq!(image["Config"], config["config"]);
+    assert_eq!(
+        image["Config"]["Cmd"],
+        serde_json::json!(["sh", "-c", "echo hello"])
+    );
+    assert_eq!(image["RootFS"]["Type"], "layers");
+    assert_eq!(image["RootFS"]["Layers"], config["rootfs"]["diff_ids"]);
     assert_eq!(config["os"], "linux");
     assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 1);
     assert_eq!(
@@ -681,7 +689,7 @@ fn import_and_load_take_every_compression_docker_takes() {
         kiln_ok(&root, &["import", packed.to_str().unwrap(), &name]);
         let image = inspect(&root, &name);
         assert_eq!(
-            image["Config"]["rootfs"]["diff_ids"][0],
+            image["ImageConfig"]["rootfs"]["diff_ids"][0],
             diff_id.as_str(),
             "{tool}"
         );
@@ -697,7 +705,10 @@ fn import_and_load_take_every_compression_docker_takes() {
         let out = kiln_ok(&other, &["load", "-i", archive.to_str().unwrap()]);
         assert_eq!(out, "Loaded image: packed:gz\n", "{tool}");
         let loaded = inspect(&other, "packed:gz");
-        assert_eq!(loaded["Config"]["rootfs"]["diff_ids"][0], diff_id.as_str());
+        assert_eq!(
+            loaded["ImageConfig"]["rootfs"]["diff_ids"][0],
+            diff_id.as_str()
+        );
     }
 }
 
@@ -797,7 +808,7 @@ fn load_accepts_the_classic_docker_archive_layout() {
         "the config bytes are kept as they came"
     );
     assert_eq!(
-        image["Config"]["container_config"]["Hostname"],
+        image["ImageConfig"]["container_config"]["Hostname"],
         "kept-as-is"
     );
     let layer_desc = &image["Manifest"]["layers"][0];
@@ -888,7 +899,7 @@ fn load_follows_the_layer_symlinks_of_docker_save() {
         );
     }
     let image = inspect(&root, "shared/linked:v1");
-    assert_eq!(image["Config"]["config"]["Cmd"][0], "linked");
+    assert_eq!(image["Config"]["Cmd"][0], "linked");
 }
 
 /// `umoci unpack --image`, with `--rootless` when the test runs as a user

@@ -219,7 +219,7 @@ fn pull_keeps_the_index_and_push_sends_it_whole() {
         &["inspect", "--platform", "linux/amd64", &copy],
     ))
     .unwrap();
-    assert_eq!(amd64[0]["Config"]["architecture"], "amd64");
+    assert_eq!(amd64[0]["ImageConfig"]["architecture"], "amd64");
     assert_eq!(
         amd64[0]["Digest"],
         base.platform("linux/amd64").digest.as_str()

@@ -1108,7 +1108,7 @@ fn standard_output_holds_one_output_and_flags_that_would_do_nothing_are_refused(
     assert!(out.status.success(), "{}", text(&out));
     let inspected = kiln_ok(&fixture.root(), &["inspect", "labelled:1"]);
     let inspected: serde_json::Value = serde_json::from_str(&inspected).unwrap();
-    let labels = &inspected[0]["Config"]["config"]["Labels"];
+    let labels = &inspected[0]["Config"]["Labels"];
     assert_eq!(labels["only-key"], "", "{labels}");
 }
 
@@ -1523,7 +1523,7 @@ fn healthcheck_flags_set_the_config() {
     assert!(out.status.success(), "{}", text(&out));
     let inspect = kiln_ok(&fixture.root(), &["inspect", "health:1"]);
     let value: serde_json::Value = serde_json::from_str(&inspect).unwrap();
-    let health = &value[0]["Config"]["config"]["Healthcheck"];
+    let health = &value[0]["Config"]["Healthcheck"];
     assert_eq!(
         health["Test"],
         serde_json::json!(["CMD-SHELL", "true"]),

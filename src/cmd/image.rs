@@ -572,8 +572,18 @@ fn inspect(
         "Variant": image.config.variant,
         "Size": image.content_size(),
         "Manifest": manifest,
-        "Config": config,
+        // Docker's `Config` is the image config's `config` (Cmd, Env, …);
+        // the whole config document is kiln's `ImageConfig`.
+        "Config": config.get("config").cloned().unwrap_or_else(|| serde_json::json!({})),
+        "RootFS": {
+            "Type": "layers",
+            "Layers": image.config.rootfs.diff_ids,
+        },
+        "ImageConfig": config,
     });
+    if let Some(author) = &image.config.author {
+        out["Author"] = serde_json::json!(author);
+    }
     let top = &first.descriptor;
     if kiln_layers::media::is_index(&top.media_type) {
         let row = Row::of(store, first.clone());
