@@ -86,6 +86,25 @@ impl Command {
     }
 }
 
+/// Exit status of a command line kiln cannot read: 125, as the docker
+/// CLI gives for a flag it does not know, so that `kiln run`'s own errors
+/// stay apart from a container's exit status (clap's default, 2, is one a
+/// container may exit with). `--help`, `--version` and a command without
+/// its subcommand (which shows the help) exit 0.
+const USAGE_ERROR: u8 = 125;
+
+/// Prints clap's message (help and version on stdout, errors on stderr)
+/// and gives the exit status for it.
+fn usage_error(err: clap::Error) -> ExitCode {
+    let _ = err.print();
+    // A command without its subcommand shows its help, as docker's do.
+    let help = clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
+    match err.use_stderr() && err.kind() != help {
+        true => ExitCode::from(USAGE_ERROR),
+        false => ExitCode::SUCCESS,
+    }
+}
+
 fn main() -> ExitCode {
     // No descriptor kiln's caller left open reaches anything kiln starts
     // (git, ssh, newuidmap, the runtime helper and through it a container):
@@ -93,10 +112,13 @@ fn main() -> ExitCode {
     // every other child. Best effort: nothing here depends on it succeeding.
     let _ = kiln_runtime::sys::cloexec_from(3);
     quiet_when_stdout_closes();
-    let matches = Cli::command().get_matches();
+    let matches = match Cli::command().try_get_matches() {
+        Ok(matches) => matches,
+        Err(err) => return usage_error(err),
+    };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
-        Err(err) => err.format(&mut Cli::command()).exit(),
+        Err(err) => return usage_error(err.format(&mut Cli::command())),
     };
     if let Err(why) = init_logging(cli.verbose)
         .and_then(|()| settings::refuse_unread_flags(&matches, cli.command.reads()))

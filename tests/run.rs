@@ -107,6 +107,13 @@ fn pid_1_hostname_and_exit_code() {
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert_eq!(stdout(&out), "1\nbox\n");
     f.assert_no_containers();
+    // A container's exit status 2 is its own; a flag kiln does not know
+    // is 125, as docker's (not clap's 2, which a container may give).
+    let out = f.run(&["busybox:test", "sh", "-c", "exit 2"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = f.run(&["--bogus", "busybox:test", "true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--bogus"), "{}", stderr(&out));
 }
 
 #[test]
