@@ -152,8 +152,9 @@ fn closed_pipe() -> std::os::fd::OwnedFd {
 
 /// `kiln … | head -c0`: stdout is a pipe nobody reads. kiln says nothing
 /// and ends by SIGPIPE, as `ls`, `cat` or git do (a shell says 141): for a
-/// write that fails with EPIPE (`kiln images`) and for `println!`
-/// (`kiln build --dry-run`).
+/// write that fails with EPIPE (`kiln images`), one through serde_json
+/// (`--format json`, `inspect`), the checks' report and `println!` (`kiln
+/// build --dry-run`).
 #[test]
 fn a_closed_stdout_ends_kiln_quietly_by_sigpipe() {
     kiln_testsupport::require_root!("imports an image");
@@ -161,9 +162,20 @@ fn a_closed_stdout_ends_kiln_quietly_by_sigpipe() {
     let root = scratch.path("store");
     scratch.store(&root);
     let ctx = scratch.context("ctx", b"FROM busybox\nRUN true\n");
+    let dockerfile = ctx.join("Dockerfile");
     for args in [
         vec!["images"],
         vec!["build", "--dry-run", ctx.to_str().unwrap()],
+        // JSON written through serde_json, whose error hides the EPIPE.
+        vec!["images", "--format", "json"],
+        vec!["inspect", "busybox"],
+        // The checks' report (it was taken for written).
+        vec![
+            "check",
+            "-f",
+            dockerfile.to_str().unwrap(),
+            ctx.to_str().unwrap(),
+        ],
     ] {
         let writer = closed_pipe();
         let out = kiln_command()
