@@ -219,4 +219,20 @@ fn history_like_docker_history() {
         full.contains("this-run-line-is-long-enough-to-be-cut-by-history"),
         "{full}"
     );
+    // The image id: 12 digits, or whole (as docker history prints it).
+    let id = rows[0]["id"].as_str().unwrap();
+    let first_cell = |t: &str| {
+        t.lines()
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        first_cell(&table),
+        id["sha256:".len().."sha256:".len() + 12]
+    );
+    assert_eq!(first_cell(&full), id);
 }

@@ -176,7 +176,9 @@ fn history(args: &HistoryArgs, settings: &GlobalSettings) -> anyhow::Result<Exit
             let id = text("id");
             let created_by = text("created_by").replace('\n', " ");
             [
-                if id == "<missing>" {
+                // docker history: 12 hex digits, the whole id under
+                // --no-trunc.
+                if id == "<missing>" || args.no_trunc {
                     id
                 } else {
                     id.trim_start_matches("sha256:").chars().take(12).collect()
