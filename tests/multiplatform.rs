@@ -1526,6 +1526,58 @@ fn manifest_create_amend_replaces_a_source_given_again() {
     assert!(image.contains("not an index"), "{image}");
 }
 
+/// An image pulled by tag is found by its digests too, as docker finds it
+/// by its repo digests: `NAME@<index digest>` and `NAME@<this machine's
+/// manifest digest>` (inspect, run, a build's FROM), not a platform the
+/// store does not hold nor another repository's name; `rmi` of such a
+/// name says it is no tag instead of removing the image.
+#[test]
+fn a_pull_by_tag_is_found_by_its_digests() {
+    let fixture = Fixture::new();
+    let base = pushed_base(&fixture);
+    let root = fixture.root();
+    ok(&fixture.kiln(&root, &["pull", &base.reference]));
+    let name = fixture.reference("base/busybox");
+    let host = kiln_layers::Platform::host().to_string();
+    let held = base.platform(&host).digest.clone();
+    let other = base
+        .manifests
+        .iter()
+        .find(|m| m.platform != host)
+        .unwrap()
+        .digest
+        .clone();
+    for digest in [&base.digest, &held] {
+        let by_digest = format!("{name}@{digest}");
+        let inspected: Value =
+            serde_json::from_str(&kiln_ok(&root, &["inspect", &by_digest])).unwrap();
+        assert_eq!(inspected[0]["Digest"], held.as_str(), "{by_digest}");
+        let out = kiln_ok(&root, &["run", &by_digest, "echo", "ran"]);
+        assert_eq!(out, "ran\n");
+        // The build finds it in the store: no manifest is fetched.
+        let ctx = context(&[(
+            "Dockerfile",
+            &format!("FROM {by_digest}\nLABEL found=yes\n"),
+        )]);
+        let log_before = fixture.registry.log().len();
+        ok(&fixture.kiln(&root, &["build", ctx.path().to_str().unwrap()]));
+        let log = fixture.registry.log();
+        assert!(
+            !log[log_before..].contains("/manifests/"),
+            "{}",
+            &log[log_before..]
+        );
+    }
+    let missing = failed(&fixture.kiln(&root, &["inspect", &format!("{name}@{other}")]));
+    assert!(missing.contains("not found"), "{missing}");
+    let elsewhere = fixture.reference("elsewhere/busybox");
+    let missing = failed(&fixture.kiln(&root, &["inspect", &format!("{elsewhere}@{held}")]));
+    assert!(missing.contains("not found"), "{missing}");
+    let refused = failed(&fixture.kiln(&root, &["rmi", &format!("{name}@{held}")]));
+    assert!(refused.contains("is not a tag"), "{refused}");
+    assert!(kiln(&root, &["inspect", &base.reference]).status.success());
+}
+
 /// The entry of `index` (a raw index) for `digest`.
 fn entry_for<'a>(index: &'a Value, digest: &str) -> &'a Value {
     index["manifests"]

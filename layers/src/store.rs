@@ -1075,6 +1075,41 @@ impl Store {
             .find(|d| d.annotations.get(ANNOTATION_REF_NAME) == Some(&name)))
     }
 
+    /// What `reference` names, as [`Store::resolve`]; and for `NAME@DIGEST`
+    /// that no entry names, what the store holds of that digest under a tag
+    /// of the same repository: the tagged manifest or index itself, or a
+    /// manifest a tagged index lists. Docker keeps the digests an image
+    /// was pulled by as its repo digests, so `app@sha256:…` finds what
+    /// `pull app:1` fetched; kiln finds it by the same digest.
+    pub fn resolve_with_digests(&self, reference: &Reference) -> Result<Option<Descriptor>> {
+        if let Some(desc) = self.resolve(reference)? {
+            return Ok(Some(desc));
+        }
+        let Some(digest) = &reference.digest else {
+            return Ok(None);
+        };
+        let name = reference.name();
+        for tagged in self.list()? {
+            if tagged.reference.as_ref().map(Reference::name) != Some(name.clone()) {
+                continue;
+            }
+            if &tagged.descriptor.digest == digest {
+                return Ok(Some(tagged.descriptor));
+            }
+            if !crate::oci::media::is_index(&tagged.descriptor.media_type) {
+                continue;
+            }
+            let listed = self.platform_entries(&tagged.descriptor)?;
+            if let Some(entry) = listed
+                .into_iter()
+                .find(|e| &e.descriptor.digest == digest && self.has_blob(digest))
+            {
+                return Ok(Some(entry.descriptor));
+            }
+        }
+        Ok(None)
+    }
+
     /// Every tag, sorted by name.
     pub fn list(&self) -> Result<Vec<TaggedImage>> {
         let index = self.read_index()?;
@@ -1101,7 +1136,7 @@ impl Store {
     /// prefix of at least 4 hex digits. Returns the matching tags' entries.
     pub fn find(&self, query: &str, platform: &Platform) -> Result<Vec<TaggedImage>> {
         if let Ok(reference) = Reference::parse(query) {
-            if let Some(desc) = self.resolve(&reference)? {
+            if let Some(desc) = self.resolve_with_digests(&reference)? {
                 return Ok(vec![TaggedImage {
                     name: reference.to_string(),
                     reference: Some(reference),

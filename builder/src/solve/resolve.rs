@@ -131,7 +131,11 @@ impl<'a> StoreResolver<'a> {
         platform: &Platform,
         mismatch: &mut Option<String>,
     ) -> Result<Option<Image>, LookupError> {
-        let Some(desc) = store.resolve(reference).map_err(LookupError::failed)? else {
+        // By tag, or by a digest the store holds under the repository.
+        let Some(desc) = store
+            .resolve_with_digests(reference)
+            .map_err(LookupError::failed)?
+        else {
             return Ok(None);
         };
         let read = match self.any_stored_platform {
