@@ -1167,6 +1167,14 @@ fn manifest_create_gives_the_index_a_one_shot_build_gives() {
     let one_shot = build("one-shot", "linux/amd64,linux/arm64", "app/one:shot");
     let amd64 = build("job-amd64", "linux/amd64", "app/ci:amd64");
     let arm64 = build("job-arm64", "linux/arm64", "app/ci:arm64");
+    // `manifest inspect` in the store that built and pushed it shows what
+    // the registry has (its layers compressed on the way), as docker's.
+    let inspected: Value = serde_json::from_str(&kiln_ok(
+        &fixture.path("job-amd64"),
+        &["manifest", "inspect", "--raw", &amd64],
+    ))
+    .unwrap();
+    assert_eq!(inspected, fixture.raw(&amd64));
 
     // An image of one platform is pulled whatever --platform asks, with
     // Docker's warning when it is another's.
@@ -1206,6 +1214,43 @@ fn manifest_create_gives_the_index_a_one_shot_build_gives() {
         &skopeo_raw_manifest(&format!("docker://{one_shot}"), None, None).unwrap(),
     );
     assert_eq!(digest, one_shot_digest, "the same index, byte for byte");
+    // An index the store built, once annotated, is a list of the manifest
+    // commands' own: inspect shows it, not the registry's.
+    let one_shot_store = fixture.path("one-shot");
+    let entry = expected["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stored: Value =
+        serde_json::from_str(&kiln_ok(&one_shot_store, &["inspect", &one_shot])).unwrap();
+    let stored_entry = stored[0]["Index"]["Manifest"]["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(&fixture.kiln(
+        &one_shot_store,
+        &[
+            "manifest",
+            "annotate",
+            &one_shot,
+            &stored_entry,
+            "--annotation",
+            "org.example.k=v",
+        ],
+    ));
+    let annotated: Value = serde_json::from_str(&kiln_ok(
+        &one_shot_store,
+        &["manifest", "inspect", "--raw", &one_shot],
+    ))
+    .unwrap();
+    assert_eq!(
+        annotated["manifests"][0]["annotations"]["org.example.k"],
+        "v"
+    );
+    assert_ne!(
+        entry, stored_entry,
+        "the store's manifest is not the pushed one"
+    );
 
     // Another repository of the registry: the layers are mounted.
     let log_before = fixture.registry.log().len();

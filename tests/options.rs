@@ -1600,9 +1600,15 @@ fn multi_platform_build_arg_makes_an_index_of_one_platform() {
         &[("Dockerfile", "FROM busybox:latest\nRUN echo one > /one\n")],
     );
     let ctx = ctx.to_str().unwrap();
+    // The store's document under the tag: the index, else the manifest.
     let raw = |tag: &str| -> serde_json::Value {
-        let out = kiln_ok(&fixture.root(), &["manifest", "inspect", "--raw", tag]);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+        let out = kiln_ok(&fixture.root(), &["inspect", tag]);
+        let inspected: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        match inspected[0].get("Index") {
+            Some(index) => index["Manifest"].clone(),
+            None => inspected[0]["Manifest"].clone(),
+        }
     };
     let multi = ["--build-arg", "BUILDKIT_MULTI_PLATFORM=1"];
     let annotation = ["--annotation", "index:org.example.kind=one"];

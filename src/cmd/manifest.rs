@@ -2,8 +2,9 @@
 //! from per-architecture builds (as `docker manifest` and `docker buildx
 //! imagetools` do).
 //!
-//! - `inspect REF [--raw]`: the manifest or index the store has under the
-//!   name, else the registry's; raw bytes, or a summary with every entry.
+//! - `inspect REF [--raw]`: the index `create` or `annotate` made under
+//!   the name, else the registry's document (as `docker manifest
+//!   inspect`); raw bytes, or a summary with every entry.
 //! - `create [--amend] TARGET SOURCE…`: an index over images as their
 //!   registries have them (each source an image, or an index whose
 //!   entries are taken), stored under TARGET; no layer is downloaded.
@@ -41,7 +42,7 @@ pub enum ManifestCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ManifestAction {
-    /// Show a manifest or index: the store's under that name, else the registry's.
+    /// Show a manifest or index: a list create or annotate made, else the registry's.
     Inspect(InspectArgs),
     /// Make an index over images in registries, stored under TARGET.
     Create(CreateArgs),
@@ -145,16 +146,23 @@ struct Document {
 /// store is created to look), else the registry's.
 fn inspect(args: InspectArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let reference = Reference::parse(&args.reference)?;
+    // As `docker manifest inspect`: a list `manifest create` or `annotate`
+    // made under that name, else the registry's document. Not a built or
+    // pulled image of the store: a pushed image's layers are compressed
+    // on the way, so the registry's manifest is not the store's.
     let stored = match Store::exists_at(&settings.root) {
         true => {
             let store = Store::open(&settings.root)?;
+            let name = reference.to_string();
             match store.resolve(&reference)? {
-                Some(desc) => Some(Document {
-                    bytes: store.read_blob(&desc.digest)?,
-                    media_type: desc.media_type,
-                    digest: desc.digest,
-                }),
-                None => None,
+                Some(desc) if IndexSources::read(&store, &name, &desc.digest)?.is_some() => {
+                    Some(Document {
+                        bytes: store.read_blob(&desc.digest)?,
+                        media_type: desc.media_type,
+                        digest: desc.digest,
+                    })
+                }
+                _ => None,
             }
         }
         false => None,
@@ -309,12 +317,16 @@ fn annotate(args: AnnotateArgs, settings: &GlobalSettings) -> anyhow::Result<Exi
     };
     let changed = annotate_entry(&store, &index, &digest, &change)
         .with_context(|| format!("annotating {} in {target}", args.manifest))?;
-    // The entries' sources stay theirs (for a later --amend).
+    // The entries' sources stay theirs (for a later --amend); an index
+    // built or pulled becomes a list of the manifest commands' own, which
+    // `inspect` shows rather than the registry's (no source known).
     let name = target.to_string();
-    if let Some(mut sources) = IndexSources::read(&store, &name, &index.digest)? {
-        sources.index = changed.digest.clone();
-        sources.write(&store, &name)?;
-    }
+    let mut sources = IndexSources::read(&store, &name, &index.digest)?.unwrap_or(IndexSources {
+        index: index.digest.clone(),
+        entries: Vec::new(),
+    });
+    sources.index = changed.digest.clone();
+    sources.write(&store, &name)?;
     store.tag(&target, &changed)?;
     println!("{}", changed.digest);
     Ok(ExitCode::SUCCESS)
