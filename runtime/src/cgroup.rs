@@ -824,6 +824,8 @@ pub fn setup(
             // Rootless without a delegated subtree gets here on every run.
             if rootless {
                 tracing::debug!("running without cgroups: {why}");
+            } else if unrestricted {
+                tracing::warn!("running without cgroup limits: {why}");
             } else {
                 tracing::warn!("running without cgroup limits (devices: nodev mounts): {why}");
             }

@@ -743,9 +743,11 @@ fn mount_proc_and_sys(
         // (read-only, what is mounted under it too).
         bind(sys, Path::new("/sys"), &sys_dir, READ_ONLY_TREE)?;
     } else {
-        // Read-only, but for BuildKit's `security.insecure`
-        // (`oci.WithWriteableSysfs`).
-        let read_only = if cfg.privileged { 0 } else { libc::MS_RDONLY };
+        // Read-only, but for BuildKit's `security.insecure` with the
+        // host's root (`oci.WithWriteableSysfs`; rootless BuildKit mounts
+        // no sysfs of its own).
+        let writable = cfg.privileged && !cfg.rootless;
+        let read_only = if writable { 0 } else { libc::MS_RDONLY };
         fresh_or_bound(
             sys,
             cfg,

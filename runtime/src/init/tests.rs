@@ -557,6 +557,15 @@ fn tmpfs_shm_rlimits_and_privileged() {
         assert!(plain.contains(present), "{present}:\n{plain}");
     }
     assert!(!plain.contains("dev/kmsg"), "{plain}");
+    // Privileged but rootless: no host devices, /sys stays read-only.
+    let mut rootless = cfg.clone();
+    rootless.rootless = true;
+    let (_, text) = transcript(&mut fake(), &rootless);
+    assert!(!text.contains("dev/kmsg"), "{text}");
+    assert!(
+        text.contains("mount sysfs /state/rootfs/sys sysfs RDONLY|NOSUID|NODEV|NOEXEC"),
+        "{text}"
+    );
 }
 
 /// The init joins the run's cgroups before anything else it does.
