@@ -92,6 +92,52 @@ fn a_digest_reference_is_shown_with_its_digest_once() {
     assert!(!stderr.contains(&format!("{digest}@")), "{stderr}");
 }
 
+/// Each output shows the vertex BuildKit's exporter of its kind shows;
+/// the store's `exporting to image` comes only when the store is an
+/// output (it was shown for `-o type=local` too).
+#[test]
+fn each_output_shows_its_exporters_vertex() {
+    let fixture = Fixture::new("busybox:latest");
+    let ctx = fixture.context("outputs", "FROM busybox:latest\nLABEL a=b\n");
+    let at = |name: &str| fixture.dir.path().join(name).display().to_string();
+    let outputs = [
+        format!("type=local,dest={}", at("local")),
+        format!("type=tar,dest={}", at("fs.tar")),
+        format!("type=oci,dest={}", at("image.oci")),
+        format!("type=docker,dest={}", at("image.docker")),
+    ];
+    let mut args = vec!["build"];
+    for output in &outputs {
+        args.extend(["-o", output.as_str()]);
+    }
+    args.push(ctx.to_str().unwrap());
+    let out = kiln(&fixture.root(), &args);
+    let stderr = stderr_of(&out);
+    assert!(out.status.success(), "{stderr}");
+    for vertex in [
+        "exporting to client directory",
+        "exporting to client tarball",
+        "exporting to oci image format",
+        "exporting to docker image format",
+    ] {
+        assert!(stderr.contains(vertex), "{vertex}: {stderr}");
+    }
+    assert!(!stderr.contains("exporting to image"), "{stderr}");
+
+    let out = kiln(
+        &fixture.root(),
+        &["build", "-t", "named:1", ctx.to_str().unwrap()],
+    );
+    let stderr = stderr_of(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("exporting to image"), "{stderr}");
+    assert!(
+        stderr.contains("naming to docker.io/library/named:1 done"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("exporting to client"), "{stderr}");
+}
+
 /// The rows of a terminal `width` columns wide that the live view drew,
 /// from `script`'s log, as of its last redraw (from the last header on).
 /// The view pads every line to the full width and lets the terminal wrap

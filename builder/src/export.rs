@@ -204,6 +204,19 @@ pub enum ExportError {
 }
 
 impl Output {
+    /// The progress vertex BuildKit's exporter of this kind shows, and its
+    /// line, for the outputs that are not the store (whose vertex is
+    /// `exporting to image`, with the image's lines).
+    pub fn progress_vertex(&self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Output::Oci(_) => Some(("exporting to oci image format", "sending tarball done")),
+            Output::Docker(_) => Some(("exporting to docker image format", "sending tarball done")),
+            Output::Local(_) => Some(("exporting to client directory", "copying files done")),
+            Output::Tar(_) => Some(("exporting to client tarball", "sending tarball done")),
+            Output::Image { .. } => None,
+        }
+    }
+
     /// Parses `type=KIND,key=value,…` (`type` defaults to `local`), or the
     /// shorthands `PATH` (`type=local,dest=PATH`) and `-` (a tar of the
     /// root filesystem to standard output).

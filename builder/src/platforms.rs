@@ -208,11 +208,13 @@ impl<'a> Session<'a> {
             .collect();
         lines.push(format!("writing manifest list {} done", index.digest));
         lines.extend(tags.iter().map(|t| format!("naming to {t} done")));
-        self.events.internal(
-            "exporting to image",
-            &lines,
-            started.elapsed().as_secs_f64(),
-        );
+        if self.settings.records_untagged() {
+            self.events.internal(
+                "exporting to image",
+                &lines,
+                started.elapsed().as_secs_f64(),
+            );
+        }
         Ok(index)
     }
 
@@ -276,11 +278,16 @@ impl<'a> Session<'a> {
             // an index (BuildKit's frontend returns a platform map then).
             let single =
                 images.len() == 1 && !matches!(output, Output::Oci(_)) && !self.index_asked();
+            let started = std::time::Instant::now();
             let written = if single {
                 output.write(self.store, &images[0], &write)?
             } else {
                 output.write_index(self.store, index, images, &write)?
             };
+            if let Some((vertex, line)) = output.progress_vertex() {
+                let took = started.elapsed().as_secs_f64();
+                self.events.internal(vertex, &[line.to_string()], took);
+            }
             // The last output's descriptor, as in a one-platform build.
             if let Some(written) = written {
                 result.reported = written;

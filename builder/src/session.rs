@@ -1062,16 +1062,20 @@ impl<'a> Session<'a> {
         for t in tags {
             self.store.tag(t, &built.manifest)?;
         }
-        let mut lines = vec![
-            format!("writing image {image_id} done"),
-            format!("writing manifest {} done", built.manifest.digest),
-        ];
-        lines.extend(tags.iter().map(|t| format!("naming to {t} done")));
-        self.events.internal(
-            "exporting to image",
-            &lines,
-            started.elapsed().as_secs_f64(),
-        );
+        // Shown when the store is an output, as BuildKit shows its image
+        // exporter only when asked for it (the layers stay build cache).
+        if self.settings.records_untagged() {
+            let mut lines = vec![
+                format!("writing image {image_id} done"),
+                format!("writing manifest {} done", built.manifest.digest),
+            ];
+            lines.extend(tags.iter().map(|t| format!("naming to {t} done")));
+            self.events.internal(
+                "exporting to image",
+                &lines,
+                started.elapsed().as_secs_f64(),
+            );
+        }
         Ok(image_id)
     }
 
@@ -1082,7 +1086,12 @@ impl<'a> Session<'a> {
         // merges its exporters' answers (an image output's is the store's,
         // undated; buildx puts the image output `--push` adds last).
         for output in &settings.outputs {
+            let started = Instant::now();
             let written = output.write(self.store, &result.built, &write)?;
+            if let Some((vertex, line)) = output.progress_vertex() {
+                let took = started.elapsed().as_secs_f64();
+                self.events.internal(vertex, &[line.to_string()], took);
+            }
             if let Some(manifest) = written {
                 result.reported = manifest;
             } else if matches!(output, Output::Image { .. }) {
