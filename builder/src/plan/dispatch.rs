@@ -17,7 +17,7 @@ use super::lookup::{
 use super::observe::{DispatchObserver, Expanded, InstructionEvent, NoObserver, Scope, StageStart};
 use super::stages::{line_of, parse_trigger, stage_by_name};
 use super::{
-    normalize_workdir, BaseSource, BuildOptions, CopyFrom, CopyStep, InlineFile, MountImage,
+    normalize_workdir, workdir_value, BaseSource, BuildOptions, CopyFrom, CopyStep, InlineFile, MountImage,
     MountSource, NamedSource, Origin, PlanError, PlanErrorKind, PlanWarning, RunMount, RunStep,
     StagePlan, Step, StepKind, WalkOptions, WorkdirStep, NON_ENV_ARGS, PROXY_ARGS,
 };
@@ -81,7 +81,18 @@ impl State {
             .get_or_insert_with(ContainerConfig::default)
     }
 
+    /// The working directory steps run in and resolve against: the
+    /// config's, cleaned (the config keeps an absolute WORKDIR as written,
+    /// `/p/../q`, which a chdir could not take where `/p` is missing).
     fn workdir(&self) -> String {
+        match self.workdir_as_written() {
+            wd if wd.is_empty() => wd,
+            wd => normalize_workdir("/", &wd),
+        }
+    }
+
+    /// The config's working directory as it stands.
+    fn workdir_as_written(&self) -> String {
         self.image
             .config
             .as_ref()
@@ -650,7 +661,10 @@ impl<'a> Planner<'a> {
             Instruction::Workdir(w) => {
                 let path = self.expand(&w.path, state, site)?;
                 self.show(site, instruction, Expanded::Workdir(&path), state);
-                let wd = normalize_workdir(&state.workdir(), &path);
+                // The config and history keep an absolute path as written
+                // (BuildKit's NormalizeWorkdir); the directory made is the
+                // same either way.
+                let wd = workdir_value(&state.workdir_as_written(), &path);
                 state.workdir_set = true;
                 state.config().working_dir = Some(wd.clone());
                 state.provenance.insert("WorkingDir".into(), origin);
@@ -659,7 +673,7 @@ impl<'a> Planner<'a> {
                 if with_layer {
                     let user = state.user();
                     let step = WorkdirStep {
-                        path: wd,
+                        path: normalize_workdir("/", &wd),
                         user: (!user.is_empty()).then_some(user),
                     };
                     Self::push_step(sp, site, StepKind::Workdir(step), index);

@@ -623,6 +623,22 @@ pub fn plan_with(
     })
 }
 
+/// `WORKDIR`'s value as BuildKit's `NormalizeWorkdir` makes it: an
+/// absolute path as written (`/app/` stays `/app/`), a relative one joined
+/// to the current one and cleaned, an empty one the current one.
+pub fn workdir_value(current: &str, path: &str) -> String {
+    let current = match current {
+        "" => "/".to_string(),
+        c if c.starts_with('/') => c.to_string(),
+        c => crate::dockerignore::go_clean(&format!("/{c}")),
+    };
+    match path {
+        "" => current,
+        p if p.starts_with('/') => p.to_string(),
+        p => crate::dockerignore::go_clean(&format!("{current}/{p}")),
+    }
+}
+
 /// `NormalizeWorkdir`: relative paths join the current one; the result is
 /// clean and absolute.
 pub fn normalize_workdir(current: &str, path: &str) -> String {
