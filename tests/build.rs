@@ -46,6 +46,53 @@ impl Fixture {
     }
 }
 
+/// A file name that is not UTF-8 (kiln's paths are strings): an unused one
+/// in the context no longer stops every build; a COPY that takes one is
+/// refused, naming it, rather than renaming it (`.dockerignore` leaves it
+/// out); a RUN's such file is refused by an output that would rename it.
+#[test]
+fn names_that_are_not_utf8_are_refused_where_copied_and_ignored_elsewhere() {
+    use std::os::unix::ffi::OsStrExt;
+    kiln_testsupport::require_namespaces!("runs a build");
+    let fixture = Fixture::new();
+    let ctx = fixture.dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("a"), "a\n").unwrap();
+    let junk = ctx.join(std::ffi::OsStr::from_bytes(b"junk\xe9"));
+    std::fs::write(&junk, "j\n").unwrap();
+    let build = |dockerfile: &str, out: &str| {
+        std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+        let dest = fixture.dir.path().join(out);
+        let output = format!("type=local,dest={}", dest.display());
+        (
+            fixture.build(&["--no-cache", "-o", &output, ctx.to_str().unwrap()]),
+            dest,
+        )
+    };
+    let (out, dest) = build("FROM busybox\nCOPY a /a\n", "unused");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(dest.join("a")).unwrap(), "a\n");
+
+    let (out, _) = build("FROM busybox\nCOPY . /ctx/\n", "copied");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("junk\u{FFFD}: its name or link target is not UTF-8"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains(".dockerignore"), "{}", text(&out));
+
+    std::fs::write(ctx.join(".dockerignore"), "junk*\n").unwrap();
+    let (out, dest) = build("FROM busybox\nCOPY . /ctx/\n", "ignored");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(dest.join("ctx/a").is_file());
+
+    let run = "FROM busybox\nRUN touch \"/caf$(printf '\\351')\"\n";
+    let (out, _) = build(run, "from-run");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("not UTF-8"), "{}", text(&out));
+}
+
 fn testdata(area: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("testdata/builder")

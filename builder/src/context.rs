@@ -124,6 +124,12 @@ pub struct BuildContext {
     /// owned by someone other than root (the docker CLI sends every file
     /// as root's). Each one's parents are in it too.
     altered: BTreeSet<String>,
+    /// Entries whose name, or symlink target, is not UTF-8 (kept under a
+    /// lossy name, not read, not walked into): a build that does not copy
+    /// them goes on, one that does is refused ([`RootfsError::NotUtf8`]).
+    ///
+    /// [`RootfsError::NotUtf8`]: crate::rootfs::RootfsError::NotUtf8
+    undecodable: BTreeSet<String>,
 }
 
 impl BuildContext {
@@ -145,6 +151,7 @@ impl BuildContext {
             entries: BTreeMap::new(),
             stats: HashStats::default(),
             altered: BTreeSet::new(),
+            undecodable: BTreeSet::new(),
         };
         if meta.uid() != 0 || meta.gid() != 0 {
             ctx.alter("");
@@ -178,18 +185,22 @@ impl BuildContext {
         now: i64,
     ) -> Result<(), ContextError> {
         let host_dir = self.host_path(rel_dir);
-        let mut children: Vec<(String, std::fs::Metadata)> = Vec::new();
+        let mut children: Vec<(String, std::fs::Metadata, bool)> = Vec::new();
         for entry in std::fs::read_dir(&host_dir).map_err(io_err(&host_dir))? {
             let entry = entry.map_err(io_err(&host_dir))?;
             // Stat relative to the open directory (as lstat): no walk of
             // the whole path for each of thousands of files.
             let meta = entry.metadata().map_err(io_err(&entry.path()))?;
-            // Non-UTF-8 names cannot be named in a Dockerfile; keep them
-            // losslessly enough to be copied by directory.
-            children.push((entry.file_name().to_string_lossy().into_owned(), meta));
+            // A name that is not UTF-8 is kept under its lossy form, which
+            // names no host file: its entry is not read (see `undecodable`).
+            let (name, decodable) = match entry.file_name().into_string() {
+                Ok(name) => (name, true),
+                Err(raw) => (raw.to_string_lossy().into_owned(), false),
+            };
+            children.push((name, meta, decodable));
         }
         children.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, meta) in children {
+        for (name, meta, decodable) in children {
             let rel = if rel_dir.is_empty() {
                 name.clone()
             } else {
@@ -217,13 +228,63 @@ impl BuildContext {
                 let entry = self.make_entry(&parent_rel, &parent_meta, cache, now)?;
                 self.entries.insert(parent_rel, entry);
             }
+            if !decodable {
+                self.add_undecodable(&rel, &meta);
+                continue;
+            }
             let entry = self.make_entry(&rel, &meta, cache, now)?;
+            if matches!(&entry.kind, EntryKind::Symlink(t) if t.contains('\u{FFFD}'))
+                && self.link_target_undecodable(&rel)
+            {
+                self.add_undecodable(&rel, &meta);
+                continue;
+            }
             self.entries.insert(rel.clone(), entry);
             if meta.is_dir() {
                 self.walk_dir(&rel, ignore, &info, pending_parents, cache, now)?;
             }
         }
         Ok(())
+    }
+
+    /// An entry kiln cannot read by its name: listed (a COPY that takes it
+    /// is refused, naming it), not hashed, not walked into.
+    fn add_undecodable(&mut self, rel: &str, meta: &std::fs::Metadata) {
+        let mut entry = ContextEntry {
+            path: rel.to_string(),
+            kind: if meta.is_dir() {
+                EntryKind::Dir
+            } else {
+                EntryKind::File
+            },
+            mode: meta.mode() & 0o7777,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            content_digest: None,
+            digest: String::new(),
+        };
+        entry.digest = entry_digest(&entry);
+        self.entries.insert(rel.to_string(), entry);
+        self.undecodable.insert(rel.to_string());
+    }
+
+    /// Whether the symlink `rel`'s target is not UTF-8.
+    fn link_target_undecodable(&self, rel: &str) -> bool {
+        std::fs::read_link(self.host_path(rel)).is_ok_and(|t| t.to_str().is_none())
+    }
+
+    /// Whether `rel` is, or is under, an entry whose name or link target
+    /// is not UTF-8.
+    pub fn is_undecodable(&self, rel: &str) -> bool {
+        let rel = rel.trim_matches('/');
+        self.undecodable.iter().any(|u| {
+            rel == u
+                || rel
+                    .strip_prefix(u.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
     }
 
     /// Marks `dir` and its parents as not on the host as the build sees

@@ -34,9 +34,22 @@ pub enum RootfsError {
     NotADirectory(String),
     #[error("{0}: not found")]
     NotFound(String),
+    /// A name (or a symlink's target) that is not UTF-8: kiln's paths are
+    /// strings, so it would be copied under another name. Refused rather
+    /// than renamed.
+    #[error("{path}: its name or link target is not UTF-8, which kiln cannot copy yet{hint}")]
+    NotUtf8 { path: String, hint: &'static str },
 }
 
 impl RootfsError {
+    /// [`RootfsError::NotUtf8`] for a path of an image's files.
+    pub(crate) fn not_utf8(path: impl std::fmt::Display) -> RootfsError {
+        RootfsError::NotUtf8 {
+            path: path.to_string(),
+            hint: "",
+        }
+    }
+
     pub(crate) fn io(path: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> RootfsError {
         let path = path.to_string();
         move |source| RootfsError::Io { path, source }
@@ -69,7 +82,11 @@ impl SourceMeta {
             EntryKind::Dir
         } else if ft.is_symlink() {
             let target = std::fs::read_link(path).map_err(RootfsError::io(path.display()))?;
-            EntryKind::Symlink(target.to_string_lossy().into_owned())
+            let target = target
+                .into_os_string()
+                .into_string()
+                .map_err(|_| RootfsError::not_utf8(path.display()))?;
+            EntryKind::Symlink(target)
         } else if ft.is_file() {
             EntryKind::File
         } else if ft.is_fifo() {
@@ -272,7 +289,9 @@ fn sorted_names(path: &Path) -> Result<Vec<String>, RootfsError> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(path).map_err(RootfsError::io(path.display()))? {
         let entry = entry.map_err(RootfsError::io(path.display()))?;
-        names.push(entry.file_name().to_string_lossy().into_owned());
+        let name = (entry.file_name().into_string())
+            .map_err(|name| RootfsError::not_utf8(path.join(name).display()))?;
+        names.push(name);
     }
     names.sort();
     Ok(names)
@@ -332,6 +351,12 @@ impl SourceTree for BuildContext {
     fn stat(&self, rel: &str) -> Result<Option<SourceMeta>, RootfsError> {
         if !self.contains(rel) {
             return Ok(None);
+        }
+        if self.is_undecodable(rel) {
+            return Err(RootfsError::NotUtf8 {
+                path: self.host_path(rel).display().to_string(),
+                hint: " (leave it out of the context with .dockerignore)",
+            });
         }
         let host = self.host_path(rel);
         match lstat_opt(&host)? {

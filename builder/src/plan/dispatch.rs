@@ -17,9 +17,9 @@ use super::lookup::{
 use super::observe::{DispatchObserver, Expanded, InstructionEvent, NoObserver, Scope, StageStart};
 use super::stages::{line_of, parse_trigger, stage_by_name};
 use super::{
-    normalize_workdir, workdir_value, BaseSource, BuildOptions, CopyFrom, CopyStep, InlineFile, MountImage,
-    MountSource, NamedSource, Origin, PlanError, PlanErrorKind, PlanWarning, RunMount, RunStep,
-    StagePlan, Step, StepKind, WalkOptions, WorkdirStep, NON_ENV_ARGS, PROXY_ARGS,
+    normalize_workdir, workdir_value, BaseSource, BuildOptions, CopyFrom, CopyStep, InlineFile,
+    MountImage, MountSource, NamedSource, Origin, PlanError, PlanErrorKind, PlanWarning, RunMount,
+    RunStep, StagePlan, Step, StepKind, WalkOptions, WorkdirStep, NON_ENV_ARGS, PROXY_ARGS,
 };
 use crate::copy::dest_path;
 use crate::image::{

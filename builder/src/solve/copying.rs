@@ -276,7 +276,11 @@ impl Diff<'_> {
         let mut names: Vec<String> = Vec::new();
         for entry in std::fs::read_dir(&copy_dir).map_err(io(&copy_dir))? {
             let entry = entry.map_err(io(&copy_dir))?;
-            names.push(entry.file_name().to_string_lossy().into_owned());
+            // A RUN's file whose name is not UTF-8 would land in the layer
+            // under another name: refused.
+            let name = (entry.file_name().into_string())
+                .map_err(|name| RootfsError::not_utf8(copy_dir.join(name).display()))?;
+            names.push(name);
         }
         let lower_names = self.view.list(rel)?;
         for name in &lower_names {
