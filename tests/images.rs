@@ -749,6 +749,17 @@ fn save_names_images_as_docker_save_does() {
     .unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
     assert_eq!(listed[0]["ID"], id.as_str(), "{listed}");
+    // A name and the id of the same image: one entry, named.
+    assert_eq!(
+        load(&["bb:1", &id[7..19]], "name-and-id"),
+        "Loaded image: bb:1\n"
+    );
+    // NAME@DIGEST is no tag: the image goes unnamed.
+    let digest = listed[0]["Digest"].as_str().unwrap().to_string();
+    assert_eq!(
+        load(&[&format!("bb@{digest}")], "by-digest"),
+        format!("Loaded image ID: {id}\n")
+    );
 }
 
 #[test]

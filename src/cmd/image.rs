@@ -188,31 +188,42 @@ fn inspect_all(
 /// store holds) unless `--platform` picks one.
 fn save(store: &Store, args: SaveArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let platform = platform(&args.platform)?;
-    let mut items = Vec::new();
-    let mut seen = Vec::new();
+    // (query, name, what) for every image asked for, in order.
+    let mut wanted = Vec::new();
     for query in &args.images {
-        for (reference, descriptor) in save_names(store, query, &platform)? {
-            let key = (
-                reference.as_ref().map(|r| r.to_string()),
-                descriptor.digest.clone(),
-            );
-            if seen.contains(&key) {
-                continue;
-            }
-            seen.push(key);
-            let item = match &args.platform {
-                Some(_) => SaveItem::single(
-                    reference,
-                    store.read_image_for(&descriptor, &platform, query)?,
-                ),
-                None => SaveItem::held(store, reference, &descriptor, &platform)?,
-            };
-            // Layers a build left where they are come down first.
-            for image in &item.images {
-                crate::cmd::fetch_missing_layers(store, image, settings)?;
-            }
-            items.push(item);
+        for (name, descriptor) in save_names(store, query, &platform)? {
+            wanted.push((query.as_str(), name, descriptor));
         }
+    }
+    // An image also saved under a name needs no unnamed entry (docker
+    // writes one only for an image nothing names); nothing twice.
+    let named: Vec<kiln_layers::Digest> = (wanted.iter())
+        .filter(|(_, name, _)| name.is_some())
+        .map(|(_, _, d)| d.digest.clone())
+        .collect();
+    let mut seen = Vec::new();
+    let mut items = Vec::new();
+    for (query, name, descriptor) in wanted {
+        if name.is_none() && named.contains(&descriptor.digest) {
+            continue;
+        }
+        let key = (
+            name.as_ref().map(|r| r.to_string()),
+            descriptor.digest.clone(),
+        );
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        let item = match &args.platform {
+            Some(_) => SaveItem::single(name, store.read_image_for(&descriptor, &platform, query)?),
+            None => SaveItem::held(store, name, &descriptor, &platform)?,
+        };
+        // Layers a build left where they are come down first.
+        for image in &item.images {
+            crate::cmd::fetch_missing_layers(store, image, settings)?;
+        }
+        items.push(item);
     }
     let format = match args.format {
         SaveFormat::Oci => Format::Oci,
@@ -246,8 +257,11 @@ fn save_names(
         }
     }
     if let Ok(reference) = Reference::parse(query) {
-        if let Some(descriptor) = store.resolve(&reference)? {
-            return Ok(vec![(Some(reference), descriptor)]);
+        if let Some(descriptor) = store.resolve_with_digests(&reference)? {
+            // NAME@DIGEST is no tag: the image goes unnamed, as docker
+            // names no archive entry by a digest reference.
+            let name = reference.digest.is_none().then_some(reference);
+            return Ok(vec![(name, descriptor)]);
         }
     }
     // An id (or a manifest digest): the image, unnamed.
