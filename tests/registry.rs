@@ -546,8 +546,27 @@ fn token_auth_registry_with_a_credential_helper() {
     let tokens = registry.token_server.as_ref().unwrap();
     assert!(tokens.tokens_issued() > 0);
 
+    // A login an older client left in `auths` under a scheme: a lookup
+    // reads `auths` before the helper, so logout removes it too.
+    let auth = "Ym9iOmJ1aWxkZXI="; // bob:builder
+    std::fs::write(
+        kiln.docker_config.join("config.json"),
+        format!(
+            r#"{{"credsStore": "kilntest", "auths": {{"https://{}": {{"auth": "{auth}"}}}}}}"#,
+            registry.host
+        ),
+    )
+    .unwrap();
     kiln.ok(&["logout", &registry.host]);
     assert!(!work.path().join("helper-store.json").exists());
+    let config = std::fs::read_to_string(kiln.docker_config.join("config.json")).unwrap();
+    assert!(!config.contains(&registry.host), "{config}");
+    let out = kiln.run(&["push", &target]);
+    assert!(
+        !out.status.success(),
+        "pushed after logout: {}",
+        stderr(&out)
+    );
 }
 
 #[test]

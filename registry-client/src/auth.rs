@@ -341,9 +341,12 @@ impl DockerConfig {
     pub fn erase(&self, registry: &str) -> Result<bool, CredentialError> {
         let key = config_key(registry);
         let mut config = self.load()?;
-        if let Some(helper) = Self::helper_for(&config, key) {
-            run_helper(&helper, "erase", key, registry)?;
-            return Ok(true);
+        // A helper's erase, then the `auths` entries too (docker's native
+        // store erases its file entry as well; a lookup reads `auths`
+        // before the helper, so a leftover there would still be used).
+        let helper = Self::helper_for(&config, key);
+        if let Some(helper) = &helper {
+            run_helper(helper, "erase", key, registry)?;
         }
         // As `docker logout`, and then some: every key a lookup of the
         // host finds (with a scheme or a path, as older logins saved it),
@@ -369,7 +372,7 @@ impl DockerConfig {
         if removed {
             self.save(&config)?;
         }
-        Ok(removed)
+        Ok(removed || helper.is_some())
     }
 }
 
