@@ -259,8 +259,10 @@ fn failing_run_names_line_and_code() {
     }
 }
 
+/// A step that changes nothing makes the empty layer (a tar of two zero
+/// blocks), as BuildKit's does; `WORKDIR /` makes no step at all.
 #[test]
-fn empty_steps_make_no_layer_and_parallel_stages_meet() {
+fn empty_steps_make_the_empty_layer_and_parallel_stages_meet() {
     let dir = tempfile::tempdir().unwrap();
     let store = common::store_with_busybox(dir.path());
     let ctx = dir.path().join("ctx");
@@ -269,16 +271,20 @@ fn empty_steps_make_no_layer_and_parallel_stages_meet() {
               FROM busybox:test AS b\nRUN echo b > /b\n\
               FROM busybox:test\nWORKDIR /\nWORKDIR /tmp\nCOPY --from=a /a /\nCOPY --from=b /b /\nRUN cat /a /b > /ab\n";
     let image = build(&store, &ctx, df, &Events::default()).unwrap();
-    // WORKDIR / makes no step; WORKDIR /tmp exists already: empty, dropped.
-    assert_eq!(image.layers.len(), 4, "{:#?}", image.config.history);
-    let workdir = image
-        .config
-        .history
-        .iter()
-        .find(|h| h.created_by.as_deref() == Some("WORKDIR /tmp"))
-        .unwrap();
-    assert_eq!(workdir.empty_layer, Some(true));
-    let last = layer_entries(&store, &image, 3);
+    // WORKDIR / makes no step; WORKDIR /tmp exists already: the empty layer.
+    assert_eq!(image.layers.len(), 5, "{:#?}", image.config.history);
+    let history = |created_by: &str| {
+        (image.config.history.iter())
+            .find(|h| h.created_by.as_deref() == Some(created_by))
+            .unwrap()
+            .empty_layer
+    };
+    assert_eq!(history("WORKDIR /"), Some(true));
+    assert_eq!(history("WORKDIR /tmp"), None);
+    const EMPTY_TAR: &str =
+        "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef";
+    assert_eq!(image.config.rootfs.diff_ids[1].as_str(), EMPTY_TAR);
+    let last = layer_entries(&store, &image, 4);
     assert!(
         last.contains(&("ab".into(), 'f', "a\nb\n".into())),
         "{last:?}"

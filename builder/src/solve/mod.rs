@@ -8,8 +8,10 @@
 //! upper dir is then diffed into a layer blob (overlay whiteouts become OCI
 //! ones) and kept as the next snapshot, named by its chain id. A step whose
 //! cache key has a record in the store reuses that layer and snapshot
-//! without running anything; an upper dir left empty makes no layer (its
-//! history entry says `empty_layer`, as BuildKit's exporter does).
+//! without running anything; an upper dir left empty makes the empty
+//! layer (a tar of two zero blocks), as BuildKit writes a layer for every
+//! RUN, COPY and WORKDIR whether or not it changed anything (its
+//! exporter's `normalizeLayersAndHistory` drops none).
 
 mod cache_from;
 mod copy_step;

@@ -163,8 +163,8 @@ fn from_cache(
     Ok(true)
 }
 
-/// Turns the step's upper dir into its layer and snapshot (none when it is
-/// empty); returns the cache record to keep, and what is known of the
+/// Turns the step's upper dir into its layer and snapshot (an empty tar
+/// and an empty snapshot when it is empty); returns the cache record to keep, and what is known of the
 /// upper dir should it be left over and parked.
 fn commit_layer(
     run: &StepRun<'_>,
@@ -175,19 +175,9 @@ fn commit_layer(
     let now = now_secs();
     progress.step_times.insert(step.history_index, now);
     let out = &mut progress.out;
-    let is_empty = std::fs::read_dir(upper)
-        .map_err(io_err(upper))?
-        .next()
-        .is_none();
-    if is_empty {
-        progress.empty_steps.push(step.history_index);
-        let record = CacheRecord {
-            blobs: Vec::new(),
-            chain_id: out.chain(),
-            data: serde_json::json!({ "empty": true, "created": now }),
-        };
-        return Ok((record, Leftover::default()));
-    }
+    // An upper dir left empty makes a layer too, the empty tar (its diff
+    // id is the digest of two zero blocks), as BuildKit's exporter writes
+    // one for every RUN, COPY and WORKDIR that changed nothing.
     let diff_options = DiffOptions {
         source_date_epoch: opts.source_date_epoch,
         overlay_whiteouts: true,
