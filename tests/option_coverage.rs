@@ -91,6 +91,11 @@ const RUN_FLAGS: &[(&str, &[&str], &[&str])] = &[
         &["tests/run.rs::stdin_only_with_interactive_and_a_terminal_with_tty"],
     ),
     (
+        "--pull",
+        &["--pull"],
+        &["tests/run.rs::run_pulls_a_missing_image_as_docker_run_does"],
+    ),
+    (
         "--memory",
         &["-m", "--memory"],
         &[

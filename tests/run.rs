@@ -4,7 +4,7 @@
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -133,6 +133,74 @@ fn proc_shows_only_the_container_and_host_files_are_out_of_reach() {
     let count: usize = lines.next().unwrap().parse().unwrap();
     assert!(count <= 4, "{text}");
     assert_eq!(lines.next(), Some("unreachable"));
+}
+
+/// `--pull`, as `docker run --pull`: `missing` (the default) pulls an
+/// image the store lacks, saying so on stderr, and runs it; `never` fails
+/// on it; `always` pulls again what the store has. stdout stays the
+/// container's.
+#[test]
+fn run_pulls_a_missing_image_as_docker_run_does() {
+    require_namespaces!();
+    let f = Fixture::new(&[]);
+    let registry = kiln_testsupport::RegistryServer::start_plain().unwrap();
+    let remote = format!("{}/run/bb:1", registry.host);
+    let ok = |out: Output| {
+        assert!(out.status.success(), "{}", stderr(&out));
+        out
+    };
+    ok(f.kiln()
+        .args(["tag", "busybox:test", &remote])
+        .output()
+        .unwrap());
+    ok(f.kiln().args(["push", &remote]).output().unwrap());
+    let other = f.dir.path().join("other-store");
+    let run_in = |root: &Path, args: &[&str]| {
+        Command::new(KILN)
+            .arg("--root")
+            .arg(root)
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::null())
+            .env("DOCKER_CONFIG", kiln_testsupport::empty_docker_config())
+            .env("KILN_GC", "foreground")
+            .env_remove("KILN_LOG")
+            .output()
+            .unwrap()
+    };
+
+    let never = run_in(
+        &f.dir.path().join("never"),
+        &["--pull", "never", &remote, "true"],
+    );
+    assert_eq!(never.status.code(), Some(125), "{}", stderr(&never));
+    assert!(
+        stderr(&never).contains("unable to find image"),
+        "{}",
+        stderr(&never)
+    );
+
+    let pulled = ok(run_in(&other, &[&remote, "echo", "pulled"]));
+    assert_eq!(stdout(&pulled), "pulled\n");
+    assert!(
+        stderr(&pulled).contains(&format!("Unable to find image '{remote}' locally")),
+        "{}",
+        stderr(&pulled)
+    );
+    assert!(
+        stderr(&pulled).contains("Status: Downloaded newer image"),
+        "{}",
+        stderr(&pulled)
+    );
+
+    let held = ok(run_in(&other, &[&remote, "true"]));
+    assert!(!stderr(&held).contains("Pulling"), "{}", stderr(&held));
+    let again = ok(run_in(&other, &["--pull", "always", &remote, "true"]));
+    assert!(
+        stderr(&again).contains(&format!("Pulling {remote}")),
+        "{}",
+        stderr(&again)
+    );
 }
 
 #[test]

@@ -210,6 +210,32 @@ fn pull(args: PullArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Pulls `reference`'s image for `platform` as `kiln pull` does, with the
+/// registry configuration file's settings and its progress on stderr:
+/// `kiln run`'s `--pull` (stdout is the container's).
+pub(crate) fn pull_for_run(
+    reference: &Reference,
+    platform: &Platform,
+    settings: &GlobalSettings,
+) -> anyhow::Result<()> {
+    let store = Store::open(&settings.root)?;
+    let registry = RegistryArgs {
+        insecure_registries: Vec::new(),
+        ca_certs: Vec::new(),
+    };
+    let client = Arc::new(Client::new(registry.client_config(settings)?)?);
+    let reporter = Arc::new(crate::progress::ProgressArgs::default().reporter());
+    reporter.println(&format!("Pulling {reference}"));
+    let options = PullOptions::new(platform.clone());
+    let shared: Arc<dyn Reporter> = reporter.clone();
+    let pulled = runtime()?.block_on(kiln_transfer::pull(
+        &client, &store, reference, &options, shared,
+    ))?;
+    reporter.println(&format!("Digest: {}", pulled.resolved_digest));
+    reporter.println(&format!("Status: Downloaded newer image for {reference}"));
+    Ok(())
+}
+
 /// `kiln push`: each image to the registry its name points at.
 fn push(args: PushArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let references = args

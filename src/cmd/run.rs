@@ -17,9 +17,10 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use kiln_builder::run_argv::docker_run_command;
 use kiln_layers::store::{Image, TaggedImage};
-use kiln_layers::{NoProgress, Platform, Store};
+use kiln_layers::{NoProgress, Platform, Reference, Store};
 use kiln_runtime::{BindMount, HelperCommand, Network, RunSpec, Streams};
 
+use crate::cmd::build::PullArg;
 use crate::cmd::limits::LimitArgs;
 use crate::cmd::system::{collect_after, GcMode};
 use crate::settings::{GlobalSettings, Reads};
@@ -101,7 +102,12 @@ pub struct RunArgs {
     /// holds). A foreign one runs through binfmt_misc's emulator.
     #[arg(long, value_name = "PLATFORM")]
     platform: Option<String>,
-    /// The image: a tag in the local store, or an image id (prefix).
+    /// Pull the image before running it: `missing` (when the store lacks
+    /// it), `always` or `never`, as `docker run --pull`.
+    #[arg(long, value_enum, default_value_t = PullArg::Missing, value_name = "POLICY")]
+    pull: PullArg,
+    /// The image: a tag in the local store (pulled when missing, see
+    /// --pull), or an image id (prefix).
     #[arg(value_name = "IMAGE")]
     image: String,
     /// The command and its arguments (replace the image's CMD).
@@ -168,6 +174,34 @@ fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// `--pull`: the image pulled first when asked (`always`), or when the
+/// store has nothing of that name (`missing`, with docker's line), for
+/// `--platform` or this machine's platform. An image id is never pulled.
+fn pull_as_asked(store: &Store, args: &RunArgs, settings: &GlobalSettings) -> anyhow::Result<()> {
+    let wanted = match &args.platform {
+        Some(p) => Platform::parse(p).with_context(|| format!("--platform {p}"))?,
+        None => Platform::host(),
+    };
+    let missing = || {
+        store
+            .find(&args.image, &wanted)
+            .map_or(true, |f| f.is_empty())
+    };
+    let pull = match args.pull {
+        PullArg::Always => true,
+        PullArg::Missing if missing() => {
+            eprintln!("Unable to find image '{}' locally", args.image);
+            true
+        }
+        PullArg::Missing | PullArg::Never => false,
+    };
+    let Some(reference) = pull.then(|| Reference::parse(&args.image).ok()).flatten() else {
+        return Ok(());
+    };
+    crate::cmd::registry::pull_for_run(&reference, &wanted, settings)
+        .with_context(|| format!("pulling {reference}"))
 }
 
 /// The image `args` name, for `--platform` (which must be held), or
@@ -307,6 +341,7 @@ fn run_container(args: RunArgs, settings: &GlobalSettings) -> anyhow::Result<Exi
     let store = Store::open(&settings.root)
         .with_context(|| format!("opening the store at {}", settings.root.display()))?;
     let _lease = store.lease()?;
+    pull_as_asked(&store, &args, settings)?;
     let (tagged, image) = select_image(&store, &args)?;
     let platform = image.config.platform().normalized();
     if !platform.architecture.is_empty() {
