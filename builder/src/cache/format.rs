@@ -22,8 +22,8 @@
 //! Each step is a cache key ([`crate::plan::keys`], of version
 //! `keyVersion`) with what a build needs to skip the step: when its layer
 //! was first made (history times, hence the image id, depend on it) and
-//! its layer (an index into `layers`), or no layer when the step changed
-//! no file. A step's image config changes are not results: they are
+//! its layer (an index into `layers`; a cache of older keys may have a
+//! step without one, which a build does not take). A step's image config changes are not results: they are
 //! planned from the Dockerfile, as are the keys. Each layer is a blob with
 //! its diff id (the digest of its uncompressed tar, which the image config
 //! lists and the unpacked content is checked against).

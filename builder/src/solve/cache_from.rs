@@ -27,12 +27,21 @@ pub(super) fn reuse_from_sources(
     let Some((index, cached)) = sources.lookup(key) else {
         return Ok(false);
     };
-    let record = take(run.build.store, progress, run.step.history_index, &cached);
-    if let Some(layer) = &cached.layer {
-        sources.note_taken(&layer.blob.digest, index);
-        if let Some(source) = sources.source(index) {
-            source.taken(run.build.store, &layer.blob);
-        }
+    // Every step makes a layer (the empty tar when it changes nothing): a
+    // step without one is of no use here, and the step runs.
+    let Some(layer) = &cached.layer else {
+        return Ok(false);
+    };
+    let record = take(
+        run.build.store,
+        progress,
+        run.step.history_index,
+        &cached,
+        layer,
+    );
+    sources.note_taken(&layer.blob.digest, index);
+    if let Some(source) = sources.source(index) {
+        source.taken(run.build.store, &layer.blob);
     }
     run.build.store.cache_put(key, &record)?;
     if let Some(source) = sources.source(index) {
@@ -41,23 +50,16 @@ pub(super) fn reuse_from_sources(
     Ok(true)
 }
 
-/// Makes `cached` the step's result (its layer's content not fetched);
+/// Makes `cached`, with its `layer`, the step's result (the layer's content not fetched);
 /// returns the record to keep.
 fn take(
     store: &Store,
     progress: &mut StageProgress,
     history_index: usize,
     cached: &CachedStep,
+    layer: &CachedLayer,
 ) -> CacheRecord {
     progress.step_times.insert(history_index, cached.created);
-    let Some(layer) = &cached.layer else {
-        progress.empty_steps.push(history_index);
-        return CacheRecord {
-            blobs: Vec::new(),
-            chain_id: progress.out.chain(),
-            data: serde_json::json!({ "empty": true, "created": cached.created }),
-        };
-    };
     let out = &mut progress.out;
     let chain = match out.chain() {
         None => layer.diff_id.clone(),

@@ -44,11 +44,9 @@ pub(super) fn stage_label(plan: &Plan, index: usize) -> String {
 }
 
 /// What a stage's steps record as they go: its layers and snapshots so far,
-/// which history entries made no layer, and when each layer was made.
+/// and when each layer was made.
 pub(super) struct StageProgress {
     pub(super) out: StageOutput,
-    /// History indexes of steps whose upper dir stayed empty.
-    pub(super) empty_steps: Vec<usize>,
     /// History index → when the step's layer was first made.
     pub(super) step_times: BTreeMap<usize, i64>,
     /// Each step's result so far (for cache exporters).
@@ -101,7 +99,6 @@ pub(super) fn run_stage(
     };
     let mut progress = StageProgress {
         out: stage_base(build, sp, &from, deps)?,
-        empty_steps: Vec::new(),
         step_times: BTreeMap::new(),
         results: Vec::new(),
     };
@@ -236,8 +233,8 @@ fn step_outcome(step: &Step, result: &Result<bool, SolveError>) -> StepOutcome {
     }
 }
 
-/// The stage's history: the base's entries, then the plan's with times and
-/// empty layers settled. Times come from when each layer was first made
+/// The stage's history: the base's entries, then the plan's with times
+/// settled. Times come from when each layer was first made
 /// (kept in the cache record), so a fully cached rebuild gives the same
 /// config and image id; an entry without a layer takes the time of the step
 /// before it (or, before any step, the first step's; else the base's).
@@ -267,9 +264,6 @@ fn settled_history(
         }
         if entry.created.is_none() {
             entry.created = Some(rfc3339(build.opts.source_date_epoch.unwrap_or(current)));
-        }
-        if progress.empty_steps.contains(&i) {
-            entry.empty_layer = Some(true);
         }
         history.push(entry);
     }

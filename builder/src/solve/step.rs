@@ -145,7 +145,7 @@ fn from_cache(
     let Some(record) = store.cache_get(key)? else {
         return super::cache_from::reuse_from_sources(run, progress, key);
     };
-    if !reuse(run.build, &record, progress, step.history_index)? {
+    if !reuse(run.build, &record, progress)? {
         tracing::info!("line {}: cache record unusable, running", step.line);
         return super::cache_from::reuse_from_sources(run, progress, key);
     }
@@ -164,8 +164,9 @@ fn from_cache(
 }
 
 /// Turns the step's upper dir into its layer and snapshot (an empty tar
-/// and an empty snapshot when it is empty); returns the cache record to keep, and what is known of the
-/// upper dir should it be left over and parked.
+/// and an empty snapshot when it is empty); returns the cache record to
+/// keep, and what is known of the upper dir should it be left over and
+/// parked.
 fn commit_layer(
     run: &StepRun<'_>,
     progress: &mut StageProgress,
@@ -255,12 +256,7 @@ fn reuse(
     build: &Build<'_>,
     record: &CacheRecord,
     progress: &mut StageProgress,
-    history_index: usize,
 ) -> Result<bool, SolveError> {
-    if record.data.get("empty").and_then(|v| v.as_bool()) == Some(true) {
-        progress.empty_steps.push(history_index);
-        return Ok(true);
-    }
     let (Some(layer), Some(diff_id), Some(media_type), Some(size)) = (
         record.blobs.first(),
         record.data.get("diff_id").and_then(|v| v.as_str()),
