@@ -129,14 +129,7 @@ pub fn decompress<'a, R: Read + Send + 'a>(reader: R) -> io::Result<Box<dyn Read
 /// few blocks, not the whole file).
 pub fn decompress_archive<R: Read + Send + 'static>(reader: R) -> io::Result<Box<dyn Read + Send>> {
     let (magic, whole) = sniff_stream(reader)?;
-    let buffered = BufReader::new(whole);
-    Ok(match magic {
-        Magic::Plain => Box::new(buffered),
-        Magic::Gzip => Box::new(flate2::read::MultiGzDecoder::new(buffered)),
-        Magic::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(buffered)),
-        Magic::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
-        Magic::Xz => Box::new(XzReader::spawn(buffered)),
-    })
+    archive_decoder(magic, BufReader::new(whole), XzReader::spawn)
 }
 
 /// [`decompress_archive`] for a reader that borrows (a progress counter
@@ -147,20 +140,30 @@ pub fn with_decompressed_archive<R: Read + Send, T>(
     f: impl FnOnce(&mut dyn Read) -> T,
 ) -> io::Result<T> {
     let (magic, whole) = sniff_stream(reader)?;
-    let mut buffered = BufReader::new(whole);
+    std::thread::scope(|scope| {
+        let spawn = |input| XzReader::spawn_scoped(scope, input);
+        let mut decoded = archive_decoder(magic, BufReader::new(whole), spawn)?;
+        let out = f(&mut decoded);
+        // Stops an xz decoder at its next write, should `f` not have read
+        // to the end; the scope then waits for it.
+        drop(decoded);
+        Ok(out)
+    })
+}
+
+/// The decoder `magic` names over `input`; xz's runs on the thread
+/// `spawn_xz` starts.
+fn archive_decoder<'a, B: io::BufRead + Send + 'a>(
+    magic: Magic,
+    input: B,
+    spawn_xz: impl FnOnce(B) -> XzReader,
+) -> io::Result<Box<dyn Read + Send + 'a>> {
     Ok(match magic {
-        Magic::Plain => f(&mut buffered),
-        Magic::Gzip => f(&mut flate2::read::MultiGzDecoder::new(buffered)),
-        Magic::Bzip2 => f(&mut bzip2::read::MultiBzDecoder::new(buffered)),
-        Magic::Zstd => f(&mut zstd::stream::read::Decoder::with_buffer(buffered)?),
-        Magic::Xz => std::thread::scope(|scope| {
-            let mut reader = XzReader::spawn_scoped(scope, buffered);
-            let out = f(&mut reader);
-            // Stops the decoder at its next write, should `f` not have read
-            // to the end; the scope then waits for it.
-            drop(reader);
-            out
-        }),
+        Magic::Plain => Box::new(input),
+        Magic::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
+        Magic::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(input)),
+        Magic::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(input)?),
+        Magic::Xz => Box::new(spawn_xz(input)),
     })
 }
 
