@@ -543,8 +543,10 @@ fn spec_config(
         tmpfs: spec.tmpfs.clone(),
         shm_size: spec.shm_size,
         privileged: spec.privileged,
+        // BuildKit's `security.insecure`: the nodes up to the host's first
+        // free loop device and 7 more (from loop0 when it cannot ask).
         loop_devices: match spec.privileged && !rootless {
-            true => first_free_loop_device() + 8,
+            true => crate::sys::first_free_loop_device().unwrap_or(0) + 8,
             false => 0,
         },
         remove_after_exit,
@@ -564,30 +566,6 @@ fn rlimit_nofile(spec: &RunSpec, default: (u64, u64)) -> (u64, u64) {
         .rev()
         .find(|r| r.resource == RlimitResource::Nofile)
         .map_or(default, |r| (r.soft, r.hard))
-}
-
-/// The host's first free loop device (`LOOP_CTL_GET_FREE`, which makes
-/// one when none is free), or 0 when that cannot be asked: BuildKit's
-/// `security.insecure` gives a RUN the nodes up to it and 7 more.
-fn first_free_loop_device() -> u32 {
-    const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
-    let Ok(control) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/loop-control")
-    else {
-        return 0;
-    };
-    // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a number; the
-    // descriptor is open for the call's whole duration.
-    let free = unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&control),
-            LOOP_CTL_GET_FREE,
-            0,
-        )
-    };
-    u32::try_from(free).unwrap_or(0)
 }
 
 /// RLIMIT_NOFILE for the container: what was asked, capped to the kernel's

@@ -363,6 +363,31 @@ pub enum Forked {
     Child,
 }
 
+/// The host's first free loop device: `LOOP_CTL_GET_FREE` on
+/// `/dev/loop-control`, which makes one when none is free.
+pub fn first_free_loop_device() -> io::Result<u32> {
+    const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+    let control = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/loop-control")?;
+    // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a number; the
+    // descriptor is open for the call's whole duration.
+    let free = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE, 0) };
+    u32::try_from(free).map_err(|_| io::Error::last_os_error())
+}
+
+/// mknod(2) of a device node of `kind`, numbered (major, minor).
+fn mknod(path: &Path, kind: rustix::fs::FileType, mode: u32, dev: (u32, u32)) -> io::Result<()> {
+    Ok(rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        kind,
+        rustix::fs::Mode::from_raw_mode(mode),
+        rustix::fs::makedev(dev.0, dev.1),
+    )?)
+}
+
 /// `fork`, with the child born in the cgroup v2 directory `dir` (an
 /// `O_PATH` descriptor will do) and in new namespaces of the `namespaces`
 /// kinds (`CLONE_NEW*` flags, or 0): `clone3` with `CLONE_INTO_CGROUP`
@@ -642,23 +667,21 @@ impl Syscalls for RealSyscalls {
     }
 
     fn mknod_char(&mut self, path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()> {
-        Ok(rustix::fs::mknodat(
-            rustix::fs::CWD,
+        mknod(
             path,
             rustix::fs::FileType::CharacterDevice,
-            rustix::fs::Mode::from_raw_mode(mode),
-            rustix::fs::makedev(major, minor),
-        )?)
+            mode,
+            (major, minor),
+        )
     }
 
     fn mknod_block(&mut self, path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()> {
-        Ok(rustix::fs::mknodat(
-            rustix::fs::CWD,
+        mknod(
             path,
             rustix::fs::FileType::BlockDevice,
-            rustix::fs::Mode::from_raw_mode(mode),
-            rustix::fs::makedev(major, minor),
-        )?)
+            mode,
+            (major, minor),
+        )
     }
 
     fn symlink(&mut self, target: &str, link: &Path) -> io::Result<()> {
