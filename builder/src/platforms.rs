@@ -284,10 +284,7 @@ impl<'a> Session<'a> {
             } else {
                 output.write_index(self.store, index, images, &write)?
             };
-            if let Some((vertex, line)) = output.progress_vertex() {
-                let took = started.elapsed().as_secs_f64();
-                self.events.internal(vertex, &[line.to_string()], took);
-            }
+            self.exported(output, started);
             // The last output's descriptor, as in a one-platform build.
             if let Some(written) = written {
                 result.reported = written;

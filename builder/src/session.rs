@@ -1088,10 +1088,7 @@ impl<'a> Session<'a> {
         for output in &settings.outputs {
             let started = Instant::now();
             let written = output.write(self.store, &result.built, &write)?;
-            if let Some((vertex, line)) = output.progress_vertex() {
-                let took = started.elapsed().as_secs_f64();
-                self.events.internal(vertex, &[line.to_string()], took);
-            }
+            self.exported(output, started);
             if let Some(manifest) = written {
                 result.reported = manifest;
             } else if matches!(output, Output::Image { .. }) {
@@ -1099,6 +1096,15 @@ impl<'a> Session<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Shows the vertex of `output`'s exporter, as BuildKit's, timed from
+    /// `started` (none for the store, whose vertex comes with tagging).
+    pub(crate) fn exported(&self, output: &Output, started: Instant) {
+        if let Some((vertex, line)) = output.progress_vertex() {
+            let took = started.elapsed().as_secs_f64();
+            self.events.internal(vertex, &[line.to_string()], took);
+        }
     }
 
     pub(crate) fn push(&self, result: &mut BuildResult) -> Result<(), BuildError> {
