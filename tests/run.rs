@@ -195,6 +195,17 @@ fn run_pulls_a_missing_image_as_docker_run_does() {
 
     let held = ok(run_in(&other, &[&remote, "true"]));
     assert!(!stderr(&held).contains("Pulling"), "{}", stderr(&held));
+    // An image found by its id is not pulled, even with `always`: an id
+    // names nothing in a registry.
+    let ids = Command::new(KILN)
+        .arg("--root")
+        .arg(&other)
+        .args(["images", "-q"])
+        .output()
+        .unwrap();
+    let id = stdout(&ids).lines().next().unwrap().to_string();
+    let by_id = ok(run_in(&other, &["--pull", "always", &id, "true"]));
+    assert!(!stderr(&by_id).contains("Pulling"), "{}", stderr(&by_id));
     let again = ok(run_in(&other, &["--pull", "always", &remote, "true"]));
     assert!(
         stderr(&again).contains(&format!("Pulling {remote}")),

@@ -165,17 +165,18 @@ fn pull(args: PullArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
         _ => Platform::host(),
     };
     let store = Store::open(&settings.root)?;
-    let client = Arc::new(Client::new(args.registry.client_config(settings)?)?);
     let reporter = Arc::new(args.progress.reporter());
-    reporter.println(&format!("Pulling {reference}"));
     let mut options = PullOptions::new(platform.clone());
     options.concurrency = args.concurrency;
     options.all_platforms = all_platforms;
-    let shared: Arc<dyn Reporter> = reporter.clone();
-    let pulled = runtime()?.block_on(kiln_transfer::pull(
-        &client, &store, &reference, &options, shared,
-    ))?;
-    reporter.println(&format!("Digest: {}", pulled.resolved_digest));
+    let pulled = pull_reporting(
+        &store,
+        &reference,
+        &options,
+        &args.registry,
+        settings,
+        &reporter,
+    )?;
     // An image of one platform is pulled whatever --platform asked, as
     // Docker pulls it, with Docker's warning when it is another's.
     if args.platform.is_some() && !all_platforms {
@@ -197,7 +198,34 @@ fn pull(args: PullArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
             .collect();
         reporter.println(&format!("Platforms: {}", platforms.join(", ")));
     }
-    reporter.println(&if pulled.blobs_fetched == 0 {
+    reporter.println(&pull_status(&reference, &pulled));
+    println!("{reference}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Pulls `reference` as `options` say, its progress, first line and
+/// digest line on `reporter` (stderr).
+fn pull_reporting(
+    store: &Store,
+    reference: &Reference,
+    options: &PullOptions,
+    registry: &RegistryArgs,
+    settings: &GlobalSettings,
+    reporter: &Arc<crate::progress::CliReporter>,
+) -> anyhow::Result<kiln_transfer::Pulled> {
+    let client = Arc::new(Client::new(registry.client_config(settings)?)?);
+    reporter.println(&format!("Pulling {reference}"));
+    let shared: Arc<dyn Reporter> = reporter.clone();
+    let pulled = runtime()?.block_on(kiln_transfer::pull(
+        &client, store, reference, options, shared,
+    ))?;
+    reporter.println(&format!("Digest: {}", pulled.resolved_digest));
+    Ok(pulled)
+}
+
+/// Docker's last line of a pull.
+fn pull_status(reference: &Reference, pulled: &kiln_transfer::Pulled) -> String {
+    if pulled.blobs_fetched == 0 {
         format!("Status: Image is up to date for {reference}")
     } else {
         format!(
@@ -205,14 +233,12 @@ fn pull(args: PullArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
             pulled.blobs_fetched,
             human_bytes(pulled.bytes_fetched)
         )
-    });
-    println!("{reference}");
-    Ok(ExitCode::SUCCESS)
+    }
 }
 
 /// Pulls `reference`'s image for `platform` as `kiln pull` does, with the
-/// registry configuration file's settings and its progress on stderr:
-/// `kiln run`'s `--pull` (stdout is the container's).
+/// registry configuration file's settings, everything on stderr: `kiln
+/// run`'s `--pull` (stdout is the container's).
 pub(crate) fn pull_for_run(
     reference: &Reference,
     platform: &Platform,
@@ -223,16 +249,10 @@ pub(crate) fn pull_for_run(
         insecure_registries: Vec::new(),
         ca_certs: Vec::new(),
     };
-    let client = Arc::new(Client::new(registry.client_config(settings)?)?);
     let reporter = Arc::new(crate::progress::ProgressArgs::default().reporter());
-    reporter.println(&format!("Pulling {reference}"));
     let options = PullOptions::new(platform.clone());
-    let shared: Arc<dyn Reporter> = reporter.clone();
-    let pulled = runtime()?.block_on(kiln_transfer::pull(
-        &client, &store, reference, &options, shared,
-    ))?;
-    reporter.println(&format!("Digest: {}", pulled.resolved_digest));
-    reporter.println(&format!("Status: Downloaded newer image for {reference}"));
+    let pulled = pull_reporting(&store, reference, &options, &registry, settings, &reporter)?;
+    reporter.println(&pull_status(reference, &pulled));
     Ok(())
 }
 

@@ -178,28 +178,32 @@ fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
 
 /// `--pull`: the image pulled first when asked (`always`), or when the
 /// store has nothing of that name (`missing`, with docker's line), for
-/// `--platform` or this machine's platform. An image id is never pulled.
+/// `--platform` or this machine's platform. An image the store finds by
+/// its id only is never pulled: an id names nothing in a registry.
 fn pull_as_asked(store: &Store, args: &RunArgs, settings: &GlobalSettings) -> anyhow::Result<()> {
+    let Ok(reference) = Reference::parse(&args.image) else {
+        return Ok(());
+    };
     let wanted = match &args.platform {
         Some(p) => Platform::parse(p).with_context(|| format!("--platform {p}"))?,
         None => Platform::host(),
     };
-    let missing = || {
-        store
+    let by_name = store.resolve_with_digests(&reference)?.is_some();
+    let found = by_name
+        || store
             .find(&args.image, &wanted)
-            .map_or(true, |f| f.is_empty())
-    };
+            .is_ok_and(|f| !f.is_empty());
     let pull = match args.pull {
-        PullArg::Always => true,
-        PullArg::Missing if missing() => {
+        PullArg::Always => by_name || !found,
+        PullArg::Missing if !found => {
             eprintln!("Unable to find image '{}' locally", args.image);
             true
         }
         PullArg::Missing | PullArg::Never => false,
     };
-    let Some(reference) = pull.then(|| Reference::parse(&args.image).ok()).flatten() else {
+    if !pull {
         return Ok(());
-    };
+    }
     crate::cmd::registry::pull_for_run(&reference, &wanted, settings)
         .with_context(|| format!("pulling {reference}"))
 }
