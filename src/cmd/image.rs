@@ -633,17 +633,15 @@ fn rmi(store: &Store, queries: &[String], force: bool) -> anyhow::Result<ExitCod
             }
             for tagged in found {
                 let removed = match &tagged.reference {
-                    Some(r) => store
-                        .remove_image(r)?
-                        .ok_or_else(|| {
-                            // Found by a digest of its repository: not a name
-                            // of its own to take away.
-                            anyhow::anyhow!(
-                                "{r} is not a tag: kiln keeps no repository digests; remove \
-                             the image by its tag or id"
-                            )
-                        })
-                        .map(Some)?,
+                    Some(r) => match store.remove_image(r)? {
+                        Some(removed) => Some(removed),
+                        // Found by a digest of its repository: not a name
+                        // of its own to take away.
+                        None => bail!(
+                            "{r} is not a tag: kiln keeps no repository digests; remove the \
+                             image by its tag or id"
+                        ),
+                    },
                     None => store.remove_image_digest(&tagged.descriptor.digest)?,
                 };
                 if let Some(r) = &tagged.reference {

@@ -111,14 +111,11 @@ pub async fn create_index(
     sources: &[Reference],
     base: Option<&Descriptor>,
 ) -> Result<CreatedIndex, TransferError> {
-    let _lease = store.lease().map_err(|source| TransferError::Store {
-        context: format!("creating {target}"),
-        cause: Box::new(source),
-    })?;
     let store_error = |source| TransferError::Store {
         context: format!("creating {target}"),
         cause: Box::new(source),
     };
+    let _lease = store.lease().map_err(store_error)?;
     let name = target.to_string();
     let mut entries: Vec<Gathered> = match base {
         Some(base) => base_entries(store, &name, base).map_err(store_error)?,

@@ -627,15 +627,10 @@ pub fn plan_with(
 /// absolute path as written (`/app/` stays `/app/`), a relative one joined
 /// to the current one and cleaned, an empty one the current one.
 pub fn workdir_value(current: &str, path: &str) -> String {
-    let current = match current {
-        "" => "/".to_string(),
-        c if c.starts_with('/') => c.to_string(),
-        c => crate::dockerignore::go_clean(&format!("/{c}")),
-    };
     match path {
-        "" => current,
         p if p.starts_with('/') => p.to_string(),
-        p => crate::dockerignore::go_clean(&format!("{current}/{p}")),
+        "" if current.starts_with('/') => current.to_string(),
+        p => normalize_workdir(current, p),
     }
 }
 
