@@ -428,20 +428,20 @@ fn provenance_of_a_git_context_names_its_commit() {
     let build_into = |name: &str| build_named(name, &[]);
     let (layout, index_digest) = build_into("layout");
     // The OCI layout holds the index, the image and its attestation.
-    let blob = |layout: &Path, digest: &str| {
+    let blob_in = |layout: &Path, digest: &str| {
         let hex = digest.trim_start_matches("sha256:");
         std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap()
     };
-    let index = json(&blob(&layout, &index_digest));
+    let index = json(&blob_in(&layout, &index_digest));
     // Built again: the same image, a new attestation (times, invocation).
     let (again, again_digest) = build_into("again");
-    let again_index = json(&blob(&again, &again_digest));
+    let again_index = json(&blob_in(&again, &again_digest));
     assert_eq!(
         again_index["manifests"][0]["digest"],
         index["manifests"][0]["digest"]
     );
     assert_ne!(again_digest, index_digest);
-    let blob = |digest: &str| blob(&layout, digest);
+    let blob = |digest: &str| blob_in(&layout, digest);
     let entries = index["manifests"].as_array().unwrap();
     assert_eq!(entries.len(), 2, "{index}");
     assert_eq!(
@@ -460,32 +460,11 @@ fn provenance_of_a_git_context_names_its_commit() {
     // -t names the layout's image, so the subject too (buildx gives the
     // oci exporter the -t names, BuildKit's subjects are its names).
     let (named, named_digest) = build_named("named", &["-t", "example.org/app:1"]);
-    let named_index = json(
-        &std::fs::read(
-            named
-                .join("blobs/sha256")
-                .join(named_digest.trim_start_matches("sha256:")),
-        )
-        .unwrap(),
-    );
+    let named_index = json(&blob_in(&named, &named_digest));
     let attestation = named_index["manifests"][1]["digest"].as_str().unwrap();
-    let attestation = json(
-        &std::fs::read(
-            named
-                .join("blobs/sha256")
-                .join(attestation.trim_start_matches("sha256:")),
-        )
-        .unwrap(),
-    );
+    let attestation = json(&blob_in(&named, attestation));
     let layer = attestation["layers"][0]["digest"].as_str().unwrap();
-    let named_statement = json(
-        &std::fs::read(
-            named
-                .join("blobs/sha256")
-                .join(layer.trim_start_matches("sha256:")),
-        )
-        .unwrap(),
-    );
+    let named_statement = json(&blob_in(&named, layer));
     let platform = host_platform().replace('/', "%2F");
     assert_eq!(
         named_statement["subject"][0]["name"],
