@@ -284,6 +284,14 @@ fn unsynced_blob_dirs() -> std::sync::MutexGuard<'static, BTreeSet<PathBuf>> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// `value` as canonical JSON; `what` names it in the error.
+fn canonical_bytes<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
+    to_canonical_json(value).map_err(|source| Error::Json {
+        what: format!("serializing {what}"),
+        source,
+    })
+}
+
 /// Makes the entries of `dir` durable (an fsync of the directory).
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
@@ -315,26 +323,61 @@ enum NameSync {
 }
 
 fn write_replacing(path: &Path, bytes: &[u8], name_sync: NameSync) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", unique_suffix()));
-    let result = (|| {
-        let mut f = File::create(&tmp).map_err(io_at("create", &tmp))?;
-        f.write_all(bytes).map_err(io_at("write", &tmp))?;
-        f.sync_all().map_err(io_at("fsync", &tmp))?;
-        fs::rename(&tmp, path).map_err(io_at("rename into place", path))?;
+    Staged::write(path, bytes)?.publish(name_sync)
+}
+
+/// The new contents of a file, whole and fsynced under a temporary name
+/// beside it, not yet renamed into place: what [`write_replacing`] does
+/// in two halves, so that something else may be made durable at the same
+/// time, before the rename (`index.json`'s blob names,
+/// [`Store::write_index`]).
+struct Staged<'a> {
+    path: &'a Path,
+    tmp: PathBuf,
+}
+
+impl<'a> Staged<'a> {
+    fn write(path: &'a Path, bytes: &[u8]) -> Result<Staged<'a>> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let staged = Staged {
+            path,
+            tmp: dir.join(format!(".{name}.tmp-{}", unique_suffix())),
+        };
+        let written = File::create(&staged.tmp)
+            .map_err(io_at("create", &staged.tmp))
+            .and_then(|mut f| {
+                f.write_all(bytes).map_err(io_at("write", &staged.tmp))?;
+                f.sync_all().map_err(io_at("fsync", &staged.tmp))
+            });
+        match written {
+            Ok(()) => Ok(staged),
+            Err(e) => Err(staged.discard(e)),
+        }
+    }
+
+    /// Renames the file into place (and fsyncs its directory for
+    /// [`NameSync::Now`]).
+    fn publish(self, name_sync: NameSync) -> Result<()> {
+        let path = self.path;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        if let Err(e) = fs::rename(&self.tmp, path) {
+            return Err(self.discard(Error::io("rename into place", path, e)));
+        }
         match name_sync {
             NameSync::Now => fsync_dir(dir),
             NameSync::Later => Ok(()),
         }
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
     }
-    result
+
+    /// Removes the temporary file; returns `error`, the reason.
+    fn discard(self, error: Error) -> Error {
+        let _ = fs::remove_file(&self.tmp);
+        error
+    }
 }
 
 /// An exclusive `flock` on `path` if no one else holds one, else `None`.
@@ -861,13 +904,74 @@ impl Store {
         w.commit()
     }
 
+    /// Stores each of `blobs` (a media type and the bytes) as
+    /// [`Store::put_blob`] does, all at once: their fsyncs run side by
+    /// side, so the disk's cache flushes they wait for overlap (a build's
+    /// config and manifest). The descriptors come in the order given.
+    pub fn put_blobs(&self, blobs: &[(&str, &[u8])]) -> Result<Vec<Descriptor>> {
+        let Some(((media_type, bytes), rest)) = blobs.split_first() else {
+            return Ok(Vec::new());
+        };
+        std::thread::scope(|s| {
+            let others: Vec<_> = rest
+                .iter()
+                .map(|(media_type, bytes)| s.spawn(move || self.put_blob(media_type, bytes)))
+                .collect();
+            let mut stored = vec![self.put_blob(media_type, bytes)];
+            for other in others {
+                stored.push(
+                    other
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                );
+            }
+            stored.into_iter().collect()
+        })
+    }
+
     /// Serializes `value` canonically and stores it.
     pub fn put_json<T: Serialize>(&self, media_type: &str, value: &T) -> Result<Descriptor> {
-        let bytes = to_canonical_json(value).map_err(|source| Error::Json {
-            what: format!("serializing {media_type}"),
-            source,
+        self.put_blob(media_type, &canonical_bytes(media_type, value)?)
+    }
+
+    /// Writes an image's config (`config_type`) and a manifest
+    /// (`manifest_type`) naming it and `layers`, the two blobs at once
+    /// ([`Store::put_blobs`]); returns the manifest's descriptor, with the
+    /// config's platform.
+    pub fn write_config_and_manifest(
+        &self,
+        (config_type, manifest_type): (&str, &str),
+        config: &ImageConfig,
+        layers: &[Descriptor],
+    ) -> Result<Descriptor> {
+        let config_bytes = canonical_bytes(config_type, config)?;
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(manifest_type.into()),
+            artifact_type: None,
+            config: Descriptor::new(
+                config_type,
+                Digest::of(&config_bytes),
+                config_bytes.len() as u64,
+            ),
+            layers: layers.to_vec(),
+            subject: None,
+            annotations: BTreeMap::new(),
+        };
+        let manifest_bytes = canonical_bytes(manifest_type, &manifest)?;
+        let stored = self.put_blobs(&[
+            (config_type, &config_bytes),
+            (manifest_type, &manifest_bytes),
+        ])?;
+        let mut desc = stored.into_iter().nth(1).ok_or_else(|| {
+            Error::io(
+                "write",
+                self.blobs_dir(),
+                io::Error::other("put_blobs returned fewer descriptors than blobs"),
+            )
         })?;
-        self.put_blob(media_type, &bytes)
+        desc.platform = Some(config.platform());
+        Ok(desc)
     }
 
     /// Writes `config` and an OCI manifest over `layers`; returns the
@@ -883,19 +987,7 @@ impl Store {
                 ),
             });
         }
-        let config_desc = self.put_json(media::OCI_CONFIG, config)?;
-        let manifest = Manifest {
-            schema_version: 2,
-            media_type: Some(media::OCI_MANIFEST.into()),
-            artifact_type: None,
-            config: config_desc,
-            layers: layers.to_vec(),
-            subject: None,
-            annotations: BTreeMap::new(),
-        };
-        let mut desc = self.put_json(media::OCI_MANIFEST, &manifest)?;
-        desc.platform = Some(config.platform());
-        Ok(desc)
+        self.write_config_and_manifest((media::OCI_CONFIG, media::OCI_MANIFEST), config, layers)
     }
 
     /// Parses a manifest or index blob.
@@ -972,11 +1064,30 @@ impl Store {
         // (a blob another process renamed counts as present too). An index
         // that only loses entries (untag, rmi, a collection under its
         // lock) needs no more than this process's own pending names.
+        //
+        // That fsync of `blobs/sha256/` and the one of the new index's
+        // bytes are independent (both come before the rename): they run
+        // side by side, one flush of the disk's cache waited for instead
+        // of two in a row.
         if names_new {
             unsynced_blob_dirs().insert(self.blobs_dir());
         }
-        self.sync_blob_names()?;
-        write_atomic(&self.index_path(), &bytes)
+        let path = self.index_path();
+        if !unsynced_blob_dirs().contains(&self.blobs_dir()) {
+            return write_atomic(&path, &bytes);
+        }
+        let staged = std::thread::scope(|s| {
+            let names = s.spawn(|| self.sync_blob_names());
+            let staged = Staged::write(&path, &bytes);
+            let names = names
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            match (staged, names) {
+                (Ok(staged), Err(e)) => Err(staged.discard(e)),
+                (staged, _) => staged,
+            }
+        })?;
+        staged.publish(NameSync::Now)
     }
 
     /// Makes durable the names of the blobs this process renamed into
@@ -1821,5 +1932,55 @@ mod ingest_writeback_tests {
         store.put_blob("application/json", b"{\"b\":2}").unwrap();
         store.sync_blob_names().unwrap();
         assert!(!pending());
+    }
+
+    /// Blobs stored at once come back in the order given, each whole; a
+    /// config and manifest written together name each other as one after
+    /// the other would, and a tag of the manifest leaves no blob name
+    /// pending.
+    #[test]
+    fn blobs_stored_at_once_are_whole_and_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let (a, b, c) = (data(70_000), b"{}".to_vec(), data(3));
+        let put = store
+            .put_blobs(&[("x/a", &a), ("x/b", &b), ("x/c", &c)])
+            .unwrap();
+        let types: Vec<&str> = put.iter().map(|d| d.media_type.as_str()).collect();
+        assert_eq!(types, ["x/a", "x/b", "x/c"]);
+        for (desc, bytes) in put.iter().zip([&a, &b, &c]) {
+            assert_eq!(desc.digest, descriptor(bytes).digest);
+            assert_eq!(&stored(&store, desc), bytes);
+        }
+        assert!(store.put_blobs(&[]).unwrap().is_empty());
+
+        let config = ImageConfig {
+            architecture: "arm64".into(),
+            os: "linux".into(),
+            variant: Some("v8".into()),
+            ..Default::default()
+        };
+        let layers = [put[0].clone()];
+        let desc = store
+            .write_config_and_manifest(
+                (media::DOCKER_CONFIG, media::DOCKER_MANIFEST),
+                &config,
+                &layers,
+            )
+            .unwrap();
+        assert_eq!(desc.media_type, media::DOCKER_MANIFEST);
+        assert_eq!(desc.platform, Some(config.platform()));
+        let ManifestKind::Image(manifest) = store.read_manifest(&desc).unwrap() else {
+            panic!("not an image manifest");
+        };
+        assert_eq!(manifest.config.media_type, media::DOCKER_CONFIG);
+        assert_eq!(manifest.layers, layers);
+        assert_eq!(store.read_config(&manifest.config).unwrap(), config);
+        store
+            .tag(&Reference::parse("together:1").unwrap(), &desc)
+            .unwrap();
+        assert!(!unsynced_blob_dirs().contains(&store.blobs_dir()));
+        let image = store.read_image(&desc, &config.platform()).unwrap();
+        assert_eq!(image.config, config);
     }
 }

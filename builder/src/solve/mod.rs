@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kiln_layers::oci::{rfc3339, Descriptor, ImageConfig, Platform};
+use kiln_layers::oci::{rfc3339, Descriptor, ImageConfig};
 use kiln_layers::{Reporter, Store};
 use kiln_parser::shorten;
 use kiln_runtime::{HelperCommand, Network};
@@ -448,23 +448,5 @@ fn write_docker_image(
     layers: &[Descriptor],
 ) -> Result<Descriptor, SolveError> {
     use kiln_layers::media::{DOCKER_CONFIG, DOCKER_MANIFEST};
-    let config_desc = store.put_json(DOCKER_CONFIG, config)?;
-    let manifest = kiln_layers::Manifest {
-        schema_version: 2,
-        media_type: Some(DOCKER_MANIFEST.to_string()),
-        artifact_type: None,
-        config: config_desc,
-        layers: layers.to_vec(),
-        subject: None,
-        annotations: BTreeMap::new(),
-    };
-    let mut desc = store.put_json(DOCKER_MANIFEST, &manifest)?;
-    desc.platform = Some(Platform {
-        architecture: config.architecture.clone(),
-        os: config.os.clone(),
-        os_version: config.os_version.clone(),
-        os_features: None,
-        variant: config.variant.clone(),
-    });
-    Ok(desc)
+    Ok(store.write_config_and_manifest((DOCKER_CONFIG, DOCKER_MANIFEST), config, layers)?)
 }

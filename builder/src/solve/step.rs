@@ -89,19 +89,23 @@ fn run_or_reuse(
     }
     tracing::debug!("line {}: step finished, packing its layer", step.line);
     let (record, leftover) = commit_layer(run, progress, &upper)?;
-    if let (Some((key, reuse)), Some(chain)) = (&reuse, &record.chain_id) {
-        tracing::info!(
-            "line {}: {} unchanged files linked from an earlier run",
-            step.line,
-            reuse.linked()
-        );
-        reuse.save(run.build.store, key, chain);
-    }
-    discard_step_dir(run.build.store, &dir, &upper, &leftover);
-    if let Some(key) = &step.cache_key {
-        run.build.store.cache_put(key, &record)?;
-    }
-    Ok(false)
+    // The copy's shape and the step's cache record are written side by
+    // side: each is fsynced, and neither needs the other.
+    std::thread::scope(|s| {
+        if let (Some((key, reuse)), Some(chain)) = (&reuse, &record.chain_id) {
+            tracing::info!(
+                "line {}: {} unchanged files linked from an earlier run",
+                step.line,
+                reuse.linked()
+            );
+            s.spawn(move || reuse.save(run.build.store, key, chain));
+        }
+        discard_step_dir(run.build.store, &dir, &upper, &leftover);
+        if let Some(key) = &step.cache_key {
+            run.build.store.cache_put(key, &record)?;
+        }
+        Ok(false)
+    })
 }
 
 /// The shape key and reuse state of a COPY from the build context that
