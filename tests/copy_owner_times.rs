@@ -11,7 +11,8 @@
 //!   times);
 //! - `--chown` with a name the image lacks: root, as BuildKit resolves it
 //!   (`readUser`: no error there), said in a build warning under the step
-//!   and in the metadata file, never in a log line.
+//!   and in the metadata file, never in a log line; on a stage with no
+//!   files yet (`FROM scratch`) a name is refused, as BuildKit refuses it.
 
 mod common;
 
@@ -201,5 +202,66 @@ fn chown_to_a_user_the_image_lacks_is_root_and_a_build_warning() {
     assert!(
         warnings[0].1.starts_with("--chown=nosuchuser: user"),
         "{warnings:?}"
+    );
+}
+
+/// A user or group name on a stage with no files yet (`FROM scratch`) is
+/// refused, as BuildKit refuses it (its file op's owner has no input to
+/// read `/etc/passwd` from: "invalid user index -1"); ids and root are
+/// taken, and once the stage has a layer a missing name is root again.
+#[test]
+fn a_name_on_a_stage_without_files_is_refused() {
+    require_namespaces!();
+    let fixture = Fixture::new();
+    let refused = [
+        (
+            "FROM scratch\nCOPY --chown=nobody f /f\n",
+            2,
+            "--chown=nobody",
+        ),
+        (
+            "FROM scratch\nCOPY --chown=1:nogroup f /f\n",
+            2,
+            "--chown=1:nogroup",
+        ),
+        ("FROM scratch\nUSER app\nWORKDIR /w\n", 3, "USER app"),
+        (
+            "FROM scratch AS empty\nFROM empty\nADD --chown=app f /f\n",
+            3,
+            "--chown=app",
+        ),
+    ];
+    for (n, (dockerfile, line, what)) in refused.iter().enumerate() {
+        let ctx = fixture.context(
+            &format!("refused{n}"),
+            &[("Dockerfile", dockerfile), ("f", "x\n")],
+        );
+        let out = kiln(&fixture.root(), &["build", ctx.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{dockerfile} built:\n{stderr}");
+        let expected = format!(
+            "line {line}: {}: {what}: the stage has no files yet (FROM scratch), so there is no \
+             /etc/passwd or /etc/group",
+            dockerfile.lines().nth(line - 1).unwrap()
+        );
+        assert!(
+            stderr.contains(&expected),
+            "{dockerfile}: {expected}\n{stderr}"
+        );
+    }
+
+    let dockerfile = "FROM scratch\n\
+        COPY --chown=root:5 f /a\n\
+        COPY --chown=7 f /b\n\
+        COPY --chown=nobody f /c\n";
+    let ctx = fixture.context("taken", &[("Dockerfile", dockerfile), ("f", "x\n")]);
+    let (rootfs, _) = fixture.build_rootfs(&ctx, &[]);
+    let owner = |path: &str| {
+        let m = std::fs::symlink_metadata(rootfs.join(path)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(
+        (owner("a"), owner("b"), owner("c")),
+        ((0, 5), (7, 7), (0, 0))
     );
 }

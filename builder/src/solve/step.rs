@@ -55,6 +55,7 @@ fn run_or_reuse(
     done_in_build: bool,
 ) -> Result<bool, SolveError> {
     let (step, opts) = (run.step, run.build.opts);
+    refuse_names_without_files(run, progress)?;
     if from_cache(run, progress, done_in_build)? {
         tracing::info!("line {}: CACHED {}", step.line, shorten(&step.instruction));
         return Ok(true);
@@ -106,6 +107,42 @@ fn run_or_reuse(
         }
         Ok(false)
     })
+}
+
+/// Refuses a COPY/ADD `--chown` or a WORKDIR's USER that names a user or
+/// group on a stage with no layer yet (`FROM scratch`, or an image
+/// without layers): BuildKit has no filesystem to read `/etc/passwd`
+/// from there and fails the step ("invalid user index -1" from its file
+/// op's owner on a scratch input, "invalid missing user mount" on an
+/// image without layers), where a stage with files but not the name gets
+/// root. Asked before the cache, so that the answer does not depend on
+/// what an earlier kiln cached.
+fn refuse_names_without_files(
+    run: &StepRun<'_>,
+    progress: &StageProgress,
+) -> Result<(), SolveError> {
+    if !progress.out.layers.is_empty() {
+        return Ok(());
+    }
+    let (spec, what) = match &run.step.kind {
+        StepKind::Copy(c) => match &c.chown {
+            Some(spec) => (spec, format!("--chown={spec}")),
+            None => return Ok(()),
+        },
+        StepKind::Workdir(w) => match &w.user {
+            Some(user) => (user, format!("USER {user}")),
+            None => return Ok(()),
+        },
+        StepKind::Run(_) => return Ok(()),
+    };
+    if !crate::users::ChownSpec::parse(spec).names_a_user_or_group() {
+        return Ok(());
+    }
+    Err(run.error(format!(
+        "{what}: the stage has no files yet (FROM scratch), so there is no /etc/passwd \
+         or /etc/group to look a name up in (BuildKit fails here too: \"invalid user index \
+         -1\"); give numeric ids (UID:GID), or copy those files in first"
+    )))
 }
 
 /// The shape key and reuse state of a COPY from the build context that
