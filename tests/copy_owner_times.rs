@@ -265,3 +265,47 @@ fn a_name_on_a_stage_without_files_is_refused() {
         ((0, 5), (7, 7), (0, 0))
     );
 }
+
+/// ADD of a local tar with `--chown`: the entries and the destination
+/// directory ADD makes take the owner, while the directories the archive
+/// implies without listing them are root's, as BuildKit's untar makes them
+/// (go-archive's `MkdirAllAndChown` with the root pair, 0755).
+#[test]
+fn add_chown_of_a_tar_leaves_the_directories_it_implies_to_root() {
+    require_namespaces!();
+    let fixture = Fixture::new();
+    let ctx = fixture.context(
+        "addtar",
+        &[(
+            "Dockerfile",
+            "FROM busybox:latest\nADD --chown=7:8 t.tar /dest/\n",
+        )],
+    );
+    let src = fixture.dir("addtar-src");
+    std::fs::create_dir_all(src.join("top/sub")).unwrap();
+    std::fs::create_dir_all(src.join("explicit")).unwrap();
+    std::fs::write(src.join("top/sub/file"), "f\n").unwrap();
+    std::fs::write(src.join("explicit/f"), "f\n").unwrap();
+    // Only the listed names: `top` and `top/sub` are implied.
+    let tarred = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&src)
+        .arg("-cf")
+        .arg(ctx.join("t.tar"))
+        .args(["--no-recursion", "top/sub/file", "explicit", "explicit/f"])
+        .status()
+        .expect("run tar");
+    assert!(tarred.success());
+
+    let (rootfs, _) = fixture.build_rootfs(&ctx, &[]);
+    let meta = |path: &str| {
+        let m = std::fs::symlink_metadata(rootfs.join(path)).unwrap();
+        (m.uid(), m.gid(), m.mode() & 0o7777)
+    };
+    assert_eq!(meta("dest"), (7, 8, 0o755));
+    assert_eq!(meta("dest/top"), (0, 0, 0o755));
+    assert_eq!(meta("dest/top/sub"), (0, 0, 0o755));
+    assert_eq!(meta("dest/top/sub/file").0, 7);
+    assert_eq!(meta("dest/explicit").0, 7);
+    assert_eq!(meta("dest/explicit/f").1, 8);
+}

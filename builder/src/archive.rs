@@ -64,7 +64,6 @@ pub fn unpack(
     let target = AddTarget {
         dest,
         base: dest_rel.clone(),
-        chown,
     };
     let options = ExtractOptions {
         owner: chown.map(|o| (o.uid, o.gid)),
@@ -113,14 +112,15 @@ fn io_error(e: impl Into<CopyError>) -> std::io::Error {
 
 /// Where ADD extracts: the directory `base` of a step's rootfs (the image's
 /// layers under the step's upper dir), resolved as a chroot into `base`.
-/// Directories an archive needs are created as COPY creates them (0755,
-/// owned by `--chown` or root); existing ones, and hardlink targets, are
-/// copied up into the upper dir first.
+/// Directories an archive needs but does not list are created 0755 and
+/// root's, `--chown` or not, as BuildKit's untar creates them (`base`
+/// itself, made before, takes `--chown` as COPY's destination does);
+/// existing ones, and hardlink targets, are copied up into the upper dir
+/// first.
 pub struct AddTarget<'a> {
     pub dest: &'a LayeredRootfs,
     /// Relative to the rootfs' root.
     pub base: String,
-    pub chown: Option<Owner>,
 }
 
 impl AddTarget<'_> {
@@ -169,7 +169,11 @@ impl ExtractTarget for AddTarget<'_> {
         self.refuse_dangling_links(dir)?;
         let resolved =
             resolve_under(self.dest, &self.base, &rel_path(dir), true).map_err(io_error)?;
-        mkdir_all(self.dest, &resolved, 0o755, self.chown, None).map_err(io_error)?;
+        // Root's whatever `--chown` says: go-archive's untar makes the
+        // directories an archive implies with the root pair
+        // (`MkdirAllAndChown(parent, 0755, rootIDs…)`); only the entries
+        // take the owner.
+        mkdir_all(self.dest, &resolved, 0o755, None, None).map_err(io_error)?;
         self.dest
             .copy_up_parents(&join(&resolved, "x"))
             .map_err(io_error)?;
