@@ -214,7 +214,9 @@ mod xz_tests {
 
     fn xz(bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        lzma_rs::xz_compress(&mut &bytes[..], &mut out).unwrap();
+        liblzma::read::XzEncoder::new(bytes, 6)
+            .read_to_end(&mut out)
+            .unwrap();
         out
     }
 

@@ -5,8 +5,7 @@
 //! plain) and reading an archive `ADD` extracts ([`decompress_archive`]:
 //! any of the five).
 
-use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::io::{self, BufReader, Read, Write};
 
 use crate::oci::media;
 
@@ -127,149 +126,27 @@ pub fn decompress<'a, R: Read + Send + 'a>(reader: R) -> io::Result<Box<dyn Read
 /// bzip2, xz, zstd, else plain, as Docker's `DecompressStream`. Only what
 /// is read gets decoded (deciding whether a file is a tar archive decodes a
 /// few blocks, not the whole file).
-pub fn decompress_archive<R: Read + Send + 'static>(reader: R) -> io::Result<Box<dyn Read + Send>> {
-    let (magic, whole) = sniff_stream(reader)?;
-    archive_decoder(magic, BufReader::new(whole), XzReader::spawn)
-}
-
-/// [`decompress_archive`] for a reader that borrows (a progress counter
-/// over a file): `f` reads the decoded stream, xz decoded on a thread
-/// that ends before this returns.
-pub fn with_decompressed_archive<R: Read + Send, T>(
+pub fn decompress_archive<'a, R: Read + Send + 'a>(
     reader: R,
-    f: impl FnOnce(&mut dyn Read) -> T,
-) -> io::Result<T> {
+) -> io::Result<Box<dyn Read + Send + 'a>> {
     let (magic, whole) = sniff_stream(reader)?;
-    std::thread::scope(|scope| {
-        let spawn = |input| XzReader::spawn_scoped(scope, input);
-        let mut decoded = archive_decoder(magic, BufReader::new(whole), spawn)?;
-        let out = f(&mut decoded);
-        // Stops an xz decoder at its next write, should `f` not have read
-        // to the end; the scope then waits for it.
-        drop(decoded);
-        Ok(out)
-    })
+    archive_decoder(magic, BufReader::new(whole))
 }
 
-/// The decoder `magic` names over `input`; xz's runs on the thread
-/// `spawn_xz` starts.
+/// The decoder `magic` names over `input`. xz is liblzma's, which
+/// streams with a bounded buffer (the dictionary the stream asks for) and
+/// reads concatenated streams on, as `xz -d` does.
 fn archive_decoder<'a, B: io::BufRead + Send + 'a>(
     magic: Magic,
     input: B,
-    spawn_xz: impl FnOnce(B) -> XzReader,
 ) -> io::Result<Box<dyn Read + Send + 'a>> {
     Ok(match magic {
         Magic::Plain => Box::new(input),
         Magic::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
         Magic::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(input)),
         Magic::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(input)?),
-        Magic::Xz => Box::new(spawn_xz(input)),
+        Magic::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(input)),
     })
-}
-
-/// Chunks of decoded xz in flight between the decoder thread and the reader
-/// (each up to [`XZ_CHUNK`] bytes): bounds the memory a read-ahead takes.
-const XZ_CHUNKS_IN_FLIGHT: usize = 4;
-const XZ_CHUNK: usize = 64 * 1024;
-
-/// xz decoded on a thread of its own: the pure-Rust decoder only writes
-/// into a `Write`, so its output is handed over in chunks, then how the
-/// decoding ended. Dropping the reader early stops the decoder at its next
-/// write.
-struct XzReader {
-    messages: Receiver<XzMessage>,
-    current: Vec<u8>,
-    position: usize,
-    done: bool,
-}
-
-/// What the decoder thread sends an [`XzReader`].
-enum XzMessage {
-    Chunk(Vec<u8>),
-    /// The last message: the end of the stream, or why decoding stopped.
-    End(io::Result<()>),
-}
-
-impl XzReader {
-    /// The decoder on a thread of its own.
-    fn spawn<R: io::BufRead + Send + 'static>(input: R) -> XzReader {
-        let (sender, messages) = sync_channel(XZ_CHUNKS_IN_FLIGHT);
-        std::thread::spawn(move || decode_xz(input, sender));
-        XzReader::new(messages)
-    }
-
-    /// The decoder on a thread of `scope` (an input that borrows).
-    fn spawn_scoped<'scope, R: io::BufRead + Send + 'scope>(
-        scope: &'scope std::thread::Scope<'scope, '_>,
-        input: R,
-    ) -> XzReader {
-        let (sender, messages) = sync_channel(XZ_CHUNKS_IN_FLIGHT);
-        scope.spawn(move || decode_xz(input, sender));
-        XzReader::new(messages)
-    }
-
-    fn new(messages: Receiver<XzMessage>) -> XzReader {
-        XzReader {
-            messages,
-            current: Vec::new(),
-            position: 0,
-            done: false,
-        }
-    }
-}
-
-/// Decodes `input` into chunks sent on `sender`, then says how it ended.
-fn decode_xz<R: io::BufRead>(mut input: R, sender: SyncSender<XzMessage>) {
-    let mut out = BufWriter::with_capacity(XZ_CHUNK, ChunkWriter(sender.clone()));
-    let ended = lzma_rs::xz_decompress(&mut input, &mut out)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("xz: {e:?}")))
-        .and_then(|()| out.flush());
-    drop(out);
-    // The reader may be gone: then nobody needs to know.
-    let _ = sender.send(XzMessage::End(ended));
-}
-
-impl Read for XzReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() || self.done {
-            return Ok(0);
-        }
-        while self.position == self.current.len() {
-            match self.messages.recv() {
-                Ok(XzMessage::Chunk(chunk)) => {
-                    self.current = chunk;
-                    self.position = 0;
-                }
-                Ok(XzMessage::End(ended)) => {
-                    self.done = true;
-                    ended?;
-                    return Ok(0);
-                }
-                // Gone without a word: it panicked.
-                Err(_) => return Err(io::Error::other("the xz decoder stopped")),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.position);
-        buf[..n].copy_from_slice(&self.current[self.position..self.position + n]);
-        self.position += n;
-        Ok(n)
-    }
-}
-
-/// Sends what is written to an [`XzReader`]; fails once the reader is gone.
-struct ChunkWriter(SyncSender<XzMessage>);
-
-impl Write for ChunkWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0
-            .send(XzMessage::Chunk(buf.to_vec()))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "reader gone"))?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// zstd level kiln uses (zstd's default).
@@ -449,7 +326,9 @@ mod tests {
 
     fn xz(bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        lzma_rs::xz_compress(&mut &bytes[..], &mut out).unwrap();
+        liblzma::read::XzEncoder::new(bytes, 6)
+            .read_to_end(&mut out)
+            .unwrap();
         out
     }
 
@@ -488,6 +367,20 @@ mod tests {
             "read {} bytes without error",
             decoded.len()
         );
+    }
+
+    /// Two xz streams one after the other read as one, as `xz -d` (and so
+    /// `docker import` and ADD) reads them.
+    #[test]
+    fn concatenated_xz_streams_read_on() {
+        let mut both = xz(b"first\n");
+        both.extend_from_slice(&xz(b"second\n"));
+        let mut back = String::new();
+        decompress_archive(io::Cursor::new(both))
+            .unwrap()
+            .read_to_string(&mut back)
+            .unwrap();
+        assert_eq!(back, "first\nsecond\n");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::io::{self, Read, Write};
 
-use crate::compress::{with_decompressed_archive, Compression, Compressor};
+use crate::compress::{decompress_archive, Compression, Compressor};
 use crate::digest::HashingWriter;
 use crate::error::{Error, Result};
 use crate::oci::{rfc3339, ContainerConfig, Descriptor, History, ImageConfig, Platform, RootFs};
@@ -76,8 +76,8 @@ pub fn import_rootfs(
     let result = (|| -> Result<Descriptor> {
         let counted = ProgressReader::new(rootfs, reporter, options.source.clone());
         // Compressed as `docker import` takes it: gzip, bzip2, xz or zstd.
-        with_decompressed_archive(counted, |plain| import_layer(store, plain, options))
-            .map_err(tar_err)?
+        let mut plain = decompress_archive(counted).map_err(tar_err)?;
+        import_layer(store, &mut plain, options)
     })();
     match &result {
         Ok(_) => reporter.done(&options.source, Outcome::Done),
