@@ -93,6 +93,47 @@ fn names_that_are_not_utf8_are_refused_where_copied_and_ignored_elsewhere() {
     assert!(text(&out).contains("not UTF-8"), "{}", text(&out));
 }
 
+/// A socket in the context reaches the image as an empty regular file
+/// with the socket's permissions, as BuildKit's context transfer makes it
+/// (fsutil asks data of regular files only and creates everything else
+/// it has no form for as a regular file); a read-only bind of the
+/// context shows it the same way.
+#[test]
+fn a_socket_in_the_context_is_an_empty_file_as_buildkit_sends_it() {
+    use std::os::unix::fs::PermissionsExt;
+    kiln_testsupport::require_namespaces!("runs a build");
+    let fixture = Fixture::new();
+    let ctx = fixture.dir.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("d")).unwrap();
+    std::fs::write(ctx.join("d/a"), "a\n").unwrap();
+    let socket = ctx.join("d/sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o751)).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nCOPY . /ctx/\n\
+         RUN --mount=type=bind,target=/m test -f /m/d/sock && ! test -S /m/d/sock \
+         && ! test -s /m/d/sock && echo bound-as-file > /seen\n",
+    )
+    .unwrap();
+    let dest = fixture.dir.path().join("out");
+    let output = format!("type=local,dest={}", dest.display());
+    let out = fixture.build(&["-o", &output, ctx.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let copied = std::fs::symlink_metadata(dest.join("ctx/d/sock")).unwrap();
+    assert!(copied.is_file(), "{:?}", copied.file_type());
+    assert_eq!(copied.len(), 0);
+    assert_eq!(copied.permissions().mode() & 0o7777, 0o751);
+    assert_eq!(
+        std::fs::read_to_string(dest.join("ctx/d/a")).unwrap(),
+        "a\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.join("seen")).unwrap(),
+        "bound-as-file\n"
+    );
+}
+
 fn testdata(area: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("testdata/builder")

@@ -65,6 +65,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ContextError + '_ {
     }
 }
 
+/// The hex SHA-256 of no bytes: the content digest of a socket's empty file.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
 /// What kind of filesystem object an entry is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -130,6 +133,12 @@ pub struct BuildContext {
     ///
     /// [`RootfsError::NotUtf8`]: crate::rootfs::RootfsError::NotUtf8
     undecodable: BTreeSet<String>,
+    /// Sockets, which the context holds as empty regular files with the
+    /// socket's mode and times, as BuildKit's context transfer makes them
+    /// (fsutil asks data of regular files only and writes anything it has
+    /// no other form for as a regular file): the copy reads no bytes of
+    /// them ([`crate::rootfs::SourceTree`] for `BuildContext`).
+    sockets: BTreeSet<String>,
 }
 
 impl BuildContext {
@@ -152,6 +161,7 @@ impl BuildContext {
             stats: HashStats::default(),
             altered: BTreeSet::new(),
             undecodable: BTreeSet::new(),
+            sockets: BTreeSet::new(),
         };
         if meta.uid() != 0 || meta.gid() != 0 {
             ctx.alter("");
@@ -287,6 +297,12 @@ impl BuildContext {
         })
     }
 
+    /// Whether `rel` is a socket, which the build sees as an empty regular
+    /// file (see `sockets`).
+    pub fn is_socket(&self, rel: &str) -> bool {
+        !self.sockets.is_empty() && self.sockets.contains(rel.trim_matches('/'))
+    }
+
     /// Marks `dir` and its parents as not on the host as the build sees
     /// them.
     fn alter(&mut self, dir: &str) {
@@ -324,7 +340,11 @@ impl BuildContext {
         } else if ft.is_fifo() {
             EntryKind::Fifo
         } else if ft.is_socket() {
-            EntryKind::Socket
+            // An empty regular file (see `sockets`): a directory holding
+            // one is not on the host as the build sees it.
+            self.sockets.insert(rel.to_string());
+            self.alter(rel.rsplit_once('/').map_or("", |(dir, _)| dir));
+            EntryKind::File
         } else {
             EntryKind::Device {
                 block: ft.is_block_device(),
@@ -332,7 +352,9 @@ impl BuildContext {
             }
         };
         let mtime = (meta.mtime(), meta.mtime_nsec());
-        let content_digest = if kind == EntryKind::File {
+        let content_digest = if ft.is_socket() {
+            Some(format!("sha256:{EMPTY_SHA256}"))
+        } else if kind == EntryKind::File {
             let key = StatKey {
                 size: meta.len(),
                 mtime_sec: mtime.0,

@@ -365,6 +365,10 @@ impl SourceTree for BuildContext {
                 // The docker CLI sends the context with owners reset to 0.
                 meta.uid = 0;
                 meta.gid = 0;
+                if self.is_socket(rel) {
+                    meta.kind = EntryKind::File;
+                    meta.size = 0;
+                }
                 Ok(Some(meta))
             }
             None => Ok(None),
@@ -376,6 +380,10 @@ impl SourceTree for BuildContext {
     }
 
     fn host_file(&self, rel: &str) -> Result<PathBuf, RootfsError> {
+        // A socket's bytes are none (opening it would fail).
+        if self.is_socket(rel) {
+            return Ok(PathBuf::from("/dev/null"));
+        }
         Ok(self.host_path(rel))
     }
 
