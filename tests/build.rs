@@ -49,7 +49,8 @@ impl Fixture {
 /// A file name that is not UTF-8 (kiln's paths are strings): an unused one
 /// in the context no longer stops every build; a COPY that takes one is
 /// refused, naming it, rather than renaming it (`.dockerignore` leaves it
-/// out); a RUN's such file is refused by an output that would rename it.
+/// out), as is an entry of an archive ADD extracts; a RUN's such file is
+/// refused by an output that would rename it.
 #[test]
 fn names_that_are_not_utf8_are_refused_where_copied_and_ignored_elsewhere() {
     use std::os::unix::ffi::OsStrExt;
@@ -86,6 +87,28 @@ fn names_that_are_not_utf8_are_refused_where_copied_and_ignored_elsewhere() {
     let (out, dest) = build("FROM busybox\nCOPY . /ctx/\n", "ignored");
     assert!(out.status.success(), "{}", text(&out));
     assert!(dest.join("ctx/a").is_file());
+
+    // An archive's entry with such a name is refused by ADD too (it was
+    // renamed with U+FFFD).
+    let src = fixture.dir.path().join("names");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join(std::ffi::OsStr::from_bytes(b"caf\xe9")), "c\n").unwrap();
+    let tarred = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&src)
+        .arg("-cf")
+        .arg(ctx.join("names.tar"))
+        .arg(".")
+        .status()
+        .expect("run tar");
+    assert!(tarred.success());
+    let (out, _) = build("FROM busybox\nADD names.tar /x/\n", "added");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("entry \"./caf\u{FFFD}\": its name is not UTF-8"),
+        "{}",
+        text(&out)
+    );
 
     let run = "FROM busybox\nRUN touch \"/caf$(printf '\\351')\"\n";
     let (out, _) = build(run, "from-run");

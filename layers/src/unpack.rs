@@ -694,20 +694,34 @@ impl Unpacker<'_> {
         }
     }
 
-    /// The tar's name for an entry or link, as this mode reads names.
-    fn name_bytes(&self, raw: &[u8]) -> Vec<u8> {
-        if self.is_archive() {
-            String::from_utf8_lossy(raw).into_owned().into_bytes()
-        } else {
-            raw.to_vec()
+    /// The tar's name for an entry, or a link's target (`link`), as this
+    /// mode reads names: a layer's as it is; an archive's (ADD) only when
+    /// it is UTF-8, the paths of a build step's root filesystem being
+    /// strings (an image layer keeps any name: its snapshot is written as
+    /// the tar says). `shown` names the entry in the error.
+    fn name_bytes(&self, raw: &[u8], shown: &str, link: bool) -> Result<Vec<u8>> {
+        if self.is_archive() && std::str::from_utf8(raw).is_err() {
+            let what = match link {
+                true => format!("its link target {:?}", String::from_utf8_lossy(raw)),
+                false => "its name".to_string(),
+            };
+            return Err(self.unsupported(
+                shown,
+                format!(
+                    "{what} is not UTF-8, which kiln cannot copy into a build step yet; \
+                     rename it in the archive"
+                ),
+            ));
         }
+        Ok(raw.to_vec())
     }
 
     /// Writes one entry of the tar: a whiteout, the root's metadata, or a
     /// file, directory, link or node in its parent directory.
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
-        let raw_path = self.name_bytes(&entry.path_bytes());
+        let raw_path = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
+        let raw_path = self.name_bytes(&raw_path, &shown, false)?;
         let kind = entry.header().entry_type();
         if matches!(kind, tar::EntryType::XGlobalHeader) {
             return Ok(());
@@ -992,7 +1006,7 @@ impl Unpacker<'_> {
         // is inside it there, and it is resolved in the image, where it is
         // the image's. Nothing later is written through it (entries'
         // directories are resolved inside the destination).
-        let target = self.name_bytes(&target);
+        let target = self.name_bytes(&target, shown, true)?;
         self.clear(parent, name, false, shown)?;
         rustix::fs::symlinkat(OsStr::from_bytes(&target), parent, name.as_os_str())
             .map_err(|e| self.io("symlink", shown, e))?;
@@ -1019,7 +1033,7 @@ impl Unpacker<'_> {
         let target = entry
             .link_name_bytes()
             .ok_or_else(|| self.unsafe_entry(shown, "hardlink without a target"))?;
-        let target = self.name_bytes(&target);
+        let target = self.name_bytes(&target, shown, true)?;
         let target_comps = self.link_target(&target, shown)?;
         let Some((target_name, target_parent)) = target_comps.split_last() else {
             return Err(self.unsafe_entry(shown, "hardlink to the root"));
