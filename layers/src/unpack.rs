@@ -20,7 +20,9 @@
 //!   planted it or a lower layer did (lower layers are consulted when a
 //!   parent directory has to be created, which then copies the lower
 //!   directory's owner and mode). Hardlink targets must be in this layer.
-//!   The root entry (`./`) sets the root's metadata. OCI whiteouts become
+//!   A hardlink entry's owner, mode, mtime and xattrs are set on the inode
+//!   it shares with its target, as containerd's untar sets them (in both
+//!   modes). The root entry (`./`) sets the root's metadata. OCI whiteouts become
 //!   overlay whiteouts: `.wh.NAME` → a 0/0 character device `NAME`,
 //!   `.wh..wh..opq` → `trusted.overlay.opaque=y` on the parent, so a stack
 //!   of unpacked layers mounts as overlay lower dirs ([`Whiteouts::Overlay`]).
@@ -758,7 +760,7 @@ impl Unpacker<'_> {
             }
             tar::EntryType::Directory => self.make_dir(place, &attrs),
             tar::EntryType::Symlink => self.make_symlink(entry, &place, &attrs),
-            tar::EntryType::Link => self.make_hardlink(entry, &place),
+            tar::EntryType::Link => self.make_hardlink(entry, &place, &attrs),
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 self.make_node(entry.header(), &place, &attrs)
             }
@@ -1028,6 +1030,7 @@ impl Unpacker<'_> {
         &mut self,
         entry: &mut tar::Entry<'_, R>,
         place: &Place<'_>,
+        attrs: &Attrs,
     ) -> Result<()> {
         let (parent, name, shown) = (place.parent, place.name, place.shown);
         let target = entry
@@ -1058,14 +1061,16 @@ impl Unpacker<'_> {
         let target_dir = self
             .open_dir(target_parent, false, shown)
             .map_err(|_| not_a_file())?;
-        match rustix::fs::statat(
+        let target_type = match rustix::fs::statat(
             &target_dir,
             target_name.as_os_str(),
             AtFlags::SYMLINK_NOFOLLOW,
         ) {
-            Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::Directory => {}
+            Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::Directory => {
+                FileType::from_raw_mode(st.st_mode)
+            }
             _ => return Err(not_a_file()),
-        }
+        };
         self.clear(parent, name, false, shown)?;
         rustix::fs::linkat(
             &target_dir,
@@ -1074,7 +1079,46 @@ impl Unpacker<'_> {
             name.as_os_str(),
             AtFlags::empty(),
         )
-        .map_err(|e| self.io("hardlink", shown, e))
+        .map_err(|e| self.io("hardlink", shown, e))?;
+        self.hardlink_attrs(place, attrs, target_type == FileType::Symlink)
+    }
+
+    /// The link entry's own owner, xattrs, mode and mtime, set on the inode
+    /// it shares with its target, as containerd's and go-archive's untar
+    /// set them after the link (a tar writer gives both entries the same,
+    /// a hand-made tar may not). A link to a symlink keeps the symlink's
+    /// mode and times (no lchmod; go-archive skips both).
+    fn hardlink_attrs(&self, place: &Place<'_>, attrs: &Attrs, to_symlink: bool) -> Result<()> {
+        let (parent, name, shown) = (place.parent, place.name, place.shown);
+        if self.preserve_owners {
+            chown_at(parent, name, attrs.uid, attrs.gid).map_err(|e| self.io("chown", shown, e))?;
+        }
+        let node = proc_path(parent, name);
+        for (k, v) in &attrs.xattrs {
+            set_xattr_checked(
+                self,
+                rustix::fs::lsetxattr(&node, k.as_str(), v, XattrFlags::empty()),
+                k,
+                shown,
+            )?;
+        }
+        if to_symlink {
+            return Ok(());
+        }
+        rustix::fs::chmodat(
+            parent,
+            name.as_os_str(),
+            Mode::from_raw_mode(attrs.mode),
+            AtFlags::empty(),
+        )
+        .map_err(|e| self.io("chmod", shown, e))?;
+        rustix::fs::utimensat(
+            parent,
+            name.as_os_str(),
+            &times(attrs.mtime),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.io("set mtime", shown, e))
     }
 
     /// A character or block device or a fifo, with its exact mode, owner,
