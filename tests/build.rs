@@ -155,6 +155,23 @@ fn a_socket_in_the_context_is_an_empty_file_as_buildkit_sends_it() {
         std::fs::read_to_string(dest.join("seen")).unwrap(),
         "bound-as-file\n"
     );
+
+    // Copied onto an existing directory, added, bound alone: the same.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nCOPY d/sock /sock\nCOPY . /\nADD d/sock /x/\n\
+         RUN --mount=type=bind,source=d/sock,target=/s test -f /s && ! test -s /s\n",
+    )
+    .unwrap();
+    let dest = fixture.dir.path().join("out2");
+    let output = format!("type=local,dest={}", dest.display());
+    let out = fixture.build(&["-o", &output, ctx.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    for path in ["sock", "d/sock", "x/sock"] {
+        let copied = std::fs::symlink_metadata(dest.join(path)).unwrap();
+        assert!(copied.is_file() && copied.len() == 0, "{path}: {copied:?}");
+        assert_eq!(copied.permissions().mode() & 0o7777, 0o751, "{path}");
+    }
 }
 
 fn testdata(area: &str) -> PathBuf {

@@ -222,7 +222,7 @@ mod xz_tests {
 
     #[test]
     fn xz_streams_back_exactly_what_was_compressed() {
-        // Several chunks' worth, so the hand-over between threads is used.
+        // Larger than the decoder's buffers: read back across several reads.
         let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let tar = tar_of(&[("a.txt", b"hello\n".to_vec()), ("big.bin", big)]);
         let dir = tempfile::tempdir().unwrap();

@@ -707,7 +707,7 @@ impl Copier<'_> {
         }
         if !linked {
             let host = self.src.host_file(src)?;
-            std::fs::copy(&host, &upper).map_err(RootfsError::io(upper.display()))?;
+            crate::rootfs::copy_file_contents(&host, &upper, meta.mode)?;
             if meta.inode.2 > 1 {
                 self.inodes.insert(key, target.to_string());
             }

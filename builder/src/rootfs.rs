@@ -824,6 +824,28 @@ pub fn create_file_copy(
     rustix::fs::futimens(&to, &timestamps(info.atime, info.mtime)).map_err(|e| err(dest)(e.into()))
 }
 
+/// Writes the bytes of `src` (a regular file, or anything that reads as
+/// one: `/dev/null` for a context's socket) to `dest`, created or
+/// truncated (not through a symlink) with the permission bits `mode`, as
+/// `std::fs::copy` does for a regular file, which refuses anything else.
+/// Owner, times and xattrs are the caller's to set.
+pub fn copy_file_contents(src: &Path, dest: &Path, mode: u32) -> Result<(), RootfsError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |path: &Path| RootfsError::io(path.display().to_string());
+    let mut from = std::fs::File::open(src).map_err(err(src))?;
+    let mut to = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(dest)
+        .map_err(err(dest))?;
+    copy_bytes(&mut from, &mut to).map_err(err(dest))?;
+    to.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+        .map_err(err(dest))
+}
+
 /// `copy_file_range` until the source ends (the kernel copies, or shares
 /// extents, without a trip through user space); plain read/write where the
 /// filesystems cannot.

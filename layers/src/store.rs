@@ -913,17 +913,23 @@ impl Store {
             return Ok(Vec::new());
         };
         std::thread::scope(|s| {
+            // A blob no thread could be had for is stored on this one.
             let others: Vec<_> = rest
                 .iter()
-                .map(|(media_type, bytes)| s.spawn(move || self.put_blob(media_type, bytes)))
+                .map(|&(media_type, bytes)| {
+                    std::thread::Builder::new()
+                        .spawn_scoped(s, move || self.put_blob(media_type, bytes))
+                        .map_err(|_| (media_type, bytes))
+                })
                 .collect();
             let mut stored = vec![self.put_blob(media_type, bytes)];
             for other in others {
-                stored.push(
-                    other
+                stored.push(match other {
+                    Ok(thread) => thread
                         .join()
                         .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                );
+                    Err((media_type, bytes)) => self.put_blob(media_type, bytes),
+                });
             }
             stored.into_iter().collect()
         })
@@ -1077,11 +1083,15 @@ impl Store {
             return write_atomic(&path, &bytes);
         }
         let staged = std::thread::scope(|s| {
-            let names = s.spawn(|| self.sync_blob_names());
+            let names = std::thread::Builder::new().spawn_scoped(s, || self.sync_blob_names());
             let staged = Staged::write(&path, &bytes);
-            let names = names
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            // Without a thread of its own, the fsync runs here, after.
+            let names = match names {
+                Ok(thread) => thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(_) => self.sync_blob_names(),
+            };
             match (staged, names) {
                 (Ok(staged), Err(e)) => Err(staged.discard(e)),
                 (staged, _) => staged,

@@ -99,7 +99,12 @@ fn run_or_reuse(
                 step.line,
                 reuse.linked()
             );
-            s.spawn(move || reuse.save(run.build.store, key, chain));
+            let save = move || reuse.save(run.build.store, key, chain);
+            // Without a thread of its own, the shape is written here.
+            if let Err(e) = std::thread::Builder::new().spawn_scoped(s, save) {
+                tracing::debug!("no thread for the copy shape ({e}); writing it here");
+                reuse.save(run.build.store, key, chain);
+            }
         }
         discard_step_dir(run.build.store, &dir, &upper, &leftover);
         if let Some(key) = &step.cache_key {
