@@ -211,7 +211,8 @@ fn chown_to_a_user_the_image_lacks_is_root_and_a_build_warning() {
 /// taken, and once the stage has a layer a missing name is root again.
 #[test]
 fn a_name_on_a_stage_without_files_is_refused() {
-    require_namespaces!();
+    // Owners as the host sees them: not rootless (ids mapped).
+    require_root!();
     let fixture = Fixture::new();
     let refused = [
         (
@@ -272,7 +273,8 @@ fn a_name_on_a_stage_without_files_is_refused() {
 /// (go-archive's `MkdirAllAndChown` with the root pair, 0755).
 #[test]
 fn add_chown_of_a_tar_leaves_the_directories_it_implies_to_root() {
-    require_namespaces!();
+    // Owners as the host sees them: not rootless (ids mapped).
+    require_root!();
     let fixture = Fixture::new();
     let ctx = fixture.context(
         "addtar",
