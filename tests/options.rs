@@ -1036,7 +1036,7 @@ fn standard_output_holds_one_output_and_flags_that_would_do_nothing_are_refused(
         ),
         (
             vec!["--compression", "zstd", "--docker-mediatypes"],
-            "--compression zstd conflicts with --docker-mediatypes",
+            "compression=zstd conflicts with oci-mediatypes=false (--docker-mediatypes)",
         ),
         (
             vec!["-q", "--progress", "plain"],
@@ -1117,6 +1117,178 @@ fn standard_output_holds_one_output_and_flags_that_would_do_nothing_are_refused(
 }
 
 /// The member names of a tar (the system's tar reads it), without `./`.
+/// The image format attributes of BuildKit's image exporter on an output:
+/// `compression=zstd` compresses the layers the build made with zstd,
+/// `oci-mediatypes=false` writes Docker's media types, as `--compression`
+/// and `--docker-mediatypes` do; outputs and flags that disagree, and what
+/// kiln cannot do (`force-compression=true`, `compression-level=`, other
+/// compressions), are refused before the build; a root filesystem output
+/// takes none of them.
+#[test]
+fn outputs_take_compression_and_oci_mediatypes_as_buildkits_exporter() {
+    require_namespaces!();
+    let fixture = Fixture::new();
+    let ctx = fixture.context(
+        "formats",
+        &[("Dockerfile", "FROM busybox\nRUN echo made > /made\n")],
+    );
+    let ctx = ctx.to_str().unwrap();
+    let path = |name: &str| fixture.dir.path().join(name);
+    let tar_bytes = |tar: &Path, name: &str| -> Vec<u8> {
+        let out = std::process::Command::new("tar")
+            .arg("-xOf")
+            .arg(tar)
+            .arg(name)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name} in {}", tar.display());
+        out.stdout
+    };
+    // The manifest an OCI tar's index names: its media type and its last
+    // layer's (the RUN's).
+    let manifest_of = |tar: &Path| -> (String, String) {
+        let index: serde_json::Value =
+            serde_json::from_slice(&tar_bytes(tar, "index.json")).unwrap();
+        let digest = index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let blob = format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
+        let manifest: serde_json::Value = serde_json::from_slice(&tar_bytes(tar, &blob)).unwrap();
+        let layers = manifest["layers"].as_array().unwrap();
+        (
+            manifest["mediaType"].as_str().unwrap().to_string(),
+            layers.last().unwrap()["mediaType"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        )
+    };
+    let build = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.push(ctx);
+        fixture.build(&all)
+    };
+
+    let zstd = path("zstd.tar");
+    let out = build(&[
+        "-o",
+        &format!(
+            "type=oci,dest={},compression=zstd,force-compression=false",
+            zstd.display()
+        ),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        manifest_of(&zstd),
+        (
+            "application/vnd.oci.image.manifest.v1+json".to_string(),
+            "application/vnd.oci.image.layer.v1.tar+zstd".to_string()
+        )
+    );
+    let docker = path("docker-types.tar");
+    let out = build(&[
+        "-o",
+        &format!("type=oci,dest={},oci-mediatypes=false", docker.display()),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        manifest_of(&docker),
+        (
+            "application/vnd.docker.distribution.manifest.v2+json".to_string(),
+            "application/vnd.docker.image.rootfs.diff.tar.gzip".to_string()
+        )
+    );
+    // Two outputs and a flag that say the same.
+    let (a, b) = (path("a.tar"), path("b.tar"));
+    let out = build(&[
+        "--compression",
+        "zstd",
+        "-o",
+        &format!(
+            "type=oci,dest={},compression=zstd,oci-mediatypes=true",
+            a.display()
+        ),
+        "-o",
+        &format!("type=docker,dest={},compression=zstd", b.display()),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        manifest_of(&a).1,
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    );
+
+    let x = format!("type=oci,dest={}", path("x.tar").display());
+    let refused: [(Vec<String>, &str); 8] = [
+        (
+            vec![
+                "-o".into(),
+                format!("{x},compression=zstd"),
+                "-o".into(),
+                format!(
+                    "type=docker,dest={},compression=gzip",
+                    path("y.tar").display()
+                ),
+            ],
+            "says compression=gzip, --output type=oci",
+        ),
+        (
+            vec![
+                "--compression".into(),
+                "gzip".into(),
+                "-o".into(),
+                format!("{x},compression=zstd"),
+            ],
+            "compression=zstd, --compression says compression=gzip",
+        ),
+        (
+            vec![
+                "--docker-mediatypes".into(),
+                "-o".into(),
+                format!("{x},oci-mediatypes=true"),
+            ],
+            "says oci-mediatypes=true, --docker-mediatypes says oci-mediatypes=false",
+        ),
+        (
+            vec![
+                "-o".into(),
+                format!("{x},compression=zstd,oci-mediatypes=false"),
+            ],
+            "compression=zstd conflicts with oci-mediatypes=false",
+        ),
+        (
+            vec!["-o".into(), format!("{x},force-compression=true")],
+            "force-compression=true: kiln compresses only the layers the build made",
+        ),
+        (
+            vec!["-o".into(), format!("{x},compression-level=9")],
+            "compression-level=9: kiln compresses at gzip's level 6",
+        ),
+        (
+            vec!["-o".into(), format!("{x},compression=estargz")],
+            "compression=estargz: kiln compresses the layers it makes with gzip or zstd",
+        ),
+        (
+            vec![
+                "-o".into(),
+                format!("type=local,dest={},compression=zstd", path("fs").display()),
+            ],
+            "compression= is not an option of type=local",
+        ),
+    ];
+    for (args, message) in refused {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = build(&args);
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(message), "{args:?}: {}", text(&out));
+        assert!(
+            !text(&out).contains("RUN echo"),
+            "{args:?}: built: {}",
+            text(&out)
+        );
+    }
+}
+
 fn tar_names(tar: &[u8]) -> Vec<String> {
     use std::io::Write;
     let mut child = std::process::Command::new("tar")

@@ -4,7 +4,9 @@
 //! `-o DIR`) or a tar (`type=tar`, or `-o -` for standard output), or the
 //! image itself under more names, pushed or not (`type=image,name=…,push=…`;
 //! `type=registry` pushes). [`with_tags`] then gives the outputs the names
-//! buildx gives them.
+//! buildx gives them. The outputs that write an image take BuildKit's
+//! `compression=` and `oci-mediatypes=` ([`ImageFormat`]); kiln writes one
+//! image for them all, so they must agree ([`ImageFormat::settle`]).
 //!
 //! ```
 //! use kiln_builder::export::{Archive, Dest, Output};
@@ -28,6 +30,143 @@ use kiln_layers::{Compression, Descriptor, Platform, Reference, Reporter, Store}
 use crate::copy::CopyOptions;
 use crate::rootfs::LayeredRootfs;
 use crate::solve::BuiltImage;
+
+/// What an output that writes an image (`type=oci|docker|image|registry`)
+/// says of its form, in BuildKit's image exporter attributes:
+/// `compression=gzip|zstd`, `oci-mediatypes=true|false`. `None`: not said.
+/// (`force-compression=false` is what kiln does: a base image's layers
+/// leave as the registry gave them; `true`, `compression-level=`, and
+/// other compressions are refused.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImageFormat {
+    pub compression: Option<Compression>,
+    pub oci_media_types: Option<bool>,
+}
+
+impl ImageFormat {
+    /// Takes the image format attributes out of an output's `map`.
+    fn take(map: &mut BTreeMap<String, String>) -> Result<ImageFormat, String> {
+        let bool_of = |key: &str, value: &str| match value {
+            "" => Ok(true),
+            v => kiln_parser::mount::parse_go_bool(v)
+                .ok_or_else(|| format!("{key}={v}: true or false")),
+        };
+        let compression = match map.remove("compression").as_deref() {
+            None => None,
+            Some("gzip") => Some(Compression::Gzip),
+            Some("zstd") => Some(Compression::Zstd),
+            Some(other) => {
+                return Err(format!(
+                    "compression={other}: kiln compresses the layers it makes with gzip or zstd"
+                ))
+            }
+        };
+        let oci_media_types = match map.remove("oci-mediatypes") {
+            None => None,
+            Some(value) => Some(bool_of("oci-mediatypes", &value)?),
+        };
+        if let Some(value) = map.remove("force-compression") {
+            if bool_of("force-compression", &value)? {
+                return Err(
+                    "force-compression=true: kiln compresses only the layers the build \
+                     made; a base image's layers leave as the registry gave them \
+                     (force-compression=false)"
+                        .into(),
+                );
+            }
+        }
+        if let Some(value) = map.remove("compression-level") {
+            return Err(format!(
+                "compression-level={value}: kiln compresses at gzip's level 6 and zstd's \
+                 level 3, no other"
+            ));
+        }
+        if compression == Some(Compression::Zstd) && oci_media_types == Some(false) {
+            return Err(
+                "compression=zstd conflicts with oci-mediatypes=false (Docker's media \
+                 types have no zstd layer)"
+                    .into(),
+            );
+        }
+        Ok(ImageFormat {
+            compression,
+            oci_media_types,
+        })
+    }
+
+    /// The one compression and media type family of the build's image:
+    /// what `--compression` and `--docker-mediatypes` (`flags`, `None`
+    /// where not given) and every output's attributes (with its spec, for
+    /// the error) say, which must agree; gzip and OCI's media types where
+    /// nothing says. Returns the compression and whether the media types
+    /// are Docker's.
+    pub fn settle(
+        flags: ImageFormat,
+        outputs: &[(ImageFormat, &str)],
+    ) -> Result<(Compression, bool), String> {
+        let outputs = || {
+            outputs
+                .iter()
+                .map(|(f, spec)| (*f, format!("--output {spec}")))
+        };
+        let compressions = (flags
+            .compression
+            .map(|c| (c, "--compression".to_string()))
+            .into_iter())
+        .chain(outputs().filter_map(|(f, who)| f.compression.map(|c| (c, who))));
+        let media_types = (flags
+            .oci_media_types
+            .map(|o| (o, "--docker-mediatypes".to_string())))
+        .into_iter()
+        .chain(outputs().filter_map(|(f, who)| f.oci_media_types.map(|o| (o, who))));
+        let compression = agree(compressions, |c| {
+            format!("compression={}", compression_name(*c))
+        })?;
+        let oci = agree(media_types, |o| format!("oci-mediatypes={o}"))?;
+        let compression = compression.unwrap_or(Compression::Gzip);
+        let docker = oci == Some(false);
+        if docker && compression == Compression::Zstd {
+            return Err(
+                "compression=zstd conflicts with oci-mediatypes=false (--docker-mediatypes): \
+                 Docker's media types have no zstd layer"
+                    .into(),
+            );
+        }
+        Ok((compression, docker))
+    }
+}
+
+/// The one value every sayer gives, if any says one; else an error naming
+/// the first two that differ.
+fn agree<T: PartialEq>(
+    said: impl Iterator<Item = (T, String)>,
+    show: impl Fn(&T) -> String,
+) -> Result<Option<T>, String> {
+    let mut first: Option<(T, String)> = None;
+    for (value, who) in said {
+        match &first {
+            Some((earlier, by)) if *earlier != value => {
+                return Err(format!(
+                    "{who} says {}, {by} says {}: kiln writes one image, in one form, for \
+                     every output",
+                    show(&value),
+                    show(earlier)
+                ))
+            }
+            Some(_) => {}
+            None => first = Some((value, who)),
+        }
+    }
+    Ok(first.map(|(value, _)| value))
+}
+
+fn compression_name(c: Compression) -> &'static str {
+    match c {
+        Compression::Gzip => "gzip",
+        Compression::Zstd => "zstd",
+        Compression::None => "uncompressed",
+    }
+}
 
 /// One `--output`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,16 +360,23 @@ impl Output {
     /// shorthands `PATH` (`type=local,dest=PATH`) and `-` (a tar of the
     /// root filesystem to standard output).
     pub fn parse(spec: &str) -> Result<Output, ExportError> {
+        Output::parse_with_format(spec).map(|(output, _)| output)
+    }
+
+    /// [`Output::parse`], with what an output that writes an image says of
+    /// its form ([`ImageFormat`]; the default for the others).
+    pub fn parse_with_format(spec: &str) -> Result<(Output, ImageFormat), ExportError> {
         let bad = |message: String| ExportError::Spec {
             spec: spec.to_string(),
             message,
         };
         if !spec.contains('=') && !spec.contains(',') {
-            return Ok(match spec {
+            let output = match spec {
                 "-" => Output::Tar(Dest::Stdout),
                 "" => return Err(bad("an output needs a destination".into())),
                 path => Output::Local(PathBuf::from(path)),
-            });
+            };
+            return Ok((output, ImageFormat::default()));
         }
         let fields = kiln_parser::mount::csv_fields(spec).map_err(|e| bad(e.to_string()))?;
         let mut map: BTreeMap<String, String> = BTreeMap::new();
@@ -241,6 +387,10 @@ impl Output {
             map.insert(key.trim().to_ascii_lowercase(), value.trim().to_string());
         }
         let kind = map.remove("type").unwrap_or_else(|| "local".into());
+        let format = match kind.as_str() {
+            "oci" | "docker" | "image" | "registry" => ImageFormat::take(&mut map).map_err(bad)?,
+            _ => ImageFormat::default(),
+        };
         let dest = map.remove("dest").filter(|d| !d.is_empty());
         // An empty name= names nothing (BuildKit reads it so).
         let mut names = || match map.remove("name").filter(|n| !n.trim().is_empty()) {
@@ -331,7 +481,7 @@ impl Output {
         if let Some(key) = map.keys().next() {
             return Err(bad(format!("{key}= is not an option of type={kind}")));
         }
-        Ok(output)
+        Ok((output, format))
     }
 
     /// Whether the output goes to standard output (nothing else may,

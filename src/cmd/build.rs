@@ -17,7 +17,7 @@ use kiln_builder::contexts::{
     ContextSpec, NamedContextSpec, NamedContexts, PrepareOptions, PreparedContext,
 };
 use kiln_builder::copy::{FetchInfo, UrlFetcher};
-use kiln_builder::export::Output;
+use kiln_builder::export::{ImageFormat, Output};
 use kiln_builder::plan::{BuildOptions, LookupError};
 use kiln_builder::provenance::ProvenanceRequest;
 use kiln_builder::secrets::Secret;
@@ -154,9 +154,10 @@ pub struct BuildArgs {
     isolation: IsolationArg,
     /// How the layers the build made are compressed when they leave the
     /// store (--push, --output type=oci|docker); the store keeps them as
-    /// plain tar, as Docker's image store does.
-    #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
-    compression: CompressionArg,
+    /// plain tar, as Docker's image store does. Default gzip, or what the
+    /// outputs' compression= says (which must agree).
+    #[arg(long, value_enum)]
+    compression: Option<CompressionArg>,
     /// Write the image id (config digest) to this file (refused with a
     /// type=local or type=tar output, as buildx refuses it).
     #[arg(long, value_name = "FILE")]
@@ -218,7 +219,8 @@ pub struct BuildArgs {
     /// ID=SOCKET, or ID=KEYFILE,... (key files loaded into an ssh-agent kiln starts).
     #[arg(long = "ssh", value_name = "default|ID[=SOCKET|KEY[,KEY]]")]
     ssh: Vec<String>,
-    /// Write Docker (schema 2) media types instead of OCI ones.
+    /// Write Docker (schema 2) media types instead of OCI ones (as an
+    /// output's oci-mediatypes=false does).
     #[arg(
         long,
         env = "KILN_DOCKER_MEDIATYPES",
@@ -537,11 +539,21 @@ fn settings_of(
         ssh.insert(id, agent.socket().to_path_buf());
         ssh_agents.push(agent);
     }
-    let outputs = args
+    let parsed = args
         .outputs
         .iter()
-        .map(|spec| Output::parse(spec))
-        .collect::<Result<_, _>>()?;
+        .map(|spec| Output::parse_with_format(spec).map(|(o, f)| (o, (f, spec.as_str()))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (outputs, formats): (Vec<Output>, Vec<_>) = parsed.into_iter().unzip();
+    let flags = ImageFormat {
+        compression: args.compression.map(|c| match c {
+            CompressionArg::Gzip => Compression::Gzip,
+            CompressionArg::Zstd => Compression::Zstd,
+        }),
+        oci_media_types: args.docker_mediatypes.then_some(false),
+    };
+    let (compression, docker_media_types) =
+        ImageFormat::settle(flags, &formats).map_err(anyhow::Error::msg)?;
     let outputs = kiln_builder::export::with_tags(outputs, &tags, args.push);
     let terminal = std::io::stdout().is_terminal();
     for output in &outputs {
@@ -569,11 +581,8 @@ fn settings_of(
         network: sandbox.network,
         snapshotter: sandbox.snapshotter,
         chroot: sandbox.chroot,
-        compression: match args.compression {
-            CompressionArg::Gzip => Compression::Gzip,
-            CompressionArg::Zstd => Compression::Zstd,
-        },
-        docker_media_types: args.docker_mediatypes,
+        compression,
+        docker_media_types,
         secrets: args
             .secrets
             .iter()
