@@ -1199,6 +1199,17 @@ fn outputs_take_compression_and_oci_mediatypes_as_buildkits_exporter() {
             "application/vnd.docker.image.rootfs.diff.tar.gzip".to_string()
         )
     );
+    // Uncompressed, at the level kiln uses, read as BuildKit reads it.
+    let plain = path("plain.tar");
+    let out = build(&[
+        "-o",
+        &format!("type=oci,dest={},compression=uncompressed", plain.display()),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        manifest_of(&plain).1,
+        "application/vnd.oci.image.layer.v1.tar"
+    );
     // Two outputs and a flag that say the same.
     let (a, b) = (path("a.tar"), path("b.tar"));
     let out = build(&[
@@ -1206,7 +1217,7 @@ fn outputs_take_compression_and_oci_mediatypes_as_buildkits_exporter() {
         "zstd",
         "-o",
         &format!(
-            "type=oci,dest={},compression=zstd,oci-mediatypes=true",
+            "type=oci,dest={},compression=zstd,oci-mediatypes=true,compression-level=3",
             a.display()
         ),
         "-o",
@@ -1219,42 +1230,26 @@ fn outputs_take_compression_and_oci_mediatypes_as_buildkits_exporter() {
     );
 
     let x = format!("type=oci,dest={}", path("x.tar").display());
-    let refused: [(Vec<String>, &str); 8] = [
+    let refused: [(Vec<String>, &str); 9] = [
         (
-            vec![
-                "-o".into(),
-                format!("{x},compression=zstd"),
-                "-o".into(),
-                format!(
-                    "type=docker,dest={},compression=gzip",
-                    path("y.tar").display()
-                ),
-            ],
+            vec!["-o".into(), format!("{x},compression=zstd"), "-o".into(), format!("type=docker,dest={},compression=gzip", path("y.tar").display())],
             "says compression=gzip, --output type=oci",
         ),
         (
-            vec![
-                "--compression".into(),
-                "gzip".into(),
-                "-o".into(),
-                format!("{x},compression=zstd"),
-            ],
+            vec!["--compression".into(), "gzip".into(), "-o".into(), format!("{x},compression=zstd")],
             "compression=zstd, --compression says compression=gzip",
         ),
         (
-            vec![
-                "--docker-mediatypes".into(),
-                "-o".into(),
-                format!("{x},oci-mediatypes=true"),
-            ],
-            "says oci-mediatypes=true, --docker-mediatypes says oci-mediatypes=false",
+            vec!["--docker-mediatypes".into(), "-o".into(), format!("{x},oci-mediatypes=true")],
+            "says oci-mediatypes=true, --docker-mediatypes (or KILN_DOCKER_MEDIATYPES) says oci-mediatypes=false",
         ),
         (
-            vec![
-                "-o".into(),
-                format!("{x},compression=zstd,oci-mediatypes=false"),
-            ],
+            vec!["-o".into(), format!("{x},compression=zstd,oci-mediatypes=false")],
             "compression=zstd conflicts with oci-mediatypes=false",
+        ),
+        (
+            vec!["-o".into(), format!("{x},oci-mediatypes=")],
+            "oci-mediatypes=: true or false",
         ),
         (
             vec!["-o".into(), format!("{x},force-compression=true")],
@@ -1262,17 +1257,14 @@ fn outputs_take_compression_and_oci_mediatypes_as_buildkits_exporter() {
         ),
         (
             vec!["-o".into(), format!("{x},compression-level=9")],
-            "compression-level=9: kiln compresses at gzip's level 6",
+            "compression-level=9: kiln compresses gzip at level 6, no other",
         ),
         (
             vec!["-o".into(), format!("{x},compression=estargz")],
-            "compression=estargz: kiln compresses the layers it makes with gzip or zstd",
+            "compression=estargz: kiln writes the layers it makes uncompressed, or compressed with gzip or zstd",
         ),
         (
-            vec![
-                "-o".into(),
-                format!("type=local,dest={},compression=zstd", path("fs").display()),
-            ],
+            vec!["-o".into(), format!("type=local,dest={},compression=zstd", path("fs").display())],
             "compression= is not an option of type=local",
         ),
     ];

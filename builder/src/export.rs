@@ -18,6 +18,10 @@
 //! assert_eq!(Output::parse("out").unwrap(), Output::Local("out".into()));
 //! assert_eq!(Output::parse("-").unwrap(), Output::Tar(Dest::Stdout));
 //! assert!(Output::parse("type=docker").is_err());
+//! // The image's form is the build's: only parse_with_format carries it.
+//! let (_, format) = Output::parse_with_format("type=oci,dest=x,compression=zstd").unwrap();
+//! assert_eq!(format.compression, Some(kiln_layers::Compression::Zstd));
+//! assert!(Output::parse("type=oci,dest=x,compression=zstd").is_err());
 //! ```
 
 use std::collections::BTreeMap;
@@ -33,31 +37,36 @@ use crate::solve::BuiltImage;
 
 /// What an output that writes an image (`type=oci|docker|image|registry`)
 /// says of its form, in BuildKit's image exporter attributes:
-/// `compression=gzip|zstd`, `oci-mediatypes=true|false`. `None`: not said.
-/// (`force-compression=false` is what kiln does: a base image's layers
-/// leave as the registry gave them; `true`, `compression-level=`, and
-/// other compressions are refused.)
+/// `compression=uncompressed|gzip|zstd`, `compression-level=` (only the
+/// level kiln compresses at: gzip 6, zstd 3), `oci-mediatypes=true|false`.
+/// `None`: not said. (`force-compression=false` is what kiln does: a base
+/// image's layers leave as the registry gave them; `true`, other levels
+/// and other compressions are refused.)
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ImageFormat {
     pub compression: Option<Compression>,
+    pub level: Option<i32>,
     pub oci_media_types: Option<bool>,
 }
 
 impl ImageFormat {
-    /// Takes the image format attributes out of an output's `map`.
+    /// Takes the image format attributes out of an output's `map`, read as
+    /// BuildKit reads them (`force-compression=` empty is true; an empty
+    /// `oci-mediatypes=` is no boolean).
     fn take(map: &mut BTreeMap<String, String>) -> Result<ImageFormat, String> {
-        let bool_of = |key: &str, value: &str| match value {
-            "" => Ok(true),
-            v => kiln_parser::mount::parse_go_bool(v)
-                .ok_or_else(|| format!("{key}={v}: true or false")),
+        let bool_of = |key: &str, value: &str| {
+            kiln_parser::mount::parse_go_bool(value)
+                .ok_or_else(|| format!("{key}={value}: true or false"))
         };
         let compression = match map.remove("compression").as_deref() {
             None => None,
+            Some("uncompressed") => Some(Compression::None),
             Some("gzip") => Some(Compression::Gzip),
             Some("zstd") => Some(Compression::Zstd),
             Some(other) => {
                 return Err(format!(
-                    "compression={other}: kiln compresses the layers it makes with gzip or zstd"
+                    "compression={other}: kiln writes the layers it makes uncompressed, or \
+                     compressed with gzip or zstd"
                 ))
             }
         };
@@ -66,7 +75,7 @@ impl ImageFormat {
             Some(value) => Some(bool_of("oci-mediatypes", &value)?),
         };
         if let Some(value) = map.remove("force-compression") {
-            if bool_of("force-compression", &value)? {
+            if value.is_empty() || bool_of("force-compression", &value)? {
                 return Err(
                     "force-compression=true: kiln compresses only the layers the build \
                      made; a base image's layers leave as the registry gave them \
@@ -75,12 +84,14 @@ impl ImageFormat {
                 );
             }
         }
-        if let Some(value) = map.remove("compression-level") {
-            return Err(format!(
-                "compression-level={value}: kiln compresses at gzip's level 6 and zstd's \
-                 level 3, no other"
-            ));
-        }
+        let level = match map.remove("compression-level") {
+            None => None,
+            Some(value) => Some(
+                value
+                    .parse::<i32>()
+                    .map_err(|_| format!("compression-level={value}: a number"))?,
+            ),
+        };
         if compression == Some(Compression::Zstd) && oci_media_types == Some(false) {
             return Err(
                 "compression=zstd conflicts with oci-mediatypes=false (Docker's media \
@@ -90,6 +101,7 @@ impl ImageFormat {
         }
         Ok(ImageFormat {
             compression,
+            level,
             oci_media_types,
         })
     }
@@ -114,9 +126,12 @@ impl ImageFormat {
             .map(|c| (c, "--compression".to_string()))
             .into_iter())
         .chain(outputs().filter_map(|(f, who)| f.compression.map(|c| (c, who))));
-        let media_types = (flags
-            .oci_media_types
-            .map(|o| (o, "--docker-mediatypes".to_string())))
+        let media_types = (flags.oci_media_types.map(|o| {
+            (
+                o,
+                "--docker-mediatypes (or KILN_DOCKER_MEDIATYPES)".to_string(),
+            )
+        }))
         .into_iter()
         .chain(outputs().filter_map(|(f, who)| f.oci_media_types.map(|o| (o, who))));
         let compression = agree(compressions, |c| {
@@ -124,6 +139,23 @@ impl ImageFormat {
         })?;
         let oci = agree(media_types, |o| format!("oci-mediatypes={o}"))?;
         let compression = compression.unwrap_or(Compression::Gzip);
+        let used_level = match compression {
+            Compression::Gzip => Some(kiln_layers::compress::GZIP_LEVEL as i32),
+            Compression::Zstd => Some(kiln_layers::compress::ZSTD_LEVEL),
+            Compression::None => None,
+        };
+        for (format, who) in outputs() {
+            if let Some(level) = format.level.filter(|l| Some(*l) != used_level) {
+                return Err(match used_level {
+                    Some(used) => format!(
+                        "{who}: compression-level={level}: kiln compresses {} at level {used}, \
+                         no other",
+                        compression_name(compression)
+                    ),
+                    None => format!("{who}: compression-level={level} of uncompressed layers"),
+                });
+            }
+        }
         let docker = oci == Some(false);
         if docker && compression == Compression::Zstd {
             return Err(
@@ -359,8 +391,17 @@ impl Output {
     /// Parses `type=KIND,key=value,…` (`type` defaults to `local`), or the
     /// shorthands `PATH` (`type=local,dest=PATH`) and `-` (a tar of the
     /// root filesystem to standard output).
+    /// An image format attribute (`compression=`, `oci-mediatypes=`) is
+    /// refused here, where nothing would carry it to the build: see
+    /// [`Output::parse_with_format`].
     pub fn parse(spec: &str) -> Result<Output, ExportError> {
-        Output::parse_with_format(spec).map(|(output, _)| output)
+        match Output::parse_with_format(spec)? {
+            (output, format) if format == ImageFormat::default() => Ok(output),
+            _ => Err(ExportError::Spec {
+                spec: spec.to_string(),
+                message: "compression= and oci-mediatypes= need Output::parse_with_format".into(),
+            }),
+        }
     }
 
     /// [`Output::parse`], with what an output that writes an image says of

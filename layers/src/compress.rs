@@ -152,6 +152,9 @@ fn archive_decoder<'a, B: io::BufRead + Send + 'a>(
 /// zstd level kiln uses (zstd's default).
 pub const ZSTD_LEVEL: i32 = 3;
 
+/// gzip level kiln uses (gzip's default).
+pub const GZIP_LEVEL: u32 = 6;
+
 /// A compressing writer; call [`Compressor::finish`] to flush the trailer.
 pub enum Compressor<W: Write> {
     None(W),
@@ -169,7 +172,7 @@ impl<W: Write> Compressor<W> {
             Compression::Gzip => Compressor::Gzip(
                 flate2::GzBuilder::new()
                     .mtime(0)
-                    .write(out, flate2::Compression::new(6)),
+                    .write(out, flate2::Compression::new(GZIP_LEVEL)),
             ),
             Compression::Zstd => {
                 let workers = std::thread::available_parallelism()

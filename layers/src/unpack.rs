@@ -721,13 +721,13 @@ impl Unpacker<'_> {
     /// Writes one entry of the tar: a whiteout, the root's metadata, or a
     /// file, directory, link or node in its parent directory.
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
-        let raw_path = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&raw_path).into_owned();
-        let raw_path = self.name_bytes(&raw_path, &shown, false)?;
         let kind = entry.header().entry_type();
         if matches!(kind, tar::EntryType::XGlobalHeader) {
             return Ok(());
         }
+        let raw_path = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw_path).into_owned();
+        let raw_path = self.name_bytes(&raw_path, &shown, false)?;
         let comps = self.components(&raw_path, &shown)?;
         let attrs = self.attrs(entry, &shown)?;
         self.stats.entries += 1;
@@ -1086,12 +1086,17 @@ impl Unpacker<'_> {
     /// The link entry's own owner, xattrs, mode and mtime, set on the inode
     /// it shares with its target, as containerd's and go-archive's untar
     /// set them after the link (a tar writer gives both entries the same,
-    /// a hand-made tar may not). A link to a symlink keeps the symlink's
-    /// mode and times (no lchmod; go-archive skips both).
+    /// a hand-made tar may not). A link to a symlink takes the owner only:
+    /// no lchmod, no times through it (go-archive), and no xattrs, which a
+    /// symlink entry of its own does not get either here (the kernel
+    /// refuses `user.*` on a symlink; the references skip that error).
     fn hardlink_attrs(&self, place: &Place<'_>, attrs: &Attrs, to_symlink: bool) -> Result<()> {
         let (parent, name, shown) = (place.parent, place.name, place.shown);
         if self.preserve_owners {
             chown_at(parent, name, attrs.uid, attrs.gid).map_err(|e| self.io("chown", shown, e))?;
+        }
+        if to_symlink {
+            return Ok(());
         }
         let node = proc_path(parent, name);
         for (k, v) in &attrs.xattrs {
@@ -1101,9 +1106,6 @@ impl Unpacker<'_> {
                 k,
                 shown,
             )?;
-        }
-        if to_symlink {
-            return Ok(());
         }
         rustix::fs::chmodat(
             parent,

@@ -550,6 +550,7 @@ fn settings_of(
             CompressionArg::Gzip => Compression::Gzip,
             CompressionArg::Zstd => Compression::Zstd,
         }),
+        level: None,
         oci_media_types: args.docker_mediatypes.then_some(false),
     };
     let (compression, docker_media_types) =
