@@ -1092,11 +1092,28 @@ impl Unpacker<'_> {
     /// refuses `user.*` on a symlink; the references skip that error).
     fn hardlink_attrs(&self, place: &Place<'_>, attrs: &Attrs, to_symlink: bool) -> Result<()> {
         let (parent, name, shown) = (place.parent, place.name, place.shown);
+        if !to_symlink {
+            return self.set_attrs_at(parent, name, attrs, shown);
+        }
         if self.preserve_owners {
             chown_at(parent, name, attrs.uid, attrs.gid).map_err(|e| self.io("chown", shown, e))?;
         }
-        if to_symlink {
-            return Ok(());
+        Ok(())
+    }
+
+    /// Sets the owner (when owners are preserved), xattrs, exact mode and
+    /// mtime of the non-symlink `name` in `parent`, in go-archive's order
+    /// (the chown first: it clears setuid bits and `security.capability`,
+    /// which the mode and the xattrs then set).
+    fn set_attrs_at(
+        &self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        attrs: &Attrs,
+        shown: &str,
+    ) -> Result<()> {
+        if self.preserve_owners {
+            chown_at(parent, name, attrs.uid, attrs.gid).map_err(|e| self.io("chown", shown, e))?;
         }
         let node = proc_path(parent, name);
         for (k, v) in &attrs.xattrs {
@@ -1109,18 +1126,13 @@ impl Unpacker<'_> {
         }
         rustix::fs::chmodat(
             parent,
-            name.as_os_str(),
+            name,
             Mode::from_raw_mode(attrs.mode),
             AtFlags::empty(),
         )
         .map_err(|e| self.io("chmod", shown, e))?;
-        rustix::fs::utimensat(
-            parent,
-            name.as_os_str(),
-            &times(attrs.mtime),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| self.io("set mtime", shown, e))
+        rustix::fs::utimensat(parent, name, &times(attrs.mtime), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| self.io("set mtime", shown, e))
     }
 
     /// A character or block device or a fifo, with its exact mode, owner,
@@ -1158,28 +1170,8 @@ impl Unpacker<'_> {
             rustix::fs::makedev(major, minor),
         )
         .map_err(|e| self.io("mknod", shown, e))?;
-        if self.preserve_owners {
-            chown_at(parent, name, attrs.uid, attrs.gid).map_err(|e| self.io("chown", shown, e))?;
-        }
-        // mknod applies the umask; set the exact mode afterwards.
-        rustix::fs::chmodat(parent, name.as_os_str(), mode, AtFlags::empty())
-            .map_err(|e| self.io("chmod", shown, e))?;
-        let node = proc_path(parent, name);
-        for (k, v) in &attrs.xattrs {
-            set_xattr_checked(
-                self,
-                rustix::fs::lsetxattr(&node, k.as_str(), v, XattrFlags::empty()),
-                k,
-                shown,
-            )?;
-        }
-        rustix::fs::utimensat(
-            parent,
-            name.as_os_str(),
-            &times(attrs.mtime),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| self.io("set mtime", shown, e))
+        // mknod applies the umask: the exact mode is set with the rest.
+        self.set_attrs_at(parent, name, attrs, shown)
     }
 
     /// Where a hardlink's target (`raw`, as the tar names it) is, below the
