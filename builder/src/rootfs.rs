@@ -803,17 +803,9 @@ pub fn create_file_copy(
     dest: &Path,
     info: &NewFileInfo<'_>,
 ) -> Result<(), RootfsError> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let err = |path: &Path| RootfsError::io(path.display().to_string());
-    let mut from = std::fs::File::open(src).map_err(err(src))?;
-    let mut to = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(dest)
-        .map_err(err(dest))?;
-    copy_bytes(&mut from, &mut to).map_err(err(dest))?;
+    let to = copy_to(src, dest, false)?;
     std::os::unix::fs::fchown(&to, Some(info.uid), Some(info.gid)).map_err(err(dest))?;
     to.set_permissions(std::fs::Permissions::from_mode(info.mode & 0o7777))
         .map_err(err(dest))?;
@@ -830,20 +822,32 @@ pub fn create_file_copy(
 /// `std::fs::copy` does for a regular file, which refuses anything else.
 /// Owner, times and xattrs are the caller's to set.
 pub fn copy_file_contents(src: &Path, dest: &Path, mode: u32) -> Result<(), RootfsError> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
+    copy_to(src, dest, true)?
+        .set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+        .map_err(RootfsError::io(dest.display().to_string()))
+}
+
+/// The bytes of `src` written to `dest`, a new file (0600, not through a
+/// symlink; with `replace`, one that is there is truncated instead of
+/// refused), returned open for its metadata.
+fn copy_to(src: &Path, dest: &Path, replace: bool) -> Result<std::fs::File, RootfsError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let err = |path: &Path| RootfsError::io(path.display().to_string());
     let mut from = std::fs::File::open(src).map_err(err(src))?;
-    let mut to = std::fs::OpenOptions::new()
+    let mut options = std::fs::OpenOptions::new();
+    match replace {
+        true => options.create(true).truncate(true),
+        false => options.create_new(true),
+    };
+    let mut to = options
         .write(true)
-        .create(true)
-        .truncate(true)
         .mode(0o600)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(dest)
         .map_err(err(dest))?;
     copy_bytes(&mut from, &mut to).map_err(err(dest))?;
-    to.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
-        .map_err(err(dest))
+    Ok(to)
 }
 
 /// `copy_file_range` until the source ends (the kernel copies, or shares
