@@ -1170,46 +1170,39 @@ fn outputs_take_compression_and_oci_mediatypes_as_buildkits_exporter() {
         fixture.build(&all)
     };
 
-    let zstd = path("zstd.tar");
-    let out = build(&[
-        "-o",
-        &format!(
-            "type=oci,dest={},compression=zstd,force-compression=false",
-            zstd.display()
+    // Each attribute's effect on the OCI tar's manifest and its RUN layer
+    // (uncompressed and the level kiln uses read as BuildKit reads them).
+    let oci = "application/vnd.oci.image.manifest.v1+json";
+    let cases = [
+        (
+            "compression=zstd,force-compression=false",
+            oci,
+            "application/vnd.oci.image.layer.v1.tar+zstd",
         ),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(
-        manifest_of(&zstd),
         (
-            "application/vnd.oci.image.manifest.v1+json".to_string(),
-            "application/vnd.oci.image.layer.v1.tar+zstd".to_string()
-        )
-    );
-    let docker = path("docker-types.tar");
-    let out = build(&[
-        "-o",
-        &format!("type=oci,dest={},oci-mediatypes=false", docker.display()),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(
-        manifest_of(&docker),
+            "oci-mediatypes=false",
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        ),
         (
-            "application/vnd.docker.distribution.manifest.v2+json".to_string(),
-            "application/vnd.docker.image.rootfs.diff.tar.gzip".to_string()
-        )
-    );
-    // Uncompressed, at the level kiln uses, read as BuildKit reads it.
-    let plain = path("plain.tar");
-    let out = build(&[
-        "-o",
-        &format!("type=oci,dest={},compression=uncompressed", plain.display()),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(
-        manifest_of(&plain).1,
-        "application/vnd.oci.image.layer.v1.tar"
-    );
+            "compression=uncompressed",
+            oci,
+            "application/vnd.oci.image.layer.v1.tar",
+        ),
+    ];
+    for (n, (attributes, manifest, layer)) in cases.into_iter().enumerate() {
+        let tar = path(&format!("case{n}.tar"));
+        let out = build(&[
+            "-o",
+            &format!("type=oci,dest={},{attributes}", tar.display()),
+        ]);
+        assert!(out.status.success(), "{attributes}: {}", text(&out));
+        assert_eq!(
+            manifest_of(&tar),
+            (manifest.to_string(), layer.to_string()),
+            "{attributes}"
+        );
+    }
     // Two outputs and a flag that say the same.
     let (a, b) = (path("a.tar"), path("b.tar"));
     let out = build(&[
