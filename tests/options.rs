@@ -1036,7 +1036,7 @@ fn standard_output_holds_one_output_and_flags_that_would_do_nothing_are_refused(
         ),
         (
             vec!["--compression", "zstd", "--docker-mediatypes"],
-            "compression=zstd conflicts with oci-mediatypes=false (--docker-mediatypes)",
+            "compression=zstd (--compression or an output's) conflicts with oci-mediatypes=false",
         ),
         (
             vec!["-q", "--progress", "plain"],

@@ -156,15 +156,9 @@ impl ImageFormat {
                 });
             }
         }
-        let docker = oci == Some(false);
-        if docker && compression == Compression::Zstd {
-            return Err(
-                "compression=zstd conflicts with oci-mediatypes=false (--docker-mediatypes): \
-                 Docker's media types have no zstd layer"
-                    .into(),
-            );
-        }
-        Ok((compression, docker))
+        // zstd with Docker's media types is refused with the settings
+        // (`Session::check_requests`), whoever made them.
+        Ok((compression, oci == Some(false)))
     }
 }
 

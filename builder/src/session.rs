@@ -884,8 +884,9 @@ impl<'a> Session<'a> {
         // have no zstd layer).
         if settings.docker_media_types && settings.compression == Compression::Zstd {
             return Err(BuildError::Invalid(
-                "--compression zstd conflicts with --docker-mediatypes (BuildKit: exporter \
-                 option \"compression=zstd\" conflicts with \"oci-mediatypes=false\")"
+                "compression=zstd (--compression or an output's) conflicts with \
+                 oci-mediatypes=false (--docker-mediatypes, KILN_DOCKER_MEDIATYPES or an \
+                 output's): Docker's media types have no zstd layer"
                     .into(),
             ));
         }
