@@ -155,13 +155,14 @@ impl Reuse {
     }
 
     /// Records what this run wrote as the shape `key`'s result, snapshot
-    /// `chain`.
+    /// `chain` (fsynced and renamed in the background:
+    /// [`Store::copy_shape_put_in_background`]).
     pub fn save(&self, store: &Store, key: &Digest, chain: &Digest) {
         let shape = CopyShape {
             chain_id: chain.clone(),
             files: std::mem::take(&mut self.state().written),
         };
-        if let Err(e) = store.copy_shape_put(key, &shape) {
+        if let Err(e) = store.copy_shape_put_in_background(key, &shape) {
             tracing::debug!("copy shape {key}: {e}");
         }
     }

@@ -745,6 +745,7 @@ fn export_tar(
         source_date_epoch: None,
         overlay_whiteouts: false,
         write_back: false,
+        commit_in_background: false,
     };
     match dest {
         Dest::File(path) => {

@@ -465,6 +465,7 @@ fn import_files_image(store: &Store, dir: &Path, tag: &str, files: &[(&str, &str
         source_date_epoch: Some(1_600_000_000),
         overlay_whiteouts: false,
         write_back: false,
+        commit_in_background: false,
     };
     let tar = kiln_layers::diff::write_tar(&root, Vec::new(), &options).unwrap();
     let mut import = ImportOptions::new(tag);

@@ -24,7 +24,7 @@ use crate::error::{io_at, Error, Result};
 use crate::gc::{Tally, TreeSize};
 use crate::oci::Descriptor;
 use crate::progress::{Outcome, Reporter};
-use crate::store::Store;
+use crate::store::{IngestWriter, Store};
 
 /// How to write the tar.
 #[derive(Clone, Copy, Debug, Default)]
@@ -38,6 +38,11 @@ pub struct DiffOptions {
     /// Not for a directory deleted once packed, whose pages need never be
     /// written.
     pub write_back: bool,
+    /// Commit the blob with [`crate::store::IngestWriter::commit_in_background`]:
+    /// its fsync and rename overlap what the caller does next (a build's
+    /// next steps, its records, its config and manifest; the build waits
+    /// for them with [`Store::settle_writes`] before it returns).
+    pub commit_in_background: bool,
 }
 
 /// A layer written to the store.
@@ -136,7 +141,7 @@ pub fn write_layer(
             // The blob is the tar itself: the store's digest is the diff id,
             // so the bytes are hashed once.
             let (ingest, walked) = write_tar_counted(dir, ingest, options)?;
-            let mut descriptor = ingest.commit()?;
+            let mut descriptor = commit(ingest, options)?;
             descriptor.media_type = compression.oci_layer_media_type().to_string();
             return Ok(LayerBlob {
                 diff_id: descriptor.digest.clone(),
@@ -150,7 +155,7 @@ pub fn write_layer(
         let (hashing, walked) = write_tar_counted(dir, hashing, options)?;
         let (diff_id, _, compressor) = hashing.into_parts();
         let ingest = compressor.finish().map_err(io_at("compress", dir))?;
-        let mut descriptor = ingest.commit()?;
+        let mut descriptor = commit(ingest, options)?;
         descriptor.media_type = compression.oci_layer_media_type().to_string();
         Ok(LayerBlob {
             descriptor,
@@ -164,6 +169,14 @@ pub fn write_layer(
         Err(e) => reporter.done(&id, Outcome::Failed(e.to_string())),
     }
     result
+}
+
+/// Commits the layer's blob now or in the background, as `options` say.
+fn commit(ingest: IngestWriter, options: &DiffOptions) -> Result<Descriptor> {
+    match options.commit_in_background {
+        true => ingest.commit_in_background(),
+        false => ingest.commit(),
+    }
 }
 
 fn collect(root: &Path, rel: PathBuf, out: &mut Vec<(PathBuf, fs::Metadata)>) -> Result<()> {

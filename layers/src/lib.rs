@@ -78,6 +78,7 @@ pub mod gc;
 pub mod import;
 pub mod index;
 pub mod oci;
+mod pending;
 /// Which process owns a scratch name (the `kiln-owner` crate).
 pub use kiln_owner as owner;
 pub mod platforms;

@@ -13,7 +13,10 @@
 //! download that may be resumed after a kill, `ingest/<hex>.partial` under
 //! an exclusive lock), hashed as bytes
 //! arrive, verified (size and sha256), fsynced and renamed into
-//! `blobs/sha256/`: a blob's name always matches its bytes, and two
+//! `blobs/sha256/` (a build step's layer on a thread of its own,
+//! [`IngestWriter::commit_in_background`]; so are its cache record and
+//! copy shape: the private `pending` module says what keeps that safe):
+//! a blob's name always matches its bytes, and two
 //! processes writing the same blob both succeed (the rename is atomic and
 //! the contents equal). `index.json` is rewritten under `index.lock` with
 //! write-temp + rename, after an fsync of `blobs/sha256/` that makes the
@@ -587,8 +590,10 @@ impl Store {
         self.root.join(CACHE_DIR).join("copy-shapes")
     }
 
-    /// Stores `shape` under `key`.
-    pub fn copy_shape_put(&self, key: &Digest, shape: &CopyShape) -> Result<()> {
+    /// Stores `shape` under `key`, its fsync and rename on a thread of
+    /// their own ([`Store::settle_writes`] waits for them; so does
+    /// [`Store::copy_shape_get`] of the same key).
+    pub fn copy_shape_put_in_background(&self, key: &Digest, shape: &CopyShape) -> Result<()> {
         let dir = self.copy_shapes_dir();
         fs::create_dir_all(&dir).map_err(|e| Error::io("create", dir.clone(), e))?;
         let path = dir.join(format!("{}.json", key.hex()));
@@ -598,12 +603,14 @@ impl Store {
         })?;
         let mut bytes = format!("{}\n", shape.chain_id).into_bytes();
         bytes.extend_from_slice(&files);
-        write_record(&path, &bytes)
+        crate::pending::spawn(path.clone(), move || write_record(&path, &bytes));
+        Ok(())
     }
 
     /// The copy shape record under `key`, if there is one that parses.
     pub fn copy_shape_get(&self, key: &Digest) -> Result<Option<CopyShape>> {
         let path = self.copy_shapes_dir().join(format!("{}.json", key.hex()));
+        crate::pending::wait_for(&path);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -714,9 +721,24 @@ impl Store {
         self.root.join("snapshots.lock")
     }
 
-    /// Where a blob lives (whether or not it is there).
+    /// Where a blob lives (whether or not it is there). A blob this
+    /// process is still putting there
+    /// ([`IngestWriter::commit_in_background`]) is waited for: it is
+    /// there when this returns.
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.blobs_dir().join(digest.hex())
+        let path = self.blobs_dir().join(digest.hex());
+        crate::pending::wait_for(&path);
+        path
+    }
+
+    /// Waits for the writes this process runs in the background into this
+    /// store (blobs committed with [`IngestWriter::commit_in_background`],
+    /// records put with [`Store::cache_put_in_background`] and
+    /// [`Store::copy_shape_put_in_background`]); returns the first that
+    /// failed. A build calls it before it returns; writing `index.json`
+    /// does too.
+    pub fn settle_writes(&self) -> Result<()> {
+        crate::pending::settle(&self.root)
     }
 
     pub fn has_blob(&self, digest: &Digest) -> bool {
@@ -794,7 +816,7 @@ impl Store {
             writeback_from: 0,
             keep_on_drop: false,
             direct: None,
-            _lease: lease,
+            lease: Some(lease),
         })
     }
 
@@ -886,7 +908,7 @@ impl Store {
                 writeback_from: len,
                 keep_on_drop: true,
                 direct,
-                _lease: lease,
+                lease: Some(lease),
             });
         }
         self.ingest(Some(expected))
@@ -1075,6 +1097,8 @@ impl Store {
         // bytes are independent (both come before the rename): they run
         // side by side, one flush of the disk's cache waited for instead
         // of two in a row.
+        // Blobs renamed in the background are renamed first.
+        self.settle_writes()?;
         if names_new {
             unsynced_blob_dirs().insert(self.blobs_dir());
         }
@@ -1105,6 +1129,7 @@ impl Store {
     /// directory; nothing when there are none): for a command that fetched
     /// blobs an existing tag already names, which writes no `index.json`.
     pub fn sync_blob_names(&self) -> Result<()> {
+        self.settle_writes()?;
         let blobs = self.blobs_dir();
         if unsynced_blob_dirs().remove(&blobs) {
             if let Err(e) = fsync_dir(&blobs) {
@@ -1328,16 +1353,33 @@ impl Store {
 
     /// Stores a build cache record under `key` (the step's cache key).
     pub fn cache_put(&self, key: &Digest, record: &CacheRecord) -> Result<()> {
+        let (path, bytes) = self.cache_record(key, record)?;
+        write_record(&path, &bytes)
+    }
+
+    /// [`Store::cache_put`], its fsync and rename on a thread of their own
+    /// ([`Store::settle_writes`] waits for them; so does
+    /// [`Store::cache_get`] of the same key). Another process may find the
+    /// record before the blob it names: a miss, as after a crash.
+    pub fn cache_put_in_background(&self, key: &Digest, record: &CacheRecord) -> Result<()> {
+        let (path, bytes) = self.cache_record(key, record)?;
+        crate::pending::spawn(path.clone(), move || write_record(&path, &bytes));
+        Ok(())
+    }
+
+    /// Where the build cache record `key` is kept, and its bytes.
+    fn cache_record(&self, key: &Digest, record: &CacheRecord) -> Result<(PathBuf, Vec<u8>)> {
         let bytes = to_canonical_json(record).map_err(|source| Error::Json {
             what: format!("cache record {key}"),
             source,
         })?;
-        write_record(&self.cache_path(key), &bytes)
+        Ok((self.cache_path(key), bytes))
     }
 
     /// The record under `key`, if any and if every blob it names is present.
     pub fn cache_get(&self, key: &Digest) -> Result<Option<CacheRecord>> {
         let path = self.cache_path(key);
+        crate::pending::wait_for(&path);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -1534,7 +1576,9 @@ pub struct IngestWriter {
     keep_on_drop: bool,
     /// A large download written around the page cache ([`crate::direct`]).
     direct: Option<DirectWrites>,
-    _lease: Lease,
+    /// Held until the blob is in place (taken along by
+    /// [`IngestWriter::commit_in_background`]).
+    lease: Option<Lease>,
 }
 
 /// Writeback of a blob's pages is started every this many bytes.
@@ -1580,6 +1624,46 @@ impl IngestWriter {
     /// else names blobs checks that they are there.
     /// On a mismatch nothing is stored and the error names the digest.
     pub fn commit(mut self) -> Result<Descriptor> {
+        let (desc, sealed) = self.seal()?;
+        sealed.publish()?;
+        Ok(desc)
+    }
+
+    /// [`IngestWriter::commit`] in two halves: the size and digest are
+    /// verified here, and the descriptor returned, while the fsync and the
+    /// rename into `blobs/sha256/` run on a thread of their own (the
+    /// `pending` module), so that the flush they wait for overlaps the
+    /// build's next fsyncs. Until then the blob is not under its name:
+    /// [`Store::blob_path`] waits for it in this process, and
+    /// [`Store::settle_writes`] for all of them (writing `index.json` does).
+    ///
+    /// ```
+    /// # fn main() -> kiln_layers::error::Result<()> {
+    /// use kiln_layers::store::Store;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = Store::open(dir.path())?;
+    /// let mut writer = store.ingest(None)?;
+    /// std::io::Write::write_all(&mut writer, b"layer bytes").unwrap();
+    /// let desc = writer.commit_in_background()?;
+    /// // A reader in this process waits for the rename.
+    /// assert_eq!(store.read_blob(&desc.digest)?, b"layer bytes");
+    /// store.settle_writes()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn commit_in_background(mut self) -> Result<Descriptor> {
+        let (desc, sealed) = self.seal()?;
+        crate::pending::spawn(sealed.target.clone(), move || sealed.publish());
+        Ok(desc)
+    }
+
+    /// Flushes what was written and verifies size and digest; on a
+    /// mismatch (or a failed write) removes the file. The file, still
+    /// open (a resumable writer's lock held), and the store's lease go to
+    /// the [`SealedBlob`]: a resuming writer that took the lock in between
+    /// would otherwise write into, or truncate, what is becoming a blob.
+    fn seal(&mut self) -> Result<(Descriptor, SealedBlob)> {
         let Some(file) = self.file.take() else {
             return Err(Error::io(
                 "commit",
@@ -1587,10 +1671,6 @@ impl IngestWriter {
                 io::Error::other("already committed"),
             ));
         };
-        // The file stays open (a resumable writer's lock held) until the
-        // bytes are renamed into place or removed: a resuming writer that
-        // took the lock in between would otherwise write into, or truncate,
-        // what has just become a blob.
         let mut held = None;
         let result = (|| {
             let file = held.insert(
@@ -1600,40 +1680,81 @@ impl IngestWriter {
             if let Some(direct) = self.direct.as_mut() {
                 direct.finish(file).map_err(io_at("write", &self.path))?;
             }
-            file.sync_all().map_err(io_at("fsync", &self.path))?;
             let hasher = std::mem::take(&mut self.hasher);
             let digest = Digest::from_hash(hasher.finalize().as_slice());
-            let desc = match &self.expected {
-                Some(exp) => {
-                    if exp.size != self.written {
-                        return Err(Error::SizeMismatch {
-                            digest: exp.digest.clone(),
-                            expected: exp.size,
-                            actual: self.written,
-                        });
-                    }
-                    if exp.digest != digest {
-                        return Err(Error::DigestMismatch {
-                            expected: exp.digest.clone(),
-                            actual: digest,
-                        });
-                    }
-                    exp.clone()
-                }
-                None => Descriptor::new("application/octet-stream", digest, self.written),
-            };
-            let target = self.blobs_dir.join(desc.digest.hex());
-            // Same name means same bytes: another writer may already have
-            // put it there, and renaming over it is harmless either way.
-            fs::rename(&self.path, &target).map_err(io_at("rename into place", &target))?;
-            unsynced_blob_dirs().insert(self.blobs_dir.clone());
-            Ok(desc)
+            match &self.expected {
+                Some(exp) if exp.size != self.written => Err(Error::SizeMismatch {
+                    digest: exp.digest.clone(),
+                    expected: exp.size,
+                    actual: self.written,
+                }),
+                Some(exp) if exp.digest != digest => Err(Error::DigestMismatch {
+                    expected: exp.digest.clone(),
+                    actual: digest,
+                }),
+                Some(exp) => Ok(exp.clone()),
+                None => Ok(Descriptor::new(
+                    "application/octet-stream",
+                    digest,
+                    self.written,
+                )),
+            }
         })();
-        if result.is_err() {
-            let _ = fs::remove_file(&self.path);
+        match (result, held) {
+            (Ok(desc), Some(file)) => {
+                let sealed = SealedBlob {
+                    file,
+                    path: self.path.clone(),
+                    target: self.blobs_dir.join(desc.digest.hex()),
+                    blobs_dir: self.blobs_dir.clone(),
+                    _lease: self.lease.take(),
+                };
+                Ok((desc, sealed))
+            }
+            (result, held) => {
+                let _ = fs::remove_file(&self.path);
+                drop(held);
+                Err(result.err().unwrap_or_else(|| {
+                    Error::io("commit", &self.path, io::Error::other("no file"))
+                }))
+            }
         }
-        drop(held);
-        result
+    }
+}
+
+/// A blob whose bytes are written and verified, not yet fsynced nor in
+/// place ([`IngestWriter::seal`]).
+struct SealedBlob {
+    file: File,
+    path: PathBuf,
+    target: PathBuf,
+    blobs_dir: PathBuf,
+    _lease: Option<Lease>,
+}
+
+impl SealedBlob {
+    /// Fsyncs the bytes and renames them to their name (same name, same
+    /// bytes: another writer may already have put it there, and renaming
+    /// over it is harmless); on failure removes them.
+    fn publish(self) -> Result<()> {
+        let result = self
+            .file
+            .sync_all()
+            .map_err(io_at("fsync", &self.path))
+            .and_then(|()| {
+                fs::rename(&self.path, &self.target)
+                    .map_err(io_at("rename into place", &self.target))
+            });
+        match result {
+            Ok(()) => {
+                unsynced_blob_dirs().insert(self.blobs_dir.clone());
+                Ok(())
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&self.path);
+                Err(e)
+            }
+        }
     }
 }
 

@@ -54,6 +54,7 @@ fn plain_image(store: &Store, work: &Path) -> (Descriptor, Vec<Descriptor>) {
             source_date_epoch: Some(0),
             overlay_whiteouts: true,
             write_back: false,
+            commit_in_background: false,
         };
         let blob = write_layer(store, &dir, Compression::None, &options, &NoProgress).unwrap();
         assert_eq!(blob.descriptor.media_type, media::OCI_LAYER);

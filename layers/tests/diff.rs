@@ -130,6 +130,7 @@ fn same_tree_same_digest_and_it_unpacks_back() {
         source_date_epoch: Some(1_000),
         overlay_whiteouts: false,
         write_back: false,
+        commit_in_background: false,
     };
     let tar_a = write_tar(a.path(), Vec::new(), &options).unwrap();
     let tar_b = write_tar(b.path(), Vec::new(), &options).unwrap();
@@ -187,6 +188,7 @@ fn user_overlay_opaque_marks_an_opaque_dir() {
         source_date_epoch: None,
         overlay_whiteouts: true,
         write_back: false,
+        commit_in_background: false,
     };
     let tar = write_tar(upper.path(), Vec::new(), &options).unwrap();
     let mut archive = tar::Archive::new(tar.as_slice());

@@ -124,6 +124,7 @@ fn overlay_changes_round_trip_through_a_layer() {
         source_date_epoch: None,
         overlay_whiteouts: true,
         write_back: false,
+        commit_in_background: false,
     };
     let tar = write_tar(&upper, Vec::new(), &options).unwrap();
     let entries = tar_entries(&tar);
@@ -170,6 +171,7 @@ fn overlay_changes_round_trip_through_a_layer() {
             source_date_epoch: Some(100),
             overlay_whiteouts: true,
             write_back: false,
+            commit_in_background: false,
         },
     )
     .unwrap();

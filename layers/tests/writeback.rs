@@ -19,6 +19,7 @@ fn diff_options(write_back: bool) -> DiffOptions {
         source_date_epoch: None,
         overlay_whiteouts: false,
         write_back,
+        commit_in_background: false,
     }
 }
 

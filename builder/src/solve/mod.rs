@@ -265,9 +265,20 @@ pub fn solve(
         context_copies: mounts::ContextCopies::default(),
     };
     let result = solve_needed(&build);
+    // The blobs and records the steps left to threads of their own are in
+    // place before the build returns, whether it failed or not; one that
+    // could not be written fails it.
+    let settled = store.settle_writes();
     // Renamed into the trash: this build deletes nothing itself.
     drop(work);
-    result
+    match (result, settled) {
+        (Ok(_), Err(e)) => Err(e.into()),
+        (Err(failed), Err(e)) => {
+            tracing::warn!("{e}");
+            Err(failed)
+        }
+        (result, Ok(())) => result,
+    }
 }
 
 /// What every stage and step of one build runs with.

@@ -90,28 +90,23 @@ fn run_or_reuse(
     }
     tracing::debug!("line {}: step finished, packing its layer", step.line);
     let (record, leftover) = commit_layer(run, progress, &upper)?;
-    // The copy's shape and the step's cache record are written side by
-    // side: each is fsynced, and neither needs the other.
-    std::thread::scope(|s| {
-        if let (Some((key, reuse)), Some(chain)) = (&reuse, &record.chain_id) {
-            tracing::info!(
-                "line {}: {} unchanged files linked from an earlier run",
-                step.line,
-                reuse.linked()
-            );
-            let save = move || reuse.save(run.build.store, key, chain);
-            // Without a thread of its own, the shape is written here.
-            if let Err(e) = std::thread::Builder::new().spawn_scoped(s, save) {
-                tracing::debug!("no thread for the copy shape ({e}); writing it here");
-                reuse.save(run.build.store, key, chain);
-            }
-        }
-        discard_step_dir(run.build.store, &dir, &upper, &leftover);
-        if let Some(key) = &step.cache_key {
-            run.build.store.cache_put(key, &record)?;
-        }
-        Ok(false)
-    })
+    // The layer's blob, the copy's shape and the step's cache record are
+    // fsynced and renamed on threads of their own, side by side with each
+    // other and with what the build does next; `solve` waits for them
+    // before it returns (`Store::settle_writes`).
+    if let (Some((key, reuse)), Some(chain)) = (&reuse, &record.chain_id) {
+        tracing::info!(
+            "line {}: {} unchanged files linked from an earlier run",
+            step.line,
+            reuse.linked()
+        );
+        reuse.save(run.build.store, key, chain);
+    }
+    discard_step_dir(run.build.store, &dir, &upper, &leftover);
+    if let Some(key) = &step.cache_key {
+        run.build.store.cache_put_in_background(key, &record)?;
+    }
+    Ok(false)
 }
 
 /// Refuses a COPY/ADD `--chown` or a WORKDIR's USER that names a user or
@@ -229,6 +224,7 @@ fn commit_layer(
         source_date_epoch: opts.source_date_epoch,
         overlay_whiteouts: true,
         write_back: true,
+        commit_in_background: true,
     };
     // Packing is part of the step's own progress line: no separate item.
     // Layers are stored as plain tar (the digest is the diff id); they are

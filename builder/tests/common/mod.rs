@@ -50,6 +50,7 @@ pub fn store_with_busybox(dir: &Path) -> Store {
         source_date_epoch: Some(1_600_000_000),
         overlay_whiteouts: false,
         write_back: false,
+        commit_in_background: false,
     };
     let tar = kiln_layers::diff::write_tar(&root, Vec::new(), &options).unwrap();
     let store = Store::open(dir.join("store")).unwrap();
