@@ -1116,16 +1116,17 @@ fn standard_output_holds_one_output_and_flags_that_would_do_nothing_are_refused(
     assert_eq!(labels["only-key"], "", "{labels}");
 }
 
-/// The member names of a tar (the system's tar reads it), without `./`.
 /// The image format attributes of BuildKit's image exporter on an output:
 /// `compression=zstd` compresses the layers the build made with zstd,
 /// `oci-mediatypes=false` writes Docker's media types, as `--compression`
-/// and `--docker-mediatypes` do; outputs and flags that disagree, and what
-/// kiln cannot do (`force-compression=true`, `compression-level=`, other
-/// compressions), are refused before the build; a root filesystem output
-/// takes none of them.
+/// and `--docker-mediatypes` do, `annotation.*` annotates as
+/// `--annotation` does (a flag over the output's own key); outputs and
+/// flags that disagree, and what kiln cannot do (`force-compression=true`,
+/// `compression-level=`, other compressions, an index annotation without
+/// an index), are refused before the build; a root filesystem output takes
+/// none of them.
 #[test]
-fn outputs_take_compression_and_oci_mediatypes_as_buildkits_exporter() {
+fn outputs_take_compression_media_types_and_annotations_as_buildkits_exporter() {
     require_namespaces!();
     let fixture = Fixture::new();
     let ctx = fixture.context(
@@ -1222,8 +1223,41 @@ fn outputs_take_compression_and_oci_mediatypes_as_buildkits_exporter() {
         "application/vnd.oci.image.layer.v1.tar+zstd"
     );
 
+    // Annotations as output attributes, as `--annotation` gives them; a
+    // flag sets its key over the output's.
+    let annotated = path("annotated.tar");
+    let out = build(&[
+        "--annotation",
+        "org.example.both=flag",
+        "-o",
+        &format!(
+            "type=oci,dest={},annotation.org.example.out=1,annotation.org.example.both=out,\
+             annotation-manifest-descriptor.org.example.desc=2",
+            annotated.display()
+        ),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let index: serde_json::Value =
+        serde_json::from_slice(&tar_bytes(&annotated, "index.json")).unwrap();
+    let entry = &index["manifests"][0];
+    assert_eq!(entry["annotations"]["org.example.desc"], "2", "{index}");
+    let blob = format!(
+        "blobs/sha256/{}",
+        entry["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&tar_bytes(&annotated, &blob)).unwrap();
+    assert_eq!(
+        manifest["annotations"],
+        serde_json::json!({"org.example.out": "1", "org.example.both": "flag"}),
+        "{manifest}"
+    );
+
     let x = format!("type=oci,dest={}", path("x.tar").display());
-    let refused: [(Vec<String>, &str); 9] = [
+    let refused: [(Vec<String>, &str); 11] = [
         (
             vec!["-o".into(), format!("{x},compression=zstd"), "-o".into(), format!("type=docker,dest={},compression=gzip", path("y.tar").display())],
             "says compression=gzip, --output type=oci",
@@ -1260,6 +1294,14 @@ fn outputs_take_compression_and_oci_mediatypes_as_buildkits_exporter() {
             vec!["-o".into(), format!("type=local,dest={},compression=zstd", path("fs").display())],
             "compression= is not an option of type=local",
         ),
+        (
+            vec!["-o".into(), format!("{x},annotation-index.k=v")],
+            "annotation-index.k=v: index annotations not supported for single platform export",
+        ),
+        (
+            vec!["-o".into(), format!("{x},annotation.k=1"), "-o".into(), format!("type=docker,dest={},annotation.k=2", path("y.tar").display())],
+            "says Manifest.k=2, --output type=oci",
+        ),
     ];
     for (args, message) in refused {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -1274,6 +1316,7 @@ fn outputs_take_compression_and_oci_mediatypes_as_buildkits_exporter() {
     }
 }
 
+/// The member names of a tar (the system's tar reads it), without `./`.
 fn tar_names(tar: &[u8]) -> Vec<String> {
     use std::io::Write;
     let mut child = std::process::Command::new("tar")

@@ -80,14 +80,16 @@ pub struct Annotation {
     pub platform: Option<Platform>,
     pub key: String,
     pub value: String,
-    /// The flag as given, for errors.
+    /// Where it was given, for errors: `--annotation K=V`, or an
+    /// output's attribute (`--output SPEC: annotation.K=V`).
     pub flag: String,
 }
 
 impl Annotation {
     /// Parses one `--annotation` flag (one annotation per type listed).
     pub fn parse(flag: &str) -> Result<Vec<Annotation>, String> {
-        let bad = |why: String| format!("--annotation {flag}: {why}");
+        let given = format!("--annotation {flag}");
+        let bad = |why: String| format!("{given}: {why}");
         let (left, value) = flag
             .split_once('=')
             .ok_or_else(|| bad("expected key=value".into()))?;
@@ -97,7 +99,7 @@ impl Annotation {
                 platform: None,
                 key: left.to_string(),
                 value: value.to_string(),
-                flag: flag.to_string(),
+                flag: given.clone(),
             }]);
         };
         let mut out = Vec::new();
@@ -120,10 +122,86 @@ impl Annotation {
                 platform,
                 key: key.to_string(),
                 value: value.to_string(),
-                flag: flag.to_string(),
+                flag: given.clone(),
             });
         }
         Ok(out)
+    }
+
+    /// The annotation an image output's attribute `key=value` gives, as
+    /// BuildKit's image exporters read their attributes
+    /// (`annotation[-TYPE][[PLATFORM]].KEY`, no type meaning `manifest`);
+    /// `None` when `key` is not of that form (then it is no annotation,
+    /// and an unknown attribute). `spec` is the output, named by the
+    /// errors [`check`] gives later; this one's errors name the attribute
+    /// only (the caller names the output).
+    pub fn from_output_attribute(
+        key: &str,
+        value: &str,
+        spec: &str,
+    ) -> Result<Option<Annotation>, String> {
+        let given = format!("--output {spec}: {key}={value}");
+        let attribute = format!("{key}={value}");
+        let Some(rest) = key.strip_prefix("annotation") else {
+            return Ok(None);
+        };
+        let (kind, rest) = match rest.strip_prefix('-') {
+            Some(typed) => {
+                let end = typed
+                    .find(|c: char| !(c.is_ascii_lowercase() || c == '-'))
+                    .unwrap_or(typed.len());
+                if end == 0 {
+                    return Ok(None);
+                }
+                typed.split_at(end)
+            }
+            None => ("", rest),
+        };
+        let (platform, rest) = match rest.strip_prefix('[') {
+            Some(bracketed) => {
+                let Some((inner, rest)) = bracketed.split_once(']') else {
+                    return Ok(None);
+                };
+                let allowed = |c: char| c.is_ascii_alphanumeric() || "_/-".contains(c);
+                if inner.is_empty() || !inner.chars().all(allowed) {
+                    return Ok(None);
+                }
+                (Some(inner), rest)
+            }
+            None => (None, rest),
+        };
+        let Some(name) = rest.strip_prefix('.') else {
+            return Ok(None);
+        };
+        if name.is_empty() || name.chars().any(char::is_whitespace) {
+            return Ok(None);
+        }
+        let target = match kind {
+            "" => AnnotationTarget::Manifest,
+            kind => AnnotationTarget::parse(kind)
+                .ok_or_else(|| format!("{attribute}: unrecognized annotation type {kind}"))?,
+        };
+        let platform = platform
+            .map(|p| {
+                Platform::parse(p).map_err(|e| format!("{attribute}: invalid platform {p:?}: {e}"))
+            })
+            .transpose()?;
+        Ok(Some(Annotation {
+            target,
+            platform,
+            key: name.to_string(),
+            value: value.to_string(),
+            flag: given,
+        }))
+    }
+
+    /// Whether `other` sets the same key in the same place (then one of
+    /// them wins).
+    pub fn same_place(&self, other: &Annotation) -> bool {
+        self.target == other.target
+            && self.key == other.key
+            && self.platform.as_ref().map(Platform::normalized)
+                == other.platform.as_ref().map(Platform::normalized)
     }
 
     fn applies_to(&self, platform: &Platform) -> bool {
@@ -153,7 +231,7 @@ pub fn check(
         );
         if index_kind && !writes_index {
             return Err(format!(
-                "--annotation {flag}: index annotations not supported for single platform export \
+                "{flag}: index annotations not supported for single platform export \
                  (kiln writes a single-platform image as one manifest, with no index to annotate; \
                  a multi-platform build or --provenance writes an index)"
             ));
@@ -162,7 +240,7 @@ pub fn check(
             if !made.contains(&p.normalized()) {
                 let names: Vec<String> = made.iter().map(Platform::to_string).collect();
                 return Err(format!(
-                    "--annotation {flag}: invalid annotation: no platform {p} found in source \
+                    "{flag}: invalid annotation: no platform {p} found in source \
                      (the build makes {})",
                     names.join(", ")
                 ));
@@ -170,7 +248,7 @@ pub fn check(
         }
         if docker_media_types && a.target != AnnotationTarget::Manifest {
             return Err(format!(
-                "--annotation {flag}: cannot export annotations with Docker media types \
+                "{flag}: cannot export annotations with Docker media types \
                  (oci-mediatypes=false); only manifest annotations can be written"
             ));
         }
@@ -306,5 +384,63 @@ mod tests {
             let err = parse_label(flag).unwrap_err();
             assert!(err.ends_with("empty key"), "{flag}: {err}");
         }
+    }
+
+    #[test]
+    fn output_attributes_are_read_as_buildkits_image_exporter_reads_them() {
+        let spec = "type=oci,dest=x";
+        let read = |key: &str| Annotation::from_output_attribute(key, "v", spec);
+        let plain = read("annotation.org.example").unwrap().unwrap();
+        assert_eq!(plain.target, AnnotationTarget::Manifest);
+        assert_eq!(
+            (plain.key.as_str(), plain.value.as_str()),
+            ("org.example", "v")
+        );
+        assert_eq!(
+            plain.flag,
+            "--output type=oci,dest=x: annotation.org.example=v"
+        );
+        let typed = read("annotation-manifest-descriptor[linux/arm64].k")
+            .unwrap()
+            .unwrap();
+        assert_eq!(typed.target, AnnotationTarget::ManifestDescriptor);
+        assert_eq!(
+            typed.platform,
+            Some(Platform::parse("linux/arm64").unwrap())
+        );
+        assert_eq!(
+            read("annotation-index.k").unwrap().unwrap().target,
+            AnnotationTarget::Index
+        );
+        // Not of the form: no annotation (an unknown attribute).
+        for key in [
+            "annotations.k",
+            "annotation",
+            "annotation.",
+            "annotation-.k",
+            "annotation[].k",
+        ] {
+            assert_eq!(read(key), Ok(None), "{key}");
+        }
+        let err = read("annotation-layer.k").unwrap_err();
+        assert_eq!(
+            err,
+            "annotation-layer.k=v: unrecognized annotation type layer"
+        );
+        assert!(read("annotation-manifest[x].k")
+            .unwrap_err()
+            .contains("invalid platform"));
+        // Where it was given shows in check's errors.
+        let err = check(
+            &[read("annotation-index.k").unwrap().unwrap()],
+            &[],
+            false,
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("--output type=oci,dest=x: annotation-index.k=v: index annotations"),
+            "{err}"
+        );
     }
 }

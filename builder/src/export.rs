@@ -5,8 +5,9 @@
 //! image itself under more names, pushed or not (`type=image,name=…,push=…`;
 //! `type=registry` pushes). [`with_tags`] then gives the outputs the names
 //! buildx gives them. The outputs that write an image take BuildKit's
-//! `compression=` and `oci-mediatypes=` ([`ImageFormat`]); kiln writes one
-//! image for them all, so they must agree ([`ImageFormat::settle`]).
+//! `compression=`, `oci-mediatypes=` and `annotation.*` ([`ImageFormat`]);
+//! kiln writes one image for them all, so they must agree
+//! ([`ImageFormat::settle`]).
 //!
 //! ```
 //! use kiln_builder::export::{Archive, Dest, Output};
@@ -31,6 +32,7 @@ use kiln_layers::archive::{self, Format, SaveItem};
 use kiln_layers::compressed::compressed_image;
 use kiln_layers::{Compression, Descriptor, Platform, Reference, Reporter, Store};
 
+use crate::annotations::Annotation;
 use crate::copy::CopyOptions;
 use crate::rootfs::LayeredRootfs;
 use crate::solve::BuiltImage;
@@ -38,22 +40,35 @@ use crate::solve::BuiltImage;
 /// What an output that writes an image (`type=oci|docker|image|registry`)
 /// says of its form, in BuildKit's image exporter attributes:
 /// `compression=uncompressed|gzip|zstd`, `compression-level=` (only the
-/// level kiln compresses at: gzip 6, zstd 3), `oci-mediatypes=true|false`.
-/// `None`: not said. (`force-compression=false` is what kiln does: a base
+/// level kiln compresses at: gzip 6, zstd 3), `oci-mediatypes=true|false`,
+/// `annotation[-TYPE][[PLATFORM]].KEY=VALUE` (what `--annotation` gives,
+/// [`crate::annotations`]). `None`, no annotation: not said. (`force-compression=false` is what kiln does: a base
 /// image's layers leave as the registry gave them; `true`, other levels
 /// and other compressions are refused.)
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImageFormat {
     pub compression: Option<Compression>,
     pub level: Option<i32>,
     pub oci_media_types: Option<bool>,
+    pub annotations: Vec<Annotation>,
+}
+
+/// The form of the build's one image ([`ImageFormat::settle`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    pub compression: Compression,
+    /// Docker's media types instead of OCI's.
+    pub docker_media_types: bool,
+    /// The `--annotation` flags, and the outputs' annotations those do
+    /// not set.
+    pub annotations: Vec<Annotation>,
 }
 
 impl ImageFormat {
     /// Takes the image format attributes out of an output's `map`, read as
     /// BuildKit reads them (`force-compression=` empty is true; an empty
     /// `oci-mediatypes=` is no boolean).
-    fn take(map: &mut BTreeMap<String, String>) -> Result<ImageFormat, String> {
+    fn take(map: &mut BTreeMap<String, String>, spec: &str) -> Result<ImageFormat, String> {
         let bool_of = |key: &str, value: &str| {
             kiln_parser::mount::parse_go_bool(value)
                 .ok_or_else(|| format!("{key}={value}: true or false"))
@@ -99,10 +114,25 @@ impl ImageFormat {
                     .into(),
             );
         }
+        let mut annotations = Vec::new();
+        let keys: Vec<String> = map
+            .keys()
+            .filter(|k| k.starts_with("annotation"))
+            .cloned()
+            .collect();
+        for key in keys {
+            let value = map.get(&key).cloned().unwrap_or_default();
+            // A key not of the annotation form stays: an unknown attribute.
+            if let Some(a) = Annotation::from_output_attribute(&key, &value, spec)? {
+                map.remove(&key);
+                annotations.push(a);
+            }
+        }
         Ok(ImageFormat {
             compression,
             level,
             oci_media_types,
+            annotations,
         })
     }
 
@@ -110,16 +140,16 @@ impl ImageFormat {
     /// what `--compression` and `--docker-mediatypes` (`flags`, `None`
     /// where not given) and every output's attributes (with its spec, for
     /// the error) say, which must agree; gzip and OCI's media types where
-    /// nothing says. Returns the compression and whether the media types
-    /// are Docker's.
-    pub fn settle(
-        flags: ImageFormat,
-        outputs: &[(ImageFormat, &str)],
-    ) -> Result<(Compression, bool), String> {
+    /// nothing says. The outputs that give annotations must give the same
+    /// ones (an output that gives none gets them too, as it gets the
+    /// compression another output says); an `--annotation` flag sets its
+    /// key over an output's, as buildx writes the flags into every
+    /// output's attributes.
+    pub fn settle(flags: &ImageFormat, outputs: &[(ImageFormat, &str)]) -> Result<Settled, String> {
         let outputs = || {
             outputs
                 .iter()
-                .map(|(f, spec)| (*f, format!("--output {spec}")))
+                .map(|(f, spec)| (f, format!("--output {spec}")))
         };
         let compressions = (flags
             .compression
@@ -138,6 +168,18 @@ impl ImageFormat {
             format!("compression={}", compression_name(*c))
         })?;
         let oci = agree(media_types, |o| format!("oci-mediatypes={o}"))?;
+        let annotation_sets = outputs()
+            .filter(|(f, _)| !f.annotations.is_empty())
+            .map(|(f, who)| (annotation_set(&f.annotations), who));
+        let from_outputs = agree(annotation_sets, |set| set.join(","))?
+            .and_then(|_| outputs().find(|(f, _)| !f.annotations.is_empty()))
+            .map(|(f, _)| f.annotations.clone())
+            .unwrap_or_default();
+        let mut annotations: Vec<Annotation> = from_outputs
+            .into_iter()
+            .filter(|a| !flags.annotations.iter().any(|f| f.same_place(a)))
+            .collect();
+        annotations.extend(flags.annotations.iter().cloned());
         let compression = compression.unwrap_or(Compression::Gzip);
         let used_level = match compression {
             Compression::Gzip => Some(kiln_layers::compress::GZIP_LEVEL as i32),
@@ -158,8 +200,31 @@ impl ImageFormat {
         }
         // zstd with Docker's media types is refused with the settings
         // (`Session::check_requests`), whoever made them.
-        Ok((compression, oci == Some(false)))
+        Ok(Settled {
+            compression,
+            docker_media_types: oci == Some(false),
+            annotations,
+        })
     }
+}
+
+/// Annotations as a sorted list of `TYPE[PLATFORM].KEY=VALUE`, to compare
+/// two outputs' and show them.
+fn annotation_set(annotations: &[Annotation]) -> Vec<String> {
+    let mut set: Vec<String> = annotations
+        .iter()
+        .map(|a| {
+            let platform = a
+                .platform
+                .as_ref()
+                .map(|p| format!("[{}]", p.normalized()))
+                .unwrap_or_default();
+            format!("{:?}{platform}.{}={}", a.target, a.key, a.value)
+        })
+        .collect();
+    set.sort();
+    set.dedup();
+    set
 }
 
 /// The one value every sayer gives, if any says one; else an error naming
@@ -423,7 +488,9 @@ impl Output {
         }
         let kind = map.remove("type").unwrap_or_else(|| "local".into());
         let format = match kind.as_str() {
-            "oci" | "docker" | "image" | "registry" => ImageFormat::take(&mut map).map_err(bad)?,
+            "oci" | "docker" | "image" | "registry" => {
+                ImageFormat::take(&mut map, spec).map_err(bad)?
+            }
             _ => ImageFormat::default(),
         };
         let dest = map.remove("dest").filter(|d| !d.is_empty());
@@ -813,5 +880,56 @@ impl BuiltImage {
             os_features: None,
             variant: self.config.variant.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn format_of(spec: &str) -> ImageFormat {
+        Output::parse_with_format(spec).unwrap().1
+    }
+
+    #[test]
+    fn outputs_annotations_agree_and_a_flag_sets_its_key_over_theirs() {
+        let a = format_of("type=oci,dest=a,annotation.k=1,annotation-manifest.j=2");
+        let same = format_of("type=docker,dest=b,annotation.j=2,annotation.k=1");
+        let none = format_of("type=image,name=c");
+        let flags = ImageFormat {
+            annotations: Annotation::parse("k=flag").unwrap(),
+            ..ImageFormat::default()
+        };
+        let outputs = [(a.clone(), "A"), (same, "B"), (none, "C")];
+        let settled = ImageFormat::settle(&flags, &outputs).unwrap();
+        let mut got: Vec<(String, String)> = settled
+            .annotations
+            .iter()
+            .map(|a| (a.key.clone(), a.value.clone()))
+            .collect();
+        got.sort();
+        assert_eq!(got, [("j".into(), "2".into()), ("k".into(), "flag".into())]);
+
+        let other = format_of("type=docker,dest=b,annotation.k=2");
+        let err =
+            ImageFormat::settle(&ImageFormat::default(), &[(a, "A"), (other, "B")]).unwrap_err();
+        assert!(
+            err.starts_with(
+                "--output B says Manifest.k=2, --output A says Manifest.j=2,Manifest.k=1"
+            ),
+            "{err}"
+        );
+        // Keys are lower-cased, as buildx reads an output's attributes.
+        let upper = format_of("type=oci,dest=a,Annotation.Org.Example=V");
+        assert_eq!(upper.annotations[0].key, "org.example");
+        assert_eq!(upper.annotations[0].value, "V");
+        // Not an image output: an unknown attribute.
+        assert!(Output::parse_with_format("type=local,dest=d,annotation.k=v").is_err());
+        let err = Output::parse_with_format("type=oci,dest=a,annotation-layer.k=v").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--output type=oci,dest=a,annotation-layer.k=v: annotation-layer.k=v: unrecognized \
+             annotation type layer"
+        );
     }
 }

@@ -552,9 +552,17 @@ fn settings_of(
         }),
         level: None,
         oci_media_types: args.docker_mediatypes.then_some(false),
+        annotations: args
+            .annotations
+            .iter()
+            .map(|flag| kiln_builder::annotations::Annotation::parse(flag))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?
+            .into_iter()
+            .flatten()
+            .collect(),
     };
-    let (compression, docker_media_types) =
-        ImageFormat::settle(flags, &formats).map_err(anyhow::Error::msg)?;
+    let image = ImageFormat::settle(&flags, &formats).map_err(anyhow::Error::msg)?;
     let outputs = kiln_builder::export::with_tags(outputs, &tags, args.push);
     let terminal = std::io::stdout().is_terminal();
     for output in &outputs {
@@ -582,8 +590,8 @@ fn settings_of(
         network: sandbox.network,
         snapshotter: sandbox.snapshotter,
         chroot: sandbox.chroot,
-        compression,
-        docker_media_types,
+        compression: image.compression,
+        docker_media_types: image.docker_media_types,
         secrets: args
             .secrets
             .iter()
@@ -597,15 +605,7 @@ fn settings_of(
             .iter()
             .map(|flag| kiln_builder::annotations::parse_label(flag).map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<_>>()?,
-        annotations: args
-            .annotations
-            .iter()
-            .map(|flag| kiln_builder::annotations::Annotation::parse(flag))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(anyhow::Error::msg)?
-            .into_iter()
-            .flatten()
-            .collect(),
+        annotations: image.annotations,
         provenance: provenance_of(args)?,
         context_commit: context.git_commit.clone(),
         dockerfile_local: context.origin.is_none()
