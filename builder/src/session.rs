@@ -788,6 +788,7 @@ impl<'a> Session<'a> {
             downloads: Some(&downloads),
         };
         compute_cache_keys(&mut planned, Some(&context), &sources)?;
+        crate::plan::key_by_layer_epoch(&mut planned, self.settings.source_date_epoch());
         Ok(Planned {
             plan: planned,
             checks,

@@ -49,7 +49,7 @@ use kiln_parser::instructions::Dockerfile;
 use kiln_parser::mount::{Mount, MountError};
 use serde::Serialize;
 
-pub use keys::{compute_cache_keys, KeySources, RemoteSources};
+pub use keys::{compute_cache_keys, key_by_layer_epoch, KeySources, RemoteSources};
 pub use lookup::{FoundImage, ImageLookup, ImageName, LookupError, OfflineResolver};
 pub use observe::{DispatchObserver, NoObserver};
 
