@@ -19,22 +19,30 @@
 //!   of the path it reads ([`wait_for`]: `Store::blob_path`,
 //!   `Store::cache_get`, `Store::copy_shape_get`); another process sees
 //!   no file yet, and a record whose blob is not there yet is a cache
-//!   miss, as after a crash (`Store::cache_get` checks).
+//!   miss, as after a crash (`Store::cache_get` checks). What lists
+//!   directories instead (the collection's inventory, `Store::content_stamp`,
+//!   the cache records `rmi` reads) runs after a build has settled.
 //! - `index.json` is written only after [`settle`]: every blob renamed in
 //!   the background is renamed before the fsync of `blobs/sha256/` that
 //!   makes durable the names a new tag needs.
-//! - A build settles before it returns, whether it failed or not; the
-//!   first job that failed fails it (its error names the file).
+//! - A build settles before it returns, whether it failed or not; a job
+//!   that failed fails it (its error names the file; of several, the one
+//!   started first). A job that panicked counts as failed. Every settle
+//!   that waited for a failed job reports it, so that of two builds in
+//!   one process (the platforms of one build) the one whose write failed
+//!   fails whichever settles first.
 //!
-//! Jobs are settled by the directory their file goes under (a store's
-//! root): a process with two stores, as a test binary, settles each
-//! store's on its own.
+//! Jobs are found by their file's path as the store spells it, and settled
+//! by the directory their file goes under (a store's root): a process with
+//! two stores, as a test binary, settles each store's on its own, and one
+//! store must be reached through one spelling of its root (the CLI opens
+//! it once).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// One write in flight: whether it is done, and its result until
 /// [`settle`] takes it.
@@ -47,15 +55,27 @@ struct Job {
 #[derive(Default)]
 struct State {
     done: bool,
-    result: Option<Result<()>>,
+    /// Why it failed, when it did: the operation, the file and the error,
+    /// kept for every settle that waited for it.
+    failed: Option<(&'static str, PathBuf, String)>,
 }
 
 impl Job {
     fn finish(&self, result: Result<()>) {
         let mut state = lock(&self.state);
         state.done = true;
-        state.result = Some(result);
+        state.failed = result.err().map(|e| match e {
+            Error::Io { op, path, source } => (op, path, source.to_string()),
+            other => ("write", PathBuf::new(), other.to_string()),
+        });
         self.done.notify_all();
+    }
+
+    /// Its error, when it failed (one more copy of it).
+    fn error(&self) -> Option<Error> {
+        let state = lock(&self.state);
+        let (op, path, message) = state.failed.as_ref()?;
+        Some(Error::io(op, path, std::io::Error::other(message.clone())))
     }
 
     fn wait(&self) {
@@ -87,28 +107,40 @@ pub(crate) fn spawn(target: PathBuf, work: impl FnOnce() -> Result<()> + Send + 
     let job = Arc::new(Job::default());
     {
         let mut jobs = lock(&JOBS);
-        jobs.push((target, Arc::clone(&job)));
+        jobs.push((target.clone(), Arc::clone(&job)));
         IN_FLIGHT.store(jobs.len(), Ordering::Release);
     }
     // Taken by whichever thread runs it.
     let work = Arc::new(Mutex::new(Some(work)));
     let run = {
-        let (job, work) = (Arc::clone(&job), Arc::clone(&work));
-        move || {
-            if let Some(work) = lock(&work).take() {
-                job.finish(work());
-            }
-        }
+        let (job, work, target) = (Arc::clone(&job), Arc::clone(&work), target.clone());
+        move || run_job(&job, &work, &target)
     };
     if let Err(e) = std::thread::Builder::new()
         .name("kiln-store-write".into())
         .spawn(run)
     {
         tracing::debug!("no thread for a store write ({e}); writing it here");
-        if let Some(work) = lock(&work).take() {
-            job.finish(work());
-        }
+        run_job(&job, &work, &target);
     }
+}
+
+/// Runs the job's work, if no other thread has, and marks it done; a
+/// panic in it is the job's error (its waiters would otherwise wait
+/// forever).
+fn run_job<F: FnOnce() -> Result<()>>(job: &Job, work: &Mutex<Option<F>>, target: &Path) {
+    let Some(work) = lock(work).take() else {
+        return;
+    };
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|_| {
+            Err(Error::io(
+                "write",
+                target,
+                std::io::Error::other("the thread writing it panicked"),
+            ))
+        });
+    job.finish(result);
 }
 
 /// Waits for the writes in flight that put a file at `target`, if any.
@@ -149,12 +181,10 @@ pub(crate) fn settle(root: &Path) -> Result<()> {
         IN_FLIGHT.store(jobs.len(), Ordering::Release);
     }
     let mut first = None;
-    for job in started {
-        if let Some(Err(e)) = lock(&job.state).result.take() {
-            match first {
-                None => first = Some(e),
-                Some(_) => tracing::warn!("{e}"),
-            }
+    for e in started.iter().filter_map(|job| job.error()) {
+        match first {
+            None => first = Some(e),
+            Some(_) => tracing::warn!("{e}"),
         }
     }
     first.map_or(Ok(()), Err)
@@ -190,5 +220,15 @@ mod tests {
         let err = settle(dir.path()).unwrap_err().to_string();
         assert!(err.contains("disk full"), "{err}");
         settle(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_write_that_panics_is_done_and_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("p");
+        spawn(target.clone(), || panic!("boom"));
+        wait_for(&target);
+        let err = settle(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("the thread writing it panicked"), "{err}");
     }
 }

@@ -592,7 +592,9 @@ impl Store {
 
     /// Stores `shape` under `key`, its fsync and rename on a thread of
     /// their own ([`Store::settle_writes`] waits for them; so does
-    /// [`Store::copy_shape_get`] of the same key).
+    /// [`Store::copy_shape_get`] of the same key). A shape that cannot be
+    /// written is only logged: it is an optimisation of the next run of
+    /// the same COPY, never needed.
     pub fn copy_shape_put_in_background(&self, key: &Digest, shape: &CopyShape) -> Result<()> {
         let dir = self.copy_shapes_dir();
         fs::create_dir_all(&dir).map_err(|e| Error::io("create", dir.clone(), e))?;
@@ -603,7 +605,12 @@ impl Store {
         })?;
         let mut bytes = format!("{}\n", shape.chain_id).into_bytes();
         bytes.extend_from_slice(&files);
-        crate::pending::spawn(path.clone(), move || write_record(&path, &bytes));
+        crate::pending::spawn(path.clone(), move || {
+            if let Err(e) = write_record(&path, &bytes) {
+                tracing::debug!("copy shape not kept: {e}");
+            }
+            Ok(())
+        });
         Ok(())
     }
 
@@ -724,7 +731,8 @@ impl Store {
     /// Where a blob lives (whether or not it is there). A blob this
     /// process is still putting there
     /// ([`IngestWriter::commit_in_background`]) is waited for: it is
-    /// there when this returns.
+    /// there when this returns, unless that write failed (then its error
+    /// is [`Store::settle_writes`]'s, which fails the build).
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         let path = self.blobs_dir().join(digest.hex());
         crate::pending::wait_for(&path);
@@ -2063,6 +2071,49 @@ mod ingest_writeback_tests {
         store.put_blob("application/json", b"{\"b\":2}").unwrap();
         store.sync_blob_names().unwrap();
         assert!(!pending());
+    }
+
+    /// Writes left to threads of their own: a layer committed so is read
+    /// back whole by this process at once (the reader waits), a cache
+    /// record too; a cache record that cannot be written fails the settle,
+    /// a copy shape (only an optimisation) does not.
+    #[test]
+    fn background_writes_are_waited_for_and_only_a_lost_record_fails() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let mut writer = store.ingest(None).unwrap();
+        writer.write_all(b"layer").unwrap();
+        let desc = writer.commit_in_background().unwrap();
+        assert_eq!(store.read_blob(&desc.digest).unwrap(), b"layer");
+        let record = CacheRecord {
+            blobs: vec![desc.digest.clone()],
+            chain_id: None,
+            data: serde_json::json!({}),
+        };
+        let key = Digest::of(b"step");
+        store.cache_put_in_background(&key, &record).unwrap();
+        assert_eq!(store.cache_get(&key).unwrap(), Some(record.clone()));
+        store.settle_writes().unwrap();
+
+        // Where the records would go is taken by directories.
+        let shape_key = Digest::of(b"shape");
+        let shape_path = store
+            .copy_shapes_dir()
+            .join(format!("{}.json", shape_key.hex()));
+        fs::create_dir_all(shape_path.join("in-the-way")).unwrap();
+        let shape = CopyShape {
+            chain_id: desc.digest.clone(),
+            files: BTreeMap::new(),
+        };
+        store
+            .copy_shape_put_in_background(&shape_key, &shape)
+            .unwrap();
+        store.settle_writes().unwrap();
+        let lost = Digest::of(b"lost");
+        fs::create_dir_all(store.cache_path(&lost).join("in-the-way")).unwrap();
+        store.cache_put_in_background(&lost, &record).unwrap();
+        let err = store.settle_writes().unwrap_err().to_string();
+        assert!(err.contains(&lost.hex().to_string()), "{err}");
     }
 
     /// Blobs stored at once come back in the order given, each whole; a
