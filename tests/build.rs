@@ -493,9 +493,12 @@ fn outputs_tags_iidfile_and_metadata_file() {
     assert!(rootfs.join("bin/busybox").is_file());
 }
 
-/// SOURCE_DATE_EPOCH gives one image whatever the store holds: the first
-/// root has cached the same steps built with no epoch (layers with this
-/// moment's mtimes), which a build under the epoch does not take.
+/// SOURCE_DATE_EPOCH with an image output's `rewrite-timestamp=true`
+/// gives one image whatever the store holds: the first root has cached
+/// the same steps built with no epoch (layers with this moment's mtimes),
+/// which a build under the epoch does not take. Without
+/// `rewrite-timestamp`, as with BuildKit, the epoch dates the config and
+/// history only: a RUN's file keeps its time in the layer.
 #[test]
 fn source_date_epoch_gives_the_same_image_in_two_roots_whatever_they_cached() {
     let ctx = context(&[
@@ -537,12 +540,69 @@ fn source_date_epoch_gives_the_same_image_in_two_roots_whatever_they_cached() {
             let out = dir.path().join("meta.json");
             ok(&run(&[
                 "build",
+                "--output",
+                "type=image,rewrite-timestamp=true",
                 "--metadata-file",
                 out.to_str().unwrap(),
                 ctx.path().to_str().unwrap(),
             ]));
             let meta: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+            // `/hi` as `tar -tv --full-time` lists it (in UTC) in the RUN's
+            // layer (after busybox's) of an OCI tar built with `attributes`.
+            let hi_in_layer = |attributes: &str| -> String {
+                let tar = dir.path().join("image.tar");
+                let spec = format!("type=oci,dest={}{attributes}", tar.display());
+                ok(&run(&[
+                    "build",
+                    "--output",
+                    &spec,
+                    ctx.path().to_str().unwrap(),
+                ]));
+                let member = |name: &str| -> Vec<u8> {
+                    let out = std::process::Command::new("tar")
+                        .arg("-xOf")
+                        .arg(&tar)
+                        .arg(name)
+                        .output()
+                        .unwrap();
+                    assert!(out.status.success(), "{name}");
+                    out.stdout
+                };
+                let blob = |digest: &serde_json::Value| {
+                    let hex = digest.as_str().unwrap().trim_start_matches("sha256:");
+                    format!("blobs/sha256/{hex}")
+                };
+                let index: serde_json::Value =
+                    serde_json::from_slice(&member("index.json")).unwrap();
+                let manifest: serde_json::Value =
+                    serde_json::from_slice(&member(&blob(&index["manifests"][0]["digest"])))
+                        .unwrap();
+                let layer = blob(&manifest["layers"][1]["digest"]);
+                let listing = common::run_ok(
+                    std::process::Command::new("sh")
+                        .args(["-c", "tar -xOf \"$0\" \"$1\" | tar -tzv --full-time"])
+                        .arg(&tar)
+                        .arg(&layer)
+                        .env("TZ", "UTC"),
+                );
+                listing
+                    .lines()
+                    .find(|l| {
+                        l.split_whitespace()
+                            .last()
+                            .is_some_and(|n| n.trim_start_matches("./") == "hi")
+                    })
+                    .unwrap_or_else(|| panic!("no hi in:\n{listing}"))
+                    .to_string()
+            };
+            let hi = hi_in_layer(",rewrite-timestamp=true");
+            assert!(hi.contains(" 2023-11-14 22:13:20 "), "{hi}");
+            if n == 0 {
+                // No rewrite-timestamp: the RUN's file as it was made.
+                let hi = hi_in_layer("");
+                assert!(!hi.contains(" 2023-11-14 "), "{hi}");
+            }
             meta["containerimage.digest"].as_str().unwrap().to_string()
         })
         .collect();
@@ -1943,7 +2003,14 @@ fn a_changed_context_copy_links_unchanged_files_and_gives_the_no_cache_image() {
             ok(&run(&["import", tar.to_str().unwrap(), "busybox:latest"]));
         }
         let meta = base.path().join("meta.json");
-        let mut args = vec!["build", "--metadata-file", meta.to_str().unwrap()];
+        // The RUN's file dated as the epoch in both images.
+        let mut args = vec![
+            "build",
+            "--output",
+            "type=image,rewrite-timestamp=true",
+            "--metadata-file",
+            meta.to_str().unwrap(),
+        ];
         args.extend_from_slice(extra);
         args.push(ctx.path().to_str().unwrap());
         ok(&run(&args));

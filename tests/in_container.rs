@@ -5,7 +5,8 @@
 //! mirror), loads it, and runs a multi-stage build with RUN, `COPY
 //! --chown`, a cache mount and `USER` in it, pushing to a test registry.
 //! Each pushed image must be the one a root build on the host pushes (the
-//! same manifest digest under SOURCE_DATE_EPOCH). One daemon and one image
+//! same manifest digest under SOURCE_DATE_EPOCH, with
+//! `rewrite-timestamp=true`). One daemon and one image
 //! serve every level, each run as a Job of `deploy/kubernetes` runs it
 //! (its securityContext turned into `docker run` options, its store an
 //! emptyDir: here a host directory as a volume):
@@ -257,6 +258,8 @@ fn build_in_container(
         [
             "build",
             "--push",
+            "--output",
+            "type=image,rewrite-timestamp=true",
             "-t",
             &tag,
             "--metadata-file",
@@ -335,6 +338,8 @@ fn kilns_image_builds_in_containers_the_image_root_builds_on_the_host() {
         &[
             "build",
             "--push",
+            "--output",
+            "type=image,rewrite-timestamp=true",
             "-t",
             &tag,
             "--metadata-file",

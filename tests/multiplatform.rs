@@ -1140,7 +1140,8 @@ fn acceptance_dockerfile(base: &str) -> String {
 /// `kiln manifest create` over two single-platform images pushed by two
 /// separate builds (separate stores, as two CI jobs) gives the index a
 /// one-shot build gives: the same entries, the same manifest digests, the
-/// same index (SOURCE_DATE_EPOCH set). The assembling store downloads no
+/// same index (SOURCE_DATE_EPOCH and `rewrite-timestamp=true` set). The
+/// assembling store downloads no
 /// layer: a push to another repository of the registry mounts them, a
 /// push to another registry copies them through the store.
 #[test]
@@ -1156,6 +1157,9 @@ fn manifest_create_gives_the_index_a_one_shot_build_gives() {
             platforms,
             "--build-arg",
             "SOURCE_DATE_EPOCH=1700000000",
+            // Its RUN's files dated then too, as the other jobs' are.
+            "--output",
+            "type=image,rewrite-timestamp=true",
             "-t",
             &target,
             "--push",

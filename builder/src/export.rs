@@ -42,7 +42,9 @@ use crate::solve::BuiltImage;
 /// `compression=uncompressed|gzip|zstd`, `compression-level=` (only the
 /// level kiln compresses at: gzip 6, zstd 3), `oci-mediatypes=true|false`,
 /// `annotation[-TYPE][[PLATFORM]].KEY=VALUE` (what `--annotation` gives,
-/// [`crate::annotations`]). `None`, no annotation: not said. (`force-compression=false` is what kiln does: a base
+/// [`crate::annotations`]), `rewrite-timestamp=true|false` (the files of
+/// the layers the build makes get no mtime newer than SOURCE_DATE_EPOCH).
+/// `None`, no annotation: not said. (`force-compression=false` is what kiln does: a base
 /// image's layers leave as the registry gave them; `true`, other levels
 /// and other compressions are refused.)
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -51,6 +53,7 @@ pub struct ImageFormat {
     pub level: Option<i32>,
     pub oci_media_types: Option<bool>,
     pub annotations: Vec<Annotation>,
+    pub rewrite_timestamp: Option<bool>,
 }
 
 /// The form of the build's one image ([`ImageFormat::settle`]).
@@ -62,6 +65,8 @@ pub struct Settled {
     /// The `--annotation` flags, and the outputs' annotations those do
     /// not set.
     pub annotations: Vec<Annotation>,
+    /// An output said `rewrite-timestamp=true`.
+    pub rewrite_timestamp: bool,
 }
 
 impl ImageFormat {
@@ -88,6 +93,10 @@ impl ImageFormat {
         let oci_media_types = match map.remove("oci-mediatypes") {
             None => None,
             Some(value) => Some(bool_of("oci-mediatypes", &value)?),
+        };
+        let rewrite_timestamp = match map.remove("rewrite-timestamp") {
+            None => None,
+            Some(value) => Some(bool_of("rewrite-timestamp", &value)?),
         };
         if let Some(value) = map.remove("force-compression") {
             if value.is_empty() || bool_of("force-compression", &value)? {
@@ -133,6 +142,7 @@ impl ImageFormat {
             level,
             oci_media_types,
             annotations,
+            rewrite_timestamp,
         })
     }
 
@@ -168,6 +178,8 @@ impl ImageFormat {
             format!("compression={}", compression_name(*c))
         })?;
         let oci = agree(media_types, |o| format!("oci-mediatypes={o}"))?;
+        let rewrites = outputs().filter_map(|(f, who)| f.rewrite_timestamp.map(|r| (r, who)));
+        let rewrite_timestamp = agree(rewrites, |r| format!("rewrite-timestamp={r}"))?;
         let annotation_sets = outputs()
             .filter(|(f, _)| !f.annotations.is_empty())
             .map(|(f, who)| (annotation_set(&f.annotations), who));
@@ -204,6 +216,7 @@ impl ImageFormat {
             compression,
             docker_media_types: oci == Some(false),
             annotations,
+            rewrite_timestamp: rewrite_timestamp == Some(true),
         })
     }
 }
@@ -892,7 +905,7 @@ mod tests {
     }
 
     #[test]
-    fn outputs_annotations_agree_and_a_flag_sets_its_key_over_theirs() {
+    fn outputs_annotations_and_rewrite_timestamp_agree_and_a_flag_sets_its_key_over_theirs() {
         let a = format_of("type=oci,dest=a,annotation.k=1,annotation-manifest.j=2");
         let same = format_of("type=docker,dest=b,annotation.j=2,annotation.k=1");
         let none = format_of("type=image,name=c");
@@ -919,6 +932,17 @@ mod tests {
             ),
             "{err}"
         );
+        // rewrite-timestamp= as Go's ParseBool reads it; outputs agree.
+        let rewrites = format_of("type=oci,dest=a,rewrite-timestamp=1");
+        assert_eq!(rewrites.rewrite_timestamp, Some(true));
+        let settled = ImageFormat::settle(&ImageFormat::default(), &[(rewrites.clone(), "A")]);
+        assert!(settled.unwrap().rewrite_timestamp);
+        let keeps = format_of("type=image,rewrite-timestamp=false");
+        let err = ImageFormat::settle(&ImageFormat::default(), &[(rewrites, "A"), (keeps, "B")])
+            .unwrap_err();
+        assert!(err.contains("says rewrite-timestamp=false"), "{err}");
+        assert!(Output::parse_with_format("type=oci,dest=a,rewrite-timestamp=").is_err());
+        assert!(Output::parse_with_format("type=tar,dest=a,rewrite-timestamp=true").is_err());
         // Keys are lower-cased, as buildx reads an output's attributes.
         let upper = format_of("type=oci,dest=a,Annotation.Org.Example=V");
         assert_eq!(upper.annotations[0].key, "org.example");

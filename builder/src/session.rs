@@ -102,6 +102,10 @@ pub struct BuildSettings {
     /// SOURCE_DATE_EPOCH from the environment; a `SOURCE_DATE_EPOCH` build
     /// arg wins over it, as in BuildKit.
     pub source_date_epoch: Option<i64>,
+    /// An image output's `rewrite-timestamp=true`: the files of the layers
+    /// the build makes get no mtime newer than SOURCE_DATE_EPOCH
+    /// ([`BuildSettings::layer_epoch`]).
+    pub rewrite_timestamp: bool,
     /// RUN's network unless a RUN says otherwise.
     pub network: Network,
     /// How a RUN's root filesystem is made (`kiln_runtime::Snapshotter::for_store`).
@@ -239,6 +243,15 @@ impl BuildSettings {
             .ok()
             .flatten()
             .or(self.source_date_epoch)
+    }
+
+    /// The time no file of the layers the build makes is newer than: the
+    /// SOURCE_DATE_EPOCH with `rewrite-timestamp=true`, as BuildKit's
+    /// image exporter rewrites the layers after the base image's; without
+    /// it they keep their mtimes (SOURCE_DATE_EPOCH then dates only the
+    /// config, its history and the local and tar outputs' files).
+    pub fn layer_epoch(&self) -> Option<i64> {
+        self.source_date_epoch().filter(|_| self.rewrite_timestamp)
     }
 }
 
@@ -727,6 +740,12 @@ impl<'a> Session<'a> {
             self.events
                 .warning(&dockerfile.name, &finding_warning(finding));
         }
+        if self.settings.rewrite_timestamp && self.settings.source_date_epoch().is_none() {
+            let message = "rewrite-timestamp is specified, but no source-date-epoch was found: \
+                           the layers keep their files' times (set SOURCE_DATE_EPOCH)";
+            tracing::warn!("{message}");
+            self.events.build_warning(message);
+        }
         Ok(Walked {
             frontend,
             plan,
@@ -788,7 +807,7 @@ impl<'a> Session<'a> {
             downloads: Some(&downloads),
         };
         compute_cache_keys(&mut planned, Some(&context), &sources)?;
-        crate::plan::key_by_layer_epoch(&mut planned, self.settings.source_date_epoch());
+        crate::plan::key_by_layer_epoch(&mut planned, self.settings.layer_epoch());
         Ok(Planned {
             plan: planned,
             checks,
@@ -969,6 +988,7 @@ impl<'a> Session<'a> {
             no_cache: settings.no_cache,
             no_cache_stages,
             source_date_epoch: settings.source_date_epoch(),
+            layer_epoch: settings.layer_epoch(),
             network: settings.network,
             networks: Some(std::sync::Arc::new(kiln_runtime::NetworkPool::new())),
             snapshotter: settings.snapshotter,

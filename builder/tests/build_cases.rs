@@ -106,6 +106,7 @@ fn run(case: &Path) -> String {
         no_cache: false,
         no_cache_stages: Default::default(),
         source_date_epoch: Some(1_700_000_000),
+        layer_epoch: Some(1_700_000_000),
         network: Network::None,
         networks: None,
         snapshotter: kiln_runtime::Snapshotter::Overlay,

@@ -146,6 +146,7 @@ fn build(
         no_cache: false,
         no_cache_stages: Default::default(),
         source_date_epoch: Some(1_700_000_000),
+        layer_epoch: Some(1_700_000_000),
         network: Network::None,
         networks: None,
         snapshotter: kiln_runtime::Snapshotter::Overlay,

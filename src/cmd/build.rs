@@ -561,6 +561,7 @@ fn settings_of(
             .into_iter()
             .flatten()
             .collect(),
+        rewrite_timestamp: None,
     };
     let image = ImageFormat::settle(&flags, &formats).map_err(anyhow::Error::msg)?;
     let outputs = kiln_builder::export::with_tags(outputs, &tags, args.push);
@@ -587,6 +588,7 @@ fn settings_of(
         no_cache_stages: args.no_cache_filter.clone(),
         allow: args.step.entitlements(args.network == NetworkArg::Host),
         source_date_epoch: crate::settings::source_date_epoch()?,
+        rewrite_timestamp: image.rewrite_timestamp,
         network: sandbox.network,
         snapshotter: sandbox.snapshotter,
         chroot: sandbox.chroot,

@@ -10,9 +10,9 @@
 //! mtime or inode (the context's digests are of content, mode and link
 //! targets), so two machines with the same inputs compute the same keys.
 //! A golden test (`testdata/builder/keys`) pins the keys of a fixed
-//! Dockerfile and context. A build under `SOURCE_DATE_EPOCH`, whose layers
-//! hold no mtime newer than it, keys every step by it too
-//! ([`key_by_layer_epoch`]).
+//! Dockerfile and context. A build whose layers hold no mtime newer than
+//! `SOURCE_DATE_EPOCH` (`rewrite-timestamp=true`) keys every step by it
+//! too ([`key_by_layer_epoch`]).
 //!
 //! What a key needs from outside the Dockerfile and the context — the
 //! commit a Git ref names now, the content at a URL — comes through
@@ -182,11 +182,11 @@ pub fn compute_cache_keys(
 }
 
 /// Keys every step also by the time its layer's mtimes are clamped to
-/// (`SOURCE_DATE_EPOCH`: a build under it writes no file in a layer newer
-/// than it). A record made under another epoch, or under none, holds a
-/// layer this build would not make: found, it would make the image depend
-/// on what the store happened to cache. Called after
-/// [`compute_cache_keys`]; nothing with no epoch.
+/// (`SOURCE_DATE_EPOCH` with `rewrite-timestamp=true`: the build writes
+/// no file in a layer newer than it). A record made under another epoch,
+/// or under none, holds a layer this build would not make: found, it would
+/// make the image depend on what the store happened to cache. Called
+/// after [`compute_cache_keys`]; nothing with no epoch.
 pub fn key_by_layer_epoch(plan: &mut Plan, epoch: Option<i64>) {
     let Some(epoch) = epoch else {
         return;

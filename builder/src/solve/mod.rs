@@ -137,8 +137,13 @@ pub struct SolveOptions<'a> {
     pub no_cache: bool,
     /// Ignore the build cache in these stages only (`--no-cache-filter`).
     pub no_cache_stages: BTreeSet<usize>,
-    /// Clamps file mtimes in layers and sets every `created` time.
+    /// Sets every `created` time (the image's, its history's).
     pub source_date_epoch: Option<i64>,
+    /// Clamps the mtimes of the files in the layers the build makes (the
+    /// epoch, with an image output's `rewrite-timestamp=true`, as
+    /// BuildKit's exporter rewrites them; step keys are keyed by it,
+    /// `crate::plan::key_by_layer_epoch`).
+    pub layer_epoch: Option<i64>,
     /// RUN's network unless it says `--network=none|host`.
     pub network: Network,
     /// Private networks kept between this solve's RUNs (see

@@ -221,7 +221,7 @@ fn commit_layer(
     // id is the digest of two zero blocks), as BuildKit's exporter writes
     // one for every RUN, COPY and WORKDIR that changed nothing.
     let diff_options = DiffOptions {
-        source_date_epoch: opts.source_date_epoch,
+        source_date_epoch: opts.layer_epoch,
         overlay_whiteouts: true,
         write_back: true,
         commit_in_background: true,
