@@ -51,7 +51,7 @@ const BUILD_FLAGS: &[(&str, &[&str], &[&str])] = &[
     ("--registry-speed-limit", &["--registry-speed-limit", "KILN_REGISTRY_SPEED_LIMIT"], &["tests/registry.rs::registry_speed_settings_cut_a_slow_blob"]),
     ("--registry-speed-time", &["--registry-speed-time", "KILN_REGISTRY_SPEED_TIME"], &["tests/registry.rs::registry_speed_settings_cut_a_slow_blob"]),
     ("--registry-timeout", &["--registry-timeout", "KILN_REGISTRY_TIMEOUT"], &["tests/registry.rs::registry_timeout_is_the_deadline_of_a_manifest"]),
-    ("--root", &["--root"], &["tests/build.rs::source_date_epoch_gives_the_same_image_in_two_roots"]),
+    ("--root", &["--root"], &["tests/build.rs::source_date_epoch_gives_the_same_image_in_two_roots_whatever_they_cached"]),
     ("--secret", &["--secret"], &["tests/options.rs::secret_mounts_env_mode_owner_and_flag_forms", "tests/options.rs::secret_flag_defaults_and_required"]),
     ("--shm-size", &["--shm-size"], &["tests/options.rs::shm_size_ulimit_and_add_host"]),
     ("--ssh", &["--ssh"], &["tests/build.rs::ssh_flag_forwards_agents_to_run_mounts"]),

@@ -1224,15 +1224,24 @@ fn outputs_take_compression_media_types_and_annotations_as_buildkits_exporter() 
     );
 
     // Annotations as output attributes, as `--annotation` gives them; a
-    // flag sets its key over the output's.
+    // flag sets its key over the output's, and one for this platform wins
+    // over one for every platform, wherever given (BuildKit's order).
     let annotated = path("annotated.tar");
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
     let out = build(&[
         "--annotation",
         "org.example.both=flag",
+        "--annotation",
+        "org.example.plat=flag",
         "-o",
         &format!(
             "type=oci,dest={},annotation.org.example.out=1,annotation.org.example.both=out,\
-             annotation-manifest-descriptor.org.example.desc=2",
+             annotation-manifest-descriptor.org.example.desc=2,\
+             annotation-manifest[linux/{arch}].org.example.plat=out",
             annotated.display()
         ),
     ]);
@@ -1252,7 +1261,11 @@ fn outputs_take_compression_media_types_and_annotations_as_buildkits_exporter() 
         serde_json::from_slice(&tar_bytes(&annotated, &blob)).unwrap();
     assert_eq!(
         manifest["annotations"],
-        serde_json::json!({"org.example.out": "1", "org.example.both": "flag"}),
+        serde_json::json!({
+            "org.example.out": "1",
+            "org.example.both": "flag",
+            "org.example.plat": "out"
+        }),
         "{manifest}"
     );
 

@@ -2,7 +2,8 @@
 //! subordinate id ranges, made by kiln-testsupport) enters a user
 //! namespace of its own for the entire build, so that COPY --chown, layer
 //! unpacking, overlay, cache mounts and USER all work, and the image is
-//! the one root builds (same digest under SOURCE_DATE_EPOCH). As root,
+//! the one root builds (same digest under SOURCE_DATE_EPOCH, with
+//! `rewrite-timestamp=true`). As root,
 //! `--isolation rootless` takes the same path.
 
 mod common;
@@ -140,7 +141,7 @@ impl Work {
             "-t",
             "rootless:built",
             "-o",
-            "type=image",
+            "type=image,rewrite-timestamp=true",
             "-o",
             &output,
         ];

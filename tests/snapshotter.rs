@@ -2,7 +2,7 @@
 //! this test mounts, as a container's own root filesystem is) cannot hold
 //! overlay's upper dirs, so kiln copies each RUN's layers and compares
 //! them afterwards. The image must be the one the overlay snapshotter
-//! makes (same id under SOURCE_DATE_EPOCH): files added, changed and
+//! makes (same id under SOURCE_DATE_EPOCH with `rewrite-timestamp=true`): files added, changed and
 //! deleted (whiteouts), a directory replaced (opaque), modes, owners, a
 //! symlink retargeted, a fifo, mounts whose targets the image lacks
 //! (their stubs leave no trace), a cache mount, a WORKDIR, and an
@@ -96,7 +96,14 @@ fn build(root: &Path, work: &Path, ctx: &Path) -> (Vec<String>, String) {
     let mut ids = Vec::new();
     let mut first_err = None;
     for target in [&["--target", "base"][..], &[]] {
-        let mut args = vec!["build", "--iidfile", iid.to_str().unwrap()];
+        // The RUNs' files dated as the epoch in both stores.
+        let mut args = vec![
+            "build",
+            "--output",
+            "type=image,rewrite-timestamp=true",
+            "--iidfile",
+            iid.to_str().unwrap(),
+        ];
         args.extend_from_slice(target);
         args.push(ctx.to_str().unwrap());
         let (ok, _, err) = kiln_at(root, &args);
@@ -246,6 +253,8 @@ fn isolation_chroot_builds_the_image_namespaces_build() {
             "build",
             "--isolation",
             "chroot",
+            "--output",
+            "type=image,rewrite-timestamp=true",
             "--iidfile",
             iid.to_str().unwrap(),
         ];
@@ -308,6 +317,8 @@ fn isolation_chroot_builds_the_image_namespaces_build() {
             args.push("--no-cache");
         }
         let output = format!("type=local,dest={}", dest.display());
+        // As the builds above (their steps' keys, their cache).
+        args.extend(["-o", "type=image,rewrite-timestamp=true"]);
         args.extend(["-o", &output, ctx.to_str().unwrap()]);
         let (ok, _, err) = kiln_at(&store, &args);
         assert!(ok, "{err}");

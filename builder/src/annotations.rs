@@ -264,10 +264,17 @@ pub fn annotate(
     platform: &Platform,
     annotations: &[Annotation],
 ) -> Result<Descriptor, kiln_layers::Error> {
+    // Those for every platform first, then this platform's, which win a
+    // key both set (BuildKit's `Annotations.Platform`); in each group the
+    // last given wins.
     let pick = |target: AnnotationTarget| -> BTreeMap<String, String> {
-        annotations
+        let applying = annotations
             .iter()
-            .filter(|a| a.target == target && a.applies_to(platform))
+            .filter(|a| a.target == target && a.applies_to(platform));
+        let (general, specific): (Vec<_>, Vec<_>) = applying.partition(|a| a.platform.is_none());
+        general
+            .into_iter()
+            .chain(specific)
             .map(|a| (a.key.clone(), a.value.clone()))
             .collect()
     };

@@ -18,7 +18,7 @@
 //!
 //! Times, as fsutil gives them (the frontend sets no fixed time for COPY,
 //! so `utime` is unset; `SOURCE_DATE_EPOCH` only reaches the layer, whose
-//! writer clamps every mtime to it):
+//! writer clamps every mtime to it with `rewrite-timestamp=true`):
 //! - the destination parents COPY creates have the copy's time;
 //! - the directory a directory's contents go into takes the source
 //!   directory's atime and mtime once they are in, whether COPY created it

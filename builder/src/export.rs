@@ -150,11 +150,12 @@ impl ImageFormat {
     /// what `--compression` and `--docker-mediatypes` (`flags`, `None`
     /// where not given) and every output's attributes (with its spec, for
     /// the error) say, which must agree; gzip and OCI's media types where
-    /// nothing says. The outputs that give annotations must give the same
-    /// ones (an output that gives none gets them too, as it gets the
-    /// compression another output says); an `--annotation` flag sets its
-    /// key over an output's, as buildx writes the flags into every
-    /// output's attributes.
+    /// nothing says (an output that says none gets the compression another
+    /// says). The image outputs (`outputs` holds no other) must give the
+    /// same annotations and `rewrite-timestamp` (one that says none has
+    /// none and false, as BuildKit's exporter); an `--annotation` flag
+    /// sets its key over an output's, as buildx writes the flags into
+    /// every output's attributes.
     pub fn settle(flags: &ImageFormat, outputs: &[(ImageFormat, &str)]) -> Result<Settled, String> {
         let outputs = || {
             outputs
@@ -178,13 +179,15 @@ impl ImageFormat {
             format!("compression={}", compression_name(*c))
         })?;
         let oci = agree(media_types, |o| format!("oci-mediatypes={o}"))?;
-        let rewrites = outputs().filter_map(|(f, who)| f.rewrite_timestamp.map(|r| (r, who)));
+        let rewrites = outputs().map(|(f, who)| (f.rewrite_timestamp.unwrap_or(false), who));
         let rewrite_timestamp = agree(rewrites, |r| format!("rewrite-timestamp={r}"))?;
-        let annotation_sets = outputs()
-            .filter(|(f, _)| !f.annotations.is_empty())
-            .map(|(f, who)| (annotation_set(&f.annotations), who));
-        let from_outputs = agree(annotation_sets, |set| set.join(","))?
-            .and_then(|_| outputs().find(|(f, _)| !f.annotations.is_empty()))
+        let annotation_sets = outputs().map(|(f, who)| (annotation_set(&f.annotations), who));
+        agree(annotation_sets, |set| match set.is_empty() {
+            true => "no annotation".to_string(),
+            false => set.join(","),
+        })?;
+        let from_outputs = outputs()
+            .next()
             .map(|(f, _)| f.annotations.clone())
             .unwrap_or_default();
         let mut annotations: Vec<Annotation> = from_outputs
@@ -602,6 +605,15 @@ impl Output {
     /// Whether the output goes to standard output (nothing else may,
     /// neither another output nor the image id): `-o -`, `dest=-` of a tar,
     /// an OCI layout or a docker-archive.
+    /// Whether it writes the image (an OCI or docker archive, or the image
+    /// under names), not a root filesystem.
+    pub fn writes_image(&self) -> bool {
+        matches!(
+            self,
+            Output::Oci(_) | Output::Docker(_) | Output::Image { .. }
+        )
+    }
+
     pub fn to_stdout(&self) -> bool {
         match self {
             Output::Tar(dest) => *dest == Dest::Stdout,
@@ -913,7 +925,7 @@ mod tests {
             annotations: Annotation::parse("k=flag").unwrap(),
             ..ImageFormat::default()
         };
-        let outputs = [(a.clone(), "A"), (same, "B"), (none, "C")];
+        let outputs = [(a.clone(), "A"), (same.clone(), "B")];
         let settled = ImageFormat::settle(&flags, &outputs).unwrap();
         let mut got: Vec<(String, String)> = settled
             .annotations
@@ -923,6 +935,12 @@ mod tests {
         got.sort();
         assert_eq!(got, [("j".into(), "2".into()), ("k".into(), "flag".into())]);
 
+        // An image output that gives none has none, as BuildKit's.
+        let err = ImageFormat::settle(&flags, &[(a.clone(), "A"), (none, "C")]).unwrap_err();
+        assert!(
+            err.starts_with("--output C says no annotation, --output A says "),
+            "{err}"
+        );
         let other = format_of("type=docker,dest=b,annotation.k=2");
         let err =
             ImageFormat::settle(&ImageFormat::default(), &[(a, "A"), (other, "B")]).unwrap_err();
@@ -937,10 +955,12 @@ mod tests {
         assert_eq!(rewrites.rewrite_timestamp, Some(true));
         let settled = ImageFormat::settle(&ImageFormat::default(), &[(rewrites.clone(), "A")]);
         assert!(settled.unwrap().rewrite_timestamp);
-        let keeps = format_of("type=image,rewrite-timestamp=false");
-        let err = ImageFormat::settle(&ImageFormat::default(), &[(rewrites, "A"), (keeps, "B")])
-            .unwrap_err();
-        assert!(err.contains("says rewrite-timestamp=false"), "{err}");
+        for keeps in ["type=image,rewrite-timestamp=false", "type=image"] {
+            let keeps = format_of(keeps);
+            let both = [(rewrites.clone(), "A"), (keeps, "B")];
+            let err = ImageFormat::settle(&ImageFormat::default(), &both).unwrap_err();
+            assert!(err.contains("B says rewrite-timestamp=false"), "{err}");
+        }
         assert!(Output::parse_with_format("type=oci,dest=a,rewrite-timestamp=").is_err());
         assert!(Output::parse_with_format("type=tar,dest=a,rewrite-timestamp=true").is_err());
         // Keys are lower-cased, as buildx reads an output's attributes.

@@ -544,7 +544,14 @@ fn settings_of(
         .iter()
         .map(|spec| Output::parse_with_format(spec).map(|(o, f)| (o, (f, spec.as_str()))))
         .collect::<Result<Vec<_>, _>>()?;
-    let (outputs, formats): (Vec<Output>, Vec<_>) = parsed.into_iter().unzip();
+    // What the image outputs say of the one image (a root filesystem
+    // output says nothing of it).
+    let formats: Vec<_> = parsed
+        .iter()
+        .filter(|(o, _)| o.writes_image())
+        .map(|(_, format)| format.clone())
+        .collect();
+    let outputs: Vec<Output> = parsed.into_iter().map(|(o, _)| o).collect();
     let flags = ImageFormat {
         compression: args.compression.map(|c| match c {
             CompressionArg::Gzip => Compression::Gzip,

@@ -288,11 +288,13 @@ fn the_trees_a_build_writes_are_noted_as_du_measures_them_and_a_collection_takes
              yes $i | head -c 3000 > /many/$i; done && ln /many/1 /many/one\n",
         )],
     );
-    // Files' times clamped, so that the same RUN a second later makes the
-    // same layer.
+    // Files' times clamped (rewrite-timestamp=true), so that the same RUN
+    // a second later makes the same layer.
     let build = |args: &[&str]| {
+        let mut args = args.to_vec();
+        args.extend(["--output", "type=image,rewrite-timestamp=true"]);
         let out = fixture
-            .kiln(&crate::build_args(&ctx, args))
+            .kiln(&crate::build_args(&ctx, &args))
             .env("SOURCE_DATE_EPOCH", "0")
             .output()
             .expect("run kiln build");

@@ -36,7 +36,7 @@ use crate::rootfs::resolve;
 
 /// The version of the key encoding: changing what a key covers or how it
 /// is written means a new version (every key changes with it).
-pub const KEY_VERSION: &str = "kiln-step-v4";
+pub const KEY_VERSION: &str = "kiln-step-v5";
 
 /// What an ADD URL's key takes from its content.
 #[derive(Debug, Clone, PartialEq, Eq)]
