@@ -500,7 +500,8 @@ impl Output {
             let (key, value) = field
                 .split_once('=')
                 .ok_or_else(|| bad(format!("invalid field '{field}' must be a key=value pair")))?;
-            map.insert(key.trim().to_ascii_lowercase(), value.trim().to_string());
+            // The key trimmed and lower-cased, the value as given (buildx's reading).
+            map.insert(key.trim().to_lowercase(), value.to_string());
         }
         let kind = map.remove("type").unwrap_or_else(|| "local".into());
         let format = match kind.as_str() {
@@ -967,6 +968,10 @@ mod tests {
         let upper = format_of("type=oci,dest=a,Annotation.Org.Example=V");
         assert_eq!(upper.annotations[0].key, "org.example");
         assert_eq!(upper.annotations[0].value, "V");
+        // Values as given, as buildx reads them (a key is trimmed).
+        let spaced = format_of("type=oci,dest=a, annotation.k= v ");
+        assert_eq!(spaced.annotations[0].value, " v ");
+        assert!(Output::parse_with_format("type= oci,dest=a").is_err());
         // Not an image output: an unknown attribute.
         assert!(Output::parse_with_format("type=local,dest=d,annotation.k=v").is_err());
         let err = Output::parse_with_format("type=oci,dest=a,annotation-layer.k=v").unwrap_err();
