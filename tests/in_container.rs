@@ -355,6 +355,9 @@ fn kilns_image_builds_in_containers_the_image_root_builds_on_the_host() {
         &host_store,
         &[
             "build",
+            // As the build above: its steps' keys, its cache.
+            "-o",
+            "type=image,rewrite-timestamp=true",
             "-o",
             files.to_str().unwrap(),
             ctx.to_str().unwrap(),
