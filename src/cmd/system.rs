@@ -107,6 +107,12 @@ impl SystemCommand {
     }
 
     pub fn run(self, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
+        // The collection after a command whose store is gone (a temporary
+        // one, deleted before the collection's turn came): nothing to
+        // collect, and no store is made there.
+        if matches!(self, SystemCommand::Gc { .. }) && !Store::exists_at(&settings.root) {
+            return Ok(ExitCode::SUCCESS);
+        }
         let store = Store::open(&settings.root)
             .with_context(|| format!("opening the store at {}", settings.root.display()))?;
         match self {

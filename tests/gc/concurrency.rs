@@ -170,6 +170,28 @@ fn a_build_returns_while_its_detached_collection_waits_then_runs() {
     );
 }
 
+/// The collection after a command finds its store deleted meanwhile (a
+/// temporary one): it makes none there, and says nothing.
+#[test]
+fn a_collection_whose_store_is_gone_makes_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("gone");
+    for args in [&["__gc", "--after-build"][..], &["__gc"]] {
+        let out = crate::common::kiln_command()
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .output()
+            .expect("run kiln __gc");
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!root.exists(), "{args:?} made {}", root.display());
+    }
+}
+
 #[test]
 fn a_detached_collection_waits_a_minute_after_the_last_one() {
     crate::require_namespaces!();
