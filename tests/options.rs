@@ -1269,6 +1269,18 @@ fn outputs_take_compression_media_types_and_annotations_as_buildkits_exporter() 
         "{manifest}"
     );
 
+    // rewrite-timestamp with no SOURCE_DATE_EPOCH: built, and said once.
+    let out = build(&[
+        "-o",
+        &format!(
+            "type=oci,dest={},rewrite-timestamp=true",
+            path("no-epoch.tar").display()
+        ),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let warning = "rewrite-timestamp is specified, but no source-date-epoch was found";
+    assert_eq!(text(&out).matches(warning).count(), 1, "{}", text(&out));
+
     let x = format!("type=oci,dest={}", path("x.tar").display());
     let refused: [(Vec<String>, &str); 11] = [
         (
@@ -1313,7 +1325,7 @@ fn outputs_take_compression_media_types_and_annotations_as_buildkits_exporter() 
         ),
         (
             vec!["-o".into(), format!("{x},annotation.k=1"), "-o".into(), format!("type=docker,dest={},annotation.k=2", path("y.tar").display())],
-            "says Manifest.k=2, --output type=oci",
+            "says annotation-manifest.k=2, --output type=oci",
         ),
     ];
     for (args, message) in refused {

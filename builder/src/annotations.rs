@@ -61,14 +61,25 @@ pub enum AnnotationTarget {
 }
 
 impl AnnotationTarget {
+    /// The type's word, as `--annotation` and output attributes spell it.
+    pub fn word(self) -> &'static str {
+        match self {
+            AnnotationTarget::Manifest => "manifest",
+            AnnotationTarget::ManifestDescriptor => "manifest-descriptor",
+            AnnotationTarget::Index => "index",
+            AnnotationTarget::IndexDescriptor => "index-descriptor",
+        }
+    }
+
     fn parse(word: &str) -> Option<AnnotationTarget> {
-        Some(match word {
-            "manifest" => AnnotationTarget::Manifest,
-            "manifest-descriptor" => AnnotationTarget::ManifestDescriptor,
-            "index" => AnnotationTarget::Index,
-            "index-descriptor" => AnnotationTarget::IndexDescriptor,
-            _ => return None,
-        })
+        [
+            AnnotationTarget::Manifest,
+            AnnotationTarget::ManifestDescriptor,
+            AnnotationTarget::Index,
+            AnnotationTarget::IndexDescriptor,
+        ]
+        .into_iter()
+        .find(|target| target.word() == word)
     }
 }
 

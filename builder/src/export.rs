@@ -186,15 +186,10 @@ impl ImageFormat {
             true => "no annotation".to_string(),
             false => set.join(","),
         })?;
-        let from_outputs = outputs()
-            .next()
-            .map(|(f, _)| f.annotations.clone())
-            .unwrap_or_default();
-        let mut annotations: Vec<Annotation> = from_outputs
-            .into_iter()
-            .filter(|a| !flags.annotations.iter().any(|f| f.same_place(a)))
-            .collect();
-        annotations.extend(flags.annotations.iter().cloned());
+        let annotations = with_flags_over(
+            outputs().next().map_or(&[][..], |(f, _)| &f.annotations),
+            &flags.annotations,
+        );
         let compression = compression.unwrap_or(Compression::Gzip);
         let used_level = match compression {
             Compression::Gzip => Some(kiln_layers::compress::GZIP_LEVEL as i32),
@@ -224,8 +219,19 @@ impl ImageFormat {
     }
 }
 
-/// Annotations as a sorted list of `TYPE[PLATFORM].KEY=VALUE`, to compare
-/// two outputs' and show them.
+/// The outputs' annotations and the `--annotation` flags, a flag's key
+/// over the same key of an output's (buildx writes the flags into every
+/// output's attributes).
+fn with_flags_over(outputs: &[Annotation], flags: &[Annotation]) -> Vec<Annotation> {
+    let kept = outputs
+        .iter()
+        .filter(|a| !flags.iter().any(|f| f.same_place(a)));
+    kept.chain(flags).cloned().collect()
+}
+
+/// Annotations as a sorted list of output attributes
+/// (`annotation-TYPE[PLATFORM].KEY=VALUE`), to compare two outputs' and
+/// show them.
 fn annotation_set(annotations: &[Annotation]) -> Vec<String> {
     let mut set: Vec<String> = annotations
         .iter()
@@ -235,7 +241,12 @@ fn annotation_set(annotations: &[Annotation]) -> Vec<String> {
                 .as_ref()
                 .map(|p| format!("[{}]", p.normalized()))
                 .unwrap_or_default();
-            format!("{:?}{platform}.{}={}", a.target, a.key, a.value)
+            format!(
+                "annotation-{}{platform}.{}={}",
+                a.target.word(),
+                a.key,
+                a.value
+            )
         })
         .collect();
     set.sort();
@@ -947,7 +958,8 @@ mod tests {
             ImageFormat::settle(&ImageFormat::default(), &[(a, "A"), (other, "B")]).unwrap_err();
         assert!(
             err.starts_with(
-                "--output B says Manifest.k=2, --output A says Manifest.j=2,Manifest.k=1"
+                "--output B says annotation-manifest.k=2, --output A says \
+                 annotation-manifest.j=2,annotation-manifest.k=1"
             ),
             "{err}"
         );

@@ -740,12 +740,6 @@ impl<'a> Session<'a> {
             self.events
                 .warning(&dockerfile.name, &finding_warning(finding));
         }
-        if self.settings.rewrite_timestamp && self.settings.source_date_epoch().is_none() {
-            let message = "rewrite-timestamp is specified, but no source-date-epoch was found: \
-                           the layers keep their files' times (set SOURCE_DATE_EPOCH)";
-            tracing::warn!("{message}");
-            self.events.build_warning(message);
-        }
         Ok(Walked {
             frontend,
             plan,
@@ -887,9 +881,14 @@ impl<'a> Session<'a> {
     }
 
     /// Refuses what the settings ask that cannot be done, before anything
-    /// runs.
+    /// runs, and warns once of what will do nothing.
     pub(crate) fn check_requests(&self) -> Result<(), BuildError> {
         let settings = self.settings;
+        if settings.rewrite_timestamp && settings.source_date_epoch().is_none() {
+            let message = "rewrite-timestamp is specified, but no source-date-epoch was found: \
+                           the layers keep their files' times (set SOURCE_DATE_EPOCH)";
+            self.events.build_warning(message);
+        }
         let pushes = settings.push
             || settings
                 .outputs

@@ -44,8 +44,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::error::{Error, Result};
 
-/// One write in flight: whether it is done, and its result until
-/// [`settle`] takes it.
+/// One write in flight: whether it is done, and why it failed, if it did
+/// (kept for every [`settle`] that waited for it).
 #[derive(Default)]
 struct Job {
     state: Mutex<State>,
@@ -193,7 +193,6 @@ pub(crate) fn settle(root: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Error;
     use std::sync::mpsc;
 
     #[test]

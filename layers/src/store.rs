@@ -1714,7 +1714,6 @@ impl IngestWriter {
                     file,
                     path: self.path.clone(),
                     target: self.blobs_dir.join(desc.digest.hex()),
-                    blobs_dir: self.blobs_dir.clone(),
                     _lease: self.lease.take(),
                 };
                 Ok((desc, sealed))
@@ -1735,8 +1734,8 @@ impl IngestWriter {
 struct SealedBlob {
     file: File,
     path: PathBuf,
+    /// Its name in `blobs/sha256/`.
     target: PathBuf,
-    blobs_dir: PathBuf,
     _lease: Option<Lease>,
 }
 
@@ -1755,7 +1754,9 @@ impl SealedBlob {
             });
         match result {
             Ok(()) => {
-                unsynced_blob_dirs().insert(self.blobs_dir.clone());
+                if let Some(blobs) = self.target.parent() {
+                    unsynced_blob_dirs().insert(blobs.to_path_buf());
+                }
                 Ok(())
             }
             Err(e) => {
