@@ -841,6 +841,13 @@ fn a_broken_registry_cache_is_a_warning_and_the_build_runs_without_it() {
         "{:?}",
         ignored.warnings
     );
+    // Once in all: not also as a log line beside the warning event.
+    assert_eq!(
+        ignored.stderr().matches("ignore-error=true").count(),
+        1,
+        "{}",
+        ignored.stderr()
+    );
 }
 
 /// Flips a byte in the middle of a file.

@@ -1056,8 +1056,9 @@ impl<'a> Session<'a> {
                         .internal(&exporter.name(), &lines, started.elapsed().as_secs_f64())
                 }
                 Err(source) if exporter.ignore_error() => {
+                    // A build warning only: printed once, at the end
+                    // with the others, not also through the log.
                     let message = format!("{}: {source} (ignore-error=true)", exporter.name());
-                    tracing::warn!("{message}");
                     self.events.build_warning(&message);
                 }
                 Err(source) => {
