@@ -29,8 +29,11 @@
 //! it.
 //!
 //! A platform-qualified annotation applies to that platform's manifest and
-//! is an error when the build makes no such platform (an index kind's
-//! platform names no manifest: as in BuildKit, it goes on the index). With Docker media
+//! is an error when the build makes no such platform. An index kind's
+//! platform names no manifest: as in BuildKit, the annotation goes on the
+//! index; an output attribute's (`annotation-index[linux/arm64].k=v`) must
+//! still name a platform the build makes, and a flag's is dropped, as
+//! buildx drops it when it writes the flag into the outputs. With Docker media
 //! types, only `manifest` annotations are allowed (BuildKit: "cannot export
 //! annotations with oci-mediatypes=false").
 //!
@@ -69,6 +72,14 @@ impl AnnotationTarget {
             AnnotationTarget::Index => "index",
             AnnotationTarget::IndexDescriptor => "index-descriptor",
         }
+    }
+
+    /// `index` or `index-descriptor`: one annotation for the whole index.
+    pub fn is_index_kind(self) -> bool {
+        matches!(
+            self,
+            AnnotationTarget::Index | AnnotationTarget::IndexDescriptor
+        )
     }
 
     fn parse(word: &str) -> Option<AnnotationTarget> {
@@ -128,6 +139,10 @@ impl Annotation {
             };
             let target = AnnotationTarget::parse(kind)
                 .ok_or_else(|| bad(format!("unknown annotation type {kind:?}")))?;
+            // buildx writes an index kind's flag into the outputs without
+            // its platform (`AnnotationKey.String`): the index is one for
+            // every platform.
+            let platform = platform.filter(|_| !target.is_index_kind());
             out.push(Annotation {
                 target,
                 platform,
@@ -236,18 +251,14 @@ pub fn check(
     let made: Vec<Platform> = platforms.iter().map(Platform::normalized).collect();
     for a in annotations {
         let flag = &a.flag;
-        let index_kind = matches!(
-            a.target,
-            AnnotationTarget::Index | AnnotationTarget::IndexDescriptor
-        );
-        if index_kind && !writes_index {
+        if a.target.is_index_kind() && !writes_index {
             return Err(format!(
                 "{flag}: index annotations not supported for single platform export \
                  (kiln writes a single-platform image as one manifest, with no index to annotate; \
                  a multi-platform build or --provenance writes an index)"
             ));
         }
-        if let (Some(p), false) = (&a.platform, index_kind) {
+        if let Some(p) = &a.platform {
             if !made.contains(&p.normalized()) {
                 let names: Vec<String> = made.iter().map(Platform::to_string).collect();
                 return Err(format!(
@@ -375,8 +386,38 @@ mod tests {
             check(&index, &both, true, true).is_err(),
             "not on a manifest list"
         );
+        // A flag's index platform is dropped, as buildx drops it; an
+        // output attribute's must name a platform the build makes, as
+        // BuildKit's exporter requires.
         let index_qualified = Annotation::parse("index[linux/s390x]:k=v").unwrap();
+        assert_eq!(index_qualified[0].platform, None);
         assert!(check(&index_qualified, &both, false, true).is_ok());
+        let attribute = |key: &str| {
+            vec![
+                Annotation::from_output_attribute(key, "v", "type=oci,dest=x")
+                    .unwrap()
+                    .unwrap(),
+            ]
+        };
+        let err = check(
+            &attribute("annotation-index[linux/s390x].k"),
+            &both,
+            false,
+            true,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains(
+                "annotation-index[linux/s390x].k=v: invalid annotation: no platform linux/s390x"
+            ),
+            "{err}"
+        );
+        let made = attribute("annotation-index-descriptor[linux/arm64].k");
+        assert!(check(&made, &both, false, true).is_ok());
+        assert_eq!(
+            for_index_descriptor(&made),
+            [("k".into(), "v".into())].into()
+        );
         let other = Annotation::parse("manifest[linux/arm64]:k=v").unwrap();
         let err = check(&other, &amd64, false, true).unwrap_err();
         assert!(err.contains("no platform linux/arm64"), "{err}");
