@@ -199,7 +199,12 @@ impl Annotation {
         let Some(name) = rest.strip_prefix('.') else {
             return Ok(None);
         };
-        if name.is_empty() || name.chars().any(char::is_whitespace) {
+        // BuildKit's `\.(\S+)$`: Go's `\s` is ASCII's five spaces only.
+        if name.is_empty()
+            || name
+                .chars()
+                .any(|c| matches!(c, ' ' | '\t' | '\n' | '\x0c' | '\r'))
+        {
             return Ok(None);
         }
         let target = match kind {
@@ -478,8 +483,15 @@ mod tests {
             "annotation.",
             "annotation-.k",
             "annotation[].k",
+            "annotation.k v",
+            "annotation.k\tv",
         ] {
             assert_eq!(read(key), Ok(None), "{key}");
+        }
+        // Go's `\S` takes any other character, Unicode spaces too.
+        for key in ["annotation.k\u{a0}v", "annotation.k\u{b}v"] {
+            let name = &key["annotation.".len()..];
+            assert_eq!(read(key).unwrap().unwrap().key, name, "{key:?}");
         }
         let err = read("annotation-layer.k").unwrap_err();
         assert_eq!(
