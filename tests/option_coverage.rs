@@ -68,9 +68,19 @@ const CLAP_FLAGS: &[&str] = &["--help", "--version"];
 /// [`BUILD_FLAGS`]) → the spellings a case may use and the cases.
 const RUN_FLAGS: &[(&str, &[&str], &[&str])] = &[
     (
+        "--ca-cert",
+        &["--ca-cert"],
+        &["tests/run.rs::run_pulls_through_its_registry_flags"],
+    ),
+    (
         "--entrypoint",
         &["--entrypoint"],
         &["tests/run.rs::image_cmd_entrypoint_and_overrides"],
+    ),
+    (
+        "--insecure-registry",
+        &["--insecure-registry"],
+        &["tests/run.rs::run_pulls_through_its_registry_flags"],
     ),
     (
         "--env",

@@ -214,6 +214,89 @@ fn run_pulls_a_missing_image_as_docker_run_does() {
     );
 }
 
+/// `--pull` reaches a registry as `kiln pull` does: a registry whose
+/// certificate comes from a CA of its own is refused until the run trusts
+/// that CA (`--ca-cert`) or skips the check (`--insecure-registry`).
+#[test]
+fn run_pulls_through_its_registry_flags() {
+    require_namespaces!();
+    let f = Fixture::new(&[]);
+    let registry =
+        kiln_testsupport::RegistryServer::start_tls_basic("alice", "wonderland").unwrap();
+    let ca = registry.ca_cert.clone().unwrap();
+    let ca = ca.to_str().unwrap();
+    let remote = format!("{}/run/tls:1", registry.host);
+    let docker_config = f.dir.path().join("docker-config");
+    fs::create_dir_all(&docker_config).unwrap();
+    let kiln_in = |root: &Path| {
+        let mut cmd = Command::new(KILN);
+        cmd.arg("--root")
+            .arg(root)
+            .env("DOCKER_CONFIG", &docker_config)
+            .env("KILN_GC", "foreground")
+            .env_remove("KILN_LOG");
+        cmd
+    };
+    let ok = |out: Output| {
+        assert!(out.status.success(), "{}", stderr(&out));
+        out
+    };
+    let mut login = Command::new(KILN)
+        .env("DOCKER_CONFIG", &docker_config)
+        .args(["login", "-u", "alice", "--password-stdin", "--ca-cert", ca])
+        .arg(&registry.host)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    login
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"wonderland\n")
+        .unwrap();
+    ok(login.wait_with_output().unwrap());
+    ok(kiln_in(&f.store())
+        .args(["tag", "busybox:test", &remote])
+        .output()
+        .unwrap());
+    ok(kiln_in(&f.store())
+        .args(["push", "--ca-cert", ca, &remote])
+        .output()
+        .unwrap());
+    let run_in = |root: &Path, flags: &[&str]| {
+        kiln_in(root)
+            .arg("run")
+            .args(flags)
+            .args([&remote, "echo", "pulled"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+
+    let untrusted = run_in(&f.dir.path().join("untrusted"), &[]);
+    assert!(!untrusted.status.success());
+    assert!(
+        stderr(&untrusted).contains("invalid peer certificate"),
+        "{}",
+        stderr(&untrusted)
+    );
+    assert_eq!(stdout(&untrusted), "");
+    for (name, flags) in [
+        ("trusted", ["--ca-cert", ca]),
+        ("insecure", ["--insecure-registry", &registry.host]),
+    ] {
+        let out = ok(run_in(&f.dir.path().join(name), &flags));
+        assert_eq!(stdout(&out), "pulled\n", "{flags:?}");
+        assert!(
+            stderr(&out).contains("Status: Downloaded newer image"),
+            "{flags:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
 #[test]
 fn image_cmd_entrypoint_and_overrides() {
     require_namespaces!();

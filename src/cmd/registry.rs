@@ -236,22 +236,20 @@ fn pull_status(reference: &Reference, pulled: &kiln_transfer::Pulled) -> String 
     }
 }
 
-/// Pulls `reference`'s image for `platform` as `kiln pull` does, with the
-/// registry configuration file's settings, everything on stderr: `kiln
-/// run`'s `--pull` (stdout is the container's).
+/// Pulls `reference`'s image for `platform` as `kiln pull` does, with
+/// `kiln run`'s registry flags and the registry configuration file's
+/// settings, everything on stderr: `kiln run`'s `--pull` (stdout is the
+/// container's).
 pub(crate) fn pull_for_run(
     reference: &Reference,
     platform: &Platform,
+    registry: &RegistryArgs,
     settings: &GlobalSettings,
 ) -> anyhow::Result<()> {
     let store = Store::open(&settings.root)?;
-    let registry = RegistryArgs {
-        insecure_registries: Vec::new(),
-        ca_certs: Vec::new(),
-    };
     let reporter = Arc::new(crate::progress::ProgressArgs::default().reporter());
     let options = PullOptions::new(platform.clone());
-    let pulled = pull_reporting(&store, reference, &options, &registry, settings, &reporter)?;
+    let pulled = pull_reporting(&store, reference, &options, registry, settings, &reporter)?;
     reporter.println(&pull_status(reference, &pulled));
     Ok(())
 }

@@ -22,6 +22,7 @@ use kiln_runtime::{BindMount, HelperCommand, Network, RunSpec, Streams};
 
 use crate::cmd::build::PullArg;
 use crate::cmd::limits::LimitArgs;
+use crate::cmd::registry::RegistryArgs;
 use crate::cmd::system::{collect_after, GcMode};
 use crate::settings::{GlobalSettings, Reads};
 
@@ -106,6 +107,9 @@ pub struct RunArgs {
     /// it), `always` or `never`, as `docker run --pull`.
     #[arg(long, value_enum, default_value_t = PullArg::Missing, value_name = "POLICY")]
     pull: PullArg,
+    /// How `--pull` reaches the registry, as `kiln pull`'s flags.
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// The image: a tag in the local store (pulled when missing, see
     /// --pull), or an image id (prefix).
     #[arg(value_name = "IMAGE")]
@@ -204,7 +208,7 @@ fn pull_as_asked(store: &Store, args: &RunArgs, settings: &GlobalSettings) -> an
     if !pull {
         return Ok(());
     }
-    crate::cmd::registry::pull_for_run(&reference, &wanted, settings)
+    crate::cmd::registry::pull_for_run(&reference, &wanted, &args.registry, settings)
         .with_context(|| format!("pulling {reference}"))
 }
 
