@@ -1198,6 +1198,27 @@ fn push_to_a_registry() {
     let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
     assert_eq!(meta["containerimage.digest"], zstd_digest.as_str());
     assert_eq!(config_of(other.path(), &zstd_ref), built);
+    // Without force-compression the base image's layer went as the store
+    // holds it (gzip); with it, every layer goes zstd.
+    assert_eq!(zstd[0], kiln_layers::media::OCI_LAYER_GZIP);
+    let forced_ref = format!("{}/test/pushed:forced", registry.host);
+    ok(&fixture.build(&[
+        "--output",
+        &format!("type=image,name={forced_ref},push=true,compression=zstd,force-compression=true"),
+        "--insecure-registry",
+        &registry.host,
+        ctx.path().to_str().unwrap(),
+    ]));
+    kiln_ok(
+        other.path(),
+        &["pull", "--insecure-registry", &registry.host, &forced_ref],
+    );
+    let (_, forced) = layer_types(other.path(), &forced_ref);
+    assert_eq!(
+        forced,
+        vec![kiln_layers::media::OCI_LAYER_ZSTD.to_string(); local.len()]
+    );
+    assert_eq!(config_of(other.path(), &forced_ref), built);
 }
 
 /// `--output type=registry,name=…` pushes under that name (no `-t`

@@ -1117,14 +1117,14 @@ fn standard_output_holds_one_output_and_flags_that_would_do_nothing_are_refused(
 }
 
 /// The image format attributes of BuildKit's image exporter on an output:
-/// `compression=zstd` compresses the layers the build made with zstd,
+/// `compression=zstd` compresses the layers the build made with zstd
+/// (with `force-compression=true` the base image's gzip layer too),
 /// `oci-mediatypes=false` writes Docker's media types, as `--compression`
 /// and `--docker-mediatypes` do, `annotation.*` annotates as
 /// `--annotation` does (a flag over the output's own key); outputs and
-/// flags that disagree, and what kiln cannot do (`force-compression=true`,
-/// `compression-level=`, other compressions, an index annotation without
-/// an index), are refused before the build; a root filesystem output takes
-/// none of them.
+/// flags that disagree, and what kiln cannot do (`compression-level=`,
+/// other compressions, an index annotation without an index), are refused
+/// before the build; a root filesystem output takes none of them.
 #[test]
 fn outputs_take_compression_media_types_and_annotations_as_buildkits_exporter() {
     require_namespaces!();
@@ -1170,6 +1170,30 @@ fn outputs_take_compression_media_types_and_annotations_as_buildkits_exporter() 
         all.push(ctx);
         fixture.build(&all)
     };
+    // Every layer's media type and digest, and the config's diff ids.
+    let layers_of = |tar: &Path| -> (Vec<(String, String)>, Vec<String>) {
+        let index: serde_json::Value =
+            serde_json::from_slice(&tar_bytes(tar, "index.json")).unwrap();
+        let blob = |digest: &serde_json::Value| {
+            let hex = digest.as_str().unwrap().trim_start_matches("sha256:");
+            serde_json::from_slice::<serde_json::Value>(&tar_bytes(
+                tar,
+                &format!("blobs/sha256/{hex}"),
+            ))
+            .unwrap()
+        };
+        let manifest = blob(&index["manifests"][0]["digest"]);
+        let config = blob(&manifest["config"]["digest"]);
+        let field = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap().to_string();
+        (
+            (manifest["layers"].as_array().unwrap().iter())
+                .map(|l| (field(l, "mediaType"), field(l, "digest")))
+                .collect(),
+            (config["rootfs"]["diff_ids"].as_array().unwrap().iter())
+                .map(|d| d.as_str().unwrap().to_string())
+                .collect(),
+        )
+    };
 
     // Each attribute's effect on the OCI tar's manifest and its RUN layer
     // (uncompressed and the level kiln uses read as BuildKit reads them).
@@ -1204,6 +1228,43 @@ fn outputs_take_compression_media_types_and_annotations_as_buildkits_exporter() 
             "{attributes}"
         );
     }
+    // force-compression: the base image's layer (imported gzip, as a
+    // registry gives one) leaves as it is without it, in the asked
+    // compression with it (an empty value is true, as in BuildKit); plain,
+    // every layer is its diff id.
+    let types = |layers: &[(String, String)]| -> Vec<String> {
+        layers.iter().map(|(t, _)| t.clone()).collect()
+    };
+    let (gzip, zstd, plain) = (
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        "application/vnd.oci.image.layer.v1.tar+zstd",
+        "application/vnd.oci.image.layer.v1.tar",
+    );
+    for (attributes, wanted) in [
+        ("compression=zstd", [gzip, zstd]),
+        ("compression=zstd,force-compression=true", [zstd, zstd]),
+        ("compression=zstd,force-compression=", [zstd, zstd]),
+        ("compression=gzip,force-compression=true", [gzip, gzip]),
+        ("compression=uncompressed", [gzip, plain]),
+        (
+            "compression=uncompressed,force-compression=true",
+            [plain, plain],
+        ),
+    ] {
+        let tar = path("forced.tar");
+        let out = build(&[
+            "-o",
+            &format!("type=oci,dest={},{attributes}", tar.display()),
+        ]);
+        assert!(out.status.success(), "{attributes}: {}", text(&out));
+        let (layers, diff_ids) = layers_of(&tar);
+        assert_eq!(types(&layers), wanted, "{attributes}");
+        if wanted == [plain, plain] {
+            let digests: Vec<String> = layers.into_iter().map(|(_, d)| d).collect();
+            assert_eq!(digests, diff_ids, "{attributes}");
+        }
+    }
+
     // Two outputs and a flag that say the same.
     let (a, b) = (path("a.tar"), path("b.tar"));
     let out = build(&[
@@ -1304,8 +1365,8 @@ fn outputs_take_compression_media_types_and_annotations_as_buildkits_exporter() 
             "oci-mediatypes=: true or false",
         ),
         (
-            vec!["-o".into(), format!("{x},force-compression=true")],
-            "force-compression=true: kiln compresses only the layers the build made",
+            vec!["-o".into(), format!("{x},force-compression=true"), "-o".into(), format!("type=docker,dest={},force-compression=false", path("y.tar").display())],
+            "says force-compression=false, --output type=oci",
         ),
         (
             vec!["-o".into(), format!("{x},compression-level=9")],

@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kiln_layers::archive::{self, Format, SaveItem};
-use kiln_layers::compressed::compressed_image;
+use kiln_layers::compressed::{compressed_image, LayerForm};
 use kiln_layers::{Compression, Descriptor, Platform, Reference, Reporter, Store};
 
 use crate::annotations::Annotation;
@@ -43,13 +43,15 @@ use crate::solve::BuiltImage;
 /// level kiln compresses at: gzip 6, zstd 3), `oci-mediatypes=true|false`,
 /// `annotation[-TYPE][[PLATFORM]].KEY=VALUE` (what `--annotation` gives,
 /// [`crate::annotations`]), `rewrite-timestamp=true|false` (the files of
-/// the layers the build makes get no mtime newer than SOURCE_DATE_EPOCH).
-/// `None`, no annotation: not said. (`force-compression=false` is what kiln does: a base
-/// image's layers leave as the registry gave them; `true`, other levels
-/// and other compressions are refused.)
+/// the layers the build makes get no mtime newer than SOURCE_DATE_EPOCH),
+/// `force-compression=true|false` (`true`: a base image's layers,
+/// compressed as the registry gave them, are converted to `compression=`
+/// too; [`LayerForm`]). `None`, no annotation: not said. (Other levels and
+/// other compressions are refused.)
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImageFormat {
     pub compression: Option<Compression>,
+    pub force_compression: Option<bool>,
     pub level: Option<i32>,
     pub oci_media_types: Option<bool>,
     pub annotations: Vec<Annotation>,
@@ -60,6 +62,8 @@ pub struct ImageFormat {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settled {
     pub compression: Compression,
+    /// An output said `force-compression=true`.
+    pub force_compression: bool,
     /// Docker's media types instead of OCI's.
     pub docker_media_types: bool,
     /// The `--annotation` flags, and the outputs' annotations those do
@@ -98,16 +102,12 @@ impl ImageFormat {
             None => None,
             Some(value) => Some(bool_of("rewrite-timestamp", &value)?),
         };
-        if let Some(value) = map.remove("force-compression") {
-            if value.is_empty() || bool_of("force-compression", &value)? {
-                return Err(
-                    "force-compression=true: kiln compresses only the layers the build \
-                     made; a base image's layers leave as the registry gave them \
-                     (force-compression=false)"
-                        .into(),
-                );
-            }
-        }
+        // BuildKit reads an empty value as true.
+        let force_compression = match map.remove("force-compression") {
+            None => None,
+            Some(value) if value.is_empty() => Some(true),
+            Some(value) => Some(bool_of("force-compression", &value)?),
+        };
         let level = match map.remove("compression-level") {
             None => None,
             Some(value) => Some(
@@ -139,6 +139,7 @@ impl ImageFormat {
         }
         Ok(ImageFormat {
             compression,
+            force_compression,
             level,
             oci_media_types,
             annotations,
@@ -179,6 +180,8 @@ impl ImageFormat {
             format!("compression={}", compression_name(*c))
         })?;
         let oci = agree(media_types, |o| format!("oci-mediatypes={o}"))?;
+        let forces = outputs().filter_map(|(f, who)| f.force_compression.map(|o| (o, who)));
+        let force_compression = agree(forces, |f| format!("force-compression={f}"))?;
         let rewrites = outputs().map(|(f, who)| (f.rewrite_timestamp.unwrap_or(false), who));
         let rewrite_timestamp = agree(rewrites, |r| format!("rewrite-timestamp={r}"))?;
         let annotation_sets = outputs().map(|(f, who)| (annotation_set(&f.annotations), who));
@@ -212,6 +215,7 @@ impl ImageFormat {
         // (`Session::check_requests`), whoever made them.
         Ok(Settled {
             compression,
+            force_compression: force_compression == Some(true),
             docker_media_types: oci == Some(false),
             annotations,
             rewrite_timestamp: rewrite_timestamp == Some(true),
@@ -368,7 +372,7 @@ fn make_parents(file: &Path) -> std::io::Result<()> {
 /// What writing an output needs besides the image.
 pub struct WriteSettings<'a> {
     /// How layers are compressed in an OCI layout or docker-archive.
-    pub compression: Compression,
+    pub compression: LayerForm,
     pub reporter: &'a dyn Reporter,
     /// `SOURCE_DATE_EPOCH`: every file of a type=local or type=tar output
     /// is dated then (BuildKit's local and tar exporters).
@@ -974,6 +978,24 @@ mod tests {
             let err = ImageFormat::settle(&ImageFormat::default(), &both).unwrap_err();
             assert!(err.contains("B says rewrite-timestamp=false"), "{err}");
         }
+        // force-compression= as BuildKit reads it (empty is true); an
+        // output that says none takes another's, as with compression=.
+        for (spec, wanted) in [
+            ("type=oci,dest=a,force-compression=", true),
+            ("type=oci,dest=a,force-compression=true", true),
+            ("type=oci,dest=a,force-compression=0", false),
+        ] {
+            let forced = [(format_of(spec), "A"), (format_of("type=image"), "B")];
+            let settled = ImageFormat::settle(&ImageFormat::default(), &forced).unwrap();
+            assert_eq!(settled.force_compression, wanted, "{spec}");
+        }
+        let both = [
+            (format_of("type=oci,dest=a,force-compression=true"), "A"),
+            (format_of("type=image,force-compression=false"), "B"),
+        ];
+        let err = ImageFormat::settle(&ImageFormat::default(), &both).unwrap_err();
+        assert!(err.contains("B says force-compression=false"), "{err}");
+        assert!(Output::parse_with_format("type=oci,dest=a,force-compression=yes").is_err());
         assert!(Output::parse_with_format("type=oci,dest=a,rewrite-timestamp=").is_err());
         assert!(Output::parse_with_format("type=tar,dest=a,rewrite-timestamp=true").is_err());
         // Keys are lower-cased, as buildx reads an output's attributes.

@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use kiln_layers::cleanup::ScratchDir;
+use kiln_layers::compressed::LayerForm;
 use kiln_layers::{Compression, Descriptor, Digest, Lease, Platform, Reference, Reporter, Store};
 use kiln_runtime::{HelperCommand, Limits, Network};
 
@@ -114,6 +115,9 @@ pub struct BuildSettings {
     pub chroot: bool,
     /// How layers are compressed when they leave the store.
     pub compression: Compression,
+    /// An image output's `force-compression=true`: layers stored
+    /// compressed otherwise (a base image's) are converted too.
+    pub force_compression: bool,
     pub docker_media_types: bool,
     pub secrets: BTreeMap<String, Secret>,
     pub ssh: SshAgents,
@@ -166,10 +170,18 @@ impl BuildSettings {
             || (self.outputs.iter()).any(|o| matches!(o, Output::Oci(_) | Output::Docker(_)))
     }
 
+    /// The form the image's layers leave the store in.
+    pub fn layer_form(&self) -> LayerForm {
+        LayerForm {
+            compression: self.compression,
+            force: self.force_compression,
+        }
+    }
+
     /// What writing the outputs needs besides the image.
     pub fn write_settings<'r>(&self, reporter: &'r dyn Reporter) -> WriteSettings<'r> {
         WriteSettings {
-            compression: self.compression,
+            compression: self.layer_form(),
             reporter,
             epoch: self.source_date_epoch(),
         }
@@ -320,13 +332,12 @@ pub type RemoteError = Box<dyn std::error::Error + Send + Sync>;
 /// pulling base images, fetching ADD URLs, pushing the result.
 pub trait Remote: ImagePuller + UrlFetcher + Sync {
     /// Pushes the stored image tagged `reference` to its registry, layers
-    /// compressed with `compression`; returns the pushed manifest's digest
-    /// and size.
+    /// in `form`; returns the pushed manifest's digest and size.
     fn push(
         &self,
         store: &Store,
         reference: &Reference,
-        compression: Compression,
+        form: LayerForm,
     ) -> Result<(Digest, u64), RemoteError>;
 }
 
@@ -1134,7 +1145,7 @@ impl<'a> Session<'a> {
         for reference in &settings.push_targets() {
             let (digest, size) = self
                 .remote
-                .push(self.store, reference, settings.compression)
+                .push(self.store, reference, settings.layer_form())
                 .map_err(|source| BuildError::Push {
                     reference: reference.clone(),
                     source,

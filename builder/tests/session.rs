@@ -16,6 +16,7 @@ use kiln_builder::session::{
     BuildSettings, DockerfileInput, PullPolicy, Remote, RemoteError, Session,
 };
 use kiln_builder::solve::{ImagePuller, NoEvents};
+use kiln_layers::compressed::LayerForm;
 use kiln_layers::{Compression, Descriptor, Digest, NoProgress, Platform, Reference, Store};
 use kiln_runtime::{HelperCommand, Network};
 
@@ -35,7 +36,7 @@ impl UrlFetcher for Offline {
 }
 
 impl Remote for Offline {
-    fn push(&self, _: &Store, _: &Reference, _: Compression) -> Result<(Digest, u64), RemoteError> {
+    fn push(&self, _: &Store, _: &Reference, _: LayerForm) -> Result<(Digest, u64), RemoteError> {
         Err("offline".into())
     }
 }
@@ -67,6 +68,7 @@ fn settings(context: PathBuf, dockerfile: &str, out: &std::path::Path) -> BuildS
         network: Network::None,
         snapshotter: kiln_runtime::Snapshotter::Overlay,
         chroot: false,
+        force_compression: false,
         compression: Compression::Gzip,
         docker_media_types: false,
         secrets: BTreeMap::new(),

@@ -4,13 +4,16 @@
 //! BuildKit's snapshots keep them): the blob digest is then the diff id, and
 //! no build step waits on gzip. What sends an image elsewhere (a push, an
 //! OCI output) asks [`compressed_image`] for a form whose plain layers are
-//! compressed. Each plain layer is compressed once per algorithm; the result
-//! is remembered under `variants/<algorithm>/<plain layer hex>` (the
-//! compressed blob's digest and size), so pushing the same image again, or
-//! another image sharing the layer, reuses it. Compression is
-//! deterministic (see [`crate::compress`]), so two stores — or one store
-//! after `prune` dropped a variant — give the same compressed bytes and the
-//! same manifest digest.
+//! compressed. A layer stored compressed (a pulled base image's) leaves as
+//! it is, unless the form says `force` (BuildKit's `force-compression=true`):
+//! then one compressed otherwise is decompressed and compressed again
+//! ([`LayerForm`]). Each layer is converted once per algorithm; the result
+//! is remembered under `variants/<algorithm>/<layer hex>` (the converted
+//! blob's digest and size), so pushing the same image again, or another
+//! image sharing the layer, reuses it. Compression is deterministic (see
+//! [`crate::compress`]), so two stores — or one store after `prune`
+//! dropped a variant — give the same compressed bytes and the same
+//! manifest digest.
 //!
 //! ```no_run
 //! # fn main() -> kiln_layers::Result<()> {
@@ -52,6 +55,72 @@ pub fn compressed_media_type(plain: &str, compression: Compression) -> Option<&'
     }
 }
 
+/// The form layers leave the store in: BuildKit's compression config
+/// (`compression=`, `force-compression=`).
+///
+/// ```
+/// use kiln_layers::compressed::LayerForm;
+/// use kiln_layers::Compression;
+/// let form = LayerForm::from(Compression::Zstd);
+/// assert!(!form.force);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LayerForm {
+    pub compression: Compression,
+    /// `force-compression=true`: a layer stored compressed with another
+    /// algorithm (a pulled base image's) is converted too, as BuildKit
+    /// converts every layer whose media type says another compression;
+    /// without it only plain layers are compressed.
+    pub force: bool,
+}
+
+impl From<Compression> for LayerForm {
+    fn from(compression: Compression) -> LayerForm {
+        LayerForm {
+            compression,
+            force: false,
+        }
+    }
+}
+
+impl LayerForm {
+    /// How a layer of `media_type` leaves: the compression its stored
+    /// bytes have and the media type it leaves as; `None` when it leaves
+    /// as it is.
+    fn conversion(self, media_type: &str) -> Option<(Compression, &'static str)> {
+        let (stored, plain) = stored_form(media_type)?;
+        if stored == Compression::None {
+            return compressed_media_type(plain, self.compression).map(|to| (stored, to));
+        }
+        if !self.force || stored == self.compression {
+            return None;
+        }
+        let to = match self.compression {
+            Compression::None => plain,
+            wanted => compressed_media_type(plain, wanted)?,
+        };
+        Some((stored, to))
+    }
+}
+
+/// A layer media type's compression and its plain media type; `None` for
+/// what kiln does not convert (a foreign layer, whose bytes another server
+/// holds, or no layer at all).
+fn stored_form(media_type: &str) -> Option<(Compression, &'static str)> {
+    Some(match media_type {
+        media::OCI_LAYER => (Compression::None, media::OCI_LAYER),
+        media::OCI_LAYER_GZIP => (Compression::Gzip, media::OCI_LAYER),
+        media::OCI_LAYER_ZSTD => (Compression::Zstd, media::OCI_LAYER),
+        media::OCI_LAYER_ND => (Compression::None, media::OCI_LAYER_ND),
+        media::OCI_LAYER_ND_GZIP => (Compression::Gzip, media::OCI_LAYER_ND),
+        media::OCI_LAYER_ND_ZSTD => (Compression::Zstd, media::OCI_LAYER_ND),
+        media::DOCKER_LAYER => (Compression::None, media::DOCKER_LAYER),
+        media::DOCKER_LAYER_GZIP => (Compression::Gzip, media::DOCKER_LAYER),
+        media::DOCKER_LAYER_ZSTD => (Compression::Zstd, media::DOCKER_LAYER),
+        _ => return None,
+    })
+}
+
 fn algorithm_name(compression: Compression) -> &'static str {
     match compression {
         Compression::None => "none",
@@ -61,17 +130,20 @@ fn algorithm_name(compression: Compression) -> &'static str {
 }
 
 /// The manifest (or index) `desc` with every plain layer replaced by its
-/// `compression` form, written to the store. Returns `desc` itself when
-/// nothing needed compressing (an image pulled from a registry, or
-/// `Compression::None`), so bytes that came from elsewhere are never
-/// re-serialized.
+/// `form.compression` form (and with `form.force`, every layer compressed
+/// otherwise), written to the store. Returns `desc` itself when nothing
+/// needed converting (an image pulled from a registry, or
+/// `Compression::None` without `force`), so bytes that came from
+/// elsewhere are never re-serialized.
 pub fn compressed_image(
     store: &Store,
     desc: &Descriptor,
-    compression: Compression,
+    form: impl Into<LayerForm>,
     reporter: &dyn Reporter,
 ) -> Result<Descriptor> {
-    if compression == Compression::None {
+    let form = form.into();
+    let compression = form.compression;
+    if compression == Compression::None && !form.force {
         return Ok(desc.clone());
     }
     // Nothing that is written here is referenced from index.json yet: keep
@@ -82,7 +154,7 @@ pub fn compressed_image(
         ManifestKind::Index(mut index) => {
             let mut changed = false;
             for child in &mut index.manifests {
-                let new = compressed_image(store, child, compression, reporter)?;
+                let new = compressed_image(store, child, form, reporter)?;
                 if new.digest != child.digest {
                     child.media_type = new.media_type;
                     child.digest = new.digest;
@@ -107,18 +179,17 @@ pub fn compressed_image(
             Ok(new)
         }
         ManifestKind::Image(mut manifest) => {
-            let plain: Vec<Descriptor> = manifest
+            let todo: Vec<(Descriptor, Compression)> = manifest
                 .layers
                 .iter()
-                .filter(|l| compressed_media_type(&l.media_type, compression).is_some())
-                .cloned()
+                .filter_map(|l| Some((l.clone(), form.conversion(&l.media_type)?.0)))
                 .collect();
-            if plain.is_empty() {
+            if todo.is_empty() {
                 return Ok(desc.clone());
             }
-            let variants = compress_layers(store, &plain, compression, reporter)?;
+            let variants = convert_layers(store, &todo, compression, reporter)?;
             for layer in &mut manifest.layers {
-                if let Some(media_type) = compressed_media_type(&layer.media_type, compression) {
+                if let Some((_, media_type)) = form.conversion(&layer.media_type) {
                     if let Some((digest, size)) = variants.get(&layer.digest) {
                         layer.media_type = media_type.to_string();
                         layer.digest = digest.clone();
@@ -152,12 +223,12 @@ pub fn compressed_layers(
     compression: Compression,
     reporter: &dyn Reporter,
 ) -> Result<Vec<Descriptor>> {
-    let plain: Vec<Descriptor> = layers
+    let plain: Vec<(Descriptor, Compression)> = layers
         .iter()
         .filter(|l| compressed_media_type(&l.media_type, compression).is_some())
-        .cloned()
+        .map(|l| (l.clone(), Compression::None))
         .collect();
-    let variants = compress_layers(store, &plain, compression, reporter)?;
+    let variants = convert_layers(store, &plain, compression, reporter)?;
     Ok(layers
         .iter()
         .map(|layer| {
@@ -193,25 +264,27 @@ fn to_oci_types(manifest: &mut crate::oci::Manifest) {
     }
 }
 
-/// Compressed (digest, size) of each plain layer, by plain digest; distinct
-/// layers are compressed on parallel threads.
-fn compress_layers(
+/// The (digest, size) of each layer (with the compression its stored
+/// bytes have) in `compression`, by its stored digest; distinct layers are
+/// converted on parallel threads.
+fn convert_layers(
     store: &Store,
-    layers: &[Descriptor],
+    layers: &[(Descriptor, Compression)],
     compression: Compression,
     reporter: &dyn Reporter,
 ) -> Result<BTreeMap<Digest, (Digest, u64)>> {
-    let mut todo: Vec<&Descriptor> = Vec::new();
+    let mut todo: Vec<&(Descriptor, Compression)> = Vec::new();
     let mut done = BTreeMap::new();
-    for layer in layers {
-        if done.contains_key(&layer.digest) || todo.iter().any(|l| l.digest == layer.digest) {
+    for entry in layers {
+        let layer = &entry.0;
+        if done.contains_key(&layer.digest) || todo.iter().any(|(l, _)| l.digest == layer.digest) {
             continue;
         }
         match recorded_variant(store, &layer.digest, compression)? {
             Some(found) => {
                 done.insert(layer.digest.clone(), found);
             }
-            None => todo.push(layer),
+            None => todo.push(entry),
         }
     }
     let threads = std::thread::available_parallelism()
@@ -225,8 +298,10 @@ fn compress_layers(
         for _ in 0..threads {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(layer) = todo.get(i) else { break };
-                let result = compress_one(store, layer, compression, reporter);
+                let Some((layer, stored)) = todo.get(i) else {
+                    break;
+                };
+                let result = convert_one(store, layer, *stored, compression, reporter);
                 if let Ok(mut r) = results.lock() {
                     r.push((layer.digest.clone(), result));
                 }
@@ -272,9 +347,13 @@ fn recorded_variant(
     }
 }
 
-fn compress_one(
+/// `layer`, stored with `stored` compression, written anew in
+/// `compression` (decompressed first when `stored` is not plain) and
+/// remembered as its variant.
+fn convert_one(
     store: &Store,
     layer: &Descriptor,
+    stored: Compression,
     compression: Compression,
     reporter: &dyn Reporter,
 ) -> Result<(Digest, u64)> {
@@ -287,23 +366,30 @@ fn compress_one(
         let mut compressor =
             Compressor::new(compression, ingest).map_err(io_at("compress", &path))?;
         // The stored bytes are checked against their name on the way: a
-        // damaged plain layer must not be published under a fresh digest.
+        // damaged layer must not be published under a fresh digest.
         let mut reader = HashingReader::new(ProgressReader::new(
             io::Read::take(blob, layer.size),
             reporter,
             &id,
         ));
-        let copied = io::copy(&mut reader, &mut compressor).map_err(io_at("compress", &path))?;
-        if copied != layer.size {
+        if stored == Compression::None {
+            io::copy(&mut reader, &mut compressor)
+        } else {
+            let mut decoded =
+                crate::compress::decompress(&mut reader).map_err(io_at("decompress", &path))?;
+            io::copy(&mut decoded, &mut compressor)
+        }
+        .map_err(io_at("compress", &path))?;
+        let (actual, read) = reader
+            .drain_and_finish()
+            .map_err(io_at("compress", &path))?;
+        if read != layer.size {
             return Err(Error::SizeMismatch {
                 digest: layer.digest.clone(),
                 expected: layer.size,
-                actual: copied,
+                actual: read,
             });
         }
-        let (actual, _) = reader
-            .drain_and_finish()
-            .map_err(io_at("compress", &path))?;
         if actual != layer.digest {
             return Err(Error::DigestMismatch {
                 expected: layer.digest.clone(),

@@ -6,7 +6,7 @@ use std::fs;
 use std::io::Read;
 use std::path::Path;
 
-use kiln_layers::compressed::compressed_image;
+use kiln_layers::compressed::{compressed_image, LayerForm};
 use kiln_layers::diff::{write_layer, DiffOptions};
 use kiln_layers::oci::{ImageConfig, Index, Manifest, ManifestKind, RootFs};
 use kiln_layers::store::PruneOptions;
@@ -212,6 +212,60 @@ fn docker_types_indexes_and_compressed_images() {
     let none = compressed_image(&store, &plain_desc, Compression::None, &NoProgress).unwrap();
     assert_eq!(none, plain_desc);
     assert_eq!(manifest(&store, &plain_desc).layers, plain_layers);
+}
+
+/// `force` (BuildKit's `force-compression=true`): layers stored
+/// compressed with another algorithm, as a pulled base image's are, leave
+/// in the one asked for; the same algorithm, or no `force`, leaves them as
+/// they are. The converted bytes decompress to the same tar, so the
+/// config's diff ids still hold.
+#[test]
+fn force_converts_layers_compressed_otherwise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let (plain_desc, plain_layers) = plain_image(&store, tmp.path());
+    // What a registry gave: every layer gzip.
+    let pulled = compressed_image(&store, &plain_desc, Compression::Gzip, &NoProgress).unwrap();
+    let forced = |compression| LayerForm {
+        compression,
+        force: true,
+    };
+
+    for same in [
+        LayerForm::from(Compression::Zstd),
+        LayerForm::from(Compression::None),
+        forced(Compression::Gzip),
+    ] {
+        let out = compressed_image(&store, &pulled, same, &NoProgress).unwrap();
+        assert_eq!(out, pulled, "{same:?}");
+    }
+
+    let zstd = compressed_image(&store, &pulled, forced(Compression::Zstd), &NoProgress).unwrap();
+    let m = manifest(&store, &zstd);
+    assert_eq!(m.config, manifest(&store, &pulled).config);
+    assert_eq!(m.layers.len(), plain_layers.len());
+    for (layer, plain) in m.layers.iter().zip(&plain_layers) {
+        assert_eq!(layer.media_type, media::OCI_LAYER_ZSTD);
+        assert_eq!(
+            decompressed(&store, layer),
+            fs::read(store.blob_path(&plain.digest)).unwrap()
+        );
+    }
+    // The plain layers' zstd form and the gzip ones' are the same bytes.
+    let direct = compressed_image(&store, &plain_desc, Compression::Zstd, &NoProgress).unwrap();
+    assert_eq!(zstd.digest, direct.digest);
+    // Asked again: remembered, nothing new written.
+    let blobs = blob_count(&store);
+    let again = compressed_image(&store, &pulled, forced(Compression::Zstd), &NoProgress).unwrap();
+    assert_eq!(again.digest, zstd.digest);
+    assert_eq!(blob_count(&store), blobs);
+
+    // Back to gzip from zstd, and to plain: the plain layers themselves.
+    let gzip = compressed_image(&store, &zstd, forced(Compression::Gzip), &NoProgress).unwrap();
+    assert_eq!(gzip.digest, pulled.digest);
+    let none = compressed_image(&store, &pulled, forced(Compression::None), &NoProgress).unwrap();
+    assert_eq!(manifest(&store, &none).layers, plain_layers);
+    assert_eq!(none.digest, plain_desc.digest);
 }
 
 #[test]

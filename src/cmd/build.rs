@@ -25,6 +25,7 @@ use kiln_builder::session::{
     BuildError, BuildResult, BuildSettings, PullPolicy, Remote, RemoteError, Session,
 };
 use kiln_builder::solve::{ImagePuller, SolveError};
+use kiln_layers::compressed::LayerForm;
 use kiln_layers::{Compression, Descriptor, Digest, Platform, Reference, Reporter, Store};
 use kiln_registry::{Client, ClientConfig};
 use kiln_runtime::{HelperCommand, Network, HELPER_SUBCOMMAND};
@@ -443,10 +444,10 @@ impl Remote for CliRemote<'_> {
         &self,
         store: &Store,
         reference: &Reference,
-        compression: Compression,
+        form: LayerForm,
     ) -> Result<(Digest, u64), RemoteError> {
         let options = kiln_transfer::PushOptions {
-            compression,
+            compression: form,
             ..Default::default()
         };
         let (rt, client) = self.network.get().map_err(|e| format!("{e:#}"))?;
@@ -557,6 +558,7 @@ fn settings_of(
             CompressionArg::Gzip => Compression::Gzip,
             CompressionArg::Zstd => Compression::Zstd,
         }),
+        force_compression: None,
         level: None,
         oci_media_types: args.docker_mediatypes.then_some(false),
         annotations: args
@@ -600,6 +602,7 @@ fn settings_of(
         snapshotter: sandbox.snapshotter,
         chroot: sandbox.chroot,
         compression: image.compression,
+        force_compression: image.force_compression,
         docker_media_types: image.docker_media_types,
         secrets: args
             .secrets

@@ -5,7 +5,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use kiln_layers::compressed::compressed_image;
+use kiln_layers::compressed::{compressed_image, LayerForm};
 use kiln_layers::oci::{parse_manifest, Descriptor, Index, Manifest, ManifestKind};
 use kiln_layers::{Compression, Digest, Outcome, Reporter, Store};
 use kiln_registry::{BlobSource, Client, PushOutcome, Reference, Repository};
@@ -24,8 +24,9 @@ pub struct PushOptions {
     /// from where each blob was pulled from or pushed to ([`BlobOrigins`]).
     pub mount_from: Option<Repository>,
     /// How the image's plain (uncompressed) layers, which builds store, are
-    /// compressed on the way out; compressed layers go as they are.
-    pub compression: Compression,
+    /// compressed on the way out; compressed layers go as they are, unless
+    /// `force` ([`LayerForm`]).
+    pub compression: LayerForm,
 }
 
 impl Default for PushOptions {
@@ -33,7 +34,7 @@ impl Default for PushOptions {
         PushOptions {
             concurrency: 6,
             mount_from: None,
-            compression: Compression::Gzip,
+            compression: LayerForm::from(Compression::Gzip),
         }
     }
 }
@@ -168,7 +169,7 @@ pub async fn push_descriptor(
 async fn compress_layers(
     store: &Store,
     desc: &Descriptor,
-    compression: Compression,
+    compression: LayerForm,
     reporter: &Arc<dyn Reporter>,
     image: &str,
 ) -> Result<Descriptor, TransferError> {
