@@ -1265,6 +1265,27 @@ fn outputs_take_compression_media_types_and_annotations_as_buildkits_exporter() 
         }
     }
 
+    // compression-level: gzip's header says which end of the scale made
+    // the RUN's layer (XFL: 4 fastest, 2 best, 0 between).
+    for (level, xfl) in [
+        ("", 0u8),
+        (",compression-level=1", 4),
+        (",compression-level=9", 2),
+    ] {
+        let tar = path("leveled.tar");
+        let out = build(&["-o", &format!("type=oci,dest={}{level}", tar.display())]);
+        assert!(out.status.success(), "{level}: {}", text(&out));
+        let (layers, _) = layers_of(&tar);
+        let hex = layers
+            .last()
+            .unwrap()
+            .1
+            .trim_start_matches("sha256:")
+            .to_string();
+        let blob = tar_bytes(&tar, &format!("blobs/sha256/{hex}"));
+        assert_eq!(blob[8], xfl, "{level}");
+    }
+
     // Two outputs and a flag that say the same.
     let (a, b) = (path("a.tar"), path("b.tar"));
     let out = build(&[
@@ -1369,8 +1390,8 @@ fn outputs_take_compression_media_types_and_annotations_as_buildkits_exporter() 
             "says force-compression=false, --output type=oci",
         ),
         (
-            vec!["-o".into(), format!("{x},compression-level=9")],
-            "compression-level=9: kiln compresses gzip at level 6, no other",
+            vec!["-o".into(), format!("{x},compression-level=10")],
+            ",compression-level=10: compression-level=10: gzip takes 0 to 9",
         ),
         (
             vec!["-o".into(), format!("{x},compression=estargz")],

@@ -39,15 +39,15 @@ use crate::solve::BuiltImage;
 
 /// What an output that writes an image (`type=oci|docker|image|registry`)
 /// says of its form, in BuildKit's image exporter attributes:
-/// `compression=uncompressed|gzip|zstd`, `compression-level=` (only the
-/// level kiln compresses at: gzip 6, zstd 3), `oci-mediatypes=true|false`,
+/// `compression=uncompressed|gzip|zstd`, `compression-level=` (gzip 0-9,
+/// zstd 1-22; kiln's own are gzip 6, zstd 3), `oci-mediatypes=true|false`,
 /// `annotation[-TYPE][[PLATFORM]].KEY=VALUE` (what `--annotation` gives,
 /// [`crate::annotations`]), `rewrite-timestamp=true|false` (the files of
 /// the layers the build makes get no mtime newer than SOURCE_DATE_EPOCH),
 /// `force-compression=true|false` (`true`: a base image's layers,
 /// compressed as the registry gave them, are converted to `compression=`
-/// too; [`LayerForm`]). `None`, no annotation: not said. (Other levels and
-/// other compressions are refused.)
+/// too; [`LayerForm`]). `None`, no annotation: not said. (Other
+/// compressions are refused.)
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImageFormat {
     pub compression: Option<Compression>,
@@ -62,6 +62,8 @@ pub struct ImageFormat {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settled {
     pub compression: Compression,
+    /// An output's `compression-level=`, one `compression` takes.
+    pub level: Option<i32>,
     /// An output said `force-compression=true`.
     pub force_compression: bool,
     /// Docker's media types instead of OCI's.
@@ -194,27 +196,21 @@ impl ImageFormat {
             &flags.annotations,
         );
         let compression = compression.unwrap_or(Compression::Gzip);
-        let used_level = match compression {
-            Compression::Gzip => Some(kiln_layers::compress::GZIP_LEVEL as i32),
-            Compression::Zstd => Some(kiln_layers::compress::ZSTD_LEVEL),
-            Compression::None => None,
-        };
-        for (format, who) in outputs() {
-            if let Some(level) = format.level.filter(|l| Some(*l) != used_level) {
-                return Err(match used_level {
-                    Some(used) => format!(
-                        "{who}: compression-level={level}: kiln compresses {} at level {used}, \
-                         no other",
-                        compression_name(compression)
-                    ),
-                    None => format!("{who}: compression-level={level} of uncompressed layers"),
-                });
-            }
+        let levels = outputs().filter_map(|(f, who)| f.level.map(|l| (l, who)));
+        let level = agree(levels, |l| format!("compression-level={l}"))?;
+        if let Some(level) = level {
+            kiln_layers::compress::check_level(compression, level).map_err(|why| {
+                let who = outputs()
+                    .find(|(f, _)| f.level.is_some())
+                    .map_or_else(String::new, |(_, who)| who);
+                format!("{who}: {why}")
+            })?;
         }
         // zstd with Docker's media types is refused with the settings
         // (`Session::check_requests`), whoever made them.
         Ok(Settled {
             compression,
+            level,
             force_compression: force_compression == Some(true),
             docker_media_types: oci == Some(false),
             annotations,

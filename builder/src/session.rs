@@ -118,6 +118,8 @@ pub struct BuildSettings {
     /// An image output's `force-compression=true`: layers stored
     /// compressed otherwise (a base image's) are converted too.
     pub force_compression: bool,
+    /// An image output's `compression-level=` (`None`: kiln's).
+    pub compression_level: Option<i32>,
     pub docker_media_types: bool,
     pub secrets: BTreeMap<String, Secret>,
     pub ssh: SshAgents,
@@ -175,6 +177,7 @@ impl BuildSettings {
         LayerForm {
             compression: self.compression,
             force: self.force_compression,
+            level: self.compression_level,
         }
     }
 

@@ -69,6 +69,7 @@ fn settings(context: PathBuf, dockerfile: &str, out: &std::path::Path) -> BuildS
         snapshotter: kiln_runtime::Snapshotter::Overlay,
         chroot: false,
         force_compression: false,
+        compression_level: None,
         compression: Compression::Gzip,
         docker_media_types: false,
         secrets: BTreeMap::new(),

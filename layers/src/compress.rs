@@ -167,19 +167,32 @@ impl<W: Write> Compressor<W> {
     /// worker threads (at least one: zstd's output is the same for any
     /// worker count >= 1, but differs from single-threaded mode).
     pub fn new(kind: Compression, out: W) -> io::Result<Self> {
+        Self::with_level(kind, None, out)
+    }
+
+    /// As [`Compressor::new`], at `level` when given (one of
+    /// [`level_range`]'s: an error otherwise).
+    pub fn with_level(kind: Compression, level: Option<i32>, out: W) -> io::Result<Self> {
+        if let Some(level) = level {
+            check_level(kind, level).map_err(io::Error::other)?;
+        }
         Ok(match kind {
             Compression::None => Compressor::None(out),
-            Compression::Gzip => Compressor::Gzip(
-                flate2::GzBuilder::new()
-                    .mtime(0)
-                    .write(out, flate2::Compression::new(GZIP_LEVEL)),
-            ),
+            Compression::Gzip => {
+                let level = level.map_or(GZIP_LEVEL, |l| l.unsigned_abs());
+                Compressor::Gzip(
+                    flate2::GzBuilder::new()
+                        .mtime(0)
+                        .write(out, flate2::Compression::new(level)),
+                )
+            }
             Compression::Zstd => {
                 let workers = std::thread::available_parallelism()
                     .map(|n| n.get())
                     .unwrap_or(1)
                     .clamp(1, 8);
-                Compressor::Zstd(zstd_encoder(out, workers as u32)?)
+                let level = level.unwrap_or(ZSTD_LEVEL);
+                Compressor::Zstd(zstd_encoder(out, level, workers as u32)?)
             }
         })
     }
@@ -194,11 +207,51 @@ impl<W: Write> Compressor<W> {
     }
 }
 
+/// The levels `kind` takes: gzip 0 (stored) to 9, zstd 1 to 22 (libzstd's);
+/// `None` for no compression, which has none.
+pub fn level_range(kind: Compression) -> Option<std::ops::RangeInclusive<i32>> {
+    match kind {
+        Compression::None => None,
+        Compression::Gzip => Some(0..=9),
+        Compression::Zstd => Some(1..=22),
+    }
+}
+
+/// Refuses a `level` `kind` does not take, saying which it does.
+pub fn check_level(kind: Compression, level: i32) -> Result<(), String> {
+    let name = match kind {
+        Compression::None => "uncompressed",
+        Compression::Gzip => "gzip",
+        Compression::Zstd => "zstd",
+    };
+    match level_range(kind) {
+        Some(range) if range.contains(&level) => Ok(()),
+        Some(range) => Err(format!(
+            "compression-level={level}: {name} takes {} to {}",
+            range.start(),
+            range.end()
+        )),
+        None => Err(format!(
+            "compression-level={level}: uncompressed layers have no level"
+        )),
+    }
+}
+
+/// The level kiln compresses `kind` at when none is asked for.
+pub fn default_level(kind: Compression) -> Option<i32> {
+    match kind {
+        Compression::None => None,
+        Compression::Gzip => Some(GZIP_LEVEL as i32),
+        Compression::Zstd => Some(ZSTD_LEVEL),
+    }
+}
+
 pub(crate) fn zstd_encoder<W: Write>(
     out: W,
+    level: i32,
     workers: u32,
 ) -> io::Result<zstd::stream::write::Encoder<'static, W>> {
-    let mut enc = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?;
+    let mut enc = zstd::stream::write::Encoder::new(out, level)?;
     enc.multithread(workers.max(1))?;
     enc.include_checksum(true)?;
     Ok(enc)
@@ -285,7 +338,7 @@ mod tests {
         // several workers really split it.
         let data = sample(9 << 20);
         let compress = |workers| {
-            let mut enc = zstd_encoder(Vec::new(), workers).unwrap();
+            let mut enc = zstd_encoder(Vec::new(), ZSTD_LEVEL, workers).unwrap();
             enc.write_all(&data).unwrap();
             enc.finish().unwrap()
         };

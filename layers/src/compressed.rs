@@ -56,7 +56,7 @@ pub fn compressed_media_type(plain: &str, compression: Compression) -> Option<&'
 }
 
 /// The form layers leave the store in: BuildKit's compression config
-/// (`compression=`, `force-compression=`).
+/// (`compression=`, `force-compression=`, `compression-level=`).
 ///
 /// ```
 /// use kiln_layers::compressed::LayerForm;
@@ -72,6 +72,11 @@ pub struct LayerForm {
     /// converts every layer whose media type says another compression;
     /// without it only plain layers are compressed.
     pub force: bool,
+    /// The level layers are compressed at ([`crate::compress::level_range`]);
+    /// `None`, kiln's ([`crate::compress::default_level`]). A layer
+    /// already in the asked compression leaves as it is, whatever its
+    /// level, as in BuildKit.
+    pub level: Option<i32>,
 }
 
 impl From<Compression> for LayerForm {
@@ -79,11 +84,29 @@ impl From<Compression> for LayerForm {
         LayerForm {
             compression,
             force: false,
+            level: None,
         }
     }
 }
 
 impl LayerForm {
+    /// The level asked for when it is not kiln's own (which needs no name
+    /// of its own among the variants).
+    fn other_level(self) -> Option<i32> {
+        self.level
+            .filter(|l| Some(*l) != crate::compress::default_level(self.compression))
+    }
+
+    /// The directory under `variants/` that remembers this form's layers:
+    /// the algorithm, with the level when it is not kiln's (`gzip-9`).
+    fn variants_name(self) -> String {
+        let name = algorithm_name(self.compression);
+        match self.other_level() {
+            Some(level) => format!("{name}-{level}"),
+            None => name.to_string(),
+        }
+    }
+
     /// How a layer of `media_type` leaves: the compression its stored
     /// bytes have and the media type it leaves as; `None` when it leaves
     /// as it is.
@@ -187,7 +210,7 @@ pub fn compressed_image(
             if todo.is_empty() {
                 return Ok(desc.clone());
             }
-            let variants = convert_layers(store, &todo, compression, reporter)?;
+            let variants = convert_layers(store, &todo, form, reporter)?;
             for layer in &mut manifest.layers {
                 if let Some((_, media_type)) = form.conversion(&layer.media_type) {
                     if let Some((digest, size)) = variants.get(&layer.digest) {
@@ -228,7 +251,7 @@ pub fn compressed_layers(
         .filter(|l| compressed_media_type(&l.media_type, compression).is_some())
         .map(|l| (l.clone(), Compression::None))
         .collect();
-    let variants = convert_layers(store, &plain, compression, reporter)?;
+    let variants = convert_layers(store, &plain, compression.into(), reporter)?;
     Ok(layers
         .iter()
         .map(|layer| {
@@ -265,12 +288,12 @@ fn to_oci_types(manifest: &mut crate::oci::Manifest) {
 }
 
 /// The (digest, size) of each layer (with the compression its stored
-/// bytes have) in `compression`, by its stored digest; distinct layers are
+/// bytes have) in `form`, by its stored digest; distinct layers are
 /// converted on parallel threads.
 fn convert_layers(
     store: &Store,
     layers: &[(Descriptor, Compression)],
-    compression: Compression,
+    form: LayerForm,
     reporter: &dyn Reporter,
 ) -> Result<BTreeMap<Digest, (Digest, u64)>> {
     let mut todo: Vec<&(Descriptor, Compression)> = Vec::new();
@@ -280,7 +303,7 @@ fn convert_layers(
         if done.contains_key(&layer.digest) || todo.iter().any(|(l, _)| l.digest == layer.digest) {
             continue;
         }
-        match recorded_variant(store, &layer.digest, compression)? {
+        match recorded_variant(store, &layer.digest, form)? {
             Some(found) => {
                 done.insert(layer.digest.clone(), found);
             }
@@ -301,7 +324,7 @@ fn convert_layers(
                 let Some((layer, stored)) = todo.get(i) else {
                     break;
                 };
-                let result = convert_one(store, layer, *stored, compression, reporter);
+                let result = convert_one(store, layer, *stored, form, reporter);
                 if let Ok(mut r) = results.lock() {
                     r.push((layer.digest.clone(), result));
                 }
@@ -315,10 +338,10 @@ fn convert_layers(
     Ok(done)
 }
 
-fn variant_path(store: &Store, plain: &Digest, compression: Compression) -> std::path::PathBuf {
+fn variant_path(store: &Store, plain: &Digest, form: LayerForm) -> std::path::PathBuf {
     store
         .variants_dir()
-        .join(algorithm_name(compression))
+        .join(form.variants_name())
         .join(plain.hex())
 }
 
@@ -326,9 +349,9 @@ fn variant_path(store: &Store, plain: &Digest, compression: Compression) -> std:
 fn recorded_variant(
     store: &Store,
     plain: &Digest,
-    compression: Compression,
+    form: LayerForm,
 ) -> Result<Option<(Digest, u64)>> {
-    let path = variant_path(store, plain, compression);
+    let path = variant_path(store, plain, form);
     let text = match fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -347,14 +370,14 @@ fn recorded_variant(
     }
 }
 
-/// `layer`, stored with `stored` compression, written anew in
-/// `compression` (decompressed first when `stored` is not plain) and
-/// remembered as its variant.
+/// `layer`, stored with `stored` compression, written anew in `form`
+/// (decompressed first when `stored` is not plain) and remembered as its
+/// variant.
 fn convert_one(
     store: &Store,
     layer: &Descriptor,
     stored: Compression,
-    compression: Compression,
+    form: LayerForm,
     reporter: &dyn Reporter,
 ) -> Result<(Digest, u64)> {
     let id = format!("compress {}", layer.digest);
@@ -363,8 +386,8 @@ fn convert_one(
         let blob = store.open_blob(&layer.digest)?;
         let ingest = store.ingest(None)?;
         let path = store.blob_path(&layer.digest);
-        let mut compressor =
-            Compressor::new(compression, ingest).map_err(io_at("compress", &path))?;
+        let mut compressor = Compressor::with_level(form.compression, form.other_level(), ingest)
+            .map_err(io_at("compress", &path))?;
         // The stored bytes are checked against their name on the way: a
         // damaged layer must not be published under a fresh digest.
         let mut reader = HashingReader::new(ProgressReader::new(
@@ -398,7 +421,7 @@ fn convert_one(
         }
         let ingest = compressor.finish().map_err(io_at("compress", &path))?;
         let stored = ingest.commit()?;
-        let record = variant_path(store, &layer.digest, compression);
+        let record = variant_path(store, &layer.digest, form);
         if let Some(dir) = record.parent() {
             fs::create_dir_all(dir).map_err(io_at("create directory", dir))?;
         }

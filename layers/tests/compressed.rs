@@ -229,6 +229,7 @@ fn force_converts_layers_compressed_otherwise() {
     let forced = |compression| LayerForm {
         compression,
         force: true,
+        level: None,
     };
 
     for same in [
@@ -266,6 +267,81 @@ fn force_converts_layers_compressed_otherwise() {
     let none = compressed_image(&store, &pulled, forced(Compression::None), &NoProgress).unwrap();
     assert_eq!(manifest(&store, &none).layers, plain_layers);
     assert_eq!(none.digest, plain_desc.digest);
+}
+
+/// `compression-level=`: the layers compressed at that level, remembered
+/// apart from kiln's own level's (which a level equal to it shares); a
+/// layer already compressed leaves as it is, as in BuildKit.
+#[test]
+fn levels_compress_apart_and_decompress_alike() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let (plain_desc, plain_layers) = plain_image(&store, tmp.path());
+    let at = |compression, level| LayerForm {
+        compression,
+        force: false,
+        level,
+    };
+    for (compression, other, own) in [(Compression::Gzip, 1, 6), (Compression::Zstd, 19, 3)] {
+        let default = compressed_image(&store, &plain_desc, compression, &NoProgress).unwrap();
+        let same =
+            compressed_image(&store, &plain_desc, at(compression, Some(own)), &NoProgress).unwrap();
+        assert_eq!(same.digest, default.digest, "{compression:?} level {own}");
+        let leveled = compressed_image(
+            &store,
+            &plain_desc,
+            at(compression, Some(other)),
+            &NoProgress,
+        )
+        .unwrap();
+        assert_ne!(
+            leveled.digest, default.digest,
+            "{compression:?} level {other}"
+        );
+        for (layer, plain) in manifest(&store, &leveled).layers.iter().zip(&plain_layers) {
+            assert_eq!(
+                decompressed(&store, layer),
+                fs::read(store.blob_path(&plain.digest)).unwrap()
+            );
+        }
+        let name = match compression {
+            Compression::Gzip => format!("gzip-{other}"),
+            _ => format!("zstd-{other}"),
+        };
+        assert_eq!(
+            fs::read_dir(store.root().join("variants").join(&name))
+                .unwrap()
+                .count(),
+            plain_layers.len(),
+            "{name}"
+        );
+        // Already compressed: as it is, whatever the level.
+        let again =
+            compressed_image(&store, &default, at(compression, Some(other)), &NoProgress).unwrap();
+        assert_eq!(again, default);
+    }
+    // gzip's header says which end of the scale made it (flate2 sets XFL:
+    // 4 for the fastest level, 2 for the best, 0 between).
+    let xfl = |level| {
+        let out = compressed_image(
+            &store,
+            &plain_desc,
+            at(Compression::Gzip, level),
+            &NoProgress,
+        )
+        .unwrap();
+        let layer = &manifest(&store, &out).layers[0];
+        fs::read(store.blob_path(&layer.digest)).unwrap()[8]
+    };
+    assert_eq!([xfl(Some(1)), xfl(None), xfl(Some(9))], [4, 0, 2]);
+    let err = compressed_image(
+        &store,
+        &plain_desc,
+        at(Compression::Gzip, Some(10)),
+        &NoProgress,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("gzip takes 0 to 9"), "{err}");
 }
 
 #[test]

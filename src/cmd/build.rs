@@ -603,6 +603,7 @@ fn settings_of(
         chroot: sandbox.chroot,
         compression: image.compression,
         force_compression: image.force_compression,
+        compression_level: image.level,
         docker_media_types: image.docker_media_types,
         secrets: args
             .secrets
