@@ -875,6 +875,99 @@ fn layout_layers(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The media type of each layer of the cache manifest in the layout at `dir`.
+fn layout_layer_types(dir: &Path) -> Vec<String> {
+    let index = read_json(&dir.join("index.json"));
+    let digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest = read_json(&dir.join("blobs/sha256").join(&digest["sha256:".len()..]));
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A cache export takes BuildKit's compression attributes:
+/// `compression=uncompressed` (which another runner's build takes its steps
+/// from as from any cache), `compression-level=` (gzip's header says
+/// which), and `force-compression=true`, which converts a layer the store
+/// holds compressed otherwise (here, taken from another cache) where
+/// without it the layer goes as it is.
+#[test]
+fn cache_exports_take_uncompressed_levels_and_force_compression() {
+    if !kiln_testsupport::require_root("RUN in namespaces") {
+        return;
+    }
+    let registry = Registry::start();
+    let a = Runner::new("a", &registry.base(), "2001-01-01 00:00:00");
+    let shared = tempfile::tempdir().unwrap();
+    let cache = |name: &str| shared.path().join(name);
+    let to = |name: &str, attributes: &str| {
+        format!(
+            "type=local,dest={},mode=max{attributes}",
+            cache(name).display()
+        )
+    };
+    let built = first_build(
+        &a,
+        &[
+            "--cache-to",
+            &to("gzip", ""),
+            "--cache-to",
+            &to("plain", ",compression=uncompressed"),
+            "--cache-to",
+            &to("fast", ",compression-level=1"),
+        ],
+    );
+    let (gzip, zstd, plain) = (
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        "application/vnd.oci.image.layer.v1.tar+zstd",
+        "application/vnd.oci.image.layer.v1.tar",
+    );
+    let all = |dir: &str, wanted: &str| {
+        let types = layout_layer_types(&cache(dir));
+        assert!(!types.is_empty(), "{dir}");
+        assert!(types.iter().all(|t| t == wanted), "{dir}: {types:?}");
+    };
+    all("gzip", gzip);
+    all("plain", plain);
+    all("fast", gzip);
+    let xfl = |dir: &str| -> Vec<u8> {
+        layout_layers(&cache(dir))
+            .iter()
+            .map(|blob| std::fs::read(blob).unwrap()[8])
+            .collect()
+    };
+    assert!(xfl("fast").iter().all(|&x| x == 4), "{:?}", xfl("fast"));
+    assert!(xfl("gzip").iter().all(|&x| x == 0), "{:?}", xfl("gzip"));
+
+    // An uncompressed cache gives another runner every step.
+    let c = Runner::new("c", &registry.base(), "2001-01-01 00:00:00");
+    let from_plain = format!("type=local,src={}", cache("plain").display());
+    let taken = c.build(&["--cache-from", &from_plain]).ok();
+    assert!(taken.runs_executed().is_empty(), "{:?}", taken.steps);
+    assert_eq!(taken.image_id(), built.image_id());
+
+    // Runner B takes its steps (gzip layers) from the gzip cache, then
+    // exports them: as they are, or converted with force-compression.
+    let b = Runner::new("b", &registry.base(), "2001-01-01 00:00:00");
+    let from_gzip = format!("type=local,src={}", cache("gzip").display());
+    let second = b
+        .build(&[
+            "--cache-from",
+            &from_gzip,
+            "--cache-to",
+            &to("kept", ",compression=zstd"),
+            "--cache-to",
+            &to("forced", ",compression=zstd,force-compression=true"),
+        ])
+        .ok();
+    assert!(second.runs_executed().is_empty(), "{:?}", second.steps);
+    all("kept", gzip);
+    all("forced", zstd);
+}
+
 /// Copies a directory tree (an OCI layout).
 fn copy_dir(from: &Path, to: &Path) {
     common::run_ok(std::process::Command::new("cp").arg("-a").arg(from).arg(to));

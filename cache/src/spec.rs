@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use kiln_builder::cache::CacheMode;
+use kiln_layers::compressed::LayerForm;
 use kiln_layers::{Compression, Digest, Reference};
 
 /// One `--cache-to`.
@@ -47,9 +48,10 @@ pub enum CacheTo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportOptions {
     pub mode: CacheMode,
-    /// How the layers the build made are compressed (one already
-    /// compressed goes as it is).
-    pub compression: Compression,
+    /// How the layers the build made are compressed (`compression=`,
+    /// `compression-level=`); one already compressed goes as it is,
+    /// unless `force-compression=true` ([`LayerForm`]).
+    pub compression: LayerForm,
     /// OCI media types (else Docker's, and an index: a Docker manifest
     /// list).
     pub oci_media_types: bool,
@@ -63,7 +65,7 @@ impl Default for ExportOptions {
     fn default() -> Self {
         ExportOptions {
             mode: CacheMode::Min,
-            compression: Compression::Gzip,
+            compression: LayerForm::from(Compression::Gzip),
             oci_media_types: true,
             image_manifest: true,
             ignore_error: false,
@@ -249,23 +251,33 @@ impl Fields {
                 other => return Err(self.error(format!("mode={other}: min or max"))),
             };
         }
+        // As BuildKit's compression attributes (`util/compression`).
         if let Some(compression) = self.take("compression") {
-            options.compression = match compression.as_str() {
+            options.compression.compression = match compression.as_str() {
+                "uncompressed" => Compression::None,
                 "gzip" => Compression::Gzip,
                 "zstd" => Compression::Zstd,
                 other => {
                     return Err(self.error(format!(
-                        "compression={other} is not supported: gzip or zstd"
+                        "compression={other} is not supported: uncompressed, gzip or zstd"
                     )))
                 }
             };
         }
-        for key in ["compression-level", "force-compression"] {
-            if self.map.contains_key(key) {
-                return Err(self.error(format!(
-                    "{key}= is not supported: kiln compresses the layers it made at one level, and sends a layer already compressed as it is"
-                )));
-            }
+        if let Some(value) = self.take("force-compression") {
+            // An empty value is true.
+            options.compression.force = value.is_empty()
+                || kiln_parser::mount::parse_go_bool(&value).ok_or_else(|| {
+                    self.error(format!("force-compression={value}: true or false"))
+                })?;
+        }
+        if let Some(value) = self.take("compression-level") {
+            let level = value
+                .parse::<i32>()
+                .map_err(|_| self.error(format!("compression-level={value}: a number")))?;
+            kiln_layers::compress::check_level(options.compression.compression, level)
+                .map_err(|why| self.error(why))?;
+            options.compression.level = Some(level);
         }
         let oci = self.flag("oci-mediatypes")?;
         options.oci_media_types = oci.unwrap_or(true);
@@ -313,8 +325,38 @@ mod tests {
             panic!()
         };
         assert_eq!(options.mode, CacheMode::Max);
-        assert_eq!(options.compression, Compression::Zstd);
+        assert_eq!(options.compression.compression, Compression::Zstd);
         assert!(!options.oci_media_types && !options.image_manifest && options.ignore_error);
+        let CacheTo::Local { options, .. } = parse_cache_to(
+            "type=local,dest=d,compression=gzip,compression-level=1,force-compression=",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            options.compression,
+            LayerForm {
+                compression: Compression::Gzip,
+                force: true,
+                level: Some(1),
+            }
+        );
+        for (spec, wanted) in [
+            ("compression=zstd,compression-level=0", "zstd takes 1 to 22"),
+            (
+                "compression=uncompressed,compression-level=1",
+                "uncompressed layers have no level",
+            ),
+            ("compression-level=x", "compression-level=x: a number"),
+            (
+                "force-compression=maybe",
+                "force-compression=maybe: true or false",
+            ),
+            ("compression=estargz", "uncompressed, gzip or zstd"),
+        ] {
+            let err = parse_cache_to(&format!("type=local,dest=d,{spec}")).unwrap_err();
+            assert!(err.to_string().contains(wanted), "{spec}: {err}");
+        }
         let bare = parse_cache_to("r:5000/app:cache").unwrap();
         assert!(matches!(bare, CacheTo::Registry { .. }));
     }
@@ -379,8 +421,8 @@ mod tests {
                 "compression=estargz is not supported",
             ),
             (
-                parse_cache_to("type=registry,ref=r/a,compression-level=3").err(),
-                "compression-level= is not supported",
+                parse_cache_to("type=registry,ref=r/a,compression-level=30").err(),
+                "compression-level=30: gzip takes 0 to 9",
             ),
             (
                 parse_cache_to("type=registry,ref=r/a,oci-mediatypes=false,image-manifest=true")

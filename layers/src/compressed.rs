@@ -236,30 +236,30 @@ pub fn compressed_image(
     }
 }
 
-/// The `compression` form of each layer, in order: a plain layer
-/// compressed (once per algorithm, remembered as for
-/// [`compressed_image`]; distinct layers in parallel), a compressed one as
-/// it is. What a cache export sends of the layers a build made.
+/// The `form` of each layer, in order: a plain layer compressed, with
+/// `force` one compressed otherwise converted (once per form, remembered as
+/// for [`compressed_image`]; distinct layers in parallel), any other as it
+/// is. What a cache export sends of the layers a build made.
 pub fn compressed_layers(
     store: &Store,
     layers: &[Descriptor],
-    compression: Compression,
+    form: impl Into<LayerForm>,
     reporter: &dyn Reporter,
 ) -> Result<Vec<Descriptor>> {
-    let plain: Vec<(Descriptor, Compression)> = layers
+    let form = form.into();
+    let todo: Vec<(Descriptor, Compression)> = layers
         .iter()
-        .filter(|l| compressed_media_type(&l.media_type, compression).is_some())
-        .map(|l| (l.clone(), Compression::None))
+        .filter_map(|l| Some((l.clone(), form.conversion(&l.media_type)?.0)))
         .collect();
-    let variants = convert_layers(store, &plain, compression.into(), reporter)?;
+    let variants = convert_layers(store, &todo, form, reporter)?;
     Ok(layers
         .iter()
         .map(|layer| {
             match (
-                compressed_media_type(&layer.media_type, compression),
+                form.conversion(&layer.media_type),
                 variants.get(&layer.digest),
             ) {
-                (Some(media_type), Some((digest, size))) => {
+                (Some((_, media_type)), Some((digest, size))) => {
                     Descriptor::new(media_type, digest.clone(), *size)
                 }
                 _ => layer.clone(),

@@ -180,8 +180,9 @@ pub struct BuildArgs {
     #[arg(long)]
     push: bool,
     /// Export the build cache (repeatable): type=registry,ref=REF, type=local,dest=DIR
-    /// (each with mode=min|max, compression=gzip|zstd, oci-mediatypes=, image-manifest=,
-    /// ignore-error=), or type=inline (in the image's config).
+    /// (each with mode=min|max, compression=uncompressed|gzip|zstd, compression-level=,
+    /// force-compression=, oci-mediatypes=, image-manifest=, ignore-error=), or type=inline
+    /// (in the image's config).
     #[arg(long = "cache-to", value_name = "SPEC")]
     cache_to: Vec<String>,
     /// Take build cache from (repeatable, tried in order): type=registry,ref=REF (a cache,
