@@ -1221,6 +1221,58 @@ fn push_to_a_registry() {
     assert_eq!(config_of(other.path(), &forced_ref), built);
 }
 
+/// A build whose result is only pushed leaves its base image's layers in
+/// the registry (the push mounts them); with `force-compression=true` it
+/// fetches them to convert them, as BuildKit fetches a lazy layer first.
+#[test]
+fn force_compression_converts_a_base_the_store_never_downloaded() {
+    let registry = kiln_testsupport::RegistryServer::start_plain().unwrap();
+    let fixture = Fixture::new();
+    let base = format!("{}/test/base:1", registry.host);
+    let base_ctx = context(&[("Dockerfile", "FROM busybox\n")]);
+    ok(&fixture.build(&[
+        "--push",
+        "--insecure-registry",
+        &registry.host,
+        "-t",
+        &base,
+        base_ctx.path().to_str().unwrap(),
+    ]));
+    let dockerfile = format!("FROM {base}\nLABEL a=b\n");
+    let ctx = context(&[("Dockerfile", dockerfile.as_str())]);
+    let forced = format!("{}/test/out:forced", registry.host);
+    let runner = tempfile::tempdir().unwrap();
+    let out = kiln(
+        runner.path(),
+        &[
+            "build",
+            "--output",
+            &format!("type=image,name={forced},push=true,compression=zstd,force-compression=true"),
+            "--insecure-registry",
+            &registry.host,
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    ok(&out);
+    let other = tempfile::tempdir().unwrap();
+    kiln_ok(
+        other.path(),
+        &["pull", "--insecure-registry", &registry.host, &forced],
+    );
+    let store = kiln_layers::Store::open(other.path()).unwrap();
+    let desc = store
+        .resolve(&kiln_layers::Reference::parse(&forced).unwrap())
+        .unwrap()
+        .unwrap();
+    let kiln_layers::ManifestKind::Image(manifest) = store.read_manifest(&desc).unwrap() else {
+        panic!("an index for {forced}");
+    };
+    assert!(!manifest.layers.is_empty());
+    for layer in &manifest.layers {
+        assert_eq!(layer.media_type, kiln_layers::media::OCI_LAYER_ZSTD);
+    }
+}
+
 /// `--output type=registry,name=…` pushes under that name (no `-t`
 /// needed), as does `type=image,name=…,push=true`; what is pulled back is
 /// the image built.

@@ -118,13 +118,6 @@ impl ImageFormat {
                     .map_err(|_| format!("compression-level={value}: a number"))?,
             ),
         };
-        if compression == Some(Compression::Zstd) && oci_media_types == Some(false) {
-            return Err(
-                "compression=zstd conflicts with oci-mediatypes=false (Docker's media \
-                 types have no zstd layer)"
-                    .into(),
-            );
-        }
         let mut annotations = Vec::new();
         let keys: Vec<String> = map
             .keys()
@@ -206,8 +199,6 @@ impl ImageFormat {
                 format!("{who}: {why}")
             })?;
         }
-        // zstd with Docker's media types is refused with the settings
-        // (`Session::check_requests`), whoever made them.
         Ok(Settled {
             compression,
             level,

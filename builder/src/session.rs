@@ -437,10 +437,12 @@ fn no_cache_stages(
 }
 
 /// What the result must have in the store: its root filesystem for a
-/// `local` or `tar` output, its layers' blobs for an archive output or when
-/// nothing is pushed (the store then holds the image whole); an image
-/// that is only pushed keeps the layers a cache or a registry holds where
-/// they are (the push mounts them), as BuildKit's lazy layers.
+/// `local` or `tar` output, its layers' blobs for an archive output, when
+/// nothing is pushed (the store then holds the image whole) or when
+/// `force-compression=true` may have to convert them (as BuildKit fetches a
+/// lazy layer before converting it); an image that is only pushed keeps
+/// the layers a cache or a registry holds where they are (the push mounts
+/// them), as BuildKit's lazy layers.
 fn result_content(settings: &BuildSettings) -> ResultContent {
     let outputs = &settings.outputs;
     if outputs
@@ -449,6 +451,7 @@ fn result_content(settings: &BuildSettings) -> ResultContent {
     {
         ResultContent::Snapshots
     } else if settings.push_targets().is_empty()
+        || settings.force_compression
         || outputs
             .iter()
             .any(|o| matches!(o, Output::Oci(_) | Output::Docker(_)))
@@ -911,16 +914,6 @@ impl<'a> Session<'a> {
         if pushes && settings.push_targets().is_empty() {
             return Err(BuildError::Invalid(
                 "--push (or an output with push=true) needs a name: -t or name=".into(),
-            ));
-        }
-        // BuildKit's image exporter refuses the pair (Docker's media types
-        // have no zstd layer).
-        if settings.docker_media_types && settings.compression == Compression::Zstd {
-            return Err(BuildError::Invalid(
-                "compression=zstd (--compression or an output's) conflicts with \
-                 oci-mediatypes=false (--docker-mediatypes, KILN_DOCKER_MEDIATYPES or an \
-                 output's): Docker's media types have no zstd layer"
-                    .into(),
             ));
         }
         // buildx's words: a root filesystem has no image id to write.

@@ -38,14 +38,14 @@ use crate::store::{write_record, Store};
 /// The media type of `plain` (an uncompressed layer type) compressed with
 /// `compression`; `None` when `plain` is not an uncompressed layer.
 ///
-/// Docker's schema 2 has no zstd layer type: a Docker plain layer becomes an
-/// OCI zstd layer (and [`compressed_image`] makes the whole manifest OCI, as
-/// BuildKit forces OCI media types for zstd).
+/// A Docker plain layer compressed with zstd is
+/// `application/vnd.docker.image.rootfs.diff.tar.zstd`, as current BuildKit
+/// writes it (its zstd needs no OCI media types).
 pub fn compressed_media_type(plain: &str, compression: Compression) -> Option<&'static str> {
     let (gzip, zstd) = match plain {
         media::OCI_LAYER => (media::OCI_LAYER_GZIP, media::OCI_LAYER_ZSTD),
         media::OCI_LAYER_ND => (media::OCI_LAYER_ND_GZIP, media::OCI_LAYER_ND_ZSTD),
-        media::DOCKER_LAYER => (media::DOCKER_LAYER_GZIP, media::OCI_LAYER_ZSTD),
+        media::DOCKER_LAYER => (media::DOCKER_LAYER_GZIP, media::DOCKER_LAYER_ZSTD),
         _ => return None,
     };
     match compression {
@@ -127,21 +127,47 @@ impl LayerForm {
 }
 
 /// A layer media type's compression and its plain media type; `None` for
-/// what kiln does not convert (a foreign layer, whose bytes another server
-/// holds, or no layer at all).
+/// what kiln does not convert (a compressed nondistributable or foreign
+/// layer, [`refuse_unconvertible`], or no layer at all).
 fn stored_form(media_type: &str) -> Option<(Compression, &'static str)> {
     Some(match media_type {
         media::OCI_LAYER => (Compression::None, media::OCI_LAYER),
         media::OCI_LAYER_GZIP => (Compression::Gzip, media::OCI_LAYER),
         media::OCI_LAYER_ZSTD => (Compression::Zstd, media::OCI_LAYER),
         media::OCI_LAYER_ND => (Compression::None, media::OCI_LAYER_ND),
-        media::OCI_LAYER_ND_GZIP => (Compression::Gzip, media::OCI_LAYER_ND),
-        media::OCI_LAYER_ND_ZSTD => (Compression::Zstd, media::OCI_LAYER_ND),
         media::DOCKER_LAYER => (Compression::None, media::DOCKER_LAYER),
         media::DOCKER_LAYER_GZIP => (Compression::Gzip, media::DOCKER_LAYER),
         media::DOCKER_LAYER_ZSTD => (Compression::Zstd, media::DOCKER_LAYER),
         _ => return None,
     })
+}
+
+/// With `force`, refuses a compressed nondistributable (foreign) layer in
+/// another compression than the one asked for: BuildKit turns such a
+/// layer into a distributable one and converts it; kiln, which does not,
+/// says so rather than send it unconverted.
+fn refuse_unconvertible(form: LayerForm, layers: &[Descriptor]) -> Result<()> {
+    if !form.force {
+        return Ok(());
+    }
+    for layer in layers {
+        let stored = match layer.media_type.as_str() {
+            media::OCI_LAYER_ND_GZIP | media::DOCKER_LAYER_FOREIGN => Compression::Gzip,
+            media::OCI_LAYER_ND_ZSTD => Compression::Zstd,
+            _ => continue,
+        };
+        if stored != form.compression {
+            return Err(Error::BadLayer {
+                layer: layer.digest.to_string(),
+                reason: format!(
+                    "force-compression=true: a nondistributable layer ({}), which kiln \
+                     does not convert",
+                    layer.media_type
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn algorithm_name(compression: Compression) -> &'static str {
@@ -188,20 +214,17 @@ pub fn compressed_image(
             if !changed {
                 return Ok(desc.clone());
             }
-            let mut media_type = index
+            let media_type = index
                 .media_type
                 .clone()
                 .unwrap_or_else(|| desc.media_type.clone());
-            if compression == Compression::Zstd && media_type == media::DOCKER_MANIFEST_LIST {
-                media_type = media::OCI_INDEX.to_string();
-                index.media_type = Some(media_type.clone());
-            }
             let mut new = store.put_json(&media_type, &index)?;
             new.platform = desc.platform.clone();
             new.annotations = desc.annotations.clone();
             Ok(new)
         }
         ManifestKind::Image(mut manifest) => {
+            refuse_unconvertible(form, &manifest.layers)?;
             let todo: Vec<(Descriptor, Compression)> = manifest
                 .layers
                 .iter()
@@ -214,20 +237,17 @@ pub fn compressed_image(
             for layer in &mut manifest.layers {
                 if let Some((_, media_type)) = form.conversion(&layer.media_type) {
                     if let Some((digest, size)) = variants.get(&layer.digest) {
-                        layer.media_type = media_type.to_string();
-                        layer.digest = digest.clone();
-                        layer.size = *size;
+                        // Another blob: what named the old one's bytes
+                        // (where to fetch them, what they hold) goes, as
+                        // BuildKit drops it.
+                        *layer = Descriptor::new(media_type, digest.clone(), *size);
                     }
                 }
             }
-            let mut media_type = manifest
+            let media_type = manifest
                 .media_type
                 .clone()
                 .unwrap_or_else(|| desc.media_type.clone());
-            if compression == Compression::Zstd && media_type == media::DOCKER_MANIFEST {
-                to_oci_types(&mut manifest);
-                media_type = media::OCI_MANIFEST.to_string();
-            }
             let mut new = store.put_json(&media_type, &manifest)?;
             new.platform = desc.platform.clone();
             new.annotations = desc.annotations.clone();
@@ -247,6 +267,7 @@ pub fn compressed_layers(
     reporter: &dyn Reporter,
 ) -> Result<Vec<Descriptor>> {
     let form = form.into();
+    refuse_unconvertible(form, layers)?;
     let todo: Vec<(Descriptor, Compression)> = layers
         .iter()
         .filter_map(|l| Some((l.clone(), form.conversion(&l.media_type)?.0)))
@@ -268,25 +289,6 @@ pub fn compressed_layers(
         .collect())
 }
 
-/// A Docker schema 2 manifest's types as OCI ones (the config and layer
-/// bytes are the same).
-fn to_oci_types(manifest: &mut crate::oci::Manifest) {
-    manifest.media_type = Some(media::OCI_MANIFEST.to_string());
-    if manifest.config.media_type == media::DOCKER_CONFIG {
-        manifest.config.media_type = media::OCI_CONFIG.to_string();
-    }
-    for layer in &mut manifest.layers {
-        let oci = match layer.media_type.as_str() {
-            media::DOCKER_LAYER => media::OCI_LAYER,
-            media::DOCKER_LAYER_GZIP => media::OCI_LAYER_GZIP,
-            media::DOCKER_LAYER_ZSTD => media::OCI_LAYER_ZSTD,
-            media::DOCKER_LAYER_FOREIGN => media::OCI_LAYER_ND_GZIP,
-            _ => continue,
-        };
-        layer.media_type = oci.to_string();
-    }
-}
-
 /// The (digest, size) of each layer (with the compression its stored
 /// bytes have) in `form`, by its stored digest; distinct layers are
 /// converted on parallel threads.
@@ -303,7 +305,7 @@ fn convert_layers(
         if done.contains_key(&layer.digest) || todo.iter().any(|(l, _)| l.digest == layer.digest) {
             continue;
         }
-        match recorded_variant(store, &layer.digest, form)? {
+        match recorded_variant(store, &layer.digest, entry.1, form)? {
             Some(found) => {
                 done.insert(layer.digest.clone(), found);
             }
@@ -338,20 +340,33 @@ fn convert_layers(
     Ok(done)
 }
 
-fn variant_path(store: &Store, plain: &Digest, form: LayerForm) -> std::path::PathBuf {
-    store
-        .variants_dir()
-        .join(form.variants_name())
-        .join(plain.hex())
+/// Where the `form` of the blob `source` (stored with `stored` compression)
+/// is remembered: `variants/<form>/<hex>` for a plain layer,
+/// `<hex>.from-<gzip|zstd>` for one converted, so that the record of a
+/// blob read as plain (a compressed one mislabelled plain is sent as it
+/// is, compressed again) is never taken for that of the same blob read as
+/// compressed.
+fn variant_path(
+    store: &Store,
+    source: &Digest,
+    stored: Compression,
+    form: LayerForm,
+) -> std::path::PathBuf {
+    let name = match stored {
+        Compression::None => source.hex().to_string(),
+        other => format!("{}.from-{}", source.hex(), algorithm_name(other)),
+    };
+    store.variants_dir().join(form.variants_name()).join(name)
 }
 
 /// A remembered variant whose blob is still in the store.
 fn recorded_variant(
     store: &Store,
-    plain: &Digest,
+    source: &Digest,
+    stored: Compression,
     form: LayerForm,
 ) -> Result<Option<(Digest, u64)>> {
-    let path = variant_path(store, plain, form);
+    let path = variant_path(store, source, stored, form);
     let text = match fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -420,16 +435,16 @@ fn convert_one(
             });
         }
         let ingest = compressor.finish().map_err(io_at("compress", &path))?;
-        let stored = ingest.commit()?;
-        let record = variant_path(store, &layer.digest, form);
+        let written = ingest.commit()?;
+        let record = variant_path(store, &layer.digest, stored, form);
         if let Some(dir) = record.parent() {
             fs::create_dir_all(dir).map_err(io_at("create directory", dir))?;
         }
         write_record(
             &record,
-            format!("{} {}\n", stored.digest, stored.size).as_bytes(),
+            format!("{} {}\n", written.digest, written.size).as_bytes(),
         )?;
-        Ok((stored.digest, stored.size))
+        Ok((written.digest, written.size))
     })();
     match &result {
         Ok(_) => reporter.done(&id, Outcome::Done),

@@ -179,18 +179,17 @@ fn docker_types_indexes_and_compressed_images() {
         .iter()
         .all(|l| l.media_type == media::DOCKER_LAYER_GZIP));
 
-    // zstd has no Docker layer type: the manifest becomes OCI, as BuildKit
-    // forces OCI media types for zstd; the config bytes stay the same.
+    // zstd keeps Docker's types, as current BuildKit writes them: Docker's
+    // zstd layer type, the config bytes the same.
     let out = compressed_image(&store, &docker_desc, Compression::Zstd, &NoProgress).unwrap();
-    assert_eq!(out.media_type, media::OCI_MANIFEST);
+    assert_eq!(out.media_type, media::DOCKER_MANIFEST);
     let m = manifest(&store, &out);
-    assert_eq!(m.media_type.as_deref(), Some(media::OCI_MANIFEST));
-    assert_eq!(m.config.media_type, media::OCI_CONFIG);
-    assert_eq!(m.config.digest, docker.config.digest);
+    assert_eq!(m.media_type.as_deref(), Some(media::DOCKER_MANIFEST));
+    assert_eq!(m.config, docker.config);
     assert!(m
         .layers
         .iter()
-        .all(|l| l.media_type == media::OCI_LAYER_ZSTD));
+        .all(|l| l.media_type == media::DOCKER_LAYER_ZSTD));
 
     // An index: its plain child is replaced, the index rewritten.
     let mut index = Index::empty();
@@ -267,6 +266,92 @@ fn force_converts_layers_compressed_otherwise() {
     let none = compressed_image(&store, &pulled, forced(Compression::None), &NoProgress).unwrap();
     assert_eq!(manifest(&store, &none).layers, plain_layers);
     assert_eq!(none.digest, plain_desc.digest);
+}
+
+/// force-compression, further: what a converted layer's descriptor said
+/// of the old bytes (where to fetch them, what they hold) goes; a
+/// compressed nondistributable layer is refused rather than sent as it
+/// is; a blob read as plain (here gzip bytes mislabelled) and the same
+/// blob read as gzip are remembered apart; the records that name one
+/// converted blob go with it in one prune.
+#[test]
+fn force_drops_stale_fields_refuses_nondistributable_and_keeps_records_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let (plain_desc, plain_layers) = plain_image(&store, tmp.path());
+    store
+        .tag(&Reference::parse("app:plain").unwrap(), &plain_desc)
+        .unwrap();
+    let pulled = compressed_image(&store, &plain_desc, Compression::Gzip, &NoProgress).unwrap();
+    let forced = |compression| LayerForm {
+        compression,
+        force: true,
+        level: None,
+    };
+    let with_layers = |edit: &dyn Fn(&mut Manifest)| {
+        let mut m = manifest(&store, &pulled);
+        edit(&mut m);
+        store.put_json(media::OCI_MANIFEST, &m).unwrap()
+    };
+
+    let annotated = with_layers(&|m| {
+        m.layers[0].urls = Some(vec!["https://example.com/layer".into()]);
+        m.layers[0]
+            .annotations
+            .insert("org.example.gzip-only".into(), "1".into());
+    });
+    let out = compressed_image(&store, &annotated, forced(Compression::Zstd), &NoProgress).unwrap();
+    let layer = &manifest(&store, &out).layers[0];
+    assert_eq!(layer.media_type, media::OCI_LAYER_ZSTD);
+    assert_eq!((layer.urls.clone(), layer.annotations.len()), (None, 0));
+
+    let nondistributable = with_layers(&|m| {
+        m.layers[0].media_type = media::OCI_LAYER_ND_GZIP.into();
+    });
+    let err = compressed_image(
+        &store,
+        &nondistributable,
+        forced(Compression::Zstd),
+        &NoProgress,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("nondistributable"), "{err}");
+    for fine in [
+        LayerForm::from(Compression::Zstd),
+        forced(Compression::Gzip),
+    ] {
+        let out = compressed_image(&store, &nondistributable, fine, &NoProgress).unwrap();
+        assert_eq!(out, nondistributable, "{fine:?}");
+    }
+
+    // gzip bytes labelled plain leave compressed again, as they are; the
+    // same blob labelled gzip is then converted from what it holds.
+    let mislabelled = with_layers(&|m| m.layers[0].media_type = media::OCI_LAYER.into());
+    compressed_image(&store, &mislabelled, Compression::Zstd, &NoProgress).unwrap();
+    let converted =
+        compressed_image(&store, &pulled, forced(Compression::Zstd), &NoProgress).unwrap();
+    for (layer, plain) in manifest(&store, &converted)
+        .layers
+        .iter()
+        .zip(&plain_layers)
+    {
+        assert_eq!(
+            decompressed(&store, layer),
+            fs::read(store.blob_path(&plain.digest)).unwrap()
+        );
+    }
+
+    // The plain layers' zstd forms are the gzip ones' converted: one blob,
+    // two records each; one prune takes blob and records.
+    compressed_image(&store, &plain_desc, Compression::Zstd, &NoProgress).unwrap();
+    let records = || {
+        fs::read_dir(store.root().join("variants/zstd"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(records(), 2 * plain_layers.len() + 1);
+    store.prune(PruneOptions::default()).unwrap();
+    assert_eq!(records(), 0);
 }
 
 /// `compression-level=`: the layers compressed at that level, remembered

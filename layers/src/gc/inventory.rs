@@ -691,10 +691,13 @@ impl Scan<'_> {
         );
     }
 
-    /// Compressed forms of layers (`variants/<alg>/<plain hex>` naming a
-    /// blob nothing else holds): an item each, with the record. Records
-    /// whose blob is gone are garbage. The other loose blobs too.
+    /// Converted forms of layers (`variants/<form>/<source>` naming a
+    /// blob nothing else holds): an item each blob, with every record that
+    /// names it (a plain layer's and a gzip one's zstd forms can be one
+    /// blob), last used when the newest of them was written. Records whose
+    /// blob is gone are garbage. The other loose blobs too.
     fn variants(&mut self) -> Result<()> {
+        let mut by_blob: BTreeMap<Digest, Vec<Piece>> = BTreeMap::new();
         for dir in self.store.list_dir(&self.store.variants_dir())? {
             for path in self.store.list_dir(&dir)? {
                 let bytes = blocks(&path);
@@ -708,20 +711,25 @@ impl Scan<'_> {
                 let named = std::fs::read_to_string(&path)
                     .ok()
                     .and_then(|t| Digest::parse(t.split_whitespace().next()?).ok());
-                let present = named.as_ref().is_some_and(|d| self.store.has_blob(d));
-                if !present {
-                    self.garbage(Kind::Unreferenced, record);
-                    continue;
-                }
-                let blob = named.and_then(|d| self.loose_blobs.remove(&d));
-                if let Some(blob) = blob {
-                    self.kept(
-                        Kind::Unreferenced,
-                        LastUsed::mtime_of(&path),
-                        vec![blob, record],
-                    );
+                match named.filter(|d| self.store.has_blob(d)) {
+                    Some(digest) => by_blob.entry(digest).or_default().push(record),
+                    None => self.garbage(Kind::Unreferenced, record),
                 }
             }
+        }
+        for (digest, records) in by_blob {
+            // A blob something else holds keeps its records with it.
+            let Some(blob) = self.loose_blobs.remove(&digest) else {
+                continue;
+            };
+            let last_used = records
+                .iter()
+                .map(|r| LastUsed::mtime_of(&r.path))
+                .max_by_key(|l| l.at)
+                .unwrap_or_else(|| LastUsed::fixed(SystemTime::UNIX_EPOCH));
+            let mut pieces = vec![blob];
+            pieces.extend(records);
+            self.kept(Kind::Unreferenced, last_used, pieces);
         }
         for (_, piece) in std::mem::take(&mut self.loose_blobs) {
             self.garbage(Kind::Unreferenced, piece);
