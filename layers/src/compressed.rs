@@ -7,10 +7,10 @@
 //! compressed. A layer stored compressed (a pulled base image's) leaves as
 //! it is, unless the form says `force` (BuildKit's `force-compression=true`):
 //! then one compressed otherwise is decompressed and compressed again
-//! ([`LayerForm`]). Each layer is converted once per algorithm; the result
-//! is remembered under `variants/<algorithm>/<layer hex>` (the converted
-//! blob's digest and size), so pushing the same image again, or another
-//! image sharing the layer, reuses it. Compression is deterministic (see
+//! ([`LayerForm`]). Each layer is converted once per form; the result is
+//! remembered under `variants/<form>/<layer hex>` (`<hex>.from-gzip` for one
+//! converted from gzip; the converted blob's digest and size), so pushing
+//! the same image again, or another image sharing the layer, reuses it. Compression is deterministic (see
 //! [`crate::compress`]), so two stores — or one store after `prune`
 //! dropped a variant — give the same compressed bytes and the same
 //! manifest digest.
