@@ -331,9 +331,8 @@ fn provenance_attestation_in_the_pushed_index() {
     let meta_text = meta.to_string();
     assert!(!meta_text.contains(SECRET_VALUE) && !meta_text.contains(ARG_PASSWORD));
 
-    // mode=min (what `--attest type=provenance,mode=min` and
-    // `--provenance=true` ask): no build args, no secret ids; the
-    // request is incomplete.
+    // mode=min (what `--attest type=provenance,mode=min` asks): no build
+    // args, no secret ids; the request is incomplete.
     let min_image = fixture.image("app:min");
     ok(&fixture.build(&[
         "--attest",
@@ -371,6 +370,41 @@ fn provenance_attestation_in_the_pushed_index() {
             .is_none(),
         "{run_details}"
     );
+
+    // `--provenance=true` is mode=max (buildx sends no mode; BuildKit's
+    // default is max): the build args are in the request. The build arg
+    // BUILDKIT_ATTEST_PROVENANCE asks as --attest does.
+    for (name, flag, value, wanted_args) in [
+        ("app:true", "--provenance", "true", true),
+        (
+            "app:arg",
+            "--build-arg",
+            "BUILDKIT_ATTEST_PROVENANCE=mode=min",
+            false,
+        ),
+    ] {
+        let image = fixture.image(name);
+        ok(&fixture.build(&[
+            flag,
+            value,
+            "--build-arg",
+            "VERSION=1.2",
+            "--secret",
+            "id=token,env=TOKEN",
+            "-t",
+            &image,
+            "--push",
+            ctx_arg,
+        ]));
+        let (_, _, statement) = attested(&fixture, "app", &image);
+        let statement = json(&statement);
+        let request = &statement["predicate"]["buildDefinition"]["externalParameters"]["request"];
+        assert_eq!(
+            request.get("args").is_some(),
+            wanted_args,
+            "{flag} {value}: {request}"
+        );
+    }
 
     // Without the flag: one manifest, as before.
     let plain = fixture.image("app:plain");
@@ -525,6 +559,27 @@ fn provenance_requests_kiln_cannot_honour_are_refused() {
             "asked for more than once",
         ),
         (vec!["--provenance", "mode=huge"], "invalid mode \"huge\""),
+        (
+            vec!["--build-arg", "BUILDKIT_ATTEST_SBOM=true"],
+            "--build-arg BUILDKIT_ATTEST_SBOM=true: attestation type \"sbom\" is not supported",
+        ),
+        (
+            vec!["--build-arg", "BUILDKIT_ATTEST_PROVENANCE=mode=huge"],
+            "--build-arg BUILDKIT_ATTEST_PROVENANCE mode=huge: invalid mode",
+        ),
+        (
+            vec![
+                "--build-arg",
+                "BUILDKIT_ATTEST_PROVENANCE=",
+                "--provenance",
+                "true",
+            ],
+            "asked for more than once",
+        ),
+        (
+            vec!["--attest", "type=provenance,type=sbom"],
+            "attestation type \"sbom\" is not supported",
+        ),
         (
             vec!["--provenance", "version=v0.2"],
             "kiln writes SLSA v1 only",

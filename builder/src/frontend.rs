@@ -41,6 +41,7 @@ pub const DEFAULT_HOSTNAME: &str = "buildkitsandbox";
 /// The build args BuildKit's frontend reads as options: they need no ARG
 /// and are never reported unused.
 pub const FRONTEND_ARGS: &[&str] = &[
+    "BUILDKIT_ATTEST_PROVENANCE",
     "BUILDKIT_BUILD_NAME",
     "BUILDKIT_CACHE_MOUNT_NS",
     "BUILDKIT_CONTEXT_KEEP_GIT_DIR",

@@ -78,12 +78,17 @@ pub struct ProvenanceRequest {
 }
 
 impl ProvenanceRequest {
-    /// `--provenance VALUE` as buildx reads it: a boolean (`true` is
-    /// `mode=min`, as buildx sends it), or BuildKit's attributes. `None`:
-    /// no provenance (`false`, `disabled=true`).
+    /// `--provenance VALUE` as buildx reads it: a boolean (`true` sends
+    /// no mode, so BuildKit's default, `mode=max`), or BuildKit's
+    /// attributes. `None`: no provenance (`false`, `disabled=true`).
     pub fn parse_flag(value: &str) -> Result<Option<ProvenanceRequest>, String> {
         match crate::git::parse_go_bool(value.trim()) {
-            Some(true) => return Ok(Some(ProvenanceRequest::min())),
+            Some(true) => {
+                return Ok(Some(ProvenanceRequest {
+                    mode: Mode::Max,
+                    ..ProvenanceRequest::min()
+                }))
+            }
             Some(false) => return Ok(None),
             None => {}
         }
@@ -94,8 +99,10 @@ impl ProvenanceRequest {
     pub fn parse_attest(value: &str) -> Result<Option<ProvenanceRequest>, String> {
         let fields =
             kiln_parser::mount::csv_fields(value).map_err(|e| format!("--attest {value}: {e}"))?;
+        // The last type= wins, as buildx reads the fields into one struct.
         let kind = fields
             .iter()
+            .rev()
             .find_map(|f| f.strip_prefix("type="))
             .ok_or_else(|| format!("--attest {value}: attestation type not specified"))?;
         if kind != "provenance" {
@@ -110,6 +117,26 @@ impl ProvenanceRequest {
             .cloned()
             .collect();
         Self::parse_attributes(&rest.join(","), "--attest")
+    }
+
+    /// `--build-arg BUILDKIT_ATTEST_<KIND>=VALUE`, which BuildKit's
+    /// frontend reads as `--attest type=<kind>,VALUE`
+    /// (`frontend/attestations`): `PROVENANCE` takes the provenance
+    /// attributes (an empty value, the defaults: `mode=max`); `SBOM` and
+    /// any other kind are refused. `kind` is the name's end, lower-cased.
+    pub fn parse_build_arg(kind: &str, value: &str) -> Result<Option<ProvenanceRequest>, String> {
+        let flag = format!("--build-arg BUILDKIT_ATTEST_{}", kind.to_uppercase());
+        match kind {
+            "provenance" => Self::parse_attributes(value, &flag),
+            "sbom" => Err(format!(
+                "{flag}={value}: attestation type \"sbom\" is not supported: kiln makes \
+                 type=provenance only (no SBOM generator)"
+            )),
+            other => Err(format!(
+                "{flag}={value}: unknown attestation type {other:?} (BuildKit's are \
+                 provenance and sbom)"
+            )),
+        }
     }
 
     fn min() -> ProvenanceRequest {

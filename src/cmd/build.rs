@@ -475,6 +475,15 @@ fn provenance_of(args: &BuildArgs) -> anyhow::Result<Option<ProvenanceRequest>> 
         let request = ProvenanceRequest::parse_attest(value).map_err(anyhow::Error::msg)?;
         asked.push((format!("--attest {value}"), request));
     }
+    // BuildKit's frontend reads BUILDKIT_ATTEST_<TYPE> as an --attest.
+    for (name, value) in parse_build_args(&args.build_args)? {
+        let Some(kind) = name.strip_prefix("BUILDKIT_ATTEST_") else {
+            continue;
+        };
+        let request = ProvenanceRequest::parse_build_arg(&kind.to_lowercase(), &value)
+            .map_err(anyhow::Error::msg)?;
+        asked.push((format!("--build-arg {name}={value}"), request));
+    }
     if asked.len() > 1 {
         let flags: Vec<&str> = asked.iter().map(|(f, _)| f.as_str()).collect();
         anyhow::bail!(
