@@ -834,8 +834,8 @@ mod tests {
 
     #[test]
     fn flags_as_buildx_reads_them() {
-        let min = ProvenanceRequest::parse_flag("true").unwrap().unwrap();
-        assert_eq!(min.mode, Mode::Min);
+        let yes = ProvenanceRequest::parse_flag("true").unwrap().unwrap();
+        assert_eq!(yes.mode, Mode::Max, "buildx sends no mode: BuildKit's max");
         assert_eq!(ProvenanceRequest::parse_flag("false").unwrap(), None);
         let max = ProvenanceRequest::parse_flag("mode=max,builder-id=https://ci/1")
             .unwrap()
