@@ -194,6 +194,19 @@ impl Frontend {
         Ok(frontend)
     }
 
+    /// Refuses a `# syntax=` (or `BUILDKIT_SYNTAX`) naming a frontend kiln
+    /// cannot run, as a build refuses it: what `kiln check` and `kiln
+    /// explain` would say of the file is kiln's frontend's, not that one's.
+    pub fn refuse_foreign_syntax(
+        ast: &kiln_parser::ast::Dockerfile,
+        build_args: &BTreeMap<String, String>,
+    ) -> Result<(), FrontendError> {
+        Frontend {
+            warnings: Vec::new(),
+        }
+        .syntax(ast, build_args)
+    }
+
     /// `BUILDKIT_SYNTAX`, else the `# syntax=` directive: the built-in
     /// frontend (`dockerfile.v0`), a `docker/dockerfile` version (not
     /// pulled: a warning), or a frontend kiln cannot run (an error).

@@ -312,6 +312,13 @@ fn run_explain(args: ExplainArgs, settings: &GlobalSettings) -> anyhow::Result<E
     }
     let source = DockerfileSource::read_or_default(args.file.as_deref(), &args.context)?;
     let ast = source.parse()?;
+    let build_args = parse_build_args(&args.build_args)?;
+    kiln_builder::frontend::Frontend::refuse_foreign_syntax(&ast, &build_args).map_err(
+        |e| match e.line {
+            Some(line) => anyhow::anyhow!("{}:{line}: {}", source.name, e.message),
+            None => anyhow::anyhow!("{}: {}", source.name, e.message),
+        },
+    )?;
     let df = kiln_parser::instructions::from_ast(&ast)?;
     let store = StoreResolver::open_existing(&settings.root)
         .with_context(|| format!("opening the store at {}", settings.root.display()))?;
@@ -327,7 +334,7 @@ fn run_explain(args: ExplainArgs, settings: &GlobalSettings) -> anyhow::Result<E
     let options = ExplainOptions {
         build: BuildOptions {
             target: args.target.clone(),
-            build_args: parse_build_args(&args.build_args)?,
+            build_args,
             target_platform: match &args.platform {
                 Some(p) => Platform::parse(p).with_context(|| format!("--platform {p}"))?,
                 None => Platform::host(),

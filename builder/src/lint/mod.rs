@@ -363,6 +363,14 @@ pub fn check_ast(
         Ok(config) => config,
         Err(e) => return failed_report(file_name, e),
     };
+    if let Err(e) = crate::frontend::Frontend::refuse_foreign_syntax(ast, &options.build_args) {
+        let error = CheckError {
+            column: e.line.map(|_| 1),
+            line: e.line,
+            message: e.message,
+        };
+        return failed_report(file_name, error);
+    }
     let df = match ins::from_ast(ast) {
         Ok(df) => df,
         Err(e) => {
