@@ -562,6 +562,22 @@ fn settings_of(
         .filter(|(o, _)| o.writes_image())
         .map(|(_, format)| format.clone())
         .collect();
+    // kiln's store keeps layers plain and compresses them where they leave
+    // it: on an image output that does not push, these would change
+    // nothing (BuildKit's image store would hold them compressed).
+    for (output, (format, spec)) in &parsed {
+        let keeps = matches!(output, Output::Image { push: false, .. }) && !args.push;
+        let said = (format.compression.map(|_| "compression="))
+            .or(format.level.map(|_| "compression-level="))
+            .or(format.force_compression.map(|_| "force-compression="));
+        if let (true, Some(key)) = (keeps, said) {
+            anyhow::bail!(
+                "--output {spec}: {key} has no effect on an image output that does not push: \
+                 kiln keeps the store's layers uncompressed and compresses them where they \
+                 leave it (push=true, --push, type=oci|docker, kiln push)"
+            );
+        }
+    }
     let outputs: Vec<Output> = parsed.into_iter().map(|(o, _)| o).collect();
     let flags = ImageFormat {
         compression: args.compression.map(|c| match c {
