@@ -447,6 +447,27 @@ fn platform_arm64_picks_the_arm64_manifest_and_expands_target_args() {
     let amd64 = pushed.platform("linux/amd64");
     let hex = amd64.diff_ids[1].trim_start_matches("sha256:");
     assert!(!fixture.root().join("blobs/sha256").join(hex).exists());
+
+    // DOCKER_DEFAULT_PLATFORM is the default --platform, as buildx reads
+    // it; a --platform flag wins over it.
+    for (flags, tag, arch) in [
+        (&[][..], "out:env", "arm64"),
+        (&["--platform", "linux/amd64"][..], "out:flag", "amd64"),
+    ] {
+        let mut args = vec!["build", "--insecure-registry", &fixture.registry.host];
+        args.extend_from_slice(flags);
+        args.extend(["-t", tag, ctx.path().to_str().unwrap()]);
+        let out = common::kiln_command()
+            .arg("--root")
+            .arg(fixture.root())
+            .args(&args)
+            .env("DOCKER_DEFAULT_PLATFORM", "linux/arm64")
+            .output()
+            .unwrap();
+        ok(&out);
+        let (config, _) = inspect(&fixture.root(), tag);
+        assert_eq!(config["architecture"], arch, "{flags:?}: {config}");
+    }
 }
 
 /// `FROM --platform=$BUILDPLATFORM` picks the host's manifest of the same

@@ -41,7 +41,7 @@ const BUILD_FLAGS: &[(&str, &[&str], &[&str])] = &[
     ("--no-cache-filter", &["--no-cache-filter"], &["tests/options.rs::no_cache_filter_reruns_only_the_named_stage"]),
     ("--output", &["--output", "-o"], &["tests/options.rs::output_shorthands_tar_and_image_names", "tests/build.rs::registry_and_image_outputs_push", "tests/build.rs::outputs_tags_iidfile_and_metadata_file", "tests/options.rs::archives_are_tars_named_as_buildx_names_them"]),
     ("--pids-limit", &["--pids-limit"], &["tests/security/limits.rs::pids_limit_flag_on_build_and_run"]),
-    ("--platform", &["--platform"], &["tests/build_platform.rs::platform_arm64_picks_the_arm64_manifest_and_expands_target_args", "tests/multiplatform.rs::one_build_two_platforms_one_index", "tests/multiplatform.rs::outputs_of_a_two_platform_build"]),
+    ("--platform", &["--platform", "DOCKER_DEFAULT_PLATFORM"], &["tests/build_platform.rs::platform_arm64_picks_the_arm64_manifest_and_expands_target_args", "tests/multiplatform.rs::one_build_two_platforms_one_index", "tests/multiplatform.rs::outputs_of_a_two_platform_build"]),
     ("--progress", &["--progress"], &["tests/build.rs::progress_plain_snapshots", "tests/build.rs::progress_tty_draws_a_live_view", "tests/build.rs::progress_quiet_prints_only_the_id_and_json_one_event_per_line"]),
     ("--provenance", &["--provenance"], &["tests/provenance.rs::provenance_attestation_in_the_pushed_index", "tests/provenance.rs::provenance_of_a_git_context_names_its_commit", "tests/provenance.rs::provenance_requests_kiln_cannot_honour_are_refused"]),
     ("--pull", &["--pull"], &["tests/options.rs::pull_policies"]),

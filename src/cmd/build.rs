@@ -109,9 +109,15 @@ pub struct BuildArgs {
     /// A build argument: K=V, or K to take the value of the environment variable K.
     #[arg(long = "build-arg", value_name = "K=V")]
     build_args: Vec<String>,
-    /// Target platform (default: this machine's); several (comma-separated
-    /// or repeated) build one image each and an index over them.
-    #[arg(long, value_name = "PLATFORM", value_delimiter = ',')]
+    /// Target platform (default: DOCKER_DEFAULT_PLATFORM, as buildx reads
+    /// it, else this machine's); several (comma-separated or repeated)
+    /// build one image each and an index over them.
+    #[arg(
+        long,
+        value_name = "PLATFORM",
+        value_delimiter = ',',
+        env = "DOCKER_DEFAULT_PLATFORM"
+    )]
     platform: Vec<String>,
     /// When to pull base images: `--pull` (or `--pull=always`) pulls even
     /// those the store has; `missing` (the default) pulls what the store

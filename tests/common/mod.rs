@@ -32,6 +32,8 @@ pub fn kiln_command() -> Command {
         .env_remove("KILN_REGISTRY_TIMEOUT")
         .env_remove("KILN_REGISTRY_SPEED_LIMIT")
         .env_remove("KILN_REGISTRY_SPEED_TIME")
+        // The default --platform of a build, when set.
+        .env_remove("DOCKER_DEFAULT_PLATFORM")
         // No registry configuration file (not the host's default one).
         .env("KILN_REGISTRY_CONFIG", "");
     command
