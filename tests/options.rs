@@ -1644,7 +1644,8 @@ fn shm_size_ulimit_and_add_host() {
             "--add-host",
             "db:10.1.2.3",
             "--add-host",
-            "v6=2001:db8::7",
+            // Comma-separated, as buildx's string slice splits it.
+            "v6=2001:db8::7,cache:10.9.9.9",
         ],
     );
     assert_eq!(read(&set, "/shm"), "131072\n");
@@ -1655,7 +1656,7 @@ fn shm_size_ulimit_and_add_host() {
     let hosts = read(&set, "/host-lines");
     let plain_hosts = read(&plain, "/host-lines");
     let count = |s: &str| s.trim().parse::<usize>().unwrap();
-    assert_eq!(count(&hosts), count(&plain_hosts) + 2);
+    assert_eq!(count(&hosts), count(&plain_hosts) + 3);
 
     let ctx = fixture.context("step-bad", &[("Dockerfile", dockerfile)]);
     for bad in [

@@ -9,8 +9,14 @@ use kiln_runtime::Rlimit;
 
 #[derive(Debug, Clone, Args)]
 pub struct StepArgs {
-    /// A line for every RUN's /etc/hosts: HOST:IP (or HOST=IP; repeatable).
-    #[arg(long = "add-host", value_name = "HOST:IP", value_parser = parse_add_host)]
+    /// A line for every RUN's /etc/hosts: HOST:IP (or HOST=IP; repeatable,
+    /// or comma-separated, as buildx's string slice).
+    #[arg(
+        long = "add-host",
+        value_name = "HOST:IP",
+        value_parser = parse_add_host,
+        value_delimiter = ','
+    )]
     add_hosts: Vec<(String, String)>,
     /// The size of /dev/shm in every RUN: bytes, or a number with k, m, g
     /// (default 64m).
