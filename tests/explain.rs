@@ -213,6 +213,31 @@ fn explain_cases() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// A `# syntax=` naming a frontend kiln cannot run: explain refuses it,
+/// naming the file and line, as a build does (what it would explain is
+/// kiln's frontend's reading, not that frontend's). Not a case of
+/// testdata/explain: docker, the oracle of those, cannot build it here.
+#[test]
+fn explain_refuses_a_frontend_it_cannot_run() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("Dockerfile"),
+        "# syntax=example.com/custom/frontend:1\nFROM busybox:1.36\nRUN true\n",
+    )
+    .unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let args: Vec<String> = ["explain", "--offline", "-f", "Dockerfile"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let out = run_kiln(dir.path(), store.path(), &args);
+    assert!(out.ends_with("exit: 1\n"), "{out}");
+    assert!(
+        out.contains("stderr: error: Dockerfile:1: # syntax=example.com/custom/frontend:1 names a frontend kiln cannot run"),
+        "{out}"
+    );
+}
+
 /// Splits at `--` (kept with the run arguments).
 fn split_args(args: &[String]) -> (Vec<String>, Vec<String>) {
     match args.iter().position(|a| a == "--") {
