@@ -644,6 +644,32 @@ fn a_registry_cache_travels_to_a_second_runner() {
         }
     }
 
+    // A cache export with force-compression converts the steps' layers it
+    // took from the gzip cache (left there, lazy, by a push-only build):
+    // it fetches them first, as BuildKit does.
+    let forced = registry.name("cache/app:forced");
+    let d = Runner::new("d", &registry.base(), "2010-06-15 12:34:56");
+    let converted = d
+        .build(&[
+            "--cache-from",
+            &from,
+            "--push",
+            "-t",
+            &registry.name("app/a:forced"),
+            "--cache-to",
+            &format!("type=registry,ref={forced},mode=max,compression=zstd,force-compression=true"),
+        ])
+        .ok();
+    assert!(
+        converted.runs_executed().is_empty(),
+        "{:?}",
+        converted.steps
+    );
+    assert_eq!(
+        layer_types(&raw(&forced)["layers"]),
+        ["application/vnd.oci.image.layer.v1.tar+zstd"]
+    );
+
     // To another repository: each layer is mounted from where it is; only
     // the config (this repository has none) is uploaded.
     let b = Runner::new("b", &registry.base(), "2010-06-15 12:34:56");

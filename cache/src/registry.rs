@@ -58,10 +58,14 @@ impl CacheExporter for RegistryExporter {
         let steps = cache.select(self.options.mode);
         // A layer taken from elsewhere without its content is mounted from
         // where it is, or fetched by the push; one from nowhere it could be
-        // fetched (a directory) is fetched now.
+        // fetched (a directory), or one force-compression may convert
+        // (which needs its bytes, as BuildKit fetches a lazy layer first),
+        // is fetched now.
         let origins = kiln_transfer::BlobOrigins::new(store);
+        let force = self.options.compression.force;
         for (layer, _) in steps.iter().filter_map(|s| s.layer.as_ref()) {
-            if !store.has_blob(&layer.digest) && origins.lookup(&layer.digest).is_empty() {
+            if !store.has_blob(&layer.digest) && (force || origins.lookup(&layer.digest).is_empty())
+            {
                 blobs.provide(store, layer)?;
             }
         }
