@@ -212,7 +212,7 @@ pub struct BuildArgs {
     #[arg(long = "annotation", value_name = "[TYPE:]K=V")]
     annotations: Vec<String>,
     /// Attach an SLSA provenance v1 attestation (in the image's index, as
-    /// BuildKit): `true` (mode=min), `false`, or mode=min|max[,builder-id=URI]
+    /// BuildKit): `true` (mode=max, BuildKit's default), `false`, or mode=min|max[,builder-id=URI]
     /// [,reproducible=true][,inline-only=true]. Off by default.
     #[arg(long = "provenance", value_name = "true|false|mode=min|max")]
     provenance: Option<String>,
