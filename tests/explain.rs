@@ -29,6 +29,7 @@ fn kiln_command() -> Command {
     command
         .env("DOCKER_CONFIG", kiln_testsupport::empty_docker_config())
         .env_remove("KILN_LOG")
+        .env_remove("DOCKER_DEFAULT_PLATFORM")
         .env("KILN_REGISTRY_CONFIG", "");
     command
 }
@@ -236,6 +237,35 @@ fn explain_refuses_a_frontend_it_cannot_run() {
         out.contains("stderr: error: Dockerfile:1: # syntax=example.com/custom/frontend:1 names a frontend kiln cannot run"),
         "{out}"
     );
+}
+
+/// With no --platform, explain plans for DOCKER_DEFAULT_PLATFORM as the
+/// build does (buildx's default platform); --platform wins over it.
+#[test]
+fn explain_takes_the_default_platform_a_build_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nARG TARGETARCH\nENV BUILT_FOR=$TARGETARCH\n",
+    )
+    .unwrap();
+    let store = tempfile::tempdir().unwrap();
+    for (flags, wanted) in [
+        (&[][..], "BUILT_FOR=arm64"),
+        (&["--platform", "linux/amd64"][..], "BUILT_FOR=amd64"),
+    ] {
+        let out = kiln_command()
+            .current_dir(dir.path())
+            .env("KILN_ROOT", store.path())
+            .env("DOCKER_DEFAULT_PLATFORM", "linux/arm64")
+            .args(["explain", "--offline", "--format", "json"])
+            .args(flags)
+            .arg(".")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(wanted), "{flags:?}: {text}");
+    }
 }
 
 /// Splits at `--` (kept with the run arguments).

@@ -112,12 +112,7 @@ pub struct BuildArgs {
     /// Target platform (default: DOCKER_DEFAULT_PLATFORM, as buildx reads
     /// it, else this machine's); several (comma-separated or repeated)
     /// build one image each and an index over them.
-    #[arg(
-        long,
-        value_name = "PLATFORM",
-        value_delimiter = ',',
-        env = "DOCKER_DEFAULT_PLATFORM"
-    )]
+    #[arg(long, value_name = "PLATFORM", value_delimiter = ',')]
     platform: Vec<String>,
     /// When to pull base images: `--pull` (or `--pull=always`) pulls even
     /// those the store has; `missing` (the default) pulls what the store
@@ -502,9 +497,33 @@ fn provenance_of(args: &BuildArgs) -> anyhow::Result<Option<ProvenanceRequest>> 
 
 /// `--platform`'s platforms, normalized, each once, in the order given.
 fn target_platforms(flags: &[String]) -> anyhow::Result<Vec<Platform>> {
+    let given: Vec<&str> = flags
+        .iter()
+        .map(|f| f.trim())
+        .filter(|f| !f.is_empty())
+        .collect();
+    if given.is_empty() {
+        return default_platforms();
+    }
     let mut platforms: Vec<Platform> = Vec::new();
-    for flag in flags.iter().map(|f| f.trim()).filter(|f| !f.is_empty()) {
+    for flag in given {
         let platform = Platform::parse(flag).with_context(|| format!("--platform {flag}"))?;
+        if !platforms.contains(&platform) {
+            platforms.push(platform);
+        }
+    }
+    Ok(platforms)
+}
+
+/// `DOCKER_DEFAULT_PLATFORM`, the platforms a build makes when no
+/// `--platform` says (buildx's default); empty when it is unset or empty
+/// (this machine's then).
+pub(crate) fn default_platforms() -> anyhow::Result<Vec<Platform>> {
+    let value = std::env::var("DOCKER_DEFAULT_PLATFORM").unwrap_or_default();
+    let mut platforms: Vec<Platform> = Vec::new();
+    for word in value.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        let platform = Platform::parse(word)
+            .with_context(|| format!("DOCKER_DEFAULT_PLATFORM={value}: {word}"))?;
         if !platforms.contains(&platform) {
             platforms.push(platform);
         }
@@ -793,8 +812,16 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let built = if platforms.len() > 1 {
         if args.dry_run {
             anyhow::bail!(
-                "--dry-run shows one platform's build: give one --platform (not {})",
-                args.platform.join(",")
+                "--dry-run shows one platform's build: give one --platform (not {}{})",
+                platforms
+                    .iter()
+                    .map(Platform::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                match args.platform.is_empty() {
+                    true => ", from DOCKER_DEFAULT_PLATFORM",
+                    false => "",
+                }
             );
         }
         session.build_platforms(&platforms)

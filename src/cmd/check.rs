@@ -335,9 +335,19 @@ fn run_explain(args: ExplainArgs, settings: &GlobalSettings) -> anyhow::Result<E
         build: BuildOptions {
             target: args.target.clone(),
             build_args,
+            // As the build would: --platform, else DOCKER_DEFAULT_PLATFORM,
+            // else this machine's.
             target_platform: match &args.platform {
                 Some(p) => Platform::parse(p).with_context(|| format!("--platform {p}"))?,
-                None => Platform::host(),
+                None => match crate::cmd::build::default_platforms()?.as_slice() {
+                    [] => Platform::host(),
+                    [one] => one.clone(),
+                    several => anyhow::bail!(
+                        "explain shows one platform's build: DOCKER_DEFAULT_PLATFORM names {}; \
+                         give one --platform",
+                        several.len()
+                    ),
+                },
             },
             build_platform: Platform::host(),
             run: Default::default(),
