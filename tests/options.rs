@@ -1366,7 +1366,11 @@ fn outputs_take_compression_media_types_and_annotations_as_buildkits_exporter() 
     assert_eq!(text(&out).matches(warning).count(), 1, "{}", text(&out));
 
     let x = format!("type=oci,dest={}", path("x.tar").display());
-    let refused: [(Vec<String>, &str); 12] = [
+    let refused: [(Vec<String>, &str); 13] = [
+        (
+            vec!["--compression".into(), "zstd".into()],
+            "--compression has no effect here: no layer leaves the store in this build",
+        ),
         (
             vec!["-o".into(), "type=image,name=kept:1,compression=zstd".into()],
             "compression= has no effect on an image output that does not push",

@@ -157,7 +157,8 @@ pub struct BuildArgs {
     /// How the layers the build made are compressed when they leave the
     /// store (--push, --output type=oci|docker); the store keeps them as
     /// plain tar, as Docker's image store does. Default gzip, or what the
-    /// outputs' compression= says (which must agree).
+    /// outputs' compression= says (which must agree). Refused when no
+    /// layer leaves the store.
     #[arg(long, value_enum)]
     compression: Option<CompressionArg>,
     /// Write the image id (config digest) to this file (refused with a
@@ -625,6 +626,20 @@ fn settings_of(
     };
     let image = ImageFormat::settle(&flags, &formats).map_err(anyhow::Error::msg)?;
     let outputs = kiln_builder::export::with_tags(outputs, &tags, args.push);
+    let leaves = args.push
+        || outputs.iter().any(|o| {
+            matches!(
+                o,
+                Output::Image { push: true, .. } | Output::Oci(_) | Output::Docker(_)
+            )
+        });
+    if let (Some(_), false) = (args.compression, leaves) {
+        anyhow::bail!(
+            "--compression has no effect here: no layer leaves the store in this build (no \
+             push, no type=oci|docker output), which keeps them uncompressed; kiln push \
+             compresses with gzip"
+        );
+    }
     let terminal = std::io::stdout().is_terminal();
     for output in &outputs {
         output.check_dest(terminal)?;
