@@ -127,6 +127,18 @@ impl ProvenanceRequest {
     pub fn parse_build_arg(kind: &str, value: &str) -> Result<Option<ProvenanceRequest>, String> {
         let flag = format!("--build-arg BUILDKIT_ATTEST_{}", kind.to_uppercase());
         match kind {
+            // BuildKit's frontend does not read disabled= (buildx does, from
+            // its flags): it would make the provenance anyway.
+            "provenance"
+                if value
+                    .split(',')
+                    .any(|f| f.trim_start().starts_with("disabled=")) =>
+            {
+                Err(format!(
+                    "{flag}={value}: disabled= is buildx's, not read here (BuildKit would make \
+                     the provenance anyway): leave the build arg out instead"
+                ))
+            }
             "provenance" => Self::parse_attributes(value, &flag),
             "sbom" => Err(format!(
                 "{flag}={value}: attestation type \"sbom\" is not supported: kiln makes \
@@ -834,6 +846,12 @@ mod tests {
 
     #[test]
     fn flags_as_buildx_reads_them() {
+        let err =
+            ProvenanceRequest::parse_build_arg("provenance", "mode=min,disabled=true").unwrap_err();
+        assert!(err.contains("disabled= is buildx's"), "{err}");
+        let arg = ProvenanceRequest::parse_build_arg("provenance", "").unwrap();
+        assert_eq!(arg.map(|r| r.mode), Some(Mode::Max));
+        assert!(ProvenanceRequest::parse_build_arg("sbom", "").is_err());
         let yes = ProvenanceRequest::parse_flag("true").unwrap().unwrap();
         assert_eq!(yes.mode, Mode::Max, "buildx sends no mode: BuildKit's max");
         assert_eq!(ProvenanceRequest::parse_flag("false").unwrap(), None);
