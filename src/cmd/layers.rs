@@ -139,9 +139,6 @@ fn layer_sizes(store: &Store, image: &Image, query: &str) -> anyhow::Result<Vec<
 }
 
 fn history(args: &HistoryArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
-    if args.no_trunc && args.format == Format::Json {
-        bail!("--no-trunc shows the table's ids and commands whole; --format json is never cut");
-    }
     let (store, image) = open_image(settings, &args.image, &args.platform)?;
     let sizes = layer_sizes(&store, &image, &args.image)?;
     let layer_of: BTreeMap<usize, usize> = layer_history(&image.config.history)
