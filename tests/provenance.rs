@@ -374,19 +374,29 @@ fn provenance_attestation_in_the_pushed_index() {
     // `--provenance=true` is mode=max (buildx sends no mode; BuildKit's
     // default is max): the build args are in the request. The build arg
     // BUILDKIT_ATTEST_PROVENANCE asks as --attest does.
-    for (name, flag, value, wanted_args) in [
-        ("app:true", "--provenance", "true", true),
+    // A --provenance=false beside it sends BuildKit nothing (buildx drops
+    // a disabled attestation): the build arg asks alone.
+    for (name, flags, wanted_args) in [
+        ("app:true", &["--provenance", "true"][..], true),
         (
             "app:arg",
-            "--build-arg",
-            "BUILDKIT_ATTEST_PROVENANCE=mode=min",
+            &["--build-arg", "BUILDKIT_ATTEST_PROVENANCE=mode=min"][..],
             false,
+        ),
+        (
+            "app:off-arg",
+            &[
+                "--provenance",
+                "false",
+                "--build-arg",
+                "BUILDKIT_ATTEST_PROVENANCE=mode=max",
+            ][..],
+            true,
         ),
     ] {
         let image = fixture.image(name);
-        ok(&fixture.build(&[
-            flag,
-            value,
+        let mut args = flags.to_vec();
+        args.extend([
             "--build-arg",
             "VERSION=1.2",
             "--secret",
@@ -395,14 +405,15 @@ fn provenance_attestation_in_the_pushed_index() {
             &image,
             "--push",
             ctx_arg,
-        ]));
+        ]);
+        ok(&fixture.build(&args));
         let (_, _, statement) = attested(&fixture, "app", &image);
         let statement = json(&statement);
         let request = &statement["predicate"]["buildDefinition"]["externalParameters"]["request"];
         assert_eq!(
             request.get("args").is_some(),
             wanted_args,
-            "{flag} {value}: {request}"
+            "{flags:?}: {request}"
         );
     }
 

@@ -477,15 +477,22 @@ fn provenance_of(args: &BuildArgs) -> anyhow::Result<Option<ProvenanceRequest>> 
         let request = ProvenanceRequest::parse_attest(value).map_err(anyhow::Error::msg)?;
         asked.push((format!("--attest {value}"), request));
     }
-    // BuildKit's frontend reads BUILDKIT_ATTEST_<TYPE> as an --attest.
+    // BuildKit's frontend reads BUILDKIT_ATTEST_<TYPE> as an --attest. A
+    // flag that turns provenance off sends BuildKit nothing (buildx drops
+    // a disabled attestation), so the build arg then asks alone.
+    let mut by_arg = Vec::new();
     for (name, value) in parse_build_args(&args.build_args)? {
         let Some(kind) = name.strip_prefix("BUILDKIT_ATTEST_") else {
             continue;
         };
         let request = ProvenanceRequest::parse_build_arg(&kind.to_lowercase(), &value)
             .map_err(anyhow::Error::msg)?;
-        asked.push((format!("--build-arg {name}={value}"), request));
+        by_arg.push((format!("--build-arg {name}={value}"), request));
     }
+    if !by_arg.is_empty() && asked.iter().all(|(_, request)| request.is_none()) {
+        asked.clear();
+    }
+    asked.extend(by_arg);
     if asked.len() > 1 {
         let flags: Vec<&str> = asked.iter().map(|(f, _)| f.as_str()).collect();
         anyhow::bail!(
