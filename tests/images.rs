@@ -484,6 +484,19 @@ fn a_platform_asked_for_is_never_another_platforms_image() {
         assert!(err.contains(&mismatch), "{args:?}: {err}");
     }
     assert!(!Path::new(saved).exists());
+    // DOCKER_DEFAULT_PLATFORM is run's default --platform, as docker run's.
+    let out = common::kiln_command()
+        .arg("--root")
+        .arg(&root)
+        .args(["run", "--rm", "busybox:one", "true"])
+        .env("DOCKER_DEFAULT_PLATFORM", wanted)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&format!("wanted {wanted}")),
+        "{err}"
+    );
     for command in &commands[..5] {
         let mut args = command.to_vec();
         args.splice(1..1, ["--platform", actual.as_str()]);

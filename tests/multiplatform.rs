@@ -1194,6 +1194,25 @@ fn manifest_create_gives_the_index_a_one_shot_build_gives() {
         )),
         "{said}"
     );
+    // DOCKER_DEFAULT_PLATFORM is pull's default --platform, as docker
+    // pull's.
+    let out = common::kiln_command()
+        .arg("--root")
+        .arg(fixture.path("warned-by-env"))
+        .args([
+            "pull",
+            "--insecure-registry",
+            &fixture.registry.host,
+            &amd64,
+        ])
+        .env("DOCKER_DEFAULT_PLATFORM", "linux/arm64")
+        .output()
+        .unwrap();
+    let said = format!("{}{}", ok(&out), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        said.contains("wanted linux/arm64, actual: linux/amd64"),
+        "{said}"
+    );
     let assembler = fixture.path("assembler");
     let assembled = fixture.reference("app/ci:multi");
     let out = ok(&fixture.kiln(

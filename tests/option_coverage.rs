@@ -125,8 +125,11 @@ const RUN_FLAGS: &[(&str, &[&str], &[&str])] = &[
     ),
     (
         "--platform",
-        &["--platform"],
-        &["tests/multiplatform.rs::run_of_a_foreign_platform_goes_through_the_emulator"],
+        &["--platform", "DOCKER_DEFAULT_PLATFORM"],
+        &[
+            "tests/multiplatform.rs::run_of_a_foreign_platform_goes_through_the_emulator",
+            "tests/images.rs::a_platform_asked_for_is_never_another_platforms_image",
+        ],
     ),
     // Always what kiln does (it keeps no stopped container): the case
     // leaves no container and no cgroup behind.

@@ -523,6 +523,20 @@ fn target_platforms(flags: &[String]) -> anyhow::Result<Vec<Platform>> {
     Ok(platforms)
 }
 
+/// `DOCKER_DEFAULT_PLATFORM` for a command that takes one platform
+/// (`kiln run`, `kiln pull`, as docker's CLI reads it for `docker run` and
+/// `docker pull`): `None` when it is unset or empty.
+pub(crate) fn default_platform(command: &str) -> anyhow::Result<Option<String>> {
+    match default_platforms()?.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.to_string())),
+        several => anyhow::bail!(
+            "{command} takes one platform: DOCKER_DEFAULT_PLATFORM names {}; give --platform",
+            several.len()
+        ),
+    }
+}
+
 /// `DOCKER_DEFAULT_PLATFORM`, the platforms a build makes when no
 /// `--platform` says (buildx's default); empty when it is unset or empty
 /// (this machine's then).

@@ -61,8 +61,9 @@ pub enum RegistryCommand {
 
 #[derive(Debug, Args)]
 pub struct PullArgs {
-    /// Platform to pick from a multi-platform image (default: this
-    /// machine's); `all` pulls every platform of the index.
+    /// Platform to pick from a multi-platform image (default:
+    /// DOCKER_DEFAULT_PLATFORM, as docker pull, else this machine's); `all`
+    /// pulls every platform of the index.
     #[arg(long)]
     platform: Option<String>,
     /// Pull every platform of a multi-platform image (`--platform all`).
@@ -157,8 +158,12 @@ impl RegistryCommand {
 }
 
 /// `kiln pull`: the image into the store, then what changed.
-fn pull(args: PullArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
+fn pull(mut args: PullArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let reference = Reference::parse(&args.reference)?;
+    // docker pull's --platform defaults to DOCKER_DEFAULT_PLATFORM.
+    if args.platform.is_none() && !args.all_platforms {
+        args.platform = crate::cmd::build::default_platform("kiln pull")?;
+    }
     let all_platforms = args.all_platforms || args.platform.as_deref() == Some("all");
     let platform = match args.platform.as_deref() {
         Some(p) if p != "all" => Platform::parse(p).with_context(|| format!("--platform {p}"))?,

@@ -99,8 +99,9 @@ pub struct RunArgs {
     #[command(flatten)]
     limits: LimitArgs,
     /// The platform's image of a multi-platform image (os/arch[/variant];
-    /// default: this machine's when the store holds it, else the one it
-    /// holds). A foreign one runs through binfmt_misc's emulator.
+    /// default: DOCKER_DEFAULT_PLATFORM, as docker run, else this machine's
+    /// when the store holds it, else the one it holds). A foreign one runs
+    /// through binfmt_misc's emulator.
     #[arg(long, value_name = "PLATFORM")]
     platform: Option<String>,
     /// Pull the image before running it: `missing` (when the store lacks
@@ -332,7 +333,11 @@ fn host_name() -> String {
         .unwrap_or_else(|_| "localhost".to_string())
 }
 
-fn run_container(args: RunArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
+fn run_container(mut args: RunArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
+    // docker run's --platform defaults to DOCKER_DEFAULT_PLATFORM.
+    if args.platform.is_none() {
+        args.platform = crate::cmd::build::default_platform("kiln run")?;
+    }
     let volumes = args
         .volumes
         .iter()
