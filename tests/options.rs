@@ -213,6 +213,17 @@ fn secret_flag_defaults_and_required() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(read(&rootfs, "/got"), "from the variable");
 
+    // env= naming a variable that is not set: an empty secret, as
+    // BuildKit's secrets provider reads it (a fork's pull request has no
+    // token), even for a required mount.
+    let rootfs = fixture.rootfs(
+        "unset-env",
+        "FROM busybox:latest\nRUN --mount=type=secret,id=token,required=true \
+         wc -c < /run/secrets/token > /got\n",
+        &["--secret", "id=token,env=KILN_TEST_NEVER_SET"],
+    );
+    assert_eq!(read(&rootfs, "/got").trim(), "0");
+
     let required = fixture.context(
         "required",
         &[(

@@ -108,11 +108,14 @@ impl Secret {
             }
         }
         let value = match (env, file) {
+            // An unset variable is an empty secret, as BuildKit's
+            // secrets provider reads it (os.Getenv): a job whose token is
+            // not set (a fork's pull request) still builds.
             (Some(var), _) => {
                 use std::os::unix::ffi::OsStrExt;
-                let value =
-                    std::env::var_os(&var).ok_or_else(|| bad(format!("${var} is not set")))?;
-                value.as_bytes().to_vec()
+                std::env::var_os(&var)
+                    .map(|value| value.as_bytes().to_vec())
+                    .unwrap_or_default()
             }
             (None, Some(path)) => read_secret_file(&PathBuf::from(path)).map_err(bad)?,
             (None, None) => return Err(bad("secret missing source".into())),
