@@ -16,7 +16,8 @@
 //! `BUILDKIT_INLINE_CACHE` ([`inline_cache`]: `--cache-to type=inline`) and
 //! `BUILDKIT_MULTI_PLATFORM` ([`makes_index`]: an index even for one
 //! platform) and `BUILDKIT_ATTEST_PROVENANCE` (as `--attest
-//! type=provenance,…`; `BUILDKIT_ATTEST_SBOM` is refused). `BUILDKIT_BUILD_NAME` names a build in BuildKit's history,
+//! type=provenance,…`; `BUILDKIT_ATTEST_SBOM` is refused).
+//! `BUILDKIT_BUILD_NAME` names a build in BuildKit's history,
 //! which kiln does not keep: it warns that it has no effect, as does
 //! `BUILDKIT_CONTEXT_KEEP_GIT_DIR` with a context that is not Git.
 //!

@@ -10,10 +10,10 @@
 //! ([`LayerForm`]). Each layer is converted once per form; the result is
 //! remembered under `variants/<form>/<layer hex>` (`<hex>.from-gzip` for one
 //! converted from gzip; the converted blob's digest and size), so pushing
-//! the same image again, or another image sharing the layer, reuses it. Compression is deterministic (see
-//! [`crate::compress`]), so two stores — or one store after `prune`
-//! dropped a variant — give the same compressed bytes and the same
-//! manifest digest.
+//! the same image again, or another image sharing the layer, reuses it.
+//! Compression is deterministic (see [`crate::compress`]), so two stores —
+//! or one store after `prune` dropped a variant — give the same compressed
+//! bytes and the same manifest digest.
 //!
 //! ```no_run
 //! # fn main() -> kiln_layers::Result<()> {
@@ -191,8 +191,7 @@ pub fn compressed_image(
     reporter: &dyn Reporter,
 ) -> Result<Descriptor> {
     let form = form.into();
-    let compression = form.compression;
-    if compression == Compression::None && !form.force {
+    if form.compression == Compression::None && !form.force {
         return Ok(desc.clone());
     }
     // Nothing that is written here is referenced from index.json yet: keep
@@ -224,26 +223,11 @@ pub fn compressed_image(
             Ok(new)
         }
         ManifestKind::Image(mut manifest) => {
-            refuse_unconvertible(form, &manifest.layers)?;
-            let todo: Vec<(Descriptor, Compression)> = manifest
-                .layers
-                .iter()
-                .filter_map(|l| Some((l.clone(), form.conversion(&l.media_type)?.0)))
-                .collect();
-            if todo.is_empty() {
+            let layers = compressed_layers(store, &manifest.layers, form, reporter)?;
+            if layers == manifest.layers {
                 return Ok(desc.clone());
             }
-            let variants = convert_layers(store, &todo, form, reporter)?;
-            for layer in &mut manifest.layers {
-                if let Some((_, media_type)) = form.conversion(&layer.media_type) {
-                    if let Some((digest, size)) = variants.get(&layer.digest) {
-                        // Another blob: what named the old one's bytes
-                        // (where to fetch them, what they hold) goes, as
-                        // BuildKit drops it.
-                        *layer = Descriptor::new(media_type, digest.clone(), *size);
-                    }
-                }
-            }
+            manifest.layers = layers;
             let media_type = manifest
                 .media_type
                 .clone()
@@ -259,7 +243,8 @@ pub fn compressed_image(
 /// The `form` of each layer, in order: a plain layer compressed, with
 /// `force` one compressed otherwise converted (once per form, remembered as
 /// for [`compressed_image`]; distinct layers in parallel), any other as it
-/// is. What a cache export sends of the layers a build made.
+/// is. What a cache export sends of the layers a build made, and the
+/// layers [`compressed_image`] writes into a manifest.
 pub fn compressed_layers(
     store: &Store,
     layers: &[Descriptor],
@@ -280,6 +265,8 @@ pub fn compressed_layers(
                 form.conversion(&layer.media_type),
                 variants.get(&layer.digest),
             ) {
+                // Another blob: what named the old one's bytes (where to
+                // fetch them, what they hold) goes, as BuildKit drops it.
                 (Some((_, media_type)), Some((digest, size))) => {
                     Descriptor::new(media_type, digest.clone(), *size)
                 }
@@ -311,6 +298,9 @@ fn convert_layers(
             }
             None => todo.push(entry),
         }
+    }
+    if todo.is_empty() {
+        return Ok(done);
     }
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
