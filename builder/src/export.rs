@@ -61,11 +61,9 @@ pub struct ImageFormat {
 /// The form of the build's one image ([`ImageFormat::settle`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settled {
-    pub compression: Compression,
-    /// An output's `compression-level=`, one `compression` takes.
-    pub level: Option<i32>,
-    /// An output said `force-compression=true`.
-    pub force_compression: bool,
+    /// The compression, an output's `force-compression=true` and its
+    /// `compression-level=` (one the compression takes).
+    pub layer_form: LayerForm,
     /// Docker's media types instead of OCI's.
     pub docker_media_types: bool,
     /// The `--annotation` flags, and the outputs' annotations those do
@@ -200,9 +198,11 @@ impl ImageFormat {
             })?;
         }
         Ok(Settled {
-            compression,
-            level,
-            force_compression: force_compression == Some(true),
+            layer_form: LayerForm {
+                compression,
+                force: force_compression == Some(true),
+                level,
+            },
             docker_media_types: oci == Some(false),
             annotations,
             rewrite_timestamp: rewrite_timestamp == Some(true),
@@ -359,7 +359,7 @@ fn make_parents(file: &Path) -> std::io::Result<()> {
 /// What writing an output needs besides the image.
 pub struct WriteSettings<'a> {
     /// How layers are compressed in an OCI layout or docker-archive.
-    pub compression: LayerForm,
+    pub layer_form: LayerForm,
     pub reporter: &'a dyn Reporter,
     /// `SOURCE_DATE_EPOCH`: every file of a type=local or type=tar output
     /// is dated then (BuildKit's local and tar exporters).
@@ -695,7 +695,7 @@ impl Output {
         let mut manifest = compressed_image(
             store,
             &built.manifest,
-            settings.compression,
+            settings.layer_form,
             settings.reporter,
         )
         .map_err(store_err)?;
@@ -764,7 +764,7 @@ impl Output {
                     source,
                 };
                 let mut compressed =
-                    compressed_image(store, index, settings.compression, settings.reporter)
+                    compressed_image(store, index, settings.layer_form, settings.reporter)
                         .map_err(store_err)?;
                 settings.date(&mut compressed);
                 let item = SaveItem::held(store, None, &compressed, &images[0].platform())
@@ -974,7 +974,7 @@ mod tests {
         ] {
             let forced = [(format_of(spec), "A"), (format_of("type=image"), "B")];
             let settled = ImageFormat::settle(&ImageFormat::default(), &forced).unwrap();
-            assert_eq!(settled.force_compression, wanted, "{spec}");
+            assert_eq!(settled.layer_form.force, wanted, "{spec}");
         }
         let both = [
             (format_of("type=oci,dest=a,force-compression=true"), "A"),

@@ -165,7 +165,7 @@ impl<'a> Session<'a> {
             let manifest = compressed_image(
                 self.store,
                 &built.manifest,
-                settings.layer_form(),
+                settings.layer_form,
                 self.reporter,
             )?;
             writer.add_image(&manifest, &built.platform());

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use kiln_layers::cleanup::ScratchDir;
 use kiln_layers::compressed::LayerForm;
-use kiln_layers::{Compression, Descriptor, Digest, Lease, Platform, Reference, Reporter, Store};
+use kiln_layers::{Descriptor, Digest, Lease, Platform, Reference, Reporter, Store};
 use kiln_runtime::{HelperCommand, Limits, Network};
 
 use crate::annotations::Annotation;
@@ -113,13 +113,11 @@ pub struct BuildSettings {
     pub snapshotter: kiln_runtime::Snapshotter,
     /// chroot isolation: see `SolveOptions::chroot`.
     pub chroot: bool,
-    /// How layers are compressed when they leave the store.
-    pub compression: Compression,
-    /// An image output's `force-compression=true`: layers stored
-    /// compressed otherwise (a base image's) are converted too.
-    pub force_compression: bool,
-    /// An image output's `compression-level=` (`None`: kiln's).
-    pub compression_level: Option<i32>,
+    /// How layers are compressed when they leave the store: the
+    /// compression, an image output's `force-compression=true` (layers
+    /// stored compressed otherwise, a base image's, are converted too) and
+    /// `compression-level=`.
+    pub layer_form: LayerForm,
     pub docker_media_types: bool,
     pub secrets: BTreeMap<String, Secret>,
     pub ssh: SshAgents,
@@ -172,19 +170,10 @@ impl BuildSettings {
             || (self.outputs.iter()).any(|o| matches!(o, Output::Oci(_) | Output::Docker(_)))
     }
 
-    /// The form the image's layers leave the store in.
-    pub fn layer_form(&self) -> LayerForm {
-        LayerForm {
-            compression: self.compression,
-            force: self.force_compression,
-            level: self.compression_level,
-        }
-    }
-
     /// What writing the outputs needs besides the image.
     pub fn write_settings<'r>(&self, reporter: &'r dyn Reporter) -> WriteSettings<'r> {
         WriteSettings {
-            compression: self.layer_form(),
+            layer_form: self.layer_form,
             reporter,
             epoch: self.source_date_epoch(),
         }
@@ -451,7 +440,7 @@ fn result_content(settings: &BuildSettings) -> ResultContent {
     {
         ResultContent::Snapshots
     } else if settings.push_targets().is_empty()
-        || settings.force_compression
+        || settings.layer_form.force
         || outputs
             .iter()
             .any(|o| matches!(o, Output::Oci(_) | Output::Docker(_)))
@@ -1141,7 +1130,7 @@ impl<'a> Session<'a> {
         for reference in &settings.push_targets() {
             let (digest, size) = self
                 .remote
-                .push(self.store, reference, settings.layer_form())
+                .push(self.store, reference, settings.layer_form)
                 .map_err(|source| BuildError::Push {
                     reference: reference.clone(),
                     source,

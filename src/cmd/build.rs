@@ -688,9 +688,7 @@ fn settings_of(
         network: sandbox.network,
         snapshotter: sandbox.snapshotter,
         chroot: sandbox.chroot,
-        compression: image.compression,
-        force_compression: image.force_compression,
-        compression_level: image.level,
+        layer_form: image.layer_form,
         docker_media_types: image.docker_media_types,
         secrets: args
             .secrets
