@@ -73,15 +73,22 @@ pub struct Settled {
     pub rewrite_timestamp: bool,
 }
 
-impl ImageFormat {
-    /// Takes the image format attributes out of an output's `map`, read as
-    /// BuildKit reads them (`force-compression=` empty is true; an empty
-    /// `oci-mediatypes=` is no boolean).
-    fn take(map: &mut BTreeMap<String, String>, spec: &str) -> Result<ImageFormat, String> {
-        let bool_of = |key: &str, value: &str| {
-            kiln_parser::mount::parse_go_bool(value)
-                .ok_or_else(|| format!("{key}={value}: true or false"))
-        };
+/// BuildKit's compression attributes (its `util/compression`
+/// `ParseAttributes`), which image outputs and cache exports take alike:
+/// `compression=uncompressed|gzip|zstd`, `force-compression=` (an empty
+/// value is true) and `compression-level=` (a number; whether the
+/// compression takes it is the caller's to check, once it knows the
+/// compression). `None`: not said.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompressionAttributes {
+    pub compression: Option<Compression>,
+    pub force: Option<bool>,
+    pub level: Option<i32>,
+}
+
+impl CompressionAttributes {
+    /// Takes the three attributes out of `map`.
+    pub fn take(map: &mut BTreeMap<String, String>) -> Result<CompressionAttributes, String> {
         let compression = match map.remove("compression").as_deref() {
             None => None,
             Some("uncompressed") => Some(Compression::None),
@@ -94,19 +101,13 @@ impl ImageFormat {
                 ))
             }
         };
-        let oci_media_types = match map.remove("oci-mediatypes") {
-            None => None,
-            Some(value) => Some(bool_of("oci-mediatypes", &value)?),
-        };
-        let rewrite_timestamp = match map.remove("rewrite-timestamp") {
-            None => None,
-            Some(value) => Some(bool_of("rewrite-timestamp", &value)?),
-        };
-        // BuildKit reads an empty value as true.
-        let force_compression = match map.remove("force-compression") {
+        let force = match map.remove("force-compression") {
             None => None,
             Some(value) if value.is_empty() => Some(true),
-            Some(value) => Some(bool_of("force-compression", &value)?),
+            Some(value) => Some(
+                kiln_parser::mount::parse_go_bool(&value)
+                    .ok_or_else(|| format!("force-compression={value}: true or false"))?,
+            ),
         };
         let level = match map.remove("compression-level") {
             None => None,
@@ -115,6 +116,36 @@ impl ImageFormat {
                     .parse::<i32>()
                     .map_err(|_| format!("compression-level={value}: a number"))?,
             ),
+        };
+        Ok(CompressionAttributes {
+            compression,
+            force,
+            level,
+        })
+    }
+}
+
+impl ImageFormat {
+    /// Takes the image format attributes out of an output's `map`, read as
+    /// BuildKit reads them (`force-compression=` empty is true; an empty
+    /// `oci-mediatypes=` is no boolean).
+    fn take(map: &mut BTreeMap<String, String>, spec: &str) -> Result<ImageFormat, String> {
+        let bool_of = |key: &str, value: &str| {
+            kiln_parser::mount::parse_go_bool(value)
+                .ok_or_else(|| format!("{key}={value}: true or false"))
+        };
+        let CompressionAttributes {
+            compression,
+            force: force_compression,
+            level,
+        } = CompressionAttributes::take(map)?;
+        let oci_media_types = match map.remove("oci-mediatypes") {
+            None => None,
+            Some(value) => Some(bool_of("oci-mediatypes", &value)?),
+        };
+        let rewrite_timestamp = match map.remove("rewrite-timestamp") {
+            None => None,
+            Some(value) => Some(bool_of("rewrite-timestamp", &value)?),
         };
         let mut annotations = Vec::new();
         let keys: Vec<String> = map

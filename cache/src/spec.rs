@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use kiln_builder::cache::CacheMode;
+use kiln_builder::export::CompressionAttributes;
 use kiln_layers::compressed::LayerForm;
 use kiln_layers::{Compression, Digest, Reference};
 
@@ -251,33 +252,15 @@ impl Fields {
                 other => return Err(self.error(format!("mode={other}: min or max"))),
             };
         }
-        // As BuildKit's compression attributes (`util/compression`).
-        if let Some(compression) = self.take("compression") {
-            options.compression.compression = match compression.as_str() {
-                "uncompressed" => Compression::None,
-                "gzip" => Compression::Gzip,
-                "zstd" => Compression::Zstd,
-                other => {
-                    return Err(self.error(format!(
-                        "compression={other} is not supported: uncompressed, gzip or zstd"
-                    )))
-                }
-            };
-        }
-        if let Some(value) = self.take("force-compression") {
-            // An empty value is true.
-            options.compression.force = value.is_empty()
-                || kiln_parser::mount::parse_go_bool(&value).ok_or_else(|| {
-                    self.error(format!("force-compression={value}: true or false"))
-                })?;
-        }
-        if let Some(value) = self.take("compression-level") {
-            let level = value
-                .parse::<i32>()
-                .map_err(|_| self.error(format!("compression-level={value}: a number")))?;
+        let said = CompressionAttributes::take(&mut self.map).map_err(|why| self.error(why))?;
+        options.compression = LayerForm {
+            compression: said.compression.unwrap_or(Compression::Gzip),
+            force: said.force.unwrap_or(false),
+            level: said.level,
+        };
+        if let Some(level) = said.level {
             kiln_layers::compress::check_level(options.compression.compression, level)
                 .map_err(|why| self.error(why))?;
-            options.compression.level = Some(level);
         }
         let oci = self.flag("oci-mediatypes")?;
         options.oci_media_types = oci.unwrap_or(true);
@@ -352,7 +335,10 @@ mod tests {
                 "force-compression=maybe",
                 "force-compression=maybe: true or false",
             ),
-            ("compression=estargz", "uncompressed, gzip or zstd"),
+            (
+                "compression=estargz",
+                "uncompressed, or compressed with gzip or zstd",
+            ),
         ] {
             let err = parse_cache_to(&format!("type=local,dest=d,{spec}")).unwrap_err();
             assert!(err.to_string().contains(wanted), "{spec}: {err}");
@@ -418,7 +404,7 @@ mod tests {
             ),
             (
                 parse_cache_to("type=registry,ref=r/a,compression=estargz").err(),
-                "compression=estargz is not supported",
+                "compression=estargz: kiln writes the layers it makes uncompressed, or compressed with gzip or zstd",
             ),
             (
                 parse_cache_to("type=registry,ref=r/a,compression-level=30").err(),
