@@ -265,6 +265,37 @@ fn default_root() -> PathBuf {
     }
 }
 
+/// `DOCKER_DEFAULT_PLATFORM` for a command that takes one platform
+/// (`kiln run`, `kiln pull`, as docker's CLI reads it for `docker run` and
+/// `docker pull`; `kiln explain`, as the build it explains): `None` when
+/// it is unset or empty.
+pub fn default_platform(command: &str) -> anyhow::Result<Option<kiln_layers::Platform>> {
+    match default_platforms()?.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.clone())),
+        several => anyhow::bail!(
+            "{command} takes one platform: DOCKER_DEFAULT_PLATFORM names {}; give --platform",
+            several.len()
+        ),
+    }
+}
+
+/// `DOCKER_DEFAULT_PLATFORM`, the platforms a build makes when no
+/// `--platform` says (buildx's default); empty when it is unset or empty
+/// (this machine's then).
+pub fn default_platforms() -> anyhow::Result<Vec<kiln_layers::Platform>> {
+    let value = std::env::var("DOCKER_DEFAULT_PLATFORM").unwrap_or_default();
+    let mut platforms: Vec<kiln_layers::Platform> = Vec::new();
+    for word in value.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        let platform = kiln_layers::Platform::parse(word)
+            .map_err(|e| anyhow::anyhow!("DOCKER_DEFAULT_PLATFORM={value}: {word}: {e}"))?;
+        if !platforms.contains(&platform) {
+            platforms.push(platform);
+        }
+    }
+    Ok(platforms)
+}
+
 /// `SOURCE_DATE_EPOCH` from the environment: the time reproducible outputs
 /// are stamped with (seconds since the epoch); unset or empty is none, a
 /// value that is not a number is refused, as BuildKit refuses it.

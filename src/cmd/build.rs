@@ -511,41 +511,11 @@ fn target_platforms(flags: &[String]) -> anyhow::Result<Vec<Platform>> {
         .filter(|f| !f.is_empty())
         .collect();
     if given.is_empty() {
-        return default_platforms();
+        return crate::settings::default_platforms();
     }
     let mut platforms: Vec<Platform> = Vec::new();
     for flag in given {
         let platform = Platform::parse(flag).with_context(|| format!("--platform {flag}"))?;
-        if !platforms.contains(&platform) {
-            platforms.push(platform);
-        }
-    }
-    Ok(platforms)
-}
-
-/// `DOCKER_DEFAULT_PLATFORM` for a command that takes one platform
-/// (`kiln run`, `kiln pull`, as docker's CLI reads it for `docker run` and
-/// `docker pull`): `None` when it is unset or empty.
-pub(crate) fn default_platform(command: &str) -> anyhow::Result<Option<String>> {
-    match default_platforms()?.as_slice() {
-        [] => Ok(None),
-        [one] => Ok(Some(one.to_string())),
-        several => anyhow::bail!(
-            "{command} takes one platform: DOCKER_DEFAULT_PLATFORM names {}; give --platform",
-            several.len()
-        ),
-    }
-}
-
-/// `DOCKER_DEFAULT_PLATFORM`, the platforms a build makes when no
-/// `--platform` says (buildx's default); empty when it is unset or empty
-/// (this machine's then).
-pub(crate) fn default_platforms() -> anyhow::Result<Vec<Platform>> {
-    let value = std::env::var("DOCKER_DEFAULT_PLATFORM").unwrap_or_default();
-    let mut platforms: Vec<Platform> = Vec::new();
-    for word in value.split(',').map(str::trim).filter(|w| !w.is_empty()) {
-        let platform = Platform::parse(word)
-            .with_context(|| format!("DOCKER_DEFAULT_PLATFORM={value}: {word}"))?;
         if !platforms.contains(&platform) {
             platforms.push(platform);
         }

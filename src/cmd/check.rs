@@ -339,15 +339,8 @@ fn run_explain(args: ExplainArgs, settings: &GlobalSettings) -> anyhow::Result<E
             // else this machine's.
             target_platform: match &args.platform {
                 Some(p) => Platform::parse(p).with_context(|| format!("--platform {p}"))?,
-                None => match crate::cmd::build::default_platforms()?.as_slice() {
-                    [] => Platform::host(),
-                    [one] => one.clone(),
-                    several => anyhow::bail!(
-                        "explain shows one platform's build: DOCKER_DEFAULT_PLATFORM names {}; \
-                         give one --platform",
-                        several.len()
-                    ),
-                },
+                None => crate::settings::default_platform("kiln explain")?
+                    .unwrap_or_else(Platform::host),
             },
             build_platform: Platform::host(),
             run: Default::default(),

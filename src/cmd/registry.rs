@@ -162,7 +162,7 @@ fn pull(mut args: PullArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCod
     let reference = Reference::parse(&args.reference)?;
     // docker pull's --platform defaults to DOCKER_DEFAULT_PLATFORM.
     if args.platform.is_none() && !args.all_platforms {
-        args.platform = crate::cmd::build::default_platform("kiln pull")?;
+        args.platform = crate::settings::default_platform("kiln pull")?.map(|p| p.to_string());
     }
     let all_platforms = args.all_platforms || args.platform.as_deref() == Some("all");
     let platform = match args.platform.as_deref() {

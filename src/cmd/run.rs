@@ -336,7 +336,7 @@ fn host_name() -> String {
 fn run_container(mut args: RunArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
     // docker run's --platform defaults to DOCKER_DEFAULT_PLATFORM.
     if args.platform.is_none() {
-        args.platform = crate::cmd::build::default_platform("kiln run")?;
+        args.platform = crate::settings::default_platform("kiln run")?.map(|p| p.to_string());
     }
     let volumes = args
         .volumes
