@@ -1326,6 +1326,247 @@ fn registry_and_image_outputs_push() {
     assert!(!out.status.success());
 }
 
+/// `push-by-digest=true` puts the manifest by its digest and tags nothing,
+/// as BuildKit's image exporter; the metadata file's digest is the pushed
+/// one. Two runners' pushes (one per platform) then make one index with
+/// `kiln manifest`, as docker's documented multi-runner workflow does with
+/// `imagetools create`. A tag is refused in the names (`name=`, `-t`), and
+/// both push attributes without a push.
+#[test]
+fn push_by_digest_tags_nothing_and_merges_into_an_index() {
+    let registry = kiln_testsupport::RegistryServer::start_plain().unwrap();
+    let fixture = Fixture::new();
+    let ctx = context(&[("Dockerfile", "FROM scratch\nCOPY f /f\n"), ("f", "x")]);
+    let repo = format!("{}/test/bydigest", registry.host);
+    let mut digests = Vec::new();
+    for (platform, how) in [("linux/amd64", "name="), ("linux/arm64", "-t")] {
+        let meta = fixture
+            .dir
+            .path()
+            .join(format!("meta-{}.json", platform.replace('/', "-")));
+        let mut args = vec![
+            "--platform",
+            platform,
+            "--metadata-file",
+            meta.to_str().unwrap(),
+        ];
+        let output = if how == "name=" {
+            format!("type=image,name={repo},push-by-digest=true,push=true")
+        } else {
+            args.extend(["-t", repo.as_str()]);
+            "type=image,push-by-digest=true,push=true".to_string()
+        };
+        args.extend(["--output", &output, ctx.path().to_str().unwrap()]);
+        let out = fixture.build(&args);
+        ok(&out);
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+        let digest = meta["containerimage.digest"].as_str().unwrap().to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            stderr.contains(&format!("pushed {repo}@{digest}")),
+            "{stderr}"
+        );
+        digests.push(digest);
+    }
+    // A build of both platforms pushes its index the same way.
+    let meta = fixture.dir.path().join("meta-index.json");
+    ok(&fixture.build(&[
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "--metadata-file",
+        meta.to_str().unwrap(),
+        "--output",
+        &format!("type=image,name={repo},push-by-digest=true,push=true"),
+        ctx.path().to_str().unwrap(),
+    ]));
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    let both = format!("{repo}@{}", meta["containerimage.digest"].as_str().unwrap());
+    let puller = tempfile::tempdir().unwrap();
+    kiln_ok(puller.path(), &["pull", "--platform", "linux/arm64", &both]);
+    let inspect = kiln_ok(puller.path(), &["inspect", &both]);
+    assert!(inspect.contains("\"Architecture\": \"arm64\""), "{inspect}");
+    // No tag in the registry: a pull by tag finds nothing.
+    assert_eq!(
+        registry.storage_files("bydigest/_manifests/tags/"),
+        Vec::<PathBuf>::new()
+    );
+    let other = tempfile::tempdir().unwrap();
+    let out = kiln(other.path(), &["pull", &repo]);
+    assert!(!out.status.success());
+    // Each by its digest; then one index of both.
+    let index = format!("{repo}:1");
+    let sources: Vec<String> = digests.iter().map(|d| format!("{repo}@{d}")).collect();
+    let mut create = vec!["manifest", "create", index.as_str()];
+    create.extend(sources.iter().map(String::as_str));
+    kiln_ok(other.path(), &create);
+    kiln_ok(other.path(), &["manifest", "push", &index]);
+    // (The same look at the registry's storage finds the tag a push made.)
+    assert_eq!(
+        registry
+            .storage_files("bydigest/_manifests/tags/1/current/link")
+            .len(),
+        1
+    );
+    let puller = tempfile::tempdir().unwrap();
+    kiln_ok(
+        puller.path(),
+        &["pull", "--platform", "linux/arm64", &index],
+    );
+    let inspect = kiln_ok(puller.path(), &["inspect", &index]);
+    let value: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(value[0]["Architecture"], "arm64", "{inspect}");
+
+    let refused = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.push(ctx.path().to_str().unwrap());
+        failed(&fixture.build(&all))
+    };
+    let tagged = format!("{repo}:2");
+    let err = refused(&[
+        "--output",
+        &format!("type=image,name={tagged},push-by-digest=true,push=true"),
+    ]);
+    assert!(err.contains("can't push tagged ref"), "{err}");
+    let err = refused(&[
+        "-t",
+        &tagged,
+        "--output",
+        "type=image,push-by-digest=true,push=true",
+    ]);
+    assert!(
+        err.contains(&format!("-t {tagged}")) && err.contains("can't push tagged ref"),
+        "{err}"
+    );
+    for attribute in ["push-by-digest=true", "registry.insecure="] {
+        let err = refused(&["--output", &format!("type=image,name={repo},{attribute}")]);
+        assert!(err.contains("the output does not push"), "{err}");
+    }
+    let err = refused(&[
+        "--output",
+        &format!("type=image,name={repo},push-by-digest=maybe"),
+    ]);
+    assert!(err.contains("push-by-digest=maybe: true or false"), "{err}");
+}
+
+/// `registry.insecure=true` on an image output or a registry cache
+/// reaches that registry (a TLS one with a CA kiln does not trust) without
+/// checking its certificate, for that push or cache only, as BuildKit's
+/// exporters and cache backends scope it: a base image pulled from the
+/// same registry is still checked.
+#[test]
+fn registry_insecure_reaches_an_untrusted_registry_for_that_output_only() {
+    let registry =
+        kiln_testsupport::RegistryServer::start_tls_basic("alice", "wonderland").unwrap();
+    let ca = registry.ca_cert.clone().unwrap();
+    let fixture = Fixture::new();
+    let docker_config = fixture.dir.path().join("docker-config");
+    std::fs::create_dir_all(&docker_config).unwrap();
+    let kiln_in = |root: &Path, args: &[&str]| {
+        common::kiln_command()
+            .env("DOCKER_CONFIG", &docker_config)
+            .arg("--root")
+            .arg(root)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let mut login = common::kiln_command()
+        .env("DOCKER_CONFIG", &docker_config)
+        .args(["login", "-u", "alice", "--password-stdin", "--ca-cert"])
+        .arg(&ca)
+        .arg(&registry.host)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    login
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"wonderland\n")
+        .unwrap();
+    ok(&login.wait_with_output().unwrap());
+
+    let ctx = context(&[
+        ("Dockerfile", "FROM scratch\nCOPY f /f\n"),
+        ("f", "insecure"),
+    ]);
+    let ctx = ctx.path().to_str().unwrap();
+    let image = format!("{}/test/insecure:1", registry.host);
+    let cache = format!("{}/test/insecure:cache", registry.host);
+    let build = |root: &Path, flags: &[&str]| {
+        let mut args = vec!["build"];
+        args.extend_from_slice(flags);
+        args.push(ctx);
+        kiln_in(root, &args)
+    };
+    let pushes = [
+        format!("type=image,name={image},push=true"),
+        format!("type=registry,ref={cache},mode=max"),
+    ];
+    // Refused without the attribute: the certificate is checked.
+    let err = failed(&build(&fixture.root(), &["--output", &pushes[0]]));
+    assert!(err.contains("invalid peer certificate"), "{err}");
+    let err = failed(&build(
+        &fixture.root(),
+        &["--cache-to", &pushes[1], "--no-cache"],
+    ));
+    assert!(err.contains("invalid peer certificate"), "{err}");
+    // Pushed with it, image and cache.
+    ok(&build(
+        &fixture.root(),
+        &[
+            "--output",
+            &format!("{},registry.insecure=true", pushes[0]),
+            "--cache-to",
+            &format!("{},registry.insecure=true", pushes[1]),
+        ],
+    ));
+    let ca = ca.to_str().unwrap();
+    let puller = tempfile::tempdir().unwrap();
+    let out = kiln_in(puller.path(), &["pull", "--ca-cert", ca, &image]);
+    ok(&out);
+    assert_eq!(
+        config_of(puller.path(), &image),
+        config_of(&fixture.root(), &image)
+    );
+    // A second runner takes the COPY from the cache, read insecurely.
+    let runner = tempfile::tempdir().unwrap();
+    let from = format!("type=registry,ref={cache}");
+    let err = String::from_utf8_lossy(&build(runner.path(), &["--cache-from", &from]).stderr)
+        .into_owned();
+    assert!(err.contains("invalid peer certificate"), "{err}");
+    let second = tempfile::tempdir().unwrap();
+    let out = build(
+        second.path(),
+        &["--cache-from", &format!("{from},registry.insecure=true")],
+    );
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        (stderr.lines().collect::<Vec<_>>())
+            .windows(2)
+            .any(|w| w[0].ends_with("COPY f /f") && w[1].ends_with(" CACHED")),
+        "{stderr}"
+    );
+    // The base image is still checked.
+    let based = context(&[("Dockerfile", &*format!("FROM {image}\nLABEL a=b\n"))]);
+    let out = kiln_in(
+        tempfile::tempdir().unwrap().path(),
+        &[
+            "build",
+            "--output",
+            &format!("type=image,name={image}-based,push=true,registry.insecure=true"),
+            based.path().to_str().unwrap(),
+        ],
+    );
+    let err = failed(&out);
+    assert!(err.contains("invalid peer certificate"), "{err}");
+}
+
 /// A base made by docker's legacy builder carries fields BuildKit's image
 /// type does not have (`container_config`, `docker_version`,
 /// `Config.Hostname`, `Config.Image`, `Config.Attach*`): an image built on

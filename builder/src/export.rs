@@ -324,8 +324,50 @@ pub enum Output {
     Tar(Dest),
     /// `type=image[,name=REF[,REF…]][,push=true]`, `type=registry` (push
     /// implied): the image in the store under these names too, pushed when
-    /// asked.
-    Image { names: Vec<Reference>, push: bool },
+    /// asked, in the way `mode` says.
+    Image {
+        names: Vec<Reference>,
+        push: bool,
+        mode: PushMode,
+    },
+}
+
+/// How an image output pushes: BuildKit's image exporter attributes
+/// `push-by-digest=` (the manifest is put by its digest, no tag: the
+/// names must name none) and `registry.insecure=` (the names' registry
+/// is reached over plain HTTP, or HTTPS without certificate checks, for
+/// this push only). Both need the output to push.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PushMode {
+    pub by_digest: bool,
+    pub insecure: bool,
+}
+
+/// Takes the boolean attribute `key` out of `map` as BuildKit's exporters
+/// read it: an empty value is true, what is no boolean is refused.
+fn take_bool(map: &mut BTreeMap<String, String>, key: &str) -> Result<Option<bool>, String> {
+    match map.remove(key).as_deref() {
+        None => Ok(None),
+        Some("") => Ok(Some(true)),
+        Some(value) => kiln_parser::mount::parse_go_bool(value)
+            .map(Some)
+            .ok_or_else(|| format!("{key}={value}: true or false")),
+    }
+}
+
+/// Refuses a name that gives a tag for a push by digest, as BuildKit
+/// refuses it (`can't push tagged ref … by digest`): `registry/repo` is
+/// pushed as `registry/repo@DIGEST`, and a tag would be dropped.
+pub fn check_untagged(name: &str) -> Result<(), String> {
+    let last = name.trim().rsplit('/').next().unwrap_or_default();
+    if last.contains(':') {
+        return Err(format!(
+            "push-by-digest=true: can't push tagged ref {} by digest (name the repository \
+             alone, as registry/repo)",
+            name.trim()
+        ));
+    }
+    Ok(())
 }
 
 /// Where an OCI layout or docker-archive goes, and the names it records.
@@ -432,6 +474,7 @@ pub fn with_tags(outputs: Vec<Output>, tags: &[Reference], push: bool) -> Vec<Ou
             Output::Image {
                 names,
                 push: pushes,
+                mode,
             } => Output::Image {
                 names: if tags.is_empty() {
                     names
@@ -439,6 +482,7 @@ pub fn with_tags(outputs: Vec<Output>, tags: &[Reference], push: bool) -> Vec<Ou
                     tags.to_vec()
                 },
                 push: pushes || push,
+                mode,
             },
             Output::Oci(archive) if !tags.is_empty() => Output::Oci(Archive {
                 names: tags.to_vec(),
@@ -455,6 +499,7 @@ pub fn with_tags(outputs: Vec<Output>, tags: &[Reference], push: bool) -> Vec<Ou
         outputs.push(Output::Image {
             names: tags.to_vec(),
             push: true,
+            mode: PushMode::default(),
         });
     }
     outputs
@@ -544,6 +589,8 @@ impl Output {
             _ => ImageFormat::default(),
         };
         let dest = map.remove("dest").filter(|d| !d.is_empty());
+        // As given, for push-by-digest's check of the tags they name.
+        let raw_names = map.get("name").cloned().unwrap_or_default();
         // An empty name= names nothing (BuildKit reads it so).
         let mut names = || match map.remove("name").filter(|n| !n.trim().is_empty()) {
             None => Ok(Vec::new()),
@@ -555,13 +602,7 @@ impl Output {
         let output = match kind.as_str() {
             "oci" | "docker" => {
                 let names = names()?;
-                // As BuildKit's exporter reads it: empty is true, what is
-                // no boolean is refused.
-                let tar = match map.remove("tar").as_deref() {
-                    None | Some("") => true,
-                    Some(value) => kiln_parser::mount::parse_go_bool(value)
-                        .ok_or_else(|| bad(format!("tar={value}: true or false")))?,
-                };
+                let tar = take_bool(&mut map, "tar").map_err(bad)?.unwrap_or(true);
                 let dest = match dest {
                     Some(dest) if !tar && dest == "-" => {
                         return Err(bad(format!(
@@ -612,16 +653,22 @@ impl Output {
                     return Err(bad(format!("dest= is not an option of type={kind}")));
                 }
                 let names = names()?;
-                // BuildKit's image exporter: an empty value is true.
-                let push = match map.remove("push").as_deref() {
-                    None => kind == "registry",
-                    Some("") => true,
-                    Some(value) => match kiln_parser::mount::parse_go_bool(value) {
-                        Some(push) => push || kind == "registry",
-                        None => return Err(bad(format!("push={value}: true or false"))),
-                    },
+                let push = take_bool(&mut map, "push").map_err(bad)?.unwrap_or(false)
+                    || kind == "registry";
+                let mode = PushMode {
+                    by_digest: take_bool(&mut map, "push-by-digest")
+                        .map_err(bad)?
+                        .unwrap_or(false),
+                    insecure: take_bool(&mut map, "registry.insecure")
+                        .map_err(bad)?
+                        .unwrap_or(false),
                 };
-                Output::Image { names, push }
+                if mode.by_digest {
+                    for name in raw_names.split(',').filter(|n| !n.trim().is_empty()) {
+                        check_untagged(name).map_err(bad)?;
+                    }
+                }
+                Output::Image { names, push, mode }
             }
             other => {
                 return Err(bad(format!(
@@ -631,7 +678,18 @@ impl Output {
         };
         // Every option of a kind is used above: anything left is unknown.
         if let Some(key) = map.keys().next() {
-            return Err(bad(format!("{key}= is not an option of type={kind}")));
+            const IMAGE_FORM: &str = "compression=, compression-level=, force-compression=, \
+                                      oci-mediatypes=, rewrite-timestamp=, annotation.*=";
+            let takes = match kind.as_str() {
+                "oci" | "docker" => format!("dest=, tar=, name=, {IMAGE_FORM}"),
+                "image" | "registry" => {
+                    format!("name=, push=, push-by-digest=, registry.insecure=, {IMAGE_FORM}")
+                }
+                _ => "dest=".to_string(),
+            };
+            return Err(bad(format!(
+                "{key}= is not an option of type={kind} (kiln's type={kind} takes {takes})"
+            )));
         }
         Ok((output, format))
     }
@@ -1032,5 +1090,38 @@ mod tests {
             "--output type=oci,dest=a,annotation-layer.k=v: annotation-layer.k=v: unrecognized \
              annotation type layer"
         );
+    }
+
+    #[test]
+    fn image_outputs_read_their_push_attributes_and_name_what_each_kind_takes() {
+        let image = |spec: &str| Output::parse(spec).map_err(|e| e.to_string());
+        let Ok(Output::Image { push, mode, .. }) =
+            image("type=image,name=r/a,push=true,push-by-digest=,registry.insecure=1")
+        else {
+            panic!()
+        };
+        assert!(push && mode.by_digest && mode.insecure);
+        let Ok(Output::Image { mode, .. }) = image("type=registry,name=r/a") else {
+            panic!()
+        };
+        assert_eq!(mode, PushMode::default());
+        let err = image("type=image,name=r/a:1,push-by-digest=true,push=true").unwrap_err();
+        assert!(
+            err.contains("can't push tagged ref r/a:1 by digest"),
+            "{err}"
+        );
+        // A registry's port is no tag.
+        assert!(image("type=image,name=r:5000/a,push-by-digest=true,push=true").is_ok());
+        let err = image("type=image,name=r/a,unpack=true").unwrap_err();
+        assert!(
+            err.ends_with(
+                "unpack= is not an option of type=image (kiln's type=image takes name=, push=, \
+                 push-by-digest=, registry.insecure=, compression=, compression-level=, \
+                 force-compression=, oci-mediatypes=, rewrite-timestamp=, annotation.*=)"
+            ),
+            "{err}"
+        );
+        let err = image("type=local,dest=d,push=true").unwrap_err();
+        assert!(err.ends_with("(kiln's type=local takes dest=)"), "{err}");
     }
 }

@@ -32,7 +32,7 @@ use crate::context::{BuildContext, ContextError, EntryKind, StatCache};
 use crate::copy::{UrlDownloads, UrlFetcher};
 use crate::dockerignore::IgnoreError;
 use crate::dockerignore::PatternMatcher;
-use crate::export::{ExportError, Output, WriteSettings};
+use crate::export::{ExportError, Output, PushMode, WriteSettings};
 use crate::frontend::{Frontend, FrontendError};
 use crate::lint::{self, Checker, LintOptions};
 use crate::plan::{
@@ -218,21 +218,36 @@ impl BuildSettings {
         names
     }
 
-    /// The names pushed: every `-t` with `--push`, and each image output's
-    /// names (its `-t` names when it has none) when it pushes.
-    pub fn push_targets(&self) -> Vec<Reference> {
-        let mut targets = if self.push {
-            self.tags.clone()
-        } else {
-            Vec::new()
+    /// The pushes: every `-t` with `--push` when there is no `--output`
+    /// (with one, `--push` made its image outputs push:
+    /// [`crate::export::with_tags`]), and each image output's names (its
+    /// `-t` names when it has none) when it pushes, in the output's way.
+    pub fn push_targets(&self) -> Vec<PushTarget> {
+        let mut targets: Vec<PushTarget> = Vec::new();
+        let mut add = |reference: &Reference, mode: PushMode| {
+            let target = PushTarget {
+                reference: reference.clone(),
+                mode,
+            };
+            if !targets.contains(&target) {
+                targets.push(target);
+            }
         };
+        if self.push && self.outputs.is_empty() {
+            for tag in &self.tags {
+                add(tag, PushMode::default());
+            }
+        }
         for output in &self.outputs {
-            if let Output::Image { names, push: true } = output {
+            if let Output::Image {
+                names,
+                push: true,
+                mode,
+            } = output
+            {
                 let names = if names.is_empty() { &self.tags } else { names };
                 for name in names {
-                    if !targets.contains(name) {
-                        targets.push(name.clone());
-                    }
+                    add(name, *mode);
                 }
             }
         }
@@ -323,14 +338,38 @@ pub type RemoteError = Box<dyn std::error::Error + Send + Sync>;
 /// The network side of a build, which the builder does not speak itself:
 /// pulling base images, fetching ADD URLs, pushing the result.
 pub trait Remote: ImagePuller + UrlFetcher + Sync {
-    /// Pushes the stored image tagged `reference` to its registry, layers
-    /// in `form`; returns the pushed manifest's digest and size.
+    /// Pushes the stored image tagged `target.reference` to its registry,
+    /// layers in `form`, as `target.mode` says; returns the pushed
+    /// manifest's digest and size.
     fn push(
         &self,
         store: &Store,
-        reference: &Reference,
+        target: &PushTarget,
         form: LayerForm,
     ) -> Result<(Digest, u64), RemoteError>;
+}
+
+/// One push of the build's image: the name it has in the store (and its
+/// repository in the registry), and how ([`PushMode`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushTarget {
+    pub reference: Reference,
+    pub mode: PushMode,
+}
+
+impl PushTarget {
+    /// What the registry then holds: the tag, or with `push-by-digest` the
+    /// repository at `digest`.
+    pub fn pushed_as(&self, digest: &Digest) -> Reference {
+        if self.mode.by_digest {
+            Reference {
+                tag: None,
+                ..self.reference.with_digest(digest.clone())
+            }
+        } else {
+            self.reference.clone()
+        }
+    }
 }
 
 /// Why a build failed.
@@ -905,6 +944,23 @@ impl<'a> Session<'a> {
                 "--push (or an output with push=true) needs a name: -t or name=".into(),
             ));
         }
+        // BuildKit reads both only when it pushes: without a push they
+        // would do nothing.
+        for output in &settings.outputs {
+            if let Output::Image {
+                push: false, mode, ..
+            } = output
+            {
+                let said = (mode.by_digest.then_some("push-by-digest=true"))
+                    .or(mode.insecure.then_some("registry.insecure=true"));
+                if let Some(said) = said {
+                    return Err(BuildError::Invalid(format!(
+                        "--output type=image,{said} says how the image is pushed, and the \
+                         output does not push: add push=true (or --push)"
+                    )));
+                }
+            }
+        }
         // buildx's words: a root filesystem has no image id to write.
         if settings.iidfile.is_some()
             && (settings.outputs.iter()).any(|o| matches!(o, Output::Local(_) | Output::Tar(_)))
@@ -1127,15 +1183,17 @@ impl<'a> Session<'a> {
 
     pub(crate) fn push(&self, result: &mut BuildResult) -> Result<(), BuildError> {
         let settings = self.settings;
-        for reference in &settings.push_targets() {
+        for target in &settings.push_targets() {
             let (digest, size) = self
                 .remote
-                .push(self.store, reference, settings.layer_form)
+                .push(self.store, target, settings.layer_form)
                 .map_err(|source| BuildError::Push {
-                    reference: reference.clone(),
+                    reference: target.reference.clone(),
                     source,
                 })?;
-            result.pushed.push((reference.clone(), digest.clone()));
+            result
+                .pushed
+                .push((target.pushed_as(&digest), digest.clone()));
             result.reported.digest = digest;
             result.reported.size = size;
         }

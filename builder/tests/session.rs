@@ -13,7 +13,7 @@ use kiln_builder::copy::{FetchInfo, UrlFetcher};
 use kiln_builder::export::Output;
 use kiln_builder::plan::{BuildOptions, LookupError};
 use kiln_builder::session::{
-    BuildSettings, DockerfileInput, PullPolicy, Remote, RemoteError, Session,
+    BuildSettings, DockerfileInput, PullPolicy, PushTarget, Remote, RemoteError, Session,
 };
 use kiln_builder::solve::{ImagePuller, NoEvents};
 use kiln_layers::compressed::LayerForm;
@@ -36,7 +36,7 @@ impl UrlFetcher for Offline {
 }
 
 impl Remote for Offline {
-    fn push(&self, _: &Store, _: &Reference, _: LayerForm) -> Result<(Digest, u64), RemoteError> {
+    fn push(&self, _: &Store, _: &PushTarget, _: LayerForm) -> Result<(Digest, u64), RemoteError> {
         Err("offline".into())
     }
 }
@@ -78,6 +78,7 @@ fn settings(context: PathBuf, dockerfile: &str, out: &std::path::Path) -> BuildS
             Output::Image {
                 names: Vec::new(),
                 push: false,
+                mode: Default::default(),
             },
             Output::Local(out.join("rootfs")),
         ],

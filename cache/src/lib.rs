@@ -69,7 +69,7 @@ pub(crate) fn steps_of(
 /// Where a `--cache-from` reads from, as progress names it.
 fn source_name(spec: &CacheFrom) -> String {
     match spec {
-        CacheFrom::Registry(reference) => reference.to_string(),
+        CacheFrom::Registry { reference, .. } => reference.to_string(),
         CacheFrom::Local { src, .. } => src.display().to_string(),
     }
 }
@@ -77,11 +77,12 @@ fn source_name(spec: &CacheFrom) -> String {
 /// Loads each `--cache-from`, in order, for a build of `platforms`: its
 /// manifest and config are read now, its layers when the build needs
 /// them. One that cannot be loaded is a warning (through `events`) and is
-/// left out. `net` gives the registry side, made on first use.
+/// left out. `net` gives the registry side, made on first use (given a
+/// registry, the side that reaches it insecurely: `registry.insecure=true`).
 pub fn open_sources(
     specs: &[CacheFrom],
     platforms: &[Platform],
-    net: &dyn Fn() -> Result<Net, RemoteError>,
+    net: &dyn Fn(Option<&str>) -> Result<Net, RemoteError>,
     events: &dyn BuildEvents,
 ) -> Vec<Box<dyn CacheSource>> {
     let mut sources: Vec<Box<dyn CacheSource>> = Vec::new();
@@ -89,7 +90,10 @@ pub fn open_sources(
         let started = Instant::now();
         let name = format!("importing cache manifest from {}", source_name(spec));
         let opened: Result<Box<dyn CacheSource>, RemoteError> = match spec {
-            CacheFrom::Registry(reference) => net().and_then(|net| {
+            CacheFrom::Registry {
+                reference,
+                insecure,
+            } => net(insecure.then(|| reference.registry())).and_then(|net| {
                 registry::RegistrySource::open(reference, platforms, &net)
                     .map(|s| Box::new(s) as Box<dyn CacheSource>)
                     .map_err(RemoteError::from)
@@ -119,7 +123,7 @@ pub fn open_sources(
 /// destination twice is refused, as BuildKit does.
 pub fn exporters(
     specs: &[CacheTo],
-    net: &dyn Fn() -> Result<Net, RemoteError>,
+    net: &dyn Fn(Option<&str>) -> Result<Net, RemoteError>,
 ) -> Result<(Vec<Box<dyn CacheExporter>>, bool), RemoteError> {
     let mut exporters: Vec<Box<dyn CacheExporter>> = Vec::new();
     let mut inline = false;
@@ -134,13 +138,15 @@ pub fn exporters(
             return Err(format!("--cache-to {destination} is given twice").into());
         }
         match spec {
-            CacheTo::Registry { reference, options } => {
-                exporters.push(Box::new(registry::RegistryExporter {
-                    reference: reference.clone(),
-                    options: options.clone(),
-                    net: net()?,
-                }))
-            }
+            CacheTo::Registry {
+                reference,
+                options,
+                insecure,
+            } => exporters.push(Box::new(registry::RegistryExporter {
+                reference: reference.clone(),
+                options: options.clone(),
+                net: net(insecure.then(|| reference.registry()))?,
+            })),
             CacheTo::Local { dest, tag, options } => {
                 exporters.push(Box::new(local::LocalExporter {
                     dest: dest.clone(),

@@ -14,7 +14,7 @@
 //! use kiln_cache::spec::{parse_cache_from, parse_cache_to, CacheFrom, CacheTo};
 //! let to = parse_cache_to("type=registry,ref=localhost:5000/app:cache,mode=max").unwrap();
 //! assert!(matches!(to, CacheTo::Registry { .. }));
-//! assert!(matches!(parse_cache_from("localhost:5000/app:cache").unwrap(), CacheFrom::Registry(_)));
+//! assert!(matches!(parse_cache_from("localhost:5000/app:cache").unwrap(), CacheFrom::Registry { .. }));
 //! let err = parse_cache_to("type=gha").unwrap_err().to_string();
 //! assert!(err.contains("type=gha is not supported"), "{err}");
 //! ```
@@ -30,10 +30,13 @@ use kiln_layers::{Compression, Digest, Reference};
 /// One `--cache-to`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CacheTo {
-    /// A cache manifest (or index) pushed to `reference`.
+    /// A cache manifest (or index) pushed to `reference`; `insecure`
+    /// (`registry.insecure=true`): its registry is reached over plain
+    /// HTTP, or HTTPS without certificate checks.
     Registry {
         reference: Reference,
         options: ExportOptions,
+        insecure: bool,
     },
     /// An OCI layout in `dest`, the cache manifest tagged `tag` there.
     Local {
@@ -77,8 +80,12 @@ impl Default for ExportOptions {
 /// One `--cache-from`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CacheFrom {
-    /// A cache manifest, or an image with inline cache, at a reference.
-    Registry(Reference),
+    /// A cache manifest, or an image with inline cache, at a reference;
+    /// `insecure` as [`CacheTo::Registry`]'s.
+    Registry {
+        reference: Reference,
+        insecure: bool,
+    },
     /// An OCI layout: the manifest tagged `tag`, or the one `digest` names.
     Local {
         src: PathBuf,
@@ -114,6 +121,7 @@ pub fn parse_cache_to(spec: &str) -> Result<CacheTo, SpecError> {
             CacheTo::Registry {
                 reference,
                 options: fields.export_options()?,
+                insecure: fields.flag("registry.insecure")?.unwrap_or(false),
             }
         }
         "local" => CacheTo::Local {
@@ -139,7 +147,10 @@ pub fn parse_cache_to(spec: &str) -> Result<CacheTo, SpecError> {
 pub fn parse_cache_from(spec: &str) -> Result<CacheFrom, SpecError> {
     let mut fields = Fields::parse("--cache-from", spec)?;
     let from = match fields.kind.as_str() {
-        "registry" => CacheFrom::Registry(fields.reference()?),
+        "registry" => CacheFrom::Registry {
+            reference: fields.reference()?,
+            insecure: fields.flag("registry.insecure")?.unwrap_or(false),
+        },
         "local" => CacheFrom::Local {
             src: fields.required("src")?.into(),
             tag: fields.take("tag").unwrap_or_else(|| "latest".into()),
@@ -294,13 +305,41 @@ mod tests {
 
     #[test]
     fn registry_exports_take_buildkits_options_and_defaults() {
-        let CacheTo::Registry { reference, options } =
-            parse_cache_to("type=registry,ref=r:5000/app:cache").unwrap()
+        let CacheTo::Registry {
+            reference,
+            options,
+            insecure,
+        } = parse_cache_to("type=registry,ref=r:5000/app:cache").unwrap()
         else {
             panic!()
         };
         assert_eq!(reference.to_string(), "r:5000/app:cache");
         assert_eq!(options, ExportOptions::default());
+        assert!(!insecure);
+        // registry.insecure as BuildKit's registry cache reads it (Go's
+        // ParseBool: an empty value is no boolean), to and from.
+        let insecure_to = |value: &str| {
+            parse_cache_to(&format!(
+                "type=registry,ref=r/app:c,registry.insecure={value}"
+            ))
+        };
+        assert!(matches!(
+            insecure_to("true"),
+            Ok(CacheTo::Registry { insecure: true, .. })
+        ));
+        assert!(matches!(
+            insecure_to("0"),
+            Ok(CacheTo::Registry {
+                insecure: false,
+                ..
+            })
+        ));
+        assert!(insecure_to("").is_err());
+        assert!(matches!(
+            parse_cache_from("type=registry,ref=r/app:c,registry.insecure=1"),
+            Ok(CacheFrom::Registry { insecure: true, .. })
+        ));
+        assert!(parse_cache_to("type=local,dest=d,registry.insecure=true").is_err());
         let CacheTo::Registry { options, .. } = parse_cache_to(
             "type=registry,ref=r:5000/app:cache,mode=max,compression=zstd,oci-mediatypes=false,ignore-error=true",
         )

@@ -22,7 +22,7 @@ use kiln_builder::plan::{BuildOptions, LookupError};
 use kiln_builder::provenance::ProvenanceRequest;
 use kiln_builder::secrets::Secret;
 use kiln_builder::session::{
-    BuildError, BuildResult, BuildSettings, PullPolicy, Remote, RemoteError, Session,
+    BuildError, BuildResult, BuildSettings, PullPolicy, PushTarget, Remote, RemoteError, Session,
 };
 use kiln_builder::solve::{ImagePuller, SolveError};
 use kiln_layers::compressed::LayerForm;
@@ -173,7 +173,8 @@ pub struct BuildArgs {
     /// Also export (repeatable): type=oci[,dest=FILE|-]; type=docker,dest=FILE (each a tar;
     /// tar=false and dest=DIR: a directory; name=REF[,REF…] names the image in it);
     /// type=local,dest=DIR (or just DIR); type=tar[,dest=FILE|-] (or just -, to standard
-    /// output); type=image,name=REF[,push=true]; type=registry,name=REF (pushes). With -t,
+    /// output); type=image,name=REF[,push=true][,push-by-digest=true][,registry.insecure=true];
+    /// type=registry,name=REF (pushes). With -t,
     /// image, oci and docker outputs are named by every -t (as buildx names them).
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     outputs: Vec<String>,
@@ -183,12 +184,13 @@ pub struct BuildArgs {
     push: bool,
     /// Export the build cache (repeatable): type=registry,ref=REF, type=local,dest=DIR
     /// (each with mode=min|max, compression=uncompressed|gzip|zstd, compression-level=,
-    /// force-compression=, oci-mediatypes=, image-manifest=, ignore-error=), or type=inline
-    /// (in the image's config).
+    /// force-compression=, oci-mediatypes=, image-manifest=, ignore-error=; a registry's
+    /// also registry.insecure=), or type=inline (in the image's config).
     #[arg(long = "cache-to", value_name = "SPEC")]
     cache_to: Vec<String>,
     /// Take build cache from (repeatable, tried in order): type=registry,ref=REF (a cache,
-    /// or an image with inline cache; a bare REF means the same), or type=local,src=DIR.
+    /// or an image with inline cache; a bare REF means the same; registry.insecure=), or
+    /// type=local,src=DIR.
     #[arg(long = "cache-from", value_name = "SPEC")]
     cache_from: Vec<String>,
     /// An additional named context (repeatable): NAME=DIR, NAME=docker-image://REF,
@@ -358,6 +360,9 @@ impl LazyClient {
 /// registry client (the builder speaks no HTTP).
 struct CliRemote<'a> {
     network: LazyClient,
+    /// Clients for the registries an output or a cache reaches with
+    /// `registry.insecure=true`, by registry, made on first use.
+    insecure: std::sync::Mutex<BTreeMap<String, Arc<Client>>>,
     store: &'a Store,
     reporter: Arc<dyn Reporter>,
 }
@@ -383,9 +388,38 @@ impl<'a> CliRemote<'a> {
                 timeouts: global.timeouts.clone(),
                 ..ClientConfig::default()
             }),
+            insecure: Default::default(),
             store,
             reporter: display.reporter.clone(),
         })
+    }
+
+    /// The runtime and the client for one operation: the build's own, or
+    /// for an operation that says `registry.insecure=true` of `insecure`'s
+    /// registry, one that reaches that registry alone over plain HTTP or
+    /// HTTPS without certificate checks (BuildKit's exporters and cache
+    /// backends scope it so: a base image pulled from the same registry
+    /// is still checked).
+    fn client_for(
+        &self,
+        insecure: Option<&str>,
+    ) -> anyhow::Result<(&tokio::runtime::Runtime, Arc<Client>)> {
+        let (runtime, client) = self.network.get()?;
+        let Some(registry) = insecure else {
+            return Ok((runtime, client.clone()));
+        };
+        let mut made = self
+            .insecure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(client) = made.get(registry) {
+            return Ok((runtime, client.clone()));
+        }
+        let mut config = self.network.config.clone();
+        config.insecure_registries.push(registry.to_string());
+        let client = Arc::new(Client::new(config)?);
+        made.insert(registry.to_string(), client.clone());
+        Ok((runtime, client))
     }
 }
 
@@ -446,18 +480,20 @@ impl Remote for CliRemote<'_> {
     fn push(
         &self,
         store: &Store,
-        reference: &Reference,
+        target: &PushTarget,
         form: LayerForm,
     ) -> Result<(Digest, u64), RemoteError> {
         let options = kiln_transfer::PushOptions {
             compression: form,
+            by_digest: target.mode.by_digest,
             ..Default::default()
         };
-        let (rt, client) = self.network.get().map_err(|e| format!("{e:#}"))?;
+        let insecure = target.mode.insecure.then(|| target.reference.registry());
+        let (rt, client) = self.client_for(insecure).map_err(|e| format!("{e:#}"))?;
         let pushed = rt.block_on(kiln_transfer::push(
-            client,
+            &client,
             store,
-            reference,
+            &target.reference,
             &options,
             self.reporter.clone(),
         ))?;
@@ -617,6 +653,15 @@ fn settings_of(
     };
     let image = ImageFormat::settle(&flags, &formats).map_err(anyhow::Error::msg)?;
     let outputs = kiln_builder::export::with_tags(outputs, &tags, args.push);
+    // The -t names an image output pushed by digest now has (its own
+    // name= were checked when read).
+    let by_digest = |o: &Output| matches!(o, Output::Image { mode, .. } if mode.by_digest);
+    if outputs.iter().any(by_digest) {
+        for tag in &args.tags {
+            kiln_builder::export::check_untagged(tag)
+                .map_err(|why| anyhow::anyhow!("-t {tag}: {why}"))?;
+        }
+    }
     let leaves = args.push
         || outputs.iter().any(|o| {
             matches!(
@@ -879,11 +924,11 @@ fn remote_cache(
         .filter(|spec| !spec.trim().is_empty())
         .map(|spec| kiln_cache::spec::parse_cache_from(spec))
         .collect::<Result<Vec<_>, _>>()?;
-    let net = || -> Result<kiln_cache::Net, RemoteError> {
-        let (runtime, client) = remote.network.get().map_err(|e| format!("{e:#}"))?;
+    let net = |insecure: Option<&str>| -> Result<kiln_cache::Net, RemoteError> {
+        let (runtime, client) = remote.client_for(insecure).map_err(|e| format!("{e:#}"))?;
         Ok(kiln_cache::Net {
             runtime: runtime.handle().clone(),
-            client: client.clone(),
+            client,
             reporter: display.reporter.clone(),
         })
     };

@@ -27,6 +27,9 @@ pub struct PushOptions {
     /// compressed on the way out; compressed layers go as they are, unless
     /// `force` ([`LayerForm`]).
     pub compression: LayerForm,
+    /// Put the manifest (or index) by its digest and tag nothing, as
+    /// BuildKit's `push-by-digest=true`: the target's tag is not used.
+    pub by_digest: bool,
 }
 
 impl Default for PushOptions {
@@ -35,6 +38,7 @@ impl Default for PushOptions {
             concurrency: 6,
             mount_from: None,
             compression: LayerForm::from(Compression::Gzip),
+            by_digest: false,
         }
     }
 }
@@ -140,7 +144,14 @@ pub async fn push_descriptor(
     }
     let desc = compress_layers(store, desc, options.compression, &reporter, &image).await?;
     let mut pushed = Pushed {
-        reference: target.clone(),
+        reference: if options.by_digest {
+            Reference {
+                tag: None,
+                ..target.with_digest(desc.digest.clone())
+            }
+        } else {
+            target.clone()
+        },
         digest: desc.digest.clone(),
         size: desc.size,
         blobs_uploaded: 0,
@@ -148,6 +159,7 @@ pub async fn push_descriptor(
         blobs_skipped: 0,
     };
     let tag = match (&target.tag, &target.digest) {
+        _ if options.by_digest => desc.digest.to_string(),
         (Some(tag), _) => tag.clone(),
         (None, Some(digest)) => digest.to_string(),
         (None, None) => "latest".to_string(),
