@@ -1449,6 +1449,65 @@ fn push_by_digest_tags_nothing_and_merges_into_an_index() {
     assert!(err.contains("push-by-digest=maybe: true or false"), "{err}");
 }
 
+/// `name-canonical=true` also names the image `repo@DIGEST` in the store
+/// (its manifest's digest there), as BuildKit's image store records it:
+/// the name stays when the tag moves on, where a repository's digest is
+/// otherwise found only through a tag naming it. The metadata file's
+/// `image.name` does not list it, as BuildKit's does not.
+#[test]
+fn name_canonical_keeps_the_image_under_its_digest_when_the_tag_moves() {
+    let fixture = Fixture::new();
+    let ctx = context(&[("Dockerfile", "FROM scratch\nCOPY f /f\n"), ("f", "1")]);
+    let dir = ctx.path().to_str().unwrap();
+    let meta = fixture.dir.path().join("meta.json");
+    let build = |output: &str| {
+        ok(&fixture.build(&[
+            "--metadata-file",
+            meta.to_str().unwrap(),
+            "--output",
+            output,
+            dir,
+        ]));
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+        meta
+    };
+    let first = build("type=image,name=reg.example/app,name-canonical=true");
+    assert_eq!(first["image.name"], "reg.example/app:latest");
+    let canonical = format!(
+        "reg.example/app@{}",
+        first["containerimage.digest"].as_str().unwrap()
+    );
+    // The same without the attribute, as the control.
+    let control = build("type=image,name=reg.example/control");
+    let control = format!(
+        "reg.example/control@{}",
+        control["containerimage.digest"].as_str().unwrap()
+    );
+    kiln_ok(&fixture.root(), &["inspect", &canonical]);
+    kiln_ok(&fixture.root(), &["inspect", &control]);
+    std::fs::write(ctx.path().join("f"), "2").unwrap();
+    build("type=image,name=reg.example/app");
+    build("type=image,name=reg.example/control");
+    kiln_ok(&fixture.root(), &["inspect", &canonical]);
+    assert!(!kiln(&fixture.root(), &["inspect", &control])
+        .status
+        .success());
+    let images = kiln_ok(&fixture.root(), &["images"]);
+    assert!(
+        images
+            .lines()
+            .any(|l| l.starts_with("reg.example/app ") && l.contains("<none>")),
+        "{images}"
+    );
+    kiln_ok(&fixture.root(), &["rmi", &canonical]);
+    assert!(!kiln(&fixture.root(), &["inspect", &canonical])
+        .status
+        .success());
+    let err = failed(&fixture.build(&["--output", "type=image,name=a,name-canonical=maybe", dir]));
+    assert!(err.contains("name-canonical=maybe: true or false"), "{err}");
+}
+
 /// `registry.insecure=true` on an image output or a registry cache
 /// reaches that registry (a TLS one with a CA kiln does not trust) without
 /// checking its certificate, for that push or cache only, as BuildKit's

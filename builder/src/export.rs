@@ -332,15 +332,19 @@ pub enum Output {
     },
 }
 
-/// How an image output pushes: BuildKit's image exporter attributes
-/// `push-by-digest=` (the manifest is put by its digest, no tag: the
-/// names must name none) and `registry.insecure=` (the names' registry
-/// is reached over plain HTTP, or HTTPS without certificate checks, for
-/// this push only). Both need the output to push.
+/// How an image output names and pushes the image: BuildKit's image
+/// exporter attributes `push-by-digest=` (the manifest is put by its
+/// digest, no tag: the names must name none) and `registry.insecure=` (the
+/// names' registry is reached over plain HTTP, or HTTPS without
+/// certificate checks, for this push only), which need the output to push;
+/// and `name-canonical=` (each name's repository also names the image in
+/// the store by its digest there, `repo@sha256:…`, which stays when the
+/// tag moves on).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PushMode {
     pub by_digest: bool,
     pub insecure: bool,
+    pub canonical: bool,
 }
 
 /// Takes the boolean attribute `key` out of `map` as BuildKit's exporters
@@ -662,6 +666,9 @@ impl Output {
                     insecure: take_bool(&mut map, "registry.insecure")
                         .map_err(bad)?
                         .unwrap_or(false),
+                    canonical: take_bool(&mut map, "name-canonical")
+                        .map_err(bad)?
+                        .unwrap_or(false),
                 };
                 if mode.by_digest {
                     for name in raw_names.split(',').filter(|n| !n.trim().is_empty()) {
@@ -683,7 +690,10 @@ impl Output {
             let takes = match kind.as_str() {
                 "oci" | "docker" => format!("dest=, tar=, name=, {IMAGE_FORM}"),
                 "image" | "registry" => {
-                    format!("name=, push=, push-by-digest=, registry.insecure=, {IMAGE_FORM}")
+                    format!(
+                        "name=, push=, push-by-digest=, registry.insecure=, name-canonical=, \
+                         {IMAGE_FORM}"
+                    )
                 }
                 _ => "dest=".to_string(),
             };
@@ -1116,7 +1126,8 @@ mod tests {
         assert!(
             err.ends_with(
                 "unpack= is not an option of type=image (kiln's type=image takes name=, push=, \
-                 push-by-digest=, registry.insecure=, compression=, compression-level=, \
+                 push-by-digest=, registry.insecure=, name-canonical=, compression=, \
+                 compression-level=, \
                  force-compression=, oci-mediatypes=, rewrite-timestamp=, annotation.*=)"
             ),
             "{err}"

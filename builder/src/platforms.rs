@@ -189,6 +189,9 @@ impl<'a> Session<'a> {
         for tag in &tags {
             self.store.tag(tag, &index)?;
         }
+        for name in self.settings.canonical_names(&index.digest) {
+            self.store.tag(&name, &index)?;
+        }
         // Each entry as the index has it (an attested image's manifest is
         // its compressed one), as BuildKit's export shows them.
         let mut lines: Vec<String> = writer

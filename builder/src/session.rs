@@ -201,6 +201,27 @@ impl BuildSettings {
         tags
     }
 
+    /// The names an image output with `name-canonical=true` adds in the
+    /// store besides [`Self::all_tags`]: each of its names' repository at
+    /// `digest`, the image's there (BuildKit's `name@digest`, as its image
+    /// store records it; not in the metadata file's `image.name`, as in
+    /// BuildKit).
+    pub fn canonical_names(&self, digest: &Digest) -> Vec<Reference> {
+        let mut canonical: Vec<Reference> = Vec::new();
+        for output in &self.outputs {
+            if let Output::Image { names, mode, .. } = output {
+                let names = if names.is_empty() { &self.tags } else { names };
+                for name in names.iter().filter(|_| mode.canonical) {
+                    let name = name.at_digest(digest.clone());
+                    if !canonical.contains(&name) {
+                        canonical.push(name);
+                    }
+                }
+            }
+        }
+        canonical
+    }
+
     /// Every name the build gives its image anywhere: [`Self::all_tags`],
     /// then the `name=` of OCI and docker outputs (the metadata file's
     /// `image.name`, as BuildKit's exporters answer it).
@@ -362,10 +383,7 @@ impl PushTarget {
     /// repository at `digest`.
     pub fn pushed_as(&self, digest: &Digest) -> Reference {
         if self.mode.by_digest {
-            Reference {
-                tag: None,
-                ..self.reference.with_digest(digest.clone())
-            }
+            self.reference.at_digest(digest.clone())
         } else {
             self.reference.clone()
         }
@@ -1135,6 +1153,9 @@ impl<'a> Session<'a> {
         }
         for t in tags {
             self.store.tag(t, &built.manifest)?;
+        }
+        for name in self.settings.canonical_names(&built.manifest.digest) {
+            self.store.tag(&name, &built.manifest)?;
         }
         // Shown when the store is an output, as BuildKit shows its image
         // exporter only when asked for it (the layers stay build cache).

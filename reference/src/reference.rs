@@ -218,6 +218,16 @@ impl Reference {
         }
     }
 
+    /// The repository at `digest`, without a tag: `registry/repo@sha256:…`
+    /// (what a push by digest leaves, a canonical name).
+    pub fn at_digest(&self, digest: Digest) -> Reference {
+        Reference {
+            repository: self.repository.clone(),
+            tag: None,
+            digest: Some(digest),
+        }
+    }
+
     /// The same repository and tag pinned to `digest`.
     pub fn with_digest(&self, digest: Digest) -> Reference {
         Reference {

@@ -145,10 +145,7 @@ pub async fn push_descriptor(
     let desc = compress_layers(store, desc, options.compression, &reporter, &image).await?;
     let mut pushed = Pushed {
         reference: if options.by_digest {
-            Reference {
-                tag: None,
-                ..target.with_digest(desc.digest.clone())
-            }
+            target.at_digest(desc.digest.clone())
         } else {
             target.clone()
         },
