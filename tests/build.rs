@@ -1273,6 +1273,70 @@ fn force_compression_converts_a_base_the_store_never_downloaded() {
     }
 }
 
+/// `unpack=true` on a pushing image output keeps the whole image in the
+/// store, unpacked: a base layer a push-only build leaves in the registry
+/// (the push mounts it) is fetched, so the image runs once the registry
+/// is gone, as BuildKit's unpacked image does; without it, it cannot.
+#[test]
+fn unpack_keeps_a_pushed_image_whole_and_runnable() {
+    if !kiln_testsupport::require_root("kiln run in namespaces") {
+        return;
+    }
+    let registry = kiln_testsupport::RegistryServer::start_plain().unwrap();
+    let fixture = Fixture::new();
+    let base = format!("{}/test/base:1", registry.host);
+    let base_ctx = context(&[("Dockerfile", "FROM busybox\n")]);
+    ok(&fixture.build(&[
+        "--push",
+        "--insecure-registry",
+        &registry.host,
+        "-t",
+        &base,
+        base_ctx.path().to_str().unwrap(),
+    ]));
+    let dockerfile = format!("FROM {base}\nLABEL a=b\n");
+    let ctx = context(&[("Dockerfile", dockerfile.as_str())]);
+    let runners = [
+        ("lazy", "", tempfile::tempdir().unwrap()),
+        ("unpacked", ",unpack=true", tempfile::tempdir().unwrap()),
+    ];
+    let host = registry.host.clone();
+    let image = |name: &str| format!("{host}/test/out:{name}");
+    for (name, attributes, runner) in &runners {
+        ok(&kiln(
+            runner.path(),
+            &[
+                "build",
+                "--output",
+                &format!("type=image,name={},push=true{attributes}", image(name)),
+                "--insecure-registry",
+                &registry.host,
+                ctx.path().to_str().unwrap(),
+            ],
+        ));
+    }
+    drop(registry);
+    let run = |(name, _, runner): &(&str, &str, tempfile::TempDir)| {
+        kiln(
+            runner.path(),
+            &["run", "--network", "none", &image(name), "echo", "ran"],
+        )
+    };
+    let lazy = run(&runners[0]);
+    let err = String::from_utf8_lossy(&lazy.stderr);
+    assert!(
+        err.contains("fetching the layers of") && err.contains("that the store lacks"),
+        "{err}"
+    );
+    let unpacked = run(&runners[1]);
+    assert_eq!(
+        String::from_utf8_lossy(&unpacked.stdout),
+        "ran\n",
+        "{}",
+        common::text(&unpacked)
+    );
+}
+
 /// `--output type=registry,name=…` pushes under that name (no `-t`
 /// needed), as does `type=image,name=…,push=true`; what is pulled back is
 /// the image built.

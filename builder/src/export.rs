@@ -328,23 +328,26 @@ pub enum Output {
     Image {
         names: Vec<Reference>,
         push: bool,
-        mode: PushMode,
+        mode: ImageOptions,
     },
 }
 
-/// How an image output names and pushes the image: BuildKit's image
-/// exporter attributes `push-by-digest=` (the manifest is put by its
+/// How an image output pushes, names and keeps the image: BuildKit's
+/// image exporter attributes `push-by-digest=` (the manifest is put by its
 /// digest, no tag: the names must name none) and `registry.insecure=` (the
 /// names' registry is reached over plain HTTP, or HTTPS without
 /// certificate checks, for this push only), which need the output to push;
-/// and `name-canonical=` (each name's repository also names the image in
-/// the store by its digest there, `repo@sha256:…`, which stays when the
-/// tag moves on).
+/// `name-canonical=` (each name's repository also names the image in the
+/// store by its digest there, `repo@sha256:…`, which stays when the tag
+/// moves on); `unpack=` (every layer of the image is in the store and
+/// unpacked, ready to run, even those of a base image a push-only build
+/// would have left in its registry).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PushMode {
+pub struct ImageOptions {
     pub by_digest: bool,
     pub insecure: bool,
     pub canonical: bool,
+    pub unpack: bool,
 }
 
 /// Takes the boolean attribute `key` out of `map` as BuildKit's exporters
@@ -503,7 +506,7 @@ pub fn with_tags(outputs: Vec<Output>, tags: &[Reference], push: bool) -> Vec<Ou
         outputs.push(Output::Image {
             names: tags.to_vec(),
             push: true,
-            mode: PushMode::default(),
+            mode: ImageOptions::default(),
         });
     }
     outputs
@@ -659,7 +662,7 @@ impl Output {
                 let names = names()?;
                 let push = take_bool(&mut map, "push").map_err(bad)?.unwrap_or(false)
                     || kind == "registry";
-                let mode = PushMode {
+                let mode = ImageOptions {
                     by_digest: take_bool(&mut map, "push-by-digest")
                         .map_err(bad)?
                         .unwrap_or(false),
@@ -669,6 +672,7 @@ impl Output {
                     canonical: take_bool(&mut map, "name-canonical")
                         .map_err(bad)?
                         .unwrap_or(false),
+                    unpack: take_bool(&mut map, "unpack").map_err(bad)?.unwrap_or(false),
                 };
                 if mode.by_digest {
                     for name in raw_names.split(',').filter(|n| !n.trim().is_empty()) {
@@ -692,7 +696,7 @@ impl Output {
                 "image" | "registry" => {
                     format!(
                         "name=, push=, push-by-digest=, registry.insecure=, name-canonical=, \
-                         {IMAGE_FORM}"
+                         unpack=, {IMAGE_FORM}"
                     )
                 }
                 _ => "dest=".to_string(),
@@ -1114,7 +1118,7 @@ mod tests {
         let Ok(Output::Image { mode, .. }) = image("type=registry,name=r/a") else {
             panic!()
         };
-        assert_eq!(mode, PushMode::default());
+        assert_eq!(mode, ImageOptions::default());
         let err = image("type=image,name=r/a:1,push-by-digest=true,push=true").unwrap_err();
         assert!(
             err.contains("can't push tagged ref r/a:1 by digest"),
@@ -1122,11 +1126,11 @@ mod tests {
         );
         // A registry's port is no tag.
         assert!(image("type=image,name=r:5000/a,push-by-digest=true,push=true").is_ok());
-        let err = image("type=image,name=r/a,unpack=true").unwrap_err();
+        let err = image("type=image,name=r/a,store=false").unwrap_err();
         assert!(
             err.ends_with(
-                "unpack= is not an option of type=image (kiln's type=image takes name=, push=, \
-                 push-by-digest=, registry.insecure=, name-canonical=, compression=, \
+                "store= is not an option of type=image (kiln's type=image takes name=, push=, \
+                 push-by-digest=, registry.insecure=, name-canonical=, unpack=, compression=, \
                  compression-level=, \
                  force-compression=, oci-mediatypes=, rewrite-timestamp=, annotation.*=)"
             ),

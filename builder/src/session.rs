@@ -32,7 +32,7 @@ use crate::context::{BuildContext, ContextError, EntryKind, StatCache};
 use crate::copy::{UrlDownloads, UrlFetcher};
 use crate::dockerignore::IgnoreError;
 use crate::dockerignore::PatternMatcher;
-use crate::export::{ExportError, Output, PushMode, WriteSettings};
+use crate::export::{ExportError, ImageOptions, Output, WriteSettings};
 use crate::frontend::{Frontend, FrontendError};
 use crate::lint::{self, Checker, LintOptions};
 use crate::plan::{
@@ -245,7 +245,7 @@ impl BuildSettings {
     /// `-t` names when it has none) when it pushes, in the output's way.
     pub fn push_targets(&self) -> Vec<PushTarget> {
         let mut targets: Vec<PushTarget> = Vec::new();
-        let mut add = |reference: &Reference, mode: PushMode| {
+        let mut add = |reference: &Reference, mode: ImageOptions| {
             let target = PushTarget {
                 reference: reference.clone(),
                 mode,
@@ -256,7 +256,7 @@ impl BuildSettings {
         };
         if self.push && self.outputs.is_empty() {
             for tag in &self.tags {
-                add(tag, PushMode::default());
+                add(tag, ImageOptions::default());
             }
         }
         for output in &self.outputs {
@@ -371,11 +371,11 @@ pub trait Remote: ImagePuller + UrlFetcher + Sync {
 }
 
 /// One push of the build's image: the name it has in the store (and its
-/// repository in the registry), and how ([`PushMode`]).
+/// repository in the registry), and how ([`ImageOptions`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushTarget {
     pub reference: Reference,
-    pub mode: PushMode,
+    pub mode: ImageOptions,
 }
 
 impl PushTarget {
@@ -483,7 +483,7 @@ fn no_cache_stages(
 }
 
 /// What the result must have in the store: its root filesystem for a
-/// `local` or `tar` output, its layers' blobs for an archive output, when
+/// `local` or `tar` output, or an image output's `unpack=true`, its layers' blobs for an archive output, when
 /// nothing is pushed (the store then holds the image whole) or when
 /// `force-compression=true` may have to convert them (as BuildKit fetches a
 /// lazy layer before converting it); an image that is only pushed keeps
@@ -491,10 +491,12 @@ fn no_cache_stages(
 /// them), as BuildKit's lazy layers.
 fn result_content(settings: &BuildSettings) -> ResultContent {
     let outputs = &settings.outputs;
-    if outputs
-        .iter()
-        .any(|o| matches!(o, Output::Local(_) | Output::Tar(_)))
-    {
+    let unpacked = |o: &Output| match o {
+        Output::Local(_) | Output::Tar(_) => true,
+        Output::Image { mode, .. } => mode.unpack,
+        _ => false,
+    };
+    if outputs.iter().any(unpacked) {
         ResultContent::Snapshots
     } else if settings.push_targets().is_empty()
         || settings.layer_form.force
