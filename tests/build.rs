@@ -1337,6 +1337,64 @@ fn unpack_keeps_a_pushed_image_whole_and_runnable() {
     );
 }
 
+/// A build pushes the image it made, not what its name in the store
+/// names by the time the push starts: a concurrent job on the same store
+/// (a self-hosted runner's) may have moved the tag meanwhile. The build
+/// here waits between tagging and pushing on its OCI output, a FIFO no
+/// one reads until the tag was moved.
+#[test]
+fn a_build_pushes_its_own_image_when_its_tag_moved_meanwhile() {
+    let registry = kiln_testsupport::RegistryServer::start_plain().unwrap();
+    let fixture = Fixture::new();
+    let other = context(&[("Dockerfile", "FROM scratch\nLABEL which=other\n")]);
+    ok(&fixture.build(&["-t", "other:1", other.path().to_str().unwrap()]));
+    let mine = context(&[("Dockerfile", "FROM scratch\nLABEL which=mine\n")]);
+    let name = format!("{}/test/moved:1", registry.host);
+    let fifo = fixture.dir.path().join("oci.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let meta = fixture.dir.path().join("meta.json");
+    let build = common::kiln_command()
+        .arg("--root")
+        .arg(fixture.root())
+        .args(["build", "--push", "-t", &name, "--metadata-file"])
+        .arg(&meta)
+        .arg("--output")
+        .arg(format!("type=oci,dest={}", fifo.display()))
+        .arg(mine.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Tagged: the build now waits for a reader of its OCI output.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !kiln(&fixture.root(), &["inspect", &name]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build never tagged {name}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    kiln_ok(&fixture.root(), &["tag", "other:1", &name]);
+    let archive = std::fs::read(&fifo).unwrap();
+    assert!(!archive.is_empty());
+    ok(&build.wait_with_output().unwrap());
+    let puller = tempfile::tempdir().unwrap();
+    kiln_ok(puller.path(), &["pull", &name]);
+    assert_eq!(
+        config_of(puller.path(), &name)["config"]["Labels"]["which"],
+        "mine"
+    );
+    // The metadata file names what was pushed.
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&kiln_ok(puller.path(), &["inspect", &name])).unwrap();
+    assert_eq!(inspect[0]["Digest"], meta["containerimage.digest"]);
+}
+
 /// `--output type=registry,name=…` pushes under that name (no `-t`
 /// needed), as does `type=image,name=…,push=true`; what is pulled back is
 /// the image built.

@@ -359,12 +359,14 @@ pub type RemoteError = Box<dyn std::error::Error + Send + Sync>;
 /// The network side of a build, which the builder does not speak itself:
 /// pulling base images, fetching ADD URLs, pushing the result.
 pub trait Remote: ImagePuller + UrlFetcher + Sync {
-    /// Pushes the stored image tagged `target.reference` to its registry,
-    /// layers in `form`, as `target.mode` says; returns the pushed
-    /// manifest's digest and size.
+    /// Pushes `image` (a manifest or index in the store: the one the build
+    /// made, whatever its name there names by now) to `target.reference`'s
+    /// registry, layers in `form`, as `target.mode` says; returns the
+    /// pushed manifest's digest and size.
     fn push(
         &self,
         store: &Store,
+        image: &Descriptor,
         target: &PushTarget,
         form: LayerForm,
     ) -> Result<(Digest, u64), RemoteError>;
@@ -1206,10 +1208,16 @@ impl<'a> Session<'a> {
 
     pub(crate) fn push(&self, result: &mut BuildResult) -> Result<(), BuildError> {
         let settings = self.settings;
+        // What the build made, not what its tag names when the push
+        // starts: another process may have moved the tag meanwhile.
+        let image = match &result.index {
+            Some((index, _)) => index.clone(),
+            None => result.built.manifest.clone(),
+        };
         for target in &settings.push_targets() {
             let (digest, size) = self
                 .remote
-                .push(self.store, target, settings.layer_form)
+                .push(self.store, &image, target, settings.layer_form)
                 .map_err(|source| BuildError::Push {
                     reference: target.reference.clone(),
                     source,

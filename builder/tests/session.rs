@@ -36,7 +36,13 @@ impl UrlFetcher for Offline {
 }
 
 impl Remote for Offline {
-    fn push(&self, _: &Store, _: &PushTarget, _: LayerForm) -> Result<(Digest, u64), RemoteError> {
+    fn push(
+        &self,
+        _: &Store,
+        _: &Descriptor,
+        _: &PushTarget,
+        _: LayerForm,
+    ) -> Result<(Digest, u64), RemoteError> {
         Err("offline".into())
     }
 }

@@ -481,6 +481,7 @@ impl Remote for CliRemote<'_> {
     fn push(
         &self,
         store: &Store,
+        image: &Descriptor,
         target: &PushTarget,
         form: LayerForm,
     ) -> Result<(Digest, u64), RemoteError> {
@@ -491,9 +492,10 @@ impl Remote for CliRemote<'_> {
         };
         let insecure = target.mode.insecure.then(|| target.reference.registry());
         let (rt, client) = self.client_for(insecure).map_err(|e| format!("{e:#}"))?;
-        let pushed = rt.block_on(kiln_transfer::push(
+        let pushed = rt.block_on(kiln_transfer::push_descriptor(
             &client,
             store,
+            image,
             &target.reference,
             &options,
             self.reporter.clone(),
