@@ -1560,10 +1560,50 @@ fn push_by_digest_tags_nothing_and_merges_into_an_index() {
         err.contains(&format!("-t {tagged}")) && err.contains("can't push tagged ref"),
         "{err}"
     );
-    for attribute in ["push-by-digest=true", "registry.insecure="] {
-        let err = refused(&["--output", &format!("type=image,name={repo},{attribute}")]);
-        assert!(err.contains("the output does not push"), "{err}");
+    // As BuildKit, which reads them only when it pushes: an output that
+    // does not push (a pull request's build, `push=${{ … }}`) takes them,
+    // its tagged name too; -t replaces a tagged name=, as buildx does.
+    for output in [
+        format!("type=image,name={tagged},push-by-digest=true,registry.insecure="),
+        format!("type=image,name={tagged},push-by-digest=true,push=false"),
+    ] {
+        ok(&fixture.build(&["--output", &output, ctx.path().to_str().unwrap()]));
     }
+    // --push makes the output push, by digest: still no tag. -t replaces
+    // the tagged name=, and is pushed by digest.
+    let replaced = format!("type=image,name={tagged},push-by-digest=true,push=true");
+    for args in [
+        [
+            "--push",
+            "-t",
+            &repo,
+            "--output",
+            "type=image,push-by-digest=true",
+        ],
+        ["-t", &repo, "--output", &replaced, "--no-cache"],
+    ] {
+        let mut args = args.to_vec();
+        args.push(ctx.path().to_str().unwrap());
+        let out = fixture.build(&args);
+        ok(&out);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("pushed {repo}@sha256:")),
+            "{args:?}: {stderr}"
+        );
+    }
+    let mut tags: Vec<String> = registry
+        .storage_files("bydigest/_manifests/tags/")
+        .iter()
+        .filter_map(|path| {
+            let path = path.to_str()?;
+            let (_, tag) = path.split_once("bydigest/_manifests/tags/")?;
+            Some(tag.split('/').next()?.to_string())
+        })
+        .collect();
+    tags.sort();
+    tags.dedup();
+    assert_eq!(tags, ["1"], "only the index's tag");
     let err = refused(&[
         "--output",
         &format!("type=image,name={repo},push-by-digest=maybe"),
@@ -1733,6 +1773,19 @@ fn registry_insecure_reaches_an_untrusted_registry_for_that_output_only() {
             .any(|w| w[0].ends_with("COPY f /f") && w[1].ends_with(" CACHED")),
         "{stderr}"
     );
+    // A push elsewhere fetches the layer the COPY took from that cache
+    // through it (the push cannot mount it from another registry).
+    let plain = kiln_testsupport::RegistryServer::start_plain().unwrap();
+    let third = tempfile::tempdir().unwrap();
+    ok(&build(
+        third.path(),
+        &[
+            "--cache-from",
+            &format!("{from},registry.insecure=true"),
+            "--output",
+            &format!("type=image,name={}/test/elsewhere:1,push=true", plain.host),
+        ],
+    ));
     // The base image is still checked.
     let based = context(&[("Dockerfile", &*format!("FROM {image}\nLABEL a=b\n"))]);
     let out = kiln_in(

@@ -336,7 +336,8 @@ pub enum Output {
 /// image exporter attributes `push-by-digest=` (the manifest is put by its
 /// digest, no tag: the names must name none) and `registry.insecure=` (the
 /// names' registry is reached over plain HTTP, or HTTPS without
-/// certificate checks, for this push only), which need the output to push;
+/// certificate checks, for this push only), which BuildKit reads only when
+/// the output pushes;
 /// `name-canonical=` (each name's repository also names the image in the
 /// store by its digest there, `repo@sha256:…`, which stays when the tag
 /// moves on); `unpack=` (every layer of the image is in the store and
@@ -360,6 +361,20 @@ fn take_bool(map: &mut BTreeMap<String, String>, key: &str) -> Result<Option<boo
             .map(Some)
             .ok_or_else(|| format!("{key}={value}: true or false")),
     }
+}
+
+/// The `name=` of an output spec as given, each name once split (for
+/// what parsing normalizes away: whether a name gives a tag).
+pub fn given_names(spec: &str) -> Vec<String> {
+    let fields = kiln_parser::mount::csv_fields(spec).unwrap_or_default();
+    fields
+        .iter()
+        .filter_map(|field| field.split_once('='))
+        .filter(|(key, _)| key.trim().eq_ignore_ascii_case("name"))
+        .flat_map(|(_, names)| names.split(','))
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .collect()
 }
 
 /// Refuses a name that gives a tag for a push by digest, as BuildKit
@@ -596,8 +611,6 @@ impl Output {
             _ => ImageFormat::default(),
         };
         let dest = map.remove("dest").filter(|d| !d.is_empty());
-        // As given, for push-by-digest's check of the tags they name.
-        let raw_names = map.get("name").cloned().unwrap_or_default();
         // An empty name= names nothing (BuildKit reads it so).
         let mut names = || match map.remove("name").filter(|n| !n.trim().is_empty()) {
             None => Ok(Vec::new()),
@@ -674,11 +687,6 @@ impl Output {
                         .unwrap_or(false),
                     unpack: take_bool(&mut map, "unpack").map_err(bad)?.unwrap_or(false),
                 };
-                if mode.by_digest {
-                    for name in raw_names.split(',').filter(|n| !n.trim().is_empty()) {
-                        check_untagged(name).map_err(bad)?;
-                    }
-                }
                 Output::Image { names, push, mode }
             }
             other => {
@@ -1119,13 +1127,15 @@ mod tests {
             panic!()
         };
         assert_eq!(mode, ImageOptions::default());
-        let err = image("type=image,name=r/a:1,push-by-digest=true,push=true").unwrap_err();
+        let spec = "type=image,\"name=r:5000/a, r/b:1\",push-by-digest=true,push=true";
+        assert_eq!(given_names(spec), ["r:5000/a", "r/b:1"]);
+        // A registry's port is no tag.
+        assert!(check_untagged("r:5000/a").is_ok());
+        let err = check_untagged("r/b:1").unwrap_err();
         assert!(
-            err.contains("can't push tagged ref r/a:1 by digest"),
+            err.contains("can't push tagged ref r/b:1 by digest"),
             "{err}"
         );
-        // A registry's port is no tag.
-        assert!(image("type=image,name=r:5000/a,push-by-digest=true,push=true").is_ok());
         let err = image("type=image,name=r/a,store=false").unwrap_err();
         assert!(
             err.ends_with(

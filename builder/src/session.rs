@@ -966,23 +966,6 @@ impl<'a> Session<'a> {
                 "--push (or an output with push=true) needs a name: -t or name=".into(),
             ));
         }
-        // BuildKit reads both only when it pushes: without a push they
-        // would do nothing.
-        for output in &settings.outputs {
-            if let Output::Image {
-                push: false, mode, ..
-            } = output
-            {
-                let said = (mode.by_digest.then_some("push-by-digest=true"))
-                    .or(mode.insecure.then_some("registry.insecure=true"));
-                if let Some(said) = said {
-                    return Err(BuildError::Invalid(format!(
-                        "--output type=image,{said} says how the image is pushed, and the \
-                         output does not push: add push=true (or --push)"
-                    )));
-                }
-            }
-        }
         // buildx's words: a root filesystem has no image id to write.
         if settings.iidfile.is_some()
             && (settings.outputs.iter()).any(|o| matches!(o, Output::Local(_) | Output::Tar(_)))

@@ -357,13 +357,27 @@ impl LazyClient {
     }
 }
 
+/// `mutex`'s value, also when a thread panicked holding it (what it holds
+/// stays whole: every change is one push or insert).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The network side of a build: pulls, ADD URLs and pushes through the
 /// registry client (the builder speaks no HTTP).
 struct CliRemote<'a> {
     network: LazyClient,
     /// Clients for the registries an output or a cache reaches with
-    /// `registry.insecure=true`, by registry, made on first use.
-    insecure: std::sync::Mutex<BTreeMap<String, Arc<Client>>>,
+    /// `registry.insecure=true`, by the registries they reach so, made on
+    /// first use.
+    insecure: std::sync::Mutex<BTreeMap<Vec<String>, Arc<Client>>>,
+    /// The registries of the `--cache-from`s read with
+    /// `registry.insecure=true`: a layer a step took from one may be
+    /// fetched from there by a push or a cache export, as BuildKit fetches
+    /// it through that cache's own resolver.
+    insecure_sources: std::sync::Mutex<Vec<String>>,
     store: &'a Store,
     reporter: Arc<dyn Reporter>,
 }
@@ -390,37 +404,58 @@ impl<'a> CliRemote<'a> {
                 ..ClientConfig::default()
             }),
             insecure: Default::default(),
+            insecure_sources: Default::default(),
             store,
             reporter: display.reporter.clone(),
         })
     }
 
-    /// The runtime and the client for one operation: the build's own, or
-    /// for an operation that says `registry.insecure=true` of `insecure`'s
-    /// registry, one that reaches that registry alone over plain HTTP or
-    /// HTTPS without certificate checks (BuildKit's exporters and cache
-    /// backends scope it so: a base image pulled from the same registry
-    /// is still checked).
+    /// The runtime and the client for one operation that moves layers
+    /// (a push, a cache's export or import, a layer fetched from where a
+    /// step took it): the build's own, or when the operation says
+    /// `registry.insecure=true` of `insecure`'s registry, or a
+    /// `--cache-from` said it of its own, one that reaches those
+    /// registries alone over plain HTTP or HTTPS without certificate
+    /// checks. BuildKit's exporters and cache backends scope it so: a base
+    /// image is pulled through [`Self::network`] and still checked.
     fn client_for(
         &self,
         insecure: Option<&str>,
     ) -> anyhow::Result<(&tokio::runtime::Runtime, Arc<Client>)> {
         let (runtime, client) = self.network.get()?;
-        let Some(registry) = insecure else {
+        let mut registries = lock(&self.insecure_sources).clone();
+        registries.extend(insecure.map(str::to_string));
+        registries.sort();
+        registries.dedup();
+        if registries.is_empty() {
             return Ok((runtime, client.clone()));
-        };
-        let mut made = self
-            .insecure
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(client) = made.get(registry) {
+        }
+        let mut made = lock(&self.insecure);
+        if let Some(client) = made.get(&registries) {
             return Ok((runtime, client.clone()));
         }
         let mut config = self.network.config.clone();
-        config.insecure_registries.push(registry.to_string());
+        config
+            .insecure_registries
+            .extend(registries.iter().cloned());
         let client = Arc::new(Client::new(config)?);
-        made.insert(registry.to_string(), client.clone());
+        made.insert(registries, client.clone());
         Ok((runtime, client))
+    }
+
+    /// Notes the registries of the `--cache-from`s read insecurely, before
+    /// any step may take a layer from one.
+    fn note_insecure_sources(&self, from: &[kiln_cache::spec::CacheFrom]) {
+        let mut sources = lock(&self.insecure_sources);
+        for spec in from {
+            if let kiln_cache::spec::CacheFrom::Registry {
+                reference,
+                insecure: true,
+            } = spec
+            {
+                sources.push(reference.registry().to_string());
+            }
+        }
     }
 }
 
@@ -451,11 +486,10 @@ impl ImagePuller for CliRemote<'_> {
 
     fn fetch_blob(&self, store: &Store, blob: &Descriptor) -> Result<(), LookupError> {
         let (rt, client) = self
-            .network
-            .get()
+            .client_for(None)
             .map_err(|e| LookupError::failed(format!("{e:#}")))?;
         rt.block_on(kiln_transfer::fetch_from_origins(
-            client,
+            &client,
             store,
             blob,
             self.reporter.clone(),
@@ -656,13 +690,23 @@ fn settings_of(
     };
     let image = ImageFormat::settle(&flags, &formats).map_err(anyhow::Error::msg)?;
     let outputs = kiln_builder::export::with_tags(outputs, &tags, args.push);
-    // The -t names an image output pushed by digest now has (its own
-    // name= were checked when read).
-    let by_digest = |o: &Output| matches!(o, Output::Image { mode, .. } if mode.by_digest);
-    if outputs.iter().any(by_digest) {
-        for tag in &args.tags {
-            kiln_builder::export::check_untagged(tag)
-                .map_err(|why| anyhow::anyhow!("-t {tag}: {why}"))?;
+    // The names an image output pushes by digest must give no tag: its
+    // own name=, or the -t names that replaced them (with_tags keeps the
+    // outputs' order, adding one at the end only, never by digest). As
+    // BuildKit, only when it pushes.
+    for (output, spec) in outputs.iter().zip(&args.outputs) {
+        if !matches!(output, Output::Image { push: true, mode, .. } if mode.by_digest) {
+            continue;
+        }
+        let (given, flag) = if tags.is_empty() {
+            (kiln_builder::export::given_names(spec), "--output")
+        } else {
+            (args.tags.clone(), "-t")
+        };
+        for name in &given {
+            let context = if flag == "-t" { name } else { spec };
+            kiln_builder::export::check_untagged(name)
+                .map_err(|why| anyhow::anyhow!("{flag} {context}: {why}"))?;
         }
     }
     let leaves = args.push
@@ -935,6 +979,7 @@ fn remote_cache(
             reporter: display.reporter.clone(),
         })
     };
+    remote.note_insecure_sources(&from);
     let (exporters, mut inline) =
         kiln_cache::exporters(&to, &net).map_err(|e| anyhow::anyhow!("{e}"))?;
     // `--build-arg BUILDKIT_INLINE_CACHE=1` is `--cache-to type=inline`,
