@@ -287,12 +287,21 @@ impl Fields {
         Ok(options)
     }
 
-    /// Refuses what no one took.
+    /// Refuses what no one took, naming what the flag's type takes.
     fn finish(self) -> Result<(), SpecError> {
+        const EXPORT: &str = "mode=, compression=, compression-level=, force-compression=, \
+                              oci-mediatypes=, image-manifest=, ignore-error=";
+        let takes = match (self.flag, self.kind.as_str()) {
+            ("--cache-to", "registry") => format!("ref=, {EXPORT}, registry.insecure="),
+            ("--cache-to", "local") => format!("dest=, tag=, {EXPORT}"),
+            ("--cache-to", _) => "mode=min".to_string(),
+            (_, "registry") => "ref=, registry.insecure=".to_string(),
+            _ => "src=, tag=, digest=".to_string(),
+        };
         match self.map.keys().next() {
             Some(key) => Err(self.error(format!(
-                "{key}= is not an option of type={} here",
-                self.kind
+                "{key}= is not an option of type={} here (kiln's {} type={} takes {takes})",
+                self.kind, self.flag, self.kind
             ))),
             None => Ok(()),
         }
@@ -464,7 +473,14 @@ mod tests {
             ),
             (
                 parse_cache_from("type=local,src=/x,dest=/y").err(),
-                "dest= is not an option of type=local",
+                "dest= is not an option of type=local here (kiln's --cache-from type=local \
+                 takes src=, tag=, digest=)",
+            ),
+            (
+                parse_cache_to("type=local,dest=/x,registry.insecure=true").err(),
+                "registry.insecure= is not an option of type=local here (kiln's --cache-to \
+                 type=local takes dest=, tag=, mode=, compression=, compression-level=, \
+                 force-compression=, oci-mediatypes=, image-manifest=, ignore-error=)",
             ),
             (parse_cache_from("mode=max").err(), "type= is required"),
         ];
