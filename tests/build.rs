@@ -1786,6 +1786,22 @@ fn registry_insecure_reaches_an_untrusted_registry_for_that_output_only() {
             &format!("type=image,name={}/test/elsewhere:1,push=true", plain.host),
         ],
     ));
+    // A cache read insecurely does not make a push or an export to its
+    // registry so, as BuildKit's scoping has it.
+    for flags in [
+        [
+            "--output",
+            &format!("type=image,name={image}-checked,push=true"),
+        ],
+        ["--cache-to", &format!("type=registry,ref={cache}-checked")],
+    ] {
+        let mut flags = flags.to_vec();
+        let from = format!("{from},registry.insecure=true");
+        flags.extend(["--cache-from", &from]);
+        let out = build(tempfile::tempdir().unwrap().path(), &flags);
+        let err = failed(&out);
+        assert!(err.contains("invalid peer certificate"), "{flags:?}: {err}");
+    }
     // The base image is still checked.
     let based = context(&[("Dockerfile", &*format!("FROM {image}\nLABEL a=b\n"))]);
     let out = kiln_in(

@@ -43,6 +43,16 @@ use kiln_layers::Platform;
 
 pub use error::CacheError;
 pub use registry::Net;
+
+/// What a cache's registry side is for: its registry, whether the cache
+/// said `registry.insecure=true`, and whether it is exported there (and
+/// may fetch what it sends from where steps took it) or read from there.
+#[derive(Debug, Clone, Copy)]
+pub struct NetFor<'a> {
+    pub registry: &'a str,
+    pub insecure: bool,
+    pub export: bool,
+}
 use spec::{CacheFrom, CacheTo};
 
 /// The steps of a cache config, by key; a config whose keys are of
@@ -77,12 +87,12 @@ fn source_name(spec: &CacheFrom) -> String {
 /// Loads each `--cache-from`, in order, for a build of `platforms`: its
 /// manifest and config are read now, its layers when the build needs
 /// them. One that cannot be loaded is a warning (through `events`) and is
-/// left out. `net` gives the registry side, made on first use (given a
-/// registry, the side that reaches it insecurely: `registry.insecure=true`).
+/// left out. `net` gives the registry side for each ([`NetFor`]), made on
+/// first use.
 pub fn open_sources(
     specs: &[CacheFrom],
     platforms: &[Platform],
-    net: &dyn Fn(Option<&str>) -> Result<Net, RemoteError>,
+    net: &dyn Fn(NetFor<'_>) -> Result<Net, RemoteError>,
     events: &dyn BuildEvents,
 ) -> Vec<Box<dyn CacheSource>> {
     let mut sources: Vec<Box<dyn CacheSource>> = Vec::new();
@@ -93,7 +103,12 @@ pub fn open_sources(
             CacheFrom::Registry {
                 reference,
                 insecure,
-            } => net(insecure.then(|| reference.registry())).and_then(|net| {
+            } => net(NetFor {
+                registry: reference.registry(),
+                insecure: *insecure,
+                export: false,
+            })
+            .and_then(|net| {
                 registry::RegistrySource::open(reference, platforms, &net)
                     .map(|s| Box::new(s) as Box<dyn CacheSource>)
                     .map_err(RemoteError::from)
@@ -123,7 +138,7 @@ pub fn open_sources(
 /// destination twice is refused, as BuildKit does.
 pub fn exporters(
     specs: &[CacheTo],
-    net: &dyn Fn(Option<&str>) -> Result<Net, RemoteError>,
+    net: &dyn Fn(NetFor<'_>) -> Result<Net, RemoteError>,
 ) -> Result<(Vec<Box<dyn CacheExporter>>, bool), RemoteError> {
     let mut exporters: Vec<Box<dyn CacheExporter>> = Vec::new();
     let mut inline = false;
@@ -145,7 +160,11 @@ pub fn exporters(
             } => exporters.push(Box::new(registry::RegistryExporter {
                 reference: reference.clone(),
                 options: options.clone(),
-                net: net(insecure.then(|| reference.registry()))?,
+                net: net(NetFor {
+                    registry: reference.registry(),
+                    insecure: *insecure,
+                    export: true,
+                })?,
             })),
             CacheTo::Local { dest, tag, options } => {
                 exporters.push(Box::new(local::LocalExporter {

@@ -410,21 +410,35 @@ impl<'a> CliRemote<'a> {
         })
     }
 
-    /// The runtime and the client for one operation that moves layers
-    /// (a push, a cache's export or import, a layer fetched from where a
-    /// step took it): the build's own, or when the operation says
-    /// `registry.insecure=true` of `insecure`'s registry, or a
-    /// `--cache-from` said it of its own, one that reaches those
-    /// registries alone over plain HTTP or HTTPS without certificate
-    /// checks. BuildKit's exporters and cache backends scope it so: a base
-    /// image is pulled through [`Self::network`] and still checked.
+    /// The runtime and the client for one operation that moves layers:
+    /// the build's own, or one that reaches some registries over plain
+    /// HTTP or HTTPS without certificate checks: `target`'s registry when
+    /// the operation said `registry.insecure=true` of it, and with
+    /// `fetches` (a push or cache export, which may fetch a layer a step
+    /// took from a `--cache-from`; a layer fetched so) every other
+    /// registry a `--cache-from` said it of, as BuildKit fetches such a
+    /// layer through that cache's own resolver. A target that did not say
+    /// it is checked even when a cache read from it did; what is fetched
+    /// is checked against its digest either way. A base image is pulled
+    /// through [`Self::network`] and checked.
     fn client_for(
         &self,
-        insecure: Option<&str>,
+        target: Option<(&str, bool)>,
+        fetches: bool,
     ) -> anyhow::Result<(&tokio::runtime::Runtime, Arc<Client>)> {
         let (runtime, client) = self.network.get()?;
-        let mut registries = lock(&self.insecure_sources).clone();
-        registries.extend(insecure.map(str::to_string));
+        let target_registry = target.map(|(registry, _)| registry);
+        let mut registries: Vec<String> = if fetches {
+            (lock(&self.insecure_sources).iter())
+                .filter(|r| Some(r.as_str()) != target_registry)
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if let Some((registry, true)) = target {
+            registries.push(registry.to_string());
+        }
         registries.sort();
         registries.dedup();
         if registries.is_empty() {
@@ -486,7 +500,7 @@ impl ImagePuller for CliRemote<'_> {
 
     fn fetch_blob(&self, store: &Store, blob: &Descriptor) -> Result<(), LookupError> {
         let (rt, client) = self
-            .client_for(None)
+            .client_for(None, true)
             .map_err(|e| LookupError::failed(format!("{e:#}")))?;
         rt.block_on(kiln_transfer::fetch_from_origins(
             &client,
@@ -524,8 +538,9 @@ impl Remote for CliRemote<'_> {
             by_digest: target.mode.by_digest,
             ..Default::default()
         };
-        let insecure = target.mode.insecure.then(|| target.reference.registry());
-        let (rt, client) = self.client_for(insecure).map_err(|e| format!("{e:#}"))?;
+        let registry = target.reference.registry();
+        let (rt, client) = (self.client_for(Some((registry, target.mode.insecure)), true))
+            .map_err(|e| format!("{e:#}"))?;
         let pushed = rt.block_on(kiln_transfer::push_descriptor(
             &client,
             store,
@@ -971,8 +986,9 @@ fn remote_cache(
         .filter(|spec| !spec.trim().is_empty())
         .map(|spec| kiln_cache::spec::parse_cache_from(spec))
         .collect::<Result<Vec<_>, _>>()?;
-    let net = |insecure: Option<&str>| -> Result<kiln_cache::Net, RemoteError> {
-        let (runtime, client) = remote.client_for(insecure).map_err(|e| format!("{e:#}"))?;
+    let net = |on: kiln_cache::NetFor<'_>| -> Result<kiln_cache::Net, RemoteError> {
+        let (runtime, client) = (remote.client_for(Some((on.registry, on.insecure)), on.export))
+            .map_err(|e| format!("{e:#}"))?;
         Ok(kiln_cache::Net {
             runtime: runtime.handle().clone(),
             client,
