@@ -339,8 +339,8 @@ pub enum Output {
 /// certificate checks, for this push only), which BuildKit reads only when
 /// the output pushes;
 /// `name-canonical=` (each name's repository also names the image in the
-/// store by its digest there, `repo@sha256:…`, which stays when the tag
-/// moves on); `unpack=` (every layer of the image is in the store and
+/// store by its digest, `repo@sha256:…`, which stays when the tag moves
+/// on: the pushed image's when the output pushes); `unpack=` (every layer of the image is in the store and
 /// unpacked, ready to run, even those of a base image a push-only build
 /// would have left in its registry).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

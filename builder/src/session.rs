@@ -201,15 +201,23 @@ impl BuildSettings {
         tags
     }
 
-    /// The names an image output with `name-canonical=true` adds in the
-    /// store besides [`Self::all_tags`]: each of its names' repository at
-    /// `digest`, the image's there (BuildKit's `name@digest`, as its image
-    /// store records it; not in the metadata file's `image.name`, as in
-    /// BuildKit).
+    /// The names an image output with `name-canonical=true` that does not
+    /// push adds in the store besides [`Self::all_tags`]: each of its
+    /// names' repository at `digest`, the image's there (BuildKit's
+    /// `name@digest`, which keeps a tag the name gives; not in the
+    /// metadata file's `image.name`, as in BuildKit). One that pushes
+    /// names the image it pushed so (`Session::push`): kiln compresses the
+    /// layers on the way out, and BuildKit's image store holds the image
+    /// as pushed.
     pub fn canonical_names(&self, digest: &Digest) -> Vec<Reference> {
         let mut canonical: Vec<Reference> = Vec::new();
         for output in &self.outputs {
-            if let Output::Image { names, mode, .. } = output {
+            if let Output::Image {
+                names,
+                mode,
+                push: false,
+            } = output
+            {
                 let names = if names.is_empty() { &self.tags } else { names };
                 for name in names.iter().filter(|_| mode.canonical) {
                     let name = name.at_digest(digest.clone());
@@ -1205,6 +1213,12 @@ impl<'a> Session<'a> {
                     reference: target.reference.clone(),
                     source,
                 })?;
+            if target.mode.canonical {
+                // The pushed manifest (or index) is in the store: the push
+                // wrote it there, its layers compressed.
+                let pushed = Descriptor::new(image.media_type.clone(), digest.clone(), size);
+                (self.store).tag(&target.reference.at_digest(digest.clone()), &pushed)?;
+            }
             result
                 .pushed
                 .push((target.pushed_as(&digest), digest.clone()));
