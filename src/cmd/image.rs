@@ -612,6 +612,43 @@ fn inspect(
     Ok(out)
 }
 
+/// After the tag `removed` of the image `digest` was taken away: its
+/// repository's digest names of that image (`repo@digest`, a build's
+/// `name-canonical=true`) go too when no other tag of the repository names
+/// it, as docker untags an image's repository digests with its last tag.
+fn remove_canonical_names(
+    store: &Store,
+    removed: &Reference,
+    digest: &kiln_layers::Digest,
+) -> anyhow::Result<Vec<Reference>> {
+    let repository = removed.name();
+    let same = |t: &TaggedImage| {
+        t.descriptor.digest == *digest
+            && t.reference.as_ref().map(Reference::name).as_ref() == Some(&repository)
+    };
+    let listed = store.list()?;
+    if listed
+        .iter()
+        .any(|t| same(t) && t.reference.as_ref().is_some_and(|r| r.tag.is_some()))
+    {
+        return Ok(Vec::new());
+    }
+    let mut gone = Vec::new();
+    for canonical in listed.iter().filter(|t| same(t)) {
+        let Some(reference) = &canonical.reference else {
+            continue;
+        };
+        if let Some((_, blobs)) = store.remove_image(reference)? {
+            println!("Untagged: {}", reference.familiar());
+            for d in blobs {
+                println!("Deleted: {d}");
+            }
+            gone.push(reference.clone());
+        }
+    }
+    Ok(gone)
+}
+
 fn rmi(store: &Store, queries: &[String], force: bool) -> anyhow::Result<ExitCode> {
     let mut failed = false;
     for query in queries {
@@ -620,7 +657,12 @@ fn rmi(store: &Store, queries: &[String], force: bool) -> anyhow::Result<ExitCod
             let by_reference = Reference::parse(query)
                 .ok()
                 .filter(|r| found.len() == 1 && found[0].reference.as_ref() == Some(r));
-            if by_reference.is_none() && found.len() > 1 && !force {
+            // As docker: an id whose names are all of one repository (a tag
+            // and its canonical name) goes without --force.
+            let repositories: std::collections::BTreeSet<Option<String>> = (found.iter())
+                .map(|t| t.reference.as_ref().map(Reference::name))
+                .collect();
+            if by_reference.is_none() && found.len() > 1 && repositories.len() > 1 && !force {
                 bail!(
                     "{query} is referenced by {} tags ({}); remove them by name or use --force",
                     found.len(),
@@ -631,15 +673,19 @@ fn rmi(store: &Store, queries: &[String], force: bool) -> anyhow::Result<ExitCod
                         .join(", ")
                 );
             }
+            let mut gone: Vec<Reference> = Vec::new();
             for tagged in found {
+                if tagged.reference.as_ref().is_some_and(|r| gone.contains(r)) {
+                    continue;
+                }
                 let removed = match &tagged.reference {
                     Some(r) => match store.remove_image(r)? {
                         Some(removed) => Some(removed),
                         // Found by a digest of its repository: not a name
                         // of its own to take away.
                         None => bail!(
-                            "{r} is not a tag: kiln keeps no repository digests; remove the \
-                             image by its tag or id"
+                            "{r} names nothing in the store itself (a tag of its repository \
+                             names that digest); remove the image by its tag or id"
                         ),
                     },
                     None => store.remove_image_digest(&tagged.descriptor.digest)?,
@@ -651,6 +697,9 @@ fn rmi(store: &Store, queries: &[String], force: bool) -> anyhow::Result<ExitCod
                     for d in blobs {
                         println!("Deleted: {d}");
                     }
+                }
+                if let Some(r) = tagged.reference.as_ref().filter(|r| r.digest.is_none()) {
+                    gone.extend(remove_canonical_names(store, r, &tagged.descriptor.digest)?);
                 }
             }
             Ok(())
