@@ -72,6 +72,16 @@ pub enum TransferError {
     #[error("{image}: blob {digest} is not in the store; the image is incomplete")]
     IncompleteImage { image: String, digest: String },
 
+    #[error(
+        "{image}: the store's image is {stored}, whose layers are compressed on the way out: \
+         the registry would get {pushed}, not the digest named; push it by tag, or by \
+         {pushed}'s own name"
+    )]
+    DigestChanges {
+        image: String,
+        stored: String,
+        pushed: String,
+    },
     #[error("{what}: background task failed: {detail}")]
     Task { what: String, detail: String },
 }
@@ -88,7 +98,8 @@ impl TransferError {
             | TransferError::NoMatchingPlatform { image, .. }
             | TransferError::NestingTooDeep { image, .. }
             | TransferError::PlatformNotInStore { image, .. }
-            | TransferError::IncompleteImage { image, .. } => Some(image),
+            | TransferError::IncompleteImage { image, .. }
+            | TransferError::DigestChanges { image, .. } => Some(image),
             _ => None,
         }
     }

@@ -143,6 +143,16 @@ pub async fn push_descriptor(
         check_children_present(store, &index, &image)?;
     }
     let desc = compress_layers(store, desc, options.compression, &reporter, &image).await?;
+    // A registry keeps a manifest put by digest only under its own.
+    if let (Some(named), false) = (&target.digest, options.by_digest) {
+        if named != &desc.digest {
+            return Err(TransferError::DigestChanges {
+                image,
+                stored: named.to_string(),
+                pushed: desc.digest.to_string(),
+            });
+        }
+    }
     let mut pushed = Pushed {
         reference: if options.by_digest {
             target.at_digest(desc.digest.clone())
