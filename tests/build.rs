@@ -1315,6 +1315,21 @@ fn unpack_keeps_a_pushed_image_whole_and_runnable() {
             ],
         ));
     }
+    // Every layer unpacked in the unpacked runner's store (a snapshot of
+    // each chain), none of the base's in the lazy one's.
+    let snapshots = |(name, _, runner): &(&str, &str, tempfile::TempDir)| -> Vec<bool> {
+        let store = kiln_layers::Store::open(runner.path()).unwrap();
+        let reference = kiln_layers::Reference::parse(&image(name)).unwrap();
+        let desc = store.resolve(&reference).unwrap().unwrap();
+        let built = store
+            .read_image(&desc, &kiln_layers::Platform::host())
+            .unwrap();
+        (built.chain_ids().iter())
+            .map(|chain| store.has_snapshot(chain))
+            .collect()
+    };
+    assert_eq!(snapshots(&runners[1]), [true]);
+    assert_eq!(snapshots(&runners[0]), [false]);
     drop(registry);
     let run = |(name, _, runner): &(&str, &str, tempfile::TempDir)| {
         kiln(
@@ -1370,18 +1385,34 @@ fn a_build_pushes_its_own_image_when_its_tag_moved_meanwhile() {
         .spawn()
         .unwrap();
     // Tagged: the build now waits for a reader of its OCI output.
+    let mut build = build;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while !kiln(&fixture.root(), &["inspect", &name]).status.success() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the build never tagged {name}"
-        );
+        let exited = build.try_wait().unwrap().is_some();
+        if exited || std::time::Instant::now() >= deadline {
+            let _ = build.kill();
+            let out = build.wait_with_output().unwrap();
+            panic!("the build never tagged {name}: {}", common::text(&out));
+        }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     kiln_ok(&fixture.root(), &["tag", "other:1", &name]);
-    let archive = std::fs::read(&fifo).unwrap();
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo))
+    };
+    let out = build.wait_with_output().unwrap();
+    // A build that failed before it opened its output leaves the reader
+    // waiting for a writer: one that closes at once lets it end.
+    if !reader.is_finished() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = (std::fs::OpenOptions::new().write(true))
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo);
+    }
+    ok(&out);
+    let archive = reader.join().unwrap().unwrap();
     assert!(!archive.is_empty());
-    ok(&build.wait_with_output().unwrap());
     let puller = tempfile::tempdir().unwrap();
     kiln_ok(puller.path(), &["pull", &name]);
     assert_eq!(
@@ -1668,6 +1699,56 @@ fn name_canonical_keeps_the_image_under_its_digest_when_the_tag_moves() {
         .success());
     let err = failed(&fixture.build(&["--output", "type=image,name=a,name-canonical=maybe", dir]));
     assert!(err.contains("name-canonical=maybe: true or false"), "{err}");
+
+    // As docker untags an image's repository digests with its last tag:
+    // removing the tag (or the id: one repository, no --force) removes
+    // the canonical name too.
+    for (content, by_id) in [("3", false), ("4", true)] {
+        std::fs::write(ctx.path().join("f"), content).unwrap();
+        let meta = build("type=image,name=reg.example/gone,name-canonical=true");
+        let canonical = format!(
+            "reg.example/gone@{}",
+            meta["containerimage.digest"].as_str().unwrap()
+        );
+        let id = meta["containerimage.config.digest"].as_str().unwrap();
+        let name = if by_id { id } else { "reg.example/gone" };
+        kiln_ok(&fixture.root(), &["rmi", name]);
+        assert!(!kiln(&fixture.root(), &["inspect", &canonical])
+            .status
+            .success());
+    }
+
+    // An output that pushes names the image as pushed: kiln compresses the
+    // layers on the way out, and that digest is the registry's and the
+    // metadata file's. The store's own image has another digest, which a
+    // push by that digest cannot keep: refused, naming both.
+    let registry = kiln_testsupport::RegistryServer::start_plain().unwrap();
+    let pushed = build(&format!(
+        "type=image,name={}/test/canon,push=true,name-canonical=true",
+        registry.host
+    ));
+    let digest = pushed["containerimage.digest"].as_str().unwrap();
+    let canonical = format!("{}/test/canon@{digest}", registry.host);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&kiln_ok(&fixture.root(), &["inspect", &canonical])).unwrap();
+    assert_eq!(inspect[0]["Digest"], digest, "{inspect}");
+    let puller = tempfile::tempdir().unwrap();
+    kiln_ok(puller.path(), &["pull", &canonical]);
+    let local = build(&format!(
+        "type=image,name={}/test/local,name-canonical=true",
+        registry.host
+    ));
+    let local = format!(
+        "{}/test/local@{}",
+        registry.host,
+        local["containerimage.digest"].as_str().unwrap()
+    );
+    let out = kiln(&fixture.root(), &["push", &local]);
+    let err = failed(&out);
+    assert!(
+        err.contains("whose layers are compressed on the way out"),
+        "{err}"
+    );
 }
 
 /// `registry.insecure=true` on an image output or a registry cache
