@@ -705,25 +705,7 @@ fn settings_of(
     };
     let image = ImageFormat::settle(&flags, &formats).map_err(anyhow::Error::msg)?;
     let outputs = kiln_builder::export::with_tags(outputs, &tags, args.push);
-    // The names an image output pushes by digest must give no tag: its
-    // own name=, or the -t names that replaced them (with_tags keeps the
-    // outputs' order, adding one at the end only, never by digest). As
-    // BuildKit, only when it pushes.
-    for (output, spec) in outputs.iter().zip(&args.outputs) {
-        if !matches!(output, Output::Image { push: true, mode, .. } if mode.by_digest) {
-            continue;
-        }
-        let (given, flag) = if tags.is_empty() {
-            (kiln_builder::export::given_names(spec), "--output")
-        } else {
-            (args.tags.clone(), "-t")
-        };
-        for name in &given {
-            let context = if flag == "-t" { name } else { spec };
-            kiln_builder::export::check_untagged(name)
-                .map_err(|why| anyhow::anyhow!("{flag} {context}: {why}"))?;
-        }
-    }
+    check_by_digest_names(args, &outputs)?;
     let leaves = args.push
         || outputs.iter().any(|o| {
             matches!(
@@ -966,6 +948,35 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         collect_after(&store, gc_mode);
     }
     outcome
+}
+
+/// Refuses a name that gives a tag to an image output that pushes by
+/// digest: its own `name=`, or the `-t` names that replaced them (`outputs`
+/// as [`kiln_builder::export::with_tags`] made them from `args.outputs`:
+/// in their order, one added at the end only, never by digest). As
+/// BuildKit, only when the output pushes.
+fn check_by_digest_names(args: &BuildArgs, outputs: &[Output]) -> anyhow::Result<()> {
+    for (output, spec) in outputs.iter().zip(&args.outputs) {
+        if !matches!(output, Output::Image { push: true, mode, .. } if mode.by_digest) {
+            continue;
+        }
+        let given = if args.tags.is_empty() {
+            let names = kiln_builder::export::given_names(spec);
+            names
+                .into_iter()
+                .map(|n| (n, spec.as_str(), "--output"))
+                .collect()
+        } else {
+            (args.tags.iter())
+                .map(|t| (t.clone(), t.as_str(), "-t"))
+                .collect::<Vec<_>>()
+        };
+        for (name, context, flag) in &given {
+            kiln_builder::export::check_untagged(name)
+                .map_err(|why| anyhow::anyhow!("{flag} {context}: {why}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// `--cache-from` (loaded now: a cache that cannot be read is a warning)
