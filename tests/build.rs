@@ -1751,6 +1751,52 @@ fn name_canonical_keeps_the_image_under_its_digest_when_the_tag_moves() {
     );
 }
 
+/// `store=false` pushes the image and keeps no name of it in the store
+/// (its layers stay build cache), as BuildKit leaves its image store
+/// alone; the metadata file still names it, with the pushed digest.
+#[test]
+fn store_false_pushes_and_names_nothing_in_the_store() {
+    let registry = kiln_testsupport::RegistryServer::start_plain().unwrap();
+    let fixture = Fixture::new();
+    let ctx = context(&[
+        ("Dockerfile", "FROM scratch\nCOPY f /f\n"),
+        ("f", "unstored"),
+    ]);
+    let meta = fixture.dir.path().join("meta.json");
+    for (name, store) in [("kept", "true"), ("unstored", "false")] {
+        let reference = format!("{}/test/{name}:1", registry.host);
+        ok(&fixture.build(&[
+            "-t",
+            &reference,
+            "--metadata-file",
+            meta.to_str().unwrap(),
+            "--output",
+            &format!("type=image,push=true,store={store}"),
+            ctx.path().to_str().unwrap(),
+        ]));
+        let kept = kiln(&fixture.root(), &["inspect", &reference])
+            .status
+            .success();
+        assert_eq!(kept, store == "true", "{reference}");
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+        assert_eq!(meta["image.name"], reference.as_str());
+        let puller = tempfile::tempdir().unwrap();
+        kiln_ok(puller.path(), &["pull", &reference]);
+        let pulled: serde_json::Value =
+            serde_json::from_str(&kiln_ok(puller.path(), &["inspect", &reference])).unwrap();
+        assert_eq!(pulled[0]["Digest"], meta["containerimage.digest"]);
+    }
+    let images = kiln_ok(&fixture.root(), &["images"]);
+    assert!(!images.contains("test/unstored"), "{images}");
+    let err = failed(&fixture.build(&[
+        "--output",
+        "type=image,name=a,store=maybe",
+        ctx.path().to_str().unwrap(),
+    ]));
+    assert!(err.contains("store=maybe: true or false"), "{err}");
+}
+
 /// `registry.insecure=true` on an image output or a registry cache
 /// reaches that registry (a TLS one with a CA kiln does not trust) without
 /// checking its certificate, for that push or cache only, as BuildKit's

@@ -332,23 +332,43 @@ pub enum Output {
     },
 }
 
-/// How an image output pushes, names and keeps the image: BuildKit's
-/// image exporter attributes `push-by-digest=` (the manifest is put by its
-/// digest, no tag: the names must name none) and `registry.insecure=` (the
-/// names' registry is reached over plain HTTP, or HTTPS without
-/// certificate checks, for this push only), which BuildKit reads only when
-/// the output pushes;
-/// `name-canonical=` (each name's repository also names the image in the
-/// store by its digest, `repo@sha256:…`, which stays when the tag moves
-/// on: the pushed image's when the output pushes); `unpack=` (every layer of the image is in the store and
-/// unpacked, ready to run, even those of a base image a push-only build
-/// would have left in its registry).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How an image output pushes, names and keeps the image, in BuildKit's
+/// image exporter attributes:
+/// - `push-by-digest=`: the manifest is put by its digest, no tag (the
+///   names must give none);
+/// - `registry.insecure=`: the names' registry is reached over plain
+///   HTTP, or HTTPS without certificate checks, for this push only;
+/// - `name-canonical=`: each name's repository also names the image in
+///   the store by its digest, `repo@sha256:…`, which stays when the tag
+///   moves on (the pushed image's when the output pushes);
+/// - `unpack=`: every layer of the image is in the store and unpacked,
+///   ready to run, even those of a base image a push-only build would
+///   have left in its registry;
+/// - `store=` (true unless given): `false` keeps no name of the image in
+///   the store (the build's layers stay build cache), as BuildKit leaves
+///   its image store alone; the names still go to the metadata file.
+///
+/// As BuildKit reads them, the first two count only when the output
+/// pushes, the next two only when it stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImageOptions {
     pub by_digest: bool,
     pub insecure: bool,
     pub canonical: bool,
     pub unpack: bool,
+    pub store: bool,
+}
+
+impl Default for ImageOptions {
+    fn default() -> Self {
+        ImageOptions {
+            by_digest: false,
+            insecure: false,
+            canonical: false,
+            unpack: false,
+            store: true,
+        }
+    }
 }
 
 /// Takes the boolean attribute `key` out of `map` as BuildKit's exporters
@@ -686,6 +706,7 @@ impl Output {
                         .map_err(bad)?
                         .unwrap_or(false),
                     unpack: take_bool(&mut map, "unpack").map_err(bad)?.unwrap_or(false),
+                    store: take_bool(&mut map, "store").map_err(bad)?.unwrap_or(true),
                 };
                 Output::Image { names, push, mode }
             }
@@ -704,7 +725,7 @@ impl Output {
                 "image" | "registry" => {
                     format!(
                         "name=, push=, push-by-digest=, registry.insecure=, name-canonical=, \
-                         unpack=, {IMAGE_FORM}"
+                         unpack=, store=, {IMAGE_FORM}"
                     )
                 }
                 _ => "dest=".to_string(),
@@ -1136,12 +1157,12 @@ mod tests {
             err.contains("can't push tagged ref r/b:1 by digest"),
             "{err}"
         );
-        let err = image("type=image,name=r/a,store=false").unwrap_err();
+        let err = image("type=image,name=r/a,dangling-name-prefix=d").unwrap_err();
         assert!(
             err.ends_with(
-                "store= is not an option of type=image (kiln's type=image takes name=, push=, \
-                 push-by-digest=, registry.insecure=, name-canonical=, unpack=, compression=, \
-                 compression-level=, \
+                "dangling-name-prefix= is not an option of type=image (kiln's type=image takes \
+                 name=, push=, push-by-digest=, registry.insecure=, name-canonical=, unpack=, \
+                 store=, compression=, compression-level=, \
                  force-compression=, oci-mediatypes=, rewrite-timestamp=, annotation.*=)"
             ),
             "{err}"

@@ -211,7 +211,7 @@ impl<'a> Session<'a> {
             .collect();
         lines.push(format!("writing manifest list {} done", index.digest));
         lines.extend(tags.iter().map(|t| format!("naming to {t} done")));
-        if self.settings.records_untagged() {
+        if self.settings.exports_an_image() {
             self.events.internal(
                 "exporting to image",
                 &lines,

@@ -152,21 +152,26 @@ impl BuildSettings {
     /// all elsewhere (`-o type=local|tar|oci|docker`) does not, as buildx
     /// makes no image for them. Its layers stay build cache, which the
     /// collection limits; an untagged image would stay until removed.
+    /// An image output with `store=false` keeps nothing there.
     pub fn records_untagged(&self) -> bool {
         self.outputs.is_empty()
-            || self
-                .outputs
-                .iter()
-                .any(|o| matches!(o, Output::Image { .. }))
+            || (self.outputs.iter()).any(|o| matches!(o, Output::Image { mode, .. } if mode.store))
+    }
+
+    /// Whether the build shows BuildKit's image exporter (`exporting to
+    /// image`): it has no output but the store, or an image output.
+    pub fn exports_an_image(&self) -> bool {
+        self.outputs.is_empty() || (self.outputs.iter()).any(|o| matches!(o, Output::Image { .. }))
     }
 
     /// Whether the build leaves an image someone can find by its id: in
-    /// the store (named, or recorded untagged) or in an OCI or docker
-    /// archive. A build to `type=local` or `tar` alone, unnamed, leaves
-    /// files only: no id to print (buildx prints none either).
+    /// the store (named, or recorded untagged), in a registry or in an OCI
+    /// or docker archive. A build to `type=local` or `tar` alone, unnamed,
+    /// leaves files only: no id to print (buildx prints none either).
     pub fn leaves_an_image(&self) -> bool {
         self.records_untagged()
             || !self.all_tags().is_empty()
+            || !self.push_targets().is_empty()
             || (self.outputs.iter()).any(|o| matches!(o, Output::Oci(_) | Output::Docker(_)))
     }
 
@@ -190,8 +195,8 @@ impl BuildSettings {
             Vec::new()
         };
         for output in &self.outputs {
-            if let Output::Image { names, .. } = output {
-                for name in names {
+            if let Output::Image { names, mode, .. } = output {
+                for name in names.iter().filter(|_| mode.store) {
                     if !tags.contains(name) {
                         tags.push(name.clone());
                     }
@@ -219,7 +224,7 @@ impl BuildSettings {
             } = output
             {
                 let names = if names.is_empty() { &self.tags } else { names };
-                for name in names.iter().filter(|_| mode.canonical) {
+                for name in names.iter().filter(|_| mode.canonical && mode.store) {
                     let name = name.at_digest(digest.clone());
                     if !canonical.contains(&name) {
                         canonical.push(name);
@@ -231,16 +236,20 @@ impl BuildSettings {
     }
 
     /// Every name the build gives its image anywhere: [`Self::all_tags`],
-    /// then the `name=` of OCI and docker outputs (the metadata file's
-    /// `image.name`, as BuildKit's exporters answer it).
+    /// then those of image outputs that keep none in the store
+    /// (`store=false`) and the `name=` of OCI and docker outputs (the
+    /// metadata file's `image.name`, as BuildKit's exporters answer it).
     pub fn image_names(&self) -> Vec<Reference> {
         let mut names = self.all_tags();
         for output in &self.outputs {
-            if let Output::Oci(archive) | Output::Docker(archive) = output {
-                for name in &archive.names {
-                    if !names.contains(name) {
-                        names.push(name.clone());
-                    }
+            let given = match output {
+                Output::Image { names, mode, .. } if !mode.store => names,
+                Output::Oci(archive) | Output::Docker(archive) => &archive.names,
+                _ => continue,
+            };
+            for name in given {
+                if !names.contains(name) {
+                    names.push(name.clone());
                 }
             }
         }
@@ -503,7 +512,7 @@ fn result_content(settings: &BuildSettings) -> ResultContent {
     let outputs = &settings.outputs;
     let unpacked = |o: &Output| match o {
         Output::Local(_) | Output::Tar(_) => true,
-        Output::Image { mode, .. } => mode.unpack,
+        Output::Image { mode, .. } => mode.unpack && mode.store,
         _ => false,
     };
     if outputs.iter().any(unpacked) {
@@ -1154,7 +1163,7 @@ impl<'a> Session<'a> {
         }
         // Shown when the store is an output, as BuildKit shows its image
         // exporter only when asked for it (the layers stay build cache).
-        if self.settings.records_untagged() {
+        if self.settings.exports_an_image() {
             let mut lines = vec![
                 format!("writing image {image_id} done"),
                 format!("writing manifest {} done", built.manifest.digest),
@@ -1213,7 +1222,7 @@ impl<'a> Session<'a> {
                     reference: target.reference.clone(),
                     source,
                 })?;
-            if target.mode.canonical {
+            if target.mode.canonical && target.mode.store {
                 // The pushed manifest (or index) is in the store: the push
                 // wrote it there, its layers compressed.
                 let pushed = Descriptor::new(image.media_type.clone(), digest.clone(), size);
