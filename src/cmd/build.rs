@@ -174,7 +174,7 @@ pub struct BuildArgs {
     /// tar=false and dest=DIR: a directory; name=REF[,REF…] names the image in it);
     /// type=local,dest=DIR (or just DIR); type=tar[,dest=FILE|-] (or just -, to standard
     /// output); type=image,name=REF[,push=true][,push-by-digest=true][,registry.insecure=true]
-    /// [,name-canonical=true][,unpack=true];
+    /// [,name-canonical=true][,unpack=true][,store=false];
     /// type=registry,name=REF (pushes). With -t,
     /// image, oci and docker outputs are named by every -t (as buildx names them).
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
