@@ -121,9 +121,16 @@ fn validate(statement: &[u8]) {
 }
 
 /// The pushed index of `reference`: checks BuildKit's shape (the image,
-/// then its attestation manifest) and returns the index, the image's
-/// manifest digest and the statement's bytes.
-fn attested(fixture: &Fixture, repo: &str, reference: &str) -> (Value, String, Vec<u8>) {
+/// then its attestation manifest: with `artifact` an OCI artifact whose
+/// subject is the image, current BuildKit's default; else an image of
+/// platform unknown/unknown) and returns the index, the image's manifest
+/// digest and the statement's bytes.
+fn attested(
+    fixture: &Fixture,
+    repo: &str,
+    reference: &str,
+    artifact: bool,
+) -> (Value, String, Vec<u8>) {
     let index = json(&raw(reference));
     assert_eq!(
         index["mediaType"], "application/vnd.oci.image.index.v1+json",
@@ -164,9 +171,32 @@ fn attested(fixture: &Fixture, repo: &str, reference: &str) -> (Value, String, V
         layers[0]["annotations"]["in-toto.io/predicate-type"],
         "https://slsa.dev/provenance/v1"
     );
-    let config = json(&fixture.blob(repo, manifest["config"]["digest"].as_str().unwrap()));
-    assert_eq!(config["architecture"], "unknown", "{config}");
-    assert_eq!(config["rootfs"]["diff_ids"][0], layers[0]["digest"]);
+    let config_bytes = fixture.blob(repo, manifest["config"]["digest"].as_str().unwrap());
+    if artifact {
+        assert_eq!(
+            manifest["artifactType"], "application/vnd.docker.attestation.manifest.v1+json",
+            "{manifest}"
+        );
+        assert_eq!(
+            manifest["config"],
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.empty.v1+json",
+                "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+                "size": 2,
+                "data": "e30="
+            })
+        );
+        assert_eq!(config_bytes, b"{}");
+        assert_eq!(manifest["subject"]["digest"], image["digest"], "{manifest}");
+        assert_eq!(manifest["subject"]["mediaType"], image["mediaType"]);
+        assert_eq!(manifest["subject"]["size"], image["size"]);
+    } else {
+        assert!(manifest.get("artifactType").is_none(), "{manifest}");
+        assert!(manifest.get("subject").is_none(), "{manifest}");
+        let config = json(&config_bytes);
+        assert_eq!(config["architecture"], "unknown", "{config}");
+        assert_eq!(config["rootfs"]["diff_ids"][0], layers[0]["digest"]);
+    }
     let statement = fixture.blob(repo, layers[0]["digest"].as_str().unwrap());
     validate(&statement);
     (index, image_digest, statement)
@@ -239,7 +269,7 @@ fn provenance_attestation_in_the_pushed_index() {
         metadata.to_str().unwrap(),
         ctx_arg,
     ]));
-    let (index, image_digest, statement) = attested(&fixture, "app", &image);
+    let (index, image_digest, statement) = attested(&fixture, "app", &image, true);
     assert_eq!(index["annotations"]["org.example.index"], "i", "{index}");
     let text = String::from_utf8_lossy(&statement).into_owned();
     for leaked in [SECRET_VALUE, ARG_PASSWORD, REMOTE_TOKEN, FILE_PASSWORD] {
@@ -346,7 +376,7 @@ fn provenance_attestation_in_the_pushed_index() {
         "--push",
         ctx_arg,
     ]));
-    let (_, _, statement) = attested(&fixture, "app", &min_image);
+    let (_, _, statement) = attested(&fixture, "app", &min_image, true);
     let statement = json(&statement);
     let request = &statement["predicate"]["buildDefinition"]["externalParameters"]["request"];
     assert!(request.get("args").is_none(), "{request}");
@@ -369,6 +399,37 @@ fn provenance_attestation_in_the_pushed_index() {
             .get("buildkit_reproducible")
             .is_none(),
         "{run_details}"
+    );
+
+    // oci-artifact=false: the attestation manifest BuildKit wrote before
+    // its compatibility version 0.31 (an image of platform unknown/unknown).
+    let classic = fixture.image("app:classic");
+    ok(&fixture.build(&[
+        "--provenance",
+        "mode=min",
+        "--output",
+        &format!("type=image,name={classic},push=true,oci-artifact=false"),
+        "--secret",
+        "id=token,env=TOKEN",
+        "--build-arg",
+        "VERSION=1.2",
+        ctx_arg,
+    ]));
+    attested(&fixture, "app", &classic, false);
+    let refused = failed(&fixture.build(&[
+        "--provenance",
+        "mode=min",
+        "--output",
+        &format!("type=image,name={classic},push=true,oci-artifact=true,oci-mediatypes=false"),
+        "--secret",
+        "id=token,env=TOKEN",
+        "--build-arg",
+        "VERSION=1.2",
+        ctx_arg,
+    ]));
+    assert!(
+        refused.contains("\"oci-artifact=true\" conflicts with \"oci-mediatypes=false\""),
+        "{refused}"
     );
 
     // `--provenance=true` is mode=max (buildx sends no mode; BuildKit's
@@ -407,7 +468,7 @@ fn provenance_attestation_in_the_pushed_index() {
             ctx_arg,
         ]);
         ok(&fixture.build(&args));
-        let (_, _, statement) = attested(&fixture, "app", &image);
+        let (_, _, statement) = attested(&fixture, "app", &image, true);
         let statement = json(&statement);
         let request = &statement["predicate"]["buildDefinition"]["externalParameters"]["request"];
         assert_eq!(

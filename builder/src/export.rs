@@ -46,8 +46,10 @@ use crate::solve::BuiltImage;
 /// the layers the build makes get no mtime newer than SOURCE_DATE_EPOCH),
 /// `force-compression=true|false` (`true`: a base image's layers,
 /// compressed as the registry gave them, are converted to `compression=`
-/// too; [`LayerForm`]). `None`, no annotation: not said. (Other
-/// compressions are refused.)
+/// too; [`LayerForm`]), `oci-artifact=true|false` (attestation manifests
+/// as OCI artifacts, with an `artifactType` and a `subject`; current
+/// BuildKit's default with OCI media types). `None`, no annotation: not
+/// said. (Other compressions are refused.)
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImageFormat {
     pub compression: Option<Compression>,
@@ -56,6 +58,7 @@ pub struct ImageFormat {
     pub oci_media_types: Option<bool>,
     pub annotations: Vec<Annotation>,
     pub rewrite_timestamp: Option<bool>,
+    pub oci_artifact: Option<bool>,
 }
 
 /// The form of the build's one image ([`ImageFormat::settle`]).
@@ -71,6 +74,10 @@ pub struct Settled {
     pub annotations: Vec<Annotation>,
     /// An output said `rewrite-timestamp=true`.
     pub rewrite_timestamp: bool,
+    /// Attestation manifests are OCI artifacts: what the outputs say, else
+    /// whether the media types are OCI's (BuildKit's default since its
+    /// compatibility version 0.31).
+    pub oci_artifact: bool,
 }
 
 /// BuildKit's compression attributes (its `util/compression`
@@ -147,6 +154,10 @@ impl ImageFormat {
             None => None,
             Some(value) => Some(bool_of("rewrite-timestamp", &value)?),
         };
+        let oci_artifact = match map.remove("oci-artifact") {
+            None => None,
+            Some(value) => Some(bool_of("oci-artifact", &value)?),
+        };
         let mut annotations = Vec::new();
         let keys: Vec<String> = map
             .keys()
@@ -168,6 +179,7 @@ impl ImageFormat {
             oci_media_types,
             annotations,
             rewrite_timestamp,
+            oci_artifact,
         })
     }
 
@@ -228,6 +240,13 @@ impl ImageFormat {
                 format!("{who}: {why}")
             })?;
         }
+        let artifacts = outputs().filter_map(|(f, who)| f.oci_artifact.map(|a| (a, who)));
+        let oci_artifact = agree(artifacts, |a| format!("oci-artifact={a}"))?;
+        if let (Some(true), Some(false)) = (oci_artifact, oci) {
+            return Err("exporter option \"oci-artifact=true\" conflicts with \
+                        \"oci-mediatypes=false\": an OCI artifact needs OCI's media types"
+                .to_string());
+        }
         Ok(Settled {
             layer_form: LayerForm {
                 compression,
@@ -237,6 +256,7 @@ impl ImageFormat {
             docker_media_types: oci == Some(false),
             annotations,
             rewrite_timestamp: rewrite_timestamp == Some(true),
+            oci_artifact: oci_artifact.unwrap_or(oci != Some(false)),
         })
     }
 }
@@ -719,7 +739,8 @@ impl Output {
         // Every option of a kind is used above: anything left is unknown.
         if let Some(key) = map.keys().next() {
             const IMAGE_FORM: &str = "compression=, compression-level=, force-compression=, \
-                                      oci-mediatypes=, rewrite-timestamp=, annotation.*=";
+                                      oci-mediatypes=, oci-artifact=, rewrite-timestamp=, \
+                                      annotation.*=";
             let takes = match kind.as_str() {
                 "oci" | "docker" => format!("dest=, tar=, name=, {IMAGE_FORM}"),
                 "image" | "registry" => {
@@ -1163,7 +1184,8 @@ mod tests {
                 "dangling-name-prefix= is not an option of type=image (kiln's type=image takes \
                  name=, push=, push-by-digest=, registry.insecure=, name-canonical=, unpack=, \
                  store=, compression=, compression-level=, \
-                 force-compression=, oci-mediatypes=, rewrite-timestamp=, annotation.*=)"
+                 force-compression=, oci-mediatypes=, oci-artifact=, rewrite-timestamp=, \
+                 annotation.*=)"
             ),
             "{err}"
         );

@@ -263,6 +263,7 @@ impl<'a> Session<'a> {
             self.store,
             manifest,
             &[statement],
+            settings.oci_artifact,
         )?)
     }
 

@@ -119,6 +119,8 @@ pub struct BuildSettings {
     /// `compression-level=`.
     pub layer_form: LayerForm,
     pub docker_media_types: bool,
+    /// Attestation manifests as OCI artifacts (`oci-artifact=`).
+    pub oci_artifact: bool,
     pub secrets: BTreeMap<String, Secret>,
     pub ssh: SshAgents,
     pub limits: Limits,

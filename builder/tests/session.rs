@@ -76,6 +76,7 @@ fn settings(context: PathBuf, dockerfile: &str, out: &std::path::Path) -> BuildS
         chroot: false,
         layer_form: LayerForm::from(Compression::Gzip),
         docker_media_types: false,
+        oci_artifact: true,
         secrets: BTreeMap::new(),
         ssh: BTreeMap::new(),
         limits: Default::default(),

@@ -145,12 +145,19 @@ pub struct Statement {
     pub bytes: Vec<u8>,
 }
 
+/// The artifact type of an attestation manifest written as an OCI
+/// artifact.
+pub const ARTIFACT_TYPE_ATTESTATION: &str = "application/vnd.docker.attestation.manifest.v1+json";
+
 /// Stores an attestation manifest for the image manifest `subject`, as
 /// BuildKit's image exporter writes one (`commitAttestationsManifest`):
 /// each statement a layer (`application/vnd.in-toto+json`, annotated with
-/// its predicate type), a config of platform `unknown/unknown` whose
-/// diff ids are the statements' digests, an OCI image manifest. Returns
-/// the index entry: platform `unknown/unknown`, annotated
+/// its predicate type) of an OCI image manifest whose config is, with
+/// `artifact` (`oci-artifact=true`, current BuildKit's default with OCI
+/// media types), the empty JSON object, the manifest then having an
+/// `artifactType` and `subject` naming the image; else a config of
+/// platform `unknown/unknown` whose diff ids are the statements' digests.
+/// Returns the index entry: platform `unknown/unknown`, annotated
 /// `vnd.docker.reference.type: attestation-manifest` and
 /// `vnd.docker.reference.digest: <subject>` (add it with
 /// [`IndexWriter::add_entry`], after the images, as BuildKit orders them).
@@ -158,6 +165,7 @@ pub fn write_attestation_manifest(
     store: &Store,
     subject: &Descriptor,
     statements: &[Statement],
+    artifact: bool,
 ) -> Result<Descriptor> {
     let mut layers = Vec::new();
     for statement in statements {
@@ -168,21 +176,39 @@ pub fn write_attestation_manifest(
         );
         layers.push(layer);
     }
-    // The config as Go's ocispecs.Image marshals it (field order kept).
-    let diff_ids: Vec<String> = layers.iter().map(|l| l.digest.to_string()).collect();
-    let config = format!(
-        r#"{{"architecture":"unknown","os":"unknown","config":{{}},"rootfs":{{"type":"layers","diff_ids":{}}}}}"#,
-        serde_json::Value::from(diff_ids)
-    );
-    let config = store.put_blob(media::OCI_CONFIG, config.as_bytes())?;
-    let manifest = crate::oci::Manifest {
-        schema_version: 2,
-        media_type: Some(media::OCI_MANIFEST.to_string()),
-        artifact_type: None,
-        config,
-        layers,
-        subject: None,
-        annotations: BTreeMap::new(),
+    let manifest = if artifact {
+        let mut config = store.put_blob(media::OCI_EMPTY, b"{}")?;
+        config.data = Some("e30=".to_string());
+        crate::oci::Manifest {
+            schema_version: 2,
+            media_type: Some(media::OCI_MANIFEST.to_string()),
+            artifact_type: Some(ARTIFACT_TYPE_ATTESTATION.to_string()),
+            config,
+            layers,
+            subject: Some(Descriptor::new(
+                subject.media_type.clone(),
+                subject.digest.clone(),
+                subject.size,
+            )),
+            annotations: BTreeMap::new(),
+        }
+    } else {
+        // The config as Go's ocispecs.Image marshals it (field order kept).
+        let diff_ids: Vec<String> = layers.iter().map(|l| l.digest.to_string()).collect();
+        let config = format!(
+            r#"{{"architecture":"unknown","os":"unknown","config":{{}},"rootfs":{{"type":"layers","diff_ids":{}}}}}"#,
+            serde_json::Value::from(diff_ids)
+        );
+        let config = store.put_blob(media::OCI_CONFIG, config.as_bytes())?;
+        crate::oci::Manifest {
+            schema_version: 2,
+            media_type: Some(media::OCI_MANIFEST.to_string()),
+            artifact_type: None,
+            config,
+            layers,
+            subject: None,
+            annotations: BTreeMap::new(),
+        }
     };
     let mut entry = store.put_json(media::OCI_MANIFEST, &manifest)?;
     entry.annotations.insert(

@@ -19,6 +19,8 @@ pub mod media {
     pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
     pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
     pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+    /// The empty JSON object `{}`, the config of an artifact manifest.
+    pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
     pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
     pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
     pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
@@ -91,6 +93,10 @@ pub struct Descriptor {
     pub urls: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// The content itself, base64 (the OCI image spec's embedded data: an
+    /// artifact's empty config carries `e30=`, `{}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
     #[serde(
@@ -109,6 +115,7 @@ impl Descriptor {
             size,
             urls: None,
             annotations: BTreeMap::new(),
+            data: None,
             platform: None,
             artifact_type: None,
         }

@@ -702,6 +702,7 @@ fn settings_of(
             .flatten()
             .collect(),
         rewrite_timestamp: None,
+        oci_artifact: None,
     };
     let image = ImageFormat::settle(&flags, &formats).map_err(anyhow::Error::msg)?;
     let outputs = kiln_builder::export::with_tags(outputs, &tags, args.push);
@@ -749,6 +750,7 @@ fn settings_of(
         chroot: sandbox.chroot,
         layer_form: image.layer_form,
         docker_media_types: image.docker_media_types,
+        oci_artifact: image.oci_artifact,
         secrets: args
             .secrets
             .iter()
