@@ -612,32 +612,37 @@ fn inspect(
     Ok(out)
 }
 
-/// After the tag `removed` of the image `digest` was taken away: its
-/// repository's digest names of that image (`repo@digest`, a build's
-/// `name-canonical=true`) go too when no other tag of the repository names
-/// it, as docker untags an image's repository digests with its last tag.
+/// The image an entry names, as `kiln rmi` and docker tell images apart:
+/// its config (this machine's platform's, or the first held, of an index),
+/// so that a tag and the canonical name of the same image as pushed, its
+/// layers compressed, are one image.
+fn image_key(store: &Store, desc: &kiln_layers::Descriptor) -> kiln_layers::Digest {
+    (store.read_image_or_held(desc, &Platform::host()))
+        .map(|image| image.id().clone())
+        .unwrap_or_else(|_| desc.digest.clone())
+}
+
+/// After the tag `removed` of the image `key` ([`image_key`]) was taken
+/// away: its repository's digest names of that image (`repo@digest`, a
+/// build's `name-canonical=true`) go too when no other tag of the
+/// repository names it, as docker untags an image's repository digests
+/// with its last tag. Returns the names removed.
 fn remove_canonical_names(
     store: &Store,
     removed: &Reference,
-    digest: &kiln_layers::Digest,
+    key: &kiln_layers::Digest,
 ) -> anyhow::Result<Vec<Reference>> {
     let repository = removed.name();
     let same = |t: &TaggedImage| {
-        t.descriptor.digest == *digest
-            && t.reference.as_ref().map(Reference::name).as_ref() == Some(&repository)
+        t.reference.as_ref().map(Reference::name).as_ref() == Some(&repository)
+            && image_key(store, &t.descriptor) == *key
     };
-    let listed = store.list()?;
-    if listed
-        .iter()
-        .any(|t| same(t) && t.reference.as_ref().is_some_and(|r| r.tag.is_some()))
-    {
+    let listed: Vec<TaggedImage> = store.list()?.into_iter().filter(same).collect();
+    if (listed.iter()).any(|t| t.reference.as_ref().is_some_and(|r| r.tag.is_some())) {
         return Ok(Vec::new());
     }
     let mut gone = Vec::new();
-    for canonical in listed.iter().filter(|t| same(t)) {
-        let Some(reference) = &canonical.reference else {
-            continue;
-        };
+    for reference in listed.iter().filter_map(|t| t.reference.as_ref()) {
         if let Some((_, blobs)) = store.remove_image(reference)? {
             println!("Untagged: {}", reference.familiar());
             for d in blobs {
@@ -649,6 +654,16 @@ fn remove_canonical_names(
     Ok(gone)
 }
 
+/// Whether removing by id needs `--force`: as docker's, unless the
+/// image's names are of one repository with at most one tag (a tag and its
+/// canonical names, or an untagged record).
+fn needs_force(found: &[TaggedImage]) -> bool {
+    let names: Vec<&Reference> = found.iter().filter_map(|t| t.reference.as_ref()).collect();
+    let repositories: std::collections::BTreeSet<String> = names.iter().map(|r| r.name()).collect();
+    let tags = names.iter().filter(|r| r.tag.is_some()).count();
+    found.len() > 1 && (repositories.len() > 1 || tags > 1)
+}
+
 fn rmi(store: &Store, queries: &[String], force: bool) -> anyhow::Result<ExitCode> {
     let mut failed = false;
     for query in queries {
@@ -657,12 +672,7 @@ fn rmi(store: &Store, queries: &[String], force: bool) -> anyhow::Result<ExitCod
             let by_reference = Reference::parse(query)
                 .ok()
                 .filter(|r| found.len() == 1 && found[0].reference.as_ref() == Some(r));
-            // As docker: an id whose names are all of one repository (a tag
-            // and its canonical name) goes without --force.
-            let repositories: std::collections::BTreeSet<Option<String>> = (found.iter())
-                .map(|t| t.reference.as_ref().map(Reference::name))
-                .collect();
-            if by_reference.is_none() && found.len() > 1 && repositories.len() > 1 && !force {
+            if by_reference.is_none() && needs_force(&found) && !force {
                 bail!(
                     "{query} is referenced by {} tags ({}); remove them by name or use --force",
                     found.len(),
@@ -673,11 +683,22 @@ fn rmi(store: &Store, queries: &[String], force: bool) -> anyhow::Result<ExitCod
                         .join(", ")
                 );
             }
+            // Names an earlier removal took with it, and manifests removed
+            // with every entry naming them.
             let mut gone: Vec<Reference> = Vec::new();
+            let mut removed_manifests = Vec::new();
             for tagged in found {
                 if tagged.reference.as_ref().is_some_and(|r| gone.contains(r)) {
                     continue;
                 }
+                if removed_manifests.contains(&tagged.descriptor.digest) {
+                    // Removed with the untagged record of its manifest.
+                    if let Some(r) = &tagged.reference {
+                        println!("Untagged: {}", r.familiar());
+                    }
+                    continue;
+                }
+                let key = image_key(store, &tagged.descriptor);
                 let removed = match &tagged.reference {
                     Some(r) => match store.remove_image(r)? {
                         Some(removed) => Some(removed),
@@ -688,7 +709,10 @@ fn rmi(store: &Store, queries: &[String], force: bool) -> anyhow::Result<ExitCod
                              names that digest); remove the image by its tag or id"
                         ),
                     },
-                    None => store.remove_image_digest(&tagged.descriptor.digest)?,
+                    None => {
+                        removed_manifests.push(tagged.descriptor.digest.clone());
+                        store.remove_image_digest(&tagged.descriptor.digest)?
+                    }
                 };
                 if let Some(r) = &tagged.reference {
                     println!("Untagged: {}", r.familiar());
@@ -699,7 +723,7 @@ fn rmi(store: &Store, queries: &[String], force: bool) -> anyhow::Result<ExitCod
                     }
                 }
                 if let Some(r) = tagged.reference.as_ref().filter(|r| r.digest.is_none()) {
-                    gone.extend(remove_canonical_names(store, r, &tagged.descriptor.digest)?);
+                    gone.extend(remove_canonical_names(store, r, &key)?);
                 }
             }
             Ok(())
