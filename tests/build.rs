@@ -1732,8 +1732,18 @@ fn name_canonical_keeps_the_image_under_its_digest_when_the_tag_moves() {
     let inspect: serde_json::Value =
         serde_json::from_str(&kiln_ok(&fixture.root(), &["inspect", &canonical])).unwrap();
     assert_eq!(inspect[0]["Digest"], digest, "{inspect}");
-    let puller = tempfile::tempdir().unwrap();
-    kiln_ok(puller.path(), &["pull", &canonical]);
+    // The whole image as pushed: saved from the store alone.
+    let saved = fixture.dir.path().join("canonical.tar");
+    kiln_ok(
+        &fixture.root(),
+        &["save", "-o", saved.to_str().unwrap(), &canonical],
+    );
+    // Its tag's removal takes it (one image: the same config).
+    let tag = format!("{}/test/canon", registry.host);
+    kiln_ok(&fixture.root(), &["rmi", &tag]);
+    assert!(!kiln(&fixture.root(), &["inspect", &canonical])
+        .status
+        .success());
     let local = build(&format!(
         "type=image,name={}/test/local,name-canonical=true",
         registry.host
@@ -1749,6 +1759,25 @@ fn name_canonical_keeps_the_image_under_its_digest_when_the_tag_moves() {
         err.contains("whose layers are compressed on the way out"),
         "{err}"
     );
+
+    // Two tags of one repository still need --force by id, as docker's
+    // rmi; an untagged record and one tag of the same image do not.
+    std::fs::write(ctx.path().join("f"), "5").unwrap();
+    let meta = build("type=image,\"name=reg.example/two:1,reg.example/two:2\"");
+    let id = meta["containerimage.config.digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let err = failed(&kiln(&fixture.root(), &["rmi", &id]));
+    assert!(err.contains("use --force"), "{err}");
+    kiln_ok(&fixture.root(), &["rmi", "--force", &id]);
+    std::fs::write(ctx.path().join("f"), "6").unwrap();
+    let id = ok(&fixture.build(&["-q", dir]));
+    kiln_ok(&fixture.root(), &["tag", &id, "reg.example/one:1"]);
+    kiln_ok(&fixture.root(), &["rmi", &id]);
+    assert!(!kiln(&fixture.root(), &["inspect", "reg.example/one:1"])
+        .status
+        .success());
 }
 
 /// `store=false` pushes the image and keeps no name of it in the store
@@ -1789,6 +1818,29 @@ fn store_false_pushes_and_names_nothing_in_the_store() {
     }
     let images = kiln_ok(&fixture.root(), &["images"]);
     assert!(!images.contains("test/unstored"), "{images}");
+    // Without a push the output still answers the image's digest, as
+    // BuildKit's exporter does; nothing is recorded, not even untagged.
+    let index = std::fs::read(fixture.root().join("index.json")).unwrap();
+    std::fs::write(ctx.path().join("f"), "not pushed").unwrap();
+    ok(&fixture.build(&[
+        "--metadata-file",
+        meta.to_str().unwrap(),
+        "--output",
+        "type=image,name=reg.example/nowhere,store=false",
+        ctx.path().to_str().unwrap(),
+    ]));
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    assert!(
+        meta["containerimage.digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:")),
+        "{meta}"
+    );
+    assert_eq!(meta["image.name"], "reg.example/nowhere:latest");
+    assert_eq!(
+        std::fs::read(fixture.root().join("index.json")).unwrap(),
+        index
+    );
     let err = failed(&fixture.build(&[
         "--output",
         "type=image,name=a,store=maybe",

@@ -166,14 +166,14 @@ impl BuildSettings {
         self.outputs.is_empty() || (self.outputs.iter()).any(|o| matches!(o, Output::Image { .. }))
     }
 
-    /// Whether the build leaves an image someone can find by its id: in
-    /// the store (named, or recorded untagged), in a registry or in an OCI
-    /// or docker archive. A build to `type=local` or `tar` alone, unnamed,
-    /// leaves files only: no id to print (buildx prints none either).
+    /// Whether the build makes an image (its id printed, its digest in the
+    /// metadata file): in the store (named, or recorded untagged), through
+    /// an image output (which BuildKit answers with the image's digest
+    /// whether it stores or pushes it or not), or in an OCI or docker
+    /// archive. A build to `type=local` or `tar` alone leaves files only:
+    /// no id to print (buildx prints none either).
     pub fn leaves_an_image(&self) -> bool {
-        self.records_untagged()
-            || !self.all_tags().is_empty()
-            || !self.push_targets().is_empty()
+        self.exports_an_image()
             || (self.outputs.iter()).any(|o| matches!(o, Output::Oci(_) | Output::Docker(_)))
     }
 
@@ -1227,7 +1227,10 @@ impl<'a> Session<'a> {
             if target.mode.canonical && target.mode.store {
                 // The pushed manifest (or index) is in the store: the push
                 // wrote it there, its layers compressed.
-                let pushed = Descriptor::new(image.media_type.clone(), digest.clone(), size);
+                let pushed = Descriptor {
+                    annotations: image.annotations.clone(),
+                    ..Descriptor::new(image.media_type.clone(), digest.clone(), size)
+                };
                 (self.store).tag(&target.reference.at_digest(digest.clone()), &pushed)?;
             }
             result

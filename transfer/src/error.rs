@@ -74,8 +74,8 @@ pub enum TransferError {
 
     #[error(
         "{image}: the store's image is {stored}, whose layers are compressed on the way out: \
-         the registry would get {pushed}, not the digest named; push it by tag, or by \
-         {pushed}'s own name"
+         the registry would get {pushed}, not the digest named; push it by a tag (kiln tag, \
+         then kiln push)"
     )]
     DigestChanges {
         image: String,
