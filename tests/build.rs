@@ -1221,13 +1221,9 @@ fn push_to_a_registry() {
     assert_eq!(config_of(other.path(), &forced_ref), built);
 }
 
-/// A build whose result is only pushed leaves its base image's layers in
-/// the registry (the push mounts them); with `force-compression=true` it
-/// fetches them to convert them, as BuildKit fetches a lazy layer first.
-#[test]
-fn force_compression_converts_a_base_the_store_never_downloaded() {
-    let registry = kiln_testsupport::RegistryServer::start_plain().unwrap();
-    let fixture = Fixture::new();
+/// `busybox` pushed from `fixture`'s store to `registry` as
+/// `test/base:1`: a base image whose layers a fresh store does not have.
+fn pushed_base(fixture: &Fixture, registry: &kiln_testsupport::RegistryServer) -> String {
     let base = format!("{}/test/base:1", registry.host);
     let base_ctx = context(&[("Dockerfile", "FROM busybox\n")]);
     ok(&fixture.build(&[
@@ -1238,6 +1234,17 @@ fn force_compression_converts_a_base_the_store_never_downloaded() {
         &base,
         base_ctx.path().to_str().unwrap(),
     ]));
+    base
+}
+
+/// A build whose result is only pushed leaves its base image's layers in
+/// the registry (the push mounts them); with `force-compression=true` it
+/// fetches them to convert them, as BuildKit fetches a lazy layer first.
+#[test]
+fn force_compression_converts_a_base_the_store_never_downloaded() {
+    let registry = kiln_testsupport::RegistryServer::start_plain().unwrap();
+    let fixture = Fixture::new();
+    let base = pushed_base(&fixture, &registry);
     let dockerfile = format!("FROM {base}\nLABEL a=b\n");
     let ctx = context(&[("Dockerfile", dockerfile.as_str())]);
     let forced = format!("{}/test/out:forced", registry.host);
@@ -1284,16 +1291,7 @@ fn unpack_keeps_a_pushed_image_whole_and_runnable() {
     }
     let registry = kiln_testsupport::RegistryServer::start_plain().unwrap();
     let fixture = Fixture::new();
-    let base = format!("{}/test/base:1", registry.host);
-    let base_ctx = context(&[("Dockerfile", "FROM busybox\n")]);
-    ok(&fixture.build(&[
-        "--push",
-        "--insecure-registry",
-        &registry.host,
-        "-t",
-        &base,
-        base_ctx.path().to_str().unwrap(),
-    ]));
+    let base = pushed_base(&fixture, &registry);
     let dockerfile = format!("FROM {base}\nLABEL a=b\n");
     let ctx = context(&[("Dockerfile", dockerfile.as_str())]);
     let runners = [
@@ -1871,24 +1869,7 @@ fn registry_insecure_reaches_an_untrusted_registry_for_that_output_only() {
             .output()
             .unwrap()
     };
-    let mut login = common::kiln_command()
-        .env("DOCKER_CONFIG", &docker_config)
-        .args(["login", "-u", "alice", "--password-stdin", "--ca-cert"])
-        .arg(&ca)
-        .arg(&registry.host)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    login
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"wonderland\n")
-        .unwrap();
-    ok(&login.wait_with_output().unwrap());
+    common::login(&docker_config, &registry.host, "alice", "wonderland", &ca);
 
     let ctx = context(&[
         ("Dockerfile", "FROM scratch\nCOPY f /f\n"),

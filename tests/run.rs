@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+mod common;
+
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
 macro_rules! require_root {
@@ -241,22 +243,13 @@ fn run_pulls_through_its_registry_flags() {
         assert!(out.status.success(), "{}", stderr(&out));
         out
     };
-    let mut login = Command::new(KILN)
-        .env("DOCKER_CONFIG", &docker_config)
-        .args(["login", "-u", "alice", "--password-stdin", "--ca-cert", ca])
-        .arg(&registry.host)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    login
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"wonderland\n")
-        .unwrap();
-    ok(login.wait_with_output().unwrap());
+    common::login(
+        &docker_config,
+        &registry.host,
+        "alice",
+        "wonderland",
+        Path::new(ca),
+    );
     ok(kiln_in(&f.store())
         .args(["tag", "busybox:test", &remote])
         .output()

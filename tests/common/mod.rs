@@ -188,6 +188,31 @@ impl BusyboxStore {
     }
 }
 
+/// `kiln login` to the registry `host` as `user` with `password` (read
+/// from standard input), trusting the CA certificate `ca`, into the docker
+/// configuration directory `docker_config`; panics unless it succeeds.
+pub fn login(docker_config: &Path, host: &str, user: &str, password: &str, ca: &Path) {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut login = Command::new(kiln_bin())
+        .env("DOCKER_CONFIG", docker_config)
+        .args(["login", "-u", user, "--password-stdin", "--ca-cert"])
+        .arg(ca)
+        .arg(host)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kiln login");
+    let mut stdin = login.stdin.take().expect("kiln login's stdin");
+    stdin
+        .write_all(format!("{password}\n").as_bytes())
+        .expect("write the password");
+    drop(stdin);
+    let out = login.wait_with_output().expect("wait for kiln login");
+    assert!(out.status.success(), "kiln login: {}", text(&out));
+}
+
 /// The status, stdout and stderr of `out`, for assertion messages.
 pub fn text(out: &Output) -> String {
     format!(
