@@ -493,6 +493,46 @@ fn outputs_tags_iidfile_and_metadata_file() {
     assert!(rootfs.join("bin/busybox").is_file());
 }
 
+/// An output's `source-date-epoch=` (every BuildKit exporter takes it)
+/// dates what the exporters make, over the SOURCE_DATE_EPOCH build arg:
+/// the config and the local output's files; a RUN still sees the build
+/// arg. Outputs give the same one or none.
+#[test]
+fn an_outputs_source_date_epoch_dates_the_image_and_files_not_the_build_arg() {
+    if !kiln_testsupport::require_root("RUN in namespaces") {
+        return;
+    }
+    let fixture = Fixture::new();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\nARG SOURCE_DATE_EPOCH\nRUN echo $SOURCE_DATE_EPOCH > /seen\n",
+    )]);
+    let out = fixture.dir.path().join("out");
+    ok(&fixture.build(&[
+        "--build-arg",
+        "SOURCE_DATE_EPOCH=5",
+        "--output",
+        "type=image,name=epoch:1,source-date-epoch=86400",
+        "--output",
+        &format!("type=local,dest={},source-date-epoch=86400", out.display()),
+        ctx.path().to_str().unwrap(),
+    ]));
+    let inspect: serde_json::Value =
+        serde_json::from_str(&kiln_ok(&fixture.root(), &["inspect", "epoch:1"])).unwrap();
+    assert_eq!(inspect[0]["Created"], "1970-01-02T00:00:00Z", "{inspect}");
+    assert_eq!(std::fs::read_to_string(out.join("seen")).unwrap(), "5\n");
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(std::fs::metadata(out.join("seen")).unwrap().mtime(), 86400);
+    let err = failed(&fixture.build(&[
+        "--output",
+        "type=image,name=epoch:2,source-date-epoch=1",
+        "--output",
+        &format!("type=local,dest={}", out.display()),
+        ctx.path().to_str().unwrap(),
+    ]));
+    assert!(err.contains("says no source-date-epoch"), "{err}");
+}
+
 /// SOURCE_DATE_EPOCH with an image output's `rewrite-timestamp=true`
 /// gives one image whatever the store holds: the first root has cached
 /// the same steps built with no epoch (layers with this moment's mtimes),

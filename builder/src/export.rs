@@ -59,6 +59,10 @@ pub struct ImageFormat {
     pub annotations: Vec<Annotation>,
     pub rewrite_timestamp: Option<bool>,
     pub oci_artifact: Option<bool>,
+    /// `source-date-epoch=` (every kind of output takes it, as every
+    /// BuildKit exporter): the epoch this output dates its image or files
+    /// by, over the SOURCE_DATE_EPOCH build arg and environment.
+    pub source_date_epoch: Option<i64>,
 }
 
 /// The form of the build's one image ([`ImageFormat::settle`]).
@@ -180,6 +184,7 @@ impl ImageFormat {
             annotations,
             rewrite_timestamp,
             oci_artifact,
+            source_date_epoch: None,
         })
     }
 
@@ -401,6 +406,20 @@ fn take_bool(map: &mut BTreeMap<String, String>, key: &str) -> Result<Option<boo
             .map(Some)
             .ok_or_else(|| format!("{key}={value}: true or false")),
     }
+}
+
+/// The `source-date-epoch=` the outputs (`(format, spec)` each) give the
+/// build: every output the same, or none (kiln makes one image, and dates
+/// it and every output's files once); `None` when none gives it, the
+/// SOURCE_DATE_EPOCH build arg and environment then counting, as in
+/// BuildKit.
+pub fn settle_epoch(outputs: &[(ImageFormat, &str)]) -> Result<Option<i64>, String> {
+    let said = (outputs.iter()).map(|(f, spec)| (f.source_date_epoch, format!("--output {spec}")));
+    let epoch = agree(said, |e| match e {
+        Some(e) => format!("source-date-epoch={e}"),
+        None => "no source-date-epoch".to_string(),
+    })?;
+    Ok(epoch.flatten())
 }
 
 /// The `name=` of an output spec as given, each name once split (for
@@ -644,12 +663,21 @@ impl Output {
             map.insert(key.trim().to_lowercase(), value.to_string());
         }
         let kind = map.remove("type").unwrap_or_else(|| "local".into());
-        let format = match kind.as_str() {
+        let mut format = match kind.as_str() {
             "oci" | "docker" | "image" | "registry" => {
                 ImageFormat::take(&mut map, spec).map_err(bad)?
             }
             _ => ImageFormat::default(),
         };
+        // BuildKit's exporters read it as a number of seconds; empty is unset.
+        if let Some(value) = map.remove("source-date-epoch") {
+            format.source_date_epoch =
+                crate::frontend::parse_source_date_epoch(&value).map_err(|_| {
+                    bad(format!(
+                        "source-date-epoch={value}: a whole number of seconds since the epoch"
+                    ))
+                })?;
+        }
         let dest = map.remove("dest").filter(|d| !d.is_empty());
         // An empty name= names nothing (BuildKit reads it so).
         let mut names = || match map.remove("name").filter(|n| !n.trim().is_empty()) {
@@ -740,7 +768,7 @@ impl Output {
         if let Some(key) = map.keys().next() {
             const IMAGE_FORM: &str = "compression=, compression-level=, force-compression=, \
                                       oci-mediatypes=, oci-artifact=, rewrite-timestamp=, \
-                                      annotation.*=";
+                                      annotation.*=, source-date-epoch=";
             let takes = match kind.as_str() {
                 "oci" | "docker" => format!("dest=, tar=, name=, {IMAGE_FORM}"),
                 "image" | "registry" => {
@@ -749,7 +777,7 @@ impl Output {
                          unpack=, store=, {IMAGE_FORM}"
                     )
                 }
-                _ => "dest=".to_string(),
+                _ => "dest=, source-date-epoch=".to_string(),
             };
             return Err(bad(format!(
                 "{key}= is not an option of type={kind} (kiln's type={kind} takes {takes})"
@@ -1185,11 +1213,33 @@ mod tests {
                  name=, push=, push-by-digest=, registry.insecure=, name-canonical=, unpack=, \
                  store=, compression=, compression-level=, \
                  force-compression=, oci-mediatypes=, oci-artifact=, rewrite-timestamp=, \
-                 annotation.*=)"
+                 annotation.*=, source-date-epoch=)"
             ),
             "{err}"
         );
         let err = image("type=local,dest=d,push=true").unwrap_err();
-        assert!(err.ends_with("(kiln's type=local takes dest=)"), "{err}");
+        assert!(
+            err.ends_with("(kiln's type=local takes dest=, source-date-epoch=)"),
+            "{err}"
+        );
+        // Every kind takes source-date-epoch; outputs give one or none.
+        let (_, local) =
+            Output::parse_with_format("type=local,dest=d,source-date-epoch=5").unwrap();
+        let (_, image) =
+            Output::parse_with_format("type=image,name=a,source-date-epoch=5").unwrap();
+        let (_, unset) = Output::parse_with_format("type=tar,dest=t,source-date-epoch=").unwrap();
+        assert_eq!(local.source_date_epoch, Some(5));
+        assert_eq!(
+            settle_epoch(&[(local.clone(), "L"), (image, "I")]),
+            Ok(Some(5))
+        );
+        let err = settle_epoch(&[(local, "L"), (unset, "T")]).unwrap_err();
+        assert!(
+            err.starts_with(
+                "--output T says no source-date-epoch, --output L says source-date-epoch=5"
+            ),
+            "{err}"
+        );
+        assert!(Output::parse("type=local,dest=d,source-date-epoch=soon").is_err());
     }
 }

@@ -103,6 +103,11 @@ pub struct BuildSettings {
     /// SOURCE_DATE_EPOCH from the environment; a `SOURCE_DATE_EPOCH` build
     /// arg wins over it, as in BuildKit.
     pub source_date_epoch: Option<i64>,
+    /// The outputs' `source-date-epoch=` ([`crate::export::settle_epoch`]),
+    /// which wins over both for what the exporters date (the config, its
+    /// history, the layers under `rewrite-timestamp`, the outputs' files),
+    /// not for the build arg a RUN sees, as in BuildKit.
+    pub exporter_epoch: Option<i64>,
     /// An image output's `rewrite-timestamp=true`: the files of the layers
     /// the build makes get no mtime newer than SOURCE_DATE_EPOCH
     /// ([`BuildSettings::layer_epoch`]).
@@ -294,14 +299,17 @@ impl BuildSettings {
         targets
     }
 
-    /// The SOURCE_DATE_EPOCH the build uses: the build arg's, else the
+    /// The SOURCE_DATE_EPOCH the build's image and outputs are dated by:
+    /// the outputs' `source-date-epoch=`, else the build arg's, else the
     /// environment's (a build arg that is not a number was refused when
     /// the Dockerfile was read, [`crate::frontend::Frontend::from_build`]).
     pub fn source_date_epoch(&self) -> Option<i64> {
-        crate::frontend::source_date_epoch_arg(&self.options.build_args)
-            .ok()
-            .flatten()
-            .or(self.source_date_epoch)
+        self.exporter_epoch.or_else(|| {
+            crate::frontend::source_date_epoch_arg(&self.options.build_args)
+                .ok()
+                .flatten()
+                .or(self.source_date_epoch)
+        })
     }
 
     /// The time no file of the layers the build makes is newer than: the

@@ -70,6 +70,7 @@ fn settings(context: PathBuf, dockerfile: &str, out: &std::path::Path) -> BuildS
         no_cache_stages: Default::default(),
         allow: Default::default(),
         source_date_epoch: Some(1_700_000_000),
+        exporter_epoch: None,
         rewrite_timestamp: true,
         network: Network::None,
         snapshotter: kiln_runtime::Snapshotter::Overlay,

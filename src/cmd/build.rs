@@ -176,7 +176,8 @@ pub struct BuildArgs {
     /// output); type=image,name=REF[,push=true][,push-by-digest=true][,registry.insecure=true]
     /// [,name-canonical=true][,unpack=true][,store=false];
     /// type=registry,name=REF (pushes). With -t,
-    /// image, oci and docker outputs are named by every -t (as buildx names them).
+    /// image, oci and docker outputs are named by every -t (as buildx names them). Every
+    /// output takes source-date-epoch=N.
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     outputs: Vec<String>,
     /// Push every tag to its registry after the build; every type=image output pushes
@@ -683,6 +684,10 @@ fn settings_of(
             );
         }
     }
+    let said: Vec<(ImageFormat, &str)> = (parsed.iter())
+        .map(|(_, (format, spec))| (format.clone(), *spec))
+        .collect();
+    let exporter_epoch = kiln_builder::export::settle_epoch(&said).map_err(anyhow::Error::msg)?;
     let outputs: Vec<Output> = parsed.into_iter().map(|(o, _)| o).collect();
     let flags = ImageFormat {
         compression: args.compression.map(|c| match c {
@@ -703,6 +708,7 @@ fn settings_of(
             .collect(),
         rewrite_timestamp: None,
         oci_artifact: None,
+        source_date_epoch: None,
     };
     let image = ImageFormat::settle(&flags, &formats).map_err(anyhow::Error::msg)?;
     let outputs = kiln_builder::export::with_tags(outputs, &tags, args.push);
@@ -744,6 +750,7 @@ fn settings_of(
         no_cache_stages: args.no_cache_filter.clone(),
         allow: args.step.entitlements(args.network == NetworkArg::Host),
         source_date_epoch: crate::settings::source_date_epoch()?,
+        exporter_epoch,
         rewrite_timestamp: image.rewrite_timestamp,
         network: sandbox.network,
         snapshotter: sandbox.snapshotter,
