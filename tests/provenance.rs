@@ -416,6 +416,27 @@ fn provenance_attestation_in_the_pushed_index() {
         ctx_arg,
     ]));
     attested(&fixture, "app", &classic, false);
+    // Pushed again compressed otherwise (the build pushed its layers
+    // plain): the attestation names the image as the registry now has it,
+    // by its subject and its index entry's annotation.
+    let plain = fixture.image("app:plain");
+    ok(&fixture.build(&[
+        "--provenance",
+        "mode=min",
+        "--output",
+        &format!("type=image,name={plain},push=true,compression=uncompressed"),
+        "--secret",
+        "id=token,env=TOKEN",
+        "--build-arg",
+        "VERSION=1.2",
+        ctx_arg,
+    ]));
+    attested(&fixture, "app", &plain, true);
+    let again = fixture.image("app:again");
+    let store = fixture.path("store");
+    kiln_ok(&store, &["tag", &plain, &again]);
+    kiln_ok(&store, &["push", &again]);
+    attested(&fixture, "app", &again, true);
     let refused = failed(&fixture.build(&[
         "--provenance",
         "mode=min",

@@ -200,18 +200,23 @@ pub fn compressed_image(
     let _lease = store.lease()?;
     match store.read_manifest(desc)? {
         ManifestKind::Index(mut index) => {
-            let mut changed = false;
+            // The children whose digest changed: old digest -> new one.
+            let mut moved: BTreeMap<Digest, Descriptor> = BTreeMap::new();
             for child in &mut index.manifests {
                 let new = compressed_image(store, child, form, reporter)?;
                 if new.digest != child.digest {
+                    moved.insert(child.digest.clone(), new.clone());
                     child.media_type = new.media_type;
                     child.digest = new.digest;
                     child.size = new.size;
-                    changed = true;
+                    child.data = None;
                 }
             }
-            if !changed {
+            if moved.is_empty() {
                 return Ok(desc.clone());
+            }
+            for child in &mut index.manifests {
+                rename_attested_image(store, child, &moved)?;
             }
             let media_type = index
                 .media_type
@@ -238,6 +243,46 @@ pub fn compressed_image(
             Ok(new)
         }
     }
+}
+
+/// Points the attestation manifest entry `entry` of an index at its
+/// image's new manifest when that moved (`moved`: old digest -> new):
+/// the entry's `vnd.docker.reference.digest`, and an OCI artifact's
+/// `subject`, which gives the attestation manifest a new digest too. Any
+/// other entry is left as it is.
+fn rename_attested_image(
+    store: &Store,
+    entry: &mut Descriptor,
+    moved: &BTreeMap<Digest, Descriptor>,
+) -> Result<()> {
+    let named = (entry
+        .annotations
+        .get(crate::oci::ANNOTATION_REFERENCE_DIGEST))
+    .and_then(|d| Digest::parse(d).ok());
+    let Some((old, image)) = named.and_then(|d| moved.get_key_value(&d)) else {
+        return Ok(());
+    };
+    let image_ref = Descriptor::new(image.media_type.clone(), image.digest.clone(), image.size);
+    if let ManifestKind::Image(mut attestation) = store.read_manifest(entry)? {
+        if attestation
+            .subject
+            .as_ref()
+            .is_some_and(|s| &s.digest == old)
+        {
+            attestation.subject = Some(image_ref);
+            let media_type =
+                (attestation.media_type.clone()).unwrap_or_else(|| entry.media_type.clone());
+            let new = store.put_json(&media_type, &attestation)?;
+            entry.digest = new.digest;
+            entry.size = new.size;
+            entry.data = None;
+        }
+    }
+    entry.annotations.insert(
+        crate::oci::ANNOTATION_REFERENCE_DIGEST.to_string(),
+        image.digest.to_string(),
+    );
+    Ok(())
 }
 
 /// The `form` of each layer, in order: a plain layer compressed, with
