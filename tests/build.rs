@@ -1798,6 +1798,66 @@ fn name_canonical_keeps_the_image_under_its_digest_when_the_tag_moves() {
         "{err}"
     );
 
+    // Of two indexes built under one tag, each with its canonical name,
+    // the tag's removal takes the canonical name of the one it named only
+    // (they share this machine's config, not their other platform's).
+    let mut canonicals = Vec::new();
+    for platforms in ["linux/amd64,linux/arm64", "linux/amd64,linux/riscv64"] {
+        let meta_path = fixture.dir.path().join("meta-index.json");
+        ok(&fixture.build(&[
+            "--platform",
+            platforms,
+            "--metadata-file",
+            meta_path.to_str().unwrap(),
+            "--output",
+            &format!(
+                "type=image,name={}/test/multi:1,push=true,name-canonical=true",
+                registry.host
+            ),
+            dir,
+        ]));
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+        canonicals.push(format!(
+            "{}/test/multi@{}",
+            registry.host,
+            meta["containerimage.digest"].as_str().unwrap()
+        ));
+    }
+    kiln_ok(
+        &fixture.root(),
+        &["rmi", &format!("{}/test/multi:1", registry.host)],
+    );
+    assert!(kiln(&fixture.root(), &["inspect", &canonicals[0]])
+        .status
+        .success());
+    assert!(!kiln(&fixture.root(), &["inspect", &canonicals[1]])
+        .status
+        .success());
+    // An untagged record of the same manifest removed by id takes the tag
+    // with it, and the tag's canonical name too.
+    std::fs::write(ctx.path().join("f"), "untagged too").unwrap();
+    let meta = build(&format!(
+        "type=image,name={}/test/both,push=true,name-canonical=true",
+        registry.host
+    ));
+    let canonical = format!(
+        "{}/test/both@{}",
+        registry.host,
+        meta["containerimage.digest"].as_str().unwrap()
+    );
+    ok(&fixture.build(&["-q", dir]));
+    // (A tag sorts index.json: the untagged record comes first.)
+    kiln_ok(&fixture.root(), &["tag", "busybox:latest", "resort:1"]);
+    let tag = format!("{}/test/both", registry.host);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&kiln_ok(&fixture.root(), &["inspect", &tag])).unwrap();
+    let manifest = inspect[0]["Digest"].as_str().unwrap();
+    kiln_ok(&fixture.root(), &["rmi", manifest]);
+    assert!(!kiln(&fixture.root(), &["inspect", &canonical])
+        .status
+        .success());
+
     // Two tags of one repository still need --force by id, as docker's
     // rmi; an untagged record and one tag of the same image do not.
     std::fs::write(ctx.path().join("f"), "5").unwrap();

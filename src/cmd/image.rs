@@ -612,14 +612,41 @@ fn inspect(
     Ok(out)
 }
 
-/// The image an entry names, as `kiln rmi` and docker tell images apart:
-/// its config (this machine's platform's, or the first held, of an index),
-/// so that a tag and the canonical name of the same image as pushed, its
-/// layers compressed, are one image.
-fn image_key(store: &Store, desc: &kiln_layers::Descriptor) -> kiln_layers::Digest {
-    (store.read_image_or_held(desc, &Platform::host()))
-        .map(|image| image.id().clone())
-        .unwrap_or_else(|_| desc.digest.clone())
+/// The image an entry names, as `kiln rmi` tells images apart: an image
+/// manifest by its image config, an index by its images' configs (its
+/// attestation manifests left out), so that a tag and the canonical name
+/// of the same image as pushed, its layers compressed, are one image;
+/// anything else (an artifact, whose empty config many share; a manifest
+/// the store lacks) by its manifest's digest.
+fn image_key(store: &Store, desc: &kiln_layers::Descriptor) -> Vec<kiln_layers::Digest> {
+    let config_of = |desc: &kiln_layers::Descriptor| match store.read_manifest(desc) {
+        Ok(kiln_layers::ManifestKind::Image(manifest))
+            if [
+                kiln_layers::media::OCI_CONFIG,
+                kiln_layers::media::DOCKER_CONFIG,
+            ]
+            .contains(&manifest.config.media_type.as_str()) =>
+        {
+            Some(manifest.config.digest)
+        }
+        _ => None,
+    };
+    let keys = match store.read_manifest(desc) {
+        Ok(kiln_layers::ManifestKind::Index(index)) => {
+            let images = index.manifests.iter().filter(|entry| {
+                !entry
+                    .annotations
+                    .contains_key(kiln_layers::oci::ANNOTATION_REFERENCE_TYPE)
+            });
+            let mut configs: Option<Vec<_>> = images.map(config_of).collect();
+            if let Some(configs) = &mut configs {
+                configs.sort();
+            }
+            configs.filter(|c| !c.is_empty())
+        }
+        _ => config_of(desc).map(|config| vec![config]),
+    };
+    keys.unwrap_or_else(|| vec![desc.digest.clone()])
 }
 
 /// After the tag `removed` of the image `key` ([`image_key`]) was taken
@@ -630,12 +657,12 @@ fn image_key(store: &Store, desc: &kiln_layers::Descriptor) -> kiln_layers::Dige
 fn remove_canonical_names(
     store: &Store,
     removed: &Reference,
-    key: &kiln_layers::Digest,
+    key: &[kiln_layers::Digest],
 ) -> anyhow::Result<Vec<Reference>> {
     let repository = removed.name();
     let same = |t: &TaggedImage| {
         t.reference.as_ref().map(Reference::name).as_ref() == Some(&repository)
-            && image_key(store, &t.descriptor) == *key
+            && image_key(store, &t.descriptor) == key
     };
     let listed: Vec<TaggedImage> = store.list()?.into_iter().filter(same).collect();
     if (listed.iter()).any(|t| t.reference.as_ref().is_some_and(|r| r.tag.is_some())) {
@@ -687,7 +714,12 @@ fn rmi(store: &Store, queries: &[String], force: bool) -> anyhow::Result<ExitCod
             // with every entry naming them.
             let mut gone: Vec<Reference> = Vec::new();
             let mut removed_manifests = Vec::new();
-            for tagged in found {
+            // Read before anything is removed: a removal may take the
+            // manifests they are read from.
+            let keys: Vec<_> = (found.iter())
+                .map(|t| image_key(store, &t.descriptor))
+                .collect();
+            for (tagged, key) in found.into_iter().zip(keys) {
                 if tagged.reference.as_ref().is_some_and(|r| gone.contains(r)) {
                     continue;
                 }
@@ -695,10 +727,12 @@ fn rmi(store: &Store, queries: &[String], force: bool) -> anyhow::Result<ExitCod
                     // Removed with the untagged record of its manifest.
                     if let Some(r) = &tagged.reference {
                         println!("Untagged: {}", r.familiar());
+                        if r.digest.is_none() {
+                            gone.extend(remove_canonical_names(store, r, &key)?);
+                        }
                     }
                     continue;
                 }
-                let key = image_key(store, &tagged.descriptor);
                 let removed = match &tagged.reference {
                     Some(r) => match store.remove_image(r)? {
                         Some(removed) => Some(removed),
