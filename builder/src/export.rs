@@ -245,13 +245,16 @@ impl ImageFormat {
                 format!("{who}: {why}")
             })?;
         }
-        let artifacts = outputs().filter_map(|(f, who)| f.oci_artifact.map(|a| (a, who)));
-        let oci_artifact = agree(artifacts, |a| format!("oci-artifact={a}"))?;
-        if let (Some(true), Some(false)) = (oci_artifact, oci) {
+        // Each output's own, or BuildKit's default (with OCI's media types):
+        // an output that says nothing does not take another's.
+        let artifact_default = oci != Some(false);
+        if outputs().any(|(f, _)| f.oci_artifact == Some(true)) && !artifact_default {
             return Err("exporter option \"oci-artifact=true\" conflicts with \
                         \"oci-mediatypes=false\": an OCI artifact needs OCI's media types"
                 .to_string());
         }
+        let artifacts = outputs().map(|(f, who)| (f.oci_artifact.unwrap_or(artifact_default), who));
+        let oci_artifact = agree(artifacts, |a| format!("oci-artifact={a}"))?;
         Ok(Settled {
             layer_form: LayerForm {
                 compression,
@@ -261,7 +264,7 @@ impl ImageFormat {
             docker_media_types: oci == Some(false),
             annotations,
             rewrite_timestamp: rewrite_timestamp == Some(true),
-            oci_artifact: oci_artifact.unwrap_or(oci != Some(false)),
+            oci_artifact: oci_artifact.unwrap_or(artifact_default),
         })
     }
 }
@@ -1181,6 +1184,42 @@ mod tests {
             err.to_string(),
             "--output type=oci,dest=a,annotation-layer.k=v: annotation-layer.k=v: unrecognized \
              annotation type layer"
+        );
+    }
+
+    #[test]
+    fn oci_artifact_defaults_per_output_to_what_the_media_types_allow() {
+        let settle = |specs: &[&str], flags: &ImageFormat| {
+            let formats: Vec<(ImageFormat, &str)> =
+                specs.iter().map(|spec| (format_of(spec), *spec)).collect();
+            ImageFormat::settle(flags, &formats).map(|s| s.oci_artifact)
+        };
+        let none = ImageFormat::default();
+        assert_eq!(settle(&["type=image,name=a"], &none), Ok(true));
+        let docker = ImageFormat {
+            oci_media_types: Some(false),
+            ..ImageFormat::default()
+        };
+        assert_eq!(settle(&["type=image,name=a"], &docker), Ok(false));
+        assert_eq!(
+            settle(&["type=image,name=a,oci-artifact=false"], &none),
+            Ok(false)
+        );
+        // One output's false is not another's default (true), as each of
+        // BuildKit's exporters has its own.
+        let err = settle(
+            &["type=image,name=a,oci-artifact=false", "type=oci,dest=o"],
+            &none,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("oci-artifact=true") && err.contains("oci-artifact=false"),
+            "{err}"
+        );
+        let err = settle(&["type=image,name=a,oci-artifact=true"], &docker).unwrap_err();
+        assert!(
+            err.contains("conflicts with \"oci-mediatypes=false\""),
+            "{err}"
         );
     }
 
