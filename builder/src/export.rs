@@ -112,14 +112,7 @@ impl CompressionAttributes {
                 ))
             }
         };
-        let force = match map.remove("force-compression") {
-            None => None,
-            Some(value) if value.is_empty() => Some(true),
-            Some(value) => Some(
-                kiln_parser::mount::parse_go_bool(&value)
-                    .ok_or_else(|| format!("force-compression={value}: true or false"))?,
-            ),
-        };
+        let force = take_bool(map, "force-compression")?;
         let level = match map.remove("compression-level") {
             None => None,
             Some(value) => Some(
@@ -352,11 +345,11 @@ pub enum Output {
     Tar(Dest),
     /// `type=image[,name=REF[,REF…]][,push=true]`, `type=registry` (push
     /// implied): the image in the store under these names too, pushed when
-    /// asked, in the way `mode` says.
+    /// asked, in the way `options` says.
     Image {
         names: Vec<Reference>,
         push: bool,
-        mode: ImageOptions,
+        options: ImageOptions,
     },
 }
 
@@ -558,7 +551,7 @@ pub fn with_tags(outputs: Vec<Output>, tags: &[Reference], push: bool) -> Vec<Ou
             Output::Image {
                 names,
                 push: pushes,
-                mode,
+                options,
             } => Output::Image {
                 names: if tags.is_empty() {
                     names
@@ -566,7 +559,7 @@ pub fn with_tags(outputs: Vec<Output>, tags: &[Reference], push: bool) -> Vec<Ou
                     tags.to_vec()
                 },
                 push: pushes || push,
-                mode,
+                options,
             },
             Output::Oci(archive) if !tags.is_empty() => Output::Oci(Archive {
                 names: tags.to_vec(),
@@ -583,7 +576,7 @@ pub fn with_tags(outputs: Vec<Output>, tags: &[Reference], push: bool) -> Vec<Ou
         outputs.push(Output::Image {
             names: tags.to_vec(),
             push: true,
-            mode: ImageOptions::default(),
+            options: ImageOptions::default(),
         });
     }
     outputs
@@ -628,15 +621,17 @@ impl Output {
     /// Parses `type=KIND,key=value,…` (`type` defaults to `local`), or the
     /// shorthands `PATH` (`type=local,dest=PATH`) and `-` (a tar of the
     /// root filesystem to standard output).
-    /// An image format attribute (`compression=`, `oci-mediatypes=`) is
-    /// refused here, where nothing would carry it to the build: see
-    /// [`Output::parse_with_format`].
+    /// An image format attribute (`compression=`, `oci-mediatypes=`, …) or
+    /// `source-date-epoch=` is refused here, where nothing would carry it
+    /// to the build: see [`Output::parse_with_format`].
     pub fn parse(spec: &str) -> Result<Output, ExportError> {
         match Output::parse_with_format(spec)? {
             (output, format) if format == ImageFormat::default() => Ok(output),
             _ => Err(ExportError::Spec {
                 spec: spec.to_string(),
-                message: "compression= and oci-mediatypes= need Output::parse_with_format".into(),
+                message: "image format attributes and source-date-epoch= need \
+                          Output::parse_with_format"
+                    .into(),
             }),
         }
     }
@@ -746,7 +741,7 @@ impl Output {
                 let names = names()?;
                 let push = take_bool(&mut map, "push").map_err(bad)?.unwrap_or(false)
                     || kind == "registry";
-                let mode = ImageOptions {
+                let options = ImageOptions {
                     by_digest: take_bool(&mut map, "push-by-digest")
                         .map_err(bad)?
                         .unwrap_or(false),
@@ -759,7 +754,11 @@ impl Output {
                     unpack: take_bool(&mut map, "unpack").map_err(bad)?.unwrap_or(false),
                     store: take_bool(&mut map, "store").map_err(bad)?.unwrap_or(true),
                 };
-                Output::Image { names, push, mode }
+                Output::Image {
+                    names,
+                    push,
+                    options,
+                }
             }
             other => {
                 return Err(bad(format!(
@@ -1226,16 +1225,16 @@ mod tests {
     #[test]
     fn image_outputs_read_their_push_attributes_and_name_what_each_kind_takes() {
         let image = |spec: &str| Output::parse(spec).map_err(|e| e.to_string());
-        let Ok(Output::Image { push, mode, .. }) =
+        let Ok(Output::Image { push, options, .. }) =
             image("type=image,name=r/a,push=true,push-by-digest=,registry.insecure=1")
         else {
             panic!()
         };
-        assert!(push && mode.by_digest && mode.insecure);
-        let Ok(Output::Image { mode, .. }) = image("type=registry,name=r/a") else {
+        assert!(push && options.by_digest && options.insecure);
+        let Ok(Output::Image { options, .. }) = image("type=registry,name=r/a") else {
             panic!()
         };
-        assert_eq!(mode, ImageOptions::default());
+        assert_eq!(options, ImageOptions::default());
         let spec = "type=image,\"name=r:5000/a, r/b:1\",push-by-digest=true,push=true";
         assert_eq!(given_names(spec), ["r:5000/a", "r/b:1"]);
         // A registry's port is no tag.

@@ -162,7 +162,8 @@ impl BuildSettings {
     /// An image output with `store=false` keeps nothing there.
     pub fn records_untagged(&self) -> bool {
         self.outputs.is_empty()
-            || (self.outputs.iter()).any(|o| matches!(o, Output::Image { mode, .. } if mode.store))
+            || (self.outputs.iter())
+                .any(|o| matches!(o, Output::Image { options, .. } if options.store))
     }
 
     /// Whether the build shows BuildKit's image exporter (`exporting to
@@ -202,8 +203,8 @@ impl BuildSettings {
             Vec::new()
         };
         for output in &self.outputs {
-            if let Output::Image { names, mode, .. } = output {
-                for name in names.iter().filter(|_| mode.store) {
+            if let Output::Image { names, options, .. } = output {
+                for name in names.iter().filter(|_| options.store) {
                     if !tags.contains(name) {
                         tags.push(name.clone());
                     }
@@ -226,12 +227,12 @@ impl BuildSettings {
         for output in &self.outputs {
             if let Output::Image {
                 names,
-                mode,
+                options,
                 push: false,
             } = output
             {
                 let names = if names.is_empty() { &self.tags } else { names };
-                for name in names.iter().filter(|_| mode.canonical && mode.store) {
+                for name in names.iter().filter(|_| options.canonical && options.store) {
                     let name = name.at_digest(digest.clone());
                     if !canonical.contains(&name) {
                         canonical.push(name);
@@ -250,7 +251,7 @@ impl BuildSettings {
         let mut names = self.all_tags();
         for output in &self.outputs {
             let given = match output {
-                Output::Image { names, mode, .. } if !mode.store => names,
+                Output::Image { names, options, .. } if !options.store => names,
                 Output::Oci(archive) | Output::Docker(archive) => &archive.names,
                 _ => continue,
             };
@@ -269,10 +270,10 @@ impl BuildSettings {
     /// `-t` names when it has none) when it pushes, in the output's way.
     pub fn push_targets(&self) -> Vec<PushTarget> {
         let mut targets: Vec<PushTarget> = Vec::new();
-        let mut add = |reference: &Reference, mode: ImageOptions| {
+        let mut add = |reference: &Reference, options: ImageOptions| {
             let target = PushTarget {
                 reference: reference.clone(),
-                mode,
+                options,
             };
             if !targets.contains(&target) {
                 targets.push(target);
@@ -287,12 +288,12 @@ impl BuildSettings {
             if let Output::Image {
                 names,
                 push: true,
-                mode,
+                options,
             } = output
             {
                 let names = if names.is_empty() { &self.tags } else { names };
                 for name in names {
-                    add(name, *mode);
+                    add(name, *options);
                 }
             }
         }
@@ -388,7 +389,7 @@ pub type RemoteError = Box<dyn std::error::Error + Send + Sync>;
 pub trait Remote: ImagePuller + UrlFetcher + Sync {
     /// Pushes `image` (a manifest or index in the store: the one the build
     /// made, whatever its name there names by now) to `target.reference`'s
-    /// registry, layers in `form`, as `target.mode` says; returns the
+    /// registry, layers in `form`, as `target.options` says; returns the
     /// pushed manifest's digest and size.
     fn push(
         &self,
@@ -404,14 +405,14 @@ pub trait Remote: ImagePuller + UrlFetcher + Sync {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushTarget {
     pub reference: Reference,
-    pub mode: ImageOptions,
+    pub options: ImageOptions,
 }
 
 impl PushTarget {
     /// What the registry then holds: the tag, or with `push-by-digest` the
     /// repository at `digest`.
     pub fn pushed_as(&self, digest: &Digest) -> Reference {
-        if self.mode.by_digest {
+        if self.options.by_digest {
             self.reference.at_digest(digest.clone())
         } else {
             self.reference.clone()
@@ -512,17 +513,18 @@ fn no_cache_stages(
 }
 
 /// What the result must have in the store: its root filesystem for a
-/// `local` or `tar` output, or an image output's `unpack=true`, its layers' blobs for an archive output, when
-/// nothing is pushed (the store then holds the image whole) or when
-/// `force-compression=true` may have to convert them (as BuildKit fetches a
-/// lazy layer before converting it); an image that is only pushed keeps
-/// the layers a cache or a registry holds where they are (the push mounts
-/// them), as BuildKit's lazy layers.
+/// `local` or `tar` output or an image output's `unpack=true`; its
+/// layers' blobs for an archive output, when nothing is pushed (the store
+/// then holds the image whole) or when `force-compression=true` may have
+/// to convert them (as BuildKit fetches a lazy layer before converting
+/// it); else, for an image that is only pushed, the layers stay where a
+/// cache or a registry holds them (the push mounts them), as BuildKit's
+/// lazy layers.
 fn result_content(settings: &BuildSettings) -> ResultContent {
     let outputs = &settings.outputs;
     let unpacked = |o: &Output| match o {
         Output::Local(_) | Output::Tar(_) => true,
-        Output::Image { mode, .. } => mode.unpack && mode.store,
+        Output::Image { options, .. } => options.unpack && options.store,
         _ => false,
     };
     if outputs.iter().any(unpacked) {
@@ -1232,7 +1234,7 @@ impl<'a> Session<'a> {
                     reference: target.reference.clone(),
                     source,
                 })?;
-            if target.mode.canonical && target.mode.store {
+            if target.options.canonical && target.options.store {
                 // The pushed manifest (or index) is in the store: the push
                 // wrote it there, its layers compressed.
                 let pushed = Descriptor {

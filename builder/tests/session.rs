@@ -86,7 +86,7 @@ fn settings(context: PathBuf, dockerfile: &str, out: &std::path::Path) -> BuildS
             Output::Image {
                 names: Vec::new(),
                 push: false,
-                mode: Default::default(),
+                options: Default::default(),
             },
             Output::Local(out.join("rootfs")),
         ],

@@ -536,11 +536,11 @@ impl Remote for CliRemote<'_> {
     ) -> Result<(Digest, u64), RemoteError> {
         let options = kiln_transfer::PushOptions {
             compression: form,
-            by_digest: target.mode.by_digest,
+            by_digest: target.options.by_digest,
             ..Default::default()
         };
         let registry = target.reference.registry();
-        let (rt, client) = (self.client_for(Some((registry, target.mode.insecure)), true))
+        let (rt, client) = (self.client_for(Some((registry, target.options.insecure)), true))
             .map_err(|e| format!("{e:#}"))?;
         let pushed = rt.block_on(kiln_transfer::push_descriptor(
             &client,
@@ -966,7 +966,7 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
 /// BuildKit, only when the output pushes.
 fn check_by_digest_names(args: &BuildArgs, outputs: &[Output]) -> anyhow::Result<()> {
     for (output, spec) in outputs.iter().zip(&args.outputs) {
-        if !matches!(output, Output::Image { push: true, mode, .. } if mode.by_digest) {
+        if !matches!(output, Output::Image { push: true, options, .. } if options.by_digest) {
             continue;
         }
         let given = if args.tags.is_empty() {
