@@ -1691,39 +1691,40 @@ fn name_canonical_keeps_the_image_under_its_digest_when_the_tag_moves() {
     let ctx = context(&[("Dockerfile", "FROM scratch\nCOPY f /f\n"), ("f", "1")]);
     let dir = ctx.path().to_str().unwrap();
     let meta = fixture.dir.path().join("meta.json");
-    let build = |output: &str| {
-        ok(&fixture.build(&[
+    // A build with `flags` to `output`: its metadata file.
+    let build_with = |flags: &[&str], output: &str| {
+        let mut args = flags.to_vec();
+        args.extend([
             "--metadata-file",
             meta.to_str().unwrap(),
             "--output",
             output,
             dir,
-        ]));
+        ]);
+        ok(&fixture.build(&args));
         let meta: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
         meta
     };
+    let build = |output: &str| build_with(&[], output);
+    // `repo` at the digest a build's metadata file gives.
+    let pinned = |repo: &str, meta: &serde_json::Value| {
+        format!("{repo}@{}", meta["containerimage.digest"].as_str().unwrap())
+    };
+    let found = |name: &str| kiln(&fixture.root(), &["inspect", name]).status.success();
     let first = build("type=image,name=reg.example/app,name-canonical=true");
     assert_eq!(first["image.name"], "reg.example/app:latest");
-    let canonical = format!(
-        "reg.example/app@{}",
-        first["containerimage.digest"].as_str().unwrap()
-    );
+    let canonical = pinned("reg.example/app", &first);
     // The same without the attribute, as the control.
     let control = build("type=image,name=reg.example/control");
-    let control = format!(
-        "reg.example/control@{}",
-        control["containerimage.digest"].as_str().unwrap()
-    );
+    let control = pinned("reg.example/control", &control);
     kiln_ok(&fixture.root(), &["inspect", &canonical]);
     kiln_ok(&fixture.root(), &["inspect", &control]);
     std::fs::write(ctx.path().join("f"), "2").unwrap();
     build("type=image,name=reg.example/app");
     build("type=image,name=reg.example/control");
     kiln_ok(&fixture.root(), &["inspect", &canonical]);
-    assert!(!kiln(&fixture.root(), &["inspect", &control])
-        .status
-        .success());
+    assert!(!found(&control));
     let images = kiln_ok(&fixture.root(), &["images"]);
     assert!(
         images
@@ -1732,9 +1733,7 @@ fn name_canonical_keeps_the_image_under_its_digest_when_the_tag_moves() {
         "{images}"
     );
     kiln_ok(&fixture.root(), &["rmi", &canonical]);
-    assert!(!kiln(&fixture.root(), &["inspect", &canonical])
-        .status
-        .success());
+    assert!(!found(&canonical));
     let err = failed(&fixture.build(&["--output", "type=image,name=a,name-canonical=maybe", dir]));
     assert!(err.contains("name-canonical=maybe: true or false"), "{err}");
 
@@ -1744,16 +1743,11 @@ fn name_canonical_keeps_the_image_under_its_digest_when_the_tag_moves() {
     for (content, by_id) in [("3", false), ("4", true)] {
         std::fs::write(ctx.path().join("f"), content).unwrap();
         let meta = build("type=image,name=reg.example/gone,name-canonical=true");
-        let canonical = format!(
-            "reg.example/gone@{}",
-            meta["containerimage.digest"].as_str().unwrap()
-        );
+        let canonical = pinned("reg.example/gone", &meta);
         let id = meta["containerimage.config.digest"].as_str().unwrap();
         let name = if by_id { id } else { "reg.example/gone" };
         kiln_ok(&fixture.root(), &["rmi", name]);
-        assert!(!kiln(&fixture.root(), &["inspect", &canonical])
-            .status
-            .success());
+        assert!(!found(&canonical));
     }
 
     // An output that pushes names the image as pushed: kiln compresses the
@@ -1779,18 +1773,12 @@ fn name_canonical_keeps_the_image_under_its_digest_when_the_tag_moves() {
     // Its tag's removal takes it (one image: the same config).
     let tag = format!("{}/test/canon", registry.host);
     kiln_ok(&fixture.root(), &["rmi", &tag]);
-    assert!(!kiln(&fixture.root(), &["inspect", &canonical])
-        .status
-        .success());
+    assert!(!found(&canonical));
     let local = build(&format!(
         "type=image,name={}/test/local,name-canonical=true",
         registry.host
     ));
-    let local = format!(
-        "{}/test/local@{}",
-        registry.host,
-        local["containerimage.digest"].as_str().unwrap()
-    );
+    let local = pinned(&format!("{}/test/local", registry.host), &local);
     let out = kiln(&fixture.root(), &["push", &local]);
     let err = failed(&out);
     assert!(
@@ -1802,38 +1790,18 @@ fn name_canonical_keeps_the_image_under_its_digest_when_the_tag_moves() {
     // the tag's removal takes the canonical name of the one it named only
     // (they share this machine's config, not their other platform's).
     let mut canonicals = Vec::new();
+    let multi = format!("{}/test/multi", registry.host);
     for platforms in ["linux/amd64,linux/arm64", "linux/amd64,linux/riscv64"] {
-        let meta_path = fixture.dir.path().join("meta-index.json");
-        ok(&fixture.build(&[
-            "--platform",
-            platforms,
-            "--metadata-file",
-            meta_path.to_str().unwrap(),
-            "--output",
-            &format!(
-                "type=image,name={}/test/multi:1,push=true,name-canonical=true",
-                registry.host
-            ),
-            dir,
-        ]));
-        let meta: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
-        canonicals.push(format!(
-            "{}/test/multi@{}",
-            registry.host,
-            meta["containerimage.digest"].as_str().unwrap()
-        ));
+        let output = format!("type=image,name={multi}:1,push=true,name-canonical=true");
+        let meta = build_with(&["--platform", platforms], &output);
+        canonicals.push(pinned(&multi, &meta));
     }
     kiln_ok(
         &fixture.root(),
         &["rmi", &format!("{}/test/multi:1", registry.host)],
     );
-    assert!(kiln(&fixture.root(), &["inspect", &canonicals[0]])
-        .status
-        .success());
-    assert!(!kiln(&fixture.root(), &["inspect", &canonicals[1]])
-        .status
-        .success());
+    assert!(found(&canonicals[0]));
+    assert!(!found(&canonicals[1]));
     // An untagged record of the same manifest removed by id takes the tag
     // with it, and the tag's canonical name too.
     std::fs::write(ctx.path().join("f"), "untagged too").unwrap();
@@ -1841,11 +1809,7 @@ fn name_canonical_keeps_the_image_under_its_digest_when_the_tag_moves() {
         "type=image,name={}/test/both,push=true,name-canonical=true",
         registry.host
     ));
-    let canonical = format!(
-        "{}/test/both@{}",
-        registry.host,
-        meta["containerimage.digest"].as_str().unwrap()
-    );
+    let canonical = pinned(&format!("{}/test/both", registry.host), &meta);
     ok(&fixture.build(&["-q", dir]));
     // (A tag sorts index.json: the untagged record comes first.)
     kiln_ok(&fixture.root(), &["tag", "busybox:latest", "resort:1"]);
@@ -1854,9 +1818,7 @@ fn name_canonical_keeps_the_image_under_its_digest_when_the_tag_moves() {
         serde_json::from_str(&kiln_ok(&fixture.root(), &["inspect", &tag])).unwrap();
     let manifest = inspect[0]["Digest"].as_str().unwrap();
     kiln_ok(&fixture.root(), &["rmi", manifest]);
-    assert!(!kiln(&fixture.root(), &["inspect", &canonical])
-        .status
-        .success());
+    assert!(!found(&canonical));
 
     // Two tags of one repository still need --force by id, as docker's
     // rmi; an untagged record and one tag of the same image do not.
