@@ -92,6 +92,12 @@ pub struct BuildSettings {
     pub options: BuildOptions,
     /// Names to tag the image with; none leaves it untagged (by id).
     pub tags: Vec<Reference>,
+    /// Image names as the user wrote them (`-t`, an output's `name=`), by
+    /// the reference each parses to: the metadata file's `image.name`
+    /// gives them so, as buildx hands BuildKit the names unnormalized
+    /// (`app:1`, not `docker.io/library/app:1`). A name not here is
+    /// written normalized.
+    pub written_names: Vec<(Reference, String)>,
     /// When base images are pulled.
     pub pull: PullPolicy,
     /// Run every step (results are still cached).
@@ -262,6 +268,17 @@ impl BuildSettings {
             }
         }
         names
+    }
+
+    /// [`BuildSettings::image_names`] as the user wrote them
+    /// ([`BuildSettings::written_names`]).
+    pub fn image_names_as_written(&self) -> Vec<String> {
+        let written = |name: &Reference| {
+            (self.written_names.iter())
+                .find(|(reference, _)| reference == name)
+                .map_or_else(|| name.to_string(), |(_, text)| text.clone())
+        };
+        self.image_names().iter().map(written).collect()
     }
 
     /// The pushes: every `-t` with `--push` when there is no `--output`
@@ -641,11 +658,10 @@ impl BuildResult {
     /// leaves no image (`-o type=local|tar` alone, unnamed) has only the
     /// warnings: BuildKit's local and tar exporters answer no image keys,
     /// and buildx writes what they answer.
-    pub fn metadata(&self, tags: &[Reference], leaves_an_image: bool) -> serde_json::Value {
+    pub fn metadata(&self, names: &[String], leaves_an_image: bool) -> serde_json::Value {
         if !leaves_an_image {
             return serde_json::json!({ "buildx.build.warnings": self.warnings() });
         }
-        let names: Vec<String> = tags.iter().map(Reference::to_string).collect();
         let mut meta = serde_json::json!({
             "containerimage.digest": self.reported.digest.to_string(),
             "containerimage.config.digest": self.image_id.to_string(),
@@ -1264,7 +1280,7 @@ impl<'a> Session<'a> {
         }
         if let Some(path) = &self.settings.metadata_file {
             let meta = result.metadata(
-                &self.settings.image_names(),
+                &self.settings.image_names_as_written(),
                 self.settings.leaves_an_image(),
             );
             let bytes = serde_json::to_vec_pretty(&meta)

@@ -65,6 +65,7 @@ fn settings(context: PathBuf, dockerfile: &str, out: &std::path::Path) -> BuildS
             ..Default::default()
         },
         tags: vec![Reference::parse("session:test").unwrap()],
+        written_names: Vec::new(),
         pull: PullPolicy::Missing,
         no_cache: false,
         no_cache_stages: Default::default(),

@@ -744,6 +744,7 @@ fn settings_of(
             named_contexts: named.sources(),
         },
         named_contexts: named,
+        written_names: written_names(args, &tags),
         tags,
         pull: args.pull.into(),
         no_cache: args.no_cache,
@@ -784,6 +785,17 @@ fn settings_of(
         metadata_file: args.metadata_file.clone(),
         helper: HelperCommand::current_exe(&[HELPER_SUBCOMMAND]),
     })
+}
+
+/// Each `-t` and output `name=` as written, with the reference it parses
+/// to ([`BuildSettings::written_names`]); a name that does not parse was
+/// refused already.
+fn written_names(args: &BuildArgs, tags: &[Reference]) -> Vec<(Reference, String)> {
+    let named = (args.outputs.iter()).flat_map(|spec| kiln_builder::export::given_names(spec));
+    let named = named.filter_map(|name| Some((Reference::parse_tag(&name).ok()?, name)));
+    (tags.iter().cloned().zip(args.tags.iter().cloned()))
+        .chain(named)
+        .collect()
 }
 
 /// How a build is shown: the progress printer, the layer reporter, and
