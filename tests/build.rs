@@ -418,6 +418,11 @@ fn outputs_tags_iidfile_and_metadata_file() {
     let id = ok(&fixture.build(&args));
     assert!(id.starts_with("sha256:"), "{id}");
     assert_eq!(std::fs::read_to_string(out.path().join("iid")).unwrap(), id);
+    // A failed build leaves no image id file, not the earlier one (buildx
+    // removes it first).
+    let failing = context(&[("Dockerfile", "FROM busybox\nRUN false\n")]);
+    failed(&fixture.build(&["--iidfile", &o("iid"), failing.path().to_str().unwrap()]));
+    assert!(!out.path().join("iid").exists());
 
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("meta.json")).unwrap()).unwrap();

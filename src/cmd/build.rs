@@ -902,6 +902,19 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         mtime_commit: epoch.is_some(),
         file: args.file.as_deref(),
     };
+    // A build that fails leaves no image id file rather than an earlier
+    // build's, as buildx removes it before building.
+    if let Some(path) = &args.iidfile {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "--iidfile {}: removing the earlier file",
+                    path.display()
+                )));
+            }
+            _ => {}
+        }
+    }
     let context = kiln_builder::contexts::prepare(&spec, &mut std::io::stdin().lock(), &prepare)?;
     let named = NamedContexts::prepare(&named_specs, &prepare)?;
     let mut ssh_agents = Vec::new();
