@@ -540,6 +540,57 @@ fn an_outputs_source_date_epoch_dates_the_image_and_files_not_the_build_arg() {
     assert!(err.contains("says no source-date-epoch"), "{err}");
 }
 
+/// SOURCE_DATE_EPOCH in the environment is a build arg, as buildx passes
+/// it: a RUN under `ARG SOURCE_DATE_EPOCH` sees it, its history holds it,
+/// and a `--build-arg` wins over it. A Dockerfile that declares no such ARG
+/// is not told the build arg went unused (the frontend reads it).
+#[test]
+fn source_date_epoch_from_the_environment_is_a_build_arg() {
+    if !kiln_testsupport::require_root("RUN in namespaces") {
+        return;
+    }
+    let fixture = Fixture::new();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nARG SOURCE_DATE_EPOCH\nRUN echo $SOURCE_DATE_EPOCH > /seen\n",
+        ),
+        ("Dockerfile.plain", "FROM busybox\nRUN echo plain > /seen\n"),
+    ]);
+    let build = |args: &[&str]| {
+        common::kiln_command()
+            .arg("--root")
+            .arg(fixture.root())
+            .arg("build")
+            .args(args)
+            .arg(ctx.path())
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .env("KILN_PROGRESS", "plain")
+            .output()
+            .unwrap()
+    };
+    let seen = |tag: &str| kiln_ok(&fixture.root(), &["run", "--rm", tag, "cat", "/seen"]);
+    ok(&build(&["-t", "epoch:env"]));
+    assert_eq!(seen("epoch:env"), "1700000000\n");
+    let history = kiln_ok(&fixture.root(), &["history", "--no-trunc", "epoch:env"]);
+    assert!(
+        history.contains("SOURCE_DATE_EPOCH=1700000000"),
+        "{history}"
+    );
+    ok(&build(&[
+        "-t",
+        "epoch:arg",
+        "--build-arg",
+        "SOURCE_DATE_EPOCH=86400",
+    ]));
+    assert_eq!(seen("epoch:arg"), "86400\n");
+    let plain = ctx.path().join("Dockerfile.plain");
+    let plain = build(&["-t", "epoch:plain", "-f", plain.to_str().unwrap()]);
+    ok(&plain);
+    let stderr = String::from_utf8_lossy(&plain.stderr);
+    assert!(!stderr.contains("were not consumed"), "{stderr}");
+}
+
 /// SOURCE_DATE_EPOCH with an image output's `rewrite-timestamp=true`
 /// gives one image whatever the store holds: the first root has cached
 /// the same steps built with no epoch (layers with this moment's mtimes),

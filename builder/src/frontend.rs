@@ -41,7 +41,8 @@ use crate::plan::PlanWarning;
 pub const DEFAULT_HOSTNAME: &str = "buildkitsandbox";
 
 /// The build args BuildKit's frontend reads as options: they need no ARG
-/// and are never reported unused.
+/// and are never reported unused (`SOURCE_DATE_EPOCH` dates the image;
+/// buildx passes it from the environment to every build).
 pub const FRONTEND_ARGS: &[&str] = &[
     "BUILDKIT_ATTEST_PROVENANCE",
     "BUILDKIT_BUILD_NAME",
@@ -52,6 +53,7 @@ pub const FRONTEND_ARGS: &[&str] = &[
     "BUILDKIT_MULTI_PLATFORM",
     "BUILDKIT_SANDBOX_HOSTNAME",
     "BUILDKIT_SYNTAX",
+    "SOURCE_DATE_EPOCH",
 ];
 
 /// `BUILDKIT_INLINE_CACHE`: true asks for `--cache-to type=inline`, as

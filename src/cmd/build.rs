@@ -613,7 +613,8 @@ fn target_platforms(flags: &[String]) -> anyhow::Result<Vec<Platform>> {
 }
 
 /// `--build-arg K=V`, or `K` from kiln's environment (dropped when unset), as
-/// the docker CLI does; an empty key is refused, as buildx refuses it.
+/// the docker CLI does; an empty key is refused, as buildx refuses it; and
+/// `SOURCE_DATE_EPOCH` from the environment when no flag gives it.
 pub(crate) fn parse_build_args(flags: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut args = BTreeMap::new();
     for flag in flags {
@@ -628,8 +629,21 @@ pub(crate) fn parse_build_args(flags: &[String]) -> anyhow::Result<BTreeMap<Stri
             args.insert(key.to_string(), value);
         }
     }
+    // As buildx: SOURCE_DATE_EPOCH from the environment is a build arg
+    // (which a RUN sees, and which the steps' cache keys hold) unless a
+    // flag gives it.
+    if let (false, Ok(epoch)) = (
+        args.contains_key(SOURCE_DATE_EPOCH),
+        std::env::var(SOURCE_DATE_EPOCH),
+    ) {
+        if !epoch.is_empty() {
+            args.insert(SOURCE_DATE_EPOCH.to_string(), epoch);
+        }
+    }
     Ok(args)
 }
+
+const SOURCE_DATE_EPOCH: &str = "SOURCE_DATE_EPOCH";
 
 /// The flags as the builder's settings. `ssh_agents` keeps the agents
 /// started for key files alive for the build.
