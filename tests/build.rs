@@ -2787,6 +2787,21 @@ fn build_checks_warn_fail_and_reach_the_metadata_file() {
         "{stderr}"
     );
     assert!(!stderr.contains("[base 2/2]"), "a step ran:\n{stderr}");
+    // Each rule named once, however many findings broke it.
+    let twice = context(&[(
+        "Dockerfile",
+        "# check=error=true\nFROM busybox AS B\nCMD true\nCMD false\n",
+    )]);
+    let stderr = failed(&fixture.build(&[twice.path().to_str().unwrap()]));
+    let violation = stderr.lines().find(|l| l.contains("lint violation"));
+    assert_eq!(
+        violation,
+        Some(
+            "error: lint violation found for rules: StageNameCasing, JSONArgsRecommended, \
+             MultipleInstructionsDisallowed"
+        ),
+        "{stderr}"
+    );
 
     // The build arg wins over the directive; skip= silences rules.
     let out = fixture.build(&[

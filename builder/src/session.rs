@@ -486,9 +486,13 @@ pub enum BuildError {
     Invalid(String),
 }
 
+/// Each rule a finding broke, once, in the order first found.
 fn violated_rules(report: &lint::Report) -> String {
-    let mut rules: Vec<&str> = report.findings.iter().map(|f| f.rule).collect();
-    rules.dedup();
+    let mut seen = std::collections::HashSet::new();
+    let rules: Vec<&str> = (report.findings.iter())
+        .map(|f| f.rule)
+        .filter(|rule| seen.insert(*rule))
+        .collect();
     rules.join(", ")
 }
 
