@@ -79,7 +79,8 @@ pub struct GitSource {
     /// `?submodules=`; submodules are checked out unless false.
     pub submodules: Option<bool>,
     /// `?mtime=commit`: every file gets the commit's time instead of the
-    /// checkout's (`?mtime=checkout`, the default).
+    /// checkout's (`?mtime=checkout`, the default). A Git build context
+    /// only: the planner refuses it in ADD, where BuildKit ignores it.
     pub mtime_commit: bool,
     /// `?fetch-by-commit`: trust the checksum (a full commit id) as the
     /// commit and fetch it directly, without asking the remote for refs.

@@ -1070,6 +1070,15 @@ impl<'a> Planner<'a> {
                 .map_err(|source| PlanError::at(site.line, PlanErrorKind::Git(source)))?;
             let Some(git) = git else { continue };
             any_git = true;
+            // BuildKit's ADD takes `mtime=` and leaves the checkout's times
+            // (only a Git build context applies it).
+            if git.mtime_commit {
+                return Err(site.invalid(format!(
+                    "{src}: mtime=commit applies to a Git build context only: BuildKit's ADD \
+                     ignores it (its files get the checkout's time); drop it, or build from \
+                     the Git context"
+                )));
+            }
             if let (Some(flag), Some(query)) = (a.keep_git_dir, git.keep_git_dir) {
                 if flag != query {
                     return Err(site.invalid("inconsistent keep-git-dir configuration".into()));
