@@ -486,8 +486,8 @@ fn outputs_tags_iidfile_and_metadata_file() {
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("meta-local.json")).unwrap())
             .unwrap();
-    let keys: Vec<&String> = meta.as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["buildx.build.warnings"], "{meta}");
+    // (buildx writes `{}`: no warnings without BUILDX_METADATA_WARNINGS.)
+    assert_eq!(meta, serde_json::json!({}));
     let rootfs = out.path().join("rootfs");
     assert_eq!(
         std::fs::read_to_string(rootfs.join("built.txt")).unwrap(),
@@ -2755,7 +2755,8 @@ fn build_checks_warn_fail_and_reach_the_metadata_file() {
     let ctx = context(&[("Dockerfile", dockerfile)]);
     let dir = ctx.path().to_str().unwrap();
     let meta = ctx.path().join("meta.json");
-    let out = fixture.build(&["--metadata-file", meta.to_str().unwrap(), dir]);
+    let build = ["build", "--metadata-file", meta.to_str().unwrap(), dir];
+    let out = common::kiln_with_metadata_warnings(&fixture.root(), &build);
     ok(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -2763,14 +2764,36 @@ fn build_checks_warn_fail_and_reach_the_metadata_file() {
         "{stderr}"
     );
     assert!(stderr.contains("Dockerfile:1: FromAsCasing"), "{stderr}");
-    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
-    let rules: Vec<&str> = meta["buildx.build.warnings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["rule"].as_str().unwrap())
-        .collect();
-    assert_eq!(rules, ["FromAsCasing", "JSONArgsRecommended"]);
+    // As buildx writes them under BUILDX_METADATA_WARNINGS: BuildKit's
+    // VertexWarnings, the short text as BuildKit's linter formats it.
+    let read =
+        || -> serde_json::Value { serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap() };
+    let warnings = read();
+    assert_eq!(
+        common::metadata_warnings(&warnings, dockerfile),
+        [
+            (
+                Some(1),
+                "FromAsCasing: 'as' and 'FROM' keywords' casing do not match (line 1)".to_string()
+            ),
+            (
+                Some(3),
+                "JSONArgsRecommended: JSON arguments recommended for CMD to prevent unintended \
+                 behavior related to OS signals (line 3)"
+                    .to_string()
+            ),
+        ]
+    );
+    let first = &warnings["buildx.build.warnings"][0];
+    assert_eq!(
+        first["url"],
+        "https://docs.docker.com/go/dockerfile/rule/from-as-casing/"
+    );
+    assert_eq!(first["sourceInfo"]["filename"], "Dockerfile");
+    assert!(first["detail"][0].is_string(), "{first}");
+    // Without it, none (buildx's default).
+    ok(&fixture.build(&build[1..]));
+    assert!(read().get("buildx.build.warnings").is_none(), "{}", read());
 
     // error=true: the build fails before any step runs.
     let strict = context(&[(

@@ -50,7 +50,7 @@ impl Fixture {
         let mut all = vec!["build", "--output", &output];
         all.extend_from_slice(args);
         all.push(ctx.to_str().unwrap());
-        let out = kiln(&self.root(), &all);
+        let out = common::kiln_with_metadata_warnings(&self.root(), &all);
         assert!(
             out.status.success(),
             "build failed ({}):\n{}",
@@ -186,19 +186,9 @@ fn chown_to_a_user_the_image_lacks_is_root_and_a_build_warning() {
     assert_eq!(stderr.matches(" WARN: ").count(), 3, "{stderr}");
 
     let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
-    let warnings: Vec<(u64, String)> = meta["buildx.build.warnings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| {
-            (
-                w["line"].as_u64().unwrap(),
-                w["detail"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    let lines: Vec<u64> = warnings.iter().map(|(line, _)| *line).collect();
-    assert_eq!(lines, [2, 3, 6], "{warnings:?}");
+    let warnings = common::metadata_warnings(&meta, dockerfile);
+    let lines: Vec<Option<u64>> = warnings.iter().map(|(line, _)| *line).collect();
+    assert_eq!(lines, [Some(2), Some(3), Some(6)], "{warnings:?}");
     assert!(
         warnings[0].1.starts_with("--chown=nosuchuser: user"),
         "{warnings:?}"

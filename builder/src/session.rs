@@ -154,6 +154,10 @@ pub struct BuildSettings {
     pub push: bool,
     pub iidfile: Option<PathBuf>,
     pub metadata_file: Option<PathBuf>,
+    /// The metadata file holds the build's warnings
+    /// (`buildx.build.warnings`), as buildx writes them only when
+    /// `BUILDX_METADATA_WARNINGS` is true.
+    pub metadata_warnings: bool,
     /// How the runtime re-executes kiln as its helper.
     pub helper: HelperCommand,
 }
@@ -659,20 +663,33 @@ pub struct BuildResult {
 
 impl BuildResult {
     /// The `--metadata-file` JSON, with BuildKit's keys. A build that
-    /// leaves no image (`-o type=local|tar` alone, unnamed) has only the
-    /// warnings: BuildKit's local and tar exporters answer no image keys,
-    /// and buildx writes what they answer.
-    pub fn metadata(&self, names: &[String], leaves_an_image: bool) -> serde_json::Value {
-        if !leaves_an_image {
-            return serde_json::json!({ "buildx.build.warnings": self.warnings() });
+    /// leaves no image (`-o type=local|tar` alone, unnamed) has no image
+    /// keys: BuildKit's local and tar exporters answer none, and buildx
+    /// writes what they answer. With `warnings_of` (buildx's
+    /// `BUILDX_METADATA_WARNINGS`), the build's warnings about that
+    /// Dockerfile too, when there are some.
+    pub fn metadata(
+        &self,
+        names: &[String],
+        leaves_an_image: bool,
+        warnings_of: Option<&DockerfileInput>,
+    ) -> serde_json::Value {
+        let mut meta = match leaves_an_image {
+            false => serde_json::json!({}),
+            true => serde_json::json!({
+                "containerimage.digest": self.reported.digest.to_string(),
+                "containerimage.config.digest": self.image_id.to_string(),
+                "containerimage.descriptor": self.reported_descriptor(),
+                "image.name": names.join(","),
+            }),
+        };
+        let warnings = warnings_of.map(|dockerfile| self.warnings(dockerfile));
+        if let Some(warnings) = warnings.filter(|w| !w.is_empty()) {
+            meta["buildx.build.warnings"] = serde_json::Value::Array(warnings);
         }
-        let mut meta = serde_json::json!({
-            "containerimage.digest": self.reported.digest.to_string(),
-            "containerimage.config.digest": self.image_id.to_string(),
-            "containerimage.descriptor": self.reported_descriptor(),
-            "image.name": names.join(","),
-            "buildx.build.warnings": self.warnings(),
-        });
+        if !leaves_an_image {
+            return meta;
+        }
         // BuildKit answers no name when the image has none.
         if names.is_empty() {
             if let Some(map) = meta.as_object_mut() {
@@ -688,15 +705,47 @@ impl BuildResult {
         meta
     }
 
-    /// The build checks' findings, then what steps warned of as they ran.
-    fn warnings(&self) -> Vec<serde_json::Value> {
+    /// The build checks' findings, then what steps warned of as they ran,
+    /// as buildx writes them: BuildKit's `VertexWarning`s (level 1, the
+    /// `short` text, each `detail` and the Dockerfile in `sourceInfo` in
+    /// base64, `range` the lines), with no `vertex` (kiln makes no LLB
+    /// graph). A finding's `short` is BuildKit's linter's, `RULE: message
+    /// (line N)`, its `detail` the rule's description.
+    fn warnings(&self, dockerfile: &DockerfileInput) -> Vec<serde_json::Value> {
+        use base64::Engine as _;
+        let base64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let source = serde_json::json!({
+            "filename": dockerfile.file_name(),
+            "data": base64(&dockerfile.bytes),
+            "language": "Dockerfile",
+        });
+        let warning =
+            |short: &str, detail: Option<&str>, url: &str, lines: Option<(usize, usize)>| {
+                let mut warning =
+                    serde_json::json!({ "level": 1, "short": base64(short.as_bytes()) });
+                if let Some(detail) = detail {
+                    warning["detail"] = serde_json::json!([base64(detail.as_bytes())]);
+                }
+                if !url.is_empty() {
+                    warning["url"] = url.into();
+                }
+                if let Some((start, end)) = lines {
+                    warning["sourceInfo"] = source.clone();
+                    warning["range"] = serde_json::json!([
+                        { "start": { "line": start }, "end": { "line": end } }
+                    ]);
+                }
+                warning
+            };
         let checks = self.checks.iter().map(|f| {
-            serde_json::json!({
-                "rule": f.rule,
-                "detail": f.message,
-                "url": f.url,
-                "line": f.line,
-            })
+            let (short, lines) = match f.line {
+                0 => (format!("{}: {}", f.rule, f.message), None),
+                line => (
+                    format!("{}: {} (line {line})", f.rule, f.message),
+                    Some((line, f.end_line.max(line))),
+                ),
+            };
+            warning(&short, Some(f.description), f.url, lines)
         });
         // Each platform's steps; a warning several platforms' steps gave, once.
         let mut seen = std::collections::HashSet::new();
@@ -705,12 +754,7 @@ impl BuildResult {
             .iter()
             .flat_map(|image| &image.warnings)
             .filter(|w| seen.insert((w.line, w.message.clone())))
-            .map(|w| {
-                serde_json::json!({
-                    "detail": w.message,
-                    "line": w.line,
-                })
-            })
+            .map(|w| warning(&w.message, None, "", w.line.map(|line| (line, line))))
             .collect::<Vec<_>>();
         checks.chain(steps).collect()
     }
@@ -1286,6 +1330,7 @@ impl<'a> Session<'a> {
             let meta = result.metadata(
                 &self.settings.image_names_as_written(),
                 self.settings.leaves_an_image(),
+                (self.settings.metadata_warnings).then_some(&self.settings.dockerfile),
             );
             let bytes = serde_json::to_vec_pretty(&meta)
                 .map_err(|e| BuildError::Invalid(format!("metadata file: {e}")))?;

@@ -97,6 +97,7 @@ fn settings(context: PathBuf, dockerfile: &str, out: &std::path::Path) -> BuildS
         push: false,
         iidfile: None,
         metadata_file: Some(out.join("metadata.json")),
+        metadata_warnings: false,
         helper: HelperCommand {
             program: PathBuf::from(env!("CARGO_BIN_EXE_kiln-builder-test-helper")),
             args: vec!["__runtime-helper".into()],

@@ -166,8 +166,9 @@ pub struct BuildArgs {
     #[arg(long, value_name = "FILE")]
     iidfile: Option<PathBuf>,
     /// Write JSON with the image, manifest and config digests to this file
-    /// (only the warnings when the build leaves no image: type=local or tar
-    /// alone, unnamed).
+    /// (none when the build leaves no image: type=local or tar alone,
+    /// unnamed); with BUILDX_METADATA_WARNINGS=true, the build's warnings
+    /// too, as buildx writes them.
     #[arg(long, value_name = "FILE")]
     metadata_file: Option<PathBuf>,
     /// Also export (repeatable): type=oci[,dest=FILE|-]; type=docker,dest=FILE (each a tar;
@@ -797,6 +798,8 @@ fn settings_of(
         push: args.push,
         iidfile: args.iidfile.clone(),
         metadata_file: args.metadata_file.clone(),
+        metadata_warnings: std::env::var("BUILDX_METADATA_WARNINGS")
+            .is_ok_and(|v| kiln_builder::git::parse_go_bool(&v) == Some(true)),
         helper: HelperCommand::current_exe(&[HELPER_SUBCOMMAND]),
     })
 }

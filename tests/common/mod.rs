@@ -50,6 +50,44 @@ pub fn kiln(root: &Path, args: &[&str]) -> Output {
         .expect("run kiln")
 }
 
+/// [`kiln`] with buildx's `BUILDX_METADATA_WARNINGS=true`: a build's
+/// `--metadata-file` holds its warnings.
+pub fn kiln_with_metadata_warnings(root: &Path, args: &[&str]) -> Output {
+    kiln_command()
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .env("KILN_PROGRESS", "plain")
+        .env("BUILDX_METADATA_WARNINGS", "true")
+        .output()
+        .expect("run kiln")
+}
+
+/// A metadata file's `buildx.build.warnings` as (the first line of the
+/// warning's range, its `short` text decoded from base64), checking that
+/// each is a BuildKit `VertexWarning` of level 1 whose `sourceInfo`, when
+/// it has a range, holds `dockerfile`'s text.
+pub fn metadata_warnings(meta: &serde_json::Value, dockerfile: &str) -> Vec<(Option<u64>, String)> {
+    use base64::Engine as _;
+    let decode = |value: &serde_json::Value| {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(value.as_str().expect("a base64 string"))
+            .expect("base64");
+        String::from_utf8(bytes).expect("UTF-8")
+    };
+    let warnings = meta["buildx.build.warnings"].as_array().expect("warnings");
+    let read = |w: &serde_json::Value| {
+        assert_eq!(w["level"], 1, "{w}");
+        let line = w["range"][0]["start"]["line"].as_u64();
+        if line.is_some() {
+            assert_eq!(decode(&w["sourceInfo"]["data"]), dockerfile, "{w}");
+            assert_eq!(w["sourceInfo"]["language"], "Dockerfile", "{w}");
+        }
+        (line, decode(&w["short"]))
+    };
+    warnings.iter().map(read).collect()
+}
+
 /// Like [`kiln`] but panics, showing stderr, unless it succeeds; returns stdout.
 pub fn kiln_ok(root: &Path, args: &[&str]) -> String {
     let out = kiln(root, args);
