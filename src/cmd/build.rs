@@ -632,19 +632,15 @@ pub(crate) fn parse_build_args(flags: &[String]) -> anyhow::Result<BTreeMap<Stri
     }
     // As buildx: SOURCE_DATE_EPOCH from the environment is a build arg
     // (which a RUN sees, and which the steps' cache keys hold) unless a
-    // flag gives it.
-    if let (false, Ok(epoch)) = (
-        args.contains_key(SOURCE_DATE_EPOCH),
-        std::env::var(SOURCE_DATE_EPOCH),
-    ) {
-        if !epoch.is_empty() {
-            args.insert(SOURCE_DATE_EPOCH.to_string(), epoch);
+    // flag gives it; refused, naming the environment, when not a number.
+    if !args.contains_key("SOURCE_DATE_EPOCH") {
+        let given = std::env::var("SOURCE_DATE_EPOCH");
+        if let (Some(_), Ok(given)) = (crate::settings::source_date_epoch()?, given) {
+            args.insert("SOURCE_DATE_EPOCH".to_string(), given);
         }
     }
     Ok(args)
 }
-
-const SOURCE_DATE_EPOCH: &str = "SOURCE_DATE_EPOCH";
 
 /// The flags as the builder's settings. `ssh_agents` keeps the agents
 /// started for key files alive for the build.
