@@ -792,6 +792,12 @@ const NOT_BUILDABLE: &[(&str, &str, &str)] = &[
         "unexpected query",
     ),
     (
+        "builder/plan/errors-add-git-mtime",
+        "its ADD asks a Git source for mtime=commit, which kiln refuses (BuildKit's ADD ignores \
+         it); the case checks that error",
+        "mtime=commit applies to a Git build context only",
+    ),
+    (
         "builder/plan/errors-copy-from-variable",
         "COPY --from holds a variable, which BuildKit refuses; the case checks that error",
         "variable expansion is not supported for --from",
