@@ -89,7 +89,7 @@ const RUN_FLAGS: &[(&str, &[&str], &[&str])] = &[
     ),
     (
         "--hostname",
-        &["--hostname"],
+        &["-h", "--hostname"],
         &[
             "tests/run.rs::pid_1_hostname_and_exit_code",
             "tests/run.rs::image_env_workdir_user_and_their_flags",

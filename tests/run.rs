@@ -98,8 +98,9 @@ fn stderr(out: &Output) -> String {
 fn pid_1_hostname_and_exit_code() {
     require_namespaces!();
     let f = Fixture::new(&[]);
+    // (`-h` is --hostname, as in docker run, not help.)
     let out = f.run(&[
-        "--hostname",
+        "-h",
         "box",
         "busybox:test",
         "sh",

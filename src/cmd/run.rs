@@ -36,6 +36,8 @@ const EXIT_RUN_FAILED: u8 = 125;
 #[derive(Debug, Subcommand)]
 pub enum RunCommand {
     /// Run a command in a new container from a local image.
+    // `-h` is --hostname, as in docker run; --help stays.
+    #[command(disable_help_flag = true)]
     Run(Box<RunArgs>),
     /// Internal: the runtime's helper process (started by kiln itself).
     #[command(name = HELPER_SUBCOMMAND, hide = true)]
@@ -81,8 +83,11 @@ pub struct RunArgs {
     verbose: u8,
     /// Container host name (default: the first 12 digits of its id, or the
     /// host's name with --network host).
-    #[arg(long, value_name = "NAME")]
+    #[arg(short = 'h', long, value_name = "NAME")]
     hostname: Option<String>,
+    /// Print help (`-h` is --hostname, as in docker run).
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
     /// Keep standard input open (pass it to the container).
     #[arg(short = 'i', long)]
     interactive: bool,
