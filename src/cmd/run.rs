@@ -8,7 +8,7 @@
 //! the store's lock) and is always removed when it exits: kiln keeps no
 //! stopped containers, so `--rm` is accepted and changes nothing.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -342,6 +342,11 @@ fn run_container(mut args: RunArgs, settings: &GlobalSettings) -> anyhow::Result
     // docker run's --platform defaults to DOCKER_DEFAULT_PLATFORM.
     if args.platform.is_none() {
         args.platform = crate::settings::default_platform("kiln run")?.map(|p| p.to_string());
+    }
+    // As docker run: a terminal's input must be one (piped input would
+    // never reach the terminal's end of file).
+    if args.tty && args.interactive && !std::io::stdin().is_terminal() {
+        bail!("cannot attach stdin to a TTY-enabled container because stdin is not a terminal");
     }
     let volumes = args
         .volumes
