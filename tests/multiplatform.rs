@@ -18,7 +18,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{kiln, kiln_ok, run_ok};
+use common::{kiln, kiln_ok, run_ok, text};
 use kiln_testsupport::image::skopeo_raw_manifest;
 use kiln_testsupport::multiarch::{push_busybox_index, push_busybox_index_of, MultiArchImage};
 use kiln_testsupport::RegistryServer;
@@ -180,7 +180,15 @@ fn pull_keeps_the_index_and_push_sends_it_whole() {
     );
     let err = failed(&kiln(
         &root,
-        &["run", "--platform", "linux/amd64", &base.reference, "true"],
+        &[
+            "run",
+            "--pull",
+            "never",
+            "--platform",
+            "linux/amd64",
+            &base.reference,
+            "true",
+        ],
     ));
     assert!(
         err.contains("platform linux/amd64 is not in the store"),
@@ -195,6 +203,29 @@ fn pull_keeps_the_index_and_push_sends_it_whole() {
             base.platform("linux/amd64").digest
         )),
         "{err}"
+    );
+
+    // `run --platform` of a platform the store lacks pulls it (--pull
+    // missing, the default), as docker run does, and keeps the other.
+    let run = kiln(
+        &root,
+        &["run", "--platform", "linux/amd64", &base.reference, "true"],
+    );
+    assert!(run.status.success(), "{}", text(&run));
+    assert!(
+        text(&run).contains(&format!(
+            "Unable to find image '{}' locally",
+            base.reference
+        )),
+        "{}",
+        text(&run)
+    );
+    assert_eq!(
+        platforms(&root, &base.reference),
+        [
+            ("linux/amd64".to_string(), true),
+            ("linux/arm64".to_string(), true)
+        ]
     );
 
     // Every platform: the same index, both images held.

@@ -203,6 +203,9 @@ fn pull_as_asked(store: &Store, args: &RunArgs, settings: &GlobalSettings) -> an
         || store
             .find(&args.image, &wanted)
             .is_ok_and(|f| !f.is_empty());
+    // With --platform, that platform's image must be held: docker's image
+    // store answers "not found" for another one, and the CLI pulls it.
+    let found = found && (args.platform.is_none() || holds(store, &args.image, &wanted));
     let pull = match args.pull {
         PullArg::Always => by_name || !found,
         PullArg::Missing if !found => {
@@ -216,6 +219,15 @@ fn pull_as_asked(store: &Store, args: &RunArgs, settings: &GlobalSettings) -> an
     }
     crate::cmd::registry::pull_for_run(&reference, &wanted, &args.registry, settings)
         .with_context(|| format!("pulling {reference}"))
+}
+
+/// Whether the store holds `name`'s image for `platform`.
+fn holds(store: &Store, name: &str, platform: &Platform) -> bool {
+    let found = store
+        .find(name, platform)
+        .ok()
+        .and_then(|f| f.into_iter().next());
+    found.is_some_and(|tagged| (store.read_image_for(&tagged.descriptor, platform, name)).is_ok())
 }
 
 /// The image `args` name, for `--platform` (which must be held), or
