@@ -1261,7 +1261,9 @@ fn manifest_create_gives_the_index_a_one_shot_build_gives() {
             ("linux/arm64".to_string(), false)
         ]
     );
-    ok(&fixture.kiln(&assembler, &["manifest", "push", &assembled]));
+    // The pushed index's digest alone on stdout, as docker manifest push.
+    let pushed = ok(&fixture.kiln(&assembler, &["manifest", "push", &assembled]));
+    assert_eq!(pushed, format!("{digest}\n"));
     let expected = fixture.raw(&one_shot);
     assert_eq!(fixture.raw(&assembled), expected);
     let one_shot_digest = kiln_testsupport::image::digest_of(

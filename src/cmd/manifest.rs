@@ -353,7 +353,8 @@ fn entry_digest(
     Ok(fetched.digest)
 }
 
-/// `kiln manifest push`: every manifest of the stored index, then the index.
+/// `kiln manifest push`: every manifest of the stored index, then the
+/// index; prints its digest.
 fn push(args: PushArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let target = Reference::parse(&args.target)?;
     let dest = match &args.dest {
@@ -374,6 +375,9 @@ fn push(args: PushArgs, settings: &GlobalSettings) -> anyhow::Result<ExitCode> {
         &PushOptions::default(),
         reporter,
     ))?;
-    println!("{dest}: digest: {} size: {}", pushed.digest, pushed.size);
+    // The digest alone on stdout, as docker manifest push prints it
+    // (`DIGEST=$(kiln manifest push …)`).
+    eprintln!("{dest}: digest: {} size: {}", pushed.digest, pushed.size);
+    println!("{}", pushed.digest);
     Ok(ExitCode::SUCCESS)
 }
