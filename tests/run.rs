@@ -562,32 +562,50 @@ fn missing_volume_source_is_refused_before_anything_starts() {
     f.assert_no_containers();
 }
 
+/// Signals reach the container's PID 1, as docker run's signal proxy
+/// hands them on: SIGTERM, and the others a process can catch (SIGUSR1,
+/// SIGHUP, SIGQUIT, a real-time one), whose traps decide the exit code.
 #[test]
-fn sigterm_reaches_the_container() {
+fn signals_reach_the_container() {
+    use rustix::process::Signal;
     require_namespaces!();
     let f = Fixture::new(&[]);
-    // Killed and reaped if the test fails before kiln exits.
-    let mut child = kiln_testsupport::ChildGuard::spawn(
-        f.kiln()
-            .args(["run", "busybox:test", "sh", "-c"])
-            .arg("trap 'exit 42' TERM; echo ready; while true; do sleep 0.1; done")
-            .stdout(Stdio::piped()),
-    )
-    .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
+    let sigrtmin = libc::SIGRTMIN();
+    // SAFETY: a real-time signal number from glibc's own range.
+    let realtime = unsafe { Signal::from_raw_unchecked(sigrtmin + 2) };
+    for (signal, name, code) in [
+        (Signal::TERM, "TERM".to_string(), 42),
+        (Signal::USR1, "USR1".to_string(), 9),
+        (Signal::HUP, "HUP".to_string(), 3),
+        (Signal::QUIT, "QUIT".to_string(), 4),
+        (realtime, format!("{}", sigrtmin + 2), 5),
+    ] {
+        // Killed and reaped if the test fails before kiln exits.
+        let mut child = kiln_testsupport::ChildGuard::spawn(
+            f.kiln()
+                .args(["run", "busybox:test", "sh", "-c"])
+                .arg(format!(
+                    "trap 'exit {code}' {name}; echo ready; while true; do sleep 0.1; done"
+                ))
+                .stdout(Stdio::piped()),
+        )
         .unwrap();
-    assert_eq!(line, "ready\n");
-    let pid = rustix::process::Pid::from_child(&child);
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    // A hang guard, not a timing assertion: if SIGTERM is not forwarded
-    // the container loops forever, so kiln is killed and the test fails.
-    let status = child
-        .wait_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("SIGTERM did not end kiln run: {e}"));
-    assert_eq!(status.code(), Some(42));
-    f.assert_no_containers();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "ready\n");
+        let pid = rustix::process::Pid::from_child(&child);
+        rustix::process::kill_process(pid, signal).unwrap();
+        // A hang guard, not a timing assertion: if the signal is not
+        // forwarded the container loops forever, so kiln is killed and
+        // the test fails.
+        let status = child
+            .wait_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("SIG{name} did not end kiln run: {e}"));
+        assert_eq!(status.code(), Some(code), "SIG{name}: {status:?}");
+        f.assert_no_containers();
+    }
 }
 
 #[test]
