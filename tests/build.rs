@@ -591,6 +591,40 @@ fn source_date_epoch_from_the_environment_is_a_build_arg() {
     assert!(!stderr.contains("were not consumed"), "{stderr}");
 }
 
+/// A global `ARG SOURCE_DATE_EPOCH=…` is the epoch when the build gives
+/// none, as BuildKit's frontend reads the meta args for it (the config
+/// and history dated then, a RUN under the ARG seeing it); a build arg
+/// wins, and a default that is not a number is refused.
+#[test]
+fn a_global_arg_gives_source_date_epoch_a_default() {
+    if !kiln_testsupport::require_root("RUN in namespaces") {
+        return;
+    }
+    let fixture = Fixture::new();
+    let dockerfile = "ARG SOURCE_DATE_EPOCH=86400\nFROM busybox\nARG SOURCE_DATE_EPOCH\n\
+                      RUN echo $SOURCE_DATE_EPOCH > /seen\n";
+    let ctx = context(&[("Dockerfile", dockerfile)]);
+    let created = |tag: &str| {
+        let inspect: serde_json::Value =
+            serde_json::from_str(&kiln_ok(&fixture.root(), &["inspect", tag])).unwrap();
+        inspect[0]["Created"].as_str().unwrap().to_string()
+    };
+    let seen = |tag: &str| kiln_ok(&fixture.root(), &["run", "--rm", tag, "cat", "/seen"]);
+    let dir = ctx.path().to_str().unwrap();
+    ok(&fixture.build(&["-t", "default:1", dir]));
+    assert_eq!(created("default:1"), "1970-01-02T00:00:00Z");
+    assert_eq!(seen("default:1"), "86400\n");
+    ok(&fixture.build(&["-t", "default:2", "--build-arg", "SOURCE_DATE_EPOCH=5", dir]));
+    assert_eq!(created("default:2"), "1970-01-01T00:00:05Z");
+    assert_eq!(seen("default:2"), "5\n");
+    let bad = context(&[("Dockerfile", "ARG SOURCE_DATE_EPOCH=soon\nFROM busybox\n")]);
+    let err = failed(&fixture.build(&[bad.path().to_str().unwrap()]));
+    assert!(
+        err.contains("Dockerfile: ARG SOURCE_DATE_EPOCH=soon: invalid"),
+        "{err}"
+    );
+}
+
 /// SOURCE_DATE_EPOCH with an image output's `rewrite-timestamp=true`
 /// gives one image whatever the store holds: the first root has cached
 /// the same steps built with no epoch (layers with this moment's mtimes),

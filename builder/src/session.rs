@@ -106,8 +106,10 @@ pub struct BuildSettings {
     pub no_cache_stages: Vec<String>,
     /// What the Dockerfile may do only when allowed (`--allow`).
     pub allow: Entitlements,
-    /// SOURCE_DATE_EPOCH from the environment; a `SOURCE_DATE_EPOCH` build
-    /// arg wins over it, as in BuildKit.
+    /// SOURCE_DATE_EPOCH when no build arg gives one (a `SOURCE_DATE_EPOCH`
+    /// build arg wins, as in BuildKit): the environment's, else the
+    /// default a global `ARG SOURCE_DATE_EPOCH=…` of the Dockerfile gives
+    /// ([`dockerfile_epoch`]).
     pub source_date_epoch: Option<i64>,
     /// The outputs' `source-date-epoch=` ([`crate::export::settle_epoch`]),
     /// which wins over both for what the exporters date (the config, its
@@ -640,6 +642,29 @@ impl<'a> Planned<'a> {
     pub(crate) fn downloads(&self) -> &UrlDownloads<'a> {
         &self.downloads
     }
+}
+
+/// The SOURCE_DATE_EPOCH a global `ARG SOURCE_DATE_EPOCH=…` of the
+/// Dockerfile gives (its build arg's value when `options` has one), as
+/// BuildKit's frontend reads the meta args for it ("the Dockerfile may
+/// define a default in the global scope"); a value that is not a number
+/// is refused, naming the file. A Dockerfile that does not parse gives
+/// none here: planning says what is wrong with it.
+pub fn dockerfile_epoch(
+    dockerfile: &DockerfileInput,
+    options: &BuildOptions,
+) -> Result<Option<i64>, BuildError> {
+    let Ok(ast) = kiln_parser::parse_bytes(&dockerfile.bytes, &dockerfile.name) else {
+        return Ok(None);
+    };
+    let Ok(typed) = kiln_parser::instructions::from_ast(&ast) else {
+        return Ok(None);
+    };
+    let Ok(Some(value)) = crate::plan::meta_arg(&typed, options, "SOURCE_DATE_EPOCH") else {
+        return Ok(None);
+    };
+    crate::frontend::parse_source_date_epoch(&value)
+        .map_err(|e| BuildError::Invalid(format!("{}: ARG {e}", dockerfile.file_name())))
 }
 
 /// What a build produced.

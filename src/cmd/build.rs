@@ -742,18 +742,23 @@ fn settings_of(
     for output in &outputs {
         output.check_dest(terminal)?;
     }
+    let options = BuildOptions {
+        target: args.target.clone(),
+        build_args: parse_build_args(&args.build_args)?,
+        target_platform: platform,
+        build_platform: Platform::host(),
+        run: args.step.run_defaults(),
+        named_contexts: named.sources(),
+    };
+    let source_date_epoch = match crate::settings::source_date_epoch()? {
+        Some(epoch) => Some(epoch),
+        None => kiln_builder::session::dockerfile_epoch(&context.dockerfile, &options)?,
+    };
     Ok(BuildSettings {
         context_dir: context.dir.clone(),
         context_origin: context.origin.clone(),
         dockerfile: context.dockerfile.clone(),
-        options: BuildOptions {
-            target: args.target.clone(),
-            build_args: parse_build_args(&args.build_args)?,
-            target_platform: platform,
-            build_platform: Platform::host(),
-            run: args.step.run_defaults(),
-            named_contexts: named.sources(),
-        },
+        options,
         named_contexts: named,
         written_names: written_names(args, &tags),
         tags,
@@ -761,7 +766,7 @@ fn settings_of(
         no_cache: args.no_cache,
         no_cache_stages: args.no_cache_filter.clone(),
         allow: args.step.entitlements(args.network == NetworkArg::Host),
-        source_date_epoch: crate::settings::source_date_epoch()?,
+        source_date_epoch,
         exporter_epoch,
         rewrite_timestamp: image.rewrite_timestamp,
         network: sandbox.network,

@@ -563,6 +563,23 @@ pub fn predefined_args(opts: &BuildOptions, target_stage: &str) -> Vec<(String, 
 
 /// Plans a Dockerfile for a build: the stages the target needs, every
 /// image found or an error.
+/// The value the meta ARGs (those before the first FROM) give `name`:
+/// its build arg's, else its default expanded with the global args, as a
+/// plan sets the global args (BuildKit's `buildMetaArgs`). None when no
+/// meta ARG gives it a value.
+pub fn meta_arg(
+    df: &Dockerfile,
+    opts: &BuildOptions,
+    name: &str,
+) -> Result<Option<String>, PlanError> {
+    let declared = (df.meta_args.iter()).any(|arg| arg.args.iter().any(|def| def.key == name));
+    if !declared {
+        return Ok(None);
+    }
+    let global = stages::StageGraph::global_args(df, opts)?;
+    Ok(global.get(name).map(str::to_string))
+}
+
 pub fn plan(
     df: &Dockerfile,
     opts: &BuildOptions,

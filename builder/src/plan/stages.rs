@@ -93,6 +93,26 @@ impl StageGraph {
         Ok(graph)
     }
 
+    /// The global args alone (predefined, then the meta ARGs'), as
+    /// [`StageGraph::new`] sets them before the stages.
+    pub fn global_args(df: &Dockerfile, opts: &BuildOptions) -> Result<Env, PlanError> {
+        let mut graph = StageGraph {
+            target: 0,
+            global: Env::default(),
+            used_args: BTreeSet::new(),
+            bases: Vec::new(),
+            platforms: Vec::new(),
+            deps: Vec::new(),
+            needed: BTreeSet::new(),
+            replaced: BTreeSet::new(),
+        };
+        for (key, value) in predefined_args(opts, "") {
+            graph.global.set(&key, &value);
+        }
+        graph.meta_args(df, opts)?;
+        Ok(graph.global)
+    }
+
     /// `buildMetaArgs`: each meta ARG takes its build-arg value or its
     /// expanded default and joins the global args (when it has a value).
     fn meta_args(&mut self, df: &Dockerfile, opts: &BuildOptions) -> Result<(), PlanError> {
