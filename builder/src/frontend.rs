@@ -113,7 +113,11 @@ pub fn parse_source_date_epoch(value: &str) -> Result<Option<i64>, String> {
         return Ok(None);
     }
     value.parse::<i64>().map(Some).map_err(|_| {
-        format!("SOURCE_DATE_EPOCH={value}: invalid, not a whole number of seconds since the epoch")
+        format!(
+            "SOURCE_DATE_EPOCH={value}: invalid, not a whole number of seconds since the epoch \
+             (BuildKit's `context` and stage-name values, which read the time from a source, \
+             are not supported)"
+        )
     })
 }
 
