@@ -80,7 +80,7 @@ pub struct GitSource {
     pub submodules: Option<bool>,
     /// `?mtime=commit`: every file gets the commit's time instead of the
     /// checkout's (`?mtime=checkout`, the default). A Git build context
-    /// only: the planner refuses it in ADD, where BuildKit ignores it.
+    /// only: ADD ignores it, as BuildKit's does (the planner warns).
     pub mtime_commit: bool,
     /// `?fetch-by-commit`: trust the checksum (a full commit id) as the
     /// commit and fetch it directly, without asking the remote for refs.

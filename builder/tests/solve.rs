@@ -908,6 +908,56 @@ fn run_mount_ssh_reaches_the_forwarded_agent() {
     );
 }
 
+/// ADD of a Git URL leaves the checkout's times whatever `?mtime=` says,
+/// as BuildKit's ADD does (only a Git build context applies it): a commit
+/// dated 2001 gives no file of 2001.
+#[test]
+fn add_git_ignores_mtime_commit_as_buildkit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::store_with_busybox(dir.path());
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let served = dir.path().join("served");
+    let repo = served.join("repo.git");
+    std::fs::create_dir_all(&repo).unwrap();
+    git_in(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("README"), "old\n").unwrap();
+    git_in(&repo, &["add", "-A"]);
+    const COMMITTED: u64 = 978_307_200; // 2001-01-01
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&repo)
+        .args([
+            "-c",
+            "user.name=kiln",
+            "-c",
+            "user.email=kiln@example.invalid",
+        ])
+        .args(["commit", "-q", "-m", "old"])
+        .env("GIT_COMMITTER_DATE", format!("@{COMMITTED} +0000"))
+        .env("GIT_AUTHOR_DATE", format!("@{COMMITTED} +0000"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let port = serve_git(&served);
+    let df =
+        format!("FROM busybox:test\nADD git://127.0.0.1:{port}/repo.git?mtime=commit /timed\n");
+    let image = build_full(&store, &ctx, &df, &Events::default(), None, false, &[]).unwrap();
+    let blob = store.open_blob(&image.layers[1].digest).unwrap();
+    let mut archive = tar::Archive::new(kiln_layers::compress::decompress(blob).unwrap());
+    let readme = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| e.path().unwrap().ends_with("README"))
+        .expect("README in the layer");
+    let mtime = readme.header().mtime().unwrap();
+    assert!(
+        mtime > COMMITTED + 86_400 * 365 * 20,
+        "mtime {mtime}: the commit's time"
+    );
+}
+
 #[test]
 fn add_git_repository_with_submodules() {
     let dir = tempfile::tempdir().unwrap();

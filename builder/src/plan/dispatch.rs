@@ -153,6 +153,8 @@ pub(crate) struct Planner<'a> {
     pub used_args: BTreeSet<String>,
     /// Images taken as empty, with the first line naming them.
     pub unknown_images: Vec<(kiln_layers::Reference, usize)>,
+    /// What instructions warned of (their lines'), in order.
+    pub warnings: Vec<PlanWarning>,
     /// Each dispatched stage's final state.
     finals: Vec<Option<State>>,
 }
@@ -197,6 +199,7 @@ impl<'a> Planner<'a> {
             global,
             used_args: BTreeSet::new(),
             unknown_images: Vec::new(),
+            warnings: Vec::new(),
             finals: vec![None; df.stages.len()],
         }
     }
@@ -1071,13 +1074,15 @@ impl<'a> Planner<'a> {
             let Some(git) = git else { continue };
             any_git = true;
             // BuildKit's ADD takes `mtime=` and leaves the checkout's times
-            // (only a Git build context applies it).
+            // (only a Git build context applies it): so does kiln's, saying so.
             if git.mtime_commit {
-                return Err(site.invalid(format!(
-                    "{src}: mtime=commit applies to a Git build context only: BuildKit's ADD \
-                     ignores it (its files get the checkout's time); drop it, or build from \
-                     the Git context"
-                )));
+                self.warnings.push(PlanWarning {
+                    line: Some(site.line),
+                    message: format!(
+                        "{src}: mtime=commit has no effect in ADD, as in BuildKit (the files \
+                         get the checkout's time; a Git build context applies it)"
+                    ),
+                });
             }
             if let (Some(flag), Some(query)) = (a.keep_git_dir, git.keep_git_dir) {
                 if flag != query {

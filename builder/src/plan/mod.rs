@@ -629,7 +629,11 @@ pub fn plan_with(
         }
         stages_out.push(sp);
     }
-    let warnings = planner.unused_build_args_warning().into_iter().collect();
+    let unused = planner.unused_build_args_warning();
+    let warnings = std::mem::take(&mut planner.warnings)
+        .into_iter()
+        .chain(unused)
+        .collect();
     Ok(Plan {
         stages: stages_out,
         target: graph.target,

@@ -107,7 +107,10 @@ pub(super) fn execute_copy(
             }
             _ => None,
         };
-        if let Some(git) = git {
+        if let Some(mut git) = git {
+            // ADD leaves the checkout's times, as BuildKit's (the planner
+            // warned of a `mtime=commit` here).
+            git.mtime_commit = false;
             copy_git(run, c, n, git, &target, &dir.join(format!("git-{n}")))?;
         } else if src.starts_with("http://") || src.starts_with("https://") {
             copy_url(run, c, src, &target)?;
