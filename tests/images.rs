@@ -469,7 +469,9 @@ fn a_platform_asked_for_is_never_another_platforms_image() {
         &["layers", "busybox:one"],
         &["save", "-o", saved, "busybox:one"],
         &["explain", "--image", "busybox:one"],
-        &["run", "--rm", "busybox:one", "true"],
+        // (With --pull missing, the default, run pulls the platform asked
+        // for, as docker run does: this store's image is in no registry.)
+        &["run", "--pull", "never", "--rm", "busybox:one", "true"],
     ];
     for command in commands {
         let mut args = command.to_vec();
@@ -484,11 +486,27 @@ fn a_platform_asked_for_is_never_another_platforms_image() {
         assert!(err.contains(&mismatch), "{args:?}: {err}");
     }
     assert!(!Path::new(saved).exists());
+    // An id names nothing in a registry: run refuses it, --pull missing
+    // (the default) or not, and pulls nothing.
+    let images = kiln(&root, &["images", "-q"]);
+    let id = String::from_utf8_lossy(&images.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let out = kiln(&root, &["run", "--platform", wanted, "--rm", &id, "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("does not match the specified platform"),
+        "{err}"
+    );
+    assert!(!err.contains("Pulling"), "{err}");
     // DOCKER_DEFAULT_PLATFORM is run's default --platform, as docker run's.
     let out = common::kiln_command()
         .arg("--root")
         .arg(&root)
-        .args(["run", "--rm", "busybox:one", "true"])
+        .args(["run", "--pull", "never", "--rm", "busybox:one", "true"])
         .env("DOCKER_DEFAULT_PLATFORM", wanted)
         .output()
         .unwrap();

@@ -203,9 +203,11 @@ fn pull_as_asked(store: &Store, args: &RunArgs, settings: &GlobalSettings) -> an
         || store
             .find(&args.image, &wanted)
             .is_ok_and(|f| !f.is_empty());
-    // With --platform, that platform's image must be held: docker's image
-    // store answers "not found" for another one, and the CLI pulls it.
-    let found = found && (args.platform.is_none() || holds(store, &args.image, &wanted));
+    // With --platform, a name's image for that platform must be held:
+    // docker's image store answers "not found" for another one, and the
+    // CLI pulls it (an id, which names nothing in a registry, is not).
+    let found =
+        found && (args.platform.is_none() || !by_name || holds(store, &args.image, &wanted));
     let pull = match args.pull {
         PullArg::Always => by_name || !found,
         PullArg::Missing if !found => {
@@ -248,7 +250,7 @@ fn select_image(store: &Store, args: &RunArgs) -> anyhow::Result<(TaggedImage, I
     let image = match &args.platform {
         Some(_) => store
             .read_image_for(&tagged.descriptor, &wanted, &args.image)
-            .with_context(|| format!("image {} for --platform {wanted}", tagged.name))?,
+            .with_context(|| format!("image {} for --platform {wanted}", args.image))?,
         None => store.read_image_or_held(&tagged.descriptor, &host)?,
     };
     let platform = image.config.platform().normalized();
