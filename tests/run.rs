@@ -573,30 +573,43 @@ fn signals_reach_the_container() {
     let sigrtmin = libc::SIGRTMIN();
     // SAFETY: a real-time signal number from glibc's own range.
     let realtime = unsafe { Signal::from_raw_unchecked(sigrtmin + 2) };
-    for (signal, name, code) in [
-        (Signal::TERM, "TERM".to_string(), 42),
-        (Signal::USR1, "USR1".to_string(), 9),
-        (Signal::HUP, "HUP".to_string(), 3),
-        (Signal::QUIT, "QUIT".to_string(), 4),
-        (realtime, format!("{}", sigrtmin + 2), 5),
+    // (`to_group`: sent to kiln's whole process group, as `timeout` or a
+    // job control signal sends it: kiln's own processes survive it.)
+    for (signal, name, code, to_group) in [
+        (Signal::TERM, "TERM", 42, false),
+        (Signal::USR1, "USR1", 9, false),
+        (Signal::HUP, "HUP", 3, false),
+        (Signal::QUIT, "QUIT", 4, false),
+        (realtime, "RTMIN+2", 5, false),
+        (Signal::USR2, "USR2", 6, true),
     ] {
+        let trapped = match name {
+            "RTMIN+2" => (sigrtmin + 2).to_string(),
+            other => other.to_string(),
+        };
+        let mut command = f.kiln();
+        command
+            .args(["run", "busybox:test", "sh", "-c"])
+            .arg(format!(
+                "trap 'exit {code}' {trapped}; echo ready; while true; do sleep 0.1; done"
+            ))
+            .stdout(Stdio::piped());
+        if to_group {
+            use std::os::unix::process::CommandExt as _;
+            command.process_group(0);
+        }
         // Killed and reaped if the test fails before kiln exits.
-        let mut child = kiln_testsupport::ChildGuard::spawn(
-            f.kiln()
-                .args(["run", "busybox:test", "sh", "-c"])
-                .arg(format!(
-                    "trap 'exit {code}' {name}; echo ready; while true; do sleep 0.1; done"
-                ))
-                .stdout(Stdio::piped()),
-        )
-        .unwrap();
+        let mut child = kiln_testsupport::ChildGuard::spawn(&mut command).unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
         assert_eq!(line, "ready\n");
         let pid = rustix::process::Pid::from_child(&child);
-        rustix::process::kill_process(pid, signal).unwrap();
+        match to_group {
+            true => rustix::process::kill_process_group(pid, signal).unwrap(),
+            false => rustix::process::kill_process(pid, signal).unwrap(),
+        }
         // A hang guard, not a timing assertion: if the signal is not
         // forwarded the container loops forever, so kiln is killed and
         // the test fails.

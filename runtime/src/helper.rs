@@ -162,9 +162,14 @@ pub fn helper_main() -> i32 {
         }
     }
     // Ctrl-C reaches the whole foreground process group: the helper must
-    // survive it (kiln forwards it to the container); the container's init
-    // resets these before exec.
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+    // survive it (kiln forwards it to the container), and every signal
+    // kiln hands on when it does (a Ctrl-Z, a signal to the group); the
+    // container's init resets these before exec.
+    let mut ignored = vec![libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+    if config.forwards_signals {
+        ignored.extend(crate::interrupt::forwarded_signals());
+    }
+    for signal in ignored {
         // SAFETY: setting a disposition to SIG_IGN has no preconditions
         // (and no safe equivalent in rustix).
         unsafe { libc::signal(signal, libc::SIG_IGN) };

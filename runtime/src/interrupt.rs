@@ -72,8 +72,43 @@ extern "C" fn on_interrupt(signal: libc::c_int) {
     }
 }
 
-/// The signals [`Interrupts`] catches.
+/// The signals [`Interrupts::install`] catches.
 const INTERRUPT_SIGNALS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
+
+/// The signals `kiln run` hands on to the container, as docker run's
+/// signal proxy does: every one a process can catch but SIGCHLD and
+/// SIGPIPE (docker's exceptions; its Go runtime's SIGURG too), the faults
+/// a crash of kiln itself raises (SIGSEGV, SIGBUS, SIGFPE, SIGILL,
+/// SIGTRAP, SIGABRT, SIGSYS), and SIGTTIN and SIGTTOU (kiln's own terminal
+/// I/O in the background would loop on them); the real-time ones glibc
+/// leaves free too. SIGWINCH resizes the container's terminal instead.
+/// The rootless outer kiln hands the same ones to the inner one, and the
+/// runtime helper ignores them.
+pub fn forwarded_signals() -> Vec<libc::c_int> {
+    let standard = [
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGALRM,
+        libc::SIGTERM,
+        libc::SIGSTKFLT,
+        libc::SIGCONT,
+        libc::SIGTSTP,
+        libc::SIGXCPU,
+        libc::SIGXFSZ,
+        libc::SIGVTALRM,
+        libc::SIGPROF,
+        libc::SIGWINCH,
+        libc::SIGIO,
+        libc::SIGPWR,
+    ];
+    standard
+        .into_iter()
+        .chain(libc::SIGRTMIN()..=libc::SIGRTMAX())
+        .collect()
+}
 
 /// SIGINT and SIGTERM caught for as long as this lives (the dispositions
 /// before come back when it is dropped): each one received is read by
@@ -87,14 +122,19 @@ pub struct Interrupts {
 }
 
 impl Interrupts {
-    /// Installs the handlers.
+    /// Installs the handlers of SIGINT and SIGTERM.
     pub fn install() -> io::Result<Interrupts> {
+        Interrupts::install_for(&INTERRUPT_SIGNALS)
+    }
+
+    /// Installs the handlers of `signals`.
+    pub fn install_for(signals: &[libc::c_int]) -> io::Result<Interrupts> {
         let (read, write) = crate::sys::pipe()?;
         // A handler must never block: a full pipe drops the signal.
         rustix::fs::fcntl_setfl(&write, rustix::fs::OFlags::NONBLOCK)?;
         INTERRUPT_PIPE.store(write.as_raw_fd(), Ordering::Relaxed);
         let mut previous = Vec::new();
-        for signal in INTERRUPT_SIGNALS {
+        for &signal in signals {
             // SAFETY: installs a handler that only calls write(2) (see
             // on_interrupt), with structs we own; rustix has no safe
             // sigaction.
@@ -117,8 +157,8 @@ impl Interrupts {
         })
     }
 
-    /// Waits for the next SIGINT or SIGTERM; returns its number (None if
-    /// the pipe failed).
+    /// Waits for the next signal caught; returns its number (None if the
+    /// pipe failed).
     pub fn wait(&self) -> Option<libc::c_int> {
         let mut byte = [0u8; 1];
         loop {

@@ -530,6 +530,7 @@ fn spec_config(
         memory_files: spec.memory_files.clone(),
         memory_dir: state.memory.clone(),
         terminal: matches!(spec.streams, Streams::Terminal { .. }),
+        forwards_signals: spec.forward_signals,
         console_fd: None,
         netns_fd: None,
         seccomp: spec.seccomp && !spec.privileged,
@@ -1501,45 +1502,12 @@ extern "C" fn on_signal(signal: libc::c_int) {
     }
 }
 
-/// Handlers of [`forwarded_signals`] that hand the signal to the wait loop
+/// Handlers of [`crate::interrupt::forwarded_signals`] that hand the signal to the wait loop
 /// through a pipe; the previous handlers come back on drop.
 struct SignalForwarder {
     read: OwnedFd,
     _write: OwnedFd,
     previous: Vec<(libc::c_int, libc::sigaction)>,
-}
-
-/// The signals a run hands on, as docker run's signal proxy does: every
-/// one a process can catch but SIGCHLD and SIGPIPE (docker's exceptions;
-/// its Go runtime's SIGURG too), the faults a crash of kiln itself raises
-/// (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS), and
-/// SIGTTIN and SIGTTOU (kiln's own terminal I/O in the background would
-/// loop on them); the real-time ones glibc leaves free too. SIGWINCH
-/// resizes the container's terminal instead.
-fn forwarded_signals() -> Vec<libc::c_int> {
-    let standard = [
-        libc::SIGHUP,
-        libc::SIGINT,
-        libc::SIGQUIT,
-        libc::SIGUSR1,
-        libc::SIGUSR2,
-        libc::SIGALRM,
-        libc::SIGTERM,
-        libc::SIGSTKFLT,
-        libc::SIGCONT,
-        libc::SIGTSTP,
-        libc::SIGXCPU,
-        libc::SIGXFSZ,
-        libc::SIGVTALRM,
-        libc::SIGPROF,
-        libc::SIGWINCH,
-        libc::SIGIO,
-        libc::SIGPWR,
-    ];
-    standard
-        .into_iter()
-        .chain(libc::SIGRTMIN()..=libc::SIGRTMAX())
-        .collect()
 }
 
 impl SignalForwarder {
@@ -1550,7 +1518,7 @@ impl SignalForwarder {
         .map_err(|e| io_err("pipe")(e.into()))?;
         SIGNAL_PIPE.store(write.as_raw_fd(), Ordering::Relaxed);
         let mut previous = Vec::new();
-        for signal in forwarded_signals() {
+        for signal in crate::interrupt::forwarded_signals() {
             // SAFETY: installs a handler that only calls write(2) (see
             // on_signal), with structs we own; rustix has no safe sigaction.
             unsafe {

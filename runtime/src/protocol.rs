@@ -49,6 +49,12 @@ pub struct ContainerConfig {
     pub memory_files: Vec<MemoryFile>,
     pub memory_dir: PathBuf,
     pub terminal: bool,
+    /// The caller hands signals on to the container
+    /// ([`crate::interrupt::forwarded_signals`]): the helper, in the
+    /// caller's process group, ignores them (a Ctrl-Z or a signal to the
+    /// whole group would stop or kill it otherwise).
+    #[serde(default)]
+    pub forwards_signals: bool,
     /// With a terminal: the unix socket (a descriptor inherited by the
     /// helper) on which the init sends the pty master to kiln.
     pub console_fd: Option<i32>,

@@ -352,10 +352,10 @@ pub struct RunSpec {
     /// RLIMIT_NOFILE (soft and hard). Without privileges it is capped to
     /// kiln's own hard limit.
     pub nofile: u64,
-    /// Forward SIGINT and SIGTERM received by this process to the container
-    /// while it runs, and follow SIGWINCH with a terminal (installs
-    /// process-wide handlers for the duration: meant for `kiln run`, not for
-    /// a multi-threaded builder).
+    /// Hand the signals this process receives on to the container while it
+    /// runs ([`crate::interrupt::forwarded_signals`]), and follow SIGWINCH
+    /// with a terminal (installs process-wide handlers for the duration:
+    /// meant for `kiln run`, not for a multi-threaded builder).
     pub forward_signals: bool,
     /// pids and memory limits, enforced through cgroups (see
     /// [`crate::cgroup`]).

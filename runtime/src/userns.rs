@@ -98,9 +98,9 @@ pub fn has_sys_chroot() -> bool {
 /// Runs `program args` (kiln itself) in a new user namespace whose maps
 /// the caller writes ([`crate::idmap::write_id_maps`]), with `env` added
 /// and [`INNER_ENV`] set, and waits for it: its exit code, 128 + N for
-/// death by signal N. SIGINT and SIGTERM reach it as they reach the
-/// foreground process group; this process ignores them meanwhile.
-/// Call it before any thread exists.
+/// death by signal N. Signals sent to this process are handed on to it
+/// ([`forward`]); those of the terminal reach it as its foreground process
+/// group. Call it before any thread exists.
 pub fn reexec(
     program: &std::path::Path,
     args: &[std::ffi::OsString],
@@ -160,20 +160,20 @@ pub fn reexec(
     let mapper = std::thread::spawn(move || write_maps_when_told(pid_read, go_write));
     // Caught before the spawn (handlers, unlike ignored signals, are not
     // inherited across exec), forwarded once the child exists.
-    let interrupts = crate::interrupt::Interrupts::install();
+    let interrupts =
+        crate::interrupt::Interrupts::install_for(&crate::interrupt::forwarded_signals());
     let spawned = command.spawn();
     // Only the child's copies of these may stay open: once it has exec'd
     // or died, the mapper's wait ends.
     drop(command);
     drop(pid_write);
     drop(go_read);
-    // A hangup or quit from the terminal reaches the inner kiln, the
-    // terminal's foreground; this one only waits. (Set after the spawn:
-    // ignored dispositions are inherited.)
-    for signal in [libc::SIGQUIT, libc::SIGHUP, libc::SIGTTOU] {
-        // SAFETY: setting a disposition to SIG_IGN has no preconditions.
-        unsafe { libc::signal(signal, libc::SIG_IGN) };
-    }
+    // This kiln writes to the terminal it handed to the inner one; a
+    // hangup or quit from the terminal reaches the inner kiln, the
+    // terminal's foreground, and one sent to this kiln is handed on.
+    // (Set after the spawn: ignored dispositions are inherited.)
+    // SAFETY: setting a disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGTTOU, libc::SIG_IGN) };
     let mapped = mapper
         .join()
         .unwrap_or_else(|_| Err(RuntimeError::IdMap("the id map writer panicked".into())));
@@ -205,15 +205,18 @@ pub fn reexec(
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
-/// SIGINT and SIGTERM sent to this kiln (`kill PID`, a CI runner's
-/// cancel, Ctrl-C before the terminal was handed over) go to the inner
-/// one, which cancels the build; a signal sent to the inner kiln's group
-/// reaches it directly and not through here, so each arrives once.
+/// The signals sent to this kiln (`kill PID`, a CI runner's cancel,
+/// Ctrl-C before the terminal was handed over) go to the inner one, as
+/// `kiln run` hands them to its container
+/// ([`crate::interrupt::forwarded_signals`]): SIGINT and SIGTERM cancel a
+/// build, the others reach a run's container; a signal sent to the inner
+/// kiln's group reaches it directly and not through here, so each arrives
+/// once.
 fn forward(interrupts: &crate::interrupt::Interrupts, inner: rustix::process::Pid) {
     while let Some(signal) = interrupts.wait() {
-        if let Some(signal) = rustix::process::Signal::from_named_raw(signal) {
-            let _ = rustix::process::kill_process(inner, signal);
-        }
+        // SAFETY: kill(2) of a pid we started and still wait for, with a
+        // signal number the kernel gave us; rustix names no real-time ones.
+        unsafe { libc::kill(inner.as_raw_nonzero().get(), signal) };
     }
 }
 

@@ -32,6 +32,7 @@ fn config() -> ContainerConfig {
         memory_files: vec![],
         memory_dir: PathBuf::from("/state/memory"),
         terminal: false,
+        forwards_signals: false,
         console_fd: None,
         netns_fd: None,
         seccomp: true,
