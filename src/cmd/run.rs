@@ -358,9 +358,14 @@ fn run_container(mut args: RunArgs, settings: &GlobalSettings) -> anyhow::Result
         args.platform = crate::settings::default_platform("kiln run")?.map(|p| p.to_string());
     }
     // As docker run: a terminal's input must be one (piped input would
-    // never reach the terminal's end of file).
+    // never reach the terminal's end of file); exit code 1, as docker's
+    // CLI refuses it (not 125: nothing was asked of the runtime).
     if args.tty && args.interactive && !std::io::stdin().is_terminal() {
-        bail!("cannot attach stdin to a TTY-enabled container because stdin is not a terminal");
+        eprintln!(
+            "error: cannot attach stdin to a TTY-enabled container because stdin is not a \
+             terminal"
+        );
+        return Ok(ExitCode::FAILURE);
     }
     let volumes = args
         .volumes
