@@ -423,6 +423,18 @@ fn outputs_tags_iidfile_and_metadata_file() {
     let failing = context(&[("Dockerfile", "FROM busybox\nRUN false\n")]);
     failed(&fixture.build(&["--iidfile", &o("iid"), failing.path().to_str().unwrap()]));
     assert!(!out.path().join("iid").exists());
+    // A --dry-run builds nothing and leaves the file alone.
+    std::fs::write(out.path().join("iid"), "kept").unwrap();
+    ok(&fixture.build(&[
+        "--dry-run",
+        "--iidfile",
+        &o("iid"),
+        ctx.path().to_str().unwrap(),
+    ]));
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("iid")).unwrap(),
+        "kept"
+    );
 
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("meta.json")).unwrap()).unwrap();
@@ -430,8 +442,22 @@ fn outputs_tags_iidfile_and_metadata_file() {
     let manifest = meta["containerimage.digest"].as_str().unwrap();
     assert!(manifest.starts_with("sha256:"));
     assert_eq!(meta["containerimage.descriptor"]["digest"], manifest);
-    // The names as written, as buildx hands them to BuildKit.
+    // The names as written, as buildx hands them to BuildKit: two that
+    // name one repository and tag are both given.
     assert_eq!(meta["image.name"], "out:one,out:two");
+    ok(&fixture.build(&[
+        "-t",
+        "out:one",
+        "-t",
+        "docker.io/library/out:one",
+        "--metadata-file",
+        &o("meta-twice.json"),
+        ctx.path().to_str().unwrap(),
+    ]));
+    let twice: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("meta-twice.json")).unwrap())
+            .unwrap();
+    assert_eq!(twice["image.name"], "out:one,docker.io/library/out:one");
 
     // Both tags name the same image.
     let images = kiln_ok(&fixture.root(), &["images"]);
@@ -557,18 +583,18 @@ fn source_date_epoch_from_the_environment_is_a_build_arg() {
         ),
         ("Dockerfile.plain", "FROM busybox\nRUN echo plain > /seen\n"),
     ]);
-    let build = |args: &[&str]| {
+    let with_env = |epoch: &str, args: &[&str]| {
         common::kiln_command()
             .arg("--root")
             .arg(fixture.root())
-            .arg("build")
             .args(args)
-            .arg(ctx.path())
-            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .env("SOURCE_DATE_EPOCH", epoch)
             .env("KILN_PROGRESS", "plain")
             .output()
             .unwrap()
     };
+    let dir = ctx.path().to_str().unwrap();
+    let build = |args: &[&str]| with_env("1700000000", &[&["build"], args, &[dir]].concat());
     let seen = |tag: &str| kiln_ok(&fixture.root(), &["run", "--rm", tag, "cat", "/seen"]);
     ok(&build(&["-t", "epoch:env"]));
     assert_eq!(seen("epoch:env"), "1700000000\n");
@@ -589,6 +615,24 @@ fn source_date_epoch_from_the_environment_is_a_build_arg() {
     ok(&plain);
     let stderr = String::from_utf8_lossy(&plain.stderr);
     assert!(!stderr.contains("were not consumed"), "{stderr}");
+    // The value BuildKit's frontend hands on: the number's own form.
+    ok(&with_env("0100", &["build", "-t", "epoch:zero", dir]));
+    assert_eq!(seen("epoch:zero"), "100\n");
+    // A flag wins over the environment, which is then not read; a command
+    // that builds nothing does not read it either.
+    ok(&with_env(
+        "abc",
+        &[
+            "build",
+            "-t",
+            "epoch:flag",
+            "--build-arg",
+            "SOURCE_DATE_EPOCH=7",
+            dir,
+        ],
+    ));
+    assert_eq!(seen("epoch:flag"), "7\n");
+    ok(&with_env("abc", &["explain", dir]));
 }
 
 /// A global `ARG SOURCE_DATE_EPOCH=…` is the epoch when the build gives

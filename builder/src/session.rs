@@ -92,12 +92,12 @@ pub struct BuildSettings {
     pub options: BuildOptions,
     /// Names to tag the image with; none leaves it untagged (by id).
     pub tags: Vec<Reference>,
-    /// Image names as the user wrote them (`-t`, an output's `name=`), by
-    /// the reference each parses to: the metadata file's `image.name`
-    /// gives them so, as buildx hands BuildKit the names unnormalized
-    /// (`app:1`, not `docker.io/library/app:1`). A name not here is
-    /// written normalized.
-    pub written_names: Vec<(Reference, String)>,
+    /// The image names as the user wrote them, in order (every `-t`, else
+    /// the outputs' `name=`): the metadata file's `image.name` gives them
+    /// so, as buildx hands BuildKit the names unnormalized (`app:1`, not
+    /// `docker.io/library/app:1`) and BuildKit answers them as given.
+    /// Empty: [`BuildSettings::image_names`], normalized.
+    pub written_names: Vec<String>,
     /// When base images are pulled.
     pub pull: PullPolicy,
     /// Run every step (results are still cached).
@@ -107,9 +107,10 @@ pub struct BuildSettings {
     /// What the Dockerfile may do only when allowed (`--allow`).
     pub allow: Entitlements,
     /// SOURCE_DATE_EPOCH when no build arg gives one (a `SOURCE_DATE_EPOCH`
-    /// build arg wins, as in BuildKit): the environment's, else the
-    /// default a global `ARG SOURCE_DATE_EPOCH=…` of the Dockerfile gives
-    /// ([`dockerfile_epoch`]).
+    /// build arg wins, as in BuildKit; the CLI makes the environment's
+    /// one, as buildx does): the default a global `ARG SOURCE_DATE_EPOCH=…`
+    /// of the Dockerfile gives ([`dockerfile_epoch`]), or a library
+    /// caller's own.
     pub source_date_epoch: Option<i64>,
     /// The outputs' `source-date-epoch=` ([`crate::export::settle_epoch`]),
     /// which wins over both for what the exporters date (the config, its
@@ -276,15 +277,17 @@ impl BuildSettings {
         names
     }
 
-    /// [`BuildSettings::image_names`] as the user wrote them
-    /// ([`BuildSettings::written_names`]).
+    /// The image names as the metadata file gives them:
+    /// [`BuildSettings::written_names`], else [`BuildSettings::image_names`].
     pub fn image_names_as_written(&self) -> Vec<String> {
-        let written = |name: &Reference| {
-            (self.written_names.iter())
-                .find(|(reference, _)| reference == name)
-                .map_or_else(|| name.to_string(), |(_, text)| text.clone())
-        };
-        self.image_names().iter().map(written).collect()
+        match self.written_names.is_empty() {
+            false => self.written_names.clone(),
+            true => self
+                .image_names()
+                .iter()
+                .map(Reference::to_string)
+                .collect(),
+        }
     }
 
     /// The pushes: every `-t` with `--push` when there is no `--output`

@@ -571,7 +571,7 @@ fn provenance_of(args: &BuildArgs) -> anyhow::Result<Option<ProvenanceRequest>> 
     // flag that turns provenance off sends BuildKit nothing (buildx drops
     // a disabled attestation), so the build arg then asks alone.
     let mut by_arg = Vec::new();
-    for (name, value) in parse_build_args(&args.build_args)? {
+    for (name, value) in build_args_of(&args.build_args)? {
         let Some(kind) = name.strip_prefix("BUILDKIT_ATTEST_") else {
             continue;
         };
@@ -613,9 +613,37 @@ fn target_platforms(flags: &[String]) -> anyhow::Result<Vec<Platform>> {
     Ok(platforms)
 }
 
+/// The build args a build (or its checks) gets: [`parse_build_args`], and
+/// as buildx `SOURCE_DATE_EPOCH` from the environment when no flag gives
+/// it (refused, naming the environment, when not a number); its value as
+/// BuildKit's frontend hands it on, the number's canonical form (`0100`
+/// is `100`), an empty one dropped.
+pub(crate) fn build_args_of(flags: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    const KEY: &str = "SOURCE_DATE_EPOCH";
+    let mut args = parse_build_args(flags)?;
+    if !args.contains_key(KEY) {
+        if let Some(epoch) = crate::settings::source_date_epoch()? {
+            args.insert(KEY.to_string(), epoch.to_string());
+        }
+    }
+    match args
+        .get(KEY)
+        .map(|v| kiln_builder::frontend::parse_source_date_epoch(v))
+    {
+        Some(Ok(Some(epoch))) => {
+            args.insert(KEY.to_string(), epoch.to_string());
+        }
+        Some(Ok(None)) => {
+            args.remove(KEY);
+        }
+        // Refused where the build reads it, naming the build arg.
+        Some(Err(_)) | None => {}
+    }
+    Ok(args)
+}
+
 /// `--build-arg K=V`, or `K` from kiln's environment (dropped when unset), as
-/// the docker CLI does; an empty key is refused, as buildx refuses it; and
-/// `SOURCE_DATE_EPOCH` from the environment when no flag gives it.
+/// the docker CLI does; an empty key is refused, as buildx refuses it.
 pub(crate) fn parse_build_args(flags: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut args = BTreeMap::new();
     for flag in flags {
@@ -628,15 +656,6 @@ pub(crate) fn parse_build_args(flags: &[String]) -> anyhow::Result<BTreeMap<Stri
         }
         if let Some(value) = value {
             args.insert(key.to_string(), value);
-        }
-    }
-    // As buildx: SOURCE_DATE_EPOCH from the environment is a build arg
-    // (which a RUN sees, and which the steps' cache keys hold) unless a
-    // flag gives it; refused, naming the environment, when not a number.
-    if !args.contains_key("SOURCE_DATE_EPOCH") {
-        let given = std::env::var("SOURCE_DATE_EPOCH");
-        if let (Some(_), Ok(given)) = (crate::settings::source_date_epoch()?, given) {
-            args.insert("SOURCE_DATE_EPOCH".to_string(), given);
         }
     }
     Ok(args)
@@ -744,15 +763,16 @@ fn settings_of(
     }
     let options = BuildOptions {
         target: args.target.clone(),
-        build_args: parse_build_args(&args.build_args)?,
+        build_args: build_args_of(&args.build_args)?,
         target_platform: platform,
         build_platform: Platform::host(),
         run: args.step.run_defaults(),
         named_contexts: named.sources(),
     };
-    let source_date_epoch = match crate::settings::source_date_epoch()? {
-        Some(epoch) => Some(epoch),
-        None => kiln_builder::session::dockerfile_epoch(&context.dockerfile, &options)?,
+    // (The environment's is a build arg already.)
+    let source_date_epoch = match options.build_args.contains_key("SOURCE_DATE_EPOCH") {
+        true => None,
+        false => kiln_builder::session::dockerfile_epoch(&context.dockerfile, &options)?,
     };
     Ok(BuildSettings {
         context_dir: context.dir.clone(),
@@ -760,7 +780,7 @@ fn settings_of(
         dockerfile: context.dockerfile.clone(),
         options,
         named_contexts: named,
-        written_names: written_names(args, &tags),
+        written_names: written_names(args),
         tags,
         pull: args.pull.into(),
         no_cache: args.no_cache,
@@ -805,15 +825,16 @@ fn settings_of(
     })
 }
 
-/// Each `-t` and output `name=` as written, with the reference it parses
-/// to ([`BuildSettings::written_names`]); a name that does not parse was
-/// refused already.
-fn written_names(args: &BuildArgs, tags: &[Reference]) -> Vec<(Reference, String)> {
-    let named = (args.outputs.iter()).flat_map(|spec| kiln_builder::export::given_names(spec));
-    let named = named.filter_map(|name| Some((Reference::parse_tag(&name).ok()?, name)));
-    (tags.iter().cloned().zip(args.tags.iter().cloned()))
-        .chain(named)
-        .collect()
+/// The image names as written ([`BuildSettings::written_names`]): every
+/// `-t`, which names every image output as buildx has it, else each
+/// output's `name=`.
+fn written_names(args: &BuildArgs) -> Vec<String> {
+    match args.tags.is_empty() {
+        false => args.tags.clone(),
+        true => (args.outputs.iter())
+            .flat_map(|spec| kiln_builder::export::given_names(spec))
+            .collect(),
+    }
 }
 
 /// How a build is shown: the progress printer, the layer reporter, and
@@ -905,11 +926,10 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         display.sandbox_warnings(&sandbox);
     }
     let remote = CliRemote::new(&args, global, &store, &display)?;
-    let build_args = parse_build_args(&args.build_args)?;
+    let build_args = build_args_of(&args.build_args)?;
     // Refused here when not a number, before a Git context is fetched.
     let epoch = kiln_builder::frontend::source_date_epoch_arg(&build_args)
-        .map_err(|e| anyhow::anyhow!(e.message))?
-        .or(crate::settings::source_date_epoch()?);
+        .map_err(|e| anyhow::anyhow!(e.message))?;
     let prepare = PrepareOptions {
         store: &store,
         fetcher: &remote,
@@ -922,7 +942,7 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     };
     // A build that fails leaves no image id file rather than an earlier
     // build's, as buildx removes it before building.
-    if let Some(path) = &args.iidfile {
+    if let (Some(path), false) = (&args.iidfile, args.dry_run) {
         match std::fs::remove_file(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(anyhow::Error::new(e).context(format!(

@@ -15,7 +15,7 @@ use kiln_layers::oci::Platform;
 use kiln_layers::Reference;
 use kiln_registry::Client;
 
-use crate::cmd::build::parse_build_args;
+use crate::cmd::build::{build_args_of, parse_build_args};
 use crate::cmd::explain_image;
 use crate::cmd::parse::DockerfileSource;
 use crate::cmd::registry::RegistryArgs;
@@ -196,7 +196,7 @@ fn run_check(args: CheckArgs, settings: &GlobalSettings) -> anyhow::Result<ExitC
     let images = StoreResolver::open_existing(&settings.root)
         .with_context(|| format!("opening the store at {}", settings.root.display()))?;
     let options = LintOptions {
-        build_args: parse_build_args(&args.build_args)?,
+        build_args: build_args_of(&args.build_args)?,
         dockerignore: Some(dockerignore),
         images: Some(&images),
         target: args.target.clone(),
