@@ -99,8 +99,8 @@ pub fn has_sys_chroot() -> bool {
 /// the caller writes ([`crate::idmap::write_id_maps`]), with `env` added
 /// and [`INNER_ENV`] set, and waits for it: its exit code, 128 + N for
 /// death by signal N. Signals sent to this process are handed on to it
-/// ([`forward`]); those of the terminal reach it as its foreground process
-/// group. Call it before any thread exists.
+/// ([`crate::interrupt::forwarded_signals`]); those of the terminal reach
+/// it as its foreground process group. Call it before any thread exists.
 pub fn reexec(
     program: &std::path::Path,
     args: &[std::ffi::OsString],
