@@ -62,20 +62,7 @@ impl StageGraph {
                 .ok_or_else(|| PlanError::general(PlanErrorKind::UnknownTarget(t.clone())))?,
         };
         let target_name = df.stages[target].name.clone().unwrap_or_default();
-        let mut graph = StageGraph {
-            target,
-            global: Env::default(),
-            used_args: BTreeSet::new(),
-            bases: Vec::new(),
-            platforms: Vec::new(),
-            deps: Vec::new(),
-            needed: BTreeSet::new(),
-            replaced: BTreeSet::new(),
-        };
-        for (key, value) in predefined_args(opts, &target_name) {
-            graph.global.set(&key, &value);
-        }
-        graph.meta_args(df, opts)?;
+        let mut graph = StageGraph::with_globals(df, opts, target, &target_name)?;
         for stage in &df.stages {
             let (mut base, platform) = graph.stage_start(df, stage, opts, observer)?;
             // `FROM … AS NAME` with a named context NAME: BuildKit uses the
@@ -96,8 +83,19 @@ impl StageGraph {
     /// The global args alone (predefined, then the meta ARGs'), as
     /// [`StageGraph::new`] sets them before the stages.
     pub fn global_args(df: &Dockerfile, opts: &BuildOptions) -> Result<Env, PlanError> {
+        Ok(StageGraph::with_globals(df, opts, 0, "")?.global)
+    }
+
+    /// A graph of no stage yet, its global args set: the predefined ones
+    /// (`target_name` is the target stage's), then the meta ARGs'.
+    fn with_globals(
+        df: &Dockerfile,
+        opts: &BuildOptions,
+        target: usize,
+        target_name: &str,
+    ) -> Result<StageGraph, PlanError> {
         let mut graph = StageGraph {
-            target: 0,
+            target,
             global: Env::default(),
             used_args: BTreeSet::new(),
             bases: Vec::new(),
@@ -106,11 +104,11 @@ impl StageGraph {
             needed: BTreeSet::new(),
             replaced: BTreeSet::new(),
         };
-        for (key, value) in predefined_args(opts, "") {
+        for (key, value) in predefined_args(opts, target_name) {
             graph.global.set(&key, &value);
         }
         graph.meta_args(df, opts)?;
-        Ok(graph.global)
+        Ok(graph)
     }
 
     /// `buildMetaArgs`: each meta ARG takes its build-arg value or its
