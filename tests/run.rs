@@ -574,14 +574,16 @@ fn signals_reach_the_container() {
     // SAFETY: a real-time signal number from glibc's own range.
     let realtime = unsafe { Signal::from_raw_unchecked(sigrtmin + 2) };
     // (`to_group`: sent to kiln's whole process group, as `timeout` or a
-    // job control signal sends it: kiln's own processes survive it.)
+    // job control signal sends it: kiln's own processes survive it. Not
+    // USR2, the runtime helper's signal that kiln died, which ends the
+    // container.)
     for (signal, name, code, to_group) in [
         (Signal::TERM, "TERM", 42, false),
         (Signal::USR1, "USR1", 9, false),
         (Signal::HUP, "HUP", 3, false),
         (Signal::QUIT, "QUIT", 4, false),
         (realtime, "RTMIN+2", 5, false),
-        (Signal::USR2, "USR2", 6, true),
+        (Signal::USR1, "USR1", 6, true),
     ] {
         let trapped = match name {
             "RTMIN+2" => (sigrtmin + 2).to_string(),

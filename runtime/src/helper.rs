@@ -165,9 +165,16 @@ pub fn helper_main() -> i32 {
     // survive it (kiln forwards it to the container), and every signal
     // kiln hands on when it does (a Ctrl-Z, a signal to the group); the
     // container's init resets these before exec.
+    // But CALLER_DIED_SIGNAL, whose handler ends the container when kiln
+    // dies: one sent to the whole group ends it too.
     let mut ignored = vec![libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
     if config.forwards_signals {
-        ignored.extend(crate::interrupt::forwarded_signals());
+        let caller_died = CALLER_DIED_SIGNAL.as_raw();
+        ignored.extend(
+            crate::interrupt::forwarded_signals()
+                .into_iter()
+                .filter(|s| *s != caller_died),
+        );
     }
     for signal in ignored {
         // SAFETY: setting a disposition to SIG_IGN has no preconditions
