@@ -1,5 +1,6 @@
-//! Interrupting kiln (Ctrl-C, `kill`): SIGINT and SIGTERM handed to a
-//! thread of the caller's ([`Interrupts`]), and every run of the process
+//! Interrupting kiln (Ctrl-C, `kill`): SIGINT and SIGTERM, or the signals
+//! `kiln run` hands on to its container ([`forwarded_signals`]), handed to
+//! the caller through a pipe ([`Interrupts`]), and every run of the process
 //! canceled at once ([`cancel_runs`]): each running container is killed,
 //! its [`crate::run`] ends with [`RuntimeError::Canceled`] once the
 //! container is gone (its cgroups and scratch removed as on any end), and
@@ -20,7 +21,9 @@
 //! [`RuntimeError::Canceled`]: crate::RuntimeError::Canceled
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use rustix::event::{PollFd, PollFlags};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::OnceLock;
 
@@ -110,15 +113,21 @@ pub fn forwarded_signals() -> Vec<libc::c_int> {
         .collect()
 }
 
-/// SIGINT and SIGTERM caught for as long as this lives (the dispositions
-/// before come back when it is dropped): each one received is read by
-/// [`Interrupts::wait`] instead of ending the process. One at a time per
-/// process; processes kiln starts get the default dispositions back at
-/// exec.
+/// Signals caught for as long as this lives (the dispositions before come
+/// back when it is dropped): each one received is read by
+/// [`Interrupts::wait`] or [`Interrupts::take`] instead of ending the
+/// process. A build catches SIGINT and SIGTERM ([`Interrupts::install`]);
+/// `kiln run` and the rootless outer kiln catch the signals they hand on
+/// ([`forwarded_signals`]). One is read at a time per process: one
+/// installed while another lives receives the signals of both until it is
+/// dropped, then the other has its own back. Processes kiln starts get the default
+/// dispositions back at exec.
 pub struct Interrupts {
     read: OwnedFd,
     _write: OwnedFd,
     previous: Vec<(libc::c_int, libc::sigaction)>,
+    /// The write end [`on_interrupt`] wrote to before this was installed.
+    previous_pipe: RawFd,
 }
 
 impl Interrupts {
@@ -127,13 +136,22 @@ impl Interrupts {
         Interrupts::install_for(&INTERRUPT_SIGNALS)
     }
 
-    /// Installs the handlers of `signals`.
+    /// Installs the handlers of `signals`. When one cannot be caught
+    /// (SIGKILL, SIGSTOP), none stays installed.
     pub fn install_for(signals: &[libc::c_int]) -> io::Result<Interrupts> {
         let (read, write) = crate::sys::pipe()?;
         // A handler must never block: a full pipe drops the signal.
         rustix::fs::fcntl_setfl(&write, rustix::fs::OFlags::NONBLOCK)?;
-        INTERRUPT_PIPE.store(write.as_raw_fd(), Ordering::Relaxed);
-        let mut previous = Vec::new();
+        let previous_pipe = INTERRUPT_PIPE.swap(write.as_raw_fd(), Ordering::SeqCst);
+        // Dropped on an error below: what was installed so far is undone,
+        // so that no handler writes to the closed (and perhaps reused)
+        // number of this pipe.
+        let mut interrupts = Interrupts {
+            read,
+            _write: write,
+            previous: Vec::with_capacity(signals.len()),
+            previous_pipe,
+        };
         for &signal in signals {
             // SAFETY: installs a handler that only calls write(2) (see
             // on_interrupt), with structs we own; rustix has no safe
@@ -147,14 +165,10 @@ impl Interrupts {
                 if libc::sigaction(signal, &action, &mut old) != 0 {
                     return Err(io::Error::last_os_error());
                 }
-                previous.push((signal, old));
+                interrupts.previous.push((signal, old));
             }
         }
-        Ok(Interrupts {
-            read,
-            _write: write,
-            previous,
-        })
+        Ok(interrupts)
     }
 
     /// Waits for the next signal caught; returns its number (None if the
@@ -169,28 +183,98 @@ impl Interrupts {
             }
         }
     }
+
+    /// The signals caught and not read yet, in the order they came, without
+    /// waiting: for a loop that polls [`Interrupts::as_fd`] with other
+    /// descriptors.
+    pub fn take(&self) -> Vec<libc::c_int> {
+        let mut fds = [PollFd::new(&self.read, PollFlags::IN)];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if !matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0) {
+            return Vec::new();
+        }
+        // Readable and read by no one else: this returns what is there.
+        let mut buf = [0u8; 64];
+        let n = rustix::io::read(&self.read, &mut buf).unwrap_or(0);
+        buf[..n].iter().map(|b| libc::c_int::from(*b)).collect()
+    }
+}
+
+/// The pipe's read end: readable when a signal was caught.
+impl AsFd for Interrupts {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.read.as_fd()
+    }
 }
 
 impl Drop for Interrupts {
     fn drop(&mut self) {
-        for (signal, old) in &self.previous {
+        // In the reverse order of install: a signal listed twice gets its
+        // first disposition back.
+        for (signal, old) in self.previous.iter().rev() {
             // SAFETY: restores the disposition saved at install, a struct
             // the kernel filled.
             unsafe { libc::sigaction(*signal, old, std::ptr::null_mut()) };
         }
-        INTERRUPT_PIPE.store(-1, Ordering::Relaxed);
+        INTERRUPT_PIPE.store(self.previous_pipe, Ordering::SeqCst);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    /// Dispositions and the pipe are the process's: one test at a time.
+    static SIGNALS: Mutex<()> = Mutex::new(());
+
+    fn disposition(signal: libc::c_int) -> usize {
+        // SAFETY: reads a disposition into a struct we own.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            assert_eq!(libc::sigaction(signal, std::ptr::null(), &mut old), 0);
+            old.sa_sigaction
+        }
+    }
 
     #[test]
     fn a_signal_is_read_not_fatal() {
+        let _one = SIGNALS.lock().unwrap_or_else(|e| e.into_inner());
         let interrupts = Interrupts::install().unwrap();
         // SAFETY: raising a signal whose handler was just installed.
         unsafe { libc::raise(libc::SIGTERM) };
         assert_eq!(interrupts.wait(), Some(libc::SIGTERM));
+    }
+
+    #[test]
+    fn one_installed_over_another_gives_the_signals_back() {
+        let _one = SIGNALS.lock().unwrap_or_else(|e| e.into_inner());
+        let before = disposition(libc::SIGUSR1);
+        let outer = Interrupts::install().unwrap();
+        let inner = Interrupts::install_for(&[libc::SIGUSR1, libc::SIGTERM]).unwrap();
+        // SAFETY: raising signals whose handlers were just installed.
+        unsafe { libc::raise(libc::SIGUSR1) };
+        // SAFETY: as above.
+        unsafe { libc::raise(libc::SIGTERM) };
+        assert_eq!(inner.take(), [libc::SIGUSR1, libc::SIGTERM]);
+        assert!(inner.take().is_empty());
+        drop(inner);
+        assert_eq!(disposition(libc::SIGUSR1), before);
+        // SAFETY: SIGTERM's handler is the outer one again.
+        unsafe { libc::raise(libc::SIGTERM) };
+        assert_eq!(outer.take(), [libc::SIGTERM]);
+    }
+
+    #[test]
+    fn a_signal_that_cannot_be_caught_installs_none() {
+        let _one = SIGNALS.lock().unwrap_or_else(|e| e.into_inner());
+        let before = disposition(libc::SIGUSR2);
+        let pipe = INTERRUPT_PIPE.load(Ordering::SeqCst);
+        assert!(Interrupts::install_for(&[libc::SIGUSR2, libc::SIGKILL]).is_err());
+        assert_eq!(disposition(libc::SIGUSR2), before);
+        assert_eq!(INTERRUPT_PIPE.load(Ordering::SeqCst), pipe);
     }
 }

@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use rustix::event::{PollFd, PollFlags};
@@ -18,6 +18,7 @@ use crate::error::RuntimeError;
 use crate::helper::remove_tree;
 use crate::idmap;
 use crate::init::ETC_FILES;
+use crate::interrupt::Interrupts;
 use crate::protocol::{CgroupEntry, ContainerConfig, Failure, Report, FDS_ENV};
 use crate::spec::{ExitStatus, HelperCommand, Network, RlimitResource, RunSpec, Streams, UpperDir};
 
@@ -801,7 +802,8 @@ fn launch(
     send_config(config_pipe, &config)?;
 
     let forwarder = if spec.forward_signals {
-        Some(SignalForwarder::install()?)
+        let forwarded = crate::interrupt::forwarded_signals();
+        Some(Interrupts::install_for(&forwarded).map_err(io_err("catch the signals to forward"))?)
     } else {
         None
     };
@@ -1199,7 +1201,7 @@ impl Watch {
     fn run(
         &mut self,
         deadline: Option<Instant>,
-        signals: Option<&SignalForwarder>,
+        signals: Option<&Interrupts>,
         terminal: &mut TerminalState,
     ) -> Result<(), RuntimeError> {
         loop {
@@ -1227,7 +1229,7 @@ impl Watch {
             let n = {
                 let mut fds = vec![PollFd::new(&self.report, PollFlags::IN)];
                 if let Some(forwarder) = signals {
-                    fds.push(PollFd::new(&forwarder.read, PollFlags::IN));
+                    fds.push(PollFd::new(forwarder, PollFlags::IN));
                 }
                 if let Some(cancel) = &cancel {
                     fds.push(PollFd::from_borrowed_fd(*cancel, PollFlags::IN));
@@ -1486,75 +1488,6 @@ fn kill(pid: libc::pid_t, signal: libc::c_int) {
         rustix::process::Signal::from_named_raw(signal),
     ) {
         let _ = rustix::process::kill_process(pid, signal);
-    }
-}
-
-static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
-
-extern "C" fn on_signal(signal: libc::c_int) {
-    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
-    if fd >= 0 {
-        let byte = signal as u8;
-        // SAFETY: write(2) of one byte we own, on the pipe's write end,
-        // which stays open while the handler is installed; async-signal-safe,
-        // and the pipe is non-blocking. (A handler has only the number.)
-        unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
-    }
-}
-
-/// Handlers of [`crate::interrupt::forwarded_signals`] that hand the signal to the wait loop
-/// through a pipe; the previous handlers come back on drop.
-struct SignalForwarder {
-    read: OwnedFd,
-    _write: OwnedFd,
-    previous: Vec<(libc::c_int, libc::sigaction)>,
-}
-
-impl SignalForwarder {
-    fn install() -> Result<Self, RuntimeError> {
-        let (read, write) = rustix::pipe::pipe_with(
-            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
-        )
-        .map_err(|e| io_err("pipe")(e.into()))?;
-        SIGNAL_PIPE.store(write.as_raw_fd(), Ordering::Relaxed);
-        let mut previous = Vec::new();
-        for signal in crate::interrupt::forwarded_signals() {
-            // SAFETY: installs a handler that only calls write(2) (see
-            // on_signal), with structs we own; rustix has no safe sigaction.
-            unsafe {
-                let mut action: libc::sigaction = std::mem::zeroed();
-                action.sa_sigaction = on_signal as *const () as usize;
-                action.sa_flags = libc::SA_RESTART;
-                libc::sigemptyset(&mut action.sa_mask);
-                let mut old: libc::sigaction = std::mem::zeroed();
-                if libc::sigaction(signal, &action, &mut old) == 0 {
-                    previous.push((signal, old));
-                }
-            }
-        }
-        Ok(SignalForwarder {
-            read,
-            _write: write,
-            previous,
-        })
-    }
-
-    fn take(&self) -> Vec<libc::c_int> {
-        let mut buf = [0u8; 64];
-        // Non-blocking: nothing there is EAGAIN.
-        let n = rustix::io::read(&self.read, &mut buf).unwrap_or(0);
-        buf[..n].iter().map(|b| *b as libc::c_int).collect()
-    }
-}
-
-impl Drop for SignalForwarder {
-    fn drop(&mut self) {
-        for (signal, old) in &self.previous {
-            // SAFETY: restores the disposition saved at install, a struct
-            // the kernel filled.
-            unsafe { libc::sigaction(*signal, old, std::ptr::null_mut()) };
-        }
-        SIGNAL_PIPE.store(-1, Ordering::Relaxed);
     }
 }
 
