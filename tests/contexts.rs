@@ -497,17 +497,180 @@ fn build_contexts_of_each_kind() {
     assert_eq!(read(&out.join("from-stage/hello.txt")), "hello v2\n");
 
     let stderr = failed(&fixture.build(
-        &[
-            "--build-context",
-            "x=oci-layout:///nowhere",
-            ctx.to_str().unwrap(),
-        ],
-        None,
-    ));
-    assert!(stderr.contains("oci-layout"), "{stderr}");
-    let stderr = failed(&fixture.build(
         &["--build-context", "x=/no/such/dir", ctx.to_str().unwrap()],
         None,
     ));
     assert!(stderr.contains("not a directory"), "{stderr}");
+}
+
+/// `--build-context NAME=oci-layout://DIR[:TAG][@DIGEST]`, as buildx
+/// resolves it: the digest, else the entry of `index.json` the tag names,
+/// else the layout's only entry; `latest` when neither is given. The image
+/// is a base image (its files and config) for `FROM NAME` and `COPY
+/// --from=NAME`, in a store that never held it, and is never pulled.
+#[test]
+fn oci_layout_contexts_as_buildx_resolves_them() {
+    kiln_testsupport::require_namespaces!("builds run steps in namespaces");
+    // Two images in one layout, made by one store...
+    let maker = Fixture::new();
+    let layout = maker.path("layout");
+    for version in ["v1", "v2"] {
+        let ctx = maker.path(&format!("src-{version}"));
+        write_files(
+            &ctx,
+            &[(
+                "Dockerfile",
+                &format!("FROM busybox\nRUN echo {version} > /marker\nENV FROM_LAYOUT={version}\n"),
+            )],
+        );
+        let output = format!(
+            "type=oci,tar=false,dest={},name=app:{version}",
+            layout.display()
+        );
+        ok(&maker.build(&["-o", &output, ctx.to_str().unwrap()], None));
+    }
+    let index: serde_json::Value = serde_json::from_str(&read(&layout.join("index.json"))).unwrap();
+    let v2_digest = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "v2")
+        .map(|m| m["digest"].as_str().unwrap().to_string())
+        .unwrap();
+
+    // ...used by another, which holds busybox only.
+    let fixture = Fixture::new();
+    let ctx = fixture.path("main");
+    write_files(
+        &ctx,
+        &[(
+            "Dockerfile",
+            "FROM base AS b\n\
+             RUN cat /marker > /seen && echo \"$FROM_LAYOUT\" >> /seen\n\
+             FROM busybox\n\
+             COPY --from=b /seen /seen\n\
+             COPY --from=base /marker /copied\n",
+        )],
+    );
+    let build = |name: &str, value: String| {
+        let context = format!("base={value}");
+        fixture.build_to_dir(
+            name,
+            &["--build-context", &context, ctx.to_str().unwrap()],
+            None,
+        )
+    };
+    let layout_url = format!("oci-layout://{}", layout.display());
+    let out = build("by-tag", format!("{layout_url}:v1"));
+    assert_eq!(read(&out.join("seen")), "v1\nv1\n");
+    assert_eq!(read(&out.join("copied")), "v1\n");
+    let out = build("by-other-tag", format!("{layout_url}:v2"));
+    assert_eq!(read(&out.join("seen")), "v2\nv2\n");
+    // A digest wins over a tag given with it.
+    let out = build("by-digest", format!("{layout_url}:v1@{v2_digest}"));
+    assert_eq!(read(&out.join("copied")), "v2\n");
+    assert!(
+        kiln_command()
+            .arg("--root")
+            .arg(fixture.root())
+            .args(["images", "-q"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+            .unwrap()
+            == 1,
+        "the layout's images are not named in the store"
+    );
+
+    // The provenance names it as BuildKit names a local image: pkg:oci.
+    let attested = fixture.path("attested");
+    let output = format!("type=oci,tar=false,dest={}", attested.display());
+    let context = format!("base={layout_url}:v2");
+    ok(&fixture.build(
+        &[
+            "--provenance=mode=min",
+            "-o",
+            &output,
+            "--build-context",
+            &context,
+            ctx.to_str().unwrap(),
+        ],
+        None,
+    ));
+    let blob = |value: &serde_json::Value| -> serde_json::Value {
+        let digest = value["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:");
+        serde_json::from_str(&read(&attested.join("blobs/sha256").join(digest))).unwrap()
+    };
+    let top: serde_json::Value = serde_json::from_str(&read(&attested.join("index.json"))).unwrap();
+    let images = blob(&top["manifests"][0]);
+    let attestation = images["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["vnd.docker.reference.type"] == "attestation-manifest")
+        .map(blob)
+        .unwrap();
+    let statement = blob(&attestation["layers"][0]);
+    let uris: Vec<&str> = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["uri"].as_str().unwrap())
+        .collect();
+    let expected = format!("pkg:oci/base?digest={v2_digest}&platform=");
+    assert!(uris.iter().any(|u| u.starts_with(&expected)), "{uris:?}");
+    assert!(
+        uris.iter()
+            .any(|u| u.starts_with("pkg:docker/busybox@latest")),
+        "{uris:?}"
+    );
+
+    // No tag is `latest`: none is tagged so and the layout lists two.
+    let stderr = failed(&fixture.build(
+        &[
+            "--build-context",
+            &format!("base={layout_url}"),
+            ctx.to_str().unwrap(),
+        ],
+        None,
+    ));
+    assert!(
+        stderr.contains("no image is tagged \"latest\"") && stderr.contains("base="),
+        "{stderr}"
+    );
+    // A layout of one image gives it whatever the tag.
+    let single = maker.path("single");
+    let output = format!("type=oci,tar=false,dest={}", single.display());
+    ok(&maker.build(
+        &["-o", &output, maker.path("src-v1").to_str().unwrap()],
+        None,
+    ));
+    let out = build("single", format!("oci-layout://{}", single.display()));
+    assert_eq!(read(&out.join("copied")), "v1\n");
+
+    // Never pulled, even with --pull: nothing here can reach a registry.
+    let only = fixture.path("only-base");
+    write_files(&only, &[("Dockerfile", "FROM base\nRUN cat /marker\n")]);
+    let context = format!("base={layout_url}:v2");
+    ok(&fixture.build(
+        &[
+            "--pull",
+            "--build-context",
+            &context,
+            only.to_str().unwrap(),
+        ],
+        None,
+    ));
+
+    let stderr = failed(&fixture.build(
+        &[
+            "--build-context",
+            "x=oci-layout:///nowhere:v1",
+            ctx.to_str().unwrap(),
+        ],
+        None,
+    ));
+    assert!(stderr.contains("/nowhere/index.json"), "{stderr}");
 }

@@ -295,6 +295,9 @@ pub struct Inputs<'a> {
     pub invocation: &'a Invocation,
     /// The build's ADD downloads (their digests).
     pub downloads: Option<&'a crate::copy::UrlDownloads<'a>>,
+    /// The images the `oci-layout://` named contexts gave, by reference:
+    /// BuildKit's local image sources, `pkg:oci/…` materials.
+    pub layout_images: &'a [Reference],
 }
 
 /// One build's run: shared by the provenance of each of its platforms, as
@@ -624,8 +627,12 @@ fn resolved_dependencies(inputs: &Inputs<'_>) -> Vec<Value> {
         let Some(digest) = image_digest(inputs.store, &reference, manifest.as_ref()) else {
             continue;
         };
+        let kind = match inputs.layout_images.contains(&reference) {
+            true => PurlType::Oci,
+            false => PurlType::Docker,
+        };
         let entry = json!({
-            "uri": purl(&reference, Some(&platform)),
+            "uri": purl_of(kind, &reference, Some(&platform)),
             "digest": digest_set(&digest),
         });
         if !out.contains(&entry) {
@@ -725,12 +732,39 @@ fn digest_set(digest: &Digest) -> Value {
 /// assert_eq!(purl(&r, None), "pkg:docker/localhost%3A5000/team/app@1.0");
 /// ```
 pub fn purl(reference: &Reference, platform: Option<&Platform>) -> String {
+    purl_of(PurlType::Docker, reference, platform)
+}
+
+/// The package URL types BuildKit gives images: `docker` for a
+/// registry's, `oci` for a local one (an OCI layout's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurlType {
+    Docker,
+    Oci,
+}
+
+/// [`purl`] of either type: `pkg:oci/…` names a local image as BuildKit
+/// names an `oci-layout://` source.
+///
+/// ```
+/// use kiln_builder::provenance::{purl_of, PurlType};
+/// use kiln_layers::Reference;
+/// let r = Reference::parse(&format!("base@sha256:{}", "a".repeat(64))).unwrap();
+/// assert_eq!(
+///     purl_of(PurlType::Oci, &r, None),
+///     format!("pkg:oci/base?digest=sha256:{}", "a".repeat(64))
+/// );
+/// ```
+pub fn purl_of(kind: PurlType, reference: &Reference, platform: Option<&Platform>) -> String {
     let familiar = reference.repository.familiar();
     let (namespace, name) = match familiar.rsplit_once('/') {
         Some((ns, name)) => (Some(ns), name),
         None => (None, familiar.as_str()),
     };
-    let mut out = String::from("pkg:docker/");
+    let mut out = String::from(match kind {
+        PurlType::Docker => "pkg:docker/",
+        PurlType::Oci => "pkg:oci/",
+    });
     if let Some(ns) = namespace {
         let parts: Vec<String> = ns.split('/').map(query_escape).collect();
         out.push_str(&parts.join("/"));

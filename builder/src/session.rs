@@ -866,11 +866,12 @@ impl<'a> Session<'a> {
     /// What looks base images up, pulling as `--pull` says.
     fn resolver(&self) -> StoreResolver<'a> {
         let puller: &'a dyn ImagePuller = self.remote;
-        match self.settings.pull {
+        let resolver = match self.settings.pull {
             PullPolicy::Never => StoreResolver::new(self.store, None),
             PullPolicy::Missing => StoreResolver::new(self.store, Some(puller)),
             PullPolicy::Always => StoreResolver::new(self.store, Some(puller)).always_pull(true),
-        }
+        };
+        resolver.with_images(self.settings.named_contexts.images())
     }
 
     /// Parses the Dockerfile and walks it, the build checks observing;

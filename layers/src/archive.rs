@@ -632,6 +632,86 @@ pub fn load(store: &Store, path: &Path, reporter: &dyn Reporter) -> Result<Vec<L
     }
 }
 
+/// Which image of an OCI layout directory to take, as buildx's
+/// `oci-layout://DIR[:TAG][@DIGEST]` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayoutImage {
+    /// The entry of `index.json` whose `io.containerd.image.name`, else
+    /// whose `org.opencontainers.image.ref.name`, is this; the layout's
+    /// only entry when none is.
+    Tag(String),
+    /// The manifest or index of this digest among the layout's blobs,
+    /// listed in `index.json` or not.
+    Digest(Digest),
+}
+
+/// Puts the image `wanted` names in the OCI layout directory `dir` into
+/// `store`, unnamed, with every blob it reaches that the layout holds (an
+/// index's entries the layout lacks are left out, as [`load`] leaves
+/// them), each checked against its digest; returns its descriptor. This is
+/// how a build takes `--build-context NAME=oci-layout://DIR…`, resolving a
+/// tag as buildx does (`resolveDigest`).
+pub fn load_layout_image(store: &Store, dir: &Path, wanted: &LayoutImage) -> Result<Descriptor> {
+    let _lease = store.lease()?;
+    let index_path = dir.join("index.json");
+    let bytes = fs::read(&index_path).map_err(io_at("read", &index_path))?;
+    let index: Index = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+        what: index_path.display().to_string(),
+        source,
+    })?;
+    let desc = match wanted {
+        LayoutImage::Tag(tag) => {
+            let named = |key: &str| {
+                index
+                    .manifests
+                    .iter()
+                    .find(|m| m.annotations.get(key) == Some(tag))
+            };
+            let found = named(ANNOTATION_CONTAINERD_NAME).or_else(|| named(ANNOTATION_REF_NAME));
+            match (found, index.manifests.as_slice()) {
+                (Some(entry), _) | (None, [entry]) => entry.clone(),
+                (None, _) => {
+                    return Err(Error::Archive {
+                        path: dir.to_path_buf(),
+                        reason: format!(
+                        "no image is tagged {tag:?} in index.json, and it lists {} images, not one",
+                        index.manifests.len()
+                    ),
+                    })
+                }
+            }
+        }
+        LayoutImage::Digest(digest) => match index.manifests.iter().find(|m| &m.digest == digest) {
+            Some(entry) => entry.clone(),
+            None => unlisted_layout_blob(store, dir, digest)?,
+        },
+    };
+    load_tree(store, Some(dir), &desc, dir)?;
+    let mut entry = desc;
+    entry.annotations.clear();
+    Ok(entry)
+}
+
+/// The descriptor of the manifest or index `digest` of the layout `dir`
+/// that `index.json` does not list, its kind read from the blob itself
+/// (put into `store` on the way).
+fn unlisted_layout_blob(store: &Store, dir: &Path, digest: &Digest) -> Result<Descriptor> {
+    let path = dir.join("blobs/sha256").join(digest.hex());
+    let size = fs::metadata(&path)
+        .map_err(|e| Error::Archive {
+            path: dir.to_path_buf(),
+            reason: format!("blob {digest}: {e}"),
+        })?
+        .len();
+    blob_from_layout(store, Some(dir), digest, size, dir)?;
+    let bytes = store.read_blob(digest)?;
+    let media_type = match parse_manifest(&bytes, "", &format!("manifest {digest}"))? {
+        ManifestKind::Index(i) => i.media_type.unwrap_or_else(|| media::OCI_INDEX.into()),
+        ManifestKind::Image(m) => m.media_type.unwrap_or_else(|| media::OCI_MANIFEST.into()),
+    };
+    Ok(Descriptor::new(media_type, digest.clone(), size))
+}
+
 fn ingest_verified(
     store: &Store,
     name: &str,

@@ -197,7 +197,8 @@ pub struct BuildArgs {
     #[arg(long = "cache-from", value_name = "SPEC")]
     cache_from: Vec<String>,
     /// An additional named context (repeatable): NAME=DIR, NAME=docker-image://REF,
-    /// NAME=GIT-URL or NAME=https://… (the file, named `context`); reached by
+    /// NAME=oci-layout://DIR[:TAG][@DIGEST], NAME=GIT-URL or NAME=https://… (the
+    /// file, named `context`); reached by
     /// `FROM NAME`, `COPY --from=NAME`, `RUN --mount=from=NAME`, and replacing
     /// a stage or image of that name.
     #[arg(long = "build-context", value_name = "NAME=VALUE")]

@@ -8,8 +8,11 @@
 //!   checkout;
 //! - an `http(s)://` URL: as BuildKit's HTTP source, a directory holding
 //!   the downloaded file, named `context` (not extracted);
-//! - `oci-layout://…` is refused (not supported yet), as is bake's
-//!   `target:`.
+//! - `oci-layout://DIR[:TAG][@DIGEST]`: an image of an OCI layout
+//!   directory, as buildx resolves it (the digest, else the tag, `latest`
+//!   when neither is given: [`kiln_layers::archive::LayoutImage`]), put
+//!   into the store unnamed and used as a base image is, never pulled;
+//! - bake's `target:` is refused.
 //!
 //! The Dockerfile reaches one by name from `FROM NAME`, `COPY --from=NAME`
 //! and `RUN --mount=from=NAME`; `FROM … AS NAME` is replaced by it whole
@@ -23,8 +26,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use kiln_layers::archive::LayoutImage;
 use kiln_layers::cleanup::ScratchDir;
-use kiln_layers::Reference;
+use kiln_layers::{Descriptor, Digest, Reference};
 use kiln_reference::redact_credentials as redact;
 
 use crate::context::BuildContext;
@@ -43,6 +47,13 @@ pub enum NamedContextSpec {
         source: crate::git::GitSource,
     },
     Url(String),
+    /// `oci-layout://…`: the value as given, the layout's directory, and
+    /// which of its images.
+    OciLayout {
+        value: String,
+        dir: PathBuf,
+        image: LayoutImage,
+    },
 }
 
 /// `name` as BuildKit compares it: the familiar form of the reference,
@@ -75,10 +86,13 @@ impl NamedContextSpec {
             } else {
                 NamedContextSpec::Image(Reference::parse(image).map_err(|e| bad(e.to_string()))?)
             }
-        } else if value.starts_with("oci-layout://") {
-            return Err(bad(
-                "oci-layout:// contexts are not supported yet (use docker-image://, a directory, a Git or an HTTP URL)".into(),
-            ));
+        } else if let Some(layout) = value.strip_prefix("oci-layout://") {
+            let (dir, image) = parse_oci_layout(layout).map_err(bad)?;
+            NamedContextSpec::OciLayout {
+                value: value.to_string(),
+                dir,
+                image,
+            }
         } else if value.starts_with("target:") {
             return Err(bad("target: contexts are bake's, not a build's".into()));
         } else if value.starts_with("ssh://") {
@@ -103,6 +117,46 @@ impl NamedContextSpec {
         };
         Ok((normalized, spec))
     }
+}
+
+/// `DIR[:TAG][@DIGEST]` as buildx's `ocilayout.Parse` splits it: a digest
+/// after the last `@`, then a tag after the last `:` (each only when what
+/// follows looks like one), `latest` when neither is given. A digest wins
+/// over a tag, as buildx resolves the tag only without one.
+fn parse_oci_layout(layout: &str) -> Result<(PathBuf, LayoutImage), String> {
+    let mut rest = layout;
+    let mut digest = None;
+    if let Some((before, after)) = rest.rsplit_once('@') {
+        if looks_like_digest(after) {
+            digest = Some(Digest::parse(after).map_err(|e| e.to_string())?);
+            rest = before;
+        }
+    }
+    let mut tag = None;
+    if let Some((before, after)) = rest.rsplit_once(':') {
+        // buildx's unanchored tag pattern: a word character anywhere.
+        if after.chars().any(|c| c.is_ascii_alphanumeric() || c == '_') {
+            tag = Some(after.to_string());
+            rest = before;
+        }
+    }
+    if rest.is_empty() {
+        return Err(format!("oci-layout://{layout} names no directory"));
+    }
+    let image = match (digest, tag) {
+        (Some(digest), _) => LayoutImage::Digest(digest),
+        (None, Some(tag)) => LayoutImage::Tag(tag),
+        (None, None) => LayoutImage::Tag("latest".into()),
+    };
+    Ok((PathBuf::from(rest), image))
+}
+
+/// Whether `s` holds what distribution's (unanchored) digest pattern
+/// finds: an algorithm, `:`, and 32 or more hex digits.
+fn looks_like_digest(s: &str) -> bool {
+    s.split(':')
+        .skip(1)
+        .any(|hex| hex.chars().take_while(char::is_ascii_hexdigit).count() >= 32)
 }
 
 /// A Git URL among named context values: `git://`, `git@…` and
@@ -135,6 +189,10 @@ pub struct NamedContext {
 #[derive(Debug, Default)]
 pub struct NamedContexts {
     pub contexts: BTreeMap<String, NamedContext>,
+    /// The images `oci-layout://` contexts put into the store, by the
+    /// reference their [`NamedSource::Image`] gives (the context's name
+    /// and the image's digest).
+    images: Vec<(Reference, Descriptor)>,
     _scratch: Vec<ScratchDir>,
 }
 
@@ -172,6 +230,22 @@ impl NamedContexts {
                     tree: None,
                     description: reference.to_string(),
                 })
+            }
+            NamedContextSpec::OciLayout { value, dir, image } => {
+                let bad = |why: String| {
+                    ContextSourceError::Invalid(format!("--build-context {name}={value}: {why}"))
+                };
+                let desc = kiln_layers::archive::load_layout_image(opts.store, dir, image)
+                    .map_err(|e| bad(e.to_string()))?;
+                let reference = Reference::parse(&format!("{name}@{}", desc.digest))
+                    .map_err(|e| bad(e.to_string()))?;
+                self.images.push((reference.clone(), desc));
+                return Ok(NamedContext {
+                    name: name.to_string(),
+                    source: NamedSource::Image(reference),
+                    tree: None,
+                    description: value.clone(),
+                });
             }
             NamedContextSpec::Scratch => {
                 let scratch = opts.store.scratch_dir("named")?;
@@ -238,6 +312,12 @@ impl NamedContexts {
             .collect()
     }
 
+    /// The images of the `oci-layout://` contexts, for the resolver
+    /// ([`crate::solve::StoreResolver::with_images`]).
+    pub fn images(&self) -> &[(Reference, Descriptor)] {
+        &self.images
+    }
+
     /// The files of the directory-like context `name`.
     pub fn tree(&self, name: &str) -> Option<&BuildContext> {
         self.contexts.get(name).and_then(|c| c.tree.as_ref())
@@ -255,4 +335,53 @@ fn no_ignore() -> Result<crate::dockerignore::PatternMatcher, ContextSourceError
 /// modes, link targets and contents, never mtimes or inodes).
 fn tree_digest(tree: &BuildContext) -> String {
     tree.tree_digest("").unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest() -> String {
+        format!("sha256:{}", "ab".repeat(32))
+    }
+
+    fn parsed(layout: &str) -> (PathBuf, LayoutImage) {
+        parse_oci_layout(layout).unwrap()
+    }
+
+    #[test]
+    fn oci_layout_values_split_as_buildx_splits_them() {
+        let tag = |t: &str| LayoutImage::Tag(t.into());
+        let by_digest = LayoutImage::Digest(Digest::parse(&digest()).unwrap());
+        assert_eq!(parsed("/l"), ("/l".into(), tag("latest")));
+        assert_eq!(parsed("rel/layout:v1"), ("rel/layout".into(), tag("v1")));
+        assert_eq!(
+            parsed(&format!("/l@{}", digest())),
+            ("/l".into(), by_digest.clone())
+        );
+        // A digest wins over the tag given with it.
+        assert_eq!(
+            parsed(&format!("/l:v1@{}", digest())),
+            ("/l".into(), by_digest)
+        );
+        // What follows `@` is no digest: the last `:` gives the tag.
+        assert_eq!(parsed("/l@sha256:zz"), ("/l@sha256".into(), tag("zz")));
+        // Nothing that looks like a tag after the `:`.
+        assert_eq!(parsed("/a:b/c:"), ("/a:b/c:".into(), tag("latest")));
+        assert!(parse_oci_layout(&format!("/l@sha256:{}", "a".repeat(40))).is_err());
+        assert!(parse_oci_layout(":v1")
+            .unwrap_err()
+            .contains("names no directory"));
+    }
+
+    #[test]
+    fn an_oci_layout_context_is_parsed_with_its_name() {
+        let flag = format!("base=oci-layout:///x/l@{}", digest());
+        let (name, spec) = NamedContextSpec::parse_flag(&flag).unwrap();
+        assert_eq!(name, "base");
+        assert!(
+            matches!(&spec, NamedContextSpec::OciLayout { dir, .. } if dir == std::path::Path::new("/x/l")),
+            "{spec:?}"
+        );
+    }
 }

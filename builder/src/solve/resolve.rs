@@ -1,5 +1,6 @@
-//! Base images for a build: the store's tags, and a pull (through the
-//! caller's [`ImagePuller`]) of what the store lacks.
+//! Base images for a build: the images its `oci-layout://` named contexts
+//! put into the store, the store's tags, and a pull (through the caller's
+//! [`ImagePuller`]) of what the store lacks.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -51,6 +52,9 @@ pub struct StoreResolver<'a> {
     any_stored_platform: bool,
     /// (reference, normalized platform) → image.
     images: Mutex<HashMap<(Reference, String), Image>>,
+    /// Images the build's named contexts put into the store
+    /// (`oci-layout://`): found by their reference, never pulled.
+    provided: Vec<(Reference, Descriptor)>,
 }
 
 impl<'a> StoreResolver<'a> {
@@ -61,6 +65,7 @@ impl<'a> StoreResolver<'a> {
             always_pull: false,
             any_stored_platform: false,
             images: Mutex::new(HashMap::new()),
+            provided: Vec::new(),
         }
     }
 
@@ -80,12 +85,21 @@ impl<'a> StoreResolver<'a> {
             always_pull: false,
             any_stored_platform: true,
             images: Mutex::new(HashMap::new()),
+            provided: Vec::new(),
         })
     }
 
     /// Pull base images even when the store has them (a tag may have moved).
     pub fn always_pull(mut self, yes: bool) -> Self {
         self.always_pull = yes;
+        self
+    }
+
+    /// Images in the store that these references name for this build
+    /// only (the `oci-layout://` named contexts'): looked up there first,
+    /// for the platform wanted, and never pulled, whatever `--pull` says.
+    pub fn with_images(mut self, images: &[(Reference, Descriptor)]) -> Self {
+        self.provided = images.to_vec();
         self
     }
 
@@ -175,6 +189,53 @@ impl<'a> StoreResolver<'a> {
     }
 }
 
+impl StoreResolver<'_> {
+    /// The image `parsed` names for `platform`: a named context's, else
+    /// the store's, else pulled (when a puller is given).
+    fn find(&self, parsed: &Reference, platform: &Platform) -> Result<Image, LookupError> {
+        let Some(store) = &self.store else {
+            return Err(LookupError::NotFound("not in the local store".into()));
+        };
+        if let Some((_, desc)) = self.provided.iter().find(|(r, _)| r == parsed) {
+            return store.read_image(desc, platform).map_err(|e| match e {
+                kiln_layers::Error::NoMatchingPlatform { .. } => {
+                    LookupError::NotFound(e.to_string())
+                }
+                e => LookupError::failed(e),
+            });
+        }
+        let mut mismatch = None;
+        let local = if self.always_pull && self.pull.is_some() {
+            None
+        } else {
+            self.stored(store, parsed, platform, &mut mismatch)?
+        };
+        match (local, self.pull) {
+            (Some(image), _) => Ok(image),
+            (None, Some(puller)) => {
+                let desc = puller.pull(parsed, platform).map_err(|e| match &mismatch {
+                    // Say why the stored image was not used.
+                    Some(stored) => match e {
+                        LookupError::NotFound(text) => {
+                            LookupError::NotFound(format!("{text} ({stored})"))
+                        }
+                        LookupError::Failed(source) => {
+                            LookupError::failed(format!("{source} ({stored})"))
+                        }
+                    },
+                    None => e,
+                })?;
+                store
+                    .read_image(&desc, platform)
+                    .map_err(LookupError::failed)
+            }
+            (None, None) => Err(LookupError::NotFound(
+                mismatch.unwrap_or_else(|| "not in the local store".into()),
+            )),
+        }
+    }
+}
+
 impl ImageLookup for StoreResolver<'_> {
     /// Errors leave the reference out: the caller's message names it.
     fn lookup(&self, parsed: &Reference, platform: &Platform) -> Result<FoundImage, LookupError> {
@@ -185,42 +246,7 @@ impl ImageLookup for StoreResolver<'_> {
             // Already resolved in this build (another stage, COPY --from).
             Some(image) => image,
             None => {
-                let Some(store) = &self.store else {
-                    return Err(LookupError::NotFound("not in the local store".into()));
-                };
-                let mut mismatch = None;
-                let local = if self.always_pull && self.pull.is_some() {
-                    None
-                } else {
-                    self.stored(store, parsed, &platform, &mut mismatch)?
-                };
-                let image = match (local, self.pull) {
-                    (Some(image), _) => image,
-                    (None, Some(puller)) => {
-                        let desc = puller
-                            .pull(parsed, &platform)
-                            .map_err(|e| match &mismatch {
-                                // Say why the stored image was not used.
-                                Some(stored) => match e {
-                                    LookupError::NotFound(text) => {
-                                        LookupError::NotFound(format!("{text} ({stored})"))
-                                    }
-                                    LookupError::Failed(source) => {
-                                        LookupError::failed(format!("{source} ({stored})"))
-                                    }
-                                },
-                                None => e,
-                            })?;
-                        store
-                            .read_image(&desc, &platform)
-                            .map_err(LookupError::failed)?
-                    }
-                    (None, None) => {
-                        return Err(LookupError::NotFound(
-                            mismatch.unwrap_or_else(|| "not in the local store".into()),
-                        ))
-                    }
-                };
+                let image = self.find(parsed, &platform)?;
                 if let Ok(mut images) = self.images.lock() {
                     images.insert(key, image.clone());
                 }
