@@ -868,7 +868,10 @@ fn archives_are_tars_named_as_buildx_names_them() {
         &["-o", "type=oci,tar=maybe,dest=x"],
         "tar=maybe: true or false",
     );
-    refused(&["-o", "type=docker"], "dest= is required");
+    refused(
+        &["-o", "type=docker,tar=false"],
+        "dest is required for type=docker with tar=false",
+    );
     refused(
         &["-o", "type=oci,tar=false,dest=-"],
         "dest cannot be stdout",

@@ -457,6 +457,19 @@ pub struct Archive {
     /// `name=`, or every `-t` when there are some ([`with_tags`]); none
     /// leaves the archive's image unnamed, as BuildKit leaves it.
     pub names: Vec<Reference>,
+    /// `type=docker` without `dest` (or `--load`): the docker-archive goes
+    /// into the docker daemon ([`DockerDaemon`]), as buildx loads it; `dest`
+    /// is then empty.
+    pub load: bool,
+}
+
+/// The docker daemon a docker-archive is loaded into (`--load`,
+/// `type=docker` without `dest`), as buildx's docker driver loads the
+/// image: the CLI's, which speaks the daemon's API (the builder speaks no
+/// HTTP).
+pub trait DockerDaemon: Sync {
+    /// Loads the docker-archive at `archive` into the daemon.
+    fn load(&self, archive: &Path) -> Result<(), String>;
 }
 
 impl Archive {
@@ -466,11 +479,12 @@ impl Archive {
             dest: dest.into(),
             tar: true,
             names: Vec::new(),
+            load: false,
         }
     }
 
     fn to_stdout(&self) -> bool {
-        self.tar && self.dest.as_os_str() == "-"
+        self.tar && !self.load && self.dest.as_os_str() == "-"
     }
 
     /// What the archive holds: the image once per name, or once unnamed.
@@ -497,6 +511,35 @@ impl Archive {
     }
 }
 
+/// Writes `items` as a docker-archive into a scratch file of the store and
+/// has `daemon` load it (buildx's `--load`).
+fn load_into_docker(
+    store: &Store,
+    archive: &Archive,
+    items: &[SaveItem],
+    daemon: Option<&dyn DockerDaemon>,
+) -> Result<(), ExportError> {
+    let daemon = daemon.ok_or_else(|| ExportError::Load("no docker daemon was given".into()))?;
+    let scratch = store
+        .scratch_dir("docker-load")
+        .map_err(|source| ExportError::Store {
+            dest: store.root().to_path_buf(),
+            source,
+        })?;
+    let file = scratch.path().join("image.tar");
+    let tar = Archive {
+        dest: file.clone(),
+        load: false,
+        ..archive.clone()
+    };
+    tar.save(store, items, Format::Docker)
+        .map_err(|source| ExportError::Store {
+            dest: file.clone(),
+            source,
+        })?;
+    daemon.load(&file).map_err(ExportError::Load)
+}
+
 /// Makes a file destination's missing parent directories, as buildx's
 /// `lazyFileWriter` makes them.
 fn make_parents(file: &Path) -> std::io::Result<()> {
@@ -514,6 +557,9 @@ pub struct WriteSettings<'a> {
     /// `SOURCE_DATE_EPOCH`: every file of a type=local or type=tar output
     /// is dated then (BuildKit's local and tar exporters).
     pub epoch: Option<i64>,
+    /// Where a docker-archive output without `dest` goes (none: such an
+    /// output fails).
+    pub docker: Option<&'a dyn DockerDaemon>,
 }
 
 /// The annotation BuildKit's oci and docker exporters put on the
@@ -602,6 +648,8 @@ pub enum ExportError {
     },
     #[error("--output {dest}: {message}")]
     Copy { dest: PathBuf, message: String },
+    #[error("--output type=docker: loading the image into docker: {0}")]
+    Load(String),
 }
 
 impl Output {
@@ -689,6 +737,8 @@ impl Output {
             "oci" | "docker" => {
                 let names = names()?;
                 let tar = take_bool(&mut map, "tar").map_err(bad)?.unwrap_or(true);
+                // buildx loads a docker-archive without a dest into docker.
+                let load = dest.is_none() && tar && kind == "docker";
                 let dest = match dest {
                     Some(dest) if !tar && dest == "-" => {
                         return Err(bad(format!(
@@ -698,11 +748,7 @@ impl Output {
                     Some(dest) => dest,
                     // buildx writes an OCI tar to standard output then.
                     None if tar && kind == "oci" => "-".into(),
-                    None if tar => {
-                        return Err(bad("dest= is required: kiln has no docker daemon to load \
-                             the image into (kiln load reads the archive)"
-                            .into()))
-                    }
+                    None if load => String::new(),
                     None => {
                         return Err(bad(format!(
                             "dest is required for type={kind} with tar=false"
@@ -713,6 +759,7 @@ impl Output {
                     dest: dest.into(),
                     tar,
                     names,
+                    load,
                 };
                 if kind == "oci" {
                     Output::Oci(archive)
@@ -800,6 +847,12 @@ impl Output {
         )
     }
 
+    /// Whether it loads the image into the docker daemon (`type=docker`
+    /// without `dest`, or `--load`).
+    pub fn loads_into_docker(&self) -> bool {
+        matches!(self, Output::Docker(archive) if archive.load)
+    }
+
     pub fn to_stdout(&self) -> bool {
         match self {
             Output::Tar(dest) => *dest == Dest::Stdout,
@@ -828,7 +881,9 @@ impl Output {
         let (dest, is_dir) = match self {
             Output::Local(dest) => (dest.as_path(), true),
             Output::Tar(Dest::File(dest)) => (dest.as_path(), false),
-            Output::Oci(archive) | Output::Docker(archive) if !archive.to_stdout() => {
+            Output::Oci(archive) | Output::Docker(archive)
+                if !archive.to_stdout() && !archive.load =>
+            {
                 (archive.dest.as_path(), !archive.tar)
             }
             _ => return Ok(()),
@@ -887,7 +942,11 @@ impl Output {
             .read_image(&manifest, &built.platform())
             .map_err(store_err)?;
         let items = archive.items(|name| SaveItem::single(name, image.clone()));
-        archive.save(store, &items, format).map_err(store_err)?;
+        if archive.load {
+            load_into_docker(store, archive, &items, settings.docker)?;
+        } else {
+            archive.save(store, &items, format).map_err(store_err)?;
+        }
         Ok(Some(manifest))
     }
 }

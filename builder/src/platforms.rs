@@ -281,7 +281,7 @@ impl<'a> Session<'a> {
         images: &[BuiltImage],
     ) -> Result<(), BuildError> {
         let settings = self.settings;
-        let write = settings.write_settings(self.reporter);
+        let write = settings.write_settings(self.reporter, self.remote.docker());
         for output in &settings.outputs {
             // One platform's root filesystem (a build with provenance)
             // goes where a single-platform build puts it; under its

@@ -197,11 +197,16 @@ impl BuildSettings {
     }
 
     /// What writing the outputs needs besides the image.
-    pub fn write_settings<'r>(&self, reporter: &'r dyn Reporter) -> WriteSettings<'r> {
+    pub fn write_settings<'r>(
+        &self,
+        reporter: &'r dyn Reporter,
+        docker: Option<&'r dyn crate::export::DockerDaemon>,
+    ) -> WriteSettings<'r> {
         WriteSettings {
             layer_form: self.layer_form,
             reporter,
             epoch: self.source_date_epoch(),
+            docker,
         }
     }
 
@@ -424,6 +429,12 @@ pub trait Remote: ImagePuller + UrlFetcher + Sync {
         target: &PushTarget,
         form: LayerForm,
     ) -> Result<(Digest, u64), RemoteError>;
+
+    /// The docker daemon `--load` (a `type=docker` output without `dest`)
+    /// loads the image into; none by default.
+    fn docker(&self) -> Option<&dyn crate::export::DockerDaemon> {
+        None
+    }
 }
 
 /// One push of the build's image: the name it has in the store (and its
@@ -1285,7 +1296,7 @@ impl<'a> Session<'a> {
 
     fn outputs(&self, result: &mut BuildResult) -> Result<(), BuildError> {
         let settings = self.settings;
-        let write = settings.write_settings(self.reporter);
+        let write = settings.write_settings(self.reporter, self.remote.docker());
         // The metadata file's descriptor is the last output's, as BuildKit
         // merges its exporters' answers (an image output's is the store's,
         // undated; buildx puts the image output `--push` adds last).

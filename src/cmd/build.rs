@@ -17,7 +17,7 @@ use kiln_builder::contexts::{
     ContextSpec, NamedContextSpec, NamedContexts, PrepareOptions, PreparedContext,
 };
 use kiln_builder::copy::{FetchInfo, UrlFetcher};
-use kiln_builder::export::{ImageFormat, Output};
+use kiln_builder::export::{Archive, ImageFormat, Output};
 use kiln_builder::plan::{BuildOptions, LookupError};
 use kiln_builder::provenance::ProvenanceRequest;
 use kiln_builder::secrets::Secret;
@@ -171,7 +171,8 @@ pub struct BuildArgs {
     /// too, as buildx writes them.
     #[arg(long, value_name = "FILE")]
     metadata_file: Option<PathBuf>,
-    /// Also export (repeatable): type=oci[,dest=FILE|-]; type=docker,dest=FILE (each a tar;
+    /// Also export (repeatable): type=oci[,dest=FILE|-]; type=docker[,dest=FILE] (each a tar;
+    /// type=docker without dest loads into the docker daemon, as --load;
     /// tar=false and dest=DIR: a directory; name=REF[,REF…] names the image in it);
     /// type=local,dest=DIR (or just DIR); type=tar[,dest=FILE|-] (or just -, to standard
     /// output); type=image,name=REF[,push=true][,push-by-digest=true][,registry.insecure=true]
@@ -185,6 +186,11 @@ pub struct BuildArgs {
     /// too (its name= when there is no -t), as buildx's --push makes it.
     #[arg(long)]
     push: bool,
+    /// Load the image into the docker daemon (DOCKER_HOST, else the docker context, else
+    /// /var/run/docker.sock; a Unix socket), as buildx's --load: shorthand for
+    /// --output type=docker (a type=docker output without dest loads so).
+    #[arg(long)]
+    load: bool,
     /// Export the build cache (repeatable): type=registry,ref=REF, type=local,dest=DIR
     /// (each with mode=min|max, compression=uncompressed|gzip|zstd, compression-level=,
     /// force-compression=, oci-mediatypes=, image-manifest=, ignore-error=; a registry's
@@ -383,6 +389,8 @@ struct CliRemote<'a> {
     insecure_sources: std::sync::Mutex<Vec<String>>,
     store: &'a Store,
     reporter: Arc<dyn Reporter>,
+    /// The docker daemon `--load` loads into, when an output loads.
+    docker: Option<crate::docker::Daemon>,
 }
 
 impl<'a> CliRemote<'a> {
@@ -410,6 +418,7 @@ impl<'a> CliRemote<'a> {
             insecure_sources: Default::default(),
             store,
             reporter: display.reporter.clone(),
+            docker: None,
         })
     }
 
@@ -529,6 +538,10 @@ impl UrlFetcher for CliRemote<'_> {
 }
 
 impl Remote for CliRemote<'_> {
+    fn docker(&self) -> Option<&dyn kiln_builder::export::DockerDaemon> {
+        (self.docker.as_ref()).map(|d| d as &dyn kiln_builder::export::DockerDaemon)
+    }
+
     fn push(
         &self,
         store: &Store,
@@ -742,8 +755,16 @@ fn settings_of(
         source_date_epoch: None,
     };
     let image = ImageFormat::settle(&flags, &formats).map_err(anyhow::Error::msg)?;
-    let outputs = kiln_builder::export::with_tags(outputs, &tags, args.push);
+    let mut outputs = kiln_builder::export::with_tags(outputs, &tags, args.push);
     check_by_digest_names(args, &outputs)?;
+    // buildx adds a type=docker output unless one loads already.
+    if args.load && !outputs.iter().any(Output::loads_into_docker) {
+        outputs.push(Output::Docker(Archive {
+            names: tags.clone(),
+            load: true,
+            ..Archive::tar("")
+        }));
+    }
     let leaves = args.push
         || outputs.iter().any(|o| {
             matches!(
@@ -926,7 +947,7 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     if !args.dry_run && !args.check {
         display.sandbox_warnings(&sandbox);
     }
-    let remote = CliRemote::new(&args, global, &store, &display)?;
+    let mut remote = CliRemote::new(&args, global, &store, &display)?;
     let build_args = build_args_of(&args.build_args)?;
     // Refused here when not a number, before a Git context is fetched.
     let epoch = kiln_builder::frontend::source_date_epoch_arg(&build_args)
@@ -958,6 +979,12 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let named = NamedContexts::prepare(&named_specs, &prepare)?;
     let mut ssh_agents = Vec::new();
     let settings = settings_of(&args, &sandbox, &context, named, &mut ssh_agents)?;
+    // Asked before the build spends its time, as buildx finds its daemon.
+    if settings.outputs.iter().any(Output::loads_into_docker) && !args.dry_run && !args.check {
+        let daemon = crate::docker::Daemon::from_env().context("--load")?;
+        daemon.ping().context("--load")?;
+        remote.docker = Some(daemon);
+    }
     let cache = remote_cache(&args, &settings, &remote, &display)?;
     let session = Session {
         store: &store,
@@ -1010,7 +1037,7 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         (Some(canceled), _) => Ok(canceled),
         (None, Err(e)) => Err(build_failure(&settings, &display, e)),
         (None, Ok(result)) => {
-            report_built(&args, &settings, &display, &result, started);
+            report_built(&args, &remote, &settings, &display, &result, started);
             Ok(ExitCode::SUCCESS)
         }
     };
@@ -1153,6 +1180,7 @@ fn print_checks(
 /// the summary already said it).
 fn report_built(
     args: &BuildArgs,
+    remote: &CliRemote<'_>,
     settings: &BuildSettings,
     display: &Display,
     result: &BuildResult,
@@ -1161,6 +1189,9 @@ fn report_built(
     if display.mode != ProgressMode::Quiet {
         for (reference, digest) in &result.pushed {
             eprintln!("pushed {reference}: {digest}");
+        }
+        for line in remote.docker.iter().flat_map(crate::docker::Daemon::loaded) {
+            eprintln!("docker: {line}");
         }
     }
     let image_id = &result.image_id;
