@@ -596,29 +596,7 @@ fn oci_layout_contexts_as_buildx_resolves_them() {
         ],
         None,
     ));
-    let blob = |value: &serde_json::Value| -> serde_json::Value {
-        let digest = value["digest"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("sha256:");
-        serde_json::from_str(&read(&attested.join("blobs/sha256").join(digest))).unwrap()
-    };
-    let top: serde_json::Value = serde_json::from_str(&read(&attested.join("index.json"))).unwrap();
-    let images = blob(&top["manifests"][0]);
-    let attestation = images["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["vnd.docker.reference.type"] == "attestation-manifest")
-        .map(blob)
-        .unwrap();
-    let statement = blob(&attestation["layers"][0]);
-    let uris: Vec<&str> = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["uri"].as_str().unwrap())
-        .collect();
+    let uris = materials(&attested);
     let expected = format!("pkg:oci/base?digest={v2_digest}&platform=");
     assert!(uris.iter().any(|u| u.starts_with(&expected)), "{uris:?}");
     assert!(
@@ -649,6 +627,109 @@ fn oci_layout_contexts_as_buildx_resolves_them() {
     ));
     let out = build("single", format!("oci-layout://{}", single.display()));
     assert_eq!(read(&out.join("copied")), "v1\n");
+    // A digest needs no index.json (buildx reads it for a tag only).
+    let single_index: serde_json::Value =
+        serde_json::from_str(&read(&single.join("index.json"))).unwrap();
+    let single_digest = single_index["manifests"][0]["digest"].as_str().unwrap();
+    std::fs::remove_file(single.join("index.json")).unwrap();
+    let out = build(
+        "no-index",
+        format!("oci-layout://{}@{single_digest}", single.display()),
+    );
+    assert_eq!(read(&out.join("copied")), "v1\n");
+
+    // An index of two platforms: only the platform built is read from the
+    // layout (the other's layer is gone), and the provenance names the
+    // index, as BuildKit's.
+    let multi_src = maker.path("src-multi");
+    write_files(
+        &multi_src,
+        &[
+            (
+                "Dockerfile",
+                "FROM scratch\nARG TARGETARCH\nCOPY $TARGETARCH.txt /marker\n",
+            ),
+            ("amd64.txt", "amd64\n"),
+            ("arm64.txt", "arm64\n"),
+        ],
+    );
+    let multi = maker.path("multi");
+    let output = format!("type=oci,tar=false,dest={}", multi.display());
+    ok(&maker.build(
+        &[
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-o",
+            &output,
+            multi_src.to_str().unwrap(),
+        ],
+        None,
+    ));
+    let blob_of = |layout: &Path, digest: &str| -> serde_json::Value {
+        let hex = digest.trim_start_matches("sha256:");
+        serde_json::from_str(&read(&layout.join("blobs/sha256").join(hex))).unwrap()
+    };
+    let top: serde_json::Value = serde_json::from_str(&read(&multi.join("index.json"))).unwrap();
+    let index_digest = top["manifests"][0]["digest"].as_str().unwrap().to_string();
+    let arm64 = blob_of(&multi, &index_digest)["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["platform"]["architecture"] == "arm64")
+        .map(|m| blob_of(&multi, m["digest"].as_str().unwrap()))
+        .unwrap();
+    let arm64_layer = arm64["layers"][0]["digest"].as_str().unwrap();
+    std::fs::remove_file(
+        multi
+            .join("blobs/sha256")
+            .join(arm64_layer.trim_start_matches("sha256:")),
+    )
+    .unwrap();
+    let from_multi = fixture.path("from-multi");
+    write_files(
+        &from_multi,
+        &[(
+            "Dockerfile",
+            "FROM busybox\nCOPY --from=base /marker /copied\n",
+        )],
+    );
+    let attested_multi = fixture.path("attested-multi");
+    let context = format!("base=oci-layout://{}", multi.display());
+    ok(&fixture.build(
+        &[
+            "--platform",
+            "linux/amd64",
+            "--provenance=mode=min",
+            "-o",
+            &format!("type=oci,tar=false,dest={}", attested_multi.display()),
+            "--build-context",
+            &context,
+            from_multi.to_str().unwrap(),
+        ],
+        None,
+    ));
+    let uris = materials(&attested_multi);
+    let expected = format!("pkg:oci/base?digest={index_digest}&platform=linux%2Famd64");
+    assert!(uris.contains(&expected), "{uris:?}");
+    // The platform whose layer is gone fails, naming the context.
+    let only = fixture.path("arm64-base");
+    write_files(&only, &[("Dockerfile", "FROM base\n")]);
+    let stderr = failed(&fixture.build(
+        &[
+            "--platform",
+            "linux/arm64",
+            "--build-context",
+            &context,
+            "-o",
+            &format!("type=local,dest={}", fixture.path("arm64-out").display()),
+            only.to_str().unwrap(),
+        ],
+        None,
+    ));
+    assert!(
+        stderr.contains(&context) && stderr.contains(arm64_layer),
+        "{stderr}"
+    );
 
     // Never pulled, even with --pull: nothing here can reach a registry.
     let only = fixture.path("only-base");
@@ -673,4 +754,32 @@ fn oci_layout_contexts_as_buildx_resolves_them() {
         None,
     ));
     assert!(stderr.contains("/nowhere/index.json"), "{stderr}");
+}
+
+/// The `resolvedDependencies` URIs of the provenance attestation in the OCI
+/// layout `layout` (one image, one platform, with its attestation).
+fn materials(layout: &Path) -> Vec<String> {
+    let blob = |value: &serde_json::Value| -> serde_json::Value {
+        let digest = value["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:");
+        serde_json::from_str(&read(&layout.join("blobs/sha256").join(digest))).unwrap()
+    };
+    let top: serde_json::Value = serde_json::from_str(&read(&layout.join("index.json"))).unwrap();
+    let images = blob(&top["manifests"][0]);
+    let attestation = images["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["vnd.docker.reference.type"] == "attestation-manifest")
+        .map(blob)
+        .unwrap();
+    let statement = blob(&attestation["layers"][0]);
+    statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["uri"].as_str().unwrap().to_string())
+        .collect()
 }

@@ -18,7 +18,9 @@
 //! assert_eq!(Output::parse("type=oci").unwrap(), Output::Oci(Archive::tar("-")));
 //! assert_eq!(Output::parse("out").unwrap(), Output::Local("out".into()));
 //! assert_eq!(Output::parse("-").unwrap(), Output::Tar(Dest::Stdout));
-//! assert!(Output::parse("type=docker").is_err());
+//! // A docker-archive without dest goes into the docker daemon (--load).
+//! assert!(Output::parse("type=docker").unwrap().loads_into_docker());
+//! assert!(Output::parse("type=docker,tar=false").is_err());
 //! // The image's form is the build's: only parse_with_format carries it.
 //! let (_, format) = Output::parse_with_format("type=oci,dest=x,compression=zstd").unwrap();
 //! assert_eq!(format.compression, Some(kiln_layers::Compression::Zstd));

@@ -244,12 +244,6 @@ impl<'a> Session<'a> {
             dockerfile_bytes: settings.dockerfile.bytes.clone(),
         };
         let names = settings.image_names();
-        let layout_images: Vec<kiln_layers::Reference> = settings
-            .named_contexts
-            .images()
-            .iter()
-            .map(|(reference, _)| reference.clone())
-            .collect();
         let statement = provenance::statement(&provenance::Inputs {
             request,
             store: self.store,
@@ -264,7 +258,7 @@ impl<'a> Session<'a> {
             platform: &built.platform(),
             invocation,
             downloads: Some(planned.downloads()),
-            layout_images: &layout_images,
+            layout_images: settings.named_contexts.images(),
         });
         Ok(write_attestation_manifest(
             self.store,

@@ -295,9 +295,10 @@ pub struct Inputs<'a> {
     pub invocation: &'a Invocation,
     /// The build's ADD downloads (their digests).
     pub downloads: Option<&'a crate::copy::UrlDownloads<'a>>,
-    /// The images the `oci-layout://` named contexts gave, by reference:
-    /// BuildKit's local image sources, `pkg:oci/…` materials.
-    pub layout_images: &'a [Reference],
+    /// The images the `oci-layout://` named contexts gave: BuildKit's
+    /// local image sources, `pkg:oci/…` materials of the digest the value
+    /// named (an index's, whichever platform was built).
+    pub layout_images: &'a [crate::contexts::named::LayoutContextImage],
 }
 
 /// One build's run: shared by the provenance of each of its platforms, as
@@ -624,12 +625,17 @@ fn resolved_dependencies(inputs: &Inputs<'_>) -> Vec<Value> {
     }
     let mut out: Vec<Value> = Vec::new();
     for (reference, platform, manifest) in images {
-        let Some(digest) = image_digest(inputs.store, &reference, manifest.as_ref()) else {
-            continue;
+        let layout = (inputs.layout_images.iter()).find(|l| l.reference == reference);
+        let digest = match layout {
+            Some(layout) => layout.root.digest.clone(),
+            None => match image_digest(inputs.store, &reference, manifest.as_ref()) {
+                Some(digest) => digest,
+                None => continue,
+            },
         };
-        let kind = match inputs.layout_images.contains(&reference) {
-            true => PurlType::Oci,
-            false => PurlType::Docker,
+        let kind = match layout {
+            Some(_) => PurlType::Oci,
+            None => PurlType::Docker,
         };
         let entry = json!({
             "uri": purl_of(kind, &reference, Some(&platform)),

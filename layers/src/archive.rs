@@ -645,22 +645,16 @@ pub enum LayoutImage {
     Digest(Digest),
 }
 
-/// Puts the image `wanted` names in the OCI layout directory `dir` into
-/// `store`, unnamed, with every blob it reaches that the layout holds (an
-/// index's entries the layout lacks are left out, as [`load`] leaves
-/// them), each checked against its digest; returns its descriptor. This is
-/// how a build takes `--build-context NAME=oci-layout://DIR…`, resolving a
-/// tag as buildx does (`resolveDigest`).
+/// The image `wanted` names in the OCI layout directory `dir`, as buildx
+/// resolves `--build-context NAME=oci-layout://DIR…` (`resolveDigest`,
+/// reading `index.json` only for a tag): its manifest or index is put into
+/// `store` (checked against its digest), and its descriptor returned.
+/// What the build then uses of it comes with [`load_layout_platform`].
 pub fn load_layout_image(store: &Store, dir: &Path, wanted: &LayoutImage) -> Result<Descriptor> {
     let _lease = store.lease()?;
-    let index_path = dir.join("index.json");
-    let bytes = fs::read(&index_path).map_err(io_at("read", &index_path))?;
-    let index: Index = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
-        what: index_path.display().to_string(),
-        source,
-    })?;
     let desc = match wanted {
         LayoutImage::Tag(tag) => {
+            let index = read_layout_index(dir)?;
             let named = |key: &str| {
                 index
                     .manifests
@@ -681,15 +675,96 @@ pub fn load_layout_image(store: &Store, dir: &Path, wanted: &LayoutImage) -> Res
                 }
             }
         }
-        LayoutImage::Digest(digest) => match index.manifests.iter().find(|m| &m.digest == digest) {
-            Some(entry) => entry.clone(),
-            None => unlisted_layout_blob(store, dir, digest)?,
-        },
+        // Its kind from index.json when that lists it, else from the blob.
+        LayoutImage::Digest(digest) => {
+            let listed = match dir.join("index.json").is_file() {
+                true => read_layout_index(dir)?
+                    .manifests
+                    .into_iter()
+                    .find(|m| &m.digest == digest),
+                false => None,
+            };
+            match listed {
+                Some(entry) => entry,
+                None => unlisted_layout_blob(store, dir, digest)?,
+            }
+        }
     };
-    load_tree(store, Some(dir), &desc, dir)?;
+    blob_from_layout(store, Some(dir), &desc.digest, desc.size, dir)?;
+    let bytes = store.read_blob(&desc.digest)?;
+    parse_manifest(
+        &bytes,
+        &desc.media_type,
+        &format!("manifest {}", desc.digest),
+    )?;
     let mut entry = desc;
     entry.annotations.clear();
     Ok(entry)
+}
+
+fn read_layout_index(dir: &Path) -> Result<Index> {
+    let path = dir.join("index.json");
+    let bytes = fs::read(&path).map_err(io_at("read", &path))?;
+    serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+        what: path.display().to_string(),
+        source,
+    })
+}
+
+/// Puts into `store` what `platform` takes of the layout image `root`
+/// ([`load_layout_image`]): the manifest an index gives for it (as a pull
+/// picks it: attestation manifests left out) and that manifest's config
+/// and layers, each checked against its digest; the other platforms'
+/// blobs are not read, as BuildKit reads none. Afterwards
+/// [`Store::read_image`] finds the image.
+pub fn load_layout_platform(
+    store: &Store,
+    dir: &Path,
+    root: &Descriptor,
+    platform: &Platform,
+) -> Result<()> {
+    let _lease = store.lease()?;
+    let mut current = root.clone();
+    // Nested indexes are legal; a loop bound keeps a hostile cycle finite.
+    for _ in 0..8 {
+        blob_from_layout(store, Some(dir), &current.digest, current.size, dir)?;
+        let bytes = store.read_blob(&current.digest)?;
+        match parse_manifest(
+            &bytes,
+            &current.media_type,
+            &format!("manifest {}", current.digest),
+        )? {
+            ManifestKind::Image(m) => {
+                for blob in std::iter::once(&m.config).chain(&m.layers) {
+                    blob_from_layout(store, Some(dir), &blob.digest, blob.size, dir)?;
+                }
+                return Ok(());
+            }
+            ManifestKind::Index(index) => {
+                let images = Index {
+                    manifests: (index.manifests.iter())
+                        .filter(|d| crate::platforms::kind_of(d) != EntryKind::Attestation)
+                        .cloned()
+                        .collect(),
+                    ..index.clone()
+                };
+                current = match images.select_platform(platform) {
+                    Some(entry) => entry.clone(),
+                    None => {
+                        return Err(Error::NoMatchingPlatform {
+                            image: root.digest.to_string(),
+                            platform: platform.to_string(),
+                            available: crate::platforms::labels(images.manifests.iter()),
+                        })
+                    }
+                };
+            }
+        }
+    }
+    Err(Error::InvalidManifest {
+        what: format!("manifest {}", root.digest),
+        reason: "indexes nested more than 8 deep".into(),
+    })
 }
 
 /// The descriptor of the manifest or index `digest` of the layout `dir`

@@ -71,7 +71,7 @@ impl PlatformEntry {
     }
 }
 
-fn kind_of(desc: &Descriptor) -> EntryKind {
+pub(crate) fn kind_of(desc: &Descriptor) -> EntryKind {
     if desc
         .annotations
         .get(ANNOTATION_REFERENCE_TYPE)
@@ -88,7 +88,7 @@ fn kind_of(desc: &Descriptor) -> EntryKind {
 }
 
 /// `a, b, c` of the entries' labels, `none` for none.
-fn labels<'a>(entries: impl Iterator<Item = &'a Descriptor>) -> String {
+pub(crate) fn labels<'a>(entries: impl Iterator<Item = &'a Descriptor>) -> String {
     let text: Vec<String> = entries
         .map(|d| match &d.platform {
             Some(p) => p.normalized().to_string(),

@@ -1042,8 +1042,10 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
         }
     };
     // The store's automatic collection, once the build holds nothing of it
-    // any more (failed and canceled builds too), when the build changed
-    // the store or the last one is old: detached, unless KILN_GC=foreground.
+    // any more (failed and canceled builds too; the named contexts' lease
+    // goes with the settings), when the build changed the store or the last
+    // one is old: detached, unless KILN_GC=foreground.
+    drop(settings);
     if collection_needed(&store, &stamp) {
         collect_after(&store, gc_mode);
     }

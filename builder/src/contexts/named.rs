@@ -134,14 +134,21 @@ fn parse_oci_layout(layout: &str) -> Result<(PathBuf, LayoutImage), String> {
     }
     let mut tag = None;
     if let Some((before, after)) = rest.rsplit_once(':') {
-        // buildx's unanchored tag pattern: a word character anywhere.
+        // buildx's unanchored tag pattern: a word character anywhere; the
+        // frontend's reference parser then refuses what is no tag.
         if after.chars().any(|c| c.is_ascii_alphanumeric() || c == '_') {
+            if !is_tag(after) {
+                return Err(format!(
+                    "could not parse oci-layout reference: {after:?} is no valid tag"
+                ));
+            }
             tag = Some(after.to_string());
             rest = before;
         }
     }
+    // buildx reads `index.json` of the working directory then.
     if rest.is_empty() {
-        return Err(format!("oci-layout://{layout} names no directory"));
+        rest = ".";
     }
     let image = match (digest, tag) {
         (Some(digest), _) => LayoutImage::Digest(digest),
@@ -151,12 +158,30 @@ fn parse_oci_layout(layout: &str) -> Result<(PathBuf, LayoutImage), String> {
     Ok((PathBuf::from(rest), image))
 }
 
-/// Whether `s` holds what distribution's (unanchored) digest pattern
-/// finds: an algorithm, `:`, and 32 or more hex digits.
+/// Whether `s` holds what distribution's (unanchored) `DigestRegexp`
+/// finds: an algorithm led by a letter, `:`, and 32 or more hex digits.
 fn looks_like_digest(s: &str) -> bool {
-    s.split(':')
-        .skip(1)
-        .any(|hex| hex.chars().take_while(char::is_ascii_hexdigit).count() >= 32)
+    static PATTERN: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
+    PATTERN
+        .get_or_init(|| {
+            regex::Regex::new(
+                r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}",
+            )
+            .ok()
+        })
+        .as_ref()
+        .is_some_and(|p| p.is_match(s))
+}
+
+/// distribution's tag: a word character, then up to 127 word characters,
+/// dots and dashes.
+fn is_tag(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
 /// A Git URL among named context values: `git://`, `git@…` and
@@ -170,6 +195,21 @@ fn remote_git(value: &str) -> Result<Option<crate::git::GitSource>, ContextSourc
         return Ok(None);
     }
     git_context(value)
+}
+
+/// The image of an `oci-layout://` context: its manifest or index is in
+/// the store; each platform's blobs come from the layout when the build
+/// resolves it ([`kiln_layers::archive::load_layout_platform`]).
+#[derive(Debug, Clone)]
+pub struct LayoutContextImage {
+    /// What the planner resolves: the context's name at the image's digest.
+    pub reference: Reference,
+    /// The manifest or index the value named.
+    pub root: Descriptor,
+    /// The layout directory.
+    pub dir: PathBuf,
+    /// The flag, for errors.
+    pub shown: String,
 }
 
 /// One prepared named context.
@@ -189,10 +229,12 @@ pub struct NamedContext {
 #[derive(Debug, Default)]
 pub struct NamedContexts {
     pub contexts: BTreeMap<String, NamedContext>,
-    /// The images `oci-layout://` contexts put into the store, by the
-    /// reference their [`NamedSource::Image`] gives (the context's name
-    /// and the image's digest).
-    images: Vec<(Reference, Descriptor)>,
+    /// The images of the `oci-layout://` contexts.
+    images: Vec<LayoutContextImage>,
+    /// Held while the build lasts once an `oci-layout://` context put its
+    /// manifest into the store unnamed: no collection removes it before
+    /// the build takes its own lease.
+    _lease: Option<kiln_layers::store::Lease>,
     _scratch: Vec<ScratchDir>,
 }
 
@@ -235,11 +277,19 @@ impl NamedContexts {
                 let bad = |why: String| {
                     ContextSourceError::Invalid(format!("--build-context {name}={value}: {why}"))
                 };
-                let desc = kiln_layers::archive::load_layout_image(opts.store, dir, image)
+                if self._lease.is_none() {
+                    self._lease = Some(opts.store.lease()?);
+                }
+                let root = kiln_layers::archive::load_layout_image(opts.store, dir, image)
                     .map_err(|e| bad(e.to_string()))?;
-                let reference = Reference::parse(&format!("{name}@{}", desc.digest))
+                let reference = Reference::parse(&format!("{name}@{}", root.digest))
                     .map_err(|e| bad(e.to_string()))?;
-                self.images.push((reference.clone(), desc));
+                self.images.push(LayoutContextImage {
+                    reference: reference.clone(),
+                    root,
+                    dir: dir.clone(),
+                    shown: format!("--build-context {name}={value}"),
+                });
                 return Ok(NamedContext {
                     name: name.to_string(),
                     source: NamedSource::Image(reference),
@@ -314,7 +364,7 @@ impl NamedContexts {
 
     /// The images of the `oci-layout://` contexts, for the resolver
     /// ([`crate::solve::StoreResolver::with_images`]).
-    pub fn images(&self) -> &[(Reference, Descriptor)] {
+    pub fn images(&self) -> &[LayoutContextImage] {
         &self.images
     }
 
@@ -369,9 +419,16 @@ mod tests {
         // Nothing that looks like a tag after the `:`.
         assert_eq!(parsed("/a:b/c:"), ("/a:b/c:".into(), tag("latest")));
         assert!(parse_oci_layout(&format!("/l@sha256:{}", "a".repeat(40))).is_err());
-        assert!(parse_oci_layout(":v1")
+        // No letter leads the algorithm: no digest; what follows `:` is a tag.
+        let hex = "a".repeat(40);
+        assert_eq!(parsed(&format!("/l@1:{hex}")), ("/l@1".into(), tag(&hex)));
+        assert!(parse_oci_layout("/l:v1+meta")
             .unwrap_err()
-            .contains("names no directory"));
+            .contains("no valid tag"));
+        assert!(parse_oci_layout(&format!("/l:{}", "t".repeat(129))).is_err());
+        // No directory is the working directory's layout.
+        assert_eq!(parsed(":v1"), (".".into(), tag("v1")));
+        assert_eq!(parsed(""), (".".into(), tag("latest")));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use kiln_layers::oci::{Descriptor, Platform};
 use kiln_layers::store::Image;
 use kiln_layers::{Digest, Reference, Store};
 
+use crate::contexts::named::LayoutContextImage;
 use crate::plan::{FoundImage, ImageLookup, ImageName, LookupError};
 
 use super::*;
@@ -54,7 +55,7 @@ pub struct StoreResolver<'a> {
     images: Mutex<HashMap<(Reference, String), Image>>,
     /// Images the build's named contexts put into the store
     /// (`oci-layout://`): found by their reference, never pulled.
-    provided: Vec<(Reference, Descriptor)>,
+    provided: Vec<LayoutContextImage>,
 }
 
 impl<'a> StoreResolver<'a> {
@@ -98,7 +99,7 @@ impl<'a> StoreResolver<'a> {
     /// Images in the store that these references name for this build
     /// only (the `oci-layout://` named contexts'): looked up there first,
     /// for the platform wanted, and never pulled, whatever `--pull` says.
-    pub fn with_images(mut self, images: &[(Reference, Descriptor)]) -> Self {
+    pub fn with_images(mut self, images: &[LayoutContextImage]) -> Self {
         self.provided = images.to_vec();
         self
     }
@@ -196,13 +197,17 @@ impl StoreResolver<'_> {
         let Some(store) = &self.store else {
             return Err(LookupError::NotFound("not in the local store".into()));
         };
-        if let Some((_, desc)) = self.provided.iter().find(|(r, _)| r == parsed) {
-            return store.read_image(desc, platform).map_err(|e| match e {
-                kiln_layers::Error::NoMatchingPlatform { .. } => {
-                    LookupError::NotFound(e.to_string())
-                }
-                e => LookupError::failed(e),
-            });
+        if let Some(layout) = self.provided.iter().find(|p| &p.reference == parsed) {
+            // The platform's blobs, from the layout, then the image.
+            let said = |e: kiln_layers::Error| format!("{}: {e}", layout.shown);
+            kiln_layers::archive::load_layout_platform(store, &layout.dir, &layout.root, platform)
+                .map_err(|e| match e {
+                    kiln_layers::Error::NoMatchingPlatform { .. } => LookupError::NotFound(said(e)),
+                    e => LookupError::failed(said(e)),
+                })?;
+            return store
+                .read_image(&layout.root, platform)
+                .map_err(|e| LookupError::failed(said(e)));
         }
         let mut mismatch = None;
         let local = if self.always_pull && self.pull.is_some() {
