@@ -37,13 +37,22 @@ pub struct Daemon {
 impl Daemon {
     /// The daemon the docker CLI would use here.
     pub fn from_env() -> anyhow::Result<Daemon> {
-        let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+        // Trimmed, as the docker CLI reads them.
+        let env = |key: &str| {
+            let value = std::env::var(key).ok()?;
+            Some(value.trim().to_string()).filter(|v| !v.is_empty())
+        };
         let config_dir = kiln_registry::auth::default_config_dir();
         let (host, source) = match env("DOCKER_HOST") {
             Some(host) => (host, "DOCKER_HOST".to_string()),
             None => match context_name(env("DOCKER_CONTEXT"), config_dir.as_deref())? {
                 Some(context) => {
-                    let dir = config_dir.as_deref().unwrap_or(Path::new(".docker"));
+                    let Some(dir) = config_dir.as_deref() else {
+                        bail!(
+                            "docker context {context:?}: no docker configuration directory \
+                             (set DOCKER_CONFIG or HOME)"
+                        );
+                    };
                     (
                         context_host(dir, &context)?,
                         format!("docker context {context:?}"),
@@ -66,9 +75,11 @@ impl Daemon {
                  (unix://PATH) only"
             );
         };
-        if path.is_empty() {
-            bail!("{host}: no socket path");
-        }
+        // The docker CLI's default socket then.
+        let path = match path {
+            "" => DEFAULT_HOST.trim_start_matches("unix://"),
+            path => path,
+        };
         Ok(Daemon {
             host: host.to_string(),
             source: "given".to_string(),
@@ -131,7 +142,9 @@ impl Daemon {
     ) -> anyhow::Result<(u16, Vec<u8>)> {
         let mut stream = UnixStream::connect(&self.socket)
             .with_context(|| format!("connecting to {}", self.socket.display()))?;
-        stream.set_read_timeout(timeout)?;
+        // Short waits, so that an interrupted kiln stops waiting.
+        stream.set_read_timeout(Some(POLL))?;
+        stream.set_write_timeout(Some(POLL))?;
         let length = body.as_ref().map_or(0, |(_, size)| *size);
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: docker\r\nUser-Agent: kiln/{}\r\n\
@@ -139,14 +152,90 @@ impl Daemon {
              Connection: close\r\n\r\n",
             env!("CARGO_PKG_VERSION")
         );
-        stream.write_all(head.as_bytes())?;
-        if let Some((mut file, _)) = body {
-            std::io::copy(&mut file, &mut stream)?;
+        let sent = send(&mut stream, head.as_bytes(), body.map(|(file, _)| file));
+        if sent.is_err() {
+            // The daemon may have answered before reading it all (a refusal,
+            // a full disk) and closed: its answer says more than the error.
+            let _ = stream.shutdown(std::net::Shutdown::Write);
         }
-        stream.flush()?;
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer)?;
-        parse_response(&answer)
+        let answer = receive(&mut stream, timeout).and_then(|bytes| parse_response(&bytes));
+        match (sent, answer) {
+            (_, Ok(parsed)) => Ok(parsed),
+            (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+        }
+    }
+}
+
+/// How long one read or write waits before kiln looks whether it was
+/// interrupted.
+const POLL: Duration = Duration::from_secs(1);
+
+fn interrupted() -> anyhow::Result<()> {
+    match kiln_runtime::interrupt::runs_canceled() {
+        true => bail!("canceled"),
+        false => Ok(()),
+    }
+}
+
+fn waited(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock
+            | std::io::ErrorKind::TimedOut
+            | std::io::ErrorKind::Interrupted
+    )
+}
+
+/// Writes `head`, then `body`, stopping when kiln is interrupted.
+fn send(stream: &mut UnixStream, head: &[u8], body: Option<std::fs::File>) -> anyhow::Result<()> {
+    let mut pending = head.to_vec();
+    let mut body = body;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let mut written = 0;
+        while written < pending.len() {
+            interrupted()?;
+            match stream.write(&pending[written..]) {
+                Ok(0) => bail!("the daemon closed the connection"),
+                Ok(n) => written += n,
+                Err(e) if waited(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let Some(file) = body.as_mut() else {
+            return Ok(());
+        };
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        pending.clear();
+        pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Reads the answer to its end, stopping when kiln is interrupted or, with
+/// `timeout`, when the daemon says nothing for that long.
+fn receive(stream: &mut UnixStream, timeout: Option<Duration>) -> anyhow::Result<Vec<u8>> {
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    let mut quiet = Duration::ZERO;
+    loop {
+        interrupted()?;
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(answer),
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                quiet = Duration::ZERO;
+            }
+            Err(e) if waited(&e) => {
+                quiet += POLL;
+                if timeout.is_some_and(|t| quiet >= t) {
+                    bail!("no answer in {}s", quiet.as_secs());
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -160,11 +249,20 @@ fn context_name(
         Some(name) => Some(name),
         None => match config_dir.map(|d| d.join("config.json")) {
             Some(path) if path.is_file() => {
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                let config: serde_json::Value = serde_json::from_str(&text)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                config["currentContext"].as_str().map(str::to_string)
+                // One that cannot be read names no context: the docker CLI
+                // warns and uses the default one.
+                let config = std::fs::read_to_string(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|text| {
+                        serde_json::from_str::<serde_json::Value>(&text).map_err(|e| e.to_string())
+                    });
+                match config {
+                    Ok(config) => config["currentContext"].as_str().map(str::to_string),
+                    Err(e) => {
+                        tracing::warn!("{}: {e}; using the default docker context", path.display());
+                        None
+                    }
+                }
             }
             _ => None,
         },
@@ -321,6 +419,11 @@ mod tests {
         assert_eq!(
             Daemon::at("unix:///run/d.sock").unwrap().socket,
             Path::new("/run/d.sock")
+        );
+        // The docker CLI's default socket, as it reads `unix://`.
+        assert_eq!(
+            Daemon::at("unix://").unwrap().socket,
+            Path::new("/var/run/docker.sock")
         );
         let err = Daemon::at("tcp://127.0.0.1:2375").unwrap_err().to_string();
         assert!(err.contains("Unix socket"), "{err}");

@@ -87,22 +87,23 @@ fn load_puts_the_image_into_the_docker_daemon() {
         .unwrap();
     assert!(!listed.contains("file:1"), "{listed}");
 
-    // The docker context config.json names, when DOCKER_HOST is unset.
+    // The docker context config.json names, when DOCKER_HOST is unset: made
+    // and chosen by the docker CLI itself.
     let config = dir.path().join("docker-config");
-    let meta = config
-        .join("contexts/meta")
-        .join(kiln_layers::Digest::of(b"ci").hex());
-    std::fs::create_dir_all(&meta).unwrap();
-    std::fs::write(
-        meta.join("meta.json"),
-        format!(
-            r#"{{"Name":"ci","Metadata":{{}},"Endpoints":{{"docker":{{"Host":"{}","SkipTLSVerify":false}}}}}}"#,
-            daemon.host
-        ),
-    )
-    .unwrap();
-    std::fs::write(config.join("config.json"), r#"{"currentContext":"ci"}"#).unwrap();
     let config = config.to_str().unwrap();
+    let docker_cli = |args: &[&str]| {
+        let out = std::process::Command::new("docker")
+            .args(["--config", config])
+            .args(args)
+            .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_CONTEXT")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "docker {args:?}: {}", stderr(&out));
+    };
+    let endpoint = format!("host={}", daemon.host);
+    docker_cli(&["context", "create", "ci", "--docker", &endpoint]);
+    docker_cli(&["context", "use", "ci"]);
     let out = build(
         &root,
         &["--load", "-t", "ctx:1", ctx],
@@ -110,6 +111,29 @@ fn load_puts_the_image_into_the_docker_daemon() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(run("ctx:1"), "loaded\n");
+    // DOCKER_HOST wins over the context.
+    let out = build(
+        &root,
+        &["--load", "-t", "over:1", ctx],
+        &[
+            ("DOCKER_CONFIG", config),
+            ("DOCKER_HOST", "unix:///nonexistent/docker.sock"),
+        ],
+    );
+    assert!(
+        stderr(&out).contains("/nonexistent/docker.sock"),
+        "{}",
+        stderr(&out)
+    );
+
+    // --push and --load together: pushed, and loaded.
+    let registry = kiln_testsupport::RegistryServer::start_plain().unwrap();
+    let both = format!("{}/app:both", registry.host);
+    let out = build(&root, &["--push", "--load", "-t", &both, ctx], &host);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(run(&both), "loaded\n");
+    let fresh = dir.path().join("fresh-store");
+    kiln_ok(&fresh, &["pull", &both]);
 
     // No daemon there, or one kiln does not reach: refused before any step.
     for (value, said) in [
@@ -134,6 +158,7 @@ fn load_puts_the_image_into_the_docker_daemon() {
         &["--load", "--platform", "linux/amd64,linux/arm64", ctx],
         &host,
     );
+    assert!(!out.status.success());
     assert!(
         stderr(&out).contains("a docker-archive holds one platform's image"),
         "{}",

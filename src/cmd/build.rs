@@ -757,8 +757,17 @@ fn settings_of(
     let image = ImageFormat::settle(&flags, &formats).map_err(anyhow::Error::msg)?;
     let mut outputs = kiln_builder::export::with_tags(outputs, &tags, args.push);
     check_by_digest_names(args, &outputs)?;
-    // buildx adds a type=docker output unless one loads already.
+    // buildx adds a type=docker output unless one loads already, after the
+    // image output --push adds (with_tags leaves that to the session when
+    // there is no output at all, which the load output would change).
     if args.load && !outputs.iter().any(Output::loads_into_docker) {
+        if args.push && outputs.is_empty() {
+            outputs.push(Output::Image {
+                names: tags.clone(),
+                push: true,
+                options: Default::default(),
+            });
+        }
         outputs.push(Output::Docker(Archive {
             names: tags.clone(),
             load: true,
