@@ -72,7 +72,8 @@ impl Daemon {
         let Some(path) = host.strip_prefix("unix://") else {
             bail!(
                 "{host}: kiln loads images into a docker daemon on a Unix socket \
-                 (unix://PATH) only"
+                 (unix://PATH) only; for another daemon, write the archive \
+                 (-o type=docker,dest=image.tar) and run docker load -i image.tar"
             );
         };
         // The docker CLI's default socket then.

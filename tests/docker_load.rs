@@ -141,7 +141,7 @@ fn load_puts_the_image_into_the_docker_daemon() {
             "unix:///nonexistent/docker.sock",
             "cannot reach the docker daemon at unix:///nonexistent/docker.sock",
         ),
-        ("tcp://127.0.0.1:2375", "Unix socket"),
+        ("tcp://127.0.0.1:2375", "Unix socket (unix://PATH) only; for another daemon, write the archive (-o type=docker,dest=image.tar)"),
     ] {
         let out = build(&root, &["--load", ctx], &[("DOCKER_HOST", value)]);
         assert!(!out.status.success());
