@@ -10,7 +10,6 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod cmd;
-mod docker;
 mod progress;
 mod sandbox;
 mod settings;

@@ -25,6 +25,7 @@
 
 pub mod auth;
 mod client;
+pub mod daemon;
 mod download;
 mod error;
 mod hosts;

@@ -390,7 +390,7 @@ struct CliRemote<'a> {
     store: &'a Store,
     reporter: Arc<dyn Reporter>,
     /// The docker daemon `--load` loads into, when an output loads.
-    docker: Option<crate::docker::Daemon>,
+    docker: Option<kiln_registry::daemon::Daemon>,
 }
 
 impl<'a> CliRemote<'a> {
@@ -537,9 +537,19 @@ impl UrlFetcher for CliRemote<'_> {
     }
 }
 
+/// `--load`: the daemon found before the build loads the archive.
+impl kiln_builder::export::DockerDaemon for CliRemote<'_> {
+    fn load(&self, archive: &std::path::Path) -> Result<(), String> {
+        match &self.docker {
+            Some(daemon) => daemon.load(archive).map(drop).map_err(|e| e.to_string()),
+            None => Err("no docker daemon was found before the build".into()),
+        }
+    }
+}
+
 impl Remote for CliRemote<'_> {
     fn docker(&self) -> Option<&dyn kiln_builder::export::DockerDaemon> {
-        (self.docker.as_ref()).map(|d| d as &dyn kiln_builder::export::DockerDaemon)
+        (self.docker.is_some()).then_some(self as &dyn kiln_builder::export::DockerDaemon)
     }
 
     fn push(
@@ -990,7 +1000,9 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let settings = settings_of(&args, &sandbox, &context, named, &mut ssh_agents)?;
     // Asked before the build spends its time, as buildx finds its daemon.
     if settings.outputs.iter().any(Output::loads_into_docker) && !args.dry_run && !args.check {
-        let daemon = crate::docker::Daemon::from_env().context("--load")?;
+        let daemon = kiln_registry::daemon::Daemon::from_env()
+            .context("--load")?
+            .canceled_by(kiln_runtime::interrupt::runs_canceled);
         daemon.ping().context("--load")?;
         remote.docker = Some(daemon);
     }
@@ -1201,7 +1213,7 @@ fn report_built(
         for (reference, digest) in &result.pushed {
             eprintln!("pushed {reference}: {digest}");
         }
-        for line in remote.docker.iter().flat_map(crate::docker::Daemon::loaded) {
+        for line in (remote.docker.iter()).flat_map(kiln_registry::daemon::Daemon::loaded) {
             eprintln!("docker: {line}");
         }
     }

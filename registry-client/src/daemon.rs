@@ -5,7 +5,9 @@
 //! `unix:///var/run/docker.sock`), reached over its Unix socket with the
 //! two calls this needs, `GET /_ping` and `POST /images/load`, in plain
 //! HTTP/1.1. A daemon reached over TCP or SSH is refused, naming where the
-//! address came from.
+//! address came from. The daemon's API is the one HTTP kiln speaks besides
+//! the registries' and downloads'; it is here because this crate is the
+//! one that speaks HTTP.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -13,7 +15,50 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use crate::Digest;
+
+/// Why the docker daemon could not be found or reached, or did not load
+/// the image: a message naming the daemon and what failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DaemonError(String);
+
+type Result<T> = std::result::Result<T, DaemonError>;
+
+impl From<std::io::Error> for DaemonError {
+    fn from(e: std::io::Error) -> Self {
+        DaemonError(e.to_string())
+    }
+}
+
+macro_rules! bail {
+    ($($arg:tt)*) => {
+        return Err(DaemonError(format!($($arg)*)))
+    };
+}
+
+/// What failed, put before why: `what: why`.
+trait Context<T> {
+    fn with_context<D: std::fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T>;
+    fn context(self, what: &str) -> Result<T>
+    where
+        Self: Sized,
+    {
+        self.with_context(|| what.to_string())
+    }
+}
+
+impl<T, E: std::fmt::Display> Context<T> for std::result::Result<T, E> {
+    fn with_context<D: std::fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T> {
+        self.map_err(|e| DaemonError(format!("{}: {e}", what())))
+    }
+}
+
+impl<T> Context<T> for Option<T> {
+    fn with_context<D: std::fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T> {
+        self.ok_or_else(|| DaemonError(what().to_string()))
+    }
+}
 
 /// The docker CLI's default daemon address.
 const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
@@ -32,17 +77,19 @@ pub struct Daemon {
     socket: PathBuf,
     /// What the daemon said of each load (`Loaded image: app:1`).
     loaded: Mutex<Vec<String>>,
+    /// Whether the caller was interrupted: a load stops waiting then.
+    canceled: fn() -> bool,
 }
 
 impl Daemon {
     /// The daemon the docker CLI would use here.
-    pub fn from_env() -> anyhow::Result<Daemon> {
+    pub fn from_env() -> Result<Daemon> {
         // Trimmed, as the docker CLI reads them.
         let env = |key: &str| {
             let value = std::env::var(key).ok()?;
             Some(value.trim().to_string()).filter(|v| !v.is_empty())
         };
-        let config_dir = kiln_registry::auth::default_config_dir();
+        let config_dir = crate::auth::default_config_dir();
         let (host, source) = match env("DOCKER_HOST") {
             Some(host) => (host, "DOCKER_HOST".to_string()),
             None => match context_name(env("DOCKER_CONTEXT"), config_dir.as_deref())? {
@@ -68,7 +115,7 @@ impl Daemon {
     }
 
     /// The daemon at `host`, which must be `unix://PATH`.
-    pub fn at(host: &str) -> anyhow::Result<Daemon> {
+    pub fn at(host: &str) -> Result<Daemon> {
         let Some(path) = host.strip_prefix("unix://") else {
             bail!(
                 "{host}: kiln loads images into a docker daemon on a Unix socket \
@@ -86,11 +133,19 @@ impl Daemon {
             source: "given".to_string(),
             socket: PathBuf::from(path),
             loaded: Mutex::new(Vec::new()),
+            canceled: || false,
         })
     }
 
+    /// Stops waiting for the daemon once `canceled` says so (checked every
+    /// second while the archive goes out and the answer comes back).
+    pub fn canceled_by(mut self, canceled: fn() -> bool) -> Daemon {
+        self.canceled = canceled;
+        self
+    }
+
     /// Whether the daemon answers, before a build spends its time.
-    pub fn ping(&self) -> anyhow::Result<()> {
+    pub fn ping(&self) -> Result<()> {
         let (status, body) = self
             .request("GET", "/_ping", None, Some(PING_TIMEOUT))
             .with_context(|| self.unreachable())?;
@@ -106,7 +161,7 @@ impl Daemon {
 
     /// Loads the docker-archive at `archive`; returns what the daemon
     /// said it loaded, and keeps it for [`Daemon::loaded`].
-    pub fn load(&self, archive: &Path) -> anyhow::Result<Vec<String>> {
+    pub fn load(&self, archive: &Path) -> Result<Vec<String>> {
         let file = std::fs::File::open(archive)
             .with_context(|| format!("opening {}", archive.display()))?;
         let size = file.metadata()?.len();
@@ -140,7 +195,7 @@ impl Daemon {
         path: &str,
         body: Option<(std::fs::File, u64)>,
         timeout: Option<Duration>,
-    ) -> anyhow::Result<(u16, Vec<u8>)> {
+    ) -> Result<(u16, Vec<u8>)> {
         let mut stream = UnixStream::connect(&self.socket)
             .with_context(|| format!("connecting to {}", self.socket.display()))?;
         // Short waits, so that an interrupted kiln stops waiting.
@@ -153,13 +208,20 @@ impl Daemon {
              Connection: close\r\n\r\n",
             env!("CARGO_PKG_VERSION")
         );
-        let sent = send(&mut stream, head.as_bytes(), body.map(|(file, _)| file));
+        let canceled = self.canceled;
+        let sent = send(
+            &mut stream,
+            head.as_bytes(),
+            body.map(|(file, _)| file),
+            canceled,
+        );
         if sent.is_err() {
             // The daemon may have answered before reading it all (a refusal,
             // a full disk) and closed: its answer says more than the error.
             let _ = stream.shutdown(std::net::Shutdown::Write);
         }
-        let answer = receive(&mut stream, timeout).and_then(|bytes| parse_response(&bytes));
+        let answer =
+            receive(&mut stream, timeout, canceled).and_then(|bytes| parse_response(&bytes));
         match (sent, answer) {
             (_, Ok(parsed)) => Ok(parsed),
             (Err(e), _) | (Ok(()), Err(e)) => Err(e),
@@ -171,8 +233,8 @@ impl Daemon {
 /// interrupted.
 const POLL: Duration = Duration::from_secs(1);
 
-fn interrupted() -> anyhow::Result<()> {
-    match kiln_runtime::interrupt::runs_canceled() {
+fn interrupted(canceled: fn() -> bool) -> Result<()> {
+    match canceled() {
         true => bail!("canceled"),
         false => Ok(()),
     }
@@ -188,14 +250,19 @@ fn waited(e: &std::io::Error) -> bool {
 }
 
 /// Writes `head`, then `body`, stopping when kiln is interrupted.
-fn send(stream: &mut UnixStream, head: &[u8], body: Option<std::fs::File>) -> anyhow::Result<()> {
+fn send(
+    stream: &mut UnixStream,
+    head: &[u8],
+    body: Option<std::fs::File>,
+    canceled: fn() -> bool,
+) -> Result<()> {
     let mut pending = head.to_vec();
     let mut body = body;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let mut written = 0;
         while written < pending.len() {
-            interrupted()?;
+            interrupted(canceled)?;
             match stream.write(&pending[written..]) {
                 Ok(0) => bail!("the daemon closed the connection"),
                 Ok(n) => written += n,
@@ -217,12 +284,16 @@ fn send(stream: &mut UnixStream, head: &[u8], body: Option<std::fs::File>) -> an
 
 /// Reads the answer to its end, stopping when kiln is interrupted or, with
 /// `timeout`, when the daemon says nothing for that long.
-fn receive(stream: &mut UnixStream, timeout: Option<Duration>) -> anyhow::Result<Vec<u8>> {
+fn receive(
+    stream: &mut UnixStream,
+    timeout: Option<Duration>,
+    canceled: fn() -> bool,
+) -> Result<Vec<u8>> {
     let mut answer = Vec::new();
     let mut buf = [0u8; 64 * 1024];
     let mut quiet = Duration::ZERO;
     loop {
-        interrupted()?;
+        interrupted(canceled)?;
         match stream.read(&mut buf) {
             Ok(0) => return Ok(answer),
             Ok(n) => {
@@ -242,10 +313,7 @@ fn receive(stream: &mut UnixStream, timeout: Option<Duration>) -> anyhow::Result
 
 /// The docker context to use, as the docker CLI picks it: `DOCKER_CONTEXT`,
 /// else `config.json`'s `currentContext`; none for `default`.
-fn context_name(
-    from_env: Option<String>,
-    config_dir: Option<&Path>,
-) -> anyhow::Result<Option<String>> {
+fn context_name(from_env: Option<String>, config_dir: Option<&Path>) -> Result<Option<String>> {
     let name = match from_env {
         Some(name) => Some(name),
         None => match config_dir.map(|d| d.join("config.json")) {
@@ -274,8 +342,8 @@ fn context_name(
 /// The docker endpoint of the context `name`, from its metadata
 /// (`contexts/meta/<sha256 of the name>/meta.json` under the docker CLI's
 /// configuration directory).
-fn context_host(config_dir: &Path, name: &str) -> anyhow::Result<String> {
-    let id = kiln_layers::Digest::of(name.as_bytes());
+fn context_host(config_dir: &Path, name: &str) -> Result<String> {
+    let id = Digest::of(name.as_bytes());
     let path = config_dir
         .join("contexts/meta")
         .join(id.hex())
@@ -295,7 +363,7 @@ fn context_host(config_dir: &Path, name: &str) -> anyhow::Result<String> {
 
 /// The status and body of an HTTP/1.1 answer read whole (a chunked body
 /// joined).
-fn parse_response(answer: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+fn parse_response(answer: &[u8]) -> Result<(u16, Vec<u8>)> {
     let split = answer
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -344,7 +412,7 @@ fn parse_response(answer: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
 /// What `POST /images/load` answered: the lines of its `stream` messages,
 /// or the error it gave (an `error` message, or a status that is not 200
 /// with docker's `{"message": …}`).
-fn load_answer(status: u16, body: &[u8]) -> anyhow::Result<Vec<String>> {
+fn load_answer(status: u16, body: &[u8]) -> Result<Vec<String>> {
     let messages = serde_json::Deserializer::from_slice(body).into_iter::<serde_json::Value>();
     let mut lines = Vec::new();
     for message in messages {
@@ -375,14 +443,6 @@ fn load_answer(status: u16, body: &[u8]) -> anyhow::Result<Vec<String>> {
         );
     }
     Ok(lines)
-}
-
-impl kiln_builder::export::DockerDaemon for Daemon {
-    fn load(&self, archive: &Path) -> Result<(), String> {
-        Daemon::load(self, archive)
-            .map(drop)
-            .map_err(|e| format!("{e:#}"))
-    }
 }
 
 #[cfg(test)]
@@ -433,7 +493,7 @@ mod tests {
     #[test]
     fn a_context_names_its_endpoint() {
         let dir = tempfile::tempdir().unwrap();
-        let id = kiln_layers::Digest::of(b"ci");
+        let id = Digest::of(b"ci");
         let meta = dir.path().join("contexts/meta").join(id.hex());
         std::fs::create_dir_all(&meta).unwrap();
         std::fs::write(
