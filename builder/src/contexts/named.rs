@@ -234,7 +234,7 @@ pub struct NamedContexts {
     /// Held while the build lasts once an `oci-layout://` context put its
     /// manifest into the store unnamed: no collection removes it before
     /// the build takes its own lease.
-    _lease: Option<kiln_layers::store::Lease>,
+    lease: Option<kiln_layers::store::Lease>,
     _scratch: Vec<ScratchDir>,
 }
 
@@ -277,8 +277,8 @@ impl NamedContexts {
                 let bad = |why: String| {
                     ContextSourceError::Invalid(format!("--build-context {name}={value}: {why}"))
                 };
-                if self._lease.is_none() {
-                    self._lease = Some(opts.store.lease()?);
+                if self.lease.is_none() {
+                    self.lease = Some(opts.store.lease()?);
                 }
                 let root = kiln_layers::archive::load_layout_image(opts.store, dir, image)
                     .map_err(|e| bad(e.to_string()))?;
