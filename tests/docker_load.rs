@@ -1,7 +1,10 @@
 //! `kiln build --load` (and `-o type=docker` without `dest`) into a docker
 //! daemon of the test's own (kiln_testsupport::docker), as buildx loads an
 //! image: found through `DOCKER_HOST` or the docker context, reached on its
-//! Unix socket, asked before the build; the loaded image runs in docker.
+//! Unix socket or over TCP (plain, or TLS with the CA and client
+//! certificate of `DOCKER_CERT_PATH` or of the context, as a CI job reaches
+//! a docker-in-docker service), asked before the build; the loaded image
+//! runs in docker.
 
 mod common;
 
@@ -9,7 +12,8 @@ use std::path::Path;
 use std::process::Output;
 
 use common::{busybox_rootfs_tar, kiln_command, kiln_ok};
-use kiln_testsupport::docker::DockerDaemon;
+use kiln_testsupport::docker::{DockerDaemon, TcpListen};
+use kiln_testsupport::tls::TestCa;
 
 /// `kiln build ARGS…` on the store `root`, with `env` set.
 fn build(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -21,7 +25,10 @@ fn build(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
         .args(args)
         .env("KILN_PROGRESS", "plain")
         .env_remove("DOCKER_HOST")
-        .env_remove("DOCKER_CONTEXT");
+        .env_remove("DOCKER_CONTEXT")
+        .env_remove("DOCKER_TLS_VERIFY")
+        .env_remove("DOCKER_TLS")
+        .env_remove("DOCKER_CERT_PATH");
     for (key, value) in env {
         command.env(key, value);
     }
@@ -32,24 +39,57 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-#[test]
-fn load_puts_the_image_into_the_docker_daemon() {
-    kiln_testsupport::require_root!("a docker daemon of the test's own");
-    kiln_testsupport::require_namespaces!("builds run steps in namespaces");
-    let daemon = DockerDaemon::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("store");
-    let tar = dir.path().join("busybox.tar");
+/// A store holding busybox, and a context whose image prints `loaded`.
+fn store_and_context(dir: &Path) -> (std::path::PathBuf, String) {
+    let root = dir.join("store");
+    let tar = dir.join("busybox.tar");
     busybox_rootfs_tar(&tar).unwrap();
     kiln_ok(&root, &["import", tar.to_str().unwrap(), "busybox:latest"]);
-    let ctx = dir.path().join("ctx");
+    let ctx = dir.join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::write(
         ctx.join("Dockerfile"),
         "FROM busybox\nRUN echo loaded > /marker\nCMD [\"cat\", \"/marker\"]\n",
     )
     .unwrap();
-    let ctx = ctx.to_str().unwrap();
+    (root, ctx.to_str().unwrap().to_string())
+}
+
+/// The files a docker client reads from `DOCKER_CERT_PATH`, in `dir`:
+/// `ca`'s certificate, and a client certificate it signed (unless not
+/// `with_client`).
+fn cert_path(dir: &Path, ca: &TestCa, with_client: bool) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(&ca.ca_cert, dir.join("ca.pem")).unwrap();
+    if with_client {
+        let client = ca.issue(dir, "client", &["kiln-test-client"]).unwrap();
+        std::fs::rename(client.cert_pem, dir.join("cert.pem")).unwrap();
+        std::fs::rename(client.key_pem, dir.join("key.pem")).unwrap();
+    }
+    dir.to_str().unwrap().to_string()
+}
+
+#[test]
+fn load_puts_the_image_into_the_docker_daemon() {
+    kiln_testsupport::require_root!("a docker daemon of the test's own");
+    kiln_testsupport::require_namespaces!("builds run steps in namespaces");
+    let dir = tempfile::tempdir().unwrap();
+    // The daemon also listens over TCP with TLS, checking its clients'
+    // certificates, as a docker:dind service of a CI job does.
+    let certs = dir.path().join("daemon-certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let ca = TestCa::create(&certs, "kiln test docker CA").unwrap();
+    let server = ca
+        .issue(&certs, "server", &["127.0.0.1", "localhost"])
+        .unwrap();
+    let daemon = DockerDaemon::start_listening(Some(TcpListen::Verified {
+        ca: &ca.ca_cert,
+        cert: &server.cert_pem,
+        key: &server.key_pem,
+    }))
+    .unwrap();
+    let (root, ctx) = store_and_context(dir.path());
+    let ctx = ctx.as_str();
     let host = [("DOCKER_HOST", daemon.host.as_str())];
     let run = |image: &str| {
         daemon
@@ -135,19 +175,115 @@ fn load_puts_the_image_into_the_docker_daemon() {
     let fresh = dir.path().join("fresh-store");
     kiln_ok(&fresh, &["pull", &both]);
 
+    // Over TCP with TLS, from the variables a CI job sets for a dind
+    // service: DOCKER_CERT_PATH's CA checks the daemon, its client
+    // certificate is sent.
+    let tcp = daemon.tcp_host.clone().unwrap();
+    let client = cert_path(&dir.path().join("client"), &ca, true);
+    let tls_env = |verify: &'static str, path: &str| -> [(&'static str, String); 3] {
+        [
+            ("DOCKER_HOST", tcp.clone()),
+            (verify, "1".to_string()),
+            ("DOCKER_CERT_PATH", path.to_string()),
+        ]
+    };
+    let with = |env: &[(&str, String)]| -> Vec<(String, String)> {
+        env.iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    };
+    let build_with = |args: &[&str], env: &[(String, String)]| {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        build(&root, args, &env)
+    };
+    let out = build_with(
+        &["--load", "-t", "tls:1", ctx],
+        &with(&tls_env("DOCKER_TLS_VERIFY", &client)),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("docker: Loaded image: tls:1"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(run("tls:1"), "loaded\n");
+    // DOCKER_TLS alone: TLS without checking the daemon, so a CA that did
+    // not sign its certificate does not matter; the client's is still sent.
+    let other_ca_dir = dir.path().join("other-ca");
+    std::fs::create_dir_all(&other_ca_dir).unwrap();
+    let other_ca = TestCa::create(&other_ca_dir, "another CA").unwrap();
+    let unchecked = cert_path(&dir.path().join("unchecked"), &other_ca, false);
+    for file in ["cert.pem", "key.pem"] {
+        std::fs::copy(
+            Path::new(&client).join(file),
+            Path::new(&unchecked).join(file),
+        )
+        .unwrap();
+    }
+    let out = build_with(
+        &["--load", "-t", "unchecked:1", ctx],
+        &with(&tls_env("DOCKER_TLS", &unchecked)),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(run("unchecked:1"), "loaded\n");
+    // A docker context made by the docker CLI with the same files.
+    let endpoint =
+        format!("host={tcp},ca={client}/ca.pem,cert={client}/cert.pem,key={client}/key.pem");
+    docker_cli(&["context", "create", "dind", "--docker", &endpoint]);
+    let out = build(
+        &root,
+        &["--load", "-t", "ctxtls:1", ctx],
+        &[("DOCKER_CONFIG", config), ("DOCKER_CONTEXT", "dind")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(run("ctxtls:1"), "loaded\n");
+    // Refused before any step: plain HTTP to it (with what to set), the
+    // daemon's certificate from another CA, no client certificate.
+    let no_client = cert_path(&dir.path().join("no-client"), &ca, false);
+    let unreachable = format!(
+        "cannot reach the docker daemon at {tcp} (from DOCKER_HOST; TLS: DOCKER_TLS_VERIFY, \
+         certificates from {no_client}; the daemon's certificate checked; no client \
+         certificate (cert.pem and key.pem) to send)"
+    );
+    for (env, said) in [
+        (
+            vec![("DOCKER_HOST", tcp.clone())],
+            "Client sent an HTTP request to an HTTPS server. (for a daemon that requires TLS, set DOCKER_TLS_VERIFY=1",
+        ),
+        (
+            tls_env("DOCKER_TLS_VERIFY", &unchecked).to_vec(),
+            "invalid peer certificate",
+        ),
+        (
+            tls_env("DOCKER_TLS_VERIFY", &no_client).to_vec(),
+            unreachable.as_str(),
+        ),
+    ] {
+        let out = build_with(&["--load", ctx], &with(&env));
+        assert!(!out.status.success(), "{env:?}");
+        let text = stderr(&out);
+        assert!(text.contains(said), "{env:?}: {text}");
+        assert!(!text.contains("RUN echo"), "the build ran: {text}");
+    }
+
     // No daemon there, or one kiln does not reach: refused before any step.
+    let closed = format!("tcp://127.0.0.1:{}", kiln_testsupport::free_port().unwrap());
     for (value, said) in [
         (
             "unix:///nonexistent/docker.sock",
-            "cannot reach the docker daemon at unix:///nonexistent/docker.sock",
+            "cannot reach the docker daemon at unix:///nonexistent/docker.sock".to_string(),
         ),
-        ("tcp://127.0.0.1:2375", "Unix socket (unix://PATH) only; for another daemon, write the archive (-o type=docker,dest=image.tar)"),
+        (
+            closed.as_str(),
+            format!("cannot reach the docker daemon at {closed}"),
+        ),
+        ("ssh://me@docker", "on a Unix socket or over TCP (unix://PATH, tcp://HOST:PORT) only; for another daemon, write the archive (-o type=docker,dest=image.tar)".to_string()),
     ] {
         let out = build(&root, &["--load", ctx], &[("DOCKER_HOST", value)]);
         assert!(!out.status.success());
         let text = stderr(&out);
         assert!(
-            text.contains(said) && text.contains("DOCKER_HOST"),
+            text.contains(&said) && text.contains("DOCKER_HOST"),
             "{text}"
         );
         assert!(!text.contains("RUN echo"), "the build ran: {text}");
@@ -164,4 +300,29 @@ fn load_puts_the_image_into_the_docker_daemon() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn load_reaches_a_daemon_over_plain_tcp() {
+    kiln_testsupport::require_root!("a docker daemon of the test's own");
+    kiln_testsupport::require_namespaces!("builds run steps in namespaces");
+    let daemon = DockerDaemon::start_listening(Some(TcpListen::Plain)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (root, ctx) = store_and_context(dir.path());
+    let tcp = daemon.tcp_host.clone().unwrap();
+    // As GitLab's docker:dind without TLS is reached; and the address
+    // without its scheme, which the docker CLI reads as TCP.
+    let bare = tcp.trim_start_matches("tcp://");
+    for (host, tag) in [(tcp.as_str(), "plain:1"), (bare, "plain:2")] {
+        let out = build(
+            &root,
+            &["--load", "-t", tag, &ctx],
+            &[("DOCKER_HOST", host)],
+        );
+        assert!(out.status.success(), "{host}: {}", stderr(&out));
+        let said = daemon
+            .docker_ok(&["run", "--rm", "--network", "none", tag])
+            .unwrap();
+        assert_eq!(said, "loaded\n");
+    }
 }

@@ -2,18 +2,25 @@
 //! `dest`) loads the image into, as buildx's docker driver does: found as
 //! the docker CLI finds it (`DOCKER_HOST`, else the context `DOCKER_CONTEXT`
 //! or `config.json`'s `currentContext` names, else
-//! `unix:///var/run/docker.sock`), reached over its Unix socket with the
-//! two calls this needs, `GET /_ping` and `POST /images/load`, in plain
-//! HTTP/1.1. A daemon reached over TCP or SSH is refused, naming where the
-//! address came from. The daemon's API is the one HTTP kiln speaks besides
+//! `unix:///var/run/docker.sock`), reached over its Unix socket or over TCP
+//! (`tcp://HOST:PORT`; with TLS when `DOCKER_TLS_VERIFY` or `DOCKER_TLS`
+//! is set, or the context has TLS files, with the CA and client
+//! certificate the docker CLI would send, as a docker-in-docker service of
+//! a CI job is reached) with the two calls this needs, `GET /_ping` and
+//! `POST /images/load`, in HTTP/1.1. A daemon reached over SSH is refused,
+//! naming where the address came from. The daemon's API is the one HTTP kiln speaks besides
 //! the registries' and downloads'; it is here because this crate is the
 //! one that speaks HTTP.
 
 use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::Digest;
 
@@ -63,22 +70,80 @@ impl<T> Context<T> for Option<T> {
 /// The docker CLI's default daemon address.
 const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 
+/// The docker CLI's default address when TLS is asked for and no host is
+/// given (`opts.ParseHost` with `defaultToTLS`).
+const DEFAULT_TLS_HOST: &str = "tcp://localhost:2376";
+
+/// The port of a `tcp://` address that gives none (the docker CLI's
+/// `defaultHTTPPort`, with or without TLS).
+const DEFAULT_TCP_PORT: u16 = 2375;
+
 /// How long the daemon may take to answer a ping.
 const PING_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A docker daemon on a Unix socket, and the lines it answered loads with.
+/// How long connecting over TCP may take (the docker CLI's dialer's).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A docker daemon on a Unix socket or over TCP, and the lines it answered
+/// loads with.
 #[derive(Debug)]
 pub struct Daemon {
-    /// `unix:///…` as given.
+    /// The address as given (`unix:///…`, `tcp://…`).
     host: String,
     /// Where the address came from (`DOCKER_HOST`, a docker context, the
     /// default), for errors.
     source: String,
-    socket: PathBuf,
+    endpoint: Endpoint,
     /// What the daemon said of each load (`Loaded image: app:1`).
     loaded: Mutex<Vec<String>>,
     /// Whether the caller was interrupted: a load stops waiting then.
     canceled: fn() -> bool,
+}
+
+/// Where the daemon listens, and how it is spoken to there.
+#[derive(Debug)]
+enum Endpoint {
+    Unix(PathBuf),
+    Tcp(TcpEndpoint),
+}
+
+/// A daemon over TCP: plain HTTP, or HTTPS with the TLS material the
+/// docker CLI would use.
+#[derive(Debug)]
+struct TcpEndpoint {
+    host: String,
+    port: u16,
+    /// The path the daemon's API is under (`tcp://HOST:PORT/PATH`), without
+    /// its last `/`.
+    base: String,
+    tls: Option<Tls>,
+}
+
+/// A TLS configuration, and what it was made of, for errors.
+#[derive(Debug)]
+struct Tls {
+    config: Arc<rustls::ClientConfig>,
+    /// `DOCKER_TLS_VERIFY, certificates from DIR`, and whether a client
+    /// certificate is sent.
+    said: String,
+}
+
+/// The TLS material for a daemon over TCP, as the docker CLI gathers it:
+/// from `DOCKER_CERT_PATH` (else its configuration directory) when
+/// `DOCKER_TLS_VERIFY` or `DOCKER_TLS` is set, or from a docker context's
+/// TLS files.
+#[derive(Debug, Default)]
+struct TlsMaterial {
+    /// PEM of the CAs to trust instead of the system's.
+    ca: Option<Vec<u8>>,
+    /// PEM of the client certificate and its key, sent when both are there.
+    cert: Option<Vec<u8>>,
+    key: Option<Vec<u8>>,
+    /// Whether the daemon's certificate goes unchecked (`DOCKER_TLS`
+    /// without `DOCKER_TLS_VERIFY`, a context's `skip-tls-verify`).
+    skip_verify: bool,
+    /// Where it came from, for errors.
+    source: String,
 }
 
 impl Daemon {
@@ -90,48 +155,72 @@ impl Daemon {
             Some(value.trim().to_string()).filter(|v| !v.is_empty())
         };
         let config_dir = crate::auth::default_config_dir();
-        let (host, source) = match env("DOCKER_HOST") {
-            Some(host) => (host, "DOCKER_HOST".to_string()),
-            None => match context_name(env("DOCKER_CONTEXT"), config_dir.as_deref())? {
-                Some(context) => {
-                    let Some(dir) = config_dir.as_deref() else {
-                        bail!(
-                            "docker context {context:?}: no docker configuration directory \
-                             (set DOCKER_CONFIG or HOME)"
-                        );
-                    };
-                    (
-                        context_host(dir, &context)?,
-                        format!("docker context {context:?}"),
-                    )
-                }
-                None => (DEFAULT_HOST.to_string(), "the default".to_string()),
-            },
+        let (host, source, tls) = match (
+            env("DOCKER_HOST"),
+            context_name(env("DOCKER_CONTEXT"), config_dir.as_deref())?,
+        ) {
+            (None, Some(context)) => {
+                let Some(dir) = config_dir.as_deref() else {
+                    bail!(
+                        "docker context {context:?}: no docker configuration directory \
+                         (set DOCKER_CONFIG or HOME)"
+                    );
+                };
+                let (host, tls) = context_endpoint(dir, &context)?;
+                (host, format!("docker context {context:?}"), tls)
+            }
+            // DOCKER_HOST, else the default: the docker CLI's default
+            // context, which reads the TLS variables.
+            (host, _) => {
+                let tls = env_tls(|key| std::env::var_os(key), config_dir.as_deref())?;
+                let source = match host {
+                    Some(_) => "DOCKER_HOST",
+                    None => "the default",
+                };
+                let host = host.unwrap_or_else(|| match tls {
+                    Some(_) => DEFAULT_TLS_HOST.to_string(),
+                    None => DEFAULT_HOST.to_string(),
+                });
+                (host, source.to_string(), tls)
+            }
         };
-        let mut daemon =
-            Daemon::at(&host).with_context(|| format!("the docker daemon of {source}"))?;
+        let mut daemon = Daemon::with_tls(&host, tls)
+            .with_context(|| format!("the docker daemon of {source}"))?;
         daemon.source = source;
         Ok(daemon)
     }
 
-    /// The daemon at `host`, which must be `unix://PATH`.
+    /// The daemon at `host` (`unix://PATH`, `tcp://HOST:PORT`, or
+    /// `HOST:PORT`), over plain HTTP.
     pub fn at(host: &str) -> Result<Daemon> {
-        let Some(path) = host.strip_prefix("unix://") else {
-            bail!(
-                "{host}: kiln loads images into a docker daemon on a Unix socket \
-                 (unix://PATH) only; for another daemon, write the archive \
-                 (-o type=docker,dest=image.tar) and run docker load -i image.tar"
-            );
-        };
-        // The docker CLI's default socket then.
-        let path = match path {
-            "" => DEFAULT_HOST.trim_start_matches("unix://"),
-            path => path,
+        Daemon::with_tls(host, None)
+    }
+
+    /// The daemon at `host`, with `tls` for an address over TCP (unused
+    /// for a socket, as by the docker CLI).
+    fn with_tls(host: &str, tls: Option<TlsMaterial>) -> Result<Daemon> {
+        let endpoint = match parse_host(host)? {
+            Address::Unix(path) => Endpoint::Unix(path),
+            Address::Tcp { host, port, base } => Endpoint::Tcp(TcpEndpoint {
+                host,
+                port,
+                base,
+                tls: match tls {
+                    Some(material) => Some(Tls {
+                        config: Arc::new(
+                            client_config(&material)
+                                .with_context(|| format!("TLS ({})", material.source))?,
+                        ),
+                        said: material.said(),
+                    }),
+                    None => None,
+                },
+            }),
         };
         Ok(Daemon {
             host: host.to_string(),
             source: "given".to_string(),
-            socket: PathBuf::from(path),
+            endpoint,
             loaded: Mutex::new(Vec::new()),
             canceled: || false,
         })
@@ -150,10 +239,19 @@ impl Daemon {
             .request("GET", "/_ping", None, Some(PING_TIMEOUT))
             .with_context(|| self.unreachable())?;
         if status != 200 {
+            let body = String::from_utf8_lossy(&body);
+            // Go's HTTPS server answers plain HTTP so.
+            let hint = match body.contains("HTTPS server") {
+                true => {
+                    " (for a daemon that requires TLS, set DOCKER_TLS_VERIFY=1 and \
+                         DOCKER_CERT_PATH to the directory of its ca.pem, cert.pem and key.pem)"
+                }
+                false => "",
+            };
             bail!(
-                "{}: the docker daemon answered /_ping with {status}: {}",
+                "{}: the docker daemon answered /_ping with {status}: {}{hint}",
                 self.host,
-                String::from_utf8_lossy(&body).trim()
+                body.trim()
             );
         }
         Ok(())
@@ -181,8 +279,12 @@ impl Daemon {
     }
 
     fn unreachable(&self) -> String {
+        let tls = match &self.endpoint {
+            Endpoint::Tcp(TcpEndpoint { tls: Some(tls), .. }) => format!("; TLS: {}", tls.said),
+            _ => String::new(),
+        };
         format!(
-            "cannot reach the docker daemon at {} (from {})",
+            "cannot reach the docker daemon at {} (from {}{tls})",
             self.host, self.source
         )
     }
@@ -196,14 +298,10 @@ impl Daemon {
         body: Option<(std::fs::File, u64)>,
         timeout: Option<Duration>,
     ) -> Result<(u16, Vec<u8>)> {
-        let mut stream = UnixStream::connect(&self.socket)
-            .with_context(|| format!("connecting to {}", self.socket.display()))?;
-        // Short waits, so that an interrupted kiln stops waiting.
-        stream.set_read_timeout(Some(POLL))?;
-        stream.set_write_timeout(Some(POLL))?;
+        let (mut stream, host_header, base) = self.connect()?;
         let length = body.as_ref().map_or(0, |(_, size)| *size);
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: docker\r\nUser-Agent: kiln/{}\r\n\
+            "{method} {base}{path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: kiln/{}\r\n\
              Content-Type: application/x-tar\r\nContent-Length: {length}\r\n\
              Connection: close\r\n\r\n",
             env!("CARGO_PKG_VERSION")
@@ -218,7 +316,7 @@ impl Daemon {
         if sent.is_err() {
             // The daemon may have answered before reading it all (a refusal,
             // a full disk) and closed: its answer says more than the error.
-            let _ = stream.shutdown(std::net::Shutdown::Write);
+            stream.shutdown_write();
         }
         let answer =
             receive(&mut stream, timeout, canceled).and_then(|bytes| parse_response(&bytes));
@@ -226,6 +324,359 @@ impl Daemon {
             (_, Ok(parsed)) => Ok(parsed),
             (Err(e), _) | (Ok(()), Err(e)) => Err(e),
         }
+    }
+
+    /// A connection to the daemon, with the `Host` header and the path
+    /// prefix requests on it take.
+    fn connect(&self) -> Result<(Connection, String, &str)> {
+        match &self.endpoint {
+            Endpoint::Unix(socket) => {
+                let stream = UnixStream::connect(socket)
+                    .with_context(|| format!("connecting to {}", socket.display()))?;
+                // Short waits, so that an interrupted kiln stops waiting.
+                stream.set_read_timeout(Some(POLL))?;
+                stream.set_write_timeout(Some(POLL))?;
+                Ok((Connection::Unix(stream), "docker".to_string(), ""))
+            }
+            Endpoint::Tcp(tcp) => {
+                let address = join_host_port(&tcp.host, tcp.port);
+                let stream = connect_tcp(&tcp.host, tcp.port)
+                    .with_context(|| format!("connecting to {address}"))?;
+                stream.set_read_timeout(Some(POLL))?;
+                stream.set_write_timeout(Some(POLL))?;
+                let connection = match &tcp.tls {
+                    None => Connection::Tcp(stream),
+                    Some(tls) => {
+                        let name = ServerName::try_from(tcp.host.clone())
+                            .with_context(|| format!("{:?} as a TLS server name", tcp.host))?;
+                        let session = rustls::ClientConnection::new(tls.config.clone(), name)
+                            .context("starting TLS")?;
+                        Connection::Tls(Box::new(rustls::StreamOwned::new(session, stream)))
+                    }
+                };
+                Ok((connection, address, &tcp.base))
+            }
+        }
+    }
+}
+
+/// A connection to the daemon: a Unix socket, TCP, or TLS over TCP.
+enum Connection {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Connection {
+    /// Says that nothing more will be sent (a TLS connection just stops
+    /// sending: its answer is read all the same).
+    fn shutdown_write(&mut self) {
+        let _ = match self {
+            Connection::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+            Connection::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+            Connection::Tls(_) => Ok(()),
+        };
+    }
+}
+
+impl Read for Connection {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Connection::Unix(s) => s.read(buf),
+            Connection::Tcp(s) => s.read(buf),
+            Connection::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Connection {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Connection::Unix(s) => s.write(buf),
+            Connection::Tcp(s) => s.write(buf),
+            Connection::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Connection::Unix(s) => s.flush(),
+            Connection::Tcp(s) => s.flush(),
+            Connection::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// `host:port`, an IPv6 address in brackets.
+fn join_host_port(host: &str, port: u16) -> String {
+    match host.contains(':') {
+        true => format!("[{host}]:{port}"),
+        false => format!("{host}:{port}"),
+    }
+}
+
+/// The first of `host`'s addresses that accepts a connection in time.
+fn connect_tcp(host: &str, port: u16) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for address in (host, port).to_socket_addrs()? {
+        match TcpStream::connect_timeout(&address, CONNECT_TIMEOUT) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no address for the host")
+    }))
+}
+
+/// A daemon address, as the docker CLI's `opts.ParseHost` reads it.
+#[derive(Debug, PartialEq)]
+enum Address {
+    Unix(PathBuf),
+    Tcp {
+        host: String,
+        port: u16,
+        base: String,
+    },
+}
+
+/// Reads `unix://PATH` (the default socket when PATH is empty),
+/// `tcp://HOST:PORT/PATH` (`localhost` and port 2375 when left out) or
+/// `HOST:PORT` alone (TCP). Other schemes are refused.
+fn parse_host(host: &str) -> Result<Address> {
+    let refused = || {
+        DaemonError(format!(
+            "{host}: kiln loads images into a docker daemon on a Unix socket or over TCP \
+             (unix://PATH, tcp://HOST:PORT) only; for another daemon, write the archive \
+             (-o type=docker,dest=image.tar) and run docker load -i image.tar"
+        ))
+    };
+    let (scheme, rest) = match host.split_once("://") {
+        Some((scheme, rest)) => (scheme, rest),
+        None => ("tcp", host),
+    };
+    match scheme {
+        "unix" => {
+            if rest.contains("://") {
+                bail!("{host}: not a Unix socket address");
+            }
+            Ok(Address::Unix(PathBuf::from(match rest {
+                "" => DEFAULT_HOST.trim_start_matches("unix://"),
+                path => path,
+            })))
+        }
+        "tcp" => parse_tcp(rest).with_context(|| format!("{host}: not a daemon address")),
+        _ => Err(refused()),
+    }
+}
+
+/// `HOST:PORT/PATH` of a `tcp://` address, as `opts.ParseTCPAddr` reads it.
+fn parse_tcp(address: &str) -> Result<Address> {
+    if address.contains("://") {
+        bail!("a second scheme");
+    }
+    // The URL's host, then its path; a query or fragment is not part of it.
+    let address = address.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = match address.find('/') {
+        Some(at) => address.split_at(at),
+        None => (address, ""),
+    };
+    let authority = authority.rsplit('@').next().unwrap_or_default();
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => {
+            let (host, after) = bracketed.split_once(']').context("no closing ]")?;
+            match after {
+                "" => (host, ""),
+                after => (host, after.strip_prefix(':').context("text after ]")?),
+            }
+        }
+        None => match authority.split_once(':') {
+            // More than one colon and no brackets: an IPv6 address alone.
+            Some((_, port)) if port.contains(':') => (authority, ""),
+            Some((host, port)) => (host, port),
+            None => (authority, ""),
+        },
+    };
+    let host = match host {
+        "" => "localhost",
+        host => host,
+    };
+    let port = match port {
+        "" => DEFAULT_TCP_PORT,
+        port => port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .with_context(|| format!("port {port:?}"))?,
+    };
+    Ok(Address::Tcp {
+        host: host.to_string(),
+        port,
+        base: path.trim_end_matches('/').to_string(),
+    })
+}
+
+/// The TLS material the variables ask for, as the docker CLI's default
+/// context reads them: TLS when `DOCKER_TLS_VERIFY` or `DOCKER_TLS` is set
+/// (to anything), the daemon checked only with `DOCKER_TLS_VERIFY`;
+/// `ca.pem` from `DOCKER_CERT_PATH` (else the configuration directory)
+/// must be there, `cert.pem` and `key.pem` are sent when they are.
+fn env_tls(
+    var: impl Fn(&str) -> Option<std::ffi::OsString>,
+    config_dir: Option<&Path>,
+) -> Result<Option<TlsMaterial>> {
+    let set = |key: &str| var(key).is_some_and(|v| !v.is_empty());
+    let verify = set("DOCKER_TLS_VERIFY");
+    if !verify && !set("DOCKER_TLS") {
+        return Ok(None);
+    }
+    let variable = match verify {
+        true => "DOCKER_TLS_VERIFY",
+        false => "DOCKER_TLS",
+    };
+    let dir = match var("DOCKER_CERT_PATH").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => match config_dir {
+            Some(dir) => dir.to_path_buf(),
+            None => bail!(
+                "{variable}: no DOCKER_CERT_PATH and no docker configuration directory \
+                 (set DOCKER_CONFIG or HOME) to read ca.pem from"
+            ),
+        },
+    };
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).with_context(|| format!("{variable}: reading {}", path.display()))
+    };
+    let optional = |name: &str| match dir.join(name).exists() {
+        true => read(name).map(Some),
+        false => Ok(None),
+    };
+    Ok(Some(TlsMaterial {
+        ca: Some(read("ca.pem")?),
+        cert: optional("cert.pem")?,
+        key: optional("key.pem")?,
+        skip_verify: !verify,
+        source: format!("{variable}, certificates from {}", dir.display()),
+    }))
+}
+
+impl TlsMaterial {
+    /// Where it came from, whether the daemon is checked and whether a
+    /// client certificate is sent.
+    fn said(&self) -> String {
+        let checked = match self.skip_verify {
+            true => "the daemon's certificate unchecked",
+            false => "the daemon's certificate checked",
+        };
+        let client = match (&self.cert, &self.key) {
+            (Some(_), Some(_)) => "a client certificate sent",
+            _ => "no client certificate (cert.pem and key.pem) to send",
+        };
+        format!("{}; {checked}; {client}", self.source)
+    }
+}
+
+/// A rustls configuration for `material`, as the docker CLI makes its Go
+/// one: its CAs (else the system's), its client certificate when it has
+/// both halves, no check of the daemon's certificate when it says so.
+fn client_config(material: &TlsMaterial) -> Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("TLS versions")?;
+    let builder = match material.skip_verify {
+        true => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Unchecked(provider))),
+        false => {
+            let mut roots = rustls::RootCertStore::empty();
+            match &material.ca {
+                Some(pem) => {
+                    for cert in CertificateDer::pem_slice_iter(pem) {
+                        let cert = cert.context("ca.pem")?;
+                        roots.add(cert).context("ca.pem")?;
+                    }
+                    if roots.is_empty() {
+                        bail!("ca.pem holds no certificate");
+                    }
+                }
+                None => {
+                    for cert in rustls_native_certs::load_native_certs().certs {
+                        // The system's certificates that rustls cannot read
+                        // are left out, as reqwest leaves them.
+                        let _ = roots.add(cert);
+                    }
+                }
+            }
+            builder.with_root_certificates(roots)
+        }
+    };
+    match (&material.cert, &material.key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert)
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .context("cert.pem")?;
+            if chain.is_empty() {
+                bail!("cert.pem holds no certificate");
+            }
+            let key = PrivateKeyDer::from_pem_slice(key).context("key.pem")?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .context("cert.pem and key.pem")
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// The daemon's certificate taken unchecked (`DOCKER_TLS` without
+/// `DOCKER_TLS_VERIFY`, a context's `skip-tls-verify`), as Go's
+/// `InsecureSkipVerify`: its signatures on the handshake are still checked.
+#[derive(Debug)]
+struct Unchecked(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for Unchecked {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -251,7 +702,7 @@ fn waited(e: &std::io::Error) -> bool {
 
 /// Writes `head`, then `body`, stopping when kiln is interrupted.
 fn send(
-    stream: &mut UnixStream,
+    stream: &mut Connection,
     head: &[u8],
     body: Option<std::fs::File>,
     canceled: fn() -> bool,
@@ -285,7 +736,7 @@ fn send(
 /// Reads the answer to its end, stopping when kiln is interrupted or, with
 /// `timeout`, when the daemon says nothing for that long.
 fn receive(
-    stream: &mut UnixStream,
+    stream: &mut Connection,
     timeout: Option<Duration>,
     canceled: fn() -> bool,
 ) -> Result<Vec<u8>> {
@@ -299,6 +750,11 @@ fn receive(
             Ok(n) => {
                 answer.extend_from_slice(&buf[..n]);
                 quiet = Duration::ZERO;
+            }
+            // A TLS peer that closed without saying so: what came is
+            // checked as an answer.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !answer.is_empty() => {
+                return Ok(answer)
             }
             Err(e) if waited(&e) => {
                 quiet += POLL;
@@ -341,8 +797,11 @@ fn context_name(from_env: Option<String>, config_dir: Option<&Path>) -> Result<O
 
 /// The docker endpoint of the context `name`, from its metadata
 /// (`contexts/meta/<sha256 of the name>/meta.json` under the docker CLI's
-/// configuration directory).
-fn context_host(config_dir: &Path, name: &str) -> Result<String> {
+/// configuration directory), and its TLS material: the files of
+/// `contexts/tls/<sha256 of the name>/docker/` and the endpoint's
+/// `SkipTLSVerify`, as `docker context create --docker
+/// host=…,ca=…,cert=…,key=…,skip-tls-verify=…` stores them.
+fn context_endpoint(config_dir: &Path, name: &str) -> Result<(String, Option<TlsMaterial>)> {
     let id = Digest::of(name.as_bytes());
     let path = config_dir
         .join("contexts/meta")
@@ -352,13 +811,40 @@ fn context_host(config_dir: &Path, name: &str) -> Result<String> {
         .with_context(|| format!("docker context {name:?}: reading {}", path.display()))?;
     let meta: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("docker context {name:?}: reading {}", path.display()))?;
-    match meta["Endpoints"]["docker"]["Host"].as_str() {
-        Some(host) if !host.is_empty() => Ok(host.to_string()),
+    let endpoint = &meta["Endpoints"]["docker"];
+    let host = match endpoint["Host"].as_str() {
+        Some(host) if !host.is_empty() => host.to_string(),
         _ => bail!(
             "docker context {name:?}: {} names no docker endpoint",
             path.display()
         ),
-    }
+    };
+    let skip_verify = endpoint["SkipTLSVerify"].as_bool().unwrap_or(false);
+    let dir = config_dir
+        .join("contexts/tls")
+        .join(id.hex())
+        .join("docker");
+    let read = |file: &str| {
+        let path = dir.join(file);
+        match path.exists() {
+            true => std::fs::read(&path)
+                .with_context(|| format!("docker context {name:?}: reading {}", path.display()))
+                .map(Some),
+            false => Ok(None),
+        }
+    };
+    let tls = match dir.is_dir() {
+        // No files and no skip-tls-verify: plain HTTP.
+        false if !skip_verify => None,
+        _ => Some(TlsMaterial {
+            ca: read("ca.pem")?,
+            cert: read("cert.pem")?,
+            key: read("key.pem")?,
+            skip_verify,
+            source: format!("docker context {name:?}"),
+        }),
+    };
+    Ok((host, tls))
 }
 
 /// The status and body of an HTTP/1.1 answer read whole (a chunked body
@@ -476,18 +962,106 @@ mod tests {
     }
 
     #[test]
-    fn only_unix_sockets_are_reached() {
-        assert_eq!(
-            Daemon::at("unix:///run/d.sock").unwrap().socket,
-            Path::new("/run/d.sock")
+    fn addresses_are_read_as_the_docker_cli_reads_them() {
+        let tcp = |host: &str, port: u16, base: &str| Address::Tcp {
+            host: host.to_string(),
+            port,
+            base: base.to_string(),
+        };
+        for (given, read) in [
+            ("unix:///run/d.sock", Address::Unix("/run/d.sock".into())),
+            // The default socket, as `unix://` alone.
+            ("unix://", Address::Unix("/var/run/docker.sock".into())),
+            ("tcp://docker:2376", tcp("docker", 2376, "")),
+            // Port 2375 when none is given, with TLS or not; localhost
+            // when no host is.
+            ("tcp://docker", tcp("docker", 2375, "")),
+            ("tcp://", tcp("localhost", 2375, "")),
+            ("tcp://:2376", tcp("localhost", 2376, "")),
+            // No scheme is TCP.
+            ("127.0.0.1:2375", tcp("127.0.0.1", 2375, "")),
+            ("tcp://[::1]:2376", tcp("::1", 2376, "")),
+            ("tcp://[::1]", tcp("::1", 2375, "")),
+            ("tcp://::1", tcp("::1", 2375, "")),
+            ("tcp://docker:2375/v1/", tcp("docker", 2375, "/v1")),
+        ] {
+            assert_eq!(parse_host(given).unwrap(), read, "{given}");
+        }
+        for (given, said) in [
+            ("ssh://me@host", "on a Unix socket or over TCP"),
+            (
+                "npipe:////./pipe/docker_engine",
+                "on a Unix socket or over TCP",
+            ),
+            ("tcp://docker:port", "port \"port\""),
+            ("tcp://docker:0", "port \"0\""),
+            ("tcp://http://docker", "a second scheme"),
+            ("tcp://[::1", "no closing ]"),
+        ] {
+            let err = parse_host(given).unwrap_err().to_string();
+            assert!(err.contains(said) && err.contains(given), "{given}: {err}");
+        }
+    }
+
+    #[test]
+    fn tls_is_asked_for_as_the_docker_cli_asks_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().to_str().unwrap().to_string();
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            let certs = certs.clone();
+            move |key: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| v.replace("$DIR", &certs).into())
+            }
+        };
+        // Neither variable, or both empty: no TLS.
+        assert!(env_tls(vars(&[]), None).unwrap().is_none());
+        assert!(
+            env_tls(vars(&[("DOCKER_TLS_VERIFY", ""), ("DOCKER_TLS", "")]), None)
+                .unwrap()
+                .is_none()
         );
-        // The docker CLI's default socket, as it reads `unix://`.
-        assert_eq!(
-            Daemon::at("unix://").unwrap().socket,
-            Path::new("/var/run/docker.sock")
+        // ca.pem must be there, in DOCKER_CERT_PATH or the configuration
+        // directory.
+        let err = env_tls(
+            vars(&[("DOCKER_TLS_VERIFY", "1"), ("DOCKER_CERT_PATH", "$DIR")]),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("DOCKER_TLS_VERIFY") && err.contains("ca.pem"),
+            "{err}"
         );
-        let err = Daemon::at("tcp://127.0.0.1:2375").unwrap_err().to_string();
-        assert!(err.contains("Unix socket"), "{err}");
+        std::fs::write(dir.path().join("ca.pem"), "ca").unwrap();
+        // Any value asks, "0" too; verified only with DOCKER_TLS_VERIFY; the
+        // client certificate only when its files are there.
+        let tls = env_tls(
+            vars(&[("DOCKER_TLS_VERIFY", "0"), ("DOCKER_CERT_PATH", "$DIR")]),
+            None,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(tls.ca.as_deref(), Some(&b"ca"[..]));
+        assert!(!tls.skip_verify && tls.cert.is_none() && tls.key.is_none());
+        std::fs::write(dir.path().join("cert.pem"), "cert").unwrap();
+        std::fs::write(dir.path().join("key.pem"), "key").unwrap();
+        let tls = env_tls(vars(&[("DOCKER_TLS", "1")]), Some(dir.path()))
+            .unwrap()
+            .unwrap();
+        assert!(tls.skip_verify);
+        assert_eq!(tls.cert.as_deref(), Some(&b"cert"[..]));
+        assert_eq!(tls.key.as_deref(), Some(&b"key"[..]));
+        assert!(tls.source.contains(&certs), "{}", tls.source);
+        // A CA file that holds no certificate is refused when it counts.
+        let checked = TlsMaterial {
+            ca: tls.ca,
+            ..TlsMaterial::default()
+        };
+        let err = client_config(&checked).unwrap_err().to_string();
+        assert!(err.contains("ca.pem holds no certificate"), "{err}");
     }
 
     #[test]
@@ -504,11 +1078,39 @@ mod tests {
         std::fs::write(dir.path().join("config.json"), r#"{"currentContext":"ci"}"#).unwrap();
         let name = context_name(None, Some(dir.path())).unwrap();
         assert_eq!(name.as_deref(), Some("ci"));
-        assert_eq!(context_host(dir.path(), "ci").unwrap(), "unix:///ci.sock");
+        let (host, tls) = context_endpoint(dir.path(), "ci").unwrap();
+        assert_eq!(host, "unix:///ci.sock");
+        assert!(tls.is_none());
         // The environment's wins; `default` is no context of its own.
         assert_eq!(
             context_name(Some("default".into()), Some(dir.path())).unwrap(),
             None
         );
+        // A context's TLS: its files, and its SkipTLSVerify.
+        std::fs::write(
+            meta.join("meta.json"),
+            r#"{"Name":"ci","Endpoints":{"docker":{"Host":"tcp://d:2376","SkipTLSVerify":true}}}"#,
+        )
+        .unwrap();
+        let (_, tls) = context_endpoint(dir.path(), "ci").unwrap();
+        let tls = tls.unwrap();
+        assert!(tls.skip_verify && tls.ca.is_none());
+        let files = dir
+            .path()
+            .join("contexts/tls")
+            .join(id.hex())
+            .join("docker");
+        std::fs::create_dir_all(&files).unwrap();
+        std::fs::write(files.join("ca.pem"), "ca").unwrap();
+        std::fs::write(
+            meta.join("meta.json"),
+            r#"{"Name":"ci","Endpoints":{"docker":{"Host":"tcp://d:2376"}}}"#,
+        )
+        .unwrap();
+        let (_, tls) = context_endpoint(dir.path(), "ci").unwrap();
+        let tls = tls.unwrap();
+        assert!(!tls.skip_verify);
+        assert_eq!(tls.ca.as_deref(), Some(&b"ca"[..]));
+        assert!(tls.cert.is_none());
     }
 }

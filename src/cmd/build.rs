@@ -187,7 +187,8 @@ pub struct BuildArgs {
     #[arg(long)]
     push: bool,
     /// Load the image into the docker daemon (DOCKER_HOST, else the docker context, else
-    /// /var/run/docker.sock; a Unix socket), as buildx's --load: shorthand for
+    /// /var/run/docker.sock; a Unix socket, or tcp://HOST:PORT with TLS when
+    /// DOCKER_TLS_VERIFY or DOCKER_TLS is set, as the docker CLI), as buildx's --load: shorthand for
     /// --output type=docker (a type=docker output without dest loads so).
     #[arg(long)]
     load: bool,

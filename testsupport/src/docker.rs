@@ -23,11 +23,32 @@ pub struct DockerDaemon {
     dir: tempfile::TempDir,
     /// `unix:///…/docker.sock`, for `docker -H`.
     pub host: String,
+    /// `tcp://127.0.0.1:PORT`, when it also listens over TCP.
+    pub tcp_host: Option<String>,
+}
+
+/// How a daemon also listens on a free loopback port.
+pub enum TcpListen<'a> {
+    /// Plain HTTP (`--tls=false`, said explicitly: dockerd delays its
+    /// start otherwise).
+    Plain,
+    /// TLS, clients' certificates checked against `ca` (`--tlsverify`).
+    Verified {
+        ca: &'a Path,
+        cert: &'a Path,
+        key: &'a Path,
+    },
 }
 
 impl DockerDaemon {
     /// Starts dockerd and waits until it answers `docker version`.
     pub fn start() -> Result<DockerDaemon> {
+        DockerDaemon::start_listening(None)
+    }
+
+    /// Starts dockerd, also listening over TCP as `tcp` says, and waits
+    /// until it answers `docker version` on its socket.
+    pub fn start_listening(tcp: Option<TcpListen>) -> Result<DockerDaemon> {
         let dir = tempfile::Builder::new()
             .prefix("kiln-dockerd-")
             .tempdir()
@@ -39,8 +60,29 @@ impl DockerDaemon {
         let log_err = log
             .try_clone()
             .map_err(TestSupportError::io("dockerd log"))?;
+        let mut listen: Vec<std::ffi::OsString> = Vec::new();
+        let tcp_host = match tcp {
+            None => None,
+            Some(tcp) => {
+                let tcp_host = format!("tcp://127.0.0.1:{}", crate::free_port()?);
+                listen.extend(["-H".into(), tcp_host.clone().into()]);
+                match tcp {
+                    TcpListen::Plain => listen.push("--tls=false".into()),
+                    TcpListen::Verified { ca, cert, key } => {
+                        listen.push("--tlsverify".into());
+                        for (flag, path) in
+                            [("--tlscacert", ca), ("--tlscert", cert), ("--tlskey", key)]
+                        {
+                            listen.extend([flag.into(), path.as_os_str().to_owned()]);
+                        }
+                    }
+                }
+                Some(tcp_host)
+            }
+        };
         let child = ChildGuard::spawn(
             Command::new("dockerd")
+                .args(&listen)
                 .arg("--data-root")
                 .arg(dir.path().join("root"))
                 .arg("--exec-root")
@@ -57,6 +99,7 @@ impl DockerDaemon {
             child: Some(child),
             dir,
             host,
+            tcp_host,
         };
         let started = Instant::now();
         loop {
