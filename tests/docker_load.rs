@@ -237,13 +237,38 @@ fn load_puts_the_image_into_the_docker_daemon() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(run("ctxtls:1"), "loaded\n");
+    // A context without them: refused, saying how to give them to it.
+    docker_cli(&[
+        "context",
+        "create",
+        "notls",
+        "--docker",
+        &format!("host={tcp}"),
+    ]);
+    let out = build(
+        &root,
+        &["--load", ctx],
+        &[("DOCKER_CONFIG", config), ("DOCKER_CONTEXT", "notls")],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            "(from docker context \"notls\"): the docker daemon answered /_ping with 400: \
+             Client sent an HTTP request to an HTTPS server. (for a daemon that requires TLS, \
+             give the context its certificates: docker context update NAME"
+        ),
+        "{}",
+        stderr(&out)
+    );
     // Refused before any step: plain HTTP to it (with what to set), the
     // daemon's certificate from another CA, no client certificate.
     let no_client = cert_path(&dir.path().join("no-client"), &ca, false);
+    // (The daemon's alert ends the handshake: rustls reads it as the
+    // answer to its first request.)
     let unreachable = format!(
         "cannot reach the docker daemon at {tcp} (from DOCKER_HOST; TLS: DOCKER_TLS_VERIFY, \
          certificates from {no_client}; the daemon's certificate checked; no client \
-         certificate (cert.pem and key.pem) to send)"
+         certificate (cert.pem and key.pem) to send): received fatal alert"
     );
     for (env, said) in [
         (

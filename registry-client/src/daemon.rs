@@ -4,9 +4,9 @@
 //! or `config.json`'s `currentContext` names, else
 //! `unix:///var/run/docker.sock`), reached over its Unix socket or over TCP
 //! (`tcp://HOST:PORT`; with TLS when `DOCKER_TLS_VERIFY` or `DOCKER_TLS`
-//! is set, or the context has TLS files, with the CA and client
-//! certificate the docker CLI would send, as a docker-in-docker service of
-//! a CI job is reached) with the two calls this needs, `GET /_ping` and
+//! is set, or the context has TLS files or `skip-tls-verify`, with the CA
+//! and client certificate the docker CLI would send, as a docker-in-docker
+//! service of a CI job is reached) with the two calls this needs, `GET /_ping` and
 //! `POST /images/load`, in HTTP/1.1. A daemon reached over SSH is refused,
 //! naming where the address came from. The daemon's API is the one HTTP kiln speaks besides
 //! the registries' and downloads'; it is here because this crate is the
@@ -78,17 +78,16 @@ const DEFAULT_TLS_HOST: &str = "tcp://localhost:2376";
 /// `defaultHTTPPort`, with or without TLS).
 const DEFAULT_TCP_PORT: u16 = 2375;
 
-/// How long the daemon may take to answer a ping.
+/// How long connecting, a TLS handshake or a ping may take (the docker
+/// CLI's dialer waits 30 s too).
 const PING_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long connecting over TCP may take (the docker CLI's dialer's).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A docker daemon on a Unix socket or over TCP, and the lines it answered
 /// loads with.
 #[derive(Debug)]
 pub struct Daemon {
-    /// The address as given (`unix:///…`, `tcp://…`).
+    /// The address as given (`unix:///…`, `tcp://…`), a password in it
+    /// masked.
     host: String,
     /// Where the address came from (`DOCKER_HOST`, a docker context, the
     /// default), for errors.
@@ -98,6 +97,8 @@ pub struct Daemon {
     loaded: Mutex<Vec<String>>,
     /// Whether the caller was interrupted: a load stops waiting then.
     canceled: fn() -> bool,
+    /// How long connecting, the TLS handshake and a ping may take.
+    timeout: Duration,
 }
 
 /// Where the daemon listens, and how it is spoken to there.
@@ -155,10 +156,14 @@ impl Daemon {
             Some(value.trim().to_string()).filter(|v| !v.is_empty())
         };
         let config_dir = crate::auth::default_config_dir();
-        let (host, source, tls) = match (
-            env("DOCKER_HOST"),
-            context_name(env("DOCKER_CONTEXT"), config_dir.as_deref())?,
-        ) {
+        // A DOCKER_HOST of spaces alone still picks the default context,
+        // and then the default address, as in the docker CLI.
+        let docker_host = std::env::var_os("DOCKER_HOST").filter(|v| !v.is_empty());
+        let context = match docker_host {
+            Some(_) => None,
+            None => context_name(env("DOCKER_CONTEXT"), config_dir.as_deref())?,
+        };
+        let (host, source, tls) = match (env("DOCKER_HOST"), context) {
             (None, Some(context)) => {
                 let Some(dir) = config_dir.as_deref() else {
                     bail!(
@@ -173,7 +178,7 @@ impl Daemon {
             // context, which reads the TLS variables.
             (host, _) => {
                 let tls = env_tls(|key| std::env::var_os(key), config_dir.as_deref())?;
-                let source = match host {
+                let source = match docker_host {
                     Some(_) => "DOCKER_HOST",
                     None => "the default",
                 };
@@ -191,13 +196,8 @@ impl Daemon {
     }
 
     /// The daemon at `host` (`unix://PATH`, `tcp://HOST:PORT`, or
-    /// `HOST:PORT`), over plain HTTP.
-    pub fn at(host: &str) -> Result<Daemon> {
-        Daemon::with_tls(host, None)
-    }
-
-    /// The daemon at `host`, with `tls` for an address over TCP (unused
-    /// for a socket, as by the docker CLI).
+    /// `HOST:PORT`), with `tls` for an address over TCP (unused for a
+    /// socket, as by the docker CLI).
     fn with_tls(host: &str, tls: Option<TlsMaterial>) -> Result<Daemon> {
         let endpoint = match parse_host(host)? {
             Address::Unix(path) => Endpoint::Unix(path),
@@ -218,11 +218,12 @@ impl Daemon {
             }),
         };
         Ok(Daemon {
-            host: host.to_string(),
+            host: kiln_reference::redact_credentials(host),
             source: "given".to_string(),
             endpoint,
             loaded: Mutex::new(Vec::new()),
             canceled: || false,
+            timeout: PING_TIMEOUT,
         })
     }
 
@@ -236,21 +237,27 @@ impl Daemon {
     /// Whether the daemon answers, before a build spends its time.
     pub fn ping(&self) -> Result<()> {
         let (status, body) = self
-            .request("GET", "/_ping", None, Some(PING_TIMEOUT))
+            .request("GET", "/_ping", None, Some(self.timeout))
             .with_context(|| self.unreachable())?;
         if status != 200 {
             let body = String::from_utf8_lossy(&body);
             // Go's HTTPS server answers plain HTTP so.
-            let hint = match body.contains("HTTPS server") {
-                true => {
+            let context = self.source.starts_with("docker context");
+            let hint = match (body.contains("HTTPS server"), context) {
+                (true, false) => {
                     " (for a daemon that requires TLS, set DOCKER_TLS_VERIFY=1 and \
-                         DOCKER_CERT_PATH to the directory of its ca.pem, cert.pem and key.pem)"
+                     DOCKER_CERT_PATH to the directory of its ca.pem, cert.pem and key.pem)"
                 }
-                false => "",
+                (true, true) => {
+                    " (for a daemon that requires TLS, give the context its certificates: \
+                     docker context update NAME --docker host=…,ca=…,cert=…,key=…)"
+                }
+                (false, _) => "",
             };
             bail!(
-                "{}: the docker daemon answered /_ping with {status}: {}{hint}",
+                "{} (from {}): the docker daemon answered /_ping with {status}: {}{hint}",
                 self.host,
+                self.source,
                 body.trim()
             );
         }
@@ -340,7 +347,7 @@ impl Daemon {
             }
             Endpoint::Tcp(tcp) => {
                 let address = join_host_port(&tcp.host, tcp.port);
-                let stream = connect_tcp(&tcp.host, tcp.port)
+                let stream = connect_tcp(&tcp.host, tcp.port, self.timeout)
                     .with_context(|| format!("connecting to {address}"))?;
                 stream.set_read_timeout(Some(POLL))?;
                 stream.set_write_timeout(Some(POLL))?;
@@ -351,13 +358,40 @@ impl Daemon {
                             .with_context(|| format!("{:?} as a TLS server name", tcp.host))?;
                         let session = rustls::ClientConnection::new(tls.config.clone(), name)
                             .context("starting TLS")?;
-                        Connection::Tls(Box::new(rustls::StreamOwned::new(session, stream)))
+                        let mut stream = rustls::StreamOwned::new(session, stream);
+                        handshake(&mut stream, self.timeout, self.canceled)?;
+                        Connection::Tls(Box::new(stream))
                     }
                 };
                 Ok((connection, address, &tcp.base))
             }
         }
     }
+}
+
+/// Completes the TLS handshake, waiting at most `timeout` for the daemon's
+/// side of it (a port that accepts and never answers would hold the ping
+/// forever otherwise).
+fn handshake(
+    stream: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    timeout: Duration,
+    canceled: fn() -> bool,
+) -> Result<()> {
+    let mut quiet = Duration::ZERO;
+    while stream.conn.is_handshaking() {
+        interrupted(canceled)?;
+        match stream.conn.complete_io(&mut stream.sock) {
+            Ok(_) => quiet = Duration::ZERO,
+            Err(e) if waited(&e) => {
+                quiet += POLL;
+                if quiet >= timeout {
+                    bail!("no TLS handshake in {}s", quiet.as_secs());
+                }
+            }
+            Err(e) => return Err(e).context("TLS handshake"),
+        }
+    }
+    Ok(())
 }
 
 /// A connection to the daemon: a Unix socket, TCP, or TLS over TCP.
@@ -369,7 +403,8 @@ enum Connection {
 
 impl Connection {
     /// Says that nothing more will be sent (a TLS connection just stops
-    /// sending: its answer is read all the same).
+    /// sending: what it has not sent yet is dropped with it, as
+    /// [`Read`] on it never writes).
     fn shutdown_write(&mut self) {
         let _ = match self {
             Connection::Unix(s) => s.shutdown(std::net::Shutdown::Write),
@@ -384,8 +419,30 @@ impl Read for Connection {
         match self {
             Connection::Unix(s) => s.read(buf),
             Connection::Tcp(s) => s.read(buf),
-            Connection::Tls(s) => s.read(buf),
+            Connection::Tls(s) => read_tls(s, buf),
         }
+    }
+}
+
+/// Reads what the daemon sent over TLS without writing anything (rustls'
+/// own stream first sends what it still holds, which after a failed send
+/// fails again, and the daemon's early answer would be lost). The request
+/// is flushed whole before its answer is read ([`send`]).
+fn read_tls(
+    s: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    loop {
+        match s.conn.reader().read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            done => return done,
+        }
+        // Nothing decrypted yet: more records from the socket (its time
+        // out comes back as an error for the caller to retry).
+        s.conn.read_tls(&mut s.sock)?;
+        s.conn
+            .process_new_packets()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     }
 }
 
@@ -394,7 +451,15 @@ impl Write for Connection {
         match self {
             Connection::Unix(s) => s.write(buf),
             Connection::Tcp(s) => s.write(buf),
-            Connection::Tls(s) => s.write(buf),
+            Connection::Tls(s) => match s.write(buf)? {
+                // rustls' queue is full (the socket took part of it): send
+                // what it holds, then the caller tries again.
+                0 if !buf.is_empty() => {
+                    s.flush()?;
+                    Err(std::io::ErrorKind::WouldBlock.into())
+                }
+                n => Ok(n),
+            },
         }
     }
 
@@ -416,10 +481,10 @@ fn join_host_port(host: &str, port: u16) -> String {
 }
 
 /// The first of `host`'s addresses that accepts a connection in time.
-fn connect_tcp(host: &str, port: u16) -> std::io::Result<TcpStream> {
+fn connect_tcp(host: &str, port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
     let mut last = None;
     for address in (host, port).to_socket_addrs()? {
-        match TcpStream::connect_timeout(&address, CONNECT_TIMEOUT) {
+        match TcpStream::connect_timeout(&address, timeout) {
             Ok(stream) => return Ok(stream),
             Err(e) => last = Some(e),
         }
@@ -485,10 +550,9 @@ fn parse_tcp(address: &str) -> Result<Address> {
     let (host, port) = match authority.strip_prefix('[') {
         Some(bracketed) => {
             let (host, after) = bracketed.split_once(']').context("no closing ]")?;
-            match after {
-                "" => (host, ""),
-                after => (host, after.strip_prefix(':').context("text after ]")?),
-            }
+            // `[::1]:` takes the default port; `[::1]` alone is refused, as
+            // by the docker CLI.
+            (host, after.strip_prefix(':').context("no port after ]")?)
         }
         None => match authority.split_once(':') {
             // More than one colon and no brackets: an IPv6 address alone.
@@ -506,7 +570,7 @@ fn parse_tcp(address: &str) -> Result<Address> {
         port => port
             .parse::<u16>()
             .ok()
-            .filter(|p| *p != 0)
+            .filter(|p| *p != 0 && port.bytes().all(|b| b.is_ascii_digit()))
             .with_context(|| format!("port {port:?}"))?,
     };
     Ok(Address::Tcp {
@@ -585,30 +649,27 @@ fn client_config(material: &TlsMaterial) -> Result<rustls::ClientConfig> {
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("TLS versions")?;
-    let builder = match material.skip_verify {
-        true => builder
+    // ca.pem is read whether or not it is used, as by the docker CLI; of
+    // its certificates, those that can be read count (Go's
+    // AppendCertsFromPEM), and one at least must.
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(pem) = &material.ca {
+        let certs = CertificateDer::pem_slice_iter(pem).filter_map(|cert| cert.ok());
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            bail!("ca.pem holds no certificate");
+        }
+    }
+    let builder = match (material.skip_verify, &material.ca) {
+        (true, _) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(Unchecked(provider))),
-        false => {
-            let mut roots = rustls::RootCertStore::empty();
-            match &material.ca {
-                Some(pem) => {
-                    for cert in CertificateDer::pem_slice_iter(pem) {
-                        let cert = cert.context("ca.pem")?;
-                        roots.add(cert).context("ca.pem")?;
-                    }
-                    if roots.is_empty() {
-                        bail!("ca.pem holds no certificate");
-                    }
-                }
-                None => {
-                    for cert in rustls_native_certs::load_native_certs().certs {
-                        // The system's certificates that rustls cannot read
-                        // are left out, as reqwest leaves them.
-                        let _ = roots.add(cert);
-                    }
-                }
-            }
+        (false, Some(_)) => builder.with_root_certificates(roots),
+        (false, None) => {
+            // The system's, those rustls cannot read left out, as reqwest
+            // leaves them.
+            let native = rustls_native_certs::load_native_certs().certs;
+            roots.add_parsable_certificates(native);
             builder.with_root_certificates(roots)
         }
     };
@@ -619,6 +680,12 @@ fn client_config(material: &TlsMaterial) -> Result<rustls::ClientConfig> {
                 .context("cert.pem")?;
             if chain.is_empty() {
                 bail!("cert.pem holds no certificate");
+            }
+            if String::from_utf8_lossy(key).contains("ENCRYPTED") {
+                bail!(
+                    "key.pem: the private key is encrypted; the docker CLI and kiln read \
+                     unencrypted keys only"
+                );
             }
             let key = PrivateKeyDer::from_pem_slice(key).context("key.pem")?;
             builder
@@ -722,14 +789,27 @@ fn send(
             }
         }
         let Some(file) = body.as_mut() else {
-            return Ok(());
+            return flush(stream, canceled);
         };
         let n = file.read(&mut buf)?;
         if n == 0 {
-            return Ok(());
+            return flush(stream, canceled);
         }
         pending.clear();
         pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Sends what the connection still holds (rustls' queue: its answer is
+/// read without writing), stopping when kiln is interrupted.
+fn flush(stream: &mut Connection, canceled: fn() -> bool) -> Result<()> {
+    loop {
+        interrupted(canceled)?;
+        match stream.flush() {
+            Ok(()) => return Ok(()),
+            Err(e) if waited(&e) => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -812,12 +892,16 @@ fn context_endpoint(config_dir: &Path, name: &str) -> Result<(String, Option<Tls
     let meta: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("docker context {name:?}: reading {}", path.display()))?;
     let endpoint = &meta["Endpoints"]["docker"];
-    let host = match endpoint["Host"].as_str() {
-        Some(host) if !host.is_empty() => host.to_string(),
-        _ => bail!(
+    if !endpoint.is_object() {
+        bail!(
             "docker context {name:?}: {} names no docker endpoint",
             path.display()
-        ),
+        );
+    }
+    // No host is the default one, as for the docker CLI.
+    let host = match endpoint["Host"].as_str() {
+        Some(host) if !host.is_empty() => host.to_string(),
+        _ => DEFAULT_HOST.to_string(),
     };
     let skip_verify = endpoint["SkipTLSVerify"].as_bool().unwrap_or(false);
     let dir = config_dir
@@ -841,7 +925,10 @@ fn context_endpoint(config_dir: &Path, name: &str) -> Result<(String, Option<Tls
             cert: read("cert.pem")?,
             key: read("key.pem")?,
             skip_verify,
-            source: format!("docker context {name:?}"),
+            source: format!(
+                "docker context {name:?}, certificates from {}",
+                dir.display()
+            ),
         }),
     };
     Ok((host, tls))
@@ -981,7 +1068,7 @@ mod tests {
             // No scheme is TCP.
             ("127.0.0.1:2375", tcp("127.0.0.1", 2375, "")),
             ("tcp://[::1]:2376", tcp("::1", 2376, "")),
-            ("tcp://[::1]", tcp("::1", 2375, "")),
+            ("tcp://[::1]:", tcp("::1", 2375, "")),
             ("tcp://::1", tcp("::1", 2375, "")),
             ("tcp://docker:2375/v1/", tcp("docker", 2375, "/v1")),
         ] {
@@ -997,6 +1084,9 @@ mod tests {
             ("tcp://docker:0", "port \"0\""),
             ("tcp://http://docker", "a second scheme"),
             ("tcp://[::1", "no closing ]"),
+            // As the docker CLI: a bracketed host needs its colon.
+            ("tcp://[::1]", "no port after ]"),
+            ("tcp://docker:+2375", "port \"+2375\""),
         ] {
             let err = parse_host(given).unwrap_err().to_string();
             assert!(err.contains(said) && err.contains(given), "{given}: {err}");
@@ -1109,8 +1199,53 @@ mod tests {
         .unwrap();
         let (_, tls) = context_endpoint(dir.path(), "ci").unwrap();
         let tls = tls.unwrap();
+        assert!(
+            tls.source.contains(files.to_str().unwrap()),
+            "{}",
+            tls.source
+        );
         assert!(!tls.skip_verify);
         assert_eq!(tls.ca.as_deref(), Some(&b"ca"[..]));
         assert!(tls.cert.is_none());
+        // An endpoint without a host is the default one, as for the docker
+        // CLI; a context without a docker endpoint is refused.
+        std::fs::write(
+            meta.join("meta.json"),
+            r#"{"Name":"ci","Endpoints":{"docker":{"SkipTLSVerify":false}}}"#,
+        )
+        .unwrap();
+        assert_eq!(context_endpoint(dir.path(), "ci").unwrap().0, DEFAULT_HOST);
+        std::fs::write(meta.join("meta.json"), r#"{"Name":"ci","Endpoints":{}}"#).unwrap();
+        let err = context_endpoint(dir.path(), "ci").unwrap_err().to_string();
+        assert!(err.contains("names no docker endpoint"), "{err}");
+    }
+
+    #[test]
+    fn a_tls_handshake_that_gets_no_answer_times_out() {
+        // A port that accepts and never answers (a dead port forward).
+        let silent = kiln_testsupport::proxy::SilentServer::start().unwrap();
+        let ca_dir = tempfile::tempdir().unwrap();
+        let ca = kiln_testsupport::tls::TestCa::create(ca_dir.path(), "ca").unwrap();
+        let tls = TlsMaterial {
+            ca: Some(std::fs::read(&ca.ca_cert).unwrap()),
+            source: "a test".into(),
+            ..TlsMaterial::default()
+        };
+        let host = format!("tcp://{}", silent.addr);
+        let mut daemon = Daemon::with_tls(&host, Some(tls)).unwrap();
+        daemon.timeout = Duration::from_secs(2);
+        let err = daemon.ping().unwrap_err().to_string();
+        assert!(err.contains("no TLS handshake in 2s"), "{err}");
+        assert!(err.contains(&host) && err.contains("TLS: a test"), "{err}");
+    }
+
+    #[test]
+    fn a_password_in_the_address_is_not_shown() {
+        let daemon = Daemon::with_tls("tcp://me:secret@127.0.0.1:9", None).unwrap();
+        let err = daemon.ping().unwrap_err().to_string();
+        assert!(
+            !err.contains("secret") && err.contains("127.0.0.1:9"),
+            "{err}"
+        );
     }
 }
