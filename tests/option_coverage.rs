@@ -24,6 +24,7 @@ const BUILD_FLAGS: &[(&str, &[&str], &[&str])] = &[
     ("--build-context", &["--build-context"], &["tests/contexts.rs::build_contexts_of_each_kind", "tests/contexts.rs::oci_layout_contexts_as_buildx_resolves_them"]),
     ("--build-arg", &["--build-arg"], &["tests/options.rs::buildkit_build_args_and_syntax", "tests/build.rs::build_checks_warn_fail_and_reach_the_metadata_file"]),
     ("--ca-cert", &["--ca-cert"], &["tests/registry.rs::login_logout_against_tls_registry_with_basic_auth"]),
+    ("--call", &["--call"], &["tests/options.rs::call_answers_targets_and_checks_as_buildx"]),
     ("--check", &["--check"], &["tests/explain.rs::build_checks_are_kiln_checks_buildkit_rules"]),
     ("--compression", &["--compression"], &["tests/build.rs::push_to_a_registry"]),
     ("--docker-mediatypes", &["--docker-mediatypes"], &["tests/build.rs::onbuild_triggers_of_a_base_image_and_docker_media_types"]),

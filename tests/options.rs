@@ -2265,3 +2265,137 @@ fn build_check_covers_every_stage_and_keeps_findings_before_an_error() {
         )
     );
 }
+
+/// `--call`, as buildx reads it: `targets` lists the stages (buildx's table,
+/// or the frontend's JSON), `check` prints the build checks as BuildKit's
+/// lint results and exits 1 when they found anything (0 with
+/// `ignorestatus=true`, but for `# check=error=true`), `build` builds;
+/// neither of the others builds. `outline` and values buildx would not
+/// take are refused.
+#[test]
+fn call_answers_targets_and_checks_as_buildx() {
+    require_namespaces!();
+    let fixture = Fixture::new();
+    let dockerfile = "# base the common base\nFROM busybox AS Base\nRUN echo built > /built\n\n\
+                      FROM base as final\nCMD [\"cat\", \"/built\"]\n";
+    let ctx = fixture.context("call", &[("Dockerfile", dockerfile)]);
+    let ctx = ctx.to_str().unwrap();
+    let not_built = |tag: &str| {
+        let out = kiln(&fixture.root(), &["inspect", tag]);
+        assert!(!out.status.success(), "{tag} was built: {}", text(&out));
+    };
+    let stdout = |out: &Output| String::from_utf8_lossy(&out.stdout).into_owned();
+
+    // targets: buildx's table, the default stage marked; nothing built.
+    let out = fixture.build(&["--call", "targets", "-t", "call:targets", ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        stdout(&out),
+        "TARGET          DESCRIPTION\nbase            the common base\nfinal (default) \n"
+    );
+    not_built("call:targets");
+    let out = fixture.build(&["--call", "targets,format=json", ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["targets"][0]["description"], "the common base");
+    assert_eq!(json["targets"][1]["name"], "final");
+    assert_eq!(json["targets"][1]["base"], "base");
+    assert_eq!(json["targets"][1]["default"], true);
+    assert_eq!(
+        json["targets"][1]["location"]["ranges"][0]["start"]["line"],
+        5
+    );
+
+    // check: BuildKit's rules, printed as buildx prints them; exit 1.
+    let out = fixture.build(&["--call", "check", "-t", "call:check", ctx]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let printed = stdout(&out);
+    assert!(
+        printed.starts_with(
+            "Check complete, 2 warnings have been found!\n\n\
+             WARNING: StageNameCasing - https://docs.docker.com/go/dockerfile/rule/stage-name-casing/\n\
+             Stage name 'Base' should be lowercase\n\
+             Dockerfile:2\n\
+             --------------------\n   \
+             1 |     # base the common base\n   \
+             2 | >>> FROM busybox AS Base\n   \
+             3 |     RUN echo built > /built\n   \
+             4 |     \n\
+             --------------------\n\n\
+             WARNING: FromAsCasing - "
+        ),
+        "{printed}"
+    );
+    not_built("call:check");
+    // ignorestatus: the same report, exit 0.
+    let out = fixture.build(&["--call", "check,ignorestatus=true", ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(stdout(&out), printed);
+    // format=json: BuildKit's lint results, the Dockerfile as their source.
+    let out = fixture.build(&["--call", "check,format=json", ctx]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["warnings"][0]["ruleName"], "StageNameCasing");
+    assert_eq!(json["warnings"][1]["ruleName"], "FromAsCasing");
+    assert_eq!(
+        json["warnings"][1]["location"]["ranges"][0]["start"]["line"],
+        5
+    );
+    assert_eq!(json["sources"][0]["filename"], "Dockerfile");
+    assert_eq!(json["sources"][0]["language"], "Dockerfile");
+    assert!(json.get("buildError").is_none(), "{json}");
+    // # check=error=true: an error, whatever ignorestatus says.
+    let strict = fixture.context(
+        "call-strict",
+        &[("Dockerfile", &format!("# check=error=true\n{dockerfile}"))],
+    );
+    let out = fixture.build(&[
+        "--call",
+        "check,ignorestatus=true",
+        strict.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("ERROR: lint violation found for rules: StageNameCasing, FromAsCasing"),
+        "{}",
+        text(&out)
+    );
+
+    // build: the build.
+    let out = fixture.build(&["--call", "build", "-t", "call:built", ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = kiln(&fixture.root(), &["inspect", "call:built"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Refused, building nothing.
+    for (args, said) in [
+        (
+            &["--call", "outline"][..],
+            "--call outline is not supported yet",
+        ),
+        (
+            &["--call", "targets,format=xml"],
+            "format=xml: kiln prints text or json",
+        ),
+        (&["--call", "check,nope=1"], "unknown option \"nope\""),
+        (&["--call", "check,targets"], "one function only"),
+        (&["--call", "format=json"], "names no function"),
+        (
+            &["--call", "check,ignorestatus=maybe"],
+            "ignorestatus=maybe is not a boolean",
+        ),
+        (
+            &["--call", "check", "--format", "json"],
+            "give the format in its value",
+        ),
+        (&["--call", "targets", "--check"], "cannot be used with"),
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["-t", "call:refused", ctx]);
+        let out = fixture.build(&all);
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(said), "{args:?}: {}", text(&out));
+    }
+    not_built("call:refused");
+}

@@ -49,4 +49,5 @@ pub mod secrets;
 pub mod session;
 pub mod solve;
 pub mod ssh;
+pub mod subrequests;
 pub mod users;

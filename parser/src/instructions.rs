@@ -1166,8 +1166,9 @@ fn valid_stage_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
 }
 
-/// `# NAME description` in the comments above an ARG.
-fn doc_comment(comments: &[String], name: &str) -> Option<String> {
+/// `# NAME description` in the comments above an ARG or a FROM (a stage's
+/// description, as `--call targets` lists it): the text after `NAME `.
+pub fn doc_comment(comments: &[String], name: &str) -> Option<String> {
     if name.is_empty() {
         return None;
     }

@@ -22,7 +22,8 @@ use kiln_builder::plan::{BuildOptions, LookupError};
 use kiln_builder::provenance::ProvenanceRequest;
 use kiln_builder::secrets::Secret;
 use kiln_builder::session::{
-    BuildError, BuildResult, BuildSettings, PullPolicy, PushTarget, Remote, RemoteError, Session,
+    BuildError, BuildResult, BuildSettings, DockerfileInput, PullPolicy, PushTarget, Remote,
+    RemoteError, Session,
 };
 use kiln_builder::solve::{ImagePuller, SolveError};
 use kiln_layers::compressed::LayerForm;
@@ -142,6 +143,18 @@ pub struct BuildArgs {
     /// found; exits 1 when they found anything.
     #[arg(long, conflicts_with = "dry_run")]
     check: bool,
+    /// Evaluate the build otherwise, as buildx's --call: build (the
+    /// default); check (the checks of --check, printed as buildx prints
+    /// BuildKit's lint results; exits 1 when they found anything, unless
+    /// ignorestatus=true, but for check=error=true); targets (the stages
+    /// the Dockerfile can build, with their descriptions). format=json
+    /// prints the frontend's JSON instead. outline is not supported.
+    #[arg(
+        long,
+        value_name = "FUNC[,format=text|json][,ignorestatus=BOOL]",
+        conflicts_with_all = ["check", "dry_run"]
+    )]
+    call: Option<String>,
     /// Format of --dry-run output (text by default), or of --check's
     /// (text or json); refused without either.
     #[arg(long, value_enum)]
@@ -938,8 +951,20 @@ impl Display {
     }
 }
 
-fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
+fn build(mut args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    let call = args.call.as_deref().map(Call::parse).transpose()?;
+    if let Some(call) = &call {
+        if args.format.is_some() {
+            anyhow::bail!(
+                "--format formats --dry-run and --check; with --call, give the format in \
+                 its value (--call {},format=json)",
+                call.name.as_str()
+            );
+        }
+        // Anything but a build only answers, as --check does.
+        args.check = call.name != CallName::Build;
+    }
     let format = output_format(&args)?;
     let network = match args.network {
         NetworkArg::Default => None,
@@ -999,6 +1024,15 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let named = NamedContexts::prepare(&named_specs, &prepare)?;
     let mut ssh_agents = Vec::new();
     let settings = settings_of(&args, &sandbox, &context, named, &mut ssh_agents)?;
+    if let Some(
+        call @ Call {
+            name: CallName::Targets,
+            ..
+        },
+    ) = &call
+    {
+        return print_targets(&settings.dockerfile, call);
+    }
     // Asked before the build spends its time, as buildx finds its daemon.
     if settings.outputs.iter().any(Output::loads_into_docker) && !args.dry_run && !args.check {
         let daemon = kiln_registry::daemon::Daemon::from_env()
@@ -1022,7 +1056,11 @@ fn build(args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     // the session's; planning refuses it false with several platforms.)
     // The checks walk for the build platform, whatever --platform says.
     if args.check {
-        return print_checks(&session.check().inspect_err(show)?, format);
+        let report = session.check().inspect_err(show)?;
+        return match &call {
+            Some(call) => print_lint_results(&report, &settings.dockerfile, call),
+            None => print_checks(&report, format),
+        };
     }
     let built = if platforms.len() > 1 {
         if args.dry_run {
@@ -1176,6 +1214,129 @@ fn output_format(args: &BuildArgs) -> anyhow::Result<PlanFormat> {
         );
     }
     Ok(format)
+}
+
+/// What `--call` asks for instead of a build, as buildx reads it
+/// (`buildflags.ParseCallFunc`): a function and its options.
+#[derive(Debug, PartialEq)]
+struct Call {
+    name: CallName,
+    /// `format=json`: the frontend's JSON instead of buildx's text.
+    json: bool,
+    /// `ignorestatus=true`: exit 0 whatever the checks found.
+    ignore_status: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum CallName {
+    Build,
+    Check,
+    Targets,
+}
+
+impl CallName {
+    fn as_str(self) -> &'static str {
+        match self {
+            CallName::Build => "build",
+            CallName::Check => "check",
+            CallName::Targets => "targets",
+        }
+    }
+}
+
+impl Call {
+    fn parse(value: &str) -> anyhow::Result<Call> {
+        let mut name = None;
+        let mut json = false;
+        let mut ignore_status = false;
+        for field in value.split(',') {
+            match field.split_once('=') {
+                Some(("format", "json")) => json = true,
+                Some(("format", "text")) => json = false,
+                Some(("format", other)) => {
+                    anyhow::bail!("--call {value}: format={other}: kiln prints text or json")
+                }
+                Some(("ignorestatus", v)) => {
+                    ignore_status = kiln_builder::git::parse_go_bool(v).ok_or_else(|| {
+                        anyhow::anyhow!("--call {value}: ignorestatus={v} is not a boolean")
+                    })?
+                }
+                Some((key, _)) => {
+                    anyhow::bail!("--call {value}: unknown option {key:?} (format=, ignorestatus=)")
+                }
+                None if name.is_some() => {
+                    anyhow::bail!("--call {value}: one function only")
+                }
+                None => {
+                    name = Some(match field {
+                        "build" => CallName::Build,
+                        // buildx's older name for it.
+                        "check" | "lint" => CallName::Check,
+                        "targets" => CallName::Targets,
+                        "outline" => anyhow::bail!(
+                            "--call outline is not supported yet; kiln answers --call build, \
+                             check and targets (kiln explain shows a Dockerfile's build args)"
+                        ),
+                        other => anyhow::bail!(
+                            "--call {other}: unknown function; kiln answers build, check and \
+                             targets"
+                        ),
+                    })
+                }
+            }
+        }
+        let Some(name) = name else {
+            anyhow::bail!("--call {value}: names no function (build, check, targets)");
+        };
+        Ok(Call {
+            name,
+            json,
+            ignore_status,
+        })
+    }
+}
+
+/// `--call targets`: the Dockerfile's stages, as buildx prints them.
+fn print_targets(dockerfile: &DockerfileInput, call: &Call) -> anyhow::Result<ExitCode> {
+    let list = kiln_builder::subrequests::targets(&dockerfile.bytes, &dockerfile.file_name())?;
+    let text = match call.json {
+        true => list.json() + "\n",
+        false => list.text(),
+    };
+    crate::cmd::check::write_stdout(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--call check`: the checks' report as BuildKit's lint results, printed
+/// as buildx prints them; exit 1 when they found anything (unless
+/// `ignorestatus`), and an error when the Dockerfile failed them outright
+/// (it does not parse, or `# check=error=true`), whatever `ignorestatus`.
+fn print_lint_results(
+    report: &kiln_builder::lint::Report,
+    dockerfile: &DockerfileInput,
+    call: &Call,
+) -> anyhow::Result<ExitCode> {
+    let results = kiln_builder::subrequests::LintResults::of(
+        report,
+        &dockerfile.bytes,
+        &dockerfile.file_name(),
+    );
+    let text = match call.json {
+        true => results.json() + "\n",
+        false => results.text(),
+    };
+    crate::cmd::check::write_stdout(&text)?;
+    if let Some(error) = results.error_text() {
+        if !call.json && results.has_warnings() {
+            crate::cmd::check::write_stdout("\n")?;
+        }
+        eprintln!("ERROR: {error}");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(match results.found_anything() && !call.ignore_status {
+        true => ExitCode::FAILURE,
+        false => ExitCode::SUCCESS,
+    })
 }
 
 /// `--check`: the checks' report, as `kiln check` prints it (or JSON);
