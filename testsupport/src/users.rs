@@ -84,12 +84,28 @@ macro_rules! require_root {
     };
 }
 
+/// Where [`rootless_user`] serializes the user's creation.
+const USER_LOCK: &str = "/run/kiln-test-rootless-user.lock";
+
 /// Creates [`ROOTLESS_USER`] if missing (no home, shell /bin/sh) and gives
 /// it subordinate uid and gid ranges ([`SUBID_START`], [`SUBID_COUNT`]) if
-/// it has none; returns its uid and gid. Safe to call from concurrent tests:
-/// a lost `useradd` race is fine as long as the user exists afterwards.
-/// Needs root.
+/// it has none; returns its uid and gid. Needs root.
+///
+/// Concurrent tests, in this process or others, take turns under an
+/// exclusive lock: two `useradd`s at once on a machine without the user
+/// each made it (the second with another uid, and a subordinate range of
+/// its own), and a test already running kiln as the first uid found that
+/// uid nowhere in `/etc/passwd` or `/etc/subuid` (seen on a fresh machine).
 pub fn rootless_user() -> Result<(u32, u32)> {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(USER_LOCK)
+        .map_err(TestSupportError::io(format!("opening {USER_LOCK}")))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
+        TestSupportError::io(format!("locking {USER_LOCK}"))(std::io::Error::from(e))
+    })?;
     let user = ROOTLESS_USER;
     if run(Command::new("id").args(["-u", user])).is_err() {
         let _ = Command::new("useradd")
@@ -112,12 +128,7 @@ pub fn rootless_user() -> Result<(u32, u32)> {
     ] {
         if subid_range(file)?.is_none() {
             let range = format!("{SUBID_START}-{}", SUBID_START + SUBID_COUNT - 1);
-            if let Err(e) = run(Command::new("usermod").args([flag, &range, user])) {
-                // A concurrent test may have added the range meanwhile.
-                if subid_range(file)?.is_none() {
-                    return Err(e);
-                }
-            }
+            run(Command::new("usermod").args([flag, &range, user]))?;
         }
     }
     Ok((uid, gid))
