@@ -2306,16 +2306,18 @@ fn call_answers_targets_and_checks_as_buildx() {
         5
     );
 
-    // check: BuildKit's rules, printed as buildx prints them; exit 1.
+    // check: BuildKit's rules, printed as buildx prints them, the
+    // Dockerfile named as buildx maps it (the context's path joined with
+    // Dockerfile); exit 1.
     let out = fixture.build(&["--call", "check", "-t", "call:check", ctx]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let printed = stdout(&out);
     assert!(
-        printed.starts_with(
+        printed.starts_with(&format!(
             "Check complete, 2 warnings have been found!\n\n\
              WARNING: StageNameCasing - https://docs.docker.com/go/dockerfile/rule/stage-name-casing/\n\
              Stage name 'Base' should be lowercase\n\
-             Dockerfile:2\n\
+             {ctx}/Dockerfile:2\n\
              --------------------\n   \
              1 |     # base the common base\n   \
              2 | >>> FROM busybox AS Base\n   \
@@ -2323,10 +2325,45 @@ fn call_answers_targets_and_checks_as_buildx() {
              4 |     \n\
              --------------------\n\n\
              WARNING: FromAsCasing - "
-        ),
+        )),
         "{printed}"
     );
     not_built("call:check");
+    // lint, buildx's older name; -f as given names the file.
+    let file = format!("{ctx}/Dockerfile");
+    let out = fixture.build(&["--call", "lint", "-f", &file, ctx]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stdout(&out).contains(&format!("\n{file}:5\n")),
+        "{}",
+        text(&out)
+    );
+    // Nothing found: said so, exit 0; `null` warnings in the JSON.
+    let clean = fixture.context("call-clean", &[("Dockerfile", "FROM busybox\n")]);
+    let clean = clean.to_str().unwrap();
+    let out = fixture.build(&["--call", "check", clean]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(stdout(&out), "Check complete, no warnings found.\n");
+    let out = fixture.build(&["--call", "check,format=json", clean]);
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        json["warnings"].is_null() && json.get("warnings").is_some(),
+        "{json}"
+    );
+    // A Dockerfile that does not parse: the JSON still, its error in it.
+    let broken = fixture.context("call-broken", &[("Dockerfile", "FROM busybox\nRNU echo\n")]);
+    let out = fixture.build(&["--call", "check,format=json", broken.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json["buildError"]["message"],
+        "dockerfile parse error on line 2: unknown instruction: RNU (did you mean RUN?)"
+    );
+    assert_eq!(
+        json["buildError"]["location"]["ranges"][0]["start"]["line"],
+        2
+    );
     // ignorestatus: the same report, exit 0.
     let out = fixture.build(&["--call", "check,ignorestatus=true", ctx]);
     assert!(out.status.success(), "{}", text(&out));
@@ -2362,11 +2399,29 @@ fn call_answers_targets_and_checks_as_buildx() {
         text(&out)
     );
 
-    // build: the build.
+    // build: the build, as without --call (--dry-run beside it plans).
+    let out = fixture.build(&["--call", "build", "--dry-run", "-t", "call:planned", ctx]);
+    assert!(out.status.success(), "{}", text(&out));
+    not_built("call:planned");
     let out = fixture.build(&["--call", "build", "-t", "call:built", ctx]);
     assert!(out.status.success(), "{}", text(&out));
     let out = kiln(&fixture.root(), &["inspect", "call:built"]);
     assert!(out.status.success(), "{}", text(&out));
+    // A frontend kiln does not run is refused for targets too.
+    let foreign = fixture.context(
+        "call-foreign",
+        &[(
+            "Dockerfile",
+            "# syntax=example.com/other/frontend\nFROM busybox\n",
+        )],
+    );
+    let out = fixture.build(&["--call", "targets", foreign.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("example.com/other/frontend"),
+        "{}",
+        text(&out)
+    );
 
     // Refused, building nothing.
     for (args, said) in [
@@ -2389,7 +2444,14 @@ fn call_answers_targets_and_checks_as_buildx() {
             &["--call", "check", "--format", "json"],
             "give the format in its value",
         ),
-        (&["--call", "targets", "--check"], "cannot be used with"),
+        (
+            &["--call", "targets", "--check"],
+            "--call targets and --check ask for two different answers",
+        ),
+        (
+            &["--call", "targets", "--iidfile", "id"],
+            "--call targets builds no image: --iidfile",
+        ),
     ] {
         let mut all = args.to_vec();
         all.extend(["-t", "call:refused", ctx]);

@@ -9,7 +9,8 @@
 //! use kiln_builder::subrequests::targets;
 //!
 //! let dockerfile = b"# base the build's base\nFROM alpine AS base\nFROM base\n";
-//! let list = targets(dockerfile, "Dockerfile").unwrap();
+//! let ast = kiln_parser::parse_bytes(dockerfile, "Dockerfile").unwrap();
+//! let list = targets(&ast, dockerfile).unwrap();
 //! assert_eq!(
 //!     list.text(),
 //!     "TARGET    DESCRIPTION\nbase      the build's base\n(default) \n"
@@ -119,11 +120,13 @@ pub struct Target {
     pub location: Location,
 }
 
-/// The targets of `dockerfile` (named `name` in errors); a Dockerfile that
-/// does not parse into stages is an error, as for BuildKit.
-pub fn targets(dockerfile: &[u8], name: &str) -> Result<TargetList, kiln_parser::ParseError> {
-    let ast = kiln_parser::parse_bytes(dockerfile, name)?;
-    let parsed = kiln_parser::instructions::from_ast(&ast)?;
+/// The targets of `dockerfile`, parsed as `ast`; a Dockerfile that does
+/// not parse into stages is an error, as for BuildKit.
+pub fn targets(
+    ast: &kiln_parser::ast::Dockerfile,
+    dockerfile: &[u8],
+) -> Result<TargetList, kiln_parser::ParseError> {
+    let parsed = kiln_parser::instructions::from_ast(ast)?;
     let count = parsed.stages.len();
     let targets = parsed
         .stages
@@ -198,10 +201,16 @@ fn tabwriter(rows: &[(String, &str)]) -> String {
 /// The build checks' report as BuildKit's lint results.
 #[derive(Debug, Serialize)]
 pub struct LintResults {
-    warnings: Vec<Warning>,
+    /// `null` when there are none, as Go writes a nil slice.
+    warnings: Option<Vec<Warning>>,
     sources: Vec<SourceInfo>,
     #[serde(rename = "buildError", skip_serializing_if = "Option::is_none")]
     error: Option<LintError>,
+    /// The Dockerfile's name in the text's excerpts: the path buildx maps
+    /// the source to (`DockerfileMappingSrc`: `-f` as given, else the
+    /// context's path joined with `Dockerfile`, `stdin` for standard input).
+    #[serde(skip)]
+    shown: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -234,10 +243,12 @@ struct LintError {
 }
 
 impl LintResults {
-    /// `report`'s findings on `dockerfile` (named `name`), in the order it
-    /// gives them.
-    pub fn of(report: &Report, dockerfile: &[u8], name: &str) -> LintResults {
-        let warnings = report
+    /// `report`'s findings on `dockerfile` (named `name` in the JSON, shown
+    /// as `shown` in the text), in the order it gives them: by line, where
+    /// BuildKit's JSON lists them in the order its rules fired (its text
+    /// sorts them by line too).
+    pub fn of(report: &Report, dockerfile: &[u8], name: &str, shown: &str) -> LintResults {
+        let warnings: Vec<Warning> = report
             .findings
             .iter()
             .map(|f| Warning {
@@ -249,7 +260,10 @@ impl LintResults {
             })
             .collect();
         let mut error = report.error.as_ref().map(|e| LintError {
-            message: e.message.clone(),
+            message: e
+                .buildkit_message
+                .clone()
+                .unwrap_or_else(|| e.message.clone()),
             location: match e.line {
                 Some(line) => Location::lines(line, line),
                 None => Location::default(),
@@ -271,32 +285,30 @@ impl LintResults {
             });
         }
         LintResults {
-            warnings,
+            warnings: Some(warnings).filter(|w| !w.is_empty()),
             sources: vec![SourceInfo {
                 filename: name.to_string(),
                 data: dockerfile.to_vec(),
                 language: "Dockerfile",
             }],
             error,
+            shown: shown.to_string(),
         }
+    }
+
+    fn warnings(&self) -> &[Warning] {
+        self.warnings.as_deref().unwrap_or_default()
     }
 
     /// Whether there were warnings (buildx separates the error from them).
     pub fn has_warnings(&self) -> bool {
-        !self.warnings.is_empty()
+        !self.warnings().is_empty()
     }
 
     /// Whether the checks found anything (BuildKit's `result.statuscode`
     /// 1).
     pub fn found_anything(&self) -> bool {
-        !self.warnings.is_empty() || self.error.is_some()
-    }
-
-    /// Whether the Dockerfile failed the checks outright: it did not parse,
-    /// or `# check=error=true` made its findings an error. buildx fails
-    /// then whatever `ignorestatus` says.
-    pub fn failed(&self) -> bool {
-        self.error.is_some()
+        self.has_warnings() || self.error.is_some()
     }
 
     /// The JSON the frontend returns (`format=json`).
@@ -309,13 +321,13 @@ impl LintResults {
     /// (`LintResults.PrintTo`), or that nothing was found.
     pub fn text(&self) -> String {
         let mut out = String::new();
-        match self.warnings.len() {
+        match self.warnings().len() {
             0 if self.error.is_none() => out.push_str("Check complete, no warnings found.\n"),
             0 => {}
             1 => out.push_str("Check complete, 1 warning has been found!\n"),
             n => out.push_str(&format!("Check complete, {n} warnings have been found!\n")),
         }
-        let mut warnings: Vec<&Warning> = self.warnings.iter().collect();
+        let mut warnings: Vec<&Warning> = self.warnings().iter().collect();
         warnings.sort_by_key(|w| w.location.ranges.first().map_or(0, |r| r.start.line));
         for w in warnings {
             out.push_str(&format!("\nWARNING: {}", w.rule_name));
@@ -381,7 +393,7 @@ impl LintResults {
                 .iter()
                 .any(|r| r.start.line <= n && r.end.line.max(r.start.line) >= n)
         };
-        let mut out = format!("{}:{first}\n--------------------\n", source.filename);
+        let mut out = format!("{}:{first}\n--------------------\n", self.shown);
         for n in start..=end {
             let prefix = if marked(n) { ">>>" } else { "   " };
             let line = usize::try_from(n - 1)
@@ -400,6 +412,13 @@ impl LintResults {
 mod tests {
     use super::*;
 
+    fn of(dockerfile: &[u8]) -> Result<TargetList, kiln_parser::ParseError> {
+        targets(
+            &kiln_parser::parse_bytes(dockerfile, "Dockerfile")?,
+            dockerfile,
+        )
+    }
+
     #[test]
     fn targets_are_listed_as_buildkit_lists_them() {
         let dockerfile = b"ARG IMG=alpine\n\
@@ -409,7 +428,7 @@ mod tests {
             # the description of another name\n\
             FROM ${IMG} AS test\n\
             FROM scratch\n";
-        let list = targets(dockerfile, "Dockerfile").unwrap();
+        let list = of(dockerfile).unwrap();
         assert_eq!(
             list.text(),
             "TARGET    DESCRIPTION\n\
@@ -445,27 +464,33 @@ mod tests {
             .json()
             .contains("compiles \\u003ceverything\\u003e \\u0026 more"));
         // A named default stage.
-        let list = targets(b"FROM a AS one\nFROM b AS two\n", "Dockerfile").unwrap();
+        let list = of(b"FROM a AS one\nFROM b AS two\n").unwrap();
         assert_eq!(
             list.text(),
             "TARGET        DESCRIPTION\none           \ntwo (default) \n"
         );
         // One that does not parse.
-        assert!(targets(b"FROM a AS 1x\n", "Dockerfile").is_err());
+        assert!(of(b"FROM a AS 1x\n").is_err());
     }
 
     #[test]
     fn the_excerpt_is_buildkits() {
         let text = b"FROM a\nRUN 1\nRUN 2\nRUN 3\nRUN 4\nRUN 5\nRUN 6\nRUN 7\n";
         let results = LintResults {
-            warnings: Vec::new(),
+            warnings: None,
             sources: vec![SourceInfo {
                 filename: "Dockerfile".into(),
                 data: text.to_vec(),
                 language: "Dockerfile",
             }],
             error: None,
+            shown: "Dockerfile".into(),
         };
+        assert!(
+            results.json().contains("\"warnings\": null"),
+            "{}",
+            results.json()
+        );
         // One line: up to four of context, taken on both sides in turn.
         assert_eq!(
             results.excerpt(&Location::lines(4, 4)),

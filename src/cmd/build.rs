@@ -149,11 +149,7 @@ pub struct BuildArgs {
     /// ignorestatus=true, but for check=error=true); targets (the stages
     /// the Dockerfile can build, with their descriptions). format=json
     /// prints the frontend's JSON instead. outline is not supported.
-    #[arg(
-        long,
-        value_name = "FUNC[,format=text|json][,ignorestatus=BOOL]",
-        conflicts_with_all = ["check", "dry_run"]
-    )]
+    #[arg(long, value_name = "FUNC[,format=text|json][,ignorestatus=BOOL]")]
     call: Option<String>,
     /// Format of --dry-run output (text by default), or of --check's
     /// (text or json); refused without either.
@@ -953,17 +949,13 @@ impl Display {
 
 fn build(mut args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let call = args.call.as_deref().map(Call::parse).transpose()?;
+    // `--call build` is a build: as if not given.
+    let call = (args.call.as_deref().map(Call::parse).transpose()?)
+        .filter(|call| call.name != CallName::Build);
     if let Some(call) = &call {
-        if args.format.is_some() {
-            anyhow::bail!(
-                "--format formats --dry-run and --check; with --call, give the format in \
-                 its value (--call {},format=json)",
-                call.name.as_str()
-            );
-        }
-        // Anything but a build only answers, as --check does.
-        args.check = call.name != CallName::Build;
+        call.refuse_beside(&args)?;
+        // It only answers, as --check does.
+        args.check = true;
     }
     let format = output_format(&args)?;
     let network = match args.network {
@@ -1031,7 +1023,7 @@ fn build(mut args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCod
         },
     ) = &call
     {
-        return print_targets(&settings.dockerfile, call);
+        return print_targets(&settings.dockerfile, &settings.options.build_args, call);
     }
     // Asked before the build spends its time, as buildx finds its daemon.
     if settings.outputs.iter().any(Output::loads_into_docker) && !args.dry_run && !args.check {
@@ -1056,10 +1048,20 @@ fn build(mut args: BuildArgs, global: &GlobalSettings) -> anyhow::Result<ExitCod
     // the session's; planning refuses it false with several platforms.)
     // The checks walk for the build platform, whatever --platform says.
     if args.check {
-        let report = session.check().inspect_err(show)?;
         return match &call {
-            Some(call) => print_lint_results(&report, &settings.dockerfile, call),
-            None => print_checks(&report, format),
+            // BuildKit's lint request answers every error as its result.
+            Some(call) => {
+                let report = session
+                    .check()
+                    .unwrap_or_else(|e| failed_checks(&settings, &e));
+                print_lint_results(
+                    &report,
+                    &settings.dockerfile,
+                    &dockerfile_shown(&args),
+                    call,
+                )
+            }
+            None => print_checks(&session.check().inspect_err(show)?, format),
         };
     }
     let built = if platforms.len() > 1 {
@@ -1245,11 +1247,15 @@ impl CallName {
 }
 
 impl Call {
+    /// Reads the value as buildx's `ParseCallFunc`: CSV fields, a function
+    /// and `key=value` options; an empty value is a build.
     fn parse(value: &str) -> anyhow::Result<Call> {
         let mut name = None;
         let mut json = false;
         let mut ignore_status = false;
-        for field in value.split(',') {
+        let fields = kiln_parser::mount::csv_fields(value)
+            .map_err(|e| anyhow::anyhow!("--call {value}: {e}"))?;
+        for field in fields.iter().filter(|f| !f.is_empty()) {
             match field.split_once('=') {
                 Some(("format", "json")) => json = true,
                 Some(("format", "text")) => json = false,
@@ -1268,7 +1274,7 @@ impl Call {
                     anyhow::bail!("--call {value}: one function only")
                 }
                 None => {
-                    name = Some(match field {
+                    name = Some(match field.as_str() {
                         "build" => CallName::Build,
                         // buildx's older name for it.
                         "check" | "lint" => CallName::Check,
@@ -1285,8 +1291,10 @@ impl Call {
                 }
             }
         }
-        let Some(name) = name else {
-            anyhow::bail!("--call {value}: names no function (build, check, targets)");
+        let name = match name {
+            Some(name) => name,
+            None if value.trim().is_empty() => CallName::Build,
+            None => anyhow::bail!("--call {value}: names no function (build, check, targets)"),
         };
         Ok(Call {
             name,
@@ -1296,9 +1304,59 @@ impl Call {
     }
 }
 
-/// `--call targets`: the Dockerfile's stages, as buildx prints them.
-fn print_targets(dockerfile: &DockerfileInput, call: &Call) -> anyhow::Result<ExitCode> {
-    let list = kiln_builder::subrequests::targets(&dockerfile.bytes, &dockerfile.file_name())?;
+impl Call {
+    /// What asks for another answer, or for what an answer does not make.
+    fn refuse_beside(&self, args: &BuildArgs) -> anyhow::Result<()> {
+        let call = self.name.as_str();
+        let other = [
+            (args.check, "--check"),
+            (args.dry_run, "--dry-run"),
+            (args.format.is_some(), "--format"),
+            (args.iidfile.is_some(), "--iidfile"),
+            (args.metadata_file.is_some(), "--metadata-file"),
+        ];
+        match other.iter().find(|(given, _)| *given) {
+            Some((_, "--format")) => anyhow::bail!(
+                "--format formats --dry-run and --check; with --call, give the format in \
+                 its value (--call {call},format=json)"
+            ),
+            Some((_, flag @ ("--check" | "--dry-run"))) => {
+                anyhow::bail!("--call {call} and {flag} ask for two different answers: give one")
+            }
+            Some((_, flag)) => anyhow::bail!(
+                "--call {call} builds no image: {flag} has nothing to write (kiln refuses \
+                 it where buildx writes an empty id or its answer)"
+            ),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The Dockerfile's name in buildx's excerpts (`DockerfileMappingSrc`):
+/// `-f` as given, `stdin` for `-f -`, else the context's path joined with
+/// `Dockerfile`.
+fn dockerfile_shown(args: &BuildArgs) -> String {
+    match args.file.as_deref() {
+        Some(file) if file == std::path::Path::new("-") => "stdin".into(),
+        Some(file) => file.display().to_string(),
+        None => std::path::Path::new(&args.context)
+            .join("Dockerfile")
+            .display()
+            .to_string(),
+    }
+}
+
+/// `--call targets`: the Dockerfile's stages, as buildx prints them (a
+/// `# syntax=` naming another frontend refused, as for a build).
+fn print_targets(
+    dockerfile: &DockerfileInput,
+    build_args: &BTreeMap<String, String>,
+    call: &Call,
+) -> anyhow::Result<ExitCode> {
+    let ast = kiln_parser::parse_bytes(&dockerfile.bytes, &dockerfile.name)?;
+    kiln_builder::frontend::Frontend::refuse_foreign_syntax(&ast, build_args)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let list = kiln_builder::subrequests::targets(&ast, &dockerfile.bytes)?;
     let text = match call.json {
         true => list.json() + "\n",
         false => list.text(),
@@ -1314,12 +1372,14 @@ fn print_targets(dockerfile: &DockerfileInput, call: &Call) -> anyhow::Result<Ex
 fn print_lint_results(
     report: &kiln_builder::lint::Report,
     dockerfile: &DockerfileInput,
+    shown: &str,
     call: &Call,
 ) -> anyhow::Result<ExitCode> {
     let results = kiln_builder::subrequests::LintResults::of(
         report,
         &dockerfile.bytes,
         &dockerfile.file_name(),
+        shown,
     );
     let text = match call.json {
         true => results.json() + "\n",
@@ -1337,6 +1397,22 @@ fn print_lint_results(
         true => ExitCode::FAILURE,
         false => ExitCode::SUCCESS,
     })
+}
+
+/// A check that could not run (the Dockerfile does not parse, names a
+/// frontend kiln cannot run): a report of that error alone.
+fn failed_checks(settings: &BuildSettings, error: &BuildError) -> kiln_builder::lint::Report {
+    kiln_builder::lint::Report {
+        file: settings.dockerfile.name.clone(),
+        findings: Vec::new(),
+        error: Some(kiln_builder::lint::CheckError {
+            message: error.to_string(),
+            line: error.line(),
+            ..Default::default()
+        }),
+        error_on_warning: false,
+        notes: Vec::new(),
+    }
 }
 
 /// `--check`: the checks' report, as `kiln check` prints it (or JSON);

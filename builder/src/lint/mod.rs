@@ -80,11 +80,15 @@ const FILE_WIDE: [&str; 6] = [
 ];
 
 /// A Dockerfile that does not parse (or has a bad `check` directive).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct CheckError {
     pub message: String,
     pub line: Option<usize>,
     pub column: Option<usize>,
+    /// The message as BuildKit words it, where kiln's differs (a parse
+    /// error: `dockerfile parse error on line N: …`), for `--call check`.
+    #[serde(skip)]
+    pub buildkit_message: Option<String>,
 }
 
 /// What `check` found.
@@ -182,8 +186,7 @@ pub fn check_config(
     if let Some(value) = build_args.get("BUILDKIT_DOCKERFILE_CHECK") {
         return CheckOptions::parse(value).map_err(|e| CheckError {
             message: format!("BUILDKIT_DOCKERFILE_CHECK: {e}"),
-            line: None,
-            column: None,
+            ..CheckError::default()
         });
     }
     match ast.directive("check") {
@@ -192,6 +195,7 @@ pub fn check_config(
             message: e.to_string(),
             line: Some(directive.span.start.line),
             column: Some(1),
+            buildkit_message: None,
         }),
     }
 }
@@ -349,6 +353,11 @@ fn parse_error(e: &kiln_parser::ParseError) -> CheckError {
         message: e.to_string(),
         line: Some(e.line()),
         column: Some(e.column()),
+        buildkit_message: Some(format!(
+            "dockerfile parse error on line {}: {}",
+            e.line(),
+            e.kind()
+        )),
     }
 }
 
@@ -368,6 +377,7 @@ pub fn check_ast(
             column: e.line.map(|_| 1),
             line: e.line,
             message: e.message,
+            buildkit_message: None,
         };
         return failed_report(file_name, error);
     }
@@ -425,6 +435,7 @@ pub fn plan_error(df: &ins::Dockerfile, error: &PlanError) -> CheckError {
         message: error.kind.to_string(),
         line: error.line,
         column: column.or(error.line.map(|_| 1)),
+        buildkit_message: None,
     }
 }
 
