@@ -470,8 +470,9 @@ pub struct Archive {
 /// image: the CLI's, which speaks the daemon's API (the builder speaks no
 /// HTTP).
 pub trait DockerDaemon: Sync {
-    /// Loads the docker-archive at `archive` into the daemon.
-    fn load(&self, archive: &Path) -> Result<(), String>;
+    /// Loads the docker-archive `archive` gives, read to its end, into the
+    /// daemon.
+    fn load(&self, archive: &mut dyn std::io::Read) -> Result<(), String>;
 }
 
 impl Archive {
@@ -513,33 +514,56 @@ impl Archive {
     }
 }
 
-/// Writes `items` as a docker-archive into a scratch file of the store and
-/// has `daemon` load it (buildx's `--load`).
+/// Streams `items` as a docker-archive into `daemon` (buildx's `--load`):
+/// a thread writes the tar into a socket pair the daemon's upload reads, so no
+/// copy of the image is written to disk first. When both sides fail, the
+/// writer's error is the cause unless it is the pipe the daemon stopped
+/// reading.
 fn load_into_docker(
     store: &Store,
-    archive: &Archive,
     items: &[SaveItem],
     daemon: Option<&dyn DockerDaemon>,
 ) -> Result<(), ExportError> {
     let daemon = daemon.ok_or_else(|| ExportError::Load("no docker daemon was given".into()))?;
-    let scratch = store
-        .scratch_dir("docker-load")
-        .map_err(|source| ExportError::Store {
-            dest: store.root().to_path_buf(),
-            source,
-        })?;
-    let file = scratch.path().join("image.tar");
-    let tar = Archive {
-        dest: file.clone(),
-        load: false,
-        ..archive.clone()
+    let label = Path::new("the docker daemon's load");
+    let store_error = |source| ExportError::Store {
+        dest: label.to_path_buf(),
+        source,
     };
-    tar.save(store, items, Format::Docker)
-        .map_err(|source| ExportError::Store {
-            dest: file.clone(),
-            source,
-        })?;
-    daemon.load(&file).map_err(ExportError::Load)
+    // (A socket pair: a pipe, in the Rust kiln supports.)
+    let (mut reader, writer) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| store_error(kiln_layers::Error::io("make a pipe", label, e)))?;
+    let (written, loaded) = std::thread::scope(|scope| {
+        let writing = scope.spawn(move || {
+            // The writer closes when this ends: the load sees the end.
+            let w = std::io::BufWriter::with_capacity(256 * 1024, writer);
+            archive::save_tar(store, items, Format::Docker, w, label)
+        });
+        let loaded = daemon.load(&mut reader);
+        // A daemon that stopped reading: the writer's next write fails.
+        drop(reader);
+        let written = writing.join().unwrap_or_else(|_| {
+            Err(kiln_layers::Error::io(
+                "write",
+                label,
+                std::io::Error::other("the archive's writer panicked"),
+            ))
+        });
+        (written, loaded)
+    });
+    match (written, loaded) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Err(daemon_said)) if is_broken_pipe(&e) => Err(ExportError::Load(daemon_said)),
+        (Err(e), _) => Err(store_error(e)),
+        (Ok(()), Err(daemon_said)) => Err(ExportError::Load(daemon_said)),
+    }
+}
+
+/// Whether a store error is a write into a pipe nobody reads any more.
+fn is_broken_pipe(e: &kiln_layers::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// Makes a file destination's missing parent directories, as buildx's
@@ -945,7 +969,7 @@ impl Output {
             .map_err(store_err)?;
         let items = archive.items(|name| SaveItem::single(name, image.clone()));
         if archive.load {
-            load_into_docker(store, archive, &items, settings.docker)?;
+            load_into_docker(store, &items, settings.docker)?;
         } else {
             archive.save(store, &items, format).map_err(store_err)?;
         }
@@ -1158,6 +1182,114 @@ impl BuiltImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A docker daemon that reads `take` bytes of the archive (all of it
+    /// when `None`), keeps them and answers `answer`.
+    struct Reading {
+        take: Option<usize>,
+        answer: Result<(), String>,
+        read: std::sync::Mutex<Vec<u8>>,
+    }
+
+    impl DockerDaemon for Reading {
+        fn load(&self, archive: &mut dyn std::io::Read) -> Result<(), String> {
+            let mut bytes = Vec::new();
+            match self.take {
+                Some(n) => {
+                    bytes.resize(n, 0);
+                    archive.read_exact(&mut bytes).map_err(|e| e.to_string())?;
+                }
+                None => {
+                    archive.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+                }
+            }
+            *self.read.lock().unwrap() = bytes;
+            self.answer.clone()
+        }
+    }
+
+    /// A store holding a one-layer image of `size` random bytes, and its
+    /// archive item named `app:1`.
+    fn store_with_image(dir: &Path, size: usize) -> (Store, SaveItem) {
+        let mut file = vec![0u8; size];
+        for (i, b) in file.iter_mut().enumerate() {
+            *b = (i.wrapping_mul(2654435761) >> 13) as u8;
+        }
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(size as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "data", &file[..]).unwrap();
+        let tar = tar.into_inner().unwrap();
+        let store = Store::open(dir.join("store")).unwrap();
+        let mut options = kiln_layers::import::ImportOptions::new("test");
+        options.platform = Platform::parse("linux/amd64").unwrap();
+        let desc = kiln_layers::import::import_rootfs(
+            &store,
+            &tar[..],
+            &options,
+            &kiln_layers::NoProgress,
+        )
+        .unwrap();
+        let name = Reference::parse("app:1").unwrap();
+        let item = SaveItem::held(&store, Some(name), &desc, &options.platform).unwrap();
+        (store, item)
+    }
+
+    #[test]
+    fn a_load_streams_the_archive_and_says_which_side_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        // Larger than a pipe and the writer's buffer together.
+        let (store, item) = store_with_image(dir.path(), 3 << 20);
+        let items = [item];
+        let mut expected = Vec::new();
+        archive::save_tar(
+            &store,
+            &items,
+            Format::Docker,
+            &mut expected,
+            Path::new("x"),
+        )
+        .unwrap();
+
+        // The daemon reads the whole archive, as a file would hold it.
+        let whole = Reading {
+            take: None,
+            answer: Ok(()),
+            read: Default::default(),
+        };
+        load_into_docker(&store, &items, Some(&whole)).unwrap();
+        assert!(*whole.read.lock().unwrap() == expected);
+
+        // The daemon refuses after a few bytes: its answer, not the pipe
+        // the writer then found closed.
+        let refusing = Reading {
+            take: Some(1000),
+            answer: Err("the daemon refused it".into()),
+            read: Default::default(),
+        };
+        match load_into_docker(&store, &items, Some(&refusing)) {
+            Err(ExportError::Load(said)) => assert_eq!(said, "the daemon refused it"),
+            other => panic!("{other:?}"),
+        }
+
+        // The writer fails (a layer gone from the store): its error, though
+        // the daemon took what came.
+        let layer = items[0].images[0].manifest.layers[0].digest.clone();
+        std::fs::remove_file(store.blob_path(&layer)).unwrap();
+        let taking = Reading {
+            take: None,
+            answer: Ok(()),
+            read: Default::default(),
+        };
+        match load_into_docker(&store, &items, Some(&taking)) {
+            Err(ExportError::Store { source, .. }) => {
+                assert!(source.to_string().contains(layer.hex()), "{source}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     fn format_of(spec: &str) -> ImageFormat {
         Output::parse_with_format(spec).unwrap().1

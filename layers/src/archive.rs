@@ -281,7 +281,10 @@ pub fn save_as(
     result
 }
 
-fn save_tar<W: Write>(
+/// Writes `items` as a tar into `w` (`label` names it in errors): what
+/// `save_as` writes into a file, for a writer of the caller's (a pipe the
+/// docker daemon reads, `--load`).
+pub fn save_tar<W: Write>(
     store: &Store,
     items: &[SaveItem],
     format: Format,

@@ -264,14 +264,12 @@ impl Daemon {
         Ok(())
     }
 
-    /// Loads the docker-archive at `archive`; returns what the daemon
-    /// said it loaded, and keeps it for [`Daemon::loaded`].
-    pub fn load(&self, archive: &Path) -> Result<Vec<String>> {
-        let file = std::fs::File::open(archive)
-            .with_context(|| format!("opening {}", archive.display()))?;
-        let size = file.metadata()?.len();
+    /// Loads the docker-archive `archive` gives, read to its end and sent
+    /// as it comes (a chunked upload, as buildx streams it); returns what
+    /// the daemon said it loaded, and keeps it for [`Daemon::loaded`].
+    pub fn load(&self, archive: &mut dyn Read) -> Result<Vec<String>> {
         let (status, body) = self
-            .request("POST", "/images/load?quiet=1", Some((file, size)), None)
+            .request("POST", "/images/load?quiet=1", Some(archive), None)
             .with_context(|| self.unreachable())?;
         let lines = load_answer(status, &body).with_context(|| self.host.clone())?;
         if let Ok(mut loaded) = self.loaded.lock() {
@@ -296,30 +294,29 @@ impl Daemon {
         )
     }
 
-    /// One HTTP/1.1 request, its body streamed from a file of `size`
-    /// bytes; the status and the whole (unchunked) body of the answer.
+    /// One HTTP/1.1 request, its body (if any) read from `body` and sent
+    /// in chunks as it comes; the status and the whole (unchunked) body of
+    /// the answer.
     fn request(
         &self,
         method: &str,
         path: &str,
-        body: Option<(std::fs::File, u64)>,
+        body: Option<&mut dyn Read>,
         timeout: Option<Duration>,
     ) -> Result<(u16, Vec<u8>)> {
         let (mut stream, host_header, base) = self.connect()?;
-        let length = body.as_ref().map_or(0, |(_, size)| *size);
+        let length = match body {
+            Some(_) => "Transfer-Encoding: chunked",
+            None => "Content-Length: 0",
+        };
         let head = format!(
             "{method} {base}{path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: kiln/{}\r\n\
-             Content-Type: application/x-tar\r\nContent-Length: {length}\r\n\
+             Content-Type: application/x-tar\r\n{length}\r\n\
              Connection: close\r\n\r\n",
             env!("CARGO_PKG_VERSION")
         );
         let canceled = self.canceled;
-        let sent = send(
-            &mut stream,
-            head.as_bytes(),
-            body.map(|(file, _)| file),
-            canceled,
-        );
+        let sent = send(&mut stream, head.as_bytes(), body, canceled);
         if sent.is_err() {
             // The daemon may have answered before reading it all (a refusal,
             // a full disk) and closed: its answer says more than the error.
@@ -767,16 +764,18 @@ fn waited(e: &std::io::Error) -> bool {
     )
 }
 
-/// Writes `head`, then `body`, stopping when kiln is interrupted.
+/// Writes `head`, then `body` in HTTP/1.1 chunks (the last one empty),
+/// stopping when kiln is interrupted.
 fn send(
     stream: &mut Connection,
     head: &[u8],
-    body: Option<std::fs::File>,
+    body: Option<&mut dyn Read>,
     canceled: fn() -> bool,
 ) -> Result<()> {
     let mut pending = head.to_vec();
     let mut body = body;
     let mut buf = vec![0u8; 256 * 1024];
+    let mut ended = false;
     loop {
         let mut written = 0;
         while written < pending.len() {
@@ -788,15 +787,24 @@ fn send(
                 Err(e) => return Err(e.into()),
             }
         }
-        let Some(file) = body.as_mut() else {
+        let Some(reader) = body.as_mut() else {
             return flush(stream, canceled);
         };
-        let n = file.read(&mut buf)?;
-        if n == 0 {
+        if ended {
             return flush(stream, canceled);
         }
+        let n = loop {
+            match reader.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                read => break read.context("reading the archive")?,
+            }
+        };
+        // A chunk: its size in hex, its bytes; the empty one ends the body.
         pending.clear();
+        pending.extend_from_slice(format!("{n:x}\r\n").as_bytes());
         pending.extend_from_slice(&buf[..n]);
+        pending.extend_from_slice(b"\r\n");
+        ended = n == 0;
     }
 }
 
@@ -1031,6 +1039,24 @@ mod tests {
         let plain = b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno";
         assert_eq!(parse_response(plain).unwrap(), (404, b"no".to_vec()));
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
+    }
+
+    #[test]
+    fn a_body_goes_in_chunks() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let mut connection = Connection::Unix(ours);
+        let mut body: &[u8] = b"hello";
+        send(
+            &mut connection,
+            b"POST / HTTP/1.1\r\n\r\n",
+            Some(&mut body),
+            || false,
+        )
+        .unwrap();
+        drop(connection);
+        let mut sent = Vec::new();
+        theirs.read_to_end(&mut sent).unwrap();
+        assert_eq!(sent, b"POST / HTTP/1.1\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
     }
 
     #[test]

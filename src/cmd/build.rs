@@ -549,7 +549,7 @@ impl UrlFetcher for CliRemote<'_> {
 
 /// `--load`: the daemon found before the build loads the archive.
 impl kiln_builder::export::DockerDaemon for CliRemote<'_> {
-    fn load(&self, archive: &std::path::Path) -> Result<(), String> {
+    fn load(&self, archive: &mut dyn std::io::Read) -> Result<(), String> {
         match &self.docker {
             Some(daemon) => daemon.load(archive).map(drop).map_err(|e| e.to_string()),
             None => Err("no docker daemon was found before the build".into()),
