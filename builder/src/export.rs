@@ -525,19 +525,29 @@ fn load_into_docker(
     daemon: Option<&dyn DockerDaemon>,
 ) -> Result<(), ExportError> {
     let daemon = daemon.ok_or_else(|| ExportError::Load("no docker daemon was given".into()))?;
-    let label = Path::new("the docker daemon's load");
+    let label = Path::new("(the stream to docker)");
     let store_error = |source| ExportError::Store {
-        dest: label.to_path_buf(),
+        dest: PathBuf::from("type=docker"),
         source,
     };
     // (A socket pair: a pipe, in the Rust kiln supports.)
-    let (mut reader, writer) = std::os::unix::net::UnixStream::pair()
+    let (reader, writer) = std::os::unix::net::UnixStream::pair()
         .map_err(|e| store_error(kiln_layers::Error::io("make a pipe", label, e)))?;
+    let finished = std::sync::atomic::AtomicBool::new(false);
+    let mut reader = Finished {
+        stream: reader,
+        finished: &finished,
+    };
     let (written, loaded) = std::thread::scope(|scope| {
-        let writing = scope.spawn(move || {
-            // The writer closes when this ends: the load sees the end.
-            let w = std::io::BufWriter::with_capacity(256 * 1024, writer);
-            archive::save_tar(store, items, Format::Docker, w, label)
+        let writing = scope.spawn(|| {
+            let mut w = std::io::BufWriter::with_capacity(256 * 1024, writer);
+            let written = archive::save_tar(store, items, Format::Docker, &mut w, label);
+            // Said before the stream closes (when `w` drops), so that the
+            // reader tells an archive's end from a writer that gave up.
+            if written.is_ok() {
+                finished.store(true, std::sync::atomic::Ordering::Release);
+            }
+            written
         });
         let loaded = daemon.load(&mut reader);
         // A daemon that stopped reading: the writer's next write fails.
@@ -553,17 +563,45 @@ fn load_into_docker(
     });
     match (written, loaded) {
         (Ok(()), Ok(())) => Ok(()),
-        (Err(e), Err(daemon_said)) if is_broken_pipe(&e) => Err(ExportError::Load(daemon_said)),
+        (Err(e), Err(daemon_said)) if is_closed_socket(&e) => Err(ExportError::Load(daemon_said)),
         (Err(e), _) => Err(store_error(e)),
         (Ok(()), Err(daemon_said)) => Err(ExportError::Load(daemon_said)),
     }
 }
 
-/// Whether a store error is a write into a pipe nobody reads any more.
-fn is_broken_pipe(e: &kiln_layers::Error) -> bool {
+/// The stream the daemon's upload reads: its end is an error unless the
+/// writer finished the archive, so that a writer that failed halfway
+/// leaves the upload unfinished (no last chunk), not a shorter tar that
+/// looks whole (the tar writer ends the archive when dropped).
+struct Finished<'a> {
+    stream: std::os::unix::net::UnixStream,
+    finished: &'a std::sync::atomic::AtomicBool,
+}
+
+impl std::io::Read for Finished<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match std::io::Read::read(&mut self.stream, buf)? {
+            0 if !buf.is_empty() && !self.finished.load(std::sync::atomic::Ordering::Acquire) => {
+                Err(std::io::Error::other(
+                    "the archive's writer stopped before its end",
+                ))
+            }
+            n => Ok(n),
+        }
+    }
+}
+
+/// Whether a store error is a write into a socket the daemon's side closed
+/// (broken, or reset when it closed with bytes unread).
+fn is_closed_socket(e: &kiln_layers::Error) -> bool {
     std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<std::io::Error>())
-        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        .is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            )
+        })
 }
 
 /// Makes a file destination's missing parent directories, as buildx's
@@ -1274,8 +1312,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
 
-        // The writer fails (a layer gone from the store): its error, though
-        // the daemon took what came.
+        // The writer fails (a layer gone from the store): its error, and
+        // the daemon's read of the stream fails instead of ending, so the
+        // upload is never finished (the tar writer, dropped, ends the
+        // archive it gave up on as if whole).
         let layer = items[0].images[0].manifest.layers[0].digest.clone();
         std::fs::remove_file(store.blob_path(&layer)).unwrap();
         let taking = Reading {
@@ -1289,6 +1329,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        assert!(
+            taking.read.lock().unwrap().is_empty(),
+            "the daemon read a whole archive"
+        );
     }
 
     fn format_of(spec: &str) -> ImageFormat {
