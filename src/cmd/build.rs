@@ -1302,9 +1302,7 @@ impl Call {
             ignore_status,
         })
     }
-}
 
-impl Call {
     /// What asks for another answer, or for what an answer does not make.
     fn refuse_beside(&self, args: &BuildArgs) -> anyhow::Result<()> {
         let call = self.name.as_str();
