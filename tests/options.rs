@@ -2437,6 +2437,14 @@ fn call_answers_targets_and_checks_as_buildx() {
         (&["--call", "check,targets"], "one function only"),
         (&["--call", "format=json"], "names no function"),
         (
+            &["--call", "targets,ignorestatus=true"],
+            "ignorestatus= does nothing for targets",
+        ),
+        (
+            &["--call", "build,format=json"],
+            "format= does nothing for build",
+        ),
+        (
             &["--call", "check,ignorestatus=maybe"],
             "ignorestatus=maybe is not a boolean",
         ),

@@ -401,6 +401,10 @@ impl LintResults {
                 .and_then(|i| lines.get(i))
                 .copied()
                 .unwrap_or("");
+            // As kiln shows Dockerfile lines everywhere: URL credentials
+            // masked, a very long line cut, control characters escaped.
+            let line = kiln_reference::redact_credentials(line);
+            let line = kiln_parser::escape_control(&kiln_parser::shorten(&line)).into_owned();
             out.push_str(&format!(" {n:>3} | {prefix} {line}\n"));
         }
         out.push_str("--------------------\n");
@@ -505,6 +509,30 @@ mod tests {
             "Dockerfile:1\n--------------------\n   \
              1 | >>> FROM a\n   2 |     RUN 1\n   3 |     RUN 2\n--------------------\n"
         );
+        // What is shown of a line: credentials masked, control characters
+        // escaped.
+        let results = LintResults {
+            sources: vec![SourceInfo {
+                filename: "Dockerfile".into(),
+                data: b"FROM a\nADD https://me:pw@host/f /f\nRUN echo \x1b[31m\n".to_vec(),
+                language: "Dockerfile",
+            }],
+            ..results
+        };
+        let shown = results.excerpt(&Location::lines(2, 3));
+        assert!(
+            shown.contains("ADD https://xxxxx:xxxxx@host/f /f"),
+            "{shown}"
+        );
+        assert!(shown.contains("RUN echo \\x1b[31m"), "{shown}");
+        let results = LintResults {
+            sources: vec![SourceInfo {
+                filename: "Dockerfile".into(),
+                data: text.to_vec(),
+                language: "Dockerfile",
+            }],
+            ..results
+        };
         // Two lines: two of context.
         assert_eq!(
             results.excerpt(&Location::lines(3, 4)),

@@ -399,14 +399,25 @@ enum Connection {
 }
 
 impl Connection {
-    /// Says that nothing more will be sent (a TLS connection just stops
-    /// sending: what it has not sent yet is dropped with it, as
-    /// [`Read`] on it never writes).
+    /// Says that nothing more will be sent, so that the daemon stops
+    /// waiting for the rest of an upload and answers. Over TLS: what
+    /// rustls still holds and its close_notify, as far as the socket
+    /// takes them, then the socket's own shutdown; the answer is read all
+    /// the same ([`Read`] on it never writes).
     fn shutdown_write(&mut self) {
         let _ = match self {
             Connection::Unix(s) => s.shutdown(std::net::Shutdown::Write),
             Connection::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
-            Connection::Tls(_) => Ok(()),
+            Connection::Tls(s) => {
+                s.conn.send_close_notify();
+                while s.conn.wants_write() {
+                    match s.conn.write_tls(&mut s.sock) {
+                        Ok(n) if n > 0 => {}
+                        _ => break,
+                    }
+                }
+                s.sock.shutdown(std::net::Shutdown::Write)
+            }
         };
     }
 }
@@ -506,9 +517,11 @@ enum Address {
 /// `tcp://HOST:PORT/PATH` (`localhost` and port 2375 when left out) or
 /// `HOST:PORT` alone (TCP). Other schemes are refused.
 fn parse_host(host: &str) -> Result<Address> {
+    // What errors show of it: a password masked.
+    let shown = kiln_reference::redact_credentials(host);
     let refused = || {
         DaemonError(format!(
-            "{host}: kiln loads images into a docker daemon on a Unix socket or over TCP \
+            "{shown}: kiln loads images into a docker daemon on a Unix socket or over TCP \
              (unix://PATH, tcp://HOST:PORT) only; for another daemon, write the archive \
              (-o type=docker,dest=image.tar) and run docker load -i image.tar"
         ))
@@ -520,14 +533,14 @@ fn parse_host(host: &str) -> Result<Address> {
     match scheme {
         "unix" => {
             if rest.contains("://") {
-                bail!("{host}: not a Unix socket address");
+                bail!("{shown}: not a Unix socket address");
             }
             Ok(Address::Unix(PathBuf::from(match rest {
                 "" => DEFAULT_HOST.trim_start_matches("unix://"),
                 path => path,
             })))
         }
-        "tcp" => parse_tcp(rest).with_context(|| format!("{host}: not a daemon address")),
+        "tcp" => parse_tcp(rest).with_context(|| format!("{shown}: not a daemon address")),
         _ => Err(refused()),
     }
 }
@@ -1101,7 +1114,7 @@ mod tests {
             assert_eq!(parse_host(given).unwrap(), read, "{given}");
         }
         for (given, said) in [
-            ("ssh://me@host", "on a Unix socket or over TCP"),
+            ("ssh://docker-host", "on a Unix socket or over TCP"),
             (
                 "npipe:////./pipe/docker_engine",
                 "on a Unix socket or over TCP",
@@ -1265,6 +1278,84 @@ mod tests {
         assert!(err.contains(&host) && err.contains("TLS: a test"), "{err}");
     }
 
+    /// An archive whose reading fails after `0` bytes, as a writer that
+    /// gave up.
+    struct Failing(usize);
+
+    impl Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0 == 0 {
+                return Err(std::io::Error::other("the writer gave up"));
+            }
+            let n = buf.len().min(self.0);
+            buf[..n].fill(b'x');
+            self.0 -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn over_tls_a_load_that_fails_ends_the_upload() {
+        // A TLS stand-in for the daemon: it reads the request until the
+        // client's side ends (at most 10 s), then refuses the load, as
+        // dockerd refuses an archive cut short.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = kiln_testsupport::tls::TestCa::create(dir.path(), "ca").unwrap();
+        let server = ca.issue(dir.path(), "server", &["127.0.0.1"]).unwrap();
+        let certs = CertificateDer::pem_slice_iter(&std::fs::read(&server.cert_pem).unwrap())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(&std::fs::read(&server.key_pem).unwrap()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let serving = std::thread::spawn(move || {
+            let (socket, _) = listener.accept().unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let session = rustls::ServerConnection::new(Arc::new(config)).unwrap();
+            let mut tls = rustls::StreamOwned::new(session, socket);
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64 * 1024];
+            let ended = loop {
+                match tls.read(&mut buf) {
+                    Ok(0) => break true,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break true,
+                    Err(_) => break false,
+                }
+            };
+            let _ = tls.write_all(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 14\r\nConnection: close\r\n\r\n\
+                  unexpected EOF",
+            );
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+            (ended, got)
+        });
+        let tls = TlsMaterial {
+            ca: Some(std::fs::read(&ca.ca_cert).unwrap()),
+            source: "a test".into(),
+            ..TlsMaterial::default()
+        };
+        let daemon = Daemon::with_tls(&format!("tcp://{address}"), Some(tls)).unwrap();
+        let err = daemon.load(&mut Failing(100_000)).unwrap_err().to_string();
+        let (ended, got) = serving.join().unwrap();
+        assert!(ended, "the upload never ended for the daemon");
+        assert!(got.starts_with(b"POST /images/load"));
+        assert!(
+            err.contains("answered the load with 400: unexpected EOF"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn a_password_in_the_address_is_not_shown() {
         let daemon = Daemon::with_tls("tcp://me:secret@127.0.0.1:9", None).unwrap();
@@ -1273,5 +1364,10 @@ mod tests {
             !err.contains("secret") && err.contains("127.0.0.1:9"),
             "{err}"
         );
+        // Nor when the address itself is refused.
+        for host in ["tcp://me:secret@docker:abc", "ssh://me:secret@docker"] {
+            let err = Daemon::with_tls(host, None).unwrap_err().to_string();
+            assert!(!err.contains("secret") && err.contains("docker"), "{err}");
+        }
     }
 }

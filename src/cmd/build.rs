@@ -1253,9 +1253,13 @@ impl Call {
         let mut name = None;
         let mut json = false;
         let mut ignore_status = false;
+        let mut options = Vec::new();
         let fields = kiln_parser::mount::csv_fields(value)
             .map_err(|e| anyhow::anyhow!("--call {value}: {e}"))?;
         for field in fields.iter().filter(|f| !f.is_empty()) {
+            if let Some((key, _)) = field.split_once('=') {
+                options.push(key.to_string());
+            }
             match field.split_once('=') {
                 Some(("format", "json")) => json = true,
                 Some(("format", "text")) => json = false,
@@ -1296,6 +1300,19 @@ impl Call {
             None if value.trim().is_empty() => CallName::Build,
             None => anyhow::bail!("--call {value}: names no function (build, check, targets)"),
         };
+        // What the function would take and do nothing with.
+        let unused = match name {
+            CallName::Build => options.first(),
+            CallName::Targets => options.iter().find(|key| *key == "ignorestatus"),
+            CallName::Check => None,
+        };
+        if let Some(key) = unused {
+            anyhow::bail!(
+                "--call {value}: {key}= does nothing for {} (format= and ignorestatus= are \
+                 for check, format= for targets)",
+                name.as_str()
+            );
+        }
         Ok(Call {
             name,
             json,
