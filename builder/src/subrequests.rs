@@ -3,7 +3,8 @@
 //! Dockerfile can build, `frontend/subrequests/targets`) and `check` (the
 //! build checks' findings as BuildKit's lint results,
 //! `frontend/subrequests/lint`), each as buildx's text or as the JSON the
-//! frontend returns (`format=json`).
+//! frontend returns (`format=json`). And the Dockerfile excerpt those and a
+//! failed build show ([`excerpt`], BuildKit's `errdefs.Source.Print`).
 //!
 //! ```
 //! use kiln_builder::subrequests::targets;
@@ -351,65 +352,88 @@ impl LintResults {
         Some(out)
     }
 
-    /// BuildKit's `errdefs.Source.Print`: the lines of `location`, marked,
-    /// between their neighbours (four lines of context around one line,
-    /// two around several).
+    /// The Dockerfile around `location` ([`excerpt`]).
     fn excerpt(&self, location: &Location) -> String {
-        let Some(source) = self.sources.first() else {
-            return String::new();
-        };
-        let text = String::from_utf8_lossy(&source.data);
-        let lines: Vec<&str> = text.split('\n').collect();
-        let Some(first) = location.ranges.iter().map(|r| r.start.line).min() else {
-            return String::new();
-        };
-        let last = location
-            .ranges
-            .iter()
-            .map(|r| r.end.line.max(r.start.line))
-            .max()
-            .unwrap_or(first);
-        let count = i32::try_from(lines.len()).unwrap_or(i32::MAX);
-        if first > count || first < 1 {
-            return String::new();
+        match self.sources.first() {
+            Some(source) => excerpt(
+                &self.shown,
+                &String::from_utf8_lossy(&source.data),
+                location,
+            ),
+            None => String::new(),
         }
-        let (mut start, mut end) = (first, last.min(count));
-        let pad = if end == start { 4 } else { 2 };
-        let mut p = 0;
-        while p < pad {
-            if start > 1 {
-                start -= 1;
-                p += 1;
-            }
-            if end != count {
-                end += 1;
-                p += 1;
-            }
+    }
+}
+
+/// The Dockerfile `text` (named `name`) around `location`, as BuildKit's
+/// `errdefs.Source.Print` shows a failed build's or a check's place: its
+/// lines marked `>>>` between their neighbours (four lines of context
+/// around one line, two around several, taken above and below in turn),
+/// each line as kiln shows Dockerfile lines everywhere (URL credentials
+/// masked, a very long line cut, control characters escaped). Nothing for
+/// a location outside the text.
+///
+/// ```
+/// use kiln_builder::subrequests::{excerpt, Location};
+///
+/// let text = "FROM a\nWORKDIR /src\nRUN make\nCMD [\"app\"]\n";
+/// assert_eq!(
+///     excerpt("Dockerfile", text, &Location::lines(3, 3)),
+///     "Dockerfile:3\n--------------------\n   \
+///      1 |     FROM a\n   2 |     WORKDIR /src\n   3 | >>> RUN make\n   \
+///      4 |     CMD [\"app\"]\n   5 |     \n--------------------\n"
+/// );
+/// ```
+pub fn excerpt(name: &str, text: &str, location: &Location) -> String {
+    // Split as Go splits it: a last newline leaves an empty last line.
+    let lines: Vec<&str> = text.split('\n').collect();
+    let Some(first) = location.ranges.iter().map(|r| r.start.line).min() else {
+        return String::new();
+    };
+    let last = location
+        .ranges
+        .iter()
+        .map(|r| r.end.line.max(r.start.line))
+        .max()
+        .unwrap_or(first);
+    let count = i32::try_from(lines.len()).unwrap_or(i32::MAX);
+    if first > count || first < 1 {
+        return String::new();
+    }
+    let (mut start, mut end) = (first, last.min(count));
+    let pad = if end == start { 4 } else { 2 };
+    let mut p = 0;
+    while p < pad {
+        if start > 1 {
+            start -= 1;
             p += 1;
         }
-        let marked = |n: i32| {
-            location
-                .ranges
-                .iter()
-                .any(|r| r.start.line <= n && r.end.line.max(r.start.line) >= n)
-        };
-        let mut out = format!("{}:{first}\n--------------------\n", self.shown);
-        for n in start..=end {
-            let prefix = if marked(n) { ">>>" } else { "   " };
-            let line = usize::try_from(n - 1)
-                .ok()
-                .and_then(|i| lines.get(i))
-                .copied()
-                .unwrap_or("");
-            // As kiln shows Dockerfile lines everywhere: URL credentials
-            // masked, a very long line cut, control characters escaped.
-            let line = kiln_reference::redact_credentials(line);
-            let line = kiln_parser::escape_control(&kiln_parser::shorten(&line)).into_owned();
-            out.push_str(&format!(" {n:>3} | {prefix} {line}\n"));
+        if end != count {
+            end += 1;
+            p += 1;
         }
-        out.push_str("--------------------\n");
-        out
+        p += 1;
     }
+    let marked = |n: i32| {
+        location
+            .ranges
+            .iter()
+            .any(|r| r.start.line <= n && r.end.line.max(r.start.line) >= n)
+    };
+    let mut out = format!("{name}:{first}\n--------------------\n");
+    for n in start..=end {
+        let prefix = if marked(n) { ">>>" } else { "   " };
+        let line = usize::try_from(n - 1)
+            .ok()
+            .and_then(|i| lines.get(i))
+            .copied()
+            .unwrap_or("");
+        let line = kiln_reference::redact_credentials(line);
+        let line = kiln_parser::escape_control(&kiln_parser::shorten(&line)).into_owned();
+        out.push_str(&format!(" {n:>3} | {prefix} {line}\n"));
+    }
+    out.push_str("--------------------\n");
+    out
 }
 
 #[cfg(test)]

@@ -1500,7 +1500,11 @@ fn show_line(settings: &BuildSettings, shown: bool, line: Option<usize>) {
         let dockerfile = &settings.dockerfile;
         eprint!(
             "{}",
-            dockerfile_excerpt(&dockerfile.file_name(), &dockerfile.text(), line)
+            kiln_builder::subrequests::excerpt(
+                &dockerfile.file_name(),
+                &dockerfile.text(),
+                &kiln_builder::subrequests::Location::lines(line, line)
+            )
         );
     }
 }
@@ -1526,32 +1530,4 @@ fn build_failure(settings: &BuildSettings, display: &Display, error: BuildError)
     }
     show_line(settings, shown, error.line());
     error.into()
-}
-
-/// BuildKit's error context: the failing line, marked, between its
-/// neighbours.
-///
-/// ```text
-/// Dockerfile:3
-/// --------------------
-///    2 |     WORKDIR /src
-///    3 | >>> RUN make
-///    4 |     CMD ["app"]
-/// --------------------
-/// ```
-fn dockerfile_excerpt(name: &str, text: &str, line: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    let first = line.saturating_sub(2).max(1);
-    let last = (line + 2).min(lines.len());
-    let mut out = format!("{name}:{line}\n--------------------\n");
-    for n in first..=last {
-        let marker = if n == line { ">>>" } else { "   " };
-        // As the step names show them: URL credentials masked, a very
-        // long line cut, control characters escaped.
-        let content = kiln_reference::redact_credentials(lines.get(n - 1).copied().unwrap_or(""));
-        let content = kiln_parser::escape_control(&kiln_parser::shorten(&content)).into_owned();
-        out.push_str(&format!(" {n:>3} | {marker} {content}\n"));
-    }
-    out.push_str("--------------------\n");
-    out
 }
