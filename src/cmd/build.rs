@@ -1257,10 +1257,11 @@ impl Call {
         let fields = kiln_parser::mount::csv_fields(value)
             .map_err(|e| anyhow::anyhow!("--call {value}: {e}"))?;
         for field in fields.iter().filter(|f| !f.is_empty()) {
-            if let Some((key, _)) = field.split_once('=') {
-                options.push(key.to_string());
+            let option = field.split_once('=');
+            if let Some((key, _)) = option {
+                options.push(key);
             }
-            match field.split_once('=') {
+            match option {
                 Some(("format", "json")) => json = true,
                 Some(("format", "text")) => json = false,
                 Some(("format", other)) => {
@@ -1303,7 +1304,7 @@ impl Call {
         // What the function would take and do nothing with.
         let unused = match name {
             CallName::Build => options.first(),
-            CallName::Targets => options.iter().find(|key| *key == "ignorestatus"),
+            CallName::Targets => options.iter().find(|key| **key == "ignorestatus"),
             CallName::Check => None,
         };
         if let Some(key) = unused {
@@ -1417,17 +1418,12 @@ fn print_lint_results(
 /// A check that could not run (the Dockerfile does not parse, names a
 /// frontend kiln cannot run): a report of that error alone.
 fn failed_checks(settings: &BuildSettings, error: &BuildError) -> kiln_builder::lint::Report {
-    kiln_builder::lint::Report {
-        file: settings.dockerfile.name.clone(),
-        findings: Vec::new(),
-        error: Some(kiln_builder::lint::CheckError {
-            message: error.to_string(),
-            line: error.line(),
-            ..Default::default()
-        }),
-        error_on_warning: false,
-        notes: Vec::new(),
-    }
+    let error = kiln_builder::lint::CheckError {
+        message: error.to_string(),
+        line: error.line(),
+        ..Default::default()
+    };
+    kiln_builder::lint::failed_report(&settings.dockerfile.name, error)
 }
 
 /// `--check`: the checks' report, as `kiln check` prints it (or JSON);

@@ -336,8 +336,9 @@ pub fn check(source: &str, file_name: &str, options: &LintOptions) -> Report {
     }
 }
 
-/// A report of nothing but `error`.
-fn failed_report(file_name: &str, error: CheckError) -> Report {
+/// A report of nothing but `error` (a check that could not run; also
+/// `kiln build --call check`'s answer to a build error).
+pub fn failed_report(file_name: &str, error: CheckError) -> Report {
     Report {
         file: file_name.to_string(),
         findings: Vec::new(),
